@@ -1,0 +1,166 @@
+"""Load diffusion checkpoints safely from a path or any fsspec URI.
+
+Accepted files:
+- a guided-diffusion state dict saved with `torch.save` (the published `.pt` files),
+- a `.safetensors` file,
+- this project's bundle: a dict {"format": BUNDLE_FORMAT, "flags": {...}, "state_dict": {...}, "meta": {...}}.
+
+Loading never unpickles arbitrary objects (`weights_only=True`), and the file's sha256 is
+computed from the exact bytes that were loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+
+from pipeline.model import UNetConfig, UNetModel, build_unet
+from pipeline.presets import PRESETS, preset_config
+
+BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or for another architecture."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: UNetModel
+    config: UNetConfig
+    sha256: str
+    uri: str
+    preset: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            return f.read()
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint not found: {uri}") from err
+
+
+def _parse(data: bytes, uri: str) -> dict[str, Any]:
+    if uri.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load as load_safetensors
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise CheckpointError("reading .safetensors needs the 'safetensors' package") from err
+        try:
+            return {"state_dict": load_safetensors(data)}
+        except Exception as err:
+            raise CheckpointError(f"checkpoint {uri} is not a valid safetensors file: {err}") from err
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {uri}: it holds Python objects that weights-only loading does not allow "
+            f"(a checkpoint must contain tensors and plain containers only). Details: {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {uri} ({len(data)} bytes) is not a readable torch file (truncated or corrupt?): "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {uri} holds a {type(obj).__name__}, expected a state dict")
+    if obj.get("format") == BUNDLE_FORMAT:
+        return obj
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise CheckpointError(f"checkpoint {uri} is a dict but neither a state dict nor a {BUNDLE_FORMAT} bundle")
+
+
+def shape_mismatches(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a model's keys/shapes and a state dict's."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    problems = [f"missing {k} {expected[k]}" for k in expected if k not in got]
+    problems += [f"unexpected {k} {got[k]}" for k in got if k not in expected]
+    problems += [f"{k}: checkpoint {got[k]} vs model {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+    return problems
+
+
+def infer_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The first preset whose keys and shapes match exactly, or None."""
+    for name in PRESETS:
+        if not shape_mismatches(build_unet(preset_config(name), "meta"), state_dict):
+            return name
+    return None
+
+
+def load_checkpoint(
+    uri: str,
+    preset: str | None = None,
+    flags: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    expected_sha256: str | None = None,
+) -> LoadedCheckpoint:
+    """Read, verify and load a checkpoint into a fresh fp32 model in eval mode.
+
+    The architecture comes from, in order: `flags`, `preset`, the bundle's own flags, or the
+    preset whose keys and shapes match the file.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise CheckpointError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    data = read_bytes(uri, storage_options)
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise CheckpointError(f"checkpoint {uri} has sha256 {digest}, but {expected_sha256} was pinned; refusing to run")
+    parsed = _parse(data, uri)
+    state_dict = parsed["state_dict"]
+    meta = dict(parsed.get("meta", {}))
+    if flags is not None:
+        config, label = UNetConfig.from_flags(flags), "the given flags"
+    elif preset is not None:
+        config, label = preset_config(preset), f"preset {preset!r}"
+    elif "flags" in parsed:
+        config, label = UNetConfig.from_flags(parsed["flags"]), "the checkpoint's own flags"
+    else:
+        preset = infer_preset(state_dict)
+        if preset is None:
+            raise CheckpointError(
+                f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
+            )
+        config, label = preset_config(preset), f"preset {preset!r} (inferred)"
+    model = build_unet(config)
+    problems = shape_mismatches(model, state_dict)
+    if problems:
+        shown = "; ".join(problems[:5])
+        raise CheckpointError(
+            f"checkpoint {uri} does not fit {label}: {len(problems)} key/shape mismatch(es), first: {shown}"
+        )
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    model.eval().requires_grad_(False)
+    return LoadedCheckpoint(model, config, digest, uri, preset, meta)
+
+
+def save_bundle(
+    path: str | Path, model: UNetModel, meta: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16
+) -> str:
+    """Write a self-describing checkpoint (flags + weights); returns its sha256."""
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "flags": model.config.to_flags(),
+        "state_dict": {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()},
+        "meta": json.loads(json.dumps(meta or {})),  # plain types only, so weights-only loading accepts it
+    }
+    buf = io.BytesIO()
+    torch.save(bundle, buf)
+    data = buf.getvalue()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,112 @@
+"""Labelled image sets from the project's shared data folder, decoded once and cached as .npz.
+
+Only evaluation and prior training use these; the purification job reads user data through
+`pipeline.sources`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED_DIR = Path(os.environ.get("ZIP_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
+CACHE_DIR = Path(os.environ.get("ZIP_CACHE_DIR", Path.home() / ".cache" / "zip-purify"))
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: np.ndarray  # N x H x W x 3 uint8
+    labels: np.ndarray  # N int64
+    num_classes: int
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
+    path = SHARED_DIR / "data" / "cifar10" / f"cifar10-{split}.tar.gz"
+    images, labels = [], []
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3:
+                continue
+            images.append(_decode(tar.extractfile(member).read()))  # type: ignore[union-attr]
+            labels.append(CIFAR10_CLASSES.index(parts[1]))
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _read_gtsrb(split: str) -> tuple[np.ndarray, np.ndarray]:
+    path = SHARED_DIR / "data" / "gtsrb" / f"gtsrb-{split}.tar.xz"
+    pixels: dict[str, np.ndarray] = {}
+    label_of: dict[str, int] = {}
+    with tarfile.open(path, "r:xz") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name.endswith(".ppm"):
+                pixels[member.name] = _decode(data)
+            elif member.name.endswith(".csv"):
+                folder = member.name.rsplit("/", 1)[0]
+                for row in csv.DictReader(io.StringIO(data.decode()), delimiter=";"):
+                    label_of[f"{folder}/{row['Filename']}"] = int(row["ClassId"])
+    names = sorted(n for n in pixels if n in label_of)
+    if split == "train":
+        names = [n for n in names]  # training CSVs live beside the images of their class
+    return np.stack([pixels[n] for n in names]), np.asarray([label_of[n] for n in names], dtype=np.int64)
+
+
+def _read_imagenette(split: str) -> tuple[np.ndarray, np.ndarray]:
+    path = SHARED_DIR / "data" / "imagenette" / f"imagenette-{split}.tar.gz"
+    items = []
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3:
+                items.append((parts[1], member.name, _decode(tar.extractfile(member).read())))  # type: ignore[union-attr]
+    wnids = sorted({w for w, _, _ in items})
+    items.sort(key=lambda it: it[1])
+    return np.stack([im for _, _, im in items]), np.asarray([wnids.index(w) for w, _, _ in items], dtype=np.int64)
+
+
+_READERS = {"cifar10": (_read_cifar10, 10), "gtsrb": (_read_gtsrb, 43), "imagenette": (_read_imagenette, 10)}
+
+
+def load_dataset(name: str, split: str) -> LabelledImages:
+    """Decode a shared data set once, then serve it from the cache."""
+    if name not in _READERS:
+        raise ValueError(f"unknown data set {name!r}; choose from {sorted(_READERS)}")
+    reader, num_classes = _READERS[name]
+    cache = CACHE_DIR / f"{name}-{split}.npz"
+    if cache.exists():
+        with np.load(cache) as data:
+            return LabelledImages(data["images"], data["labels"], num_classes)
+    if not SHARED_DIR.exists():
+        raise FileNotFoundError(f"shared data folder {SHARED_DIR} not found (set ZIP_SHARED_DIR)")
+    images, labels = reader(split)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, cache)
+    return LabelledImages(images, labels, num_classes)
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of a class-balanced random subset (sorted), reproducible from the seed."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = size // len(classes)
+    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
+    return np.sort(np.concatenate(chosen))

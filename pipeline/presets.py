@@ -1,0 +1,37 @@
+"""Named architectures: the published guided-diffusion checkpoints and this project's prior."""
+
+from __future__ import annotations
+
+from pipeline.model import UNetConfig
+
+PRESETS: dict[str, dict] = {
+    # The model the ZIP paper uses (OpenAI guided-diffusion, 552,814,086 parameters).
+    "256x256_diffusion_uncond": dict(
+        image_size=256, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
+        num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True, class_cond=False,
+    ),
+    "256x256_diffusion": dict(
+        image_size=256, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
+        num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True, class_cond=True,
+    ),
+    "128x128_diffusion": dict(
+        image_size=128, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
+        num_heads=4, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True, class_cond=True,
+    ),
+    "64x64_diffusion": dict(
+        image_size=64, num_channels=192, num_res_blocks=3, attention_resolutions="32,16,8",
+        num_head_channels=64, resblock_updown=True, use_new_attention_order=True, use_scale_shift_norm=True,
+        learn_sigma=True, class_cond=True,
+    ),
+    # This project's CPU-trainable CIFAR-10 prior (see jobs/train_prior.py).
+    "cifar10_prior_small": dict(
+        image_size=32, num_channels=32, num_res_blocks=2, channel_mult="1,2,2", attention_resolutions="16",
+        num_head_channels=32, resblock_updown=False, use_scale_shift_norm=True, learn_sigma=False, class_cond=False,
+    ),
+}
+
+
+def preset_config(name: str) -> UNetConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return UNetConfig.from_flags(PRESETS[name])

@@ -1,0 +1,178 @@
+"""ZIP samplers: guided reverse diffusion, each a short function over an ε-model.
+
+Notation follows the ZIP paper (Shi et al., NeurIPS 2023). With y_i = A_i x the observations
+of the poisoned input and x̂₀|t = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t the prior's estimate, guidance
+replaces the estimate's range space by the observation's:
+
+    x̂₀ = mean_i [ A_i⁺ y_i + (I − A_i⁺ A_i) x̂₀|t ]
+
+which is exactly the paper's x̂_t = √ᾱ_t A⁺y + (I − A⁺A) x_t + A⁺A √(1−ᾱ_t) ε_t followed by
+x̂₀ = (x̂_t − √(1−ᾱ_t) ε_t)/√ᾱ_t, written in x₀-space. The update steps hold no state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.operators import LinearOperator
+from pipeline.schedule import NoiseSchedule, ddim_timesteps
+
+# (x_t, t) -> ε prediction with the same shape as x_t; t holds the training-schedule step per image.
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What to keep from the input, and when.
+
+    lam: hard switch, guide while t >= lam * T (lam = 0 guides every step, the last included).
+    blend_k: if set, the authors'-code soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t on guided steps.
+    """
+
+    operators: Sequence[LinearOperator]
+    observations: Sequence[torch.Tensor]
+    lam: float = 0.0
+    blend_k: float | None = None
+
+    @classmethod
+    def from_input(
+        cls, x: torch.Tensor, operators: Sequence[LinearOperator], lam: float = 0.0, blend_k: float | None = None
+    ) -> Guidance:
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam (λ) must be in [0, 1], got {lam}")
+        if blend_k is not None and blend_k <= 0:
+            raise ValueError(f"blend_k must be positive, got {blend_k}")
+        return cls(tuple(operators), tuple(op.forward(x) for op in operators), lam, blend_k)
+
+    def is_active(self, t: int, num_train_steps: int) -> bool:
+        return t >= self.lam * num_train_steps
+
+
+def guided_x0(x0_pred: torch.Tensor, guidance: Guidance, alpha_bar_t: float) -> torch.Tensor:
+    """Range-null decomposition of the estimate, averaged over operators, optionally blended."""
+    guided = torch.zeros_like(x0_pred)
+    for op, y in zip(guidance.operators, guidance.observations, strict=True):
+        guided += op.pinv(y) + x0_pred - op.pinv(op.forward(x0_pred))
+    guided /= len(guidance.operators)
+    if guidance.blend_k is not None:
+        w = alpha_bar_t**guidance.blend_k
+        guided = (1 - w) * guided + w * x0_pred
+    return guided
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float) -> torch.Tensor:
+    return (x_t - math.sqrt(1 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+
+
+def predict_eps(x_t: torch.Tensor, x0: torch.Tensor, alpha_bar_t: float) -> torch.Tensor:
+    return (x_t - math.sqrt(alpha_bar_t) * x0) / math.sqrt(1 - alpha_bar_t)
+
+
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, alpha_bar_prev: float, sigma: float, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """x_{t−1} = √ᾱ_{t−1} x̂₀ + √(1 − ᾱ_{t−1} − σ²) ε + σ z."""
+    out = math.sqrt(alpha_bar_prev) * x0 + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps
+    if sigma > 0 and noise is not None:
+        out = out + sigma * noise
+    return out
+
+
+def ddim_sigma(alpha_bar_t: float, alpha_bar_prev: float, eta: float) -> float:
+    return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * math.sqrt(1 - alpha_bar_t / alpha_bar_prev)
+
+
+def ddpm_step(
+    x_t: torch.Tensor, x0: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """Sample the posterior q(x_{t−1} | x_t, x̂₀) of the (respaced) forward process."""
+    alpha_t = alpha_bar_t / alpha_bar_prev
+    beta_t = 1 - alpha_t
+    mean = (math.sqrt(alpha_bar_prev) * beta_t * x0 + math.sqrt(alpha_t) * (1 - alpha_bar_prev) * x_t) / (1 - alpha_bar_t)
+    var = beta_t * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
+    if var > 0 and noise is not None:
+        mean = mean + math.sqrt(var) * noise
+    return mean
+
+
+def _denoise(
+    eps_model: EpsModel, x_t: torch.Tensor, t: int, alpha_bar_t: float, guidance: Guidance | None, clip: bool, T: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One model call: (guided x̂₀, the ε consistent with x_t and the clipped estimate)."""
+    t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    eps = eps_model(x_t, t_batch).float()
+    x0 = predict_x0(x_t, eps, alpha_bar_t)
+    if clip:
+        # A weak prior's estimate drifts out of the data range; clamping it each step keeps the sampler stable.
+        x0 = x0.clamp(-1, 1)
+        eps = predict_eps(x_t, x0, alpha_bar_t)
+    if guidance is not None and guidance.is_active(t, T):
+        x0 = guided_x0(x0, guidance, alpha_bar_t)
+    return x0, eps
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def zip_ddim(
+    eps_model: EpsModel,
+    guidance: Guidance | None,
+    schedule: NoiseSchedule,
+    steps: int = 20,
+    eta: float = 0.0,
+    clip: bool = True,
+    x_T: torch.Tensor | None = None,
+    shape: tuple[int, ...] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """ZIP Algorithm 2: guided DDIM from pure noise; returns x₀ in model units ([-1, 1])."""
+    T = schedule.num_steps
+    alpha_bars = schedule.alphas_cumprod
+    timesteps = ddim_timesteps(T, steps)
+    x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    for i, t in enumerate(timesteps):
+        ab_t = float(alpha_bars[t])
+        ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        x0, eps = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
+        sigma = ddim_sigma(ab_t, ab_prev, eta)
+        x = ddim_step(x0, eps, ab_prev, sigma, _noise_like(x, generator) if sigma > 0 else None)
+        if progress:
+            progress(i + 1, len(timesteps))
+    return x
+
+
+def zip_ddpm(
+    eps_model: EpsModel,
+    guidance: Guidance | None,
+    schedule: NoiseSchedule,
+    steps: int = 1000,
+    clip: bool = True,
+    x_T: torch.Tensor | None = None,
+    shape: tuple[int, ...] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """ZIP Algorithm 1: guided ancestral (DDPM) sampling, on `steps` evenly spaced timesteps."""
+    T = schedule.num_steps
+    alpha_bars = schedule.alphas_cumprod
+    timesteps = ddim_timesteps(T, steps)
+    x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    for i, t in enumerate(timesteps):
+        ab_t = float(alpha_bars[t])
+        ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        x0, _ = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
+        x = ddpm_step(x, x0, ab_t, ab_prev, _noise_like(x, generator) if ab_prev < 1.0 else None)
+        if progress:
+            progress(i + 1, len(timesteps))
+    return x
+
+
+SAMPLERS = {"ddim": zip_ddim, "ddpm": zip_ddpm}
