@@ -1,0 +1,18 @@
+"""zip-purify: backdoor-trigger removal for image data sets with Zero-shot Image Purification (ZIP)."""
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.model import UNetConfig, UNetModel, build_unet
+from pipeline.presets import PRESETS, preset_config
+from pipeline.purifier import Purifier, ZipSettings
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "Purifier",
+    "UNetConfig",
+    "UNetModel",
+    "ZipSettings",
+    "build_unet",
+    "load_checkpoint",
+    "preset_config",
+]

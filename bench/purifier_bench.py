@@ -1,0 +1,84 @@
+"""Purifier throughput: images/s and seconds per UNet call, on CPU (and CUDA when present).
+
+    python bench/purifier_bench.py                       # tiny reference model, from ../shared
+    python bench/purifier_bench.py --checkpoint pipeline/assets/cifar10_prior.pt --sizes 32
+
+For each canvas size it purifies a batch of 32x32 images (1 per canvas at 32, 64 per canvas at 256)
+with the given steps, after one warm-up call, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import Purifier, ZipSettings  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[2] / "shared/reference/guided-diffusion/tiny_uncond_256arch.pt"
+TINY_FLAGS = dict(image_size=256, num_channels=32, num_res_blocks=1, attention_resolutions="32,16,8",
+                  num_head_channels=16, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True)
+
+
+def bench(purifier: Purifier, n_images: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n_images)]
+    purifier(images[: min(len(images), 64)])  # warm-up
+    calls = 0
+
+    def count(i: int, n: int) -> None:
+        nonlocal calls
+        calls += 1
+
+    if purifier.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        layout = purifier.plan([im.shape[:2] for im in images])
+        from pipeline.tiling import pack, unpack
+
+        unpack(purifier.purify_canvases(pack(images, layout), progress=count), layout)
+    if purifier.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": round(n_images * repeats / dt, 2), "s_per_unet_call": round(dt / calls, 4),
+            "unet_calls": calls, "canvases_per_call": purifier.batch_size}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(TINY))
+    p.add_argument("--flags", default=None, help="JSON model flags (default: the tiny reference model's)")
+    p.add_argument("--sizes", default="32,256", help="canvas sizes to try")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--batch", type=int, default=0, help="canvases per UNet call (0: auto)")
+    p.add_argument("--devices", default="cpu,cuda")
+    args = p.parse_args()
+    flags = json.loads(args.flags) if args.flags else (TINY_FLAGS if args.checkpoint == str(TINY) else None)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, checkpoint {args.checkpoint}")
+    print("| device | canvas | images/canvas | images/s | s per UNet call | canvases per call |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for device in args.devices.split(","):
+        if device == "cuda" and not torch.cuda.is_available():
+            continue
+        for size in (int(s) for s in args.sizes.split(",")):
+            purifier = Purifier.from_checkpoint(args.checkpoint, flags=flags, device=device, canvas_size=size,
+                                                batch_size=args.batch or None, settings=ZipSettings(steps=args.steps))
+            r = bench(purifier, args.images, args.repeats)
+            per = (size // 32) ** 2
+            print(f"| {device} | {size} | {per} | {r['images_per_s']} | {r['s_per_unet_call']} |"
+                  f" {r['canvases_per_call']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

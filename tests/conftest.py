@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED = Path(os.environ.get("ZIP_SHARED_DIR", ROOT.parent / "shared"))
+REFERENCE = SHARED / "reference" / "guided-diffusion"
+
+requires_shared = pytest.mark.skipif(
+    not REFERENCE.exists(), reason=f"{SHARED} not found (a fresh clone without the project's shared folder)"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints() -> dict:
+    return json.loads((REFERENCE / "tiny_checkpoints.json").read_text())

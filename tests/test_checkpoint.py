@@ -1,0 +1,98 @@
+"""Checkpoints load safely from any fsspec URI and fail loudly when they are wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import fsspec
+import pytest
+import torch
+
+from pipeline.checkpoint import CheckpointError, infer_preset, load_checkpoint, save_bundle
+from pipeline.model import UNetConfig, build_unet
+
+FLAGS = dict(image_size=32, num_channels=32, channel_mult="1,2", attention_resolutions="16", num_res_blocks=1)
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig.from_flags(FLAGS))
+    path = tmp_path / "prior.pt"
+    sha = save_bundle(path, model, meta={"note": "test"}, dtype=torch.float32)
+    return path, sha, model
+
+
+def test_bundle_roundtrip_reports_sha256(bundle) -> None:
+    path, sha, model = bundle
+    loaded = load_checkpoint(str(path))
+    assert loaded.sha256 == sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.meta == {"note": "test"} and loaded.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+
+
+def test_loads_from_fsspec_uri(bundle) -> None:
+    path, sha, _ = bundle
+    with fsspec.open("memory://ckpt/prior.pt", "wb") as f:
+        f.write(path.read_bytes())
+    assert load_checkpoint("memory://ckpt/prior.pt").sha256 == sha
+
+
+def test_plain_state_dict_and_safetensors(tmp_path, bundle) -> None:
+    _, _, model = bundle
+    plain = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), plain)
+    assert load_checkpoint(str(plain), flags=FLAGS).config == model.config
+    with pytest.raises(CheckpointError, match="matches none of the presets"):
+        load_checkpoint(str(plain))
+    from safetensors.torch import save_file
+
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))
+    assert load_checkpoint(str(st), flags=FLAGS).config == model.config
+
+
+def test_pinned_sha256_mismatch_refuses(bundle) -> None:
+    path, sha, _ = bundle
+    assert load_checkpoint(str(path), expected_sha256=sha.upper()).sha256 == sha
+    with pytest.raises(CheckpointError, match="pinned; refusing"):
+        load_checkpoint(str(path), expected_sha256="0" * 64)
+
+
+def test_wrong_architecture_names_preset_and_keys(tmp_path, bundle) -> None:
+    path, _, _ = bundle
+    with pytest.raises(CheckpointError, match=r"preset 'cifar10_prior_small'.*mismatch.*(missing|unexpected|checkpoint)"):
+        load_checkpoint(str(path), preset="cifar10_prior_small")
+    with pytest.raises(CheckpointError, match="unknown preset 'nope'"):
+        load_checkpoint(str(path), preset="nope")
+
+
+def test_truncated_missing_and_hostile_files(tmp_path, bundle) -> None:
+    path, _, _ = bundle
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(str(truncated))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(str(tmp_path / "absent.pt"))
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    hostile = tmp_path / "hostile.pt"
+    buf = io.BytesIO()
+    torch.save({"weights": torch.zeros(1), "payload": RunsCode()}, buf)
+    hostile.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(str(hostile))
+
+
+def test_preset_inference_on_meta_models() -> None:
+    from pipeline.presets import preset_config
+
+    model = build_unet(preset_config("cifar10_prior_small"))
+    assert infer_preset(model.state_dict()) == "cifar10_prior_small"

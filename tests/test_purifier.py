@@ -1,0 +1,94 @@
+"""The Python API: uint8 images in, same count, sizes and order out; clear errors otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import Purifier, ZipSettings
+from pipeline.model import UNetConfig, build_unet
+from pipeline.purifier import naive_purify
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_unet(UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", attention_resolutions="16",
+                              num_res_blocks=1))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def _images(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def test_any_sizes_in_same_sizes_and_order_out(model) -> None:
+    p = Purifier(model, ZipSettings(steps=2, pool=4), canvas_size=64)
+    sizes = [(32, 32), (5, 9), (1, 1), (70, 40), (64, 64), (3, 100)]
+    out = p(_images(sizes))
+    assert [o.shape for o in out] == [(h, w, 3) for h, w in sizes]
+    assert all(o.dtype == np.uint8 for o in out)
+    assert p([]) == []
+
+
+def test_identity_operator_gives_back_the_input(model) -> None:
+    p = Purifier(model, ZipSettings(steps=3, pool=1, lam=0.0, eta=1.0))
+    images = _images([(32, 32), (17, 5)], seed=4)
+    for a, b in zip(images, p(images), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_pooled_output_matches_pooled_input(model) -> None:
+    p = Purifier(model, ZipSettings(steps=3, pool=4))
+    image = _images([(32, 32)], seed=5)[0]
+    out = p.purify_tensor(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert (torch.nn.functional.avg_pool2d(out, 4) - torch.nn.functional.avg_pool2d(x, 4)).abs().max() < 1e-4
+
+
+def test_reproducible_for_a_seed(model) -> None:
+    p = Purifier(model, ZipSettings(steps=2, pool=2, eta=1.0, seed=7))
+    images = _images([(32, 32)] * 3)
+    assert all(np.array_equal(a, b) for a, b in zip(p(images), p(images), strict=True))
+
+
+def test_bad_input_is_named(model) -> None:
+    p = Purifier(model, ZipSettings(steps=1))
+    with pytest.raises(TypeError, match="image 1: expected dtype uint8"):
+        p([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)])
+    with pytest.raises(ValueError, match=r"image 0: expected shape H x W x 3.*\(8, 8, 4\)"):
+        p([np.zeros((8, 8, 4), np.uint8)])
+    with pytest.raises(ValueError, match="H x W x 3"):
+        p([np.zeros((8, 8), np.uint8)])
+    with pytest.raises(TypeError, match="numpy array"):
+        p([[1, 2, 3]])
+    bad = torch.zeros(1, 3, 32, 32)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        p.purify_tensor(bad)
+    with pytest.raises(ValueError, match="pool factor 3 does not divide the model's canvas size 32"):
+        Purifier(model, ZipSettings(pool=3))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Purifier(model, precision="fp16")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        ZipSettings(sampler="euler")
+    with pytest.raises(ValueError, match="eta"):
+        ZipSettings(eta=2.0)
+
+
+def test_authors_code_settings() -> None:
+    s = ZipSettings.authors_code(pool=2)
+    assert (s.operators, s.blend_k, s.eta, s.pool) == ("gray,pool", 10.0, 1.0, 2)
+
+
+def test_naive_purify_is_block_mean() -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[0, 0] = 255
+    out = naive_purify([image], 2)[0]
+    assert out.shape == (4, 4, 3)
+    assert np.all(out[:2, :2] == 64) and np.all(out[2:, :] == 0)  # 255 / 4 = 63.75, rounded
