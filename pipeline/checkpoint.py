@@ -67,7 +67,7 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
             f"refused to load {uri}: it holds Python objects that weights-only loading does not allow "
             f"(a checkpoint must contain tensors and plain containers only). Details: {str(err).splitlines()[0]}"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on damaged files
         raise CheckpointError(
             f"checkpoint {uri} ({len(data)} bytes) is not a readable torch file (truncated or corrupt?): "
             f"{str(err).splitlines()[0]}"
@@ -105,8 +105,12 @@ def load_checkpoint(
     flags: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     expected_sha256: str | None = None,
+    verify_only: bool = False,
 ) -> LoadedCheckpoint:
     """Read, verify and load a checkpoint into a fresh fp32 model in eval mode.
+
+    With verify_only the file is read, hashed and checked against the architecture, but the model
+    stays on the meta device (no weights in memory): what a job's driver does before any data is read.
 
     The architecture comes from, in order: `flags`, `preset`, the bundle's own flags, or the
     preset whose keys and shapes match the file.
@@ -133,13 +137,15 @@ def load_checkpoint(
                 f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
             )
         config, label = preset_config(preset), f"preset {preset!r} (inferred)"
-    model = build_unet(config)
+    model = build_unet(config, "meta" if verify_only else None)
     problems = shape_mismatches(model, state_dict)
     if problems:
         shown = "; ".join(problems[:5])
         raise CheckpointError(
             f"checkpoint {uri} does not fit {label}: {len(problems)} key/shape mismatch(es), first: {shown}"
         )
+    if verify_only:
+        return LoadedCheckpoint(model, config, digest, uri, preset, meta)
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     model.eval().requires_grad_(False)
     return LoadedCheckpoint(model, config, digest, uri, preset, meta)

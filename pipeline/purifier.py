@@ -167,9 +167,16 @@ class Purifier:
         return out[:, :3].float()
 
     def purify_tensor(
-        self, x: torch.Tensor, seed: int | None = None, progress: Callable[[int, int], None] | None = None
+        self,
+        x: torch.Tensor,
+        seed: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Purify N x 3 x H x W canvases in model units [-1, 1]; returns the same shape, unclamped."""
+        """Purify N x 3 x H x W canvases in model units [-1, 1]; returns the same shape, unclamped.
+
+        `seeds` (one per canvas) makes each canvas's starting noise independent of its batch mates.
+        """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected N x 3 x H x W, got {tuple(x.shape)}")
         if not torch.is_floating_point(x):
@@ -182,8 +189,16 @@ class Purifier:
         s = self.settings
         generator = torch.Generator(self.device).manual_seed(s.seed if seed is None else seed)
         guidance = Guidance.from_input(x, self.operators, s.lam, s.blend_k)
+        x_T = None
+        if seeds is not None:
+            if len(seeds) != len(x):
+                raise ValueError(f"got {len(seeds)} seeds for {len(x)} canvases")
+            x_T = torch.cat([
+                torch.randn((1, *x.shape[1:]), generator=torch.Generator().manual_seed(int(sd))) for sd in seeds
+            ]).to(self.device)
+            generator.manual_seed(int(seeds[0]))
         common = dict(steps=s.steps, clip=s.clip_denoised, shape=tuple(x.shape), generator=generator,
-                      device=self.device, progress=progress)
+                      device=self.device, progress=progress, x_T=x_T)
         if s.sampler == "ddim":
             return SAMPLERS["ddim"](self.eps, guidance, self.schedule, eta=s.eta, **common)
         return SAMPLERS["ddpm"](self.eps, guidance, self.schedule, **common)
@@ -191,15 +206,18 @@ class Purifier:
     def plan(self, sizes: Sequence[tuple[int, int]]) -> MosaicLayout:
         return plan_layout(sizes, self.canvas_size, self.settings.pool, self.settings.large_images)
 
-    def purify_canvases(self, canvases: np.ndarray, seed: int | None = None, progress: Any = None) -> np.ndarray:
-        """Purify uint8 canvases (N x S x S x 3) in batches of `batch_size`."""
+    def purify_canvases(
+        self, canvases: np.ndarray, seed: int | None = None, progress: Any = None, seeds: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Purify uint8 canvases (N x S x S x 3) in batches of `batch_size` (optionally one seed per canvas)."""
         out = np.empty_like(canvases)
         base_seed = self.settings.seed if seed is None else seed
         for start in range(0, len(canvases), self.batch_size):
-            chunk = torch.from_numpy(canvases[start : start + self.batch_size]).permute(0, 3, 1, 2)
+            chunk = torch.from_numpy(np.ascontiguousarray(canvases[start : start + self.batch_size])).permute(0, 3, 1, 2)
             x = chunk.float() / 127.5 - 1
+            chunk_seeds = None if seeds is None else seeds[start : start + len(chunk)]
             # Seed per batch position, so results do not depend on how many canvases came before.
-            y = self.purify_tensor(x, seed=base_seed + start, progress=progress)
+            y = self.purify_tensor(x, seed=base_seed + start, progress=progress, seeds=chunk_seeds)
             out[start : start + len(chunk)] = to_uint8(y)
         return out
 

@@ -21,3 +21,16 @@ requires_shared = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def tiny_checkpoints() -> dict:
     return json.loads((REFERENCE / "tiny_checkpoints.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    from pipeline.job import init_local_ray
+
+    if not ray.is_initialized():
+        init_local_ray(num_cpus=2)
+    yield
+    ray.shutdown()

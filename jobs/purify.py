@@ -1,0 +1,17 @@
+"""Entry point of the purification job: `python jobs/purify.py --help`.
+
+Works the same under `ray job submit --working-dir . -- python jobs/purify.py ...`
+(the job then joins the cluster through RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

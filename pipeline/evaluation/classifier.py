@@ -1,0 +1,310 @@
+"""The victim classifier: a CIFAR-style ResNet (ResNet-20 by default), its training loop and its persistence.
+
+The model normalises its own input, so every caller feeds images scaled to [0, 1] (uint8 / 255) and the
+per-channel statistics travel with the saved weights.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+ExtraTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """depth = 6n + 2 (20, 32, 44, 56, ...): n basic blocks in each of 3 stages of width `widths`."""
+
+    num_classes: int = 10
+    depth: int = 20
+    widths: tuple[int, int, int] = (16, 32, 64)
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
+
+    def __post_init__(self) -> None:
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {self.depth}")
+        if len(self.widths) != 3:
+            raise ValueError(f"expected 3 stage widths, got {self.widths}")
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016, section 4.2) with 1x1 projection shortcuts; input N x 3 x H x W in [0, 1]."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1))
+        blocks_per_stage = (config.depth - 2) // 6
+        w1, w2, w3 = config.widths
+        self.stem = nn.Sequential(nn.Conv2d(3, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        in_ch = w1
+        for stage, width in enumerate((w1, w2, w3)):
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers.append(BasicBlock(in_ch, width, stride))
+                in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(w3, config.num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_classifier(config: ClassifierConfig) -> ResNet:
+    """A freshly initialised classifier (uses torch's global RNG; seed it first for reproducibility)."""
+    return ResNet(config)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float N x 3 x H x W in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
+    """Random crop with `pad` px zero padding (+ random horizontal flip), per image, on uint8 N x H x W x C."""
+    n, height, width, _ = images.shape
+    out = images
+    if pad > 0:
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        dy = rng.integers(0, 2 * pad + 1, size=n)
+        dx = rng.integers(0, 2 * pad + 1, size=n)
+        rows = dy[:, None, None] + np.arange(height)[None, :, None]
+        cols = dx[:, None, None] + np.arange(width)[None, None, :]
+        out = padded[np.arange(n)[:, None, None], rows, cols]
+    if flip:
+        flips = rng.random(n) < 0.5
+        out = out.copy() if out is images else out
+        out[flips] = out[flips, :, ::-1]
+    return out
+
+
+def _check_training_data(images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 N x H x W x 3 images, got {images.dtype} {images.shape}")
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need as many labels as images (and at least one), got {len(images)} and {len(labels)}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+
+
+def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (no full float copy of the set)."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].reshape(-1, 3).astype(np.float64) / 255.0
+        total += part.sum(axis=0)
+        squares += (part * part).sum(axis=0)
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std)
+
+
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    seed: int = 0,
+    augment: bool = True,
+    extra_transform: ExtraTransform | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    *,
+    hflip: bool = True,
+    depth: int = 20,
+    schedule: str = "onecycle",
+    weight_decay: float = 5e-4,
+    num_threads: int | None = None,
+) -> ResNet:
+    """Train a ResNet on uint8 N x H x W x 3 images (SGD, momentum 0.9, weight decay, one-cycle or cosine LR).
+
+    augment: random crop with 4 px zero padding, plus a random horizontal flip when `hflip` (set
+    hflip=False for GTSRB: traffic signs are not flip-invariant). extra_transform(batch, rng) -> batch runs on
+    every uint8 training batch before that augmentation (e.g. `PhysicalBA.train_transform`). The input
+    normalisation statistics are measured on `images`. num_threads: torch's intra-op thread count during
+    training when given, restored afterwards (the process's setting is otherwise left alone). Returns the model
+    in eval mode.
+    """
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(
+            images,
+            labels,
+            num_classes,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            augment,
+            extra_transform,
+            device,
+            progress,
+            hflip=hflip,
+            depth=depth,
+            schedule=schedule,
+            weight_decay=weight_decay,
+        )
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(previous_threads)
+
+
+def _train(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    augment: bool,
+    extra_transform: ExtraTransform | None,
+    device: str | torch.device,
+    progress: bool,
+    *,
+    hflip: bool,
+    depth: int,
+    schedule: str,
+    weight_decay: float,
+) -> ResNet:
+    labels = np.asarray(labels, dtype=np.int64)
+    _check_training_data(images, labels, num_classes)
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    if schedule not in ("onecycle", "cosine"):
+        raise ValueError(f"schedule must be 'onecycle' or 'cosine', got {schedule!r}")
+    mean, std = _channel_stats(images)
+    config = ClassifierConfig(num_classes=num_classes, depth=depth, mean=mean, std=std)  # type: ignore[arg-type]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_classifier(config).to(device)
+
+    n = len(images)
+    steps_per_epoch = -(-n // batch_size)
+    total_steps = epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    rng = np.random.default_rng(seed)
+    targets_all = torch.from_numpy(labels)
+
+    for epoch in range(epochs):
+        model.train()
+        start, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        order = rng.permutation(n)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            batch = images[idx]
+            if extra_transform is not None:
+                batch = extra_transform(batch, rng)
+            if augment:
+                batch = _augment(batch, rng, pad=4, flip=hflip)
+            x = _to_tensor(batch).to(device)
+            y = targets_all[idx].to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+        if progress:
+            print(
+                f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}, train acc {100.0 * correct / seen:.2f}%, "
+                f"{time.perf_counter() - start:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Predicted class (int64) for each uint8 N x H x W x 3 image; puts the model in eval mode."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 N x H x W x 3 images, got {images.dtype} {images.shape}")
+    model.eval()
+    device = next(model.parameters()).device
+    preds = [
+        model(_to_tensor(images[i : i + batch_size]).to(device)).argmax(1).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(preds).numpy().astype(np.int64) if preds else np.zeros(0, dtype=np.int64)
+
+
+def save_classifier(model: ResNet, path: str | Path) -> None:
+    """Store config + state dict in one file that loads with torch.load(weights_only=True)."""
+    config = asdict(model.config)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": "zip-purify-classifier/1", "config": config, "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> ResNet:
+    """Rebuild a classifier saved by `save_classifier` (eval mode, on `device`)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != "zip-purify-classifier/1":
+        raise ValueError(f"{path} is not a classifier saved by save_classifier")
+    raw = payload["config"]
+    config = ClassifierConfig(
+        num_classes=int(raw["num_classes"]),
+        depth=int(raw["depth"]),
+        widths=tuple(int(w) for w in raw["widths"]),  # type: ignore[arg-type]
+        mean=tuple(float(v) for v in raw["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in raw["std"]),  # type: ignore[arg-type]
+    )
+    model = build_classifier(config)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.to(device).eval()

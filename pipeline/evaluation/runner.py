@@ -1,0 +1,566 @@
+"""The defense evaluation matrix (the ZIP paper's Table 1) as plain functions.
+
+For one data set: a backdoored classifier per attack (cached), the class-stratified test subset, every defense
+applied to the clean subset (once, shared by all attacks) and to each attack's triggered subset, then CA / ASR /
+PA per attack x defense and PSNR / SSIM of the purified clean images. Results go to `<out>/<dataset>.json`,
+`<out>/<dataset>.md` and `<out>/<dataset>-examples.png`.
+
+Everything expensive is cached under `cache_dir` and reused on the next run, so a killed run resumes:
+
+    classifiers/<dataset>-<attack|clean>-e<epochs>[-<options>].pt   (+ .json with how it was trained)
+    purified/<dataset>-n<subset>-seed<seed>/<defense>-<key>/<part>-<input sha256[:16]>.npz   (+ settings.json)
+
+Data comes from a `loader(name, split) -> LabelledImages` (default `datasets.load_dataset`), so tests can inject
+a synthetic set.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from pipeline.evaluation import metrics
+from pipeline.evaluation.attacks import ATTACKS, Attack, PhysicalBA, make_attack, poison_test_set, poison_training_set
+from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pad
+from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
+from pipeline.evaluation.datasets import LabelledImages, load_dataset, stratified_subset
+from pipeline.purifier import Purifier, ZipSettings
+
+Loader = Callable[[str, str], LabelledImages]
+
+DEFENSES = ("none", "shrinkpad", "naive", "zip", "zip-authors")
+ZIP_DEFENSES = ("zip", "zip-authors")
+CLEAN = "clean"  # attack name of the clean (non-backdoored) classifier row; "none" on the command line
+
+ATTACK_TITLES = {"badnet": "BadNet", "blended": "Blended", "physicalba": "PhysicalBA", "wanet": "WaNet", CLEAN: "None"}
+NO_HFLIP = {"gtsrb"}  # traffic signs are not flip-invariant
+# Data sets whose shared copy has a single split: the evaluation holds out a stratified test share of it.
+SINGLE_SPLIT = {"imagenette": ("val", 0.25)}
+
+
+def log(message: str) -> None:
+    """Progress line on stderr (stdout stays free for callers)."""
+    print(f"[evaluate {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def normalise_attack(name: str | None) -> str:
+    """'badnet' etc., or CLEAN for None / 'none' / 'clean' (the clean classifier's row)."""
+    if name is None or name.lower() in ("none", CLEAN):
+        return CLEAN
+    if name.lower() not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)} or 'none'")
+    return name.lower()
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+
+def load_splits(dataset: str, loader: Loader = load_dataset) -> tuple[LabelledImages, LabelledImages]:
+    """(train, test) of a data set. Single-split sets are split once, stratified, with a fixed seed."""
+    if dataset not in SINGLE_SPLIT:
+        return loader(dataset, "train"), loader(dataset, "test")
+    split, test_share = SINGLE_SPLIT[dataset]
+    full = loader(dataset, split)
+    counts = np.bincount(full.labels, minlength=full.num_classes)
+    test_idx = stratified_subset(full.labels, int(round(test_share * counts.min())) * full.num_classes, seed=12345)
+    train_mask = np.ones(len(full.labels), dtype=bool)
+    train_mask[test_idx] = False
+    return (
+        LabelledImages(full.images[train_mask], full.labels[train_mask], full.num_classes),
+        LabelledImages(full.images[test_idx], full.labels[test_idx], full.num_classes),
+    )
+
+
+def _sha256_array(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(uri: str) -> str:
+    """sha256 of a local path or fsspec URI, streamed (large checkpoints are not held in memory twice)."""
+    digest = hashlib.sha256()
+    with fsspec.open(uri, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    """Atomic .npz write: a killed run never leaves a half-written cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- classifiers
+
+
+def classifier_path(cache_dir: str | Path, dataset: str, attack: str | None, epochs: int,
+                    train_options: dict[str, Any] | None = None) -> Path:
+    """cache_dir/classifiers/<dataset>-<attack or clean>-e<epochs>.pt; non-default training options add a suffix."""
+    name = f"{dataset}-{normalise_attack(attack)}-e{epochs}"
+    if train_options:
+        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(train_options.items()))
+    return Path(cache_dir) / "classifiers" / f"{name}.pt"
+
+
+def without_flips(transform: ExtraTransform) -> ExtraTransform:
+    """`PhysicalBA.train_transform` with its random horizontal flip cancelled (for data sets such as GTSRB).
+
+    The transform draws its flips first, as rng.random(n) < 0.5; the same draw on a copy of the generator tells
+    which images it will flip, and those are flipped beforehand, so they come out unflipped. The rest of its
+    randomness and the caller's generator state are unchanged (tests check the flip really cancels).
+    """
+
+    def wrapped(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        flips = copy.deepcopy(rng).random(len(images)) < 0.5
+        pre = images.copy()
+        pre[flips] = pre[flips, :, ::-1]
+        return transform(pre, rng)
+
+    return wrapped
+
+
+def get_classifier(
+    dataset: str,
+    attack: str | None,
+    cache_dir: str | Path,
+    epochs: int,
+    threads: int | None = None,
+    *,
+    loader: Loader = load_dataset,
+    train: LabelledImages | None = None,
+    device: str = "cpu",
+    train_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[ResNet, dict[str, Any]]:
+    """The backdoored (or, for attack None/'none', clean) ResNet of a data set, trained once and then cached.
+
+    Poisons the training set at the attack's own rate (5 %, WaNet 10 %), seed 0; PhysicalBA's physical
+    transforms run on every training image; GTSRB trains without horizontal flips. A cached classifier is
+    loaded, never retrained. `train_options` go to `train_classifier` (depth, batch_size, lr, ...) and are part
+    of the cache name. Returns (model in eval mode, info dict).
+    """
+    name = normalise_attack(attack)
+    path = classifier_path(cache_dir, dataset, name, epochs, train_options)
+    meta_path = path.with_suffix(".json")
+    if path.exists():
+        log(f"{dataset}/{name}: classifier from cache {path}")
+        info = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return load_classifier(path, device), {**info, "path": str(path), "trained_now": False}
+
+    if train is None:
+        train, _ = load_splits(dataset, loader)
+    images, labels, poisoned = train.images, train.labels, np.zeros(0, dtype=np.int64)
+    extra_transform = None
+    attack_obj: Attack | None = None
+    if name != CLEAN:
+        attack_obj = make_attack(name, train.images.shape[1])
+        images, labels, poisoned = poison_training_set(train.images, train.labels, attack_obj, seed=0)
+        if isinstance(attack_obj, PhysicalBA):
+            extra_transform = attack_obj.train_transform
+            if dataset in NO_HFLIP:
+                extra_transform = without_flips(extra_transform)
+    options = dict(train_options or {})
+    options.setdefault("hflip", dataset not in NO_HFLIP)
+    log(f"{dataset}/{name}: training classifier on {len(images)} images ({len(poisoned)} poisoned), "
+        f"{epochs} epochs -> {path}")
+    start = time.perf_counter()
+    model = train_classifier(
+        images, labels, train.num_classes, epochs, extra_transform=extra_transform, device=device,
+        progress=progress, num_threads=threads, **options,
+    )
+    seconds = time.perf_counter() - start
+    save_classifier(model, path)
+    info = {
+        "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(images),
+        "poisoned": len(poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
+        "train_options": options, "train_seconds": round(seconds, 1),
+    }
+    _write_text(meta_path, json.dumps(info, indent=2))
+    log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
+    return model, {**info, "path": str(path), "trained_now": True}
+
+
+# ------------------------------------------------------------------------------------------------------ defenses
+
+
+@dataclass
+class Defense:
+    """One defense setting: a name, the function applied to uint8 N x H x W x 3 images, and its cache key."""
+
+    name: str
+    settings: dict[str, Any]
+    apply: Callable[[np.ndarray], np.ndarray] | None = None
+    purifier_factory: Callable[[], Purifier] | None = None
+    cacheable: bool = True
+    _purifier: Purifier | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps({"defense": self.name, **self.settings}, sort_keys=True, default=str)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self.apply is not None:
+            return self.apply(images)
+        if self._purifier is None:
+            assert self.purifier_factory is not None
+            self._purifier = self.purifier_factory()
+        return np.stack(self._purifier(list(images), progress=True))
+
+
+def zip_settings(defense: str, steps: int, pool: int) -> ZipSettings:
+    """Paper settings (Algorithm 2) for 'zip', the authors' released variant for 'zip-authors'."""
+    if defense == "zip":
+        return ZipSettings(steps=steps, pool=pool)
+    if defense == "zip-authors":
+        return ZipSettings.authors_code(pool=pool, steps=steps)
+    raise ValueError(f"{defense!r} is not a ZIP defense")
+
+
+def make_defense(
+    name: str,
+    *,
+    pool: int = 4,
+    steps: int = 20,
+    checkpoint: str | None = None,
+    checkpoint_sha256: str | None = None,
+    device: str = "cpu",
+    canvas_size: int | None = None,
+    batch_size: int | None = None,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Defense:
+    """Build a defense by name (see DEFENSES); ZIP ones load the checkpoint lazily, on first use."""
+    if name == "none":
+        return Defense(name, {}, no_defense, cacheable=False)
+    if name == "shrinkpad":
+        shrink = max(1, round(4 * image_size / 32))  # 4 px on 32x32 images, as in the ShrinkPad paper
+        return Defense(name, {"shrink": shrink, "seed": seed}, lambda x: shrink_pad(x, shrink=shrink, seed=seed))
+    if name == "naive":
+        return Defense(name, {"pool": pool}, lambda x: naive_transform(x, pool))
+    if name in ZIP_DEFENSES:
+        if checkpoint is None or checkpoint_sha256 is None:
+            raise ValueError(f"defense {name!r} needs a checkpoint")
+        settings = zip_settings(name, steps, pool)
+
+        def factory() -> Purifier:
+            log(f"loading diffusion prior {checkpoint} for {name}")
+            return Purifier.from_checkpoint(
+                checkpoint, settings=settings, device=device, canvas_size=canvas_size, batch_size=batch_size,
+                expected_sha256=checkpoint_sha256,
+            )
+
+        return Defense(
+            name,
+            {"zip": settings.to_dict(), "checkpoint_sha256": checkpoint_sha256, "canvas_size": canvas_size,
+             "batch_size": batch_size},
+            purifier_factory=factory,
+        )
+    raise ValueError(f"unknown defense {name!r}; choose from {', '.join(DEFENSES)}")
+
+
+def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -> np.ndarray:
+    """The defense applied to `images`, cached as cache_dir/<defense key>/<part>-<input sha>.npz.
+
+    Any cached file of the same defense with the same input hash is reused (BadNet and PhysicalBA share their
+    test-time trigger, so their triggered subsets are purified once).
+    """
+    if len(images) == 0:
+        return images.copy()
+    if not defense.cacheable:
+        return defense(images)
+    folder = cache_dir / defense.key
+    digest = _sha256_array(images)[:16]
+    for candidate in sorted(folder.glob(f"*-{digest}.npz")):
+        with np.load(candidate) as data:
+            if data["images"].shape == images.shape:
+                log(f"  {defense.name}/{part}: {len(images)} images from cache {candidate.name}")
+                return data["images"]
+    log(f"  {defense.name}/{part}: purifying {len(images)} images")
+    start = time.perf_counter()
+    out = np.asarray(defense(images), dtype=np.uint8)
+    seconds = time.perf_counter() - start
+    if out.shape != images.shape:
+        raise RuntimeError(f"defense {defense.name} changed the images' shape: {images.shape} -> {out.shape}")
+    _write_text(folder / "settings.json", json.dumps({"defense": defense.name, **defense.settings}, indent=2,
+                                                       default=str))
+    _save_npz(folder / f"{part}-{digest}.npz", images=out, seconds=np.float64(seconds))
+    log(f"  {defense.name}/{part}: done in {seconds:.1f}s ({len(images) / max(seconds, 1e-9):.1f} images/s)")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ the matrix
+
+
+@dataclass
+class EvalConfig:
+    """Everything one data set's evaluation depends on (see jobs/evaluate.py --help)."""
+
+    dataset: str
+    attacks: Sequence[str] = ("badnet", "blended", "physicalba", "wanet")
+    defenses: Sequence[str] = DEFENSES
+    checkpoint: str = "pipeline/assets/cifar10_prior.pt"
+    steps: int = 20
+    pool: int = 4
+    subset: int = 1000
+    seed: int = 0
+    epochs: int = 10
+    threads: int | None = None
+    cache_dir: Path = Path.home() / ".cache" / "zip-purify"
+    out_dir: Path = Path("results")
+    device: str = "cpu"
+    canvas_size: int | None = None
+    batch_size: int | None = None
+    examples: int = 6
+    train_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _score(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 2)
+
+
+def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[str, Any]:
+    """Run the whole matrix for one data set, write JSON / Markdown / PNG to config.out_dir, return the JSON dict."""
+    started = time.perf_counter()
+    cache_dir = Path(config.cache_dir).expanduser()
+    attacks = [normalise_attack(a) for a in config.attacks]
+    defenses = list(dict.fromkeys(config.defenses))
+    for d in defenses:
+        if d not in DEFENSES:
+            raise ValueError(f"unknown defense {d!r}; choose from {', '.join(DEFENSES)}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    checkpoint_sha = None
+    if any(d in ZIP_DEFENSES for d in defenses):
+        try:
+            checkpoint_sha = file_sha256(config.checkpoint)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"diffusion checkpoint {config.checkpoint} not found: train one with jobs/train_prior.py, pass "
+                f"--checkpoint, or leave out the zip defenses"
+            ) from None
+
+    log(f"{config.dataset}: loading data")
+    train, test = load_splits(config.dataset, loader)
+    smallest_class = int(np.bincount(test.labels)[np.unique(test.labels)].min())
+    idx = stratified_subset(test.labels, min(config.subset, smallest_class * len(np.unique(test.labels))), config.seed)
+    clean_images, clean_labels = test.images[idx], test.labels[idx]
+    image_size = int(clean_images.shape[1])
+    log(f"{config.dataset}: test subset of {len(idx)} images ({test.num_classes} classes, {image_size}px), "
+        f"seed {config.seed}")
+
+    defense_objs = {
+        d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
+                        checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
+                        batch_size=config.batch_size, image_size=image_size, seed=config.seed)
+        for d in defenses
+    }
+    purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
+
+    clean_out = {}
+    fidelity: dict[str, dict[str, float | None]] = {}
+    for d, defense in defense_objs.items():
+        log(f"{config.dataset}: defense {d} on the clean subset")
+        clean_out[d] = purified(defense, clean_images, purified_dir, CLEAN)
+        fidelity[d] = {
+            "psnr": _score(metrics.psnr(clean_out[d], clean_images)) if d != "none" else None,
+            "ssim": _score(metrics.ssim(clean_out[d], clean_images)) if d != "none" else None,
+        }
+
+    results: dict[str, dict[str, dict[str, float | None]]] = {}
+    classifiers: dict[str, dict[str, Any]] = {}
+    poisoned_sets: dict[str, np.ndarray] = {}
+    poisoned_out: dict[str, dict[str, np.ndarray]] = {}
+    for name in attacks:
+        model, info = get_classifier(
+            config.dataset, name, cache_dir, config.epochs, config.threads, loader=loader, train=train,
+            device=config.device, train_options=config.train_options or None,
+        )
+        attack = make_attack(name, image_size) if name != CLEAN else None
+        triggered, true_labels = (poison_test_set(clean_images, clean_labels, attack) if attack
+                                  else (clean_images[:0], clean_labels[:0]))
+        poisoned_sets[name] = triggered
+        base_ca = metrics.clean_accuracy(predict(model, clean_images), clean_labels)
+        base_asr = (metrics.attack_success_rate(predict(model, triggered), true_labels, attack.target)
+                    if attack else None)
+        classifiers[name] = {
+            "path": info["path"], "epochs": config.epochs, "trained_now": info["trained_now"],
+            "poisoned_training_images": info.get("poisoned"), "train_seconds": info.get("train_seconds"),
+            "no_defense_ca": _score(base_ca), "no_defense_asr": _score(base_asr),
+        }
+        log(f"{config.dataset}/{name}: no defense CA {base_ca:.1f}%"
+            + (f", ASR {base_asr:.1f}%" if base_asr is not None else ""))
+        results[name] = {}
+        poisoned_out[name] = {}
+        for d, defense in defense_objs.items():
+            cell: dict[str, float | None] = {
+                "ca": _score(metrics.clean_accuracy(predict(model, clean_out[d]), clean_labels)),
+                "asr": None, "pa": None,
+            }
+            if attack is not None:
+                log(f"{config.dataset}/{name}: defense {d} on {len(triggered)} triggered images")
+                out = purified(defense, triggered, purified_dir, name)
+                poisoned_out[name][d] = out
+                preds = predict(model, out)
+                cell["asr"] = _score(metrics.attack_success_rate(preds, true_labels, attack.target))
+                cell["pa"] = _score(metrics.poisoned_accuracy(preds, true_labels))
+            results[name][d] = cell
+            log(f"{config.dataset}/{name}/{d}: " + ", ".join(
+                f"{k.upper()} {v:.1f}" for k, v in cell.items() if v is not None))
+
+    average = {
+        d: {
+            m: _score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
+                                                         if a != CLEAN and results[a][d][m] is not None]) else None
+            for m in ("ca", "asr", "pa")
+        }
+        for d in defenses
+    }
+    report = {
+        "dataset": config.dataset,
+        "config": {
+            "attacks": attacks, "defenses": defenses, "subset": config.subset, "subset_actual": int(len(idx)),
+            "seed": config.seed, "steps": config.steps, "pool": config.pool, "checkpoint": config.checkpoint,
+            "checkpoint_sha256": checkpoint_sha, "classifier_epochs": config.epochs,
+            "classifier_options": config.train_options, "device": config.device, "threads": config.threads,
+            "canvas_size": config.canvas_size, "batch_size": config.batch_size,
+            "num_classes": test.num_classes, "image_size": image_size,
+            "defense_settings": {d: obj.settings for d, obj in defense_objs.items()},
+            "subset_sha256": _sha256_array(idx),
+        },
+        "classifiers": classifiers,
+        "results": results,
+        "average": average,
+        "fidelity": fidelity,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out_dir = Path(config.out_dir)
+    _write_text(out_dir / f"{config.dataset}.json", json.dumps(report, indent=2, allow_nan=False, default=str))
+    _write_text(out_dir / f"{config.dataset}.md", markdown_table(report))
+    write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out, config)
+    log(f"{config.dataset}: wrote {out_dir}/{config.dataset}.json, .md, -examples.png "
+        f"({report['seconds'] / 60:.1f} min)")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------- reporting
+
+
+def defense_title(name: str, pool: int) -> str:
+    """Column-group title of a defense in the Markdown table."""
+    return {
+        "none": "No defense", "shrinkpad": "ShrinkPad", "naive": f"A⁺A x (k={pool})", "zip": f"ZIP (k={pool})",
+        "zip-authors": f"ZIP authors' code (k={pool})",
+    }[name]
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Table 1 of the ZIP paper: a row per attack plus Average; per defense a CA / ASR / PA column group."""
+    cfg = report["config"]
+    defenses, pool = cfg["defenses"], cfg["pool"]
+    header = ["Attack"] + [f"{defense_title(d, pool)} {m}" for d in defenses for m in ("CA", "ASR", "PA")]
+    lines = [
+        f"# Defense evaluation: {report['dataset']}",
+        "",
+        f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} DDIM steps, "
+        f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
+        f"{cfg['classifier_epochs']} epochs. CA on purified clean images, ASR / PA on purified triggered images "
+        "whose true label is not the target (percent).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
+    ]
+    rows = [(ATTACK_TITLES.get(a, a), report["results"][a]) for a in cfg["attacks"]]
+    rows.append(("Average", report["average"]))
+    for title, cells in rows:
+        values = [_fmt(cells[d][m]) for d in defenses for m in ("ca", "asr", "pa")]
+        lines.append(f"| {title} | " + " | ".join(values) + " |")
+    lines += ["", "Purified clean images vs the originals:", "", "| Defense | PSNR (dB) | SSIM |", "| --- | ---: | ---: |"]
+    for d in defenses:
+        fid = report["fidelity"][d]
+        ssim = "–" if fid["ssim"] is None else f"{fid['ssim']:.3f}"
+        lines.append(f"| {defense_title(d, pool)} | {_fmt(fid['psnr'])} | {ssim} |")
+    lines += ["", "Classifiers without defense (on the same subset):", "", "| Attack | CA | ASR | epochs |",
+              "| --- | ---: | ---: | ---: |"]
+    for a, info in report["classifiers"].items():
+        lines.append(f"| {ATTACK_TITLES.get(a, a)} | {_fmt(info['no_defense_ca'])} | {_fmt(info['no_defense_asr'])} "
+                     f"| {info['epochs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_examples(
+    path: Path,
+    poisoned_sets: dict[str, np.ndarray],
+    poisoned_out: dict[str, dict[str, np.ndarray]],
+    config: EvalConfig,
+) -> None:
+    """PNG grid: per attack, rows poisoned / A⁺A x / ZIP-purified (and ZIP authors' code when run)."""
+    blocks = []
+    for name, triggered in poisoned_sets.items():
+        if len(triggered) == 0:
+            continue
+        count = min(config.examples, len(triggered))
+        pick = np.linspace(0, len(triggered) - 1, count).round().astype(int)
+        rows = [("poisoned", triggered[pick])]
+        naive = poisoned_out[name].get("naive")
+        rows.append((f"A+A x (k={config.pool})", naive[pick] if naive is not None
+                     else naive_transform(triggered[pick], config.pool)))
+        for d in ZIP_DEFENSES:
+            if d in poisoned_out[name]:
+                rows.append((f"{'ZIP' if d == 'zip' else 'ZIP authors'} (k={config.pool})", poisoned_out[name][d][pick]))
+        blocks.append((ATTACK_TITLES.get(name, name), rows))
+    if not blocks:
+        return
+    height, width = next(iter(poisoned_sets.values())).shape[1:3]
+    scale = max(1, math.ceil(96 / max(height, width)))
+    cell_h, cell_w, gap, label_w, title_h = height * scale, width * scale, 4, 130, 18
+    columns = max(len(rows[0][1]) for _, rows in blocks)
+    canvas_w = label_w + columns * (cell_w + gap)
+    canvas_h = sum(title_h + len(rows) * (cell_h + gap) + gap for _, rows in blocks)
+    canvas = Image.new("RGB", (canvas_w, canvas_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for title, rows in blocks:
+        draw.text((4, y + 3), title, fill="black")
+        y += title_h
+        for label, images in rows:
+            draw.text((4, y + cell_h // 2 - 6), label, fill="black")
+            for i, image in enumerate(images):
+                tile = Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST)
+                canvas.paste(tile, (label_w + i * (cell_w + gap), y))
+            y += cell_h + gap
+        y += gap
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    canvas.save(tmp)
+    os.replace(tmp, path)

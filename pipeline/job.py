@@ -1,0 +1,367 @@
+"""The streaming purification job: object storage in, purified Parquet out, on Ray Data.
+
+Read top to bottom, the pipeline is:
+
+    units   = discover(input)                       # files / tar shards / Parquet files, sorted
+    read    → raw bytes per image (skipping ids already in the output)
+    decode  → RGB pixels, or a reject with the reason
+    tile    → model-size canvases (by size and order, never by label)
+    purify  → ZIP on an actor pool, one diffusion model per actor (GPU when there is one)
+    untile  → one record per image, original size
+    encode  → lossless PNG
+    write   → OUTPUT/data/part-*.parquet and OUTPUT/rejects/part-*.parquet, one atomic file per batch
+
+The driver then writes OUTPUT/_summary.json (counts, timing, configuration, checkpoint sha256).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
+from pipeline.decode import DecodePolicy
+from pipeline.purifier import ZipSettings
+from pipeline.sources import ReadUnit, discover, relative_id
+from pipeline.stages import (
+    DATA_DIR,
+    REJECTS_DIR,
+    PurifyStage,
+    decode_stage,
+    encode_stage,
+    read_stage,
+    tile_stage,
+    untile_stage,
+    write_stage,
+)
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_INPUT = str(ASSETS / "sample")
+DEFAULT_PRIOR = ASSETS / "cifar10_prior.pt"
+SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
+SECRET_KEYS = ("key", "secret", "token", "password", "session")
+
+
+@dataclass
+class JobConfig:
+    """Everything a run depends on. Field docs are the CLI's --help texts."""
+
+    input: str = DEFAULT_INPUT
+    output: str = "./purified"
+    checkpoint: str | None = None
+    preset: str | None = None
+    flags: dict[str, Any] | None = None
+    checkpoint_sha256: str | None = None
+    steps: int = 20
+    pool: int = 4
+    lam: float = 0.0
+    eta: float = 0.0
+    sampler: str = "ddim"
+    operators: str = "pool"
+    blend_k: float | None = None
+    clip_denoised: bool = True
+    large_images: str = "fit"
+    seed: int = 0
+    canvas_size: int | None = None
+    batch_size: int | None = None
+    tile_batch: int = 256
+    write_batch: int = 512
+    files_per_unit: int = 64
+    actors: int = 0
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    torch_threads: int | None = None
+    device: str | None = None
+    precision: str = "fp32"
+    labels_from_folders: bool = False
+    image_column: str | None = None
+    max_pixels: int = 64_000_000
+    alpha: str = "white"
+    exif_transpose: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    incremental: bool = False
+    overwrite: bool = False
+    ray_address: str | None = None
+    progress: bool = True
+
+    def settings(self) -> ZipSettings:
+        return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
+                           operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
+                           large_images=self.large_images, seed=self.seed)
+
+    def public(self) -> dict[str, Any]:
+        """The configuration with storage secrets redacted (for logs and the summary)."""
+        d = asdict(self)
+        d["storage_options"] = redact(self.storage_options)
+        return d
+
+
+class JobError(RuntimeError):
+    """A run that cannot start or cannot be trusted; the message says what to do."""
+
+
+def redact(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else redact(v)) for k, v in options.items()}
+    return options
+
+
+def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(uri, **storage_options)
+
+
+def _read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    fs, path = _fs(uri, storage_options)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
+    fs, path = _fs(uri, storage_options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
+    fs.pipe_file(tmp, json.dumps(payload, indent=2, default=str).encode())
+    fs.mv(tmp, path)
+
+
+def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> list[str]:
+    fs, root = _fs(output.rstrip("/") + "/" + folder, storage_options)
+    if not fs.exists(root):
+        return []
+    return sorted(p for p in fs.ls(root, detail=False) if posixpath.basename(p).startswith("part-")
+                  and p.endswith(".parquet"))
+
+
+def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
+    """Ids already in the output (purified or rejected), and how many rows of each there are."""
+    fs, _ = _fs(output, storage_options)
+    ids: set[str] = set()
+    counts = []
+    for folder in (DATA_DIR, REJECTS_DIR):
+        n = 0
+        for path in list_parts(output, folder, storage_options):
+            with fs.open(path, "rb") as f:
+                column = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            ids.update(column)
+            n += len(column)
+        counts.append(n)
+    return ids, counts[0], counts[1]
+
+
+def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
+    """The checkpoint to use and a note on where it came from."""
+    if config.checkpoint:
+        return config.checkpoint, "user checkpoint"
+    if DEFAULT_PRIOR.exists():
+        return str(DEFAULT_PRIOR), "the project's own CIFAR-10 prior (pipeline/assets/cifar10_prior.pt)"
+    # No trained prior shipped: a seeded random-weight model of the right architecture, said loudly.
+    import torch
+
+    from pipeline.model import build_unet
+    from pipeline.presets import preset_config
+
+    torch.manual_seed(0)
+    path = Path.home() / ".cache" / "zip-purify" / "random_prior.pt"
+    save_bundle(path, build_unet(preset_config("cifar10_prior_small")), meta={"random_weights": True})
+    return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
+
+
+def check_output_state(config: JobConfig, job_record: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to mix runs with different settings, or to silently append to a finished run."""
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    fs, root = _fs(out, so)
+    if config.overwrite and fs.exists(root):
+        for folder in (DATA_DIR, REJECTS_DIR):
+            if fs.exists(posixpath.join(root, folder)):
+                fs.rm(posixpath.join(root, folder), recursive=True)
+        for name in (SUMMARY_FILE, JOB_FILE):
+            if fs.exists(posixpath.join(root, name)):
+                fs.rm(posixpath.join(root, name))
+    previous = _read_json(f"{out}/{JOB_FILE}", so)
+    has_parts = bool(list_parts(out, DATA_DIR, so) or list_parts(out, REJECTS_DIR, so))
+    if previous is None:
+        if has_parts:
+            raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
+                           "output or pass --overwrite")
+        return None
+    for key in ("settings", "checkpoint_sha256", "canvas_size"):
+        if previous.get(key) != job_record.get(key):
+            raise JobError(
+                f"{out} was written with a different {key} ({previous.get(key)!r} vs now {job_record.get(key)!r}); "
+                "use another output, or --overwrite to start over"
+            )
+    summary = _read_json(f"{out}/{SUMMARY_FILE}", so)
+    if summary and summary.get("status") == "complete" and not config.incremental:
+        raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
+                       "or --overwrite to start over")
+    return previous
+
+
+def init_local_ray(num_cpus: int | None = None) -> None:
+    """Start a local Ray whose workers import `pipeline` from this checkout."""
+    import ray
+
+    root = str(Path(__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+
+
+def _init_ray(config: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        init_local_ray()
+
+
+def _default_actors_and_gpus(config: JobConfig) -> tuple[int, float, str]:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if config.actors:
+        actors = config.actors
+    elif gpus_per_actor:
+        actors = max(1, int(gpus // gpus_per_actor))
+    else:
+        actors = 1
+    device = config.device or ("cuda" if gpus_per_actor else "cpu")
+    return actors, gpus_per_actor, device
+
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json."""
+    import ray
+    import ray.data
+
+    started = time.time()
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    settings = config.settings()
+    policy = DecodePolicy(max_pixels=config.max_pixels, alpha=config.alpha, exif_transpose=config.exif_transpose)
+
+    # 1. The model is checked before any data is read: unreadable, unsafe or mismatched files stop here.
+    checkpoint_uri, model_note = _checkpoint_for(config)
+    ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, so,
+                                             config.checkpoint_sha256, verify_only=True)
+    canvas_size = config.canvas_size or ckpt.config.image_size
+    if canvas_size % settings.pool:
+        raise JobError(f"pool factor {settings.pool} does not divide the canvas size {canvas_size}")
+    job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
+                  "checkpoint": checkpoint_uri, "model": model_note}
+
+    # 2. What is already done (resume / incremental), and what there is to read.
+    check_output_state(config, job_record)
+    skip, prior_purified, prior_rejected = done_ids(out, so)
+    units = discover(config.input, so, config.files_per_unit)
+    skipped_files, kept_units = 0, []
+    for unit in units:
+        if unit.kind == "files":
+            paths = tuple(p for p in unit.paths if relative_id(p, unit.root) not in skip)
+            skipped_files += len(unit.paths) - len(paths)
+            if paths:
+                kept_units.append(ReadUnit("files", paths, unit.root))
+        else:
+            kept_units.append(unit)
+    _write_json(f"{out}/{JOB_FILE}", {**job_record, "config": config.public()}, so)
+    _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
+
+    # 3. The pipeline.
+    _init_ray(config)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one bar of our own, in images, below
+    ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
+    # Retries are set on purpose below; Ray 2.60 has no named parameter for them yet, only the
+    # (deprecated) remote-args route, so silence that warning rather than the setting.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+    actors, gpus_per_actor, device = _default_actors_and_gpus(config)
+    threads = config.torch_threads or (None if gpus_per_actor else os.cpu_count())
+    task_retries = {"max_retries": 3, "retry_exceptions": True}  # storage hiccups, killed workers
+    skip_ids = frozenset(skip)
+    ds = ray.data.from_items([u.to_row() for u in kept_units] or [{"kind": "files", "paths": [], "root": ""}])
+    ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
+        storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
+        skip_ids=skip_ids), **task_retries)
+    ds = ds.map_batches(decode_stage, batch_size=64, fn_kwargs=dict(policy=policy), **task_retries)
+    ds = ds.map_batches(tile_stage, batch_size=config.tile_batch, fn_kwargs=dict(
+        canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed),
+        **task_retries)
+    ds = ds.map_batches(
+        PurifyStage,
+        batch_size=config.batch_size or max(1, (256 * 256 * 4) // (canvas_size**2)),
+        fn_constructor_kwargs=dict(
+            checkpoint=checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
+            preset=config.preset, flags=config.flags, storage_options=so, device=device,
+            precision=config.precision, canvas_size=canvas_size, torch_threads=threads),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
+        max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
+    )
+    ds = ds.map_batches(untile_stage, batch_size=16, fn_kwargs=dict(canvas_size=canvas_size, align=settings.pool),
+                        **task_retries)
+    ds = ds.map_batches(encode_stage, batch_size=64, **task_retries)
+    ds = ds.map_batches(write_stage, batch_size=config.write_batch, fn_kwargs=dict(output=out, storage_options=so),
+                        **task_retries)
+
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        total = sum(len(u.paths) for u in kept_units if u.kind == "files") if all(
+            u.kind == "files" for u in kept_units) else None
+        bar = tqdm(total=total, desc="purified", unit="img")
+    purified = rejected = read = skipped_in_units = 0
+    files: list[str] = []
+    for row in ds.iter_rows():
+        purified += int(row["purified"])
+        rejected += int(row["rejected"])
+        read += int(row["read"])
+        skipped_in_units += int(row["skipped"])
+        files += json.loads(row["files"])
+        if bar:
+            bar.update(int(row["purified"]) + int(row["rejected"]))
+            bar.set_postfix(rejected=rejected)
+    if bar:
+        bar.close()
+    wall = time.time() - started
+
+    # 4. Summary: this run's counts, and the whole output's.
+    _, total_purified, total_rejected = done_ids(out, so)
+    summary = {
+        "status": "complete" if read == purified + rejected else "inconsistent",
+        "this_run": {"read": read, "purified": purified, "rejected": rejected,
+                     "skipped_already_done": skipped_files + skipped_in_units,
+                     "files_written": len(files), "wall_s": round(wall, 2),
+                     "images_per_s": round((purified + rejected) / wall, 3) if wall else None},
+        "output_totals": {"purified": total_purified, "rejected": total_rejected,
+                          "before_this_run": {"purified": prior_purified, "rejected": prior_rejected}},
+        "model": {"checkpoint": checkpoint_uri, "sha256": ckpt.sha256, "note": model_note, "flags": ckpt.config.to_flags(),
+                  "meta": ckpt.meta},
+        "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device, "torch_threads": threads},
+        "config": config.public(),
+        "started": started,
+        "finished": time.time(),
+    }
+    _write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+    if summary["status"] != "complete":
+        raise JobError(f"read {read} inputs but wrote {purified} purified + {rejected} rejected; see {out}/{SUMMARY_FILE}")
+    return summary
+

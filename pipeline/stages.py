@@ -1,0 +1,223 @@
+"""The job's stages: small functions over batches of records, and one stateful actor (the model).
+
+Each Ray row holds one pickled `record` dict (see `pipeline.sources` for the kinds). Records are
+heterogeneous (images, rejects, counts, canvases) and carry arbitrary pass-through values; one
+opaque binary column keeps every stage's schema the same and lets Arrow move them without
+guessing types. Only our own stages write and read these pickles.
+
+Every stage passes records it does not handle through unchanged, so nothing can vanish
+between reading and writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import posixpath
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
+from pipeline.sources import ReadUnit, read_unit, reject_record
+from pipeline.tiling import pack, plan_layout, unpack
+
+Batch = dict[str, Any]
+
+
+def records_of(batch: Batch) -> list[dict[str, Any]]:
+    return [pickle.loads(b) for b in batch["record"]]
+
+
+def batch_of(records: Iterable[dict[str, Any]]) -> Batch:
+    return {"record": np.array([pickle.dumps(r, protocol=5) for r in records], dtype=object)}
+
+
+def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
+               image_column: str | None, skip_ids: frozenset[str]) -> Batch:
+    """Units in, raw image/reject/count records out."""
+    out: list[dict[str, Any]] = []
+    for kind, paths, root in zip(batch["kind"], batch["paths"], batch["root"], strict=True):
+        unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root})
+        out.extend(read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids))
+    return batch_of(out)
+
+
+def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
+    """Image bytes to RGB pixels; undecodable inputs become rejects with the reason."""
+    out = []
+    for r in records_of(batch):
+        if r["kind"] == "image" and "data" in r:
+            decoded = decode_image(r.pop("data"), policy)
+            if isinstance(decoded, Decoded):
+                r.update(pixels=decoded.pixels, original_mode=decoded.mode, original_format=decoded.format)
+            else:
+                r = reject_record(r["id"], r["source"], decoded, "decode", r["source_sha256"])
+        out.append(r)
+    return batch_of(out)
+
+
+def canvas_seed(seed: int, ids: Iterable[str]) -> int:
+    """A canvas's noise seed from its images' ids: reruns and resumes give the same output."""
+    return zlib.crc32("\n".join(ids).encode(), seed & 0xFFFFFFFF) & 0x7FFFFFFF
+
+
+def tile_stage(batch: Batch, canvas_size: int, align: int, large_images: str, seed: int) -> Batch:
+    """Pack the batch's images onto canvases (by size and order only, never by label)."""
+    records = records_of(batch)
+    images = [r for r in records if r["kind"] == "image"]
+    out = [r for r in records if r["kind"] != "image"]
+    if images:
+        layout = plan_layout([r["pixels"].shape[:2] for r in images], canvas_size, align, large_images)
+        canvases = pack([r["pixels"] for r in images], layout)
+        members: list[list[dict[str, Any]]] = [[] for _ in range(layout.num_canvases)]
+        for r, placement in zip(images, layout.placements, strict=True):
+            r = {k: v for k, v in r.items() if k != "pixels"}
+            members[placement.canvas].append({**r, "placement": placement})
+        for i, canvas in enumerate(canvases):
+            ids = [m["id"] for m in members[i]]
+            out.append({"kind": "canvas", "canvas": canvas, "members": members[i], "seed": canvas_seed(seed, ids)})
+    return batch_of(out)
+
+
+def untile_stage(batch: Batch, canvas_size: int, align: int) -> Batch:
+    """Canvases back to one record per image, at the image's original size."""
+    from pipeline.tiling import MosaicLayout, Placement
+
+    out = []
+    for r in records_of(batch):
+        if r["kind"] != "canvas":
+            out.append(r)
+            continue
+        placements = tuple(Placement(0, *_placement_fields(m["placement"])) for m in r["members"])
+        layout = MosaicLayout(canvas_size, align, placements, 1)
+        for member, pixels in zip(r["members"], unpack(r["canvas"][None], layout), strict=True):
+            member = {k: v for k, v in member.items() if k != "placement"}
+            out.append({**member, "pixels": pixels})
+    return batch_of(out)
+
+
+def _placement_fields(p: Any) -> tuple[int, ...]:
+    return (p.top, p.left, p.height, p.width, p.original_height, p.original_width)
+
+
+def encode_stage(batch: Batch) -> Batch:
+    """Purified pixels to lossless PNG at the original size."""
+    out = []
+    for r in records_of(batch):
+        if r["kind"] == "image" and "pixels" in r:
+            pixels = r.pop("pixels")
+            r.update(png=encode_png(pixels), height=int(pixels.shape[0]), width=int(pixels.shape[1]))
+        out.append(r)
+    return batch_of(out)
+
+
+class PurifyStage:
+    """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
+
+    def __init__(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
+                 flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None,
+                 precision: str, canvas_size: int, torch_threads: int | None):
+        import torch
+
+        from pipeline.purifier import Purifier, ZipSettings
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.purifier = Purifier.from_checkpoint(
+            checkpoint, preset, device=device, precision=precision, canvas_size=canvas_size, flags=flags,
+            storage_options=storage_options, expected_sha256=checkpoint_sha256, settings=ZipSettings(**settings),
+        )
+
+    def __call__(self, batch: Batch) -> Batch:
+        records = records_of(batch)
+        canvases = [r for r in records if r["kind"] == "canvas"]
+        if canvases:
+            stack = np.stack([r["canvas"] for r in canvases])
+            purified = self.purifier.purify_canvases(stack, seeds=[r["seed"] for r in canvases])
+            for r, canvas in zip(canvases, purified, strict=True):
+                r["canvas"] = canvas
+        return batch_of(records)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+DATA_DIR, REJECTS_DIR = "data", "rejects"
+
+
+def _png_name(id_: str) -> str:
+    stem = posixpath.splitext(posixpath.basename(id_.replace("#", "_")))[0] or "image"
+    return stem + ".png"
+
+
+def _data_table(records: list[dict[str, Any]]) -> pa.Table:
+    passthrough = sorted({k for r in records for k in r["meta"]})
+    rows = []
+    for r in records:
+        row = {"id": r["id"], "image": {"bytes": r["png"], "path": _png_name(r["id"])},
+               "width": r["width"], "height": r["height"]}
+        row.update({k: r["meta"].get(k) for k in passthrough if k not in row})
+        row.update(source=r["source"], source_sha256=r["source_sha256"], original_mode=r.get("original_mode"),
+                   original_format=r.get("original_format"))
+        rows.append(row)
+    return pa.Table.from_pylist(rows)
+
+
+def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:
+    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("source_sha256", pa.string()),
+                        ("stage", pa.string()), ("error", pa.string())])
+    return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in records], schema=schema)
+
+
+def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> None:
+    """Write to a hidden temporary name, then move into place: readers never see half a file."""
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    folder, name = posixpath.split(path)
+    tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    fs.makedirs(folder, exist_ok=True)
+    fs.pipe_file(tmp, buf.getvalue())
+    try:
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def part_name(ids: list[str]) -> str:
+    """Deterministic from the ids it holds, so a retried write replaces its own file."""
+    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
+
+
+def write_stage(batch: Batch, output: str, storage_options: dict[str, Any]) -> Batch:
+    """Write purified images to data/ and rejects to rejects/; return a manifest row."""
+    records = records_of(batch)
+    images = [r for r in records if r["kind"] == "image"]
+    rejects = [r for r in records if r["kind"] == "reject"]
+    read_count = sum(r["n"] for r in records if r["kind"] == "count")
+    skipped = sum(r["skipped"] for r in records if r["kind"] == "count")
+    unknown = [r["kind"] for r in records if r["kind"] not in ("image", "reject", "count")]
+    if unknown:
+        raise RuntimeError(f"records of kinds {sorted(set(unknown))} reached the writer; a stage dropped its work")
+    files = []
+    if images:
+        name = part_name([r["id"] for r in images])
+        write_parquet_atomic(_data_table(images), f"{output.rstrip('/')}/{DATA_DIR}/{name}", storage_options)
+        files.append(f"{DATA_DIR}/{name}")
+    if rejects:
+        name = part_name([r["id"] for r in rejects])
+        write_parquet_atomic(_rejects_table(rejects), f"{output.rstrip('/')}/{REJECTS_DIR}/{name}", storage_options)
+        files.append(f"{REJECTS_DIR}/{name}")
+    return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
+            "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
+            "written_at": np.array([time.time()])}

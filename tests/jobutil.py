@@ -1,0 +1,65 @@
+"""Helpers for job tests: a tiny model, generated inputs, output readers."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from pipeline.checkpoint import save_bundle
+from pipeline.model import UNetConfig, build_unet
+
+TINY_FLAGS = dict(image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="")
+
+
+def tiny_model_file(folder: Path) -> str:
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig.from_flags(TINY_FLAGS))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = folder / "tiny.pt"
+    save_bundle(path, model, meta={"test": True})
+    return str(path)
+
+
+def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def read_output(path: str, storage_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    frames = []
+    for folder in ("data", "rejects"):
+        files = sorted(f for f in (fs.ls(f"{root}/{folder}", detail=False) if fs.exists(f"{root}/{folder}") else [])
+                       if f.rsplit("/", 1)[-1].startswith("part-"))
+        tables = [pq.read_table(io.BytesIO(fs.cat_file(f))).to_pandas() for f in files]
+        frames.append(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["id"]))
+    return frames[0], frames[1]
+
+
+def decoded_size(image_cell: dict) -> tuple[int, int]:
+    with Image.open(io.BytesIO(image_cell["bytes"])) as im:
+        assert im.format == "PNG"
+        return im.height, im.width

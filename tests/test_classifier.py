@@ -1,0 +1,90 @@
+"""The victim classifier: a tiny ResNet learns a trivially separable task and survives a save/load round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation.attacks import PhysicalBA
+from pipeline.evaluation.classifier import (
+    ClassifierConfig,
+    build_classifier,
+    load_classifier,
+    predict,
+    save_classifier,
+    train_classifier,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine, thread hand-offs make these tiny models 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _black_white(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.arange(n, dtype=np.int64) % 2
+    images = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+    images[labels == 1] = 255
+    noise = np.random.default_rng(0).integers(0, 30, size=images.shape)
+    images = np.where(labels[:, None, None, None] == 1, images - noise, images + noise).astype(np.uint8)
+    return images, labels
+
+
+def test_resnet_shapes_and_depth() -> None:
+    model = build_classifier(ClassifierConfig(num_classes=7, depth=8))
+    out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 7)
+    n_blocks = sum(1 for m in build_classifier(ClassifierConfig()).modules() if type(m).__name__ == "BasicBlock")
+    assert n_blocks == 9  # ResNet-20: 3 stages x 3 blocks
+    with pytest.raises(ValueError, match="6n"):
+        ClassifierConfig(depth=21)
+
+
+def test_train_learns_black_vs_white_and_round_trips(tmp_path: Path) -> None:
+    images, labels = _black_white()
+    model = train_classifier(
+        images,
+        labels,
+        num_classes=2,
+        epochs=1,
+        batch_size=16,
+        lr=0.05,
+        depth=8,
+        progress=False,
+        num_threads=1,
+    )
+    preds = predict(model, images)
+    assert preds.dtype == np.int64 and preds.shape == labels.shape
+    assert np.mean(preds == labels) == 1.0
+    path = tmp_path / "clf.pt"
+    save_classifier(model, path)
+    loaded = load_classifier(path)
+    assert np.array_equal(predict(loaded, images, batch_size=7), preds)
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"]["depth"] == 8
+
+
+def test_train_is_seeded_and_accepts_extra_transform() -> None:
+    images, labels = _black_white(16)
+    attack = PhysicalBA()
+    threads = torch.get_num_threads()
+    kwargs = dict(num_classes=2, epochs=1, batch_size=8, depth=8, progress=False, hflip=False, num_threads=1)
+    a = train_classifier(images, labels, extra_transform=attack.train_transform, seed=1, **kwargs)
+    b = train_classifier(images, labels, extra_transform=attack.train_transform, seed=1, **kwargs)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    assert torch.get_num_threads() == threads  # the thread count is restored after training
+
+
+def test_train_rejects_bad_labels() -> None:
+    images, labels = _black_white(8)
+    with pytest.raises(ValueError, match="labels"):
+        train_classifier(images, labels + 5, num_classes=2, epochs=1, progress=False, num_threads=1)

@@ -1,0 +1,122 @@
+"""End-to-end defense evaluation on a tiny synthetic data set: every output written, caches reused on a rerun."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import save_bundle
+from pipeline.evaluation import runner
+from pipeline.evaluation.attacks import PhysicalBA
+from pipeline.evaluation.datasets import LabelledImages
+from pipeline.model import UNetConfig, build_unet
+
+ATTACKS = ["badnet", "blended", "physicalba", "wanet"]
+DEFENSES = ["none", "shrinkpad", "naive", "zip", "zip-authors"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine, thread hand-offs make these tiny models much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _synthetic(n: int, seed: int) -> LabelledImages:
+    """Two classes of 32x32 images: dark and bright, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % 2
+    base = np.where(labels == 1, 190, 60)[:, None, None, None]
+    images = np.clip(base + rng.integers(-40, 41, size=(n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return LabelledImages(images, labels, 2)
+
+
+def fake_loader(name: str, split: str) -> LabelledImages:
+    assert name == "synthetic"
+    return _synthetic(48, 1) if split == "train" else _synthetic(24, 2)
+
+
+def _tiny_prior(path: Path) -> Path:
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="",
+                        num_head_channels=32, learn_sigma=False)
+    save_bundle(path, build_unet(config))
+    return path
+
+
+def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = runner.EvalConfig(
+        dataset="synthetic", attacks=[*ATTACKS, "none"], defenses=DEFENSES, checkpoint=str(_tiny_prior(tmp_path / "prior.pt")),
+        steps=2, pool=4, subset=10, seed=0, epochs=1, threads=1, cache_dir=tmp_path / "cache",
+        out_dir=tmp_path / "results", examples=3, train_options={"depth": 8, "batch_size": 16},
+    )
+    report = runner.evaluate_dataset(config, loader=fake_loader)
+
+    out = tmp_path / "results"
+    saved = json.loads((out / "synthetic.json").read_text())
+    assert saved["results"] == report["results"]
+    assert saved["config"]["subset_actual"] == 10 and saved["config"]["steps"] == 2 and saved["config"]["pool"] == 4
+    assert len(saved["config"]["checkpoint_sha256"]) == 64
+    for attack in ATTACKS:
+        assert saved["classifiers"][attack]["epochs"] == 1
+        assert 0 <= saved["classifiers"][attack]["no_defense_ca"] <= 100
+        for defense in DEFENSES:
+            cell = saved["results"][attack][defense]
+            assert all(0.0 <= cell[m] <= 100.0 for m in ("ca", "asr", "pa")), (attack, defense, cell)
+    assert set(saved["average"]) == set(DEFENSES)
+    clean_row = saved["results"]["clean"]  # the clean classifier: CA only, not part of the average
+    assert all(clean_row[d]["asr"] is None and 0 <= clean_row[d]["ca"] <= 100 for d in DEFENSES)
+    assert saved["average"]["none"]["ca"] == pytest.approx(np.mean([saved["results"][a]["none"]["ca"] for a in ATTACKS]),
+                                                           abs=0.01)
+    assert saved["fidelity"]["none"]["psnr"] is None and saved["fidelity"]["zip"]["psnr"] > 0
+
+    table = (out / "synthetic.md").read_text()
+    assert "| Attack | No defense CA | No defense ASR | No defense PA |" in table
+    assert "| Average |" in table and "| WaNet |" in table and "| None |" in table and "ZIP (k=4) CA" in table
+
+    from PIL import Image
+
+    with Image.open(out / "synthetic-examples.png") as png:
+        assert png.width > 3 * 96 and png.height > 4 * 3 * 96  # 4 attacks x (poisoned, naive, zip, zip-authors)
+
+    classifier_files = sorted((tmp_path / "cache" / "classifiers").glob("*.pt"))
+    assert [p.name for p in classifier_files] == sorted(
+        f"synthetic-{a}-e1-batch_size16-depth8.pt" for a in [*ATTACKS, "clean"]
+    )
+    cached = sorted((tmp_path / "cache" / "purified").rglob("*.npz"))
+    # per cached defense (shrinkpad, naive, zip, zip-authors): clean + 3 triggered sets (PhysicalBA reuses BadNet's)
+    assert len(cached) == 4 * 4
+    mtimes = {p: p.stat().st_mtime_ns for p in classifier_files + cached}
+
+    # Second run: nothing may be retrained or re-purified.
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("cache not used")
+
+    monkeypatch.setattr(runner, "train_classifier", forbidden)
+    monkeypatch.setattr(runner.Purifier, "from_checkpoint", forbidden)
+    again = runner.evaluate_dataset(config, loader=fake_loader)
+    assert again["results"] == report["results"] and again["fidelity"] == report["fidelity"]
+    assert not any(info["trained_now"] for info in again["classifiers"].values())
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_without_flips_cancels_physicalba_flip() -> None:
+    """GTSRB's PhysicalBA classifier trains on physical transforms without the horizontal flip."""
+    identity_but_flip = PhysicalBA(brightness=0.0, contrast=0.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0))
+    images = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    flipped = identity_but_flip.train_transform(images, np.random.default_rng(1))
+    mirrored = [np.array_equal(f, im[:, ::-1]) and not np.array_equal(f, im) for f, im in zip(flipped, images, strict=True)]
+    assert 5 < sum(mirrored) < 35
+    rng = np.random.default_rng(1)
+    out = runner.without_flips(identity_but_flip.train_transform)(images, rng)
+    np.testing.assert_array_equal(out, images)
+    reference = np.random.default_rng(1)
+    identity_but_flip.train_transform(images, reference)
+    assert rng.random() == reference.random()  # the caller's generator advances exactly as without the wrapper

@@ -1,0 +1,169 @@
+"""The streaming job end to end on a local Ray: every input exactly once, resumable, all formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.job import JobConfig, JobError, run_job
+from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _config(tmp_path, model, **kw) -> JobConfig:
+    base = dict(output=str(tmp_path / "out"), checkpoint=model, steps=2, pool=4, progress=False, write_batch=16)
+    return JobConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_model_file(tmp_path_factory.mktemp("model"))
+
+
+def _folder(tmp_path):
+    root = tmp_path / "in"
+    sizes = {"cat/a.png": (32, 32), "cat/b.jpg": (224, 224), "dog/c.png": (200, 300), "dog/d.bmp": (7, 5)}
+    for i, (name, (h, w)) in enumerate(sizes.items()):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        fmt = {"png": "PNG", "jpg": "JPEG", "bmp": "BMP"}[name.rsplit(".", 1)[1]]
+        (root / name).write_bytes(image_bytes(h, w, i, fmt))
+    (root / "dog/broken.png").write_bytes(image_bytes(32, 32, 9)[:60])
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"ignored: hidden")
+    return root, sizes
+
+
+def test_folder_mixed_sizes_labels_and_rejects(tmp_path, model) -> None:
+    root, sizes = _folder(tmp_path)
+    summary = run_job(_config(tmp_path, model, input=str(root), labels_from_folders=True, canvas_size=64))
+    data, rejects = read_output(str(tmp_path / "out"))
+    run = summary["this_run"]
+    assert run["read"] == 6 == run["purified"] + run["rejected"]
+    assert (run["purified"], run["rejected"]) == (4, 2)
+    assert sorted(data["id"]) == sorted(sizes)
+    for _, row in data.iterrows():
+        assert decoded_size(row["image"]) == sizes[row["id"]]
+        assert (row["height"], row["width"]) == sizes[row["id"]]
+        assert row["label"] == row["id"].split("/")[0]
+        assert len(row["source_sha256"]) == 64
+    assert sorted(rejects["id"]) == ["dog/broken.png", "notes.txt"]
+    assert all(rejects["error"].str.len() > 0)
+    out = json.loads((tmp_path / "out/_summary.json").read_text())
+    assert out["status"] == "complete" and out["model"]["sha256"] == summary["model"]["sha256"]
+
+
+def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    members = {}
+    for i in range(5):
+        members[f"s/{i:04d}.png"] = image_bytes(32, 32, i)
+        members[f"s/{i:04d}.cls"] = str(i % 2).encode()
+    members["s/0005.jpg"] = b"\xff\xd8garbage"
+    (root / "shard-0.tar").write_bytes(tar_bytes(members))
+    summary = run_job(_config(tmp_path, model, input=str(root)))
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert summary["this_run"]["read"] == 6
+    assert sorted(data["id"]) == [f"shard-0.tar/s/{i:04d}" for i in range(5)]
+    assert sorted(data["label"]) == [0, 0, 0, 1, 1]
+    assert list(rejects["id"]) == ["shard-0.tar/s/0005"]
+    assert data["source"].str.contains("shard-0.tar:s/").all()
+
+
+def test_parquet_hf_layout_and_binary_column(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    hf = pa.table({"image": [{"bytes": image_bytes(32, 32, i), "path": f"x{i}.png"} for i in range(3)] +
+                   [{"bytes": b"bad", "path": "bad.png"}], "label": [3, 1, 4, 1], "split": ["a", "b", "c", "d"]})
+    pq.write_table(hf, root / "hf.parquet")
+    pq.write_table(pa.table({"img": [image_bytes(16, 48, 7)], "caption": ["wide"]}), root / "bin.parquet")
+    summary = run_job(_config(tmp_path, model, input=str(root)))
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert summary["this_run"]["read"] == 5 and len(data) == 4 and list(rejects["id"]) == ["hf.parquet#3"]
+    hf_rows = data[data["id"].str.startswith("hf")].sort_values("id")
+    assert list(hf_rows["label"]) == [3, 1, 4] and list(hf_rows["split"]) == ["a", "b", "c"]
+    wide = data[data["id"] == "bin.parquet#0"].iloc[0]
+    assert wide["caption"] == "wide" and decoded_size(wide["image"]) == (16, 48)
+
+
+def test_resume_and_incremental_without_duplicates(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(40):
+        (root / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    cfg = _config(tmp_path, model, input=str(root), files_per_unit=8, write_batch=8, tile_batch=8)
+    run_job(cfg)
+    out = tmp_path / "out"
+    parts = sorted((out / "data").glob("part-*.parquet"))
+    assert len(parts) >= 3
+    # A run killed mid-way: some parts missing, summary still says "running".
+    for p in parts[:2]:
+        p.unlink()
+    missing = 40 - len(read_output(str(out))[0])
+    summary = json.loads((out / "_summary.json").read_text())
+    summary["status"] = "running"
+    (out / "_summary.json").write_text(json.dumps(summary))
+    resumed = run_job(cfg)
+    assert resumed["this_run"]["purified"] == missing
+    assert resumed["this_run"]["skipped_already_done"] == 40 - missing
+    data, _ = read_output(str(out))
+    assert len(data) == 40 and data["id"].is_unique
+    # A finished output is not appended to by accident ...
+    with pytest.raises(JobError, match="--incremental"):
+        run_job(cfg)
+    # ... but --incremental adds exactly the new inputs.
+    for i in range(40, 45):
+        (root / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    inc = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
+    assert inc["this_run"]["purified"] == 5
+    data, _ = read_output(str(out))
+    assert len(data) == 45 and data["id"].is_unique
+    # Other settings into the same output are refused.
+    with pytest.raises(JobError, match="different settings"):
+        run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "pool": 2}))
+
+
+def test_output_readable_by_pandas_and_pyarrow_dataset(tmp_path, model) -> None:
+    root, sizes = _folder(tmp_path)
+    run_job(_config(tmp_path, model, input=str(root)))
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    df = pd.read_parquet(tmp_path / "out" / "data")
+    assert len(df) == len(sizes)
+    table = pads.dataset(str(tmp_path / "out" / "data"), format="parquet").to_table()
+    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def test_cli_help_and_bad_checkpoint(tmp_path) -> None:
+    help_text = subprocess.run([sys.executable, "jobs/purify.py", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for option in ["--input", "--output", "--checkpoint", "--preset", "--steps", "--pool", "--lam", "--eta",
+                   "--seed", "--batch-size", "--actors", "--gpus-per-actor", "--s3-endpoint", "--incremental",
+                   "--config"]:
+        assert option in help_text
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"truncated")
+    proc = subprocess.run([sys.executable, "jobs/purify.py", "--checkpoint", str(bad), "--output",
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr
+    assert not (tmp_path / "o" / "data").exists()  # stopped before reading any data
+
+
+def test_yaml_config_and_flag_precedence(tmp_path) -> None:
+    from pipeline.cli import config_from_args
+
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text("input: s3://b/in\npool: 2\nsteps: 10\nstorage_options: {anon: true}\n")
+    cfg = config_from_args(["--config", str(cfg_file), "--steps", "5", "--s3-endpoint", "http://localhost:9"])
+    assert (cfg.input, cfg.pool, cfg.steps) == ("s3://b/in", 2, 5)
+    assert cfg.storage_options == {"anon": True, "client_kwargs": {"endpoint_url": "http://localhost:9"}}
+    cfg_file.write_text("pol: 2\n")
+    with pytest.raises(SystemExit, match="pol"):
+        config_from_args(["--config", str(cfg_file)])
