@@ -336,10 +336,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         read += int(row["read"])
         skipped_in_units += int(row["skipped"])
         files += json.loads(row["files"])
-        if bar:
+        if bar is not None:
             bar.update(int(row["purified"]) + int(row["rejected"]))
             bar.set_postfix(rejected=rejected)
-    if bar:
+    if bar is not None:
         bar.close()
     wall = time.time() - started
 

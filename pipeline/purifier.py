@@ -236,8 +236,8 @@ class Purifier:
 
             n_batches = -(-len(canvases) // self.batch_size)
             bar = tqdm(total=n_batches * self.settings.steps, desc="purifying", unit="step")
-        purified = self.purify_canvases(canvases, seed, (lambda i, n: bar.update(1)) if bar else None)
-        if bar:
+        purified = self.purify_canvases(canvases, seed, (lambda i, n: bar.update(1)) if bar is not None else None)
+        if bar is not None:
             bar.close()
         return unpack(purified, layout)
 
