@@ -1,0 +1,131 @@
+"""The job against a bare loop, and the job's memory as the input grows.
+
+    python bench/job_bench.py throughput --images 512 --steps 20
+    python bench/job_bench.py memory --sizes 1000,10000 --steps 2
+
+throughput: the same images, model and settings through (a) one process calling the Purifier in
+chunks of --chunk images, (b) the Ray Data job with one CPU actor; prints images/s of both and the ratio.
+memory: runs the job on N generated images for each N (a fresh local Ray each time) and prints the
+peak resident memory (VmHWM, Linux) of the driver and of the largest Ray worker process: flat means
+streaming, no full materialisation. Reports, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import Purifier  # noqa: E402
+from pipeline.job import DEFAULT_PRIOR, JobConfig, init_local_ray, run_job  # noqa: E402
+
+
+def make_images(folder: Path, n: int, size: int = 32) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        (folder / f"{i:06d}.png").write_bytes(buf.getvalue())
+        images.append(im)
+    return images
+
+
+def ray_worker_peaks_mb() -> dict[int, float]:
+    """Peak RSS of every live Ray worker process, from /proc (VmHWM)."""
+    peaks = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if "ray::" not in cmd and "default_worker.py" not in cmd:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[int(pid)] = int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return peaks
+
+
+def throughput(args: argparse.Namespace) -> None:
+    checkpoint = args.checkpoint or str(DEFAULT_PRIOR)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = make_images(Path(tmp) / "in", args.images)
+        purifier = Purifier.from_checkpoint(checkpoint, steps=args.steps, pool=args.pool, device="cpu")
+        purifier(images[: args.chunk])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(images), args.chunk):
+            purifier(images[i : i + args.chunk])
+        bare = len(images) / (time.perf_counter() - t0)
+        init_local_ray()
+        # Warm-up run (actor start, imports) on a few images, then the measured run.
+        run_job(JobConfig(input=str(Path(tmp) / "in" / "000000.png"), output=str(Path(tmp) / "warm"),
+                          checkpoint=checkpoint, steps=args.steps, pool=args.pool, progress=False))
+        t0 = time.perf_counter()
+        summary = run_job(JobConfig(input=str(Path(tmp) / "in"), output=str(Path(tmp) / "out"), checkpoint=checkpoint,
+                                    steps=args.steps, pool=args.pool, progress=False, tile_batch=args.chunk))
+        job = summary["this_run"]["purified"] / (time.perf_counter() - t0)
+    print(f"| images | steps | bare loop images/s | job images/s | job / bare |\n| --- | --- | --- | --- | --- |\n"
+          f"| {args.images} | {args.steps} | {bare:.2f} | {job:.2f} | {job / bare:.2f} |")
+
+
+def memory_one(args: argparse.Namespace) -> None:
+    """One size in this (fresh) process, so the driver's peak belongs to this size alone."""
+    import ray
+
+    checkpoint = args.checkpoint or str(DEFAULT_PRIOR)
+    n = args.images
+    with tempfile.TemporaryDirectory() as tmp:
+        make_images(Path(tmp) / "in", n)
+        init_local_ray()
+        t0 = time.perf_counter()
+        run_job(JobConfig(input=str(Path(tmp) / "in"), output=str(Path(tmp) / "out"), checkpoint=checkpoint,
+                          steps=args.steps, pool=args.pool, progress=False))
+        wall = time.perf_counter() - t0
+        workers = ray_worker_peaks_mb()
+        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ray.shutdown()
+    print(f"| {n} | {wall:.1f} | {driver:.0f} | {max(workers.values(), default=0):.0f} | {len(workers)} |", flush=True)
+
+
+def memory(args: argparse.Namespace) -> None:
+    import subprocess
+
+    print("| images | wall s | driver peak MB | largest worker peak MB | workers |\n| --- | --- | --- | --- | --- |",
+          flush=True)
+    for n in args.sizes.split(","):
+        cmd = [sys.executable, __file__, "memory-one", "--images", n, "--steps", str(args.steps), "--pool",
+               str(args.pool)] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+        subprocess.run(cmd, check=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["throughput", "memory", "memory-one"])
+    p.add_argument("--checkpoint", default=None, help="default: the embedded prior")
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--sizes", default="1000,10000")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--pool", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=256, help="images per purifier call / per tiling batch")
+    args = p.parse_args()
+    {"throughput": throughput, "memory": memory, "memory-one": memory_one}[args.mode](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
