@@ -16,6 +16,7 @@ The driver then writes OUTPUT/_summary.json (counts, timing, configuration, chec
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -41,8 +42,10 @@ from pipeline.stages import (
     read_stage,
     tile_stage,
     untile_stage,
+    write_parquet_atomic,
     write_stage,
 )
+from pipeline.storage import describe, with_retries
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_INPUT = str(ASSETS / "sample")
@@ -121,18 +124,22 @@ def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileS
 
 def _read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     fs, path = _fs(uri, storage_options)
-    if not fs.exists(path):
+    if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
         return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+    return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
 
 
 def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
     fs, path = _fs(uri, storage_options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
     tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
-    fs.pipe_file(tmp, json.dumps(payload, indent=2, default=str).encode())
-    fs.mv(tmp, path)
+    data = json.dumps(payload, indent=2, default=str).encode()
+
+    def once() -> None:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+
+    with_retries(once, f"write {uri}")
 
 
 def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> list[str]:
@@ -143,6 +150,11 @@ def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> lis
                   and p.endswith(".parquet"))
 
 
+def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    data = with_retries(lambda: fs.cat_file(path), f"read {path}")
+    return pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_pylist()
+
+
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
     """Ids already in the output (purified or rejected), and how many rows of each there are."""
     fs, _ = _fs(output, storage_options)
@@ -151,12 +163,39 @@ def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], in
     for folder in (DATA_DIR, REJECTS_DIR):
         n = 0
         for path in list_parts(output, folder, storage_options):
-            with fs.open(path, "rb") as f:
-                column = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            column = _part_ids(fs, path)
             ids.update(column)
             n += len(column)
         counts.append(n)
     return ids, counts[0], counts[1]
+
+
+def deduplicate_output(output: str, storage_options: dict[str, Any]) -> int:
+    """Make every id appear once across data/ and rejects/ (data wins, then the first file by name).
+
+    Duplicates can only come from a write retried with a different batch after its first attempt
+    had landed; rewriting the later file without them restores the exactly-once invariant.
+    """
+    fs, _ = _fs(output, storage_options)
+    seen: set[str] = set()
+    removed = 0
+    for folder in (DATA_DIR, REJECTS_DIR):
+        for path in list_parts(output, folder, storage_options):
+            ids = _part_ids(fs, path)
+            dup = [i for i in ids if i in seen]
+            seen.update(ids)
+            if not dup:
+                continue
+            table = pq.read_table(io.BytesIO(with_retries(lambda p=path: fs.cat_file(p), f"read {path}")))
+            keep = [i not in set(dup) for i in ids]
+            removed += len(dup)
+            proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            uri = path if proto in ("file", "local") else f"{proto}://{path}"
+            if any(keep):
+                write_parquet_atomic(table.filter(keep), uri, storage_options)
+            else:
+                with_retries(lambda p=path: fs.rm(p), f"remove {path}")
+    return removed
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -268,9 +307,19 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                   "checkpoint": checkpoint_uri, "model": model_note}
 
     # 2. What is already done (resume / incremental), and what there is to read.
-    check_output_state(config, job_record)
-    skip, prior_purified, prior_rejected = done_ids(out, so)
-    units = discover(config.input, so, config.files_per_unit)
+    try:
+        check_output_state(config, job_record)
+        skip, prior_purified, prior_rejected = done_ids(out, so)
+    except JobError:
+        raise
+    except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    try:
+        units = with_retries(lambda: discover(config.input, so, config.files_per_unit), f"list {config.input}")
+    except FileNotFoundError as err:
+        raise JobError(f"input {config.input} not found: {describe(err)}") from err
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
     skipped_files, kept_units = 0, []
     for unit in units:
         if unit.kind == "files":
@@ -280,7 +329,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                 kept_units.append(ReadUnit("files", paths, unit.root))
         else:
             kept_units.append(unit)
-    _write_json(f"{out}/{JOB_FILE}", {**job_record, "config": config.public()}, so)
+    try:
+        _write_json(f"{out}/{JOB_FILE}", {**job_record, "config": config.public()}, so)
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot write to output {out}: {describe(err)}") from err
     _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
 
     # 3. The pipeline.
@@ -344,12 +396,14 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     wall = time.time() - started
 
     # 4. Summary: this run's counts, and the whole output's.
+    duplicates_removed = deduplicate_output(out, so)
     _, total_purified, total_rejected = done_ids(out, so)
     summary = {
         "status": "complete" if read == purified + rejected else "inconsistent",
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
                      "skipped_already_done": skipped_files + skipped_in_units,
-                     "files_written": len(files), "wall_s": round(wall, 2),
+                     "files_written": len(files), "duplicates_removed": duplicates_removed,
+                     "wall_s": round(wall, 2),
                      "images_per_s": round((purified + rejected) / wall, 3) if wall else None},
         "output_totals": {"purified": total_purified, "rejected": total_rejected,
                           "before_this_run": {"purified": prior_purified, "rejected": prior_rejected}},

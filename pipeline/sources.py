@@ -25,6 +25,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage import describe, with_retries
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -45,6 +47,16 @@ class ReadUnit:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ReadUnit:
         return cls(row["kind"], tuple(row["paths"]), row["root"])
+
+
+def read_bytes(path: str, storage_options: dict[str, Any]) -> bytes:
+    """The whole object, retrying transient storage errors."""
+
+    def once() -> bytes:
+        with fsspec.open(path, "rb", **storage_options) as f:
+            return f.read()
+
+    return with_retries(once, f"read {path}")
 
 
 def sha256(data: bytes) -> str:
@@ -123,10 +135,9 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
             parent = posixpath.dirname(id_)
             meta["label"] = posixpath.basename(parent) if parent else None
         try:
-            with fsspec.open(path, "rb", **fs_opts) as f:
-                data = f.read()
-        except Exception as err:  # noqa: BLE001 - any storage failure is a per-file reject
-            yield reject_record(id_, path, f"could not read file: {type(err).__name__}: {err}", "read")
+            data = read_bytes(path, fs_opts)
+        except Exception as err:  # noqa: BLE001 - a file that stays unreadable after retries is a per-file reject
+            yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")
             continue
         yield _image_record(id_, path, data, meta)
 
@@ -164,7 +175,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any]) -> Iterator[dict[str, Any
     order: list[str] = []
     failure: str | None = None
     try:
-        with fsspec.open(path, "rb", **fs_opts) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+        with io.BytesIO(read_bytes(path, fs_opts)) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -178,7 +189,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any]) -> Iterator[dict[str, Any
                     groups[key][ext] = b""
                     groups[key]["__error__"] = f"corrupt tar member {member.name}: {type(err).__name__}: {err}".encode()
     except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was read, reject the rest
-        failure = f"tar shard unreadable after {len(order)} keys: {type(err).__name__}: {err}"
+        failure = f"tar shard unreadable after {len(order)} keys: {describe(err)}"
     for key in order:
         parts = groups[key]
         id_ = f"{shard}/{key}"
@@ -230,11 +241,10 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     try:
-        with fsspec.open(path, "rb", **fs_opts) as f:
-            table = pq.read_table(io.BytesIO(f.read()))
+        table = pq.read_table(io.BytesIO(read_bytes(path, fs_opts)))
         column = find_image_column(table.schema, image_column)
     except Exception as err:  # noqa: BLE001
-        yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {type(err).__name__}: {err}", "read")
+        yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
         return
     others = [n for n in table.schema.names if n != column]
     for i, row in enumerate(table.to_pylist()):

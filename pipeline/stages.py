@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import posixpath
 import time
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.sources import ReadUnit, read_unit, reject_record
+from pipeline.storage import with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
 Batch = dict[str, Any]
@@ -121,6 +123,28 @@ def encode_stage(batch: Batch) -> Batch:
     return batch_of(out)
 
 
+FAULT_ENV = "ZIP_PURIFY_INJECT_FAULT"
+
+
+def _maybe_inject_fault() -> None:
+    """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor).
+
+    The marker file makes the fault happen once per run across processes; unset in normal use.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    mode, _, marker = spec.partition(":")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    if mode == "exit-once":
+        os._exit(1)
+    raise RuntimeError("injected fault (ZIP_PURIFY_INJECT_FAULT)")
+
+
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
@@ -139,6 +163,7 @@ class PurifyStage:
         )
 
     def __call__(self, batch: Batch) -> Batch:
+        _maybe_inject_fault()
         records = records_of(batch)
         canvases = [r for r in records if r["kind"] == "canvas"]
         if canvases:
@@ -185,13 +210,18 @@ def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, A
     tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    fs.makedirs(folder, exist_ok=True)
-    fs.pipe_file(tmp, buf.getvalue())
-    try:
-        fs.mv(tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+    data = buf.getvalue()
+
+    def once() -> None:
+        fs.makedirs(folder, exist_ok=True)
+        fs.pipe_file(tmp, data)
+        try:
+            fs.mv(tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+
+    with_retries(once, f"write {uri}")
 
 
 def part_name(ids: list[str]) -> str:
