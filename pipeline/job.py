@@ -78,10 +78,11 @@ class JobConfig:
     batch_size: int | None = None
     tile_batch: int = 256
     write_batch: int = 512
-    files_per_unit: int = 64
+    files_per_unit: int = 256
     actors: int = 0
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
+    cpus_per_task: float = 0.25
     torch_threads: int | None = None
     device: str | None = None
     precision: str = "fp32"
@@ -346,16 +347,24 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
     actors, gpus_per_actor, device = _default_actors_and_gpus(config)
     threads = config.torch_threads or (None if gpus_per_actor else os.cpu_count())
-    task_retries = {"max_retries": 3, "retry_exceptions": True}  # storage hiccups, killed workers
+    # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
+    # actors, so finished batches are written while others are still purifying (streaming).
+    task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
     skip_ids = frozenset(skip)
-    ds = ray.data.from_items([u.to_row() for u in kept_units] or [{"kind": "files", "paths": [], "root": ""}])
+    rows = [u.to_row() for u in kept_units] or [{"kind": "files", "paths": [], "root": ""}]
+    # One block per unit: each unit is read by its own task and flows downstream on its own, so the
+    # pipeline streams (one big block would be read, purified and written as a whole).
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # Batch sizes: read takes one unit per task; decode and tile work on whatever block a read
+    # produced (batch_size=None). Explicit row counts there would make Ray bundle that many *units*
+    # into one fused read task and stop the pipeline from streaming.
     ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
         storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
         skip_ids=skip_ids), **task_retries)
-    ds = ds.map_batches(decode_stage, batch_size=64, fn_kwargs=dict(policy=policy), **task_retries)
-    ds = ds.map_batches(tile_stage, batch_size=config.tile_batch, fn_kwargs=dict(
-        canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed),
-        **task_retries)
+    ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
+    ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
+        canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
+        max_images=config.tile_batch), **task_retries)
     ds = ds.map_batches(
         PurifyStage,
         batch_size=config.batch_size or max(1, (256 * 256 * 4) // (canvas_size**2)),
@@ -367,11 +376,12 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
     )
-    ds = ds.map_batches(untile_stage, batch_size=16, fn_kwargs=dict(canvas_size=canvas_size, align=settings.pool),
+    # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
+    ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(canvas_size=canvas_size, align=settings.pool),
                         **task_retries)
-    ds = ds.map_batches(encode_stage, batch_size=64, **task_retries)
-    ds = ds.map_batches(write_stage, batch_size=config.write_batch, fn_kwargs=dict(output=out, storage_options=so),
-                        **task_retries)
+    ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
+    ds = ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
+        output=out, storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
 
     bar = None
     if config.progress:

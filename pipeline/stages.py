@@ -73,12 +73,14 @@ def canvas_seed(seed: int, ids: Iterable[str]) -> int:
     return zlib.crc32("\n".join(ids).encode(), seed & 0xFFFFFFFF) & 0x7FFFFFFF
 
 
-def tile_stage(batch: Batch, canvas_size: int, align: int, large_images: str, seed: int) -> Batch:
-    """Pack the batch's images onto canvases (by size and order only, never by label)."""
+def tile_stage(batch: Batch, canvas_size: int, align: int, large_images: str, seed: int,
+               max_images: int = 256) -> Batch:
+    """Pack the batch's images onto canvases, `max_images` at a time (by size and order only, never by label)."""
     records = records_of(batch)
-    images = [r for r in records if r["kind"] == "image"]
+    all_images = [r for r in records if r["kind"] == "image"]
     out = [r for r in records if r["kind"] != "image"]
-    if images:
+    for start in range(0, len(all_images), max_images):
+        images = all_images[start : start + max_images]
         layout = plan_layout([r["pixels"].shape[:2] for r in images], canvas_size, align, large_images)
         canvases = pack([r["pixels"] for r in images], layout)
         members: list[list[dict[str, Any]]] = [[] for _ in range(layout.num_canvases)]
@@ -127,7 +129,8 @@ FAULT_ENV = "ZIP_PURIFY_INJECT_FAULT"
 
 
 def _maybe_inject_fault() -> None:
-    """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor).
+    """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor),
+    or "slow:SECONDS" (each batch takes longer, so a test can kill a run half-way).
 
     The marker file makes the fault happen once per run across processes; unset in normal use.
     """
@@ -135,6 +138,9 @@ def _maybe_inject_fault() -> None:
     if not spec:
         return
     mode, _, marker = spec.partition(":")
+    if mode == "slow":
+        time.sleep(float(marker))
+        return
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -229,8 +235,9 @@ def part_name(ids: list[str]) -> str:
     return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
 
 
-def write_stage(batch: Batch, output: str, storage_options: dict[str, Any]) -> Batch:
-    """Write purified images to data/ and rejects to rejects/; return a manifest row."""
+def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_rows_per_file: int = 512) -> Batch:
+    """Write purified images to data/ and rejects to rejects/ (files of at most max_rows_per_file rows);
+    return one manifest row."""
     records = records_of(batch)
     images = [r for r in records if r["kind"] == "image"]
     rejects = [r for r in records if r["kind"] == "reject"]
@@ -240,14 +247,12 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any]) -> B
     if unknown:
         raise RuntimeError(f"records of kinds {sorted(set(unknown))} reached the writer; a stage dropped its work")
     files = []
-    if images:
-        name = part_name([r["id"] for r in images])
-        write_parquet_atomic(_data_table(images), f"{output.rstrip('/')}/{DATA_DIR}/{name}", storage_options)
-        files.append(f"{DATA_DIR}/{name}")
-    if rejects:
-        name = part_name([r["id"] for r in rejects])
-        write_parquet_atomic(_rejects_table(rejects), f"{output.rstrip('/')}/{REJECTS_DIR}/{name}", storage_options)
-        files.append(f"{REJECTS_DIR}/{name}")
+    for folder, rows, to_table in ((DATA_DIR, images, _data_table), (REJECTS_DIR, rejects, _rejects_table)):
+        for start in range(0, len(rows), max_rows_per_file):
+            chunk = rows[start : start + max_rows_per_file]
+            name = part_name([r["id"] for r in chunk])
+            write_parquet_atomic(to_table(chunk), f"{output.rstrip('/')}/{folder}/{name}", storage_options)
+            files.append(f"{folder}/{name}")
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
             "written_at": np.array([time.time()])}

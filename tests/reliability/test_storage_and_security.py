@@ -1,0 +1,205 @@
+"""Flaky and broken object storage, hostile checkpoints, secrets kept out of everything written."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.job import JobConfig, JobError, run_job
+from pipeline.model import UNetConfig, build_unet
+from tests.jobutil import image_bytes, tar_bytes
+from tests.reliability.scenario import check
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cr3t-VALUE-never-logged"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of the moto server that fails some requests: every `every`-th request
+    gets 503 SlowDown and every (every+1)-th has its connection dropped, for the first `budget` requests."""
+
+    def __init__(self, upstream_port: int, every: int = 4, budget: int = 400):
+        self.count = self.failed = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy.lock:
+                    proxy.count += 1
+                    n = proxy.count
+                if n <= budget and n % every == 0:
+                    proxy.failed += 1
+                    payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if n <= budget and n % (every + 1) == 0:
+                    proxy.failed += 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "expect")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.port = _free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def moto():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="AKIDTEST",
+                          aws_secret_access_key=SECRET, region_name="us-east-1")
+    client.create_bucket(Bucket="in")
+    client.create_bucket(Bucket="out")
+    yield port, client
+    server.stop()
+
+
+def _options(port: int) -> dict:
+    return {"key": "AKIDTEST", "secret": SECRET, "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_transient_s3_errors_are_retried(moto, tiny_model) -> None:
+    port, client = moto
+    ids = set()
+    for i in range(20):
+        client.put_object(Bucket="in", Key=f"flaky/{i:03d}.png", Body=image_bytes(32, 32, i))
+        ids.add(f"{i:03d}.png")
+    client.put_object(Bucket="in", Key="flaky-model/tiny.pt", Body=Path(tiny_model).read_bytes())
+    proxy = FlakyProxy(port)
+    try:
+        opts = _options(proxy.port)
+        summary = run_job(JobConfig(input="s3://in/flaky", output="s3://out/flaky", steps=2, progress=False,
+                                    checkpoint="s3://in/flaky-model/tiny.pt", storage_options=opts,
+                                    files_per_unit=4, write_batch=4))
+    finally:
+        proxy.stop()
+    assert proxy.failed > 10, "the proxy injected too few faults to prove anything"
+    print(f"flaky storage: {proxy.failed} of {proxy.count} requests failed and were retried")
+    check("flaky S3 (503 + dropped conns)", "s3://out/flaky", ids, _options(port))
+    assert summary["this_run"]["rejected"] == 0
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_permanent_storage_errors_stop_early(moto, tiny_model, tmp_path) -> None:
+    port, client = moto
+    opts = _options(port)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    with pytest.raises(JobError, match="(not found|does not exist)"):
+        run_job(JobConfig(input="s3://no-such-bucket/x", output=str(tmp_path / "o1"), checkpoint=tiny_model,
+                          progress=False, storage_options=opts))
+    with pytest.raises(JobError, match="output s3://missing-out-bucket/run"):
+        run_job(JobConfig(input=str(tmp_path / "in"), output="s3://missing-out-bucket/run", checkpoint=tiny_model,
+                          progress=False, storage_options=opts))
+    bad = {**opts, "secret": "wrong-secret"}
+    with pytest.raises(JobError) as err:
+        run_job(JobConfig(input="s3://in/flaky", output=str(tmp_path / "o2"), checkpoint=tiny_model, progress=False,
+                          storage_options=bad))
+    assert "wrong-secret" not in str(err.value) and SECRET not in str(err.value)
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hostile_and_wrong_checkpoints_refused_before_reading_data(tmp_path, tiny_model) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    marker = tmp_path / "pwned"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    hostile = tmp_path / "hostile.pt"
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(1), "x": RunsCode()}, buf)
+    hostile.write_bytes(buf.getvalue())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(Path(tiny_model).read_bytes()[:5000])
+    other_arch = tmp_path / "other.pt"
+    torch.save(build_unet(UNetConfig(image_size=32, num_channels=32, channel_mult="1,2,2")).state_dict(), other_arch)
+    cases = {
+        "hostile pickle": (["--checkpoint", str(hostile)], "refused"),
+        "truncated": (["--checkpoint", str(truncated)], "truncated or corrupt"),
+        "other architecture": (["--checkpoint", str(other_arch), "--preset", "cifar10_prior_small"], "mismatch"),
+        "sha256 pin mismatch": (["--checkpoint", tiny_model, "--checkpoint-sha256", "0" * 64], "pinned; refusing"),
+    }
+    for name, (args, message) in cases.items():
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        proc = _cli(["--input", str(tmp_path / "in"), "--output", str(out), *args])
+        assert proc.returncode == 2, (name, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert message in proc.stderr, (name, proc.stderr)
+        assert not (out / "data").exists() and not (out / "_summary.json").exists(), name
+    assert not marker.exists(), "the hostile checkpoint ran code"
+
+
+def test_secrets_never_written_or_logged(moto, tmp_path, tiny_model) -> None:
+    port, client = moto
+    client.put_object(Bucket="in", Key="sec/a.png", Body=image_bytes(32, 32, 0))
+    client.put_object(Bucket="in", Key="sec/bad.png", Body=b"nope")
+    client.put_object(Bucket="in", Key="sec/s.tar", Body=tar_bytes({"x.png": b"broken"}))
+    proc = _cli(["--input", "s3://in/sec", "--output", "s3://out/sec", "--checkpoint", tiny_model, "--steps", "2",
+                 "--s3-endpoint", f"http://127.0.0.1:{port}", "--storage-option", "key=AKIDTEST",
+                 "--storage-option", f"secret={SECRET}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    everything = proc.stdout + proc.stderr
+    for key in client.list_objects_v2(Bucket="out", Prefix="sec/")["Contents"]:
+        everything += client.get_object(Bucket="out", Key=key["Key"])["Body"].read().decode("latin-1")
+    assert SECRET not in everything
+    assert "***" in client.get_object(Bucket="out", Key="sec/_summary.json")["Body"].read().decode()
+
