@@ -24,6 +24,7 @@ import torch
 
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
+from pipeline.storage import describe, with_retries
 
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
@@ -43,9 +44,12 @@ class LoadedCheckpoint:
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    try:
+    def once() -> bytes:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f:
             return f.read()
+
+    try:
+        return with_retries(once, f"read {uri}")
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint not found: {uri}") from err
 
@@ -65,12 +69,12 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {uri}: it holds Python objects that weights-only loading does not allow "
-            f"(a checkpoint must contain tensors and plain containers only). Details: {str(err).splitlines()[0]}"
+            f"(a checkpoint must contain tensors and plain containers only). Details: {describe(err)}"
         ) from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on damaged files
         raise CheckpointError(
             f"checkpoint {uri} ({len(data)} bytes) is not a readable torch file (truncated or corrupt?): "
-            f"{str(err).splitlines()[0]}"
+            f"{describe(err)}"
         ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {uri} holds a {type(obj).__name__}, expected a state dict")

@@ -45,7 +45,7 @@ from pipeline.stages import (
     write_parquet_atomic,
     write_stage,
 )
-from pipeline.storage import describe, with_retries
+from pipeline.storage import describe, make_parent_dirs, with_retries
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_INPUT = str(ASSETS / "sample")
@@ -136,7 +136,7 @@ def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, An
     data = json.dumps(payload, indent=2, default=str).encode()
 
     def once() -> None:
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        make_parent_dirs(fs, posixpath.dirname(path))
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
 

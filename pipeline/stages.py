@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.sources import ReadUnit, read_unit, reject_record
-from pipeline.storage import with_retries
+from pipeline.storage import make_parent_dirs, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
 Batch = dict[str, Any]
@@ -219,7 +219,7 @@ def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, A
     data = buf.getvalue()
 
     def once() -> None:
-        fs.makedirs(folder, exist_ok=True)
+        make_parent_dirs(fs, folder)
         fs.pipe_file(tmp, data)
         try:
             fs.mv(tmp, path)

@@ -45,6 +45,15 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
 
 
+def make_parent_dirs(fs: object, folder: str) -> None:
+    """Create folders on file systems that have them; object stores have no folders, and s3fs's
+    makedirs would silently create a missing bucket instead of failing."""
+    protocol = getattr(fs, "protocol", "file")
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    if {"file", "local"} & set(protocols):
+        fs.makedirs(folder, exist_ok=True)  # type: ignore[attr-defined]
+
+
 def describe(err: BaseException) -> str:
     """A one-line reason for logs and reject rows."""
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]

@@ -73,7 +73,9 @@ class FlakyProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD response has no body but announces the object's size.
+                length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -100,8 +102,8 @@ def moto():
 
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="AKIDTEST",
                           aws_secret_access_key=SECRET, region_name="us-east-1")
-    client.create_bucket(Bucket="in")
-    client.create_bucket(Bucket="out")
+    client.create_bucket(Bucket="rel-in")
+    client.create_bucket(Bucket="rel-out")
     yield port, client
     server.stop()
 
@@ -115,20 +117,20 @@ def test_transient_s3_errors_are_retried(moto, tiny_model) -> None:
     port, client = moto
     ids = set()
     for i in range(20):
-        client.put_object(Bucket="in", Key=f"flaky/{i:03d}.png", Body=image_bytes(32, 32, i))
+        client.put_object(Bucket="rel-in", Key=f"flaky/{i:03d}.png", Body=image_bytes(32, 32, i))
         ids.add(f"{i:03d}.png")
-    client.put_object(Bucket="in", Key="flaky-model/tiny.pt", Body=Path(tiny_model).read_bytes())
+    client.put_object(Bucket="rel-in", Key="flaky-model/tiny.pt", Body=Path(tiny_model).read_bytes())
     proxy = FlakyProxy(port)
     try:
         opts = _options(proxy.port)
-        summary = run_job(JobConfig(input="s3://in/flaky", output="s3://out/flaky", steps=2, progress=False,
-                                    checkpoint="s3://in/flaky-model/tiny.pt", storage_options=opts,
+        summary = run_job(JobConfig(input="s3://rel-in/flaky", output="s3://rel-out/flaky", steps=2, progress=False,
+                                    checkpoint="s3://rel-in/flaky-model/tiny.pt", storage_options=opts,
                                     files_per_unit=4, write_batch=4))
     finally:
         proxy.stop()
     assert proxy.failed > 10, "the proxy injected too few faults to prove anything"
     print(f"flaky storage: {proxy.failed} of {proxy.count} requests failed and were retried")
-    check("flaky S3 (503 + dropped conns)", "s3://out/flaky", ids, _options(port))
+    check("flaky S3 (503 + dropped conns)", "s3://rel-out/flaky", ids, _options(port))
     assert summary["this_run"]["rejected"] == 0
 
 
@@ -146,7 +148,7 @@ def test_permanent_storage_errors_stop_early(moto, tiny_model, tmp_path) -> None
                           progress=False, storage_options=opts))
     bad = {**opts, "secret": "wrong-secret"}
     with pytest.raises(JobError) as err:
-        run_job(JobConfig(input="s3://in/flaky", output=str(tmp_path / "o2"), checkpoint=tiny_model, progress=False,
+        run_job(JobConfig(input="s3://rel-in/flaky", output=str(tmp_path / "o2"), checkpoint=tiny_model, progress=False,
                           storage_options=bad))
     assert "wrong-secret" not in str(err.value) and SECRET not in str(err.value)
 
@@ -190,16 +192,16 @@ def test_hostile_and_wrong_checkpoints_refused_before_reading_data(tmp_path, tin
 
 def test_secrets_never_written_or_logged(moto, tmp_path, tiny_model) -> None:
     port, client = moto
-    client.put_object(Bucket="in", Key="sec/a.png", Body=image_bytes(32, 32, 0))
-    client.put_object(Bucket="in", Key="sec/bad.png", Body=b"nope")
-    client.put_object(Bucket="in", Key="sec/s.tar", Body=tar_bytes({"x.png": b"broken"}))
-    proc = _cli(["--input", "s3://in/sec", "--output", "s3://out/sec", "--checkpoint", tiny_model, "--steps", "2",
+    client.put_object(Bucket="rel-in", Key="sec/a.png", Body=image_bytes(32, 32, 0))
+    client.put_object(Bucket="rel-in", Key="sec/bad.png", Body=b"nope")
+    client.put_object(Bucket="rel-in", Key="sec/s.tar", Body=tar_bytes({"x.png": b"broken"}))
+    proc = _cli(["--input", "s3://rel-in/sec", "--output", "s3://rel-out/sec", "--checkpoint", tiny_model, "--steps", "2",
                  "--s3-endpoint", f"http://127.0.0.1:{port}", "--storage-option", "key=AKIDTEST",
                  "--storage-option", f"secret={SECRET}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     everything = proc.stdout + proc.stderr
-    for key in client.list_objects_v2(Bucket="out", Prefix="sec/")["Contents"]:
-        everything += client.get_object(Bucket="out", Key=key["Key"])["Body"].read().decode("latin-1")
+    for key in client.list_objects_v2(Bucket="rel-out", Prefix="sec/")["Contents"]:
+        everything += client.get_object(Bucket="rel-out", Key=key["Key"])["Body"].read().decode("latin-1")
     assert SECRET not in everything
-    assert "***" in client.get_object(Bucket="out", Key="sec/_summary.json")["Body"].read().decode()
+    assert "***" in client.get_object(Bucket="rel-out", Key="sec/_summary.json")["Body"].read().decode()
 
