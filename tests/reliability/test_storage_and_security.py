@@ -32,10 +32,12 @@ def _free_port() -> int:
 
 class FlakyProxy:
     """An HTTP proxy in front of the moto server that fails some requests: every `every`-th request
-    gets 503 SlowDown and every (every+1)-th has its connection dropped, for the first `budget` requests."""
+    gets 503 SlowDown and every (every+1)-th has its connection dropped, for the first `budget` requests.
+    Requests signed with access key `deny_key` get 403 InvalidAccessKeyId, as S3 answers a revoked key
+    (moto itself does not check credentials)."""
 
-    def __init__(self, upstream_port: int, every: int = 4, budget: int = 400):
-        self.count = self.failed = 0
+    def __init__(self, upstream_port: int, every: int = 4, budget: int = 400, deny_key: str | None = None):
+        self.count = self.failed = self.denied = 0
         self.lock = threading.Lock()
         proxy = self
 
@@ -51,6 +53,15 @@ class FlakyProxy:
                 with proxy.lock:
                     proxy.count += 1
                     n = proxy.count
+                if deny_key and f"Credential={deny_key}/" in self.headers.get("Authorization", ""):
+                    proxy.denied += 1
+                    payload = b"<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
                 if n <= budget and n % every == 0:
                     proxy.failed += 1
                     payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
@@ -146,10 +157,18 @@ def test_permanent_storage_errors_stop_early(moto, tiny_model, tmp_path) -> None
     with pytest.raises(JobError, match="output s3://missing-out-bucket/run"):
         run_job(JobConfig(input=str(tmp_path / "in"), output="s3://missing-out-bucket/run", checkpoint=tiny_model,
                           progress=False, storage_options=opts))
-    bad = {**opts, "secret": "wrong-secret"}
-    with pytest.raises(JobError) as err:
-        run_job(JobConfig(input="s3://rel-in/flaky", output=str(tmp_path / "o2"), checkpoint=tiny_model, progress=False,
-                          storage_options=bad))
+    client.put_object(Bucket="rel-in", Key="x/a.png", Body=image_bytes(32, 32, 0))
+    proxy = FlakyProxy(port, budget=0, deny_key="AKIDREVOKED")
+    try:
+        bad = {**_options(proxy.port), "key": "AKIDREVOKED", "secret": "wrong-secret"}
+        with pytest.raises(JobError, match="s3://rel-in/x") as err:
+            run_job(JobConfig(input="s3://rel-in/x", output=str(tmp_path / "o2"), checkpoint=tiny_model, progress=False,
+                              storage_options=bad))
+    finally:
+        proxy.stop()
+    assert proxy.denied >= 1, "the request never reached the denying proxy"
+    assert proxy.denied < 10, f"a permanent 403 was retried {proxy.denied} times"
+    assert "not found" not in str(err.value), "a credentials error was reported as a missing input"
     assert "wrong-secret" not in str(err.value) and SECRET not in str(err.value)
 
 
