@@ -55,7 +55,7 @@ class FlakyProxy:
                     n = proxy.count
                 if deny_key and f"Credential={deny_key}/" in self.headers.get("Authorization", ""):
                     proxy.denied += 1
-                    payload = b"<Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
+                    payload = b"<Error><Code>InvalidAccessKeyId</Code><Message>No such key.</Message></Error>"
                     self.send_response(403)
                     self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(payload)))
                     self.end_headers()
