@@ -60,11 +60,12 @@ def _read_gtsrb(split: str) -> tuple[np.ndarray, np.ndarray]:
                 pixels[member.name] = _decode(data)
             elif member.name.endswith(".csv"):
                 folder = member.name.rsplit("/", 1)[0]
-                for row in csv.DictReader(io.StringIO(data.decode()), delimiter=";"):
+                reader = csv.DictReader(io.StringIO(data.decode()), delimiter=";")
+                if "ClassId" not in (reader.fieldnames or []):
+                    continue  # the test archive also holds an unlabelled copy of its ground-truth CSV
+                for row in reader:
                     label_of[f"{folder}/{row['Filename']}"] = int(row["ClassId"])
     names = sorted(n for n in pixels if n in label_of)
-    if split == "train":
-        names = [n for n in names]  # training CSVs live beside the images of their class
     return np.stack([pixels[n] for n in names]), np.asarray([label_of[n] for n in names], dtype=np.int64)
 
 
