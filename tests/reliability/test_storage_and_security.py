@@ -47,6 +47,15 @@ class FlakyProxy:
             def log_message(self, *args) -> None:
                 pass
 
+            def _send_error(self, status: int, code: str, message: str) -> None:
+                payload = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+                self.send_response(status)
+                # A HEAD response has no body but announces the size the body would have had.
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -55,20 +64,11 @@ class FlakyProxy:
                     n = proxy.count
                 if deny_key and f"Credential={deny_key}/" in self.headers.get("Authorization", ""):
                     proxy.denied += 1
-                    payload = b"<Error><Code>InvalidAccessKeyId</Code><Message>No such key.</Message></Error>"
-                    self.send_response(403)
-                    self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
+                    self._send_error(403, "InvalidAccessKeyId", "No such key.")
                     return
                 if n <= budget and n % every == 0:
                     proxy.failed += 1
-                    payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._send_error(503, "SlowDown", "Please reduce your request rate.")
                     return
                 if n <= budget and n % (every + 1) == 0:
                     proxy.failed += 1
