@@ -65,7 +65,11 @@ def _read_gtsrb(split: str) -> tuple[np.ndarray, np.ndarray]:
                     continue  # the test archive also holds an unlabelled copy of its ground-truth CSV
                 for row in reader:
                     label_of[f"{folder}/{row['Filename']}"] = int(row["ClassId"])
+                    # The test CSV sits one level above its images (Final_Test/ vs Final_Test/Images/).
+                    label_of[f"{folder}/Images/{row['Filename']}"] = int(row["ClassId"])
     names = sorted(n for n in pixels if n in label_of)
+    if not names:
+        raise ValueError(f"{path}: no image has a label in the archive's ClassId CSVs")
     return np.stack([pixels[n] for n in names]), np.asarray([label_of[n] for n in names], dtype=np.int64)
 
 
