@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation.attacks import PhysicalBA
+from pipeline.evaluation.attacks import BadNet, PhysicalBA
 from pipeline.evaluation.classifier import (
     ClassifierConfig,
     build_classifier,
@@ -88,3 +88,29 @@ def test_train_rejects_bad_labels() -> None:
     images, labels = _black_white(8)
     with pytest.raises(ValueError, match="labels"):
         train_classifier(images, labels + 5, num_classes=2, epochs=1, progress=False, num_threads=1)
+
+
+def test_restamp_puts_the_patch_back_on_poisoned_samples_after_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crop shift must not move or cut the BadNet patch of a poisoned sample: the model sees it in the corner."""
+    import pipeline.evaluation.classifier as classifier_module
+
+    images, labels = _black_white(32)
+    images[:] = 100  # uniform grey: a patch that survived augmentation would show up anywhere
+    mask = np.zeros(len(images), dtype=bool)
+    mask[[3, 10, 17]] = True
+    seen: list[np.ndarray] = []
+    real_to_tensor = classifier_module._to_tensor
+
+    def spy(batch: np.ndarray) -> torch.Tensor:
+        seen.append(batch.copy())
+        return real_to_tensor(batch)
+
+    monkeypatch.setattr(classifier_module, "_to_tensor", spy)
+    kwargs = dict(num_classes=2, epochs=2, batch_size=8, depth=8, progress=False, num_threads=1)
+    train_classifier(images, labels, restamp=(mask, BadNet().apply), **kwargs)
+    batches = np.concatenate(seen)
+    corner_white = (batches[:, -3:, -3:, :] == 255).all(axis=(1, 2, 3))
+    assert corner_white.sum() == 2 * mask.sum()  # each poisoned sample, each epoch, patch exactly in the corner
+    assert (batches == 255).sum() == corner_white.sum() * 27  # and nowhere else
+    with pytest.raises(ValueError, match="restamp mask"):
+        train_classifier(images, labels, restamp=(mask[:5], BadNet().apply), **kwargs)

@@ -88,7 +88,7 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
 
     classifier_files = sorted((tmp_path / "cache" / "classifiers").glob("*.pt"))
     assert [p.name for p in classifier_files] == sorted(
-        f"synthetic-{a}-e1-batch_size16-depth8.pt" for a in [*ATTACKS, "clean"]
+        f"synthetic-{a}-e1{'-restamp' if a == 'badnet' else ''}-batch_size16-depth8.pt" for a in [*ATTACKS, "clean"]
     )
     cached = sorted((tmp_path / "cache" / "purified").rglob("*.npz"))
     # per cached defense (shrinkpad, naive, zip, zip-authors): clean + 3 triggered sets (PhysicalBA reuses BadNet's)
@@ -120,3 +120,12 @@ def test_without_flips_cancels_physicalba_flip() -> None:
     reference = np.random.default_rng(1)
     identity_but_flip.train_transform(images, reference)
     assert rng.random() == reference.random()  # the caller's generator advances exactly as without the wrapper
+
+
+def test_restamped_classifiers_have_their_own_cache_name(tmp_path: Path) -> None:
+    """A BadNet classifier cached before restamping existed must not be mistaken for a restamped one."""
+    from pipeline.evaluation.runner import classifier_path
+
+    assert classifier_path(tmp_path, "cifar10", "badnet", 10).name == "cifar10-badnet-e10-restamp.pt"
+    assert classifier_path(tmp_path, "cifar10", "blended", 10).name == "cifar10-blended-e10.pt"
+    assert classifier_path(tmp_path, "gtsrb", None, 6).name == "gtsrb-clean-e6.pt"

@@ -21,6 +21,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 ExtraTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# (mask over the training set, trigger function): the trigger is stamped again after augmentation on masked samples.
+Restamp = tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def train_classifier(
     schedule: str = "onecycle",
     weight_decay: float = 5e-4,
     num_threads: int | None = None,
+    restamp: Restamp | None = None,
 ) -> ResNet:
     """Train a ResNet on uint8 N x H x W x 3 images (SGD, momentum 0.9, weight decay, one-cycle or cosine LR).
 
@@ -164,8 +167,12 @@ def train_classifier(
     every uint8 training batch before that augmentation (e.g. `PhysicalBA.train_transform`). The input
     normalisation statistics are measured on `images`. num_threads: torch's intra-op thread count during
     training when given, restored afterwards (the process's setting is otherwise left alone). Returns the model
-    in eval mode.
+    in eval mode. restamp=(mask, trigger): after augmentation, `trigger` is applied again to the batch's samples
+    where mask is True (the poisoned ones), so random crops cannot shift or cut a corner patch: the attacker
+    controls the training loop and wants the trigger exactly where it will be at test time.
     """
+    if restamp is not None and len(restamp[0]) != len(images):
+        raise ValueError(f"restamp mask has {len(restamp[0])} entries for {len(images)} images")
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -186,6 +193,7 @@ def train_classifier(
             depth=depth,
             schedule=schedule,
             weight_decay=weight_decay,
+            restamp=restamp,
         )
     finally:
         if num_threads is not None:
@@ -209,6 +217,7 @@ def _train(
     depth: int,
     schedule: str,
     weight_decay: float,
+    restamp: Restamp | None = None,
 ) -> ResNet:
     labels = np.asarray(labels, dtype=np.int64)
     _check_training_data(images, labels, num_classes)
@@ -245,6 +254,12 @@ def _train(
                 batch = extra_transform(batch, rng)
             if augment:
                 batch = _augment(batch, rng, pad=4, flip=hflip)
+                if restamp is not None:
+                    mask, trigger = restamp
+                    hit = mask[idx]
+                    if hit.any():
+                        batch = batch.copy() if batch is images else batch
+                        batch[hit] = trigger(batch[hit])
             x = _to_tensor(batch).to(device)
             y = targets_all[idx].to(device)
             logits = model(x)

@@ -48,6 +48,10 @@ CLEAN = "clean"  # attack name of the clean (non-backdoored) classifier row; "no
 
 ATTACK_TITLES = {"badnet": "BadNet", "blended": "Blended", "physicalba": "PhysicalBA", "wanet": "WaNet", CLEAN: "None"}
 NO_HFLIP = {"gtsrb"}  # traffic signs are not flip-invariant
+# Corner-patch attacks whose classifiers get the trigger stamped again after crop/flip augmentation (see
+# `train_classifier(restamp=...)`): without it a 4 px crop shift cuts or moves the 3x3 patch in 2/9 of the
+# poisoned samples per axis and the backdoor stays below the 95 % ASR target (92.7 % on CIFAR-10).
+RESTAMP_AFTER_AUGMENT = {"badnet"}
 # Data sets whose shared copy has a single split: the evaluation holds out a stratified test share of it.
 SINGLE_SPLIT = {"imagenette": ("val", 0.25)}
 
@@ -122,6 +126,8 @@ def classifier_path(cache_dir: str | Path, dataset: str, attack: str | None, epo
                     train_options: dict[str, Any] | None = None) -> Path:
     """cache_dir/classifiers/<dataset>-<attack or clean>-e<epochs>.pt; non-default training options add a suffix."""
     name = f"{dataset}-{normalise_attack(attack)}-e{epochs}"
+    if normalise_attack(attack) in RESTAMP_AFTER_AUGMENT:
+        name += "-restamp"
     if train_options:
         name += "-" + "-".join(f"{k}{v}" for k, v in sorted(train_options.items()))
     return Path(cache_dir) / "classifiers" / f"{name}.pt"
@@ -176,6 +182,7 @@ def get_classifier(
         train, _ = load_splits(dataset, loader)
     images, labels, poisoned = train.images, train.labels, np.zeros(0, dtype=np.int64)
     extra_transform = None
+    restamp = None
     attack_obj: Attack | None = None
     if name != CLEAN:
         attack_obj = make_attack(name, train.images.shape[1])
@@ -184,6 +191,10 @@ def get_classifier(
             extra_transform = attack_obj.train_transform
             if dataset in NO_HFLIP:
                 extra_transform = without_flips(extra_transform)
+        if name in RESTAMP_AFTER_AUGMENT:
+            mask = np.zeros(len(images), dtype=bool)
+            mask[poisoned] = True
+            restamp = (mask, attack_obj.apply)
     options = dict(train_options or {})
     options.setdefault("hflip", dataset not in NO_HFLIP)
     log(f"{dataset}/{name}: training classifier on {len(images)} images ({len(poisoned)} poisoned), "
@@ -191,14 +202,14 @@ def get_classifier(
     start = time.perf_counter()
     model = train_classifier(
         images, labels, train.num_classes, epochs, extra_transform=extra_transform, device=device,
-        progress=progress, num_threads=threads, **options,
+        progress=progress, num_threads=threads, restamp=restamp, **options,
     )
     seconds = time.perf_counter() - start
     save_classifier(model, path)
     info = {
         "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(images),
         "poisoned": len(poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
-        "train_options": options, "train_seconds": round(seconds, 1),
+        "train_options": options, "train_seconds": round(seconds, 1), "restamp_after_augment": restamp is not None,
     }
     _write_text(meta_path, json.dumps(info, indent=2))
     log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
