@@ -7,7 +7,7 @@ to the clean subset and to each attack's triggered subset:
   none         no defense (the identity)
   shrinkpad    ShrinkPad: shrink by 4 px (on 32 px images), zero-pad back at a random offset
   naive        the naive purification A⁺A x: average pooling by --pool, then nearest upsampling
-  zip          ZIP with the paper's settings (Algorithm 2: guided DDIM, --steps steps, η = 0, pool --pool)
+  zip          ZIP, Algorithm 2 of the paper: guided DDIM, --steps steps, pool --pool, λ = 0, η = 1 (the job's defaults)
   zip-authors  ZIP with the authors' released code's settings (gray + pool guidance, soft blend k = 10, η = 1)
 
 Metrics (percent): CA on purified clean images, ASR and PA on purified triggered images whose true label is not

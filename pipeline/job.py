@@ -67,7 +67,7 @@ class JobConfig:
     steps: int = 20
     pool: int = 4
     lam: float = 0.0
-    eta: float = 0.0
+    eta: float = 1.0
     sampler: str = "ddim"
     operators: str = "pool"
     blend_k: float | None = None

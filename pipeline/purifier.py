@@ -36,7 +36,9 @@ class ZipSettings:
     pool: average-pooling factor of A (the authors' README uses 4 for user data; 4 removes a 3x3 patch trigger
         that survives 2x2 pooling, see ../shared/README.md).
     lam: λ of the hard switch; guide while t ≥ λT. 0 guides every step (output consistent with A x exactly).
-    eta: DDIM η (0 deterministic given x_T; the authors' code uses 1).
+    eta: DDIM η. 1 by default, as in the authors' code: fresh noise each step re-draws the part A discards,
+        where η = 0 compounds a small prior's errors into speckle (CIFAR-10, 128 images, clean ResNet-20:
+        CA 51.6 % and PSNR 20.2 dB at η = 1 against 31.3 % and 16.7 dB at η = 0).
     sampler: "ddim" (Algorithm 2) or "ddpm" (Algorithm 1).
     operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged).
     blend_k: None for the paper's hard switch, or k of the authors' soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t.
@@ -47,7 +49,7 @@ class ZipSettings:
     steps: int = 20
     pool: int = 4
     lam: float = 0.0
-    eta: float = 0.0
+    eta: float = 1.0
     sampler: str = "ddim"
     operators: str = "pool"
     blend_k: float | None = None

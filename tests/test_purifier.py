@@ -92,3 +92,11 @@ def test_naive_purify_is_block_mean() -> None:
     out = naive_purify([image], 2)[0]
     assert out.shape == (4, 4, 3)
     assert np.all(out[:2, :2] == 64) and np.all(out[2:, :] == 0)  # 255 / 4 = 63.75, rounded
+
+
+def test_job_and_python_api_share_the_sampler_defaults() -> None:
+    """`python jobs/purify.py` with no ZIP flags must purify exactly as `Purifier(model)` does."""
+    from pipeline.job import JobConfig
+
+    assert JobConfig().settings() == ZipSettings()
+    assert (ZipSettings().eta, ZipSettings().lam, ZipSettings().pool, ZipSettings().steps) == (1.0, 0.0, 4, 20)

@@ -1,0 +1,80 @@
+"""Compare ZIP sampler settings on clean CIFAR-10 test images: a classifier's accuracy on the purified images
+and their PSNR against the originals. This is how the job's defaults were chosen (η = 1 over η = 0).
+
+    python bench/sampler_settings.py                                  # η = 0 vs η = 1 (default), 128 images
+    python bench/sampler_settings.py --images 256 "eta0.5=dict(eta=0.5)" "ddpm50=dict(sampler='ddpm', steps=50)"
+
+Each positional argument is NAME=dict(...) of `ZipSettings` overrides. It needs the shared CIFAR-10 test set
+(../shared/data) and a clean classifier, by default the one `jobs/evaluate.py --attacks none` caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.evaluation.classifier import load_classifier, predict  # noqa: E402
+from pipeline.evaluation.datasets import load_dataset  # noqa: E402
+from pipeline.evaluation.metrics import psnr  # noqa: E402
+from pipeline.purifier import Purifier, ZipSettings, naive_purify  # noqa: E402
+
+DEFAULT_CLASSIFIER = Path.home() / ".cache/zip-purify/classifiers/cifar10-clean-e10.pt"
+DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "pipeline/assets/cifar10_prior.pt"
+
+
+def parse_setting(text: str) -> tuple[str, dict]:
+    name, sep, body = text.partition("=")
+    tree = ast.parse(body, mode="eval").body if sep else None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "dict"):
+        raise SystemExit(f"setting {text!r}: expected NAME=dict(key=value, ...)")
+    return name, {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("settings", nargs="*", default=["eta0=dict(eta=0.0)", "eta1=dict(eta=1.0)"])
+    p.add_argument("--images", type=int, default=128, help="random CIFAR-10 test images (seed --seed)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--checkpoint", default=str(DEFAULT_PRIOR))
+    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not Path(args.classifier).exists():
+        raise SystemExit(f"no classifier at {args.classifier}: run `python jobs/evaluate.py --datasets cifar10 "
+                         "--attacks none --defenses none` first, or pass --classifier")
+    test = load_dataset("cifar10", "test")
+    pick = np.random.default_rng(args.seed).choice(len(test.labels), args.images, replace=False)
+    images, labels = test.images[pick], test.labels[pick]
+    classifier = load_classifier(args.classifier)
+
+    def report(name: str, purified: np.ndarray, seconds: float) -> None:
+        accuracy = 100.0 * float(np.mean(predict(classifier, purified) == labels))
+        print(f"| {name} | {accuracy:.1f} | {psnr(purified, images):.2f} | {seconds:.0f} |", flush=True)
+
+    print(f"{args.images} CIFAR-10 test images (seed {args.seed}), prior {Path(args.checkpoint).name}")
+    print("| setting | CA % | PSNR dB | seconds |\n| --- | ---: | ---: | ---: |")
+    report("no defense", images, 0.0)
+    for pool in (2, 4):
+        report(f"naive A⁺A x, k = {pool}", np.stack(naive_purify(list(images), pool)), 0.0)
+    for text in args.settings:
+        name, overrides = parse_setting(text)
+        settings = ZipSettings(**overrides)
+        start = time.perf_counter()
+        purifier = Purifier.from_checkpoint(args.checkpoint, settings=settings)
+        purified = np.stack(purifier(list(images), seed=0))
+        report(f"{name} {overrides}", purified, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
