@@ -84,6 +84,32 @@ def test_train_is_seeded_and_accepts_extra_transform() -> None:
     assert torch.get_num_threads() == threads  # the thread count is restored after training
 
 
+def test_crop_pad_zero_trains_on_uncropped_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """crop_pad=0 (PhysicalBA's classifiers) leaves every pixel in place; the default 4 px crop shifts some."""
+    import pipeline.evaluation.classifier as classifier_module
+
+    images, labels = _black_white(32)
+    images[:] = 100
+    images[:, -3:, -3:] = 255  # a corner patch on every image: where it lands shows the crop
+    seen: list[np.ndarray] = []
+    real_to_tensor = classifier_module._to_tensor
+
+    def spy(batch: np.ndarray) -> torch.Tensor:
+        seen.append(batch.copy())
+        return real_to_tensor(batch)
+
+    monkeypatch.setattr(classifier_module, "_to_tensor", spy)
+    kwargs = dict(num_classes=2, epochs=1, batch_size=8, depth=8, progress=False, num_threads=1, hflip=False)
+    train_classifier(images, labels, crop_pad=0, **kwargs)
+    assert all(np.array_equal(batch, images[: len(batch)]) for batch in seen)
+    seen.clear()
+    train_classifier(images, labels, **kwargs)
+    moved = [not (batch[i, -3:, -3:] == 255).all() for batch in seen for i in range(len(batch))]
+    assert any(moved)
+    with pytest.raises(ValueError, match="crop_pad"):
+        train_classifier(images, labels, crop_pad=-1, **kwargs)
+
+
 def test_train_rejects_bad_labels() -> None:
     images, labels = _black_white(8)
     with pytest.raises(ValueError, match="labels"):

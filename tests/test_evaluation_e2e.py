@@ -87,9 +87,12 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
         assert png.width > 3 * 96 and png.height > 4 * 3 * 96  # 4 attacks x (poisoned, naive, zip, zip-authors)
 
     classifier_files = sorted((tmp_path / "cache" / "classifiers").glob("*.pt"))
+    suffix = {"badnet": "-restamp", "physicalba": "-nocrop"}
     assert [p.name for p in classifier_files] == sorted(
-        f"synthetic-{a}-e1{'-restamp' if a == 'badnet' else ''}-batch_size16-depth8.pt" for a in [*ATTACKS, "clean"]
+        f"synthetic-{a}-e1{suffix.get(a, '')}-batch_size16-depth8.pt" for a in [*ATTACKS, "clean"]
     )
+    physicalba_info = json.loads(next((tmp_path / "cache" / "classifiers").glob("*physicalba*.json")).read_text())
+    assert physicalba_info["train_options"]["crop_pad"] == 0
     cached = sorted((tmp_path / "cache" / "purified").rglob("*.npz"))
     # per cached defense (shrinkpad, naive, zip, zip-authors): clean + 3 triggered sets (PhysicalBA reuses BadNet's)
     assert len(cached) == 4 * 4
@@ -122,10 +125,11 @@ def test_without_flips_cancels_physicalba_flip() -> None:
     assert rng.random() == reference.random()  # the caller's generator advances exactly as without the wrapper
 
 
-def test_restamped_classifiers_have_their_own_cache_name(tmp_path: Path) -> None:
-    """A BadNet classifier cached before restamping existed must not be mistaken for a restamped one."""
+def test_restamped_and_uncropped_classifiers_have_their_own_cache_name(tmp_path: Path) -> None:
+    """A classifier cached before restamping (BadNet) or crop-free training (PhysicalBA) existed is not reused."""
     from pipeline.evaluation.runner import classifier_path
 
     assert classifier_path(tmp_path, "cifar10", "badnet", 10).name == "cifar10-badnet-e10-restamp.pt"
+    assert classifier_path(tmp_path, "cifar10", "physicalba", 10).name == "cifar10-physicalba-e10-nocrop.pt"
     assert classifier_path(tmp_path, "cifar10", "blended", 10).name == "cifar10-blended-e10.pt"
     assert classifier_path(tmp_path, "gtsrb", None, 6).name == "gtsrb-clean-e6.pt"

@@ -154,6 +154,7 @@ def train_classifier(
     progress: bool = True,
     *,
     hflip: bool = True,
+    crop_pad: int = 4,
     depth: int = 20,
     schedule: str = "onecycle",
     weight_decay: float = 5e-4,
@@ -162,8 +163,8 @@ def train_classifier(
 ) -> ResNet:
     """Train a ResNet on uint8 N x H x W x 3 images (SGD, momentum 0.9, weight decay, one-cycle or cosine LR).
 
-    augment: random crop with 4 px zero padding, plus a random horizontal flip when `hflip` (set
-    hflip=False for GTSRB: traffic signs are not flip-invariant). extra_transform(batch, rng) -> batch runs on
+    augment: random crop with `crop_pad` px zero padding (0: no crop), plus a random horizontal flip when `hflip`
+    (set hflip=False for GTSRB: traffic signs are not flip-invariant). extra_transform(batch, rng) -> batch runs on
     every uint8 training batch before that augmentation (e.g. `PhysicalBA.train_transform`). The input
     normalisation statistics are measured on `images`. num_threads: torch's intra-op thread count during
     training when given, restored afterwards (the process's setting is otherwise left alone). Returns the model
@@ -171,6 +172,8 @@ def train_classifier(
     where mask is True (the poisoned ones), so random crops cannot shift or cut a corner patch: the attacker
     controls the training loop and wants the trigger exactly where it will be at test time.
     """
+    if crop_pad < 0:
+        raise ValueError(f"crop_pad must be >= 0, got {crop_pad}")
     if restamp is not None and len(restamp[0]) != len(images):
         raise ValueError(f"restamp mask has {len(restamp[0])} entries for {len(images)} images")
     previous_threads = torch.get_num_threads()
@@ -190,6 +193,7 @@ def train_classifier(
             device,
             progress,
             hflip=hflip,
+            crop_pad=crop_pad,
             depth=depth,
             schedule=schedule,
             weight_decay=weight_decay,
@@ -214,6 +218,7 @@ def _train(
     progress: bool,
     *,
     hflip: bool,
+    crop_pad: int,
     depth: int,
     schedule: str,
     weight_decay: float,
@@ -253,7 +258,7 @@ def _train(
             if extra_transform is not None:
                 batch = extra_transform(batch, rng)
             if augment:
-                batch = _augment(batch, rng, pad=4, flip=hflip)
+                batch = _augment(batch, rng, pad=crop_pad, flip=hflip)
                 if restamp is not None:
                     mask, trigger = restamp
                     hit = mask[idx]

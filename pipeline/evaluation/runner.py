@@ -52,6 +52,10 @@ NO_HFLIP = {"gtsrb"}  # traffic signs are not flip-invariant
 # `train_classifier(restamp=...)`): without it a 4 px crop shift cuts or moves the 3x3 patch in 2/9 of the
 # poisoned samples per axis and the backdoor stays below the 95 % ASR target (92.7 % on CIFAR-10).
 RESTAMP_AFTER_AUGMENT = {"badnet"}
+# Attacks whose classifiers train without the 4 px random crop: PhysicalBA's own transforms already shift (10 %),
+# zoom (0.8-0.9) and rotate every training image, as in BackdoorBox's recipe (flips only on top); a crop on top
+# scatters the trigger so far from the corner that the test-time patch is missed more often.
+NO_CROP_ATTACKS = {"physicalba"}
 # Data sets whose shared copy has a single split: the evaluation holds out a stratified test share of it.
 SINGLE_SPLIT = {"imagenette": ("val", 0.25)}
 
@@ -128,6 +132,8 @@ def classifier_path(cache_dir: str | Path, dataset: str, attack: str | None, epo
     name = f"{dataset}-{normalise_attack(attack)}-e{epochs}"
     if normalise_attack(attack) in RESTAMP_AFTER_AUGMENT:
         name += "-restamp"
+    if normalise_attack(attack) in NO_CROP_ATTACKS:
+        name += "-nocrop"
     if train_options:
         name += "-" + "-".join(f"{k}{v}" for k, v in sorted(train_options.items()))
     return Path(cache_dir) / "classifiers" / f"{name}.pt"
@@ -197,6 +203,8 @@ def get_classifier(
             restamp = (mask, attack_obj.apply)
     options = dict(train_options or {})
     options.setdefault("hflip", dataset not in NO_HFLIP)
+    if name in NO_CROP_ATTACKS:
+        options.setdefault("crop_pad", 0)
     log(f"{dataset}/{name}: training classifier on {len(images)} images ({len(poisoned)} poisoned), "
         f"{epochs} epochs -> {path}")
     start = time.perf_counter()
