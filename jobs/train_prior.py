@@ -1,4 +1,4 @@
-"""Train the project's own unconditional diffusion prior (ε-prediction DDPM) on clean CIFAR-10.
+"""Train the project's own unconditional diffusion prior (ε-prediction DDPM) on clean CIFAR-10 (or GTSRB).
 
 The model is saved in our guided-diffusion-compatible UNet layout, so the purifier loads it
 like any published checkpoint. Training is resumable: state goes to OUT/last.pt every few
@@ -6,6 +6,7 @@ minutes and the time budget (--minutes) counts across resumes.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
     python jobs/train_prior.py --device cuda --channels 128 --batch 128 --minutes 60 --out runs/prior-gpu
+    python jobs/train_prior.py --data gtsrb --minutes 60 --out runs/prior-gtsrb  # an in-domain prior for GTSRB
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ from pipeline.evaluation.datasets import load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
 
+# Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
+# "keep left" is a "keep right" the prior should not learn as equally likely.
+TRAINING_SETS = {
+    "cifar10": ("CIFAR-10 train (clean, shared JPEG copy), random horizontal flips", True),
+    "gtsrb": ("GTSRB train (clean, shared 32x32 PPM copy), no flips", False),
+}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="cifar10", choices=sorted(TRAINING_SETS),
+                   help="clean training set the prior learns (needs ../shared/data; default cifar10)")
     p.add_argument("--out", default="runs/prior", help="run folder: last.pt (resume state), train_log.jsonl")
     p.add_argument("--export", default=None, help="where to write the EMA weights as a fp16 bundle (default OUT/prior.pt)")
     p.add_argument("--minutes", type=float, default=90.0, help="total training time budget, across resumes")
@@ -91,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(last, map_location=device, weights_only=True)
         if state["flags"] != config.to_flags():
             raise SystemExit(f"{last} was trained with other model flags; use --fresh or another --out")
+        if state.get("data", "cifar10") != args.data:
+            raise SystemExit(f"{last} was trained on {state.get('data', 'cifar10')}, not {args.data}; "
+                             "use --fresh or another --out")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -99,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed + step)
         print(f"resumed from {last}: step {step}, {images_seen} images, {elapsed / 60:.1f} min", flush=True)
 
-    data = load_dataset("cifar10", "train").images  # N x 32 x 32 x 3 uint8, clean
+    data = load_dataset(args.data, "train").images  # N x 32 x 32 x 3 uint8, clean
+    described, use_flips = TRAINING_SETS[args.data]
     alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"training {n_params / 1e6:.2f}M-parameter prior on {len(data)} images, budget {args.minutes} min", flush=True)
@@ -108,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         save_state(last, {
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "images_seen": images_seen, "elapsed_s": elapsed, "flags": config.to_flags(),
+            "data": args.data,
         })
         save_bundle(export, ema, meta={
-            "trained_on": "CIFAR-10 train (clean, shared JPEG copy), random horizontal flips",
+            "trained_on": described,
             "objective": "epsilon MSE, T=1000", "schedule": args.schedule, "steps": step,
             "images_seen": images_seen, "minutes": round(elapsed / 60, 1), "ema_decay": args.ema,
             "command": "python jobs/train_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -124,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     while elapsed < args.minutes * 60 and (not args.max_steps or step < args.max_steps):
         idx = rng.integers(0, len(data), args.batch)
         x0 = torch.from_numpy(data[idx]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-        flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(device)
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        if use_flips:
+            flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(device)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, len(alpha_bars), (args.batch,), device=device)
         noise = torch.randn_like(x0)
         ab = alpha_bars[t][:, None, None, None]

@@ -1,0 +1,56 @@
+"""jobs/train_prior.py: which data it learns, what it exports, and that it resumes where it stopped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.evaluation.datasets import LabelledImages
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--channels", "32", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "", "--head-channels", "32",
+        "--batch", "4", "--threads", "1", "--log-every", "1"]
+
+
+@pytest.fixture()
+def train_prior(monkeypatch: pytest.MonkeyPatch) -> tuple[object, list[str]]:
+    spec = importlib.util.spec_from_file_location("train_prior_job", ROOT / "jobs" / "train_prior.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    requested: list[str] = []
+
+    def fake_load(name: str, split: str) -> LabelledImages:
+        requested.append(f"{name}/{split}")
+        rng = np.random.default_rng(0)
+        return LabelledImages(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.zeros(16, np.int64), 1)
+
+    monkeypatch.setattr(module, "load_dataset", fake_load)  # no ../shared needed
+    return module, requested
+
+
+def test_gtsrb_prior_trains_on_gtsrb_and_exports_a_loadable_bundle(train_prior, tmp_path: Path) -> None:
+    module, requested = train_prior
+    assert module.main(["--data", "gtsrb", "--max-steps", "2", "--out", str(tmp_path), *TINY]) == 0
+    assert requested == ["gtsrb/train"]
+    loaded = load_checkpoint(str(tmp_path / "prior.pt"))
+    assert loaded.meta["trained_on"].startswith("GTSRB") and "no flips" in loaded.meta["trained_on"]
+    assert loaded.meta["steps"] == 2
+    out = loaded.model(torch.zeros(1, 3, 32, 32), torch.tensor([500]))
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_training_resumes_and_refuses_another_data_set(train_prior, tmp_path: Path) -> None:
+    module, _ = train_prior
+    assert module.main(["--max-steps", "2", "--out", str(tmp_path), *TINY]) == 0
+    assert module.main(["--max-steps", "3", "--out", str(tmp_path), *TINY]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # the second run continued from step 2, it did not start over
+    assert "CIFAR-10" in load_checkpoint(str(tmp_path / "prior.pt")).meta["trained_on"]
+    with pytest.raises(SystemExit, match="trained on cifar10, not gtsrb"):
+        module.main(["--data", "gtsrb", "--max-steps", "4", "--out", str(tmp_path), *TINY])
