@@ -12,8 +12,9 @@ import torch
 
 from pipeline.checkpoint import save_bundle
 from pipeline.evaluation import runner
-from pipeline.evaluation.attacks import PhysicalBA
-from pipeline.evaluation.datasets import LabelledImages
+from pipeline.evaluation.attacks import PhysicalBA, make_attack
+from pipeline.evaluation.classifier import load_classifier, predict
+from pipeline.evaluation.datasets import LabelledImages, stratified_subset
 from pipeline.model import UNetConfig, build_unet
 
 ATTACKS = ["badnet", "blended", "physicalba", "wanet"]
@@ -77,8 +78,21 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
                                                            abs=0.01)
     assert saved["fidelity"]["none"]["psnr"] is None and saved["fidelity"]["zip"]["psnr"] > 0
 
+    # ASR without a trigger, for no defense: the classifier's target rate on the untouched clean subset.
+    test = fake_loader("synthetic", "test")
+    subset = stratified_subset(test.labels, 10, 0)
+    for attack in ATTACKS:
+        model = load_classifier(saved["classifiers"][attack]["path"])
+        target = make_attack(attack, 32).target
+        keep = test.labels[subset] != target
+        expected = 100.0 * np.mean(predict(model, test.images[subset][keep]) == target)
+        assert saved["results"][attack]["none"]["asr_no_trigger"] == pytest.approx(expected, abs=0.01)
+        assert all(0.0 <= saved["results"][attack][d]["asr_no_trigger"] <= 100.0 for d in DEFENSES)
+    assert all(clean_row[d]["asr_no_trigger"] is None for d in DEFENSES)
+
     table = (out / "synthetic.md").read_text()
     assert "| Attack | No defense CA | No defense ASR | No defense PA |" in table
+    assert "ASR without a trigger" in table
     assert "| Average |" in table and "| WaNet |" in table and "| None |" in table and "ZIP (k=4) CA" in table
 
     from PIL import Image

@@ -438,9 +438,15 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         results[name] = {}
         poisoned_out[name] = {}
         for d, defense in defense_objs.items():
+            clean_preds = predict(model, clean_out[d])
             cell: dict[str, float | None] = {
-                "ca": _score(metrics.clean_accuracy(predict(model, clean_out[d]), clean_labels)),
+                "ca": _score(metrics.clean_accuracy(clean_preds, clean_labels)),
                 "asr": None, "pa": None,
+                # The ASR floor: how often this classifier picks the target on purified images that never carried
+                # a trigger. An ASR near it is the defense's output drifting to the target class, not a surviving
+                # trigger.
+                "asr_no_trigger": (_score(metrics.attack_success_rate(clean_preds, clean_labels, attack.target))
+                                   if attack else None),
             }
             if attack is not None:
                 log(f"{config.dataset}/{name}: defense {d} on {len(triggered)} triggered images")
@@ -457,7 +463,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         d: {
             m: _score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
                                                          if a != CLEAN and results[a][d][m] is not None]) else None
-            for m in ("ca", "asr", "pa")
+            for m in ("ca", "asr", "pa", "asr_no_trigger")
         }
         for d in defenses
     }
@@ -524,6 +530,14 @@ def markdown_table(report: dict[str, Any]) -> str:
     for title, cells in rows:
         values = [_fmt(cells[d][m]) for d in defenses for m in ("ca", "asr", "pa")]
         lines.append(f"| {title} | " + " | ".join(values) + " |")
+    lines += ["", "ASR without a trigger: percent of purified clean images (true label ≠ target) that the backdoored "
+              "classifier assigns to the target. An ASR close to this floor is the purified images drifting to the "
+              "target class, not a surviving trigger.", "",
+              "| Attack | " + " | ".join(defense_title(d, pool) for d in defenses) + " |",
+              "|" + "|".join([" --- "] + [" ---: "] * len(defenses)) + "|"]
+    for title, cells in rows:
+        if any(cells[d].get("asr_no_trigger") is not None for d in defenses):
+            lines.append(f"| {title} | " + " | ".join(_fmt(cells[d].get("asr_no_trigger")) for d in defenses) + " |")
     lines += ["", "Purified clean images vs the originals:", "", "| Defense | PSNR (dB) | SSIM |", "| --- | ---: | ---: |"]
     for d in defenses:
         fid = report["fidelity"][d]
