@@ -6,7 +6,7 @@ minutes and the time budget (--minutes) counts across resumes.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
     python jobs/train_prior.py --device cuda --channels 128 --batch 128 --minutes 60 --out runs/prior-gpu
-    python jobs/train_prior.py --data gtsrb --minutes 60 --out runs/prior-gtsrb  # an in-domain prior for GTSRB
+    python jobs/train_prior.py --data gtsrb --minutes 90 --out runs/prior-gtsrb  # an in-domain prior for GTSRB
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(last, map_location=device, weights_only=True)
         if state["flags"] != config.to_flags():
             raise SystemExit(f"{last} was trained with other model flags; use --fresh or another --out")
-        if state.get("data", "cifar10") != args.data:
-            raise SystemExit(f"{last} was trained on {state.get('data', 'cifar10')}, not {args.data}; "
-                             "use --fresh or another --out")
+        trained_on = state.get("data", "cifar10")  # states from before --data existed are CIFAR-10 runs
+        if trained_on != args.data:
+            raise SystemExit(f"{last} was trained on {trained_on}, not {args.data}; use --fresh or another --out")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
