@@ -2,6 +2,10 @@
 
     python bench/purifier_bench.py                       # tiny reference model, from ../shared
     python bench/purifier_bench.py --checkpoint pipeline/assets/cifar10_prior.pt --sizes 32
+    python bench/purifier_bench.py --preset 256x256_diffusion_uncond --sizes 256 --devices cuda --precision bf16
+
+--preset builds a named architecture with random weights instead of loading a checkpoint: throughput does
+not depend on the weights, so the paper's 552M-parameter model can be timed without its file.
 
 For each canvas size it purifies a batch of 32x32 images (1 per canvas at 32, 64 per canvas at 256)
 with the given steps, after one warm-up call, and prints a table.
@@ -20,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import Purifier, ZipSettings  # noqa: E402
+from pipeline import PRESETS, Purifier, ZipSettings, build_unet, preset_config  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[2] / "shared/reference/guided-diffusion/tiny_uncond_256arch.pt"
 TINY_FLAGS = dict(image_size=256, num_channels=32, num_res_blocks=1, attention_resolutions="32,16,8",
@@ -62,17 +66,29 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--batch", type=int, default=0, help="canvases per UNet call (0: auto)")
     p.add_argument("--devices", default="cpu,cuda")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="time this architecture with random weights instead of --checkpoint")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="CUDA only")
     args = p.parse_args()
     flags = json.loads(args.flags) if args.flags else (TINY_FLAGS if args.checkpoint == str(TINY) else None)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, checkpoint {args.checkpoint}")
+    model_name = f"preset {args.preset} (random weights)" if args.preset else f"checkpoint {args.checkpoint}"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {model_name}, {args.precision}")
     print("| device | canvas | images/canvas | images/s | s per UNet call | canvases per call |")
     print("| --- | --- | --- | --- | --- | --- |")
     for device in args.devices.split(","):
         if device == "cuda" and not torch.cuda.is_available():
             continue
         for size in (int(s) for s in args.sizes.split(",")):
-            purifier = Purifier.from_checkpoint(args.checkpoint, flags=flags, device=device, canvas_size=size,
-                                                batch_size=args.batch or None, settings=ZipSettings(steps=args.steps))
+            precision = args.precision if device == "cuda" else "fp32"
+            settings = ZipSettings(steps=args.steps)
+            if args.preset:
+                torch.manual_seed(0)
+                purifier = Purifier(build_unet(preset_config(args.preset)), settings, device, precision, size,
+                                    args.batch or None)
+            else:
+                purifier = Purifier.from_checkpoint(args.checkpoint, flags=flags, device=device, canvas_size=size,
+                                                    batch_size=args.batch or None, settings=settings,
+                                                    precision=precision)
             r = bench(purifier, args.images, args.repeats)
             per = (size // 32) ** 2
             print(f"| {device} | {size} | {per} | {r['images_per_s']} | {r['s_per_unet_call']} |"

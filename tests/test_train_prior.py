@@ -54,3 +54,20 @@ def test_training_resumes_and_refuses_another_data_set(train_prior, tmp_path: Pa
     assert "CIFAR-10" in load_checkpoint(str(tmp_path / "prior.pt")).meta["trained_on"]
     with pytest.raises(SystemExit, match="trained on cifar10, not gtsrb"):
         module.main(["--data", "gtsrb", "--max-steps", "4", "--out", str(tmp_path), *TINY])
+
+
+def test_bf16_autocast_trains_a_finite_prior_and_says_so(train_prior, tmp_path: Path) -> None:
+    module, _ = train_prior
+    assert module.main(["--precision", "bf16", "--max-steps", "2", "--out", str(tmp_path), *TINY]) == 0
+    loaded = load_checkpoint(str(tmp_path / "prior.pt"))
+    assert loaded.meta["precision"] == "bf16" and loaded.meta["device"] == "cpu"
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and 0.1 < losses[0] < 10  # ε-MSE starts near 1
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(train_prior, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    module, _ = train_prior
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        module.main(["--device", "cuda", "--max-steps", "1", "--out", str(tmp_path), *TINY])
