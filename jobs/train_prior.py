@@ -7,6 +7,10 @@ minutes and the time budget (--minutes) counts across resumes.
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
     python jobs/train_prior.py --device cuda --precision bf16 --channels 64 --batch 256 --minutes 60 --out runs/prior-gpu
     python jobs/train_prior.py --data gtsrb --minutes 90 --out runs/prior-gtsrb  # an in-domain prior for GTSRB
+    python jobs/train_prior.py --init-from pipeline/assets/cifar10_prior.pt --lr 1e-4 --minutes 60 --out runs/prior-ft
+
+--init-from starts from an exported prior's weights (its architecture; fresh optimiser), to train a shipped
+prior further or adapt it to another clean data set.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoint import save_bundle  # noqa: E402
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle  # noqa: E402
 from pipeline.evaluation.datasets import load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
@@ -46,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", default=None, help="where to write the EMA weights as a fp16 bundle (default OUT/prior.pt)")
     p.add_argument("--minutes", type=float, default=90.0, help="total training time budget, across resumes")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0: no limit)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this 32 px ε-prediction prior (path or URI); its architecture replaces the "
+                        "width and depth options below")
     p.add_argument("--channels", type=int, default=32, help="UNet base width (num_channels)")
     p.add_argument("--channel-mult", default="1,2,2")
     p.add_argument("--res-blocks", type=int, default=2)
@@ -80,6 +87,19 @@ def make_config(args: argparse.Namespace) -> UNetConfig:
     )
 
 
+def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str]:
+    """The architecture, weights and a provenance note of the prior that --init-from names."""
+    try:
+        loaded = load_checkpoint(uri)
+    except (CheckpointError, OSError) as err:
+        raise SystemExit(f"--init-from {uri}: {err}") from err
+    cfg = loaded.config
+    if cfg.image_size != 32 or cfg.learn_sigma or cfg.class_cond:
+        raise SystemExit(f"--init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "
+                         f"got image_size={cfg.image_size}, learn_sigma={cfg.learn_sigma}, class_cond={cfg.class_cond}")
+    return cfg.with_(dropout=dropout), loaded.model.state_dict(), f"{uri} (sha256 {loaded.sha256[:12]})"
+
+
 def save_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -99,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
     autocast_dtype = AUTOCAST[args.precision]
-    config = make_config(args)
+    config, initial, init_note = make_config(args), None, None
+    if args.init_from:
+        config, initial, init_note = load_initial(args.init_from, args.dropout)
 
-    model = build_unet(config).to(device)
+    model = build_unet(config)
+    if initial is not None:
+        model.load_state_dict(initial)
+    model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step, images_seen, elapsed = 0, 0, 0.0
@@ -142,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "objective": "epsilon MSE, T=1000", "schedule": args.schedule, "steps": step,
             "images_seen": images_seen, "minutes": round(elapsed / 60, 1), "ema_decay": args.ema,
             "device": str(device), "precision": args.precision,
+            **({"initialised_from": init_note} if init_note else {}),
             "command": "python jobs/train_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         })
 
@@ -151,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start, t_window, last_save = time.time(), time.time(), time.time()
     base_elapsed, images_window = elapsed, 0
     model.train()
+    first_step, last_loss = step, None
     while elapsed < args.minutes * 60 and (not args.max_steps or step < args.max_steps):
         idx = rng.integers(0, len(data), args.batch)
         x0 = pixels[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -178,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         images_seen += args.batch
         images_window += args.batch
         loss_sum += loss.detach()
+        last_loss = loss  # kept as a tensor: read once at the end
         loss_n += 1
         elapsed = base_elapsed + time.time() - t_start
         if step % args.log_every == 0:
@@ -196,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             last_save = time.time()
     snapshot()
     print(f"done: {step} steps, {images_seen} images, {elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
-    if not math.isfinite(loss.item()):
+    if step > first_step and not math.isfinite(last_loss.item()):
+        print("the loss is not finite: training diverged", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -71,3 +71,30 @@ def test_cuda_without_a_gpu_is_a_clear_error(train_prior, tmp_path: Path) -> Non
     module, _ = train_prior
     with pytest.raises(SystemExit, match="no CUDA device"):
         module.main(["--device", "cuda", "--max-steps", "1", "--out", str(tmp_path), *TINY])
+
+
+def test_init_from_starts_at_the_given_prior_with_its_architecture(train_prior, tmp_path: Path) -> None:
+    module, _ = train_prior
+    assert module.main(["--max-steps", "2", "--out", str(tmp_path / "a"), *TINY]) == 0
+    source = load_checkpoint(str(tmp_path / "a" / "prior.pt"))
+    # --channels 64 is overridden by the source's 32-channel architecture; 0 minutes: the export is the source itself
+    assert module.main(["--init-from", str(tmp_path / "a" / "prior.pt"), "--minutes", "0", "--out",
+                        str(tmp_path / "b"), *TINY, "--channels", "64"]) == 0
+    started = load_checkpoint(str(tmp_path / "b" / "prior.pt"))
+    assert started.config.num_channels == 32 and started.meta["initialised_from"].startswith(str(tmp_path / "a"))
+    for name, value in source.model.state_dict().items():
+        torch.testing.assert_close(started.model.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_init_from_refuses_a_model_it_cannot_train(train_prior, tmp_path: Path) -> None:
+    from pipeline.checkpoint import save_bundle
+    from pipeline.model import UNetConfig, build_unet
+
+    module, _ = train_prior
+    sigma = UNetConfig(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",
+                       learn_sigma=True)
+    save_bundle(tmp_path / "sigma.pt", build_unet(sigma))
+    with pytest.raises(SystemExit, match="without learned sigma"):
+        module.main(["--init-from", str(tmp_path / "sigma.pt"), "--max-steps", "1", "--out", str(tmp_path), *TINY])
+    with pytest.raises(SystemExit, match="--init-from"):
+        module.main(["--init-from", str(tmp_path / "missing.pt"), "--max-steps", "1", "--out", str(tmp_path), *TINY])
