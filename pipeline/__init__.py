@@ -2,11 +2,12 @@
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, UNetModel, build_unet
-from pipeline.presets import PRESETS, preset_config
+from pipeline.presets import PRESETS, SHIPPED_PRIORS, preset_config, shipped_prior
 from pipeline.purifier import Purifier, ZipSettings
 
 __all__ = [
     "PRESETS",
+    "SHIPPED_PRIORS",
     "CheckpointError",
     "Purifier",
     "UNetConfig",
@@ -15,4 +16,5 @@ __all__ = [
     "build_unet",
     "load_checkpoint",
     "preset_config",
+    "shipped_prior",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, run_job
+from pipeline.presets import SHIPPED_PRIORS
 
 DESCRIPTION = """\
 Purify an image data set of backdoor triggers with Zero-shot Image Purification (ZIP).
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--checkpoint", help="diffusion checkpoint: path or URI of a guided-diffusion .pt, "
                        ".safetensors or zip-purify bundle (default: the project's own CIFAR-10 prior)")
+    model.add_argument("--prior", choices=sorted(SHIPPED_PRIORS),
+                       help="a prior shipped with zip-purify instead of --checkpoint: "
+                       + "; ".join(f"{name}: {what}" for name, what in SHIPPED_PRIORS.items()))
     model.add_argument("--preset", help="architecture preset for a bare state dict (e.g. 256x256_diffusion_uncond); "
                        "default: the bundle's flags, else inferred from the keys")
     model.add_argument("--flags", type=json.loads, help="guided-diffusion create_model flags as JSON (overrides --preset)")

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
+from pipeline.presets import ASSETS, shipped_prior
 from pipeline.purifier import ZipSettings
 from pipeline.sources import ReadUnit, discover, relative_id
 from pipeline.stages import (
@@ -47,7 +48,6 @@ from pipeline.stages import (
 )
 from pipeline.storage import describe, make_parent_dirs, with_retries
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR = ASSETS / "cifar10_prior.pt"
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
@@ -61,6 +61,7 @@ class JobConfig:
     input: str = DEFAULT_INPUT
     output: str = "./purified"
     checkpoint: str | None = None
+    prior: str | None = None
     preset: str | None = None
     flags: dict[str, Any] | None = None
     checkpoint_sha256: str | None = None
@@ -201,8 +202,17 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> int:
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     """The checkpoint to use and a note on where it came from."""
+    if config.checkpoint and config.prior:
+        raise JobError(f"give a checkpoint or a shipped prior, not both (checkpoint {config.checkpoint!r}, "
+                       f"prior {config.prior!r})")
     if config.checkpoint:
         return config.checkpoint, "user checkpoint"
+    if config.prior:
+        try:
+            path = shipped_prior(config.prior)
+        except ValueError as err:
+            raise JobError(str(err)) from err
+        return path, f"the project's own {config.prior} prior (pipeline/assets/{config.prior}_prior.pt)"
     if DEFAULT_PRIOR.exists():
         return str(DEFAULT_PRIOR), "the project's own CIFAR-10 prior (pipeline/assets/cifar10_prior.pt)"
     # No trained prior shipped: a seeded random-weight model of the right architecture, said loudly.

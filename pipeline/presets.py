@@ -1,8 +1,18 @@
-"""Named architectures: the published guided-diffusion checkpoints and this project's prior."""
+"""Named architectures (the published guided-diffusion checkpoints and this project's prior) and the
+priors this project ships."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.model import UNetConfig
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Priors trained by jobs/train_prior.py and shipped in the package; each has a card (<name>_prior.md) beside it.
+SHIPPED_PRIORS: dict[str, str] = {
+    "cifar10": "natural 32 px photos (CIFAR-10); the job's default",
+    "gtsrb": "traffic signs (GTSRB, trained without flips); pass it for road-sign data",
+}
 
 PRESETS: dict[str, dict] = {
     # The model the ZIP paper uses (OpenAI guided-diffusion, 552,814,086 parameters).
@@ -35,3 +45,13 @@ def preset_config(name: str) -> UNetConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return UNetConfig.from_flags(PRESETS[name])
+
+
+def shipped_prior(name: str) -> str:
+    """Path of a prior shipped with the package, by name (see SHIPPED_PRIORS)."""
+    if name not in SHIPPED_PRIORS:
+        raise ValueError(f"unknown shipped prior {name!r}; shipped priors: {', '.join(SHIPPED_PRIORS)}")
+    path = ASSETS / f"{name}_prior.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"shipped prior {name!r} is missing from this installation ({path})")
+    return str(path)

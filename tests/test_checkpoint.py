@@ -96,3 +96,13 @@ def test_preset_inference_on_meta_models() -> None:
 
     model = build_unet(preset_config("cifar10_prior_small"))
     assert infer_preset(model.state_dict()) == "cifar10_prior_small"
+
+
+def test_shipped_priors_load_by_name_and_unknown_names_are_refused() -> None:
+    from pipeline import SHIPPED_PRIORS, load_checkpoint, shipped_prior
+
+    for name in SHIPPED_PRIORS:
+        loaded = load_checkpoint(shipped_prior(name))
+        assert loaded.config.image_size == 32 and not loaded.config.learn_sigma
+    with pytest.raises(ValueError, match="shipped priors: cifar10, gtsrb"):
+        shipped_prior("imagenet")

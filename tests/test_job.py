@@ -167,3 +167,24 @@ def test_yaml_config_and_flag_precedence(tmp_path) -> None:
     cfg_file.write_text("pol: 2\n")
     with pytest.raises(SystemExit, match="pol"):
         config_from_args(["--config", str(cfg_file)])
+
+
+def test_shipped_gtsrb_prior_by_name_and_conflicts(tmp_path) -> None:
+    import hashlib
+
+    from pipeline.presets import ASSETS
+
+    root = tmp_path / "signs"
+    root.mkdir()
+    for i in range(2):
+        (root / f"s{i}.png").write_bytes(image_bytes(32, 32, i))
+    config = JobConfig(input=str(root), output=str(tmp_path / "out"), prior="gtsrb", steps=2, progress=False)
+    summary = run_job(config)
+    assert summary["this_run"]["purified"] == 2
+    assert summary["model"]["sha256"] == hashlib.sha256((ASSETS / "gtsrb_prior.pt").read_bytes()).hexdigest()
+    assert "gtsrb" in summary["model"]["note"]
+    with pytest.raises(JobError, match="not both"):
+        run_job(JobConfig(input=str(root), output=str(tmp_path / "o2"), prior="gtsrb", checkpoint="x.pt"))
+    with pytest.raises(JobError, match="shipped priors: cifar10, gtsrb"):
+        run_job(JobConfig(input=str(root), output=str(tmp_path / "o3"), prior="imagenet"))
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
