@@ -48,6 +48,7 @@ SHIPPED=pipeline/assets/cifar10_prior.pt
 EVAL=("$PYTHON" jobs/evaluate.py --datasets cifar10 --attacks "$ATTACKS" --subset "$SUBSET" --epochs "$EPOCHS"
       --steps "$STEPS" --device "$DEVICE" --cache-dir "$ZIP_CACHE_DIR")
 stamp() { echo "== $(date -u +%H:%M:%S) (+${SECONDS}s) $*"; }
+failed() { stamp "FAILED: $* (going on with the rest)"; }
 pack() { tar czf "$OUT/$1.tgz" -C "$WORK" "$1"; stamp "packed $OUT/$1.tgz"; }
 
 stamp "start: device $DEVICE, budget ${BUDGET_S}s, work folder $WORK"
@@ -55,10 +56,14 @@ stamp "start: device $DEVICE, budget ${BUDGET_S}s, work folder $WORK"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 stamp "1. purifier throughput"
+# Throughput is a side result: a failure here must not cost the evaluation.
 {
-  "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}"
-  [[ $DEVICE == cuda ]] && "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}" --precision bf16
-  "$PYTHON" bench/purifier_bench.py "${BENCH_PRESET[@]}"
+  "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}" || failed "shipped prior, fp32"
+  if [[ $DEVICE == cuda ]]; then
+    "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}" --precision bf16 \
+      || failed "shipped prior, bf16"
+  fi
+  "$PYTHON" bench/purifier_bench.py "${BENCH_PRESET[@]}" || failed "preset architecture"
 } | tee "$OUT/bench.md"
 
 stamp "2. classifiers and baselines (trains and caches the classifiers)"
@@ -68,12 +73,16 @@ minutes=$(( (DEADLINE - SECONDS - RESERVE_S) / 60 ))
 (( minutes >= 1 )) || minutes=1
 stamp "3. prior training for ${minutes} min"
 "$PYTHON" jobs/train_prior.py --device "$DEVICE" --minutes "$minutes" --out "$WORK/prior" --export "$OUT/prior.pt" \
-  "${PRIOR[@]}"
-cp "$WORK/prior/train_log.jsonl" "$OUT/prior.train_log.jsonl"
+  "${PRIOR[@]}" || failed "prior training"
+cp "$WORK/prior/train_log.jsonl" "$OUT/prior.train_log.jsonl" || true
 
 stamp "4. evaluation with the new prior (k = 4, k = 2) and the shipped one (k = 4)"
-"${EVAL[@]}" --checkpoint "$OUT/prior.pt" --pool 4 --out "$WORK/eval-k4" && pack eval-k4
-"${EVAL[@]}" --checkpoint "$OUT/prior.pt" --pool 2 --out "$WORK/eval-k2" && pack eval-k2
-"${EVAL[@]}" --checkpoint "$SHIPPED" --pool 4 --defenses zip,zip-authors --out "$WORK/eval-k4-shipped" \
-  && pack eval-k4-shipped
+if [[ -f $OUT/prior.pt ]]; then
+  { "${EVAL[@]}" --checkpoint "$OUT/prior.pt" --pool 4 --out "$WORK/eval-k4" && pack eval-k4; } || failed "eval k=4"
+  { "${EVAL[@]}" --checkpoint "$OUT/prior.pt" --pool 2 --out "$WORK/eval-k2" && pack eval-k2; } || failed "eval k=2"
+fi
+{ "${EVAL[@]}" --checkpoint "$SHIPPED" --pool 4 --defenses zip,zip-authors --out "$WORK/eval-k4-shipped" \
+  && pack eval-k4-shipped; } || failed "eval k=4, shipped prior"
 stamp "done"
+exec >&- 2>&-
+wait  # for the tee into session.log to write its last lines
