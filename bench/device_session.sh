@@ -16,7 +16,8 @@
 # The device machine has no ../shared: copy CIFAR-10 into an ignored folder of the repo and carry it:
 #     echo /.carry/ >> .git/info/exclude
 #     mkdir -p .carry/shared/data/cifar10 && cp ../shared/data/cifar10/*.tar.gz .carry/shared/data/cifar10/
-#     device run, carry [".carry"]:  ZIP_SHARED_DIR=.carry/shared bash bench/device_session.sh
+#     device run, carry [".carry"], timeout_s 590:  ZIP_SHARED_DIR=.carry/shared bash bench/device_session.sh
+# (the device tool sets OUT; BUDGET_S=540 keeps the script inside that timeout, machine start not included)
 # A smoke test of the whole script on a CPU (tiny settings, a few minutes):
 #     SMOKE=1 OUT=/tmp/device-smoke bash bench/device_session.sh
 set -euo pipefail
