@@ -147,3 +147,38 @@ def test_restamped_and_uncropped_classifiers_have_their_own_cache_name(tmp_path:
     assert classifier_path(tmp_path, "cifar10", "physicalba", 10).name == "cifar10-physicalba-e10-nocrop.pt"
     assert classifier_path(tmp_path, "cifar10", "blended", 10).name == "cifar10-blended-e10.pt"
     assert classifier_path(tmp_path, "gtsrb", None, 6).name == "gtsrb-clean-e6.pt"
+
+
+def test_imagenette_shaped_run_single_split_and_images_larger_than_the_prior(tmp_path: Path) -> None:
+    """Imagenette's path on a CPU: one shared split divided 3:1, images (here 64 px) larger than the 32 px prior."""
+    requested: list[str] = []
+
+    def single_split_loader(name: str, split: str) -> LabelledImages:
+        requested.append(f"{name}/{split}")
+        rng = np.random.default_rng(3)
+        labels = np.arange(64, dtype=np.int64) % 2
+        base = np.where(labels == 1, 190, 60)[:, None, None, None]
+        images = np.clip(base + rng.integers(-40, 41, size=(64, 64, 64, 3)), 0, 255).astype(np.uint8)
+        return LabelledImages(images, labels, 2)
+
+    train, test = runner.load_splits("imagenette", single_split_loader)
+    assert requested == ["imagenette/val"] and (len(train.labels), len(test.labels)) == (48, 16)
+    assert np.bincount(test.labels).tolist() == [8, 8]
+    train_keys = {im.tobytes() for im in train.images}
+    assert not any(im.tobytes() in train_keys for im in test.images)  # no test image was trained on
+
+    config = runner.EvalConfig(
+        dataset="imagenette", attacks=["badnet", "wanet"], defenses=["none", "shrinkpad", "naive", "zip"],
+        checkpoint=str(_tiny_prior(tmp_path / "prior.pt")), steps=2, pool=4, subset=8, seed=0, epochs=1, threads=1,
+        cache_dir=tmp_path / "cache", out_dir=tmp_path / "results", examples=2,
+        train_options={"depth": 8, "batch_size": 16},
+    )
+    report = runner.evaluate_dataset(config, loader=single_split_loader)
+    saved = json.loads((tmp_path / "results" / "imagenette.json").read_text())
+    assert saved["results"] == report["results"] and saved["config"]["image_size"] == 64
+    for attack in ("badnet", "wanet"):
+        assert all(0.0 <= saved["results"][attack]["zip"][m] <= 100.0 for m in ("ca", "asr", "pa"))
+    assert saved["fidelity"]["zip"]["psnr"] > 0
+    (zip_clean,) = (tmp_path / "cache" / "purified").glob("imagenette-n8-seed0/zip-*/clean-*.npz")
+    with np.load(zip_clean) as cached:
+        assert cached["images"].shape == (8, 64, 64, 3)  # purified at the prior's 32 px, returned at 64 px
