@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start, t_window, last_save = time.time(), time.time(), time.time()
     base_elapsed, images_window = elapsed, 0
     model.train()
-    first_step, last_loss = step, None
+    last_loss = None  # None: this run made no step
     while elapsed < args.minutes * 60 and (not args.max_steps or step < args.max_steps):
         idx = rng.integers(0, len(data), args.batch)
         x0 = pixels[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             last_save = time.time()
     snapshot()
     print(f"done: {step} steps, {images_seen} images, {elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
-    if step > first_step and not math.isfinite(last_loss.item()):
+    if last_loss is not None and not math.isfinite(last_loss.item()):
         print("the loss is not finite: training diverged", file=sys.stderr, flush=True)
         return 1
     return 0

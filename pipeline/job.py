@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
-from pipeline.presets import ASSETS, shipped_prior
+from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.purifier import ZipSettings
 from pipeline.sources import ReadUnit, discover, relative_id
 from pipeline.stages import (
@@ -49,7 +49,8 @@ from pipeline.stages import (
 from pipeline.storage import describe, make_parent_dirs, with_retries
 
 DEFAULT_INPUT = str(ASSETS / "sample")
-DEFAULT_PRIOR = ASSETS / "cifar10_prior.pt"
+DEFAULT_PRIOR_NAME = "cifar10"
+DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
 SECRET_KEYS = ("key", "secret", "token", "password", "session")
 
@@ -207,14 +208,15 @@ def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
                        f"prior {config.prior!r})")
     if config.checkpoint:
         return config.checkpoint, "user checkpoint"
+    name = config.prior or DEFAULT_PRIOR_NAME
+    try:
+        path = shipped_prior_path(name)
+    except ValueError as err:
+        raise JobError(str(err)) from err
+    if path.exists():
+        return str(path), f"the project's own {name} prior (pipeline/assets/{path.name})"
     if config.prior:
-        try:
-            path = shipped_prior(config.prior)
-        except ValueError as err:
-            raise JobError(str(err)) from err
-        return path, f"the project's own {config.prior} prior (pipeline/assets/{config.prior}_prior.pt)"
-    if DEFAULT_PRIOR.exists():
-        return str(DEFAULT_PRIOR), "the project's own CIFAR-10 prior (pipeline/assets/cifar10_prior.pt)"
+        raise JobError(f"shipped prior {name!r} is missing from this installation ({path})")
     # No trained prior shipped: a seeded random-weight model of the right architecture, said loudly.
     import torch
 

@@ -47,11 +47,16 @@ def preset_config(name: str) -> UNetConfig:
     return UNetConfig.from_flags(PRESETS[name])
 
 
-def shipped_prior(name: str) -> str:
-    """Path of a prior shipped with the package, by name (see SHIPPED_PRIORS)."""
+def shipped_prior_path(name: str) -> Path:
+    """Where the shipped prior `name` lives in the package (whether or not this installation has it)."""
     if name not in SHIPPED_PRIORS:
         raise ValueError(f"unknown shipped prior {name!r}; shipped priors: {', '.join(SHIPPED_PRIORS)}")
-    path = ASSETS / f"{name}_prior.pt"
+    return ASSETS / f"{name}_prior.pt"
+
+
+def shipped_prior(name: str) -> str:
+    """Path of a prior shipped with the package, by name (see SHIPPED_PRIORS)."""
+    path = shipped_prior_path(name)
     if not path.exists():
         raise FileNotFoundError(f"shipped prior {name!r} is missing from this installation ({path})")
     return str(path)
