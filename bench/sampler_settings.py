@@ -3,6 +3,7 @@ and their PSNR against the originals. This is how the job's defaults were chosen
 
     python bench/sampler_settings.py                                  # η = 0 vs η = 1 (default), 128 images
     python bench/sampler_settings.py --images 256 "eta0.5=dict(eta=0.5)" "ddpm50=dict(sampler='ddpm', steps=50)"
+    python bench/sampler_settings.py --images 500 "paper=dict()" "resample2=dict(resample=2)"    # time travel
 
 Each positional argument is NAME=dict(...) of `ZipSettings` overrides. It needs the shared CIFAR-10 test set
 (../shared/data) and a clean classifier, by default the one `jobs/evaluate.py --attacks none` caches.

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--operators", help="'pool' (paper) or 'gray,pool' (authors' code, averaged)")
     zp.add_argument("--blend-k", type=float, help="authors'-code soft blend exponent k instead of the hard switch")
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")
+    zp.add_argument("--resample", type=int, metavar="R",
+                    help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
+                         f"the model calls (default {d.resample}: the paper)")
     zp.add_argument("--large-images", choices=["fit", "stretch"],
                     help="images larger than the model: shrink keeping aspect (fit) or stretch; restored after")
     zp.add_argument("--seed", type=int, help="noise seed (results are reproducible per image set)")

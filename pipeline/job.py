@@ -74,6 +74,7 @@ class JobConfig:
     operators: str = "pool"
     blend_k: float | None = None
     clip_denoised: bool = True
+    resample: int = 1
     large_images: str = "fit"
     seed: int = 0
     canvas_size: int | None = None
@@ -102,7 +103,7 @@ class JobConfig:
     def settings(self) -> ZipSettings:
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
                            operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
-                           large_images=self.large_images, seed=self.seed)
+                           resample=self.resample, large_images=self.large_images, seed=self.seed)
 
     def public(self) -> dict[str, Any]:
         """The configuration with storage secrets redacted (for logs and the summary)."""
@@ -248,6 +249,9 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any]) -> dict[st
             raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
                            "output or pass --overwrite")
         return None
+    # A settings field added after that output was written is missing from its record; the field's default is
+    # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
+    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})}}
     for key in ("settings", "checkpoint_sha256", "canvas_size"):
         if previous.get(key) != job_record.get(key):
             raise JobError(

@@ -43,6 +43,8 @@ class ZipSettings:
     operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged).
     blend_k: None for the paper's hard switch, or k of the authors' soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t.
     clip_denoised: clamp the prior's x̂₀ estimate to [-1, 1] every step (needed with weak priors).
+    resample: 1 (the paper) or r > 1 to redo every guided step r times, re-noising in between (DDNM+ / RePaint
+        "time travel"); r times the model calls.
     large_images: "fit" (keep aspect, shrink to the canvas) or "stretch" for images larger than the model.
     """
 
@@ -54,6 +56,7 @@ class ZipSettings:
     operators: str = "pool"
     blend_k: float | None = None
     clip_denoised: bool = True
+    resample: int = 1
     schedule: str = "linear"
     large_images: str = "fit"
     seed: int = 0
@@ -67,6 +70,8 @@ class ZipSettings:
             raise ValueError(f"eta (η) must be in [0, 1], got {self.eta}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
+        if not isinstance(self.resample, int) or not 1 <= self.resample <= 20:
+            raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
         make_operators(self.operators, self.pool)  # validates names and pool factor
 
     @classmethod
@@ -200,7 +205,7 @@ class Purifier:
             ]).to(self.device)
             generator.manual_seed(int(seeds[0]))
         common = dict(steps=s.steps, clip=s.clip_denoised, shape=tuple(x.shape), generator=generator,
-                      device=self.device, progress=progress, x_T=x_T)
+                      device=self.device, progress=progress, x_T=x_T, resample=s.resample)
         if s.sampler == "ddim":
             return SAMPLERS["ddim"](self.eps, guidance, self.schedule, eta=s.eta, **common)
         return SAMPLERS["ddpm"](self.eps, guidance, self.schedule, **common)

@@ -82,6 +82,12 @@ def ddim_step(
     return out
 
 
+def renoise(x_prev: torch.Tensor, alpha_bar_prev: float, alpha_bar_t: float, noise: torch.Tensor) -> torch.Tensor:
+    """Sample the forward process q(x_t | x_{t'}) from the less noisy level t' back up to t."""
+    a = alpha_bar_t / alpha_bar_prev
+    return math.sqrt(a) * x_prev + math.sqrt(1 - a) * noise
+
+
 def ddim_sigma(alpha_bar_t: float, alpha_bar_prev: float, eta: float) -> float:
     return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) * math.sqrt(1 - alpha_bar_t / alpha_bar_prev)
 
@@ -131,8 +137,16 @@ def zip_ddim(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    resample: int = 1,
 ) -> torch.Tensor:
-    """ZIP Algorithm 2: guided DDIM from pure noise; returns x₀ in model units ([-1, 1])."""
+    """ZIP Algorithm 2: guided DDIM from pure noise; returns x₀ in model units ([-1, 1]).
+
+    resample > 1 redoes each guided step that many times (the "time travel" of DDNM+ / RePaint with jump 1):
+    after a step t → t', x_t' is pushed back to t with fresh forward noise and denoised again, which lets the
+    regenerated part settle into agreement with the kept part at the cost of `resample` model calls per step.
+    """
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
     timesteps = ddim_timesteps(T, steps)
@@ -140,9 +154,13 @@ def zip_ddim(
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
         ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        x0, eps = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
-        sigma = ddim_sigma(ab_t, ab_prev, eta)
-        x = ddim_step(x0, eps, ab_prev, sigma, _noise_like(x, generator) if sigma > 0 else None)
+        rounds = resample if guidance is not None and guidance.is_active(t, T) else 1
+        for r in range(rounds):
+            if r:
+                x = renoise(x, ab_prev, ab_t, _noise_like(x, generator))
+            x0, eps = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
+            sigma = ddim_sigma(ab_t, ab_prev, eta)
+            x = ddim_step(x0, eps, ab_prev, sigma, _noise_like(x, generator) if sigma > 0 else None)
         if progress:
             progress(i + 1, len(timesteps))
     return x
@@ -159,8 +177,14 @@ def zip_ddpm(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    resample: int = 1,
 ) -> torch.Tensor:
-    """ZIP Algorithm 1: guided ancestral (DDPM) sampling, on `steps` evenly spaced timesteps."""
+    """ZIP Algorithm 1: guided ancestral (DDPM) sampling, on `steps` evenly spaced timesteps.
+
+    resample: as in `zip_ddim`.
+    """
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
     timesteps = ddim_timesteps(T, steps)
@@ -168,8 +192,12 @@ def zip_ddpm(
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
         ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        x0, _ = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
-        x = ddpm_step(x, x0, ab_t, ab_prev, _noise_like(x, generator) if ab_prev < 1.0 else None)
+        rounds = resample if guidance is not None and guidance.is_active(t, T) else 1
+        for r in range(rounds):
+            if r:
+                x = renoise(x, ab_prev, ab_t, _noise_like(x, generator))
+            x0, _ = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
+            x = ddpm_step(x, x0, ab_t, ab_prev, _noise_like(x, generator) if ab_prev < 1.0 else None)
         if progress:
             progress(i + 1, len(timesteps))
     return x

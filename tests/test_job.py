@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JobConfig, JobError, run_job
+from pipeline.job import JOB_FILE, JobConfig, JobError, run_job
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -127,6 +127,15 @@ def test_resume_and_incremental_without_duplicates(tmp_path, model) -> None:
     # Other settings into the same output are refused.
     with pytest.raises(JobError, match="different settings"):
         run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "pool": 2}))
+    # An output written before a sampler setting existed (no `resample` in its record) still takes incremental runs
+    # with that setting's default, and still refuses another value of it.
+    job_file = out / JOB_FILE
+    record = json.loads(job_file.read_text())
+    del record["settings"]["resample"]
+    job_file.write_text(json.dumps(record))
+    assert run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))["this_run"]["skipped_already_done"] == 45
+    with pytest.raises(JobError, match="different settings"):
+        run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "resample": 2}))
 
 
 def test_output_readable_by_pandas_and_pyarrow_dataset(tmp_path, model) -> None:
@@ -145,7 +154,7 @@ def test_cli_help_and_bad_checkpoint(tmp_path) -> None:
     help_text = subprocess.run([sys.executable, "jobs/purify.py", "--help"], capture_output=True, text=True,
                                check=True).stdout
     for option in ["--input", "--output", "--checkpoint", "--preset", "--steps", "--pool", "--lam", "--eta",
-                   "--seed", "--batch-size", "--actors", "--gpus-per-actor", "--s3-endpoint", "--incremental",
+                   "--seed", "--resample", "--batch-size", "--actors", "--gpus-per-actor", "--s3-endpoint", "--incremental",
                    "--config"]:
         assert option in help_text
     bad = tmp_path / "bad.pt"
@@ -161,8 +170,10 @@ def test_yaml_config_and_flag_precedence(tmp_path) -> None:
 
     cfg_file = tmp_path / "job.yaml"
     cfg_file.write_text("input: s3://b/in\npool: 2\nsteps: 10\nstorage_options: {anon: true}\n")
-    cfg = config_from_args(["--config", str(cfg_file), "--steps", "5", "--s3-endpoint", "http://localhost:9"])
+    cfg = config_from_args(["--config", str(cfg_file), "--steps", "5", "--s3-endpoint", "http://localhost:9",
+                            "--resample", "2"])
     assert (cfg.input, cfg.pool, cfg.steps) == ("s3://b/in", 2, 5)
+    assert cfg.settings().resample == 2
     assert cfg.storage_options == {"anon": True, "client_kwargs": {"endpoint_url": "http://localhost:9"}}
     cfg_file.write_text("pol: 2\n")
     with pytest.raises(SystemExit, match="pol"):

@@ -79,6 +79,9 @@ def test_bad_input_is_named(model) -> None:
         ZipSettings(sampler="euler")
     with pytest.raises(ValueError, match="eta"):
         ZipSettings(eta=2.0)
+    for bad in (0, 2.5, 21):
+        with pytest.raises(ValueError, match="resample"):
+            ZipSettings(resample=bad)
 
 
 def test_authors_code_settings() -> None:

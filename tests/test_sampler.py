@@ -87,3 +87,46 @@ def test_same_seed_same_result_other_seed_differs() -> None:
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_resampling_keeps_the_range_space_and_redoes_only_guided_steps(sampler: str) -> None:
+    model, x = _random_unet(6), _input(6)
+    op = AvgPool(4)
+    calls: list[int] = []
+
+    def counting_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(int(t[0]))
+        return model(x_t, t)
+
+    # λ = 0.5 with 4 steps (t = 750, 500, 250, 0): two guided steps redone 3 times, two unguided steps once.
+    guidance = Guidance.from_input(x, [op], lam=0.5)
+    run = zip_ddim if sampler == "ddim" else zip_ddpm
+    extra = {"eta": 1.0} if sampler == "ddim" else {}
+    with torch.no_grad():
+        out = run(counting_model, guidance, SCHEDULE, steps=4, shape=x.shape, resample=3,
+                  generator=torch.Generator().manual_seed(0), **extra)
+    assert calls == [750, 750, 750, 500, 500, 500, 250, 0]
+    assert torch.isfinite(out).all()
+
+    calls.clear()
+    guided_all = Guidance.from_input(x, [op], lam=0.0)
+    with torch.no_grad():
+        out = run(counting_model, guided_all, SCHEDULE, steps=3, shape=x.shape, resample=2,
+                  generator=torch.Generator().manual_seed(0), **extra)
+    assert len(calls) == 6
+    assert (op.forward(out) - op.forward(x)).abs().max().item() <= 1e-4  # still exactly consistent with A x
+    with pytest.raises(ValueError, match="resample"):
+        run(model, guided_all, SCHEDULE, steps=3, shape=x.shape, resample=0)
+
+
+def test_renoise_matches_the_forward_process_marginals() -> None:
+    from pipeline.sampler import renoise
+
+    x_prev = torch.full((200_000,), 0.5)
+    noise = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    ab_prev, ab_t = 0.8, 0.5
+    x_t = renoise(x_prev, ab_prev, ab_t, noise)
+    a = ab_t / ab_prev
+    assert abs(x_t.mean().item() - 0.5 * a**0.5) < 5e-3
+    assert abs(x_t.var().item() - (1 - a)) < 5e-3
