@@ -121,6 +121,27 @@ def _denoise(
     return x0, eps
 
 
+def _check_resample(resample: int) -> None:
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+
+
+def _rounds(resample: int, guidance: Guidance | None, t: int, T: int) -> int:
+    """How often step t runs: `resample` times when it is guided, once otherwise."""
+    return resample if guidance is not None and guidance.is_active(t, T) else 1
+
+
+def _step_with_time_travel(
+    step: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float,
+    rounds: int, generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Run one reverse step t → t' `rounds` times, pushing x_t' back to level t with fresh noise in between."""
+    x_prev = step(x_t)
+    for _ in range(rounds - 1):
+        x_prev = step(renoise(x_prev, alpha_bar_prev, alpha_bar_t, _noise_like(x_prev, generator)))
+    return x_prev
+
+
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -145,8 +166,7 @@ def zip_ddim(
     after a step t → t', x_t' is pushed back to t with fresh forward noise and denoised again, which lets the
     regenerated part settle into agreement with the kept part at the cost of `resample` model calls per step.
     """
-    if resample < 1:
-        raise ValueError(f"resample must be >= 1, got {resample}")
+    _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
     timesteps = ddim_timesteps(T, steps)
@@ -154,13 +174,13 @@ def zip_ddim(
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
         ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        rounds = resample if guidance is not None and guidance.is_active(t, T) else 1
-        for r in range(rounds):
-            if r:
-                x = renoise(x, ab_prev, ab_t, _noise_like(x, generator))
-            x0, eps = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
-            sigma = ddim_sigma(ab_t, ab_prev, eta)
-            x = ddim_step(x0, eps, ab_prev, sigma, _noise_like(x, generator) if sigma > 0 else None)
+        sigma = ddim_sigma(ab_t, ab_prev, eta)
+
+        def step(x_t: torch.Tensor) -> torch.Tensor:
+            x0, eps = _denoise(eps_model, x_t, t, ab_t, guidance, clip, T)  # noqa: B023 (called in this iteration)
+            return ddim_step(x0, eps, ab_prev, sigma, _noise_like(x_t, generator) if sigma > 0 else None)  # noqa: B023
+
+        x = _step_with_time_travel(step, x, ab_t, ab_prev, _rounds(resample, guidance, t, T), generator)
         if progress:
             progress(i + 1, len(timesteps))
     return x
@@ -183,8 +203,7 @@ def zip_ddpm(
 
     resample: as in `zip_ddim`.
     """
-    if resample < 1:
-        raise ValueError(f"resample must be >= 1, got {resample}")
+    _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
     timesteps = ddim_timesteps(T, steps)
@@ -192,12 +211,12 @@ def zip_ddpm(
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
         ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        rounds = resample if guidance is not None and guidance.is_active(t, T) else 1
-        for r in range(rounds):
-            if r:
-                x = renoise(x, ab_prev, ab_t, _noise_like(x, generator))
-            x0, _ = _denoise(eps_model, x, t, ab_t, guidance, clip, T)
-            x = ddpm_step(x, x0, ab_t, ab_prev, _noise_like(x, generator) if ab_prev < 1.0 else None)
+
+        def step(x_t: torch.Tensor) -> torch.Tensor:
+            x0, _ = _denoise(eps_model, x_t, t, ab_t, guidance, clip, T)  # noqa: B023 (called in this iteration)
+            return ddpm_step(x_t, x0, ab_t, ab_prev, _noise_like(x_t, generator) if ab_prev < 1.0 else None)  # noqa: B023
+
+        x = _step_with_time_travel(step, x, ab_t, ab_prev, _rounds(resample, guidance, t, T), generator)
         if progress:
             progress(i + 1, len(timesteps))
     return x
