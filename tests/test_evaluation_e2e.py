@@ -90,6 +90,23 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
         assert all(0.0 <= saved["results"][attack][d]["asr_no_trigger"] <= 100.0 for d in DEFENSES)
     assert all(clean_row[d]["asr_no_trigger"] is None for d in DEFENSES)
 
+    # The issue's classifier targets are judged on the whole test split (24 images here), cached beside the weights.
+    for attack in [*ATTACKS, "clean"]:
+        info = saved["classifiers"][attack]
+        model = load_classifier(info["path"])
+        assert info["full_test_images"] == 24
+        assert info["full_test_ca"] == pytest.approx(100.0 * np.mean(predict(model, test.images) == test.labels), abs=0.01)
+        if attack == "clean":
+            assert info["full_test_asr"] is None
+        else:
+            target = make_attack(attack, 32).target
+            keep = test.labels != target
+            triggered = make_attack(attack, 32).apply(test.images[keep])
+            assert info["full_test_asr"] == pytest.approx(100.0 * np.mean(predict(model, triggered) == target), abs=0.01)
+        meta = json.loads(Path(info["path"]).with_suffix(".json").read_text())
+        assert meta["full_test"]["ca"] == info["full_test_ca"] and meta["epochs"] == 1
+    assert "CA, whole test split" in (out / "synthetic.md").read_text()
+
     table = (out / "synthetic.md").read_text()
     assert "| Attack | No defense CA | No defense ASR | No defense PA |" in table
     assert "ASR without a trigger" in table
@@ -101,8 +118,9 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
         assert png.width > 3 * 96 and png.height > 4 * 3 * 96  # 4 attacks x (poisoned, naive, zip, zip-authors)
 
     classifier_files = sorted((tmp_path / "cache" / "classifiers").glob("*.pt"))
+    classifier_files += sorted((tmp_path / "cache" / "classifiers").glob("*.json"))  # full-test scores not redone
     suffix = {"badnet": "-restamp", "physicalba": "-nocrop"}
-    assert [p.name for p in classifier_files] == sorted(
+    assert [p.name for p in classifier_files if p.suffix == ".pt"] == sorted(
         f"synthetic-{a}-e1{suffix.get(a, '')}-batch_size16-depth8.pt" for a in [*ATTACKS, "clean"]
     )
     physicalba_info = json.loads(next((tmp_path / "cache" / "classifiers").glob("*physicalba*.json")).read_text())
@@ -182,3 +200,27 @@ def test_imagenette_shaped_run_single_split_and_images_larger_than_the_prior(tmp
     (zip_clean,) = (tmp_path / "cache" / "purified").glob("imagenette-n8-seed0/zip-*/clean-*.npz")
     with np.load(zip_clean) as cached:
         assert cached["images"].shape == (8, 64, 64, 3)  # purified at the prior's 32 px, returned at 64 px
+
+
+
+def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scored once per classifier and test split; another copy of the test split is scored afresh."""
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(num_classes=2, depth=8)).eval()
+    meta = tmp_path / "clf.json"
+    meta.write_text(json.dumps({"epochs": 3}))
+    test, attack = _synthetic(24, 2), make_attack("badnet", 32)
+    first = runner.full_test_scores(model, attack, test, meta, chunk=5)  # chunks must not change the figures
+    preds = predict(model, test.images)
+    assert first["ca"] == pytest.approx(100.0 * np.mean(preds == test.labels), abs=0.01)
+    assert first["triggered_images"] == int(np.sum(test.labels != attack.target)) and first["images"] == 24
+    saved = json.loads(meta.read_text())
+    assert saved["epochs"] == 3 and saved["full_test"] == first  # the training record is kept
+
+    monkeypatch.setattr(runner, "predict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
+    assert runner.full_test_scores(model, attack, test, meta) == first
+    other = _synthetic(24, 3)
+    with pytest.raises(AssertionError, match="not cached"):
+        runner.full_test_scores(model, attack, other, meta)
