@@ -202,7 +202,6 @@ def test_imagenette_shaped_run_single_split_and_images_larger_than_the_prior(tmp
         assert cached["images"].shape == (8, 64, 64, 3)  # purified at the prior's 32 px, returned at 64 px
 
 
-
 def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scored once per classifier and test split; another copy of the test split is scored afresh."""
     from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
@@ -212,7 +211,7 @@ def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch:
     meta = tmp_path / "clf.json"
     meta.write_text(json.dumps({"epochs": 3}))
     test, attack = _synthetic(24, 2), make_attack("badnet", 32)
-    first = runner.full_test_scores(model, attack, test, meta, chunk=5)  # chunks must not change the figures
+    first = runner.full_test_scores(model, attack, test, meta)
     preds = predict(model, test.images)
     assert first["ca"] == pytest.approx(100.0 * np.mean(preds == test.labels), abs=0.01)
     assert first["triggered_images"] == int(np.sum(test.labels != attack.target)) and first["images"] == 24

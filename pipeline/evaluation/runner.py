@@ -225,35 +225,26 @@ def get_classifier(
     return model, {**info, "path": str(path), "trained_now": True}
 
 
-def full_test_scores(
-    model: ResNet, attack: Attack | None, test: LabelledImages, meta_path: Path, chunk: int = 2048,
-) -> dict[str, Any]:
+def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages, meta_path: Path) -> dict[str, Any]:
     """The classifier's CA (and ASR) without defense on the WHOLE test split, cached in its meta JSON.
 
     Targets for a victim classifier (e.g. CA >= 95 % on GTSRB, ASR >= 95 %) are judged here: on a 500-image subset
     one image moves CA by 0.2 points and the standard error is about 1 point, too coarse to tell 94.7 from 95; and a
     class-stratified subset weights rare classes as much as common ones. Keyed by the test split's sha256, so another
-    copy of the data set is scored afresh. Chunked: triggering 10k images at once costs memory.
+    copy of the data set is scored afresh.
     """
     test_sha = _sha256_array(test.images)
     info = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     cached = info.get("full_test")
     if isinstance(cached, dict) and cached.get("test_sha256") == test_sha:
         return cached
-    correct = hits = triggered = 0
-    for start in range(0, len(test.labels), chunk):
-        images, labels = test.images[start : start + chunk], test.labels[start : start + chunk]
-        correct += int(np.sum(predict(model, images) == labels))
-        if attack is not None:
-            poisoned, true_labels = poison_test_set(images, labels, attack)
-            if len(true_labels):
-                hits += int(np.sum(predict(model, poisoned) == attack.target))
-                triggered += len(true_labels)
-    scores = {
-        "images": int(len(test.labels)), "test_sha256": test_sha,
-        "ca": _score(100.0 * correct / len(test.labels)),
-        "asr": _score(100.0 * hits / triggered) if triggered else None, "triggered_images": triggered,
-    }
+    ca = metrics.clean_accuracy(predict(model, test.images), test.labels)
+    asr, triggered = None, 0
+    if attack is not None:
+        poisoned, true_labels = poison_test_set(test.images, test.labels, attack)
+        asr, triggered = metrics.attack_success_rate(predict(model, poisoned), true_labels, attack.target), len(true_labels)
+    scores = {"images": int(len(test.labels)), "test_sha256": test_sha, "ca": _score(ca), "asr": _score(asr),
+              "triggered_images": triggered}
     _write_text(meta_path, json.dumps({**info, "full_test": scores}, indent=2))
     return scores
 
