@@ -4,6 +4,8 @@ and their PSNR against the originals. This is how the job's defaults were chosen
     python bench/sampler_settings.py                                  # η = 0 vs η = 1 (default), 128 images
     python bench/sampler_settings.py --images 256 "eta0.5=dict(eta=0.5)" "ddpm50=dict(sampler='ddpm', steps=50)"
     python bench/sampler_settings.py --images 500 "paper=dict()" "resample2=dict(resample=2)"    # time travel
+    python bench/sampler_settings.py --images 500 "seed0=dict(seed=0)" "seed1=dict(seed=1)"      # sampler noise
+    python bench/sampler_settings.py --images 500 --mean-of 3 "paper=dict()"     # mean of 3 samples per image
 
 Each positional argument is NAME=dict(...) of `ZipSettings` overrides. It needs the shared CIFAR-10 test set
 (../shared/data) and a clean classifier, by default the one `jobs/evaluate.py --attacks none` caches.
@@ -50,7 +52,12 @@ def main() -> int:
     p.add_argument("--target", type=int, default=None,
                    help="also report the share of purified images (true label != TARGET) the classifier assigns to "
                         "TARGET: a backdoored classifier's no-trigger ASR floor (e.g. 0 with the WaNet classifier)")
+    p.add_argument("--mean-of", type=int, default=1, metavar="N",
+                   help="purify each image N times (seeds s, s+1, ...; s the setting's seed) and score the per-pixel "
+                        "mean: the posterior-mean estimate instead of one sample (N times the time)")
     args = p.parse_args()
+    if args.mean_of < 1:
+        raise SystemExit(f"--mean-of must be at least 1, got {args.mean_of}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.classifier).exists():
@@ -82,8 +89,12 @@ def main() -> int:
         settings = ZipSettings(**overrides)
         start = time.perf_counter()
         purifier = Purifier.from_checkpoint(args.checkpoint, settings=settings)
-        purified = np.stack(purifier(list(images), seed=0))
-        report(f"{name} {overrides}", purified, time.perf_counter() - start)
+        total = np.zeros(images.shape, np.float64)
+        for k in range(args.mean_of):  # k = 0 alone is one sample with the setting's own seed (0 unless it sets one)
+            total += np.stack(purifier(list(images), seed=settings.seed + k))
+        purified = np.clip(np.rint(total / args.mean_of), 0, 255).astype(np.uint8)
+        suffix = f" mean of {args.mean_of}" if args.mean_of > 1 else ""
+        report(f"{name} {overrides}{suffix}", purified, time.perf_counter() - start)
     return 0
 
 
