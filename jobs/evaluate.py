@@ -73,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="size of the class-stratified test subset (rounded down to a multiple of the class count, "
                         "e.g. 989 for GTSRB's 43 classes). Default: 1000")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of ShrinkPad's offsets. Default: 0")
+    p.add_argument("--sampler-seed", type=int, default=0,
+                   help="seed of the ZIP sampler's noise (both zip variants; part of the purified-set cache key). One "
+                        "run draws one sample per image; rerun with other seeds to see how much a difference is chance. "
+                        "Default: 0")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help=f"classifier training epochs (ResNet-20, one-cycle LR; ~1.5 min per CIFAR epoch on 2 idle CPU "
                         f"cores, CA >= 78 %% on the shared CIFAR copy). Part of the classifier cache name. "
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
         config = EvalConfig(
             dataset=dataset, attacks=args.attacks, defenses=args.defenses, checkpoint=args.checkpoint,
-            steps=args.steps, pool=args.pool, subset=args.subset, seed=args.seed, epochs=args.epochs,
+            steps=args.steps, pool=args.pool, subset=args.subset, seed=args.seed, sampler_seed=args.sampler_seed,
+            epochs=args.epochs,
             threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
             canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
         )

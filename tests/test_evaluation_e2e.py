@@ -223,3 +223,28 @@ def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch:
     other = _synthetic(24, 3)
     with pytest.raises(AssertionError, match="not cached"):
         runner.full_test_scores(model, attack, other, meta)
+
+
+def test_sampler_seed_draws_other_zip_samples_under_its_own_cache_key(tmp_path: Path) -> None:
+    """--sampler-seed reruns ZIP with other noise (to measure the sampler's chance); the baselines stay shared."""
+    common = dict(
+        dataset="synthetic", attacks=["badnet"], defenses=["none", "naive", "zip"],
+        checkpoint=str(_tiny_prior(tmp_path / "prior.pt")), steps=2, pool=4, subset=10, seed=0, epochs=1, threads=1,
+        cache_dir=tmp_path / "cache", examples=1, train_options={"depth": 8, "batch_size": 16},
+    )
+    first = runner.evaluate_dataset(runner.EvalConfig(**common, out_dir=tmp_path / "seed0"), loader=fake_loader)
+    second = runner.evaluate_dataset(runner.EvalConfig(**common, sampler_seed=1, out_dir=tmp_path / "seed1"),
+                                     loader=fake_loader)
+
+    assert first["config"]["sampler_seed"] == 0 and second["config"]["sampler_seed"] == 1
+    assert second["config"]["defense_settings"]["zip"]["zip"]["seed"] == 1
+    assert "sampler seed 1" in (tmp_path / "seed1" / "synthetic.md").read_text()
+    purified = tmp_path / "cache" / "purified" / "synthetic-n10-seed0"
+    zip_dirs = sorted(purified.glob("zip-*"))
+    assert len(zip_dirs) == 2 and len(list(purified.glob("naive-*"))) == 1  # the naive sets are not redone
+    seeds = {json.loads((d / "settings.json").read_text())["zip"]["seed"]: d for d in zip_dirs}
+    assert set(seeds) == {0, 1}
+    with np.load(next(seeds[0].glob("clean-*.npz"))) as a, np.load(next(seeds[1].glob("clean-*.npz"))) as b:
+        assert a["images"].shape == b["images"].shape and not np.array_equal(a["images"], b["images"])
+    assert second["fidelity"]["naive"] == first["fidelity"]["naive"]
+    assert second["results"]["badnet"]["none"] == first["results"]["badnet"]["none"]

@@ -277,12 +277,16 @@ class Defense:
         return np.stack(self._purifier(list(images), progress=True))
 
 
-def zip_settings(defense: str, steps: int, pool: int) -> ZipSettings:
-    """Paper settings (Algorithm 2) for 'zip', the authors' released variant for 'zip-authors'."""
+def zip_settings(defense: str, steps: int, pool: int, sampler_seed: int = 0) -> ZipSettings:
+    """Paper settings (Algorithm 2) for 'zip', the authors' released variant for 'zip-authors'.
+
+    sampler_seed seeds the sampler's noise: one evaluation draws one sample per image, so rerunning with other
+    seeds shows how much of a difference is the sampler's chance (about 2 points of CA on 500 CIFAR-10 images).
+    """
     if defense == "zip":
-        return ZipSettings(steps=steps, pool=pool)
+        return ZipSettings(steps=steps, pool=pool, seed=sampler_seed)
     if defense == "zip-authors":
-        return ZipSettings.authors_code(pool=pool, steps=steps)
+        return ZipSettings.authors_code(pool=pool, steps=steps, seed=sampler_seed)
     raise ValueError(f"{defense!r} is not a ZIP defense")
 
 
@@ -298,6 +302,7 @@ def make_defense(
     batch_size: int | None = None,
     image_size: int = 32,
     seed: int = 0,
+    sampler_seed: int = 0,
 ) -> Defense:
     """Build a defense by name (see DEFENSES); ZIP ones load the checkpoint lazily, on first use."""
     if name == "none":
@@ -310,7 +315,7 @@ def make_defense(
     if name in ZIP_DEFENSES:
         if checkpoint is None or checkpoint_sha256 is None:
             raise ValueError(f"defense {name!r} needs a checkpoint")
-        settings = zip_settings(name, steps, pool)
+        settings = zip_settings(name, steps, pool, sampler_seed)
 
         def factory() -> Purifier:
             log(f"loading diffusion prior {checkpoint} for {name}")
@@ -373,6 +378,7 @@ class EvalConfig:
     pool: int = 4
     subset: int = 1000
     seed: int = 0
+    sampler_seed: int = 0
     epochs: int = 10
     threads: int | None = None
     cache_dir: Path = Path.home() / ".cache" / "zip-purify"
@@ -422,7 +428,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
     defense_objs = {
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
-                        batch_size=config.batch_size, image_size=image_size, seed=config.seed)
+                        batch_size=config.batch_size, image_size=image_size, seed=config.seed,
+                        sampler_seed=config.sampler_seed)
         for d in defenses
     }
     purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
@@ -500,7 +507,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         "dataset": config.dataset,
         "config": {
             "attacks": attacks, "defenses": defenses, "subset": config.subset, "subset_actual": int(len(idx)),
-            "seed": config.seed, "steps": config.steps, "pool": config.pool, "checkpoint": config.checkpoint,
+            "seed": config.seed, "sampler_seed": config.sampler_seed, "steps": config.steps, "pool": config.pool,
+            "checkpoint": config.checkpoint,
             "checkpoint_sha256": checkpoint_sha, "classifier_epochs": config.epochs,
             "classifier_options": config.train_options, "device": config.device, "threads": config.threads,
             "canvas_size": config.canvas_size, "batch_size": config.batch_size,
@@ -547,6 +555,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"# Defense evaluation: {report['dataset']}",
         "",
         f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} DDIM steps, "
+        f"sampler seed {cfg.get('sampler_seed', 0)}, "
         f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
         f"{cfg['classifier_epochs']} epochs. CA on purified clean images, ASR / PA on purified triggered images "
         "whose true label is not the target (percent).",
