@@ -225,8 +225,9 @@ def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch:
         runner.full_test_scores(model, attack, other, meta)
 
 
-def test_sampler_seed_draws_other_zip_samples_under_its_own_cache_key(tmp_path: Path) -> None:
-    """--sampler-seed reruns ZIP with other noise (to measure the sampler's chance); the baselines stay shared."""
+def test_sampler_seed_and_sampler_draw_other_zip_samples_under_their_own_cache_keys(tmp_path: Path) -> None:
+    """--sampler-seed reruns ZIP with other noise (to measure the sampler's chance), --sampler ddpm with the paper's
+    Algorithm 1; the baselines stay shared."""
     common = dict(
         dataset="synthetic", attacks=["badnet"], defenses=["none", "naive", "zip"],
         checkpoint=str(_tiny_prior(tmp_path / "prior.pt")), steps=2, pool=4, subset=10, seed=0, epochs=1, threads=1,
@@ -248,3 +249,10 @@ def test_sampler_seed_draws_other_zip_samples_under_its_own_cache_key(tmp_path: 
         assert a["images"].shape == b["images"].shape and not np.array_equal(a["images"], b["images"])
     assert second["fidelity"]["naive"] == first["fidelity"]["naive"]
     assert second["results"]["badnet"]["none"] == first["results"]["badnet"]["none"]
+
+    third = runner.evaluate_dataset(runner.EvalConfig(**common, sampler="ddpm", out_dir=tmp_path / "ddpm"),
+                                    loader=fake_loader)
+    assert third["config"]["sampler"] == "ddpm" and third["config"]["defense_settings"]["zip"]["zip"]["sampler"] == "ddpm"
+    assert "2 DDPM steps" in (tmp_path / "ddpm" / "synthetic.md").read_text()
+    assert "2 DDIM steps" in (tmp_path / "seed0" / "synthetic.md").read_text()
+    assert len(list(purified.glob("zip-*"))) == 3 and len(list(purified.glob("naive-*"))) == 1
