@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,18 +277,17 @@ class Defense:
         return np.stack(self._purifier(list(images), progress=True))
 
 
-def zip_settings(defense: str, steps: int, pool: int, sampler_seed: int = 0, sampler: str = "ddim") -> ZipSettings:
+def zip_settings(defense: str, steps: int, pool: int, **overrides: Any) -> ZipSettings:
     """Paper settings (Algorithm 2) for 'zip', the authors' released variant for 'zip-authors'.
 
-    sampler "ddpm" swaps in the paper's Algorithm 1 (guided ancestral DDPM) for both.
-
-    sampler_seed seeds the sampler's noise: one evaluation draws one sample per image, so rerunning with other
-    seeds shows how much of a difference is the sampler's chance (about 2 points of CA on 500 CIFAR-10 images).
+    overrides: further `ZipSettings` fields for both, e.g. sampler="ddpm" (the paper's Algorithm 1) or seed (the
+    sampler's noise: one evaluation draws one sample per image, so other seeds show how much of a difference is
+    the sampler's chance, about 2 points of CA on 500 CIFAR-10 images).
     """
     if defense == "zip":
-        return ZipSettings(steps=steps, pool=pool, seed=sampler_seed, sampler=sampler)
+        return ZipSettings(steps=steps, pool=pool, **overrides)
     if defense == "zip-authors":
-        return ZipSettings.authors_code(pool=pool, steps=steps, seed=sampler_seed, sampler=sampler)
+        return ZipSettings.authors_code(pool=pool, steps=steps, **overrides)
     raise ValueError(f"{defense!r} is not a ZIP defense")
 
 
@@ -304,10 +303,12 @@ def make_defense(
     batch_size: int | None = None,
     image_size: int = 32,
     seed: int = 0,
-    sampler_seed: int = 0,
-    sampler: str = "ddim",
+    zip_overrides: Mapping[str, Any] | None = None,
 ) -> Defense:
-    """Build a defense by name (see DEFENSES); ZIP ones load the checkpoint lazily, on first use."""
+    """Build a defense by name (see DEFENSES); ZIP ones load the checkpoint lazily, on first use.
+
+    seed: ShrinkPad's offsets; zip_overrides: `ZipSettings` fields for the ZIP defenses (see `zip_settings`).
+    """
     if name == "none":
         return Defense(name, {}, no_defense, cacheable=False)
     if name == "shrinkpad":
@@ -318,7 +319,7 @@ def make_defense(
     if name in ZIP_DEFENSES:
         if checkpoint is None or checkpoint_sha256 is None:
             raise ValueError(f"defense {name!r} needs a checkpoint")
-        settings = zip_settings(name, steps, pool, sampler_seed, sampler)
+        settings = zip_settings(name, steps, pool, **(zip_overrides or {}))
 
         def factory() -> Purifier:
             log(f"loading diffusion prior {checkpoint} for {name}")
@@ -433,7 +434,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                        sampler_seed=config.sampler_seed, sampler=config.sampler)
+                        zip_overrides={"seed": config.sampler_seed, "sampler": config.sampler})
         for d in defenses
     }
     purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
@@ -512,8 +513,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         "config": {
             "attacks": attacks, "defenses": defenses, "subset": config.subset, "subset_actual": int(len(idx)),
             "seed": config.seed, "sampler_seed": config.sampler_seed, "sampler": config.sampler,
-            "steps": config.steps, "pool": config.pool,
-            "checkpoint": config.checkpoint,
+            "steps": config.steps, "pool": config.pool, "checkpoint": config.checkpoint,
             "checkpoint_sha256": checkpoint_sha, "classifier_epochs": config.epochs,
             "classifier_options": config.train_options, "device": config.device, "threads": config.threads,
             "canvas_size": config.canvas_size, "batch_size": config.batch_size,
@@ -560,8 +560,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"# Defense evaluation: {report['dataset']}",
         "",
         f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} "
-        f"{cfg.get('sampler', 'ddim').upper()} steps, "
-        f"sampler seed {cfg.get('sampler_seed', 0)}, "
+        f"{cfg['sampler'].upper()} steps, sampler seed {cfg['sampler_seed']}, "
         f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
         f"{cfg['classifier_epochs']} epochs. CA on purified clean images, ASR / PA on purified triggered images "
         "whose true label is not the target (percent).",
