@@ -6,6 +6,11 @@ and their PSNR against the originals. This is how the job's defaults were chosen
     python bench/sampler_settings.py --images 500 "paper=dict()" "resample2=dict(resample=2)"    # time travel
     python bench/sampler_settings.py --images 500 "seed0=dict(seed=0)" "seed1=dict(seed=1)"      # sampler noise
     python bench/sampler_settings.py --images 500 --mean-of 3 "paper=dict()"     # mean of 3 samples per image
+    python bench/sampler_settings.py --images 500 --attack badnet \
+        --classifier ~/.cache/zip-purify/classifiers/cifar10-badnet-e10-restamp.pt "paper=dict()"   # triggered
+
+With --attack the images are triggered copies (true label not the attack's target) and the table reports PA
+(accuracy against the true labels) and ASR (share assigned to the target) of the given backdoored classifier.
 
 Each positional argument is NAME=dict(...) of `ZipSettings` overrides. It needs the shared CIFAR-10 test set
 (../shared/data) and a clean classifier, by default the one `jobs/evaluate.py --attacks none` caches.
@@ -24,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.evaluation.attacks import ATTACKS, make_attack, poison_test_set  # noqa: E402
 from pipeline.evaluation.classifier import load_classifier, predict  # noqa: E402
 from pipeline.evaluation.datasets import load_dataset  # noqa: E402
 from pipeline.evaluation.metrics import psnr  # noqa: E402
@@ -52,12 +58,17 @@ def main() -> int:
     p.add_argument("--target", type=int, default=None,
                    help="also report the share of purified images (true label != TARGET) the classifier assigns to "
                         "TARGET: a backdoored classifier's no-trigger ASR floor (e.g. 0 with the WaNet classifier)")
+    p.add_argument("--attack", choices=sorted(ATTACKS), default=None,
+                   help="trigger the images with this attack first (dropping those of its target class) and report "
+                        "PA and ASR instead of CA and the --target share; pair it with that attack's --classifier")
     p.add_argument("--mean-of", type=int, default=1, metavar="N",
                    help="purify each image N times (seeds s, s+1, ...; s the setting's seed) and score the per-pixel "
                         "mean: the posterior-mean estimate instead of one sample (N times the time)")
     args = p.parse_args()
     if args.mean_of < 1:
         raise SystemExit(f"--mean-of must be at least 1, got {args.mean_of}")
+    if args.attack is not None and args.target is not None:
+        raise SystemExit("--attack sets the target to the attack's own; do not pass --target with it")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.classifier).exists():
@@ -66,6 +77,13 @@ def main() -> int:
     test = load_dataset("cifar10", "test")
     pick = np.random.default_rng(args.seed).choice(len(test.labels), args.images, replace=False)
     images, labels = test.images[pick], test.labels[pick]
+    if args.attack is not None:
+        attack = make_attack(args.attack, images.shape[1])
+        originals = images[labels != attack.target]
+        images, labels = poison_test_set(images, labels, attack)
+        args.target = attack.target
+    else:
+        originals = images
     classifier = load_classifier(args.classifier)
 
     others = labels != args.target
@@ -74,13 +92,17 @@ def main() -> int:
         predicted = predict(classifier, purified)
         accuracy = 100.0 * float(np.mean(predicted == labels))
         floor = "" if args.target is None else f" {100.0 * float(np.mean(predicted[others] == args.target)):.1f} |"
-        print(f"| {name} | {accuracy:.1f} | {psnr(purified, images):.2f} |{floor} {seconds:.0f} |", flush=True)
+        print(f"| {name} | {accuracy:.1f} | {psnr(purified, originals):.2f} |{floor} {seconds:.0f} |", flush=True)
 
-    print(f"{args.images} CIFAR-10 test images (seed {args.seed}), prior {Path(args.checkpoint).name}, "
+    triggered = "" if args.attack is None else f", {len(labels)} triggered with {args.attack} (label != {args.target})"
+    print(f"{args.images} CIFAR-10 test images (seed {args.seed}){triggered}, prior {Path(args.checkpoint).name}, "
           f"classifier {Path(args.classifier).name}")
-    target_column = "" if args.target is None else f" to class {args.target} % |"
+    accuracy_column = "CA %" if args.attack is None else "PA %"
+    target_column = "" if args.target is None else (
+        f" to class {args.target} % |" if args.attack is None else " ASR % |")
     target_rule = "" if args.target is None else " ---: |"
-    print(f"| setting | CA % | PSNR dB |{target_column} seconds |\n| --- | ---: | ---: |{target_rule} ---: |")
+    print(f"| setting | {accuracy_column} | PSNR dB (vs clean) |{target_column} seconds |\n"
+          f"| --- | ---: | ---: |{target_rule} ---: |")
     report("no defense", images, 0.0)
     for pool in (2, 4):
         report(f"naive A⁺A x, k = {pool}", np.stack(naive_purify(list(images), pool)), 0.0)

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, run_job
+from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, plan_job, run_job
 from pipeline.presets import SHIPPED_PRIORS
 
 DESCRIPTION = """\
@@ -29,6 +29,7 @@ EXAMPLES = """\
 examples:
   python jobs/purify.py                                   # embedded sample -> ./purified
   python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --incremental
+  python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --dry-run   # check, count
   python jobs/purify.py --config job.yaml --steps 20 --pool 2
   ray job submit --working-dir . -- python jobs/purify.py --input s3://... --output s3://...
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add only inputs not yet in a finished output (scheduled cleaning of incoming data)")
     io.add_argument("--overwrite", action="store_true", default=None,
                     help="delete an existing output's data, rejects and summary first")
+    io.add_argument("--dry-run", action="store_true",
+                    help="check the checkpoint, the output and the input and print what a run would do (model, "
+                         "output state, inputs to read and already done) without reading an image or writing "
+                         "anything; exit status 2 with the reason when the run would stop")
     model = p.add_argument_group("model")
     model.add_argument("--checkpoint", help="diffusion checkpoint: path or URI of a guided-diffusion .pt, "
                        ".safetensors or zip-purify bundle (default: the project's own CIFAR-10 prior)")
@@ -114,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None = None) -> JobConfig:
-    args = build_parser().parse_args(argv)
+    return _config_from_namespace(build_parser().parse_args(argv))
+
+
+def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     if args.config:
         with open(args.config) as f:
@@ -145,9 +153,27 @@ def config_from_args(argv: list[str] | None = None) -> JobConfig:
     return JobConfig(**values)
 
 
+def print_plan(report: dict[str, Any]) -> None:
+    model, out, inp = report["model"], report["output"], report["input"]
+    print(f"model: {model['note']}\n  checkpoint {model['checkpoint']}\n  sha256 {model['sha256']}\n"
+          f"  {model['image_size']} px model, {model['canvas_size']} px canvas")
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
+    state = {"new": "new output", "overwrite": "existing output would be deleted first (--overwrite)",
+             "resume": "resumes an unfinished run", "incremental": "adds new inputs to a finished run (--incremental)"}
+    print(f"output: {state[out['state']]}; already holds {out['purified']} purified, {out['rejected']} rejected")
+    print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
+          f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files (their members are "
+          f"checked against the output when read), {inp['read_tasks']} read tasks")
+    print("dry run: nothing was read, purified or written")
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(argv)
+    args = build_parser().parse_args(argv)
+    config = _config_from_namespace(args)
     try:
+        if args.dry_run:
+            print_plan(plan_job(config, dry_run=True).describe())
+            return 0
         summary = run_job(config)
     except (JobError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -230,11 +230,17 @@ def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
 
 
-def check_output_state(config: JobConfig, job_record: dict[str, Any]) -> dict[str, Any] | None:
-    """Refuse to mix runs with different settings, or to silently append to a finished run."""
+def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> dict[str, Any] | None:
+    """Refuse to mix runs with different settings, or to silently append to a finished run.
+
+    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing and
+    reports the output as the run would find it: empty.
+    """
     so = config.storage_options
     out = config.output.rstrip("/")
     fs, root = _fs(out, so)
+    if config.overwrite and dry_run:
+        return None
     if config.overwrite and fs.exists(root):
         for folder in (DATA_DIR, REJECTS_DIR):
             if fs.exists(posixpath.join(root, folder)):
@@ -302,18 +308,49 @@ def _default_actors_and_gpus(config: JobConfig) -> tuple[int, float, str]:
     return actors, gpus_per_actor, device
 
 
-def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json."""
-    import ray
-    import ray.data
+@dataclass
+class JobPlan:
+    """What a run will do, worked out before any image is read: the model, the output's state, the inputs."""
 
-    started = time.time()
+    checkpoint_uri: str
+    model_note: str
+    checkpoint: LoadedCheckpoint
+    canvas_size: int
+    job_record: dict[str, Any]
+    output_state: str  # "new", "resume" (a partial run), "incremental" (a finished run) or "overwrite"
+    done: set[str]  # ids already in the output's data/ or rejects/
+    done_purified: int
+    done_rejected: int
+    units: list[ReadUnit]  # what is left to read; image files already done are dropped here
+    skipped_files: int
+
+    def describe(self) -> dict[str, Any]:
+        """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
+        by_kind = {kind: [u for u in self.units if u.kind == kind] for kind in ("files", "tar", "parquet")}
+        return {
+            "model": {"checkpoint": self.checkpoint_uri, "note": self.model_note, "sha256": self.checkpoint.sha256,
+                      "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
+            "settings": self.job_record["settings"],
+            "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected},
+            "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
+                      "image_files_already_done": self.skipped_files,
+                      "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
+                      "parquet_files": sum(len(u.paths) for u in by_kind["parquet"]),
+                      "read_tasks": len(self.units)},
+        }
+
+
+def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
+    """Check the model and the output and list the inputs, without reading an image or writing anything.
+
+    Every error a run can find before its first image (unsafe or mismatched checkpoint, missing input, an
+    output made with other settings, a finished output without --incremental) is raised here as a JobError.
+    """
     so = config.storage_options
     out = config.output.rstrip("/")
     settings = config.settings()
-    policy = DecodePolicy(max_pixels=config.max_pixels, alpha=config.alpha, exif_transpose=config.exif_transpose)
 
-    # 1. The model is checked before any data is read: unreadable, unsafe or mismatched files stop here.
+    # The model is checked before any data is read: unreadable, unsafe or mismatched files stop here.
     checkpoint_uri, model_note = _checkpoint_for(config)
     ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, so,
                                              config.checkpoint_sha256, verify_only=True)
@@ -323,14 +360,24 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
                   "checkpoint": checkpoint_uri, "model": model_note}
 
-    # 2. What is already done (resume / incremental), and what there is to read.
+    # What is already done (resume / incremental), and what there is to read.
     try:
-        check_output_state(config, job_record)
-        skip, prior_purified, prior_rejected = done_ids(out, so)
+        previous = check_output_state(config, job_record, dry_run=dry_run)
+        if config.overwrite:
+            skip, prior_purified, prior_rejected = set(), 0, 0
+        else:
+            skip, prior_purified, prior_rejected = done_ids(out, so)
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    if config.overwrite:
+        state = "overwrite"
+    elif previous is None:
+        state = "new"
+    else:
+        state = "incremental" if config.incremental and (_read_json(f"{out}/{SUMMARY_FILE}", so) or {}).get(
+            "status") == "complete" else "resume"
     try:
         units = with_retries(lambda: discover(config.input, so, config.files_per_unit), f"list {config.input}")
     except FileNotFoundError as err:
@@ -346,8 +393,26 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                 kept_units.append(ReadUnit("files", paths, unit.root))
         else:
             kept_units.append(unit)
+    return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
+                   prior_rejected, kept_units, skipped_files)
+
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json."""
+    import ray
+    import ray.data
+
+    started = time.time()
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    settings = config.settings()
+    policy = DecodePolicy(max_pixels=config.max_pixels, alpha=config.alpha, exif_transpose=config.exif_transpose)
+
+    # 1-2. The model, the output's state and the inputs, all checked before any image is read.
+    plan = plan_job(config)
+    canvas_size, ckpt = plan.canvas_size, plan.checkpoint
     try:
-        _write_json(f"{out}/{JOB_FILE}", {**job_record, "config": config.public()}, so)
+        _write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
     _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
@@ -366,8 +431,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
     # actors, so finished batches are written while others are still purifying (streaming).
     task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
-    skip_ids = frozenset(skip)
-    rows = [u.to_row() for u in kept_units] or [{"kind": "files", "paths": [], "root": ""}]
+    skip_ids = frozenset(plan.done)
+    rows = [u.to_row() for u in plan.units] or [{"kind": "files", "paths": [], "root": ""}]
     # One block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -385,7 +450,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         PurifyStage,
         batch_size=config.batch_size or max(1, (256 * 256 * 4) // (canvas_size**2)),
         fn_constructor_kwargs=dict(
-            checkpoint=checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
+            checkpoint=plan.checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
             preset=config.preset, flags=config.flags, storage_options=so, device=device,
             precision=config.precision, canvas_size=canvas_size, torch_threads=threads),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
@@ -403,8 +468,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     if config.progress:
         from tqdm.auto import tqdm
 
-        total = sum(len(u.paths) for u in kept_units if u.kind == "files") if all(
-            u.kind == "files" for u in kept_units) else None
+        total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
+            u.kind == "files" for u in plan.units) else None
         bar = tqdm(total=total, desc="purified", unit="img")
     purified = rejected = read = skipped_in_units = 0
     files: list[str] = []
@@ -427,14 +492,14 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     summary = {
         "status": "complete" if read == purified + rejected else "inconsistent",
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
-                     "skipped_already_done": skipped_files + skipped_in_units,
+                     "skipped_already_done": plan.skipped_files + skipped_in_units,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
                      "wall_s": round(wall, 2),
                      "images_per_s": round((purified + rejected) / wall, 3) if wall else None},
         "output_totals": {"purified": total_purified, "rejected": total_rejected,
-                          "before_this_run": {"purified": prior_purified, "rejected": prior_rejected}},
-        "model": {"checkpoint": checkpoint_uri, "sha256": ckpt.sha256, "note": model_note, "flags": ckpt.config.to_flags(),
-                  "meta": ckpt.meta},
+                          "before_this_run": {"purified": plan.done_purified, "rejected": plan.done_rejected}},
+        "model": {"checkpoint": plan.checkpoint_uri, "sha256": ckpt.sha256, "note": plan.model_note,
+                  "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
         "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device, "torch_threads": threads},
         "config": config.public(),
         "started": started,

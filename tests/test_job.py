@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JOB_FILE, JobConfig, JobError, run_job
+from pipeline.job import JOB_FILE, JobConfig, JobError, plan_job, run_job
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -136,6 +136,42 @@ def test_resume_and_incremental_without_duplicates(tmp_path, model) -> None:
     assert run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))["this_run"]["skipped_already_done"] == 45
     with pytest.raises(JobError, match="different settings"):
         run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "resample": 2}))
+
+
+def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.png").write_bytes(image_bytes(32, 32, i))
+    (root / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    cfg = _config(tmp_path, model, input=str(root), files_per_unit=4)
+    plan = plan_job(cfg, dry_run=True).describe()
+    assert plan["output"] == {"state": "new", "purified": 0, "rejected": 0}
+    assert plan["input"]["image_files_to_read"] == 7 and plan["input"]["read_tasks"] == 2
+    assert plan["model"]["sha256"] == plan_job(cfg).job_record["checkpoint_sha256"]
+    assert not out.exists()
+    run_job(cfg)
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    # A finished output: the dry run stops where the run would, with the same reason.
+    with pytest.raises(JobError, match="--incremental"):
+        plan_job(cfg, dry_run=True)
+    (root / "6.png").write_bytes(image_bytes(32, 32, 6))
+    inc = plan_job(JobConfig(**{**cfg.__dict__, "incremental": True}), dry_run=True).describe()
+    assert inc["output"] == {"state": "incremental", "purified": 6, "rejected": 1}
+    assert (inc["input"]["image_files_to_read"], inc["input"]["image_files_already_done"]) == (1, 7)
+    # --overwrite in a dry run deletes nothing and plans every input again.
+    over = plan_job(JobConfig(**{**cfg.__dict__, "overwrite": True}), dry_run=True).describe()
+    assert over["output"]["state"] == "overwrite" and over["input"]["image_files_to_read"] == 8
+    with pytest.raises(JobError, match="different settings"):
+        plan_job(JobConfig(**{**cfg.__dict__, "incremental": True, "pool": 2}), dry_run=True)
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    proc = subprocess.run([sys.executable, "jobs/purify.py", "--dry-run", "--incremental", "--input", str(root),
+                           "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "4"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 image files to read (7 already done" in proc.stdout and "nothing was read" in proc.stdout
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
 
 
 def test_output_readable_by_pandas_and_pyarrow_dataset(tmp_path, model) -> None:
