@@ -31,22 +31,20 @@ from typing import Any
 import fsspec
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from pipeline.evaluation import metrics
 from pipeline.evaluation.attacks import ATTACKS, Attack, PhysicalBA, make_attack, poison_test_set, poison_training_set
 from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pad
 from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
 from pipeline.evaluation.datasets import LabelledImages, load_dataset, stratified_subset
+from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
 from pipeline.purifier import Purifier, ZipSettings
 
 Loader = Callable[[str, str], LabelledImages]
 
 DEFENSES = ("none", "shrinkpad", "naive", "zip", "zip-authors")
 ZIP_DEFENSES = ("zip", "zip-authors")
-CLEAN = "clean"  # attack name of the clean (non-backdoored) classifier row; "none" on the command line
 
-ATTACK_TITLES = {"badnet": "BadNet", "blended": "Blended", "physicalba": "PhysicalBA", "wanet": "WaNet", CLEAN: "None"}
 NO_HFLIP = {"gtsrb"}  # traffic signs are not flip-invariant
 # Corner-patch attacks whose classifiers get the trigger stamped again after crop/flip augmentation (see
 # `train_classifier(restamp=...)`): without it a 4 px crop shift cuts or moves the 3x3 patch in 2/9 of the
@@ -530,115 +528,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
     out_dir = Path(config.out_dir)
     _write_text(out_dir / f"{config.dataset}.json", json.dumps(report, indent=2, allow_nan=False, default=str))
     _write_text(out_dir / f"{config.dataset}.md", markdown_table(report))
-    write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out, config)
+    write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out, config.examples,
+                   config.pool)
     log(f"{config.dataset}: wrote {out_dir}/{config.dataset}.json, .md, -examples.png "
         f"({report['seconds'] / 60:.1f} min)")
     return report
-
-
-# ------------------------------------------------------------------------------------------------------- reporting
-
-
-def defense_title(name: str, pool: int) -> str:
-    """Column-group title of a defense in the Markdown table."""
-    return {
-        "none": "No defense", "shrinkpad": "ShrinkPad", "naive": f"A⁺A x (k={pool})", "zip": f"ZIP (k={pool})",
-        "zip-authors": f"ZIP authors' code (k={pool})",
-    }[name]
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """Table 1 of the ZIP paper: a row per attack plus Average; per defense a CA / ASR / PA column group."""
-    cfg = report["config"]
-    defenses, pool = cfg["defenses"], cfg["pool"]
-    header = ["Attack"] + [f"{defense_title(d, pool)} {m}" for d in defenses for m in ("CA", "ASR", "PA")]
-    lines = [
-        f"# Defense evaluation: {report['dataset']}",
-        "",
-        f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} "
-        f"{cfg['sampler'].upper()} steps, sampler seed {cfg['sampler_seed']}, "
-        f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
-        f"{cfg['classifier_epochs']} epochs. CA on purified clean images, ASR / PA on purified triggered images "
-        "whose true label is not the target (percent).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
-    ]
-    rows = [(ATTACK_TITLES.get(a, a), report["results"][a]) for a in cfg["attacks"]]
-    rows.append(("Average", report["average"]))
-    for title, cells in rows:
-        values = [_fmt(cells[d][m]) for d in defenses for m in ("ca", "asr", "pa")]
-        lines.append(f"| {title} | " + " | ".join(values) + " |")
-    lines += ["", "ASR without a trigger: percent of purified clean images (true label ≠ target) that the backdoored "
-              "classifier assigns to the target. An ASR close to this floor is the purified images drifting to the "
-              "target class, not a surviving trigger.", "",
-              "| Attack | " + " | ".join(defense_title(d, pool) for d in defenses) + " |",
-              "|" + "|".join([" --- "] + [" ---: "] * len(defenses)) + "|"]
-    for title, cells in rows:
-        if any(cells[d].get("asr_no_trigger") is not None for d in defenses):
-            lines.append(f"| {title} | " + " | ".join(_fmt(cells[d].get("asr_no_trigger")) for d in defenses) + " |")
-    lines += ["", "Purified clean images vs the originals:", "", "| Defense | PSNR (dB) | SSIM |", "| --- | ---: | ---: |"]
-    for d in defenses:
-        fid = report["fidelity"][d]
-        ssim = "–" if fid["ssim"] is None else f"{fid['ssim']:.3f}"
-        lines.append(f"| {defense_title(d, pool)} | {_fmt(fid['psnr'])} | {ssim} |")
-    lines += ["", "Classifiers without defense, on this subset and on the whole test split (the more precise figure: "
-              "on 500 images one image is 0.2 points and the standard error about 1 point):", "",
-              "| Attack | CA | ASR | CA, whole test split | ASR, whole test split | epochs |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for a, info in report["classifiers"].items():
-        lines.append(f"| {ATTACK_TITLES.get(a, a)} | {_fmt(info['no_defense_ca'])} | {_fmt(info['no_defense_asr'])} "
-                     f"| {_fmt(info.get('full_test_ca'))} | {_fmt(info.get('full_test_asr'))} | {info['epochs']} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_examples(
-    path: Path,
-    poisoned_sets: dict[str, np.ndarray],
-    poisoned_out: dict[str, dict[str, np.ndarray]],
-    config: EvalConfig,
-) -> None:
-    """PNG grid: per attack, rows poisoned / A⁺A x / ZIP-purified (and ZIP authors' code when run)."""
-    blocks = []
-    for name, triggered in poisoned_sets.items():
-        if len(triggered) == 0:
-            continue
-        count = min(config.examples, len(triggered))
-        pick = np.linspace(0, len(triggered) - 1, count).round().astype(int)
-        rows = [("poisoned", triggered[pick])]
-        naive = poisoned_out[name].get("naive")
-        rows.append((f"A+A x (k={config.pool})", naive[pick] if naive is not None
-                     else naive_transform(triggered[pick], config.pool)))
-        for d in ZIP_DEFENSES:
-            if d in poisoned_out[name]:
-                rows.append((f"{'ZIP' if d == 'zip' else 'ZIP authors'} (k={config.pool})", poisoned_out[name][d][pick]))
-        blocks.append((ATTACK_TITLES.get(name, name), rows))
-    if not blocks:
-        return
-    height, width = next(iter(poisoned_sets.values())).shape[1:3]
-    scale = max(1, math.ceil(96 / max(height, width)))
-    cell_h, cell_w, gap, label_w, title_h = height * scale, width * scale, 4, 130, 18
-    columns = max(len(rows[0][1]) for _, rows in blocks)
-    canvas_w = label_w + columns * (cell_w + gap)
-    canvas_h = sum(title_h + len(rows) * (cell_h + gap) + gap for _, rows in blocks)
-    canvas = Image.new("RGB", (canvas_w, canvas_h), "white")
-    draw = ImageDraw.Draw(canvas)
-    y = 0
-    for title, rows in blocks:
-        draw.text((4, y + 3), title, fill="black")
-        y += title_h
-        for label, images in rows:
-            draw.text((4, y + cell_h // 2 - 6), label, fill="black")
-            for i, image in enumerate(images):
-                tile = Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST)
-                canvas.paste(tile, (label_w + i * (cell_w + gap), y))
-            y += cell_h + gap
-        y += gap
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
