@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = summary["this_run"]
+    if run["read"] == 0 and run["skipped_already_done"] == 0:
+        print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)
     print(f"read {run['read']}, purified {run['purified']}, rejected {run['rejected']}, "
           f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s "
           f"({run['images_per_s']} images/s); model: {summary['model']['note']}")

@@ -239,6 +239,8 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     so = config.storage_options
     out = config.output.rstrip("/")
     fs, root = _fs(out, so)
+    if fs.exists(root) and not fs.isdir(root):
+        raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
     if config.overwrite and dry_run:
         return None
     if config.overwrite and fs.exists(root):

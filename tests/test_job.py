@@ -165,6 +165,9 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     assert over["output"]["state"] == "overwrite" and over["input"]["image_files_to_read"] == 8
     with pytest.raises(JobError, match="different settings"):
         plan_job(JobConfig(**{**cfg.__dict__, "incremental": True, "pool": 2}), dry_run=True)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(JobError, match="is a file"):
+        plan_job(JobConfig(**{**cfg.__dict__, "output": str(tmp_path / "a-file")}), dry_run=True)
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
     proc = subprocess.run([sys.executable, "jobs/purify.py", "--dry-run", "--incremental", "--input", str(root),
                            "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "4"],
@@ -172,6 +175,19 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "1 image files to read (7 already done" in proc.stdout and "nothing was read" in proc.stdout
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
+
+def test_empty_input_completes_with_a_warning(tmp_path, model, capsys) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden.png").write_bytes(image_bytes(32, 32, 0))
+    code = main(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"), "--checkpoint", model,
+                 "--steps", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and "read 0, purified 0" in captured.out
+    assert "found no inputs under" in captured.err
+    assert json.loads((tmp_path / "out" / "_summary.json").read_text())["status"] == "complete"
 
 
 def test_output_readable_by_pandas_and_pyarrow_dataset(tmp_path, model) -> None:
