@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import posixpath
@@ -151,6 +152,14 @@ def _maybe_inject_fault() -> None:
     raise RuntimeError("injected fault (ZIP_PURIFY_INJECT_FAULT)")
 
 
+def cell_psnr(before: np.ndarray, after: np.ndarray, placement: Any) -> float:
+    """PSNR (dB, 2 decimals) of one image's cell on a canvas after purification against before: how much the
+    purification changed that image, at the model's resolution (inf when unchanged)."""
+    cell = (slice(placement.top, placement.top + placement.height), slice(placement.left, placement.left + placement.width))
+    mse = float(np.mean((after[cell].astype(np.float64) - before[cell].astype(np.float64)) ** 2))
+    return round(10.0 * math.log10(255.0**2 / mse), 2) if mse else math.inf
+
+
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
@@ -176,6 +185,8 @@ class PurifyStage:
             stack = np.stack([r["canvas"] for r in canvases])
             purified = self.purifier.purify_canvases(stack, seeds=[r["seed"] for r in canvases])
             for r, canvas in zip(canvases, purified, strict=True):
+                for member in r["members"]:
+                    member["psnr_vs_input_db"] = cell_psnr(r["canvas"], canvas, member["placement"])
                 r["canvas"] = canvas
         return batch_of(records)
 
@@ -198,7 +209,7 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
                "width": r["width"], "height": r["height"]}
         row.update({k: r["meta"].get(k) for k in passthrough if k not in row})
         row.update(source=r["source"], source_sha256=r["source_sha256"], original_mode=r.get("original_mode"),
-                   original_format=r.get("original_format"))
+                   original_format=r.get("original_format"), psnr_vs_input_db=r.get("psnr_vs_input_db"))
         rows.append(row)
     return pa.Table.from_pylist(rows)
 

@@ -52,10 +52,25 @@ def test_folder_mixed_sizes_labels_and_rejects(tmp_path, model) -> None:
         assert (row["height"], row["width"]) == sizes[row["id"]]
         assert row["label"] == row["id"].split("/")[0]
         assert len(row["source_sha256"]) == 64
+        assert 0 < row["psnr_vs_input_db"] < 100  # the 2-step random model changes every image, but not to noise
     assert sorted(rejects["id"]) == ["dog/broken.png", "notes.txt"]
     assert all(rejects["error"].str.len() > 0)
     out = json.loads((tmp_path / "out/_summary.json").read_text())
     assert out["status"] == "complete" and out["model"]["sha256"] == summary["model"]["sha256"]
+
+
+def test_cell_psnr_measures_only_that_images_cell() -> None:
+    import numpy as np
+
+    from pipeline.stages import cell_psnr
+    from pipeline.tiling import Placement
+
+    before = np.zeros((64, 64, 3), np.uint8)
+    after = before.copy()
+    after[32:, :32] = 10  # the lower-left image changed by 10 levels everywhere: 20 log10(255 / 10) dB
+    assert cell_psnr(before, after, Placement(0, 32, 0, 32, 32, 32, 32)) == 28.13
+    assert cell_psnr(before, after, Placement(0, 0, 0, 32, 32, 32, 32)) == float("inf")
+    assert cell_psnr(before, after, Placement(0, 0, 0, 64, 64, 64, 64)) == round(28.13 + 10 * np.log10(4), 2)
 
 
 def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
