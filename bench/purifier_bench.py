@@ -1,14 +1,16 @@
-"""Purifier throughput: images/s and seconds per UNet call, on CPU (and CUDA when present).
+"""Purifier throughput: images/s and seconds per sampler step, on CPU (and CUDA when present).
 
     python bench/purifier_bench.py                       # tiny reference model, from ../shared
     python bench/purifier_bench.py --checkpoint pipeline/assets/cifar10_prior.pt --sizes 32
     python bench/purifier_bench.py --preset 256x256_diffusion_uncond --sizes 256 --devices cuda --precision bf16
+    python bench/purifier_bench.py --sizes 256 --devices cpu --forward-batch 4   # CPU without forward slicing
 
 --preset builds a named architecture with random weights instead of loading a checkpoint: throughput does
 not depend on the weights, so the paper's 552M-parameter model can be timed without its file.
 
 For each canvas size it purifies a batch of 32x32 images (1 per canvas at 32, 64 per canvas at 256)
-with the given steps, after one warm-up call, and prints a table.
+with the given steps, after one warm-up call, and prints a table. A step is one model evaluation of the whole
+sampling batch ("canvases per step"); on a CPU it runs as several forward passes of "canvases per forward".
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def bench(purifier: Purifier, n_images: int, repeats: int) -> dict:
     if purifier.device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"images_per_s": round(n_images * repeats / dt, 2), "s_per_unet_call": round(dt / calls, 4),
-            "unet_calls": calls, "canvases_per_call": purifier.batch_size}
+    return {"images_per_s": round(n_images * repeats / dt, 2), "s_per_step": round(dt / calls, 4),
+            "steps": calls, "canvases_per_step": purifier.batch_size, "canvases_per_forward": purifier.model_batch}
 
 
 def main() -> int:
@@ -64,7 +66,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--images", type=int, default=128)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--batch", type=int, default=0, help="canvases per UNet call (0: auto)")
+    p.add_argument("--batch", type=int, default=0, help="canvases sampled together (0: auto)")
+    p.add_argument("--forward-batch", type=int, default=0,
+                   help="canvases per UNet forward pass (0: auto, which slices the batch on a CPU)")
     p.add_argument("--devices", default="cpu,cuda")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="time this architecture with random weights instead of --checkpoint")
@@ -73,8 +77,8 @@ def main() -> int:
     flags = json.loads(args.flags) if args.flags else (TINY_FLAGS if args.checkpoint == str(TINY) else None)
     model_name = f"preset {args.preset} (random weights)" if args.preset else f"checkpoint {args.checkpoint}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {model_name}, {args.precision}")
-    print("| device | canvas | images/canvas | images/s | s per UNet call | canvases per call |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| device | canvas | images/canvas | images/s | s per step | canvases per step | canvases per forward |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for device in args.devices.split(","):
         if device == "cuda" and not torch.cuda.is_available():
             continue
@@ -89,10 +93,12 @@ def main() -> int:
                 purifier = Purifier.from_checkpoint(args.checkpoint, flags=flags, device=device, canvas_size=size,
                                                     batch_size=args.batch or None, settings=settings,
                                                     precision=precision)
+            if args.forward_batch:
+                purifier.model_batch = args.forward_batch
             r = bench(purifier, args.images, args.repeats)
             per = (size // 32) ** 2
-            print(f"| {device} | {size} | {per} | {r['images_per_s']} | {r['s_per_unet_call']} |"
-                  f" {r['canvases_per_call']} |", flush=True)
+            print(f"| {device} | {size} | {per} | {r['images_per_s']} | {r['s_per_step']} |"
+                  f" {r['canvases_per_step']} | {r['canvases_per_forward']} |", flush=True)
     return 0
 
 

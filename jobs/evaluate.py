@@ -96,7 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--canvas-size", type=int, default=None,
                    help="purifier canvas size (default: the prior's image size; part of the cache key)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="purifier canvases per model call (default: the purifier's; part of the cache key)")
+                   help="purifier canvases sampled together (default: the purifier's; part of the cache key, since the "
+                        "noise is drawn per batch)")
     p.add_argument("--examples", type=int, default=6, help="images per attack in the examples PNG. Default: 6")
     args = p.parse_args(argv)
     for name in ("steps", "pool", "subset", "epochs", "examples"):

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--seed", type=int, help="noise seed (results are reproducible per image set)")
     rt = p.add_argument_group("throughput and cluster")
     rt.add_argument("--canvas-size", type=int, help="mosaic side in pixels (default: the model's image_size)")
-    rt.add_argument("--batch-size", type=int, help="canvases per UNet call (default: by canvas size)")
+    rt.add_argument("--batch-size", type=int,
+                    help="canvases sampled together, per model step (default: 4 canvases' worth of 256x256 pixels, "
+                         "e.g. 256 of 32 px; a CPU runs each step's model in slices of 256x256 pixels)")
     rt.add_argument("--tile-batch", type=int, help=f"images tiled together per task (default {d.tile_batch})")
     rt.add_argument("--write-batch", type=int, help=f"rows per output Parquet file at most (default {d.write_batch})")
     rt.add_argument("--files-per-unit", type=int, help=f"image files per read task (default {d.files_per_unit})")

@@ -165,7 +165,7 @@ class PurifyStage:
 
     def __init__(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
                  flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None,
-                 precision: str, canvas_size: int, torch_threads: int | None):
+                 precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None):
         import torch
 
         from pipeline.purifier import Purifier, ZipSettings
@@ -175,6 +175,7 @@ class PurifyStage:
         self.purifier = Purifier.from_checkpoint(
             checkpoint, preset, device=device, precision=precision, canvas_size=canvas_size, flags=flags,
             storage_options=storage_options, expected_sha256=checkpoint_sha256, settings=ZipSettings(**settings),
+            batch_size=batch_size,
         )
 
     def __call__(self, batch: Batch) -> Batch:

@@ -57,6 +57,18 @@ def test_reproducible_for_a_seed(model) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(p(images), p(images), strict=True))
 
 
+def test_cpu_slices_the_forward_pass_without_changing_the_samples(model) -> None:
+    images = _images([(32, 32)] * 6, seed=3)
+    whole = Purifier(model, ZipSettings(steps=3, pool=4), batch_size=6)
+    assert whole.batch_size == 6 and whole.model_batch == 6  # 6 canvases of 32 px fit one CPU pass
+    sliced = Purifier(model, ZipSettings(steps=3, pool=4), batch_size=6)
+    sliced.model_batch = 4  # 4 + 2 per pass, as a CPU does with larger batches
+    a, b = np.stack(whole(images)), np.stack(sliced(images))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # the same samples, up to float rounding
+    big = Purifier(model, ZipSettings(steps=1, pool=4), canvas_size=256)
+    assert (big.batch_size, big.model_batch) == (4, 1)  # 256 px: 4 canvases sampled together, 1 per CPU pass
+
+
 def test_bad_input_is_named(model) -> None:
     p = Purifier(model, ZipSettings(steps=1))
     with pytest.raises(TypeError, match="image 1: expected dtype uint8"):
