@@ -186,5 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read {run['read']}, purified {run['purified']}, rejected {run['rejected']}, "
           f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s "
           f"({run['images_per_s']} images/s); model: {summary['model']['note']}")
+    change = run["psnr_vs_input_db"]
+    if change["mean"] is not None:
+        print(f"change: purified against input, PSNR mean {change['mean']} dB, lowest {change['min']} dB "
+              "(per image: column psnr_vs_input_db)")
     print(f"output: {config.output} (summary in _summary.json)")
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import posixpath
 import time
@@ -473,9 +474,14 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
             u.kind == "files" for u in plan.units) else None
         bar = tqdm(total=total, desc="purified", unit="img")
-    purified = rejected = read = skipped_in_units = 0
+    purified = rejected = read = skipped_in_units = psnr_count = unchanged = 0
+    psnr_sum, psnr_min = 0.0, math.inf
     files: list[str] = []
     for row in ds.iter_rows():
+        psnr_sum += float(row["psnr_sum"])
+        psnr_count += int(row["psnr_count"])
+        psnr_min = min(psnr_min, float(row["psnr_min"]))
+        unchanged += int(row["unchanged"])
         purified += int(row["purified"])
         rejected += int(row["rejected"])
         read += int(row["read"])
@@ -497,7 +503,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                      "skipped_already_done": plan.skipped_files + skipped_in_units,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
                      "wall_s": round(wall, 2),
-                     "images_per_s": round((purified + rejected) / wall, 3) if wall else None},
+                     "images_per_s": round((purified + rejected) / wall, 3) if wall else None,
+                     # how much purification changed the images (per image in data/, column psnr_vs_input_db)
+                     "psnr_vs_input_db": {"mean": round(psnr_sum / psnr_count, 2) if psnr_count else None,
+                                          "min": psnr_min if psnr_count else None, "unchanged": unchanged}},
         "output_totals": {"purified": total_purified, "rejected": total_rejected,
                           "before_this_run": {"purified": plan.done_purified, "rejected": plan.done_rejected}},
         "model": {"checkpoint": plan.checkpoint_uri, "sha256": ckpt.sha256, "note": plan.model_note,

@@ -265,6 +265,12 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
             name = part_name([r["id"] for r in chunk])
             write_parquet_atomic(to_table(chunk), f"{output.rstrip('/')}/{folder}/{name}", storage_options)
             files.append(f"{folder}/{name}")
+    psnrs = [r["psnr_vs_input_db"] for r in images if r.get("psnr_vs_input_db") is not None]
+    finite = [v for v in psnrs if math.isfinite(v)]
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
-            "written_at": np.array([time.time()])}
+            "written_at": np.array([time.time()]),
+            # per-image change, summed here so the driver can report its mean and minimum for the whole run
+            "psnr_sum": np.array([float(sum(finite))]), "psnr_count": np.array([len(finite)]),
+            "psnr_min": np.array([min(finite) if finite else math.inf]),
+            "unchanged": np.array([len(psnrs) - len(finite)])}

@@ -57,6 +57,9 @@ def test_folder_mixed_sizes_labels_and_rejects(tmp_path, model) -> None:
     assert all(rejects["error"].str.len() > 0)
     out = json.loads((tmp_path / "out/_summary.json").read_text())
     assert out["status"] == "complete" and out["model"]["sha256"] == summary["model"]["sha256"]
+    change = out["this_run"]["psnr_vs_input_db"]
+    assert change["mean"] == pytest.approx(data["psnr_vs_input_db"].mean(), abs=0.01)
+    assert change["min"] == data["psnr_vs_input_db"].min() and change["unchanged"] == 0
 
 
 def test_cell_psnr_measures_only_that_images_cell() -> None:
