@@ -231,33 +231,33 @@ def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
 
 
-def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> dict[str, Any] | None:
-    """Refuse to mix runs with different settings, or to silently append to a finished run.
+def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
+    """Refuse to mix runs with different settings, or to silently append to a finished run; return the output's
+    state: "new", "resume" (an unfinished run), "incremental" (a finished run, --incremental) or "overwrite".
 
-    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing and
-    reports the output as the run would find it: empty.
+    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing.
     """
     so = config.storage_options
     out = config.output.rstrip("/")
     fs, root = _fs(out, so)
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
-    if config.overwrite and dry_run:
-        return None
-    if config.overwrite and fs.exists(root):
-        for folder in (DATA_DIR, REJECTS_DIR):
-            if fs.exists(posixpath.join(root, folder)):
-                fs.rm(posixpath.join(root, folder), recursive=True)
-        for name in (SUMMARY_FILE, JOB_FILE):
-            if fs.exists(posixpath.join(root, name)):
-                fs.rm(posixpath.join(root, name))
+    if config.overwrite:
+        if not dry_run and fs.exists(root):
+            for folder in (DATA_DIR, REJECTS_DIR):
+                if fs.exists(posixpath.join(root, folder)):
+                    fs.rm(posixpath.join(root, folder), recursive=True)
+            for name in (SUMMARY_FILE, JOB_FILE):
+                if fs.exists(posixpath.join(root, name)):
+                    fs.rm(posixpath.join(root, name))
+        return "overwrite"
     previous = _read_json(f"{out}/{JOB_FILE}", so)
     has_parts = bool(list_parts(out, DATA_DIR, so) or list_parts(out, REJECTS_DIR, so))
     if previous is None:
         if has_parts:
             raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
                            "output or pass --overwrite")
-        return None
+        return "new"
     # A settings field added after that output was written is missing from its record; the field's default is
     # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
     previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})}}
@@ -268,10 +268,11 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
                 "use another output, or --overwrite to start over"
             )
     summary = _read_json(f"{out}/{SUMMARY_FILE}", so)
-    if summary and summary.get("status") == "complete" and not config.incremental:
+    complete = bool(summary) and summary.get("status") == "complete"
+    if complete and not config.incremental:
         raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
                        "or --overwrite to start over")
-    return previous
+    return "incremental" if complete else "resume"
 
 
 def init_local_ray(num_cpus: int | None = None) -> None:
@@ -365,22 +366,13 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
 
     # What is already done (resume / incremental), and what there is to read.
     try:
-        previous = check_output_state(config, job_record, dry_run=dry_run)
-        if config.overwrite:
-            skip, prior_purified, prior_rejected = set(), 0, 0
-        else:
-            skip, prior_purified, prior_rejected = done_ids(out, so)
+        state = check_output_state(config, job_record, dry_run=dry_run)
+        # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts).
+        skip, prior_purified, prior_rejected = (set(), 0, 0) if state in ("new", "overwrite") else done_ids(out, so)
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
-    if config.overwrite:
-        state = "overwrite"
-    elif previous is None:
-        state = "new"
-    else:
-        state = "incremental" if config.incremental and (_read_json(f"{out}/{SUMMARY_FILE}", so) or {}).get(
-            "status") == "complete" else "resume"
     try:
         units = with_retries(lambda: discover(config.input, so, config.files_per_unit), f"list {config.input}")
     except FileNotFoundError as err:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
+from pipeline.evaluation.metrics import psnr
 from pipeline.sources import ReadUnit, read_unit, reject_record
 from pipeline.storage import make_parent_dirs, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
@@ -156,8 +157,7 @@ def cell_psnr(before: np.ndarray, after: np.ndarray, placement: Any) -> float:
     """PSNR (dB, 2 decimals) of one image's cell on a canvas after purification against before: how much the
     purification changed that image, at the model's resolution (inf when unchanged)."""
     cell = (slice(placement.top, placement.top + placement.height), slice(placement.left, placement.left + placement.width))
-    mse = float(np.mean((after[cell].astype(np.float64) - before[cell].astype(np.float64)) ** 2))
-    return round(10.0 * math.log10(255.0**2 / mse), 2) if mse else math.inf
+    return round(psnr(after[cell][None], before[cell][None]), 2)
 
 
 class PurifyStage:
