@@ -190,5 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     if change["mean"] is not None:
         print(f"change: purified against input, PSNR mean {change['mean']} dB, lowest {change['min']} dB "
               "(per image: column psnr_vs_input_db)")
+    shrunk = run["downscaled"]
+    if shrunk["images"]:
+        canvas = summary["model"]["canvas_size"]
+        print(f"warning: {shrunk['images']} image(s) were larger than the model's {canvas} px canvas and were shrunk to "
+              f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
+              f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
+              "size (--checkpoint) to keep their detail.", file=sys.stderr)
     print(f"output: {config.output} (summary in _summary.json)")
     return 0

@@ -466,14 +466,16 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
             u.kind == "files" for u in plan.units) else None
         bar = tqdm(total=total, desc="purified", unit="img")
-    purified = rejected = read = skipped_in_units = psnr_count = unchanged = 0
-    psnr_sum, psnr_min = 0.0, math.inf
+    purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
+    psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
     for row in ds.iter_rows():
         psnr_sum += float(row["psnr_sum"])
         psnr_count += int(row["psnr_count"])
         psnr_min = min(psnr_min, float(row["psnr_min"]))
         unchanged += int(row["unchanged"])
+        downscaled += int(row["downscaled"])
+        downscale_max = max(downscale_max, float(row["downscale_max"]))
         purified += int(row["purified"])
         rejected += int(row["rejected"])
         read += int(row["read"])
@@ -498,10 +500,13 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                      "images_per_s": round((purified + rejected) / wall, 3) if wall else None,
                      # how much purification changed the images (per image in data/, column psnr_vs_input_db)
                      "psnr_vs_input_db": {"mean": round(psnr_sum / psnr_count, 2) if psnr_count else None,
-                                          "min": psnr_min if psnr_count else None, "unchanged": unchanged}},
+                                          "min": psnr_min if psnr_count else None, "unchanged": unchanged},
+                     # images larger than the model, shrunk to fit its canvas (per image: column downscale_factor)
+                     "downscaled": {"images": downscaled, "max_factor": downscale_max}},
         "output_totals": {"purified": total_purified, "rejected": total_rejected,
                           "before_this_run": {"purified": plan.done_purified, "rejected": plan.done_rejected}},
         "model": {"checkpoint": plan.checkpoint_uri, "sha256": ckpt.sha256, "note": plan.model_note,
+                  "canvas_size": canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
         "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device, "torch_threads": threads},
         "config": config.public(),

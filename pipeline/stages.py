@@ -107,8 +107,9 @@ def untile_stage(batch: Batch, canvas_size: int, align: int) -> Batch:
         placements = tuple(Placement(0, *_placement_fields(m["placement"])) for m in r["members"])
         layout = MosaicLayout(canvas_size, align, placements, 1)
         for member, pixels in zip(r["members"], unpack(r["canvas"][None], layout), strict=True):
+            downscale = member["placement"].downscale
             member = {k: v for k, v in member.items() if k != "placement"}
-            out.append({**member, "pixels": pixels})
+            out.append({**member, "pixels": pixels, "downscale_factor": downscale})
     return batch_of(out)
 
 
@@ -210,7 +211,8 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
                "width": r["width"], "height": r["height"]}
         row.update({k: r["meta"].get(k) for k in passthrough if k not in row})
         row.update(source=r["source"], source_sha256=r["source_sha256"], original_mode=r.get("original_mode"),
-                   original_format=r.get("original_format"), psnr_vs_input_db=r.get("psnr_vs_input_db"))
+                   original_format=r.get("original_format"), psnr_vs_input_db=r.get("psnr_vs_input_db"),
+                   downscale_factor=r.get("downscale_factor"))
         rows.append(row)
     return pa.Table.from_pylist(rows)
 
@@ -266,6 +268,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
             write_parquet_atomic(to_table(chunk), f"{output.rstrip('/')}/{folder}/{name}", storage_options)
             files.append(f"{folder}/{name}")
     psnrs = [r["psnr_vs_input_db"] for r in images if r.get("psnr_vs_input_db") is not None]
+    downscales = [r["downscale_factor"] for r in images if r.get("downscale_factor", 1.0) > 1.0]
     finite = [v for v in psnrs if math.isfinite(v)]
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
@@ -273,4 +276,6 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
             # per-image change, summed here so the driver can report its mean and minimum for the whole run
             "psnr_sum": np.array([float(sum(finite))]), "psnr_count": np.array([len(finite)]),
             "psnr_min": np.array([min(finite) if finite else math.inf]),
-            "unchanged": np.array([len(psnrs) - len(finite)])}
+            "unchanged": np.array([len(psnrs) - len(finite)]),
+            # images larger than the model's canvas, shrunk to fit it: they come back with the canvas's detail
+            "downscaled": np.array([len(downscales)]), "downscale_max": np.array([max(downscales, default=1.0)])}

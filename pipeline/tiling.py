@@ -38,6 +38,13 @@ class Placement:
     def resized(self) -> bool:
         return (self.height, self.width) != (self.original_height, self.original_width)
 
+    @property
+    def downscale(self) -> float:
+        """How many times smaller than the original the image is on the canvas (1.0: purified at full size).
+
+        The larger of the two sides' factors, so a stretched image counts by the side it lost most on."""
+        return round(max(self.original_height / self.height, self.original_width / self.width, 1.0), 3)
+
 
 @dataclass(frozen=True)
 class MosaicLayout:

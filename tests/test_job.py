@@ -60,6 +60,10 @@ def test_folder_mixed_sizes_labels_and_rejects(tmp_path, model) -> None:
     change = out["this_run"]["psnr_vs_input_db"]
     assert change["mean"] == pytest.approx(data["psnr_vs_input_db"].mean(), abs=0.01)
     assert change["min"] == data["psnr_vs_input_db"].min() and change["unchanged"] == 0
+    # the 224 px and 200x300 images were shrunk to the 64 px canvas; the others were purified at their own size
+    factors = dict(zip(data["id"], data["downscale_factor"], strict=True))
+    assert factors == {"cat/a.png": 1.0, "dog/d.bmp": 1.0, "cat/b.jpg": 3.5, "dog/c.png": 4.688}
+    assert out["this_run"]["downscaled"] == {"images": 2, "max_factor": 4.688}
 
 
 def test_cell_psnr_measures_only_that_images_cell() -> None:
@@ -206,6 +210,20 @@ def test_empty_input_completes_with_a_warning(tmp_path, model, capsys) -> None:
     assert code == 0 and "read 0, purified 0" in captured.out
     assert "found no inputs under" in captured.err
     assert json.loads((tmp_path / "out" / "_summary.json").read_text())["status"] == "complete"
+
+
+def test_cli_warns_when_images_were_shrunk_to_the_canvas(tmp_path, model, capsys) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "small.png").write_bytes(image_bytes(32, 32, 0))
+    (tmp_path / "in" / "large.png").write_bytes(image_bytes(96, 128, 1))
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model,
+                 "--steps", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and "read 2, purified 2" in captured.out
+    # the model is 32 px: the 96x128 image was purified at 24x32, a quarter of its size
+    assert "1 image(s) were larger than the model's 32 px canvas" in captured.err and "up to 4.0x" in captured.err
 
 
 def test_output_readable_by_pandas_and_pyarrow_dataset(tmp_path, model) -> None:

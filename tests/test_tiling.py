@@ -58,6 +58,9 @@ def test_large_images_are_resized_and_restored_to_their_size() -> None:
             assert (p.height, p.width) == (256, 171)  # aspect ratio kept
         else:
             assert (p.height, p.width) == (256, 256)
+        # how much detail each image lost to the canvas: none for those that fit, the worse side otherwise
+        assert [q.downscale for q in layout.placements[1:]] == [1.0, 1.0, 2.344]
+        assert p.downscale == pytest.approx(300 / 256, abs=1e-3)
 
 
 def test_layout_depends_only_on_sizes_and_order() -> None:
