@@ -2,12 +2,14 @@
 
     python bench/job_bench.py throughput --images 512 --steps 20
     python bench/job_bench.py memory --sizes 1000,10000 --steps 2
+    python bench/job_bench.py memory --sizes 2000,8000,16000 --steps 1 --layout tar --image-size 128   # one shard
 
 throughput: the same images, model and settings through (a) one process calling the Purifier in
 chunks of --chunk images, (b) the Ray Data job with one CPU actor; prints images/s of both and the ratio.
 memory: runs the job on N generated images for each N (a fresh local Ray each time) and prints the
 peak resident memory (VmHWM, Linux) of the driver and of the largest Ray worker process: flat means
-streaming, no full materialisation. Reports, never asserts.
+streaming, no full materialisation. `--layout tar` puts all N images into a single tar shard (one read unit, the
+worst case for a reader that would hold a whole unit's images at once). Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import os
 import resource
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -30,16 +33,28 @@ from pipeline import Purifier  # noqa: E402
 from pipeline.job import DEFAULT_PRIOR, JobConfig, init_local_ray, run_job  # noqa: E402
 
 
-def make_images(folder: Path, n: int, size: int = 32) -> list[np.ndarray]:
+def make_images(folder: Path, n: int, size: int = 32, layout: str = "files", keep: bool = True) -> list[np.ndarray]:
+    """n random PNG images as files in `folder`, or (layout "tar") as the members of one shard in it; returns
+    their pixels when `keep` (the memory runs do not, so the driver's peak is the job's own)."""
     rng = np.random.default_rng(0)
     images = []
     folder.mkdir(parents=True, exist_ok=True)
+    shard = tarfile.open(folder / "shard.tar", "w") if layout == "tar" else None
     for i in range(n):
         im = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         buf = io.BytesIO()
         Image.fromarray(im).save(buf, format="PNG")
-        (folder / f"{i:06d}.png").write_bytes(buf.getvalue())
-        images.append(im)
+        if shard is None:
+            (folder / f"{i:06d}.png").write_bytes(buf.getvalue())
+        else:
+            info = tarfile.TarInfo(f"{i:06d}.png")
+            info.size = buf.tell()
+            buf.seek(0)
+            shard.addfile(info, buf)
+        if keep:
+            images.append(im)
+    if shard is not None:
+        shard.close()
     return images
 
 
@@ -90,7 +105,7 @@ def memory_one(args: argparse.Namespace) -> None:
     checkpoint = args.checkpoint or str(DEFAULT_PRIOR)
     n = args.images
     with tempfile.TemporaryDirectory() as tmp:
-        make_images(Path(tmp) / "in", n)
+        make_images(Path(tmp) / "in", n, args.image_size, args.layout, keep=False)
         init_local_ray()
         t0 = time.perf_counter()
         run_job(JobConfig(input=str(Path(tmp) / "in"), output=str(Path(tmp) / "out"), checkpoint=checkpoint,
@@ -105,11 +120,13 @@ def memory_one(args: argparse.Namespace) -> None:
 def memory(args: argparse.Namespace) -> None:
     import subprocess
 
-    print("| images | wall s | driver peak MB | largest worker peak MB | workers |\n| --- | --- | --- | --- | --- |",
+    print(f"{args.layout}, {args.image_size} px random PNGs\n"
+          "| images | wall s | driver peak MB | largest worker peak MB | workers |\n| --- | --- | --- | --- | --- |",
           flush=True)
     for n in args.sizes.split(","):
         cmd = [sys.executable, __file__, "memory-one", "--images", n, "--steps", str(args.steps), "--pool",
-               str(args.pool)] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+               str(args.pool), "--layout", args.layout, "--image-size", str(args.image_size)] + (
+                   ["--checkpoint", args.checkpoint] if args.checkpoint else [])
         subprocess.run(cmd, check=True)
 
 
@@ -121,6 +138,8 @@ def main() -> int:
     p.add_argument("--sizes", default="1000,10000")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--pool", type=int, default=4)
+    p.add_argument("--layout", choices=["files", "tar"], default="files", help="memory: image files, or one tar shard")
+    p.add_argument("--image-size", type=int, default=32, help="memory: side of the generated images")
     p.add_argument("--chunk", type=int, default=256, help="images per purifier call / per tiling batch")
     args = p.parse_args()
     {"throughput": throughput, "memory": memory, "memory-one": memory_one}[args.mode](args)

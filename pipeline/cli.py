@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--batch-size", type=int,
                     help="canvases sampled together, per model step (default: 4 canvases' worth of 256x256 pixels, "
                          "e.g. 256 of 32 px; a CPU runs each step's model in slices of 256x256 pixels)")
-    rt.add_argument("--tile-batch", type=int, help=f"images tiled together per task (default {d.tile_batch})")
+    rt.add_argument("--tile-batch", type=int,
+                    help=f"images read, decoded and tiled together per batch (default {d.tile_batch})")
     rt.add_argument("--write-batch", type=int, help=f"rows per output Parquet file at most (default {d.write_batch})")
     rt.add_argument("--files-per-unit", type=int, help=f"image files per read task (default {d.files_per_unit})")
     rt.add_argument("--actors", type=int, help="purifier actors at most (default: one per GPU, or 1 on CPU)")

@@ -53,6 +53,7 @@ DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
 DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
+BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see run_job)
 SECRET_KEYS = ("key", "secret", "token", "password", "session")
 
 
@@ -416,6 +417,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     _init_ray(config)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar of our own, in images, below
+    # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
+    # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
+    # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
+    ctx.target_max_block_size = BLOCK_BYTES
     ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
     # Retries are set on purpose below; Ray 2.60 has no named parameter for them yet, only the
     # (deprecated) remote-args route, so silence that warning rather than the setting.
@@ -428,15 +433,15 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
     skip_ids = frozenset(plan.done)
     rows = [u.to_row() for u in plan.units] or [{"kind": "files", "paths": [], "root": ""}]
-    # One block per unit: each unit is read by its own task and flows downstream on its own, so the
+    # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    # Batch sizes: read takes one unit per task; decode and tile work on whatever block a read
-    # produced (batch_size=None). Explicit row counts there would make Ray bundle that many *units*
-    # into one fused read task and stop the pipeline from streaming.
+    # Batch sizes: read takes one unit per task and yields its records --tile-batch at a time; decode and
+    # tile work on whatever block a read produced (batch_size=None). Explicit row counts there would make
+    # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
     ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
         storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-        skip_ids=skip_ids), **task_retries)
+        skip_ids=skip_ids, max_records=config.tile_batch), **task_retries)
     ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
     ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
         canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,

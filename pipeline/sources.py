@@ -169,49 +169,56 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
 
 
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One record per key. The headers are indexed first and each key's members read only when its record
+    is made, so a shard's images are never all in memory at once (members of a key need not be adjacent)."""
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
-    groups: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
+    keys: dict[str, dict[str, tarfile.TarInfo]] = {}  # key -> extension -> member, in order of first appearance
     failure: str | None = None
     try:
-        with io.BytesIO(read_bytes(path, fs_opts)) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+        raw = io.BytesIO(read_bytes(path, fs_opts))
+        tar = tarfile.open(fileobj=raw, mode="r:*")
+    except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
+        yield reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after 0 keys: {describe(err)}", "read")
+        return
+    with raw, tar:
+        try:
             for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split_key(member.name)
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
+                if member.isfile():
+                    key, ext = _split_key(member.name)
+                    keys.setdefault(key, {})[ext] = member
+        except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was indexed, reject the rest
+            failure = f"tar shard unreadable after {len(keys)} keys: {describe(err)}"
+        for key, members in keys.items():
+            parts: dict[str, bytes] = {}
+            error = None
+            for ext, member in members.items():
                 try:
-                    groups[key][ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    parts[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
                 except Exception as err:  # noqa: BLE001
-                    groups[key][ext] = b""
-                    groups[key]["__error__"] = f"corrupt tar member {member.name}: {type(err).__name__}: {err}".encode()
-    except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was read, reject the rest
-        failure = f"tar shard unreadable after {len(order)} keys: {describe(err)}"
-    for key in order:
-        parts = groups[key]
-        id_ = f"{shard}/{key}"
-        image_exts = [e for e in parts if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
-        if "__error__" in parts:
-            yield reject_record(id_, f"{path}:{key}", parts["__error__"].decode(), "read")
-            continue
-        if len(image_exts) != 1:
-            found = ", ".join(sorted(parts)) or "nothing"
-            yield reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}",
-                                "read")
-            continue
-        ext = image_exts[0]
-        meta: dict[str, Any] = {}
-        for e, v in parts.items():
-            if e == "json":
-                meta.update(_json_sidecar(v))
-            elif e != ext:
-                meta.update([_sidecar_value(e, v)])
-        yield _image_record(id_, f"{path}:{key}.{ext}", parts[ext], meta)
+                    error = f"corrupt tar member {member.name}: {type(err).__name__}: {err}"
+            yield _tar_key_record(path, f"{shard}/{key}", key, parts, error)
     if failure:
         yield reject_record(f"{shard}#unreadable", path, failure, "read")
+
+
+def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, bytes], error: str | None) -> dict[str, Any]:
+    """The image record of one WebDataset key (sidecars become columns), or its reject."""
+    if error is not None:
+        return reject_record(id_, f"{path}:{key}", error, "read")
+    image_exts = [e for e in parts if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    if len(image_exts) != 1:
+        found = ", ".join(sorted(parts)) or "nothing"
+        return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}",
+                             "read")
+    ext = image_exts[0]
+    meta: dict[str, Any] = {}
+    for e, v in parts.items():
+        if e == "json":
+            meta.update(_json_sidecar(v))
+        elif e != ext:
+            meta.update([_sidecar_value(e, v)])
+    return _image_record(id_, f"{path}:{key}.{ext}", parts[ext], meta)
 
 
 def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
@@ -237,27 +244,39 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
     raise ValueError(f"no image column (struct<bytes, path> or binary) among Parquet columns {schema.names}")
 
 
-def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None) -> Iterator[dict[str, Any]]:
+def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None,
+                  rows_per_batch: int = 256) -> Iterator[dict[str, Any]]:
+    """One record per row, read a few hundred rows at a time (a large file is never all in Python objects)."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     try:
-        table = pq.read_table(io.BytesIO(read_bytes(path, fs_opts)))
-        column = find_image_column(table.schema, image_column)
+        parquet = pq.ParquetFile(io.BytesIO(read_bytes(path, fs_opts)))
+        column = find_image_column(parquet.schema_arrow, image_column)
     except Exception as err:  # noqa: BLE001
         yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
         return
-    others = [n for n in table.schema.names if n != column]
-    for i, row in enumerate(table.to_pylist()):
-        id_ = f"{rel}#{i}"
-        value = row[column]
-        data = value.get("bytes") if isinstance(value, dict) else value
-        meta = {n: row[n] for n in others}
-        if isinstance(value, dict) and value.get("path") is not None:
-            meta.setdefault("original_path", value["path"])
-        if not isinstance(data, bytes) or not data:
-            yield reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds no bytes", "read")
-            continue
-        yield _image_record(id_, f"{path}#{i}", data, meta)
+    others = [n for n in parquet.schema_arrow.names if n != column]
+    i = 0
+    try:
+        for table in parquet.iter_batches(batch_size=rows_per_batch):
+            for row in table.to_pylist():
+                yield _parquet_row_record(path, f"{rel}#{i}", i, row, column, others)
+                i += 1
+    except Exception as err:  # noqa: BLE001 - a corrupt row group: keep the rows read, reject the rest
+        yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after {i} rows: {describe(err)}",
+                            "read")
+
+
+def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column: str,
+                        others: list[str]) -> dict[str, Any]:
+    value = row[column]
+    data = value.get("bytes") if isinstance(value, dict) else value
+    meta = {n: row[n] for n in others}
+    if isinstance(value, dict) and value.get("path") is not None:
+        meta.setdefault("original_path", value["path"])
+    if not isinstance(data, bytes) or not data:
+        return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds no bytes", "read")
+    return _image_record(id_, f"{path}#{i}", data, meta)
 
 
 def read_unit(

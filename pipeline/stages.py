@@ -21,7 +21,7 @@ import posixpath
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -47,13 +47,20 @@ def batch_of(records: Iterable[dict[str, Any]]) -> Batch:
 
 
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
-               image_column: str | None, skip_ids: frozenset[str]) -> Batch:
-    """Units in, raw image/reject/count records out."""
-    out: list[dict[str, Any]] = []
+               image_column: str | None, skip_ids: frozenset[str], max_records: int = 256) -> Iterator[Batch]:
+    """Units in; raw image/reject/count records out, in batches of at most `max_records`, so a large unit
+    (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
+    of sitting in a worker's memory whole."""
+    pending: list[dict[str, Any]] = []
     for kind, paths, root in zip(batch["kind"], batch["paths"], batch["root"], strict=True):
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root})
-        out.extend(read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids))
-    return batch_of(out)
+        for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids):
+            pending.append(record)
+            if len(pending) >= max_records:
+                yield batch_of(pending)
+                pending = []
+    if pending:
+        yield batch_of(pending)
 
 
 def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
