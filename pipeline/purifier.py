@@ -11,6 +11,7 @@ and untiles the result.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -239,6 +240,11 @@ class Purifier:
         if not checked:
             return []
         layout = self.plan([im.shape[:2] for im in checked])
+        shrunk = [p.downscale for p in layout.placements if p.downscale > 1]
+        if shrunk:
+            warnings.warn(f"{len(shrunk)} image(s) larger than the model's {self.canvas_size} px canvas were shrunk to "
+                          f"fit it (up to {max(shrunk):g}x): they come back at their own size but with only the canvas's "
+                          "detail; a prior made for their size keeps it", stacklevel=2)
         canvases = pack(checked, layout)
         bar = None
         if progress:
