@@ -19,8 +19,10 @@ Purify an image data set of backdoor triggers with Zero-shot Image Purification 
 Reads images from a local folder or object storage (any fsspec URI: /path, file://, s3://):
 folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls) or Parquet files with an
 image column. Writes OUTPUT/data/*.parquet (id, image{bytes: PNG, path}, pass-through columns,
-source, source_sha256), OUTPUT/rejects/*.parquet (inputs that could not be purified, with the
-reason) and OUTPUT/_summary.json. Running again into the same output resumes where it stopped.
+source, source_sha256, psnr_vs_input_db: how much purification changed the image, downscale_factor:
+how far an image larger than the model was shrunk to fit it), OUTPUT/rejects/*.parquet (inputs that
+could not be purified, with the reason) and OUTPUT/_summary.json. Running again into the same output
+resumes where it stopped.
 
 With no arguments it purifies a small sample shipped with the package into ./purified/.
 """
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
                          f"the model calls (default {d.resample}: the paper)")
     zp.add_argument("--large-images", choices=["fit", "stretch"],
-                    help="images larger than the model: shrink keeping aspect (fit) or stretch; restored after")
+                    help="images larger than the model: shrink keeping aspect (fit) or stretch; resized back after, "
+                         "with only the model's detail (column downscale_factor)")
     zp.add_argument("--seed", type=int, help="noise seed (results are reproducible per image set)")
     rt = p.add_argument_group("throughput and cluster")
     rt.add_argument("--canvas-size", type=int, help="mosaic side in pixels (default: the model's image_size)")
