@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ZIP's sampler (both zip variants): ddim, the paper's Algorithm 2, or ddpm, its Algorithm 1 "
                         "(guided ancestral sampling; give it more --steps, e.g. 50). Part of the cache key. Default: ddim")
+    p.add_argument("--start", type=float, default=1.0,
+                   help="ZIP's late start (both zip variants): run only the steps t <= START*T, from the noised input "
+                        "(0.3: 7 of 20 steps). Part of the cache key. Default: 1.0, the paper")
     p.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the ZIP sampler's noise (both zip variants; part of the purified-set cache key). One "
                         "run draws one sample per image; rerun with other seeds to see how much a difference is chance. "
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         config = EvalConfig(
             dataset=dataset, attacks=args.attacks, defenses=args.defenses, checkpoint=args.checkpoint,
             steps=args.steps, pool=args.pool, subset=args.subset, seed=args.seed, sampler_seed=args.sampler_seed,
-            sampler=args.sampler, epochs=args.epochs,
+            sampler=args.sampler, start=args.start, epochs=args.epochs,
             threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
             canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
         )

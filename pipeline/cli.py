@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--resample", type=int, metavar="R",
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
                          f"the model calls (default {d.resample}: the paper)")
+    zp.add_argument("--start", type=float, metavar="S",
+                    help="late start: run only the steps t <= S*T, from the input's A⁺y noised to that level instead "
+                         f"of pure noise (0.3: 7 of 20 steps, a third of the model calls; default {d.start}: the paper)")
     zp.add_argument("--large-images", choices=["fit", "stretch"],
                     help="images larger than the model: shrink keeping aspect (fit) or stretch; resized back after, "
                          "with only the model's detail (column downscale_factor)")

@@ -77,6 +77,7 @@ class JobConfig:
     blend_k: float | None = None
     clip_denoised: bool = True
     resample: int = 1
+    start: float = 1.0
     large_images: str = "fit"
     seed: int = 0
     canvas_size: int | None = None
@@ -105,7 +106,7 @@ class JobConfig:
     def settings(self) -> ZipSettings:
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
                            operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
-                           resample=self.resample, large_images=self.large_images, seed=self.seed)
+                           resample=self.resample, start=self.start, large_images=self.large_images, seed=self.seed)
 
     def public(self) -> dict[str, Any]:
         """The configuration with storage secrets redacted (for logs and the summary)."""

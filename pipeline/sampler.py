@@ -146,6 +146,37 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def range_estimate(guidance: Guidance) -> torch.Tensor:
+    """What the observations alone say of x₀: mean_i A_i⁺ y_i (zero in every operator's null space)."""
+    return sum(op.pinv(y) for op, y in zip(guidance.operators, guidance.observations, strict=True)) / len(
+        guidance.operators)
+
+
+def run_timesteps(num_train_steps: int, steps: int, start: float = 1.0) -> list[int]:
+    """The sampler's timesteps, largest first: `steps` evenly strided ones, keeping those ≤ start·T when start < 1."""
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start}")
+    return [t for t in ddim_timesteps(num_train_steps, steps) if start >= 1.0 or t <= start * num_train_steps]
+
+
+def _start(
+    schedule: NoiseSchedule, steps: int, start: float, guidance: Guidance | None, noise: torch.Tensor
+) -> tuple[list[int], torch.Tensor]:
+    """The timesteps to run and the state to run them from.
+
+    start = 1: the paper, every timestep from pure noise. start < 1: only timesteps t ≤ start·T (same stride),
+    from the input's range-space estimate noised to the first of them, x_t₀ = √ᾱ A⁺y + √(1 − ᾱ) z (an
+    SDEdit-style late start: the prior only refines, with fewer model calls).
+    """
+    timesteps = run_timesteps(schedule.num_steps, steps, start)
+    if start >= 1.0:
+        return timesteps, noise
+    if guidance is None:
+        raise ValueError("a late start (start < 1) needs guidance: it starts from the input's observations")
+    ab = float(schedule.alphas_cumprod[timesteps[0]])
+    return timesteps, math.sqrt(ab) * range_estimate(guidance) + math.sqrt(1 - ab) * noise
+
+
 def zip_ddim(
     eps_model: EpsModel,
     guidance: Guidance | None,
@@ -159,18 +190,21 @@ def zip_ddim(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     resample: int = 1,
+    start: float = 1.0,
 ) -> torch.Tensor:
     """ZIP Algorithm 2: guided DDIM from pure noise; returns x₀ in model units ([-1, 1]).
 
     resample > 1 redoes each guided step that many times (the "time travel" of DDNM+ / RePaint with jump 1):
     after a step t → t', x_t' is pushed back to t with fresh forward noise and denoised again, which lets the
     regenerated part settle into agreement with the kept part at the cost of `resample` model calls per step.
+    start < 1 runs only the timesteps t ≤ start·T, from the noised observations (see `_start`); x_T is then
+    the noise added to them.
     """
     _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
-    timesteps = ddim_timesteps(T, steps)
-    x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    noise = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    timesteps, x = _start(schedule, steps, start, guidance, noise)
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
         ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
@@ -198,16 +232,17 @@ def zip_ddpm(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     resample: int = 1,
+    start: float = 1.0,
 ) -> torch.Tensor:
     """ZIP Algorithm 1: guided ancestral (DDPM) sampling, on `steps` evenly spaced timesteps.
 
-    resample: as in `zip_ddim`.
+    resample, start: as in `zip_ddim`.
     """
     _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
-    timesteps = ddim_timesteps(T, steps)
-    x = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    noise = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    timesteps, x = _start(schedule, steps, start, guidance, noise)
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
         ab_prev = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0

@@ -259,9 +259,9 @@ def test_yaml_config_and_flag_precedence(tmp_path) -> None:
     cfg_file = tmp_path / "job.yaml"
     cfg_file.write_text("input: s3://b/in\npool: 2\nsteps: 10\nstorage_options: {anon: true}\n")
     cfg = config_from_args(["--config", str(cfg_file), "--steps", "5", "--s3-endpoint", "http://localhost:9",
-                            "--resample", "2"])
+                            "--resample", "2", "--start", "0.3"])
     assert (cfg.input, cfg.pool, cfg.steps) == ("s3://b/in", 2, 5)
-    assert cfg.settings().resample == 2
+    assert (cfg.settings().resample, cfg.settings().start) == (2, 0.3)
     assert cfg.storage_options == {"anon": True, "client_kwargs": {"endpoint_url": "http://localhost:9"}}
     cfg_file.write_text("pol: 2\n")
     with pytest.raises(SystemExit, match="pol"):

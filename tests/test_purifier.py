@@ -95,6 +95,9 @@ def test_bad_input_is_named(model) -> None:
     for bad in (0, 2.5, 21):
         with pytest.raises(ValueError, match="resample"):
             ZipSettings(resample=bad)
+    for bad in (0.0, -0.3, 1.2):
+        with pytest.raises(ValueError, match="start must be in"):
+            ZipSettings(start=bad)
 
 
 def test_authors_code_settings() -> None:

@@ -130,3 +130,38 @@ def test_renoise_matches_the_forward_process_marginals() -> None:
     a = ab_t / ab_prev
     assert abs(x_t.mean().item() - 0.5 * a**0.5) < 5e-3
     assert abs(x_t.var().item() - (1 - a)) < 5e-3
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_late_start_runs_only_the_low_noise_steps_from_the_noised_input(sampler: str) -> None:
+    model, x = _random_unet(7), _input(7)
+    op = AvgPool(4)
+    guidance = Guidance.from_input(x, [op])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def recording_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((int(t[0]), x_t.clone()))
+        return model(x_t, t)
+
+    run = zip_ddim if sampler == "ddim" else zip_ddpm
+    extra = {"eta": 1.0} if sampler == "ddim" else {}
+    with torch.no_grad():
+        out = run(recording_model, guidance, SCHEDULE, steps=20, x_T=noise, start=0.3,
+                  generator=torch.Generator().manual_seed(0), **extra)
+    assert [t for t, _ in seen] == [300, 250, 200, 150, 100, 50, 0]  # 7 of the 20 steps
+    ab = float(SCHEDULE.alphas_cumprod[300])
+    expected_first = ab**0.5 * op.pinv(op.forward(x)) + (1 - ab) ** 0.5 * noise
+    assert torch.allclose(seen[0][1], expected_first, atol=1e-6)
+    assert (op.forward(out) - op.forward(x)).abs().max().item() <= 1e-4  # still exactly consistent with A x
+
+    with torch.no_grad():  # start = 1 is the paper: every step, from the noise itself
+        full = run(model, guidance, SCHEDULE, steps=4, x_T=noise, generator=torch.Generator().manual_seed(0), **extra)
+        same = run(model, guidance, SCHEDULE, steps=4, x_T=noise, start=1.0, generator=torch.Generator().manual_seed(0),
+                   **extra)
+    assert torch.equal(full, same)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="start"):
+            run(model, guidance, SCHEDULE, steps=4, x_T=noise, start=bad)
+    with pytest.raises(ValueError, match="needs guidance"):
+        run(model, None, SCHEDULE, steps=4, x_T=noise, start=0.5)

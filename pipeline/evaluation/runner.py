@@ -382,6 +382,7 @@ class EvalConfig:
     seed: int = 0
     sampler_seed: int = 0
     sampler: str = "ddim"
+    start: float = 1.0
     epochs: int = 10
     threads: int | None = None
     cache_dir: Path = Path.home() / ".cache" / "zip-purify"
@@ -432,7 +433,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                        zip_overrides={"seed": config.sampler_seed, "sampler": config.sampler})
+                        zip_overrides={"seed": config.sampler_seed, "sampler": config.sampler, "start": config.start})
         for d in defenses
     }
     purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
@@ -511,7 +512,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         "config": {
             "attacks": attacks, "defenses": defenses, "subset": config.subset, "subset_actual": int(len(idx)),
             "seed": config.seed, "sampler_seed": config.sampler_seed, "sampler": config.sampler,
-            "steps": config.steps, "pool": config.pool, "checkpoint": config.checkpoint,
+            "start": config.start, "steps": config.steps, "pool": config.pool, "checkpoint": config.checkpoint,
             "checkpoint_sha256": checkpoint_sha, "classifier_epochs": config.epochs,
             "classifier_options": config.train_options, "device": config.device, "threads": config.threads,
             "canvas_size": config.canvas_size, "batch_size": config.batch_size,
