@@ -156,7 +156,7 @@ def run_timesteps(num_train_steps: int, steps: int, start: float = 1.0) -> list[
     """The sampler's timesteps, largest first: `steps` evenly strided ones, keeping those ≤ start·T when start < 1."""
     if not 0.0 < start <= 1.0:
         raise ValueError(f"start must be in (0, 1], got {start}")
-    return [t for t in ddim_timesteps(num_train_steps, steps) if start >= 1.0 or t <= start * num_train_steps]
+    return [t for t in ddim_timesteps(num_train_steps, steps) if t <= start * num_train_steps]
 
 
 def _start(
