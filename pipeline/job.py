@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.purifier import ZipSettings
+from pipeline.purifier import ZipSettings, default_batch_size
 from pipeline.sources import ReadUnit, discover, relative_id
 from pipeline.stages import (
     DATA_DIR,
@@ -449,7 +449,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         max_images=config.tile_batch), **task_retries)
     ds = ds.map_batches(
         PurifyStage,
-        batch_size=config.batch_size or max(1, (256 * 256 * 4) // (canvas_size**2)),
+        batch_size=config.batch_size or default_batch_size(canvas_size),
         fn_constructor_kwargs=dict(
             checkpoint=plan.checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
             preset=config.preset, flags=config.flags, storage_options=so, device=device,
