@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (with the usual (1+n)/(10+n) warm-up)")
     p.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
+    p.add_argument("--max-timestep", type=int, default=None, metavar="T",
+                   help="train only on timesteps 0..T (default: all of 0..999). A prior for late-start purification "
+                        "(--start S) only ever sees t <= S*1000, so it can spend its capacity there; such a prior "
+                        "records T and the purifier refuses settings that would run it above T")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=sorted(AUTOCAST),
                    help="bf16: the UNet's forward pass under bfloat16 autocast (a GPU's tensor cores; loss, optimiser "
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         trained_on = state.get("data", "cifar10")  # states from before --data existed are CIFAR-10 runs
         if trained_on != args.data:
             raise SystemExit(f"{last} was trained on {trained_on}, not {args.data}; use --fresh or another --out")
+        if state.get("max_timestep") != args.max_timestep:
+            raise SystemExit(f"{last} was trained with --max-timestep {state.get('max_timestep')}, not "
+                             f"{args.max_timestep}; use --fresh or another --out")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -152,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     described, use_flips = TRAINING_SETS[args.data]
     pixels = torch.from_numpy(data).to(device)  # the whole set lives on the device (150 MB for CIFAR-10): no per-step copy
     alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
+    if args.max_timestep is not None and not 0 <= args.max_timestep < len(alpha_bars):
+        raise SystemExit(f"--max-timestep {args.max_timestep}: must be in 0..{len(alpha_bars) - 1}")
+    t_high = len(alpha_bars) if args.max_timestep is None else args.max_timestep + 1
     n_params = sum(p.numel() for p in model.parameters())
     print(f"training {n_params / 1e6:.2f}M-parameter prior on {len(data)} images, budget {args.minutes} min, "
           f"{device}, {args.precision}", flush=True)
@@ -160,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         save_state(last, {
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "images_seen": images_seen, "elapsed_s": elapsed, "flags": config.to_flags(),
-            "data": args.data,
+            "data": args.data, "max_timestep": args.max_timestep,
         })
         save_bundle(export, ema, meta={
             "trained_on": described,
             "objective": "epsilon MSE, T=1000", "schedule": args.schedule, "steps": step,
+            **({"max_timestep": args.max_timestep} if args.max_timestep is not None else {}),
             "images_seen": images_seen, "minutes": round(elapsed / 60, 1), "ema_decay": args.ema,
             "device": str(device), "precision": args.precision,
             **({"initialised_from": init_note} if init_note else {}),
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if use_flips:
             flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(device)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, len(alpha_bars), (args.batch,), device=device)
+        t = torch.randint(0, t_high, (args.batch,), device=device)
         noise = torch.randn_like(x0)
         ab = alpha_bars[t][:, None, None, None]
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise

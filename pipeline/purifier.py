@@ -136,6 +136,14 @@ class Purifier:
         self.schedule = NoiseSchedule.named(self.settings.schedule)
         self.operators = make_operators(self.settings.operators, self.settings.pool)
         self.checkpoint = checkpoint
+        trained_up_to = (checkpoint.meta if checkpoint else {}).get("max_timestep")
+        if trained_up_to is not None:
+            first = run_timesteps(self.schedule.num_steps, self.settings.steps, self.settings.start)[0]
+            if first > trained_up_to:
+                raise ValueError(
+                    f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
+                    f"but these settings start at t = {first}: use start ≤ {trained_up_to / self.schedule.num_steps:g} "
+                    "(--start), or a prior trained on every timestep")
 
     @classmethod
     def from_checkpoint(

@@ -98,3 +98,32 @@ def test_init_from_refuses_a_model_it_cannot_train(train_prior, tmp_path: Path) 
         module.main(["--init-from", str(tmp_path / "sigma.pt"), "--max-steps", "1", "--out", str(tmp_path), *TINY])
     with pytest.raises(SystemExit, match="--init-from"):
         module.main(["--init-from", str(tmp_path / "missing.pt"), "--max-steps", "1", "--out", str(tmp_path), *TINY])
+
+
+def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_prior_to_them(
+        train_prior, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.purifier import Purifier
+
+    module, _ = train_prior
+    drawn: list[torch.Tensor] = []
+    randint = torch.randint
+
+    def recording_randint(*args, **kwargs):
+        out = randint(*args, **kwargs)
+        drawn.append(out)
+        return out
+
+    monkeypatch.setattr(torch, "randint", recording_randint)
+    assert module.main(["--max-timestep", "300", "--max-steps", "3", "--out", str(tmp_path), *TINY]) == 0
+    monkeypatch.setattr(torch, "randint", randint)
+    timesteps = torch.cat(drawn)
+    assert len(timesteps) == 3 * 4 and int(timesteps.max()) <= 300
+    prior = str(tmp_path / "prior.pt")
+    assert load_checkpoint(prior).meta["max_timestep"] == 300
+    assert Purifier.from_checkpoint(prior, device="cpu", start=0.3).settings.start == 0.3  # t ≤ 300: allowed
+    with pytest.raises(ValueError, match=r"trained only on timesteps 0\.\.300.*start at t = 950.*start ≤ 0\.3"):
+        Purifier.from_checkpoint(prior, device="cpu")
+    with pytest.raises(SystemExit, match="--max-timestep 300, not None"):
+        module.main(["--max-steps", "4", "--out", str(tmp_path), *TINY])
+    with pytest.raises(SystemExit, match="--max-timestep 1000: must be in 0..999"):
+        module.main(["--max-timestep", "1000", "--max-steps", "1", "--out", str(tmp_path / "b"), *TINY])
