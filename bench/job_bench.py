@@ -3,13 +3,19 @@
     python bench/job_bench.py throughput --images 512 --steps 20
     python bench/job_bench.py memory --sizes 1000,10000 --steps 2
     python bench/job_bench.py memory --sizes 2000,8000,16000 --steps 1 --layout tar --image-size 128   # one shard
+    python bench/job_bench.py memory --sizes 8000 --steps 1 --layout tar --image-size 128 --in-memory-mb 1024
 
 throughput: the same images, model and settings through (a) one process calling the Purifier in
 chunks of --chunk images, (b) the Ray Data job with one CPU actor; prints images/s of both and the ratio.
 memory: runs the job on N generated images for each N (a fresh local Ray each time) and prints the
 peak resident memory (VmHWM, Linux) of the driver and of the largest Ray worker process: flat means
-streaming, no full materialisation. `--layout tar` puts all N images into a single tar shard (one read unit, the
-worst case for a reader that would hold a whole unit's images at once). Reports, never asserts.
+streaming, no full materialisation. VmHWM is read at the end, so it misses workers Ray has already retired, and it
+counts the object store's shared pages a worker touched; so each worker's private memory (RssAnon, sampled five
+times a second while the job runs) is printed too: the peak of the read tasks (read, decode and tile, fused), of
+the purifier actor, and of the largest other worker (untile, encode, write), with its task.
+`--layout tar` puts all N images into a single tar shard (one read unit, the worst case for a reader that would
+hold a whole unit's images at once); `--in-memory-mb` sets the size above which the job streams a shard instead
+of fetching it whole. Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -76,6 +82,49 @@ def ray_worker_peaks_mb() -> dict[int, float]:
     return peaks
 
 
+class PrivateMemoryWatch:
+    """Samples every Ray worker's private resident memory (RssAnon: heap, not the object store's shared pages,
+    which VmHWM also counts) a few times a second and keeps each one's peak, with the worker's task name."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import threading
+
+        self.peaks: dict[tuple[int, str], tuple[float, str]] = {}
+        self._every, self._stop = every_s, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    if "ray::" not in cmd:
+                        continue
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("RssAnon:"):
+                            # Ray reuses a worker process for other tasks: a peak belongs to the task running then
+                            mb, name = int(line.split()[1]) / 1024, cmd.split("\0")[0].removeprefix("ray::")[:40]
+                            if mb > self.peaks.get((int(pid), name), (0.0, ""))[0]:
+                                self.peaks[(int(pid), name)] = (mb, name)
+                except OSError:
+                    continue
+
+    def __enter__(self) -> PrivateMemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def largest(self, task: str | None = None, excluding: tuple[str, ...] = ()) -> tuple[float, str]:
+        """The largest peak among workers whose task name has `task` in it (any when None), minus `excluding`."""
+        return max(((mb, name) for mb, name in self.peaks.values()
+                    if (task is None or task in name) and not any(e in name for e in excluding)), default=(0.0, "-"))
+
+
 def throughput(args: argparse.Namespace) -> None:
     checkpoint = args.checkpoint or str(DEFAULT_PRIOR)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,24 +157,30 @@ def memory_one(args: argparse.Namespace) -> None:
         make_images(Path(tmp) / "in", n, args.image_size, args.layout, keep=False)
         init_local_ray()
         t0 = time.perf_counter()
-        run_job(JobConfig(input=str(Path(tmp) / "in"), output=str(Path(tmp) / "out"), checkpoint=checkpoint,
-                          steps=args.steps, pool=args.pool, progress=False))
+        with PrivateMemoryWatch() as private:
+            run_job(JobConfig(input=str(Path(tmp) / "in"), output=str(Path(tmp) / "out"), checkpoint=checkpoint,
+                              steps=args.steps, pool=args.pool, progress=False, in_memory_mb=args.in_memory_mb))
         wall = time.perf_counter() - t0
         workers = ray_worker_peaks_mb()
         driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         ray.shutdown()
-    print(f"| {n} | {wall:.1f} | {driver:.0f} | {max(workers.values(), default=0):.0f} | {len(workers)} |", flush=True)
+    other, task = private.largest(excluding=("PurifyStage", "read_stage"))
+    print(f"| {n} | {wall:.1f} | {driver:.0f} | {max(workers.values(), default=0):.0f} | "
+          f"{private.largest('read_stage')[0]:.0f} | {private.largest('PurifyStage')[0]:.0f} | {other:.0f} ({task}) | "
+          f"{len(workers)} |", flush=True)
 
 
 def memory(args: argparse.Namespace) -> None:
     import subprocess
 
     print(f"{args.layout}, {args.image_size} px random PNGs\n"
-          "| images | wall s | driver peak MB | largest worker peak MB | workers |\n| --- | --- | --- | --- | --- |",
+          "| images | wall s | driver peak MB | largest live worker peak MB (VmHWM) | private peak MB: reader | "
+          "purifier actor | largest other worker (its task) | workers |\n| --- | --- | --- | --- | --- | --- | --- | --- |",
           flush=True)
     for n in args.sizes.split(","):
         cmd = [sys.executable, __file__, "memory-one", "--images", n, "--steps", str(args.steps), "--pool",
-               str(args.pool), "--layout", args.layout, "--image-size", str(args.image_size)] + (
+               str(args.pool), "--layout", args.layout, "--image-size", str(args.image_size),
+               "--in-memory-mb", str(args.in_memory_mb)] + (
                    ["--checkpoint", args.checkpoint] if args.checkpoint else [])
         subprocess.run(cmd, check=True)
 
@@ -140,6 +195,8 @@ def main() -> int:
     p.add_argument("--pool", type=int, default=4)
     p.add_argument("--layout", choices=["files", "tar"], default="files", help="memory: image files, or one tar shard")
     p.add_argument("--image-size", type=int, default=32, help="memory: side of the generated images")
+    p.add_argument("--in-memory-mb", type=int, default=JobConfig.in_memory_mb,
+                   help="memory: the job's --in-memory-mb (shards larger than this are streamed)")
     p.add_argument("--chunk", type=int, default=256, help="images per purifier call / per tiling batch")
     args = p.parse_args()
     {"throughput": throughput, "memory": memory, "memory-one": memory_one}[args.mode](args)

@@ -12,13 +12,16 @@ import yaml
 
 from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, plan_job, run_job
 from pipeline.presets import SHIPPED_PRIORS
+from pipeline.sources import IN_MEMORY_BYTES
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Purify an image data set of backdoor triggers with Zero-shot Image Purification (ZIP).
 
 Reads images from a local folder or object storage (any fsspec URI: /path, file://, s3://):
 folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls) or Parquet files with an
-image column. Writes OUTPUT/data/*.parquet (id, image{bytes: PNG, path}, pass-through columns,
+image column; those over --in-memory-mb ({IN_MEMORY_BYTES // 2**20} MiB) are streamed from storage rather than fetched
+whole, so memory does not grow with them.
+Writes OUTPUT/data/*.parquet (id, image{{bytes: PNG, path}}, pass-through columns,
 source, source_sha256, psnr_vs_input_db: how much purification changed the image, downscale_factor:
 how far an image larger than the model was shrunk to fit it), OUTPUT/rejects/*.parquet (inputs that
 could not be purified, with the reason) and OUTPUT/_summary.json. Running again into the same output
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"images read, decoded and tiled together per batch (default {d.tile_batch})")
     rt.add_argument("--write-batch", type=int, help=f"rows per output Parquet file at most (default {d.write_batch})")
     rt.add_argument("--files-per-unit", type=int, help=f"image files per read task (default {d.files_per_unit})")
+    rt.add_argument("--in-memory-mb", type=int, metavar="MB",
+                    help=f"tar shards and Parquet files up to this size are fetched in one request; larger ones are "
+                         f"streamed (a tar read twice), so memory does not grow with them (default {d.in_memory_mb}; "
+                         "0 streams all)")
     rt.add_argument("--actors", type=int, help="purifier actors at most (default: one per GPU, or 1 on CPU)")
     rt.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default 1 when the cluster has GPUs)")
     rt.add_argument("--cpus-per-actor", type=float, help=f"CPUs reserved per actor (default {d.cpus_per_actor})")

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.purifier import ZipSettings, default_batch_size
-from pipeline.sources import ReadUnit, discover, relative_id
+from pipeline.purifier import ZipSettings, check_trained_timesteps, default_batch_size
+from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, relative_id
 from pipeline.stages import (
     DATA_DIR,
     REJECTS_DIR,
@@ -85,6 +85,7 @@ class JobConfig:
     tile_batch: int = 256
     write_batch: int = 512
     files_per_unit: int = 256
+    in_memory_mb: int = IN_MEMORY_BYTES // 2**20
     actors: int = 0
     gpus_per_actor: float | None = None
     cpus_per_actor: float = 1.0
@@ -360,6 +361,12 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     checkpoint_uri, model_note = _checkpoint_for(config)
     ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, so,
                                              config.checkpoint_sha256, verify_only=True)
+    try:
+        check_trained_timesteps(ckpt.meta, settings)
+    except ValueError as err:
+        raise JobError(str(err)) from err
+    if config.in_memory_mb < 0:
+        raise JobError(f"--in-memory-mb must be 0 or more, got {config.in_memory_mb}")
     canvas_size = config.canvas_size or ckpt.config.image_size
     if canvas_size % settings.pool:
         raise JobError(f"pool factor {settings.pool} does not divide the canvas size {canvas_size}")
@@ -442,7 +449,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
     ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
         storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-        skip_ids=skip_ids, max_records=config.tile_batch), **task_retries)
+        skip_ids=skip_ids, max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20),
+        **task_retries)
     ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
     ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
         canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,

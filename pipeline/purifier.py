@@ -101,6 +101,20 @@ def _validate_image(i: int, image: Any) -> np.ndarray:
     return image
 
 
+def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None:
+    """Refuse settings that would run a prior at noise levels it was never trained on (a prior made with
+    train_prior.py --max-timestep records the largest one in its meta)."""
+    trained_up_to = meta.get("max_timestep")
+    if trained_up_to is None:
+        return
+    num_steps = NoiseSchedule.named(settings.schedule).num_steps
+    first = run_timesteps(num_steps, settings.steps, settings.start)[0]
+    if first > trained_up_to:
+        raise ValueError(f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
+                         f"but these settings start at t = {first}: use start ≤ {trained_up_to / num_steps:g} "
+                         "(--start), or a prior trained on every timestep")
+
+
 class Purifier:
     """ZIP purification with one diffusion model, reusable across calls (load the model once)."""
 
@@ -136,14 +150,7 @@ class Purifier:
         self.schedule = NoiseSchedule.named(self.settings.schedule)
         self.operators = make_operators(self.settings.operators, self.settings.pool)
         self.checkpoint = checkpoint
-        trained_up_to = (checkpoint.meta if checkpoint else {}).get("max_timestep")
-        if trained_up_to is not None:
-            first = run_timesteps(self.schedule.num_steps, self.settings.steps, self.settings.start)[0]
-            if first > trained_up_to:
-                raise ValueError(
-                    f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
-                    f"but these settings start at t = {first}: use start ≤ {trained_up_to / self.schedule.num_steps:g} "
-                    "(--start), or a prior trained on every timestep")
+        check_trained_timesteps(checkpoint.meta if checkpoint else {}, self.settings)
 
     @classmethod
     def from_checkpoint(

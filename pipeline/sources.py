@@ -12,25 +12,31 @@ Record kinds flowing through the job:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import describe, with_retries
+from pipeline.storage import describe, is_transient, with_retries
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
+# Tar and Parquet files up to this size are fetched in one request and read from memory; larger ones are read
+# from storage piece by piece, so a worker's memory does not grow with the size of the files it is given.
+IN_MEMORY_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -168,38 +174,122 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"json": json.dumps(value)}
 
 
-def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """One record per key. The headers are indexed first and each key's members read only when its record
-    is made, so a shard's images are never all in memory at once (members of a key need not be adjacent)."""
+def _object_size(path: str, fs_opts: dict[str, Any]) -> int:
+    fs, fs_path = fsspec.core.url_to_fs(path, **fs_opts)
+    return int(with_retries(lambda: fs.size(fs_path), f"stat {path}"))
+
+
+def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[tarfile.TarInfo], bool],
+                 attempts: int = 4) -> Iterator[tuple[tarfile.TarInfo, bytes | Exception] | None]:
+    """One sequential pass over a tar: (member, its bytes, or the error reading them) for each regular file that
+    `wanted` accepts, (member, b"") for the others. All storage reads happen here, so that a transient error can
+    restart the pass from the beginning; None is yielded whenever a pass (re)starts, so that callers forget what
+    they saw. Any other error (a corrupt or truncated shard) propagates."""
+    for attempt in range(attempts):
+        try:
+            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+                yield None
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    if not wanted(member):
+                        yield member, b""
+                        continue
+                    try:
+                        data: bytes | Exception = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    except Exception as err:  # noqa: BLE001 - a damaged member is that key's reject, unless transient
+                        if is_transient(err):
+                            raise
+                        data = err
+                    yield member, data
+            return
+        except Exception as err:  # noqa: BLE001 - classified here
+            if attempt == attempts - 1 or not is_transient(err):
+                raise
+            time.sleep(min(8.0, 0.2 * 2**attempt))
+
+
+def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> Iterator[dict[str, Any]]:
+    """One record per key, in two sequential passes, so that memory does not grow with the shard.
+
+    Pass 1 reads only the headers: which members each key has. Pass 2 reads the members and emits a key's record
+    as soon as its last member has gone by, so only keys still waiting for a member are held: one at a time in a
+    WebDataset shard, whose keys are contiguous, though a key's members may be anywhere. A shard of at most
+    `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
+    twice, trading a second read for bounded memory.
+    """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
-    keys: dict[str, dict[str, tarfile.TarInfo]] = {}  # key -> extension -> member, in order of first appearance
-    failure: str | None = None
+
+    def unreadable(keys: int, err: BaseException) -> dict[str, Any]:
+        return reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after {keys} keys: {describe(err)}",
+                             "read")
+
     try:
-        raw = io.BytesIO(read_bytes(path, fs_opts))
-        tar = tarfile.open(fileobj=raw, mode="r:*")
+        if _object_size(path, fs_opts) <= in_memory_bytes:
+            raw = read_bytes(path, fs_opts)
+
+            def open_stream() -> BinaryIO:
+                return io.BytesIO(raw)
+        else:
+            def open_stream() -> BinaryIO:
+                return with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}")
     except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
-        yield reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after 0 keys: {describe(err)}", "read")
+        yield unreadable(0, err)
         return
-    with raw, tar:
-        try:
-            for member in tar:
-                if member.isfile():
-                    key, ext = _split_key(member.name)
-                    keys.setdefault(key, {})[ext] = member
-        except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was indexed, reject the rest
-            failure = f"tar shard unreadable after {len(keys)} keys: {describe(err)}"
-        for key, members in keys.items():
-            parts: dict[str, bytes] = {}
-            error = None
-            for ext, member in members.items():
-                try:
-                    parts[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
-                except Exception as err:  # noqa: BLE001
-                    error = f"corrupt tar member {member.name}: {type(err).__name__}: {err}"
-            yield _tar_key_record(path, f"{shard}/{key}", key, parts, error)
+
+    members_of: dict[str, Counter[str]] = {}  # key -> member name -> occurrences, keys in order of appearance
+    failure: dict[str, Any] | None = None
+    try:
+        for item in _tar_members(open_stream, wanted=lambda member: False):
+            if item is None:
+                members_of.clear()
+            else:
+                members_of.setdefault(_split_key(item[0].name)[0], Counter())[item[0].name] += 1
+    except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was indexed, reject the rest
+        failure = unreadable(len(members_of), err)
+
+    done: set[str] = set()
+    seen: dict[str, Counter[str]] = {}
+    parts: dict[str, dict[str, bytes]] = {}
+    errors: dict[str, str] = {}
+
+    def wanted(member: tarfile.TarInfo) -> bool:
+        key = _split_key(member.name)[0]
+        return key in members_of and key not in done
+
+    def record(key: str) -> dict[str, Any]:
+        return _tar_key_record(path, f"{shard}/{key}", key, parts.pop(key, {}), errors.pop(key, None))
+
+    try:
+        for item in _tar_members(open_stream, wanted):
+            if item is None:  # (re)started: keys already emitted stay emitted, the rest are collected afresh
+                seen.clear()
+                parts.clear()
+                errors.clear()
+                continue
+            member, data = item
+            key, ext = _split_key(member.name)
+            if not wanted(member):
+                continue
+            seen.setdefault(key, Counter())[member.name] += 1
+            if isinstance(data, Exception):
+                errors.setdefault(key, f"corrupt tar member {member.name}: {type(data).__name__}: {data}")
+            else:
+                parts.setdefault(key, {})[ext] = data  # a later duplicate of a name wins, as on extraction
+            if seen[key] == members_of[key]:
+                done.add(key)
+                yield record(key)
+    except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
+        failure = failure or unreadable(len(members_of), err)
+    for key in members_of:
+        if key not in done:  # the shard broke off before all of this key's members went by
+            missing = sorted(set(members_of[key]) - set(seen.get(key, {})))
+            errors.setdefault(key, f"corrupt tar member {missing[0] if missing else key}: "
+                                   "the shard broke off before it could be read")
+            yield record(key)
     if failure:
-        yield reject_record(f"{shard}#unreadable", path, failure, "read")
+        yield failure
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, bytes], error: str | None) -> dict[str, Any]:
@@ -244,27 +334,33 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
     raise ValueError(f"no image column (struct<bytes, path> or binary) among Parquet columns {schema.names}")
 
 
-def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None,
+def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
                   rows_per_batch: int = 256) -> Iterator[dict[str, Any]]:
     """One record per row, read a few hundred rows at a time (a large file is never all in Python objects)."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
-    try:
-        parquet = pq.ParquetFile(io.BytesIO(read_bytes(path, fs_opts)))
-        column = find_image_column(parquet.schema_arrow, image_column)
-    except Exception as err:  # noqa: BLE001
-        yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
-        return
-    others = [n for n in parquet.schema_arrow.names if n != column]
-    i = 0
-    try:
-        for table in parquet.iter_batches(batch_size=rows_per_batch):
-            for row in table.to_pylist():
-                yield _parquet_row_record(path, f"{rel}#{i}", i, row, column, others)
-                i += 1
-    except Exception as err:  # noqa: BLE001 - a corrupt row group: keep the rows read, reject the rest
-        yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after {i} rows: {describe(err)}",
-                            "read")
+    with contextlib.ExitStack() as stack:
+        try:
+            if _object_size(path, fs_opts) <= in_memory_bytes:
+                source: BinaryIO = io.BytesIO(read_bytes(path, fs_opts))
+            else:  # row groups are fetched as they are read (Parquet's footer says where each one lies)
+                source = stack.enter_context(
+                    with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}"))
+            parquet = pq.ParquetFile(source)
+            column = find_image_column(parquet.schema_arrow, image_column)
+        except Exception as err:  # noqa: BLE001
+            yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
+            return
+        others = [n for n in parquet.schema_arrow.names if n != column]
+        i = 0
+        try:
+            for table in parquet.iter_batches(batch_size=rows_per_batch):
+                for row in table.to_pylist():
+                    yield _parquet_row_record(path, f"{rel}#{i}", i, row, column, others)
+                    i += 1
+        except Exception as err:  # noqa: BLE001 - a corrupt row group: keep the rows read, reject the rest
+            yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after {i} rows: {describe(err)}",
+                                "read")
 
 
 def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column: str,
@@ -285,15 +381,18 @@ def read_unit(
     labels_from_folders: bool = False,
     image_column: str | None = None,
     skip_ids: frozenset[str] | set[str] = frozenset(),
+    in_memory_bytes: int = IN_MEMORY_BYTES,
 ) -> Iterator[dict[str, Any]]:
-    """Records of one unit, skipping ids already done, followed by one "count" record."""
+    """Records of one unit, skipping ids already done, followed by one "count" record.
+
+    Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice)."""
     opts = storage_options or {}
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts)
+        records = _read_tar(unit, opts, in_memory_bytes)
     elif unit.kind == "parquet":
-        records = _read_parquet(unit, opts, image_column)
+        records = _read_parquet(unit, opts, image_column, in_memory_bytes)
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     n = skipped = 0

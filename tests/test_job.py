@@ -89,7 +89,7 @@ def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
         members[f"s/{i:04d}.cls"] = str(i % 2).encode()
     members["s/0005.jpg"] = b"\xff\xd8garbage"
     (root / "shard-0.tar").write_bytes(tar_bytes(members))
-    summary = run_job(_config(tmp_path, model, input=str(root)))
+    summary = run_job(_config(tmp_path, model, input=str(root), in_memory_mb=0))  # streamed, as a large shard is
     data, rejects = read_output(str(tmp_path / "out"))
     assert summary["this_run"]["read"] == 6
     assert sorted(data["id"]) == [f"shard-0.tar/s/{i:04d}" for i in range(5)]
@@ -287,3 +287,9 @@ def test_shipped_gtsrb_prior_by_name_and_conflicts(tmp_path) -> None:
     with pytest.raises(JobError, match="shipped priors: cifar10, gtsrb"):
         run_job(JobConfig(input=str(root), output=str(tmp_path / "o3"), prior="imagenet"))
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_a_negative_in_memory_limit_is_refused_before_reading(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(JobError, match="--in-memory-mb must be 0 or more, got -1"):
+        plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), in_memory_mb=-1), dry_run=True)

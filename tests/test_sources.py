@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from pipeline import sources
 from pipeline.sources import discover, read_unit
 from pipeline.stages import read_stage, records_of
 from tests.jobutil import image_bytes, tar_bytes
@@ -16,6 +20,10 @@ from tests.jobutil import image_bytes, tar_bytes
 def _records(path: Path, **kw) -> list[dict]:
     (unit,) = discover(str(path.parent))
     return list(read_unit(unit, **kw))
+
+
+# A shard fetched whole into memory, and one streamed from storage (any shard larger than in_memory_bytes).
+FETCHED, STREAMED = 2**30, 0
 
 
 def test_read_stage_yields_a_large_shard_in_bounded_batches(tmp_path) -> None:
@@ -29,22 +37,25 @@ def test_read_stage_yields_a_large_shard_in_bounded_batches(tmp_path) -> None:
     assert records[-1] == {"kind": "count", "n": 10, "skipped": 0}
 
 
-def test_tar_sidecars_join_their_image_even_when_not_adjacent(tmp_path) -> None:
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_tar_sidecars_join_their_image_even_when_not_adjacent(tmp_path, in_memory_bytes) -> None:
     shard = tmp_path / "s.tar"
     shard.write_bytes(tar_bytes({"a.png": image_bytes(8, 8, 0), "b.png": image_bytes(8, 8, 1), "a.cls": b"3",
                                  "b.json": b'{"caption": "x"}', "c.cls": b"5"}))
-    records = _records(shard)
+    records = _records(shard, in_memory_bytes=in_memory_bytes)
+    assert len(records) == 4 and records[-1]["n"] == 3
     by_id = {r["id"]: r for r in records if r["kind"] != "count"}
     assert by_id["s.tar/a"]["meta"] == {"label": 3} and by_id["s.tar/b"]["meta"] == {"caption": "x"}
     assert by_id["s.tar/c"]["kind"] == "reject" and "found cls" in by_id["s.tar/c"]["error"]
     assert by_id["s.tar/a"]["data"] == image_bytes(8, 8, 0)
 
 
-def test_truncated_shard_keeps_the_keys_before_the_damage_and_rejects_the_rest(tmp_path) -> None:
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_truncated_shard_keeps_the_keys_before_the_damage_and_rejects_the_rest(tmp_path, in_memory_bytes) -> None:
     data = gzip.compress(tar_bytes({f"{i}.png": image_bytes(16, 16, i) for i in range(6)}))
     shard = tmp_path / "s.tar.gz"
     shard.write_bytes(data[: len(data) * 2 // 3])
-    records = _records(shard)
+    records = _records(shard, in_memory_bytes=in_memory_bytes)
     images = [r for r in records if r["kind"] == "image"]
     *damaged, unreadable = [r for r in records if r["kind"] == "reject"]
     assert 1 <= len(images) < 6 and [r["id"] for r in images] == [f"s.tar.gz/{i}" for i in range(len(images))]
@@ -55,12 +66,83 @@ def test_truncated_shard_keeps_the_keys_before_the_damage_and_rejects_the_rest(t
     assert records[-1] == {"kind": "count", "n": keys + 1, "skipped": 0}
 
 
-def test_parquet_rows_are_read_in_chunks_with_their_columns(tmp_path) -> None:
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_parquet_rows_are_read_in_chunks_with_their_columns(tmp_path, in_memory_bytes) -> None:
     n = 600  # more than one chunk of rows, in several row groups
     table = pa.table({"image": [{"bytes": image_bytes(4, 4, i % 7), "path": f"{i}.png"} for i in range(n)],
                       "label": list(range(n))})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=250)
-    records = _records(tmp_path / "t.parquet")
+    records = _records(tmp_path / "t.parquet", in_memory_bytes=in_memory_bytes)
     assert [r["id"] for r in records[:-1]] == [f"t.parquet#{i}" for i in range(n)]
     assert all(r["meta"] == {"label": i, "original_path": f"{i}.png"} for i, r in enumerate(records[:-1]))
     assert records[-1]["n"] == n
+
+
+def _shard_of(n: int) -> dict[str, bytes]:
+    members = {}
+    for i in range(n):
+        members[f"{i:03d}.png"] = image_bytes(16, 16, i)
+        members[f"{i:03d}.cls"] = str(i % 10).encode()
+    return members
+
+
+def test_a_shard_over_the_memory_limit_is_streamed_never_fetched_whole(tmp_path, monkeypatch) -> None:
+    shard = tmp_path / "big.tar"
+    shard.write_bytes(tar_bytes(_shard_of(20)))
+
+    def no_whole_reads(path, options):
+        raise AssertionError(f"{path} was fetched whole")
+
+    monkeypatch.setattr(sources, "read_bytes", no_whole_reads)
+    records = _records(shard, in_memory_bytes=shard.stat().st_size - 1)
+    assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(20)]
+    assert [r["meta"]["label"] for r in records[:-1]] == [i % 10 for i in range(20)]
+    assert records[3]["data"] == image_bytes(16, 16, 3) and records[-1]["n"] == 20
+
+
+class _DropsOnce:
+    """A file that raises a connection error part-way through the first time the shard is read."""
+
+    opened = 0
+
+    def __init__(self, raw: bytes, cut: int) -> None:
+        type(self).opened += 1
+        self._buf, self._cut = io.BytesIO(raw), cut if type(self).opened == 2 else None
+
+    def read(self, n: int = -1) -> bytes:
+        if self._cut is not None and self._buf.tell() + (n if n >= 0 else 1 << 40) > self._cut:
+            raise ConnectionError("Connection reset by peer")
+        return self._buf.read(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tmp_path, monkeypatch) -> None:
+    shard = tmp_path / "big.tar"
+    raw = tar_bytes(_shard_of(12))
+    shard.write_bytes(raw)
+    _DropsOnce.opened = 0
+    monkeypatch.setattr(sources.fsspec, "open", lambda path, mode, **kw: type("F", (), {
+        "open": lambda self: _DropsOnce(raw, cut=len(raw) // 2)})())
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    records = _records(shard, in_memory_bytes=0)
+    assert _DropsOnce.opened == 3  # the index pass, the data pass that broke off half-way, its restart
+    assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(12)]
+    assert all(r["kind"] == "image" for r in records[:-1]) and records[-1]["n"] == 12
+
+
+def test_streamed_tar_from_fsspec_memory_filesystem(tmp_path) -> None:
+    """The streamed path through a real fsspec backend other than local files."""
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/in/s.tar.gz", gzip.compress(tar_bytes(_shard_of(5))))
+    (unit,) = discover("memory://in")
+    records = list(read_unit(unit, in_memory_bytes=0))
+    assert [r["id"] for r in records[:-1]] == [f"s.tar.gz/{i:03d}" for i in range(5)]
+    assert [r["meta"] for r in records[:-1]] == [{"label": i} for i in range(5)]

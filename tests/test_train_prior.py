@@ -123,6 +123,14 @@ def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_pr
     assert Purifier.from_checkpoint(prior, device="cpu", start=0.3).settings.start == 0.3  # t ≤ 300: allowed
     with pytest.raises(ValueError, match=r"trained only on timesteps 0\.\.300.*start at t = 950.*start ≤ 0\.3"):
         Purifier.from_checkpoint(prior, device="cpu")
+    # the job refuses it while planning, before it reads an image
+    from pipeline.job import JobConfig, JobError, plan_job
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(JobError, match=r"trained only on timesteps 0\.\.300"):
+        plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior), dry_run=True)
+    assert plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior, start=0.3),
+                    dry_run=True).units == []
     with pytest.raises(SystemExit, match="--max-timestep 300, not None"):
         module.main(["--max-steps", "4", "--out", str(tmp_path), *TINY])
     with pytest.raises(SystemExit, match="--max-timestep 1000: must be in 0..999"):
