@@ -18,7 +18,6 @@ import io
 import json
 import posixpath
 import tarfile
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import describe, is_transient, with_retries
+from pipeline.storage import backoff, describe, is_transient, with_retries
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
@@ -174,9 +173,14 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"json": json.dumps(value)}
 
 
-def _object_size(path: str, fs_opts: dict[str, Any]) -> int:
+def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int) -> Callable[[], BinaryIO]:
+    """How to open `path` for reading, as often as needed: a file of at most `in_memory_bytes` is fetched once
+    and served from memory; a larger one is opened on storage each time, and read piece by piece."""
     fs, fs_path = fsspec.core.url_to_fs(path, **fs_opts)
-    return int(with_retries(lambda: fs.size(fs_path), f"stat {path}"))
+    if with_retries(lambda: fs.size(fs_path), f"stat {path}") <= in_memory_bytes:
+        raw = read_bytes(path, fs_opts)
+        return lambda: io.BytesIO(raw)
+    return lambda: with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}")
 
 
 def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[tarfile.TarInfo], bool],
@@ -206,7 +210,7 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[tarfile.
         except Exception as err:  # noqa: BLE001 - classified here
             if attempt == attempts - 1 or not is_transient(err):
                 raise
-            time.sleep(min(8.0, 0.2 * 2**attempt))
+            backoff(attempt)
 
 
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> Iterator[dict[str, Any]]:
@@ -226,14 +230,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
                              "read")
 
     try:
-        if _object_size(path, fs_opts) <= in_memory_bytes:
-            raw = read_bytes(path, fs_opts)
-
-            def open_stream() -> BinaryIO:
-                return io.BytesIO(raw)
-        else:
-            def open_stream() -> BinaryIO:
-                return with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}")
+        open_stream = _opener(path, fs_opts, in_memory_bytes)
     except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
         yield unreadable(0, err)
         return
@@ -341,12 +338,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
         try:
-            if _object_size(path, fs_opts) <= in_memory_bytes:
-                source: BinaryIO = io.BytesIO(read_bytes(path, fs_opts))
-            else:  # row groups are fetched as they are read (Parquet's footer says where each one lies)
-                source = stack.enter_context(
-                    with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}"))
-            parquet = pq.ParquetFile(source)
+            # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
+            parquet = pq.ParquetFile(stack.enter_context(_opener(path, fs_opts, in_memory_bytes)()))
             column = find_image_column(parquet.schema_arrow, image_column)
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")

@@ -32,6 +32,11 @@ def is_transient(err: BaseException) -> bool:
     return any(s in text for s in TRANSIENT_MARKERS)
 
 
+def backoff(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> None:
+    """Wait before retry number `attempt` + 1: base·2^attempt, capped, with jitter so retries do not align."""
+    time.sleep(min(max_delay, base_delay * 2**attempt) * (0.5 + random.random()))
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.2,
                  max_delay: float = 8.0) -> T:
     """Call fn(); on a transient error wait base·2^i (with jitter, capped) and try again."""
@@ -41,7 +46,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
         except Exception as err:  # noqa: BLE001 - classified below
             if attempt == attempts - 1 or not is_transient(err):
                 raise
-            time.sleep(min(max_delay, base_delay * 2**attempt) * (0.5 + random.random()))
+            backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
 
 

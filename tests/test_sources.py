@@ -131,7 +131,7 @@ def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tm
     _DropsOnce.opened = 0
     monkeypatch.setattr(sources.fsspec, "open", lambda path, mode, **kw: type("F", (), {
         "open": lambda self: _DropsOnce(raw, cut=len(raw) // 2)})())
-    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sources, "backoff", lambda attempt: None)
     records = _records(shard, in_memory_bytes=0)
     assert _DropsOnce.opened == 3  # the index pass, the data pass that broke off half-way, its restart
     assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(12)]
