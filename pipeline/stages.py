@@ -103,11 +103,14 @@ def tile_stage(batch: Batch, canvas_size: int, align: int, large_images: str, se
     return batch_of(out)
 
 
-def untile_stage(batch: Batch, canvas_size: int, align: int) -> Batch:
-    """Canvases back to one record per image, at the image's original size."""
+def untile_stage(batch: Batch, canvas_size: int, align: int, max_bytes: int = 16 * 2**20) -> Iterator[Batch]:
+    """Canvases back to one record per image, at the image's original size, handed on in batches of about
+    `max_bytes` of pixels: an image shrunk to fit the canvas grows back here (a 128 px image on a 32 px canvas
+    16-fold), so a block of canvases can untile into many times its own size."""
     from pipeline.tiling import MosaicLayout, Placement
 
-    out = []
+    out: list[dict[str, Any]] = []
+    size = 0
     for r in records_of(batch):
         if r["kind"] != "canvas":
             out.append(r)
@@ -118,7 +121,12 @@ def untile_stage(batch: Batch, canvas_size: int, align: int) -> Batch:
             downscale = member["placement"].downscale
             member = {k: v for k, v in member.items() if k != "placement"}
             out.append({**member, "pixels": pixels, "downscale_factor": downscale})
-    return batch_of(out)
+            size += pixels.nbytes
+        if size >= max_bytes:
+            yield batch_of(out)
+            out, size = [], 0
+    if out:
+        yield batch_of(out)
 
 
 def _placement_fields(p: Any) -> tuple[int, ...]:

@@ -293,3 +293,21 @@ def test_a_negative_in_memory_limit_is_refused_before_reading(tmp_path) -> None:
     (tmp_path / "in").mkdir()
     with pytest.raises(JobError, match="--in-memory-mb must be 0 or more, got -1"):
         plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), in_memory_mb=-1), dry_run=True)
+
+
+def test_untile_hands_on_images_shrunk_to_the_canvas_in_bounded_batches() -> None:
+    """A block of small canvases holding shrunk large images grows many-fold when untiled: it must go on in pieces."""
+    import numpy as np
+
+    from pipeline.stages import batch_of, records_of, tile_stage, untile_stage
+
+    rng = np.random.default_rng(0)
+    images = [{"kind": "image", "id": f"{i}", "source": "s", "source_sha256": "0", "meta": {},
+               "pixels": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)} for i in range(10)]
+    tiled = tile_stage(batch_of(images + [{"kind": "count", "n": 10, "skipped": 0}]), 32, 4, "fit", 0)
+    assert len(tiled["record"]) == 11  # ten 32 px canvases, one image each, and the count
+    batches = [records_of(b) for b in untile_stage(tiled, 32, 4, max_bytes=2 * 128 * 128 * 3)]
+    assert [len(b) for b in batches] == [3, 2, 2, 2, 2]  # two images at a time (the count rides with the first)
+    untiled = [r for b in batches for r in b if r["kind"] == "image"]
+    assert [r["id"] for r in untiled] == [f"{i}" for i in range(10)]
+    assert all(r["pixels"].shape == (128, 128, 3) and r["downscale_factor"] == 4.0 for r in untiled)
