@@ -467,8 +467,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
     )
     # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
-    ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(canvas_size=canvas_size, align=settings.pool),
-                        **task_retries)
+    ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(
+        canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
     ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
     ds = ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
         output=out, storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
