@@ -33,9 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
+from pipeline.evaluation.classifier import train_classifier  # noqa: E402
 from pipeline.evaluation.runner import DEFENSES, EvalConfig, evaluate_dataset, log  # noqa: E402
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
+CROP_PAD = train_classifier.__kwdefaults__["crop_pad"]
 DEFAULT_EPOCHS = 10  # ResNet-20, one-cycle: 11 epochs measured 82.7 % CA on this CIFAR copy; 10 keeps CA >= 78 %
 
 
@@ -87,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"classifier training epochs (ResNet-20, one-cycle LR; ~1.5 min per CIFAR epoch on 2 idle CPU "
                         f"cores, CA >= 78 %% on the shared CIFAR copy). Part of the classifier cache name. "
                         f"Default: {DEFAULT_EPOCHS}")
+    p.add_argument("--crop-pad", type=int, default=CROP_PAD,
+                   help=f"the classifiers' random-crop augmentation: zero padding in px before a random 32 px crop "
+                        f"(0: flips only). PhysicalBA's classifier always trains without it (its own affine transforms "
+                        f"shift every image). ShrinkPad's accuracy depends on it: a classifier trained on 4 px shifts "
+                        f"barely notices ShrinkPad's. Part of the classifier cache name. Default: {CROP_PAD}")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads for training, purification and prediction (0: torch's default). Use 1 when "
                         "another job shares a 2-core machine: two threads fighting for cores are several times slower")
@@ -106,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("steps", "pool", "subset", "epochs", "examples"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be positive")
+    if args.crop_pad < 0:
+        p.error("--crop-pad must be 0 or more")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler=args.sampler, start=args.start, epochs=args.epochs,
             threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
             canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
+            train_options={} if args.crop_pad == CROP_PAD else {"crop_pad": args.crop_pad},
         )
         evaluate_dataset(config)
     return 0

@@ -167,6 +167,49 @@ def test_restamped_and_uncropped_classifiers_have_their_own_cache_name(tmp_path:
     assert classifier_path(tmp_path, "gtsrb", None, 6).name == "gtsrb-clean-e6.pt"
 
 
+def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physicalba(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jobs/evaluate.py --crop-pad 0 (flips only) reaches every classifier but PhysicalBA's, whose recipe fixes no
+    crop; the table says how the victims were trained."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_job", Path(__file__).parents[1] / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    configs: list[runner.EvalConfig] = []
+    monkeypatch.setattr(job, "evaluate_dataset", configs.append)
+    job.main(["--datasets", "cifar10", "--crop-pad", "0"])
+    job.main(["--datasets", "cifar10"])
+    assert configs[0].train_options == {"crop_pad": 0} and configs[1].train_options == {}  # default: the cached names
+    with pytest.raises(SystemExit):
+        job.parse_args(["--crop-pad", "-1"])
+
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
+
+    received: list[object] = []
+
+    def untrained(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, **kwargs: object) -> object:
+        received.append(kwargs["crop_pad"])
+        return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
+
+    monkeypatch.setattr(runner, "train_classifier", untrained)
+    options = {"crop_pad": 0, "depth": 8}
+    train = fake_loader("synthetic", "train")
+    _, badnet = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train, train_options=options)
+    _, physical = runner.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train, train_options=options)
+    assert Path(badnet["path"]).name == "synthetic-badnet-e1-restamp-crop_pad0-depth8.pt"
+    assert Path(physical["path"]).name == "synthetic-physicalba-e1-nocrop-depth8.pt"
+    assert received == [0, 0]
+
+    config = runner.EvalConfig(
+        dataset="synthetic", attacks=["blended"], defenses=["none", "shrinkpad"], checkpoint="unused", subset=4,
+        epochs=1, threads=1, cache_dir=tmp_path, out_dir=tmp_path / "results", examples=1, train_options=options,
+    )
+    runner.evaluate_dataset(config, loader=fake_loader)
+    assert "trained with crop_pad = 0, depth = 8." in (tmp_path / "results" / "synthetic.md").read_text()
+
+
 def test_imagenette_shaped_run_single_split_and_images_larger_than_the_prior(tmp_path: Path) -> None:
     """Imagenette's path on a CPU: one shared split divided 3:1, images (here 64 px) larger than the 32 px prior."""
     requested: list[str] = []

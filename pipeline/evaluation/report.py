@@ -38,13 +38,15 @@ def markdown_table(report: dict[str, Any]) -> str:
     header = ["Attack"] + [f"{defense_title(d, pool)} {m}" for d in defenses for m in ("CA", "ASR", "PA")]
     start = cfg.get("start", 1.0)  # reports written before the late start existed ran every step
     late = f" from t = {start:g}·T (late start)" if start < 1 else ""
+    options = cfg.get("classifier_options") or {}
+    trained = (", trained with " + ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))) if options else ""
     lines = [
         f"# Defense evaluation: {report['dataset']}",
         "",
         f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} "
         f"{cfg['sampler'].upper()} steps{late}, sampler seed {cfg['sampler_seed']}, "
         f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
-        f"{cfg['classifier_epochs']} epochs. CA on purified clean images, ASR / PA on purified triggered images "
+        f"{cfg['classifier_epochs']} epochs{trained}. CA on purified clean images, ASR / PA on purified triggered images "
         "whose true label is not the target (percent).",
         "",
         "| " + " | ".join(header) + " |",

@@ -172,10 +172,14 @@ def get_classifier(
 
     Poisons the training set at the attack's own rate (5 %, WaNet 10 %), seed 0; PhysicalBA's physical
     transforms run on every training image; GTSRB trains without horizontal flips. A cached classifier is
-    loaded, never retrained. `train_options` go to `train_classifier` (depth, batch_size, lr, ...) and are part
-    of the cache name. Returns (model in eval mode, info dict).
+    loaded, never retrained. `train_options` go to `train_classifier` (depth, batch_size, lr, crop_pad, ...) and are
+    part of the cache name; crop_pad is ignored for PhysicalBA, which always trains without crops. Returns (model in
+    eval mode, info dict).
     """
     name = normalise_attack(attack)
+    if name in NO_CROP_ATTACKS and train_options and "crop_pad" in train_options:
+        # The attack's recipe fixes its augmentation; one --crop-pad for a whole matrix must not change it.
+        train_options = {k: v for k, v in train_options.items() if k != "crop_pad"}
     path = classifier_path(cache_dir, dataset, name, epochs, train_options)
     meta_path = path.with_suffix(".json")
     if path.exists():
