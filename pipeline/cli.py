@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, plan_job, run_job
 from pipeline.presets import SHIPPED_PRIORS
+from pipeline.purifier import RECIPES
 from pipeline.sources import IN_MEMORY_BYTES
 
 DESCRIPTION = f"""\
@@ -36,6 +37,7 @@ examples:
   python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --incremental
   python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --dry-run   # check, count
   python jobs/purify.py --config job.yaml --steps 20 --pool 2
+  python jobs/purify.py --input /data/in --output /data/out --recipe low-asr   # Algorithm 1, late start
   ray job submit --working-dir . -- python jobs/purify.py --input s3://... --output s3://...
 
 a YAML --config holds the same options with underscores (input: ..., pool: 4, storage_options: {...});
@@ -83,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", help="cuda or cpu (default: cuda on GPU actors, else cpu)")
     model.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="inference precision; fp16/bf16 need CUDA")
     zp = p.add_argument_group("ZIP sampler (defaults: the paper's Algorithm 2)")
-    zp.add_argument("--steps", type=int, help=f"DDIM steps (default {d.steps})")
+    zp.add_argument("--recipe", choices=list(RECIPES),
+                    help="named sampler settings; any sampler flag (or --config key) given as well wins over the "
+                         "recipe's value. " + "; ".join(f"{name}: {r.what}" for name, r in RECIPES.items()).replace("%", "%%"))
+    zp.add_argument("--steps", type=int, help=f"sampler steps, spaced evenly over T = 1000 (default {d.steps})")
     zp.add_argument("--pool", type=int, help=f"average-pooling factor of the operator A (default {d.pool})")
     zp.add_argument("--lam", type=float, help=f"λ: guide while t >= λT; 0 guides every step (default {d.lam})")
     zp.add_argument("--eta", type=float, help=f"DDIM η in [0, 1] (default {d.eta})")
@@ -140,9 +145,12 @@ def config_from_args(argv: list[str] | None = None) -> JobConfig:
 
 def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
+    recipe = args.recipe
     if args.config:
         with open(args.config) as f:
             loaded = yaml.safe_load(f) or {}
+        recipe = recipe or loaded.pop("recipe", None)
+        loaded.pop("recipe", None)
         known = {f.name for f in fields(JobConfig)}
         unknown = set(loaded) - known
         if unknown:
@@ -166,7 +174,12 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         except json.JSONDecodeError:
             so[key] = raw
     values["storage_options"] = so
-    return JobConfig(**values)
+    if recipe is None:
+        return JobConfig(**values)
+    try:
+        return JobConfig.from_recipe(recipe, **values)
+    except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
+        raise SystemExit(f"error: {err}") from None
 
 
 def print_plan(report: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.purifier import ZipSettings, check_trained_timesteps, default_batch_size
+from pipeline.purifier import ZipSettings, check_trained_timesteps, default_batch_size, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, relative_id
 from pipeline.stages import (
     DATA_DIR,
@@ -103,6 +103,11 @@ class JobConfig:
     overwrite: bool = False
     ray_address: str | None = None
     progress: bool = True
+
+    @classmethod
+    def from_recipe(cls, name: str, **fields: Any) -> JobConfig:
+        """A config with a named sampler recipe (`pipeline.purifier.RECIPES`); `fields` win over the recipe's values."""
+        return cls(**{**recipe_values(name), **fields})
 
     def settings(self) -> ZipSettings:
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,

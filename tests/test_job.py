@@ -268,6 +268,32 @@ def test_yaml_config_and_flag_precedence(tmp_path) -> None:
         config_from_args(["--config", str(cfg_file)])
 
 
+def test_recipes_set_the_sampler_and_explicit_options_win(tmp_path) -> None:
+    """--recipe low-asr is the measured Algorithm 1 + late start; a flag or --config key given as well wins over it."""
+    from pipeline.cli import config_from_args
+    from pipeline.purifier import RECIPES, ZipSettings
+
+    low = config_from_args(["--recipe", "low-asr"]).settings()
+    assert (low.sampler, low.steps, low.start, low.pool) == ("ddpm", 50, 0.3, 4)
+    assert config_from_args(["--recipe", "low-asr", "--steps", "40"]).settings().steps == 40
+    assert config_from_args(["--recipe", "paper"]).settings() == ZipSettings()
+    assert config_from_args(["--recipe", "authors-code"]).settings() == ZipSettings.authors_code()
+    assert ZipSettings.recipe("fast", pool=2) == ZipSettings(start=0.3, pool=2)
+    assert set(RECIPES) == {"paper", "fast", "low-asr", "authors-code"}
+
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text("recipe: fast\nsteps: 10\n")
+    from_file = config_from_args(["--config", str(cfg_file)]).settings()
+    assert (from_file.start, from_file.steps) == (0.3, 10)  # the file's own key wins over its recipe
+    assert config_from_args(["--config", str(cfg_file), "--recipe", "paper"]).settings().steps == 10
+    assert config_from_args(["--config", str(cfg_file), "--recipe", "paper"]).settings().start == 1.0  # flag's recipe
+    cfg_file.write_text("recipe: quick\n")
+    with pytest.raises(SystemExit, match="unknown recipe 'quick'; choose one of paper, fast"):
+        config_from_args(["--config", str(cfg_file)])
+    with pytest.raises(SystemExit):
+        config_from_args(["--recipe", "quick"])
+
+
 def test_shipped_gtsrb_prior_by_name_and_conflicts(tmp_path) -> None:
     import hashlib
 
