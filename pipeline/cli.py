@@ -35,7 +35,7 @@ EXAMPLES = """\
 examples:
   python jobs/purify.py                                   # embedded sample -> ./purified
   python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --incremental
-  python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --dry-run   # check, count
+  python jobs/purify.py --input s3://bucket/incoming/ --output s3://bucket/clean/ --dry-run   # check, count, size
   python jobs/purify.py --config job.yaml --steps 20 --pool 2
   python jobs/purify.py --input /data/in --output /data/out --recipe low-asr   # Algorithm 1, late start
   ray job submit --working-dir . -- python jobs/purify.py --input s3://... --output s3://...
@@ -182,6 +182,14 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         raise SystemExit(f"error: {err}") from None
 
 
+def _human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'; GiB is the largest unit."""
+    if n < 1024:
+        return f"{n} bytes"
+    exponent = min(3, (n.bit_length() - 1) // 10)
+    return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
+
+
 def print_plan(report: dict[str, Any]) -> None:
     model, out, inp = report["model"], report["output"], report["input"]
     print(f"model: {model['note']}\n  checkpoint {model['checkpoint']}\n  sha256 {model['sha256']}\n"
@@ -193,6 +201,9 @@ def print_plan(report: dict[str, Any]) -> None:
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
           f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files (their members are "
           f"checked against the output when read), {inp['read_tasks']} read tasks")
+    unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
+    print(f"  {_human_bytes(inp['bytes'])} to read{unsized}; {inp['streamed']} tar/Parquet files over "
+          f"--in-memory-mb {inp['in_memory_mb']} will be streamed from storage, the rest fetched whole")
     print("dry run: nothing was read, purified or written")
 
 

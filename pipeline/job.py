@@ -335,10 +335,14 @@ class JobPlan:
     done_rejected: int
     units: list[ReadUnit]  # what is left to read; image files already done are dropped here
     skipped_files: int
+    in_memory_bytes: int  # tar shards and Parquet files over this are streamed from storage
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
         by_kind = {kind: [u for u in self.units if u.kind == kind] for kind in ("files", "tar", "parquet")}
+        sizes = [size for u in self.units for size in u.sizes]
+        streamed = [size for u in self.units if u.kind != "files" for size in u.sizes
+                    if size is not None and size > self.in_memory_bytes]
         return {
             "model": {"checkpoint": self.checkpoint_uri, "note": self.model_note, "sha256": self.checkpoint.sha256,
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
@@ -348,7 +352,10 @@ class JobPlan:
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       "parquet_files": sum(len(u.paths) for u in by_kind["parquet"]),
-                      "read_tasks": len(self.units)},
+                      "read_tasks": len(self.units),
+                      "bytes": sum(size for size in sizes if size is not None),
+                      "unsized": sum(size is None for size in sizes),
+                      "streamed": len(streamed), "in_memory_mb": self.in_memory_bytes // 2**20},
         }
 
 
@@ -396,14 +403,15 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     skipped_files, kept_units = 0, []
     for unit in units:
         if unit.kind == "files":
-            paths = tuple(p for p in unit.paths if relative_id(p, unit.root) not in skip)
-            skipped_files += len(unit.paths) - len(paths)
-            if paths:
-                kept_units.append(ReadUnit("files", paths, unit.root))
+            kept = [(p, size) for p, size in zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True)
+                    if relative_id(p, unit.root) not in skip]
+            skipped_files += len(unit.paths) - len(kept)
+            if kept:
+                kept_units.append(ReadUnit("files", tuple(p for p, _ in kept), unit.root, tuple(s for _, s in kept)))
         else:
             kept_units.append(unit)
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
-                   prior_rejected, kept_units, skipped_files)
+                   prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class ReadUnit:
     kind: str  # "files" | "tar" | "parquet"
     paths: tuple[str, ...]  # full fsspec paths (protocol included)
     root: str  # the input root, to make ids relative
+    sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
 
     def to_row(self) -> dict[str, Any]:
         return {"kind": self.kind, "paths": list(self.paths), "root": self.root}
@@ -103,23 +104,25 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     if not fs.exists(root):
         raise FileNotFoundError(f"input {uri} does not exist")
     if fs.isfile(root):
-        paths, root_dir = [root], posixpath.dirname(root)
+        listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
     else:
-        paths = sorted(p for p in fs.find(root) if not _hidden(relative_id(p, root)))
+        # detail=True: the sizes come with the same listing requests, for the dry run's report.
+        listed = {p: info for p, info in fs.find(root, detail=True).items() if not _hidden(relative_id(p, root))}
         root_dir = root
     root_uri = _with_protocol(fs, root_dir)
     units: list[ReadUnit] = []
-    images: list[str] = []
-    for p in paths:
-        full = _with_protocol(fs, p)
+    images: list[tuple[str, int | None]] = []
+    for p in sorted(listed):
+        full, size = _with_protocol(fs, p), listed[p].get("size")
         if _is_tar(p):
-            units.append(ReadUnit("tar", (full,), root_uri))
+            units.append(ReadUnit("tar", (full,), root_uri, (size,)))
         elif _is_parquet(p):
-            units.append(ReadUnit("parquet", (full,), root_uri))
+            units.append(ReadUnit("parquet", (full,), root_uri, (size,)))
         else:
-            images.append(full)
+            images.append((full, size))
     for i in range(0, len(images), files_per_unit):
-        units.append(ReadUnit("files", tuple(images[i : i + files_per_unit]), root_uri))
+        group = images[i : i + files_per_unit]
+        units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
     return units
 
 

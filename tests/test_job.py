@@ -171,6 +171,7 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     plan = plan_job(cfg, dry_run=True).describe()
     assert plan["output"] == {"state": "new", "purified": 0, "rejected": 0}
     assert plan["input"]["image_files_to_read"] == 7 and plan["input"]["read_tasks"] == 2
+    assert plan["input"]["bytes"] == sum(p.stat().st_size for p in root.iterdir()) and plan["input"]["unsized"] == 0
     assert plan["model"]["sha256"] == plan_job(cfg).job_record["checkpoint_sha256"]
     assert not out.exists()
     run_job(cfg)
@@ -182,6 +183,7 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     inc = plan_job(JobConfig(**{**cfg.__dict__, "incremental": True}), dry_run=True).describe()
     assert inc["output"] == {"state": "incremental", "purified": 6, "rejected": 1}
     assert (inc["input"]["image_files_to_read"], inc["input"]["image_files_already_done"]) == (1, 7)
+    assert inc["input"]["bytes"] == (root / "6.png").stat().st_size  # only what is left to read
     # --overwrite in a dry run deletes nothing and plans every input again.
     over = plan_job(JobConfig(**{**cfg.__dict__, "overwrite": True}), dry_run=True).describe()
     assert over["output"]["state"] == "overwrite" and over["input"]["image_files_to_read"] == 8
@@ -196,6 +198,21 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "1 image files to read (7 already done" in proc.stdout and "nothing was read" in proc.stdout
+    from pipeline.cli import _human_bytes
+
+    assert f"{_human_bytes((root / '6.png').stat().st_size)} to read" in proc.stdout
+    assert [_human_bytes(n) for n in (1023, 1536, 5 * 2**20, 3 * 2**30)] == ["1023 bytes", "1.5 KiB", "5.0 MiB", "3.0 GiB"]
+
+    # Tar shards and Parquet files over --in-memory-mb are counted as streamed; image files never are.
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.tar").write_bytes(b"\0" * 2**20 + b"\0")  # just over 1 MiB: streamed at --in-memory-mb 1
+    (shards / "b.tar").write_bytes(b"\0" * 1024)
+    (shards / "c.png").write_bytes(b"\0" * 2 * 2**20)
+    plan = plan_job(JobConfig(**{**cfg.__dict__, "input": str(shards), "output": str(tmp_path / "o2"),
+                                 "in_memory_mb": 1}), dry_run=True).describe()["input"]
+    assert (plan["tar_shards"], plan["streamed"], plan["in_memory_mb"]) == (2, 1, 1)
+    assert plan["bytes"] == 2**20 + 1 + 1024 + 2 * 2**20
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
 
 
