@@ -149,8 +149,8 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     if args.config:
         with open(args.config) as f:
             loaded = yaml.safe_load(f) or {}
-        recipe = recipe or loaded.pop("recipe", None)
-        loaded.pop("recipe", None)
+        file_recipe = loaded.pop("recipe", None)
+        recipe = recipe or file_recipe  # --recipe on the command line wins over the file's
         known = {f.name for f in fields(JobConfig)}
         unknown = set(loaded) - known
         if unknown:
