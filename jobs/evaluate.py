@@ -12,7 +12,9 @@ to the clean subset and to each attack's triggered subset:
 
 Metrics (percent): CA on purified clean images, ASR and PA on purified triggered images whose true label is not
 the target; PSNR / SSIM of purified clean images vs the originals. Outputs, per data set, in --out:
-<dataset>.json (every number + the configuration), <dataset>.md (Table 1 layout), <dataset>-examples.png.
+<dataset>.json (every number, the configuration and every image's predicted label), <dataset>.md (Table 1 layout,
+then the target check: is ZIP's average CA and PA above ShrinkPad's and A⁺A x's, and its average ASR at most 5 %,
+each with a 95 % paired-bootstrap interval over the test images), <dataset>-examples.png.
 
 Resume: trained classifiers and purified image sets are cached in --cache-dir (classifiers/, purified/) and
 reused, so re-running the same command after an interruption only does the unfinished work.
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
 from pipeline.evaluation.classifier import train_classifier  # noqa: E402
 from pipeline.evaluation.runner import DEFENSES, EvalConfig, evaluate_dataset, log  # noqa: E402
+from pipeline.evaluation.target import RESAMPLES  # noqa: E402
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
 CROP_PAD = train_classifier.__kwdefaults__["crop_pad"]
@@ -109,12 +112,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="purifier canvases sampled together (default: the purifier's; part of the cache key, since the "
                         "noise is drawn per batch)")
     p.add_argument("--examples", type=int, default=6, help="images per attack in the examples PNG. Default: 6")
+    p.add_argument("--bootstrap", type=int, default=RESAMPLES,
+                   help="resamples of the target check's paired bootstrap over test images (a 95 %% interval for each "
+                        "of ZIP's differences to ShrinkPad and A⁺A x and for its ASR; needs a zip defense, a baseline and "
+                        f"an attack in the run); 0 leaves the check out. Default: {RESAMPLES}")
     args = p.parse_args(argv)
     for name in ("steps", "pool", "subset", "epochs", "examples"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be positive")
     if args.crop_pad < 0:
         p.error("--crop-pad must be 0 or more")
+    if args.bootstrap < 0:
+        p.error("--bootstrap must be 0 or more")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler=args.sampler, start=args.start, epochs=args.epochs,
             threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
             canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
-            train_options={} if args.crop_pad == CROP_PAD else {"crop_pad": args.crop_pad},
+            train_options={} if args.crop_pad == CROP_PAD else {"crop_pad": args.crop_pad}, bootstrap=args.bootstrap,
         )
         evaluate_dataset(config)
     return 0

@@ -112,6 +112,26 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
     assert "ASR without a trigger" in table
     assert "| Average |" in table and "| WaNet |" in table and "| None |" in table and "ZIP (k=4) CA" in table
 
+    # The target check rescored the stored per-image predictions: its point estimates are the Average row.
+    labels, predictions = runner.decode_predictions(saved["predictions"])
+    assert np.array_equal(labels, test.labels[subset])
+    assert set(predictions) == {*ATTACKS, "clean"} and predictions["clean"]["target"] is None
+    badnet = predictions["badnet"]
+    assert 100.0 * np.mean(badnet["clean"]["zip"] == labels) == pytest.approx(saved["results"]["badnet"]["zip"]["ca"],
+                                                                           abs=0.01)
+    assert 100.0 * np.mean(badnet["triggered"]["naive"] == 1) == pytest.approx(
+        saved["results"]["badnet"]["naive"]["asr"], abs=0.01)
+    checks = saved["target"]["checks"]
+    assert set(checks) == {"zip", "zip-authors"} and saved["target"]["images"] == 10
+    for row in checks["zip"]:
+        if row["baseline"] is None:
+            assert row["zip"] == saved["average"]["zip"]["asr"] and row["met"] == (row["zip"] <= 5.0)
+        else:
+            assert row["zip"] == saved["average"]["zip"][row["metric"]]
+            assert row["other"] == saved["average"][row["baseline"]][row["metric"]]
+            assert row["interval"][0] <= row["interval"][1] and row["met"] == (row["difference"] > 0)
+    assert "Against the target" in table and "| ZIP (k=4) | average PA above ShrinkPad |" in table
+
     from PIL import Image
 
     with Image.open(out / "synthetic-examples.png") as png:

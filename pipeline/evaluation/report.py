@@ -31,6 +31,36 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def target_lines(report: dict[str, Any]) -> list[str]:
+    """The target check's table (`target.target_check`): one row per criterion and ZIP defense; none for reports
+    written before the check existed or runs without a ZIP defense, a baseline or an attack."""
+    target = report.get("target")
+    if not target:
+        return []
+    pool = report["config"]["pool"]
+    names = {"ca": "CA", "pa": "PA", "asr": "ASR"}
+    lines = ["", f"Against the target (ZIP beats ShrinkPad and A⁺A x on average CA and average PA, with average ASR ≤ "
+             f"{target['asr_limit']:g} %). Differences are ZIP minus the baseline, in points; the interval is a 95 % "
+             f"paired bootstrap over the {target['images']} test images ({target['resamples']} resamples): the choice "
+             "of test images and the sampler's noise, not the classifiers' or the prior's training. \"within noise\": "
+             "the interval straddles the bound.", "",
+             "| ZIP setting | Criterion | ZIP | Baseline or bound | ZIP − baseline | 95 % interval | Met |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for z, rows in target["checks"].items():
+        for r in rows:
+            if r["baseline"] is None:
+                criterion = f"average {names[r['metric']]} ≤ {r['other']:g} %"
+                other, diff = f"≤ {r['other']:g}", "–"
+                interval = f"{r['interval'][0]:.1f} to {r['interval'][1]:.1f} (ZIP's {names[r['metric']]})"
+            else:
+                criterion = f"average {names[r['metric']]} above {defense_title(r['baseline'], pool)}"
+                other, diff = _fmt(r["other"]), f"{r['difference']:+.1f}"
+                interval = f"{r['interval'][0]:+.1f} to {r['interval'][1]:+.1f}"
+            lines.append(f"| {defense_title(z, pool)} | {criterion} | {_fmt(r['zip'])} | {other} | {diff} | {interval} "
+                         f"| {r['verdict']} |")
+    return lines
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """Table 1 of the ZIP paper: a row per attack plus Average; per defense a CA / ASR / PA column group."""
     cfg = report["config"]
@@ -57,6 +87,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     for title, cells in rows:
         values = [_fmt(cells[d][m]) for d in defenses for m in ("ca", "asr", "pa")]
         lines.append(f"| {title} | " + " | ".join(values) + " |")
+    lines += target_lines(report)
     lines += ["", "ASR without a trigger: percent of purified clean images (true label ≠ target) that the backdoored "
               "classifier assigns to the target. An ASR close to this floor is the purified images drifting to the "
               "target class, not a surviving trigger.", "",

@@ -38,6 +38,7 @@ from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pa
 from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
 from pipeline.evaluation.datasets import LabelledImages, load_dataset, stratified_subset
 from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
+from pipeline.evaluation.target import ASR_LIMIT, BASELINES, RESAMPLES, AttackPredictions, target_check
 from pipeline.purifier import Purifier, ZipSettings
 
 Loader = Callable[[str, str], LabelledImages]
@@ -396,10 +397,61 @@ class EvalConfig:
     batch_size: int | None = None
     examples: int = 6
     train_options: dict[str, Any] = field(default_factory=dict)
+    bootstrap: int = RESAMPLES  # resamples for the target check's intervals (0: no target check)
 
 
 def _score(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 2)
+
+
+def _labels_text(labels: np.ndarray) -> str:
+    return " ".join(str(int(v)) for v in labels)
+
+
+def _labels_array(text: str) -> np.ndarray:
+    return np.array([int(v) for v in text.split()], dtype=np.int64)
+
+
+def encode_predictions(labels: np.ndarray, predictions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-image predictions for the report: the subset's true labels and, per attack and defense, the predicted
+    labels of the purified clean images and of the purified triggered ones, as space-separated text."""
+    return {
+        "labels": _labels_text(labels),
+        "attacks": {
+            a: {"target": p["target"], "clean": {d: _labels_text(v) for d, v in p["clean"].items()},
+                "triggered": {d: _labels_text(v) for d, v in p["triggered"].items()}}
+            for a, p in predictions.items()
+        },
+    }
+
+
+def decode_predictions(encoded: dict[str, Any]) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    """The inverse of `encode_predictions`: (labels, per-attack predictions as arrays)."""
+    predictions = {
+        a: {"target": p["target"], "clean": {d: _labels_array(v) for d, v in p["clean"].items()},
+            "triggered": {d: _labels_array(v) for d, v in p["triggered"].items()}}
+        for a, p in encoded["attacks"].items()
+    }
+    return _labels_array(encoded["labels"]), predictions
+
+
+def check_target(labels: np.ndarray, predictions: dict[str, dict[str, Any]], defenses: Sequence[str],
+                 resamples: int = RESAMPLES, seed: int = 0,
+                 averages: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any] | None:
+    """The target check (`target.target_check`) of every ZIP defense run against the baselines run, over the
+    backdoor attacks (not the clean classifier's row); None when the run lacks a ZIP defense, a baseline or an
+    attack, or resamples is 0."""
+    attacks = [AttackPredictions(p["target"], p["clean"], p["triggered"])
+               for a, p in predictions.items() if a != CLEAN and p["target"] is not None]
+    baselines = [d for d in BASELINES if d in defenses]
+    zips = [d for d in ZIP_DEFENSES if d in defenses]
+    if not (attacks and baselines and zips and resamples > 0):
+        return None
+    return {
+        "resamples": resamples, "seed": seed, "asr_limit": ASR_LIMIT, "images": int(len(labels)),
+        "checks": {z: target_check(labels, attacks, z, baselines, resamples=resamples, seed=seed, averages=averages)
+                   for z in zips},
+    }
 
 
 def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[str, Any]:
@@ -453,6 +505,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         }
 
     results: dict[str, dict[str, dict[str, float | None]]] = {}
+    predictions: dict[str, dict[str, Any]] = {}  # per attack and defense, per image: what the target check rescores
     classifiers: dict[str, dict[str, Any]] = {}
     poisoned_sets: dict[str, np.ndarray] = {}
     poisoned_out: dict[str, dict[str, np.ndarray]] = {}
@@ -481,8 +534,10 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
             + (f", ASR {full['asr']:.1f}%)" if full["asr"] is not None else ")"))
         results[name] = {}
         poisoned_out[name] = {}
+        predictions[name] = {"target": attack.target if attack else None, "clean": {}, "triggered": {}}
         for d, defense in defense_objs.items():
             clean_preds = predict(model, clean_out[d])
+            predictions[name]["clean"][d] = clean_preds
             cell: dict[str, float | None] = {
                 "ca": _score(metrics.clean_accuracy(clean_preds, clean_labels)),
                 "asr": None, "pa": None,
@@ -497,6 +552,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
                 out = purified(defense, triggered, purified_dir, name)
                 poisoned_out[name][d] = out
                 preds = predict(model, out)
+                predictions[name]["triggered"][d] = preds
                 cell["asr"] = _score(metrics.attack_success_rate(preds, true_labels, attack.target))
                 cell["pa"] = _score(metrics.poisoned_accuracy(preds, true_labels))
             results[name][d] = cell
@@ -511,6 +567,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         }
         for d in defenses
     }
+    target = check_target(clean_labels, predictions, defenses, config.bootstrap, config.seed, average)
     report = {
         "dataset": config.dataset,
         "config": {
@@ -528,6 +585,9 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         "results": results,
         "average": average,
         "fidelity": fidelity,
+        "target": target,
+        # Space-separated predicted labels, so the JSON stays small and any other statistic can be recomputed.
+        "predictions": encode_predictions(clean_labels, predictions),
         "seconds": round(time.perf_counter() - started, 1),
     }
     out_dir = Path(config.out_dir)

@@ -1,0 +1,115 @@
+"""The evaluation's target, judged with its uncertainty.
+
+The target (issue 4, after the ZIP paper's Table 1): a ZIP setting beats ShrinkPad and the naive transform on the
+average CA and the average PA over the attacks, with an average ASR of at most 5 %. On a few hundred test images
+one image moves a score by about 0.2 points and a difference of a point or two can be chance, so every criterion
+comes with a 95 % interval from a paired bootstrap over the test images: each resample draws the test images
+with replacement and rescores every attack and defense on the same draw. Each image was purified once with its
+own noise, so the interval covers the choice of test images and the sampler's randomness per image; it does not
+cover retraining the classifiers or the prior.
+
+Pure functions of per-image predictions; `runner.evaluate_dataset` stores those predictions in its JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ASR_LIMIT = 5.0  # percent
+BASELINES = ("shrinkpad", "naive")
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class AttackPredictions:
+    """One attack's classifier on the shared test subset.
+
+    clean: defense -> predicted labels of the purified clean images (one per test image, subset order);
+    triggered: defense -> predicted labels of the purified triggered images, which are the test images whose
+    true label is not `target`, in subset order (`attacks.poison_test_set`).
+    """
+
+    target: int
+    clean: Mapping[str, np.ndarray]
+    triggered: Mapping[str, np.ndarray]
+
+
+def bootstrap_averages(
+    labels: np.ndarray, attacks: Sequence[AttackPredictions], defenses: Sequence[str],
+    resamples: int = RESAMPLES, seed: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Average CA / ASR / PA over the attacks, per defense: index 0 on the test subset itself, then one value per
+    bootstrap resample (percent). Every defense and attack is scored on the same resampled images."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n == 0 or not attacks:
+        raise ValueError("the bootstrap needs at least one test image and one attack")
+    rng = np.random.default_rng(seed)
+    # Row 0 weighs every image once (the point estimate); each other row is how often a resample drew each image.
+    weights = np.vstack([np.ones((1, n)), rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)]).astype(np.float64)
+    totals: dict[str, dict[str, np.ndarray]] = {d: {m: np.zeros(len(weights)) for m in ("ca", "asr", "pa")}
+                                                for d in defenses}
+    for attack in attacks:
+        keep = labels != attack.target
+        kept_weight = weights[:, keep].sum(axis=1)
+        for d in defenses:
+            clean, triggered = np.asarray(attack.clean[d]), np.asarray(attack.triggered[d])
+            if clean.shape != labels.shape or triggered.shape != (int(keep.sum()),):
+                raise ValueError(f"defense {d!r}: got {clean.shape} clean and {triggered.shape} triggered predictions "
+                                 f"for {n} test images, {int(keep.sum())} of them not of the target class")
+            totals[d]["ca"] += weights @ (clean == labels) / n
+            with np.errstate(invalid="ignore", divide="ignore"):  # a resample without any non-target image: NaN
+                totals[d]["asr"] += weights[:, keep] @ (triggered == attack.target) / kept_weight
+                totals[d]["pa"] += weights[:, keep] @ (triggered == labels[keep]) / kept_weight
+    return {d: {m: 100.0 * v / len(attacks) for m, v in per.items()} for d, per in totals.items()}
+
+
+def _interval(samples: np.ndarray) -> list[float]:
+    lo, hi = np.nanpercentile(samples, [2.5, 97.5])
+    return [round(float(lo), 2), round(float(hi), 2)]
+
+
+def _verdict(met: bool, interval: list[float], bound: float) -> str:
+    """'yes' / 'no', and whether the 95 % interval leaves the bound on the same side (clear) or straddles it."""
+    clear = interval[0] > bound or interval[1] < bound
+    return ("yes" if met else "no") + ("" if clear else ", within noise")
+
+
+def target_check(
+    labels: np.ndarray, attacks: Sequence[AttackPredictions], zip_defense: str, baselines: Sequence[str] = BASELINES,
+    asr_limit: float = ASR_LIMIT, resamples: int = RESAMPLES, seed: int = 0,
+    averages: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per criterion: ZIP's average CA and PA against each baseline (difference ZIP − baseline, in points,
+    with its 95 % interval), and ZIP's average ASR against the limit. `met` uses the point estimate; `verdict`
+    adds ', within noise' when the interval straddles the bound.
+
+    `averages` (defense -> metric -> percent), when given, are the point estimates: the report's Average row, so
+    that the check and the table agree to the last digit shown (the row averages per-attack scores rounded to two
+    decimals); the intervals always come from the resamples."""
+    defenses = [zip_defense, *baselines]
+    boot = bootstrap_averages(labels, attacks, defenses, resamples, seed)
+
+    def point(d: str, metric: str) -> float:
+        return float(averages[d][metric]) if averages is not None else round(float(boot[d][metric][0]), 2)
+
+    rows: list[dict[str, Any]] = []
+    for metric in ("ca", "pa"):
+        for base in baselines:
+            ours, other = point(zip_defense, metric), point(base, metric)
+            interval = _interval(boot[zip_defense][metric][1:] - boot[base][metric][1:])
+            met = ours > other
+            rows.append({"criterion": f"{metric} above {base}", "metric": metric, "baseline": base, "zip": ours,
+                         "other": other, "difference": round(ours - other, 2), "interval": interval, "met": met,
+                         "verdict": _verdict(met, interval, 0.0)})
+    asr = point(zip_defense, "asr")
+    interval = _interval(boot[zip_defense]["asr"][1:])
+    met = asr <= asr_limit
+    rows.append({"criterion": f"asr at most {asr_limit:g}", "metric": "asr", "baseline": None, "zip": asr,
+                 "other": asr_limit, "difference": round(asr - asr_limit, 2), "interval": interval, "met": met,
+                 "verdict": _verdict(met, interval, asr_limit)})
+    return rows

@@ -1,0 +1,123 @@
+"""The target check: averages over attacks from per-image predictions, paired bootstrap intervals, verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+from pipeline.evaluation.report import target_lines
+from pipeline.evaluation.runner import check_target, decode_predictions, encode_predictions
+from pipeline.evaluation.target import AttackPredictions, bootstrap_averages, target_check
+
+DEFENSES = ("zip", "shrinkpad", "naive")
+
+
+def _random_attacks(labels: np.ndarray, rng: np.random.Generator, classes: int) -> list[AttackPredictions]:
+    attacks = []
+    for target in (0, 1, 2):
+        m = int((labels != target).sum())
+        attacks.append(AttackPredictions(
+            target, {d: rng.integers(0, classes, len(labels)) for d in DEFENSES},
+            {d: rng.integers(0, classes, m) for d in DEFENSES}))
+    return attacks
+
+
+def test_point_estimates_are_the_averages_of_the_metric_functions() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 60)
+    attacks = _random_attacks(labels, rng, 4)
+    boot = bootstrap_averages(labels, attacks, DEFENSES, resamples=50)
+    for d in DEFENSES:
+        ca = np.mean([clean_accuracy(a.clean[d], labels) for a in attacks])
+        asr = np.mean([attack_success_rate(a.triggered[d], labels[labels != a.target], a.target) for a in attacks])
+        pa = np.mean([poisoned_accuracy(a.triggered[d], labels[labels != a.target]) for a in attacks])
+        assert boot[d]["ca"][0] == pytest.approx(ca)
+        assert boot[d]["asr"][0] == pytest.approx(asr)
+        assert boot[d]["pa"][0] == pytest.approx(pa)
+        assert boot[d]["ca"].shape == (51,)
+
+
+def test_clear_wins_losses_and_the_asr_bound() -> None:
+    labels = np.arange(40) % 4
+    keep = labels != 1
+    right = {"clean": labels.copy(), "triggered": labels[keep].copy()}
+    wrong = {"clean": (labels + 1) % 4, "triggered": np.full(int(keep.sum()), 1)}  # every triggered image -> target
+    attack = AttackPredictions(1, {"zip": right["clean"], "shrinkpad": wrong["clean"], "naive": right["clean"]},
+                               {"zip": right["triggered"], "shrinkpad": wrong["triggered"], "naive": right["triggered"]})
+    rows = {r["criterion"]: r for r in target_check(labels, [attack], "zip", resamples=200)}
+    ca_shrink = rows["ca above shrinkpad"]
+    assert (ca_shrink["zip"], ca_shrink["other"], ca_shrink["difference"]) == (100.0, 0.0, 100.0)
+    assert ca_shrink["interval"] == [100.0, 100.0] and ca_shrink["verdict"] == "yes"
+    # identical outputs: no difference on any resample, so not above, and not clearly below either
+    tie = rows["pa above naive"]
+    assert tie["difference"] == 0.0 and tie["interval"] == [0.0, 0.0]
+    assert tie["met"] is False and tie["verdict"] == "no, within noise"
+    asr = rows["asr at most 5"]
+    assert asr["zip"] == 0.0 and asr["interval"] == [0.0, 0.0] and asr["verdict"] == "yes"
+    # the same check for ShrinkPad's outputs as "ZIP": ASR 100 %, clearly over the bound
+    flipped = AttackPredictions(1, {"zip": wrong["clean"], "shrinkpad": right["clean"], "naive": right["clean"]},
+                                {"zip": wrong["triggered"], "shrinkpad": right["triggered"], "naive": right["triggered"]})
+    rows = {r["criterion"]: r for r in target_check(labels, [flipped], "zip", resamples=200)}
+    assert rows["asr at most 5"]["zip"] == 100.0 and rows["asr at most 5"]["verdict"] == "no"
+    assert rows["ca above naive"]["verdict"] == "no"
+
+
+def test_intervals_have_the_binomial_width_and_pairing_narrows_them() -> None:
+    rng = np.random.default_rng(1)
+    n = 400
+    labels = rng.integers(0, 10, n)
+    target = 0
+    m = int((labels != target).sum())
+    zip_clean = np.where(rng.random(n) < 0.5, labels, (labels + 1) % 10)
+    independent = np.where(rng.random(n) < 0.5, labels, (labels + 1) % 10)
+    nearly_same = zip_clean.copy()
+    nearly_same[:4] = (labels[:4] + 1) % 10  # differs from ZIP's on at most 4 images
+    triggered = np.where(rng.random(m) < 0.5, labels[labels != target], target)
+    attack = AttackPredictions(target, {"zip": zip_clean, "shrinkpad": independent, "naive": nearly_same},
+                               {d: triggered for d in DEFENSES})
+    rows = {r["criterion"]: r for r in target_check(labels, [attack], "zip", resamples=2000)}
+    # two independent 50 % accuracies on 400 images: SE of the difference = sqrt(2 * 0.25 / 400) = 3.5 points
+    lo, hi = rows["ca above shrinkpad"]["interval"]
+    assert 5.5 < (hi - lo) / 2 < 8.5
+    # the same images scored twice differ only where the outputs differ: a paired interval is a point or two wide
+    lo, hi = rows["ca above naive"]["interval"]
+    assert hi - lo <= 2.0 and lo >= 0.0
+    # ASR of a 50 % hit rate on ~360 images: about +-5 points around 50
+    lo, hi = rows["asr at most 5"]["interval"]
+    assert lo > 40 and hi < 60 and rows["asr at most 5"]["verdict"] == "no"
+
+
+def test_mismatched_predictions_are_refused() -> None:
+    labels = np.arange(10) % 2
+    bad = AttackPredictions(1, {d: labels for d in DEFENSES}, {d: labels for d in DEFENSES})  # 10 != 5 triggered
+    with pytest.raises(ValueError, match="triggered predictions"):
+        bootstrap_averages(labels, [bad], DEFENSES)
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_averages(labels, [], DEFENSES)
+
+
+def test_report_round_trip_and_markdown_rows() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 30)
+    predictions = {
+        "badnet": {"target": 1, "clean": {d: rng.integers(0, 3, 30) for d in DEFENSES},
+                   "triggered": {d: rng.integers(0, 3, int((labels != 1).sum())) for d in DEFENSES}},
+        "clean": {"target": None, "clean": {d: rng.integers(0, 3, 30) for d in DEFENSES}, "triggered": {}},
+    }
+    encoded = encode_predictions(labels, predictions)
+    assert isinstance(encoded["labels"], str)
+    back_labels, back = decode_predictions(encoded)
+    assert np.array_equal(back_labels, labels)
+    assert np.array_equal(back["badnet"]["triggered"]["naive"], predictions["badnet"]["triggered"]["naive"])
+
+    target = check_target(back_labels, back, ["none", *DEFENSES], resamples=100)
+    assert target is not None and list(target["checks"]) == ["zip"] and len(target["checks"]["zip"]) == 5
+    assert check_target(labels, predictions, ["none", "zip"]) is None  # no baseline to beat
+    assert check_target(labels, predictions, DEFENSES, resamples=0) is None
+    lines = target_lines({"config": {"pool": 4}, "target": target})
+    table = [line for line in lines if line.startswith("| ZIP (k=4) |")]
+    assert len(table) == 5
+    assert any("average CA above ShrinkPad" in line for line in table)
+    assert any("average ASR ≤ 5 %" in line for line in table)
+    assert target_lines({"config": {"pool": 4}}) == []  # reports written before the check existed
