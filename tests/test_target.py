@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -121,3 +125,31 @@ def test_report_round_trip_and_markdown_rows() -> None:
     assert any("average CA above ShrinkPad" in line for line in table)
     assert any("average ASR ≤ 5 %" in line for line in table)
     assert target_lines({"config": {"pool": 4}}) == []  # reports written before the check existed
+
+
+def test_summary_table_and_its_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("target_table_job", Path(__file__).parents[1] / "jobs" / "target_table.py")
+    assert spec is not None and spec.loader is not None
+    target_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(target_table)
+
+    labels = np.arange(40) % 4
+    keep = labels != 1
+    attack = AttackPredictions(1, {"zip": labels, "shrinkpad": (labels + 1) % 4, "naive": labels},
+                               {"zip": labels[keep], "shrinkpad": np.full(int(keep.sum()), 1), "naive": labels[keep]})
+    predictions = {"badnet": {"target": 1, "clean": dict(attack.clean), "triggered": dict(attack.triggered)}}
+    report = {"config": {"pool": 4}, "target": check_target(labels, predictions, DEFENSES, resamples=100)}
+    good, old = tmp_path / "cifar10-k4.json", tmp_path / "old.json"
+    good.write_text(json.dumps(report))
+    old.write_text(json.dumps({"config": {"pool": 4}}))
+
+    assert target_table.main([str(good), str(old)]) == 0
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("| cifar10-k4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # CA above ShrinkPad: +100 on every resample; PA above A⁺A x: identical outputs, a tie; ASR 0 %
+    assert cells[1] == "4" and cells[2] == "+100.0 [+100.0, +100.0] yes"
+    assert cells[5] == "+0.0 [+0.0, +0.0] no, within noise" and cells[6] == "0.0 [0.0, 0.0] yes"
+    assert cells[7] == "no"  # a tie is not a win
+    assert "old.json: no target check" in captured.err
+    assert target_table.main([str(old)]) == 2

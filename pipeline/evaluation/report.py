@@ -61,6 +61,34 @@ def target_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def target_summary(reports: dict[str, dict[str, Any]], zip_defense: str = "zip") -> str:
+    """One Markdown row per evaluation report (keyed by a label, e.g. its file name) with the target check of
+    `zip_defense`: each criterion's difference (or ZIP's ASR), its 95 % interval and whether it is met."""
+    criteria = [("ca", "shrinkpad"), ("ca", "naive"), ("pa", "shrinkpad"), ("pa", "naive"), ("asr", None)]
+    titles = {("ca", "shrinkpad"): "CA − ShrinkPad", ("ca", "naive"): "CA − A⁺A x", ("pa", "shrinkpad"): "PA − ShrinkPad",
+              ("pa", "naive"): "PA − A⁺A x", ("asr", None): "ASR (≤ 5)"}
+    lines = ["| Evaluation | k | " + " | ".join(titles[c] for c in criteria) + " | all met |",
+             "| --- | ---: |" + " --- |" * (len(criteria) + 1)]
+    for label, report in reports.items():
+        target = report.get("target") or {}
+        rows = {(r["metric"], r["baseline"]): r for r in target.get("checks", {}).get(zip_defense, [])}
+        if not rows:
+            continue
+        cells = []
+        for c in criteria:
+            r = rows.get(c)
+            if r is None:
+                cells.append("–")
+                continue
+            value = r["zip"] if r["baseline"] is None else r["difference"]
+            sign = "" if r["baseline"] is None else "+"
+            lo, hi = r["interval"]
+            cells.append(f"{value:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}] {r['verdict']}")
+        met = all(r["met"] for r in rows.values()) and len(rows) == len(criteria)
+        lines.append(f"| {label} | {report['config']['pool']} | " + " | ".join(cells) + f" | {'yes' if met else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """Table 1 of the ZIP paper: a row per attack plus Average; per defense a CA / ASR / PA column group."""
     cfg = report["config"]
