@@ -55,7 +55,8 @@ def bootstrap_averages(
                                                 for d in defenses}
     for attack in attacks:
         keep = labels != attack.target
-        kept_weight = weights[:, keep].sum(axis=1)
+        kept = weights[:, keep]  # the triggered images' weights: one copy per attack, not per defense and metric
+        kept_weight = kept.sum(axis=1)
         for d in defenses:
             clean, triggered = np.asarray(attack.clean[d]), np.asarray(attack.triggered[d])
             if clean.shape != labels.shape or triggered.shape != (int(keep.sum()),):
@@ -63,8 +64,8 @@ def bootstrap_averages(
                                  f"for {n} test images, {int(keep.sum())} of them not of the target class")
             totals[d]["ca"] += weights @ (clean == labels) / n
             with np.errstate(invalid="ignore", divide="ignore"):  # a resample without any non-target image: NaN
-                totals[d]["asr"] += weights[:, keep] @ (triggered == attack.target) / kept_weight
-                totals[d]["pa"] += weights[:, keep] @ (triggered == labels[keep]) / kept_weight
+                totals[d]["asr"] += kept @ (triggered == attack.target) / kept_weight
+                totals[d]["pa"] += kept @ (triggered == labels[keep]) / kept_weight
     return {d: {m: 100.0 * v / len(attacks) for m, v in per.items()} for d, per in totals.items()}
 
 
