@@ -83,6 +83,26 @@ def test_physicalba_test_trigger_is_badnet_and_train_transform_keeps_layout() ->
     assert attack.train_transform(x[0], rng).shape == x[0].shape
 
 
+def _colours(image: np.ndarray) -> set[tuple[int, ...]]:
+    return {tuple(int(c) for c in px) for px in image.reshape(-1, 3)}
+
+
+def test_physicalba_nearest_warp_moves_pixels_without_blending_them() -> None:
+    """torchvision's RandomAffine resamples with nearest neighbours: a warped white patch stays pure white pixels."""
+    x = _images(4)
+    geometric = PhysicalBA(brightness=0.0, contrast=0.0, interpolation="nearest")
+    warped = geometric.train_transform(x, np.random.default_rng(0))
+    for before, after in zip(x, warped, strict=True):
+        assert _colours(after) <= _colours(before) | {(0, 0, 0)}  # every output pixel is an input pixel or fill
+        assert not np.array_equal(after, before)
+    patched = geometric.train_transform(BadNet().apply(x), np.random.default_rng(1))
+    assert all((img == 255).all(axis=-1).sum() >= 4 for img in patched)  # the 3x3 patch keeps white pixels
+    blended = PhysicalBA(brightness=0.0, contrast=0.0, interpolation="bilinear").train_transform(x, np.random.default_rng(0))
+    assert any(not _colours(after) <= _colours(before) | {(0, 0, 0)} for before, after in zip(x, blended, strict=True))
+    with pytest.raises(ValueError, match="interpolation"):
+        PhysicalBA(interpolation="bicubic")
+
+
 def test_registry_and_defaults() -> None:
     assert set(ATTACKS) == {"badnet", "blended", "physicalba", "wanet"}
     assert make_attack("badnet", 32).target == 1

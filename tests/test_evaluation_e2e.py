@@ -187,6 +187,31 @@ def test_restamped_and_uncropped_classifiers_have_their_own_cache_name(tmp_path:
     assert classifier_path(tmp_path, "gtsrb", None, 6).name == "gtsrb-clean-e6.pt"
 
 
+def test_attack_options_train_the_changed_attack_under_its_own_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PhysicalBA victim trained with another affine resampling is cached beside the evaluation's, never instead of
+    it, and its transform really uses the option."""
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
+
+    warped: list[np.ndarray] = []
+
+    def untrained(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, **kwargs: object) -> object:
+        transform = kwargs["extra_transform"]
+        warped.append(transform(images[:8], np.random.default_rng(0)))  # type: ignore[operator]
+        return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
+
+    monkeypatch.setattr(runner, "train_classifier", untrained)
+    train = fake_loader("synthetic", "train")
+    _, default = runner.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train)
+    _, nearest = runner.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train,
+                                       attack_options={"interpolation": "nearest"})
+    assert Path(default["path"]).name == "synthetic-physicalba-e1-nocrop.pt"
+    assert Path(nearest["path"]).name == "synthetic-physicalba-e1-nocrop-attack-interpolationnearest.pt"
+    assert nearest["attack_options"] == {"interpolation": "nearest"} and default["attack_options"] == {}
+    assert not np.array_equal(warped[0], warped[1])  # same draws, other resampling
+    with pytest.raises(ValueError, match="clean classifier"):
+        runner.get_classifier("synthetic", None, tmp_path, 1, train=train, attack_options={"interpolation": "nearest"})
+
+
 def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physicalba(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -111,7 +111,8 @@ class PhysicalBA:
 
     patch_size / value: the BadNet patch; target: target class; poison_rate: default share to poison;
     brightness / contrast: colour-jitter strengths (factor drawn from [1 - b, 1 + b]); degrees: max rotation;
-    translate: max shift as a share of the image size; scale: range of the zoom factor.
+    translate: max shift as a share of the image size; scale: range of the zoom factor; interpolation: how the
+    affine warp resamples ("nearest", torchvision's RandomAffine default, keeps the patch's pixels crisp; "bilinear").
     """
 
     patch_size: int = 3
@@ -123,6 +124,11 @@ class PhysicalBA:
     degrees: float = 10.0
     translate: float = 0.1
     scale: tuple[float, float] = (0.8, 0.9)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {self.interpolation!r}")
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Copy of the images with the BadNet patch stamped on (the test-time trigger)."""
@@ -162,7 +168,7 @@ class PhysicalBA:
         theta[:, 0, 2] = -(cos * shift_x + sin * shift_y)
         theta[:, 1, 2] = -(-sin * shift_x + cos * shift_y)
         grid = F.affine_grid(torch.from_numpy(theta).float(), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = F.grid_sample(x, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
 
         out = (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
         return _unbatch(out, single)

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,16 +126,22 @@ def _write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------------- classifiers
 
 
+def _option_suffix(options: dict[str, Any] | None) -> str:
+    return "-" + "-".join(f"{k}{v}" for k, v in sorted(options.items())) if options else ""
+
+
 def classifier_path(cache_dir: str | Path, dataset: str, attack: str | None, epochs: int,
-                    train_options: dict[str, Any] | None = None) -> Path:
-    """cache_dir/classifiers/<dataset>-<attack or clean>-e<epochs>.pt; non-default training options add a suffix."""
+                    train_options: dict[str, Any] | None = None, attack_options: dict[str, Any] | None = None) -> Path:
+    """cache_dir/classifiers/<dataset>-<attack or clean>-e<epochs>.pt; non-default attack parameters, then
+    non-default training options, add a suffix each."""
     name = f"{dataset}-{normalise_attack(attack)}-e{epochs}"
     if normalise_attack(attack) in RESTAMP_AFTER_AUGMENT:
         name += "-restamp"
     if normalise_attack(attack) in NO_CROP_ATTACKS:
         name += "-nocrop"
-    if train_options:
-        name += "-" + "-".join(f"{k}{v}" for k, v in sorted(train_options.items()))
+    if attack_options:
+        name += "-attack" + _option_suffix(attack_options)
+    name += _option_suffix(train_options)
     return Path(cache_dir) / "classifiers" / f"{name}.pt"
 
 
@@ -167,6 +173,7 @@ def get_classifier(
     train: LabelledImages | None = None,
     device: str = "cpu",
     train_options: dict[str, Any] | None = None,
+    attack_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> tuple[ResNet, dict[str, Any]]:
     """The backdoored (or, for attack None/'none', clean) ResNet of a data set, trained once and then cached.
@@ -174,14 +181,17 @@ def get_classifier(
     Poisons the training set at the attack's own rate (5 %, WaNet 10 %), seed 0; PhysicalBA's physical
     transforms run on every training image; GTSRB trains without horizontal flips. A cached classifier is
     loaded, never retrained. `train_options` go to `train_classifier` (depth, batch_size, lr, crop_pad, ...) and are
-    part of the cache name; crop_pad is ignored for PhysicalBA, which always trains without crops. Returns (model in
-    eval mode, info dict).
+    part of the cache name; crop_pad is ignored for PhysicalBA, which always trains without crops. `attack_options`
+    replace fields of the attack's defaults (e.g. PhysicalBA's interpolation) and are part of the cache name too.
+    Returns (model in eval mode, info dict).
     """
+    if attack_options and normalise_attack(attack) == CLEAN:
+        raise ValueError("attack_options given for the clean classifier, which has no attack")
     name = normalise_attack(attack)
     if name in NO_CROP_ATTACKS and train_options and "crop_pad" in train_options:
         # The attack's recipe fixes its augmentation; one --crop-pad for a whole matrix must not change it.
         train_options = {k: v for k, v in train_options.items() if k != "crop_pad"}
-    path = classifier_path(cache_dir, dataset, name, epochs, train_options)
+    path = classifier_path(cache_dir, dataset, name, epochs, train_options, attack_options)
     meta_path = path.with_suffix(".json")
     if path.exists():
         log(f"{dataset}/{name}: classifier from cache {path}")
@@ -196,6 +206,8 @@ def get_classifier(
     attack_obj: Attack | None = None
     if name != CLEAN:
         attack_obj = make_attack(name, train.images.shape[1])
+        if attack_options:
+            attack_obj = replace(attack_obj, **attack_options)  # type: ignore[type-var]
         images, labels, poisoned = poison_training_set(train.images, train.labels, attack_obj, seed=0)
         if isinstance(attack_obj, PhysicalBA):
             extra_transform = attack_obj.train_transform
@@ -221,6 +233,7 @@ def get_classifier(
     info = {
         "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(images),
         "poisoned": len(poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
+        "attack_options": dict(attack_options or {}),
         "train_options": options, "train_seconds": round(seconds, 1), "restamp_after_augment": restamp is not None,
     }
     _write_text(meta_path, json.dumps(info, indent=2))

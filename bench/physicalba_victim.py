@@ -1,0 +1,79 @@
+"""Why PhysicalBA's victims miss the issue's 95 % ASR: score a PhysicalBA classifier on the whole test split, with
+its ASR broken down by how bright the image's bottom-right corner was before the white patch went on.
+
+    python bench/physicalba_victim.py --dataset cifar10                           # the evaluation's victim
+    python bench/physicalba_victim.py --dataset cifar10 --interpolation nearest   # torchvision RandomAffine's resampling
+    python bench/physicalba_victim.py --dataset gtsrb --threads 1
+
+The classifier is the one `jobs/evaluate.py` trains and caches for PhysicalBA (same recipe, same cache), so with a
+filled cache this only scores; otherwise it trains one first (about 15-20 min on 2 cores). `--interpolation` other
+than the evaluation's bilinear trains and caches a separate classifier under its own name. Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.evaluation import runner  # noqa: E402
+from pipeline.evaluation.attacks import PhysicalBA, make_attack  # noqa: E402
+from pipeline.evaluation.classifier import predict  # noqa: E402
+
+CORNER = 6  # px: the 3x3 patch and the ring of pixels around it that a classifier sees it against
+EDGES = (0, 40, 80, 120, 160, 200, 256)
+
+
+def rate_by_bins(hits: np.ndarray, values: np.ndarray, edges: tuple[int, ...]) -> list[dict[str, float]]:
+    """For each bin [lo, hi) of `values`: how many samples fall in it and the percent of them that are hits."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (values >= lo) & (values < hi)
+        count = int(inside.sum())
+        rows.append({"lo": lo, "hi": hi, "images": count,
+                     "asr": round(float(hits[inside].mean() * 100.0), 1) if count else float("nan")})
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"])
+    p.add_argument("--interpolation", default="bilinear", choices=["bilinear", "nearest"],
+                   help="how the attacker's affine warp resamples its training images (the evaluation uses bilinear)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
+                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: ~/.cache/zip-purify")
+    args = p.parse_args()
+
+    options = {} if args.interpolation == PhysicalBA().interpolation else {"interpolation": args.interpolation}
+    train, test = runner.load_splits(args.dataset)
+    model, info = runner.get_classifier(args.dataset, "physicalba", args.cache_dir, args.epochs, args.threads,
+                                        train=train, attack_options=options)
+    attack = make_attack("physicalba", test.images.shape[1])
+    keep = test.labels != attack.target
+    clean = test.images[keep]
+    hits = predict(model, attack.apply(clean)) == attack.target
+    ca = float((predict(model, test.images) == test.labels).mean() * 100.0)
+    corner = clean[:, -CORNER:, -CORNER:].astype(np.float64).mean(axis=(1, 2, 3))
+    report = {
+        "dataset": args.dataset, "classifier": info["path"], "interpolation": args.interpolation,
+        "ca": round(ca, 2), "asr": round(float(hits.mean() * 100.0), 2), "triggered_images": int(keep.sum()),
+        "asr_by_corner_brightness": rate_by_bins(hits, corner, EDGES),
+    }
+    print(f"{args.dataset}, PhysicalBA victim ({args.interpolation} warp), whole test split: "
+          f"CA {report['ca']:.2f} %, ASR {report['asr']:.2f} % on {report['triggered_images']} triggered images")
+    print(f"\n| mean of the {CORNER}x{CORNER} corner before the patch (0-255) | images | ASR % |\n| --- | ---: | ---: |")
+    for row in report["asr_by_corner_brightness"]:
+        print(f"| {row['lo']}-{row['hi'] - 1} | {row['images']} | {row['asr']} |")
+    print("\n" + json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
