@@ -112,7 +112,8 @@ class PhysicalBA:
     patch_size / value: the BadNet patch; target: target class; poison_rate: default share to poison;
     brightness / contrast: colour-jitter strengths (factor drawn from [1 - b, 1 + b]); degrees: max rotation;
     translate: max shift as a share of the image size; scale: range of the zoom factor; interpolation: how the
-    affine warp resamples ("nearest", torchvision's RandomAffine default, keeps the patch's pixels crisp; "bilinear").
+    affine warp resamples: "bilinear" (the default, behind every published table) or "nearest" (torchvision's
+    RandomAffine default, which keeps the patch's pixels pure white; it did not raise ASR, docs/results.md).
     """
 
     patch_size: int = 3
