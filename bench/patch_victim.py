@@ -51,6 +51,7 @@ def main() -> int:
                    help="PhysicalBA only: how the attacker's affine warp resamples its training images. Default: "
                         "bilinear, as in the evaluation")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (the evaluation's victims: 20)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
                    help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: ~/.cache/zip-purify")
@@ -62,7 +63,8 @@ def main() -> int:
     options = {} if interpolation == PhysicalBA().interpolation else {"interpolation": interpolation}
     train, test = runner.load_splits(args.dataset)
     model, info = runner.get_classifier(args.dataset, args.attack, args.cache_dir, args.epochs, args.threads,
-                                        train=train, attack_options=options)
+                                        train=train, attack_options=options,
+                                        train_options={"depth": args.depth} if args.depth != 20 else None)
     attack = make_attack(args.attack, test.images.shape[1])
     keep = test.labels != attack.target
     clean = test.images[keep]
