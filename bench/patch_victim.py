@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import runner  # noqa: E402
+from pipeline.evaluation import metrics, runner  # noqa: E402
 from pipeline.evaluation.attacks import PhysicalBA, make_attack  # noqa: E402
 from pipeline.evaluation.classifier import predict  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> int:
     clean = test.images[keep]
     triggered = attack.apply(clean)
     hits = predict(model, triggered) == attack.target
-    ca = float((predict(model, test.images) == test.labels).mean() * 100.0)
+    ca = metrics.clean_accuracy(predict(model, test.images), test.labels)
     corner = clean[:, -CORNER:, -CORNER:].astype(np.float64).mean(axis=(1, 2, 3))
     # where the corner is already white the trigger changes (almost) nothing: the triggered image is the clean one,
     # and no classifier can call it the target without also misclassifying the clean image
@@ -83,8 +83,8 @@ def main() -> int:
         "unchanged_by_trigger": int(unchanged.sum()), "asr_on_unchanged": round(float(hits[unchanged].mean() * 100.0), 1)
         if unchanged.any() else None,
     }
-    recipe = f" ({interpolation} warp)" if args.attack == "physicalba" else ""
-    print(f"{args.dataset}, {args.attack} victim{recipe}, whole test split: "
+    recipe = f"ResNet-{args.depth}" + (f", {interpolation} warp" if args.attack == "physicalba" else "")
+    print(f"{args.dataset}, {args.attack} victim ({recipe}), whole test split: "
           f"CA {report['ca']:.2f} %, ASR {report['asr']:.2f} % on {report['triggered_images']} triggered images")
     print(f"\n| mean of the {CORNER}x{CORNER} corner before the patch (0-255) | images | ASR % |\n| --- | ---: | ---: |")
     for row in report["asr_by_corner_brightness"]:
