@@ -1,5 +1,5 @@
-"""Why the patch attacks' victims fall short of (PhysicalBA) or only just reach (BadNet) the issue's 95 % ASR: score
-a victim on the whole test split, with its ASR broken down by how bright the image's bottom-right corner was
+"""Why the patch attacks' victims fall short of (PhysicalBA) or sit at the edge of (BadNet) the issue's 95 % ASR:
+score a victim on the whole test split, with its ASR broken down by how bright the image's bottom-right corner was
 before the white 3x3 patch went on.
 
     python bench/patch_victim.py --dataset cifar10                                 # PhysicalBA, the evaluation's victim
