@@ -12,7 +12,7 @@ import pytest
 from pipeline.evaluation.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 from pipeline.evaluation.report import target_lines
 from pipeline.evaluation.runner import check_target, decode_predictions, encode_predictions
-from pipeline.evaluation.target import AttackPredictions, bootstrap_averages, target_check
+from pipeline.evaluation.target import AttackPredictions, bootstrap_averages, point_check, target_check
 
 DEFENSES = ("zip", "shrinkpad", "naive")
 
@@ -139,11 +139,15 @@ def test_summary_table_and_its_command(tmp_path: Path, capsys: pytest.CaptureFix
                                {"zip": labels[keep], "shrinkpad": np.full(int(keep.sum()), 1), "naive": labels[keep]})
     predictions = {"badnet": {"target": 1, "clean": dict(attack.clean), "triggered": dict(attack.triggered)}}
     report = {"config": {"pool": 4}, "target": check_target(labels, predictions, DEFENSES, resamples=100)}
-    good, old = tmp_path / "cifar10-k4.json", tmp_path / "old.json"
+    good, old, bare = tmp_path / "cifar10-k4.json", tmp_path / "old.json", tmp_path / "bare.json"
     good.write_text(json.dumps(report))
-    old.write_text(json.dumps({"config": {"pool": 4}}))
+    # a report written before predictions were kept: only the Average row
+    averages = {"zip": {"ca": 41.0, "asr": 5.45, "pa": 38.8}, "shrinkpad": {"ca": 80.5, "asr": 48.1, "pa": 39.7},
+                "naive": {"ca": 26.1, "asr": 0.3, "pa": 26.9}}
+    old.write_text(json.dumps({"config": {"pool": 2}, "average": averages}))
+    bare.write_text(json.dumps({"config": {"pool": 4}}))
 
-    assert target_table.main([str(good), str(old)]) == 0
+    assert target_table.main([str(good), str(old), str(bare)]) == 0
     captured = capsys.readouterr()
     row = next(line for line in captured.out.splitlines() if line.startswith("| cifar10-k4 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -151,5 +155,28 @@ def test_summary_table_and_its_command(tmp_path: Path, capsys: pytest.CaptureFix
     assert cells[1] == "4" and cells[2] == "+100.0 [+100.0, +100.0] yes"
     assert cells[5] == "+0.0 [+0.0, +0.0] no, within noise" and cells[6] == "0.0 [0.0, 0.0] yes"
     assert cells[7] == "no"  # a tie is not a win
-    assert "old.json: no target check" in captured.err
-    assert target_table.main([str(old)]) == 2
+    row = next(line for line in captured.out.splitlines() if line.startswith("| old |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["2", "-39.5 no, no interval", "+14.9 yes, no interval", "-0.9 no, no interval",
+                         "+11.9 yes, no interval", "5.5 no, no interval", "no"]
+    assert "old.json: no per-image predictions" in captured.err
+    assert "bare.json: no target check for zip: the report has no average for zip, shrinkpad, naive" in captured.err
+    assert target_table.main([str(bare)]) == 2
+
+
+def test_point_check_agrees_with_the_bootstrap_check_on_its_verdicts() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 80)
+    attacks = _random_attacks(labels, rng, 4)
+    full = target_check(labels, attacks, "zip", resamples=50)
+    boot = bootstrap_averages(labels, attacks, DEFENSES, resamples=0)
+    averages = {d: {m: round(float(v[0]), 2) for m, v in per.items()} for d, per in boot.items()}
+    points = point_check(averages, "zip")
+    assert [r["criterion"] for r in points] == [r["criterion"] for r in full]
+    for p, f in zip(points, full, strict=True):
+        assert (p["zip"], p["other"], p["difference"], p["met"]) == (f["zip"], f["other"], f["difference"], f["met"])
+        assert p["interval"] is None and p["verdict"] == ("yes" if f["met"] else "no") + ", no interval"
+    averages["zip"]["asr"] = 5.0  # the ASR bound is inclusive
+    assert point_check(averages, "zip")[-1]["met"] is True
+    with pytest.raises(ValueError, match="no average for naive"):
+        point_check({d: averages[d] for d in ("zip", "shrinkpad")}, "zip")

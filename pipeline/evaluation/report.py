@@ -63,7 +63,8 @@ def target_lines(report: dict[str, Any]) -> list[str]:
 
 def target_summary(reports: dict[str, dict[str, Any]], zip_defense: str = "zip") -> str:
     """One Markdown row per evaluation report (keyed by a label, e.g. its file name) with the target check of
-    `zip_defense`: each criterion's difference (or ZIP's ASR), its 95 % interval and whether it is met."""
+    `zip_defense`: each criterion's difference (or ZIP's ASR), its 95 % interval (none for a point check) and
+    whether it is met."""
     criteria = [("ca", "shrinkpad"), ("ca", "naive"), ("pa", "shrinkpad"), ("pa", "naive"), ("asr", None)]
     titles = {("ca", "shrinkpad"): "CA − ShrinkPad", ("ca", "naive"): "CA − A⁺A x", ("pa", "shrinkpad"): "PA − ShrinkPad",
               ("pa", "naive"): "PA − A⁺A x", ("asr", None): "ASR (≤ 5)"}
@@ -82,6 +83,9 @@ def target_summary(reports: dict[str, dict[str, Any]], zip_defense: str = "zip")
                 continue
             value = r["zip"] if r["baseline"] is None else r["difference"]
             sign = "" if r["baseline"] is None else "+"
+            if r["interval"] is None:  # a point check (`target.point_check`): the report kept no predictions
+                cells.append(f"{value:{sign}.1f} {r['verdict']}")
+                continue
             lo, hi = r["interval"]
             cells.append(f"{value:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}] {r['verdict']}")
         met = all(r["met"] for r in rows.values()) and len(rows) == len(criteria)

@@ -80,6 +80,17 @@ def _verdict(met: bool, interval: list[float], bound: float) -> str:
     return ("yes" if met else "no") + ("" if clear else ", within noise")
 
 
+def _row(metric: str, baseline: str | None, ours: float, other: float, interval: list[float] | None,
+         asr_limit: float) -> dict[str, Any]:
+    """One criterion: ZIP's average `metric` above `baseline`'s, or (baseline None) ZIP's ASR at most the limit."""
+    bound = 0.0 if baseline is not None else asr_limit
+    met = ours > other if baseline is not None else ours <= asr_limit
+    verdict = _verdict(met, interval, bound) if interval is not None else ("yes" if met else "no") + ", no interval"
+    return {"criterion": f"{metric} above {baseline}" if baseline is not None else f"asr at most {asr_limit:g}",
+            "metric": metric, "baseline": baseline, "zip": ours, "other": other,
+            "difference": round(ours - other, 2), "interval": interval, "met": met, "verdict": verdict}
+
+
 def target_check(
     labels: np.ndarray, attacks: Sequence[AttackPredictions], zip_defense: str, baselines: Sequence[str] = BASELINES,
     asr_limit: float = ASR_LIMIT, resamples: int = RESAMPLES, seed: int = 0,
@@ -98,19 +109,25 @@ def target_check(
     def point(d: str, metric: str) -> float:
         return float(averages[d][metric]) if averages is not None else round(float(boot[d][metric][0]), 2)
 
-    rows: list[dict[str, Any]] = []
-    for metric in ("ca", "pa"):
-        for base in baselines:
-            ours, other = point(zip_defense, metric), point(base, metric)
-            interval = _interval(boot[zip_defense][metric][1:] - boot[base][metric][1:])
-            met = ours > other
-            rows.append({"criterion": f"{metric} above {base}", "metric": metric, "baseline": base, "zip": ours,
-                         "other": other, "difference": round(ours - other, 2), "interval": interval, "met": met,
-                         "verdict": _verdict(met, interval, 0.0)})
-    asr = point(zip_defense, "asr")
-    interval = _interval(boot[zip_defense]["asr"][1:])
-    met = asr <= asr_limit
-    rows.append({"criterion": f"asr at most {asr_limit:g}", "metric": "asr", "baseline": None, "zip": asr,
-                 "other": asr_limit, "difference": round(asr - asr_limit, 2), "interval": interval, "met": met,
-                 "verdict": _verdict(met, interval, asr_limit)})
+    rows = [_row(metric, base, point(zip_defense, metric), point(base, metric),
+                 _interval(boot[zip_defense][metric][1:] - boot[base][metric][1:]), asr_limit)
+            for metric in ("ca", "pa") for base in baselines]
+    rows.append(_row("asr", None, point(zip_defense, "asr"), asr_limit, _interval(boot[zip_defense]["asr"][1:]),
+                     asr_limit))
+    return rows
+
+
+def point_check(
+    averages: Mapping[str, Mapping[str, float]], zip_defense: str, baselines: Sequence[str] = BASELINES,
+    asr_limit: float = ASR_LIMIT,
+) -> list[dict[str, Any]]:
+    """The rows of `target_check` from a report's Average row alone, with `interval` None: for reports written
+    before per-image predictions were kept, which cannot be bootstrapped. Their verdicts say ', no interval',
+    since a point estimate cannot tell a clear miss from one within noise."""
+    missing = [d for d in (zip_defense, *baselines) if d not in averages]
+    if missing:
+        raise ValueError(f"the report has no average for {', '.join(missing)}")
+    rows = [_row(metric, base, float(averages[zip_defense][metric]), float(averages[base][metric]), None, asr_limit)
+            for metric in ("ca", "pa") for base in baselines]
+    rows.append(_row("asr", None, float(averages[zip_defense]["asr"]), asr_limit, None, asr_limit))
     return rows
