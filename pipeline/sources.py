@@ -186,29 +186,32 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int) -> Callabl
     return lambda: with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}")
 
 
-def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[tarfile.TarInfo], bool],
-                 attempts: int = 4) -> Iterator[tuple[tarfile.TarInfo, bytes | Exception] | None]:
-    """One sequential pass over a tar: (member, its bytes, or the error reading them) for each regular file that
-    `wanted` accepts, (member, b"") for the others. All storage reads happen here, so that a transient error can
-    restart the pass from the beginning; None is yielded whenever a pass (re)starts, so that callers forget what
-    they saw. Any other error (a corrupt or truncated shard) propagates."""
+def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
+                 attempts: int = 4) -> Iterator[tuple[int, tarfile.TarInfo, bytes | Exception] | None]:
+    """One sequential pass over a tar: (position, member, its bytes, or the error reading them) for each regular
+    file that `wanted` accepts, (position, member, b"") for the other regular files and for hard and symbolic links
+    (whose bytes are their target's; a stream cannot go back for them). Directories, devices and FIFOs are not data
+    and are skipped; `position` numbers the members yielded, the same in every pass. All storage reads happen here,
+    so that a transient error can restart the pass from the beginning; None is yielded whenever a pass (re)starts,
+    so that callers forget what they saw. Any other error (a corrupt or truncated shard) propagates."""
     for attempt in range(attempts):
         try:
             with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
                 yield None
+                position = 0
                 for member in tar:
-                    if not member.isfile():
+                    if not (member.isfile() or member.islnk() or member.issym()):
                         continue
-                    if not wanted(member):
-                        yield member, b""
-                        continue
-                    try:
-                        data: bytes | Exception = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    except Exception as err:  # noqa: BLE001 - a damaged member is that key's reject, unless transient
-                        if is_transient(err):
-                            raise
-                        data = err
-                    yield member, data
+                    data: bytes | Exception = b""
+                    if member.isfile() and wanted(position, member):
+                        try:
+                            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                        except Exception as err:  # noqa: BLE001 - a damaged member is that key's reject, unless transient
+                            if is_transient(err):
+                                raise
+                            data = err
+                    yield position, member, data
+                    position += 1
             return
         except Exception as err:  # noqa: BLE001 - classified here
             if attempt == attempts - 1 or not is_transient(err):
@@ -216,12 +219,86 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[tarfile.
             backoff(attempt)
 
 
+@dataclass(frozen=True)
+class _TarLink:
+    """A hard or symbolic link member, and the position of the regular member whose bytes it stands for, or why none."""
+
+    name: str
+    linkname: str
+    target: int | str  # position of the regular member it resolves to, or the reason it cannot be read
+
+
+def _link_path(member: tarfile.TarInfo) -> str | None:
+    """The shard path a link points to, or None when it points outside the shard. A hard link names a member of the
+    archive; a symlink is relative to its own folder, as it would be once extracted."""
+    path = member.linkname if member.islnk() else posixpath.join(posixpath.dirname(member.name), member.linkname)
+    path = posixpath.normpath(path)
+    if member.linkname.startswith("/") or path == ".." or path.startswith("../"):
+        return None
+    return path
+
+
+def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int | None]]) -> _TarLink:
+    """Follow a link (through links to links) to a regular member; pointers: link position -> (member, position of
+    what its path names, None if nothing)."""
+    first = pointers[position][0]
+    chain, at = [position], position
+    while at in pointers:
+        member, points_to = pointers[at]
+        if _link_path(member) is None:
+            reason = f"{member.name} -> {member.linkname} points outside the shard"
+        elif points_to is None:  # a hard link's target comes before it in the archive
+            reason = f"target {_link_path(member)} is not a file in the shard" + (" before it" if member.islnk() else "")
+        elif points_to in chain:
+            reason = "the links loop: " + " -> ".join(pointers[p][0].name for p in [*chain, points_to])
+        else:
+            at = points_to
+            chain.append(at)
+            continue
+        return _TarLink(first.name, first.linkname, f"tar link {first.name} -> {first.linkname} cannot be read: {reason}")
+    return _TarLink(first.name, first.linkname, at)
+
+
+def _index_tar(
+    open_stream: Callable[[], BinaryIO],
+) -> tuple[dict[str, Counter[str]], dict[int, _TarLink], BaseException | None]:
+    """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
+    links by position with what each resolves to, and the error that cut the pass short (None if it did not)."""
+    members_of: dict[str, Counter[str]] = {}
+    latest: dict[str, int] = {}  # shard path -> position of its latest regular member or link
+    pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
+    error: BaseException | None = None
+    try:
+        for item in _tar_members(open_stream, wanted=lambda position, member: False):
+            if item is None:
+                members_of.clear()
+                latest.clear()
+                pointers.clear()
+                continue
+            position, member, _ = item
+            members_of.setdefault(_split_key(member.name)[0], Counter())[member.name] += 1
+            if member.islnk():  # a hard link is to the member of that name before it, as tar extracts it
+                path = _link_path(member)
+                pointers[position] = member, (latest.get(path) if path is not None else None)
+            elif member.issym():  # a symlink is to whatever that path holds once the whole shard is extracted
+                pointers[position] = member, None
+            latest[posixpath.normpath(member.name)] = position
+    except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was indexed, the caller rejects the rest
+        error = err
+    for position, (member, _) in pointers.items():
+        if member.issym() and (path := _link_path(member)) is not None:
+            pointers[position] = member, latest.get(path)
+    return members_of, {position: _resolve_link(position, pointers) for position in pointers}, error
+
+
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
-    Pass 1 reads only the headers: which members each key has. Pass 2 reads the members and emits a key's record
-    as soon as its last member has gone by, so only keys still waiting for a member are held: one at a time in a
-    WebDataset shard, whose keys are contiguous, though a key's members may be anywhere. A shard of at most
+    Pass 1 reads only the headers: which members each key has, and what each link points to. Pass 2 reads the
+    members and emits a key's record as soon as its last member has gone by, so only keys still waiting for a member
+    are held: one at a time in a WebDataset shard, whose keys are contiguous, though a key's members may be anywhere.
+    A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
+    keys are emitted, and a symlink to a later member waits, like its key, for that member. A shard of at most
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
     twice, trading a second read for bounded memory.
     """
@@ -238,48 +315,78 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
         yield unreadable(0, err)
         return
 
-    members_of: dict[str, Counter[str]] = {}  # key -> member name -> occurrences, keys in order of appearance
-    failure: dict[str, Any] | None = None
-    try:
-        for item in _tar_members(open_stream, wanted=lambda member: False):
-            if item is None:
-                members_of.clear()
-            else:
-                members_of.setdefault(_split_key(item[0].name)[0], Counter())[item[0].name] += 1
-    except Exception as err:  # noqa: BLE001 - a truncated/corrupt shard: keep what was indexed, reject the rest
-        failure = unreadable(len(members_of), err)
+    members_of, links, index_error = _index_tar(open_stream)
+    failure = unreadable(len(members_of), index_error) if index_error else None
+    # target position -> links still to be emitted that read it; its bytes are kept while any are
+    readers: Counter[int] = Counter(link.target for link in links.values() if isinstance(link.target, int))
+    targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
+    for link in links.values():
+        if isinstance(link.target, int):
+            targets_of.setdefault(_split_key(link.name)[0], []).append(link.target)
 
     done: set[str] = set()
     seen: dict[str, Counter[str]] = {}
     parts: dict[str, dict[str, bytes]] = {}
     errors: dict[str, str] = {}
+    kept: dict[int, bytes | Exception] = {}  # link targets' bytes, by position
+    waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
 
-    def wanted(member: tarfile.TarInfo) -> bool:
-        key = _split_key(member.name)[0]
+    def pending(key: str) -> bool:
         return key in members_of and key not in done
 
+    def wanted(position: int, member: tarfile.TarInfo) -> bool:
+        return pending(_split_key(member.name)[0]) or readers[position] > 0
+
     def record(key: str) -> dict[str, Any]:
+        for target in targets_of.pop(key, []):
+            readers[target] -= 1
+            if readers[target] <= 0:
+                kept.pop(target, None)
         return _tar_key_record(path, f"{shard}/{key}", key, parts.pop(key, {}), errors.pop(key, None))
+
+    def took(name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
+        """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
+        key's record once it was the key's last."""
+        key, ext = _split_key(name)
+        seen.setdefault(key, Counter())[name] += 1
+        if isinstance(data, Exception):
+            errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
+        elif isinstance(data, str):
+            errors.setdefault(key, data)
+        else:
+            parts.setdefault(key, {})[ext] = data  # a later duplicate of a name wins, as on extraction
+        if seen[key] != members_of[key]:
+            return None
+        done.add(key)
+        return record(key)
+
+    def read_link(link: _TarLink, data: bytes | Exception) -> dict[str, Any] | None:
+        return took(link.name, data, damaged=f"{link.linkname} (the target of link {link.name})")
 
     try:
         for item in _tar_members(open_stream, wanted):
             if item is None:  # (re)started: keys already emitted stay emitted, the rest are collected afresh
-                seen.clear()
-                parts.clear()
-                errors.clear()
+                for held in (seen, parts, errors, kept, waiting):
+                    held.clear()
                 continue
-            member, data = item
-            key, ext = _split_key(member.name)
-            if not wanted(member):
-                continue
-            seen.setdefault(key, Counter())[member.name] += 1
-            if isinstance(data, Exception):
-                errors.setdefault(key, f"corrupt tar member {member.name}: {type(data).__name__}: {data}")
-            else:
-                parts.setdefault(key, {})[ext] = data  # a later duplicate of a name wins, as on extraction
-            if seen[key] == members_of[key]:
-                done.add(key)
-                yield record(key)
+            position, member, data = item
+            key = _split_key(member.name)[0]
+            out: list[dict[str, Any] | None] = []
+            if position in links and pending(key):
+                link = links[position]
+                if isinstance(link.target, str):  # it cannot be read: that reason is its key's reject
+                    out.append(took(member.name, link.target))
+                elif link.target < position:
+                    out.append(read_link(link, kept[link.target]))
+                else:  # a symlink to a later member: it goes by, with its key, when that member does
+                    waiting.setdefault(link.target, []).append(link)
+            elif position not in links:
+                if pending(key):
+                    out.append(took(member.name, data))
+                if readers[position] > 0:
+                    kept[position] = data
+                    out.extend(read_link(link, data) for link in waiting.pop(position, []))
+            yield from (r for r in out if r is not None)
     except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
         failure = failure or unreadable(len(members_of), err)
     for key in members_of:

@@ -230,7 +230,20 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
                    original_format=r.get("original_format"), psnr_vs_input_db=r.get("psnr_vs_input_db"),
                    downscale_factor=r.get("downscale_factor"))
         rows.append(row)
-    return pa.Table.from_pylist(rows)
+    names = list(rows[0]) if rows else []
+    return pa.table({name: _column([row[name] for row in rows]) for name in names})
+
+
+def _column(values: list[Any]) -> pa.Array:
+    """One column of the data table, its type inferred as Arrow does. Pass-through values need not agree on a type
+    (a .cls label that is 3 in one record and "cat" in another, a JSON key holding a number or a string): such a
+    column is written as strings, other values as their JSON text and nulls as nulls, so that no value is lost and
+    the write cannot fail."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values],
+                        pa.string())
 
 
 def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import tarfile
 from pathlib import Path
 
 import fsspec
@@ -146,3 +147,95 @@ def test_streamed_tar_from_fsspec_memory_filesystem(tmp_path) -> None:
     records = list(read_unit(unit, in_memory_bytes=0))
     assert [r["id"] for r in records[:-1]] == [f"s.tar.gz/{i:03d}" for i in range(5)]
     assert [r["meta"] for r in records[:-1]] == [{"label": i} for i in range(5)]
+
+
+def _entry(name: str, type_: bytes, linkname: str = "") -> tarfile.TarInfo:
+    """A member without data: a hard link (tarfile.LNKTYPE), a symlink (SYMTYPE) or a folder (DIRTYPE)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = type_, linkname
+    return info
+
+
+def _tar_with_links(*members: tuple[str, bytes] | tarfile.TarInfo) -> bytes:
+    """Members in order: (name, bytes) a regular file, or an `_entry`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+                continue
+            info = tarfile.TarInfo(member[0])
+            info.size = len(member[1])
+            tar.addfile(info, io.BytesIO(member[1]))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_linked_tar_members_are_read_with_their_targets_bytes(tmp_path, in_memory_bytes) -> None:
+    shard = tmp_path / "links.tar"
+    shard.write_bytes(_tar_with_links(
+        ("0001.png", image_bytes(8, 8, 1)), ("0001.cls", b"7"),
+        _entry("0002.png", tarfile.LNKTYPE, "0001.png"),  # a hard link, as GNU tar stores a second name of a file
+        _entry("0003.png", tarfile.SYMTYPE, "0001.png"),
+        _entry("sub", tarfile.DIRTYPE),  # not data: ignored
+        _entry("sub/0004.png", tarfile.SYMTYPE, "../0005.png"),  # relative to its folder, to a member further on
+        ("0005.png", image_bytes(8, 8, 5)),
+        _entry("0006.png", tarfile.SYMTYPE, "0003.png"),  # a link to a link
+        _entry("0002.cls", tarfile.LNKTYPE, "0001.cls"),  # the last member of key 0002: its record waits for it
+    ))
+    records = _records(shard, in_memory_bytes=in_memory_bytes)
+    by_id = {r["id"]: r for r in records[:-1]}
+    assert sorted(by_id) == [f"links.tar/{k}" for k in ("0001", "0002", "0003", "0005", "0006", "sub/0004")]
+    assert all(r["kind"] == "image" for r in by_id.values()) and records[-1]["n"] == 6
+    for key in ("0001", "0002", "0003", "0006"):
+        assert by_id[f"links.tar/{key}"]["data"] == image_bytes(8, 8, 1), key
+    assert by_id["links.tar/sub/0004"]["data"] == image_bytes(8, 8, 5)
+    assert by_id["links.tar/0002"]["meta"] == {"label": 7} and by_id["links.tar/0001"]["meta"] == {"label": 7}
+    assert by_id["links.tar/0003"]["meta"] == {}
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_links_that_cannot_be_read_are_their_keys_rejects(tmp_path, in_memory_bytes) -> None:
+    shard = tmp_path / "links.tar"
+    shard.write_bytes(_tar_with_links(
+        ("0001.png", image_bytes(8, 8, 1)),
+        _entry("0002.png", tarfile.SYMTYPE, "missing.png"),
+        _entry("0003.png", tarfile.SYMTYPE, "/etc/hosts"),
+        _entry("0004.png", tarfile.SYMTYPE, "../0001.png"),  # outside the shard, though a file of that name is in it
+        _entry("0005.png", tarfile.SYMTYPE, "0006.png"), _entry("0006.png", tarfile.SYMTYPE, "0005.png"),
+        _entry("0007.png", tarfile.LNKTYPE, "0008.png"), ("0008.png", image_bytes(8, 8, 8)),  # a hard link before its target
+        _entry("sub", tarfile.DIRTYPE), _entry("0009.png", tarfile.SYMTYPE, "sub"),
+        ("0010.png", image_bytes(8, 8, 10)), _entry("0010.cls", tarfile.SYMTYPE, "0099.cls"),
+    ))
+    records = _records(shard, in_memory_bytes=in_memory_bytes)
+    by_id = {r["id"].removeprefix("links.tar/"): r for r in records[:-1]}
+    assert records[-1]["n"] == 10 == len(by_id)
+    assert [k for k, r in by_id.items() if r["kind"] == "image"] == ["0001", "0008"]
+    errors = {k: r["error"] for k, r in by_id.items() if r["kind"] == "reject"}
+    assert errors == {
+        "0002": "tar link 0002.png -> missing.png cannot be read: target missing.png is not a file in the shard",
+        "0003": "tar link 0003.png -> /etc/hosts cannot be read: 0003.png -> /etc/hosts points outside the shard",
+        "0004": "tar link 0004.png -> ../0001.png cannot be read: 0004.png -> ../0001.png points outside the shard",
+        "0005": "tar link 0005.png -> 0006.png cannot be read: the links loop: 0005.png -> 0006.png -> 0005.png",
+        "0006": "tar link 0006.png -> 0005.png cannot be read: the links loop: 0006.png -> 0005.png -> 0006.png",
+        "0007": "tar link 0007.png -> 0008.png cannot be read: target 0008.png is not a file in the shard before it",
+        "0009": "tar link 0009.png -> sub cannot be read: target sub is not a file in the shard",
+        "0010": "tar link 0010.cls -> 0099.cls cannot be read: target 0099.cls is not a file in the shard",
+    }
+    assert all(r["stage"] == "read" for r in by_id.values() if r["kind"] == "reject")
+
+
+def test_a_link_target_is_read_again_after_a_dropped_connection(tmp_path, monkeypatch) -> None:
+    """The restarted pass reads a target again for a link still to come, though the target's own key is emitted."""
+    members = [*_shard_of(12).items(), _entry("999.png", tarfile.LNKTYPE, "000.png")]
+    raw = _tar_with_links(*members)
+    (tmp_path / "big.tar").write_bytes(raw)
+    _DropsOnce.opened = 0
+    monkeypatch.setattr(sources.fsspec, "open", lambda path, mode, **kw: type("F", (), {
+        "open": lambda self: _DropsOnce(raw, cut=len(raw) // 2)})())
+    monkeypatch.setattr(sources, "backoff", lambda attempt: None)
+    records = _records(tmp_path / "big.tar", in_memory_bytes=0)
+    assert _DropsOnce.opened == 3
+    assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(12)] + ["big.tar/999"]
+    assert all(r["kind"] == "image" for r in records[:-1]) and records[-1]["n"] == 13
+    assert records[-2]["data"] == image_bytes(16, 16, 0) and records[-2]["meta"] == {}
