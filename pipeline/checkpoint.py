@@ -52,6 +52,12 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         return with_retries(once, f"read {uri}")
     except FileNotFoundError as err:
         raise CheckpointError(f"checkpoint not found: {uri}") from err
+    except IsADirectoryError as err:
+        raise CheckpointError(f"checkpoint {uri} is a folder; give the checkpoint file in it") from err
+
+
+# How torch.save files begin: a zip archive (the format since torch 1.6) or a pickle (protocol 2 and up).
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def _parse(data: bytes, uri: str) -> dict[str, Any]:
@@ -64,6 +70,11 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
             return {"state_dict": load_safetensors(data)}
         except Exception as err:
             raise CheckpointError(f"checkpoint {uri} is not a valid safetensors file: {err}") from err
+    if not data.startswith(TORCH_FILE_MAGIC):
+        raise CheckpointError(
+            f"checkpoint {uri} ({len(data)} bytes, starting {data[:8]!r}) is not a torch file: expected a "
+            "guided-diffusion .pt (torch.save), a .safetensors file or a zip-purify bundle"
+        )
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -40,8 +40,9 @@ examples:
   python jobs/purify.py --input /data/in --output /data/out --recipe low-asr   # Algorithm 1, late start
   ray job submit --working-dir . -- python jobs/purify.py --input s3://... --output s3://...
 
-a YAML --config holds the same options with underscores (input: ..., pool: 4, storage_options: {...});
-flags given on the command line win over the file.
+a YAML --config holds the same options with underscores (input: ..., pool: 4, progress: false for --no-progress,
+storage_options: {...}, storage_option: [KEY=VALUE, ...]); --config and --dry-run are command-line only.
+Flags given on the command line win over the file.
 """
 
 
@@ -139,47 +140,82 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ConfigError(ValueError):
+    """A --config file or a command-line value that cannot make a JobConfig; the message names it."""
+
+
+# Command-line conveniences that a --config file may hold too; each folds into storage_options.
+STORAGE_SHORTHANDS = ("s3_endpoint", "anon", "storage_option")
+
+
 def config_from_args(argv: list[str] | None = None) -> JobConfig:
     return _config_from_namespace(build_parser().parse_args(argv))
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read --config {path}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path} is not valid YAML: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of option: value, got a {type(loaded).__name__}")
+    return loaded
+
+
+def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
+    if not isinstance(base, dict):
+        raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {base!r}")
+    so = dict(base)
+    if endpoint:
+        so.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+    if anon:
+        so["anon"] = True
+    for item in items or []:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key:
+            raise ConfigError(f"storage option{where} expects KEY=VALUE, got {item!r}")
+        try:
+            so[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            so[key] = raw
+    return so
 
 
 def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     recipe = args.recipe
+    file_storage: dict[str, Any] = {}
     if args.config:
-        with open(args.config) as f:
-            loaded = yaml.safe_load(f) or {}
+        loaded = _load_config_file(args.config)
         file_recipe = loaded.pop("recipe", None)
         recipe = recipe or file_recipe  # --recipe on the command line wins over the file's
+        file_storage = {k: loaded.pop(k) for k in STORAGE_SHORTHANDS if k in loaded}
         known = {f.name for f in fields(JobConfig)}
         unknown = set(loaded) - known
         if unknown:
-            raise SystemExit(f"error: unknown option(s) {sorted(unknown)} in {args.config}")
+            raise ConfigError(f"unknown option(s) {sorted(unknown)} in {args.config}; a --config file takes the "
+                              "options of --help with underscores (dry_run and config are command-line only)")
         values.update(loaded)
+        values["storage_options"] = _storage_options(
+            values.get("storage_options") or {}, file_storage.get("s3_endpoint"), file_storage.get("anon"),
+            file_storage.get("storage_option"), f" in {args.config}")
     for f in fields(JobConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    so = dict(values.get("storage_options") or {})
-    if args.s3_endpoint:
-        so.setdefault("client_kwargs", {})["endpoint_url"] = args.s3_endpoint
-    if args.anon:
-        so["anon"] = True
-    for item in args.storage_option:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --storage-option expects KEY=VALUE, got {item!r}")
-        try:
-            so[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            so[key] = raw
-    values["storage_options"] = so
+    values["storage_options"] = _storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
+                                                 args.storage_option, "")
     if recipe is None:
         return JobConfig(**values)
     try:
         return JobConfig.from_recipe(recipe, **values)
     except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
-        raise SystemExit(f"error: {err}") from None
+        raise ConfigError(str(err)) from None
 
 
 def _human_bytes(n: int) -> str:
@@ -197,10 +233,14 @@ def print_plan(report: dict[str, Any]) -> None:
     print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     state = {"new": "new output", "overwrite": "existing output would be deleted first (--overwrite)",
              "resume": "resumes an unfinished run", "incremental": "adds new inputs to a finished run (--incremental)"}
-    print(f"output: {state[out['state']]}; already holds {out['purified']} purified, {out['rejected']} rejected")
+    held = f"{out['purified']} purified, {out['rejected']} rejected"
+    print(f"output: {state[out['state']]}; " + (f"it holds {held}" if out["state"] == "overwrite"
+                                                 else f"already holds {held}"))
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
           f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files (their members are "
           f"checked against the output when read), {inp['read_tasks']} read tasks")
+    if inp.get("excluded_output_files"):
+        print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")
     unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
     print(f"  {_human_bytes(inp['bytes'])} to read{unsized}; {inp['streamed']} tar/Parquet files over "
           f"--in-memory-mb {inp['in_memory_mb']} will be streamed from storage, the rest fetched whole")
@@ -209,10 +249,14 @@ def print_plan(report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = _config_from_namespace(args)
     try:
+        config = _config_from_namespace(args)
         if args.dry_run:
-            print_plan(plan_job(config, dry_run=True).describe())
+            plan = plan_job(config, dry_run=True)
+            print_plan(plan.describe())
+            if not plan.units and not plan.skipped_files:
+                print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
+                      file=sys.stderr)
             return 0
         summary = run_job(config)
     except (JobError, FileNotFoundError, ValueError) as err:

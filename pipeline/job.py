@@ -23,17 +23,19 @@ import os
 import posixpath
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import fsspec.implementations.local
 import pyarrow.parquet as pq
 
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.purifier import ZipSettings, check_trained_timesteps, default_batch_size, recipe_values
+from pipeline.purifier import PRECISIONS, ZipSettings, check_trained_timesteps, default_batch_size, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, relative_id
 from pipeline.stages import (
     DATA_DIR,
@@ -108,6 +110,77 @@ class JobConfig:
     def from_recipe(cls, name: str, **fields: Any) -> JobConfig:
         """A config with a named sampler recipe (`pipeline.purifier.RECIPES`); `fields` win over the recipe's values."""
         return cls(**{**recipe_values(name), **fields})
+
+    def check(self) -> None:
+        """Refuse option values a run cannot use, naming the option: a bad value must stop the run (and the dry
+        run) before any work, not drop images or crash an actor later. The sampler's own options are checked by
+        ZipSettings, the decoding ones by DecodePolicy."""
+        problems = []
+
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_number(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("tile_batch", "write_batch", "files_per_unit"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                problems.append(f"{flag(name)} must be a whole number of at least 1, got {getattr(self, name)!r}")
+        for name in ("batch_size", "canvas_size", "torch_threads"):
+            v = getattr(self, name)
+            if v is not None and not (is_int(v) and v >= 1):
+                problems.append(f"{flag(name)} must be a whole number of at least 1, got {v!r}")
+        for name in ("in_memory_mb", "actors"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"{flag(name)} must be a whole number of 0 or more, got {getattr(self, name)!r}")
+        for name in ("cpus_per_actor", "cpus_per_task"):
+            if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
+                problems.append(f"{flag(name)} must be a number above 0, got {getattr(self, name)!r}")
+        if self.gpus_per_actor is not None and not (is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
+            problems.append(f"--gpus-per-actor must be a number of 0 or more, got {self.gpus_per_actor!r}")
+        for name in ("labels_from_folders", "incremental", "overwrite", "progress", "exif_transpose", "clip_denoised"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
+        for name in ("input", "output"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"{flag(name)} must be a path or URI, got {getattr(self, name)!r}")
+        for name in ("checkpoint", "prior", "preset", "image_column", "ray_address"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                problems.append(f"{flag(name)} must be text, got {v!r}")
+        if self.checkpoint_sha256 is not None and not (
+                isinstance(self.checkpoint_sha256, str) and len(self.checkpoint_sha256) == 64
+                and all(c in "0123456789abcdefABCDEF" for c in self.checkpoint_sha256)):
+            problems.append(f"--checkpoint-sha256 must be 64 hexadecimal digits, got {self.checkpoint_sha256!r}")
+        if not isinstance(self.storage_options, dict):
+            problems.append(f"storage_options must be a mapping of fsspec options, got {self.storage_options!r}")
+        if self.flags is not None and not isinstance(self.flags, dict):
+            problems.append(f"--flags must be a JSON object of create_model flags, got {self.flags!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device is not None:
+            kind = self.device.split(":", 1)[0] if isinstance(self.device, str) else None
+            index = self.device.split(":", 1)[1] if isinstance(self.device, str) and ":" in self.device else "0"
+            if kind not in ("cpu", "cuda") or not index.isdigit():
+                problems.append(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+            elif kind == "cpu" and self.precision in PRECISIONS and self.precision != "fp32":
+                problems.append(f"--precision {self.precision} needs a CUDA device; use fp32 with --device cpu")
+        try:
+            self.settings()
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
+        try:
+            self.decode_policy()
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
+        if problems:
+            raise JobError("; ".join(problems))
+
+    def decode_policy(self) -> DecodePolicy:
+        return DecodePolicy(max_pixels=self.max_pixels, alpha=self.alpha, exif_transpose=self.exif_transpose)
 
     def settings(self) -> ZipSettings:
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
@@ -268,13 +341,18 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         return "new"
     # A settings field added after that output was written is missing from its record; the field's default is
     # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
-    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})}}
-    for key in ("settings", "checkpoint_sha256", "canvas_size"):
-        if previous.get(key) != job_record.get(key):
-            raise JobError(
-                f"{out} was written with a different {key} ({previous.get(key)!r} vs now {job_record.get(key)!r}); "
-                "use another output, or --overwrite to start over"
-            )
+    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
+                "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
+    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size"):
+        before, now = previous.get(key), job_record.get(key)
+        if before == now:
+            continue
+        if isinstance(before, dict) and isinstance(now, dict):
+            what = ", ".join(f"{name} {before.get(name)!r} (now {now.get(name)!r})"
+                             for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name))
+        else:
+            what = f"{key} {before!r} (now {now!r})"
+        raise JobError(f"{out} was written with other {key}: {what}; use another output, or --overwrite to start over")
     summary = _read_json(f"{out}/{SUMMARY_FILE}", so)
     complete = bool(summary) and summary.get("status") == "complete"
     if complete and not config.incremental:
@@ -336,6 +414,7 @@ class JobPlan:
     units: list[ReadUnit]  # what is left to read; image files already done are dropped here
     skipped_files: int
     in_memory_bytes: int  # tar shards and Parquet files over this are streamed from storage
+    excluded_output_files: int = 0  # files of the job's own output, found inside the input and not read
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -355,7 +434,8 @@ class JobPlan:
                       "read_tasks": len(self.units),
                       "bytes": sum(size for size in sizes if size is not None),
                       "unsized": sum(size is None for size in sizes),
-                      "streamed": len(streamed), "in_memory_mb": self.in_memory_bytes // 2**20},
+                      "streamed": len(streamed), "in_memory_mb": self.in_memory_bytes // 2**20,
+                      "excluded_output_files": self.excluded_output_files},
         }
 
 
@@ -365,6 +445,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     Every error a run can find before its first image (unsafe or mismatched checkpoint, missing input, an
     output made with other settings, a finished output without --incremental) is raised here as a JobError.
     """
+    config.check()
     so = config.storage_options
     out = config.output.rstrip("/")
     settings = config.settings()
@@ -377,19 +458,20 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         check_trained_timesteps(ckpt.meta, settings)
     except ValueError as err:
         raise JobError(str(err)) from err
-    if config.in_memory_mb < 0:
-        raise JobError(f"--in-memory-mb must be 0 or more, got {config.in_memory_mb}")
     canvas_size = config.canvas_size or ckpt.config.image_size
     if canvas_size % settings.pool:
         raise JobError(f"pool factor {settings.pool} does not divide the canvas size {canvas_size}")
     job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
-                  "checkpoint": checkpoint_uri, "model": model_note}
+                  "decoding": asdict(config.decode_policy()), "checkpoint": checkpoint_uri, "model": model_note}
 
     # What is already done (resume / incremental), and what there is to read.
     try:
         state = check_output_state(config, job_record, dry_run=dry_run)
-        # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts).
+        # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
+        # the plan reports what --overwrite would delete).
         skip, prior_purified, prior_rejected = (set(), 0, 0) if state in ("new", "overwrite") else done_ids(out, so)
+        if state == "overwrite" and dry_run:
+            _, prior_purified, prior_rejected = done_ids(out, so)
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
@@ -400,8 +482,16 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
-    skipped_files, kept_units = 0, []
+    inside = _output_inside_input(config.input, out, so)
+    skipped_files, kept_units, excluded = 0, [], 0
     for unit in units:
+        if inside is not None:  # the job's own output is not input: reading it back would purify it twice
+            pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
+            outside = [(p, size) for p, size in pairs if not inside(p)]
+            excluded += len(pairs) - len(outside)
+            if not outside:
+                continue
+            unit = ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside))
         if unit.kind == "files":
             kept = [(p, size) for p, size in zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True)
                     if relative_id(p, unit.root) not in skip]
@@ -411,7 +501,38 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         else:
             kept_units.append(unit)
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
-                   prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20)
+                   prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20, excluded)
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _output_inside_input(input_uri: str, output_uri: str,
+                         storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
+    """When the output lies inside (or is) the input folder: a test of whether a listed input path is one of the
+    output's own data/ or rejects/ files, which are not input."""
+    in_fs, in_path = _fs(input_uri, storage_options)
+    out_fs, out_path = _fs(output_uri, storage_options)
+    if type(in_fs) is not type(out_fs):
+        return None
+    local = isinstance(in_fs, fsspec.implementations.local.LocalFileSystem)
+
+    def normal(path: str) -> str:  # local paths resolved (symlinks, ..), remote ones without their protocol
+        return os.path.realpath(in_fs._strip_protocol(path)) if local else in_fs._strip_protocol(path).rstrip("/")
+
+    in_path, out_path = normal(in_path), normal(out_path)
+    if not _is_under(out_path, in_path):
+        return None
+    written = [posixpath.join(out_path, DATA_DIR), posixpath.join(out_path, REJECTS_DIR)]
+    return lambda path: any(_is_under(normal(path), folder) for folder in written)
+
+
+def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int) -> str:
+    """"complete" when every input this run read was counted as purified or rejected, and the output's files hold
+    exactly those rows on top of the ones they held before; else "inconsistent" (something was lost or doubled)."""
+    counted = read == purified + rejected
+    return "complete" if counted and rows_after == rows_before + purified + rejected else "inconsistent"
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
@@ -423,11 +544,20 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     so = config.storage_options
     out = config.output.rstrip("/")
     settings = config.settings()
-    policy = DecodePolicy(max_pixels=config.max_pixels, alpha=config.alpha, exif_transpose=config.exif_transpose)
+    policy = config.decode_policy()
 
-    # 1-2. The model, the output's state and the inputs, all checked before any image is read.
+    # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
+    # decides the device, which must suit the precision before an actor is started.
     plan = plan_job(config)
     canvas_size, ckpt = plan.canvas_size, plan.checkpoint
+    _init_ray(config)
+    actors, gpus_per_actor, device = _default_actors_and_gpus(config)
+    if device.startswith("cuda") and not gpus_per_actor:
+        raise JobError(f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
+                       "--gpus-per-actor is 0); leave --device out to run on the CPU")
+    if not device.startswith("cuda") and config.precision != "fp32":
+        raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
+                       "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
     try:
         _write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001
@@ -435,7 +565,6 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
 
     # 3. The pipeline.
-    _init_ray(config)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar of our own, in images, below
     # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
@@ -447,7 +576,6 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # (deprecated) remote-args route, so silence that warning rather than the setting.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-    actors, gpus_per_actor, device = _default_actors_and_gpus(config)
     threads = config.torch_threads or (None if gpus_per_actor else os.cpu_count())
     # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
     # actors, so finished batches are written while others are still purifying (streaming).
@@ -519,7 +647,9 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     duplicates_removed = deduplicate_output(out, so)
     _, total_purified, total_rejected = done_ids(out, so)
     summary = {
-        "status": "complete" if read == purified + rejected else "inconsistent",
+        "status": run_status(read, purified, rejected,
+                             plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")
+                             else 0, total_purified + total_rejected),
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
                      "skipped_already_done": plan.skipped_files + skipped_in_units,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
@@ -542,6 +672,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     }
     _write_json(f"{out}/{SUMMARY_FILE}", summary, so)
     if summary["status"] != "complete":
-        raise JobError(f"read {read} inputs but wrote {purified} purified + {rejected} rejected; see {out}/{SUMMARY_FILE}")
+        raise JobError(f"read {read} inputs and counted {purified} purified + {rejected} rejected; the output now holds "
+                       f"{total_purified} purified + {total_rejected} rejected rows in all; see {out}/{SUMMARY_FILE}")
     return summary
 

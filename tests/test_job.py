@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JOB_FILE, JobConfig, JobError, plan_job, run_job
+from pipeline.job import JOB_FILE, JobConfig, JobError, plan_job, run_job, run_status
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -147,16 +147,20 @@ def test_resume_and_incremental_without_duplicates(tmp_path, model) -> None:
     data, _ = read_output(str(out))
     assert len(data) == 45 and data["id"].is_unique
     # Other settings into the same output are refused.
-    with pytest.raises(JobError, match="different settings"):
+    with pytest.raises(JobError, match=r"other settings: pool 4 \(now 2\)"):
         run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "pool": 2}))
+    # ... and so are other decoding options, which change what an image's pixels are
+    with pytest.raises(JobError, match=r"other decoding: alpha 'white' \(now 'black'\)"):
+        run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "alpha": "black"}))
     # An output written before a sampler setting existed (no `resample` in its record) still takes incremental runs
     # with that setting's default, and still refuses another value of it.
     job_file = out / JOB_FILE
     record = json.loads(job_file.read_text())
     del record["settings"]["resample"]
+    del record["decoding"]  # written before the decoding options were recorded: today's defaults
     job_file.write_text(json.dumps(record))
     assert run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))["this_run"]["skipped_already_done"] == 45
-    with pytest.raises(JobError, match="different settings"):
+    with pytest.raises(JobError, match=r"other settings: resample 1 \(now 2\)"):
         run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "resample": 2}))
 
 
@@ -187,7 +191,8 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     # --overwrite in a dry run deletes nothing and plans every input again.
     over = plan_job(JobConfig(**{**cfg.__dict__, "overwrite": True}), dry_run=True).describe()
     assert over["output"]["state"] == "overwrite" and over["input"]["image_files_to_read"] == 8
-    with pytest.raises(JobError, match="different settings"):
+    assert (over["output"]["purified"], over["output"]["rejected"]) == (6, 1)  # what --overwrite would delete
+    with pytest.raises(JobError, match="other settings: pool"):
         plan_job(JobConfig(**{**cfg.__dict__, "incremental": True, "pool": 2}), dry_run=True)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(JobError, match="is a file"):
@@ -266,12 +271,12 @@ def test_cli_help_and_bad_checkpoint(tmp_path) -> None:
     bad.write_bytes(b"truncated")
     proc = subprocess.run([sys.executable, "jobs/purify.py", "--checkpoint", str(bad), "--output",
                            str(tmp_path / "o")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr
+    assert proc.returncode == 2 and "is not a torch file" in proc.stderr
     assert not (tmp_path / "o" / "data").exists()  # stopped before reading any data
 
 
 def test_yaml_config_and_flag_precedence(tmp_path) -> None:
-    from pipeline.cli import config_from_args
+    from pipeline.cli import ConfigError, config_from_args
 
     cfg_file = tmp_path / "job.yaml"
     cfg_file.write_text("input: s3://b/in\npool: 2\nsteps: 10\nstorage_options: {anon: true}\n")
@@ -281,8 +286,12 @@ def test_yaml_config_and_flag_precedence(tmp_path) -> None:
     assert (cfg.settings().resample, cfg.settings().start) == (2, 0.3)
     assert cfg.storage_options == {"anon": True, "client_kwargs": {"endpoint_url": "http://localhost:9"}}
     cfg_file.write_text("pol: 2\n")
-    with pytest.raises(SystemExit, match="pol"):
+    with pytest.raises(ConfigError, match="pol"):
         config_from_args(["--config", str(cfg_file)])
+    # the storage shorthands of the command line work in the file too
+    cfg_file.write_text("s3_endpoint: http://localhost:9\nanon: true\nstorage_option: [region=eu]\n")
+    assert config_from_args(["--config", str(cfg_file)]).storage_options == {
+        "client_kwargs": {"endpoint_url": "http://localhost:9"}, "anon": True, "region": "eu"}
 
 
 def test_recipes_set_the_sampler_and_explicit_options_win(tmp_path) -> None:
@@ -305,9 +314,9 @@ def test_recipes_set_the_sampler_and_explicit_options_win(tmp_path) -> None:
     assert config_from_args(["--config", str(cfg_file), "--recipe", "paper"]).settings().steps == 10
     assert config_from_args(["--config", str(cfg_file), "--recipe", "paper"]).settings().start == 1.0  # flag's recipe
     cfg_file.write_text("recipe: quick\n")
-    with pytest.raises(SystemExit, match="unknown recipe 'quick'; choose one of paper, fast"):
+    with pytest.raises(ValueError, match="unknown recipe 'quick'; choose one of paper, fast"):
         config_from_args(["--config", str(cfg_file)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit):  # argparse's own check of the flag's choices
         config_from_args(["--recipe", "quick"])
 
 
@@ -334,7 +343,7 @@ def test_shipped_gtsrb_prior_by_name_and_conflicts(tmp_path) -> None:
 
 def test_a_negative_in_memory_limit_is_refused_before_reading(tmp_path) -> None:
     (tmp_path / "in").mkdir()
-    with pytest.raises(JobError, match="--in-memory-mb must be 0 or more, got -1"):
+    with pytest.raises(JobError, match="--in-memory-mb must be a whole number of 0 or more, got -1"):
         plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), in_memory_mb=-1), dry_run=True)
 
 
@@ -354,3 +363,96 @@ def test_untile_hands_on_images_shrunk_to_the_canvas_in_bounded_batches() -> Non
     untiled = [r for b in batches for r in b if r["kind"] == "image"]
     assert [r["id"] for r in untiled] == [f"{i}" for i in range(10)]
     assert all(r["pixels"].shape == (128, 128, 3) and r["downscale_factor"] == 4.0 for r in untiled)
+
+
+def test_bad_option_values_stop_the_run_and_the_dry_run_naming_the_option(tmp_path, model, capsys) -> None:
+    """A bad value is an `error:` with exit status 2 before any work, never dropped images or a crash later."""
+    from pipeline.cli import main
+
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.png").write_bytes(image_bytes(32, 32, 0))
+    (tmp_path / "ckpt-folder").mkdir()
+    (tmp_path / "picture.pt").write_bytes(image_bytes(8, 8, 0))
+    configs = {"missing.yaml": None, "bad.yaml": "pool: [4\n", "list.yaml": "- pool: 4\n",
+               "so.yaml": "storage_options: foo\n", "sha.yaml": "checkpoint_sha256: 12345\n",
+               "types.yaml": "write_batch: '16'\nincremental: 'yes'\n"}
+    for name, text in configs.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+    cases = {
+        "--write-batch must be a whole number of at least 1, got -1": ["--write-batch", "-1"],
+        "--tile-batch must be a whole number of at least 1, got 0": ["--tile-batch", "0"],
+        "--files-per-unit must be a whole number of at least 1, got -1": ["--files-per-unit", "-1"],
+        "--actors must be a whole number of 0 or more, got -1": ["--actors", "-1"],
+        "--cpus-per-task must be a number above 0, got 0.0": ["--cpus-per-task", "0"],
+        "--precision fp16 needs a CUDA device": ["--precision", "fp16", "--device", "cpu"],
+        "--device must be cpu, cuda or cuda:N, got 'foo'": ["--device", "foo"],
+        "cannot read --config": ["--config", str(tmp_path / "missing.yaml")],
+        "is not valid YAML": ["--config", str(tmp_path / "bad.yaml")],
+        "must hold a mapping of option: value, got a list": ["--config", str(tmp_path / "list.yaml")],
+        "storage_options in": ["--config", str(tmp_path / "so.yaml")],
+        "--checkpoint-sha256 must be 64 hexadecimal digits, got 12345": ["--config", str(tmp_path / "sha.yaml")],
+        "--write-batch must be a whole number of at least 1, got '16'; --incremental must be true or false":
+            ["--config", str(tmp_path / "types.yaml")],
+        "storage option expects KEY=VALUE, got 'foo'": ["--storage-option", "foo"],
+        "is a folder; give the checkpoint file in it": ["--checkpoint", str(tmp_path / "ckpt-folder")],
+        "is not a torch file": ["--checkpoint", str(tmp_path / "picture.pt")],
+    }
+    for message, args in cases.items():
+        for dry in ([], ["--dry-run"]):
+            args = ["--input", str(root), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "2",
+                    "--no-progress", *dry, *args]
+            assert main(args) == 2, (message, dry)
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and message in err, (message, dry, err)
+            assert not (tmp_path / "out").exists(), message
+
+
+def test_an_output_inside_the_input_is_not_read_back(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(image_bytes(32, 32, i))
+    (root / "broken.png").write_bytes(b"not an image")
+    cfg = _config(tmp_path, model, input=str(root), output=str(root / "clean"))
+    run_job(cfg)
+    (root / "3.png").write_bytes(image_bytes(32, 32, 3))
+    plan = plan_job(JobConfig(**{**cfg.__dict__, "incremental": True}), dry_run=True).describe()["input"]
+    # two part files (data/ and rejects/) lie inside the input; only the new image is left to read
+    assert (plan["excluded_output_files"], plan["image_files_to_read"], plan["parquet_files"]) == (2, 1, 0)
+    inc = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
+    assert (inc["this_run"]["read"], inc["this_run"]["purified"]) == (1, 1)
+    data, rejects = read_output(str(root / "clean"))
+    assert sorted(data["id"]) == ["0.png", "1.png", "2.png", "3.png"] and list(rejects["id"]) == ["broken.png"]
+    # the output as the input folder itself: its data/ and rejects/ are left out the same way
+    same = plan_job(JobConfig(**{**cfg.__dict__, "input": str(root / "clean"), "incremental": True}),
+                    dry_run=True).describe()["input"]
+    parts = len(list((root / "clean").glob("*/part-*.parquet")))
+    assert parts == 3 and (same["excluded_output_files"], same["parquet_files"], same["image_files_to_read"]) == (
+        parts, 0, 0)
+
+
+def test_a_run_is_complete_only_when_its_rows_reached_the_output() -> None:
+    assert run_status(read=10, purified=7, rejected=3, rows_before=5, rows_after=15) == "complete"
+    assert run_status(read=10, purified=7, rejected=3, rows_before=5, rows_after=5) == "inconsistent"  # nothing landed
+    assert run_status(read=10, purified=7, rejected=2, rows_before=0, rows_after=9) == "inconsistent"  # one lost
+    assert run_status(read=0, purified=0, rejected=0, rows_before=4, rows_after=4) == "complete"  # nothing new
+
+
+def test_a_gpu_precision_or_device_on_a_cluster_without_gpus_stops_before_any_actor(tmp_path, model, capsys) -> None:
+    import ray
+
+    from pipeline.cli import main
+
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this Ray cluster has GPUs")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    base = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "2",
+            "--no-progress"]
+    for args, message in ((["--precision", "fp16"], "--precision fp16 needs CUDA, but the actors run on cpu"),
+                          (["--device", "cuda"], "--device cuda needs GPU actors, but they get none")):
+        assert main([*base, *args]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()  # not even _job.json: nothing was started
