@@ -30,6 +30,7 @@ from typing import Any
 
 import fsspec
 import fsspec.implementations.local
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
@@ -44,6 +45,7 @@ from pipeline.stages import (
     decode_stage,
     encode_stage,
     read_stage,
+    text_column,
     tile_stage,
     untile_stage,
     write_parquet_atomic,
@@ -282,6 +284,72 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> int:
             else:
                 with_retries(lambda p=path: fs.rm(p), f"remove {path}")
     return removed
+
+
+def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
+    """The columns that some part file lacks or holds with another type, each with the one type every file can be
+    given: the non-null type where the others are all-null columns, Arrow's permissive promotion where one exists
+    (int64 and double -> double), else string. Readers of a folder take the first file's columns and types: they
+    drop a column that file lacks and fail to cast another file's values to its types."""
+    seen: dict[str, set[pa.DataType]] = {}
+    for schema in schemas:
+        for f in schema:
+            seen.setdefault(f.name, set()).add(f.type)
+    common = {}
+    for name, types in seen.items():
+        typed = {t for t in types if not pa.types.is_null(t)}
+        everywhere = all(name in schema.names for schema in schemas)
+        if not typed or (len(types) == 1 and everywhere):
+            continue
+        try:
+            common[name] = pa.unify_schemas([pa.schema([(name, t)]) for t in typed],
+                                            promote_options="permissive").field(name).type
+        except (pa.ArrowException, TypeError, ValueError):
+            common[name] = pa.string()
+    return common
+
+
+def unify_output_types(output: str, storage_options: dict[str, Any]) -> dict[str, str]:
+    """Give every data/ part file the same columns with the same types, so the output reads as one data set.
+
+    Each file's writer infers its pass-through columns from its own rows: a `.cls` label can be int64 in one file
+    and string in another (3 here, "cat" there), and a .json sidecar key can be in some files only. Only files
+    that lack a column or hold it with another type are rewritten: a missing column is added as nulls, and a
+    column made string keeps every value (others as their JSON text). Returns column -> the type given to it."""
+    fs, _ = _fs(output, storage_options)
+    paths = list_parts(output, DATA_DIR, storage_options)
+
+    def schema_of(path: str) -> pa.Schema:
+        def once() -> pa.Schema:
+            with fs.open(path, "rb") as f:
+                return pq.read_schema(f)
+
+        return with_retries(once, f"read the schema of {path}")
+
+    schemas = [schema_of(path) for path in paths]
+    common = common_column_types(schemas)
+    if not common:
+        return {}
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    for path, schema in zip(paths, schemas, strict=True):
+        wrong = [n for n, t in common.items() if n not in schema.names or schema.field(n).type != t]
+        if not wrong:
+            continue
+        table = pq.read_table(io.BytesIO(with_retries(lambda p=path: fs.cat_file(p), f"read {path}")))
+        for name in wrong:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, common[name]))
+                continue
+            column = table.column(name)
+            if pa.types.is_null(column.type):
+                cast = pa.nulls(len(column), common[name])
+            elif pa.types.is_string(common[name]):
+                cast = text_column(column.to_pylist())
+            else:
+                cast = column.cast(common[name])
+            table = table.set_column(table.schema.get_field_index(name), name, cast)
+        write_parquet_atomic(table, path if proto in ("file", "local") else f"{proto}://{path}", storage_options)
+    return {name: str(t) for name, t in common.items()}
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -645,6 +713,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
 
     # 4. Summary: this run's counts, and the whole output's.
     duplicates_removed = deduplicate_output(out, so)
+    retyped = unify_output_types(out, so)
     _, total_purified, total_rejected = done_ids(out, so)
     summary = {
         "status": run_status(read, purified, rejected,
@@ -653,6 +722,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
                      "skipped_already_done": plan.skipped_files + skipped_in_units,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
+                     # pass-through columns whose type differed between part files, and the one type they now have
+                     "columns_retyped": retyped,
                      "wall_s": round(wall, 2),
                      "images_per_s": round((purified + rejected) / wall, 3) if wall else None,
                      # how much purification changed the images (per image in data/, column psnr_vs_input_db)

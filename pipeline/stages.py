@@ -242,8 +242,12 @@ def _column(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values],
-                        pa.string())
+        return text_column(values)
+
+
+def text_column(values: list[Any]) -> pa.Array:
+    """Values as a string column: strings kept, nulls kept, anything else as its JSON text."""
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values], pa.string())
 
 
 def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:

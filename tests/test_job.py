@@ -456,3 +456,46 @@ def test_a_gpu_precision_or_device_on_a_cluster_without_gpus_stops_before_any_ac
         assert main([*base, *args]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "out").exists()  # not even _job.json: nothing was started
+
+
+def test_columns_get_one_type_across_part_files(tmp_path) -> None:
+    from pipeline.job import common_column_types, unify_output_types
+
+    s = lambda **types: pa.schema(list(types.items()))  # noqa: E731
+    assert common_column_types([s(a=pa.int64(), b=pa.string()), s(a=pa.int64(), b=pa.string())]) == {}
+    assert common_column_types([s(a=pa.null()), s(a=pa.int64())]) == {"a": pa.int64()}  # an all-null file
+    assert common_column_types([s(a=pa.int64()), s(a=pa.float64())]) == {"a": pa.float64()}
+    assert common_column_types([s(a=pa.int64()), s(a=pa.string())]) == {"a": pa.string()}
+    assert common_column_types([s(a=pa.null()), s(a=pa.null())]) == {}
+    assert common_column_types([s(a=pa.int64()), s(b=pa.string())]) == {"a": pa.int64(), "b": pa.string()}  # lacking
+
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a"], "label": pa.nulls(1), "score": pa.nulls(1)}), data / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["b"], "label": [3], "score": [1]}), data / "part-1.parquet")
+    pq.write_table(pa.table({"id": ["c"], "label": ["cat"], "score": [2.5], "extra": [{"k": 1}]}),
+                   data / "part-2.parquet")
+    with pytest.raises(pa.ArrowException):  # what a user of the folder met before
+        pq.read_table(data)
+    assert unify_output_types(str(tmp_path / "out"), {}) == {"label": "string", "score": "double",
+                                                            "extra": "struct<k: int64>"}
+    table = pq.read_table(data).sort_by("id")
+    assert table.column("label").to_pylist() == [None, "3", "cat"]
+    assert table.column("score").to_pylist() == [None, 1.0, 2.5]
+    assert table.column("extra").to_pylist() == [None, None, {"k": 1}]
+    before = sorted(p.stat().st_mtime_ns for p in data.iterdir())
+    assert unify_output_types(str(tmp_path / "out"), {}) == {}  # nothing left to do, nothing rewritten
+    assert sorted(p.stat().st_mtime_ns for p in data.iterdir()) == before
+
+
+def test_labels_of_mixed_types_in_two_shards_read_back_as_one_data_set(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.tar").write_bytes(tar_bytes({"0001.png": image_bytes(32, 32, 1), "0001.cls": b"3"}))
+    (root / "b.tar").write_bytes(tar_bytes({"0002.png": image_bytes(32, 32, 2), "0002.cls": b"cat"}))
+    summary = run_job(_config(tmp_path, model, input=str(root), write_batch=1))  # one file per image
+    assert summary["this_run"]["columns_retyped"] == {"label": "string"}
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "out" / "data").sort_values("id")
+    assert list(df["label"]) == ["3", "cat"]
