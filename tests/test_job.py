@@ -164,12 +164,17 @@ def test_resume_and_incremental_without_duplicates(tmp_path, model) -> None:
         run_job(JobConfig(**{**cfg.__dict__, "incremental": True, "resample": 2}))
 
 
-def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
-    root = tmp_path / "in"
+def _pngs_and_one_broken(root, count: int):
+    """`count` small PNGs 0.png... and broken.png, which is not an image (a reject)."""
     root.mkdir()
-    for i in range(6):
+    for i in range(count):
         (root / f"{i}.png").write_bytes(image_bytes(32, 32, i))
     (root / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
+    root = _pngs_and_one_broken(tmp_path / "in", 6)
     out = tmp_path / "out"
     cfg = _config(tmp_path, model, input=str(root), files_per_unit=4)
     plan = plan_job(cfg, dry_run=True).describe()
@@ -410,11 +415,7 @@ def test_bad_option_values_stop_the_run_and_the_dry_run_naming_the_option(tmp_pa
 
 
 def test_an_output_inside_the_input_is_not_read_back(tmp_path, model) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(3):
-        (root / f"{i}.png").write_bytes(image_bytes(32, 32, i))
-    (root / "broken.png").write_bytes(b"not an image")
+    root = _pngs_and_one_broken(tmp_path / "in", 3)
     cfg = _config(tmp_path, model, input=str(root), output=str(root / "clean"))
     run_job(cfg)
     (root / "3.png").write_bytes(image_bytes(32, 32, 3))
