@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--start", type=float, metavar="S",
                     help="late start: run only the steps t <= S*T, from the input's A⁺y noised to that level instead "
                          f"of pure noise (0.3: 7 of 20 steps, a third of the model calls; default {d.start}: the paper)")
+    zp.add_argument("--schedule", choices=["linear", "cosine"],
+                    help=f"the noise schedule the prior was trained with (default {d.schedule}, as guided-diffusion's "
+                         "checkpoints; a prior from train_prior.py records its own, and a mismatch is refused)")
     zp.add_argument("--large-images", choices=["fit", "stretch"],
                     help="images larger than the model: shrink keeping aspect (fit) or stretch; resized back after, "
                          "with only the model's detail (column downscale_factor)")

@@ -82,6 +82,7 @@ class JobConfig:
     clip_denoised: bool = True
     resample: int = 1
     start: float = 1.0
+    schedule: str = "linear"
     large_images: str = "fit"
     seed: int = 0
     canvas_size: int | None = None
@@ -187,7 +188,8 @@ class JobConfig:
     def settings(self) -> ZipSettings:
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
                            operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
-                           resample=self.resample, start=self.start, large_images=self.large_images, seed=self.seed)
+                           resample=self.resample, start=self.start, schedule=self.schedule,
+                           large_images=self.large_images, seed=self.seed)
 
     def public(self) -> dict[str, Any]:
         """The configuration with storage secrets redacted (for logs and the summary)."""

@@ -11,6 +11,7 @@ and untiles the result.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -23,8 +24,8 @@ from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint
 from pipeline.model import UNetModel
 from pipeline.operators import make_operators
 from pipeline.sampler import SAMPLERS, Guidance, run_timesteps
-from pipeline.schedule import NoiseSchedule
-from pipeline.tiling import MosaicLayout, pack, plan_layout, unpack
+from pipeline.schedule import SCHEDULES, NoiseSchedule
+from pipeline.tiling import LARGE_IMAGE_POLICIES, MosaicLayout, pack, plan_layout, unpack
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -96,15 +97,29 @@ class ZipSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        def whole(v: Any) -> bool:  # True and False are ints to Python, not counts to a user
+            return isinstance(v, int) and not isinstance(v, bool)
+
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+        if not whole(self.steps) or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
+        if not whole(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown noise schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}")
+        if self.large_images not in LARGE_IMAGE_POLICIES:
+            raise ValueError(f"large_images must be one of {', '.join(LARGE_IMAGE_POLICIES)}, got {self.large_images!r}")
+        if self.blend_k is not None and not (isinstance(self.blend_k, int | float) and not isinstance(self.blend_k, bool)
+                                             and math.isfinite(self.blend_k) and self.blend_k > 0):
+            raise ValueError(f"blend_k must be a number above 0 (or None for the hard switch), got {self.blend_k!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta (η) must be in [0, 1], got {self.eta}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
-        if not isinstance(self.resample, int) or not 1 <= self.resample <= 20:
+        if not whole(self.resample) or not 1 <= self.resample <= 20:
             raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
@@ -137,8 +152,14 @@ def _validate_image(i: int, image: Any) -> np.ndarray:
 
 
 def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None:
-    """Refuse settings that would run a prior at noise levels it was never trained on (a prior made with
-    train_prior.py --max-timestep records the largest one in its meta)."""
+    """Refuse settings that would run a prior at noise levels it was never trained on: with another noise schedule
+    than its own (train_prior.py records it in its meta; guided-diffusion's own checkpoints record nothing), or
+    beyond the largest timestep it saw (train_prior.py --max-timestep)."""
+    trained_schedule = meta.get("schedule")
+    if trained_schedule is not None and trained_schedule != settings.schedule:
+        raise ValueError(f"this prior was trained with the {trained_schedule} noise schedule, but these settings "
+                         f"sample with {settings.schedule}: its noise levels would not match (set "
+                         f"schedule={trained_schedule!r}; the job's --schedule {trained_schedule})")
     trained_up_to = meta.get("max_timestep")
     if trained_up_to is None:
         return
@@ -172,7 +193,10 @@ class Purifier:
         self.precision = precision
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.config = model.config
-        self.canvas_size = canvas_size or self.config.image_size
+        for name, value in (("canvas_size", canvas_size), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (or None for the default), got {value!r}")
+        self.canvas_size = self.config.image_size if canvas_size is None else canvas_size
         multiple = self.config.min_input_multiple
         if self.canvas_size % multiple:
             raise ValueError(f"canvas size {self.canvas_size} must be a multiple of {multiple} for this model")
@@ -180,7 +204,7 @@ class Purifier:
             raise ValueError(
                 f"pool factor {self.settings.pool} does not divide the model's canvas size {self.canvas_size}"
             )
-        self.batch_size = batch_size or default_batch_size(self.canvas_size)
+        self.batch_size = default_batch_size(self.canvas_size) if batch_size is None else batch_size
         self.model_batch = model_batch_size(self.canvas_size, self.device, self.batch_size)
         self.schedule = NoiseSchedule.named(self.settings.schedule)
         self.operators = make_operators(self.settings.operators, self.settings.pool)
@@ -291,6 +315,9 @@ class Purifier:
         self, images: Sequence[np.ndarray] | np.ndarray, seed: int | None = None, progress: bool = False
     ) -> list[np.ndarray]:
         """Purify RGB uint8 images of any sizes; returns a list of the same length, sizes and order."""
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise ValueError(f"expected a list of H x W x 3 images or an N x H x W x 3 array, got an array of shape "
+                             f"{images.shape}; for one image, pass [image]")
         checked = [_validate_image(i, im) for i, im in enumerate(images)]
         if not checked:
             return []

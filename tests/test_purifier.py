@@ -100,6 +100,38 @@ def test_bad_input_is_named(model) -> None:
             ZipSettings(start=bad)
 
 
+def test_settings_that_would_give_garbage_are_refused(model) -> None:
+    """Values that used to pass and then return uninitialised or black images, or fail only at call time."""
+    for name in ("batch_size", "canvas_size"):
+        for bad in (0, -1, 2.5):
+            with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+                Purifier(model, ZipSettings(steps=1), **{name: bad})
+    for bad in (float("nan"), 0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="blend_k must be a number above 0"):
+            ZipSettings(blend_k=bad)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        ZipSettings(steps=True)
+    with pytest.raises(ValueError, match="unknown noise schedule 'bogus'"):
+        ZipSettings(schedule="bogus")
+    with pytest.raises(ValueError, match="large_images must be one of fit, stretch"):
+        ZipSettings(large_images="bogus")
+    p = Purifier(model, ZipSettings(steps=1))
+    with pytest.raises(ValueError, match=r"got an array of shape \(8, 8, 3\); for one image, pass \[image\]"):
+        p(np.zeros((8, 8, 3), np.uint8))
+    assert [im.shape for im in p(np.zeros((2, 8, 8, 3), np.uint8))] == [(8, 8, 3)] * 2  # a batch array is fine
+
+
+def test_a_prior_runs_only_with_the_noise_schedule_it_was_trained_with(model) -> None:
+    from pipeline.checkpoint import LoadedCheckpoint
+
+    cosine = LoadedCheckpoint(model, model.config, "0" * 64, "cosine.pt", None, meta={"schedule": "cosine"})
+    with pytest.raises(ValueError, match="trained with the cosine noise schedule, but these settings sample with linear"):
+        Purifier(model, ZipSettings(steps=1), checkpoint=cosine)
+    assert Purifier(model, ZipSettings(steps=1, schedule="cosine"), checkpoint=cosine).schedule.name == "cosine"
+    unrecorded = LoadedCheckpoint(model, model.config, "0" * 64, "gd.pt", None, meta={})  # guided-diffusion's own
+    assert Purifier(model, ZipSettings(steps=1), checkpoint=unrecorded).schedule.name == "linear"
+
+
 def test_authors_code_settings() -> None:
     s = ZipSettings.authors_code(pool=2)
     assert (s.operators, s.blend_k, s.eta, s.pool) == ("gray,pool", 10.0, 1.0, 2)
