@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,11 +77,105 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every-min", type=float, default=5.0)
     p.add_argument("--log-every", type=int, default=25, help="log every N steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fresh", action="store_true", help="ignore OUT/last.pt and start over")
-    return p.parse_args(argv)
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore OUT/last.pt and start over. Any run that starts over keeps the previous train_log.jsonl "
+                        "as train_log.jsonl.old (replacing an older one) and logs to a new train_log.jsonl")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad options before anything is built, trained or written (p.error: a usage message, exit status 2)."""
+    for name in ("batch", "log_every", "channels", "res_blocks", "head_channels"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
+    for name in ("max_steps", "warmup_steps", "threads", "seed"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    # inf is a fine "no limit" for the time options (--max-steps then ends the run); nan compares false to everything
+    # and would silently end a run at once or never save.
+    for name in ("minutes", "save_every_min"):
+        if math.isnan(getattr(args, name)) or getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a positive number, got {args.lr}")
+    if not 0 <= args.ema < 1:
+        p.error(f"--ema must be in [0, 1), got {args.ema}")
+    if not 0 <= args.dropout < 1:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    timesteps = NoiseSchedule.named(args.schedule).num_steps
+    if args.max_timestep is not None and not 0 <= args.max_timestep < timesteps:
+        p.error(f"--max-timestep {args.max_timestep}: must be in 0..{timesteps - 1}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device}: torch sees no CUDA device here")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            p.error(f"--device {args.device}: torch sees only {torch.cuda.device_count()} CUDA device(s) here")
+    # Checked even with --init-from (which replaces them): a bad value is a mistake worth hearing about either way.
+    problem = architecture_problem(args)
+    if problem:
+        p.error(problem)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file, not a folder")
+    if args.export:
+        export = Path(args.export)
+        if export.is_dir():
+            p.error(f"--export {export} is a folder; give the file to write, e.g. {export / 'prior.pt'}")
+        if export.resolve() in {(out / "last.pt").resolve(), (out / LOG).resolve()}:
+            p.error(f"--export {export} would overwrite the run's own {export.name}")
+
+
+def architecture_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the UNet width/depth options, named by flag; None when they build a 32 px UNet."""
+    try:
+        mults = [float(m) for m in args.channel_mult.split(",")]
+    except ValueError:
+        return f"--channel-mult must be comma-separated numbers such as 1,2,2, got {args.channel_mult!r}"
+    if not all(math.isfinite(m) and m > 0 for m in mults):
+        return f"--channel-mult must be positive numbers, got {args.channel_mult!r}"
+    if len(mults) > 6:  # one halving per level but the last: 32 px allows 32, 16, 8, 4, 2, 1
+        return f"--channel-mult {args.channel_mult}: {len(mults)} levels halve 32 px below one pixel; use at most 6"
+    widths = [int(m * args.channels) for m in mults]
+    if any(w < 1 or w % 32 for w in widths):
+        return (f"--channels {args.channels} x --channel-mult {args.channel_mult} gives level widths {widths}; each must "
+                f"be a positive multiple of 32 (the UNet's GroupNorm has 32 groups)")
+    levels = {32 >> i: w for i, w in enumerate(widths)}  # resolution in px -> width
+    try:
+        attention = [int(a) for a in args.attention.split(",") if a.strip()]
+    except ValueError:
+        return f"--attention must be comma-separated resolutions in pixels such as 16,8, got {args.attention!r}"
+    unreached = [a for a in attention if a not in levels]
+    if unreached:
+        return f"--attention {args.attention}: the UNet has no {unreached} px level (its levels: {sorted(levels)} px)"
+    # The middle block always attends at the lowest resolution.
+    for width in {levels[a] for a in attention} | {widths[-1]}:
+        if width % args.head_channels:
+            return f"--head-channels {args.head_channels} does not divide the width {width} of a level with attention"
+    try:  # a last net for what the checks above miss; the meta device allocates nothing
+        with torch.device("meta"):
+            build_unet(make_config(args))
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        return f"the UNet options (--channels, --channel-mult, --res-blocks, --attention, --head-channels) do not fit: {err}"
+    return None
 
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+LOG = "train_log.jsonl"
+OBJECTIVE = "epsilon"  # the only objective this script trains: ε-prediction MSE
+STATE_KEYS = {"model", "ema", "opt", "step", "images_seen", "elapsed_s", "flags"}
+# What a resumed last.pt must agree on: these change what the model learns, so a run that mixed them would be neither
+# prior. Optimiser and bookkeeping settings (--lr, --warmup-steps, --batch, --ema, --precision, --seed, --minutes,
+# --max-steps, --device, --threads) may change on resume: they change how the same objective is optimised, not what it is.
+# The model flags (width, depth, attention, dropout, learn_sigma) are compared separately.
+LEARNED = ("data", "schedule", "max_timestep", "objective", "timesteps")
+# The value a last.pt written before a setting was recorded was trained with; the schedule has always been a flag, so an
+# old state's schedule is unknown (None).
+LEGACY = {"data": "cifar10", "schedule": None, "max_timestep": None, "objective": OBJECTIVE, "timesteps": 1000}
 
 
 def make_config(args: argparse.Namespace) -> UNetConfig:
@@ -96,12 +191,50 @@ def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str]:
     try:
         loaded = load_checkpoint(uri)
     except (CheckpointError, OSError) as err:
-        raise SystemExit(f"--init-from {uri}: {err}") from err
+        raise SystemExit(f"error: --init-from {uri}: {err}") from err
     cfg = loaded.config
     if cfg.image_size != 32 or cfg.learn_sigma or cfg.class_cond:
-        raise SystemExit(f"--init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "
+        raise SystemExit(f"error: --init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "
                          f"got image_size={cfg.image_size}, learn_sigma={cfg.learn_sigma}, class_cond={cfg.class_cond}")
     return cfg.with_(dropout=dropout), loaded.model.state_dict(), f"{uri} (sha256 {loaded.sha256[:12]})"
+
+
+def learned_settings(args: argparse.Namespace, timesteps: int) -> dict:
+    return {"data": args.data, "schedule": args.schedule, "max_timestep": args.max_timestep, "objective": OBJECTIVE,
+            "timesteps": timesteps}
+
+
+def load_state(last: Path, device: torch.device) -> dict:
+    """The resume state in OUT/last.pt; a file that cannot be read as one is an error naming it (it is left in place)."""
+    try:
+        state = torch.load(last, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated zip, a pickle torch refuses, a folder: all mean "cannot resume from this"
+        raise SystemExit(f"error: {last} is damaged and cannot be resumed ({type(err).__name__}: {err}); pass --fresh "
+                         f"to start over (it is then overwritten), or delete it") from err
+    missing = STATE_KEYS - set(state) if isinstance(state, dict) else STATE_KEYS
+    if missing:
+        raise SystemExit(f"error: {last} is damaged or not a training state (it lacks {', '.join(sorted(missing))}); "
+                         f"pass --fresh to start over (it is then overwritten), or delete it")
+    return state
+
+
+def check_resumable(last: Path, state: dict, config: UNetConfig, learned: dict) -> None:
+    """Refuse to continue a run whose model or learning problem differs from this command's (see LEARNED)."""
+    again = "; use --fresh or another --out"
+    flags = config.to_flags()
+    if state["flags"] != flags:
+        differ = ", ".join(f"{k} {state['flags'].get(k)}, not {v}" for k, v in flags.items() if state["flags"].get(k) != v)
+        raise SystemExit(f"error: {last} was trained with other model flags ({differ}){again}")
+    for name in LEARNED:
+        before = state.get(name, LEGACY[name])
+        if name == "schedule" and before is None:
+            print(f"warning: {last} predates recording its noise schedule; assuming it is --schedule {learned[name]}",
+                  file=sys.stderr, flush=True)
+        elif before != learned[name]:
+            if name == "data":
+                raise SystemExit(f"error: {last} was trained on {before}, not {learned[name]}{again}")
+            flag = {"schedule": "--schedule", "max_timestep": "--max-timestep"}.get(name, name)
+            raise SystemExit(f"error: {last} was trained with {flag} {before}, not {learned[name]}{again}")
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -111,15 +244,12 @@ def save_state(path: Path, state: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # every option is checked here, before anything is built or written
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     export = Path(args.export) if args.export else out / "prior.pt"
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: torch sees no CUDA device here")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
     autocast_dtype = AUTOCAST[args.precision]
@@ -137,30 +267,32 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     last = out / "last.pt"
-    if last.exists() and not args.fresh:
-        state = torch.load(last, map_location=device, weights_only=True)
-        if state["flags"] != config.to_flags():
-            raise SystemExit(f"{last} was trained with other model flags; use --fresh or another --out")
-        trained_on = state.get("data", "cifar10")  # states from before --data existed are CIFAR-10 runs
-        if trained_on != args.data:
-            raise SystemExit(f"{last} was trained on {trained_on}, not {args.data}; use --fresh or another --out")
-        if state.get("max_timestep") != args.max_timestep:
-            raise SystemExit(f"{last} was trained with --max-timestep {state.get('max_timestep')}, not "
-                             f"{args.max_timestep}; use --fresh or another --out")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+    alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
+    learned = learned_settings(args, len(alpha_bars))
+    resumed = last.exists() and not args.fresh
+    if resumed:
+        state = load_state(last, device)
+        check_resumable(last, state, config, learned)
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise SystemExit(f"error: {last} is damaged and cannot be resumed ({err}); pass --fresh to start over "
+                             f"(it is then overwritten), or delete it") from err
         step, images_seen, elapsed = state["step"], state["images_seen"], state["elapsed_s"]
+        # The weights, and so their provenance, come from last.pt (a state from before it recorded one: this command's)
+        init_note = state["initialised_from"] if "initialised_from" in state else init_note
         rng = np.random.default_rng(args.seed + step)
         torch.manual_seed(args.seed + step)
         print(f"resumed from {last}: step {step}, {images_seen} images, {elapsed / 60:.1f} min", flush=True)
+    elif args.minutes == 0 and initial is None:
+        raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
+                         f"export an untrained prior")
 
     data = load_dataset(args.data, "train").images  # N x 32 x 32 x 3 uint8, clean
     described, use_flips = TRAINING_SETS[args.data]
     pixels = torch.from_numpy(data).to(device)  # the whole set lives on the device (150 MB for CIFAR-10): no per-step copy
-    alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
-    if args.max_timestep is not None and not 0 <= args.max_timestep < len(alpha_bars):
-        raise SystemExit(f"--max-timestep {args.max_timestep}: must be in 0..{len(alpha_bars) - 1}")
     t_high = len(alpha_bars) if args.max_timestep is None else args.max_timestep + 1
     n_params = sum(p.numel() for p in model.parameters())
     print(f"training {n_params / 1e6:.2f}M-parameter prior on {len(data)} images, budget {args.minutes} min, "
@@ -170,11 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         save_state(last, {
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "images_seen": images_seen, "elapsed_s": elapsed, "flags": config.to_flags(),
-            "data": args.data, "max_timestep": args.max_timestep,
+            **learned, "initialised_from": init_note,
         })
         save_bundle(export, ema, meta={
             "trained_on": described,
-            "objective": "epsilon MSE, T=1000", "schedule": args.schedule, "steps": step,
+            "objective": f"epsilon MSE, T={len(alpha_bars)}", "schedule": args.schedule, "steps": step,
             **({"max_timestep": args.max_timestep} if args.max_timestep is not None else {}),
             "images_seen": images_seen, "minutes": round(elapsed / 60, 1), "ema_decay": args.ema,
             "device": str(device), "precision": args.precision,
@@ -182,7 +314,13 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python jobs/train_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         })
 
-    log = open(out / "train_log.jsonl", "a")
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / LOG
+    if not resumed and log_path.exists():
+        # A run that starts over starts a new log; the old run's is kept (once) rather than mixed into it or lost.
+        os.replace(log_path, log_path.with_name(LOG + ".old"))
+        print(f"starting over: the previous {log_path} is now {LOG}.old", flush=True)
+    log = open(log_path, "a")
     # The running loss stays on the device: reading it back every step would stall a GPU's queue.
     loss_sum, loss_n = torch.zeros((), device=device), 0
     t_start, t_window, last_save = time.time(), time.time(), time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,49 @@ def test_bf16_autocast_trains_a_finite_prior_and_says_so(train_prior, tmp_path: 
     assert len(losses) == 2 and all(np.isfinite(losses)) and 0.1 < losses[0] < 10  # ε-MSE starts near 1
 
 
-def test_cuda_without_a_gpu_is_a_clear_error(train_prior, tmp_path: Path) -> None:
+def test_cuda_without_a_gpu_is_a_clear_error(train_prior, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     module, _ = train_prior
-    with pytest.raises(SystemExit, match="no CUDA device"):
+    with pytest.raises(SystemExit) as stopped:
         module.main(["--device", "cuda", "--max-steps", "1", "--out", str(tmp_path), *TINY])
+    assert stopped.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+BAD_OPTIONS = [
+    ["--log-every", "0"], ["--batch", "0"], ["--batch", "-2"], ["--device", "foo"], ["--device", "cuda:x"],
+    ["--device", "mps"], ["--channel-mult", "x,y"], ["--channel-mult", "0,1"], ["--channel-mult", "1,2,2,2,2,2,2"],
+    ["--minutes", "-1"], ["--minutes", "nan"], ["--max-steps", "-1"], ["--channels", "0"], ["--channels", "48"],
+    ["--res-blocks", "0"], ["--attention", "abc"], ["--attention", "8"], ["--head-channels", "0"],
+    ["--head-channels", "48"], ["--dropout", "1"], ["--dropout", "-0.1"], ["--lr", "0"], ["--lr", "nan"],
+    ["--warmup-steps", "-1"], ["--ema", "1.5"], ["--ema", "-0.1"], ["--threads", "-1"], ["--save-every-min", "-1"],
+    ["--seed", "-1"], ["--max-timestep", "-1"], ["--max-timestep", "1000"],
+]
+
+
+@pytest.mark.parametrize("bad", BAD_OPTIONS, ids=" ".join)
+def test_a_bad_option_is_a_usage_error_before_anything_is_written(
+        train_prior, tmp_path: Path, capsys: pytest.CaptureFixture, bad: list[str]) -> None:
+    module, requested = train_prior
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--max-steps", "1", "--out", str(tmp_path / "run"), *TINY, *bad])  # the last value given wins
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "error: " + bad[0] in err, err
+    assert not (tmp_path / "run").exists() and requested == []  # nothing read, trained or written
+
+
+def test_a_run_with_nothing_to_train_or_start_from_exports_nothing(train_prior, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    module, _ = train_prior
+    with pytest.raises(SystemExit, match="--minutes 0 with nothing to start from.*untrained prior"):
+        module.main(["--minutes", "0", "--out", str(tmp_path / "run"), *TINY])
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "file").write_text("")
+    for bad in (["--out", str(tmp_path / "file")], ["--out", str(tmp_path / "run"), "--export", str(tmp_path)]):
+        with pytest.raises(SystemExit) as stopped:
+            module.main(["--max-steps", "1", *bad, *TINY])
+        assert stopped.value.code == 2 and "error: " + bad[-2] in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_init_from_starts_at_the_given_prior_with_its_architecture(train_prior, tmp_path: Path) -> None:
@@ -133,5 +171,61 @@ def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_pr
                     dry_run=True).units == []
     with pytest.raises(SystemExit, match="--max-timestep 300, not None"):
         module.main(["--max-steps", "4", "--out", str(tmp_path), *TINY])
-    with pytest.raises(SystemExit, match="--max-timestep 1000: must be in 0..999"):
+    with pytest.raises(SystemExit) as stopped:  # a usage error (more in BAD_OPTIONS)
         module.main(["--max-timestep", "1000", "--max-steps", "1", "--out", str(tmp_path / "b"), *TINY])
+    assert stopped.value.code == 2
+
+
+def test_resuming_refuses_another_noise_schedule_or_learning_problem(train_prior, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    module, _ = train_prior
+    assert module.main(["--max-steps", "2", "--out", str(tmp_path), *TINY]) == 0
+    with pytest.raises(SystemExit, match="trained with --schedule linear, not cosine; use --fresh"):
+        module.main(["--max-steps", "3", "--schedule", "cosine", "--out", str(tmp_path), *TINY])
+    with pytest.raises(SystemExit, match=r"other model flags \(dropout 0.0, not 0.1\)"):
+        module.main(["--max-steps", "3", "--dropout", "0.1", "--out", str(tmp_path), *TINY])
+    assert load_checkpoint(str(tmp_path / "prior.pt")).meta["steps"] == 2  # the refusals changed nothing
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (state["schedule"], state["objective"], state["timesteps"]) == ("linear", "epsilon", 1000)
+    torch.save({**state, "timesteps": 4000}, tmp_path / "last.pt")  # a state from another T (or objective)
+    with pytest.raises(SystemExit, match="trained with timesteps 4000, not 1000"):
+        module.main(["--max-steps", "3", "--out", str(tmp_path), *TINY])
+    # a state from before the schedule was recorded resumes under the one given, and says it assumes so
+    torch.save({k: v for k, v in state.items() if k != "schedule"}, tmp_path / "last.pt")
+    # optimiser settings may change on resume
+    assert module.main(["--max-steps", "3", "--lr", "1e-4", "--batch", "2", "--out", str(tmp_path), *TINY]) == 0
+    assert "assuming it is --schedule linear" in capsys.readouterr().err
+    assert load_checkpoint(str(tmp_path / "prior.pt")).meta["steps"] == 3
+
+
+def test_a_damaged_resume_state_is_named_and_left_alone(train_prior, tmp_path: Path) -> None:
+    module, _ = train_prior
+    assert module.main(["--max-steps", "1", "--out", str(tmp_path), *TINY]) == 0
+    last = tmp_path / "last.pt"
+    damaged = last.read_bytes()[: last.stat().st_size // 2]  # as a full disk or a killed copy leaves it
+    last.write_bytes(damaged)
+    with pytest.raises(SystemExit, match=rf"error: {re.escape(str(last))} is damaged.*pass --fresh") as stopped:
+        module.main(["--max-steps", "2", "--out", str(tmp_path), *TINY])
+    assert stopped.value.code != 0 and last.read_bytes() == damaged
+    torch.save({"model": {}}, last)  # readable, but not a training state
+    with pytest.raises(SystemExit, match="not a training state.*lacks elapsed_s, ema"):
+        module.main(["--max-steps", "2", "--out", str(tmp_path), *TINY])
+    assert module.main(["--fresh", "--max-steps", "1", "--out", str(tmp_path), *TINY]) == 0
+
+
+def test_a_fresh_start_starts_a_fresh_log_and_keeps_the_old_one(train_prior, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    module, _ = train_prior
+
+    def steps(name: str) -> list[int]:
+        return [json.loads(line)["step"] for line in (tmp_path / name).read_text().splitlines()]
+
+    assert module.main(["--max-steps", "2", "--out", str(tmp_path), *TINY]) == 0
+    assert module.main(["--fresh", "--max-steps", "1", "--out", str(tmp_path), *TINY]) == 0
+    assert steps("train_log.jsonl") == [1] and steps("train_log.jsonl.old") == [1, 2]
+    (tmp_path / "last.pt").unlink()  # deleting the state starts over too
+    assert module.main(["--max-steps", "1", "--out", str(tmp_path), *TINY]) == 0
+    assert steps("train_log.jsonl") == [1] and steps("train_log.jsonl.old") == [1]
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert "as train_log.jsonl.old" in " ".join(capsys.readouterr().out.split())  # --help says where the old log goes
