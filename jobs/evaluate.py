@@ -17,7 +17,9 @@ then the target check: is ZIP's average CA and PA above ShrinkPad's and A⁺A x'
 each with a 95 % paired-bootstrap interval over the test images), <dataset>-examples.png.
 
 Resume: trained classifiers and purified image sets are cached in --cache-dir (classifiers/, purified/) and
-reused, so re-running the same command after an interruption only does the unfinished work.
+reused, so re-running the same command after an interruption only does the unfinished work. A damaged cache file is
+named in a warning and rebuilt. An --out folder holding a report of another configuration is refused (give another
+--out, or --overwrite); settings, the prior and the output folders are all checked before any work starts.
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours on 2 CPU cores)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
@@ -27,6 +29,8 @@ reused, so re-running the same command after an interruption only does the unfin
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
 from pipeline.evaluation.classifier import train_classifier  # noqa: E402
-from pipeline.evaluation.runner import DEFENSES, EvalConfig, evaluate_dataset, log  # noqa: E402
+from pipeline.evaluation.runner import (  # noqa: E402
+    DEFAULT_PRIOR,
+    DEFENSES,
+    ZIP_DEFENSES,
+    EvalConfig,
+    EvaluationError,
+    evaluate_dataset,
+    log,
+    preflight,
+    zip_settings,
+)
 from pipeline.evaluation.target import RESAMPLES  # noqa: E402
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
@@ -68,9 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "row with CA only). Default: badnet,blended,physicalba,wanet")
     p.add_argument("--defenses", type=_csv(DEFENSES, "defense"), default=list(DEFENSES),
                    help="comma-separated defenses (none, shrinkpad, naive, zip, zip-authors). Default: all")
-    p.add_argument("--checkpoint", default="pipeline/assets/cifar10_prior.pt",
+    p.add_argument("--checkpoint", default=DEFAULT_PRIOR,
                    help="diffusion prior for the zip defenses (path or fsspec URI; its sha256 keys the cache). "
-                        "Default: pipeline/assets/cifar10_prior.pt")
+                        "Default: the shipped CIFAR-10 prior, pipeline/assets/cifar10_prior.pt")
     p.add_argument("--steps", type=int, default=20, help="ZIP DDIM steps (both zip variants). Default: 20")
     p.add_argument("--pool", type=int, default=4,
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
@@ -104,7 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where trained classifiers (classifiers/) and purified image sets (purified/) are cached and "
                         "reused on the next run. Default: ~/.cache/zip-purify")
     p.add_argument("--out", type=Path, default=Path("results"),
-                   help="folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. Default: results")
+                   help="folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. A report of another "
+                        "configuration there is refused (rerunning the same one regenerates it). Default: results")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace reports of another configuration in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available). Default: auto")
     p.add_argument("--canvas-size", type=int, default=None,
                    help="purifier canvas size (default: the prior's image size; part of the cache key)")
@@ -117,32 +134,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "of ZIP's differences to ShrinkPad and A⁺A x and for its ASR; needs a zip defense, a baseline and "
                         f"an attack in the run); 0 leaves the check out. Default: {RESAMPLES}")
     args = p.parse_args(argv)
-    for name in ("steps", "pool", "subset", "epochs", "examples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be positive")
-    if args.crop_pad < 0:
-        p.error("--crop-pad must be 0 or more")
-    if args.bootstrap < 0:
-        p.error("--bootstrap must be 0 or more")
+    problem = _argument_problem(args)
+    if problem:
+        p.error(problem)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options on their own (the data sets, prior and --out are `runner.preflight`'s)."""
+    for name in ("steps", "pool", "subset", "epochs", "examples"):
+        if getattr(args, name) < 1:
+            return f"--{name} must be positive"
+    for name in ("crop_pad", "bootstrap", "threads", "seed", "sampler_seed"):
+        if getattr(args, name) < 0:
+            return f"--{name.replace('_', '-')} must be 0 or more"
+    for name in ("canvas_size", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be positive"
+    if not (math.isfinite(args.start) and 0.0 < args.start <= 1.0):
+        return f"--start must be in (0, 1] (a fraction of the T diffusion steps), got {args.start}"
+    try:  # the sampler's own limits (e.g. at most 1000 steps)
+        for d in ZIP_DEFENSES:
+            zip_settings(d, args.steps, args.pool, seed=args.sampler_seed, sampler=args.sampler, start=args.start)
+    except ValueError as err:
+        return f"ZIP settings (--steps {args.steps}, --pool {args.pool}): {err}"
+    return _device_problem(args.device)
+
+
+def _device_problem(device: str) -> str | None:
+    if device == "auto":
+        return None
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"--device {device}: no CUDA device is available here (use --device cpu)"
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def make_config(args: argparse.Namespace, dataset: str) -> EvalConfig:
+    return EvalConfig(
+        dataset=dataset, attacks=args.attacks, defenses=args.defenses, checkpoint=args.checkpoint,
+        steps=args.steps, pool=args.pool, subset=args.subset, seed=args.seed, sampler_seed=args.sampler_seed,
+        sampler=args.sampler, start=args.start, epochs=args.epochs,
+        threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
+        canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
+        train_options={} if args.crop_pad == CROP_PAD else {"crop_pad": args.crop_pad}, bootstrap=args.bootstrap,
+        overwrite=args.overwrite,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for dataset in args.datasets:
-        if dataset == "imagenette" and not args.device.startswith("cuda"):
+    configs = [make_config(args, dataset) for dataset in args.datasets]
+    try:  # every data set's checks before the first one's hours of work
+        checked = [preflight(config) for config in configs]
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for config, check in zip(configs, checked, strict=True):
+        if config.dataset == "imagenette" and not args.device.startswith("cuda"):
             log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
-        config = EvalConfig(
-            dataset=dataset, attacks=args.attacks, defenses=args.defenses, checkpoint=args.checkpoint,
-            steps=args.steps, pool=args.pool, subset=args.subset, seed=args.seed, sampler_seed=args.sampler_seed,
-            sampler=args.sampler, start=args.start, epochs=args.epochs,
-            threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
-            canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
-            train_options={} if args.crop_pad == CROP_PAD else {"crop_pad": args.crop_pad}, bootstrap=args.bootstrap,
-        )
-        evaluate_dataset(config)
+        evaluate_dataset(config, checked=check)
     return 0
 
 

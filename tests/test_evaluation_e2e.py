@@ -223,9 +223,10 @@ def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physic
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     configs: list[runner.EvalConfig] = []
-    monkeypatch.setattr(job, "evaluate_dataset", configs.append)
-    job.main(["--datasets", "cifar10", "--crop-pad", "0"])
-    job.main(["--datasets", "cifar10"])
+    monkeypatch.setattr(job, "evaluate_dataset", lambda config, **_: configs.append(config))
+    out = ["--out", str(tmp_path / "out")]  # not a results/ folder wherever the tests run
+    job.main(["--datasets", "cifar10", "--crop-pad", "0", *out])
+    job.main(["--datasets", "cifar10", *out])
     assert configs[0].train_options == {"crop_pad": 0} and configs[1].train_options == {}  # default: the cached names
     with pytest.raises(SystemExit):
         job.parse_args(["--crop-pad", "-1"])
@@ -344,3 +345,105 @@ def test_sampler_seed_and_sampler_draw_other_zip_samples_under_their_own_cache_k
     assert "2 DDPM steps" in (tmp_path / "ddpm" / "synthetic.md").read_text()
     assert "2 DDIM steps" in (tmp_path / "seed0" / "synthetic.md").read_text()
     assert len(list(purified.glob("zip-*"))) == 3 and len(list(purified.glob("naive-*"))) == 1
+
+
+def _small_config(tmp_path: Path, **overrides: object) -> runner.EvalConfig:
+    """One attack, the cheap defenses, four test images: a run of a fraction of a second."""
+    settings: dict = dict(
+        dataset="synthetic", attacks=["badnet"], defenses=["none", "naive"], checkpoint="unused", steps=2, subset=4,
+        epochs=1, threads=1, cache_dir=tmp_path / "cache", out_dir=tmp_path / "results", examples=1,
+        train_options={"depth": 8, "batch_size": 16},
+    )
+    return runner.EvalConfig(**{**settings, **overrides})
+
+
+def test_subset_smaller_than_the_class_count_is_refused_before_any_work(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class-stratified subset of fewer images than classes would hold no image at all."""
+    monkeypatch.setattr(runner, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(runner, "purified", lambda *a, **k: pytest.fail("purified"))
+    with pytest.raises(runner.EvaluationError, match="--subset 1 is too small for synthetic.*at least 2"):
+        runner.evaluate_dataset(_small_config(tmp_path, subset=1), loader=fake_loader)
+    with pytest.raises(runner.EvaluationError, match="--subset 40 is too small for gtsrb.*at least 43"):
+        runner.preflight(_small_config(tmp_path, dataset="gtsrb", subset=40))  # the shared set: known without loading
+
+
+def test_a_report_of_another_configuration_is_not_replaced_without_overwrite(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    first = runner.evaluate_dataset(_small_config(tmp_path), loader=fake_loader)
+    report = tmp_path / "results" / "synthetic.json"
+    assert first["config"]["steps"] == 2 and first["config"]["examples"] == 1
+    again = runner.evaluate_dataset(_small_config(tmp_path, threads=2), loader=fake_loader)  # same settings: fine
+    assert again["results"] == first["results"]
+
+    monkeypatch.setattr(runner, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(runner.EvaluationError, match=r"another configuration \(steps 2 there, 3 now\).*--overwrite"):
+        runner.evaluate_dataset(_small_config(tmp_path, steps=3), loader=fake_loader)
+    with pytest.raises(runner.EvaluationError, match=r'attacks \["badnet"\] there, \["clean"\] now; pool 4 there, 2 now'):
+        runner.evaluate_dataset(_small_config(tmp_path, attacks=["none"], pool=2), loader=fake_loader)
+    assert json.loads(report.read_text())["config"]["steps"] == 2
+    assert runner.evaluate_dataset(_small_config(tmp_path, steps=3, overwrite=True), loader=fake_loader)["config"]["steps"] == 3
+
+    report.write_text("[1, 2]")
+    with pytest.raises(runner.EvaluationError, match="not a report of jobs/evaluate.py"):
+        runner.preflight(_small_config(tmp_path, steps=3))
+
+
+def test_a_run_without_triggered_images_removes_the_earlier_examples_png(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    runner.evaluate_dataset(_small_config(tmp_path), loader=fake_loader)
+    png = tmp_path / "results" / "synthetic-examples.png"
+    assert png.exists() and "-examples.png" in capsys.readouterr().err
+    runner.evaluate_dataset(_small_config(tmp_path, attacks=["none"], overwrite=True), loader=fake_loader)
+    assert not png.exists()
+    wrote = next(line for line in capsys.readouterr().err.splitlines() if ": wrote " in line)
+    assert "synthetic.json, .md (" in wrote and "examples" not in wrote
+
+
+def test_damaged_cache_files_are_named_and_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated classifier (.pt), its record (.json) and a truncated purified set (.npz) are derived: warned
+    about by name and rebuilt as if missing."""
+    runner.evaluate_dataset(_small_config(tmp_path), loader=fake_loader)
+    (weights,) = (tmp_path / "cache" / "classifiers").glob("*.pt")
+    purified_sets = sorted((tmp_path / "cache" / "purified").rglob("*.npz"))
+    assert len(purified_sets) == 2  # naive: clean and triggered
+    for path in (weights, *purified_sets):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+
+    report = runner.evaluate_dataset(_small_config(tmp_path), loader=fake_loader)
+    err = capsys.readouterr().err
+    for path in (weights, *purified_sets):
+        assert f"warning: cache file {path} is damaged" in err
+    assert report["classifiers"]["badnet"]["trained_now"]
+    load_classifier(weights)  # replaced by the retrained one
+    test = fake_loader("synthetic", "test")
+    with np.load(next(p for p in purified_sets if p.name.startswith("clean-"))) as data:
+        from pipeline.evaluation.baselines import naive_transform
+
+        expected = naive_transform(test.images[stratified_subset(test.labels, 4, 0)], 4)
+        np.testing.assert_array_equal(data["images"], expected)
+
+    record = weights.with_suffix(".json")
+    record.write_text('{"epochs": ')
+    again = runner.evaluate_dataset(_small_config(tmp_path), loader=fake_loader)
+    assert f"warning: cache file {record} is damaged" in capsys.readouterr().err
+    assert not again["classifiers"]["badnet"]["trained_now"] and again["results"] == report["results"]
+    assert json.loads(record.read_text())["full_test"]["images"] == 24  # rescored and written back
+
+
+def test_a_damaged_decoded_data_set_is_decoded_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.evaluation import datasets
+
+    fresh = _synthetic(6, 0)
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(datasets, "SHARED_DIR", tmp_path)
+    monkeypatch.setitem(datasets._READERS, "cifar10", (lambda split: (fresh.images, fresh.labels), 10))
+    cache = tmp_path / "cifar10-test.npz"
+    cache.write_bytes(b"PK\x03\x04 cut short")
+    loaded = datasets.load_dataset("cifar10", "test")
+    assert f"warning: cache file {cache} is damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(loaded.images, fresh.images)
+    with np.load(cache) as data:
+        np.testing.assert_array_equal(data["labels"], fresh.labels)

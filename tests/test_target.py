@@ -180,3 +180,57 @@ def test_point_check_agrees_with_the_bootstrap_check_on_its_verdicts() -> None:
     assert point_check(averages, "zip")[-1]["met"] is True
     with pytest.raises(ValueError, match="no average for naive"):
         point_check({d: averages[d] for d in ("zip", "shrinkpad")}, "zip")
+
+
+def _target_table_job():
+    spec = importlib.util.spec_from_file_location("target_table_job", Path(__file__).parents[1] / "jobs" / "target_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _point_report(pool: int, zip_ca: float) -> dict:
+    averages = {"zip": {"ca": zip_ca, "asr": 1.0, "pa": 50.0}, "shrinkpad": {"ca": 60.0, "asr": 40.0, "pa": 30.0},
+                "naive": {"ca": 50.0, "asr": 2.0, "pa": 45.0}}
+    return {"config": {"pool": pool}, "average": averages}
+
+
+def test_reports_of_the_same_name_get_a_row_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target_table = _target_table_job()
+    paths = [tmp_path / "a" / "cifar10.json", tmp_path / "b" / "cifar10.json", tmp_path / "gtsrb.json"]
+    for path, ca in zip(paths, (70.0, 40.0, 80.0), strict=True):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(_point_report(4, ca)))
+    assert target_table.main([str(p) for p in paths]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["a/cifar10", "b/cifar10", "gtsrb"]
+    assert "+10.0 yes" in rows[0] and "-20.0 no" in rows[1]
+    assert target_table.row_labels([Path("x/a/c.json"), Path("y/a/c.json"), Path("c.json"), Path("c.json")]) == [
+        "x/a/c", "y/a/c", "c", "c (2)"]
+
+
+def test_unusable_reports_are_named_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run without attacks (every average None), a JSON array, a report without config, non-UTF-8 bytes, broken
+    JSON, a missing file: one line each on stderr, never a traceback; the usable report still gets its row."""
+    target_table = _target_table_job()
+    no_attacks = {"config": {"pool": 4}, "target": None,
+                  "average": {d: {m: None for m in ("ca", "asr", "pa", "asr_no_trigger")} for d in DEFENSES}}
+    files = {"none.json": json.dumps(no_attacks), "list.json": "[1, 2]", "noconfig.json": json.dumps({"average": {}}),
+             "latin1.json": b"\xff\xfe{\xe9}", "broken.json": "{", "good.json": json.dumps(_point_report(4, 70.0))}
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    paths = [str(tmp_path / name) for name in [*files, "missing.json"]]
+    assert target_table.main(paths) == 0
+    captured = capsys.readouterr()
+    assert [line.split("|")[1].strip() for line in captured.out.splitlines()[2:]] == ["good"]
+    err = captured.err
+    assert f"{tmp_path / 'none.json'}: no target check for zip: " in err and "nothing to judge" in err
+    assert f"{tmp_path / 'list.json'}: holds an array, not a report" in err
+    assert f"{tmp_path / 'noconfig.json'}: no config" in err
+    assert f"{tmp_path / 'latin1.json'}: not UTF-8 text" in err
+    assert f"{tmp_path / 'broken.json'}: not valid JSON" in err
+    assert f"{tmp_path / 'missing.json'}: cannot read it" in err
+    assert err.count("(skipped)") == 6 and "Traceback" not in err
+    assert target_table.main(paths[:-2]) == 2  # nothing usable

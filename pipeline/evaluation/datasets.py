@@ -9,7 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import tarfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +90,8 @@ def _read_imagenette(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 _READERS = {"cifar10": (_read_cifar10, 10), "gtsrb": (_read_gtsrb, 43), "imagenette": (_read_imagenette, 10)}
+NUM_CLASSES = {name: classes for name, (_, classes) in _READERS.items()}
+IMAGE_SIZES = {"cifar10": 32, "gtsrb": 32, "imagenette": 224}  # the shared copies' square images, in px
 
 
 def load_dataset(name: str, split: str) -> LabelledImages:
@@ -96,8 +101,13 @@ def load_dataset(name: str, split: str) -> LabelledImages:
     reader, num_classes = _READERS[name]
     cache = CACHE_DIR / f"{name}-{split}.npz"
     if cache.exists():
-        with np.load(cache) as data:
-            return LabelledImages(data["images"], data["labels"], num_classes)
+        try:
+            with np.load(cache) as data:
+                return LabelledImages(data["images"], data["labels"], num_classes)
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            # Only a decoded copy of the shared archive: decode it again and replace it.
+            print(f"warning: cache file {cache} is damaged ({type(err).__name__}: {err}); decoding {name}/{split} "
+                  "again", file=sys.stderr)
     if not SHARED_DIR.exists():
         raise FileNotFoundError(f"shared data folder {SHARED_DIR} not found (set ZIP_SHARED_DIR)")
     images, labels = reader(split)

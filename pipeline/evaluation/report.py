@@ -149,8 +149,11 @@ def write_examples(
     poisoned_out: dict[str, dict[str, np.ndarray]],
     examples: int,
     pool: int,
-) -> None:
-    """PNG grid: per attack, `examples` columns; rows poisoned / A⁺A x / ZIP-purified (and ZIP authors' code when run)."""
+) -> bool:
+    """PNG grid: per attack, `examples` columns; rows poisoned / A⁺A x / ZIP-purified (and ZIP authors' code when run).
+
+    Returns whether it was written: a run without triggered images (attacks none) has no examples, and an earlier
+    run's PNG at `path` is removed, so it cannot pass for this run's."""
     blocks = []
     for name, triggered in poisoned_sets.items():
         if len(triggered) == 0:
@@ -165,7 +168,8 @@ def write_examples(
                 rows.append((f"{label} (k={pool})", poisoned_out[name][d][pick]))
         blocks.append((ATTACK_TITLES.get(name, name), rows))
     if not blocks:
-        return
+        path.unlink(missing_ok=True)
+        return False
     height, width = next(iter(poisoned_sets.values())).shape[1:3]
     scale = max(1, math.ceil(96 / max(height, width)))
     cell_h, cell_w, gap, label_w, title_h = height * scale, width * scale, 4, 130, 18
@@ -189,3 +193,4 @@ def write_examples(
     tmp = path.with_name(path.stem + ".tmp.png")
     canvas.save(tmp)
     os.replace(tmp, path)
+    return True

@@ -10,6 +10,9 @@ Everything expensive is cached under `cache_dir` and reused on the next run, so 
     classifiers/<dataset>-<attack|clean>-e<epochs>[-<options>].pt   (+ .json with how it was trained)
     purified/<dataset>-n<subset>-seed<seed>/<defense>-<key>/<part>-<input sha256[:16]>.npz   (+ settings.json)
 
+A damaged cache file is named in a warning and rebuilt as if it were missing. `preflight` checks a configuration
+(subset, pool, the ZIP prior, an earlier report in the output folder) before any of that work.
+
 Data comes from a `loader(name, split) -> LabelledImages` (default `datasets.load_dataset`), so tests can inject
 a synthetic set.
 """
@@ -21,30 +24,36 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 
+from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.evaluation import metrics
 from pipeline.evaluation.attacks import ATTACKS, Attack, PhysicalBA, make_attack, poison_test_set, poison_training_set
 from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pad
 from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
-from pipeline.evaluation.datasets import LabelledImages, load_dataset, stratified_subset
+from pipeline.evaluation.datasets import IMAGE_SIZES, NUM_CLASSES, LabelledImages, load_dataset, stratified_subset
 from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
 from pipeline.evaluation.target import ASR_LIMIT, BASELINES, RESAMPLES, AttackPredictions, target_check
-from pipeline.purifier import Purifier, ZipSettings
+from pipeline.presets import shipped_prior_path
+from pipeline.purifier import Purifier, ZipSettings, check_trained_timesteps
 
 Loader = Callable[[str, str], LabelledImages]
 
 DEFENSES = ("none", "shrinkpad", "naive", "zip", "zip-authors")
 ZIP_DEFENSES = ("zip", "zip-authors")
+# The shipped CIFAR-10 prior, by absolute path: a default that works from any working directory.
+DEFAULT_PRIOR = str(shipped_prior_path("cifar10"))
 
 NO_HFLIP = {"gtsrb"}  # traffic signs are not flip-invariant
 # Corner-patch attacks whose classifiers get the trigger stamped again after crop/flip augmentation (see
@@ -57,6 +66,11 @@ RESTAMP_AFTER_AUGMENT = {"badnet"}
 NO_CROP_ATTACKS = {"physicalba"}
 # Data sets whose shared copy has a single split: the evaluation holds out a stratified test share of it.
 SINGLE_SPLIT = {"imagenette": ("val", 0.25)}
+
+
+class EvaluationError(ValueError):
+    """A run that cannot start as configured (a test subset smaller than the class count, an unusable prior, an
+    output folder holding another configuration's report), found before any training or purification."""
 
 
 def log(message: str) -> None:
@@ -98,13 +112,28 @@ def _sha256_array(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(uri: str) -> str:
-    """sha256 of a local path or fsspec URI, streamed (large checkpoints are not held in memory twice)."""
-    digest = hashlib.sha256()
-    with fsspec.open(uri, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# What reading a damaged derived cache file raises (truncated zip archives, cut-off pickles, missing entries).
+DAMAGED_CACHE = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile, zlib.error,
+                 pickle.UnpicklingError)
+
+
+def _damaged(path: Path, err: BaseException, action: str) -> None:
+    log(f"warning: cache file {path} is damaged ({type(err).__name__}: {err}); {action}")
+
+
+def _read_json_cache(path: Path) -> dict[str, Any]:
+    """A cached JSON record, or {} when it is missing or damaged (it is derived, so it is rebuilt)."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        _damaged(path, err, "ignoring it")
+        return {}
+    if not isinstance(info, dict):
+        _damaged(path, TypeError(f"a JSON {type(info).__name__}, not an object"), "ignoring it")
+        return {}
+    return info
 
 
 def _save_npz(path: Path, **arrays: Any) -> None:
@@ -193,10 +222,11 @@ def get_classifier(
         train_options = {k: v for k, v in train_options.items() if k != "crop_pad"}
     path = classifier_path(cache_dir, dataset, name, epochs, train_options, attack_options)
     meta_path = path.with_suffix(".json")
-    if path.exists():
+    cached = _cached_classifier(path)
+    if cached is not None:
         log(f"{dataset}/{name}: classifier from cache {path}")
-        info = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return load_classifier(path, device), {**info, "path": str(path), "trained_now": False}
+        info = _read_json_cache(meta_path)
+        return cached.to(device), {**info, "path": str(path), "trained_now": False}
 
     if train is None:
         train, _ = load_splits(dataset, loader)
@@ -241,6 +271,18 @@ def get_classifier(
     return model, {**info, "path": str(path), "trained_now": True}
 
 
+def _cached_classifier(path: Path) -> ResNet | None:
+    """The cached classifier at `path`, or None when there is none or it is damaged (then it is retrained and
+    replaced). Loaded on the CPU: a device problem must not pass for a damaged file."""
+    if not path.exists():
+        return None
+    try:
+        return load_classifier(path, "cpu")
+    except DAMAGED_CACHE as err:
+        _damaged(path, err, "retraining the classifier")
+        return None
+
+
 def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages, meta_path: Path) -> dict[str, Any]:
     """The classifier's CA (and ASR) without defense on the WHOLE test split, cached in its meta JSON.
 
@@ -250,7 +292,7 @@ def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages,
     copy of the data set is scored afresh.
     """
     test_sha = _sha256_array(test.images)
-    info = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    info = _read_json_cache(meta_path)
     cached = info.get("full_test")
     if isinstance(cached, dict) and cached.get("test_sha256") == test_sha:
         return cached
@@ -353,6 +395,17 @@ def make_defense(
     raise ValueError(f"unknown defense {name!r}; choose from {', '.join(DEFENSES)}")
 
 
+def _cached_images(path: Path) -> np.ndarray | None:
+    """The images of a purified-set cache file, or None when it is damaged (the set is then purified afresh; a file of
+    the same name is replaced)."""
+    try:
+        with np.load(path) as data:
+            return data["images"]
+    except DAMAGED_CACHE as err:
+        _damaged(path, err, "purifying afresh")
+        return None
+
+
 def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -> np.ndarray:
     """The defense applied to `images`, cached as cache_dir/<defense key>/<part>-<input sha>.npz.
 
@@ -366,10 +419,10 @@ def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -
     folder = cache_dir / defense.key
     digest = _sha256_array(images)[:16]
     for candidate in sorted(folder.glob(f"*-{digest}.npz")):
-        with np.load(candidate) as data:
-            if data["images"].shape == images.shape:
-                log(f"  {defense.name}/{part}: {len(images)} images from cache {candidate.name}")
-                return data["images"]
+        cached = _cached_images(candidate)
+        if cached is not None and cached.shape == images.shape:
+            log(f"  {defense.name}/{part}: {len(images)} images from cache {candidate.name}")
+            return cached
     log(f"  {defense.name}/{part}: purifying {len(images)} images")
     start = time.perf_counter()
     out = np.asarray(defense(images), dtype=np.uint8)
@@ -393,7 +446,7 @@ class EvalConfig:
     dataset: str
     attacks: Sequence[str] = ("badnet", "blended", "physicalba", "wanet")
     defenses: Sequence[str] = DEFENSES
-    checkpoint: str = "pipeline/assets/cifar10_prior.pt"
+    checkpoint: str = DEFAULT_PRIOR
     steps: int = 20
     pool: int = 4
     subset: int = 1000
@@ -411,6 +464,7 @@ class EvalConfig:
     examples: int = 6
     train_options: dict[str, Any] = field(default_factory=dict)
     bootstrap: int = RESAMPLES  # resamples for the target check's intervals (0: no target check)
+    overwrite: bool = False  # replace a report of another configuration in out_dir
 
 
 def _score(value: float | None) -> float | None:
@@ -467,34 +521,142 @@ def check_target(labels: np.ndarray, predictions: dict[str, dict[str, Any]], def
     }
 
 
-def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[str, Any]:
-    """Run the whole matrix for one data set, write JSON / Markdown / PNG to config.out_dir, return the JSON dict."""
+def _zip_overrides(config: EvalConfig) -> dict[str, Any]:
+    """The `ZipSettings` fields both ZIP defenses take from the configuration (see `zip_settings`)."""
+    return {"seed": config.sampler_seed, "sampler": config.sampler, "start": config.start}
+
+
+def check_subset(dataset: str, subset: int, classes: int) -> None:
+    """A class-stratified subset takes subset // classes images of every class: fewer than one each is none at all."""
+    if subset < classes:
+        raise EvaluationError(f"--subset {subset} is too small for {dataset}: the class-stratified test subset takes "
+                              f"as many images from each of its {classes} classes, so it needs at least {classes}")
+
+
+def check_pool(dataset: str, pool: int, image_size: int) -> None:
+    """A⁺A x (and the examples' naive row) pools whole k x k blocks of the images."""
+    if image_size % pool:
+        raise EvaluationError(f"--pool {pool} does not divide {dataset}'s {image_size} px images: choose a divisor of "
+                              f"{image_size}, e.g. 2 or 4")
+
+
+def verify_prior(config: EvalConfig, defenses: Sequence[str]) -> str | None:
+    """The sha256 of the ZIP defenses' prior, once it is known to run them: readable, of a known architecture, with a
+    canvas the pool factor divides, trained on the timesteps the settings start at. None when no ZIP defense runs."""
+    zips = [d for d in defenses if d in ZIP_DEFENSES]
+    if not zips:
+        return None
+    try:
+        settings = {d: zip_settings(d, config.steps, config.pool, **_zip_overrides(config)) for d in zips}
+    except ValueError as err:
+        raise EvaluationError(f"ZIP settings: {err}") from None
+    try:
+        loaded = load_checkpoint(config.checkpoint, verify_only=True)
+    except (CheckpointError, OSError) as err:
+        raise EvaluationError(f"diffusion prior: {err} (train one with jobs/train_prior.py, pass --checkpoint, or "
+                              "leave out the zip defenses)") from None
+    canvas = config.canvas_size or loaded.config.image_size
+    if canvas % loaded.config.min_input_multiple:
+        raise EvaluationError(f"canvas size {canvas} must be a multiple of {loaded.config.min_input_multiple} for the "
+                              f"prior {config.checkpoint}")
+    if canvas % config.pool:
+        raise EvaluationError(f"--pool {config.pool} does not divide the ZIP canvas size {canvas} (the prior's image "
+                              "size, or --canvas-size)")
+    for d, zs in settings.items():
+        try:
+            check_trained_timesteps(loaded.meta, zs)
+        except ValueError as err:
+            raise EvaluationError(f"{d} with the prior {config.checkpoint}: {err}") from None
+    return loaded.sha256
+
+
+def report_settings(config: EvalConfig, attacks: Sequence[str], defenses: Sequence[str],
+                    checkpoint_sha256: str | None) -> dict[str, Any]:
+    """The settings a report's numbers and pictures follow from, as its JSON records them. The prior counts by its
+    sha256, not its path; execution settings (device, threads) are not among them."""
+    settings = {
+        "attacks": attacks, "defenses": defenses, "subset": config.subset, "seed": config.seed,
+        "sampler_seed": config.sampler_seed, "sampler": config.sampler, "start": config.start, "steps": config.steps,
+        "pool": config.pool, "checkpoint_sha256": checkpoint_sha256, "classifier_epochs": config.epochs,
+        "classifier_options": config.train_options, "canvas_size": config.canvas_size,
+        "batch_size": config.batch_size, "examples": config.examples, "bootstrap": config.bootstrap,
+    }
+    return json.loads(json.dumps(settings, default=str))  # tuples as lists, as a report read back holds them
+
+
+def check_output(config: EvalConfig, settings: Mapping[str, Any]) -> None:
+    """Refuse to replace a report of another configuration in config.out_dir (unless config.overwrite). Rerunning
+    the same configuration is fine: it regenerates the same report from the caches."""
+    path = Path(config.out_dir) / f"{config.dataset}.json"
+    if config.overwrite or not path.exists():
+        return
+    hint = "give another --out, or --overwrite to replace it"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvaluationError(f"{path} exists but is not a readable report ({err}): {hint}") from None
+    recorded = old.get("config") if isinstance(old, dict) else None
+    if not isinstance(recorded, dict):
+        raise EvaluationError(f"{path} exists but is not a report of jobs/evaluate.py (no config): {hint}")
+    # A setting an older report did not record yet is not held against it.
+    differ = [f"{k} {json.dumps(recorded[k])} there, {json.dumps(v)} now"
+              for k, v in settings.items() if k in recorded and recorded[k] != v]
+    if differ:
+        raise EvaluationError(f"{path} holds a report of another configuration ({'; '.join(differ)}): {hint}")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What `preflight` checked: the run's attacks and defenses, its prior's sha256 (None without a ZIP defense) and
+    the settings its report records."""
+
+    attacks: list[str]
+    defenses: list[str]
+    checkpoint_sha256: str | None
+    settings: dict[str, Any]
+
+
+def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
+    """Everything that can be checked before data is loaded, so a bad setting stops a run before hours of training:
+    attacks and defenses, the subset and pool against the shared data set's class count and image size (when
+    `loader` is the shared one), the ZIP prior, and the output folder. Raises EvaluationError."""
+    try:
+        attacks = [normalise_attack(a) for a in config.attacks]
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    defenses = list(dict.fromkeys(config.defenses))
+    unknown = [d for d in defenses if d not in DEFENSES]
+    if unknown:
+        raise EvaluationError(f"unknown defense {', '.join(map(repr, unknown))}; choose from {', '.join(DEFENSES)}")
+    if loader is load_dataset and config.dataset in NUM_CLASSES:
+        check_subset(config.dataset, config.subset, NUM_CLASSES[config.dataset])
+        check_pool(config.dataset, config.pool, IMAGE_SIZES[config.dataset])
+    checkpoint_sha = verify_prior(config, defenses)
+    settings = report_settings(config, attacks, defenses, checkpoint_sha)
+    check_output(config, settings)
+    return Preflight(attacks, defenses, checkpoint_sha, settings)
+
+
+def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, checked: Preflight | None = None) -> dict[str, Any]:
+    """Run the whole matrix for one data set, write JSON / Markdown / PNG to config.out_dir, return the JSON dict.
+
+    checked: `preflight(config)`'s result when the caller already ran it (the prior is then not read again)."""
     started = time.perf_counter()
     cache_dir = Path(config.cache_dir).expanduser()
-    attacks = [normalise_attack(a) for a in config.attacks]
-    defenses = list(dict.fromkeys(config.defenses))
-    for d in defenses:
-        if d not in DEFENSES:
-            raise ValueError(f"unknown defense {d!r}; choose from {', '.join(DEFENSES)}")
+    checked = checked or preflight(config, loader)
+    attacks, defenses, checkpoint_sha = checked.attacks, checked.defenses, checked.checkpoint_sha256
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    checkpoint_sha = None
-    if any(d in ZIP_DEFENSES for d in defenses):
-        try:
-            checkpoint_sha = file_sha256(config.checkpoint)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"diffusion checkpoint {config.checkpoint} not found: train one with jobs/train_prior.py, pass "
-                f"--checkpoint, or leave out the zip defenses"
-            ) from None
-
     log(f"{config.dataset}: loading data")
     train, test = load_splits(config.dataset, loader)
-    smallest_class = int(np.bincount(test.labels)[np.unique(test.labels)].min())
-    idx = stratified_subset(test.labels, min(config.subset, smallest_class * len(np.unique(test.labels))), config.seed)
+    classes = np.unique(test.labels)
+    check_subset(config.dataset, config.subset, len(classes))  # a data set preflight does not know
+    smallest_class = int(np.bincount(test.labels)[classes].min())
+    idx = stratified_subset(test.labels, min(config.subset, smallest_class * len(classes)), config.seed)
     clean_images, clean_labels = test.images[idx], test.labels[idx]
     image_size = int(clean_images.shape[1])
+    check_pool(config.dataset, config.pool, image_size)
     log(f"{config.dataset}: test subset of {len(idx)} images ({test.num_classes} classes, {image_size}px), "
         f"seed {config.seed}")
 
@@ -502,7 +664,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                        zip_overrides={"seed": config.sampler_seed, "sampler": config.sampler, "start": config.start})
+                        zip_overrides=_zip_overrides(config))
         for d in defenses
     }
     purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
@@ -584,13 +746,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
     report = {
         "dataset": config.dataset,
         "config": {
-            "attacks": attacks, "defenses": defenses, "subset": config.subset, "subset_actual": int(len(idx)),
-            "seed": config.seed, "sampler_seed": config.sampler_seed, "sampler": config.sampler,
-            "start": config.start, "steps": config.steps, "pool": config.pool, "checkpoint": config.checkpoint,
-            "checkpoint_sha256": checkpoint_sha, "classifier_epochs": config.epochs,
-            "classifier_options": config.train_options, "device": config.device, "threads": config.threads,
-            "canvas_size": config.canvas_size, "batch_size": config.batch_size,
-            "num_classes": test.num_classes, "image_size": image_size,
+            **checked.settings, "subset_actual": int(len(idx)), "checkpoint": config.checkpoint,
+            "device": config.device, "threads": config.threads, "num_classes": test.num_classes, "image_size": image_size,
             "defense_settings": {d: obj.settings for d, obj in defense_objs.items()},
             "subset_sha256": _sha256_array(idx),
         },
@@ -606,8 +763,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset) -> dict[
     out_dir = Path(config.out_dir)
     _write_text(out_dir / f"{config.dataset}.json", json.dumps(report, indent=2, allow_nan=False, default=str))
     _write_text(out_dir / f"{config.dataset}.md", markdown_table(report))
-    write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out, config.examples,
-                   config.pool)
-    log(f"{config.dataset}: wrote {out_dir}/{config.dataset}.json, .md, -examples.png "
+    examples = write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out,
+                              config.examples, config.pool)
+    log(f"{config.dataset}: wrote {out_dir}/{config.dataset}.json, .md{', -examples.png' if examples else ''} "
         f"({report['seconds'] / 60:.1f} min)")
     return report

@@ -127,6 +127,12 @@ def point_check(
     missing = [d for d in (zip_defense, *baselines) if d not in averages]
     if missing:
         raise ValueError(f"the report has no average for {', '.join(missing)}")
+    for d in (zip_defense, *baselines):
+        values = averages[d]
+        if not isinstance(values, Mapping) or not all(isinstance(values.get(m), int | float) for m in ("ca", "asr", "pa")):
+            # A run without attacks (attacks none) averages nothing: every value is None.
+            raise ValueError(f"the report's average for {d} has no CA / ASR / PA over attacks (a run without a "
+                             "backdoor attack has nothing to judge)")
     rows = [_row(metric, base, float(averages[zip_defense][metric]), float(averages[base][metric]), None, asr_limit)
             for metric in ("ca", "pa") for base in baselines]
     rows.append(_row("asr", None, float(averages[zip_defense]["asr"]), asr_limit, None, asr_limit))
