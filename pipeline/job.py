@@ -241,8 +241,13 @@ def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> lis
 
 
 def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    data = with_retries(lambda: fs.cat_file(path), f"read {path}")
-    return pq.read_table(io.BytesIO(data), columns=["id"]).column("id").to_pylist()
+    """The ids in one part file. Read through a seekable file, so only the footer and the id column are fetched, not
+    the images: every run lists the whole output's ids (resume, and the end-of-run check) and must not download it."""
+    def once() -> list[str]:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, columns=["id"]).column("id").to_pylist()
+
+    return with_retries(once, f"read the ids of {path}")
 
 
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
@@ -260,8 +265,9 @@ def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], in
     return ids, counts[0], counts[1]
 
 
-def deduplicate_output(output: str, storage_options: dict[str, Any]) -> int:
-    """Make every id appear once across data/ and rejects/ (data wins, then the first file by name).
+def deduplicate_output(output: str, storage_options: dict[str, Any]) -> tuple[int, int, int]:
+    """Make every id appear once across data/ and rejects/ (data wins, then the first file by name); return how many
+    rows were removed, and how many purified and rejected rows the output then holds.
 
     Duplicates can only come from a write retried with a different batch after its first attempt
     had landed; rewriting the later file without them restores the exactly-once invariant.
@@ -269,7 +275,9 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> int:
     fs, _ = _fs(output, storage_options)
     seen: set[str] = set()
     removed = 0
+    rows = []
     for folder in (DATA_DIR, REJECTS_DIR):
+        before = len(seen)
         for path in list_parts(output, folder, storage_options):
             ids = _part_ids(fs, path)
             dup = [i for i in ids if i in seen]
@@ -285,7 +293,8 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> int:
                 write_parquet_atomic(table.filter(keep), uri, storage_options)
             else:
                 with_retries(lambda p=path: fs.rm(p), f"remove {path}")
-    return removed
+        rows.append(len(seen) - before)
+    return removed, rows[0], rows[1]
 
 
 def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
@@ -714,9 +723,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     wall = time.time() - started
 
     # 4. Summary: this run's counts, and the whole output's.
-    duplicates_removed = deduplicate_output(out, so)
+    duplicates_removed, total_purified, total_rejected = deduplicate_output(out, so)
     retyped = unify_output_types(out, so)
-    _, total_purified, total_rejected = done_ids(out, so)
     summary = {
         "status": run_status(read, purified, rejected,
                              plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")

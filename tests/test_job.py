@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -500,3 +501,30 @@ def test_labels_of_mixed_types_in_two_shards_read_back_as_one_data_set(tmp_path,
 
     df = pd.read_parquet(tmp_path / "out" / "data").sort_values("id")
     assert list(df["label"]) == ["3", "cat"]
+
+
+def test_the_ids_of_a_part_file_are_read_without_its_images(tmp_path) -> None:
+    """Every run lists the whole output's ids (resume, the end-of-run check): that must not download the images."""
+    import io
+
+    from pipeline.job import _part_ids
+
+    rng = np.random.default_rng(0)
+    images = [{"bytes": rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes(), "path": f"{i}.png"} for i in range(20)]
+    path = tmp_path / "part-0.parquet"
+    pq.write_table(pa.table({"id": [f"img-{i}" for i in range(20)], "image": images}), path)
+
+    class CountingFile(io.FileIO):
+        read_bytes = 0
+
+        def read(self, size: int = -1) -> bytes:
+            data = super().read(size)
+            CountingFile.read_bytes += len(data)
+            return data
+
+    class LocalFs:
+        def open(self, p: str, mode: str) -> io.FileIO:
+            return CountingFile(p, "r")
+
+    assert _part_ids(LocalFs(), str(path)) == [f"img-{i}" for i in range(20)]
+    assert path.stat().st_size > 4_000_000 and CountingFile.read_bytes < 100_000
