@@ -54,6 +54,8 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         raise CheckpointError(f"checkpoint not found: {uri}") from err
     except IsADirectoryError as err:
         raise CheckpointError(f"checkpoint {uri} is a folder; give the checkpoint file in it") from err
+    except OSError as err:  # access denied, wrong credentials, an unreachable endpoint (after the retries)
+        raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}") from err
 
 
 # How torch.save files begin: a zip archive (the format since torch 1.6) or a pickle (protocol 2 and up).

@@ -175,7 +175,7 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
         raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {base!r}")
     so = dict(base)
     if endpoint:
-        so.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+        so["client_kwargs"] = {**(so.get("client_kwargs") or {}), "endpoint_url": endpoint}
     if anon:
         so["anon"] = True
     for item in items or []:
@@ -183,9 +183,11 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
         if not sep or not key:
             raise ConfigError(f"storage option{where} expects KEY=VALUE, got {item!r}")
         try:
-            so[key] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            so[key] = raw
+            value = raw
+        # a mapping (client_kwargs={"region_name": ...}) adds to what --s3-endpoint or the file set, not replaces it
+        so[key] = {**so[key], **value} if isinstance(value, dict) and isinstance(so.get(key), dict) else value
     return so
 
 
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             return 0
         summary = run_job(config)
-    except (JobError, FileNotFoundError, ValueError) as err:
+    except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = summary["this_run"]

@@ -234,6 +234,9 @@ def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, An
 
 def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> list[str]:
     fs, root = _fs(output.rstrip("/") + "/" + folder, storage_options)
+    # fsspec keeps one filesystem object per set of options and s3fs caches its listings in it: without this, the
+    # end-of-run listing would show the output as planning saw it and miss every file this run wrote.
+    fs.invalidate_cache(root)
     if not fs.exists(root):
         return []
     return sorted(p for p in fs.ls(root, detail=False) if posixpath.basename(p).startswith("part-")
@@ -402,6 +405,12 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     fs, root = _fs(out, so)
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
+    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) and not fs.exists(root):
+        # An object store creates the prefix but not the bucket: a misspelt bucket must stop the dry run too.
+        bucket = root.strip("/").split("/", 1)[0]
+        if bucket and not fs.exists(bucket):
+            raise JobError(f"the bucket of output {out} ({bucket}) does not exist or cannot be seen with these "
+                           "credentials; create it or fix --output")
     if config.overwrite:
         if not dry_run and fs.exists(root):
             for folder in (DATA_DIR, REJECTS_DIR):

@@ -106,3 +106,15 @@ def test_shipped_priors_load_by_name_and_unknown_names_are_refused() -> None:
         assert loaded.config.image_size == 32 and not loaded.config.learn_sigma
     with pytest.raises(ValueError, match="shipped priors: cifar10, gtsrb"):
         shipped_prior("imagenet")
+
+
+def test_a_checkpoint_storage_refuses_is_a_clear_error(monkeypatch) -> None:
+    """Access denied or wrong credentials on a checkpoint URI: a message naming it, not an OSError traceback."""
+    import pipeline.checkpoint as checkpoint
+
+    def forbidden(uri, mode, **options):
+        raise PermissionError("Forbidden")
+
+    monkeypatch.setattr(checkpoint.fsspec, "open", forbidden)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint s3://bucket/m/prior.pt: .*Forbidden"):
+        load_checkpoint("s3://bucket/m/prior.pt")

@@ -98,3 +98,39 @@ def test_large_shards_stream_from_s3(s3) -> None:
     parquet_records = list(read_unit(parquet_unit, options, in_memory_bytes=0))
     assert [r["meta"]["n"] for r in parquet_records[:-1]] == list(range(5))
     assert parquet_records[4]["data"] == image_bytes(8, 8, 4) and parquet_records[-1]["n"] == 5
+
+
+def test_incremental_runs_on_s3_see_the_files_they_wrote(s3, tmp_path) -> None:
+    """The scheduled use: a finished output on S3, new inputs, --incremental. The end-of-run check must list the files
+    this run wrote (s3fs caches listings in the filesystem object planning used)."""
+    fs, options = s3
+    for i in range(3):
+        fs.pipe(f"zip-in/inc/{i}.png", image_bytes(32, 32, i))
+    fs.pipe("zip-in/inc/broken.png", b"not an image")
+    model_path = tiny_model_file(tmp_path)
+    cfg = JobConfig(input="s3://zip-in/inc", output="s3://zip-out/inc", checkpoint=model_path, steps=2, pool=4,
+                    progress=False, storage_options=options)
+    assert run_job(cfg)["status"] == "complete"
+    fs.pipe("zip-in/inc/3.png", image_bytes(32, 32, 3))
+    summary = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 1
+    assert summary["output_totals"] == {"purified": 4, "rejected": 1,
+                                        "before_this_run": {"purified": 3, "rejected": 1}}
+    data, _ = read_output("s3://zip-out/inc", options)
+    assert sorted(data["id"]) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_a_missing_output_bucket_stops_the_dry_run_and_client_kwargs_add_to_the_endpoint(s3, tmp_path, capsys) -> None:
+    from pipeline.cli import main
+
+    fs, options = s3
+    fs.pipe("zip-in/dry/0.png", image_bytes(32, 32, 0))
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    base = ["--input", "s3://zip-in/dry", "--s3-endpoint", endpoint, "--storage-option", f"key={options['key']}",
+            "--storage-option", f"secret={options['secret']}", "--storage-option",
+            'client_kwargs={"region_name": "us-east-1"}', "--checkpoint", tiny_model_file(tmp_path), "--dry-run"]
+    # the client_kwargs option adds the region to --s3-endpoint's endpoint: the dry run reaches moto and plans
+    assert main([*base, "--output", "s3://zip-out/dry"]) == 0
+    assert "1 image files to read" in capsys.readouterr().out
+    assert main([*base, "--output", "s3://no-such-bucket/out"]) == 2
+    assert "the bucket of output s3://no-such-bucket/out (no-such-bucket) does not exist" in capsys.readouterr().err
