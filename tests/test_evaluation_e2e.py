@@ -447,3 +447,14 @@ def test_a_damaged_decoded_data_set_is_decoded_again(tmp_path: Path, monkeypatch
     np.testing.assert_array_equal(loaded.images, fresh.images)
     with np.load(cache) as data:
         np.testing.assert_array_equal(data["labels"], fresh.labels)
+
+
+def test_reports_from_before_the_sampler_options_still_render() -> None:
+    """A report written before --sampler and --sampler-seed existed (one is published in docs/) has neither key."""
+    from pipeline.evaluation.report import markdown_table
+
+    report = json.loads((Path(__file__).parents[1] / "docs" / "cifar10-rerun-finetuned-prior.json").read_text())
+    assert "sampler" not in report["config"] and "sampler_seed" not in report["config"]
+    text = markdown_table(report)
+    assert "ZIP 20 DDIM steps, pool k = 4; prior sha256 `a55074084239f6ac`" in text
+    assert "| Average | 82.4 | 95.6 | 3.8 | 80.5 | 48.1 | 39.7 | 26.1 | 0.3 | 26.9 | 42.8 | 8.6 | 39.0 |" in text

@@ -98,7 +98,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     cfg = report["config"]
     defenses, pool = cfg["defenses"], cfg["pool"]
     header = ["Attack"] + [f"{defense_title(d, pool)} {m}" for d in defenses for m in ("CA", "ASR", "PA")]
-    start = cfg.get("start", 1.0)  # reports written before the late start existed ran every step
+    # Reports written before an option existed lack its key: they ran every step, with DDIM, and did not record
+    # the sampler's seed.
+    start = cfg.get("start", 1.0)
+    sampler_seed = f"sampler seed {cfg['sampler_seed']}, " if "sampler_seed" in cfg else ""
     late = f" from t = {start:g}·T (late start)" if start < 1 else ""
     options = cfg.get("classifier_options") or {}
     trained = (", trained with " + ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))) if options else ""
@@ -106,7 +109,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"# Defense evaluation: {report['dataset']}",
         "",
         f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} "
-        f"{cfg['sampler'].upper()} steps{late}, sampler seed {cfg['sampler_seed']}, "
+        f"{cfg.get('sampler', 'ddim').upper()} steps{late}, {sampler_seed}"
         f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
         f"{cfg['classifier_epochs']} epochs{trained}. CA on purified clean images, ASR / PA on purified triggered images "
         "whose true label is not the target (percent).",
