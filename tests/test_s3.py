@@ -111,7 +111,13 @@ def test_incremental_runs_on_s3_see_the_files_they_wrote(s3, tmp_path) -> None:
     cfg = JobConfig(input="s3://zip-in/inc", output="s3://zip-out/inc", checkpoint=model_path, steps=2, pool=4,
                     progress=False, storage_options=options)
     assert run_job(cfg)["status"] == "complete"
-    fs.pipe("zip-in/inc/3.png", image_bytes(32, 32, 3))
+    # A new input from another writer (not through this process's s3fs, whose cached listing would learn of it):
+    # a scheduler calling run_job in one long-lived process must still see it.
+    import boto3
+
+    client = boto3.client("s3", aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
+                          **options["client_kwargs"])
+    client.put_object(Bucket="zip-in", Key="inc/3.png", Body=image_bytes(32, 32, 3))
     summary = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
     assert summary["status"] == "complete" and summary["this_run"]["purified"] == 1
     assert summary["output_totals"] == {"purified": 4, "rejected": 1,
