@@ -243,14 +243,30 @@ def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> lis
                   and p.endswith(".parquet"))
 
 
-def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    """The ids in one part file. Read through a seekable file, so only the footer and the id column are fetched, not
-    the images: every run lists the whole output's ids (resume, and the end-of-run check) and must not download it."""
-    def once() -> list[str]:
+def _part_index(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], pa.Schema]:
+    """The ids in one part file, and its schema. Read through a seekable file, so only the footer and the id column
+    are fetched, not the images: every run lists the whole output's ids (resume, and the end-of-run check) and must
+    not download it."""
+    def once() -> tuple[list[str], pa.Schema]:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            part = pq.ParquetFile(f)
+            return part.read(columns=["id"]).column("id").to_pylist(), part.schema_arrow
 
     return with_retries(once, f"read the ids of {path}")
+
+
+def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    return _part_index(fs, path)[0]
+
+
+def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")))
+
+
+def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if proto in ("file", "local") else f"{proto}://{path}"
 
 
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
@@ -268,9 +284,20 @@ def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], in
     return ids, counts[0], counts[1]
 
 
-def deduplicate_output(output: str, storage_options: dict[str, Any]) -> tuple[int, int, int]:
-    """Make every id appear once across data/ and rejects/ (data wins, then the first file by name); return how many
-    rows were removed, and how many purified and rejected rows the output then holds.
+@dataclass(frozen=True)
+class OutputRows:
+    """What the end-of-run check found: rows removed as duplicates, the rows each folder then holds, and the schema of
+    every data/ part file (for `unify_output_types`, which then need not open them again)."""
+
+    duplicates_removed: int
+    purified: int
+    rejected: int
+    data_schemas: dict[str, pa.Schema]
+
+
+def deduplicate_output(output: str, storage_options: dict[str, Any]) -> OutputRows:
+    """Make every id appear once across data/ and rejects/ (data wins, then the first file by name), and count the
+    rows that remain.
 
     Duplicates can only come from a write retried with a different batch after its first attempt
     had landed; rewriting the later file without them restores the exactly-once invariant.
@@ -279,25 +306,24 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> tuple[in
     seen: set[str] = set()
     removed = 0
     rows = []
+    schemas: dict[str, pa.Schema] = {}
     for folder in (DATA_DIR, REJECTS_DIR):
         before = len(seen)
         for path in list_parts(output, folder, storage_options):
-            ids = _part_ids(fs, path)
-            dup = [i for i in ids if i in seen]
+            ids, schema = _part_index(fs, path)
+            dup = {i for i in ids if i in seen}
             seen.update(ids)
-            if not dup:
-                continue
-            table = pq.read_table(io.BytesIO(with_retries(lambda p=path: fs.cat_file(p), f"read {path}")))
-            keep = [i not in set(dup) for i in ids]
-            removed += len(dup)
-            proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-            uri = path if proto in ("file", "local") else f"{proto}://{path}"
-            if any(keep):
-                write_parquet_atomic(table.filter(keep), uri, storage_options)
-            else:
-                with_retries(lambda p=path: fs.rm(p), f"remove {path}")
+            if dup:
+                keep = [i not in dup for i in ids]
+                removed += len(ids) - sum(keep)
+                if not any(keep):
+                    with_retries(lambda p=path: fs.rm(p), f"remove {path}")
+                    continue
+                write_parquet_atomic(_read_part(fs, path).filter(keep), _uri(fs, path), storage_options)
+            if folder == DATA_DIR:
+                schemas[path] = schema
         rows.append(len(seen) - before)
-    return removed, rows[0], rows[1]
+    return OutputRows(removed, rows[0], rows[1], schemas)
 
 
 def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
@@ -323,33 +349,26 @@ def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
     return common
 
 
-def unify_output_types(output: str, storage_options: dict[str, Any]) -> dict[str, str]:
+def unify_output_types(output: str, storage_options: dict[str, Any],
+                       schemas: dict[str, pa.Schema] | None = None) -> dict[str, str]:
     """Give every data/ part file the same columns with the same types, so the output reads as one data set.
 
     Each file's writer infers its pass-through columns from its own rows: a `.cls` label can be int64 in one file
     and string in another (3 here, "cat" there), and a .json sidecar key can be in some files only. Only files
     that lack a column or hold it with another type are rewritten: a missing column is added as nulls, and a
-    column made string keeps every value (others as their JSON text). Returns column -> the type given to it."""
+    column made string keeps every value (others as their JSON text). `schemas`: part file -> schema, when the caller
+    has read them (`deduplicate_output`); else they are read here. Returns column -> the type given to it."""
     fs, _ = _fs(output, storage_options)
-    paths = list_parts(output, DATA_DIR, storage_options)
-
-    def schema_of(path: str) -> pa.Schema:
-        def once() -> pa.Schema:
-            with fs.open(path, "rb") as f:
-                return pq.read_schema(f)
-
-        return with_retries(once, f"read the schema of {path}")
-
-    schemas = [schema_of(path) for path in paths]
-    common = common_column_types(schemas)
+    if schemas is None:
+        schemas = {path: _part_index(fs, path)[1] for path in list_parts(output, DATA_DIR, storage_options)}
+    common = common_column_types(list(schemas.values()))
     if not common:
         return {}
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    for path, schema in zip(paths, schemas, strict=True):
+    for path, schema in schemas.items():
         wrong = [n for n, t in common.items() if n not in schema.names or schema.field(n).type != t]
         if not wrong:
             continue
-        table = pq.read_table(io.BytesIO(with_retries(lambda p=path: fs.cat_file(p), f"read {path}")))
+        table = _read_part(fs, path)
         for name in wrong:
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, common[name]))
@@ -362,7 +381,7 @@ def unify_output_types(output: str, storage_options: dict[str, Any]) -> dict[str
             else:
                 cast = column.cast(common[name])
             table = table.set_column(table.schema.get_field_index(name), name, cast)
-        write_parquet_atomic(table, path if proto in ("file", "local") else f"{proto}://{path}", storage_options)
+        write_parquet_atomic(table, _uri(fs, path), storage_options)
     return {name: str(t) for name, t in common.items()}
 
 
@@ -732,8 +751,9 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     wall = time.time() - started
 
     # 4. Summary: this run's counts, and the whole output's.
-    duplicates_removed, total_purified, total_rejected = deduplicate_output(out, so)
-    retyped = unify_output_types(out, so)
+    rows = deduplicate_output(out, so)
+    duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
+    retyped = unify_output_types(out, so, rows.data_schemas)
     summary = {
         "status": run_status(read, purified, rejected,
                              plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")

@@ -528,3 +528,28 @@ def test_the_ids_of_a_part_file_are_read_without_its_images(tmp_path) -> None:
 
     assert _part_ids(LocalFs(), str(path)) == [f"img-{i}" for i in range(20)]
     assert path.stat().st_size > 4_000_000 and CountingFile.read_bytes < 100_000
+
+
+def test_duplicate_rows_are_removed_once_data_winning(tmp_path) -> None:
+    """A retried write that landed twice with other batch contents: every id must end up exactly once."""
+    from pipeline.job import deduplicate_output
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "rejects").mkdir()
+
+    def part(folder: str, name: str, ids: list[str]) -> None:
+        pq.write_table(pa.table({"id": ids, "n": list(range(len(ids)))}), out / folder / f"part-{name}.parquet")
+
+    part("data", "a", ["a", "b"])
+    part("data", "b", ["b", "c"])  # b again: the later file by name loses it
+    part("data", "c", ["a"])  # nothing new: the file goes
+    part("rejects", "d", ["c", "d"])  # c was purified: data wins over rejects
+    rows = deduplicate_output(str(out), {})
+    assert (rows.duplicates_removed, rows.purified, rows.rejected) == (3, 3, 1)
+    data, rejects = read_output(str(out))
+    assert sorted(data["id"]) == ["a", "b", "c"] and list(rejects["id"]) == ["d"]
+    assert not (out / "data" / "part-c.parquet").exists()
+    assert sorted(p.rsplit("/", 1)[-1] for p in rows.data_schemas) == ["part-a.parquet", "part-b.parquet"]
+    again = deduplicate_output(str(out), {})
+    assert (again.duplicates_removed, again.purified, again.rejected) == (0, 3, 1)
