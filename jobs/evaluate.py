@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from pipeline.evaluation.runner import (  # noqa: E402
     zip_settings,
 )
 from pipeline.evaluation.target import RESAMPLES  # noqa: E402
+from pipeline.purifier import device_problem  # noqa: E402
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
 CROP_PAD = train_classifier.__kwdefaults__["crop_pad"]
@@ -164,17 +164,7 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
 
 
 def _device_problem(device: str) -> str | None:
-    if device == "auto":
-        return None
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        return f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return f"--device {device}: no CUDA device is available here (use --device cpu)"
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-    return None
+    return None if device == "auto" else device_problem(device, expected="cpu, cuda, cuda:N or auto")
 
 
 def make_config(args: argparse.Namespace, dataset: str) -> EvalConfig:

@@ -20,7 +20,6 @@ import copy
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle  # noqa: E402
 from pipeline.evaluation.datasets import load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
+from pipeline.purifier import device_problem  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
@@ -107,14 +107,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     timesteps = NoiseSchedule.named(args.schedule).num_steps
     if args.max_timestep is not None and not 0 <= args.max_timestep < timesteps:
         p.error(f"--max-timestep {args.max_timestep}: must be in 0..{timesteps - 1}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            p.error(f"--device {args.device}: torch sees no CUDA device here")
-        index = int(args.device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            p.error(f"--device {args.device}: torch sees only {torch.cuda.device_count()} CUDA device(s) here")
+    problem = device_problem(args.device)
+    if problem:
+        p.error(problem)
     # Checked even with --init-from (which replaces them): a bad value is a mistake worth hearing about either way.
     problem = architecture_problem(args)
     if problem:

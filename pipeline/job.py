@@ -36,8 +36,16 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.purifier import PRECISIONS, ZipSettings, check_trained_timesteps, default_batch_size, recipe_values
-from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, relative_id
+from pipeline.purifier import (
+    PRECISIONS,
+    ZipSettings,
+    check_trained_timesteps,
+    default_batch_size,
+    device_problem,
+    is_whole_number,
+    recipe_values,
+)
+from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, relative_id, with_protocol
 from pipeline.stages import (
     DATA_DIR,
     REJECTS_DIR,
@@ -123,21 +131,18 @@ class JobConfig:
         def flag(name: str) -> str:
             return "--" + name.replace("_", "-")
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
         def is_number(v: Any) -> bool:
             return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
         for name in ("tile_batch", "write_batch", "files_per_unit"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+            if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 1):
                 problems.append(f"{flag(name)} must be a whole number of at least 1, got {getattr(self, name)!r}")
         for name in ("batch_size", "canvas_size", "torch_threads"):
             v = getattr(self, name)
-            if v is not None and not (is_int(v) and v >= 1):
+            if v is not None and not (is_whole_number(v) and v >= 1):
                 problems.append(f"{flag(name)} must be a whole number of at least 1, got {v!r}")
         for name in ("in_memory_mb", "actors"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.append(f"{flag(name)} must be a whole number of 0 or more, got {getattr(self, name)!r}")
         for name in ("cpus_per_actor", "cpus_per_task"):
             if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
@@ -165,11 +170,11 @@ class JobConfig:
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device is not None:
-            kind = self.device.split(":", 1)[0] if isinstance(self.device, str) else None
-            index = self.device.split(":", 1)[1] if isinstance(self.device, str) and ":" in self.device else "0"
-            if kind not in ("cpu", "cuda") or not index.isdigit():
-                problems.append(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
-            elif kind == "cpu" and self.precision in PRECISIONS and self.precision != "fp32":
+            # not checked against this machine's GPUs: the purifier actors run on the cluster's
+            problem = device_problem(self.device, on_this_machine=False)
+            if problem:
+                problems.append(problem)
+            elif self.device == "cpu" and self.precision in PRECISIONS and self.precision != "fp32":
                 problems.append(f"--precision {self.precision} needs a CUDA device; use fp32 with --device cpu")
         try:
             self.settings()
@@ -263,12 +268,6 @@ def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")))
 
 
-def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if proto in ("file", "local") else f"{proto}://{path}"
-
-
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
     """Ids already in the output (purified or rejected), and how many rows of each there are."""
     fs, _ = _fs(output, storage_options)
@@ -319,7 +318,7 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> OutputRo
                 if not any(keep):
                     with_retries(lambda p=path: fs.rm(p), f"remove {path}")
                     continue
-                write_parquet_atomic(_read_part(fs, path).filter(keep), _uri(fs, path), storage_options)
+                write_parquet_atomic(_read_part(fs, path).filter(keep), with_protocol(fs, path), storage_options)
             if folder == DATA_DIR:
                 schemas[path] = schema
         rows.append(len(seen) - before)
@@ -381,7 +380,7 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
             else:
                 cast = column.cast(common[name])
             table = table.set_column(table.schema.get_field_index(name), name, cast)
-        write_parquet_atomic(table, _uri(fs, path), storage_options)
+        write_parquet_atomic(table, with_protocol(fs, path), storage_options)
     return {name: str(t) for name, t in common.items()}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -60,6 +61,24 @@ def recipe_values(name: str) -> dict[str, Any]:
     return dict(RECIPES[name].values)
 
 
+def is_whole_number(value: Any) -> bool:
+    """An int that is not a bool: True and False are ints to Python, not counts to a user."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True) -> str | None:
+    """What is wrong with a --device value, or None. `on_this_machine`: also that torch sees that CUDA device here
+    (not for the job, whose purifier actors run on the cluster's GPU nodes)."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return f"--device must be {expected}, got {device!r}"
+    if on_this_machine and device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"--device {device}: no CUDA device is available here (use --device cpu)"
+        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
 @dataclass(frozen=True)
 class ZipSettings:
     """Sampler settings. Defaults follow the paper's Algorithm 2 (guided DDIM, 20 steps).
@@ -97,14 +116,11 @@ class ZipSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def whole(v: Any) -> bool:  # True and False are ints to Python, not counts to a user
-            return isinstance(v, int) and not isinstance(v, bool)
-
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if not whole(self.steps) or not 1 <= self.steps <= 1000:
+        if not is_whole_number(self.steps) or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
-        if not whole(self.seed):
+        if not is_whole_number(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.clip_denoised, bool):
             raise ValueError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
@@ -119,7 +135,7 @@ class ZipSettings:
             raise ValueError(f"eta (η) must be in [0, 1], got {self.eta}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
-        if not whole(self.resample) or not 1 <= self.resample <= 20:
+        if not is_whole_number(self.resample) or not 1 <= self.resample <= 20:
             raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
@@ -194,7 +210,7 @@ class Purifier:
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.config = model.config
         for name, value in (("canvas_size", canvas_size), ("batch_size", batch_size)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (not is_whole_number(value) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None for the default), got {value!r}")
         self.canvas_size = self.config.image_size if canvas_size is None else canvas_size
         multiple = self.config.min_input_multiple

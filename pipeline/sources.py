@@ -81,7 +81,8 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
-def _with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
@@ -109,11 +110,11 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         # detail=True: the sizes come with the same listing requests, for the dry run's report.
         listed = {p: info for p, info in fs.find(root, detail=True).items() if not _hidden(relative_id(p, root))}
         root_dir = root
-    root_uri = _with_protocol(fs, root_dir)
+    root_uri = with_protocol(fs, root_dir)
     units: list[ReadUnit] = []
     images: list[tuple[str, int | None]] = []
     for p in sorted(listed):
-        full, size = _with_protocol(fs, p), listed[p].get("size")
+        full, size = with_protocol(fs, p), listed[p].get("size")
         if _is_tar(p):
             units.append(ReadUnit("tar", (full,), root_uri, (size,)))
         elif _is_parquet(p):
