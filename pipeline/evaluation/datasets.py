@@ -23,6 +23,12 @@ SHARED_DIR = Path(os.environ.get("ZIP_SHARED_DIR", Path(__file__).resolve().pare
 CACHE_DIR = Path(os.environ.get("ZIP_CACHE_DIR", Path.home() / ".cache" / "zip-purify"))
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Each data set's archive under SHARED_DIR/data.
+_ARCHIVES = {
+    "cifar10": "cifar10/cifar10-{split}.tar.gz",
+    "gtsrb": "gtsrb/gtsrb-{split}.tar.xz",
+    "imagenette": "imagenette/imagenette-{split}.tar.gz",
+}
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def _read_cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = SHARED_DIR / "data" / "cifar10" / f"cifar10-{split}.tar.gz"
+    path = SHARED_DIR / "data" / _ARCHIVES["cifar10"].format(split=split)
     images, labels = [], []
     with tarfile.open(path, "r:gz") as tar:
         for member in tar:
@@ -51,7 +57,7 @@ def _read_cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_gtsrb(split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = SHARED_DIR / "data" / "gtsrb" / f"gtsrb-{split}.tar.xz"
+    path = SHARED_DIR / "data" / _ARCHIVES["gtsrb"].format(split=split)
     pixels: dict[str, np.ndarray] = {}
     label_of: dict[str, int] = {}
     with tarfile.open(path, "r:xz") as tar:
@@ -77,7 +83,7 @@ def _read_gtsrb(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_imagenette(split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = SHARED_DIR / "data" / "imagenette" / f"imagenette-{split}.tar.gz"
+    path = SHARED_DIR / "data" / _ARCHIVES["imagenette"].format(split=split)
     items = []
     with tarfile.open(path, "r:gz") as tar:
         for member in tar:
@@ -94,16 +100,39 @@ NUM_CLASSES = {name: classes for name, (_, classes) in _READERS.items()}
 IMAGE_SIZES = {"cifar10": 32, "gtsrb": 32, "imagenette": 224}  # the shared copies' square images, in px
 
 
+# Bump when a reader changes what it decodes from the same archive, so caches made by the old reader are redone.
+CACHE_FORMAT = 1
+
+
+def _source_stamp(name: str, split: str) -> str | None:
+    """What a decoded cache was made from: the reader's format and the archive's size and mtime (None when the
+    archive is not there to compare with, e.g. no shared folder: the cache is then served as it is)."""
+    try:
+        st = (SHARED_DIR / "data" / _ARCHIVES[name].format(split=split)).stat()
+    except (OSError, KeyError):
+        return None
+    return f"format {CACHE_FORMAT}, {st.st_size} bytes, mtime_ns {st.st_mtime_ns}"
+
+
 def load_dataset(name: str, split: str) -> LabelledImages:
-    """Decode a shared data set once, then serve it from the cache."""
+    """Decode a shared data set once, then serve it from the cache.
+
+    The cache records which archive it was decoded from (`_source_stamp`): one decoded from another copy of the
+    data set (another ZIP_SHARED_DIR, a replaced archive) or by an older reader is decoded again, never served.
+    """
     if name not in _READERS:
         raise ValueError(f"unknown data set {name!r}; choose from {sorted(_READERS)}")
     reader, num_classes = _READERS[name]
     cache = CACHE_DIR / f"{name}-{split}.npz"
+    stamp = _source_stamp(name, split)
     if cache.exists():
         try:
             with np.load(cache) as data:
-                return LabelledImages(data["images"], data["labels"], num_classes)
+                made_from = str(data["source"]) if "source" in data.files else None
+                if stamp is None or made_from == stamp:
+                    return LabelledImages(data["images"], data["labels"], num_classes)
+            print(f"note: cache file {cache} was decoded from {made_from or 'an unrecorded source'}, the archive now "
+                  f"is {stamp}; decoding {name}/{split} again", file=sys.stderr)
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
             # Only a decoded copy of the shared archive: decode it again and replace it.
             print(f"warning: cache file {cache} is damaged ({type(err).__name__}: {err}); decoding {name}/{split} "
@@ -112,8 +141,9 @@ def load_dataset(name: str, split: str) -> LabelledImages:
         raise FileNotFoundError(f"shared data folder {SHARED_DIR} not found (set ZIP_SHARED_DIR)")
     images, labels = reader(split)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
+    tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # the process's own: concurrent decoders don't mix
+    extra = {} if stamp is None else {"source": np.array(stamp)}
+    np.savez(tmp, images=images, labels=labels, **extra)
     os.replace(tmp, cache)
     return LabelledImages(images, labels, num_classes)
 
