@@ -89,6 +89,78 @@ def test_project_is_mounted_and_installed(cluster: dict[str, Any]) -> None:
     assert "pip install -e ~/zip-purify" in cluster["setup_commands"]
 
 
+def test_every_node_type_pins_an_ami_newer_than_rays_default(cluster: dict[str, Any]) -> None:
+    """Without ImageId, Ray launches its built-in Ubuntu 18.04 DLAMI (CUDA 11.2): the project's CUDA 13 torch wheels
+    see no GPU there and the purifier actors silently run on the GPU nodes' CPUs."""
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI, DEFAULT_AMI_NAME
+
+    assert "18.04" in DEFAULT_AMI_NAME  # what an unpinned node would get (update this test if Ray moves on)
+    for name, node_type in cluster["available_node_types"].items():
+        ami = node_type["node_config"].get("ImageId", "")
+        assert ami and ami.lower() != "latest_dlami" and ami not in DEFAULT_AMI.values(), (name, ami)
+        assert ami.startswith("ami-") or ami.startswith("resolve:ssm:/aws/service/deeplearning/"), (name, ami)
+
+
+# --- the README's commands ---------------------------------------------------------------------
+
+
+def _readme_commands(section: str, program: str) -> list[list[str]]:
+    """The `program ...` command lines of a README section's bash blocks, continuation lines joined."""
+    text = (ROOT / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    assert blocks, f"no bash block in README section {section!r}"
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(program)]
+
+
+def _cluster_submit() -> dict[str, Any]:
+    """The README's `ray job submit`, parsed by Ray's own CLI (nothing is run)."""
+    from ray.dashboard.modules.job.cli import submit
+
+    commands = [c for c in _readme_commands("Running on a cluster", "ray job submit")]
+    assert len(commands) == 1, commands
+    return submit.make_context("submit", commands[0][3:]).params
+
+
+def test_readme_cluster_commands_match_cluster_yaml(cluster: dict[str, Any]) -> None:
+    from pipeline.cli import config_from_args
+
+    commands = _readme_commands("Running on a cluster", "ray ")
+    assert ["ray", "up", "cluster.yaml"] in commands and ["ray", "dashboard", "cluster.yaml"] in commands
+    params = _cluster_submit()
+    # `ray dashboard` forwards the head's dashboard port to the same local port; the head uses Ray's default.
+    head_start = " ".join(prepare_config(copy.deepcopy(cluster))["head_start_ray_commands"])
+    port = re.search(r"--dashboard-port[= ](\d+)", head_start)
+    assert params["address"] == f"http://127.0.0.1:{port[1] if port else 8265}"
+    entrypoint = list(params["entrypoint"])
+    assert entrypoint[:2] == ["python", "jobs/purify.py"], entrypoint
+    config = config_from_args(entrypoint[2:])
+    assert config.gpus_per_actor == 1 and config.actors >= 1  # the autoscaler starts GPU nodes only for these
+    header = CLUSTER_YAML.read_text().split("\n\n", 1)[0]
+    assert "--working-dir . --runtime-env-json '{\"excludes\": [\".git/\"]}'" in header  # the same command
+
+
+def test_working_dir_upload_holds_the_project_and_not_git_or_venv(tmp_path: Path) -> None:
+    """Package the checkout the way `ray job submit --working-dir` does with the README's options."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import PACKAGE_SIZE_WARNING, _zip_files
+    from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
+
+    params = _cluster_submit()
+    runtime_env = parse_runtime_env_args(runtime_env_json=params["runtime_env_json"], working_dir=params["working_dir"])
+    assert runtime_env["working_dir"] == "."
+    package = tmp_path / "package.zip"
+    _zip_files(str(ROOT), runtime_env.get("excludes", []), str(package), include_gitignore=True)
+    names = set(zipfile.ZipFile(package).namelist())
+    for needed in ("jobs/purify.py", "pipeline/cli.py", "pyproject.toml", "pipeline/assets/cifar10_prior.pt",
+                   "pipeline/assets/gtsrb_prior.pt", "pipeline/assets/sample/sample-00.tar"):
+        assert needed in names, needed
+    for left_out in (".git/", ".venv/", "runs/", ".pytest_cache/"):
+        assert not any(n.startswith(left_out) for n in names), left_out
+    assert package.stat().st_size < PACKAGE_SIZE_WARNING, package.stat().st_size
+
+
 # --- KubeRay manifests -------------------------------------------------------------------------
 
 
