@@ -3,7 +3,15 @@
 Accepted files:
 - a guided-diffusion state dict saved with `torch.save` (the published `.pt` files),
 - a `.safetensors` file,
-- this project's bundle: a dict {"format": BUNDLE_FORMAT, "flags": {...}, "state_dict": {...}, "meta": {...}}.
+- this project's bundle: a dict {"format": BUNDLE_FORMAT, "flags": {...}, "state_dict": {...}, "meta": {...}},
+- a training save that wraps one state dict: {"state_dict": ...}, {"model": ...}, {"ema": ...} and the like
+  (other entries, such as an optimizer's state or a step count, are ignored; two or more candidate state dicts,
+  e.g. both "model" and "ema", are refused with their names, since which one to sample with is the user's call),
+  with the key prefixes of DataParallel/DistributedDataParallel ("module.") and torch.compile ("_orig_mod.")
+  removed.
+
+ZIP needs an unconditional prior: a class-conditional checkpoint (class_cond, `label_emb.weight`) is refused
+before any data is read unless `allow_class_cond=True` (for inspecting one; it cannot purify without labels).
 
 Loading never unpickles arbitrary objects (`weights_only=True`), and the file's sha256 is
 computed from the exact bytes that were loaded.
@@ -91,11 +99,50 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
         ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {uri} holds a {type(obj).__name__}, expected a state dict")
+    if not obj:
+        raise CheckpointError(f"checkpoint {uri} holds an empty dict, expected a state dict")
     if obj.get("format") == BUNDLE_FORMAT:
         return obj
-    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if _is_state_dict(obj):
         return {"state_dict": obj}
-    raise CheckpointError(f"checkpoint {uri} is a dict but neither a state dict nor a {BUNDLE_FORMAT} bundle")
+    candidates = [k for k in WRAPPER_KEYS if _is_state_dict(obj.get(k))]
+    if len(candidates) == 1:
+        return {"state_dict": obj[candidates[0]]}
+    if len(candidates) > 1:
+        raise CheckpointError(
+            f"checkpoint {uri} holds {len(candidates)} state dicts ({', '.join(map(repr, candidates))}); save the one "
+            f"to sample with on its own, e.g. torch.save(ckpt[{candidates[0]!r}], 'weights.pt') (EMA weights are "
+            "usually the better prior)"
+        )
+    keys = ", ".join(repr(k) for k in list(obj)[:8])
+    raise CheckpointError(
+        f"checkpoint {uri} is a dict but neither a state dict, a {BUNDLE_FORMAT} bundle, nor a training save "
+        f"holding one under {', '.join(WRAPPER_KEYS)} (its keys: {keys})"
+    )
+
+
+# Where training code commonly keeps the weights in a save that holds more than the weights.
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "ema", "ema_model", "model_ema", "net", "network")
+# Key prefixes added by wrappers, not by the architecture: DataParallel/DDP, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without a "module." / "_orig_mod." prefix that every key carries (DDP, torch.compile saves)."""
+    changed = True
+    while changed and state_dict:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state_dict):
+                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+                changed = True
+    return state_dict
 
 
 def shape_mismatches(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -123,6 +170,7 @@ def load_checkpoint(
     storage_options: dict[str, Any] | None = None,
     expected_sha256: str | None = None,
     verify_only: bool = False,
+    allow_class_cond: bool = False,
 ) -> LoadedCheckpoint:
     """Read, verify and load a checkpoint into a fresh fp32 model in eval mode.
 
@@ -131,6 +179,8 @@ def load_checkpoint(
 
     The architecture comes from, in order: `flags`, `preset`, the bundle's own flags, or the
     preset whose keys and shapes match the file.
+
+    A class-conditional checkpoint is refused (ZIP samples without labels) unless `allow_class_cond`.
     """
     if preset is not None and preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
@@ -139,7 +189,7 @@ def load_checkpoint(
     if expected_sha256 and digest != expected_sha256.lower():
         raise CheckpointError(f"checkpoint {uri} has sha256 {digest}, but {expected_sha256} was pinned; refusing to run")
     parsed = _parse(data, uri)
-    state_dict = parsed["state_dict"]
+    state_dict = strip_wrapper_prefixes(parsed["state_dict"])
     meta = dict(parsed.get("meta", {}))
     if flags is not None:
         config, label = UNetConfig.from_flags(flags), "the given flags"
@@ -154,6 +204,13 @@ def load_checkpoint(
                 f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
             )
         config, label = preset_config(preset), f"preset {preset!r} (inferred)"
+    if not allow_class_cond and (config.class_cond or "label_emb.weight" in state_dict):
+        raise CheckpointError(
+            f"checkpoint {uri} is a class-conditional model (class_cond={config.class_cond} from {label}; the file "
+            f"{'holds' if 'label_emb.weight' in state_dict else 'lacks'} label_emb.weight): "
+            "ZIP purifies without labels and needs an unconditional diffusion model, such as guided-diffusion's "
+            "256x256_diffusion_uncond"
+        )
     model = build_unet(config, "meta" if verify_only else None)
     problems = shape_mismatches(model, state_dict)
     if problems:

@@ -55,7 +55,8 @@ class UNetConfig:
         unknown = set(flags) - known - harmless
         if unknown:
             raise ValueError(f"unknown UNet flag(s) {sorted(unknown)}; known flags: {sorted(known)}")
-        cfg = cls(**{k: v for k, v in flags.items() if k in known})
+        values = {k: _checked_flag(k, v, cls.__dataclass_fields__[k].type) for k, v in flags.items() if k in known}
+        cfg = cls(**values)
         cfg.channel_multipliers()  # validate early
         cfg.attention_downsample_rates()
         return cfg
@@ -85,7 +86,12 @@ class UNetConfig:
             return set()
         rates = set()
         for res in str(self.attention_resolutions).split(","):
-            res_px = int(res)
+            try:
+                res_px = int(res)
+            except ValueError as err:
+                raise ValueError(
+                    f"attention_resolutions must be comma-separated pixel sizes, got {self.attention_resolutions!r}"
+                ) from err
             if res_px <= 0 or self.image_size % res_px:
                 raise ValueError(f"attention resolution {res_px} does not divide image_size {self.image_size}")
             rates.add(self.image_size // res_px)
@@ -99,6 +105,32 @@ class UNetConfig:
     def min_input_multiple(self) -> int:
         """Input sides must be divisible by this (one halving per level but the last)."""
         return 2 ** (len(self.channel_multipliers()) - 1)
+
+
+def _checked_flag(name: str, value: Any, kind: str) -> Any:
+    """A flag's value of the type its field needs, or a ValueError naming the flag (JSON/YAML flags often carry
+    "32" or "false" as strings, which would otherwise build a wrong model or fail deep inside torch).
+    channel_mult and attention_resolutions may also be given as lists ([1, 2, 2] for "1,2,2")."""
+    if name in ("channel_mult", "attention_resolutions"):
+        if isinstance(value, list | tuple) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, int) and not isinstance(value, bool) and name == "attention_resolutions":
+            return str(value)
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"UNet flag {name} must be a comma-separated string or a list of numbers, got {value!r}")
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        expected = {"int": "an integer", "bool": "true or false", "float": "a number", "str": "a string"}[kind]
+        raise ValueError(f"UNet flag {name} must be {expected}, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -118,3 +118,64 @@ def test_a_checkpoint_storage_refuses_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(checkpoint.fsspec, "open", forbidden)
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint s3://bucket/m/prior.pt: .*Forbidden"):
         load_checkpoint("s3://bucket/m/prior.pt")
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "ema", "module_prefix", "compiled_ddp", "lightning_like"])
+def test_training_saves_that_wrap_a_state_dict_load(tmp_path, bundle, wrap) -> None:
+    """{'state_dict': ...}, {'model': ...}, {'ema': ...} and DDP 'module.' keys were refused as 'neither a state
+    dict nor a bundle' or as hundreds of missing keys; the weights in them are an ordinary guided-diffusion UNet."""
+    _, _, model = bundle
+    sd = model.state_dict()
+    obj = {
+        "state_dict": {"state_dict": sd},
+        "model": {"model": sd, "step": 1200},
+        "ema": {"ema": sd, "opt": {"state": {}, "param_groups": [{"lr": 1e-4}]}, "step": torch.tensor(5)},
+        "module_prefix": {f"module.{k}": v for k, v in sd.items()},
+        "compiled_ddp": {"model": {f"_orig_mod.module.{k}": v for k, v in sd.items()}},
+        "lightning_like": {"state_dict": sd, "epoch": 3, "optimizer_states": [{"state": {}}]},
+    }[wrap]
+    path = tmp_path / "wrapped.pt"
+    torch.save(obj, path)
+    loaded = load_checkpoint(str(path), flags=FLAGS)
+    for k, v in sd.items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+
+
+def test_two_candidate_state_dicts_are_refused_by_name(tmp_path, bundle) -> None:
+    _, _, model = bundle
+    torch.save({"model": model.state_dict(), "ema": model.state_dict()}, tmp_path / "both.pt")
+    with pytest.raises(CheckpointError, match=r"2 state dicts \('model', 'ema'\)"):
+        load_checkpoint(str(tmp_path / "both.pt"), flags=FLAGS)
+    torch.save({"weights_here": {"a": torch.zeros(1)}, "step": 3}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=r"its keys: 'weights_here', 'step'"):
+        load_checkpoint(str(tmp_path / "odd.pt"), flags=FLAGS)
+
+
+def test_class_conditional_checkpoint_is_refused_before_any_data(tmp_path) -> None:
+    """A class-conditional model loaded (and passed the job driver's verify_only check), then failed on the first
+    batch inside the purifier actor with 'class labels y must be given...', after data had been read."""
+    flags = {**FLAGS, "class_cond": True}
+    torch.save(build_unet(UNetConfig.from_flags(flags)).state_dict(), tmp_path / "cond.pt")
+    for kwargs in ({"flags": flags}, {"flags": flags, "verify_only": True}, {"flags": FLAGS}):
+        with pytest.raises(CheckpointError, match="class-conditional model.*unconditional diffusion model"):
+            load_checkpoint(str(tmp_path / "cond.pt"), **kwargs)
+    assert load_checkpoint(str(tmp_path / "cond.pt"), flags=flags, allow_class_cond=True).config.class_cond
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("num_channels", "32", "num_channels must be an integer, got '32'"),
+    ("learn_sigma", "false", "learn_sigma must be true or false, got 'false'"),
+    ("attention_resolutions", "16;8", "attention_resolutions must be comma-separated pixel sizes"),
+])
+def test_flags_of_the_wrong_type_are_named(tmp_path, bundle, flag, value, message) -> None:
+    """'32' as a JSON string crashed deep in torch (TypeError: empty(): argument 'size'...); 'false' built a
+    learn_sigma model; both now name the flag."""
+    path, _, _ = bundle
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(str(path), flags={**FLAGS, flag: value})
+
+
+def test_list_valued_flags_are_accepted(bundle) -> None:
+    path, _, model = bundle
+    flags = {**FLAGS, "channel_mult": [1, 2], "attention_resolutions": [16]}
+    assert load_checkpoint(str(path), flags=flags).config == model.config

@@ -20,7 +20,8 @@ ARCHS = ["256x256_diffusion_uncond", "256x256_diffusion", "128x128_diffusion", "
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_checkpoint_reproduces_reference_output(name: str, tiny_checkpoints: dict) -> None:
     info = tiny_checkpoints[name]
-    loaded = load_checkpoint(str(REFERENCE / f"{name}.pt"), flags=info["flags"])
+    # The class-conditional one is loaded only to check the layout (ZIP itself refuses it: it needs no labels).
+    loaded = load_checkpoint(str(REFERENCE / f"{name}.pt"), flags=info["flags"], allow_class_cond=True)
     assert sum(p.numel() for p in loaded.model.parameters()) == info["num_parameters"]
     io = torch.load(REFERENCE / f"{name}_io.pt", weights_only=True)
     with torch.no_grad():
@@ -28,7 +29,7 @@ def test_tiny_checkpoint_reproduces_reference_output(name: str, tiny_checkpoints
     err = (out - io["out"]).abs().max().item()
     print(f"{name}: max abs error {err:.2e}")
     assert out.shape == io["out"].shape
-    assert err <= 1e-4
+    assert err <= 2e-5  # the reference's own precision is about 1e-5; this implementation measures 2.4e-6 to 3.7e-6
 
 
 @requires_shared
