@@ -9,9 +9,10 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
   TGA, have no magic number so random bytes may "decode"); the data set only needs common raster
   formats, so everything else is "not a recognised image format".
 * Size (`max_pixels`): width * height from the header is checked right after `Image.open`, which has
-  parsed only the header, so a decompression bomb is refused before any pixel memory is allocated.
-  PIL's own guard (`Image.MAX_IMAGE_PIXELS`, about 89 M pixels by default) still applies as an upper
-  bound; its warning is turned into a refusal here without touching the global limit.
+  parsed only the header, so a decompression bomb is refused before any pixel memory is allocated (and
+  before animation frames are counted). PIL's own guard (`Image.MAX_IMAGE_PIXELS`, about 89 M pixels by
+  default) gives way to `max_pixels` up to its hard limit, twice that (about 179 M), which PIL enforces
+  in `Image.open` itself; a policy asking for more is refused when it is made, not image by image.
 * Truncation: `ImageFile.LOAD_TRUNCATED_IMAGES` is left alone (False), and `load()` runs inside the
   try, so a cut-off PNG/JPEG is a reject, not a half-grey image.
 * Transparency (`alpha`): RGBA/LA/PA, and P/L/RGB with a tRNS key, are composited on white (the
@@ -68,6 +69,12 @@ _MAX_REASON_CHARS: Final = 300
 _WARNINGS_LOCK = threading.Lock()
 
 
+def pil_pixel_limit() -> int | None:
+    """The most pixels Pillow opens at all (it raises DecompressionBombError above twice MAX_IMAGE_PIXELS)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
 @dataclass(frozen=True)
 class DecodePolicy:
     """How untrusted images are decoded; the defaults are what the job uses unless told otherwise.
@@ -86,6 +93,10 @@ class DecodePolicy:
         # A wrong policy is a programming/configuration error, so it raises (unlike bad image data).
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
             raise ValueError(f"max_pixels must be a positive int, got {self.max_pixels!r}")
+        hard = pil_pixel_limit()
+        if hard is not None and self.max_pixels > hard:
+            raise ValueError(f"max_pixels must be at most {hard:,} (twice PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses "
+                             f"to open larger images), got {self.max_pixels:,}")
         if self.alpha not in ALPHA_MODES:
             raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {self.alpha!r}")
 
@@ -114,19 +125,22 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded 
     if len(data) == 0:
         return "empty file"
     try:
-        with _bomb_warnings_as_errors():
+        with _bomb_warnings_as_errors(policy.max_pixels):
             im = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+            width, height = im.size
+            size_problem = (
+                f"invalid image size {width}x{height}" if width < 1 or height < 1 else
+                f"image too large: {width}x{height} = {width * height:,} pixels exceeds max_pixels={policy.max_pixels:,}"
+                if width * height > policy.max_pixels else None
+            )
+            if size_problem:
+                im.close()
+                return size_problem
             # Counting frames walks the frame headers (and PIL checks each frame's size on the way).
             frames = int(getattr(im, "n_frames", 1) or 1)
             if frames > 1:
                 im.seek(0)
         with im:
-            width, height = im.size
-            if width < 1 or height < 1:
-                return f"invalid image size {width}x{height}"
-            if width * height > policy.max_pixels:
-                return (f"image too large: {width}x{height} = {width * height:,} pixels "
-                        f"exceeds max_pixels={policy.max_pixels:,}")
             mode, fmt = im.mode, im.format or "unknown"
             im.load()  # inside the try: truncated or corrupt data raises here
             orientation = _orientation(im) if policy.exif_transpose else 1
@@ -161,10 +175,14 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 @contextmanager
-def _bomb_warnings_as_errors() -> Iterator[None]:
-    """Make PIL's DecompressionBombWarning an exception for this block only, leaving global state as found."""
+def _bomb_warnings_as_errors(max_pixels: int) -> Iterator[None]:
+    """Make PIL's DecompressionBombWarning an exception for this block only, leaving global state as found; when
+    the policy allows more pixels than the warning's threshold, the warning is silenced instead (the policy's own
+    check, right after the header is parsed, is the limit then)."""
+    soft = Image.MAX_IMAGE_PIXELS
+    action = "ignore" if soft is None or max_pixels > soft else "error"
     with _WARNINGS_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter(action, Image.DecompressionBombWarning)
         yield
 
 

@@ -274,8 +274,8 @@ def test_header_claiming_huge_size_is_refused_before_decoding() -> None:
     # 9000 x 9000 = 81 M: over our 64 M default, under PIL's own ~89 M guard -> our check.
     reason = _err(_png_claiming(9000, 9000))
     assert reason.startswith("image too large") and "max_pixels=64,000,000" in reason and "9000x9000" in reason
-    # 10000 x 10000 = 100 M: over PIL's warning limit; the warning is a refusal even if we allow more.
-    reason = _err(_png_claiming(10_000, 10_000), DecodePolicy(max_pixels=10**9))
+    # 10000 x 10000 = 100 M: over PIL's warning limit; with the default policy the warning is a refusal.
+    reason = _err(_png_claiming(10_000, 10_000))
     assert reason.startswith("image too large") and "DecompressionBomb" in reason
     # 20000 x 20000 = 400 M: PIL's hard error.
     reason = _err(_png_claiming(20_000, 20_000))
@@ -296,11 +296,30 @@ def test_concurrent_decodes_keep_warning_filters() -> None:
     bomb = _png_claiming(10_000, 10_000)
     inputs = [good, bomb] * 20
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda d: decode_image(d, DecodePolicy(max_pixels=10**9)), inputs))
+        policy = DecodePolicy(max_pixels=Image.MAX_IMAGE_PIXELS)  # the bomb trips PIL's warning, made an error
+        results = list(pool.map(lambda d: decode_image(d, policy), inputs))
     assert all(isinstance(r, Decoded) for r in results[::2])
     assert all(isinstance(r, str) and r.startswith("image too large") for r in results[1::2])
     assert warnings.filters == filters_before
     assert threading.active_count() >= 1
+
+
+def test_max_pixels_above_pils_warning_threshold_is_honoured() -> None:
+    """--max-pixels 150000000 was accepted, yet a 100 M-pixel image was still refused by PIL's 89 M warning
+    ('DecompressionBombWarning ... exceeds limit of 89478485 pixels'): the option was silently capped. Now the
+    policy's own limit applies up to the most PIL opens at all, and a policy beyond that is refused when made."""
+    filters_before = list(warnings.filters)
+    data = _save(Image.new("L", (10_000, 10_000), 77), "PNG")
+    decoded = _ok(data, DecodePolicy(max_pixels=150_000_000))
+    assert decoded.pixels.shape == (10_000, 10_000, 3) and decoded.pixels[0, 0].tolist() == [77, 77, 77]
+    del decoded
+    assert _err(data, DecodePolicy(max_pixels=99_999_999)) == (
+        "image too large: 10000x10000 = 100,000,000 pixels exceeds max_pixels=99,999,999")
+    hard = 2 * Image.MAX_IMAGE_PIXELS
+    assert DecodePolicy(max_pixels=hard).max_pixels == hard
+    with pytest.raises(ValueError, match=r"max_pixels must be at most 178,956,970 .*got 178,956,971"):
+        DecodePolicy(max_pixels=hard + 1)
+    assert warnings.filters == filters_before
 
 
 def test_policy_validation() -> None:
