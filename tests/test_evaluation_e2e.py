@@ -212,6 +212,43 @@ def test_attack_options_train_the_changed_attack_under_its_own_name(tmp_path: Pa
         runner.get_classifier("synthetic", None, tmp_path, 1, train=train, attack_options={"interpolation": "nearest"})
 
 
+def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache name holds the data set, attack and options given, not the training images or the attack's defaults:
+    a victim trained on another copy of the data set, or before an attack default changed, is retrained, not served.
+    A meta file from before this record is served as it is (the published reports' classifiers)."""
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
+
+    trained: list[int] = []
+
+    def untrained(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, **kwargs: object) -> object:
+        trained.append(len(images))
+        return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
+
+    monkeypatch.setattr(runner, "train_classifier", untrained)
+    train = fake_loader("synthetic", "train")
+    _, first = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    _, again = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    assert trained == [len(train.labels)] and again["trained_now"] is False
+    assert again["attack_params"]["class"] == "BadNet" and again["attack_params"]["patch_size"] == 3
+
+    other_copy = LabelledImages(255 - train.images, train.labels, train.num_classes)
+    _, retrained = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    assert len(trained) == 2 and retrained["trained_now"] is True
+    assert retrained["train_sha256"] != first["train_sha256"]
+
+    monkeypatch.setattr(runner, "make_attack", lambda name, size: runner.replace(make_attack(name, size), patch_size=4))
+    runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    assert len(trained) == 3
+
+    meta = Path(first["path"]).with_suffix(".json")
+    old_record = {k: v for k, v in json.loads(meta.read_text()).items() if k not in ("attack_params", "train_sha256")}
+    meta.write_text(json.dumps(old_record))
+    _, served = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    assert len(trained) == 3 and served["trained_now"] is False
+
+
 def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physicalba(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

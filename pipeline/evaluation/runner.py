@@ -30,7 +30,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,11 @@ def load_splits(dataset: str, loader: Loader = load_dataset) -> tuple[LabelledIm
     )
 
 
-def _sha256_array(array: np.ndarray) -> str:
-    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
+def _sha256_array(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
@@ -222,22 +224,30 @@ def get_classifier(
         train_options = {k: v for k, v in train_options.items() if k != "crop_pad"}
     path = classifier_path(cache_dir, dataset, name, epochs, train_options, attack_options)
     meta_path = path.with_suffix(".json")
-    cached = _cached_classifier(path)
-    if cached is not None:
-        log(f"{dataset}/{name}: classifier from cache {path}")
-        info = _read_json_cache(meta_path)
-        return cached.to(device), {**info, "path": str(path), "trained_now": False}
-
     if train is None:
         train, _ = load_splits(dataset, loader)
-    images, labels, poisoned = train.images, train.labels, np.zeros(0, dtype=np.int64)
-    extra_transform = None
-    restamp = None
     attack_obj: Attack | None = None
     if name != CLEAN:
         attack_obj = make_attack(name, train.images.shape[1])
         if attack_options:
             attack_obj = replace(attack_obj, **attack_options)  # type: ignore[type-var]
+    # What the weights were trained from, beyond the cache name: the attack's every parameter (a changed default
+    # keeps the name) and the training split's content (another copy of the data set keeps it too).
+    trained_from = {"attack_params": _attack_params(attack_obj),
+                    "train_sha256": _sha256_array(train.images, train.labels)}
+    cached = _cached_classifier(path)
+    if cached is not None:
+        info = _read_json_cache(meta_path)
+        stale = [key for key, value in trained_from.items() if key in info and info[key] != value]
+        if not stale:
+            log(f"{dataset}/{name}: classifier from cache {path}")
+            return cached.to(device), {**info, "path": str(path), "trained_now": False}
+        log(f"{dataset}/{name}: cached classifier {path} was trained from another {' and '.join(stale)}; retraining it")
+
+    images, labels, poisoned = train.images, train.labels, np.zeros(0, dtype=np.int64)
+    extra_transform = None
+    restamp = None
+    if attack_obj is not None:
         images, labels, poisoned = poison_training_set(train.images, train.labels, attack_obj, seed=0)
         if isinstance(attack_obj, PhysicalBA):
             extra_transform = attack_obj.train_transform
@@ -265,10 +275,18 @@ def get_classifier(
         "poisoned": len(poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
         "attack_options": dict(attack_options or {}),
         "train_options": options, "train_seconds": round(seconds, 1), "restamp_after_augment": restamp is not None,
+        **trained_from,
     }
     _write_text(meta_path, json.dumps(info, indent=2))
     log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
     return model, {**info, "path": str(path), "trained_now": True}
+
+
+def _attack_params(attack: Attack | None) -> dict[str, Any] | None:
+    """An attack's class and every field, JSON-ready (tuples as lists, as they read back from the meta file)."""
+    if attack is None:
+        return None
+    return json.loads(json.dumps({"class": type(attack).__name__, **asdict(attack)}))  # type: ignore[call-overload]
 
 
 def _cached_classifier(path: Path) -> ResNet | None:
