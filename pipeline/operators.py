@@ -34,7 +34,9 @@ class AvgPool:
     factor: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.factor, int) or self.factor < 1:
+        # bool is an int in Python: True would be factor 1, A = I, and "purification" would return the input as it
+        # was (a YAML `pool: true` did exactly that).
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 1:
             raise ValueError(f"pool factor must be a positive integer, got {self.factor!r}")
 
     def check_shape(self, height: int, width: int) -> None:

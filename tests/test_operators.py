@@ -43,3 +43,17 @@ def test_bad_sizes_and_names_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown operator 'blur'"):
         make_operators("blur", 2)
     assert [type(o).__name__ for o in make_operators("gray,pool", 2)] == ["Grayscale", "AvgPool"]
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_boolean_pool_factor_is_refused(flag: bool) -> None:
+    """`pool: true` in a YAML config was taken as factor 1 (bool is an int): A = I, and the job wrote every image back
+    unchanged (PSNR inf) in a run marked complete. It is a clear error now."""
+    from pipeline.purifier import ZipSettings
+
+    with pytest.raises(ValueError, match=f"pool factor must be a positive integer, got {flag}"):
+        AvgPool(flag)
+    with pytest.raises(ValueError, match="pool factor"):
+        ZipSettings(pool=flag)
+    with pytest.raises(ValueError, match="pool factor"):
+        make_operators("gray+pool", flag)
