@@ -79,3 +79,17 @@ def test_bad_layout_arguments() -> None:
     with pytest.raises(ValueError, match="large-image policy"):
         plan_layout([(4, 4)], 32, 4, large="crop")
     assert plan_layout([], 32, 4).num_canvases == 0
+
+
+def test_unpacked_images_are_their_own_writeable_arrays() -> None:
+    """A cell as wide as the canvas crops to a contiguous slice, which came back as a view of the whole canvas batch
+    (holding it in memory; read-only when the canvases were, as Ray's zero-copy blocks are)."""
+    sizes = [(32, 32), (10, 64), (64, 64), (20, 40), (100, 70)]
+    images = _images(sizes, 5)
+    layout = plan_layout(sizes, 64, 4)
+    canvases = pack(images, layout)
+    canvases.setflags(write=False)
+    out = unpack(canvases, layout)
+    for image, back in zip(images, out, strict=True):
+        assert back.shape == image.shape and (np.array_equal(image, back) or image.shape == (100, 70, 3))
+        assert not np.shares_memory(back, canvases) and back.flags.writeable and back.flags.c_contiguous
