@@ -90,6 +90,7 @@ class PrivateMemoryWatch:
         import threading
 
         self.peaks: dict[tuple[int, str], tuple[float, str]] = {}
+        self._last_task: dict[int, str] = {}
         self._every, self._stop = every_s, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -106,6 +107,12 @@ class PrivateMemoryWatch:
                         if line.startswith("RssAnon:"):
                             # Ray reuses a worker process for other tasks: a peak belongs to the task running then
                             mb, name = int(line.split()[1]) / 1024, cmd.split("\0")[0].removeprefix("ray::")[:40]
+                            # An idle worker (ray::IDLE) still holds what its last task left: that task's memory,
+                            # not an "other" worker's (a reader gone idle was counted as the largest other worker)
+                            if name == "IDLE":
+                                name = self._last_task.get(int(pid), name)
+                            else:
+                                self._last_task[int(pid)] = name
                             if mb > self.peaks.get((int(pid), name), (0.0, ""))[0]:
                                 self.peaks[(int(pid), name)] = (mb, name)
                 except OSError:
@@ -120,9 +127,11 @@ class PrivateMemoryWatch:
         self._thread.join()
 
     def largest(self, task: str | None = None, excluding: tuple[str, ...] = ()) -> tuple[float, str]:
-        """The largest peak among workers whose task name has `task` in it (any when None), minus `excluding`."""
+        """The largest peak among workers whose task name has `task` in it (any when None), minus `excluding` and
+        Ray's own helper actors (names starting with `_`, e.g. _StatsActor, _AutoscalingCoordinatorActor)."""
         return max(((mb, name) for mb, name in self.peaks.values()
-                    if (task is None or task in name) and not any(e in name for e in excluding)), default=(0.0, "-"))
+                    if (task is None or task in name) and not any(e in name for e in excluding)
+                    and not name.startswith("_")), default=(0.0, "-"))
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -199,6 +208,14 @@ def main() -> int:
                    help="memory: the job's --in-memory-mb (shards larger than this are streamed)")
     p.add_argument("--chunk", type=int, default=256, help="images per purifier call / per tiling batch")
     args = p.parse_args()
+    try:
+        sizes = [int(n) for n in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes must be comma-separated image counts such as 1000,10000, got {args.sizes!r}")
+    for name, value in [("images", args.images), ("steps", args.steps), ("pool", args.pool), ("image-size", args.image_size),
+                        ("in-memory-mb", args.in_memory_mb), ("chunk", args.chunk)] + [("sizes", n) for n in sizes]:
+        if value < 1:
+            p.error(f"--{name} must be at least 1, got {value}")
     {"throughput": throughput, "memory": memory, "memory-one": memory_one}[args.mode](args)
     return 0
 

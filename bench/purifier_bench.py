@@ -43,19 +43,24 @@ def bench(purifier: Purifier, n_images: int, repeats: int) -> dict:
         nonlocal calls
         calls += 1
 
+    from pipeline.tiling import pack, unpack
+
+    layout = purifier.plan([im.shape[:2] for im in images])
+    canvases = pack(images, layout)
     if purifier.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        layout = purifier.plan([im.shape[:2] for im in images])
-        from pipeline.tiling import pack, unpack
-
-        unpack(purifier.purify_canvases(pack(images, layout), progress=count), layout)
+        unpack(purifier.purify_canvases(canvases, progress=count), layout)
     if purifier.device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    # What was actually sampled together, not the purifier's capacity: 128 images on 32 px canvases are one batch of
+    # 128 canvases even where batch_size is 256 (the last batch of several may be smaller still).
+    per_step = min(purifier.batch_size, len(canvases))
     return {"images_per_s": round(n_images * repeats / dt, 2), "s_per_step": round(dt / calls, 4),
-            "steps": calls, "canvases_per_step": purifier.batch_size, "canvases_per_forward": purifier.model_batch}
+            "steps": calls, "canvases": len(canvases), "canvases_per_step": per_step,
+            "canvases_per_forward": min(purifier.model_batch, per_step)}
 
 
 def main() -> int:
@@ -64,25 +69,44 @@ def main() -> int:
     p.add_argument("--flags", default=None, help="JSON model flags (default: the tiny reference model's)")
     p.add_argument("--sizes", default="32,256", help="canvas sizes to try")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--images", type=int, default=128, help="32x32 images purified (timed), after a warm-up call")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--batch", type=int, default=0, help="canvases sampled together (0: auto)")
     p.add_argument("--forward-batch", type=int, default=0,
                    help="canvases per UNet forward pass (0: auto, which slices the batch on a CPU)")
-    p.add_argument("--devices", default="cpu,cuda")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated, e.g. cpu,cuda (default: cpu, and cuda when torch sees one); a device named "
+                        "here that is not available is an error, not an empty table")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="time this architecture with random weights instead of --checkpoint")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="CUDA only")
     args = p.parse_args()
+    for name in ("steps", "images", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("batch", "forward_batch"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be 0 (auto) or more, got {getattr(args, name)}")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes must be comma-separated canvas sizes such as 32,256, got {args.sizes!r}")
+    if any(size < 32 or size % 32 for size in sizes):
+        p.error(f"--sizes must be multiples of 32 (the images are 32x32), got {args.sizes!r}")
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        if device not in ("cpu", "cuda"):
+            p.error(f"--devices: unknown device {device!r} (cpu or cuda)")
+        if device == "cuda" and not torch.cuda.is_available():
+            p.error("--devices cuda: torch sees no CUDA device here (driver, wheel or container runtime?)")
     flags = json.loads(args.flags) if args.flags else (TINY_FLAGS if args.checkpoint == str(TINY) else None)
     model_name = f"preset {args.preset} (random weights)" if args.preset else f"checkpoint {args.checkpoint}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {model_name}, {args.precision}")
+    print(f"{args.images} images of 32x32, {args.steps} steps, timed {args.repeats}x after a warm-up call")
     print("| device | canvas | images/canvas | images/s | s per step | canvases per step | canvases per forward |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for device in args.devices.split(","):
-        if device == "cuda" and not torch.cuda.is_available():
-            continue
-        for size in (int(s) for s in args.sizes.split(",")):
+    for device in devices:
+        for size in sizes:
             precision = args.precision if device == "cuda" else "fp32"
             settings = ZipSettings(steps=args.steps)
             if args.preset:

@@ -39,12 +39,21 @@ DEFAULT_CLASSIFIER = Path.home() / ".cache/zip-purify/classifiers/cifar10-clean-
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "pipeline/assets/cifar10_prior.pt"
 
 
-def parse_setting(text: str) -> tuple[str, dict]:
+def parse_setting(text: str) -> tuple[str, dict, ZipSettings]:
+    """NAME=dict(...) -> (name, overrides, settings); a clean error for anything ZipSettings would not take."""
     name, sep, body = text.partition("=")
-    tree = ast.parse(body, mode="eval").body if sep else None
-    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "dict"):
+    try:
+        tree = ast.parse(body, mode="eval").body if sep else None
+    except SyntaxError:
+        tree = None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "dict"
+            and not tree.args and all(kw.arg for kw in tree.keywords)):
         raise SystemExit(f"setting {text!r}: expected NAME=dict(key=value, ...)")
-    return name, {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    try:
+        overrides = {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+        return name, overrides, ZipSettings(**overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"setting {text!r}: {e}") from None
 
 
 def main() -> int:
@@ -65,6 +74,10 @@ def main() -> int:
                    help="purify each image N times (seeds s, s+1, ...; s the setting's seed) and score the per-pixel "
                         "mean: the posterior-mean estimate instead of one sample (N times the time)")
     args = p.parse_args()
+    # every setting is checked before any image is purified: a typo in the last one must not surface hours later
+    settings_list = [parse_setting(text) for text in args.settings]
+    if not 1 <= args.images <= 10000:
+        raise SystemExit(f"--images must be between 1 and 10000 (the CIFAR-10 test set), got {args.images}")
     if args.mean_of < 1:
         raise SystemExit(f"--mean-of must be at least 1, got {args.mean_of}")
     if args.attack is not None and args.target is not None:
@@ -106,9 +119,7 @@ def main() -> int:
     report("no defense", images, 0.0)
     for pool in (2, 4):
         report(f"naive A⁺A x, k = {pool}", np.stack(naive_purify(list(images), pool)), 0.0)
-    for text in args.settings:
-        name, overrides = parse_setting(text)
-        settings = ZipSettings(**overrides)
+    for name, overrides, settings in settings_list:
         start = time.perf_counter()
         purifier = Purifier.from_checkpoint(args.checkpoint, settings=settings)
         total = np.zeros(images.shape, np.float64)
