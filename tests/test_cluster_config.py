@@ -236,3 +236,44 @@ def test_all_manifests_use_the_cluster_image(cluster: dict[str, Any]) -> None:
         assert set(images) == {expected}, (path.name, sorted(set(images)))
         assert all(_image_ray_version(img) == ray.__version__ for img in images)
         assert "jobs/purify.py" in path.read_text()
+
+
+def _submitter(tmp_path: Path) -> dict[str, Any]:
+    """The CronJob's embedded submit_rayjob.py, loaded as a module (not run), its service-account folder in tmp_path."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all(CRONJOB_YAML.read_text()) if d}
+    module: dict[str, Any] = {"__name__": "submit_rayjob"}
+    exec(compile(docs["ConfigMap"]["data"]["submit_rayjob.py"], "submit_rayjob.py", "exec"), module)
+    (tmp_path / "namespace").write_text("ns\n")
+    module["SA"] = str(tmp_path)
+    return module
+
+
+def test_cronjob_submitter_deletes_old_finished_rayjobs(tmp_path: Path) -> None:
+    """KubeRay keeps a finished RayJob (and its submitter Job and pod): without pruning, one more every night."""
+    submitter = _submitter(tmp_path)
+    states = ["Complete", "Failed", "Complete", "Complete", "ValidationFailed", "Complete"]
+    items = [{"metadata": {"name": f"run-{day}", "creationTimestamp": f"2026-01-{day:02d}T02:00:00Z"},
+              "status": {"jobDeploymentStatus": state}} for day, state in enumerate(states, start=10)]
+    calls: list[tuple[str, str]] = []
+
+    def fake_call(method: str, url: str, body: Any = None) -> dict[str, Any]:
+        calls.append((method, url.rsplit("/", 1)[1]))
+        if method == "DELETE" and url.endswith("run-11"):
+            raise OSError("API server hiccup")  # housekeeping must not cost the run
+        return {"items": list(reversed(items))} if method == "GET" else {}
+
+    created: list[str] = []
+    submitter.update(call=fake_call, create=lambda base: created.append(base) or "new",
+                     wait=lambda base, name: None)
+    submitter["main"]()
+    assert [name for method, name in calls if method == "DELETE"] == ["run-10", "run-11", "run-12"]
+    assert len(created) == 1 and created[0].endswith("/namespaces/ns/rayjobs")
+    # an active RayJob of the schedule: nothing deleted, nothing created
+    items.append({"metadata": {"name": "run-16", "creationTimestamp": "2026-01-16T02:00:00Z"},
+                  "status": {"jobDeploymentStatus": "Running"}})
+    calls.clear()
+    with pytest.raises(SystemExit) as skipped:
+        submitter["main"]()
+    assert skipped.value.code == 0 and [m for m, _ in calls] == ["GET"] and len(created) == 1
+    role = {d["kind"]: d for d in yaml.safe_load_all(CRONJOB_YAML.read_text()) if d}["Role"]
+    assert {"create", "get", "list", "delete"} <= set(role["rules"][0]["verbs"])
