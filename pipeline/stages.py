@@ -71,7 +71,8 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
         if r["kind"] == "image" and "data" in r:
             decoded = decode_image(r.pop("data"), policy)
             if isinstance(decoded, Decoded):
-                r.update(pixels=decoded.pixels, original_mode=decoded.mode, original_format=decoded.format)
+                r.update(pixels=decoded.pixels, original_mode=decoded.mode, original_format=decoded.format,
+                         original_frames=decoded.frames)
             else:
                 r = reject_record(r["id"], r["source"], decoded, "decode", r["source_sha256"])
         out.append(r)
@@ -227,7 +228,8 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
                "width": r["width"], "height": r["height"]}
         row.update({k: r["meta"].get(k) for k in passthrough if k not in row})
         row.update(source=r["source"], source_sha256=r["source_sha256"], original_mode=r.get("original_mode"),
-                   original_format=r.get("original_format"), psnr_vs_input_db=r.get("psnr_vs_input_db"),
+                   original_format=r.get("original_format"), original_frames=r.get("original_frames"),
+                   psnr_vs_input_db=r.get("psnr_vs_input_db"),
                    downscale_factor=r.get("downscale_factor"))
         rows.append(row)
     names = list(rows[0]) if rows else []

@@ -41,5 +41,5 @@ def test_pass_through_columns_that_agree_on_a_type_keep_it(tmp_path) -> None:
     assert pa.types.is_struct(table.schema.field("box").type)
     assert table.column("box").to_pylist() == [{"x": 1, "y": 2}, {"x": 3, "y": 4}]
     assert table.column_names == ["id", "image", "width", "height", "box", "caption", "label", "source",
-                                  "source_sha256", "original_mode", "original_format", "psnr_vs_input_db",
+                                  "source_sha256", "original_mode", "original_format", "original_frames", "psnr_vs_input_db",
                                   "downscale_factor"]

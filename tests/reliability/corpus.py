@@ -43,7 +43,7 @@ def folder_corpus(root: Path) -> dict[str, str]:
     rgb = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     png = _save(rgb, "PNG")
     jpeg = _save(rgb, "JPEG")
-    gif_frames = [Image.new("P", (8, 8), i) for i in range(3)]
+    gif_frames = [Image.new("RGB", (8, 8), (80 * i, 0, 0)) for i in range(3)]  # distinct, or PIL merges them
     gif_buf = io.BytesIO()
     gif_frames[0].save(gif_buf, format="GIF", save_all=True, append_images=gif_frames[1:])
     files = {

@@ -35,6 +35,8 @@ def test_hostile_corpus_every_input_exactly_once(tmp_path, tiny_model) -> None:
     assert sizes["one-by-seven.png"] == (1, 7) and sizes["one-pixel.png"] == (1, 1)
     modes = dict(zip(data["id"], data["original_mode"], strict=True))
     assert modes["cmyk.jpg"] == "CMYK" and modes["sixteen-bit.png"].startswith("I")
+    frames = dict(zip(data["id"], data["original_frames"], strict=True))  # only the first frame was purified
+    assert frames["animated.gif"] == 3 and frames["cmyk.jpg"] == 1
     for _, row in data.iterrows():
         with Image.open(io.BytesIO(row["image"]["bytes"])) as im:
             assert im.size == (row["width"], row["height"]) and im.mode == "RGB"
