@@ -24,7 +24,7 @@ import torch
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint
 from pipeline.model import UNetModel
 from pipeline.operators import make_operators
-from pipeline.sampler import SAMPLERS, Guidance, run_timesteps
+from pipeline.sampler import SAMPLERS, Guidance, Noise, run_timesteps
 from pipeline.schedule import SCHEDULES, NoiseSchedule
 from pipeline.tiling import LARGE_IMAGE_POLICIES, MosaicLayout, pack, plan_layout, unpack
 
@@ -281,7 +281,8 @@ class Purifier:
     ) -> torch.Tensor:
         """Purify N x 3 x H x W canvases in model units [-1, 1]; returns the same shape, unclamped.
 
-        `seeds` (one per canvas) makes each canvas's starting noise independent of its batch mates.
+        `seeds` (one per canvas) draws each canvas's noise from its own streams, so that its result does not
+        depend on which canvases share its batch.
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected N x 3 x H x W, got {tuple(x.shape)}")
@@ -293,7 +294,7 @@ class Purifier:
             op.check_shape(*x.shape[-2:])
         x = x.to(self.device, torch.float32)
         s = self.settings
-        generator = torch.Generator(self.device).manual_seed(s.seed if seed is None else seed)
+        generator: Noise = torch.Generator(self.device).manual_seed(s.seed if seed is None else seed)
         guidance = Guidance.from_input(x, self.operators, s.lam, s.blend_k)
         x_T = None
         if seeds is not None:
@@ -302,7 +303,10 @@ class Purifier:
             x_T = torch.cat([
                 torch.randn((1, *x.shape[1:]), generator=torch.Generator().manual_seed(int(sd))) for sd in seeds
             ]).to(self.device)
-            generator.manual_seed(int(seeds[0]))
+            # Each canvas's step noise from its own stream too, so its result does not depend on which canvases
+            # share its batch (Ray Data's batching varies between runs). Seeded sd + 2**32, which no starting
+            # noise uses (canvas seeds are below 2**31), so the two streams never coincide.
+            generator = [torch.Generator(self.device).manual_seed(int(sd) + 2**32) for sd in seeds]
         common = dict(steps=s.steps, clip=s.clip_denoised, shape=tuple(x.shape), generator=generator,
                       device=self.device, progress=progress, x_T=x_T, resample=s.resample, start=s.start)
         if s.sampler == "ddim":

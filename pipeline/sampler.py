@@ -23,6 +23,9 @@ from pipeline.schedule import NoiseSchedule, ddim_timesteps
 
 # (x_t, t) -> ε prediction with the same shape as x_t; t holds the training-schedule step per image.
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Where a sampler draws its noise: one generator for the whole batch, or one per sample so that each sample's
+# noise (and so its result) does not depend on which other samples share its batch.
+Noise = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def _rounds(resample: int, guidance: Guidance | None, t: int, T: int) -> int:
 
 def _step_with_time_travel(
     step: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float,
-    rounds: int, generator: torch.Generator | None,
+    rounds: int, generator: Noise,
 ) -> torch.Tensor:
     """Run one reverse step t → t' `rounds` times, pushing x_t' back to level t with fresh noise in between."""
     x_prev = step(x_t)
@@ -142,8 +145,17 @@ def _step_with_time_travel(
     return x_prev
 
 
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise_like(x: torch.Tensor, generator: Noise) -> torch.Tensor:
+    return _randn(tuple(x.shape), generator, x.device, x.dtype)
+
+
+def _randn(shape: tuple[int, ...], generator: Noise, device: torch.device | str,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} noise generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
 def range_estimate(guidance: Guidance) -> torch.Tensor:
@@ -186,7 +198,7 @@ def zip_ddim(
     clip: bool = True,
     x_T: torch.Tensor | None = None,
     shape: tuple[int, ...] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     resample: int = 1,
@@ -203,7 +215,7 @@ def zip_ddim(
     _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
-    noise = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    noise = x_T if x_T is not None else _randn(shape, generator, device)  # type: ignore[arg-type]
     timesteps, x = _start(schedule, steps, start, guidance, noise)
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
@@ -228,7 +240,7 @@ def zip_ddpm(
     clip: bool = True,
     x_T: torch.Tensor | None = None,
     shape: tuple[int, ...] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Noise = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     resample: int = 1,
@@ -241,7 +253,7 @@ def zip_ddpm(
     _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
-    noise = x_T if x_T is not None else torch.randn(shape, generator=generator, device=device)  # type: ignore[arg-type]
+    noise = x_T if x_T is not None else _randn(shape, generator, device)  # type: ignore[arg-type]
     timesteps, x = _start(schedule, steps, start, guidance, noise)
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
