@@ -21,7 +21,7 @@ import posixpath
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -178,6 +178,18 @@ def cell_psnr(before: np.ndarray, after: np.ndarray, placement: Any) -> float:
     return round(psnr(after[cell][None], before[cell][None]), 2)
 
 
+def unusable_gpus(assigned: Sequence[Any], cuda_available: bool, torch_version: str, cuda_version: str | None) -> str | None:
+    """Why an actor that Ray gave GPUs cannot use them, or None. Without this check the purifier falls back to the
+    CPU and a GPU cluster runs at CPU speed, silently (an NVIDIA driver older than torch's CUDA needs, a node image
+    without the GPU container runtime, a CPU-only torch)."""
+    if not assigned or cuda_available:
+        return None
+    cuda = cuda_version or "none: a CPU-only build"
+    return (f"purifier actor was given GPU(s) {list(assigned)} but torch {torch_version} (CUDA {cuda}) sees none: the "
+            "node's NVIDIA driver is older than this CUDA needs, or the container has no GPU runtime; fix the node image "
+            "(cluster.yaml ImageId) or pass --device cpu to run on CPUs")
+
+
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
@@ -190,6 +202,13 @@ class PurifyStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        if device is None:
+            import ray
+
+            problem = unusable_gpus(ray.get_gpu_ids() if ray.is_initialized() else [], torch.cuda.is_available(),
+                                    torch.__version__, torch.version.cuda)
+            if problem:
+                raise RuntimeError(problem)
         self.purifier = Purifier.from_checkpoint(
             checkpoint, preset, device=device, precision=precision, canvas_size=canvas_size, flags=flags,
             storage_options=storage_options, expected_sha256=checkpoint_sha256, settings=ZipSettings(**settings),

@@ -137,11 +137,12 @@ def test_readme_cluster_commands_match_cluster_yaml(cluster: dict[str, Any]) -> 
     config = config_from_args(entrypoint[2:])
     assert config.gpus_per_actor == 1 and config.actors >= 1  # the autoscaler starts GPU nodes only for these
     header = CLUSTER_YAML.read_text().split("\n\n", 1)[0]
-    assert "--working-dir . --runtime-env-json '{\"excludes\": [\".git/\"]}'" in header  # the same command
+    assert "ray job submit --address http://127.0.0.1:8265 --working-dir . -- " in header  # the same command
 
 
 def test_working_dir_upload_holds_the_project_and_not_git_or_venv(tmp_path: Path) -> None:
-    """Package the checkout the way `ray job submit --working-dir` does with the README's options."""
+    """Package the checkout the way `ray job submit --working-dir` does with the README's options (.git/ is left out
+    by .rayignore)."""
     import zipfile
 
     from ray._private.runtime_env.packaging import PACKAGE_SIZE_WARNING, _zip_files

@@ -553,3 +553,26 @@ def test_duplicate_rows_are_removed_once_data_winning(tmp_path) -> None:
     assert sorted(p.rsplit("/", 1)[-1] for p in rows.data_schemas) == ["part-a.parquet", "part-b.parquet"]
     again = deduplicate_output(str(out), {})
     assert (again.duplicates_removed, again.purified, again.rejected) == (0, 3, 1)
+
+
+def test_a_purifier_actor_given_gpus_torch_cannot_see_stops_instead_of_running_on_cpu(tmp_path, monkeypatch) -> None:
+    """A GPU node whose driver is too old for torch's CUDA: Ray assigns the GPU, torch sees none, and the purifier
+    used to fall back to the CPU, so the cluster ran at CPU speed without a word."""
+    import ray
+    import torch
+
+    from pipeline import stages
+
+    assert stages.unusable_gpus([], False, "2.x", None) is None  # a CPU actor
+    assert stages.unusable_gpus(["0"], True, "2.x", "13.0") is None  # a working GPU
+    problem = stages.unusable_gpus(["0"], False, "2.x", "13.0")
+    assert "given GPU(s) ['0']" in problem and "CUDA 13.0" in problem and "driver" in problem
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["0"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = dict(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256="", settings={"steps": 2}, preset=None,
+                flags=None, storage_options={}, precision="fp32", canvas_size=32, torch_threads=None)
+    with pytest.raises(RuntimeError, match="sees none"):
+        stages.PurifyStage(device=None, **args)
+    assert stages.PurifyStage(device="cpu", **args).purifier.device.type == "cpu"  # asked for the CPU: runs there
