@@ -113,7 +113,7 @@ def _denoise(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One model call: (guided x̂₀, the ε consistent with x_t and the clipped estimate)."""
     t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-    eps = eps_model(x_t, t_batch).float()
+    eps = eps_model(x_t, t_batch).to(x_t.dtype)  # x_t's precision: fp16/bf16 output upcast, float64 runs stay float64
     x0 = predict_x0(x_t, eps, alpha_bar_t)
     if clip:
         # A weak prior's estimate drifts out of the data range; clamping it each step keeps the sampler stable.
