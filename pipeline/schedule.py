@@ -59,11 +59,13 @@ class NoiseSchedule:
 
 
 def ddim_timesteps(num_train_steps: int, num_sample_steps: int) -> list[int]:
-    """Evenly strided timesteps, largest first, ending at t = 0.
+    """S evenly spaced timesteps t_i = ⌊i·T/S⌋, i = S−1 … 0: largest first, ending at t = 0.
 
-    Matches guided-diffusion's "ddimS" spacing: stride T // S, i.e. 950, 900, …, 0 for T = 1000, S = 20.
+    When S divides T this is the stride T/S of the authors' code and of guided-diffusion's "ddimS" spacing:
+    950, 900, …, 0 for T = 1000, S = 20. For other S the spacing is fractional, so the first step stays within
+    ⌈T/S⌉ of T; an integer stride ⌊T/S⌋ would start sampling from pure noise far below T (S = 501: at t = 500,
+    where ᾱ_t = 0.078).
     """
     if not 1 <= num_sample_steps <= num_train_steps:
         raise ValueError(f"steps must be in [1, {num_train_steps}], got {num_sample_steps}")
-    stride = num_train_steps // num_sample_steps
-    return list(range(0, stride * num_sample_steps, stride))[::-1]
+    return [i * num_train_steps // num_sample_steps for i in range(num_sample_steps - 1, -1, -1)]

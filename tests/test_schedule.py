@@ -31,3 +31,18 @@ def test_ddim_spacing_matches_the_paper() -> None:
         ddim_timesteps(1000, 0)
     with pytest.raises(ValueError, match="unknown noise schedule"):
         NoiseSchedule.named("quadratic")
+
+
+def test_ddim_spacing_starts_near_T_for_every_step_count() -> None:
+    """The stride T // S started a step count that does not divide T far below T, from pure noise: S = 501 began at
+    t = 500 (ᾱ = 0.078), S = 600 at t = 599. The spacing is now ⌊i·T/S⌋, the same as before whenever S divides T."""
+    T = 1000
+    for s in range(1, T + 1):
+        ts = ddim_timesteps(T, s)
+        assert len(ts) == len(set(ts)) == s and ts == sorted(ts, reverse=True) and ts[-1] == 0
+        assert ts[0] >= T - -(-T // s)  # within ⌈T/S⌉ of T
+        if T % s == 0:  # the authors' code and guided-diffusion's "ddimS": stride T/S
+            assert ts == list(range(0, T, T // s))[::-1]
+    assert ddim_timesteps(T, 501)[:3] == [998, 996, 994]
+    assert ddim_timesteps(T, 30)[:3] == [966, 933, 900]
+    assert ddim_timesteps(4000, 20) == list(range(3800, -1, -200))
