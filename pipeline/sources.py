@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,11 +27,12 @@ from typing import Any, BinaryIO
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.registry import known_implementations
 
 from pipeline.storage import backoff, describe, is_transient, with_retries
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
 # Tar and Parquet files up to this size are fetched in one request and read from memory; larger ones are read
@@ -55,11 +57,26 @@ class ReadUnit:
         return cls(row["kind"], tuple(row["paths"]), row["root"])
 
 
+def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system of `uri` and the path on it. Unlike fsspec.open and url_to_fs, '::' is part of the name (a key
+    'x::y.png' is a file, not the URL chain 'x' :: 'y.png'); chained input URLs are refused by `discover`."""
+    protocol, _ = fsspec.core.split_protocol(uri)
+    fs = fsspec.filesystem(protocol or "file", **storage_options)
+    return fs, fs._strip_protocol(uri)
+
+
+def _chained(uri: str) -> bool:
+    """An fsspec URL chain ('simplecache::s3://...'): its listed paths cannot be read back without the chain."""
+    first = re.match(r"^([A-Za-z][\w+.-]*)::", uri)
+    return first is not None and first.group(1) in known_implementations
+
+
 def read_bytes(path: str, storage_options: dict[str, Any]) -> bytes:
     """The whole object, retrying transient storage errors."""
 
     def once() -> bytes:
-        with fsspec.open(path, "rb", **storage_options) as f:
+        fs, fs_path = storage_path(path, storage_options)
+        with fs.open(fs_path, "rb") as f:
             return f.read()
 
     return with_retries(once, f"read {path}")
@@ -101,14 +118,20 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     Every non-hidden file is an input: tar and Parquet files by suffix, everything else as an image
     file (its content decides; a non-image ends up in rejects with the reason, never silently dropped).
     """
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if _chained(uri):
+        raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
+                         "(s3://..., a path) and its settings with --storage-option")
+    fs, root = storage_path(uri, storage_options or {})
     if not fs.exists(root):
-        raise FileNotFoundError(f"input {uri} does not exist")
+        glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
+        raise FileNotFoundError(f"input {uri} does not exist{glob}")
     if fs.isfile(root):
         listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
     else:
-        # detail=True: the sizes come with the same listing requests, for the dry run's report.
-        listed = {p: info for p, info in fs.find(root, detail=True).items() if not _hidden(relative_id(p, root))}
+        # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
+        # ending in '/' is an object store's folder marker (S3 console "Create folder", Hadoop tools): not a file.
+        listed = {p: info for p, info in fs.find(root, detail=True).items()
+                  if not _hidden(relative_id(p, root)) and not (p.endswith("/") and not info.get("size"))}
         root_dir = root
     root_uri = with_protocol(fs, root_dir)
     units: list[ReadUnit] = []
@@ -159,7 +182,11 @@ def _split_key(name: str) -> tuple[str, str]:
 
 
 def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
-    text = data.decode("utf-8", errors="replace").strip()
+    """A sidecar's column and value: its text, or its bytes when it is not UTF-8 text (a mask, an array)."""
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "label" if ext == "cls" else ext.replace(".", "_"), data
     if ext == "cls":
         try:
             return "label", int(text)
@@ -180,11 +207,11 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
 def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int) -> Callable[[], BinaryIO]:
     """How to open `path` for reading, as often as needed: a file of at most `in_memory_bytes` is fetched once
     and served from memory; a larger one is opened on storage each time, and read piece by piece."""
-    fs, fs_path = fsspec.core.url_to_fs(path, **fs_opts)
+    fs, fs_path = storage_path(path, fs_opts)
     if with_retries(lambda: fs.size(fs_path), f"stat {path}") <= in_memory_bytes:
         raw = read_bytes(path, fs_opts)
         return lambda: io.BytesIO(raw)
-    return lambda: with_retries(lambda: fsspec.open(path, "rb", **fs_opts).open(), f"open {path}")
+    return lambda: with_retries(lambda: fs.open(fs_path, "rb"), f"open {path}")
 
 
 def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
@@ -327,7 +354,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
 
     done: set[str] = set()
     seen: dict[str, Counter[str]] = {}
-    parts: dict[str, dict[str, bytes]] = {}
+    parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
     errors: dict[str, str] = {}
     kept: dict[int, bytes | Exception] = {}  # link targets' bytes, by position
     waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
@@ -355,7 +382,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
         elif isinstance(data, str):
             errors.setdefault(key, data)
         else:
-            parts.setdefault(key, {})[ext] = data  # a later duplicate of a name wins, as on extraction
+            other = parts.setdefault(key, {}).get(ext, (name, b""))[0]
+            if other != name:  # '0001.JPG' and '0001.jpg': one extension, two files; neither may be dropped
+                errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
+            parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
         if seen[key] != members_of[key]:
             return None
         done.add(key)
@@ -400,41 +430,53 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
         yield failure
 
 
-def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, bytes], error: str | None) -> dict[str, Any]:
-    """The image record of one WebDataset key (sidecars become columns), or its reject."""
+def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
+                    error: str | None) -> dict[str, Any]:
+    """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
+    extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
+    key has such an image, and the image when it is the key's only image member."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
-    image_exts = [e for e in parts if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    image_like = [e for e in parts if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    plain = [e for e in image_like if "." not in e]
+    image_exts = plain or image_like
     if len(image_exts) != 1:
         found = ", ".join(sorted(parts)) or "nothing"
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}",
                              "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
-    for e, v in parts.items():
+    for e, (_, v) in parts.items():
         if e == "json":
             meta.update(_json_sidecar(v))
         elif e != ext:
             meta.update([_sidecar_value(e, v)])
-    return _image_record(id_, f"{path}:{key}.{ext}", parts[ext], meta)
+    name, data = parts[ext]
+    return _image_record(id_, f"{path}:{name}", data, meta)
 
 
 def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
-    """The Parquet column holding image bytes: a struct<bytes, path> (Hugging Face layout) or binary."""
-    def usable(field: pa.Field) -> bool:
+    """The Parquet column holding image bytes: a struct<bytes, path> (Hugging Face layout) or binary (also large,
+    view or dictionary-encoded); a list<uint8> only when named (--image-column, or one of the usual image names),
+    since such a list may as well hold numbers that are not a file."""
+    def usable(field: pa.Field, named: bool = False) -> bool:
         t = field.type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
         if pa.types.is_struct(t):
             return t.get_field_index("bytes") >= 0
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+        if named and (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_uint8(t.value_type):
+            return True
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
 
     if requested:
         if requested not in schema.names:
             raise ValueError(f"image column {requested!r} not in Parquet columns {schema.names}")
-        if not usable(schema.field(requested)):
+        if not usable(schema.field(requested), named=True):
             raise ValueError(f"column {requested!r} has type {schema.field(requested).type}, not image bytes")
         return requested
     for name in IMAGE_COLUMN_CANDIDATES:
-        if name in schema.names and usable(schema.field(name)):
+        if name in schema.names and usable(schema.field(name), named=True):
             return name
     for field in schema:
         if usable(field):
@@ -471,6 +513,8 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
                         others: list[str]) -> dict[str, Any]:
     value = row[column]
     data = value.get("bytes") if isinstance(value, dict) else value
+    if isinstance(data, list) and None not in data:  # list<uint8>
+        data = bytes(data)
     meta = {n: row[n] for n in others}
     if isinstance(value, dict) and value.get("path") is not None:
         meta.setdefault("original_path", value["path"])

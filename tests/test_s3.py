@@ -140,3 +140,19 @@ def test_a_missing_output_bucket_stops_the_dry_run_and_client_kwargs_add_to_the_
     assert "1 image files to read" in capsys.readouterr().out
     assert main([*base, "--output", "s3://no-such-bucket/out"]) == 2
     assert "the bucket of output s3://no-such-bucket/out (no-such-bucket) does not exist" in capsys.readouterr().err
+
+
+def test_folder_markers_are_not_inputs(s3) -> None:
+    """Zero-byte keys ending in '/' (S3 console 'Create folder', Hadoop tools) were listed as image files: each one a
+    reject ('sub', 0 bytes) that a local copy of the same data does not have."""
+    from pipeline.sources import discover, read_unit
+
+    fs, options = s3
+    for key in ("markers/", "markers/empty/", "markers/sub/", "markers-2/x.png", "markers.txt"):
+        fs.pipe(f"zip-in/{key}", b"")
+    fs.pipe("zip-in/markers/sub/a b#c::d.png", image_bytes(8, 8, 0))
+    (unit,) = discover("s3://zip-in/markers", options)  # the sibling prefix markers-2/ and markers.txt are not in it
+    records = list(read_unit(unit, options))
+    assert [(r["kind"], r["id"]) for r in records[:-1]] == [("image", "sub/a b#c::d.png")]
+    assert records[0]["data"] == image_bytes(8, 8, 0)
+    assert discover("s3://zip-in/markers/empty", options) == []

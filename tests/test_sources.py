@@ -125,13 +125,24 @@ class _DropsOnce:
         pass
 
 
+def _streams_drop_once(monkeypatch, raw: bytes) -> None:
+    """Storage whose streams serve `raw` and drop the connection half-way through the second one."""
+    storage_path = sources.storage_path
+
+    def dropping(path, options):
+        fs, fs_path = storage_path(path, options)
+        return type("FS", (), {"__getattr__": lambda self, name: getattr(fs, name),
+                               "open": lambda self, p, mode: _DropsOnce(raw, cut=len(raw) // 2)})(), fs_path
+
+    monkeypatch.setattr(sources, "storage_path", dropping)
+
+
 def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tmp_path, monkeypatch) -> None:
     shard = tmp_path / "big.tar"
     raw = tar_bytes(_shard_of(12))
     shard.write_bytes(raw)
     _DropsOnce.opened = 0
-    monkeypatch.setattr(sources.fsspec, "open", lambda path, mode, **kw: type("F", (), {
-        "open": lambda self: _DropsOnce(raw, cut=len(raw) // 2)})())
+    _streams_drop_once(monkeypatch, raw)
     monkeypatch.setattr(sources, "backoff", lambda attempt: None)
     records = _records(shard, in_memory_bytes=0)
     assert _DropsOnce.opened == 3  # the index pass, the data pass that broke off half-way, its restart
@@ -231,8 +242,7 @@ def test_a_link_target_is_read_again_after_a_dropped_connection(tmp_path, monkey
     raw = _tar_with_links(*members)
     (tmp_path / "big.tar").write_bytes(raw)
     _DropsOnce.opened = 0
-    monkeypatch.setattr(sources.fsspec, "open", lambda path, mode, **kw: type("F", (), {
-        "open": lambda self: _DropsOnce(raw, cut=len(raw) // 2)})())
+    _streams_drop_once(monkeypatch, raw)
     monkeypatch.setattr(sources, "backoff", lambda attempt: None)
     records = _records(tmp_path / "big.tar", in_memory_bytes=0)
     assert _DropsOnce.opened == 3
