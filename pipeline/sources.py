@@ -144,10 +144,36 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
             units.append(ReadUnit("parquet", (full,), root_uri, (size,)))
         else:
             images.append((full, size))
+    _refuse_colliding_ids(units, [p for p, _ in images], root_uri)
     for i in range(0, len(images), files_per_unit):
         group = images[i : i + files_per_unit]
         units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
     return units
+
+
+def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], root: str) -> None:
+    """Stop when an image file's id could equal a tar member's (`x.tar/k`: the key has no dot) or a reject's or
+    Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the output keeps one row per id, so one of the two would be
+    lost. Only odd names collide (an object `x.tar/k` without an extension beside a shard `x.tar`, a file named
+    `t.parquet#0`); renaming one is the fix."""
+    containers_by_id = {relative_id(unit.paths[0], root): unit for unit in containers}
+
+    def clash(id_: str) -> str | None:
+        head, sep, rest = id_.partition("#")
+        if sep and head in containers_by_id and (rest == "unreadable" or rest.isdigit()):
+            return containers_by_id[head].paths[0]
+        for container_id, unit in containers_by_id.items():
+            if unit.kind == "tar" and id_.startswith(container_id + "/") and "." not in posixpath.basename(id_):
+                return unit.paths[0]
+        return None
+
+    if not containers_by_id:
+        return
+    clashes = [(path, found) for path in image_files if (found := clash(relative_id(path, root)))]
+    if clashes:
+        shown = "; ".join(f"{path} (beside {container})" for path, container in clashes[:5])
+        raise ValueError(f"{len(clashes)} input file(s) have ids that a tar member's or a Parquet row's id could "
+                         f"equal, so one of the two would be lost from the output: {shown}; rename them")
 
 
 def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import discover, read_unit
+from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit
 from tests.jobutil import image_bytes, tar_bytes
 
 
@@ -78,3 +78,21 @@ def test_parquet_image_columns_in_every_binary_layout(tmp_path) -> None:
     pq.write_table(pa.table({"pixels": pa.array([list(b) for b in images], pa.list_(pa.uint8()))}),
                    tmp_path / "list.parquet")
     assert "no image column" in _read(tmp_path)["list.parquet#unreadable"]["error"]
+
+
+def test_file_names_that_would_take_a_members_id_stop_the_listing(tmp_path) -> None:
+    """The output holds one row per id, so an image file whose id equals a Parquet row's, a shard reject's or (on
+    object stores, where `x.tar` and `x.tar/k` can both exist) a tar member's would lose one of the two."""
+    pq.write_table(pa.table({"image": [image_bytes(8, 8, 0)]}), tmp_path / "t.parquet")
+    (tmp_path / "photo#1.png").write_bytes(image_bytes(8, 8, 1))  # a '#' alone collides with nothing
+    assert len(discover(str(tmp_path))) == 2
+    (tmp_path / "t.parquet#0").write_bytes(image_bytes(8, 8, 2))
+    with pytest.raises(ValueError, match=r"1 input file\(s\) have ids .*/t.parquet#0 \(beside .*/t.parquet\)"):
+        discover(str(tmp_path))
+
+    # On an object store a shard x.tar and objects under the prefix x.tar/ can both exist (no local file system
+    # allows it, so the check is called directly).
+    shard = ReadUnit("tar", ("s3://b/in/x.tar",), "s3://b/in", (1,))
+    _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k.png"], "s3://b/in")  # a member id has no dot in its key
+    with pytest.raises(ValueError, match=r"s3://b/in/x.tar/k \(beside s3://b/in/x.tar\)"):
+        _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k"], "s3://b/in")  # the shard's member k has this id
