@@ -45,7 +45,7 @@ from pipeline.purifier import (
     is_whole_number,
     recipe_values,
 )
-from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, relative_id, with_protocol
+from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, is_url_chain, relative_id, storage_path, with_protocol
 from pipeline.stages import (
     DATA_DIR,
     REJECTS_DIR,
@@ -155,6 +155,9 @@ class JobConfig:
         for name in ("input", "output"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{flag(name)} must be a path or URI, got {getattr(self, name)!r}")
+            elif is_url_chain(getattr(self, name)):
+                problems.append(f"{flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL chain "
+                                f"{getattr(self, name)!r}; storage settings go in --storage-option")
         for name in ("checkpoint", "prior", "preset", "image_column", "ray_address"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
@@ -214,7 +217,7 @@ def redact(options: Any) -> Any:
 
 
 def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(uri, **storage_options)
+    return storage_path(uri, storage_options)  # not url_to_fs, which reads 'out::x' as the chain 'out' :: 'x'
 
 
 def _read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.Abst
     return fs, fs._strip_protocol(uri)
 
 
-def _chained(uri: str) -> bool:
+def is_url_chain(uri: str) -> bool:
     """An fsspec URL chain ('simplecache::s3://...'): its listed paths cannot be read back without the chain."""
     first = re.match(r"^([A-Za-z][\w+.-]*)::", uri)
     return first is not None and first.group(1) in known_implementations
@@ -118,7 +118,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     Every non-hidden file is an input: tar and Parquet files by suffix, everything else as an image
     file (its content decides; a non-image ends up in rejects with the reason, never silently dropped).
     """
-    if _chained(uri):
+    if is_url_chain(uri):
         raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
                          "(s3://..., a path) and its settings with --storage-option")
     fs, root = storage_path(uri, storage_options or {})

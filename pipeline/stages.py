@@ -24,14 +24,13 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.evaluation.metrics import psnr
-from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, read_unit, reject_record
+from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, read_unit, reject_record, storage_path
 from pipeline.storage import make_parent_dirs, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
@@ -279,7 +278,7 @@ def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:
 
 def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> None:
     """Write to a hidden temporary name, then move into place: readers never see half a file."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    fs, path = storage_path(uri, storage_options)
     folder, name = posixpath.split(path)
     tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
     buf = io.BytesIO()

@@ -47,9 +47,9 @@ def tar_bytes(members: dict[str, bytes]) -> bytes:
 
 
 def read_output(path: str, storage_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    import fsspec
+    from pipeline.sources import storage_path
 
-    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    fs, root = storage_path(path, storage_options or {})
     frames = []
     for folder in ("data", "rejects"):
         files = sorted(f for f in (fs.ls(f"{root}/{folder}", detail=False) if fs.exists(f"{root}/{folder}") else [])

@@ -576,3 +576,20 @@ def test_a_purifier_actor_given_gpus_torch_cannot_see_stops_instead_of_running_o
     with pytest.raises(RuntimeError, match="sees none"):
         stages.PurifyStage(device=None, **args)
     assert stages.PurifyStage(device="cpu", **args).purifier.device.type == "cpu"  # asked for the CPU: runs there
+
+
+def test_an_output_name_with_double_colons_is_written_there_and_url_chains_are_refused(tmp_path) -> None:
+    """fsspec's url_to_fs read 'out::x' as the chain 'out' :: 'x', so the job wrote its output to ./out instead."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.png").write_bytes(image_bytes(32, 32, 0))
+    out = tmp_path / "night::1"
+    summary = run_job(JobConfig(input=str(root), output=str(out), checkpoint=tiny_model_file(tmp_path), steps=2,
+                                progress=False))
+    assert summary["this_run"]["purified"] == 1
+    assert list(read_output(str(out))[0]["id"]) == ["a.png"] and not (tmp_path / "night").exists()
+    for name in ("input", "output"):
+        config = JobConfig(input=str(root), output=str(tmp_path / "o"), checkpoint="unused.pt")
+        setattr(config, name, "simplecache::file://" + str(tmp_path / "x"))
+        with pytest.raises(JobError, match=f"--{name} must be the storage's own URI"):
+            plan_job(config, dry_run=True)
