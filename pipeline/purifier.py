@@ -83,7 +83,8 @@ def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_m
 class ZipSettings:
     """Sampler settings. Defaults follow the paper's Algorithm 2 (guided DDIM, 20 steps).
 
-    steps: DDIM steps spaced every T/steps (20 → t = 950, 900, …, 0, as in the paper and the authors' code).
+    steps: sampler steps at t_i = ⌊i·T/steps⌋ (20 → t = 950, 900, …, 0, as in the paper and the authors' code;
+        evenly every T/steps whenever steps divides T = 1000). 1 or 2 steps start far below T (t = 0, 500).
     pool: average-pooling factor of A (the authors' README uses 4 for user data; 4 removes a 3x3 patch trigger
         that survives 2x2 pooling, see ../shared/README.md).
     lam: λ of the hard switch; guide while t ≥ λT. 0 guides every step (output consistent with A x exactly).
