@@ -12,7 +12,7 @@ import pytest
 from pipeline.evaluation.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
 from pipeline.evaluation.report import target_lines
 from pipeline.evaluation.runner import check_target, decode_predictions, encode_predictions
-from pipeline.evaluation.target import AttackPredictions, bootstrap_averages, point_check, target_check
+from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages, point_check, target_check
 
 DEFENSES = ("zip", "shrinkpad", "naive")
 
@@ -53,10 +53,10 @@ def test_clear_wins_losses_and_the_asr_bound() -> None:
     ca_shrink = rows["ca above shrinkpad"]
     assert (ca_shrink["zip"], ca_shrink["other"], ca_shrink["difference"]) == (100.0, 0.0, 100.0)
     assert ca_shrink["interval"] == [100.0, 100.0] and ca_shrink["verdict"] == "yes"
-    # identical outputs: no difference on any resample, so not above, and not clearly below either
+    # identical outputs: no difference on any resample, so not above on any: a clear miss (a tie is no win)
     tie = rows["pa above naive"]
     assert tie["difference"] == 0.0 and tie["interval"] == [0.0, 0.0]
-    assert tie["met"] is False and tie["verdict"] == "no, within noise"
+    assert tie["met"] is False and tie["verdict"] == "no"
     asr = rows["asr at most 5"]
     assert asr["zip"] == 0.0 and asr["interval"] == [0.0, 0.0] and asr["verdict"] == "yes"
     # the same check for ShrinkPad's outputs as "ZIP": ASR 100 %, clearly over the bound
@@ -153,7 +153,7 @@ def test_summary_table_and_its_command(tmp_path: Path, capsys: pytest.CaptureFix
     cells = [c.strip() for c in row.strip("|").split("|")]
     # CA above ShrinkPad: +100 on every resample; PA above A⁺A x: identical outputs, a tie; ASR 0 %
     assert cells[1] == "4" and cells[2] == "+100.0 [+100.0, +100.0] yes"
-    assert cells[5] == "+0.0 [+0.0, +0.0] no, within noise" and cells[6] == "0.0 [0.0, 0.0] yes"
+    assert cells[5] == "+0.0 [+0.0, +0.0] no" and cells[6] == "0.0 [0.0, 0.0] yes"
     assert cells[7] == "no"  # a tie is not a win
     row = next(line for line in captured.out.splitlines() if line.startswith("| old |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -170,7 +170,7 @@ def test_point_check_agrees_with_the_bootstrap_check_on_its_verdicts() -> None:
     attacks = _random_attacks(labels, rng, 4)
     full = target_check(labels, attacks, "zip", resamples=50)
     boot = bootstrap_averages(labels, attacks, DEFENSES, resamples=0)
-    averages = {d: {m: round(float(v[0]), 2) for m, v in per.items()} for d, per in boot.items()}
+    averages = {d: {m: round(float(v[0]), DECIMALS) for m, v in per.items()} for d, per in boot.items()}
     points = point_check(averages, "zip")
     assert [r["criterion"] for r in points] == [r["criterion"] for r in full]
     for p, f in zip(points, full, strict=True):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,15 @@ def defense_title(name: str, pool: int) -> str:
     }[name]
 
 
+def _rounded(value: float, places: int = 1, sign: bool = False) -> str:
+    """`value` to `places` decimals, halves rounded up (away from zero), from its shortest decimal form: a stored
+    26.15 shows as 26.2, where f"{26.15:.1f}" gives 26.1 (the binary float lies just below the half)."""
+    shown = Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return f"{shown:+}" if sign else f"{shown}"
+
+
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
+    return "–" if value is None else _rounded(value)
 
 
 def target_lines(report: dict[str, Any]) -> list[str]:
@@ -51,11 +59,11 @@ def target_lines(report: dict[str, Any]) -> list[str]:
             if r["baseline"] is None:
                 criterion = f"average {names[r['metric']]} ≤ {r['other']:g} %"
                 other, diff = f"≤ {r['other']:g}", "–"
-                interval = f"{r['interval'][0]:.1f} to {r['interval'][1]:.1f} (ZIP's {names[r['metric']]})"
+                interval = f"{_rounded(r['interval'][0])} to {_rounded(r['interval'][1])} (ZIP's {names[r['metric']]})"
             else:
                 criterion = f"average {names[r['metric']]} above {defense_title(r['baseline'], pool)}"
-                other, diff = _fmt(r["other"]), f"{r['difference']:+.1f}"
-                interval = f"{r['interval'][0]:+.1f} to {r['interval'][1]:+.1f}"
+                other, diff = _fmt(r["other"]), _rounded(r["difference"], sign=True)
+                interval = f"{_rounded(r['interval'][0], sign=True)} to {_rounded(r['interval'][1], sign=True)}"
             lines.append(f"| {defense_title(z, pool)} | {criterion} | {_fmt(r['zip'])} | {other} | {diff} | {interval} "
                          f"| {r['verdict']} |")
     return lines
@@ -82,12 +90,12 @@ def target_summary(reports: dict[str, dict[str, Any]], zip_defense: str = "zip")
                 cells.append("–")
                 continue
             value = r["zip"] if r["baseline"] is None else r["difference"]
-            sign = "" if r["baseline"] is None else "+"
+            sign = r["baseline"] is not None
             if r["interval"] is None:  # a point check (`target.point_check`): the report kept no predictions
-                cells.append(f"{value:{sign}.1f} {r['verdict']}")
+                cells.append(f"{_rounded(value, sign=sign)} {r['verdict']}")
                 continue
-            lo, hi = r["interval"]
-            cells.append(f"{value:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}] {r['verdict']}")
+            lo, hi = (_rounded(v, sign=sign) for v in r["interval"])
+            cells.append(f"{_rounded(value, sign=sign)} [{lo}, {hi}] {r['verdict']}")
         met = all(r["met"] for r in rows.values()) and len(rows) == len(criteria)
         lines.append(f"| {label} | {report['config']['pool']} | " + " | ".join(cells) + f" | {'yes' if met else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -102,7 +110,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     # the sampler's seed.
     start = cfg.get("start", 1.0)
     sampler_seed = f"sampler seed {cfg['sampler_seed']}, " if "sampler_seed" in cfg else ""
-    late = f" from t = {start:g}·T (late start)" if start < 1 else ""
+    # A late start runs only the steps at t ≤ start·T of the `steps`-step schedule (0.3 of 20 DDIM steps: 7 of them).
+    late = f" (late start: only those at t ≤ {start:g}·T run)" if start < 1 else ""
     options = cfg.get("classifier_options") or {}
     trained = (", trained with " + ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))) if options else ""
     lines = [
@@ -134,7 +143,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines += ["", "Purified clean images vs the originals:", "", "| Defense | PSNR (dB) | SSIM |", "| --- | ---: | ---: |"]
     for d in defenses:
         fid = report["fidelity"][d]
-        ssim = "–" if fid["ssim"] is None else f"{fid['ssim']:.3f}"
+        ssim = "–" if fid["ssim"] is None else _rounded(fid["ssim"], 3)
         lines.append(f"| {defense_title(d, pool)} | {_fmt(fid['psnr'])} | {ssim} |")
     lines += ["", "Classifiers without defense, on this subset and on the whole test split (the more precise figure: "
               "on 500 images one image is 0.2 points and the standard error about 1 point):", "",

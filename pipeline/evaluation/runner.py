@@ -44,7 +44,7 @@ from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pa
 from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
 from pipeline.evaluation.datasets import IMAGE_SIZES, NUM_CLASSES, LabelledImages, load_dataset, stratified_subset
 from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
-from pipeline.evaluation.target import ASR_LIMIT, BASELINES, RESAMPLES, AttackPredictions, target_check
+from pipeline.evaluation.target import ASR_LIMIT, BASELINES, DECIMALS, RESAMPLES, AttackPredictions, target_check
 from pipeline.presets import shipped_prior_path
 from pipeline.purifier import Purifier, ZipSettings, check_trained_timesteps
 
@@ -486,7 +486,8 @@ class EvalConfig:
 
 
 def _score(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), 2)
+    """A figure as the report stores it: `DECIMALS` decimals, so that the one the tables show is rounded once."""
+    return None if value is None or not math.isfinite(value) else round(float(value), DECIMALS)
 
 
 def _labels_text(labels: np.ndarray) -> str:

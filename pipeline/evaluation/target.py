@@ -22,6 +22,9 @@ import numpy as np
 ASR_LIMIT = 5.0  # percent
 BASELINES = ("shrinkpad", "naive")
 RESAMPLES = 2000
+# Decimals the stored figures keep (percent). Reports show one decimal: a figure stored at two would be rounded twice
+# (5.444 -> 5.45 -> "5.5"); at six, the shown decimal is the figure's own rounding, and an exact tie (26.15) stays one.
+DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -71,24 +74,27 @@ def bootstrap_averages(
 
 def _interval(samples: np.ndarray) -> list[float]:
     lo, hi = np.nanpercentile(samples, [2.5, 97.5])
-    return [round(float(lo), 2), round(float(hi), 2)]
+    return [round(float(lo), DECIMALS), round(float(hi), DECIMALS)]
 
 
-def _verdict(met: bool, interval: list[float], bound: float) -> str:
-    """'yes' / 'no', and whether the 95 % interval leaves the bound on the same side (clear) or straddles it."""
-    clear = interval[0] > bound or interval[1] < bound
-    return ("yes" if met else "no") + ("" if clear else ", within noise")
+def _verdict(met: bool, interval: list[float], baseline: str | None, asr_limit: float) -> str:
+    """'yes' / 'no', and ', within noise' when the 95 % interval holds values on both sides of the bound: some that
+    meet the criterion and some that miss it. A difference meets it above 0 (a tie is no win); an ASR meets it at or
+    under the limit. So [-3, 0] is a clear miss and an ASR interval [3, 5] a clear pass."""
+    lo, hi = interval
+    straddles = (lo <= 0.0 < hi) if baseline is not None else (lo <= asr_limit < hi)
+    return ("yes" if met else "no") + (", within noise" if straddles else "")
 
 
 def _row(metric: str, baseline: str | None, ours: float, other: float, interval: list[float] | None,
          asr_limit: float) -> dict[str, Any]:
     """One criterion: ZIP's average `metric` above `baseline`'s, or (baseline None) ZIP's ASR at most the limit."""
-    bound = 0.0 if baseline is not None else asr_limit
     met = ours > other if baseline is not None else ours <= asr_limit
-    verdict = _verdict(met, interval, bound) if interval is not None else ("yes" if met else "no") + ", no interval"
+    verdict = (_verdict(met, interval, baseline, asr_limit) if interval is not None
+               else ("yes" if met else "no") + ", no interval")
     return {"criterion": f"{metric} above {baseline}" if baseline is not None else f"asr at most {asr_limit:g}",
             "metric": metric, "baseline": baseline, "zip": ours, "other": other,
-            "difference": round(ours - other, 2), "interval": interval, "met": met, "verdict": verdict}
+            "difference": round(ours - other, DECIMALS), "interval": interval, "met": met, "verdict": verdict}
 
 
 def target_check(
@@ -101,13 +107,13 @@ def target_check(
     adds ', within noise' when the interval straddles the bound.
 
     `averages` (defense -> metric -> percent), when given, are the point estimates: the report's Average row, so
-    that the check and the table agree to the last digit shown (the row averages per-attack scores rounded to two
-    decimals); the intervals always come from the resamples."""
+    that the check and the table agree to the last digit shown (the row averages per-attack scores rounded to
+    `DECIMALS` decimals); the intervals always come from the resamples."""
     defenses = [zip_defense, *baselines]
     boot = bootstrap_averages(labels, attacks, defenses, resamples, seed)
 
     def point(d: str, metric: str) -> float:
-        return float(averages[d][metric]) if averages is not None else round(float(boot[d][metric][0]), 2)
+        return float(averages[d][metric]) if averages is not None else round(float(boot[d][metric][0]), DECIMALS)
 
     rows = [_row(metric, base, point(zip_defense, metric), point(base, metric),
                  _interval(boot[zip_defense][metric][1:] - boot[base][metric][1:]), asr_limit)
