@@ -149,6 +149,13 @@ class JobConfig:
                 problems.append(f"{flag(name)} must be a number above 0, got {getattr(self, name)!r}")
         if self.gpus_per_actor is not None and not (is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
             problems.append(f"--gpus-per-actor must be a number of 0 or more, got {self.gpus_per_actor!r}")
+        elif self.gpus_per_actor is not None and self.gpus_per_actor > 1:
+            # The purifier runs on one device: an actor's second GPU would be held and never used.
+            problems.append(f"--gpus-per-actor must be at most 1 (each actor runs its model on one GPU), got "
+                            f"{self.gpus_per_actor!r}; use --actors for more GPUs")
+        elif self.gpus_per_actor is not None and 0 < self.gpus_per_actor < 1e-4:
+            problems.append(f"--gpus-per-actor must be 0 or at least 0.0001 (Ray's smallest fraction), got "
+                            f"{self.gpus_per_actor!r}")
         for name in ("labels_from_folders", "incremental", "overwrite", "progress", "exif_transpose", "clip_denoised"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
@@ -495,15 +502,36 @@ def _init_ray(config: JobConfig) -> None:
 def _default_actors_and_gpus(config: JobConfig) -> tuple[int, float, str]:
     import ray
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    return actor_placement(config, ray.cluster_resources().get("GPU", 0))
+
+
+def actor_placement(config: JobConfig, cluster_gpus: float) -> tuple[int, float, str]:
+    """(actors, GPUs per actor, device) for the purifier pool on a cluster with `cluster_gpus` GPUs now; a JobError
+    for a device the actors could not use, before any actor is started."""
+    if config.gpus_per_actor is not None:
+        gpus_per_actor = config.gpus_per_actor
+    else:  # --device cpu on a cluster with GPUs: the actors must not hold GPUs they never use
+        gpus_per_actor = 1.0 if cluster_gpus and config.device != "cpu" else 0.0
     if config.actors:
         actors = config.actors
     elif gpus_per_actor:
-        actors = max(1, int(gpus // gpus_per_actor))
+        actors = max(1, int(cluster_gpus // gpus_per_actor))
     else:
         actors = 1
     device = config.device or ("cuda" if gpus_per_actor else "cpu")
+    if device.startswith("cuda") and not gpus_per_actor:
+        raise JobError(f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
+                       "--gpus-per-actor is 0); leave --device out to run on the CPU")
+    if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= math.ceil(gpus_per_actor):
+        # Ray sets each actor's CUDA_VISIBLE_DEVICES to its own GPU, which torch numbers cuda:0.
+        raise JobError(f"--device {device}: a purifier actor sees only the GPU Ray gives it, as cuda:0; leave --device "
+                       "out (or use --device cuda)")
+    if device == "cpu" and gpus_per_actor:
+        raise JobError(f"--device cpu with --gpus-per-actor {gpus_per_actor:g}: the actors would hold GPUs they never "
+                       "use; leave --gpus-per-actor out (or 0) to run on CPUs")
+    if not device.startswith("cuda") and config.precision != "fp32":
+        raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
+                       "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
     return actors, gpus_per_actor, device
 
 
@@ -661,12 +689,6 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     canvas_size, ckpt = plan.canvas_size, plan.checkpoint
     _init_ray(config)
     actors, gpus_per_actor, device = _default_actors_and_gpus(config)
-    if device.startswith("cuda") and not gpus_per_actor:
-        raise JobError(f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
-                       "--gpus-per-actor is 0); leave --device out to run on the CPU")
-    if not device.startswith("cuda") and config.precision != "fp32":
-        raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
-                       "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
     try:
         _write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001

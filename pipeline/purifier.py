@@ -265,7 +265,7 @@ class Purifier:
         """The model's ε prediction (first 3 channels when it also learns the variance), `model_batch` canvases
         per forward pass; every sample's prediction is its own (the UNet has no batch statistics)."""
         autocast = (
-            torch.autocast("cuda", dtype=PRECISIONS[self.precision])
+            torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
             if self.precision != "fp32" else contextlib.nullcontext()
         )
         step = self.model_batch

@@ -201,7 +201,9 @@ class PurifyStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        if device is None:
+        if device is None or device.startswith("cuda"):
+            # The job always names the device ("cuda" on GPU actors), so check there too: otherwise torch's own
+            # error ("CUDA driver version is insufficient ...") is all a user sees, without the GPUs Ray assigned.
             import ray
 
             problem = unusable_gpus(ray.get_gpu_ids() if ray.is_initialized() else [], torch.cuda.is_available(),

@@ -1,0 +1,147 @@
+"""What only a GPU would show, checked on a CPU: where the purifier's tensors and generators live, the reduced
+precision code path, and how the job places its purifier actors on GPUs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import Purifier, ZipSettings
+from pipeline.job import JobConfig, JobError, actor_placement
+from pipeline.model import UNetConfig, build_unet
+from tests.jobutil import tiny_model_file
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build_unet(UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", attention_resolutions="16",
+                              num_res_blocks=1, learn_sigma=True))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+# --- device placement: the sampler on the meta device, where a CPU tensor in a device op raises as on CUDA ---------
+
+_RealGenerator = torch.Generator
+
+
+class _TaggedGenerator(_RealGenerator):
+    """A CPU generator that remembers the device it was asked for (torch has no meta generator)."""
+
+    def __new__(cls, device: str | torch.device = "cpu"):
+        g = _RealGenerator.__new__(cls)
+        g.made_for = torch.device(device)
+        return g
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        super().__init__()
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(sampler="ddpm"), dict(start=0.5), dict(resample=2),
+                                      dict(operators="gray,pool", blend_k=10.0)])
+@pytest.mark.parametrize("per_canvas", [False, True])
+def test_every_tensor_and_generator_of_the_sampler_is_on_the_purifiers_device(monkeypatch, settings, per_canvas) -> None:
+    """CUDA refuses an op mixing a CPU tensor with a device one, and a generator of one device type for noise on
+    another; the meta device refuses the first too ('Tensor on device cpu is not on the expected device meta'), and
+    the tagged generators check the second."""
+    purifier = Purifier(_model(), ZipSettings(steps=3, **settings), device="meta")
+    real_randn, uses = torch.randn, []
+
+    def randn(*args, generator=None, device=None, **kw):
+        if generator is not None:
+            made_for = getattr(generator, "made_for", torch.device("cpu"))
+            uses.append((made_for.type, torch.device(device or "cpu").type))
+            assert made_for.type == uses[-1][1], f"a generator made for {made_for} drew noise on {device}"
+        return real_randn(*args, generator=generator, device=device, **kw)
+
+    monkeypatch.setattr(torch, "Generator", _TaggedGenerator)
+    monkeypatch.setattr(torch, "randn", randn)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1  # on the CPU, as purify_canvases hands it over
+    y = purifier.purify_tensor(x, seeds=[3, 4] if per_canvas else None)
+    assert y.device.type == "meta" and y.dtype == torch.float32 and y.shape == x.shape
+    assert ("meta", "meta") in uses or settings.get("start", 1) < 1  # the step noise came from device generators
+    if per_canvas:  # the starting noise is drawn on the CPU (the same on every device), then moved
+        assert ("cpu", "cpu") in uses
+
+
+# --- precision: eps() under autocast on the purifier's own device type ---------------------------------------------
+
+def test_reduced_precision_runs_under_autocast_of_the_purifiers_device_and_stays_close() -> None:
+    """eps() entered torch.autocast("cuda") whatever the device; on a CPU that autocast is disabled with a warning,
+    so the bf16 path could not be exercised here. It now uses the purifier's device type (the same on CUDA)."""
+    model = _model()
+    fp32 = Purifier(model, ZipSettings(steps=4, pool=4, eta=1.0))
+    bf16 = Purifier(model, ZipSettings(steps=4, pool=4, eta=1.0))
+    bf16.precision = "bf16"  # refused on a CPU by the constructor; set here to run the autocast path
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    t = torch.full((3,), 500)
+    e32, e16 = fp32.eps(x, t), bf16.eps(x, t)
+    assert e16.dtype == torch.float32  # the model's bf16 output is handed on in float32
+    assert 0 < (e32 - e16).abs().max() < 0.1  # autocast engaged (results differ), and only by rounding
+    y32 = fp32.purify_tensor(x, seeds=[1, 2, 3])
+    y16 = bf16.purify_tensor(x, seeds=[1, 2, 3])
+    assert (y32 - y16).abs().mean() < 0.01  # (the shipped prior, 64 CIFAR-10 images, 20 steps: 0.12 of 255 levels)
+
+
+# --- the job's actor placement -------------------------------------------------------------------------------------
+
+def _job(**kw) -> JobConfig:
+    return JobConfig(input="in", output="out", **kw)
+
+
+def test_actor_placement_on_gpu_and_cpu_clusters() -> None:
+    assert actor_placement(_job(), 8) == (8, 1.0, "cuda")
+    assert actor_placement(_job(gpus_per_actor=0.5), 2) == (4, 0.5, "cuda")
+    assert actor_placement(_job(actors=3, gpus_per_actor=1), 0) == (3, 1, "cuda")  # autoscaling from zero
+    assert actor_placement(_job(), 0) == (1, 0.0, "cpu")
+    assert actor_placement(_job(precision="bf16"), 1) == (1, 1.0, "cuda")
+
+
+def test_device_cpu_on_a_gpu_cluster_does_not_hold_gpus() -> None:
+    """--device cpu on a cluster with GPUs gave every actor a GPU it never used (and, with GPUs, no torch threads
+    setting, so Ray's OMP_NUM_THREADS=1 ran the model on one core)."""
+    assert actor_placement(_job(device="cpu"), 8) == (1, 0.0, "cpu")
+    with pytest.raises(JobError, match="hold GPUs they never use"):
+        actor_placement(_job(device="cpu", gpus_per_actor=1), 8)
+
+
+def test_a_cuda_index_an_actor_cannot_see_is_refused_before_any_actor() -> None:
+    """Ray sets each actor's CUDA_VISIBLE_DEVICES to its own GPU: --device cuda:1 is 'invalid device ordinal' in
+    every actor, after the run has started."""
+    assert actor_placement(_job(device="cuda:0"), 4)[2] == "cuda:0"
+    for device, per_actor in (("cuda:1", None), ("cuda:1", 0.5)):
+        with pytest.raises(JobError, match="sees only the GPU Ray gives it"):
+            actor_placement(_job(device=device, gpus_per_actor=per_actor), 4)
+    with pytest.raises(JobError, match="needs GPU actors"):
+        actor_placement(_job(device="cuda"), 0)
+    with pytest.raises(JobError, match="--precision fp16 needs CUDA"):
+        actor_placement(_job(precision="fp16"), 0)
+
+
+@pytest.mark.parametrize("value, message", [(2, "at most 1"), (1.5, "at most 1"), (0.00001, "at least 0.0001")])
+def test_gpus_per_actor_the_purifier_cannot_use_are_refused(value, message) -> None:
+    """The purifier runs its model on one GPU: a second GPU per actor was held and idle; Ray refuses fractions
+    below 0.0001 only when the actors start."""
+    with pytest.raises(JobError, match=message):
+        _job(gpus_per_actor=value).check()
+    _job(gpus_per_actor=0.25).check()
+    _job(gpus_per_actor=0).check()
+
+
+def test_an_actor_told_to_use_cuda_with_gpus_torch_cannot_see_names_the_cause(tmp_path, monkeypatch) -> None:
+    """The job always passes device='cuda' to GPU actors, so the check for GPUs torch cannot see (which ran only
+    for device=None) never ran in a job: the actor failed with torch's bare CUDA error instead."""
+    import ray
+
+    from pipeline import stages
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = dict(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256="", settings={"steps": 2}, preset=None,
+                flags=None, storage_options={}, precision="fp32", canvas_size=32, torch_threads=None)
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(RuntimeError, match=r"given GPU\(s\) \[0\] but torch .* sees none"):
+            stages.PurifyStage(device=device, **args)
