@@ -46,7 +46,7 @@ RECIPES: dict[str, Recipe] = {
         "PA as 'paper' within the sampler's seed-to-seed spread", {"start": 0.3}),
     "low-asr": Recipe(
         "the paper's Algorithm 1 (guided DDPM, 50 steps) started late (t <= 0.3T): 16 model calls; the lowest residual "
-        "ASR measured on CIFAR-10 (3.5-3.9 % on three seeds, against 5.5-5.6 % for 'paper')",
+        "ASR measured on CIFAR-10 (3.5-3.9 % on three seeds, against 5.4-5.6 % for 'paper')",
         {"sampler": "ddpm", "steps": 50, "start": 0.3}),
     "authors-code": Recipe(
         "the authors' released code: gray + pool guidance averaged, soft blend k = 10, eta = 1; keeps more detail but "
