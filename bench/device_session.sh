@@ -11,7 +11,7 @@
 #      all on the same classifiers and test subset, so the priors compare like for like.
 #
 # Each result is packed into $OUT as soon as it exists (a run cut short still brings back what it finished):
-# bench.md, prior.pt, prior.train_log.jsonl, eval-k4.tgz, eval-k2.tgz, eval-k4-shipped.tgz, session.log.
+# bench.md, baselines.tgz, prior.pt, prior.train_log.jsonl, eval-k4.tgz, eval-k2.tgz, eval-k4-shipped.tgz, session.log.
 #
 # The device machine has no ../shared: copy CIFAR-10 into an ignored folder of the repo and carry it:
 #     echo /.carry/ >> .git/info/exclude
@@ -35,13 +35,14 @@ exec > >(tee -a "$OUT/session.log") 2>&1
 if [[ ${SMOKE:-0} == 1 ]]; then
   DEVICE=cpu; ATTACKS=badnet,none; SUBSET=20; EPOCHS=1; STEPS=2; BUDGET_S=${SMOKE_BUDGET_S:-900}
   PRIOR=(--channels 32 --channel-mult 1,2 --res-blocks 1 --attention "" --batch 8 --max-steps 3 --log-every 1)
-  BENCH_PRESET=(--preset cifar10_prior_small --sizes 32 --devices cpu --images 16 --steps 2)
+  BENCH_PRESET=(--preset cifar10_prior_small --sizes 32 --devices cpu --images 16 --steps 2 --batch 8,16)
   BENCH_SHIPPED=(--sizes 32 --devices cpu --images 16 --steps 2)
 else
   DEVICE=cuda; ATTACKS=badnet,blended,physicalba,wanet,none; SUBSET=500; EPOCHS=10; STEPS=20
   PRIOR=(--channels 64 --channel-mult 1,2,2 --res-blocks 2 --attention 16 --batch 256 --lr 3e-4
          --warmup-steps 500 --precision bf16 --log-every 200 --save-every-min 1)
-  BENCH_PRESET=(--preset 256x256_diffusion_uncond --sizes 256 --devices cuda --precision bf16 --images 256)
+  # 2048 images: 32 canvases of 256 px, timed in batches of 4 (the default) and 32 (with the peak GPU memory of each)
+  BENCH_PRESET=(--preset 256x256_diffusion_uncond --sizes 256 --devices cuda --precision bf16 --images 2048 --batch 4,32)
   BENCH_SHIPPED=(--sizes 32 --devices cuda --images 4096)
 fi
 DEADLINE=$((SECONDS + BUDGET_S))
@@ -60,6 +61,9 @@ stamp "1. purifier throughput"
 # Throughput is a side result: a failure here must not cost the evaluation.
 {
   "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}" || failed "shipped prior, fp32"
+  # the job's noise: one generator per canvas, so a batch of 256 canvases draws 256 times per step
+  "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}" --per-canvas-seeds \
+    || failed "shipped prior, fp32, per-canvas seeds"
   if [[ $DEVICE == cuda ]]; then
     "$PYTHON" bench/purifier_bench.py --checkpoint "$SHIPPED" "${BENCH_SHIPPED[@]}" --precision bf16 \
       || failed "shipped prior, bf16"
@@ -68,7 +72,8 @@ stamp "1. purifier throughput"
 } | tee "$OUT/bench.md"
 
 stamp "2. classifiers and baselines (trains and caches the classifiers)"
-"${EVAL[@]}" --defenses none,shrinkpad,naive --out "$WORK/baselines"
+# A failure here must not cost the prior training (step 4 then trains the classifiers it needs itself).
+{ "${EVAL[@]}" --defenses none,shrinkpad,naive --out "$WORK/baselines" && pack baselines; } || failed "classifiers and baselines"
 
 minutes=$(( (DEADLINE - SECONDS - RESERVE_S) / 60 ))
 (( minutes >= 1 )) || minutes=1

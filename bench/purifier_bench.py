@@ -4,18 +4,22 @@
     python bench/purifier_bench.py --checkpoint pipeline/assets/cifar10_prior.pt --sizes 32
     python bench/purifier_bench.py --preset 256x256_diffusion_uncond --sizes 256 --devices cuda --precision bf16
     python bench/purifier_bench.py --sizes 256 --devices cpu --forward-batch 4   # CPU without forward slicing
+    python bench/purifier_bench.py --preset 256x256_diffusion_uncond --sizes 256 --devices cuda --batch 4,16 --images 1024
 
 --preset builds a named architecture with random weights instead of loading a checkpoint: throughput does
 not depend on the weights, so the paper's 552M-parameter model can be timed without its file.
 
-For each canvas size it purifies a batch of 32x32 images (1 per canvas at 32, 64 per canvas at 256)
-with the given steps, after one warm-up call, and prints a table. A step is one model evaluation of the whole
-sampling batch ("canvases per step"); on a CPU it runs as several forward passes of "canvases per forward".
+For each canvas size (and --batch) it purifies a batch of 32x32 images (1 per canvas at 32, 64 per canvas at 256)
+with the given steps, after a 2-step warm-up on a batch of the timed shape, and prints a table. A step is one model
+evaluation of the whole sampling batch ("canvases per step"); on a CPU it runs as several forward passes of "canvases
+per forward". --per-canvas-seeds draws each canvas's noise from its own generators, as the job does. On CUDA the
+table also gives the peak GPU memory torch allocated.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,10 +37,9 @@ TINY_FLAGS = dict(image_size=256, num_channels=32, num_res_blocks=1, attention_r
                   num_head_channels=16, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True)
 
 
-def bench(purifier: Purifier, n_images: int, repeats: int) -> dict:
+def bench(purifier: Purifier, n_images: int, repeats: int, per_canvas_seeds: bool = False) -> dict:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n_images)]
-    purifier(images[: min(len(images), 64)])  # warm-up
     calls = 0
 
     def count(i: int, n: int) -> None:
@@ -47,12 +50,20 @@ def bench(purifier: Purifier, n_images: int, repeats: int) -> dict:
 
     layout = purifier.plan([im.shape[:2] for im in images])
     canvases = pack(images, layout)
-    if purifier.device.type == "cuda":
+    seeds = list(range(len(canvases))) if per_canvas_seeds else None
+    # Warm-up on a batch of the timed shape (a GPU's kernels and autocast are set up per shape), with 2 steps.
+    settings, purifier.settings = purifier.settings, dataclasses.replace(purifier.settings, steps=2)
+    warm = canvases[: purifier.batch_size]
+    purifier.purify_canvases(warm, seeds=seeds[: len(warm)] if seeds else None)
+    purifier.settings = settings
+    cuda = purifier.device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(purifier.device)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        unpack(purifier.purify_canvases(canvases, progress=count), layout)
-    if purifier.device.type == "cuda":
+        unpack(purifier.purify_canvases(canvases, progress=count, seeds=seeds), layout)
+    if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     # What was actually sampled together, not the purifier's capacity: 128 images on 32 px canvases are one batch of
@@ -60,7 +71,8 @@ def bench(purifier: Purifier, n_images: int, repeats: int) -> dict:
     per_step = min(purifier.batch_size, len(canvases))
     return {"images_per_s": round(n_images * repeats / dt, 2), "s_per_step": round(dt / calls, 4),
             "steps": calls, "canvases": len(canvases), "canvases_per_step": per_step,
-            "canvases_per_forward": min(purifier.model_batch, per_step)}
+            "canvases_per_forward": min(purifier.model_batch, per_step),
+            "peak_gib": round(torch.cuda.max_memory_allocated(purifier.device) / 2**30, 2) if cuda else None}
 
 
 def main() -> int:
@@ -71,7 +83,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--images", type=int, default=128, help="32x32 images purified (timed), after a warm-up call")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--batch", type=int, default=0, help="canvases sampled together (0: auto)")
+    p.add_argument("--batch", default="0", help="canvases sampled together (0: auto); comma-separated to time several")
+    p.add_argument("--per-canvas-seeds", action="store_true",
+                   help="one noise generator per canvas, as the job draws it (default: one per sampling batch)")
     p.add_argument("--forward-batch", type=int, default=0,
                    help="canvases per UNet forward pass (0: auto, which slices the batch on a CPU)")
     p.add_argument("--devices", default=None,
@@ -84,9 +98,12 @@ def main() -> int:
     for name in ("steps", "images", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("batch", "forward_batch"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be 0 (auto) or more, got {getattr(args, name)}")
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        p.error(f"--batch must be comma-separated numbers of canvases such as 4,16, got {args.batch!r}")
+    if any(b < 0 for b in batches) or args.forward_batch < 0:
+        p.error(f"--batch and --forward-batch must be 0 (auto) or more, got {args.batch!r} and {args.forward_batch}")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -102,27 +119,33 @@ def main() -> int:
     flags = json.loads(args.flags) if args.flags else (TINY_FLAGS if args.checkpoint == str(TINY) else None)
     model_name = f"preset {args.preset} (random weights)" if args.preset else f"checkpoint {args.checkpoint}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {model_name}, {args.precision}")
-    print(f"{args.images} images of 32x32, {args.steps} steps, timed {args.repeats}x after a warm-up call")
-    print("| device | canvas | images/canvas | images/s | s per step | canvases per step | canvases per forward |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    noise = "one noise generator per canvas (as the job)" if args.per_canvas_seeds else "one noise generator per batch"
+    print(f"{args.images} images of 32x32, {args.steps} steps, {noise}, timed {args.repeats}x after a warm-up")
+    print("| device | canvas | images/canvas | images/s | s per step | canvases per step | canvases per forward |"
+          " peak GPU GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for device in devices:
+        model = None
+        if args.preset:  # built once per device, on it (a 552M-parameter model initialises slowly on a CPU)
+            torch.manual_seed(0)
+            model = build_unet(preset_config(args.preset), device=device)
         for size in sizes:
-            precision = args.precision if device == "cuda" else "fp32"
-            settings = ZipSettings(steps=args.steps)
-            if args.preset:
-                torch.manual_seed(0)
-                purifier = Purifier(build_unet(preset_config(args.preset)), settings, device, precision, size,
-                                    args.batch or None)
-            else:
-                purifier = Purifier.from_checkpoint(args.checkpoint, flags=flags, device=device, canvas_size=size,
-                                                    batch_size=args.batch or None, settings=settings,
-                                                    precision=precision)
-            if args.forward_batch:
-                purifier.model_batch = args.forward_batch
-            r = bench(purifier, args.images, args.repeats)
-            per = (size // 32) ** 2
-            print(f"| {device} | {size} | {per} | {r['images_per_s']} | {r['s_per_step']} |"
-                  f" {r['canvases_per_step']} | {r['canvases_per_forward']} |", flush=True)
+            for batch in batches:
+                precision = args.precision if device == "cuda" else "fp32"
+                settings = ZipSettings(steps=args.steps)
+                if model is not None:
+                    purifier = Purifier(model, settings, device, precision, size, batch or None)
+                else:
+                    purifier = Purifier.from_checkpoint(args.checkpoint, flags=flags, device=device, canvas_size=size,
+                                                        batch_size=batch or None, settings=settings,
+                                                        precision=precision)
+                if args.forward_batch:
+                    purifier.model_batch = args.forward_batch
+                r = bench(purifier, args.images, args.repeats, args.per_canvas_seeds)
+                per = (size // 32) ** 2
+                peak = "-" if r["peak_gib"] is None else r["peak_gib"]
+                print(f"| {device} | {size} | {per} | {r['images_per_s']} | {r['s_per_step']} |"
+                      f" {r['canvases_per_step']} | {r['canvases_per_forward']} | {peak} |", flush=True)
     return 0
 
 
