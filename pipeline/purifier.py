@@ -305,9 +305,10 @@ class Purifier:
                 torch.randn((1, *x.shape[1:]), generator=torch.Generator().manual_seed(int(sd))) for sd in seeds
             ]).to(self.device)
             # Each canvas's step noise from its own stream too, so its result does not depend on which canvases
-            # share its batch (Ray Data's batching varies between runs). Seeded sd + 2**32, which no starting
-            # noise uses (canvas seeds are below 2**31), so the two streams never coincide.
-            generator = [torch.Generator(self.device).manual_seed(int(sd) + 2**32) for sd in seeds]
+            # share its batch (Ray Data's batching varies between runs). Its seed is the canvas seed with bit 31
+            # flipped, so it never equals the starting noise's: a CPU generator (mt19937) reads only a seed's low
+            # 32 bits, so sd + 2**32 (an earlier choice) replayed the starting noise as step noise.
+            generator = [torch.Generator(self.device).manual_seed((int(sd) & 0xFFFFFFFF) ^ 0x80000000) for sd in seeds]
         common = dict(steps=s.steps, clip=s.clip_denoised, shape=tuple(x.shape), generator=generator,
                       device=self.device, progress=progress, x_T=x_T, resample=s.resample, start=s.start)
         if s.sampler == "ddim":

@@ -164,3 +164,27 @@ def test_job_and_python_api_share_the_sampler_defaults() -> None:
 
     assert JobConfig().settings() == ZipSettings()
     assert (ZipSettings().eta, ZipSettings().lam, ZipSettings().pool, ZipSettings().steps) == (1.0, 0.0, 4, 20)
+
+
+def test_step_noise_is_not_a_copy_of_the_starting_noise(model, monkeypatch) -> None:
+    """Each seeded canvas's step noise comes from a stream of its own, not from the one its starting noise came
+    from (which would re-add the same noise it started with), and unseeded batches differ from each other."""
+    from pipeline import sampler
+
+    drawn: list[torch.Tensor] = []
+    original = sampler._noise_like
+    monkeypatch.setattr(sampler, "_noise_like", lambda x, g: drawn.append(original(x, g)) or drawn[-1])
+    starts: list[torch.Tensor] = []
+    ddim = sampler.SAMPLERS["ddim"]
+    monkeypatch.setitem(sampler.SAMPLERS, "ddim", lambda *a, **kw: starts.append(kw["x_T"]) or ddim(*a, **kw))
+    p = Purifier(model, ZipSettings(steps=3, pool=4, eta=1.0))
+    c = np.stack(_images([(32, 32)] * 2, seed=8))
+    p.purify_canvases(c, seeds=[5, 6])
+    assert drawn and starts[0] is not None
+    for noise in drawn:
+        for i in range(2):
+            assert not torch.allclose(noise[i], starts[0][i]), "step noise repeats the starting noise"
+
+    same = np.stack([c[0], c[0]])
+    one_per_batch = Purifier(model, ZipSettings(steps=3, pool=4, eta=1.0), batch_size=1).purify_canvases(same)
+    assert np.abs(one_per_batch[0].astype(int) - one_per_batch[1].astype(int)).max() > 10  # not the same draw twice
