@@ -71,7 +71,9 @@ def _ref_start(ab, ts, ops, ys, x_T, start):
     return math.sqrt(a) * ay + math.sqrt(1 - a) * x_T
 
 
-def reference_ddim(model, x_in, ops, schedule, steps, eta, lam, blend_k, clip, x_T, gen, resample=1, start=1.0):
+def _reference_run(x_in, ops, schedule, steps, lam, x_T, gen, resample, start, update):
+    """The loop both references share: timesteps t <= start*T, guidance while t >= lam*T, `resample` rounds with
+    the forward re-noising in between; `update(xt, t, at, an, ys, guided)` is one reverse step."""
     ab = schedule.alphas_cumprod
     ys = [op.forward(x_in) for op in ops]
     ts = [t for t in ddim_timesteps(T, steps) if t <= start * T]
@@ -80,50 +82,40 @@ def reference_ddim(model, x_in, ops, schedule, steps, eta, lam, blend_k, clip, x
         at = float(ab[t])
         an = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         guided = t >= lam * T
-        sigma = eta * math.sqrt((1 - an) / (1 - at)) * math.sqrt(1 - at / an)
-
-        def one(xt):
-            e = _ref_eps(model, xt, t, at, clip)  # noqa: B023
-            x0 = _ref_x0_hat(xt, e, at, ops, ys, guided, blend_k)  # noqa: B023
-            out = math.sqrt(an) * x0 + math.sqrt(max(1 - an - sigma**2, 0.0)) * e  # noqa: B023
-            if sigma > 0:  # noqa: B023
-                out = out + sigma * torch.randn(xt.shape, generator=gen, dtype=xt.dtype)  # noqa: B023
-            return out
-
-        x = one(x)
+        x = update(x, t, at, an, ys, guided)
         for _ in range((resample if guided else 1) - 1):
             z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-            x = one(math.sqrt(at / an) * x + math.sqrt(1 - at / an) * z)
+            x = update(math.sqrt(at / an) * x + math.sqrt(1 - at / an) * z, t, at, an, ys, guided)
     return x
 
 
+def reference_ddim(model, x_in, ops, schedule, steps, eta, lam, blend_k, clip, x_T, gen, resample=1, start=1.0):
+    def update(xt, t, at, an, ys, guided):
+        sigma = eta * math.sqrt((1 - an) / (1 - at)) * math.sqrt(1 - at / an)
+        e = _ref_eps(model, xt, t, at, clip)
+        x0 = _ref_x0_hat(xt, e, at, ops, ys, guided, blend_k)
+        out = math.sqrt(an) * x0 + math.sqrt(max(1 - an - sigma**2, 0.0)) * e
+        if sigma > 0:
+            out = out + sigma * torch.randn(xt.shape, generator=gen, dtype=xt.dtype)
+        return out
+
+    return _reference_run(x_in, ops, schedule, steps, lam, x_T, gen, resample, start, update)
+
+
 def reference_ddpm(model, x_in, ops, schedule, steps, lam, clip, x_T, gen, resample=1, start=1.0):
-    ab = schedule.alphas_cumprod
-    ys = [op.forward(x_in) for op in ops]
-    ts = [t for t in ddim_timesteps(T, steps) if t <= start * T]
-    x = _ref_start(ab, ts, ops, ys, x_T, start)
-    for i, t in enumerate(ts):
-        at = float(ab[t])
-        an = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        guided = t >= lam * T
+    def update(xt, t, at, an, ys, guided):
         alpha, beta = at / an, 1 - at / an
         c0 = math.sqrt(an) * beta / (1 - at)  # posterior mean coefficient of x̂₀
         ct = math.sqrt(alpha) * (1 - an) / (1 - at)  # ... and of x_t
         var = (1 - an) / (1 - at) * beta  # β̃
+        e = _ref_eps(model, xt, t, at, clip)
+        x0 = _ref_x0_hat(xt, e, at, ops, ys, guided, None)
+        out = c0 * x0 + ct * xt
+        if an < 1:
+            out = out + math.sqrt(var) * torch.randn(xt.shape, generator=gen, dtype=xt.dtype)
+        return out
 
-        def one(xt):
-            e = _ref_eps(model, xt, t, at, clip)  # noqa: B023
-            x0 = _ref_x0_hat(xt, e, at, ops, ys, guided, None)  # noqa: B023
-            out = c0 * x0 + ct * xt  # noqa: B023
-            if an < 1:  # noqa: B023
-                out = out + math.sqrt(var) * torch.randn(xt.shape, generator=gen, dtype=xt.dtype)  # noqa: B023
-            return out
-
-        x = one(x)
-        for _ in range((resample if guided else 1) - 1):
-            z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-            x = one(math.sqrt(at / an) * x + math.sqrt(1 - at / an) * z)
-    return x
+    return _reference_run(x_in, ops, schedule, steps, lam, x_T, gen, resample, start, update)
 
 
 CASES = [
