@@ -186,6 +186,10 @@ class JobConfig:
                 problems.append(problem)
             elif self.device == "cpu" and self.precision in PRECISIONS and self.precision != "fp32":
                 problems.append(f"--precision {self.precision} needs a CUDA device; use fp32 with --device cpu")
+            elif self.gpus_per_actor is None or (is_number(self.gpus_per_actor) and 0 <= self.gpus_per_actor <= 1):
+                problem = placement_problem(self.device, self.gpus_per_actor)
+                if problem:
+                    problems.append(problem)
         try:
             self.settings()
         except (TypeError, ValueError) as err:
@@ -505,6 +509,23 @@ def _default_actors_and_gpus(config: JobConfig) -> tuple[int, float, str]:
     return actor_placement(config, ray.cluster_resources().get("GPU", 0))
 
 
+def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
+    """What is wrong with running purifier actors on `device` with `gpus_per_actor` GPUs each, or None (None GPUs:
+    not decided yet, the cluster's GPUs decide). Checked with the options, in a dry run too, and again once the
+    cluster's GPUs have set the number."""
+    if device.startswith("cuda") and gpus_per_actor is not None and not gpus_per_actor:
+        return (f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
+                "--gpus-per-actor is 0); leave --device out to run on the CPU")
+    if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= 1:
+        # Ray sets each actor's CUDA_VISIBLE_DEVICES to its own GPU (at most one: --gpus-per-actor <= 1), cuda:0.
+        return (f"--device {device}: a purifier actor sees only the GPU Ray gives it, as cuda:0; leave --device "
+                "out (or use --device cuda)")
+    if device == "cpu" and gpus_per_actor:
+        return (f"--device cpu with --gpus-per-actor {gpus_per_actor:g}: the actors would hold GPUs they never "
+                "use; leave --gpus-per-actor out (or 0) to run on CPUs")
+    return None
+
+
 def actor_placement(config: JobConfig, cluster_gpus: float) -> tuple[int, float, str]:
     """(actors, GPUs per actor, device) for the purifier pool on a cluster with `cluster_gpus` GPUs now; a JobError
     for a device the actors could not use, before any actor is started."""
@@ -519,16 +540,9 @@ def actor_placement(config: JobConfig, cluster_gpus: float) -> tuple[int, float,
     else:
         actors = 1
     device = config.device or ("cuda" if gpus_per_actor else "cpu")
-    if device.startswith("cuda") and not gpus_per_actor:
-        raise JobError(f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
-                       "--gpus-per-actor is 0); leave --device out to run on the CPU")
-    if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= math.ceil(gpus_per_actor):
-        # Ray sets each actor's CUDA_VISIBLE_DEVICES to its own GPU, which torch numbers cuda:0.
-        raise JobError(f"--device {device}: a purifier actor sees only the GPU Ray gives it, as cuda:0; leave --device "
-                       "out (or use --device cuda)")
-    if device == "cpu" and gpus_per_actor:
-        raise JobError(f"--device cpu with --gpus-per-actor {gpus_per_actor:g}: the actors would hold GPUs they never "
-                       "use; leave --gpus-per-actor out (or 0) to run on CPUs")
+    problem = placement_problem(device, gpus_per_actor)
+    if problem:
+        raise JobError(problem)
     if not device.startswith("cuda") and config.precision != "fp32":
         raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
                        "no GPUs, or --gpus-per-actor is 0); use --precision fp32")

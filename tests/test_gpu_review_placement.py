@@ -145,3 +145,16 @@ def test_an_actor_told_to_use_cuda_with_gpus_torch_cannot_see_names_the_cause(tm
     for device in ("cuda", "cuda:0"):
         with pytest.raises(RuntimeError, match=r"given GPU\(s\) \[0\] but torch .* sees none"):
             stages.PurifyStage(device=device, **args)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(device="cpu", gpus_per_actor=1), "hold GPUs they never use"),
+    (dict(device="cuda:1"), "sees only the GPU Ray gives it"),
+    (dict(device="cuda", gpus_per_actor=0), "needs GPU actors"),
+])
+def test_placements_no_cluster_can_run_are_refused_with_the_options_in_a_dry_run_too(options, message) -> None:
+    """These used to pass `--dry-run` (exit 0) and stop only the real run, once Ray was up."""
+    with pytest.raises(JobError, match=message):
+        _job(**options).check()
+    _job(device="cuda:0").check()
+    _job(device="cpu", gpus_per_actor=0).check()
