@@ -47,6 +47,7 @@ from pipeline.purifier import (
 )
 from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, is_url_chain, relative_id, storage_path, with_protocol
 from pipeline.stages import (
+    ALL_CORES,
     DATA_DIR,
     REJECTS_DIR,
     PurifyStage,
@@ -721,7 +722,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # (deprecated) remote-args route, so silence that warning rather than the setting.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-    threads = config.torch_threads or (None if gpus_per_actor else os.cpu_count())
+    threads = config.torch_threads or (None if gpus_per_actor else ALL_CORES)
     # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
     # actors, so finished batches are written while others are still purifying (streaming).
     task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
@@ -813,7 +814,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         "model": {"checkpoint": plan.checkpoint_uri, "sha256": ckpt.sha256, "note": plan.model_note,
                   "canvas_size": canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
-        "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device, "torch_threads": threads},
+        "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
+                "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads},
         "config": config.public(),
         "started": started,
         "finished": time.time(),

@@ -189,6 +189,11 @@ def unusable_gpus(assigned: Sequence[Any], cuda_available: bool, torch_version: 
             "(cluster.yaml ImageId) or pass --device cpu to run on CPUs")
 
 
+# torch_threads value for a CPU actor: every core of the node it runs on (Ray would give it one thread, its
+# num_cpus; the driver's core count says nothing about a worker node's).
+ALL_CORES = 0
+
+
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
@@ -199,7 +204,9 @@ class PurifyStage:
 
         from pipeline.purifier import Purifier, ZipSettings
 
-        if torch_threads:
+        if torch_threads == ALL_CORES:
+            torch.set_num_threads(os.cpu_count() or 1)  # this node's cores, not the driver's
+        elif torch_threads:
             torch.set_num_threads(torch_threads)
         if device is None or device.startswith("cuda"):
             # The job always names the device ("cuda" on GPU actors), so check there too: otherwise torch's own

@@ -593,3 +593,20 @@ def test_an_output_name_with_double_colons_is_written_there_and_url_chains_are_r
         setattr(config, name, "simplecache::file://" + str(tmp_path / "x"))
         with pytest.raises(JobError, match=f"--{name} must be the storage's own URI"):
             plan_job(config, dry_run=True)
+
+
+def test_a_cpu_purifier_actor_uses_the_cores_of_its_own_node(tmp_path, monkeypatch) -> None:
+    """CPU actors used to get the driver's core count as torch threads, which says nothing of a worker node's."""
+    import torch
+
+    from pipeline import stages
+
+    threads_before = torch.get_num_threads()
+    monkeypatch.setattr(stages.os, "cpu_count", lambda: 3)  # the node the actor runs on
+    try:
+        stages.PurifyStage(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256="", settings={"steps": 2}, preset=None,
+                           flags=None, storage_options={}, device="cpu", precision="fp32", canvas_size=32,
+                           torch_threads=stages.ALL_CORES)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads_before)
