@@ -191,14 +191,11 @@ class JobConfig:
                 problem = placement_problem(self.device, self.gpus_per_actor)
                 if problem:
                     problems.append(problem)
-        try:
-            self.settings()
-        except (TypeError, ValueError) as err:
-            problems.append(str(err))
-        try:
-            self.decode_policy()
-        except (TypeError, ValueError) as err:
-            problems.append(str(err))
+        for make in (self.settings, self.decode_policy):
+            try:
+                make()
+            except (TypeError, ValueError) as err:
+                problems.append(_with_flag(str(err)))
         if problems:
             raise JobError("; ".join(problems))
 
@@ -216,6 +213,22 @@ class JobConfig:
         d = asdict(self)
         d["storage_options"] = redact(self.storage_options)
         return d
+
+
+# How ZipSettings' and DecodePolicy's messages (Python names, for the API) begin, and the job's flag for each.
+_MESSAGE_FLAGS = {
+    "steps ": "--steps", "seed ": "--seed", "clip_denoised ": "--clip-denoised", "unknown noise schedule": "--schedule",
+    "large_images ": "--large-images", "blend_k ": "--blend-k", "eta ": "--eta", "lam ": "--lam",
+    "resample ": "--resample", "start ": "--start", "unknown sampler": "--sampler", "pool factor": "--pool",
+    "unknown operator": "--operators", "max_pixels ": "--max-pixels", "alpha ": "--alpha",
+    "exif_transpose ": "--exif-transpose",
+}
+
+
+def _with_flag(message: str) -> str:
+    """A settings error as the CLI's user needs it: prefixed with the flag it is about."""
+    flag = next((f for start, f in _MESSAGE_FLAGS.items() if message.startswith(start)), None)
+    return f"{flag}: {message}" if flag else message
 
 
 class JobError(RuntimeError):

@@ -610,3 +610,12 @@ def test_a_cpu_purifier_actor_uses_the_cores_of_its_own_node(tmp_path, monkeypat
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize("option, value", [("pool", 0), ("steps", 0), ("eta", 2.0), ("lam", 3.0), ("start", 0.0),
+                                           ("operators", "foo"), ("max_pixels", 10**12)])
+def test_a_bad_sampler_or_decoding_value_names_its_flag(option, value) -> None:
+    """The settings' own messages use Python names ('pool factor must be ...'); the job's user typed a flag."""
+    config = JobConfig(input="in", output="out", **{option: value})
+    with pytest.raises(JobError, match=f"^--{option.replace('_', '-')}: "):
+        config.check()
