@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 import tarfile
@@ -130,7 +131,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     else:
         # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
         # ending in '/' is an object store's folder marker (S3 console "Create folder", Hadoop tools): not a file.
-        listed = {p: info for p, info in fs.find(root, detail=True).items()
+        listed = {p: info for p, info in _find_following_links(fs, root).items()
                   if not _hidden(relative_id(p, root)) and not (p.endswith("/") and not info.get("size"))}
         root_dir = root
     root_uri = with_protocol(fs, root_dir)
@@ -149,6 +150,24 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         group = images[i : i + files_per_unit]
         units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
     return units
+
+
+def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = ()
+                           ) -> dict[str, dict[str, Any]]:
+    """Every file under `root`, with sizes. A local folder reached through a symbolic link (fsspec lists the link
+    as one entry, which would be read as one file and rejected) is listed too, under the link's path; a link to a
+    folder that is being listed already (a loop) stays one entry, and so a reject naming it. Only local file
+    systems report links."""
+    listed: dict[str, dict[str, Any]] = {}
+    for path, info in fs.find(root, detail=True).items():
+        if info.get("islink") and fs.isdir(path):
+            inside = _inside or (os.path.realpath(root),)
+            target = os.path.realpath(path)
+            if not any(target == folder or folder.startswith(target + os.sep) for folder in inside):
+                listed.update(_find_following_links(fs, path, (*inside, target)))
+                continue
+        listed[path] = info
+    return listed
 
 
 def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], root: str) -> None:

@@ -96,3 +96,20 @@ def test_file_names_that_would_take_a_members_id_stop_the_listing(tmp_path) -> N
     _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k.png"], "s3://b/in")  # a member id has no dot in its key
     with pytest.raises(ValueError, match=r"s3://b/in/x.tar/k \(beside s3://b/in/x.tar\)"):
         _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k"], "s3://b/in")  # the shard's member k has this id
+
+
+def test_folders_reached_through_symbolic_links_are_listed_and_loops_are_not_followed(tmp_path) -> None:
+    """Data sets are often assembled from links to folders; fsspec lists such a link as one entry, which was read
+    as one file and rejected (IsADirectoryError) while the images inside it were never read."""
+    real, root = tmp_path / "real", tmp_path / "in"
+    (real / "sub").mkdir(parents=True)
+    root.mkdir()
+    (real / "a.png").write_bytes(image_bytes(8, 8, 0))
+    (real / "sub" / "b.png").write_bytes(image_bytes(8, 8, 1))
+    (root / "c.png").write_bytes(image_bytes(8, 8, 2))
+    (root / "linked").symlink_to(real, target_is_directory=True)
+    (real / "sub" / "up").symlink_to(real, target_is_directory=True)  # a loop: not followed, one reject
+    records = _read(root)
+    assert {i: r["kind"] for i, r in records.items()} == {
+        "c.png": "image", "linked/a.png": "image", "linked/sub/b.png": "image", "linked/sub/up": "reject"}
+    assert records["linked/a.png"]["data"] == image_bytes(8, 8, 0)
