@@ -282,8 +282,9 @@ def _part_index(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], pa
     not download it."""
     def once() -> tuple[list[str], pa.Schema]:
         with fs.open(path, "rb") as f:
-            part = pq.ParquetFile(f)
-            return part.read(columns=["id"]).column("id").to_pylist(), part.schema_arrow
+            part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
+            ids = part.read(columns=["id"], use_threads=_DRIVER_READS["use_threads"]).column("id").to_pylist()
+            return ids, part.schema_arrow
 
     return with_retries(once, f"read the ids of {path}")
 
@@ -293,7 +294,13 @@ def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 
 def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")))
+    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")), **_DRIVER_READS)
+
+
+# The driver's Parquet reads are small (ids, one part file at a time): no Arrow thread pools for them. Arrow's pool
+# threads reading from a Python file object can abort the interpreter as it exits ("terminate called without an
+# active exception", apache/arrow#34314): a dry run that had printed its whole plan once exited with SIGABRT.
+_DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
