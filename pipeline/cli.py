@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--cpus-per-actor", type=float, help=f"CPUs reserved per actor (default {d.cpus_per_actor})")
     rt.add_argument("--cpus-per-task", type=float,
                     help=f"CPUs reserved per read/decode/tile/untile/encode/write task (default {d.cpus_per_task})")
-    rt.add_argument("--torch-threads", type=int, help="torch threads per CPU actor (default: all cores of the node it runs on)")
+    rt.add_argument("--torch-threads", type=int,
+                    help="torch threads per CPU actor (default: every core of its node for a lone actor; with "
+                         "--actors above 1, its --cpus-per-actor, so that actors sharing a node do not oversubscribe it)")
     rt.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     rt.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     dec = p.add_argument_group("decoding untrusted images")

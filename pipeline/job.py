@@ -547,6 +547,19 @@ def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
     return None
 
 
+def cpu_actor_threads(config: JobConfig, actors: int, gpus_per_actor: float) -> int | None:
+    """torch threads for each purifier actor: --torch-threads when given; torch's own default on GPU actors; every
+    core of its node for a lone CPU actor; and the CPUs Ray reserved for it (--cpus-per-actor, at least 1) when
+    several CPU actors may share a node, since each taking all of the node's cores oversubscribes it N-fold."""
+    if config.torch_threads:
+        return config.torch_threads
+    if gpus_per_actor:
+        return None
+    if actors <= 1:
+        return ALL_CORES
+    return max(1, int(config.cpus_per_actor))
+
+
 def actor_placement(config: JobConfig, cluster_gpus: float) -> tuple[int, float, str]:
     """(actors, GPUs per actor, device) for the purifier pool on a cluster with `cluster_gpus` GPUs now; a JobError
     for a device the actors could not use, before any actor is started."""
@@ -742,7 +755,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # (deprecated) remote-args route, so silence that warning rather than the setting.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-    threads = config.torch_threads or (None if gpus_per_actor else ALL_CORES)
+    threads = cpu_actor_threads(config, actors, gpus_per_actor)
     # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
     # actors, so finished batches are written while others are still purifying (streaming).
     task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}

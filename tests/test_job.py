@@ -612,6 +612,23 @@ def test_a_cpu_purifier_actor_uses_the_cores_of_its_own_node(tmp_path, monkeypat
         torch.set_num_threads(threads_before)
 
 
+@pytest.mark.parametrize("settings, actors, gpus, expected", [
+    ({}, 1, 0.0, "all"),                                  # a lone CPU actor: every core of its node
+    ({}, 4, 0.0, 1),                                      # four may share a node: each its reserved CPU
+    ({"cpus_per_actor": 4.0}, 4, 0.0, 4),
+    ({"cpus_per_actor": 0.5}, 4, 0.0, 1),                 # never 0 threads
+    ({"torch_threads": 3}, 4, 0.0, 3),                    # the user's choice wins
+    ({}, 2, 1.0, None),                                   # GPU actors keep torch's default
+])
+def test_several_cpu_actors_do_not_each_take_every_core_of_their_node(settings, actors, gpus, expected) -> None:
+    """Each CPU actor used all of its node's cores, so N actors on one node ran N times as many threads as cores."""
+    from pipeline import stages
+    from pipeline.job import cpu_actor_threads
+
+    threads = cpu_actor_threads(JobConfig(input="in", output="out", **settings), actors, gpus)
+    assert threads == (stages.ALL_CORES if expected == "all" else expected)
+
+
 @pytest.mark.parametrize("option, value", [("pool", 0), ("steps", 0), ("eta", 2.0), ("lam", 3.0), ("start", 0.0),
                                            ("operators", "foo"), ("max_pixels", 10**12)])
 def test_a_bad_sampler_or_decoding_value_names_its_flag(option, value) -> None:
