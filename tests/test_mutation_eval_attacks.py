@@ -197,3 +197,11 @@ def test_poisoning_count_seed_and_target_exclusion() -> None:
     first = poison_training_set(x, labels, make_attack("badnet", 32), seed=0)[2]
     second = poison_training_set(x, labels, make_attack("badnet", 32), seed=1)[2]
     assert not np.array_equal(first, second)
+
+
+def test_editing_a_wanet_grid_does_not_change_the_trigger_of_later_wanets() -> None:
+    """grid() handed out the process-wide cached tensor, so a caller's in-place edit moved every later trigger."""
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    before = WaNet().apply(images)
+    WaNet().grid().add_(0.05)
+    np.testing.assert_array_equal(WaNet().apply(images), before)

@@ -216,8 +216,8 @@ class WaNet:
     cross_ratio: float = 2.0
 
     def grid(self) -> torch.Tensor:
-        """The fixed warping grid, 1 x H x W x 2."""
-        return _wanet_grid(self.image_size, self.grid_k, self.strength, self.seed)
+        """The fixed warping grid, 1 x H x W x 2 (a copy: the cached one defines the trigger for every later caller)."""
+        return _wanet_grid(self.image_size, self.grid_k, self.strength, self.seed).clone()
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Copy of the images warped by the backdoor field."""
