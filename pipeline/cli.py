@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+import types
+import typing
 from dataclasses import fields
 from typing import Any
 
 import yaml
 
-from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, plan_job, run_job
+from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, JobFailed, JobInterrupted, plan_job, run_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.purifier import RECIPES
 from pipeline.sources import IN_MEMORY_BYTES
@@ -40,9 +43,17 @@ examples:
   python jobs/purify.py --input /data/in --output /data/out --recipe low-asr   # Algorithm 1, late start
   ray job submit --working-dir . -- python jobs/purify.py --input s3://... --output s3://...
 
-a YAML --config holds the same options with underscores (input: ..., pool: 4, progress: false for --no-progress,
-storage_options: {...}, storage_option: [KEY=VALUE, ...]); --config and --dry-run are command-line only.
-Flags given on the command line win over the file.
+a YAML --config holds the same options, named as here without the dashes in front (tile_batch: 8 or tile-batch: 8;
+input: ..., pool: 4, progress: false for --no-progress, storage_options: {...}, storage_option: [KEY=VALUE, ...]);
+--config and --dry-run are command-line only. Flags given on the command line win over the file.
+
+exit status:
+  0    the run completed (the summary's status is complete), or a dry run found nothing that stops the run
+  1    the run started and failed (a batch failed past its retries, or counts that do not add up): OUTPUT holds only
+       whole files and _summary.json says "failed"; the same command resumes it
+  2    the run could not start: a bad option or --config file, a missing input, a refused checkpoint, an output made
+       with other settings or already complete; nothing was purified
+  130  interrupted (Ctrl-C; 143 for SIGTERM): _summary.json says "interrupted"; the same command resumes the run
 """
 
 
@@ -54,21 +65,39 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a short error: one `error:` line (with the nearest option for a misspelt one) and a pointer to
+    --help, instead of the full usage of some fifty options above it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            hints = []
+            for arg in message.partition(":")[2].split():
+                close = difflib.get_close_matches(arg.partition("=")[0], known, n=1, cutoff=0.6)
+                if arg.startswith("-") and close:
+                    hints.append(f"{arg}: did you mean {close[0]}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     d = JobConfig()
     io = p.add_argument_group("input and output")
-    io.add_argument("--config", help="YAML file with any of these options (underscored names)")
+    io.add_argument("--config", metavar="FILE", help="YAML file with any of these options (see below); flags win over it")
     io.add_argument("--input", help=f"input folder, file or prefix (default: the embedded sample, {DEFAULT_INPUT})")
     io.add_argument("--output", help=f"output folder or prefix (default {d.output})")
     io.add_argument("--labels-from-folders", type=_bool, metavar="BOOL",
                     help="add a `label` column from each image file's parent folder name (default false)")
     io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
     io.add_argument("--incremental", action="store_true", default=None,
-                    help="add only inputs not yet in a finished output (scheduled cleaning of incoming data)")
+                    help="add only inputs not yet in a finished output (scheduled cleaning of incoming data); "
+                         "not with --overwrite")
     io.add_argument("--overwrite", action="store_true", default=None,
-                    help="delete an existing output's data, rejects and summary first")
+                    help="delete an existing output's data, rejects and summary first; not with --incremental")
     io.add_argument("--dry-run", action="store_true",
                     help="check the checkpoint, the output and the input and print what a run would do (model, "
                          "output state, inputs to read and already done) without reading an image or writing "
@@ -84,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--flags", type=json.loads, help="guided-diffusion create_model flags as JSON (overrides --preset)")
     model.add_argument("--checkpoint-sha256", help="refuse to run unless the checkpoint has this sha256")
     model.add_argument("--device", help="cuda or cpu (default: cuda on GPU actors, else cpu)")
-    model.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="inference precision; fp16/bf16 need CUDA")
+    model.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                       help=f"inference precision; fp16/bf16 need CUDA (default {d.precision})")
     zp = p.add_argument_group("ZIP sampler (defaults: the paper's Algorithm 2)")
     zp.add_argument("--recipe", choices=list(RECIPES),
                     help="named sampler settings; any sampler flag (or --config key) given as well wins over the "
@@ -93,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--pool", type=int, help=f"average-pooling factor of the operator A (default {d.pool})")
     zp.add_argument("--lam", type=float, help=f"λ: guide while t >= λT; 0 guides every step (default {d.lam})")
     zp.add_argument("--eta", type=float, help=f"DDIM η in [0, 1] (default {d.eta})")
-    zp.add_argument("--sampler", choices=["ddim", "ddpm"], help="ddim = Algorithm 2, ddpm = Algorithm 1")
-    zp.add_argument("--operators", help="'pool' (paper) or 'gray,pool' (authors' code, averaged)")
-    zp.add_argument("--blend-k", type=float, help="authors'-code soft blend exponent k instead of the hard switch")
+    zp.add_argument("--sampler", choices=["ddim", "ddpm"],
+                    help=f"ddim = Algorithm 2, ddpm = Algorithm 1 (default {d.sampler})")
+    zp.add_argument("--operators",
+                    help=f"'pool' (paper) or 'gray,pool' (authors' code, averaged) (default {d.operators})")
+    zp.add_argument("--blend-k", type=float,
+                    help="authors'-code soft blend exponent k instead of the hard switch (default: none, the hard switch)")
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")
     zp.add_argument("--resample", type=int, metavar="R",
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
@@ -108,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoints; a prior from train_prior.py records its own, and a mismatch is refused)")
     zp.add_argument("--large-images", choices=["fit", "stretch"],
                     help="images larger than the model: shrink keeping aspect (fit) or stretch; resized back after, "
-                         "with only the model's detail (column downscale_factor)")
-    zp.add_argument("--seed", type=int, help="noise seed (results are reproducible per image set)")
+                         f"with only the model's detail (column downscale_factor; default {d.large_images})")
+    zp.add_argument("--seed", type=int, help=f"noise seed (results are reproducible per image set; default {d.seed})")
     rt = p.add_argument_group("throughput and cluster")
     rt.add_argument("--canvas-size", type=int, help="mosaic side in pixels (default: the model's image_size)")
     rt.add_argument("--batch-size", type=int,
@@ -124,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"streamed (a tar read twice), so memory does not grow with them (default {d.in_memory_mb}; "
                          "0 streams all)")
     rt.add_argument("--actors", type=int, help="purifier actors at most (default: one per GPU, or 1 on CPU)")
-    rt.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default 1 when the cluster has GPUs)")
+    rt.add_argument("--gpus-per-actor", type=float,
+                    help="GPUs per actor, 0 or 0.0001 to 1 (default 1 when the cluster has GPUs, else 0)")
     rt.add_argument("--cpus-per-actor", type=float, help=f"CPUs reserved per actor (default {d.cpus_per_actor})")
     rt.add_argument("--cpus-per-task", type=float,
                     help=f"CPUs reserved per read/decode/tile/untile/encode/write task (default {d.cpus_per_task})")
@@ -132,10 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads per CPU actor (default: every core of its node for a lone actor; with "
                          "--actors above 1, its --cpus-per-actor, so that actors sharing a node do not oversubscribe it)")
     rt.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    rt.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    rt.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                    help="no progress bar on stderr (for logs; the summary lines are printed either way)")
     dec = p.add_argument_group("decoding untrusted images")
     dec.add_argument("--max-pixels", type=int, help=f"refuse images over this many pixels (default {d.max_pixels:,})")
-    dec.add_argument("--alpha", choices=["white", "black", "drop"], help="how transparency is flattened")
+    dec.add_argument("--alpha", choices=["white", "black", "drop"],
+                     help=f"how transparency is flattened: composited on white or black, or dropped (default {d.alpha})")
     dec.add_argument("--exif-transpose", type=_bool, metavar="BOOL", help="apply EXIF orientation (default true)")
     st = p.add_argument_group("storage")
     st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
@@ -157,19 +193,118 @@ def config_from_args(argv: list[str] | None = None) -> JobConfig:
     return _config_from_namespace(build_parser().parse_args(argv))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _load_config_file(path: str) -> dict[str, Any]:
     try:
-        with open(path) as f:
-            loaded = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as err:
         raise ConfigError(f"cannot read --config {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path} is not UTF-8 text (byte {err.start}); give a YAML file") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path} is not valid YAML: {err}") from err
+        # one line: the problem and where, not PyYAML's several-line report
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"--config {path} is not valid YAML: {getattr(err, 'problem', None) or err}{where}") from err
     if loaded is None:
-        return {}
+        # an empty file is most likely the wrong file: running on every default would not be what was asked
+        raise ConfigError(f"--config {path} is empty; it must hold a mapping of option: value")
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path} must hold a mapping of option: value, got a {type(loaded).__name__}")
     return loaded
+
+
+# The value each --config key takes, beyond JobConfig's fields (whose annotations say theirs).
+_SHORTHAND_TYPES: dict[str, Any] = {"recipe": str, "s3_endpoint": str, "anon": bool, "storage_option": list[str] | str}
+
+
+def _expected(hint: Any) -> tuple[tuple[type, ...], str, bool]:
+    """(accepted Python types, how to say them, None allowed) for a field annotation."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    optional = type(None) in args
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "a mapping",
+             list: "a list"}
+    accepted: list[type] = []
+    said = []
+    for arg in args:
+        base = typing.get_origin(arg) or arg
+        if base is type(None):
+            continue
+        accepted += [int, float] if base is float else [base]
+        said.append(names[base])
+    return tuple(accepted), " or ".join(said), optional
+
+
+def _check_file_types(path: str, values: dict[str, Any]) -> None:
+    """Refuse a --config value of the wrong type, naming the file and the key. Used for the storage shorthands and
+    the recipe, which JobConfig's checks never see (a quoted anon: "no" was read as true), and for values its checks
+    could not name (a quoted eta: "1" failed a comparison)."""
+    hints = {**typing.get_type_hints(JobConfig), **_SHORTHAND_TYPES}
+    for key, value in values.items():
+        accepted, said, optional = _expected(hints[key])
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"--config {path}: {key} has no value; give {said} or leave the key out")
+        if isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted):
+            continue
+        hint = _text_hint(value, accepted)
+        raise ConfigError(f"--config {path}: {key} must be {said}, got {value!r}" + (f" ({hint[2:]})" if hint else ""))
+
+
+def _text_hint(value: Any, accepted: tuple[type, ...]) -> str:
+    """Why YAML read a value as text that was meant as a number or a boolean."""
+    if not isinstance(value, str):
+        return ""
+    if bool in accepted:
+        return "; text: write true or false without quotes"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    if int not in accepted:
+        return ""
+    # PyYAML follows YAML 1.1: 1e-3 without a dot is text, as is anything quoted
+    return ("; read as text: write it with a dot before the exponent (1.0e-3)" if "e" in value.lower() and
+            "." not in value and not value.startswith(("'", '"')) else "; read as text: write the number without quotes")
+
+
+def _file_values(path: str) -> dict[str, Any]:
+    """A --config file's options under JobConfig's names (dashes read as underscores), checked for unknown keys,
+    keys given twice under both spellings, and values of the wrong type."""
+    known = {f.name for f in fields(JobConfig)} | set(_SHORTHAND_TYPES)
+    values: dict[str, Any] = {}
+    for raw, value in _load_config_file(path).items():
+        key = str(raw).replace("-", "_")
+        if key in values:
+            raise ConfigError(f"--config {path}: {key} is given twice (as {key} and {key.replace('_', '-')})")
+        if key not in known:
+            if key == "no_progress":
+                hint = "; write progress: false"
+            elif key in ("dry_run", "config"):
+                hint = f"; {key} is command-line only"
+            else:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"--config {path}: unknown option {raw!r}{hint} (a --config file takes the options of "
+                              "--help, without the dashes in front)")
+        values[key] = value
+    _check_file_types(path, {k: v for k, v in values.items() if k in _SHORTHAND_TYPES})
+    return values
 
 
 def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
@@ -180,7 +315,7 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
         so["client_kwargs"] = {**(so.get("client_kwargs") or {}), "endpoint_url": endpoint}
     if anon:
         so["anon"] = True
-    for item in items or []:
+    for item in [items] if isinstance(items, str) else items or []:  # a file's storage_option: one KEY=VALUE
         key, sep, raw = str(item).partition("=")
         if not sep or not key:
             raise ConfigError(f"storage option{where} expects KEY=VALUE, got {item!r}")
@@ -196,33 +331,41 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
 def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     recipe = args.recipe
-    file_storage: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if args.config:
-        loaded = _load_config_file(args.config)
+        loaded = _file_values(args.config)
         file_recipe = loaded.pop("recipe", None)
         recipe = recipe or file_recipe  # --recipe on the command line wins over the file's
         file_storage = {k: loaded.pop(k) for k in STORAGE_SHORTHANDS if k in loaded}
-        known = {f.name for f in fields(JobConfig)}
-        unknown = set(loaded) - known
-        if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)} in {args.config}; a --config file takes the "
-                              "options of --help with underscores (dry_run and config are command-line only)")
         values.update(loaded)
         values["storage_options"] = _storage_options(
             values.get("storage_options") or {}, file_storage.get("s3_endpoint"), file_storage.get("anon"),
             file_storage.get("storage_option"), f" in {args.config}")
+        from_file = dict(loaded)
     for f in fields(JobConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+            from_file.pop(f.name, None)
     values["storage_options"] = _storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
                                                  args.storage_option, "")
-    if recipe is None:
-        return JobConfig(**values)
     try:
-        return JobConfig.from_recipe(recipe, **values)
+        config = JobConfig(**values) if recipe is None else JobConfig.from_recipe(recipe, **values)
     except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
+        raise ConfigError(f"--config {args.config}: recipe: {err}" if args.config else str(err)) from None
+    try:
+        config.check()
+    except JobError as err:
+        # a bad value that came from the file: say which file and key, as the flag alone points at the command line
+        named = sorted(k for k in from_file if "--" + k.replace("_", "-") in str(err))
+        if named:
+            hints = typing.get_type_hints(JobConfig)
+            hint = next((h for k in named if (h := _text_hint(from_file[k], _expected(hints[k])[0]))), "")
+            raise ConfigError(f"{err} (set in --config {args.config}: {', '.join(named)}{hint})") from None
+        if from_file:
+            _check_file_types(args.config, from_file)
         raise ConfigError(str(err)) from None
+    return config
 
 
 def _human_bytes(n: int) -> str:
@@ -255,6 +398,7 @@ def print_plan(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         config = _config_from_namespace(args)
@@ -266,9 +410,18 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             return 0
         summary = run_job(config)
+    except JobInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 128 + err.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+    except JobFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
+        print("interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
+        return 130
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)
@@ -286,5 +439,8 @@ def main(argv: list[str] | None = None) -> int:
               f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
               f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
               "size (--checkpoint) to keep their detail.", file=sys.stderr)
-    print(f"output: {config.output} (summary in _summary.json)")
+    totals = summary["output_totals"]
+    # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
+    print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
+          f"(status {summary['status']}; summary in _summary.json)")
     return 0

@@ -16,14 +16,17 @@ The driver then writes OUTPUT/_summary.json (counts, timing, configuration, chec
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
 import posixpath
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +163,10 @@ class JobConfig:
         for name in ("labels_from_folders", "incremental", "overwrite", "progress", "exif_transpose", "clip_denoised"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
+        if self.incremental is True and self.overwrite is True:
+            # one adds to a finished output, the other deletes it first: which one was meant is the user's to say
+            problems.append("--incremental and --overwrite contradict each other: --incremental adds new inputs to a "
+                            "finished output, --overwrite deletes it first; give one")
         for name in ("input", "output"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{flag(name)} must be a path or URI, got {getattr(self, name)!r}")
@@ -233,6 +240,59 @@ def _with_flag(message: str) -> str:
 
 class JobError(RuntimeError):
     """A run that cannot start or cannot be trusted; the message says what to do."""
+
+
+class JobFailed(JobError):
+    """A run that had started failed (a batch failed past its retries, or counts that do not add up); what it wrote is
+    whole files, and the same command resumes it."""
+
+
+class JobInterrupted(JobError):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM; what it wrote is whole files, and the same command resumes it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Interrupt(KeyboardInterrupt):
+    """SIGINT or SIGTERM in the driver, raised where the main thread is (usually waiting on Ray Data)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -> Iterator[None]:
+    """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
+
+    SIGINT and SIGTERM are raised as an interruption in the driver (Ray's own SIGTERM handler would exit with the
+    output's summary left at "running"); `record(status, details)` writes the summary ("interrupted" or "failed")
+    and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status.
+    """
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupt(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        written = record("interrupted", {"signal": name})
+        raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
+                             "again to resume", signum) from None
+    except Exception as err:
+        written = record("failed", {"error": describe(err)})
+        raise JobFailed(f"the run failed: {describe(err)}; {written}. Every file in {out} is whole: run the same "
+                        "command again to resume") from err
+    finally:
+        for signum, old in previous.items():
+            if old is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(signum, old)
 
 
 def redact(options: Any) -> Any:
@@ -465,6 +525,14 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
             raise JobError(f"the bucket of output {out} ({bucket}) does not exist or cannot be seen with these "
                            "credentials; create it or fix --output")
     if config.overwrite:
+        for folder in (DATA_DIR, REJECTS_DIR):
+            # --overwrite deletes these folders whole: an output given as a data set's own folder (or the input
+            # itself) would lose the user's images in a data/ or rejects/ folder of theirs
+            path = posixpath.join(root, folder)
+            foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not _is_written_file(p))
+            if foreign:
+                raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
+                               f"did not write (e.g. {foreign[0]}); choose another output")
         if not dry_run and fs.exists(root):
             for folder in (DATA_DIR, REJECTS_DIR):
                 if fs.exists(posixpath.join(root, folder)):
@@ -649,6 +717,10 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
                   "decoding": asdict(config.decode_policy()), "checkpoint": checkpoint_uri, "model": model_note}
 
+    # Before the output is looked at (and, with --overwrite, emptied): it must not be, or hold, the input.
+    overlap = _input_inside_written_folder(config.input, out, so)
+    if overlap:
+        raise JobError(overlap)
     # What is already done (resume / incremental), and what there is to read.
     try:
         state = check_output_state(config, job_record, dry_run=dry_run)
@@ -673,6 +745,10 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         if inside is not None:  # the job's own output is not input: reading it back would purify it twice
             pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
             outside = [(p, size) for p, size in pairs if not inside(p)]
+            foreign = [p for p, _ in pairs if inside(p) and not _is_written_file(p)]
+            if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
+                raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
+                               "the job writes to and does not read; write the output to another folder")
             excluded += len(pairs) - len(outside)
             if not outside:
                 continue
@@ -691,6 +767,32 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
 
 def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
+    """Why the input cannot be read from where it is, or None: an input inside the output's data/ or rejects/ would
+    read the job's own part files back as input."""
+    in_fs, in_path = _fs(input_uri, storage_options)
+    out_fs, out_path = _fs(output_uri, storage_options)
+    if type(in_fs) is not type(out_fs):
+        return None
+    local = isinstance(in_fs, fsspec.implementations.local.LocalFileSystem)
+
+    def normal(path: str) -> str:  # local paths resolved (symlinks, ..), remote ones without their protocol
+        return os.path.realpath(in_fs._strip_protocol(path)) if local else in_fs._strip_protocol(path).rstrip("/")
+
+    in_path, out_path = normal(in_path), normal(out_path)
+    for folder in (DATA_DIR, REJECTS_DIR):
+        if _is_under(in_path, posixpath.join(out_path, folder)):
+            return (f"--input {input_uri} lies inside the {folder}/ folder the job writes under --output {output_uri}; "
+                    "the job would read its own output back as input")
+    return None
+
+
+def _is_written_file(path: str) -> bool:
+    """A file the job writes in data/ or rejects/: a part file, or a hidden temporary one."""
+    name = posixpath.basename(path)
+    return name.startswith(".") or (name.startswith("part-") and name.endswith(".parquet"))
 
 
 def _output_inside_input(input_uri: str, output_uri: str,
@@ -743,89 +845,105 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
     _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
 
-    # 3. The pipeline.
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # one bar of our own, in images, below
-    # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
-    # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
-    # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
-    ctx.target_max_block_size = BLOCK_BYTES
-    ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
-    # Retries are set on purpose below; Ray 2.60 has no named parameter for them yet, only the
-    # (deprecated) remote-args route, so silence that warning rather than the setting.
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-    threads = cpu_actor_threads(config, actors, gpus_per_actor)
-    # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
-    # actors, so finished batches are written while others are still purifying (streaming).
-    task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
-    skip_ids = frozenset(plan.done)
-    rows = [u.to_row() for u in plan.units] or [{"kind": "files", "paths": [], "root": ""}]
-    # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
-    # pipeline streams (one big block would be read, purified and written as a whole).
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    # Batch sizes: read takes one unit per task and yields its records --tile-batch at a time; decode and
-    # tile work on whatever block a read produced (batch_size=None). Explicit row counts there would make
-    # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
-    ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
-        storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-        skip_ids=skip_ids, max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20),
-        **task_retries)
-    ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
-    ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
-        canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
-        max_images=config.tile_batch), **task_retries)
-    ds = ds.map_batches(
-        PurifyStage,
-        batch_size=config.batch_size or default_batch_size(canvas_size),
-        fn_constructor_kwargs=dict(
-            checkpoint=plan.checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
-            preset=config.preset, flags=config.flags, storage_options=so, device=device,
-            precision=config.precision, canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
-        max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
-    )
-    # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
-    ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(
-        canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
-    ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
-    ds = ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
-        output=out, storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
-
-    bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
-            u.kind == "files" for u in plan.units) else None
-        bar = tqdm(total=total, desc="purified", unit="img")
+    bar: Any = None
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
-    for row in ds.iter_rows():
-        psnr_sum += float(row["psnr_sum"])
-        psnr_count += int(row["psnr_count"])
-        psnr_min = min(psnr_min, float(row["psnr_min"]))
-        unchanged += int(row["unchanged"])
-        downscaled += int(row["downscaled"])
-        downscale_max = max(downscale_max, float(row["downscale_max"]))
-        purified += int(row["purified"])
-        rejected += int(row["rejected"])
-        read += int(row["read"])
-        skipped_in_units += int(row["skipped"])
-        files += json.loads(row["files"])
-        if bar is not None:
-            bar.update(int(row["purified"]) + int(row["rejected"]))
-            bar.set_postfix(rejected=rejected)
-    if bar is not None:
-        bar.close()
-    wall = time.time() - started
 
-    # 4. Summary: this run's counts, and the whole output's.
-    rows = deduplicate_output(out, so)
-    duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
-    retyped = unify_output_types(out, so, rows.data_schemas)
+    def record_stop(status: str, details: dict[str, Any]) -> str:
+        """Say in the summary how a run that did not finish ended, with what the driver had counted by then."""
+        if bar is not None:
+            bar.close()
+        done = {"read": read, "purified": purified, "rejected": rejected,
+                "skipped_already_done": plan.skipped_files + skipped_in_units, "files_written": len(files),
+                "wall_s": round(time.time() - started, 2)}
+        _write_json(f"{out}/{SUMMARY_FILE}", {
+            "status": status, **details, "this_run": done,
+            # batches in flight when the run stopped may have landed after these counts; a rerun reads the files
+            "resume": "run the same command again: inputs already in data/ or rejects/ are skipped",
+            "config": config.public(), "started": started, "stopped": time.time()}, so)
+        return f"{purified} purified and {rejected} rejected in this run were written"
+
+    with record_stopped_run(record_stop, out):
+        # 3. The pipeline.
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # one bar of our own, in images, below
+        # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
+        # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
+        # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
+        ctx.target_max_block_size = BLOCK_BYTES
+        ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
+        # Retries are set on purpose below; Ray 2.60 has no named parameter for them yet, only the
+        # (deprecated) remote-args route, so silence that warning rather than the setting.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        threads = cpu_actor_threads(config, actors, gpus_per_actor)
+        # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
+        # actors, so finished batches are written while others are still purifying (streaming).
+        task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
+        skip_ids = frozenset(plan.done)
+        rows = [u.to_row() for u in plan.units] or [{"kind": "files", "paths": [], "root": ""}]
+        # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
+        # pipeline streams (one big block would be read, purified and written as a whole).
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # Batch sizes: read takes one unit per task and yields its records --tile-batch at a time; decode and
+        # tile work on whatever block a read produced (batch_size=None). Explicit row counts there would make
+        # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
+        ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
+            storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
+            skip_ids=skip_ids, max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20),
+            **task_retries)
+        ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
+        ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
+            canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
+            max_images=config.tile_batch), **task_retries)
+        ds = ds.map_batches(
+            PurifyStage,
+            batch_size=config.batch_size or default_batch_size(canvas_size),
+            fn_constructor_kwargs=dict(
+                checkpoint=plan.checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
+                preset=config.preset, flags=config.flags, storage_options=so, device=device,
+                precision=config.precision, canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
+            max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
+        )
+        # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
+        ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(
+            canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
+        ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
+        ds = ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
+            output=out, storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
+
+        if config.progress:
+            from tqdm.auto import tqdm
+
+            total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
+                u.kind == "files" for u in plan.units) else None
+            bar = tqdm(total=total, desc="purified", unit="img")
+        for row in ds.iter_rows():
+            psnr_sum += float(row["psnr_sum"])
+            psnr_count += int(row["psnr_count"])
+            psnr_min = min(psnr_min, float(row["psnr_min"]))
+            unchanged += int(row["unchanged"])
+            downscaled += int(row["downscaled"])
+            downscale_max = max(downscale_max, float(row["downscale_max"]))
+            purified += int(row["purified"])
+            rejected += int(row["rejected"])
+            read += int(row["read"])
+            skipped_in_units += int(row["skipped"])
+            files += json.loads(row["files"])
+            if bar is not None:
+                bar.update(int(row["purified"]) + int(row["rejected"]))
+                bar.set_postfix(rejected=rejected)
+        if bar is not None:
+            bar.close()
+        wall = time.time() - started
+
+        # 4. Summary: this run's counts, and the whole output's.
+        rows = deduplicate_output(out, so)
+        duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
+        retyped = unify_output_types(out, so, rows.data_schemas)
     summary = {
         "status": run_status(read, purified, rejected,
                              plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")
@@ -855,7 +973,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     }
     _write_json(f"{out}/{SUMMARY_FILE}", summary, so)
     if summary["status"] != "complete":
-        raise JobError(f"read {read} inputs and counted {purified} purified + {rejected} rejected; the output now holds "
+        raise JobFailed(f"read {read} inputs and counted {purified} purified + {rejected} rejected; the output now holds "
                        f"{total_purified} purified + {total_rejected} rejected rows in all; see {out}/{SUMMARY_FILE}")
     return summary
 

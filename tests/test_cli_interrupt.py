@@ -1,0 +1,52 @@
+"""Ctrl-C on a running job: one line, exit status 130, a summary that says so, and an output the same command resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.job import JobConfig, plan_job
+from tests.jobutil import image_bytes, tiny_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> None:
+    n = 32
+    (tmp_path / "in").mkdir()
+    for i in range(n):
+        (tmp_path / "in" / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    model = tiny_model_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", model, "--steps", "2",
+            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
+    # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
+                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": "slow:0.5"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "data").glob("part-*.parquet")) and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("interrupted: stopped by SIGINT") and "run the same command again to resume" in last, last
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT", summary  # not "running" forever
+    # every visible file is whole, and the same command resumes: what is written is skipped, the rest is left to read
+    written = sum(pq.read_metadata(p).num_rows for p in (out / "data").glob("part-*.parquet"))
+    assert 0 < written < n, "the run finished before it could be interrupted"
+    plan = plan_job(JobConfig(**{**JobConfig().__dict__, "input": str(tmp_path / "in"), "output": str(out),
+                                 "checkpoint": model, "steps": 2}), dry_run=True)
+    left = plan.describe()["input"]["image_files_to_read"]
+    assert plan.output_state == "resume" and plan.skipped_files >= written and left + plan.skipped_files == n

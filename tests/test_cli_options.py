@@ -1,0 +1,168 @@
+"""The command line as its user meets it: --help, --config files, flag errors and exit statuses (no Ray started)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli
+from pipeline.cli import build_parser, config_from_args, main
+from pipeline.job import (
+    JobConfig,
+    JobError,
+    JobFailed,
+    JobInterrupted,
+    check_output_state,
+    plan_job,
+    record_stopped_run,
+)
+from tests.jobutil import image_bytes
+
+
+def _errors(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_help_says_what_the_defaults_and_the_exit_statuses_are() -> None:
+    text = " ".join(build_parser().format_help().split())  # argparse wraps help text at any space
+    assert "exit status:" in text and " 130 " in text and " 143 " in text and "resumes" in text
+    d = JobConfig()
+    for shown in (f"(default {d.sampler})", f"(default {d.precision})", f"(default {d.alpha})",
+                  f"default {d.seed})", f"default {d.large_images})", f"(default {d.operators})",
+                  f"(default {d.steps})", f"(default {d.pool})", f"(default {d.tile_batch})"):
+        assert shown in text, shown
+    assert "not with --overwrite" in text and "not with --incremental" in text
+    # every option of JobConfig can be given on the command line (storage_options through the storage flags)
+    dests = {a.dest for a in build_parser()._actions}
+    assert {f.name for f in fields(JobConfig)} - dests == {"storage_options"}
+
+
+def _write(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("steps: [1\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
+    ("steps: 20\nsteps: 30\n", "key 'steps' is given twice (line 2, column 1)"),
+    ("", "is empty"),
+    ("- steps\n", "must hold a mapping of option: value, got a list"),
+    ("steeps: 20\n", "unknown option 'steeps'; did you mean steps?"),
+    ("no_progress: true\n", "unknown option 'no_progress'; write progress: false"),
+    ('steps: "20"\n', "--steps: steps must be an integer in [1, 1000], got '20' (set in --config"),
+    ('eta: "1"\n', "eta must be a number, got '1' (read as text: write the number without quotes)"),
+    ("lam: 1e-3\n", "lam must be a number, got '1e-3' (read as text: write it with a dot before the exponent"),
+    ("pool: 4.0\n", "--pool: pool factor must be a positive integer, got 4.0 (set in --config"),
+    ('overwrite: "yes"\n', "--overwrite must be true or false, got 'yes' (set in --config"),
+    ('anon: "no"\n', "anon must be true or false, got 'no'"),  # was read as true: anonymous access
+    ("s3_endpoint: 5\n", "s3_endpoint must be text, got 5"),
+    ("operators: 5\n", "operators must be text, got 5"),
+    ("storage_options: [key=x]\n", "storage_options in"),
+    ("tile-batch: 8\ntile_batch: 9\n", "tile_batch is given twice"),
+    (b"\xff\xfe", "is not UTF-8 text"),
+    ("steps: 0\n", "--steps: steps must be an integer in [1, 1000], got 0 (set in --config"),
+    ("incremental: true\noverwrite: true\n", "--incremental and --overwrite contradict each other"),
+])
+def test_a_bad_config_file_is_one_error_line_naming_the_file_and_key(tmp_path, capsys, text, message) -> None:
+    path = _write(tmp_path, text)
+    assert main(["--config", path, "--dry-run", "--output", str(tmp_path / "out")]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith("error: ") and path in err[0] and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["missing.yaml", "."])
+def test_a_config_path_that_is_not_a_file(tmp_path, capsys, where) -> None:
+    assert main(["--config", str(tmp_path / where), "--dry-run"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith("error: cannot read --config"), err
+
+
+def test_config_keys_as_spelled_on_the_command_line_and_one_storage_option(tmp_path) -> None:
+    path = _write(tmp_path, "tile-batch: 8\nlabels-from-folders: true\nstorage_option: region=eu\nanon: false\n")
+    config = config_from_args(["--config", path])
+    assert (config.tile_batch, config.labels_from_folders) == (8, True)
+    assert config.storage_options == {"region": "eu"}  # one KEY=VALUE, not one option per character
+
+
+def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--stpes", "20", "--dry-run"])
+    assert exit_.value.code == 2
+    err = _errors(capsys)
+    assert len(err) <= 2 and "did you mean --steps?" in err[0] and "--help" in err[-1], err
+
+
+def test_incremental_and_overwrite_together_are_refused(capsys) -> None:
+    assert main(["--incremental", "--overwrite", "--dry-run"]) == 2
+    assert "contradict each other" in _errors(capsys)[0]
+
+
+def test_overwrite_never_deletes_files_the_job_did_not_write(tmp_path) -> None:
+    out = tmp_path / "dataset"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "cat.png").write_bytes(image_bytes(8, 8, 0))
+    config = JobConfig(input=str(tmp_path / "in"), output=str(out), overwrite=True)
+    with pytest.raises(JobError, match=r"--overwrite would delete .*holds 1 file\(s\) this job did not write"):
+        check_output_state(config, {}, dry_run=False)
+    assert (out / "data" / "cat.png").exists()
+    (out / "data" / "cat.png").unlink()
+    (out / "data" / "part-0.parquet").write_bytes(b"")  # the job's own files are deleted as before
+    assert check_output_state(config, {}, dry_run=False) == "overwrite" and not (out / "data").exists()
+
+
+def test_inputs_in_the_folders_the_job_writes_are_refused_not_skipped(tmp_path) -> None:
+    root = tmp_path / "set"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    # the output as the input folder itself: the user's data/a.png would be taken for an output file and never read
+    with pytest.raises(JobError, match="lies in the data/ or rejects/ folder of --output"):
+        plan_job(JobConfig(input=str(root), output=str(root)), dry_run=True)
+    # an input inside the output's data/: the job would read its own part files back
+    with pytest.raises(JobError, match="lies inside the data/ folder the job writes"):
+        plan_job(JobConfig(input=str(root / "data"), output=str(root)), dry_run=True)
+
+
+@pytest.mark.parametrize(("raised", "code", "line"), [
+    (JobFailed("the run failed: boom"), 1, "error: the run failed: boom"),
+    (JobInterrupted("stopped by SIGINT", signal.SIGINT), 130, "interrupted: stopped by SIGINT"),
+    (JobInterrupted("stopped by SIGTERM", signal.SIGTERM), 143, "interrupted: stopped by SIGTERM"),
+    (KeyboardInterrupt(), 130, "interrupted: "),
+    (JobError("input x not found"), 2, "error: input x not found"),
+])
+def test_exit_statuses(tmp_path, capsys, monkeypatch, raised, code, line) -> None:
+    def run_job(config: JobConfig) -> dict:
+        raise raised
+
+    monkeypatch.setattr(cli, "run_job", run_job)
+    assert main(["--output", str(tmp_path / "out")]) == code
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith(line), err
+
+
+def test_a_stopped_run_is_recorded_and_the_signal_handlers_put_back() -> None:
+    recorded = []
+
+    def record(status: str, details: dict) -> str:
+        recorded.append((status, details))
+        return "3 purified"
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(JobInterrupted, match="stopped by SIGTERM; 3 purified") as stopped:
+        with record_stopped_run(record, "/out"):
+            os.kill(os.getpid(), signal.SIGTERM)  # what `ray job stop`, Kubernetes or systemd send
+    assert stopped.value.signum == signal.SIGTERM and recorded == [("interrupted", {"signal": "SIGTERM"})]
+    with pytest.raises(JobInterrupted) as stopped:
+        with record_stopped_run(record, "/out"):
+            raise KeyboardInterrupt
+    assert stopped.value.signum == signal.SIGINT
+    with pytest.raises(JobFailed, match="the run failed: RuntimeError: boom; 3 purified"):
+        with record_stopped_run(record, "/out"):
+            raise RuntimeError("boom\nmore lines of a remote traceback")
+    assert recorded[-1] == ("failed", {"error": "RuntimeError: boom"})
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
