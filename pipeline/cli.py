@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "--actors above 1, its --cpus-per-actor, so that actors sharing a node do not oversubscribe it)")
     rt.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     rt.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                    help="no progress bar on stderr (for logs; the summary lines are printed either way)")
+                    help="no progress on stderr (default: a bar on a terminal, else a line a minute, for logs)")
     dec = p.add_argument_group("decoding untrusted images")
     dec.add_argument("--max-pixels", type=int, help=f"refuse images over this many pixels (default {d.max_pixels:,})")
     dec.add_argument("--alpha", choices=["white", "black", "drop"],

@@ -166,3 +166,35 @@ def test_a_stopped_run_is_recorded_and_the_signal_handlers_put_back() -> None:
             raise RuntimeError("boom\nmore lines of a remote traceback")
     assert recorded[-1] == ("failed", {"error": "RuntimeError: boom"})
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
+    import io
+
+    from pipeline.job import LogProgress, progress_display
+
+    log = io.StringIO()  # not a terminal: ray job logs, a scheduler's log, `2> file`
+    bar = progress_display(10, log)
+    assert isinstance(bar, LogProgress)
+    bar.every = 0
+    bar.update(4)
+    bar.set_postfix(rejected=1)
+    bar.update(6)
+    bar.close()
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 3, lines
+    assert lines[-1].startswith("progress: 10 of 10 images done (1 rejected) in ")
+
+
+def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch) -> None:
+    summary = {"status": "complete", "output_totals": {"purified": 256, "rejected": 3},
+               "model": {"note": "tiny", "canvas_size": 32},
+               "this_run": {"read": 131, "purified": 128, "rejected": 3, "skipped_already_done": 128, "wall_s": 1.0,
+                            "images_per_s": 131.0, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
+    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    assert main(["--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("read 131, purified 128, rejected 3, skipped (already done) 128")
+    assert out[-1] == f"output: {tmp_path / 'out'} holds 256 purified and 3 rejected in all (status complete; summary in " \
+                      "_summary.json)"
