@@ -82,6 +82,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
 
 
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:  # argparse would say only "invalid loads value"
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at character {err.pos + 1}): {text!r}; "
+                                         """give an object such as '{"num_channels": 128}'""") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        + "; ".join(f"{name}: {what}" for name, what in SHIPPED_PRIORS.items()))
     model.add_argument("--preset", help="architecture preset for a bare state dict (e.g. 256x256_diffusion_uncond); "
                        "default: the bundle's flags, else inferred from the keys")
-    model.add_argument("--flags", type=json.loads, help="guided-diffusion create_model flags as JSON (overrides --preset)")
+    model.add_argument("--flags", type=_json, help="guided-diffusion create_model flags as JSON (overrides --preset)")
     model.add_argument("--checkpoint-sha256", help="refuse to run unless the checkpoint has this sha256")
     model.add_argument("--device", help="cuda or cpu (default: cuda on GPU actors, else cpu)")
     model.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
@@ -420,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
-        print("interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
+        print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
+              "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
         return 130
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:

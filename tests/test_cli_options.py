@@ -198,3 +198,19 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch)
     assert out[0].startswith("read 131, purified 128, rejected 3, skipped (already done) 128")
     assert out[-1] == f"output: {tmp_path / 'out'} holds 256 purified and 3 rejected in all (status complete; summary in " \
                       "_summary.json)"
+
+
+def test_bad_json_flags_say_what_is_wrong(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--flags", "{bad", "--dry-run"])
+    assert exit_.value.code == 2
+    assert "--flags: not valid JSON (Expecting property name" in _errors(capsys)[0]
+
+
+def test_ctrl_c_in_a_dry_run(capsys, monkeypatch) -> None:
+    def plan_job(config: JobConfig, dry_run: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "plan_job", plan_job)
+    assert main(["--dry-run"]) == 130
+    assert _errors(capsys) == ["interrupted: the dry run stopped; nothing was written"]
