@@ -6,6 +6,8 @@ per-channel statistics travel with the saved weights.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -160,6 +162,8 @@ def train_classifier(
     weight_decay: float = 5e-4,
     num_threads: int | None = None,
     restamp: Restamp | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_key: str = "",
 ) -> ResNet:
     """Train a ResNet on uint8 N x H x W x 3 images (SGD, momentum 0.9, weight decay, one-cycle or cosine LR).
 
@@ -171,6 +175,13 @@ def train_classifier(
     in eval mode. restamp=(mask, trigger): after augmentation, `trigger` is applied again to the batch's samples
     where mask is True (the poisoned ones), so random crops cannot shift or cut a corner patch: the attacker
     controls the training loop and wants the trigger exactly where it will be at test time.
+
+    checkpoint: a file the training state (weights, optimizer, LR schedule, random generator) is written to after
+    every epoch, atomically; a run that finds one made by the same training resumes after its last finished epoch
+    and ends with the same weights as an uninterrupted run. checkpoint_key: what else the caller's training depends
+    on (the data's hash, the attack), compared with the checkpoint's along with every argument here. A checkpoint of
+    other training, or a damaged one, is named on stderr and training starts afresh. The caller removes it when done.
+    progress: a bar over the batches with the ETA, and a line per epoch.
     """
     if crop_pad < 0:
         raise ValueError(f"crop_pad must be >= 0, got {crop_pad}")
@@ -198,6 +209,8 @@ def train_classifier(
             schedule=schedule,
             weight_decay=weight_decay,
             restamp=restamp,
+            checkpoint=None if checkpoint is None else Path(checkpoint),
+            checkpoint_key=checkpoint_key,
         )
     finally:
         if num_threads is not None:
@@ -223,6 +236,8 @@ def _train(
     schedule: str,
     weight_decay: float,
     restamp: Restamp | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_key: str = "",
 ) -> ResNet:
     labels = np.asarray(labels, dtype=np.int64)
     _check_training_data(images, labels, num_classes)
@@ -248,7 +263,35 @@ def _train(
     rng = np.random.default_rng(seed)
     targets_all = torch.from_numpy(labels)
 
-    for epoch in range(epochs):
+    # Everything the weights follow from, so that a checkpoint of other training is never resumed.
+    fingerprint = json.dumps({
+        "n": n, "num_classes": num_classes, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "augment": augment, "hflip": hflip, "crop_pad": crop_pad, "depth": depth, "schedule": schedule,
+        "weight_decay": weight_decay, "extra_transform": extra_transform is not None, "restamp": restamp is not None,
+        "mean": mean, "std": std, "key": checkpoint_key,
+    }, sort_keys=True)
+    first_epoch = 0
+    if checkpoint is not None:
+        state = _read_training_state(checkpoint, fingerprint)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rng.bit_generator.state = state["rng"]
+            first_epoch = int(state["epoch"])
+            if progress:
+                print(f"resuming classifier training from {checkpoint} after epoch {first_epoch}/{epochs}",
+                      file=sys.stderr, flush=True)
+
+    bar = None
+    if progress and first_epoch < epochs:
+        from tqdm.auto import tqdm
+
+        # A log file, not a terminal, gets an update every 30 s instead of ten a second.
+        bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="training classifier", unit="batch",
+                   file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    epoch_seconds: list[float] = []
+    for epoch in range(first_epoch, epochs):
         model.train()
         start, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         order = rng.permutation(n)
@@ -276,14 +319,55 @@ def _train(
             seen += len(idx)
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
+            if bar is not None:
+                bar.update(1)
+        if checkpoint is not None and epoch + 1 < epochs:
+            _write_training_state(checkpoint, {
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
+            })
+        epoch_seconds.append(time.perf_counter() - start)
         if progress:
-            print(
-                f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}, train acc {100.0 * correct / seen:.2f}%, "
-                f"{time.perf_counter() - start:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+            left = (epochs - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds)
+            line = (f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}, train acc {100.0 * correct / seen:.2f}%, "
+                    f"{epoch_seconds[-1]:.1f}s" + (f", ETA {left / 60:.1f} min" if epoch + 1 < epochs else ""))
+            if bar is not None:
+                bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
+    if bar is not None:
+        bar.close()
     return model.eval()
+
+
+TRAINING_STATE_FORMAT = "zip-purify-classifier-training/1"
+
+
+def _write_training_state(path: Path, state: dict) -> None:
+    """Atomic: a run killed while writing leaves the previous epoch's checkpoint, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"format": TRAINING_STATE_FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def _read_training_state(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at `path` when it was made by the same training, else None (named on stderr when it exists)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
+            raise ValueError("not a classifier training checkpoint")
+        if state.get("fingerprint") != fingerprint:
+            print(f"note: training checkpoint {path} is of other training (other data, attack or options); training "
+                  "afresh", file=sys.stderr, flush=True)
+            return None
+        return state
+    except Exception as err:  # any damage: the checkpoint only saves time, so training afresh is always safe
+        print(f"warning: training checkpoint {path} is damaged ({type(err).__name__}: {err}); training afresh",
+              file=sys.stderr, flush=True)
+        return None
 
 
 @torch.no_grad()

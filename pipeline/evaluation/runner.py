@@ -176,6 +176,11 @@ def classifier_path(cache_dir: str | Path, dataset: str, attack: str | None, epo
     return Path(cache_dir) / "classifiers" / f"{name}.pt"
 
 
+def training_checkpoint_path(path: Path) -> Path:
+    """The epoch checkpoint of the classifier being trained to `path` (<name>.partial.pt)."""
+    return path.with_name(f"{path.stem}.partial.pt")
+
+
 def without_flips(transform: ExtraTransform) -> ExtraTransform:
     """`PhysicalBA.train_transform` with its random horizontal flip cancelled (for data sets such as GTSRB).
 
@@ -264,12 +269,17 @@ def get_classifier(
     log(f"{dataset}/{name}: training classifier on {len(images)} images ({len(poisoned)} poisoned), "
         f"{epochs} epochs -> {path}")
     start = time.perf_counter()
+    # An epoch checkpoint beside the cache file: a killed run resumes after its last finished epoch (10 epochs are
+    # 11-30 min on 2 cores), keyed by the data and attack the weights come from.
+    partial = training_checkpoint_path(path)
     model = train_classifier(
         images, labels, train.num_classes, epochs, extra_transform=extra_transform, device=device,
-        progress=progress, num_threads=threads, restamp=restamp, **options,
+        progress=progress, num_threads=threads, restamp=restamp, checkpoint=partial,
+        checkpoint_key=json.dumps({**trained_from, "attack": name, "dataset": dataset}, sort_keys=True), **options,
     )
     seconds = time.perf_counter() - start
     save_classifier(model, path)
+    partial.unlink(missing_ok=True)
     info = {
         "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(images),
         "poisoned": len(poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
