@@ -16,10 +16,22 @@ the target; PSNR / SSIM of purified clean images vs the originals. Outputs, per 
 then the target check: is ZIP's average CA and PA above ShrinkPad's and A⁺A x's, and its average ASR at most 5 %,
 each with a 95 % paired-bootstrap interval over the test images), <dataset>-examples.png.
 
-Resume: trained classifiers and purified image sets are cached in --cache-dir (classifiers/, purified/) and
-reused, so re-running the same command after an interruption only does the unfinished work. A damaged cache file is
-named in a warning and rebuilt. An --out folder holding a report of another configuration is refused (give another
---out, or --overwrite); settings, the prior and the output folders are all checked before any work starts.
+Time on a 2-core CPU (measured, docs/results.md): each classifier trains once, 11-30 min (10 epochs; a progress bar
+shows its ETA); with the classifiers cached, a 500-image data set with every defense took 22-25 min on one core, most
+of it ZIP (3-4 images/s at 20 steps, each zip variant on the clean subset and on every attack's triggered subset; a
+progress bar per purified set shows its ETA). The default --subset 1000 takes about twice that.
+
+Caches and resume: trained classifiers (classifiers/, with an epoch checkpoint <name>.partial.pt while one trains) and
+purified image sets (purified/) are kept in --cache-dir (default $ZIP_CACHE_DIR, else ~/.cache/zip-purify); the
+decoded data sets (<dataset>-<split>.npz) are kept in $ZIP_CACHE_DIR, else ~/.cache/zip-purify. Re-running the same
+command after an interruption (Ctrl-C, a kill) only does the unfinished work: a classifier resumes from its last
+finished epoch, a purified set not yet written is purified again. A damaged cache file is named in a warning and
+rebuilt. To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
+training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else ../shared).
+
+Checks: settings, the data, the prior and the --out and --cache-dir folders are checked before any work starts (exit
+status 2 and one error line). An --out folder holding a report of another configuration is refused (give another
+--out, or --overwrite); rerunning the same configuration regenerates its report.
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours on 2 CPU cores)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
@@ -39,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
 from pipeline.evaluation.classifier import train_classifier  # noqa: E402
+from pipeline.evaluation.datasets import CACHE_DIR, DataError  # noqa: E402
 from pipeline.evaluation.runner import (  # noqa: E402
     DEFAULT_PRIOR,
     DEFENSES,
@@ -114,9 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads for training, purification and prediction (0: torch's default). Use 1 when "
                         "another job shares a 2-core machine: two threads fighting for cores are several times slower")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
+    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
                    help="where trained classifiers (classifiers/) and purified image sets (purified/) are cached and "
-                        "reused on the next run. Default: ~/.cache/zip-purify")
+                        "reused on the next run. Default: $ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("results"),
                    help="folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. A report of another "
                         "configuration there is refused (rerunning the same one regenerates it). Default: results")
@@ -187,10 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for config, check in zip(configs, checked, strict=True):
-        if config.dataset == "imagenette" and not args.device.startswith("cuda"):
-            log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
-        evaluate_dataset(config, checked=check)
+    try:
+        for config, check in zip(configs, checked, strict=True):
+            if config.dataset == "imagenette" and not args.device.startswith("cuda"):
+                log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
+            evaluate_dataset(config, checked=check)
+    except (EvaluationError, DataError) as err:  # what only the data, once loaded, can tell: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Finished classifiers, epochs and purified sets are cached: say so instead of a page of torch frames.
+        print(f"\ninterrupted: rerun the same command to resume from the caches in {args.cache_dir}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import lzma
 import os
 import sys
 import tarfile
@@ -29,6 +30,51 @@ _ARCHIVES = {
     "gtsrb": "gtsrb/gtsrb-{split}.tar.xz",
     "imagenette": "imagenette/imagenette-{split}.tar.gz",
 }
+
+
+class DataError(RuntimeError):
+    """A data set that cannot be read: its archive is missing (`MissingDataError`) or unreadable. The message names
+    the file and what to do, so callers can print it as one line."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """The shared data folder or one of its archives is not there."""
+
+
+def archive_path(name: str, split: str) -> Path:
+    """Where the shared copy of a data set's split is expected (SHARED_DIR/data/...)."""
+    return SHARED_DIR / "data" / _ARCHIVES[name].format(split=split)
+
+
+def missing_data(name: str, split: str) -> str | None:
+    """Why `load_dataset(name, split)` would fail for want of its archive (a cheap check: no decoding), or None when a
+    decoded cache or the archive is there."""
+    if name not in _ARCHIVES:
+        return None
+    cache = CACHE_DIR / f"{name}-{split}.npz"
+    path = archive_path(name, split)
+    if cache.is_file() or path.is_file():
+        return None
+    if not SHARED_DIR.is_dir():
+        return f"shared data folder {SHARED_DIR} not found (set ZIP_SHARED_DIR to the folder holding data/)"
+    return f"{name}/{split}: archive {path} not found (and no decoded copy in {CACHE_DIR})"
+
+
+def cached_labels(name: str, split: str) -> np.ndarray | None:
+    """The labels of a split from its decoded cache when that cache is current (see `load_dataset`), read without the
+    pixels; None otherwise. Lets a run check its subset size before it loads or decodes anything."""
+    cache = CACHE_DIR / f"{name}-{split}.npz"
+    if name not in _ARCHIVES or not cache.is_file():
+        return None
+    stamp = _source_stamp(name, split)
+    try:
+        with np.load(cache) as data:
+            made_from = str(data["source"]) if "source" in data.files else None
+            if stamp is not None and made_from != stamp:
+                return None
+            return np.asarray(data["labels"])
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error):
+        return None
 
 
 @dataclass(frozen=True)
@@ -138,8 +184,17 @@ def load_dataset(name: str, split: str) -> LabelledImages:
             print(f"warning: cache file {cache} is damaged ({type(err).__name__}: {err}); decoding {name}/{split} "
                   "again", file=sys.stderr)
     if not SHARED_DIR.exists():
-        raise FileNotFoundError(f"shared data folder {SHARED_DIR} not found (set ZIP_SHARED_DIR)")
-    images, labels = reader(split)
+        raise MissingDataError(f"shared data folder {SHARED_DIR} not found (set ZIP_SHARED_DIR to the folder holding "
+                               "data/)")
+    path = archive_path(name, split)
+    try:
+        images, labels = reader(split)
+    except FileNotFoundError as err:
+        raise MissingDataError(f"{name}/{split}: archive {path} not found (the shared data folder is {SHARED_DIR}; set "
+                               "ZIP_SHARED_DIR to another copy)") from err
+    except (OSError, EOFError, ValueError, KeyError, tarfile.TarError, lzma.LZMAError, zlib.error) as err:
+        # A truncated or damaged archive: one line naming it, not a traceback from deep inside tarfile.
+        raise DataError(f"{name}/{split}: archive {path} could not be read ({type(err).__name__}: {err})") from err
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")  # the process's own: concurrent decoders don't mix
     extra = {} if stamp is None else {"source": np.array(stamp)}

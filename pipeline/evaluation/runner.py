@@ -38,11 +38,20 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
-from pipeline.evaluation import metrics
+from pipeline.evaluation import datasets, metrics
 from pipeline.evaluation.attacks import ATTACKS, Attack, PhysicalBA, make_attack, poison_test_set, poison_training_set
 from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pad
 from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
-from pipeline.evaluation.datasets import IMAGE_SIZES, NUM_CLASSES, LabelledImages, load_dataset, stratified_subset
+from pipeline.evaluation.datasets import (
+    IMAGE_SIZES,
+    NUM_CLASSES,
+    DataError,
+    LabelledImages,
+    cached_labels,
+    load_dataset,
+    missing_data,
+    stratified_subset,
+)
 from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
 from pipeline.evaluation.target import ASR_LIMIT, BASELINES, DECIMALS, RESAMPLES, AttackPredictions, target_check
 from pipeline.presets import shipped_prior_path
@@ -562,6 +571,53 @@ def check_subset(dataset: str, subset: int, classes: int) -> None:
                               f"as many images from each of its {classes} classes, so it needs at least {classes}")
 
 
+def largest_subset(labels: np.ndarray) -> int:
+    """The largest class-stratified subset of a test split: as many images of every class as its rarest class has."""
+    classes = np.unique(labels)
+    return int(np.bincount(labels)[classes].min()) * len(classes)
+
+
+def check_subset_fits(dataset: str, subset: int, labels: np.ndarray) -> None:
+    """A subset the test split cannot fill is refused: it used to be cut to the split's size without a word, while its
+    report and its purified-image cache folder named the size asked for."""
+    most = largest_subset(labels)
+    if subset > most:
+        classes = len(np.unique(labels))
+        raise EvaluationError(f"--subset {subset} is larger than {dataset}'s test split allows: {len(labels)} images, "
+                              f"{most // classes} in its rarest class, so a class-stratified subset holds at most {most} "
+                              f"({classes} classes x {most // classes}); give --subset {most} or less")
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """--out and --cache-dir must be folders this run can create or write to: found before the work, not when its
+    results are written (a file named like the folder used to end a finished run in a traceback)."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == path else f"is inside {probe}, which is a file"
+        raise EvaluationError(f"{flag} {path} {what}: give a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EvaluationError(f"{flag} {path}: {probe} is not writable")
+
+
+def check_data(dataset: str, subset: int) -> None:
+    """The shared data set's archives (or decoded copies) are there, and the subset fits its test split when that
+    is known without decoding (see `datasets.cached_labels`)."""
+    splits = [SINGLE_SPLIT[dataset][0]] if dataset in SINGLE_SPLIT else ["train", "test"]
+    # Without any shared folder the first data set's load fails in its first seconds, with the same one line; this
+    # check is for the archive of a later data set that would be missed only after the earlier ones' hours.
+    for split in splits if datasets.SHARED_DIR.is_dir() else []:
+        problem = missing_data(dataset, split)
+        if problem:
+            raise EvaluationError(f"data: {problem}")
+    if dataset not in SINGLE_SPLIT:
+        labels = cached_labels(dataset, "test")
+        if labels is not None:
+            check_subset_fits(dataset, subset, labels)
+
+
 def check_pool(dataset: str, pool: int, image_size: int) -> None:
     """A⁺A x (and the examples' naive row) pools whole k x k blocks of the images."""
     if image_size % pool:
@@ -660,6 +716,10 @@ def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
     if loader is load_dataset and config.dataset in NUM_CLASSES:
         check_subset(config.dataset, config.subset, NUM_CLASSES[config.dataset])
         check_pool(config.dataset, config.pool, IMAGE_SIZES[config.dataset])
+    check_folder(Path(config.out_dir), "--out")
+    check_folder(Path(config.cache_dir), "--cache-dir")
+    if loader is load_dataset and config.dataset in NUM_CLASSES:
+        check_data(config.dataset, config.subset)
     checkpoint_sha = verify_prior(config, defenses)
     settings = report_settings(config, attacks, defenses, checkpoint_sha)
     check_output(config, settings)
@@ -678,11 +738,14 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         torch.set_num_threads(config.threads)
 
     log(f"{config.dataset}: loading data")
-    train, test = load_splits(config.dataset, loader)
+    try:
+        train, test = load_splits(config.dataset, loader)
+    except DataError as err:
+        raise EvaluationError(f"data: {err}") from None
     classes = np.unique(test.labels)
     check_subset(config.dataset, config.subset, len(classes))  # a data set preflight does not know
-    smallest_class = int(np.bincount(test.labels)[classes].min())
-    idx = stratified_subset(test.labels, min(config.subset, smallest_class * len(classes)), config.seed)
+    check_subset_fits(config.dataset, config.subset, test.labels)
+    idx = stratified_subset(test.labels, config.subset, config.seed)
     clean_images, clean_labels = test.images[idx], test.labels[idx]
     image_size = int(clean_images.shape[1])
     check_pool(config.dataset, config.pool, image_size)

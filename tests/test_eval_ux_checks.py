@@ -1,0 +1,176 @@
+"""jobs/evaluate.py as a user meets it: a bad --out or --cache-dir, missing or damaged data, a subset the test split
+cannot fill and Ctrl-C are one line on stderr (exit 2, or 130 for an interruption), found before the work where
+they can be, never a traceback after it."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation import datasets, runner
+from pipeline.evaluation.datasets import LabelledImages
+
+JOB = Path(__file__).parents[1] / "jobs" / "evaluate.py"
+CHEAP = ["--attacks", "none", "--defenses", "none", "--subset", "20"]
+
+
+def _load_job() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("evaluate_job_ux", JOB)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The job with the evaluation replaced: it records the configurations that passed every check."""
+    module = _load_job()
+    module.started = []
+    monkeypatch.setattr(module, "evaluate_dataset", lambda config, **_: module.started.append(config))
+    return module
+
+
+def _run(job: ModuleType, argv: list[str]) -> int:
+    try:
+        return job.main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A shared folder holding only CIFAR-10's archives (stand-ins: only their presence is checked) and no decoded
+    copies."""
+    root = tmp_path / "shared"
+    (root / "data" / "cifar10").mkdir(parents=True)
+    for split in ("train", "test"):
+        (root / "data" / "cifar10" / f"cifar10-{split}.tar.gz").write_bytes(b"")
+    monkeypatch.setattr(datasets, "SHARED_DIR", root)
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    return root
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_a_file_for_a_folder_is_refused_before_any_work(job: ModuleType, tmp_path: Path, shared: Path,
+                                                        capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    """Before: a file given as --out ended a finished run in FileExistsError when the report was written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    folders = {"--out": str(tmp_path / "out"), "--cache-dir": str(tmp_path / "cache"), flag: str(a_file)}
+    argv = ["--datasets", "cifar10", *CHEAP, *(x for kv in folders.items() for x in kv)]
+    assert _run(job, argv) == 2
+    assert f"error: {flag} {a_file} is a file" in _one_error_line(capsys)
+    folders[flag] = str(a_file / "below")
+    assert _run(job, ["--datasets", "cifar10", *CHEAP, *(x for kv in folders.items() for x in kv)]) == 2
+    assert "which is a file" in _one_error_line(capsys)
+    assert job.started == []
+
+
+def test_a_missing_archive_of_a_later_data_set_stops_the_run_before_the_first(
+        job: ModuleType, tmp_path: Path, shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: GTSRB's missing archive was a traceback once CIFAR-10's whole evaluation had run."""
+    argv = ["--datasets", "cifar10,gtsrb", "--attacks", "none", "--defenses", "none", "--subset", "43",
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert _run(job, argv) == 2
+    line = _one_error_line(capsys)
+    assert "gtsrb/train: archive" in line and "gtsrb-train.tar.xz not found" in line
+    assert job.started == []
+
+
+def test_no_shared_folder_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: FileNotFoundError's traceback from the data loader."""
+    monkeypatch.setattr(datasets, "SHARED_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    job = _load_job()
+    argv = ["--datasets", "cifar10", *CHEAP, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert _run(job, argv) == 2
+    line = _one_error_line(capsys)
+    assert f"shared data folder {tmp_path / 'nowhere'} not found" in line and "ZIP_SHARED_DIR" in line
+
+
+def test_a_damaged_archive_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: tarfile's ReadError or EOFError from deep inside the reader, without the file's name."""
+    archive = tmp_path / "data" / "cifar10" / "cifar10-test.tar.gz"
+    archive.parent.mkdir(parents=True)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = np.random.default_rng(0).bytes(20000)
+        info = tarfile.TarInfo("test/cat/0.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive.write_bytes(buffer.getvalue()[:2000])  # cut short, as by an interrupted copy
+    monkeypatch.setattr(datasets, "SHARED_DIR", tmp_path)
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    with pytest.raises(datasets.DataError, match=f"cifar10/test: archive {archive} could not be read"):
+        datasets.load_dataset("cifar10", "test")
+
+
+def _synthetic(n: int) -> LabelledImages:
+    labels = np.arange(n, dtype=np.int64) % 2
+    images = np.where(labels == 1, 190, 60)[:, None, None, None].repeat(32, 1).repeat(32, 2).repeat(3, 3)
+    return LabelledImages(images.astype(np.uint8), labels, 2)
+
+
+def test_a_subset_larger_than_the_test_split_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: --subset 100 of a 24-image test split silently ran on 24 images, while the report's "subset" and the
+    purified cache's folder name (n100) said 100."""
+    monkeypatch.setattr(runner, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    config = runner.EvalConfig(dataset="synthetic", attacks=["none"], defenses=["none"], subset=100, epochs=1,
+                               cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", bootstrap=0)
+    with pytest.raises(runner.EvaluationError, match=r"--subset 100 is larger .* at most 24 .*--subset 24 or less"):
+        runner.evaluate_dataset(config, loader=lambda name, split: _synthetic(48 if split == "train" else 24))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_subset_larger_than_a_decoded_test_split_is_refused_before_any_work(
+        job: ModuleType, tmp_path: Path, shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the test split decoded once, its size is known before anything is loaded."""
+    datasets.CACHE_DIR.mkdir()
+    labels = np.repeat(np.arange(10), [30] * 9 + [25])
+    np.savez(datasets.CACHE_DIR / "cifar10-test.npz", images=np.zeros((len(labels), 1, 1, 3), np.uint8), labels=labels,
+             source=np.array(datasets._source_stamp("cifar10", "test")))
+    base = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "none", "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert _run(job, [*base, "--subset", "260"]) == 2
+    assert "at most 250 (10 classes x 25); give --subset 250 or less" in _one_error_line(capsys)
+    assert _run(job, [*base, "--subset", "250"]) == 0
+    assert [c.subset for c in job.started] == [250]
+
+
+def test_ctrl_c_says_how_to_resume(job: ModuleType, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a page of torch frames ending in KeyboardInterrupt."""
+
+    def interrupted(config: runner.EvalConfig, **_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "evaluate_dataset", interrupted)
+    cache = tmp_path / "cache"
+    assert _run(job, ["--datasets", "cifar10", *CHEAP, "--out", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"interrupted: rerun the same command to resume from the caches in {cache}" in err
+
+
+def test_help_says_time_caches_and_how_to_clear_them(job: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(job, ["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("Time on a 2-core CPU", "11-30 min", "ETA", "$ZIP_CACHE_DIR", "To clear", "<cache-dir>/purified",
+                   "resumes from its last finished epoch", "$ZIP_SHARED_DIR"):
+        assert needle in text, needle
+    assert job.parse_args([]).cache_dir == datasets.CACHE_DIR  # one variable moves every cache
