@@ -22,6 +22,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import signal
 import sys
 import threading
@@ -264,6 +265,21 @@ class _Interrupt(KeyboardInterrupt):
         self.signum = signum
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning)): ?(.*)$")
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line on what made a run fail. A failed batch comes back from Ray as RayTaskError(UserCodeException), whose
+    first line names only the actor ("ray::MapWorker(...).submit() (pid=..., ...)") and whose cause is Ray Data's
+    "UDF failed to process a data block"; the worker's own exception survives only in the remote traceback text,
+    innermost first, so its first exception line is the reason."""
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match[1]}: {match[2]}"[:300]
+    return describe(err)
+
+
 @contextlib.contextmanager
 def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -> Iterator[None]:
     """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
@@ -287,8 +303,9 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
         raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
                              "again to resume", signum) from None
     except Exception as err:
-        written = record("failed", {"error": describe(err)})
-        raise JobFailed(f"the run failed: {describe(err)}; {written}. Every file in {out} is whole: run the same "
+        reason = failure_reason(err)
+        written = record("failed", {"error": reason})
+        raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: run the same "
                         "command again to resume") from err
     finally:
         for signum, old in previous.items():

@@ -214,3 +214,18 @@ def test_ctrl_c_in_a_dry_run(capsys, monkeypatch) -> None:
     monkeypatch.setattr(cli, "plan_job", plan_job)
     assert main(["--dry-run"]) == 130
     assert _errors(capsys) == ["interrupted: the dry run stopped; nothing was written"]
+
+
+def test_a_failed_batch_is_reported_by_the_workers_own_exception() -> None:
+    from pipeline.job import failure_reason
+
+    # str() of the RayTaskError(UserCodeException) a failed purify batch raises in the driver (abridged)
+    remote = ("\x1b[36mray::MapWorker(MapBatches(PurifyStage)).submit()\x1b[39m (pid=8131, ip=192.0.2.2)\n"
+              '  File "/work/main/pipeline/stages.py", line 164, in _maybe_inject_fault\n'
+              "    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
+              "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/m'\n\n"
+              "The above exception was the direct cause of the following exception:\n\n"
+              "\x1b[36mray::MapWorker(MapBatches(PurifyStage)).submit()\x1b[39m (pid=8131, ip=192.0.2.2)\n"
+              "ray.exceptions.UserCodeException: UDF failed to process a data block.\n")
+    assert failure_reason(RuntimeError(remote)) == "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/m'"
+    assert failure_reason(RuntimeError("boom\nmore")) == "RuntimeError: boom"
