@@ -49,8 +49,8 @@ input: ..., pool: 4, progress: false for --no-progress, storage_options: {...}, 
 
 exit status:
   0    the run completed (the summary's status is complete), or a dry run found nothing that stops the run
-  1    the run started and failed (a batch failed past its retries, or counts that do not add up): OUTPUT holds only
-       whole files and _summary.json says "failed"; the same command resumes it
+  1    the run started and failed: a batch failed past its retries (_summary.json says "failed", with the reason) or
+       its counts do not add up ("inconsistent"); OUTPUT holds only whole files and the same command resumes it
   2    the run could not start: a bad option or --config file, a missing input, a refused checkpoint, an output made
        with other settings or already complete; nothing was purified
   130  interrupted (Ctrl-C; 143 for SIGTERM): _summary.json says "interrupted"; the same command resumes the run
