@@ -174,3 +174,14 @@ def test_help_says_time_caches_and_how_to_clear_them(job: ModuleType, capsys: py
                    "resumes from its last finished epoch", "$ZIP_SHARED_DIR"):
         assert needle in text, needle
     assert job.parse_args([]).cache_dir == datasets.CACHE_DIR  # one variable moves every cache
+
+
+def test_the_log_says_where_the_run_is_in_its_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: each image set had its own progress bar, but nothing said how many sets were still to come."""
+    config = runner.EvalConfig(dataset="synthetic", attacks=["badnet"], defenses=["none", "naive"], subset=4,
+                               epochs=1, threads=1, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                               examples=1, bootstrap=0, train_options={"depth": 8, "batch_size": 16})
+    runner.evaluate_dataset(config, loader=lambda name, split: _synthetic(48 if split == "train" else 24))
+    err = capsys.readouterr().err
+    assert [f"(image set {i} of 4)" in err for i in range(1, 6)] == [True] * 4 + [False]

@@ -763,8 +763,12 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
 
     clean_out = {}
     fidelity: dict[str, dict[str, float | None]] = {}
+    # Where a run is in its matrix: every defense on the clean subset and on each attack's triggered subset.
+    total_sets = len(defense_objs) * (1 + sum(a != CLEAN for a in attacks))
+    done_sets = 0
     for d, defense in defense_objs.items():
-        log(f"{config.dataset}: defense {d} on the clean subset")
+        done_sets += 1
+        log(f"{config.dataset}: defense {d} on the clean subset (image set {done_sets} of {total_sets})")
         clean_out[d] = purified(defense, clean_images, purified_dir, CLEAN)
         fidelity[d] = {
             "psnr": _score(metrics.psnr(clean_out[d], clean_images)) if d != "none" else None,
@@ -815,7 +819,9 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
                                    if attack else None),
             }
             if attack is not None:
-                log(f"{config.dataset}/{name}: defense {d} on {len(triggered)} triggered images")
+                done_sets += 1
+                log(f"{config.dataset}/{name}: defense {d} on {len(triggered)} triggered images "
+                    f"(image set {done_sets} of {total_sets})")
                 out = purified(defense, triggered, purified_dir, name)
                 poisoned_out[name][d] = out
                 preds = predict(model, out)
