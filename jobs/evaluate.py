@@ -35,7 +35,7 @@ status 2 and one error line). An --out folder holding a report of another config
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours on 2 CPU cores)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
-    python jobs/evaluate.py --datasets imagenette --device cuda --checkpoint 256x256_diffusion_uncond.pt
+    python jobs/evaluate.py --datasets imagenette --subset 500 --device cuda --checkpoint 256x256_diffusion_uncond.pt
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
     p.add_argument("--subset", type=int, default=1000,
                    help="size of the class-stratified test subset (rounded down to a multiple of the class count, "
-                        "e.g. 989 for GTSRB's 43 classes). Default: 1000")
+                        "e.g. 989 for GTSRB's 43 classes; at most the class count times the rarest class's test "
+                        "images: 10000 on CIFAR-10, 2580 on GTSRB, 890 on Imagenette's held-out quarter; a larger "
+                        "one is refused). Default: 1000")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of ShrinkPad's offsets. Default: 0")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ZIP's sampler (both zip variants): ddim, the paper's Algorithm 2, or ddpm, its Algorithm 1 "
