@@ -4,42 +4,140 @@ s3fs and botocore already retry throttling (SlowDown, 503) and dropped connectio
 this layer adds a bounded retry with exponential backoff and jitter around whole operations
 (read a file, write a file) for every fsspec backend, and tells permanent errors apart so a
 missing bucket or a denied access fails fast with a clear message.
+
+Errors are classified by what they are, not by words in their message: s3fs turns S3's answers into
+OSError/PermissionError/FileNotFoundError and keeps the botocore ClientError (its code and HTTP status)
+as the cause, so the cause decides; transport errors (botocore, aiohttp, sockets) by their class. A message
+can quote a path ('s3://b/timeout-500/x.png'), so a path never makes an error transient.
 """
 
 from __future__ import annotations
 
+import errno
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
 
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-TRANSIENT_MARKERS = ("slowdown", "slow down", "throttl", "reduce your request rate", "serviceunavailable",
-                     "service unavailable", "503", "500", "internalerror", "requesttimeout", "timed out", "timeout",
-                     "connection", "reset by peer", "broken pipe", "incompleteread", "temporarily")
+# Errors of the data or the code, never of storage, whatever their message says (a ValueError naming the file
+# 'timeout.png' was retried six times, relisting the whole input each time).
+NOT_STORAGE = (ValueError, TypeError, LookupError, AttributeError, ArithmeticError, AssertionError, NotImplementedError)
+
+# S3 error codes (and those of S3-compatible stores) that say "try again": throttling, server trouble, timeouts.
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequests", "TooManyRequestsException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "ProvisionedThroughputExceededException", "ServiceUnavailable", "InternalError",
+    "InternalFailure", "RequestTimeout", "RequestTimeoutException", "OperationAborted", "PriorRequestNotComplete",
+    "XAmzContentSHA256Mismatch",
+})
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# s3fs maps SlowDown/503 to EBUSY and InternalError/500 to EREMOTEIO; the rest are the OS's dropped connections.
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "ETIMEDOUT", "EPIPE", "EAGAIN",
+                                      "EBUSY", "EREMOTEIO", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN", "ENETRESET")
+    if hasattr(errno, name))
+# Transport errors of the HTTP stacks fsspec backends use, by (top-level module, class name anywhere in the MRO):
+# matched by name so that this module imports none of them. SSL errors are a certificate or setup problem.
+TRANSPORT_ERRORS = frozenset({
+    ("botocore", "HTTPClientError"), ("botocore", "ConnectionError"), ("botocore", "IncompleteReadError"),
+    ("botocore", "ResponseParserError"), ("aiohttp", "ClientConnectionError"), ("aiohttp", "ClientPayloadError"),
+    ("http", "IncompleteRead"), ("urllib3", "ProtocolError"), ("urllib3", "TimeoutError"),
+    ("requests", "ConnectionError"), ("requests", "Timeout"), ("ssl", "SSLEOFError"), ("ssl", "SSLZeroReturnError"),
+})
+NOT_TRANSPORT_ERRORS = frozenset({("botocore", "SSLError"), ("aiohttp", "ClientSSLError"), ("requests", "SSLError")})
+# Last resort for backends that give neither a status nor a typed error: phrases servers and sockets use, none of
+# them likely in a file name (unlike '500', 'timeout' or 'connection', which were matched before).
+TRANSIENT_PHRASES = ("slowdown", "slow down", "reduce your request rate", "throttl", "too many requests",
+                     "service unavailable", "serviceunavailable", "internal server error", "internalerror",
+                     "bad gateway", "gateway timeout", "temporarily unavailable", "please try again",
+                     "connection reset", "connection aborted", "connection was closed", "broken pipe", "timed out")
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """The error and what it was raised from (explicit cause, else the error being handled), outermost first."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen and len(seen) < 16:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+
+
+def _server_answer(err: BaseException) -> tuple[str, int | None] | None:
+    """(error code, HTTP status) of a storage service's answer carried by `err`, or None if it carries none."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(response["Error"].get("Code") or ""), status if isinstance(status, int) else None
+    for attr in ("status_code", "status", "code"):  # aiohttp, gcsfs, azure, urllib
+        value = getattr(err, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return "", value
+    return None
+
+
+def _answer_is_transient(code: str, status: int | None) -> bool:
+    if code in TRANSIENT_CODES:
+        return True
+    if code.isdigit():  # a HEAD request's error has no body: botocore gives the status as the code
+        status = int(code)
+    return status in TRANSIENT_STATUS
+
+
+def _type_verdict(err: BaseException) -> bool | None:
+    """Transient or not by the error's class (or errno); None when the class does not say."""
+    if isinstance(err, PERMANENT + NOT_STORAGE):
+        return False
+    names = {(cls.__module__.split(".")[0], cls.__name__) for cls in type(err).__mro__}
+    if names & NOT_TRANSPORT_ERRORS:
+        return False
+    if isinstance(err, ConnectionError | TimeoutError) or names & TRANSPORT_ERRORS:
+        return True
+    if isinstance(err, OSError) and isinstance(err.errno, int):
+        return err.errno in TRANSIENT_ERRNOS
+    return None
 
 
 def is_transient(err: BaseException) -> bool:
-    if isinstance(err, PERMANENT):
+    """Whether retrying the operation that raised `err` can succeed: throttling, 5xx, timeouts, dropped connections.
+
+    A missing file or bucket, a denied access, bad credentials, and any error of the data or the code are not."""
+    chain = list(_chain(err))
+    if isinstance(err, PERMANENT + NOT_STORAGE):
         return False
-    if isinstance(err, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(err).__name__} {err}".lower()
-    if any(s in text for s in ("accessdenied", "access denied", "nosuchbucket", "forbidden", "invalidaccesskeyid")):
-        return False
-    return any(s in text for s in TRANSIENT_MARKERS)
+    for e in chain:  # the service's own answer decides: s3fs's OSError(EIO) can stand for a 400 or a 502
+        answer = _server_answer(e)
+        if answer is not None:
+            return _answer_is_transient(*answer)
+    for e in chain:
+        verdict = _type_verdict(e)
+        if verdict is not None:
+            return verdict
+    return any(p in f"{type(e).__name__} {e}".lower() for e in chain for p in TRANSIENT_PHRASES)
 
 
-def backoff(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> None:
-    """Wait before retry number `attempt` + 1: base·2^attempt, capped, with jitter so retries do not align."""
-    time.sleep(min(max_delay, base_delay * 2**attempt) * (0.5 + random.random()))
+def backoff_delay(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> float:
+    """Seconds to wait before retry number `attempt` + 1: base·2^attempt with ±50 % jitter (so that workers
+    throttled together do not retry together), never more than max_delay."""
+    return min(max_delay, base_delay * 2 ** min(attempt, 32) * (0.5 + random.random()))
+
+
+def backoff(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> float:
+    """Sleep `backoff_delay(attempt)` seconds; return them."""
+    delay = backoff_delay(attempt, base_delay, max_delay)
+    time.sleep(delay)
+    return delay
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.2,
                  max_delay: float = 8.0) -> T:
-    """Call fn(); on a transient error wait base·2^i (with jitter, capped) and try again."""
+    """Call fn(); on a transient error wait (see `backoff_delay`) and try again, `attempts` times in all.
+    With the defaults the waits add up to at most 9.3 s. fn must be safe to repeat: it may have taken effect
+    before its error came back."""
     for attempt in range(attempts):
         try:
             return fn()
