@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.evaluation.metrics import psnr
 from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, read_unit, reject_record, storage_path
-from pipeline.storage import make_parent_dirs, with_retries
+from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
 Batch = dict[str, Any]
@@ -286,24 +286,29 @@ def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:
 
 
 def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> None:
-    """Write to a hidden temporary name, then move into place: readers never see half a file."""
+    """Write to a hidden temporary name, then move into place: readers never see half a file.
+
+    The temporary name starts with '.' (Arrow, pandas and Spark skip it in a folder; the job lists part-* files only)
+    and does not end in .parquet, so a '*.parquet' glob (fsspec's matches hidden names) skips a leftover one too: on an
+    object store that is a whole copy of a part file, whose rows it would count twice. Writing and moving are retried
+    apart (`move_into_place`), so a failed delete of the temporary copy does not upload the file again."""
     fs, path = storage_path(uri, storage_options)
     folder, name = posixpath.split(path)
-    tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{name}")
+    tmp = posixpath.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}.tmp")
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     data = buf.getvalue()
 
-    def once() -> None:
+    def put() -> None:
         make_parent_dirs(fs, folder)
         fs.pipe_file(tmp, data)
-        try:
-            fs.mv(tmp, path)
-        finally:
-            if fs.exists(tmp):
-                fs.rm(tmp)
 
-    with_retries(once, f"write {uri}")
+    try:
+        with_retries(put, f"write {uri}")
+        move_into_place(fs, tmp, path, len(data), f"write {uri}")
+    except Exception:
+        discard(fs, tmp)  # a failed write leaves no half-written temporary file behind where it can help it
+        raise
 
 
 def part_name(ids: list[str]) -> str:

@@ -14,10 +14,12 @@ can quote a path ('s3://b/timeout-500/x.png'), so a path never makes an error tr
 from __future__ import annotations
 
 import errno
+import posixpath
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -55,6 +57,8 @@ TRANSIENT_PHRASES = ("slowdown", "slow down", "reduce your request rate", "throt
                      "service unavailable", "serviceunavailable", "internal server error", "internalerror",
                      "bad gateway", "gateway timeout", "temporarily unavailable", "please try again",
                      "connection reset", "connection aborted", "connection was closed", "broken pipe", "timed out")
+
+TEMP_PREFIX = ".tmp-"
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
@@ -146,6 +150,87 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
                 raise
             backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
+
+
+def _has_rename(fs: Any) -> bool:
+    """Whether the file system moves a file by renaming it (local disks, HDFS) rather than by fsspec's generic
+    copy + delete, which also expands glob characters: an output prefix 'run[1]' matched no file on S3."""
+    from fsspec.spec import AbstractFileSystem
+
+    return type(fs).mv is not AbstractFileSystem.mv
+
+
+def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str) -> None:
+    """Move the whole file `tmp` (of `size` bytes) to `path`, each step retried on its own.
+
+    Where there is a rename, it is atomic; a retried rename whose first attempt had landed finds `tmp` gone and
+    `path` whole, and that is success. Object stores have no rename: `path` is a server-side copy of `tmp` (a
+    repeated copy gives the same object), then `tmp` is deleted. Once `path` is in place the write has succeeded:
+    a temporary file that cannot be deleted is left, with a warning, under its hidden name that readers skip."""
+    rename = _has_rename(fs)
+
+    def move() -> None:
+        try:
+            if rename:
+                fs.mv(tmp, path)
+            else:
+                fs.cp_file(tmp, path)
+        except FileNotFoundError:
+            if not fs.exists(tmp) and fs.exists(path) and fs.size(path) == size:
+                return
+            raise
+
+    with_retries(move, what)
+    if rename:
+        return
+    try:
+        with_retries(lambda: fs.rm_file(tmp), f"remove {tmp}")
+    except FileNotFoundError:
+        pass  # a retried delete whose first attempt had landed
+    except Exception as err:  # noqa: BLE001 - the file is in place; only a hidden copy is left behind
+        warnings.warn(f"{what}: done, but the temporary file {tmp} could not be removed ({describe(err)}); "
+                      "readers skip its hidden name", RuntimeWarning, stacklevel=2)
+
+
+def discard(fs: Any, path: str) -> None:
+    """Delete `path` if it can be deleted, once: cleaning up after a failure must not hide that failure."""
+    try:
+        fs.rm_file(path)
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0) -> int:
+    """Delete the temporary files (hidden names starting with TEMP_PREFIX) that writes left in `folder` more than
+    `older_than_s` seconds ago (a killed run, a delete that failed); younger ones may belong to a write still
+    running. Returns how many were deleted."""
+    try:
+        listing = with_retries(lambda: fs.ls(folder, detail=True, refresh=True), f"list {folder}")
+    except FileNotFoundError:
+        return 0
+    now, removed = time.time(), 0
+    for info in listing:
+        name = info["name"]
+        if info.get("type") != "file" or not posixpath.basename(name.rstrip("/")).startswith(TEMP_PREFIX):
+            continue
+        modified = _modified(info)
+        if modified is None or now - modified < older_than_s:
+            continue
+        try:
+            with_retries(lambda n=name: fs.rm_file(n), f"remove {name}")
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """A listing entry's modification time in seconds since the epoch (local: mtime; S3: LastModified)."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified", info.get("created"))))
+    if isinstance(value, int | float):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else None
 
 
 def make_parent_dirs(fs: object, folder: str) -> None:
