@@ -160,13 +160,14 @@ def _has_rename(fs: Any) -> bool:
     return type(fs).mv is not AbstractFileSystem.mv
 
 
-def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str) -> None:
+def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate_leftover: bool = True) -> None:
     """Move the whole file `tmp` (of `size` bytes) to `path`, each step retried on its own.
 
     Where there is a rename, it is atomic; a retried rename whose first attempt had landed finds `tmp` gone and
     `path` whole, and that is success. Object stores have no rename: `path` is a server-side copy of `tmp` (a
     repeated copy gives the same object), then `tmp` is deleted. Once `path` is in place the write has succeeded:
-    a temporary file that cannot be deleted is left, with a warning, under its hidden name that readers skip."""
+    a temporary file that cannot be deleted is left, with a warning, under its hidden name that readers skip; with
+    `tolerate_leftover=False` that raises instead (a check before any work that the output allows deletes)."""
     rename = _has_rename(fs)
 
     def move() -> None:
@@ -188,6 +189,8 @@ def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str) -> None:
     except FileNotFoundError:
         pass  # a retried delete whose first attempt had landed
     except Exception as err:  # noqa: BLE001 - the file is in place; only a hidden copy is left behind
+        if not tolerate_leftover:
+            raise
         warnings.warn(f"{what}: done, but the temporary file {tmp} could not be removed ({describe(err)}); "
                       "readers skip its hidden name", RuntimeWarning, stacklevel=2)
 

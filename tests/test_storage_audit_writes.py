@@ -96,6 +96,17 @@ def test_a_denied_delete_after_the_file_is_in_place_is_a_warning_not_a_failed_wr
     assert leftover.startswith(".tmp-")
 
 
+def test_a_denied_delete_raises_where_leftovers_are_not_tolerated(store) -> None:
+    """For a check before any work (the job's first file): a policy that refuses deletes must stop the job there."""
+    fs = fsspec.filesystem("faultystore")
+    fs.pipe_file("faultystore://bkt/out/._job.json.tmp", b"{}")
+    store.faults = {"rm_file": [("before", PermissionError(errno.EACCES, "Access Denied"))]}
+    with pytest.raises(PermissionError):
+        storage.move_into_place(fs, "faultystore://bkt/out/._job.json.tmp", "faultystore://bkt/out/_job.json", 2,
+                                "write _job.json", tolerate_leftover=False)
+    assert store.calls.count("rm_file") == 1  # permanent: not retried
+
+
 @pytest.mark.parametrize("step", ["pipe_file", "cp_file", "rm_file"])
 def test_a_step_that_landed_but_timed_out_is_repeated_harmlessly(store, step: str) -> None:
     """A retried write after a timeout whose first attempt landed: one part file with the rows once, no leftover."""
