@@ -218,7 +218,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _load_config_file(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            loaded = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            loaded = yaml.load(f, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects from the file
     except OSError as err:
         raise ConfigError(f"cannot read --config {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
@@ -288,12 +288,12 @@ def _text_hint(value: Any, accepted: tuple[type, ...]) -> str:
         return ""
     # PyYAML follows YAML 1.1: 1e-3 without a dot is text, as is anything quoted
     return ("; read as text: write it with a dot before the exponent (1.0e-3)" if "e" in value.lower() and
-            "." not in value and not value.startswith(("'", '"')) else "; read as text: write the number without quotes")
+            "." not in value else "; read as text: write the number without quotes")
 
 
 def _file_values(path: str) -> dict[str, Any]:
     """A --config file's options under JobConfig's names (dashes read as underscores), checked for unknown keys,
-    keys given twice under both spellings, and values of the wrong type."""
+    keys given twice under both spellings, and the types of the keys JobConfig.check never sees."""
     known = {f.name for f in fields(JobConfig)} | set(_SHORTHAND_TYPES)
     values: dict[str, Any] = {}
     for raw, value in _load_config_file(path).items():

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.job import JobConfig, plan_job
 from tests.jobutil import image_bytes, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # one real run of the job, in a subprocess: ~15 s of Ray
 
 
 def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> None:
