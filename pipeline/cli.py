@@ -73,12 +73,15 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
             hints = []
-            for arg in message.partition(":")[2].split():
+            words = message.partition(":")[2].split()
+            for before, arg in zip(["-"] + words, words, strict=False):
                 close = difflib.get_close_matches(arg.partition("=")[0], known, n=1, cutoff=0.6)
                 if arg.startswith("-") and close:
                     hints.append(f"{arg}: did you mean {close[0]}?")
+                elif not arg.startswith("-") and not before.startswith("--"):  # not the value of an unknown flag
+                    hints.append("the input and output are named: --input IN --output OUT")
             if hints:
-                message += " (" + "; ".join(hints) + ")"
+                message += " (" + "; ".join(dict.fromkeys(hints)) + ")"
         self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
 
 

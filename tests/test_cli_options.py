@@ -96,6 +96,7 @@ def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     assert exit_.value.code == 2
     err = _errors(capsys)
     assert len(err) <= 2 and "did you mean --steps?" in err[0] and "--help" in err[-1], err
+    assert "--input IN" not in err[0]  # 20 is the misspelt flag's value, not a positional input
 
 
 def test_incremental_and_overwrite_together_are_refused(capsys) -> None:
@@ -229,3 +230,10 @@ def test_a_failed_batch_is_reported_by_the_workers_own_exception() -> None:
               "ray.exceptions.UserCodeException: UDF failed to process a data block.\n")
     assert failure_reason(RuntimeError(remote)) == "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/m'"
     assert failure_reason(RuntimeError("boom\nmore")) == "RuntimeError: boom"
+
+
+def test_positional_input_and_output_are_pointed_at_their_flags(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["in/", "out/"])
+    err = _errors(capsys)
+    assert "unrecognized arguments: in/ out/ (the input and output are named: --input IN --output OUT)" in err[0], err
