@@ -1,8 +1,27 @@
 """Train the project's own unconditional diffusion prior (ε-prediction DDPM) on clean CIFAR-10 (or GTSRB).
 
-The model is saved in our guided-diffusion-compatible UNet layout, so the purifier loads it
-like any published checkpoint. Training is resumable: state goes to OUT/last.pt every few
-minutes and the time budget (--minutes) counts across resumes.
+What it trains: a 32 px UNet in our guided-diffusion-compatible layout (default: 32 channels, mults 1,2,2, 2 res
+blocks, attention at 16 px: 1.7M parameters, the shipped prior's shape), ε-MSE on DDPM timesteps 0..999, Adam with
+warm-up, gradient clipping at 1 and an EMA of the weights, which is what gets exported.
+Data: the clean training split of --data, read from the shared data folder ($ZIP_SHARED_DIR/data, else ../shared/data)
+and decoded once into $ZIP_CACHE_DIR (else ~/.cache/zip-purify).
+
+Files in --out:
+  last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
+  prior.pt           the EMA weights as a fp16 bundle (or where --export says), rewritten with every last.pt
+  train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
+The console shows the same line with the minutes left of the budget.
+
+Resume: run the same command again. It continues from OUT/last.pt (the same weights, optimiser and random streams),
+and --minutes is the total training time across resumes (startup and loading the data are not counted), so to
+train longer rerun with a larger --minutes. Ctrl-C or SIGTERM saves last.pt and the prior before it exits (exit
+status 130 / 143; a second Ctrl-C quits at once); after a hard kill at most --save-every-min minutes are lost. A
+last.pt made with another --data, --schedule, --max-timestep or other model flags is refused; --fresh starts over.
+Optimiser settings (--lr, --batch, --warmup-steps, --ema, --precision, --device) may change on resume (a note says so).
+
+Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
+(or Purifier.from_checkpoint("OUT/prior.pt")). The repository ships priors of at most 20 MB: fp16 stores two bytes
+per parameter, so up to about 64 channels at the default depth.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
     python jobs/train_prior.py --device cuda --precision bf16 --channels 64 --batch 256 --minutes 60 --out runs/prior-gpu
@@ -11,17 +30,25 @@ minutes and the time budget (--minutes) counts across resumes.
 
 --init-from starts from an exported prior's weights (its architecture; fresh optimiser), to train a shipped
 prior further or adapt it to another clean data set.
+
+Exit status: 0 trained (or the budget was already spent) and exported; 1 the loss diverged (not finite); 2 could not
+start (a bad option, missing data, a refused --init-from or last.pt, an --out in use by another run); 130 / 143
+interrupted by Ctrl-C / SIGTERM after saving.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +57,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle  # noqa: E402
-from pipeline.evaluation.datasets import load_dataset  # noqa: E402
+from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
 from pipeline.purifier import device_problem  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
@@ -43,28 +70,41 @@ TRAINING_SETS = {
 }
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default after its help (where it has a value to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--data", default="cifar10", choices=sorted(TRAINING_SETS),
-                   help="clean training set the prior learns (needs ../shared/data; default cifar10)")
-    p.add_argument("--out", default="runs/prior", help="run folder: last.pt (resume state), train_log.jsonl")
-    p.add_argument("--export", default=None, help="where to write the EMA weights as a fp16 bundle (default OUT/prior.pt)")
-    p.add_argument("--minutes", type=float, default=90.0, help="total training time budget, across resumes")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0: no limit)")
+                   help="clean training set the prior learns (its train split, from the shared data folder)")
+    p.add_argument("--out", default="runs/prior",
+                   help="run folder: last.pt (resume state), train_log.jsonl and, without --export, prior.pt")
+    p.add_argument("--export", default=None,
+                   help="where to write the EMA weights as a fp16 bundle (default: OUT/prior.pt)")
+    p.add_argument("--minutes", type=float, default=90.0,
+                   help="training time budget in minutes, total across resumes (0: export what last.pt or --init-from "
+                        "holds)")
+    p.add_argument("--max-steps", type=int, default=0, help="also stop after this many optimiser steps (0: no limit)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this 32 px ε-prediction prior (path or URI); its architecture replaces the "
                         "width and depth options below")
-    p.add_argument("--channels", type=int, default=32, help="UNet base width (num_channels)")
-    p.add_argument("--channel-mult", default="1,2,2")
-    p.add_argument("--res-blocks", type=int, default=2)
-    p.add_argument("--attention", default="16", help="attention resolutions in pixels, comma-separated")
-    p.add_argument("--head-channels", type=int, default=32)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--channels", type=int, default=32, help="UNet base width (num_channels); a multiple of 32")
+    p.add_argument("--channel-mult", default="1,2,2", help="width multiplier per resolution level (32, 16, 8 px, ...)")
+    p.add_argument("--res-blocks", type=int, default=2, help="residual blocks per level (num_res_blocks)")
+    p.add_argument("--attention", default="16", help="attention resolutions in pixels, comma-separated ('' for none)")
+    p.add_argument("--head-channels", type=int, default=32, help="channels per attention head")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
+    p.add_argument("--batch", type=int, default=64, help="images per optimiser step")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate after the warm-up")
+    p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (with the usual (1+n)/(10+n) warm-up)")
-    p.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
+    p.add_argument("--schedule", default="linear", choices=["linear", "cosine"], help="noise schedule (β_t)")
     p.add_argument("--max-timestep", type=int, default=None, metavar="T",
                    help="train only on timesteps 0..T (default: all of 0..999). A prior for late-start purification "
                         "(--start S) only ever sees t <= S*1000, so it can spend its capacity there; such a prior "
@@ -72,11 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=sorted(AUTOCAST),
                    help="bf16: the UNet's forward pass under bfloat16 autocast (a GPU's tensor cores; loss, optimiser "
-                        "and EMA stay fp32). Default fp32")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--save-every-min", type=float, default=5.0)
+                        "and EMA stay fp32)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as many as torch picks)")
+    p.add_argument("--save-every-min", type=float, default=5.0,
+                   help="write last.pt and the prior every this many minutes (and always at the end or on Ctrl-C)")
     p.add_argument("--log-every", type=int, default=25, help="log every N steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the image order and the noise")
     p.add_argument("--fresh", action="store_true",
                    help="ignore OUT/last.pt and start over. Any run that starts over keeps the previous train_log.jsonl "
                         "as train_log.jsonl.old (replacing an older one) and logs to a new train_log.jsonl")
@@ -117,12 +158,32 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {out} is a file, not a folder")
+    problem = unwritable_folder(out)
+    if problem:
+        p.error(f"--out {out}: {problem}")
     if args.export:
         export = Path(args.export)
         if export.is_dir():
             p.error(f"--export {export} is a folder; give the file to write, e.g. {export / 'prior.pt'}")
         if export.resolve() in {(out / "last.pt").resolve(), (out / LOG).resolve()}:
             p.error(f"--export {export} would overwrite the run's own {export.name}")
+        # Checked now: the first export comes with the first save, minutes into the run.
+        problem = unwritable_folder(export.parent)
+        if problem:
+            p.error(f"--export {export}: {problem}")
+
+
+def unwritable_folder(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (created as needed), or None. Creates nothing: bad options leave no
+    trace."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
 
 
 def architecture_problem(args: argparse.Namespace) -> str | None:
@@ -161,6 +222,7 @@ def architecture_problem(args: argparse.Namespace) -> str | None:
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 LOG = "train_log.jsonl"
+SHIP_MB = 20  # the largest prior the repository ships in pipeline/assets
 OBJECTIVE = "epsilon"  # the only objective this script trains: ε-prediction MSE
 STATE_KEYS = {"model", "ema", "opt", "step", "images_seen", "elapsed_s", "flags"}
 # What a resumed last.pt must agree on: these change what the model learns, so a run that mixed them would be neither
@@ -238,6 +300,88 @@ def save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous state intact
 
 
+# Optimiser settings a resume may change (see LEARNED); recorded so that a change is said, not silent. (--seed is not
+# one: a resumed run continues the saved random streams.)
+OPTIMISER = ("batch", "lr", "warmup_steps", "ema", "precision", "device")
+
+
+def note_optimiser_changes(last: Path, state: dict, args: argparse.Namespace) -> None:
+    """Print one note per optimiser setting this resume changes (a state from before they were recorded: none)."""
+    before = state.get("optimiser", {})
+    for name in OPTIMISER:
+        if name in before and before[name] != getattr(args, name):
+            print(f"note: resuming {last} with --{name.replace('_', '-')} {getattr(args, name)}; it was trained so "
+                  f"far with {before[name]}", file=sys.stderr, flush=True)
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """Drop the log lines a resume is about to redo: a hard kill loses the steps since the last save, and their lines
+    (and a line cut off mid-write) would otherwise sit before the redone ones, so the log ran backwards in steps."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line + "\n")
+    tmp = log_path.with_name(LOG + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log_path)
+
+
+@contextlib.contextmanager
+def lock_run_folder(out: Path) -> Iterator[None]:
+    """Hold OUT/.lock while training. Two runs into one folder would append to one log and replace each other's
+    last.pt through the same temporary file; the second one is refused instead."""
+    with open(out / ".lock", "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: run without the lock
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise SystemExit(f"error: another train_prior.py run is training into {out} (it holds {out / '.lock'}); "
+                             f"wait for it or stop it, or use another --out") from err
+        except OSError:  # a file system without locks
+            pass
+        yield  # closing the file releases the lock
+
+
+class StopRequest:
+    """Turns Ctrl-C and SIGTERM into a request the training loop honours after its current step, so the state it saves
+    is a whole step's. A second signal while stopping raises KeyboardInterrupt (the previous files stay whole: every
+    save is atomic)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving the state after this step (Ctrl-C again to quit without "
+              f"saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            for name in self.SIGNALS:
+                signum = getattr(signal, name)
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # every option is checked here, before anything is built or written
     if args.threads:
@@ -295,11 +439,15 @@ def main(argv: list[str] | None = None) -> int:
         if "order" in state:
             order, cursor = state["order"].cpu().numpy(), state["cursor"]
         print(f"resumed from {last}: step {step}, {images_seen} images, {elapsed / 60:.1f} min", flush=True)
+        note_optimiser_changes(last, state, args)
     elif args.minutes == 0 and initial is None:
         raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
                          f"export an untrained prior")
 
-    data = load_dataset(args.data, "train").images  # N x 32 x 32 x 3 uint8, clean
+    try:
+        data = load_dataset(args.data, "train").images  # N x 32 x 32 x 3 uint8, clean
+    except DataError as err:  # the message names the folder and the variable to set
+        raise SystemExit(f"error: --data {args.data}: {err}") from err
     described, use_flips = TRAINING_SETS[args.data]
     pixels = torch.from_numpy(data).to(device)  # the whole set lives on the device (150 MB for CIFAR-10): no per-step copy
     if order is not None and len(order) != len(data):  # not the data set this state's epoch was drawn from
@@ -320,8 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         return np.concatenate(parts)
     t_high = len(alpha_bars) if args.max_timestep is None else args.max_timestep + 1
     n_params = sum(p.numel() for p in model.parameters())
+    export_mb = n_params * 2 / 1e6  # fp16 weights; the bundle's flags and meta add a few kB
     print(f"training {n_params / 1e6:.2f}M-parameter prior on {len(data)} images, budget {args.minutes} min, "
-          f"{device}, {args.precision}", flush=True)
+          f"{device}, {args.precision}; export {export} about {export_mb:.1f} MB", flush=True)
+    if export_mb > SHIP_MB:
+        print(f"note: a {export_mb:.0f} MB prior works with --checkpoint but is over the {SHIP_MB} MB a prior shipped in "
+              f"pipeline/assets may take (fewer --channels or --res-blocks make it smaller)", file=sys.stderr, flush=True)
 
     def snapshot() -> None:
         streams = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
@@ -331,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "images_seen": images_seen, "elapsed_s": elapsed, "flags": config.to_flags(),
             **learned, "initialised_from": init_note, "rng": streams,
+            "optimiser": {name: getattr(args, name) for name in OPTIMISER},
             **({"order": torch.from_numpy(order), "cursor": cursor} if order is not None else {}),
         })
         save_bundle(export, ema, meta={
@@ -344,74 +497,111 @@ def main(argv: list[str] | None = None) -> int:
         })
 
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / LOG
-    if not resumed and log_path.exists():
-        # A run that starts over starts a new log; the old run's is kept (once) rather than mixed into it or lost.
-        os.replace(log_path, log_path.with_name(LOG + ".old"))
-        print(f"starting over: the previous {log_path} is now {LOG}.old", flush=True)
-    log = open(log_path, "a")
-    # The running loss stays on the device: reading it back every step would stall a GPU's queue.
-    loss_sum, loss_n = torch.zeros((), device=device), 0
-    t_start, t_window, last_save = time.time(), time.time(), time.time()
-    base_elapsed, images_window = elapsed, 0
-    model.train()
-    last_loss = None  # None: this run made no step
+    # Held to the end, so that a second run into this folder is refused (see lock_run_folder) and a signal saves the
+    # state (see StopRequest).
+    with lock_run_folder(out), StopRequest() as stop:
+        log_path = out / LOG
+        if resumed:
+            trim_log(log_path, step)
+        elif log_path.exists():
+            # A run that starts over starts a new log; the old run's is kept (once) rather than mixed into it or lost.
+            os.replace(log_path, log_path.with_name(LOG + ".old"))
+            print(f"starting over: the previous {log_path} is now {LOG}.old", flush=True)
+        log = open(log_path, "a")
+        # The running loss stays on the device: reading it back every step would stall a GPU's queue.
+        loss_sum, loss_n = torch.zeros((), device=device), 0
+        t_start, t_window, last_save = time.time(), time.time(), time.time()
+        base_elapsed, images_window = elapsed, 0
+        model.train()
+        last_loss = None  # None: this run made no step
 
-    def log_window() -> None:
-        nonlocal loss_sum, loss_n, images_window, t_window
-        mean_loss = loss_sum.item() / loss_n  # waits for the device, so the rate below is true
-        rate = images_window / (time.time() - t_window)
-        rec = {"step": step, "images": images_seen, "loss": mean_loss, "img_per_s": round(rate, 1),
-               "minutes": round(elapsed / 60, 2)}
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        left = args.minutes - elapsed / 60
-        print(f"step {step} loss {rec['loss']:.4f} {rate:.1f} img/s {elapsed / 60:.1f} min ({left:.1f} left)", flush=True)
-        loss_sum, loss_n, images_window, t_window = torch.zeros((), device=device), 0, 0, time.time()
-    while elapsed < args.minutes * 60 and (not args.max_steps or step < args.max_steps):
-        idx = next_indices()
-        x0 = pixels[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 127.5 - 1
-        if use_flips:
-            flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(device)
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, t_high, (args.batch,), device=device)
-        noise = torch.randn_like(x0)
-        ab = alpha_bars[t][:, None, None, None]
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            predicted = model(x_t, t)
-        loss = (predicted.float() - noise).pow(2).mean()
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        images_seen += args.batch
-        images_window += args.batch
-        loss_sum += loss.detach()
-        last_loss = loss  # kept as a tensor: read once at the end
-        loss_n += 1
-        elapsed = base_elapsed + time.time() - t_start
-        if step % args.log_every == 0:
+        def log_window() -> None:
+            nonlocal loss_sum, loss_n, images_window, t_window
+            mean_loss = loss_sum.item() / loss_n  # waits for the device, so the rate below is true
+            rate = images_window / (time.time() - t_window)
+            rec = {"step": step, "images": images_seen, "loss": mean_loss, "img_per_s": round(rate, 1),
+                   "minutes": round(elapsed / 60, 2)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            left = max(0.0, args.minutes - elapsed / 60)
+            if args.max_steps and rate > 0:  # whichever limit comes first ends the run
+                left = min(left, (args.max_steps - step) * args.batch / rate / 60)
+            print(f"step {step} loss {rec['loss']:.4f} {rate:.1f} img/s {elapsed / 60:.1f} min ({left:.1f} min left)",
+                  flush=True)
+            loss_sum, loss_n, images_window, t_window = torch.zeros((), device=device), 0, 0, time.time()
+        if resumed and (elapsed >= args.minutes * 60 or (args.max_steps and step >= args.max_steps)):
+            print(f"nothing to train: the budget ({args.minutes} min, --max-steps {args.max_steps}) is spent; rerun with a "
+                  f"larger --minutes or --max-steps to train longer", flush=True)
+        while (stop.signum is None and elapsed < args.minutes * 60
+               and (not args.max_steps or step < args.max_steps)):
+            idx = next_indices()
+            x0 = pixels[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 127.5 - 1
+            if use_flips:
+                flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(device)
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            t = torch.randint(0, t_high, (args.batch,), device=device)
+            noise = torch.randn_like(x0)
+            ab = alpha_bars[t][:, None, None, None]
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                predicted = model(x_t, t)
+            loss = (predicted.float() - noise).pow(2).mean()
+            for group in opt.param_groups:
+                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            decay = min(args.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+            step += 1
+            images_seen += args.batch
+            images_window += args.batch
+            loss_sum += loss.detach()
+            last_loss = loss  # kept as a tensor: read once at the end
+            loss_n += 1
+            elapsed = base_elapsed + time.time() - t_start
+            if step % args.log_every == 0:
+                log_window()
+            if time.time() - last_save > args.save_every_min * 60:
+                snapshot()
+                last_save = time.time()
+        if loss_n:  # the steps since the last line (a run rarely ends on a multiple of --log-every)
             log_window()
-        if time.time() - last_save > args.save_every_min * 60:
-            snapshot()
-            last_save = time.time()
-    if loss_n:  # the steps since the last line (a run rarely ends on a multiple of --log-every)
-        log_window()
-    snapshot()
+        snapshot()
+        log.close()
+    if stop.signum is not None:
+        print(f"interrupted at step {step} ({elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; rerun the "
+              f"same command to resume", file=sys.stderr, flush=True)
+        return 128 + stop.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     print(f"done: {step} steps, {images_seen} images, {elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
+    print(f"use it: python jobs/purify.py --checkpoint {export} --input ... --output ...", flush=True)
     if last_loss is not None and not math.isfinite(last_loss.item()):
         print("the loss is not finite: training diverged", file=sys.stderr, flush=True)
         return 1
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: main's exit status, with its refusals (a SystemExit carrying an "error: ..." line: missing
+    data, a refused --init-from or last.pt, an --out in use) as that one line and status 2, like argparse's own; Ctrl-C
+    outside the training loop (loading data, building the model) as one line and 130."""
+    try:
+        return main(argv)
+    except SystemExit as err:
+        if isinstance(err.code, str):
+            print(err.code, file=sys.stderr, flush=True)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        # Before training (reading the data, building the model) or a second Ctrl-C: every save is atomic, so the run
+        # folder holds the last save's whole files.
+        print("\ninterrupted: the run folder keeps its last save; rerun the same command to resume", file=sys.stderr,
+              flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())
