@@ -14,6 +14,13 @@ with the given steps, after a 2-step warm-up on a batch of the timed shape, and 
 evaluation of the whole sampling batch ("canvases per step"); on a CPU it runs as several forward passes of "canvases
 per forward". --per-canvas-seeds draws each canvas's noise from its own generators, as the job does. On CUDA the
 table also gives the peak GPU memory torch allocated.
+
+    python bench/purifier_bench.py --checkpoint pipeline/assets/cifar10_prior.pt --sizes 32 --images 256 --ab-plain 3
+
+--ab-plain N (CPU) times the model's CPU inference paths (pipeline.model._cpu_inference: in-place SiLUs and sums,
+attention a few canvases at a time) against the plain operations they replace, in one process, alternating which
+goes first for N rounds on the same canvases, and says whether the purified uint8 images are bit-identical. On a
+shared machine only such alternating in-process comparisons are worth much.
 """
 
 from __future__ import annotations
@@ -75,6 +82,46 @@ def bench(purifier: Purifier, n_images: int, repeats: int, per_canvas_seeds: boo
             "peak_gib": round(torch.cuda.max_memory_allocated(purifier.device) / 2**30, 2) if cuda else None}
 
 
+def ab_plain(purifier: Purifier, n_images: int, rounds: int, per_canvas_seeds: bool = False) -> None:
+    """Alternating A/B of the CPU inference paths (B) against the plain operations (A) on the same canvases."""
+    import pipeline.model as model_module
+    from pipeline.tiling import pack
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n_images)]
+    canvases = pack(images, purifier.plan([im.shape[:2] for im in images]))
+    seeds = list(range(len(canvases))) if per_canvas_seeds else None
+    fast = model_module._cpu_inference
+
+    def run(which: str) -> tuple[float, np.ndarray]:
+        model_module._cpu_inference = fast if which == "B" else (lambda x: False)
+        try:
+            t0 = time.perf_counter()
+            out = purifier.purify_canvases(canvases, seeds=seeds)
+            return time.perf_counter() - t0, out
+        finally:
+            model_module._cpu_inference = fast
+
+    settings, purifier.settings = purifier.settings, dataclasses.replace(purifier.settings, steps=1)
+    warm = canvases[: purifier.batch_size]
+    for which in "AB":  # warm-up, one step each
+        model_module._cpu_inference = fast if which == "B" else (lambda x: False)
+        purifier.purify_canvases(warm, seeds=seeds[: len(warm)] if seeds else None)
+    model_module._cpu_inference, purifier.settings = fast, settings
+    per_step = min(purifier.batch_size, len(canvases))
+    print(f"A: plain operations, B: CPU inference paths; {n_images} images, {purifier.settings.steps} steps, "
+          f"{per_step} canvases per step, {min(purifier.model_batch, per_step)} per forward, "
+          f"{torch.get_num_threads()} threads")
+    for r in range(rounds):
+        times, outs = {}, {}
+        for which in ("AB" if r % 2 == 0 else "BA"):
+            times[which], outs[which] = run(which)
+        differ = int((outs["A"] != outs["B"]).sum())
+        print(f"round {r + 1} ({'A first' if r % 2 == 0 else 'B first'}): A {n_images / times['A']:.2f} images/s, "
+              f"B {n_images / times['B']:.2f} images/s, B/A time {times['B'] / times['A']:.3f}; uint8 outputs "
+              f"{'bit-identical' if not differ else f'DIFFER in {differ} values'}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(TINY))
@@ -94,6 +141,9 @@ def main() -> int:
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="time this architecture with random weights instead of --checkpoint")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="CUDA only")
+    p.add_argument("--ab-plain", type=int, default=0, metavar="ROUNDS",
+                   help="instead of the table: A/B the model's CPU inference paths against the plain operations "
+                        "(CPU, first --sizes and --batch), alternating for this many rounds")
     args = p.parse_args()
     for name in ("steps", "images", "repeats"):
         if getattr(args, name) < 1:
@@ -110,7 +160,13 @@ def main() -> int:
         p.error(f"--sizes must be comma-separated canvas sizes such as 32,256, got {args.sizes!r}")
     if any(size < 32 or size % 32 for size in sizes):
         p.error(f"--sizes must be multiples of 32 (the images are 32x32), got {args.sizes!r}")
+    if args.ab_plain < 0:
+        p.error(f"--ab-plain must be 0 (off) or a number of rounds, got {args.ab_plain}")
+    if args.ab_plain and args.devices not in (None, "cpu"):
+        p.error("--ab-plain compares CPU code paths: use it with --devices cpu (or no --devices)")
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.ab_plain:
+        devices = ["cpu"]
     for device in devices:
         if device not in ("cpu", "cuda"):
             p.error(f"--devices: unknown device {device!r} (cpu or cuda)")
@@ -121,9 +177,10 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {model_name}, {args.precision}")
     noise = "one noise generator per canvas (as the job)" if args.per_canvas_seeds else "one noise generator per batch"
     print(f"{args.images} images of 32x32, {args.steps} steps, {noise}, timed {args.repeats}x after a warm-up")
-    print("| device | canvas | images/canvas | images/s | s per step | canvases per step | canvases per forward |"
-          " peak GPU GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    if not args.ab_plain:
+        print("| device | canvas | images/canvas | images/s | s per step | canvases per step | canvases per forward |"
+              " peak GPU GiB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for device in devices:
         model = None
         if args.preset:  # built once per device, on it (a 552M-parameter model initialises slowly on a CPU)
@@ -141,6 +198,9 @@ def main() -> int:
                                                         precision=precision)
                 if args.forward_batch:
                     purifier.model_batch = args.forward_batch
+                if args.ab_plain:
+                    ab_plain(purifier, args.images, args.ab_plain, args.per_canvas_seeds)
+                    return 0
                 r = bench(purifier, args.images, args.repeats, args.per_canvas_seeds)
                 per = (size // 32) ** 2
                 peak = "-" if r["peak_gib"] is None else r["peak_gib"]
