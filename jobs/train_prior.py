@@ -31,9 +31,9 @@ per parameter, so up to about 64 channels at the default depth.
 --init-from starts from an exported prior's weights (its architecture; fresh optimiser), to train a shipped
 prior further or adapt it to another clean data set.
 
-Exit status: 0 trained (or the budget was already spent) and exported; 1 the loss diverged (not finite); 2 could not
-start (a bad option, missing data, a refused --init-from or last.pt, an --out in use by another run); 130 / 143
-interrupted by Ctrl-C / SIGTERM after saving.
+Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
+keep the last good save); 2 could not start (a bad option, missing data, a refused --init-from or last.pt, an --out in
+use by another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
 """
 
 from __future__ import annotations
@@ -475,7 +475,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: a {export_mb:.0f} MB prior works with --checkpoint but is over the {SHIP_MB} MB a prior shipped in "
               f"pipeline/assets may take (fewer --channels or --res-blocks make it smaller)", file=sys.stderr, flush=True)
 
+    saved_step = step if resumed else None  # the step whose state last.pt holds
+
+    def weights_sound() -> bool:
+        """Whether the weights are still numbers the fp16 export can hold: a diverged step leaves NaN, inf or values
+        past 65504 in them, and saving those would replace the last good last.pt (and prior) with a useless one."""
+        limit = torch.finfo(torch.float16).max
+        return bool(torch.stack([p.detach().abs().max() <= limit for p in [*model.parameters(), *ema.parameters()]]).all())
+
     def snapshot() -> None:
+        nonlocal saved_step
+        saved_step = step
         streams = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
         if device.type == "cuda":
             streams["cuda"] = torch.cuda.get_rng_state(device)
@@ -513,11 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         t_start, t_window, last_save = time.time(), time.time(), time.time()
         base_elapsed, images_window = elapsed, 0
         model.train()
-        last_loss = None  # None: this run made no step
+        diverged = False  # a non-finite loss or weights seen: stop, and save nothing more
 
         def log_window() -> None:
-            nonlocal loss_sum, loss_n, images_window, t_window
+            nonlocal loss_sum, loss_n, images_window, t_window, diverged
             mean_loss = loss_sum.item() / loss_n  # waits for the device, so the rate below is true
+            diverged = diverged or not math.isfinite(mean_loss)
             rate = images_window / (time.time() - t_window)
             rec = {"step": step, "images": images_seen, "loss": mean_loss, "img_per_s": round(rate, 1),
                    "minutes": round(elapsed / 60, 2)}
@@ -532,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         if resumed and (elapsed >= args.minutes * 60 or (args.max_steps and step >= args.max_steps)):
             print(f"nothing to train: the budget ({args.minutes} min, --max-steps {args.max_steps}) is spent; rerun with a "
                   f"larger --minutes or --max-steps to train longer", flush=True)
-        while (stop.signum is None and elapsed < args.minutes * 60
+        while (stop.signum is None and not diverged and elapsed < args.minutes * 60
                and (not args.max_steps or step < args.max_steps)):
             idx = next_indices()
             x0 = pixels[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -560,27 +571,32 @@ def main(argv: list[str] | None = None) -> int:
             images_seen += args.batch
             images_window += args.batch
             loss_sum += loss.detach()
-            last_loss = loss  # kept as a tensor: read once at the end
             loss_n += 1
             elapsed = base_elapsed + time.time() - t_start
             if step % args.log_every == 0:
                 log_window()
             if time.time() - last_save > args.save_every_min * 60:
-                snapshot()
+                diverged = diverged or not weights_sound()
+                if not diverged:
+                    snapshot()
                 last_save = time.time()
         if loss_n:  # the steps since the last line (a run rarely ends on a multiple of --log-every)
             log_window()
-        snapshot()
+        diverged = diverged or not weights_sound()
+        if not diverged:
+            snapshot()
         log.close()
+    if diverged:
+        kept = "nothing was saved" if saved_step is None else f"{last} and {export} keep step {saved_step}"
+        print(f"error: training diverged by step {step} (a loss or weights not finite, or past fp16's range); {kept}. "
+              f"Rerun with a lower --lr to continue from the last save, or --fresh", file=sys.stderr, flush=True)
+        return 1
     if stop.signum is not None:
         print(f"interrupted at step {step} ({elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; rerun the "
               f"same command to resume", file=sys.stderr, flush=True)
         return 128 + stop.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     print(f"done: {step} steps, {images_seen} images, {elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
     print(f"use it: python jobs/purify.py --checkpoint {export} --input ... --output ...", flush=True)
-    if last_loss is not None and not math.isfinite(last_loss.item()):
-        print("the loss is not finite: training diverged", file=sys.stderr, flush=True)
-        return 1
     return 0
 
 

@@ -104,3 +104,17 @@ def test_resuming_with_another_learning_rate_or_batch_says_so(monkeypatch: pytes
     assert "with --batch 8; it was trained so far with 4" in err, err
     assert run_script(monkeypatch, "--max-steps", "3", *command, "--lr", "1e-4", "--batch", "8") == 0
     assert "note:" not in capsys.readouterr().err  # the same settings again: nothing to say
+
+
+def test_a_diverged_run_stops_and_keeps_the_last_good_save(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from pipeline.checkpoint import load_checkpoint
+
+    command = ["--out", str(tmp_path), *TINY, "--save-every-min", "0"]  # a save after every step
+    assert run_script(monkeypatch, "--max-steps", "2", *command) == 0
+    assert run_script(monkeypatch, "--max-steps", "40", *command, "--lr", "1e30") == 1  # NaN within a few steps
+    assert "training diverged" in capsys.readouterr().err
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert 2 <= state["step"] < 40  # it stopped at the first non-finite loss instead of training NaNs to the end
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(str(tmp_path / "prior.pt")).model.state_dict().values())
