@@ -374,7 +374,10 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
             for name in self.SIGNALS:
                 signum = getattr(signal, name)
-                self._previous[signum] = signal.signal(signum, self._handle)
+                # An ignored signal stays ignored: a shell starts background jobs (cmd &) with SIGINT ignored, so that
+                # the terminal's Ctrl-C does not stop them, and nohup-like launchers do the same for others.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

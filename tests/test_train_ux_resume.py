@@ -118,3 +118,15 @@ def test_a_diverged_run_stops_and_keeps_the_last_good_save(monkeypatch: pytest.M
     assert 2 <= state["step"] < 40  # it stopped at the first non-finite loss instead of training NaNs to the end
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert all(torch.isfinite(v).all() for v in load_checkpoint(str(tmp_path / "prior.pt")).model.state_dict().values())
+
+
+def test_an_ignored_signal_stays_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A background job (`python jobs/train_prior.py ... &` from a script) starts with SIGINT ignored by the shell.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        signal_at_step(monkeypatch, signal.SIGINT, at=2)
+        assert run_script(monkeypatch, "--max-steps", "3", "--out", str(tmp_path), *TINY) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert logged_steps(tmp_path) == [1, 2, 3]
