@@ -65,7 +65,7 @@ from pipeline.stages import (
     write_parquet_atomic,
     write_stage,
 )
-from pipeline.storage import describe, make_parent_dirs, with_retries
+from pipeline.storage import describe, make_parent_dirs, move_into_place, remove_stale_temporaries, with_retries
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
@@ -335,12 +335,14 @@ def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, An
     tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
     data = json.dumps(payload, indent=2, default=str).encode()
 
-    def once() -> None:
+    def put() -> None:
         make_parent_dirs(fs, posixpath.dirname(path))
         fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
 
-    with_retries(once, f"write {uri}")
+    with_retries(put, f"write {uri}")
+    # Not fs.mv: fsspec's generic move (s3fs) expands glob characters, so under an output like 'run[1]' it failed.
+    # A temporary copy that cannot be deleted stops the job here, before any work, rather than after it.
+    move_into_place(fs, tmp, path, len(data), f"write {uri}", tolerate_leftover=False)
 
 
 def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> list[str]:
@@ -429,7 +431,10 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> OutputRo
                 keep = [i not in dup for i in ids]
                 removed += len(ids) - sum(keep)
                 if not any(keep):
-                    with_retries(lambda p=path: fs.rm(p), f"remove {path}")
+                    try:  # rm_file, not rm: rm expands glob characters in the output's path
+                        with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
+                    except FileNotFoundError:
+                        pass  # already gone (a retried delete that had landed)
                     continue
                 write_parquet_atomic(_read_part(fs, path).filter(keep), with_protocol(fs, path), storage_options)
             if folder == DATA_DIR:
@@ -902,6 +907,11 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
     _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
+    # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
+    # ones, since a younger one may be another write still under way.
+    fs_out, out_path = _fs(out, so)
+    for folder in (DATA_DIR, REJECTS_DIR):
+        remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
 
     bar: Any = None
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0

@@ -123,9 +123,13 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
                          "(s3://..., a path) and its settings with --storage-option")
     fs, root = storage_path(uri, storage_options or {})
-    if not fs.exists(root):
+    try:
+        # Not fs.exists: s3fs answers False for a bucket on any error, so a revoked key or a throttled request read
+        # "does not exist"; info raises what went wrong (PermissionError, a transient OSError to retry).
+        fs.info(root)
+    except FileNotFoundError:
         glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
-        raise FileNotFoundError(f"input {uri} does not exist{glob}")
+        raise FileNotFoundError(f"input {uri} does not exist{glob}") from None
     if fs.isfile(root):
         listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
     else:

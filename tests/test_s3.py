@@ -156,3 +156,42 @@ def test_folder_markers_are_not_inputs(s3) -> None:
     assert [(r["kind"], r["id"]) for r in records[:-1]] == [("image", "sub/a b#c::d.png")]
     assert records[0]["data"] == image_bytes(8, 8, 0)
     assert discover("s3://zip-in/markers/empty", options) == []
+
+
+def test_an_output_prefix_with_glob_characters_is_written_on_s3(s3, tmp_path) -> None:
+    """fsspec's generic mv and rm (which s3fs uses) expand '[...]' as a pattern: every job whose output prefix held
+    one (a run named 'run[1]') stopped with 'cannot write to output ...: FileNotFoundError' before any work."""
+    fs, options = s3
+    for i in range(2):
+        fs.pipe(f"zip-in/glob/{i}.png", image_bytes(32, 32, i))
+    cfg = JobConfig(input="s3://zip-in/glob", output="s3://zip-out/run[1]", checkpoint=tiny_model_file(tmp_path),
+                    steps=2, pool=4, progress=False, storage_options=options)
+    assert run_job(cfg)["status"] == "complete"
+    data, rejects = read_output("s3://zip-out/run[1]", options)
+    assert sorted(data["id"]) == ["0.png", "1.png"] and rejects.empty
+    fs.invalidate_cache()
+    left = [p for p in fs.find("zip-out/run[1]") if p.rsplit("/", 1)[-1].startswith(".")]
+    assert left == [], f"temporary files left behind: {left}"
+
+
+def test_a_bucket_that_cannot_be_read_is_not_called_missing(monkeypatch) -> None:
+    """discover asked fs.exists, which s3fs answers False for a bucket on any error: a revoked key read 'input
+    s3://bucket does not exist', sending the user to look for a bucket that is there."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from pipeline import sources
+
+    class Denied(MemoryFileSystem):
+        def exists(self, path, **kwargs):  # as s3fs does for a bucket: any error reads as absent
+            return False
+
+        def info(self, path, **kwargs):
+            raise PermissionError("Forbidden: InvalidAccessKeyId")
+
+    monkeypatch.setattr(sources, "storage_path", lambda uri, options: (Denied(), "bucket"))
+    with pytest.raises(PermissionError, match="InvalidAccessKeyId"):
+        sources.discover("s3://bucket")
+    monkeypatch.setattr(sources, "storage_path", lambda uri, options: (fsspec.filesystem("memory"), "/no-such"))
+    with pytest.raises(FileNotFoundError, match="input s3://bucket does not exist"):
+        sources.discover("s3://bucket")
