@@ -94,7 +94,8 @@ def _json(text: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES,
+    # allow_abbrev=False: a scheduled command that says --over would change meaning the day a flag --over... is added
+    p = _Parser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = JobConfig()
     io = p.add_argument_group("input and output")

@@ -603,6 +603,23 @@ def init_local_ray(num_cpus: int | None = None) -> None:
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
 
 
+def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why nothing could be reached at a 'host:port' or 'ray://host:port' Ray address, or None (reachable, or a form
+    such as 'auto' that Ray resolves itself). ray.init retries an address nobody answers for minutes, silently."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    if not match:
+        return None
+    import socket
+
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return (f"nothing answers at {host}:{port} ({describe(err)}); is the Ray cluster up, and is this its head's "
+                "address (ray status prints it)?")
+
+
 def _init_ray(config: JobConfig) -> None:
     import ray
 
@@ -610,6 +627,9 @@ def _init_ray(config: JobConfig) -> None:
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
+        problem = unreachable_ray_address(address)
+        if problem:
+            raise JobError(f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}: {problem}")
         ray.init(address=address, log_to_driver=True)
     else:
         init_local_ray()

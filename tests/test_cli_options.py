@@ -99,6 +99,34 @@ def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     assert "--input IN" not in err[0]  # 20 is the misspelt flag's value, not a positional input
 
 
+def test_an_abbreviated_flag_is_refused_not_guessed(capsys) -> None:
+    """argparse took --over for --overwrite: a scheduled command's meaning would change the day a second flag
+    starting --over were added."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--over", "--dry-run"])
+    assert exit_.value.code == 2 and "--over" in _errors(capsys)[0]
+
+
+def test_a_ray_address_nobody_answers_stops_at_once_with_the_address(tmp_path, capsys, monkeypatch) -> None:
+    """ray.init retried an address nobody answered for minutes, printing nothing a user could act on."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh CLI process, whatever the suite started
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--ray-address",
+                 f"127.0.0.1:{port}", "--no-progress"])
+    assert code == 2
+    assert f"--ray-address 127.0.0.1:{port}: nothing answers" in _errors(capsys)[0]
+    assert not (tmp_path / "out").exists()  # stopped before the output was started
+
+
 def test_incremental_and_overwrite_together_are_refused(capsys) -> None:
     assert main(["--incremental", "--overwrite", "--dry-run"]) == 2
     assert "contradict each other" in _errors(capsys)[0]
