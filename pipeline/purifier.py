@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -117,6 +118,14 @@ class ZipSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # numpy's integers (from a grid, an array of seeds) are integers to a user, and plain ints keep to_dict JSON.
+        for name in ("steps", "pool", "resample", "seed"):
+            if isinstance(getattr(self, name), np.integer):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("eta", "lam", "start"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
         if not is_whole_number(self.steps) or not 1 <= self.steps <= 1000:
@@ -156,16 +165,66 @@ class ZipSettings:
         return asdict(self)
 
 
+ACCEPTED_IMAGES = "uint8 numpy arrays H x W x 3 (RGB) or PIL images in mode RGB"
+
+
+def _dtype_hint(dtype: np.dtype) -> str:
+    """How to make a uint8 image of another dtype: the scale of floats, bools and wider ints is the caller's to say."""
+    if np.issubdtype(dtype, np.floating):
+        return ("float pixels could be in [0, 1] or [0, 255]; convert them first, e.g. "
+                "(image * 255).round().astype(np.uint8) for [0, 1] or image.round().astype(np.uint8) for [0, 255]")
+    if dtype == np.bool_:
+        return "convert a mask first, e.g. image.astype(np.uint8) * 255"
+    if dtype == np.uint16:
+        return "scale it to 0-255 and convert it first, e.g. (image >> 8).astype(np.uint8)"
+    return "scale it to 0-255 and convert it to uint8 first"
+
+
+def _shape_hint(shape: tuple[int, ...]) -> str:
+    """How to make an H x W x 3 image of another shape; guessing instead would purify the wrong pixels."""
+    if len(shape) == 2:
+        return ": grayscale? repeat it to 3 channels first, e.g. np.dstack([image] * 3)"
+    if len(shape) == 3 and shape[2] == 1:
+        return ": grayscale? repeat it to 3 channels first, e.g. np.repeat(image, 3, axis=2)"
+    if len(shape) == 3 and shape[2] == 4:
+        return ": 4 channels (RGBA?); the alpha channel is not a colour: drop or composite it first, e.g. image[..., :3]"
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
+        return ": it looks channels-first (C x H x W); pass image.transpose(1, 2, 0)"
+    return ""
+
+
 def _validate_image(i: int, image: Any) -> np.ndarray:
+    """One input image as uint8 H x W x 3, unchanged; a clear error saying how to convert any other form rather than
+    a guess at its meaning (the scale of floats, channels-first, alpha, gray)."""
+    if isinstance(image, torch.Tensor):
+        raise TypeError(f"image {i}: a torch tensor; pass {ACCEPTED_IMAGES}, e.g. "
+                        "tensor.permute(1, 2, 0).cpu().numpy() for a C x H x W uint8 tensor")
+    if type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
+        if image.mode != "RGB":
+            alpha = " (its alpha channel is not a colour: composite it onto a background)" if "A" in image.mode else ""
+            raise ValueError(f"image {i}: a PIL image in mode {image.mode}{alpha}; accepted: mode RGB; "
+                             "convert it first, e.g. image.convert('RGB')")
+        image = np.asarray(image)
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"image {i}: expected a numpy array, got {type(image).__name__}")
+        raise TypeError(f"image {i}: expected {ACCEPTED_IMAGES}, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise TypeError(f"image {i}: expected dtype uint8 (0-255), got {image.dtype}")
+        raise TypeError(f"image {i}: expected dtype uint8 (0-255), got {image.dtype}: {_dtype_hint(image.dtype)}")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB), got {image.shape}")
+        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB), got {image.shape}{_shape_hint(image.shape)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image {i}: empty image of shape {image.shape}")
     return image
+
+
+def _validate_seed(seed: Any) -> int | None:
+    """A call's seed: None (the settings' seed) or an integer, numpy's included; torch's own errors name neither."""
+    if seed is None:
+        return None
+    if isinstance(seed, np.integer):
+        return int(seed)
+    if not is_whole_number(seed):
+        raise TypeError(f"seed must be an integer (or None for the settings' seed), got {seed!r}")
+    return seed
 
 
 def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None:
@@ -334,12 +393,26 @@ class Purifier:
         return out
 
     def __call__(
-        self, images: Sequence[np.ndarray] | np.ndarray, seed: int | None = None, progress: bool = False
+        self, images: Iterable[Any] | np.ndarray, seed: int | None = None, progress: bool = False
     ) -> list[np.ndarray]:
-        """Purify RGB uint8 images of any sizes; returns a list of the same length, sizes and order."""
+        """Purify images of any sizes; returns a list of uint8 H x W x 3 arrays of the same length, sizes and order.
+
+        `images`: a list (or any iterable) of uint8 H x W x 3 arrays or PIL images in mode RGB, or an
+        N x H x W x 3 uint8 array. Any other form (floats, other dtypes, grayscale, channels-first, alpha) is
+        refused with an error saying how to convert it: its meaning would be a guess.
+
+        `seed` (default: the settings' seed) makes the call reproducible: the same images in the same order with
+        the same seed and settings give bit-identical results on the same device. An image's result also depends
+        on the other images of the call (small images share canvases and noise draws), not only on its own pixels.
+        """
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise ValueError(f"expected a list of H x W x 3 images or an N x H x W x 3 array, got an array of shape "
                              f"{images.shape}; for one image, pass [image]")
+        if isinstance(images, str | bytes | torch.Tensor | dict) or not isinstance(images, Iterable):
+            one = " (for one image, pass [image])" if isinstance(images, torch.Tensor) or hasattr(images, "mode") else ""
+            raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 array, got "
+                            f"{type(images).__name__}{one}; accepted images: {ACCEPTED_IMAGES}")
+        seed = _validate_seed(seed)
         checked = [_validate_image(i, im) for i, im in enumerate(images)]
         if not checked:
             return []
