@@ -285,11 +285,11 @@ def _train(
 
     bar = None
     if progress and first_epoch < epochs:
-        from tqdm.auto import tqdm
+        from pipeline.purifier import progress_bar
 
-        # A log file, not a terminal, gets an update every 30 s instead of ten a second.
-        bar = tqdm(total=total_steps, initial=first_epoch * steps_per_epoch, desc="training classifier", unit="batch",
-                   file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        # tqdm's bar on a terminal; a log file gets a plain line a minute instead of one \r-joined line.
+        bar = progress_bar(total_steps, "training classifier", "batch", sys.stderr, first_epoch * steps_per_epoch,
+                           mininterval=0.5)
     epoch_seconds: list[float] = []
     for epoch in range(first_epoch, epochs):
         model.train()
