@@ -55,8 +55,10 @@ def _write(tmp_path: Path, text: str | bytes) -> str:
     ("steeps: 20\n", "unknown option 'steeps'; did you mean steps?"),
     ("no_progress: true\n", "unknown option 'no_progress'; write progress: false"),
     ('steps: "20"\n', "--steps: steps must be an integer in [1, 1000], got '20' (set in --config"),
-    ('eta: "1"\n', "eta must be a number, got '1' (read as text: write the number without quotes)"),
-    ("lam: 1e-3\n", "lam must be a number, got '1e-3' (read as text: write it with a dot before the exponent"),
+    ('eta: "1"\n', "--eta: eta must be a number, got '1' (set in --config"),
+    ('eta: "1"\n', ": eta; read as text: write the number without quotes)"),
+    ("lam: 1e-3\n", "--lam: lam must be a number, got '1e-3' (set in --config"),
+    ("lam: 1e-3\n", ": lam; read as text: write it with a dot before the exponent (1.0e-3))"),
     ("pool: 4.0\n", "--pool: pool factor must be a positive integer, got 4.0 (set in --config"),
     ('overwrite: "yes"\n', "--overwrite must be true or false, got 'yes' (set in --config"),
     ('anon: "no"\n', "anon must be true or false, got 'no'"),  # was read as true: anonymous access
