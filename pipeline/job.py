@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.presets import ASSETS, shipped_prior_path
+from pipeline.progress import progress_bar
 from pipeline.purifier import (
     PRECISIONS,
     ZipSettings,
@@ -858,46 +859,6 @@ def _output_inside_input(input_uri: str, output_uri: str,
     return lambda path: any(_is_under(normal(path), folder) for folder in written)
 
 
-class LogProgress:
-    """Progress for a log: a line every `every` seconds and one at the end. tqdm's bar redraws itself with carriage
-    returns, which a log file (ray job logs, a scheduler's, `2> file`) keeps as one ever-growing line with Ray's own
-    log lines run into it."""
-
-    def __init__(self, total: int | None, stream: Any, every: float = 60.0) -> None:
-        self.total, self.stream, self.every = total, stream, every
-        self.n = self.rejected = 0
-        self.started = self.last = time.time()
-        self.closed = False
-
-    def update(self, n: int) -> None:
-        self.n += n
-        if time.time() - self.last >= self.every:
-            self._line()
-
-    def set_postfix(self, rejected: int) -> None:
-        self.rejected = rejected
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._line()
-
-    def _line(self) -> None:
-        self.last = time.time()
-        of = f" of {self.total}" if self.total is not None else ""
-        print(f"progress: {self.n}{of} images done ({self.rejected} rejected) in {self.last - self.started:.0f} s",
-              file=self.stream, flush=True)
-
-
-def progress_display(total: int | None, stream: Any) -> Any:
-    """tqdm's bar on a terminal, a line a minute (LogProgress) otherwise."""
-    if stream.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="purified", unit="img", file=stream)
-    return LogProgress(total, stream)
-
-
 def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int) -> str:
     """"complete" when every input this run read was counted as purified or rejected, and the output's files hold
     exactly those rows on top of the ones they held before; else "inconsistent" (something was lost or doubled)."""
@@ -1006,7 +967,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         if config.progress:
             total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
                 u.kind == "files" for u in plan.units) else None
-            bar = progress_display(total, sys.stderr)
+            bar = progress_bar(total, "purified", "img", sys.stderr)
         for row in ds.iter_rows():
             psnr_sum += float(row["psnr_sum"])
             psnr_count += int(row["psnr_count"])

@@ -14,8 +14,6 @@ import contextlib
 import math
 import numbers
 import re
-import sys
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -27,6 +25,7 @@ import torch
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint
 from pipeline.model import UNetModel
 from pipeline.operators import make_operators
+from pipeline.progress import progress_bar
 from pipeline.sampler import SAMPLERS, Guidance, Noise, run_timesteps
 from pipeline.schedule import SCHEDULES, NoiseSchedule
 from pipeline.tiling import LARGE_IMAGE_POLICIES, MosaicLayout, pack, plan_layout, unpack
@@ -434,61 +433,6 @@ class Purifier:
         if bar is not None:
             bar.close()
         return unpack(purified, layout)
-
-
-class LogProgress:
-    """Progress for a log: a plain line at most every `every` seconds and one at the end, with counts, rate and
-    ETA. tqdm's bar redraws itself with carriage returns, which a log file (`2> log`, a scheduler's, Ray's) keeps
-    as one ever-growing line."""
-
-    def __init__(self, total: int | None, desc: str, unit: str, stream: Any, initial: int = 0,
-                 every: float = 60.0) -> None:
-        self.total, self.desc, self.unit, self.stream, self.every = total, desc, unit, stream, every
-        self.n = self.initial = initial
-        self.started = self.last = time.monotonic()
-        self.closed = False
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if time.monotonic() - self.last >= self.every:
-            self._line()
-
-    def write(self, line: str, file: Any = None) -> None:
-        """A message of its own (tqdm's bar.write): in a log it is just a line."""
-        print(line, file=file or self.stream, flush=True)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._line()
-
-    def _line(self) -> None:
-        self.last = time.monotonic()
-        elapsed = self.last - self.started
-        done = self.n - self.initial  # the rate counts only this run's work, not a resumed run's earlier part
-        text = f"{self.desc}: {self.n}"
-        if self.total is not None:
-            text += f"/{self.total} ({100.0 * self.n / max(self.total, 1):.0f} %)"
-        text += f" in {elapsed:.0f} s"
-        if done > 0 and elapsed > 0:
-            text += f", {done / elapsed:.3g} {self.unit}/s"
-            if self.total is not None and self.n < self.total:
-                text += f", ETA {(self.total - self.n) * elapsed / done:.0f} s"
-        print(text, file=self.stream, flush=True)
-
-
-def progress_bar(
-    total: int | None, desc: str, unit: str, stream: Any = None, initial: int = 0, mininterval: float = 0.1
-) -> Any:
-    """tqdm's bar on a terminal; in a log (not a terminal) a plain line a minute and one at the end (LogProgress).
-    Either has update(n), write(line, file=...) and close()."""
-    stream = sys.stderr if stream is None else stream
-    isatty = getattr(stream, "isatty", None)
-    if isatty is not None and isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, mininterval=mininterval)
-    return LogProgress(total, desc, unit, stream, initial)
 
 
 # Pixels per UNet forward pass on a CPU. Larger passes fall out of cache and run slower per image: with 2 cores,

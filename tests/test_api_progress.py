@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from pipeline import Purifier, ZipSettings
-from pipeline import purifier as purifier_module
+from pipeline import progress as progress_module
 from pipeline.evaluation.classifier import train_classifier
 from pipeline.model import UNetConfig, build_unet
-from pipeline.purifier import LogProgress, progress_bar
+from pipeline.progress import LogProgress, progress_bar
 
 
 class Clock:
@@ -31,7 +31,7 @@ class Terminal(io.StringIO):
 
 def test_log_lines_at_most_a_minute_apart_and_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(purifier_module.time, "monotonic", clock)
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
     log = io.StringIO()
     bar = progress_bar(100, "purifying", "step", log)
     assert isinstance(bar, LogProgress)
@@ -53,7 +53,7 @@ def test_log_lines_at_most_a_minute_apart_and_at_the_end(monkeypatch: pytest.Mon
 
 def test_resumed_count_rate_excludes_the_earlier_part(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(purifier_module.time, "monotonic", clock)
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
     log = io.StringIO()
     bar = progress_bar(40, "training classifier", "batch", log, initial=20)
     clock.now += 10

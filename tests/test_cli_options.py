@@ -202,10 +202,10 @@ def test_a_stopped_run_is_recorded_and_the_signal_handlers_put_back() -> None:
 def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     import io
 
-    from pipeline.job import LogProgress, progress_display
+    from pipeline.progress import LogProgress, progress_bar
 
     log = io.StringIO()  # not a terminal: ray job logs, a scheduler's log, `2> file`
-    bar = progress_display(10, log)
+    bar = progress_bar(10, "purified", "img", log)  # as the job's driver makes it
     assert isinstance(bar, LogProgress)
     bar.every = 0
     bar.update(4)
@@ -215,7 +215,7 @@ def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     bar.close()
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and len(lines) == 3, lines
-    assert lines[-1].startswith("progress: 10 of 10 images done (1 rejected) in ")
+    assert lines[-1].startswith("purified: 10/10 (100 %) in ") and lines[-1].endswith(", rejected 1"), lines
 
 
 def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch) -> None:

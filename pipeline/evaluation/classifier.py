@@ -285,7 +285,7 @@ def _train(
 
     bar = None
     if progress and first_epoch < epochs:
-        from pipeline.purifier import progress_bar
+        from pipeline.progress import progress_bar
 
         # tqdm's bar on a terminal; a log file gets a plain line a minute instead of one \r-joined line.
         bar = progress_bar(total_steps, "training classifier", "batch", sys.stderr, first_epoch * steps_per_epoch,
