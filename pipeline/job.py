@@ -813,19 +813,29 @@ def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
-    """Why the input cannot be read from where it is, or None: an input inside the output's data/ or rejects/ would
-    read the job's own part files back as input."""
+def _same_storage_paths(input_uri: str, output_uri: str,
+                        storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str, str] | None:
+    """(normalise, input path, output path) when both are on the same kind of storage, else None (they cannot
+    nest). normalise resolves local paths (symlinks, ..) and strips a remote one's protocol and trailing slash."""
     in_fs, in_path = _fs(input_uri, storage_options)
     out_fs, out_path = _fs(output_uri, storage_options)
     if type(in_fs) is not type(out_fs):
         return None
     local = isinstance(in_fs, fsspec.implementations.local.LocalFileSystem)
 
-    def normal(path: str) -> str:  # local paths resolved (symlinks, ..), remote ones without their protocol
+    def normal(path: str) -> str:
         return os.path.realpath(in_fs._strip_protocol(path)) if local else in_fs._strip_protocol(path).rstrip("/")
 
-    in_path, out_path = normal(in_path), normal(out_path)
+    return normal, normal(in_path), normal(out_path)
+
+
+def _input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
+    """Why the input cannot be read from where it is, or None: an input inside the output's data/ or rejects/ would
+    read the job's own part files back as input."""
+    same = _same_storage_paths(input_uri, output_uri, storage_options)
+    if same is None:
+        return None
+    _, in_path, out_path = same
     for folder in (DATA_DIR, REJECTS_DIR):
         if _is_under(in_path, posixpath.join(out_path, folder)):
             return (f"--input {input_uri} lies inside the {folder}/ folder the job writes under --output {output_uri}; "
@@ -843,16 +853,10 @@ def _output_inside_input(input_uri: str, output_uri: str,
                          storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
     """When the output lies inside (or is) the input folder: a test of whether a listed input path is one of the
     output's own data/ or rejects/ files, which are not input."""
-    in_fs, in_path = _fs(input_uri, storage_options)
-    out_fs, out_path = _fs(output_uri, storage_options)
-    if type(in_fs) is not type(out_fs):
+    same = _same_storage_paths(input_uri, output_uri, storage_options)
+    if same is None:
         return None
-    local = isinstance(in_fs, fsspec.implementations.local.LocalFileSystem)
-
-    def normal(path: str) -> str:  # local paths resolved (symlinks, ..), remote ones without their protocol
-        return os.path.realpath(in_fs._strip_protocol(path)) if local else in_fs._strip_protocol(path).rstrip("/")
-
-    in_path, out_path = normal(in_path), normal(out_path)
+    normal, in_path, out_path = same
     if not _is_under(out_path, in_path):
         return None
     written = [posixpath.join(out_path, DATA_DIR), posixpath.join(out_path, REJECTS_DIR)]
