@@ -294,7 +294,10 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
 
     previous = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        # An ignored signal stays ignored: a shell starts background jobs (cmd &) with SIGINT ignored, so that the
+        # terminal's Ctrl-C is not theirs.
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     except KeyboardInterrupt as err:

@@ -19,6 +19,7 @@ class LogProgress:
         self.started = self.last = time.monotonic()
         self.closed = False
         self.postfix: dict[str, Any] = {}
+        self.printed: tuple[int, dict[str, Any]] | None = None  # what the last line said
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -36,7 +37,8 @@ class LogProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._line()
+            if self.printed != (self.n, self.postfix):  # the minute's line may have just said it all
+                self._line()
 
     def _line(self) -> None:
         self.last = time.monotonic()
@@ -52,6 +54,7 @@ class LogProgress:
                 text += f", ETA {(self.total - self.n) * elapsed / done:.0f} s"
         text += "".join(f", {key} {value}" for key, value in self.postfix.items())
         print(text, file=self.stream, flush=True)
+        self.printed = (self.n, dict(self.postfix))
 
 
 def progress_bar(

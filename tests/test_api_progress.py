@@ -96,3 +96,15 @@ def test_classifier_progress_in_a_log_is_plain_lines(capsys) -> None:
     lines = err.splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2", "training classifier"]
     assert lines[-1].startswith("training classifier: 4/4 (100 %)")
+
+
+def test_the_last_line_is_not_printed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The minute's line could fall on the last update, and close() printed the same line again."""
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
+    log = io.StringIO()
+    bar = progress_bar(10, "purified", "img", log)
+    clock.now += 61
+    bar.update(10)
+    bar.close()
+    assert log.getvalue().splitlines() == ["purified: 10/10 (100 %) in 61 s, 0.164 img/s"]

@@ -214,7 +214,7 @@ def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     bar.close()
     bar.close()
     lines = log.getvalue().splitlines()
-    assert "\r" not in log.getvalue() and len(lines) == 3, lines
+    assert "\r" not in log.getvalue() and len(lines) == 2, lines  # close() adds nothing the last line did not say
     assert lines[-1].startswith("purified: 10/10 (100 %) in ") and lines[-1].endswith(", rejected 1"), lines
 
 
@@ -267,3 +267,16 @@ def test_positional_input_and_output_are_pointed_at_their_flags(capsys) -> None:
         main(["in/", "out/"])
     err = _errors(capsys)
     assert "unrecognized arguments: in/ out/ (the input and output are named: --input IN --output OUT)" in err[0], err
+
+
+def test_an_ignored_interrupt_stays_ignored_during_a_run() -> None:
+    """A shell starts background jobs (cmd &) with SIGINT ignored; the run's handler replaced that, so the terminal's
+    Ctrl-C stopped a job its user had sent to the background."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with record_stopped_run(lambda status, details: "", "/out"):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the run still records a SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
