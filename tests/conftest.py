@@ -34,3 +34,14 @@ def ray_local():
         init_local_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine, thread hand-offs make tiny models many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import tarfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -63,3 +65,20 @@ def decoded_size(image_cell: dict) -> tuple[int, int]:
     with Image.open(io.BytesIO(image_cell["bytes"])) as im:
         assert im.format == "PNG"
         return im.height, im.width
+
+
+def load_evaluate_job(name: str) -> ModuleType:
+    """jobs/evaluate.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "jobs" / "evaluate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(job: ModuleType, argv: list[str]) -> int:
+    """A job's exit status from main(argv), argparse's SystemExit included."""
+    try:
+        return job.main(argv)
+    except SystemExit as stop:
+        return int(stop.code)

@@ -3,7 +3,6 @@ exit status 2, never a traceback after hours of training."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,27 +10,19 @@ from types import ModuleType
 import pytest
 
 from pipeline.evaluation import runner
-
-JOB = Path(__file__).parents[1] / "jobs" / "evaluate.py"
+from tests.jobutil import load_evaluate_job, run_main
 
 
 @pytest.fixture
 def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The job module, with the evaluation itself replaced: these tests only reach it when all checks pass."""
-    spec = importlib.util.spec_from_file_location("evaluate_job_checks", JOB)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_evaluate_job("evaluate_job_checks")
     module.started = []
     monkeypatch.setattr(module, "evaluate_dataset", lambda config, **_: module.started.append(config))
     return module
 
 
-def _run(job: ModuleType, argv: list[str]) -> int:
-    try:
-        return job.main(argv)
-    except SystemExit as stop:  # argparse's error
-        return int(stop.code)
+_run = run_main
 
 
 CHEAP = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "naive"]

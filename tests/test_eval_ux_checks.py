@@ -4,7 +4,6 @@ they can be, never a traceback after it."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import tarfile
 from pathlib import Path
@@ -15,17 +14,13 @@ import pytest
 
 from pipeline.evaluation import datasets, runner
 from pipeline.evaluation.datasets import LabelledImages
+from tests.jobutil import load_evaluate_job, run_main
 
-JOB = Path(__file__).parents[1] / "jobs" / "evaluate.py"
 CHEAP = ["--attacks", "none", "--defenses", "none", "--subset", "20"]
 
 
 def _load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("evaluate_job_ux", JOB)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_evaluate_job("evaluate_job_ux")
 
 
 @pytest.fixture
@@ -37,11 +32,7 @@ def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def _run(job: ModuleType, argv: list[str]) -> int:
-    try:
-        return job.main(argv)
-    except SystemExit as stop:
-        return int(stop.code)
+_run = run_main
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

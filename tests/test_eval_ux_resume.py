@@ -3,7 +3,6 @@ epoch and ends with the same weights as an uninterrupted run; its progress shows
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,7 @@ from pipeline.evaluation import classifier, runner
 from pipeline.evaluation.classifier import train_classifier
 from pipeline.evaluation.datasets import LabelledImages
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,7 @@ ATTACKS = ["badnet", "blended", "physicalba", "wanet"]
 DEFENSES = ["none", "shrinkpad", "naive", "zip", "zip-authors"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a busy 2-core machine, thread hand-offs make these tiny models much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _synthetic(n: int, seed: int) -> LabelledImages:
