@@ -25,8 +25,10 @@ Caches and resume: trained classifiers (classifiers/, with an epoch checkpoint <
 purified image sets (purified/) are kept in --cache-dir (default $ZIP_CACHE_DIR, else ~/.cache/zip-purify); the
 decoded data sets (<dataset>-<split>.npz) are kept in $ZIP_CACHE_DIR, else ~/.cache/zip-purify. Re-running the same
 command after an interruption (Ctrl-C, a kill) only does the unfinished work: a classifier resumes from its last
-finished epoch, a purified set not yet written is purified again. A damaged cache file is named in a warning and
-rebuilt. To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
+finished epoch, a ZIP set with the purifier batches (--batch-size canvases) it had not finished, bit for bit as an
+uninterrupted run (the finished ones are kept in <set>.partial/ until the set is whole). A damaged cache file is named
+in a warning and rebuilt.
+To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
 training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else ../shared).
 
 Checks: settings, the data, the prior and the --out and --cache-dir folders are checked before any work starts (exit

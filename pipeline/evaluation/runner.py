@@ -10,8 +10,10 @@ Everything expensive is cached under `cache_dir` and reused on the next run, so 
     classifiers/<dataset>-<attack|clean>-e<epochs>[-<options>].pt   (+ .json with how it was trained)
     purified/<dataset>-n<subset>-seed<seed>/<defense>-<key>/<part>-<input sha256[:16]>.npz   (+ settings.json)
 
-A damaged cache file is named in a warning and rebuilt as if it were missing. `preflight` checks a configuration
-(subset, pool, the ZIP prior, an earlier report in the output folder) before any of that work.
+A ZIP set in progress keeps each finished purifier batch in <part>-<input sha256[:16]>.partial/, so a killed run
+purifies only the batches it had not finished. A damaged cache file is named in a warning and rebuilt as if it were
+missing. `preflight` checks a configuration (subset, pool, the ZIP prior, an earlier report in the output folder)
+before any of that work.
 
 Data comes from a `loader(name, split) -> LabelledImages` (default `datasets.load_dataset`), so tests can inject
 a synthetic set.
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import sys
 import time
 import zipfile
@@ -55,7 +58,10 @@ from pipeline.evaluation.datasets import (
 from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
 from pipeline.evaluation.target import ASR_LIMIT, BASELINES, DECIMALS, RESAMPLES, AttackPredictions, target_check
 from pipeline.presets import shipped_prior_path
+from pipeline.progress import progress_bar
 from pipeline.purifier import Purifier, ZipSettings, check_trained_timesteps
+from pipeline.sampler import run_timesteps
+from pipeline.tiling import pack, unpack
 
 Loader = Callable[[str, str], LabelledImages]
 
@@ -363,13 +369,18 @@ class Defense:
         blob = json.dumps({"defense": self.name, **self.settings}, sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
+    @property
+    def purifier(self) -> Purifier:
+        """The ZIP purifier, its prior loaded on first use."""
+        if self._purifier is None:
+            assert self.purifier_factory is not None, f"defense {self.name} has no purifier"
+            self._purifier = self.purifier_factory()
+        return self._purifier
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.apply is not None:
             return self.apply(images)
-        if self._purifier is None:
-            assert self.purifier_factory is not None
-            self._purifier = self.purifier_factory()
-        return np.stack(self._purifier(list(images), progress=True))
+        return np.stack(self.purifier(list(images), progress=True))
 
 
 def zip_settings(defense: str, steps: int, pool: int, **overrides: Any) -> ZipSettings:
@@ -447,7 +458,8 @@ def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -
     """The defense applied to `images`, cached as cache_dir/<defense key>/<part>-<input sha>.npz.
 
     Any cached file of the same defense with the same input hash is reused (BadNet and PhysicalBA share their
-    test-time trigger, so their triggered subsets are purified once).
+    test-time trigger, so their triggered subsets are purified once). A ZIP set keeps every finished purifier batch
+    until the set is whole (see `_purify_resumably`), so an interrupted run resumes with the batches it had not done.
     """
     if len(images) == 0:
         return images.copy()
@@ -462,15 +474,93 @@ def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -
             return cached
     log(f"  {defense.name}/{part}: purifying {len(images)} images")
     start = time.perf_counter()
-    out = np.asarray(defense(images), dtype=np.uint8)
+    batches = folder / f"{part}-{digest}.partial"
+    if defense.purifier_factory is not None:
+        out, purified_now, seconds_before = _purify_resumably(defense, images, batches, f"{defense.name}/{part}")
+    else:
+        out, purified_now, seconds_before = np.asarray(defense(images), dtype=np.uint8), len(images), 0.0
     seconds = time.perf_counter() - start
     if out.shape != images.shape:
         raise RuntimeError(f"defense {defense.name} changed the images' shape: {images.shape} -> {out.shape}")
     _write_text(folder / "settings.json", json.dumps({"defense": defense.name, **defense.settings}, indent=2,
                                                        default=str))
-    _save_npz(folder / f"{part}-{digest}.npz", images=out, seconds=np.float64(seconds))
-    log(f"  {defense.name}/{part}: done in {seconds:.1f}s ({len(images) / max(seconds, 1e-9):.1f} images/s)")
+    _save_npz(folder / f"{part}-{digest}.npz", images=out, seconds=np.float64(seconds_before + seconds))
+    shutil.rmtree(batches, ignore_errors=True)  # the whole set is kept now: its batches are not needed any more
+    log(f"  {defense.name}/{part}: done in {seconds:.1f}s ({purified_now / max(seconds, 1e-9):.1f} images/s"
+        + (f", {purified_now} of the {len(images)} this run)" if purified_now < len(images) else ")"))
     return out
+
+
+def _batch_file(folder: Path, start: int, stop: int) -> Path:
+    """A finished purifier batch: canvases start..stop-1 of the set (the range names it, so another batch size can
+    never take it for one of its own)."""
+    return folder / f"canvases-{start:07d}-{stop:07d}.npz"
+
+
+def _cached_batch(path: Path, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, float] | None:
+    """(canvases, seconds) of a batch an interrupted run finished, or None when it has none there or the file is
+    damaged or of other canvases or noise (then the batch is purified again and the file replaced)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            canvases, stored_seed, seconds = data["canvases"], int(data["seed"]), float(data["seconds"])
+    except DAMAGED_CACHE as err:  # a cut-off file, or changed bytes (each array's CRC-32 is checked on reading)
+        _damaged(path, err, "purifying its batch again")
+        return None
+    if canvases.dtype != np.uint8 or canvases.shape != shape or stored_seed != seed:
+        _damaged(path, ValueError(f"{canvases.dtype} canvases {canvases.shape} of noise seed {stored_seed}, expected "
+                                  f"uint8 {shape} of seed {seed}"), "purifying its batch again")
+        return None
+    return canvases, seconds
+
+
+def _purify_resumably(defense: Defense, images: np.ndarray, folder: Path, label: str) -> tuple[np.ndarray, int, float]:
+    """ZIP on `images` one purifier batch of canvases at a time, each finished batch written to `folder` at once (by
+    temporary file and rename), and the batches found there from an interrupted run reused.
+
+    Bit-identical to `defense(images)`: the images are laid out on canvases as the purifier lays them out, and a batch's
+    noise is seeded by the index of its first canvas (`Purifier.purify_canvases`), whichever batches came before in
+    this process. Returns (images, how many were purified now, seconds the reused batches took before).
+    """
+    purifier = defense.purifier
+    layout = purifier.plan([im.shape[:2] for im in images])
+    shrunk = sum(p.downscale > 1 for p in layout.placements)
+    if shrunk:
+        log(f"  {label}: {shrunk} images larger than the prior's {purifier.canvas_size} px canvas are purified at its "
+            "size and scaled back, with only its detail")
+    canvases = pack(list(images), layout)
+    out = np.empty_like(canvases)
+    batches = [(start, min(start + purifier.batch_size, len(canvases)))
+               for start in range(0, len(canvases), purifier.batch_size)]
+    todo, seconds_before = [], 0.0
+    for start, stop in batches:
+        cached = _cached_batch(_batch_file(folder, start, stop), out[start:stop].shape, purifier.settings.seed + start)
+        if cached is None:
+            todo.append((start, stop))
+        else:
+            out[start:stop], seconds = cached
+            seconds_before += seconds
+    redo = np.zeros(len(canvases), dtype=bool)
+    for start, stop in todo:
+        redo[start:stop] = True
+    purified_now = int(sum(redo[p.canvas] for p in layout.placements))
+    if len(todo) < len(batches):
+        log(f"  {label}: resuming: {len(batches) - len(todo)} of {len(batches)} purifier batches "
+            f"({len(images) - purified_now} of {len(images)} images) kept from an interrupted run, "
+            f"purifying the other {len(todo)}")
+    steps = len(run_timesteps(purifier.schedule.num_steps, purifier.settings.steps, purifier.settings.start))
+    bar = progress_bar(len(batches) * steps, "purifying", "step", initial=(len(batches) - len(todo)) * steps)
+    try:
+        for start, stop in todo:
+            began = time.perf_counter()
+            seed = purifier.settings.seed + start
+            out[start:stop] = purifier.purify_canvases(canvases[start:stop], seed, lambda i, n: bar.update(1))
+            _save_npz(_batch_file(folder, start, stop), canvases=out[start:stop], seed=np.int64(seed),
+                      seconds=np.float64(time.perf_counter() - began))
+    finally:
+        bar.close()
+    return np.stack(unpack(out, layout)), purified_now, seconds_before
 
 
 # ------------------------------------------------------------------------------------------------------ the matrix
