@@ -27,7 +27,7 @@ decoded data sets (<dataset>-<split>.npz) are kept in $ZIP_CACHE_DIR, else ~/.ca
 command after an interruption (Ctrl-C, a kill) only does the unfinished work: a classifier resumes from its last
 finished epoch, a ZIP set with the purifier batches (--batch-size canvases) it had not finished, bit for bit as an
 uninterrupted run (the finished ones are kept in <set>.partial/ until the set is whole). A damaged cache file is named
-in a warning and rebuilt.
+in a warning and rebuilt. ZIP sets are cached per device type: a GPU draws other noise than a CPU from the same seed.
 To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
 training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else ../shared).
 
@@ -139,7 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "configuration there is refused (rerunning the same one regenerates it). Default: results")
     p.add_argument("--overwrite", action="store_true",
                    help="replace reports of another configuration in --out")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available). Default: auto")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto (cuda when available). ZIP's sets are cached per device type (a GPU's "
+                        "noise differs from a CPU's for the same seed). Default: auto")
     p.add_argument("--canvas-size", type=int, default=None,
                    help="purifier canvas size (default: the prior's image size; part of the cache key)")
     p.add_argument("--batch-size", type=int, default=None,

@@ -434,12 +434,15 @@ def make_defense(
                 expected_sha256=checkpoint_sha256,
             )
 
-        return Defense(
-            name,
-            {"zip": settings.to_dict(), "checkpoint_sha256": checkpoint_sha256, "canvas_size": canvas_size,
-             "batch_size": batch_size},
-            purifier_factory=factory,
-        )
+        key_settings = {"zip": settings.to_dict(), "checkpoint_sha256": checkpoint_sha256, "canvas_size": canvas_size,
+                        "batch_size": batch_size}
+        # The noise comes from a generator on the device, and a CUDA one (Philox) draws other numbers than a CPU one
+        # (mt19937) from the same seed: a GPU run's images are other images. Only other devices add it, so the keys
+        # of CPU sets, cached before it was part of the key, stay the same.
+        noise_device = torch.device(device).type
+        if noise_device != "cpu":
+            key_settings["noise_device"] = noise_device
+        return Defense(name, key_settings, purifier_factory=factory)
     raise ValueError(f"unknown defense {name!r}; choose from {', '.join(DEFENSES)}")
 
 
