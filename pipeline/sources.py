@@ -61,8 +61,10 @@ class ReadUnit:
 def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The file system of `uri` and the path on it. Unlike fsspec.open and url_to_fs, '::' is part of the name (a key
     'x::y.png' is a file, not the URL chain 'x' :: 'y.png'); chained input URLs are refused by `discover`."""
+    from pipeline.storage import filesystem
+
     protocol, _ = fsspec.core.split_protocol(uri)
-    fs = fsspec.filesystem(protocol or "file", **storage_options)
+    fs = filesystem(protocol or "file", storage_options)  # on S3, retries bounded: see pipeline.storage
     return fs, fs._strip_protocol(uri)
 
 

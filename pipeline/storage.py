@@ -1,9 +1,11 @@
 """Object-storage calls with retries: transient failures are retried with backoff, permanent ones are not.
 
-s3fs and botocore already retry throttling (SlowDown, 503) and dropped connections a few times;
-this layer adds a bounded retry with exponential backoff and jitter around whole operations
-(read a file, write a file) for every fsspec backend, and tells permanent errors apart so a
-missing bucket or a denied access fails fast with a clear message.
+This layer retries whole operations (read a file, write a file) for every fsspec backend, with exponential
+backoff and jitter, and tells permanent errors apart so a missing bucket or a denied access fails fast with a
+clear message. For S3 it owns the retry budget: stacked on s3fs's and botocore's own retries with their defaults,
+one read under a sustained 503 SlowDown made up to 156 requests and waited minutes. `filesystem` therefore
+turns s3fs's retries off and leaves botocore a small per-request budget (`BOTOCORE_RETRIES`) unless the storage
+options set one, so that one S3 request of an operation is sent at most attempts x 3 times (18 with the defaults).
 
 Errors are classified by what they are, not by words in their message: s3fs turns S3's answers into
 OSError/PermissionError/FileNotFoundError and keeps the botocore ClientError (its code and HTTP status)
@@ -19,7 +21,10 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import fsspec
 
 T = TypeVar("T")
 
@@ -59,6 +64,18 @@ TRANSIENT_PHRASES = ("slowdown", "slow down", "reduce your request rate", "throt
                      "connection reset", "connection aborted", "connection was closed", "broken pipe", "timed out")
 
 TEMP_PREFIX = ".tmp-"
+
+# botocore's retries of each S3 request when the storage options set none (config_kwargs={"retries": {...}}): its
+# "standard" mode, 3 attempts, waits of at most 1 s then 2 s, and a retry quota per client that stops them during
+# a sustained outage. Its default ("legacy", 5 attempts) times with_retries' 6 made 30 requests per failing S3 call.
+# Not 1: a lone 503 in the middle of a streamed tar is absorbed here instead of restarting the whole pass.
+BOTOCORE_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 3}
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+
+
+class RetriesExhausted(OSError):
+    """A transient storage error that lasted through every attempt of an operation. Not transient itself, so that a
+    retry loop around the operation does not multiply its attempts; the storage's own error is its __cause__."""
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
@@ -111,7 +128,7 @@ def is_transient(err: BaseException) -> bool:
 
     A missing file or bucket, a denied access, bad credentials, and any error of the data or the code are not."""
     chain = list(_chain(err))
-    if isinstance(err, PERMANENT + NOT_STORAGE):
+    if isinstance(err, PERMANENT + NOT_STORAGE + (RetriesExhausted,)):
         return False
     for e in chain:  # the service's own answer decides: s3fs's OSError(EIO) can stand for a 400 or a 502
         answer = _server_answer(e)
@@ -139,17 +156,53 @@ def backoff(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> fl
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.2,
                  max_delay: float = 8.0) -> T:
-    """Call fn(); on a transient error wait (see `backoff_delay`) and try again, `attempts` times in all.
-    With the defaults the waits add up to at most 9.3 s. fn must be safe to repeat: it may have taken effect
-    before its error came back."""
+    """Call fn(); on a transient error wait (see `backoff_delay`) and try again, `attempts` times in all, then raise
+    RetriesExhausted naming `what`, the attempts and the storage's last answer. With the defaults the waits add up
+    to at most 9.3 s. fn must be safe to repeat: it may have taken effect before its error came back."""
+    started = time.monotonic()
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as err:  # noqa: BLE001 - classified below
-            if attempt == attempts - 1 or not is_transient(err):
+            if not is_transient(err):
                 raise
+            if attempt == attempts - 1:
+                took = time.monotonic() - started
+                raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s; last error"
+                                       f"{_last_answer(err)}: {describe(err).rstrip('.')}. The storage is throttling"
+                                       " or unavailable: try again later") from err
             backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
+
+
+def _last_answer(err: BaseException) -> str:
+    """' SlowDown (HTTP 503)', ' HTTP 500' (a HEAD's answer has no code): what the storage answered, '' if nothing."""
+    for e in _chain(err):
+        answer = _server_answer(e)
+        if answer is not None:
+            code, status = answer
+            if code and not code.isdigit():
+                return f" {code} (HTTP {status})" if status else f" {code}"
+            return f" HTTP {status or code}"
+    return ""
+
+
+def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.AbstractFileSystem:
+    """fsspec's file system for `protocol` with `storage_options`; on S3 with_retries owns the retry budget.
+
+    s3fs retries throttling and dropped connections 5 times by itself, in two nested loops for ranged reads (up to
+    25 calls), on top of botocore's and with_retries' attempts: its retries are turned off (s3fs refuses them as
+    an option). botocore keeps BOTOCORE_RETRIES unless the options set config_kwargs={"retries": {...}}."""
+    import fsspec
+
+    options = storage_options
+    config = storage_options.get("config_kwargs")
+    if protocol in S3_PROTOCOLS and (config is None or isinstance(config, dict) and "retries" not in config):
+        options = {**storage_options, "config_kwargs": {**(config or {}), "retries": dict(BOTOCORE_RETRIES)}}
+    fs = fsspec.filesystem(protocol, **options)
+    if protocol in S3_PROTOCOLS:
+        fs.retries = 1  # type: ignore[attr-defined]
+    return fs
 
 
 def _has_rename(fs: Any) -> bool:
