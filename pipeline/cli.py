@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no progress on stderr (default: a bar on a terminal, else a line a minute, for logs)")
     dec = p.add_argument_group("decoding untrusted images")
     dec.add_argument("--max-pixels", type=int, help=f"refuse images over this many pixels (default {d.max_pixels:,})")
+    dec.add_argument("--max-image-mb", type=int, metavar="MB",
+                     help="an image file, tar member or Parquet image cell over this many MiB is a reject, and is not "
+                          "read, so one huge or garbage input cannot take a read task's memory (default "
+                          f"{d.max_image_mb}: room for any image within the default --max-pixels, even one stored "
+                          "uncompressed at 16 bits per channel)")
     dec.add_argument("--alpha", choices=["white", "black", "drop"],
                      help=f"how transparency is flattened: composited on white or black, or dropped (default {d.alpha})")
     dec.add_argument("--exif-transpose", type=_bool, metavar="BOOL", help="apply EXIF orientation (default true)")
@@ -406,6 +411,9 @@ def print_plan(report: dict[str, Any]) -> None:
     unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
     print(f"  {_human_bytes(inp['bytes'])} to read{unsized}; {inp['streamed']} tar/Parquet files over "
           f"--in-memory-mb {inp['in_memory_mb']} will be streamed from storage, the rest fetched whole")
+    if inp.get("image_files_over_max_image_mb"):
+        print(f"  {inp['image_files_over_max_image_mb']} image files are over --max-image-mb {inp['max_image_mb']} "
+              "and will be rejected without being read (tar members and Parquet cells are checked when read)")
     print("dry run: nothing was read, purified or written")
 
 

@@ -51,7 +51,16 @@ from pipeline.purifier import (
     is_whole_number,
     recipe_values,
 )
-from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, discover, is_url_chain, relative_id, storage_path, with_protocol
+from pipeline.sources import (
+    IN_MEMORY_BYTES,
+    MAX_IMAGE_BYTES,
+    ReadUnit,
+    discover,
+    is_url_chain,
+    relative_id,
+    storage_path,
+    with_protocol,
+)
 from pipeline.stages import (
     ALL_CORES,
     DATA_DIR,
@@ -116,6 +125,7 @@ class JobConfig:
     labels_from_folders: bool = False
     image_column: str | None = None
     max_pixels: int = 64_000_000
+    max_image_mb: int = MAX_IMAGE_BYTES // 2**20
     alpha: str = "white"
     exif_transpose: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -141,7 +151,7 @@ class JobConfig:
         def is_number(v: Any) -> bool:
             return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
-        for name in ("tile_batch", "write_batch", "files_per_unit"):
+        for name in ("tile_batch", "write_batch", "files_per_unit", "max_image_mb"):
             if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 1):
                 problems.append(f"{flag(name)} must be a whole number of at least 1, got {getattr(self, name)!r}")
         for name in ("batch_size", "canvas_size", "torch_threads"):
@@ -715,6 +725,7 @@ class JobPlan:
     skipped_files: int
     in_memory_bytes: int  # tar shards and Parquet files over this are streamed from storage
     excluded_output_files: int = 0  # files of the job's own output, found inside the input and not read
+    max_image_bytes: int = MAX_IMAGE_BYTES  # an image file, tar member or Parquet cell over this is rejected unread
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -735,6 +746,11 @@ class JobPlan:
                       "bytes": sum(size for size in sizes if size is not None),
                       "unsized": sum(size is None for size in sizes),
                       "streamed": len(streamed), "in_memory_mb": self.in_memory_bytes // 2**20,
+                      # known from the listing; tar members and Parquet cells over the limit are found when read
+                      "image_files_over_max_image_mb": sum(
+                          size is not None and size > self.max_image_bytes
+                          for u in by_kind["files"] for size in u.sizes),
+                      "max_image_mb": self.max_image_bytes // 2**20,
                       "excluded_output_files": self.excluded_output_files},
         }
 
@@ -809,7 +825,8 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         else:
             kept_units.append(unit)
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
-                   prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20, excluded)
+                   prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20, excluded,
+                   max_image_bytes=config.max_image_mb * 2**20)
 
 
 def _is_under(path: str, folder: str) -> bool:
@@ -947,7 +964,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
         ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
             storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-            skip_ids=skip_ids, max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20),
+            skip_ids=skip_ids, max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
+            max_image_bytes=config.max_image_mb * 2**20),
             **task_retries)
         ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
         ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(

@@ -7,6 +7,10 @@ a stable `id` (what resume and incremental runs key on) and a `source` saying wh
 Record kinds flowing through the job:
 - "image": id, source, source_sha256, data (bytes), meta (pass-through columns, e.g. label)
 - "reject": id, source, source_sha256 (may be None), error, stage
+
+An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
+the limit, decided from the size storage, the tar header or Arrow reports before its bytes are copied: one huge
+or garbage file must not take a read task's memory (and, after Ray's retries, the whole job) with it.
 - "count": n — how many image+reject records one read unit produced (checks read = purified + rejected)
 """
 
@@ -39,6 +43,11 @@ IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
 # Tar and Parquet files up to this size are fetched in one request and read from memory; larger ones are read
 # from storage piece by piece, so a worker's memory does not grow with the size of the files it is given.
 IN_MEMORY_BYTES = 256 * 2**20
+# The most bytes one image (a file, a tar member, a Parquet cell) may have; a larger one is rejected unread. Any image
+# the decoder accepts at its default 64 M pixels fits, even stored uncompressed at 16 bits per channel with alpha
+# (8 bytes a pixel: 488 MiB, a 16-bit RGBA TIFF scan); a real photo is far smaller (a 64 MP JPEG: tens of MB). Reading
+# and decoding one image at the limit takes about 1-2 GiB, what decoding a 64 M pixel image takes anyway.
+MAX_IMAGE_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -74,13 +83,39 @@ def is_url_chain(uri: str) -> bool:
     return first is not None and first.group(1) in known_implementations
 
 
-def read_bytes(path: str, storage_options: dict[str, Any]) -> bytes:
-    """The whole object, retrying transient storage errors."""
+class ImageTooLarge(ValueError):
+    """An input over the per-image byte limit, found before its bytes were read (a permanent error: not retried)."""
+
+
+def too_large(what: str, size: int | None, max_image_bytes: int) -> str:
+    """The reject reason of an input over `max_image_bytes` (size None: storage gave none, and more was there)."""
+    limit = f"--max-image-mb {max_image_bytes / 2**20:g}"
+    found = f"is {size / 2**20:.1f} MiB ({size:,} bytes)" if size is not None else f"holds more than {max_image_bytes:,} bytes"
+    return (f"{what} {found}, over {limit}, so it was not read; to purify it, run again with a larger --max-image-mb "
+            "into a new output (or with --overwrite)")
+
+
+def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None = None) -> bytes:
+    """The whole object, retrying transient storage errors. With `max_bytes`, a larger object raises ImageTooLarge
+    before its bytes are read (from the size the opened file reports); where storage reports no size, at most
+    `max_bytes` + 1 bytes are read to find out."""
 
     def once() -> bytes:
         fs, fs_path = storage_path(path, storage_options)
         with fs.open(fs_path, "rb") as f:
-            return f.read()
+            size = getattr(f, "size", None)
+            if max_bytes is None or isinstance(size, int):
+                if max_bytes is not None and size > max_bytes:
+                    raise ImageTooLarge(too_large("image file", size, max_bytes))
+                return f.read()
+            # No size: read in pieces (read(max_bytes + 1) would allocate the whole limit for every small file).
+            chunks, total = [], 0
+            while total <= max_bytes and (chunk := f.read(min(2**20, max_bytes + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
+            if total > max_bytes:
+                raise ImageTooLarge(too_large("image file", None, max_bytes))
+            return b"".join(chunks)
 
     return with_retries(once, f"read {path}")
 
@@ -210,7 +245,8 @@ def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: 
             "stage": stage, "meta": {}}
 
 
-def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool) -> Iterator[dict[str, Any]]:
+def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
+                max_image_bytes: int) -> Iterator[dict[str, Any]]:
     for path in unit.paths:
         id_ = relative_id(path, unit.root)
         meta: dict[str, Any] = {}
@@ -218,7 +254,10 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
             parent = posixpath.dirname(id_)
             meta["label"] = posixpath.basename(parent) if parent else None
         try:
-            data = read_bytes(path, fs_opts)
+            data = read_bytes(path, fs_opts, max_image_bytes)
+        except ImageTooLarge as err:
+            yield reject_record(id_, path, str(err), "read")
+            continue
         except Exception as err:  # noqa: BLE001 - a file that stays unreadable after retries is a per-file reject
             yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")
             continue
@@ -266,9 +305,11 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int) -> Callabl
 
 
 def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
-                 attempts: int = 4) -> Iterator[tuple[int, tarfile.TarInfo, bytes | Exception] | None]:
-    """One sequential pass over a tar: (position, member, its bytes, or the error reading them) for each regular
-    file that `wanted` accepts, (position, member, b"") for the other regular files and for hard and symbolic links
+                 attempts: int = 4, max_member_bytes: int | None = None,
+                 ) -> Iterator[tuple[int, tarfile.TarInfo, bytes | Exception | str] | None]:
+    """One sequential pass over a tar: (position, member, its bytes, or the error reading them, or, for a member whose
+    header says it is over `max_member_bytes`, the reason it is not read) for each regular file that `wanted` accepts,
+    (position, member, b"") for the other regular files and for hard and symbolic links
     (whose bytes are their target's; a stream cannot go back for them). Directories, devices and FIFOs are not data
     and are skipped; `position` numbers the members yielded, the same in every pass. All storage reads happen here,
     so that a transient error can restart the pass from the beginning; None is yielded whenever a pass (re)starts,
@@ -281,14 +322,18 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
                 for member in tar:
                     if not (member.isfile() or member.islnk() or member.issym()):
                         continue
-                    data: bytes | Exception = b""
+                    data: bytes | Exception | str = b""
                     if member.isfile() and wanted(position, member):
-                        try:
-                            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                        except Exception as err:  # noqa: BLE001 - a damaged member is that key's reject, unless transient
-                            if is_transient(err):
-                                raise
-                            data = err
+                        if max_member_bytes is not None and member.size > max_member_bytes:
+                            # not extracted: the stream skips its bytes a piece at a time, keeping none
+                            data = too_large(f"tar member {member.name}", member.size, max_member_bytes)
+                        else:
+                            try:
+                                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                            except Exception as err:  # noqa: BLE001 - a damaged member is that key's reject, unless transient
+                                if is_transient(err):
+                                    raise
+                                data = err
                     yield position, member, data
                     position += 1
             return
@@ -370,7 +415,8 @@ def _index_tar(
     return members_of, {position: _resolve_link(position, pointers) for position in pointers}, error
 
 
-def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> Iterator[dict[str, Any]]:
+def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int,
+              max_image_bytes: int) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
     Pass 1 reads only the headers: which members each key has, and what each link points to. Pass 2 reads the
@@ -379,7 +425,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
     A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
     keys are emitted, and a symlink to a later member waits, like its key, for that member. A shard of at most
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
-    twice, trading a second read for bounded memory.
+    twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read: its key is a reject.
     """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
@@ -407,7 +453,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
     seen: dict[str, Counter[str]] = {}
     parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
     errors: dict[str, str] = {}
-    kept: dict[int, bytes | Exception] = {}  # link targets' bytes, by position
+    kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
     waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
 
     def pending(key: str) -> bool:
@@ -442,11 +488,11 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int) -> 
         done.add(key)
         return record(key)
 
-    def read_link(link: _TarLink, data: bytes | Exception) -> dict[str, Any] | None:
+    def read_link(link: _TarLink, data: bytes | Exception | str) -> dict[str, Any] | None:
         return took(link.name, data, damaged=f"{link.linkname} (the target of link {link.name})")
 
     try:
-        for item in _tar_members(open_stream, wanted):
+        for item in _tar_members(open_stream, wanted, max_member_bytes=max_image_bytes):
             if item is None:  # (re)started: keys already emitted stay emitted, the rest are collected afresh
                 for held in (seen, parts, errors, kept, waiting):
                     held.clear()
@@ -536,8 +582,9 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
 
 
 def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
-                  rows_per_batch: int = 256) -> Iterator[dict[str, Any]]:
-    """One record per row, read a few hundred rows at a time (a large file is never all in Python objects)."""
+                  max_image_bytes: int, rows_per_batch: int = 256) -> Iterator[dict[str, Any]]:
+    """One record per row, read a few hundred rows at a time (a large file is never all in Python objects). A cell
+    over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never copied into Python."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
@@ -552,12 +599,34 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
         i = 0
         try:
             for table in parquet.iter_batches(batch_size=rows_per_batch):
-                for row in table.to_pylist():
-                    yield _parquet_row_record(path, f"{rel}#{i}", i, row, column, others)
+                cells = table.column(column)
+                for at, row in enumerate(table.select(others).to_pylist()):
+                    size = _cell_size(cells[at])
+                    if size is not None and size > max_image_bytes:
+                        yield reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
+                            f"row {i}: image column {column!r}", size, max_image_bytes), "read")
+                    else:
+                        yield _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cells[at].as_py()}, column,
+                                                  others)
                     i += 1
         except Exception as err:  # noqa: BLE001 - a corrupt row group: keep the rows read, reject the rest
             yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after {i} rows: {describe(err)}",
                                 "read")
+
+
+def _cell_size(cell: pa.Scalar) -> int | None:
+    """How many bytes an image cell holds, from Arrow's buffers (nothing is copied); None for no value."""
+    if isinstance(cell, pa.DictionaryScalar):
+        cell = cell.value
+    if isinstance(cell, pa.StructScalar):
+        if not cell.is_valid:
+            return None
+        cell = cell["bytes"]
+    if not cell.is_valid:
+        return None
+    if isinstance(cell, pa.ListScalar | pa.LargeListScalar):  # list<uint8>: one byte per item
+        return len(cell.values)
+    return cell.as_buffer().size if isinstance(cell, pa.BinaryScalar | pa.LargeBinaryScalar | pa.BinaryViewScalar) else None
 
 
 def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column: str,
@@ -581,17 +650,19 @@ def read_unit(
     image_column: str | None = None,
     skip_ids: frozenset[str] | set[str] = frozenset(),
     in_memory_bytes: int = IN_MEMORY_BYTES,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
-    Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice)."""
+    Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice). An image
+    file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read."""
     opts = storage_options or {}
     if unit.kind == "files":
-        records = _read_files(unit, opts, labels_from_folders)
+        records = _read_files(unit, opts, labels_from_folders, max_image_bytes)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts, in_memory_bytes)
+        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes)
     elif unit.kind == "parquet":
-        records = _read_parquet(unit, opts, image_column, in_memory_bytes)
+        records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes)
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     n = skipped = 0

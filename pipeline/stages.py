@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.evaluation.metrics import psnr
-from pipeline.sources import IN_MEMORY_BYTES, ReadUnit, read_unit, reject_record, storage_path
+from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, ReadUnit, read_unit, reject_record, storage_path
 from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
@@ -47,14 +47,15 @@ def batch_of(records: Iterable[dict[str, Any]]) -> Batch:
 
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
                image_column: str | None, skip_ids: frozenset[str], max_records: int = 256,
-               in_memory_bytes: int = IN_MEMORY_BYTES) -> Iterator[Batch]:
+               in_memory_bytes: int = IN_MEMORY_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[Batch]:
     """Units in; raw image/reject/count records out, in batches of at most `max_records`, so a large unit
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
     of sitting in a worker's memory whole."""
     pending: list[dict[str, Any]] = []
     for kind, paths, root in zip(batch["kind"], batch["paths"], batch["root"], strict=True):
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root})
-        for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids, in_memory_bytes):
+        for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids, in_memory_bytes,
+                                max_image_bytes):
             pending.append(record)
             if len(pending) >= max_records:
                 yield batch_of(pending)
