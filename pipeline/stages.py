@@ -47,19 +47,23 @@ def batch_of(records: Iterable[dict[str, Any]]) -> Batch:
 
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
                image_column: str | None, skip_ids: frozenset[str], max_records: int = 256,
-               in_memory_bytes: int = IN_MEMORY_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[Batch]:
+               in_memory_bytes: int = IN_MEMORY_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES,
+               max_bytes: int = 16 * 2**20) -> Iterator[Batch]:
     """Units in; raw image/reject/count records out, in batches of at most `max_records`, so a large unit
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
-    of sitting in a worker's memory whole."""
+    of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
+    too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task."""
     pending: list[dict[str, Any]] = []
+    size = 0
     for kind, paths, root in zip(batch["kind"], batch["paths"], batch["root"], strict=True):
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root})
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids, in_memory_bytes,
                                 max_image_bytes):
             pending.append(record)
-            if len(pending) >= max_records:
+            size += len(record.get("data", b""))
+            if len(pending) >= max_records or size >= max_bytes:
                 yield batch_of(pending)
-                pending = []
+                pending, size = [], 0
     if pending:
         yield batch_of(pending)
 

@@ -23,6 +23,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.decode import DecodePolicy
 from pipeline.sources import MAX_IMAGE_BYTES, ReadUnit, discover, read_unit
+from pipeline.stages import read_stage, records_of
 from tests.jobutil import image_bytes
 
 MiB = 2**20
@@ -158,3 +159,16 @@ def test_the_default_limit_holds_any_image_the_decoder_accepts_by_default() -> N
     # byte limit must not refuse what the pixel limit lets through (a raised default --max-pixels needs a raised cap).
     assert MAX_IMAGE_BYTES == 512 * MiB >= DecodePolicy().max_pixels * 8
 
+
+def test_the_read_stage_hands_large_images_on_before_max_records_pile_up(tmp_path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(5):
+        (root / f"{i}.jpg").write_bytes(bytes([i]) * (MiB // 2 + 1))
+    (unit,) = discover(str(root))
+    row = {k: [v] for k, v in unit.to_row().items()}
+    batches = [records_of(b) for b in read_stage(row, {}, False, None, frozenset(), max_records=256, max_bytes=MiB)]
+    # two images pass 1 MiB: each batch is handed on then, not after 256 of them
+    assert [len(b) for b in batches] == [2, 2, 2]
+    assert [r["id"] for b in batches for r in b if r["kind"] == "image"] == [f"{i}.jpg" for i in range(5)]
+    assert batches[-1][-1] == {"kind": "count", "n": 5, "skipped": 0}
