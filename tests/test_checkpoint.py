@@ -112,10 +112,14 @@ def test_a_checkpoint_storage_refuses_is_a_clear_error(monkeypatch) -> None:
     """Access denied or wrong credentials on a checkpoint URI: a message naming it, not an OSError traceback."""
     import pipeline.checkpoint as checkpoint
 
-    def forbidden(uri, mode, **options):
-        raise PermissionError("Forbidden")
+    class Forbidden:
+        def _strip_protocol(self, uri):
+            return uri
 
-    monkeypatch.setattr(checkpoint.fsspec, "open", forbidden)
+        def open(self, path, mode):
+            raise PermissionError("Forbidden")
+
+    monkeypatch.setattr(checkpoint, "filesystem", lambda protocol, options: Forbidden())
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint s3://bucket/m/prior.pt: .*Forbidden"):
         load_checkpoint("s3://bucket/m/prior.pt")
 

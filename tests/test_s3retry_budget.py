@@ -219,3 +219,23 @@ def test_nested_retry_loops_do_not_multiply(no_waiting) -> None:
     with pytest.raises(storage.RetriesExhausted, match=r"open s3://b/s\.tar: gave up after 6 attempts"):
         storage.with_retries(lambda: storage.with_retries(slow_down, "open s3://b/s.tar"), "read s3://b/s.tar")
     assert len(calls) == 6
+
+
+def test_a_checkpoint_read_under_sustained_errors_is_bounded_too(s3_server, no_waiting) -> None:
+    """The checkpoint is read through the same bounded file system as the images (it went through fsspec.open,
+    which let s3fs and botocore retry inside each of with_retries' attempts)."""
+    from pipeline import checkpoint
+
+    server = s3_server("SlowDown")
+    server.objects["bkt/prior.pt"] = b"weights"
+    with pytest.raises(checkpoint.CheckpointError, match=r"^cannot read checkpoint s3://bkt/prior.pt: .*gave up after 6 "):
+        checkpoint.read_bytes("s3://bkt/prior.pt", server.options())
+    assert len(server.requests) == 6 * BOTO
+
+
+def test_a_checkpoint_is_read_after_a_few_failures(s3_server, no_waiting) -> None:
+    from pipeline import checkpoint
+
+    server = s3_server("InternalError", failures=4)
+    server.objects["bkt/prior.pt"] = b"weights"
+    assert checkpoint.read_bytes("s3://bkt/prior.pt", server.options()) == b"weights"
