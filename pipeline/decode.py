@@ -14,14 +14,20 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
   default) gives way to `max_pixels` up to its hard limit, twice that (about 179 M), which PIL enforces
   in `Image.open` itself; a policy asking for more is refused when it is made, not image by image.
 * Truncation: `ImageFile.LOAD_TRUNCATED_IMAGES` is left alone (False), and `load()` runs inside the
-  try, so a cut-off PNG/JPEG is a reject, not a half-grey image.
+  try, so a cut-off PNG/JPEG is a reject, not a half-grey image. libjpeg, though, fills the missing blocks
+  of a JPEG whose data stops early but ends with an end marker, warning only; a JPEG with less data than any
+  complete image of its declared size needs (one bit per 8x8 block) is a reject before decoding. A JPEG with
+  more than 100 scans is a reject too (each scan is a pass over the whole image: a CPU bomb).
 * Transparency (`alpha`): RGBA/LA/PA, and P/L/RGB with a tRNS key, are composited on white (the
   default, what most viewers show), on black, or the alpha is dropped (colour of transparent pixels
   kept as stored).
 * Orientation (`exif_transpose`): the EXIF (or XMP) orientation tag is applied so the purified image
   is the one viewers show; an unreadable EXIF block means "no orientation", not a reject.
 * Animation: the first frame of animated GIF/WebP/APNG (or the first page of a TIFF) is used;
-  `Decoded.frames` says how many there were.
+  `Decoded.frames` says how many there were (for APNG and MPO, how many the header declares). TIFF pages
+  are counted by following the chain of page offsets, up to a loop or an offset past the end of the file.
+* Warnings: PIL's UserWarnings about corrupt metadata are silenced during a decode (they would be printed
+  once per image); libtiff's own messages go to stderr from C and are not.
 * Bit depth: 16-bit grey (I;16*, and mode I holding 0..65535) is scaled, not clipped, to 8 bits
   (65535 -> 255); mode I values outside 0..65535 and float (F) images are stretched from their own
   range. Colour profiles (ICC) are not applied: pixel values are taken as sRGB.
@@ -30,6 +36,7 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -62,10 +69,16 @@ _ORIENTATION_FIX: Final = {
 _ALPHA_MODES_PIL: Final = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 _WIDE_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _MAX_REASON_CHARS: Final = 300
+# JPEG start-of-frame markers (SOF0..SOF15 less DHT 0xC4, JPG 0xC8 and DAC 0xCC).
+_JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# More scans than this make a JPEG a reject: see `_jpeg_problem`.
+_MAX_JPEG_SCANS: Final = 100
 
 # `warnings.catch_warnings` swaps the process-wide filter list (before Python 3.14); two threads doing it
 # at once can restore each other's state and leave a filter installed for good. The lock keeps our own
-# concurrent decodes from interleaving; it is held only while PIL parses headers, which is cheap.
+# concurrent decodes from interleaving. It is held for a whole decode (PIL warns about corrupt metadata while
+# loading pixels too), so threads of one process decode one image at a time; the job decodes in Ray tasks, one
+# batch at a time per worker process, so it loses nothing.
 _WARNINGS_LOCK = threading.Lock()
 
 
@@ -124,41 +137,49 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded 
         return f"expected bytes, got {type(data).__name__}"
     if len(data) == 0:
         return "empty file"
+    if not isinstance(data, bytes):
+        data = bytes(data)  # the JPEG/TIFF structure checks below search and unpack the bytes themselves
     try:
-        with _bomb_warnings_as_errors(policy.max_pixels):
-            im = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-            width, height = im.size
-            size_problem = (
-                f"invalid image size {width}x{height}" if width < 1 or height < 1 else
-                f"image too large: {width}x{height} = {width * height:,} pixels exceeds max_pixels={policy.max_pixels:,}"
-                if width * height > policy.max_pixels else None
-            )
-            if size_problem:
-                im.close()
-                return size_problem
-            # Counting frames walks the frame headers (and PIL checks each frame's size on the way).
-            frames = int(getattr(im, "n_frames", 1) or 1)
-            if frames > 1:
-                im.seek(0)
-        with im:
-            mode, fmt = im.mode, im.format or "unknown"
-            im.load()  # inside the try: truncated or corrupt data raises here
-            orientation = _orientation(im) if policy.exif_transpose else 1
-            rgb = _to_rgb(im, policy.alpha)
-        if orientation in _ORIENTATION_FIX:
-            rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_FIX[orientation]))
-        pixels = np.ascontiguousarray(rgb, dtype=np.uint8)
-        if not pixels.flags.writeable:  # arrays over PIL's buffer are read-only; callers may work in place
-            pixels = pixels.copy()
-        if pixels.ndim != 3 or pixels.shape[2] != 3:
-            return f"internal: conversion gave shape {pixels.shape} for mode {mode}"
-        return Decoded(pixels=pixels, mode=mode, format=fmt, frames=frames)
+        with _quiet_warnings(policy.max_pixels):
+            return _decode(data, policy)
     except Image.UnidentifiedImageError:
         return "not a recognised image format"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return _reason("image too large (PIL decompression-bomb guard)", e)
     except Exception as e:  # noqa: BLE001 - any failure on untrusted data is a reject, never a crash
         return _reason("cannot decode image", e)
+
+
+def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
+    """`decode_image` past the input checks; raises on bad data (the caller turns that into a reason)."""
+    im = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    with im:
+        width, height = im.size
+        if width < 1 or height < 1:
+            return f"invalid image size {width}x{height}"
+        if width * height > policy.max_pixels:
+            return f"image too large: {width}x{height} = {width * height:,} pixels exceeds max_pixels={policy.max_pixels:,}"
+        if im.format in ("JPEG", "MPO"):
+            problem = _jpeg_problem(data)
+            if problem:
+                return problem
+        # Counting frames walks the frame headers (and PIL checks each frame's size on the way). Pillow's TIFF
+        # count parses every page's tags and is quadratic in the pages, so TIFF pages are counted here.
+        frames = _tiff_pages(data) if im.format == "TIFF" else int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1 and im.format != "TIFF":
+            im.seek(0)
+        mode, fmt = im.mode, im.format or "unknown"
+        im.load()  # truncated or corrupt data raises here
+        orientation = _orientation(im) if policy.exif_transpose else 1
+        rgb = _to_rgb(im, policy.alpha)
+    if orientation in _ORIENTATION_FIX:
+        rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENTATION_FIX[orientation]))
+    pixels = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if not pixels.flags.writeable:  # arrays over PIL's buffer are read-only; callers may work in place
+        pixels = pixels.copy()
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        return f"internal: conversion gave shape {pixels.shape} for mode {mode}"
+    return Decoded(pixels=pixels, mode=mode, format=fmt, frames=frames)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -175,15 +196,109 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 @contextmanager
-def _bomb_warnings_as_errors(max_pixels: int) -> Iterator[None]:
-    """Make PIL's DecompressionBombWarning an exception for this block only, leaving global state as found; when
-    the policy allows more pixels than the warning's threshold, the warning is silenced instead (the policy's own
-    check, right after the header is parsed, is the limit then)."""
+def _quiet_warnings(max_pixels: int) -> Iterator[None]:
+    """For one decode, leaving global state as found: make PIL's DecompressionBombWarning an exception (when the
+    policy allows more pixels than the warning's threshold it is silenced instead: the policy's own check, right
+    after the header is parsed, is the limit then), and silence PIL's UserWarnings about corrupt metadata ("Tag
+    data larger than file", "Corrupt EXIF data", ...). Those come from open, load and EXIF parsing alike, and
+    would otherwise be printed once per image: `catch_warnings` resets Python's once-per-place registry."""
     soft = Image.MAX_IMAGE_PIXELS
     action = "ignore" if soft is None or max_pixels > soft else "error"
     with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         warnings.simplefilter(action, Image.DecompressionBombWarning)
         yield
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    """Why a JPEG's structure rules it out before libjpeg decodes it, or None (libjpeg then judges the rest).
+
+    Two hostile shapes cost far more than their bytes and libjpeg accepts both, only warning, which Pillow does not
+    report: a progressive JPEG with thousands of scans (each scan is a pass over every block of the image, so a few
+    hundred KB can keep a worker busy for minutes), and a header claiming a large image followed by a few bytes
+    and an end marker (libjpeg fills the missing blocks with grey). A scan that codes DC coefficients for the first
+    time (every sequential scan, and a progressive image's first DC scan) holds at least one Huffman code, so one
+    bit, per block of each component in it; less data than that cannot be a complete image. Arithmetic-coded and
+    lossless JPEGs, which can code a block in less than a bit, are not checked. Only the first image of the file
+    (up to its end marker) is read; an MPO's further images and trailing bytes are not."""
+    size, pos, scans = len(data), 2, 0
+    blocks: dict[int, int] = {}  # component id -> blocks in a scan of that component alone (fewest per scan)
+    huffman, width, height = False, 0, 0
+    while pos + 4 <= size and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            return None
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        segment = data[pos + 4 : pos + 2 + length]
+        pos += 2 + length
+        if marker in _JPEG_SOF and len(segment) >= 6:
+            huffman = marker in (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman
+            height, width = struct.unpack_from(">HH", segment, 1)
+            sampling = [(segment[6 + 3 * k], segment[7 + 3 * k] >> 4, segment[7 + 3 * k] & 15)
+                        for k in range(segment[5]) if 8 + 3 * k <= len(segment)]
+            h_max = max((h for _, h, _ in sampling), default=0)
+            v_max = max((v for _, _, v in sampling), default=0)
+            if h_max and v_max:
+                blocks = {c: _ceil_div(_ceil_div(width * h, h_max), 8) * _ceil_div(_ceil_div(height * v, v_max), 8)
+                          for c, h, v in sampling}
+        elif marker == 0xDA and segment:  # start of scan: entropy-coded data follows up to the next marker
+            scans += 1
+            if scans > _MAX_JPEG_SCANS:
+                return (f"JPEG has more than {_MAX_JPEG_SCANS} scans (real encoders write about 10; each scan is a pass "
+                        f"over the whole image, so this many cost far more CPU than the file's size)")
+            components = [segment[1 + 2 * k] for k in range(segment[0]) if 1 + 2 * k < len(segment)]
+            first_dc = len(segment) >= 4 + 2 * segment[0] and segment[1 + 2 * segment[0]] == 0 and (
+                segment[3 + 2 * segment[0]] >> 4 == 0)  # Ss == 0 and Ah == 0
+            end = _jpeg_scan_end(data, pos)
+            needed = sum(blocks.get(c, 0) for c in components) if huffman and first_dc else 0
+            if 8 * (end - pos) < needed:
+                return (f"JPEG data too short for its {width}x{height} size: a scan has {end - pos:,} bytes, at least "
+                        f"{_ceil_div(needed, 8):,} needed (truncated or corrupt; libjpeg would fill the rest with grey)")
+            pos = end
+    return None
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _jpeg_scan_end(data: bytes, pos: int) -> int:
+    """Where a scan's entropy-coded data starting at `pos` ends: the next marker other than a stuffed 0xFF00 or a
+    restart marker (0xFFD0..0xFFD7); the end of the data if there is none."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return len(data)
+        follower = data[pos + 1]
+        if follower == 0xFF:
+            pos += 1
+        elif follower == 0x00 or 0xD0 <= follower <= 0xD7:
+            pos += 2
+        else:
+            return pos
+
+
+def _tiff_pages(data: bytes) -> int:
+    """Pages of a TIFF (classic or BigTIFF), counted by following the chain of page offsets (IFDs). A page is counted
+    when its whole directory lies in the file; the chain ends at offset 0, at a page already seen (a loop), or at
+    a directory past the end of the file (the pages before it are still usable). At least 1: Pillow has opened
+    page 1."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = len(data) >= 16 and struct.unpack_from(order + "H", data, 2)[0] == 43
+    offset_format, count_format, entry_size = (order + "Q", order + "Q", 20) if big else (order + "I", order + "H", 12)
+    offset_size, count_size = struct.calcsize(offset_format), struct.calcsize(count_format)
+    offset = struct.unpack_from(offset_format, data, 8 if big else 4)[0] if len(data) >= 16 else 0
+    seen: set[int] = set()
+    while offset and offset not in seen and offset + count_size <= len(data):
+        next_at = offset + count_size + entry_size * struct.unpack_from(count_format, data, offset)[0]
+        if next_at + offset_size > len(data):
+            break
+        seen.add(offset)
+        offset = struct.unpack_from(offset_format, data, next_at)[0]
+    return max(len(seen), 1)
 
 
 def _reason(prefix: str, e: BaseException) -> str:
@@ -222,7 +337,10 @@ def _wide_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     ):
         wide = arr.astype(np.uint32)
         return ((wide * 255 + 32767) // 65535).astype(np.uint8)
-    values = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    # float64: the range of float32 values near its limits (e.g. -3e38..3e38) overflows float32. Casting a
+    # signalling NaN (garbage data read as floats) raises numpy's "invalid value" warning; NaN becomes 0 anyway.
+    with np.errstate(invalid="ignore"):
+        values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if mode == "F" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
         lo, hi = 0.0, 1.0  # float images conventionally hold 0..1
     else:
