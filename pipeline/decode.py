@@ -339,15 +339,21 @@ def _wide_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
         return ((wide * 255 + 32767) // 65535).astype(np.uint8)
     # float64: the range of float32 values near its limits (e.g. -3e38..3e38) overflows float32. Casting a
     # signalling NaN (garbage data read as floats) raises numpy's "invalid value" warning; NaN becomes 0 anyway.
+    # In place from here on: at 64 M pixels each float64 temporary is 512 MB.
     with np.errstate(invalid="ignore"):
-        values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        values = arr.astype(np.float64)
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if mode == "F" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
         lo, hi = 0.0, 1.0  # float images conventionally hold 0..1
     else:
         lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
-    return np.clip(np.rint((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    values -= lo
+    values *= 255.0 / (hi - lo)
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def _flatten(rgba: np.ndarray, alpha: str) -> np.ndarray:
@@ -355,7 +361,14 @@ def _flatten(rgba: np.ndarray, alpha: str) -> np.ndarray:
     if alpha == "drop":
         return rgba[:, :, :3]
     background = 255 if alpha == "white" else 0
+    # In place (max value 255 * 255 + 127 fits uint16): at 64 M pixels each uint16 RGB temporary is 384 MB.
     rgb = rgba[:, :, :3].astype(np.uint16)
     a = rgba[:, :, 3:4].astype(np.uint16)
-    # max value 255 * 255 + 127 fits uint16
-    return ((rgb * a + background * (255 - a) + 127) // 255).astype(np.uint8)
+    rgb *= a
+    if background:
+        a ^= 255  # 255 - a for 0..255
+        a *= background
+        rgb += a
+    rgb += 127
+    rgb //= 255
+    return rgb.astype(np.uint8)
