@@ -17,7 +17,8 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
   try, so a cut-off PNG/JPEG is a reject, not a half-grey image. libjpeg, though, fills the missing blocks
   of a JPEG whose data stops early but ends with an end marker, warning only; a JPEG with less data than any
   complete image of its declared size needs (one bit per 8x8 block) is a reject before decoding. A JPEG with
-  more than 100 scans is a reject too (each scan is a pass over the whole image: a CPU bomb).
+  more than 100 scans (each a pass over the whole image) or 10,000 marker segments (each walked in Python) is a
+  reject too: CPU bombs.
 * Transparency (`alpha`): RGBA/LA/PA, and P/L/RGB with a tRNS key, are composited on white (the
   default, what most viewers show), on black, or the alpha is dropped (colour of transparent pixels
   kept as stored).
@@ -36,6 +37,7 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 import warnings
@@ -71,8 +73,12 @@ _WIDE_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _MAX_REASON_CHARS: Final = 300
 # JPEG start-of-frame markers (SOF0..SOF15 less DHT 0xC4, JPG 0xC8 and DAC 0xCC).
 _JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# More scans than this make a JPEG a reject: see `_jpeg_problem`.
+# More scans or marker segments than these make a JPEG a reject: see `_jpeg_problem`.
 _MAX_JPEG_SCANS: Final = 100
+_MAX_JPEG_SEGMENTS: Final = 10_000
+# The marker ending a scan's entropy-coded data: 0xFF followed by anything but a stuffed 0x00, a restart marker
+# (0xD0..0xD7) or another 0xFF (fill).
+_JPEG_SCAN_END: Final = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 # `warnings.catch_warnings` swaps the process-wide filter list (before Python 3.14); two threads doing it
 # at once can restore each other's state and leave a filter installed for good. The lock keeps our own
@@ -152,6 +158,10 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded 
 
 def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
     """`decode_image` past the input checks; raises on bad data (the caller turns that into a reason)."""
+    if data[:3] == b"\xff\xd8\xff":  # JPEG (and MPO): before Pillow, which walks the marker segments in Python
+        problem = _jpeg_problem(data)
+        if problem:
+            return problem
     im = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     with im:
         width, height = im.size
@@ -159,10 +169,6 @@ def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
             return f"invalid image size {width}x{height}"
         if width * height > policy.max_pixels:
             return f"image too large: {width}x{height} = {width * height:,} pixels exceeds max_pixels={policy.max_pixels:,}"
-        if im.format in ("JPEG", "MPO"):
-            problem = _jpeg_problem(data)
-            if problem:
-                return problem
         # Counting frames walks the frame headers (and PIL checks each frame's size on the way). Pillow's TIFF
         # count parses every page's tags and is quadratic in the pages, so TIFF pages are counted here.
         frames = _tiff_pages(data) if im.format == "TIFF" else int(getattr(im, "n_frames", 1) or 1)
@@ -211,17 +217,18 @@ def _quiet_warnings(max_pixels: int) -> Iterator[None]:
 
 
 def _jpeg_problem(data: bytes) -> str | None:
-    """Why a JPEG's structure rules it out before libjpeg decodes it, or None (libjpeg then judges the rest).
+    """Why a JPEG's structure rules it out before it is decoded, or None (Pillow and libjpeg then judge the rest).
 
-    Two hostile shapes cost far more than their bytes and libjpeg accepts both, only warning, which Pillow does not
-    report: a progressive JPEG with thousands of scans (each scan is a pass over every block of the image, so a few
-    hundred KB can keep a worker busy for minutes), and a header claiming a large image followed by a few bytes
-    and an end marker (libjpeg fills the missing blocks with grey). A scan that codes DC coefficients for the first
-    time (every sequential scan, and a progressive image's first DC scan) holds at least one Huffman code, so one
-    bit, per block of each component in it; less data than that cannot be a complete image. Arithmetic-coded and
-    lossless JPEGs, which can code a block in less than a bit, are not checked. Only the first image of the file
-    (up to its end marker) is read; an MPO's further images and trailing bytes are not."""
-    size, pos, scans = len(data), 2, 0
+    Hostile shapes that cost far more than their bytes, which libjpeg accepts (only warning, which Pillow does not
+    report): a progressive JPEG with thousands of scans (each scan is a pass over every block of the image, so a
+    few hundred KB can keep a worker busy for minutes); millions of empty marker segments (Pillow walks them in
+    Python, about 2 us each); and a header claiming a large image followed by a few bytes and an end marker
+    (libjpeg fills the missing blocks with grey). A scan that codes DC coefficients for the first time (every
+    sequential scan, and a progressive image's first DC scan) holds at least one Huffman code, so one bit, per
+    block of each component in it; less data than that cannot be a complete image. Arithmetic-coded and lossless
+    JPEGs, which can code a block in less than a bit, are not checked. Only the first image of the file (up to
+    its end marker) is read; an MPO's further images and trailing bytes are not."""
+    size, pos, scans, segments = len(data), 2, 0, 0
     blocks: dict[int, int] = {}  # component id -> blocks in a scan of that component alone (fewest per scan)
     huffman, width, height = False, 0, 0
     while pos + 4 <= size and data[pos] == 0xFF:
@@ -231,6 +238,10 @@ def _jpeg_problem(data: bytes) -> str | None:
             continue
         if marker == 0xD9:  # end of image
             return None
+        segments += 1
+        if segments > _MAX_JPEG_SEGMENTS:
+            return (f"JPEG has more than {_MAX_JPEG_SEGMENTS:,} marker segments (real files have tens; this many "
+                    f"at the 64 KB maximum each would be 655 MB): each costs Python time in the decoder")
         length = struct.unpack_from(">H", data, pos + 2)[0]
         segment = data[pos + 4 : pos + 2 + length]
         pos += 2 + length
@@ -252,7 +263,8 @@ def _jpeg_problem(data: bytes) -> str | None:
             components = [segment[1 + 2 * k] for k in range(segment[0]) if 1 + 2 * k < len(segment)]
             first_dc = len(segment) >= 4 + 2 * segment[0] and segment[1 + 2 * segment[0]] == 0 and (
                 segment[3 + 2 * segment[0]] >> 4 == 0)  # Ss == 0 and Ah == 0
-            end = _jpeg_scan_end(data, pos)
+            found = _JPEG_SCAN_END.search(data, pos)
+            end = found.start() if found else size
             needed = sum(blocks.get(c, 0) for c in components) if huffman and first_dc else 0
             if 8 * (end - pos) < needed:
                 return (f"JPEG data too short for its {width}x{height} size: a scan has {end - pos:,} bytes, at least "
@@ -263,22 +275,6 @@ def _jpeg_problem(data: bytes) -> str | None:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _jpeg_scan_end(data: bytes, pos: int) -> int:
-    """Where a scan's entropy-coded data starting at `pos` ends: the next marker other than a stuffed 0xFF00 or a
-    restart marker (0xFFD0..0xFFD7); the end of the data if there is none."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            return len(data)
-        follower = data[pos + 1]
-        if follower == 0xFF:
-            pos += 1
-        elif follower == 0x00 or 0xD0 <= follower <= 0xD7:
-            pos += 2
-        else:
-            return pos
 
 
 def _tiff_pages(data: bytes) -> int:
