@@ -52,7 +52,7 @@ exit status:
   1    the run started and failed: a batch failed past its retries (_summary.json says "failed", with the reason) or
        its counts do not add up ("inconsistent"); OUTPUT holds only whole files and the same command resumes it
   2    the run could not start: a bad option or --config file, a missing input, a refused checkpoint, an output made
-       with other settings or already complete; nothing was purified
+       with other settings or already complete, or in use by another run (OUTPUT/_lease.json); nothing was purified
   130  interrupted (Ctrl-C; 143 for SIGTERM): _summary.json says "interrupted"; the same command resumes the run
 """
 
@@ -439,10 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
+    except KeyboardInterrupt as err:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
               "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + getattr(err, "signum", 2)  # SIGTERM before the pipeline started is raised as one too (143)
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)

@@ -24,9 +24,11 @@ import os
 import posixpath
 import re
 import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,7 +77,15 @@ from pipeline.stages import (
     write_parquet_atomic,
     write_stage,
 )
-from pipeline.storage import describe, make_parent_dirs, move_into_place, remove_stale_temporaries, with_retries
+from pipeline.storage import (
+    create_if_absent,
+    describe,
+    make_parent_dirs,
+    move_into_place,
+    remove_stale_temporaries,
+    replace_file,
+    with_retries,
+)
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
@@ -292,13 +302,9 @@ def failure_reason(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -> Iterator[None]:
-    """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
-
-    SIGINT and SIGTERM are raised as an interruption in the driver (Ray's own SIGTERM handler would exit with the
-    output's summary left at "running"); `record(status, details)` writes the summary ("interrupted" or "failed")
-    and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status.
-    """
+def signals_interrupt() -> Iterator[None]:
+    """Within it, SIGINT and SIGTERM raise `_Interrupt` (a KeyboardInterrupt) in the main thread, so that `finally`
+    blocks run (a run's summary, its lease) where SIGTERM's default would end the process on the spot."""
     def handler(signum: int, frame: Any) -> None:
         raise _Interrupt(signum)
 
@@ -310,21 +316,34 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
                     if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
-    except KeyboardInterrupt as err:
-        signum = getattr(err, "signum", signal.SIGINT)
-        name = signal.Signals(signum).name
-        written = record("interrupted", {"signal": name})
-        raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
-                             "again to resume", signum) from None
-    except Exception as err:
-        reason = failure_reason(err)
-        written = record("failed", {"error": reason})
-        raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: run the same "
-                        "command again to resume") from err
     finally:
         for signum, old in previous.items():
             if old is not None:  # None: a handler set outside Python, which cannot be put back
                 signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -> Iterator[None]:
+    """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
+
+    SIGINT and SIGTERM are raised as an interruption in the driver (Ray's own SIGTERM handler would exit with the
+    output's summary left at "running"); `record(status, details)` writes the summary ("interrupted" or "failed")
+    and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status.
+    """
+    with signals_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            name = signal.Signals(signum).name
+            written = record("interrupted", {"signal": name})
+            raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
+                                 "again to resume", signum) from None
+        except Exception as err:
+            reason = failure_reason(err)
+            written = record("failed", {"error": reason})
+            raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: run the same "
+                            "command again to resume") from err
 
 
 def redact(options: Any) -> Any:
@@ -357,6 +376,169 @@ def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, An
     # Not fs.mv: fsspec's generic move (s3fs) expands glob characters, so under an output like 'run[1]' it failed.
     # A temporary copy that cannot be deleted stops the job here, before any work, rather than after it.
     move_into_place(fs, tmp, path, len(data), f"write {uri}", tolerate_leftover=False)
+
+
+# One run at a time writes into an output. Two at once each purify what the other has not finished (work done
+# twice), an --overwrite deletes the other's files under it, and the end-of-run duplicate check of one rewrites
+# files the other is still counting. The running driver holds OUTPUT/_lease.json (hidden: readers of the output
+# and the job's own listings skip names starting with _ and .) and refreshes its heartbeat; a lease whose
+# heartbeat is LEASE_STALE_S old belongs to a run that died without releasing it (SIGKILL, a lost node).
+LEASE_FILE = "_lease.json"
+LEASE_HEARTBEAT_S = 30.0
+LEASE_STALE_S = 180.0
+# Object stores have no create-if-absent in fsspec: a run writes its lease, waits this long and reads it back; of two
+# runs that wrote within this time of each other, the later write stands and the other run stops.
+LEASE_SETTLE_S = 2.0
+
+
+def _when(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if isinstance(t, int | float) else "unknown"
+
+
+def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the run holding `lease` beat its heartbeat within LEASE_STALE_S (one in the future, from a clock
+    ahead of ours, counts as live)."""
+    beat = lease.get("heartbeat")
+    return isinstance(beat, int | float) and (now or time.time()) - beat < LEASE_STALE_S
+
+
+def lease_holder(lease: dict[str, Any]) -> str:
+    """'run 3f2a... on host h, pid 123, started ..., last heartbeat ... (12 s ago)'."""
+    beat = lease.get("heartbeat")
+    ago = f" ({time.time() - beat:.0f} s ago)" if isinstance(beat, int | float) else ""
+    return (f"run {lease.get('run_id', '?')} on host {lease.get('host', '?')}, pid {lease.get('pid', '?')}, "
+            f"started {_when(lease.get('started'))}, last heartbeat {_when(beat)}{ago}")
+
+
+def _in_use(out: str, lease: dict[str, Any]) -> JobError:
+    return JobError(f"output {out} is in use by another run ({lease_holder(lease)}); wait for it to finish or write "
+                    f"to another output. If that run is no longer running (killed), delete {out}/{LEASE_FILE}, or "
+                    f"run again once its heartbeat is {LEASE_STALE_S / 60:.0f} minutes old: the stale lease is then "
+                    "taken over")
+
+
+def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    """The output's lease, or None when there is none. One GET, not exists + GET: s3fs answers exists() from its
+    cached listings, which can miss a lease written since. An unreadable lease (not JSON) reads as stale."""
+    fs, path = _fs(f"{output.rstrip('/')}/{LEASE_FILE}", storage_options)
+    try:
+        data = with_retries(lambda: fs.cat_file(path), f"read {output}/{LEASE_FILE}")
+    except FileNotFoundError:
+        return None
+    try:
+        lease = json.loads(data)
+    except ValueError:
+        return {"unreadable": True}
+    return lease if isinstance(lease, dict) else {"unreadable": True}
+
+
+def refuse_live_lease(output: str, storage_options: dict[str, Any]) -> None:
+    """Raise JobError naming the other run when the output's lease is live: in planning, before any work (a dry run
+    takes no lease, and a real run takes it only once planned)."""
+    lease = read_lease(output, storage_options)
+    if lease is not None and lease_is_live(lease):
+        raise _in_use(output.rstrip("/"), lease)
+
+
+class OutputLease:
+    """This run's lease on an output: `acquire` before anything in the output is changed (JobError naming the other
+    run when its lease is live), a heartbeat every LEASE_HEARTBEAT_S, `check` (JobError once another run has taken
+    the lease over), `release` at the end, whatever the end. Also a context manager that does all four."""
+
+    def __init__(self, output: str, storage_options: dict[str, Any]) -> None:
+        self.out = output.rstrip("/")
+        self.fs, self.path = _fs(f"{self.out}/{LEASE_FILE}", storage_options)
+        now = time.time()
+        self.record = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": now,
+                       "heartbeat": now}
+        self.lost: dict[str, Any] | None = None  # the lease of the run that took ours over
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._so = storage_options
+
+    def _write(self) -> None:
+        self.record["heartbeat"] = time.time()
+        replace_file(self.fs, self.path, json.dumps(self.record, indent=2).encode(), f"write {self.out}/{LEASE_FILE}")
+
+    def _mine(self, lease: dict[str, Any] | None) -> bool:
+        return lease is not None and lease.get("run_id") == self.record["run_id"]
+
+    def acquire(self) -> None:
+        try:
+            self._take()
+        except BaseException:
+            # refused, or stopped (Ctrl-C, SIGTERM) while settling: a lease of ours must not be left to go stale
+            self.release()
+            raise
+        self._beat = threading.Thread(target=self._heartbeat, name="output-lease", daemon=True)
+        self._beat.start()
+
+    def _take(self) -> None:
+        try:
+            current = read_lease(self.out, self._so)
+            if current is not None:
+                if lease_is_live(current):
+                    raise _in_use(self.out, current)
+                print(f"warning: taking over the stale lease of {self.out} ("
+                      + ("unreadable" if current.get("unreadable") else lease_holder(current))
+                      + f"): no heartbeat for {LEASE_STALE_S / 60:.0f} minutes, so that run was killed without "
+                      "releasing it; its finished files are kept and its inputs left undone are purified now",
+                      file=sys.stderr)
+            make_parent_dirs(self.fs, posixpath.dirname(self.path))
+            created = None if current is not None else create_if_absent(
+                self.fs, self.path, json.dumps(self.record, indent=2).encode())
+            if created is False:  # another run created one since we looked: say whose
+                raise _in_use(self.out, read_lease(self.out, self._so) or {})
+            if created is None:
+                self._write()
+                time.sleep(LEASE_SETTLE_S)
+                back = read_lease(self.out, self._so)
+                if not self._mine(back):
+                    raise _in_use(self.out, back or {})
+        except JobError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a storage refusal: the run cannot write its output either
+            raise JobError(f"cannot write to output {self.out}: {describe(err)}") from err
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LEASE_HEARTBEAT_S):
+            try:
+                current = read_lease(self.out, self._so)
+                if current is not None and current.get("unreadable"):
+                    continue  # not a run's lease (runs write whole files): neither ours nor taken over
+                if current is not None and not self._mine(current):
+                    self.lost = current  # not overwritten: the other run holds the output now
+                    return
+                self._write()
+            except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
+                print(f"warning: could not refresh the lease of {self.out}: {describe(err)}", file=sys.stderr)
+
+    def check(self) -> None:
+        """Raise JobError when another run has taken this run's lease over (a lease written within LEASE_SETTLE_S of
+        ours on an object store, or ours gone stale while this driver stalled)."""
+        if self.lost is not None:
+            raise JobError(f"another run took over output {self.out} while this one ran ({lease_holder(self.lost)}); "
+                           "this run stops so that the two do not change each other's files")
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still this run's; a failure to is a warning only (the
+        lease goes stale), never an error over the run's own outcome."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=LEASE_HEARTBEAT_S)
+        try:
+            if self._mine(read_lease(self.out, self._so)):
+                with_retries(lambda: self.fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: could not release the lease {self.out}/{LEASE_FILE} ({describe(err)}); the next run "
+                  f"takes it over once it is {LEASE_STALE_S / 60:.0f} minutes old", file=sys.stderr)
+
+    def __enter__(self) -> OutputLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> list[str]:
@@ -544,15 +726,9 @@ def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
 
 
-def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
-    """Refuse to mix runs with different settings, or to silently append to a finished run; return the output's
-    state: "new", "resume" (an unfinished run), "incremental" (a finished run, --incremental) or "overwrite".
-
-    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing.
-    """
-    so = config.storage_options
-    out = config.output.rstrip("/")
-    fs, root = _fs(out, so)
+def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The output's file system and path, refusing an output that is a file or in a bucket that does not exist."""
+    fs, root = _fs(out, storage_options)
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
     if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) and not fs.exists(root):
@@ -561,6 +737,30 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         if bucket and not fs.exists(bucket):
             raise JobError(f"the bucket of output {out} ({bucket}) does not exist or cannot be seen with these "
                            "credentials; create it or fix --output")
+    return fs, root
+
+
+def clear_output(out: str, storage_options: dict[str, Any]) -> None:
+    """Delete what --overwrite replaces: data/, rejects/, the summary and the job record (not the lease)."""
+    fs, root = _fs(out, storage_options)
+    if fs.exists(root):
+        for folder in (DATA_DIR, REJECTS_DIR):
+            if fs.exists(posixpath.join(root, folder)):
+                fs.rm(posixpath.join(root, folder), recursive=True)
+        for name in (SUMMARY_FILE, JOB_FILE):
+            if fs.exists(posixpath.join(root, name)):
+                fs.rm(posixpath.join(root, name))
+
+
+def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
+    """Refuse to mix runs with different settings, or to silently append to a finished run; return the output's
+    state: "new", "resume" (an unfinished run), "incremental" (a finished run, --incremental) or "overwrite".
+
+    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing.
+    """
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    fs, root = check_output_location(out, so)
     if config.overwrite:
         for folder in (DATA_DIR, REJECTS_DIR):
             # --overwrite deletes these folders whole: an output given as a data set's own folder (or the input
@@ -570,13 +770,8 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
             if foreign:
                 raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
                                f"did not write (e.g. {foreign[0]}); choose another output")
-        if not dry_run and fs.exists(root):
-            for folder in (DATA_DIR, REJECTS_DIR):
-                if fs.exists(posixpath.join(root, folder)):
-                    fs.rm(posixpath.join(root, folder), recursive=True)
-            for name in (SUMMARY_FILE, JOB_FILE):
-                if fs.exists(posixpath.join(root, name)):
-                    fs.rm(posixpath.join(root, name))
+        if not dry_run:
+            clear_output(out, so)
         return "overwrite"
     previous = _read_json(f"{out}/{JOB_FILE}", so)
     has_parts = bool(list_parts(out, DATA_DIR, so) or list_parts(out, REJECTS_DIR, so))
@@ -786,7 +981,9 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         raise JobError(overlap)
     # What is already done (resume / incremental), and what there is to read.
     try:
-        state = check_output_state(config, job_record, dry_run=dry_run)
+        # deletes nothing: run_job empties an --overwrite output once it holds the output's lease
+        state = check_output_state(config, job_record, dry_run=True)
+        refuse_live_lease(out, so)  # before any work; a real run takes the lease itself after planning (run_job)
         # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
         # the plan reports what --overwrite would delete).
         skip, prior_purified, prior_rejected = (set(), 0, 0) if state in ("new", "overwrite") else done_ids(out, so)
@@ -891,22 +1088,35 @@ def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_a
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json."""
-    import ray
-    import ray.data
+    """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json.
 
+    The run holds the output's lease (`OutputLease`) from its first change to the output (deleting it, with
+    --overwrite) until it ends, however it ends; SIGTERM then raises like Ctrl-C, so that the lease is released."""
     started = time.time()
-    so = config.storage_options
     out = config.output.rstrip("/")
-    settings = config.settings()
-    policy = config.decode_policy()
 
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
     plan = plan_job(config)
-    canvas_size, ckpt = plan.canvas_size, plan.checkpoint
     _init_ray(config)
-    actors, gpus_per_actor, device = _default_actors_and_gpus(config)
+    placement = _default_actors_and_gpus(config)
+    with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
+        if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
+            clear_output(out, config.storage_options)
+        return _run(config, plan, placement, lease, started)
+
+
+def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], lease: OutputLease,
+         started: float) -> dict[str, Any]:
+    import ray
+    import ray.data
+
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    settings = config.settings()
+    policy = config.decode_policy()
+    canvas_size, ckpt = plan.canvas_size, plan.checkpoint
+    actors, gpus_per_actor, device = placement
     try:
         _write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001
@@ -927,6 +1137,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         """Say in the summary how a run that did not finish ended, with what the driver had counted by then."""
         if bar is not None:
             bar.close()
+        if lease.lost is not None:  # the output's summary is the other run's now
+            return "the summary was left to that run"
         done = {"read": read, "purified": purified, "rejected": rejected,
                 "skipped_already_done": plan.skipped_files + skipped_in_units, "files_written": len(files),
                 "wall_s": round(time.time() - started, 2)}
@@ -1005,6 +1217,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
             read += int(row["read"])
             skipped_in_units += int(row["skipped"])
             files += json.loads(row["files"])
+            lease.check()
             if bar is not None:
                 bar.update(int(row["purified"]) + int(row["rejected"]))
                 bar.set_postfix(rejected=rejected)
@@ -1012,7 +1225,9 @@ def run_job(config: JobConfig) -> dict[str, Any]:
             bar.close()
         wall = time.time() - started
 
-        # 4. Summary: this run's counts, and the whole output's.
+        # 4. Summary: this run's counts, and the whole output's. Not when another run has taken the output over:
+        # the duplicate check rewrites files, and that run's end does it.
+        lease.check()
         rows = deduplicate_output(out, so)
         duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
         retyped = unify_output_types(out, so, rows.data_schemas)

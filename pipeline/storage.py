@@ -16,9 +16,11 @@ can quote a path ('s3://b/timeout-500/x.png'), so a path never makes an error tr
 from __future__ import annotations
 
 import errno
+import os
 import posixpath
 import random
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -246,6 +248,43 @@ def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate
             raise
         warnings.warn(f"{what}: done, but the temporary file {tmp} could not be removed ({describe(err)}); "
                       "readers skip its hidden name", RuntimeWarning, stacklevel=2)
+
+
+def replace_file(fs: Any, path: str, data: bytes, what: str) -> None:
+    """Write `data` to `path` so that a reader sees the old content or the new, never part of it: on a file system
+    with a rename, a hidden temporary file renamed over `path`; on an object store one PUT, which is atomic."""
+    if not _has_rename(fs):
+        with_retries(lambda: fs.pipe_file(path, data), what)
+        return
+    tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    try:
+        with_retries(lambda: fs.pipe_file(tmp, data), what)
+        move_into_place(fs, tmp, path, len(data), what)
+    except Exception:
+        discard(fs, tmp)
+        raise
+
+
+def create_if_absent(fs: Any, path: str, data: bytes) -> bool | None:
+    """Create `path` holding `data` only if no file is there, atomically: True if created, False if a file was
+    there. None where the storage cannot do it (object stores: fsspec has no conditional PUT; file systems without
+    hard links): the caller must settle the race another way. A hard link of a whole temporary file, not
+    O_EXCL, so that a reader never sees the new file empty."""
+    protocol = getattr(fs, "protocol", "file")
+    if not {"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol):
+        return None
+    tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some FUSE and SMB mounts)
+        return None
+    finally:
+        os.unlink(tmp)
 
 
 def discard(fs: Any, path: str) -> None:

@@ -1,0 +1,210 @@
+"""One run at a time in an output: the lease OUTPUT/_lease.json.
+
+Two runs into one output purified the same inputs twice, an --overwrite deleted the files of the run still writing
+them, and each run's end-of-run duplicate check rewrote files the other was writing. A run now takes the output's
+lease before it changes anything there; a second run finds it live and stops before any work (exit status 2, one
+`error:` line naming the other run); a lease whose heartbeat stopped (a killed run) is taken over with a warning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pipeline.job as job
+from pipeline.cli import main
+from pipeline.job import LEASE_FILE, JobError, OutputLease
+from tests.jobutil import image_bytes, read_output, tiny_model_file
+from tests.test_s3 import s3  # noqa: F401 - the moto server fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _other_run(out: Path, heartbeat_age_s: float) -> bytes:
+    """Write the lease of a run on another machine whose last heartbeat was `heartbeat_age_s` ago."""
+    now = time.time()
+    data = json.dumps({"run_id": "0ther", "host": "batch-node-7", "pid": 4242, "started": now - 3600,
+                       "heartbeat": now - heartbeat_age_s}).encode()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".lease.tmp").write_bytes(data)
+    os.replace(out / ".lease.tmp", out / LEASE_FILE)  # whole, as a run writes it
+    return data
+
+
+def _inputs(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    return folder
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_a_second_run_stops_before_any_work_naming_the_run_that_holds_the_output(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    lease = _other_run(out, heartbeat_age_s=10)
+    status = main(["--input", str(_inputs(tmp_path / "in", 2)), "--output", str(out), "--incremental"])
+    stderr = capsys.readouterr().err
+    assert status == 2
+    [line] = _error_lines(stderr)
+    assert f"output {out} is in use by another run" in line
+    for said in ("host batch-node-7", "pid 4242", "started ", "last heartbeat ", "wait for it to finish", LEASE_FILE):
+        assert said in line, line
+    assert sorted(p.name for p in out.iterdir()) == [LEASE_FILE]  # no _job.json, no _summary.json, no data
+    assert (out / LEASE_FILE).read_bytes() == lease
+
+
+def test_overwrite_leaves_a_running_runs_files_and_lease_alone(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "part-0123.parquet").write_bytes(b"the other run's rows")
+    (out / "_job.json").write_text("{}")
+    lease = _other_run(out, heartbeat_age_s=5)
+    status = main(["--input", str(_inputs(tmp_path / "in", 2)), "--output", str(out), "--overwrite"])
+    assert status == 2 and len(_error_lines(capsys.readouterr().err)) == 1
+    assert (out / "data" / "part-0123.parquet").read_bytes() == b"the other run's rows"
+    assert (out / "_job.json").exists() and (out / LEASE_FILE).read_bytes() == lease
+
+
+def test_dry_run_reports_a_live_lease_and_writes_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    lease = _other_run(out, heartbeat_age_s=60)
+    status = main(["--input", str(_inputs(tmp_path / "in", 2)), "--output", str(out),
+                   "--checkpoint", tiny_model_file(tmp_path), "--dry-run"])
+    [line] = _error_lines(capsys.readouterr().err)
+    assert status == 2 and "is in use by another run" in line and "pid 4242" in line
+    assert (out / LEASE_FILE).read_bytes() == lease
+
+
+def test_a_lease_is_held_until_released_and_then_free(tmp_path) -> None:
+    out = str(tmp_path / "out")
+    first = OutputLease(out, {})
+    first.acquire()
+    held = json.loads((tmp_path / "out" / LEASE_FILE).read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    with pytest.raises(JobError, match=f"in use by another run .*pid {os.getpid()}"):
+        OutputLease(out, {}).acquire()
+    first.release()
+    assert not (tmp_path / "out" / LEASE_FILE).exists()
+    with OutputLease(out, {}):  # free again
+        assert (tmp_path / "out" / LEASE_FILE).exists()
+    assert not (tmp_path / "out" / LEASE_FILE).exists()
+
+
+def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.1)
+    out = tmp_path / "out"
+    _other_run(out, heartbeat_age_s=job.LEASE_STALE_S + 60)
+    with OutputLease(str(out), {}) as lease:
+        assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
+    warning = capsys.readouterr().err
+    assert "warning: taking over the stale lease" in warning and "batch-node-7" in warning
+
+
+def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(job, "LEASE_HEARTBEAT_S", 0.05)
+    out = tmp_path / "out"
+    lease = OutputLease(str(out), {})
+    lease.acquire()
+    try:
+        first = json.loads((out / LEASE_FILE).read_text())["heartbeat"]
+        deadline = time.time() + 30
+        while json.loads((out / LEASE_FILE).read_text())["heartbeat"] == first and time.time() < deadline:
+            time.sleep(0.05)
+        assert json.loads((out / LEASE_FILE).read_text())["heartbeat"] > first
+        lease.check()  # still ours
+        other = _other_run(out, heartbeat_age_s=0)  # another run wrote over it (the object-store race)
+        while lease.lost is None and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(JobError, match="another run took over output .*batch-node-7"):
+            lease.check()
+    finally:
+        lease.release()
+    assert (out / LEASE_FILE).read_bytes() == other  # neither refreshed nor deleted: it is the other run's
+
+
+def test_a_run_refused_in_planning_takes_no_lease_and_creates_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    status = main(["--input", str(_inputs(tmp_path / "in", 1)), "--output", str(out),
+                   "--checkpoint", str(tmp_path / "missing.pt")])
+    assert status == 2 and "missing.pt" in _error_lines(capsys.readouterr().err)[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stop", [RuntimeError, KeyboardInterrupt])
+def test_the_lease_is_released_however_the_run_ends(tmp_path, stop) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(stop), OutputLease(str(out), {}):
+        assert (out / LEASE_FILE).exists()
+        raise stop("a failed batch" if stop is RuntimeError else "Ctrl-C")
+    assert not (out / LEASE_FILE).exists()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_takes_over_a_stale_lease_completes_and_releases_it(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.1)
+    out = tmp_path / "out"
+    _other_run(out, heartbeat_age_s=job.LEASE_STALE_S + 1)  # a run killed 3 minutes ago
+    status = main(["--input", str(_inputs(tmp_path / "in", 4)), "--output", str(out), "--checkpoint",
+                   tiny_model_file(tmp_path), "--steps", "2", "--no-progress"])
+    stderr = capsys.readouterr().err
+    assert status == 0, stderr[-3000:]
+    assert "warning: taking over the stale lease" in stderr and "pid 4242" in stderr
+    assert json.loads((out / "_summary.json").read_text())["status"] == "complete"
+    assert not (out / LEASE_FILE).exists()
+
+
+def test_lease_on_s3_one_run_at_a_time_and_stale_taken_over(s3, monkeypatch) -> None:  # noqa: F811
+    fs, options = s3
+    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.2)
+    out = "s3://zip-out/leased"
+    with OutputLease(out, options) as lease:
+        held = json.loads(fs.cat_file(f"zip-out/leased/{LEASE_FILE}"))
+        assert held["run_id"] == lease.record["run_id"]
+        with pytest.raises(JobError, match="in use by another run"):
+            OutputLease(out, options).acquire()
+    assert not fs.exists(f"zip-out/leased/{LEASE_FILE}")
+    fs.pipe_file(f"zip-out/leased/{LEASE_FILE}", json.dumps({"run_id": "0ther", "heartbeat": 0}).encode())
+    with OutputLease(out, options) as lease:
+        assert json.loads(fs.cat_file(f"zip-out/leased/{LEASE_FILE}"))["run_id"] == lease.record["run_id"]
+
+
+@pytest.mark.slow  # one real run of the job in a subprocess (~15 s of Ray)
+def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(tmp_path, capsys) -> None:
+    n = 32
+    inp = _inputs(tmp_path / "in", n)
+    model = tiny_model_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["--input", str(inp), "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "8",
+            "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
+    first = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
+                             env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": "slow:0.5"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and first.poll() is None and not list((out / "data").glob("part-*.parquet")):
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert json.loads((out / LEASE_FILE).read_text())["pid"] == first.pid
+        assert main(args) == 2  # the second run, started while the first is writing
+        [line] = _error_lines(capsys.readouterr().err)
+        assert f"pid {first.pid}" in line and "in use by another run" in line
+        os.killpg(first.pid, signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 143, stderr[-3000:]
+    assert not (out / LEASE_FILE).exists()  # released on SIGTERM: the next run need not wait for it to go stale
+    assert json.loads((out / "_summary.json").read_text())["status"] == "interrupted"
+    data, _ = read_output(str(out))
+    assert 0 < len(data) < n and data["id"].is_unique
