@@ -78,6 +78,7 @@ from pipeline.stages import (
     write_stage,
 )
 from pipeline.storage import (
+    RetriesExhausted,
     create_if_absent,
     describe,
     make_parent_dirs,
@@ -1080,6 +1081,27 @@ def _output_inside_input(input_uri: str, output_uri: str,
     return lambda path: any(_is_under(normal(path), folder) for folder in written)
 
 
+class _RetriedByRayType(type):
+    def __instancecheck__(cls, err: object) -> bool:
+        return isinstance(err, Exception) and not isinstance(err, RetriesExhausted)
+
+
+class RetriedByRay(Exception, metaclass=_RetriedByRayType):
+    """Every exception a task raises but a storage operation that has used up its own retries (RetriesExhausted):
+    `isinstance(err, RetriedByRay)` says which exceptions Ray retries a task on. Ray's retry_exceptions takes only
+    classes to retry, checked with isinstance (Ray Data's UserCodeException unwrapped to the task's own error), and
+    RetriesExhausted is an OSError, so no list of plain classes could keep the other OSErrors and leave it out."""
+
+
+def task_retry_options() -> dict[str, Any]:
+    """Ray options of the job's tasks: a task is retried 3 times when its worker dies (a crash, the OOM killer:
+    Ray retries those whatever retry_exceptions says) and when it raises, except for a storage give-up. That one
+    already retried each request with_retries x botocore times (18); Ray's 3 retries made it 72 requests and 4
+    times the wait before a run under a sustained S3 outage failed, and added to the throttling it was waiting out.
+    A new list each call: Ray Data appends its RaySystemError to the one it is given."""
+    return {"max_retries": 3, "retry_exceptions": [RetriedByRay]}
+
+
 def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int) -> str:
     """"complete" when every input this run read was counted as purified or rejected, and the output's files hold
     exactly those rows on top of the ones they held before; else "inconsistent" (something was lost or doubled)."""
@@ -1165,7 +1187,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         threads = cpu_actor_threads(config, actors, gpus_per_actor)
         # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
         # actors, so finished batches are written while others are still purifying (streaming).
-        task_retries = {"max_retries": 3, "retry_exceptions": True, "num_cpus": config.cpus_per_task}
+        task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
         skip_ids = frozenset(plan.done)
         rows = [u.to_row() for u in plan.units] or [{"kind": "files", "paths": [], "root": ""}]
         # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
