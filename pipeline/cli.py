@@ -403,6 +403,9 @@ def print_plan(report: dict[str, Any]) -> None:
     held = f"{out['purified']} purified, {out['rejected']} rejected"
     print(f"output: {state[out['state']]}; " + (f"it holds {held}" if out["state"] == "overwrite"
                                                  else f"already holds {held}"))
+    if report.get("stale_lease"):
+        print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
+              "takes the lease over")
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
           f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files (their members are "
           f"checked against the output when read), {inp['read_tasks']} read tasks")

@@ -433,12 +433,13 @@ def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] |
     return lease if isinstance(lease, dict) else {"unreadable": True}
 
 
-def refuse_live_lease(output: str, storage_options: dict[str, Any]) -> None:
+def refuse_live_lease(output: str, storage_options: dict[str, Any]) -> str | None:
     """Raise JobError naming the other run when the output's lease is live: in planning, before any work (a dry run
-    takes no lease, and a real run takes it only once planned)."""
+    takes no lease, and a real run takes it only once planned). Returns who holds a stale lease, if one is there."""
     lease = read_lease(output, storage_options)
     if lease is not None and lease_is_live(lease):
         raise _in_use(output.rstrip("/"), lease)
+    return None if lease is None else "unreadable" if lease.get("unreadable") else lease_holder(lease)
 
 
 class OutputLease:
@@ -922,6 +923,7 @@ class JobPlan:
     in_memory_bytes: int  # tar shards and Parquet files over this are streamed from storage
     excluded_output_files: int = 0  # files of the job's own output, found inside the input and not read
     max_image_bytes: int = MAX_IMAGE_BYTES  # an image file, tar member or Parquet cell over this is rejected unread
+    stale_lease: str | None = None  # the holder of a lease left by a run that stopped without releasing it
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -934,6 +936,7 @@ class JobPlan:
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
             "settings": self.job_record["settings"],
             "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected},
+            "stale_lease": self.stale_lease,
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
@@ -976,7 +979,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
                   "decoding": asdict(config.decode_policy()), "checkpoint": checkpoint_uri, "model": model_note}
 
-    # Before the output is looked at (and, with --overwrite, emptied): it must not be, or hold, the input.
+    # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
     overlap = _input_inside_written_folder(config.input, out, so)
     if overlap:
         raise JobError(overlap)
@@ -984,7 +987,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     try:
         # deletes nothing: run_job empties an --overwrite output once it holds the output's lease
         state = check_output_state(config, job_record, dry_run=True)
-        refuse_live_lease(out, so)  # before any work; a real run takes the lease itself after planning (run_job)
+        stale_lease = refuse_live_lease(out, so)  # before any work; a real run takes the lease after planning
         # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
         # the plan reports what --overwrite would delete).
         skip, prior_purified, prior_rejected = (set(), 0, 0) if state in ("new", "overwrite") else done_ids(out, so)
@@ -1024,7 +1027,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
             kept_units.append(unit)
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
                    prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20, excluded,
-                   max_image_bytes=config.max_image_mb * 2**20)
+                   max_image_bytes=config.max_image_mb * 2**20, stale_lease=stale_lease)
 
 
 def _is_under(path: str, folder: str) -> bool:

@@ -250,13 +250,18 @@ def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate
                       "readers skip its hidden name", RuntimeWarning, stacklevel=2)
 
 
+def _temporary_name(path: str) -> str:
+    """A hidden name beside `path`, unique to this write (readers and remove_stale_temporaries know the prefix)."""
+    return posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+
+
 def replace_file(fs: Any, path: str, data: bytes, what: str) -> None:
     """Write `data` to `path` so that a reader sees the old content or the new, never part of it: on a file system
     with a rename, a hidden temporary file renamed over `path`; on an object store one PUT, which is atomic."""
     if not _has_rename(fs):
         with_retries(lambda: fs.pipe_file(path, data), what)
         return
-    tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    tmp = _temporary_name(path)
     try:
         with_retries(lambda: fs.pipe_file(tmp, data), what)
         move_into_place(fs, tmp, path, len(data), what)
@@ -273,7 +278,7 @@ def create_if_absent(fs: Any, path: str, data: bytes) -> bool | None:
     protocol = getattr(fs, "protocol", "file")
     if not {"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol):
         return None
-    tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    tmp = _temporary_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
     try:

@@ -85,6 +85,17 @@ def test_dry_run_reports_a_live_lease_and_writes_nothing(tmp_path, capsys) -> No
     assert (out / LEASE_FILE).read_bytes() == lease
 
 
+def test_dry_run_says_a_stale_lease_will_be_taken_over(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    lease = _other_run(out, heartbeat_age_s=job.LEASE_STALE_S + 60)
+    status = main(["--input", str(_inputs(tmp_path / "in", 2)), "--output", str(out),
+                   "--checkpoint", tiny_model_file(tmp_path), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "its lease is stale (run 0ther on host batch-node-7, pid 4242" in printed and "takes the lease over" in printed
+    assert (out / LEASE_FILE).read_bytes() == lease  # a dry run changes nothing
+
+
 def test_a_lease_is_held_until_released_and_then_free(tmp_path) -> None:
     out = str(tmp_path / "out")
     first = OutputLease(out, {})
@@ -98,6 +109,18 @@ def test_a_lease_is_held_until_released_and_then_free(tmp_path) -> None:
     with OutputLease(out, {}):  # free again
         assert (tmp_path / "out" / LEASE_FILE).exists()
     assert not (tmp_path / "out" / LEASE_FILE).exists()
+
+
+def test_create_if_absent_creates_once_and_leaves_the_first_file_whole(tmp_path) -> None:
+    import fsspec
+
+    from pipeline.storage import create_if_absent
+
+    fs, path = fsspec.filesystem("file"), str(tmp_path / LEASE_FILE)
+    assert create_if_absent(fs, path, b"first") is True
+    assert create_if_absent(fs, path, b"second") is False  # the race a local run loses: it then names the winner
+    assert (tmp_path / LEASE_FILE).read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == [LEASE_FILE]  # no temporary file left beside it
 
 
 def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, capsys, monkeypatch) -> None:
@@ -176,6 +199,37 @@ def test_lease_on_s3_one_run_at_a_time_and_stale_taken_over(s3, monkeypatch) -> 
     fs.pipe_file(f"zip-out/leased/{LEASE_FILE}", json.dumps({"run_id": "0ther", "heartbeat": 0}).encode())
     with OutputLease(out, options) as lease:
         assert json.loads(fs.cat_file(f"zip-out/leased/{LEASE_FILE}"))["run_id"] == lease.record["run_id"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_runs_taking_the_lease_at_once_one_wins(s3, tmp_path, where) -> None:  # noqa: F811
+    import threading
+
+    fs, options = s3
+    out, so = (str(tmp_path / "out"), {}) if where == "local" else (f"s3://zip-out/race-{tmp_path.name}", options)
+    start = threading.Barrier(2)
+    leases = [OutputLease(out, so), OutputLease(out, so)]
+    refused: list[JobError] = []
+
+    def take(lease: OutputLease) -> None:
+        start.wait()
+        try:
+            lease.acquire()
+        except JobError as err:
+            refused.append(err)
+
+    threads = [threading.Thread(target=take, args=(lease,)) for lease in leases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [lease for lease in leases if lease._beat is not None]
+    try:
+        assert len(winners) == 1 and len(refused) == 1, refused
+        assert "in use by another run" in str(refused[0]) and winners[0].record["run_id"] in str(refused[0])
+    finally:
+        for lease in leases:
+            lease.release()
 
 
 @pytest.mark.slow  # one real run of the job in a subprocess (~15 s of Ray)
