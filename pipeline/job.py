@@ -396,11 +396,37 @@ def _when(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if isinstance(t, int | float) else "unknown"
 
 
-def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
-    """Whether the run holding `lease` beat its heartbeat within LEASE_STALE_S (one in the future, from a clock
-    ahead of ours, counts as live)."""
+def _pid_namespace() -> str | None:
+    """This process's PID namespace ('pid:[4026531836]'), so that a pid is compared only within the one it means:
+    two containers can share a host name. None where there is no /proc (macOS)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def lease_ended(lease: dict[str, Any], now: float | None = None) -> str | None:
+    """Why the run holding `lease` is over, or None while it may be running: no heartbeat for LEASE_STALE_S (one in
+    the future, from a clock ahead of ours, is live), or, on this machine, its process is gone (a run killed with
+    SIGKILL and rerun at once need not wait for its lease to go stale)."""
     beat = lease.get("heartbeat")
-    return isinstance(beat, int | float) and (now or time.time()) - beat < LEASE_STALE_S
+    if not isinstance(beat, int | float) or (now or time.time()) - beat >= LEASE_STALE_S:
+        return f"no heartbeat for {LEASE_STALE_S / 60:.0f} minutes"
+    pid = lease.get("pid")
+    if (lease.get("host") == socket.gethostname() and lease.get("pid_namespace") == _pid_namespace()
+            and isinstance(pid, int) and pid != os.getpid()):
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return f"its process {pid} on this machine is gone"
+        except OSError:
+            pass  # it exists (another user's)
+    return None
+
+
+def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the run holding `lease` may still be running (see `lease_ended`)."""
+    return lease_ended(lease, now) is None
 
 
 def lease_holder(lease: dict[str, Any]) -> str:
@@ -413,9 +439,9 @@ def lease_holder(lease: dict[str, Any]) -> str:
 
 def _in_use(out: str, lease: dict[str, Any]) -> JobError:
     return JobError(f"output {out} is in use by another run ({lease_holder(lease)}); wait for it to finish or write "
-                    f"to another output. If that run is no longer running (killed), delete {out}/{LEASE_FILE}, or "
-                    f"run again once its heartbeat is {LEASE_STALE_S / 60:.0f} minutes old: the stale lease is then "
-                    "taken over")
+                    "to another output. If that run is no longer running (killed on another machine), delete "
+                    f"{out}/{LEASE_FILE}, or run again once its heartbeat is {LEASE_STALE_S / 60:.0f} minutes old: the "
+                    "stale lease is then taken over")
 
 
 def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
@@ -451,8 +477,8 @@ class OutputLease:
         self.out = output.rstrip("/")
         self.fs, self.path = _fs(f"{self.out}/{LEASE_FILE}", storage_options)
         now = time.time()
-        self.record = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "started": now,
-                       "heartbeat": now}
+        self.record = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_namespace": _pid_namespace(), "started": now, "heartbeat": now}
         self.lost: dict[str, Any] | None = None  # the lease of the run that took ours over
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -479,13 +505,13 @@ class OutputLease:
         try:
             current = read_lease(self.out, self._so)
             if current is not None:
-                if lease_is_live(current):
+                ended = lease_ended(current)
+                if ended is None:
                     raise _in_use(self.out, current)
                 print(f"warning: taking over the stale lease of {self.out} ("
                       + ("unreadable" if current.get("unreadable") else lease_holder(current))
-                      + f"): no heartbeat for {LEASE_STALE_S / 60:.0f} minutes, so that run was killed without "
-                      "releasing it; its finished files are kept and its inputs left undone are purified now",
-                      file=sys.stderr)
+                      + f"): {ended}, so that run was killed without releasing it; its finished files are kept and "
+                      "its inputs left undone are purified now", file=sys.stderr)
             make_parent_dirs(self.fs, posixpath.dirname(self.path))
             created = None if current is not None else create_if_absent(
                 self.fs, self.path, json.dumps(self.record, indent=2).encode())

@@ -133,6 +133,38 @@ def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, capsys, monkeypatc
     assert "warning: taking over the stale lease" in warning and "batch-node-7" in warning
 
 
+def _this_machines_run(out: Path, pid: int, namespace: str | None) -> None:
+    now = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LEASE_FILE).write_text(json.dumps({"run_id": "0ther", "host": socket.gethostname(), "pid": pid,
+                                              "pid_namespace": namespace, "started": now, "heartbeat": now}))
+
+
+def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp_path, capsys, monkeypatch) -> None:
+    # a run killed with SIGKILL and rerun at once: its heartbeat is fresh, but its process is gone
+    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    _this_machines_run(out, dead.pid, job._pid_namespace())
+    with OutputLease(str(out), {}) as lease:
+        assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
+    assert f"its process {dead.pid} on this machine is gone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["process alive", "other pid namespace"])
+def test_a_fresh_lease_is_live_unless_its_process_is_known_gone(tmp_path, case) -> None:
+    if case == "process alive":
+        pid, namespace = os.getppid(), job._pid_namespace()
+    else:  # the same host name in another container: its pid means nothing here
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        pid, namespace = dead.pid, "pid:[1]"
+    _this_machines_run(tmp_path / "out", pid, namespace)
+    with pytest.raises(JobError, match=f"in use by another run .*pid {pid}"):
+        OutputLease(str(tmp_path / "out"), {}).acquire()
+
+
 def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(job, "LEASE_HEARTBEAT_S", 0.05)
     out = tmp_path / "out"
