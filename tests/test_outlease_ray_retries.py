@@ -16,7 +16,8 @@ import pytest
 from pipeline.job import task_retry_options
 from pipeline.storage import RetriesExhausted
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+# the job passes retries the same (deprecated) remote-args way and silences the same warning
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.filterwarnings("ignore:.*ray_remote_args.*")]
 
 
 def _flaky(batch: dict[str, Any], log: str, mode: str) -> dict[str, Any]:
