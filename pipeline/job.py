@@ -446,7 +446,7 @@ def _in_use(out: str, lease: dict[str, Any]) -> JobError:
 
 def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     """The output's lease, or None when there is none. One GET, not exists + GET: s3fs answers exists() from its
-    cached listings, which can miss a lease written since. An unreadable lease (not JSON) reads as stale."""
+    cached listings, which can miss a lease written since. An unreadable lease (not JSON) has no heartbeat: stale."""
     fs, path = _fs(f"{output.rstrip('/')}/{LEASE_FILE}", storage_options)
     try:
         data = with_retries(lambda: fs.cat_file(path), f"read {output}/{LEASE_FILE}")
@@ -558,8 +558,9 @@ class OutputLease:
             if self._mine(read_lease(self.out, self._so)):
                 with_retries(lambda: self.fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
         except Exception as err:  # noqa: BLE001
-            print(f"warning: could not release the lease {self.out}/{LEASE_FILE} ({describe(err)}); the next run "
-                  f"takes it over once it is {LEASE_STALE_S / 60:.0f} minutes old", file=sys.stderr)
+            print(f"warning: could not release the lease {self.out}/{LEASE_FILE} ({describe(err)}); a next run on "
+                  f"this machine takes it over at once, elsewhere once it is {LEASE_STALE_S / 60:.0f} minutes old",
+                  file=sys.stderr)
 
     def __enter__(self) -> OutputLease:
         self.acquire()
