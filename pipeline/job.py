@@ -387,8 +387,9 @@ def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, An
 LEASE_FILE = "_lease.json"
 LEASE_HEARTBEAT_S = 30.0
 LEASE_STALE_S = 180.0
-# Object stores have no create-if-absent in fsspec: a run writes its lease, waits this long and reads it back; of two
-# runs that wrote within this time of each other, the later write stands and the other run stops.
+# Where creating the lease is not known to be atomic (object stores: a conditional PUT that a store may ignore; a
+# stale lease replaced), a run writes its lease, waits this long and reads it back; of two runs that wrote within
+# this time of each other, the later write stands and the other run stops.
 LEASE_SETTLE_S = 2.0
 
 
@@ -513,12 +514,18 @@ class OutputLease:
                       + f"): {ended}, so that run was killed without releasing it; its finished files are kept and "
                       "its inputs left undone are purified now", file=sys.stderr)
             make_parent_dirs(self.fs, posixpath.dirname(self.path))
-            created = None if current is not None else create_if_absent(
-                self.fs, self.path, json.dumps(self.record, indent=2).encode())
-            if created is False:  # another run created one since we looked: say whose
-                raise _in_use(self.out, read_lease(self.out, self._so) or {})
-            if created is None:
+            if current is None:
+                created = create_if_absent(self.fs, self.path, json.dumps(self.record, indent=2).encode(),
+                                           f"write {self.out}/{LEASE_FILE}")
+            else:  # a stale lease is replaced: no store here can make that conditional
                 self._write()
+                created = None
+            if created is False:  # a lease was there after all: another run's (say whose), or our retried write's
+                there = read_lease(self.out, self._so)
+                if not self._mine(there):
+                    raise _in_use(self.out, there or {})
+                created = None
+            if created is None:
                 time.sleep(LEASE_SETTLE_S)
                 back = read_lease(self.out, self._so)
                 if not self._mine(back):

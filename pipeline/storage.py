@@ -270,26 +270,33 @@ def replace_file(fs: Any, path: str, data: bytes, what: str) -> None:
         raise
 
 
-def create_if_absent(fs: Any, path: str, data: bytes) -> bool | None:
-    """Create `path` holding `data` only if no file is there, atomically: True if created, False if a file was
-    there. None where the storage cannot do it (object stores: fsspec has no conditional PUT; file systems without
-    hard links): the caller must settle the race another way. A hard link of a whole temporary file, not
-    O_EXCL, so that a reader never sees the new file empty."""
+def create_if_absent(fs: Any, path: str, data: bytes, what: str) -> bool | None:
+    """Create `path` holding `data` unless a file is there: True if created atomically, False if a file was there,
+    None if written without that guarantee, which the caller must then settle another way (read it back later).
+
+    Local disks: a hard link of a whole temporary file (atomic, and unlike O_EXCL a reader never sees the file
+    empty). Object stores: a conditional PUT (fsspec's mode="create"; s3fs sends If-None-Match: *, refused with
+    FileExistsError by AWS S3, MinIO and moto), but a store that ignores the condition overwrites silently and
+    fsspec's generic mode="create" checks and then writes, so success there is None. Same without hard links."""
     protocol = getattr(fs, "protocol", "file")
-    if not {"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol):
-        return None
-    tmp = _temporary_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
+    if {"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol):
+        tmp = _temporary_name(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some FUSE and SMB mounts): as an object store
+            pass
+        finally:
+            os.unlink(tmp)
     try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
+        with_retries(lambda: fs.pipe_file(path, data, mode="create"), what)
+    except FileExistsError:  # also a retried PUT whose first attempt had landed: the caller reads whose it is
         return False
-    except OSError:  # no hard links here (some FUSE and SMB mounts)
-        return None
-    finally:
-        os.unlink(tmp)
+    return None
 
 
 def discard(fs: Any, path: str) -> None:

@@ -117,10 +117,21 @@ def test_create_if_absent_creates_once_and_leaves_the_first_file_whole(tmp_path)
     from pipeline.storage import create_if_absent
 
     fs, path = fsspec.filesystem("file"), str(tmp_path / LEASE_FILE)
-    assert create_if_absent(fs, path, b"first") is True
-    assert create_if_absent(fs, path, b"second") is False  # the race a local run loses: it then names the winner
+    assert create_if_absent(fs, path, b"first", "write") is True
+    assert create_if_absent(fs, path, b"second", "write") is False  # the race a local run loses: it names the winner
     assert (tmp_path / LEASE_FILE).read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == [LEASE_FILE]  # no temporary file left beside it
+
+
+def test_create_if_absent_on_s3_is_a_conditional_put(s3) -> None:  # noqa: F811
+    from pipeline.storage import create_if_absent, filesystem
+
+    _, options = s3
+    fs = filesystem("s3", options)
+    path = "zip-out/conditional/_lease.json"
+    assert create_if_absent(fs, path, b"first", "write") is None  # written; a store may ignore the condition
+    assert create_if_absent(fs, path, b"second", "write") is False  # moto, like AWS S3, refuses If-None-Match: *
+    assert fs.cat_file(path) == b"first"
 
 
 def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, capsys, monkeypatch) -> None:
