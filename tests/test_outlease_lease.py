@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.job as job
+import pipeline.lease as output_lease
 from pipeline.cli import main
-from pipeline.job import LEASE_FILE, JobError, OutputLease
+from pipeline.job import JobError
+from pipeline.lease import LEASE_FILE, OutputLease
 from tests.jobutil import image_bytes, read_output, tiny_model_file
 from tests.test_s3 import s3  # noqa: F401 - the moto server fixture
 
@@ -87,7 +88,7 @@ def test_dry_run_reports_a_live_lease_and_writes_nothing(tmp_path, capsys) -> No
 
 def test_dry_run_says_a_stale_lease_will_be_taken_over(tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    lease = _other_run(out, heartbeat_age_s=job.LEASE_STALE_S + 60)
+    lease = _other_run(out, heartbeat_age_s=output_lease.LEASE_STALE_S + 60)
     status = main(["--input", str(_inputs(tmp_path / "in", 2)), "--output", str(out),
                    "--checkpoint", tiny_model_file(tmp_path), "--dry-run"])
     printed = capsys.readouterr().out
@@ -135,9 +136,9 @@ def test_create_if_absent_on_s3_is_a_conditional_put(s3) -> None:  # noqa: F811
 
 
 def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.1)
+    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.1)
     out = tmp_path / "out"
-    _other_run(out, heartbeat_age_s=job.LEASE_STALE_S + 60)
+    _other_run(out, heartbeat_age_s=output_lease.LEASE_STALE_S + 60)
     with OutputLease(str(out), {}) as lease:
         assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
     warning = capsys.readouterr().err
@@ -153,11 +154,11 @@ def _this_machines_run(out: Path, pid: int, namespace: str | None) -> None:
 
 def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp_path, capsys, monkeypatch) -> None:
     # a run killed with SIGKILL and rerun at once: its heartbeat is fresh, but its process is gone
-    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.1)
+    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "out"
-    _this_machines_run(out, dead.pid, job._pid_namespace())
+    _this_machines_run(out, dead.pid, output_lease._pid_namespace())
     with OutputLease(str(out), {}) as lease:
         assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
     assert f"its process {dead.pid} on this machine is gone" in capsys.readouterr().err
@@ -166,7 +167,7 @@ def test_a_lease_whose_process_on_this_machine_is_gone_is_taken_over_at_once(tmp
 @pytest.mark.parametrize("case", ["process alive", "other pid namespace"])
 def test_a_fresh_lease_is_live_unless_its_process_is_known_gone(tmp_path, case) -> None:
     if case == "process alive":
-        pid, namespace = os.getppid(), job._pid_namespace()
+        pid, namespace = os.getppid(), output_lease._pid_namespace()
     else:  # the same host name in another container: its pid means nothing here
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
@@ -177,7 +178,7 @@ def test_a_fresh_lease_is_live_unless_its_process_is_known_gone(tmp_path, case) 
 
 
 def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(job, "LEASE_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(output_lease, "LEASE_HEARTBEAT_S", 0.05)
     out = tmp_path / "out"
     lease = OutputLease(str(out), {})
     lease.acquire()
@@ -217,9 +218,9 @@ def test_the_lease_is_released_however_the_run_ends(tmp_path, stop) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_run_takes_over_a_stale_lease_completes_and_releases_it(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.1)
+    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.1)
     out = tmp_path / "out"
-    _other_run(out, heartbeat_age_s=job.LEASE_STALE_S + 1)  # a run killed 3 minutes ago
+    _other_run(out, heartbeat_age_s=output_lease.LEASE_STALE_S + 1)  # a run killed 3 minutes ago
     status = main(["--input", str(_inputs(tmp_path / "in", 4)), "--output", str(out), "--checkpoint",
                    tiny_model_file(tmp_path), "--steps", "2", "--no-progress"])
     stderr = capsys.readouterr().err
@@ -231,7 +232,7 @@ def test_a_run_takes_over_a_stale_lease_completes_and_releases_it(tmp_path, caps
 
 def test_lease_on_s3_one_run_at_a_time_and_stale_taken_over(s3, monkeypatch) -> None:  # noqa: F811
     fs, options = s3
-    monkeypatch.setattr(job, "LEASE_SETTLE_S", 0.2)
+    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.2)
     out = "s3://zip-out/leased"
     with OutputLease(out, options) as lease:
         held = json.loads(fs.cat_file(f"zip-out/leased/{LEASE_FILE}"))

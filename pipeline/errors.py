@@ -1,0 +1,20 @@
+"""The job's errors, each with a message that says what to do (the CLI prints it as one line)."""
+
+from __future__ import annotations
+
+
+class JobError(RuntimeError):
+    """A run that cannot start or cannot be trusted; the message says what to do."""
+
+
+class JobFailed(JobError):
+    """A run that had started failed (a batch failed past its retries, or counts that do not add up); what it wrote is
+    whole files, and the same command resumes it."""
+
+
+class JobInterrupted(JobError):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM; what it wrote is whole files, and the same command resumes it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -1,0 +1,216 @@
+"""The output's lease: one run at a time writes into an output.
+
+Two runs at once each purify what the other has not finished (work done twice), an --overwrite deletes the other's
+files under it, and the end-of-run duplicate check of one rewrites files the other is still counting. The running
+driver holds OUTPUT/_lease.json (hidden: readers of the output and the job's own listings skip names starting with _
+and .) and refreshes its heartbeat; a lease whose heartbeat is LEASE_STALE_S old belongs to a run that died without
+releasing it (SIGKILL, a lost node), and on the same machine a lease whose process is gone is over at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from pipeline.errors import JobError
+from pipeline.sources import storage_path
+from pipeline.storage import create_if_absent, describe, make_parent_dirs, replace_file, with_retries
+
+LEASE_FILE = "_lease.json"
+LEASE_HEARTBEAT_S = 30.0
+LEASE_STALE_S = 180.0
+# Where creating the lease is not known to be atomic (object stores: a conditional PUT that a store may ignore; a
+# stale lease replaced), a run writes its lease, waits this long and reads it back; of two runs that wrote within
+# this time of each other, the later write stands and the other run stops.
+LEASE_SETTLE_S = 2.0
+
+
+def _when(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if isinstance(t, int | float) else "unknown"
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace ('pid:[4026531836]'), so that a pid is compared only within the one it means:
+    two containers can share a host name. None where there is no /proc (macOS)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def lease_ended(lease: dict[str, Any], now: float | None = None) -> str | None:
+    """Why the run holding `lease` is over, or None while it may be running: no heartbeat for LEASE_STALE_S (one in
+    the future, from a clock ahead of ours, is live), or, on this machine, its process is gone (a run killed with
+    SIGKILL and rerun at once need not wait for its lease to go stale)."""
+    beat = lease.get("heartbeat")
+    if not isinstance(beat, int | float) or (now or time.time()) - beat >= LEASE_STALE_S:
+        return f"no heartbeat for {LEASE_STALE_S / 60:.0f} minutes"
+    pid = lease.get("pid")
+    if (lease.get("host") == socket.gethostname() and lease.get("pid_namespace") == _pid_namespace()
+            and isinstance(pid, int) and pid != os.getpid()):
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return f"its process {pid} on this machine is gone"
+        except OSError:
+            pass  # it exists (another user's)
+    return None
+
+
+def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the run holding `lease` may still be running (see `lease_ended`)."""
+    return lease_ended(lease, now) is None
+
+
+def lease_holder(lease: dict[str, Any]) -> str:
+    """'run 3f2a... on host h, pid 123, started ..., last heartbeat ... (12 s ago)'."""
+    beat = lease.get("heartbeat")
+    ago = f" ({time.time() - beat:.0f} s ago)" if isinstance(beat, int | float) else ""
+    return (f"run {lease.get('run_id', '?')} on host {lease.get('host', '?')}, pid {lease.get('pid', '?')}, "
+            f"started {_when(lease.get('started'))}, last heartbeat {_when(beat)}{ago}")
+
+
+def _in_use(out: str, lease: dict[str, Any]) -> JobError:
+    return JobError(f"output {out} is in use by another run ({lease_holder(lease)}); wait for it to finish or write "
+                    "to another output. If that run is no longer running (killed on another machine), delete "
+                    f"{out}/{LEASE_FILE}, or run again once its heartbeat is {LEASE_STALE_S / 60:.0f} minutes old: the "
+                    "stale lease is then taken over")
+
+
+def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    """The output's lease, or None when there is none. One GET, not exists + GET: s3fs answers exists() from its
+    cached listings, which can miss a lease written since. An unreadable lease (not JSON) has no heartbeat: stale."""
+    fs, path = storage_path(f"{output.rstrip('/')}/{LEASE_FILE}", storage_options)
+    try:
+        data = with_retries(lambda: fs.cat_file(path), f"read {output}/{LEASE_FILE}")
+    except FileNotFoundError:
+        return None
+    try:
+        lease = json.loads(data)
+    except ValueError:
+        return {"unreadable": True}
+    return lease if isinstance(lease, dict) else {"unreadable": True}
+
+
+def refuse_live_lease(output: str, storage_options: dict[str, Any]) -> str | None:
+    """Raise JobError naming the other run when the output's lease is live: in planning, before any work (a dry run
+    takes no lease, and a real run takes it only once planned). Returns who holds a stale lease, if one is there."""
+    lease = read_lease(output, storage_options)
+    if lease is not None and lease_is_live(lease):
+        raise _in_use(output.rstrip("/"), lease)
+    return None if lease is None else "unreadable" if lease.get("unreadable") else lease_holder(lease)
+
+
+class OutputLease:
+    """This run's lease on an output: `acquire` before anything in the output is changed (JobError naming the other
+    run when its lease is live), a heartbeat every LEASE_HEARTBEAT_S, `check` (JobError once another run has taken
+    the lease over), `release` at the end, whatever the end. Also a context manager that does all four."""
+
+    def __init__(self, output: str, storage_options: dict[str, Any]) -> None:
+        self.out = output.rstrip("/")
+        self.fs, self.path = storage_path(f"{self.out}/{LEASE_FILE}", storage_options)
+        now = time.time()
+        self.record = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                       "pid_namespace": _pid_namespace(), "started": now, "heartbeat": now}
+        self.lost: dict[str, Any] | None = None  # the lease of the run that took ours over
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._so = storage_options
+
+    def _write(self) -> None:
+        self.record["heartbeat"] = time.time()
+        replace_file(self.fs, self.path, json.dumps(self.record, indent=2).encode(), f"write {self.out}/{LEASE_FILE}")
+
+    def _mine(self, lease: dict[str, Any] | None) -> bool:
+        return lease is not None and lease.get("run_id") == self.record["run_id"]
+
+    def acquire(self) -> None:
+        try:
+            self._take()
+        except BaseException:
+            # refused, or stopped (Ctrl-C, SIGTERM) while settling: a lease of ours must not be left to go stale
+            self.release()
+            raise
+        self._beat = threading.Thread(target=self._heartbeat, name="output-lease", daemon=True)
+        self._beat.start()
+
+    def _take(self) -> None:
+        try:
+            current = read_lease(self.out, self._so)
+            if current is not None:
+                ended = lease_ended(current)
+                if ended is None:
+                    raise _in_use(self.out, current)
+                print(f"warning: taking over the stale lease of {self.out} ("
+                      + ("unreadable" if current.get("unreadable") else lease_holder(current))
+                      + f"): {ended}, so that run was killed without releasing it; its finished files are kept and "
+                      "its inputs left undone are purified now", file=sys.stderr)
+            make_parent_dirs(self.fs, posixpath.dirname(self.path))
+            if current is None:
+                created = create_if_absent(self.fs, self.path, json.dumps(self.record, indent=2).encode(),
+                                           f"write {self.out}/{LEASE_FILE}")
+            else:  # a stale lease is replaced: no store here can make that conditional
+                self._write()
+                created = None
+            if created is False:  # a lease was there after all: another run's (say whose), or our retried write's
+                there = read_lease(self.out, self._so)
+                if not self._mine(there):
+                    raise _in_use(self.out, there or {})
+                created = None
+            if created is None:
+                time.sleep(LEASE_SETTLE_S)
+                back = read_lease(self.out, self._so)
+                if not self._mine(back):
+                    raise _in_use(self.out, back or {})
+        except JobError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a storage refusal: the run cannot write its output either
+            raise JobError(f"cannot write to output {self.out}: {describe(err)}") from err
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LEASE_HEARTBEAT_S):
+            try:
+                current = read_lease(self.out, self._so)
+                if current is not None and current.get("unreadable"):
+                    continue  # not a run's lease (runs write whole files): neither ours nor taken over
+                if current is not None and not self._mine(current):
+                    self.lost = current  # not overwritten: the other run holds the output now
+                    return
+                self._write()
+            except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
+                print(f"warning: could not refresh the lease of {self.out}: {describe(err)}", file=sys.stderr)
+
+    def check(self) -> None:
+        """Raise JobError when another run has taken this run's lease over (a lease written within LEASE_SETTLE_S of
+        ours on an object store, or ours gone stale while this driver stalled)."""
+        if self.lost is not None:
+            raise JobError(f"another run took over output {self.out} while this one ran ({lease_holder(self.lost)}); "
+                           "this run stops so that the two do not change each other's files")
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still this run's; a failure to is a warning only (the
+        lease goes stale), never an error over the run's own outcome."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=LEASE_HEARTBEAT_S)
+        try:
+            if self._mine(read_lease(self.out, self._so)):
+                with_retries(lambda: self.fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: could not release the lease {self.out}/{LEASE_FILE} ({describe(err)}); a next run on "
+                  f"this machine takes it over at once, elsewhere once it is {LEASE_STALE_S / 60:.0f} minutes old",
+                  file=sys.stderr)
+
+    def __enter__(self) -> OutputLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
