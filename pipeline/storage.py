@@ -296,6 +296,32 @@ def create_if_absent(fs: Any, path: str, data: bytes, what: str) -> bool | None:
         with_retries(lambda: fs.pipe_file(path, data, mode="create"), what)
     except FileExistsError:  # also a retried PUT whose first attempt had landed: the caller reads whose it is
         return False
+    except OSError as err:
+        answer = _condition_answer(err)
+        if answer == "exists":  # 412 without the Condition field s3fs looks for (it then raises a plain OSError)
+            return False
+        if answer != "unsupported":
+            raise
+        with_retries(lambda: fs.pipe_file(path, data), what)  # a store without conditional writes: settle by reading
+    return None
+
+
+# What S3-compatible stores that do not implement conditional writes answer a PUT with If-None-Match.
+CONDITION_UNSUPPORTED_CODES = frozenset({"NotImplemented", "InvalidArgument", "InvalidRequest"})
+
+
+def _condition_answer(err: BaseException) -> str | None:
+    """'exists' when the storage refused a conditional PUT because the object is there (412 Precondition Failed),
+    'unsupported' when it does not implement the condition (501, or a 400 naming it), else None."""
+    for e in _chain(err):
+        answer = _server_answer(e)
+        if answer is not None:
+            code, status = answer
+            if code == "PreconditionFailed" or status == 412 or code == "412":
+                return "exists"
+            if status == 501 or code in ("501", "NotImplemented") or (
+                    status == 400 and code in CONDITION_UNSUPPORTED_CODES):
+                return "unsupported"
     return None
 
 

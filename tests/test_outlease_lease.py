@@ -135,6 +135,55 @@ def test_create_if_absent_on_s3_is_a_conditional_put(s3) -> None:  # noqa: F811
     assert fs.cat_file(path) == b"first"
 
 
+class _RefusingStore:
+    """An object store whose conditional PUT gets the S3 error `code` / `status` (raised as s3fs raises it: an
+    OSError caused by botocore's ClientError); plain PUTs land in `files`."""
+
+    protocol = ("s3", "s3a")
+
+    def __init__(self, code: str, status: int) -> None:
+        self.code, self.status, self.files = code, status, {}
+
+    def pipe_file(self, path: str, data: bytes, mode: str = "overwrite") -> None:
+        from botocore.exceptions import ClientError
+
+        if mode == "create":
+            answer = {"Error": {"Code": self.code, "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": self.status}}
+            raise OSError(5, "refused") from ClientError(answer, "PutObject")
+        self.files[path] = data
+
+
+@pytest.mark.parametrize(("code", "status"), [("NotImplemented", 501), ("InvalidArgument", 400),
+                                              ("InvalidRequest", 400)])
+def test_a_store_without_conditional_writes_still_gets_a_lease(code: str, status: int) -> None:
+    """Some S3-compatible stores do not implement If-None-Match and refuse the PUT: the lease is then written plainly
+    and settled by reading it back (None), instead of every run failing with 'cannot write to output'."""
+    from pipeline.storage import create_if_absent
+
+    store = _RefusingStore(code, status)
+    assert create_if_absent(store, "out/_lease.json", b"mine", "write") is None
+    assert store.files == {"out/_lease.json": b"mine"}
+
+
+def test_a_precondition_failed_without_its_condition_field_means_the_lease_is_there() -> None:
+    """s3fs raises FileExistsError only when the 412 names its condition; a store that leaves it out still means
+    that a lease is there: False (the caller names its holder), not a failed run."""
+    from pipeline.storage import create_if_absent
+
+    store = _RefusingStore("PreconditionFailed", 412)
+    assert create_if_absent(store, "out/_lease.json", b"mine", "write") is False
+    assert store.files == {}
+
+
+def test_a_refused_conditional_put_for_another_reason_is_an_error() -> None:
+    from pipeline.storage import create_if_absent
+
+    store = _RefusingStore("AccessDenied", 403)
+    with pytest.raises(OSError, match="refused"):
+        create_if_absent(store, "out/_lease.json", b"mine", "write")
+    assert store.files == {}
+
+
 def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.1)
     out = tmp_path / "out"
