@@ -32,7 +32,8 @@ import torch
 
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
-from pipeline.storage import describe, filesystem, with_retries
+from pipeline.sources import storage_path
+from pipeline.storage import describe, with_retries
 
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
@@ -58,11 +59,10 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         if "::" in uri:  # an fsspec URL chain ('simplecache::s3://...'): only fsspec.open resolves it
             with fsspec.open(uri, "rb", **options) as f:
                 return f.read()
-        # Through storage.filesystem, so that on S3 with_retries alone owns the retry budget (fsspec.open let s3fs
-        # and botocore retry inside each attempt: up to 156 requests for one read under a sustained SlowDown).
-        protocol, _ = fsspec.core.split_protocol(uri)
-        fs = filesystem(protocol or "file", options)
-        with fs.open(fs._strip_protocol(uri), "rb") as f:
+        # Through storage_path, as the images are read, so that on S3 with_retries alone owns the retry budget
+        # (fsspec.open let s3fs and botocore retry inside each attempt: up to 156 requests for one SlowDown'd read).
+        fs, path = storage_path(uri, options)
+        with fs.open(path, "rb") as f:
             return f.read()
 
     try:

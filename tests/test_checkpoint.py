@@ -113,13 +113,10 @@ def test_a_checkpoint_storage_refuses_is_a_clear_error(monkeypatch) -> None:
     import pipeline.checkpoint as checkpoint
 
     class Forbidden:
-        def _strip_protocol(self, uri):
-            return uri
-
         def open(self, path, mode):
             raise PermissionError("Forbidden")
 
-    monkeypatch.setattr(checkpoint, "filesystem", lambda protocol, options: Forbidden())
+    monkeypatch.setattr(checkpoint, "storage_path", lambda uri, options: (Forbidden(), uri))
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint s3://bucket/m/prior.pt: .*Forbidden"):
         load_checkpoint("s3://bucket/m/prior.pt")
 
