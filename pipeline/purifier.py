@@ -248,6 +248,16 @@ def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None
                          "(--start), or a prior trained on every timestep")
 
 
+@dataclass(frozen=True)
+class CanvasBatch:
+    """One sampling batch of `Purifier.purify_canvases`: canvases start..stop-1 of the call, their noise seeded by
+    `seed` (unless the call gives one seed per canvas)."""
+
+    start: int
+    stop: int
+    seed: int
+
+
 class Purifier:
     """ZIP purification with one diffusion model, reusable across calls (load the model once)."""
 
@@ -378,19 +388,45 @@ class Purifier:
     def plan(self, sizes: Sequence[tuple[int, int]]) -> MosaicLayout:
         return plan_layout(sizes, self.canvas_size, self.settings.pool, self.settings.large_images)
 
-    def purify_canvases(
-        self, canvases: np.ndarray, seed: int | None = None, progress: Any = None, seeds: Sequence[int] | None = None
-    ) -> np.ndarray:
-        """Purify uint8 canvases (N x S x S x 3) in batches of `batch_size` (optionally one seed per canvas)."""
-        out = np.empty_like(canvases)
+    def batches(self, count: int, seed: int | None = None) -> list[CanvasBatch]:
+        """How `purify_canvases` splits `count` canvases into sampling batches of `batch_size`, and each batch's seed.
+
+        A batch is seeded by the call's seed (default: the settings' seed) plus the index of its first canvas, so its
+        result does not depend on how many canvases came before it in this process: a set purified batch by batch
+        across interrupted runs (the evaluation's cache) comes out as one call over the whole set does.
+        """
         base_seed = self.settings.seed if seed is None else seed
-        for start in range(0, len(canvases), self.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(canvases[start : start + self.batch_size])).permute(0, 3, 1, 2)
+        return [CanvasBatch(start, min(start + self.batch_size, count), base_seed + start)
+                for start in range(0, count, self.batch_size)]
+
+    def purify_canvases(
+        self,
+        canvases: np.ndarray,
+        seed: int | None = None,
+        progress: Any = None,
+        seeds: Sequence[int] | None = None,
+        *,
+        kept: Callable[[CanvasBatch], np.ndarray | None] | None = None,
+        on_batch: Callable[[CanvasBatch, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """Purify uint8 canvases (N x S x S x 3) in the batches of `batches` (optionally one seed per canvas).
+
+        kept: a batch's canvases purified earlier (e.g. by an interrupted run), or None to purify it now.
+        on_batch: called with each batch purified now and its uint8 canvases, as soon as it is done.
+        """
+        out = np.empty_like(canvases)
+        for batch in self.batches(len(canvases), seed):
+            done = kept(batch) if kept is not None else None
+            if done is not None:
+                out[batch.start : batch.stop] = done
+                continue
+            chunk = torch.from_numpy(np.ascontiguousarray(canvases[batch.start : batch.stop])).permute(0, 3, 1, 2)
             x = chunk.float() / 127.5 - 1
-            chunk_seeds = None if seeds is None else seeds[start : start + len(chunk)]
-            # Seed per batch position, so results do not depend on how many canvases came before.
-            y = self.purify_tensor(x, seed=base_seed + start, progress=progress, seeds=chunk_seeds)
-            out[start : start + len(chunk)] = to_uint8(y)
+            chunk_seeds = None if seeds is None else seeds[batch.start : batch.stop]
+            y = self.purify_tensor(x, seed=batch.seed, progress=progress, seeds=chunk_seeds)
+            out[batch.start : batch.stop] = to_uint8(y)
+            if on_batch is not None:
+                on_batch(batch, out[batch.start : batch.stop])
         return out
 
     def __call__(

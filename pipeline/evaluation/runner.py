@@ -59,7 +59,7 @@ from pipeline.evaluation.report import CLEAN, markdown_table, write_examples
 from pipeline.evaluation.target import ASR_LIMIT, BASELINES, DECIMALS, RESAMPLES, AttackPredictions, target_check
 from pipeline.presets import shipped_prior_path
 from pipeline.progress import progress_bar
-from pipeline.purifier import Purifier, ZipSettings, check_trained_timesteps
+from pipeline.purifier import CanvasBatch, Purifier, ZipSettings, check_trained_timesteps
 from pipeline.sampler import run_timesteps
 from pipeline.tiling import pack, unpack
 
@@ -352,6 +352,11 @@ def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages,
 
 # ------------------------------------------------------------------------------------------------------ defenses
 
+# The version of the code that makes purified pixels, part of every purified set's cache key. Bump it whenever a
+# change makes any defense give other pixels for the same settings (the sampler's noise draws, tiling, rounding, a
+# baseline's transform): sets cached by the older code are then purified afresh instead of silently reused.
+PURIFICATION_VERSION = 1
+
 
 @dataclass
 class Defense:
@@ -365,8 +370,17 @@ class Defense:
     _purifier: Purifier | None = field(default=None, repr=False)
 
     @property
+    def key_fields(self) -> dict[str, Any]:
+        """What the cache key is the hash of (and settings.json records): the name, the settings and, from version 2
+        on, the code's `PURIFICATION_VERSION` (left out at 1, so the keys of sets cached before it existed stay)."""
+        fields = {"defense": self.name, **self.settings}
+        if PURIFICATION_VERSION != 1:
+            fields["purification_version"] = PURIFICATION_VERSION
+        return fields
+
+    @property
     def key(self) -> str:
-        blob = json.dumps({"defense": self.name, **self.settings}, sort_keys=True, default=str)
+        blob = json.dumps(self.key_fields, sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
     @property
@@ -485,8 +499,7 @@ def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -
     seconds = time.perf_counter() - start
     if out.shape != images.shape:
         raise RuntimeError(f"defense {defense.name} changed the images' shape: {images.shape} -> {out.shape}")
-    _write_text(folder / "settings.json", json.dumps({"defense": defense.name, **defense.settings}, indent=2,
-                                                       default=str))
+    _write_text(folder / "settings.json", json.dumps(defense.key_fields, indent=2, default=str))
     _save_npz(folder / f"{part}-{digest}.npz", images=out, seconds=np.float64(seconds_before + seconds))
     shutil.rmtree(batches, ignore_errors=True)  # the whole set is kept now: its batches are not needed any more
     log(f"  {defense.name}/{part}: done in {seconds:.1f}s ({purified_now / max(seconds, 1e-9):.1f} images/s"
@@ -519,12 +532,12 @@ def _cached_batch(path: Path, shape: tuple[int, ...], seed: int) -> tuple[np.nda
 
 
 def _purify_resumably(defense: Defense, images: np.ndarray, folder: Path, label: str) -> tuple[np.ndarray, int, float]:
-    """ZIP on `images` one purifier batch of canvases at a time, each finished batch written to `folder` at once (by
-    temporary file and rename), and the batches found there from an interrupted run reused.
+    """ZIP on `images` with each finished purifier batch of canvases written to `folder` at once (by temporary file
+    and rename), and the batches found there from an interrupted run reused.
 
-    Bit-identical to `defense(images)`: the images are laid out on canvases as the purifier lays them out, and a batch's
-    noise is seeded by the index of its first canvas (`Purifier.purify_canvases`), whichever batches came before in
-    this process. Returns (images, how many were purified now, seconds the reused batches took before).
+    Bit-identical to `defense(images)`: the images are laid out on canvases as the purifier lays them out, and the
+    purifier's own batches (`Purifier.batches`, each seeded by its first canvas) are kept or purified through its
+    per-batch hooks. Returns (images, how many were purified now, seconds the reused batches took before).
     """
     purifier = defense.purifier
     layout = purifier.plan([im.shape[:2] for im in images])
@@ -533,34 +546,35 @@ def _purify_resumably(defense: Defense, images: np.ndarray, folder: Path, label:
         log(f"  {label}: {shrunk} images larger than the prior's {purifier.canvas_size} px canvas are purified at its "
             "size and scaled back, with only its detail")
     canvases = pack(list(images), layout)
-    out = np.empty_like(canvases)
-    batches = [(start, min(start + purifier.batch_size, len(canvases)))
-               for start in range(0, len(canvases), purifier.batch_size)]
-    todo, seconds_before = [], 0.0
-    for start, stop in batches:
-        cached = _cached_batch(_batch_file(folder, start, stop), out[start:stop].shape, purifier.settings.seed + start)
-        if cached is None:
-            todo.append((start, stop))
-        else:
-            out[start:stop], seconds = cached
+    batches = purifier.batches(len(canvases))
+    kept: dict[CanvasBatch, np.ndarray] = {}
+    seconds_before = 0.0
+    for batch in batches:
+        cached = _cached_batch(_batch_file(folder, batch.start, batch.stop),
+                               (batch.stop - batch.start, *canvases.shape[1:]), batch.seed)
+        if cached is not None:
+            kept[batch], seconds = cached
             seconds_before += seconds
-    redo = np.zeros(len(canvases), dtype=bool)
-    for start, stop in todo:
-        redo[start:stop] = True
+    redo = np.ones(len(canvases), dtype=bool)
+    for batch in kept:
+        redo[batch.start : batch.stop] = False
     purified_now = int(sum(redo[p.canvas] for p in layout.placements))
-    if len(todo) < len(batches):
-        log(f"  {label}: resuming: {len(batches) - len(todo)} of {len(batches)} purifier batches "
+    if kept:
+        log(f"  {label}: resuming: {len(kept)} of {len(batches)} purifier batches "
             f"({len(images) - purified_now} of {len(images)} images) kept from an interrupted run, "
-            f"purifying the other {len(todo)}")
+            f"purifying the other {len(batches) - len(kept)}")
     steps = len(run_timesteps(purifier.schedule.num_steps, purifier.settings.steps, purifier.settings.start))
-    bar = progress_bar(len(batches) * steps, "purifying", "step", initial=(len(batches) - len(todo)) * steps)
+    bar = progress_bar(len(batches) * steps, "purifying", "step", initial=len(kept) * steps)
+    began = time.perf_counter()
+
+    def save(batch: CanvasBatch, done: np.ndarray) -> None:
+        nonlocal began
+        _save_npz(_batch_file(folder, batch.start, batch.stop), canvases=done, seed=np.int64(batch.seed),
+                  seconds=np.float64(time.perf_counter() - began))
+        began = time.perf_counter()
+
     try:
-        for start, stop in todo:
-            began = time.perf_counter()
-            seed = purifier.settings.seed + start
-            out[start:stop] = purifier.purify_canvases(canvases[start:stop], seed, lambda i, n: bar.update(1))
-            _save_npz(_batch_file(folder, start, stop), canvases=out[start:stop], seed=np.int64(seed),
-                      seconds=np.float64(time.perf_counter() - began))
+        out = purifier.purify_canvases(canvases, progress=lambda i, n: bar.update(1), kept=kept.get, on_batch=save)
     finally:
         bar.close()
     return np.stack(unpack(out, layout)), purified_now, seconds_before
