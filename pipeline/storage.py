@@ -42,6 +42,10 @@ TRANSIENT_CODES = frozenset({
     "BandwidthLimitExceeded", "ProvisionedThroughputExceededException", "ServiceUnavailable", "InternalError",
     "InternalFailure", "RequestTimeout", "RequestTimeoutException", "OperationAborted", "PriorRequestNotComplete",
     "XAmzContentSHA256Mismatch",
+    # 409 to a conditional PUT racing another write or a delete of the key: AWS S3 says to retry it, and the retry gets
+    # the settled answer (412: the other run's lease is there; or created). Not retried, the run that lost the race,
+    # or that took a lease being released, failed with 'cannot write to output' instead of naming the holder.
+    "ConditionalRequestConflict",
 })
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # s3fs maps SlowDown/503 to EBUSY and InternalError/500 to EREMOTEIO; the rest are the OS's dropped connections.
