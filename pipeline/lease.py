@@ -184,6 +184,11 @@ class OutputLease:
                     self.lost = current  # not overwritten: the other run holds the output now
                     return
                 self._write()
+                if self._stop.is_set():
+                    # release() stopped waiting for this beat (storage slower than LEASE_HEARTBEAT_S) and may have
+                    # deleted the lease before the write above landed: a lease left behind would hold off the next
+                    # run for LEASE_STALE_S, or a next run in this process, whose pid it names, until then as well
+                    self._remove_if_mine()
             except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
                 print(f"warning: could not refresh the lease of {self.out}: {describe(err)}", file=sys.stderr)
 
@@ -201,12 +206,18 @@ class OutputLease:
         if self._beat is not None:
             self._beat.join(timeout=LEASE_HEARTBEAT_S)
         try:
-            if self._mine(read_lease(self.out, self._so)):
-                with_retries(lambda: self.fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
+            self._remove_if_mine()
         except Exception as err:  # noqa: BLE001
             print(f"warning: could not release the lease {self.out}/{LEASE_FILE} ({describe(err)}); a next run on "
                   f"this machine takes it over at once, elsewhere once it is {LEASE_STALE_S / 60:.0f} minutes old",
                   file=sys.stderr)
+
+    def _remove_if_mine(self) -> None:
+        if self._mine(read_lease(self.out, self._so)):
+            try:
+                with_retries(lambda: self.fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
+            except FileNotFoundError:
+                pass  # removed meanwhile (release and a late heartbeat both clean up): what was wanted
 
     def __enter__(self) -> OutputLease:
         self.acquire()
