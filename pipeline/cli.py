@@ -321,6 +321,12 @@ def _file_values(path: str) -> dict[str, Any]:
                               "--help, without the dashes in front)")
         values[key] = value
     _check_file_types(path, {k: v for k, v in values.items() if k in _SHORTHAND_TYPES})
+    # The flags' choices hold for the file's keys too: JobConfig.check does not know them all (a file's prior:
+    # imagenet stopped the run with no word of --prior or the file). The recipe has its own message.
+    choices = {a.dest: a.choices for a in build_parser()._actions if a.choices and a.dest != "recipe"}
+    for key, value in values.items():
+        if key in choices and isinstance(value, str) and value not in choices[key]:
+            raise ConfigError(f"--config {path}: {key} must be one of {', '.join(choices[key])}, got {value!r}")
     return values
 
 
