@@ -17,7 +17,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.cli import build_parser, config_from_args, main
-from pipeline.job import JobConfig, JobError, JobFailed
+from pipeline.job import JobConfig, JobError, JobFailed, JobInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,9 +143,11 @@ def test_storage_options_from_the_file_and_the_flags_add_up(tmp_path: Path) -> N
     path.write_text("storage_options: {client_kwargs: {region_name: eu-west-1}, use_ssl: true}\n")
     config = config_from_args(["--config", str(path), "--s3-endpoint", "http://minio:9000", "--anon", "--storage-option",
                                'config_kwargs={"retries": {"mode": "adaptive", "total_max_attempts": 5}}',
-                               "--storage-option", "requester_pays=true", "--storage-option", "profile=dev"])
+                               "--storage-option", "requester_pays=true", "--storage-option", "profile=dev",
+                               "--storage-option", 'client_kwargs={"verify": false}'])
     assert config.storage_options == {
-        "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://minio:9000"},  # added to, not replaced
+        # added to, not replaced: the file's, --s3-endpoint's and a KEY={...} option's client_kwargs
+        "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://minio:9000", "verify": False},
         "use_ssl": True, "anon": True,
         "config_kwargs": {"retries": {"mode": "adaptive", "total_max_attempts": 5}},  # JSON values are parsed
         "requester_pays": True, "profile": "dev"}
@@ -176,6 +178,7 @@ class _SignalInterrupt(KeyboardInterrupt):
     (ValueError("bad"), 2),
     (_SignalInterrupt(signal.SIGTERM), 143),  # SIGTERM (ray job stop) before the pipeline started
     (_SignalInterrupt(signal.SIGINT), 130),
+    (JobInterrupted("stopped by SIGTERM", signal.SIGTERM), 143),  # ray job stop during the run
     (JobFailed("the run failed: x"), 1),
     (JobError("not found"), 2),
 ])
