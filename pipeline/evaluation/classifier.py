@@ -165,7 +165,8 @@ def train_classifier(
     checkpoint: str | Path | None = None,
     checkpoint_key: str = "",
 ) -> ResNet:
-    """Train a ResNet on uint8 N x H x W x 3 images (SGD, momentum 0.9, weight decay, one-cycle or cosine LR).
+    """Train a ResNet on uint8 N x H x W x 3 images (SGD with Nesterov momentum and weight decay; one-cycle LR, which
+    also cycles the momentum between 0.95 and 0.85, or cosine LR with momentum 0.9).
 
     augment: random crop with `crop_pad` px zero padding (0: no crop), plus a random horizontal flip when `hflip`
     (set hflip=False for GTSRB: traffic signs are not flip-invariant). extra_transform(batch, rng) -> batch runs on
