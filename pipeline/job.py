@@ -628,7 +628,9 @@ def init_local_ray(num_cpus: int | None = None) -> None:
 
     root = str(Path(__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
+    # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
 
 

@@ -1,0 +1,32 @@
+"""The job's local Ray is its own, even when a Ray head started with `ray start` runs on the same machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_ray_does_not_join_a_head_found_on_this_machine() -> None:
+    # `ray start --head` leaves its address in <tmp>/ray/ray_current_cluster, where a plain ray.init() finds it and
+    # joins that cluster. Point such a file at an address nobody serves: the job's local Ray must start its own.
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    (Path(tmp) / "ray").mkdir()
+    (Path(tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = tmp
+    code = ("import ray; from pipeline.job import init_local_ray; init_local_ray(num_cpus=1); "
+            "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    gcs = [line for line in done.stdout.splitlines() if line.startswith("gcs ")]
+    assert gcs and not gcs[0].endswith(":9"), done.stdout
