@@ -1063,8 +1063,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             files += json.loads(row["files"])
             lease.check()
             if bar is not None:
+                bar.set_postfix(rejected=rejected)  # before update: a log's minute line is printed by update
                 bar.update(int(row["purified"]) + int(row["rejected"]))
-                bar.set_postfix(rejected=rejected)
         if bar is not None:
             bar.close()
         wall = time.time() - started
