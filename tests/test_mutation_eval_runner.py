@@ -1,0 +1,198 @@
+"""Mutation-audit gaps in the evaluation runner (pipeline/evaluation/runner.py): what its tests did not pin about
+resuming a ZIP set (foreign batch files, a short last batch, the seconds recorded), the purified-set cache (another
+shape, sets alike in their first image), which settings its seeds come from (ShrinkPad and the target check follow
+--seed, ZIP --sampler-seed; --start reaches ZIP), that a defense is scored on its own output with its images' labels,
+and how a single-split data set is split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation import metrics, runner
+from pipeline.evaluation.attacks import make_attack, poison_test_set
+from pipeline.evaluation.classifier import load_classifier, predict
+from pipeline.evaluation.datasets import LabelledImages, stratified_subset
+from pipeline.purifier import Purifier
+from tests.jobutil import tiny_model_file
+from tests.test_evalcache_resume import Batches, Stop, _images, _interrupted, _zip
+from tests.test_evaluation_e2e import fake_loader
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_batch_file_of_other_pixel_values_is_purified_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Canvases in model units ([-1, 1] floats) of the right shape and seed are not a batch of uint8 pixels."""
+    prior = tiny_model_file(tmp_path)
+    x = _images(6)
+    reference = runner.purified(_zip(prior), x, tmp_path / "uninterrupted", "clean")
+    partial = _interrupted(_zip(prior), x, tmp_path / "cache", monkeypatch, finished=2)
+    first = sorted(partial.glob("*.npz"))[0]
+    with np.load(first) as old:
+        np.savez(first, canvases=old["canvases"] / 127.5 - 1, seed=old["seed"], seconds=old["seconds"])
+    capsys.readouterr()
+    counted = Batches(monkeypatch)
+    out = runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    assert f"cache file {first} is damaged" in capsys.readouterr().err
+    assert counted.calls == 2  # the float batch and the one never finished
+    np.testing.assert_array_equal(out, reference)
+
+
+def test_a_short_last_batch_finished_before_the_set_was_kept_is_reused(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after the last batch's file was written, before the whole set was: a rerun purifies nothing. The last
+    batch is shorter than the batch size (5 canvases in batches of 2), and its file is named by its own range."""
+    prior = tiny_model_file(tmp_path)
+    x = _images(5)
+    original = runner._save_npz
+
+    def stop_at_the_set(path: Path, **arrays: object) -> None:
+        if path.name.startswith("clean-"):
+            raise Stop
+        original(path, **arrays)
+
+    with monkeypatch.context() as patch, pytest.raises(Stop):
+        patch.setattr(runner, "_save_npz", stop_at_the_set)
+        runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    counted = Batches(monkeypatch)
+    out = runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    assert counted.calls == 0
+    np.testing.assert_array_equal(out, _zip(prior)(x))
+
+
+def test_a_resumed_set_records_the_seconds_of_all_its_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that moves 10 s per purifier batch: each batch file holds its own 10 s, and the set, resumed with one of
+    three batches left, the 30 s of all three (the earlier run's 20 and this run's 10)."""
+    prior = tiny_model_file(tmp_path)
+    now = [0.0]
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=lambda: now[0], strftime=time.strftime))
+    original = Purifier.purify_tensor
+
+    def ten_seconds(self: Purifier, *args: Any, **kwargs: Any) -> Any:
+        now[0] += 10
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Purifier, "purify_tensor", ten_seconds)
+    x = _images(6)
+    partial = _interrupted(_zip(prior), x, tmp_path / "cache", monkeypatch, finished=2)
+    for path in partial.glob("*.npz"):
+        with np.load(path) as batch:
+            assert float(batch["seconds"]) == 10
+    runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    (whole,) = partial.parent.glob("clean-*.npz")
+    with np.load(whole) as data:
+        assert float(data["seconds"]) == 30
+
+
+def test_a_cached_set_of_another_shape_is_not_taken_for_the_set(tmp_path: Path) -> None:
+    """A file under the input's hash whose images have another shape (foreign or stale) is purified afresh."""
+    x = _images(3)
+    defense = runner.make_defense("naive", pool=4)
+    digest = runner._sha256_array(x)[:16]
+    runner._save_npz(tmp_path / defense.key / f"clean-{digest}.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    out = runner.purified(defense, x, tmp_path, "clean")
+    np.testing.assert_array_equal(out, defense(x))
+
+
+def test_two_sets_differing_after_their_first_image_are_cached_apart(tmp_path: Path) -> None:
+    """The cache file is named by a hash of every input image, not only of what they start with."""
+    defense = runner.make_defense("naive", pool=4)
+    a = _images(3)
+    b = a.copy()
+    b[2] = 255 - b[2]
+    first = runner.purified(defense, a, tmp_path, "clean")
+    second = runner.purified(defense, b, tmp_path, "badnet")
+    np.testing.assert_array_equal(second, defense(b))
+    assert not np.array_equal(first, second)
+
+
+def _small(tmp_path: Path, **overrides: Any) -> runner.EvalConfig:
+    settings: dict[str, Any] = dict(
+        dataset="synthetic", attacks=["badnet"], defenses=["none", "shrinkpad"], checkpoint="unused", steps=2, subset=4,
+        epochs=1, threads=1, cache_dir=tmp_path / "cache", examples=0, bootstrap=0,
+        train_options={"depth": 8, "batch_size": 16},
+    )
+    return runner.EvalConfig(**{**settings, **overrides})
+
+
+def test_shrinkpad_offsets_follow_the_subset_seed_not_the_sampler_seed(tmp_path: Path) -> None:
+    """--sampler-seed reruns only ZIP's noise: the published sampler-seed runs (docs/cifar10-sampler-seed1.json) record
+    ShrinkPad with seed 0, the --seed of the subset, so their baseline rows are those of the seed-0 run."""
+    first = runner.evaluate_dataset(_small(tmp_path, out_dir=tmp_path / "a"), loader=fake_loader)
+    rerun = runner.evaluate_dataset(_small(tmp_path, sampler_seed=1, out_dir=tmp_path / "b"), loader=fake_loader)
+    assert rerun["config"]["defense_settings"]["shrinkpad"]["seed"] == 0
+    assert rerun["results"] == first["results"]
+    other = runner.evaluate_dataset(_small(tmp_path, seed=1, out_dir=tmp_path / "c"), loader=fake_loader)
+    assert other["config"]["defense_settings"]["shrinkpad"]["seed"] == 1
+
+
+def test_start_sampler_and_sampler_seed_reach_both_zip_defenses_and_nothing_else(tmp_path: Path) -> None:
+    """--start 0.3 runs of docs/results.md purify with the late start, not the paper's full run: the report's ZIP
+    settings (and so the cache key) carry it, and the pixels differ from a full run's. The sampler seed is ZIP's
+    alone: the target check's bootstrap keeps --seed."""
+    common = dict(defenses=["none", "naive", "zip", "zip-authors"], checkpoint=tiny_model_file(tmp_path), subset=2,
+                  batch_size=2, bootstrap=20)
+    late = runner.evaluate_dataset(_small(tmp_path, **common, start=0.5, sampler="ddpm", sampler_seed=2,
+                                          out_dir=tmp_path / "late"), loader=fake_loader)
+    for name in runner.ZIP_DEFENSES:
+        settings = late["config"]["defense_settings"][name]["zip"]
+        assert (settings["start"], settings["sampler"], settings["seed"]) == (0.5, "ddpm", 2), name
+    # The target check's resampling follows --seed, as in the published sampler-seed runs (docs/*-sampler-seed*.json).
+    assert late["target"]["seed"] == 0
+    full = runner.evaluate_dataset(_small(tmp_path, **common, out_dir=tmp_path / "full"), loader=fake_loader)
+    assert full["config"]["defense_settings"]["zip"]["zip"]["start"] == 1.0
+    assert late["fidelity"]["zip"] != full["fidelity"]["zip"]
+
+
+def test_each_defense_is_scored_on_its_own_purified_images_with_their_own_labels(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """CA, ASR, PA and fidelity of a defense come from the classifier's predictions on that defense's output. The
+    'naive' defense is made an inverting one here (dark and bright, the synthetic classes, swap), so scores of the
+    unpurified images could not pass for it."""
+    monkeypatch.setattr(runner, "naive_transform", lambda x, pool: 255 - x)
+    report = runner.evaluate_dataset(_small(tmp_path, defenses=["none", "naive"], subset=8, out_dir=tmp_path / "r"),
+                                     loader=fake_loader)
+    test = fake_loader("synthetic", "test")
+    idx = stratified_subset(test.labels, 8, 0)
+    clean, labels = test.images[idx], test.labels[idx]
+    model = load_classifier(report["classifiers"]["badnet"]["path"])
+    attack = make_attack("badnet", 32)
+    triggered, true_labels = poison_test_set(clean, labels, attack)
+    for defense, apply in (("none", lambda x: x), ("naive", lambda x: 255 - x)):
+        on_clean, on_triggered = predict(model, apply(clean)), predict(model, apply(triggered))
+        expected = {"ca": metrics.clean_accuracy(on_clean, labels),
+                    "asr": metrics.attack_success_rate(on_triggered, true_labels, attack.target),
+                    "pa": metrics.poisoned_accuracy(on_triggered, true_labels),
+                    "asr_no_trigger": metrics.attack_success_rate(on_clean, labels, attack.target)}
+        assert report["results"]["badnet"][defense] == {k: runner._score(v) for k, v in expected.items()}, defense
+    assert report["results"]["badnet"]["naive"]["ca"] != report["results"]["badnet"]["none"]["ca"]
+    assert report["fidelity"]["naive"] == {"psnr": runner._score(metrics.psnr(255 - clean, clean)),
+                                           "ssim": runner._score(metrics.ssim(255 - clean, clean))}
+    assert report["fidelity"]["none"] == {"psnr": None, "ssim": None}
+
+
+def test_a_single_split_set_holds_out_a_rounded_quarter_of_its_rarest_class_per_class() -> None:
+    """Imagenette's one split: 25 % of the rarest class's count, rounded to nearest (14 -> 3.5 -> 4 per class, not 3),
+    from every class; the rest is the training split, with no test image in it."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), [14, 20])
+    images = rng.integers(0, 256, (len(labels), 8, 8, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(len(labels))  # tells every image apart
+
+    def loader(name: str, split: str) -> LabelledImages:
+        assert (name, split) == ("imagenette", "val")
+        return LabelledImages(images, labels, 2)
+
+    train, test = runner.load_splits("imagenette", loader)
+    assert np.bincount(test.labels).tolist() == [4, 4]
+    assert len(train.labels) == len(labels) - 8
+    assert not set(train.images[:, 0, 0, 0]) & set(test.images[:, 0, 0, 0])
+    # Images and labels stay paired in both splits.
+    for part in (train, test):
+        np.testing.assert_array_equal(labels[part.images[:, 0, 0, 0]], part.labels)
