@@ -259,3 +259,68 @@ def test_a_heartbeat_slower_than_release_waits_for_does_not_leave_the_lease_behi
     assert not (out / LEASE_FILE).exists()
     with OutputLease(str(out), {}):  # and the next run in this process gets the output
         pass
+
+
+def test_a_run_killed_on_this_machine_leaves_a_lease_the_next_run_takes_over_at_once(tmp_path, monkeypatch) -> None:
+    # the lease as a run writes it (its pid namespace included), the run then killed without releasing it
+    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.01)
+    out = tmp_path / "out"
+    code = ("import os, sys; from pipeline.lease import OutputLease; OutputLease(sys.argv[1], {}).acquire(); "
+            "os._exit(9)")
+    killed = subprocess.run([sys.executable, "-c", code, str(out)], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 9, killed.stderr
+    assert lease_ended(json.loads((out / LEASE_FILE).read_text())) == (
+        f"its process {json.loads((out / LEASE_FILE).read_text())['pid']} on this machine is gone")
+    with OutputLease(str(out), {}) as lease:
+        assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
+
+
+def test_a_lease_that_cannot_be_deleted_is_a_warning_not_an_error(tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "out"
+    lease = OutputLease(str(out), {})
+    lease.acquire()
+
+    def denied(path: str) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(lease.fs, "rm_file", denied)  # fsspec shares the instance: undone after the test
+    lease.release()  # the run's own outcome stands
+    assert "warning: could not release the lease" in capsys.readouterr().err
+    assert (out / LEASE_FILE).exists()
+
+
+def test_the_heartbeat_comes_several_times_before_a_lease_counts_as_stale() -> None:
+    # a beat can be late by its storage retries (about 10 s) or a missed beat: a live run must never look stale
+    assert 3 * output_lease.LEASE_HEARTBEAT_S <= LEASE_STALE_S
+    assert output_lease.LEASE_SETTLE_S < output_lease.LEASE_HEARTBEAT_S
+
+
+def test_a_lease_that_cannot_be_read_is_an_error_not_no_lease(tmp_path, monkeypatch) -> None:
+    # a denied GET is not 'no lease': taking the output then would run beside the holder, or name a holder '?'
+    class Denied:
+        def cat_file(self, path: str) -> bytes:
+            raise PermissionError(13, "Access Denied", path)
+
+    monkeypatch.setattr(output_lease, "storage_path", lambda uri, so: (Denied(), uri))
+    with pytest.raises(PermissionError):
+        read_lease(str(tmp_path / "out"), {})
+    with pytest.raises(PermissionError):
+        output_lease.refuse_live_lease(str(tmp_path / "out"), {})
+
+
+def test_a_lease_removed_meanwhile_is_released_without_a_warning(tmp_path, capsys, monkeypatch) -> None:
+    # release and a late heartbeat both clean up: the second delete finds the lease gone, which is what it wanted
+    out = tmp_path / "out"
+    lease = OutputLease(str(out), {})
+    lease.acquire()
+    real_rm = lease.fs.rm_file
+
+    def removed_meanwhile(path: str) -> None:
+        real_rm(path)
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    monkeypatch.setattr(lease.fs, "rm_file", removed_meanwhile)
+    lease.release()
+    assert "warning" not in capsys.readouterr().err
+    assert not (out / LEASE_FILE).exists()
