@@ -161,6 +161,7 @@ def test_each_defense_is_scored_on_its_own_purified_images_with_their_own_labels
     test = fake_loader("synthetic", "test")
     idx = stratified_subset(test.labels, 8, 0)
     clean, labels = test.images[idx], test.labels[idx]
+    assert report["config"]["subset_sha256"] == runner._sha256_array(idx)  # the subset's indices, not its pixels
     model = load_classifier(report["classifiers"]["badnet"]["path"])
     attack = make_attack("badnet", 32)
     triggered, true_labels = poison_test_set(clean, labels, attack)
