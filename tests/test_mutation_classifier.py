@@ -15,7 +15,9 @@ from pipeline.evaluation.classifier import (
     _augment,
     _to_tensor,
     build_classifier,
+    load_classifier,
     predict,
+    save_classifier,
     train_classifier,
 )
 
@@ -217,3 +219,39 @@ def test_restamp_stamps_the_poisoned_images_wherever_the_shuffle_puts_them(monke
     batches = np.concatenate(seen)
     stamped = sorted(int(b[5, 5, 0]) // 7 for b in batches if (b[0, 0] == 255).all())
     assert stamped == [2, 2, 13, 13, 20, 20]  # each poisoned image in each epoch, and no other
+
+
+def test_every_weight_is_trained_from_its_seeded_start() -> None:
+    """Four SGD steps on 16 images move every weight away from the seeded initialisation: gradients cleared after
+    the backward pass instead of before it leave the network as initialised (only BatchNorm's statistics change)."""
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(16) % 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        start = build_classifier(ClassifierConfig(num_classes=2, depth=8))
+    trained = train_classifier(images, labels, seed=3, **{**KW, "epochs": 2})
+    initial = dict(start.named_parameters())
+    for name, value in trained.named_parameters():
+        assert (value.detach() - initial[name].detach()).abs().max().item() > 1e-4, name
+
+
+def test_a_loaded_classifier_is_in_eval_mode(tmp_path: Path) -> None:
+    """Saved in training mode, loaded in eval mode: callers that run the model directly (not through `predict`) must
+    get BatchNorm's running statistics, not each batch's."""
+    model = build_classifier(ClassifierConfig(num_classes=3, depth=8)).train()
+    save_classifier(model, tmp_path / "victim.pt")
+    loaded = load_classifier(tmp_path / "victim.pt")
+    assert not any(m.training for m in loaded.modules())
+
+
+def test_num_threads_applies_during_training_and_is_restored_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's own thread count (1 here, from the fixture) comes back after training with num_threads=2."""
+    images, labels = _identifiable(8)
+    during: list[int] = []
+    real = classifier_module._to_tensor
+    monkeypatch.setattr(classifier_module, "_to_tensor", lambda batch: (during.append(torch.get_num_threads()),
+                                                                        real(batch))[1])
+    assert torch.get_num_threads() == 1
+    train_classifier(images, labels, num_threads=2, **KW)
+    assert during == [2]
+    assert torch.get_num_threads() == 1

@@ -6,6 +6,7 @@ and how a single-split data set is split."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from pipeline.evaluation import metrics, runner
 from pipeline.evaluation.attacks import make_attack, poison_test_set
 from pipeline.evaluation.classifier import load_classifier, predict
 from pipeline.evaluation.datasets import LabelledImages, stratified_subset
+from pipeline.evaluation.target import AttackPredictions, bootstrap_averages
 from pipeline.purifier import Purifier
 from tests.jobutil import tiny_model_file
 from tests.test_evalcache_resume import Batches, Stop, _images, _interrupted, _zip
@@ -197,3 +199,29 @@ def test_a_single_split_set_holds_out_a_rounded_quarter_of_its_rarest_class_per_
     # Images and labels stay paired in both splits.
     for part in (train, test):
         np.testing.assert_array_equal(labels[part.images[:, 0, 0, 0]], part.labels)
+
+
+def test_the_target_checks_point_estimates_are_the_reports_average_row() -> None:
+    """The check's ZIP and baseline figures are the report's Average row, to the last stored decimal, so the check and
+    the table cannot disagree. The exact averages (the bootstrap's unresampled row) differ from that row only by the
+    rounding of the per-attack scores it averages: at most one unit of the sixth decimal. docs/gtsrb.json has such
+    rows (ZIP's average PA: 19.26407 in the table, 19.264069 exactly)."""
+    report = json.loads((Path(__file__).parents[1] / "docs" / "gtsrb.json").read_text())
+    labels, predictions = runner.decode_predictions(report["predictions"])
+    defenses, average = report["config"]["defenses"], report["average"]
+    target = runner.check_target(labels, predictions, defenses, 50, 0, average)
+    assert target is not None
+    rows = 0
+    for zip_defense, checks in target["checks"].items():
+        for row in checks:
+            assert row["zip"] == average[zip_defense][row["metric"]], (zip_defense, row["criterion"])
+            other = average[row["baseline"]][row["metric"]] if row["baseline"] is not None else runner.ASR_LIMIT
+            assert row["other"] == other, (zip_defense, row["criterion"])
+            rows += 1
+    assert rows == 10  # two ZIP defenses: CA and PA against two baselines, and the ASR limit
+    attacks = [AttackPredictions(p["target"], p["clean"], p["triggered"]) for a, p in predictions.items()
+               if a != runner.CLEAN]
+    scored = [d for d in defenses if d != "none"]
+    exact = bootstrap_averages(labels, attacks, scored, resamples=1)
+    gaps = [abs(float(exact[d][m][0]) - average[d][m]) for d in scored for m in ("ca", "asr", "pa")]
+    assert 0 < max(gaps) <= 1.5e-6
