@@ -225,3 +225,23 @@ def test_the_target_checks_point_estimates_are_the_reports_average_row() -> None
     exact = bootstrap_averages(labels, attacks, scored, resamples=1)
     gaps = [abs(float(exact[d][m][0]) - average[d][m]) for d in scored for m in ("ca", "asr", "pa")]
     assert 0 < max(gaps) <= 1.5e-6
+
+
+def test_a_runs_target_check_takes_its_figures_from_the_runs_average_row(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_dataset hands the report's Average row to the target check. The stored figures are put on a grid of
+    3 points here (50 -> 51, 100 -> 99), so a check working from the exact averages would show other figures than
+    the table's; with the real 6 decimals they differ in the last one (see the test above)."""
+    monkeypatch.setattr(runner, "_score", lambda v: None if v is None or not np.isfinite(v) else 3.0 * round(v / 3))
+    report = runner.evaluate_dataset(
+        _small(tmp_path, defenses=["none", "naive", "zip"], checkpoint=tiny_model_file(tmp_path), subset=6,
+               batch_size=6, bootstrap=20, out_dir=tmp_path / "r"), loader=fake_loader)
+    average = report["average"]
+    rows = report["target"]["checks"]["zip"]
+    assert [r["criterion"] for r in rows] == ["ca above naive", "pa above naive", "asr at most 5"]
+    for row in rows:
+        assert row["zip"] == average["zip"][row["metric"]], row["criterion"]
+        assert row["other"] == (average["naive"][row["metric"]] if row["baseline"] else runner.ASR_LIMIT)
+    labels, predictions = runner.decode_predictions(report["predictions"])
+    exact = runner.check_target(labels, predictions, ["none", "naive", "zip"], 20, 0)["checks"]["zip"]
+    assert [(r["zip"], r["other"]) for r in exact] != [(r["zip"], r["other"]) for r in rows]  # the test can tell
