@@ -74,10 +74,12 @@ DEFAULT_EPOCHS = 10  # ResNet-20, one-cycle: 11 epochs measured 82.7 % CA on thi
 
 
 def _csv(choices: tuple[str, ...] | list[str], what: str):
-    """argparse type: a comma-separated list of names from `choices`."""
+    """argparse type: a comma-separated list of names from `choices`, each once, in the order given."""
 
     def parse(text: str) -> list[str]:
-        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        # A name given twice counts once: a repeated attack would weigh twice in the report's Average row (and in
+        # the target check's point estimates), a repeated data set would run its whole evaluation again.
+        items = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
         bad = [t for t in items if t not in choices]
         if bad or not items:
             raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or '(empty)'}; choose from {', '.join(choices)}")
