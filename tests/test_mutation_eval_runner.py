@@ -245,3 +245,31 @@ def test_a_runs_target_check_takes_its_figures_from_the_runs_average_row(tmp_pat
     labels, predictions = runner.decode_predictions(report["predictions"])
     exact = runner.check_target(labels, predictions, ["none", "naive", "zip"], 20, 0)["checks"]["zip"]
     assert [(r["zip"], r["other"]) for r in exact] != [(r["zip"], r["other"]) for r in rows]  # the test can tell
+
+
+def test_an_exact_tie_rounded_one_unit_apart_in_the_average_row_is_no_win() -> None:
+    """ZIP's PA is 5/9 and 5/9 on two attacks, naive's 9/9 and 1/9: exactly the same average, 55.6 % in the table. The
+    Average row averages per-attack figures rounded to 6 decimals, so it stores 55.555556 against 55.555555; the
+    check showed that 1e-6 as ZIP beating naive ('yes'), where a tie is no win."""
+    labels = np.arange(10)
+    triggered_labels = labels[labels != 0]
+
+    def right(k: int) -> np.ndarray:  # k of the 9 triggered images classed right, the others as another class, not 0
+        out = triggered_labels.copy()
+        out[k:] = np.where(out[k:] == 5, 6, 5)
+        return out
+
+    predictions: dict[str, dict[str, Any]] = {}
+    for attack, (zip_right, naive_right) in {"badnet": (5, 9), "blended": (5, 1)}.items():
+        predictions[attack] = {"target": 0, "clean": {"zip": labels, "naive": labels},
+                               "triggered": {"zip": right(zip_right), "naive": right(naive_right)}}
+    average = {d: {"ca": 100.0, "asr": 0.0, "pa": runner._score(float(np.mean([
+        runner._score(metrics.poisoned_accuracy(predictions[a]["triggered"][d], triggered_labels))
+        for a in predictions])))} for d in ("zip", "naive")}
+    assert (average["zip"]["pa"], average["naive"]["pa"]) == (55.555556, 55.555555)
+    target = runner.check_target(labels, predictions, ["zip", "naive"], 100, 0, average)
+    row = next(r for r in target["checks"]["zip"] if r["criterion"] == "pa above naive")
+    assert (row["zip"], row["other"]) == (55.555556, 55.555555)  # the table's figures, as before
+    assert row["met"] is False and row["verdict"].startswith("no")
+    ca = next(r for r in target["checks"]["zip"] if r["criterion"] == "ca above naive")
+    assert ca["met"] is False  # 100 against 100

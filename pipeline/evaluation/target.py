@@ -25,6 +25,10 @@ RESAMPLES = 2000
 # Decimals the stored figures keep (percent). Reports show one decimal: a figure stored at two would be rounded twice
 # (5.444 -> 5.45 -> "5.5"); at six, the shown decimal is the figure's own rounding, and an exact tie (26.15) stays one.
 DECIMALS = 6
+# Two exact averages over the attacks either tie or differ by at least 100 / (attacks x test images) points (the
+# subset is stratified, so every attack has as many triggered images): 1e-3 for 4 attacks on 25,000 images. Float
+# sums of a tie differ by about 1e-13. Below this they are the same figure.
+TIE = 1e-7
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,10 @@ def _verdict(met: bool, interval: list[float], baseline: str | None, asr_limit: 
 
 
 def _row(metric: str, baseline: str | None, ours: float, other: float, interval: list[float] | None,
-         asr_limit: float) -> dict[str, Any]:
-    """One criterion: ZIP's average `metric` above `baseline`'s, or (baseline None) ZIP's ASR at most the limit."""
-    met = ours > other if baseline is not None else ours <= asr_limit
+         asr_limit: float, tie: bool = False) -> dict[str, Any]:
+    """One criterion: ZIP's average `metric` above `baseline`'s, or (baseline None) ZIP's ASR at most the limit.
+    tie: the exact averages are equal, whatever `ours` and `other` (rounded figures) say: no win."""
+    met = (ours > other and not tie) if baseline is not None else ours <= asr_limit
     verdict = (_verdict(met, interval, baseline, asr_limit) if interval is not None
                else ("yes" if met else "no") + ", no interval")
     return {"criterion": f"{metric} above {baseline}" if baseline is not None else f"asr at most {asr_limit:g}",
@@ -108,15 +113,20 @@ def target_check(
 
     `averages` (defense -> metric -> percent), when given, are the point estimates: the report's Average row, so
     that the check and the table agree to the last digit shown (the row averages per-attack scores rounded to
-    `DECIMALS` decimals); the intervals always come from the resamples."""
+    `DECIMALS` decimals); the intervals always come from the resamples. That rounding can set the figures of an exact
+    tie one unit of the last decimal apart (ZIP's PA 5/9 and 5/9, the baseline's 9/9 and 1/9: 55.555556 against
+    55.555555), so whether ZIP wins is decided on the exact averages: a tie is no win."""
     defenses = [zip_defense, *baselines]
     boot = bootstrap_averages(labels, attacks, defenses, resamples, seed)
 
     def point(d: str, metric: str) -> float:
         return float(averages[d][metric]) if averages is not None else round(float(boot[d][metric][0]), DECIMALS)
 
+    def tied(metric: str, base: str) -> bool:
+        return abs(float(boot[zip_defense][metric][0]) - float(boot[base][metric][0])) < TIE
+
     rows = [_row(metric, base, point(zip_defense, metric), point(base, metric),
-                 _interval(boot[zip_defense][metric][1:] - boot[base][metric][1:]), asr_limit)
+                 _interval(boot[zip_defense][metric][1:] - boot[base][metric][1:]), asr_limit, tied(metric, base))
             for metric in ("ca", "pa") for base in baselines]
     rows.append(_row("asr", None, point(zip_defense, "asr"), asr_limit, _interval(boot[zip_defense]["asr"][1:]),
                      asr_limit))
