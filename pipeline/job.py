@@ -1011,7 +1011,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # actors, so finished batches are written while others are still purifying (streaming).
         task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
         skip_ids = frozenset(plan.done)
-        rows = [u.to_row() for u in plan.units] or [{"kind": "files", "paths": [], "root": ""}]
+        rows = [u.to_row() for u in plan.units] or [ReadUnit("files", (), "").to_row()]
         # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
         # pipeline streams (one big block would be read, purified and written as a whole).
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))

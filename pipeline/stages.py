@@ -55,8 +55,10 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task."""
     pending: list[dict[str, Any]] = []
     size = 0
-    for kind, paths, root in zip(batch["kind"], batch["paths"], batch["root"], strict=True):
-        unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root})
+    sizes = batch.get("sizes", [None] * len(batch["kind"]))
+    for kind, paths, root, listed in zip(batch["kind"], batch["paths"], batch["root"], sizes, strict=True):
+        unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
+                                  "sizes": None if listed is None else [int(size) for size in listed]})
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids, in_memory_bytes,
                                 max_image_bytes):
             pending.append(record)
