@@ -64,8 +64,12 @@ def with_checks(report: dict[str, Any], zip_defense: str, path: Path) -> dict[st
         rows = point_check(averages if isinstance(averages, dict) else {}, zip_defense)
     except ValueError as err:
         raise UnusableReport(f"no target check for {zip_defense}: {err}") from None
-    print(f"{path}: no per-image predictions, so no intervals: point estimates only (rerun jobs/evaluate.py "
-          "for intervals)", file=sys.stderr)
+    if report.get("predictions"):  # its run had the predictions but skipped the check (--bootstrap 0)
+        why = ("run with --bootstrap 0, so no intervals: point estimates only (rerun its jobs/evaluate.py command with "
+               "--bootstrap 2000 --overwrite for intervals)")
+    else:
+        why = "no per-image predictions, so no intervals: point estimates only (rerun jobs/evaluate.py for intervals)"
+    print(f"{path}: {why}", file=sys.stderr)
     return {**report, "target": {"checks": {zip_defense: rows}}}
 
 

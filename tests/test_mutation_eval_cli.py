@@ -255,3 +255,20 @@ def test_a_name_given_twice_counts_once(job: ModuleType, tmp_path: Path) -> None
     assert (args.datasets, args.attacks, args.defenses) == (["cifar10"], ["badnet", "wanet"], ["zip", "naive"])
     assert run_main(job, ["--datasets", "gtsrb,cifar10,gtsrb", "--out", str(tmp_path)]) == 0
     assert [c.dataset for c, _ in job.started] == ["gtsrb", "cifar10"]
+
+
+def test_a_report_run_with_bootstrap_0_is_not_said_to_lack_predictions(target_table: ModuleType, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a --bootstrap 0 report (predictions kept, no check) was said to have no per-image predictions, and
+    "rerun jobs/evaluate.py" would have refused (another configuration) or, with the same command, given none again."""
+    averages = _averages(70.0, 10.0)
+    with_predictions, old = tmp_path / "boot0.json", tmp_path / "old.json"
+    with_predictions.write_text(json.dumps({"config": {"pool": 4, "bootstrap": 0}, "average": averages, "target": None,
+                                            "predictions": {"labels": "0 1", "attacks": {}}}))
+    old.write_text(json.dumps({"config": {"pool": 4}, "average": averages}))
+    assert target_table.main([str(with_predictions), str(old)]) == 0
+    captured = capsys.readouterr()
+    assert _cells(captured.out, "boot0") == _cells(captured.out, "old")
+    assert f"{with_predictions}: run with --bootstrap 0, so no intervals" in captured.err
+    assert "--bootstrap 2000 --overwrite" in captured.err
+    assert f"{old}: no per-image predictions, so no intervals" in captured.err
