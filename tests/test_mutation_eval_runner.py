@@ -273,3 +273,13 @@ def test_an_exact_tie_rounded_one_unit_apart_in_the_average_row_is_no_win() -> N
     assert row["met"] is False and row["verdict"].startswith("no")
     ca = next(r for r in target["checks"]["zip"] if r["criterion"] == "ca above naive")
     assert ca["met"] is False  # 100 against 100
+
+
+def test_an_attack_named_twice_is_evaluated_and_averaged_once(tmp_path: Path) -> None:
+    """Named twice (here in two spellings), BadNet weighed twice in the Average row while the target check's
+    resamples, keyed by attack, counted it once: with BadNet's naive PA 33.3 and Blended's 0, the Average row said
+    22.2 and the check's interval was around 16.7. Each attack is now run once, in the order first named."""
+    config = _small(tmp_path, attacks=["BadNet", "badnet", "none", "clean", "blended"], out_dir=tmp_path / "r")
+    checked = runner.preflight(config, loader=fake_loader)
+    assert checked.attacks == ["badnet", "clean", "blended"]
+    assert checked.settings["attacks"] == ["badnet", "clean", "blended"]

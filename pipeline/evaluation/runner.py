@@ -813,7 +813,9 @@ def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
     attacks and defenses, the subset and pool against the shared data set's class count and image size (when
     `loader` is the shared one), the ZIP prior, and the output folder. Raises EvaluationError."""
     try:
-        attacks = [normalise_attack(a) for a in config.attacks]
+        # Each once, as the defenses: an attack named twice ('badnet' and 'BadNet') weighed twice in the Average row
+        # but once in the target check's resamples, which are keyed by attack.
+        attacks = list(dict.fromkeys(normalise_attack(a) for a in config.attacks))
     except ValueError as err:
         raise EvaluationError(str(err)) from None
     defenses = list(dict.fromkeys(config.defenses))
