@@ -272,3 +272,17 @@ def test_a_report_run_with_bootstrap_0_is_not_said_to_lack_predictions(target_ta
     assert f"{with_predictions}: run with --bootstrap 0, so no intervals" in captured.err
     assert "--bootstrap 2000 --overwrite" in captured.err
     assert f"{old}: no per-image predictions, so no intervals" in captured.err
+
+
+def test_within_noise_at_the_bounds() -> None:
+    """A tie is no win, so an interval reaching down to exactly 0 holds a miss; an ASR interval from exactly the
+    limit holds a pass. Both are within noise; [-3, 0] and an ASR's [3, 5] are clear."""
+    from pipeline.evaluation.target import _row
+
+    def verdict(baseline: str | None, ours: float, other: float, interval: list[float]) -> str:
+        return _row("asr" if baseline is None else "ca", baseline, ours, other, interval, 5.0)["verdict"]
+
+    assert verdict("shrinkpad", 31.0, 30.0, [0.0, 2.5]) == "yes, within noise"
+    assert verdict("shrinkpad", 29.0, 30.0, [-3.0, 0.0]) == "no"
+    assert verdict(None, 5.0, 5.0, [5.0, 6.0]) == "yes, within noise"
+    assert verdict(None, 4.0, 5.0, [3.0, 5.0]) == "yes"
