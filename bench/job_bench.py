@@ -4,6 +4,7 @@
     python bench/job_bench.py memory --sizes 1000,10000 --steps 2
     python bench/job_bench.py memory --sizes 2000,8000,16000 --steps 1 --layout tar --image-size 128   # one shard
     python bench/job_bench.py memory --sizes 8000 --steps 1 --layout tar --image-size 128 --in-memory-mb 1024
+    python bench/job_bench.py overhead --sizes 10000,100000 --layout mixed
 
 throughput: the same images, model and settings through (a) one process calling the Purifier in
 chunks of --chunk images, (b) the Ray Data job with one CPU actor; prints images/s of both and the ratio.
@@ -15,7 +16,13 @@ times a second while the job runs) is printed too: the peak of the read tasks (r
 the purifier actor, and of the largest other worker (untile, encode, write), with its task.
 `--layout tar` puts all N images into a single tar shard (one read unit, the worst case for a reader that would
 hold a whole unit's images at once); `--in-memory-mb` sets the size above which the job streams a shard instead
-of fetching it whole. Reports, never asserts.
+of fetching it whole.
+overhead: the driver's work that grows with the number of inputs, not with the images purified: listing and planning
+(what --dry-run does), reading the output's ids (done_ids, at the start of a resumed or --incremental run) and the
+end-of-run duplicate check (deduplicate_output), on N tiny 8x8 PNGs in nested folders (`--layout mixed`: plus N/500
+tar shards of 10 images beside them, which the id-collision check compares) and an output that already holds all
+but 50 of the files, written in the job's own part-file format (256 rows a file). Best of 2, in-process, no Ray;
+driver peak RSS (a fresh process per size). Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -179,6 +187,66 @@ def memory_one(args: argparse.Namespace) -> None:
           f"{len(workers)} |", flush=True)
 
 
+def overhead_one(args: argparse.Namespace) -> None:
+    """One size in this (fresh) process: times of the driver's per-input work, and its peak memory."""
+    from pipeline.job import JOB_FILE, SUMMARY_FILE, _write_json, deduplicate_output, done_ids, plan_job
+    from pipeline.sources import discover
+    from pipeline.stages import _data_table, part_name, write_parquet_atomic
+
+    n = args.images
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")
+    with tempfile.TemporaryDirectory() as tmp:
+        root, out = Path(tmp) / "in", str(Path(tmp) / "out")
+        ids = [f"a{i // 10000:02d}/b{(i // 1000) % 10}/{i:07d}.png" for i in range(n)]
+        for i, id_ in enumerate(ids):
+            if i % 1000 == 0:
+                (root / id_).parent.mkdir(parents=True, exist_ok=True)
+            (root / id_).write_bytes(png.getvalue())
+        for s in range(n // 500 if args.layout == "mixed" else 0):
+            with tarfile.open(root / f"shard-{s:05d}.tar", "w") as shard:
+                for k in range(10):
+                    info = tarfile.TarInfo(f"{k}.png")
+                    info.size = len(png.getvalue())
+                    shard.addfile(info, io.BytesIO(png.getvalue()))
+        config = JobConfig(input=str(root), output=out, steps=1, incremental=True, progress=False)
+        plan = plan_job(JobConfig(input=str(root), output=out, steps=1), dry_run=True)
+        _write_json(f"{out}/{JOB_FILE}", plan.job_record, {})
+        done = ids[: n - 50]
+        for s in range(0, len(done), 256):
+            chunk = [{"id": i, "png": png.getvalue(), "width": 8, "height": 8, "meta": {}, "source": i,
+                      "source_sha256": "0" * 64, "psnr_vs_input_db": 30.0, "downscale_factor": 1.0,
+                      "original_mode": "RGB", "original_format": "PNG", "original_frames": 1} for i in done[s : s + 256]]
+            write_parquet_atomic(_data_table(chunk), f"{out}/data/{part_name([r['id'] for r in chunk])}", {})
+        _write_json(f"{out}/{SUMMARY_FILE}", {"status": "complete"}, {})
+
+        def best(fn: Any) -> float:
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        figures = [best(lambda: discover(str(root), {}, config.files_per_unit)),
+                   best(lambda: plan_job(config, dry_run=True)), best(lambda: done_ids(out, {})),
+                   best(lambda: deduplicate_output(out, {}))]
+    driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"| {n} | {n // 500 if args.layout == 'mixed' else 0} | {-(-len(done) // 256)} | "
+          + " | ".join(f"{t:.2f}" for t in figures) + f" | {driver:.0f} |", flush=True)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    import subprocess
+
+    print(f"{args.layout}: N tiny PNG files{' + N/500 tar shards' if args.layout == 'mixed' else ''}, output holding "
+          "all files but 50\n| image files | tar shards | output part files | discover s | plan (--dry-run) s | "
+          "done_ids s | deduplicate_output s | driver peak MB |\n| --- | --- | --- | --- | --- | --- | --- | --- |",
+          flush=True)
+    for n in args.sizes.split(","):
+        subprocess.run([sys.executable, __file__, "overhead-one", "--images", n, "--layout", args.layout], check=True)
+
+
 def memory(args: argparse.Namespace) -> None:
     import subprocess
 
@@ -196,13 +264,14 @@ def memory(args: argparse.Namespace) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["throughput", "memory", "memory-one"])
+    p.add_argument("mode", choices=["throughput", "memory", "memory-one", "overhead", "overhead-one"])
     p.add_argument("--checkpoint", default=None, help="default: the embedded prior")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--sizes", default="1000,10000")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--pool", type=int, default=4)
-    p.add_argument("--layout", choices=["files", "tar"], default="files", help="memory: image files, or one tar shard")
+    p.add_argument("--layout", choices=["files", "tar", "mixed"], default="files",
+                   help="memory: image files, or one tar shard; overhead: image files, or mixed (files + tar shards)")
     p.add_argument("--image-size", type=int, default=32, help="memory: side of the generated images")
     p.add_argument("--in-memory-mb", type=int, default=JobConfig.in_memory_mb,
                    help="memory: the job's --in-memory-mb (shards larger than this are streamed)")
@@ -216,7 +285,12 @@ def main() -> int:
                         ("in-memory-mb", args.in_memory_mb), ("chunk", args.chunk)] + [("sizes", n) for n in sizes]:
         if value < 1:
             p.error(f"--{name} must be at least 1, got {value}")
-    {"throughput": throughput, "memory": memory, "memory-one": memory_one}[args.mode](args)
+    if args.mode.startswith("memory") and args.layout == "mixed":
+        p.error("--layout mixed is for the overhead mode")
+    if args.mode.startswith("overhead") and args.layout == "tar":
+        p.error("--layout tar is for the memory mode (overhead: files or mixed)")
+    {"throughput": throughput, "memory": memory, "memory-one": memory_one, "overhead": overhead,
+     "overhead-one": overhead_one}[args.mode](args)
     return 0
 
 
