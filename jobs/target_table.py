@@ -3,13 +3,16 @@
 Each `jobs/evaluate.py` report (<dataset>.json) holds a target check for its ZIP settings: is ZIP's average CA
 and PA above ShrinkPad's and A⁺A x's, and is its average ASR at most 5 %, each with a 95 % paired-bootstrap
 interval over the test images. This puts one row per report side by side, e.g. to compare settings or seeds.
-A report without per-image predictions (written before they were kept, or run with --bootstrap 0) gets the same
-verdicts from its Average row, marked "no interval". Every file gets its own row, labelled by its name (with as many
+A report without a check gets the same verdicts from its Average row, marked "no interval"; one run with
+--bootstrap 0 kept its per-image predictions, and --bootstrap N computes its intervals from them here, exactly as
+its jobs/evaluate.py command with --bootstrap N would have (N resamples, seeded with the report's --seed), without
+rerunning it. A report's own check is always shown as stored. Every file gets its own row, labelled by its name (with as many
 parent folders as it takes to tell files of the same name apart); a file that is no usable report (unreadable, not
 a jobs/evaluate.py report, or from a run without attacks) is named on stderr and left out:
 
     python jobs/target_table.py docs/cifar10.json docs/cifar10-k2.json
     python jobs/target_table.py --zip zip-authors results/*.json
+    python jobs/target_table.py --bootstrap 2000 results/cifar10.json     # a report run with --bootstrap 0
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluation.report import target_summary  # noqa: E402
+from pipeline.evaluation.runner import check_target, decode_predictions  # noqa: E402
 from pipeline.evaluation.target import point_check  # noqa: E402
 
 JSON_TYPES = {"list": "an array", "str": "a string", "int": "a number", "float": "a number", "bool": "a boolean",
@@ -52,21 +56,52 @@ def read_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def with_checks(report: dict[str, Any], zip_defense: str, path: Path) -> dict[str, Any]:
-    """The report with its target check of `zip_defense`: its own, or (an older report, or one run with --bootstrap 0)
-    the point check of its averages, which gives the verdicts without intervals."""
+def computed_check(report: dict[str, Any], resamples: int) -> dict[str, Any] | None:
+    """The target check the report's run would have stored with --bootstrap `resamples`, from its per-image
+    predictions: the runner's own `check_target`, on the same labels, defenses, seed (the report's --seed) and Average
+    row, so the same resamples and the same figures. None when the run had no ZIP defense, baseline or attack to check.
+    Raises UnusableReport when the predictions or settings it needs are missing or malformed."""
+    config = report["config"]
+    try:
+        labels, predictions = decode_predictions(report["predictions"])
+        return check_target(labels, predictions, config["defenses"], resamples, config["seed"], report["average"])
+    except KeyError as err:
+        raise UnusableReport(f"it has no {err} to compute the intervals from") from None
+    except (TypeError, ValueError, AttributeError) as err:
+        raise UnusableReport(f"its per-image predictions are malformed ({err})") from None
+
+
+def with_checks(report: dict[str, Any], zip_defense: str, path: Path, resamples: int = 0) -> dict[str, Any]:
+    """The report with its target check of `zip_defense`: its own; or, for one run with --bootstrap 0 and `resamples`
+    above 0, the check computed from its predictions (`computed_check`); or else (an older report, or no resamples
+    asked for) the point check of its averages, which gives the verdicts without intervals."""
     target = report.get("target")
     checks = target.get("checks") if isinstance(target, dict) else None
     if isinstance(checks, dict) and checks.get(zip_defense):
         return report
+    failed = None
+    if resamples and report.get("predictions"):
+        try:
+            computed = computed_check(report, resamples)
+        except UnusableReport as err:
+            computed, failed = None, str(err)
+        if computed is not None and computed["checks"].get(zip_defense):
+            print(f"{path}: run with --bootstrap 0; intervals computed here from its per-image predictions "
+                  f"({resamples} resamples, seed {computed['seed']}), as jobs/evaluate.py --bootstrap {resamples} "
+                  "would have", file=sys.stderr)
+            return {**report, "target": computed}
+        failed = failed or f"its predictions hold no {zip_defense}, baseline and backdoor attack to check"
     averages = report.get("average")
     try:
         rows = point_check(averages if isinstance(averages, dict) else {}, zip_defense)
     except ValueError as err:
         raise UnusableReport(f"no target check for {zip_defense}: {err}") from None
-    if report.get("predictions"):  # its run had the predictions but skipped the check (--bootstrap 0)
-        why = ("run with --bootstrap 0, so no intervals: point estimates only (rerun its jobs/evaluate.py command with "
-               "--bootstrap 2000 --overwrite for intervals)")
+    if failed:
+        why = f"no intervals: {failed}; point estimates only"
+    elif report.get("predictions"):  # its run had the predictions but skipped the check (--bootstrap 0)
+        why = ("run with --bootstrap 0, so no intervals: point estimates only (give this command --bootstrap 2000 to "
+               "compute them from its per-image predictions, the same as rerunning its jobs/evaluate.py command with "
+               "--bootstrap 2000 --overwrite)")
     else:
         why = "no per-image predictions, so no intervals: point estimates only (rerun jobs/evaluate.py for intervals)"
     print(f"{path}: {why}", file=sys.stderr)
@@ -95,11 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", nargs="+", type=Path, help="evaluation JSON files (jobs/evaluate.py --out)")
     p.add_argument("--zip", default="zip", choices=["zip", "zip-authors"], help="which ZIP defense to show (default zip)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="for a report run with --bootstrap 0 (per-image predictions kept, no check): compute its 95 %% "
+                        "intervals here with N resamples, exactly as jobs/evaluate.py --bootstrap N would have (seeded "
+                        "with the report's --seed; the runner's default is 2000). A report's own check is always shown "
+                        "as stored. Default: 0, point estimates for such a report")
     args = p.parse_args(argv)
+    if args.bootstrap < 0:
+        p.error("--bootstrap must be 0 or more")
     reports = {}
     for path, label in zip(args.reports, row_labels(args.reports), strict=True):
         try:
-            reports[label] = with_checks(read_report(path), args.zip, path)
+            reports[label] = with_checks(read_report(path), args.zip, path, args.bootstrap)
         except UnusableReport as err:
             print(f"{path}: {err} (skipped)", file=sys.stderr)
     if not reports:

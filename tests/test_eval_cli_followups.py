@@ -1,0 +1,149 @@
+"""Follow-ups of the evaluation's command lines: jobs/target_table.py computes the intervals of a report run with
+--bootstrap 0 from its stored per-image predictions, exactly as the runner would have."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation.runner import check_target, encode_predictions
+from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages
+
+ROOT = Path(__file__).parents[1]
+DEFENSES = ["none", "shrinkpad", "naive", "zip"]
+
+
+@pytest.fixture
+def target_table() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("target_table_followups", ROOT / "jobs" / "target_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(module: ModuleType, argv: list[str]) -> int:
+    try:
+        return module.main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+def _predictions(n: int = 60) -> tuple[np.ndarray, dict]:
+    """A run's labels and predictions: 3 classes, a clean classifier row and two attacks, each defense right on the
+    clean images and fooled on the triggered ones at its own rate."""
+    rng = np.random.default_rng(11)
+    labels = np.arange(n) % 3
+    right = {"none": 0.9, "shrinkpad": 0.7, "naive": 0.6, "zip": 0.75}
+    fooled = {"none": 0.95, "shrinkpad": 0.3, "naive": 0.1, "zip": 0.05}
+
+    def guess(truth: np.ndarray, rate: float, other: np.ndarray) -> np.ndarray:
+        return np.where(rng.random(len(truth)) < rate, truth, other)
+
+    predictions = {"none": {"target": None, "clean": {d: guess(labels, right[d], (labels + 1) % 3) for d in DEFENSES},
+                            "triggered": {}}}
+    for name, target in (("badnet", 0), ("wanet", 1)):
+        keep = labels != target
+        predictions[name] = {
+            "target": target,
+            "clean": {d: guess(labels, right[d], (labels + 1) % 3) for d in DEFENSES},
+            "triggered": {d: guess(np.full(int(keep.sum()), target), fooled[d], labels[keep]) for d in DEFENSES},
+        }
+    return labels, predictions
+
+
+def _reports(tmp_path: Path, seed: int, resamples: int) -> tuple[Path, Path, dict]:
+    """The same run written twice as cifar10.json: with --bootstrap 0 (predictions, no check) and with --bootstrap
+    `resamples` (the check the runner stores). Returns both paths and the stored check."""
+    labels, predictions = _predictions()
+    attacks = [AttackPredictions(p["target"], p["clean"], p["triggered"])
+               for p in predictions.values() if p["target"] is not None]
+    point = bootstrap_averages(labels, attacks, DEFENSES, resamples=0)
+    average = {d: {m: round(float(v[0]), DECIMALS) for m, v in point[d].items()} for d in DEFENSES}
+    stored = json.loads(json.dumps(check_target(labels, predictions, DEFENSES, resamples, seed, average)))
+    base = {"dataset": "cifar10", "config": {"pool": 4, "seed": seed, "defenses": DEFENSES, "bootstrap": 0},
+            "average": average, "predictions": encode_predictions(labels, predictions)}
+    paths = []
+    for folder, target, bootstrap in (("boot0", None, 0), ("stored", stored, resamples)):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "cifar10.json"
+        path.write_text(json.dumps({**base, "config": {**base["config"], "bootstrap": bootstrap}, "target": target}))
+        paths.append(path)
+    return paths[0], paths[1], stored
+
+
+def test_bootstrap_n_gives_a_bootstrap_0_report_the_intervals_the_runner_would_have_stored(
+        target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a --bootstrap 0 report got point estimates only, and the advice to rerun the evaluation (hours) with
+    --bootstrap 2000 --overwrite. Now --bootstrap N prints the row that report's run with --bootstrap N stores: the
+    same resamples, seeded with the report's --seed (7 here; seed 0 would give other intervals)."""
+    boot0, stored_path, stored = _reports(tmp_path, seed=7, resamples=300)
+    assert _run(target_table, [str(stored_path)]) == 0
+    expected = capsys.readouterr().out
+    assert _run(target_table, ["--bootstrap", "300", str(boot0)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected
+    assert "no interval" not in captured.out and captured.out.count("[") == 5
+    assert f"{boot0}: run with --bootstrap 0; intervals computed here" in captured.err and "seed 7" in captured.err
+    # The seed is the report's, not 0: at seed 0 the same resamples give other intervals.
+    report = json.loads(boot0.read_text())
+    assert target_table.computed_check(report, 300) == stored
+    report["config"]["seed"] = 0
+    assert target_table.computed_check(report, 300) != stored
+
+
+def test_without_bootstrap_a_bootstrap_0_report_keeps_point_estimates_and_is_told_the_option(
+        target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boot0, _, _ = _reports(tmp_path, seed=7, resamples=300)
+    assert _run(target_table, [str(boot0)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("no interval") == 5 and "[" not in captured.out
+    assert "give this command --bootstrap 2000" in captured.err
+
+
+def test_a_stored_check_is_shown_as_stored_whatever_bootstrap_says(target_table: ModuleType, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _, stored_path, _ = _reports(tmp_path, seed=7, resamples=300)
+    assert _run(target_table, [str(stored_path)]) == 0
+    expected = capsys.readouterr().out
+    assert _run(target_table, ["--bootstrap", "50", str(stored_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected and "computed here" not in captured.err
+
+
+def test_unusable_predictions_fall_back_to_point_estimates_and_a_negative_count_is_refused(
+        target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    boot0, _, _ = _reports(tmp_path, seed=7, resamples=300)
+    report = json.loads(boot0.read_text())
+    report["predictions"]["labels"] = report["predictions"]["labels"].replace("0", "x", 1)
+    boot0.write_text(json.dumps(report))
+    assert _run(target_table, ["--bootstrap", "100", str(boot0)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("no interval") == 5 and "per-image predictions are malformed" in captured.err
+    del report["config"]["seed"]
+    report["predictions"]["labels"] = report["predictions"]["labels"].replace("x", "0", 1)
+    boot0.write_text(json.dumps(report))
+    assert _run(target_table, ["--bootstrap", "100", str(boot0)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("no interval") == 5 and "no 'seed' to compute the intervals from" in captured.err
+    assert _run(target_table, ["--bootstrap", "-1", str(boot0)]) == 2
+    assert "--bootstrap must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_published_checks_are_what_their_predictions_give(target_table: ModuleType) -> None:
+    """The computation is the runner's: every docs/*.json report with predictions gets, from them and its own
+    resamples and seed, exactly the check its run stored."""
+    checked = 0
+    for path in sorted((ROOT / "docs").glob("*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if report.get("predictions") and report.get("target"):
+            target = report["target"]
+            again = target_table.computed_check(report, target["resamples"])
+            assert json.loads(json.dumps(again)) == target, path.name
+            checked += 1
+    assert checked >= 20
