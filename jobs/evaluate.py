@@ -174,10 +174,14 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
     for name in ("canvas_size", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be positive"
-    if not (math.isfinite(args.start) and 0.0 < args.start <= 1.0):
+    # The sampler's settings matter only to the ZIP defenses selected: a run of none,shrinkpad,naive never reads --steps
+    # or --start, so their limits are no reason to refuse it. --pool's own checks (positive above, dividing the images
+    # in preflight) stay, since A⁺A x pools by it too.
+    zips = [d for d in ZIP_DEFENSES if d in args.defenses]
+    if zips and not (math.isfinite(args.start) and 0.0 < args.start <= 1.0):
         return f"--start must be in (0, 1] (a fraction of the T diffusion steps), got {args.start}"
     try:  # the sampler's own limits (e.g. at most 1000 steps)
-        for d in ZIP_DEFENSES:
+        for d in zips:
             zip_settings(d, args.steps, args.pool, seed=args.sampler_seed, sampler=args.sampler, start=args.start)
     except ValueError as err:
         return f"ZIP settings (--steps {args.steps}, --pool {args.pool}): {err}"

@@ -1,5 +1,6 @@
 """Follow-ups of the evaluation's command lines: jobs/target_table.py computes the intervals of a report run with
---bootstrap 0 from its stored per-image predictions, exactly as the runner would have."""
+--bootstrap 0 from its stored per-image predictions, exactly as the runner would have; jobs/evaluate.py checks the ZIP
+sampler's settings only when a ZIP defense is selected."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from pipeline.evaluation.runner import check_target, encode_predictions
 from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages
+from tests.jobutil import load_evaluate_job, run_main
 
 ROOT = Path(__file__).parents[1]
 DEFENSES = ["none", "shrinkpad", "naive", "zip"]
@@ -142,3 +144,54 @@ def test_the_published_checks_are_what_their_predictions_give(target_table: Modu
     report = json.loads((ROOT / "docs" / f"{name}.json").read_text(encoding="utf-8"))
     target = report["target"]
     assert json.loads(json.dumps(target_table.computed_check(report, target["resamples"]))) == target
+
+
+# --- jobs/evaluate.py: the ZIP settings only when ZIP runs ------------------------------------------------------------
+
+
+@pytest.fixture
+def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The job with its real checks (preflight included) and the evaluation replaced: it records what it got."""
+    module = load_evaluate_job("evaluate_job_followups")
+    module.started = []
+    monkeypatch.setattr(module, "evaluate_dataset", lambda config, **_: module.started.append(config))
+    return module
+
+
+@pytest.mark.parametrize("defenses", ["none,shrinkpad", "None, ShrinkPad,NAIVE", "naive"])
+@pytest.mark.parametrize("options", [["--steps", "5000"], ["--start", "0"], ["--start", "nan"],
+                                     ["--steps", "5000", "--sampler", "ddpm", "--start", "1.5"]])
+def test_zip_settings_do_not_stop_a_run_without_zip(job: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    defenses: str, options: list[str]) -> None:
+    """Before: `--steps 5000 --defenses none,shrinkpad` was refused ("ZIP settings (--steps 5000, --pool 4): steps
+    must be an integer in [1, 1000]"), and --start 0 likewise, though neither defense reads them."""
+    argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", defenses, "--out", str(tmp_path), *options]
+    assert run_main(job, argv) == 0, capsys.readouterr().err
+    assert len(job.started) == 1 and "zip" not in job.started[0].defenses
+
+
+@pytest.mark.parametrize("defenses", ["none,zip", "ZIP-Authors", "naive, zip-authors, zip"])
+@pytest.mark.parametrize("options, message", [
+    (["--steps", "5000"], "steps must be an integer in [1, 1000]"),
+    (["--start", "0"], "--start must be in (0, 1]"),
+    (["--start", "nan"], "--start must be in (0, 1]"),
+])
+def test_zip_settings_are_still_checked_when_a_zip_defense_runs(job: ModuleType, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str], defenses: str,
+                                                                options: list[str], message: str) -> None:
+    argv = ["--datasets", "cifar10", "--defenses", defenses, "--out", str(tmp_path), *options]
+    assert run_main(job, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and job.started == []
+
+
+@pytest.mark.parametrize("pool, message", [("0", "--pool must be positive"),
+                                           ("3", "--pool 3 does not divide cifar10's 32 px images")])
+def test_the_pool_is_still_checked_for_the_naive_defense(job: ModuleType, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str], pool: str,
+                                                         message: str) -> None:
+    """A⁺A x pools by --pool too: its checks stay when no ZIP defense runs (and the ZIP settings are out of range)."""
+    argv = ["--datasets", "cifar10", "--defenses", "none,naive", "--steps", "5000", "--out", str(tmp_path),
+            "--pool", pool]
+    assert run_main(job, argv) == 2
+    assert message in capsys.readouterr().err and job.started == []

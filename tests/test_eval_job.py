@@ -29,10 +29,11 @@ CHEAP = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "naive"]
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--start", "0"], "--start must be in (0, 1]"),
-    (["--start", "1.5"], "--start must be in (0, 1]"),
-    (["--start", "nan"], "--start must be in (0, 1]"),
-    (["--steps", "5000"], "steps must be an integer in [1, 1000]"),
+    # The ZIP sampler's settings are checked when a ZIP defense runs (CHEAP's naive alone does not read them).
+    (["--defenses", "naive,zip", "--start", "0"], "--start must be in (0, 1]"),
+    (["--defenses", "naive,zip", "--start", "1.5"], "--start must be in (0, 1]"),
+    (["--defenses", "naive,zip", "--start", "nan"], "--start must be in (0, 1]"),
+    (["--defenses", "naive,zip", "--steps", "5000"], "steps must be an integer in [1, 1000]"),
     (["--threads", "-3"], "--threads must be 0 or more"),
     (["--device", "foo"], "--device must be cpu, cuda, cuda:N or auto"),
     (["--device", "cuda:x"], "--device must be cpu, cuda, cuda:N or auto"),
