@@ -415,6 +415,9 @@ def print_plan(report: dict[str, Any]) -> None:
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
           f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files (their members are "
           f"checked against the output when read), {inp['read_tasks']} read tasks")
+    if inp.get("containers_already_done"):
+        print(f"  {inp['containers_already_done']} tar shards / Parquet files were read whole by an earlier run and "
+              "are unchanged, with all their images in the output: not read")
     if inp.get("excluded_output_files"):
         print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")
     unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
@@ -434,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             plan = plan_job(config, dry_run=True)
             print_plan(plan.describe())
-            if not plan.units and not plan.skipped_files:
+            if not plan.units and not plan.skipped_files and not plan.skipped_containers:
                 print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
                       file=sys.stderr)
             return 0

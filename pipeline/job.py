@@ -43,6 +43,7 @@ from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.lease import OutputLease, refuse_live_lease
+from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
 from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.progress import progress_bar
 from pipeline.purifier import (
@@ -589,15 +590,16 @@ def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fs
 
 
 def clear_output(out: str, storage_options: dict[str, Any]) -> None:
-    """Delete what --overwrite replaces: data/, rejects/, the summary and the job record (not the lease)."""
+    """Delete what --overwrite replaces: data/, rejects/, the summary, the job record and the record of containers
+    read whole (not the lease)."""
     fs, root = _fs(out, storage_options)
     if fs.exists(root):
         for folder in (DATA_DIR, REJECTS_DIR):
             if fs.exists(posixpath.join(root, folder)):
                 fs.rm(posixpath.join(root, folder), recursive=True)
-        for name in (SUMMARY_FILE, JOB_FILE):
+        for name in (SUMMARY_FILE, JOB_FILE, LEDGER_DIR):
             if fs.exists(posixpath.join(root, name)):
-                fs.rm(posixpath.join(root, name))
+                fs.rm(posixpath.join(root, name), recursive=name == LEDGER_DIR)
 
 
 def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
@@ -771,6 +773,12 @@ class JobPlan:
     excluded_output_files: int = 0  # files of the job's own output, found inside the input and not read
     max_image_bytes: int = MAX_IMAGE_BYTES  # an image file, tar member or Parquet cell over this is rejected unread
     stale_lease: str | None = None  # the holder of a lease left by a run that stopped without releasing it
+    # Tar shards and Parquet files: the done ids of each one left to read (its read task skips them unread), those
+    # an earlier complete run read whole (pipeline.ledger), and how many of those are unchanged and skipped unread.
+    container_done: dict[str, list[str]] = field(default_factory=dict)
+    ledger: dict[str, ContainerRead] = field(default_factory=dict)
+    skipped_containers: int = 0
+    skipped_container_records: int = 0
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -788,6 +796,8 @@ class JobPlan:
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       "parquet_files": sum(len(u.paths) for u in by_kind["parquet"]),
+                      # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
+                      "containers_already_done": self.skipped_containers,
                       "read_tasks": len(self.units),
                       "bytes": sum(size for size in sizes if size is not None),
                       "unsized": sum(size is None for size in sizes),
@@ -863,7 +873,8 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
             excluded += len(pairs) - len(outside)
             if not outside:
                 continue
-            unit = ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside))
+            unit = ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside),
+                            unit.stamps)  # a container is one path: kept whole or not at all
         if unit.kind == "files":
             kept = [(p, size) for p, size in zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True)
                     if relative_id(p, unit.root) not in skip]
@@ -872,9 +883,24 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                 kept_units.append(ReadUnit("files", tuple(p for p, _ in kept), unit.root, tuple(s for _, s in kept)))
         else:
             kept_units.append(unit)
+    # Tar shards and Parquet files: each read task gets its own container's done ids (not the whole output's), and
+    # one that an earlier complete run read whole and that is unchanged since is not read at all.
+    containers = [u for u in kept_units if u.kind != "files"]
+    container_done = container_ids(skip, containers) if skip else {}
+    try:
+        ledger = read_ledger(out, so) if containers and state in ("resume", "incremental") else {}
+    except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    unread = {u.paths[0] for u in containers
+              if unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
+                                    container_done.get(u.paths[0], []))}
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
-                   prior_rejected, kept_units, skipped_files, config.in_memory_mb * 2**20, excluded,
-                   max_image_bytes=config.max_image_mb * 2**20, stale_lease=stale_lease)
+                   prior_rejected, [u for u in kept_units if u.kind == "files" or u.paths[0] not in unread],
+                   skipped_files, config.in_memory_mb * 2**20, excluded,
+                   max_image_bytes=config.max_image_mb * 2**20, stale_lease=stale_lease,
+                   container_done={path: ids for path, ids in container_done.items() if path not in unread},
+                   ledger=ledger, skipped_containers=len(unread),
+                   skipped_container_records=sum(ledger[path].records for path in unread))
 
 
 def _is_under(path: str, folder: str) -> bool:
@@ -952,6 +978,30 @@ def task_retry_options() -> dict[str, Any]:
     return {"max_retries": 3, "retry_exceptions": [RetriedByRay]}
 
 
+def _record_containers_read(out: str, storage_options: dict[str, Any], plan: JobPlan,
+                            read_whole: list[dict[str, Any]]) -> int | str:
+    """Add the containers this complete run read to their end to the output's record of them (pipeline.ledger), so
+    that the next --incremental run skips them unread while they stay unchanged; how many were added. Only
+    containers whose listing gave a version (ETag, mtime) can be recorded. A failure to write the record loses
+    nothing but that saving: the next run reads them again, and the failure is said here and in the summary."""
+    stamps = {u.paths[0]: (u.sizes[0] if u.sizes else None, u.stamps[0] if u.stamps else None)
+              for u in plan.units if u.kind != "files"}
+    added = {}
+    for read in read_whole:
+        size, stamp = stamps.get(read["path"], (None, None))
+        if stamp is not None:
+            added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"])
+    if not added:
+        return 0
+    try:
+        write_ledger(out, storage_options, {**plan.ledger, **added})
+    except Exception as err:  # noqa: BLE001 - the output is complete; only the next run's saving is lost
+        message = f"could not record the containers read ({describe(err)}); the next --incremental run reads them again"
+        print(f"zip-purify: warning: {message}", file=sys.stderr)
+        return message
+    return len(added)
+
+
 def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int) -> str:
     """"complete" when every input this run read was counted as purified or rejected, and the output's files hold
     exactly those rows on top of the ones they held before; else "inconsistent" (something was lost or doubled)."""
@@ -1004,6 +1054,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
+    read_whole: list[dict[str, Any]] = []  # tar shards and Parquet files this run read to their end
 
     def record_stop(status: str, details: dict[str, Any]) -> str:
         """Say in the summary how a run that did not finish ended, with what the driver had counted by then."""
@@ -1012,7 +1063,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         if lease.lost is not None:  # the output's summary is the other run's now
             return "the summary was left to that run"
         done = {"read": read, "purified": purified, "rejected": rejected,
-                "skipped_already_done": plan.skipped_files + skipped_in_units, "files_written": len(files),
+                "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
+                "files_written": len(files),
                 "wall_s": round(time.time() - started, 2)}
         _write_json(f"{out}/{SUMMARY_FILE}", {
             "status": status, **details, "this_run": done,
@@ -1038,8 +1090,9 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
         # actors, so finished batches are written while others are still purifying (streaming).
         task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
-        skip_ids = frozenset(plan.done)
-        rows = [u.to_row() for u in plan.units] or [ReadUnit("files", (), "").to_row()]
+        # Image files already done were dropped from the units; a container's done ids travel with its own row.
+        rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else []}
+                for u in plan.units] or [{**ReadUnit("files", (), "").to_row(), "skip": []}]
         # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
         # pipeline streams (one big block would be read, purified and written as a whole).
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -1048,7 +1101,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
         ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
             storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-            skip_ids=skip_ids, max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
+            skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
             max_image_bytes=config.max_image_mb * 2**20),
             **task_retries)
         ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
@@ -1089,6 +1142,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             read += int(row["read"])
             skipped_in_units += int(row["skipped"])
             files += json.loads(row["files"])
+            read_whole.extend(json.loads(row["containers"]))
             lease.check()
             if bar is not None:
                 bar.set_postfix(rejected=rejected)  # before update: a log's minute line is printed by update
@@ -1108,7 +1162,9 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                              plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")
                              else 0, total_purified + total_rejected),
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
-                     "skipped_already_done": plan.skipped_files + skipped_in_units,
+                     "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
+                     # tar shards and Parquet files read whole by an earlier complete run and unchanged: not read
+                     "containers_skipped_unread": plan.skipped_containers,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
@@ -1130,6 +1186,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         "started": started,
         "finished": time.time(),
     }
+    if summary["status"] == "complete":
+        summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, read_whole)
     _write_json(f"{out}/{SUMMARY_FILE}", summary, so)
     if summary["status"] != "complete":
         raise JobFailed(f"read {read} inputs and counted {purified} purified + {rejected} rejected; the output now holds "

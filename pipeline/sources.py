@@ -25,7 +25,7 @@ import posixpath
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -59,6 +59,7 @@ class ReadUnit:
     paths: tuple[str, ...]  # full fsspec paths (protocol included)
     root: str  # the input root, to make ids relative
     sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
+    stamps: tuple[str | None, ...] = ()  # a tar's or Parquet file's version as listed (listing_stamp); () for files
 
     def to_row(self) -> dict[str, Any]:
         # The listed sizes go to the read task (-1: none listed; Arrow turns a list with nulls into floats): with
@@ -72,6 +73,20 @@ class ReadUnit:
         sizes = row.get("sizes")
         listed = tuple(None if size is None or size < 0 else int(size) for size in sizes) if sizes is not None else ()
         return cls(row["kind"], tuple(row["paths"]), row["root"], listed if len(listed) == len(row["paths"]) else ())
+
+
+# Listing fields that change when an object or file is replaced: S3's ETag (and VersionId when versioned), GCS's
+# generation, a local file's mtime and inode. A listing with none of them cannot tell a replaced shard from the one
+# read before (pipeline.ledger), so such a container is always read.
+VERSION_FIELDS = ("ETag", "etag", "VersionId", "generation", "mtime", "LastModified", "last_modified", "ino")
+
+
+def listing_stamp(info: dict[str, Any]) -> str | None:
+    """What a listing entry says of its file's version, as one comparable string; None when it says nothing."""
+    fields = {name: str(info[name]) for name in VERSION_FIELDS if info.get(name) is not None}
+    if not fields or set(fields) == {"ino"}:  # an inode alone survives rewriting the file in place
+        return None
+    return json.dumps(fields, sort_keys=True)
 
 
 def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -204,9 +219,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     for p in sorted(listed):
         full, size = with_protocol(fs, p), listed[p].get("size")
         if _is_tar(p):
-            units.append(ReadUnit("tar", (full,), root_uri, (size,)))
+            units.append(ReadUnit("tar", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
         elif _is_parquet(p):
-            units.append(ReadUnit("parquet", (full,), root_uri, (size,)))
+            units.append(ReadUnit("parquet", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
         else:
             images.append((full, size))
     _refuse_colliding_ids(units, [p for p, _ in images], root_uri)
@@ -452,8 +467,8 @@ def _index_tar(
     return members_of, {position: _resolve_link(position, pointers) for position in pointers}, error
 
 
-def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int,
-              max_image_bytes: int) -> Iterator[dict[str, Any]]:
+def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
+              skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
     Pass 1 reads only the headers: which members each key has, and what each link points to. Pass 2 reads the
@@ -463,6 +478,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int,
     keys are emitted, and a symlink to a later member waits, like its key, for that member. A shard of at most
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
     twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read: its key is a reject.
+    A key whose id is in `skip_ids` (done in an earlier run) is not read either: one "skipped" record stands for it.
     """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
@@ -479,14 +495,18 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int,
 
     members_of, links, index_error = _index_tar(open_stream)
     failure = unreadable(len(members_of), index_error) if index_error else None
+    # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
+    done: set[str] = {key for key in members_of if f"{shard}/{key}" in skip_ids}
+    yield from ({"kind": "skipped", "id": f"{shard}/{key}"} for key in members_of if key in done)
     # target position -> links still to be emitted that read it; its bytes are kept while any are
-    readers: Counter[int] = Counter(link.target for link in links.values() if isinstance(link.target, int))
+    readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
     for link in links.values():
-        if isinstance(link.target, int):
-            targets_of.setdefault(_split_key(link.name)[0], []).append(link.target)
+        key = _split_key(link.name)[0]
+        if isinstance(link.target, int) and key not in done:
+            readers[link.target] += 1
+            targets_of.setdefault(key, []).append(link.target)
 
-    done: set[str] = set()
     seen: dict[str, Counter[str]] = {}
     parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
     errors: dict[str, str] = {}
@@ -619,9 +639,12 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
 
 
 def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
-                  max_image_bytes: int, rows_per_batch: int = 256) -> Iterator[dict[str, Any]]:
+                  max_image_bytes: int, rows_per_batch: int = 256,
+                  skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per row, read a few hundred rows at a time (a large file is never all in Python objects). A cell
-    over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never copied into Python."""
+    over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never copied into Python.
+    A row whose id is in `skip_ids` (done in an earlier run) gives a "skipped" record instead, its cell never copied;
+    a row group whose rows are all done is not read at all (on a streamed file, not fetched)."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
@@ -636,17 +659,25 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
         others = [n for n in parquet.schema_arrow.names if n != column]
         i = 0
         try:
-            for table in parquet.iter_batches(batch_size=rows_per_batch):
-                cells = table.column(column)
-                for at, row in enumerate(table.select(others).to_pylist()):
-                    size = _cell_size(cells[at])
-                    if size is not None and size > max_image_bytes:
-                        yield reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
-                            f"row {i}: image column {column!r}", size, max_image_bytes), "read")
-                    else:
-                        yield _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cells[at].as_py()}, column,
-                                                  others)
-                    i += 1
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if skip_ids and all(f"{rel}#{j}" in skip_ids for j in range(i, i + rows)):
+                    yield from ({"kind": "skipped", "id": f"{rel}#{j}"} for j in range(i, i + rows))
+                    i += rows
+                    continue
+                for table in parquet.iter_batches(batch_size=rows_per_batch, row_groups=[group]):
+                    cells = table.column(column)
+                    for at, row in enumerate(table.select(others).to_pylist()):
+                        size = _cell_size(cells[at])
+                        if f"{rel}#{i}" in skip_ids:
+                            yield {"kind": "skipped", "id": f"{rel}#{i}"}
+                        elif size is not None and size > max_image_bytes:
+                            yield reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
+                                f"row {i}: image column {column!r}", size, max_image_bytes), "read")
+                        else:
+                            yield _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cells[at].as_py()},
+                                                      column, others)
+                        i += 1
         except Exception as err:  # noqa: BLE001 - a corrupt row group: keep the rows read, reject the rest
             yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after {i} rows: {describe(err)}",
                                 "read")
@@ -693,21 +724,39 @@ def read_unit(
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
     Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice). An image
-    file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read."""
+    file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read.
+    A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
+    it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread."""
     opts = storage_options or {}
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes)
+        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":
-        records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes)
+        records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
+    container = unit.kind != "files"
+    broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable" if container else None
+    ids: list[str] = []  # a container's record ids, to digest
+    whole = True
     n = skipped = 0
     for record in records:
-        if record["id"] in skip_ids:
+        if record["id"] == broken:
+            whole = False
+        elif container:
+            ids.append(record["id"])
+        if record["kind"] == "skipped" or record["id"] in skip_ids:
             skipped += 1
             continue
         n += 1
         yield record
-    yield {"kind": "count", "n": n, "skipped": skipped}
+    count: dict[str, Any] = {"kind": "count", "n": n, "skipped": skipped}
+    if container and whole:
+        count["container"] = {"path": unit.paths[0], "records": len(ids), "ids_sha256": ids_digest(ids)}
+    yield count
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """A digest of a set of ids, independent of their order (pipeline.ledger compares it with the output's ids)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()

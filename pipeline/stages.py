@@ -52,14 +52,19 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     """Units in; raw image/reject/count records out, in batches of at most `max_records`, so a large unit
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
     of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
-    too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task."""
+    too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task.
+    A row's own "skip" ids (the done ids of its tar or Parquet file) are skipped besides `skip_ids`."""
     pending: list[dict[str, Any]] = []
     size = 0
-    sizes = batch.get("sizes", [None] * len(batch["kind"]))
-    for kind, paths, root, listed in zip(batch["kind"], batch["paths"], batch["root"], sizes, strict=True):
+    count = len(batch["kind"])
+    sizes = batch.get("sizes", [None] * count)
+    own_skips = batch.get("skip", [None] * count)
+    for kind, paths, root, listed, own in zip(batch["kind"], batch["paths"], batch["root"], sizes, own_skips,
+                                              strict=True):
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
                                   "sizes": None if listed is None else [int(size) for size in listed]})
-        for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip_ids, in_memory_bytes,
+        skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
+        for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip, in_memory_bytes,
                                 max_image_bytes):
             pending.append(record)
             size += len(record.get("data", b""))
@@ -331,6 +336,8 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     rejects = [r for r in records if r["kind"] == "reject"]
     read_count = sum(r["n"] for r in records if r["kind"] == "count")
     skipped = sum(r["skipped"] for r in records if r["kind"] == "count")
+    # tar shards and Parquet files read to their end (pipeline.ledger records them once the run is complete)
+    containers = [r["container"] for r in records if r["kind"] == "count" and "container" in r]
     unknown = [r["kind"] for r in records if r["kind"] not in ("image", "reject", "count")]
     if unknown:
         raise RuntimeError(f"records of kinds {sorted(set(unknown))} reached the writer; a stage dropped its work")
@@ -346,6 +353,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     finite = [v for v in psnrs if math.isfinite(v)]
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
+            "containers": np.array([json.dumps(containers)]),
             "written_at": np.array([time.time()]),
             # per-image change, summed here so the driver can report its mean and minimum for the whole run
             "psnr_sum": np.array([float(sum(finite))]), "psnr_count": np.array([len(finite)]),

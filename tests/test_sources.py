@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import sources
-from pipeline.sources import discover, read_unit
+from pipeline.sources import discover, ids_digest, read_unit
 from pipeline.stages import read_stage, records_of
 from tests.jobutil import image_bytes, tar_bytes
 
@@ -35,7 +35,9 @@ def test_read_stage_yields_a_large_shard_in_bounded_batches(tmp_path) -> None:
     assert [len(b) for b in batches] == [4, 4, 3]  # 10 images, then the unit's count record
     records = [r for b in batches for r in b]
     assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(10)]
-    assert records[-1] == {"kind": "count", "n": 10, "skipped": 0}
+    ids = [f"big.tar/{i:03d}" for i in range(10)]  # read to its end: named, for the record of containers read whole
+    assert records[-1] == {"kind": "count", "n": 10, "skipped": 0,
+                           "container": {"path": unit.paths[0], "records": 10, "ids_sha256": ids_digest(ids)}}
 
 
 @pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])

@@ -1,0 +1,110 @@
+"""Which tar shards and Parquet files earlier complete runs read whole, so that an --incremental run skips them unread.
+
+Without it, a scheduled run over a growing bucket of shards downloads every shard on every run only to find that its
+keys are already done. At the end of a run whose status is complete, the driver records each container (tar shard or
+Parquet file) that this run read to its end, with what the listing said of it (size, ETag or mtime) and a digest of
+the ids it gave. A later run skips a container unread only when
+
+- the listing shows it at the same path with the same size and the same version fields, and
+- the output's data/ and rejects/ still hold exactly those ids (part files deleted to redo them, or ids left from
+  an older version of the shard, make it read again).
+
+Anything else reads the container again, skipping its done ids as before: nothing is skipped on a guess. The records
+live in OUTPUT/_containers/, one JSON file, rewritten (merged) by each complete run; --overwrite deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipeline.sources import ReadUnit, ids_digest, relative_id, storage_path
+from pipeline.storage import describe, with_retries
+
+LEDGER_DIR = "_containers"
+LEDGER_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ContainerRead:
+    """One container a complete run read whole."""
+
+    path: str  # full fsspec path, as listed
+    size: int | None
+    stamp: str  # sources.listing_stamp at planning time
+    records: int  # how many ids it gave (one per tar key, one per Parquet row)
+    ids_sha256: str  # ids_digest of those ids
+
+
+def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
+    """The done ids that are records of each tar or Parquet unit, by the unit's path. A tar record's id is the shard's
+    id, '/', and a key whose last part has no dot; a Parquet row's is the file's id, '#', and its row number. A
+    container's '#unreadable' reject is left out: it is not one of its records."""
+    tar, parquet = {}, {}
+    for unit in units:
+        if unit.kind in ("tar", "parquet"):
+            (tar if unit.kind == "tar" else parquet)[relative_id(unit.paths[0], unit.root)] = unit.paths[0]
+    found: dict[str, list[str]] = {path: [] for path in (*tar.values(), *parquet.values())}
+    if not found:
+        return found
+    for id_ in done:
+        head, sep, row = id_.rpartition("#")
+        if sep and head in parquet and row.isdigit():
+            found[parquet[head]].append(id_)
+            continue
+        if "." in posixpath.basename(id_):
+            continue
+        at = id_.find("/")
+        while at > 0:  # a shard in a folder: its id has slashes too
+            if id_[:at] in tar:
+                found[tar[id_[:at]]].append(id_)
+                break
+            at = id_.find("/", at + 1)
+    return found
+
+
+def ledger_path(output: str) -> str:
+    return f"{output.rstrip('/')}/{LEDGER_DIR}/containers.json"
+
+
+def read_ledger(output: str, storage_options: dict[str, Any]) -> dict[str, ContainerRead]:
+    """The containers earlier complete runs read whole, by path. An unreadable or unknown record is ignored (said on
+    stderr): the cost is reading those containers again."""
+    uri = ledger_path(output)
+    fs, path = storage_path(uri, storage_options)
+    try:
+        if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
+            return {}
+        payload = json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
+        if payload.get("format") != LEDGER_FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}, this version reads {LEDGER_FORMAT}")
+        entries = [ContainerRead(**entry) for entry in payload["containers"]]
+    except Exception as err:  # noqa: BLE001 - never fatal: every container is read again instead
+        print(f"zip-purify: ignoring {uri} ({describe(err)}); every tar shard and Parquet file will be read",
+              file=sys.stderr)
+        return {}
+    return {entry.path: entry for entry in entries}
+
+
+def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str, ContainerRead]) -> None:
+    """Replace the record with `entries` (one PUT on an object store; a rename on a file system)."""
+    from pipeline.storage import make_parent_dirs, replace_file
+
+    uri = ledger_path(output)
+    fs, path = storage_path(uri, storage_options)
+    data = json.dumps({"format": LEDGER_FORMAT, "containers": [asdict(entries[p]) for p in sorted(entries)]},
+                      indent=1).encode()
+    with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
+    replace_file(fs, path, data, f"write {uri}")
+
+
+def unchanged_and_done(unit: ReadUnit, stamp: str | None, entry: ContainerRead | None, ids: list[str]) -> bool:
+    """Whether `unit` can be skipped unread: read whole before, unchanged since, and all its ids still in the output."""
+    if entry is None or stamp is None or entry.stamp != stamp:
+        return False
+    size = unit.sizes[0] if unit.sizes else None
+    return entry.size == size and entry.records == len(ids) and entry.ids_sha256 == ids_digest(ids)
