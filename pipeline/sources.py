@@ -356,6 +356,25 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
     return lambda: with_retries(lambda: fs.open(fs_path, "rb"), f"open {path}")
 
 
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive quietly at a header it cannot read after the first member (a bad checksum, a block cut
+    short, the end of the data without tar's end-of-archive blocks) as if the archive ended there: every member after
+    it would vanish without a reject. This notes such an end on the archive, for `_tar_members` to raise."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:  # a block of zeros: the archive's proper end
+            raise
+        except tarfile.EmptyHeaderError:
+            tar.zip_purify_cut = "it ends without tar's end-of-archive blocks (cut short?)"  # type: ignore[attr-defined]
+            raise
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
+            tar.zip_purify_cut = f"a member's header cannot be read ({err})"  # type: ignore[attr-defined]
+            raise
+
+
 def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
                  attempts: int = 4, max_member_bytes: int | None = None,
                  ) -> Iterator[tuple[int, tarfile.TarInfo, bytes | Exception | str] | None]:
@@ -368,7 +387,7 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
     so that callers forget what they saw. Any other error (a corrupt or truncated shard) propagates."""
     for attempt in range(attempts):
         try:
-            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_CheckedTarInfo) as tar:
                 yield None
                 position = 0
                 for member in tar:
@@ -388,6 +407,9 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
                                 data = err
                     yield position, member, data
                     position += 1
+                cut = getattr(tar, "zip_purify_cut", None)
+                if cut:  # what follows cannot be known; the caller rejects the shard's rest with this reason
+                    raise tarfile.ReadError(f"{cut}; members after it, if any, cannot be read")
             return
         except Exception as err:  # noqa: BLE001 - classified here
             if attempt == attempts - 1 or not is_transient(err):
