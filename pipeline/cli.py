@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add a `label` column from each image file's parent folder name (default false)")
     io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
     io.add_argument("--incremental", action="store_true", default=None,
-                    help="add only inputs not yet in a finished output (scheduled cleaning of incoming data); "
-                         "not with --overwrite")
+                    help="add only inputs not yet in a finished output (scheduled cleaning of incoming data); tar "
+                         "shards and Parquet files read whole by an earlier run and unchanged since are not read "
+                         "again; not with --overwrite")
     io.add_argument("--overwrite", action="store_true", default=None,
                     help="delete an existing output's data, rejects and summary first; not with --incremental")
     io.add_argument("--dry-run", action="store_true",
