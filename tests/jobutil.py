@@ -69,7 +69,12 @@ def decoded_size(image_cell: dict) -> tuple[int, int]:
 
 def load_evaluate_job(name: str) -> ModuleType:
     """jobs/evaluate.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "jobs" / "evaluate.py")
+    return load_job_script("evaluate.py", name)
+
+
+def load_job_script(script: str, name: str) -> ModuleType:
+    """jobs/<script> as a module named `name` (the jobs are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "jobs" / script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,7 +4,6 @@ sampler's settings only when a ZIP defense is selected."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +13,7 @@ import pytest
 
 from pipeline.evaluation.runner import check_target, encode_predictions
 from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages
-from tests.jobutil import load_evaluate_job, run_main
+from tests.jobutil import load_evaluate_job, load_job_script, run_main
 
 ROOT = Path(__file__).parents[1]
 DEFENSES = ["none", "shrinkpad", "naive", "zip"]
@@ -22,18 +21,7 @@ DEFENSES = ["none", "shrinkpad", "naive", "zip"]
 
 @pytest.fixture
 def target_table() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("target_table_followups", ROOT / "jobs" / "target_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run(module: ModuleType, argv: list[str]) -> int:
-    try:
-        return module.main(argv)
-    except SystemExit as stop:
-        return int(stop.code)
+    return load_job_script("target_table.py", "target_table_followups")
 
 
 def _predictions(n: int = 60) -> tuple[np.ndarray, dict]:
@@ -85,9 +73,9 @@ def test_bootstrap_n_gives_a_bootstrap_0_report_the_intervals_the_runner_would_h
     --bootstrap 2000 --overwrite. Now --bootstrap N prints the row that report's run with --bootstrap N stores: the
     same resamples, seeded with the report's --seed (7 here; seed 0 would give other intervals)."""
     boot0, stored_path, stored = _reports(tmp_path, seed=7, resamples=300)
-    assert _run(target_table, [str(stored_path)]) == 0
+    assert run_main(target_table, [str(stored_path)]) == 0
     expected = capsys.readouterr().out
-    assert _run(target_table, ["--bootstrap", "300", str(boot0)]) == 0
+    assert run_main(target_table, ["--bootstrap", "300", str(boot0)]) == 0
     captured = capsys.readouterr()
     assert captured.out == expected
     assert "no interval" not in captured.out and captured.out.count("[") == 5
@@ -102,7 +90,7 @@ def test_bootstrap_n_gives_a_bootstrap_0_report_the_intervals_the_runner_would_h
 def test_without_bootstrap_a_bootstrap_0_report_keeps_point_estimates_and_is_told_the_option(
         target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     boot0, _, _ = _reports(tmp_path, seed=7, resamples=300)
-    assert _run(target_table, [str(boot0)]) == 0
+    assert run_main(target_table, [str(boot0)]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("no interval") == 5 and "[" not in captured.out
     assert "give this command --bootstrap 2000" in captured.err
@@ -111,9 +99,9 @@ def test_without_bootstrap_a_bootstrap_0_report_keeps_point_estimates_and_is_tol
 def test_a_stored_check_is_shown_as_stored_whatever_bootstrap_says(target_table: ModuleType, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     _, stored_path, _ = _reports(tmp_path, seed=7, resamples=300)
-    assert _run(target_table, [str(stored_path)]) == 0
+    assert run_main(target_table, [str(stored_path)]) == 0
     expected = capsys.readouterr().out
-    assert _run(target_table, ["--bootstrap", "50", str(stored_path)]) == 0
+    assert run_main(target_table, ["--bootstrap", "50", str(stored_path)]) == 0
     captured = capsys.readouterr()
     assert captured.out == expected and "computed here" not in captured.err
 
@@ -124,16 +112,16 @@ def test_unusable_predictions_fall_back_to_point_estimates_and_a_negative_count_
     report = json.loads(boot0.read_text())
     report["predictions"]["labels"] = report["predictions"]["labels"].replace("0", "x", 1)
     boot0.write_text(json.dumps(report))
-    assert _run(target_table, ["--bootstrap", "100", str(boot0)]) == 0
+    assert run_main(target_table, ["--bootstrap", "100", str(boot0)]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("no interval") == 5 and "per-image predictions are malformed" in captured.err
     del report["config"]["seed"]
     report["predictions"]["labels"] = report["predictions"]["labels"].replace("x", "0", 1)
     boot0.write_text(json.dumps(report))
-    assert _run(target_table, ["--bootstrap", "100", str(boot0)]) == 0
+    assert run_main(target_table, ["--bootstrap", "100", str(boot0)]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("no interval") == 5 and "no 'seed' to compute the intervals from" in captured.err
-    assert _run(target_table, ["--bootstrap", "-1", str(boot0)]) == 2
+    assert run_main(target_table, ["--bootstrap", "-1", str(boot0)]) == 2
     assert "--bootstrap must be 0 or more" in capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.evaluation import datasets, runner
 from pipeline.evaluation.datasets import DataError
-from tests.jobutil import load_evaluate_job, run_main
+from tests.jobutil import load_evaluate_job, load_job_script, run_main
 
 ROOT = Path(__file__).parents[1]
 
@@ -138,13 +138,7 @@ def test_exit_statuses(job: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 @pytest.fixture
 def target_table() -> ModuleType:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("target_table_cli_mutation", ROOT / "jobs" / "target_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job_script("target_table.py", "target_table_cli_mutation")
 
 
 def _cells(out: str, label: str) -> list[str]:
