@@ -5,6 +5,8 @@
     python bench/job_bench.py memory --sizes 2000,8000,16000 --steps 1 --layout tar --image-size 128   # one shard
     python bench/job_bench.py memory --sizes 8000 --steps 1 --layout tar --image-size 128 --in-memory-mb 1024
     python bench/job_bench.py overhead --sizes 10000,100000 --layout mixed
+    python bench/job_bench.py incremental --shards 200 --layout tar
+    python bench/job_bench.py incremental --shards 50 --layout parquet
 
 throughput: the same images, model and settings through (a) one process calling the Purifier in
 chunks of --chunk images, (b) the Ray Data job with one CPU actor; prints images/s of both and the ratio.
@@ -23,12 +25,19 @@ end-of-run duplicate check (deduplicate_output), on N tiny 8x8 PNGs in nested fo
 tar shards of 10 images beside them, which the id-collision check compares) and an output that already holds all
 but 50 of the files, written in the job's own part-file format (256 rows a file). Best of 2, in-process, no Ray;
 driver peak RSS (a fresh process per size). Reports, never asserts.
+incremental: the scheduled use over containers. --shards tar shards (`--layout parquet`: Parquet files) of
+--per-shard tiny 8x8 PNGs each, one complete run of the real job (default prior, --steps 1 unless given), then
+--repeat times: one new shard added and a real --incremental run timed. Each run is a fresh process with its own
+local Ray, as a scheduler would start it: `job s` is run_job alone, `process s` the whole process (imports, Ray
+start and stop). `containers skipped unread` is the summary's containers_skipped_unread ('-' where the code has no
+such key); read, purified and skipped are the summary's this_run counts. Reports, never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import resource
 import sys
@@ -262,35 +271,120 @@ def memory(args: argparse.Namespace) -> None:
         subprocess.run(cmd, check=True)
 
 
+def make_containers(folder: Path, first: int, count: int, layout: str, per: int) -> None:
+    """Tar shards (layout "tar") or Parquet files (layout "parquet") numbered first .. first+count-1 in `folder`,
+    each of `per` different 8x8 PNGs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(first, first + count):
+        rng = np.random.default_rng(s)
+        pngs = []
+        for _ in range(per):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+            pngs.append(buf.getvalue())
+        if layout == "parquet":
+            pq.write_table(pa.table({"image": pngs}), folder / f"part-{s:05d}.parquet")
+            continue
+        with tarfile.open(folder / f"shard-{s:05d}.tar", "w") as shard:
+            for k, png in enumerate(pngs):
+                info = tarfile.TarInfo(f"{k:04d}.png")
+                info.size = len(png)
+                shard.addfile(info, io.BytesIO(png))
+
+
+def incremental_one(args: argparse.Namespace) -> None:
+    """One run of the job in this (fresh) process, with its own local Ray; its figures as one JSON line."""
+    import ray
+
+    init_local_ray()
+    t0 = time.perf_counter()
+    summary = run_job(JobConfig(input=args.input, output=args.output, checkpoint=args.checkpoint, steps=args.steps,
+                                pool=args.pool, incremental=args.incremental, progress=False))
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    this_run = summary["this_run"]
+    print(json.dumps({"status": summary["status"], "job_s": wall, "read": this_run["read"],
+                      "purified": this_run["purified"], "skipped": this_run["skipped_already_done"],
+                      # absent before the output recorded the containers it read whole (e7e8d41)
+                      "unread": this_run.get("containers_skipped_unread")}), flush=True)
+
+
+def incremental(args: argparse.Namespace) -> None:
+    import subprocess
+
+    kind = "tar shards" if args.layout == "tar" else "Parquet files"
+    print(f"{args.shards} {kind} of {args.per_shard} 8x8 PNGs, steps {args.steps}; then one new one per "
+          f"--incremental run\n| run | {kind} in input | job s | process s | read | purified | skipped already done | "
+          "containers skipped unread |\n| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, out = Path(tmp) / "in", str(Path(tmp) / "out")
+        make_containers(root, 0, args.shards, args.layout, args.per_shard)
+        for run in range(args.repeat + 1):
+            if run:
+                make_containers(root, args.shards + run - 1, 1, args.layout, args.per_shard)
+            cmd = [sys.executable, __file__, "incremental-one", "--input", str(root), "--output", out, "--steps",
+                   str(args.steps), "--pool", str(args.pool)] + (["--incremental"] if run else []) + (
+                       ["--checkpoint", args.checkpoint] if args.checkpoint else [])
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+            process = time.perf_counter() - t0
+            got = json.loads(done.stdout.strip().splitlines()[-1])
+            if got["status"] != "complete":
+                raise SystemExit(f"run {run} ended {got['status']!r}: the figures would not be of a complete run")
+            label = "first, complete" if not run else f"--incremental, +1 new ({run})"
+            print(f"| {label} | {args.shards + run} | {got['job_s']:.1f} | {process:.1f} | {got['read']} | "
+                  f"{got['purified']} | {got['skipped']} | {'-' if got['unread'] is None else got['unread']} |",
+                  flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["throughput", "memory", "memory-one", "overhead", "overhead-one"])
+    p.add_argument("mode", choices=["throughput", "memory", "memory-one", "overhead", "overhead-one", "incremental",
+                                    "incremental-one"])
     p.add_argument("--checkpoint", default=None, help="default: the embedded prior")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--sizes", default="1000,10000")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="default: 20 (incremental: 1)")
     p.add_argument("--pool", type=int, default=4)
-    p.add_argument("--layout", choices=["files", "tar", "mixed"], default="files",
-                   help="memory: image files, or one tar shard; overhead: image files, or mixed (files + tar shards)")
+    p.add_argument("--layout", choices=["files", "tar", "mixed", "parquet"], default=None,
+                   help="memory: image files (default), or one tar shard; overhead: image files (default), or mixed "
+                        "(files + tar shards); incremental: tar shards (default) or Parquet files")
     p.add_argument("--image-size", type=int, default=32, help="memory: side of the generated images")
     p.add_argument("--in-memory-mb", type=int, default=JobConfig.in_memory_mb,
                    help="memory: the job's --in-memory-mb (shards larger than this are streamed)")
     p.add_argument("--chunk", type=int, default=256, help="images per purifier call / per tiling batch")
+    p.add_argument("--shards", type=int, default=200, help="incremental: tar shards or Parquet files at the start")
+    p.add_argument("--per-shard", type=int, default=10, help="incremental: images in each shard or Parquet file")
+    p.add_argument("--repeat", type=int, default=2, help="incremental: --incremental runs, each after one new shard")
+    # incremental-one: the run a fresh process times (set by the incremental mode)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--output", help=argparse.SUPPRESS)
+    p.add_argument("--incremental", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.steps is None:  # incremental times the work around purification, not the model
+        args.steps = 1 if args.mode.startswith("incremental") else 20
     try:
         sizes = [int(n) for n in args.sizes.split(",")]
     except ValueError:
         p.error(f"--sizes must be comma-separated image counts such as 1000,10000, got {args.sizes!r}")
     for name, value in [("images", args.images), ("steps", args.steps), ("pool", args.pool), ("image-size", args.image_size),
-                        ("in-memory-mb", args.in_memory_mb), ("chunk", args.chunk)] + [("sizes", n) for n in sizes]:
+                        ("in-memory-mb", args.in_memory_mb), ("chunk", args.chunk), ("shards", args.shards),
+                        ("per-shard", args.per_shard), ("repeat", args.repeat)] + [("sizes", n) for n in sizes]:
         if value < 1:
             p.error(f"--{name} must be at least 1, got {value}")
-    if args.mode.startswith("memory") and args.layout == "mixed":
-        p.error("--layout mixed is for the overhead mode")
-    if args.mode.startswith("overhead") and args.layout == "tar":
-        p.error("--layout tar is for the memory mode (overhead: files or mixed)")
+    allowed = {"memory": ("files", "tar"), "overhead": ("files", "mixed"), "incremental": ("tar", "parquet")}
+    for mode, layouts in allowed.items():
+        if args.mode.startswith(mode) and args.layout not in (None, *layouts):
+            p.error(f"--layout {args.layout} is not for the {mode} mode ({' or '.join(layouts)})")
+    if args.layout is None:
+        args.layout = "tar" if args.mode.startswith("incremental") else "files"
+    if args.mode == "incremental-one" and not (args.input and args.output):
+        p.error("incremental-one is started by the incremental mode")
     {"throughput": throughput, "memory": memory, "memory-one": memory_one, "overhead": overhead,
-     "overhead-one": overhead_one}[args.mode](args)
+     "overhead-one": overhead_one, "incremental": incremental, "incremental-one": incremental_one}[args.mode](args)
     return 0
 
 
