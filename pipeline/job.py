@@ -894,11 +894,15 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     unread = {u.paths[0] for u in containers
               if unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
                                     container_done.get(u.paths[0], []))}
+    # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still
+    # broken gives it again, and written twice it would make the run inconsistent.
+    broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
                    prior_rejected, [u for u in kept_units if u.kind == "files" or u.paths[0] not in unread],
                    skipped_files, config.in_memory_mb * 2**20, excluded,
                    max_image_bytes=config.max_image_mb * 2**20, stale_lease=stale_lease,
-                   container_done={path: ids for path, ids in container_done.items() if path not in unread},
+                   container_done={path: ids + [broken[path]] * (broken[path] in skip)
+                                   for path, ids in container_done.items() if path not in unread},
                    ledger=ledger, skipped_containers=len(unread),
                    skipped_container_records=sum(ledger[path].records for path in unread))
 

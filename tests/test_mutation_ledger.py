@@ -270,9 +270,6 @@ def test_only_a_complete_run_records_and_the_summary_counts_containers_skipped(t
     assert (second["read"], second["containers_skipped_unread"], second["skipped_already_done"]) == (0, 1, 4)
 
 
-@pytest.mark.xfail(strict=True, raises=job_module.JobFailed,
-                   reason="bug: a container's '#unreadable' reject is not in its row's skip ids (container_ids leaves it "
-                          "out), so each --incremental run writes it again and fails as inconsistent")
 @pytest.mark.usefixtures("ray_local")
 def test_an_incremental_run_over_a_shard_that_breaks_off_is_complete(tmp_path, model) -> None:
     root = tmp_path / "in"
@@ -284,3 +281,17 @@ def test_an_incremental_run_over_a_shard_that_breaks_off_is_complete(tmp_path, m
     assert second["status"] == "complete" and second["this_run"]["rejected"] == 0
     _, rejects = read_output(str(tmp_path / "out"))
     assert sorted(rejects["id"]) == ["s.tar#unreadable", "s.tar/1"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_an_incremental_run_over_an_unreadable_parquet_file_is_complete(tmp_path, model) -> None:
+    # the same for a Parquet file that cannot be opened at all: its only record is its '#unreadable' reject
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "t.parquet").write_bytes(b"not parquet")
+    assert run_job(_config(tmp_path, model))["this_run"]["rejected"] == 1
+    second = run_job(_config(tmp_path, model, incremental=True))
+    assert second["status"] == "complete" and (second["this_run"]["read"], second["this_run"]["skipped_already_done"]) == (
+        0, 1)
+    _, rejects = read_output(str(tmp_path / "out"))
+    assert list(rejects["id"]) == ["t.parquet#unreadable"]
