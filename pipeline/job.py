@@ -1134,6 +1134,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
                 u.kind == "files" for u in plan.units) else None
             bar = progress_bar(total, "purified", "img", sys.stderr)
+        units_read = 0
         for row in ds.iter_rows():
             psnr_sum += float(row["psnr_sum"])
             psnr_count += int(row["psnr_count"])
@@ -1148,8 +1149,13 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             files += json.loads(row["files"])
             read_whole.extend(json.loads(row["containers"]))
             lease.check()
+            units_read += int(row["units_read"])
             if bar is not None:
-                bar.set_postfix(rejected=rejected)  # before update: a log's minute line is printed by update
+                # Tar shards and Parquet files hold an unknown number of images: no total, so say how many of the
+                # read tasks (one per shard or file) are done, for the user to judge how far the run is.
+                shown = {"rejected": rejected} if bar.total is not None else {
+                    "rejected": rejected, "read_tasks": f"{min(units_read, len(plan.units))}/{len(plan.units)}"}
+                bar.set_postfix(**shown)  # before update: a log's minute line is printed by update
                 bar.update(int(row["purified"]) + int(row["rejected"]))
         if bar is not None:
             bar.close()

@@ -354,6 +354,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
             "containers": np.array([json.dumps(containers)]),
+            "units_read": np.array([sum(r["kind"] == "count" for r in records)]),  # one count record per read unit
             "written_at": np.array([time.time()]),
             # per-image change, summed here so the driver can report its mean and minimum for the whole run
             "psnr_sum": np.array([float(sum(finite))]), "psnr_count": np.array([len(finite)]),

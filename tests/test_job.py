@@ -99,6 +99,17 @@ def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
     assert data["source"].str.contains("shard-0.tar:s/").all()
 
 
+def test_progress_over_shards_says_how_many_read_tasks_are_done(tmp_path, model, capsys) -> None:
+    # a shard's image count is unknown until it is read: no total, so the line counts shards (read tasks) instead
+    root = tmp_path / "in"
+    root.mkdir()
+    for s in range(3):
+        (root / f"shard-{s}.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(32, 32, k) for k in range(2)}))
+    run_job(_config(tmp_path, model, input=str(root), progress=True))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("purified: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last
+
+
 def test_parquet_hf_layout_and_binary_column(tmp_path, model) -> None:
     root = tmp_path / "in"
     root.mkdir()
