@@ -357,22 +357,36 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
 
 
 class _CheckedTarInfo(tarfile.TarInfo):
-    """tarfile ends an archive quietly at a header it cannot read after the first member (a bad checksum, a block cut
-    short, the end of the data without tar's end-of-archive blocks) as if the archive ended there: every member after
-    it would vanish without a reject. This notes such an end on the archive, for `_tar_members` to raise."""
+    """Headers read as GNU tar --ignore-zeros does, with what went wrong noted on the archive for `_tar_members`.
+
+    tarfile ends an archive quietly at the first block of zeros, and at a header it cannot read after the first
+    member (a bad checksum, a block cut short, the end of the data without tar's end-of-archive blocks), as if the
+    archive ended there: every member after it vanished without a reject. Opened with ignore_zeros, it reads on past
+    zero blocks, so archives concatenated into one shard (`cat a.tar b.tar`) are read whole, and past an unreadable
+    header block to the next good header. An unreadable header, or data that ends without end-of-archive blocks
+    (cut short), is noted here; the pass then raises at its end, so the shard gets its '#unreadable' reject."""
 
     @classmethod
     def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
         try:
-            return super().fromtarfile(tar)
-        except tarfile.EOFHeaderError:  # a block of zeros: the archive's proper end
+            info = super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:  # a block of zeros: an archive's end, perhaps with another after it
+            tar.zip_purify_ended = True  # type: ignore[attr-defined]
             raise
-        except tarfile.EmptyHeaderError:
-            tar.zip_purify_cut = "it ends without tar's end-of-archive blocks (cut short?)"  # type: ignore[attr-defined]
+        except tarfile.EmptyHeaderError:  # no data left
+            if not getattr(tar, "zip_purify_ended", False):
+                _note_damage(tar, "it ends without tar's end-of-archive blocks (cut short?)")
             raise
         except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
-            tar.zip_purify_cut = f"a member's header cannot be read ({err})"  # type: ignore[attr-defined]
+            _note_damage(tar, f"a member's header cannot be read ({err})")
             raise
+        tar.zip_purify_ended = False  # type: ignore[attr-defined]
+        return info
+
+
+def _note_damage(tar: tarfile.TarFile, what: str) -> None:
+    if not getattr(tar, "zip_purify_damage", None):  # the first one says where the trouble began
+        tar.zip_purify_damage = what  # type: ignore[attr-defined]
 
 
 def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
@@ -387,7 +401,8 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
     so that callers forget what they saw. Any other error (a corrupt or truncated shard) propagates."""
     for attempt in range(attempts):
         try:
-            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_CheckedTarInfo) as tar:
+            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_CheckedTarInfo,
+                                                    ignore_zeros=True) as tar:
                 yield None
                 position = 0
                 for member in tar:
@@ -407,9 +422,9 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
                                 data = err
                     yield position, member, data
                     position += 1
-                cut = getattr(tar, "zip_purify_cut", None)
-                if cut:  # what follows cannot be known; the caller rejects the shard's rest with this reason
-                    raise tarfile.ReadError(f"{cut}; members after it, if any, cannot be read")
+                damage = getattr(tar, "zip_purify_damage", None)
+                if damage:  # every member that could be read was; the caller adds the shard's reject with this reason
+                    raise tarfile.ReadError(f"{damage}; the members read around it are kept, any others are lost")
             return
         except Exception as err:  # noqa: BLE001 - classified here
             if attempt == attempts - 1 or not is_transient(err):

@@ -1,5 +1,6 @@
-"""A tar shard whose archive ends early or at a damaged header: tarfile stops there as if the archive were whole, so
-every member after it vanished with no reject while the run said complete. The shard's rest is now a reject."""
+"""A tar shard whose archive ends early, holds a damaged header or is several archives end to end: tarfile stopped at
+the first such place as if the archive were whole, so every member after it vanished with no reject while the run
+said complete. Now every member that can be read is, and damage is the shard's reject."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def _flip_checksum_of_second_header(data: bytes) -> bytes:
 
 @pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
 @pytest.mark.parametrize("damage, kept, reason", [
-    (_flip_checksum_of_second_header, ["s.tar/0"], "a member's header cannot be read (invalid header)"),
+    # read on past the bad header to the next good one (GNU tar --ignore-zeros): only the damaged member is lost
+    (_flip_checksum_of_second_header, ["s.tar/0", "s.tar/2"], "a member's header cannot be read (invalid header)"),
     (lambda data: data[:1200], ["s.tar/0"], "a member's header cannot be read (truncated header)"),
     (lambda data: data[:3 * 1024], ["s.tar/0", "s.tar/1", "s.tar/2"], "ends without tar's end-of-archive blocks"),
 ])
@@ -48,3 +50,21 @@ def test_a_whole_shard_has_no_reject(tmp_path, in_memory_bytes) -> None:
     for unit in discover(str(tmp_path)):
         records = list(read_unit(unit, in_memory_bytes=in_memory_bytes))
         assert [r["kind"] for r in records] == ["image"] * 3 + ["count"]
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_archives_concatenated_into_one_shard_are_read_whole(tmp_path, in_memory_bytes) -> None:
+    # `cat a.tar b.tar > s.tar`: tarfile alone stops at a.tar's end-of-archive blocks, so b.tar's members vanished
+    more = tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(5, 7)})
+    (tmp_path / "s.tar").write_bytes(_three_members() + more)
+    (unit,) = discover(str(tmp_path))
+    records = list(read_unit(unit, in_memory_bytes=in_memory_bytes))
+    assert [r["id"] for r in records if r["kind"] == "image"] == [f"s.tar/{k}" for k in (0, 1, 2, 5, 6)]
+    assert records[-1]["n"] == 5 and "container" in records[-1]  # nothing wrong: read whole, no reject
+
+
+def test_data_after_the_end_of_the_archive_is_the_shards_reject(tmp_path) -> None:
+    (tmp_path / "s.tar").write_bytes(_three_members() + b"junk" * 200)  # not zeros, not a header
+    (unit,) = discover(str(tmp_path))
+    records = list(read_unit(unit))
+    assert [r["id"] for r in records if r["kind"] != "count"] == ["s.tar/0", "s.tar/1", "s.tar/2", "s.tar#unreadable"]
