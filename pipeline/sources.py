@@ -677,47 +677,73 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
 
 def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
                   max_image_bytes: int, rows_per_batch: int = 256,
-                  skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
-    """One record per row, read a few hundred rows at a time (a large file is never all in Python objects). A cell
-    over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never copied into Python.
-    A row whose id is in `skip_ids` (done in an earlier run) gives a "skipped" record instead, its cell never copied;
-    a row group whose rows are all done is not read at all (on a streamed file, not fetched)."""
+                  skip_ids: frozenset[str] | set[str] = frozenset(), attempts: int = 4) -> Iterator[dict[str, Any]]:
+    """One record per row, read a row group at a time, a few hundred rows at a time (a large file is never all in
+    Python objects). A cell over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never
+    copied into Python. A row whose id is in `skip_ids` (done in an earlier run) gives a "skipped" record instead, its
+    cell never copied; a row group whose rows are all done is not read at all (on a streamed file, not fetched).
+
+    The footer says how many rows each group has, so every row's id is known before its group is read: a group whose
+    data is damaged makes one reject per row it has left, and the next group is read. A storage error is retried with
+    the file opened again, resuming after the rows already given; one that persists ends the file with its
+    '#unreadable' reject, and the rows not read are left for the next run."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
         try:
             # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
-            parquet = pq.ParquetFile(stack.enter_context(_opener(path, fs_opts, in_memory_bytes,
-                                                                        unit.sizes[0] if unit.sizes else None)()))
+            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            parquet = pq.ParquetFile(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, image_column)
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
             return
         others = [n for n in parquet.schema_arrow.names if n != column]
-        i = 0
-        try:
-            for group in range(parquet.num_row_groups):
-                rows = parquet.metadata.row_group(group).num_rows
-                if skip_ids and all(f"{rel}#{j}" in skip_ids for j in range(i, i + rows)):
-                    yield from ({"kind": "skipped", "id": f"{rel}#{j}"} for j in range(i, i + rows))
-                    i += rows
-                    continue
-                for table in parquet.iter_batches(batch_size=rows_per_batch, row_groups=[group]):
-                    cells = table.column(column)
-                    for at, row in enumerate(table.select(others).to_pylist()):
-                        size = _cell_size(cells[at])
-                        if f"{rel}#{i}" in skip_ids:
-                            yield {"kind": "skipped", "id": f"{rel}#{i}"}
-                        elif size is not None and size > max_image_bytes:
-                            yield reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
-                                f"row {i}: image column {column!r}", size, max_image_bytes), "read")
-                        else:
-                            yield _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cells[at].as_py()},
-                                                      column, others)
-                        i += 1
-        except Exception as err:  # noqa: BLE001 - a corrupt row group: keep the rows read, reject the rest
-            yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after {i} rows: {describe(err)}",
-                                "read")
+
+        def row_record(i: int, row: dict[str, Any], cell: pa.Scalar) -> dict[str, Any]:
+            if f"{rel}#{i}" in skip_ids:
+                return {"kind": "skipped", "id": f"{rel}#{i}"}
+            size = _cell_size(cell)
+            if size is not None and size > max_image_bytes:
+                return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
+                    f"row {i}: image column {column!r}", size, max_image_bytes), "read")
+            return _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, others)
+
+        first = 0  # the current group's first row
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if skip_ids and all(f"{rel}#{j}" in skip_ids for j in range(first, first + rows)):
+                yield from ({"kind": "skipped", "id": f"{rel}#{j}"} for j in range(first, first + rows))
+                first += rows
+                continue
+            given = 0  # rows of this group already yielded: a retried read resumes after them
+            for attempt in range(attempts):
+                try:
+                    at_row = 0
+                    for table in parquet.iter_batches(batch_size=rows_per_batch, row_groups=[group]):
+                        cells = table.column(column)
+                        for at, row in enumerate(table.select(others).to_pylist()):
+                            if at_row >= given:
+                                yield row_record(first + at_row, row, cells[at])
+                                given += 1
+                            at_row += 1
+                    break
+                except Exception as err:  # noqa: BLE001 - classified here
+                    if is_transient(err) and attempt < attempts - 1:
+                        backoff(attempt)
+                        with contextlib.suppress(Exception):  # opened again below if it can be
+                            parquet = pq.ParquetFile(stack.enter_context(open_file()))
+                        continue
+                    if is_transient(err):
+                        yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after "
+                                            f"{first + given} rows: {describe(err)}", "read")
+                        return
+                    for j in range(first + given, first + rows):  # damaged data: these rows, and only these, are lost
+                        yield {"kind": "skipped", "id": f"{rel}#{j}"} if f"{rel}#{j}" in skip_ids else reject_record(
+                            f"{rel}#{j}", f"{path}#{j}", f"row {j}: row group {group} of the Parquet file cannot be "
+                            f"read: {describe(err)}", "read")
+                    break
+            first += rows
 
 
 def _cell_size(cell: pa.Scalar) -> int | None:

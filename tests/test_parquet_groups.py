@@ -1,0 +1,85 @@
+"""Parquet inputs are read a row group at a time: damage in one group costs that group's rows (each a reject, by
+its id), not the rest of the file; a storage error is retried from where the read stopped, without a row twice."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import sources
+from pipeline.sources import discover, read_unit
+from tests.jobutil import image_bytes
+
+
+def _file(tmp_path, damage_group: int | None = None) -> None:
+    """t.parquet: 6 rows in 3 row groups of 2, stored uncompressed; one group's first page header overwritten."""
+    table = pa.table({"image": [image_bytes(8, 8, i) for i in range(6)], "label": list(range(6))})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=2, compression="none")
+    data = bytearray(buf.getvalue())
+    if damage_group is not None:
+        at = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(damage_group).column(0).data_page_offset
+        data[at:at + 8] = b"\xff" * 8
+    (tmp_path / "t.parquet").write_bytes(bytes(data))
+
+
+def test_a_damaged_row_group_costs_its_own_rows_only(tmp_path) -> None:
+    _file(tmp_path, damage_group=1)
+    (unit,) = discover(str(tmp_path))
+    records = list(read_unit(unit))
+    assert [(r["id"], r["meta"]["label"]) for r in records if r["kind"] == "image"] == [
+        ("t.parquet#0", 0), ("t.parquet#1", 1), ("t.parquet#4", 4), ("t.parquet#5", 5)]
+    rejects = [r for r in records if r["kind"] == "reject"]
+    assert [r["id"] for r in rejects] == ["t.parquet#2", "t.parquet#3"]
+    assert all("row group 1 of the Parquet file cannot be read" in r["error"] for r in rejects)
+    # every row is accounted for by its own id: the file counts as read whole
+    assert records[-1]["n"] == 6 and records[-1]["container"]["records"] == 6
+
+
+def _flaky_iter_batches(monkeypatch, failures: int, after_rows: int):
+    """iter_batches that drops the connection `failures` times, each after `after_rows` rows of row group 1."""
+    original = pq.ParquetFile.iter_batches
+    left = {"n": failures}
+
+    def flaky(self, *args, **kwargs):
+        given = 0
+        for batch in original(self, *args, **kwargs):
+            if kwargs.get("row_groups") == [1] and left["n"] and given >= after_rows:
+                left["n"] -= 1
+                raise ConnectionResetError(104, "Connection reset by peer")
+            yield batch
+            given += batch.num_rows
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", flaky)
+    monkeypatch.setattr(sources, "backoff", lambda attempt: 0.0)
+
+
+def test_a_storage_error_mid_group_is_retried_from_where_it_stopped(tmp_path, monkeypatch) -> None:
+    _file(tmp_path)
+    (unit,) = discover(str(tmp_path))
+    _flaky_iter_batches(monkeypatch, failures=2, after_rows=1)
+    records = list(sources._read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
+    assert [r["id"] for r in records] == [f"t.parquet#{i}" for i in range(6)]  # each once, in order
+    assert all(r["kind"] == "image" for r in records)
+
+
+def test_a_storage_error_that_persists_leaves_the_rest_for_the_next_run(tmp_path, monkeypatch) -> None:
+    _file(tmp_path)
+    (unit,) = discover(str(tmp_path))
+    _flaky_iter_batches(monkeypatch, failures=99, after_rows=0)
+    records = list(read_unit(unit, in_memory_bytes=2**30))
+    assert [r["id"] for r in records[:-1]] == ["t.parquet#0", "t.parquet#1", "t.parquet#unreadable"]
+    assert "after 2 rows" in records[-2]["error"] and "Connection reset" in records[-2]["error"]
+    assert "container" not in records[-1]  # not read whole: read again by the next --incremental run
+
+
+@pytest.mark.parametrize("done", [{"t.parquet#2"}, {"t.parquet#2", "t.parquet#3"}])
+def test_done_rows_of_a_damaged_group_stay_done(tmp_path, done) -> None:
+    _file(tmp_path, damage_group=1)
+    (unit,) = discover(str(tmp_path))
+    records = list(read_unit(unit, skip_ids=frozenset(done)))
+    assert {r["id"] for r in records if r["kind"] == "reject"} == {"t.parquet#2", "t.parquet#3"} - done
+    assert records[-1]["skipped"] == len(done)
