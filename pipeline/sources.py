@@ -632,9 +632,14 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     plain = [e for e in image_like if "." not in e]
     image_exts = plain or image_like
     if len(image_exts) != 1:
-        found = ", ".join(sorted(parts)) or "nothing"
-        return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}",
-                             "read")
+        names = sorted(parts)
+        found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
+        # a plain tar of 'cat.1.jpg', 'cat.2.jpg' is one WebDataset key, 'cat', with many images: say how to fix it
+        many = (f"; a key is a member's path up to the first dot of its name, so {key}.{image_exts[0]} and "
+                f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg), or give the "
+                "images as files, not a tar") if len(image_exts) > 1 and not plain else ""
+        return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
+                             f"{many}", "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
     for e, (_, v) in parts.items():
