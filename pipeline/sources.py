@@ -776,7 +776,12 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
     if isinstance(value, dict) and value.get("path") is not None:
         meta.setdefault("original_path", value["path"])
     if not isinstance(data, bytes) or not data:
-        return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds no bytes", "read")
+        elsewhere = value.get("path") if isinstance(value, dict) else None
+        # Hugging Face's Image feature may keep only a path to a file outside the Parquet file
+        hint = (f", only a path ({elsewhere}) to an image outside the Parquet file, which is not read: write the "
+                "images into the file (datasets: embed_external_files) or give the image files as input"
+                ) if elsewhere else ""
+        return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds no bytes{hint}", "read")
     return _image_record(id_, f"{path}#{i}", data, meta)
 
 

@@ -83,3 +83,13 @@ def test_done_rows_of_a_damaged_group_stay_done(tmp_path, done) -> None:
     records = list(read_unit(unit, skip_ids=frozenset(done)))
     assert {r["id"] for r in records if r["kind"] == "reject"} == {"t.parquet#2", "t.parquet#3"} - done
     assert records[-1]["skipped"] == len(done)
+
+
+def test_a_row_with_only_a_path_to_its_image_says_so(tmp_path) -> None:
+    # Hugging Face's Image feature can store {"bytes": None, "path": ...}: the image is not in the file
+    pq.write_table(pa.table({"image": [{"bytes": None, "path": "/data/x.jpg"}, {"bytes": image_bytes(8, 8, 1),
+                                                                              "path": "y.png"}]}), tmp_path / "t.parquet")
+    (unit,) = discover(str(tmp_path))
+    reject, image, _count = list(read_unit(unit))
+    assert reject["id"] == "t.parquet#0" and "only a path (/data/x.jpg)" in reject["error"]
+    assert image["kind"] == "image" and image["meta"] == {"original_path": "y.png"}
