@@ -38,13 +38,18 @@ def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def tar_bytes(members: dict[str, bytes]) -> bytes:
+def tar_bytes(members: dict[str, bytes], hard_links: dict[str, str] | None = None) -> bytes:
+    """A tar of `members` (name -> bytes), then `hard_links` (name -> the member it links to)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (hard_links or {}).items():
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.LNKTYPE, target
+            tar.addfile(link)
     return buf.getvalue()
 
 
@@ -72,6 +77,15 @@ def load_evaluate_job(name: str) -> ModuleType:
     return load_job_script("evaluate.py", name)
 
 
+def evaluate_job_without_evaluation(monkeypatch, name: str) -> ModuleType:
+    """jobs/evaluate.py with its real checks (preflight included) and the evaluation itself replaced: the configs
+    that reach it are kept in `started`."""
+    module = load_evaluate_job(name)
+    module.started = []
+    monkeypatch.setattr(module, "evaluate_dataset", lambda config, **_: module.started.append(config))
+    return module
+
+
 def load_job_script(script: str, name: str) -> ModuleType:
     """jobs/<script> as a module named `name` (the jobs are scripts, not part of the package)."""
     spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "jobs" / script)
@@ -87,3 +101,18 @@ def run_main(job: ModuleType, argv: list[str]) -> int:
         return job.main(argv)
     except SystemExit as stop:
         return int(stop.code)
+
+
+def spy_on_extraction(monkeypatch) -> list[str]:
+    """The names of the tar members read from here on (tarfile's extractfile), in order."""
+    import tarfile
+
+    extracted: list[str] = []
+    original = tarfile.TarFile.extractfile
+
+    def spy(self, member):
+        extracted.append(member.name if isinstance(member, tarfile.TarInfo) else member)
+        return original(self, member)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
+    return extracted

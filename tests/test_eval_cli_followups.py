@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.evaluation.runner import check_target, encode_predictions
 from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages
-from tests.jobutil import load_evaluate_job, load_job_script, run_main
+from tests.jobutil import evaluate_job_without_evaluation, load_job_script, run_main
 
 ROOT = Path(__file__).parents[1]
 DEFENSES = ["none", "shrinkpad", "naive", "zip"]
@@ -139,11 +139,7 @@ def test_the_published_checks_are_what_their_predictions_give(target_table: Modu
 
 @pytest.fixture
 def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The job with its real checks (preflight included) and the evaluation replaced: it records what it got."""
-    module = load_evaluate_job("evaluate_job_followups")
-    module.started = []
-    monkeypatch.setattr(module, "evaluate_dataset", lambda config, **_: module.started.append(config))
-    return module
+    return evaluate_job_without_evaluation(monkeypatch, "evaluate_job_followups")
 
 
 @pytest.mark.parametrize("defenses", ["none,shrinkpad", "None, ShrinkPad,NAIVE", "naive"])

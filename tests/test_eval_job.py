@@ -10,16 +10,13 @@ from types import ModuleType
 import pytest
 
 from pipeline.evaluation import runner
-from tests.jobutil import load_evaluate_job, run_main
+from tests.jobutil import evaluate_job_without_evaluation, run_main
 
 
 @pytest.fixture
 def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The job module, with the evaluation itself replaced: these tests only reach it when all checks pass."""
-    module = load_evaluate_job("evaluate_job_checks")
-    module.started = []
-    monkeypatch.setattr(module, "evaluate_dataset", lambda config, **_: module.started.append(config))
-    return module
+    return evaluate_job_without_evaluation(monkeypatch, "evaluate_job_checks")
 
 
 _run = run_main

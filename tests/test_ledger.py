@@ -3,10 +3,8 @@ complete run read whole, unchanged since, with all its ids still in the output, 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
@@ -16,7 +14,7 @@ import pytest
 from pipeline.job import JobConfig, plan_job, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit
-from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
 
 
 def _shard(keys: range, prefix: str = "") -> bytes:
@@ -63,14 +61,7 @@ def test_done_tar_keys_are_neither_extracted_nor_hashed(tmp_path, monkeypatch) -
     members["3.cls"] = b"1"
     (tmp_path / "s.tar").write_bytes(tar_bytes(members))
     (unit,) = discover(str(tmp_path))
-    extracted = []
-    original = tarfile.TarFile.extractfile
-
-    def spy(self, member):
-        extracted.append(member.name if isinstance(member, tarfile.TarInfo) else member)
-        return original(self, member)
-
-    monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
+    extracted = spy_on_extraction(monkeypatch)
     records = list(read_unit(unit, skip_ids={"s.tar/0", "s.tar/1"}))
     assert sorted(extracted) == ["2.png", "3.cls", "3.png"]
     assert [r["id"] for r in records if r["kind"] == "image"] == ["s.tar/2", "s.tar/3"]
@@ -82,14 +73,7 @@ def test_done_tar_keys_are_neither_extracted_nor_hashed(tmp_path, monkeypatch) -
 
 
 def test_a_link_to_a_done_keys_member_is_still_read(tmp_path) -> None:
-    data = image_bytes(8, 8, 1)
-    with tarfile.open(tmp_path / "s.tar", "w") as tar:
-        info = tarfile.TarInfo("a.png")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("b.png")
-        link.type, link.linkname = tarfile.LNKTYPE, "a.png"
-        tar.addfile(link)
+    (tmp_path / "s.tar").write_bytes(tar_bytes({"a.png": image_bytes(8, 8, 1)}, hard_links={"b.png": "a.png"}))
     (unit,) = discover(str(tmp_path))
     records = list(read_unit(unit, skip_ids={"s.tar/a"}))
     (image,) = [r for r in records if r["kind"] == "image"]

@@ -6,9 +6,7 @@ file's commit message."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from dataclasses import replace
 
 import pyarrow as pa
@@ -30,7 +28,7 @@ from pipeline.job import (
 from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger, unchanged_and_done, write_ledger
 from pipeline.sources import ReadUnit, _read_parquet, discover, ids_digest, listing_stamp, read_unit
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
-from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
 
 
 def _shard(n: int) -> bytes:
@@ -195,24 +193,10 @@ def test_a_shard_that_ends_early_is_read_once_not_retried(tmp_path, monkeypatch)
 
 def test_a_done_keys_link_to_another_done_keys_member_is_not_extracted(tmp_path, monkeypatch) -> None:
     # kills S17: links of done keys counted as readers make their targets be extracted (and kept) for nothing
-    with tarfile.open(tmp_path / "s.tar", "w") as tar:
-        for name in ("a.png", "c.png"):
-            data = image_bytes(8, 8, len(name))
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("b.png")
-        link.type, link.linkname = tarfile.LNKTYPE, "a.png"
-        tar.addfile(link)
+    (tmp_path / "s.tar").write_bytes(tar_bytes({"a.png": image_bytes(8, 8, 5), "c.png": image_bytes(8, 8, 5)},
+                                               hard_links={"b.png": "a.png"}))
     (unit,) = discover(str(tmp_path))
-    extracted = []
-    original = tarfile.TarFile.extractfile
-
-    def spy(self, member):
-        extracted.append(member.name if isinstance(member, tarfile.TarInfo) else member)
-        return original(self, member)
-
-    monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
+    extracted = spy_on_extraction(monkeypatch)
     records = list(read_unit(unit, skip_ids={"s.tar/a", "s.tar/b"}))
     assert extracted == ["c.png"]
     assert [r["id"] for r in records if r["kind"] == "image"] == ["s.tar/c"]
