@@ -22,9 +22,10 @@ DESCRIPTION = f"""\
 Purify an image data set of backdoor triggers with Zero-shot Image Purification (ZIP).
 
 Reads images from a local folder or object storage (any fsspec URI: /path, file://, s3://):
-folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls) or Parquet files with an
-image column; those over --in-memory-mb ({IN_MEMORY_BYTES // 2**20} MiB) are streamed from storage rather than fetched
-whole, so memory does not grow with them.
+folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls), Parquet files with an
+image column, or zip archives (each file in one an input); those over --in-memory-mb
+({IN_MEMORY_BYTES // 2**20} MiB) are streamed from storage rather than fetched whole, so memory does not grow
+with them.
 Writes OUTPUT/data/*.parquet (id, image{{bytes: PNG, path}}, pass-through columns,
 source, source_sha256, psnr_vs_input_db: how much purification changed the image, downscale_factor:
 how far an image larger than the model was shrunk to fit it), OUTPUT/rejects/*.parquet (inputs that
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
     io.add_argument("--incremental", action="store_true", default=None,
                     help="add only inputs not yet in a finished output (scheduled cleaning of incoming data); tar "
-                         "shards and Parquet files read whole by an earlier run and unchanged since are not read "
+                         "shards, Parquet and zip files read whole by an earlier run and unchanged since are not read "
                          "again; not with --overwrite")
     io.add_argument("--overwrite", action="store_true", default=None,
                     help="delete an existing output's data, rejects and summary first; not with --incremental")
@@ -166,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--write-batch", type=int, help=f"rows per output Parquet file at most (default {d.write_batch})")
     rt.add_argument("--files-per-unit", type=int, help=f"image files per read task (default {d.files_per_unit})")
     rt.add_argument("--in-memory-mb", type=int, metavar="MB",
-                    help=f"tar shards and Parquet files up to this size are fetched in one request; larger ones are "
-                         f"streamed (a tar read twice), so memory does not grow with them (default {d.in_memory_mb}; "
+                    help=f"tar shards, Parquet and zip files up to this size are fetched in one request; larger ones "
+                         f"are streamed (a tar read twice, a zip a member at a time), so memory does not grow with "
+                         f"them (default {d.in_memory_mb}; "
                          "0 streams all)")
     rt.add_argument("--actors", type=int, help="purifier actors at most (default: one per GPU, or 1 on CPU)")
     rt.add_argument("--gpus-per-actor", type=float,
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec = p.add_argument_group("decoding untrusted images")
     dec.add_argument("--max-pixels", type=int, help=f"refuse images over this many pixels (default {d.max_pixels:,})")
     dec.add_argument("--max-image-mb", type=int, metavar="MB",
-                     help="an image file, tar member or Parquet image cell over this many MiB is a reject, and is not "
+                     help="an image file, tar or zip member or Parquet image cell over this many MiB is a reject, and is not "
                           "read, so one huge or garbage input cannot take a read task's memory (default "
                           f"{d.max_image_mb}: room for any image within the default --max-pixels, even one stored "
                           "uncompressed at 16 bits per channel)")
@@ -414,10 +416,10 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
               "takes the lease over")
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
-          f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files (their members are "
-          f"checked against the output when read), {inp['read_tasks']} read tasks")
+          f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files, {inp.get('zip_files', 0)} "
+          f"zip files (their members are checked against the output when read), {inp['read_tasks']} read tasks")
     if inp.get("containers_already_done"):
-        print(f"  {inp['containers_already_done']} tar shards / Parquet files were read whole by an earlier run and "
+        print(f"  {inp['containers_already_done']} tar shards / Parquet / zip files were read whole by an earlier run and "
               "are unchanged, with all their images in the output: not read")
     if inp.get("excluded_output_files"):
         print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")

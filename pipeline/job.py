@@ -782,7 +782,7 @@ class JobPlan:
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
-        by_kind = {kind: [u for u in self.units if u.kind == kind] for kind in ("files", "tar", "parquet")}
+        by_kind = {kind: [u for u in self.units if u.kind == kind] for kind in ("files", "tar", "parquet", "zip")}
         sizes = [size for u in self.units for size in u.sizes]
         streamed = [size for u in self.units if u.kind != "files" for size in u.sizes
                     if size is not None and size > self.in_memory_bytes]
@@ -796,6 +796,7 @@ class JobPlan:
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       "parquet_files": sum(len(u.paths) for u in by_kind["parquet"]),
+                      "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,
                       "read_tasks": len(self.units),

@@ -1,4 +1,5 @@
-"""Which tar shards and Parquet files earlier complete runs read whole, so that an --incremental run skips them unread.
+"""Which tar shards, Parquet files and zip archives earlier complete runs read whole, so that an --incremental run
+skips them unread.
 
 Without it, a scheduled run over a growing bucket of shards downloads every shard on every run only to find that its
 keys are already done. At the end of a run whose status is complete, the driver records each container (tar shard or
@@ -41,14 +42,16 @@ class ContainerRead:
 
 
 def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
-    """The done ids that are records of each tar or Parquet unit, by the unit's path. A tar record's id is the shard's
-    id, '/', and a key whose last part has no dot; a Parquet row's is the file's id, '#', and its row number. A
-    container's '#unreadable' reject is left out: it is not one of its records."""
-    tar, parquet = {}, {}
+    """The done ids that are records of each tar, Parquet or zip unit, by the unit's path. A tar record's id is the
+    shard's id, '/', and a key whose last part has no dot; a zip member's is the archive's id, '/' and its path; a
+    Parquet row's is the file's id, '#', and its row number. A container's '#unreadable' reject is left out: it is not
+    one of its records."""
+    by_kind: dict[str, dict[str, str]] = {"tar": {}, "parquet": {}, "zip": {}}
     for unit in units:
-        if unit.kind in ("tar", "parquet"):
-            (tar if unit.kind == "tar" else parquet)[relative_id(unit.paths[0], unit.root)] = unit.paths[0]
-    found: dict[str, list[str]] = {path: [] for path in (*tar.values(), *parquet.values())}
+        if unit.kind in by_kind:
+            by_kind[unit.kind][relative_id(unit.paths[0], unit.root)] = unit.paths[0]
+    tar, parquet, zips = by_kind["tar"], by_kind["parquet"], by_kind["zip"]
+    found: dict[str, list[str]] = {path: [] for kind in by_kind.values() for path in kind.values()}
     if not found:
         return found
     for id_ in done:
@@ -56,12 +59,12 @@ def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, l
         if sep and head in parquet and row.isdigit():
             found[parquet[head]].append(id_)
             continue
-        if "." in posixpath.basename(id_):
-            continue
+        dotted = "." in posixpath.basename(id_)
         at = id_.find("/")
-        while at > 0:  # a shard in a folder: its id has slashes too
-            if id_[:at] in tar:
-                found[tar[id_[:at]]].append(id_)
+        while at > 0:  # a container in a folder: its id has slashes too
+            path = zips.get(id_[:at]) or (tar.get(id_[:at]) if not dotted else None)
+            if path is not None:
+                found[path].append(id_)
                 break
             at = id_.find("/", at + 1)
     return found

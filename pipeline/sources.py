@@ -1,4 +1,4 @@
-"""Input discovery and raw reading: folders of image files, tar shards, Parquet files.
+"""Input discovery and raw reading: folders of image files, tar shards, Parquet files, zip archives.
 
 The reader yields raw bytes plus metadata, one record per input image; decoding happens in a
 later stage so that a bad file becomes one reject row, never a failed block. Every record has
@@ -24,6 +24,7 @@ import os
 import posixpath
 import re
 import tarfile
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pipeline.storage import backoff, describe, is_transient, with_retries
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ZIP_SUFFIXES = (".zip",)
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
 # Tar and Parquet files up to this size are fetched in one request and read from memory; larger ones are read
 # from storage piece by piece, so a worker's memory does not grow with the size of the files it is given.
@@ -53,13 +55,13 @@ MAX_IMAGE_BYTES = 512 * 2**20
 
 @dataclass(frozen=True)
 class ReadUnit:
-    """One task's worth of input: a tar shard, a Parquet file, or a group of image files."""
+    """One task's worth of input: a tar shard, a Parquet file, a zip archive, or a group of image files."""
 
-    kind: str  # "files" | "tar" | "parquet"
+    kind: str  # "files" | "tar" | "parquet" | "zip"
     paths: tuple[str, ...]  # full fsspec paths (protocol included)
     root: str  # the input root, to make ids relative
     sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
-    stamps: tuple[str | None, ...] = ()  # a tar's or Parquet file's version as listed (listing_stamp); () for files
+    stamps: tuple[str | None, ...] = ()  # a container's version as listed (listing_stamp); () for image files
 
     def to_row(self) -> dict[str, Any]:
         # The listed sizes go to the read task (-1: none listed; Arrow turns a list with nulls into floats): with
@@ -164,6 +166,10 @@ def _is_parquet(path: str) -> bool:
     return path.lower().endswith(PARQUET_SUFFIXES)
 
 
+def _is_zip(path: str) -> bool:
+    return path.lower().endswith(ZIP_SUFFIXES)
+
+
 def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
@@ -222,6 +228,8 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
             units.append(ReadUnit("tar", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
         elif _is_parquet(p):
             units.append(ReadUnit("parquet", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
+        elif _is_zip(p):
+            units.append(ReadUnit("zip", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
         else:
             images.append((full, size))
     _refuse_colliding_ids(units, [p for p, _ in images], root_uri)
@@ -250,24 +258,24 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
 
 
 def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], root: str) -> None:
-    """Stop when an image file's id could equal a tar member's (`x.tar/k`: the key has no dot) or a reject's or
-    Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the output keeps one row per id, so one of the two would be
-    lost. Only odd names collide (an object `x.tar/k` without an extension beside a shard `x.tar`, a file named
-    `t.parquet#0`); renaming one is the fix."""
+    """Stop when an image file's id could equal a tar member's (`x.tar/k`: the key has no dot), a zip member's
+    (`x.zip/a/b.jpg`) or a reject's or Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the output keeps one row per
+    id, so one of the two would be lost. Only odd names collide (on an object store, an object `x.tar/k` without an
+    extension beside a shard `x.tar`, or `x.zip/a.jpg` beside `x.zip`; a file named `t.parquet#0`); renaming one is
+    the fix."""
     containers_by_id = {relative_id(unit.paths[0], root): unit for unit in containers}
 
     def clash(id_: str) -> str | None:
         head, sep, rest = id_.partition("#")
         if sep and head in containers_by_id and (rest == "unreadable" or rest.isdigit()):
             return containers_by_id[head].paths[0]
-        if "." in posixpath.basename(id_):
-            return None
+        dotted = "." in posixpath.basename(id_)  # a tar member's key has no dot; a zip member's name may
         # A shard whose id is one of this id's folders: looked up folder by folder, not shard by shard (files x
         # shards comparisons took 10 s for 100,000 files beside 200 shards, and grew with both).
         at = id_.find("/")
         while at > 0:
             unit = containers_by_id.get(id_[:at])
-            if unit is not None and unit.kind == "tar":
+            if unit is not None and (unit.kind == "zip" or (unit.kind == "tar" and not dotted)):
                 return unit.paths[0]
             at = id_.find("/", at + 1)
         return None
@@ -277,7 +285,7 @@ def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], ro
     clashes = [(path, found) for path in image_files if (found := clash(relative_id(path, root)))]
     if clashes:
         shown = "; ".join(f"{path} (beside {container})" for path, container in clashes[:5])
-        raise ValueError(f"{len(clashes)} input file(s) have ids that a tar member's or a Parquet row's id could "
+        raise ValueError(f"{len(clashes)} input file(s) have ids that a tar or zip member's or a Parquet row's id could "
                          f"equal, so one of the two would be lost from the output: {shown}; rename them")
 
 
@@ -307,6 +315,57 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
             yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")
             continue
         yield _image_record(id_, path, data, meta)
+
+
+def _zip_member_path(name: str) -> str | None:
+    """A zip member's path inside the archive, '/'-separated ('a/b.jpg'), or None for a folder entry."""
+    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".")]  # some tools write '\\'
+    return None if name.endswith(("/", "\\")) or not parts else "/".join(parts)
+
+
+def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
+              labels_from_folders: bool, skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
+    """One record per file in a zip archive, as if its files lay in a folder named after it (id `x.zip/a/b.jpg`;
+    hidden ones, `.x` and `_x` such as `__MACOSX/`, skipped as in a folder). A zip file is read through its central
+    directory at its end, so a large one is read from storage a member at a time (ranges of an object), never whole.
+    A name stored twice is one file, the later entry, as on extraction. A member over `max_image_bytes` (by the size
+    the directory gives), an encrypted one or a damaged one is that member's reject; done ids are not read."""
+    (path,) = unit.paths
+    rel = relative_id(path, unit.root)
+    with contextlib.ExitStack() as stack:
+        try:
+            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(open_file())))
+        except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
+            yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
+            return
+        members: dict[str, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            name = _zip_member_path(info.filename)
+            if name is not None and not _hidden(name):
+                members.pop(name, None)  # a later entry of the same name takes the place of the earlier one
+                members[name] = info
+        for name, info in members.items():
+            id_, source = f"{rel}/{name}", f"{path}:{name}"
+            if id_ in skip_ids:
+                yield {"kind": "skipped", "id": id_}
+                continue
+            meta: dict[str, Any] = {}
+            if labels_from_folders:
+                folder = posixpath.dirname(name)
+                meta["label"] = posixpath.basename(folder) if folder else None
+            if info.file_size > max_image_bytes:
+                yield reject_record(id_, source, too_large(f"zip member {name}", info.file_size, max_image_bytes), "read")
+                continue
+            if info.flag_bits & 0x1:
+                yield reject_record(id_, source, f"zip member {name} is encrypted", "read")
+                continue
+            try:
+                data = with_retries(lambda info=info: archive.read(info), f"read {source}")
+            except Exception as err:  # noqa: BLE001 - a damaged member (bad CRC, unknown compression) is its reject
+                yield reject_record(id_, source, f"corrupt zip member {name}: {describe(err)}", "read")
+                continue
+            yield _image_record(id_, source, data, meta)
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -807,6 +866,8 @@ def read_unit(
         records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":
         records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
+    elif unit.kind == "zip":
+        records = _read_zip(unit, opts, in_memory_bytes, max_image_bytes, labels_from_folders, skip_ids)
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     container = unit.kind != "files"

@@ -100,6 +100,25 @@ def test_large_shards_stream_from_s3(s3) -> None:
     assert parquet_records[4]["data"] == image_bytes(8, 8, 4) and parquet_records[-1]["n"] == 5
 
 
+def test_a_large_zip_is_read_from_s3_through_ranges(s3) -> None:
+    """A zip archive over the in-memory limit is read through its directory, a member at a time, never whole."""
+    import zipfile
+
+    from pipeline.sources import discover, read_unit
+
+    fs, options = s3
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i in range(4):
+            archive.writestr(f"cat/{i}.png", image_bytes(16, 16, i))
+    fs.pipe("zip-in/zipped/d.zip", buf.getvalue())
+    (unit,) = discover("s3://zip-in/zipped", options)
+    assert unit.kind == "zip" and '"ETag"' in unit.stamps[0]
+    records = list(read_unit(unit, options, labels_from_folders=True, in_memory_bytes=0))
+    assert [(r["id"], r["meta"]["label"]) for r in records[:-1]] == [(f"d.zip/cat/{i}.png", "cat") for i in range(4)]
+    assert records[2]["data"] == image_bytes(16, 16, 2) and records[-1]["container"]["records"] == 4
+
+
 def test_incremental_runs_on_s3_see_the_files_they_wrote(s3, tmp_path) -> None:
     """The scheduled use: a finished output on S3, new inputs, --incremental. The end-of-run check must list the files
     this run wrote (s3fs caches listings in the filesystem object planning used)."""
