@@ -36,7 +36,8 @@ def test_max_image_mb_on_the_command_line_in_a_config_file_and_in_help(tmp_path,
     assert main(["--max-image-mb", "0", "--dry-run", "--output", str(tmp_path / "out")]) == 2
     assert "error: --max-image-mb must be a whole number of at least 1, got 0" in capsys.readouterr().err
     help_text = " ".join(build_parser().format_help().split())
-    assert "--max-image-mb MB an image file, tar member or Parquet image cell over this many MiB is a reject" in help_text
+    assert ("--max-image-mb MB an image file, tar or zip member or Parquet image cell over this many MiB is a reject"
+            in help_text)
     assert "(default 512: room for any image within the default --max-pixels" in help_text
 
 
