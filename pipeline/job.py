@@ -983,6 +983,33 @@ def task_retry_options() -> dict[str, Any]:
     return {"max_retries": 3, "retry_exceptions": [RetriedByRay]}
 
 
+def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None:
+    """How many images this run will count (purified + rejected): its image files, and the rows of its Parquet files
+    from their footers, less those already done; None when a tar shard or zip archive is among the inputs (their
+    counts are known only once read) or a footer cannot be read, so the progress shows no total rather than a wrong
+    one. Footers are small reads, INDEX_READERS at a time."""
+    if any(u.kind not in ("files", "parquet") for u in plan.units):
+        return None
+    tables = [u for u in plan.units if u.kind == "parquet"]
+
+    def rows(unit: ReadUnit) -> int:
+        fs, path = storage_path(unit.paths[0], storage_options)
+        with with_retries(lambda: fs.open(path, "rb"), f"open {unit.paths[0]}") as f:
+            return pq.ParquetFile(f, pre_buffer=False).metadata.num_rows
+
+    counts: list[int] = []
+    if tables:
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            with ThreadPoolExecutor(min(INDEX_READERS, len(tables)), thread_name_prefix="footer") as pool:
+                counts = list(pool.map(rows, tables))
+        except Exception:  # noqa: BLE001 - the file's read task will say what is wrong with it; here only the total
+            return None
+    done = sum(1 for u in tables for id_ in plan.container_done.get(u.paths[0], []) if not id_.endswith("#unreadable"))
+    return sum(len(u.paths) for u in plan.units if u.kind == "files") + sum(counts) - done
+
+
 def _record_containers_read(out: str, storage_options: dict[str, Any], plan: JobPlan,
                             read_whole: list[dict[str, Any]]) -> int | str:
     """Add the containers this complete run read to their end to the output's record of them (pipeline.ledger), so
@@ -1132,9 +1159,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             output=out, storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
 
         if config.progress:
-            total = sum(len(u.paths) for u in plan.units if u.kind == "files") if all(
-                u.kind == "files" for u in plan.units) else None
-            bar = progress_bar(total, "purified", "img", sys.stderr)
+            bar = progress_bar(progress_total(plan, so), "purified", "img", sys.stderr)
         units_read = 0
         for row in ds.iter_rows():
             psnr_sum += float(row["psnr_sum"])

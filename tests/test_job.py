@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JOB_FILE, JobConfig, JobError, plan_job, run_job, run_status
+from pipeline.job import JOB_FILE, JobConfig, JobError, plan_job, progress_total, run_job, run_status
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -108,6 +108,27 @@ def test_progress_over_shards_says_how_many_read_tasks_are_done(tmp_path, model,
     run_job(_config(tmp_path, model, input=str(root), progress=True))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("purified: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last
+
+
+def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, model, capsys) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, rows in (("a.parquet", 3), ("b.parquet", 2)):
+        pq.write_table(pa.table({"image": [image_bytes(16, 16, i) for i in range(rows)]}), root / name)
+    (root / "x.png").write_bytes(image_bytes(16, 16, 9))
+    run_job(_config(tmp_path, model, input=str(root), progress=True))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("purified: 6/6 (100 %) in ") and "read_tasks" not in last, last
+    # the plan behind it: rows less those done; no total with a tar shard among the inputs, or a footer unreadable
+    fresh = _config(tmp_path, model, input=str(root), output=str(tmp_path / "fresh"))
+    plan = plan_job(fresh, dry_run=True)
+    plan.container_done[plan.units[0].paths[0]] = ["a.parquet#0", "a.parquet#unreadable"]
+    assert progress_total(plan, {}) == 6 - 1
+    (root / "c.parquet").write_bytes(b"not parquet")
+    assert progress_total(plan_job(fresh, dry_run=True), {}) is None
+    (root / "c.parquet").unlink()
+    (root / "s.tar").write_bytes(tar_bytes({"0.png": image_bytes(16, 16, 0)}))
+    assert progress_total(plan_job(fresh, dry_run=True), {}) is None
 
 
 def test_parquet_hf_layout_and_binary_column(tmp_path, model) -> None:
