@@ -773,8 +773,9 @@ class JobPlan:
     excluded_output_files: int = 0  # files of the job's own output, found inside the input and not read
     max_image_bytes: int = MAX_IMAGE_BYTES  # an image file, tar member or Parquet cell over this is rejected unread
     stale_lease: str | None = None  # the holder of a lease left by a run that stopped without releasing it
-    # Tar shards and Parquet files: the done ids of each one left to read (its read task skips them unread), those
-    # an earlier complete run read whole (pipeline.ledger), and how many of those are unchanged and skipped unread.
+    # Containers (tar shards, Parquet files, zip archives): the done ids of each one left to read (its read task
+    # skips them unread), those an earlier complete run read whole (pipeline.ledger), and how many of those are
+    # unchanged and skipped unread.
     container_done: dict[str, list[str]] = field(default_factory=dict)
     ledger: dict[str, ContainerRead] = field(default_factory=dict)
     skipped_containers: int = 0
@@ -884,7 +885,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                 kept_units.append(ReadUnit("files", tuple(p for p, _ in kept), unit.root, tuple(s for _, s in kept)))
         else:
             kept_units.append(unit)
-    # Tar shards and Parquet files: each read task gets its own container's done ids (not the whole output's), and
+    # Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
     # one that an earlier complete run read whole and that is unchanged since is not read at all.
     containers = [u for u in kept_units if u.kind != "files"]
     container_done = container_ids(skip, containers) if skip else {}
@@ -1086,7 +1087,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
-    read_whole: list[dict[str, Any]] = []  # tar shards and Parquet files this run read to their end
+    read_whole: list[dict[str, Any]] = []  # containers (tar, Parquet, zip) this run read to their end
 
     def record_stop(status: str, details: dict[str, Any]) -> str:
         """Say in the summary how a run that did not finish ended, with what the driver had counted by then."""
@@ -1177,7 +1178,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             lease.check()
             units_read += int(row["units_read"])
             if bar is not None:
-                # Tar shards and Parquet files hold an unknown number of images: no total, so say how many of the
+                # Tar shards and zip archives hold an unknown number of images: no total, so say how many of the
                 # read tasks (one per shard or file) are done, for the user to judge how far the run is.
                 shown = {"rejected": rejected} if bar.total is not None else {
                     "rejected": rejected, "read_tasks": f"{min(units_read, len(plan.units))}/{len(plan.units)}"}
@@ -1199,7 +1200,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                              else 0, total_purified + total_rejected),
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
                      "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
-                     # tar shards and Parquet files read whole by an earlier complete run and unchanged: not read
+                     # containers read whole by an earlier complete run and unchanged: not read
                      "containers_skipped_unread": plan.skipped_containers,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
                      # pass-through columns whose type differed between part files, and the one type they now have

@@ -2,9 +2,9 @@
 skips them unread.
 
 Without it, a scheduled run over a growing bucket of shards downloads every shard on every run only to find that its
-keys are already done. At the end of a run whose status is complete, the driver records each container (tar shard or
-Parquet file) that this run read to its end, with what the listing said of it (size, ETag or mtime) and a digest of
-the ids it gave. A later run skips a container unread only when
+keys are already done. At the end of a run whose status is complete, the driver records each container (tar shard,
+Parquet file or zip archive) that this run read to its end, with what the listing said of it (size, ETag or mtime)
+and a digest of the ids it gave. A later run skips a container unread only when
 
 - the listing shows it at the same path with the same size and the same version fields, and
 - the output's data/ and rejects/ still hold exactly those ids (part files deleted to redo them, or ids left from
@@ -80,14 +80,15 @@ def read_ledger(output: str, storage_options: dict[str, Any]) -> dict[str, Conta
     uri = ledger_path(output)
     fs, path = storage_path(uri, storage_options)
     try:
-        if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
-            return {}
+        # one GET, not exists + GET: a missing record is the common case of a first --incremental run
         payload = json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
         if payload.get("format") != LEDGER_FORMAT:
             raise ValueError(f"format {payload.get('format')!r}, this version reads {LEDGER_FORMAT}")
         entries = [ContainerRead(**entry) for entry in payload["containers"]]
+    except FileNotFoundError:
+        return {}
     except Exception as err:  # noqa: BLE001 - never fatal: every container is read again instead
-        print(f"zip-purify: ignoring {uri} ({describe(err)}); every tar shard and Parquet file will be read",
+        print(f"zip-purify: ignoring {uri} ({describe(err)}); every tar shard, Parquet file and zip archive will be read",
               file=sys.stderr)
         return {}
     return {entry.path: entry for entry in entries}

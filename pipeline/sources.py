@@ -795,7 +795,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
                 except Exception as err:  # noqa: BLE001 - classified here
                     if is_transient(err) and attempt < attempts - 1:
                         backoff(attempt)
-                        with contextlib.suppress(Exception):  # opened again below if it can be
+                        # a fresh connection for the next attempt; if opening fails too, it tries the old one
+                        with contextlib.suppress(Exception):
                             parquet = pq.ParquetFile(stack.enter_context(open_file()))
                         continue
                     if is_transient(err):

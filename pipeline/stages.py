@@ -53,7 +53,7 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
     of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
     too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task.
-    A row's own "skip" ids (the done ids of its tar or Parquet file) are skipped besides `skip_ids`."""
+    A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`."""
     pending: list[dict[str, Any]] = []
     size = 0
     count = len(batch["kind"])
@@ -336,7 +336,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     rejects = [r for r in records if r["kind"] == "reject"]
     read_count = sum(r["n"] for r in records if r["kind"] == "count")
     skipped = sum(r["skipped"] for r in records if r["kind"] == "count")
-    # tar shards and Parquet files read to their end (pipeline.ledger records them once the run is complete)
+    # containers read to their end (pipeline.ledger records them once the run is complete)
     containers = [r["container"] for r in records if r["kind"] == "count" and "container" in r]
     unknown = [r["kind"] for r in records if r["kind"] not in ("image", "reject", "count")]
     if unknown:
