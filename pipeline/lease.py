@@ -4,7 +4,10 @@ Two runs at once each purify what the other has not finished (work done twice), 
 files under it, and the end-of-run duplicate check of one rewrites files the other is still counting. The running
 driver holds OUTPUT/_lease.json (hidden: readers of the output and the job's own listings skip names starting with _
 and .) and refreshes its heartbeat; a lease whose heartbeat is LEASE_STALE_S old belongs to a run that died without
-releasing it (SIGKILL, a lost node), and on the same machine a lease whose process is gone is over at once.
+releasing it (SIGKILL, a lost node), and on the same machine a lease whose process is gone is over at once. A
+heartbeat is written by the holder's clock and judged by ours: before a run takes over another machine's lease that
+looks stale, it watches the lease for a heartbeat interval, and a lease that still changes is live (the two clocks
+disagree), not stale.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ LEASE_STALE_S = 180.0
 # stale lease replaced), a run writes its lease, waits this long and reads it back; of two runs that wrote within
 # this time of each other, the later write stands and the other run stops.
 LEASE_SETTLE_S = 2.0
+# Another machine's lease that looks stale by our clock is watched this long (a little more than one heartbeat, so a
+# beat late by its storage retries is still seen), read again every LEASE_WATCH_POLL_S, before it is taken over.
+LEASE_WATCH_S = LEASE_HEARTBEAT_S + 15.0
+LEASE_WATCH_POLL_S = 5.0
+# The watch's waiting, through names tests can replace (the settle keeps time.sleep: a race of real writers)
+_sleep = time.sleep
+_clock = time.monotonic
 
 
 def _when(t: Any) -> str:
@@ -45,6 +55,12 @@ def _pid_namespace() -> str | None:
         return None
 
 
+def _this_machines(lease: dict[str, Any]) -> bool:
+    """Whether `lease` was written on this machine (same host name and PID namespace): its pid can be asked about,
+    and its heartbeat was written by our clock."""
+    return lease.get("host") == socket.gethostname() and lease.get("pid_namespace") == _pid_namespace()
+
+
 def lease_ended(lease: dict[str, Any], now: float | None = None) -> str | None:
     """Why the run holding `lease` is over, or None while it may be running: no heartbeat for LEASE_STALE_S (one in
     the future, from a clock ahead of ours, is live), or, on this machine, its process is gone (a run killed with
@@ -53,8 +69,7 @@ def lease_ended(lease: dict[str, Any], now: float | None = None) -> str | None:
     if not isinstance(beat, int | float) or (now or time.time()) - beat >= LEASE_STALE_S:
         return f"no heartbeat for {LEASE_STALE_S / 60:.0f} minutes"
     pid = lease.get("pid")
-    if (lease.get("host") == socket.gethostname() and lease.get("pid_namespace") == _pid_namespace()
-            and isinstance(pid, int) and pid != os.getpid()):
+    if _this_machines(lease) and isinstance(pid, int) and pid != os.getpid():
         try:
             os.kill(pid, 0)  # signal 0: only asks whether the process exists
         except ProcessLookupError:
@@ -87,9 +102,12 @@ def _in_use(out: str, lease: dict[str, Any]) -> JobError:
 def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     """The output's lease, or None when there is none. One GET, not exists + GET: s3fs answers exists() from its
     cached listings, which can miss a lease written since. An unreadable lease (not JSON) has no heartbeat: stale."""
-    fs, path = storage_path(f"{output.rstrip('/')}/{LEASE_FILE}", storage_options)
+    return _fetch_lease(*storage_path(f"{output.rstrip('/')}/{LEASE_FILE}", storage_options), output.rstrip("/"))
+
+
+def _fetch_lease(fs: Any, path: str, out: str) -> dict[str, Any] | None:
     try:
-        data = with_retries(lambda: fs.cat_file(path), f"read {output}/{LEASE_FILE}")
+        data = with_retries(lambda: fs.cat_file(path), f"read {out}/{LEASE_FILE}")
     except FileNotFoundError:
         return None
     try:
@@ -101,7 +119,8 @@ def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] |
 
 def refuse_live_lease(output: str, storage_options: dict[str, Any]) -> str | None:
     """Raise JobError naming the other run when the output's lease is live: in planning, before any work (a dry run
-    takes no lease, and a real run takes it only once planned). Returns who holds a stale lease, if one is there."""
+    takes no lease, and a real run takes it only once planned). Returns who holds a stale lease, if one is there.
+    Never waits: whether another machine's stale-looking lease is still refreshed is watched at `acquire` only."""
     lease = read_lease(output, storage_options)
     if lease is not None and lease_is_live(lease):
         raise _in_use(output.rstrip("/"), lease)
@@ -148,6 +167,12 @@ class OutputLease:
                 ended = lease_ended(current)
                 if ended is None:
                     raise _in_use(self.out, current)
+                if not current.get("unreadable") and not _this_machines(current):
+                    # judged by its heartbeat alone, which another machine's clock wrote: stale, or that clock is
+                    # behind ours. Only a heartbeat that stops changing tells.
+                    current = self._watch(current)
+                    ended = f"{ended}, and none in the {LEASE_WATCH_S:.0f} s watched"
+            if current is not None:
                 print(f"warning: taking over the stale lease of {self.out} ("
                       + ("unreadable" if current.get("unreadable") else lease_holder(current))
                       + f"): {ended}, so that run was killed without releasing it; its finished files are kept and "
@@ -173,6 +198,33 @@ class OutputLease:
             raise
         except Exception as err:  # noqa: BLE001 - a storage refusal: the run cannot write its output either
             raise JobError(f"cannot write to output {self.out}: {describe(err)}") from err
+
+    def _watch(self, lease: dict[str, Any]) -> dict[str, Any] | None:
+        """Read `lease` again for LEASE_WATCH_S: None when it is gone meanwhile (the output is free), the lease when it
+        stayed as it was (stale: take it over); JobError when it changed, since a run then holds it."""
+        print(f"waiting up to {LEASE_WATCH_S:.0f} s to see whether the lease of {self.out} ({lease_holder(lease)}) is "
+              "still refreshed: its heartbeat looks stale by this machine's clock", file=sys.stderr)
+        deadline = _clock() + LEASE_WATCH_S
+        while (left := deadline - _clock()) > 0:
+            _sleep(min(LEASE_WATCH_POLL_S, left))
+            now = _fetch_lease(self.fs, self.path, self.out)
+            if now is None:
+                return None
+            if now == lease:
+                continue
+            if now.get("unreadable"):
+                return now  # not a run's lease (runs write whole files): nothing to watch
+            if lease_ended(now) is None:
+                raise _in_use(self.out, now)  # a new run that took the lease (or a clock that caught up)
+            beat = now.get("heartbeat")
+            looks = (f"looks {(time.time() - beat) / 60:.0f} minutes old" if isinstance(beat, int | float)
+                     else "has no time")
+            raise JobError(
+                f"output {self.out} is in use by another run ({lease_holder(now)}): its heartbeat is still refreshed "
+                f"although it {looks} on this machine's clock, so the clocks of this machine and "
+                f"host {now.get('host', '?')} disagree (keep them in sync with NTP); the lease is not taken over. Run "
+                "again once that run has ended")
+        return lease
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(LEASE_HEARTBEAT_S):
