@@ -43,9 +43,10 @@ class ContainerRead:
 
 def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
     """The done ids that are records of each tar, Parquet or zip unit, by the unit's path. A tar record's id is the
-    shard's id, '/', and a key whose last part has no dot; a zip member's is the archive's id, '/' and its path; a
-    Parquet row's is the file's id, '#', and its row number. A container's '#unreadable' reject is left out: it is not
-    one of its records."""
+    shard's id, '/', and its key (which may hold dots: 'train/cat.0' in a shard of Kaggle-style names); a zip member's
+    is the archive's id, '/' and its path; a Parquet row's is the file's id, '#', and its row number. Every id under a
+    tar or zip container's id and '/' is its own: `sources.discover` refuses a loose file there. A container's
+    '#unreadable' reject is left out: it is not one of its records."""
     by_kind: dict[str, dict[str, str]] = {"tar": {}, "parquet": {}, "zip": {}}
     for unit in units:
         if unit.kind in by_kind:
@@ -59,10 +60,9 @@ def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, l
         if sep and head in parquet and row.isdigit():
             found[parquet[head]].append(id_)
             continue
-        dotted = "." in posixpath.basename(id_)
         at = id_.find("/")
         while at > 0:  # a container in a folder: its id has slashes too
-            path = zips.get(id_[:at]) or (tar.get(id_[:at]) if not dotted else None)
+            path = zips.get(id_[:at]) or tar.get(id_[:at])
             if path is not None:
                 found[path].append(id_)
                 break

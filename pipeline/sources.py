@@ -26,7 +26,7 @@ import re
 import tarfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -258,24 +258,24 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
 
 
 def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], root: str) -> None:
-    """Stop when an image file's id could equal a tar member's (`x.tar/k`: the key has no dot), a zip member's
-    (`x.zip/a/b.jpg`) or a reject's or Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the output keeps one row per
-    id, so one of the two would be lost. Only odd names collide (on an object store, an object `x.tar/k` without an
-    extension beside a shard `x.tar`, or `x.zip/a.jpg` beside `x.zip`; a file named `t.parquet#0`); renaming one is
-    the fix."""
+    """Stop when an image file's id could equal a tar member's (`x.tar/k`, or `x.tar/cat.0` for a shard of Kaggle-style
+    names), a zip member's (`x.zip/a/b.jpg`) or a reject's or Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the
+    output keeps one row per id, so one of the two would be lost. Any file under a tar shard or zip archive (its id, then
+    '/') is refused, whatever its name: a tar key may hold dots, and `pipeline.ledger` counts every id under a
+    container as the container's. Only odd names collide (on an object store, an object `x.tar/k.png` beside a shard
+    `x.tar`, or `x.zip/a.jpg` beside `x.zip`; a file named `t.parquet#0`); renaming one is the fix."""
     containers_by_id = {relative_id(unit.paths[0], root): unit for unit in containers}
 
     def clash(id_: str) -> str | None:
         head, sep, rest = id_.partition("#")
         if sep and head in containers_by_id and (rest == "unreadable" or rest.isdigit()):
             return containers_by_id[head].paths[0]
-        dotted = "." in posixpath.basename(id_)  # a tar member's key has no dot; a zip member's name may
         # A shard whose id is one of this id's folders: looked up folder by folder, not shard by shard (files x
         # shards comparisons took 10 s for 100,000 files beside 200 shards, and grew with both).
         at = id_.find("/")
         while at > 0:
             unit = containers_by_id.get(id_[:at])
-            if unit is not None and (unit.kind == "zip" or (unit.kind == "tar" and not dotted)):
+            if unit is not None and unit.kind in ("tar", "zip"):
                 return unit.paths[0]
             at = id_.find("/", at + 1)
         return None
@@ -373,6 +373,31 @@ def _split_key(name: str) -> tuple[str, str]:
     folder, base = posixpath.split(name)
     stem, _, ext = base.partition(".")
     return posixpath.join(folder, stem), ext.lower()
+
+
+def _image_like(ext: str) -> bool:
+    """Whether a member with extension `ext` ('jpg', 'seg.png') is an image: its last part is an image extension."""
+    return "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
+
+
+def _dotted_names_key(names: Iterable[str]) -> bool:
+    """Whether the members `names` of one WebDataset key are images named like Kaggle's 'cat.0.jpg', 'cat.1.jpg':
+    several image extensions ('0.jpg', '1.jpg') and none plain ('jpg'). Such a key holds many images, not one sample
+    (a plain image with a compound one, '0001.jpg' and '0001.seg.png', is an image and its mask)."""
+    images = {ext for ext in (_split_key(name)[1] for name in names) if _image_like(ext)}
+    return len(images) > 1 and all("." in ext for ext in images)
+
+
+def _tar_key(name: str, split: Set[str]) -> tuple[str, str]:
+    """A shard member's (key, ext): WebDataset's (`_split_key`), except in a key of `split` (see `_dotted_names_key`),
+    where a name with a further dot is split at the last dot of its file name: 'cat.0.jpg' and 'cat.0.cls' are key
+    'cat.0'; 'cat.cls' stays key 'cat'."""
+    key, ext = _split_key(name)
+    if key in split and "." in ext:
+        folder, base = posixpath.split(name)
+        stem, _, ext = base.rpartition(".")
+        return posixpath.join(folder, stem), ext.lower()
+    return key, ext
 
 
 def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
@@ -533,22 +558,23 @@ def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int 
 
 def _index_tar(
     open_stream: Callable[[], BinaryIO],
-) -> tuple[dict[str, Counter[str]], dict[int, _TarLink], BaseException | None]:
+) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None]:
     """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
-    links by position with what each resolves to, and the error that cut the pass short (None if it did not)."""
-    members_of: dict[str, Counter[str]] = {}
+    WebDataset keys whose members are keyed at the last dot instead (`_tar_key`), the links by position with what
+    each resolves to, and the error that cut the pass short (None if it did not)."""
+    names: Counter[str] = Counter()  # in order of appearance
     latest: dict[str, int] = {}  # shard path -> position of its latest regular member or link
     pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
     error: BaseException | None = None
     try:
         for item in _tar_members(open_stream, wanted=lambda position, member: False):
             if item is None:
-                members_of.clear()
+                names.clear()
                 latest.clear()
                 pointers.clear()
                 continue
             position, member, _ = item
-            members_of.setdefault(_split_key(member.name)[0], Counter())[member.name] += 1
+            names[member.name] += 1
             if member.islnk():  # a hard link is to the member of that name before it, as tar extracts it
                 path = _link_path(member)
                 pointers[position] = member, (latest.get(path) if path is not None else None)
@@ -560,14 +586,24 @@ def _index_tar(
     for position, (member, _) in pointers.items():
         if member.issym() and (path := _link_path(member)) is not None:
             pointers[position] = member, latest.get(path)
-    return members_of, {position: _resolve_link(position, pointers) for position in pointers}, error
+    by_webdataset_key: dict[str, list[str]] = {}
+    for name in names:
+        by_webdataset_key.setdefault(_split_key(name)[0], []).append(name)
+    split = {key for key, its_names in by_webdataset_key.items() if _dotted_names_key(its_names)}
+    members_of: dict[str, Counter[str]] = {}
+    for name, n in names.items():
+        members_of.setdefault(_tar_key(name, split)[0], Counter())[name] = n
+    return members_of, split, {position: _resolve_link(position, pointers) for position in pointers}, error
 
 
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
-    Pass 1 reads only the headers: which members each key has, and what each link points to. Pass 2 reads the
+    Pass 1 reads only the headers: which members each key has, and what each link points to. A WebDataset key of
+    several images with compound extensions and no plain one (a plain tar of Kaggle's 'cat.0.jpg', 'cat.1.jpg') is
+    keyed at the last dot of its members' names instead, each image with its own sidecars ('cat.0.jpg', 'cat.0.cls'):
+    decided once per shard, in pass 1, and used for every member name in both passes. Pass 2 reads the
     members and emits a key's record as soon as its last member has gone by, so only keys still waiting for a member
     are held: one at a time in a WebDataset shard, whose keys are contiguous, though a key's members may be anywhere.
     A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
@@ -589,7 +625,11 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         yield unreadable(0, err)
         return
 
-    members_of, links, index_error = _index_tar(open_stream)
+    members_of, split, links, index_error = _index_tar(open_stream)
+
+    def key_of(name: str) -> tuple[str, str]:  # every place a member's key is needed, in both passes
+        return _tar_key(name, split)
+
     failure = unreadable(len(members_of), index_error) if index_error else None
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
     done: set[str] = {key for key in members_of if f"{shard}/{key}" in skip_ids}
@@ -598,7 +638,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
     for link in links.values():
-        key = _split_key(link.name)[0]
+        key = key_of(link.name)[0]
         if isinstance(link.target, int) and key not in done:
             readers[link.target] += 1
             targets_of.setdefault(key, []).append(link.target)
@@ -613,19 +653,19 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         return key in members_of and key not in done
 
     def wanted(position: int, member: tarfile.TarInfo) -> bool:
-        return pending(_split_key(member.name)[0]) or readers[position] > 0
+        return pending(key_of(member.name)[0]) or readers[position] > 0
 
     def record(key: str) -> dict[str, Any]:
         for target in targets_of.pop(key, []):
             readers[target] -= 1
             if readers[target] <= 0:
                 kept.pop(target, None)
-        return _tar_key_record(path, f"{shard}/{key}", key, parts.pop(key, {}), errors.pop(key, None))
+        return _tar_key_record(path, f"{shard}/{key}", key, parts.pop(key, {}), errors.pop(key, None), key in split)
 
     def took(name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
         key's record once it was the key's last."""
-        key, ext = _split_key(name)
+        key, ext = key_of(name)
         seen.setdefault(key, Counter())[name] += 1
         if isinstance(data, Exception):
             errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
@@ -651,7 +691,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                     held.clear()
                 continue
             position, member, data = item
-            key = _split_key(member.name)[0]
+            key = key_of(member.name)[0]
             out: list[dict[str, Any] | None] = []
             if position in links and pending(key):
                 link = links[position]
@@ -681,24 +721,23 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
-                    error: str | None) -> dict[str, Any]:
+                    error: str | None, split: bool = False) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
-    key has such an image, and the image when it is the key's only image member."""
+    key has such an image, and the image when it is the key's only image member. `split`: the key's images were
+    keyed one by one at the last dot (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
-    image_like = [e for e in parts if "." + e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    image_like = [e for e in parts if _image_like(e)]
     plain = [e for e in image_like if "." not in e]
     image_exts = plain or image_like
     if len(image_exts) != 1:
         names = sorted(parts)
         found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
-        # a plain tar of 'cat.1.jpg', 'cat.2.jpg' is one WebDataset key, 'cat', with many images: say how to fix it
-        many = (f"; a key is a member's path up to the first dot of its name, so {key}.{image_exts[0]} and "
-                f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg), or give the "
-                "images as files, not a tar") if len(image_exts) > 1 and not plain else ""
+        orphan = (f": it belongs to no image, as each {key}.<name>.<image ext> is a key of its own, with sidecars named "
+                  f"{key}.<name>.<ext>") if split else ""
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
-                             f"{many}", "read")
+                             f"{orphan}", "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
     for e, (_, v) in parts.items():

@@ -26,10 +26,10 @@ def test_container_ids_takes_each_containers_own_records() -> None:
              ReadUnit("files", ("/in/x.png",), "/in")]
     done = {"a/s.tar/0001", "a/s.tar/deep/0002",  # members, one in a folder of the shard
             "a/s.tar#unreadable",  # a reject of the shard, not one of its records
-            "a/s.tar/k.png",  # a loose file beside the shard on an object store: keys have no dot
+            "a/s.tar/cat.0",  # a key of Kaggle-style names ('cat.0.jpg'); no loose file can be there (discover)
             "t.parquet#0", "t.parquet#12", "t.parquet#x", "x.png", "a/other.tar/0001"}
     found = container_ids(done, units)
-    assert sorted(found["/in/a/s.tar"]) == ["a/s.tar/0001", "a/s.tar/deep/0002"]
+    assert sorted(found["/in/a/s.tar"]) == ["a/s.tar/0001", "a/s.tar/cat.0", "a/s.tar/deep/0002"]
     assert sorted(found["/in/t.parquet"]) == ["t.parquet#0", "t.parquet#12"]
     assert set(found) == {"/in/a/s.tar", "/in/t.parquet"}
 

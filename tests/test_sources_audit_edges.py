@@ -93,9 +93,10 @@ def test_file_names_that_would_take_a_members_id_stop_the_listing(tmp_path) -> N
     # On an object store a shard x.tar and objects under the prefix x.tar/ can both exist (no local file system
     # allows it, so the check is called directly).
     shard = ReadUnit("tar", ("s3://b/in/x.tar",), "s3://b/in", (1,))
-    _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k.png"], "s3://b/in")  # a member id has no dot in its key
     with pytest.raises(ValueError, match=r"s3://b/in/x.tar/k \(beside s3://b/in/x.tar\)"):
         _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k"], "s3://b/in")  # the shard's member k has this id
+    with pytest.raises(ValueError, match=r"s3://b/in/x.tar/k.png \(beside s3://b/in/x.tar\)"):
+        _refuse_colliding_ids([shard], ["s3://b/in/x.tar/k.png"], "s3://b/in")  # key of 'k.png.jpg' beside 'k.gif.jpg'
 
 
 def test_folders_reached_through_symbolic_links_are_listed_and_loops_are_not_followed(tmp_path) -> None:

@@ -69,11 +69,3 @@ def test_data_after_the_end_of_the_archive_is_the_shards_reject(tmp_path) -> Non
     records = list(read_unit(unit))
     assert [r["id"] for r in records if r["kind"] != "count"] == ["s.tar/0", "s.tar/1", "s.tar/2", "s.tar#unreadable"]
 
-
-def test_a_plain_tar_of_dotted_names_says_why_its_images_are_one_key(tmp_path) -> None:
-    # 'cat.1.jpg', 'cat.2.jpg' (Kaggle's naming) are one WebDataset key: the reject must say how to fix it, briefly
-    (tmp_path / "s.tar").write_bytes(tar_bytes({f"cat.{i}.jpg": image_bytes(8, 8, i, "JPEG") for i in range(40)}))
-    (unit,) = discover(str(tmp_path))
-    (reject, _count) = list(read_unit(unit))
-    assert reject["id"] == "s.tar/cat" and "and 35 more" in reject["error"] and len(reject["error"]) < 400
-    assert "give each image its own key (e.g. cat_1.jpg)" in reject["error"]

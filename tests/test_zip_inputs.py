@@ -86,8 +86,8 @@ def test_done_zip_members_are_not_read(tmp_path, monkeypatch) -> None:
 def test_zip_member_ids_belong_to_their_archive_and_loose_files_under_it_are_refused() -> None:
     units = [ReadUnit("zip", ("s3://b/in/a/d.zip",), "s3://b/in"), ReadUnit("tar", ("s3://b/in/s.tar",), "s3://b/in")]
     found = container_ids({"a/d.zip/cat/1.jpg", "a/d.zip/x", "a/d.zip#unreadable", "s.tar/k", "s.tar/k.png"}, units)
-    assert sorted(found["s3://b/in/a/d.zip"]) == ["a/d.zip/cat/1.jpg", "a/d.zip/x"] and found["s3://b/in/s.tar"] == [
-        "s.tar/k"]
+    assert sorted(found["s3://b/in/a/d.zip"]) == ["a/d.zip/cat/1.jpg", "a/d.zip/x"] and sorted(found["s3://b/in/s.tar"]) == [
+        "s.tar/k", "s.tar/k.png"]
     # an object store can hold an object 'a/d.zip' and an object 'a/d.zip/cat/1.jpg': the same id twice
     with pytest.raises(ValueError, match="zip member"):
         _refuse_colliding_ids(units, ["s3://b/in/a/d.zip/cat/1.jpg"], "s3://b/in")
