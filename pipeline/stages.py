@@ -30,7 +30,15 @@ import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.evaluation.metrics import psnr
-from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, ReadUnit, read_unit, reject_record, storage_path
+from pipeline.sources import (
+    IMAGE_EXTENSIONS,
+    IN_MEMORY_BYTES,
+    MAX_IMAGE_BYTES,
+    ReadUnit,
+    read_unit,
+    reject_record,
+    storage_path,
+)
 from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
@@ -255,8 +263,12 @@ DATA_DIR, REJECTS_DIR = "data", "rejects"
 
 
 def _png_name(id_: str) -> str:
-    stem = posixpath.splitext(posixpath.basename(id_.replace("#", "_")))[0] or "image"
-    return stem + ".png"
+    """The image's file name in the output (the `path` of Hugging Face's image struct): the id's last part, its image
+    extension replaced by .png. Only an image extension goes: a tar key 'cat.0' or a Parquet row 't.parquet#3'
+    must not all be named 'cat.png' or 't.png'."""
+    name = posixpath.basename(id_.replace("#", "_"))
+    stem, ext = posixpath.splitext(name)
+    return (stem if ext.lower() in IMAGE_EXTENSIONS else name or "image") + ".png"
 
 
 def _data_table(records: list[dict[str, Any]]) -> pa.Table:

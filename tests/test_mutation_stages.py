@@ -49,3 +49,18 @@ def test_the_job_seed_changes_each_canvas_noise_seed() -> None:
     assert len(seeds) == 8  # --seed 0..7 give 8 different canvas seeds
     assert canvas_seed(3, ids) == canvas_seed(3, list(ids))  # and the same seed is reproducible
     assert all(0 <= s < 2**31 for s in seeds)
+
+
+def test_each_output_image_is_named_after_its_own_id(tmp_path) -> None:
+    # image.path is the file name tools such as Hugging Face datasets give the image; tar keys cut at their last dot
+    # ('cat.0', 'cat.1') and Parquet rows were all named after their common stem ('cat.png', 't.png')
+    ids = ["s.tar/train/cat.0", "s.tar/train/cat.1", "t.parquet#3", "t.parquet#4", "a/b.JPG", "s.tar/0001",
+           "d.zip/x/1.jpeg", "scan.raw"]
+    records = [{**_image(0), "id": i, "source": i} for i in ids]
+    files = json.loads(write_stage(batch_of(records), str(tmp_path), {}, max_rows_per_file=100)["files"][0])
+    table = pq.read_table(tmp_path / files[0])
+    names = dict(zip(table.column("id").to_pylist(), (cell["path"] for cell in table.column("image").to_pylist()),
+                     strict=True))
+    assert names == {"s.tar/train/cat.0": "cat.0.png", "s.tar/train/cat.1": "cat.1.png", "t.parquet#3": "t.parquet_3.png",
+                     "t.parquet#4": "t.parquet_4.png", "a/b.JPG": "b.png", "s.tar/0001": "0001.png",
+                     "d.zip/x/1.jpeg": "1.png", "scan.raw": "scan.raw.png"}
