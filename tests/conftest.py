@@ -45,3 +45,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _lease_watch_on_a_fake_clock(monkeypatch):
+    """The lease watch (up to 45 s before another machine's stale-looking lease is taken over) without real waiting:
+    tests that take over such a lease would each wait the real 45 s. Tests of the watch itself set their own."""
+    import pipeline.lease as lease
+
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(lease, "_sleep", sleep)
+    monkeypatch.setattr(lease, "_clock", lambda: clock[0])
