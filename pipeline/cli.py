@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, JobFailed, JobInterrupted, plan_job, run_job
+from pipeline.lease import LEASE_WATCH_S
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.purifier import RECIPES
 from pipeline.sources import IN_MEMORY_BYTES
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add only inputs not yet in a finished output (scheduled cleaning of incoming data); tar "
                          "shards, Parquet and zip files read whole by an earlier run and unchanged since are not read "
                          "again; not with --overwrite")
+    io.add_argument("--retry-rejects", action="store_true", default=None,
+                    help="read the inputs in the output's rejects/ again (after a storage outage, with a larger "
+                         "--max-image-mb, or once damaged files are replaced); a retried input that is purified or "
+                         "rejected again replaces its old reject row, one whose input is gone keeps it; new inputs "
+                         "are added too, as with --incremental; not with --overwrite")
     io.add_argument("--overwrite", action="store_true", default=None,
                     help="delete an existing output's data, rejects and summary first; not with --incremental")
     io.add_argument("--dry-run", action="store_true",
@@ -408,13 +414,16 @@ def print_plan(report: dict[str, Any]) -> None:
           f"  {model['image_size']} px model, {model['canvas_size']} px canvas")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     state = {"new": "new output", "overwrite": "existing output would be deleted first (--overwrite)",
-             "resume": "resumes an unfinished run", "incremental": "adds new inputs to a finished run (--incremental)"}
+             "resume": "resumes an unfinished run", "incremental": "adds new inputs to a finished run"}
     held = f"{out['purified']} purified, {out['rejected']} rejected"
     print(f"output: {state[out['state']]}; " + (f"it holds {held}" if out["state"] == "overwrite"
                                                  else f"already holds {held}"))
+    if out.get("rejects_to_retry"):
+        print(f"  {out['rejects_to_retry']} rejected inputs will be read again (--retry-rejects): those still in the "
+              "input are counted below as inputs to read")
     if report.get("stale_lease"):
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
-              "takes the lease over")
+              f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s)")
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
           f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files, {inp.get('zip_files', 0)} "
           f"zip files (their members are checked against the output when read), {inp['read_tasks']} read tasks")
@@ -475,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
               f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
               f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
               "size (--checkpoint) to keep their detail.", file=sys.stderr)
+    retried = run.get("rejects_retried") or {}
+    if retried.get("earlier_rejects"):
+        whole = retried.get("containers_now_read_whole", 0)
+        gone = retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
+        print(f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
+              f"{retried['rejected_again']} rejected again (rejects/ has today's reason)"
+              + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
+              + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
     print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "

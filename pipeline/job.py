@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,7 @@ class JobConfig:
     exif_transpose: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)
     incremental: bool = False
+    retry_rejects: bool = False
     overwrite: bool = False
     ray_address: str | None = None
     progress: bool = True
@@ -184,13 +185,17 @@ class JobConfig:
         elif self.gpus_per_actor is not None and 0 < self.gpus_per_actor < 1e-4:
             problems.append(f"--gpus-per-actor must be 0 or at least 0.0001 (Ray's smallest fraction), got "
                             f"{self.gpus_per_actor!r}")
-        for name in ("labels_from_folders", "incremental", "overwrite", "progress", "exif_transpose", "clip_denoised"):
+        for name in ("labels_from_folders", "incremental", "retry_rejects", "overwrite", "progress", "exif_transpose",
+                     "clip_denoised"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
         if self.incremental is True and self.overwrite is True:
             # one adds to a finished output, the other deletes it first: which one was meant is the user's to say
             problems.append("--incremental and --overwrite contradict each other: --incremental adds new inputs to a "
                             "finished output, --overwrite deletes it first; give one")
+        if self.retry_rejects is True and self.overwrite is True:
+            problems.append("--retry-rejects and --overwrite contradict each other: --retry-rejects reads an output's "
+                            "rejects again, --overwrite deletes them first; give one")
         for name in ("input", "output"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{flag(name)} must be a path or URI, got {getattr(self, name)!r}")
@@ -430,18 +435,26 @@ def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
 _DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 
-def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
-    """Ids already in the output (purified or rejected), and how many rows of each there are."""
+def output_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The ids in the output's data/, and those in its rejects/ and not in data/ (the end-of-run check keeps an id
+    found in both only in data/)."""
     fs, _ = _fs(output, storage_options)
-    ids: set[str] = set()
-    counts = []
+    found: list[set[str]] = []
     for folder in (DATA_DIR, REJECTS_DIR):
-        n = 0
+        ids: set[str] = set()
         for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options)):
             ids.update(column)
-            n += len(column)
-        counts.append(n)
-    return ids, counts[0], counts[1]
+        found.append(ids)
+    purified, rejected = found
+    return purified, rejected - purified
+
+
+def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
+    """Ids already in the output (purified or rejected), and how many of each there are. Counted once each: a row
+    doubled by a run killed before its end-of-run check is one input, and that check, at the end of the next run,
+    leaves one row of it (counting rows made that run's totals disagree and its status "inconsistent")."""
+    purified, rejected = output_ids(output, storage_options)
+    return purified | rejected, len(purified), len(rejected)
 
 
 @dataclass(frozen=True)
@@ -453,28 +466,55 @@ class OutputRows:
     purified: int
     rejected: int
     data_schemas: dict[str, pa.Schema]
+    # earlier rejects that this run read again (--retry-rejects), whose old rows were removed: now purified, or
+    # rejected again (the new reject, with today's reason, is kept)
+    retried_purified: int = 0
+    retried_rejected: int = 0
+    unreadable_resolved: int = 0  # '#unreadable' rejects of containers this run read to their end, removed
 
 
-def deduplicate_output(output: str, storage_options: dict[str, Any]) -> OutputRows:
-    """Make every id appear once across data/ and rejects/ (data wins, then the first file by name), and count the
-    rows that remain.
+def deduplicate_output(output: str, storage_options: dict[str, Any], written: Iterable[str] = (),
+                       retried: set[str] | frozenset[str] = frozenset(),
+                       resolved: set[str] | frozenset[str] = frozenset()) -> OutputRows:
+    """Make every id appear once across data/ and rejects/ (data wins, then, in rejects/, the files this run wrote,
+    then the first file by name), drop the rejects in `resolved`, and count the rows that remain.
 
-    Duplicates can only come from a write retried with a different batch after its first attempt
-    had landed; rewriting the later file without them restores the exactly-once invariant.
+    Duplicates come from a write retried with a different batch after its first attempt had landed; rewriting the
+    later file without them restores the exactly-once invariant. With --retry-rejects, an earlier reject that this
+    run read again is in a file this run wrote (`written`, names as write_stage gives them: 'rejects/part-...') as
+    well as in an older one: the older row goes, and it is counted as retried, not as a duplicate, when its id is in
+    `retried` (the rejects the run set out to read again). `resolved`: the '#unreadable' rejects of containers this
+    run read to their end, which no longer say anything true.
     """
     fs, _ = _fs(output, storage_options)
     seen: set[str] = set()
+    fresh: set[str] = set()  # ids in files this run wrote
+    purified_ids: set[str] = set()
+    retried_out: set[str] = set()
+    resolved_out: set[str] = set()
     removed = 0
     rows = []
     schemas: dict[str, pa.Schema] = {}
+    mine = {posixpath.basename(name) for name in written}
     for folder in (DATA_DIR, REJECTS_DIR):
         before = len(seen)
-        for path, ids, schema in _part_indexes(fs, list_parts(output, folder, storage_options)):
-            dup = {i for i in ids if i in seen}
-            seen.update(ids)
-            if dup:
-                keep = [i not in dup for i in ids]
-                removed += len(ids) - sum(keep)
+        parts = list_parts(output, folder, storage_options)
+        # this run's rejects first: a retried input rejected again keeps today's reason, not the old one
+        parts = sorted(parts, key=lambda p: posixpath.basename(p) not in mine) if folder == REJECTS_DIR else parts
+        for path, ids, schema in _part_indexes(fs, parts):
+            if posixpath.basename(path) in mine:
+                fresh.update(ids)
+            gone = {i for i in ids if i in resolved} if folder == REJECTS_DIR else set()
+            dup = {i for i in ids if i in seen} - gone
+            seen.update(i for i in ids if i not in gone)
+            if folder == DATA_DIR:
+                purified_ids.update(ids)
+            if dup or gone:
+                keep = [i not in dup and i not in gone for i in ids]
+                again = {i for i in dup if i in retried and i in fresh} if folder == REJECTS_DIR else set()
+                retried_out.update(again)
+                resolved_out.update(gone)
+                removed += sum(i in dup and i not in again for i in ids)
                 if not any(keep):
                     try:  # rm_file, not rm: rm expands glob characters in the output's path
                         with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
@@ -485,7 +525,9 @@ def deduplicate_output(output: str, storage_options: dict[str, Any]) -> OutputRo
             if folder == DATA_DIR:
                 schemas[path] = schema
         rows.append(len(seen) - before)
-    return OutputRows(removed, rows[0], rows[1], schemas)
+    now_purified = len(retried_out & purified_ids)
+    return OutputRows(removed, rows[0], rows[1], schemas, now_purified, len(retried_out) - now_purified,
+                      len(resolved_out))
 
 
 def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
@@ -646,9 +688,9 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         raise JobError(f"{out} was written with other {key}: {what}; use another output, or --overwrite to start over")
     summary = _read_json(f"{out}/{SUMMARY_FILE}", so)
     complete = bool(summary) and summary.get("status") == "complete"
-    if complete and not config.incremental:
+    if complete and not (config.incremental or config.retry_rejects):
         raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
-                       "or --overwrite to start over")
+                       "--retry-rejects to read its rejected inputs again as well, or --overwrite to start over")
     return "incremental" if complete else "resume"
 
 
@@ -764,7 +806,7 @@ class JobPlan:
     canvas_size: int
     job_record: dict[str, Any]
     output_state: str  # "new", "resume" (a partial run), "incremental" (a finished run) or "overwrite"
-    done: set[str]  # ids already in the output's data/ or rejects/
+    done: set[str]  # ids already in the output's data/ or rejects/ (with --retry-rejects: data/ only)
     done_purified: int
     done_rejected: int
     units: list[ReadUnit]  # what is left to read; image files already done are dropped here
@@ -780,6 +822,7 @@ class JobPlan:
     ledger: dict[str, ContainerRead] = field(default_factory=dict)
     skipped_containers: int = 0
     skipped_container_records: int = 0
+    retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -791,7 +834,8 @@ class JobPlan:
             "model": {"checkpoint": self.checkpoint_uri, "note": self.model_note, "sha256": self.checkpoint.sha256,
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
             "settings": self.job_record["settings"],
-            "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected},
+            "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected,
+                       "rejects_to_retry": len(self.retry)},
             "stale_lease": self.stale_lease,
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
@@ -849,9 +893,13 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         stale_lease = refuse_live_lease(out, so)  # before any work; a real run takes the lease after planning
         # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
         # the plan reports what --overwrite would delete).
-        skip, prior_purified, prior_rejected = (set(), 0, 0) if state in ("new", "overwrite") else done_ids(out, so)
+        purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)
+        prior_purified, prior_rejected = len(purified_ids), len(rejected_ids)
         if state == "overwrite" and dry_run:
             _, prior_purified, prior_rejected = done_ids(out, so)
+        # --retry-rejects: a rejected input is not done; it is read again, and its old reject row goes at the end
+        retry = frozenset(rejected_ids) if config.retry_rejects else frozenset()
+        skip = purified_ids if config.retry_rejects else purified_ids | rejected_ids
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
@@ -906,7 +954,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    container_done={path: ids + [broken[path]] * (broken[path] in skip)
                                    for path, ids in container_done.items() if path not in unread},
                    ledger=ledger, skipped_containers=len(unread),
-                   skipped_container_records=sum(ledger[path].records for path in unread))
+                   skipped_container_records=sum(ledger[path].records for path in unread), retry=retry)
 
 
 def _is_under(path: str, folder: str) -> bool:
@@ -1035,11 +1083,13 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
     return len(added)
 
 
-def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int) -> str:
+def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int, replaced: int = 0) -> str:
     """"complete" when every input this run read was counted as purified or rejected, and the output's files hold
-    exactly those rows on top of the ones they held before; else "inconsistent" (something was lost or doubled)."""
+    exactly those rows on top of the ones they held before, less the `replaced` earlier reject rows that this run's
+    reading made out of date (--retry-rejects; '#unreadable' of a container now read whole); else "inconsistent"
+    (something was lost or doubled)."""
     counted = read == purified + rejected
-    return "complete" if counted and rows_after == rows_before + purified + rejected else "inconsistent"
+    return "complete" if counted and rows_after == rows_before + purified + rejected - replaced else "inconsistent"
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
@@ -1191,18 +1241,29 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # 4. Summary: this run's counts, and the whole output's. Not when another run has taken the output over:
         # the duplicate check rewrites files, and that run's end does it.
         lease.check()
-        rows = deduplicate_output(out, so)
+        # a container read to its end this run: an '#unreadable' reject an earlier run left for it is out of date
+        roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
+        resolved = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole if r["path"] in roots}
+        rows = deduplicate_output(out, so, written=files, retried=plan.retry, resolved=resolved)
         duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
+        replaced = rows.retried_purified + rows.retried_rejected + rows.unreadable_resolved
         retyped = unify_output_types(out, so, rows.data_schemas)
     summary = {
         "status": run_status(read, purified, rejected,
                              plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")
-                             else 0, total_purified + total_rejected),
+                             else 0, total_purified + total_rejected, replaced),
         "this_run": {"read": read, "purified": purified, "rejected": rejected,
                      "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
                      # containers read whole by an earlier complete run and unchanged: not read
                      "containers_skipped_unread": plan.skipped_containers,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
+                     # --retry-rejects: earlier rejects read again, now purified or rejected again (the new reason
+                     # kept); those whose input is gone keep their old row
+                     "rejects_retried": {"earlier_rejects": len(plan.retry), "purified_now": rows.retried_purified,
+                                         "rejected_again": rows.retried_rejected,
+                                         "containers_now_read_whole": len(plan.retry & resolved)},
+                     # '#unreadable' rejects of tar/Parquet/zip files that this run read to their end: removed
+                     "unreadable_resolved": rows.unreadable_resolved,
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
                      "wall_s": round(wall, 2),

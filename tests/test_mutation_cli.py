@@ -29,6 +29,7 @@ CASES: dict[str, tuple[list[str], Any, Any]] = {
     "labels_from_folders": (["--labels-from-folders", "true"], True, True),
     "image_column": (["--image-column", "img"], "img", "picture"),
     "incremental": (["--incremental"], True, True),
+    "retry_rejects": (["--retry-rejects"], True, True),
     "overwrite": (["--overwrite"], True, True),
     "checkpoint": (["--checkpoint", "s3://b/m.pt"], "s3://b/m.pt", "/models/m.pt"),
     "prior": (["--prior", "gtsrb"], "gtsrb", "gtsrb"),
