@@ -116,7 +116,7 @@ def too_large(what: str, size: int | None, max_image_bytes: int) -> str:
     limit = f"--max-image-mb {max_image_bytes / 2**20:g}"
     found = f"is {size / 2**20:.1f} MiB ({size:,} bytes)" if size is not None else f"holds more than {max_image_bytes:,} bytes"
     return (f"{what} {found}, over {limit}, so it was not read; to purify it, run again with a larger --max-image-mb "
-            "into a new output (or with --overwrite)")
+            "and --retry-rejects")
 
 
 def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None = None,
@@ -644,6 +644,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             targets_of.setdefault(key, []).append(link.target)
 
     seen: dict[str, Counter[str]] = {}
+    # members still to go by, per key, and keys that had one more than pass 1 counted (never whole): a running count,
+    # as comparing `seen` with `members_of` at every member took time quadratic in a key's members
+    left: dict[str, int] = {}
+    extra: set[str] = set()
     parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
     errors: dict[str, str] = {}
     kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
@@ -666,7 +670,14 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
         key's record once it was the key's last."""
         key, ext = key_of(name)
-        seen.setdefault(key, Counter())[name] += 1
+        went = seen.setdefault(key, Counter())
+        went[name] += 1
+        if key not in left:
+            left[key] = sum(members_of[key].values())
+        if went[name] <= members_of[key][name]:
+            left[key] -= 1
+        else:
+            extra.add(key)
         if isinstance(data, Exception):
             errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
         elif isinstance(data, str):
@@ -676,7 +687,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             if other != name:  # '0001.JPG' and '0001.jpg': one extension, two files; neither may be dropped
                 errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
             parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
-        if seen[key] != members_of[key]:
+        if left[key] or key in extra:
             return None
         done.add(key)
         return record(key)
@@ -687,7 +698,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     try:
         for item in _tar_members(open_stream, wanted, max_member_bytes=max_image_bytes):
             if item is None:  # (re)started: keys already emitted stay emitted, the rest are collected afresh
-                for held in (seen, parts, errors, kept, waiting):
+                for held in (seen, left, extra, parts, errors, kept, waiting):
                     held.clear()
                 continue
             position, member, data = item

@@ -46,8 +46,7 @@ def _read(root: Path, **kw: Any) -> tuple[dict[str, dict[str, Any]], int]:
 def _assert_too_large(record: dict[str, Any], what: str, size: int) -> None:
     assert record["kind"] == "reject" and record["stage"] == "read" and record["source_sha256"] is None
     assert record["error"] == (f"{what} is {size / MiB:.1f} MiB ({size:,} bytes), over --max-image-mb 1, so it was not "
-                               "read; to purify it, run again with a larger --max-image-mb into a new output (or with "
-                               "--overwrite)")
+                               "read; to purify it, run again with a larger --max-image-mb and --retry-rejects")
 
 
 def test_an_image_file_over_the_limit_is_a_reject_and_is_not_read(tmp_path) -> None:
