@@ -273,3 +273,166 @@ def test_incremental_runs_on_s3_skip_unchanged_shards_unread_and_reread_a_replac
     assert (third["read"], third["purified"]) == (1, 1)
     data, _ = read_output("s3://zip-out/ledger", options)
     assert sorted(data["id"]) == sorted([f"s-{s}.tar/{k}" for s in range(3) for k in range(2)] + ["s-0.tar/2"])
+
+
+# --- --retry-rejects (11e67fc) and tar shards of Kaggle-style names (9d48a82) on S3 ---
+
+def _client(options: dict):
+    import boto3
+
+    return boto3.client("s3", aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
+                        **options["client_kwargs"])
+
+
+def _count_object_reads(monkeypatch, prefix: str):
+    """A function giving the names of the objects under `prefix` that the job fetched since it was last called (the
+    server runs in this process and answers the Ray workers' GetObject requests)."""
+    from moto.s3.responses import S3Response
+
+    fetched: list[str] = []
+    get_object = S3Response.get_object
+
+    def counted(self):
+        fetched.append(f"{self.bucket_name}/{self.parse_key_name()}")
+        return get_object(self)
+
+    monkeypatch.setattr(S3Response, "get_object", counted)
+
+    def names() -> set[str]:
+        got = {key[len(prefix):] for key in fetched if key.startswith(prefix)}
+        fetched.clear()
+        return got
+
+    return names
+
+
+def _read_fresh(out: str, options: dict):
+    """read_output through the job's own s3fs object, its listing cache dropped first: the test must see what is on
+    S3, not what this process listed before."""
+    from pipeline.sources import storage_path
+
+    fs, _ = storage_path(out, options)
+    fs.invalidate_cache()
+    return read_output(out, options)
+
+
+def _summary(fs, out: str) -> dict:
+    fs.invalidate_cache()
+    return json.loads(fs.cat(f"{out}/_summary.json"))
+
+
+def test_retry_rejects_on_s3_reads_replaced_objects_again_and_leaves_one_row_per_input(s3, tmp_path,
+                                                                                       monkeypatch) -> None:
+    """The use --retry-rejects is for: damaged objects replaced in the bucket by another writer, then one run. On S3 a
+    shard's version is its ETag: a replaced one is read again; one unchanged but with a reject among its ids must be
+    read again too (not skipped unread by the record of containers read whole); one unchanged and all purified is
+    not downloaded. A deleted object's reject row stays."""
+    fs, options = s3
+    client = _client(options)
+    names = _count_object_reads(monkeypatch, "zip-in/retry/")
+
+    def put(key: str, body: bytes) -> None:
+        client.put_object(Bucket="zip-in", Key=f"retry/{key}", Body=body)
+
+    put("loose.png", b"junk")
+    put("gone.png", b"also junk")
+    put("s.tar", tar_bytes({"0.png": image_bytes(8, 8, 10), "1.png": b"not an image"}))
+    put("u.tar", tar_bytes({"0.png": image_bytes(8, 8, 20), "1.png": b"still not an image"}))  # never replaced
+    put("v.tar", tar_bytes({"0.png": image_bytes(8, 8, 30)}))  # never replaced, all good
+    cfg = JobConfig(input="s3://zip-in/retry", output="s3://zip-out/retry", checkpoint=tiny_model_file(tmp_path),
+                    steps=1, pool=4, progress=False, write_batch=8, canvas_size=32, storage_options=options)
+    first = run_job(cfg)
+    assert first["status"] == "complete" and first["this_run"]["containers_recorded"] == 3
+    _, rejects = _read_fresh(cfg.output, options)
+    before = dict(zip(rejects["id"], rejects["error"], strict=True))
+    assert set(before) == {"loose.png", "gone.png", "s.tar/1", "u.tar/1"}
+    names()
+
+    # Both damaged objects replaced with good ones (s.tar: same size, tar pads to 10240 bytes; only the ETag differs),
+    # gone.png deleted.
+    put("loose.png", image_bytes(8, 8, 1))
+    put("s.tar", tar_bytes({"0.png": image_bytes(8, 8, 10), "1.png": image_bytes(8, 8, 11)}))
+    client.delete_object(Bucket="zip-in", Key="retry/gone.png")
+    summary = run_job(JobConfig(**{**cfg.__dict__, "retry_rejects": True}))
+    run = summary["this_run"]
+    assert summary["status"] == "complete"
+    assert names() == {"loose.png", "s.tar", "u.tar"}  # v.tar is not downloaded
+    assert run["containers_skipped_unread"] == 1
+    assert (run["read"], run["purified"], run["rejected"]) == (3, 2, 1)  # s.tar/0 and u.tar/0 skipped, done before
+    assert run["rejects_retried"] == {"earlier_rejects": 4, "purified_now": 2, "rejected_again": 1,
+                                      "containers_now_read_whole": 0}  # gone.png: 4 - 2 - 1, its row kept
+    assert summary["output_totals"] == {"purified": 5, "rejected": 2,
+                                        "before_this_run": {"purified": 3, "rejected": 4}}
+    assert _summary(fs, "zip-out/retry")["this_run"]["rejects_retried"] == run["rejects_retried"]
+
+    data, rejects = _read_fresh(cfg.output, options)
+    assert data["id"].is_unique and rejects["id"].is_unique and not set(data["id"]) & set(rejects["id"])
+    assert sorted(data["id"]) == ["loose.png", "s.tar/0", "s.tar/1", "u.tar/0", "v.tar/0"]
+    after = dict(zip(rejects["id"], rejects["error"], strict=True))
+    assert set(after) == {"gone.png", "u.tar/1"} and after["gone.png"] == before["gone.png"]
+    assert decoded_size(data.set_index("id").loc["s.tar/1", "image"]) == (8, 8)
+
+
+def test_incremental_runs_on_s3_drop_unreadable_of_a_reuploaded_shard_and_skip_a_shard_of_dotted_names(
+        s3, tmp_path, monkeypatch) -> None:
+    """Two runs, two checks. A shard cut short by an interrupted upload is '#unreadable'; the whole shard uploaded over
+    it (a new ETag and size, by another writer) is read to its end by the next --incremental run, which removes that
+    reject. A shard of Kaggle-style names (cat.0.jpg, cat.1.jpg) gives one image per name, and the next
+    --incremental run does not download it."""
+    fs, options = s3
+    client = _client(options)
+    names = _count_object_reads(monkeypatch, "zip-in/inc2/")
+    whole = tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(3)})
+    client.put_object(Bucket="zip-in", Key="inc2/t.tar", Body=whole[:1700])  # cut inside its second member
+    cats = {f"cat.{i}.jpg": image_bytes(8, 8, 40 + i, "JPEG") for i in range(3)}
+    client.put_object(Bucket="zip-in", Key="inc2/cats.tar", Body=tar_bytes({**cats, "cat.1.cls": b"3"}))
+    cfg = JobConfig(input="s3://zip-in/inc2", output="s3://zip-out/inc2", checkpoint=tiny_model_file(tmp_path),
+                    steps=1, pool=4, progress=False, write_batch=8, canvas_size=32, storage_options=options)
+    first = run_job(cfg)
+    assert first["status"] == "complete" and first["this_run"]["containers_recorded"] == 1  # cats.tar
+    data, rejects = _read_fresh(cfg.output, options)
+    assert sorted(data["id"]) == ["cats.tar/cat.0", "cats.tar/cat.1", "cats.tar/cat.2", "t.tar/0"]
+    assert data.set_index("id").loc["cats.tar/cat.1", "label"] == 3
+    assert sorted(rejects["id"]) == ["t.tar#unreadable", "t.tar/1"]
+    names()
+
+    client.put_object(Bucket="zip-in", Key="inc2/t.tar", Body=whole)  # the full shard arrives
+    summary = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
+    run = summary["this_run"]
+    assert summary["status"] == "complete" and run["unreadable_resolved"] == 1
+    assert names() == {"t.tar"} and run["containers_skipped_unread"] == 1
+    assert (run["read"], run["purified"], run["rejected"]) == (1, 1, 0)  # t.tar/2; t.tar/0 and t.tar/1 are done
+    assert _summary(fs, "zip-out/inc2")["this_run"]["unreadable_resolved"] == 1
+    data, rejects = _read_fresh(cfg.output, options)
+    assert sorted(data["id"]) == ["cats.tar/cat.0", "cats.tar/cat.1", "cats.tar/cat.2", "t.tar/0", "t.tar/2"]
+    # the key the shard broke off in stays a reject until --retry-rejects reads it again
+    assert list(rejects["id"]) == ["t.tar/1"]
+    assert summary["output_totals"] == {"purified": 5, "rejected": 1,
+                                        "before_this_run": {"purified": 4, "rejected": 2}}
+
+
+def test_an_object_under_a_shards_id_is_refused_on_s3_before_any_work(s3, tmp_path, capsys) -> None:
+    """An object store can hold an object 'x.tar' and objects under the prefix 'x.tar/': the object
+    'x.tar/cat.0.jpg' would have the id of the shard's member cat.0.jpg ('x.tar/cat.0'), and one of the two would be
+    lost from the output."""
+    from pipeline.cli import main
+    from pipeline.errors import JobError
+
+    fs, options = s3
+    fs.pipe("zip-in/collide/x.tar", tar_bytes({"cat.0.jpg": image_bytes(8, 8, 0, "JPEG")}))
+    fs.pipe("zip-in/collide/x.tar/cat.0.jpg", image_bytes(8, 8, 1, "JPEG"))
+    fs.pipe("zip-in/collide/y.png", image_bytes(8, 8, 2))
+    model = tiny_model_file(tmp_path)
+    cfg = JobConfig(input="s3://zip-in/collide", output="s3://zip-out/collide", checkpoint=model, steps=1, pool=4,
+                    progress=False, canvas_size=32, storage_options=options)
+    with pytest.raises(JobError, match=r"s3://zip-in/collide/x\.tar/cat\.0\.jpg \(beside s3://zip-in/collide/x\.tar\)"):
+        run_job(cfg)
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    assert main(["--input", "s3://zip-in/collide", "--output", "s3://zip-out/collide", "--s3-endpoint", endpoint,
+                 "--storage-option", f"key={options['key']}", "--storage-option", f"secret={options['secret']}",
+                 "--storage-option", 'client_kwargs={"region_name": "us-east-1"}', "--checkpoint", model,
+                 "--steps", "1", "--canvas-size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://zip-in/collide/x.tar/cat.0.jpg (beside s3://zip-in/collide/x.tar); rename them" in err
+    fs.invalidate_cache()
+    assert not fs.exists("zip-out/collide")  # nothing written, not even the lease
