@@ -482,15 +482,15 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     Duplicates come from a write retried with a different batch after its first attempt had landed; rewriting the
     later file without them restores the exactly-once invariant. With --retry-rejects, an earlier reject that this
     run read again is in a file this run wrote (`written`, names as write_stage gives them: 'rejects/part-...') as
-    well as in an older one: the older row goes, and it is counted as retried, not as a duplicate, when its id is in
-    `retried` (the rejects the run set out to read again). `resolved`: the '#unreadable' rejects of containers this
-    run read to their end, which no longer say anything true.
+    well as in an older one: the older row goes, and is not counted as a duplicate. An id of `retried` (the rejects
+    the run set out to read again) in a file this run wrote is counted as retried: purified now, or rejected again.
+    `resolved`: the '#unreadable' rejects of containers this run read to their end, which no longer say anything
+    true.
     """
     fs, _ = _fs(output, storage_options)
     seen: set[str] = set()
     fresh: set[str] = set()  # ids in files this run wrote
     purified_ids: set[str] = set()
-    retried_out: set[str] = set()
     resolved_out: set[str] = set()
     removed = 0
     rows = []
@@ -511,8 +511,8 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
                 purified_ids.update(ids)
             if dup or gone:
                 keep = [i not in dup and i not in gone for i in ids]
+                # an old row of a reject this run read again: replaced, not a duplicate
                 again = {i for i in dup if i in retried and i in fresh} if folder == REJECTS_DIR else set()
-                retried_out.update(again)
                 resolved_out.update(gone)
                 removed += sum(i in dup and i not in again for i in ids)
                 if not any(keep):
@@ -525,6 +525,10 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
             if folder == DATA_DIR:
                 schemas[path] = schema
         rows.append(len(seen) - before)
+    # Counted from this run's files, not from the old rows removed: a batch of retried inputs that is rejected again
+    # in the same grouping is written under the same part name (a hash of its ids), over the old file, and leaves no
+    # old row to remove.
+    retried_out = set(retried) & fresh
     now_purified = len(retried_out & purified_ids)
     return OutputRows(removed, rows[0], rows[1], schemas, now_purified, len(retried_out) - now_purified,
                       len(resolved_out))

@@ -56,6 +56,17 @@ def test_a_doubled_row_not_read_again_is_a_duplicate_not_a_retry(tmp_path) -> No
     assert (rows.retried_purified, rows.retried_rejected, rows.duplicates_removed, rows.rejected) == (0, 0, 1, 1)
 
 
+def test_a_retried_batch_rejected_again_under_its_old_file_name_is_counted_as_retried(tmp_path) -> None:
+    # part files are named after a hash of their ids: the same inputs rejected again in the same batch are written
+    # over their old file, so no old row is left to remove, and the run must still count them (else its status is
+    # "inconsistent": found by tests/reliability, a retry killed, resumed and retried again)
+    out = tmp_path / "out"
+    _part(out / "data", "a", ["ok"])
+    _part(out / "rejects", "same", ["b", "c"], error="new reason")  # this run's write, over the earlier file
+    rows = deduplicate_output(str(out), {}, written=["rejects/part-same.parquet"], retried={"b", "c"})
+    assert (rows.retried_purified, rows.retried_rejected, rows.duplicates_removed, rows.rejected) == (0, 2, 0, 2)
+
+
 def test_rows_doubled_by_a_killed_run_are_counted_once(tmp_path) -> None:
     # the counts a resumed run starts from: counting rows, the end-of-run check (which leaves one) made the
     # resumed run's totals disagree with them and its status "inconsistent"

@@ -66,3 +66,48 @@ def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["this_run"]["skipped_already_done"] >= done_before
     assert summary["this_run"]["purified"] <= 240 - done_before
+
+
+def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_model) -> None:
+    """--retry-rejects killed half-way leaves an old and a new row for some rejects; a plain resume must still end
+    complete with each input once, and a second retry must leave one row, with today's reason, per input still bad."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    ids = _images(root, 160)
+    damaged = sorted(ids)[::2]  # 80 inputs rejected by the first run
+    for name in damaged:
+        (root / name).write_bytes(b"junk")
+    args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "3",
+            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
+    first = _job(args)
+    log, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, log[-3000:]
+    assert len(pq.read_table(out / "rejects").column("id")) == 80
+    still_bad = set(damaged[:20])  # the other 60 are replaced by good images; these stay bad, another way
+    for i, name in enumerate(damaged):
+        (root / name).write_bytes(image_bytes(32, 32, 1000 + i)[:60] if name in still_bad else image_bytes(32, 32, i))
+
+    def parts() -> int:
+        return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
+
+    written = parts()
+    retry = _job([*args, "--retry-rejects"], env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
+    deadline = time.time() + 240
+    while time.time() < deadline and parts() < written + 3:
+        time.sleep(0.2)
+    os.killpg(retry.pid, signal.SIGKILL)
+    retry.wait()
+    assert written + 3 <= parts() < written + 10, "the retry was killed before writing, or after it finished"
+    resume = _job(args)  # no flag: the killed run's rows and the old ones are both done
+    log, _ = resume.communicate(timeout=600)
+    assert resume.returncode == 0, log[-3000:]
+    assert json.loads((out / "_summary.json").read_text())["status"] == "complete"
+    check("retry-rejects SIGKILL + resume", str(out), ids)
+
+    again = _job([*args, "--retry-rejects"])
+    log, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, log[-3000:]
+    _, rejects = check("retry-rejects again", str(out), ids)
+    assert set(rejects["id"]) == still_bad
+    assert not (rejects["error"].str.contains("not a recognised image")).any(), set(rejects["error"])
+    summary = json.loads((out / "_summary.json").read_text())["this_run"]["rejects_retried"]
+    assert summary["purified_now"] + summary["rejected_again"] == summary["earlier_rejects"]
