@@ -31,6 +31,15 @@ def tiny_model_file(folder: Path) -> str:
     return str(path)
 
 
+def small_job_config(tmp_path: Path, model: str, **kw):
+    """A JobConfig for a quick whole run: tmp_path/in -> tmp_path/out, the tiny model, 1 step, 32 px canvases."""
+    from pipeline.job import JobConfig
+
+    base = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, pool=4,
+                progress=False, write_batch=8, canvas_size=32)
+    return JobConfig(**{**base, **kw})
+
+
 def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()

@@ -11,10 +11,10 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JobConfig, plan_job, run_job
+from pipeline.job import plan_job, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit
-from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 
 
 def _shard(keys: range, prefix: str = "") -> bytes:
@@ -114,12 +114,6 @@ def model(tmp_path_factory):
     return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
-def _config(tmp_path, model, **kw) -> JobConfig:
-    base = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, pool=4,
-                progress=False, write_batch=8, canvas_size=32)
-    return JobConfig(**{**base, **kw})
-
-
 def _records(out) -> dict:
     return json.loads((out / LEDGER_DIR / "containers.json").read_text())["containers"]
 
@@ -132,7 +126,7 @@ def test_incremental_runs_skip_unchanged_containers_unread_and_redo_what_changed
     (root / "b.tar").write_bytes(_shard(range(3)))
     pq.write_table(pa.table({"image": [image_bytes(8, 8, i) for i in range(2)]}), root / "t.parquet")
     (root / "x.png").write_bytes(image_bytes(8, 8, 9))
-    first = run_job(_config(tmp_path, model))
+    first = run_job(small_job_config(tmp_path, model))
     assert first["this_run"]["purified"] == 9 and first["this_run"]["containers_recorded"] == 3
     assert sorted(entry["path"].rsplit("/", 1)[-1] for entry in _records(out)) == ["a.tar", "b.tar", "t.parquet"]
 
@@ -149,7 +143,7 @@ def test_incremental_runs_skip_unchanged_containers_unread_and_redo_what_changed
     kept = pq.read_table(part)
     pq.write_table(kept.filter(pa.compute.not_equal(kept.column("id"), "t.parquet#1")), part)
     (root / "c.tar").write_bytes(_shard(range(2)))  # new
-    cfg = _config(tmp_path, model, incremental=True)
+    cfg = small_job_config(tmp_path, model, incremental=True)
     plan = plan_job(cfg, dry_run=True).describe()["input"]
     assert plan["containers_already_done"] == 1  # a.tar; b.tar changed, t.parquet lost a row, c.tar is new
     assert (plan["tar_shards"], plan["parquet_files"]) == (2, 1)
@@ -165,5 +159,5 @@ def test_incremental_runs_skip_unchanged_containers_unread_and_redo_what_changed
     assert len(_records(out)) == 4
 
     # --overwrite starts over: the record of containers read goes with the rest of the output.
-    run_job(_config(tmp_path, model, overwrite=True, input=str(root / "c.tar")))
+    run_job(small_job_config(tmp_path, model, overwrite=True, input=str(root / "c.tar")))
     assert [entry["path"].rsplit("/", 1)[-1] for entry in _records(out)] == ["c.tar"]

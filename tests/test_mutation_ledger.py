@@ -18,7 +18,6 @@ import pipeline.sources as sources_module
 from pipeline.job import (
     JOB_FILE,
     SUMMARY_FILE,
-    JobConfig,
     _record_containers_read,
     _write_json,
     clear_output,
@@ -28,7 +27,7 @@ from pipeline.job import (
 from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger, unchanged_and_done, write_ledger
 from pipeline.sources import ReadUnit, _read_parquet, discover, ids_digest, listing_stamp, read_unit
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
-from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 
 
 def _shard(n: int) -> bytes:
@@ -38,12 +37,6 @@ def _shard(n: int) -> bytes:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
     return tiny_model_file(tmp_path_factory.mktemp("model"))
-
-
-def _config(tmp_path, model, **kw) -> JobConfig:
-    base = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, pool=4,
-                progress=False, write_batch=8, canvas_size=32)
-    return JobConfig(**{**base, **kw})
 
 
 def _done_row(id_: str) -> dict:
@@ -56,7 +49,7 @@ def _hand_made_output(tmp_path, model, done: list[str], status: str) -> str:
     """An output as a run of this job leaves it (its record, `done` in one data/ part file, a summary with
     `status`), without running one: plan_job only reads these."""
     out = str(tmp_path / "out")
-    _write_json(f"{out}/{JOB_FILE}", plan_job(_config(tmp_path, model), dry_run=True).job_record, {})
+    _write_json(f"{out}/{JOB_FILE}", plan_job(small_job_config(tmp_path, model), dry_run=True).job_record, {})
     write_parquet_atomic(_data_table([_done_row(i) for i in done]), f"{out}/data/{part_name(done)}", {})
     _write_json(f"{out}/{SUMMARY_FILE}", {"status": status}, {})
     return out
@@ -93,7 +86,7 @@ def test_the_plan_skips_a_recorded_unchanged_container_unread_on_incremental_and
     root, units, done, ledger = recorded
     out = _hand_made_output(tmp_path, model, done, status)
     write_ledger(out, {}, ledger)
-    plan = plan_job(_config(tmp_path, model, **flags), dry_run=True)
+    plan = plan_job(small_job_config(tmp_path, model, **flags), dry_run=True)
     assert plan.output_state == state
     assert [u.paths[0] for u in plan.units] == [units["b.tar"].paths[0]]  # a.tar is not read at all
     assert plan.container_done == {units["b.tar"].paths[0]: ["b.tar/0"]}  # b.tar's task skips only its own done key
@@ -109,7 +102,7 @@ def test_the_plan_reads_a_recorded_container_again_when_an_id_of_it_left_the_out
     root, units, done, ledger = recorded
     out = _hand_made_output(tmp_path, model, [i for i in done if i != "a.tar/1"] + ["a.tar/9"], "complete")
     write_ledger(out, {}, ledger)
-    plan = plan_job(_config(tmp_path, model, incremental=True), dry_run=True)
+    plan = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)
     assert sorted(u.paths[0].rsplit("/", 1)[-1] for u in plan.units) == ["a.tar", "b.tar"]
     assert sorted(plan.container_done[units["a.tar"].paths[0]]) == ["a.tar/0", "a.tar/2", "a.tar/9"]
     assert plan.describe()["input"]["containers_already_done"] == 0
@@ -125,7 +118,7 @@ def test_the_record_written_at_the_end_keeps_earlier_entries_and_only_versioned_
     units = _units(root)
     out = _hand_made_output(tmp_path, model, done, "complete")
     write_ledger(out, {}, ledger)
-    plan = plan_job(_config(tmp_path, model, incremental=True), dry_run=True)
+    plan = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)
     b, c = (units[name].paths[0] for name in ("b.tar", "c.tar"))
     c_unit = next(u for u in plan.units if u.paths[0] == c)
     plan = replace(plan, units=[u if u is not c_unit else replace(u, stamps=(None,)) for u in plan.units])
@@ -247,10 +240,10 @@ def test_only_a_complete_run_records_and_the_summary_counts_containers_skipped(t
     with monkeypatch.context() as patched:
         patched.setattr(job_module, "run_status", lambda *args: "inconsistent")
         with pytest.raises(job_module.JobFailed):
-            run_job(_config(tmp_path, model))
+            run_job(small_job_config(tmp_path, model))
     assert not (tmp_path / "out" / LEDGER_DIR).exists()
-    assert run_job(_config(tmp_path, model))["this_run"]["containers_recorded"] == 1  # resumed, all done: recorded
-    second = run_job(_config(tmp_path, model, incremental=True))["this_run"]
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["containers_recorded"] == 1  # resumed, all done: recorded
+    second = run_job(small_job_config(tmp_path, model, incremental=True))["this_run"]
     assert (second["read"], second["containers_skipped_unread"], second["skipped_already_done"]) == (0, 1, 4)
 
 
@@ -259,9 +252,9 @@ def test_an_incremental_run_over_a_shard_that_breaks_off_is_complete(tmp_path, m
     root = tmp_path / "in"
     root.mkdir()
     (root / "s.tar").write_bytes(_shard(3)[:1700])  # inside the second member's bytes: s.tar/1 and s.tar#unreadable
-    first = run_job(_config(tmp_path, model))
+    first = run_job(small_job_config(tmp_path, model))
     assert first["status"] == "complete" and first["this_run"]["rejected"] == 2
-    second = run_job(_config(tmp_path, model, incremental=True))
+    second = run_job(small_job_config(tmp_path, model, incremental=True))
     assert second["status"] == "complete" and second["this_run"]["rejected"] == 0
     _, rejects = read_output(str(tmp_path / "out"))
     assert sorted(rejects["id"]) == ["s.tar#unreadable", "s.tar/1"]
@@ -273,8 +266,8 @@ def test_an_incremental_run_over_an_unreadable_parquet_file_is_complete(tmp_path
     root = tmp_path / "in"
     root.mkdir()
     (root / "t.parquet").write_bytes(b"not parquet")
-    assert run_job(_config(tmp_path, model))["this_run"]["rejected"] == 1
-    second = run_job(_config(tmp_path, model, incremental=True))
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
+    second = run_job(small_job_config(tmp_path, model, incremental=True))
     assert second["status"] == "complete" and (second["this_run"]["read"], second["this_run"]["skipped_already_done"]) == (
         0, 1)
     _, rejects = read_output(str(tmp_path / "out"))

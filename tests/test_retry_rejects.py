@@ -10,19 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import JobError
-from pipeline.job import JobConfig, deduplicate_output, done_ids, plan_job, run_job
-from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+from pipeline.job import deduplicate_output, done_ids, plan_job, run_job
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return tiny_model_file(tmp_path_factory.mktemp("model"))
-
-
-def _config(tmp_path, model, **kw) -> JobConfig:
-    base = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, pool=4,
-                progress=False, write_batch=8, canvas_size=32)
-    return JobConfig(**{**base, **kw})
 
 
 def _part(folder, name: str, ids: list[str], error: str = "") -> None:
@@ -90,9 +84,9 @@ def test_the_unreadable_reject_of_a_container_read_whole_is_removed(tmp_path) ->
 
 def test_retry_rejects_and_overwrite_are_refused_together(tmp_path, model) -> None:
     with pytest.raises(JobError, match="--retry-rejects and --overwrite contradict"):
-        _config(tmp_path, model, retry_rejects=True, overwrite=True).check()
+        small_job_config(tmp_path, model, retry_rejects=True, overwrite=True).check()
     with pytest.raises(JobError, match="--retry-rejects must be true or false"):
-        _config(tmp_path, model, retry_rejects="yes").check()
+        small_job_config(tmp_path, model, retry_rejects="yes").check()
 
 
 # --- whole runs ---
@@ -115,7 +109,7 @@ def test_retry_rejects_reads_rejects_again_and_leaves_one_row_per_input(tmp_path
     root, out = tmp_path / "in", tmp_path / "out"
     _layout(root, shard_member_2=b"not an image", loose=b"junk", truncate_t=True)
     (root / "deleted.png").write_bytes(b"also junk")
-    first = run_job(_config(tmp_path, model))
+    first = run_job(small_job_config(tmp_path, model))
     assert first["status"] == "complete"
     _, rejects = read_output(str(out))
     before = dict(zip(rejects["id"], rejects["error"], strict=True))
@@ -123,13 +117,13 @@ def test_retry_rejects_reads_rejects_again_and_leaves_one_row_per_input(tmp_path
 
     # A complete output without --incremental or --retry-rejects: the refusal names both.
     with pytest.raises(JobError, match="--retry-rejects"):
-        plan_job(_config(tmp_path, model))
+        plan_job(small_job_config(tmp_path, model))
     # The damaged shard member and the truncated shard are replaced; loose.png is damaged in another way; s.tar is
     # otherwise the same shard, read whole before, and must be read again for its reject; deleted.png is gone.
     good = image_bytes(8, 8, 2)
     _layout(root, shard_member_2=image_bytes(8, 8, 12), loose=good[: len(good) // 2], truncate_t=False)
     (root / "deleted.png").unlink()
-    plan = plan_job(_config(tmp_path, model, retry_rejects=True), dry_run=True).describe()
+    plan = plan_job(small_job_config(tmp_path, model, retry_rejects=True), dry_run=True).describe()
     assert plan["output"]["rejects_to_retry"] == len(before)
     assert plan["input"]["containers_already_done"] == 0
 
@@ -163,10 +157,10 @@ def test_a_container_read_whole_at_last_loses_its_unreadable_reject_without_retr
     whole = tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(3)})
     (root / "t.tar").write_bytes(whole[:1700])
     (root / "x.png").write_bytes(image_bytes(8, 8, 9))
-    run_job(_config(tmp_path, model))
+    run_job(small_job_config(tmp_path, model))
     assert "t.tar#unreadable" in set(read_output(str(out))[1]["id"])
     (root / "t.tar").write_bytes(whole)  # the full shard arrives
-    summary = run_job(_config(tmp_path, model, incremental=True))
+    summary = run_job(small_job_config(tmp_path, model, incremental=True))
     assert summary["status"] == "complete" and summary["this_run"]["unreadable_resolved"] == 1
     data, rejects = read_output(str(out))
     assert set(data["id"]) == {"t.tar/0", "t.tar/2", "x.png"}

@@ -220,26 +220,9 @@ def test_incremental_runs_on_s3_skip_unchanged_shards_unread_and_reread_a_replac
                                                                                       monkeypatch) -> None:
     """The record of containers read whole (pipeline.ledger) on S3, where a shard's version is its ETag: untouched
     shards are not downloaded again, and one re-uploaded with other content, same size, is."""
-    import boto3
-    from moto.s3.responses import S3Response
-
     fs, options = s3
-    client = boto3.client("s3", aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
-                          **options["client_kwargs"])
-    # The server runs in this process: count the GetObject requests the job's workers send it, by key.
-    fetched: list[str] = []
-    get_object = S3Response.get_object
-
-    def counted(self):
-        fetched.append(f"{self.bucket_name}/{self.parse_key_name()}")
-        return get_object(self)
-
-    monkeypatch.setattr(S3Response, "get_object", counted)
-
-    def shards_fetched() -> set[str]:
-        got = {key.rsplit("/", 1)[-1] for key in fetched if key.startswith("zip-in/ledger/")}
-        fetched.clear()
-        return got
+    client = _client(options)
+    shards_fetched = _count_object_reads(monkeypatch, "zip-in/ledger/")
 
     def shard(name: str, keys: range, seed: int = 0) -> None:  # written by another writer, as in the scheduled use
         body = tar_bytes({f"{k}.png": image_bytes(8, 8, seed + k) for k in keys})
