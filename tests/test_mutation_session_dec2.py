@@ -19,10 +19,10 @@ import pytest
 import pipeline.lease as output_lease
 import pipeline.sources as sources
 from pipeline.errors import JobError
-from pipeline.job import JOB_FILE, SUMMARY_FILE, JobConfig, deduplicate_output, plan_job, run_status
+from pipeline.job import JOB_FILE, SUMMARY_FILE, deduplicate_output, plan_job, run_status
 from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.sources import discover, read_unit
-from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 
 
 def _part(folder: Path, name: str, ids: list[str], error: str = "") -> None:
@@ -85,12 +85,6 @@ def model(tmp_path_factory) -> str:
     return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
-def _config(tmp_path: Path, model: str, **kw: Any) -> JobConfig:
-    base = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, pool=4,
-                progress=False, write_batch=8, canvas_size=32)
-    return JobConfig(**{**base, **kw})
-
-
 def _finished_output(tmp_path: Path, model: str) -> None:
     """in/: a.png (purified), b.png (rejected), s.tar with keys 0 (purified) and 1 (rejected); out/: that run, done."""
     root, out = tmp_path / "in", tmp_path / "out"
@@ -98,7 +92,7 @@ def _finished_output(tmp_path: Path, model: str) -> None:
     for name in ("a.png", "b.png"):
         (root / name).write_bytes(image_bytes(8, 8, 1))
     (root / "s.tar").write_bytes(tar_bytes({"0.png": image_bytes(8, 8, 2), "1.png": image_bytes(8, 8, 3)}))
-    record = plan_job(_config(tmp_path, model), dry_run=True).job_record  # the settings a run would record
+    record = plan_job(small_job_config(tmp_path, model), dry_run=True).job_record  # the settings a run would record
     _part(out / "data", "a", ["a.png", "s.tar/0"])
     _part(out / "rejects", "a", ["b.png", "s.tar/1"], error="cannot identify image")
     (out / JOB_FILE).write_text(json.dumps(record))
@@ -107,7 +101,7 @@ def _finished_output(tmp_path: Path, model: str) -> None:
 
 def test_retry_rejects_plans_to_read_the_rejects_of_a_complete_output_again(tmp_path, model) -> None:
     _finished_output(tmp_path, model)
-    plan = plan_job(_config(tmp_path, model, retry_rejects=True), dry_run=True)
+    plan = plan_job(small_job_config(tmp_path, model, retry_rejects=True), dry_run=True)
     assert plan.output_state == "incremental"
     assert plan.retry == {"b.png", "s.tar/1"} and plan.done == {"a.png", "s.tar/0"}
     assert (plan.done_purified, plan.done_rejected) == (2, 1 + 1)
@@ -119,12 +113,12 @@ def test_retry_rejects_plans_to_read_the_rejects_of_a_complete_output_again(tmp_
 
 def test_incremental_without_retry_rejects_leaves_rejects_done(tmp_path, model) -> None:
     _finished_output(tmp_path, model)
-    plan = plan_job(_config(tmp_path, model, incremental=True), dry_run=True)
+    plan = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)
     assert plan.retry == frozenset() and plan.describe()["output"]["rejects_to_retry"] == 0
     assert plan.done == {"a.png", "b.png", "s.tar/0", "s.tar/1"}
     assert not [u for u in plan.units if u.kind == "files"]  # both image files done
     with pytest.raises(JobError, match="--retry-rejects"):
-        plan_job(_config(tmp_path, model), dry_run=True)  # a complete output, neither option: refused
+        plan_job(small_job_config(tmp_path, model), dry_run=True)  # a complete output, neither option: refused
 
 
 # --- the watch of another machine's stale-looking lease (fake clock) ---
