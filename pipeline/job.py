@@ -470,7 +470,7 @@ class OutputRows:
     # rejected again (the new reject, with today's reason, is kept)
     retried_purified: int = 0
     retried_rejected: int = 0
-    unreadable_resolved: int = 0  # '#unreadable' rejects of containers this run read to their end, removed
+    stale_rejects_removed: int = 0  # reject rows made untrue by this run's reading (`resolved`), removed
 
 
 def deduplicate_output(output: str, storage_options: dict[str, Any], written: Iterable[str] = (),
@@ -484,8 +484,8 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     run read again is in a file this run wrote (`written`, names as write_stage gives them: 'rejects/part-...') as
     well as in an older one: the older row goes, and is not counted as a duplicate. An id of `retried` (the rejects
     the run set out to read again) in a file this run wrote is counted as retried: purified now, or rejected again.
-    `resolved`: the '#unreadable' rejects of containers this run read to their end, which no longer say anything
-    true.
+    `resolved`: rejects that this run's reading made untrue: the '#unreadable' of a container it read to its end, and
+    the one reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, cat.1.jpg, ...).
     """
     fs, _ = _fs(output, storage_options)
     seen: set[str] = set()
@@ -945,12 +945,15 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         ledger = read_ledger(out, so) if containers and state in ("resume", "incremental") else {}
     except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
-    unread = {u.paths[0] for u in containers
-              if unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
-                                    container_done.get(u.paths[0], []))}
     # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still
     # broken gives it again, and written twice it would make the run inconsistent.
     broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
+    # One with such a reject is read again even where the record says it was read whole (an older version recorded
+    # it and kept the reject): once it reads whole, the reject goes (`resolved` in _run).
+    unread = {u.paths[0] for u in containers
+              if broken[u.paths[0]] not in rejected_ids and broken[u.paths[0]] not in purified_ids
+              and unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
+                                     container_done.get(u.paths[0], []))}
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
                    prior_rejected, [u for u in kept_units if u.kind == "files" or u.paths[0] not in unread],
                    skipped_files, config.in_memory_mb * 2**20, excluded,
@@ -1248,9 +1251,12 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # a container read to its end this run: an '#unreadable' reject an earlier run left for it is out of date
         roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
         resolved = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole if r["path"] in roots}
+        # and so is the reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, ...)
+        superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}
+        resolved |= superseded
         rows = deduplicate_output(out, so, written=files, retried=plan.retry, resolved=resolved)
         duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
-        replaced = rows.retried_purified + rows.retried_rejected + rows.unreadable_resolved
+        replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed
         retyped = unify_output_types(out, so, rows.data_schemas)
     summary = {
         "status": run_status(read, purified, rejected,
@@ -1265,9 +1271,11 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                      # kept); those whose input is gone keep their old row
                      "rejects_retried": {"earlier_rejects": len(plan.retry), "purified_now": rows.retried_purified,
                                          "rejected_again": rows.retried_rejected,
-                                         "containers_now_read_whole": len(plan.retry & resolved)},
-                     # '#unreadable' rejects of tar/Parquet/zip files that this run read to their end: removed
-                     "unreadable_resolved": rows.unreadable_resolved,
+                                         "containers_now_read_whole": len(plan.retry & (resolved - superseded)),
+                                         "superseded": len(plan.retry & superseded)},
+                     # reject rows this run's reading made untrue, removed: '#unreadable' of tar/Parquet/zip files
+                     # read to their end, and an older version's one reject for a tar shard's numbered names
+                     "stale_rejects_removed": rows.stale_rejects_removed,
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
                      "wall_s": round(wall, 2),

@@ -26,7 +26,7 @@ import re
 import tarfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -267,7 +267,7 @@ def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], ro
     containers_by_id = {relative_id(unit.paths[0], root): unit for unit in containers}
 
     def clash(id_: str) -> str | None:
-        head, sep, rest = id_.partition("#")
+        head, sep, rest = id_.rpartition("#")  # the last '#': a folder's name may hold one (as container_ids)
         if sep and head in containers_by_id and (rest == "unreadable" or rest.isdigit()):
             return containers_by_id[head].paths[0]
         # A shard whose id is one of this id's folders: looked up folder by folder, not shard by shard (files x
@@ -380,24 +380,21 @@ def _image_like(ext: str) -> bool:
     return "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
 
 
-def _dotted_names_key(names: Iterable[str]) -> bool:
-    """Whether the members `names` of one WebDataset key are images named like Kaggle's 'cat.0.jpg', 'cat.1.jpg':
-    several image extensions ('0.jpg', '1.jpg') and none plain ('jpg'). Such a key holds many images, not one sample
-    (a plain image with a compound one, '0001.jpg' and '0001.seg.png', is an image and its mask)."""
-    images = {ext for ext in (_split_key(name)[1] for name in names) if _image_like(ext)}
-    return len(images) > 1 and all("." in ext for ext in images)
+def _numbered(ext: str) -> tuple[str, str] | None:
+    """('0', 'jpg') for a compound extension that starts with a number ('0.jpg', '12.seg.png'), else None."""
+    number, dot, rest = ext.partition(".")
+    return (number, rest) if dot and rest and number.isascii() and number.isdigit() else None
 
 
-def _tar_key(name: str, split: Set[str]) -> tuple[str, str]:
-    """A shard member's (key, ext): WebDataset's (`_split_key`), except in a key of `split` (see `_dotted_names_key`),
-    where a name with a further dot is split at the last dot of its file name: 'cat.0.jpg' and 'cat.0.cls' are key
-    'cat.0'; 'cat.cls' stays key 'cat'."""
+def _tar_key(name: str) -> tuple[str, str]:
+    """A shard member's (key, ext): WebDataset's (`_split_key`), except for a numbered name such as Kaggle's
+    'cat.0.jpg', whose key takes the number ('cat.0', ext 'jpg'; 'cat.0.cls' and the mask 'cat.0.seg.png' are that
+    key's sidecars). A plain tar of 'cat.0.jpg', 'cat.1.jpg', ... is many images, not one WebDataset sample with many;
+    the rule looks at the name alone, so a key does not change with the shard's other members (one image of a name
+    in one shard, several in the next, or one appended later)."""
     key, ext = _split_key(name)
-    if key in split and "." in ext:
-        folder, base = posixpath.split(name)
-        stem, _, ext = base.rpartition(".")
-        return posixpath.join(folder, stem), ext.lower()
-    return key, ext
+    numbered = _numbered(ext)
+    return (f"{key}.{numbered[0]}", numbered[1]) if numbered else (key, ext)
 
 
 def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
@@ -560,8 +557,8 @@ def _index_tar(
     open_stream: Callable[[], BinaryIO],
 ) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None]:
     """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
-    WebDataset keys whose members are keyed at the last dot instead (`_tar_key`), the links by position with what
-    each resolves to, and the error that cut the pass short (None if it did not)."""
+    WebDataset keys that had numbered names keyed apart (`_tar_key`: 'cat' for 'cat.0.jpg'), the links by position
+    with what each resolves to, and the error that cut the pass short (None if it did not)."""
     names: Counter[str] = Counter()  # in order of appearance
     latest: dict[str, int] = {}  # shard path -> position of its latest regular member or link
     pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
@@ -586,13 +583,13 @@ def _index_tar(
     for position, (member, _) in pointers.items():
         if member.issym() and (path := _link_path(member)) is not None:
             pointers[position] = member, latest.get(path)
-    by_webdataset_key: dict[str, list[str]] = {}
-    for name in names:
-        by_webdataset_key.setdefault(_split_key(name)[0], []).append(name)
-    split = {key for key, its_names in by_webdataset_key.items() if _dotted_names_key(its_names)}
+    split: set[str] = set()
     members_of: dict[str, Counter[str]] = {}
     for name, n in names.items():
-        members_of.setdefault(_tar_key(name, split)[0], Counter())[name] = n
+        key, webdataset_key = _tar_key(name)[0], _split_key(name)[0]
+        if key != webdataset_key:
+            split.add(webdataset_key)
+        members_of.setdefault(key, Counter())[name] = n
     return members_of, split, {position: _resolve_link(position, pointers) for position in pointers}, error
 
 
@@ -628,9 +625,14 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     members_of, split, links, index_error = _index_tar(open_stream)
 
     def key_of(name: str) -> tuple[str, str]:  # every place a member's key is needed, in both passes
-        return _tar_key(name, split)
+        return _tar_key(name)
 
     failure = unreadable(len(members_of), index_error) if index_error else None
+    # 'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
+    # keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes
+    superseded = sorted(f"{shard}/{key}" for key in split if key not in members_of)
+    if superseded:
+        yield {"kind": "superseded", "ids": superseded}
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
     done: set[str] = {key for key in members_of if f"{shard}/{key}" in skip_ids}
     yield from ({"kind": "skipped", "id": f"{shard}/{key}"} for key in members_of if key in done)
@@ -735,8 +737,8 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                     error: str | None, split: bool = False) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
-    key has such an image, and the image when it is the key's only image member. `split`: the key's images were
-    keyed one by one at the last dot (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image."""
+    key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
+    were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
     image_like = [e for e in parts if _image_like(e)]
@@ -745,10 +747,14 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     if len(image_exts) != 1:
         names = sorted(parts)
         found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
-        orphan = (f": it belongs to no image, as each {key}.<name>.<image ext> is a key of its own, with sidecars named "
-                  f"{key}.<name>.<ext>") if split else ""
+        orphan = (f": it belongs to no image, as each {key}.<number>.<image ext> is a key of its own, with sidecars "
+                  f"named {key}.<number>.<ext>") if split else ""
+        # a plain tar of 'cat.a.jpg', 'cat.b.jpg' is one WebDataset key, 'cat', with many images: say how to fix it
+        many = (f"; a key is a member's path up to the first dot of its name, so {key}.{image_exts[0]} and "
+                f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg, or a numbered "
+                f"{key}.1.jpg), or give the images as files, not a tar") if len(image_exts) > 1 and not plain else ""
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
-                             f"{orphan}", "read")
+                             f"{orphan}{many}", "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
     for e, (_, v) in parts.items():
@@ -924,9 +930,13 @@ def read_unit(
     container = unit.kind != "files"
     broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable" if container else None
     ids: list[str] = []  # a container's record ids, to digest
+    superseded: list[str] = []
     whole = True
     n = skipped = 0
     for record in records:
+        if record["kind"] == "superseded":
+            superseded.extend(record["ids"])
+            continue
         if record["id"] == broken:
             whole = False
         elif container:
@@ -939,6 +949,8 @@ def read_unit(
     count: dict[str, Any] = {"kind": "count", "n": n, "skipped": skipped}
     if container and whole:
         count["container"] = {"path": unit.paths[0], "records": len(ids), "ids_sha256": ids_digest(ids)}
+        if superseded:  # ids an older version gave this container's records, if the output holds them
+            count["container"]["superseded"] = superseded
     yield count
 
 

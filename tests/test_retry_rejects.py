@@ -76,7 +76,7 @@ def test_the_unreadable_reject_of_a_container_read_whole_is_removed(tmp_path) ->
     out = tmp_path / "out"
     _part(out / "rejects", "a", ["s.tar#unreadable", "s.tar/3", "u.tar#unreadable"])
     rows = deduplicate_output(str(out), {}, resolved={"s.tar#unreadable"})
-    assert (rows.unreadable_resolved, rows.rejected, rows.duplicates_removed) == (1, 2, 0)
+    assert (rows.stale_rejects_removed, rows.rejected, rows.duplicates_removed) == (1, 2, 0)
     assert sorted(read_output(str(out))[1]["id"]) == ["s.tar/3", "u.tar#unreadable"]
 
 
@@ -161,7 +161,7 @@ def test_a_container_read_whole_at_last_loses_its_unreadable_reject_without_retr
     assert "t.tar#unreadable" in set(read_output(str(out))[1]["id"])
     (root / "t.tar").write_bytes(whole)  # the full shard arrives
     summary = run_job(small_job_config(tmp_path, model, incremental=True))
-    assert summary["status"] == "complete" and summary["this_run"]["unreadable_resolved"] == 1
+    assert summary["status"] == "complete" and summary["this_run"]["stale_rejects_removed"] == 1
     data, rejects = read_output(str(out))
     assert set(data["id"]) == {"t.tar/0", "t.tar/2", "x.png"}
     # the key the shard broke off in is a reject like any other: done, until --retry-rejects reads it again

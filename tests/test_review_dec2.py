@@ -1,6 +1,6 @@
 """Review of the changes since 75b7a7f (--retry-rejects, the end-of-run check, tar shards of Kaggle-style dotted names,
-the ledger's container_ids, the lease watch, stages._png_name): one test per bug found, marked xfail(strict) until it
-is fixed, and passing tests for the edge cases checked that work."""
+the ledger's container_ids, the lease watch, stages._png_name): one test per bug found (each failed before its fix),
+and tests for the edge cases checked that worked."""
 
 from __future__ import annotations
 
@@ -41,8 +41,6 @@ def _jpeg(seed: int) -> bytes:
 
 # --- tar shards of dotted names ---
 
-@pytest.mark.xfail(strict=True, reason="a key is split only when it holds >1 images, so a lone 'dog.0.jpg' is id "
-                                       "'s.tar/dog' and becomes 's.tar/dog.0' once a second dog is appended: purified twice")
 def test_a_shard_gaining_a_second_image_of_a_name_does_not_give_its_first_again(tmp_path) -> None:
     # `tar rf s.tar dog.1.jpg` (or a shard re-cut with one more image) changes the id of the image already done
     first = {**{f"cat.{i}.jpg": _jpeg(i) for i in range(3)}, "dog.0.jpg": _jpeg(50)}
@@ -51,8 +49,6 @@ def test_a_shard_gaining_a_second_image_of_a_name_does_not_give_its_first_again(
     assert [r["id"] for r in again if r.get("data") == _jpeg(50)] == []  # dog.0 was done: not read again
 
 
-@pytest.mark.xfail(strict=True, reason="a lone Kaggle-style image is keyed 'dog' (not split), so its 'dog.0.cls' is "
-                                       "column '0_cls', not 'label'")
 def test_the_label_of_a_name_with_one_image_in_its_shard_is_its_label(tmp_path) -> None:
     # a shard boundary of a sorted Kaggle tar can leave one image of a class in a shard
     records = _shard_records(tmp_path, {"cat.0.jpg": _jpeg(0), "cat.0.cls": b"0", "cat.1.jpg": _jpeg(1),
@@ -62,8 +58,6 @@ def test_the_label_of_a_name_with_one_image_in_its_shard_is_its_label(tmp_path) 
     assert by_id["s.tar/dog.0"]["meta"] == {"label": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="a split key is cut at the LAST dot, so a mask 'cat.0.seg.png' is an image "
-                                       "of its own ('s.tar/cat.0.seg'), not cat.0's seg_png sidecar")
 def test_a_mask_of_a_dotted_name_is_its_images_sidecar(tmp_path) -> None:
     records = _shard_records(tmp_path, {"cat.0.jpg": _jpeg(0), "cat.0.seg.png": image_bytes(8, 8, 1),
                                         "cat.1.jpg": _jpeg(2), "cat.1.seg.png": image_bytes(8, 8, 3)})
@@ -71,8 +65,6 @@ def test_a_mask_of_a_dotted_name_is_its_images_sidecar(tmp_path) -> None:
     assert all("seg_png" in r["meta"] for r in records)
 
 
-@pytest.mark.xfail(strict=True, reason="a WebDataset sample with two compound images and no plain one ('0001.seg.png', "
-                                       "'0001.depth.png') is now split into 3 rows: its masks purified as images")
 def test_a_webdataset_sample_without_a_plain_image_stays_one_reject(tmp_path) -> None:
     records = _shard_records(tmp_path, {"0001.seg.png": image_bytes(8, 8, 1), "0001.depth.png": image_bytes(8, 8, 2),
                                         "0001.cls": b"3"})
@@ -87,9 +79,6 @@ def test_a_dotted_key_and_an_old_shape_skip_id_are_different_ids(tmp_path) -> No
 
 # --- ids holding '#' ---
 
-@pytest.mark.xfail(strict=True, reason="_refuse_colliding_ids splits an id at its FIRST '#' (ledger.container_ids at "
-                                       "the last): in a folder 'a#b', a file 't.parquet#0' beside 't.parquet' is not "
-                                       "refused and one of the two rows is lost (pre-existing, not from today)")
 @pytest.mark.parametrize(("container", "loose"), [("parquet", "a#b/t.parquet#0"), ("tar", "a#b/s.tar#unreadable")])
 def test_a_file_named_as_a_container_row_is_refused_in_a_folder_with_a_hash(container, loose) -> None:
     path = "/r/a#b/t.parquet" if container == "parquet" else "/r/a#b/s.tar"
@@ -132,10 +121,6 @@ def _finished_output(tmp_path: Path, model: str, inputs: dict[str, bytes], rejec
     write_ledger(str(out), {}, ledger)
 
 
-@pytest.mark.xfail(strict=True, reason="plan_job skips unread a container in the ledger whose '#unreadable' reject is "
-                                       "still in the output (any output a pre-11e67fc version read whole after a "
-                                       "failure): never read again, so the reject is never resolved, and "
-                                       "--retry-rejects reports it 'not found in the input'")
 @pytest.mark.parametrize("flag", ["incremental", "retry_rejects"])
 def test_a_container_whose_unreadable_reject_is_in_the_output_is_read_again(tmp_path, model, flag) -> None:
     shard = tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(3)})
@@ -198,7 +183,7 @@ def _part(folder: Path, name: str, ids: list[str]) -> None:
 def test_the_end_of_run_check_of_an_empty_or_missing_output(tmp_path) -> None:
     rows = deduplicate_output(str(tmp_path / "out"), {}, retried={"x"}, resolved={"s.tar#unreadable"})
     assert (rows.purified, rows.rejected, rows.duplicates_removed, rows.retried_purified, rows.retried_rejected,
-            rows.unreadable_resolved) == (0, 0, 0, 0, 0, 0)
+            rows.stale_rejects_removed) == (0, 0, 0, 0, 0, 0)
 
 
 def test_an_output_of_only_rejects_all_retried_and_all_purified_now(tmp_path) -> None:
@@ -208,8 +193,8 @@ def test_an_output_of_only_rejects_all_retried_and_all_purified_now(tmp_path) ->
     rows = deduplicate_output(str(out), {}, written=["data/part-z.parquet"], retried={"x", "y", "s.tar#unreadable"},
                               resolved={"s.tar#unreadable"})
     assert (rows.purified, rows.rejected, rows.duplicates_removed) == (2, 0, 0)
-    assert (rows.retried_purified, rows.retried_rejected, rows.unreadable_resolved) == (2, 0, 1)
-    replaced = rows.retried_purified + rows.retried_rejected + rows.unreadable_resolved
+    assert (rows.retried_purified, rows.retried_rejected, rows.stale_rejects_removed) == (2, 0, 1)
+    replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed
     assert run_status(2, 2, 0, 3, rows.purified + rows.rejected, replaced) == "complete"
     assert not (out / "rejects" / "part-a.parquet").exists()  # every row of it went: the file too
 
@@ -271,10 +256,6 @@ def test_the_same_run_refreshing_its_lease_during_the_watch_is_not_taken_over(tm
 
 # --- whole runs ---
 
-@pytest.mark.xfail(strict=True, reason="a reject id the new keying no longer gives ('s.tar/cat' of an older version, for "
-                                       "the whole shard of 'cat.0.jpg', 'cat.1.jpg') stays in rejects/ beside the "
-                                       "images it stood for after --retry-rejects reads the shard whole; the CLI calls it "
-                                       "'not found in the input', and the ledger never matches the output again")
 @pytest.mark.usefixtures("ray_local")
 def test_an_old_versions_reject_of_a_dotted_shard_goes_once_retry_reads_the_shard(tmp_path, model) -> None:
     root, out = tmp_path / "in", tmp_path / "out"

@@ -343,7 +343,7 @@ def test_retry_rejects_on_s3_reads_replaced_objects_again_and_leaves_one_row_per
     assert run["containers_skipped_unread"] == 1
     assert (run["read"], run["purified"], run["rejected"]) == (3, 2, 1)  # s.tar/0 and u.tar/0 skipped, done before
     assert run["rejects_retried"] == {"earlier_rejects": 4, "purified_now": 2, "rejected_again": 1,
-                                      "containers_now_read_whole": 0}  # gone.png: 4 - 2 - 1, its row kept
+                                      "containers_now_read_whole": 0, "superseded": 0}  # gone.png: 4 - 2 - 1, kept
     assert summary["output_totals"] == {"purified": 5, "rejected": 2,
                                         "before_this_run": {"purified": 3, "rejected": 4}}
     assert _summary(fs, "zip-out/retry")["this_run"]["rejects_retried"] == run["rejects_retried"]
@@ -382,10 +382,10 @@ def test_incremental_runs_on_s3_drop_unreadable_of_a_reuploaded_shard_and_skip_a
     client.put_object(Bucket="zip-in", Key="inc2/t.tar", Body=whole)  # the full shard arrives
     summary = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
     run = summary["this_run"]
-    assert summary["status"] == "complete" and run["unreadable_resolved"] == 1
+    assert summary["status"] == "complete" and run["stale_rejects_removed"] == 1
     assert names() == {"t.tar"} and run["containers_skipped_unread"] == 1
     assert (run["read"], run["purified"], run["rejected"]) == (1, 1, 0)  # t.tar/2; t.tar/0 and t.tar/1 are done
-    assert _summary(fs, "zip-out/inc2")["this_run"]["unreadable_resolved"] == 1
+    assert _summary(fs, "zip-out/inc2")["this_run"]["stale_rejects_removed"] == 1
     data, rejects = _read_fresh(cfg.output, options)
     assert sorted(data["id"]) == ["cats.tar/cat.0", "cats.tar/cat.1", "cats.tar/cat.2", "t.tar/0", "t.tar/2"]
     # the key the shard broke off in stays a reject until --retry-rejects reads it again

@@ -46,7 +46,7 @@ def test_a_webdataset_mask_is_a_sidecar_and_binary_sidecars_keep_their_bytes(tmp
         "0002.png": image_bytes(8, 8, 2), "0002.npy": array,  # was: the text '\ufffdNUMPY...', the bytes lost
         "0003.JPG": image_bytes(8, 8, 3, "JPEG"),  # was: source 's.tar:0003.jpg', a member the shard does not have
         "0004.png": image_bytes(8, 8, 4), "0004.PNG": image_bytes(8, 8, 5),  # was: one of the two silently dropped
-        "frame.0001.jpg": image_bytes(8, 8, 6, "JPEG"),  # a key whose only image has a compound extension
+        "frame.left.jpg": image_bytes(8, 8, 6, "JPEG"),  # a key whose only image has a compound extension
     }))
     records = _read(tmp_path)
     assert records["s.tar/0001"]["meta"] == {"seg_png": mask}
@@ -54,7 +54,7 @@ def test_a_webdataset_mask_is_a_sidecar_and_binary_sidecars_keep_their_bytes(tmp
     assert records["s.tar/0002"]["meta"] == {"npy": array}
     assert records["s.tar/0003"]["source"] == f"{tmp_path}/s.tar:0003.JPG"
     assert records["s.tar/0004"]["kind"] == "reject" and "differ only in the case" in records["s.tar/0004"]["error"]
-    assert records["s.tar/frame"]["kind"] == "image" and records["s.tar/frame"]["source"].endswith(":frame.0001.jpg")
+    assert records["s.tar/frame"]["kind"] == "image" and records["s.tar/frame"]["source"].endswith(":frame.left.jpg")
 
 
 def test_bzip2_shards_are_tar_shards(tmp_path) -> None:

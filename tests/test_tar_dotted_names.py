@@ -1,6 +1,6 @@
 """A plain tar of Kaggle-style names (`tar cf train.tar train/` of 'cat.0.jpg' ... 'cat.12499.jpg'): by WebDataset's
-rule every one is key 'cat', so the 12,500 images were one reject and none could be purified. A key of several images
-with compound extensions and no plain one is now keyed at the last dot: one record per image, its sidecars with it."""
+rule every one is key 'cat', so the 12,500 images were one reject and none could be purified. A numbered name is now
+keyed with its number ('cat.0', ext 'jpg'): one record per image, its sidecars ('cat.0.cls', 'cat.0.seg.png') with it."""
 
 from __future__ import annotations
 
@@ -165,3 +165,11 @@ def test_an_incremental_run_skips_a_shard_of_dotted_names_unread(tmp_path, model
     assert second["containers_skipped_unread"] == 1 and (second["read"], second["purified"]) == (0, 0)
     data, rejects = read_output(str(out))
     assert sorted(data["id"]) == [f"s.tar/cat.{i}" for i in range(3)] and len(rejects) == 0
+
+
+def test_dotted_names_that_are_not_numbered_stay_one_sample_and_its_reject_says_how_to_fix_it(tmp_path) -> None:
+    # 'cat.a.jpg', 'cat.b.jpg': by WebDataset's rule one sample with two images, which cannot be purified as one
+    records = _read(tmp_path, {f"cat.{c}.jpg": image_bytes(8, 8, i, "JPEG") for i, c in enumerate("abcdefg")})
+    (reject,) = [r for r in records if r["kind"] == "reject"]
+    assert reject["id"] == "s.tar/cat" and "and 2 more" in reject["error"] and len(reject["error"]) < 400
+    assert "give each image its own key (e.g. cat_1.jpg, or a numbered cat.1.jpg)" in reject["error"]
