@@ -597,10 +597,8 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
               skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
-    Pass 1 reads only the headers: which members each key has, and what each link points to. A WebDataset key of
-    several images with compound extensions and no plain one (a plain tar of Kaggle's 'cat.0.jpg', 'cat.1.jpg') is
-    keyed at the last dot of its members' names instead, each image with its own sidecars ('cat.0.jpg', 'cat.0.cls'):
-    decided once per shard, in pass 1, and used for every member name in both passes. Pass 2 reads the
+    Pass 1 reads only the headers: which members each key has (`_tar_key`: WebDataset's keys, a numbered name such as
+    Kaggle's 'cat.0.jpg' keyed with its number), and what each link points to. Pass 2 reads the
     members and emits a key's record as soon as its last member has gone by, so only keys still waiting for a member
     are held: one at a time in a WebDataset shard, whose keys are contiguous, though a key's members may be anywhere.
     A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
@@ -623,10 +621,6 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         return
 
     members_of, split, links, index_error = _index_tar(open_stream)
-
-    def key_of(name: str) -> tuple[str, str]:  # every place a member's key is needed, in both passes
-        return _tar_key(name)
-
     failure = unreadable(len(members_of), index_error) if index_error else None
     # 'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
     # keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes
@@ -640,7 +634,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
     for link in links.values():
-        key = key_of(link.name)[0]
+        key = _tar_key(link.name)[0]
         if isinstance(link.target, int) and key not in done:
             readers[link.target] += 1
             targets_of.setdefault(key, []).append(link.target)
@@ -659,7 +653,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         return key in members_of and key not in done
 
     def wanted(position: int, member: tarfile.TarInfo) -> bool:
-        return pending(key_of(member.name)[0]) or readers[position] > 0
+        return pending(_tar_key(member.name)[0]) or readers[position] > 0
 
     def record(key: str) -> dict[str, Any]:
         for target in targets_of.pop(key, []):
@@ -671,7 +665,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     def took(name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
         key's record once it was the key's last."""
-        key, ext = key_of(name)
+        key, ext = _tar_key(name)
         went = seen.setdefault(key, Counter())
         went[name] += 1
         if key not in left:
@@ -704,7 +698,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                     held.clear()
                 continue
             position, member, data = item
-            key = key_of(member.name)[0]
+            key = _tar_key(member.name)[0]
             out: list[dict[str, Any] | None] = []
             if position in links and pending(key):
                 link = links[position]
