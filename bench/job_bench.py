@@ -53,7 +53,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import Purifier  # noqa: E402
-from pipeline.job import DEFAULT_PRIOR, JobConfig, init_local_ray, run_job  # noqa: E402
+from pipeline.job import DEFAULT_PRIOR, JobConfig, run_job  # noqa: E402
+from pipeline.placement import init_local_ray  # noqa: E402
 
 
 def make_images(folder: Path, n: int, size: int = 32, layout: str = "files", keep: bool = True) -> list[np.ndarray]:
@@ -198,7 +199,8 @@ def memory_one(args: argparse.Namespace) -> None:
 
 def overhead_one(args: argparse.Namespace) -> None:
     """One size in this (fresh) process: times of the driver's per-input work, and its peak memory."""
-    from pipeline.job import JOB_FILE, SUMMARY_FILE, _write_json, deduplicate_output, done_ids, plan_job
+    from pipeline.job import plan_job
+    from pipeline.output import JOB_FILE, SUMMARY_FILE, _write_json, deduplicate_output, done_ids
     from pipeline.sources import discover
     from pipeline.stages import _data_table, part_name, write_parquet_atomic
 

@@ -17,33 +17,46 @@ The driver then writes OUTPUT/_summary.json (counts, timing, configuration, chec
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
-import os
 import posixpath
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
-import fsspec.implementations.local
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.lease import OutputLease, refuse_live_lease
-from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
+from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
+from pipeline.output import (
+    INDEX_READERS,
+    JOB_FILE,
+    SUMMARY_FILE,
+    _fs,
+    _input_inside_written_folder,
+    _is_written_file,
+    _output_inside_input,
+    _read_json,
+    _write_json,
+    check_output_location,
+    clear_output,
+    deduplicate_output,
+    done_ids,
+    list_parts,
+    output_ids,
+    unify_output_types,
+)
+from pipeline.placement import _default_actors_and_gpus, _init_ray, cpu_actor_threads, placement_problem
 from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.progress import progress_bar
 from pipeline.purifier import (
@@ -63,7 +76,6 @@ from pipeline.sources import (
     is_url_chain,
     relative_id,
     storage_path,
-    with_protocol,
 )
 from pipeline.stages import (
     ALL_CORES,
@@ -73,25 +85,15 @@ from pipeline.stages import (
     decode_stage,
     encode_stage,
     read_stage,
-    text_column,
     tile_stage,
     untile_stage,
-    write_parquet_atomic,
     write_stage,
 )
-from pipeline.storage import (
-    RetriesExhausted,
-    describe,
-    make_parent_dirs,
-    move_into_place,
-    remove_stale_temporaries,
-    with_retries,
-)
+from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, with_retries
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
 DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
-SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
 BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see run_job)
 SECRET_KEYS = ("key", "secret", "token", "password", "session")
 
@@ -341,258 +343,6 @@ def redact(options: Any) -> Any:
     return options
 
 
-def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    return storage_path(uri, storage_options)  # not url_to_fs, which reads 'out::x' as the chain 'out' :: 'x'
-
-
-def _read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
-    fs, path = _fs(uri, storage_options)
-    if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
-        return None
-    return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
-
-
-def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
-    fs, path = _fs(uri, storage_options)
-    tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
-    data = json.dumps(payload, indent=2, default=str).encode()
-
-    def put() -> None:
-        make_parent_dirs(fs, posixpath.dirname(path))
-        fs.pipe_file(tmp, data)
-
-    with_retries(put, f"write {uri}")
-    # Not fs.mv: fsspec's generic move (s3fs) expands glob characters, so under an output like 'run[1]' it failed.
-    # A temporary copy that cannot be deleted stops the job here, before any work, rather than after it.
-    move_into_place(fs, tmp, path, len(data), f"write {uri}", tolerate_leftover=False)
-
-
-def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> list[str]:
-    fs, root = _fs(output.rstrip("/") + "/" + folder, storage_options)
-    # fsspec keeps one filesystem object per set of options and s3fs caches its listings in it: without this, the
-    # end-of-run listing would show the output as planning saw it and miss every file this run wrote.
-    fs.invalidate_cache(root)
-    if not fs.exists(root):
-        return []
-    return sorted(p for p in fs.ls(root, detail=False) if posixpath.basename(p).startswith("part-")
-                  and p.endswith(".parquet"))
-
-
-def _part_index(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], pa.Schema]:
-    """The ids in one part file, and its schema. Read through a seekable file, so only the footer and the id column
-    are fetched, not the images: every run lists the whole output's ids (resume, and the end-of-run check) and must
-    not download it."""
-    def once() -> tuple[list[str], pa.Schema]:
-        with fs.open(path, "rb") as f:
-            part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
-            ids = part.read(columns=["id"], use_threads=_DRIVER_READS["use_threads"]).column("id").to_pylist()
-            return ids, part.schema_arrow
-
-    return with_retries(once, f"read the ids of {path}")
-
-
-def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
-    return _part_index(fs, path)[0]
-
-
-# Part files whose ids are read at once. Each read is a few small requests (open, footer, id column) that wait on
-# storage's latency, not on the driver: one at a time, an output of 400 part files on S3 took 400 x 4 round trips at
-# the start of every run (done_ids) and again at its end (deduplicate_output).
-INDEX_READERS = 16
-
-
-def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> Iterator[tuple[str, list[str], pa.Schema]]:
-    """(path, ids, schema) of each part file, in the order given, read INDEX_READERS at a time; at most that many
-    files' ids are held ahead of the caller."""
-    if len(paths) <= 1:
-        yield from ((path, *_part_index(fs, path)) for path in paths)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(INDEX_READERS, len(paths)), thread_name_prefix="part-index") as pool:
-        pending: list[tuple[str, Any]] = []
-        try:
-            for path in paths:
-                pending.append((path, pool.submit(_part_index, fs, path)))
-                if len(pending) > INDEX_READERS:
-                    path, future = pending.pop(0)
-                    yield (path, *future.result())
-            while pending:
-                path, future = pending.pop(0)
-                yield (path, *future.result())
-        finally:
-            for _, future in pending:  # an error or a caller that stopped early: no reads left running
-                future.cancel()
-
-
-def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")), **_DRIVER_READS)
-
-
-# The driver's Parquet reads are small (ids, one part file at a time): no Arrow thread pools for them. Arrow's pool
-# threads reading from a Python file object can abort the interpreter as it exits ("terminate called without an
-# active exception", apache/arrow#34314): a dry run that had printed its whole plan once exited with SIGABRT.
-_DRIVER_READS = {"use_threads": False, "pre_buffer": False}
-
-
-def output_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], set[str]]:
-    """The ids in the output's data/, and those in its rejects/ and not in data/ (the end-of-run check keeps an id
-    found in both only in data/)."""
-    fs, _ = _fs(output, storage_options)
-    found: list[set[str]] = []
-    for folder in (DATA_DIR, REJECTS_DIR):
-        ids: set[str] = set()
-        for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options)):
-            ids.update(column)
-        found.append(ids)
-    purified, rejected = found
-    return purified, rejected - purified
-
-
-def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
-    """Ids already in the output (purified or rejected), and how many of each there are. Counted once each: a row
-    doubled by a run killed before its end-of-run check is one input, and that check, at the end of the next run,
-    leaves one row of it (counting rows made that run's totals disagree and its status "inconsistent")."""
-    purified, rejected = output_ids(output, storage_options)
-    return purified | rejected, len(purified), len(rejected)
-
-
-@dataclass(frozen=True)
-class OutputRows:
-    """What the end-of-run check found: rows removed as duplicates, the rows each folder then holds, and the schema of
-    every data/ part file (for `unify_output_types`, which then need not open them again)."""
-
-    duplicates_removed: int
-    purified: int
-    rejected: int
-    data_schemas: dict[str, pa.Schema]
-    # earlier rejects that this run read again (--retry-rejects), whose old rows were removed: now purified, or
-    # rejected again (the new reject, with today's reason, is kept)
-    retried_purified: int = 0
-    retried_rejected: int = 0
-    stale_rejects_removed: int = 0  # reject rows made untrue by this run's reading (`resolved`), removed
-
-
-def deduplicate_output(output: str, storage_options: dict[str, Any], written: Iterable[str] = (),
-                       retried: set[str] | frozenset[str] = frozenset(),
-                       resolved: set[str] | frozenset[str] = frozenset()) -> OutputRows:
-    """Make every id appear once across data/ and rejects/ (data wins, then, in rejects/, the files this run wrote,
-    then the first file by name), drop the rejects in `resolved`, and count the rows that remain.
-
-    Duplicates come from a write retried with a different batch after its first attempt had landed; rewriting the
-    later file without them restores the exactly-once invariant. With --retry-rejects, an earlier reject that this
-    run read again is in a file this run wrote (`written`, names as write_stage gives them: 'rejects/part-...') as
-    well as in an older one: the older row goes, and is not counted as a duplicate. An id of `retried` (the rejects
-    the run set out to read again) in a file this run wrote is counted as retried: purified now, or rejected again.
-    `resolved`: rejects that this run's reading made untrue: the '#unreadable' of a container it read to its end, and
-    the one reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, cat.1.jpg, ...).
-    """
-    fs, _ = _fs(output, storage_options)
-    seen: set[str] = set()
-    fresh: set[str] = set()  # ids in files this run wrote
-    purified_ids: set[str] = set()
-    resolved_out: set[str] = set()
-    removed = 0
-    rows = []
-    schemas: dict[str, pa.Schema] = {}
-    mine = {posixpath.basename(name) for name in written}
-    for folder in (DATA_DIR, REJECTS_DIR):
-        before = len(seen)
-        parts = list_parts(output, folder, storage_options)
-        # this run's rejects first: a retried input rejected again keeps today's reason, not the old one
-        parts = sorted(parts, key=lambda p: posixpath.basename(p) not in mine) if folder == REJECTS_DIR else parts
-        for path, ids, schema in _part_indexes(fs, parts):
-            if posixpath.basename(path) in mine:
-                fresh.update(ids)
-            gone = {i for i in ids if i in resolved} if folder == REJECTS_DIR else set()
-            dup = {i for i in ids if i in seen} - gone
-            seen.update(i for i in ids if i not in gone)
-            if folder == DATA_DIR:
-                purified_ids.update(ids)
-            if dup or gone:
-                keep = [i not in dup and i not in gone for i in ids]
-                # an old row of a reject this run read again: replaced, not a duplicate
-                again = {i for i in dup if i in retried and i in fresh} if folder == REJECTS_DIR else set()
-                resolved_out.update(gone)
-                removed += sum(i in dup and i not in again for i in ids)
-                if not any(keep):
-                    try:  # rm_file, not rm: rm expands glob characters in the output's path
-                        with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
-                    except FileNotFoundError:
-                        pass  # already gone (a retried delete that had landed)
-                    continue
-                write_parquet_atomic(_read_part(fs, path).filter(keep), with_protocol(fs, path), storage_options)
-            if folder == DATA_DIR:
-                schemas[path] = schema
-        rows.append(len(seen) - before)
-    # Counted from this run's files, not from the old rows removed: a batch of retried inputs that is rejected again
-    # in the same grouping is written under the same part name (a hash of its ids), over the old file, and leaves no
-    # old row to remove.
-    retried_out = set(retried) & fresh
-    now_purified = len(retried_out & purified_ids)
-    return OutputRows(removed, rows[0], rows[1], schemas, now_purified, len(retried_out) - now_purified,
-                      len(resolved_out))
-
-
-def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
-    """The columns that some part file lacks or holds with another type, each with the one type every file can be
-    given: the non-null type where the others are all-null columns, Arrow's permissive promotion where one exists
-    (int64 and double -> double), else string. Readers of a folder take the first file's columns and types: they
-    drop a column that file lacks and fail to cast another file's values to its types."""
-    seen: dict[str, set[pa.DataType]] = {}
-    for schema in schemas:
-        for f in schema:
-            seen.setdefault(f.name, set()).add(f.type)
-    common = {}
-    for name, types in seen.items():
-        typed = {t for t in types if not pa.types.is_null(t)}
-        everywhere = all(name in schema.names for schema in schemas)
-        if not typed or (len(types) == 1 and everywhere):
-            continue
-        try:
-            common[name] = pa.unify_schemas([pa.schema([(name, t)]) for t in typed],
-                                            promote_options="permissive").field(name).type
-        except (pa.ArrowException, TypeError, ValueError):
-            common[name] = pa.string()
-    return common
-
-
-def unify_output_types(output: str, storage_options: dict[str, Any],
-                       schemas: dict[str, pa.Schema] | None = None) -> dict[str, str]:
-    """Give every data/ part file the same columns with the same types, so the output reads as one data set.
-
-    Each file's writer infers its pass-through columns from its own rows: a `.cls` label can be int64 in one file
-    and string in another (3 here, "cat" there), and a .json sidecar key can be in some files only. Only files
-    that lack a column or hold it with another type are rewritten: a missing column is added as nulls, and a
-    column made string keeps every value (others as their JSON text). `schemas`: part file -> schema, when the caller
-    has read them (`deduplicate_output`); else they are read here. Returns column -> the type given to it."""
-    fs, _ = _fs(output, storage_options)
-    if schemas is None:
-        schemas = {path: schema for path, _, schema in _part_indexes(fs, list_parts(output, DATA_DIR, storage_options))}
-    common = common_column_types(list(schemas.values()))
-    if not common:
-        return {}
-    for path, schema in schemas.items():
-        wrong = [n for n, t in common.items() if n not in schema.names or schema.field(n).type != t]
-        if not wrong:
-            continue
-        table = _read_part(fs, path)
-        for name in wrong:
-            if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(table.num_rows, common[name]))
-                continue
-            column = table.column(name)
-            if pa.types.is_null(column.type):
-                cast = pa.nulls(len(column), common[name])
-            elif pa.types.is_string(common[name]):
-                cast = text_column(column.to_pylist())
-            else:
-                cast = column.cast(common[name])
-            table = table.set_column(table.schema.get_field_index(name), name, cast)
-        write_parquet_atomic(table, with_protocol(fs, path), storage_options)
-    return {name: str(t) for name, t in common.items()}
-
-
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     """The checkpoint to use and a note on where it came from."""
     if config.checkpoint and config.prior:
@@ -619,33 +369,6 @@ def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     path = Path.home() / ".cache" / "zip-purify" / "random_prior.pt"
     save_bundle(path, build_unet(preset_config("cifar10_prior_small")), meta={"random_weights": True})
     return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
-
-
-def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The output's file system and path, refusing an output that is a file or in a bucket that does not exist."""
-    fs, root = _fs(out, storage_options)
-    if fs.exists(root) and not fs.isdir(root):
-        raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
-    if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) and not fs.exists(root):
-        # An object store creates the prefix but not the bucket: a misspelt bucket must stop the dry run too.
-        bucket = root.strip("/").split("/", 1)[0]
-        if bucket and not fs.exists(bucket):
-            raise JobError(f"the bucket of output {out} ({bucket}) does not exist or cannot be seen with these "
-                           "credentials; create it or fix --output")
-    return fs, root
-
-
-def clear_output(out: str, storage_options: dict[str, Any]) -> None:
-    """Delete what --overwrite replaces: data/, rejects/, the summary, the job record and the record of containers
-    read whole (not the lease)."""
-    fs, root = _fs(out, storage_options)
-    if fs.exists(root):
-        for folder in (DATA_DIR, REJECTS_DIR):
-            if fs.exists(posixpath.join(root, folder)):
-                fs.rm(posixpath.join(root, folder), recursive=True)
-        for name in (SUMMARY_FILE, JOB_FILE, LEDGER_DIR):
-            if fs.exists(posixpath.join(root, name)):
-                fs.rm(posixpath.join(root, name), recursive=name == LEDGER_DIR)
 
 
 def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
@@ -696,108 +419,6 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
                        "--retry-rejects to read its rejected inputs again as well, or --overwrite to start over")
     return "incremental" if complete else "resume"
-
-
-def init_local_ray(num_cpus: int | None = None) -> None:
-    """Start a local Ray whose workers import `pipeline` from this checkout."""
-    import ray
-
-    root = str(Path(__file__).resolve().parents[1])
-    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
-    # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-
-
-def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None:
-    """Why nothing could be reached at a 'host:port' or 'ray://host:port' Ray address, or None (reachable, or a form
-    such as 'auto' that Ray resolves itself). ray.init retries an address nobody answers for minutes, silently."""
-    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
-    if not match:
-        return None
-
-    host, port = match.group(1), int(match.group(2))
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except OSError as err:
-        return (f"nothing answers at {host}:{port} ({describe(err)}); is the Ray cluster up, and is this its head's "
-                "address (ray status prints it)?")
-
-
-def _init_ray(config: JobConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        problem = unreachable_ray_address(address)
-        if problem:
-            raise JobError(f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}: {problem}")
-        ray.init(address=address, log_to_driver=True)
-    else:
-        init_local_ray()
-
-
-def _default_actors_and_gpus(config: JobConfig) -> tuple[int, float, str]:
-    import ray
-
-    return actor_placement(config, ray.cluster_resources().get("GPU", 0))
-
-
-def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
-    """What is wrong with running purifier actors on `device` with `gpus_per_actor` GPUs each, or None (None GPUs:
-    not decided yet, the cluster's GPUs decide). Checked with the options, in a dry run too, and again once the
-    cluster's GPUs have set the number."""
-    if device.startswith("cuda") and gpus_per_actor is not None and not gpus_per_actor:
-        return (f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
-                "--gpus-per-actor is 0); leave --device out to run on the CPU")
-    if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= 1:
-        # Ray sets each actor's CUDA_VISIBLE_DEVICES to its own GPU (at most one: --gpus-per-actor <= 1), cuda:0.
-        return (f"--device {device}: a purifier actor sees only the GPU Ray gives it, as cuda:0; leave --device "
-                "out (or use --device cuda)")
-    if device == "cpu" and gpus_per_actor:
-        return (f"--device cpu with --gpus-per-actor {gpus_per_actor:g}: the actors would hold GPUs they never "
-                "use; leave --gpus-per-actor out (or 0) to run on CPUs")
-    return None
-
-
-def cpu_actor_threads(config: JobConfig, actors: int, gpus_per_actor: float) -> int | None:
-    """torch threads for each purifier actor: --torch-threads when given; torch's own default on GPU actors; every
-    core of its node for a lone CPU actor; and the CPUs Ray reserved for it (--cpus-per-actor, at least 1) when
-    several CPU actors may share a node, since each taking all of the node's cores oversubscribes it N-fold."""
-    if config.torch_threads:
-        return config.torch_threads
-    if gpus_per_actor:
-        return None
-    if actors <= 1:
-        return ALL_CORES
-    return max(1, int(config.cpus_per_actor))
-
-
-def actor_placement(config: JobConfig, cluster_gpus: float) -> tuple[int, float, str]:
-    """(actors, GPUs per actor, device) for the purifier pool on a cluster with `cluster_gpus` GPUs now; a JobError
-    for a device the actors could not use, before any actor is started."""
-    if config.gpus_per_actor is not None:
-        gpus_per_actor = config.gpus_per_actor
-    else:  # --device cpu on a cluster with GPUs: the actors must not hold GPUs they never use
-        gpus_per_actor = 1.0 if cluster_gpus and config.device != "cpu" else 0.0
-    if config.actors:
-        actors = config.actors
-    elif gpus_per_actor:
-        actors = max(1, int(cluster_gpus // gpus_per_actor))
-    else:
-        actors = 1
-    device = config.device or ("cuda" if gpus_per_actor else "cpu")
-    problem = placement_problem(device, gpus_per_actor)
-    if problem:
-        raise JobError(problem)
-    if not device.startswith("cuda") and config.precision != "fp32":
-        raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
-                       "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
-    return actors, gpus_per_actor, device
 
 
 @dataclass
@@ -962,60 +583,6 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                                    for path, ids in container_done.items() if path not in unread},
                    ledger=ledger, skipped_containers=len(unread),
                    skipped_container_records=sum(ledger[path].records for path in unread), retry=retry)
-
-
-def _is_under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
-def _same_storage_paths(input_uri: str, output_uri: str,
-                        storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str, str] | None:
-    """(normalise, input path, output path) when both are on the same kind of storage, else None (they cannot
-    nest). normalise resolves local paths (symlinks, ..) and strips a remote one's protocol and trailing slash."""
-    in_fs, in_path = _fs(input_uri, storage_options)
-    out_fs, out_path = _fs(output_uri, storage_options)
-    if type(in_fs) is not type(out_fs):
-        return None
-    local = isinstance(in_fs, fsspec.implementations.local.LocalFileSystem)
-
-    def normal(path: str) -> str:
-        return os.path.realpath(in_fs._strip_protocol(path)) if local else in_fs._strip_protocol(path).rstrip("/")
-
-    return normal, normal(in_path), normal(out_path)
-
-
-def _input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
-    """Why the input cannot be read from where it is, or None: an input inside the output's data/ or rejects/ would
-    read the job's own part files back as input."""
-    same = _same_storage_paths(input_uri, output_uri, storage_options)
-    if same is None:
-        return None
-    _, in_path, out_path = same
-    for folder in (DATA_DIR, REJECTS_DIR):
-        if _is_under(in_path, posixpath.join(out_path, folder)):
-            return (f"--input {input_uri} lies inside the {folder}/ folder the job writes under --output {output_uri}; "
-                    "the job would read its own output back as input")
-    return None
-
-
-def _is_written_file(path: str) -> bool:
-    """A file the job writes in data/ or rejects/: a part file, or a hidden temporary one."""
-    name = posixpath.basename(path)
-    return name.startswith(".") or (name.startswith("part-") and name.endswith(".parquet"))
-
-
-def _output_inside_input(input_uri: str, output_uri: str,
-                         storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
-    """When the output lies inside (or is) the input folder: a test of whether a listed input path is one of the
-    output's own data/ or rejects/ files, which are not input."""
-    same = _same_storage_paths(input_uri, output_uri, storage_options)
-    if same is None:
-        return None
-    normal, in_path, out_path = same
-    if not _is_under(out_path, in_path):
-        return None
-    written = [posixpath.join(out_path, DATA_DIR), posixpath.join(out_path, REJECTS_DIR)]
-    return lambda path: any(_is_under(normal(path), folder) for folder in written)
 
 
 class _RetriedByRayType(type):

@@ -28,7 +28,7 @@ def ray_local():
     """One local Ray for the whole session (starting Ray costs seconds)."""
     import ray
 
-    from pipeline.job import init_local_ray
+    from pipeline.placement import init_local_ray
 
     if not ray.is_initialized():
         init_local_ray(num_cpus=2)

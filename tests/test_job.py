@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JOB_FILE, JobConfig, JobError, plan_job, progress_total, run_job, run_status
+from pipeline.job import JobConfig, JobError, plan_job, progress_total, run_job, run_status
+from pipeline.output import JOB_FILE
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -493,7 +494,7 @@ def test_a_gpu_precision_or_device_on_a_cluster_without_gpus_stops_before_any_ac
 
 
 def test_columns_get_one_type_across_part_files(tmp_path) -> None:
-    from pipeline.job import common_column_types, unify_output_types
+    from pipeline.output import common_column_types, unify_output_types
 
     s = lambda **types: pa.schema(list(types.items()))  # noqa: E731
     assert common_column_types([s(a=pa.int64(), b=pa.string()), s(a=pa.int64(), b=pa.string())]) == {}
@@ -539,7 +540,7 @@ def test_the_ids_of_a_part_file_are_read_without_its_images(tmp_path) -> None:
     """Every run lists the whole output's ids (resume, the end-of-run check): that must not download the images."""
     import io
 
-    from pipeline.job import _part_ids
+    from pipeline.output import _part_ids
 
     rng = np.random.default_rng(0)
     images = [{"bytes": rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes(), "path": f"{i}.png"} for i in range(20)]
@@ -564,7 +565,7 @@ def test_the_ids_of_a_part_file_are_read_without_its_images(tmp_path) -> None:
 
 def test_duplicate_rows_are_removed_once_data_winning(tmp_path) -> None:
     """A retried write that landed twice with other batch contents: every id must end up exactly once."""
-    from pipeline.job import deduplicate_output
+    from pipeline.output import deduplicate_output
 
     out = tmp_path / "out"
     (out / "data").mkdir(parents=True)
@@ -655,7 +656,7 @@ def test_a_cpu_purifier_actor_uses_the_cores_of_its_own_node(tmp_path, monkeypat
 def test_several_cpu_actors_do_not_each_take_every_core_of_their_node(settings, actors, gpus, expected) -> None:
     """Each CPU actor used all of its node's cores, so N actors on one node ran N times as many threads as cores."""
     from pipeline import stages
-    from pipeline.job import cpu_actor_threads
+    from pipeline.placement import cpu_actor_threads
 
     threads = cpu_actor_threads(JobConfig(input="in", output="out", **settings), actors, gpus)
     assert threads == (stages.ALL_CORES if expected == "all" else expected)

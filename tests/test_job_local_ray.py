@@ -20,7 +20,7 @@ def test_local_ray_does_not_join_a_head_found_on_this_machine() -> None:
     (Path(tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tmp
-    code = ("import ray; from pipeline.job import init_local_ray; init_local_ray(num_cpus=1); "
+    code = ("import ray; from pipeline.placement import init_local_ray; init_local_ray(num_cpus=1); "
             "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()")
     try:
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -15,16 +15,9 @@ import pytest
 
 import pipeline.job as job_module
 import pipeline.sources as sources_module
-from pipeline.job import (
-    JOB_FILE,
-    SUMMARY_FILE,
-    _record_containers_read,
-    _write_json,
-    clear_output,
-    plan_job,
-    run_job,
-)
+from pipeline.job import _record_containers_read, plan_job, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger, unchanged_and_done, write_ledger
+from pipeline.output import JOB_FILE, SUMMARY_FILE, _write_json, clear_output
 from pipeline.sources import ReadUnit, _read_parquet, discover, ids_digest, listing_stamp, read_unit
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file

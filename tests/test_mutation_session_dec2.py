@@ -19,8 +19,9 @@ import pytest
 import pipeline.lease as output_lease
 import pipeline.sources as sources
 from pipeline.errors import JobError
-from pipeline.job import JOB_FILE, SUMMARY_FILE, deduplicate_output, plan_job, run_status
+from pipeline.job import plan_job, run_status
 from pipeline.lease import LEASE_FILE, OutputLease
+from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output
 from pipeline.sources import discover, read_unit
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-import pipeline.job as job
-from pipeline.job import deduplicate_output, done_ids, list_parts
+import pipeline.output as output
+from pipeline.output import deduplicate_output, done_ids, list_parts
 from pipeline.stages import DATA_DIR, REJECTS_DIR, _data_table, _rejects_table, write_parquet_atomic
 
 
@@ -54,9 +54,9 @@ def test_many_part_files_first_by_name_keeps_a_duplicated_id(tmp_path) -> None:
     rows = deduplicate_output(str(out), {})
     assert rows.purified + rows.rejected == len(seen)
     assert rows.duplicates_removed == sum(len(set(v)) for v in files.values()) - len(seen)
-    fs = job._fs(str(out), {})[0]
+    fs = output._fs(str(out), {})[0]
     for folder in (DATA_DIR, REJECTS_DIR):
-        left = {p.rsplit("part-", 1)[1][:3]: job._part_ids(fs, p) for p in list_parts(str(out), folder, {})}
+        left = {p.rsplit("part-", 1)[1][:3]: output._part_ids(fs, p) for p in list_parts(str(out), folder, {})}
         assert left == {name: v for (f, name), v in expected.items() if f == folder and v}
     assert deduplicate_output(str(out), {}).duplicates_removed == 0
 
@@ -75,9 +75,9 @@ def test_part_indexes_come_back_in_order_when_reads_finish_out_of_order(monkeypa
             running[0] -= 1
         return [path], None
 
-    monkeypatch.setattr(job, "_part_index", slow_index)
-    assert [(p, ids) for p, ids, _ in job._part_indexes(None, paths)] == [(p, [p]) for p in paths]
-    assert 1 < most[0] <= job.INDEX_READERS
+    monkeypatch.setattr(output, "_part_index", slow_index)
+    assert [(p, ids) for p, ids, _ in output._part_indexes(None, paths)] == [(p, [p]) for p in paths]
+    assert 1 < most[0] <= output.INDEX_READERS
 
 
 def test_an_unreadable_part_file_still_stops_done_ids(tmp_path, monkeypatch) -> None:
@@ -85,6 +85,6 @@ def test_an_unreadable_part_file_still_stops_done_ids(tmp_path, monkeypatch) -> 
     for k in range(6):
         _write(out, DATA_DIR, f"{k:03d}", [f"a{k}"])
     (out / DATA_DIR / "part-003.parquet").write_bytes(b"not parquet")
-    monkeypatch.setattr(job, "with_retries", lambda fn, what: fn())  # no backoff waits for a permanent error
+    monkeypatch.setattr(output, "with_retries", lambda fn, what: fn())  # no backoff waits for a permanent error
     with pytest.raises(Exception, match="Parquet|parquet|magic"):
         done_ids(str(out), {})

@@ -1,0 +1,133 @@
+"""Where the purifier actors run: starting or joining Ray, and how many actors, with how many GPUs, on which device.
+
+All of it is decided before an actor is started (and, as far as the options alone allow, in a dry run too): an
+actor that cannot use its device would otherwise fail only once the cluster has loaded its model, or hold GPUs it
+never uses. The functions take a run's options as `PlacementOptions` (JobConfig has them), not JobConfig itself, so
+that this module does not import pipeline.job, which imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.errors import JobError
+from pipeline.stages import ALL_CORES
+from pipeline.storage import describe
+
+
+class PlacementOptions(Protocol):
+    """The options of a run that decide where its purifier actors go (fields of `pipeline.job.JobConfig`)."""
+
+    ray_address: str | None
+    actors: int
+    gpus_per_actor: float | None
+    cpus_per_actor: float
+    torch_threads: int | None
+    device: str | None
+    precision: str
+
+
+def init_local_ray(num_cpus: int | None = None) -> None:
+    """Start a local Ray whose workers import `pipeline` from this checkout."""
+    import ray
+
+    root = str(Path(__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
+    # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+
+
+def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why nothing could be reached at a 'host:port' or 'ray://host:port' Ray address, or None (reachable, or a form
+    such as 'auto' that Ray resolves itself). ray.init retries an address nobody answers for minutes, silently."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    if not match:
+        return None
+
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return (f"nothing answers at {host}:{port} ({describe(err)}); is the Ray cluster up, and is this its head's "
+                "address (ray status prints it)?")
+
+
+def _init_ray(config: PlacementOptions) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        problem = unreachable_ray_address(address)
+        if problem:
+            raise JobError(f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}: {problem}")
+        ray.init(address=address, log_to_driver=True)
+    else:
+        init_local_ray()
+
+
+def _default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:
+    import ray
+
+    return actor_placement(config, ray.cluster_resources().get("GPU", 0))
+
+
+def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
+    """What is wrong with running purifier actors on `device` with `gpus_per_actor` GPUs each, or None (None GPUs:
+    not decided yet, the cluster's GPUs decide). Checked with the options, in a dry run too, and again once the
+    cluster's GPUs have set the number."""
+    if device.startswith("cuda") and gpus_per_actor is not None and not gpus_per_actor:
+        return (f"--device {device} needs GPU actors, but they get none (the cluster has no GPUs, or "
+                "--gpus-per-actor is 0); leave --device out to run on the CPU")
+    if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= 1:
+        # Ray sets each actor's CUDA_VISIBLE_DEVICES to its own GPU (at most one: --gpus-per-actor <= 1), cuda:0.
+        return (f"--device {device}: a purifier actor sees only the GPU Ray gives it, as cuda:0; leave --device "
+                "out (or use --device cuda)")
+    if device == "cpu" and gpus_per_actor:
+        return (f"--device cpu with --gpus-per-actor {gpus_per_actor:g}: the actors would hold GPUs they never "
+                "use; leave --gpus-per-actor out (or 0) to run on CPUs")
+    return None
+
+
+def cpu_actor_threads(config: PlacementOptions, actors: int, gpus_per_actor: float) -> int | None:
+    """torch threads for each purifier actor: --torch-threads when given; torch's own default on GPU actors; every
+    core of its node for a lone CPU actor; and the CPUs Ray reserved for it (--cpus-per-actor, at least 1) when
+    several CPU actors may share a node, since each taking all of the node's cores oversubscribes it N-fold."""
+    if config.torch_threads:
+        return config.torch_threads
+    if gpus_per_actor:
+        return None
+    if actors <= 1:
+        return ALL_CORES
+    return max(1, int(config.cpus_per_actor))
+
+
+def actor_placement(config: PlacementOptions, cluster_gpus: float) -> tuple[int, float, str]:
+    """(actors, GPUs per actor, device) for the purifier pool on a cluster with `cluster_gpus` GPUs now; a JobError
+    for a device the actors could not use, before any actor is started."""
+    if config.gpus_per_actor is not None:
+        gpus_per_actor = config.gpus_per_actor
+    else:  # --device cpu on a cluster with GPUs: the actors must not hold GPUs they never use
+        gpus_per_actor = 1.0 if cluster_gpus and config.device != "cpu" else 0.0
+    if config.actors:
+        actors = config.actors
+    elif gpus_per_actor:
+        actors = max(1, int(cluster_gpus // gpus_per_actor))
+    else:
+        actors = 1
+    device = config.device or ("cuda" if gpus_per_actor else "cpu")
+    problem = placement_problem(device, gpus_per_actor)
+    if problem:
+        raise JobError(problem)
+    if not device.startswith("cuda") and config.precision != "fp32":
+        raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
+                       "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
+    return actors, gpus_per_actor, device
