@@ -200,7 +200,7 @@ def memory_one(args: argparse.Namespace) -> None:
 def overhead_one(args: argparse.Namespace) -> None:
     """One size in this (fresh) process: times of the driver's per-input work, and its peak memory."""
     from pipeline.job import plan_job
-    from pipeline.output import JOB_FILE, SUMMARY_FILE, _write_json, deduplicate_output, done_ids
+    from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output, done_ids, write_json
     from pipeline.sources import discover
     from pipeline.stages import _data_table, part_name, write_parquet_atomic
 
@@ -222,14 +222,14 @@ def overhead_one(args: argparse.Namespace) -> None:
                     shard.addfile(info, io.BytesIO(png.getvalue()))
         config = JobConfig(input=str(root), output=out, steps=1, incremental=True, progress=False)
         plan = plan_job(JobConfig(input=str(root), output=out, steps=1), dry_run=True)
-        _write_json(f"{out}/{JOB_FILE}", plan.job_record, {})
+        write_json(f"{out}/{JOB_FILE}", plan.job_record, {})
         done = ids[: n - 50]
         for s in range(0, len(done), 256):
             chunk = [{"id": i, "png": png.getvalue(), "width": 8, "height": 8, "meta": {}, "source": i,
                       "source_sha256": "0" * 64, "psnr_vs_input_db": 30.0, "downscale_factor": 1.0,
                       "original_mode": "RGB", "original_format": "PNG", "original_frames": 1} for i in done[s : s + 256]]
             write_parquet_atomic(_data_table(chunk), f"{out}/data/{part_name([r['id'] for r in chunk])}", {})
-        _write_json(f"{out}/{SUMMARY_FILE}", {"status": "complete"}, {})
+        write_json(f"{out}/{SUMMARY_FILE}", {"status": "complete"}, {})
 
         def best(fn: Any) -> float:
             times = []

@@ -42,21 +42,20 @@ from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
     SUMMARY_FILE,
-    _fs,
-    _input_inside_written_folder,
-    _is_written_file,
-    _output_inside_input,
-    _read_json,
-    _write_json,
     check_output_location,
     clear_output,
     deduplicate_output,
     done_ids,
+    input_inside_written_folder,
+    is_written_file,
     list_parts,
     output_ids,
+    output_inside_input,
+    read_json,
     unify_output_types,
+    write_json,
 )
-from pipeline.placement import _default_actors_and_gpus, _init_ray, cpu_actor_threads, placement_problem
+from pipeline.placement import cpu_actor_threads, default_actors_and_gpus, init_ray, placement_problem
 from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.progress import progress_bar
 from pipeline.purifier import (
@@ -385,14 +384,14 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
             # --overwrite deletes these folders whole: an output given as a data set's own folder (or the input
             # itself) would lose the user's images in a data/ or rejects/ folder of theirs
             path = posixpath.join(root, folder)
-            foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not _is_written_file(p))
+            foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not is_written_file(p))
             if foreign:
                 raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
                                f"did not write (e.g. {foreign[0]}); choose another output")
         if not dry_run:
             clear_output(out, so)
         return "overwrite"
-    previous = _read_json(f"{out}/{JOB_FILE}", so)
+    previous = read_json(f"{out}/{JOB_FILE}", so)
     has_parts = bool(list_parts(out, DATA_DIR, so) or list_parts(out, REJECTS_DIR, so))
     if previous is None:
         if has_parts:
@@ -413,7 +412,7 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         else:
             what = f"{key} {before!r} (now {now!r})"
         raise JobError(f"{out} was written with other {key}: {what}; use another output, or --overwrite to start over")
-    summary = _read_json(f"{out}/{SUMMARY_FILE}", so)
+    summary = read_json(f"{out}/{SUMMARY_FILE}", so)
     complete = bool(summary) and summary.get("status") == "complete"
     if complete and not (config.incremental or config.retry_rejects):
         raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
@@ -508,7 +507,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                   "decoding": asdict(config.decode_policy()), "checkpoint": checkpoint_uri, "model": model_note}
 
     # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
-    overlap = _input_inside_written_folder(config.input, out, so)
+    overlap = input_inside_written_folder(config.input, out, so)
     if overlap:
         raise JobError(overlap)
     # What is already done (resume / incremental), and what there is to read.
@@ -535,13 +534,13 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
-    inside = _output_inside_input(config.input, out, so)
+    inside = output_inside_input(config.input, out, so)
     skipped_files, kept_units, excluded = 0, [], 0
     for unit in units:
         if inside is not None:  # the job's own output is not input: reading it back would purify it twice
             pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
             outside = [(p, size) for p, size in pairs if not inside(p)]
-            foreign = [p for p, _ in pairs if inside(p) and not _is_written_file(p)]
+            foreign = [p for p, _ in pairs if inside(p) and not is_written_file(p)]
             if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
                 raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
                                "the job writes to and does not read; write the output to another folder")
@@ -677,8 +676,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
     plan = plan_job(config)
-    _init_ray(config)
-    placement = _default_actors_and_gpus(config)
+    init_ray(config)
+    placement = default_actors_and_gpus(config)
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
         if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
             clear_output(out, config.storage_options)
@@ -697,13 +696,13 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     canvas_size, ckpt = plan.canvas_size, plan.checkpoint
     actors, gpus_per_actor, device = placement
     try:
-        _write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
+        write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
-    _write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
+    write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
     # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
     # ones, since a younger one may be another write still under way.
-    fs_out, out_path = _fs(out, so)
+    fs_out, out_path = storage_path(out, so)
     for folder in (DATA_DIR, REJECTS_DIR):
         remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
 
@@ -723,7 +722,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                 "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
                 "files_written": len(files),
                 "wall_s": round(time.time() - started, 2)}
-        _write_json(f"{out}/{SUMMARY_FILE}", {
+        write_json(f"{out}/{SUMMARY_FILE}", {
             "status": status, **details, "this_run": done,
             # batches in flight when the run stopped may have landed after these counts; a rerun reads the files
             "resume": "run the same command again: inputs already in data/ or rejects/ are skipped",
@@ -865,7 +864,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     }
     if summary["status"] == "complete":
         summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, read_whole)
-    _write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+    write_json(f"{out}/{SUMMARY_FILE}", summary, so)
     if summary["status"] != "complete":
         raise JobFailed(f"read {read} inputs and counted {purified} purified + {rejected} rejected; the output now holds "
                        f"{total_purified} purified + {total_rejected} rejected rows in all; see {out}/{SUMMARY_FILE}")

@@ -35,14 +35,16 @@ def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileS
     return storage_path(uri, storage_options)  # not url_to_fs, which reads 'out::x' as the chain 'out' :: 'x'
 
 
-def _read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+def read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    """One of the output's JSON records (_job.json, _summary.json), or None when it is not there."""
     fs, path = _fs(uri, storage_options)
     if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
         return None
     return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
 
 
-def _write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
+def write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
+    """Write a JSON record whole: under a hidden temporary name, then moved into place."""
     fs, path = _fs(uri, storage_options)
     tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
     data = json.dumps(payload, indent=2, default=str).encode()
@@ -332,7 +334,7 @@ def _same_storage_paths(input_uri: str, output_uri: str,
     return normal, normal(in_path), normal(out_path)
 
 
-def _input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
+def input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
     """Why the input cannot be read from where it is, or None: an input inside the output's data/ or rejects/ would
     read the job's own part files back as input."""
     same = _same_storage_paths(input_uri, output_uri, storage_options)
@@ -346,14 +348,14 @@ def _input_inside_written_folder(input_uri: str, output_uri: str, storage_option
     return None
 
 
-def _is_written_file(path: str) -> bool:
+def is_written_file(path: str) -> bool:
     """A file the job writes in data/ or rejects/: a part file, or a hidden temporary one."""
     name = posixpath.basename(path)
     return name.startswith(".") or (name.startswith("part-") and name.endswith(".parquet"))
 
 
-def _output_inside_input(input_uri: str, output_uri: str,
-                         storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
+def output_inside_input(input_uri: str, output_uri: str,
+                        storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
     """When the output lies inside (or is) the input folder: a test of whether a listed input path is one of the
     output's own data/ or rejects/ files, which are not input."""
     same = _same_storage_paths(input_uri, output_uri, storage_options)

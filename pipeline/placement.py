@@ -59,7 +59,7 @@ def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None
                 "address (ray status prints it)?")
 
 
-def _init_ray(config: PlacementOptions) -> None:
+def init_ray(config: PlacementOptions) -> None:
     import ray
 
     if ray.is_initialized():
@@ -74,7 +74,7 @@ def _init_ray(config: PlacementOptions) -> None:
         init_local_ray()
 
 
-def _default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:
+def default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:
     import ray
 
     return actor_placement(config, ray.cluster_resources().get("GPU", 0))

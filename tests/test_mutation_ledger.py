@@ -17,7 +17,7 @@ import pipeline.job as job_module
 import pipeline.sources as sources_module
 from pipeline.job import _record_containers_read, plan_job, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger, unchanged_and_done, write_ledger
-from pipeline.output import JOB_FILE, SUMMARY_FILE, _write_json, clear_output
+from pipeline.output import JOB_FILE, SUMMARY_FILE, clear_output, write_json
 from pipeline.sources import ReadUnit, _read_parquet, discover, ids_digest, listing_stamp, read_unit
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
@@ -42,9 +42,9 @@ def _hand_made_output(tmp_path, model, done: list[str], status: str) -> str:
     """An output as a run of this job leaves it (its record, `done` in one data/ part file, a summary with
     `status`), without running one: plan_job only reads these."""
     out = str(tmp_path / "out")
-    _write_json(f"{out}/{JOB_FILE}", plan_job(small_job_config(tmp_path, model), dry_run=True).job_record, {})
+    write_json(f"{out}/{JOB_FILE}", plan_job(small_job_config(tmp_path, model), dry_run=True).job_record, {})
     write_parquet_atomic(_data_table([_done_row(i) for i in done]), f"{out}/data/{part_name(done)}", {})
-    _write_json(f"{out}/{SUMMARY_FILE}", {"status": status}, {})
+    write_json(f"{out}/{SUMMARY_FILE}", {"status": status}, {})
     return out
 
 
