@@ -7,7 +7,10 @@ and .) and refreshes its heartbeat; a lease whose heartbeat is LEASE_STALE_S old
 releasing it (SIGKILL, a lost node), and on the same machine a lease whose process is gone is over at once. A
 heartbeat is written by the holder's clock and judged by ours: before a run takes over another machine's lease that
 looks stale, it watches the lease for a heartbeat interval, and a lease that still changes is live (the two clocks
-disagree), not stale.
+disagree), not stale. A heartbeat more than LEASE_AHEAD_S ahead of our clock (the holder's clock is ahead) looks live
+however long its run has been dead; it is watched the same way, and one that does not change is taken over. A lease
+that another run took during the watch is left to that run: the run that watched stops, and a run started again
+judges that lease afresh.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ LEASE_SETTLE_S = 2.0
 # beat late by its storage retries is still seen), read again every LEASE_WATCH_POLL_S, before it is taken over.
 LEASE_WATCH_S = LEASE_HEARTBEAT_S + 15.0
 LEASE_WATCH_POLL_S = 5.0
+# Another machine's heartbeat this far ahead of our clock is not taken as live without a watch: a little skew (clocks
+# kept by NTP) must not make every refusal of a live run wait LEASE_WATCH_S, and a heartbeat within a beat of now
+# will be judged by its age soon enough.
+LEASE_AHEAD_S = LEASE_HEARTBEAT_S
 # The watch's waiting, through names tests can replace (the settle keeps time.sleep: a race of real writers)
 _sleep = time.sleep
 _clock = time.monotonic
@@ -79,6 +86,17 @@ def lease_ended(lease: dict[str, Any], now: float | None = None) -> str | None:
     return None
 
 
+def heartbeat_ahead(lease: dict[str, Any], now: float | None = None) -> float | None:
+    """How many seconds another machine's heartbeat is ahead of our clock, when that is more than LEASE_AHEAD_S; else
+    None. Such a lease looks live to `lease_ended` until our clock passes it: only a watch tells whether it is still
+    refreshed. A lease of this machine is None: its heartbeat was written by our own clock, and its pid is asked."""
+    beat = lease.get("heartbeat")
+    if not isinstance(beat, int | float) or lease.get("unreadable") or _this_machines(lease):
+        return None
+    ahead = beat - (now or time.time())
+    return ahead if ahead > LEASE_AHEAD_S else None
+
+
 def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
     """Whether the run holding `lease` may still be running (see `lease_ended`)."""
     return lease_ended(lease, now) is None
@@ -87,16 +105,27 @@ def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
 def lease_holder(lease: dict[str, Any]) -> str:
     """'run 3f2a... on host h, pid 123, started ..., last heartbeat ... (12 s ago)'."""
     beat = lease.get("heartbeat")
-    ago = f" ({time.time() - beat:.0f} s ago)" if isinstance(beat, int | float) else ""
+    age = time.time() - beat if isinstance(beat, int | float) else None
+    # a heartbeat in our future (the holder's clock is ahead): '-600 s ago' would read as a typo
+    ago = ("" if age is None else f" ({max(age, 0.0):.0f} s ago)" if age > -1
+           else f" ({-age:.0f} s ahead of this machine's clock)")
     return (f"run {lease.get('run_id', '?')} on host {lease.get('host', '?')}, pid {lease.get('pid', '?')}, "
             f"started {_when(lease.get('started'))}, last heartbeat {_when(beat)}{ago}")
 
 
-def _in_use(out: str, lease: dict[str, Any]) -> JobError:
-    return JobError(f"output {out} is in use by another run ({lease_holder(lease)}); wait for it to finish or write "
-                    "to another output. If that run is no longer running (killed on another machine), delete "
-                    f"{out}/{LEASE_FILE}, or run again once its heartbeat is {LEASE_STALE_S / 60:.0f} minutes old: the "
-                    "stale lease is then taken over")
+def _in_use(out: str, lease: dict[str, Any], note: str = "") -> JobError:
+    # a heartbeat ahead of our clock is not 'old' until our clock passes it: a run again watches it instead
+    then = (f"once its heartbeat is {LEASE_STALE_S / 60:.0f} minutes old: the stale lease is then taken over"
+            if heartbeat_ahead(lease) is None else
+            f"after that run has ended: a lease whose heartbeat no longer changes is taken over after a "
+            f"{LEASE_WATCH_S:.0f} s watch")
+    return JobError(f"output {out} is in use by another run ({lease_holder(lease)}){note}; wait for it to finish or "
+                    "write to another output. If that run is no longer running (killed on another machine), delete "
+                    f"{out}/{LEASE_FILE}, or run again {then}")
+
+
+def _clocks_disagree(lease: dict[str, Any]) -> str:
+    return f"the clocks of this machine and host {lease.get('host', '?')} disagree (keep them in sync with NTP)"
 
 
 def read_lease(output: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
@@ -120,9 +149,11 @@ def _fetch_lease(fs: Any, path: str, out: str) -> dict[str, Any] | None:
 def refuse_live_lease(output: str, storage_options: dict[str, Any]) -> str | None:
     """Raise JobError naming the other run when the output's lease is live: in planning, before any work (a dry run
     takes no lease, and a real run takes it only once planned). Returns who holds a stale lease, if one is there.
-    Never waits: whether another machine's stale-looking lease is still refreshed is watched at `acquire` only."""
+    Never waits: whether another machine's stale-looking lease is still refreshed is watched at `acquire` only. So is
+    one whose heartbeat is ahead of our clock (`heartbeat_ahead`): it is not refused here, since a refusal here would
+    stop every run before `acquire` could see that the lease no longer changes."""
     lease = read_lease(output, storage_options)
-    if lease is not None and lease_is_live(lease):
+    if lease is not None and lease_is_live(lease) and heartbeat_ahead(lease) is None:
         raise _in_use(output.rstrip("/"), lease)
     return None if lease is None else "unreadable" if lease.get("unreadable") else lease_holder(lease)
 
@@ -142,6 +173,7 @@ class OutputLease:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._so = storage_options
+        self._written = False  # whether a lease of this run may have been written: only then is there one to release
 
     def _write(self) -> None:
         self.record["heartbeat"] = time.time()
@@ -154,8 +186,11 @@ class OutputLease:
         try:
             self._take()
         except BaseException:
-            # refused, or stopped (Ctrl-C, SIGTERM) while settling: a lease of ours must not be left to go stale
-            self.release()
+            # refused, or stopped (Ctrl-C, SIGTERM) while settling: a lease of ours must not be left to go stale. Before
+            # any write there is none, and reading the lease again (storage that refused the read that failed) would
+            # only add a warning about releasing a lease this run never had
+            if self._written:
+                self.release()
             raise
         self._beat = threading.Thread(target=self._heartbeat, name="output-lease", daemon=True)
         self._beat.start()
@@ -165,18 +200,29 @@ class OutputLease:
             current = read_lease(self.out, self._so)
             if current is not None:
                 ended = lease_ended(current)
-                if ended is None:
+                ahead = heartbeat_ahead(current)
+                if ended is None and ahead is None:
                     raise _in_use(self.out, current)
                 if not current.get("unreadable") and not _this_machines(current):
                     # judged by its heartbeat alone, which another machine's clock wrote: stale, or that clock is
-                    # behind ours. Only a heartbeat that stops changing tells.
-                    current = self._watch(current)
-                    ended = f"{ended}, and none in the {LEASE_WATCH_S:.0f} s watched"
+                    # behind ours; or, ahead, live by our clock however long ago its run died. Only a heartbeat that
+                    # stops changing tells.
+                    watched = self._watch(current, ahead)
+                    if watched is not None and watched is not current:  # not a run's lease: nothing to wait for
+                        ended = "replaced during the watch by a file that is not a run's lease"
+                    elif ahead is not None:
+                        ended = (f"its heartbeat is {ahead:.0f} s ahead of this machine's clock, so "
+                                 f"{_clocks_disagree(current)}, and it did not change in the "
+                                 f"{LEASE_WATCH_S:.0f} s watched")
+                    else:
+                        ended = f"{ended}, and none in the {LEASE_WATCH_S:.0f} s watched"
+                    current = watched
             if current is not None:
                 print(f"warning: taking over the stale lease of {self.out} ("
                       + ("unreadable" if current.get("unreadable") else lease_holder(current))
                       + f"): {ended}, so that run was killed without releasing it; its finished files are kept and "
                       "its inputs left undone are purified now", file=sys.stderr)
+            self._written = True  # from here on a write of ours may land, whatever error comes back
             make_parent_dirs(self.fs, posixpath.dirname(self.path))
             if current is None:
                 created = create_if_absent(self.fs, self.path, json.dumps(self.record, indent=2).encode(),
@@ -199,31 +245,51 @@ class OutputLease:
         except Exception as err:  # noqa: BLE001 - a storage refusal: the run cannot write its output either
             raise JobError(f"cannot write to output {self.out}: {describe(err)}") from err
 
-    def _watch(self, lease: dict[str, Any]) -> dict[str, Any] | None:
+    def _watch(self, lease: dict[str, Any], ahead: float | None = None) -> dict[str, Any] | None:
         """Read `lease` again for LEASE_WATCH_S: None when it is gone meanwhile (the output is free), the lease when it
-        stayed as it was (stale: take it over); JobError when it changed, since a run then holds it."""
+        stayed as it was (stale: take it over); JobError when it changed, since a run then holds it. `ahead`: its
+        heartbeat is that many seconds ahead of our clock (else it looks stale)."""
+        why = ("looks stale by this machine's clock" if ahead is None
+               else f"is {ahead:.0f} s ahead of this machine's clock, so it looks live however long ago its run ended")
         print(f"waiting up to {LEASE_WATCH_S:.0f} s to see whether the lease of {self.out} ({lease_holder(lease)}) is "
-              "still refreshed: its heartbeat looks stale by this machine's clock", file=sys.stderr)
+              f"still refreshed: its heartbeat {why}", file=sys.stderr)
         deadline = _clock() + LEASE_WATCH_S
         while (left := deadline - _clock()) > 0:
             _sleep(min(LEASE_WATCH_POLL_S, left))
-            now = _fetch_lease(self.fs, self.path, self.out)
+            try:
+                now = _fetch_lease(self.fs, self.path, self.out)
+            except Exception as err:  # noqa: BLE001 - a read that failed: not 'cannot write', which _take would say
+                raise JobError(f"cannot read the lease {self.out}/{LEASE_FILE} while watching whether it is still "
+                               f"refreshed: {describe(err)}; the lease is not taken over") from err
             if now is None:
                 return None
             if now == lease:
                 continue
             if now.get("unreadable"):
                 return now  # not a run's lease (runs write whole files): nothing to watch
-            if lease_ended(now) is None:
-                raise _in_use(self.out, now)  # a new run that took the lease (or a clock that caught up)
+            ended = lease_ended(now)
+            if now.get("run_id") != lease.get("run_id"):
+                if ended is None:
+                    raise _in_use(self.out, now)  # a new run that took the lease
+                # Another run took the lease and its lease already looks ended (a run on this machine that died
+                # within a poll, or one on a machine whose clock is behind). Refused, not taken over: that lease was
+                # not watched, only seen once, and the run that took it may be live (a clock behind ours) or a third
+                # run may be taking it now. A run started again judges it afresh, at once where its pid tells.
+                raise JobError(
+                    f"another run took the lease of output {self.out} over while this one watched it "
+                    f"({lease_holder(now)}), and that lease already looks ended ({ended}); this run does not take it "
+                    "over. Run again: if that run is gone, its lease is judged afresh and taken over")
+            if ended is None:
+                # the holder's heartbeat moved and looks live: a clock that caught up, or one ahead of ours
+                raise _in_use(self.out, now, "" if ahead is None else f"; its heartbeat is ahead of this machine's "
+                              f"clock and still refreshed, so {_clocks_disagree(now)}")
             beat = now.get("heartbeat")
             looks = (f"looks {(time.time() - beat) / 60:.0f} minutes old" if isinstance(beat, int | float)
                      else "has no time")
             raise JobError(
                 f"output {self.out} is in use by another run ({lease_holder(now)}): its heartbeat is still refreshed "
-                f"although it {looks} on this machine's clock, so the clocks of this machine and "
-                f"host {now.get('host', '?')} disagree (keep them in sync with NTP); the lease is not taken over. Run "
-                "again once that run has ended")
+                f"although it {looks} on this machine's clock, so {_clocks_disagree(now)}; the lease is not taken "
+                "over. Run again once that run has ended")
         return lease
 
     def _heartbeat(self) -> None:
