@@ -238,9 +238,14 @@ def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path, monk
             time.sleep(0.05)
         assert json.loads((out / LEASE_FILE).read_text())["heartbeat"] > first
         lease.check()  # still ours
-        other = _other_run(out, heartbeat_age_s=0)  # another run wrote over it (the object-store race)
+        # Another run wrote over it (the object-store race) and, being live, keeps writing it: one write alone can
+        # land between our heartbeat's read and its write and be overwritten, which is the race, not a takeover.
+        other = _other_run(out, heartbeat_age_s=0)
         while lease.lost is None and time.time() < deadline:
             time.sleep(0.05)
+            if lease.lost is None:
+                (out / ".lease.tmp").write_bytes(other)
+                os.replace(out / ".lease.tmp", out / LEASE_FILE)
         with pytest.raises(JobError, match="another run took over output .*batch-node-7"):
             lease.check()
     finally:
