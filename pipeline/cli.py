@@ -422,8 +422,10 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  {out['rejects_to_retry']} rejected inputs will be read again (--retry-rejects): those still in the "
               "input are counted below as inputs to read")
     if report.get("stale_lease"):
+        # also a lease whose heartbeat is ahead of our clock: planning cannot tell it stale or live, the run's watch can
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
-              f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s)")
+              f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s; one "
+              "still refreshed stops the run)")
     print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
           f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files, {inp.get('zip_files', 0)} "
           f"zip files (their members are checked against the output when read), {inp['read_tasks']} read tasks")
