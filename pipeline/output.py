@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.ledger import LEDGER_DIR
 from pipeline.sources import storage_path, with_protocol
-from pipeline.stages import DATA_DIR, REJECTS_DIR, text_column, write_parquet_atomic
+from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, text_column, write_parquet_atomic
 from pipeline.storage import make_parent_dirs, move_into_place, with_retries
 
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
@@ -117,6 +117,71 @@ def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> Iterator[t
                 future.cancel()
 
 
+def _rejected_at(fs: fsspec.AbstractFileSystem, path: str, wanted: set[str]) -> dict[str, int]:
+    """When the rows of the `wanted` ids in one rejects part file were made (microseconds since the epoch, the newest
+    where a file holds an id twice). Ids whose rows have no time are left out; the caller has checked that the file
+    has the column. Only the id and rejected_at columns are fetched."""
+    def once() -> pa.Table:
+        with fs.open(path, "rb") as f:
+            part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
+            return part.read(columns=["id", REJECTED_AT], use_threads=_DRIVER_READS["use_threads"])
+
+    table = with_retries(once, f"read the reject times of {path}")
+    column = table.column(REJECTED_AT)
+    if not pa.types.is_timestamp(column.type):
+        return {}  # not a column this program wrote: no time, as in an older version's file
+    # any unit or zone (a file rewritten by another tool; a naive time is taken as UTC): the instant in microseconds
+    micros = column.cast(pa.timestamp("us", column.type.tz), safe=False).cast(pa.int64()).to_pylist()
+    times: dict[str, int] = {}
+    for id_, t in zip(table.column("id").to_pylist(), micros, strict=True):
+        if id_ in wanted and t is not None and t > times.get(id_, t - 1):
+            times[id_] = t
+    return times
+
+
+def _newest_rejects(fs: fsspec.AbstractFileSystem, index: list[tuple[str, list[str], pa.Schema]], mine: set[str],
+                    skip: Callable[[str], bool]) -> dict[str, int]:
+    """For each id with reject rows in more than one of the rejects/ part files `index` (in the order the check takes
+    them: this run's first, then by name), the position of the file whose row is kept: a file this run wrote, then
+    the newest row (rejected_at; a row without it, written by an older version, is oldest), then the first file.
+    `skip`: whether an id loses every reject row anyway (in data/, or resolved). Only the files holding such an id are
+    read again, for their times: a run killed before its end-of-run check is rare, and every other run reads the
+    id column alone."""
+    first: dict[str, int] = {}
+    holders: dict[str, list[int]] = {}
+    for pos, (_, ids, _) in enumerate(index):
+        for id_ in set(ids):
+            if skip(id_):
+                continue
+            if id_ in first:
+                holders.setdefault(id_, [first[id_]]).append(pos)
+            else:
+                first[id_] = pos
+    if not holders:
+        return {}
+    wanted: dict[int, set[str]] = {}
+    for id_, positions in holders.items():
+        for pos in positions:
+            wanted.setdefault(pos, set()).add(id_)
+    readable = [pos for pos in wanted if REJECTED_AT in index[pos][2].names]
+    times: dict[int, dict[str, int]] = {}
+    if readable:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # several at once, as the ids are (_part_indexes): each read waits on storage's latency
+        with ThreadPoolExecutor(min(INDEX_READERS, len(readable)), thread_name_prefix="reject-times") as pool:
+            times = dict(zip(readable, pool.map(lambda pos: _rejected_at(fs, index[pos][0], wanted[pos]), readable),
+                             strict=True))
+
+    def rank(pos: int, id_: str) -> tuple[bool, bool, int, int]:
+        # this run's rows first: newer than any earlier run's by the order runs hold the lease, whatever the clocks
+        # of the machines that stamped them say
+        t = times.get(pos, {}).get(id_)
+        return posixpath.basename(index[pos][0]) in mine, t is not None, t or 0, -pos
+
+    return {id_: max(positions, key=lambda pos, i=id_: rank(pos, i)) for id_, positions in holders.items()}
+
+
 def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
     return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")), **_DRIVER_READS)
 
@@ -169,7 +234,8 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
                        retried: set[str] | frozenset[str] = frozenset(),
                        resolved: set[str] | frozenset[str] = frozenset()) -> OutputRows:
     """Make every id appear once across data/ and rejects/ (data wins, then, in rejects/, the files this run wrote,
-    then the first file by name), drop the rejects in `resolved`, and count the rows that remain.
+    then the newest row by its rejected_at, then the first file by name), drop the rejects in `resolved`, and count
+    the rows that remain.
 
     Duplicates come from a write retried with a different batch after its first attempt had landed; rewriting the
     later file without them restores the exactly-once invariant. With --retry-rejects, an earlier reject that this
@@ -178,6 +244,8 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     the run set out to read again) in a file this run wrote is counted as retried: purified now, or rejected again.
     `resolved`: rejects that this run's reading made untrue: the '#unreadable' of a container it read to its end, and
     the one reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, cat.1.jpg, ...).
+    The newest reject row wins over the first by name for a --retry-rejects run killed after writing an input's new
+    reject and before this check: a later run without the flag must keep that new reason, not the old one.
     """
     fs, _ = _fs(output, storage_options)
     seen: set[str] = set()
@@ -191,13 +259,25 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     for folder in (DATA_DIR, REJECTS_DIR):
         before = len(seen)
         parts = list_parts(output, folder, storage_options)
-        # this run's rejects first: a retried input rejected again keeps today's reason, not the old one
-        parts = sorted(parts, key=lambda p: posixpath.basename(p) not in mine) if folder == REJECTS_DIR else parts
-        for path, ids, schema in _part_indexes(fs, parts):
+        kept_at: dict[str, int] = {}  # rejects/: id in several files -> the position of the file that keeps it
+        index: Iterable[tuple[str, list[str], pa.Schema]]
+        if folder == REJECTS_DIR:
+            # this run's rejects first: a retried input rejected again keeps today's reason, not the old one
+            parts = sorted(parts, key=lambda p: posixpath.basename(p) not in mine)
+            # all of rejects/ indexed before any file is rewritten: which row of an id stays depends on every file
+            indexed = list(_part_indexes(fs, parts))
+            kept_at = _newest_rejects(fs, indexed, mine, lambda i: i in purified_ids or i in resolved)
+            index = indexed
+        else:
+            index = _part_indexes(fs, parts)
+        for pos, (path, ids, schema) in enumerate(index):
             if posixpath.basename(path) in mine:
                 fresh.update(ids)
             gone = {i for i in ids if i in resolved} if folder == REJECTS_DIR else set()
-            dup = {i for i in ids if i in seen} - gone
+            if folder == DATA_DIR:
+                dup = {i for i in ids if i in seen}
+            else:  # in data/, or a reject row whose id another file's row keeps
+                dup = {i for i in ids if i in purified_ids or kept_at.get(i, pos) != pos} - gone
             seen.update(i for i in ids if i not in gone)
             if folder == DATA_DIR:
                 purified_ids.update(ids)

@@ -6,7 +6,7 @@ a stable `id` (what resume and incremental runs key on) and a `source` saying wh
 
 Record kinds flowing through the job:
 - "image": id, source, source_sha256, data (bytes), meta (pass-through columns, e.g. label)
-- "reject": id, source, source_sha256 (may be None), error, stage
+- "reject": id, source, source_sha256 (may be None), error, stage, rejected_at (when it was made, UTC)
 
 An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
 the limit, decided from the size storage, the tar header or Arrow reports before its bytes are copied: one huge
@@ -28,6 +28,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import fsspec
@@ -294,8 +295,10 @@ def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> d
 
 
 def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:
+    # rejected_at: of two reject rows of one id (a --retry-rejects run killed before its end-of-run check), the end of
+    # a later run keeps the newer, today's reason; the order of the file names says nothing about which is newer
     return {"kind": "reject", "id": id_, "source": source, "source_sha256": source_sha256, "error": error,
-            "stage": stage, "meta": {}}
+            "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}
 
 
 def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,

@@ -303,10 +303,17 @@ def text_column(values: list[Any]) -> pa.Array:
     return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values], pa.string())
 
 
+# When a reject row was made: the end-of-run check keeps the newest of an id's reject rows (pipeline.output).
+REJECTED_AT = "rejected_at"
+REJECTS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("source_sha256", pa.string()),
+                            ("stage", pa.string()), ("error", pa.string()),
+                            (REJECTED_AT, pa.timestamp("us", tz="UTC"))])
+
+
 def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:
-    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("source_sha256", pa.string()),
-                        ("stage", pa.string()), ("error", pa.string())])
-    return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in records], schema=schema)
+    # One schema for every file, whatever its rows hold: a row without a time (a record made elsewhere) is null,
+    # which the end-of-run check ranks oldest, and the column keeps its type.
+    return pa.Table.from_pylist([{f: r.get(f) for f in REJECTS_SCHEMA.names} for r in records], schema=REJECTS_SCHEMA)
 
 
 def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> None:
