@@ -16,7 +16,7 @@ import yaml
 from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, JobFailed, JobInterrupted, plan_job, run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.purifier import RECIPES
+from pipeline.purifier import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES
 
 DESCRIPTION = f"""\
@@ -330,6 +330,14 @@ def _file_values(path: str) -> dict[str, Any]:
                               "--help, without the dashes in front)")
         values[key] = value
     _check_file_types(path, {k: v for k, v in values.items() if k in _SHORTHAND_TYPES})
+    operators = values.get("operators")
+    if isinstance(operators, list):
+        # a YAML list of names is one way to write --operators: joined, as the flag's comma-separated text (it
+        # was passed on as a list, and recorded as one, unlike the same setting given as text)
+        if not operators or not all(isinstance(name, str) for name in operators):
+            raise ConfigError(f"--config {path}: operators must be text or a list of operator names (pool, gray, "
+                              f"gray+pool), got {operators!r}")
+        values["operators"] = ",".join(operators)
     # The flags' choices hold for the file's keys too: JobConfig.check does not know them all (a file's prior:
     # imagenet stopped the run with no word of --prior or the file). The recipe has its own message.
     choices = {a.dest: a.choices for a in build_parser()._actions if a.choices and a.dest != "recipe"}
@@ -374,6 +382,19 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
             values.get("storage_options") or {}, file_storage.get("s3_endpoint"), file_storage.get("anon"),
             file_storage.get("storage_option"), f" in {args.config}")
         from_file = dict(loaded)
+        # a file that names both is wrong for every run that uses it, whatever one command's flags say
+        if loaded.get("checkpoint") is not None and loaded.get("prior") is not None:
+            raise ConfigError(f"--config {args.config} gives both checkpoint ({loaded['checkpoint']!r}) and prior "
+                              f"({loaded['prior']!r}): give a checkpoint or a shipped prior, not both")
+        if args.checkpoint is not None or args.prior is not None:
+            # The model is one setting given two ways: a flag's choice replaces the file's either way (flags win over
+            # the file); without this a flag's --checkpoint and a file's prior stopped the run as "not both".
+            for key in ("checkpoint", "prior"):
+                values.pop(key, None)
+                from_file.pop(key, None)
+    if args.checkpoint is not None and args.prior is not None:
+        raise ConfigError(f"--checkpoint ({args.checkpoint!r}) and --prior ({args.prior!r}) are both given on the "
+                          "command line: give a checkpoint or a shipped prior, not both")
     for f in fields(JobConfig):
         v = getattr(args, f.name, None)
         if v is not None:
@@ -381,6 +402,10 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
             from_file.pop(f.name, None)
     values["storage_options"] = _storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
                                                  args.storage_option, "")
+    if isinstance(values.get("operators"), str):
+        # one spelling per setting: "gray, pool" and "gray,pool" are the same operators (ZipSettings, which the
+        # output's record holds, spells them so too)
+        values["operators"] = canonical_operators(values["operators"])
     try:
         config = JobConfig(**values) if recipe is None else JobConfig.from_recipe(recipe, **values)
     except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
@@ -502,3 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
           f"(status {summary['status']}; summary in _summary.json)")
     return 0
+
+
+if __name__ == "__main__":  # python -m pipeline.cli: where the zip-purify script is not on PATH (a cluster's image)
+    sys.exit(main())

@@ -68,6 +68,39 @@ def is_whole_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The seeds a call or the settings take. A CPU generator (mt19937) reads only a seed's low 32 bits, and the job
+# seeds each canvas from seed & 0xFFFFFFFF: a larger seed (or a negative one) would silently repeat a smaller one's
+# noise, and one of 2**64 or more stopped torch with "Overflow when unpacking long long", naming no seed.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def seed_problem(name: str, seed: int) -> str | None:
+    """What is wrong with an integer seed's value, or None."""
+    low, high = SEED_RANGE
+    if low <= seed <= high:
+        return None
+    return (f"{name} must be an integer in [{low}, {high}] (0 to 2**32 - 1: the noise generators read a seed's low "
+            f"32 bits, so a larger or negative seed would repeat another seed's noise), got {seed!r}")
+
+
+# Other names for the same operator: make_operators builds one object for both, so the results are the same.
+_OPERATOR_ALIASES = {"pool+gray": "gray+pool"}
+
+
+def canonical_operators(names: Any) -> str:
+    """One spelling per operator setting: "gray, pool", " gray,pool," and ["gray", "pool"] are all "gray,pool", so
+    that an output's recorded settings compare equal for the same operators. The order is kept: the sampler sums
+    the operators' guidance in that order, and with three or more a sum's rounding depends on it (and a name given
+    twice weighs twice), so those are different settings."""
+    if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+        names = ",".join(names)
+    if not isinstance(names, str):
+        raise ValueError(f"operators must be text such as 'pool' or 'gray,pool' (or a list of operator names), "
+                         f"got {names!r}")
+    parts = ("+".join(p.strip() for p in n.split("+")) for n in names.split(","))
+    return ",".join(_OPERATOR_ALIASES.get(p, p) for p in parts if p)
+
+
 def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True) -> str | None:
     """What is wrong with a --device value, or None. `on_this_machine`: also that torch sees that CUDA device here
     (not for the job, whose purifier actors run on the cluster's GPU nodes)."""
@@ -94,7 +127,8 @@ class ZipSettings:
         where η = 0 compounds a small prior's errors into speckle (CIFAR-10, 128 images, clean ResNet-20:
         CA 51.6 % and PSNR 20.2 dB at η = 1 against 31.3 % and 16.7 dB at η = 0).
     sampler: "ddim" (Algorithm 2) or "ddpm" (Algorithm 1).
-    operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged).
+    operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged); a list of names is
+        joined, and spaces are dropped ("gray, pool" is "gray,pool").
     blend_k: None for the paper's hard switch, or k of the authors' soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t.
     clip_denoised: clamp the prior's x̂₀ estimate to [-1, 1] every step (needed with weak priors).
     resample: 1 (the paper) or r > 1 to redo every guided step r times, re-noising in between (DDNM+ / RePaint
@@ -102,6 +136,7 @@ class ZipSettings:
     start: 1 (the paper: every step, from pure noise) or s < 1 to run only the steps t ≤ s·T, starting from
         the input's A⁺y noised to that level (SDEdit-style late start; 0.3 runs 7 of 20 steps).
     large_images: "fit" (keep aspect, shrink to the canvas) or "stretch" for images larger than the model.
+    seed: the noise seed, an integer in [0, 2**32 - 1].
     """
 
     steps: int = 20
@@ -133,6 +168,8 @@ class ZipSettings:
             raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
         if not is_whole_number(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if problem := seed_problem("seed", self.seed):
+            raise ValueError(problem)
         if not isinstance(self.clip_denoised, bool):
             raise ValueError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
         if self.schedule not in SCHEDULES:
@@ -150,6 +187,7 @@ class ZipSettings:
             raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
+        object.__setattr__(self, "operators", canonical_operators(self.operators))
         make_operators(self.operators, self.pool)  # validates names and pool factor
 
     @classmethod
@@ -222,9 +260,11 @@ def _validate_seed(seed: Any) -> int | None:
     if seed is None:
         return None
     if isinstance(seed, np.integer):
-        return int(seed)
+        seed = int(seed)  # and checked for its range below, as an int is
     if not is_whole_number(seed):
         raise TypeError(f"seed must be an integer (or None for the settings' seed), got {seed!r}")
+    if problem := seed_problem("seed", seed):
+        raise ValueError(problem)
     return seed
 
 
@@ -438,9 +478,10 @@ class Purifier:
         N x H x W x 3 uint8 array. Any other form (floats, other dtypes, grayscale, channels-first, alpha) is
         refused with an error saying how to convert it: its meaning would be a guess.
 
-        `seed` (default: the settings' seed) makes the call reproducible: the same images in the same order with
-        the same seed and settings give bit-identical results on the same device. An image's result also depends
-        on the other images of the call (small images share canvases and noise draws), not only on its own pixels.
+        `seed` (default: the settings' seed; an integer in [0, 2**32 - 1]) makes the call reproducible: the same
+        images in the same order with the same seed and settings give bit-identical results on the same device. An
+        image's result also depends on the other images of the call (small images share canvases and noise draws),
+        not only on its own pixels.
         """
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise ValueError(f"expected a list of H x W x 3 images or an N x H x W x 3 array, got an array of shape "
