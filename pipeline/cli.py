@@ -47,7 +47,8 @@ examples:
 
 a YAML --config holds the same options, named as here without the dashes in front (tile_batch: 8 or tile-batch: 8;
 input: ..., pool: 4, progress: false for --no-progress, storage_options: {...}, storage_option: [KEY=VALUE, ...]);
---config and --dry-run are command-line only. Flags given on the command line win over the file.
+--config and --dry-run are command-line only. Flags given on the command line win over the file (a --checkpoint or
+--prior flag replaces the file's checkpoint or prior); operators may be a list there too ([gray, pool]).
 
 exit status:
   0    the run completed (the summary's status is complete), or a dry run found nothing that stops the run
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--large-images", choices=["fit", "stretch"],
                     help="images larger than the model: shrink keeping aspect (fit) or stretch; resized back after, "
                          f"with only the model's detail (column downscale_factor; default {d.large_images})")
-    zp.add_argument("--seed", type=int, help=f"noise seed (results are reproducible per image set; default {d.seed})")
+    zp.add_argument("--seed", type=int,
+                    help=f"noise seed, 0 to 4294967295 (results are reproducible per image set; default {d.seed})")
     rt = p.add_argument_group("throughput and cluster")
     rt.add_argument("--canvas-size", type=int, help="mosaic side in pixels (default: the model's image_size)")
     rt.add_argument("--batch-size", type=int,
