@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -61,8 +63,10 @@ def test_operators_spelt_with_spaces_resume_an_output_written_without(folders, m
     # "written with other settings" (the record compares the text).
     first = config_from_args([*folders, "--checkpoint", model, "--steps", "1", "--operators", "gray,pool"])
     plan = plan_job(first, dry_run=True)
-    Path(first.output).mkdir()
+    Path(first.output, "data").mkdir(parents=True)
     Path(first.output, JOB_FILE).write_text(json.dumps(plan.job_record))
+    # a row written under those settings: an output with none may take a new run's settings, this one may not
+    pq.write_table(pa.table({"id": ["earlier.png"]}), Path(first.output, "data", "part-00000.parquet"))
     assert main([*folders, "--checkpoint", model, "--steps", "1", "--operators", " gray, pool ", "--dry-run",
                  "--no-progress"]) == 0, capsys.readouterr().err
     assert "resumes an unfinished run" in capsys.readouterr().out
