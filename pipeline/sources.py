@@ -5,7 +5,8 @@ later stage so that a bad file becomes one reject row, never a failed block. Eve
 a stable `id` (what resume and incremental runs key on) and a `source` saying where it came from.
 
 Record kinds flowing through the job:
-- "image": id, source, source_sha256, data (bytes), meta (pass-through columns, e.g. label)
+- "image": id, source, source_sha256, data (bytes), meta (pass-through columns, e.g. label, named apart from the job's
+  own: `passthrough_name`), and for a Parquet row meta_types (each meta column's Arrow type in the input)
 - "reject": id, source, source_sha256 (may be None), error, stage, rejected_at (when it was made, UTC)
 
 An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
@@ -181,18 +182,45 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
 
+def text_name(name: str) -> str:
+    """`name` as valid UTF-8 text: ids, sources, errors and column names are Parquet strings, which must be. A local
+    name that is not UTF-8 (a latin-1 'café' from an old disk or tar) reaches Python with each byte it cannot decode
+    as a lone surrogate (surrogateescape); such a byte is written as `\\xe9` (Python's backslashreplace) and, in such
+    a name only, a backslash as `\\\\`, so the name's bytes can be read back from it (any other lone surrogate, from a
+    JSON escape, as `\\ud800`). A valid name is returned unchanged: the ids earlier runs wrote stay the same."""
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # one undecodable byte, 0x80-0xff
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def relative_id(path: str, root: str) -> str:
-    """A path relative to the input root, '/'-separated (the record id for file inputs)."""
+    """A path relative to the input root, '/'-separated (the record id for file inputs), as valid text (`text_name`)."""
     path, root = path.split("://", 1)[-1], root.split("://", 1)[-1].rstrip("/")
     if path == root:
-        return posixpath.basename(path)
+        return text_name(posixpath.basename(path))
     # A listed path is its root, '/', then plain names: cut it there. posixpath.relpath makes both paths absolute
     # and splits them (10 us a path): called several times for each of a listing's files, it was seconds at 100k.
     if root and path.startswith(root + "/"):
         rest = path[len(root) + 1 :]
         if not any(part in ("", ".", "..") for part in rest.split("/")):
-            return rest
-    return posixpath.relpath(path, root)
+            return text_name(rest)
+    return text_name(posixpath.relpath(path, root))
 
 
 def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64) -> list[ReadUnit]:
@@ -234,10 +262,30 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         else:
             images.append((full, size))
     _refuse_colliding_ids(units, [p for p, _ in images], root_uri)
+    _refuse_escaped_twins(sorted(listed), root_dir)
     for i in range(0, len(images), files_per_unit):
         group = images[i : i + files_per_unit]
         units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
     return units
+
+
+def _refuse_escaped_twins(paths: list[str], root: str) -> None:
+    """Stop when a name that is not UTF-8, written with escapes (`text_name`: b'caf\\xe9.png' as 'caf\\xe9.png'), gives
+    the id of a file that is named so (a literal backslash, 'x', two hex digits): the output keeps one row per id, so
+    one of the two would be lost. Looked for only when some name is not UTF-8; renaming one is the fix."""
+    if all(p.isascii() or text_name(p) == p for p in paths):
+        return
+    first: dict[str, str] = {}
+    twins = []
+    for p in paths:
+        id_ = relative_id(p, root)
+        if id_ in first:
+            twins.append((first[id_], p))
+        first.setdefault(id_, p)
+    if twins:
+        shown = "; ".join(f"{text_name(a)} and {text_name(b)}" for a, b in twins[:5])
+        raise ValueError(f"{len(twins)} pair(s) of input files have one id once the bytes of a name that are not UTF-8 "
+                         f"are written as \\xNN, so one of each pair would be lost from the output: {shown}; rename one")
 
 
 def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = ()
@@ -290,15 +338,34 @@ def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], ro
                          f"equal, so one of the two would be lost from the output: {shown}; rename them")
 
 
+# The data table's own columns (pipeline.stages._data_table writes them; original_path is the path field of a Parquet
+# input's struct<bytes, path> image). An input's column of one of these names is renamed (`passthrough_name`).
+JOB_COLUMNS = frozenset({"id", "image", "width", "height", "source", "source_sha256", "original_path", "original_mode",
+                         "original_format", "original_frames", "psnr_vs_input_db", "downscale_factor"})
+RENAMED_PREFIX = "input_"
+
+
+def passthrough_name(name: str) -> str:
+    """The output column of an input's own column (a Parquet column, a tar .json key or sidecar): its name, unless that
+    is one of the job's columns (`JOB_COLUMNS`), or one with `input_` (once or more) before it; such a name gets one more
+    `input_` (id -> input_id, and input_id, as in a re-purified output, -> input_input_id). The rule looks at the name
+    alone, so a column has one name in every part file, and no two input names get the same one: none is lost."""
+    bare = name
+    while bare.startswith(RENAMED_PREFIX):
+        bare = bare[len(RENAMED_PREFIX) :]
+    return RENAMED_PREFIX + name if bare in JOB_COLUMNS else name
+
+
 def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "image", "id": id_, "source": source, "source_sha256": sha256(data), "data": data, "meta": meta}
+    return {"kind": "image", "id": text_name(id_), "source": text_name(source), "source_sha256": sha256(data),
+            "data": data, "meta": meta}
 
 
 def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:
     # rejected_at: of two reject rows of one id (a --retry-rejects run killed before its end-of-run check), the end of
     # a later run keeps the newer, today's reason; the order of the file names says nothing about which is newer
-    return {"kind": "reject", "id": id_, "source": source, "source_sha256": source_sha256, "error": error,
-            "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}
+    return {"kind": "reject", "id": text_name(id_), "source": text_name(source), "source_sha256": source_sha256,
+            "error": text_name(error), "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}
 
 
 def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
@@ -349,7 +416,7 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                 members.pop(name, None)  # a later entry of the same name takes the place of the earlier one
                 members[name] = info
         for name, info in members.items():
-            id_, source = f"{rel}/{name}", f"{path}:{name}"
+            id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
             if id_ in skip_ids:
                 yield {"kind": "skipped", "id": id_}
                 continue
@@ -627,12 +694,15 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     failure = unreadable(len(members_of), index_error) if index_error else None
     # 'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
     # keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes
-    superseded = sorted(f"{shard}/{key}" for key in split if key not in members_of)
+    def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
+        return f"{shard}/{text_name(key)}"
+
+    superseded = sorted(key_id(key) for key in split if key not in members_of)
     if superseded:
         yield {"kind": "superseded", "ids": superseded}
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
-    done: set[str] = {key for key in members_of if f"{shard}/{key}" in skip_ids}
-    yield from ({"kind": "skipped", "id": f"{shard}/{key}"} for key in members_of if key in done)
+    done: set[str] = {key for key in members_of if key_id(key) in skip_ids}
+    yield from ({"kind": "skipped", "id": key_id(key)} for key in members_of if key in done)
     # target position -> links still to be emitted that read it; its bytes are kept while any are
     readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
@@ -663,7 +733,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             readers[target] -= 1
             if readers[target] <= 0:
                 kept.pop(target, None)
-        return _tar_key_record(path, f"{shard}/{key}", key, parts.pop(key, {}), errors.pop(key, None), key in split)
+        return _tar_key_record(path, key_id(key), key, parts.pop(key, {}), errors.pop(key, None), key in split)
 
     def took(name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
@@ -754,13 +824,38 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                              f"{orphan}{many}", "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
-    for e, (_, v) in parts.items():
-        if e == "json":
-            meta.update(_json_sidecar(v))
-        elif e != ext:
-            meta.update([_sidecar_value(e, v)])
+    given_by: dict[str, str] = {}  # column -> the member that gave it
+    for e, (member, v) in parts.items():
+        if e in ("json", ext):
+            continue
+        column, value = _sidecar_value(e, v)
+        column = passthrough_name(text_name(column))
+        if column in meta:  # '0001.cls' and '0001.label' (or '.seg.png' and '.seg_png'): one column, two values
+            return reject_record(id_, f"{path}:{key}", f"tar members {given_by[column]} and {member} both give column "
+                                 f"{column!r}, so one value would be lost: rename one of them", "read")
+        meta[column], given_by[column] = value, member
+    if "json" in parts:
+        _add_json_keys(meta, _json_sidecar(parts["json"][1]))
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
+
+
+def _add_json_keys(meta: dict[str, Any], keys: dict[str, Any]) -> None:
+    """A .json sidecar's keys into `meta`, which holds the key's other sidecars' columns. A key named like one of
+    those (a "label" beside a .cls, a "seg_png" beside a .seg.png) is written as json_label, json_seg_png (json_
+    again while the name is taken), and a key named like a job column as input_id (`passthrough_name`): each value
+    is kept, the member's under the column name the README gives it."""
+    clashing = []
+    for key, value in keys.items():
+        column = passthrough_name(text_name(key))
+        if column in meta:
+            clashing.append((column, value))
+        else:
+            meta[column] = value
+    for column, value in clashing:  # after every key that is free: those keep their names
+        while column in meta:
+            column = "json_" + column
+        meta[column] = value
 
 
 def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
@@ -816,6 +911,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
             return
         others = [n for n in parquet.schema_arrow.names if n != column]
+        # the input's Arrow types, by output column, so the writer keeps them (Python values lose float32, int32, ...)
+        types = {passthrough_name(f.name): f.type for f in parquet.schema_arrow if f.name != column}
 
         def row_record(i: int, row: dict[str, Any], cell: pa.Scalar) -> dict[str, Any]:
             if f"{rel}#{i}" in skip_ids:
@@ -824,7 +921,10 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             if size is not None and size > max_image_bytes:
                 return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
                     f"row {i}: image column {column!r}", size, max_image_bytes), "read")
-            return _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, others)
+            record = _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, others)
+            if record["kind"] == "image":
+                record["meta_types"] = types
+            return record
 
         first = 0  # the current group's first row
         for group in range(parquet.num_row_groups):
@@ -885,9 +985,10 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
     data = value.get("bytes") if isinstance(value, dict) else value
     if isinstance(data, list) and None not in data:  # list<uint8>
         data = bytes(data)
-    meta = {n: row[n] for n in others}
+    # the input's own `id`, `source`, ... under input_id, input_source (`passthrough_name`): the job's columns keep theirs
+    meta = {passthrough_name(n): row[n] for n in others}
     if isinstance(value, dict) and value.get("path") is not None:
-        meta.setdefault("original_path", value["path"])
+        meta["original_path"] = value["path"]  # an input's own original_path column is input_original_path
     if not isinstance(data, bytes) or not data:
         elsewhere = value.get("path") if isinstance(value, dict) else None
         # Hugging Face's Image feature may keep only a path to a file outside the Parquet file
@@ -953,4 +1054,5 @@ def read_unit(
 
 def ids_digest(ids: Iterable[str]) -> str:
     """A digest of a set of ids, independent of their order (pipeline.ledger compares it with the output's ids)."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    # surrogatepass: the same bytes as before for text; an id that is not text cannot stop the digest
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8", "surrogatepass")).hexdigest()

@@ -33,11 +33,13 @@ from pipeline.evaluation.metrics import psnr
 from pipeline.sources import (
     IMAGE_EXTENSIONS,
     IN_MEMORY_BYTES,
+    JOB_COLUMNS,
     MAX_IMAGE_BYTES,
     ReadUnit,
     read_unit,
     reject_record,
     storage_path,
+    text_name,
 )
 from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
@@ -100,7 +102,8 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
 
 def canvas_seed(seed: int, ids: Iterable[str]) -> int:
     """A canvas's noise seed from its images' ids: reruns and resumes give the same output."""
-    return zlib.crc32("\n".join(ids).encode(), seed & 0xFFFFFFFF) & 0x7FFFFFFF
+    # surrogatepass: the same bytes as before for text ids; one that is not text cannot stop the run
+    return zlib.crc32("\n".join(ids).encode("utf-8", "surrogatepass"), seed & 0xFFFFFFFF) & 0x7FFFFFFF
 
 
 def tile_stage(batch: Batch, canvas_size: int, align: int, large_images: str, seed: int,
@@ -273,25 +276,49 @@ def _png_name(id_: str) -> str:
 
 def _data_table(records: list[dict[str, Any]]) -> pa.Table:
     passthrough = sorted({k for r in records for k in r["meta"]})
+    # The readers name an input's own `id`, `source`, ... input_id, input_source (sources.passthrough_name): a
+    # pass-through column named like one of the job's would lose one of the two values here.
+    clash = set(passthrough) & (JOB_COLUMNS - {"original_path"})
+    if clash:
+        raise RuntimeError(f"pass-through columns {sorted(clash)} reached the writer under the job's own column names")
     rows = []
     for r in records:
         row = {"id": r["id"], "image": {"bytes": r["png"], "path": _png_name(r["id"])},
                "width": r["width"], "height": r["height"]}
-        row.update({k: r["meta"].get(k) for k in passthrough if k not in row})
+        row.update({k: r["meta"].get(k) for k in passthrough})
         row.update(source=r["source"], source_sha256=r["source_sha256"], original_mode=r.get("original_mode"),
                    original_format=r.get("original_format"), original_frames=r.get("original_frames"),
                    psnr_vs_input_db=r.get("psnr_vs_input_db"),
                    downscale_factor=r.get("downscale_factor"))
         rows.append(row)
     names = list(rows[0]) if rows else []
-    return pa.table({name: _column([row[name] for row in rows]) for name in names})
+    types = {name: _input_type(records, name) for name in passthrough}
+    return pa.table({name: _column([row[name] for row in rows], types.get(name)) for name in names})
 
 
-def _column(values: list[Any]) -> pa.Array:
-    """One column of the data table, its type inferred as Arrow does. Pass-through values need not agree on a type
-    (a .cls label that is 3 in one record and "cat" in another, a JSON key holding a number or a string): such a
-    column is written as strings, other values as their JSON text and nulls as nulls, so that no value is lost and
-    the write cannot fail."""
+def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
+    """The Arrow type a Parquet input gave pass-through column `name`, when every record holding it has the same one
+    (records of other Parquet files, or of tar sidecars, may not); else None, and the type is inferred."""
+    found = set()
+    for r in records:
+        if name in r["meta"]:
+            t = r.get("meta_types", {}).get(name)
+            if t is None:
+                return None
+            found.add(t)
+    return found.pop() if len(found) == 1 else None
+
+
+def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Array:
+    """One column of the data table: of `input_type` (the Parquet input's own) when its values still fit it, else its
+    type inferred as Arrow does. Pass-through values need not agree on a type (a .cls label that is 3 in one record and
+    "cat" in another, a JSON key holding a number or a string): such a column is written as strings, other values as
+    their JSON text and nulls as nulls, so that no value is lost and the write cannot fail."""
+    if input_type is not None:
+        try:
+            return pa.array(values, type=input_type)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass  # e.g. float16, which Arrow will not build from Python floats: inferred as before
     try:
         return pa.array(values)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
@@ -299,8 +326,10 @@ def _column(values: list[Any]) -> pa.Array:
 
 
 def text_column(values: list[Any]) -> pa.Array:
-    """Values as a string column: strings kept, nulls kept, anything else as its JSON text."""
-    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in values], pa.string())
+    """Values as a string column: strings kept (a lone surrogate, as a JSON sidecar's "\\ud800" gives, written as that
+    escape: a Parquet string must be UTF-8), nulls kept, anything else as its JSON text."""
+    return pa.array([v if v is None or isinstance(v, str) and v.isascii() else
+                     text_name(v) if isinstance(v, str) else json.dumps(v, default=str) for v in values], pa.string())
 
 
 # When a reject row was made: the end-of-run check keeps the newest of an id's reject rows (pipeline.output).
@@ -344,7 +373,7 @@ def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, A
 
 def part_name(ids: list[str]) -> str:
     """Deterministic from the ids it holds, so a retried write replaces its own file."""
-    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
+    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode("utf-8", "surrogatepass")).hexdigest()[:20] + ".parquet"
 
 
 def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_rows_per_file: int = 512) -> Batch:

@@ -46,7 +46,6 @@ def _non_utf8_name(folder: Path, name: bytes, data: bytes) -> None:
 
 # --- outputs: pass-through columns ---
 
-@pytest.mark.xfail(strict=True, reason="a Parquet input's own id/source columns are dropped by the output's id/source")
 @pytest.mark.usefixtures("ray_local")
 def test_a_parquet_inputs_own_id_and_source_columns_reach_the_output(tmp_path, model) -> None:
     # README: "every other column is passed through". Hugging Face data sets often carry their own `id`, web-scraped
@@ -69,7 +68,6 @@ def test_a_parquet_inputs_own_id_and_source_columns_reach_the_output(tmp_path, m
 
 # --- inputs: names that are not UTF-8 ---
 
-@pytest.mark.xfail(strict=True, reason="one image file whose name is not UTF-8 fails the whole run (UnicodeEncodeError)")
 @pytest.mark.usefixtures("ray_local")
 def test_an_image_file_whose_name_is_not_utf8_does_not_stop_the_run(tmp_path, model) -> None:
     # README: bad inputs are rejects and the job goes on; names are only ever column values. Today the read task
@@ -85,7 +83,6 @@ def test_an_image_file_whose_name_is_not_utf8_does_not_stop_the_run(tmp_path, mo
     assert len(data) + len(rejects) == 2  # the odd name is purified or a reject, under some id, once
 
 
-@pytest.mark.xfail(strict=True, reason="a tar member name that is not UTF-8 makes read_unit raise in ids_digest")
 def test_a_tar_member_whose_name_is_not_utf8_is_read(tmp_path) -> None:
     # GNU tar of a latin-1 disk stores the name's bytes; tarfile reads them with surrogate escapes
     buf = io.BytesIO()
