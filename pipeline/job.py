@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import posixpath
 import re
 import signal
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,6 +77,7 @@ from pipeline.sources import (
     is_url_chain,
     relative_id,
     storage_path,
+    with_protocol,
 )
 from pipeline.stages import (
     ALL_CORES,
@@ -95,6 +98,9 @@ DEFAULT_PRIOR_NAME = "cifar10"
 DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
 BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see run_job)
 SECRET_KEYS = ("key", "secret", "token", "password", "session")
+# Query parameters that carry credentials in a URL: presigned S3 (X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token), GCS (X-Goog-Signature), Azure SAS (sig), API keys and tokens.
+SECRET_QUERY_KEYS = (*SECRET_KEYS, "signature", "credential", "sig", "auth")
 
 
 @dataclass
@@ -143,6 +149,7 @@ class JobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     incremental: bool = False
     retry_rejects: bool = False
+    input_moved: bool = False
     overwrite: bool = False
     ray_address: str | None = None
     progress: bool = True
@@ -186,8 +193,8 @@ class JobConfig:
         elif self.gpus_per_actor is not None and 0 < self.gpus_per_actor < 1e-4:
             problems.append(f"--gpus-per-actor must be 0 or at least 0.0001 (Ray's smallest fraction), got "
                             f"{self.gpus_per_actor!r}")
-        for name in ("labels_from_folders", "incremental", "retry_rejects", "overwrite", "progress", "exif_transpose",
-                     "clip_denoised"):
+        for name in ("labels_from_folders", "incremental", "retry_rejects", "input_moved", "overwrite", "progress",
+                     "exif_transpose", "clip_denoised"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
         if self.incremental is True and self.overwrite is True:
@@ -246,9 +253,12 @@ class JobConfig:
                            large_images=self.large_images, seed=self.seed)
 
     def public(self) -> dict[str, Any]:
-        """The configuration with storage secrets redacted (for logs and the summary)."""
+        """The configuration with storage secrets, and credentials in its URIs (a presigned checkpoint URL's
+        signature), redacted (for logs and the summary)."""
         d = asdict(self)
         d["storage_options"] = redact(self.storage_options)
+        for name in ("input", "output", "checkpoint"):
+            d[name] = redact_uri(d[name])
         return d
 
 
@@ -342,6 +352,72 @@ def redact(options: Any) -> Any:
     return options
 
 
+def redact_uri(uri: Any) -> Any:
+    """`uri` as it may be written down (_job.json, _summary.json, the dry run): a password or token in its user part,
+    and the values of its credential-like query parameters, as '***'. An http(s) URL's query values all go: a
+    presigned or SAS URL is a credential whatever its parameters are named. Keys stay, to show what was there."""
+    if not isinstance(uri, str) or "://" not in uri:
+        return uri
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:  # not a URL after all (an odd local name): nothing in it is a query or a user part
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"***@{host}"  # a user alone may be a token
+    every = parts.scheme.lower() in ("http", "https")
+
+    def param(item: str) -> str:
+        key, sep, _ = item.partition("=")
+        secret = every or any(s in urllib.parse.unquote_plus(key).lower() for s in SECRET_QUERY_KEYS)
+        return f"{key}=***" if sep and secret else item
+
+    query = "&".join(param(item) for item in parts.query.split("&")) if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return uri  # unchanged, as typed (urlunsplit would normalise it)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_uri_secrets(text: str, uri: str) -> str:
+    """`text` (an error message) with the credentials `redact_uri` hides in `uri` written as '***' wherever they
+    appear: messages quote a URI whole, as a path, or decoded."""
+    redacted = redact_uri(uri)
+    if redacted == uri:
+        return text
+    parts = urllib.parse.urlsplit(uri)
+    kept = {item.partition("=")[0] for item in urllib.parse.urlsplit(redacted).query.split("&")
+            if not item.endswith("=***")}
+    secrets = [value for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+               if key not in kept and value]
+    secrets += [raw.partition("=")[2] for raw in parts.query.split("&") if raw.partition("=")[0] not in kept]
+    if "@" in parts.netloc:
+        user = parts.netloc.rsplit("@", 1)[0]
+        secrets.append(user.split(":", 1)[1] if ":" in user else user)
+    text = text.replace(uri, redacted)
+    # Quoted otherwise (as a path, decoded): a value short enough to be a common word ('v=1') would mangle the
+    # message, and is no credential; signatures, keys and tokens are long.
+    for secret in sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True):  # longest first
+        text = text.replace(secret, "***")
+    return text
+
+
+def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
+    """The folder an input's ids are relative to (`discover`: the input folder, or a single input file's folder),
+    normalised so that one location compares equal however it is written ('file://', './', a trailing '/'): a
+    local one with links resolved (a 'latest' link moved to another day's folder is another input), a remote one
+    with its protocol. None when the input is not there (`discover` says so, with its hints)."""
+    fs, path = storage_path(uri, storage_options)
+    try:
+        info = with_retries(lambda: fs.info(path), f"look up {uri}")
+    except FileNotFoundError:
+        return None
+    folder = posixpath.dirname(path) if info.get("type") == "file" else path
+    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+        return os.path.realpath(folder)
+    return with_protocol(fs, folder.rstrip("/"))
+
+
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     """The checkpoint to use and a note on where it came from."""
     if config.checkpoint and config.prior:
@@ -402,16 +478,43 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
     previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
                 "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
-    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size"):
+    differ = []
+    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "reading"):
         before, now = previous.get(key), job_record.get(key)
-        if before == now:
+        if before == now or (key == "reading" and before is None):  # not recorded by an older version: compatible
             continue
         if isinstance(before, dict) and isinstance(now, dict):
             what = ", ".join(f"{name} {before.get(name)!r} (now {now.get(name)!r})"
                              for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name))
         else:
             what = f"{key} {before!r} (now {now!r})"
-        raise JobError(f"{out} was written with other {key}: {what}; use another output, or --overwrite to start over")
+        if key == "reading":  # they set the rows' columns: say how to give the output's own
+            flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
+                     else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
+            differ.append((what, f"{out} was written with other input-reading options: {what}; they set its rows' "
+                                 f"columns (label, the Parquet image), so this run's rows would not match the output's: "
+                                 f"give {', '.join(flags)} as its runs did, or use another output"))
+            continue
+        differ.append((what, f"{out} was written with other {key}: {what}; use another output, or --overwrite to "
+                             "start over"))
+    before_input = (previous.get("input") or {}).get("location")
+    now_input = (job_record.get("input") or {}).get("location")
+    if before_input is not None and now_input is not None and before_input != now_input and not config.input_moved:
+        # an older version's record has no input: compatible
+        differ.append((f"input {before_input} (now {now_input})",
+                       f"{out} was made from input {before_input}, and this run's --input {redact_uri(config.input)} is "
+                       f"{now_input}: an output's ids are paths relative to its input, so every file here whose "
+                       "relative path the output already holds would be skipped as done, unread; write to another "
+                       "output, or give the original input (if the same files only moved here, pass --input-moved)"))
+    if differ and not has_parts:
+        # The run that recorded those settings wrote no row (it failed before its first batch, e.g. on an option the
+        # model could not take): nothing is purified with them, so this run's settings replace them rather than
+        # lock the corrected command out of the output.
+        print(f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded "
+              f"({'; '.join(what for what, _ in differ)}) are replaced by this run's", file=sys.stderr)
+        differ = []
+    if differ:
+        raise JobError(differ[0][1])
     summary = read_json(f"{out}/{SUMMARY_FILE}", so)
     complete = bool(summary) and summary.get("status") == "complete"
     if complete and not (config.incremental or config.retry_rejects):
@@ -455,7 +558,8 @@ class JobPlan:
         streamed = [size for u in self.units if u.kind != "files" for size in u.sizes
                     if size is not None and size > self.in_memory_bytes]
         return {
-            "model": {"checkpoint": self.checkpoint_uri, "note": self.model_note, "sha256": self.checkpoint.sha256,
+            "model": {"checkpoint": redact_uri(self.checkpoint_uri), "note": self.model_note,
+                      "sha256": self.checkpoint.sha256,
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
             "settings": self.job_record["settings"],
             "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected,
@@ -501,10 +605,21 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     except ValueError as err:
         raise JobError(str(err)) from err
     canvas_size = config.canvas_size or ckpt.config.image_size
-    if canvas_size % settings.pool:
-        raise JobError(f"pool factor {settings.pool} does not divide the canvas size {canvas_size}")
+    canvas_problem = _canvas_problem(canvas_size, config.canvas_size is not None, settings.pool,
+                                     ckpt.config.min_input_multiple)
+    if canvas_problem:
+        raise JobError(canvas_problem)
+    try:
+        location = input_location(config.input, so)
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
     job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
-                  "decoding": asdict(config.decode_policy()), "checkpoint": checkpoint_uri, "model": model_note}
+                  "decoding": asdict(config.decode_policy()), "checkpoint": redact_uri(checkpoint_uri),
+                  "model": model_note,
+                  # options that set the rows' columns: a run with others would add rows unlike the output's
+                  "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column},
+                  # what the output's ids are relative to: another input's same-named files would be skipped as done
+                  "input": {"uri": redact_uri(config.input), "location": redact_uri(location)}}
 
     # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
     overlap = input_inside_written_folder(config.input, out, so)
@@ -582,6 +697,24 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                                    for path, ids in container_done.items() if path not in unread},
                    ledger=ledger, skipped_containers=len(unread),
                    skipped_container_records=sum(ledger[path].records for path in unread), retry=retry)
+
+
+def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:
+    """Why the model cannot purify canvases of `canvas_size` px with this pool factor, naming the sizes it takes; None
+    when it can. Found here, the run stops before it writes anything (in the purifier actors, it failed after
+    recording the size in the output, whose record then refused the corrected command)."""
+    multiple = math.lcm(pool, model_multiple)
+    if canvas_size % multiple == 0:
+        return None
+    below = canvas_size // multiple * multiple
+    sizes = " or ".join(str(n) for n in (below, below + multiple) if n > 0)
+    if not given:
+        return (f"pool factor {pool} does not divide the model's canvas size {canvas_size}: give a --pool that divides "
+                f"it, or --canvas-size {sizes}")
+    why = [f"the model halves its input {model_multiple.bit_length() - 1} times: multiples of {model_multiple}"] * (
+        model_multiple > 1) + [f"--pool {pool}: multiples of {pool}"] * (pool > 1)
+    return (f"--canvas-size {canvas_size} cannot be used: canvases must be multiples of {multiple} ({'; '.join(why)}); "
+            f"use {sizes}")
 
 
 class _RetriedByRayType(type):
@@ -718,6 +851,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             bar.close()
         if lease.lost is not None:  # the output's summary is the other run's now
             return "the summary was left to that run"
+        # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
+        details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
         done = {"read": read, "purified": purified, "rejected": rejected,
                 "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
                 "files_written": len(files),
@@ -853,7 +988,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                      "downscaled": {"images": downscaled, "max_factor": downscale_max}},
         "output_totals": {"purified": total_purified, "rejected": total_rejected,
                           "before_this_run": {"purified": plan.done_purified, "rejected": plan.done_rejected}},
-        "model": {"checkpoint": plan.checkpoint_uri, "sha256": ckpt.sha256, "note": plan.model_note,
+        "model": {"checkpoint": redact_uri(plan.checkpoint_uri), "sha256": ckpt.sha256, "note": plan.model_note,
                   "canvas_size": canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
         "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,

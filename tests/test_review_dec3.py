@@ -100,7 +100,6 @@ def test_a_tar_member_whose_name_is_not_utf8_is_read(tmp_path) -> None:
 
 # --- CLI: checks before any work ---
 
-@pytest.mark.xfail(strict=True, reason="--canvas-size not a multiple of the model's downsampling passes --dry-run")
 def test_a_canvas_size_the_model_cannot_take_stops_the_dry_run(tmp_path, capsys) -> None:
     # The shipped prior halves its input twice: canvases must be multiples of 4. --pool 2 --canvas-size 34 passed
     # the dry run (exit 0); the run then failed in the purifier actors (exit 1) after writing _job.json, whose
@@ -137,7 +136,6 @@ def test_python_m_pipeline_cli_runs_the_command_line() -> None:
 
 # --- resuming: an output's labels ---
 
-@pytest.mark.xfail(strict=True, reason="an --incremental run without --labels-from-folders adds unlabelled rows")
 @pytest.mark.usefixtures("ray_local")
 def test_an_incremental_run_keeps_the_outputs_folder_labels(tmp_path, model) -> None:
     # The first run labelled every row from its folder; the next run forgot the flag. Its rows came back with
