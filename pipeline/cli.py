@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "--max-image-mb, or once damaged files are replaced); a retried input that is purified or "
                          "rejected again replaces its old reject row, one whose input is gone keeps it; new inputs "
                          "are added too, as with --incremental; not with --overwrite")
+    io.add_argument("--input-moved", action="store_true", default=None,
+                    help="the output's input moved here (the same files, so the same ids, at a new place): accept "
+                         "this --input for an output made from another; without it, another input is refused, as its "
+                         "same-named files would be skipped as done")
     io.add_argument("--overwrite", action="store_true", default=None,
                     help="delete an existing output's data, rejects and summary first; not with --incremental")
     io.add_argument("--dry-run", action="store_true",

@@ -63,6 +63,7 @@ from pipeline.progress import progress_bar
 from pipeline.purifier import (
     PRECISIONS,
     ZipSettings,
+    canonical_operators,
     check_trained_timesteps,
     default_batch_size,
     device_problem,
@@ -478,6 +479,10 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
     previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
                 "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
+    # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
+    # operators, which must not refuse the command that wrote the output
+    with contextlib.suppress(ValueError):
+        previous["settings"]["operators"] = canonical_operators(previous["settings"]["operators"])
     differ = []
     for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "reading"):
         before, now = previous.get(key), job_record.get(key)

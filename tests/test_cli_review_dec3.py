@@ -132,3 +132,19 @@ def test_a_checkpoint_and_a_prior_both_in_the_file_or_both_as_flags_say_where(tm
     assert main([*folders, "--checkpoint", model, "--prior", "gtsrb", "--dry-run"]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and "--checkpoint" in err[0] and "--prior" in err[0] and "command line" in err[0], err
+
+
+@pytest.mark.parametrize("recorded", ["gray, pool", ["gray", "pool"]])
+def test_an_output_recorded_by_an_older_version_with_other_operator_spelling_is_resumed(folders, model, capsys,
+                                                                                         recorded) -> None:
+    # Versions before one spelling per setting recorded the operators as given; the command that wrote such an output
+    # must still resume it, not be refused as "written with other settings" ('gray, pool' (now 'gray,pool')).
+    first = config_from_args([*folders, "--checkpoint", model, "--steps", "1", "--operators", "gray,pool"])
+    record = plan_job(first, dry_run=True).job_record
+    record["settings"]["operators"] = recorded
+    Path(first.output, "data").mkdir(parents=True)
+    Path(first.output, JOB_FILE).write_text(json.dumps(record))
+    pq.write_table(pa.table({"id": ["earlier.png"]}), Path(first.output, "data", "part-00000.parquet"))
+    assert main([*folders, "--checkpoint", model, "--steps", "1", "--operators", "gray, pool", "--dry-run",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    assert "resumes an unfinished run" in capsys.readouterr().out

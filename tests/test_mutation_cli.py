@@ -30,6 +30,7 @@ CASES: dict[str, tuple[list[str], Any, Any]] = {
     "image_column": (["--image-column", "img"], "img", "picture"),
     "incremental": (["--incremental"], True, True),
     "retry_rejects": (["--retry-rejects"], True, True),
+    "input_moved": (["--input-moved"], True, True),
     "overwrite": (["--overwrite"], True, True),
     "checkpoint": (["--checkpoint", "s3://b/m.pt"], "s3://b/m.pt", "/models/m.pt"),
     "prior": (["--prior", "gtsrb"], "gtsrb", "gtsrb"),
