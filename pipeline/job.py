@@ -19,14 +19,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import posixpath
 import re
 import signal
 import sys
 import threading
 import time
-import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -70,15 +68,16 @@ from pipeline.purifier import (
     is_whole_number,
     recipe_values,
 )
+from pipeline.redaction import redact, redact_uri, redact_uri_secrets
 from pipeline.sources import (
     IN_MEMORY_BYTES,
     MAX_IMAGE_BYTES,
     ReadUnit,
     discover,
+    input_location,
     is_url_chain,
     relative_id,
     storage_path,
-    with_protocol,
 )
 from pipeline.stages import (
     ALL_CORES,
@@ -98,10 +97,6 @@ DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
 DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
 BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see run_job)
-SECRET_KEYS = ("key", "secret", "token", "password", "session")
-# Query parameters that carry credentials in a URL: presigned S3 (X-Amz-Signature, X-Amz-Credential,
-# X-Amz-Security-Token), GCS (X-Goog-Signature), Azure SAS (sig), API keys and tokens.
-SECRET_QUERY_KEYS = (*SECRET_KEYS, "signature", "credential", "sig", "auth")
 
 
 @dataclass
@@ -345,78 +340,6 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
             written = record("failed", {"error": reason})
             raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: run the same "
                             "command again to resume") from err
-
-
-def redact(options: Any) -> Any:
-    if isinstance(options, dict):
-        return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else redact(v)) for k, v in options.items()}
-    return options
-
-
-def redact_uri(uri: Any) -> Any:
-    """`uri` as it may be written down (_job.json, _summary.json, the dry run): a password or token in its user part,
-    and the values of its credential-like query parameters, as '***'. An http(s) URL's query values all go: a
-    presigned or SAS URL is a credential whatever its parameters are named. Keys stay, to show what was there."""
-    if not isinstance(uri, str) or "://" not in uri:
-        return uri
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:  # not a URL after all (an odd local name): nothing in it is a query or a user part
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"***@{host}"  # a user alone may be a token
-    every = parts.scheme.lower() in ("http", "https")
-
-    def param(item: str) -> str:
-        key, sep, _ = item.partition("=")
-        secret = every or any(s in urllib.parse.unquote_plus(key).lower() for s in SECRET_QUERY_KEYS)
-        return f"{key}=***" if sep and secret else item
-
-    query = "&".join(param(item) for item in parts.query.split("&")) if parts.query else ""
-    if netloc == parts.netloc and query == parts.query:
-        return uri  # unchanged, as typed (urlunsplit would normalise it)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact_uri_secrets(text: str, uri: str) -> str:
-    """`text` (an error message) with the credentials `redact_uri` hides in `uri` written as '***' wherever they
-    appear: messages quote a URI whole, as a path, or decoded."""
-    redacted = redact_uri(uri)
-    if redacted == uri:
-        return text
-    parts = urllib.parse.urlsplit(uri)
-    kept = {item.partition("=")[0] for item in urllib.parse.urlsplit(redacted).query.split("&")
-            if not item.endswith("=***")}
-    secrets = [value for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-               if key not in kept and value]
-    secrets += [raw.partition("=")[2] for raw in parts.query.split("&") if raw.partition("=")[0] not in kept]
-    if "@" in parts.netloc:
-        user = parts.netloc.rsplit("@", 1)[0]
-        secrets.append(user.split(":", 1)[1] if ":" in user else user)
-    text = text.replace(uri, redacted)
-    # Quoted otherwise (as a path, decoded): a value short enough to be a common word ('v=1') would mangle the
-    # message, and is no credential; signatures, keys and tokens are long.
-    for secret in sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True):  # longest first
-        text = text.replace(secret, "***")
-    return text
-
-
-def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
-    """The folder an input's ids are relative to (`discover`: the input folder, or a single input file's folder),
-    normalised so that one location compares equal however it is written ('file://', './', a trailing '/'): a
-    local one with links resolved (a 'latest' link moved to another day's folder is another input), a remote one
-    with its protocol. None when the input is not there (`discover` says so, with its hints)."""
-    fs, path = storage_path(uri, storage_options)
-    try:
-        info = with_retries(lambda: fs.info(path), f"look up {uri}")
-    except FileNotFoundError:
-        return None
-    folder = posixpath.dirname(path) if info.get("type") == "file" else path
-    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
-        return os.path.realpath(folder)
-    return with_protocol(fs, folder.rstrip("/"))
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:

@@ -223,6 +223,22 @@ def relative_id(path: str, root: str) -> str:
     return text_name(posixpath.relpath(path, root))
 
 
+def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
+    """The folder an input's ids are relative to (`discover`: the input folder, or a single input file's folder),
+    normalised so that one location compares equal however it is written ('file://', './', a trailing '/'): a
+    local one with links resolved (a 'latest' link moved to another day's folder is another input), a remote one
+    with its protocol. None when the input is not there (`discover` says so, with its hints)."""
+    fs, path = storage_path(uri, storage_options)
+    try:
+        info = with_retries(lambda: fs.info(path), f"look up {uri}")
+    except FileNotFoundError:
+        return None
+    folder = posixpath.dirname(path) if info.get("type") == "file" else path
+    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+        return os.path.realpath(folder)
+    return with_protocol(fs, folder.rstrip("/"))
+
+
 def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64) -> list[ReadUnit]:
     """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped.
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.job as job
+import pipeline.redaction as redaction
 from pipeline.errors import JobError
 from pipeline.job import JobConfig, plan_job, run_job
 from pipeline.output import JOB_FILE, SUMMARY_FILE
@@ -158,7 +159,7 @@ def test_a_canvas_the_model_cannot_take_stops_the_run_before_anything_is_written
 # --- a checkpoint's credentials ---
 
 def test_redact_uri_hides_a_presigned_urls_signature_and_a_password() -> None:
-    redact_uri = job.redact_uri
+    redact_uri = redaction.redact_uri
     url = ("https://bucket.s3.amazonaws.com/priors/cifar10.pt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
            f"&X-Amz-Credential=AKIAEXAMPLE%2F20261202&X-Amz-Security-Token=tok&X-Amz-Signature={SECRET}")
     redacted = redact_uri(url)
@@ -170,7 +171,7 @@ def test_redact_uri_hides_a_presigned_urls_signature_and_a_password() -> None:
     for plain in ("s3://bucket/priors/m.pt", "/data/m.pt", "./m.pt", "gs://b/m.pt"):
         assert redact_uri(plain) == plain
     # an error message quoting the URL, or its path with the query decoded, keeps neither signature nor key
-    message = job.redact_uri_secrets(f"cannot read {url}; /priors/cifar10.pt?X-Amz-Credential=AKIAEXAMPLE/20261202", url)
+    message = redaction.redact_uri_secrets(f"cannot read {url}; /priors/cifar10.pt?X-Amz-Credential=AKIAEXAMPLE/20261202", url)
     assert SECRET not in message and "AKIAEXAMPLE" not in message and "cifar10.pt" in message
 
 
