@@ -79,8 +79,15 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
 TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
+def _is_safetensors(data: bytes) -> bool:
+    """Whether `data` is laid out as a safetensors file: an 8-byte little-endian header length, then that many bytes
+    of JSON. Judged by content, not by the name: a presigned URL ends in its query, a renamed file in anything."""
+    size = int.from_bytes(data[:8], "little")
+    return len(data) >= 10 and 2 <= size <= len(data) - 8 and data[8:9] == b"{"
+
+
 def _parse(data: bytes, uri: str) -> dict[str, Any]:
-    if uri.endswith(".safetensors"):
+    if _is_safetensors(data):
         try:
             from safetensors.torch import load as load_safetensors
         except ImportError as err:  # pragma: no cover - depends on the environment

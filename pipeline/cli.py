@@ -17,6 +17,7 @@ from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, JobFailed, JobInter
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.purifier import RECIPES, canonical_operators
+from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import IN_MEMORY_BYTES
 
 DESCRIPTION = f"""\
@@ -474,9 +475,20 @@ def print_plan(report: dict[str, Any]) -> None:
     print("dry run: nothing was read, purified or written")
 
 
+def _shown(err: BaseException, config: JobConfig | None) -> str:
+    """An error as it is printed: without the credentials of a URI the run was given (a presigned checkpoint URL's
+    signature), since stderr ends up in CI logs and schedulers' job histories."""
+    text = str(err)
+    for uri in () if config is None else (config.checkpoint, config.input, config.output):
+        if isinstance(uri, str):
+            text = redact_uri_secrets(text, uri)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    config: JobConfig | None = None
     try:
         config = _config_from_namespace(args)
         if args.dry_run:
@@ -488,13 +500,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = run_job(config)
     except JobInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
+        print(f"interrupted: {_shown(err, config)}", file=sys.stderr)
         return 128 + err.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     except JobFailed as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_shown(err, config)}", file=sys.stderr)
         return 1
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_shown(err, config)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
