@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
     st.add_argument("--anon", action="store_true", default=None, help="anonymous S3 access")
     st.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON)")
+                    help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON; "
+                         "true/false, yes/no, on/off in any case are booleans)")
     return p
 
 
@@ -354,6 +355,9 @@ def _file_values(path: str) -> dict[str, Any]:
     return values
 
 
+_WORD_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
     if not isinstance(base, dict):
         raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {base!r}")
@@ -369,7 +373,9 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            value = raw
+            # Python's or YAML's spelling of a boolean: as text, s3fs would read anon=False as true (a non-empty
+            # string) and sign nothing, dropping the credentials
+            value = _WORD_BOOLS.get(raw.lower(), raw)
         # a mapping (client_kwargs={"region_name": ...}) adds to what --s3-endpoint or the file set, not replaces it
         so[key] = {**so[key], **value} if isinstance(value, dict) and isinstance(so.get(key), dict) else value
     return so

@@ -143,8 +143,6 @@ def test_an_init_from_that_a_resume_ignores_is_said_or_refused(train_prior: Modu
     assert rc == 2 or "--init-from" in captured.err  # refused, or a note that it was not used
 
 
-@pytest.mark.xfail(strict=True, reason="--storage-option anon=False (Python's spelling) passes the string 'False', which "
-                                       "s3fs treats as true: anonymous access, the credentials dropped")
 @pytest.mark.parametrize("spelling", ["False", "no"])
 def test_a_storage_option_anon_that_says_no_is_not_anonymous(spelling: str, tmp_path: Path) -> None:
     from pipeline.cli import ConfigError, config_from_args
