@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +62,48 @@ def _lease_watch_on_a_fake_clock(monkeypatch):
 
     monkeypatch.setattr(lease, "_sleep", sleep)
     monkeypatch.setattr(lease, "_clock", lambda: clock[0])
+
+
+@dataclass
+class FakeWait:
+    """The watch's sleeps, on a fake clock; `during(n)` runs in the n-th sleep (the other run's doings meanwhile)."""
+
+    sleeps: list[float] = field(default_factory=list)
+    during: Any = None
+
+
+@pytest.fixture
+def wait(monkeypatch) -> FakeWait:
+    """For tests of the lease watch itself: its sleeps on a fake clock, recorded."""
+    import pipeline.lease as lease_module
+
+    fake, clock = FakeWait(), [1000.0]
+
+    def sleep(seconds: float) -> None:
+        fake.sleeps.append(seconds)
+        clock[0] += seconds
+        if fake.during is not None:
+            fake.during(len(fake.sleeps))
+
+    # raising=False: on code without the watch these names are absent, and the test fails on what it checks. The
+    # lengths are set, not inherited, so that the messages checked say 45 s whatever the autouse fixture above patches
+    monkeypatch.setattr(lease_module, "LEASE_WATCH_S", 45.0, raising=False)
+    monkeypatch.setattr(lease_module, "LEASE_WATCH_POLL_S", 5.0, raising=False)
+    monkeypatch.setattr(lease_module, "_sleep", sleep, raising=False)
+    monkeypatch.setattr(lease_module, "_clock", lambda: clock[0], raising=False)
+    monkeypatch.setattr(lease_module, "LEASE_SETTLE_S", 0.01)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def purifier():
+    """A tiny random-weight Purifier (16 px model, 1 step, pool 2): the API's behaviour, not its quality."""
+    import torch
+
+    from pipeline import Purifier, ZipSettings
+    from pipeline.model import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8",
+                                  num_res_blocks=1))
+    return Purifier(model, ZipSettings(steps=1, pool=2))

@@ -9,15 +9,6 @@ import pytest
 import torch
 
 from pipeline import Purifier, ZipSettings
-from pipeline.model import UNetConfig, build_unet
-
-
-@pytest.fixture(scope="module")
-def purifier() -> Purifier:
-    torch.manual_seed(0)
-    model = build_unet(UNetConfig(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8",
-                                  num_res_blocks=1))
-    return Purifier(model, ZipSettings(steps=1, pool=2))
 
 
 def _rgb(h: int = 8, w: int = 8, seed: int = 0) -> np.ndarray:

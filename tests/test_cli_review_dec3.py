@@ -11,12 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from pipeline import Purifier, ZipSettings
+from pipeline import ZipSettings
 from pipeline.cli import config_from_args, main
 from pipeline.job import plan_job
-from pipeline.model import UNetConfig, build_unet
 from pipeline.output import JOB_FILE
 from tests.jobutil import image_bytes, tiny_model_file
 
@@ -84,12 +82,6 @@ def test_zip_settings_spell_operators_one_way_and_keep_their_order() -> None:
 
 # --- seeds ---
 
-@pytest.fixture(scope="module")
-def purifier() -> Purifier:
-    torch.manual_seed(0)
-    model = build_unet(UNetConfig(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8",
-                                  num_res_blocks=1))
-    return Purifier(model, ZipSettings(steps=1, pool=2))
 
 
 @pytest.mark.parametrize("seed", [2**64, 2**32, -1])

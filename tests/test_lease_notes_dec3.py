@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +50,6 @@ def _dead_pid() -> int:
     return dead.pid
 
 
-@dataclass
-class FakeWait:
-    """The watch's sleeps, on a fake clock; `during(n)` runs in the n-th sleep (the other run's doings meanwhile)."""
-
-    sleeps: list[float] = field(default_factory=list)
-    during: Any = None
-
-
-@pytest.fixture
-def wait(monkeypatch) -> FakeWait:
-    fake, clock = FakeWait(), [1000.0]
-
-    def sleep(seconds: float) -> None:
-        fake.sleeps.append(seconds)
-        clock[0] += seconds
-        if fake.during is not None:
-            fake.during(len(fake.sleeps))
-
-    # the lengths are set, not inherited, so that the messages checked say 45 s whatever a conftest patches
-    monkeypatch.setattr(output_lease, "LEASE_WATCH_S", 45.0)
-    monkeypatch.setattr(output_lease, "LEASE_WATCH_POLL_S", 5.0)
-    monkeypatch.setattr(output_lease, "_sleep", sleep)
-    monkeypatch.setattr(output_lease, "_clock", lambda: clock[0])
-    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 0.01)
-    return fake
 
 
 @pytest.fixture
