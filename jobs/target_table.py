@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,35 @@ def computed_check(report: dict[str, Any], resamples: int) -> dict[str, Any] | N
         raise UnusableReport(f"its per-image predictions are malformed ({err})") from None
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def stored_check_problem(rows: Any) -> str | None:
+    """What keeps a report's stored check rows (target.checks[<zip defense>]) from being shown, or None. The table reads
+    each row's metric, baseline, ZIP's value or the difference, the interval, the verdict and whether it is met: a
+    hand-edited file, or another tool's, may hold anything there, which gave a traceback and lost every file's row."""
+    if not isinstance(rows, list):
+        return f"holds {JSON_TYPES.get(type(rows).__name__, 'a value')}, not a list of check rows"
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            return f"row {i} holds {JSON_TYPES.get(type(r).__name__, 'a value')}, not a check row (a JSON object)"
+        missing = [k for k in ("metric", "baseline", "interval", "verdict", "met") if k not in r]
+        if missing:
+            return f"row {i} has no {', '.join(missing)}"
+        if r["metric"] not in ("ca", "pa", "asr") or not (r["baseline"] is None or isinstance(r["baseline"], str)):
+            return f"row {i} checks an unknown criterion ({r['metric']!r} against {r['baseline']!r})"
+        value = "zip" if r["baseline"] is None else "difference"  # the figure the table shows
+        if not _number(r.get(value)):
+            return f"row {i} has no {value} figure (a finite number)"
+        interval = r["interval"]
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2 and all(map(_number, interval))):
+            return f"row {i}'s interval is not null or two finite numbers"
+        if not isinstance(r["verdict"], str) or not isinstance(r["met"], bool):
+            return f"row {i}'s verdict is not text or its met is not true / false"
+    return None
+
+
 def with_checks(report: dict[str, Any], zip_defense: str, path: Path, resamples: int = 0) -> dict[str, Any]:
     """The report with its target check of `zip_defense`: its own; or, for one run with --bootstrap 0 and `resamples`
     above 0, the check computed from its predictions (`computed_check`); or else (an older report, or no resamples
@@ -78,6 +108,8 @@ def with_checks(report: dict[str, Any], zip_defense: str, path: Path, resamples:
     target = report.get("target")
     checks = target.get("checks") if isinstance(target, dict) else None
     if isinstance(checks, dict) and checks.get(zip_defense):
+        if problem := stored_check_problem(checks[zip_defense]):
+            raise UnusableReport(f"its stored target check of {zip_defense} is malformed: {problem}")
         return report
     failed = None
     if resamples and report.get("predictions"):
@@ -141,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     reports = {}
     for path, label in zip(args.reports, row_labels(args.reports), strict=True):
         try:
-            reports[label] = with_checks(read_report(path), args.zip, path, args.bootstrap)
+            report = with_checks(read_report(path), args.zip, path, args.bootstrap)
+            try:  # its own row first: whatever else a file holds that the table cannot show costs that row only
+                target_summary({label: report}, args.zip)
+            except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as err:
+                raise UnusableReport(f"its target check cannot be shown ({type(err).__name__}: {err})") from None
+            reports[label] = report
         except UnusableReport as err:
             print(f"{path}: {err} (skipped)", file=sys.stderr)
     if not reports:
