@@ -117,6 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start", type=float, default=1.0,
                    help="ZIP's late start (both zip variants): run only the steps t <= START*T, from the noised input "
                         "(0.3: 7 of 20 steps). Part of the cache key. Default: 1.0, the paper")
+    p.add_argument("--schedule", choices=["linear", "cosine"], default=None,
+                   help="the noise schedule ZIP samples with (both zip variants): the one the prior was trained with. "
+                        "Part of the cache key. Default: the one the prior records (jobs/train_prior.py --schedule), "
+                        "else linear (guided-diffusion's priors); one that differs from the recorded one is refused")
     p.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the ZIP sampler's noise (both zip variants; part of the purified-set cache key). One "
                         "run draws one sample per image; rerun with other seeds to see how much a difference is chance. "
@@ -182,7 +186,8 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
         return f"--start must be in (0, 1] (a fraction of the T diffusion steps), got {args.start}"
     try:  # the sampler's own limits (e.g. at most 1000 steps)
         for d in zips:
-            zip_settings(d, args.steps, args.pool, seed=args.sampler_seed, sampler=args.sampler, start=args.start)
+            zip_settings(d, args.steps, args.pool, seed=args.sampler_seed, sampler=args.sampler, start=args.start,
+                         **({"schedule": args.schedule} if args.schedule else {}))
     except ValueError as err:
         return f"ZIP settings (--steps {args.steps}, --pool {args.pool}): {err}"
     return _device_problem(args.device)
@@ -196,7 +201,7 @@ def make_config(args: argparse.Namespace, dataset: str) -> EvalConfig:
     return EvalConfig(
         dataset=dataset, attacks=args.attacks, defenses=args.defenses, checkpoint=args.checkpoint,
         steps=args.steps, pool=args.pool, subset=args.subset, seed=args.seed, sampler_seed=args.sampler_seed,
-        sampler=args.sampler, start=args.start, epochs=args.epochs,
+        sampler=args.sampler, start=args.start, schedule=args.schedule, epochs=args.epochs,
         threads=args.threads or None, cache_dir=args.cache_dir, out_dir=args.out, device=args.device,
         canvas_size=args.canvas_size, batch_size=args.batch_size, examples=args.examples,
         train_options={} if args.crop_pad == CROP_PAD else {"crop_pad": args.crop_pad}, bootstrap=args.bootstrap,

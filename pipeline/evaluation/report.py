@@ -112,13 +112,15 @@ def markdown_table(report: dict[str, Any]) -> str:
     sampler_seed = f"sampler seed {cfg['sampler_seed']}, " if "sampler_seed" in cfg else ""
     # A late start runs only the steps at t ≤ start·T of the `steps`-step schedule (0.3 of 20 DDIM steps: 7 of them).
     late = f" (late start: only those at t ≤ {start:g}·T run)" if start < 1 else ""
+    # Recorded only when not linear (`runner.report_settings`): a prior of train_prior.py --schedule cosine.
+    schedule = f", {cfg['schedule']} noise schedule" if cfg.get("schedule", "linear") != "linear" else ""
     options = cfg.get("classifier_options") or {}
     trained = (", trained with " + ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))) if options else ""
     lines = [
         f"# Defense evaluation: {report['dataset']}",
         "",
         f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} "
-        f"{cfg.get('sampler', 'ddim').upper()} steps{late}, {sampler_seed}"
+        f"{cfg.get('sampler', 'ddim').upper()} steps{late}{schedule}, {sampler_seed}"
         f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
         f"{cfg['classifier_epochs']} epochs{trained}. CA on purified clean images, ASR / PA on purified triggered images "
         "whose true label is not the target (percent).",

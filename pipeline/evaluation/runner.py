@@ -598,6 +598,10 @@ class EvalConfig:
     sampler_seed: int = 0
     sampler: str = "ddim"
     start: float = 1.0
+    # The noise schedule ZIP samples with (both zip variants); None: the one the prior records (train_prior.py writes
+    # it in its meta), else guided-diffusion's linear one. A prior sampled with another schedule than it learnt
+    # denoises at the wrong noise levels, so preflight refuses a schedule that differs from the recorded one.
+    schedule: str | None = None
     epochs: int = 10
     threads: int | None = None
     cache_dir: Path = Path.home() / ".cache" / "zip-purify"
@@ -666,9 +670,15 @@ def check_target(labels: np.ndarray, predictions: dict[str, dict[str, Any]], def
     }
 
 
-def _zip_overrides(config: EvalConfig) -> dict[str, Any]:
-    """The `ZipSettings` fields both ZIP defenses take from the configuration (see `zip_settings`)."""
-    return {"seed": config.sampler_seed, "sampler": config.sampler, "start": config.start}
+def _zip_overrides(config: EvalConfig, schedule: str | None = None) -> dict[str, Any]:
+    """The `ZipSettings` fields both ZIP defenses take from the configuration (see `zip_settings`); `schedule`: the
+    noise schedule `preflight` resolved (the configuration's, else the prior's), else the configuration's own. It is
+    a field of the settings, so part of the purified sets' cache key: a cosine run never reuses a linear run's images
+    (and "linear", the settings' default, keeps the keys sets were cached under before it was chosen here)."""
+    overrides: dict[str, Any] = {"seed": config.sampler_seed, "sampler": config.sampler, "start": config.start}
+    if schedule or config.schedule:
+        overrides["schedule"] = schedule or config.schedule
+    return overrides
 
 
 def check_subset(dataset: str, subset: int, classes: int) -> None:
@@ -735,11 +745,19 @@ def check_pool(dataset: str, pool: int, image_size: int) -> None:
 def verify_prior(config: EvalConfig, defenses: Sequence[str]) -> str | None:
     """The sha256 of the ZIP defenses' prior, once it is known to run them: readable, of a known architecture, with a
     canvas the pool factor divides, trained on the timesteps the settings start at. None when no ZIP defense runs."""
+    return checked_prior(config, defenses)[0]
+
+
+def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | None, str]:
+    """`verify_prior`'s sha256 and the noise schedule ZIP samples with: config.schedule, else the one the prior
+    records (a prior of train_prior.py --schedule cosine needs no flag to be evaluated), else linear."""
     zips = [d for d in defenses if d in ZIP_DEFENSES]
+    default = config.schedule or ZipSettings().schedule
     if not zips:
-        return None
+        return None, default
     try:
-        settings = {d: zip_settings(d, config.steps, config.pool, **_zip_overrides(config)) for d in zips}
+        for d in zips:  # the settings' own limits, before the prior is read
+            zip_settings(d, config.steps, config.pool, **_zip_overrides(config))
     except ValueError as err:
         raise EvaluationError(f"ZIP settings: {err}") from None
     try:
@@ -747,6 +765,12 @@ def verify_prior(config: EvalConfig, defenses: Sequence[str]) -> str | None:
     except (CheckpointError, OSError) as err:
         raise EvaluationError(f"diffusion prior: {err} (train one with jobs/train_prior.py, pass --checkpoint, or "
                               "leave out the zip defenses)") from None
+    recorded = loaded.meta.get("schedule") if isinstance(loaded.meta, dict) else None
+    schedule = config.schedule or (recorded if isinstance(recorded, str) else None) or default
+    try:
+        settings = {d: zip_settings(d, config.steps, config.pool, **_zip_overrides(config, schedule)) for d in zips}
+    except ValueError as err:  # e.g. a schedule recorded by a newer version that this one does not know
+        raise EvaluationError(f"ZIP settings with the prior {config.checkpoint}: {err}") from None
     canvas = config.canvas_size or loaded.config.image_size
     if canvas % loaded.config.min_input_multiple:
         raise EvaluationError(f"canvas size {canvas} must be a multiple of {loaded.config.min_input_multiple} for the "
@@ -758,14 +782,21 @@ def verify_prior(config: EvalConfig, defenses: Sequence[str]) -> str | None:
         try:
             check_trained_timesteps(loaded.meta, zs)
         except ValueError as err:
+            if recorded is not None and recorded != schedule:  # the one way here: --schedule against the prior's own
+                raise EvaluationError(f"{d} with the prior {config.checkpoint}: it was trained with the {recorded} noise "
+                                      f"schedule, but --schedule {schedule} was given: leave --schedule out (the "
+                                      f"prior's own is used) or give --schedule {recorded}") from None
             raise EvaluationError(f"{d} with the prior {config.checkpoint}: {err}") from None
-    return loaded.sha256
+    return loaded.sha256, schedule
 
 
 def report_settings(config: EvalConfig, attacks: Sequence[str], defenses: Sequence[str],
-                    checkpoint_sha256: str | None) -> dict[str, Any]:
+                    checkpoint_sha256: str | None, schedule: str | None = None) -> dict[str, Any]:
     """The settings a report's numbers and pictures follow from, as its JSON records them. The prior counts by its
-    sha256, not its path; execution settings (device, threads) are not among them."""
+    sha256, not its path; execution settings (device, threads) are not among them. `schedule`: the noise schedule
+    `preflight` resolved (recorded only when it is not the linear default, so reports of linear runs stay as they
+    were, and a report that lacks it was sampled with linear)."""
+    schedule = schedule or config.schedule or ZipSettings().schedule
     settings = {
         "attacks": attacks, "defenses": defenses, "subset": config.subset, "seed": config.seed,
         "sampler_seed": config.sampler_seed, "sampler": config.sampler, "start": config.start, "steps": config.steps,
@@ -773,6 +804,8 @@ def report_settings(config: EvalConfig, attacks: Sequence[str], defenses: Sequen
         "classifier_options": config.train_options, "canvas_size": config.canvas_size,
         "batch_size": config.batch_size, "examples": config.examples, "bootstrap": config.bootstrap,
     }
+    if schedule != ZipSettings().schedule:
+        settings["schedule"] = schedule
     return json.loads(json.dumps(settings, default=str))  # tuples as lists, as a report read back holds them
 
 
@@ -790,7 +823,11 @@ def check_output(config: EvalConfig, settings: Mapping[str, Any]) -> None:
     recorded = old.get("config") if isinstance(old, dict) else None
     if not isinstance(recorded, dict):
         raise EvaluationError(f"{path} exists but is not a report of jobs/evaluate.py (no config): {hint}")
-    # A setting an older report did not record yet is not held against it.
+    # A setting an older report did not record yet is not held against it. The schedule is recorded only when it is
+    # not linear, so its absence on either side means linear: a cosine report is not replaced by a linear run unasked.
+    default_schedule = ZipSettings().schedule
+    settings = {**settings, "schedule": settings.get("schedule", default_schedule)}
+    recorded = {**recorded, "schedule": recorded.get("schedule", default_schedule)}
     differ = [f"{k} {json.dumps(recorded[k])} there, {json.dumps(v)} now"
               for k, v in settings.items() if k in recorded and recorded[k] != v]
     if differ:
@@ -799,13 +836,14 @@ def check_output(config: EvalConfig, settings: Mapping[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class Preflight:
-    """What `preflight` checked: the run's attacks and defenses, its prior's sha256 (None without a ZIP defense) and
-    the settings its report records."""
+    """What `preflight` checked: the run's attacks and defenses, its prior's sha256 (None without a ZIP defense), the
+    settings its report records and the noise schedule ZIP samples with (see `checked_prior`)."""
 
     attacks: list[str]
     defenses: list[str]
     checkpoint_sha256: str | None
     settings: dict[str, Any]
+    schedule: str = "linear"
 
 
 def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
@@ -829,10 +867,10 @@ def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
     check_folder(Path(config.cache_dir), "--cache-dir")
     if loader is load_dataset and config.dataset in NUM_CLASSES:
         check_data(config.dataset, config.subset)
-    checkpoint_sha = verify_prior(config, defenses)
-    settings = report_settings(config, attacks, defenses, checkpoint_sha)
+    checkpoint_sha, schedule = checked_prior(config, defenses)
+    settings = report_settings(config, attacks, defenses, checkpoint_sha, schedule)
     check_output(config, settings)
-    return Preflight(attacks, defenses, checkpoint_sha, settings)
+    return Preflight(attacks, defenses, checkpoint_sha, settings, schedule)
 
 
 def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, checked: Preflight | None = None) -> dict[str, Any]:
@@ -865,7 +903,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                        zip_overrides=_zip_overrides(config))
+                        zip_overrides=_zip_overrides(config, checked.schedule))
         for d in defenses
     }
     purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
