@@ -8,7 +8,9 @@ Accepted files:
   (other entries, such as an optimizer's state or a step count, are ignored; two or more candidate state dicts,
   e.g. both "model" and "ema", are refused with their names, since which one to sample with is the user's call),
   with the key prefixes of DataParallel/DistributedDataParallel ("module.") and torch.compile ("_orig_mod.")
-  removed.
+  removed,
+- jobs/train_prior.py's resume state (OUT/last.pt): its EMA weights (what that run exports as its prior.pt) under
+  the model flags and noise settings it records.
 
 ZIP needs an unconditional prior: a class-conditional checkpoint (class_cond, `label_emb.weight`) is refused
 before any data is read unless `allow_class_cond=True` (for inspecting one; it cannot purify without labels).
@@ -23,6 +25,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ import torch
 
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
+from pipeline.schedule import SCHEDULES
 from pipeline.sources import storage_path
 from pipeline.storage import describe, with_retries
 
@@ -104,10 +108,7 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {uri}: it holds Python objects that weights-only loading does not allow "
-            f"(a checkpoint must contain tensors and plain containers only). Details: {describe(err)}"
-        ) from err
+        raise CheckpointError(_pickled_object_message(uri, err)) from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on damaged files
         raise CheckpointError(
             f"checkpoint {uri} ({len(data)} bytes) is not a readable torch file (truncated or corrupt?): "
@@ -118,23 +119,109 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
     if not obj:
         raise CheckpointError(f"checkpoint {uri} holds an empty dict, expected a state dict")
     if obj.get("format") == BUNDLE_FORMAT:
-        return obj
+        return _checked_bundle(obj, uri)
     if _is_state_dict(obj):
         return {"state_dict": obj}
+    if _is_train_prior_state(obj):
+        return _train_prior_prior(obj)
     candidates = [k for k in WRAPPER_KEYS if _is_state_dict(obj.get(k))]
     if len(candidates) == 1:
         return {"state_dict": obj[candidates[0]]}
     if len(candidates) > 1:
+        example = next((k for k in candidates if "ema" in k), candidates[0])
         raise CheckpointError(
             f"checkpoint {uri} holds {len(candidates)} state dicts ({', '.join(map(repr, candidates))}); save the one "
-            f"to sample with on its own, e.g. torch.save(ckpt[{candidates[0]!r}], 'weights.pt') (EMA weights are "
-            "usually the better prior)"
+            f"to sample with on its own, e.g. torch.save(ckpt[{example!r}], 'weights.pt') (EMA weights are "
+            "usually the better prior), and give --flags (or --preset) with it: a bare state dict records no "
+            "architecture, only a preset's is found from its shapes"
         )
     keys = ", ".join(repr(k) for k in list(obj)[:8])
     raise CheckpointError(
         f"checkpoint {uri} is a dict but neither a state dict, a {BUNDLE_FORMAT} bundle, nor a training save "
         f"holding one under {', '.join(WRAPPER_KEYS)} (its keys: {keys})"
     )
+
+
+# torch names the global its weights-only unpickler refused: "Unsupported global: GLOBAL torch.nn...Linear was not ...".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def _pickled_object_message(uri: str, err: pickle.UnpicklingError) -> str:
+    """Our own words for torch's weights-only refusal: its text is cut off ("you have two options," and neither is
+    usable here) and carries terminal escapes that end up in logs and summaries."""
+    found = _REFUSED_GLOBAL.search(str(err))
+    what = f"a pickled Python object ({found.group(1)})" if found else "a pickled Python object"
+    return (
+        f"refused to load {uri}: it holds {what}, which is not loaded because unpickling runs code from the file "
+        "(a checkpoint must hold tensors and plain containers only). If it is a whole model saved with "
+        "torch.save(model), save its weights instead: torch.save(model.state_dict(), 'weights.pt')"
+    )
+
+
+def _checked_bundle(obj: dict[str, Any], uri: str) -> dict[str, Any]:
+    """A zip-purify bundle whose parts have the types load_checkpoint relies on; a damaged or hand-made one is a
+    CheckpointError naming the part, not a KeyError/TypeError traceback."""
+    where = f"checkpoint {uri} is a {BUNDLE_FORMAT} bundle, but"
+    for part in ("state_dict", "flags"):
+        if part not in obj:
+            raise CheckpointError(f"{where} it has no {part!r} (its keys: {', '.join(map(repr, obj))})")
+    if not _is_state_dict(obj["state_dict"]):
+        raise CheckpointError(f"{where} its 'state_dict' is {_describe_value(obj['state_dict'])}, not a dict of tensors")
+    if not isinstance(obj["flags"], dict):
+        raise CheckpointError(f"{where} its 'flags' is {_describe_value(obj['flags'])}, not a dict of model flags")
+    if not isinstance(obj.get("meta", {}), dict):
+        raise CheckpointError(f"{where} its 'meta' is {_describe_value(obj['meta'])}, not a dict")
+    return obj
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict) and not value:
+        return "an empty dict"
+    return f"a {type(value).__name__}"
+
+
+def check_meta(meta: dict[str, Any], uri: str) -> None:
+    """Refuse, at load, the noise settings in a checkpoint's meta that the purifier would trip over later
+    (check_trained_timesteps compares `schedule` with a name and `max_timestep` with a timestep)."""
+    schedule = meta.get("schedule")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise CheckpointError(f"checkpoint {uri} records the noise schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    max_timestep = meta.get("max_timestep")
+    if max_timestep is not None and (type(max_timestep) is not int or max_timestep < 0):
+        raise CheckpointError(
+            f"checkpoint {uri} records max_timestep {max_timestep!r} ({type(max_timestep).__name__}); it must be a "
+            "whole number ≥ 0 (the largest timestep the prior was trained on)"
+        )
+
+
+# What jobs/train_prior.py writes to OUT/last.pt (its STATE_KEYS): both weights, the optimiser, the model flags.
+TRAIN_PRIOR_STATE_KEYS = {"model", "ema", "opt", "step", "flags"}
+
+
+def _is_train_prior_state(obj: dict[str, Any]) -> bool:
+    return TRAIN_PRIOR_STATE_KEYS <= set(obj) and _is_state_dict(obj["ema"]) and isinstance(obj["flags"], dict)
+
+
+def _train_prior_prior(state: dict[str, Any]) -> dict[str, Any]:
+    """The prior a train_prior.py resume state holds: its EMA weights (what the run exports as prior.pt; unlike the
+    "model"/"ema" pair of an unknown training save, which one is the prior is known here), its flags, and the noise
+    settings the purifier checks against (a state from before they were recorded lacks them, as a published .pt)."""
+    step = state["step"]
+    meta: dict[str, Any] = {"weights": "ema of a train_prior.py resume state",
+                            "steps": int(step) if isinstance(step, int | torch.Tensor) else step}
+    for name in ("data", "schedule", "max_timestep"):
+        if state.get(name) is not None:
+            meta[name] = state[name]
+    return {"state_dict": state["ema"], "flags": state["flags"], "meta": meta}
+
+
+def _config_from_flags(flags: dict[str, Any], uri: str, label: str) -> UNetConfig:
+    try:
+        return UNetConfig.from_flags(flags)
+    except (ValueError, TypeError) as err:  # an unknown flag, a mistyped value, a channel_mult that is no list
+        raise CheckpointError(f"cannot build the model of checkpoint {uri} from {label}: {err}") from err
 
 
 # Where training code commonly keeps the weights in a save that holds more than the weights.
@@ -207,12 +294,15 @@ def load_checkpoint(
     parsed = _parse(data, uri)
     state_dict = strip_wrapper_prefixes(parsed["state_dict"])
     meta = dict(parsed.get("meta", {}))
+    check_meta(meta, uri)
     if flags is not None:
-        config, label = UNetConfig.from_flags(flags), "the given flags"
+        label = "the given flags"
+        config = _config_from_flags(flags, uri, label)
     elif preset is not None:
         config, label = preset_config(preset), f"preset {preset!r}"
     elif "flags" in parsed:
-        config, label = UNetConfig.from_flags(parsed["flags"]), "the checkpoint's own flags"
+        label = "the checkpoint's own flags"
+        config = _config_from_flags(parsed["flags"], uri, label)
     else:
         preset = infer_preset(state_dict)
         if preset is None:
