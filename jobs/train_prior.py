@@ -8,7 +8,8 @@ and decoded once into $ZIP_CACHE_DIR (else ~/.cache/zip-purify).
 
 Files in --out:
   last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
-  prior.pt           the EMA weights as a fp16 bundle (or where --export says), rewritten with every last.pt
+  prior.pt           the EMA weights as a fp16 bundle (or where --export says: a path or a URI such as s3://bucket/
+                     prior.pt, uploaded through fsspec), rewritten with every last.pt. --out itself must be local.
   train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
 The console shows the same line with the minutes left of the budget.
 
@@ -29,11 +30,14 @@ per parameter, so up to about 64 channels at the default depth.
     python jobs/train_prior.py --init-from pipeline/assets/cifar10_prior.pt --lr 1e-4 --minutes 60 --out runs/prior-ft
 
 --init-from starts from an exported prior's weights (its architecture; fresh optimiser), to train a shipped
-prior further or adapt it to another clean data set.
+prior further or adapt it to another clean data set. Rerunning that command resumes as above; an --init-from other
+than the one OUT/last.pt started from (or one given to a run that started from random weights) is refused, since the
+resume would ignore it: add --fresh to start over from it, or use another --out.
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
-keep the last good save); 2 could not start (a bad option, missing data, a refused --init-from or last.pt, an --out in
-use by another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
+keep the last good save) or the prior could not be written to --export (last.pt is saved: rerun to write it); 2 could
+not start (a bad option, missing data, a refused --init-from or last.pt, an --out in use by another run); 130 / 143
+interrupted by Ctrl-C / SIGTERM, after saving.
 """
 
 from __future__ import annotations
@@ -44,13 +48,18 @@ import copy
 import json
 import math
 import os
+import posixpath
+import re
+import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import torch
 
@@ -59,8 +68,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle  # noqa: E402
 from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
-from pipeline.purifier import device_problem  # noqa: E402
+from pipeline.purifier import device_problem, seed_problem  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
+from pipeline.sources import storage_path  # noqa: E402
+from pipeline.storage import describe, make_parent_dirs, replace_file  # noqa: E402
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
 # "keep left" is a "keep right" the prior should not learn as equally likely.
@@ -117,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every-min", type=float, default=5.0,
                    help="write last.pt and the prior every this many minutes (and always at the end or on Ctrl-C)")
     p.add_argument("--log-every", type=int, default=25, help="log every N steps")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the image order and the noise")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial weights, the image order and the noise; 0 to 4294967295 (2**32 - 1)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore OUT/last.pt and start over. Any run that starts over keeps the previous train_log.jsonl "
                         "as train_log.jsonl.old (replacing an older one) and logs to a new train_log.jsonl")
@@ -131,9 +143,14 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("batch", "log_every", "channels", "res_blocks", "head_channels"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
-    for name in ("max_steps", "warmup_steps", "threads", "seed"):
+    for name in ("max_steps", "warmup_steps", "threads"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    # The purify job's range: a resume reseeds from --seed + step, and torch refuses seeds of 2**64 or more, so a seed
+    # near that trained a first run and then crashed its resume.
+    problem = seed_problem("--seed", args.seed)
+    if problem:
+        p.error(problem)
     # inf is a fine "no limit" for the time options (--max-steps then ends the run); nan compares false to everything
     # and would silently end a run at once or never save.
     for name in ("minutes", "save_every_min"):
@@ -155,13 +172,22 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     problem = architecture_problem(args)
     if problem:
         p.error(problem)
+    if is_uri(args.out):
+        # The run folder is appended to (the log), locked and read back on resume: that needs a local file system.
+        p.error(f"--out {args.out}: give a local folder (it holds the resumable state and the log); to upload the "
+                f"prior, give the URI as --export, e.g. --export {args.out.rstrip('/')}/prior.pt")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {out} is a file, not a folder")
     problem = unwritable_folder(out)
     if problem:
         p.error(f"--out {out}: {problem}")
-    if args.export:
+    if args.export and is_uri(args.export):
+        try:  # only builds the file system (a missing s3fs or gcsfs is said now); writing it is tried at the first save
+            storage_path(args.export, {})
+        except (ImportError, ValueError, OSError) as err:
+            p.error(f"--export {args.export}: {describe(err)}")
+    elif args.export:
         export = Path(args.export)
         if export.is_dir():
             p.error(f"--export {export} is a folder; give the file to write, e.g. {export / 'prior.pt'}")
@@ -171,6 +197,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         problem = unwritable_folder(export.parent)
         if problem:
             p.error(f"--export {export}: {problem}")
+
+
+def is_uri(text: str) -> bool:
+    """Whether an option names a location by URI (s3://, gs://, file://, ...) rather than a local path."""
+    return fsspec.core.split_protocol(text)[0] is not None
 
 
 def unwritable_folder(folder: Path) -> str | None:
@@ -254,6 +285,44 @@ def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str]:
         raise SystemExit(f"error: --init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "
                          f"got image_size={cfg.image_size}, learn_sigma={cfg.learn_sigma}, class_cond={cfg.class_cond}")
     return cfg.with_(dropout=dropout), loaded.model.state_dict(), f"{uri} (sha256 {loaded.sha256[:12]})"
+
+
+def _sha_of(note: str | None) -> str | None:
+    """The weights' sha256 prefix in an --init-from provenance note ("URI (sha256 0123abcd...)"), or None."""
+    found = re.search(r"\(sha256 ([0-9a-f]+)\)$", note or "")
+    return found.group(1) if found else None
+
+
+def check_init_from_resumable(last: Path, state: dict, init_from: str, init_note: str | None) -> None:
+    """Refuse an --init-from that a resume would ignore: last.pt's weights win, so a user meaning to fine-tune another
+    prior into this folder would silently go on training the old run. Rerunning the same command (the prior it started
+    from, the same weights) resumes as before; a state from before it recorded its start gets a note instead."""
+    if "initialised_from" not in state:
+        print(f"note: resuming {last}, which does not record what it started from; --init-from {init_from} is not used "
+              f"(its weights come from {last.name})", file=sys.stderr, flush=True)
+        return
+    before = state["initialised_from"]
+    if before is not None and _sha_of(before) == _sha_of(init_note):
+        return
+    started = f"started from {before}" if before else "started from random weights"
+    raise SystemExit(f"error: --init-from {init_from}: {last} holds a run to resume that {started}, and resuming it "
+                     f"would ignore --init-from; to start over from {init_from}, add --fresh (last.pt is then "
+                     f"overwritten) or use another --out; to resume the run, leave out --init-from")
+
+
+def write_export(export: str | Path, model: torch.nn.Module, meta: dict) -> None:
+    """Write the fp16 bundle to a local path, or upload it to a URI (s3://, gs://, ...) through fsspec, as --init-from
+    reads one; an upload is one PUT, so a reader sees the old prior or the new one."""
+    if isinstance(export, Path):
+        save_bundle(export, model, meta=meta)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # save_bundle writes files; the bytes are then uploaded
+        staged = Path(tmp) / "prior.pt"
+        save_bundle(staged, model, meta=meta)
+        data = staged.read_bytes()
+    fs, path = storage_path(export, {})
+    make_parent_dirs(fs, posixpath.dirname(path))
+    replace_file(fs, path, data, f"write {export}")
 
 
 def learned_settings(args: argparse.Namespace, timesteps: int) -> dict:
@@ -390,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    export = Path(args.export) if args.export else out / "prior.pt"
+    # A URI stays a string (written through fsspec); a local path is a Path.
+    export: str | Path = args.export if args.export and is_uri(args.export) else Path(args.export or out / "prior.pt")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
@@ -418,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     if resumed:
         state = load_state(last, device)
         check_resumable(last, state, config, learned)
+        if args.init_from:
+            check_init_from_resumable(last, state, args.init_from, init_note)
         try:
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
@@ -430,8 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         init_note = state["initialised_from"] if "initialised_from" in state else init_note
         # The random streams (which images, flips, timesteps, noise, dropout) continue where the state left them, so a
         # resumed run trains as the uninterrupted one would; a state from before they were saved reseeds instead.
-        rng = np.random.default_rng(args.seed + step)
-        torch.manual_seed(args.seed + step)
+        # (--seed is at most 2**32 - 1, so seed + step stays far below torch's limit of 2**64; the modulo only makes
+        # that explicit and leaves every reachable value, and so every existing run's stream, as it was.)
+        rng = np.random.default_rng((args.seed + step) % 2**64)
+        torch.manual_seed((args.seed + step) % 2**64)
         saved = state.get("rng", {})
         if "numpy" in saved:
             rng.bit_generator.state = saved["numpy"]
@@ -479,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
               f"pipeline/assets may take (fewer --channels or --res-blocks make it smaller)", file=sys.stderr, flush=True)
 
     saved_step = step if resumed else None  # the step whose state last.pt holds
+    export_error: str | None = None  # why the latest export failed, if it did
 
     def weights_sound() -> bool:
         """Whether the weights are still numbers the fp16 export can hold: a diverged step leaves NaN, inf or values
@@ -499,15 +574,24 @@ def main(argv: list[str] | None = None) -> int:
             "optimiser": {name: getattr(args, name) for name in OPTIMISER},
             **({"order": torch.from_numpy(order), "cursor": cursor} if order is not None else {}),
         })
-        save_bundle(export, ema, meta={
+        nonlocal export_error
+        meta = {
             "trained_on": described,
             "objective": f"epsilon MSE, T={len(alpha_bars)}", "schedule": args.schedule, "steps": step,
             **({"max_timestep": args.max_timestep} if args.max_timestep is not None else {}),
             "images_seen": images_seen, "minutes": round(elapsed / 60, 1), "ema_decay": args.ema,
             "device": str(device), "precision": args.precision,
             **({"initialised_from": init_note} if init_note else {}),
-            "command": "python jobs/train_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        })
+            # Quoted as a shell reads it: a plain join lost --attention '' (and split paths with spaces).
+            "command": shlex.join(["python", "jobs/train_prior.py", *(argv if argv is not None else sys.argv[1:])]),
+        }
+        try:
+            write_export(export, ema, meta)
+            export_error = None
+        except Exception as err:  # noqa: BLE001 - last.pt is saved; a failed upload must not end hours of training
+            export_error = describe(err)
+            print(f"warning: could not write the prior to {export} ({export_error}); {last} is saved, and the next save "
+                  f"tries again", file=sys.stderr, flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     # Held to the end, so that a second run into this folder is refused (see lock_run_folder) and a signal saves the
@@ -594,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training diverged by step {step} (a loss or weights not finite, or past fp16's range); {kept}. "
               f"Rerun with a lower --lr to continue from the last save, or --fresh", file=sys.stderr, flush=True)
         return 1
+    if export_error is not None:
+        print(f"error: the prior could not be written to {export} ({export_error}); {last} holds step {step}: rerun the "
+              f"same command to write it (with the budget spent it only exports)", file=sys.stderr, flush=True)
+        return 1
     if stop.signum is not None:
         print(f"interrupted at step {step} ({elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; rerun the "
               f"same command to resume", file=sys.stderr, flush=True)
@@ -604,15 +692,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """The command line: main's exit status, with its refusals (a SystemExit carrying an "error: ..." line: missing
-    data, a refused --init-from or last.pt, an --out in use) as that one line and status 2, like argparse's own; Ctrl-C
-    outside the training loop (loading data, building the model) as one line and 130."""
+    """The command line: main's exit status (argparse's usage errors: 2), with its refusals (a SystemExit carrying an
+    "error: ..." line: missing data, a refused --init-from or last.pt, an --out in use) as that one line and status 2,
+    like argparse's own; Ctrl-C outside the training loop (loading data, building the model) as one line and 130."""
     try:
         return main(argv)
     except SystemExit as err:
         if isinstance(err.code, str):
             print(err.code, file=sys.stderr, flush=True)
             return 2
+        if isinstance(err.code, int):  # argparse's usage errors (2) and --help (0), as a status callers can test
+            return err.code
         raise
     except KeyboardInterrupt:
         # Before training (reading the data, building the model) or a second Ctrl-C: every save is atomic, so the run

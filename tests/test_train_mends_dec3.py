@@ -1,0 +1,85 @@
+"""jobs/train_prior.py after review 2 (Dec 3): --export takes URIs, --out refuses them, --seed has the purify job's range,
+and an --init-from that a resume would ignore is refused while the same command still resumes. All run in seconds on a
+16-image stand-in training set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import fsspec
+import numpy as np
+import pytest
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.evaluation.datasets import LabelledImages
+from tests.jobutil import load_job_script
+
+TINY = ["--channels", "32", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "", "--head-channels", "32",
+        "--batch", "4", "--threads", "1", "--log-every", "1"]
+
+
+@pytest.fixture()
+def train_prior(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    module = load_job_script("train_prior.py", "train_prior_mends_dec3")
+
+    def fake_load(name: str, split: str) -> LabelledImages:
+        rng = np.random.default_rng(0)
+        return LabelledImages(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.zeros(16, np.int64), 1)
+
+    monkeypatch.setattr(module, "load_dataset", fake_load)  # no ../shared needed
+    return module
+
+
+def test_an_export_uri_is_uploaded_and_loads(train_prior: ModuleType, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = "memory://mends-dec3/models/prior.pt"  # fsspec's in-process store: an upload without a network
+    try:
+        assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--export", uri, *TINY]) == 0
+        loaded = load_checkpoint(uri)  # as purify.py --checkpoint URI reads it
+        assert loaded.meta["steps"] == 1 and loaded.config.num_channels == 32
+        assert not (tmp_path / "memory:").exists() and not (tmp_path / "run" / "prior.pt").exists()
+    finally:
+        fsspec.filesystem("memory").rm("/mends-dec3", recursive=True)
+
+
+def test_an_out_uri_is_a_usage_error(train_prior: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert train_prior.cli(["--max-steps", "1", "--out", "s3://bucket/runs/prior", *TINY]) == 2
+    assert "--export s3://bucket/runs/prior/prior.pt" in capsys.readouterr().err  # what to give instead
+    assert list(tmp_path.iterdir()) == []  # nothing written, no ./s3: folder
+
+
+@pytest.mark.parametrize("seed, rc", [(2**32 - 1, 0), (2**32, 2), (-1, 2)])
+def test_the_seed_range_is_the_purify_jobs(train_prior: ModuleType, tmp_path: Path, seed: int, rc: int) -> None:
+    argv = ["--out", str(tmp_path), "--seed", str(seed), *TINY]
+    assert train_prior.cli(["--max-steps", "1", *argv]) == rc
+    if rc == 0:  # the largest seed also resumes
+        assert train_prior.cli(["--max-steps", "2", *argv]) == 0
+        assert load_checkpoint(str(tmp_path / "prior.pt")).meta["steps"] == 2
+    else:
+        assert not (tmp_path / "last.pt").exists()
+
+
+def test_the_same_init_from_command_resumes_and_another_init_from_is_refused(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_prior.cli(["--max-steps", "1", "--out", str(first), "--seed", "1", *TINY]) == 0
+    assert train_prior.cli(["--max-steps", "1", "--out", str(second), "--seed", "2", *TINY]) == 0
+    out = str(tmp_path / "ft")
+    fine_tune = ["--out", out, "--init-from", str(first / "prior.pt"), *TINY]
+    assert train_prior.cli(["--max-steps", "1", *fine_tune]) == 0
+    # The README's resume: the same command again (it names the same --init-from) continues the run.
+    assert train_prior.cli(["--max-steps", "2", *fine_tune]) == 0
+    assert load_checkpoint(out + "/prior.pt").meta["steps"] == 2
+    capsys.readouterr()
+    # Another prior into the same folder would be ignored by the resume: refused, with the way to do it.
+    other = ["--out", out, "--init-from", str(second / "prior.pt"), *TINY]
+    assert train_prior.cli(["--max-steps", "3", *other]) == 2
+    err = capsys.readouterr().err
+    assert "--fresh" in err and str(first / "prior.pt") in err
+    assert load_checkpoint(out + "/prior.pt").meta["steps"] == 2  # untouched
+    assert train_prior.cli(["--max-steps", "1", "--fresh", *other]) == 0
+    assert str(second / "prior.pt") in load_checkpoint(out + "/prior.pt").meta["initialised_from"]
