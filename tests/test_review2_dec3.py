@@ -1,5 +1,5 @@
 """Second user review (Dec 3): bugs a user training their own prior, reading its checkpoints and tabulating evaluation
-reports runs into. Each test is an xfail(strict) until its bug is fixed; all run in seconds, the training ones on a
+reports runs into. Each test failed on the code of its day (a strict xfail until its fix landed); all run in seconds, the training ones on a
 16-image stand-in training set (only the evaluate.py test reads the shared CIFAR-10's labels, and skips without them)."""
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ def test_an_export_named_safetensors_is_refused_or_loadable(train_prior: ModuleT
         assert rc == 2 and not export.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="train_prior accepts a --seed torch cannot take: --seed 2**64-1 trains, then the "
-                                       "resume crashes with a ValueError traceback (seed + step overflows)")
 def test_a_seed_that_trains_also_resumes(train_prior: ModuleType, tmp_path: Path) -> None:
     argv = ["--out", str(tmp_path), "--seed", str(2**64 - 1), *TINY]
     first = train_prior.cli(["--max-steps", "1", *argv])
@@ -56,8 +54,6 @@ def test_a_seed_that_trains_also_resumes(train_prior: ModuleType, tmp_path: Path
     assert train_prior.cli(["--max-steps", "2", *argv]) == 0  # the same command, continued
 
 
-@pytest.mark.xfail(strict=True, reason="a pickled whole nn.Module is refused with torch's cut-off text ('you have two "
-                                       "options,' and none) and raw ANSI escapes")
 def test_a_pickled_module_is_refused_with_a_clean_message(tmp_path: Path) -> None:
     model = load_checkpoint(tiny_model_file(tmp_path)).model
     path = tmp_path / "module.pt"
@@ -69,8 +65,6 @@ def test_a_pickled_module_is_refused_with_a_clean_message(tmp_path: Path) -> Non
     assert "two options" not in message  # names options it does not show
 
 
-@pytest.mark.xfail(strict=True, reason="target_table: a report whose stored target check is malformed crashes with a "
-                                       "traceback (exit 1) and the good reports' table is lost")
 def test_target_table_skips_a_report_with_a_malformed_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target_table = load_job_script("target_table.py", "target_table_review2")
     good = json.loads((ROOT / "docs" / "cifar10.json").read_text())
@@ -85,8 +79,6 @@ def test_target_table_skips_a_report_with_a_malformed_check(tmp_path: Path, caps
     assert "bad.json" in err  # ...and named on stderr, as the docstring promises
 
 
-@pytest.mark.xfail(strict=True, reason="train_prior --export s3://bucket/prior.pt silently writes a local file "
-                                       "./s3:/bucket/prior.pt (--init-from takes URIs, --export does not)")
 def test_an_export_uri_is_not_written_to_a_local_folder_named_s3(train_prior: ModuleType, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -95,8 +87,6 @@ def test_an_export_uri_is_not_written_to_a_local_folder_named_s3(train_prior: Mo
     assert not (tmp_path / "s3:").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a malformed zip-purify bundle (no state_dict, flags or meta null) raises "
-                                       "KeyError/TypeError, so purify.py shows a traceback and exits 1")
 @pytest.mark.parametrize("damage", ["no state_dict", "flags null", "meta null"])
 def test_a_malformed_bundle_is_a_checkpoint_error(tmp_path: Path, damage: str) -> None:
     bundle = torch.load(tiny_model_file(tmp_path), weights_only=True)
@@ -110,8 +100,6 @@ def test_a_malformed_bundle_is_a_checkpoint_error(tmp_path: Path, damage: str) -
         load_checkpoint(str(path))
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.py cannot evaluate a prior of train_prior.py --schedule cosine: it is "
-                                       "refused, and the advice '--schedule cosine' is an unrecognized argument")
 def test_evaluate_takes_a_cosine_prior_or_the_flag_its_error_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     if missing_data("cifar10", "test"):
@@ -128,8 +116,6 @@ def test_evaluate_takes_a_cosine_prior_or_the_flag_its_error_names(monkeypatch: 
     assert rc == 0 and len(job.started) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="train_prior: an --init-from given to a folder that holds last.pt is silently "
-                                       "ignored (it resumes the old run, no note), unlike a changed --lr")
 def test_an_init_from_that_a_resume_ignores_is_said_or_refused(train_prior: ModuleType, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other"  # a prior of the same architecture, other weights
@@ -155,8 +141,6 @@ def test_a_storage_option_anon_that_says_no_is_not_anonymous(spelling: str, tmp_
     assert config.storage_options.get("anon") in (False, None)  # s3fs signs no request when anon is truthy
 
 
-@pytest.mark.xfail(strict=True, reason="the command a prior records in its meta is joined without quoting: "
-                                       "--attention '' is lost and the command no longer runs")
 def test_the_command_a_prior_records_runs_again(train_prior: ModuleType, tmp_path: Path) -> None:
     import shlex
 
@@ -167,8 +151,6 @@ def test_the_command_a_prior_records_runs_again(train_prior: ModuleType, tmp_pat
     assert train_prior.parse_args(words[2:]).attention == ""  # argparse: "--attention: expected one argument"
 
 
-@pytest.mark.xfail(strict=True, reason="--checkpoint OUT/last.pt (train_prior's resume state) is refused with advice to "
-                                       "torch.save(ckpt['model']), which then lacks the flags; prior.pt is not named")
 def test_a_train_prior_resume_state_as_checkpoint_loads_or_points_to_the_prior(train_prior: ModuleType,
                                                                                tmp_path: Path) -> None:
     assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path), *TINY]) == 0
