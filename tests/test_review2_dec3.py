@@ -1,6 +1,7 @@
 """Second user review (Dec 3): bugs a user training their own prior, reading its checkpoints and tabulating evaluation
-reports runs into. Each test failed on the code of its day (a strict xfail until its fix landed); all run in seconds, the training ones on a
-16-image stand-in training set (only the evaluate.py test reads the shared CIFAR-10's labels, and skips without them)."""
+reports runs into. Each test failed on the code of its day (a strict xfail until its fix landed); all run in
+seconds, the training ones on a 16-image stand-in training set (only the evaluate.py test reads the shared
+CIFAR-10's labels, and skips without them)."""
 
 from __future__ import annotations
 
