@@ -104,6 +104,24 @@ def load_job_script(script: str, name: str) -> ModuleType:
     return module
 
 
+TRAIN_TINY_ARGS = ["--channels", "32", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "",
+                   "--head-channels", "32", "--batch", "4", "--threads", "1", "--log-every", "1"]
+
+
+def train_prior_on_noise(monkeypatch, name: str) -> ModuleType:
+    """jobs/train_prior.py as a module whose data set is 16 seeded noise images, so no ../shared is needed."""
+    module = load_job_script("train_prior.py", name)
+
+    def fake_load(dataset: str, split: str):
+        from pipeline.evaluation.datasets import LabelledImages
+
+        rng = np.random.default_rng(0)
+        return LabelledImages(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.zeros(16, np.int64), 1)
+
+    monkeypatch.setattr(module, "load_dataset", fake_load)
+    return module
+
+
 def run_main(job: ModuleType, argv: list[str]) -> int:
     """A job's exit status from main(argv), argparse's SystemExit included."""
     try:

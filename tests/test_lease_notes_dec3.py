@@ -26,22 +26,14 @@ import pytest
 import pipeline.lease as output_lease
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE, OutputLease, refuse_live_lease
+from tests.leaseutil import write_foreign_lease
 
 AHEAD_S = 600.0  # the holder's clock is 10 minutes ahead of ours
 BEHIND_S = 600.0
 
 
 def _write_lease(out: Path, **fields: Any) -> bytes:
-    """Write a lease whole, as a run writes it; the holder is on another machine unless `fields` say otherwise."""
-    record = {"run_id": "0ther", "host": "batch-node-7", "pid": 4242,
-              # every Linux host's first PID namespace has the same name: the host name tells the machines apart
-              "pid_namespace": output_lease._pid_namespace(), "started": time.time() - 3600,
-              "heartbeat": time.time() - BEHIND_S, **fields}
-    data = json.dumps(record).encode()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".lease.tmp").write_bytes(data)
-    os.replace(out / ".lease.tmp", out / LEASE_FILE)
-    return data
+    return write_foreign_lease(out, BEHIND_S, **fields)
 
 
 def _dead_pid() -> int:

@@ -13,7 +13,6 @@ The watch's waiting runs on a fake clock (tests/conftest.py), so the tests take 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -25,20 +24,13 @@ import pipeline.lease as output_lease
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE, OutputLease, heartbeat_ahead, lease_holder
 from pipeline.storage import RetriesExhausted
+from tests.leaseutil import garble_lease_after_each_sleep, write_foreign_lease
 
 AHEAD_S = 600.0  # the holder's clock is 10 minutes ahead of ours
 
 
 def _write_lease(out: Path, **fields: Any) -> bytes:
-    """Write a lease whole, as a run writes it; the holder is on another machine unless `fields` say otherwise."""
-    record = {"run_id": "0ther", "host": "batch-node-7", "pid": 4242,
-              "pid_namespace": output_lease._pid_namespace(), "started": time.time() - 3600,
-              "heartbeat": time.time() - 600, **fields}
-    data = json.dumps(record).encode()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".lease.tmp").write_bytes(data)
-    os.replace(out / ".lease.tmp", out / LEASE_FILE)
-    return data
+    return write_foreign_lease(out, 600.0, **fields)
 
 
 @pytest.fixture
@@ -127,13 +119,7 @@ def test_a_lease_ahead_replaced_by_a_file_that_is_no_runs_lease_is_taken_over_as
     # name the old holder's clock, about a lease that was replaced
     out = tmp_path / "out"
     _write_lease(out, heartbeat=time.time() + AHEAD_S)
-    fake_sleep = output_lease._sleep
-
-    def sleep_then_garble(seconds: float) -> None:
-        fake_sleep(seconds)
-        (out / LEASE_FILE).write_text("{not json")
-
-    monkeypatch.setattr(output_lease, "_sleep", sleep_then_garble)
+    garble_lease_after_each_sleep(monkeypatch, out)
     with OutputLease(str(out), {}) as lease:
         assert _ours(out, lease)
     err = capsys.readouterr().err

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output
 from pipeline.sources import discover, read_unit
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.leaseutil import garble_lease_after_each_sleep, write_foreign_lease
 
 
 def _part(folder: Path, name: str, ids: list[str], error: str = "") -> None:
@@ -126,13 +125,7 @@ def test_incremental_without_retry_rejects_leaves_rejects_done(tmp_path, model) 
 
 def _foreign_lease(out: Path) -> bytes:
     """A lease from another machine whose heartbeat looks 10 minutes old by our clock."""
-    data = json.dumps({"run_id": "0ther", "host": "batch-node-7", "pid": 4242,
-                       "pid_namespace": output_lease._pid_namespace(), "started": time.time() - 4200,
-                       "heartbeat": time.time() - 600}).encode()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".lease.tmp").write_bytes(data)
-    os.replace(out / ".lease.tmp", out / LEASE_FILE)
-    return data
+    return write_foreign_lease(out, 600.0)
 
 
 @pytest.fixture
@@ -166,13 +159,7 @@ def test_a_lease_that_turns_unreadable_during_the_watch_is_taken_over_not_called
     # not a run's lease (runs write whole files): nothing to watch any more, and no clock disagrees
     out = tmp_path / "out"
     _foreign_lease(out)
-    fake_sleep = output_lease._sleep
-
-    def sleep_then_garble(seconds: float) -> None:
-        fake_sleep(seconds)
-        (out / LEASE_FILE).write_text("{not json")
-
-    monkeypatch.setattr(output_lease, "_sleep", sleep_then_garble)
+    garble_lease_after_each_sleep(monkeypatch, out)
     with OutputLease(str(out), {}) as lease:
         assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
     err = capsys.readouterr().err

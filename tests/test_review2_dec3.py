@@ -10,30 +10,29 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle
-from pipeline.evaluation.datasets import LabelledImages, missing_data
+from pipeline.evaluation.datasets import missing_data
 from pipeline.model import UNetConfig, build_unet
-from tests.jobutil import TINY_FLAGS, evaluate_job_without_evaluation, load_job_script, run_main, tiny_model_file
+from tests.jobutil import (
+    TINY_FLAGS,
+    TRAIN_TINY_ARGS,
+    evaluate_job_without_evaluation,
+    load_job_script,
+    run_main,
+    tiny_model_file,
+    train_prior_on_noise,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--channels", "32", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "", "--head-channels", "32",
-        "--batch", "4", "--threads", "1", "--log-every", "1"]
+TINY = TRAIN_TINY_ARGS
 
 
 @pytest.fixture()
 def train_prior(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = load_job_script("train_prior.py", "train_prior_review2")
-
-    def fake_load(name: str, split: str) -> LabelledImages:
-        rng = np.random.default_rng(0)
-        return LabelledImages(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.zeros(16, np.int64), 1)
-
-    monkeypatch.setattr(module, "load_dataset", fake_load)  # no ../shared needed
-    return module
+    return train_prior_on_noise(monkeypatch, "train_prior_review2")
 
 
 # Found by this review; fixed by 74ab830 (the loader knows safetensors by content): kept as a regression test.

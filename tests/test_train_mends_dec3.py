@@ -8,27 +8,17 @@ from pathlib import Path
 from types import ModuleType
 
 import fsspec
-import numpy as np
 import pytest
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.evaluation.datasets import LabelledImages
-from tests.jobutil import load_job_script
+from tests.jobutil import TRAIN_TINY_ARGS, train_prior_on_noise
 
-TINY = ["--channels", "32", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "", "--head-channels", "32",
-        "--batch", "4", "--threads", "1", "--log-every", "1"]
+TINY = TRAIN_TINY_ARGS
 
 
 @pytest.fixture()
 def train_prior(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = load_job_script("train_prior.py", "train_prior_mends_dec3")
-
-    def fake_load(name: str, split: str) -> LabelledImages:
-        rng = np.random.default_rng(0)
-        return LabelledImages(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.zeros(16, np.int64), 1)
-
-    monkeypatch.setattr(module, "load_dataset", fake_load)  # no ../shared needed
-    return module
+    return train_prior_on_noise(monkeypatch, "train_prior_mends_dec3")
 
 
 def test_an_export_uri_is_uploaded_and_loads(train_prior: ModuleType, tmp_path: Path,
