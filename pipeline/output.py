@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.ledger import LEDGER_DIR
 from pipeline.sources import storage_path, with_protocol
-from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, text_column, write_parquet_atomic
+from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, text_column, write_parquet_atomic
 from pipeline.storage import make_parent_dirs, move_into_place, with_retries
 
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
@@ -228,6 +228,8 @@ class OutputRows:
     retried_purified: int = 0
     retried_rejected: int = 0
     stale_rejects_removed: int = 0  # reject rows made untrue by this run's reading (`resolved`), removed
+    # rejects/ part files rewritten with the columns they lacked (an older version's, without rejected_at), as nulls
+    rejects_files_upgraded: int = 0
 
 
 def deduplicate_output(output: str, storage_options: dict[str, Any], written: Iterable[str] = (),
@@ -246,13 +248,16 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     the one reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, cat.1.jpg, ...).
     The newest reject row wins over the first by name for a --retry-rejects run killed after writing an input's new
     reject and before this check: a later run without the flag must keep that new reason, not the old one.
+    Every rejects/ file is also given the columns it lacks (`rejects_columns`: rejected_at, as nulls, in a file an
+    older version wrote), in the same whole-file write that replaces it atomically, so the folder reads as one table
+    whichever file a reader takes its columns from. The caller holds the output's lease: no other run writes it.
     """
     fs, _ = _fs(output, storage_options)
     seen: set[str] = set()
     fresh: set[str] = set()  # ids in files this run wrote
     purified_ids: set[str] = set()
     resolved_out: set[str] = set()
-    removed = 0
+    removed = upgraded = 0
     rows = []
     schemas: dict[str, pa.Schema] = {}
     mine = {posixpath.basename(name) for name in written}
@@ -270,6 +275,8 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
             index = indexed
         else:
             index = _part_indexes(fs, parts)
+        # rejects/: the columns each file is to have, so that the folder reads as one table (`rejects_columns`)
+        columns = rejects_columns([schema for _, _, schema in indexed]) if folder == REJECTS_DIR else {}
         for pos, (path, ids, schema) in enumerate(index):
             if posixpath.basename(path) in mine:
                 fresh.update(ids)
@@ -281,19 +288,24 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
             seen.update(i for i in ids if i not in gone)
             if folder == DATA_DIR:
                 purified_ids.update(ids)
-            if dup or gone:
+            lacking = _columns_to_mend(schema, columns)
+            if dup or gone or lacking:
                 keep = [i not in dup and i not in gone for i in ids]
                 # an old row of a reject this run read again: replaced, not a duplicate
                 again = {i for i in dup if i in retried and i in fresh} if folder == REJECTS_DIR else set()
                 resolved_out.update(gone)
                 removed += sum(i in dup and i not in again for i in ids)
-                if not any(keep):
+                if (dup or gone) and not any(keep):
                     try:  # rm_file, not rm: rm expands glob characters in the output's path
                         with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
                     except FileNotFoundError:
                         pass  # already gone (a retried delete that had landed)
                     continue
-                write_parquet_atomic(_read_part(fs, path).filter(keep), with_protocol(fs, path), storage_options)
+                table = _read_part(fs, path)
+                # the whole file read, changed and moved into place in one write: no row is ever missing from it
+                table = _mend_columns(table.filter(keep) if dup or gone else table, lacking, columns)
+                write_parquet_atomic(table, with_protocol(fs, path), storage_options)
+                upgraded += bool(lacking)
             if folder == DATA_DIR:
                 schemas[path] = schema
         rows.append(len(seen) - before)
@@ -303,7 +315,53 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     retried_out = set(retried) & fresh
     now_purified = len(retried_out & purified_ids)
     return OutputRows(removed, rows[0], rows[1], schemas, now_purified, len(retried_out) - now_purified,
-                      len(resolved_out))
+                      len(resolved_out), upgraded)
+
+
+def rejects_columns(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
+    """The columns every rejects/ part file is to have, with their types: this version's (`REJECTS_SCHEMA`), and any
+    other that some file holds, as `common_column_types` gives it. Readers of a folder take one file's columns:
+    pandas, pyarrow.dataset and pq.read_table dropped rejected_at from every file when the first by name was an
+    older version's, which lacks it, and kept it when that file came later."""
+    columns = {name: t for name, t in common_column_types(schemas).items() if name not in REJECTS_SCHEMA.names}
+    columns.update((f.name, f.type) for f in REJECTS_SCHEMA)
+    return columns
+
+
+def _columns_to_mend(schema: pa.Schema, columns: dict[str, pa.DataType]) -> list[str]:
+    """The `columns` that a part file lacks or holds with another type. A timestamp column (rejected_at) held as
+    something that is not a time, written by another tool, is left as it is: casting it could lose its values."""
+    wrong = []
+    for name, t in columns.items():
+        if name not in schema.names:
+            wrong.append(name)
+            continue
+        have = schema.field(name).type
+        if have != t and not (pa.types.is_timestamp(t) and not (pa.types.is_timestamp(have) or pa.types.is_null(have))):
+            wrong.append(name)
+    return wrong
+
+
+def _mend_columns(table: pa.Table, names: list[str], columns: dict[str, pa.DataType]) -> pa.Table:
+    """`table` with columns `names` added as nulls or given their type in `columns`; every value is kept (a time of
+    another unit or zone as the same instant, a naive one taken as UTC; others made strings as their JSON text)."""
+    for name in names:
+        t = columns[name]
+        if name not in table.column_names:
+            table = table.append_column(pa.field(name, t), pa.nulls(table.num_rows, t))
+            continue
+        column = table.column(name)
+        if pa.types.is_null(column.type):
+            cast = pa.nulls(len(column), t)
+        elif pa.types.is_timestamp(t) and pa.types.is_timestamp(column.type):
+            zoned = column if column.type.tz else column.cast(pa.timestamp(column.type.unit, "UTC"))
+            cast = zoned.cast(t, safe=False)  # only a part of a microsecond can go
+        elif pa.types.is_string(t):
+            cast = text_column(column.to_pylist())
+        else:
+            cast = column.cast(t)
+        table = table.set_column(table.schema.get_field_index(name), pa.field(name, t), cast)
+    return table
 
 
 def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:

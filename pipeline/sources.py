@@ -414,7 +414,8 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     """One record per file in a zip archive, as if its files lay in a folder named after it (id `x.zip/a/b.jpg`;
     hidden ones, `.x` and `_x` such as `__MACOSX/`, skipped as in a folder). A zip file is read through its central
     directory at its end, so a large one is read from storage a member at a time (ranges of an object), never whole.
-    A name stored twice is one file, the later entry, as on extraction. A member over `max_image_bytes` (by the size
+    A name stored twice is one file, the later entry, as on extraction; different names that give one path (a '\\'
+    where the other has '/') are one reject naming them. A member over `max_image_bytes` (by the size
     the directory gives), an encrypted one or a damaged one is that member's reject; done ids are not read."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
@@ -426,15 +427,26 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
         members: dict[str, zipfile.ZipInfo] = {}
+        # path -> the different stored names that give it ('a\\b.png' beside 'a/b.png', './a/b.png', 'a//b.png')
+        look_alikes: dict[str, list[str]] = {}
         for info in archive.infolist():
             name = _zip_member_path(info.filename)
             if name is not None and not _hidden(name):
-                members.pop(name, None)  # a later entry of the same name takes the place of the earlier one
+                earlier = members.pop(name, None)  # a later entry of the same name takes the place of the earlier one
+                if earlier is not None and earlier.filename != info.filename:  # not the same name: another file
+                    stored = look_alikes.setdefault(name, [earlier.filename])
+                    stored.extend([info.filename] if info.filename not in stored else [])
                 members[name] = info
         for name, info in members.items():
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
             if id_ in skip_ids:
                 yield {"kind": "skipped", "id": id_}
+                continue
+            if name in look_alikes:  # one id for two files: neither is read, one reject names them all
+                shown = " and ".join(repr(text_name(n)) for n in look_alikes[name])
+                yield reject_record(id_, source, f"zip members {shown} are one path, {name}, once '\\' is read as '/' "
+                                    "and empty or '.' folders are dropped, so the output could keep only one of them; "
+                                    "none was read: rename one and run again with --retry-rejects", "read")
                 continue
             meta: dict[str, Any] = {}
             if labels_from_folders:
@@ -718,7 +730,12 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         yield {"kind": "superseded", "ids": superseded}
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
     done: set[str] = {key for key in members_of if key_id(key) in skip_ids}
-    yield from ({"kind": "skipped", "id": key_id(key)} for key in members_of if key in done)
+    yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
+    # a key that is not UTF-8 and one named with its escapes ('caf\xe9' literally): one id, which the output keeps once
+    for id_, twins in _escaped_twin_keys(members_of, key_id).items():
+        if twins[0] not in done:
+            done.update(twins)  # neither is read: one reject names them all, so that no image goes unnoticed
+            yield reject_record(id_, f"{path}:{twins[0]}", _twin_members_error(members_of, twins, id_), "read")
     # target position -> links still to be emitted that read it; its bytes are kept while any are
     readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
@@ -814,6 +831,33 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             yield record(key)
     if failure:
         yield failure
+
+
+def _escaped_twin_keys(members_of: dict[str, Counter[str]], key_id: Callable[[str], str]) -> dict[str, list[str]]:
+    """Id -> the keys of a tar shard that give it (two or more): a member name that is not UTF-8 is written with
+    escapes (`text_name`), which another member's name may hold literally. Looked for only when some key is not
+    UTF-8 (the only way two keys give one id)."""
+    if all(key.isascii() or text_name(key) == key for key in members_of):
+        return {}
+    keys_of: dict[str, list[str]] = {}
+    for key in members_of:
+        keys_of.setdefault(key_id(key), []).append(key)
+    return {id_: keys for id_, keys in keys_of.items() if len(keys) > 1}
+
+
+def _twin_members_error(members_of: dict[str, Counter[str]], twins: list[str], id_: str) -> str:
+    """The reject of tar keys that give one id: each key's members, as text and as the bytes of their names."""
+    def as_bytes(name: str) -> bytes:  # a name's bytes as the tar holds them; any other surrogate kept as such
+        try:
+            return name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return name.encode("utf-8", "surrogatepass")
+
+    names = [name for key in twins for name in members_of[key]]
+    shown = " and ".join(f"{text_name(n)} (as bytes: {as_bytes(n)!r})" for n in names)
+    return (f"tar members {shown} have one id, {id_}: a name that is not UTF-8 is written with each byte it cannot "
+            "decode as \\xNN (and a backslash as \\\\), and the other name is that text itself, so the output could "
+            "keep only one of them; none was read: rename one and run again with --retry-rejects")
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
