@@ -16,7 +16,7 @@ import numbers
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -101,17 +101,37 @@ def canonical_operators(names: Any) -> str:
     return ",".join(_OPERATOR_ALIASES.get(p, p) for p in parts if p)
 
 
-def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True) -> str | None:
+def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True,
+                   name: str = "--device") -> str | None:
     """What is wrong with a --device value, or None. `on_this_machine`: also that torch sees that CUDA device here
-    (not for the job, whose purifier actors run on the cluster's GPU nodes)."""
+    (not for the job, whose purifier actors run on the cluster's GPU nodes). `name`: how the message names the
+    setting ("--device" for a command line; the Python API's "device" says device='cpu')."""
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        return f"--device must be {expected}, got {device!r}"
+        return f"{name} must be {expected}, got {device!r}"
+    cli = name.startswith("--")
+    shown, use_cpu = (device, "--device cpu") if cli else (repr(device), f"{name}='cpu'")
     if on_this_machine and device.startswith("cuda"):
         if not torch.cuda.is_available():
-            return f"--device {device}: no CUDA device is available here (use --device cpu)"
+            return f"{name} {shown}: no CUDA device is available here (use {use_cpu})"
         if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
-            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            return f"{name} {shown}: this machine has {torch.cuda.device_count()} CUDA device(s)"
     return None
+
+
+def checked_device(device: Any) -> torch.device:
+    """The Python API's device argument as a torch.device, or a clear error naming the argument and the fix."""
+    if not isinstance(device, str | torch.device):
+        # An int would be read by torch as a CUDA ordinal (device=0 is cuda:0), not as "the first device".
+        raise TypeError(f"device must be text such as 'cpu', 'cuda' or 'cuda:1' (or a torch.device), got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (a torch device), got {device!r}") from None
+    if parsed.type == "cuda" and (problem := device_problem(str(parsed), name="device")):
+        raise ValueError(problem)
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps': no Apple GPU (MPS) is available here (use device='cpu')")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -158,6 +178,12 @@ class ZipSettings:
         for name in ("steps", "pool", "resample", "seed"):
             if isinstance(getattr(self, name), np.integer):
                 object.__setattr__(self, name, int(getattr(self, name)))
+        # numpy's scalars likewise (np.float32(0.5) made to_dict unwritable as JSON; np.float32 and np.int64 blend_k
+        # were refused as "not a number").
+        for name in ("eta", "lam", "start", "blend_k"):
+            value = getattr(self, name)
+            if isinstance(value, np.integer | np.floating):
+                object.__setattr__(self, name, value.item())
         for name in ("eta", "lam", "start"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -204,7 +230,8 @@ class ZipSettings:
         return asdict(self)
 
 
-ACCEPTED_IMAGES = "uint8 numpy arrays H x W x 3 (RGB) or PIL images in mode RGB"
+ACCEPTED_IMAGES = ("uint8 numpy arrays H x W x 3 (RGB), H x W or H x W x 1 (grayscale), or PIL images in mode RGB "
+                   "or L")
 
 
 def _dtype_hint(dtype: np.dtype) -> str:
@@ -221,10 +248,6 @@ def _dtype_hint(dtype: np.dtype) -> str:
 
 def _shape_hint(shape: tuple[int, ...]) -> str:
     """How to make an H x W x 3 image of another shape; guessing instead would purify the wrong pixels."""
-    if len(shape) == 2:
-        return ": grayscale? repeat it to 3 channels first, e.g. np.dstack([image] * 3)"
-    if len(shape) == 3 and shape[2] == 1:
-        return ": grayscale? repeat it to 3 channels first, e.g. np.repeat(image, 3, axis=2)"
     if len(shape) == 3 and shape[2] == 4:
         return ": 4 channels (RGBA?); the alpha channel is not a colour: drop or composite it first, e.g. image[..., :3]"
     if len(shape) == 3 and shape[0] in (1, 3, 4):
@@ -232,27 +255,69 @@ def _shape_hint(shape: tuple[int, ...]) -> str:
     return ""
 
 
-def _validate_image(i: int, image: Any) -> np.ndarray:
-    """One input image as uint8 H x W x 3, unchanged; a clear error saying how to convert any other form rather than
-    a guess at its meaning (the scale of floats, channels-first, alpha, gray)."""
+# PIL modes whose pixels are wider than 8 bits: PIL's own convert("RGB") / convert("L") clips them at 255 (a 16-bit
+# 30000 becomes 255), so "convert('RGB')" would be the wrong advice for them.
+_WIDE_PIL_MODES = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
+                   "F": "float"}
+
+
+def _pil_problem(i: int, image: Any) -> str:
+    """Why a PIL image in another mode than RGB or L is refused, and how to convert it without losing it."""
+    mode = image.mode
+    if mode in _WIDE_PIL_MODES:
+        how = ("Image.fromarray((np.asarray(image) / 257).round().astype(np.uint8)) for 16-bit (0-65535)"
+               if mode.startswith("I;16") else "scale np.asarray(image) to 0-255 and pass it as uint8")
+        return (f"image {i}: a {_WIDE_PIL_MODES[mode]} PIL image (mode {mode}); image.convert('RGB') would clip it at "
+                f"255, so scale it to 8 bits first, e.g. {how}")
+    alpha = " (its alpha channel is not a colour: composite it onto a background)" if "A" in mode else ""
+    return (f"image {i}: a PIL image in mode {mode}{alpha}; accepted: modes RGB and L; "
+            "convert it first, e.g. image.convert('RGB')")
+
+
+def _read_image(i: int, image: Any) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """One input image as uint8 H x W x 3 (the caller's array, not a copy, when it is one) and, for a grayscale
+    image, the shape its result goes back in; a clear error saying how to convert any other form rather than a
+    guess at its meaning (the scale of floats, channels-first, alpha).
+
+    Grayscale (H x W, H x W x 1, PIL mode L) is purified as the job purifies a grayscale file: the grey value in all
+    three channels (pipeline.decode)."""
     if isinstance(image, torch.Tensor):
         raise TypeError(f"image {i}: a torch tensor; pass {ACCEPTED_IMAGES}, e.g. "
                         "tensor.permute(1, 2, 0).cpu().numpy() for a C x H x W uint8 tensor")
     if type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
-        if image.mode != "RGB":
-            alpha = " (its alpha channel is not a colour: composite it onto a background)" if "A" in image.mode else ""
-            raise ValueError(f"image {i}: a PIL image in mode {image.mode}{alpha}; accepted: mode RGB; "
-                             "convert it first, e.g. image.convert('RGB')")
+        if image.mode not in ("RGB", "L"):
+            raise ValueError(_pil_problem(i, image))
         image = np.asarray(image)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image {i}: expected {ACCEPTED_IMAGES}, got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise TypeError(f"image {i}: expected dtype uint8 (0-255), got {image.dtype}: {_dtype_hint(image.dtype)}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB), got {image.shape}{_shape_hint(image.shape)}")
+    gray = image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)
+    if not gray and (image.ndim != 3 or image.shape[2] != 3):
+        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB) or H x W (grayscale), got "
+                         f"{image.shape}{_shape_hint(image.shape)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image {i}: empty image of shape {image.shape}")
-    return image
+    if gray:
+        return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2), image.shape
+    return image, None
+
+
+def _validate_image(i: int, image: Any) -> np.ndarray:
+    """One input image as uint8 H x W x 3 RGB, unchanged (grayscale refused: the caller wants colour pixels)."""
+    rgb, gray_shape = _read_image(i, image)
+    if gray_shape is not None:
+        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB), got {gray_shape}: grayscale? repeat it to 3 "
+                         "channels first, e.g. np.dstack([image] * 3)")
+    return rgb
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """uint8 H x W x 3 to H x W grey with ITU-R 601 luma in PIL's own fixed point, so that a grey image's result is
+    the job's RGB output for it converted as Image.convert("L") converts it. The weights sum to 1 (65536), so the
+    pool operator's block means of a grey input are kept as the RGB result keeps them."""
+    r, g, b = (rgb[..., c].astype(np.uint32) for c in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
 def _validate_seed(seed: Any) -> int | None:
@@ -311,14 +376,22 @@ class Purifier:
         batch_size: int | None = None,
         checkpoint: LoadedCheckpoint | None = None,
     ):
+        if settings is not None and not isinstance(settings, ZipSettings):
+            raise TypeError(f"settings must be a ZipSettings, e.g. ZipSettings(steps=20, pool=4) or "
+                            f"ZipSettings.recipe('fast'), got {type(settings).__name__}")
         self.settings = settings or ZipSettings()
-        self.device = torch.device(device)
+        # Checked before the model moves: torch's own errors ("Found no NVIDIA driver", a list of 20 device types)
+        # name neither the argument nor the fix.
+        self.device = checked_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"{precision} inference needs a CUDA device; use fp32 on {self.device.type}")
         self.precision = precision
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        # Moved, but not switched to eval or frozen here: a notebook that purifies with the model it is training would
+        # find requires_grad off (its optimizer then silently updates nothing) and dropout off. eps() samples in eval
+        # mode under inference_mode and puts the model's own mode back.
+        self.model = model.to(self.device)
         self.config = model.config
         for name, value in (("canvas_size", canvas_size), ("batch_size", batch_size)):
             if value is not None and (not is_whole_number(value) or value < 1):
@@ -355,9 +428,16 @@ class Purifier:
         **setting_overrides: Any,
     ) -> Purifier:
         """Load a checkpoint (path or fsspec URI) and build a purifier; keyword settings override `settings`."""
-        loaded = load_checkpoint(uri, preset, flags, storage_options, expected_sha256)
+        if settings is not None and not isinstance(settings, ZipSettings):
+            raise TypeError(f"settings must be a ZipSettings, e.g. ZipSettings(steps=20, pool=4) or "
+                            f"ZipSettings.recipe('fast'), got {type(settings).__name__}")
+        unknown = sorted(set(setting_overrides) - {f.name for f in fields(ZipSettings)})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(map(repr, unknown))}; ZipSettings has "
+                            f"{', '.join(f.name for f in fields(ZipSettings))}")
         settings = replace(settings or ZipSettings(), **setting_overrides)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = checked_device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device)
+        loaded = load_checkpoint(uri, preset, flags, storage_options, expected_sha256)
         return cls(loaded.model, settings, device, precision, canvas_size, batch_size, loaded)
 
     @property
@@ -379,8 +459,15 @@ class Purifier:
             if self.precision != "fp32" else contextlib.nullcontext()
         )
         step = self.model_batch
-        with torch.inference_mode(), autocast:
-            out = [self.model(x[i : i + step], t[i : i + step])[:, :3].float() for i in range(0, len(x), step)]
+        training = self.model.training
+        if training:
+            self.model.eval()  # dropout off while sampling; the caller's mode comes back below
+        try:
+            with torch.inference_mode(), autocast:
+                out = [self.model(x[i : i + step], t[i : i + step])[:, :3].float() for i in range(0, len(x), step)]
+        finally:
+            if training:
+                self.model.train()
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def purify_tensor(
@@ -472,11 +559,14 @@ class Purifier:
     def __call__(
         self, images: Iterable[Any] | np.ndarray, seed: int | None = None, progress: bool = False
     ) -> list[np.ndarray]:
-        """Purify images of any sizes; returns a list of uint8 H x W x 3 arrays of the same length, sizes and order.
+        """Purify images of any sizes; returns a list of uint8 arrays of the same length, shapes and order.
 
         `images`: a list (or any iterable) of uint8 H x W x 3 arrays or PIL images in mode RGB, or an
-        N x H x W x 3 uint8 array. Any other form (floats, other dtypes, grayscale, channels-first, alpha) is
-        refused with an error saying how to convert it: its meaning would be a guess.
+        N x H x W x 3 uint8 array. Grayscale images (H x W or H x W x 1 arrays, N x H x W x 1, PIL mode L) are
+        purified as the job purifies a grayscale file, the grey value in all three channels, and come back grey in
+        the shape they came in (the RGB result converted as PIL's convert("L") does). Any other form (floats, other
+        dtypes, channels-first, alpha, tensors) is refused with an error saying how to convert it: its meaning would
+        be a guess.
 
         `seed` (default: the settings' seed; an integer in [0, 2**32 - 1]) makes the call reproducible: the same
         images in the same order with the same seed and settings give bit-identical results on the same device. An
@@ -484,16 +574,25 @@ class Purifier:
         not only on its own pixels.
         """
         if isinstance(images, np.ndarray) and images.ndim != 4:
-            raise ValueError(f"expected a list of H x W x 3 images or an N x H x W x 3 array, got an array of shape "
-                             f"{images.shape}; for one image, pass [image]")
-        if isinstance(images, str | bytes | torch.Tensor | dict) or not isinstance(images, Iterable):
-            one = " (for one image, pass [image])" if isinstance(images, torch.Tensor) or hasattr(images, "mode") else ""
+            # A 3-D array is one colour image or N grey ones (and H x W x 3 is both): which one is the caller's to say,
+            # and a list of results comes back either way.
+            hint = ("for one image, pass [image]; for N grayscale images, pass list(images)" if images.ndim == 3
+                    else "for one image, pass [image]" if images.ndim == 2 else "")
+            raise ValueError(f"expected a list of images or an N x H x W x 3 (or N x H x W x 1) array, got an array of "
+                             f"shape {images.shape}" + (f"; {hint}" if hint else ""))
+        if isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 numpy array, got a torch tensor "
+                            f"of shape {tuple(images.shape)} and dtype {images.dtype}; for N x 3 x H x W floats in [0, 1]: "
+                            "(images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()")
+        if isinstance(images, str | bytes | dict) or not isinstance(images, Iterable):
+            one = " (for one image, pass [image])" if hasattr(images, "mode") else ""
             raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 array, got "
                             f"{type(images).__name__}{one}; accepted images: {ACCEPTED_IMAGES}")
         seed = _validate_seed(seed)
-        checked = [_validate_image(i, im) for i, im in enumerate(images)]
-        if not checked:
+        read = [_read_image(i, im) for i, im in enumerate(images)]
+        if not read:
             return []
+        checked = [rgb for rgb, _ in read]
         layout = self.plan([im.shape[:2] for im in checked])
         shrunk = [p.downscale for p in layout.placements if p.downscale > 1]
         if shrunk:
@@ -509,7 +608,8 @@ class Purifier:
         purified = self.purify_canvases(canvases, seed, (lambda i, n: bar.update(1)) if bar is not None else None)
         if bar is not None:
             bar.close()
-        return unpack(purified, layout)
+        out = unpack(purified, layout)
+        return [o if shape is None else to_gray(o).reshape(shape) for o, (_, shape) in zip(out, read, strict=True)]
 
 
 # Pixels per UNet forward pass on a CPU. Larger passes fall out of cache and run slower per image: with 2 cores,
