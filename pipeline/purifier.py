@@ -215,6 +215,15 @@ class ZipSettings:
             raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
         object.__setattr__(self, "operators", canonical_operators(self.operators))
         make_operators(self.operators, self.pool)  # validates names and pool factor
+        # Guided steps are those with t >= λT. From pure noise (start = 1) with none of them, nothing of the input
+        # reaches the sampler: lam=1 (or 0.96 at 20 steps, whose first t is 950) gave the same image for an input
+        # and its negative. A late start still begins from the input, so it may run unguided.
+        num_steps = NoiseSchedule.named(self.schedule).num_steps
+        first = run_timesteps(num_steps, self.steps, self.start)[0]
+        if self.start >= 1.0 and first < self.lam * num_steps:
+            raise ValueError(f"lam (λ) = {self.lam:g} guides none of the {self.steps} steps (guided: t >= λT = "
+                             f"{self.lam * num_steps:g}; the first step is t = {first}): the result would be a sample of "
+                             f"the prior that does not depend on the input image; use lam <= {first / num_steps:g}")
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> ZipSettings:

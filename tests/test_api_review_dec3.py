@@ -150,3 +150,17 @@ def model_16() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_unet(UNetConfig(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8",
                                  num_res_blocks=1))
+
+
+def test_a_lam_that_guides_no_step_is_refused(purifier: Purifier) -> None:
+    """λ above the first timestep / T from pure noise guided nothing: with the shipped prior, lam=1 and lam=0.96
+    (20 steps, first t = 950) gave the same image for an input and its negative. A late start begins from the input."""
+    for settings, largest in ((dict(lam=1.0), "0.95"), (dict(lam=0.96), "0.95"), (dict(steps=2, lam=0.6), "0.5"),
+                              (dict(steps=1, lam=0.01), "0")):
+        with pytest.raises(ValueError, match=rf"guides none of the .*does not depend on the input image; use lam <= "
+                                             rf"{largest}$"):
+            ZipSettings(**settings)
+    assert ZipSettings(lam=0.95).lam == 0.95 and ZipSettings(lam=1.0, start=0.3).lam == 1.0
+    p = Purifier(purifier.model, ZipSettings(steps=2, pool=2, lam=0.5))  # t = 500 is guided: the input matters
+    image = _rgb(16, 16, seed=9)
+    assert not np.array_equal(p([image])[0], p([255 - image])[0])
