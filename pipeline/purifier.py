@@ -261,6 +261,8 @@ def _shape_hint(shape: tuple[int, ...]) -> str:
         return ": 4 channels (RGBA?); the alpha channel is not a colour: drop or composite it first, e.g. image[..., :3]"
     if len(shape) == 3 and shape[0] in (1, 3, 4):
         return ": it looks channels-first (C x H x W); pass image.transpose(1, 2, 0)"
+    if len(shape) == 4:
+        return ": a batch as one item? pass the N x H x W x 3 array itself, or list(batch)"
     return ""
 
 
@@ -582,6 +584,8 @@ class Purifier:
         image's result also depends on the other images of the call (small images share canvases and noise draws),
         not only on its own pixels.
         """
+        if isinstance(images, np.ndarray) and images.dtype == object and images.ndim == 1:
+            images = list(images)  # a column of images (pandas' .values, np.array(images, dtype=object)): a list
         if isinstance(images, np.ndarray) and images.ndim != 4:
             # A 3-D array is one colour image or N grey ones (and H x W x 3 is both): which one is the caller's to say,
             # and a list of results comes back either way.

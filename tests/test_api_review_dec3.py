@@ -164,3 +164,12 @@ def test_a_lam_that_guides_no_step_is_refused(purifier: Purifier) -> None:
     p = Purifier(purifier.model, ZipSettings(steps=2, pool=2, lam=0.5))  # t = 500 is guided: the input matters
     image = _rgb(16, 16, seed=9)
     assert not np.array_equal(p([image])[0], p([255 - image])[0])
+
+
+def test_an_object_array_of_images_is_a_list_and_a_batch_inside_a_list_is_named(purifier: Purifier) -> None:
+    images = [_rgb(8, 8, seed=1), _gray(5, 9, seed=2)]
+    column = np.empty(2, dtype=object)  # what pandas' .values gives for a column of images
+    column[:] = images
+    assert [o.shape for o in purifier(column)] == [(8, 8, 3), (5, 9)]
+    with pytest.raises(ValueError, match=r"got \(2, 8, 8, 3\): a batch as one item\? pass the N x H x W x 3 array"):
+        purifier([np.stack([_rgb(), _rgb()])])
