@@ -231,6 +231,10 @@ class JobConfig:
                 problem = placement_problem(self.device, self.gpus_per_actor)
                 if problem:
                     problems.append(problem)
+        elif self.gpus_per_actor == 0 and self.precision in PRECISIONS and self.precision != "fp32":
+            # --gpus-per-actor 0 puts the actors on CPUs, whatever the cluster holds: known now, so the dry run says so
+            problems.append(f"--precision {self.precision} needs CUDA, but --gpus-per-actor 0 runs the actors on the "
+                            "CPU; use --precision fp32, or give the actors a GPU")
         for make in (self.settings, self.decode_policy):
             try:
                 make()

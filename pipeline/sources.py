@@ -299,7 +299,14 @@ def _refuse_escaped_twins(paths: list[str], root: str) -> None:
             twins.append((first[id_], p))
         first.setdefault(id_, p)
     if twins:
-        shown = "; ".join(f"{text_name(a)} and {text_name(b)}" for a, b in twins[:5])
+        def named(p: str) -> str:  # the two print alike as text; their bytes tell them apart (as for tar members)
+            try:
+                raw = p.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = p.encode("utf-8", "surrogatepass")
+            return f"{text_name(p)} (as bytes: {raw!r})"
+
+        shown = "; ".join(f"{named(a)} and {named(b)}" for a, b in twins[:5])
         raise ValueError(f"{len(twins)} pair(s) of input files have one id once the bytes of a name that are not UTF-8 "
                          f"are written as \\xNN, so one of each pair would be lost from the output: {shown}; rename one")
 
@@ -384,6 +391,17 @@ def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: 
             "error": text_name(error), "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}
 
 
+def _folder_link_reason(path: str) -> str:
+    """The reject reason of an input entry that is a folder: a local link to a folder being listed already (a loop),
+    which `discover` does not follow; 'Is a directory' alone did not say why it was not listed."""
+    local = path.removeprefix("file://")
+    if os.path.islink(local):
+        return (f"not read: a link to a folder that is being listed already ({text_name(os.path.basename(local))} -> "
+                f"{text_name(os.readlink(local))}: a loop), which is not followed; that folder's files are read under "
+                "their own paths")
+    return "not read: a folder, not a file (it was not one when the input was listed)"
+
+
 def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
                 max_image_bytes: int) -> Iterator[dict[str, Any]]:
     for path, size in zip(unit.paths, unit.sizes or (None,) * len(unit.paths), strict=True):
@@ -396,6 +414,9 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
             data = read_bytes(path, fs_opts, max_image_bytes, listed_size=size)
         except ImageTooLarge as err:
             yield reject_record(id_, path, str(err), "read")
+            continue
+        except IsADirectoryError:  # `discover` keeps a link back to a folder it lists (a loop) as one entry
+            yield reject_record(id_, path, _folder_link_reason(path), "read")
             continue
         except Exception as err:  # noqa: BLE001 - a file that stays unreadable after retries is a per-file reject
             yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")

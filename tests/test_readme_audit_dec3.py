@@ -1,0 +1,69 @@
+"""README audit (Dec 3): where running what README.md says gave another result or an unclear message.
+
+1. README: "Every value is checked before any work, in a dry run too" and exit status 0 for "a dry run found nothing
+   that stops the run". `--precision fp16 --gpus-per-actor 0 --dry-run` exited 0, and the same command without
+   --dry-run then stopped with exit status 2 ("--precision fp16 needs CUDA, but the actors run on cpu").
+2. README: "a link back to a folder being listed (a loop) is not followed and is one reject". Its reject said only
+   "could not read file: IsADirectoryError: [Errno 21] Is a directory: '.../sub/loop'".
+3. README: a file named like the escape of a name that is not UTF-8 "beside the file it stands for stops the run before
+   any work, naming both". Both names were printed as the same text ('.../caf\\xe9.png and .../caf\\xe9.png').
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import JobError
+from pipeline.job import JobConfig
+from pipeline.sources import discover, read_unit
+from tests.jobutil import image_bytes
+
+
+def test_dry_run_refuses_half_precision_on_actors_told_to_use_no_gpu(tmp_path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
+    for precision in ("fp16", "bf16"):
+        config = JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), precision=precision,
+                           gpus_per_actor=0)
+        with pytest.raises(JobError, match=rf"--precision {precision} needs CUDA.*--gpus-per-actor 0"):
+            config.check()
+    # the dry run stops on it, as the run itself would, with exit status 2 and nothing written
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--precision", "fp16",
+            "--gpus-per-actor", "0", "--dry-run"]
+    assert main(argv) == 2
+    assert "--precision fp16 needs CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # not refused: fp32 on CPU actors, and fp16 on GPU actors or where the cluster's GPUs decide
+    JobConfig(input="in", output="out", precision="fp32", gpus_per_actor=0).check()
+    JobConfig(input="in", output="out", precision="fp16", gpus_per_actor=1).check()
+    JobConfig(input="in", output="out", precision="fp16").check()
+
+
+def test_a_link_loop_is_a_reject_that_says_it_is_a_loop(tmp_path) -> None:
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.png").write_bytes(image_bytes(8, 8, 0))
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)
+    records = {r["id"]: r for unit in discover(str(root)) for r in read_unit(unit) if r["kind"] != "count"}
+    assert {i: r["kind"] for i, r in records.items()} == {"a.png": "image", "sub/up": "reject"}
+    error = records["sub/up"]["error"]
+    assert "loop" in error and f"up -> {root}" in error, error
+    assert "IsADirectoryError" not in error
+
+
+def test_escaped_twin_files_are_named_so_that_they_can_be_told_apart(tmp_path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    try:
+        with open(os.fsencode(root) + b"/caf\xe9.png", "wb") as f:  # latin-1 'café.png'
+            f.write(image_bytes(8, 8, 0))
+    except OSError:
+        pytest.skip("this file system takes UTF-8 names only")
+    (root / "caf\\xe9.png").write_bytes(image_bytes(8, 8, 1))  # a real backslash: the first one's id
+    with pytest.raises(ValueError) as err:
+        discover(str(root))
+    message = str(err.value)
+    assert "caf\\xe9.png'" in message and "caf\\\\xe9.png'" in message, message  # each name's bytes, as repr shows them
