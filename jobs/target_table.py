@@ -76,12 +76,18 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value).__name__, "a value")
+
+
 def stored_check_problem(rows: Any) -> str | None:
     """What keeps a report's stored check rows (target.checks[<zip defense>]) from being shown, or None. The table reads
     each row's metric, baseline, ZIP's value or the difference, the interval, the verdict and whether it is met: a
     hand-edited file, or another tool's, may hold anything there, which gave a traceback and lost every file's row."""
     if not isinstance(rows, list):
-        return f"holds {JSON_TYPES.get(type(rows).__name__, 'a value')}, not a list of check rows"
+        return f"holds {_json_type(rows)}, not a list of check rows"
+    if not rows:
+        return "holds no check rows"
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
             return f"row {i} holds {JSON_TYPES.get(type(r).__name__, 'a value')}, not a check row (a JSON object)"
@@ -106,8 +112,15 @@ def with_checks(report: dict[str, Any], zip_defense: str, path: Path, resamples:
     above 0, the check computed from its predictions (`computed_check`); or else (an older report, or no resamples
     asked for) the point check of its averages, which gives the verdicts without intervals."""
     target = report.get("target")
+    # A run with --bootstrap 0 stores no target (null); anything else there that is not a check is a damaged one, not a
+    # run without intervals, which the stderr line and a --bootstrap N recomputation would have taken it for.
+    if target is not None and not isinstance(target, dict):
+        raise UnusableReport(f"its stored target check is malformed: target holds {_json_type(target)}, not an object")
     checks = target.get("checks") if isinstance(target, dict) else None
-    if isinstance(checks, dict) and checks.get(zip_defense):
+    if target is not None and not isinstance(checks, dict):
+        raise UnusableReport(f"its stored target check is malformed: target.checks holds {_json_type(checks)}, not an "
+                             "object of check rows per ZIP defense")
+    if isinstance(checks, dict) and zip_defense in checks:
         if problem := stored_check_problem(checks[zip_defense]):
             raise UnusableReport(f"its stored target check of {zip_defense} is malformed: {problem}")
         return report

@@ -7,11 +7,17 @@
    "could not read file: IsADirectoryError: [Errno 21] Is a directory: '.../sub/loop'".
 3. README: a file named like the escape of a name that is not UTF-8 "beside the file it stands for stops the run before
    any work, naming both". Both names were printed as the same text ('.../caf\\xe9.png and .../caf\\xe9.png').
+4. README: `jobs/target_table.py`: "a report whose stored check is malformed, say hand-edited, is named on stderr with the
+   reason and left out". With target.checks (or target) not an object, or no rows for the ZIP defense, the report got a
+   row of point estimates and the stderr line "run with --bootstrap 0, so no intervals" (its run had 2,000 resamples).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +25,9 @@ from pipeline.cli import main
 from pipeline.errors import JobError
 from pipeline.job import JobConfig
 from pipeline.sources import discover, read_unit
-from tests.jobutil import image_bytes
+from tests.jobutil import image_bytes, load_job_script, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dry_run_refuses_half_precision_on_actors_told_to_use_no_gpu(tmp_path, capsys) -> None:
@@ -67,3 +75,24 @@ def test_escaped_twin_files_are_named_so_that_they_can_be_told_apart(tmp_path) -
         discover(str(root))
     message = str(err.value)
     assert "caf\\xe9.png'" in message and "caf\\\\xe9.png'" in message, message  # each name's bytes, as repr shows them
+
+
+@pytest.mark.parametrize("damage", [
+    lambda report: report["target"].update(checks="zip: all met"),  # checks that are no object
+    lambda report: report.update(target=["not", "a", "check"]),  # a target that is no object
+    lambda report: report["target"]["checks"].update(zip=[]),  # no rows for the ZIP defense shown
+])
+def test_target_table_skips_a_report_whose_stored_check_is_malformed_above_its_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Any) -> None:
+    good = json.loads((ROOT / "docs" / "cifar10.json").read_text())
+    bad = json.loads((ROOT / "docs" / "cifar10.json").read_text())
+    damage(bad)
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    job = load_job_script("target_table.py", "target_table_readme_audit")
+    for extra in ([], ["--bootstrap", "20"]):  # nor are intervals computed for it, as for a --bootstrap 0 run
+        assert run_main(job, [*extra, str(tmp_path / "good.json"), str(tmp_path / "bad.json")]) == 0
+        out, err = capsys.readouterr()
+        assert "| good |" in out and "| bad |" not in out
+        assert "bad.json: its stored target check" in err and "malformed" in err and "(skipped)" in err, err
+        assert "--bootstrap 0" not in err
