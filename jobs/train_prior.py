@@ -678,13 +678,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training diverged by step {step} (a loss or weights not finite, or past fp16's range); {kept}. "
               f"Rerun with a lower --lr to continue from the last save, or --fresh", file=sys.stderr, flush=True)
         return 1
+    # the same command with --fresh would start over from scratch, discarding the state just saved
+    again = "rerun the same command without --fresh" if args.fresh else "rerun the same command"
     if export_error is not None:
-        print(f"error: the prior could not be written to {export} ({export_error}); {last} holds step {step}: rerun the "
-              f"same command to write it (with the budget spent it only exports)", file=sys.stderr, flush=True)
+        print(f"error: the prior could not be written to {export} ({export_error}); {last} holds step {step}: {again} "
+              f"to write it (with the budget spent it only exports)", file=sys.stderr, flush=True)
         return 1
     if stop.signum is not None:
-        print(f"interrupted at step {step} ({elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; rerun the "
-              f"same command to resume", file=sys.stderr, flush=True)
+        print(f"interrupted at step {step} ({elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; {again} "
+              f"to resume", file=sys.stderr, flush=True)
         return 128 + stop.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     print(f"done: {step} steps, {images_seen} images, {elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
     print(f"use it: python jobs/purify.py --checkpoint {export} --input ... --output ...", flush=True)

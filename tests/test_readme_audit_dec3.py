@@ -10,12 +10,16 @@
 4. README: `jobs/target_table.py`: "a report whose stored check is malformed, say hand-edited, is named on stderr with the
    reason and left out". With target.checks (or target) not an object, or no rows for the ZIP defense, the report got a
    row of point estimates and the stderr line "run with --bootstrap 0, so no intervals" (its run had 2,000 resamples).
+5. README: jobs/train_prior.py: "Ctrl-C or SIGTERM saves before it exits, and the same command run again resumes". A run
+   started with --fresh, stopped by SIGTERM, said "rerun the same command to resume"; that command, --fresh and all,
+   starts over and overwrites the state just saved.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ from pipeline.errors import JobError
 from pipeline.job import JobConfig
 from pipeline.sources import discover, read_unit
 from tests.jobutil import image_bytes, load_job_script, run_main
+from tests.test_train_ux_cli import TINY, fake_cifar, run_script
+from tests.test_train_ux_resume import logged_steps, signal_at_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +102,27 @@ def test_target_table_skips_a_report_whose_stored_check_is_malformed_above_its_r
         assert "| good |" in out and "| bad |" not in out
         assert "bad.json: its stored target check" in err and "malformed" in err and "(skipped)" in err, err
         assert "--bootstrap 0" not in err
+
+
+def test_a_fresh_training_run_stopped_by_a_signal_says_to_resume_without_fresh(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import pipeline.evaluation.datasets as datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_cifar)
+    def unhandled(*_: object) -> None:  # stands in for the default action, which would end the test process
+        raise RuntimeError("SIGTERM reached the default handler")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        signal_at_step(monkeypatch, signal.SIGTERM, at=3)
+        command = ["--max-steps", "5", "--save-every-min", "60", "--out", str(tmp_path), *TINY]
+        assert run_script(monkeypatch, *command, "--fresh") == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert "interrupted at step 3" in err and "rerun the same command without --fresh to resume" in err, err
+    monkeypatch.undo()
+    monkeypatch.setattr(datasets, "load_dataset", fake_cifar)
+    assert run_script(monkeypatch, *command) == 0  # what the line says to run: it resumes at step 4
+    assert "resumed from" in capsys.readouterr().out
+    assert logged_steps(tmp_path) == [1, 2, 3, 4, 5]
