@@ -30,8 +30,8 @@ from pipeline.evaluation.report import target_summary  # noqa: E402
 from pipeline.evaluation.runner import check_target, decode_predictions  # noqa: E402
 from pipeline.evaluation.target import point_check  # noqa: E402
 
-JSON_TYPES = {"list": "an array", "str": "a string", "int": "a number", "float": "a number", "bool": "a boolean",
-              "NoneType": "null"}
+JSON_TYPES = {"dict": "an object", "list": "an array", "str": "a string", "int": "a number", "float": "a number",
+              "bool": "a boolean", "NoneType": "null"}
 
 
 class UnusableReport(ValueError):
@@ -73,7 +73,12 @@ def computed_check(report: dict[str, Any], resamples: int) -> dict[str, Any] | N
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float (isfinite converts it)
+        return False
 
 
 def _json_type(value: Any) -> str:
@@ -139,7 +144,7 @@ def with_checks(report: dict[str, Any], zip_defense: str, path: Path, resamples:
     averages = report.get("average")
     try:
         rows = point_check(averages if isinstance(averages, dict) else {}, zip_defense)
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:  # OverflowError: an average too large for a float
         raise UnusableReport(f"no target check for {zip_defense}: {err}") from None
     if failed:
         why = f"no intervals: {failed}; point estimates only"

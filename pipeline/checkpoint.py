@@ -85,9 +85,10 @@ TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 def _is_safetensors(data: bytes) -> bool:
     """Whether `data` is laid out as a safetensors file: an 8-byte little-endian header length, then that many bytes
-    of JSON. Judged by content, not by the name: a presigned URL ends in its query, a renamed file in anything."""
-    size = int.from_bytes(data[:8], "little")
-    return len(data) >= 10 and 2 <= size <= len(data) - 8 and data[8:9] == b"{"
+    of JSON. Judged by content, not by the name: a presigned URL ends in its query, a renamed file in anything. A
+    header longer than the data is a safetensors file cut short (a partial download), so said, not "not a torch file"
+    (torch's files never hold '{' at byte 8: a zip's compression method, a pickle's magic number)."""
+    return len(data) >= 10 and int.from_bytes(data[:8], "little") >= 2 and data[8:9] == b"{"
 
 
 def _parse(data: bytes, uri: str) -> dict[str, Any]:
@@ -99,7 +100,8 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
         try:
             return {"state_dict": load_safetensors(data)}
         except Exception as err:
-            raise CheckpointError(f"checkpoint {uri} is not a valid safetensors file: {err}") from err
+            raise CheckpointError(f"checkpoint {uri} ({len(data)} bytes) is not a valid safetensors file (truncated "
+                                  f"or corrupt?): {err}") from err
     if not data.startswith(TORCH_FILE_MAGIC):
         raise CheckpointError(
             f"checkpoint {uri} ({len(data)} bytes, starting {data[:8]!r}) is not a torch file: expected a "
@@ -317,7 +319,10 @@ def load_checkpoint(
             "ZIP purifies without labels and needs an unconditional diffusion model, such as guided-diffusion's "
             "256x256_diffusion_uncond"
         )
-    model = build_unet(config, "meta" if verify_only else None)
+    try:
+        model = build_unet(config, "meta" if verify_only else None)
+    except (ValueError, ArithmeticError) as err:  # flags from_flags takes that no model has: num_heads 0, channel_mult 1,2.5
+        raise CheckpointError(f"cannot build the model of checkpoint {uri} from {label}: {describe(err)}") from err
     problems = shape_mismatches(model, state_dict)
     if problems:
         shown = "; ".join(problems[:5])
