@@ -90,7 +90,7 @@ def test_bad_input_is_named(model) -> None:
     with pytest.raises(ValueError, match=r"image 0: expected shape H x W x 3.*\(8, 8, 4\)"):
         p([np.zeros((8, 8, 4), np.uint8)])
     with pytest.raises(ValueError, match="H x W x 3"):
-        p([np.zeros((8, 8), np.uint8)])
+        p([np.zeros((8, 8, 2), np.uint8)])
     with pytest.raises(TypeError, match="numpy array"):
         p([[1, 2, 3]])
     bad = torch.zeros(1, 3, 32, 32)
