@@ -911,6 +911,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                      "stale_rejects_removed": rows.stale_rejects_removed,
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
+                     # rejects/ files an older version wrote without a column (rejected_at), rewritten with it as nulls
+                     "rejects_files_upgraded": rows.rejects_files_upgraded,
                      "wall_s": round(wall, 2),
                      "images_per_s": round((purified + rejected) / wall, 3) if wall else None,
                      # how much purification changed the images (per image in data/, column psnr_vs_input_db)

@@ -204,6 +204,7 @@ def test_a_run_over_an_older_output_leaves_every_column_readable_and_every_input
     summary = run_job(config)
     assert summary["status"] == "complete"
     assert summary["output_totals"]["purified"] == 3 and summary["output_totals"]["rejected"] == 3
+    assert summary["this_run"]["rejects_files_upgraded"] == 1  # the older version's one rejects file
     for folder, ids in (("data", ["new.png", "old.png", "s.tar/ok"]),
                         ("rejects", ["junk.png", "old_bad.png", "s.tar/caf\\xe9"])):
         schemas = [pq.read_schema(p) for p in (out / folder).glob("part-*.parquet")]
