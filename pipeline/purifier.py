@@ -470,15 +470,19 @@ class Purifier:
             if self.precision != "fp32" else contextlib.nullcontext()
         )
         step = self.model_batch
-        training = self.model.training
+        # Every module's own flag, not the model's alone: a model in eval with one block left training sampled with
+        # that block's dropout on (results random), and model.train() put back a part the caller keeps in eval.
+        modes = [(module, module.training) for module in self.model.modules()]
+        training = any(flag for _, flag in modes)
         if training:
-            self.model.eval()  # dropout off while sampling; the caller's mode comes back below
+            self.model.eval()  # dropout off while sampling; the caller's modes come back below
         try:
             with torch.inference_mode(), autocast:
                 out = [self.model(x[i : i + step], t[i : i + step])[:, :3].float() for i in range(0, len(x), step)]
         finally:
             if training:
-                self.model.train()
+                for module, flag in modes:
+                    module.training = flag
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def purify_tensor(
@@ -501,7 +505,9 @@ class Purifier:
             raise ValueError("input contains NaN or infinite values")
         for op in self.operators:
             op.check_shape(*x.shape[-2:])
-        x = x.to(self.device, torch.float32)
+        # detached: only the model's calls ran without autograd, so an input that requires grad (a model's output)
+        # made every step's guidance record a graph, kept until the result was freed
+        x = x.detach().to(self.device, torch.float32)
         s = self.settings
         generator: Noise = torch.Generator(self.device).manual_seed(s.seed if seed is None else seed)
         guidance = Guidance.from_input(x, self.operators, s.lam, s.blend_k)

@@ -746,7 +746,9 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
         return f"{shard}/{text_name(key)}"
 
-    superseded = sorted(key_id(key) for key in split if key not in members_of)
+    # by id, not by key: a latin-1 'caf\xe9.0.jpg' (split from 'caf\xe9') beside a member literally named
+    # 'caf\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out of date
+    superseded = sorted({key_id(key) for key in split} - {key_id(key) for key in members_of})
     if superseded:
         yield {"kind": "superseded", "ids": superseded}
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
