@@ -16,9 +16,10 @@ The console shows the same line with the minutes left of the budget.
 Resume: run the same command again. It continues from OUT/last.pt (the same weights, optimiser and random streams),
 and --minutes is the total training time across resumes (startup and loading the data are not counted), so to
 train longer rerun with a larger --minutes. Ctrl-C or SIGTERM saves last.pt and the prior before it exits (exit
-status 130 / 143; a second Ctrl-C quits at once); after a hard kill at most --save-every-min minutes are lost. A
-last.pt made with another --data, --schedule, --max-timestep or other model flags is refused; --fresh starts over.
-Optimiser settings (--lr, --batch, --warmup-steps, --ema, --precision, --device) may change on resume (a note says so).
+status 130 / 143; a second Ctrl-C or SIGTERM quits at once, unsaved); after a hard kill at most --save-every-min
+minutes are lost. A last.pt made with another --data, --schedule, --max-timestep or other model flags is refused;
+--fresh starts over. Optimiser settings (--lr, --batch, --warmup-steps, --ema, --precision, --device) may change on
+resume (a note says so).
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
 (or Purifier.from_checkpoint("OUT/prior.pt")). The repository ships priors of at most 20 MB: fp16 stores two bytes
@@ -421,10 +422,19 @@ def lock_run_folder(out: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
+class SecondSignal(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM while stopping: quit at once, with that signal's exit status (143 for SIGTERM, which
+    a scheduler reads as its stop; not Ctrl-C's 130)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopRequest:
     """Turns Ctrl-C and SIGTERM into a request the training loop honours after its current step, so the state it saves
-    is a whole step's. A second signal while stopping raises KeyboardInterrupt (the previous files stay whole: every
-    save is atomic)."""
+    is a whole step's. A second signal while stopping raises SecondSignal, a KeyboardInterrupt (the previous files stay
+    whole: every save is atomic)."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -434,10 +444,13 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise SecondSignal(signum)
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: saving the state after this step (Ctrl-C again to quit without "
-              f"saving)", file=sys.stderr, flush=True)
+        # The way to quit at once is the signal that came: Ctrl-C is advice for a terminal, not for a scheduler's stop
+        # (SIGTERM), which is usually followed by SIGKILL after its grace period anyway.
+        again = "Ctrl-C again" if signum == signal.SIGINT else f"another {signal.Signals(signum).name}"
+        print(f"\n{signal.Signals(signum).name}: saving the state after this step ({again} to quit without saving)",
+              file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
@@ -706,12 +719,13 @@ def cli(argv: list[str] | None = None) -> int:
         if isinstance(err.code, int):  # argparse's usage errors (2) and --help (0), as a status callers can test
             return err.code
         raise
-    except KeyboardInterrupt:
-        # Before training (reading the data, building the model) or a second Ctrl-C: every save is atomic, so the run
-        # folder holds the last save's whole files.
-        print("\ninterrupted: the run folder keeps its last save; rerun the same command to resume", file=sys.stderr,
-              flush=True)
-        return 130
+    except KeyboardInterrupt as err:
+        # Before training (reading the data, building the model) or a second Ctrl-C / SIGTERM: every save is atomic, so
+        # the run folder holds the last save's whole files.
+        signum = err.signum if isinstance(err, SecondSignal) else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}): the run folder keeps its last save; rerun the same command "
+              "to resume", file=sys.stderr, flush=True)
+        return 128 + signum
 
 
 if __name__ == "__main__":

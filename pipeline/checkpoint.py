@@ -268,6 +268,15 @@ def infer_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+CLASS_COND_ADVICE = ("ZIP purifies without labels and needs an unconditional diffusion model, such as guided-diffusion's "
+                     "256x256_diffusion_uncond")
+
+
+def _class_count(state_dict: dict[str, torch.Tensor]) -> str:
+    weight = state_dict["label_emb.weight"]
+    return f"{weight.shape[0]} classes" if weight.ndim == 2 else f"shape {tuple(weight.shape)}"
+
+
 def load_checkpoint(
     uri: str,
     preset: str | None = None,
@@ -307,6 +316,13 @@ def load_checkpoint(
         config = _config_from_flags(parsed["flags"], uri, label)
     else:
         preset = infer_preset(state_dict)
+        if preset is None and not allow_class_cond and "label_emb.weight" in state_dict:
+            # Said for what it is: "matches none of the presets; pass --flags" sent the user to find flags for a
+            # model that is then refused anyway.
+            raise CheckpointError(
+                f"checkpoint {uri} is a class-conditional model (the file holds label_emb.weight, "
+                f"{_class_count(state_dict)}; it matches none of the presets, and has no flags): " + CLASS_COND_ADVICE
+            )
         if preset is None:
             raise CheckpointError(
                 f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
@@ -315,9 +331,7 @@ def load_checkpoint(
     if not allow_class_cond and (config.class_cond or "label_emb.weight" in state_dict):
         raise CheckpointError(
             f"checkpoint {uri} is a class-conditional model (class_cond={config.class_cond} from {label}; the file "
-            f"{'holds' if 'label_emb.weight' in state_dict else 'lacks'} label_emb.weight): "
-            "ZIP purifies without labels and needs an unconditional diffusion model, such as guided-diffusion's "
-            "256x256_diffusion_uncond"
+            f"{'holds' if 'label_emb.weight' in state_dict else 'lacks'} label_emb.weight): " + CLASS_COND_ADVICE
         )
     try:
         model = build_unet(config, "meta" if verify_only else None)

@@ -9,6 +9,7 @@ nesting, same parameter shapes) so that a published `.pt` state dict loads with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -46,20 +47,58 @@ class UNetConfig:
     class_cond: bool = False
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Checked here, not when the model is built: a config that no UNet fits (image_size 15, no res blocks, dropout
+        # 1) was taken and failed later, deep inside torch, or built a model that cannot run.
+        for f in fields(self):
+            value = _checked_flag(f.name, getattr(self, f.name), f.type)
+            if value is not getattr(self, f.name):  # a list given for channel_mult / attention_resolutions
+                object.__setattr__(self, f.name, value)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        for name in ("image_size", "num_channels", "num_res_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"UNet flag {name} must be at least 1, got {getattr(self, name)}")
+        # -1 leaves num_head_channels / num_heads_upsample unset; the head counts are only read when
+        # num_head_channels is unset (as in guided-diffusion), so only then must they be positive.
+        if self.num_head_channels != -1 and self.num_head_channels < 1:
+            raise ValueError(f"UNet flag num_head_channels must be -1 (unset) or at least 1, got {self.num_head_channels}")
+        if self.num_head_channels == -1 and self.num_heads < 1:
+            raise ValueError(f"UNet flag num_heads must be at least 1 when num_head_channels is -1, got {self.num_heads}")
+        if self.num_head_channels == -1 and self.num_heads_upsample != -1 and self.num_heads_upsample < 1:
+            raise ValueError(f"UNet flag num_heads_upsample must be -1 (unset) or at least 1, got {self.num_heads_upsample}")
+        if not (math.isfinite(self.dropout) and 0 <= self.dropout < 1):
+            raise ValueError(f"UNet flag dropout must be in [0, 1), got {self.dropout}")
+        mults = self.channel_multipliers()
+        widths = [int(m * self.num_channels) for m in mults]
+        if any(w < 1 or w % 32 for w in widths):
+            raise ValueError(
+                f"num_channels {self.num_channels} x channel_mult {','.join(f'{m:g}' for m in mults)} gives level widths "
+                f"{widths}; each must be a positive multiple of 32 (the UNet's GroupNorm has 32 groups)"
+            )
+        multiple = self.min_input_multiple
+        if self.image_size % multiple:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by {multiple}: the UNet halves its input "
+                f"{len(mults) - 1} times ({len(mults)} levels in channel_mult {','.join(f'{m:g}' for m in mults)}); "
+                f"use a multiple of {multiple} (such as {max(multiple, round(self.image_size / multiple) * multiple)}) "
+                "or fewer levels"
+            )
+        self.attention_downsample_rates()
+
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> UNetConfig:
         """Build from a dict of `create_model` flags; unknown flags are an error, not ignored."""
+        if not isinstance(flags, Mapping):
+            raise TypeError(f"UNet flags must be a dict of create_model flags, got {type(flags).__name__}")
         known = {f.name for f in fields(cls)}
         # Flags that do not change the weights' layout are accepted and dropped.
         harmless = {"use_fp16", "use_checkpoint", "num_classes"}
         unknown = set(flags) - known - harmless
         if unknown:
             raise ValueError(f"unknown UNet flag(s) {sorted(unknown)}; known flags: {sorted(known)}")
-        values = {k: _checked_flag(k, v, cls.__dataclass_fields__[k].type) for k, v in flags.items() if k in known}
-        cfg = cls(**values)
-        cfg.channel_multipliers()  # validate early
-        cfg.attention_downsample_rates()
-        return cfg
+        return cls(**{k: v for k, v in flags.items() if k in known})  # __post_init__ checks every value
 
     def to_flags(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,9 +109,12 @@ class UNetConfig:
     def channel_multipliers(self) -> tuple[float, ...]:
         if self.channel_mult:
             try:
-                return tuple(float(m) for m in str(self.channel_mult).split(","))
+                mults = tuple(float(m) for m in str(self.channel_mult).split(","))
             except ValueError as err:
                 raise ValueError(f"channel_mult must be comma-separated numbers, got {self.channel_mult!r}") from err
+            if not all(math.isfinite(m) and m > 0 for m in mults):
+                raise ValueError(f"channel_mult must be positive numbers, got {self.channel_mult!r}")
+            return mults
         if self.image_size not in _DEFAULT_CHANNEL_MULT:
             raise ValueError(
                 f"no default channel_mult for image_size {self.image_size}; pass channel_mult explicitly "
@@ -350,9 +392,9 @@ def _cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 class UNetModel(nn.Module):
     """guided-diffusion's UNet: predicts ε (and, when learn_sigma, the variance interpolation)."""
 
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig | Mapping[str, Any]):
         super().__init__()
-        self.config = config
+        self.config = config = as_config(config)
         ch_mult = config.channel_multipliers()
         attention_ds = config.attention_downsample_rates()
         mc = config.num_channels
@@ -423,8 +465,25 @@ class UNetModel(nn.Module):
         return self.out(h)
 
 
-def build_unet(config: UNetConfig, device: torch.device | str | None = None) -> UNetModel:
-    """Build the model; pass device="meta" to inspect keys and shapes without allocating weights."""
+def as_config(config: UNetConfig | Mapping[str, Any]) -> UNetConfig:
+    """A UNetConfig, or a dict of guided-diffusion `create_model` flags made into one; anything else is a TypeError
+    that says what to pass (None or a preset's name gave an AttributeError from deep inside the model)."""
+    if isinstance(config, UNetConfig):
+        return config
+    if isinstance(config, Mapping):
+        return UNetConfig.from_flags(dict(config))
+    named = f"pipeline.preset_config({config!r})" if isinstance(config, str) else \
+        "pipeline.preset_config('256x256_diffusion_uncond')"
+    raise TypeError(
+        f"expected a UNetConfig or a dict of guided-diffusion create_model flags (such as {{'image_size': 256, "
+        f"'num_channels': 256, ...}}), got {type(config).__name__}; a named architecture's config is {named}"
+    )
+
+
+def build_unet(config: UNetConfig | Mapping[str, Any], device: torch.device | str | None = None) -> UNetModel:
+    """Build the model from a UNetConfig or a dict of guided-diffusion flags; pass device="meta" to inspect keys and
+    shapes without allocating weights."""
+    config = as_config(config)
     if device is None:
         return UNetModel(config)
     with torch.device(device):

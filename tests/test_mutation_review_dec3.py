@@ -320,10 +320,12 @@ def _table_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: dict[str,
 
 
 @pytest.mark.parametrize("value, said", [
-    # target_summary's own failure (decimal.InvalidOperation) costs that report's row only
-    pytest.param(float("inf"), "its target check cannot be shown", id="infinite"),
+    # point_check names a value that is no finite number (tests/test_validation_dec3.py); before, target_summary's own
+    # failure (decimal.InvalidOperation) cost that report's row only
+    pytest.param(float("inf"), "no target check for zip: the report's average CA for zip is Infinity", id="infinite"),
     # BUG (fixed here): an OverflowError traceback that lost every report's row
-    pytest.param(10**400, "no target check for zip: int too large", id="int-too-large-for-a-float"),
+    pytest.param(10**400, "no target check for zip: the report's average CA for zip is a number too large for a float",
+                 id="int-too-large-for-a-float"),
 ])
 def test_target_table_skips_a_report_whose_averages_it_cannot_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                     value: Any, said: str) -> None:

@@ -49,15 +49,20 @@ def naive_transform(images: np.ndarray, pool: int) -> np.ndarray:
 
     The "naive" purification ZIP improves on: it removes fine triggers but also the image's detail.
     Applying it twice gives the same result as once.
+
+    A side that `pool` does not divide is handled as the purifier handles it (pipeline/tiling.py): the image is padded
+    to the next multiple by repeating its edge pixels, pooled, and cropped back, so the last blocks average the edge
+    with its copies, as the block means ZIP keeps do. Sizes that `pool` divides are unchanged by this.
     """
     images = _check_batch(images, "naive_transform")
-    if not isinstance(pool, int) or pool < 1:
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
         raise ValueError(f"naive_transform: pool must be a positive integer, got {pool!r}")
     n, height, width, channels = images.shape
-    if height % pool or width % pool:
-        raise ValueError(f"naive_transform: image size {height}x{width} is not divisible by the pool factor {pool}")
     if pool == 1:
         return images.copy()
-    blocks = images.reshape(n, height // pool, pool, width // pool, pool, channels).astype(np.float64)
+    pad_h, pad_w = -height % pool, -width % pool
+    padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else images
+    big_h, big_w = height + pad_h, width + pad_w
+    blocks = padded.reshape(n, big_h // pool, pool, big_w // pool, pool, channels).astype(np.float64)
     means = np.clip(np.rint(blocks.mean(axis=(2, 4))), 0, 255).astype(np.uint8)
-    return means.repeat(pool, axis=1).repeat(pool, axis=2)
+    return np.ascontiguousarray(means.repeat(pool, axis=1).repeat(pool, axis=2)[:, :height, :width])

@@ -13,6 +13,8 @@ Pure functions of per-image predictions; `runner.evaluate_dataset` stores those 
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +135,17 @@ def target_check(
     return rows
 
 
+def _not_a_percentage(value: Any) -> str | None:
+    """What keeps an Average-row value from being a figure to judge (a finite number, not a boolean), or None."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return "a number too large for a float"
+    return None if finite else f"{json.dumps(value)} (not a finite number)"  # as JSON spells it: NaN, Infinity
+
+
 def point_check(
     averages: Mapping[str, Mapping[str, float]], zip_defense: str, baselines: Sequence[str] = BASELINES,
     asr_limit: float = ASR_LIMIT,
@@ -149,6 +162,11 @@ def point_check(
             # A run without attacks (attacks none) averages nothing: every value is None.
             raise ValueError(f"the report's average for {d} has no CA / ASR / PA over attacks (a run without a "
                              "backdoor attack has nothing to judge)")
+        for m in ("ca", "asr", "pa"):
+            # A hand-edited or damaged report: true is a figure of 1 to float() and NaN compares false both ways, so
+            # either gave a verdict ("+NaN no") on no figure (jobs/target_table.py refuses such stored rows the same).
+            if problem := _not_a_percentage(values[m]):
+                raise ValueError(f"the report's average {m.upper()} for {d} is {problem}, not a percentage")
     rows = [_row(metric, base, float(averages[zip_defense][metric]), float(averages[base][metric]), None, asr_limit)
             for metric in ("ca", "pa") for base in baselines]
     rows.append(_row("asr", None, float(averages[zip_defense]["asr"]), asr_limit, None, asr_limit))
