@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import signal
 import sys
+import threading
 import types
 import typing
 from dataclasses import fields
@@ -491,6 +493,15 @@ def _shown(err: BaseException, config: JobConfig | None) -> str:
     return text
 
 
+def ignore_stop_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM from now until the process exits: the run's outcome is recorded, and what is left is to
+    print it and for Ray to shut its local workers down (atexit, a few seconds). A second Ctrl-C there printed a
+    traceback, replaced exit status 130 with 1 and now and then crashed the process (exit -11)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted)."""
     args = build_parser().parse_args(argv)
@@ -504,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
                       file=sys.stderr)
             return 0
-        summary = run_job(config)
+        try:
+            summary = run_job(config)
+        finally:
+            if argv is None:  # the process's own command line (zip-purify, jobs/purify.py): it exits once main returns
+                ignore_stop_signals()
     except JobInterrupted as err:
         print(f"interrupted: {_shown(err, config)}", file=sys.stderr)
         return 128 + err.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM

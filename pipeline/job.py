@@ -27,6 +27,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,13 +302,22 @@ def failure_reason(err: BaseException) -> str:
     return describe(err)
 
 
+# Set once a stopped run has counted what it wrote: further SIGINT/SIGTERM are ignored by `signals_interrupt`'s handler
+# while it writes its summary and releases the lease. A second Ctrl-C there left the summary "running", the lease
+# held, or replaced the run's `interrupted:` line with a bare one.
+_IGNORE_STOPS = threading.Event()
+
+
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Within it, SIGINT and SIGTERM raise `_Interrupt` (a KeyboardInterrupt) in the main thread, so that `finally`
     blocks run (a run's summary, its lease) where SIGTERM's default would end the process on the spot."""
     def handler(signum: int, frame: Any) -> None:
+        if _IGNORE_STOPS.is_set():
+            return  # a second Ctrl-C while the stop is recorded: what is left (summary, lease, exit) is short
         raise _Interrupt(signum)
 
+    _IGNORE_STOPS.clear()
     previous = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         # An ignored signal stays ignored: a shell starts background jobs (cmd &) with SIGINT ignored, so that the
@@ -337,13 +347,81 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
             signum = getattr(err, "signum", signal.SIGINT)
             name = signal.Signals(signum).name
             written = record("interrupted", {"signal": name})
+            _IGNORE_STOPS.set()
             raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
-                                 "again to resume", signum) from None
+                                 f"again to resume ({RESUME_SKIPS})", signum) from None
         except Exception as err:
             reason = failure_reason(err)
             written = record("failed", {"error": reason})
+            _IGNORE_STOPS.set()
             raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: run the same "
-                            "command again to resume") from err
+                            f"command again to resume ({RESUME_SKIPS})") from err
+
+
+RESUME_SKIPS = "what is written is skipped, not purified again"
+
+
+def part_names(out: str, storage_options: dict[str, Any]) -> set[str]:
+    """The output's part files, named as write_stage names them ('data/part-....parquet', 'rejects/part-....parquet')."""
+    return {f"{folder}/{posixpath.basename(p)}" for folder in (DATA_DIR, REJECTS_DIR)
+            for p in list_parts(out, folder, storage_options)}
+
+
+def part_rows(out: str, storage_options: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """Rows of each named part file, from its footer alone (a few KiB each, however many images it holds)."""
+    fs, root = storage_path(out, storage_options)
+
+    def rows(name: str) -> int:
+        def once() -> int:
+            with fs.open(posixpath.join(root, name), "rb") as f:
+                return pq.ParquetFile(f).metadata.num_rows
+
+        return with_retries(once, f"read the footer of {out}/{name}")
+
+    if not names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        return dict(zip(names, pool.map(rows, names), strict=True))
+
+
+@dataclass(frozen=True)
+class StoppedCount:
+    """What a stopped run wrote: rows in data/ and rejects/, its part files, and, when the count is a lower bound
+    only, why."""
+
+    purified: int
+    rejected: int
+    files: int
+    short: str | None = None
+
+
+def count_stopped_run(out: str, storage_options: dict[str, Any], before: set[str] | None,
+                      reported: dict[str, int]) -> StoppedCount:
+    """Count the rows a stopped run wrote from its part files, not from what the pipeline had reported: a file's
+    manifest reaches the driver a second or more after the file is in place, and those still on their way when the run
+    stopped never do (a run interrupted with 4 files, 128 rows, written said 0). Its files are those it reported
+    (`reported`: name -> rows, write_stage's manifests) and those listed now that were not there when it began
+    (`before`; None: stopped before it listed the output, so before the pipeline started). Only the unreported ones'
+    footers are read: a few, however large the output. A second Ctrl-C while counting, or storage that cannot be
+    listed, leaves the reported count, marked as a lower bound."""
+    known = {folder: sum(n for name, n in reported.items() if name.startswith(folder + "/"))
+             for folder in (DATA_DIR, REJECTS_DIR)}
+    extra = {DATA_DIR: 0, REJECTS_DIR: 0}
+    landed: set[str] = set()
+    short = None
+    if before is not None:
+        try:
+            landed = part_names(out, storage_options) - before - set(reported)
+            for name, n in part_rows(out, storage_options, sorted(landed)).items():
+                extra[name.partition("/")[0]] += n
+        except KeyboardInterrupt:  # a second Ctrl-C: stop counting, but still record the stop
+            landed, extra = set(), {DATA_DIR: 0, REJECTS_DIR: 0}
+            short = "a second signal stopped the count of its part files"
+        except Exception as err:  # noqa: BLE001 - the stop must still be recorded
+            landed, extra = set(), {DATA_DIR: 0, REJECTS_DIR: 0}
+            short = f"its part files could not be counted ({describe(err)})"
+    return StoppedCount(known[DATA_DIR] + extra[DATA_DIR], known[REJECTS_DIR] + extra[REJECTS_DIR],
+                        len(reported) + len(landed), short)
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -765,38 +843,56 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
     write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
-    # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
-    # ones, since a younger one may be another write still under way.
-    fs_out, out_path = storage_path(out, so)
-    for folder in (DATA_DIR, REJECTS_DIR):
-        remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
 
     bar: Any = None
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
+    reported: dict[str, int] = {}  # part files the pipeline reported written ('data/part-....parquet') -> rows
+    before: set[str] | None = None  # the output's part files when this run began; None until listed
     read_whole: list[dict[str, Any]] = []  # containers (tar, Parquet, zip) this run read to their end
+    earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
 
     def record_stop(status: str, details: dict[str, Any]) -> str:
-        """Say in the summary how a run that did not finish ended, with what the driver had counted by then."""
+        """Say in the summary how a run that did not finish ended, with what it wrote: counted in the output (see
+        count_stopped_run), as the pipeline's own counts lag the files that have landed."""
         if bar is not None:
             bar.close()
         if lease.lost is not None:  # the output's summary is the other run's now
             return "the summary was left to that run"
         # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
         details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
-        done = {"read": read, "purified": purified, "rejected": rejected,
+        count = count_stopped_run(out, so, before, reported)  # a second Ctrl-C may cut this short
+        _IGNORE_STOPS.set()  # but not the summary's write
+        done = {"read": max(read, count.purified + count.rejected),  # each row written was read; that count lags too
+                "purified": count.purified, "rejected": count.rejected,
                 "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
-                "files_written": len(files),
+                "files_written": count.files,
+                "counted": "from the part files this run wrote, after it stopped" if count.short is None else
+                           f"at least: {count.short}",
                 "wall_s": round(time.time() - started, 2)}
+        totals = {"purified": earlier[0] + count.purified, "rejected": earlier[1] + count.rejected,
+                  "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
         write_json(f"{out}/{SUMMARY_FILE}", {
-            "status": status, **details, "this_run": done,
-            # batches in flight when the run stopped may have landed after these counts; a rerun reads the files
-            "resume": "run the same command again: inputs already in data/ or rejects/ are skipped",
+            "status": status, **details, "this_run": done, "output_totals": totals,
+            "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
             "config": config.public(), "started": started, "stopped": time.time()}, so)
-        return f"{purified} purified and {rejected} rejected in this run were written"
+        least = "" if count.short is None else "at least "
+        files = f"{count.files} part file{'' if count.files == 1 else 's'}"
+        return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
+                f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
+                + ("" if count.short is None else f" ({count.short})"))
 
     with record_stopped_run(record_stop, out):
+        # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
+        # ones, since a younger one may be another write still under way.
+        fs_out, out_path = storage_path(out, so)
+        for folder in (DATA_DIR, REJECTS_DIR):
+            remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
+        # What the output holds now, for a stopped run to tell its own files from these (one listing; a new output,
+        # or one --overwrite cleared, holds none)
+        before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
+
         # 3. The pipeline.
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # one bar of our own, in images, below
@@ -852,28 +948,33 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         if config.progress:
             bar = progress_bar(progress_total(plan, so), "purified", "img", sys.stderr)
         units_read = 0
-        for row in ds.iter_rows():
-            psnr_sum += float(row["psnr_sum"])
-            psnr_count += int(row["psnr_count"])
-            psnr_min = min(psnr_min, float(row["psnr_min"]))
-            unchanged += int(row["unchanged"])
-            downscaled += int(row["downscaled"])
-            downscale_max = max(downscale_max, float(row["downscale_max"]))
-            purified += int(row["purified"])
-            rejected += int(row["rejected"])
-            read += int(row["read"])
-            skipped_in_units += int(row["skipped"])
-            files += json.loads(row["files"])
-            read_whole.extend(json.loads(row["containers"]))
-            lease.check()
-            units_read += int(row["units_read"])
-            if bar is not None:
-                # Tar shards and zip archives hold an unknown number of images: no total, so say how many of the
-                # read tasks (one per shard or file) are done, for the user to judge how far the run is.
-                shown = {"rejected": rejected} if bar.total is not None else {
-                    "rejected": rejected, "read_tasks": f"{min(units_read, len(plan.units))}/{len(plan.units)}"}
-                bar.set_postfix(**shown)  # before update: a log's minute line is printed by update
-                bar.update(int(row["purified"]) + int(row["rejected"]))
+        rows_iter = iter(ds.iter_rows())
+        # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
+        # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
+        with contextlib.closing(rows_iter):
+            for row in rows_iter:
+                psnr_sum += float(row["psnr_sum"])
+                psnr_count += int(row["psnr_count"])
+                psnr_min = min(psnr_min, float(row["psnr_min"]))
+                unchanged += int(row["unchanged"])
+                downscaled += int(row["downscaled"])
+                downscale_max = max(downscale_max, float(row["downscale_max"]))
+                purified += int(row["purified"])
+                rejected += int(row["rejected"])
+                read += int(row["read"])
+                skipped_in_units += int(row["skipped"])
+                files += json.loads(row["files"])
+                reported.update(json.loads(row["file_rows"]))
+                read_whole.extend(json.loads(row["containers"]))
+                lease.check()
+                units_read += int(row["units_read"])
+                if bar is not None:
+                    # Tar shards and zip archives hold an unknown number of images: no total, so say how many of the
+                    # read tasks (one per shard or file) are done, for the user to judge how far the run is.
+                    shown = {"rejected": rejected} if bar.total is not None else {
+                        "rejected": rejected, "read_tasks": f"{min(units_read, len(plan.units))}/{len(plan.units)}"}
+                    bar.set_postfix(**shown)  # before update: a log's minute line is printed by update
+                    bar.update(int(row["purified"]) + int(row["rejected"]))
         if bar is not None:
             bar.close()
         wall = time.time() - started

@@ -390,17 +390,21 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     if unknown:
         raise RuntimeError(f"records of kinds {sorted(set(unknown))} reached the writer; a stage dropped its work")
     files = []
+    file_rows = {}
     for folder, rows, to_table in ((DATA_DIR, images, _data_table), (REJECTS_DIR, rejects, _rejects_table)):
         for start in range(0, len(rows), max_rows_per_file):
             chunk = rows[start : start + max_rows_per_file]
             name = part_name([r["id"] for r in chunk])
             write_parquet_atomic(to_table(chunk), f"{output.rstrip('/')}/{folder}/{name}", storage_options)
             files.append(f"{folder}/{name}")
+            file_rows[f"{folder}/{name}"] = len(chunk)
     psnrs = [r["psnr_vs_input_db"] for r in images if r.get("psnr_vs_input_db") is not None]
     downscales = [r["downscale_factor"] for r in images if r.get("downscale_factor", 1.0) > 1.0]
     finite = [v for v in psnrs if math.isfinite(v)]
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
+            # rows per file: a stopped run's driver counts what landed by file (pipeline.job.count_stopped_run)
+            "file_rows": np.array([json.dumps(file_rows)]),
             "containers": np.array([json.dumps(containers)]),
             "units_read": np.array([sum(r["kind"] == "count" for r in records)]),  # one count record per read unit
             "written_at": np.array([time.time()]),

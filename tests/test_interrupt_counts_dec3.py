@@ -1,0 +1,200 @@
+"""An interrupted run says what it wrote, counted in its output: the pipeline's own counts lag the files that have landed
+(a run stopped by Ctrl-C with 4 part files, 128 rows, in data/ said "0 purified and 0 rejected in this run were
+written"). A second Ctrl-C, while it counts or while Ray shuts down at exit, still ends with the one `interrupted:` line
+and exit status 130."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.job as job
+from pipeline.errors import JobInterrupted
+from pipeline.job import JobConfig, count_stopped_run, plan_job, record_stopped_run
+from tests.jobutil import image_bytes, tiny_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
+WROTE = re.compile(r"this run wrote (\d+) purified and (\d+) rejected \((\d+) part files?\), so the output now holds "
+                   r"(\d+) purified and (\d+) rejected")
+
+
+def _part(out: Path, name: str, rows: int) -> None:
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": [f"{name}/{i}" for i in range(rows)]}), out / name)
+
+
+def _rows(out: Path, folder: str) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in (out / folder).glob("part-*.parquet"))
+
+
+def test_the_files_that_landed_are_counted_not_only_those_the_pipeline_reported(tmp_path) -> None:
+    out = tmp_path / "out"
+    _part(out, "data/part-earlier.parquet", 5)  # an earlier run's: not this run's
+    _part(out, "data/part-reported.parquet", 3)
+    _part(out, "data/part-landed.parquet", 4)  # written, its manifest still on its way to the driver
+    _part(out, "rejects/part-landed.parquet", 2)
+    count = count_stopped_run(str(out), {}, {"data/part-earlier.parquet"}, {"data/part-reported.parquet": 3})
+    assert (count.purified, count.rejected, count.files, count.short) == (7, 2, 3, None)
+    # stopped before the output was listed: the pipeline had not started, so what it reported is all
+    assert count_stopped_run(str(out), {}, None, {}) == job.StoppedCount(0, 0, 0)
+
+
+def test_a_count_that_fails_is_a_lower_bound_that_says_why(tmp_path, monkeypatch) -> None:
+    def fail(out: str, storage_options: dict) -> set[str]:
+        raise PermissionError("access denied")
+
+    monkeypatch.setattr(job, "part_names", fail)
+    count = count_stopped_run(str(tmp_path), {}, set(), {"data/part-a.parquet": 3, "rejects/part-b.parquet": 1})
+    assert (count.purified, count.rejected, count.files) == (3, 1, 2)
+    assert count.short is not None and "could not be counted" in count.short and "access denied" in count.short
+
+
+def test_a_second_signal_while_counting_still_records_the_stop(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    _part(out, "data/part-landed.parquet", 4)
+
+    def second_ctrl_c(out: str, storage_options: dict, names: list[str]) -> dict[str, int]:
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again while the footers are read
+        time.sleep(5)  # not reached: the handler raises at once
+        raise AssertionError("the second signal did not stop the count")
+
+    monkeypatch.setattr(job, "part_rows", second_ctrl_c)
+    recorded = []
+
+    def record(status: str, details: dict) -> str:
+        count = count_stopped_run(str(out), {}, set(), {"data/part-reported.parquet": 3})
+        recorded.append((status, count))
+        return f"this run wrote at least {count.purified} purified ({count.short})"
+
+    with pytest.raises(JobInterrupted) as stopped:
+        with record_stopped_run(record, str(out)):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert stopped.value.signum == signal.SIGTERM  # the first signal's exit status, 143
+    [(status, count)] = recorded
+    assert status == "interrupted" and (count.purified, count.files) == (3, 1), count
+    assert count.short == "a second signal stopped the count of its part files"
+    assert "run the same command again to resume" in str(stopped.value)
+
+
+def test_a_signal_after_the_stop_is_recorded_lets_the_run_end_as_interrupted() -> None:
+    outcome: list[BaseException] = []
+    try:
+        with job.signals_interrupt():  # run_job's, around the output's lease
+            try:
+                with record_stopped_run(lambda status, details: "3 purified", "/out"):
+                    os.kill(os.getpid(), signal.SIGINT)
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again while the lease is released
+                outcome.append(RuntimeError("the lease's release ran to its end"))
+    except BaseException as err:  # noqa: BLE001 - a KeyboardInterrupt here is the failure looked for
+        outcome.append(err)
+    assert len(outcome) == 2 and isinstance(outcome[1], JobInterrupted), outcome
+    assert outcome[1].signum == signal.SIGINT and "3 purified" in str(outcome[1])
+    # the next run's signals interrupt it again
+    with pytest.raises(JobInterrupted):
+        with record_stopped_run(lambda status, details: "", "/out"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _start(args: list[str], fault: str = "slow:0.5") -> subprocess.Popen:
+    # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
+                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": fault}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for_parts(proc: subprocess.Popen, out: Path, more_than: int) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and len(list((out / "data").glob("part-*.parquet"))) <= more_than:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+
+def _stderr_until_interrupted(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("interrupted:"):
+            break
+    return lines
+
+
+@pytest.mark.slow  # two real runs of the job in subprocesses (~20 s of Ray each)
+def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_exits_quietly(tmp_path) -> None:
+    n = 48
+    (tmp_path / "in").mkdir()
+    for i in range(n):
+        (tmp_path / "in" / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    model = tiny_model_file(tmp_path)
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", model, "--steps", "2",
+            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
+
+    # 1. Ctrl-C as soon as the first file lands, then Ctrl-C again while the driver exits (Ray shuts down)
+    proc = _start(args)
+    try:
+        _wait_for_parts(proc, out, 0)
+        os.killpg(proc.pid, signal.SIGINT)
+        head = _stderr_until_interrupted(proc)
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:  # it had exited already
+            pass
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = "\n".join(head) + "\n" + rest
+    data, rejects = _rows(out, "data"), _rows(out, "rejects")
+    assert 0 < data < n
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (data, rejects), summary["this_run"]
+    assert summary["output_totals"]["purified"] == data
+    assert proc.returncode == 130, stderr[-3000:]
+    assert head and head[-1].startswith("interrupted: stopped by SIGINT"), stderr[-3000:]
+    assert [line for line in rest.splitlines() if line.strip()] == [], rest[-3000:]  # no traceback from Ray's exit
+    said = WROTE.search(head[-1])
+    assert said, head[-1]
+    assert [int(v) for v in said.groups()] == [data, rejects, len(list((out / "data").glob("part-*.parquet"))),
+                                               data, rejects], head[-1]
+    assert "run the same command again to resume" in head[-1]
+
+    # 2. The same command resumes; SIGTERM (as `ray job stop` or Kubernetes send, to the driver) once it has written
+    before = data
+    parts = len(list((out / "data").glob("part-*.parquet")))
+    proc = _start(args)
+    try:
+        _wait_for_parts(proc, out, parts)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    data = _rows(out, "data")
+    said = WROTE.search(last)
+    assert last.startswith("interrupted: stopped by SIGTERM") and said, last
+    this_run, held = (int(said[1]), int(said[2])), (int(said[4]), int(said[5]))
+    assert this_run == (data - before, _rows(out, "rejects") - rejects) and held == (data, _rows(out, "rejects")), last
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert summary["this_run"]["purified"] == data - before and summary["this_run"]["skipped_already_done"] == before
+    assert summary["output_totals"] == {"purified": data, "rejected": 0,
+                                        "before_this_run": {"purified": before, "rejected": 0}}, summary
+    # and what it says holds: the same command skips exactly the rows written
+    plan = plan_job(JobConfig(**{**JobConfig().__dict__, "input": str(tmp_path / "in"), "output": str(out),
+                                 "checkpoint": model, "steps": 2}), dry_run=True)
+    assert plan.output_state == "resume" and plan.skipped_files == data
