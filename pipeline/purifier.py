@@ -314,15 +314,6 @@ def _read_image(i: int, image: Any) -> tuple[np.ndarray, tuple[int, ...] | None]
     return image, None
 
 
-def _validate_image(i: int, image: Any) -> np.ndarray:
-    """One input image as uint8 H x W x 3 RGB, unchanged (grayscale refused: the caller wants colour pixels)."""
-    rgb, gray_shape = _read_image(i, image)
-    if gray_shape is not None:
-        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB), got {gray_shape}: grayscale? repeat it to 3 "
-                         "channels first, e.g. np.dstack([image] * 3)")
-    return rgb
-
-
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """uint8 H x W x 3 to H x W grey with ITU-R 601 luma in PIL's own fixed point, so that a grey image's result is
     the job's RGB output for it converted as Image.convert("L") converts it. The weights sum to 1 (65536), so the
@@ -658,13 +649,15 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def naive_purify(images: Sequence[np.ndarray], pool: int) -> list[np.ndarray]:
-    """The naive baseline A⁺A x through the same operator (no diffusion prior)."""
-    from pipeline.operators import AvgPool, project
+def naive_purify(images: Sequence[Any], pool: int) -> list[np.ndarray]:
+    """The naive baseline A⁺A x through the same pooling (no diffusion prior): each pool x pool block replaced by its
+    mean. Takes the images `Purifier` takes, any sizes (a side `pool` does not divide is edge-padded and cropped back,
+    as the purifier's tiling does), grayscale ones coming back grey in their own shape."""
+    from pipeline.evaluation.baselines import naive_transform
 
-    op = AvgPool(pool)
-    out = []
-    for i, im in enumerate(images):
-        x = torch.from_numpy(_validate_image(i, im)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        out.append(to_uint8(project(op, x))[0])
-    return out
+    if isinstance(pool, bool) or not isinstance(pool, numbers.Integral) or pool < 1:
+        raise ValueError(f"naive_purify: pool must be a positive integer, got {pool!r}")
+    pool = int(pool)
+    read = [_read_image(i, im) for i, im in enumerate(images)]
+    out = [naive_transform(rgb[None], pool)[0] for rgb, _ in read]
+    return [o if shape is None else to_gray(o).reshape(shape) for o, (_, shape) in zip(out, read, strict=True)]

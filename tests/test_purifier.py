@@ -158,6 +158,25 @@ def test_naive_purify_is_block_mean() -> None:
     assert np.all(out[:2, :2] == 64) and np.all(out[2:, :] == 0)  # 255 / 4 = 63.75, rounded
 
 
+def test_naive_purify_takes_any_size_and_grey_images_like_the_purifier() -> None:
+    """Sizes the pool does not divide were refused, and grey images too, though `Purifier` takes both."""
+    from pipeline.evaluation.baselines import naive_transform
+
+    rng = np.random.default_rng(3)
+    odd = rng.integers(0, 256, (30, 33, 3), dtype=np.uint8)
+    out = naive_purify([odd], 4)[0]
+    assert out.shape == odd.shape
+    np.testing.assert_array_equal(out, naive_transform(odd[None], 4)[0])
+    np.testing.assert_array_equal(naive_purify([out], 4)[0], out)  # a projection: twice is once
+    grey = odd[..., 0]
+    grey_out, grey_hw1 = naive_purify([grey, grey[..., None]], 4)
+    assert grey_out.shape == (30, 33) and grey_hw1.shape == (30, 33, 1)
+    np.testing.assert_array_equal(grey_out, naive_transform(np.dstack([grey] * 3)[None], 4)[0, ..., 0])
+    np.testing.assert_array_equal(grey_hw1[..., 0], grey_out)
+    with pytest.raises(ValueError, match="naive_purify: pool must be a positive integer"):
+        naive_purify([odd], 0)
+
+
 def test_job_and_python_api_share_the_sampler_defaults() -> None:
     """`python jobs/purify.py` with no ZIP flags must purify exactly as `Purifier(model)` does."""
     from pipeline.job import JobConfig
