@@ -70,14 +70,36 @@ def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> lis
                   and p.endswith(".parquet"))
 
 
+class DamagedPart(ValueError):
+    """A part-*.parquet file under data/ or rejects/ that is not a Parquet file with an id column: cut short, emptied,
+    or put there by another tool. This job writes each part file whole or not at all (`write_parquet_atomic`)."""
+
+    def __init__(self, path: str, err: BaseException) -> None:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip().rstrip(":.")
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _is_damage(err: BaseException) -> bool:
+    """Whether reading a part file's footer and ids failed on the file's bytes, not on the storage: Arrow's
+    ArrowInvalid (no footer, 0 bytes), a KeyError (no id column), or the bare OSError Arrow's Parquet reader gives
+    for bytes it cannot decode ("Couldn't deserialize thrift"). Storage errors have their own types or an errno."""
+    return isinstance(err, pa.ArrowInvalid | KeyError) or (type(err) is OSError and err.errno is None)
+
+
 def _part_index(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], pa.Schema]:
     """The ids in one part file, and its schema. Read through a seekable file, so only the footer and the id column
     are fetched, not the images: every run lists the whole output's ids (resume, and the end-of-run check) and must
-    not download it."""
+    not download it. A file that is not a readable part file raises `DamagedPart`."""
     def once() -> tuple[list[str], pa.Schema]:
         with fs.open(path, "rb") as f:
-            part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
-            ids = part.read(columns=["id"], use_threads=_DRIVER_READS["use_threads"]).column("id").to_pylist()
+            try:
+                part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
+                ids = part.read(columns=["id"], use_threads=_DRIVER_READS["use_threads"]).column("id").to_pylist()
+            except Exception as err:  # noqa: BLE001 - classified: the file's bytes, or the storage
+                if _is_damage(err):
+                    raise DamagedPart(path, err) from err
+                raise
             return ids, part.schema_arrow
 
     return with_retries(once, f"read the ids of {path}")
@@ -93,11 +115,25 @@ def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 INDEX_READERS = 16
 
 
-def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> Iterator[tuple[str, list[str], pa.Schema]]:
+def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str],
+                  damaged: list[DamagedPart] | None = None) -> Iterator[tuple[str, list[str], pa.Schema]]:
     """(path, ids, schema) of each part file, in the order given, read INDEX_READERS at a time; at most that many
-    files' ids are held ahead of the caller."""
+    files' ids are held ahead of the caller. With `damaged`, an unreadable part file is added to it and skipped
+    (so that one error can name them all); without, its `DamagedPart` is raised."""
+    def index(path: str) -> tuple[list[str], pa.Schema] | None:
+        try:
+            return _part_index(fs, path)
+        except DamagedPart as err:
+            if damaged is None:
+                raise
+            damaged.append(err)
+            return None
+
     if len(paths) <= 1:
-        yield from ((path, *_part_index(fs, path)) for path in paths)
+        for path in paths:
+            found = index(path)
+            if found is not None:
+                yield (path, *found)
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -105,13 +141,17 @@ def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> Iterator[t
         pending: list[tuple[str, Any]] = []
         try:
             for path in paths:
-                pending.append((path, pool.submit(_part_index, fs, path)))
+                pending.append((path, pool.submit(index, path)))
                 if len(pending) > INDEX_READERS:
                     path, future = pending.pop(0)
-                    yield (path, *future.result())
+                    found = future.result()
+                    if found is not None:
+                        yield (path, *found)
             while pending:
                 path, future = pending.pop(0)
-                yield (path, *future.result())
+                found = future.result()
+                if found is not None:
+                    yield (path, *found)
         finally:
             for _, future in pending:  # an error or a caller that stopped early: no reads left running
                 future.cancel()
@@ -194,16 +234,34 @@ _DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 def output_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], set[str]]:
     """The ids in the output's data/, and those in its rejects/ and not in data/ (the end-of-run check keeps an id
-    found in both only in data/)."""
+    found in both only in data/). Part files that cannot be read are named all together in one JobError (see
+    `damaged_parts_error`): a run over them would purify again, or lose track of, the inputs whose rows they held."""
     fs, _ = _fs(output, storage_options)
     found: list[set[str]] = []
+    damaged: list[DamagedPart] = []
     for folder in (DATA_DIR, REJECTS_DIR):
         ids: set[str] = set()
-        for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options)):
+        for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options), damaged):
             ids.update(column)
         found.append(ids)
+    if damaged:
+        raise damaged_parts_error(output, damaged)
     purified, rejected = found
     return purified, rejected - purified
+
+
+def damaged_parts_error(output: str, damaged: list[DamagedPart]) -> JobError:
+    """One error naming every unreadable part file (the first 10), why, and what to do."""
+    names = sorted(d.path for d in damaged)
+    by_path = {d.path: d.reason for d in damaged}
+    shown = "; ".join(f"{posixpath.basename(posixpath.dirname(p))}/{posixpath.basename(p)} ({by_path[p]})" for p in names[:10])
+    more = f"; and {len(names) - 10} more" if len(names) > 10 else ""
+    return JobError(
+        f"output {output} holds {len(names)} part file(s) that cannot be read as Parquet with an id column: {shown}"
+        f"{more}. This job writes a part file whole or not at all, so these were cut short or emptied by something "
+        "else, or written by another tool. Move them out of the output (keep them if they may hold rows you need) and "
+        "run again: the inputs whose rows they held are read and purified again (pass --incremental if the output "
+        "holds a complete run)")
 
 
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
