@@ -52,6 +52,7 @@ from pipeline.output import (
     list_parts,
     output_ids,
     output_inside_input,
+    part_file_ids,
     read_json,
     unify_output_types,
     write_json,
@@ -393,35 +394,43 @@ class StoppedCount:
     rejected: int
     files: int
     short: str | None = None
+    # --retry-rejects: earlier rejects found in this run's files (purified now, or rejected again), whose old rows
+    # are still in rejects/ until the end-of-run check of a later run removes them
+    retried: int = 0
 
 
 def count_stopped_run(out: str, storage_options: dict[str, Any], before: set[str] | None,
-                      reported: dict[str, int]) -> StoppedCount:
+                      reported: dict[str, int], retry: frozenset[str] = frozenset()) -> StoppedCount:
     """Count the rows a stopped run wrote from its part files, not from what the pipeline had reported: a file's
     manifest reaches the driver a second or more after the file is in place, and those still on their way when the run
     stopped never do (a run interrupted with 4 files, 128 rows, written said 0). Its files are those it reported
     (`reported`: name -> rows, write_stage's manifests) and those listed now that were not there when it began
     (`before`; None: stopped before it listed the output, so before the pipeline started). Only the unreported ones'
-    footers are read: a few, however large the output. A second Ctrl-C while counting, or storage that cannot be
-    listed, leaves the reported count, marked as a lower bound."""
+    footers are read: a few, however large the output. With --retry-rejects (`retry`: the earlier rejects read again),
+    the ids of this run's files are read too, to count the retried ones, each of which an earlier reject row also
+    holds. A second Ctrl-C while counting, or storage that cannot be listed, leaves the reported count, marked as a
+    lower bound."""
     known = {folder: sum(n for name, n in reported.items() if name.startswith(folder + "/"))
              for folder in (DATA_DIR, REJECTS_DIR)}
     extra = {DATA_DIR: 0, REJECTS_DIR: 0}
     landed: set[str] = set()
     short = None
+    retried = 0
     if before is not None:
         try:
             landed = part_names(out, storage_options) - before - set(reported)
             for name, n in part_rows(out, storage_options, sorted(landed)).items():
                 extra[name.partition("/")[0]] += n
+            if retry:
+                retried = len(retry & part_file_ids(out, storage_options, sorted(set(reported) | landed)))
         except KeyboardInterrupt:  # a second Ctrl-C: stop counting, but still record the stop
-            landed, extra = set(), {DATA_DIR: 0, REJECTS_DIR: 0}
+            landed, extra, retried = set(), {DATA_DIR: 0, REJECTS_DIR: 0}, 0
             short = "a second signal stopped the count of its part files"
         except Exception as err:  # noqa: BLE001 - the stop must still be recorded
-            landed, extra = set(), {DATA_DIR: 0, REJECTS_DIR: 0}
+            landed, extra, retried = set(), {DATA_DIR: 0, REJECTS_DIR: 0}, 0
             short = f"its part files could not be counted ({describe(err)})"
     return StoppedCount(known[DATA_DIR] + extra[DATA_DIR], known[REJECTS_DIR] + extra[REJECTS_DIR],
-                        len(reported) + len(landed), short)
+                        len(reported) + len(landed), short, retried)
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -862,7 +871,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             return "the summary was left to that run"
         # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
         details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
-        count = count_stopped_run(out, so, before, reported)  # a second Ctrl-C may cut this short
+        count = count_stopped_run(out, so, before, reported, plan.retry)  # a second Ctrl-C may cut this short
         _IGNORE_STOPS.set()  # but not the summary's write
         done = {"read": max(read, count.purified + count.rejected),  # each row written was read; that count lags too
                 "purified": count.purified, "rejected": count.rejected,
@@ -871,7 +880,9 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                 "counted": "from the part files this run wrote, after it stopped" if count.short is None else
                            f"at least: {count.short}",
                 "wall_s": round(time.time() - started, 2)}
-        totals = {"purified": earlier[0] + count.purified, "rejected": earlier[1] + count.rejected,
+        if plan.retry:  # earlier rejects read again and written again: counted once each, as the next run will
+            done["rejects_retried"] = count.retried
+        totals = {"purified": earlier[0] + count.purified, "rejected": earlier[1] + count.rejected - count.retried,
                   "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
         write_json(f"{out}/{SUMMARY_FILE}", {
             "status": status, **details, "this_run": done, "output_totals": totals,

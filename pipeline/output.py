@@ -264,6 +264,16 @@ def damaged_parts_error(output: str, damaged: list[DamagedPart]) -> JobError:
         "holds a complete run)")
 
 
+def part_file_ids(output: str, storage_options: dict[str, Any], names: Iterable[str]) -> set[str]:
+    """The ids in the named part files ('data/part-....parquet', as write_stage names them); only their id columns
+    are fetched."""
+    fs, root = _fs(output, storage_options)
+    found: set[str] = set()
+    for _, ids, _ in _part_indexes(fs, [posixpath.join(root, name) for name in names]):
+        found.update(ids)
+    return found
+
+
 def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
     """Ids already in the output (purified or rejected), and how many of each there are. Counted once each: a row
     doubled by a run killed before its end-of-run check is one input, and that check, at the end of the next run,

@@ -49,6 +49,23 @@ def test_the_files_that_landed_are_counted_not_only_those_the_pipeline_reported(
     assert count_stopped_run(str(out), {}, None, {}) == job.StoppedCount(0, 0, 0)
 
 
+def test_a_stopped_retry_run_counts_the_earlier_rejects_its_files_hold_again(tmp_path) -> None:
+    """--retry-rejects: an earlier reject purified now, or rejected again, is in this run's file and still in its old
+    reject row until a later end-of-run check; the output's totals count it once (they counted it twice)."""
+    out = tmp_path / "out"
+    old = "rejects/part-earlier.parquet"
+    (out / "rejects").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["r1", "r2", "r3"]}), out / old)
+    (out / "data").mkdir()
+    pq.write_table(pa.table({"id": ["r1", "new"]}), out / "data" / "part-landed.parquet")  # r1 purified now
+    pq.write_table(pa.table({"id": ["r2"]}), out / "rejects" / "part-reported.parquet")  # r2 rejected again
+    retry = frozenset({"r1", "r2", "r3"})
+    count = count_stopped_run(str(out), {}, {old}, {"rejects/part-reported.parquet": 1}, retry)
+    assert (count.purified, count.rejected, count.files, count.retried) == (2, 1, 2, 2)
+    # without retried rejects, no ids are read and none are counted
+    assert count_stopped_run(str(out), {}, {old}, {"rejects/part-reported.parquet": 1}).retried == 0
+
+
 def test_a_count_that_fails_is_a_lower_bound_that_says_why(tmp_path, monkeypatch) -> None:
     def fail(out: str, storage_options: dict) -> set[str]:
         raise PermissionError("access denied")
