@@ -31,6 +31,13 @@ def tiny_model_file(folder: Path) -> str:
     return str(path)
 
 
+def png_inputs(folder: Path, n: int, size: int = 32) -> None:
+    """`n` random PNGs of size x size, 000.png ..., in `folder` (made)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i:03d}.png").write_bytes(image_bytes(size, size, i))
+
+
 def small_job_config(tmp_path: Path, model: str, **kw):
     """A JobConfig for a quick whole run: tmp_path/in -> tmp_path/out, the tiny model, 1 step, 32 px canvases."""
     from pipeline.job import JobConfig
@@ -47,10 +54,12 @@ def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def tar_bytes(members: dict[str, bytes], hard_links: dict[str, str] | None = None) -> bytes:
-    """A tar of `members` (name -> bytes), then `hard_links` (name -> the member it links to)."""
+def tar_bytes(members: dict[str, bytes], hard_links: dict[str, str] | None = None, encoding: str | None = None) -> bytes:
+    """A tar of `members` (name -> bytes), then `hard_links` (name -> the member it links to). With `encoding`
+    ('latin-1'), names are written as that encoding's bytes (GNU format: no PAX header turns them into UTF-8)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    named = {"format": tarfile.GNU_FORMAT, "encoding": encoding} if encoding else {}
+    with tarfile.open(fileobj=buf, mode="w", **named) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

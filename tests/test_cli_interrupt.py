@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job import JobConfig, plan_job
-from tests.jobutil import image_bytes, tiny_model_file
+from tests.jobutil import png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # one real run of the job, in a subprocess: ~15 s of Ray
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.slow  # one real run of the job, in a subprocess: ~15 s
 
 def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> None:
     n = 32
-    (tmp_path / "in").mkdir()
-    for i in range(n):
-        (tmp_path / "in" / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    png_inputs(tmp_path / "in", n)
     model = tiny_model_file(tmp_path)
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", model, "--steps", "2",

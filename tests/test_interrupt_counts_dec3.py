@@ -21,7 +21,7 @@ import pytest
 import pipeline.job as job
 from pipeline.errors import JobInterrupted
 from pipeline.job import JobConfig, count_stopped_run, plan_job, record_stopped_run
-from tests.jobutil import image_bytes, tiny_model_file
+from tests.jobutil import png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WROTE = re.compile(r"this run wrote (\d+) purified and (\d+) rejected \((\d+) part files?\), so the output now holds "
@@ -150,9 +150,7 @@ def _stderr_until_interrupted(proc: subprocess.Popen) -> list[str]:
 @pytest.mark.slow  # two real runs of the job in subprocesses (~20 s of Ray each)
 def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_exits_quietly(tmp_path) -> None:
     n = 48
-    (tmp_path / "in").mkdir()
-    for i in range(n):
-        (tmp_path / "in" / f"{i:03d}.png").write_bytes(image_bytes(32, 32, i))
+    png_inputs(tmp_path / "in", n)
     model = tiny_model_file(tmp_path)
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", model, "--steps", "2",

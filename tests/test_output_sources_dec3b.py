@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import zipfile
 from datetime import UTC, datetime
 
@@ -27,7 +26,7 @@ from pipeline.job import plan_job, run_job
 from pipeline.output import deduplicate_output
 from pipeline.sources import discover, read_unit, reject_record
 from pipeline.stages import REJECTS_SCHEMA, _rejects_table
-from tests.jobutil import image_bytes, small_job_config, tiny_model_file
+from tests.jobutil import image_bytes, small_job_config, tar_bytes, tiny_model_file
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 OLD_REJECTS = pa.schema([f for f in REJECTS_SCHEMA if f.name != "rejected_at"])  # before db809d4
@@ -121,14 +120,7 @@ def test_a_rejected_at_that_is_not_a_time_keeps_its_values(tmp_path) -> None:
 # --- 2. look-alike names inside one container ---
 
 def _latin1_tar(members: dict[str, bytes]) -> bytes:
-    """A tar whose names are written as latin-1 bytes (GNU format: no PAX header turns them into UTF-8)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(members, encoding="latin-1")
 
 
 def _records(tmp_path) -> list[dict]:

@@ -12,9 +12,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +22,7 @@ from pipeline.model import UNetConfig
 from pipeline.output import deduplicate_output
 from pipeline.sources import discover, read_unit, reject_record
 from pipeline.stages import _rejects_table
-from tests.jobutil import image_bytes
+from tests.jobutil import image_bytes, tar_bytes
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +98,7 @@ def test_an_input_that_requires_grad_records_no_graph(dropout_model: torch.nn.Mo
 # --- 3. superseded ids of a tar shard, by id ---
 
 def _latin1_tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(members, encoding="latin-1")
 
 
 def test_a_record_of_the_shard_is_never_its_superseded_id(tmp_path) -> None:
