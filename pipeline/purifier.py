@@ -314,6 +314,29 @@ def _read_image(i: int, image: Any) -> tuple[np.ndarray, tuple[int, ...] | None]
     return image, None
 
 
+def _image_items(images: Any) -> Iterable[Any]:
+    """The images of a call: a list (or any iterable) of images, or an N x H x W x 3 (N x H x W x 1) array. Any other
+    container is refused: iterating a single H x W x 3 image gives its H rows, each a W x 3 "grey image"."""
+    if isinstance(images, np.ndarray) and images.dtype == object and images.ndim == 1:
+        return list(images)  # a column of images (pandas' .values, np.array(images, dtype=object)): a list
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        # A 3-D array is one colour image or N grey ones (and H x W x 3 is both): which one is the caller's to say,
+        # and a list of results comes back either way.
+        hint = ("for one image, pass [image]; for N grayscale images, pass list(images)" if images.ndim == 3
+                else "for one image, pass [image]" if images.ndim == 2 else "")
+        raise ValueError(f"expected a list of images or an N x H x W x 3 (or N x H x W x 1) array, got an array of "
+                         f"shape {images.shape}" + (f"; {hint}" if hint else ""))
+    if isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 numpy array, got a torch tensor "
+                        f"of shape {tuple(images.shape)} and dtype {images.dtype}; for N x 3 x H x W floats in [0, 1]: "
+                        "(images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()")
+    if isinstance(images, str | bytes | dict) or not isinstance(images, Iterable):
+        one = " (for one image, pass [image])" if hasattr(images, "mode") else ""
+        raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 array, got "
+                        f"{type(images).__name__}{one}; accepted images: {ACCEPTED_IMAGES}")
+    return images
+
+
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """uint8 H x W x 3 to H x W grey with ITU-R 601 luma in PIL's own fixed point, so that a grey image's result is
     the job's RGB output for it converted as Image.convert("L") converts it. The weights sum to 1 (65536), so the
@@ -581,23 +604,7 @@ class Purifier:
         image's result also depends on the other images of the call (small images share canvases and noise draws),
         not only on its own pixels.
         """
-        if isinstance(images, np.ndarray) and images.dtype == object and images.ndim == 1:
-            images = list(images)  # a column of images (pandas' .values, np.array(images, dtype=object)): a list
-        if isinstance(images, np.ndarray) and images.ndim != 4:
-            # A 3-D array is one colour image or N grey ones (and H x W x 3 is both): which one is the caller's to say,
-            # and a list of results comes back either way.
-            hint = ("for one image, pass [image]; for N grayscale images, pass list(images)" if images.ndim == 3
-                    else "for one image, pass [image]" if images.ndim == 2 else "")
-            raise ValueError(f"expected a list of images or an N x H x W x 3 (or N x H x W x 1) array, got an array of "
-                             f"shape {images.shape}" + (f"; {hint}" if hint else ""))
-        if isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 numpy array, got a torch tensor "
-                            f"of shape {tuple(images.shape)} and dtype {images.dtype}; for N x 3 x H x W floats in [0, 1]: "
-                            "(images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()")
-        if isinstance(images, str | bytes | dict) or not isinstance(images, Iterable):
-            one = " (for one image, pass [image])" if hasattr(images, "mode") else ""
-            raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 array, got "
-                            f"{type(images).__name__}{one}; accepted images: {ACCEPTED_IMAGES}")
+        images = _image_items(images)
         seed = _validate_seed(seed)
         read = [_read_image(i, im) for i, im in enumerate(images)]
         if not read:
@@ -649,7 +656,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def naive_purify(images: Sequence[Any], pool: int) -> list[np.ndarray]:
+def naive_purify(images: Iterable[Any] | np.ndarray, pool: int) -> list[np.ndarray]:
     """The naive baseline A⁺A x through the same pooling (no diffusion prior): each pool x pool block replaced by its
     mean. Takes the images `Purifier` takes, any sizes (a side `pool` does not divide is edge-padded and cropped back,
     as the purifier's tiling does), grayscale ones coming back grey in their own shape."""
@@ -658,6 +665,7 @@ def naive_purify(images: Sequence[Any], pool: int) -> list[np.ndarray]:
     if isinstance(pool, bool) or not isinstance(pool, numbers.Integral) or pool < 1:
         raise ValueError(f"naive_purify: pool must be a positive integer, got {pool!r}")
     pool = int(pool)
-    read = [_read_image(i, im) for i, im in enumerate(images)]
+    # the containers `Purifier` takes, and no other: a bare H x W x 3 image came back as H grey rows of W x 3
+    read = [_read_image(i, im) for i, im in enumerate(_image_items(images))]
     out = [naive_transform(rgb[None], pool)[0] for rgb, _ in read]
     return [o if shape is None else to_gray(o).reshape(shape) for o, (_, shape) in zip(out, read, strict=True)]
