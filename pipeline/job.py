@@ -43,10 +43,11 @@ from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
     SUMMARY_FILE,
+    DamagedOutput,
+    DamagedPart,
     check_output_location,
     clear_output,
     deduplicate_output,
-    done_ids,
     input_inside_written_folder,
     is_written_file,
     list_parts,
@@ -351,6 +352,12 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
             _IGNORE_STOPS.set()
             raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
                                  f"again to resume ({RESUME_SKIPS})", signum) from None
+        except DamagedOutput as err:
+            # part files damaged during the run (its end-of-run check): not "every file is whole, run it again",
+            # which stops on them; the error names them all and says what to do, in full (a reason is cut at 300)
+            written = record("failed", {"error": redact_uri_secrets(str(err), out)})  # it quotes the output's URI
+            _IGNORE_STOPS.set()
+            raise JobFailed(f"the run failed: {err}; {written}") from err
         except Exception as err:
             reason = failure_reason(err)
             written = record("failed", {"error": reason})
@@ -654,7 +661,16 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)
         prior_purified, prior_rejected = len(purified_ids), len(rejected_ids)
         if state == "overwrite" and dry_run:
-            _, prior_purified, prior_rejected = done_ids(out, so)
+            # what --overwrite would delete; part files that cannot be read are deleted with the rest, so they do
+            # not stop the dry run (they stopped it with advice to move them out, though the run itself would start)
+            damaged: list[DamagedPart] = []
+            purified_old, rejected_old = output_ids(out, so, damaged)
+            prior_purified, prior_rejected = len(purified_old), len(rejected_old)
+            if damaged:
+                first = min(d.path for d in damaged)
+                print(f"zip-purify: note: {out} holds {len(damaged)} part file(s) that cannot be read (e.g. "
+                      f"{posixpath.basename(posixpath.dirname(first))}/{posixpath.basename(first)}); --overwrite "
+                      "deletes them with the rest, and their rows are not in these counts", file=sys.stderr)
         # --retry-rejects: a rejected input is not done; it is read again, and its old reject row goes at the end
         retry = frozenset(rejected_ids) if config.retry_rejects else frozenset()
         skip = purified_ids if config.retry_rejects else purified_ids | rejected_ids

@@ -232,31 +232,41 @@ def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
 _DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 
-def output_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], set[str]]:
+def output_ids(output: str, storage_options: dict[str, Any],
+               damaged: list[DamagedPart] | None = None) -> tuple[set[str], set[str]]:
     """The ids in the output's data/, and those in its rejects/ and not in data/ (the end-of-run check keeps an id
     found in both only in data/). Part files that cannot be read are named all together in one JobError (see
-    `damaged_parts_error`): a run over them would purify again, or lose track of, the inputs whose rows they held."""
+    `damaged_parts_error`): a run over them would purify again, or lose track of, the inputs whose rows they held.
+    With `damaged`, they are added to it instead and the readable files' ids returned (a dry run of --overwrite,
+    which deletes them all the same)."""
     fs, _ = _fs(output, storage_options)
     found: list[set[str]] = []
-    damaged: list[DamagedPart] = []
+    unreadable: list[DamagedPart] = []
     for folder in (DATA_DIR, REJECTS_DIR):
         ids: set[str] = set()
-        for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options), damaged):
+        for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options), unreadable):
             ids.update(column)
         found.append(ids)
-    if damaged:
-        raise damaged_parts_error(output, damaged)
+    if unreadable and damaged is None:
+        raise damaged_parts_error(output, unreadable)
+    if damaged is not None:
+        damaged.extend(unreadable)
     purified, rejected = found
     return purified, rejected - purified
 
 
-def damaged_parts_error(output: str, damaged: list[DamagedPart]) -> JobError:
+class DamagedOutput(JobError):
+    """Part files of the output that cannot be read (`damaged_parts_error`): its message names them and says what to
+    do, which is not "run the same command again" (that stops on them too)."""
+
+
+def damaged_parts_error(output: str, damaged: list[DamagedPart]) -> DamagedOutput:
     """One error naming every unreadable part file (the first 10), why, and what to do."""
     names = sorted(d.path for d in damaged)
     by_path = {d.path: d.reason for d in damaged}
     shown = "; ".join(f"{posixpath.basename(posixpath.dirname(p))}/{posixpath.basename(p)} ({by_path[p]})" for p in names[:10])
     more = f"; and {len(names) - 10} more" if len(names) > 10 else ""
-    return JobError(
+    return DamagedOutput(
         f"output {output} holds {len(names)} part file(s) that cannot be read as Parquet with an id column: {shown}"
         f"{more}. This job writes a part file whole or not at all, so these were cut short or emptied by something "
         "else, or written by another tool. Move them out of the output (keep them if they may hold rows you need) and "
@@ -329,23 +339,29 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     rows = []
     schemas: dict[str, pa.Schema] = {}
     mine = {posixpath.basename(name) for name in written}
+    # Both folders indexed before any file is rewritten, so that part files damaged during the run (emptied or cut
+    # short by something else) are all named at once, with what to do, and none is rewritten on a partial view: the
+    # first one found stopped the run naming it alone, and its end said every file was whole.
+    damaged: list[DamagedPart] = []
+    indexes: dict[str, list[tuple[str, list[str], pa.Schema]]] = {}
     for folder in (DATA_DIR, REJECTS_DIR):
-        before = len(seen)
         parts = list_parts(output, folder, storage_options)
-        kept_at: dict[str, int] = {}  # rejects/: id in several files -> the position of the file that keeps it
-        index: Iterable[tuple[str, list[str], pa.Schema]]
         if folder == REJECTS_DIR:
             # this run's rejects first: a retried input rejected again keeps today's reason, not the old one
             parts = sorted(parts, key=lambda p: posixpath.basename(p) not in mine)
+        indexes[folder] = list(_part_indexes(fs, parts, damaged))
+    if damaged:
+        raise damaged_parts_error(output, damaged)
+    for folder in (DATA_DIR, REJECTS_DIR):
+        before = len(seen)
+        kept_at: dict[str, int] = {}  # rejects/: id in several files -> the position of the file that keeps it
+        indexed = indexes[folder]
+        if folder == REJECTS_DIR:
             # all of rejects/ indexed before any file is rewritten: which row of an id stays depends on every file
-            indexed = list(_part_indexes(fs, parts))
             kept_at = _newest_rejects(fs, indexed, mine, lambda i: i in purified_ids or i in resolved)
-            index = indexed
-        else:
-            index = _part_indexes(fs, parts)
         # rejects/: the columns each file is to have, so that the folder reads as one table (`rejects_columns`)
         columns = rejects_columns([schema for _, _, schema in indexed]) if folder == REJECTS_DIR else {}
-        for pos, (path, ids, schema) in enumerate(index):
+        for pos, (path, ids, schema) in enumerate(indexed):
             if posixpath.basename(path) in mine:
                 fresh.update(ids)
             gone = {i for i in ids if i in resolved} if folder == REJECTS_DIR else set()
@@ -466,7 +482,11 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
     has read them (`deduplicate_output`); else they are read here. Returns column -> the type given to it."""
     fs, _ = _fs(output, storage_options)
     if schemas is None:
-        schemas = {path: schema for path, _, schema in _part_indexes(fs, list_parts(output, DATA_DIR, storage_options))}
+        damaged: list[DamagedPart] = []
+        parts = list_parts(output, DATA_DIR, storage_options)
+        schemas = {path: schema for path, _, schema in _part_indexes(fs, parts, damaged)}
+        if damaged:  # every one named, with what to do
+            raise damaged_parts_error(output, damaged)
     common = common_column_types(list(schemas.values()))
     if not common:
         return {}
