@@ -428,16 +428,31 @@ def count_stopped_run(out: str, storage_options: dict[str, Any], before: set[str
             landed = part_names(out, storage_options) - before - set(reported)
             for name, n in part_rows(out, storage_options, sorted(landed)).items():
                 extra[name.partition("/")[0]] += n
-            if retry:
-                retried = len(retry & part_file_ids(out, storage_options, sorted(set(reported) | landed)))
         except KeyboardInterrupt:  # a second Ctrl-C: stop counting, but still record the stop
-            landed, extra, retried = set(), {DATA_DIR: 0, REJECTS_DIR: 0}, 0
+            landed, extra = set(), {DATA_DIR: 0, REJECTS_DIR: 0}
             short = "a second signal stopped the count of its part files"
         except Exception as err:  # noqa: BLE001 - the stop must still be recorded
-            landed, extra, retried = set(), {DATA_DIR: 0, REJECTS_DIR: 0}, 0
+            landed, extra = set(), {DATA_DIR: 0, REJECTS_DIR: 0}
             short = f"its part files could not be counted ({describe(err)})"
+    if retry and before is not None and short is None:
+        # on its own: the rows counted stand when only the ids cannot be read (`stopped_totals` then takes the least)
+        try:
+            retried = len(retry & part_file_ids(out, storage_options, sorted(set(reported) | landed)))
+        except KeyboardInterrupt:
+            short = "a second signal stopped the count of the earlier rejects its files hold again"
+        except Exception as err:  # noqa: BLE001 - the stop must still be recorded
+            short = f"the earlier rejects its files hold again could not be counted ({describe(err)})"
     return StoppedCount(known[DATA_DIR] + extra[DATA_DIR], known[REJECTS_DIR] + extra[REJECTS_DIR],
                         len(reported) + len(landed), short, retried)
+
+
+def stopped_totals(earlier: tuple[int, int], count: StoppedCount, retry: frozenset[str]) -> dict[str, int]:
+    """What the output holds after a stopped run, each input once: the earlier rows and this run's, less the earlier
+    rejects that this run's files hold again (their old rows go at the next end-of-run check). A count cut short
+    (`count.short`) did not read which those are, so any earlier reject may be one: the least the output can hold
+    (taking none of them counted the rejects it purified or rejected again twice, and called that "at least")."""
+    retried = count.retried if count.short is None else len(retry)
+    return {"purified": earlier[0] + count.purified, "rejected": max(0, earlier[1] + count.rejected - retried)}
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -898,7 +913,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                 "wall_s": round(time.time() - started, 2)}
         if plan.retry:  # earlier rejects read again and written again: counted once each, as the next run will
             done["rejects_retried"] = count.retried
-        totals = {"purified": earlier[0] + count.purified, "rejected": earlier[1] + count.rejected - count.retried,
+        totals = {**stopped_totals(earlier, count, plan.retry),
                   "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
         write_json(f"{out}/{SUMMARY_FILE}", {
             "status": status, **details, "this_run": done, "output_totals": totals,

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import pipeline.job as job
 from pipeline.errors import JobError, JobFailed
 from pipeline.job import count_stopped_run, plan_job, record_stopped_run
 from pipeline.output import _fs, _part_indexes, damaged_parts_error, deduplicate_output, output_ids
@@ -140,3 +141,35 @@ def test_a_reject_rejected_again_into_its_own_old_file_is_counted_once(tmp_path)
     count = count_stopped_run(str(tmp_path / "out"), {}, {name}, {name: 2}, frozenset({"r1", "r2"}))
     assert (count.purified, count.rejected, count.files, count.retried) == (0, 2, 1, 2)
     assert 2 + count.rejected - count.retried == 2  # record_stop's output_totals: earlier + this run's - retried
+
+
+def test_a_stopped_retry_run_whose_count_is_cut_short_claims_no_more_rejects_than_it_can(tmp_path, monkeypatch) -> None:
+    """A --retry-rejects run that purified its 3 earlier rejects, stopped, with a second Ctrl-C while it read their ids,
+    said the output held "at least 3 purified and 3 rejected": each input once, it holds 3 and 0."""
+    out = tmp_path / "out"
+    pq.write_table(pa.table({"id": ["r1", "r2", "r3"]}), _made(out / "rejects" / "part-old.parquet"))
+    pq.write_table(pa.table({"id": ["r1", "r2", "r3"]}), _made(out / "data" / "part-new.parquet"))
+    retry = frozenset({"r1", "r2", "r3"})
+
+    def second_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "part_file_ids", second_ctrl_c)
+    count = count_stopped_run(str(out), {}, {"rejects/part-old.parquet"}, {}, retry)
+    # the file that landed is still counted: only the retried ones are unknown
+    assert (count.purified, count.rejected, count.files, count.retried) == (3, 0, 1, 0)
+    assert count.short == "a second signal stopped the count of the earlier rejects its files hold again"
+    assert job.stopped_totals((0, 3), count, retry) == {"purified": 3, "rejected": 0}
+    # counted in full, the retried ones are known and the totals exact
+    monkeypatch.undo()
+    exact = count_stopped_run(str(out), {}, {"rejects/part-old.parquet"}, {}, retry)
+    assert (exact.short, exact.retried) == (None, 3)
+    assert job.stopped_totals((0, 3), exact, retry) == {"purified": 3, "rejected": 0}
+    # a cut-short count of a run that wrote a reject again: at least 1 of the 3 earlier rejects is still one
+    short = job.StoppedCount(2, 1, 2, "cut", 0)
+    assert job.stopped_totals((5, 3), short, retry) == {"purified": 7, "rejected": 1}
+
+
+def _made(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
