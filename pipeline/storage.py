@@ -96,6 +96,10 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 
 def _server_answer(err: BaseException) -> tuple[str, int | None] | None:
     """(error code, HTTP status) of a storage service's answer carried by `err`, or None if it carries none."""
+    if type(err).__module__.startswith("aiohttp.http_exceptions"):
+        # aiohttp's own parse errors of a response cut short (ContentLengthError, the cause of a ClientPayloadError
+        # when a connection drops mid-body) carry code = 400: the client's verdict on the bytes, not the server's
+        return None
     response = getattr(err, "response", None)
     if isinstance(response, dict) and isinstance(response.get("Error"), dict):  # botocore ClientError
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -78,6 +78,11 @@ def test_s3_answers_that_will_not_change_are_permanent(name: str) -> None:
     assert not storage.is_transient(translated), f"{name} as s3fs raises it: {type(translated).__name__}"
 
 
+def _caused(err: BaseException, cause: BaseException) -> BaseException:
+    err.__cause__ = cause
+    return err
+
+
 TRANSPORT = {
     "ConnectionResetError": ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
     "TimeoutError (socket.timeout, asyncio.TimeoutError)": TimeoutError("timed out"),
@@ -90,6 +95,14 @@ TRANSPORT = {
     "botocore IncompleteReadError": boto.IncompleteReadError(actual_bytes=1, expected_bytes=2),
     "aiohttp ServerDisconnectedError": aiohttp.ServerDisconnectedError(),
     "aiohttp ClientPayloadError": aiohttp.ClientPayloadError("Response payload is not completed"),
+    # the same drop as aiohttp raises it mid-body: its cause, ContentLengthError, carries code = 400, which was taken
+    # for the server's HTTP status, so the read was never retried (reproduced through moto and a dropping proxy)
+    "aiohttp ClientPayloadError from ContentLengthError": _caused(
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        aiohttp.http_exceptions.ContentLengthError("Not enough data to satisfy content length header.")),
+    "aiohttp ClientPayloadError from TransferEncodingError": _caused(
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        aiohttp.http_exceptions.TransferEncodingError("Not enough data to satisfy transfer length header.")),
     "aiohttp ClientOSError ECONNRESET": aiohttp.ClientOSError(errno.ECONNRESET, "reset"),
 }
 NOT_TRANSIENT = {
