@@ -129,11 +129,15 @@ def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str],
             damaged.append(err)
             return None
 
+    for path, found in _read_ahead(index, paths):
+        if found is not None:
+            yield (path, *found)
+
+
+def _read_ahead(read: Callable[[str], Any], paths: list[str]) -> Iterator[tuple[str, Any]]:
+    """(path, read(path)) in the order given, INDEX_READERS reads at a time and at most that many results ahead."""
     if len(paths) <= 1:
-        for path in paths:
-            found = index(path)
-            if found is not None:
-                yield (path, *found)
+        yield from ((path, read(path)) for path in paths)
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -141,17 +145,13 @@ def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str],
         pending: list[tuple[str, Any]] = []
         try:
             for path in paths:
-                pending.append((path, pool.submit(index, path)))
+                pending.append((path, pool.submit(read, path)))
                 if len(pending) > INDEX_READERS:
                     path, future = pending.pop(0)
-                    found = future.result()
-                    if found is not None:
-                        yield (path, *found)
+                    yield path, future.result()
             while pending:
                 path, future = pending.pop(0)
-                found = future.result()
-                if found is not None:
-                    yield (path, *found)
+                yield path, future.result()
         finally:
             for _, future in pending:  # an error or a caller that stopped early: no reads left running
                 future.cancel()
