@@ -26,7 +26,7 @@ from pipeline.errors import JobError
 from pipeline.ledger import LEDGER_DIR
 from pipeline.sources import storage_path, with_protocol
 from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, text_column, write_parquet_atomic
-from pipeline.storage import make_parent_dirs, move_into_place, with_retries
+from pipeline.storage import describe, make_parent_dirs, move_into_place, with_retries
 
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
 
@@ -75,7 +75,7 @@ class DamagedPart(ValueError):
     or put there by another tool. This job writes each part file whole or not at all (`write_parquet_atomic`)."""
 
     def __init__(self, path: str, err: BaseException) -> None:
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip().rstrip(":.")
+        reason = describe(err).strip().rstrip(":.")
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = path, reason
 
