@@ -553,13 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         whole = retried.get("containers_now_read_whole", 0)
+        renamed = retried.get("lookalikes_renamed", 0)
         gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
-                - retried.get("superseded", 0))
+                - retried.get("superseded", 0) - renamed)
         print(f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
               f"{retried['rejected_again']} rejected again (rejects/ has today's reason)"
               + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
               + (f", {retried['superseded']} replaced by the images of a tar shard's numbered names"
                  if retried.get("superseded") else "")
+              + (f", {renamed} tar look-alike rejects gone (their members no longer share an id)" if renamed else "")
               + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds

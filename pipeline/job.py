@@ -74,6 +74,7 @@ from pipeline.purifier import (
 from pipeline.redaction import redact, redact_uri, redact_uri_secrets
 from pipeline.sources import (
     IN_MEMORY_BYTES,
+    LOOKALIKE,
     MAX_IMAGE_BYTES,
     ReadUnit,
     discover,
@@ -591,6 +592,9 @@ class JobPlan:
     skipped_containers: int = 0
     skipped_container_records: int = 0
     retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
+    # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
+    # read task tells a member added beside one purified earlier under the same id (sources._read_tar)
+    container_purified: dict[str, list[str]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -726,6 +730,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     # one that an earlier complete run read whole and that is unchanged since is not read at all.
     containers = [u for u in kept_units if u.kind != "files"]
     container_done = container_ids(skip, containers) if skip else {}
+    tars = {u.paths[0] for u in containers if u.kind == "tar"}
     try:
         ledger = read_ledger(out, so) if containers and state in ("resume", "incremental") else {}
     except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
@@ -746,7 +751,10 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    container_done={path: ids + [broken[path]] * (broken[path] in skip)
                                    for path, ids in container_done.items() if path not in unread},
                    ledger=ledger, skipped_containers=len(unread),
-                   skipped_container_records=sum(ledger[path].records for path in unread), retry=retry)
+                   skipped_container_records=sum(ledger[path].records for path in unread), retry=retry,
+                   container_purified={path: purified for path, ids in container_done.items()
+                                       if path not in unread and path in tars
+                                       and (purified := [i for i in ids if "\\x" in i and i in purified_ids])})
 
 
 def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:
@@ -952,8 +960,9 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # actors, so finished batches are written while others are still purifying (streaming).
         task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
         # Image files already done were dropped from the units; a container's done ids travel with its own row.
-        rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else []}
-                for u in plan.units] or [{**ReadUnit("files", (), "").to_row(), "skip": []}]
+        rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
+                 "purified": plan.container_purified.get(u.paths[0], [])}
+                for u in plan.units] or [{**ReadUnit("files", (), "").to_row(), "skip": [], "purified": []}]
         # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
         # pipeline streams (one big block would be read, purified and written as a whole).
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -1029,7 +1038,12 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         resolved = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole if r["path"] in roots}
         # and so is the reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, ...)
         superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}
-        resolved |= superseded
+        # and so is a shard's look-alike reject that its reading did not give this time (one of the members renamed)
+        shards = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots}
+        held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
+        outdated = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
+        outdated -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
+        resolved |= superseded | outdated
         rows = deduplicate_output(out, so, written=files, retried=plan.retry, resolved=resolved)
         duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
         replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed
@@ -1047,10 +1061,12 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                      # kept); those whose input is gone keep their old row
                      "rejects_retried": {"earlier_rejects": len(plan.retry), "purified_now": rows.retried_purified,
                                          "rejected_again": rows.retried_rejected,
-                                         "containers_now_read_whole": len(plan.retry & (resolved - superseded)),
-                                         "superseded": len(plan.retry & superseded)},
+                                         "containers_now_read_whole": len(plan.retry & (resolved - superseded - outdated)),
+                                         "superseded": len(plan.retry & superseded),
+                                         "lookalikes_renamed": len(plan.retry & outdated)},
                      # reject rows this run's reading made untrue, removed: '#unreadable' of tar/Parquet/zip files
-                     # read to their end, and an older version's one reject for a tar shard's numbered names
+                     # read to their end, an older version's one reject for a tar shard's numbered names, and a
+                     # look-alike reject whose members no longer share an id
                      "stale_rejects_removed": rows.stale_rejects_removed,
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.sources import ReadUnit, ids_digest, relative_id, storage_path
+from pipeline.sources import LOOKALIKE, ReadUnit, ids_digest, relative_id, storage_path
 from pipeline.storage import describe, with_retries
 
 LEDGER_DIR = "_containers"
@@ -45,8 +45,9 @@ def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, l
     """The done ids that are records of each tar, Parquet or zip unit, by the unit's path. A tar record's id is the
     shard's id, '/', and its key (which may hold dots: 'train/cat.0' in a shard of Kaggle-style names); a zip member's
     is the archive's id, '/' and its path; a Parquet row's is the file's id, '#', and its row number. Every id under a
-    tar or zip container's id and '/' is its own: `sources.discover` refuses a loose file there. A container's
-    '#unreadable' reject is left out: it is not one of its records."""
+    tar or zip container's id and '/' is its own: `sources.discover` refuses a loose file there. So is a shard's
+    look-alike reject ('s.tar#lookalike/k', `sources.LOOKALIKE`): it stands for a member the shard's reads gave. A
+    container's '#unreadable' reject is left out: it is not one of its records."""
     by_kind: dict[str, dict[str, str]] = {"tar": {}, "parquet": {}, "zip": {}}
     for unit in units:
         if unit.kind in by_kind:
@@ -59,6 +60,10 @@ def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, l
         head, sep, row = id_.rpartition("#")
         if sep and head in parquet and row.isdigit():
             found[parquet[head]].append(id_)
+            continue
+        head, sep, _ = id_.partition(LOOKALIKE)
+        if sep and head in tar:
+            found[tar[head]].append(id_)
             continue
         at = id_.find("/")
         while at > 0:  # a container in a folder: its id has slashes too

@@ -53,6 +53,9 @@ IN_MEMORY_BYTES = 256 * 2**20
 # (8 bytes a pixel: 488 MiB, a 16-bit RGBA TIFF scan); a real photo is far smaller (a 64 MP JPEG: tens of MB). Reading
 # and decoding one image at the limit takes about 1-2 GiB, what decoding a 64 M pixel image takes anyway.
 MAX_IMAGE_BYTES = 512 * 2**20
+# The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
+# id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
+LOOKALIKE = "#lookalike/"
 
 
 @dataclass(frozen=True)
@@ -334,13 +337,17 @@ def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], ro
     names), a zip member's (`x.zip/a/b.jpg`) or a reject's or Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the
     output keeps one row per id, so one of the two would be lost. Any file under a tar shard or zip archive (its id, then
     '/') is refused, whatever its name: a tar key may hold dots, and `pipeline.ledger` counts every id under a
-    container as the container's. Only odd names collide (on an object store, an object `x.tar/k.png` beside a shard
-    `x.tar`, or `x.zip/a.jpg` beside `x.zip`; a file named `t.parquet#0`); renaming one is the fix."""
+    container as the container's; so is one under a shard's look-alike rejects (`x.tar#lookalike/`). Only odd names
+    collide (on an object store, an object `x.tar/k.png` beside a shard `x.tar`, or `x.zip/a.jpg` beside `x.zip`; a
+    file named `t.parquet#0`); renaming one is the fix."""
     containers_by_id = {relative_id(unit.paths[0], root): unit for unit in containers}
 
     def clash(id_: str) -> str | None:
         head, sep, rest = id_.rpartition("#")  # the last '#': a folder's name may hold one (as container_ids)
         if sep and head in containers_by_id and (rest == "unreadable" or rest.isdigit()):
+            return containers_by_id[head].paths[0]
+        head, sep, _ = id_.partition(LOOKALIKE)
+        if sep and head in containers_by_id and containers_by_id[head].kind == "tar":
             return containers_by_id[head].paths[0]
         # A shard whose id is one of this id's folders: looked up folder by folder, not shard by shard (files x
         # shards comparisons took 10 s for 100,000 files beside 200 shards, and grew with both).
@@ -713,7 +720,8 @@ def _index_tar(
 
 
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
-              skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
+              skip_ids: frozenset[str] | set[str] = frozenset(),
+              purified_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
     Pass 1 reads only the headers: which members each key has (`_tar_key`: WebDataset's keys, a numbered name such as
@@ -725,6 +733,9 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
     twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read: its key is a reject.
     A key whose id is in `skip_ids` (done in an earlier run) is not read either: one "skipped" record stands for it.
+    Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
+    (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
+    (`LOOKALIKE`), given once: the purified row keeps the id.
     """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
@@ -759,6 +770,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         if twins[0] not in done:
             done.update(twins)  # neither is read: one reject names them all, so that no image goes unnoticed
             yield reject_record(id_, f"{path}:{twins[0]}", _twin_members_error(members_of, twins, id_), "read")
+        elif id_ in purified_ids:  # one was purified under the id before the other was added: skipped, it would vanish
+            lookalike = f"{shard}{LOOKALIKE}{text_name(twins[0])}"
+            yield {"kind": "skipped", "id": lookalike} if lookalike in skip_ids else reject_record(
+                lookalike, path, _twin_members_error(members_of, twins, id_, purified_before=True), "read")
     # target position -> links still to be emitted that read it; its bytes are kept while any are
     readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
@@ -868,8 +883,10 @@ def _escaped_twin_keys(members_of: dict[str, Counter[str]], key_id: Callable[[st
     return {id_: keys for id_, keys in keys_of.items() if len(keys) > 1}
 
 
-def _twin_members_error(members_of: dict[str, Counter[str]], twins: list[str], id_: str) -> str:
-    """The reject of tar keys that give one id: each key's members, as text and as the bytes of their names."""
+def _twin_members_error(members_of: dict[str, Counter[str]], twins: list[str], id_: str,
+                        purified_before: bool = False) -> str:
+    """The reject of tar keys that give one id: each key's members, as text and as the bytes of their names.
+    `purified_before`: an earlier run purified one of them under the id, and this run did not read the other."""
     def as_bytes(name: str) -> bytes:  # a name's bytes as the tar holds them; any other surrogate kept as such
         try:
             return name.encode("utf-8", "surrogateescape")
@@ -878,9 +895,15 @@ def _twin_members_error(members_of: dict[str, Counter[str]], twins: list[str], i
 
     names = [name for key in twins for name in members_of[key]]
     shown = " and ".join(f"{text_name(n)} (as bytes: {as_bytes(n)!r})" for n in names)
-    return (f"tar members {shown} have one id, {id_}: a name that is not UTF-8 is written with each byte it cannot "
-            "decode as \\xNN (and a backslash as \\\\), and the other name is that text itself, so the output could "
-            "keep only one of them; none was read: rename one and run again with --retry-rejects")
+    why = (f"tar members {shown} have one id, {id_}: a name that is not UTF-8 is written with each byte it cannot "
+           "decode as \\xNN (and a backslash as \\\\), and the other name is that text itself, so the output could "
+           "keep only one of them")
+    # the new one is to be renamed: were the purified one renamed, the other would keep its id and be skipped as done
+    if purified_before:
+        return (f"{why}; an earlier run purified one of them under {id_} (its row in data/ stays: its source_sha256 "
+                "tells which), and this run did not read the other: rename the one that is not in data/ and run "
+                "again with --retry-rejects")
+    return f"{why}; none was read: rename one and run again with --retry-rejects"
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
@@ -1090,18 +1113,21 @@ def read_unit(
     skip_ids: frozenset[str] | set[str] = frozenset(),
     in_memory_bytes: int = IN_MEMORY_BYTES,
     max_image_bytes: int = MAX_IMAGE_BYTES,
+    purified_ids: frozenset[str] | set[str] = frozenset(),
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
     Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice). An image
     file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read.
     A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
-    it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread."""
+    it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
+    the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
+    `purified_ids`: done ids that are in data/ (`_read_tar`; those with '\\x' are enough)."""
     opts = storage_options or {}
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids)
+        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids)
     elif unit.kind == "parquet":
         records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
     elif unit.kind == "zip":
@@ -1110,7 +1136,9 @@ def read_unit(
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     container = unit.kind != "files"
     broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable" if container else None
+    lookalike = f"{relative_id(unit.paths[0], unit.root)}{LOOKALIKE}" if container else ""
     ids: list[str] = []  # a container's record ids, to digest
+    lookalikes: list[str] = []
     superseded: list[str] = []
     whole = True
     n = skipped = 0
@@ -1122,6 +1150,8 @@ def read_unit(
             whole = False
         elif container:
             ids.append(record["id"])
+            if record["id"].startswith(lookalike):
+                lookalikes.append(record["id"])
         if record["kind"] == "skipped" or record["id"] in skip_ids:
             skipped += 1
             continue
@@ -1132,6 +1162,8 @@ def read_unit(
         count["container"] = {"path": unit.paths[0], "records": len(ids), "ids_sha256": ids_digest(ids)}
         if superseded:  # ids an older version gave this container's records, if the output holds them
             count["container"]["superseded"] = superseded
+        if lookalikes:
+            count["container"]["lookalike"] = lookalikes
     yield count
 
 

@@ -63,19 +63,21 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
     of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
     too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task.
-    A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`."""
+    A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`; its
+    "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one."""
     pending: list[dict[str, Any]] = []
     size = 0
     count = len(batch["kind"])
     sizes = batch.get("sizes", [None] * count)
     own_skips = batch.get("skip", [None] * count)
-    for kind, paths, root, listed, own in zip(batch["kind"], batch["paths"], batch["root"], sizes, own_skips,
-                                              strict=True):
+    own_purified = batch.get("purified", [None] * count)
+    for kind, paths, root, listed, own, purified in zip(batch["kind"], batch["paths"], batch["root"], sizes, own_skips,
+                                                        own_purified, strict=True):
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
                                   "sizes": None if listed is None else [int(size) for size in listed]})
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip, in_memory_bytes,
-                                max_image_bytes):
+                                max_image_bytes, frozenset(purified) if purified is not None else frozenset()):
             pending.append(record)
             size += len(record.get("data", b""))
             if len(pending) >= max_records or size >= max_bytes:
