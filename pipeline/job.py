@@ -80,6 +80,7 @@ from pipeline.sources import (
     discover,
     input_location,
     is_url_chain,
+    listing_stamp,
     relative_id,
     storage_path,
 )
@@ -370,10 +371,21 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
 RESUME_SKIPS = "what is written is skipped, not purified again"
 
 
-def part_names(out: str, storage_options: dict[str, Any]) -> set[str]:
-    """The output's part files, named as write_stage names them ('data/part-....parquet', 'rejects/part-....parquet')."""
-    return {f"{folder}/{posixpath.basename(p)}" for folder in (DATA_DIR, REJECTS_DIR)
-            for p in list_parts(out, folder, storage_options)}
+def part_names(out: str, storage_options: dict[str, Any]) -> dict[str, str | None]:
+    """The output's part files, named as write_stage names them ('data/part-....parquet', 'rejects/part-....parquet'),
+    each with its listing stamp (`listing_stamp`; None where the listing gives no version): one listing per folder."""
+    fs, root = storage_path(out, storage_options)
+    found: dict[str, str | None] = {}
+    for folder in (DATA_DIR, REJECTS_DIR):
+        path = posixpath.join(root, folder)
+        fs.invalidate_cache(path)  # s3fs caches listings (see list_parts)
+        if not fs.exists(path):
+            continue
+        for info in fs.ls(path, detail=True):
+            name = posixpath.basename(info["name"].rstrip("/"))
+            if name.startswith("part-") and name.endswith(".parquet"):  # as list_parts: no temporaries
+                found[f"{folder}/{name}"] = listing_stamp(info)
+    return found
 
 
 def part_rows(out: str, storage_options: dict[str, Any], names: list[str]) -> dict[str, int]:
@@ -407,13 +419,18 @@ class StoppedCount:
     retried: int = 0
 
 
-def count_stopped_run(out: str, storage_options: dict[str, Any], before: set[str] | None,
+def count_stopped_run(out: str, storage_options: dict[str, Any],
+                      before: dict[str, str | None] | set[str] | frozenset[str] | None,
                       reported: dict[str, int], retry: frozenset[str] = frozenset()) -> StoppedCount:
     """Count the rows a stopped run wrote from its part files, not from what the pipeline had reported: a file's
     manifest reaches the driver a second or more after the file is in place, and those still on their way when the run
     stopped never do (a run interrupted with 4 files, 128 rows, written said 0). Its files are those it reported
     (`reported`: name -> rows, write_stage's manifests) and those listed now that were not there when it began
-    (`before`; None: stopped before it listed the output, so before the pipeline started). Only the unreported ones'
+    (`before`; None: stopped before it listed the output, so before the pipeline started), or listed then under the
+    same name with another stamp (`before` as `part_names` gives it: a name is a hash of the ids, so a --retry-rejects
+    batch rejected again in the same grouping is written over its old file, and was not counted when its manifest
+    had not arrived). `before` as a set of names compares none (the caller's once the pipeline has reported all it
+    wrote: the end-of-run check then rewrites earlier files under their names). Only the unreported ones'
     footers are read: a few, however large the output. With --retry-rejects (`retry`: the earlier rejects read again),
     the ids of this run's files are read too, to count the retried ones, each of which an earlier reject row also
     holds. A second Ctrl-C while counting, or storage that cannot be listed, leaves the reported count, marked as a
@@ -426,7 +443,9 @@ def count_stopped_run(out: str, storage_options: dict[str, Any], before: set[str
     retried = 0
     if before is not None:
         try:
-            landed = part_names(out, storage_options) - before - set(reported)
+            stamps = before if isinstance(before, dict) else dict.fromkeys(before)
+            landed = {name for name, stamp in part_names(out, storage_options).items() if name not in reported and (
+                name not in stamps or (None not in (stamp, stamps[name]) and stamp != stamps[name]))}
             for name, n in part_rows(out, storage_options, sorted(landed)).items():
                 extra[name.partition("/")[0]] += n
         except KeyboardInterrupt:  # a second Ctrl-C: stop counting, but still record the stop
@@ -897,7 +916,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
     reported: dict[str, int] = {}  # part files the pipeline reported written ('data/part-....parquet') -> rows
-    before: set[str] | None = None  # the output's part files when this run began; None until listed
+    before: dict[str, str | None] | set[str] | None = None  # the output's part files when this run began -> their
+    # listing stamps; None until listed
     read_whole: list[dict[str, Any]] = []  # containers (tar, Parquet, zip) this run read to their end
     earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
 
@@ -1026,6 +1046,9 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                         "rejected": rejected, "read_tasks": f"{min(units_read, len(plan.units))}/{len(plan.units)}"}
                     bar.set_postfix(**shown)  # before update: a log's minute line is printed by update
                     bar.update(int(row["purified"]) + int(row["rejected"]))
+        # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
+        # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
+        before = set(before)
         if bar is not None:
             bar.close()
         wall = time.time() - started
