@@ -24,6 +24,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import tarfile
 import zipfile
 from collections import Counter
@@ -116,6 +117,24 @@ class ImageTooLarge(ValueError):
     """An input over the per-image byte limit, found before its bytes were read (a permanent error: not retried)."""
 
 
+class NotAFile(ValueError):
+    """A local input entry that is not a regular file (a FIFO, socket or device): reading one would wait for a writer
+    forever (a FIFO) or never end (/dev/zero), so it is not opened (a permanent error: not retried)."""
+
+
+_NOT_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _refuse_special_file(fs_path: str) -> None:
+    """Raise NotAFile for a local path (or link to) a FIFO, socket or device; a folder is left to open's own error."""
+    mode = os.stat(fs_path).st_mode
+    for test, kind in _NOT_FILE_KINDS:
+        if test(mode):
+            raise NotAFile(f"{text_name(os.path.basename(fs_path))} is {kind}, not a regular file, so it was not read "
+                           "(reading it could wait or run forever)")
+
+
 def too_large(what: str, size: int | None, max_image_bytes: int) -> str:
     """The reject reason of an input over `max_image_bytes` (size None: storage gave none, and more was there)."""
     limit = f"--max-image-mb {max_image_bytes / 2**20:g}"
@@ -141,6 +160,8 @@ def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None
             if max_bytes is not None and len(data) > max_bytes:
                 raise ImageTooLarge(too_large("image file", None, max_bytes))
             return data
+        if isinstance(fs, LocalFileSystem):
+            _refuse_special_file(fs_path)
         with fs.open(fs_path, "rb") as f:
             size = getattr(f, "size", None)
             if max_bytes is None or isinstance(size, int):
@@ -280,7 +301,8 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
             units.append(ReadUnit("zip", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
         else:
             images.append((full, size))
-    _refuse_colliding_ids(units, [p for p, _ in images], root_uri)
+    # containers too: on an object store a shard 'd.tar/x.parquet' can lie under a shard 'd.tar'
+    _refuse_colliding_ids(units, [*(p for p, _ in images), *(u.paths[0] for u in units)], root_uri)
     _refuse_escaped_twins(sorted(listed), root_dir)
     for i in range(0, len(images), files_per_unit):
         group = images[i : i + files_per_unit]
@@ -288,11 +310,19 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     return units
 
 
+def _odd_key(path: str) -> bool:
+    """An object store key with an empty, '.' or '..' folder ('a//b.png', 'a/./b.png', 'x/../b.png'), or holding bytes
+    under a name ending in '/': its id drops them (`relative_id`), so another key may give the same id."""
+    return "//" in path or "/./" in path or "/../" in path or path.endswith(("/", "/.", "/.."))
+
+
 def _refuse_escaped_twins(paths: list[str], root: str) -> None:
-    """Stop when a name that is not UTF-8, written with escapes (`text_name`: b'caf\\xe9.png' as 'caf\\xe9.png'), gives
-    the id of a file that is named so (a literal backslash, 'x', two hex digits): the output keeps one row per id, so
-    one of the two would be lost. Looked for only when some name is not UTF-8; renaming one is the fix."""
-    if all(p.isascii() or text_name(p) == p for p in paths):
+    """Stop when two listed files give one id, which the output keeps once, so one of the two would be lost: a name that
+    is not UTF-8, written with escapes (`text_name`: b'caf\\xe9.png' as 'caf\\xe9.png'), and a file that is named so (a
+    literal backslash, 'x', two hex digits); or, on an object store, keys that differ only in empty, '.' or '..'
+    folders ('a//b.png' beside 'a/b.png'). Looked for only when some name is not UTF-8 or some key has such a folder
+    (the only ways two files give one id); renaming one is the fix."""
+    if all((p.isascii() or text_name(p) == p) and not _odd_key(p) for p in paths):
         return
     first: dict[str, str] = {}
     twins = []
@@ -301,7 +331,8 @@ def _refuse_escaped_twins(paths: list[str], root: str) -> None:
         if id_ in first:
             twins.append((first[id_], p))
         first.setdefault(id_, p)
-    if twins:
+    escaped = [(a, b) for a, b in twins if not (_odd_key(a) or _odd_key(b))]
+    if escaped:
         def named(p: str) -> str:  # the two print alike as text; their bytes tell them apart (as for tar members)
             try:
                 raw = p.encode("utf-8", "surrogateescape")
@@ -309,9 +340,15 @@ def _refuse_escaped_twins(paths: list[str], root: str) -> None:
                 raw = p.encode("utf-8", "surrogatepass")
             return f"{text_name(p)} (as bytes: {raw!r})"
 
-        shown = "; ".join(f"{named(a)} and {named(b)}" for a, b in twins[:5])
-        raise ValueError(f"{len(twins)} pair(s) of input files have one id once the bytes of a name that are not UTF-8 "
-                         f"are written as \\xNN, so one of each pair would be lost from the output: {shown}; rename one")
+        shown = "; ".join(f"{named(a)} and {named(b)}" for a, b in escaped[:5])
+        raise ValueError(f"{len(escaped)} pair(s) of input files have one id once the bytes of a name that are not "
+                         f"UTF-8 are written as \\xNN, so one of each pair would be lost from the output: {shown}; "
+                         "rename one")
+    if twins:
+        shown = "; ".join(f"{text_name(a)!r} and {text_name(b)!r} (id {relative_id(a, root)})" for a, b in twins[:5])
+        raise ValueError(f"{len(twins)} pair(s) of input files have one id, since an id leaves out the empty, '.' and "
+                         f"'..' folders of an object's key, so one of each pair would be lost from the output: {shown}; "
+                         "rename (copy and delete) one")
 
 
 def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = ()
@@ -417,9 +454,14 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
         if labels_from_folders:
             parent = posixpath.dirname(id_)
             meta["label"] = posixpath.basename(parent) if parent else None
+        if path.endswith("/"):  # `discover` keeps such a key when it holds bytes: no folder marker, but unreadable
+            yield reject_record(id_, path, f"not read: an object whose key ends in '/' holding {size} bytes (a folder "
+                                "marker holds none); s3fs drops the '/' and cannot read it: copy it to a key without "
+                                "the '/'", "read")
+            continue
         try:
             data = read_bytes(path, fs_opts, max_image_bytes, listed_size=size)
-        except ImageTooLarge as err:
+        except (ImageTooLarge, NotAFile) as err:
             yield reject_record(id_, path, str(err), "read")
             continue
         except IsADirectoryError:  # `discover` keeps a link back to a folder it lists (a loop) as one entry
@@ -437,14 +479,62 @@ def _zip_member_path(name: str) -> str | None:
     return None if name.endswith(("/", "\\")) or not parts else "/".join(parts)
 
 
+# A symbolic link's member (Info-ZIP: Unix mode S_IFLNK in the high 16 bits of external_attr) holds its target's path;
+# one holding more than this is not a link and is not read as one.
+_ZIP_LINK_BYTES = 4096
+_ZIP_DOS_FOLDER = 0x10  # the MS-DOS folder attribute, in the low bits of external_attr
+
+
+def _zip_is_folder(info: zipfile.ZipInfo) -> bool:
+    """A folder entry written without the trailing '/' (`_zip_member_path` knows those), marked a folder by its Unix
+    mode or MS-DOS attribute and holding nothing: not a file, so not an input (it was an 'empty file' reject)."""
+    return not info.file_size and (stat.S_ISDIR(info.external_attr >> 16) or bool(info.external_attr & _ZIP_DOS_FOLDER))
+
+
+def _zip_is_link(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _zip_link_target(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], look_alikes: dict[str, list[str]],
+                     name: str) -> zipfile.ZipInfo | str:
+    """The member a symbolic link member `name` stands for (through links to links), as a tar shard's links are read,
+    or why it cannot be read: a link's bytes are a path, which read as an image gave 'not a recognised image format'."""
+    chain, first = [name], None
+    while _zip_is_link(info := files[chain[-1]]):
+        if info.file_size > _ZIP_LINK_BYTES:
+            return f"zip member {name} is marked a symbolic link but holds {info.file_size:,} bytes, not a path"
+        try:
+            linkname = with_retries(lambda info=info: archive.read(info), f"read {info.filename}").decode(
+                "utf-8", "surrogateescape")
+        except Exception as err:  # noqa: BLE001 - damaged or encrypted: the link's reject
+            return f"zip link {name} cannot be read: {describe(err)}"
+        first = linkname if first is None else first
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(chain[-1]), linkname.replace("\\", "/")))
+        if linkname.startswith("/") or target == ".." or target.startswith("../"):
+            reason = f"{chain[-1]} -> {linkname} points outside the archive"
+        elif target in look_alikes:
+            reason = f"its target {target} is stored under more than one name"
+        elif target not in files:
+            reason = f"its target {target} is not a file in the archive"
+        elif target in chain:
+            reason = "the links loop: " + " -> ".join([*chain, target])
+        else:
+            chain.append(target)
+            continue
+        return f"zip link {name} -> {first} cannot be read: {reason}"
+    return info
+
+
 def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               labels_from_folders: bool, skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per file in a zip archive, as if its files lay in a folder named after it (id `x.zip/a/b.jpg`;
     hidden ones, `.x` and `_x` such as `__MACOSX/`, skipped as in a folder). A zip file is read through its central
     directory at its end, so a large one is read from storage a member at a time (ranges of an object), never whole.
     A name stored twice is one file, the later entry, as on extraction; different names that give one path (a '\\'
-    where the other has '/') are one reject naming them. A member over `max_image_bytes` (by the size
-    the directory gives), an encrypted one or a damaged one is that member's reject; done ids are not read."""
+    where the other has '/', or a name zipfile cuts at a NUL byte) are one reject naming them. A symbolic link is read
+    as the member it points to; one to nothing in the archive, or out of it, is its reject, as is a member with a '..'
+    folder in its path. A member over `max_image_bytes` (by the size the directory gives), an encrypted one, one
+    compressed in a way zipfile cannot read or a damaged one is that member's reject; done ids are not read."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
@@ -454,42 +544,67 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
-        members: dict[str, zipfile.ZipInfo] = {}
+        files: dict[str, zipfile.ZipInfo] = {}  # path -> its entry, hidden ones too (a link may point to one)
         # path -> the different stored names that give it ('a\\b.png' beside 'a/b.png', './a/b.png', 'a//b.png')
         look_alikes: dict[str, list[str]] = {}
         for info in archive.infolist():
             name = _zip_member_path(info.filename)
-            if name is not None and not _hidden(name):
-                earlier = members.pop(name, None)  # a later entry of the same name takes the place of the earlier one
-                if earlier is not None and earlier.filename != info.filename:  # not the same name: another file
-                    stored = look_alikes.setdefault(name, [earlier.filename])
-                    stored.extend([info.filename] if info.filename not in stored else [])
-                members[name] = info
-        for name, info in members.items():
+            if name is None or _zip_is_folder(info):
+                continue
+            earlier = files.pop(name, None)  # a later entry of the same name takes the place of the earlier one
+            # not the same stored name: another file. orig_filename, since zipfile cuts a name at a NUL byte: a later
+            # 'a.png\0x' replaced an earlier 'a.png' unread
+            if earlier is not None and earlier.orig_filename != info.orig_filename:
+                stored = look_alikes.setdefault(name, [earlier.orig_filename])
+                stored.extend([info.orig_filename] if info.orig_filename not in stored else [])
+            files[name] = info
+        for name, info in files.items():
+            parts = name.split("/")
+            # '..' is no hidden name: '../x.png' was skipped as one, unread and unreported
+            if _hidden("/".join(part for part in parts if part != "..")):
+                continue
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
             if id_ in skip_ids:
                 yield {"kind": "skipped", "id": id_}
                 continue
             if name in look_alikes:  # one id for two files: neither is read, one reject names them all
                 shown = " and ".join(repr(text_name(n)) for n in look_alikes[name])
-                yield reject_record(id_, source, f"zip members {shown} are one path, {name}, once '\\' is read as '/' "
-                                    "and empty or '.' folders are dropped, so the output could keep only one of them; "
-                                    "none was read: rename one and run again with --retry-rejects", "read")
+                yield reject_record(id_, source, f"zip members {shown} are one path, {name}, once '\\' is read as '/', "
+                                    "empty or '.' folders are dropped and a name is cut at a NUL byte, so the output "
+                                    "could keep only one of them; none was read: rename one and run again with "
+                                    "--retry-rejects", "read")
+                continue
+            if ".." in parts:
+                yield reject_record(id_, source, f"zip member {name} has a '..' folder in its path, which leads out of "
+                                    "its folder (extracted, it is written elsewhere or outside the archive's folder), so "
+                                    "it was not read: rename it and run again with --retry-rejects", "read")
                 continue
             meta: dict[str, Any] = {}
             if labels_from_folders:
                 folder = posixpath.dirname(name)
                 meta["label"] = posixpath.basename(folder) if folder else None
-            if info.file_size > max_image_bytes:
-                yield reject_record(id_, source, too_large(f"zip member {name}", info.file_size, max_image_bytes), "read")
+            target = _zip_link_target(archive, files, look_alikes, name) if _zip_is_link(info) else info
+            if isinstance(target, str):
+                yield reject_record(id_, source, target, "read")
                 continue
-            if info.flag_bits & 0x1:
-                yield reject_record(id_, source, f"zip member {name} is encrypted", "read")
+            what = name if target is info else f"{_zip_member_path(target.filename)} (the target of link {name})"
+            if target.file_size > max_image_bytes:
+                yield reject_record(id_, source, too_large(f"zip member {what}", target.file_size, max_image_bytes),
+                                    "read")
+                continue
+            if target.flag_bits & 0x1:
+                yield reject_record(id_, source, f"zip member {what} is encrypted", "read")
                 continue
             try:
-                data = with_retries(lambda info=info: archive.read(info), f"read {source}")
-            except Exception as err:  # noqa: BLE001 - a damaged member (bad CRC, unknown compression) is its reject
-                yield reject_record(id_, source, f"corrupt zip member {name}: {describe(err)}", "read")
+                data = with_retries(lambda target=target: archive.read(target), f"read {source}")
+            except NotImplementedError as err:  # the data may be fine: zipfile cannot decompress it
+                method = zipfile.compressor_names.get(target.compress_type, "unknown")
+                yield reject_record(id_, source, f"zip member {what} is compressed with method {target.compress_type} "
+                                    f"({method}), which cannot be read ({describe(err)}): store it with deflate",
+                                    "read")
+                continue
+            except Exception as err:  # noqa: BLE001 - a damaged member (bad CRC, cut short) is its reject
+                yield reject_record(id_, source, f"corrupt zip member {what}: {describe(err)}", "read")
                 continue
             yield _image_record(id_, source, data, meta)
 
