@@ -285,8 +285,16 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     else:
         # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
         # ending in '/' is an object store's folder marker (S3 console "Create folder", Hadoop tools): not a file.
-        listed = {p: info for p, info in _find_following_links(fs, root).items()
+        unlistable: list[tuple[str, OSError]] = []
+        listed = {p: info for p, info in _find_following_links(fs, root, unlistable=unlistable).items()
                   if not _hidden(relative_id(p, root)) and not (p.endswith("/") and not info.get("size"))}
+        unlistable = [(p, err) for p, err in unlistable if p == root or not _hidden(relative_id(p, root))]
+        if unlistable:  # its files would be left out of the run unseen, and the run called complete
+            folder, err = unlistable[0]
+            more = f" (and {len(unlistable) - 1} more)" if len(unlistable) > 1 else ""
+            raise OSError(err.errno, f"input folder {text_name(folder)}{more} cannot be listed ({describe(err)}), so "
+                          "its files would be left out of the run unseen: make it readable, or move it out of the input "
+                          "(a folder whose name starts with '_' or '.' is skipped)") from err
         root_dir = root
     root_uri = with_protocol(fs, root_dir)
     units: list[ReadUnit] = []
@@ -351,19 +359,31 @@ def _refuse_escaped_twins(paths: list[str], root: str) -> None:
                          "rename (copy and delete) one")
 
 
-def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = ()
-                           ) -> dict[str, dict[str, Any]]:
+def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = (),
+                           unlistable: list[tuple[str, OSError]] | None = None) -> dict[str, dict[str, Any]]:
     """Every file under `root`, with sizes. A local folder reached through a symbolic link (fsspec lists the link
     as one entry, which would be read as one file and rejected) is listed too, under the link's path; a link to a
     folder that is being listed already (a loop) stays one entry, and so a reject naming it. Only local file
-    systems report links."""
+    systems report links. A local folder that cannot be listed (no permission, an I/O error) goes into `unlistable`
+    with its error: fsspec's walk leaves such a folder out, and its files with it, without a word."""
+    local = isinstance(fs, LocalFileSystem)
     listed: dict[str, dict[str, Any]] = {}
-    for path, info in fs.find(root, detail=True).items():
+    found = fs.find(root, detail=True, withdirs=local)  # folders too, to tell an unlistable one from an empty one
+    if local and unlistable is not None:
+        holding = {posixpath.dirname(p) for p in found}
+        for folder in (p for p, info in found.items() if info.get("type") == "directory" and p not in holding):
+            try:
+                fs.ls(folder)  # nothing was listed in it: empty, or its listing failed
+            except OSError as err:
+                unlistable.append((folder, err))
+    for path, info in found.items():
+        if local and info.get("type") == "directory":
+            continue
         if info.get("islink") and fs.isdir(path):
             inside = _inside or (os.path.realpath(root),)
             target = os.path.realpath(path)
             if not any(target == folder or folder.startswith(target + os.sep) for folder in inside):
-                listed.update(_find_following_links(fs, path, (*inside, target)))
+                listed.update(_find_following_links(fs, path, (*inside, target), unlistable))
                 continue
         listed[path] = info
     return listed

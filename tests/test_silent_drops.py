@@ -134,6 +134,30 @@ def test_a_fifo_among_the_input_files_is_a_reject_not_a_read_that_never_ends(tmp
     assert "null.png is a character device, not a regular file" in records["null.png"]["error"]
 
 
+def test_a_folder_that_cannot_be_listed_stops_the_run_instead_of_vanishing(tmp_path, monkeypatch) -> None:
+    from fsspec.implementations.local import LocalFileSystem
+
+    for name in ("a.png", "locked/b.png", "_private/c.png", "empty/.keep"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(PNG)
+    (tmp_path / "empty" / ".keep").unlink()
+    ls = LocalFileSystem.ls
+
+    def denied(self, path, detail=False, **kwargs):  # as a folder without read permission answers (root reads any)
+        if path.rstrip("/").endswith(("/locked", "/_private")):
+            raise PermissionError(13, "Permission denied", path)
+        return ls(self, path, detail, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", denied)
+    # was: a.png alone, and a run "complete" without locked/b.png
+    with pytest.raises(PermissionError, match=r"input folder .*/locked cannot be listed .*Permission denied"):
+        discover(str(tmp_path))
+    (tmp_path / "locked" / "b.png").rename(tmp_path / "b.png")
+    (tmp_path / "locked").rename(tmp_path / "open")
+    # a hidden folder is skipped whatever it holds, and an empty one is empty: neither stops the run
+    assert [u.paths for u in discover(str(tmp_path))] == [(str(tmp_path / "a.png"), str(tmp_path / "b.png"))]
+
+
 # --- object store keys ---
 
 def test_object_store_keys_that_give_one_id_stop_the_run_naming_both() -> None:
