@@ -1236,7 +1236,11 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
         hint = (f", only a path ({elsewhere}) to an image outside the Parquet file, which is not read: write the "
                 "images into the file (datasets: embed_external_files) or give the image files as input"
                 ) if elsewhere else ""
-        return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds no bytes{hint}", "read")
+        # what the cell holds: "no bytes" was said of a list<uint8> with a null item and of a struct's text 'bytes' too
+        what = ("no bytes" if data is None or data == b"" or data == [] else
+                f"a list with {data.count(None)} null item(s), not bytes" if isinstance(data, list) else
+                f"a {type(data).__name__} value, not bytes")
+        return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds {what}{hint}", "read")
     return _image_record(id_, f"{path}#{i}", data, meta)
 
 

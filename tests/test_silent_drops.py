@@ -114,6 +114,23 @@ def test_a_zip_member_compressed_with_an_unknown_method_is_not_called_corrupt(tm
     assert "compressed with method 98 (ppmd), which cannot be read" in error and "corrupt" not in error
 
 
+# --- Parquet cells ---
+
+def test_a_parquet_image_cell_that_holds_something_else_says_what(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": pa.array([list(PNG), [1, None, 2], None], pa.list_(pa.uint8()))}), tmp_path / "l.parquet")
+    text = pa.struct([("bytes", pa.string()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([{"bytes": "iVBORw0KGgo=", "path": None}], text)}), tmp_path / "s.parquet")
+    records = _records(tmp_path)
+    assert records["l.parquet#0"]["data"] == PNG and records["count"]["n"] == 4
+    # was: "holds no bytes" for all three
+    assert records["l.parquet#1"]["error"] == "row 1: image column 'image' holds a list with 1 null item(s), not bytes"
+    assert records["l.parquet#2"]["error"] == "row 2: image column 'image' holds no bytes"
+    assert records["s.parquet#0"]["error"] == "row 0: image column 'image' holds a str value, not bytes"
+
+
 # --- special files among the input files ---
 
 def test_a_fifo_among_the_input_files_is_a_reject_not_a_read_that_never_ends(tmp_path) -> None:
