@@ -1185,6 +1185,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
                                 yield row_record(first + at_row, row, cells[at])
                                 given += 1
                             at_row += 1
+                    if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
+                        raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
                     break
                 except Exception as err:  # noqa: BLE001 - classified here
                     if is_transient(err) and attempt < attempts - 1:

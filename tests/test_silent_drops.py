@@ -131,6 +131,34 @@ def test_a_parquet_image_cell_that_holds_something_else_says_what(tmp_path) -> N
     assert records["s.parquet#0"]["error"] == "row 0: image column 'image' holds a str value, not bytes"
 
 
+def test_rows_a_parquet_footer_gives_a_row_group_that_its_data_lacks_are_rejects(tmp_path) -> None:
+    import struct
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": [image_bytes(4, 4, i) for i in range(37)]}), tmp_path / "t.parquet")
+    raw = bytearray((tmp_path / "t.parquet").read_bytes())
+    footer = len(raw) - 8 - struct.unpack("<I", raw[-8:-4])[0]
+    # the row group's num_rows (Thrift compact: field 3 after field 2, i64, zigzag 37 = 0x4a) made 40, as a writer's bug
+    # or a damaged footer could; its file-level count stays 37
+    hits = [i for i in range(footer, len(raw) - 9) if raw[i : i + 2] == b"\x16\x4a"]
+    for i in hits:
+        raw[i + 1] = 0x50
+        (tmp_path / "t.parquet").write_bytes(bytes(raw))
+        if pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0).num_rows == 40:
+            break
+        raw[i + 1] = 0x4A
+    else:
+        pytest.skip("no row-group count found to change in this pyarrow's footer")
+    records = _records(tmp_path)
+    # was: 37 images, no reject, and the file counted as read whole
+    assert sum(r.get("kind") == "image" for r in records.values()) == 37 and records["count"]["n"] == 40
+    assert [records[f"t.parquet#{j}"]["error"] for j in (37, 39)] == [
+        f"row {j}: row group 0 of the Parquet file cannot be read: ValueError: its data ends after 37 of the 40 rows "
+        "the file's footer gives it" for j in (37, 39)]
+
+
 # --- special files among the input files ---
 
 def test_a_fifo_among_the_input_files_is_a_reject_not_a_read_that_never_ends(tmp_path) -> None:
