@@ -149,11 +149,32 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded 
         with _quiet_warnings(policy.max_pixels):
             return _decode(data, policy)
     except Image.UnidentifiedImageError:
-        return "not a recognised image format"
+        return "not a recognised image format" + _what_it_is(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return _reason("image too large (PIL decompression-bomb guard)", e)
     except Exception as e:  # noqa: BLE001 - any failure on untrusted data is a reject, never a crash
         return _reason("cannot decode image", e)
+
+
+# Files that reach the decoder but are not images, told by their first bytes: an archive inside an archive (a zip in a
+# zip, a tar in a zip) or named otherwise than the job's containers (.zip, .tar, .parquet) is not opened, and a phone's
+# HEIF/AVIF photo is no supported format; "not a recognised image format" alone left the user to guess.
+_NOT_IMAGES: Final = ((b"PK\x03\x04", 0, "a zip archive"), (b"PK\x05\x06", 0, "a zip archive"),
+                      (b"ustar", 257, "a tar archive"), (b"PAR1", 0, "a Parquet file"),
+                      (b"\x1f\x8b", 0, "gzip-compressed data"), (b"BZh", 0, "bzip2-compressed data"),
+                      (b"\xfd7zXZ\x00", 0, "xz-compressed data"))
+_HEIF_BRANDS: Final = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def _what_it_is(data: bytes) -> str:
+    """': it is a zip archive, ...' for the file types `_NOT_IMAGES` and HEIF/AVIF name; '' for anything else."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return f" (HEIF/AVIF, brand {data[8:12].decode()}, which is not read: convert it to PNG or JPEG)"
+    for magic, at, kind in _NOT_IMAGES:
+        if data[at : at + len(magic)] == magic:
+            return (f" (it is {kind}: archives and data files are read only as inputs of their own, named .zip, .tar, "
+                    ".tar.gz, ... or .parquet, never inside another archive or file: extract it or give it as input)")
+    return ""
 
 
 def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:

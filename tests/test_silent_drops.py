@@ -114,6 +114,23 @@ def test_a_zip_member_compressed_with_an_unknown_method_is_not_called_corrupt(tm
     assert "compressed with method 98 (ppmd), which cannot be read" in error and "corrupt" not in error
 
 
+def test_an_archive_or_heif_photo_inside_a_zip_is_a_reject_that_says_what_it_is(tmp_path) -> None:
+    from pipeline.decode import decode_image
+    from tests.jobutil import tar_bytes
+
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    (tmp_path / "outer.zip").write_bytes(_zip([("inner.zip", _zip([("x.png", PNG)])), ("s.tar", tar_bytes({"k.png": PNG})),
+                                               ("IMG_0001.HEIC", heic), ("notes.txt", b"just text")]))
+    reasons = {id_: decode_image(r["data"]) for id_, r in _records(tmp_path).items() if id_ != "count"}
+    # was: "not a recognised image format" alone, for each
+    assert reasons["outer.zip/inner.zip"].startswith("not a recognised image format (it is a zip archive: ")
+    assert reasons["outer.zip/s.tar"].startswith("not a recognised image format (it is a tar archive: ")
+    assert "never inside another archive" in reasons["outer.zip/s.tar"]
+    assert reasons["outer.zip/IMG_0001.HEIC"] == ("not a recognised image format (HEIF/AVIF, brand heic, which is not "
+                                                   "read: convert it to PNG or JPEG)")
+    assert reasons["outer.zip/notes.txt"] == "not a recognised image format"
+
+
 # --- Parquet cells ---
 
 def test_a_parquet_image_cell_that_holds_something_else_says_what(tmp_path) -> None:
