@@ -1148,6 +1148,12 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
             parquet = pq.ParquetFile(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, image_column)
+            # Arrow cannot select a column by a name the file holds twice: every row was a reject saying its row group
+            # "cannot be read" (KeyError), of a file whose data is whole
+            twice = sorted(name for name, n in Counter(parquet.schema_arrow.names).items() if n > 1)
+            if twice:
+                raise ValueError(f"columns named more than once ({', '.join(map(repr, twice))}), whose values could not "
+                                 "be told apart in the output: rename them")
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
             return

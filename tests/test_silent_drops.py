@@ -148,6 +148,20 @@ def test_a_parquet_image_cell_that_holds_something_else_says_what(tmp_path) -> N
     assert records["s.parquet#0"]["error"] == "row 0: image column 'image' holds a str value, not bytes"
 
 
+def test_a_parquet_file_with_a_column_name_twice_is_one_reject_saying_so(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_arrays([pa.array([PNG, PNG2]), pa.array([1, 2]), pa.array(["a", "b"])],
+                                        names=["image", "label", "label"]), tmp_path / "t.parquet")
+    records = _records(tmp_path)
+    # was: each row a reject "row group 0 of the Parquet file cannot be read: KeyError: Field "label" exists 2 times"
+    assert sorted(records) == ["count", "t.parquet#unreadable"]
+    assert records["t.parquet#unreadable"]["error"] == (
+        "unreadable Parquet file: ValueError: columns named more than once ('label'), whose values could not be told "
+        "apart in the output: rename them")
+
+
 def test_rows_a_parquet_footer_gives_a_row_group_that_its_data_lacks_are_rejects(tmp_path) -> None:
     import struct
 
