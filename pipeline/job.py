@@ -727,8 +727,9 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     for unit in units:
         if inside is not None:  # the job's own output is not input: reading it back would purify it twice
             pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
-            outside = [(p, size) for p, size in pairs if not inside(p)]
-            foreign = [p for p, _ in pairs if inside(p) and not is_written_file(p)]
+            own = [inside(p) for p, _ in pairs]  # once a path: each is looked up on disk (a link may lead anywhere)
+            outside = [pair for pair, mine in zip(pairs, own, strict=True) if not mine]
+            foreign = [p for (p, _), mine in zip(pairs, own, strict=True) if mine and not is_written_file(p)]
             if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
                 raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
                                "the job writes to and does not read; write the output to another folder")
