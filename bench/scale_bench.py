@@ -1,0 +1,354 @@
+"""The driver's own work at cluster scale, without the model: time and peak memory per function and size.
+
+    python bench/scale_bench.py                                  # sizes 10000,100000
+    python bench/scale_bench.py --sizes 10000,100000,1000000 --work /tmp/scale-bench
+    python bench/scale_bench.py --sizes 1000000 --only plan-files,dedup-dirty --tracemalloc
+
+A run over an output that already holds N rows does work on the driver before and after its pipeline, and that work
+grows with N, not with the images purified tonight. For each size N this builds (once, cached under --work/N):
+
+  in-files/   N zero-byte "image" files, 1,000 a folder (only listed, never read)
+  in-tar/     N/10,000 tar shards (at least 10) of zero-byte members, holding N members in all, plus one new shard
+  out-files/  the output of a complete run over in-files, but for the last 50 files: 99% in data/, 1% in rejects/,
+              --rows-per-part rows a part file, in the job's own schemas (pipeline.stages) with 8-byte "images"
+  out-tar/    the output of a complete run over in-tar (every member of every shard but the new one) and its
+              _containers/ ledger recording each shard read whole
+  in-nest/    in-files again, with out-files inside it as in-nest/purified (an output written inside its input)
+  out-dirty/  out-files plus what a killed or retried run leaves: 1% of the ids again in new data/ part files
+              (a write retried with another batch) and 0.2% of the rejects again in new rejects/ part files with a
+              newer rejected_at (a --retry-rejects run killed before its end-of-run check)
+
+and then measures each function in a fresh process (setup excluded): wall seconds, and peak resident memory above
+what the process held just before the call (Linux VmHWM, reset through /proc/self/clear_refs). --tracemalloc adds
+a second run of each under tracemalloc for the Python heap's peak (slower; Arrow's own buffers are not in it).
+
+  discover      sources.discover(in-files): the input listing
+  plan-files    job.plan_job over in-files and out-files, --incremental (what a nightly run does before Ray starts)
+  plan-inside   the same over in-nest and in-nest/purified: each listed file is checked for being the output's own
+  done-ids      output.done_ids(out-files): every part file's id column
+  plan-tar      job.plan_job over in-tar and out-tar, --incremental: container_ids, the ledger, digests
+  container-ids ledger.container_ids(the output's ids, in-tar's shards) alone
+  ledger        ledger.read_ledger + unchanged_and_done for every shard + write_ledger
+  dedup-clean   output.deduplicate_output + unify_output_types + job.run_status on out-files (nothing to remove:
+                the end-of-run check of a normal nightly run)
+  dedup-dirty   the same on a fresh copy of out-dirty (rows to remove, rejects' newest-row rule)
+
+Prints a table; never asserts on time. The machine it was written on has 2 shared cores: run one thing at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FUNCTIONS = ("discover", "plan-files", "plan-inside", "done-ids", "plan-tar", "container-ids", "ledger",
+             "dedup-clean", "dedup-dirty")
+NEW_FILES = 50  # input files not yet in the output: tonight's new images
+REJECTED_EVERY = 100  # one id in this many is in rejects/
+MEMBERS_PER_SHARD = 10_000
+
+
+def _file_id(i: int) -> str:
+    return f"d{i // 100_000:02d}/e{(i // 1000) % 100:02d}/{i:07d}.png"
+
+
+def _shards(n: int) -> int:
+    return max(10, n // MEMBERS_PER_SHARD)
+
+
+def _tar_ids(n: int) -> list[str]:
+    shards = _shards(n)
+    per = -(-n // shards)
+    return [f"shard-{s:05d}.tar/k{k:06d}" for s in range(shards) for k in range(min(per, n - s * per))]
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+def _templates(rows: int) -> tuple[Any, Any]:
+    from pipeline.stages import _data_table, _rejects_table
+
+    data = _data_table([{"id": f"x{i}", "png": b"\x89PNG\r\n\x1a\n", "width": 8, "height": 8, "meta": {},
+                         "source": f"x{i}", "source_sha256": "0" * 64, "psnr_vs_input_db": 30.0,
+                         "downscale_factor": 1.0, "original_mode": "RGB", "original_format": "PNG",
+                         "original_frames": 1} for i in range(rows)])
+    rejects = _rejects_table([{"id": f"x{i}", "source": f"x{i}", "stage": "decode", "error": "cannot identify image",
+                               "rejected_at": 1_700_000_000_000_000} for i in range(rows)])
+    return data, rejects
+
+
+def _part(template: Any, ids: list[str], rejected_at: int | None = None) -> Any:
+    """`template`'s first len(ids) rows with these ids (and sources, image names, reject times)."""
+    import pyarrow as pa
+
+    from pipeline.stages import REJECTED_AT, _png_name
+
+    table = template.slice(0, len(ids))
+    table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
+    table = table.set_column(table.schema.get_field_index("source"), "source", pa.array(ids, pa.string()))
+    if "image" in table.column_names:
+        image = table.column("image").combine_chunks()
+        table = table.set_column(table.schema.get_field_index("image"), table.schema.field("image"),
+                                 pa.StructArray.from_arrays([image.field("bytes"),
+                                                             pa.array([_png_name(i) for i in ids], pa.string())],
+                                                            fields=list(table.schema.field("image").type)))
+    if rejected_at is not None:
+        field = table.schema.field(REJECTED_AT)
+        table = table.set_column(table.schema.get_field_index(REJECTED_AT), field,
+                                 pa.array([rejected_at] * len(ids), pa.int64()).cast(field.type))
+    return table
+
+
+def _write_parts(out: Path, folder: str, template: Any, ids: list[str], rows: int,
+                 rejected_at: int | None = None) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from pipeline.stages import part_name
+
+    (out / folder).mkdir(parents=True, exist_ok=True)
+    names = []
+    for s in range(0, len(ids), rows):
+        chunk = ids[s : s + rows]
+        name = part_name(chunk)
+        pq.write_table(_part(template, chunk, rejected_at), out / folder / name, compression="zstd")
+        names.append(f"{folder}/{name}")
+    return names
+
+
+def _complete(out: Path, input_: Path) -> None:
+    """_job.json as a run over `input_` writes it, and a complete summary."""
+    from pipeline.job import JobConfig, plan_job
+    from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
+
+    record = plan_job(JobConfig(input=str(input_), output=str(out / "_tmp"), steps=1, progress=False),
+                      dry_run=True).job_record
+    write_json(f"{out}/{JOB_FILE}", record, {})
+    write_json(f"{out}/{SUMMARY_FILE}", {"status": "complete"}, {})
+
+
+def build(n: int, work: Path, rows: int) -> None:
+    """Every fixture of size `n` under work/n (skipped when already built with these settings)."""
+    from pipeline.ledger import ContainerRead, write_ledger
+    from pipeline.sources import discover, ids_digest, relative_id
+
+    root = work / str(n)
+    stamp = {"n": n, "rows_per_part": rows, "version": 1}
+    if (root / "built.json").exists() and json.loads((root / "built.json").read_text()) == stamp:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    t0 = time.perf_counter()
+    data_t, rejects_t = _templates(rows)
+
+    # in-files, out-files
+    ids = [_file_id(i) for i in range(n)]
+    for i, id_ in enumerate(ids):
+        if i % 1000 == 0:
+            (root / "in-files" / id_).parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(root / "in-files" / id_, os.O_CREAT | os.O_WRONLY, 0o644))
+    done = ids[: n - NEW_FILES]
+    out = root / "out-files"
+    _write_parts(out, "data", data_t, [i for k, i in enumerate(done) if k % REJECTED_EVERY], rows)
+    _write_parts(out, "rejects", rejects_t, done[::REJECTED_EVERY], rows, 1_700_000_000_000_000)
+    _complete(out, root / "in-files")
+
+    # out-dirty: out-files and the duplicates a retried write and a killed --retry-rejects run leave
+    shutil.copytree(out, root / "out-dirty")
+    again = [i for k, i in enumerate(done) if k % REJECTED_EVERY][::100]
+    written = _write_parts(root / "out-dirty", "data", data_t, again[::-1], rows)  # other batches: other names
+    written += _write_parts(root / "out-dirty", "rejects", rejects_t, done[::REJECTED_EVERY][::5], rows,
+                            1_800_000_000_000_000)
+    (root / "dirty-written.json").write_text(json.dumps(written))
+
+    # in-tar, out-tar, the ledger
+    tar_ids = _tar_ids(n)
+    (root / "in-tar").mkdir()
+    members: dict[str, list[str]] = {}
+    for id_ in tar_ids:
+        shard, key = id_.split("/")
+        members.setdefault(shard, []).append(key)
+    members[f"shard-{_shards(n):05d}.tar"] = [f"k{k:06d}" for k in range(100)]  # tonight's new shard
+    for shard, keys in members.items():
+        with tarfile.open(root / "in-tar" / shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key in keys:
+                info = tarfile.TarInfo(f"{key}.png")
+                info.mtime = 0
+                tar.addfile(info)
+    out = root / "out-tar"
+    _write_parts(out, "data", data_t, tar_ids, rows)
+    (out / "rejects").mkdir()
+    _complete(out, root / "in-tar")
+    entries = {}
+    for unit in discover(str(root / "in-tar"), {}):
+        shard = relative_id(unit.paths[0], unit.root)
+        if shard in members and shard != f"shard-{_shards(n):05d}.tar":
+            keys = [f"{shard}/{k}" for k in members[shard]]
+            entries[unit.paths[0]] = ContainerRead(unit.paths[0], unit.sizes[0], unit.stamps[0], len(keys),
+                                                   ids_digest(keys))
+    write_ledger(str(out), {}, entries)
+    (root / "built.json").write_text(json.dumps(stamp))
+    print(f"built size {n} in {time.perf_counter() - t0:.0f} s under {root}", file=sys.stderr, flush=True)
+
+
+def build_nest(n: int, work: Path) -> None:
+    """in-nest/: the input files again, with out-files copied inside it (built apart, after the rest)."""
+    from pipeline.output import JOB_FILE, read_json, write_json
+
+    root = work / str(n)
+    if (root / "nest-built.json").exists():
+        return
+    shutil.rmtree(root / "in-nest", ignore_errors=True)
+    for i in range(n):
+        id_ = _file_id(i)
+        if i % 1000 == 0:
+            (root / "in-nest" / id_).parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(root / "in-nest" / id_, os.O_CREAT | os.O_WRONLY, 0o644))
+    out = root / "in-nest" / "purified"
+    shutil.copytree(root / "out-files", out)
+    # the record of a run over in-nest: the ids are the same paths, relative to it
+    record = read_json(f"{out}/{JOB_FILE}", {})
+    record["input"] = {"uri": str(root / "in-nest"), "location": os.path.realpath(root / "in-nest")}
+    write_json(f"{out}/{JOB_FILE}", record, {})
+    (root / "nest-built.json").write_text("{}")
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def _status_kb(key: str) -> int:
+    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _setup(fn: str, n: int, root: Path) -> Any:
+    """The call to measure, with its arguments prepared (not measured)."""
+    from pipeline.job import JobConfig, plan_job, run_status
+    from pipeline.ledger import container_ids, read_ledger, unchanged_and_done, write_ledger
+    from pipeline.output import deduplicate_output, done_ids, output_ids, unify_output_types
+    from pipeline.sources import discover
+
+    if fn == "discover":
+        return lambda: discover(str(root / "in-files"), {}, 256)
+    if fn in ("plan-files", "plan-tar", "plan-inside"):
+        kind = fn.split("-")[1]
+        input_, out = (root / "in-nest", root / "in-nest" / "purified") if kind == "inside" else (
+            root / f"in-{kind}", root / f"out-{kind}")
+        config = JobConfig(input=str(input_), output=str(out), steps=1, incremental=True, progress=False)
+        return lambda: plan_job(config, dry_run=True)
+    if fn == "done-ids":
+        return lambda: done_ids(str(root / "out-files"), {})
+    if fn in ("container-ids", "ledger"):
+        purified, rejected = output_ids(str(root / "out-tar"), {})
+        done = purified | rejected
+        units = discover(str(root / "in-tar"), {})
+        if fn == "container-ids":
+            return lambda: container_ids(done, units)
+        found = container_ids(done, units)
+
+        def ledger() -> int:
+            entries = read_ledger(str(root / "out-tar"), {})
+            unread = [u for u in units if unchanged_and_done(u, u.stamps[0], entries.get(u.paths[0]),
+                                                             found[u.paths[0]])]
+            write_ledger(str(root / "out-tar"), {}, entries)
+            return len(unread)
+
+        return ledger
+    if fn in ("dedup-clean", "dedup-dirty"):
+        if fn == "dedup-clean":
+            out, written = str(root / "out-files"), []
+        else:
+            out = str(root / "scratch-dirty")
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(root / "out-dirty", out)
+            written = json.loads((root / "dirty-written.json").read_text())
+
+        def check() -> str:
+            rows = deduplicate_output(out, {}, written=written)
+            unify_output_types(out, {}, rows.data_schemas)
+            return run_status(0, 0, 0, rows.purified + rows.rejected, rows.purified + rows.rejected)
+
+        return check
+    raise SystemExit(f"unknown function {fn}")
+
+
+def measure_one(fn: str, n: int, work: Path, traced: bool) -> None:
+    """In this fresh process: set up, then time one call and its peak memory; print one JSON line."""
+    call = _setup(fn, n, work / str(n))
+    if traced:
+        import tracemalloc
+
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        call()
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        print(json.dumps({"traced_mb": peak, "traced_s": seconds}), flush=True)
+        return
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so setup's own peak is not counted
+    before = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    result = call()
+    seconds = time.perf_counter() - t0
+    peak = (_status_kb("VmHWM") - before) / 1024
+    del result
+    print(json.dumps({"s": seconds, "peak_mb": peak}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10000,100000",
+                   help="comma-separated N: input files, output rows, tar members (default 10000,100000)")
+    p.add_argument("--only", default=",".join(FUNCTIONS), help=f"comma-separated subset of {', '.join(FUNCTIONS)}")
+    p.add_argument("--work", default="/tmp/scale-bench",
+                   help="where fixtures are built and kept between runs (a 10^6 size takes ~1 GB and 1M inodes)")
+    p.add_argument("--rows-per-part", type=int, default=256, help="rows per output part file (default 256)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest is shown (default 1)")
+    p.add_argument("--tracemalloc", action="store_true", help="also the Python heap's peak, in a separate run")
+    p.add_argument("--_one", nargs=3, metavar=("FN", "N", "TRACED"), help=argparse.SUPPRESS)
+    p.add_argument("--_build", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    work = Path(args.work)
+    if args._build is not None:
+        build(args._build, work, args.rows_per_part)
+        if "plan-inside" in args.only.split(","):
+            build_nest(args._build, work)
+        return
+    if args._one:
+        measure_one(args._one[0], int(args._one[1]), work, args._one[2] == "1")
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    only = [f for f in args.only.split(",") if f]
+    for f in only:
+        if f not in FUNCTIONS:
+            p.error(f"--only: unknown function {f!r}")
+
+    def child(*extra: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, __file__, "--work", str(work), "--rows-per-part",
+                               str(args.rows_per_part), *extra], check=True, capture_output=True, text=True)
+        return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
+
+    header = "| function | N | seconds | peak MB |" + (" traced peak MB |" if args.tracemalloc else "")
+    print(header + "\n|" + " --- |" * (header.count("|") - 1), flush=True)
+    for n in sizes:
+        child("--_build", str(n), "--only", ",".join(only))
+        for fn in only:
+            runs = [child("--_one", fn, str(n), "0") for _ in range(max(1, args.repeat))]
+            best = min(runs, key=lambda r: r["s"])
+            line = f"| {fn} | {n} | {best['s']:.2f} | {max(r['peak_mb'] for r in runs):.0f} |"
+            if args.tracemalloc:
+                line += f" {child('--_one', fn, str(n), '1')['traced_mb']:.0f} |"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
