@@ -310,7 +310,7 @@ def main() -> None:
                    help="comma-separated N: input files, output rows, tar members (default 10000,100000)")
     p.add_argument("--only", default=",".join(FUNCTIONS), help=f"comma-separated subset of {', '.join(FUNCTIONS)}")
     p.add_argument("--work", default="/tmp/scale-bench",
-                   help="where fixtures are built and kept between runs (a 10^6 size takes ~1 GB and 1M inodes)")
+                   help="where fixtures are built and kept between runs (a 10^6 size takes ~0.7 GB and 2M inodes)")
     p.add_argument("--rows-per-part", type=int, default=256, help="rows per output part file (default 256)")
     p.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest is shown (default 1)")
     p.add_argument("--tracemalloc", action="store_true", help="also the Python heap's peak, in a separate run")
