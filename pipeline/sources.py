@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 from collections import Counter
@@ -545,6 +546,91 @@ def _zip_link_target(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]
     return info
 
 
+class _UTF8FlagCleared:
+    """A zip file as read, less the UTF-8 name flag (bit 11 of a header's flags) at the offsets in `at` (each the flags'
+    high byte): zipfile then reads those names as cp437, one character per byte, instead of failing on them."""
+
+    def __init__(self, raw: BinaryIO, at: set[int]):
+        self.raw, self.at = raw, at
+
+    def read(self, n: int = -1) -> bytes:
+        start = self.raw.tell()
+        data = self.raw.read(n)
+        hits = [offset - start for offset in self.at if start <= offset < start + len(data)]
+        if not hits:
+            return data
+        patched = bytearray(data)
+        for i in hits:
+            patched[i] &= 0xF7
+        return bytes(patched)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _flagged_names_not_utf8(raw: BinaryIO) -> list[tuple[int, int]]:
+    """(index in the central directory, offset of its flags' high byte) of each entry whose name is flagged UTF-8 but is
+    not, found by walking the central directory as zipfile does (with its own constants: the same layout)."""
+    end = zipfile._EndRecData(raw)  # type: ignore[attr-defined]
+    if not end:
+        return []
+    size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+    concat = end[zipfile._ECD_LOCATION] - size - offset  # type: ignore[attr-defined]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+        concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    raw.seek(offset + concat)
+    directory = raw.read(size)
+    found, at, index = [], 0, 0
+    fixed = zipfile.sizeCentralDir  # type: ignore[attr-defined]
+    while at + fixed <= len(directory):
+        fields = struct.unpack(zipfile.structCentralDir, directory[at : at + fixed])  # type: ignore[attr-defined]
+        name_len, extra_len, comment_len = (fields[zipfile._CD_FILENAME_LENGTH], fields[zipfile._CD_EXTRA_FIELD_LENGTH],  # type: ignore[attr-defined]
+                                            fields[zipfile._CD_COMMENT_LENGTH])  # type: ignore[attr-defined]
+        if fields[zipfile._CD_FLAG_BITS] & 0x800:  # type: ignore[attr-defined]  # the name is flagged UTF-8
+            try:
+                directory[at + fixed : at + fixed + name_len].decode("utf-8")
+            except UnicodeDecodeError:
+                found.append((index, offset + concat + at + 9))
+        at += fixed + name_len + extra_len + comment_len
+        index += 1
+    return found
+
+
+def _open_zip(raw: BinaryIO) -> zipfile.ZipFile:
+    """The archive in `raw`. zipfile fails on the whole archive when one name flagged UTF-8 is not (UnicodeDecodeError
+    while it reads the central directory), and every other member was lost with it. Such an archive is opened again
+    with that flag cleared for those names only, in the directory and in each one's local header (zipfile compares the
+    two when it reads a member), so the other names are decoded as before and their ids stay the same; each such name
+    is then taken as UTF-8 with its bad bytes kept (surrogateescape, as Python reads a tar's or a disk's names), which
+    `text_name` writes as \\xNN in its id: an id with a '\\', which no other member's can hold ('\\' is read as '/')."""
+    try:
+        return zipfile.ZipFile(raw)
+    except UnicodeDecodeError:
+        pass
+    bad = _flagged_names_not_utf8(raw)
+    view = _UTF8FlagCleared(raw, {offset for _, offset in bad})
+    archive = zipfile.ZipFile(view)  # type: ignore[arg-type]
+    archive.zip_purify_names = {}  # type: ignore[attr-defined]  # ZipInfo has __slots__: kept here, by entry
+    for index, _ in bad:
+        info = archive.filelist[index]
+        view.at.add(info.header_offset + 7)  # the local header's flags' high byte
+        stored = info.orig_filename.encode("cp437").decode("utf-8", "surrogateescape")  # cp437: byte for byte
+        archive.zip_purify_names[info] = stored  # type: ignore[attr-defined]  # orig_filename stays: zipfile checks it
+        info.filename = stored.split("\0", 1)[0]  # zipfile cuts a name at a NUL byte
+    return archive
+
+
+def _stored_name(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """A member's name as stored (zipfile's orig_filename, or the tolerant reading of `_open_zip`)."""
+    return getattr(archive, "zip_purify_names", {}).get(info, info.orig_filename)
+
+
 def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               labels_from_folders: bool, skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per file in a zip archive, as if its files lay in a folder named after it (id `x.zip/a/b.jpg`;
@@ -560,7 +646,7 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     with contextlib.ExitStack() as stack:
         try:
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
-            archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(open_file())))
+            archive = stack.enter_context(_open_zip(stack.enter_context(open_file())))
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
@@ -574,9 +660,9 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             earlier = files.pop(name, None)  # a later entry of the same name takes the place of the earlier one
             # not the same stored name: another file. orig_filename, since zipfile cuts a name at a NUL byte: a later
             # 'a.png\0x' replaced an earlier 'a.png' unread
-            if earlier is not None and earlier.orig_filename != info.orig_filename:
-                stored = look_alikes.setdefault(name, [earlier.orig_filename])
-                stored.extend([info.orig_filename] if info.orig_filename not in stored else [])
+            if earlier is not None and _stored_name(archive, earlier) != _stored_name(archive, info):
+                stored = look_alikes.setdefault(name, [_stored_name(archive, earlier)])
+                stored.extend([_stored_name(archive, info)] if _stored_name(archive, info) not in stored else [])
             files[name] = info
         for name, info in files.items():
             parts = name.split("/")
