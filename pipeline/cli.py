@@ -472,6 +472,9 @@ def print_plan(report: dict[str, Any]) -> None:
     if inp.get("containers_already_done"):
         print(f"  {inp['containers_already_done']} tar shards / Parquet / zip files were read whole by an earlier run and "
               "are unchanged, with all their images in the output: not read")
+    if inp.get("hidden_files_skipped"):
+        print(f"  {_hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
+              "are counted when read)")
     if inp.get("excluded_output_files"):
         print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")
     unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
@@ -481,6 +484,12 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  {inp['image_files_over_max_image_mb']} image files are over --max-image-mb {inp['max_image_mb']} "
               "and will be rejected without being read (tar members and Parquet cells are checked when read)")
     print("dry run: nothing was read, purified or written")
+
+
+def _hidden_note(count: int, examples: list[str]) -> str:
+    """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
+    shown = ", ".join(examples[:3]) + (", ..." if count > 3 else "")
+    return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"
 
 
 def _shown(err: BaseException, config: JobConfig | None) -> str:
@@ -539,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read {run['read']}, purified {run['purified']}, rejected {run['rejected']}, "
           f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s "
           f"({run['images_per_s']} images/s); model: {summary['model']['note']}")
+    if run.get("hidden_skipped"):
+        print(_hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
     change = run["psnr_vs_input_db"]
     if change["mean"] is not None:
         print(f"change: purified against input, PSNR mean {change['mean']} dB, lowest {change['min']} dB "

@@ -73,9 +73,11 @@ from pipeline.purifier import (
 )
 from pipeline.redaction import redact, redact_uri, redact_uri_secrets
 from pipeline.sources import (
+    HIDDEN_EXAMPLES,
     IN_MEMORY_BYTES,
     LOOKALIKE,
     MAX_IMAGE_BYTES,
+    HiddenSkipped,
     ReadUnit,
     discover,
     input_location,
@@ -614,6 +616,7 @@ class JobPlan:
     # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
     # read task tells a member added beside one purified earlier under the same id (sources._read_tar)
     container_purified: dict[str, list[str]] = field(default_factory=dict)
+    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources._hidden)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -645,7 +648,8 @@ class JobPlan:
                           size is not None and size > self.max_image_bytes
                           for u in by_kind["files"] for size in u.sizes),
                       "max_image_mb": self.max_image_bytes // 2**20,
-                      "excluded_output_files": self.excluded_output_files},
+                      "excluded_output_files": self.excluded_output_files,
+                      "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples},
         }
 
 
@@ -716,8 +720,9 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    hidden = HiddenSkipped()
     try:
-        units = with_retries(lambda: discover(config.input, so, config.files_per_unit), f"list {config.input}")
+        units = with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden), f"list {config.input}")
     except FileNotFoundError as err:
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
@@ -774,7 +779,8 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    skipped_container_records=sum(ledger[path].records for path in unread), retry=retry,
                    container_purified={path: purified for path, ids in container_done.items()
                                        if path not in unread and path in tars
-                                       and (purified := [i for i in ids if "\\x" in i and i in purified_ids])})
+                                       and (purified := [i for i in ids if "\\x" in i and i in purified_ids])},
+                   hidden=hidden)
 
 
 def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:
@@ -914,6 +920,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
 
     bar: Any = None
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
+    hidden = HiddenSkipped()  # the listing's hidden files, then the zip members read tasks skipped as hidden
+    hidden.count, hidden.examples = plan.hidden.count, list(plan.hidden.examples)
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
     reported: dict[str, int] = {}  # part files the pipeline reported written ('data/part-....parquet') -> rows
@@ -1035,6 +1043,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                 rejected += int(row["rejected"])
                 read += int(row["read"])
                 skipped_in_units += int(row["skipped"])
+                hidden.count += int(row["hidden"])
+                hidden.examples += json.loads(row["hidden_examples"])[: HIDDEN_EXAMPLES - len(hidden.examples)]
                 files += json.loads(row["files"])
                 reported.update(json.loads(row["file_rows"]))
                 read_whole.extend(json.loads(row["containers"]))
@@ -1080,6 +1090,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                      "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
                      # containers read whole by an earlier complete run and unchanged: not read
                      "containers_skipped_unread": plan.skipped_containers,
+                     # hidden entries (.x, _x): files and zip members left out, not read (not in "read")
+                     "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
                      # --retry-rejects: earlier rejects read again, now purified or rejected again (the new reason
                      # kept); those whose input is gone keep their old row

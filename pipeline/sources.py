@@ -12,7 +12,8 @@ Record kinds flowing through the job:
 An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
 the limit, decided from the size storage, the tar header or Arrow reports before its bytes are copied: one huge
 or garbage file must not take a read task's memory (and, after Ray's retries, the whole job) with it.
-- "count": n — how many image+reject records one read unit produced (checks read = purified + rejected)
+- "count": n — how many image+reject records one read unit produced (checks read = purified + rejected); with
+  "hidden" and "hidden_examples" when the unit skipped hidden entries (a zip archive's `__MACOSX/`, `_x`)
 """
 
 from __future__ import annotations
@@ -201,6 +202,24 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
+HIDDEN_EXAMPLES = 10  # names of hidden entries a run's summary shows (its count is of all of them)
+
+
+class HiddenSkipped:
+    """Hidden entries (`_hidden`: a name or folder starting with '.' or '_') left out of a run: how many, and the
+    first few names. Counted so that an input whose images all lie under such a name (a mislabelled `_train/`)
+    does not end as "0 read" with no hint."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.examples) < HIDDEN_EXAMPLES:
+            self.examples.append(name)
+
+
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -264,8 +283,10 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
     return with_protocol(fs, folder.rstrip("/"))
 
 
-def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64) -> list[ReadUnit]:
-    """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped.
+def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64,
+             hidden: HiddenSkipped | None = None) -> list[ReadUnit]:
+    """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped (counted in
+    `hidden`, from the same listing: no more storage requests).
 
     Every non-hidden file is an input: tar and Parquet files by suffix, everything else as an image
     file (its content decides; a non-image ends up in rejects with the reason, never silently dropped).
@@ -287,8 +308,17 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
         # ending in '/' is an object store's folder marker (S3 console "Create folder", Hadoop tools): not a file.
         unlistable: list[tuple[str, OSError]] = []
-        listed = {p: info for p, info in _find_following_links(fs, root, unlistable=unlistable).items()
-                  if not _hidden(relative_id(p, root)) and not (p.endswith("/") and not info.get("size"))}
+        listed, skipped = {}, []
+        for p, info in _find_following_links(fs, root, unlistable=unlistable).items():
+            if p.endswith("/") and not info.get("size"):
+                continue
+            rel = relative_id(p, root)
+            if _hidden(rel):
+                skipped.append(rel)
+            else:
+                listed[p] = info
+        if hidden is not None:  # set, not added to: a retried listing counts once
+            hidden.count, hidden.examples = len(skipped), sorted(skipped)[:HIDDEN_EXAMPLES]
         unlistable = [(p, err) for p, err in unlistable if p == root or not _hidden(relative_id(p, root))]
         if unlistable:  # its files would be left out of the run unseen, and the run called complete
             folder, err = unlistable[0]
@@ -668,6 +698,7 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             parts = name.split("/")
             # '..' is no hidden name: '../x.png' was skipped as one, unread and unreported
             if _hidden("/".join(part for part in parts if part != "..")):
+                yield {"kind": "hidden", "name": f"{rel}/{text_name(name)}"}  # counted by read_unit, not an input
                 continue
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
             if id_ in skip_ids:
@@ -1373,11 +1404,15 @@ def read_unit(
     ids: list[str] = []  # a container's record ids, to digest
     lookalikes: list[str] = []
     superseded: list[str] = []
+    hidden = HiddenSkipped()
     whole = True
     n = skipped = 0
     for record in records:
         if record["kind"] == "superseded":
             superseded.extend(record["ids"])
+            continue
+        if record["kind"] == "hidden":  # a zip member skipped as hidden: no record, only counted
+            hidden.add(record["name"])
             continue
         if record["id"] == broken:
             whole = False
@@ -1391,6 +1426,8 @@ def read_unit(
         n += 1
         yield record
     count: dict[str, Any] = {"kind": "count", "n": n, "skipped": skipped}
+    if hidden.count:
+        count["hidden"], count["hidden_examples"] = hidden.count, hidden.examples
     if container and whole:
         count["container"] = {"path": unit.paths[0], "records": len(ids), "ids_sha256": ids_digest(ids)}
         if superseded:  # ids an older version gave this container's records, if the output holds them

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
 from pipeline.evaluation.metrics import psnr
 from pipeline.sources import (
+    HIDDEN_EXAMPLES,
     IMAGE_EXTENSIONS,
     IN_MEMORY_BYTES,
     JOB_COLUMNS,
@@ -386,6 +387,9 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     rejects = [r for r in records if r["kind"] == "reject"]
     read_count = sum(r["n"] for r in records if r["kind"] == "count")
     skipped = sum(r["skipped"] for r in records if r["kind"] == "count")
+    # hidden entries the read units skipped (a zip's __MACOSX/): counted apart, never read, purified or rejected
+    hidden = sum(r.get("hidden", 0) for r in records if r["kind"] == "count")
+    hidden_examples = [name for r in records if r["kind"] == "count" for name in r.get("hidden_examples", [])]
     # containers read to their end (pipeline.ledger records them once the run is complete)
     containers = [r["container"] for r in records if r["kind"] == "count" and "container" in r]
     unknown = [r["kind"] for r in records if r["kind"] not in ("image", "reject", "count")]
@@ -405,6 +409,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     finite = [v for v in psnrs if math.isfinite(v)]
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
+            "hidden": np.array([hidden]), "hidden_examples": np.array([json.dumps(hidden_examples[:HIDDEN_EXAMPLES])]),
             # rows per file: a stopped run's driver counts what landed by file (pipeline.job.count_stopped_run)
             "file_rows": np.array([json.dumps(file_rows)]),
             "containers": np.array([json.dumps(containers)]),
