@@ -763,12 +763,19 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still
     # broken gives it again, and written twice it would make the run inconsistent.
     broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
+    # the done ids of each tar shard that are in data/ and that a name not UTF-8 can give ('\\x'): its read task tells
+    # a member added beside one purified earlier under the same id (sources._read_tar)
+    escaped = {path: purified for path, ids in container_done.items()
+               if path in tars and (purified := [i for i in ids if "\\x" in i and i in purified_ids])}
     # One with such a reject is read again even where the record says it was read whole (an older version recorded
     # it and kept the reject): once it reads whole, the reject goes (`resolved` in _run).
+    # So is a shard holding such an id that an older version recorded (not `lookalikes_checked`), once: that version
+    # skipped a member added beside the purified one without a word, and recorded the shard as read whole.
     unread = {u.paths[0] for u in containers
               if broken[u.paths[0]] not in rejected_ids and broken[u.paths[0]] not in purified_ids
               and unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
-                                     container_done.get(u.paths[0], []))}
+                                     container_done.get(u.paths[0], []))
+              and (u.paths[0] not in escaped or ledger[u.paths[0]].lookalikes_checked)}
     return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
                    prior_rejected, [u for u in kept_units if u.kind == "files" or u.paths[0] not in unread],
                    skipped_files, config.in_memory_mb * 2**20, excluded,
@@ -777,9 +784,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                                    for path, ids in container_done.items() if path not in unread},
                    ledger=ledger, skipped_containers=len(unread),
                    skipped_container_records=sum(ledger[path].records for path in unread), retry=retry,
-                   container_purified={path: purified for path, ids in container_done.items()
-                                       if path not in unread and path in tars
-                                       and (purified := [i for i in ids if "\\x" in i and i in purified_ids])},
+                   container_purified={path: ids for path, ids in escaped.items() if path not in unread},
                    hidden=hidden)
 
 
@@ -861,7 +866,9 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
     for read in read_whole:
         size, stamp = stamps.get(read["path"], (None, None))
         if stamp is not None:
-            added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"])
+            # a shard whose read task was told its purified ids that a name not UTF-8 gives checked them for look-alikes
+            added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
+                                                lookalikes_checked=read["path"] in plan.container_purified)
     if not added:
         return 0
     try:

@@ -39,6 +39,10 @@ class ContainerRead:
     stamp: str  # sources.listing_stamp at planning time
     records: int  # how many ids it gave (one per tar key, one per Parquet row)
     ids_sha256: str  # ids_digest of those ids
+    # the read it records was told the shard's purified ids that a name not UTF-8 gives, so a member added beside one
+    # of them was a reject of its own (sources.LOOKALIKE); an older version's read of such a shard skipped that member
+    # without a word, and the shard is read again once (`job.plan_job`)
+    lookalikes_checked: bool = False
 
 
 def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
@@ -89,7 +93,10 @@ def read_ledger(output: str, storage_options: dict[str, Any]) -> dict[str, Conta
         payload = json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
         if payload.get("format") != LEDGER_FORMAT:
             raise ValueError(f"format {payload.get('format')!r}, this version reads {LEDGER_FORMAT}")
-        entries = [ContainerRead(**entry) for entry in payload["containers"]]
+        # kept beside the entries, not in them: an older version refuses an entry with a key it does not know
+        checked = set(payload.get("lookalikes_checked", []))
+        entries = [ContainerRead(**entry, lookalikes_checked=entry.get("path") in checked)
+                   for entry in payload["containers"]]
     except FileNotFoundError:
         return {}
     except Exception as err:  # noqa: BLE001 - never fatal: every container is read again instead
@@ -105,7 +112,9 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
 
     uri = ledger_path(output)
     fs, path = storage_path(uri, storage_options)
-    data = json.dumps({"format": LEDGER_FORMAT, "containers": [asdict(entries[p]) for p in sorted(entries)]},
+    rows = [{k: v for k, v in asdict(entries[p]).items() if k != "lookalikes_checked"} for p in sorted(entries)]
+    checked = [p for p in sorted(entries) if entries[p].lookalikes_checked]
+    data = json.dumps({"format": LEDGER_FORMAT, "containers": rows, **({"lookalikes_checked": checked} if checked else {})},
                       indent=1).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")
