@@ -254,21 +254,10 @@ def test_on_s3_files_another_process_wrote_after_the_listing_are_counted() -> No
     # kills P1: the driver's listing of the output is cached by s3fs; the part files are written by Ray's workers
     # (other processes), so a stop counted from that cache missed every file written since the run began
     import io
-    import socket
 
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from tests.s3util import moto_s3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        options = {"key": "k", "secret": "s",
-                   "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}
-        client = boto3.client("s3", aws_access_key_id="k", aws_secret_access_key="s", **options["client_kwargs"])
-        client.create_bucket(Bucket="stopcache")
+    with moto_s3("stopcache") as (client, options):
 
         def put(key: str, ids: list[str], reason: str = "") -> None:  # as a worker does, through its own connection
             buf = io.BytesIO()
@@ -281,5 +270,3 @@ def test_on_s3_files_another_process_wrote_after_the_listing_are_counted() -> No
         put("data/part-n.parquet", ["n1", "n2", "n3"])  # a new file
         count = count_stopped_run("s3://stopcache/out", options, before, {})
         assert (count.purified, count.rejected, count.files, count.short) == (3, 2, 2, None)
-    finally:
-        server.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import posixpath
 import random
-import socket
 import tarfile
 from collections import Counter
 
@@ -20,6 +19,7 @@ import pytest
 from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit, relative_id, storage_path
 from pipeline.stages import read_stage, records_of
 from tests.jobutil import image_bytes
+from tests.s3util import moto_s3
 
 
 def _old_clash(id_: str, containers: dict[str, ReadUnit]) -> bool:
@@ -97,22 +97,8 @@ def test_read_units_carry_the_listed_sizes_to_the_read_task(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    options = {"key": "scale-key", "secret": "scale-secret",
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}
-    import boto3
-
-    client = boto3.client("s3", aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
-                          **options["client_kwargs"])
-    client.create_bucket(Bucket="scale-in")
-    yield client, options
-    server.stop()
+    with moto_s3("scale-in", key="scale-key", secret="scale-secret") as (client, options):
+        yield client, options
 
 
 def _counting(options: dict) -> Counter:

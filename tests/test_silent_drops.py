@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import stat
 import threading
 import warnings
@@ -27,6 +26,7 @@ import pytest
 from pipeline.job import run_job
 from pipeline.sources import discover, read_unit
 from tests.jobutil import image_bytes, read_output, small_job_config, tiny_model_file
+from tests.s3util import moto_s3
 
 PNG, PNG2 = image_bytes(8, 8, 1), image_bytes(8, 8, 2)
 
@@ -259,22 +259,8 @@ def test_object_store_keys_that_give_one_id_stop_the_run_naming_both() -> None:
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    options = {"key": "testing-key", "secret": "testing-secret-value",
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}
-    import boto3
-
-    client = boto3.client("s3", aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
-                          **options["client_kwargs"])
-    client.create_bucket(Bucket="silent-drops")
-    yield client, options
-    server.stop()
+    with moto_s3("silent-drops") as (client, options):
+        yield client, options
 
 
 def test_a_shard_under_a_shard_stops_the_run(s3) -> None:

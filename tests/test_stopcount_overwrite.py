@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ from pipeline.errors import JobInterrupted
 from pipeline.job import count_stopped_run, part_names, run_job, stopped_totals
 from pipeline.stages import write_parquet_atomic
 from tests.jobutil import image_bytes, small_job_config, tiny_model_file
+from tests.s3util import moto_s3
 
 
 def _write(path: Path, ids: list[str], reason: str) -> None:
@@ -61,25 +61,9 @@ def test_files_left_as_they_were_or_compared_by_name_only_are_not_counted(tmp_pa
     assert count_stopped_run(str(out), {}, part_names(str(out), {}), {}) == job.StoppedCount(0, 0, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_on_s3_a_file_written_over_under_its_name_is_counted() -> None:
     """s3fs's listing: the ETag (and LastModified) of the object moved into place differ from the old one's."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        options = {"key": "k", "secret": "s",
-                   "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}
-        boto3.client("s3", aws_access_key_id="k", aws_secret_access_key="s",
-                     **options["client_kwargs"]).create_bucket(Bucket="stopcount")
+    with moto_s3("stopcount") as (_, options):
         out = "s3://stopcount/out"
         write_parquet_atomic(pa.table({"id": ["r1", "r2"], "error": ["old"] * 2}), f"{out}/rejects/part-h.parquet",
                              options)
@@ -91,8 +75,6 @@ def test_on_s3_a_file_written_over_under_its_name_is_counted() -> None:
                              f"{out}/rejects/part-h.parquet", options)
         count = count_stopped_run(out, options, before, {}, frozenset({"r1", "r2"}))
         assert (count.purified, count.rejected, count.files, count.retried) == (0, 2, 1, 2)
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow  # three small runs of the job (~30 s of Ray)
