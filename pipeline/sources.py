@@ -13,7 +13,8 @@ An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is 
 the limit, decided from the size storage, the tar header or Arrow reports before its bytes are copied: one huge
 or garbage file must not take a read task's memory (and, after Ray's retries, the whole job) with it.
 - "count": n — how many image+reject records one read unit produced (checks read = purified + rejected); with
-  "hidden" and "hidden_examples" when the unit skipped hidden entries (a zip archive's `__MACOSX/`, `_x`)
+  "hidden" and "hidden_examples" when the unit skipped hidden entries (a zip archive's `__MACOSX/`, `_x`; a tar
+  shard's macOS metadata)
 """
 
 from __future__ import annotations
@@ -1030,12 +1031,22 @@ def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int 
     return _TarLink(first.name, first.linkname, at)
 
 
+def _macos_metadata(name: str) -> bool:
+    """Whether a tar member is the metadata macOS adds beside a user's files: an AppleDouble '._x' (a file's extended
+    attributes, which bsdtar stores for each file that has any, e.g. every downloaded one), '.DS_Store' (Finder's
+    folder settings) or anything under '__MACOSX/' (an archive unpacked and re-packed). Skipped as hidden, as in a
+    folder or zip; other names starting with '.' or '_' stay members (a WebDataset key may start with '_')."""
+    parts = posixpath.normpath(name).split("/")
+    return parts[-1].startswith("._") or parts[-1] == ".DS_Store" or "__MACOSX" in parts
+
+
 def _index_tar(
     open_stream: Callable[[], BinaryIO],
-) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None]:
+) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None, list[str]]:
     """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
     WebDataset keys that had numbered names keyed apart (`_tar_key`: 'cat' for 'cat.0.jpg'), the links by position
-    with what each resolves to, and the error that cut the pass short (None if it did not)."""
+    with what each resolves to, the error that cut the pass short (None if it did not), and the macOS metadata
+    members (`_macos_metadata`), which are in no key."""
     names: Counter[str] = Counter()  # in order of appearance
     latest: dict[str, int] = {}  # shard path -> position of its latest regular member or link
     pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
@@ -1062,12 +1073,16 @@ def _index_tar(
             pointers[position] = member, latest.get(path)
     split: set[str] = set()
     members_of: dict[str, Counter[str]] = {}
+    metadata: list[str] = []
     for name, n in names.items():
+        if _macos_metadata(name):
+            metadata.extend([name] * n)
+            continue
         key, webdataset_key = _tar_key(name)[0], _split_key(name)[0]
         if key != webdataset_key:
             split.add(webdataset_key)
         members_of.setdefault(key, Counter())[name] = n
-    return members_of, split, {position: _resolve_link(position, pointers) for position in pointers}, error
+    return members_of, split, {position: _resolve_link(position, pointers) for position in pointers}, error, metadata
 
 
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
@@ -1101,8 +1116,9 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         yield unreadable(0, err)
         return
 
-    members_of, split, links, index_error = _index_tar(open_stream)
+    members_of, split, links, index_error, metadata = _index_tar(open_stream)
     failure = unreadable(len(members_of), index_error) if index_error else None
+    yield from ({"kind": "hidden", "name": f"{shard}/{text_name(name)}"} for name in metadata)  # counted, not inputs
     # 'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
     # keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes
     def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
@@ -1110,7 +1126,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
 
     # by id, not by key: a latin-1 'caf\xe9.0.jpg' (split from 'caf\xe9') beside a member literally named
     # 'caf\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out of date
-    superseded = sorted({key_id(key) for key in split} - {key_id(key) for key in members_of})
+    # and the keys macOS metadata alone gave ('s.tar/d/' for 'd/._a.png', '.DS_Store'): a version that read it as
+    # members gave each such key one reject
+    older = {*split, *(key for name in metadata for key in (_tar_key(name)[0], _split_key(name)[0]))}
+    superseded = sorted({key_id(key) for key in older} - {key_id(key) for key in members_of})
     if superseded:
         yield {"kind": "superseded", "ids": superseded}
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
@@ -1128,9 +1147,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     # target position -> links still to be emitted that read it; its bytes are kept while any are
     readers: Counter[int] = Counter()
     targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
+    skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
     for link in links.values():
         key = _tar_key(link.name)[0]
-        if isinstance(link.target, int) and key not in done:
+        if isinstance(link.target, int) and key not in done and link.name not in skipped_names:
             readers[link.target] += 1
             targets_of.setdefault(key, []).append(link.target)
 
@@ -1148,7 +1168,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         return key in members_of and key not in done
 
     def wanted(position: int, member: tarfile.TarInfo) -> bool:
-        return pending(_tar_key(member.name)[0]) or readers[position] > 0
+        return (member.name not in skipped_names and pending(_tar_key(member.name)[0])) or readers[position] > 0
 
     def record(key: str) -> dict[str, Any]:
         for target in targets_of.pop(key, []):
@@ -1194,8 +1214,9 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                 continue
             position, member, data = item
             key = _tar_key(member.name)[0]
+            ours = member.name not in skipped_names and pending(key)
             out: list[dict[str, Any] | None] = []
-            if position in links and pending(key):
+            if position in links and ours:
                 link = links[position]
                 if isinstance(link.target, str):  # it cannot be read: that reason is its key's reject
                     out.append(took(member.name, link.target))
@@ -1204,7 +1225,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                 else:  # a symlink to a later member: it goes by, with its key, when that member does
                     waiting.setdefault(link.target, []).append(link)
             elif position not in links:
-                if pending(key):
+                if ours:
                     out.append(took(member.name, data))
                 if readers[position] > 0:
                     kept[position] = data
