@@ -37,14 +37,16 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError, JobFailed, JobInterrupted
-from pipeline.lease import OutputLease, refuse_live_lease
-from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
+from pipeline.lease import LEASE_FILE, OutputLease, refuse_live_lease
+from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
 from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
     SUMMARY_FILE,
     DamagedOutput,
     DamagedPart,
+    _is_under,
+    _same_storage_paths,
     check_output_location,
     clear_output,
     deduplicate_output,
@@ -80,6 +82,7 @@ from pipeline.sources import (
     HiddenSkipped,
     ReadUnit,
     discover,
+    hidden_note,
     input_location,
     is_url_chain,
     listing_stamp,
@@ -98,7 +101,7 @@ from pipeline.stages import (
     untile_stage,
     write_stage,
 )
-from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, with_retries
+from pipeline.storage import TEMP_PREFIX, RetriesExhausted, describe, remove_stale_temporaries, with_retries
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
@@ -653,6 +656,30 @@ class JobPlan:
         }
 
 
+def output_files_inside_input(input_uri: str, output_uri: str,
+                               storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
+    """When the output lies inside (or is) the input folder: a test of whether a listed input path is a file the job
+    keeps in its output (its summary, job record, lease and ledger, their temporaries, anything in data/ or rejects/).
+    Such files are hidden names or part files; the listing must not count them as the user's hidden inputs skipped."""
+    same = _same_storage_paths(input_uri, output_uri, storage_options)
+    if same is None:
+        return None
+    normal, in_path, out_path = same
+    if not _is_under(out_path, in_path):
+        return None
+    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR)]
+    names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
+
+    def own(path: str) -> bool:
+        real = normal(path)
+        if posixpath.dirname(real) == out_path:  # only the job's own names: the output may be the input folder itself
+            name = posixpath.basename(real)
+            return name in names or name.startswith(TEMP_PREFIX)
+        return any(_is_under(real, folder) for folder in folders)
+
+    return own
+
+
 def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     """Check the model and the output and list the inputs, without reading an image or writing anything.
 
@@ -721,8 +748,10 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     hidden = HiddenSkipped()
+    own_files = output_files_inside_input(config.input, out, so)  # not counted as hidden inputs (a 2nd run's summary)
     try:
-        units = with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden), f"list {config.input}")
+        units = with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
+                             f"list {config.input}")
     except FileNotFoundError as err:
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
@@ -951,6 +980,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         done = {"read": max(read, count.purified + count.rejected),  # each row written was read; that count lags too
                 "purified": count.purified, "rejected": count.rejected,
                 "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
+                # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
+                "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
                 "files_written": count.files,
                 "counted": "from the part files this run wrote, after it stopped" if count.short is None else
                            f"at least: {count.short}",
@@ -967,7 +998,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         files = f"{count.files} part file{'' if count.files == 1 else 's'}"
         return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
                 f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
-                + ("" if count.short is None else f" ({count.short})"))
+                + ("" if count.short is None else f" ({count.short})")
+                + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else ""))
 
     with record_stopped_run(record_stop, out):
         # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old

@@ -221,6 +221,12 @@ class HiddenSkipped:
             self.examples.append(name)
 
 
+def hidden_note(count: int, examples: list[str]) -> str:
+    """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
+    shown = ", ".join(examples[:3]) + (", ..." if count > 3 else "")
+    return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"
+
+
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -285,9 +291,10 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
 
 
 def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64,
-             hidden: HiddenSkipped | None = None) -> list[ReadUnit]:
+             hidden: HiddenSkipped | None = None, exclude: Callable[[str], bool] | None = None) -> list[ReadUnit]:
     """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped (counted in
-    `hidden`, from the same listing: no more storage requests).
+    `hidden`, from the same listing: no more storage requests). A hidden file for which `exclude` (given the listed
+    path with its protocol) is true is left out uncounted: the job's own output files, found inside its input.
 
     Every non-hidden file is an input: tar and Parquet files by suffix, everything else as an image
     file (its content decides; a non-image ends up in rejects with the reason, never silently dropped).
@@ -315,7 +322,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
                 continue
             rel = relative_id(p, root)
             if _hidden(rel):
-                skipped.append(rel)
+                # the output's _summary.json, lease, temporaries: not the user's input, so no hidden input skipped
+                if exclude is None or not exclude(with_protocol(fs, p)):
+                    skipped.append(rel)
             else:
                 listed[p] = info
         if hidden is not None:  # set, not added to: a retried listing counts once
