@@ -20,7 +20,7 @@ from pipeline.lease import LEASE_WATCH_S
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.purifier import RECIPES, canonical_operators
 from pipeline.redaction import redact_uri_secrets
-from pipeline.sources import IN_MEMORY_BYTES
+from pipeline.sources import IN_MEMORY_BYTES, hidden_note
 
 DESCRIPTION = f"""\
 Purify an image data set of backdoor triggers with Zero-shot Image Purification (ZIP).
@@ -473,7 +473,7 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  {inp['containers_already_done']} tar shards / Parquet / zip files were read whole by an earlier run and "
               "are unchanged, with all their images in the output: not read")
     if inp.get("hidden_files_skipped"):
-        print(f"  {_hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
+        print(f"  {hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
               "are counted when read)")
     if inp.get("excluded_output_files"):
         print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")
@@ -484,12 +484,6 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  {inp['image_files_over_max_image_mb']} image files are over --max-image-mb {inp['max_image_mb']} "
               "and will be rejected without being read (tar members and Parquet cells are checked when read)")
     print("dry run: nothing was read, purified or written")
-
-
-def _hidden_note(count: int, examples: list[str]) -> str:
-    """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
-    shown = ", ".join(examples[:3]) + (", ..." if count > 3 else "")
-    return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"
 
 
 def _shown(err: BaseException, config: JobConfig | None) -> str:
@@ -549,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
           f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s "
           f"({run['images_per_s']} images/s); model: {summary['model']['note']}")
     if run.get("hidden_skipped"):
-        print(_hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
+        print(hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
     change = run["psnr_vs_input_db"]
     if change["mean"] is not None:
         print(f"change: purified against input, PSNR mean {change['mean']} dB, lowest {change['min']} dB "

@@ -37,22 +37,21 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError, JobFailed, JobInterrupted
-from pipeline.lease import LEASE_FILE, OutputLease, refuse_live_lease
-from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
+from pipeline.lease import OutputLease, refuse_live_lease
+from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done, write_ledger
 from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
     SUMMARY_FILE,
     DamagedOutput,
     DamagedPart,
-    _is_under,
-    _same_storage_paths,
     check_output_location,
     clear_output,
     deduplicate_output,
     input_inside_written_folder,
     is_written_file,
     list_parts,
+    output_files_inside_input,
     output_ids,
     output_inside_input,
     part_file_ids,
@@ -101,7 +100,7 @@ from pipeline.stages import (
     untile_stage,
     write_stage,
 )
-from pipeline.storage import TEMP_PREFIX, RetriesExhausted, describe, remove_stale_temporaries, with_retries
+from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, with_retries
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
@@ -654,30 +653,6 @@ class JobPlan:
                       "excluded_output_files": self.excluded_output_files,
                       "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples},
         }
-
-
-def output_files_inside_input(input_uri: str, output_uri: str,
-                               storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
-    """When the output lies inside (or is) the input folder: a test of whether a listed input path is a file the job
-    keeps in its output (its summary, job record, lease and ledger, their temporaries, anything in data/ or rejects/).
-    Such files are hidden names or part files; the listing must not count them as the user's hidden inputs skipped."""
-    same = _same_storage_paths(input_uri, output_uri, storage_options)
-    if same is None:
-        return None
-    normal, in_path, out_path = same
-    if not _is_under(out_path, in_path):
-        return None
-    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR)]
-    names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
-
-    def own(path: str) -> bool:
-        real = normal(path)
-        if posixpath.dirname(real) == out_path:  # only the job's own names: the output may be the input folder itself
-            name = posixpath.basename(real)
-            return name in names or name.startswith(TEMP_PREFIX)
-        return any(_is_under(real, folder) for folder in folders)
-
-    return own
 
 
 def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:

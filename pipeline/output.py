@@ -23,10 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import JobError
+from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
 from pipeline.sources import storage_path, with_protocol
 from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, text_column, write_parquet_atomic
-from pipeline.storage import describe, make_parent_dirs, move_into_place, with_retries
+from pipeline.storage import TEMP_PREFIX, describe, make_parent_dirs, move_into_place, with_retries
 
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
 
@@ -609,3 +610,27 @@ def output_inside_input(input_uri: str, output_uri: str,
         return any(_is_under(real, folder) for folder in written)
 
     return inside
+
+
+def output_files_inside_input(input_uri: str, output_uri: str,
+                               storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
+    """When the output lies inside (or is) the input folder: a test of whether a listed input path is a file the job
+    keeps in its output (its summary, job record, lease and ledger, their temporaries, anything in data/ or rejects/).
+    Such files are hidden names or part files; the listing must not count them as the user's hidden inputs skipped."""
+    same = _same_storage_paths(input_uri, output_uri, storage_options)
+    if same is None:
+        return None
+    normal, in_path, out_path = same
+    if not _is_under(out_path, in_path):
+        return None
+    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR)]
+    names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
+
+    def own(path: str) -> bool:
+        real = normal(path)
+        if posixpath.dirname(real) == out_path:  # only the job's own names: the output may be the input folder itself
+            name = posixpath.basename(real)
+            return name in names or name.startswith(TEMP_PREFIX)
+        return any(_is_under(real, folder) for folder in folders)
+
+    return own
