@@ -486,6 +486,14 @@ def print_plan(report: dict[str, Any]) -> None:
     print("dry run: nothing was read, purified or written")
 
 
+def unpurified_warning(columns: dict[str, int]) -> str:
+    """The warning for images copied unpurified: the purified data set still holds them, triggers and all."""
+    listed = ", ".join(f"{name} ({rows} row{'' if rows == 1 else 's'})" for name, rows in columns.items())
+    return (f"warning: column(s) {listed} hold images that were copied as they came, NOT purified: only the image "
+            "column is purified, so a trigger in these reaches the output too. Drop them before use, or purify them "
+            "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
+
+
 def _shown(err: BaseException, config: JobConfig | None) -> str:
     """An error as it is printed: without the credentials of a URI the run was given (a presigned checkpoint URL's
     signature), since stderr ends up in CI logs and schedulers' job histories."""
@@ -555,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
               f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
               f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
               "size (--checkpoint) to keep their detail.", file=sys.stderr)
+    if run.get("unpurified_image_columns"):
+        print(unpurified_warning(run["unpurified_image_columns"]), file=sys.stderr)
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         whole = retried.get("containers_now_read_whole", 0)
@@ -564,8 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
               f"{retried['rejected_again']} rejected again (rejects/ has today's reason)"
               + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
-              + (f", {retried['superseded']} replaced by the images of a tar shard's numbered names"
-                 if retried.get("superseded") else "")
+              + (f", {retried['superseded']} an older version's rejects of a tar shard's keys, now read otherwise "
+                 "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")
               + (f", {renamed} tar look-alike rejects gone (their members no longer share an id)" if renamed else "")
               + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
     totals = summary["output_totals"]

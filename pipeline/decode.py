@@ -137,6 +137,25 @@ def sniff_is_image_name(name: str) -> bool:
     return bool(dot) and ext.lower() in IMAGE_EXTENSIONS
 
 
+# First bytes of the image formats a data set's other columns commonly hold (a thumbnail, a second view, a mask).
+_IMAGE_MAGIC: Final = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                       (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def image_format_of(data: object) -> str | None:
+    """The image format `data` starts as ('PNG', 'JPEG', 'GIF', 'WebP', 'TIFF', 'BMP'), or None: a cheap look at the
+    first bytes of a value the job does not purify, to tell the user that images pass through unpurified."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return None
+    head = bytes(data[:16])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:2] == b"BM":  # two letters any data may start with: a BMP's info header has one of these sizes
+        return "BMP" if len(data) >= 18 and struct.unpack("<I", bytes(data[14:18]))[0] in (12, 40, 52, 56, 64, 108, 124) \
+            else None
+    return next((kind for magic, kind in _IMAGE_MAGIC if head.startswith(magic)), None)
+
+
 def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded | str:  # noqa: B008 (frozen)
     """Decode untrusted bytes to RGB per `policy`; return a one-line reason instead of raising on bad data."""
     if not isinstance(data, bytes | bytearray | memoryview):

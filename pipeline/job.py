@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -933,6 +934,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
     hidden = HiddenSkipped()  # the listing's hidden files, then the zip members read tasks skipped as hidden
     hidden.count, hidden.examples = plan.hidden.count, list(plan.hidden.examples)
+    unpurified: Counter[str] = Counter()  # pass-through column -> purified rows holding an image there, copied as it was
     psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
     files: list[str] = []
     reported: dict[str, int] = {}  # part files the pipeline reported written ('data/part-....parquet') -> rows
@@ -957,6 +959,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                 "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
                 # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
                 "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
+                "unpurified_image_columns": dict(sorted(unpurified.items())),
                 "files_written": count.files,
                 "counted": "from the part files this run wrote, after it stopped" if count.short is None else
                            f"at least: {count.short}",
@@ -1059,6 +1062,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                 skipped_in_units += int(row["skipped"])
                 hidden.count += int(row["hidden"])
                 hidden.examples += json.loads(row["hidden_examples"])[: HIDDEN_EXAMPLES - len(hidden.examples)]
+                unpurified.update(json.loads(row["unpurified_images"]))
                 files += json.loads(row["files"])
                 reported.update(json.loads(row["file_rows"]))
                 read_whole.extend(json.loads(row["containers"]))
@@ -1106,6 +1110,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                      "containers_skipped_unread": plan.skipped_containers,
                      # hidden entries (.x, _x): files and zip members left out, not read (not in "read")
                      "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
+                     # pass-through columns holding images, copied unpurified: column -> rows this run
+                     "unpurified_image_columns": dict(sorted(unpurified.items())),
                      "files_written": len(files), "duplicates_removed": duplicates_removed,
                      # --retry-rejects: earlier rejects read again, now purified or rejected again (the new reason
                      # kept); those whose input is gone keep their old row

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png
+from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png, image_format_of
 from pipeline.evaluation.metrics import psnr
 from pipeline.sources import (
     HIDDEN_EXAMPLES,
@@ -379,6 +379,19 @@ def part_name(ids: list[str]) -> str:
     return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode("utf-8", "surrogatepass")).hexdigest()[:20] + ".parquet"
 
 
+def unpurified_images(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Pass-through column -> how many of these purified rows hold an image in it (bytes, or an image struct's
+    'bytes'): a Parquet data set's thumbnail or second view, a tar shard's '.seg.png' mask. The job purifies one image
+    per row and copies the rest as they came, so a trigger there reaches the output: the run says so."""
+    found: dict[str, int] = {}
+    for r in records:
+        for column, value in r["meta"].items():
+            data = value.get("bytes") if isinstance(value, dict) else value
+            if image_format_of(data) is not None:
+                found[column] = found.get(column, 0) + 1
+    return found
+
+
 def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_rows_per_file: int = 512) -> Batch:
     """Write purified images to data/ and rejects to rejects/ (files of at most max_rows_per_file rows);
     return one manifest row."""
@@ -410,6 +423,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     return {"purified": np.array([len(images)]), "rejected": np.array([len(rejects)]),
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
             "hidden": np.array([hidden]), "hidden_examples": np.array([json.dumps(hidden_examples[:HIDDEN_EXAMPLES])]),
+            "unpurified_images": np.array([json.dumps(unpurified_images(images))]),
             # rows per file: a stopped run's driver counts what landed by file (pipeline.job.count_stopped_run)
             "file_rows": np.array([json.dumps(file_rows)]),
             "containers": np.array([json.dumps(containers)]),
