@@ -593,16 +593,23 @@ def is_written_file(path: str) -> bool:
     return name.startswith(".") or (name.startswith("part-") and name.endswith(".parquet"))
 
 
-def output_inside_input(input_uri: str, output_uri: str,
-                        storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
-    """When the output lies inside (or is) the input folder: a test of whether a listed input path is one of the
-    output's own data/ or rejects/ files, which are not input."""
+def _output_under_input(input_uri: str, output_uri: str,
+                        storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str] | None:
+    """(a listed path's normal form, the output's) when the output lies inside (or is) the input folder, else None."""
     same = _same_storage_paths(input_uri, output_uri, storage_options)
     if same is None:
         return None
     normal, in_path, out_path = same
-    if not _is_under(out_path, in_path):
+    return (normal, out_path) if _is_under(out_path, in_path) else None
+
+
+def output_inside_input(input_uri: str, output_uri: str,
+                        storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
+    """When the output lies inside (or is) the input folder: a test of whether a listed input path is one of the
+    output's own data/ or rejects/ files, which are not input."""
+    if (under := _output_under_input(input_uri, output_uri, storage_options)) is None:
         return None
+    normal, out_path = under
     written = [posixpath.join(out_path, DATA_DIR), posixpath.join(out_path, REJECTS_DIR)]
 
     def inside(path: str) -> bool:
@@ -613,16 +620,13 @@ def output_inside_input(input_uri: str, output_uri: str,
 
 
 def output_files_inside_input(input_uri: str, output_uri: str,
-                               storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
+                              storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
     """When the output lies inside (or is) the input folder: a test of whether a listed input path is a file the job
     keeps in its output (its summary, job record, lease and ledger, their temporaries, anything in data/ or rejects/).
     Such files are hidden names or part files; the listing must not count them as the user's hidden inputs skipped."""
-    same = _same_storage_paths(input_uri, output_uri, storage_options)
-    if same is None:
+    if (under := _output_under_input(input_uri, output_uri, storage_options)) is None:
         return None
-    normal, in_path, out_path = same
-    if not _is_under(out_path, in_path):
-        return None
+    normal, out_path = under
     folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR)]
     names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
 
