@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,21 @@ REFERENCE = SHARED / "reference" / "guided-diffusion"
 requires_shared = pytest.mark.skipif(
     not REFERENCE.exists(), reason=f"{SHARED} not found (a fresh clone without the project's shared folder)"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_as_in_a_terminal():
+    """A shell starts a background job (`pytest &`, nohup) with SIGINT ignored, and the job keeps an ignored signal
+    ignored on purpose (pipeline.job.signals_interrupt): the tests that press Ctrl-C would then see nothing happen.
+    They test a run started from a terminal, so the suite gets Python's own Ctrl-C handler back for its duration."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session")
