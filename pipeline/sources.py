@@ -1566,7 +1566,23 @@ def read_unit(
     yield count
 
 
+def ids_key(ids: Iterable[str]) -> bytes:
+    """The bytes a set of ids is hashed by: one text per set, whatever the order, and never the same for two sets.
+
+    Ids joined by newlines, as every earlier version did (so part file names and ledger digests stay as they were),
+    unless an id holds a newline or NUL: a file may be named "a.png\nb.png", and the joined set {"a.png\nb.png"} would
+    then equal {"a.png", "b.png"}: two write batches would share a part file name and the second would replace the
+    first. Such sets are written as a JSON list behind a NUL, which no joined form starts with.
+    """
+    ordered = sorted(ids)
+    if any("\n" in i or "\0" in i for i in ordered):
+        text = "\0" + json.dumps(ordered, ensure_ascii=True)
+    else:
+        text = "\n".join(ordered)
+    # surrogatepass: an id that is not valid text (undecodable bytes in a file name) cannot stop the hash
+    return text.encode("utf-8", "surrogatepass")
+
+
 def ids_digest(ids: Iterable[str]) -> str:
     """A digest of a set of ids, independent of their order (pipeline.ledger compares it with the output's ids)."""
-    # surrogatepass: the same bytes as before for text; an id that is not text cannot stop the digest
-    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(ids_key(ids)).hexdigest()

@@ -37,6 +37,7 @@ from pipeline.sources import (
     JOB_COLUMNS,
     MAX_IMAGE_BYTES,
     ReadUnit,
+    ids_key,
     read_unit,
     reject_record,
     storage_path,
@@ -376,7 +377,7 @@ def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, A
 
 def part_name(ids: list[str]) -> str:
     """Deterministic from the ids it holds, so a retried write replaces its own file."""
-    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode("utf-8", "surrogatepass")).hexdigest()[:20] + ".parquet"
+    return "part-" + hashlib.sha1(ids_key(ids)).hexdigest()[:20] + ".parquet"
 
 
 def unpurified_images(records: list[dict[str, Any]]) -> dict[str, int]:
