@@ -112,7 +112,7 @@ def _part_ids(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
 
 # Part files whose ids are read at once. Each read is a few small requests (open, footer, id column) that wait on
 # storage's latency, not on the driver: one at a time, an output of 400 part files on S3 took 400 x 4 round trips at
-# the start of every run (done_ids) and again at its end (deduplicate_output).
+# the start of every run (output_ids) and again at its end (deduplicate_output).
 INDEX_READERS = 16
 
 
@@ -283,14 +283,6 @@ def part_file_ids(output: str, storage_options: dict[str, Any], names: Iterable[
     for _, ids, _ in _part_indexes(fs, [posixpath.join(root, name) for name in names]):
         found.update(ids)
     return found
-
-
-def done_ids(output: str, storage_options: dict[str, Any]) -> tuple[set[str], int, int]:
-    """Ids already in the output (purified or rejected), and how many of each there are. Counted once each: a row
-    doubled by a run killed before its end-of-run check is one input, and that check, at the end of the next run,
-    leaves one row of it (counting rows made that run's totals disagree and its status "inconsistent")."""
-    purified, rejected = output_ids(output, storage_options)
-    return purified | rejected, len(purified), len(rejected)
 
 
 @dataclass(frozen=True)

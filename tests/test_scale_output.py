@@ -1,4 +1,4 @@
-"""Reading the output's ids (done_ids at the start of a run, deduplicate_output at its end) over many part files.
+"""Reading the output's ids (output_ids at the start of a run, deduplicate_output at its end) over many part files.
 
 The part files' ids are read several at a time (each read waits on storage's latency: one at a time, an output of 400
 part files on S3 took 400 x 4 round trips at both ends of every run); these tests pin what must not change with it:
@@ -14,7 +14,7 @@ import time
 import pytest
 
 import pipeline.output as output
-from pipeline.output import deduplicate_output, done_ids, list_parts
+from pipeline.output import deduplicate_output, list_parts, output_ids
 from pipeline.stages import DATA_DIR, REJECTS_DIR, _data_table, _rejects_table, write_parquet_atomic
 
 
@@ -38,11 +38,12 @@ def test_many_part_files_first_by_name_keeps_a_duplicated_id(tmp_path) -> None:
         files[(REJECTS_DIR, f"{k:03d}")] = [f"img-{rng.randrange(400)}" for _ in range(5)]
     for (folder, name), ids in files.items():
         _write(out, folder, name, list(dict.fromkeys(ids)))  # one file never repeats an id
-    ids, purified, rejected = done_ids(str(out), {})
+    purified, rejected = output_ids(str(out), {})
+    ids = purified | rejected
     assert ids == {i for v in files.values() for i in v}
     # each id counted once, as the end-of-run check leaves it: in data/ if it is there at all
     in_data = {i for (f, _), v in files.items() if f == DATA_DIR for i in v}
-    assert (purified, rejected) == (len(in_data), len(ids - in_data))
+    assert (purified, rejected) == (in_data, ids - in_data)
     # Expected: files in name order, data before rejects; an id stays in the first file that has it.
     seen: set[str] = set()
     expected: dict[tuple[str, str], list[str]] = {}
@@ -80,11 +81,11 @@ def test_part_indexes_come_back_in_order_when_reads_finish_out_of_order(monkeypa
     assert 1 < most[0] <= output.INDEX_READERS
 
 
-def test_an_unreadable_part_file_still_stops_done_ids(tmp_path, monkeypatch) -> None:
+def test_an_unreadable_part_file_still_stops_output_ids(tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
     for k in range(6):
         _write(out, DATA_DIR, f"{k:03d}", [f"a{k}"])
     (out / DATA_DIR / "part-003.parquet").write_bytes(b"not parquet")
     monkeypatch.setattr(output, "with_retries", lambda fn, what: fn())  # no backoff waits for a permanent error
     with pytest.raises(Exception, match="Parquet|parquet|magic"):
-        done_ids(str(out), {})
+        output_ids(str(out), {})
