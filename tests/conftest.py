@@ -21,6 +21,25 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+# The reliability scenarios' table (README, "Guarantees"): tests/reliability puts each line in its test's report
+# under this name; this file, which the process that writes the summary always loads, collects and prints them.
+SCENARIO_PROPERTY = "reliability_scenario"
+_scenario_lines: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # the last report of a test, holding every property its fixtures added
+        _scenario_lines.extend(value for key, value in report.user_properties if key == SCENARIO_PROPERTY)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _scenario_lines:
+        terminalreporter.section("reliability scenarios")
+        terminalreporter.write_line(f"{'scenario':<34} inputs purified rejected duplicates lost")
+        for line in _scenario_lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _ctrl_c_as_in_a_terminal():
     """A shell starts a background job (`pytest &`, nohup) with SIGINT ignored, and the job keeps an ignored signal

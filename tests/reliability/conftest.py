@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import SCENARIO_PROPERTY
 from tests.jobutil import tiny_model_file
 
-SUMMARY: list[str] = []
+SUMMARY: list[str] = []  # scenario lines `scenario.check` adds in this process
 
 
 @pytest.fixture(scope="session")
@@ -12,9 +13,10 @@ def tiny_model(tmp_path_factory) -> str:
     return tiny_model_file(tmp_path_factory.mktemp("reliability-model"))
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    if SUMMARY:
-        terminalreporter.section("reliability scenarios")
-        terminalreporter.write_line(f"{'scenario':<34} inputs purified rejected duplicates lost")
-        for line in SUMMARY:
-            terminalreporter.write_line(line)
+@pytest.fixture(autouse=True)
+def _scenario_lines_to_the_report(request):
+    """Each test's scenario lines go into its report, which pytest-xdist sends from the worker that ran the test to
+    the process that prints the summary (tests/conftest.py); a list kept here would stay in the worker."""
+    start = len(SUMMARY)
+    yield
+    request.node.user_properties.extend((SCENARIO_PROPERTY, line) for line in SUMMARY[start:])
