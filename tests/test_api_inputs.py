@@ -53,7 +53,7 @@ def test_pil_rgb_accepted_other_modes_refused(purifier: Purifier) -> None:
     rgba = image_module.fromarray(np.dstack([rgb, np.full((8, 8), 9, np.uint8)]))
     with pytest.raises(ValueError, match=r"mode RGBA.*alpha.*convert\('RGB'\)"):
         purifier([rgba])
-    assert purifier([image_module.fromarray(rgb[..., 0])])[0].shape == (8, 8)  # grey: see test_api_review_dec3.py
+    assert purifier([image_module.fromarray(rgb[..., 0])])[0].shape == (8, 8)  # grey: see test_api_notebook_use.py
     with pytest.raises(ValueError, match=r"mode CMYK; accepted: modes RGB and L"):
         purifier([image_module.fromarray(rgb).convert("CMYK")])
 

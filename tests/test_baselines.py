@@ -53,7 +53,7 @@ def test_naive_transform_shape_values_idempotent() -> None:
 
 def test_naive_transform_pads_an_indivisible_size_as_the_purifier_does() -> None:
     # It refused 30x30 at pool 4, an image ZIP purifies (its tiling pads the cell by repeating the edge); see
-    # tests/test_validation_dec3.py for the comparison with the tiling's block means.
+    # tests/test_validation_user_errors.py for the comparison with the tiling's block means.
     x = _images(size=30)
     y = naive_transform(x, 4)
     assert y.shape == x.shape and np.array_equal(naive_transform(y, 4), y)

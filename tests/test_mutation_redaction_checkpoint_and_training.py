@@ -320,7 +320,7 @@ def _table_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: dict[str,
 
 
 @pytest.mark.parametrize("value, said", [
-    # point_check names a value that is no finite number (tests/test_validation_dec3.py); before, target_summary's own
+    # point_check names a value that is no finite number (tests/test_validation_user_errors.py); before, target_summary's own
     # failure (decimal.InvalidOperation) cost that report's row only
     pytest.param(float("inf"), "no target check for zip: the report's average CA for zip is Infinity", id="infinite"),
     # BUG (fixed here): an OverflowError traceback that lost every report's row
