@@ -101,7 +101,7 @@ from pipeline.stages import (
     untile_stage,
     write_stage,
 )
-from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, with_retries
+from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, with_retries, with_url_options
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"
@@ -159,6 +159,17 @@ class JobConfig:
     overwrite: bool = False
     ray_address: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # The input's and output's own connection details (hdfs://namenode:8020/...) join the storage options, which
+        # travel to every file system the run makes; URIs naming two servers are one of check()'s problems. No other
+        # attribute is kept: JobConfig(**config.__dict__) must make the same config.
+        if isinstance(self.storage_options, dict):
+            self.storage_options = with_url_options(self._uris(), self.storage_options)[0]
+
+    def _uris(self) -> dict[str, str]:
+        return {f"--{name}": getattr(self, name) for name in ("input", "output")
+                if isinstance(getattr(self, name), str) and getattr(self, name)}
 
     @classmethod
     def from_recipe(cls, name: str, **fields: Any) -> JobConfig:
@@ -226,6 +237,7 @@ class JobConfig:
             problems.append(f"--checkpoint-sha256 must be 64 hexadecimal digits, got {self.checkpoint_sha256!r}")
         if not isinstance(self.storage_options, dict):
             problems.append(f"storage_options must be a mapping of fsspec options, got {self.storage_options!r}")
+        problems.extend(with_url_options(self._uris(), {})[1])  # from the URIs alone: the options now hold one of them
         if self.flags is not None and not isinstance(self.flags, dict):
             problems.append(f"--flags must be a JSON object of create_model flags, got {self.flags!r}")
         if self.precision not in PRECISIONS:

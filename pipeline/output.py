@@ -510,6 +510,15 @@ def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fs
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
     if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) and not fs.exists(root):
+        if root.startswith("/"):
+            # A file system of folders from a root (HDFS, WebHDFS, FTP) creates the missing ones, but its server must
+            # answer; exists() says False for a server that does not, which read as a missing bucket.
+            try:
+                fs.ls("/", detail=False)
+            except Exception as err:  # noqa: BLE001 - any failure to reach it stops the run, named
+                raise JobError(f"cannot reach the server of output {out}: {describe(err)}; is it up, and are its host "
+                               "and port right?") from err
+            return fs, root
         # An object store creates the prefix but not the bucket: a misspelt bucket must stop the dry run too.
         bucket = root.strip("/").split("/", 1)[0]
         if bucket and not fs.exists(bucket):

@@ -230,7 +230,16 @@ def hidden_note(count: int, examples: list[str]) -> str:
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+    if protocol in ("file", "local"):
+        return path
+    # a server's file system (HDFS, WebHDFS, FTP) lists absolute paths without its host: give it back, so that the
+    # URI names the file (a `source` of ftp:///in/a.png named no server)
+    options = getattr(fs, "storage_options", None) or {}
+    host = options.get("host")
+    if isinstance(host, str) and host and host != "default" and path.startswith("/"):
+        port = options.get("port")
+        return f"{protocol}://{host}{f':{port}' if port else ''}{path}"
+    return f"{protocol}://{path}"
 
 
 def text_name(name: str) -> str:

@@ -197,6 +197,44 @@ def _last_answer(err: BaseException) -> str:
     return ""
 
 
+def url_connection_options(uri: str) -> dict[str, Any]:
+    """What a URL itself says about how to connect (hdfs://namenode:8020/..., webhdfs://host:port/..., ftp://host/...):
+    the host, port or user fsspec's own url_to_fs gives its file system, which `filesystem(protocol, options)` does not.
+
+    Empty for local paths and S3, whose bucket is part of the path (and a key's '?versionId=' stays part of its name),
+    and for a protocol whose package is not installed (its own error says so where the file system is made)."""
+    import fsspec
+    from fsspec.registry import get_filesystem_class
+
+    protocol, _ = fsspec.core.split_protocol(uri)
+    if not protocol or protocol in ("file", "local") or protocol in S3_PROTOCOLS:
+        return {}
+    try:
+        cls = get_filesystem_class(protocol)
+    except (ImportError, ValueError):
+        return {}
+    return dict(cls._get_kwargs_from_urls(uri))
+
+
+def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`storage_options` with the connection options of each URI (`url_connection_options`) added, and the problems:
+    two URIs that name different servers. The job makes every file system, on the driver and on Ray's workers, from a
+    protocol and one set of options, so a host given only in the URL was lost ("WebHDFS.__init__() missing 1 required
+    positional argument: 'host'"). An option the user gave wins over the URL's, as in fsspec. `uris`: flag -> URI."""
+    merged, problems, given_by = dict(storage_options), [], {}
+    for flag, uri in uris.items():
+        for key, value in url_connection_options(uri).items():
+            if key in storage_options:
+                continue
+            if key in given_by and merged[key] != value:
+                problems.append(f"{given_by[key]} and {flag} name different servers ({key} {merged[key]!r} and "
+                                f"{value!r}): a run reads and writes with one set of storage options; copy the input "
+                                "to the output's server first")
+                continue
+            merged[key], given_by[key] = value, flag
+    return merged, problems
+
+
 def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.AbstractFileSystem:
     """fsspec's file system for `protocol` with `storage_options`; on S3 with_retries owns the retry budget.
 
