@@ -235,6 +235,20 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     return merged, problems
 
 
+HDFS_PROTOCOLS = frozenset({"hdfs", "arrow_hdfs"})
+
+
+def no_jvm_message(err: OSError) -> str:
+    """pyarrow's HDFS client runs in a JVM; without one its error is "Unable to load libjvm" and a line for each of the
+    dozens of places it looked, which buried the one thing to do."""
+    lines = str(err).splitlines()
+    tried = [line for line in lines[1:] if line.startswith("dlopen(")]
+    first = tried[0].partition(")")[0].removeprefix("dlopen(") if tried else None
+    looked = f" (looked in {len(tried)} places, such as {first})" if first else ""
+    return (f"hdfs:// needs a Java runtime: pyarrow could not load libjvm{looked}; install a JDK, set JAVA_HOME to "
+            "it, and set HADOOP_HOME and CLASSPATH (`hadoop classpath --glob`) as pyarrow's HDFS guide says")
+
+
 def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.AbstractFileSystem:
     """fsspec's file system for `protocol` with `storage_options`; on S3 with_retries owns the retry budget.
 
@@ -247,7 +261,12 @@ def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.Abstrac
     config = storage_options.get("config_kwargs")
     if protocol in S3_PROTOCOLS and (config is None or isinstance(config, dict) and "retries" not in config):
         options = {**storage_options, "config_kwargs": {**(config or {}), "retries": dict(BOTOCORE_RETRIES)}}
-    fs = fsspec.filesystem(protocol, **options)
+    try:
+        fs = fsspec.filesystem(protocol, **options)
+    except OSError as err:
+        if protocol in HDFS_PROTOCOLS and "libjvm" in str(err):
+            raise OSError(no_jvm_message(err)) from None
+        raise
     if protocol in S3_PROTOCOLS:
         fs.retries = 1  # type: ignore[attr-defined]
     return fs
