@@ -67,8 +67,9 @@ def list_parts(output: str, folder: str, storage_options: dict[str, Any]) -> lis
     fs.invalidate_cache(root)
     if not fs.exists(root):
         return []
-    return sorted(p for p in fs.ls(root, detail=False) if posixpath.basename(p).startswith("part-")
-                  and p.endswith(".parquet"))
+    # names from the detailed listing: fsspec's FTP file system gives bare file names without detail
+    names = (info["name"] for info in fs.ls(root, detail=True))
+    return sorted(p for p in names if posixpath.basename(p).startswith("part-") and p.endswith(".parquet"))
 
 
 class DamagedPart(ValueError):

@@ -432,11 +432,12 @@ def _modified(info: dict[str, Any]) -> float | None:
 
 
 def make_parent_dirs(fs: object, folder: str) -> None:
-    """Create folders on file systems that have them; object stores have no folders, and s3fs's
-    makedirs would silently create a missing bucket instead of failing."""
+    """Create folders on file systems that have them: local disks, and servers' file systems whose paths start at a
+    root (HDFS, WebHDFS, FTP: an FTP server refuses a file in a folder that is missing). Object stores have no
+    folders, and s3fs's makedirs would silently create a missing bucket instead of failing."""
     protocol = getattr(fs, "protocol", "file")
     protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-    if {"file", "local"} & set(protocols):
+    if {"file", "local"} & set(protocols) or (folder.startswith("/") and not S3_PROTOCOLS & set(protocols)):
         fs.makedirs(folder, exist_ok=True)  # type: ignore[attr-defined]
 
 
