@@ -513,9 +513,12 @@ def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fs
     if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) and not fs.exists(root):
         if root.startswith("/"):
             # A file system of folders from a root (HDFS, WebHDFS, FTP) creates the missing ones, but its server must
-            # answer; exists() says False for a server that does not, which read as a missing bucket.
+            # answer; exists() says False for a server that does not, which read as a missing bucket. Asked about the
+            # output itself: "not found" is an answer, and no folder above it need be listable.
             try:
-                fs.ls("/", detail=False)
+                fs.info(root)
+            except FileNotFoundError:
+                pass
             except Exception as err:  # noqa: BLE001 - any failure to reach it stops the run, named
                 raise JobError(f"cannot reach the server of output {out}: {describe(err)}; is it up, and are its host "
                                "and port right?") from err

@@ -15,7 +15,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline.output import list_parts
+from pipeline.output import check_output_location, list_parts
 from pipeline.storage import make_parent_dirs
 
 ROOT = "/server-output-test"  # fsspec's memory store is shared by the whole process: a folder of our own
@@ -75,3 +75,25 @@ def test_folders_are_made_where_the_file_system_has_them(protocol, folder: str, 
     fs = Recorder(protocol)
     make_parent_dirs(fs, folder)
     assert fs.made == ([(folder, True)] if made else [])
+
+
+class LockedRootFS(MemoryFileSystem):
+    """A server's file system where listing its root is refused, as on a locked-down HDFS cluster."""
+
+    protocol = "lockedroot"
+    cachable = False
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return path.removeprefix("lockedroot://")
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any):
+        if path.rstrip("/") == "":
+            raise PermissionError("listing / is not allowed")
+        return super().ls(path, detail=detail, **kwargs)
+
+
+def test_a_new_output_on_a_server_needs_no_right_to_list_its_root() -> None:
+    fsspec.register_implementation("lockedroot", LockedRootFS, clobber=True)
+    fs, root = check_output_location(f"lockedroot://{ROOT}/new/out", {})
+    assert root == f"{ROOT}/new/out" and not fs.exists(root)  # made by the run, not here
