@@ -21,15 +21,21 @@ from pipeline.storage import make_parent_dirs
 ROOT = "/server-output-test"  # fsspec's memory store is shared by the whole process: a folder of our own
 
 
-class BareNameListingFS(MemoryFileSystem):
-    """An in-memory file system that lists as fsspec's FTP one does: full names with detail, bare names without."""
+class ServerStandIn(MemoryFileSystem):
+    """An in-memory stand-in for a server's file system, known by its own protocol (paths start at a root)."""
 
-    protocol = "barenames"
+    protocol = "server-stand-in"
     cachable = False
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:
-        return path.removeprefix("barenames://")
+        return path.removeprefix(f"{cls.protocol}://")
+
+
+class BareNameListingFS(ServerStandIn):
+    """Lists as fsspec's FTP file system does: full names with detail, bare names without."""
+
+    protocol = "barenames"
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any):
         listing = super().ls(path, detail=True, **kwargs)
@@ -77,15 +83,10 @@ def test_folders_are_made_where_the_file_system_has_them(protocol, folder: str, 
     assert fs.made == ([(folder, True)] if made else [])
 
 
-class LockedRootFS(MemoryFileSystem):
-    """A server's file system where listing its root is refused, as on a locked-down HDFS cluster."""
+class LockedRootFS(ServerStandIn):
+    """Refuses to list its root, as a locked-down HDFS cluster may."""
 
     protocol = "lockedroot"
-    cachable = False
-
-    @classmethod
-    def _strip_protocol(cls, path: str) -> str:
-        return path.removeprefix("lockedroot://")
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any):
         if path.rstrip("/") == "":
