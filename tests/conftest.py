@@ -21,7 +21,7 @@ requires_shared = pytest.mark.skipif(
 )
 
 
-# The reliability scenarios' table (README, "Guarantees"): tests/reliability puts each line in its test's report
+# The reliability scenarios' table (docs/guarantees.md): tests/reliability puts each line in its test's report
 # under this name; this file, which the process that writes the summary always loads, collects and prints them.
 SCENARIO_PROPERTY = "reliability_scenario"
 _scenario_lines: list[str] = []
