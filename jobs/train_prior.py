@@ -71,8 +71,7 @@ from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
 from pipeline.purifier import device_problem, seed_problem  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
-from pipeline.sources import storage_path  # noqa: E402
-from pipeline.storage import describe, make_parent_dirs, replace_file  # noqa: E402
+from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path  # noqa: E402
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
 # "keep left" is a "keep right" the prior should not learn as equally likely.

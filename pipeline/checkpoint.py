@@ -36,8 +36,7 @@ import torch
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
 from pipeline.schedule import SCHEDULES
-from pipeline.sources import storage_path
-from pipeline.storage import describe, with_retries
+from pipeline.storage import describe, storage_path, with_retries
 
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 

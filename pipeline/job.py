@@ -84,10 +84,8 @@ from pipeline.sources import (
     discover,
     hidden_note,
     input_location,
-    is_url_chain,
     listing_stamp,
     relative_id,
-    storage_path,
 )
 from pipeline.stages import (
     ALL_CORES,
@@ -101,7 +99,15 @@ from pipeline.stages import (
     untile_stage,
     write_stage,
 )
-from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, with_retries, with_url_options
+from pipeline.storage import (
+    RetriesExhausted,
+    describe,
+    is_url_chain,
+    remove_stale_temporaries,
+    storage_path,
+    with_retries,
+    with_url_options,
+)
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 DEFAULT_PRIOR_NAME = "cifar10"

@@ -26,8 +26,7 @@ import uuid
 from typing import Any
 
 from pipeline.errors import JobError
-from pipeline.sources import storage_path
-from pipeline.storage import create_if_absent, describe, make_parent_dirs, replace_file, with_retries
+from pipeline.storage import create_if_absent, describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 LEASE_FILE = "_lease.json"
 LEASE_HEARTBEAT_S = 30.0

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.sources import LOOKALIKE, ReadUnit, ids_digest, relative_id, storage_path
-from pipeline.storage import describe, with_retries
+from pipeline.sources import LOOKALIKE, ReadUnit, ids_digest, relative_id
+from pipeline.storage import describe, storage_path, with_retries
 
 LEDGER_DIR = "_containers"
 LEDGER_FORMAT = 1

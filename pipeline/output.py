@@ -25,9 +25,16 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
-from pipeline.sources import storage_path, with_protocol
 from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, text_column, write_parquet_atomic
-from pipeline.storage import TEMP_PREFIX, describe, make_parent_dirs, move_into_place, with_retries
+from pipeline.storage import (
+    TEMP_PREFIX,
+    describe,
+    make_parent_dirs,
+    move_into_place,
+    storage_path,
+    with_protocol,
+    with_retries,
+)
 
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
 

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import posixpath
-import re
 import stat
 import struct
 import tarfile
@@ -40,9 +39,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
-from fsspec.registry import known_implementations
 
-from pipeline.storage import backoff, describe, is_transient, with_retries
+from pipeline.storage import backoff, describe, is_transient, is_url_chain, storage_path, with_protocol, with_retries
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
@@ -98,22 +96,6 @@ def listing_stamp(info: dict[str, Any]) -> str | None:
     if not fields or set(fields) == {"ino"}:  # an inode alone survives rewriting the file in place
         return None
     return json.dumps(fields, sort_keys=True)
-
-
-def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The file system of `uri` and the path on it. Unlike fsspec.open and url_to_fs, '::' is part of the name (a key
-    'x::y.png' is a file, not the URL chain 'x' :: 'y.png'); chained input URLs are refused by `discover`."""
-    from pipeline.storage import filesystem
-
-    protocol, _ = fsspec.core.split_protocol(uri)
-    fs = filesystem(protocol or "file", storage_options)  # on S3, retries bounded: see pipeline.storage
-    return fs, fs._strip_protocol(uri)
-
-
-def is_url_chain(uri: str) -> bool:
-    """An fsspec URL chain ('simplecache::s3://...'): its listed paths cannot be read back without the chain."""
-    first = re.match(r"^([A-Za-z][\w+.-]*)::", uri)
-    return first is not None and first.group(1) in known_implementations
 
 
 class ImageTooLarge(ValueError):
@@ -225,21 +207,6 @@ def hidden_note(count: int, examples: list[str]) -> str:
     """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
     shown = ", ".join(examples[:3]) + (", ..." if count > 3 else "")
     return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"
-
-
-def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return path
-    # a server's file system (HDFS, WebHDFS, FTP) lists absolute paths without its host: give it back, so that the
-    # URI names the file (a `source` of ftp:///in/a.png named no server)
-    options = getattr(fs, "storage_options", None) or {}
-    host = options.get("host")
-    if isinstance(host, str) and host and host != "default" and path.startswith("/"):
-        port = options.get("port")
-        return f"{protocol}://{host}{f':{port}' if port else ''}{path}"
-    return f"{protocol}://{path}"
 
 
 def text_name(name: str) -> str:

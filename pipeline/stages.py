@@ -40,10 +40,9 @@ from pipeline.sources import (
     ids_key,
     read_unit,
     reject_record,
-    storage_path,
     text_name,
 )
-from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, with_retries
+from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, storage_path, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
 
 Batch = dict[str, Any]

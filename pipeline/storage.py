@@ -11,6 +11,9 @@ Errors are classified by what they are, not by words in their message: s3fs turn
 OSError/PermissionError/FileNotFoundError and keeps the botocore ClientError (its code and HTTP status)
 as the cause, so the cause decides; transport errors (botocore, aiohttp, sockets) by their class. A message
 can quote a path ('s3://b/timeout-500/x.png'), so a path never makes an error transient.
+
+It also turns a URI into its file system and path (`storage_path`) and a listed path back into a URI
+(`with_protocol`), for every module that reads or writes storage.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import errno
 import os
 import posixpath
 import random
+import re
 import time
 import uuid
 import warnings
@@ -270,6 +274,39 @@ def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.Abstrac
     if protocol in S3_PROTOCOLS:
         fs.retries = 1  # type: ignore[attr-defined]
     return fs
+
+
+def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system of `uri` and the path on it. Unlike fsspec.open and url_to_fs, '::' is part of the name (a key
+    'x::y.png' is a file, not the URL chain 'x' :: 'y.png'); chained input URLs are refused by `discover`."""
+    import fsspec
+
+    protocol, _ = fsspec.core.split_protocol(uri)
+    fs = filesystem(protocol or "file", storage_options)  # on S3, retries bounded: see pipeline.storage
+    return fs, fs._strip_protocol(uri)
+
+
+def is_url_chain(uri: str) -> bool:
+    """An fsspec URL chain ('simplecache::s3://...'): its listed paths cannot be read back without the chain."""
+    from fsspec.registry import known_implementations
+
+    first = re.match(r"^([A-Za-z][\w+.-]*)::", uri)
+    return first is not None and first.group(1) in known_implementations
+
+
+def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path
+    # a server's file system (HDFS, WebHDFS, FTP) lists absolute paths without its host: give it back, so that the
+    # URI names the file (a `source` of ftp:///in/a.png named no server)
+    options = getattr(fs, "storage_options", None) or {}
+    host = options.get("host")
+    if isinstance(host, str) and host and host != "default" and path.startswith("/"):
+        port = options.get("port")
+        return f"{protocol}://{host}{f':{port}' if port else ''}{path}"
+    return f"{protocol}://{path}"
 
 
 def _has_rename(fs: Any) -> bool:

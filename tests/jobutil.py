@@ -72,7 +72,7 @@ def tar_bytes(members: dict[str, bytes], hard_links: dict[str, str] | None = Non
 
 
 def read_output(path: str, storage_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from pipeline.sources import storage_path
+    from pipeline.storage import storage_path
 
     fs, root = storage_path(path, storage_options or {})
     frames = []

@@ -292,7 +292,7 @@ def _count_object_reads(monkeypatch, prefix: str):
 def _read_fresh(out: str, options: dict):
     """read_output through the job's own s3fs object, its listing cache dropped first: the test must see what is on
     S3, not what this process listed before."""
-    from pipeline.sources import storage_path
+    from pipeline.storage import storage_path
 
     fs, _ = storage_path(out, options)
     fs.invalidate_cache()

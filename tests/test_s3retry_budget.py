@@ -2,7 +2,7 @@
 
 botocore, s3fs and the job's own `with_retries` each retry; stacked with their defaults, one image read under a
 sustained 503 SlowDown made hundreds of requests and waited minutes. These tests read through the job's code path
-(`sources.read_bytes`, `sources.storage_path`) from a local HTTP server that speaks just enough S3 (HEAD and GET of
+(`sources.read_bytes`, `storage.storage_path`) from a local HTTP server that speaks just enough S3 (HEAD and GET of
 objects, path-style) and answers with S3 error documents for as long as it is told to, counting every request."""
 
 from __future__ import annotations
@@ -184,14 +184,14 @@ def test_retries_set_in_the_storage_options_are_honoured(s3_server, no_waiting, 
     with pytest.raises(storage.RetriesExhausted):
         sources.read_bytes("s3://bkt/img.png", options)
     assert len(server.requests) == 6 * attempts
-    fs, _ = sources.storage_path("s3://bkt/img.png", options)
+    fs, _ = storage.storage_path("s3://bkt/img.png", options)
     assert fs.config_kwargs == options["config_kwargs"]  # the user's botocore settings, untouched
 
 
 def test_other_botocore_settings_are_kept_when_the_job_bounds_retries(s3_server) -> None:
     server = s3_server()
     options = server.options(config_kwargs={"read_timeout": 7})
-    fs, _ = sources.storage_path("s3://bkt/img.png", options)
+    fs, _ = storage.storage_path("s3://bkt/img.png", options)
     assert fs.config_kwargs == {"read_timeout": 7, "retries": storage.BOTOCORE_RETRIES}
     assert options["config_kwargs"] == {"read_timeout": 7}  # the caller's options are not changed
 

@@ -16,8 +16,9 @@ from collections import Counter
 
 import pytest
 
-from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit, relative_id, storage_path
+from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit, relative_id
 from pipeline.stages import read_stage, records_of
+from pipeline.storage import storage_path
 from tests.jobutil import image_bytes
 from tests.s3util import moto_s3
 
