@@ -635,9 +635,9 @@ class JobPlan:
     skipped_container_records: int = 0
     retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
     # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
-    # read task tells a member added beside one purified earlier under the same id (sources._read_tar)
+    # read task tells a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
     container_purified: dict[str, list[str]] = field(default_factory=dict)
-    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources._hidden)
+    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -787,7 +787,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     # broken gives it again, and written twice it would make the run inconsistent.
     broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
     # the done ids of each tar shard that are in data/ and that a name not UTF-8 can give ('\\x'): its read task tells
-    # a member added beside one purified earlier under the same id (sources._read_tar)
+    # a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
     escaped = {path: purified for path, ids in container_done.items()
                if path in tars and (purified := [i for i in ids if "\\x" in i and i in purified_ids])}
     # One with such a reject is read again even where the record says it was read whole (an older version recorded

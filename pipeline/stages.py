@@ -1,6 +1,6 @@
 """The job's stages: small functions over batches of records, and one stateful actor (the model).
 
-Each Ray row holds one pickled `record` dict (see `pipeline.sources` for the kinds). Records are
+Each Ray row holds one pickled `record` dict (see `pipeline.sources.records` for the kinds). Records are
 heterogeneous (images, rejects, counts, canvases) and carry arbitrary pass-through values; one
 opaque binary column keeps every stage's schema the same and lets Arrow move them without
 guessing types. Only our own stages write and read these pickles.

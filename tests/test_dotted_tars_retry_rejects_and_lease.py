@@ -19,7 +19,8 @@ from pipeline.job import plan_job, run_job, run_status
 from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.ledger import ContainerRead, container_ids, write_ledger
 from pipeline.output import deduplicate_output
-from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit
+from pipeline.sources import ReadUnit, discover, read_unit
+from pipeline.sources.listing import _refuse_colliding_ids
 from pipeline.stages import _png_name
 from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
 

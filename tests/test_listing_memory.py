@@ -13,8 +13,8 @@ import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline import sources
-from pipeline.sources import VERSION_FIELDS, _find_following_links, discover, listing_stamp
+from pipeline.sources import VERSION_FIELDS, discover, listing, listing_stamp
+from pipeline.sources.walk import _find_following_links
 
 # What any caller of the listing reads of an entry (discover: size, type, the version stamp; the walk: islink).
 READ_FIELDS = ("size", "type", "islink", *VERSION_FIELDS)
@@ -107,7 +107,7 @@ def test_discover_gives_the_same_units_as_with_the_old_listing(tree, monkeypatch
         root = tree.parent / "in-link"
         root.symlink_to(tree, target_is_directory=True)
     new = discover(str(root), files_per_unit=3)
-    monkeypatch.setattr(sources, "_find_following_links", _old_find_following_links)
+    monkeypatch.setattr(listing, "_find_following_links", _old_find_following_links)
     assert new == discover(str(root), files_per_unit=3)
     assert {p for u in new for p in u.paths} == {
         f"{root}/{p}" for p in ("a/b/c/z.parquet", "a/b/y.jpg", "a/back", "a/x.tar", "dangling.png", "file-link.png",

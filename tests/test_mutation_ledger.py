@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.job as job_module
-import pipeline.sources as sources_module
 from pipeline.job import _record_containers_read, plan_job, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger, unchanged_and_done, write_ledger
 from pipeline.output import JOB_FILE, SUMMARY_FILE, clear_output, write_json
-from pipeline.sources import ReadUnit, _read_parquet, discover, ids_digest, listing_stamp, read_unit
+from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit, tar_members
+from pipeline.sources.parquet_files import _read_parquet
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 
@@ -169,7 +169,7 @@ def test_a_shard_that_ends_early_is_read_once_not_retried(tmp_path, monkeypatch)
     # kills S14: the early end raised as an error that looks transient would fetch the damaged shard 4 times, with
     # back-off sleeps, before giving the same reject
     retries = []
-    monkeypatch.setattr(sources_module, "backoff", retries.append)
+    monkeypatch.setattr(tar_members, "backoff", retries.append)
     (tmp_path / "s.tar").write_bytes(_shard(3)[:3 * 1024])  # no end-of-archive blocks
     (unit,) = discover(str(tmp_path))
     records = list(read_unit(unit))

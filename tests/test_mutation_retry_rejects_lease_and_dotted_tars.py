@@ -1,5 +1,5 @@
 """Mutation-audit gaps in the code of --retry-rejects (pipeline/job.py), the watch of another machine's lease
-(pipeline/lease.py) and the tar shards of Kaggle-style names (pipeline/sources.py): each test here kills a hand-made
+(pipeline/lease.py) and the tar shards of Kaggle-style names (pipeline/sources/): each test here kills a hand-made
 mutant that every earlier fast test let through. No Ray: the end-of-run check, planning and reading are called
 directly."""
 
@@ -15,12 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.lease as output_lease
-import pipeline.sources as sources
 from pipeline.errors import JobError
 from pipeline.job import plan_job, run_status
 from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output
-from pipeline.sources import discover, read_unit
+from pipeline.sources import discover, file_bytes, read_unit, tar_members
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 from tests.leaseutil import garble_lease_after_each_sleep, write_foreign_lease
 
@@ -212,15 +211,15 @@ def test_a_dropped_connection_in_the_index_pass_restarts_it_without_counting_mem
     raw = tar_bytes({**{f"cat.{i}.jpg": image_bytes(8, 8, i, "JPEG") for i in range(6)}, "cat.2.cls": b"1"})
     (tmp_path / "s.tar").write_bytes(raw)
     (unit,) = discover(str(tmp_path))
-    storage_path = sources.storage_path
+    storage_path = file_bytes.storage_path
 
     def dropping(path: str, options: dict) -> tuple[Any, str]:
         fs, fs_path = storage_path(path, options)
         return type("FS", (), {"__getattr__": lambda self, name: getattr(fs, name),
                                "open": lambda self, p, mode: _DropsOnFirstOpen(raw)})(), fs_path
 
-    monkeypatch.setattr(sources, "storage_path", dropping)
-    monkeypatch.setattr(sources, "backoff", lambda attempt: None)
+    monkeypatch.setattr(file_bytes, "storage_path", dropping)
+    monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
     _DropsOnFirstOpen.opened = 0
     records = list(read_unit(unit, in_memory_bytes=0))
     assert _DropsOnFirstOpen.opened == 3  # the index pass that broke off, its restart, the data pass

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sources
-from pipeline.sources import discover, read_unit
+from pipeline.sources import discover, parquet_files, read_unit
 from tests.jobutil import image_bytes
 
 
@@ -54,14 +53,14 @@ def _flaky_iter_batches(monkeypatch, failures: int, after_rows: int):
             given += batch.num_rows
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", flaky)
-    monkeypatch.setattr(sources, "backoff", lambda attempt: 0.0)
+    monkeypatch.setattr(parquet_files, "backoff", lambda attempt: 0.0)
 
 
 def test_a_storage_error_mid_group_is_retried_from_where_it_stopped(tmp_path, monkeypatch) -> None:
     _file(tmp_path)
     (unit,) = discover(str(tmp_path))
     _flaky_iter_batches(monkeypatch, failures=2, after_rows=1)
-    records = list(sources._read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
+    records = list(parquet_files._read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
     assert [r["id"] for r in records] == [f"t.parquet#{i}" for i in range(6)]  # each once, in order
     assert all(r["kind"] == "image" for r in records)
 

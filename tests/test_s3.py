@@ -199,7 +199,7 @@ def test_a_bucket_that_cannot_be_read_is_not_called_missing(monkeypatch) -> None
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 
-    from pipeline import sources
+    from pipeline.sources import listing
 
     class Denied(MemoryFileSystem):
         def exists(self, path, **kwargs):  # as s3fs does for a bucket: any error reads as absent
@@ -208,12 +208,12 @@ def test_a_bucket_that_cannot_be_read_is_not_called_missing(monkeypatch) -> None
         def info(self, path, **kwargs):
             raise PermissionError("Forbidden: InvalidAccessKeyId")
 
-    monkeypatch.setattr(sources, "storage_path", lambda uri, options: (Denied(), "bucket"))
+    monkeypatch.setattr(listing, "storage_path", lambda uri, options: (Denied(), "bucket"))
     with pytest.raises(PermissionError, match="InvalidAccessKeyId"):
-        sources.discover("s3://bucket")
-    monkeypatch.setattr(sources, "storage_path", lambda uri, options: (fsspec.filesystem("memory"), "/no-such"))
+        listing.discover("s3://bucket")
+    monkeypatch.setattr(listing, "storage_path", lambda uri, options: (fsspec.filesystem("memory"), "/no-such"))
     with pytest.raises(FileNotFoundError, match="input s3://bucket does not exist"):
-        sources.discover("s3://bucket")
+        listing.discover("s3://bucket")
 
 
 def test_incremental_runs_on_s3_skip_unchanged_shards_unread_and_reread_a_replaced_one(s3, tmp_path,

@@ -16,7 +16,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit, relative_id
+from pipeline.sources import ReadUnit, discover, read_unit, relative_id
+from pipeline.sources.listing import _refuse_colliding_ids
 from pipeline.stages import read_stage, records_of
 from pipeline.storage import storage_path
 from tests.jobutil import image_bytes

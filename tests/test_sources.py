@@ -12,8 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sources
-from pipeline.sources import discover, ids_digest, read_unit
+from pipeline.sources import discover, file_bytes, ids_digest, read_unit, tar_members
 from pipeline.stages import read_stage, records_of
 from tests.jobutil import image_bytes, tar_bytes
 
@@ -96,7 +95,7 @@ def test_a_shard_over_the_memory_limit_is_streamed_never_fetched_whole(tmp_path,
     def no_whole_reads(path, options):
         raise AssertionError(f"{path} was fetched whole")
 
-    monkeypatch.setattr(sources, "read_bytes", no_whole_reads)
+    monkeypatch.setattr(file_bytes, "read_bytes", no_whole_reads)
     records = _records(shard, in_memory_bytes=shard.stat().st_size - 1)
     assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(20)]
     assert [r["meta"]["label"] for r in records[:-1]] == [i % 10 for i in range(20)]
@@ -129,14 +128,14 @@ class _DropsOnce:
 
 def _streams_drop_once(monkeypatch, raw: bytes) -> None:
     """Storage whose streams serve `raw` and drop the connection half-way through the second one."""
-    storage_path = sources.storage_path
+    storage_path = file_bytes.storage_path
 
     def dropping(path, options):
         fs, fs_path = storage_path(path, options)
         return type("FS", (), {"__getattr__": lambda self, name: getattr(fs, name),
                                "open": lambda self, p, mode: _DropsOnce(raw, cut=len(raw) // 2)})(), fs_path
 
-    monkeypatch.setattr(sources, "storage_path", dropping)
+    monkeypatch.setattr(file_bytes, "storage_path", dropping)
 
 
 def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tmp_path, monkeypatch) -> None:
@@ -145,7 +144,7 @@ def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tm
     shard.write_bytes(raw)
     _DropsOnce.opened = 0
     _streams_drop_once(monkeypatch, raw)
-    monkeypatch.setattr(sources, "backoff", lambda attempt: None)
+    monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
     records = _records(shard, in_memory_bytes=0)
     assert _DropsOnce.opened == 3  # the index pass, the data pass that broke off half-way, its restart
     assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(12)]
@@ -245,7 +244,7 @@ def test_a_link_target_is_read_again_after_a_dropped_connection(tmp_path, monkey
     (tmp_path / "big.tar").write_bytes(raw)
     _DropsOnce.opened = 0
     _streams_drop_once(monkeypatch, raw)
-    monkeypatch.setattr(sources, "backoff", lambda attempt: None)
+    monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
     records = _records(tmp_path / "big.tar", in_memory_bytes=0)
     assert _DropsOnce.opened == 3
     assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(12)] + ["big.tar/999"]

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit
+from pipeline.sources import ReadUnit, discover, read_unit
+from pipeline.sources.listing import _refuse_colliding_ids
 from tests.jobutil import image_bytes, tar_bytes
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.job import JobConfig, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
-from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit
+from pipeline.sources import ReadUnit, discover, read_unit
+from pipeline.sources.listing import _refuse_colliding_ids
 from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the shard read from memory, or streamed from storage twice

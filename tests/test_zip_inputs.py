@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.job import JobConfig, plan_job, run_job
 from pipeline.ledger import container_ids
-from pipeline.sources import ReadUnit, _refuse_colliding_ids, discover, read_unit
+from pipeline.sources import ReadUnit, discover, read_unit
+from pipeline.sources.listing import _refuse_colliding_ids
 from tests.jobutil import image_bytes, read_output, tiny_model_file
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the archive fetched whole, or read through ranges of it

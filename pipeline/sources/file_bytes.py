@@ -1,0 +1,114 @@
+"""An input file's bytes from storage, transient errors retried: read whole (`read_bytes`), or opened as often as a
+container reader needs (`_opener`: fetched once and served from memory up to `IN_MEMORY_BYTES`, streamed from storage
+when larger).
+
+An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
+the limit (`too_large`), decided from the size storage, the tar header or Arrow reports before its bytes are copied:
+one huge or garbage file must not take a read task's memory (and, after Ray's retries, the whole job) with it. A
+local FIFO, socket or device is not opened (`NotAFile`)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.sources.ids import text_name
+from pipeline.storage import storage_path, with_retries
+
+# Tar and Parquet files up to this size are fetched in one request and read from memory; larger ones are read
+# from storage piece by piece, so a worker's memory does not grow with the size of the files it is given.
+IN_MEMORY_BYTES = 256 * 2**20
+# The most bytes one image (a file, a tar member, a Parquet cell) may have; a larger one is rejected unread. Any image
+# the decoder accepts at its default 64 M pixels fits, even stored uncompressed at 16 bits per channel with alpha
+# (8 bytes a pixel: 488 MiB, a 16-bit RGBA TIFF scan); a real photo is far smaller (a 64 MP JPEG: tens of MB). Reading
+# and decoding one image at the limit takes about 1-2 GiB, what decoding a 64 M pixel image takes anyway.
+MAX_IMAGE_BYTES = 512 * 2**20
+
+
+class ImageTooLarge(ValueError):
+    """An input over the per-image byte limit, found before its bytes were read (a permanent error: not retried)."""
+
+
+class NotAFile(ValueError):
+    """A local input entry that is not a regular file (a FIFO, socket or device): reading one would wait for a writer
+    forever (a FIFO) or never end (/dev/zero), so it is not opened (a permanent error: not retried)."""
+
+
+_NOT_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _refuse_special_file(fs_path: str) -> None:
+    """Raise NotAFile for a local path (or link to) a FIFO, socket or device; a folder is left to open's own error."""
+    mode = os.stat(fs_path).st_mode
+    for test, kind in _NOT_FILE_KINDS:
+        if test(mode):
+            raise NotAFile(f"{text_name(os.path.basename(fs_path))} is {kind}, not a regular file, so it was not read "
+                           "(reading it could wait or run forever)")
+
+
+def too_large(what: str, size: int | None, max_image_bytes: int) -> str:
+    """The reject reason of an input over `max_image_bytes` (size None: storage gave none, and more was there)."""
+    limit = f"--max-image-mb {max_image_bytes / 2**20:g}"
+    found = f"is {size / 2**20:.1f} MiB ({size:,} bytes)" if size is not None else f"holds more than {max_image_bytes:,} bytes"
+    return (f"{what} {found}, over {limit}, so it was not read; to purify it, run again with a larger --max-image-mb "
+            "and --retry-rejects")
+
+
+def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None = None,
+               listed_size: int | None = None) -> bytes:
+    """The whole object, retrying transient storage errors. With `max_bytes`, a larger object raises ImageTooLarge
+    before its bytes are read (from the size the opened file reports); where storage reports no size, at most
+    `max_bytes` + 1 bytes are read to find out. `listed_size`: its size from the input's listing; on an object store
+    the object is then fetched with one ranged GET (opening it sends a HEAD first: one more request per image)."""
+
+    def once() -> bytes:
+        fs, fs_path = storage_path(path, storage_options)
+        if listed_size and not isinstance(fs, LocalFileSystem):  # 0 bytes: a range is refused (416), open it
+            if max_bytes is not None and listed_size > max_bytes:
+                raise ImageTooLarge(too_large("image file", listed_size, max_bytes))
+            # The range ends past the limit, so an object grown since it was listed is still caught, and not read whole.
+            data = fs.cat_file(fs_path, start=0, end=max_bytes + 1 if max_bytes is not None else None)
+            if max_bytes is not None and len(data) > max_bytes:
+                raise ImageTooLarge(too_large("image file", None, max_bytes))
+            return data
+        if isinstance(fs, LocalFileSystem):
+            _refuse_special_file(fs_path)
+        with fs.open(fs_path, "rb") as f:
+            size = getattr(f, "size", None)
+            if max_bytes is None or isinstance(size, int):
+                if max_bytes is not None and size > max_bytes:
+                    raise ImageTooLarge(too_large("image file", size, max_bytes))
+                return f.read()
+            # No size: read in pieces (read(max_bytes + 1) would allocate the whole limit for every small file).
+            chunks, total = [], 0
+            while total <= max_bytes and (chunk := f.read(min(2**20, max_bytes + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
+            if total > max_bytes:
+                raise ImageTooLarge(too_large("image file", None, max_bytes))
+            return b"".join(chunks)
+
+    return with_retries(once, f"read {path}")
+
+
+def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
+            listed_size: int | None = None) -> Callable[[], BinaryIO]:
+    """How to open `path` for reading, as often as needed: a file of at most `in_memory_bytes` is fetched once
+    and served from memory; a larger one is opened on storage each time, and read piece by piece. `listed_size`: its
+    size from the input's listing, which spares asking storage for it (a HEAD per shard on an object store)."""
+    fs, fs_path = storage_path(path, fs_opts)
+    size = listed_size if listed_size is not None else with_retries(lambda: fs.size(fs_path), f"stat {path}")
+    if size <= in_memory_bytes:
+        try:
+            # Listed: at most in_memory_bytes + 1 bytes, so a file grown past the limit since is streamed instead.
+            raw = read_bytes(path, fs_opts, in_memory_bytes if listed_size is not None else None, listed_size)
+            return lambda: io.BytesIO(raw)
+        except ImageTooLarge:
+            pass
+    return lambda: with_retries(lambda: fs.open(fs_path, "rb"), f"open {path}")

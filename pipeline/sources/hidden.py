@@ -1,0 +1,32 @@
+"""Hidden entries: a name or folder starting with '.' or '_' is skipped, in a folder's listing and in a zip archive,
+and counted (`HiddenSkipped`), so that a run can say what it left out (`hidden_note`)."""
+
+from __future__ import annotations
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith((".", "_")) for part in rel.split("/"))
+
+
+HIDDEN_EXAMPLES = 10  # names of hidden entries a run's summary shows (its count is of all of them)
+
+
+class HiddenSkipped:
+    """Hidden entries (`_hidden`: a name or folder starting with '.' or '_') left out of a run: how many, and the
+    first few names. Counted so that an input whose images all lie under such a name (a mislabelled `_train/`)
+    does not end as "0 read" with no hint."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.examples) < HIDDEN_EXAMPLES:
+            self.examples.append(name)
+
+
+def hidden_note(count: int, examples: list[str]) -> str:
+    """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
+    shown = ", ".join(examples[:3]) + (", ..." if count > 3 else "")
+    return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"

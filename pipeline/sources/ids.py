@@ -1,0 +1,78 @@
+"""Record ids and their digests. A file's id is its path relative to the input root, as valid text (`relative_id`,
+`text_name`); a container's records add to the container's id ('s.tar/key', 'a.zip/x/y.jpg', 't.parquet#3',
+'s.tar#unreadable', a tar shard's look-alike rejects: `LOOKALIKE`). A set of ids is hashed by `ids_key` and
+`ids_digest` (part file names, pipeline.ledger)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable
+
+# The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
+# id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
+LOOKALIKE = "#lookalike/"
+
+
+def text_name(name: str) -> str:
+    """`name` as valid UTF-8 text: ids, sources, errors and column names are Parquet strings, which must be. A local
+    name that is not UTF-8 (a latin-1 'café' from an old disk or tar) reaches Python with each byte it cannot decode
+    as a lone surrogate (surrogateescape); such a byte is written as `\\xe9` (Python's backslashreplace) and, in such
+    a name only, a backslash as `\\\\`, so the name's bytes can be read back from it (any other lone surrogate, from a
+    JSON escape, as `\\ud800`). A valid name is returned unchanged: the ids earlier runs wrote stay the same."""
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # one undecodable byte, 0x80-0xff
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def relative_id(path: str, root: str) -> str:
+    """A path relative to the input root, '/'-separated (the record id for file inputs), as valid text (`text_name`)."""
+    path, root = path.split("://", 1)[-1], root.split("://", 1)[-1].rstrip("/")
+    if path == root:
+        return text_name(posixpath.basename(path))
+    # A listed path is its root, '/', then plain names: cut it there. posixpath.relpath makes both paths absolute
+    # and splits them (10 us a path): called several times for each of a listing's files, it was seconds at 100k.
+    if root and path.startswith(root + "/"):
+        rest = path[len(root) + 1 :]
+        if not any(part in ("", ".", "..") for part in rest.split("/")):
+            return text_name(rest)
+    return text_name(posixpath.relpath(path, root))
+
+
+def ids_key(ids: Iterable[str]) -> bytes:
+    """The bytes a set of ids is hashed by: one text per set, whatever the order, and never the same for two sets.
+
+    Ids joined by newlines, as every earlier version did (so part file names and ledger digests stay as they were),
+    unless an id holds a newline or NUL: a file may be named "a.png\nb.png", and the joined set {"a.png\nb.png"} would
+    then equal {"a.png", "b.png"}: two write batches would share a part file name and the second would replace the
+    first. Such sets are written as a JSON list behind a NUL, which no joined form starts with.
+    """
+    ordered = sorted(ids)
+    if any("\n" in i or "\0" in i for i in ordered):
+        text = "\0" + json.dumps(ordered, ensure_ascii=True)
+    else:
+        text = "\n".join(ordered)
+    # surrogatepass: an id that is not valid text (undecodable bytes in a file name) cannot stop the hash
+    return text.encode("utf-8", "surrogatepass")
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """A digest of a set of ids, independent of their order (pipeline.ledger compares it with the output's ids)."""
+    return hashlib.sha256(ids_key(ids)).hexdigest()

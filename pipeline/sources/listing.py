@@ -1,0 +1,194 @@
+"""Input discovery: the read units under an input URI (`discover`), each file's kind by its suffix (a tar shard, a
+Parquet file, a zip archive, else an image file), hidden files skipped and counted, and the checks that stop a run
+whose files would give one id twice (a file under a container's id, a name written with escapes beside its twin)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
+from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
+from pipeline.sources.units import ReadUnit, listing_stamp
+from pipeline.sources.walk import _find_following_links
+from pipeline.storage import describe, is_url_chain, storage_path, with_protocol, with_retries
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+ZIP_SUFFIXES = (".zip",)
+
+
+def _is_tar(path: str) -> bool:
+    return path.lower().endswith(TAR_SUFFIXES)
+
+
+def _is_parquet(path: str) -> bool:
+    return path.lower().endswith(PARQUET_SUFFIXES)
+
+
+def _is_zip(path: str) -> bool:
+    return path.lower().endswith(ZIP_SUFFIXES)
+
+
+def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
+    """The folder an input's ids are relative to (`discover`: the input folder, or a single input file's folder),
+    normalised so that one location compares equal however it is written ('file://', './', a trailing '/'): a
+    local one with links resolved (a 'latest' link moved to another day's folder is another input), a remote one
+    with its protocol. None when the input is not there (`discover` says so, with its hints)."""
+    fs, path = storage_path(uri, storage_options)
+    try:
+        info = with_retries(lambda: fs.info(path), f"look up {uri}")
+    except FileNotFoundError:
+        return None
+    folder = posixpath.dirname(path) if info.get("type") == "file" else path
+    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+        return os.path.realpath(folder)
+    return with_protocol(fs, folder.rstrip("/"))
+
+
+def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64,
+             hidden: HiddenSkipped | None = None, exclude: Callable[[str], bool] | None = None) -> list[ReadUnit]:
+    """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped (counted in
+    `hidden`, from the same listing: no more storage requests). A hidden file for which `exclude` (given the listed
+    path with its protocol) is true is left out uncounted: the job's own output files, found inside its input.
+
+    Every non-hidden file is an input: tar and Parquet files by suffix, everything else as an image
+    file (its content decides; a non-image ends up in rejects with the reason, never silently dropped).
+    """
+    if is_url_chain(uri):
+        raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
+                         "(s3://..., a path) and its settings with --storage-option")
+    fs, root = storage_path(uri, storage_options or {})
+    try:
+        # Not fs.exists: s3fs answers False for a bucket on any error, so a revoked key or a throttled request read
+        # "does not exist"; info raises what went wrong (PermissionError, a transient OSError to retry).
+        fs.info(root)
+    except FileNotFoundError:
+        glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
+        raise FileNotFoundError(f"input {uri} does not exist{glob}") from None
+    if fs.isfile(root):
+        listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
+    else:
+        # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
+        # ending in '/' is an object store's folder marker (S3 console "Create folder", Hadoop tools): not a file.
+        unlistable: list[tuple[str, OSError]] = []
+        listed, skipped = {}, []
+        for p, info in _find_following_links(fs, root, unlistable=unlistable).items():
+            if p.endswith("/") and not info.get("size"):
+                continue
+            rel = relative_id(p, root)
+            if _hidden(rel):
+                # the output's _summary.json, lease, temporaries: not the user's input, so no hidden input skipped
+                if exclude is None or not exclude(with_protocol(fs, p)):
+                    skipped.append(rel)
+            else:
+                listed[p] = info
+        if hidden is not None:  # set, not added to: a retried listing counts once
+            hidden.count, hidden.examples = len(skipped), sorted(skipped)[:HIDDEN_EXAMPLES]
+        unlistable = [(p, err) for p, err in unlistable if p == root or not _hidden(relative_id(p, root))]
+        if unlistable:  # its files would be left out of the run unseen, and the run called complete
+            folder, err = unlistable[0]
+            more = f" (and {len(unlistable) - 1} more)" if len(unlistable) > 1 else ""
+            raise OSError(err.errno, f"input folder {text_name(folder)}{more} cannot be listed ({describe(err)}), so "
+                          "its files would be left out of the run unseen: make it readable, or move it out of the input "
+                          "(a folder whose name starts with '_' or '.' is skipped)") from err
+        root_dir = root
+    root_uri = with_protocol(fs, root_dir)
+    units: list[ReadUnit] = []
+    images: list[tuple[str, int | None]] = []
+    for p in sorted(listed):
+        full, size = with_protocol(fs, p), listed[p].get("size")
+        if _is_tar(p):
+            units.append(ReadUnit("tar", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
+        elif _is_parquet(p):
+            units.append(ReadUnit("parquet", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
+        elif _is_zip(p):
+            units.append(ReadUnit("zip", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
+        else:
+            images.append((full, size))
+    # containers too: on an object store a shard 'd.tar/x.parquet' can lie under a shard 'd.tar'
+    _refuse_colliding_ids(units, [*(p for p, _ in images), *(u.paths[0] for u in units)], root_uri)
+    _refuse_escaped_twins(sorted(listed), root_dir)
+    for i in range(0, len(images), files_per_unit):
+        group = images[i : i + files_per_unit]
+        units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
+    return units
+
+
+def _odd_key(path: str) -> bool:
+    """An object store key with an empty, '.' or '..' folder ('a//b.png', 'a/./b.png', 'x/../b.png'), or holding bytes
+    under a name ending in '/': its id drops them (`relative_id`), so another key may give the same id."""
+    return "//" in path or "/./" in path or "/../" in path or path.endswith(("/", "/.", "/.."))
+
+
+def _refuse_escaped_twins(paths: list[str], root: str) -> None:
+    """Stop when two listed files give one id, which the output keeps once, so one of the two would be lost: a name that
+    is not UTF-8, written with escapes (`text_name`: b'caf\\xe9.png' as 'caf\\xe9.png'), and a file that is named so (a
+    literal backslash, 'x', two hex digits); or, on an object store, keys that differ only in empty, '.' or '..'
+    folders ('a//b.png' beside 'a/b.png'). Looked for only when some name is not UTF-8 or some key has such a folder
+    (the only ways two files give one id); renaming one is the fix."""
+    if all((p.isascii() or text_name(p) == p) and not _odd_key(p) for p in paths):
+        return
+    first: dict[str, str] = {}
+    twins = []
+    for p in paths:
+        id_ = relative_id(p, root)
+        if id_ in first:
+            twins.append((first[id_], p))
+        first.setdefault(id_, p)
+    escaped = [(a, b) for a, b in twins if not (_odd_key(a) or _odd_key(b))]
+    if escaped:
+        def named(p: str) -> str:  # the two print alike as text; their bytes tell them apart (as for tar members)
+            try:
+                raw = p.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = p.encode("utf-8", "surrogatepass")
+            return f"{text_name(p)} (as bytes: {raw!r})"
+
+        shown = "; ".join(f"{named(a)} and {named(b)}" for a, b in escaped[:5])
+        raise ValueError(f"{len(escaped)} pair(s) of input files have one id once the bytes of a name that are not "
+                         f"UTF-8 are written as \\xNN, so one of each pair would be lost from the output: {shown}; "
+                         "rename one")
+    if twins:
+        shown = "; ".join(f"{text_name(a)!r} and {text_name(b)!r} (id {relative_id(a, root)})" for a, b in twins[:5])
+        raise ValueError(f"{len(twins)} pair(s) of input files have one id, since an id leaves out the empty, '.' and "
+                         f"'..' folders of an object's key, so one of each pair would be lost from the output: {shown}; "
+                         "rename (copy and delete) one")
+
+
+def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], root: str) -> None:
+    """Stop when an image file's id could equal a tar member's (`x.tar/k`, or `x.tar/cat.0` for a shard of Kaggle-style
+    names), a zip member's (`x.zip/a/b.jpg`) or a reject's or Parquet row's (`x.tar#unreadable`, `t.parquet#0`): the
+    output keeps one row per id, so one of the two would be lost. Any file under a tar shard or zip archive (its id, then
+    '/') is refused, whatever its name: a tar key may hold dots, and `pipeline.ledger` counts every id under a
+    container as the container's; so is one under a shard's look-alike rejects (`x.tar#lookalike/`). Only odd names
+    collide (on an object store, an object `x.tar/k.png` beside a shard `x.tar`, or `x.zip/a.jpg` beside `x.zip`; a
+    file named `t.parquet#0`); renaming one is the fix."""
+    containers_by_id = {relative_id(unit.paths[0], root): unit for unit in containers}
+
+    def clash(id_: str) -> str | None:
+        head, sep, rest = id_.rpartition("#")  # the last '#': a folder's name may hold one (as container_ids)
+        if sep and head in containers_by_id and (rest == "unreadable" or rest.isdigit()):
+            return containers_by_id[head].paths[0]
+        head, sep, _ = id_.partition(LOOKALIKE)
+        if sep and head in containers_by_id and containers_by_id[head].kind == "tar":
+            return containers_by_id[head].paths[0]
+        # A shard whose id is one of this id's folders: looked up folder by folder, not shard by shard (files x
+        # shards comparisons took 10 s for 100,000 files beside 200 shards, and grew with both).
+        at = id_.find("/")
+        while at > 0:
+            unit = containers_by_id.get(id_[:at])
+            if unit is not None and unit.kind in ("tar", "zip"):
+                return unit.paths[0]
+            at = id_.find("/", at + 1)
+        return None
+
+    if not containers_by_id:
+        return
+    clashes = [(path, found) for path in image_files if (found := clash(relative_id(path, root)))]
+    if clashes:
+        shown = "; ".join(f"{path} (beside {container})" for path, container in clashes[:5])
+        raise ValueError(f"{len(clashes)} input file(s) have ids that a tar or zip member's or a Parquet row's id could "
+                         f"equal, so one of the two would be lost from the output: {shown}; rename them")

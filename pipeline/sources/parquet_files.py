@@ -1,0 +1,174 @@
+"""The reader of Parquet files: one record per row, its image from the image column (`find_image_column`), the other
+columns passed through with their Arrow types; read a row group at a time, a storage error retried from the row it
+stopped at."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.sources.file_bytes import _opener, too_large
+from pipeline.sources.ids import relative_id
+from pipeline.sources.records import _image_record, passthrough_name, reject_record
+from pipeline.sources.units import ReadUnit
+from pipeline.storage import backoff, describe, is_transient
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
+
+
+def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
+    """The Parquet column holding image bytes: a struct<bytes, path> (Hugging Face layout) or binary (also large,
+    view or dictionary-encoded); a list<uint8> only when named (--image-column, or one of the usual image names),
+    since such a list may as well hold numbers that are not a file."""
+    def usable(field: pa.Field, named: bool = False) -> bool:
+        t = field.type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if pa.types.is_struct(t):
+            return t.get_field_index("bytes") >= 0
+        if named and (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_uint8(t.value_type):
+            return True
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+    if requested:
+        if requested not in schema.names:
+            raise ValueError(f"image column {requested!r} not in Parquet columns {schema.names}")
+        if not usable(schema.field(requested), named=True):
+            raise ValueError(f"column {requested!r} has type {schema.field(requested).type}, not image bytes")
+        return requested
+    for name in IMAGE_COLUMN_CANDIDATES:
+        if name in schema.names and usable(schema.field(name), named=True):
+            return name
+    for field in schema:
+        if usable(field):
+            return field.name
+    raise ValueError(f"no image column (struct<bytes, path> or binary) among Parquet columns {schema.names}")
+
+
+def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
+                  max_image_bytes: int, rows_per_batch: int = 256,
+                  skip_ids: frozenset[str] | set[str] = frozenset(), attempts: int = 4) -> Iterator[dict[str, Any]]:
+    """One record per row, read a row group at a time, a few hundred rows at a time (a large file is never all in
+    Python objects). A cell over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never
+    copied into Python. A row whose id is in `skip_ids` (done in an earlier run) gives a "skipped" record instead, its
+    cell never copied; a row group whose rows are all done is not read at all (on a streamed file, not fetched).
+
+    The footer says how many rows each group has, so every row's id is known before its group is read: a group whose
+    data is damaged makes one reject per row it has left, and the next group is read. A storage error is retried with
+    the file opened again, resuming after the rows already given; one that persists ends the file with its
+    '#unreadable' reject, and the rows not read are left for the next run."""
+    (path,) = unit.paths
+    rel = relative_id(path, unit.root)
+    with contextlib.ExitStack() as stack:
+        try:
+            # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
+            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            parquet = pq.ParquetFile(stack.enter_context(open_file()))
+            column = find_image_column(parquet.schema_arrow, image_column)
+            # Arrow cannot select a column by a name the file holds twice: every row was a reject saying its row group
+            # "cannot be read" (KeyError), of a file whose data is whole
+            twice = sorted(name for name, n in Counter(parquet.schema_arrow.names).items() if n > 1)
+            if twice:
+                raise ValueError(f"columns named more than once ({', '.join(map(repr, twice))}), whose values could not "
+                                 "be told apart in the output: rename them")
+        except Exception as err:  # noqa: BLE001
+            yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
+            return
+        others = [n for n in parquet.schema_arrow.names if n != column]
+        # the input's Arrow types, by output column, so the writer keeps them (Python values lose float32, int32, ...)
+        types = {passthrough_name(f.name): f.type for f in parquet.schema_arrow if f.name != column}
+
+        def row_record(i: int, row: dict[str, Any], cell: pa.Scalar) -> dict[str, Any]:
+            if f"{rel}#{i}" in skip_ids:
+                return {"kind": "skipped", "id": f"{rel}#{i}"}
+            size = _cell_size(cell)
+            if size is not None and size > max_image_bytes:
+                return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
+                    f"row {i}: image column {column!r}", size, max_image_bytes), "read")
+            record = _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, others)
+            if record["kind"] == "image":
+                record["meta_types"] = types
+            return record
+
+        first = 0  # the current group's first row
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if skip_ids and all(f"{rel}#{j}" in skip_ids for j in range(first, first + rows)):
+                yield from ({"kind": "skipped", "id": f"{rel}#{j}"} for j in range(first, first + rows))
+                first += rows
+                continue
+            given = 0  # rows of this group already yielded: a retried read resumes after them
+            for attempt in range(attempts):
+                try:
+                    at_row = 0
+                    for table in parquet.iter_batches(batch_size=rows_per_batch, row_groups=[group]):
+                        cells = table.column(column)
+                        for at, row in enumerate(table.select(others).to_pylist()):
+                            if at_row >= given:
+                                yield row_record(first + at_row, row, cells[at])
+                                given += 1
+                            at_row += 1
+                    if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
+                        raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
+                    break
+                except Exception as err:  # noqa: BLE001 - classified here
+                    if is_transient(err) and attempt < attempts - 1:
+                        backoff(attempt)
+                        # a fresh connection for the next attempt; if opening fails too, it tries the old one
+                        with contextlib.suppress(Exception):
+                            parquet = pq.ParquetFile(stack.enter_context(open_file()))
+                        continue
+                    if is_transient(err):
+                        yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after "
+                                            f"{first + given} rows: {describe(err)}", "read")
+                        return
+                    for j in range(first + given, first + rows):  # damaged data: these rows, and only these, are lost
+                        yield {"kind": "skipped", "id": f"{rel}#{j}"} if f"{rel}#{j}" in skip_ids else reject_record(
+                            f"{rel}#{j}", f"{path}#{j}", f"row {j}: row group {group} of the Parquet file cannot be "
+                            f"read: {describe(err)}", "read")
+                    break
+            first += rows
+
+
+def _cell_size(cell: pa.Scalar) -> int | None:
+    """How many bytes an image cell holds, from Arrow's buffers (nothing is copied); None for no value."""
+    if isinstance(cell, pa.DictionaryScalar):
+        cell = cell.value
+    if isinstance(cell, pa.StructScalar):
+        if not cell.is_valid:
+            return None
+        cell = cell["bytes"]
+    if not cell.is_valid:
+        return None
+    if isinstance(cell, pa.ListScalar | pa.LargeListScalar):  # list<uint8>: one byte per item
+        return len(cell.values)
+    return cell.as_buffer().size if isinstance(cell, pa.BinaryScalar | pa.LargeBinaryScalar | pa.BinaryViewScalar) else None
+
+
+def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column: str,
+                        others: list[str]) -> dict[str, Any]:
+    value = row[column]
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if isinstance(data, list) and None not in data:  # list<uint8>
+        data = bytes(data)
+    # the input's own `id`, `source`, ... under input_id, input_source (`passthrough_name`): the job's columns keep theirs
+    meta = {passthrough_name(n): row[n] for n in others}
+    if isinstance(value, dict) and value.get("path") is not None:
+        meta["original_path"] = value["path"]  # an input's own original_path column is input_original_path
+    if not isinstance(data, bytes) or not data:
+        elsewhere = value.get("path") if isinstance(value, dict) else None
+        # Hugging Face's Image feature may keep only a path to a file outside the Parquet file
+        hint = (f", only a path ({elsewhere}) to an image outside the Parquet file, which is not read: write the "
+                "images into the file (datasets: embed_external_files) or give the image files as input"
+                ) if elsewhere else ""
+        # what the cell holds: "no bytes" was said of a list<uint8> with a null item and of a struct's text 'bytes' too
+        what = ("no bytes" if data is None or data == b"" or data == [] else
+                f"a list with {data.count(None)} null item(s), not bytes" if isinstance(data, list) else
+                f"a {type(data).__name__} value, not bytes")
+        return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds {what}{hint}", "read")
+    return _image_record(id_, f"{path}#{i}", data, meta)

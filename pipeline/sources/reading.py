@@ -1,0 +1,85 @@
+"""Reading one read unit: the reader of its container kind, ids done in an earlier run skipped, and the unit's
+"count" record (how many records it gave, the hidden entries it skipped; for a container read to its end, its ids'
+digest, kept by pipeline.ledger)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
+from pipeline.sources.hidden import HiddenSkipped
+from pipeline.sources.ids import LOOKALIKE, ids_digest, relative_id
+from pipeline.sources.image_files import _read_files
+from pipeline.sources.parquet_files import _read_parquet
+from pipeline.sources.tar_shards import _read_tar
+from pipeline.sources.units import ReadUnit
+from pipeline.sources.zip_archives import _read_zip
+
+
+def read_unit(
+    unit: ReadUnit,
+    storage_options: dict[str, Any] | None = None,
+    labels_from_folders: bool = False,
+    image_column: str | None = None,
+    skip_ids: frozenset[str] | set[str] = frozenset(),
+    in_memory_bytes: int = IN_MEMORY_BYTES,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+    purified_ids: frozenset[str] | set[str] = frozenset(),
+) -> Iterator[dict[str, Any]]:
+    """Records of one unit, skipping ids already done, followed by one "count" record.
+
+    Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice). An image
+    file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read.
+    A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
+    it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
+    the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
+    `purified_ids`: done ids that are in data/ (`_read_tar`; those with '\\x' are enough)."""
+    opts = storage_options or {}
+    if unit.kind == "files":
+        records = _read_files(unit, opts, labels_from_folders, max_image_bytes)
+    elif unit.kind == "tar":
+        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids)
+    elif unit.kind == "parquet":
+        records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
+    elif unit.kind == "zip":
+        records = _read_zip(unit, opts, in_memory_bytes, max_image_bytes, labels_from_folders, skip_ids)
+    else:
+        raise ValueError(f"unknown read unit kind {unit.kind!r}")
+    container = unit.kind != "files"
+    broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable" if container else None
+    lookalike = f"{relative_id(unit.paths[0], unit.root)}{LOOKALIKE}" if container else ""
+    ids: list[str] = []  # a container's record ids, to digest
+    lookalikes: list[str] = []
+    superseded: list[str] = []
+    hidden = HiddenSkipped()
+    whole = True
+    n = skipped = 0
+    for record in records:
+        if record["kind"] == "superseded":
+            superseded.extend(record["ids"])
+            continue
+        if record["kind"] == "hidden":  # a zip member skipped as hidden: no record, only counted
+            hidden.add(record["name"])
+            continue
+        if record["id"] == broken:
+            whole = False
+        elif container:
+            ids.append(record["id"])
+            if record["id"].startswith(lookalike):
+                lookalikes.append(record["id"])
+        if record["kind"] == "skipped" or record["id"] in skip_ids:
+            skipped += 1
+            continue
+        n += 1
+        yield record
+    count: dict[str, Any] = {"kind": "count", "n": n, "skipped": skipped}
+    if hidden.count:
+        count["hidden"], count["hidden_examples"] = hidden.count, hidden.examples
+    if container and whole:
+        count["container"] = {"path": unit.paths[0], "records": len(ids), "ids_sha256": ids_digest(ids)}
+        if superseded:  # ids an older version gave this container's records, if the output holds them
+            count["container"]["superseded"] = superseded
+        if lookalikes:
+            count["container"]["lookalike"] = lookalikes
+    yield count

@@ -1,0 +1,53 @@
+"""Records, as the readers yield them: raw bytes plus metadata, one record per input image; decoding happens in a
+later stage so that a bad file becomes one reject row, never a failed block. Every record has a stable `id` (what
+resume and incremental runs key on, `pipeline.sources.ids`) and a `source` saying where it came from.
+
+Record kinds flowing through the job:
+- "image": id, source, source_sha256, data (bytes), meta (pass-through columns, e.g. label, named apart from the job's
+  own: `passthrough_name`), and for a Parquet row meta_types (each meta column's Arrow type in the input)
+- "reject": id, source, source_sha256 (may be None), error, stage, rejected_at (when it was made, UTC)
+- "count": n — how many image+reject records one read unit produced (checks read = purified + rejected); with
+  "hidden" and "hidden_examples" when the unit skipped hidden entries (a zip archive's `__MACOSX/`, `_x`; a tar
+  shard's macOS metadata); made by `pipeline.sources.reading.read_unit`
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.sources.ids import text_name
+
+# The data table's own columns (pipeline.stages._data_table writes them; original_path is the path field of a Parquet
+# input's struct<bytes, path> image). An input's column of one of these names is renamed (`passthrough_name`).
+JOB_COLUMNS = frozenset({"id", "image", "width", "height", "source", "source_sha256", "original_path", "original_mode",
+                         "original_format", "original_frames", "psnr_vs_input_db", "downscale_factor"})
+RENAMED_PREFIX = "input_"
+
+
+def passthrough_name(name: str) -> str:
+    """The output column of an input's own column (a Parquet column, a tar .json key or sidecar): its name, unless that
+    is one of the job's columns (`JOB_COLUMNS`), or one with `input_` (once or more) before it; such a name gets one more
+    `input_` (id -> input_id, and input_id, as in a re-purified output, -> input_input_id). The rule looks at the name
+    alone, so a column has one name in every part file, and no two input names get the same one: none is lost."""
+    bare = name
+    while bare.startswith(RENAMED_PREFIX):
+        bare = bare[len(RENAMED_PREFIX) :]
+    return RENAMED_PREFIX + name if bare in JOB_COLUMNS else name
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "image", "id": text_name(id_), "source": text_name(source), "source_sha256": sha256(data),
+            "data": data, "meta": meta}
+
+
+def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:
+    # rejected_at: of two reject rows of one id (a --retry-rejects run killed before its end-of-run check), the end of
+    # a later run keeps the newer, today's reason; the order of the file names says nothing about which is newer
+    return {"kind": "reject", "id": text_name(id_), "source": text_name(source), "source_sha256": source_sha256,
+            "error": text_name(error), "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}

@@ -1,0 +1,211 @@
+"""The reader of tar shards: one record per WebDataset key, in two sequential passes (headers, then data), so that
+memory does not grow with the shard; keys done in an earlier run skipped unread, keys that give one id refused
+together."""
+
+from __future__ import annotations
+
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pipeline.sources.file_bytes import _opener
+from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
+from pipeline.sources.records import reject_record
+from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
+from pipeline.sources.units import ReadUnit
+from pipeline.sources.webdataset_keys import _split_key, _tar_key, _tar_key_record
+from pipeline.storage import describe
+
+
+def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
+              skip_ids: frozenset[str] | set[str] = frozenset(),
+              purified_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
+    """One record per key, in two sequential passes, so that memory does not grow with the shard.
+
+    Pass 1 reads only the headers: which members each key has (`_tar_key`: WebDataset's keys, a numbered name such as
+    Kaggle's 'cat.0.jpg' keyed with its number), and what each link points to. Pass 2 reads the
+    members and emits a key's record as soon as its last member has gone by, so only keys still waiting for a member
+    are held: one at a time in a WebDataset shard, whose keys are contiguous, though a key's members may be anywhere.
+    A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
+    keys are emitted, and a symlink to a later member waits, like its key, for that member. A shard of at most
+    `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
+    twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read: its key is a reject.
+    A key whose id is in `skip_ids` (done in an earlier run) is not read either: one "skipped" record stands for it.
+    Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
+    (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
+    (`LOOKALIKE`), given once: the purified row keeps the id.
+    """
+    (path,) = unit.paths
+    shard = relative_id(path, unit.root)
+
+    def unreadable(keys: int, err: BaseException) -> dict[str, Any]:
+        return reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after {keys} keys: {describe(err)}",
+                             "read")
+
+    try:
+        open_stream = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+    except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
+        yield unreadable(0, err)
+        return
+
+    members_of, split, links, index_error, metadata = _index_tar(open_stream)
+    failure = unreadable(len(members_of), index_error) if index_error else None
+    yield from ({"kind": "hidden", "name": f"{shard}/{text_name(name)}"} for name in metadata)  # counted, not inputs
+    # 'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
+    # keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes
+    def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
+        return f"{shard}/{text_name(key)}"
+
+    # by id, not by key: a latin-1 'caf\xe9.0.jpg' (split from 'caf\xe9') beside a member literally named
+    # 'caf\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out of date
+    # and the keys macOS metadata alone gave ('s.tar/d/' for 'd/._a.png', '.DS_Store'): a version that read it as
+    # members gave each such key one reject
+    older = {*split, *(key for name in metadata for key in (_tar_key(name)[0], _split_key(name)[0]))}
+    superseded = sorted({key_id(key) for key in older} - {key_id(key) for key in members_of})
+    if superseded:
+        yield {"kind": "superseded", "ids": superseded}
+    # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
+    done: set[str] = {key for key in members_of if key_id(key) in skip_ids}
+    yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
+    # a key that is not UTF-8 and one named with its escapes ('caf\xe9' literally): one id, which the output keeps once
+    for id_, twins in _escaped_twin_keys(members_of, key_id).items():
+        if twins[0] not in done:
+            done.update(twins)  # neither is read: one reject names them all, so that no image goes unnoticed
+            yield reject_record(id_, f"{path}:{twins[0]}", _twin_members_error(members_of, twins, id_), "read")
+        elif id_ in purified_ids:  # one was purified under the id before the other was added: skipped, it would vanish
+            lookalike = f"{shard}{LOOKALIKE}{text_name(twins[0])}"
+            yield {"kind": "skipped", "id": lookalike} if lookalike in skip_ids else reject_record(
+                lookalike, path, _twin_members_error(members_of, twins, id_, purified_before=True), "read")
+    # target position -> links still to be emitted that read it; its bytes are kept while any are
+    readers: Counter[int] = Counter()
+    targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
+    skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
+    for link in links.values():
+        key = _tar_key(link.name)[0]
+        if isinstance(link.target, int) and key not in done and link.name not in skipped_names:
+            readers[link.target] += 1
+            targets_of.setdefault(key, []).append(link.target)
+
+    seen: dict[str, Counter[str]] = {}
+    # members still to go by, per key, and keys that had one more than pass 1 counted (never whole): a running count,
+    # as comparing `seen` with `members_of` at every member took time quadratic in a key's members
+    left: dict[str, int] = {}
+    extra: set[str] = set()
+    parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
+    errors: dict[str, str] = {}
+    kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
+    waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
+
+    def pending(key: str) -> bool:
+        return key in members_of and key not in done
+
+    def wanted(position: int, member: tarfile.TarInfo) -> bool:
+        return (member.name not in skipped_names and pending(_tar_key(member.name)[0])) or readers[position] > 0
+
+    def record(key: str) -> dict[str, Any]:
+        for target in targets_of.pop(key, []):
+            readers[target] -= 1
+            if readers[target] <= 0:
+                kept.pop(target, None)
+        return _tar_key_record(path, key_id(key), key, parts.pop(key, {}), errors.pop(key, None), key in split)
+
+    def took(name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
+        """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
+        key's record once it was the key's last."""
+        key, ext = _tar_key(name)
+        went = seen.setdefault(key, Counter())
+        went[name] += 1
+        if key not in left:
+            left[key] = sum(members_of[key].values())
+        if went[name] <= members_of[key][name]:
+            left[key] -= 1
+        else:
+            extra.add(key)
+        if isinstance(data, Exception):
+            errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
+        elif isinstance(data, str):
+            errors.setdefault(key, data)
+        else:
+            other = parts.setdefault(key, {}).get(ext, (name, b""))[0]
+            if other != name:  # '0001.JPG' and '0001.jpg': one extension, two files; neither may be dropped
+                errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
+            parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
+        if left[key] or key in extra:
+            return None
+        done.add(key)
+        return record(key)
+
+    def read_link(link: _TarLink, data: bytes | Exception | str) -> dict[str, Any] | None:
+        return took(link.name, data, damaged=f"{link.linkname} (the target of link {link.name})")
+
+    try:
+        for item in _tar_members(open_stream, wanted, max_member_bytes=max_image_bytes):
+            if item is None:  # (re)started: keys already emitted stay emitted, the rest are collected afresh
+                for held in (seen, left, extra, parts, errors, kept, waiting):
+                    held.clear()
+                continue
+            position, member, data = item
+            key = _tar_key(member.name)[0]
+            ours = member.name not in skipped_names and pending(key)
+            out: list[dict[str, Any] | None] = []
+            if position in links and ours:
+                link = links[position]
+                if isinstance(link.target, str):  # it cannot be read: that reason is its key's reject
+                    out.append(took(member.name, link.target))
+                elif link.target < position:
+                    out.append(read_link(link, kept[link.target]))
+                else:  # a symlink to a later member: it goes by, with its key, when that member does
+                    waiting.setdefault(link.target, []).append(link)
+            elif position not in links:
+                if ours:
+                    out.append(took(member.name, data))
+                if readers[position] > 0:
+                    kept[position] = data
+                    out.extend(read_link(link, data) for link in waiting.pop(position, []))
+            yield from (r for r in out if r is not None)
+    except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
+        failure = failure or unreadable(len(members_of), err)
+    for key in members_of:
+        if key not in done:  # the shard broke off before all of this key's members went by
+            missing = sorted(set(members_of[key]) - set(seen.get(key, {})))
+            errors.setdefault(key, f"corrupt tar member {missing[0] if missing else key}: "
+                                   "the shard broke off before it could be read")
+            yield record(key)
+    if failure:
+        yield failure
+
+
+def _escaped_twin_keys(members_of: dict[str, Counter[str]], key_id: Callable[[str], str]) -> dict[str, list[str]]:
+    """Id -> the keys of a tar shard that give it (two or more): a member name that is not UTF-8 is written with
+    escapes (`text_name`), which another member's name may hold literally. Looked for only when some key is not
+    UTF-8 (the only way two keys give one id)."""
+    if all(key.isascii() or text_name(key) == key for key in members_of):
+        return {}
+    keys_of: dict[str, list[str]] = {}
+    for key in members_of:
+        keys_of.setdefault(key_id(key), []).append(key)
+    return {id_: keys for id_, keys in keys_of.items() if len(keys) > 1}
+
+
+def _twin_members_error(members_of: dict[str, Counter[str]], twins: list[str], id_: str,
+                        purified_before: bool = False) -> str:
+    """The reject of tar keys that give one id: each key's members, as text and as the bytes of their names.
+    `purified_before`: an earlier run purified one of them under the id, and this run did not read the other."""
+    def as_bytes(name: str) -> bytes:  # a name's bytes as the tar holds them; any other surrogate kept as such
+        try:
+            return name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return name.encode("utf-8", "surrogatepass")
+
+    names = [name for key in twins for name in members_of[key]]
+    shown = " and ".join(f"{text_name(n)} (as bytes: {as_bytes(n)!r})" for n in names)
+    why = (f"tar members {shown} have one id, {id_}: a name that is not UTF-8 is written with each byte it cannot "
+           "decode as \\xNN (and a backslash as \\\\), and the other name is that text itself, so the output could "
+           "keep only one of them")
+    # the new one is to be renamed: were the purified one renamed, the other would keep its id and be skipped as done
+    if purified_before:
+        return (f"{why}; an earlier run purified one of them under {id_} (its row in data/ stays: its source_sha256 "
+                "tells which), and this run did not read the other: rename the one that is not in data/ and run "
+                "again with --retry-rejects")
+    return f"{why}; none was read: rename one and run again with --retry-rejects"

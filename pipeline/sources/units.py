@@ -1,0 +1,46 @@
+"""Read units: one read task's worth of input (a tar shard, a Parquet file, a zip archive, or a group of image
+files), as the listing makes it and a Ray row carries it, and the version stamp a listing gives a container."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """One task's worth of input: a tar shard, a Parquet file, a zip archive, or a group of image files."""
+
+    kind: str  # "files" | "tar" | "parquet" | "zip"
+    paths: tuple[str, ...]  # full fsspec paths (protocol included)
+    root: str  # the input root, to make ids relative
+    sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
+    stamps: tuple[str | None, ...] = ()  # a container's version as listed (listing_stamp); () for image files
+
+    def to_row(self) -> dict[str, Any]:
+        # The listed sizes go to the read task (-1: none listed; Arrow turns a list with nulls into floats): with
+        # them, an object store's file is fetched in one request, without the HEAD its open would send first.
+        sizes = self.sizes or (None,) * len(self.paths)
+        return {"kind": self.kind, "paths": list(self.paths), "root": self.root,
+                "sizes": [-1 if size is None else int(size) for size in sizes]}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ReadUnit:
+        sizes = row.get("sizes")
+        listed = tuple(None if size is None or size < 0 else int(size) for size in sizes) if sizes is not None else ()
+        return cls(row["kind"], tuple(row["paths"]), row["root"], listed if len(listed) == len(row["paths"]) else ())
+
+
+# Listing fields that change when an object or file is replaced: S3's ETag (and VersionId when versioned), GCS's
+# generation, a local file's mtime and inode. A listing with none of them cannot tell a replaced shard from the one
+# read before (pipeline.ledger), so such a container is always read.
+VERSION_FIELDS = ("ETag", "etag", "VersionId", "generation", "mtime", "LastModified", "last_modified", "ino")
+
+
+def listing_stamp(info: dict[str, Any]) -> str | None:
+    """What a listing entry says of its file's version, as one comparable string; None when it says nothing."""
+    fields = {name: str(info[name]) for name in VERSION_FIELDS if info.get(name) is not None}
+    if not fields or set(fields) == {"ino"}:  # an inode alone survives rewriting the file in place
+        return None
+    return json.dumps(fields, sort_keys=True)

@@ -1,0 +1,143 @@
+"""Walking an input folder: every file under a root with its listing entry (`_find_following_links`), links to local
+folders followed (a loop kept as one entry), folders that cannot be listed reported, and each local entry cut to the
+fields the listing reads as the walk goes (10^6 files' full infos were most of the driver's memory)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.sources.units import VERSION_FIELDS
+
+# What discover reads of a listing entry: its size, its type and the fields of its version stamp (listing_stamp); and
+# "islink", which the walk below reads. fsspec's local info holds ~12 fields (~830 bytes a file with its objects): at
+# 10^6 files, held together until the listing ends, they were most of the driver's memory.
+_KEPT_FIELDS = ("size", "type", "islink", *VERSION_FIELDS)
+# The fields of fsspec's local info (LocalFileSystem.info); of VERSION_FIELDS, only mtime and ino are among them.
+_LOCAL_INFO_FIELDS = frozenset(("name", "size", "type", "created", "islink", "mode", "uid", "gid", "mtime", "ino",
+                                "nlink", "destination"))
+# _local_ls does what these do; a subclass overriding either is listed through its own ls.
+_FSSPEC_LOCAL_LS, _FSSPEC_LOCAL_INFO = LocalFileSystem.ls, LocalFileSystem.info
+
+
+class _LocalEntry(Mapping[str, Any]):
+    """A local file's listing entry, read as a dict of its kept fields: in slots, ~80 bytes against a dict's ~190."""
+
+    __slots__ = ("size", "type", "islink", "mtime", "ino")
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.size, self.type, self.islink = info["size"], info["type"], info["islink"]
+        self.mtime, self.ino = info["mtime"], info["ino"]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.__slots__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # Mapping's raises and catches KeyError: slower
+        return getattr(self, name) if name in self.__slots__ else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.__slots__
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__slots__)
+
+    def __len__(self) -> int:
+        return len(self.__slots__)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _kept(info: dict[str, Any]) -> Mapping[str, Any]:
+    if info.keys() <= _LOCAL_INFO_FIELDS:  # no version field but mtime and ino
+        try:
+            return _LocalEntry(info)
+        except KeyError:
+            pass
+    return {name: info[name] for name in _KEPT_FIELDS if name in info}  # an fsspec whose info has other fields
+
+
+def _local_ls(fs: LocalFileSystem, path: str) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """fs.ls(path, detail=True) as (name, type, kept fields), each entry cut down as it is listed: fsspec's ls builds
+    the whole folder's full infos first, ~830 MB for one folder of 10^6 files. Its steps: fs.info on the folder, then
+    on each scandir entry, one gone meanwhile skipped; any other error raised, so that the folder is left out whole
+    as fsspec's walk leaves it. A file system whose ls or info is not fsspec's own is listed through its ls."""
+    if type(fs).ls is not _FSSPEC_LOCAL_LS or type(fs).info is not _FSSPEC_LOCAL_INFO:
+        return [(info["name"], info["type"], _kept(info)) for info in fs.ls(path, detail=True)]
+    path_info = fs.info(path)
+    if path_info["type"] != "directory":
+        return [(path_info["name"], path_info["type"], _kept(path_info))]
+    entries = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                info = fs.info(entry)
+            except FileNotFoundError:
+                continue
+            entries.append((info["name"], info["type"], _kept(info)))
+    return entries
+
+
+def _local_find(fs: LocalFileSystem, root: str) -> dict[str, Mapping[str, Any]]:
+    """fs.find(root, detail=True, withdirs=True) with each entry cut to `_kept` folder by folder as the walk goes: the
+    same paths in the same (sorted) order, a folder that cannot be listed left out (its entry kept, nothing under it),
+    links not followed (fsspec's walk sees a link as a file)."""
+    path = fs._strip_protocol(root)
+    out: dict[str, Mapping[str, Any]] = {}
+    if path != "" and fs.isdir(path):
+        out[path] = _kept(fs.info(path))
+    folders = [path]
+    while folders:  # fsspec's walk; the order it visits folders in does not matter, the result is sorted
+        folder = fs._strip_protocol(folders.pop())
+        try:
+            entries = _local_ls(fs, folder)
+        except OSError:  # FileNotFoundError included; walk(on_error="omit")
+            continue
+        for name, type_, info in entries:
+            pathname = name.rstrip("/")
+            if type_ == "directory" and pathname != folder:
+                folders.append(pathname)
+            out[name] = info
+    if not out and fs.isfile(path):
+        out[path] = {}
+    return {name: out[name] for name in sorted(out)}
+
+
+def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = (),
+                           unlistable: list[tuple[str, OSError]] | None = None) -> dict[str, Mapping[str, Any]]:
+    """Every file under `root`, with sizes. A local folder reached through a symbolic link (fsspec lists the link
+    as one entry, which would be read as one file and rejected) is listed too, under the link's path; a link to a
+    folder that is being listed already (a loop) stays one entry, and so a reject naming it. Only local file
+    systems report links. A local folder that cannot be listed (no permission, an I/O error) goes into `unlistable`
+    with its error: fsspec's walk leaves such a folder out, and its files with it, without a word. A local file's
+    entry holds only the fields in `_KEPT_FIELDS`; an object store's is its file system's own (s3fs builds and caches
+    the whole listing itself, so cutting it down after would not lower the peak)."""
+    local = isinstance(fs, LocalFileSystem)
+    listed: dict[str, Mapping[str, Any]] = {}
+    # folders too, to tell an unlistable one from an empty one
+    found = _local_find(fs, root) if local else fs.find(root, detail=True)
+    if local and unlistable is not None:
+        holding = {posixpath.dirname(p) for p in found}
+        for folder in (p for p, info in found.items() if info.get("type") == "directory" and p not in holding):
+            try:
+                fs.ls(folder)  # nothing was listed in it: empty, or its listing failed
+            except OSError as err:
+                unlistable.append((folder, err))
+    for path, info in found.items():
+        if local and info.get("type") == "directory":
+            continue
+        if info.get("islink") and fs.isdir(path):
+            inside = _inside or (os.path.realpath(root),)
+            target = os.path.realpath(path)
+            if not any(target == folder or folder.startswith(target + os.sep) for folder in inside):
+                listed.update(_find_following_links(fs, path, (*inside, target), unlistable))
+                continue
+        listed[path] = info
+    return listed

@@ -1,0 +1,124 @@
+"""WebDataset keys of a tar shard: which members make one sample (`_tar_key`: a member's path up to the first dot of
+its name; a numbered name such as Kaggle's 'cat.0.jpg' keyed with its number), and a key's record (`_tar_key_record`):
+its one image member, its other members (.cls, .json, a mask) as columns."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from pipeline.sources.ids import text_name
+from pipeline.sources.records import _image_record, passthrough_name, reject_record
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext.lower()
+
+
+def _image_like(ext: str) -> bool:
+    """Whether a member with extension `ext` ('jpg', 'seg.png') is an image: its last part is an image extension."""
+    return "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
+
+
+def _numbered(ext: str) -> tuple[str, str] | None:
+    """('0', 'jpg') for a compound extension that starts with a number ('0.jpg', '12.seg.png'), else None."""
+    number, dot, rest = ext.partition(".")
+    return (number, rest) if dot and rest and number.isascii() and number.isdigit() else None
+
+
+def _tar_key(name: str) -> tuple[str, str]:
+    """A shard member's (key, ext): WebDataset's (`_split_key`), except for a numbered name such as Kaggle's
+    'cat.0.jpg', whose key takes the number ('cat.0', ext 'jpg'; 'cat.0.cls' and the mask 'cat.0.seg.png' are that
+    key's sidecars). A plain tar of 'cat.0.jpg', 'cat.1.jpg', ... is many images, not one WebDataset sample with many;
+    the rule looks at the name alone, so a key does not change with the shard's other members (one image of a name
+    in one shard, several in the next, or one appended later)."""
+    key, ext = _split_key(name)
+    numbered = _numbered(ext)
+    return (f"{key}.{numbered[0]}", numbered[1]) if numbered else (key, ext)
+
+
+def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
+    """A sidecar's column and value: its text, or its bytes when it is not UTF-8 text (a mask, an array)."""
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "label" if ext == "cls" else ext.replace(".", "_"), data
+    if ext == "cls":
+        try:
+            return "label", int(text)
+        except ValueError:
+            return "label", text
+    return ext.replace(".", "_"), text
+
+
+def _json_sidecar(data: bytes) -> dict[str, Any]:
+    """A .json sidecar's keys become columns when it holds an object; otherwise its text is kept."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {"json": data.decode("utf-8", errors="replace")}
+    return value if isinstance(value, dict) else {"json": json.dumps(value)}
+
+
+def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
+                    error: str | None, split: bool = False) -> dict[str, Any]:
+    """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
+    extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
+    key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
+    were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image."""
+    if error is not None:
+        return reject_record(id_, f"{path}:{key}", error, "read")
+    image_like = [e for e in parts if _image_like(e)]
+    plain = [e for e in image_like if "." not in e]
+    image_exts = plain or image_like
+    if len(image_exts) != 1:
+        names = sorted(parts)
+        found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
+        orphan = (f": it belongs to no image, as each {key}.<number>.<image ext> is a key of its own, with sidecars "
+                  f"named {key}.<number>.<ext>") if split else ""
+        # a plain tar of 'cat.a.jpg', 'cat.b.jpg' is one WebDataset key, 'cat', with many images: say how to fix it
+        many = (f"; a key is a member's path up to the first dot of its name, so {key}.{image_exts[0]} and "
+                f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg, or a numbered "
+                f"{key}.1.jpg), or give the images as files, not a tar") if len(image_exts) > 1 and not plain else ""
+        return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
+                             f"{orphan}{many}", "read")
+    ext = image_exts[0]
+    meta: dict[str, Any] = {}
+    given_by: dict[str, str] = {}  # column -> the member that gave it
+    for e, (member, v) in parts.items():
+        if e in ("json", ext):
+            continue
+        column, value = _sidecar_value(e, v)
+        column = passthrough_name(text_name(column))
+        if column in meta:  # '0001.cls' and '0001.label' (or '.seg.png' and '.seg_png'): one column, two values
+            return reject_record(id_, f"{path}:{key}", f"tar members {given_by[column]} and {member} both give column "
+                                 f"{column!r}, so one value would be lost: rename one of them", "read")
+        meta[column], given_by[column] = value, member
+    if "json" in parts:
+        _add_json_keys(meta, _json_sidecar(parts["json"][1]))
+    name, data = parts[ext]
+    return _image_record(id_, f"{path}:{name}", data, meta)
+
+
+def _add_json_keys(meta: dict[str, Any], keys: dict[str, Any]) -> None:
+    """A .json sidecar's keys into `meta`, which holds the key's other sidecars' columns. A key named like one of
+    those (a "label" beside a .cls, a "seg_png" beside a .seg.png) is written as json_label, json_seg_png (json_
+    again while the name is taken), and a key named like a job column as input_id (`passthrough_name`): each value
+    is kept, the member's under the column name the README gives it."""
+    clashing = []
+    for key, value in keys.items():
+        column = passthrough_name(text_name(key))
+        if column in meta:
+            clashing.append((column, value))
+        else:
+            meta[column] = value
+    for column, value in clashing:  # after every key that is free: those keep their names
+        while column in meta:
+            column = "json_" + column
+        meta[column] = value
