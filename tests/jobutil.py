@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import tarfile
 from pathlib import Path
 from types import ModuleType
@@ -152,3 +153,14 @@ def spy_on_extraction(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
     return extracted
+
+
+# A line of Ray's own logging in the driver: "2026-12-03 18:58:11,643\tINFO streaming_executor.py:371 -- ...".
+RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING)\s")
+
+
+def last_job_line(stderr: str) -> str:
+    """The job's own last line on stderr. Ray Data logs "Dataset ... execution finished" when its executor is shut
+    down, which after a Ctrl-C can happen on the garbage collector's time, after the job's line."""
+    return [line for line in stderr.splitlines() if line.strip() and not RAY_LOG_LINE.match(line)][-1]
+

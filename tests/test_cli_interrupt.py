@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job import JobConfig, plan_job
-from tests.jobutil import png_inputs, tiny_model_file
+from tests.jobutil import last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # one real run of the job, in a subprocess: ~15 s of Ray
@@ -39,7 +39,7 @@ def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> N
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    last = last_job_line(stderr)
     assert last.startswith("interrupted: stopped by SIGINT") and "run the same command again to resume" in last, last
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT", summary  # not "running" forever

@@ -21,7 +21,7 @@ import pytest
 import pipeline.job as job
 from pipeline.errors import JobInterrupted
 from pipeline.job import JobConfig, count_stopped_run, plan_job, record_stopped_run
-from tests.jobutil import png_inputs, tiny_model_file
+from tests.jobutil import last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WROTE = re.compile(r"this run wrote (\d+) purified and (\d+) rejected \((\d+) part files?\), so the output now holds "
@@ -198,7 +198,7 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr[-3000:]
-    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    last = last_job_line(stderr)
     data = _rows(out, "data")
     said = WROTE.search(last)
     assert last.startswith("interrupted: stopped by SIGTERM") and said, last
