@@ -15,8 +15,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.job import DEFAULT_INPUT, JobConfig, JobError, JobFailed, JobInterrupted, plan_job, run_job
+from pipeline.config import DEFAULT_INPUT, JobConfig
+from pipeline.errors import JobError, JobFailed, JobInterrupted
+from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
+from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.purifier import RECIPES, canonical_operators
 from pipeline.redaction import redact_uri_secrets

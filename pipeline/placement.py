@@ -3,7 +3,7 @@
 All of it is decided before an actor is started (and, as far as the options alone allow, in a dry run too): an
 actor that cannot use its device would otherwise fail only once the cluster has loaded its model, or hold GPUs it
 never uses. The functions take a run's options as `PlacementOptions` (JobConfig has them), not JobConfig itself, so
-that this module does not import pipeline.job, which imports it.
+that this module does not import pipeline.config, which imports it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pipeline.storage import describe
 
 
 class PlacementOptions(Protocol):
-    """The options of a run that decide where its purifier actors go (fields of `pipeline.job.JobConfig`)."""
+    """The options of a run that decide where its purifier actors go (fields of `pipeline.config.JobConfig`)."""
 
     ray_address: str | None
     actors: int

@@ -424,7 +424,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
             "read": np.array([read_count]), "skipped": np.array([skipped]), "files": np.array([json.dumps(files)]),
             "hidden": np.array([hidden]), "hidden_examples": np.array([json.dumps(hidden_examples[:HIDDEN_EXAMPLES])]),
             "unpurified_images": np.array([json.dumps(unpurified_images(images))]),
-            # rows per file: a stopped run's driver counts what landed by file (pipeline.job.count_stopped_run)
+            # rows per file: a stopped run's driver counts what landed by file (pipeline.stopped_run.count_stopped_run)
             "file_rows": np.array([json.dumps(file_rows)]),
             "containers": np.array([json.dumps(containers)]),
             "units_read": np.array([sum(r["kind"] == "count" for r in records)]),  # one count record per read unit

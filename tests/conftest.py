@@ -43,7 +43,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _ctrl_c_as_in_a_terminal():
     """A shell starts a background job (`pytest &`, nohup) with SIGINT ignored, and the job keeps an ignored signal
-    ignored on purpose (pipeline.job.signals_interrupt): the tests that press Ctrl-C would then see nothing happen.
+    ignored on purpose (pipeline.stopped_run.signals_interrupt): the tests that press Ctrl-C would then see nothing happen.
     They test a run started from a terminal, so the suite gets Python's own Ctrl-C handler back for its duration."""
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         yield

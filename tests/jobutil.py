@@ -41,7 +41,7 @@ def png_inputs(folder: Path, n: int, size: int = 32) -> None:
 
 def small_job_config(tmp_path: Path, model: str, **kw):
     """A JobConfig for a quick whole run: tmp_path/in -> tmp_path/out, the tiny model, 1 step, 32 px canvases."""
-    from pipeline.job import JobConfig
+    from pipeline.config import JobConfig
 
     base = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, pool=4,
                 progress=False, write_batch=8, canvas_size=32)

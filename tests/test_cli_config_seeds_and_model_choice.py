@@ -14,8 +14,8 @@ import pytest
 
 from pipeline import ZipSettings
 from pipeline.cli import config_from_args, main
-from pipeline.job import plan_job
 from pipeline.output import JOB_FILE
+from pipeline.plan import plan_job
 from tests.jobutil import image_bytes, tiny_model_file
 
 

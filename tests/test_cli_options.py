@@ -11,15 +11,10 @@ import pytest
 
 from pipeline import cli
 from pipeline.cli import build_parser, config_from_args, main
-from pipeline.job import (
-    JobConfig,
-    JobError,
-    JobFailed,
-    JobInterrupted,
-    check_output_state,
-    plan_job,
-    record_stopped_run,
-)
+from pipeline.config import JobConfig
+from pipeline.errors import JobError, JobFailed, JobInterrupted
+from pipeline.plan import check_output_state, plan_job
+from pipeline.stopped_run import record_stopped_run
 from tests.jobutil import image_bytes
 
 
@@ -248,7 +243,7 @@ def test_ctrl_c_in_a_dry_run(capsys, monkeypatch) -> None:
 
 
 def test_a_failed_batch_is_reported_by_the_workers_own_exception() -> None:
-    from pipeline.job import failure_reason
+    from pipeline.stopped_run import failure_reason
 
     # str() of the RayTaskError(UserCodeException) a failed purify batch raises in the driver (abridged)
     remote = ("\x1b[36mray::MapWorker(MapBatches(PurifyStage)).submit()\x1b[39m (pid=8131, ip=192.0.2.2)\n"

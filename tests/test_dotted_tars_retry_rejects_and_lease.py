@@ -15,10 +15,11 @@ import pytest
 
 import pipeline.lease as output_lease
 from pipeline.errors import JobError
-from pipeline.job import plan_job, run_job, run_status
+from pipeline.job import run_job, run_status
 from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.ledger import ContainerRead, container_ids, write_ledger
 from pipeline.output import deduplicate_output
+from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
 from pipeline.stages import _png_name

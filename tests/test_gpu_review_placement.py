@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline import Purifier, ZipSettings
-from pipeline.job import JobConfig, JobError
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
 from pipeline.model import UNetConfig, build_unet
 from pipeline.placement import actor_placement
 from tests.jobutil import tiny_model_file

@@ -19,8 +19,10 @@ import pytest
 
 import pipeline.job as job
 from pipeline.cli import main
-from pipeline.job import JobConfig, plan_job
+from pipeline.config import JobConfig
+from pipeline.errors import JobInterrupted
 from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
+from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
 from pipeline.stages import _data_table, batch_of, write_parquet_atomic, write_stage
 from tests.jobutil import image_bytes, tiny_model_file
@@ -94,7 +96,7 @@ def test_a_stopped_run_counts_the_hidden_zip_members_of_the_tasks_that_reported(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(ray.data, "from_items", lambda *args, **kwargs: Pipeline())
-    with pytest.raises(job.JobInterrupted) as stopped:
+    with pytest.raises(JobInterrupted) as stopped:
         job.run_job(JobConfig(input=str(root), output=str(out), checkpoint=model, steps=1, canvas_size=32,
                               progress=False))
     run = json.loads((out / SUMMARY_FILE).read_text())["this_run"]

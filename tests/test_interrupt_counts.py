@@ -18,9 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.job as job
+import pipeline.stopped_run as stopped_run
+from pipeline.config import JobConfig
 from pipeline.errors import JobInterrupted
-from pipeline.job import JobConfig, count_stopped_run, plan_job, record_stopped_run
+from pipeline.plan import plan_job
+from pipeline.stopped_run import count_stopped_run, record_stopped_run
 from tests.jobutil import last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +48,7 @@ def test_the_files_that_landed_are_counted_not_only_those_the_pipeline_reported(
     count = count_stopped_run(str(out), {}, {"data/part-earlier.parquet"}, {"data/part-reported.parquet": 3})
     assert (count.purified, count.rejected, count.files, count.short) == (7, 2, 3, None)
     # stopped before the output was listed: the pipeline had not started, so what it reported is all
-    assert count_stopped_run(str(out), {}, None, {}) == job.StoppedCount(0, 0, 0)
+    assert count_stopped_run(str(out), {}, None, {}) == stopped_run.StoppedCount(0, 0, 0)
 
 
 def test_a_stopped_retry_run_counts_the_earlier_rejects_its_files_hold_again(tmp_path) -> None:
@@ -70,7 +72,7 @@ def test_a_count_that_fails_is_a_lower_bound_that_says_why(tmp_path, monkeypatch
     def fail(out: str, storage_options: dict) -> set[str]:
         raise PermissionError("access denied")
 
-    monkeypatch.setattr(job, "part_names", fail)
+    monkeypatch.setattr(stopped_run, "part_names", fail)
     count = count_stopped_run(str(tmp_path), {}, set(), {"data/part-a.parquet": 3, "rejects/part-b.parquet": 1})
     assert (count.purified, count.rejected, count.files) == (3, 1, 2)
     assert count.short is not None and "could not be counted" in count.short and "access denied" in count.short
@@ -85,7 +87,7 @@ def test_a_second_signal_while_counting_still_records_the_stop(tmp_path, monkeyp
         time.sleep(5)  # not reached: the handler raises at once
         raise AssertionError("the second signal did not stop the count")
 
-    monkeypatch.setattr(job, "part_rows", second_ctrl_c)
+    monkeypatch.setattr(stopped_run, "part_rows", second_ctrl_c)
     recorded = []
 
     def record(status: str, details: dict) -> str:
@@ -106,7 +108,7 @@ def test_a_second_signal_while_counting_still_records_the_stop(tmp_path, monkeyp
 def test_a_signal_after_the_stop_is_recorded_lets_the_run_end_as_interrupted() -> None:
     outcome: list[BaseException] = []
     try:
-        with job.signals_interrupt():  # run_job's, around the output's lease
+        with stopped_run.signals_interrupt():  # run_job's, around the output's lease
             try:
                 with record_stopped_run(lambda status, details: "3 purified", "/out"):
                     os.kill(os.getpid(), signal.SIGINT)

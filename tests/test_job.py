@@ -11,8 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JobConfig, JobError, plan_job, progress_total, run_job, run_status
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
+from pipeline.job import progress_total, run_job, run_status
 from pipeline.output import JOB_FILE
+from pipeline.plan import plan_job
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")

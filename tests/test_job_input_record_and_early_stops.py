@@ -13,10 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.job as job
+import pipeline.plan as plan_module
 import pipeline.redaction as redaction
+from pipeline.config import JobConfig
 from pipeline.errors import JobError
-from pipeline.job import JobConfig, plan_job, run_job
+from pipeline.job import run_job
 from pipeline.output import JOB_FILE, SUMMARY_FILE
+from pipeline.plan import plan_job
 from tests.jobutil import image_bytes, small_job_config, tiny_model_file
 
 SECRET = "c2VjcmV0LXNpZ25hdHVyZQ"  # what a presigned URL's signature stands for here
@@ -179,8 +182,8 @@ def test_a_presigned_checkpoint_url_is_not_written_or_printed(tmp_path, model, m
     # --checkpoint 'https://...?X-Amz-Signature=...': _job.json, _summary.json (config and model) and the dry run's
     # report carried the signature, readable by everyone who can read the output
     url = f"https://bucket.s3.amazonaws.com/tiny.pt?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={SECRET}"
-    real = job.load_checkpoint
-    monkeypatch.setattr(job, "load_checkpoint", lambda uri, *a, **kw: real(model if uri == url else uri, *a, **kw))
+    real = plan_module.load_checkpoint
+    monkeypatch.setattr(plan_module, "load_checkpoint", lambda uri, *a, **kw: real(model if uri == url else uri, *a, **kw))
     _images(tmp_path / "in")
     config = small_job_config(tmp_path, model, checkpoint=url)
     plan = plan_job(config, dry_run=True)

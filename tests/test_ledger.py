@@ -11,8 +11,9 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import plan_job, run_job
+from pipeline.job import run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
+from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 

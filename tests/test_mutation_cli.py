@@ -17,7 +17,8 @@ import yaml
 
 from pipeline import cli
 from pipeline.cli import build_parser, config_from_args, main
-from pipeline.job import JobConfig, JobError, JobFailed, JobInterrupted
+from pipeline.config import JobConfig
+from pipeline.errors import JobError, JobFailed, JobInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 

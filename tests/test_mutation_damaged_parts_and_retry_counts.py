@@ -19,10 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.job as job
+import pipeline.stopped_run as stopped_run
 from pipeline.errors import JobError, JobFailed
-from pipeline.job import count_stopped_run, plan_job, record_stopped_run, stopped_totals
 from pipeline.output import DamagedPart, damaged_parts_error, output_ids, unify_output_types
+from pipeline.plan import plan_job
 from pipeline.purifier import naive_purify
+from pipeline.stopped_run import count_stopped_run, record_stopped_run, stopped_totals
 from pipeline.storage import _last_answer, is_transient
 from tests.jobutil import image_bytes, small_job_config, tiny_model_file
 
@@ -132,7 +134,7 @@ def test_a_signal_after_damaged_files_are_recorded_does_not_replace_the_failure(
     # a second Ctrl-C while the lease is released: the run still ends with its failure and what to do
     outcome: list[BaseException] = []
     try:
-        with job.signals_interrupt():  # run_job's, around the output's lease
+        with stopped_run.signals_interrupt():  # run_job's, around the output's lease
             try:
                 with record_stopped_run(lambda status, details: "0 purified", "/out"):
                     raise damaged_parts_error("/out", _damaged(["data/part-1.parquet"]))
@@ -154,7 +156,7 @@ def test_a_stopped_retry_run_that_cannot_read_its_files_ids_claims_the_least_it_
     def denied(*args, **kwargs):
         raise PermissionError("access denied")
 
-    monkeypatch.setattr(job, "part_file_ids", denied)
+    monkeypatch.setattr(stopped_run, "part_file_ids", denied)
     count = count_stopped_run(str(out), {}, set(), {}, retry)
     assert (count.purified, count.rejected, count.files, count.retried) == (2, 0, 1, 0)
     assert count.short is not None and "could not be counted" in count.short and "access denied" in count.short
@@ -175,8 +177,8 @@ def test_a_second_signal_while_listing_stops_the_count_there_and_reads_no_ids(tm
     def second_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "part_names", second_ctrl_c)
-    monkeypatch.setattr(job, "part_file_ids", lambda *args: read.append(args) or {"r1"})
+    monkeypatch.setattr(stopped_run, "part_names", second_ctrl_c)
+    monkeypatch.setattr(stopped_run, "part_file_ids", lambda *args: read.append(args) or {"r1"})
     count = count_stopped_run(str(tmp_path / "out"), {}, set(), {"data/part-reported.parquet": 1}, frozenset({"r1"}))
     assert count.short == "a second signal stopped the count of its part files" and not read
     assert (count.purified, count.files, count.retried) == (1, 1, 0)
@@ -234,7 +236,7 @@ def test_a_failed_retry_run_counts_each_earlier_reject_it_read_again_once(tmp_pa
 
     monkeypatch.setattr(job, "deduplicate_output", check_fails)
     if not ids_readable:  # the count is cut short: any earlier reject may be one read again, the least is claimed
-        monkeypatch.setattr(job, "part_file_ids", lambda *args: (_ for _ in ()).throw(PermissionError("denied")))
+        monkeypatch.setattr(stopped_run, "part_file_ids", lambda *args: (_ for _ in ()).throw(PermissionError("denied")))
     with pytest.raises(JobFailed):
         job.run_job(dataclasses.replace(config, retry_rejects=True))
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.job as job_module
-from pipeline.job import _record_containers_read, plan_job, run_job
+from pipeline.job import _record_containers_read, run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger, unchanged_and_done, write_ledger
 from pipeline.output import JOB_FILE, SUMMARY_FILE, clear_output, write_json
+from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit, tar_members
 from pipeline.sources.parquet_files import _read_parquet
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage

@@ -12,11 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import count_stopped_run, part_names, plan_job, run_job
+from pipeline.job import run_job
 from pipeline.ledger import ContainerRead, container_ids, ledger_path, read_ledger, write_ledger
 from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
+from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, read_unit, reject_record
 from pipeline.stages import _data_table, _rejects_table, part_name, write_parquet_atomic
+from pipeline.stopped_run import count_stopped_run, part_names
 from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
 
 PURIFIED = "s.tar/caf\\xe9"  # the id a latin-1 'café.png' and a member literally named 'caf\\xe9.png' both give

@@ -16,9 +16,10 @@ import pytest
 
 import pipeline.lease as output_lease
 from pipeline.errors import JobError
-from pipeline.job import plan_job, run_status
+from pipeline.job import run_status
 from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output
+from pipeline.plan import plan_job
 from pipeline.sources import discover, file_bytes, read_unit, tar_members
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
 from tests.leaseutil import garble_lease_after_each_sleep, write_foreign_lease

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import pipeline.job as job
+import pipeline.stopped_run as stopped_run
 from pipeline.errors import JobError, JobFailed
-from pipeline.job import count_stopped_run, plan_job, record_stopped_run
 from pipeline.output import _fs, _part_indexes, damaged_parts_error, deduplicate_output, output_ids
+from pipeline.plan import plan_job
 from pipeline.purifier import naive_purify
+from pipeline.stopped_run import count_stopped_run, record_stopped_run
 from tests.jobutil import image_bytes, small_job_config, tiny_model_file
 
 
@@ -154,20 +155,20 @@ def test_a_stopped_retry_run_whose_count_is_cut_short_claims_no_more_rejects_tha
     def second_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "part_file_ids", second_ctrl_c)
+    monkeypatch.setattr(stopped_run, "part_file_ids", second_ctrl_c)
     count = count_stopped_run(str(out), {}, {"rejects/part-old.parquet"}, {}, retry)
     # the file that landed is still counted: only the retried ones are unknown
     assert (count.purified, count.rejected, count.files, count.retried) == (3, 0, 1, 0)
     assert count.short == "a second signal stopped the count of the earlier rejects its files hold again"
-    assert job.stopped_totals((0, 3), count, retry) == {"purified": 3, "rejected": 0}
+    assert stopped_run.stopped_totals((0, 3), count, retry) == {"purified": 3, "rejected": 0}
     # counted in full, the retried ones are known and the totals exact
     monkeypatch.undo()
     exact = count_stopped_run(str(out), {}, {"rejects/part-old.parquet"}, {}, retry)
     assert (exact.short, exact.retried) == (None, 3)
-    assert job.stopped_totals((0, 3), exact, retry) == {"purified": 3, "rejected": 0}
+    assert stopped_run.stopped_totals((0, 3), exact, retry) == {"purified": 3, "rejected": 0}
     # a cut-short count of a run that wrote a reject again: at least 1 of the 3 earlier rejects is still one
-    short = job.StoppedCount(2, 1, 2, "cut", 0)
-    assert job.stopped_totals((5, 3), short, retry) == {"purified": 7, "rejected": 1}
+    short = stopped_run.StoppedCount(2, 1, 2, "cut", 0)
+    assert stopped_run.stopped_totals((5, 3), short, retry) == {"purified": 7, "rejected": 1}
 
 
 def _made(path):

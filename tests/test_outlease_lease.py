@@ -20,7 +20,7 @@ import pytest
 
 import pipeline.lease as output_lease
 from pipeline.cli import main
-from pipeline.job import JobError
+from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE, OutputLease
 from tests.jobutil import image_bytes, read_output, tiny_model_file
 from tests.test_s3 import s3  # noqa: F401 - the moto server fixture

@@ -179,7 +179,7 @@ def test_naive_purify_takes_any_size_and_grey_images_like_the_purifier() -> None
 
 def test_job_and_python_api_share_the_sampler_defaults() -> None:
     """`python jobs/purify.py` with no ZIP flags must purify exactly as `Purifier(model)` does."""
-    from pipeline.job import JobConfig
+    from pipeline.config import JobConfig
 
     assert JobConfig().settings() == ZipSettings()
     assert (ZipSettings().eta, ZipSettings().lam, ZipSettings().pool, ZipSettings().steps) == (1.0, 0.0, 4, 20)

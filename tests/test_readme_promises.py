@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from pipeline.cli import main
+from pipeline.config import JobConfig
 from pipeline.errors import JobError
-from pipeline.job import JobConfig
 from pipeline.sources import discover, read_unit
 from tests.jobutil import image_bytes, load_job_script, run_main
 from tests.test_train_ux_cli import TINY, fake_cifar, run_script

@@ -22,8 +22,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import plan_job, run_job
+from pipeline.job import run_job
 from pipeline.output import deduplicate_output
+from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit, reject_record
 from pipeline.stages import REJECTS_SCHEMA, _rejects_table
 from tests.jobutil import image_bytes, small_job_config, tar_bytes, tiny_model_file

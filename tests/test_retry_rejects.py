@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import JobError
-from pipeline.job import plan_job, run_job
+from pipeline.job import run_job
 from pipeline.output import deduplicate_output, output_ids
+from pipeline.plan import plan_job
 from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
 
 

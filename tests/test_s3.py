@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JobConfig, run_job
+from pipeline.config import JobConfig
+from pipeline.job import run_job
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -103,7 +103,8 @@ def _part(out, folder: str, ids: list[str]) -> None:
 
 
 def test_planning_leaves_out_the_output_s_files_however_they_are_reached(tmp_path) -> None:
-    from pipeline.job import JobConfig, plan_job
+    from pipeline.config import JobConfig
+    from pipeline.plan import plan_job
 
     root = tmp_path / "in"
     (root / "a").mkdir(parents=True)

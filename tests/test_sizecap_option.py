@@ -11,7 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import ConfigError, build_parser, config_from_args, main
-from pipeline.job import JobConfig, JobError, plan_job, run_job
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
+from pipeline.job import run_job
+from pipeline.plan import plan_job
 from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
 
 MiB = 2**20

@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.job as job
+import pipeline.stopped_run as stopped_run
 from pipeline.errors import JobInterrupted
-from pipeline.job import count_stopped_run, part_names, run_job, stopped_totals
+from pipeline.job import run_job
 from pipeline.stages import write_parquet_atomic
+from pipeline.stopped_run import count_stopped_run, part_names, stopped_totals
 from tests.jobutil import image_bytes, small_job_config, tiny_model_file
 from tests.s3util import moto_s3
 
@@ -52,13 +54,13 @@ def test_files_left_as_they_were_or_compared_by_name_only_are_not_counted(tmp_pa
     out = tmp_path / "out"
     _write(out / "rejects" / "part-h.parquet", ["r1", "r2"], "old reason")
     before = part_names(str(out), {})
-    assert count_stopped_run(str(out), {}, before, {}) == job.StoppedCount(0, 0, 0)  # untouched: an earlier run's
+    assert count_stopped_run(str(out), {}, before, {}) == stopped_run.StoppedCount(0, 0, 0)  # untouched: an earlier run's
     _write(out / "rejects" / "part-h.parquet", ["r1", "r2"], "rewritten")
     # names only (the caller's once the pipeline has reported all it wrote: the end-of-run check's rewrites)
-    assert count_stopped_run(str(out), {}, set(before), {}) == job.StoppedCount(0, 0, 0)
+    assert count_stopped_run(str(out), {}, set(before), {}) == stopped_run.StoppedCount(0, 0, 0)
     # a listing that gives no version of its files (no stamps): none is taken for this run's
-    monkeypatch.setattr(job, "listing_stamp", lambda info: None)
-    assert count_stopped_run(str(out), {}, part_names(str(out), {}), {}) == job.StoppedCount(0, 0, 0)
+    monkeypatch.setattr(stopped_run, "listing_stamp", lambda info: None)
+    assert count_stopped_run(str(out), {}, part_names(str(out), {}), {}) == stopped_run.StoppedCount(0, 0, 0)
 
 
 def test_on_s3_a_file_written_over_under_its_name_is_counted() -> None:
@@ -70,7 +72,7 @@ def test_on_s3_a_file_written_over_under_its_name_is_counted() -> None:
         write_parquet_atomic(pa.table({"id": ["ok"]}), f"{out}/data/part-d.parquet", options)
         before = part_names(out, options)
         assert set(before) == {"data/part-d.parquet", "rejects/part-h.parquet"} and None not in before.values()
-        assert count_stopped_run(out, options, before, {}) == job.StoppedCount(0, 0, 0)
+        assert count_stopped_run(out, options, before, {}) == stopped_run.StoppedCount(0, 0, 0)
         write_parquet_atomic(pa.table({"id": ["r1", "r2"], "error": ["new reason"] * 2}),
                              f"{out}/rejects/part-h.parquet", options)
         count = count_stopped_run(out, options, before, {}, frozenset({"r1", "r2"}))

@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from pipeline.job import JobConfig, run_job
+from pipeline.config import JobConfig
+from pipeline.job import run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids

@@ -10,7 +10,8 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import JobConfig, run_job
+from pipeline.config import JobConfig
+from pipeline.job import run_job
 from pipeline.ledger import read_ledger, write_ledger
 from pipeline.sources import discover, ids_digest, read_unit, reject_record
 from pipeline.stages import _rejects_table

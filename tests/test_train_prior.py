@@ -162,7 +162,9 @@ def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_pr
     with pytest.raises(ValueError, match=r"trained only on timesteps 0\.\.300.*start at t = 950.*start ≤ 0\.3"):
         Purifier.from_checkpoint(prior, device="cpu")
     # the job refuses it while planning, before it reads an image
-    from pipeline.job import JobConfig, JobError, plan_job
+    from pipeline.config import JobConfig
+    from pipeline.errors import JobError
+    from pipeline.plan import plan_job
 
     (tmp_path / "in").mkdir()
     with pytest.raises(JobError, match=r"trained only on timesteps 0\.\.300"):

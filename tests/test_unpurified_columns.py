@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.config import JobConfig
 from pipeline.decode import image_format_of
-from pipeline.job import JobConfig, run_job
+from pipeline.job import run_job
 from pipeline.stages import unpurified_images
 from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
 

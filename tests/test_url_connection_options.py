@@ -18,8 +18,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.utils import infer_storage_options
 
+from pipeline.config import JobConfig
 from pipeline.errors import JobError
-from pipeline.job import JobConfig
 from pipeline.output import check_output_location
 from pipeline.sources import discover, read_unit
 from pipeline.storage import url_connection_options, with_url_options

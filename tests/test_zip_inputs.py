@@ -7,8 +7,10 @@ import zipfile
 
 import pytest
 
-from pipeline.job import JobConfig, plan_job, run_job
+from pipeline.config import JobConfig
+from pipeline.job import run_job
 from pipeline.ledger import container_ids
+from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
 from tests.jobutil import image_bytes, read_output, tiny_model_file

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.job import JobConfig, run_job
+from pipeline.config import JobConfig
+from pipeline.job import run_job
 from tests.reliability.corpus import folder_corpus
 from tests.reliability.scenario import check
 

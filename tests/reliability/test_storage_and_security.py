@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.job import JobConfig, JobError, run_job
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
+from pipeline.job import run_job
 from pipeline.model import UNetConfig, build_unet
 from tests.jobutil import image_bytes, tar_bytes
 from tests.reliability.scenario import check

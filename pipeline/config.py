@@ -1,0 +1,215 @@
+"""A job's configuration: `JobConfig`, every option of a run with its default, checked before any work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.decode import DecodePolicy
+from pipeline.errors import JobError
+from pipeline.placement import placement_problem
+from pipeline.presets import ASSETS, shipped_prior_path
+from pipeline.purifier import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
+from pipeline.redaction import redact, redact_uri
+from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
+from pipeline.storage import is_url_chain, with_url_options
+
+DEFAULT_INPUT = str(ASSETS / "sample")
+
+
+DEFAULT_PRIOR_NAME = "cifar10"
+
+
+DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
+
+
+@dataclass
+class JobConfig:
+    """Everything a run depends on. Field docs are the CLI's --help texts."""
+
+    input: str = DEFAULT_INPUT
+    output: str = "./purified"
+    checkpoint: str | None = None
+    prior: str | None = None
+    preset: str | None = None
+    flags: dict[str, Any] | None = None
+    checkpoint_sha256: str | None = None
+    steps: int = 20
+    pool: int = 4
+    lam: float = 0.0
+    eta: float = 1.0
+    sampler: str = "ddim"
+    operators: str = "pool"
+    blend_k: float | None = None
+    clip_denoised: bool = True
+    resample: int = 1
+    start: float = 1.0
+    schedule: str = "linear"
+    large_images: str = "fit"
+    seed: int = 0
+    canvas_size: int | None = None
+    batch_size: int | None = None
+    tile_batch: int = 256
+    write_batch: int = 512
+    files_per_unit: int = 256
+    in_memory_mb: int = IN_MEMORY_BYTES // 2**20
+    actors: int = 0
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    cpus_per_task: float = 0.25
+    torch_threads: int | None = None
+    device: str | None = None
+    precision: str = "fp32"
+    labels_from_folders: bool = False
+    image_column: str | None = None
+    max_pixels: int = 64_000_000
+    max_image_mb: int = MAX_IMAGE_BYTES // 2**20
+    alpha: str = "white"
+    exif_transpose: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    incremental: bool = False
+    retry_rejects: bool = False
+    input_moved: bool = False
+    overwrite: bool = False
+    ray_address: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # The input's and output's own connection details (hdfs://namenode:8020/...) join the storage options, which
+        # travel to every file system the run makes; URIs naming two servers are one of check()'s problems. No other
+        # attribute is kept: JobConfig(**config.__dict__) must make the same config.
+        if isinstance(self.storage_options, dict):
+            self.storage_options = with_url_options(self._uris(), self.storage_options)[0]
+
+    def _uris(self) -> dict[str, str]:
+        return {f"--{name}": getattr(self, name) for name in ("input", "output")
+                if isinstance(getattr(self, name), str) and getattr(self, name)}
+
+    @classmethod
+    def from_recipe(cls, name: str, **fields: Any) -> JobConfig:
+        """A config with a named sampler recipe (`pipeline.purifier.RECIPES`); `fields` win over the recipe's values."""
+        return cls(**{**recipe_values(name), **fields})
+
+    def check(self) -> None:
+        """Refuse option values a run cannot use, naming the option: a bad value must stop the run (and the dry
+        run) before any work, not drop images or crash an actor later. The sampler's own options are checked by
+        ZipSettings, the decoding ones by DecodePolicy."""
+        problems = []
+
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        def is_number(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("tile_batch", "write_batch", "files_per_unit", "max_image_mb"):
+            if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 1):
+                problems.append(f"{flag(name)} must be a whole number of at least 1, got {getattr(self, name)!r}")
+        for name in ("batch_size", "canvas_size", "torch_threads"):
+            v = getattr(self, name)
+            if v is not None and not (is_whole_number(v) and v >= 1):
+                problems.append(f"{flag(name)} must be a whole number of at least 1, got {v!r}")
+        for name in ("in_memory_mb", "actors"):
+            if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"{flag(name)} must be a whole number of 0 or more, got {getattr(self, name)!r}")
+        for name in ("cpus_per_actor", "cpus_per_task"):
+            if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
+                problems.append(f"{flag(name)} must be a number above 0, got {getattr(self, name)!r}")
+        if self.gpus_per_actor is not None and not (is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
+            problems.append(f"--gpus-per-actor must be a number of 0 or more, got {self.gpus_per_actor!r}")
+        elif self.gpus_per_actor is not None and self.gpus_per_actor > 1:
+            # The purifier runs on one device: an actor's second GPU would be held and never used.
+            problems.append(f"--gpus-per-actor must be at most 1 (each actor runs its model on one GPU), got "
+                            f"{self.gpus_per_actor!r}; use --actors for more GPUs")
+        elif self.gpus_per_actor is not None and 0 < self.gpus_per_actor < 1e-4:
+            problems.append(f"--gpus-per-actor must be 0 or at least 0.0001 (Ray's smallest fraction), got "
+                            f"{self.gpus_per_actor!r}")
+        for name in ("labels_from_folders", "incremental", "retry_rejects", "input_moved", "overwrite", "progress",
+                     "exif_transpose", "clip_denoised"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
+        if self.incremental is True and self.overwrite is True:
+            # one adds to a finished output, the other deletes it first: which one was meant is the user's to say
+            problems.append("--incremental and --overwrite contradict each other: --incremental adds new inputs to a "
+                            "finished output, --overwrite deletes it first; give one")
+        if self.retry_rejects is True and self.overwrite is True:
+            problems.append("--retry-rejects and --overwrite contradict each other: --retry-rejects reads an output's "
+                            "rejects again, --overwrite deletes them first; give one")
+        for name in ("input", "output"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"{flag(name)} must be a path or URI, got {getattr(self, name)!r}")
+            elif is_url_chain(getattr(self, name)):
+                problems.append(f"{flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL chain "
+                                f"{getattr(self, name)!r}; storage settings go in --storage-option")
+        for name in ("checkpoint", "prior", "preset", "image_column", "ray_address"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                problems.append(f"{flag(name)} must be text, got {v!r}")
+        if self.checkpoint_sha256 is not None and not (
+                isinstance(self.checkpoint_sha256, str) and len(self.checkpoint_sha256) == 64
+                and all(c in "0123456789abcdefABCDEF" for c in self.checkpoint_sha256)):
+            problems.append(f"--checkpoint-sha256 must be 64 hexadecimal digits, got {self.checkpoint_sha256!r}")
+        if not isinstance(self.storage_options, dict):
+            problems.append(f"storage_options must be a mapping of fsspec options, got {self.storage_options!r}")
+        problems.extend(with_url_options(self._uris(), {})[1])  # from the URIs alone: the options now hold one of them
+        if self.flags is not None and not isinstance(self.flags, dict):
+            problems.append(f"--flags must be a JSON object of create_model flags, got {self.flags!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device is not None:
+            # not checked against this machine's GPUs: the purifier actors run on the cluster's
+            problem = device_problem(self.device, on_this_machine=False)
+            if problem:
+                problems.append(problem)
+            elif self.device == "cpu" and self.precision in PRECISIONS and self.precision != "fp32":
+                problems.append(f"--precision {self.precision} needs a CUDA device; use fp32 with --device cpu")
+            elif self.gpus_per_actor is None or (is_number(self.gpus_per_actor) and 0 <= self.gpus_per_actor <= 1):
+                problem = placement_problem(self.device, self.gpus_per_actor)
+                if problem:
+                    problems.append(problem)
+        elif self.gpus_per_actor == 0 and self.precision in PRECISIONS and self.precision != "fp32":
+            # --gpus-per-actor 0 puts the actors on CPUs, whatever the cluster holds: known now, so the dry run says so
+            problems.append(f"--precision {self.precision} needs CUDA, but --gpus-per-actor 0 runs the actors on the "
+                            "CPU; use --precision fp32, or give the actors a GPU")
+        for make in (self.settings, self.decode_policy):
+            try:
+                make()
+            except (TypeError, ValueError) as err:
+                problems.append(_with_flag(str(err)))
+        if problems:
+            raise JobError("; ".join(problems))
+
+    def decode_policy(self) -> DecodePolicy:
+        return DecodePolicy(max_pixels=self.max_pixels, alpha=self.alpha, exif_transpose=self.exif_transpose)
+
+    def settings(self) -> ZipSettings:
+        return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
+                           operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
+                           resample=self.resample, start=self.start, schedule=self.schedule,
+                           large_images=self.large_images, seed=self.seed)
+
+    def public(self) -> dict[str, Any]:
+        """The configuration with storage secrets, and credentials in its URIs (a presigned checkpoint URL's
+        signature), redacted (for logs and the summary)."""
+        d = asdict(self)
+        d["storage_options"] = redact(self.storage_options)
+        for name in ("input", "output", "checkpoint"):
+            d[name] = redact_uri(d[name])
+        return d
+
+
+# How ZipSettings' and DecodePolicy's messages (Python names, for the API) begin, and the job's flag for each.
+_MESSAGE_FLAGS = {
+    "steps ": "--steps", "seed ": "--seed", "clip_denoised ": "--clip-denoised", "unknown noise schedule": "--schedule",
+    "large_images ": "--large-images", "blend_k ": "--blend-k", "eta ": "--eta", "lam ": "--lam",
+    "resample ": "--resample", "start ": "--start", "unknown sampler": "--sampler", "pool factor": "--pool",
+    "unknown operator": "--operators", "max_pixels ": "--max-pixels", "alpha ": "--alpha",
+    "exif_transpose ": "--exif-transpose",
+}
+
+
+def _with_flag(message: str) -> str:
+    """A settings error as the CLI's user needs it: prefixed with the flag it is about."""
+    flag = next((f for start, f in _MESSAGE_FLAGS.items() if message.startswith(start)), None)
+    return f"{flag}: {message}" if flag else message

@@ -1,0 +1,371 @@
+"""Planning a run before any image is read: the checkpoint to use, the output's state (new, resume, incremental, or
+refused with the reason), and the input's read units less what the output already holds. The dry run prints it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import posixpath
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
+from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
+from pipeline.decode import DecodePolicy
+from pipeline.errors import JobError
+from pipeline.lease import refuse_live_lease
+from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done
+from pipeline.output import (
+    JOB_FILE,
+    SUMMARY_FILE,
+    DamagedPart,
+    check_output_location,
+    clear_output,
+    input_inside_written_folder,
+    is_written_file,
+    list_parts,
+    output_files_inside_input,
+    output_ids,
+    output_inside_input,
+    read_json,
+)
+from pipeline.presets import shipped_prior_path
+from pipeline.purifier import ZipSettings, canonical_operators, check_trained_timesteps
+from pipeline.redaction import redact_uri
+from pipeline.sources import MAX_IMAGE_BYTES, HiddenSkipped, ReadUnit, discover, input_location, relative_id
+from pipeline.stages import DATA_DIR, REJECTS_DIR
+from pipeline.storage import describe, with_retries
+
+
+def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
+    """The checkpoint to use and a note on where it came from."""
+    if config.checkpoint and config.prior:
+        raise JobError(f"give a checkpoint or a shipped prior, not both (checkpoint {config.checkpoint!r}, "
+                       f"prior {config.prior!r})")
+    if config.checkpoint:
+        return config.checkpoint, "user checkpoint"
+    name = config.prior or DEFAULT_PRIOR_NAME
+    try:
+        path = shipped_prior_path(name)
+    except ValueError as err:
+        raise JobError(str(err)) from err
+    if path.exists():
+        return str(path), f"the project's own {name} prior (pipeline/assets/{path.name})"
+    if config.prior:
+        raise JobError(f"shipped prior {name!r} is missing from this installation ({path})")
+    # No trained prior shipped: a seeded random-weight model of the right architecture, said loudly.
+    import torch
+
+    from pipeline.model import build_unet
+    from pipeline.presets import preset_config
+
+    torch.manual_seed(0)
+    path = Path.home() / ".cache" / "zip-purify" / "random_prior.pt"
+    save_bundle(path, build_unet(preset_config("cifar10_prior_small")), meta={"random_weights": True})
+    return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
+
+
+def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
+    """Refuse to mix runs with different settings, or to silently append to a finished run; return the output's
+    state: "new", "resume" (an unfinished run), "incremental" (a finished run, --incremental) or "overwrite".
+
+    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing.
+    """
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    fs, root = check_output_location(out, so)
+    if config.overwrite:
+        for folder in (DATA_DIR, REJECTS_DIR):
+            # --overwrite deletes these folders whole: an output given as a data set's own folder (or the input
+            # itself) would lose the user's images in a data/ or rejects/ folder of theirs
+            path = posixpath.join(root, folder)
+            foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not is_written_file(p))
+            if foreign:
+                raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
+                               f"did not write (e.g. {foreign[0]}); choose another output")
+        if not dry_run:
+            clear_output(out, so)
+        return "overwrite"
+    previous = read_json(f"{out}/{JOB_FILE}", so)
+    has_parts = bool(list_parts(out, DATA_DIR, so) or list_parts(out, REJECTS_DIR, so))
+    if previous is None:
+        if has_parts:
+            raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
+                           "output or pass --overwrite")
+        return "new"
+    # A settings field added after that output was written is missing from its record; the field's default is
+    # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
+    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
+                "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
+    # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
+    # operators, which must not refuse the command that wrote the output
+    with contextlib.suppress(ValueError):
+        previous["settings"]["operators"] = canonical_operators(previous["settings"]["operators"])
+    differ = []
+    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "reading"):
+        before, now = previous.get(key), job_record.get(key)
+        if before == now or (key == "reading" and before is None):  # not recorded by an older version: compatible
+            continue
+        if isinstance(before, dict) and isinstance(now, dict):
+            what = ", ".join(f"{name} {before.get(name)!r} (now {now.get(name)!r})"
+                             for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name))
+        else:
+            what = f"{key} {before!r} (now {now!r})"
+        if key == "reading":  # they set the rows' columns: say how to give the output's own
+            flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
+                     else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
+            differ.append((what, f"{out} was written with other input-reading options: {what}; they set its rows' "
+                                 f"columns (label, the Parquet image), so this run's rows would not match the output's: "
+                                 f"give {', '.join(flags)} as its runs did, or use another output"))
+            continue
+        differ.append((what, f"{out} was written with other {key}: {what}; use another output, or --overwrite to "
+                             "start over"))
+    before_input = (previous.get("input") or {}).get("location")
+    now_input = (job_record.get("input") or {}).get("location")
+    if before_input is not None and now_input is not None and before_input != now_input and not config.input_moved:
+        # an older version's record has no input: compatible
+        differ.append((f"input {before_input} (now {now_input})",
+                       f"{out} was made from input {before_input}, and this run's --input {redact_uri(config.input)} is "
+                       f"{now_input}: an output's ids are paths relative to its input, so every file here whose "
+                       "relative path the output already holds would be skipped as done, unread; write to another "
+                       "output, or give the original input (if the same files only moved here, pass --input-moved)"))
+    if differ and not has_parts:
+        # The run that recorded those settings wrote no row (it failed before its first batch, e.g. on an option the
+        # model could not take): nothing is purified with them, so this run's settings replace them rather than
+        # lock the corrected command out of the output.
+        print(f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded "
+              f"({'; '.join(what for what, _ in differ)}) are replaced by this run's", file=sys.stderr)
+        differ = []
+    if differ:
+        raise JobError(differ[0][1])
+    summary = read_json(f"{out}/{SUMMARY_FILE}", so)
+    complete = bool(summary) and summary.get("status") == "complete"
+    if complete and not (config.incremental or config.retry_rejects):
+        raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
+                       "--retry-rejects to read its rejected inputs again as well, or --overwrite to start over")
+    return "incremental" if complete else "resume"
+
+
+@dataclass
+class JobPlan:
+    """What a run will do, worked out before any image is read: the model, the output's state, the inputs."""
+
+    checkpoint_uri: str
+    model_note: str
+    checkpoint: LoadedCheckpoint
+    canvas_size: int
+    job_record: dict[str, Any]
+    output_state: str  # "new", "resume" (a partial run), "incremental" (a finished run) or "overwrite"
+    done: set[str]  # ids already in the output's data/ or rejects/ (with --retry-rejects: data/ only)
+    done_purified: int
+    done_rejected: int
+    units: list[ReadUnit]  # what is left to read; image files already done are dropped here
+    skipped_files: int
+    in_memory_bytes: int  # tar shards and Parquet files over this are streamed from storage
+    excluded_output_files: int = 0  # files of the job's own output, found inside the input and not read
+    max_image_bytes: int = MAX_IMAGE_BYTES  # an image file, tar member or Parquet cell over this is rejected unread
+    stale_lease: str | None = None  # the holder of a lease left by a run that stopped without releasing it
+    # Containers (tar shards, Parquet files, zip archives): the done ids of each one left to read (its read task
+    # skips them unread), those an earlier complete run read whole (pipeline.ledger), and how many of those are
+    # unchanged and skipped unread.
+    container_done: dict[str, list[str]] = field(default_factory=dict)
+    ledger: dict[str, ContainerRead] = field(default_factory=dict)
+    skipped_containers: int = 0
+    skipped_container_records: int = 0
+    retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
+    # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
+    # read task tells a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
+    container_purified: dict[str, list[str]] = field(default_factory=dict)
+    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
+        by_kind = {kind: [u for u in self.units if u.kind == kind] for kind in ("files", "tar", "parquet", "zip")}
+        sizes = [size for u in self.units for size in u.sizes]
+        streamed = [size for u in self.units if u.kind != "files" for size in u.sizes
+                    if size is not None and size > self.in_memory_bytes]
+        return {
+            "model": {"checkpoint": redact_uri(self.checkpoint_uri), "note": self.model_note,
+                      "sha256": self.checkpoint.sha256,
+                      "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
+            "settings": self.job_record["settings"],
+            "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected,
+                       "rejects_to_retry": len(self.retry)},
+            "stale_lease": self.stale_lease,
+            "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
+                      "image_files_already_done": self.skipped_files,
+                      "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
+                      "parquet_files": sum(len(u.paths) for u in by_kind["parquet"]),
+                      "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
+                      # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
+                      "containers_already_done": self.skipped_containers,
+                      "read_tasks": len(self.units),
+                      "bytes": sum(size for size in sizes if size is not None),
+                      "unsized": sum(size is None for size in sizes),
+                      "streamed": len(streamed), "in_memory_mb": self.in_memory_bytes // 2**20,
+                      # known from the listing; tar members and Parquet cells over the limit are found when read
+                      "image_files_over_max_image_mb": sum(
+                          size is not None and size > self.max_image_bytes
+                          for u in by_kind["files"] for size in u.sizes),
+                      "max_image_mb": self.max_image_bytes // 2**20,
+                      "excluded_output_files": self.excluded_output_files,
+                      "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples},
+        }
+
+
+def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
+    """Check the model and the output and list the inputs, without reading an image or writing anything.
+
+    Every error a run can find before its first image (unsafe or mismatched checkpoint, missing input, an
+    output made with other settings, a finished output without --incremental) is raised here as a JobError.
+    """
+    config.check()
+    so = config.storage_options
+    out = config.output.rstrip("/")
+    settings = config.settings()
+
+    # The model is checked before any data is read: unreadable, unsafe or mismatched files stop here.
+    checkpoint_uri, model_note = _checkpoint_for(config)
+    ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, so,
+                                             config.checkpoint_sha256, verify_only=True)
+    try:
+        check_trained_timesteps(ckpt.meta, settings)
+    except ValueError as err:
+        raise JobError(str(err)) from err
+    canvas_size = config.canvas_size or ckpt.config.image_size
+    canvas_problem = _canvas_problem(canvas_size, config.canvas_size is not None, settings.pool,
+                                     ckpt.config.min_input_multiple)
+    if canvas_problem:
+        raise JobError(canvas_problem)
+    try:
+        location = input_location(config.input, so)
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
+    job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
+                  "decoding": asdict(config.decode_policy()), "checkpoint": redact_uri(checkpoint_uri),
+                  "model": model_note,
+                  # options that set the rows' columns: a run with others would add rows unlike the output's
+                  "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column},
+                  # what the output's ids are relative to: another input's same-named files would be skipped as done
+                  "input": {"uri": redact_uri(config.input), "location": redact_uri(location)}}
+
+    # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
+    overlap = input_inside_written_folder(config.input, out, so)
+    if overlap:
+        raise JobError(overlap)
+    # What is already done (resume / incremental), and what there is to read.
+    try:
+        # deletes nothing: run_job empties an --overwrite output once it holds the output's lease
+        state = check_output_state(config, job_record, dry_run=True)
+        stale_lease = refuse_live_lease(out, so)  # before any work; a real run takes the lease after planning
+        # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
+        # the plan reports what --overwrite would delete).
+        purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)
+        prior_purified, prior_rejected = len(purified_ids), len(rejected_ids)
+        if state == "overwrite" and dry_run:
+            # what --overwrite would delete; part files that cannot be read are deleted with the rest, so they do
+            # not stop the dry run (they stopped it with advice to move them out, though the run itself would start)
+            damaged: list[DamagedPart] = []
+            purified_old, rejected_old = output_ids(out, so, damaged)
+            prior_purified, prior_rejected = len(purified_old), len(rejected_old)
+            if damaged:
+                first = min(d.path for d in damaged)
+                print(f"zip-purify: note: {out} holds {len(damaged)} part file(s) that cannot be read (e.g. "
+                      f"{posixpath.basename(posixpath.dirname(first))}/{posixpath.basename(first)}); --overwrite "
+                      "deletes them with the rest, and their rows are not in these counts", file=sys.stderr)
+        # --retry-rejects: a rejected input is not done; it is read again, and its old reject row goes at the end
+        retry = frozenset(rejected_ids) if config.retry_rejects else frozenset()
+        skip = purified_ids if config.retry_rejects else purified_ids | rejected_ids
+    except JobError:
+        raise
+    except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    hidden = HiddenSkipped()
+    own_files = output_files_inside_input(config.input, out, so)  # not counted as hidden inputs (a 2nd run's summary)
+    try:
+        units = with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
+                             f"list {config.input}")
+    except FileNotFoundError as err:
+        raise JobError(f"input {config.input} not found: {describe(err)}") from err
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
+    inside = output_inside_input(config.input, out, so)
+    skipped_files, kept_units, excluded = 0, [], 0
+    for unit in units:
+        if inside is not None:  # the job's own output is not input: reading it back would purify it twice
+            pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
+            own = [inside(p) for p, _ in pairs]  # once a path: each is looked up on disk (a link may lead anywhere)
+            outside = [pair for pair, mine in zip(pairs, own, strict=True) if not mine]
+            foreign = [p for (p, _), mine in zip(pairs, own, strict=True) if mine and not is_written_file(p)]
+            if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
+                raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
+                               "the job writes to and does not read; write the output to another folder")
+            excluded += len(pairs) - len(outside)
+            if not outside:
+                continue
+            unit = ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside),
+                            unit.stamps)  # a container is one path: kept whole or not at all
+        if unit.kind == "files":
+            kept = [(p, size) for p, size in zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True)
+                    if relative_id(p, unit.root) not in skip]
+            skipped_files += len(unit.paths) - len(kept)
+            if kept:
+                kept_units.append(ReadUnit("files", tuple(p for p, _ in kept), unit.root, tuple(s for _, s in kept)))
+        else:
+            kept_units.append(unit)
+    # Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
+    # one that an earlier complete run read whole and that is unchanged since is not read at all.
+    containers = [u for u in kept_units if u.kind != "files"]
+    container_done = container_ids(skip, containers) if skip else {}
+    tars = {u.paths[0] for u in containers if u.kind == "tar"}
+    try:
+        ledger = read_ledger(out, so) if containers and state in ("resume", "incremental") else {}
+    except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still
+    # broken gives it again, and written twice it would make the run inconsistent.
+    broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
+    # the done ids of each tar shard that are in data/ and that a name not UTF-8 can give ('\\x'): its read task tells
+    # a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
+    escaped = {path: purified for path, ids in container_done.items()
+               if path in tars and (purified := [i for i in ids if "\\x" in i and i in purified_ids])}
+    # One with such a reject is read again even where the record says it was read whole (an older version recorded
+    # it and kept the reject): once it reads whole, the reject goes (`resolved` in _run).
+    # So is a shard holding such an id that an older version recorded (not `lookalikes_checked`), once: that version
+    # skipped a member added beside the purified one without a word, and recorded the shard as read whole.
+    unread = {u.paths[0] for u in containers
+              if broken[u.paths[0]] not in rejected_ids and broken[u.paths[0]] not in purified_ids
+              and unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
+                                     container_done.get(u.paths[0], []))
+              and (u.paths[0] not in escaped or ledger[u.paths[0]].lookalikes_checked)}
+    return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
+                   prior_rejected, [u for u in kept_units if u.kind == "files" or u.paths[0] not in unread],
+                   skipped_files, config.in_memory_mb * 2**20, excluded,
+                   max_image_bytes=config.max_image_mb * 2**20, stale_lease=stale_lease,
+                   container_done={path: ids + [broken[path]] * (broken[path] in skip)
+                                   for path, ids in container_done.items() if path not in unread},
+                   ledger=ledger, skipped_containers=len(unread),
+                   skipped_container_records=sum(ledger[path].records for path in unread), retry=retry,
+                   container_purified={path: ids for path, ids in escaped.items() if path not in unread},
+                   hidden=hidden)
+
+
+def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:
+    """Why the model cannot purify canvases of `canvas_size` px with this pool factor, naming the sizes it takes; None
+    when it can. Found here, the run stops before it writes anything (in the purifier actors, it failed after
+    recording the size in the output, whose record then refused the corrected command)."""
+    multiple = math.lcm(pool, model_multiple)
+    if canvas_size % multiple == 0:
+        return None
+    below = canvas_size // multiple * multiple
+    sizes = " or ".join(str(n) for n in (below, below + multiple) if n > 0)
+    if not given:
+        return (f"pool factor {pool} does not divide the model's canvas size {canvas_size}: give a --pool that divides "
+                f"it, or --canvas-size {sizes}")
+    why = [f"the model halves its input {model_multiple.bit_length() - 1} times: multiples of {model_multiple}"] * (
+        model_multiple > 1) + [f"--pool {pool}: multiples of {pool}"] * (pool > 1)
+    return (f"--canvas-size {canvas_size} cannot be used: canvases must be multiples of {multiple} ({'; '.join(why)}); "
+            f"use {sizes}")
