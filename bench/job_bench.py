@@ -20,7 +20,7 @@ the purifier actor, and of the largest other worker (untile, encode, write), wit
 hold a whole unit's images at once); `--in-memory-mb` sets the size above which the job streams a shard instead
 of fetching it whole.
 overhead: the driver's work that grows with the number of inputs, not with the images purified: listing and planning
-(what --dry-run does), reading the output's ids (done_ids, at the start of a resumed or --incremental run) and the
+(what --dry-run does), reading the output's ids (output_ids, at the start of a resumed or --incremental run) and the
 end-of-run duplicate check (deduplicate_output), on N tiny 8x8 PNGs in nested folders (`--layout mixed`: plus N/500
 tar shards of 10 images beside them, which the id-collision check compares) and an output that already holds all
 but 50 of the files, written in the job's own part-file format (256 rows a file). Best of 2, in-process, no Ray;
@@ -53,7 +53,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import Purifier  # noqa: E402
-from pipeline.job import DEFAULT_PRIOR, JobConfig, run_job  # noqa: E402
+from pipeline.config import DEFAULT_PRIOR, JobConfig  # noqa: E402
+from pipeline.job import run_job  # noqa: E402
 from pipeline.placement import init_local_ray  # noqa: E402
 
 
@@ -199,8 +200,8 @@ def memory_one(args: argparse.Namespace) -> None:
 
 def overhead_one(args: argparse.Namespace) -> None:
     """One size in this (fresh) process: times of the driver's per-input work, and its peak memory."""
-    from pipeline.job import plan_job
-    from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output, done_ids, write_json
+    from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output, output_ids, write_json
+    from pipeline.plan import plan_job
     from pipeline.sources import discover
     from pipeline.stages import _data_table, part_name, write_parquet_atomic
 
@@ -240,7 +241,7 @@ def overhead_one(args: argparse.Namespace) -> None:
             return min(times)
 
         figures = [best(lambda: discover(str(root), {}, config.files_per_unit)),
-                   best(lambda: plan_job(config, dry_run=True)), best(lambda: done_ids(out, {})),
+                   best(lambda: plan_job(config, dry_run=True)), best(lambda: output_ids(out, {})),
                    best(lambda: deduplicate_output(out, {}))]
     driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"| {n} | {n // 500 if args.layout == 'mixed' else 0} | {-(-len(done) // 256)} | "
@@ -252,7 +253,7 @@ def overhead(args: argparse.Namespace) -> None:
 
     print(f"{args.layout}: N tiny PNG files{' + N/500 tar shards' if args.layout == 'mixed' else ''}, output holding "
           "all files but 50\n| image files | tar shards | output part files | discover s | plan (--dry-run) s | "
-          "done_ids s | deduplicate_output s | driver peak MB |\n| --- | --- | --- | --- | --- | --- | --- | --- |",
+          "output_ids s | deduplicate_output s | driver peak MB |\n| --- | --- | --- | --- | --- | --- | --- | --- |",
           flush=True)
     for n in args.sizes.split(","):
         subprocess.run([sys.executable, __file__, "overhead-one", "--images", n, "--layout", args.layout], check=True)

@@ -25,7 +25,7 @@ a second run of each under tracemalloc for the Python heap's peak (slower; Arrow
   discover      sources.discover(in-files): the input listing
   plan-files    job.plan_job over in-files and out-files, --incremental (what a nightly run does before Ray starts)
   plan-inside   the same over in-nest and in-nest/purified: each listed file is checked for being the output's own
-  done-ids      output.done_ids(out-files): every part file's id column
+  done-ids      output.output_ids(out-files): every part file's id column
   plan-tar      job.plan_job over in-tar and out-tar, --incremental: container_ids, the ledger, digests
   container-ids ledger.container_ids(the output's ids, in-tar's shards) alone
   ledger        ledger.read_ledger + unchanged_and_done for every shard + write_ledger
@@ -128,8 +128,9 @@ def _write_parts(out: Path, folder: str, template: Any, ids: list[str], rows: in
 
 def _complete(out: Path, input_: Path) -> None:
     """_job.json as a run over `input_` writes it, and a complete summary."""
-    from pipeline.job import JobConfig, plan_job
+    from pipeline.config import JobConfig
     from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
+    from pipeline.plan import plan_job
 
     record = plan_job(JobConfig(input=str(input_), output=str(out / "_tmp"), steps=1, progress=False),
                       dry_run=True).job_record
@@ -232,9 +233,11 @@ def _status_kb(key: str) -> int:
 
 def _setup(fn: str, n: int, root: Path) -> Any:
     """The call to measure, with its arguments prepared (not measured)."""
-    from pipeline.job import JobConfig, plan_job, run_status
+    from pipeline.config import JobConfig
+    from pipeline.job import run_status
     from pipeline.ledger import container_ids, read_ledger, unchanged_and_done, write_ledger
-    from pipeline.output import deduplicate_output, done_ids, output_ids, unify_output_types
+    from pipeline.output import deduplicate_output, output_ids, unify_output_types
+    from pipeline.plan import plan_job
     from pipeline.sources import discover
 
     if fn == "discover":
@@ -246,7 +249,7 @@ def _setup(fn: str, n: int, root: Path) -> Any:
         config = JobConfig(input=str(input_), output=str(out), steps=1, incremental=True, progress=False)
         return lambda: plan_job(config, dry_run=True)
     if fn == "done-ids":
-        return lambda: done_ids(str(root / "out-files"), {})
+        return lambda: output_ids(str(root / "out-files"), {})
     if fn in ("container-ids", "ledger"):
         purified, rejected = output_ids(str(root / "out-tar"), {})
         done = purified | rejected
