@@ -23,9 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import metrics, runner  # noqa: E402
+from pipeline.evaluation import metrics  # noqa: E402
 from pipeline.evaluation.attacks import PhysicalBA, make_attack  # noqa: E402
 from pipeline.evaluation.classifier import predict  # noqa: E402
+from pipeline.evaluation.datasets import load_splits  # noqa: E402
+from pipeline.evaluation.victims import get_classifier  # noqa: E402
 
 CORNER = 6  # px: the 3x3 patch and the ring of pixels around it that a classifier sees it against
 EDGES = (0, 40, 80, 120, 160, 200, 256)
@@ -61,10 +63,10 @@ def main() -> int:
     interpolation = args.interpolation or PhysicalBA().interpolation
 
     options = {} if interpolation == PhysicalBA().interpolation else {"interpolation": interpolation}
-    train, test = runner.load_splits(args.dataset)
-    model, info = runner.get_classifier(args.dataset, args.attack, args.cache_dir, args.epochs, args.threads,
-                                        train=train, attack_options=options,
-                                        train_options={"depth": args.depth} if args.depth != 20 else None)
+    train, test = load_splits(args.dataset)
+    model, info = get_classifier(args.dataset, args.attack, args.cache_dir, args.epochs, args.threads,
+                                 train=train, attack_options=options,
+                                 train_options={"depth": args.depth} if args.depth != 20 else None)
     attack = make_attack(args.attack, test.images.shape[1])
     keep = test.labels != attack.target
     clean = test.images[keep]

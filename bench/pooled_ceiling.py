@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import metrics, runner  # noqa: E402
+from pipeline.evaluation import metrics  # noqa: E402
 from pipeline.evaluation.baselines import naive_transform  # noqa: E402
 from pipeline.evaluation.classifier import load_classifier, predict, save_classifier, train_classifier  # noqa: E402
-from pipeline.evaluation.datasets import stratified_subset  # noqa: E402
+from pipeline.evaluation.datasets import load_splits, stratified_subset  # noqa: E402
 
 
 def class_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -70,7 +70,7 @@ def main() -> int:
     if args.pool < 1:
         p.error(f"--pool must be at least 1, got {args.pool}")
 
-    train, test = runner.load_splits(args.dataset)
+    train, test = load_splits(args.dataset)
     crop = "" if args.crop_pad == 4 else f"-crop{args.crop_pad}"
     path = args.cache_dir / "classifiers" / f"{args.dataset}-pooled{args.pool}-e{args.epochs}{crop}.pt"
     started = time.time()

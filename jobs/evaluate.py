@@ -54,17 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
 from pipeline.evaluation.classifier import train_classifier  # noqa: E402
 from pipeline.evaluation.datasets import CACHE_DIR, DataError  # noqa: E402
-from pipeline.evaluation.runner import (  # noqa: E402
-    DEFAULT_PRIOR,
-    DEFENSES,
-    ZIP_DEFENSES,
-    EvalConfig,
-    EvaluationError,
-    evaluate_dataset,
-    log,
-    preflight,
-    zip_settings,
-)
+from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_settings  # noqa: E402
+from pipeline.evaluation.log import log  # noqa: E402
+from pipeline.evaluation.preflight import EvaluationError, preflight  # noqa: E402
+from pipeline.evaluation.runner import DEFAULT_PRIOR, EvalConfig, evaluate_dataset  # noqa: E402
 from pipeline.evaluation.target import RESAMPLES  # noqa: E402
 from pipeline.purifier import device_problem  # noqa: E402
 
@@ -168,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _argument_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the options on their own (the data sets, prior and --out are `runner.preflight`'s)."""
+    """What is wrong with the options on their own (the data sets, prior and --out are `preflight.preflight`'s)."""
     for name in ("steps", "pool", "subset", "epochs", "examples"):
         if getattr(args, name) < 1:
             return f"--{name} must be positive"

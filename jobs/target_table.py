@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.evaluation.predictions import check_target, decode_predictions  # noqa: E402
 from pipeline.evaluation.report import target_summary  # noqa: E402
-from pipeline.evaluation.runner import check_target, decode_predictions  # noqa: E402
 from pipeline.evaluation.target import point_check  # noqa: E402
 
 JSON_TYPES = {"dict": "an object", "list": "an array", "str": "a string", "int": "a number", "float": "a number",
@@ -59,7 +59,7 @@ def read_report(path: Path) -> dict[str, Any]:
 
 def computed_check(report: dict[str, Any], resamples: int) -> dict[str, Any] | None:
     """The target check the report's run would have stored with --bootstrap `resamples`, from its per-image
-    predictions: the runner's own `check_target`, on the same labels, defenses, seed (the report's --seed) and Average
+    predictions: the evaluation's own `check_target`, on the same labels, defenses, seed (the report's --seed) and Average
     row, so the same resamples and the same figures. None when the run had no ZIP defense, baseline or attack to check.
     Raises UnusableReport when the predictions or settings it needs are missing or malformed."""
     config = report["config"]

@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from pipeline.evaluation.runner import check_target, encode_predictions
+from pipeline.evaluation.predictions import check_target, encode_predictions
 from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages
 from tests.jobutil import evaluate_job_without_evaluation, load_job_script, run_main
 

@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from pipeline.evaluation import runner
+from pipeline.evaluation.preflight import report_settings
 from tests.jobutil import evaluate_job_without_evaluation, run_main
 
 
@@ -73,7 +74,7 @@ def test_another_configuration_in_out_needs_overwrite(job: ModuleType, tmp_path:
     """A report of --steps 2 in --out: rerunning with --steps 2 is fine, --steps 3 is refused unless --overwrite."""
     argv = [*CHEAP, "--out", str(tmp_path), "--epochs", "1"]
     config = job.make_config(job.parse_args([*argv, "--steps", "2"]), "cifar10")
-    settings = runner.report_settings(config, ["clean"], ["naive"], None)
+    settings = report_settings(config, ["clean"], ["naive"], None)
     (tmp_path / "cifar10.json").write_text(json.dumps({"config": {**settings, "device": "cuda"}}))
 
     assert _run(job, [*argv, "--steps", "2"]) == 0  # the same configuration (elsewhere run on a GPU): regenerated

@@ -14,6 +14,8 @@ import pytest
 
 from pipeline.checkpoint import save_bundle
 from pipeline.evaluation import runner
+from pipeline.evaluation.defenses import _zip_overrides, make_defense
+from pipeline.evaluation.preflight import EvaluationError, Preflight, preflight
 from pipeline.model import UNetConfig, build_unet
 from tests.jobutil import TINY_FLAGS, load_job_script, run_main
 
@@ -66,8 +68,8 @@ def _config(tmp_path: Path, checkpoint: str, **kw: Any) -> runner.EvalConfig:
                              subset=10, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", **kw)
 
 
-def _preflight(config: runner.EvalConfig) -> runner.Preflight:
-    return runner.preflight(config, loader=lambda name, split: None)  # not the shared loader: no data checks
+def _preflight(config: runner.EvalConfig) -> Preflight:
+    return preflight(config, loader=lambda name, split: None)  # not the shared loader: no data checks
 
 
 def test_the_schedule_a_prior_records_is_the_one_zip_samples_with(tmp_path: Path) -> None:
@@ -79,7 +81,7 @@ def test_the_schedule_a_prior_records_is_the_one_zip_samples_with(tmp_path: Path
 
 
 def test_a_schedule_flag_against_the_prior_names_flags_that_exist(tmp_path: Path) -> None:
-    with pytest.raises(runner.EvaluationError) as err:
+    with pytest.raises(EvaluationError) as err:
         _preflight(_config(tmp_path, _prior(tmp_path, "cosine"), schedule="linear"))
     assert "--schedule linear was given" in str(err.value) and "give --schedule cosine" in str(err.value)
     assert "the job's" not in str(err.value)
@@ -90,8 +92,8 @@ def test_a_cosine_run_does_not_reuse_linear_purified_sets(tmp_path: Path) -> Non
     config = _config(tmp_path, "prior.pt")
 
     def key(schedule: str | None) -> str:
-        return runner.make_defense("zip", checkpoint="p", checkpoint_sha256=SHA,
-                                   zip_overrides=runner._zip_overrides(config, schedule)).key
+        return make_defense("zip", checkpoint="p", checkpoint_sha256=SHA,
+                            zip_overrides=_zip_overrides(config, schedule)).key
 
     assert key("cosine") != key("linear")
     assert key("linear") == key(None) == "zip-4a315837d8c0"  # linear sets cached before keep their key
@@ -104,11 +106,11 @@ def test_a_linear_run_does_not_replace_a_cosine_report_unasked(tmp_path: Path) -
     (tmp_path / "out").mkdir()
     report = tmp_path / "out" / "cifar10.json"
     report.write_text(json.dumps({"config": _preflight(_config(tmp_path, prior, schedule="cosine")).settings}))
-    with pytest.raises(runner.EvaluationError, match='schedule "cosine" there, "linear" now'):
+    with pytest.raises(EvaluationError, match='schedule "cosine" there, "linear" now'):
         _preflight(_config(tmp_path, prior))
     assert _preflight(_config(tmp_path, prior, schedule="cosine")).schedule == "cosine"  # the same: regenerated
     report.write_text(json.dumps({"config": _preflight(_config(tmp_path, prior, overwrite=True)).settings}))
-    with pytest.raises(runner.EvaluationError, match='schedule "linear" there, "cosine" now'):
+    with pytest.raises(EvaluationError, match='schedule "linear" there, "cosine" now'):
         _preflight(_config(tmp_path, prior, schedule="cosine"))
 
 

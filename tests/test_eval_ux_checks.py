@@ -12,8 +12,9 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from pipeline.evaluation import datasets, runner
+from pipeline.evaluation import datasets, runner, victims
 from pipeline.evaluation.datasets import LabelledImages
+from pipeline.evaluation.preflight import EvaluationError
 from tests.jobutil import load_evaluate_job, run_main
 
 CHEAP = ["--attacks", "none", "--defenses", "none", "--subset", "20"]
@@ -121,10 +122,10 @@ def _synthetic(n: int) -> LabelledImages:
 def test_a_subset_larger_than_the_test_split_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: --subset 100 of a 24-image test split silently ran on 24 images, while the report's "subset" and the
     purified cache's folder name (n100) said 100."""
-    monkeypatch.setattr(runner, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(victims, "train_classifier", lambda *a, **k: pytest.fail("trained"))
     config = runner.EvalConfig(dataset="synthetic", attacks=["none"], defenses=["none"], subset=100, epochs=1,
                                cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", bootstrap=0)
-    with pytest.raises(runner.EvaluationError, match=r"--subset 100 is larger .* at most 24 .*--subset 24 or less"):
+    with pytest.raises(EvaluationError, match=r"--subset 100 is larger .* at most 24 .*--subset 24 or less"):
         runner.evaluate_dataset(config, loader=lambda name, split: _synthetic(48 if split == "train" else 24))
     assert not (tmp_path / "out").exists()
 

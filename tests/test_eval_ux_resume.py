@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import classifier, runner
+from pipeline.evaluation import classifier, victims
 from pipeline.evaluation.classifier import train_classifier
 from pipeline.evaluation.datasets import LabelledImages
 
@@ -100,8 +100,8 @@ def test_the_evaluation_keeps_an_epoch_checkpoint_while_a_victim_trains_and_remo
     images, labels = _data(48, 1)
     train = LabelledImages(images, labels, 2)
     cache = tmp_path / "cache"
-    _, info = runner.get_classifier("synthetic", "badnet", cache, 2, 1, train=train, progress=False,
-                                    train_options={"depth": 8, "batch_size": 16})
+    _, info = victims.get_classifier("synthetic", "badnet", cache, 2, 1, train=train, progress=False,
+                                     train_options={"depth": 8, "batch_size": 16})
     path = Path(info["path"])
-    assert written == [runner.training_checkpoint_path(path)] == [path.with_name(f"{path.stem}.partial.pt")]
+    assert written == [victims.training_checkpoint_path(path)] == [path.with_name(f"{path.stem}.partial.pt")]
     assert path.is_file() and not written[0].exists()

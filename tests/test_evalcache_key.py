@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import runner
+from pipeline.evaluation.defenses import ZIP_DEFENSES, make_defense
 from pipeline.purifier import Purifier, ZipSettings
 from tests.jobutil import tiny_model_file
 
@@ -19,10 +19,10 @@ SHA = "0" * 64
 
 
 def _key(name: str, device: str) -> str:
-    return runner.make_defense(name, checkpoint="prior.pt", checkpoint_sha256=SHA, device=device).key
+    return make_defense(name, checkpoint="prior.pt", checkpoint_sha256=SHA, device=device).key
 
 
-@pytest.mark.parametrize("name", runner.ZIP_DEFENSES)
+@pytest.mark.parametrize("name", ZIP_DEFENSES)
 def test_zip_sets_purified_on_a_gpu_and_on_a_cpu_are_cached_apart(name: str) -> None:
     assert _key(name, "cuda") != _key(name, "cpu")
     assert _key(name, "cuda:1") == _key(name, "cuda")  # one noise stream for every GPU of a machine
@@ -31,7 +31,7 @@ def test_zip_sets_purified_on_a_gpu_and_on_a_cpu_are_cached_apart(name: str) -> 
 def test_cpu_keys_are_those_of_earlier_versions_so_their_caches_stay_in_use() -> None:
     """The key of the default ZIP settings on a CPU, as computed before the device was part of the key."""
     assert _key("zip", "cpu") == "zip-4a315837d8c0"
-    assert "noise_device" not in runner.make_defense("zip", checkpoint="p", checkpoint_sha256=SHA).settings
+    assert "noise_device" not in make_defense("zip", checkpoint="p", checkpoint_sha256=SHA).settings
 
 
 @pytest.mark.parametrize("name", ["shrinkpad", "naive"])

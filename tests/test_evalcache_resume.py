@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.evaluation import runner
+from pipeline.evaluation.defenses import Defense, make_defense, purified
 from pipeline.purifier import Purifier
 from tests.jobutil import tiny_model_file
 from tests.test_evaluation_e2e import fake_loader
@@ -44,18 +45,18 @@ def _images(n: int) -> np.ndarray:
     return np.random.default_rng(5).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def _zip(prior: str, name: str = "zip", **overrides: Any) -> runner.Defense:
+def _zip(prior: str, name: str = "zip", **overrides: Any) -> Defense:
     sha = load_checkpoint(prior, verify_only=True).sha256
     settings: dict[str, Any] = dict(steps=2, pool=4, checkpoint=prior, checkpoint_sha256=sha, batch_size=2)
-    return runner.make_defense(name, **{**settings, **overrides})
+    return make_defense(name, **{**settings, **overrides})
 
 
-def _interrupted(defense: runner.Defense, images: np.ndarray, cache: Path, monkeypatch: pytest.MonkeyPatch,
+def _interrupted(defense: Defense, images: np.ndarray, cache: Path, monkeypatch: pytest.MonkeyPatch,
                  finished: int) -> Path:
     """Purify until `finished` batches are done, stop in the next; returns the folder of the kept batches."""
     with monkeypatch.context() as patch, pytest.raises(Stop):
         Batches(patch, stop_in=finished + 1)
-        runner.purified(defense, images, cache, "clean")
+        purified(defense, images, cache, "clean")
     (partial,) = (cache / defense.key).glob("clean-*.partial")
     return partial
 
@@ -70,7 +71,7 @@ def test_an_interrupted_set_resumes_with_its_missing_batches_bit_identical(
         overrides: dict[str, Any], images: int, batches: int) -> None:
     prior = tiny_model_file(tmp_path)
     x = _images(images)
-    reference = runner.purified(_zip(prior, name, **overrides), x, tmp_path / "uninterrupted", "clean")
+    reference = purified(_zip(prior, name, **overrides), x, tmp_path / "uninterrupted", "clean")
     # Batch by batch, the same images as the purifier's one call over the whole set (how sets were purified before).
     np.testing.assert_array_equal(reference, _zip(prior, name, **overrides)(x))
 
@@ -82,7 +83,7 @@ def test_an_interrupted_set_resumes_with_its_missing_batches_bit_identical(
     capsys.readouterr()
 
     counted = Batches(monkeypatch)
-    out = runner.purified(_zip(prior, name, **overrides), x, tmp_path / "cache", "clean")
+    out = purified(_zip(prior, name, **overrides), x, tmp_path / "cache", "clean")
     assert counted.calls == 2  # only the batches the interrupted run had not finished
     np.testing.assert_array_equal(out, reference)
     assert f"resuming: {finished} of {batches} purifier batches" in capsys.readouterr().err
@@ -98,7 +99,7 @@ def test_the_resumed_log_says_how_much_was_kept_and_counts_the_progress_from_the
     x = _images(12)
     _interrupted(_zip(prior), x, tmp_path / "cache", monkeypatch, finished=4)
     capsys.readouterr()
-    runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    purified(_zip(prior), x, tmp_path / "cache", "clean")
     err = capsys.readouterr().err
     assert ("zip/clean: resuming: 4 of 6 purifier batches (8 of 12 images) kept from an interrupted run, purifying "
             "the other 2") in err
@@ -112,7 +113,7 @@ def test_a_damaged_or_foreign_batch_file_is_purified_again(tmp_path: Path, monke
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     prior = tiny_model_file(tmp_path)
     x = _images(12)
-    reference = runner.purified(_zip(prior), x, tmp_path / "uninterrupted", "clean")
+    reference = purified(_zip(prior), x, tmp_path / "uninterrupted", "clean")
     partial = _interrupted(_zip(prior), x, tmp_path / "cache", monkeypatch, finished=4)
     cut, flipped, foreign, intact = sorted(partial.glob("*.npz"))
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
@@ -124,7 +125,7 @@ def test_a_damaged_or_foreign_batch_file_is_purified_again(tmp_path: Path, monke
     capsys.readouterr()
 
     counted = Batches(monkeypatch)
-    out = runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    out = purified(_zip(prior), x, tmp_path / "cache", "clean")
     err = capsys.readouterr().err
     for path in (cut, flipped, foreign):
         assert f"warning: cache file {path} is damaged" in err and "purifying its batch again" in err

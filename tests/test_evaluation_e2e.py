@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,14 @@ import pytest
 import torch
 
 from pipeline.checkpoint import save_bundle
-from pipeline.evaluation import runner
+from pipeline.evaluation import runner, victims
 from pipeline.evaluation.attacks import PhysicalBA, make_attack
 from pipeline.evaluation.classifier import load_classifier, predict
-from pipeline.evaluation.datasets import LabelledImages, stratified_subset
+from pipeline.evaluation.datasets import LabelledImages, load_splits, stratified_subset
+from pipeline.evaluation.predictions import decode_predictions
+from pipeline.evaluation.preflight import EvaluationError, preflight
 from pipeline.model import UNetConfig, build_unet
+from pipeline.purifier import Purifier
 
 ATTACKS = ["badnet", "blended", "physicalba", "wanet"]
 DEFENSES = ["none", "shrinkpad", "naive", "zip", "zip-authors"]
@@ -106,7 +110,7 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
     assert "| Average |" in table and "| WaNet |" in table and "| None |" in table and "ZIP (k=4) CA" in table
 
     # The target check rescored the stored per-image predictions: its point estimates are the Average row.
-    labels, predictions = runner.decode_predictions(saved["predictions"])
+    labels, predictions = decode_predictions(saved["predictions"])
     assert np.array_equal(labels, test.labels[subset])
     assert set(predictions) == {*ATTACKS, "clean"} and predictions["clean"]["target"] is None
     badnet = predictions["badnet"]
@@ -147,8 +151,8 @@ def test_evaluation_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Mo
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("cache not used")
 
-    monkeypatch.setattr(runner, "train_classifier", forbidden)
-    monkeypatch.setattr(runner.Purifier, "from_checkpoint", forbidden)
+    monkeypatch.setattr(victims, "train_classifier", forbidden)
+    monkeypatch.setattr(Purifier, "from_checkpoint", forbidden)
     again = runner.evaluate_dataset(config, loader=fake_loader)
     assert again["results"] == report["results"] and again["fidelity"] == report["fidelity"]
     assert not any(info["trained_now"] for info in again["classifiers"].values())
@@ -163,7 +167,7 @@ def test_without_flips_cancels_physicalba_flip() -> None:
     mirrored = [np.array_equal(f, im[:, ::-1]) and not np.array_equal(f, im) for f, im in zip(flipped, images, strict=True)]
     assert 5 < sum(mirrored) < 35
     rng = np.random.default_rng(1)
-    out = runner.without_flips(identity_but_flip.train_transform)(images, rng)
+    out = victims.without_flips(identity_but_flip.train_transform)(images, rng)
     np.testing.assert_array_equal(out, images)
     reference = np.random.default_rng(1)
     identity_but_flip.train_transform(images, reference)
@@ -172,7 +176,7 @@ def test_without_flips_cancels_physicalba_flip() -> None:
 
 def test_restamped_and_uncropped_classifiers_have_their_own_cache_name(tmp_path: Path) -> None:
     """A classifier cached before restamping (BadNet) or crop-free training (PhysicalBA) existed is not reused."""
-    from pipeline.evaluation.runner import classifier_path
+    from pipeline.evaluation.victims import classifier_path
 
     assert classifier_path(tmp_path, "cifar10", "badnet", 10).name == "cifar10-badnet-e10-restamp.pt"
     assert classifier_path(tmp_path, "cifar10", "physicalba", 10).name == "cifar10-physicalba-e10-nocrop.pt"
@@ -192,17 +196,17 @@ def test_attack_options_train_the_changed_attack_under_its_own_name(tmp_path: Pa
         warped.append(transform(images[:8], np.random.default_rng(0)))  # type: ignore[operator]
         return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
 
-    monkeypatch.setattr(runner, "train_classifier", untrained)
+    monkeypatch.setattr(victims, "train_classifier", untrained)
     train = fake_loader("synthetic", "train")
-    _, default = runner.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train)
-    _, nearest = runner.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train,
-                                       attack_options={"interpolation": "nearest"})
+    _, default = victims.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train)
+    _, nearest = victims.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train,
+                                        attack_options={"interpolation": "nearest"})
     assert Path(default["path"]).name == "synthetic-physicalba-e1-nocrop.pt"
     assert Path(nearest["path"]).name == "synthetic-physicalba-e1-nocrop-attack-interpolationnearest.pt"
     assert nearest["attack_options"] == {"interpolation": "nearest"} and default["attack_options"] == {}
     assert not np.array_equal(warped[0], warped[1])  # same draws, other resampling
     with pytest.raises(ValueError, match="clean classifier"):
-        runner.get_classifier("synthetic", None, tmp_path, 1, train=train, attack_options={"interpolation": "nearest"})
+        victims.get_classifier("synthetic", None, tmp_path, 1, train=train, attack_options={"interpolation": "nearest"})
 
 
 def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
@@ -219,26 +223,26 @@ def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
         trained.append(len(images))
         return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
 
-    monkeypatch.setattr(runner, "train_classifier", untrained)
+    monkeypatch.setattr(victims, "train_classifier", untrained)
     train = fake_loader("synthetic", "train")
-    _, first = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
-    _, again = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    _, first = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    _, again = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
     assert trained == [len(train.labels)] and again["trained_now"] is False
     assert again["attack_params"]["class"] == "BadNet" and again["attack_params"]["patch_size"] == 3
 
     other_copy = LabelledImages(255 - train.images, train.labels, train.num_classes)
-    _, retrained = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    _, retrained = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
     assert len(trained) == 2 and retrained["trained_now"] is True
     assert retrained["train_sha256"] != first["train_sha256"]
 
-    monkeypatch.setattr(runner, "make_attack", lambda name, size: runner.replace(make_attack(name, size), patch_size=4))
-    runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    monkeypatch.setattr(victims, "make_attack", lambda name, size: replace(make_attack(name, size), patch_size=4))
+    victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
     assert len(trained) == 3
 
     meta = Path(first["path"]).with_suffix(".json")
     old_record = {k: v for k, v in json.loads(meta.read_text()).items() if k not in ("attack_params", "train_sha256")}
     meta.write_text(json.dumps(old_record))
-    _, served = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    _, served = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
     assert len(trained) == 3 and served["trained_now"] is False
 
 
@@ -269,11 +273,11 @@ def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physic
         received.append(kwargs["crop_pad"])
         return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
 
-    monkeypatch.setattr(runner, "train_classifier", untrained)
+    monkeypatch.setattr(victims, "train_classifier", untrained)
     options = {"crop_pad": 0, "depth": 8}
     train = fake_loader("synthetic", "train")
-    _, badnet = runner.get_classifier("synthetic", "badnet", tmp_path, 1, train=train, train_options=options)
-    _, physical = runner.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train, train_options=options)
+    _, badnet = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train, train_options=options)
+    _, physical = victims.get_classifier("synthetic", "physicalba", tmp_path, 1, train=train, train_options=options)
     assert Path(badnet["path"]).name == "synthetic-badnet-e1-restamp-crop_pad0-depth8.pt"
     assert Path(physical["path"]).name == "synthetic-physicalba-e1-nocrop-depth8.pt"
     assert received == [0, 0]
@@ -298,7 +302,7 @@ def test_imagenette_shaped_run_single_split_and_images_larger_than_the_prior(tmp
         images = np.clip(base + rng.integers(-40, 41, size=(64, 64, 64, 3)), 0, 255).astype(np.uint8)
         return LabelledImages(images, labels, 2)
 
-    train, test = runner.load_splits("imagenette", single_split_loader)
+    train, test = load_splits("imagenette", single_split_loader)
     assert requested == ["imagenette/val"] and (len(train.labels), len(test.labels)) == (48, 16)
     assert np.bincount(test.labels).tolist() == [8, 8]
     train_keys = {im.tobytes() for im in train.images}
@@ -330,18 +334,18 @@ def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch:
     meta = tmp_path / "clf.json"
     meta.write_text(json.dumps({"epochs": 3}))
     test, attack = _synthetic(24, 2), make_attack("badnet", 32)
-    first = runner.full_test_scores(model, attack, test, meta)
+    first = victims.full_test_scores(model, attack, test, meta)
     preds = predict(model, test.images)
     assert first["ca"] == pytest.approx(100.0 * np.mean(preds == test.labels), abs=0.01)
     assert first["triggered_images"] == int(np.sum(test.labels != attack.target)) and first["images"] == 24
     saved = json.loads(meta.read_text())
     assert saved["epochs"] == 3 and saved["full_test"] == first  # the training record is kept
 
-    monkeypatch.setattr(runner, "predict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
-    assert runner.full_test_scores(model, attack, test, meta) == first
+    monkeypatch.setattr(victims, "predict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached")))
+    assert victims.full_test_scores(model, attack, test, meta) == first
     other = _synthetic(24, 3)
     with pytest.raises(AssertionError, match="not cached"):
-        runner.full_test_scores(model, attack, other, meta)
+        victims.full_test_scores(model, attack, other, meta)
 
 
 def test_sampler_seed_and_sampler_draw_other_zip_samples_under_their_own_cache_keys(tmp_path: Path) -> None:
@@ -390,12 +394,12 @@ def _small_config(tmp_path: Path, **overrides: object) -> runner.EvalConfig:
 def test_subset_smaller_than_the_class_count_is_refused_before_any_work(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A class-stratified subset of fewer images than classes would hold no image at all."""
-    monkeypatch.setattr(runner, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(victims, "train_classifier", lambda *a, **k: pytest.fail("trained"))
     monkeypatch.setattr(runner, "purified", lambda *a, **k: pytest.fail("purified"))
-    with pytest.raises(runner.EvaluationError, match="--subset 1 is too small for synthetic.*at least 2"):
+    with pytest.raises(EvaluationError, match="--subset 1 is too small for synthetic.*at least 2"):
         runner.evaluate_dataset(_small_config(tmp_path, subset=1), loader=fake_loader)
-    with pytest.raises(runner.EvaluationError, match="--subset 40 is too small for gtsrb.*at least 43"):
-        runner.preflight(_small_config(tmp_path, dataset="gtsrb", subset=40))  # the shared set: known without loading
+    with pytest.raises(EvaluationError, match="--subset 40 is too small for gtsrb.*at least 43"):
+        preflight(_small_config(tmp_path, dataset="gtsrb", subset=40))  # the shared set: known without loading
 
 
 def test_a_report_of_another_configuration_is_not_replaced_without_overwrite(tmp_path: Path,
@@ -406,17 +410,17 @@ def test_a_report_of_another_configuration_is_not_replaced_without_overwrite(tmp
     again = runner.evaluate_dataset(_small_config(tmp_path, threads=2), loader=fake_loader)  # same settings: fine
     assert again["results"] == first["results"]
 
-    monkeypatch.setattr(runner, "train_classifier", lambda *a, **k: pytest.fail("trained"))
-    with pytest.raises(runner.EvaluationError, match=r"another configuration \(steps 2 there, 3 now\).*--overwrite"):
+    monkeypatch.setattr(victims, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(EvaluationError, match=r"another configuration \(steps 2 there, 3 now\).*--overwrite"):
         runner.evaluate_dataset(_small_config(tmp_path, steps=3), loader=fake_loader)
-    with pytest.raises(runner.EvaluationError, match=r'attacks \["badnet"\] there, \["clean"\] now; pool 4 there, 2 now'):
+    with pytest.raises(EvaluationError, match=r'attacks \["badnet"\] there, \["clean"\] now; pool 4 there, 2 now'):
         runner.evaluate_dataset(_small_config(tmp_path, attacks=["none"], pool=2), loader=fake_loader)
     assert json.loads(report.read_text())["config"]["steps"] == 2
     assert runner.evaluate_dataset(_small_config(tmp_path, steps=3, overwrite=True), loader=fake_loader)["config"]["steps"] == 3
 
     report.write_text("[1, 2]")
-    with pytest.raises(runner.EvaluationError, match="not a report of jobs/evaluate.py"):
-        runner.preflight(_small_config(tmp_path, steps=3))
+    with pytest.raises(EvaluationError, match="not a report of jobs/evaluate.py"):
+        preflight(_small_config(tmp_path, steps=3))
 
 
 def test_a_run_without_triggered_images_removes_the_earlier_examples_png(tmp_path: Path,

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.evaluation import datasets, runner
 from pipeline.evaluation.datasets import DataError
+from pipeline.evaluation.preflight import EvaluationError
 from tests.jobutil import load_evaluate_job, load_job_script, run_main
 
 ROOT = Path(__file__).parents[1]
@@ -118,7 +119,7 @@ def test_exit_statuses(job: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     def refused(config: runner.EvalConfig) -> None:
         if config.dataset == "gtsrb":
-            raise runner.EvaluationError("gtsrb is refused")
+            raise EvaluationError("gtsrb is refused")
 
     monkeypatch.setattr(job, "preflight", refused)
     assert run_main(job, argv) == 2

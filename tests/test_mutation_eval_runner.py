@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.evaluation import metrics, runner
+import pipeline.evaluation.defenses as defenses_module
+from pipeline.evaluation import cache, metrics, runner
 from pipeline.evaluation.attacks import make_attack, poison_test_set
 from pipeline.evaluation.classifier import load_classifier, predict
-from pipeline.evaluation.datasets import LabelledImages, stratified_subset
-from pipeline.evaluation.target import AttackPredictions, bootstrap_averages
+from pipeline.evaluation.datasets import LabelledImages, load_splits, stratified_subset
+from pipeline.evaluation.predictions import check_target, decode_predictions
+from pipeline.evaluation.preflight import preflight
+from pipeline.evaluation.report import CLEAN, _score
+from pipeline.evaluation.target import ASR_LIMIT, AttackPredictions, bootstrap_averages
 from pipeline.purifier import Purifier
 from tests.jobutil import tiny_model_file
 from tests.test_evalcache_resume import Batches, Stop, _images, _interrupted, _zip
@@ -33,14 +37,14 @@ def test_a_batch_file_of_other_pixel_values_is_purified_again(tmp_path: Path, mo
     """Canvases in model units ([-1, 1] floats) of the right shape and seed are not a batch of uint8 pixels."""
     prior = tiny_model_file(tmp_path)
     x = _images(6)
-    reference = runner.purified(_zip(prior), x, tmp_path / "uninterrupted", "clean")
+    reference = defenses_module.purified(_zip(prior), x, tmp_path / "uninterrupted", "clean")
     partial = _interrupted(_zip(prior), x, tmp_path / "cache", monkeypatch, finished=2)
     first = sorted(partial.glob("*.npz"))[0]
     with np.load(first) as old:
         np.savez(first, canvases=old["canvases"] / 127.5 - 1, seed=old["seed"], seconds=old["seconds"])
     capsys.readouterr()
     counted = Batches(monkeypatch)
-    out = runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    out = defenses_module.purified(_zip(prior), x, tmp_path / "cache", "clean")
     assert f"cache file {first} is damaged" in capsys.readouterr().err
     assert counted.calls == 2  # the float batch and the one never finished
     np.testing.assert_array_equal(out, reference)
@@ -52,7 +56,7 @@ def test_a_short_last_batch_finished_before_the_set_was_kept_is_reused(tmp_path:
     batch is shorter than the batch size (5 canvases in batches of 2), and its file is named by its own range."""
     prior = tiny_model_file(tmp_path)
     x = _images(5)
-    original = runner._save_npz
+    original = defenses_module._save_npz
 
     def stop_at_the_set(path: Path, **arrays: object) -> None:
         if path.name.startswith("clean-"):
@@ -60,10 +64,10 @@ def test_a_short_last_batch_finished_before_the_set_was_kept_is_reused(tmp_path:
         original(path, **arrays)
 
     with monkeypatch.context() as patch, pytest.raises(Stop):
-        patch.setattr(runner, "_save_npz", stop_at_the_set)
-        runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+        patch.setattr(defenses_module, "_save_npz", stop_at_the_set)
+        defenses_module.purified(_zip(prior), x, tmp_path / "cache", "clean")
     counted = Batches(monkeypatch)
-    out = runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    out = defenses_module.purified(_zip(prior), x, tmp_path / "cache", "clean")
     assert counted.calls == 0
     np.testing.assert_array_equal(out, _zip(prior)(x))
 
@@ -73,7 +77,7 @@ def test_a_resumed_set_records_the_seconds_of_all_its_batches(tmp_path: Path, mo
     three batches left, the 30 s of all three (the earlier run's 20 and this run's 10)."""
     prior = tiny_model_file(tmp_path)
     now = [0.0]
-    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=lambda: now[0], strftime=time.strftime))
+    monkeypatch.setattr(defenses_module, "time", SimpleNamespace(perf_counter=lambda: now[0], strftime=time.strftime))
     original = Purifier.purify_tensor
 
     def ten_seconds(self: Purifier, *args: Any, **kwargs: Any) -> Any:
@@ -86,7 +90,7 @@ def test_a_resumed_set_records_the_seconds_of_all_its_batches(tmp_path: Path, mo
     for path in partial.glob("*.npz"):
         with np.load(path) as batch:
             assert float(batch["seconds"]) == 10
-    runner.purified(_zip(prior), x, tmp_path / "cache", "clean")
+    defenses_module.purified(_zip(prior), x, tmp_path / "cache", "clean")
     (whole,) = partial.parent.glob("clean-*.npz")
     with np.load(whole) as data:
         assert float(data["seconds"]) == 30
@@ -95,21 +99,21 @@ def test_a_resumed_set_records_the_seconds_of_all_its_batches(tmp_path: Path, mo
 def test_a_cached_set_of_another_shape_is_not_taken_for_the_set(tmp_path: Path) -> None:
     """A file under the input's hash whose images have another shape (foreign or stale) is purified afresh."""
     x = _images(3)
-    defense = runner.make_defense("naive", pool=4)
-    digest = runner._sha256_array(x)[:16]
-    runner._save_npz(tmp_path / defense.key / f"clean-{digest}.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
-    out = runner.purified(defense, x, tmp_path, "clean")
+    defense = defenses_module.make_defense("naive", pool=4)
+    digest = cache._sha256_array(x)[:16]
+    cache._save_npz(tmp_path / defense.key / f"clean-{digest}.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    out = defenses_module.purified(defense, x, tmp_path, "clean")
     np.testing.assert_array_equal(out, defense(x))
 
 
 def test_two_sets_differing_after_their_first_image_are_cached_apart(tmp_path: Path) -> None:
     """The cache file is named by a hash of every input image, not only of what they start with."""
-    defense = runner.make_defense("naive", pool=4)
+    defense = defenses_module.make_defense("naive", pool=4)
     a = _images(3)
     b = a.copy()
     b[2] = 255 - b[2]
-    first = runner.purified(defense, a, tmp_path, "clean")
-    second = runner.purified(defense, b, tmp_path, "badnet")
+    first = defenses_module.purified(defense, a, tmp_path, "clean")
+    second = defenses_module.purified(defense, b, tmp_path, "badnet")
     np.testing.assert_array_equal(second, defense(b))
     assert not np.array_equal(first, second)
 
@@ -142,7 +146,7 @@ def test_start_sampler_and_sampler_seed_reach_both_zip_defenses_and_nothing_else
                   batch_size=2, bootstrap=20)
     late = runner.evaluate_dataset(_small(tmp_path, **common, start=0.5, sampler="ddpm", sampler_seed=2,
                                           out_dir=tmp_path / "late"), loader=fake_loader)
-    for name in runner.ZIP_DEFENSES:
+    for name in defenses_module.ZIP_DEFENSES:
         settings = late["config"]["defense_settings"][name]["zip"]
         assert (settings["start"], settings["sampler"], settings["seed"]) == (0.5, "ddpm", 2), name
     # The target check's resampling follows --seed, as in the published sampler-seed runs (docs/*-sampler-seed*.json).
@@ -157,13 +161,13 @@ def test_each_defense_is_scored_on_its_own_purified_images_with_their_own_labels
     """CA, ASR, PA and fidelity of a defense come from the classifier's predictions on that defense's output. The
     'naive' defense is made an inverting one here (dark and bright, the synthetic classes, swap), so scores of the
     unpurified images could not pass for it."""
-    monkeypatch.setattr(runner, "naive_transform", lambda x, pool: 255 - x)
+    monkeypatch.setattr(defenses_module, "naive_transform", lambda x, pool: 255 - x)
     report = runner.evaluate_dataset(_small(tmp_path, defenses=["none", "naive"], subset=8, out_dir=tmp_path / "r"),
                                      loader=fake_loader)
     test = fake_loader("synthetic", "test")
     idx = stratified_subset(test.labels, 8, 0)
     clean, labels = test.images[idx], test.labels[idx]
-    assert report["config"]["subset_sha256"] == runner._sha256_array(idx)  # the subset's indices, not its pixels
+    assert report["config"]["subset_sha256"] == cache._sha256_array(idx)  # the subset's indices, not its pixels
     model = load_classifier(report["classifiers"]["badnet"]["path"])
     attack = make_attack("badnet", 32)
     triggered, true_labels = poison_test_set(clean, labels, attack)
@@ -173,10 +177,10 @@ def test_each_defense_is_scored_on_its_own_purified_images_with_their_own_labels
                     "asr": metrics.attack_success_rate(on_triggered, true_labels, attack.target),
                     "pa": metrics.poisoned_accuracy(on_triggered, true_labels),
                     "asr_no_trigger": metrics.attack_success_rate(on_clean, labels, attack.target)}
-        assert report["results"]["badnet"][defense] == {k: runner._score(v) for k, v in expected.items()}, defense
+        assert report["results"]["badnet"][defense] == {k: _score(v) for k, v in expected.items()}, defense
     assert report["results"]["badnet"]["naive"]["ca"] != report["results"]["badnet"]["none"]["ca"]
-    assert report["fidelity"]["naive"] == {"psnr": runner._score(metrics.psnr(255 - clean, clean)),
-                                           "ssim": runner._score(metrics.ssim(255 - clean, clean))}
+    assert report["fidelity"]["naive"] == {"psnr": _score(metrics.psnr(255 - clean, clean)),
+                                           "ssim": _score(metrics.ssim(255 - clean, clean))}
     assert report["fidelity"]["none"] == {"psnr": None, "ssim": None}
 
 
@@ -192,7 +196,7 @@ def test_a_single_split_set_holds_out_a_rounded_quarter_of_its_rarest_class_per_
         assert (name, split) == ("imagenette", "val")
         return LabelledImages(images, labels, 2)
 
-    train, test = runner.load_splits("imagenette", loader)
+    train, test = load_splits("imagenette", loader)
     assert np.bincount(test.labels).tolist() == [4, 4]
     assert len(train.labels) == len(labels) - 8
     assert not set(train.images[:, 0, 0, 0]) & set(test.images[:, 0, 0, 0])
@@ -207,20 +211,20 @@ def test_the_target_checks_point_estimates_are_the_reports_average_row() -> None
     rounding of the per-attack scores it averages: at most one unit of the sixth decimal. docs/gtsrb.json has such
     rows (ZIP's average PA: 19.26407 in the table, 19.264069 exactly)."""
     report = json.loads((Path(__file__).parents[1] / "docs" / "gtsrb.json").read_text())
-    labels, predictions = runner.decode_predictions(report["predictions"])
+    labels, predictions = decode_predictions(report["predictions"])
     defenses, average = report["config"]["defenses"], report["average"]
-    target = runner.check_target(labels, predictions, defenses, 50, 0, average)
+    target = check_target(labels, predictions, defenses, 50, 0, average)
     assert target is not None
     rows = 0
     for zip_defense, checks in target["checks"].items():
         for row in checks:
             assert row["zip"] == average[zip_defense][row["metric"]], (zip_defense, row["criterion"])
-            other = average[row["baseline"]][row["metric"]] if row["baseline"] is not None else runner.ASR_LIMIT
+            other = average[row["baseline"]][row["metric"]] if row["baseline"] is not None else ASR_LIMIT
             assert row["other"] == other, (zip_defense, row["criterion"])
             rows += 1
     assert rows == 10  # two ZIP defenses: CA and PA against two baselines, and the ASR limit
     attacks = [AttackPredictions(p["target"], p["clean"], p["triggered"]) for a, p in predictions.items()
-               if a != runner.CLEAN]
+               if a != CLEAN]
     scored = [d for d in defenses if d != "none"]
     exact = bootstrap_averages(labels, attacks, scored, resamples=1)
     gaps = [abs(float(exact[d][m][0]) - average[d][m]) for d in scored for m in ("ca", "asr", "pa")]
@@ -241,9 +245,9 @@ def test_a_runs_target_check_takes_its_figures_from_the_runs_average_row(tmp_pat
     assert [r["criterion"] for r in rows] == ["ca above naive", "pa above naive", "asr at most 5"]
     for row in rows:
         assert row["zip"] == average["zip"][row["metric"]], row["criterion"]
-        assert row["other"] == (average["naive"][row["metric"]] if row["baseline"] else runner.ASR_LIMIT)
-    labels, predictions = runner.decode_predictions(report["predictions"])
-    exact = runner.check_target(labels, predictions, ["none", "naive", "zip"], 20, 0)["checks"]["zip"]
+        assert row["other"] == (average["naive"][row["metric"]] if row["baseline"] else ASR_LIMIT)
+    labels, predictions = decode_predictions(report["predictions"])
+    exact = check_target(labels, predictions, ["none", "naive", "zip"], 20, 0)["checks"]["zip"]
     assert [(r["zip"], r["other"]) for r in exact] != [(r["zip"], r["other"]) for r in rows]  # the test can tell
 
 
@@ -263,11 +267,11 @@ def test_an_exact_tie_rounded_one_unit_apart_in_the_average_row_is_no_win() -> N
     for attack, (zip_right, naive_right) in {"badnet": (5, 9), "blended": (5, 1)}.items():
         predictions[attack] = {"target": 0, "clean": {"zip": labels, "naive": labels},
                                "triggered": {"zip": right(zip_right), "naive": right(naive_right)}}
-    average = {d: {"ca": 100.0, "asr": 0.0, "pa": runner._score(float(np.mean([
-        runner._score(metrics.poisoned_accuracy(predictions[a]["triggered"][d], triggered_labels))
+    average = {d: {"ca": 100.0, "asr": 0.0, "pa": _score(float(np.mean([
+        _score(metrics.poisoned_accuracy(predictions[a]["triggered"][d], triggered_labels))
         for a in predictions])))} for d in ("zip", "naive")}
     assert (average["zip"]["pa"], average["naive"]["pa"]) == (55.555556, 55.555555)
-    target = runner.check_target(labels, predictions, ["zip", "naive"], 100, 0, average)
+    target = check_target(labels, predictions, ["zip", "naive"], 100, 0, average)
     row = next(r for r in target["checks"]["zip"] if r["criterion"] == "pa above naive")
     assert (row["zip"], row["other"]) == (55.555556, 55.555555)  # the table's figures, as before
     assert row["met"] is False and row["verdict"].startswith("no")
@@ -280,6 +284,6 @@ def test_an_attack_named_twice_is_evaluated_and_averaged_once(tmp_path: Path) ->
     resamples, keyed by attack, counted it once: with BadNet's naive PA 33.3 and Blended's 0, the Average row said
     22.2 and the check's interval was around 16.7. Each attack is now run once, in the order first named."""
     config = _small(tmp_path, attacks=["BadNet", "badnet", "none", "clean", "blended"], out_dir=tmp_path / "r")
-    checked = runner.preflight(config, loader=fake_loader)
+    checked = preflight(config, loader=fake_loader)
     assert checked.attacks == ["badnet", "clean", "blended"]
     assert checked.settings["attacks"] == ["badnet", "clean", "blended"]

@@ -283,12 +283,13 @@ def test_the_zip_defenses_sample_with_the_schedule_preflight_found(tmp_path: Pat
     # the configuration's schedule, None, so linear, and sampled a cosine prior at the wrong noise levels)
     from pipeline.evaluation import runner
     from pipeline.evaluation.datasets import LabelledImages
+    from pipeline.evaluation.preflight import preflight
 
     prior = tmp_path / "cosine.pt"
     save_bundle(prior, build_unet(UNetConfig.from_flags(TINY_FLAGS)), meta={"schedule": "cosine"})
     config = runner.EvalConfig("cifar10", attacks=["badnet"], defenses=["none", "zip"], checkpoint=str(prior), subset=10,
                                out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
-    checked = runner.preflight(config, loader=lambda name, split: None)
+    checked = preflight(config, loader=lambda name, split: None)
     assert checked.schedule == "cosine"
     rng = np.random.default_rng(0)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.evaluation import runner
+from pipeline.evaluation import cache, defenses
 from pipeline.purifier import CanvasBatch, Purifier
 from tests.jobutil import tiny_model_file
 
@@ -85,11 +85,11 @@ def test_the_resumable_set_saves_the_purifiers_own_batches_and_seeds(tmp_path: P
     """The evaluation's batch files follow `Purifier.batches`, seeds included (here with a sampler seed of 3)."""
     prior = tiny_model_file(tmp_path)
     sha = load_checkpoint(prior, verify_only=True).sha256
-    defense = runner.make_defense("zip", steps=2, pool=4, checkpoint=prior, checkpoint_sha256=sha, batch_size=2,
-                                  zip_overrides={"seed": 3})
+    defense = defenses.make_defense("zip", steps=2, pool=4, checkpoint=prior, checkpoint_sha256=sha, batch_size=2,
+                                    zip_overrides={"seed": 3})
     x = _canvases(5)
     saved: list[tuple[str, int]] = []
-    original = runner._save_npz
+    original = defenses._save_npz
 
     def recorded(path: Path, **arrays: Any) -> None:
         if "canvases" in arrays:
@@ -97,8 +97,8 @@ def test_the_resumable_set_saves_the_purifiers_own_batches_and_seeds(tmp_path: P
         original(path, **arrays)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "_save_npz", recorded)
-        out = runner.purified(defense, x, tmp_path / "cache", "clean")
+        patch.setattr(defenses, "_save_npz", recorded)
+        out = defenses.purified(defense, x, tmp_path / "cache", "clean")
     assert saved == [("canvases-0000000-0000002.npz", 3), ("canvases-0000002-0000004.npz", 5),
                      ("canvases-0000004-0000005.npz", 7)]
     np.testing.assert_array_equal(out, defense(x))
@@ -119,8 +119,8 @@ KEYS_BEFORE = [
 
 @pytest.mark.parametrize("name, options, key", KEYS_BEFORE)
 def test_version_1_keeps_every_existing_cache_key(name: str, options: dict[str, Any], key: str) -> None:
-    assert runner.PURIFICATION_VERSION == 1
-    defense = runner.make_defense(name, checkpoint="prior.pt", checkpoint_sha256=SHA, **options)
+    assert defenses.PURIFICATION_VERSION == 1
+    defense = defenses.make_defense(name, checkpoint="prior.pt", checkpoint_sha256=SHA, **options)
     assert defense.key == key
     assert "purification_version" not in defense.key_fields
 
@@ -128,8 +128,8 @@ def test_version_1_keeps_every_existing_cache_key(name: str, options: dict[str, 
 @pytest.mark.parametrize("name, options, key", KEYS_BEFORE)
 def test_another_version_gives_every_defense_another_key(monkeypatch: pytest.MonkeyPatch, name: str,
                                                          options: dict[str, Any], key: str) -> None:
-    monkeypatch.setattr(runner, "PURIFICATION_VERSION", 2)
-    defense = runner.make_defense(name, checkpoint="prior.pt", checkpoint_sha256=SHA, **options)
+    monkeypatch.setattr(defenses, "PURIFICATION_VERSION", 2)
+    defense = defenses.make_defense(name, checkpoint="prior.pt", checkpoint_sha256=SHA, **options)
     assert defense.key != key and defense.key.startswith(f"{name}-")
     assert defense.key_fields["purification_version"] == 2
 
@@ -137,14 +137,14 @@ def test_another_version_gives_every_defense_another_key(monkeypatch: pytest.Mon
 def test_a_set_cached_by_an_older_version_is_purified_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bumped version must not find the older code's pixels: here a cached set of all-zero images stands for them."""
     x = _canvases(3)
-    defense = runner.make_defense("naive", pool=4)
+    defense = defenses.make_defense("naive", pool=4)
     old = tmp_path / defense.key
-    digest = runner._sha256_array(x)[:16]
-    runner._save_npz(old / f"clean-{digest}.npz", images=np.zeros_like(x), seconds=np.float64(1))
-    assert not runner.purified(defense, x, tmp_path, "clean").any()  # version 1: the cached set is reused
+    digest = cache._sha256_array(x)[:16]
+    cache._save_npz(old / f"clean-{digest}.npz", images=np.zeros_like(x), seconds=np.float64(1))
+    assert not defenses.purified(defense, x, tmp_path, "clean").any()  # version 1: the cached set is reused
 
-    monkeypatch.setattr(runner, "PURIFICATION_VERSION", 2)
-    out = runner.purified(runner.make_defense("naive", pool=4), x, tmp_path, "clean")
+    monkeypatch.setattr(defenses, "PURIFICATION_VERSION", 2)
+    out = defenses.purified(defenses.make_defense("naive", pool=4), x, tmp_path, "clean")
     assert out.any()
     np.testing.assert_array_equal(out, defense(x))
     (folder,) = [f for f in tmp_path.iterdir() if f != old]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.metrics import attack_success_rate, clean_accuracy, poisoned_accuracy
+from pipeline.evaluation.predictions import check_target, decode_predictions, encode_predictions
 from pipeline.evaluation.report import target_lines
-from pipeline.evaluation.runner import check_target, decode_predictions, encode_predictions
 from pipeline.evaluation.target import DECIMALS, AttackPredictions, bootstrap_averages, point_check, target_check
 
 DEFENSES = ("zip", "shrinkpad", "naive")

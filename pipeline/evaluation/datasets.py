@@ -1,4 +1,5 @@
-"""Labelled image sets from the project's shared data folder, decoded once and cached as .npz.
+"""Labelled image sets from the project's shared data folder, decoded once and cached as .npz, and the evaluation's
+(train, test) split of each (`load_splits`).
 
 Only evaluation and prior training use these; the purification job reads user data through
 `pipeline.sources`.
@@ -14,6 +15,7 @@ import sys
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,3 +212,24 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     per_class = size // len(classes)
     chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
     return np.sort(np.concatenate(chosen))
+
+
+Loader = Callable[[str, str], LabelledImages]
+# Data sets whose shared copy has a single split: the evaluation holds out a stratified test share of it.
+SINGLE_SPLIT = {"imagenette": ("val", 0.25)}
+
+
+def load_splits(dataset: str, loader: Loader = load_dataset) -> tuple[LabelledImages, LabelledImages]:
+    """(train, test) of a data set. Single-split sets are split once, stratified, with a fixed seed."""
+    if dataset not in SINGLE_SPLIT:
+        return loader(dataset, "train"), loader(dataset, "test")
+    split, test_share = SINGLE_SPLIT[dataset]
+    full = loader(dataset, split)
+    counts = np.bincount(full.labels, minlength=full.num_classes)
+    test_idx = stratified_subset(full.labels, int(round(test_share * counts.min())) * full.num_classes, seed=12345)
+    train_mask = np.ones(len(full.labels), dtype=bool)
+    train_mask[test_idx] = False
+    return (
+        LabelledImages(full.images[train_mask], full.labels[train_mask], full.num_classes),
+        LabelledImages(full.images[test_idx], full.labels[test_idx], full.num_classes),
+    )

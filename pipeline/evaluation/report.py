@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.evaluation.baselines import naive_transform
+from pipeline.evaluation.target import DECIMALS
 
 CLEAN = "clean"  # attack name of the clean (non-backdoored) classifier row; "none" on the command line
 ATTACK_TITLES = {"badnet": "BadNet", "blended": "Blended", "physicalba": "PhysicalBA", "wanet": "WaNet", CLEAN: "None"}
@@ -37,6 +38,11 @@ def _rounded(value: float, places: int = 1, sign: bool = False) -> str:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else _rounded(value)
+
+
+def _score(value: float | None) -> float | None:
+    """A figure as the report stores it: `DECIMALS` decimals, so that the one the tables show is rounded once."""
+    return None if value is None or not math.isfinite(value) else round(float(value), DECIMALS)
 
 
 def target_lines(report: dict[str, Any]) -> list[str]:
@@ -112,7 +118,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     sampler_seed = f"sampler seed {cfg['sampler_seed']}, " if "sampler_seed" in cfg else ""
     # A late start runs only the steps at t ≤ start·T of the `steps`-step schedule (0.3 of 20 DDIM steps: 7 of them).
     late = f" (late start: only those at t ≤ {start:g}·T run)" if start < 1 else ""
-    # Recorded only when not linear (`runner.report_settings`): a prior of train_prior.py --schedule cosine.
+    # Recorded only when not linear (`preflight.report_settings`): a prior of train_prior.py --schedule cosine.
     schedule = f", {cfg['schedule']} noise schedule" if cfg.get("schedule", "linear") != "linear" else ""
     options = cfg.get("classifier_options") or {}
     trained = (", trained with " + ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))) if options else ""

@@ -1,0 +1,69 @@
+"""The evaluation's cache files: the content hashes that name them, atomic writes, and reading them back.
+
+Everything under the cache folder is derived, so a damaged file (cut off by a killed run, changed on disk) is named in
+a warning and then treated as missing: its caller rebuilds it. A write goes to a temporary file of the process's own
+and is renamed into place, so a killed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.evaluation.log import log
+
+
+def _sha256_array(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+# What reading a damaged derived cache file raises (truncated zip archives, cut-off pickles, missing entries).
+DAMAGED_CACHE = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile, zlib.error,
+                 pickle.UnpicklingError)
+
+
+def _damaged(path: Path, err: BaseException, action: str) -> None:
+    log(f"warning: cache file {path} is damaged ({type(err).__name__}: {err}); {action}")
+
+
+def _read_json_cache(path: Path) -> dict[str, Any]:
+    """A cached JSON record, or {} when it is missing or damaged (it is derived, so it is rebuilt)."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        _damaged(path, err, "ignoring it")
+        return {}
+    if not isinstance(info, dict):
+        _damaged(path, TypeError(f"a JSON {type(info).__name__}, not an object"), "ignoring it")
+        return {}
+    return info
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    """Atomic .npz write: a killed run never leaves a half-written cache file; the temporary name is the process's
+    own, so two evaluations sharing a cache cannot take each other's half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
