@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.checkpoint import save_bundle
 from pipeline.evaluation import runner
-from pipeline.evaluation.defenses import _zip_overrides, make_defense
+from pipeline.evaluation.defenses import make_defense, zip_overrides
 from pipeline.evaluation.preflight import EvaluationError, Preflight, preflight
 from pipeline.model import UNetConfig, build_unet
 from tests.jobutil import TINY_FLAGS, load_job_script, run_main
@@ -93,7 +93,7 @@ def test_a_cosine_run_does_not_reuse_linear_purified_sets(tmp_path: Path) -> Non
 
     def key(schedule: str | None) -> str:
         return make_defense("zip", checkpoint="p", checkpoint_sha256=SHA,
-                            zip_overrides=_zip_overrides(config, schedule)).key
+                            zip_overrides=zip_overrides(config, schedule)).key
 
     assert key("cosine") != key("linear")
     assert key("linear") == key(None) == "zip-4a315837d8c0"  # linear sets cached before keep their key

@@ -22,7 +22,7 @@ from pipeline.evaluation.classifier import load_classifier, predict
 from pipeline.evaluation.datasets import LabelledImages, load_splits, stratified_subset
 from pipeline.evaluation.predictions import check_target, decode_predictions
 from pipeline.evaluation.preflight import preflight
-from pipeline.evaluation.report import CLEAN, _score
+from pipeline.evaluation.report import CLEAN, stored_score
 from pipeline.evaluation.target import ASR_LIMIT, AttackPredictions, bootstrap_averages
 from pipeline.purifier import Purifier
 from tests.jobutil import tiny_model_file
@@ -56,7 +56,7 @@ def test_a_short_last_batch_finished_before_the_set_was_kept_is_reused(tmp_path:
     batch is shorter than the batch size (5 canvases in batches of 2), and its file is named by its own range."""
     prior = tiny_model_file(tmp_path)
     x = _images(5)
-    original = defenses_module._save_npz
+    original = defenses_module.save_npz
 
     def stop_at_the_set(path: Path, **arrays: object) -> None:
         if path.name.startswith("clean-"):
@@ -64,7 +64,7 @@ def test_a_short_last_batch_finished_before_the_set_was_kept_is_reused(tmp_path:
         original(path, **arrays)
 
     with monkeypatch.context() as patch, pytest.raises(Stop):
-        patch.setattr(defenses_module, "_save_npz", stop_at_the_set)
+        patch.setattr(defenses_module, "save_npz", stop_at_the_set)
         defenses_module.purified(_zip(prior), x, tmp_path / "cache", "clean")
     counted = Batches(monkeypatch)
     out = defenses_module.purified(_zip(prior), x, tmp_path / "cache", "clean")
@@ -100,8 +100,8 @@ def test_a_cached_set_of_another_shape_is_not_taken_for_the_set(tmp_path: Path) 
     """A file under the input's hash whose images have another shape (foreign or stale) is purified afresh."""
     x = _images(3)
     defense = defenses_module.make_defense("naive", pool=4)
-    digest = cache._sha256_array(x)[:16]
-    cache._save_npz(tmp_path / defense.key / f"clean-{digest}.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
+    digest = cache.sha256_of_arrays(x)[:16]
+    cache.save_npz(tmp_path / defense.key / f"clean-{digest}.npz", images=np.zeros((2, 32, 32, 3), np.uint8))
     out = defenses_module.purified(defense, x, tmp_path, "clean")
     np.testing.assert_array_equal(out, defense(x))
 
@@ -167,7 +167,7 @@ def test_each_defense_is_scored_on_its_own_purified_images_with_their_own_labels
     test = fake_loader("synthetic", "test")
     idx = stratified_subset(test.labels, 8, 0)
     clean, labels = test.images[idx], test.labels[idx]
-    assert report["config"]["subset_sha256"] == cache._sha256_array(idx)  # the subset's indices, not its pixels
+    assert report["config"]["subset_sha256"] == cache.sha256_of_arrays(idx)  # the subset's indices, not its pixels
     model = load_classifier(report["classifiers"]["badnet"]["path"])
     attack = make_attack("badnet", 32)
     triggered, true_labels = poison_test_set(clean, labels, attack)
@@ -177,10 +177,10 @@ def test_each_defense_is_scored_on_its_own_purified_images_with_their_own_labels
                     "asr": metrics.attack_success_rate(on_triggered, true_labels, attack.target),
                     "pa": metrics.poisoned_accuracy(on_triggered, true_labels),
                     "asr_no_trigger": metrics.attack_success_rate(on_clean, labels, attack.target)}
-        assert report["results"]["badnet"][defense] == {k: _score(v) for k, v in expected.items()}, defense
+        assert report["results"]["badnet"][defense] == {k: stored_score(v) for k, v in expected.items()}, defense
     assert report["results"]["badnet"]["naive"]["ca"] != report["results"]["badnet"]["none"]["ca"]
-    assert report["fidelity"]["naive"] == {"psnr": _score(metrics.psnr(255 - clean, clean)),
-                                           "ssim": _score(metrics.ssim(255 - clean, clean))}
+    assert report["fidelity"]["naive"] == {"psnr": stored_score(metrics.psnr(255 - clean, clean)),
+                                           "ssim": stored_score(metrics.ssim(255 - clean, clean))}
     assert report["fidelity"]["none"] == {"psnr": None, "ssim": None}
 
 
@@ -236,7 +236,7 @@ def test_a_runs_target_check_takes_its_figures_from_the_runs_average_row(tmp_pat
     """evaluate_dataset hands the report's Average row to the target check. The stored figures are put on a grid of
     3 points here (50 -> 51, 100 -> 99), so a check working from the exact averages would show other figures than
     the table's; with the real 6 decimals they differ in the last one (see the test above)."""
-    monkeypatch.setattr(runner, "_score", lambda v: None if v is None or not np.isfinite(v) else 3.0 * round(v / 3))
+    monkeypatch.setattr(runner, "stored_score", lambda v: None if v is None or not np.isfinite(v) else 3.0 * round(v / 3))
     report = runner.evaluate_dataset(
         _small(tmp_path, defenses=["none", "naive", "zip"], checkpoint=tiny_model_file(tmp_path), subset=6,
                batch_size=6, bootstrap=20, out_dir=tmp_path / "r"), loader=fake_loader)
@@ -267,8 +267,8 @@ def test_an_exact_tie_rounded_one_unit_apart_in_the_average_row_is_no_win() -> N
     for attack, (zip_right, naive_right) in {"badnet": (5, 9), "blended": (5, 1)}.items():
         predictions[attack] = {"target": 0, "clean": {"zip": labels, "naive": labels},
                                "triggered": {"zip": right(zip_right), "naive": right(naive_right)}}
-    average = {d: {"ca": 100.0, "asr": 0.0, "pa": _score(float(np.mean([
-        _score(metrics.poisoned_accuracy(predictions[a]["triggered"][d], triggered_labels))
+    average = {d: {"ca": 100.0, "asr": 0.0, "pa": stored_score(float(np.mean([
+        stored_score(metrics.poisoned_accuracy(predictions[a]["triggered"][d], triggered_labels))
         for a in predictions])))} for d in ("zip", "naive")}
     assert (average["zip"]["pa"], average["naive"]["pa"]) == (55.555556, 55.555555)
     target = check_target(labels, predictions, ["zip", "naive"], 100, 0, average)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.predictions import check_target, decode_predictions
-from pipeline.evaluation.report import _score, markdown_table, target_summary
+from pipeline.evaluation.report import markdown_table, stored_score, target_summary
 from pipeline.evaluation.target import _row
 
 DOCS = Path(__file__).parents[1] / "docs"
@@ -27,7 +27,7 @@ def _half_up(value: Fraction, places: int = 1) -> str:
 
 def _exact_and_stored(name: str) -> tuple[dict, dict, dict]:
     """A published report rescored from its predictions as `runner.evaluate_dataset` scores a run: per attack and
-    defense the metric functions' percentages through `report._score`, the Average row over the attacks (not the
+    defense the metric functions' percentages through `report.stored_score`, the Average row over the attacks (not the
     clean classifier's row); beside them the exact fractions."""
     report = json.loads((DOCS / f"{name}.json").read_text())
     labels, predictions = decode_predictions(report["predictions"])
@@ -48,14 +48,14 @@ def _exact_and_stored(name: str) -> tuple[dict, dict, dict]:
                            "pa": (int((triggered == labels[keep]).sum()), m),
                            "asr_no_trigger": (int((clean[keep] == p["target"]).sum()), m)}
             exact[a, d] = {k: Fraction(100 * hit, n) for k, (hit, n) in counts.items()}
-            results[a][d] = {k: _score(100.0 * hit / n) for k, (hit, n) in counts.items()}
+            results[a][d] = {k: stored_score(100.0 * hit / n) for k, (hit, n) in counts.items()}
             results[a][d] = {k: results[a][d].get(k) for k in ("ca", "asr", "pa", "asr_no_trigger")}
     average = {}
     for d in defenses:
         average[d] = {}
         for k in ("ca", "asr", "pa", "asr_no_trigger"):
             scored = [results[a][d][k] for a in attacks if a != "clean"]
-            average[d][k] = _score(float(np.mean(scored)))
+            average[d][k] = stored_score(float(np.mean(scored)))
             exact["Average", d] = {**exact.get(("Average", d), {}),
                                    k: sum(exact[a, d][k] for a in attacks if a != "clean") / len(scored)}
     rescored = {**report, "results": results, "average": average,
@@ -91,7 +91,7 @@ def test_every_table_figure_is_its_exact_value_rounded_once(name: str) -> None:
 def test_ssim_is_shown_to_the_digits_it_was_stored_with() -> None:
     """Stored at two decimals, an SSIM of 0.5364 read "0.540" in a three-decimal column."""
     report = json.loads((DOCS / "cifar10.json").read_text())
-    report["fidelity"]["zip"]["ssim"] = _score(0.5364)
+    report["fidelity"]["zip"]["ssim"] = stored_score(0.5364)
     assert "| ZIP (k=4) | 20.0 | 0.536 |" in markdown_table(report)
 
 

@@ -89,7 +89,7 @@ def test_the_resumable_set_saves_the_purifiers_own_batches_and_seeds(tmp_path: P
                                     zip_overrides={"seed": 3})
     x = _canvases(5)
     saved: list[tuple[str, int]] = []
-    original = defenses._save_npz
+    original = defenses.save_npz
 
     def recorded(path: Path, **arrays: Any) -> None:
         if "canvases" in arrays:
@@ -97,7 +97,7 @@ def test_the_resumable_set_saves_the_purifiers_own_batches_and_seeds(tmp_path: P
         original(path, **arrays)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(defenses, "_save_npz", recorded)
+        patch.setattr(defenses, "save_npz", recorded)
         out = defenses.purified(defense, x, tmp_path / "cache", "clean")
     assert saved == [("canvases-0000000-0000002.npz", 3), ("canvases-0000002-0000004.npz", 5),
                      ("canvases-0000004-0000005.npz", 7)]
@@ -139,8 +139,8 @@ def test_a_set_cached_by_an_older_version_is_purified_afresh(tmp_path: Path, mon
     x = _canvases(3)
     defense = defenses.make_defense("naive", pool=4)
     old = tmp_path / defense.key
-    digest = cache._sha256_array(x)[:16]
-    cache._save_npz(old / f"clean-{digest}.npz", images=np.zeros_like(x), seconds=np.float64(1))
+    digest = cache.sha256_of_arrays(x)[:16]
+    cache.save_npz(old / f"clean-{digest}.npz", images=np.zeros_like(x), seconds=np.float64(1))
     assert not defenses.purified(defense, x, tmp_path, "clean").any()  # version 1: the cached set is reused
 
     monkeypatch.setattr(defenses, "PURIFICATION_VERSION", 2)

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.evaluation.log import log
 
 
-def _sha256_array(*arrays: np.ndarray) -> str:
+def sha256_of_arrays(*arrays: np.ndarray) -> str:
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(f"{array.dtype}{array.shape}".encode())
@@ -34,26 +34,26 @@ DAMAGED_CACHE = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeErro
                  pickle.UnpicklingError)
 
 
-def _damaged(path: Path, err: BaseException, action: str) -> None:
+def warn_damaged(path: Path, err: BaseException, action: str) -> None:
     log(f"warning: cache file {path} is damaged ({type(err).__name__}: {err}); {action}")
 
 
-def _read_json_cache(path: Path) -> dict[str, Any]:
+def read_json_cache(path: Path) -> dict[str, Any]:
     """A cached JSON record, or {} when it is missing or damaged (it is derived, so it is rebuilt)."""
     if not path.exists():
         return {}
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        _damaged(path, err, "ignoring it")
+        warn_damaged(path, err, "ignoring it")
         return {}
     if not isinstance(info, dict):
-        _damaged(path, TypeError(f"a JSON {type(info).__name__}, not an object"), "ignoring it")
+        warn_damaged(path, TypeError(f"a JSON {type(info).__name__}, not an object"), "ignoring it")
         return {}
     return info
 
 
-def _save_npz(path: Path, **arrays: Any) -> None:
+def save_npz(path: Path, **arrays: Any) -> None:
     """Atomic .npz write: a killed run never leaves a half-written cache file; the temporary name is the process's
     own, so two evaluations sharing a cache cannot take each other's half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def _save_npz(path: Path, **arrays: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

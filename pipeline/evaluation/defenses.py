@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pad
-from pipeline.evaluation.cache import DAMAGED_CACHE, _damaged, _save_npz, _sha256_array, _write_text
+from pipeline.evaluation.cache import DAMAGED_CACHE, save_npz, sha256_of_arrays, warn_damaged, write_text_atomic
 from pipeline.evaluation.log import log
 from pipeline.progress import progress_bar
 from pipeline.purifier import CanvasBatch, Purifier, ZipSettings
@@ -98,7 +98,7 @@ def zip_settings(defense: str, steps: int, pool: int, **overrides: Any) -> ZipSe
     raise ValueError(f"{defense!r} is not a ZIP defense")
 
 
-def _zip_overrides(config: EvalConfig, schedule: str | None = None) -> dict[str, Any]:
+def zip_overrides(config: EvalConfig, schedule: str | None = None) -> dict[str, Any]:
     """The `ZipSettings` fields both ZIP defenses take from the configuration (see `zip_settings`); `schedule`: the
     noise schedule `preflight` resolved (the configuration's, else the prior's), else the configuration's own. It is
     a field of the settings, so part of the purified sets' cache key: a cosine run never reuses a linear run's images
@@ -165,7 +165,7 @@ def _cached_images(path: Path) -> np.ndarray | None:
         with np.load(path) as data:
             return data["images"]
     except DAMAGED_CACHE as err:
-        _damaged(path, err, "purifying afresh")
+        warn_damaged(path, err, "purifying afresh")
         return None
 
 
@@ -181,7 +181,7 @@ def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -
     if not defense.cacheable:
         return defense(images)
     folder = cache_dir / defense.key
-    digest = _sha256_array(images)[:16]
+    digest = sha256_of_arrays(images)[:16]
     for candidate in sorted(folder.glob(f"*-{digest}.npz")):
         cached = _cached_images(candidate)
         if cached is not None and cached.shape == images.shape:
@@ -197,8 +197,8 @@ def purified(defense: Defense, images: np.ndarray, cache_dir: Path, part: str) -
     seconds = time.perf_counter() - start
     if out.shape != images.shape:
         raise RuntimeError(f"defense {defense.name} changed the images' shape: {images.shape} -> {out.shape}")
-    _write_text(folder / "settings.json", json.dumps(defense.key_fields, indent=2, default=str))
-    _save_npz(folder / f"{part}-{digest}.npz", images=out, seconds=np.float64(seconds_before + seconds))
+    write_text_atomic(folder / "settings.json", json.dumps(defense.key_fields, indent=2, default=str))
+    save_npz(folder / f"{part}-{digest}.npz", images=out, seconds=np.float64(seconds_before + seconds))
     shutil.rmtree(batches, ignore_errors=True)  # the whole set is kept now: its batches are not needed any more
     log(f"  {defense.name}/{part}: done in {seconds:.1f}s ({purified_now / max(seconds, 1e-9):.1f} images/s"
         + (f", {purified_now} of the {len(images)} this run)" if purified_now < len(images) else ")"))
@@ -220,10 +220,10 @@ def _cached_batch(path: Path, shape: tuple[int, ...], seed: int) -> tuple[np.nda
         with np.load(path) as data:
             canvases, stored_seed, seconds = data["canvases"], int(data["seed"]), float(data["seconds"])
     except DAMAGED_CACHE as err:  # a cut-off file, or changed bytes (each array's CRC-32 is checked on reading)
-        _damaged(path, err, "purifying its batch again")
+        warn_damaged(path, err, "purifying its batch again")
         return None
     if canvases.dtype != np.uint8 or canvases.shape != shape or stored_seed != seed:
-        _damaged(path, ValueError(f"{canvases.dtype} canvases {canvases.shape} of noise seed {stored_seed}, expected "
+        warn_damaged(path, ValueError(f"{canvases.dtype} canvases {canvases.shape} of noise seed {stored_seed}, expected "
                                   f"uint8 {shape} of seed {seed}"), "purifying its batch again")
         return None
     return canvases, seconds
@@ -267,7 +267,7 @@ def _purify_resumably(defense: Defense, images: np.ndarray, folder: Path, label:
 
     def save(batch: CanvasBatch, done: np.ndarray) -> None:
         nonlocal began
-        _save_npz(_batch_file(folder, batch.start, batch.stop), canvases=done, seed=np.int64(batch.seed),
+        save_npz(_batch_file(folder, batch.start, batch.stop), canvases=done, seed=np.int64(batch.seed),
                   seconds=np.float64(time.perf_counter() - began))
         began = time.perf_counter()
 

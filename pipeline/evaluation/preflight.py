@@ -30,7 +30,7 @@ from pipeline.evaluation.datasets import (
     load_dataset,
     missing_data,
 )
-from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, _zip_overrides, zip_settings
+from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_overrides, zip_settings
 from pipeline.evaluation.victims import normalise_attack
 from pipeline.purifier import ZipSettings, check_trained_timesteps
 
@@ -119,7 +119,7 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
         return None, default
     try:
         for d in zips:  # the settings' own limits, before the prior is read
-            zip_settings(d, config.steps, config.pool, **_zip_overrides(config))
+            zip_settings(d, config.steps, config.pool, **zip_overrides(config))
     except ValueError as err:
         raise EvaluationError(f"ZIP settings: {err}") from None
     try:
@@ -130,7 +130,7 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
     recorded = loaded.meta.get("schedule") if isinstance(loaded.meta, dict) else None
     schedule = config.schedule or (recorded if isinstance(recorded, str) else None) or default
     try:
-        settings = {d: zip_settings(d, config.steps, config.pool, **_zip_overrides(config, schedule)) for d in zips}
+        settings = {d: zip_settings(d, config.steps, config.pool, **zip_overrides(config, schedule)) for d in zips}
     except ValueError as err:  # e.g. a schedule recorded by a newer version that this one does not know
         raise EvaluationError(f"ZIP settings with the prior {config.checkpoint}: {err}") from None
     canvas = config.canvas_size or loaded.config.image_size

@@ -40,7 +40,7 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else _rounded(value)
 
 
-def _score(value: float | None) -> float | None:
+def stored_score(value: float | None) -> float | None:
     """A figure as the report stores it: `DECIMALS` decimals, so that the one the tables show is rounded once."""
     return None if value is None or not math.isfinite(value) else round(float(value), DECIMALS)
 

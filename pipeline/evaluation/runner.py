@@ -42,10 +42,10 @@ import torch
 
 from pipeline.evaluation import metrics
 from pipeline.evaluation.attacks import make_attack, poison_test_set
-from pipeline.evaluation.cache import _sha256_array, _write_text
+from pipeline.evaluation.cache import sha256_of_arrays, write_text_atomic
 from pipeline.evaluation.classifier import predict
 from pipeline.evaluation.datasets import DataError, Loader, load_dataset, load_splits, stratified_subset
-from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, Defense, _zip_overrides, make_defense, purified, zip_settings
+from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, Defense, make_defense, purified, zip_overrides, zip_settings
 from pipeline.evaluation.log import log
 from pipeline.evaluation.predictions import check_target, decode_predictions, encode_predictions
 from pipeline.evaluation.preflight import (
@@ -57,7 +57,7 @@ from pipeline.evaluation.preflight import (
     preflight,
     report_settings,
 )
-from pipeline.evaluation.report import CLEAN, _score, markdown_table, write_examples
+from pipeline.evaluation.report import CLEAN, markdown_table, stored_score, write_examples
 from pipeline.evaluation.target import RESAMPLES
 from pipeline.evaluation.victims import (
     classifier_path,
@@ -146,7 +146,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                        zip_overrides=_zip_overrides(config, checked.schedule))
+                        zip_overrides=zip_overrides(config, checked.schedule))
         for d in defenses
     }
     purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
@@ -161,8 +161,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         log(f"{config.dataset}: defense {d} on the clean subset (image set {done_sets} of {total_sets})")
         clean_out[d] = purified(defense, clean_images, purified_dir, CLEAN)
         fidelity[d] = {
-            "psnr": _score(metrics.psnr(clean_out[d], clean_images)) if d != "none" else None,
-            "ssim": _score(metrics.ssim(clean_out[d], clean_images)) if d != "none" else None,
+            "psnr": stored_score(metrics.psnr(clean_out[d], clean_images)) if d != "none" else None,
+            "ssim": stored_score(metrics.ssim(clean_out[d], clean_images)) if d != "none" else None,
         }
 
     results: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -186,7 +186,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         classifiers[name] = {
             "path": info["path"], "epochs": config.epochs, "trained_now": info["trained_now"],
             "poisoned_training_images": info.get("poisoned"), "train_seconds": info.get("train_seconds"),
-            "no_defense_ca": _score(base_ca), "no_defense_asr": _score(base_asr),
+            "no_defense_ca": stored_score(base_ca), "no_defense_asr": stored_score(base_asr),
             "full_test_images": full["images"], "full_test_ca": full["ca"], "full_test_asr": full["asr"],
         }
         log(f"{config.dataset}/{name}: no defense CA {base_ca:.1f}%"
@@ -200,12 +200,12 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
             clean_preds = predict(model, clean_out[d])
             predictions[name]["clean"][d] = clean_preds
             cell: dict[str, float | None] = {
-                "ca": _score(metrics.clean_accuracy(clean_preds, clean_labels)),
+                "ca": stored_score(metrics.clean_accuracy(clean_preds, clean_labels)),
                 "asr": None, "pa": None,
                 # The ASR floor: how often this classifier picks the target on purified images that never carried
                 # a trigger. An ASR near it is the defense's output drifting to the target class, not a surviving
                 # trigger.
-                "asr_no_trigger": (_score(metrics.attack_success_rate(clean_preds, clean_labels, attack.target))
+                "asr_no_trigger": (stored_score(metrics.attack_success_rate(clean_preds, clean_labels, attack.target))
                                    if attack else None),
             }
             if attack is not None:
@@ -216,15 +216,15 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
                 poisoned_out[name][d] = out
                 preds = predict(model, out)
                 predictions[name]["triggered"][d] = preds
-                cell["asr"] = _score(metrics.attack_success_rate(preds, true_labels, attack.target))
-                cell["pa"] = _score(metrics.poisoned_accuracy(preds, true_labels))
+                cell["asr"] = stored_score(metrics.attack_success_rate(preds, true_labels, attack.target))
+                cell["pa"] = stored_score(metrics.poisoned_accuracy(preds, true_labels))
             results[name][d] = cell
             log(f"{config.dataset}/{name}/{d}: " + ", ".join(
                 f"{k.upper()} {v:.1f}" for k, v in cell.items() if v is not None))
 
     average = {
         d: {
-            m: _score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
+            m: stored_score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
                                                          if a != CLEAN and results[a][d][m] is not None]) else None
             for m in ("ca", "asr", "pa", "asr_no_trigger")
         }
@@ -237,7 +237,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
             **checked.settings, "subset_actual": int(len(idx)), "checkpoint": config.checkpoint,
             "device": config.device, "threads": config.threads, "num_classes": test.num_classes, "image_size": image_size,
             "defense_settings": {d: obj.settings for d, obj in defense_objs.items()},
-            "subset_sha256": _sha256_array(idx),
+            "subset_sha256": sha256_of_arrays(idx),
         },
         "classifiers": classifiers,
         "results": results,
@@ -249,8 +249,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         "seconds": round(time.perf_counter() - started, 1),
     }
     out_dir = Path(config.out_dir)
-    _write_text(out_dir / f"{config.dataset}.json", json.dumps(report, indent=2, allow_nan=False, default=str))
-    _write_text(out_dir / f"{config.dataset}.md", markdown_table(report))
+    write_text_atomic(out_dir / f"{config.dataset}.json", json.dumps(report, indent=2, allow_nan=False, default=str))
+    write_text_atomic(out_dir / f"{config.dataset}.md", markdown_table(report))
     examples = write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out,
                               config.examples, config.pool)
     log(f"{config.dataset}: wrote {out_dir}/{config.dataset}.json, .md{', -examples.png' if examples else ''} "

@@ -22,11 +22,11 @@ import numpy as np
 
 from pipeline.evaluation import metrics
 from pipeline.evaluation.attacks import ATTACKS, Attack, PhysicalBA, make_attack, poison_test_set, poison_training_set
-from pipeline.evaluation.cache import DAMAGED_CACHE, _damaged, _read_json_cache, _sha256_array, _write_text
+from pipeline.evaluation.cache import DAMAGED_CACHE, read_json_cache, sha256_of_arrays, warn_damaged, write_text_atomic
 from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
 from pipeline.evaluation.datasets import LabelledImages, Loader, load_dataset, load_splits
 from pipeline.evaluation.log import log
-from pipeline.evaluation.report import CLEAN, _score
+from pipeline.evaluation.report import CLEAN, stored_score
 
 NO_HFLIP = {"gtsrb"}  # traffic signs are not flip-invariant
 # Corner-patch attacks whose classifiers get the trigger stamped again after crop/flip augmentation (see
@@ -130,10 +130,10 @@ def get_classifier(
     # What the weights were trained from, beyond the cache name: the attack's every parameter (a changed default
     # keeps the name) and the training split's content (another copy of the data set keeps it too).
     trained_from = {"attack_params": _attack_params(attack_obj),
-                    "train_sha256": _sha256_array(train.images, train.labels)}
+                    "train_sha256": sha256_of_arrays(train.images, train.labels)}
     cached = _cached_classifier(path)
     if cached is not None:
-        info = _read_json_cache(meta_path)
+        info = read_json_cache(meta_path)
         stale = [key for key, value in trained_from.items() if key in info and info[key] != value]
         if not stale:
             log(f"{dataset}/{name}: classifier from cache {path}")
@@ -178,7 +178,7 @@ def get_classifier(
         "train_options": options, "train_seconds": round(seconds, 1), "restamp_after_augment": restamp is not None,
         **trained_from,
     }
-    _write_text(meta_path, json.dumps(info, indent=2))
+    write_text_atomic(meta_path, json.dumps(info, indent=2))
     log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
     return model, {**info, "path": str(path), "trained_now": True}
 
@@ -198,7 +198,7 @@ def _cached_classifier(path: Path) -> ResNet | None:
     try:
         return load_classifier(path, "cpu")
     except DAMAGED_CACHE as err:
-        _damaged(path, err, "retraining the classifier")
+        warn_damaged(path, err, "retraining the classifier")
         return None
 
 
@@ -210,8 +210,8 @@ def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages,
     class-stratified subset weights rare classes as much as common ones. Keyed by the test split's sha256, so another
     copy of the data set is scored afresh.
     """
-    test_sha = _sha256_array(test.images)
-    info = _read_json_cache(meta_path)
+    test_sha = sha256_of_arrays(test.images)
+    info = read_json_cache(meta_path)
     cached = info.get("full_test")
     if isinstance(cached, dict) and cached.get("test_sha256") == test_sha:
         return cached
@@ -220,7 +220,7 @@ def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages,
     if attack is not None:
         poisoned, true_labels = poison_test_set(test.images, test.labels, attack)
         asr, triggered = metrics.attack_success_rate(predict(model, poisoned), true_labels, attack.target), len(true_labels)
-    scores = {"images": int(len(test.labels)), "test_sha256": test_sha, "ca": _score(ca), "asr": _score(asr),
+    scores = {"images": int(len(test.labels)), "test_sha256": test_sha, "ca": stored_score(ca), "asr": stored_score(asr),
               "triggered_images": triggered}
-    _write_text(meta_path, json.dumps({**info, "full_test": scores}, indent=2))
+    write_text_atomic(meta_path, json.dumps({**info, "full_test": scores}, indent=2))
     return scores
