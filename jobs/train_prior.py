@@ -72,6 +72,7 @@ from pipeline.model import UNetConfig, build_unet  # noqa: E402
 from pipeline.purifier import device_problem, seed_problem  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path  # noqa: E402
+from pipeline.training import ema_decay, epsilon_loss, update_ema, warmup_lr  # noqa: E402
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
 # "keep left" is a "keep right" the prior should not learn as equally likely.
@@ -651,21 +652,14 @@ def main(argv: list[str] | None = None) -> int:
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             t = torch.randint(0, t_high, (args.batch,), device=device)
             noise = torch.randn_like(x0)
-            ab = alpha_bars[t][:, None, None, None]
-            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                predicted = model(x_t, t)
-            loss = (predicted.float() - noise).pow(2).mean()
+            loss = epsilon_loss(model, x0, t, noise, alpha_bars, autocast_dtype)
             for group in opt.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup_steps))
+                group["lr"] = warmup_lr(args.lr, step, args.warmup_steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - decay)
+            update_ema(ema, model, ema_decay(step, args.ema))
             step += 1
             images_seen += args.batch
             images_window += args.batch

@@ -1,8 +1,10 @@
 """The streaming purification job: object storage in, purified Parquet out, on Ray Data.
 
-Read top to bottom, the pipeline is:
+Before any image is read, `pipeline.plan.plan_job` checks the configuration (`pipeline.config.JobConfig`), the
+checkpoint, the output and the input, and lists the read units; a dry run stops there. Read top to bottom, the
+pipeline is then:
 
-    units   = discover(input)                       # files / tar shards / Parquet files, sorted
+    units   = discover(input)                       # files / tar shards / Parquet files / zip archives, sorted
     read    → raw bytes per image (skipping ids already in the output)
     decode  → RGB pixels, or a reject with the reason
     tile    → model-size canvases (by size and order, never by label)
@@ -11,7 +13,8 @@ Read top to bottom, the pipeline is:
     encode  → lossless PNG
     write   → OUTPUT/data/part-*.parquet and OUTPUT/rejects/part-*.parquet, one atomic file per batch
 
-The driver then writes OUTPUT/_summary.json (counts, timing, configuration, checkpoint sha256).
+The driver then writes OUTPUT/_summary.json (counts, timing, configuration, checkpoint sha256). A run stopped by
+Ctrl-C, SIGTERM or a failed batch writes it too, with what it wrote counted from its files (`pipeline.stopped_run`).
 """
 
 from __future__ import annotations
