@@ -33,7 +33,8 @@ from pipeline.evaluation.attacks import ATTACKS, make_attack, poison_test_set  #
 from pipeline.evaluation.classifier import load_classifier, predict  # noqa: E402
 from pipeline.evaluation.datasets import load_dataset  # noqa: E402
 from pipeline.evaluation.metrics import psnr  # noqa: E402
-from pipeline.purifier import Purifier, ZipSettings, naive_purify  # noqa: E402
+from pipeline.purifier import Purifier, naive_purify  # noqa: E402
+from pipeline.settings import ZipSettings
 
 DEFAULT_CLASSIFIER = Path.home() / ".cache/zip-purify/classifiers/cifar10-clean-e10.pt"
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "pipeline/assets/cifar10_prior.pt"

@@ -59,7 +59,7 @@ from pipeline.evaluation.log import log  # noqa: E402
 from pipeline.evaluation.preflight import EvaluationError, preflight  # noqa: E402
 from pipeline.evaluation.runner import DEFAULT_PRIOR, EvalConfig, evaluate_dataset  # noqa: E402
 from pipeline.evaluation.target import RESAMPLES  # noqa: E402
-from pipeline.purifier import device_problem  # noqa: E402
+from pipeline.settings import device_problem  # noqa: E402
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
 CROP_PAD = train_classifier.__kwdefaults__["crop_pad"]

@@ -69,8 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle  # noqa: E402
 from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
 from pipeline.model import UNetConfig, build_unet  # noqa: E402
-from pipeline.purifier import device_problem, seed_problem  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
+from pipeline.settings import device_problem, seed_problem  # noqa: E402
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path  # noqa: E402
 from pipeline.training import ema_decay, epsilon_loss, update_ema, warmup_lr  # noqa: E402
 

@@ -3,7 +3,8 @@
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, SHIPPED_PRIORS, preset_config, shipped_prior
-from pipeline.purifier import Purifier, ZipSettings
+from pipeline.purifier import Purifier
+from pipeline.settings import ZipSettings
 
 __all__ = [
     "PRESETS",

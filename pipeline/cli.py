@@ -21,8 +21,8 @@ from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.purifier import RECIPES, canonical_operators
 from pipeline.redaction import redact_uri_secrets
+from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, hidden_note
 
 DESCRIPTION = f"""\

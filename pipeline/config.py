@@ -10,8 +10,8 @@ from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError
 from pipeline.placement import placement_problem
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.purifier import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.redaction import redact, redact_uri
+from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
 from pipeline.storage import is_url_chain, with_url_options
 
@@ -88,7 +88,7 @@ class JobConfig:
 
     @classmethod
     def from_recipe(cls, name: str, **fields: Any) -> JobConfig:
-        """A config with a named sampler recipe (`pipeline.purifier.RECIPES`); `fields` win over the recipe's values."""
+        """A config with a named sampler recipe (`pipeline.settings.RECIPES`); `fields` win over the recipe's values."""
         return cls(**{**recipe_values(name), **fields})
 
     def check(self) -> None:

@@ -33,8 +33,8 @@ from pipeline.output import (
     read_json,
 )
 from pipeline.presets import shipped_prior_path
-from pipeline.purifier import ZipSettings, canonical_operators, check_trained_timesteps
 from pipeline.redaction import redact_uri
+from pipeline.settings import ZipSettings, canonical_operators, check_trained_timesteps
 from pipeline.sources import MAX_IMAGE_BYTES, HiddenSkipped, ReadUnit, discover, input_location, relative_id
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries

@@ -11,338 +11,24 @@ and untiles the result.
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
-import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint
+from pipeline.images import image_items, read_image, to_gray
 from pipeline.model import UNetModel
 from pipeline.operators import make_operators
 from pipeline.progress import progress_bar
 from pipeline.sampler import SAMPLERS, Guidance, Noise, run_timesteps
-from pipeline.schedule import SCHEDULES, NoiseSchedule
-from pipeline.tiling import LARGE_IMAGE_POLICIES, MosaicLayout, pack, plan_layout, unpack
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A named set of sampler settings and what it is for (figures: docs/results.md, CIFAR-10, 500 images, k = 4)."""
-
-    what: str
-    values: dict[str, Any]
-
-
-RECIPES: dict[str, Recipe] = {
-    "paper": Recipe("the paper's Algorithm 2: guided DDIM, 20 steps from pure noise, 20 model calls (the default)", {}),
-    "fast": Recipe(
-        "Algorithm 2 started late (t <= 0.3T): 7 of the 20 steps, 7 model calls; on CIFAR-10 the same CA, ASR and "
-        "PA as 'paper' within the sampler's seed-to-seed spread", {"start": 0.3}),
-    "low-asr": Recipe(
-        "the paper's Algorithm 1 (guided DDPM, 50 steps) started late (t <= 0.3T): 16 model calls; the lowest residual "
-        "ASR measured on CIFAR-10 (3.5-3.9 % on three seeds, against 5.4-5.6 % for 'paper')",
-        {"sampler": "ddpm", "steps": 50, "start": 0.3}),
-    "authors-code": Recipe(
-        "the authors' released code: gray + pool guidance averaged, soft blend k = 10, eta = 1; keeps more detail but "
-        "leaves patch triggers working (BadNet ASR 83 % on CIFAR-10)", {"operators": "gray,pool", "blend_k": 10.0, "eta": 1.0}),
-}
-
-
-def recipe_values(name: str) -> dict[str, Any]:
-    """The settings a named recipe sets (a copy); a clear error naming the recipes for an unknown name."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return dict(RECIPES[name].values)
-
-
-def is_whole_number(value: Any) -> bool:
-    """An int that is not a bool: True and False are ints to Python, not counts to a user."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# The seeds a call or the settings take. A CPU generator (mt19937) reads only a seed's low 32 bits, and the job
-# seeds each canvas from seed & 0xFFFFFFFF: a larger seed (or a negative one) would silently repeat a smaller one's
-# noise, and one of 2**64 or more stopped torch with "Overflow when unpacking long long", naming no seed.
-SEED_RANGE = (0, 2**32 - 1)
-
-
-def seed_problem(name: str, seed: int) -> str | None:
-    """What is wrong with an integer seed's value, or None."""
-    low, high = SEED_RANGE
-    if low <= seed <= high:
-        return None
-    return (f"{name} must be an integer in [{low}, {high}] (0 to 2**32 - 1: the noise generators read a seed's low "
-            f"32 bits, so a larger or negative seed would repeat another seed's noise), got {seed!r}")
-
-
-# Other names for the same operator: make_operators builds one object for both, so the results are the same.
-_OPERATOR_ALIASES = {"pool+gray": "gray+pool"}
-
-
-def canonical_operators(names: Any) -> str:
-    """One spelling per operator setting: "gray, pool", " gray,pool," and ["gray", "pool"] are all "gray,pool", so
-    that an output's recorded settings compare equal for the same operators. The order is kept: the sampler sums
-    the operators' guidance in that order, and with three or more a sum's rounding depends on it (and a name given
-    twice weighs twice), so those are different settings."""
-    if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
-        names = ",".join(names)
-    if not isinstance(names, str):
-        raise ValueError(f"operators must be text such as 'pool' or 'gray,pool' (or a list of operator names), "
-                         f"got {names!r}")
-    parts = ("+".join(p.strip() for p in n.split("+")) for n in names.split(","))
-    return ",".join(_OPERATOR_ALIASES.get(p, p) for p in parts if p)
-
-
-def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True,
-                   name: str = "--device") -> str | None:
-    """What is wrong with a --device value, or None. `on_this_machine`: also that torch sees that CUDA device here
-    (not for the job, whose purifier actors run on the cluster's GPU nodes). `name`: how the message names the
-    setting ("--device" for a command line; the Python API's "device" says device='cpu')."""
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        return f"{name} must be {expected}, got {device!r}"
-    cli = name.startswith("--")
-    shown, use_cpu = (device, "--device cpu") if cli else (repr(device), f"{name}='cpu'")
-    if on_this_machine and device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return f"{name} {shown}: no CUDA device is available here (use {use_cpu})"
-        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
-            return f"{name} {shown}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-    return None
-
-
-def checked_device(device: Any) -> torch.device:
-    """The Python API's device argument as a torch.device, or a clear error naming the argument and the fix."""
-    if not isinstance(device, str | torch.device):
-        # An int would be read by torch as a CUDA ordinal (device=0 is cuda:0), not as "the first device".
-        raise TypeError(f"device must be text such as 'cpu', 'cuda' or 'cuda:1' (or a torch.device), got {device!r}")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (a torch device), got {device!r}") from None
-    if parsed.type == "cuda" and (problem := device_problem(str(parsed), name="device")):
-        raise ValueError(problem)
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps': no Apple GPU (MPS) is available here (use device='cpu')")
-    return parsed
-
-
-@dataclass(frozen=True)
-class ZipSettings:
-    """Sampler settings. Defaults follow the paper's Algorithm 2 (guided DDIM, 20 steps).
-
-    steps: sampler steps at t_i = ⌊i·T/steps⌋ (20 → t = 950, 900, …, 0, as in the paper and the authors' code;
-        evenly every T/steps whenever steps divides T = 1000). 1 or 2 steps start far below T (t = 0, 500).
-    pool: average-pooling factor of A (the authors' README uses 4 for user data; 4 removes a 3x3 patch trigger
-        that survives 2x2 pooling, see ../shared/README.md).
-    lam: λ of the hard switch; guide while t ≥ λT. 0 guides every step (output consistent with A x exactly).
-    eta: DDIM η. 1 by default, as in the authors' code: fresh noise each step re-draws the part A discards,
-        where η = 0 compounds a small prior's errors into speckle (CIFAR-10, 128 images, clean ResNet-20:
-        CA 51.6 % and PSNR 20.2 dB at η = 1 against 31.3 % and 16.7 dB at η = 0).
-    sampler: "ddim" (Algorithm 2) or "ddpm" (Algorithm 1).
-    operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged); a list of names is
-        joined, and spaces are dropped ("gray, pool" is "gray,pool").
-    blend_k: None for the paper's hard switch, or k of the authors' soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t.
-    clip_denoised: clamp the prior's x̂₀ estimate to [-1, 1] every step (needed with weak priors).
-    resample: 1 (the paper) or r > 1 to redo every guided step r times, re-noising in between (DDNM+ / RePaint
-        "time travel"); r times the model calls.
-    start: 1 (the paper: every step, from pure noise) or s < 1 to run only the steps t ≤ s·T, starting from
-        the input's A⁺y noised to that level (SDEdit-style late start; 0.3 runs 7 of 20 steps).
-    large_images: "fit" (keep aspect, shrink to the canvas) or "stretch" for images larger than the model.
-    seed: the noise seed, an integer in [0, 2**32 - 1].
-    """
-
-    steps: int = 20
-    pool: int = 4
-    lam: float = 0.0
-    eta: float = 1.0
-    sampler: str = "ddim"
-    operators: str = "pool"
-    blend_k: float | None = None
-    clip_denoised: bool = True
-    resample: int = 1
-    start: float = 1.0
-    schedule: str = "linear"
-    large_images: str = "fit"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # numpy's integers (from a grid, an array of seeds) are integers to a user, and plain ints keep to_dict JSON.
-        for name in ("steps", "pool", "resample", "seed"):
-            if isinstance(getattr(self, name), np.integer):
-                object.__setattr__(self, name, int(getattr(self, name)))
-        # numpy's scalars likewise (np.float32(0.5) made to_dict unwritable as JSON; np.float32 and np.int64 blend_k
-        # were refused as "not a number").
-        for name in ("eta", "lam", "start", "blend_k"):
-            value = getattr(self, name)
-            if isinstance(value, np.integer | np.floating):
-                object.__setattr__(self, name, value.item())
-        for name in ("eta", "lam", "start"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if not is_whole_number(self.steps) or not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
-        if not is_whole_number(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if problem := seed_problem("seed", self.seed):
-            raise ValueError(problem)
-        if not isinstance(self.clip_denoised, bool):
-            raise ValueError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown noise schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}")
-        if self.large_images not in LARGE_IMAGE_POLICIES:
-            raise ValueError(f"large_images must be one of {', '.join(LARGE_IMAGE_POLICIES)}, got {self.large_images!r}")
-        if self.blend_k is not None and not (isinstance(self.blend_k, int | float) and not isinstance(self.blend_k, bool)
-                                             and math.isfinite(self.blend_k) and self.blend_k > 0):
-            raise ValueError(f"blend_k must be a number above 0 (or None for the hard switch), got {self.blend_k!r}")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta (η) must be in [0, 1], got {self.eta}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
-        if not is_whole_number(self.resample) or not 1 <= self.resample <= 20:
-            raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
-        if not 0.0 < self.start <= 1.0:
-            raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
-        object.__setattr__(self, "operators", canonical_operators(self.operators))
-        make_operators(self.operators, self.pool)  # validates names and pool factor
-        # Guided steps are those with t >= λT. From pure noise (start = 1) with none of them, nothing of the input
-        # reaches the sampler: lam=1 (or 0.96 at 20 steps, whose first t is 950) gave the same image for an input
-        # and its negative. A late start still begins from the input, so it may run unguided.
-        num_steps = NoiseSchedule.named(self.schedule).num_steps
-        first = run_timesteps(num_steps, self.steps, self.start)[0]
-        if self.start >= 1.0 and first < self.lam * num_steps:
-            raise ValueError(f"lam (λ) = {self.lam:g} guides none of the {self.steps} steps (guided: t >= λT = "
-                             f"{self.lam * num_steps:g}; the first step is t = {first}): the result would be a sample of "
-                             f"the prior that does not depend on the input image; use lam <= {first / num_steps:g}")
-
-    @classmethod
-    def recipe(cls, name: str, **overrides: Any) -> ZipSettings:
-        """A named recipe (`RECIPES`: paper, fast, low-asr, authors-code); `overrides` win over its values."""
-        return cls(**{**recipe_values(name), **overrides})
-
-    @classmethod
-    def authors_code(cls, pool: int = 4, **overrides: Any) -> ZipSettings:
-        """The authors' released variant: gray + pool averaged, soft blend k = 10, η = 1."""
-        return cls.recipe("authors-code", pool=pool, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-ACCEPTED_IMAGES = ("uint8 numpy arrays H x W x 3 (RGB), H x W or H x W x 1 (grayscale), or PIL images in mode RGB "
-                   "or L")
-
-
-def _dtype_hint(dtype: np.dtype) -> str:
-    """How to make a uint8 image of another dtype: the scale of floats, bools and wider ints is the caller's to say."""
-    if np.issubdtype(dtype, np.floating):
-        return ("float pixels could be in [0, 1] or [0, 255]; convert them first, e.g. "
-                "(image * 255).round().astype(np.uint8) for [0, 1] or image.round().astype(np.uint8) for [0, 255]")
-    if dtype == np.bool_:
-        return "convert a mask first, e.g. image.astype(np.uint8) * 255"
-    if dtype == np.uint16:
-        return "scale it to 0-255 and convert it first, e.g. (image >> 8).astype(np.uint8)"
-    return "scale it to 0-255 and convert it to uint8 first"
-
-
-def _shape_hint(shape: tuple[int, ...]) -> str:
-    """How to make an H x W x 3 image of another shape; guessing instead would purify the wrong pixels."""
-    if len(shape) == 3 and shape[2] == 4:
-        return ": 4 channels (RGBA?); the alpha channel is not a colour: drop or composite it first, e.g. image[..., :3]"
-    if len(shape) == 3 and shape[0] in (1, 3, 4):
-        return ": it looks channels-first (C x H x W); pass image.transpose(1, 2, 0)"
-    if len(shape) == 4:
-        return ": a batch as one item? pass the N x H x W x 3 array itself, or list(batch)"
-    return ""
-
-
-# PIL modes whose pixels are wider than 8 bits: PIL's own convert("RGB") / convert("L") clips them at 255 (a 16-bit
-# 30000 becomes 255), so "convert('RGB')" would be the wrong advice for them.
-_WIDE_PIL_MODES = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
-                   "F": "float"}
-
-
-def _pil_problem(i: int, image: Any) -> str:
-    """Why a PIL image in another mode than RGB or L is refused, and how to convert it without losing it."""
-    mode = image.mode
-    if mode in _WIDE_PIL_MODES:
-        how = ("Image.fromarray((np.asarray(image) / 257).round().astype(np.uint8)) for 16-bit (0-65535)"
-               if mode.startswith("I;16") else "scale np.asarray(image) to 0-255 and pass it as uint8")
-        return (f"image {i}: a {_WIDE_PIL_MODES[mode]} PIL image (mode {mode}); image.convert('RGB') would clip it at "
-                f"255, so scale it to 8 bits first, e.g. {how}")
-    alpha = " (its alpha channel is not a colour: composite it onto a background)" if "A" in mode else ""
-    return (f"image {i}: a PIL image in mode {mode}{alpha}; accepted: modes RGB and L; "
-            "convert it first, e.g. image.convert('RGB')")
-
-
-def _read_image(i: int, image: Any) -> tuple[np.ndarray, tuple[int, ...] | None]:
-    """One input image as uint8 H x W x 3 (the caller's array, not a copy, when it is one) and, for a grayscale
-    image, the shape its result goes back in; a clear error saying how to convert any other form rather than a
-    guess at its meaning (the scale of floats, channels-first, alpha).
-
-    Grayscale (H x W, H x W x 1, PIL mode L) is purified as the job purifies a grayscale file: the grey value in all
-    three channels (pipeline.decode)."""
-    if isinstance(image, torch.Tensor):
-        raise TypeError(f"image {i}: a torch tensor; pass {ACCEPTED_IMAGES}, e.g. "
-                        "tensor.permute(1, 2, 0).cpu().numpy() for a C x H x W uint8 tensor")
-    if type(image).__module__.startswith("PIL.") and hasattr(image, "mode"):
-        if image.mode not in ("RGB", "L"):
-            raise ValueError(_pil_problem(i, image))
-        image = np.asarray(image)
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image {i}: expected {ACCEPTED_IMAGES}, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"image {i}: expected dtype uint8 (0-255), got {image.dtype}: {_dtype_hint(image.dtype)}")
-    gray = image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)
-    if not gray and (image.ndim != 3 or image.shape[2] != 3):
-        raise ValueError(f"image {i}: expected shape H x W x 3 (RGB) or H x W (grayscale), got "
-                         f"{image.shape}{_shape_hint(image.shape)}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image {i}: empty image of shape {image.shape}")
-    if gray:
-        return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2), image.shape
-    return image, None
-
-
-def _image_items(images: Any) -> Iterable[Any]:
-    """The images of a call: a list (or any iterable) of images, or an N x H x W x 3 (N x H x W x 1) array. Any other
-    container is refused: iterating a single H x W x 3 image gives its H rows, each a W x 3 "grey image"."""
-    if isinstance(images, np.ndarray) and images.dtype == object and images.ndim == 1:
-        return list(images)  # a column of images (pandas' .values, np.array(images, dtype=object)): a list
-    if isinstance(images, np.ndarray) and images.ndim != 4:
-        # A 3-D array is one colour image or N grey ones (and H x W x 3 is both): which one is the caller's to say,
-        # and a list of results comes back either way.
-        hint = ("for one image, pass [image]; for N grayscale images, pass list(images)" if images.ndim == 3
-                else "for one image, pass [image]" if images.ndim == 2 else "")
-        raise ValueError(f"expected a list of images or an N x H x W x 3 (or N x H x W x 1) array, got an array of "
-                         f"shape {images.shape}" + (f"; {hint}" if hint else ""))
-    if isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 numpy array, got a torch tensor "
-                        f"of shape {tuple(images.shape)} and dtype {images.dtype}; for N x 3 x H x W floats in [0, 1]: "
-                        "(images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()")
-    if isinstance(images, str | bytes | dict) or not isinstance(images, Iterable):
-        one = " (for one image, pass [image])" if hasattr(images, "mode") else ""
-        raise TypeError(f"images must be a list of images or an N x H x W x 3 uint8 array, got "
-                        f"{type(images).__name__}{one}; accepted images: {ACCEPTED_IMAGES}")
-    return images
-
-
-def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """uint8 H x W x 3 to H x W grey with ITU-R 601 luma in PIL's own fixed point, so that a grey image's result is
-    the job's RGB output for it converted as Image.convert("L") converts it. The weights sum to 1 (65536), so the
-    pool operator's block means of a grey input are kept as the RGB result keeps them."""
-    r, g, b = (rgb[..., c].astype(np.uint32) for c in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+from pipeline.schedule import NoiseSchedule
+from pipeline.settings import PRECISIONS, ZipSettings, check_trained_timesteps, checked_device, is_whole_number, seed_problem
+from pipeline.tiling import MosaicLayout, pack, plan_layout, unpack
 
 
 def _validate_seed(seed: Any) -> int | None:
@@ -356,26 +42,6 @@ def _validate_seed(seed: Any) -> int | None:
     if problem := seed_problem("seed", seed):
         raise ValueError(problem)
     return seed
-
-
-def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None:
-    """Refuse settings that would run a prior at noise levels it was never trained on: with another noise schedule
-    than its own (train_prior.py records it in its meta; guided-diffusion's own checkpoints record nothing), or
-    beyond the largest timestep it saw (train_prior.py --max-timestep)."""
-    trained_schedule = meta.get("schedule")
-    if trained_schedule is not None and trained_schedule != settings.schedule:
-        raise ValueError(f"this prior was trained with the {trained_schedule} noise schedule, but these settings "
-                         f"sample with {settings.schedule}: its noise levels would not match (set "
-                         f"schedule={trained_schedule!r}; the job's --schedule {trained_schedule})")
-    trained_up_to = meta.get("max_timestep")
-    if trained_up_to is None:
-        return
-    num_steps = NoiseSchedule.named(settings.schedule).num_steps
-    first = run_timesteps(num_steps, settings.steps, settings.start)[0]
-    if first > trained_up_to:
-        raise ValueError(f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
-                         f"but these settings start at t = {first}: use start ≤ {trained_up_to / num_steps:g} "
-                         "(--start), or a prior trained on every timestep")
 
 
 @dataclass(frozen=True)
@@ -604,9 +270,9 @@ class Purifier:
         image's result also depends on the other images of the call (small images share canvases and noise draws),
         not only on its own pixels.
         """
-        images = _image_items(images)
+        images = image_items(images)
         seed = _validate_seed(seed)
-        read = [_read_image(i, im) for i, im in enumerate(images)]
+        read = [read_image(i, im) for i, im in enumerate(images)]
         if not read:
             return []
         checked = [rgb for rgb, _ in read]
@@ -666,6 +332,6 @@ def naive_purify(images: Iterable[Any] | np.ndarray, pool: int) -> list[np.ndarr
         raise ValueError(f"naive_purify: pool must be a positive integer, got {pool!r}")
     pool = int(pool)
     # the containers `Purifier` takes, and no other: a bare H x W x 3 image came back as H grey rows of W x 3
-    read = [_read_image(i, im) for i, im in enumerate(_image_items(images))]
+    read = [read_image(i, im) for i, im in enumerate(image_items(images))]
     out = [naive_transform(rgb[None], pool)[0] for rgb, _ in read]
     return [o if shape is None else to_gray(o).reshape(shape) for o, (_, shape) in zip(out, read, strict=True)]

@@ -228,7 +228,8 @@ class PurifyStage:
                  precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None):
         import torch
 
-        from pipeline.purifier import Purifier, ZipSettings
+        from pipeline.purifier import Purifier
+        from pipeline.settings import ZipSettings
 
         if torch_threads == ALL_CORES:
             torch.set_num_threads(os.cpu_count() or 1)  # this node's cores, not the driver's

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, build_unet
-from pipeline.purifier import ZipSettings, check_trained_timesteps
+from pipeline.settings import ZipSettings, check_trained_timesteps
 from tests.jobutil import TINY_FLAGS, tiny_model_file
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pipeline.evaluation.defenses import ZIP_DEFENSES, make_defense
-from pipeline.purifier import Purifier, ZipSettings
+from pipeline.purifier import Purifier
+from pipeline.settings import ZipSettings
 from tests.jobutil import tiny_model_file
 
 SHA = "0" * 64

@@ -339,7 +339,7 @@ def test_yaml_config_and_flag_precedence(tmp_path) -> None:
 def test_recipes_set_the_sampler_and_explicit_options_win(tmp_path) -> None:
     """--recipe low-asr is the measured Algorithm 1 + late start; a flag or --config key given as well wins over it."""
     from pipeline.cli import config_from_args
-    from pipeline.purifier import RECIPES, ZipSettings
+    from pipeline.settings import RECIPES, ZipSettings
 
     low = config_from_args(["--recipe", "low-asr"]).settings()
     assert (low.sampler, low.steps, low.start, low.pool) == ("ddpm", 50, 0.3, 4)

@@ -49,7 +49,7 @@ def test_bad_sizes_and_names_are_clear_errors() -> None:
 def test_a_boolean_pool_factor_is_refused(flag: bool) -> None:
     """`pool: true` in a YAML config was taken as factor 1 (bool is an int): A = I, and the job wrote every image back
     unchanged (PSNR inf) in a run marked complete. It is a clear error now."""
-    from pipeline.purifier import ZipSettings
+    from pipeline.settings import ZipSettings
 
     with pytest.raises(ValueError, match=f"pool factor must be a positive integer, got {flag}"):
         AvgPool(flag)

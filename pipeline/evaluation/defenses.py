@@ -28,8 +28,9 @@ from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pa
 from pipeline.evaluation.cache import DAMAGED_CACHE, save_npz, sha256_of_arrays, warn_damaged, write_text_atomic
 from pipeline.evaluation.log import log
 from pipeline.progress import progress_bar
-from pipeline.purifier import CanvasBatch, Purifier, ZipSettings
+from pipeline.purifier import CanvasBatch, Purifier
 from pipeline.sampler import run_timesteps
+from pipeline.settings import ZipSettings
 from pipeline.tiling import pack, unpack
 
 if TYPE_CHECKING:

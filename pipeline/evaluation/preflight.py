@@ -32,7 +32,7 @@ from pipeline.evaluation.datasets import (
 )
 from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_overrides, zip_settings
 from pipeline.evaluation.victims import normalise_attack
-from pipeline.purifier import ZipSettings, check_trained_timesteps
+from pipeline.settings import ZipSettings, check_trained_timesteps
 
 if TYPE_CHECKING:
     from pipeline.evaluation.runner import EvalConfig

@@ -1,0 +1,246 @@
+"""What a purification runs with: the ZIP sampler's settings (`ZipSettings`, checked when made), the named recipes,
+and the checks of a device, a precision and a seed that the API, the job and the training script share."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.operators import make_operators
+from pipeline.sampler import SAMPLERS, run_timesteps
+from pipeline.schedule import SCHEDULES, NoiseSchedule
+from pipeline.tiling import LARGE_IMAGE_POLICIES
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of sampler settings and what it is for (figures: docs/results.md, CIFAR-10, 500 images, k = 4)."""
+
+    what: str
+    values: dict[str, Any]
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe("the paper's Algorithm 2: guided DDIM, 20 steps from pure noise, 20 model calls (the default)", {}),
+    "fast": Recipe(
+        "Algorithm 2 started late (t <= 0.3T): 7 of the 20 steps, 7 model calls; on CIFAR-10 the same CA, ASR and "
+        "PA as 'paper' within the sampler's seed-to-seed spread", {"start": 0.3}),
+    "low-asr": Recipe(
+        "the paper's Algorithm 1 (guided DDPM, 50 steps) started late (t <= 0.3T): 16 model calls; the lowest residual "
+        "ASR measured on CIFAR-10 (3.5-3.9 % on three seeds, against 5.4-5.6 % for 'paper')",
+        {"sampler": "ddpm", "steps": 50, "start": 0.3}),
+    "authors-code": Recipe(
+        "the authors' released code: gray + pool guidance averaged, soft blend k = 10, eta = 1; keeps more detail but "
+        "leaves patch triggers working (BadNet ASR 83 % on CIFAR-10)", {"operators": "gray,pool", "blend_k": 10.0, "eta": 1.0}),
+}
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """The settings a named recipe sets (a copy); a clear error naming the recipes for an unknown name."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return dict(RECIPES[name].values)
+
+
+def is_whole_number(value: Any) -> bool:
+    """An int that is not a bool: True and False are ints to Python, not counts to a user."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The seeds a call or the settings take. A CPU generator (mt19937) reads only a seed's low 32 bits, and the job
+# seeds each canvas from seed & 0xFFFFFFFF: a larger seed (or a negative one) would silently repeat a smaller one's
+# noise, and one of 2**64 or more stopped torch with "Overflow when unpacking long long", naming no seed.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def seed_problem(name: str, seed: int) -> str | None:
+    """What is wrong with an integer seed's value, or None."""
+    low, high = SEED_RANGE
+    if low <= seed <= high:
+        return None
+    return (f"{name} must be an integer in [{low}, {high}] (0 to 2**32 - 1: the noise generators read a seed's low "
+            f"32 bits, so a larger or negative seed would repeat another seed's noise), got {seed!r}")
+
+
+# Other names for the same operator: make_operators builds one object for both, so the results are the same.
+_OPERATOR_ALIASES = {"pool+gray": "gray+pool"}
+
+
+def canonical_operators(names: Any) -> str:
+    """One spelling per operator setting: "gray, pool", " gray,pool," and ["gray", "pool"] are all "gray,pool", so
+    that an output's recorded settings compare equal for the same operators. The order is kept: the sampler sums
+    the operators' guidance in that order, and with three or more a sum's rounding depends on it (and a name given
+    twice weighs twice), so those are different settings."""
+    if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+        names = ",".join(names)
+    if not isinstance(names, str):
+        raise ValueError(f"operators must be text such as 'pool' or 'gray,pool' (or a list of operator names), "
+                         f"got {names!r}")
+    parts = ("+".join(p.strip() for p in n.split("+")) for n in names.split(","))
+    return ",".join(_OPERATOR_ALIASES.get(p, p) for p in parts if p)
+
+
+def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True,
+                   name: str = "--device") -> str | None:
+    """What is wrong with a --device value, or None. `on_this_machine`: also that torch sees that CUDA device here
+    (not for the job, whose purifier actors run on the cluster's GPU nodes). `name`: how the message names the
+    setting ("--device" for a command line; the Python API's "device" says device='cpu')."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        return f"{name} must be {expected}, got {device!r}"
+    cli = name.startswith("--")
+    shown, use_cpu = (device, "--device cpu") if cli else (repr(device), f"{name}='cpu'")
+    if on_this_machine and device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"{name} {shown}: no CUDA device is available here (use {use_cpu})"
+        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
+            return f"{name} {shown}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def checked_device(device: Any) -> torch.device:
+    """The Python API's device argument as a torch.device, or a clear error naming the argument and the fix."""
+    if not isinstance(device, str | torch.device):
+        # An int would be read by torch as a CUDA ordinal (device=0 is cuda:0), not as "the first device".
+        raise TypeError(f"device must be text such as 'cpu', 'cuda' or 'cuda:1' (or a torch.device), got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (a torch device), got {device!r}") from None
+    if parsed.type == "cuda" and (problem := device_problem(str(parsed), name="device")):
+        raise ValueError(problem)
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps': no Apple GPU (MPS) is available here (use device='cpu')")
+    return parsed
+
+
+@dataclass(frozen=True)
+class ZipSettings:
+    """Sampler settings. Defaults follow the paper's Algorithm 2 (guided DDIM, 20 steps).
+
+    steps: sampler steps at t_i = ⌊i·T/steps⌋ (20 → t = 950, 900, …, 0, as in the paper and the authors' code;
+        evenly every T/steps whenever steps divides T = 1000). 1 or 2 steps start far below T (t = 0, 500).
+    pool: average-pooling factor of A (the authors' README uses 4 for user data; 4 removes a 3x3 patch trigger
+        that survives 2x2 pooling, see ../shared/README.md).
+    lam: λ of the hard switch; guide while t ≥ λT. 0 guides every step (output consistent with A x exactly).
+    eta: DDIM η. 1 by default, as in the authors' code: fresh noise each step re-draws the part A discards,
+        where η = 0 compounds a small prior's errors into speckle (CIFAR-10, 128 images, clean ResNet-20:
+        CA 51.6 % and PSNR 20.2 dB at η = 1 against 31.3 % and 16.7 dB at η = 0).
+    sampler: "ddim" (Algorithm 2) or "ddpm" (Algorithm 1).
+    operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged); a list of names is
+        joined, and spaces are dropped ("gray, pool" is "gray,pool").
+    blend_k: None for the paper's hard switch, or k of the authors' soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t.
+    clip_denoised: clamp the prior's x̂₀ estimate to [-1, 1] every step (needed with weak priors).
+    resample: 1 (the paper) or r > 1 to redo every guided step r times, re-noising in between (DDNM+ / RePaint
+        "time travel"); r times the model calls.
+    start: 1 (the paper: every step, from pure noise) or s < 1 to run only the steps t ≤ s·T, starting from
+        the input's A⁺y noised to that level (SDEdit-style late start; 0.3 runs 7 of 20 steps).
+    large_images: "fit" (keep aspect, shrink to the canvas) or "stretch" for images larger than the model.
+    seed: the noise seed, an integer in [0, 2**32 - 1].
+    """
+
+    steps: int = 20
+    pool: int = 4
+    lam: float = 0.0
+    eta: float = 1.0
+    sampler: str = "ddim"
+    operators: str = "pool"
+    blend_k: float | None = None
+    clip_denoised: bool = True
+    resample: int = 1
+    start: float = 1.0
+    schedule: str = "linear"
+    large_images: str = "fit"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # numpy's integers (from a grid, an array of seeds) are integers to a user, and plain ints keep to_dict JSON.
+        for name in ("steps", "pool", "resample", "seed"):
+            if isinstance(getattr(self, name), np.integer):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        # numpy's scalars likewise (np.float32(0.5) made to_dict unwritable as JSON; np.float32 and np.int64 blend_k
+        # were refused as "not a number").
+        for name in ("eta", "lam", "start", "blend_k"):
+            value = getattr(self, name)
+            if isinstance(value, np.integer | np.floating):
+                object.__setattr__(self, name, value.item())
+        for name in ("eta", "lam", "start"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if not is_whole_number(self.steps) or not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps!r}")
+        if not is_whole_number(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if problem := seed_problem("seed", self.seed):
+            raise ValueError(problem)
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown noise schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}")
+        if self.large_images not in LARGE_IMAGE_POLICIES:
+            raise ValueError(f"large_images must be one of {', '.join(LARGE_IMAGE_POLICIES)}, got {self.large_images!r}")
+        if self.blend_k is not None and not (isinstance(self.blend_k, int | float) and not isinstance(self.blend_k, bool)
+                                             and math.isfinite(self.blend_k) and self.blend_k > 0):
+            raise ValueError(f"blend_k must be a number above 0 (or None for the hard switch), got {self.blend_k!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta (η) must be in [0, 1], got {self.eta}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
+        if not is_whole_number(self.resample) or not 1 <= self.resample <= 20:
+            raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
+        if not 0.0 < self.start <= 1.0:
+            raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
+        object.__setattr__(self, "operators", canonical_operators(self.operators))
+        make_operators(self.operators, self.pool)  # validates names and pool factor
+        # Guided steps are those with t >= λT. From pure noise (start = 1) with none of them, nothing of the input
+        # reaches the sampler: lam=1 (or 0.96 at 20 steps, whose first t is 950) gave the same image for an input
+        # and its negative. A late start still begins from the input, so it may run unguided.
+        num_steps = NoiseSchedule.named(self.schedule).num_steps
+        first = run_timesteps(num_steps, self.steps, self.start)[0]
+        if self.start >= 1.0 and first < self.lam * num_steps:
+            raise ValueError(f"lam (λ) = {self.lam:g} guides none of the {self.steps} steps (guided: t >= λT = "
+                             f"{self.lam * num_steps:g}; the first step is t = {first}): the result would be a sample of "
+                             f"the prior that does not depend on the input image; use lam <= {first / num_steps:g}")
+
+    @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> ZipSettings:
+        """A named recipe (`RECIPES`: paper, fast, low-asr, authors-code); `overrides` win over its values."""
+        return cls(**{**recipe_values(name), **overrides})
+
+    @classmethod
+    def authors_code(cls, pool: int = 4, **overrides: Any) -> ZipSettings:
+        """The authors' released variant: gray + pool averaged, soft blend k = 10, η = 1."""
+        return cls.recipe("authors-code", pool=pool, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None:
+    """Refuse settings that would run a prior at noise levels it was never trained on: with another noise schedule
+    than its own (train_prior.py records it in its meta; guided-diffusion's own checkpoints record nothing), or
+    beyond the largest timestep it saw (train_prior.py --max-timestep)."""
+    trained_schedule = meta.get("schedule")
+    if trained_schedule is not None and trained_schedule != settings.schedule:
+        raise ValueError(f"this prior was trained with the {trained_schedule} noise schedule, but these settings "
+                         f"sample with {settings.schedule}: its noise levels would not match (set "
+                         f"schedule={trained_schedule!r}; the job's --schedule {trained_schedule})")
+    trained_up_to = meta.get("max_timestep")
+    if trained_up_to is None:
+        return
+    num_steps = NoiseSchedule.named(settings.schedule).num_steps
+    first = run_timesteps(num_steps, settings.steps, settings.start)[0]
+    if first > trained_up_to:
+        raise ValueError(f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
+                         f"but these settings start at t = {first}: use start ≤ {trained_up_to / num_steps:g} "
+                         "(--start), or a prior trained on every timestep")
