@@ -5,6 +5,7 @@ from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, SHIPPED_PRIORS, preset_config, shipped_prior
 from pipeline.purifier import Purifier
 from pipeline.settings import ZipSettings
+from pipeline.version import __version__ as __version__  # re-exported: pipeline.__version__
 
 __all__ = [
     "PRESETS",

@@ -24,6 +24,7 @@ from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri_secrets
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, hidden_note
+from pipeline.version import version_line
 
 DESCRIPTION = f"""\
 Purify an image data set of backdoor triggers with Zero-shot Image Purification (ZIP).
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a scheduled command that says --over would change meaning the day a flag --over... is added
     p = _Parser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line(),
+                   help="print zip-purify's version, with torch's, Ray's and Python's, and exit")
     d = JobConfig()
     io = p.add_argument_group("input and output")
     io.add_argument("--config", metavar="FILE", help="YAML file with any of these options (see below); flags win over it")

@@ -71,6 +71,7 @@ from pipeline.stopped_run import (
     stopped_totals,
 )
 from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, storage_path, with_retries
+from pipeline.version import versions
 
 BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see run_job)
 
@@ -235,7 +236,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         write_json(f"{out}/{SUMMARY_FILE}", {
             "status": status, **details, "this_run": done, "output_totals": totals,
             "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
-            "config": config.public(), "started": started, "stopped": time.time()}, so)
+            "config": config.public(), "versions": versions(), "started": started, "stopped": time.time()}, so)
         least = "" if count.short is None else "at least "
         files = f"{count.files} part file{'' if count.files == 1 else 's'}"
         return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
@@ -407,6 +408,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
                 "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads},
         "config": config.public(),
+        "versions": versions(),
         "started": started,
         "finished": time.time(),
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline
 from pipeline.config import JobConfig
 from pipeline.plan import plan_job
 from tests.jobutil import last_job_line, png_inputs, tiny_model_file
@@ -44,6 +45,7 @@ def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> N
     assert last.startswith("interrupted: stopped by SIGINT") and "run the same command again to resume" in last, last
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT", summary  # not "running" forever
+    assert summary["versions"]["zip_purify"] == pipeline.__version__
     # every visible file is whole, and the same command resumes: what is written is skipped, the rest is left to read
     written = sum(pq.read_metadata(p).num_rows for p in (out / "data").glob("part-*.parquet"))
     assert 0 < written < n, "the run finished before it could be interrupted"

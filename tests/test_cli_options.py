@@ -275,3 +275,21 @@ def test_an_ignored_interrupt_stays_ignored_during_a_run() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_version_names_the_code_and_the_libraries_that_move_its_pixels(capsys: pytest.CaptureFixture[str]) -> None:
+    import platform
+    import tomllib
+    from importlib import metadata
+
+    import torch
+
+    import pipeline
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pipeline.__version__ == pyproject["project"]["version"]  # the installed package is this checkout's
+    assert capsys.readouterr().out.strip() == (f"zip-purify {pipeline.__version__} (torch {torch.__version__}, ray "
+                                               f"{metadata.version('ray')}, Python {platform.python_version()})")

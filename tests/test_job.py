@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -10,7 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
+import torch
 
+import pipeline
 from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.job import progress_total, run_job, run_status
@@ -69,6 +73,9 @@ def test_folder_mixed_sizes_labels_and_rejects(tmp_path, model) -> None:
     factors = dict(zip(data["id"], data["downscale_factor"], strict=True))
     assert factors == {"cat/a.png": 1.0, "dog/d.bmp": 1.0, "cat/b.jpg": 3.5, "dog/c.png": 4.688}
     assert out["this_run"]["downscaled"] == {"images": 2, "max_factor": 4.688}
+    # what the output was made with, for a bug report: the code's version and the libraries that can move its pixels
+    assert out["versions"] == {"zip_purify": pipeline.__version__, "torch": torch.__version__, "ray": ray.__version__,
+                               "python": platform.python_version()}
 
 
 def test_cell_psnr_measures_only_that_images_cell() -> None:
