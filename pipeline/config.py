@@ -142,6 +142,10 @@ class JobConfig:
             elif is_url_chain(getattr(self, name)):
                 problems.append(f"{flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL chain "
                                 f"{getattr(self, name)!r}; storage settings go in --storage-option")
+            elif name == "output" and self.output.lower().startswith(("http://", "https://")):
+                # fsspec's HTTP file system reads only: without this, the run stopped on a missing "bucket"
+                problems.append(f"--output must be storage the job can write (a path, s3://, ...), got the web address "
+                                f"{self.output!r}: HTTP(S) is read-only here")
         for name in ("checkpoint", "prior", "preset", "image_column", "ray_address"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):

@@ -296,8 +296,11 @@ def is_url_chain(uri: str) -> bool:
 
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    protocol = protocols[0]
     if protocol in ("file", "local"):
+        return path
+    if any(path.startswith(f"{p}://") for p in protocols):  # HTTP(S) lists whole URLs
         return path
     # a server's file system (HDFS, WebHDFS, FTP) lists absolute paths without its host: give it back, so that the
     # URI names the file (a `source` of ftp:///in/a.png named no server)

@@ -68,7 +68,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     except FileNotFoundError:
         glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
         raise FileNotFoundError(f"input {uri} does not exist{glob}") from None
-    if fs.isfile(root):
+    if not _web_index(fs, root) and fs.isfile(root):
         listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
     else:
         # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
@@ -115,6 +115,13 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         group = images[i : i + files_per_unit]
         units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
     return units
+
+
+def _web_index(fs: Any, root: str) -> bool:
+    """An http(s) URL ending in '/': a web server's index page, whose links are the folder's files. Every URL is a
+    "file" to fsspec's HTTP file system (it answers 200), so a folder must be said so, by its trailing '/'."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return root.endswith("/") and any(p in ("http", "https") for p in protocols)
 
 
 def _odd_key(path: str) -> bool:

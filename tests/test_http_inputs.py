@@ -1,0 +1,87 @@
+"""Inputs on a web server (http:// and https://, fsspec's HTTP file system): a shard's URL, or a folder's index page.
+Listed URLs came back as 'http://http://host/...', so every read failed and the shard was one reject; a folder's
+URL was read as one file (every URL answers 200)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
+from pipeline.job import run_job
+from pipeline.sources import discover, read_unit
+from pipeline.storage import storage_path, with_protocol
+from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on a free local port: (the folder, its URL ending in '/')."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _shard(n: int) -> bytes:
+    return tar_bytes({f"{i:04d}.png": image_bytes(32, 32, i) for i in range(n)} | {"0000.cls": b"3"})
+
+
+def test_a_listed_web_address_keeps_its_one_protocol() -> None:
+    fs, path = storage_path("https://example.com/data/s.tar", {})
+    assert path == "https://example.com/data/s.tar"
+    assert with_protocol(fs, path) == "https://example.com/data/s.tar"
+
+
+def test_a_shard_given_by_its_url_is_read_whole(web) -> None:
+    folder, url = web
+    (folder / "s.tar").write_bytes(_shard(3))
+    units = discover(url + "s.tar", {})
+    assert [(u.kind, u.paths) for u in units] == [("tar", (url + "s.tar",))]
+    records = [r for r in read_unit(units[0], {}) if r.get("kind") == "image"]
+    assert sorted(r["id"] for r in records) == ["s.tar/0000", "s.tar/0001", "s.tar/0002"]
+    assert all(r["source"].startswith(url + "s.tar:") for r in records)
+
+
+def test_a_folder_url_lists_the_files_its_index_page_links(web) -> None:
+    folder, url = web
+    (folder / "s.tar").write_bytes(_shard(2))
+    (folder / "a.png").write_bytes(image_bytes(32, 32, 7))
+    units = discover(url, {})
+    assert sorted((u.kind, u.paths) for u in units) == [("files", (url + "a.png",)), ("tar", (url + "s.tar",))]
+
+
+def test_the_job_purifies_a_web_folder_and_names_each_source(web, tmp_path: Path) -> None:
+    folder, url = web
+    (folder / "s.tar").write_bytes(_shard(2))
+    (folder / "a.png").write_bytes(image_bytes(32, 32, 7))
+    out = tmp_path / "out"
+    summary = run_job(JobConfig(input=url, output=str(out), checkpoint=tiny_model_file(tmp_path), steps=2,
+                                canvas_size=32, progress=False))
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 3
+    data, rejects = read_output(str(out))
+    assert sorted(data["id"]) == ["a.png", "s.tar/0000", "s.tar/0001"] and rejects.empty
+    assert dict(zip(data["id"], data["source"], strict=True))["a.png"] == url + "a.png"
+
+
+@pytest.mark.parametrize("output", ["http://127.0.0.1:1/out", "HTTPS://example.com/out"])
+def test_a_web_address_as_output_is_refused_before_any_work(output: str) -> None:
+    with pytest.raises(JobError, match="--output must be storage the job can write .* HTTP\\(S\\) is read-only"):
+        JobConfig(output=output).check()
