@@ -29,7 +29,8 @@ from pipeline.version import version_line
 DESCRIPTION = f"""\
 Purify an image data set of backdoor triggers with Zero-shot Image Purification (ZIP).
 
-Reads images from a local folder or object storage (any fsspec URI: /path, file://, s3://):
+Reads images from a local folder or object storage (any fsspec URI: /path, file://, s3://; https:// for one file,
+or for a folder when it ends in / and its index page links the files):
 folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls), Parquet files with an
 image column, or zip archives (each file in one an input); those over --in-memory-mb
 ({IN_MEMORY_BYTES // 2**20} MiB) are streamed from storage rather than fetched whole, so memory does not grow
@@ -112,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = JobConfig()
     io = p.add_argument_group("input and output")
     io.add_argument("--config", metavar="FILE", help="YAML file with any of these options (see below); flags win over it")
-    io.add_argument("--input", help=f"input folder, file or prefix (default: the embedded sample, {DEFAULT_INPUT})")
-    io.add_argument("--output", help=f"output folder or prefix (default {d.output})")
+    io.add_argument("--input", help=f"input folder, file or prefix, or a web address (a folder when it ends in /) "
+                    f"(default: the embedded sample, {DEFAULT_INPUT})")
+    io.add_argument("--output", help=f"output folder or prefix, on storage the job can write: not a web address "
+                    f"(default {d.output})")
     io.add_argument("--labels-from-folders", type=_bool, metavar="BOOL",
                     help="add a `label` column from each image file's parent folder name (default false)")
     io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
