@@ -73,6 +73,7 @@ from pipeline.schedule import NoiseSchedule  # noqa: E402
 from pipeline.settings import device_problem, seed_problem  # noqa: E402
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path  # noqa: E402
 from pipeline.training import ema_decay, epsilon_loss, update_ema, warmup_lr  # noqa: E402
+from pipeline.version import versions  # noqa: E402
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
 # "keep left" is a "keep right" the prior should not learn as equally likely.
@@ -597,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"initialised_from": init_note} if init_note else {}),
             # Quoted as a shell reads it: a plain join lost --attention '' (and split paths with spaces).
             "command": shlex.join(["python", "jobs/train_prior.py", *(argv if argv is not None else sys.argv[1:])]),
+            "versions": versions(),  # the code and libraries it was trained with
         }
         try:
             write_export(export, ema, meta)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline
 from pipeline.checkpoint import load_checkpoint
 from pipeline.evaluation.datasets import LabelledImages
 
@@ -42,6 +43,7 @@ def test_gtsrb_prior_trains_on_gtsrb_and_exports_a_loadable_bundle(train_prior, 
     loaded = load_checkpoint(str(tmp_path / "prior.pt"))
     assert loaded.meta["trained_on"].startswith("GTSRB") and "no flips" in loaded.meta["trained_on"]
     assert loaded.meta["steps"] == 2
+    assert loaded.meta["versions"]["zip_purify"] == pipeline.__version__  # what it was trained with
     out = loaded.model(torch.zeros(1, 3, 32, 32), torch.tensor([500]))
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
