@@ -142,3 +142,11 @@ def purifier():
     model = build_unet(UNetConfig(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8",
                                   num_res_blocks=1))
     return Purifier(model, ZipSettings(steps=1, pool=2))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    """A tiny random-weight checkpoint file (tests.jobutil.tiny_model_file), one per test module: for the job's runs."""
+    from tests.jobutil import tiny_model_file
+
+    return tiny_model_file(tmp_path_factory.mktemp("model"))

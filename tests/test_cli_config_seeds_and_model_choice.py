@@ -16,12 +16,7 @@ from pipeline import ZipSettings
 from pipeline.cli import config_from_args, main
 from pipeline.output import JOB_FILE
 from pipeline.plan import plan_job
-from tests.jobutil import image_bytes, tiny_model_file
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
+from tests.jobutil import image_bytes
 
 
 @pytest.fixture

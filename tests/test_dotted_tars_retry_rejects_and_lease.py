@@ -23,12 +23,7 @@ from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
 from pipeline.stages import _png_name
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes
 
 
 def _shard_records(folder: Path, members: dict[str, bytes], skip: frozenset[str] = frozenset()) -> list[dict]:

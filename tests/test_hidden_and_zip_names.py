@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.sources import discover, read_unit
 from pipeline.stages import batch_of, write_stage
-from tests.jobutil import image_bytes, tiny_model_file
+from tests.jobutil import image_bytes
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the archive fetched whole, or read through ranges of it
 UTF8 = 0x800  # the general purpose flag saying a member's name is UTF-8
@@ -107,11 +107,6 @@ def test_a_zips_hidden_members_are_counted_in_its_count_record_and_by_the_writer
     manifest = write_stage(batch_of([count]), str(tmp_path / "out"), {})  # the count record, as a read task hands it on
     assert int(manifest["hidden"][0]) == 2 and int(manifest["read"][0]) == 1
     assert json.loads(manifest["hidden_examples"][0]) == ["d.zip/__MACOSX/cat/._1.png", "d.zip/_val/2.png"]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -25,12 +25,7 @@ from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
 from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
 from pipeline.stages import _data_table, batch_of, write_parquet_atomic, write_stage
-from tests.jobutil import image_bytes, tiny_model_file
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
+from tests.jobutil import image_bytes
 
 
 def _inputs(root: Path) -> None:

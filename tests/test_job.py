@@ -30,11 +30,6 @@ def _config(tmp_path, model, **kw) -> JobConfig:
     return JobConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
-
-
 def _folder(tmp_path):
     root = tmp_path / "in"
     sizes = {"cat/a.png": (32, 32), "cat/b.jpg": (224, 224), "dog/c.png": (200, 300), "dog/d.bmp": (7, 5)}

@@ -20,14 +20,9 @@ from pipeline.errors import JobError
 from pipeline.job import run_job
 from pipeline.output import JOB_FILE, SUMMARY_FILE
 from pipeline.plan import plan_job
-from tests.jobutil import image_bytes, small_job_config, tiny_model_file
+from tests.jobutil import image_bytes, small_job_config
 
 SECRET = "c2VjcmV0LXNpZ25hdHVyZQ"  # what a presigned URL's signature stands for here
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _images(folder: Path, names: tuple[str, ...] = ("a.png", "b.png"), seed: int = 1) -> None:

@@ -15,7 +15,7 @@ from pipeline.job import run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit
-from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes
 
 
 def _shard(keys: range, prefix: str = "") -> bytes:
@@ -109,10 +109,6 @@ def test_a_shard_that_breaks_off_is_not_named_as_read_whole(tmp_path) -> None:
 
 
 # --- whole runs ---
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _records(out) -> dict:

@@ -18,16 +18,11 @@ import pytest
 from pipeline.job import run_job
 from pipeline.ledger import container_ids
 from pipeline.sources import discover, read_unit
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes
 
 PURIFIED = "s.tar/caf\\xe9"  # the id both members give
 LOOKALIKE = "s.tar#lookalike/caf\\xe9"
 LATIN1, LITERAL = image_bytes(8, 8, 1), image_bytes(8, 8, 3)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _shard(root, *extra: str, literal: str | None = "caf\\xe9.png") -> None:

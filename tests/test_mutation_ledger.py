@@ -21,16 +21,11 @@ from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit, tar_members
 from pipeline.sources.parquet_files import _read_parquet
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
-from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes
 
 
 def _shard(n: int) -> bytes:
     return tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(n)})
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _done_row(id_: str) -> dict:

@@ -19,16 +19,11 @@ from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, read_unit, reject_record
 from pipeline.stages import _data_table, _rejects_table, part_name, write_parquet_atomic
 from pipeline.stopped_run import count_stopped_run, part_names
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes
 
 PURIFIED = "s.tar/caf\\xe9"  # the id a latin-1 'café.png' and a member literally named 'caf\\xe9.png' both give
 LOOKALIKE = "s.tar#lookalike/caf\\xe9"
 LATIN1, LITERAL = image_bytes(8, 8, 1), image_bytes(8, 8, 3)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _shard(root, literal: bool = True) -> None:

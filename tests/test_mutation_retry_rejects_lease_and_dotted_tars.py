@@ -21,7 +21,7 @@ from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.output import JOB_FILE, SUMMARY_FILE, deduplicate_output
 from pipeline.plan import plan_job
 from pipeline.sources import discover, file_bytes, read_unit, tar_members
-from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes
 from tests.leaseutil import garble_lease_after_each_sleep, write_foreign_lease
 
 
@@ -79,10 +79,6 @@ def test_a_run_that_replaced_old_reject_rows_is_complete_only_with_them_subtract
 
 
 # --- planning with --retry-rejects (no Ray: a finished output is laid out by hand) ---
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _finished_output(tmp_path: Path, model: str) -> None:

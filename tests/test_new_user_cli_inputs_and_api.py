@@ -17,12 +17,7 @@ import pytest
 from pipeline.errors import JobError
 from pipeline.job import run_job
 from pipeline.sources import discover, read_unit
-from tests.jobutil import image_bytes, read_output, small_job_config, tiny_model_file
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
+from tests.jobutil import image_bytes, read_output, small_job_config
 
 
 def _cli(argv: list[str]) -> int:

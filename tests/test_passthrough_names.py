@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.sources import discover, read_unit
 from pipeline.stages import batch_of, canvas_seed, part_name, write_stage
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes
 
 
 def _read(folder: Path, skip: frozenset[str] = frozenset()) -> list[dict]:
@@ -114,11 +114,6 @@ def test_a_purified_output_read_again_keeps_its_ids_and_sources_under_input_name
     assert [r["caption"] for r in second] == ["a", "b"]
     assert [r["original_path"] for r in second] == ["t.parquet_0.png", "t.parquet_1.png"]  # pass 1's image path
     assert all(r["id"].startswith("part-") and "#" in r["id"] for r in second)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -18,7 +18,7 @@ from pipeline.job import run_job
 from pipeline.output import deduplicate_output
 from pipeline.sources import reject_record
 from pipeline.stages import _rejects_table
-from tests.jobutil import image_bytes, read_output, small_job_config, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 STAMP = pa.timestamp("us", tz="UTC")
@@ -139,11 +139,6 @@ def test_a_rejects_file_has_one_time_type_even_for_rows_without_a_time() -> None
     assert mixed.column("rejected_at").to_pylist() == [made["rejected_at"], None]
     assert _rejects_table([{"id": "b.png", "source": "b.png", "stage": "read", "error": "x"}]).schema.field(
         "rejected_at").type == STAMP  # not Arrow's null type, which a reader could not combine with the others
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -27,7 +27,7 @@ from pipeline.output import deduplicate_output
 from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit, reject_record
 from pipeline.stages import REJECTS_SCHEMA, _rejects_table
-from tests.jobutil import image_bytes, small_job_config, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, small_job_config, tar_bytes
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 OLD_REJECTS = pa.schema([f for f in REJECTS_SCHEMA if f.name != "rejected_at"])  # before db809d4
@@ -170,10 +170,6 @@ def test_zip_members_that_are_one_path_give_one_reject_naming_both(tmp_path) -> 
 
 
 # --- both, in a whole run that resumes an older version's output ---
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.usefixtures("ray_local")

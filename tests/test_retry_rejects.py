@@ -13,12 +13,7 @@ from pipeline.errors import JobError
 from pipeline.job import run_job
 from pipeline.output import deduplicate_output, output_ids
 from pipeline.plan import plan_job
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes
 
 
 def _part(folder, name: str, ids: list[str], error: str = "") -> None:

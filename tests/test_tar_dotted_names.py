@@ -15,7 +15,7 @@ from pipeline.job import run_job
 from pipeline.ledger import LEDGER_DIR, ContainerRead, container_ids, unchanged_and_done
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
-from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, spy_on_extraction, tar_bytes
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the shard read from memory, or streamed from storage twice
 
@@ -145,11 +145,6 @@ def test_dotted_ids_are_the_shards_so_an_unchanged_shard_can_be_skipped(tmp_path
     ids = container_ids(output_ids, [unit])[unit.paths[0]]
     entry = ContainerRead(unit.paths[0], unit.sizes[0], "v1", count["records"], count["ids_sha256"])
     assert len(ids) == 5 and unchanged_and_done(unit, "v1", entry, ids)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.usefixtures("ray_local", "one_torch_thread")

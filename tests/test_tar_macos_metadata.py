@@ -15,7 +15,7 @@ from pipeline.job import run_job
 from pipeline.ledger import read_ledger, write_ledger
 from pipeline.sources import discover, ids_digest, read_unit, reject_record
 from pipeline.stages import _rejects_table
-from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, tar_bytes
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the shard fetched whole, or streamed from storage
 # An AppleDouble file: magic 0x00051607, version 2, filler, no entries
@@ -78,11 +78,6 @@ def test_a_link_to_a_metadata_member_still_reads_its_bytes(tmp_path) -> None:
     records = _records(tmp_path)
     (image,) = [r for r in records if r["kind"] == "image"]
     assert (image["id"], image["data"]) == ("s.tar/a", image_bytes(8, 8, 7))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _config(tmp_path, model: str, **kw) -> JobConfig:

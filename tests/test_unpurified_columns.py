@@ -17,7 +17,7 @@ from pipeline.config import JobConfig
 from pipeline.decode import image_format_of
 from pipeline.job import run_job
 from pipeline.stages import unpurified_images
-from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, tar_bytes
 
 
 def _encoded(fmt: str) -> bytes:
@@ -48,11 +48,6 @@ def test_rows_are_counted_per_column_bytes_and_image_structs_alike() -> None:
                {"meta": {"thumb": _encoded("JPEG")}}]
     assert unpurified_images(records) == {"thumb": 2, "mask": 1}
     assert unpurified_images([{"meta": {"label": 1}}]) == {}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 def _args(tmp_path, model: str) -> list[str]:

@@ -13,7 +13,7 @@ from pipeline.ledger import container_ids
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
-from tests.jobutil import image_bytes, read_output, tiny_model_file
+from tests.jobutil import image_bytes, read_output
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the archive fetched whole, or read through ranges of it
 
@@ -94,11 +94,6 @@ def test_zip_member_ids_belong_to_their_archive_and_loose_files_under_it_are_ref
     # an object store can hold an object 'a/d.zip' and an object 'a/d.zip/cat/1.jpg': the same id twice
     with pytest.raises(ValueError, match="zip member"):
         _refuse_colliding_ids(units, ["s3://b/in/a/d.zip/cat/1.jpg"], "s3://b/in")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.mark.usefixtures("ray_local")
