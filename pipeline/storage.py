@@ -294,13 +294,20 @@ def is_url_chain(uri: str) -> bool:
     return first is not None and first.group(1) in known_implementations
 
 
+def protocols(fs: object) -> tuple[str, ...]:
+    """The names a file system answers to (fsspec gives one name as a string, several as a tuple; one without any is
+    taken as local)."""
+    protocol = getattr(fs, "protocol", "file")
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
 def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A listed path as a URI of its file system (fsspec lists object-store paths without their protocol)."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    protocol = protocols[0]
+    names = protocols(fs)
+    protocol = names[0]
     if protocol in ("file", "local"):
         return path
-    if any(path.startswith(f"{p}://") for p in protocols):  # HTTP(S) lists whole URLs
+    if any(path.startswith(f"{p}://") for p in names):  # HTTP(S) lists whole URLs
         return path
     # a server's file system (HDFS, WebHDFS, FTP) lists absolute paths without its host: give it back, so that the
     # URI names the file (a `source` of ftp:///in/a.png named no server)
@@ -475,9 +482,8 @@ def make_parent_dirs(fs: object, folder: str) -> None:
     """Create folders on file systems that have them: local disks, and servers' file systems whose paths start at a
     root (HDFS, WebHDFS, FTP: an FTP server refuses a file in a folder that is missing). Object stores have no
     folders, and s3fs's makedirs would silently create a missing bucket instead of failing."""
-    protocol = getattr(fs, "protocol", "file")
-    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-    if {"file", "local"} & set(protocols) or (folder.startswith("/") and not S3_PROTOCOLS & set(protocols)):
+    names = set(protocols(fs))
+    if {"file", "local"} & names or (folder.startswith("/") and not S3_PROTOCOLS & names):
         fs.makedirs(folder, exist_ok=True)  # type: ignore[attr-defined]
 
 

@@ -13,7 +13,7 @@ from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.units import ReadUnit, listing_stamp
 from pipeline.sources.walk import _find_following_links
-from pipeline.storage import describe, is_url_chain, storage_path, with_protocol, with_retries
+from pipeline.storage import describe, is_url_chain, protocols, storage_path, with_protocol, with_retries
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -43,7 +43,7 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
     except FileNotFoundError:
         return None
     folder = posixpath.dirname(path) if info.get("type") == "file" else path
-    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+    if "file" in protocols(fs):
         return os.path.realpath(folder)
     return with_protocol(fs, folder.rstrip("/"))
 
@@ -120,8 +120,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
 def _web_index(fs: Any, root: str) -> bool:
     """An http(s) URL ending in '/': a web server's index page, whose links are the folder's files. Every URL is a
     "file" to fsspec's HTTP file system (it answers 200), so a folder must be said so, by its trailing '/'."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return root.endswith("/") and any(p in ("http", "https") for p in protocols)
+    return root.endswith("/") and any(p in ("http", "https") for p in protocols(fs))
 
 
 def _odd_key(path: str) -> bool:
