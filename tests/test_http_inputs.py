@@ -5,6 +5,8 @@ URL was read as one file (every URL answers 200)."""
 from __future__ import annotations
 
 import functools
+import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +19,7 @@ from pipeline.errors import JobError
 from pipeline.job import run_job
 from pipeline.sources import discover, read_unit
 from pipeline.storage import storage_path, with_protocol
-from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -79,6 +81,36 @@ def test_the_job_purifies_a_web_folder_and_names_each_source(web, tmp_path: Path
     data, rejects = read_output(str(out))
     assert sorted(data["id"]) == ["a.png", "s.tar/0000", "s.tar/0001"] and rejects.empty
     assert dict(zip(data["id"], data["source"], strict=True))["a.png"] == url + "a.png"
+
+
+def test_a_web_folder_gives_its_shards_sizes_and_version_stamps(web) -> None:
+    """The index page lists no sizes or versions: each shard is asked once (HEAD), an image file is not."""
+    folder, url = web
+    (folder / "s.tar").write_bytes(_shard(2))
+    (folder / "a.png").write_bytes(image_bytes(32, 32, 7))
+    units = {u.kind: u for u in discover(url, {})}
+    assert units["tar"].sizes == ((folder / "s.tar").stat().st_size,)
+    assert "Last-Modified" in json.loads(units["tar"].stamps[0])
+    assert units["files"].sizes == (None,)
+
+
+def test_incremental_runs_skip_an_unchanged_web_shard_unread_and_read_a_replaced_one(web, tmp_path: Path, model) -> None:
+    folder, url = web
+    shard = folder / "s.tar"
+    shard.write_bytes(_shard(2))
+    cfg = small_job_config(tmp_path, model, input=url)
+    assert run_job(cfg)["this_run"]["purified"] == 2
+    again = run_job(small_job_config(tmp_path, model, input=url, incremental=True))["this_run"]
+    assert (again["containers_skipped_unread"], again["read"]) == (1, 0)
+
+    # Same size, other bytes, a later Last-Modified: the server's header is all that tells it changed.
+    shard.write_bytes(_shard(2)[::-1])
+    later = shard.stat().st_mtime + 5
+    os.utime(shard, (later, later))
+    changed = run_job(small_job_config(tmp_path, model, input=url, incremental=True))["this_run"]
+    assert changed["containers_skipped_unread"] == 0  # read again: its garbage is now a reject
+    _, rejects = read_output(str(tmp_path / "out"))
+    assert list(rejects["id"]) == ["s.tar#unreadable"]
 
 
 @pytest.mark.parametrize("output", ["http://127.0.0.1:1/out", "HTTPS://example.com/out"])

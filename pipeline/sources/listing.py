@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
@@ -95,6 +96,8 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
                           "its files would be left out of the run unseen: make it readable, or move it out of the input "
                           "(a folder whose name starts with '_' or '.' is skipped)") from err
         root_dir = root
+        if _web_index(fs, root):
+            _ask_web_containers(fs, listed)
     root_uri = with_protocol(fs, root_dir)
     units: list[ReadUnit] = []
     images: list[tuple[str, int | None]] = []
@@ -121,6 +124,30 @@ def _web_index(fs: Any, root: str) -> bool:
     """An http(s) URL ending in '/': a web server's index page, whose links are the folder's files. Every URL is a
     "file" to fsspec's HTTP file system (it answers 200), so a folder must be said so, by its trailing '/'."""
     return root.endswith("/") and any(p in ("http", "https") for p in protocols(fs))
+
+
+# How many HEAD requests a web folder's containers are asked at once: enough to hide a server's latency on a few
+# thousand shards, few enough not to look like a flood to it.
+WEB_HEADS = 16
+
+
+def _ask_web_containers(fs: Any, listed: dict[str, dict[str, Any]]) -> None:
+    """Give a web folder's containers what their index page leaves out: their size (for the dry run) and version
+    stamp (ETag or Last-Modified, so that `--incremental` skips an unchanged shard unread), with one HEAD request each.
+    Image files are left as listed: a request per image would cost more than reading the few bytes of one. A URL that
+    does not answer keeps its listing; reading it then makes the reject that says why."""
+    containers = [p for p in listed if _is_tar(p) or _is_parquet(p) or _is_zip(p)]
+
+    def ask(path: str) -> dict[str, Any] | None:
+        try:
+            return fs.info(path)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=WEB_HEADS) as pool:
+        for path, info in zip(containers, pool.map(ask, containers), strict=True):
+            if info is not None:
+                listed[path] = {**listed[path], **info}
 
 
 def _odd_key(path: str) -> bool:

@@ -33,9 +33,10 @@ class ReadUnit:
 
 
 # Listing fields that change when an object or file is replaced: S3's ETag (and VersionId when versioned), GCS's
-# generation, a local file's mtime and inode. A listing with none of them cannot tell a replaced shard from the one
-# read before (pipeline.ledger), so such a container is always read.
-VERSION_FIELDS = ("ETag", "etag", "VersionId", "generation", "mtime", "LastModified", "last_modified", "ino")
+# generation, a local file's mtime and inode, a web server's ETag or Last-Modified header. A listing with none of
+# them cannot tell a replaced shard from the one read before (pipeline.ledger), so such a container is always read.
+VERSION_FIELDS = ("ETag", "etag", "VersionId", "generation", "mtime", "LastModified", "last_modified", "Last-Modified",
+                  "ino")
 
 
 def listing_stamp(info: dict[str, Any]) -> str | None:
