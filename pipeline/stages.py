@@ -349,6 +349,9 @@ def _rejects_table(records: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{f: r.get(f) for f in REJECTS_SCHEMA.names} for r in records], schema=REJECTS_SCHEMA)
 
 
+PAGE_ROWS = 8  # see write_parquet_atomic
+
+
 def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> None:
     """Write to a hidden temporary name, then move into place: readers never see half a file.
 
@@ -360,7 +363,9 @@ def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, A
     folder, name = posixpath.split(path)
     tmp = posixpath.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}.tmp")
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    # Arrow closes a page only between batches of write_batch_size values (1,024 by default), so 512 large images
+    # made one page that any reader of a single row had to hold whole; batches of 8 keep pages near 1 MB.
+    pq.write_table(table, buf, compression="zstd", write_batch_size=PAGE_ROWS)
     data = buf.getvalue()
 
     def put() -> None:

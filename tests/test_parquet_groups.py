@@ -1,15 +1,18 @@
 """Parquet inputs are read a row group at a time: damage in one group costs that group's rows (each a reject, by
-its id), not the rest of the file; a storage error is retried from where the read stopped, without a row twice."""
+its id), not the rest of the file; a storage error is retried from where the read stopped, without a row twice. A
+large row group is read page by page, and the part files the job writes have pages small enough to be read so."""
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.sources import discover, parquet_files, read_unit
+from pipeline.stages import write_parquet_atomic
 from tests.jobutil import image_bytes
 
 
@@ -92,3 +95,44 @@ def test_a_row_with_only_a_path_to_its_image_says_so(tmp_path) -> None:
     reject, image, _count = list(read_unit(unit))
     assert reject["id"] == "t.parquet#0" and "only a path (/data/x.jpg)" in reject["error"]
     assert image["kind"] == "image" and image["meta"] == {"original_path": "y.png"}
+
+
+class _ReadSizes(io.BytesIO):
+    """A file in memory that records the largest single read asked of it."""
+
+    largest = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        _ReadSizes.largest = max(_ReadSizes.largest, len(data))
+        return data
+
+
+def _cells(n: int, size: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def test_a_large_row_group_is_read_a_page_at_a_time_not_whole(tmp_path, monkeypatch) -> None:
+    """24 cells of 256 kB in one row group (6 MB), a page each: no read asks for more than about one buffer."""
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": _cells(24, 2**18)}), buf, compression="none", write_batch_size=1)
+    (tmp_path / "t.parquet").write_bytes(buf.getvalue())
+    (unit,) = discover(str(tmp_path))
+    monkeypatch.setattr(parquet_files, "_opener", lambda *a, **k: (lambda: _ReadSizes(buf.getvalue())))
+    _ReadSizes.largest = 0
+    records = list(parquet_files._read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
+    assert [r["id"] for r in records if r["kind"] == "image"] == [f"t.parquet#{i}" for i in range(24)]
+    assert 0 < _ReadSizes.largest <= 2 * parquet_files.READ_BUFFER_BYTES
+
+
+def test_the_part_files_the_job_writes_can_be_read_a_few_images_at_a_time(tmp_path) -> None:
+    """64 images of 256 kB (16 MB) in one part file: Arrow's default would put them in one page, which a reader of one
+    row must hold whole; the job's pages hold a few images each."""
+    write_parquet_atomic(pa.table({"id": [str(i) for i in range(64)], "image": _cells(64, 2**18)}),
+                         str(tmp_path / "part-0.parquet"), {})
+    part = pq.ParquetFile(_ReadSizes((tmp_path / "part-0.parquet").read_bytes()), buffer_size=2**20, pre_buffer=False)
+    _ReadSizes.largest = 0
+    batches = part.iter_batches(batch_size=1, columns=["image"])
+    assert len(next(batches).column(0)[0].as_py()) == 2**18
+    assert _ReadSizes.largest <= 4 * 2**20

@@ -19,6 +19,13 @@ from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
+# Arrow reads a column chunk (a row group's images) in one piece unless given a buffer: then it reads page by page, so
+# a file whose pages are small is read with a few MB in memory instead of its largest row group (and faster too).
+READ_BUFFER_BYTES = 2**20
+
+
+def _open_parquet(f: Any) -> pq.ParquetFile:
+    return pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
 
 
 def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
@@ -68,7 +75,7 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
         try:
             # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
-            parquet = pq.ParquetFile(stack.enter_context(open_file()))
+            parquet = _open_parquet(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, image_column)
             # Arrow cannot select a column by a name the file holds twice: every row was a reject saying its row group
             # "cannot be read" (KeyError), of a file whose data is whole
@@ -121,7 +128,7 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
                         backoff(attempt)
                         # a fresh connection for the next attempt; if opening fails too, it tries the old one
                         with contextlib.suppress(Exception):
-                            parquet = pq.ParquetFile(stack.enter_context(open_file()))
+                            parquet = _open_parquet(stack.enter_context(open_file()))
                         continue
                     if is_transient(err):
                         yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after "
