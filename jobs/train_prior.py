@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
@@ -59,9 +58,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import fsspec
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,7 +71,7 @@ from pipeline.model import UNetConfig, build_unet  # noqa: E402
 from pipeline.schedule import NoiseSchedule  # noqa: E402
 from pipeline.settings import device_problem, seed_problem  # noqa: E402
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path  # noqa: E402
-from pipeline.training import ema_decay, epsilon_loss, update_ema, warmup_lr  # noqa: E402
+from pipeline.training_run import LogWindow, Recipe, TrainingRun, UnusableState  # noqa: E402
 from pipeline.version import versions  # noqa: E402
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
@@ -468,237 +467,235 @@ class StopRequest:
             signal.signal(signum, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)  # every option is checked here, before anything is built or written
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    # A URI stays a string (written through fsspec); a local path is a Path.
-    export: str | Path = args.export if args.export and is_uri(args.export) else Path(args.export or out / "prior.pt")
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
-    autocast_dtype = AUTOCAST[args.precision]
-    config, initial, init_note = make_config(args), None, None
-    if args.init_from:
-        config, initial, init_note = load_initial(args.init_from, args.dropout)
-
+def start_run(args: argparse.Namespace, config: UNetConfig, initial: dict | None, device: torch.device) -> TrainingRun:
+    """A fresh run of the UNet `config` describes: --init-from's weights, else random ones drawn from --seed."""
     # Seeded before the model is built: its initial weights are the first thing drawn from torch's RNG, which a fresh
     # process seeds at random, so two runs with the same --seed started from different weights.
     torch.manual_seed(args.seed)
     model = build_unet(config)
     if initial is not None:
         model.load_state_dict(initial)
-    model = model.to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step, images_seen, elapsed = 0, 0, 0.0
-    rng = np.random.default_rng(args.seed)
-    order, cursor = None, 0  # this epoch's shuffled image order and how much of it has been used
-    last = out / "last.pt"
-    alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
-    learned = learned_settings(args, len(alpha_bars))
-    resumed = last.exists() and not args.fresh
-    if resumed:
-        state = load_state(last, device)
-        check_resumable(last, state, config, learned)
-        if args.init_from:
-            check_init_from_resumable(last, state, args.init_from, init_note)
-        try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["opt"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise SystemExit(f"error: {last} is damaged and cannot be resumed ({err}); pass --fresh to start over "
-                             f"(it is then overwritten), or delete it") from err
-        step, images_seen, elapsed = state["step"], state["images_seen"], state["elapsed_s"]
-        # The weights, and so their provenance, come from last.pt (a state from before it recorded one: this command's)
-        init_note = state["initialised_from"] if "initialised_from" in state else init_note
-        # The random streams (which images, flips, timesteps, noise, dropout) continue where the state left them, so a
-        # resumed run trains as the uninterrupted one would; a state from before they were saved reseeds instead.
-        # (--seed is at most 2**32 - 1, so seed + step stays far below torch's limit of 2**64; the modulo only makes
-        # that explicit and leaves every reachable value, and so every existing run's stream, as it was.)
-        rng = np.random.default_rng((args.seed + step) % 2**64)
-        torch.manual_seed((args.seed + step) % 2**64)
-        saved = state.get("rng", {})
-        if "numpy" in saved:
-            rng.bit_generator.state = saved["numpy"]
-        if "torch" in saved:
-            torch.set_rng_state(saved["torch"].cpu())
-        if device.type == "cuda" and "cuda" in saved:
-            torch.cuda.set_rng_state(saved["cuda"].cpu(), device)
-        if "order" in state:
-            order, cursor = state["order"].cpu().numpy(), state["cursor"]
-        print(f"resumed from {last}: step {step}, {images_seen} images, {elapsed / 60:.1f} min", flush=True)
-        note_optimiser_changes(last, state, args)
-    elif args.minutes == 0 and initial is None:
-        raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
-                         f"export an untrained prior")
+    return TrainingRun.start(model.to(device), device, args.lr, args.seed)
 
+
+def resume(run: TrainingRun, last: Path, args: argparse.Namespace, config: UNetConfig, learned: dict,
+           init_note: str | None) -> str | None:
+    """Continue `run` from last.pt, after refusing a state this command must not continue; the provenance note of the
+    weights it now holds. The random streams (which images, flips, timesteps, noise, dropout) continue where the state
+    left them, so a resumed run trains as the uninterrupted one would."""
+    state = load_state(last, run.device)
+    check_resumable(last, state, config, learned)
+    if args.init_from:
+        check_init_from_resumable(last, state, args.init_from, init_note)
     try:
-        data = load_dataset(args.data, "train").images  # N x 32 x 32 x 3 uint8, clean
+        run.restore(state, args.seed)
+    except UnusableState as err:
+        raise SystemExit(f"error: {last} is damaged and cannot be resumed ({err}); pass --fresh to start over "
+                         f"(it is then overwritten), or delete it") from err.__cause__
+    print(f"resumed from {last}: step {run.step}, {run.images_seen} images, {run.elapsed / 60:.1f} min", flush=True)
+    note_optimiser_changes(last, state, args)
+    # The weights, and so their provenance, come from last.pt (a state from before it recorded one: this command's)
+    return state["initialised_from"] if "initialised_from" in state else init_note
+
+
+def load_training_images(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
+    """--data's clean training split, N x 32 x 32 x 3 uint8, on the device: the whole set lives there (150 MB for
+    CIFAR-10), so no step copies images."""
+    try:
+        data = load_dataset(args.data, "train").images
     except DataError as err:  # the message names the folder and the variable to set
         raise SystemExit(f"error: --data {args.data}: {err}") from err
-    described, use_flips = TRAINING_SETS[args.data]
-    pixels = torch.from_numpy(data).to(device)  # the whole set lives on the device (150 MB for CIFAR-10): no per-step copy
-    if order is not None and len(order) != len(data):  # not the data set this state's epoch was drawn from
-        order, cursor = None, 0
+    return torch.from_numpy(data).to(device)
 
-    def next_indices() -> np.ndarray:
-        """The next batch's images: each epoch visits every image once, in a fresh random order (drawing with
-        replacement instead left e^-epochs of the images unseen: 7 % of CIFAR-10 in a 2.6-epoch run)."""
-        nonlocal order, cursor
-        parts, need = [], args.batch
-        while need:
-            if order is None or cursor == len(order):
-                order, cursor = rng.permutation(len(data)), 0
-            part = order[cursor:cursor + need]
-            parts.append(part)
-            cursor += len(part)
-            need -= len(part)
-        return np.concatenate(parts)
+
+def make_recipe(args: argparse.Namespace, alpha_bars: torch.Tensor) -> Recipe:
+    """How this command's steps train (a resume may change these; see OPTIMISER)."""
     t_high = len(alpha_bars) if args.max_timestep is None else args.max_timestep + 1
-    n_params = sum(p.numel() for p in model.parameters())
+    return Recipe(alpha_bars=alpha_bars, t_high=t_high, batch=args.batch, lr=args.lr, warmup_steps=args.warmup_steps,
+                  ema=args.ema, autocast=AUTOCAST[args.precision], flips=TRAINING_SETS[args.data][1])
+
+
+def announce(run: TrainingRun, n_images: int, args: argparse.Namespace, export: str | Path) -> None:
+    """What is about to be trained, and a note when the export would be too large to ship."""
+    n_params = sum(p.numel() for p in run.model.parameters())
     export_mb = n_params * 2 / 1e6  # fp16 weights; the bundle's flags and meta add a few kB
-    print(f"training {n_params / 1e6:.2f}M-parameter prior on {len(data)} images, budget {args.minutes} min, "
-          f"{device}, {args.precision}; export {export} about {export_mb:.1f} MB", flush=True)
+    print(f"training {n_params / 1e6:.2f}M-parameter prior on {n_images} images, budget {args.minutes} min, "
+          f"{run.device}, {args.precision}; export {export} about {export_mb:.1f} MB", flush=True)
     if export_mb > SHIP_MB:
         print(f"note: a {export_mb:.0f} MB prior works with --checkpoint but is over the {SHIP_MB} MB a prior shipped in "
               f"pipeline/assets may take (fewer --channels or --res-blocks make it smaller)", file=sys.stderr, flush=True)
 
-    saved_step = step if resumed else None  # the step whose state last.pt holds
-    export_error: str | None = None  # why the latest export failed, if it did
 
-    def weights_sound() -> bool:
-        """Whether the weights are still numbers the fp16 export can hold: a diverged step leaves NaN, inf or values
-        past 65504 in them, and saving those would replace the last good last.pt (and prior) with a useless one."""
-        limit = torch.finfo(torch.float16).max
-        return bool(torch.stack([p.detach().abs().max() <= limit for p in [*model.parameters(), *ema.parameters()]]).all())
+class Saves:
+    """Writes last.pt (the run's state and what it was trained as) and the exported prior (the EMA weights and how they
+    were made), and keeps what the saves so far left: the step last.pt holds, and why the latest export failed.
+    (A plain class: the tests load this script without registering it as a module, which dataclasses need.)"""
 
-    def snapshot() -> None:
-        nonlocal saved_step
-        saved_step = step
-        streams = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            streams["cuda"] = torch.cuda.get_rng_state(device)
-        save_state(last, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-            "images_seen": images_seen, "elapsed_s": elapsed, "flags": config.to_flags(),
-            **learned, "initialised_from": init_note, "rng": streams,
-            "optimiser": {name: getattr(args, name) for name in OPTIMISER},
-            **({"order": torch.from_numpy(order), "cursor": cursor} if order is not None else {}),
+    def __init__(self, args: argparse.Namespace, argv: list[str] | None, last: Path, export: str | Path,
+                 config: UNetConfig, learned: dict, init_note: str | None, saved_step: int | None) -> None:
+        self.args, self.argv, self.last, self.export = args, argv, last, export
+        self.config, self.learned, self.init_note = config, learned, init_note
+        self.saved_step = saved_step
+        self.export_error: str | None = None
+
+    def save(self, run: TrainingRun) -> None:
+        self.saved_step = run.step
+        save_state(self.last, {
+            **run.state_dict(), "flags": self.config.to_flags(), **self.learned, "initialised_from": self.init_note,
+            "optimiser": {name: getattr(self.args, name) for name in OPTIMISER},
         })
-        nonlocal export_error
-        meta = {
-            "trained_on": described,
-            "objective": f"epsilon MSE, T={len(alpha_bars)}", "schedule": args.schedule, "steps": step,
+        try:
+            write_export(self.export, run.ema, self.meta(run))
+            self.export_error = None
+        except Exception as err:  # noqa: BLE001 - last.pt is saved; a failed upload must not end hours of training
+            self.export_error = describe(err)
+            print(f"warning: could not write the prior to {self.export} ({self.export_error}); {self.last} is saved, "
+                  f"and the next save tries again", file=sys.stderr, flush=True)
+
+    def meta(self, run: TrainingRun) -> dict:
+        """The exported prior's meta: what it learned, for how long, and the command and versions that trained it."""
+        args = self.args
+        return {
+            "trained_on": TRAINING_SETS[args.data][0],
+            "objective": f"epsilon MSE, T={self.learned['timesteps']}", "schedule": args.schedule, "steps": run.step,
             **({"max_timestep": args.max_timestep} if args.max_timestep is not None else {}),
-            "images_seen": images_seen, "minutes": round(elapsed / 60, 1), "ema_decay": args.ema,
-            "device": str(device), "precision": args.precision,
-            **({"initialised_from": init_note} if init_note else {}),
+            "images_seen": run.images_seen, "minutes": round(run.elapsed / 60, 1), "ema_decay": args.ema,
+            "device": str(run.device), "precision": args.precision,
+            **({"initialised_from": self.init_note} if self.init_note else {}),
             # Quoted as a shell reads it: a plain join lost --attention '' (and split paths with spaces).
-            "command": shlex.join(["python", "jobs/train_prior.py", *(argv if argv is not None else sys.argv[1:])]),
+            "command": shlex.join(["python", "jobs/train_prior.py", *(self.argv if self.argv is not None else sys.argv[1:])]),
             "versions": versions(),  # the code and libraries it was trained with
         }
-        try:
-            write_export(export, ema, meta)
-            export_error = None
-        except Exception as err:  # noqa: BLE001 - last.pt is saved; a failed upload must not end hours of training
-            export_error = describe(err)
-            print(f"warning: could not write the prior to {export} ({export_error}); {last} is saved, and the next save "
-                  f"tries again", file=sys.stderr, flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    # Held to the end, so that a second run into this folder is refused (see lock_run_folder) and a signal saves the
-    # state (see StopRequest).
-    with lock_run_folder(out), StopRequest() as stop:
-        log_path = out / LOG
-        if resumed:
-            trim_log(log_path, step)
-        elif log_path.exists():
-            # A run that starts over starts a new log; the old run's is kept (once) rather than mixed into it or lost.
-            os.replace(log_path, log_path.with_name(LOG + ".old"))
-            print(f"starting over: the previous {log_path} is now {LOG}.old", flush=True)
-        log = open(log_path, "a")
-        # The running loss stays on the device: reading it back every step would stall a GPU's queue.
-        loss_sum, loss_n = torch.zeros((), device=device), 0
-        t_start, t_window, last_save = time.time(), time.time(), time.time()
-        base_elapsed, images_window = elapsed, 0
-        model.train()
-        diverged = False  # a non-finite loss or weights seen: stop, and save nothing more
 
-        def log_window() -> None:
-            nonlocal loss_sum, loss_n, images_window, t_window, diverged
-            mean_loss = loss_sum.item() / loss_n  # waits for the device, so the rate below is true
-            diverged = diverged or not math.isfinite(mean_loss)
-            rate = images_window / (time.time() - t_window)
-            rec = {"step": step, "images": images_seen, "loss": mean_loss, "img_per_s": round(rate, 1),
-                   "minutes": round(elapsed / 60, 2)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            left = max(0.0, args.minutes - elapsed / 60)
-            if args.max_steps and rate > 0:  # whichever limit comes first ends the run
-                left = min(left, (args.max_steps - step) * args.batch / rate / 60)
-            print(f"step {step} loss {rec['loss']:.4f} {rate:.1f} img/s {elapsed / 60:.1f} min ({left:.1f} min left)",
-                  flush=True)
-            loss_sum, loss_n, images_window, t_window = torch.zeros((), device=device), 0, 0, time.time()
-        if resumed and (elapsed >= args.minutes * 60 or (args.max_steps and step >= args.max_steps)):
-            print(f"nothing to train: the budget ({args.minutes} min, --max-steps {args.max_steps}) is spent; rerun with a "
-                  f"larger --minutes or --max-steps to train longer", flush=True)
-        while (stop.signum is None and not diverged and elapsed < args.minutes * 60
-               and (not args.max_steps or step < args.max_steps)):
-            idx = next_indices()
-            x0 = pixels[torch.from_numpy(idx).to(device)].permute(0, 3, 1, 2).float() / 127.5 - 1
-            if use_flips:
-                flip = torch.from_numpy(rng.random(args.batch) < 0.5).to(device)
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            t = torch.randint(0, t_high, (args.batch,), device=device)
-            noise = torch.randn_like(x0)
-            loss = epsilon_loss(model, x0, t, noise, alpha_bars, autocast_dtype)
-            for group in opt.param_groups:
-                group["lr"] = warmup_lr(args.lr, step, args.warmup_steps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            update_ema(ema, model, ema_decay(step, args.ema))
-            step += 1
-            images_seen += args.batch
-            images_window += args.batch
-            loss_sum += loss.detach()
-            loss_n += 1
-            elapsed = base_elapsed + time.time() - t_start
-            if step % args.log_every == 0:
-                log_window()
-            if time.time() - last_save > args.save_every_min * 60:
-                diverged = diverged or not weights_sound()
-                if not diverged:
-                    snapshot()
-                last_save = time.time()
-        if loss_n:  # the steps since the last line (a run rarely ends on a multiple of --log-every)
-            log_window()
-        diverged = diverged or not weights_sound()
-        if not diverged:
-            snapshot()
-        log.close()
+@contextlib.contextmanager
+def open_log(log_path: Path, resumed_at: int | None) -> Iterator[TextIO]:
+    """The run's log, to append to: trimmed to the resumed step, or (a run that starts over) a new one."""
+    if resumed_at is not None:
+        trim_log(log_path, resumed_at)
+    elif log_path.exists():
+        # A run that starts over starts a new log; the old run's is kept (once) rather than mixed into it or lost.
+        os.replace(log_path, log_path.with_name(LOG + ".old"))
+        print(f"starting over: the previous {log_path} is now {LOG}.old", flush=True)
+    with open(log_path, "a") as log:
+        yield log
+
+
+def budget_spent(run: TrainingRun, args: argparse.Namespace) -> bool:
+    """Whether a resumed run has nothing left to train (--minutes or --max-steps reached)."""
+    return bool(run.elapsed >= args.minutes * 60 or (args.max_steps and run.step >= args.max_steps))
+
+
+def within_budget(run: TrainingRun, args: argparse.Namespace) -> bool:
+    # Not `not budget_spent(...)`: a NaN elapsed time (a hand-made state) compares false both ways, and stops the run.
+    return bool(run.elapsed < args.minutes * 60 and (not args.max_steps or run.step < args.max_steps))
+
+
+def log_line(log: TextIO, run: TrainingRun, window: LogWindow, args: argparse.Namespace) -> bool:
+    """Write the window's line to the log and the console, then open the next window; whether its mean loss is finite."""
+    mean_loss, rate = window.read()
+    rec = {"step": run.step, "images": run.images_seen, "loss": mean_loss, "img_per_s": round(rate, 1),
+           "minutes": round(run.elapsed / 60, 2)}
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+    left = max(0.0, args.minutes - run.elapsed / 60)
+    if args.max_steps and rate > 0:  # whichever limit comes first ends the run
+        left = min(left, (args.max_steps - run.step) * args.batch / rate / 60)
+    print(f"step {run.step} loss {rec['loss']:.4f} {rate:.1f} img/s {run.elapsed / 60:.1f} min ({left:.1f} min left)",
+          flush=True)
+    window.restart()
+    return math.isfinite(mean_loss)
+
+
+def train(run: TrainingRun, pixels: torch.Tensor, recipe: Recipe, args: argparse.Namespace, saves: Saves,
+          stop: StopRequest, log: TextIO) -> bool:
+    """Train until the budget or --max-steps is spent, a signal asks to stop, or the run diverges (a loss or weights not
+    finite: then nothing more is saved); save every --save-every-min minutes and at the end. Whether it diverged."""
+    t_start = last_save = time.time()
+    base_elapsed, window = run.elapsed, LogWindow(run.device)
+    run.model.train()
+    diverged = False
+    while stop.signum is None and not diverged and within_budget(run, args):
+        window.add(run.train_step(pixels, recipe), recipe.batch)
+        run.elapsed = base_elapsed + time.time() - t_start
+        if run.step % args.log_every == 0:
+            diverged = not log_line(log, run, window, args)  # (not diverged so far: the loop checks it)
+        if time.time() - last_save > args.save_every_min * 60:
+            diverged = diverged or not run.weights_sound()
+            if not diverged:
+                saves.save(run)
+            last_save = time.time()
+    if window.steps:  # the steps since the last line (a run rarely ends on a multiple of --log-every)
+        finite = log_line(log, run, window, args)
+        diverged = diverged or not finite
+    diverged = diverged or not run.weights_sound()
+    if not diverged:
+        saves.save(run)
+    return diverged
+
+
+def farewell(run: TrainingRun, saves: Saves, diverged: bool, signum: int | None, fresh: bool) -> int:
+    """The run's last words and its exit status."""
+    last, export, step = saves.last, saves.export, run.step
     if diverged:
-        kept = "nothing was saved" if saved_step is None else f"{last} and {export} keep step {saved_step}"
+        kept = "nothing was saved" if saves.saved_step is None else f"{last} and {export} keep step {saves.saved_step}"
         print(f"error: training diverged by step {step} (a loss or weights not finite, or past fp16's range); {kept}. "
               f"Rerun with a lower --lr to continue from the last save, or --fresh", file=sys.stderr, flush=True)
         return 1
     # the same command with --fresh would start over from scratch, discarding the state just saved
-    again = "rerun the same command without --fresh" if args.fresh else "rerun the same command"
-    if export_error is not None:
-        print(f"error: the prior could not be written to {export} ({export_error}); {last} holds step {step}: {again} "
-              f"to write it (with the budget spent it only exports)", file=sys.stderr, flush=True)
+    again = "rerun the same command without --fresh" if fresh else "rerun the same command"
+    if saves.export_error is not None:
+        print(f"error: the prior could not be written to {export} ({saves.export_error}); {last} holds step {step}: "
+              f"{again} to write it (with the budget spent it only exports)", file=sys.stderr, flush=True)
         return 1
-    if stop.signum is not None:
-        print(f"interrupted at step {step} ({elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; {again} "
-              f"to resume", file=sys.stderr, flush=True)
-        return 128 + stop.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
-    print(f"done: {step} steps, {images_seen} images, {elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
+    if signum is not None:
+        print(f"interrupted at step {step} ({run.elapsed / 60:.1f} min): saved {last} and the EMA prior at {export}; "
+              f"{again} to resume", file=sys.stderr, flush=True)
+        return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+    print(f"done: {step} steps, {run.images_seen} images, {run.elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
     print(f"use it: python jobs/purify.py --checkpoint {export} --input ... --output ...", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or resume) the prior and export it; the exit status is the module docstring's."""
+    args = parse_args(argv)  # every option is checked here, before anything is built or written
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    last = out / "last.pt"
+    # A URI stays a string (written through fsspec); a local path is a Path.
+    export: str | Path = args.export if args.export and is_uri(args.export) else Path(args.export or out / "prior.pt")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
+    config, initial, init_note = make_config(args), None, None
+    if args.init_from:
+        config, initial, init_note = load_initial(args.init_from, args.dropout)
+    run = start_run(args, config, initial, device)
+    alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
+    learned = learned_settings(args, len(alpha_bars))
+    resumed = last.exists() and not args.fresh
+    if resumed:
+        init_note = resume(run, last, args, config, learned, init_note)
+    elif args.minutes == 0 and initial is None:
+        raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
+                         f"export an untrained prior")
+    pixels = load_training_images(args, device)
+    run.match_data(len(pixels))  # a restored epoch order of another data set is not continued
+    announce(run, len(pixels), args, export)
+    recipe = make_recipe(args, alpha_bars)
+    saves = Saves(args, argv, last, export, config, learned, init_note, saved_step=run.step if resumed else None)
+
+    out.mkdir(parents=True, exist_ok=True)
+    # Held to the end, so that a second run into this folder is refused (see lock_run_folder) and a signal saves the
+    # state (see StopRequest).
+    with lock_run_folder(out), StopRequest() as stop, open_log(out / LOG, run.step if resumed else None) as log:
+        if resumed and budget_spent(run, args):
+            print(f"nothing to train: the budget ({args.minutes} min, --max-steps {args.max_steps}) is spent; rerun with a "
+                  f"larger --minutes or --max-steps to train longer", flush=True)
+        diverged = train(run, pixels, recipe, args, saves, stop, log)
+    return farewell(run, saves, diverged, stop.signum, args.fresh)
 
 
 def cli(argv: list[str] | None = None) -> int:
