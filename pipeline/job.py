@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -39,6 +40,7 @@ from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
     SUMMARY_FILE,
+    OutputRows,
     clear_output,
     deduplicate_output,
     unify_output_types,
@@ -178,17 +180,143 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         return _run(config, plan, placement, lease, started)
 
 
-def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], lease: OutputLease,
-         started: float) -> dict[str, Any]:
-    import ray
+@dataclass
+class RunTally:
+    """This run's counts as the pipeline reports them: one row per batch written (`write_stage`), summed here."""
+
+    hidden: HiddenSkipped  # the listing's hidden files, then the zip members read tasks skipped as hidden
+    read: int = 0
+    purified: int = 0
+    rejected: int = 0
+    skipped_in_units: int = 0  # done ids a read task skipped inside its container
+    units_read: int = 0
+    psnr_sum: float = 0.0
+    psnr_count: int = 0
+    psnr_min: float = math.inf
+    unchanged: int = 0
+    downscaled: int = 0
+    downscale_max: float = 1.0
+    unpurified: Counter[str] = field(default_factory=Counter)  # pass-through column -> images copied unpurified
+    files: list[str] = field(default_factory=list)
+    reported: dict[str, int] = field(default_factory=dict)  # part files reported written ('data/part-...') -> rows
+    read_whole: list[dict[str, Any]] = field(default_factory=list)  # containers this run read to their end
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.psnr_sum += float(row["psnr_sum"])
+        self.psnr_count += int(row["psnr_count"])
+        self.psnr_min = min(self.psnr_min, float(row["psnr_min"]))
+        self.unchanged += int(row["unchanged"])
+        self.downscaled += int(row["downscaled"])
+        self.downscale_max = max(self.downscale_max, float(row["downscale_max"]))
+        self.purified += int(row["purified"])
+        self.rejected += int(row["rejected"])
+        self.read += int(row["read"])
+        self.skipped_in_units += int(row["skipped"])
+        self.hidden.count += int(row["hidden"])
+        self.hidden.examples += json.loads(row["hidden_examples"])[: HIDDEN_EXAMPLES - len(self.hidden.examples)]
+        self.unpurified.update(json.loads(row["unpurified_images"]))
+        self.files += json.loads(row["files"])
+        self.reported.update(json.loads(row["file_rows"]))
+        self.read_whole.extend(json.loads(row["containers"]))
+        self.units_read += int(row["units_read"])
+
+    def skipped_already_done(self, plan: JobPlan) -> int:
+        return plan.skipped_files + plan.skipped_container_records + self.skipped_in_units
+
+
+def configure_ray_data() -> None:
+    """The Ray Data settings the job's pipeline relies on (the driver's context, read when the pipeline starts)."""
     import ray.data
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one bar of our own, in images (see _run)
+    # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
+    # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
+    # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
+    ctx.target_max_block_size = BLOCK_BYTES
+    ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
+    # Retries are set on purpose (build_pipeline); Ray 2.60 has no named parameter for them yet, only the
+    # (deprecated) remote-args route, so silence that warning rather than the setting.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+
+
+def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None) -> Any:
+    """The job's Ray Data pipeline, one stage a line (the module docstring's picture): read -> decode -> tile ->
+    purify (an actor pool, one model per actor) -> untile -> encode -> write. Nothing runs until it is iterated."""
+    import ray.data
+
+    so, settings = config.storage_options, config.settings()
+    canvas_size, actors, gpus_per_actor, device = plan.canvas_size, *placement
+    # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
+    # actors, so finished batches are written while others are still purifying (streaming).
+    task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
+    # Image files already done were dropped from the units; a container's done ids travel with its own row.
+    rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
+             "purified": plan.container_purified.get(u.paths[0], [])}
+            for u in plan.units] or [{**ReadUnit("files", (), "").to_row(), "skip": [], "purified": []}]
+    # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
+    # pipeline streams (one big block would be read, purified and written as a whole).
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # Batch sizes: read takes one unit per task and yields its records --tile-batch at a time; decode and
+    # tile work on whatever block a read produced (batch_size=None). Explicit row counts there would make
+    # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
+    ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
+        storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
+        skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
+        max_image_bytes=config.max_image_mb * 2**20),
+        **task_retries)
+    ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=config.decode_policy()), **task_retries)
+    ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
+        canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
+        max_images=config.tile_batch), **task_retries)
+    ds = ds.map_batches(
+        PurifyStage,
+        batch_size=config.batch_size or default_batch_size(canvas_size),
+        fn_constructor_kwargs=dict(
+            checkpoint=plan.checkpoint_uri, checkpoint_sha256=plan.checkpoint.sha256, settings=settings.to_dict(),
+            preset=config.preset, flags=config.flags, storage_options=so, device=device,
+            precision=config.precision, canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
+        max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
+    )
+    # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
+    ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(
+        canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
+    ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
+    return ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
+        output=config.output.rstrip("/"), storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
+
+
+@dataclass(frozen=True)
+class StaleRejects:
+    """Reject rows in the output that this run's reading made untrue, to be removed at the end of the run."""
+
+    unreadable: set[str]  # '#unreadable' of a container (tar, Parquet, zip) read to its end this run
+    superseded: set[str]  # an older version's one reject for a tar shard's numbered names ('s.tar/cat' for cat.0.jpg)
+    lookalikes: set[str]  # a shard's look-alike reject that its reading did not give this time (a member renamed)
+
+    @property
+    def all(self) -> set[str]:
+        return self.unreadable | self.superseded | self.lookalikes
+
+
+def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejects:
+    roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
+    unreadable = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole if r["path"] in roots}
+    superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}
+    shards = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots}
+    held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
+    lookalikes = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
+    lookalikes -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
+    return StaleRejects(unreadable, superseded, lookalikes)
+
+
+def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], lease: OutputLease,
+         started: float) -> dict[str, Any]:
     so = config.storage_options
     out = config.output.rstrip("/")
-    settings = config.settings()
-    policy = config.decode_policy()
-    canvas_size, ckpt = plan.canvas_size, plan.checkpoint
-    actors, gpus_per_actor, device = placement
     try:
         write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001
@@ -196,16 +324,10 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
 
     bar: Any = None
-    purified = rejected = read = skipped_in_units = psnr_count = unchanged = downscaled = 0
-    hidden = HiddenSkipped()  # the listing's hidden files, then the zip members read tasks skipped as hidden
-    hidden.count, hidden.examples = plan.hidden.count, list(plan.hidden.examples)
-    unpurified: Counter[str] = Counter()  # pass-through column -> purified rows holding an image there, copied as it was
-    psnr_sum, psnr_min, downscale_max = 0.0, math.inf, 1.0
-    files: list[str] = []
-    reported: dict[str, int] = {}  # part files the pipeline reported written ('data/part-....parquet') -> rows
+    tally = RunTally(HiddenSkipped())
+    tally.hidden.count, tally.hidden.examples = plan.hidden.count, list(plan.hidden.examples)
     before: dict[str, str | None] | set[str] | None = None  # the output's part files when this run began -> their
     # listing stamps; None until listed
-    read_whole: list[dict[str, Any]] = []  # containers (tar, Parquet, zip) this run read to their end
     earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
 
     def record_stop(status: str, details: dict[str, Any]) -> str:
@@ -217,14 +339,15 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             return "the summary was left to that run"
         # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
         details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
-        count = count_stopped_run(out, so, before, reported, plan.retry)  # a second Ctrl-C may cut this short
+        count = count_stopped_run(out, so, before, tally.reported, plan.retry)  # a second Ctrl-C may cut this short
         IGNORE_STOPS.set()  # but not the summary's write
-        done = {"read": max(read, count.purified + count.rejected),  # each row written was read; that count lags too
+        hidden = tally.hidden
+        done = {"read": max(tally.read, count.purified + count.rejected),  # each row written was read; that count lags
                 "purified": count.purified, "rejected": count.rejected,
-                "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
+                "skipped_already_done": tally.skipped_already_done(plan),
                 # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
                 "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
-                "unpurified_image_columns": dict(sorted(unpurified.items())),
+                "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
                 "files_written": count.files,
                 "counted": "from the part files this run wrote, after it stopped" if count.short is None else
                            f"at least: {count.short}",
@@ -254,90 +377,25 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # or one --overwrite cleared, holds none)
         before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
 
-        # 3. The pipeline.
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # one bar of our own, in images, below
-        # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
-        # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
-        # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
-        ctx.target_max_block_size = BLOCK_BYTES
-        ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
-        # Retries are set on purpose below; Ray 2.60 has no named parameter for them yet, only the
-        # (deprecated) remote-args route, so silence that warning rather than the setting.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        threads = cpu_actor_threads(config, actors, gpus_per_actor)
-        # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
-        # actors, so finished batches are written while others are still purifying (streaming).
-        task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
-        # Image files already done were dropped from the units; a container's done ids travel with its own row.
-        rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
-                 "purified": plan.container_purified.get(u.paths[0], [])}
-                for u in plan.units] or [{**ReadUnit("files", (), "").to_row(), "skip": [], "purified": []}]
-        # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
-        # pipeline streams (one big block would be read, purified and written as a whole).
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        # Batch sizes: read takes one unit per task and yields its records --tile-batch at a time; decode and
-        # tile work on whatever block a read produced (batch_size=None). Explicit row counts there would make
-        # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
-        ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
-            storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-            skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
-            max_image_bytes=config.max_image_mb * 2**20),
-            **task_retries)
-        ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=policy), **task_retries)
-        ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
-            canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
-            max_images=config.tile_batch), **task_retries)
-        ds = ds.map_batches(
-            PurifyStage,
-            batch_size=config.batch_size or default_batch_size(canvas_size),
-            fn_constructor_kwargs=dict(
-                checkpoint=plan.checkpoint_uri, checkpoint_sha256=ckpt.sha256, settings=settings.to_dict(),
-                preset=config.preset, flags=config.flags, storage_options=so, device=device,
-                precision=config.precision, canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-            num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
-            max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
-        )
-        # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
-        ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(
-            canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
-        ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
-        ds = ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
-            output=out, storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
-
+        # 3. The pipeline, and this run's counts as its written batches come back.
+        configure_ray_data()
+        threads = cpu_actor_threads(config, *placement[:2])
+        ds = build_pipeline(config, plan, placement, threads)
         if config.progress:
             bar = progress_bar(progress_total(plan, so), "purified", "img", sys.stderr)
-        units_read = 0
         rows_iter = iter(ds.iter_rows())
         # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
         # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
         with contextlib.closing(rows_iter):
             for row in rows_iter:
-                psnr_sum += float(row["psnr_sum"])
-                psnr_count += int(row["psnr_count"])
-                psnr_min = min(psnr_min, float(row["psnr_min"]))
-                unchanged += int(row["unchanged"])
-                downscaled += int(row["downscaled"])
-                downscale_max = max(downscale_max, float(row["downscale_max"]))
-                purified += int(row["purified"])
-                rejected += int(row["rejected"])
-                read += int(row["read"])
-                skipped_in_units += int(row["skipped"])
-                hidden.count += int(row["hidden"])
-                hidden.examples += json.loads(row["hidden_examples"])[: HIDDEN_EXAMPLES - len(hidden.examples)]
-                unpurified.update(json.loads(row["unpurified_images"]))
-                files += json.loads(row["files"])
-                reported.update(json.loads(row["file_rows"]))
-                read_whole.extend(json.loads(row["containers"]))
+                tally.add(row)
                 lease.check()
-                units_read += int(row["units_read"])
                 if bar is not None:
                     # Tar shards and zip archives hold an unknown number of images: no total, so say how many of the
                     # read tasks (one per shard or file) are done, for the user to judge how far the run is.
-                    shown = {"rejected": rejected} if bar.total is not None else {
-                        "rejected": rejected, "read_tasks": f"{min(units_read, len(plan.units))}/{len(plan.units)}"}
+                    shown = {"rejected": tally.rejected} if bar.total is not None else {
+                        "rejected": tally.rejected,
+                        "read_tasks": f"{min(tally.units_read, len(plan.units))}/{len(plan.units)}"}
                     bar.set_postfix(**shown)  # before update: a log's minute line is printed by update
                     bar.update(int(row["purified"]) + int(row["rejected"]))
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
@@ -347,63 +405,70 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             bar.close()
         wall = time.time() - started
 
-        # 4. Summary: this run's counts, and the whole output's. Not when another run has taken the output over:
-        # the duplicate check rewrites files, and that run's end does it.
+        # 4. The output's end-of-run check. Not when another run has taken the output over: the duplicate check
+        # rewrites files, and that run's end does it.
         lease.check()
-        # a container read to its end this run: an '#unreadable' reject an earlier run left for it is out of date
-        roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
-        resolved = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole if r["path"] in roots}
-        # and so is the reject an older version gave a tar shard's numbered names ('s.tar/cat' for cat.0.jpg, ...)
-        superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}
-        # and so is a shard's look-alike reject that its reading did not give this time (one of the members renamed)
-        shards = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots}
-        held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
-        outdated = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
-        outdated -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
-        resolved |= superseded | outdated
-        rows = deduplicate_output(out, so, written=files, retried=plan.retry, resolved=resolved)
-        duplicates_removed, total_purified, total_rejected = rows.duplicates_removed, rows.purified, rows.rejected
-        replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed
+        stale = stale_rejects(plan, tally.read_whole)
+        rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all)
         retyped = unify_output_types(out, so, rows.data_schemas)
-    summary = {
-        "status": run_status(read, purified, rejected,
-                             plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental")
-                             else 0, total_purified + total_rejected, replaced),
-        "this_run": {"read": read, "purified": purified, "rejected": rejected,
-                     "skipped_already_done": plan.skipped_files + plan.skipped_container_records + skipped_in_units,
+    summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
+    if summary["status"] == "complete":
+        summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, tally.read_whole)
+    write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+    if summary["status"] != "complete":
+        raise JobFailed(f"read {tally.read} inputs and counted {tally.purified} purified + {tally.rejected} rejected; "
+                        f"the output now holds {rows.purified} purified + {rows.rejected} rejected rows in all; see "
+                        f"{out}/{SUMMARY_FILE}")
+    return summary
+
+
+def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None,
+             tally: RunTally, rows: OutputRows, stale: StaleRejects, retyped: dict[str, str], wall: float,
+             started: float) -> dict[str, Any]:
+    """The finished run's OUTPUT/_summary.json: this run's counts, the whole output's, the model and the cluster."""
+    actors, gpus_per_actor, device = placement
+    replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed
+    resolved = stale.all
+    rows_before = plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental") else 0
+    ckpt = plan.checkpoint
+    return {
+        "status": run_status(tally.read, tally.purified, tally.rejected, rows_before, rows.purified + rows.rejected,
+                             replaced),
+        "this_run": {"read": tally.read, "purified": tally.purified, "rejected": tally.rejected,
+                     "skipped_already_done": tally.skipped_already_done(plan),
                      # containers read whole by an earlier complete run and unchanged: not read
                      "containers_skipped_unread": plan.skipped_containers,
                      # hidden entries (.x, _x): files and zip members left out, not read (not in "read")
-                     "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
+                     "hidden_skipped": tally.hidden.count, "hidden_skipped_examples": tally.hidden.examples,
                      # pass-through columns holding images, copied unpurified: column -> rows this run
-                     "unpurified_image_columns": dict(sorted(unpurified.items())),
-                     "files_written": len(files), "duplicates_removed": duplicates_removed,
+                     "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
+                     "files_written": len(tally.files), "duplicates_removed": rows.duplicates_removed,
                      # --retry-rejects: earlier rejects read again, now purified or rejected again (the new reason
                      # kept); those whose input is gone keep their old row
                      "rejects_retried": {"earlier_rejects": len(plan.retry), "purified_now": rows.retried_purified,
                                          "rejected_again": rows.retried_rejected,
-                                         "containers_now_read_whole": len(plan.retry & (resolved - superseded - outdated)),
-                                         "superseded": len(plan.retry & superseded),
-                                         "lookalikes_renamed": len(plan.retry & outdated)},
-                     # reject rows this run's reading made untrue, removed: '#unreadable' of tar/Parquet/zip files
-                     # read to their end, an older version's one reject for a tar shard's numbered names, and a
-                     # look-alike reject whose members no longer share an id
+                                         "containers_now_read_whole": len(plan.retry & (resolved - stale.superseded
+                                                                                         - stale.lookalikes)),
+                                         "superseded": len(plan.retry & stale.superseded),
+                                         "lookalikes_renamed": len(plan.retry & stale.lookalikes)},
+                     # reject rows this run's reading made untrue, removed (StaleRejects)
                      "stale_rejects_removed": rows.stale_rejects_removed,
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
                      # rejects/ files an older version wrote without a column (rejected_at), rewritten with it as nulls
                      "rejects_files_upgraded": rows.rejects_files_upgraded,
                      "wall_s": round(wall, 2),
-                     "images_per_s": round((purified + rejected) / wall, 3) if wall else None,
+                     "images_per_s": round((tally.purified + tally.rejected) / wall, 3) if wall else None,
                      # how much purification changed the images (per image in data/, column psnr_vs_input_db)
-                     "psnr_vs_input_db": {"mean": round(psnr_sum / psnr_count, 2) if psnr_count else None,
-                                          "min": psnr_min if psnr_count else None, "unchanged": unchanged},
+                     "psnr_vs_input_db": {
+                         "mean": round(tally.psnr_sum / tally.psnr_count, 2) if tally.psnr_count else None,
+                         "min": tally.psnr_min if tally.psnr_count else None, "unchanged": tally.unchanged},
                      # images larger than the model, shrunk to fit its canvas (per image: column downscale_factor)
-                     "downscaled": {"images": downscaled, "max_factor": downscale_max}},
-        "output_totals": {"purified": total_purified, "rejected": total_rejected,
+                     "downscaled": {"images": tally.downscaled, "max_factor": tally.downscale_max}},
+        "output_totals": {"purified": rows.purified, "rejected": rows.rejected,
                           "before_this_run": {"purified": plan.done_purified, "rejected": plan.done_rejected}},
         "model": {"checkpoint": redact_uri(plan.checkpoint_uri), "sha256": ckpt.sha256, "note": plan.model_note,
-                  "canvas_size": canvas_size,
+                  "canvas_size": plan.canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
         "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
                 "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads},
@@ -412,10 +477,3 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         "started": started,
         "finished": time.time(),
     }
-    if summary["status"] == "complete":
-        summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, read_whole)
-    write_json(f"{out}/{SUMMARY_FILE}", summary, so)
-    if summary["status"] != "complete":
-        raise JobFailed(f"read {read} inputs and counted {purified} purified + {rejected} rejected; the output now holds "
-                       f"{total_purified} purified + {total_rejected} rejected rows in all; see {out}/{SUMMARY_FILE}")
-    return summary
