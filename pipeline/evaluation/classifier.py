@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -218,127 +219,184 @@ def train_classifier(
             torch.set_num_threads(previous_threads)
 
 
-def _train(
-    images: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    augment: bool,
-    extra_transform: ExtraTransform | None,
-    device: str | torch.device,
-    progress: bool,
-    *,
-    hflip: bool,
-    crop_pad: int,
-    depth: int,
-    schedule: str,
-    weight_decay: float,
-    restamp: Restamp | None = None,
-    checkpoint: Path | None = None,
-    checkpoint_key: str = "",
-) -> ResNet:
+def _train(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, batch_size: int, lr: float, seed: int,
+           augment: bool, extra_transform: ExtraTransform | None, device: str | torch.device, progress: bool, *,
+           hflip: bool, crop_pad: int, depth: int, schedule: str, weight_decay: float, restamp: Restamp | None = None,
+           checkpoint: Path | None = None, checkpoint_key: str = "") -> ResNet:
     labels = np.asarray(labels, dtype=np.int64)
     _check_training_data(images, labels, num_classes)
+    _check_training_options(epochs, batch_size, schedule)
+    mean, std = _channel_stats(images)
+    config = ClassifierConfig(num_classes=num_classes, depth=depth, mean=mean, std=std)  # type: ignore[arg-type]
+    model = _seeded_classifier(config, seed, device)
+    steps_per_epoch = -(-len(images) // batch_size)
+    optimizer, scheduler = _sgd_with_schedule(model, lr, weight_decay, schedule, epochs * steps_per_epoch)
+    run = _ClassifierTraining(model, optimizer, scheduler, np.random.default_rng(seed))
+    recipe = _BatchRecipe(augment, crop_pad, hflip, extra_transform, restamp)
+    # Everything the weights follow from, so that a checkpoint of other training is never resumed.
+    fingerprint = json.dumps({
+        "n": len(images), "num_classes": num_classes, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "augment": augment, "hflip": hflip, "crop_pad": crop_pad, "depth": depth, "schedule": schedule,
+        "weight_decay": weight_decay, "extra_transform": extra_transform is not None, "restamp": restamp is not None,
+        "mean": mean, "std": std, "key": checkpoint_key,
+    }, sort_keys=True)
+    first_epoch = 0 if checkpoint is None else _resume(run, checkpoint, fingerprint, epochs, progress)
+    bar = _batch_bar(epochs * steps_per_epoch, first_epoch * steps_per_epoch) if progress and first_epoch < epochs else None
+    targets = torch.from_numpy(labels)
+    epoch_seconds: list[float] = []
+    for epoch in range(first_epoch, epochs):
+        start = time.perf_counter()
+        loss, accuracy = run.train_epoch(images, targets, batch_size, recipe, device, bar)
+        if checkpoint is not None and epoch + 1 < epochs:
+            _write_training_state(checkpoint, run.state_dict(fingerprint, epoch + 1))
+        epoch_seconds.append(time.perf_counter() - start)
+        if progress:
+            _say(_epoch_line(epoch, epochs, loss, accuracy, epoch_seconds), bar)
+    if bar is not None:
+        bar.close()
+    return model.eval()
+
+
+def _check_training_options(epochs: int, batch_size: int, schedule: str) -> None:
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     if schedule not in ("onecycle", "cosine"):
         raise ValueError(f"schedule must be 'onecycle' or 'cosine', got {schedule!r}")
-    mean, std = _channel_stats(images)
-    config = ClassifierConfig(num_classes=num_classes, depth=depth, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def _seeded_classifier(config: ClassifierConfig, seed: int, device: str | torch.device) -> ResNet:
+    """A fresh classifier whose initial weights follow from `seed` alone; torch's global random stream is left as it
+    was (the caller's own draws do not shift)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_classifier(config).to(device)
+        return build_classifier(config).to(device)
 
-    n = len(images)
-    steps_per_epoch = -(-n // batch_size)
-    total_steps = epochs * steps_per_epoch
+
+def _sgd_with_schedule(model: ResNet, lr: float, weight_decay: float, schedule: str, total_steps: int
+                       ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with Nesterov momentum and weight decay, and its LR schedule over all `total_steps`: one-cycle (which also
+    cycles the momentum between 0.95 and 0.85) or cosine."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     scheduler: torch.optim.lr_scheduler.LRScheduler
     if schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    rng = np.random.default_rng(seed)
-    targets_all = torch.from_numpy(labels)
+    return optimizer, scheduler
 
-    # Everything the weights follow from, so that a checkpoint of other training is never resumed.
-    fingerprint = json.dumps({
-        "n": n, "num_classes": num_classes, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "augment": augment, "hflip": hflip, "crop_pad": crop_pad, "depth": depth, "schedule": schedule,
-        "weight_decay": weight_decay, "extra_transform": extra_transform is not None, "restamp": restamp is not None,
-        "mean": mean, "std": std, "key": checkpoint_key,
-    }, sort_keys=True)
-    first_epoch = 0
-    if checkpoint is not None:
-        state = _read_training_state(checkpoint, fingerprint)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rng.bit_generator.state = state["rng"]
-            first_epoch = int(state["epoch"])
-            if progress:
-                print(f"resuming classifier training from {checkpoint} after epoch {first_epoch}/{epochs}",
-                      file=sys.stderr, flush=True)
 
-    bar = None
-    if progress and first_epoch < epochs:
-        from pipeline.progress import progress_bar
+@dataclass(frozen=True)
+class _BatchRecipe:
+    """How a training batch is made from its images (see `train_classifier`)."""
 
-        # tqdm's bar on a terminal; a log file gets a plain line a minute instead of one \r-joined line.
-        bar = progress_bar(total_steps, "training classifier", "batch", sys.stderr, first_epoch * steps_per_epoch,
-                           mininterval=0.5)
-    epoch_seconds: list[float] = []
-    for epoch in range(first_epoch, epochs):
-        model.train()
-        start, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        order = rng.permutation(n)
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            batch = images[idx]
-            if extra_transform is not None:
-                batch = extra_transform(batch, rng)
-            if augment:
-                batch = _augment(batch, rng, pad=crop_pad, flip=hflip)
-                if restamp is not None:
-                    mask, trigger = restamp
-                    hit = mask[idx]
-                    if hit.any():
-                        batch = batch.copy() if batch is images else batch
-                        batch[hit] = trigger(batch[hit])
-            x = _to_tensor(batch).to(device)
-            y = targets_all[idx].to(device)
-            logits = model(x)
+    augment: bool
+    crop_pad: int
+    hflip: bool
+    extra_transform: ExtraTransform | None
+    restamp: Restamp | None
+
+    def batch(self, images: np.ndarray, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """images[idx] as the model trains on them: the extra transform, then the random crop and flip, then the
+        trigger stamped again on the poisoned samples. The draws from `rng` come in this order, which a resumed
+        training relies on to continue the same stream."""
+        batch = images[idx]
+        if self.extra_transform is not None:
+            batch = self.extra_transform(batch, rng)
+        if self.augment:
+            batch = _augment(batch, rng, pad=self.crop_pad, flip=self.hflip)
+            if self.restamp is not None:
+                mask, trigger = self.restamp
+                hit = mask[idx]
+                if hit.any():
+                    batch = batch.copy() if batch is images else batch
+                    batch[hit] = trigger(batch[hit])
+        return batch
+
+
+@dataclass
+class _ClassifierTraining:
+    """What a resumed training must continue exactly: the weights, the optimiser, the LR schedule and the generator
+    that orders, transforms and augments the batches. `state_dict()` and `restore()` round-trip all of it."""
+
+    model: ResNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    rng: np.random.Generator
+
+    def train_epoch(self, images: np.ndarray, targets: torch.Tensor, batch_size: int, recipe: _BatchRecipe,
+                    device: str | torch.device, bar: Any) -> tuple[float, float]:
+        """One pass over every image, in a fresh random order, one SGD step a batch; the epoch's mean loss and
+        accuracy (%) on its augmented batches."""
+        self.model.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        order = self.rng.permutation(len(images))
+        for first in range(0, len(images), batch_size):
+            idx = order[first : first + batch_size]
+            x = _to_tensor(recipe.batch(images, idx, self.rng)).to(device)
+            y = targets[idx].to(device)
+            logits = self.model(x)
             loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            self.optimizer.step()
+            self.scheduler.step()
             seen += len(idx)
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             if bar is not None:
                 bar.update(1)
-        if checkpoint is not None and epoch + 1 < epochs:
-            _write_training_state(checkpoint, {
-                "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state,
-            })
-        epoch_seconds.append(time.perf_counter() - start)
-        if progress:
-            left = (epochs - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds)
-            line = (f"epoch {epoch + 1}/{epochs}: loss {loss_sum / seen:.4f}, train acc {100.0 * correct / seen:.2f}%, "
-                    f"{epoch_seconds[-1]:.1f}s" + (f", ETA {left / 60:.1f} min" if epoch + 1 < epochs else ""))
-            if bar is not None:
-                bar.write(line, file=sys.stderr)
-            else:
-                print(line, file=sys.stderr, flush=True)
+        return loss_sum / seen, 100.0 * correct / seen
+
+    def state_dict(self, fingerprint: str, epoch: int) -> dict:
+        """The checkpoint after `epoch` finished epochs of the training `fingerprint` names."""
+        return {
+            "fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def restore(self, state: dict) -> int:
+        """Continue from a `state_dict()`; the number of epochs it had finished."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        return int(state["epoch"])
+
+
+def _resume(run: _ClassifierTraining, checkpoint: Path, fingerprint: str, epochs: int, progress: bool) -> int:
+    """The epochs already trained: those of a checkpoint made by the same training (restored into `run`), else 0."""
+    state = _read_training_state(checkpoint, fingerprint)
+    if state is None:
+        return 0
+    first_epoch = run.restore(state)
+    if progress:
+        print(f"resuming classifier training from {checkpoint} after epoch {first_epoch}/{epochs}",
+              file=sys.stderr, flush=True)
+    return first_epoch
+
+
+def _batch_bar(total_steps: int, done_steps: int) -> Any:
+    """A bar over the training's batches, with the ETA, starting at those a resumed training already did."""
+    from pipeline.progress import progress_bar
+
+    # tqdm's bar on a terminal; a log file gets a plain line a minute instead of one \r-joined line.
+    return progress_bar(total_steps, "training classifier", "batch", sys.stderr, done_steps, mininterval=0.5)
+
+
+def _epoch_line(epoch: int, epochs: int, loss: float, accuracy: float, epoch_seconds: list[float]) -> str:
+    """The line after each epoch: its loss, accuracy and seconds, and the time left at this run's mean epoch."""
+    left = (epochs - epoch - 1) * sum(epoch_seconds) / len(epoch_seconds)
+    return (f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, train acc {accuracy:.2f}%, "
+            f"{epoch_seconds[-1]:.1f}s" + (f", ETA {left / 60:.1f} min" if epoch + 1 < epochs else ""))
+
+
+def _say(line: str, bar: Any) -> None:
+    """A line on stderr, above the bar when there is one (so the bar is not torn)."""
     if bar is not None:
-        bar.close()
-    return model.eval()
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 TRAINING_STATE_FORMAT = "zip-purify-classifier-training/1"
