@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,15 @@ import numpy as np
 from pipeline.evaluation import metrics
 from pipeline.evaluation.attacks import ATTACKS, Attack, PhysicalBA, make_attack, poison_test_set, poison_training_set
 from pipeline.evaluation.cache import DAMAGED_CACHE, read_json_cache, sha256_of_arrays, warn_damaged, write_text_atomic
-from pipeline.evaluation.classifier import ExtraTransform, ResNet, load_classifier, predict, save_classifier, train_classifier
+from pipeline.evaluation.classifier import (
+    ExtraTransform,
+    ResNet,
+    Restamp,
+    load_classifier,
+    predict,
+    save_classifier,
+    train_classifier,
+)
 from pipeline.evaluation.datasets import LabelledImages, Loader, load_dataset, load_splits
 from pipeline.evaluation.log import log
 from pipeline.evaluation.report import CLEAN, stored_score
@@ -115,72 +123,129 @@ def get_classifier(
     if attack_options and normalise_attack(attack) == CLEAN:
         raise ValueError("attack_options given for the clean classifier, which has no attack")
     name = normalise_attack(attack)
-    if name in NO_CROP_ATTACKS and train_options and "crop_pad" in train_options:
-        # The attack's recipe fixes its augmentation; one --crop-pad for a whole matrix must not change it.
-        train_options = {k: v for k, v in train_options.items() if k != "crop_pad"}
+    train_options = _without_recipe_options(name, train_options)
     path = classifier_path(cache_dir, dataset, name, epochs, train_options, attack_options)
-    meta_path = path.with_suffix(".json")
     if train is None:
         train, _ = load_splits(dataset, loader)
-    attack_obj: Attack | None = None
-    if name != CLEAN:
-        attack_obj = make_attack(name, train.images.shape[1])
-        if attack_options:
-            attack_obj = replace(attack_obj, **attack_options)  # type: ignore[type-var]
+    attack_obj = _victim_attack(name, train.images.shape[1], attack_options)
     # What the weights were trained from, beyond the cache name: the attack's every parameter (a changed default
     # keeps the name) and the training split's content (another copy of the data set keeps it too).
     trained_from = {"attack_params": _attack_params(attack_obj),
                     "train_sha256": sha256_of_arrays(train.images, train.labels)}
-    cached = _cached_classifier(path)
+    cached = _current_cached_classifier(dataset, name, path, trained_from)
     if cached is not None:
-        info = read_json_cache(meta_path)
-        stale = [key for key, value in trained_from.items() if key in info and info[key] != value]
-        if not stale:
-            log(f"{dataset}/{name}: classifier from cache {path}")
-            return cached.to(device), {**info, "path": str(path), "trained_now": False}
-        log(f"{dataset}/{name}: cached classifier {path} was trained from another {' and '.join(stale)}; retraining it")
+        model, info = cached
+        return model.to(device), {**info, "path": str(path), "trained_now": False}
 
-    images, labels, poisoned = train.images, train.labels, np.zeros(0, dtype=np.int64)
-    extra_transform = None
-    restamp = None
-    if attack_obj is not None:
-        images, labels, poisoned = poison_training_set(train.images, train.labels, attack_obj, seed=0)
-        if isinstance(attack_obj, PhysicalBA):
-            extra_transform = attack_obj.train_transform
-            if dataset in NO_HFLIP:
-                extra_transform = without_flips(extra_transform)
-        if name in RESTAMP_AFTER_AUGMENT:
-            mask = np.zeros(len(images), dtype=bool)
-            mask[poisoned] = True
-            restamp = (mask, attack_obj.apply)
-    options = dict(train_options or {})
-    options.setdefault("hflip", dataset not in NO_HFLIP)
-    if name in NO_CROP_ATTACKS:
-        options.setdefault("crop_pad", 0)
-    log(f"{dataset}/{name}: training classifier on {len(images)} images ({len(poisoned)} poisoned), "
+    data = _poisoned_training_set(dataset, name, train, attack_obj)
+    options = _training_options(dataset, name, train_options)
+    log(f"{dataset}/{name}: training classifier on {len(data.images)} images ({len(data.poisoned)} poisoned), "
         f"{epochs} epochs -> {path}")
+    model, seconds = _train_victim(
+        data, train.num_classes, epochs, options, path, device=device, progress=progress, threads=threads,
+        checkpoint_key=json.dumps({**trained_from, "attack": name, "dataset": dataset}, sort_keys=True),
+    )
+    info = {
+        "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(data.images),
+        "poisoned": len(data.poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
+        "attack_options": dict(attack_options or {}),
+        "train_options": options, "train_seconds": round(seconds, 1), "restamp_after_augment": data.restamp is not None,
+        **trained_from,
+    }
+    write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2))
+    log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
+    return model, {**info, "path": str(path), "trained_now": True}
+
+
+def _without_recipe_options(name: str, train_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`train_options` less those the attack's recipe fixes: --crop-pad does not reach PhysicalBA (NO_CROP_ATTACKS)."""
+    if name in NO_CROP_ATTACKS and train_options and "crop_pad" in train_options:
+        # The attack's recipe fixes its augmentation; one --crop-pad for a whole matrix must not change it.
+        return {k: v for k, v in train_options.items() if k != "crop_pad"}
+    return train_options
+
+
+def _victim_attack(name: str, image_size: int, attack_options: dict[str, Any] | None) -> Attack | None:
+    """The attack a victim is poisoned with (None for the clean one), its defaults replaced by `attack_options`."""
+    if name == CLEAN:
+        return None
+    attack = make_attack(name, image_size)
+    if attack_options:
+        attack = replace(attack, **attack_options)  # type: ignore[type-var]
+    return attack
+
+
+def _current_cached_classifier(dataset: str, name: str, path: Path,
+                               trained_from: dict[str, Any]) -> tuple[ResNet, dict[str, Any]] | None:
+    """The cached classifier at `path` and its record, unless there is none, it is damaged, or its record says it was
+    trained from other data or attack parameters (a record from before they were kept is taken as it is)."""
+    cached = _cached_classifier(path)
+    if cached is None:
+        return None
+    info = read_json_cache(path.with_suffix(".json"))
+    stale = [key for key, value in trained_from.items() if key in info and info[key] != value]
+    if stale:
+        log(f"{dataset}/{name}: cached classifier {path} was trained from another {' and '.join(stale)}; retraining it")
+        return None
+    log(f"{dataset}/{name}: classifier from cache {path}")
+    return cached, info
+
+
+@dataclass(frozen=True)
+class PoisonedTrainingSet:
+    """A victim's training split, poisoned, with the augmentation its attack's recipe adds (see `train_classifier`)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    poisoned: np.ndarray  # indices of the poisoned images
+    extra_transform: ExtraTransform | None = None  # PhysicalBA's physical transforms
+    restamp: Restamp | None = None  # RESTAMP_AFTER_AUGMENT's trigger, stamped again after crop and flip
+
+
+def _poisoned_training_set(dataset: str, name: str, train: LabelledImages, attack: Attack | None) -> PoisonedTrainingSet:
+    """The training split poisoned at the attack's own rate (seed 0), or as it is for the clean classifier."""
+    if attack is None:
+        return PoisonedTrainingSet(train.images, train.labels, np.zeros(0, dtype=np.int64))
+    images, labels, poisoned = poison_training_set(train.images, train.labels, attack, seed=0)
+    extra_transform = None
+    if isinstance(attack, PhysicalBA):
+        extra_transform = attack.train_transform
+        if dataset in NO_HFLIP:
+            extra_transform = without_flips(extra_transform)
+    restamp = None
+    if name in RESTAMP_AFTER_AUGMENT:
+        mask = np.zeros(len(images), dtype=bool)
+        mask[poisoned] = True
+        restamp = (mask, attack.apply)
+    return PoisonedTrainingSet(images, labels, poisoned, extra_transform, restamp)
+
+
+def _train_victim(data: PoisonedTrainingSet, num_classes: int, epochs: int, options: dict[str, Any], path: Path, *,
+                  device: str, progress: bool, threads: int | None, checkpoint_key: str) -> tuple[ResNet, float]:
+    """Train on `data` and cache the weights at `path`; the model and the seconds its training took."""
     start = time.perf_counter()
     # An epoch checkpoint beside the cache file: a killed run resumes after its last finished epoch (10 epochs are
     # 11-30 min on 2 cores), keyed by the data and attack the weights come from.
     partial = training_checkpoint_path(path)
     model = train_classifier(
-        images, labels, train.num_classes, epochs, extra_transform=extra_transform, device=device,
-        progress=progress, num_threads=threads, restamp=restamp, checkpoint=partial,
-        checkpoint_key=json.dumps({**trained_from, "attack": name, "dataset": dataset}, sort_keys=True), **options,
+        data.images, data.labels, num_classes, epochs, extra_transform=data.extra_transform, device=device,
+        progress=progress, num_threads=threads, restamp=data.restamp, checkpoint=partial,
+        checkpoint_key=checkpoint_key, **options,
     )
     seconds = time.perf_counter() - start
     save_classifier(model, path)
     partial.unlink(missing_ok=True)
-    info = {
-        "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(images),
-        "poisoned": len(poisoned), "poison_rate": getattr(attack_obj, "poison_rate", 0.0),
-        "attack_options": dict(attack_options or {}),
-        "train_options": options, "train_seconds": round(seconds, 1), "restamp_after_augment": restamp is not None,
-        **trained_from,
-    }
-    write_text_atomic(meta_path, json.dumps(info, indent=2))
-    log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
-    return model, {**info, "path": str(path), "trained_now": True}
+    return model, seconds
+
+
+def _training_options(dataset: str, name: str, train_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The caller's `train_options` with the data set's and attack's recipe as defaults: no flips for NO_HFLIP, no
+    crop for NO_CROP_ATTACKS."""
+    options = dict(train_options or {})
+    options.setdefault("hflip", dataset not in NO_HFLIP)
+    if name in NO_CROP_ATTACKS:
+        options.setdefault("crop_pad", 0)
+    return options
 
 
 def _attack_params(attack: Attack | None) -> dict[str, Any] | None:
