@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 from pipeline.evaluation import metrics
-from pipeline.evaluation.attacks import make_attack, poison_test_set
+from pipeline.evaluation.attacks import Attack, make_attack, poison_test_set
 from pipeline.evaluation.cache import sha256_of_arrays, write_text_atomic
 from pipeline.evaluation.classifier import predict
-from pipeline.evaluation.datasets import DataError, Loader, load_dataset, load_splits, stratified_subset
+from pipeline.evaluation.datasets import DataError, LabelledImages, Loader, load_dataset, load_splits, stratified_subset
 from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, Defense, make_defense, purified, zip_overrides, zip_settings
 from pipeline.evaluation.log import log
 from pipeline.evaluation.predictions import check_target, decode_predictions, encode_predictions
@@ -123,10 +123,45 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
     started = time.perf_counter()
     cache_dir = Path(config.cache_dir).expanduser()
     checked = checked or preflight(config, loader)
-    attacks, defenses, checkpoint_sha = checked.attacks, checked.defenses, checked.checkpoint_sha256
     if config.threads:
         torch.set_num_threads(config.threads)
+    train, test, subset = _load_test_subset(config, loader)
+    defenses = _build_defenses(config, checked, subset.image_size)
+    matrix = _Matrix(
+        config.dataset, subset, defenses,
+        purified_dir=cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}",
+        # Where a run is in its matrix: every defense on the clean subset and on each attack's triggered subset.
+        image_sets=_ImageSetCount(len(defenses) * (1 + sum(a != CLEAN for a in checked.attacks))),
+    )
+    matrix.purify_clean_subset()
+    for name in checked.attacks:
+        model, info = get_classifier(
+            config.dataset, name, cache_dir, config.epochs, config.threads, loader=loader, train=train,
+            device=config.device, train_options=config.train_options or None,
+        )
+        matrix.add_attack(name, model, info, test, config.epochs)
+    average = _average_scores(matrix.results, checked.attacks, checked.defenses)
+    target = check_target(subset.labels, matrix.predictions, checked.defenses, config.bootstrap, config.seed, average)
+    report = _report(config, checked, test, matrix, average, target, started)
+    _write_report(config, report, matrix)
+    return report
 
+
+@dataclass(frozen=True)
+class _EvalSubset:
+    """The class-stratified test images every classifier and defense is scored on: their indices in the test split."""
+
+    indices: np.ndarray
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+
+def _load_test_subset(config: EvalConfig, loader: Loader) -> tuple[LabelledImages, LabelledImages, _EvalSubset]:
+    """The data set's train and test splits and the test subset, with the checks only the loaded data can answer."""
     log(f"{config.dataset}: loading data")
     try:
         train, test = load_splits(config.dataset, loader)
@@ -136,93 +171,130 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
     check_subset(config.dataset, config.subset, len(classes))  # a data set preflight does not know
     check_subset_fits(config.dataset, config.subset, test.labels)
     idx = stratified_subset(test.labels, config.subset, config.seed)
-    clean_images, clean_labels = test.images[idx], test.labels[idx]
-    image_size = int(clean_images.shape[1])
-    check_pool(config.dataset, config.pool, image_size)
-    log(f"{config.dataset}: test subset of {len(idx)} images ({test.num_classes} classes, {image_size}px), "
+    subset = _EvalSubset(idx, test.images[idx], test.labels[idx])
+    check_pool(config.dataset, config.pool, subset.image_size)
+    log(f"{config.dataset}: test subset of {len(idx)} images ({test.num_classes} classes, {subset.image_size}px), "
         f"seed {config.seed}")
+    return train, test, subset
 
-    defense_objs = {
+
+def _build_defenses(config: EvalConfig, checked: Preflight, image_size: int) -> dict[str, Defense]:
+    """Each defense the configuration names, by name, in its order."""
+    return {
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
-                        checkpoint_sha256=checkpoint_sha, device=config.device, canvas_size=config.canvas_size,
+                        checkpoint_sha256=checked.checkpoint_sha256, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
                         zip_overrides=zip_overrides(config, checked.schedule))
-        for d in defenses
+        for d in checked.defenses
     }
-    purified_dir = cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}"
 
-    clean_out = {}
-    fidelity: dict[str, dict[str, float | None]] = {}
-    # Where a run is in its matrix: every defense on the clean subset and on each attack's triggered subset.
-    total_sets = len(defense_objs) * (1 + sum(a != CLEAN for a in attacks))
-    done_sets = 0
-    for d, defense in defense_objs.items():
-        done_sets += 1
-        log(f"{config.dataset}: defense {d} on the clean subset (image set {done_sets} of {total_sets})")
-        clean_out[d] = purified(defense, clean_images, purified_dir, CLEAN)
-        fidelity[d] = {
-            "psnr": stored_score(metrics.psnr(clean_out[d], clean_images)) if d != "none" else None,
-            "ssim": stored_score(metrics.ssim(clean_out[d], clean_images)) if d != "none" else None,
-        }
 
-    results: dict[str, dict[str, dict[str, float | None]]] = {}
-    predictions: dict[str, dict[str, Any]] = {}  # per attack and defense, per image: what the target check rescores
-    classifiers: dict[str, dict[str, Any]] = {}
-    poisoned_sets: dict[str, np.ndarray] = {}
-    poisoned_out: dict[str, dict[str, np.ndarray]] = {}
-    for name in attacks:
-        model, info = get_classifier(
-            config.dataset, name, cache_dir, config.epochs, config.threads, loader=loader, train=train,
-            device=config.device, train_options=config.train_options or None,
-        )
-        attack = make_attack(name, image_size) if name != CLEAN else None
+@dataclass
+class _ImageSetCount:
+    """How many of the matrix's image sets (a defense applied to a clean or triggered subset) a run has started."""
+
+    total: int
+    done: int = 0
+
+    def next(self) -> str:
+        self.done += 1
+        return f"image set {self.done} of {self.total}"
+
+
+@dataclass
+class _Matrix:
+    """One data set's matrix as it fills in: the clean subset purified by each defense, then, attack by attack, each
+    defense's scores, the per-image predictions the target check rescores, and the triggered sets for the examples."""
+
+    dataset: str
+    subset: _EvalSubset
+    defenses: dict[str, Defense]
+    purified_dir: Path
+    image_sets: _ImageSetCount
+    clean_out: dict[str, np.ndarray] = field(default_factory=dict)
+    fidelity: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    results: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    predictions: dict[str, dict[str, Any]] = field(default_factory=dict)  # per attack and defense, per image
+    classifiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    poisoned_sets: dict[str, np.ndarray] = field(default_factory=dict)
+    poisoned_out: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def purify_clean_subset(self) -> None:
+        """Every defense on the clean subset (once, shared by all attacks), and the PSNR / SSIM of what it made."""
+        clean_images = self.subset.images
+        for d, defense in self.defenses.items():
+            log(f"{self.dataset}: defense {d} on the clean subset ({self.image_sets.next()})")
+            self.clean_out[d] = purified(defense, clean_images, self.purified_dir, CLEAN)
+            self.fidelity[d] = {
+                "psnr": stored_score(metrics.psnr(self.clean_out[d], clean_images)) if d != "none" else None,
+                "ssim": stored_score(metrics.ssim(self.clean_out[d], clean_images)) if d != "none" else None,
+            }
+
+    def add_attack(self, name: str, model: torch.nn.Module, info: dict[str, Any], test: LabelledImages,
+                   epochs: int) -> None:
+        """The attack's row: its classifier without defense, then each defense on the clean and triggered subsets."""
+        attack = make_attack(name, self.subset.image_size) if name != CLEAN else None
+        clean_images, clean_labels = self.subset.images, self.subset.labels
         triggered, true_labels = (poison_test_set(clean_images, clean_labels, attack) if attack
                                   else (clean_images[:0], clean_labels[:0]))
-        poisoned_sets[name] = triggered
-        base_ca = metrics.clean_accuracy(predict(model, clean_images), clean_labels)
+        self.poisoned_sets[name] = triggered
+        self.classifiers[name] = self._no_defense_scores(name, model, info, attack, triggered, true_labels, test, epochs)
+        self.results[name] = {}
+        self.poisoned_out[name] = {}
+        self.predictions[name] = {"target": attack.target if attack else None, "clean": {}, "triggered": {}}
+        for d, defense in self.defenses.items():
+            clean_preds = predict(model, self.clean_out[d])
+            self.predictions[name]["clean"][d] = clean_preds
+            cell = _clean_cell(clean_preds, clean_labels, attack)
+            if attack is not None:
+                log(f"{self.dataset}/{name}: defense {d} on {len(triggered)} triggered images ({self.image_sets.next()})")
+                out = purified(defense, triggered, self.purified_dir, name)
+                self.poisoned_out[name][d] = out
+                preds = predict(model, out)
+                self.predictions[name]["triggered"][d] = preds
+                cell["asr"] = stored_score(metrics.attack_success_rate(preds, true_labels, attack.target))
+                cell["pa"] = stored_score(metrics.poisoned_accuracy(preds, true_labels))
+            self.results[name][d] = cell
+            log(f"{self.dataset}/{name}/{d}: " + ", ".join(f"{k.upper()} {v:.1f}" for k, v in cell.items() if v is not None))
+
+    def _no_defense_scores(self, name: str, model: torch.nn.Module, info: dict[str, Any], attack: Attack | None,
+                           triggered: np.ndarray, true_labels: np.ndarray, test: LabelledImages,
+                           epochs: int) -> dict[str, Any]:
+        """The report's record of an attack's classifier: how it was trained, its CA (and ASR) without defense on the
+        subset and on the whole test split."""
+        base_ca = metrics.clean_accuracy(predict(model, self.subset.images), self.subset.labels)
         base_asr = (metrics.attack_success_rate(predict(model, triggered), true_labels, attack.target)
                     if attack else None)
         full = full_test_scores(model, attack, test, Path(info["path"]).with_suffix(".json"))
-        classifiers[name] = {
-            "path": info["path"], "epochs": config.epochs, "trained_now": info["trained_now"],
+        log(f"{self.dataset}/{name}: no defense CA {base_ca:.1f}%"
+            + (f", ASR {base_asr:.1f}%" if base_asr is not None else "")
+            + f" (whole test split of {full['images']}: CA {full['ca']:.1f}%"
+            + (f", ASR {full['asr']:.1f}%)" if full["asr"] is not None else ")"))
+        return {
+            "path": info["path"], "epochs": epochs, "trained_now": info["trained_now"],
             "poisoned_training_images": info.get("poisoned"), "train_seconds": info.get("train_seconds"),
             "no_defense_ca": stored_score(base_ca), "no_defense_asr": stored_score(base_asr),
             "full_test_images": full["images"], "full_test_ca": full["ca"], "full_test_asr": full["asr"],
         }
-        log(f"{config.dataset}/{name}: no defense CA {base_ca:.1f}%"
-            + (f", ASR {base_asr:.1f}%" if base_asr is not None else "")
-            + f" (whole test split of {full['images']}: CA {full['ca']:.1f}%"
-            + (f", ASR {full['asr']:.1f}%)" if full["asr"] is not None else ")"))
-        results[name] = {}
-        poisoned_out[name] = {}
-        predictions[name] = {"target": attack.target if attack else None, "clean": {}, "triggered": {}}
-        for d, defense in defense_objs.items():
-            clean_preds = predict(model, clean_out[d])
-            predictions[name]["clean"][d] = clean_preds
-            cell: dict[str, float | None] = {
-                "ca": stored_score(metrics.clean_accuracy(clean_preds, clean_labels)),
-                "asr": None, "pa": None,
-                # The ASR floor: how often this classifier picks the target on purified images that never carried
-                # a trigger. An ASR near it is the defense's output drifting to the target class, not a surviving
-                # trigger.
-                "asr_no_trigger": (stored_score(metrics.attack_success_rate(clean_preds, clean_labels, attack.target))
-                                   if attack else None),
-            }
-            if attack is not None:
-                done_sets += 1
-                log(f"{config.dataset}/{name}: defense {d} on {len(triggered)} triggered images "
-                    f"(image set {done_sets} of {total_sets})")
-                out = purified(defense, triggered, purified_dir, name)
-                poisoned_out[name][d] = out
-                preds = predict(model, out)
-                predictions[name]["triggered"][d] = preds
-                cell["asr"] = stored_score(metrics.attack_success_rate(preds, true_labels, attack.target))
-                cell["pa"] = stored_score(metrics.poisoned_accuracy(preds, true_labels))
-            results[name][d] = cell
-            log(f"{config.dataset}/{name}/{d}: " + ", ".join(
-                f"{k.upper()} {v:.1f}" for k, v in cell.items() if v is not None))
 
-    average = {
+
+def _clean_cell(clean_preds: np.ndarray, clean_labels: np.ndarray, attack: Attack | None) -> dict[str, float | None]:
+    """A defense's cell as its purified clean subset scores it: CA, and the ASR floor (ASR and PA come with the
+    triggered subset)."""
+    return {
+        "ca": stored_score(metrics.clean_accuracy(clean_preds, clean_labels)),
+        "asr": None, "pa": None,
+        # The ASR floor: how often this classifier picks the target on purified images that never carried a trigger.
+        # An ASR near it is the defense's output drifting to the target class, not a surviving trigger.
+        "asr_no_trigger": (stored_score(metrics.attack_success_rate(clean_preds, clean_labels, attack.target))
+                           if attack else None),
+    }
+
+
+def _average_scores(results: dict[str, dict[str, dict[str, float | None]]], attacks: Sequence[str],
+                   defenses: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Each defense's mean CA, ASR, PA and ASR floor over the attacks (the clean classifier's row is not one)."""
+    return {
         d: {
             m: stored_score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
                                                          if a != CLEAN and results[a][d][m] is not None]) else None
@@ -230,29 +302,37 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
         }
         for d in defenses
     }
-    target = check_target(clean_labels, predictions, defenses, config.bootstrap, config.seed, average)
-    report = {
+
+
+def _report(config: EvalConfig, checked: Preflight, test: LabelledImages, matrix: _Matrix,
+            average: dict[str, dict[str, float | None]], target: dict[str, Any], started: float) -> dict[str, Any]:
+    """The report's JSON: the configuration, the classifiers, the matrix, its average and fidelity, the target check."""
+    return {
         "dataset": config.dataset,
         "config": {
-            **checked.settings, "subset_actual": int(len(idx)), "checkpoint": config.checkpoint,
-            "device": config.device, "threads": config.threads, "num_classes": test.num_classes, "image_size": image_size,
-            "defense_settings": {d: obj.settings for d, obj in defense_objs.items()},
-            "subset_sha256": sha256_of_arrays(idx),
+            **checked.settings, "subset_actual": int(len(matrix.subset.indices)), "checkpoint": config.checkpoint,
+            "device": config.device, "threads": config.threads, "num_classes": test.num_classes,
+            "image_size": matrix.subset.image_size,
+            "defense_settings": {d: obj.settings for d, obj in matrix.defenses.items()},
+            "subset_sha256": sha256_of_arrays(matrix.subset.indices),
         },
-        "classifiers": classifiers,
-        "results": results,
+        "classifiers": matrix.classifiers,
+        "results": matrix.results,
         "average": average,
-        "fidelity": fidelity,
+        "fidelity": matrix.fidelity,
         "target": target,
         # Space-separated predicted labels, so the JSON stays small and any other statistic can be recomputed.
-        "predictions": encode_predictions(clean_labels, predictions),
+        "predictions": encode_predictions(matrix.subset.labels, matrix.predictions),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _write_report(config: EvalConfig, report: dict[str, Any], matrix: _Matrix) -> None:
+    """<out>/<dataset>.json, .md and -examples.png (none without triggered images)."""
     out_dir = Path(config.out_dir)
     write_text_atomic(out_dir / f"{config.dataset}.json", json.dumps(report, indent=2, allow_nan=False, default=str))
     write_text_atomic(out_dir / f"{config.dataset}.md", markdown_table(report))
-    examples = write_examples(out_dir / f"{config.dataset}-examples.png", poisoned_sets, poisoned_out,
+    examples = write_examples(out_dir / f"{config.dataset}-examples.png", matrix.poisoned_sets, matrix.poisoned_out,
                               config.examples, config.pool)
     log(f"{config.dataset}: wrote {out_dir}/{config.dataset}.json, .md{', -examples.png' if examples else ''} "
         f"({report['seconds'] / 60:.1f} min)")
-    return report
