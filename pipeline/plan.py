@@ -8,6 +8,7 @@ import json
 import math
 import posixpath
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,10 +227,42 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     so = config.storage_options
     out = config.output.rstrip("/")
     settings = config.settings()
+    model = _checked_model(config, settings)  # before any data is read: unreadable, unsafe or mismatched files stop here
+    job_record = _job_record(config, settings, model, _input_location(config))
+    # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
+    overlap = input_inside_written_folder(config.input, out, so)
+    if overlap:
+        raise JobError(overlap)
+    output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)
+    hidden = HiddenSkipped()  # the hidden files the listing leaves out
+    kept_units, skipped_files, excluded = _units_left(_listed_units(config, hidden), config, output.skip)
+    containers = _containers_left(kept_units, out, so, output)
+    return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
+                   canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
+                   done_purified=output.prior_purified, done_rejected=output.prior_rejected,
+                   units=[u for u in kept_units if u.kind == "files" or u.paths[0] not in containers.unread],
+                   skipped_files=skipped_files, in_memory_bytes=config.in_memory_mb * 2**20,
+                   excluded_output_files=excluded, max_image_bytes=config.max_image_mb * 2**20,
+                   stale_lease=output.stale_lease, container_done=containers.done, ledger=containers.ledger,
+                   skipped_containers=len(containers.unread),
+                   skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
+                   retry=output.retry, container_purified=containers.purified, hidden=hidden)
 
-    # The model is checked before any data is read: unreadable, unsafe or mismatched files stop here.
+
+@dataclass(frozen=True)
+class _Model:
+    """The checkpoint a run uses, checked, and the canvas size it purifies at."""
+
+    uri: str
+    note: str  # where it came from (`_checkpoint_for`)
+    checkpoint: LoadedCheckpoint
+    canvas_size: int
+
+
+def _checked_model(config: JobConfig, settings: ZipSettings) -> _Model:
+    """The checkpoint, verified (not loaded for use), and the canvas size, both checked against the settings."""
     checkpoint_uri, model_note = _checkpoint_for(config)
-    ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, so,
+    ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, config.storage_options,
                                              config.checkpoint_sha256, verify_only=True)
     try:
         check_trained_timesteps(ckpt.meta, settings)
@@ -240,23 +273,46 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                                      ckpt.config.min_input_multiple)
     if canvas_problem:
         raise JobError(canvas_problem)
+    return _Model(checkpoint_uri, model_note, ckpt, canvas_size)
+
+
+def _input_location(config: JobConfig) -> str | None:
+    """Where the input is (`sources.input_location`), a listing error said as a JobError."""
     try:
-        location = input_location(config.input, so)
+        return input_location(config.input, config.storage_options)
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
-    job_record = {"settings": settings.to_dict(), "checkpoint_sha256": ckpt.sha256, "canvas_size": canvas_size,
-                  "decoding": asdict(config.decode_policy()), "checkpoint": redact_uri(checkpoint_uri),
-                  "model": model_note,
-                  # options that set the rows' columns: a run with others would add rows unlike the output's
-                  "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column},
-                  # what the output's ids are relative to: another input's same-named files would be skipped as done
-                  "input": {"uri": redact_uri(config.input), "location": redact_uri(location)}}
 
-    # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
-    overlap = input_inside_written_folder(config.input, out, so)
-    if overlap:
-        raise JobError(overlap)
-    # What is already done (resume / incremental), and what there is to read.
+
+def _job_record(config: JobConfig, settings: ZipSettings, model: _Model, location: str | None) -> dict[str, Any]:
+    """What the output records of the run that writes it, and a later run's must match (`check_output_state`)."""
+    return {"settings": settings.to_dict(), "checkpoint_sha256": model.checkpoint.sha256,
+            "canvas_size": model.canvas_size, "decoding": asdict(config.decode_policy()),
+            "checkpoint": redact_uri(model.uri), "model": model.note,
+            # options that set the rows' columns: a run with others would add rows unlike the output's
+            "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column},
+            # what the output's ids are relative to: another input's same-named files would be skipped as done
+            "input": {"uri": redact_uri(config.input), "location": redact_uri(location)}}
+
+
+@dataclass(frozen=True)
+class _OutputDone:
+    """The output's state and what it already holds (resume / incremental)."""
+
+    state: str  # as `check_output_state` says
+    stale_lease: str | None
+    purified_ids: set[str]  # ids in data/
+    rejected_ids: set[str]  # ids in rejects/
+    prior_purified: int  # counts the plan reports (a dry run with --overwrite: those it would delete)
+    prior_rejected: int
+    retry: frozenset[str]  # --retry-rejects: the ids in rejects/ that this run reads again
+    skip: set[str]  # the done ids: this run does not read them
+
+
+def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -> _OutputDone:
+    """The output's state (a JobError when this run may not use it) and the ids it already holds."""
+    so = config.storage_options
+    out = config.output.rstrip("/")
     try:
         # deletes nothing: run_job empties an --overwrite output once it holds the output's lease
         state = check_output_state(config, job_record, dry_run=True)
@@ -266,16 +322,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)
         prior_purified, prior_rejected = len(purified_ids), len(rejected_ids)
         if state == "overwrite" and dry_run:
-            # what --overwrite would delete; part files that cannot be read are deleted with the rest, so they do
-            # not stop the dry run (they stopped it with advice to move them out, though the run itself would start)
-            damaged: list[DamagedPart] = []
-            purified_old, rejected_old = output_ids(out, so, damaged)
-            prior_purified, prior_rejected = len(purified_old), len(rejected_old)
-            if damaged:
-                first = min(d.path for d in damaged)
-                print(f"zip-purify: note: {out} holds {len(damaged)} part file(s) that cannot be read (e.g. "
-                      f"{posixpath.basename(posixpath.dirname(first))}/{posixpath.basename(first)}); --overwrite "
-                      "deletes them with the rest, and their rows are not in these counts", file=sys.stderr)
+            prior_purified, prior_rejected = _overwritten_counts(out, so)
         # --retry-rejects: a rejected input is not done; it is read again, and its old reject row goes at the end
         retry = frozenset(rejected_ids) if config.retry_rejects else frozenset()
         skip = purified_ids if config.retry_rejects else purified_ids | rejected_ids
@@ -283,31 +330,51 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
-    hidden = HiddenSkipped()
-    own_files = output_files_inside_input(config.input, out, so)  # not counted as hidden inputs (a 2nd run's summary)
+    return _OutputDone(state, stale_lease, purified_ids, rejected_ids, prior_purified, prior_rejected, retry, skip)
+
+
+def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:
+    """The rows --overwrite would delete, purified and rejected (the dry run's counts). Part files that cannot be read
+    are deleted with the rest, so they do not stop the dry run (they stopped it with advice to move them out, though
+    the run itself would start): a note says how many there are."""
+    damaged: list[DamagedPart] = []
+    purified_old, rejected_old = output_ids(out, so, damaged)
+    if damaged:
+        first = min(d.path for d in damaged)
+        print(f"zip-purify: note: {out} holds {len(damaged)} part file(s) that cannot be read (e.g. "
+              f"{posixpath.basename(posixpath.dirname(first))}/{posixpath.basename(first)}); --overwrite "
+              "deletes them with the rest, and their rows are not in these counts", file=sys.stderr)
+    return len(purified_old), len(rejected_old)
+
+
+def _listed_units(config: JobConfig, hidden: HiddenSkipped) -> list[ReadUnit]:
+    """The input's read units (`sources.discover`, retried on transient errors); the hidden files it leaves out are
+    counted in `hidden`."""
+    so = config.storage_options
+    # the job's own files inside the input are not counted as hidden inputs (a 2nd run's summary)
+    own_files = output_files_inside_input(config.input, config.output.rstrip("/"), so)
     try:
-        units = with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
-                             f"list {config.input}")
+        return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
+                            f"list {config.input}")
     except FileNotFoundError as err:
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
-    inside = output_inside_input(config.input, out, so)
+
+
+def _units_left(units: list[ReadUnit], config: JobConfig, skip: set[str]) -> tuple[list[ReadUnit], int, int]:
+    """The units less the job's own output files (when the output lies inside the input) and less the image files
+    already done; and how many image files were done and how many output files were left out."""
+    out = config.output.rstrip("/")
+    inside = output_inside_input(config.input, out, config.storage_options)
     skipped_files, kept_units, excluded = 0, [], 0
     for unit in units:
         if inside is not None:  # the job's own output is not input: reading it back would purify it twice
-            pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
-            own = [inside(p) for p, _ in pairs]  # once a path: each is looked up on disk (a link may lead anywhere)
-            outside = [pair for pair, mine in zip(pairs, own, strict=True) if not mine]
-            foreign = [p for (p, _), mine in zip(pairs, own, strict=True) if mine and not is_written_file(p)]
-            if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
-                raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
-                               "the job writes to and does not read; write the output to another folder")
-            excluded += len(pairs) - len(outside)
-            if not outside:
+            outside, excluded_here = _outside_output(unit, inside, out)
+            excluded += excluded_here
+            if outside is None:
                 continue
-            unit = ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside),
-                            unit.stamps)  # a container is one path: kept whole or not at all
+            unit = outside
         if unit.kind == "files":
             kept = [(p, size) for p, size in zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True)
                     if relative_id(p, unit.root) not in skip]
@@ -316,13 +383,44 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                 kept_units.append(ReadUnit("files", tuple(p for p, _ in kept), unit.root, tuple(s for _, s in kept)))
         else:
             kept_units.append(unit)
-    # Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
-    # one that an earlier complete run read whole and that is unchanged since is not read at all.
+    return kept_units, skipped_files, excluded
+
+
+def _outside_output(unit: ReadUnit, inside: Callable[[str], bool], out: str) -> tuple[ReadUnit | None, int]:
+    """The unit less its paths in the job's output (None when that is all of them), and how many those were. A path
+    in the output that the job did not write is the user's: a JobError."""
+    pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
+    own = [inside(p) for p, _ in pairs]  # once a path: each is looked up on disk (a link may lead anywhere)
+    outside = [pair for pair, mine in zip(pairs, own, strict=True) if not mine]
+    foreign = [p for (p, _), mine in zip(pairs, own, strict=True) if mine and not is_written_file(p)]
+    if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
+        raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
+                       "the job writes to and does not read; write the output to another folder")
+    if not outside:
+        return None, len(pairs)
+    return ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside),
+                    unit.stamps), len(pairs) - len(outside)  # a container is one path: kept whole or not at all
+
+
+@dataclass(frozen=True)
+class _ContainersLeft:
+    """What the plan says of the containers (tar shards, Parquet files, zip archives) left to read."""
+
+    done: dict[str, list[str]]  # path -> the done ids its read task skips unread (JobPlan.container_done)
+    purified: dict[str, list[str]]  # path -> its done ids in data/ that a name not UTF-8 can give (JobPlan)
+    ledger: dict[str, ContainerRead]  # those an earlier complete run read whole
+    unread: set[str]  # read whole before, unchanged since, all their ids done: not read at all
+
+
+def _containers_left(kept_units: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone) -> _ContainersLeft:
+    """Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
+    one that an earlier complete run read whole and that is unchanged since is not read at all."""
+    skip, purified_ids, rejected_ids = output.skip, output.purified_ids, output.rejected_ids
     containers = [u for u in kept_units if u.kind != "files"]
     container_done = container_ids(skip, containers) if skip else {}
     tars = {u.paths[0] for u in containers if u.kind == "tar"}
     try:
-        ledger = read_ledger(out, so) if containers and state in ("resume", "incremental") else {}
+        ledger = read_ledger(out, so) if containers and output.state in ("resume", "incremental") else {}
     except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still
@@ -341,16 +439,10 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
               and unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
                                      container_done.get(u.paths[0], []))
               and (u.paths[0] not in escaped or ledger[u.paths[0]].lookalikes_checked)}
-    return JobPlan(checkpoint_uri, model_note, ckpt, canvas_size, job_record, state, skip, prior_purified,
-                   prior_rejected, [u for u in kept_units if u.kind == "files" or u.paths[0] not in unread],
-                   skipped_files, config.in_memory_mb * 2**20, excluded,
-                   max_image_bytes=config.max_image_mb * 2**20, stale_lease=stale_lease,
-                   container_done={path: ids + [broken[path]] * (broken[path] in skip)
-                                   for path, ids in container_done.items() if path not in unread},
-                   ledger=ledger, skipped_containers=len(unread),
-                   skipped_container_records=sum(ledger[path].records for path in unread), retry=retry,
-                   container_purified={path: ids for path, ids in escaped.items() if path not in unread},
-                   hidden=hidden)
+    return _ContainersLeft(done={path: ids + [broken[path]] * (broken[path] in skip)
+                                 for path, ids in container_done.items() if path not in unread},
+                           purified={path: ids for path, ids in escaped.items() if path not in unread},
+                           ledger=ledger, unread=unread)
 
 
 def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:
