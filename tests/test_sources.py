@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import fsspec
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.sources import discover, file_bytes, ids_digest, read_unit, tar_members
+from pipeline.sources.tar_shards import _MembersPass
 from pipeline.stages import read_stage, records_of
 from tests.jobutil import image_bytes, tar_bytes
 
@@ -149,6 +151,21 @@ def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tm
     assert _DropsOnce.opened == 3  # the index pass, the data pass that broke off half-way, its restart
     assert [r["id"] for r in records[:-1]] == [f"big.tar/{i:03d}" for i in range(12)]
     assert all(r["kind"] == "image" for r in records[:-1]) and records[-1]["n"] == 12
+
+
+def test_a_key_half_gathered_when_the_members_pass_restarts_is_gathered_afresh() -> None:
+    """A pass restarted after a transient error (`_tar_members` yields None) forgets the members it had gathered: the
+    key's member seen before the restart is neither counted twice (the key would never be whole) nor counted as gone
+    by (the key would be emitted without its label)."""
+    members = _MembersPass("s.tar", {"a": Counter({"a.png": 1, "a.cls": 1})}, set(), {}, [], set(),
+                           lambda key: f"s.tar/{key}")
+    png = image_bytes(8, 8, 1)
+    assert members.went_by(None) == [] and members.went_by((0, tarfile.TarInfo("a.png"), png)) == []
+    assert members.went_by(None) == []  # the connection dropped: the pass starts again from the first member
+    assert members.went_by((0, tarfile.TarInfo("a.png"), png)) == []
+    (record,) = members.went_by((1, tarfile.TarInfo("a.cls"), b"3"))
+    assert (record["kind"], record["id"], record["data"], record["meta"]) == ("image", "s.tar/a", png, {"label": 3})
+    assert list(members.broken_off()) == []
 
 
 def test_streamed_tar_from_fsspec_memory_filesystem(tmp_path) -> None:

@@ -38,142 +38,183 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
-
-    def unreadable(keys: int, err: BaseException) -> dict[str, Any]:
-        return reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after {keys} keys: {describe(err)}",
-                             "read")
-
     try:
         open_stream = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
     except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
-        yield unreadable(0, err)
+        yield _unreadable(shard, path, 0, err)
         return
 
-    members_of, split, links, index_error, metadata = _index_tar(open_stream)
-    failure = unreadable(len(members_of), index_error) if index_error else None
-    yield from ({"kind": "hidden", "name": f"{shard}/{text_name(name)}"} for name in metadata)  # counted, not inputs
-    # 'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
-    # keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes
+    members_of, split, links, index_error, metadata = _index_tar(open_stream)  # pass 1
+    failure = _unreadable(shard, path, len(members_of), index_error) if index_error else None
+
     def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
         return f"{shard}/{text_name(key)}"
 
-    # by id, not by key: a latin-1 'caf\xe9.0.jpg' (split from 'caf\xe9') beside a member literally named
-    # 'caf\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out of date
-    # and the keys macOS metadata alone gave ('s.tar/d/' for 'd/._a.png', '.DS_Store'): a version that read it as
-    # members gave each such key one reject
-    older = {*split, *(key for name in metadata for key in (_tar_key(name)[0], _split_key(name)[0]))}
-    superseded = sorted({key_id(key) for key in older} - {key_id(key) for key in members_of})
+    yield from ({"kind": "hidden", "name": f"{shard}/{text_name(name)}"} for name in metadata)  # counted, not inputs
+    superseded = _superseded_ids(members_of, split, metadata, key_id)
     if superseded:
         yield {"kind": "superseded", "ids": superseded}
     # keys done in an earlier run: their members are neither extracted nor hashed, and their links keep nothing
     done: set[str] = {key for key in members_of if key_id(key) in skip_ids}
     yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
-    # a key that is not UTF-8 and one named with its escapes ('caf\xe9' literally): one id, which the output keeps once
+    yield from _twin_key_records(path, shard, members_of, key_id, done, skip_ids, purified_ids)
+    members = _MembersPass(path, members_of, split, links, metadata, done, key_id)  # pass 2
+    try:
+        for item in _tar_members(open_stream, members.wanted, max_member_bytes=max_image_bytes):
+            yield from members.went_by(item)
+    except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
+        failure = failure or _unreadable(shard, path, len(members_of), err)
+    yield from members.broken_off()
+    if failure:
+        yield failure
+
+
+def _unreadable(shard: str, path: str, keys: int, err: BaseException) -> dict[str, Any]:
+    """The shard's own reject ('#unreadable'): it could not be opened, or a pass broke off (`keys`: how many keys pass
+    1 found)."""
+    return reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after {keys} keys: {describe(err)}", "read")
+
+
+def _superseded_ids(members_of: dict[str, Counter[str]], split: set[str], metadata: list[str],
+                    key_id: Callable[[str], str]) -> list[str]:
+    """Ids an older version gave this shard that this one gives no key, sorted: those of its rejects are out of date.
+
+    'cat' when this shard's 'cat.0.jpg', 'cat.1.jpg' are keys of their own: a version before numbered names were
+    keyed apart gave one reject for them all, 's.tar/cat', which the run that reads the shard whole removes; and the
+    keys macOS metadata alone gave ('s.tar/d/' for 'd/._a.png', '.DS_Store'): a version that read it as members gave
+    each such key one reject. By id, not by key: a latin-1 'caf\\xe9.0.jpg' (split from 'caf\\xe9') beside a member
+    literally named 'caf\\\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out
+    of date."""
+    older = {*split, *(key for name in metadata for key in (_tar_key(name)[0], _split_key(name)[0]))}
+    return sorted({key_id(key) for key in older} - {key_id(key) for key in members_of})
+
+
+def _twin_key_records(path: str, shard: str, members_of: dict[str, Counter[str]], key_id: Callable[[str], str],
+                      done: set[str], skip_ids: frozenset[str] | set[str],
+                      purified_ids: frozenset[str] | set[str]) -> Iterator[dict[str, Any]]:
+    """The records of keys that give one id: a key that is not UTF-8 and one named with its escapes ('caf\\xe9'
+    literally), which the output could keep only once. Neither is read: one reject names them all, so that no image
+    goes unnoticed, and their keys are added to `done`. When their id is done and in data/ (`purified_ids`), one was
+    purified under it before the other was added, which, skipped as done, would vanish: it gets a reject with an id
+    of its own (`LOOKALIKE`), or a "skipped" record when an earlier run gave that reject."""
     for id_, twins in _escaped_twin_keys(members_of, key_id).items():
         if twins[0] not in done:
-            done.update(twins)  # neither is read: one reject names them all, so that no image goes unnoticed
+            done.update(twins)
             yield reject_record(id_, f"{path}:{twins[0]}", _twin_members_error(members_of, twins, id_), "read")
-        elif id_ in purified_ids:  # one was purified under the id before the other was added: skipped, it would vanish
+        elif id_ in purified_ids:
             lookalike = f"{shard}{LOOKALIKE}{text_name(twins[0])}"
             yield {"kind": "skipped", "id": lookalike} if lookalike in skip_ids else reject_record(
                 lookalike, path, _twin_members_error(members_of, twins, id_, purified_before=True), "read")
-    # target position -> links still to be emitted that read it; its bytes are kept while any are
-    readers: Counter[int] = Counter()
-    targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
-    skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
-    for link in links.values():
-        key = _tar_key(link.name)[0]
-        if isinstance(link.target, int) and key not in done and link.name not in skipped_names:
-            readers[link.target] += 1
-            targets_of.setdefault(key, []).append(link.target)
 
-    seen: dict[str, Counter[str]] = {}
-    # members still to go by, per key, and keys that had one more than pass 1 counted (never whole): a running count,
-    # as comparing `seen` with `members_of` at every member took time quadratic in a key's members
-    left: dict[str, int] = {}
-    extra: set[str] = set()
-    parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
-    errors: dict[str, str] = {}
-    kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
-    waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
 
-    def pending(key: str) -> bool:
-        return key in members_of and key not in done
+class _MembersPass:
+    """Pass 2 over a tar shard: its members' bytes gathered by key, and each key's record as soon as its last member
+    has gone by. Held meanwhile: the members of keys still waiting, and the bytes of link targets whose links' keys
+    are still to be emitted (`readers`); keys in `done` (done before, or rejected unread) are not read."""
 
-    def wanted(position: int, member: tarfile.TarInfo) -> bool:
-        return (member.name not in skipped_names and pending(_tar_key(member.name)[0])) or readers[position] > 0
+    def __init__(self, path: str, members_of: dict[str, Counter[str]], split: set[str], links: dict[int, _TarLink],
+                 metadata: list[str], done: set[str], key_id: Callable[[str], str]) -> None:
+        self.path, self.members_of, self.split, self.links, self.done, self.key_id = (
+            path, members_of, split, links, done, key_id)
+        self.skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
+        # target position -> links still to be emitted that read it; its bytes are kept while any are
+        self.readers: Counter[int] = Counter()
+        self.targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
+        for link in links.values():
+            key = _tar_key(link.name)[0]
+            if isinstance(link.target, int) and key not in done and link.name not in self.skipped_names:
+                self.readers[link.target] += 1
+                self.targets_of.setdefault(key, []).append(link.target)
+        self.seen: dict[str, Counter[str]] = {}
+        # members still to go by, per key, and keys that had one more than pass 1 counted (never whole): a running
+        # count, as comparing `seen` with `members_of` at every member took time quadratic in a key's members
+        self.left: dict[str, int] = {}
+        self.extra: set[str] = set()
+        self.parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
+        self.errors: dict[str, str] = {}
+        self.kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
+        self.waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
 
-    def record(key: str) -> dict[str, Any]:
-        for target in targets_of.pop(key, []):
-            readers[target] -= 1
-            if readers[target] <= 0:
-                kept.pop(target, None)
-        return _tar_key_record(path, key_id(key), key, parts.pop(key, {}), errors.pop(key, None), key in split)
+    def wanted(self, position: int, member: tarfile.TarInfo) -> bool:
+        """Whether pass 2 reads a member's bytes: it is a pending key's, or a link still to be emitted reads it."""
+        ours = member.name not in self.skipped_names and self._pending(_tar_key(member.name)[0])
+        return ours or self.readers[position] > 0
 
-    def took(name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
+    def went_by(self, item: tuple[int, tarfile.TarInfo, bytes | Exception | str] | None) -> list[dict[str, Any]]:
+        """The records completed by one item of `_tar_members`. None: the pass (re)started (after a transient storage
+        error), and keys already emitted stay emitted, the rest are collected afresh."""
+        if item is None:
+            for held in (self.seen, self.left, self.extra, self.parts, self.errors, self.kept, self.waiting):
+                held.clear()
+            return []
+        position, member, data = item
+        key = _tar_key(member.name)[0]
+        ours = member.name not in self.skipped_names and self._pending(key)
+        out: list[dict[str, Any] | None] = []
+        if position in self.links and ours:
+            link = self.links[position]
+            if isinstance(link.target, str):  # it cannot be read: that reason is its key's reject
+                out.append(self._took(member.name, link.target))
+            elif link.target < position:
+                out.append(self._read_link(link, self.kept[link.target]))
+            else:  # a symlink to a later member: it goes by, with its key, when that member does
+                self.waiting.setdefault(link.target, []).append(link)
+        elif position not in self.links:
+            if ours:
+                out.append(self._took(member.name, data))
+            if self.readers[position] > 0:
+                self.kept[position] = data
+                out.extend(self._read_link(link, data) for link in self.waiting.pop(position, []))
+        return [r for r in out if r is not None]
+
+    def broken_off(self) -> Iterator[dict[str, Any]]:
+        """The rejects of the keys not emitted: the shard broke off before all of their members went by."""
+        for key in self.members_of:
+            if key not in self.done:
+                missing = sorted(set(self.members_of[key]) - set(self.seen.get(key, {})))
+                self.errors.setdefault(key, f"corrupt tar member {missing[0] if missing else key}: "
+                                            "the shard broke off before it could be read")
+                yield self._record(key)
+
+    def _pending(self, key: str) -> bool:
+        return key in self.members_of and key not in self.done
+
+    def _record(self, key: str) -> dict[str, Any]:
+        for target in self.targets_of.pop(key, []):
+            self.readers[target] -= 1
+            if self.readers[target] <= 0:
+                self.kept.pop(target, None)
+        return _tar_key_record(self.path, self.key_id(key), key, self.parts.pop(key, {}), self.errors.pop(key, None),
+                               key in self.split)
+
+    def _took(self, name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
         key's record once it was the key's last."""
         key, ext = _tar_key(name)
-        went = seen.setdefault(key, Counter())
+        went = self.seen.setdefault(key, Counter())
         went[name] += 1
-        if key not in left:
-            left[key] = sum(members_of[key].values())
-        if went[name] <= members_of[key][name]:
-            left[key] -= 1
+        if key not in self.left:
+            self.left[key] = sum(self.members_of[key].values())
+        if went[name] <= self.members_of[key][name]:
+            self.left[key] -= 1
         else:
-            extra.add(key)
+            self.extra.add(key)
         if isinstance(data, Exception):
-            errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
+            self.errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
         elif isinstance(data, str):
-            errors.setdefault(key, data)
+            self.errors.setdefault(key, data)
         else:
-            other = parts.setdefault(key, {}).get(ext, (name, b""))[0]
+            other = self.parts.setdefault(key, {}).get(ext, (name, b""))[0]
             if other != name:  # '0001.JPG' and '0001.jpg': one extension, two files; neither may be dropped
-                errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
-            parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
-        if left[key] or key in extra:
+                self.errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
+            self.parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
+        if self.left[key] or key in self.extra:
             return None
-        done.add(key)
-        return record(key)
+        self.done.add(key)
+        return self._record(key)
 
-    def read_link(link: _TarLink, data: bytes | Exception | str) -> dict[str, Any] | None:
-        return took(link.name, data, damaged=f"{link.linkname} (the target of link {link.name})")
-
-    try:
-        for item in _tar_members(open_stream, wanted, max_member_bytes=max_image_bytes):
-            if item is None:  # (re)started: keys already emitted stay emitted, the rest are collected afresh
-                for held in (seen, left, extra, parts, errors, kept, waiting):
-                    held.clear()
-                continue
-            position, member, data = item
-            key = _tar_key(member.name)[0]
-            ours = member.name not in skipped_names and pending(key)
-            out: list[dict[str, Any] | None] = []
-            if position in links and ours:
-                link = links[position]
-                if isinstance(link.target, str):  # it cannot be read: that reason is its key's reject
-                    out.append(took(member.name, link.target))
-                elif link.target < position:
-                    out.append(read_link(link, kept[link.target]))
-                else:  # a symlink to a later member: it goes by, with its key, when that member does
-                    waiting.setdefault(link.target, []).append(link)
-            elif position not in links:
-                if ours:
-                    out.append(took(member.name, data))
-                if readers[position] > 0:
-                    kept[position] = data
-                    out.extend(read_link(link, data) for link in waiting.pop(position, []))
-            yield from (r for r in out if r is not None)
-    except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
-        failure = failure or unreadable(len(members_of), err)
-    for key in members_of:
-        if key not in done:  # the shard broke off before all of this key's members went by
-            missing = sorted(set(members_of[key]) - set(seen.get(key, {})))
-            errors.setdefault(key, f"corrupt tar member {missing[0] if missing else key}: "
-                                   "the shard broke off before it could be read")
-            yield record(key)
-    if failure:
-        yield failure
+    def _read_link(self, link: _TarLink, data: bytes | Exception | str) -> dict[str, Any] | None:
+        return self._took(link.name, data, damaged=f"{link.linkname} (the target of link {link.name})")
 
 
 def _escaped_twin_keys(members_of: dict[str, Counter[str]], key_id: Callable[[str], str]) -> dict[str, list[str]]:
