@@ -41,7 +41,7 @@ class ContainerRead:
     ids_sha256: str  # ids_digest of those ids
     # the read it records was told the shard's purified ids that a name not UTF-8 gives, so a member added beside one
     # of them was a reject of its own (sources.LOOKALIKE); an older version's read of such a shard skipped that member
-    # without a word, and the shard is read again once (`job.plan_job`)
+    # without a word, and the shard is read again once (`plan.plan_job`)
     lookalikes_checked: bool = False
 
 
