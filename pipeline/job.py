@@ -69,6 +69,7 @@ from pipeline.stopped_run import (
     count_stopped_run,
     part_names,
     record_stopped_run,
+    signals_deferred,
     signals_interrupt,
     stopped_totals,
 )
@@ -172,7 +173,8 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
     plan = plan_job(config)
-    init_ray(config)
+    with signals_deferred():  # Ctrl-C while Ray starts stops the run once Ray has started whole
+        init_ray(config)
     placement = default_actors_and_gpus(config)
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
         if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now

@@ -78,6 +78,32 @@ def signals_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within it, SIGINT and SIGTERM are held back, and the first is raised as `_Interrupt` once it ends: around starting
+    Ray, which a KeyboardInterrupt raised inside `ray.init` left half started, so that the process printed its
+    `interrupted:` line and then crashed as it exited (status -11 instead of 130). A handler set within it (ray.init
+    sets its own for SIGTERM) is left in place."""
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not caught:
+            caught.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(s) is not signal.SIG_IGN}  # an ignored signal stays ignored
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            if old is not None and signal.getsignal(signum) is handler:
+                signal.signal(signum, old)
+    if caught:
+        raise _Interrupt(caught[0])
+
+
+@contextlib.contextmanager
 def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -> Iterator[None]:
     """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
 

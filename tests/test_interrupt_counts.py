@@ -215,3 +215,30 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
     plan = plan_job(JobConfig(**{**JobConfig().__dict__, "input": str(tmp_path / "in"), "output": str(out),
                                  "checkpoint": model, "steps": 2}), dry_run=True)
     assert plan.output_state == "resume" and plan.skipped_files == data
+
+
+def test_ctrl_c_while_ray_starts_lets_it_finish_starting_then_interrupts_the_run(tmp_path, monkeypatch) -> None:
+    # A KeyboardInterrupt raised inside ray.init left Ray half started: the CLI printed its `interrupted:` line, then the
+    # process crashed as it exited (exit -11, "Segmentation fault", instead of 130). Ray starts in the seconds after the
+    # command, just when a user who spots a wrong flag presses Ctrl-C.
+    import pipeline.job as job
+
+    started: list[str] = []
+
+    def slow_ray_start(config) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while Ray starts
+        time.sleep(0.2)  # Python runs signal handlers here, in the middle of the start
+        started.append("Ray started whole")
+
+    def not_reached(config):
+        raise AssertionError("the run went on after Ctrl-C")
+
+    monkeypatch.setattr(job, "plan_job", lambda config: None)
+    monkeypatch.setattr(job, "init_ray", slow_ray_start)
+    monkeypatch.setattr(job, "default_actors_and_gpus", not_reached)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        job.run_job(JobConfig(input=str(tmp_path), output=str(tmp_path / "out")))
+    assert started == ["Ray started whole"]
+    assert stopped.value.signum == signal.SIGINT  # the CLI's exit status, 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for whatever runs next
+
