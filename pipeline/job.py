@@ -24,9 +24,11 @@ import json
 import math
 import posixpath
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +162,29 @@ def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_a
     (something was lost or doubled)."""
     counted = read == purified + rejected
     return "complete" if counted and rows_after == rows_before + purified + rejected - replaced else "inconsistent"
+
+
+# Ray Data runs a pipeline from a thread of this name; closing the pipeline waits 2 s for it, then goes on without it.
+EXECUTOR_THREAD_PREFIX = "StreamingExecutor-"
+EXECUTOR_JOIN_S = 60.0
+
+
+@contextlib.contextmanager
+def pipeline_closed_on_exit(rows: Iterator[Any]) -> Iterator[None]:
+    """Close the pipeline's row iterator on the way out, however the run leaves (Ctrl-C, a failed batch, the end), and
+    wait for the executor thread it started to end. A thread still starting the purifier actors (Ctrl-C in a run's
+    first seconds) ran on past the 2 s Ray Data gives it, and used Ray after the process had shut Ray down at exit,
+    which then ended the process with status 1 instead of 130."""
+    before = set(threading.enumerate())
+    try:
+        yield
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.startswith(EXECUTOR_THREAD_PREFIX):
+                thread.join(EXECUTOR_JOIN_S)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
@@ -388,7 +413,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         rows_iter = iter(ds.iter_rows())
         # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
         # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
-        with contextlib.closing(rows_iter):
+        with pipeline_closed_on_exit(rows_iter):
             for row in rows_iter:
                 tally.add(row)
                 lease.check()

@@ -242,3 +242,28 @@ def test_ctrl_c_while_ray_starts_lets_it_finish_starting_then_interrupts_the_run
     assert stopped.value.signum == signal.SIGINT  # the CLI's exit status, 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for whatever runs next
 
+def test_a_stopped_pipeline_has_ended_its_executor_thread_before_the_run_goes_on(monkeypatch) -> None:
+    # Ray Data's executor waits 2 s for its scheduling thread when the pipeline is closed; one still starting the
+    # purifier actors (Ctrl-C in the run's first seconds) ran on, and once the process shut Ray down at exit it used
+    # Ray, which then ended the process with status 1 instead of 130 ("The core worker has already been shutdown").
+    import threading
+
+    import pipeline.job as job
+
+    ended: list[str] = []
+
+    def executor() -> None:
+        time.sleep(0.5)
+        ended.append("executor thread ended")
+
+    def rows():
+        try:
+            yield {"row": 1}
+            yield {"row": 2}
+        finally:  # closing the iterator stops the executor, whose thread still runs a while
+            threading.Thread(target=executor, name="StreamingExecutor-dataset_test", daemon=True).start()
+
+    rows_iter = rows()
+    with job.pipeline_closed_on_exit(rows_iter):
+        next(rows_iter)
+    assert ended == ["executor thread ended"]
