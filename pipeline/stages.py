@@ -331,9 +331,18 @@ def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Arra
 
 def text_column(values: list[Any]) -> pa.Array:
     """Values as a string column: strings kept (a lone surrogate, as a JSON sidecar's "\\ud800" gives, written as that
-    escape: a Parquet string must be UTF-8), nulls kept, anything else as its JSON text."""
-    return pa.array([v if v is None or isinstance(v, str) and v.isascii() else
-                     text_name(v) if isinstance(v, str) else json.dumps(v, default=str) for v in values], pa.string())
+    escape: a Parquet string must be UTF-8), nulls kept, bytes (a sidecar that is not UTF-8, beside text ones) as text
+    with each byte that is not UTF-8 escaped as a name's are (`text_name`: b'caf\\xe9' as 'caf\\xe9', readable back),
+    anything else as its JSON text."""
+    return pa.array([_as_text(v) for v in values], pa.string())
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, bytes):  # json.dumps(default=str) wrote its repr, "b'\\xff'", which reads as neither
+        value = value.decode("utf-8", "surrogateescape")
+    if value is None or isinstance(value, str) and value.isascii():
+        return value
+    return text_name(value) if isinstance(value, str) else json.dumps(value, default=str)
 
 
 # When a reject row was made: the end-of-run check keeps the newest of an id's reject rows (pipeline.output).

@@ -33,6 +33,13 @@ def test_a_pass_through_column_of_mixed_types_is_written_as_strings(tmp_path) ->
     assert table.schema.field("width").type == pa.int64()
 
 
+def test_a_sidecar_that_is_not_utf8_among_labels_is_written_as_its_escaped_text(tmp_path) -> None:
+    # .cls sidecars "3" (an int), b"\xff" and b"caf\xe9" (bytes, not UTF-8) and b"7\\" (ASCII bytes): no one type,
+    # so text, each byte that is not UTF-8 escaped as in a name, never Python's repr "b'\\xff'"
+    table = _written(tmp_path, [{"label": 3}, {"label": b"\xff"}, {"label": b"caf\xe9"}, {"label": b"7\\"}])
+    assert table.column("label").to_pylist() == ["3", "\\xff", "caf\\xe9", "7\\"]
+
+
 def test_pass_through_columns_that_agree_on_a_type_keep_it(tmp_path) -> None:
     table = _written(tmp_path, [{"label": 3, "caption": "a", "box": {"x": 1, "y": 2}},
                                 {"label": 4, "caption": None, "box": {"x": 3, "y": 4}}])
