@@ -599,6 +599,23 @@ def input_inside_written_folder(input_uri: str, output_uri: str, storage_options
     return None
 
 
+def output_inside_written_folder(output_uri: str, storage_options: dict[str, Any]) -> str | None:
+    """Why the output cannot be written where it is, or None: inside another output's data/ or rejects/ folder (that
+    folder has a _job.json beside it), its part files would read as rows of that data set (`pd.read_parquet` reads a
+    folder's subfolders too) and its rejects as that run's. One lookup per 'data' or 'rejects' in the path."""
+    fs, path = _fs(output_uri, storage_options)
+    parts = path.rstrip("/").split("/")
+    for j in range(1, len(parts)):
+        if parts[j] in (DATA_DIR, REJECTS_DIR):
+            owner = "/".join(parts[:j]) or "/"
+            job_file = posixpath.join(owner, JOB_FILE)
+            if with_retries(lambda job_file=job_file: fs.exists(job_file), f"stat {job_file}"):
+                return (f"--output {output_uri} lies inside the {parts[j]}/ folder of another run's output "
+                        f"({with_protocol(fs, owner)}), whose readers would take this run's files for rows of that "
+                        "data set; choose an output outside it")
+    return None
+
+
 def is_written_file(path: str) -> bool:
     """A file the job writes in data/ or rejects/: a part file, or a hidden temporary one."""
     name = posixpath.basename(path)

@@ -31,6 +31,7 @@ from pipeline.output import (
     output_files_inside_input,
     output_ids,
     output_inside_input,
+    output_inside_written_folder,
     read_json,
 )
 from pipeline.presets import shipped_prior_path
@@ -229,8 +230,9 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     settings = config.settings()
     model = _checked_model(config, settings)  # before any data is read: unreadable, unsafe or mismatched files stop here
     job_record = _job_record(config, settings, model, _input_location(config))
-    # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input.
-    overlap = input_inside_written_folder(config.input, out, so)
+    # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input,
+    # nor lie inside another output's data/ or rejects/.
+    overlap = input_inside_written_folder(config.input, out, so) or output_inside_written_folder(out, so)
     if overlap:
         raise JobError(overlap)
     output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)

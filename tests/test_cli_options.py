@@ -154,6 +154,22 @@ def test_inputs_in_the_folders_the_job_writes_are_refused_not_skipped(tmp_path) 
         plan_job(JobConfig(input=str(root / "data"), output=str(root)), dry_run=True)
 
 
+def test_an_output_inside_another_outputs_data_or_rejects_folder_is_refused(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    first = tmp_path / "out1"
+    (first / "data").mkdir(parents=True)
+    (first / "_job.json").write_text("{}")
+    # pd.read_parquet(out1/data) reads subfolders too: this run's rows would join that data set
+    for nested, folder in ((first / "data", "data"), (first / "rejects" / "x", "rejects")):
+        with pytest.raises(JobError, match=f"lies inside the {folder}/ folder of another run's output \\({first}\\)"):
+            plan_job(JobConfig(input=str(tmp_path / "in"), output=str(nested)), dry_run=True)
+    # a data/ folder that is not a job output's, and a folder beside the data/ folder, are fine
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    for fine in (tmp_path / "project" / "data" / "clean", first / "more"):
+        assert plan_job(JobConfig(input=str(tmp_path / "in"), output=str(fine)), dry_run=True).output_state == "new"
+
+
 @pytest.mark.parametrize(("raised", "code", "line"), [
     (JobFailed("the run failed: boom"), 1, "error: the run failed: boom"),
     (JobInterrupted("stopped by SIGINT", signal.SIGINT), 130, "interrupted: stopped by SIGINT"),
