@@ -136,3 +136,26 @@ def test_the_part_files_the_job_writes_can_be_read_a_few_images_at_a_time(tmp_pa
     batches = part.iter_batches(batch_size=1, columns=["image"])
     assert len(next(batches).column(0)[0].as_py()) == 2**18
     assert _ReadSizes.largest <= 4 * 2**20
+
+
+def test_rows_of_large_images_are_read_a_few_at_a_time(tmp_path, monkeypatch) -> None:
+    """A batch holds about BATCH_BYTES of rows: 40 cells of 1 MiB go about 16 at a time, small ones 256 at a time."""
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": _cells(40, 2**20)}), buf, compression="none")
+    (tmp_path / "big.parquet").write_bytes(buf.getvalue())
+    _file(tmp_path)  # t.parquet: 6 small rows in groups of 2
+    sizes: list[int] = []
+    original = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, **kwargs):
+        sizes.append(kwargs["batch_size"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    big, small = discover(str(tmp_path))
+    assert sum(r["kind"] == "image" for r in read_unit(big)) == 40
+    (size,) = sizes  # one row group, read in batches of at most BATCH_BYTES (its footer's size counts page headers)
+    assert parquet_files.BATCH_BYTES // 2 <= size * 2**20 <= parquet_files.BATCH_BYTES
+    sizes.clear()
+    assert sum(r["kind"] == "image" for r in read_unit(small)) == 6
+    assert sizes == [256, 256, 256]

@@ -24,6 +24,18 @@ IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
 READ_BUFFER_BYTES = 2**20
 
 
+# The most bytes (as stored, uncompressed) one batch of rows should hold: 256 rows of 1 MB images made a 256 MB batch,
+# on top of the pages it was decoded from.
+BATCH_BYTES = 16 * 2**20
+
+
+def batch_rows(group: pq.RowGroupMetaData, most: int) -> int:
+    """Rows per batch for a row group: at most `most`, and fewer when its rows are large (from the footer's size of the
+    group), so that a batch holds about BATCH_BYTES; at least 1."""
+    per_row = group.total_byte_size / max(group.num_rows, 1)
+    return max(1, min(most, int(BATCH_BYTES // per_row) if per_row > 0 else most))
+
+
 def _open_parquet(f: Any) -> pq.ParquetFile:
     return pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
 
@@ -60,10 +72,11 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
 def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
                   max_image_bytes: int, rows_per_batch: int = 256,
                   skip_ids: frozenset[str] | set[str] = frozenset(), attempts: int = 4) -> Iterator[dict[str, Any]]:
-    """One record per row, read a row group at a time, a few hundred rows at a time (a large file is never all in
-    Python objects). A cell over `max_image_bytes` is a reject: it is in Arrow's memory with its row group, but never
-    copied into Python. A row whose id is in `skip_ids` (done in an earlier run) gives a "skipped" record instead, its
-    cell never copied; a row group whose rows are all done is not read at all (on a streamed file, not fetched).
+    """One record per row, read a row group at a time, a few hundred rows at a time, fewer when they are large
+    (`batch_rows`: a large file is never all in Python objects). A cell over `max_image_bytes` is a reject: it is in
+    Arrow's memory with its page, but never copied into Python. A row whose id is in `skip_ids` (done in an earlier
+    run) gives a "skipped" record instead, its cell never copied; a row group whose rows are all done is not read at
+    all (on a streamed file, not fetched).
 
     The footer says how many rows each group has, so every row's id is known before its group is read: a group whose
     data is damaged makes one reject per row it has left, and the next group is read. A storage error is retried with
@@ -113,7 +126,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             for attempt in range(attempts):
                 try:
                     at_row = 0
-                    for table in parquet.iter_batches(batch_size=rows_per_batch, row_groups=[group]):
+                    size = batch_rows(parquet.metadata.row_group(group), rows_per_batch)
+                    for table in parquet.iter_batches(batch_size=size, row_groups=[group]):
                         cells = table.column(column)
                         for at, row in enumerate(table.select(others).to_pylist()):
                             if at_row >= given:
