@@ -6,9 +6,15 @@ is not the target (see `attacks.poison_test_set`). PSNR / SSIM compare purified 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by SSIM alone: the job's CPU stages score PSNR through this module, and importing torch there cost
+# each of their Ray workers about 3 s and 290 MB of its own memory.
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +73,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    import torch
+
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     g = torch.exp(-(coords**2) / (2.0 * sigma**2))
     return g / g.sum()
@@ -86,6 +94,9 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5, chu
     `window` pixels on each side. Images are scored `chunk` at a time, fewer when they are large
     (`SSIM_CHUNK_ELEMENTS`); the result does not depend on the chunking.
     """
+    import torch
+    import torch.nn.functional as F
+
     a, b = _check_images(a, b, "ssim")
     n, height, width, channels = a.shape
     if height < window or width < window:
