@@ -13,7 +13,7 @@ from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.redaction import redact, redact_uri
 from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
-from pipeline.storage import is_url_chain, with_url_options
+from pipeline.storage import is_url_chain, options_for, with_url_options
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 
@@ -85,6 +85,14 @@ class JobConfig:
     def _uris(self) -> dict[str, str]:
         return {f"--{name}": getattr(self, name) for name in ("input", "output")
                 if isinstance(getattr(self, name), str) and getattr(self, name)}
+
+    def checkpoint_storage_options(self, uri: str | None = None) -> dict[str, Any]:
+        """The storage options to read the checkpoint (`uri`, else --checkpoint) with: the run's, unless they are for
+        the data's store and the checkpoint is on another (a presigned https:// URL beside s3:// data)."""
+        uri = self.checkpoint if uri is None else uri
+        if not isinstance(uri, str) or not isinstance(self.storage_options, dict):
+            return self.storage_options
+        return options_for(uri, list(self._uris().values()), self.storage_options)
 
     @classmethod
     def from_recipe(cls, name: str, **fields: Any) -> JobConfig:

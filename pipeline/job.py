@@ -302,8 +302,9 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
         batch_size=config.batch_size or default_batch_size(canvas_size),
         fn_constructor_kwargs=dict(
             checkpoint=plan.checkpoint_uri, checkpoint_sha256=plan.checkpoint.sha256, settings=settings.to_dict(),
-            preset=config.preset, flags=config.flags, storage_options=so, device=device,
-            precision=config.precision, canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
+            preset=config.preset, flags=config.flags, device=device, precision=config.precision,
+            storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
+            canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried

@@ -264,7 +264,8 @@ class _Model:
 def _checked_model(config: JobConfig, settings: ZipSettings) -> _Model:
     """The checkpoint, verified (not loaded for use), and the canvas size, both checked against the settings."""
     checkpoint_uri, model_note = _checkpoint_for(config)
-    ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags, config.storage_options,
+    ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags,
+                                             config.checkpoint_storage_options(checkpoint_uri),
                                              config.checkpoint_sha256, verify_only=True)
     try:
         check_trained_timesteps(ckpt.meta, settings)

@@ -239,6 +239,31 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     return merged, problems
 
 
+
+def _store_kind(uri: str) -> object:
+    """What kind of store a URI is on: its fsspec file system class (s3 and s3a, http and https, file and a bare path
+    are one kind each), or the protocol's name where its package is not installed."""
+    import fsspec
+    from fsspec.registry import get_filesystem_class
+
+    protocol = fsspec.core.split_protocol(uri)[0] or "file"
+    try:
+        return get_filesystem_class(protocol)
+    except (ImportError, ValueError):
+        return protocol
+
+
+def options_for(uri: str, data_uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The storage options to open `uri` (a checkpoint) with, in a run whose options are for the store of its data
+    (`data_uris`: the input and output): those options, unless the data is on another remote store, whose options
+    would break this one's file system (S3's endpoint_url or key given to fsspec's HTTP one, for a presigned https://
+    checkpoint beside s3:// data). A local file system ignores options, so a run on local data passes them all on."""
+    local = _store_kind("file")
+    remote = {_store_kind(u) for u in data_uris} - {local}
+    if not remote or _store_kind(uri) in remote:
+        return storage_options
+    return {}
+
 HDFS_PROTOCOLS = frozenset({"hdfs", "arrow_hdfs"})
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import JobConfig
 from pipeline.job import run_job
 from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
@@ -421,3 +422,25 @@ def test_an_object_under_a_shards_id_is_refused_on_s3_before_any_work(s3, tmp_pa
     assert "s3://zip-in/collide/x.tar/cat.0.jpg (beside s3://zip-in/collide/x.tar); rename them" in err
     fs.invalidate_cache()
     assert not fs.exists("zip-out/collide")  # nothing written, not even the lease
+
+
+def test_a_presigned_https_checkpoint_is_read_without_the_s3_storage_options(s3, tmp_path) -> None:
+    """--checkpoint 'https://...?X-Amz-Signature=...' beside s3:// data with --s3-endpoint or key/secret options: the S3
+    options went to fsspec's HTTP file system too, and the run stopped with a traceback ("ClientSession.__init__() got
+    an unexpected keyword argument 'endpoint_url'"), or, with key/secret alone, with 'checkpoint not found'."""
+    fs, options = s3
+    with open(tiny_model_file(tmp_path), "rb") as f:
+        fs.pipe("zip-in/models/presigned.pt", f.read())
+    fs.pipe("zip-in/presigned/0.png", image_bytes(32, 32, 0))
+    url = _client(options).generate_presigned_url("get_object", ExpiresIn=600,
+                                                  Params={"Bucket": "zip-in", "Key": "models/presigned.pt"})
+    assert url.startswith("http://") and "Signature=" in url
+    cfg = JobConfig(input="s3://zip-in/presigned", output="s3://zip-out/presigned", checkpoint=url, steps=2, pool=4,
+                    progress=False, storage_options=options)
+    summary = run_job(cfg)  # the driver checks the checkpoint, the actors load it: both through the URL alone
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 1
+    assert "Signature=***" in summary["model"]["checkpoint"]
+    key_only = {"key": options["key"], "secret": options["secret"]}  # what a run on AWS itself passes
+    assert load_checkpoint(url, storage_options=JobConfig(input="s3://zip-in/presigned", output="s3://zip-out/x",
+                                                          checkpoint=url, storage_options=key_only)
+                           .checkpoint_storage_options(), verify_only=True).sha256 == summary["model"]["sha256"]
