@@ -21,7 +21,7 @@ from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.redaction import redact_uri_secrets
+from pipeline.redaction import redact_uri_secrets, storage_item_shown, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, hidden_note
 from pipeline.version import version_line
@@ -308,7 +308,8 @@ def _check_file_types(path: str, values: dict[str, Any]) -> None:
         if isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted):
             continue
         hint = _text_hint(value, accepted)
-        raise ConfigError(f"--config {path}: {key} must be {said}, got {value!r}" + (f" ({hint[2:]})" if hint else ""))
+        got = storage_value_shown(value) if key in ("storage_options", "storage_option") else repr(value)
+        raise ConfigError(f"--config {path}: {key} must be {said}, got {got}" + (f" ({hint[2:]})" if hint else ""))
 
 
 def _text_hint(value: Any, accepted: tuple[type, ...]) -> str:
@@ -371,7 +372,7 @@ _WORD_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": Fals
 
 def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
     if not isinstance(base, dict):
-        raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {base!r}")
+        raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {storage_value_shown(base)}")
     so = dict(base)
     if endpoint:
         so["client_kwargs"] = {**(so.get("client_kwargs") or {}), "endpoint_url": endpoint}
@@ -380,7 +381,7 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
     for item in [items] if isinstance(items, str) else items or []:  # a file's storage_option: one KEY=VALUE
         key, sep, raw = str(item).partition("=")
         if not sep or not key:
-            raise ConfigError(f"storage option{where} expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"storage option{where} expects KEY=VALUE, got {storage_item_shown(item)}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

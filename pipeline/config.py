@@ -10,7 +10,7 @@ from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError
 from pipeline.placement import placement_problem
 from pipeline.presets import ASSETS, shipped_prior_path
-from pipeline.redaction import redact, redact_uri
+from pipeline.redaction import redact, redact_uri, storage_value_shown
 from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
 from pipeline.storage import is_url_chain, options_for, with_url_options
@@ -163,7 +163,8 @@ class JobConfig:
                 and all(c in "0123456789abcdefABCDEF" for c in self.checkpoint_sha256)):
             problems.append(f"--checkpoint-sha256 must be 64 hexadecimal digits, got {self.checkpoint_sha256!r}")
         if not isinstance(self.storage_options, dict):
-            problems.append(f"storage_options must be a mapping of fsspec options, got {self.storage_options!r}")
+            problems.append(f"storage_options must be a mapping of fsspec options, got "
+                            f"{storage_value_shown(self.storage_options)}")
         problems.extend(with_url_options(self._uris(), {})[1])  # from the URIs alone: the options now hold one of them
         if self.flags is not None and not isinstance(self.flags, dict):
             problems.append(f"--flags must be a JSON object of create_model flags, got {self.flags!r}")

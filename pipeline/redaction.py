@@ -4,6 +4,7 @@ run's report and a failed run's recorded error go through here."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
@@ -68,3 +69,22 @@ def redact_uri_secrets(text: str, uri: str) -> str:
     for secret in sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True):  # longest first
         text = text.replace(secret, "***")
     return text
+
+
+def storage_value_shown(value: Any) -> str:
+    """A storage option's value (the file's storage_options or storage_option) as an error may quote it: what it is
+    and the names it gives, never a value, which may be a credential (the error goes to stderr, so to CI logs)."""
+    if isinstance(value, dict):
+        return f"a mapping of {', '.join(map(str, value)) or 'nothing'}"
+    if isinstance(value, list):
+        return f"a list ({', '.join(storage_item_shown(item) for item in value)})"
+    if isinstance(value, str):
+        return f"the text {storage_item_shown(value)}"
+    return type(value).__name__
+
+
+def storage_item_shown(item: Any) -> str:
+    """One KEY=VALUE (or a mistyped 'key: value') as an error may quote it: the name, then *** for the rest."""
+    text = str(item)
+    name = re.match(r"\s*[\w.-]*\s*[=:]?\s*", text).group(0)  # type: ignore[union-attr]
+    return repr(name + "***" if text[len(name):] else text)

@@ -87,6 +87,27 @@ def test_config_keys_as_spelled_on_the_command_line_and_one_storage_option(tmp_p
     assert config.storage_options == {"region": "eu"}  # one KEY=VALUE, not one option per character
 
 
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    # the list form under the mapping's name, and the other way round: both forms are documented, so easily swapped
+    (f"storage_options: [key=AKIAEXAMPLE, secret={SECRET}]\n", "storage_options in"),
+    (f"storage_options: key=AKIAEXAMPLE,secret={SECRET}\n", "storage_options in"),
+    (f"storage_option:\n  key: AKIAEXAMPLE\n  secret: {SECRET}\n", "storage_option must be a list or text"),
+    (f'storage_option: ["secret: {SECRET}"]\n', "expects KEY=VALUE, got 'secret: ***'"),
+])
+def test_a_misplaced_storage_option_is_refused_without_printing_its_credentials(tmp_path, capsys, text,
+                                                                                message) -> None:
+    """The error quoted the file's value whole: a secret key on stderr, which ends up in CI logs and schedulers'
+    job histories (secrets are written as ***, and the job never logs its configuration)."""
+    path = _write(tmp_path, text)
+    assert main(["--config", path, "--dry-run", "--output", str(tmp_path / "out")]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith("error: ") and path in err[0] and message in err[0], err
+    assert SECRET not in err[0], err
+
 def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--stpes", "20", "--dry-run"])
