@@ -68,7 +68,7 @@ def computed_check(report: dict[str, Any], resamples: int) -> dict[str, Any] | N
         return check_target(labels, predictions, config["defenses"], resamples, config["seed"], report["average"])
     except KeyError as err:
         raise UnusableReport(f"it has no {err} to compute the intervals from") from None
-    except (TypeError, ValueError, AttributeError) as err:
+    except (TypeError, ValueError, AttributeError, OverflowError) as err:  # OverflowError: a label too large for int64
         raise UnusableReport(f"its per-image predictions are malformed ({err})") from None
 
 

@@ -125,6 +125,40 @@ def test_unusable_predictions_fall_back_to_point_estimates_and_a_negative_count_
     assert "--bootstrap must be 0 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value, said", [
+    # BUG (fixed here): with --bootstrap N the averages went to the check unjudged: NaN gave a row "+NaN ... no, within
+    # noise" on no figure, an integer too large for a float an OverflowError traceback that lost every file's row.
+    # Now such a report is named and skipped, as without --bootstrap.
+    pytest.param(float("nan"), "the report's average CA for zip is NaN (not a finite number)", id="nan"),
+    pytest.param(float("inf"), "the report's average CA for zip is Infinity (not a finite number)", id="infinity"),
+    pytest.param(10**400, "the report's average CA for zip is a number too large for a float", id="int-too-large"),
+    pytest.param(True, "the report's average CA for zip is a boolean (true)", id="true"),
+])
+def test_bootstrap_n_skips_a_bootstrap_0_report_whose_averages_are_no_figures(
+        target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: object, said: str) -> None:
+    boot0, stored_path, _ = _reports(tmp_path, seed=7, resamples=300)
+    report = json.loads(boot0.read_text())
+    report["average"]["zip"]["ca"] = value
+    boot0.write_text(json.dumps(report))
+    assert run_main(target_table, ["--bootstrap", "100", str(stored_path), str(boot0)]) == 0
+    captured = capsys.readouterr()
+    assert "| stored/cifar10 |" in captured.out and "boot0" not in captured.out and "NaN" not in captured.out
+    assert f"{boot0}: no target check for zip: {said}" in captured.err and "(skipped)" in captured.err
+
+
+def test_bootstrap_n_falls_back_to_point_estimates_on_a_predicted_label_too_large_for_an_integer(
+        target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # BUG (fixed here): an OverflowError traceback ("Python int too large to convert to C long") that lost every row
+    boot0, stored_path, _ = _reports(tmp_path, seed=7, resamples=300)
+    report = json.loads(boot0.read_text())
+    report["predictions"]["labels"] = "9" * 30 + report["predictions"]["labels"][1:]
+    boot0.write_text(json.dumps(report))
+    assert run_main(target_table, ["--bootstrap", "100", str(stored_path), str(boot0)]) == 0
+    captured = capsys.readouterr()
+    assert "| stored/cifar10 |" in captured.out and captured.out.count("no interval") == 5
+    assert "per-image predictions are malformed" in captured.err and "Traceback" not in captured.err
+
+
 @pytest.mark.parametrize("name", ["cifar10-start03", "gtsrb-gtsrb-prior-start03", "cifar10-flip-only-victims-k2"])
 def test_the_published_checks_are_what_their_predictions_give(target_table: ModuleType, name: str) -> None:
     """The computation is the runner's: a docs/*.json report gets, from its predictions and its own resamples and

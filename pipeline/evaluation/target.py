@@ -122,7 +122,14 @@ def target_check(
     boot = bootstrap_averages(labels, attacks, defenses, resamples, seed)
 
     def point(d: str, metric: str) -> float:
-        return float(averages[d][metric]) if averages is not None else round(float(boot[d][metric][0]), DECIMALS)
+        if averages is None:
+            return round(float(boot[d][metric][0]), DECIMALS)
+        # A report's Average row (jobs/target_table.py --bootstrap N reads it from the file) is judged as point_check
+        # judges it: NaN gave a verdict on no figure, true a figure of 1, a huge integer an OverflowError.
+        value = averages[d][metric]
+        if problem := _not_a_percentage(value):
+            raise ValueError(f"the report's average {metric.upper()} for {d} is {problem}, not a percentage")
+        return float(value)
 
     def tied(metric: str, base: str) -> bool:
         return abs(float(boot[zip_defense][metric][0]) - float(boot[base][metric][0])) < TIE
