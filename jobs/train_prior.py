@@ -190,7 +190,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--export {args.export}: {describe(err)}")
     elif args.export:
         export = Path(args.export)
-        if export.is_dir():
+        # The run folder, or one above it, is a folder by the first save even when it is not there yet.
+        if export.is_dir() or out.resolve().is_relative_to(export.resolve()):
             p.error(f"--export {export} is a folder; give the file to write, e.g. {export / 'prior.pt'}")
         if export.resolve() in {(out / "last.pt").resolve(), (out / LOG).resolve()}:
             p.error(f"--export {export} would overwrite the run's own {export.name}")

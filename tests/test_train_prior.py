@@ -113,6 +113,22 @@ def test_a_run_with_nothing_to_train_or_start_from_exports_nothing(train_prior, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("export", ["run", ".", "run/sub/.."])
+def test_an_export_that_is_the_run_folder_or_holds_it_is_refused_before_training(
+        train_prior, tmp_path: Path, capsys: pytest.CaptureFixture, export: str) -> None:
+    # BUG (fixed here): --export naming the --out folder (or a folder above it), not there yet, passed the "is a
+    # folder" check; the run trained, then failed to write the prior (IsADirectoryError) with exit status 1 and the
+    # advice to rerun the same command, which can never write it.
+    module, _ = train_prior
+    (tmp_path / "top").mkdir()
+    out = tmp_path / "top" / "new" / "run"
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--max-steps", "1", "--out", str(out), "--export", str(out.parent / export), *TINY])
+    assert stopped.value.code == 2
+    assert f"--export {out.parent / export} is a folder" in capsys.readouterr().err
+    assert list((tmp_path / "top").iterdir()) == []
+
+
 def test_init_from_starts_at_the_given_prior_with_its_architecture(train_prior, tmp_path: Path) -> None:
     module, _ = train_prior
     assert module.main(["--max-steps", "2", "--out", str(tmp_path / "a"), *TINY]) == 0
