@@ -157,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(problem)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The folder preflight checks (it expands a '~' the shell left, as zsh does in --out=~/x) is the one written to, as
+    # for --cache-dir, which the runner expands.
+    args.out = args.out.expanduser()
     return args
 
 

@@ -73,6 +73,19 @@ def test_a_file_for_a_folder_is_refused_before_any_work(job: ModuleType, tmp_pat
     assert job.started == []
 
 
+def test_an_out_folder_given_with_a_tilde_is_the_one_checked_and_written(
+        job: ModuleType, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BUG (fixed here): `--out=~/results` (a tilde the shell leaves, as zsh does after '=') was checked as the home
+    folder's results/, but the reports went to a folder named '~' in the current one (--cache-dir was expanded)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert _run(job, ["--datasets", "cifar10", *CHEAP, "--out", "~/eval", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert Path(job.started[0].out_dir) == home / "eval"
+
+
 def test_a_missing_archive_of_a_later_data_set_stops_the_run_before_the_first(
         job: ModuleType, tmp_path: Path, shared: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Before: GTSRB's missing archive was a traceback once CIFAR-10's whole evaluation had run."""
