@@ -30,10 +30,11 @@ per parameter, so up to about 64 channels at the default depth.
     python jobs/train_prior.py --data gtsrb --minutes 90 --out runs/prior-gtsrb  # an in-domain prior for GTSRB
     python jobs/train_prior.py --init-from pipeline/assets/cifar10_prior.pt --lr 1e-4 --minutes 60 --out runs/prior-ft
 
---init-from starts from an exported prior's weights (its architecture; fresh optimiser), to train a shipped
-prior further or adapt it to another clean data set. Rerunning that command resumes as above; an --init-from other
-than the one OUT/last.pt started from (or one given to a run that started from random weights) is refused, since the
-resume would ignore it: add --fresh to start over from it, or use another --out.
+--init-from starts from an exported prior's weights (its architecture, and the noise schedule and --max-timestep it
+records unless given; fresh optimiser), to train a shipped prior further or adapt it to another clean data set.
+Rerunning that command resumes as above; an --init-from other than the one OUT/last.pt started from (or one given to a
+run that started from random weights) is refused, since the resume would ignore it: add --fresh to start over from it,
+or use another --out.
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
 keep the last good save) or the prior could not be written to --export (last.pt is saved: rerun to write it); 2 could
@@ -105,7 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=0, help="also stop after this many optimiser steps (0: no limit)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this 32 px ε-prediction prior (path or URI); its architecture replaces the "
-                        "width and depth options below")
+                        "width and depth options below, and the noise schedule and largest timestep it records are "
+                        "the defaults of --schedule and --max-timestep")
     p.add_argument("--channels", type=int, default=32, help="UNet base width (num_channels); a multiple of 32")
     p.add_argument("--channel-mult", default="1,2,2", help="width multiplier per resolution level (32, 16, 8 px, ...)")
     p.add_argument("--res-blocks", type=int, default=2, help="residual blocks per level (num_res_blocks)")
@@ -116,9 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate after the warm-up")
     p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (with the usual (1+n)/(10+n) warm-up)")
-    p.add_argument("--schedule", default="linear", choices=["linear", "cosine"], help="noise schedule (β_t)")
+    p.add_argument("--schedule", default=None, choices=["linear", "cosine"],
+                   help="noise schedule (β_t) (default: the one --init-from's prior records, else linear)")
     p.add_argument("--max-timestep", type=int, default=None, metavar="T",
-                   help="train only on timesteps 0..T (default: all of 0..999). A prior for late-start purification "
+                   help="train only on timesteps 0..T (default: the T --init-from's prior records, else all of "
+                        "0..999). A prior for late-start purification "
                         "(--start S) only ever sees t <= S*1000, so it can spend its capacity there; such a prior "
                         "records T and the purifier refuses settings that would run it above T")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -163,7 +167,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--ema must be in [0, 1), got {args.ema}")
     if not 0 <= args.dropout < 1:
         p.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    timesteps = NoiseSchedule.named(args.schedule).num_steps
+    timesteps = NoiseSchedule.named(args.schedule or "linear").num_steps
     if args.max_timestep is not None and not 0 <= args.max_timestep < timesteps:
         p.error(f"--max-timestep {args.max_timestep}: must be in 0..{timesteps - 1}")
     problem = device_problem(args.device)
@@ -276,8 +280,8 @@ def make_config(args: argparse.Namespace) -> UNetConfig:
     )
 
 
-def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str]:
-    """The architecture, weights and a provenance note of the prior that --init-from names."""
+def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str, dict]:
+    """The architecture, weights, a provenance note and the meta of the prior that --init-from names."""
     try:
         loaded = load_checkpoint(uri)
     except (CheckpointError, OSError) as err:
@@ -286,7 +290,30 @@ def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str]:
     if cfg.image_size != 32 or cfg.learn_sigma or cfg.class_cond:
         raise SystemExit(f"error: --init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "
                          f"got image_size={cfg.image_size}, learn_sigma={cfg.learn_sigma}, class_cond={cfg.class_cond}")
-    return cfg.with_(dropout=dropout), loaded.model.state_dict(), f"{uri} (sha256 {loaded.sha256[:12]})"
+    return cfg.with_(dropout=dropout), loaded.model.state_dict(), f"{uri} (sha256 {loaded.sha256[:12]})", loaded.meta
+
+
+def resolve_noise_settings(args: argparse.Namespace, init_meta: dict | None) -> None:
+    """--schedule and --max-timestep not given: the ones --init-from's prior records (one that records none, e.g. a
+    guided-diffusion .pt, was trained on the linear schedule over every timestep), else linear over all. Before, such a
+    prior went on training, and with --minutes 0 was exported, as linear over 0..999 whatever it had learned, and the
+    purifier sampled it at noise levels it never saw."""
+    meta = init_meta or {}
+    inherited = []
+    if args.schedule is None:
+        args.schedule = meta.get("schedule") or "linear"
+        if args.schedule != "linear":
+            inherited.append(f"the {args.schedule} noise schedule")
+    if args.max_timestep is None and meta.get("max_timestep") is not None:
+        args.max_timestep = meta["max_timestep"]
+        timesteps = NoiseSchedule.named(args.schedule).num_steps
+        if not args.max_timestep < timesteps:
+            raise SystemExit(f"error: --init-from {args.init_from} records max_timestep {args.max_timestep}, beyond the "
+                             f"{args.schedule} schedule's timesteps 0..{timesteps - 1}")
+        inherited.append(f"timesteps 0..{args.max_timestep}")
+    if inherited:
+        print(f"note: training with {' and '.join(inherited)} that --init-from {args.init_from} was trained with "
+              "(give --schedule / --max-timestep to change them)", flush=True)
 
 
 def _sha_of(note: str | None) -> str | None:
@@ -670,9 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
-    config, initial, init_note = make_config(args), None, None
+    config, initial, init_note, init_meta = make_config(args), None, None, None
     if args.init_from:
-        config, initial, init_note = load_initial(args.init_from, args.dropout)
+        config, initial, init_note, init_meta = load_initial(args.init_from, args.dropout)
+    resolve_noise_settings(args, init_meta)
     run = start_run(args, config, initial, device)
     alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)
     learned = learned_settings(args, len(alpha_bars))

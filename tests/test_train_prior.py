@@ -142,6 +142,29 @@ def test_init_from_starts_at_the_given_prior_with_its_architecture(train_prior, 
         torch.testing.assert_close(started.model.state_dict()[name], value, rtol=0, atol=0)
 
 
+def test_init_from_keeps_the_noise_settings_its_prior_was_trained_with(train_prior, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    # BUG (fixed here): --init-from a prior of --schedule cosine --max-timestep 300 trained it further on the linear
+    # schedule over all timesteps, and with --minutes 0 exported its very weights recorded as linear over 0..999: the
+    # purifier then sampled them at noise levels they never learned, without a word.
+    module, _ = train_prior
+    source = tmp_path / "a" / "prior.pt"
+    assert module.main(["--max-steps", "1", "--out", str(tmp_path / "a"), "--schedule", "cosine", "--max-timestep",
+                        "300", *TINY]) == 0
+    for out, budget in (("b", ["--minutes", "0"]), ("c", ["--max-steps", "1"])):
+        assert module.main(["--init-from", str(source), *budget, "--out", str(tmp_path / out), *TINY]) == 0
+        meta = load_checkpoint(str(tmp_path / out / "prior.pt")).meta
+        assert (meta["schedule"], meta.get("max_timestep")) == ("cosine", 300), out
+    assert "the cosine noise schedule and timesteps 0..300 that --init-from" in capsys.readouterr().out
+    # the same command resumes (its last.pt holds the settings it resolved to)
+    assert module.main(["--init-from", str(source), "--max-steps", "2", "--out", str(tmp_path / "c"), *TINY]) == 0
+    # given flags win: the prior is retrained for them
+    assert module.main(["--init-from", str(source), "--max-steps", "1", "--out", str(tmp_path / "d"), "--schedule",
+                        "linear", "--max-timestep", "999", *TINY]) == 0
+    meta = load_checkpoint(str(tmp_path / "d" / "prior.pt")).meta
+    assert (meta["schedule"], meta["max_timestep"]) == ("linear", 999)
+
+
 def test_init_from_refuses_a_model_it_cannot_train(train_prior, tmp_path: Path) -> None:
     from pipeline.checkpoint import save_bundle
     from pipeline.model import UNetConfig, build_unet
