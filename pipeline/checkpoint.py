@@ -342,6 +342,12 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {uri} does not fit {label}: {len(problems)} key/shape mismatch(es), first: {shown}"
         )
+    # A diverged or damaged save (or weights past fp16's range saved as fp16) samples NaN, which comes out of the
+    # purifier as black images counted as purified: refused here, with verify_only too (the job's check before work).
+    not_finite = next((k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if not_finite is not None:
+        raise CheckpointError(f"checkpoint {uri} holds NaN or infinite weights ({not_finite}, maybe others): a diverged "
+                              "or damaged save, whose samples would be NaN")
     if verify_only:
         return LoadedCheckpoint(model, config, digest, uri, preset, meta)
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)

@@ -99,3 +99,16 @@ def test_a_model_and_ema_save_without_flags_is_still_refused_by_name(tmp_path: P
     path = saved(tmp_path, {"model": model.state_dict(), "ema": model.state_dict(), "opt": {}, "step": 1})
     with pytest.raises(CheckpointError, match=r"2 state dicts \('model', 'ema'\)"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("verify_only", [False, True])
+def test_a_checkpoint_with_weights_that_are_no_numbers_is_refused(tmp_path: Path, value: float,
+                                                                  verify_only: bool) -> None:
+    # BUG (fixed here): a diverged or damaged save (a NaN weight, or one past fp16's range saved as fp16: inf) loaded,
+    # and every image it purified came back black (NaN pixels cast to uint8), counted as purified
+    bundle = tiny_bundle(tmp_path)
+    key = next(k for k, v in bundle["state_dict"].items() if v.ndim == 4)
+    bundle["state_dict"][key].view(-1)[3] = value
+    with pytest.raises(CheckpointError, match=f"holds NaN or infinite weights \\({key}"):
+        load_checkpoint(saved(tmp_path, bundle), verify_only=verify_only)
