@@ -203,6 +203,17 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         problem = unwritable_folder(export.parent)
         if problem:
             p.error(f"--export {export}: {problem}")
+    # The first save would replace the prior the run starts from, and a resume, which checks that it is the one the run
+    # started from, would then be refused (and --fresh restart from the overwritten weights).
+    # (The run's own OUT/prior.pt, the export without --export, is rewritten at every save too, and so is OUT/last.pt.)
+    export_to = args.export or str(out / "prior.pt")
+    if args.init_from and not is_uri(args.init_from) and Path(args.init_from).resolve() == (out / "last.pt").resolve():
+        p.error(f"--init-from {args.init_from} is the run's own last.pt, which every save rewrites; copy it elsewhere "
+                "first, or start from OUT/prior.pt in another --out")
+    if args.init_from and (export_to == args.init_from if is_uri(export_to) or is_uri(args.init_from)
+                           else Path(export_to).resolve() == Path(args.init_from).resolve()):
+        p.error(f"--export {export_to} would overwrite the --init-from prior the run starts from; export it elsewhere "
+                "(another --export or --out; replace the old prior once the new one is trained)")
 
 
 def is_uri(text: str) -> bool:

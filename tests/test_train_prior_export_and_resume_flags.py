@@ -73,3 +73,31 @@ def test_the_same_init_from_command_resumes_and_another_init_from_is_refused(
     assert load_checkpoint(out + "/prior.pt").meta["steps"] == 2  # untouched
     assert train_prior.cli(["--max-steps", "1", "--fresh", *other]) == 0
     assert str(second / "prior.pt") in load_checkpoint(out + "/prior.pt").meta["initialised_from"]
+
+
+@pytest.mark.parametrize("same", ["path", "spelled-otherwise"])
+def test_an_export_onto_the_init_from_prior_is_refused_before_training(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], same: str) -> None:
+    # BUG (fixed here): --export naming the --init-from prior overwrote it at the first save, and then the same command,
+    # which the README and the "interrupted" line say resumes the run, was refused: the prior it started from had
+    # other weights now ("resuming it would ignore --init-from"), and --fresh would restart from the overwritten ones.
+    assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "first"), *TINY]) == 0
+    prior = tmp_path / "first" / "prior.pt"
+    before = prior.read_bytes()
+    export = str(prior) if same == "path" else str(tmp_path / "first" / ".." / "first" / "prior.pt")
+    argv = ["--max-steps", "1", "--out", str(tmp_path / "ft"), "--init-from", str(prior), "--export", export, *TINY]
+    assert train_prior.cli(argv) == 2
+    assert f"--export {export} would overwrite the --init-from prior" in capsys.readouterr().err
+    assert prior.read_bytes() == before and not (tmp_path / "ft").exists()
+    # without --export the run exports to OUT/prior.pt: the same when --init-from is that file
+    assert train_prior.cli(["--max-steps", "2", "--fresh", "--out", str(tmp_path / "first"), "--init-from", str(prior),
+                            *TINY]) == 2
+    assert f"--export {prior} would overwrite the --init-from prior" in capsys.readouterr().err
+    assert prior.read_bytes() == before
+    # and the run's own last.pt, which every save rewrites
+    last = tmp_path / "first" / "last.pt"
+    state = last.read_bytes()
+    assert train_prior.cli(["--max-steps", "2", "--fresh", "--out", str(tmp_path / "first"), "--init-from", str(last),
+                            *TINY]) == 2
+    assert f"--init-from {last} is the run's own last.pt" in capsys.readouterr().err
+    assert last.read_bytes() == state
