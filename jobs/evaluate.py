@@ -51,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoint import CheckpointError  # noqa: E402
 from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
 from pipeline.evaluation.classifier import train_classifier  # noqa: E402
 from pipeline.evaluation.datasets import CACHE_DIR, DataError  # noqa: E402
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             if config.dataset == "imagenette" and not args.device.startswith("cuda"):
                 log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
             evaluate_dataset(config, checked=check)
-    except (EvaluationError, DataError) as err:  # what only the data, once loaded, can tell: one line, no traceback
+    # What only the data, once loaded, can tell, and a prior that changed after the checks: one line, no traceback.
+    except (EvaluationError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,10 +12,11 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from pipeline.checkpoint import load_checkpoint, save_bundle
 from pipeline.evaluation import datasets, runner, victims
 from pipeline.evaluation.datasets import LabelledImages
 from pipeline.evaluation.preflight import EvaluationError
-from tests.jobutil import load_evaluate_job, run_main
+from tests.jobutil import load_evaluate_job, run_main, tiny_model_file
 
 CHEAP = ["--attacks", "none", "--defenses", "none", "--subset", "20"]
 
@@ -170,6 +171,31 @@ def test_ctrl_c_says_how_to_resume(job: ModuleType, tmp_path: Path, shared: Path
     assert _run(job, ["--datasets", "cifar10", *CHEAP, "--out", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"interrupted: rerun the same command to resume from the caches in {cache}" in err
+
+
+def test_a_prior_changed_after_the_checks_is_one_error_line(job: ModuleType, tmp_path: Path, shared: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """BUG (fixed here): a prior replaced while the run went on (a jobs/train_prior.py run still saving OUT/prior.pt,
+    or one no longer readable by the time a later data set loads it) ended the run in a CheckpointError traceback
+    ("... was pinned; refusing to run", though the user pinned nothing)."""
+    prior = Path(tiny_model_file(tmp_path))
+
+    def prior_replaced(config: runner.EvalConfig, **kwargs: object) -> None:
+        save_bundle(prior, load_checkpoint(str(prior)).model, meta={"saved": "again"})  # other bytes, other sha256
+        rng = np.random.default_rng(0)
+
+        def loader(name: str, split: str) -> LabelledImages:
+            return LabelledImages(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10, 10)
+
+        runner.evaluate_dataset(config, loader=loader, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(job, "evaluate_dataset", prior_replaced)
+    argv = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "none,zip", "--subset", "10", "--steps", "2",
+            "--checkpoint", str(prior), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert _run(job, argv) == 2
+    line = _one_error_line(capsys)
+    assert f"diffusion prior {prior} changed after the run checked it" in line and "rerun" in line
 
 
 def test_help_says_time_caches_and_how_to_clear_them(job: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from pipeline.checkpoint import CheckpointError
 from pipeline.evaluation.baselines import naive_transform, no_defense, shrink_pad
 from pipeline.evaluation.cache import DAMAGED_CACHE, save_npz, sha256_of_arrays, warn_damaged, write_text_atomic
 from pipeline.evaluation.log import log
@@ -142,10 +143,17 @@ def make_defense(
 
         def factory() -> Purifier:
             log(f"loading diffusion prior {checkpoint} for {name}")
-            return Purifier.from_checkpoint(
-                checkpoint, settings=settings, device=device, canvas_size=canvas_size, batch_size=batch_size,
-                expected_sha256=checkpoint_sha256,
-            )
+            try:
+                return Purifier.from_checkpoint(
+                    checkpoint, settings=settings, device=device, canvas_size=canvas_size, batch_size=batch_size,
+                    expected_sha256=checkpoint_sha256,
+                )
+            except CheckpointError as err:
+                # The run checked this prior before any work and keys its purified sets by that sha256; by now it may
+                # have been replaced (a train_prior.py run still saving it) or become unreadable.
+                raise CheckpointError(f"diffusion prior {checkpoint} changed after the run checked it, or can no longer "
+                                      f"be read ({err}); rerun to evaluate it as it is now (finished work is "
+                                      "cached)") from err
 
         key_settings = {"zip": settings.to_dict(), "checkpoint_sha256": checkpoint_sha256, "canvas_size": canvas_size,
                         "batch_size": batch_size}
