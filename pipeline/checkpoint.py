@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -277,7 +278,7 @@ def _class_count(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def load_checkpoint(
-    uri: str,
+    uri: str | os.PathLike[str],
     preset: str | None = None,
     flags: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -295,6 +296,8 @@ def load_checkpoint(
 
     A class-conditional checkpoint is refused (ZIP samples without labels) unless `allow_class_cond`.
     """
+    # A pathlib.Path as its text ("any path", docs/api.md): read_bytes looks for "::" in it
+    uri = os.fspath(uri) if isinstance(uri, os.PathLike) else uri
     if preset is not None and preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     data = read_bytes(uri, storage_options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -105,7 +106,7 @@ class Purifier:
     @classmethod
     def from_checkpoint(
         cls,
-        uri: str,
+        uri: str | os.PathLike[str],
         preset: str | None = None,
         *,
         device: str | torch.device | None = None,

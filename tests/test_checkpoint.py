@@ -180,3 +180,16 @@ def test_list_valued_flags_are_accepted(bundle) -> None:
     path, _, model = bundle
     flags = {**FLAGS, "channel_mult": [1, 2], "attention_resolutions": [16]}
     assert load_checkpoint(str(path), flags=flags).config == model.config
+
+
+def test_a_pathlib_path_loads_as_its_text_does() -> None:
+    # BUG (fixed here): load_checkpoint(Path(...)) and Purifier.from_checkpoint(Path(...)), "any path" in docs/api.md,
+    # stopped with "TypeError: argument of type 'PosixPath' is not iterable"
+    from pathlib import Path
+
+    from pipeline import Purifier, shipped_prior
+
+    path = Path(shipped_prior("cifar10"))
+    loaded = load_checkpoint(path)
+    assert loaded.uri == str(path) and loaded.sha256 == load_checkpoint(str(path)).sha256
+    assert Purifier.from_checkpoint(path, steps=1).checkpoint.uri == str(path)
