@@ -239,7 +239,6 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     return merged, problems
 
 
-
 def _store_kind(uri: str) -> object:
     """What kind of store a URI is on: its fsspec file system class (s3 and s3a, http and https, file and a bare path
     are one kind each), or the protocol's name where its package is not installed."""
@@ -263,6 +262,7 @@ def options_for(uri: str, data_uris: list[str], storage_options: dict[str, Any])
     if not remote or _store_kind(uri) in remote:
         return storage_options
     return {}
+
 
 HDFS_PROTOCOLS = frozenset({"hdfs", "arrow_hdfs"})
 
