@@ -384,7 +384,10 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
             raise ConfigError(f"storage option{where} expects KEY=VALUE, got {storage_item_shown(item)}")
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if raw.lstrip().startswith(("{", "[")):  # meant as a mapping or list: as text it failed late, in fsspec
+                raise ConfigError(f"storage option {key}{where}: its value is not valid JSON ({err.msg} at character "
+                                  f"{err.pos}); write a mapping as {key}='{{\"name\": \"value\"}}'") from None
             # Python's or YAML's spelling of a boolean: as text, s3fs would read anon=False as true (a non-empty
             # string) and sign nothing, dropping the credentials
             value = _WORD_BOOLS.get(raw.lower(), raw)

@@ -87,7 +87,6 @@ def test_config_keys_as_spelled_on_the_command_line_and_one_storage_option(tmp_p
     assert config.storage_options == {"region": "eu"}  # one KEY=VALUE, not one option per character
 
 
-
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
 
@@ -107,6 +106,16 @@ def test_a_misplaced_storage_option_is_refused_without_printing_its_credentials(
     err = _errors(capsys)
     assert len(err) == 1 and err[0].startswith("error: ") and path in err[0] and message in err[0], err
     assert SECRET not in err[0], err
+
+
+def test_a_storage_option_value_meant_as_json_but_not_valid_is_refused_before_any_work(capsys) -> None:
+    """client_kwargs={bad was kept as text and failed once fsspec used it ('str' object has no attribute 'copy')."""
+    assert main(["--storage-option", "client_kwargs={bad", "--dry-run"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].startswith("error: storage option client_kwargs: its value is not valid JSON"), err
+    # text that is not meant as JSON stays text, as before
+    assert config_from_args(["--storage-option", "region=eu-west-1"]).storage_options == {"region": "eu-west-1"}
+
 
 def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
