@@ -70,11 +70,13 @@ def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
     return str(path), "RANDOM-WEIGHT model (no trained prior shipped): output is not a real purification"
 
 
-def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False) -> str:
+def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: bool = False,
+                       notes: list[str] | None = None) -> str:
     """Refuse to mix runs with different settings, or to silently append to a finished run; return the output's
     state: "new", "resume" (an unfinished run), "incremental" (a finished run, --incremental) or "overwrite".
 
-    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing.
+    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing. A note for the
+    user (settings of a run that wrote no row, replaced) goes to `notes` when given, else to stderr at once.
     """
     so = config.storage_options
     out = config.output.rstrip("/")
@@ -138,8 +140,12 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         # The run that recorded those settings wrote no row (it failed before its first batch, e.g. on an option the
         # model could not take): nothing is purified with them, so this run's settings replace them rather than
         # lock the corrected command out of the output.
-        print(f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded "
-              f"({'; '.join(what for what, _ in differ)}) are replaced by this run's", file=sys.stderr)
+        note = (f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded "
+                f"({'; '.join(what for what, _ in differ)}) are replaced by this run's")
+        if notes is None:
+            print(note, file=sys.stderr)
+        else:
+            notes.append(note)
         differ = []
     if differ:
         raise JobError(differ[0][1])
@@ -318,8 +324,11 @@ def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -
     out = config.output.rstrip("/")
     try:
         # deletes nothing: run_job empties an --overwrite output once it holds the output's lease
-        state = check_output_state(config, job_record, dry_run=True)
+        notes: list[str] = []
+        state = check_output_state(config, job_record, dry_run=True, notes=notes)
         stale_lease = refuse_live_lease(out, so)  # before any work; a real run takes the lease after planning
+        for note in notes:  # only now: a run refused for another's live lease replaces nothing
+            print(note, file=sys.stderr)
         # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
         # the plan reports what --overwrite would delete).
         purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)
