@@ -101,6 +101,7 @@ class Purifier:
         self.schedule = NoiseSchedule.named(self.settings.schedule)
         self.operators = make_operators(self.settings.operators, self.settings.pool)
         self.checkpoint = checkpoint
+        self.precision_fallbacks = 0  # forward passes done again in fp32 because fp16/bf16 overflowed (eps)
         check_trained_timesteps(checkpoint.meta if checkpoint else {}, self.settings)
 
     @classmethod
@@ -158,8 +159,21 @@ class Purifier:
         if training:
             self.model.eval()  # dropout off while sampling; the caller's modes come back below
         try:
-            with torch.inference_mode(), autocast:
-                out = [self.model(x[i : i + step], t[i : i + step])[:, :3].float() for i in range(0, len(x), step)]
+            out = []
+            for i in range(0, len(x), step):
+                with torch.inference_mode(), autocast:
+                    chunk = self.model(x[i : i + step], t[i : i + step])[:, :3].float()
+                if self.precision != "fp32" and not torch.isfinite(chunk).all():
+                    # fp16 tops out at 65504: a large activation overflows to inf, then NaN, and every canvas it
+                    # touches would come out black. That forward pass is done again in full precision.
+                    self.precision_fallbacks += 1
+                    if self.precision_fallbacks == 1:
+                        warnings.warn(f"{self.precision} overflowed in the diffusion model (NaN or inf); such forward "
+                                      "passes are done again in fp32 (slower). Use --precision bf16 or fp32 to avoid "
+                                      "it", RuntimeWarning, stacklevel=2)
+                    with torch.inference_mode():
+                        chunk = self.model(x[i : i + step], t[i : i + step])[:, :3].float()
+                out.append(chunk)
         finally:
             if training:
                 for module, flag in modes:
@@ -207,8 +221,14 @@ class Purifier:
         common = dict(steps=s.steps, clip=s.clip_denoised, shape=tuple(x.shape), generator=generator,
                       device=self.device, progress=progress, x_T=x_T, resample=s.resample, start=s.start)
         if s.sampler == "ddim":
-            return SAMPLERS["ddim"](self.eps, guidance, self.schedule, eta=s.eta, **common)
-        return SAMPLERS["ddpm"](self.eps, guidance, self.schedule, **common)
+            y = SAMPLERS["ddim"](self.eps, guidance, self.schedule, eta=s.eta, **common)
+        else:
+            y = SAMPLERS["ddpm"](self.eps, guidance, self.schedule, **common)
+        if y.device.type != "meta" and not torch.isfinite(y).all():  # (a meta tensor has no values to check)
+            # written out, NaN would read as black images counted as purified
+            raise FloatingPointError("the diffusion model's output is NaN or infinite for finite input: the model is "
+                                     "unusable with these settings (its weights, or --flags that do not match them)")
+        return y
 
     def plan(self, sizes: Sequence[tuple[int, int]]) -> MosaicLayout:
         return plan_layout(sizes, self.canvas_size, self.settings.pool, self.settings.large_images)

@@ -87,6 +87,44 @@ def test_reduced_precision_runs_under_autocast_of_the_purifiers_device_and_stays
     assert (y32 - y16).abs().mean() < 0.01  # (the shipped prior, 64 CIFAR-10 images, 20 steps: 0.12 of 255 levels)
 
 
+def _overflowing_in_reduced_precision(model: torch.nn.Module, calls: list[bool], value: float = float("inf")) -> None:
+    """Make `model` give inf (or NaN) under autocast, as fp16 does once an activation passes 65504; right in fp32."""
+    forward = model.forward
+
+    def overflowing(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        reduced = torch.is_autocast_enabled("cpu")
+        calls.append(reduced)
+        out = forward(x, t)
+        return out * value if reduced else out
+
+    model.forward = overflowing
+
+
+def test_a_reduced_precision_overflow_is_done_again_in_fp32_not_written_as_black_images() -> None:
+    """Before: an fp16 overflow in one forward pass made NaN that the sampler carried to the end and to_uint8 wrote
+    as black images, counted as purified. Now that pass is run again in fp32, with one warning."""
+    model = _model()
+    fp32 = Purifier(model, ZipSettings(steps=3, pool=4))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    expected = fp32.purify_tensor(x, seeds=[1, 2])
+    calls: list[bool] = []
+    _overflowing_in_reduced_precision(model, calls)
+    half = Purifier(model, ZipSettings(steps=3, pool=4))
+    half.precision = "bf16"  # refused on a CPU by the constructor; set here to run the autocast path
+    with pytest.warns(RuntimeWarning, match="overflowed") as warned:
+        y = half.purify_tensor(x, seeds=[1, 2])
+    assert len(warned) == 1 and half.precision_fallbacks == 3 and calls == [True, False] * 3
+    assert torch.isfinite(y).all() and torch.allclose(y, expected)
+
+
+def test_a_model_whose_output_is_not_finite_stops_instead_of_giving_black_images() -> None:
+    model = _model()
+    _overflowing_in_reduced_precision(model, [], float("nan"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 purifier, but the model overflows in every pass
+        with pytest.raises(FloatingPointError, match="output is NaN or infinite"):
+            Purifier(model, ZipSettings(steps=2, pool=4)).purify_tensor(torch.zeros(1, 3, 32, 32))
+
+
 # --- the job's actor placement -------------------------------------------------------------------------------------
 
 def _job(**kw) -> JobConfig:
