@@ -187,31 +187,34 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     problem = unwritable_folder(out)
     if problem:
         p.error(f"--out {out}: {problem}")
-    if args.export and is_uri(args.export):
+    export_local = local_path(args.export) if args.export else None
+    if args.export and export_local is None:
         try:  # only builds the file system (a missing s3fs or gcsfs is said now); writing it is tried at the first save
             storage_path(args.export, {})
         except (ImportError, ValueError, OSError) as err:
             p.error(f"--export {args.export}: {describe(err)}")
-    elif args.export:
-        export = Path(args.export)
+    elif export_local is not None:
+        export = export_local
         # The run folder, or one above it, is a folder by the first save even when it is not there yet.
         if export.is_dir() or out.resolve().is_relative_to(export.resolve()):
-            p.error(f"--export {export} is a folder; give the file to write, e.g. {export / 'prior.pt'}")
-        if export.resolve() in {(out / "last.pt").resolve(), (out / LOG).resolve()}:
-            p.error(f"--export {export} would overwrite the run's own {export.name}")
+            p.error(f"--export {args.export} is a folder; give the file to write, e.g. {export / 'prior.pt'}")
+        if export.resolve() in {(out / name).resolve() for name in ("last.pt", LOG, ".lock")}:
+            p.error(f"--export {args.export} would overwrite the run's own {export.name}")
         # Checked now: the first export comes with the first save, minutes into the run.
         problem = unwritable_folder(export.parent)
         if problem:
-            p.error(f"--export {export}: {problem}")
+            p.error(f"--export {args.export}: {problem}")
     # The first save would replace the prior the run starts from, and a resume, which checks that it is the one the run
     # started from, would then be refused (and --fresh restart from the overwritten weights).
     # (The run's own OUT/prior.pt, the export without --export, is rewritten at every save too, and so is OUT/last.pt.)
     export_to = args.export or str(out / "prior.pt")
-    if args.init_from and not is_uri(args.init_from) and Path(args.init_from).resolve() == (out / "last.pt").resolve():
+    init_local = local_path(args.init_from) if args.init_from else None
+    if init_local is not None and init_local.resolve() == (out / "last.pt").resolve():
         p.error(f"--init-from {args.init_from} is the run's own last.pt, which every save rewrites; copy it elsewhere "
                 "first, or start from OUT/prior.pt in another --out")
-    if args.init_from and (export_to == args.init_from if is_uri(export_to) or is_uri(args.init_from)
-                           else Path(export_to).resolve() == Path(args.init_from).resolve()):
+    export_to_local = local_path(export_to)
+    if args.init_from and (export_to_local.resolve() == init_local.resolve()
+                           if export_to_local is not None and init_local is not None else export_to == args.init_from):
         p.error(f"--export {export_to} would overwrite the --init-from prior the run starts from; export it elsewhere "
                 "(another --export or --out; replace the old prior once the new one is trained)")
 
@@ -219,6 +222,14 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def is_uri(text: str) -> bool:
     """Whether an option names a location by URI (s3://, gs://, file://, ...) rather than a local path."""
     return fsspec.core.split_protocol(text)[0] is not None
+
+
+def local_path(text: str) -> Path | None:
+    """The local file an option names, as a path or a file:// (local://) URI; None for any other store."""
+    protocol, rest = fsspec.core.split_protocol(text)
+    if protocol is None:
+        return Path(text)
+    return Path(rest) if protocol in ("file", "local") else None
 
 
 def unwritable_folder(folder: Path) -> str | None:

@@ -75,7 +75,7 @@ def test_the_same_init_from_command_resumes_and_another_init_from_is_refused(
     assert str(second / "prior.pt") in load_checkpoint(out + "/prior.pt").meta["initialised_from"]
 
 
-@pytest.mark.parametrize("same", ["path", "spelled-otherwise"])
+@pytest.mark.parametrize("same", ["path", "spelled-otherwise", "file-uri"])
 def test_an_export_onto_the_init_from_prior_is_refused_before_training(
         train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], same: str) -> None:
     # BUG (fixed here): --export naming the --init-from prior overwrote it at the first save, and then the same command,
@@ -84,7 +84,8 @@ def test_an_export_onto_the_init_from_prior_is_refused_before_training(
     assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "first"), *TINY]) == 0
     prior = tmp_path / "first" / "prior.pt"
     before = prior.read_bytes()
-    export = str(prior) if same == "path" else str(tmp_path / "first" / ".." / "first" / "prior.pt")
+    export = {"path": str(prior), "spelled-otherwise": str(tmp_path / "first" / ".." / "first" / "prior.pt"),
+              "file-uri": prior.as_uri()}[same]
     argv = ["--max-steps", "1", "--out", str(tmp_path / "ft"), "--init-from", str(prior), "--export", export, *TINY]
     assert train_prior.cli(argv) == 2
     assert f"--export {export} would overwrite the --init-from prior" in capsys.readouterr().err
@@ -101,3 +102,16 @@ def test_an_export_onto_the_init_from_prior_is_refused_before_training(
                             *TINY]) == 2
     assert f"--init-from {last} is the run's own last.pt" in capsys.readouterr().err
     assert last.read_bytes() == state
+
+
+@pytest.mark.parametrize("name", ["last.pt", "train_log.jsonl", ".lock"])
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_an_export_onto_a_file_of_the_run_folder_is_refused_before_training(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, as_uri: bool) -> None:
+    # BUG (fixed here): --export OUT/.lock, and any of the run's own files given as a file:// URI, were accepted; the
+    # first save then replaced the lock file (or the resume state, or the log) with the prior.
+    out = tmp_path / "run"
+    export = (out / name).as_uri() if as_uri else str(out / name)
+    assert train_prior.cli(["--max-steps", "1", "--out", str(out), "--export", export, *TINY]) == 2
+    assert f"--export {export} would overwrite the run's own {name}" in capsys.readouterr().err
+    assert not (out / "last.pt").exists()
