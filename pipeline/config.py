@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -79,6 +80,9 @@ class JobConfig:
         # The input's and output's own connection details (hdfs://namenode:8020/...) join the storage options, which
         # travel to every file system the run makes; URIs naming two servers are one of check()'s problems. No other
         # attribute is kept: JobConfig(**config.__dict__) must make the same config.
+        for name in ("input", "output", "checkpoint"):  # a pathlib.Path is a path: kept as the text the CLI gives
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.storage_options, dict):
             self.storage_options = with_url_options(self._uris(), self.storage_options)[0]
 
