@@ -47,20 +47,23 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoint import CheckpointError  # noqa: E402
-from pipeline.evaluation.attacks import ATTACKS  # noqa: E402
-from pipeline.evaluation.classifier import train_classifier  # noqa: E402
-from pipeline.evaluation.datasets import CACHE_DIR, DataError  # noqa: E402
-from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_settings  # noqa: E402
-from pipeline.evaluation.log import log  # noqa: E402
-from pipeline.evaluation.preflight import EvaluationError, preflight  # noqa: E402
-from pipeline.evaluation.runner import DEFAULT_PRIOR, EvalConfig, evaluate_dataset  # noqa: E402
-from pipeline.evaluation.target import RESAMPLES  # noqa: E402
-from pipeline.settings import device_problem  # noqa: E402
+from pipeline.entry import interrupted_while_loading  # noqa: E402
+
+with interrupted_while_loading("jobs/evaluate.py"):
+    import torch
+
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.evaluation.attacks import ATTACKS
+    from pipeline.evaluation.classifier import train_classifier
+    from pipeline.evaluation.datasets import CACHE_DIR, DataError
+    from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_settings
+    from pipeline.evaluation.log import log
+    from pipeline.evaluation.preflight import EvaluationError, preflight
+    from pipeline.evaluation.runner import DEFAULT_PRIOR, EvalConfig, evaluate_dataset
+    from pipeline.evaluation.target import RESAMPLES
+    from pipeline.settings import device_problem
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
 CROP_PAD = train_classifier.__kwdefaults__["crop_pad"]
@@ -214,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the checks read the data sets and the priors: seconds, and nothing is written yet
+        print("\ninterrupted: stopped while checking the data sets and priors; nothing was started", file=sys.stderr)
+        return 130
     try:
         for config, check in zip(configs, checked, strict=True):
             if config.dataset == "imagenette" and not args.device.startswith("cuda"):

@@ -26,9 +26,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation.predictions import check_target, decode_predictions  # noqa: E402
-from pipeline.evaluation.report import target_summary  # noqa: E402
-from pipeline.evaluation.target import point_check  # noqa: E402
+from pipeline.entry import interrupted_while_loading  # noqa: E402
+
+with interrupted_while_loading("jobs/target_table.py"):
+    from pipeline.evaluation.predictions import check_target, decode_predictions
+    from pipeline.evaluation.report import target_summary
+    from pipeline.evaluation.target import point_check
 
 JSON_TYPES = {"dict": "an object", "list": "an array", "str": "a string", "int": "a number", "float": "a number",
               "bool": "a boolean", "NoneType": "null"}

@@ -61,19 +61,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-import fsspec
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle  # noqa: E402
-from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
-from pipeline.model import UNetConfig, build_unet  # noqa: E402
-from pipeline.schedule import NoiseSchedule  # noqa: E402
-from pipeline.settings import device_problem, seed_problem  # noqa: E402
-from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path  # noqa: E402
-from pipeline.training_run import LogWindow, Recipe, TrainingRun, UnusableState  # noqa: E402
-from pipeline.version import versions  # noqa: E402
+from pipeline.entry import interrupted_while_loading  # noqa: E402
+
+with interrupted_while_loading("jobs/train_prior.py"):
+    import fsspec
+    import torch
+
+    from pipeline.checkpoint import CheckpointError, load_checkpoint, save_bundle
+    from pipeline.evaluation.datasets import DataError, load_dataset
+    from pipeline.model import UNetConfig, build_unet
+    from pipeline.schedule import NoiseSchedule
+    from pipeline.settings import device_problem, seed_problem
+    from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path
+    from pipeline.training_run import LogWindow, Recipe, TrainingRun, UnusableState
+    from pipeline.version import versions
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
 # "keep left" is a "keep right" the prior should not learn as equally likely.
