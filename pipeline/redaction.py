@@ -8,10 +8,11 @@ import re
 import urllib.parse
 from typing import Any
 
-SECRET_KEYS = ("key", "secret", "token", "password", "session")
+# "auth": an HTTP store's headers={"Authorization": ...} and aiohttp's auth=BasicAuth(...); "cookie": its session cookies
+SECRET_KEYS = ("key", "secret", "token", "password", "session", "auth", "cookie", "credential")
 # Query parameters that carry credentials in a URL: presigned S3 (X-Amz-Signature, X-Amz-Credential,
 # X-Amz-Security-Token), GCS (X-Goog-Signature), Azure SAS (sig), API keys and tokens.
-SECRET_QUERY_KEYS = (*SECRET_KEYS, "signature", "credential", "sig", "auth")
+SECRET_QUERY_KEYS = (*SECRET_KEYS, "signature", "sig")
 
 
 def redact(options: Any) -> Any:
