@@ -14,7 +14,7 @@ from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.redaction import redact, redact_uri, storage_value_shown
 from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
-from pipeline.storage import is_url_chain, options_for, with_url_options
+from pipeline.storage import is_url_chain, options_for, with_url_options, with_web_store_scoped
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 
@@ -85,6 +85,8 @@ class JobConfig:
                 setattr(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.storage_options, dict):
             self.storage_options = with_url_options(self._uris(), self.storage_options)[0]
+            # a web folder read into s3:// (or another remote store): the options given are that store's
+            self.storage_options = with_web_store_scoped(list(self._uris().values()), self.storage_options)
 
     def _uris(self) -> dict[str, str]:
         return {f"--{name}": getattr(self, name) for name in ("input", "output")

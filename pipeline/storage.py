@@ -227,15 +227,22 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     positional argument: 'host'"). An option the user gave wins over the URL's, as in fsspec. `uris`: flag -> URI."""
     merged, problems, given_by = dict(storage_options), [], {}
     for flag, uri in uris.items():
+        # into the options its store is made with: its own entry where it has one (`scoped_options`)
+        scope = next((name for name in store_scopes(storage_options)
+                      if _store_kind(f"{name}://") == _store_kind(uri)), None)
+        given, into = (storage_options[scope], dict(merged[scope])) if scope else (storage_options, merged)
         for key, value in url_connection_options(uri).items():
-            if key in storage_options:
+            if key in given:
                 continue
-            if key in given_by and merged[key] != value:
-                problems.append(f"{given_by[key]} and {flag} name different servers ({key} {merged[key]!r} and "
+            where = (scope, key)
+            if where in given_by and into[key] != value:
+                problems.append(f"{given_by[where]} and {flag} name different servers ({key} {into[key]!r} and "
                                 f"{value!r}): a run reads and writes with one set of storage options; copy the input "
                                 "to the output's server first")
                 continue
-            merged[key], given_by[key] = value, flag
+            into[key], given_by[where] = value, flag
+        if scope:
+            merged[scope] = into
     return merged, problems
 
 
@@ -250,6 +257,56 @@ def _store_kind(uri: str) -> object:
         return get_filesystem_class(protocol)
     except (ImportError, ValueError):
         return protocol
+
+
+WEB_PROTOCOLS = frozenset({"http", "https"})
+
+
+def _is_store_name(key: str) -> bool:
+    from fsspec.registry import known_implementations, registry
+
+    return key in known_implementations or key in registry
+
+
+def store_scopes(storage_options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The entries of `storage_options` that are one store's own: a key naming an fsspec protocol (s3, https, gs,
+    ...) that holds a mapping, as in fsspec's options for URL chains."""
+    return {k: v for k, v in storage_options.items() if isinstance(v, dict) and _is_store_name(k)}
+
+
+def scoped_options(protocol: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The options a `protocol` file system is made with. A store with an entry of its own (`store_scopes`; s3 and
+    s3a, http and https are one store each) gets that entry alone; any other store gets the other options. One set of
+    options cannot serve two stores: S3's endpoint_url or key given to fsspec's HTTP file system stops it."""
+    scopes = store_scopes(storage_options)
+    if not scopes:
+        return storage_options
+    kind = _store_kind(f"{protocol}://")
+    for name, options in scopes.items():
+        if _store_kind(f"{name}://") == kind:
+            return options
+    return {k: v for k, v in storage_options.items() if k not in scopes}
+
+
+def with_web_store_scoped(uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:
+    """`storage_options` with an empty entry of its own for a web store (http, https) that is beside another remote
+    store (a web folder read into s3://): the options given are then the other store's (an endpoint, keys), and the
+    web server, which takes none of them, is read without them. Unchanged when the options already scope it."""
+    kinds = {_store_kind(u) for u in uris} - {_store_kind("file")}
+    web = [u for u in uris if (fsspec_protocol(u) or "file") in WEB_PROTOCOLS]
+    if not web or len(kinds) < 2:
+        return storage_options
+    if any(_store_kind(f"{name}://") == _store_kind(web[0]) for name in store_scopes(storage_options)):
+        return storage_options
+    return {**storage_options, fsspec_protocol(web[0]): {}}
+
+
+def fsspec_protocol(uri: str) -> str | None:
+    """A URI's protocol as fsspec reads it (None for a bare path), lower-cased."""
+    import fsspec
+
+    protocol = fsspec.core.split_protocol(uri)[0]
+    return None if protocol is None else protocol.lower()
 
 
 def options_for(uri: str, data_uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +343,7 @@ def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.Abstrac
     an option). botocore keeps BOTOCORE_RETRIES unless the options set config_kwargs={"retries": {...}}."""
     import fsspec
 
-    options = storage_options
+    options = storage_options = scoped_options(protocol, storage_options)
     config = storage_options.get("config_kwargs")
     if protocol in S3_PROTOCOLS and (config is None or isinstance(config, dict) and "retries" not in config):
         options = {**storage_options, "config_kwargs": {**(config or {}), "retries": dict(BOTOCORE_RETRIES)}}
