@@ -14,7 +14,7 @@ from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.redaction import redact, redact_uri, storage_value_shown
 from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
-from pipeline.storage import is_url_chain, options_for, with_url_options, with_web_store_scoped
+from pipeline.storage import is_url_chain, options_for, store_entry_problems, with_url_options, with_web_store_scoped
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 
@@ -23,6 +23,14 @@ DEFAULT_PRIOR_NAME = "cifar10"
 
 
 DEFAULT_PRIOR = shipped_prior_path(DEFAULT_PRIOR_NAME)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -109,28 +117,33 @@ class JobConfig:
         """Refuse option values a run cannot use, naming the option: a bad value must stop the run (and the dry
         run) before any work, not drop images or crash an actor later. The sampler's own options are checked by
         ZipSettings, the decoding ones by DecodePolicy."""
+        problems = [*self._count_problems(), *self._switch_problems(), *self._location_problems(),
+                    *self._model_problems(), *self._device_problems()]
+        for make in (self.settings, self.decode_policy):
+            try:
+                make()
+            except (TypeError, ValueError) as err:
+                problems.append(_with_flag(str(err)))
+        if problems:
+            raise JobError("; ".join(problems))
+
+    def _count_problems(self) -> list[str]:
+        """Sizes, counts and resources: whole numbers and fractions in their ranges."""
         problems = []
-
-        def flag(name: str) -> str:
-            return "--" + name.replace("_", "-")
-
-        def is_number(v: Any) -> bool:
-            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
         for name in ("tile_batch", "write_batch", "files_per_unit", "max_image_mb"):
             if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 1):
-                problems.append(f"{flag(name)} must be a whole number of at least 1, got {getattr(self, name)!r}")
+                problems.append(f"{_flag(name)} must be a whole number of at least 1, got {getattr(self, name)!r}")
         for name in ("batch_size", "canvas_size", "torch_threads"):
             v = getattr(self, name)
             if v is not None and not (is_whole_number(v) and v >= 1):
-                problems.append(f"{flag(name)} must be a whole number of at least 1, got {v!r}")
+                problems.append(f"{_flag(name)} must be a whole number of at least 1, got {v!r}")
         for name in ("in_memory_mb", "actors"):
             if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 0):
-                problems.append(f"{flag(name)} must be a whole number of 0 or more, got {getattr(self, name)!r}")
+                problems.append(f"{_flag(name)} must be a whole number of 0 or more, got {getattr(self, name)!r}")
         for name in ("cpus_per_actor", "cpus_per_task"):
-            if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
-                problems.append(f"{flag(name)} must be a number above 0, got {getattr(self, name)!r}")
-        if self.gpus_per_actor is not None and not (is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
+            if not (_is_number(getattr(self, name)) and getattr(self, name) > 0):
+                problems.append(f"{_flag(name)} must be a number above 0, got {getattr(self, name)!r}")
+        if self.gpus_per_actor is not None and not (_is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
             problems.append(f"--gpus-per-actor must be a number of 0 or more, got {self.gpus_per_actor!r}")
         elif self.gpus_per_actor is not None and self.gpus_per_actor > 1:
             # The purifier runs on one device: an actor's second GPU would be held and never used.
@@ -139,10 +152,14 @@ class JobConfig:
         elif self.gpus_per_actor is not None and 0 < self.gpus_per_actor < 1e-4:
             problems.append(f"--gpus-per-actor must be 0 or at least 0.0001 (Ray's smallest fraction), got "
                             f"{self.gpus_per_actor!r}")
-        for name in ("labels_from_folders", "incremental", "retry_rejects", "input_moved", "overwrite", "progress",
-                     "exif_transpose", "clip_denoised"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{flag(name)} must be true or false, got {getattr(self, name)!r}")
+        return problems
+
+    def _switch_problems(self) -> list[str]:
+        """The true/false options, and the pairs of them that contradict each other."""
+        problems = [f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
+                    for name in ("labels_from_folders", "incremental", "retry_rejects", "input_moved", "overwrite",
+                                 "progress", "exif_transpose", "clip_denoised")
+                    if not isinstance(getattr(self, name), bool)]
         if self.incremental is True and self.overwrite is True:
             # one adds to a finished output, the other deletes it first: which one was meant is the user's to say
             problems.append("--incremental and --overwrite contradict each other: --incremental adds new inputs to a "
@@ -150,54 +167,64 @@ class JobConfig:
         if self.retry_rejects is True and self.overwrite is True:
             problems.append("--retry-rejects and --overwrite contradict each other: --retry-rejects reads an output's "
                             "rejects again, --overwrite deletes them first; give one")
+        return problems
+
+    def _location_problems(self) -> list[str]:
+        """The input, the output and the storage options that reach them."""
+        problems = []
         for name in ("input", "output"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                problems.append(f"{flag(name)} must be a path or URI, got {getattr(self, name)!r}")
+                problems.append(f"{_flag(name)} must be a path or URI, got {getattr(self, name)!r}")
             elif is_url_chain(getattr(self, name)):
-                problems.append(f"{flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL chain "
-                                f"{getattr(self, name)!r}; storage settings go in --storage-option")
+                problems.append(f"{_flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL "
+                                f"chain {getattr(self, name)!r}; storage settings go in --storage-option")
             elif name == "output" and self.output.lower().startswith(("http://", "https://")):
                 # fsspec's HTTP file system reads only: without this, the run stopped on a missing "bucket"
                 problems.append(f"--output must be storage the job can write (a path, s3://, ...), got the web address "
                                 f"{self.output!r}: HTTP(S) is read-only here")
-        for name in ("checkpoint", "prior", "preset", "image_column", "ray_address"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, str):
-                problems.append(f"{flag(name)} must be text, got {v!r}")
+        if not isinstance(self.storage_options, dict):
+            problems.append(f"storage_options must be a mapping of fsspec options, got "
+                            f"{storage_value_shown(self.storage_options)}")
+        else:
+            problems.extend(store_entry_problems(self.storage_options))
+        problems.extend(with_url_options(self._uris(), {})[1])  # from the URIs alone: the options now hold one of them
+        return problems
+
+    def _model_problems(self) -> list[str]:
+        """What names the model: text options, a sha256, flags."""
+        problems = [f"{_flag(name)} must be text, got {getattr(self, name)!r}"
+                    for name in ("checkpoint", "prior", "preset", "image_column", "ray_address")
+                    if getattr(self, name) is not None and not isinstance(getattr(self, name), str)]
         if self.checkpoint_sha256 is not None and not (
                 isinstance(self.checkpoint_sha256, str) and len(self.checkpoint_sha256) == 64
                 and all(c in "0123456789abcdefABCDEF" for c in self.checkpoint_sha256)):
             problems.append(f"--checkpoint-sha256 must be 64 hexadecimal digits, got {self.checkpoint_sha256!r}")
-        if not isinstance(self.storage_options, dict):
-            problems.append(f"storage_options must be a mapping of fsspec options, got "
-                            f"{storage_value_shown(self.storage_options)}")
-        problems.extend(with_url_options(self._uris(), {})[1])  # from the URIs alone: the options now hold one of them
         if self.flags is not None and not isinstance(self.flags, dict):
             problems.append(f"--flags must be a JSON object of create_model flags, got {self.flags!r}")
+        return problems
+
+    def _device_problems(self) -> list[str]:
+        """The precision, and whether the device and the actors' GPUs can run it."""
+        problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        reduced = self.precision in PRECISIONS and self.precision != "fp32"
         if self.device is not None:
             # not checked against this machine's GPUs: the purifier actors run on the cluster's
             problem = device_problem(self.device, on_this_machine=False)
             if problem:
                 problems.append(problem)
-            elif self.device == "cpu" and self.precision in PRECISIONS and self.precision != "fp32":
+            elif self.device == "cpu" and reduced:
                 problems.append(f"--precision {self.precision} needs a CUDA device; use fp32 with --device cpu")
-            elif self.gpus_per_actor is None or (is_number(self.gpus_per_actor) and 0 <= self.gpus_per_actor <= 1):
+            elif self.gpus_per_actor is None or (_is_number(self.gpus_per_actor) and 0 <= self.gpus_per_actor <= 1):
                 problem = placement_problem(self.device, self.gpus_per_actor)
                 if problem:
                     problems.append(problem)
-        elif self.gpus_per_actor == 0 and self.precision in PRECISIONS and self.precision != "fp32":
+        elif self.gpus_per_actor == 0 and reduced:
             # --gpus-per-actor 0 puts the actors on CPUs, whatever the cluster holds: known now, so the dry run says so
             problems.append(f"--precision {self.precision} needs CUDA, but --gpus-per-actor 0 runs the actors on the "
                             "CPU; use --precision fp32, or give the actors a GPU")
-        for make in (self.settings, self.decode_policy):
-            try:
-                make()
-            except (TypeError, ValueError) as err:
-                problems.append(_with_flag(str(err)))
-        if problems:
-            raise JobError("; ".join(problems))
+        return problems
 
     def decode_policy(self) -> DecodePolicy:
         return DecodePolicy(max_pixels=self.max_pixels, alpha=self.alpha, exif_transpose=self.exif_transpose)

@@ -274,6 +274,14 @@ def store_scopes(storage_options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in storage_options.items() if isinstance(v, dict) and _is_store_name(k)}
 
 
+def store_entry_problems(storage_options: dict[str, Any]) -> list[str]:
+    """Options named after a store that are not a mapping: meant as that store's own entry, they would otherwise
+    reach every file system as an option it does not know."""
+    return [f"storage option {name} names a store: give its own options as a mapping, e.g. "
+            f"--storage-option {name}='{{\"anon\": true}}'"
+            for name, value in storage_options.items() if _is_store_name(name) and not isinstance(value, dict)]
+
+
 def scoped_options(protocol: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """The options a `protocol` file system is made with. A store with an entry of its own (`store_scopes`; s3 and
     s3a, http and https are one store each) gets that entry alone; any other store gets the other options. One set of

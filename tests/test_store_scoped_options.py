@@ -105,3 +105,12 @@ def test_a_web_folder_that_needs_a_token_is_purified_into_s3(web, tmp_path: Path
         data, rejects = read_output("s3://clean/run", s3_options)
         assert sorted(data["id"]) == ["a.png", "s.tar/0000", "s.tar/0001"] and rejects.empty
         assert summary["config"]["storage_options"]["http"]["headers"]["Authorization"] == "***"
+
+
+def test_a_store_named_option_that_is_not_a_mapping_is_refused_before_any_work(tmp_path: Path) -> None:
+    from pipeline.errors import JobError
+    from pipeline.plan import plan_job
+
+    config = JobConfig(input=str(tmp_path), output=str(tmp_path / "out"), storage_options={"https": "Bearer t"})
+    with pytest.raises(JobError, match="storage option https names a store: give its own options as a mapping"):
+        plan_job(config, dry_run=True)
