@@ -301,8 +301,11 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
 
 
 def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
-    """The Arrow type a Parquet input gave pass-through column `name`, when every record holding it has the same one
-    (records of other Parquet files, or of tar sidecars, may not); else None, and the type is inferred."""
+    """The Arrow type Parquet inputs gave pass-through column `name`, when every record holding it has one (records of
+    tar sidecars do not); else None, and the type is inferred. Parquet files that disagree get one type every file can
+    be given, as the end of the run gives part files (`common_column_types`): a file where the column is all nulls
+    (Arrow type null) takes the others' type, and int16 with int32 is int32, so that a batch mixing such files does
+    not widen a float32 to double or an int16 to int64."""
     found = set()
     for r in records:
         if name in r["meta"]:
@@ -310,7 +313,13 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
             if t is None:
                 return None
             found.add(t)
-    return found.pop() if len(found) == 1 else None
+    typed = {t for t in found if not pa.types.is_null(t)}
+    if len(typed) <= 1:
+        return typed.pop() if typed else (found.pop() if found else None)
+    try:
+        return pa.unify_schemas([pa.schema([(name, t)]) for t in typed], promote_options="permissive").field(name).type
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
 
 
 def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Array:

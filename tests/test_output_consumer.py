@@ -1,0 +1,47 @@
+"""The output as a downstream user reads it: pass-through columns keep the types their inputs gave them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.stages import batch_of, write_stage
+
+
+def _row(i: int, meta: dict, types: dict[str, pa.DataType]) -> dict:
+    return {"kind": "image", "id": f"shard-{i % 2}.parquet#{i}", "source": f"in/shard-{i % 2}.parquet#{i}",
+            "source_sha256": "0" * 64, "png": b"png", "width": 4, "height": 4, "meta": meta, "meta_types": types}
+
+
+def _written(tmp_path: Path, rows: list[dict]) -> pa.Table:
+    manifest = write_stage(batch_of(rows), str(tmp_path), {})
+    (name,) = json.loads(manifest["files"][0])
+    return pq.read_table(tmp_path / name)
+
+
+def test_a_batch_mixing_parquet_files_keeps_their_column_types(tmp_path) -> None:
+    # Two shards of one data set in one write batch: in the second, every score, label and class is null, which
+    # pandas writes as Arrow type null. The first shard's float32, int16 and dictionary columns stay what they were
+    # (they were written as double, int64 and string), and an int16 in one file with an int32 in the other is int32.
+    dictionary = pa.dictionary(pa.int8(), pa.string())
+    labelled = {"score": pa.float32(), "label": pa.int16(), "cls": dictionary, "n": pa.int16()}
+    unlabelled = {"score": pa.null(), "label": pa.null(), "cls": pa.null(), "n": pa.int32()}
+    rows = [_row(0, {"score": 0.5, "label": 3, "cls": "cat", "n": 1}, labelled),
+            _row(1, {"score": None, "label": None, "cls": None, "n": 70000}, unlabelled),
+            _row(2, {"score": 0.25, "label": 4, "cls": "dog", "n": 2}, labelled)]
+    table = _written(tmp_path, rows)
+    schema = table.schema
+    assert schema.field("score").type == pa.float32() and table.column("score").to_pylist() == [0.5, None, 0.25]
+    assert schema.field("label").type == pa.int16() and table.column("label").to_pylist() == [3, None, 4]
+    assert schema.field("cls").type == dictionary and table.column("cls").to_pylist() == ["cat", None, "dog"]
+    assert schema.field("n").type == pa.int32() and table.column("n").to_pylist() == [1, 70000, 2]
+
+
+def test_parquet_columns_that_share_no_type_are_still_written(tmp_path) -> None:
+    # an int64 id in one file and a string id in another: no common Arrow type, so text, every value kept
+    rows = [_row(0, {"key": 7}, {"key": pa.int64()}), _row(1, {"key": "x7"}, {"key": pa.string()})]
+    table = _written(tmp_path, rows)
+    assert table.schema.field("key").type == pa.string() and table.column("key").to_pylist() == ["7", "x7"]
