@@ -479,8 +479,11 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
     Each file's writer infers its pass-through columns from its own rows: a `.cls` label can be int64 in one file
     and string in another (3 here, "cat" there), and a .json sidecar key can be in some files only. Only files
     that lack a column or hold it with another type are rewritten: a missing column is added as nulls, and a
-    column made string keeps every value (others as their JSON text). `schemas`: part file -> schema, when the caller
-    has read them (`deduplicate_output`); else they are read here. Returns column -> the type given to it."""
+    column made string keeps every value (others as their JSON text). A promotion whose cast would lose a value (a
+    uint64 above int64's range beside an int64, an int64 beyond 2**53 beside a double) makes the column string too:
+    Arrow refuses such a cast, and every run, the same command again included, failed here on the same files.
+    `schemas`: part file -> schema, when the caller has read them (`deduplicate_output`); else they are read here.
+    Returns column -> the type given to it."""
     fs, _ = _fs(output, storage_options)
     if schemas is None:
         damaged: list[DamagedPart] = []
@@ -488,9 +491,31 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
         schemas = {path: schema for path, _, schema in _part_indexes(fs, parts, damaged)}
         if damaged:  # every one named, with what to do
             raise damaged_parts_error(output, damaged)
-    common = common_column_types(list(schemas.values()))
-    if not common:
-        return {}
+    schemas = dict(schemas)
+    as_text: set[str] = set()
+    while True:
+        common = common_column_types(list(schemas.values()))
+        common.update((name, pa.string()) for name in as_text)
+        if not common:
+            return {}
+        try:
+            _give_types(fs, schemas, common, storage_options)
+        except _LossyCast as err:  # files rewritten so far are given text in the next pass, by their new schemas
+            as_text.add(err.name)
+            continue
+        return {name: str(t) for name, t in common.items()}
+
+
+class _LossyCast(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], common: dict[str, pa.DataType],
+                storage_options: dict[str, Any]) -> None:
+    """Rewrite each part file in `schemas` that lacks one of the `common` columns or holds it with another type, and
+    update `schemas` as each lands. Raises _LossyCast, before writing that file, for a column whose cast fails."""
     for path, schema in schemas.items():
         wrong = [n for n, t in common.items() if n not in schema.names or schema.field(n).type != t]
         if not wrong:
@@ -506,10 +531,13 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
             elif pa.types.is_string(common[name]):
                 cast = text_column(column.to_pylist())
             else:
-                cast = column.cast(common[name])
+                try:
+                    cast = column.cast(common[name])
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    raise _LossyCast(name) from err
             table = table.set_column(table.schema.get_field_index(name), name, cast)
         write_parquet_atomic(table, with_protocol(fs, path), storage_options)
-    return {name: str(t) for name, t in common.items()}
+        schemas[path] = table.schema
 
 
 def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -45,3 +45,28 @@ def test_parquet_columns_that_share_no_type_are_still_written(tmp_path) -> None:
     rows = [_row(0, {"key": 7}, {"key": pa.int64()}), _row(1, {"key": "x7"}, {"key": pa.string()})]
     table = _written(tmp_path, rows)
     assert table.schema.field("key").type == pa.string() and table.column("key").to_pylist() == ["7", "x7"]
+
+
+def test_part_files_whose_common_type_would_lose_values_are_given_text(tmp_path) -> None:
+    # Two Parquet inputs, one with a uint64 hash above int64's range and one with int64 hashes, written to two part
+    # files; and ids beyond 2**53 as int64 beside a double. Arrow's promotion (int64, double) cannot hold those
+    # values, and every run failed at its end with "ArrowInvalid: Integer value ... not in range", the same command
+    # again included. Such a column is text, every value kept; the others are promoted as before.
+    from pipeline.output import unify_output_types
+
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    big = 2**63 + 5
+    pq.write_table(pa.table({"id": ["a"], "hash": pa.array([big], pa.uint64()), "uid": [2**62 + 1], "score": [1]}),
+                   data / "part-0.parquet")
+    pq.write_table(pa.table({"id": ["b"], "hash": pa.array([7], pa.int64()), "uid": [0.5], "score": [2.5]}),
+                   data / "part-1.parquet")
+    pq.write_table(pa.table({"id": ["c"], "hash": pa.array([8], pa.uint64()), "uid": [3], "score": [3]}),
+                   data / "part-2.parquet")
+    assert unify_output_types(str(tmp_path / "out"), {}) == {"hash": "string", "uid": "string", "score": "double"}
+    table = pq.read_table(data).sort_by("id")
+    assert table.schema.field("hash").type == pa.string() and table.schema.field("uid").type == pa.string()
+    assert table.column("hash").to_pylist() == [str(big), "7", "8"]
+    assert table.column("uid").to_pylist() == [str(2**62 + 1), "0.5", "3"]
+    assert table.column("score").to_pylist() == [1.0, 2.5, 3.0]
+    assert unify_output_types(str(tmp_path / "out"), {}) == {}  # one type each now: nothing left to do
