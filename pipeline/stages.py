@@ -97,8 +97,9 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
             if isinstance(decoded, Decoded):
                 r.update(pixels=decoded.pixels, original_mode=decoded.mode, original_format=decoded.format,
                          original_frames=decoded.frames)
-            else:
-                r = reject_record(r["id"], r["source"], decoded, "decode", r["source_sha256"])
+            else:  # a Parquet row whose image column was found, not named: which column, and the others
+                note = f" ({r['decode_note']})" if r.get("decode_note") else ""
+                r = reject_record(r["id"], r["source"], decoded + note, "decode", r["source_sha256"])
         out.append(r)
     return batch_of(out)
 

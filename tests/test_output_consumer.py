@@ -70,3 +70,53 @@ def test_part_files_whose_common_type_would_lose_values_are_given_text(tmp_path)
     assert table.column("uid").to_pylist() == [str(2**62 + 1), "0.5", "3"]
     assert table.column("score").to_pylist() == [1.0, 2.5, 3.0]
     assert unify_output_types(str(tmp_path / "out"), {}) == {}  # one type each now: nothing left to do
+
+
+def _png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _decoded(path: Path, image_column: str | None = None) -> list[dict]:
+    from pipeline.decode import DecodePolicy
+    from pipeline.sources import discover, read_unit
+    from pipeline.stages import decode_stage, records_of
+
+    records = [r for unit in discover(str(path)) for r in read_unit(unit, image_column=image_column)]
+    return records_of(decode_stage(batch_of([r for r in records if r["kind"] in ("image", "reject")]), DecodePolicy()))
+
+
+def test_a_parquet_reject_names_the_image_column_found_and_the_others(tmp_path) -> None:
+    # The first binary column held each image's sha256 digest; the images were in 'photo'. Every row was rejected as
+    # "not a recognised image format", which named no column: the reject now says which column was taken for the
+    # images and which others could hold them, for --image-column.
+    import hashlib
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = _png()
+    pq.write_table(pa.table({"sha": [hashlib.sha256(image).digest()], "photo": [image], "n": [1]}),
+                   folder / "t.parquet")
+    (reject,) = _decoded(folder)
+    assert reject["kind"] == "reject" and reject["id"] == "t.parquet#0" and reject["stage"] == "decode"
+    assert reject["error"] == ("not a recognised image format (Parquet column 'sha', found as the image column; "
+                               "--image-column picks another: 'photo')")
+    (purified,) = _decoded(folder, image_column="photo")
+    assert purified["kind"] == "image" and purified["meta"]["sha"] == hashlib.sha256(image).digest()
+
+
+def test_a_parquet_reject_of_a_named_or_only_image_column_is_unchanged(tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"image": [b"not an image"], "label": [3]}), folder / "t.parquet")
+    (reject,) = _decoded(folder)
+    assert reject["error"] == "not a recognised image format"
+    pq.write_table(pa.table({"sha": [b"x"], "photo": [_png()]}), folder / "t.parquet")
+    (reject,) = _decoded(folder, image_column="sha")
+    assert reject["error"] == "not a recognised image format"

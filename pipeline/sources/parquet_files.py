@@ -40,33 +40,46 @@ def _open_parquet(f: Any) -> pq.ParquetFile:
     return pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
 
 
+def _usable(field: pa.Field, named: bool = False) -> bool:
+    """Whether `field` can hold image bytes (a list<uint8> only when `named`: see `find_image_column`)."""
+    t = field.type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_struct(t):
+        return t.get_field_index("bytes") >= 0
+    if named and (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_uint8(t.value_type):
+        return True
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
 def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
     """The Parquet column holding image bytes: a struct<bytes, path> (Hugging Face layout) or binary (also large,
     view or dictionary-encoded); a list<uint8> only when named (--image-column, or one of the usual image names),
     since such a list may as well hold numbers that are not a file."""
-    def usable(field: pa.Field, named: bool = False) -> bool:
-        t = field.type
-        if pa.types.is_dictionary(t):
-            t = t.value_type
-        if pa.types.is_struct(t):
-            return t.get_field_index("bytes") >= 0
-        if named and (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_uint8(t.value_type):
-            return True
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
-
     if requested:
         if requested not in schema.names:
             raise ValueError(f"image column {requested!r} not in Parquet columns {schema.names}")
-        if not usable(schema.field(requested), named=True):
+        if not _usable(schema.field(requested), named=True):
             raise ValueError(f"column {requested!r} has type {schema.field(requested).type}, not image bytes")
         return requested
     for name in IMAGE_COLUMN_CANDIDATES:
-        if name in schema.names and usable(schema.field(name), named=True):
+        if name in schema.names and _usable(schema.field(name), named=True):
             return name
     for field in schema:
-        if usable(field):
+        if _usable(field):
             return field.name
     raise ValueError(f"no image column (struct<bytes, path> or binary) among Parquet columns {schema.names}")
+
+
+def other_image_columns(schema: pa.Schema, column: str) -> str | None:
+    """For an image column `find_image_column` found (not one named by --image-column): the file's other columns that
+    could hold the images, as a note for the rejects of rows whose cell is not an image. A first binary column of
+    hashes was taken for the images, and every row was rejected as 'not a recognised image format', naming no column."""
+    others = [f.name for f in schema if f.name != column and _usable(f, named=f.name in IMAGE_COLUMN_CANDIDATES)]
+    if not others:
+        return None
+    return (f"Parquet column {column!r}, found as the image column; --image-column picks another: "
+            f"{', '.join(map(repr, others))}")
 
 
 def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
@@ -90,6 +103,7 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
             parquet = _open_parquet(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, image_column)
+            others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)
             # Arrow cannot select a column by a name the file holds twice: every row was a reject saying its row group
             # "cannot be read" (KeyError), of a file whose data is whole
             twice = sorted(name for name, n in Counter(parquet.schema_arrow.names).items() if n > 1)
@@ -113,6 +127,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             record = _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, others)
             if record["kind"] == "image":
                 record["meta_types"] = types
+                if others_note:
+                    record["decode_note"] = others_note
             return record
 
         first = 0  # the current group's first row
