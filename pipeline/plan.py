@@ -37,7 +37,15 @@ from pipeline.output import (
 from pipeline.presets import shipped_prior_path
 from pipeline.redaction import redact_uri
 from pipeline.settings import ZipSettings, canonical_operators, check_trained_timesteps
-from pipeline.sources import MAX_IMAGE_BYTES, HiddenSkipped, ReadUnit, discover, input_location, relative_id
+from pipeline.sources import (
+    MAX_IMAGE_BYTES,
+    HiddenSkipped,
+    ReadUnit,
+    discover,
+    image_column_problem,
+    input_location,
+    relative_id,
+)
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
 
@@ -243,7 +251,13 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         raise JobError(overlap)
     output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)
     hidden = HiddenSkipped()  # the hidden files the listing leaves out
-    kept_units, skipped_files, excluded = _units_left(_listed_units(config, hidden), config, output.skip)
+    listed = _listed_units(config, hidden)
+    first_parquet = next((u for u in listed if u.kind == "parquet"), None)
+    if config.image_column and first_parquet is not None:
+        problem = image_column_problem(first_parquet, so, config.image_column)
+        if problem:
+            raise JobError(problem)
+    kept_units, skipped_files, excluded = _units_left(listed, config, output.skip)
     containers = _containers_left(kept_units, out, so, output)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.stages import batch_of, write_stage
 
@@ -120,3 +121,24 @@ def test_a_parquet_reject_of_a_named_or_only_image_column_is_unchanged(tmp_path)
     pq.write_table(pa.table({"sha": [b"x"], "photo": [_png()]}), folder / "t.parquet")
     (reject,) = _decoded(folder, image_column="sha")
     assert reject["error"] == "not a recognised image format"
+
+
+@pytest.mark.parametrize(("column", "words"), [("photos", "image column 'photos' not in Parquet columns"),
+                                               ("n", "column 'n' has type int64, not image bytes")])
+def test_an_image_column_the_first_parquet_file_lacks_stops_the_run_before_any_work(tmp_path, column, words) -> None:
+    # A misspelt --image-column made every file one '#unreadable' reject in a run that ended complete (exit 0), and
+    # the output then refused the corrected name ("give --image-column 'photos' as its runs did"): one bad command
+    # locked the output. It is now refused before any work, in a dry run too.
+    from pipeline.config import JobConfig
+    from pipeline.errors import JobError
+    from pipeline.plan import plan_job
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"photo": [_png()], "n": [1]}), folder / "t.parquet")
+    config = JobConfig(input=str(folder), output=str(tmp_path / "out"), image_column=column)
+    with pytest.raises(JobError, match=f"--image-column {column}: {words}"):
+        plan_job(config, dry_run=True)
+    assert not (tmp_path / "out").exists()
+    assert plan_job(JobConfig(input=str(folder), output=str(tmp_path / "out"), image_column="photo"),
+                    dry_run=True).units

@@ -16,7 +16,7 @@ from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, read_b
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, hidden_note
 from pipeline.sources.ids import LOOKALIKE, ids_digest, ids_key, relative_id, text_name
 from pipeline.sources.listing import discover, input_location
-from pipeline.sources.parquet_files import find_image_column
+from pipeline.sources.parquet_files import find_image_column, image_column_problem
 from pipeline.sources.reading import read_unit
 from pipeline.sources.records import JOB_COLUMNS, passthrough_name, reject_record
 from pipeline.sources.units import VERSION_FIELDS, ReadUnit, listing_stamp
@@ -37,6 +37,7 @@ __all__ = [
     "ReadUnit",
     "discover",
     "find_image_column",
+    "image_column_problem",
     "hidden_note",
     "ids_digest",
     "ids_key",

@@ -71,6 +71,25 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
     raise ValueError(f"no image column (struct<bytes, path> or binary) among Parquet columns {schema.names}")
 
 
+def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str) -> str | None:
+    """Why --image-column `requested` cannot be the image column of this Parquet file (from its footer alone), or
+    None. Checked on the input's first Parquet file before any work: a misspelt name made every file one
+    '#unreadable' reject in a run that ended complete, and the output then refused the corrected name as other
+    reading options. A footer that cannot be read is left to the run, where that file is a reject."""
+    (path,) = unit.paths
+    try:
+        with contextlib.ExitStack() as stack:
+            open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
+            schema = _open_parquet(stack.enter_context(open_file())).schema_arrow
+    except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+        return None
+    try:
+        find_image_column(schema, requested)
+    except ValueError as err:
+        return f"--image-column {requested}: {err} of {path}"
+    return None
+
+
 def other_image_columns(schema: pa.Schema, column: str) -> str | None:
     """For an image column `find_image_column` found (not one named by --image-column): the file's other columns that
     could hold the images, as a note for the rejects of rows whose cell is not an image. A first binary column of
