@@ -331,7 +331,7 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     older version wrote), in the same whole-file write that replaces it atomically, so the folder reads as one table
     whichever file a reader takes its columns from. The caller holds the output's lease: no other run writes it.
     """
-    fs, _ = _fs(output, storage_options)
+    fs, root = _fs(output, storage_options)
     seen: set[str] = set()
     fresh: set[str] = set()  # ids in files this run wrote
     purified_ids: set[str] = set()
@@ -399,8 +399,21 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     # old row to remove.
     retried_out = set(retried) & fresh
     now_purified = len(retried_out & purified_ids)
+    if not rows[1]:
+        _remove_empty_folder(fs, posixpath.join(root, REJECTS_DIR))
     return OutputRows(removed, rows[0], rows[1], schemas, now_purified, len(retried_out) - now_purified,
                       len(resolved_out), upgraded)
+
+
+def _remove_empty_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove `path` when it is a folder holding nothing: rejects/ once every reject in it has been purified on a
+    retry read as a table with no columns (`pd.read_parquet(OUTPUT/rejects)['id']`: KeyError). Without it, it reads
+    as an output that never had a reject (no folder), as on an object store, which has no empty folders."""
+    try:
+        if fs.isdir(path) and not fs.ls(path, detail=False):
+            fs.rmdir(path)
+    except (OSError, NotImplementedError):
+        pass  # left as it is: an empty folder loses nothing
 
 
 def rejects_columns(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:

@@ -163,3 +163,19 @@ def test_a_container_read_whole_at_last_loses_its_unreadable_reject_without_retr
     assert set(data["id"]) == {"t.tar/0", "t.tar/2", "x.png"}
     # the key the shard broke off in is a reject like any other: done, until --retry-rejects reads it again
     assert list(rejects["id"]) == ["t.tar/1"]
+
+
+def test_rejects_folder_emptied_by_the_check_is_removed_not_left_as_a_table_with_no_columns(tmp_path) -> None:
+    # Every reject purified on a retry left rejects/ as an empty folder: pd.read_parquet read it as a table with no
+    # columns, so rejects["id"] raised KeyError. It now reads as an output that never had a reject, as on S3.
+    out = tmp_path / "out"
+    _part(out / "data", "a", ["ok"])
+    _part(out / "rejects", "a", ["fixed"], error="old reason")
+    _part(out / "data", "z", ["fixed"])  # this run's: purified now
+    rows = deduplicate_output(str(out), {}, written=["data/part-z.parquet"], retried={"fixed"})
+    assert (rows.retried_purified, rows.rejected) == (1, 0) and not (out / "rejects").exists()
+    assert output_ids(str(out), {}) == ({"ok", "fixed"}, set())
+    _part(out / "rejects", "b", ["bad"])
+    (out / "rejects" / ".part-c.parquet.tmp").write_bytes(b"")  # a write still under way
+    deduplicate_output(str(out), {}, resolved={"bad"})
+    assert (out / "rejects").exists()  # not empty: kept
