@@ -239,11 +239,43 @@ def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
     victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
     assert len(trained) == 3
 
+    # a classifier saved by a version before these were kept, in its weights' file and in its record: served
+    from pipeline.evaluation.classifier import load_classifier, save_classifier
+
+    save_classifier(load_classifier(first["path"]), first["path"])
     meta = Path(first["path"]).with_suffix(".json")
     old_record = {k: v for k, v in json.loads(meta.read_text()).items() if k not in ("attack_params", "train_sha256")}
     meta.write_text(json.dumps(old_record))
     _, served = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
     assert len(trained) == 3 and served["trained_now"] is False
+
+
+def test_a_lost_classifier_record_is_rebuilt_from_its_weights_file_and_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged .json beside a cached classifier was read as empty, the classifier served, and the record written again
+    with its whole-split scores only: what it was trained from was gone, so another copy of the data set was never
+    noticed again. The weights' file now holds it too."""
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
+
+    trained: list[int] = []
+
+    def untrained(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, **kwargs: object) -> object:
+        trained.append(len(images))
+        return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
+
+    monkeypatch.setattr(victims, "train_classifier", untrained)
+    train = fake_loader("synthetic", "train")
+    _, first = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    meta = Path(first["path"]).with_suffix(".json")
+    meta.write_text("{damaged")
+    _, served = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    assert len(trained) == 1 and served["trained_now"] is False
+    assert json.loads(meta.read_text())["train_sha256"] == first["train_sha256"]  # written back
+    meta.write_text("{damaged")
+    other_copy = LabelledImages(255 - train.images, train.labels, train.num_classes)
+    _, retrained = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    assert len(trained) == 2 and retrained["trained_now"] is True
 
 
 def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physicalba(

@@ -444,15 +444,28 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.n
     return torch.cat(preds).numpy().astype(np.int64) if preds else np.zeros(0, dtype=np.int64)
 
 
-def save_classifier(model: ResNet, path: str | Path) -> None:
-    """Store config + state dict in one file that loads with torch.load(weights_only=True)."""
+def save_classifier(model: ResNet, path: str | Path, trained_from: dict[str, Any] | None = None) -> None:
+    """Store config + state dict in one file that loads with torch.load(weights_only=True); `trained_from` (what the
+    weights follow from: the data's hash, the attack's parameters) goes in it as JSON text, read back by
+    `classifier_trained_from`."""
     config = asdict(model.config)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "zip-purify-classifier/1", "config": config, "state_dict": state}, tmp)
+    payload: dict[str, Any] = {"format": "zip-purify-classifier/1", "config": config, "state_dict": state}
+    if trained_from is not None:
+        payload["trained_from"] = json.dumps(trained_from, sort_keys=True)
+    torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def classifier_trained_from(path: str | Path) -> dict[str, Any] | None:
+    """What a classifier saved by `save_classifier` was trained from, or None when it does not say (saved without it,
+    by a version before it was kept)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    recorded = payload.get("trained_from") if isinstance(payload, dict) else None
+    return json.loads(recorded) if isinstance(recorded, str) else None
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> ResNet:

@@ -6,7 +6,9 @@ recipe asks for (`NO_HFLIP`, `RESTAMP_AFTER_AUGMENT`, `NO_CROP_ATTACKS`), and is
     <cache_dir>/classifiers/<dataset>-<attack|clean>-e<epochs>[-<options>].pt   (+ .json with how it was trained)
 
 While it trains, an epoch checkpoint beside it (`training_checkpoint_path`) lets a killed run resume after its last
-finished epoch. Its scores on the whole test split (`full_test_scores`) are cached in the same .json.
+finished epoch. Its scores on the whole test split (`full_test_scores`) are cached in the same .json. What it was
+trained from (the training split's hash, the attack's parameters) is in the .pt as well, so that a lost or damaged
+.json is rebuilt with it and a cached victim of other data is still retrained.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.evaluation.classifier import (
     ExtraTransform,
     ResNet,
     Restamp,
+    classifier_trained_from,
     load_classifier,
     predict,
     save_classifier,
@@ -144,6 +147,7 @@ def get_classifier(
     model, seconds = _train_victim(
         data, train.num_classes, epochs, options, path, device=device, progress=progress, threads=threads,
         checkpoint_key=json.dumps({**trained_from, "attack": name, "dataset": dataset}, sort_keys=True),
+        trained_from=trained_from,
     )
     info = {
         "dataset": dataset, "attack": name, "epochs": epochs, "train_images": len(data.images),
@@ -183,6 +187,13 @@ def _current_cached_classifier(dataset: str, name: str, path: Path,
     if cached is None:
         return None
     info = read_json_cache(path.with_suffix(".json"))
+    if any(key not in info for key in trained_from):
+        # a record lost or damaged (rebuilt from what the weights' file says, so that it is checked, and kept when
+        # the record is written again with the whole-split scores), or one from before these were kept
+        recorded = _weights_trained_from(path)
+        if recorded:
+            info = {**info, **{key: recorded[key] for key in trained_from if key in recorded and key not in info}}
+            write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2))
     stale = [key for key, value in trained_from.items() if key in info and info[key] != value]
     if stale:
         log(f"{dataset}/{name}: cached classifier {path} was trained from another {' and '.join(stale)}; retraining it")
@@ -221,7 +232,8 @@ def _poisoned_training_set(dataset: str, name: str, train: LabelledImages, attac
 
 
 def _train_victim(data: PoisonedTrainingSet, num_classes: int, epochs: int, options: dict[str, Any], path: Path, *,
-                  device: str, progress: bool, threads: int | None, checkpoint_key: str) -> tuple[ResNet, float]:
+                  device: str, progress: bool, threads: int | None, checkpoint_key: str,
+                  trained_from: dict[str, Any]) -> tuple[ResNet, float]:
     """Train on `data` and cache the weights at `path`; the model and the seconds its training took."""
     start = time.perf_counter()
     # An epoch checkpoint beside the cache file: a killed run resumes after its last finished epoch (10 epochs are
@@ -233,7 +245,7 @@ def _train_victim(data: PoisonedTrainingSet, num_classes: int, epochs: int, opti
         checkpoint_key=checkpoint_key, **options,
     )
     seconds = time.perf_counter() - start
-    save_classifier(model, path)
+    save_classifier(model, path, trained_from)  # also in the weights' file: the .json beside it may be lost
     partial.unlink(missing_ok=True)
     return model, seconds
 
@@ -253,6 +265,14 @@ def _attack_params(attack: Attack | None) -> dict[str, Any] | None:
     if attack is None:
         return None
     return json.loads(json.dumps({"class": type(attack).__name__, **asdict(attack)}))  # type: ignore[call-overload]
+
+
+def _weights_trained_from(path: Path) -> dict[str, Any] | None:
+    try:
+        return classifier_trained_from(path)
+    except DAMAGED_CACHE as err:  # (the weights loaded a moment ago: only a file changed since gets here)
+        warn_damaged(path, err, "its training record is not checked")
+        return None
 
 
 def _cached_classifier(path: Path) -> ResNet | None:
