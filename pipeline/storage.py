@@ -274,12 +274,18 @@ def store_scopes(storage_options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in storage_options.items() if isinstance(v, dict) and _is_store_name(k)}
 
 
+# Stores whose name as an option can only be meant as that store's own entry (fsspec knows words such as "data" and
+# "root" as protocols too, which a file system may take as an option of its own).
+COMMON_STORES = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "http", "https", "abfs", "abfss", "az", "adl",
+                           "hdfs", "webhdfs", "arrow_hdfs", "ftp", "sftp", "oci", "oss"})
+
+
 def store_entry_problems(storage_options: dict[str, Any]) -> list[str]:
     """Options named after a store that are not a mapping: meant as that store's own entry, they would otherwise
     reach every file system as an option it does not know."""
     return [f"storage option {name} names a store: give its own options as a mapping, e.g. "
             f"--storage-option {name}='{{\"anon\": true}}'"
-            for name, value in storage_options.items() if _is_store_name(name) and not isinstance(value, dict)]
+            for name, value in storage_options.items() if name in COMMON_STORES and not isinstance(value, dict)]
 
 
 def scoped_options(protocol: str, storage_options: dict[str, Any]) -> dict[str, Any]:
