@@ -384,16 +384,20 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             done["rejects_retried"] = count.retried
         totals = {**stopped_totals(earlier, count, plan.retry),
                   "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
-        write_json(f"{out}/{SUMMARY_FILE}", {
-            "status": status, **details, "this_run": done, "output_totals": totals,
-            "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
-            "config": config.public(), "versions": versions(), "started": started, "stopped": time.time()}, so)
+        unwritten = ""
+        try:
+            write_json(f"{out}/{SUMMARY_FILE}", {
+                "status": status, **details, "this_run": done, "output_totals": totals,
+                "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
+                "config": config.public(), "versions": versions(), "started": started, "stopped": time.time()}, so)
+        except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
+            unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
         least = "" if count.short is None else "at least "
         files = f"{count.files} part file{'' if count.files == 1 else 's'}"
         return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
                 f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
                 + ("" if count.short is None else f" ({count.short})")
-                + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else ""))
+                + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else "") + unwritten)
 
     with record_stopped_run(record_stop, out):
         # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
@@ -439,10 +443,14 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         stale = stale_rejects(plan, tally.read_whole)
         rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all)
         retyped = unify_output_types(out, so, rows.data_schemas)
-    summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
-    if summary["status"] == "complete":
-        summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, tally.read_whole)
-    write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+        # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
+        # written (a full disk), is recorded as "interrupted" or "failed" (exit status 143 or 1) rather than leaving
+        # "running" behind, or exit status 2 ("could not start"). Once written, a signal lets the run end as recorded.
+        summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
+        if summary["status"] == "complete":
+            summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, tally.read_whole)
+        write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+        IGNORE_STOPS.set()
     if summary["status"] != "complete":
         raise JobFailed(f"read {tally.read} inputs and counted {tally.purified} purified + {tally.rejected} rejected; "
                         f"the output now holds {rows.purified} purified + {rows.rejected} rejected rows in all; see "

@@ -1,0 +1,91 @@
+"""Faults an operator meets on a schedule, injected into whole runs: a full disk when the run's summary is written, and
+a SIGTERM between the end-of-run check and the summary. Each ends with the exit status and the summary the docs
+promise (1 and "failed", 143 and "interrupted"), not exit status 2 ("could not start") or a summary left "running"."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import pipeline.job as job
+from pipeline.errors import JobFailed, JobInterrupted
+from pipeline.job import run_job
+from pipeline.lease import LEASE_FILE
+from pipeline.output import SUMMARY_FILE
+from tests.jobutil import png_inputs, small_job_config
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / SUMMARY_FILE).read_text())
+
+
+def _run(config) -> dict:
+    """run_job, with a signal's bare KeyboardInterrupt out of it a failure of the test rather than the end of pytest."""
+    try:
+        return run_job(config)
+    except KeyboardInterrupt as err:
+        raise AssertionError(f"a bare {type(err).__name__} left the run: the CLI says nothing of what was written") from None
+
+
+def test_a_full_disk_when_the_summary_is_written_fails_the_run_naming_the_file(tmp_path, model, monkeypatch) -> None:
+    # every image landed, then the disk filled: the summary's write failed with a bare OSError, which the CLI took
+    # for "could not start" (exit status 2, "error: [Errno 28] No space left on device", no file named)
+    png_inputs(tmp_path / "in", 3)
+    real = job.write_json
+
+    def full_disk(uri: str, payload: dict, storage_options: dict) -> None:
+        if uri.endswith(SUMMARY_FILE) and payload.get("status") != "running":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(uri, payload, storage_options)
+
+    monkeypatch.setattr(job, "write_json", full_disk)
+    with pytest.raises(JobFailed) as failed:  # the CLI's exit status 1: started and failed, the same command resumes
+        run_job(small_job_config(tmp_path, model))
+    message = str(failed.value)
+    assert "No space left on device" in message and f"{tmp_path / 'out' / SUMMARY_FILE} could not be written" in message
+    assert "this run wrote 3 purified and 0 rejected" in message and "run the same command again" in message
+    assert not (tmp_path / "out" / LEASE_FILE).exists()
+
+
+def test_sigterm_after_the_end_of_run_check_records_the_run_as_interrupted(tmp_path, model, monkeypatch) -> None:
+    # a scheduler's SIGTERM while the summary was made (or the containers' record written): exit status 143 with the
+    # summary left "running", where the docs promise "interrupted" with this run's counts
+    png_inputs(tmp_path / "in", 3)
+    real = job._summary
+
+    def summary_then_sigterm(*args, **kwargs) -> dict:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "_summary", summary_then_sigterm)
+    with pytest.raises(JobInterrupted) as stopped:
+        _run(small_job_config(tmp_path, model))
+    assert stopped.value.signum == signal.SIGTERM
+    summary = _summary(tmp_path / "out")
+    assert summary["status"] == "interrupted" and summary["this_run"]["purified"] == 3, summary
+    monkeypatch.setattr(job, "_summary", real)  # the same command resumes, purifies nothing again and completes
+    summary = run_job(small_job_config(tmp_path, model))
+    assert summary["status"] == "complete" and summary["this_run"]["skipped_already_done"] == 3
+
+
+def test_sigterm_once_the_complete_summary_is_written_lets_the_run_end_complete(tmp_path, model, monkeypatch) -> None:
+    # a SIGTERM while the lease was released: exit status 143 and "run the same command again to resume", which
+    # then stopped with exit status 2 as the output was complete
+    png_inputs(tmp_path / "in", 3)
+    real = job.OutputLease.release
+
+    def release_after_sigterm(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(self)
+
+    monkeypatch.setattr(job.OutputLease, "release", release_after_sigterm)
+    summary = _run(small_job_config(tmp_path, model))
+    assert summary["status"] == "complete" and _summary(tmp_path / "out")["status"] == "complete"
+    assert not (tmp_path / "out" / LEASE_FILE).exists()
