@@ -15,6 +15,7 @@ import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from glob import has_magic  # what fsspec's rm tests before it expands a path
 from typing import Any
 
 import fsspec
@@ -579,6 +580,18 @@ def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fs
     return fs, root
 
 
+def _remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool) -> None:
+    """fs.rm(path), with a path holding glob characters ('run[1]/data') taken as it is written: s3fs's rm expands
+    them, so that --overwrite of s3://bucket/run[1] deleted s3://bucket/run1's data/ and summary, not its own."""
+    if not has_magic(path):
+        fs.rm(path, recursive=recursive)
+        return
+    for name in fs.find(path) if recursive else [path]:
+        fs.rm_file(name)
+    if recursive and fs.exists(path):  # a local folder, now empty
+        fs.rmdir(path)
+
+
 def clear_output(out: str, storage_options: dict[str, Any]) -> None:
     """Delete what --overwrite replaces: data/, rejects/, the summary, the job record and the record of containers
     read whole (not the lease)."""
@@ -586,10 +599,10 @@ def clear_output(out: str, storage_options: dict[str, Any]) -> None:
     if fs.exists(root):
         for folder in (DATA_DIR, REJECTS_DIR):
             if fs.exists(posixpath.join(root, folder)):
-                fs.rm(posixpath.join(root, folder), recursive=True)
+                _remove(fs, posixpath.join(root, folder), recursive=True)
         for name in (SUMMARY_FILE, JOB_FILE, LEDGER_DIR):
             if fs.exists(posixpath.join(root, name)):
-                fs.rm(posixpath.join(root, name), recursive=name == LEDGER_DIR)
+                _remove(fs, posixpath.join(root, name), recursive=name == LEDGER_DIR)
 
 
 

@@ -1,6 +1,7 @@
 """Faults an operator meets on a schedule, injected into whole runs: a full disk when the run's summary is written, and
 a SIGTERM between the end-of-run check and the summary. Each ends with the exit status and the summary the docs
-promise (1 and "failed", 143 and "interrupted"), not exit status 2 ("could not start") or a summary left "running"."""
+promise (1 and "failed", 143 and "interrupted"), not exit status 2 ("could not start") or a summary left "running".
+And --overwrite of an output whose name holds glob characters deletes that output's files, not another's."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ import pipeline.job as job
 from pipeline.errors import JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_FILE
-from pipeline.output import SUMMARY_FILE
+from pipeline.output import JOB_FILE, SUMMARY_FILE, clear_output
 from tests.jobutil import png_inputs, small_job_config
-
-pytestmark = pytest.mark.usefixtures("ray_local")
+from tests.s3util import moto_s3
 
 
 def _summary(out: Path) -> dict:
@@ -34,6 +34,7 @@ def _run(config) -> dict:
         raise AssertionError(f"a bare {type(err).__name__} left the run: the CLI says nothing of what was written") from None
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_a_full_disk_when_the_summary_is_written_fails_the_run_naming_the_file(tmp_path, model, monkeypatch) -> None:
     # every image landed, then the disk filled: the summary's write failed with a bare OSError, which the CLI took
     # for "could not start" (exit status 2, "error: [Errno 28] No space left on device", no file named)
@@ -54,6 +55,7 @@ def test_a_full_disk_when_the_summary_is_written_fails_the_run_naming_the_file(t
     assert not (tmp_path / "out" / LEASE_FILE).exists()
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_sigterm_after_the_end_of_run_check_records_the_run_as_interrupted(tmp_path, model, monkeypatch) -> None:
     # a scheduler's SIGTERM while the summary was made (or the containers' record written): exit status 143 with the
     # summary left "running", where the docs promise "interrupted" with this run's counts
@@ -75,6 +77,7 @@ def test_sigterm_after_the_end_of_run_check_records_the_run_as_interrupted(tmp_p
     assert summary["status"] == "complete" and summary["this_run"]["skipped_already_done"] == 3
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_sigterm_once_the_complete_summary_is_written_lets_the_run_end_complete(tmp_path, model, monkeypatch) -> None:
     # a SIGTERM while the lease was released: exit status 143 and "run the same command again to resume", which
     # then stopped with exit status 2 as the output was complete
@@ -89,3 +92,29 @@ def test_sigterm_once_the_complete_summary_is_written_lets_the_run_end_complete(
     summary = _run(small_job_config(tmp_path, model))
     assert summary["status"] == "complete" and _summary(tmp_path / "out")["status"] == "complete"
     assert not (tmp_path / "out" / LEASE_FILE).exists()
+
+
+OUTPUT_FILES = ("data/part-1.parquet", "rejects/part-2.parquet", SUMMARY_FILE, JOB_FILE, "_containers/containers.json")
+
+
+def test_overwrite_of_an_s3_output_named_with_brackets_deletes_its_own_files_and_no_others() -> None:
+    # fs.rm expands glob characters on S3: --overwrite of s3://bkt/run[1] deleted s3://bkt/run1's data/ and summary,
+    # kept its own files and stopped with "error: ['bkt/run[1]/_job.json']"
+    with moto_s3("bkt") as (client, options):
+        for run in ("run1", "run[1]"):
+            for name in OUTPUT_FILES:
+                client.put_object(Bucket="bkt", Key=f"{run}/{name}", Body=b"x")
+        client.put_object(Bucket="bkt", Key="run[1]/_lease.json", Body=b"{}")
+        clear_output("s3://bkt/run[1]", options)
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"])
+    assert keys == sorted([*(f"run1/{name}" for name in OUTPUT_FILES), "run[1]/_lease.json"])
+
+
+def test_overwrite_of_a_local_output_named_with_brackets_deletes_its_own_files_and_no_others(tmp_path) -> None:
+    for run in ("run1", "run[1]"):
+        for name in OUTPUT_FILES:
+            (tmp_path / run / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / run / name).write_bytes(b"x")
+    clear_output(str(tmp_path / "run[1]"), {})
+    assert sorted(p.name for p in (tmp_path / "run[1]").iterdir()) == []
+    assert all((tmp_path / "run1" / name).exists() for name in OUTPUT_FILES)
