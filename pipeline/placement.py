@@ -69,9 +69,14 @@ def init_ray(config: PlacementOptions) -> None:
         problem = unreachable_ray_address(address)
         if problem:
             raise JobError(f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}: {problem}")
-        ray.init(address=address, log_to_driver=True)
-    else:
-        init_local_ray()
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            init_local_ray()
+    except Exception as err:  # Ray's own failures are plain Exceptions ("The current node timed out during startup")
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+        raise JobError(f"could not {where}: {describe(err)}") from err
 
 
 def default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:

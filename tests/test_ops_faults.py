@@ -118,3 +118,27 @@ def test_overwrite_of_a_local_output_named_with_brackets_deletes_its_own_files_a
     clear_output(str(tmp_path / "run[1]"), {})
     assert sorted(p.name for p in (tmp_path / "run[1]").iterdir()) == []
     assert all((tmp_path / "run1" / name).exists() for name in OUTPUT_FILES)
+
+
+def test_a_local_ray_that_cannot_start_is_one_error_line_and_exit_status_2(tmp_path, model, monkeypatch, capsys) -> None:
+    # a busy node, or a file-size limit (ulimit -f) on Ray's session files: ray.init's own Exception came out as a
+    # page of traceback and exit status 1 ("started and failed"), though nothing had started
+    import ray
+
+    import pipeline.placement as placement
+    from pipeline.cli import main
+
+    def timed_out(num_cpus: int | None = None) -> None:
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(placement, "init_local_ray", timed_out)
+    png_inputs(tmp_path / "in", 1)
+    status = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model,
+                   "--steps", "1", "--canvas-size", "32", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err == ["error: could not start a local Ray: Exception: The current node timed out during "
+                                   "startup. This could happen because some of the raylet failed to startup or the "
+                                   "GCS has become overloaded."], err
+    assert not (tmp_path / "out").exists()
