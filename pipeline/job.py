@@ -345,11 +345,11 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
          started: float) -> dict[str, Any]:
     so = config.storage_options
     out = config.output.rstrip("/")
-    try:
+    try:  # before any work: a refusal (a full disk, a quota) is "could not start", naming the output
         write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
+        write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
-    write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
 
     bar: Any = None
     tally = RunTally(HiddenSkipped())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.job as job
-from pipeline.errors import JobFailed, JobInterrupted
+from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_FILE
 from pipeline.output import JOB_FILE, SUMMARY_FILE, clear_output
@@ -53,6 +53,23 @@ def test_a_full_disk_when_the_summary_is_written_fails_the_run_naming_the_file(t
     assert "No space left on device" in message and f"{tmp_path / 'out' / SUMMARY_FILE} could not be written" in message
     assert "this run wrote 3 purified and 0 rejected" in message and "run the same command again" in message
     assert not (tmp_path / "out" / LEASE_FILE).exists()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_full_disk_when_the_run_starts_is_cannot_write_to_output(tmp_path, model, monkeypatch) -> None:
+    # _job.json fitted, the "running" summary did not: a bare "error: [Errno 28] No space left on device", no file named
+    png_inputs(tmp_path / "in", 1)
+    real = job.write_json
+
+    def full_disk(uri: str, payload: dict, storage_options: dict) -> None:
+        if uri.endswith(SUMMARY_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(uri, payload, storage_options)
+
+    monkeypatch.setattr(job, "write_json", full_disk)
+    with pytest.raises(JobError, match=f"cannot write to output {tmp_path / 'out'}: OSError: .*No space left"):
+        run_job(small_job_config(tmp_path, model))
+    assert not (tmp_path / "out" / "data").exists() and not (tmp_path / "out" / LEASE_FILE).exists()
 
 
 @pytest.mark.usefixtures("ray_local")
