@@ -593,16 +593,14 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool) -> None:
 
 
 def clear_output(out: str, storage_options: dict[str, Any]) -> None:
-    """Delete what --overwrite replaces: data/, rejects/, the summary, the job record and the record of containers
-    read whole (not the lease)."""
+    """Delete what --overwrite replaces: the summary, data/, rejects/, the job record and the record of containers
+    read whole (not the lease). The summary first: an overwrite stopped half-way (SIGTERM, SIGKILL while a large data/
+    is deleted) leaves an unfinished run, which any later run resumes, not a "complete" one missing rows."""
     fs, root = _fs(out, storage_options)
     if fs.exists(root):
-        for folder in (DATA_DIR, REJECTS_DIR):
-            if fs.exists(posixpath.join(root, folder)):
-                _remove(fs, posixpath.join(root, folder), recursive=True)
-        for name in (SUMMARY_FILE, JOB_FILE, LEDGER_DIR):
+        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR):
             if fs.exists(posixpath.join(root, name)):
-                _remove(fs, posixpath.join(root, name), recursive=name == LEDGER_DIR)
+                _remove(fs, posixpath.join(root, name), recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR))
 
 
 

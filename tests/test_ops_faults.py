@@ -159,3 +159,26 @@ def test_a_local_ray_that_cannot_start_is_one_error_line_and_exit_status_2(tmp_p
                                    "startup. This could happen because some of the raylet failed to startup or the "
                                    "GCS has become overloaded."], err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_overwrite_stopped_while_it_deletes_leaves_no_complete_summary_over_the_rest(tmp_path, monkeypatch) -> None:
+    # SIGTERM or SIGKILL while --overwrite deleted a large data/: the old summary still said "complete" over an output
+    # missing rows, so the scheduled command stopped with "already holds a complete run" (exit status 2)
+    import pipeline.output as output
+
+    out = tmp_path / "out"
+    for name in OUTPUT_FILES:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    real = output._remove
+
+    def stopped_in_data(fs, path: str, recursive: bool) -> None:
+        if path.endswith("/data"):
+            raise KeyboardInterrupt  # the signal, as signals_interrupt raises it
+        real(fs, path, recursive)
+
+    monkeypatch.setattr(output, "_remove", stopped_in_data)
+    with pytest.raises(KeyboardInterrupt):
+        clear_output(str(out), {})
+    assert not (out / SUMMARY_FILE).exists()  # an unfinished run: the scheduled command resumes it
+    assert (out / JOB_FILE).exists()
