@@ -49,7 +49,11 @@ def read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | Non
     fs, path = _fs(uri, storage_options)
     if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
         return None
-    return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
+    try:
+        return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
+    except json.JSONDecodeError as err:  # said as bare "JSONDecodeError: Expecting value ...", naming no file
+        raise ValueError(f"{uri} is not valid JSON ({describe(err)}); the job writes it whole, so something else "
+                         "damaged it: restore it, or move it out of the output and run again") from err
 
 
 def write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:

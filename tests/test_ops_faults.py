@@ -182,3 +182,19 @@ def test_an_overwrite_stopped_while_it_deletes_leaves_no_complete_summary_over_t
         clear_output(str(out), {})
     assert not (out / SUMMARY_FILE).exists()  # an unfinished run: the scheduled command resumes it
     assert (out / JOB_FILE).exists()
+
+
+@pytest.mark.parametrize("name", [SUMMARY_FILE, JOB_FILE])
+def test_a_damaged_record_in_the_output_is_named(tmp_path, model, name) -> None:
+    # emptied or cut short by something else: "cannot use output OUT: JSONDecodeError: Expecting value: line 1
+    # column 1 (char 0)", which named neither the file nor the way on
+    from pipeline.plan import plan_job
+
+    png_inputs(tmp_path / "in", 1)
+    config = small_job_config(tmp_path, model)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / JOB_FILE).write_text(json.dumps({**plan_job(config, dry_run=True).job_record,
+                                                          "config": config.public()}))
+    (tmp_path / "out" / name).write_text('{"status": "compl')
+    with pytest.raises(JobError, match=f"{tmp_path / 'out' / name} is not valid JSON .*move it out of the output"):
+        plan_job(config, dry_run=True)
