@@ -21,7 +21,7 @@ from pipeline.output import DamagedOutput, part_file_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import listing_stamp
 from pipeline.stages import DATA_DIR, REJECTS_DIR
-from pipeline.storage import describe, storage_path, with_retries
+from pipeline.storage import describe, shortened, storage_path, with_retries
 
 
 class _Interrupt(KeyboardInterrupt):
@@ -43,7 +43,7 @@ def failure_reason(err: BaseException) -> str:
     for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
         match = _EXCEPTION_LINE.match(line)
         if match:
-            return f"{match[1]}: {match[2]}"[:300]
+            return shortened(f"{match[1]}: {match[2]}")
     return describe(err)
 
 

@@ -583,6 +583,19 @@ def make_parent_dirs(fs: object, folder: str) -> None:
         fs.makedirs(folder, exist_ok=True)  # type: ignore[attr-defined]
 
 
+REASON_CHARS = 300  # the longest reason kept in a reject row or a summary
+
+
+def shortened(text: str, limit: int = REASON_CHARS) -> str:
+    """`text` of at most `limit` characters: cut at a word and marked with '…' when longer, so that a reason cut short
+    does not read as a whole sentence ("The task may ; this run wrote ...")."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    word = cut.rfind(" ")
+    return (cut[:word] if word > limit // 2 else cut).rstrip(" ,;:") + "…"
+
+
 def describe(err: BaseException) -> str:
     """A one-line reason for logs and reject rows."""
-    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    return shortened(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

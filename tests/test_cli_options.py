@@ -303,6 +303,20 @@ def test_a_failed_batch_is_reported_by_the_workers_own_exception() -> None:
     assert failure_reason(RuntimeError("boom\nmore")) == "RuntimeError: boom"
 
 
+def test_a_long_reason_is_cut_at_a_word_and_says_so() -> None:
+    # Reasons are kept to 300 characters; a Ray error cut mid-sentence read "...The task may ; this run wrote ...".
+    from pipeline.stopped_run import failure_reason
+    from pipeline.storage import describe
+
+    long = "ActorDiedError: " + " ".join(["The actor died unexpectedly before finishing this task."] * 8)
+    for reason, whole in ((failure_reason(RuntimeError(long)), long),
+                          (describe(RuntimeError(long[16:])), "RuntimeError: " + long[16:])):
+        kept = reason.removesuffix("…")
+        assert len(reason) <= 300 and kept != reason, reason
+        assert whole.startswith(kept) and whole[len(kept)] == " "  # cut between words
+    assert describe(RuntimeError("short")) == "RuntimeError: short"
+
+
 def test_positional_input_and_output_are_pointed_at_their_flags(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["in/", "out/"])
