@@ -209,12 +209,9 @@ def test_attack_options_train_the_changed_attack_under_its_own_name(tmp_path: Pa
         victims.get_classifier("synthetic", None, tmp_path, 1, train=train, attack_options={"interpolation": "nearest"})
 
 
-def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The cache name holds the data set, attack and options given, not the training images or the attack's defaults:
-    a victim trained on another copy of the data set, or before an attack default changed, is retrained, not served.
-    A meta file from before this record is served as it is (the published reports' classifiers)."""
+def _untrained_victims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Victims built untrained instead of trained (seconds, not minutes); returns the list each training appends its
+    number of images to."""
     from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
 
     trained: list[int] = []
@@ -224,6 +221,16 @@ def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
         return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
 
     monkeypatch.setattr(victims, "train_classifier", untrained)
+    return trained
+
+
+def test_a_cached_classifier_from_other_data_or_attack_parameters_is_retrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache name holds the data set, attack and options given, not the training images or the attack's defaults:
+    a victim trained on another copy of the data set, or before an attack default changed, is retrained, not served.
+    A meta file from before this record is served as it is (the published reports' classifiers)."""
+    trained = _untrained_victims(monkeypatch)
     train = fake_loader("synthetic", "train")
     _, first = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
     _, again = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
@@ -256,15 +263,7 @@ def test_a_lost_classifier_record_is_rebuilt_from_its_weights_file_and_still_che
     """A damaged .json beside a cached classifier was read as empty, the classifier served, and the record written again
     with its whole-split scores only: what it was trained from was gone, so another copy of the data set was never
     noticed again. The weights' file now holds it too."""
-    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
-
-    trained: list[int] = []
-
-    def untrained(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int, **kwargs: object) -> object:
-        trained.append(len(images))
-        return build_classifier(ClassifierConfig(num_classes=num_classes, depth=8)).eval()
-
-    monkeypatch.setattr(victims, "train_classifier", untrained)
+    trained = _untrained_victims(monkeypatch)
     train = fake_loader("synthetic", "train")
     _, first = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
     meta = Path(first["path"]).with_suffix(".json")
