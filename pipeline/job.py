@@ -68,6 +68,7 @@ from pipeline.stages import (
 )
 from pipeline.stopped_run import (
     IGNORE_STOPS,
+    StoppedCount,
     count_stopped_run,
     part_names,
     record_stopped_run,
@@ -345,96 +346,28 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
          started: float) -> dict[str, Any]:
     so = config.storage_options
     out = config.output.rstrip("/")
-    try:  # before any work: a refusal (a full disk, a quota) is "could not start", naming the output
-        write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
-        write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
-    except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot write to output {out}: {describe(err)}") from err
+    _start_output(config, plan, out, started)
+    tally = _start_tally(plan)
+    stop = StopRecorder(config, plan, lease, started, tally)
 
-    bar: Any = None
-    tally = RunTally(HiddenSkipped())
-    tally.hidden.count, tally.hidden.examples = plan.hidden.count, list(plan.hidden.examples)
-    before: dict[str, str | None] | set[str] | None = None  # the output's part files when this run began -> their
-    # listing stamps; None until listed
-    earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
-
-    def record_stop(status: str, details: dict[str, Any]) -> str:
-        """Say in the summary how a run that did not finish ended, with what it wrote: counted in the output (see
-        count_stopped_run), as the pipeline's own counts lag the files that have landed."""
-        if bar is not None:
-            bar.close()
-        if lease.lost is not None:  # the output's summary is the other run's now
-            return "the summary was left to that run"
-        # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
-        details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
-        count = count_stopped_run(out, so, before, tally.reported, plan.retry)  # a second Ctrl-C may cut this short
-        IGNORE_STOPS.set()  # but not the summary's write
-        hidden = tally.hidden
-        done = {"read": max(tally.read, count.purified + count.rejected),  # each row written was read; that count lags
-                "purified": count.purified, "rejected": count.rejected,
-                "skipped_already_done": tally.skipped_already_done(plan),
-                # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
-                "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
-                "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
-                "files_written": count.files,
-                "counted": "from the part files this run wrote, after it stopped" if count.short is None else
-                           f"at least: {count.short}",
-                "wall_s": round(time.time() - started, 2)}
-        if plan.retry:  # earlier rejects read again and written again: counted once each, as the next run will
-            done["rejects_retried"] = count.retried
-        totals = {**stopped_totals(earlier, count, plan.retry),
-                  "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
-        unwritten = ""
-        try:
-            write_json(f"{out}/{SUMMARY_FILE}", {
-                "status": status, **details, "this_run": done, "output_totals": totals,
-                "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
-                "config": config.public(), "versions": versions(), "started": started, "stopped": time.time()}, so)
-        except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
-            unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
-        least = "" if count.short is None else "at least "
-        files = f"{count.files} part file{'' if count.files == 1 else 's'}"
-        return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
-                f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
-                + ("" if count.short is None else f" ({count.short})")
-                + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else "") + unwritten)
-
-    with record_stopped_run(record_stop, out):
-        # Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
-        # ones, since a younger one may be another write still under way.
-        fs_out, out_path = storage_path(out, so)
-        for folder in (DATA_DIR, REJECTS_DIR):
-            remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
+    with record_stopped_run(stop.record, out):
+        _remove_old_temporaries(out, so)
         # What the output holds now, for a stopped run to tell its own files from these (one listing; a new output,
         # or one --overwrite cleared, holds none)
-        before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
+        stop.before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
 
         # 3. The pipeline, and this run's counts as its written batches come back.
         configure_ray_data()
         threads = cpu_actor_threads(config, *placement[:2])
         ds = build_pipeline(config, plan, placement, threads)
         if config.progress:
-            bar = progress_bar(progress_total(plan, so), "purified", "img", sys.stderr)
-        rows_iter = iter(ds.iter_rows())
-        # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
-        # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
-        with pipeline_closed_on_exit(rows_iter):
-            for row in rows_iter:
-                tally.add(row)
-                lease.check()
-                if bar is not None:
-                    # Tar shards and zip archives hold an unknown number of images: no total, so say how many of the
-                    # read tasks (one per shard or file) are done, for the user to judge how far the run is.
-                    shown = {"rejected": tally.rejected} if bar.total is not None else {
-                        "rejected": tally.rejected,
-                        "read_tasks": f"{min(tally.units_read, len(plan.units))}/{len(plan.units)}"}
-                    bar.set_postfix(**shown)  # before update: a log's minute line is printed by update
-                    bar.update(int(row["purified"]) + int(row["rejected"]))
+            stop.bar = progress_bar(progress_total(plan, so), "purified", "img", sys.stderr)
+        _tally_written_batches(ds, plan, lease, tally, stop.bar)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
         # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
-        before = set(before)
-        if bar is not None:
-            bar.close()
+        stop.before = set(stop.before)
+        if stop.bar is not None:
+            stop.bar.close()
         wall = time.time() - started
 
         # 4. The output's end-of-run check. Not when another run has taken the output over: the duplicate check
@@ -456,6 +389,129 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                         f"the output now holds {rows.purified} purified + {rows.rejected} rejected rows in all; see "
                         f"{out}/{SUMMARY_FILE}")
     return summary
+
+
+def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float) -> None:
+    """The job record and a "running" summary, written before any work: a refusal (a full disk, a quota) is then
+    "could not start", naming the output."""
+    so = config.storage_options
+    try:
+        write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
+        write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot write to output {out}: {describe(err)}") from err
+
+
+def _start_tally(plan: JobPlan) -> RunTally:
+    """This run's counts before its first batch: the hidden files the listing left out are already counted."""
+    tally = RunTally(HiddenSkipped())
+    tally.hidden.count, tally.hidden.examples = plan.hidden.count, list(plan.hidden.examples)
+    return tally
+
+
+def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
+    """Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
+    ones, since a younger one may be another write still under way."""
+    fs_out, out_path = storage_path(out, storage_options)
+    for folder in (DATA_DIR, REJECTS_DIR):
+        remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
+
+
+def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any) -> None:
+    """Run the pipeline to its end, adding each written batch's row to `tally` and checking the lease as it goes."""
+    rows_iter = iter(ds.iter_rows())
+    # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
+    # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
+    with pipeline_closed_on_exit(rows_iter):
+        for row in rows_iter:
+            tally.add(row)
+            lease.check()
+            if bar is not None:
+                # before update: a log's minute line is printed by update
+                bar.set_postfix(**_progress_postfix(bar, plan, tally))
+                bar.update(int(row["purified"]) + int(row["rejected"]))
+
+
+def _progress_postfix(bar: Any, plan: JobPlan, tally: RunTally) -> dict[str, Any]:
+    """What the progress bar shows beside its count. Tar shards and zip archives hold an unknown number of images: no
+    total, so say how many of the read tasks (one per shard or file) are done, for the user to judge how far the run
+    is."""
+    if bar.total is not None:
+        return {"rejected": tally.rejected}
+    return {"rejected": tally.rejected, "read_tasks": f"{min(tally.units_read, len(plan.units))}/{len(plan.units)}"}
+
+
+@dataclass
+class StopRecorder:
+    """What a run that did not finish needs to say in its summary how it ended, with what it wrote. `bar` and
+    `before` are set as the run goes (`_run`): the progress bar once it is shown, and the output's part files when
+    this run began (-> their listing stamps; None until listed, a set of names once the pipeline has reported all
+    it wrote)."""
+
+    config: JobConfig
+    plan: JobPlan
+    lease: OutputLease
+    started: float
+    tally: RunTally
+    bar: Any = None
+    before: dict[str, str | None] | set[str] | None = None
+
+    def record(self, status: str, details: dict[str, Any]) -> str:
+        """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
+        as the pipeline's own counts lag the files that have landed. Returns a phrase on what was written."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.lease.lost is not None:  # the output's summary is the other run's now
+            return "the summary was left to that run"
+        plan, so, out = self.plan, self.config.storage_options, self.config.output.rstrip("/")
+        # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
+        details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
+        # a second Ctrl-C may cut the count short
+        count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
+        IGNORE_STOPS.set()  # but not the summary's write
+        earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
+        done = _stopped_this_run(plan, self.tally, count, self.started)
+        totals = {**stopped_totals(earlier, count, plan.retry),
+                  "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
+        unwritten = ""
+        try:
+            write_json(f"{out}/{SUMMARY_FILE}", {
+                "status": status, **details, "this_run": done, "output_totals": totals,
+                "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
+                "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
+                so)
+        except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
+            unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
+        return _stopped_phrase(count, totals, self.tally.hidden) + unwritten
+
+
+def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, started: float) -> dict[str, Any]:
+    """A stopped run's "this_run" in its summary: the rows and files counted in the output (`count`), the rest as
+    the pipeline reported them."""
+    hidden = tally.hidden
+    done = {"read": max(tally.read, count.purified + count.rejected),  # each row written was read; that count lags
+            "purified": count.purified, "rejected": count.rejected,
+            "skipped_already_done": tally.skipped_already_done(plan),
+            # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
+            "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
+            "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
+            "files_written": count.files,
+            "counted": "from the part files this run wrote, after it stopped" if count.short is None else
+                       f"at least: {count.short}",
+            "wall_s": round(time.time() - started, 2)}
+    if plan.retry:  # earlier rejects read again and written again: counted once each, as the next run will
+        done["rejects_retried"] = count.retried
+    return done
+
+
+def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenSkipped) -> str:
+    """What a stopped run wrote and what the output now holds, in words, for the line that ends the run."""
+    least = "" if count.short is None else "at least "
+    files = f"{count.files} part file{'' if count.files == 1 else 's'}"
+    return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
+            f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
+            + ("" if count.short is None else f" ({count.short})")
+            + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else ""))
 
 
 def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None,
