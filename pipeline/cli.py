@@ -111,7 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version_line(),
                    help="print zip-purify's version, with torch's, Ray's and Python's, and exit")
-    d = JobConfig()
+    d = JobConfig()  # its defaults, quoted in the help
+    _add_input_output_options(p, d)
+    _add_model_options(p, d)
+    _add_sampler_options(p, d)
+    _add_cluster_options(p, d)
+    _add_decoding_options(p, d)
+    _add_storage_options(p)
+    return p
+
+
+def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
+    """Where the images come from, where the purified ones go, and how a run meets an existing output."""
     io = p.add_argument_group("input and output")
     io.add_argument("--config", metavar="FILE", help="YAML file with any of these options (see below); flags win over it")
     io.add_argument("--input", help=f"input folder, file or prefix, or a web address (a folder when it ends in /) "
@@ -140,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check the checkpoint, the output and the input and print what a run would do (model, "
                          "output state, inputs to read and already done) without reading an image or writing "
                          "anything; exit status 2 with the reason when the run would stop")
+
+
+def _add_model_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
+    """The diffusion model: which checkpoint, how it is checked and built, and on which device and precision."""
     model = p.add_argument_group("model")
     model.add_argument("--checkpoint", help="diffusion checkpoint: path or URI of a guided-diffusion .pt, "
                        ".safetensors or zip-purify bundle (default: the project's own CIFAR-10 prior)")
@@ -153,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", help="cuda or cpu (default: cuda on GPU actors, else cpu)")
     model.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
                        help=f"inference precision; fp16/bf16 need CUDA (default {d.precision})")
+
+
+def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
+    """The ZIP sampler's settings (the paper's Algorithm 2 unless changed)."""
     zp = p.add_argument_group("ZIP sampler (defaults: the paper's Algorithm 2)")
     zp.add_argument("--recipe", choices=list(RECIPES),
                     help="named sampler settings; any sampler flag (or --config key) given as well wins over the "
@@ -182,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                          f"with only the model's detail (column downscale_factor; default {d.large_images})")
     zp.add_argument("--seed", type=int,
                     help=f"noise seed, 0 to 4294967295 (results are reproducible per image set; default {d.seed})")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
+    """Batch sizes, read tasks and the Ray cluster: how fast, not what comes out."""
     rt = p.add_argument_group("throughput and cluster")
     rt.add_argument("--canvas-size", type=int, help="mosaic side in pixels (default: the model's image_size)")
     rt.add_argument("--batch-size", type=int,
@@ -208,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     rt.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                     help="no progress on stderr (default: a bar on a terminal, else a line a minute, for logs)")
+
+
+def _add_decoding_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
+    """Limits and choices in decoding images that are not trusted."""
     dec = p.add_argument_group("decoding untrusted images")
     dec.add_argument("--max-pixels", type=int, help=f"refuse images over this many pixels (default {d.max_pixels:,})")
     dec.add_argument("--max-image-mb", type=int, metavar="MB",
@@ -218,13 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--alpha", choices=["white", "black", "drop"],
                      help=f"how transparency is flattened: composited on white or black, or dropped (default {d.alpha})")
     dec.add_argument("--exif-transpose", type=_bool, metavar="BOOL", help="apply EXIF orientation (default true)")
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    """How the job reaches object storage."""
     st = p.add_argument_group("storage")
     st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
     st.add_argument("--anon", action="store_true", default=None, help="anonymous S3 access")
     st.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON; "
                          "true/false, yes/no, on/off in any case are booleans)")
-    return p
 
 
 class ConfigError(ValueError):
