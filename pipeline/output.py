@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from glob import has_magic  # what fsspec's rm tests before it expands a path
 from typing import Any
 
@@ -337,19 +337,47 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     whichever file a reader takes its columns from. The caller holds the output's lease: no other run writes it.
     """
     fs, root = _fs(output, storage_options)
-    seen: set[str] = set()
-    fresh: set[str] = set()  # ids in files this run wrote
-    purified_ids: set[str] = set()
-    resolved_out: set[str] = set()
-    removed = upgraded = 0
-    rows = []
-    schemas: dict[str, pa.Schema] = {}
     mine = {posixpath.basename(name) for name in written}
-    # Both folders indexed before any file is rewritten, so that part files damaged during the run (emptied or cut
-    # short by something else) are all named at once, with what to do, and none is rewritten on a partial view: the
-    # first one found stopped the run naming it alone, and its end said every file was whole.
+    indexes = _index_both_folders(output, storage_options, fs, mine)
+    progress = _DedupProgress()
+    for folder in (DATA_DIR, REJECTS_DIR):
+        _deduplicate_folder(fs, folder, indexes[folder], mine, retried, resolved, progress, storage_options)
+    # Counted from this run's files, not from the old rows removed: a batch of retried inputs that is rejected again
+    # in the same grouping is written under the same part name (a hash of its ids), over the old file, and leaves no
+    # old row to remove.
+    retried_out = set(retried) & progress.fresh
+    now_purified = len(retried_out & progress.purified)
+    if not progress.rows[1]:
+        _remove_empty_folder(fs, posixpath.join(root, REJECTS_DIR))
+    return OutputRows(progress.removed, progress.rows[0], progress.rows[1], progress.schemas, now_purified,
+                      len(retried_out) - now_purified, len(progress.resolved_out), progress.upgraded)
+
+
+_PartIndex = tuple[str, list[str], pa.Schema]  # a part file's path, its ids in row order, its schema
+
+
+@dataclass
+class _DedupProgress:
+    """What `deduplicate_output` has seen and done so far, folder by folder (data/ first)."""
+
+    seen: set[str] = field(default_factory=set)  # ids kept, in either folder
+    fresh: set[str] = field(default_factory=set)  # ids in files this run wrote
+    purified: set[str] = field(default_factory=set)  # ids in data/
+    resolved_out: set[str] = field(default_factory=set)  # rejects of `resolved` removed
+    removed: int = 0  # duplicate rows removed
+    upgraded: int = 0  # rejects/ files given the columns they lacked
+    rows: list[int] = field(default_factory=list)  # rows each folder holds once checked: data/, then rejects/
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)  # data/ part files kept -> their schemas
+
+
+def _index_both_folders(output: str, storage_options: dict[str, Any], fs: fsspec.AbstractFileSystem,
+                        mine: set[str]) -> dict[str, list[_PartIndex]]:
+    """Each folder's part files, in the order the check takes them, with their ids and schemas. Both folders are
+    indexed before any file is rewritten, so that part files damaged during the run (emptied or cut short by something
+    else) are all named at once, with what to do, and none is rewritten on a partial view: the first one found
+    stopped the run naming it alone, and its end said every file was whole."""
     damaged: list[DamagedPart] = []
-    indexes: dict[str, list[tuple[str, list[str], pa.Schema]]] = {}
+    indexes: dict[str, list[_PartIndex]] = {}
     for folder in (DATA_DIR, REJECTS_DIR):
         parts = list_parts(output, folder, storage_options)
         if folder == REJECTS_DIR:
@@ -358,56 +386,69 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
         indexes[folder] = list(_part_indexes(fs, parts, damaged))
     if damaged:
         raise damaged_parts_error(output, damaged)
-    for folder in (DATA_DIR, REJECTS_DIR):
-        before = len(seen)
-        kept_at: dict[str, int] = {}  # rejects/: id in several files -> the position of the file that keeps it
-        indexed = indexes[folder]
-        if folder == REJECTS_DIR:
-            # all of rejects/ indexed before any file is rewritten: which row of an id stays depends on every file
-            kept_at = _newest_rejects(fs, indexed, mine, lambda i: i in purified_ids or i in resolved)
-        # rejects/: the columns each file is to have, so that the folder reads as one table (`rejects_columns`)
-        columns = rejects_columns([schema for _, _, schema in indexed]) if folder == REJECTS_DIR else {}
-        for pos, (path, ids, schema) in enumerate(indexed):
-            if posixpath.basename(path) in mine:
-                fresh.update(ids)
-            gone = {i for i in ids if i in resolved} if folder == REJECTS_DIR else set()
-            if folder == DATA_DIR:
-                dup = {i for i in ids if i in seen}
-            else:  # in data/, or a reject row whose id another file's row keeps
-                dup = {i for i in ids if i in purified_ids or kept_at.get(i, pos) != pos} - gone
-            seen.update(i for i in ids if i not in gone)
-            if folder == DATA_DIR:
-                purified_ids.update(ids)
-            lacking = _columns_to_mend(schema, columns)
-            if dup or gone or lacking:
-                keep = [i not in dup and i not in gone for i in ids]
-                # an old row of a reject this run read again: replaced, not a duplicate
-                again = {i for i in dup if i in retried and i in fresh} if folder == REJECTS_DIR else set()
-                resolved_out.update(gone)
-                removed += sum(i in dup and i not in again for i in ids)
-                if (dup or gone) and not any(keep):
-                    try:  # rm_file, not rm: rm expands glob characters in the output's path
-                        with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
-                    except FileNotFoundError:
-                        pass  # already gone (a retried delete that had landed)
-                    continue
-                table = _read_part(fs, path)
-                # the whole file read, changed and moved into place in one write: no row is ever missing from it
-                table = _mend_columns(table.filter(keep) if dup or gone else table, lacking, columns)
-                write_parquet_atomic(table, with_protocol(fs, path), storage_options)
-                upgraded += bool(lacking)
-            if folder == DATA_DIR:
-                schemas[path] = schema
-        rows.append(len(seen) - before)
-    # Counted from this run's files, not from the old rows removed: a batch of retried inputs that is rejected again
-    # in the same grouping is written under the same part name (a hash of its ids), over the old file, and leaves no
-    # old row to remove.
-    retried_out = set(retried) & fresh
-    now_purified = len(retried_out & purified_ids)
-    if not rows[1]:
-        _remove_empty_folder(fs, posixpath.join(root, REJECTS_DIR))
-    return OutputRows(removed, rows[0], rows[1], schemas, now_purified, len(retried_out) - now_purified,
-                      len(resolved_out), upgraded)
+    return indexes
+
+
+def _deduplicate_folder(fs: fsspec.AbstractFileSystem, folder: str, indexed: list[_PartIndex], mine: set[str],
+                        retried: set[str] | frozenset[str], resolved: set[str] | frozenset[str],
+                        progress: _DedupProgress, storage_options: dict[str, Any]) -> None:
+    """Rewrite or remove the part files of one folder that hold rows to drop or lack columns, and count the rows the
+    folder then holds."""
+    before = len(progress.seen)
+    kept_at: dict[str, int] = {}  # rejects/: id in several files -> the position of the file that keeps it
+    if folder == REJECTS_DIR:
+        # all of rejects/ indexed before any file is rewritten: which row of an id stays depends on every file
+        kept_at = _newest_rejects(fs, indexed, mine, lambda i: i in progress.purified or i in resolved)
+    # rejects/: the columns each file is to have, so that the folder reads as one table (`rejects_columns`)
+    columns = rejects_columns([schema for _, _, schema in indexed]) if folder == REJECTS_DIR else {}
+    for pos, (path, ids, schema) in enumerate(indexed):
+        if posixpath.basename(path) in mine:
+            progress.fresh.update(ids)
+        dup, gone = _rows_to_drop(folder, pos, ids, progress, kept_at, resolved)
+        progress.seen.update(i for i in ids if i not in gone)
+        if folder == DATA_DIR:
+            progress.purified.update(ids)
+        lacking = _columns_to_mend(schema, columns)
+        if dup or gone or lacking:
+            # an old row of a reject this run read again: replaced, not a duplicate
+            again = {i for i in dup if i in retried and i in progress.fresh} if folder == REJECTS_DIR else set()
+            progress.resolved_out.update(gone)
+            progress.removed += sum(i in dup and i not in again for i in ids)
+            keep = [i not in dup and i not in gone for i in ids]
+            if not _rewrite_part(fs, path, keep if dup or gone else None, lacking, columns, storage_options):
+                continue
+            progress.upgraded += bool(lacking)
+        if folder == DATA_DIR:
+            progress.schemas[path] = schema
+    progress.rows.append(len(progress.seen) - before)
+
+
+def _rows_to_drop(folder: str, pos: int, ids: list[str], progress: _DedupProgress, kept_at: dict[str, int],
+                  resolved: set[str] | frozenset[str]) -> tuple[set[str], set[str]]:
+    """The ids whose rows a part file (the `pos`-th of `folder`) is to lose: duplicates (in data/, an id an earlier
+    data/ file holds; in rejects/, an id in data/, or whose row another rejects/ file keeps), and the rejects this
+    run's reading made untrue (`resolved`)."""
+    if folder == DATA_DIR:
+        return {i for i in ids if i in progress.seen}, set()
+    gone = {i for i in ids if i in resolved}
+    return {i for i in ids if i in progress.purified or kept_at.get(i, pos) != pos} - gone, gone
+
+
+def _rewrite_part(fs: fsspec.AbstractFileSystem, path: str, keep: list[bool] | None, lacking: list[str],
+                  columns: dict[str, pa.DataType], storage_options: dict[str, Any]) -> bool:
+    """Write the part file at `path` again with only the rows `keep` marks (None: all) and the columns it lacks
+    (`lacking`), or remove it when it keeps no row. Returns whether the file is still there."""
+    if keep is not None and not any(keep):
+        try:  # rm_file, not rm: rm expands glob characters in the output's path
+            with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
+        except FileNotFoundError:
+            pass  # already gone (a retried delete that had landed)
+        return False
+    table = _read_part(fs, path)
+    # the whole file read, changed and moved into place in one write: no row is ever missing from it
+    table = _mend_columns(table.filter(keep) if keep is not None else table, lacking, columns)
+    write_parquet_atomic(table, with_protocol(fs, path), storage_options)
+    return True
 
 
 def _remove_empty_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
