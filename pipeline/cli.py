@@ -632,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
                 - retried.get("superseded", 0) - renamed)
         print(f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
-              f"{retried['rejected_again']} rejected again (rejects/ has today's reason)"
+              f"{retried['rejected_again']} rejected again"
+              + (" (rejects/ has today's reason)" if retried["rejected_again"] else "")
               + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
               + (f", {retried['superseded']} an older version's rejects of a tar shard's keys, now read otherwise "
                  "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")

@@ -272,6 +272,24 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch)
                       "_summary.json)"
 
 
+@pytest.mark.parametrize(("again", "said"), [(0, False), (1, True)])
+def test_a_retry_line_points_at_rejects_only_when_it_holds_todays_reasons(tmp_path, capsys, monkeypatch, again: int,
+                                                                           said: bool) -> None:
+    # every earlier reject purified now: rejects/ is removed (7374806), so "rejects/ has today's reason" named a folder
+    # that was gone
+    summary = {"status": "complete", "output_totals": {"purified": 3, "rejected": again},
+               "model": {"note": "tiny", "canvas_size": 32},
+               "this_run": {"read": 1, "purified": 1 - again, "rejected": again, "skipped_already_done": 2,
+                            "wall_s": 1.0, "images_per_s": 1.0, "psnr_vs_input_db": {"mean": None},
+                            "downscaled": {"images": 0},
+                            "rejects_retried": {"earlier_rejects": 1, "purified_now": 1 - again, "rejected_again": again}}}
+    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    assert main(["--output", str(tmp_path / "out"), "--retry-rejects"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("retried 1 earlier rejects: "))
+    assert line.startswith(f"retried 1 earlier rejects: {1 - again} purified now, {again} rejected again"), line
+    assert ("rejects/ has today's reason" in line) is said, line
+
+
 def test_bad_json_flags_say_what_is_wrong(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--flags", "{bad", "--dry-run"])
