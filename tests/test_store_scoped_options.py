@@ -114,3 +114,14 @@ def test_a_store_named_option_that_is_not_a_mapping_is_refused_before_any_work(t
     config = JobConfig(input=str(tmp_path), output=str(tmp_path / "out"), storage_options={"https": "Bearer t"})
     with pytest.raises(JobError, match="storage option https names a store: give its own options as a mapping"):
         plan_job(config, dry_run=True)
+
+
+def test_a_store_named_option_that_is_not_a_mapping_is_shown_an_entry_that_store_takes() -> None:
+    from pipeline.storage import store_entry_problems
+
+    # the message's example for a web store was '{"anon": true}', which fsspec's HTTP file system passes on to
+    # aiohttp: following it failed with "ClientSession._request() got an unexpected keyword argument 'anon'"
+    (web,) = store_entry_problems({"https": "Bearer t"})
+    assert web.endswith("""e.g. --storage-option https='{"headers": {"Authorization": "Bearer ..."}}'"""), web
+    (s3,) = store_entry_problems({"s3": "true"})
+    assert s3.endswith("""e.g. --storage-option s3='{"anon": true}'"""), s3
