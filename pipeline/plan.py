@@ -83,8 +83,9 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     """Refuse to mix runs with different settings, or to silently append to a finished run; return the output's
     state: "new", "resume" (an unfinished run), "incremental" (a finished run, --incremental) or "overwrite".
 
-    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing. A note for the
-    user (settings of a run that wrote no row, replaced) goes to `notes` when given, else to stderr at once.
+    With --overwrite the existing output is deleted first, except in a dry run, which deletes nothing. The settings of
+    an earlier run that wrote no row, which this run's replace, are said on stderr at once, or, when `notes` is given,
+    put there (as the settings that differ) for the caller to say (`replaced_settings_note`).
     """
     so = config.storage_options
     out = config.output.rstrip("/")
@@ -148,12 +149,11 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         # The run that recorded those settings wrote no row (it failed before its first batch, e.g. on an option the
         # model could not take): nothing is purified with them, so this run's settings replace them rather than
         # lock the corrected command out of the output.
-        note = (f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded "
-                f"({'; '.join(what for what, _ in differ)}) are replaced by this run's")
+        what = "; ".join(what for what, _ in differ)
         if notes is None:
-            print(note, file=sys.stderr)
+            print(replaced_settings_note(out, what, dry_run), file=sys.stderr)
         else:
-            notes.append(note)
+            notes.append(what)
         differ = []
     if differ:
         raise JobError(differ[0][1])
@@ -332,6 +332,12 @@ class _OutputDone:
     skip: set[str]  # the done ids: this run does not read them
 
 
+def replaced_settings_note(out: str, what: str, dry_run: bool) -> str:
+    """The note that this run's settings replace those an earlier run that wrote no row recorded (`what`)."""
+    return (f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded ({what}) "
+            + ("would be replaced by this run's (a dry run changes nothing)" if dry_run else "are replaced by this run's"))
+
+
 def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -> _OutputDone:
     """The output's state (a JobError when this run may not use it) and the ids it already holds."""
     so = config.storage_options
@@ -341,8 +347,8 @@ def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -
         notes: list[str] = []
         state = check_output_state(config, job_record, dry_run=True, notes=notes)
         stale_lease = refuse_live_lease(out, so)  # before any work; a real run takes the lease after planning
-        for note in notes:  # only now: a run refused for another's live lease replaces nothing
-            print(note, file=sys.stderr)
+        for what in notes:  # only now: a run refused for another's live lease replaces nothing
+            print(replaced_settings_note(out, what, dry_run), file=sys.stderr)
         # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
         # the plan reports what --overwrite would delete).
         purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)

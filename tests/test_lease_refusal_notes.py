@@ -36,9 +36,13 @@ def test_a_run_refused_for_a_live_lease_says_only_that(tmp_path, capsys) -> None
     assert "replaced" not in capsys.readouterr().err
 
 
-def test_without_a_lease_the_settings_of_a_run_that_wrote_no_row_are_replaced_and_said_so(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_without_a_lease_the_settings_of_a_run_that_wrote_no_row_are_replaced_and_said_so(tmp_path, capsys,
+                                                                                          dry_run) -> None:
     out = _output_of_a_run_that_wrote_no_row(tmp_path)
     capsys.readouterr()
-    assert plan_job(JobConfig(input=SAMPLE, output=str(out), pool=4), dry_run=True).output_state == "resume"
+    assert plan_job(JobConfig(input=SAMPLE, output=str(out), pool=4), dry_run=dry_run).output_state == "resume"
     err = capsys.readouterr().err
-    assert "holds no rows yet" in err and "pool 2 (now 4)" in err and "are replaced by this run's" in err
+    assert "holds no rows yet" in err and "pool 2 (now 4)" in err
+    # a dry run writes nothing: it says what the run would do
+    assert ("would be replaced by this run's (a dry run changes nothing)" if dry_run else "are replaced by this run's") in err
