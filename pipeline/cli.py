@@ -61,11 +61,13 @@ input: ..., pool: 4, progress: false for --no-progress, storage_options: {...}, 
 
 exit status:
   0    the run completed (the summary's status is complete), or a dry run found nothing that stops the run
-  1    the run started and failed: a batch failed past its retries (_summary.json says "failed", with the reason) or
-       its counts do not add up ("inconsistent"); OUTPUT holds only whole files and the same command resumes it
+  1    the run started and failed: a batch failed past its retries (_summary.json says "failed", with the reason),
+       its end-of-run check found part files damaged during the run (named), its counts do not add up
+       ("inconsistent"), or its summary could not be written (named); OUTPUT holds only whole files and the same
+       command resumes it
   2    the run could not start: a bad option or --config file, a missing input, a refused checkpoint, an output made
-       with other settings or already complete, in use by another run (OUTPUT/_lease.json), or a Ray that cannot be
-       started or joined; nothing was purified
+       with other settings or already complete, in use by another run (OUTPUT/_lease.json), one whose records cannot
+       be read or written, or a Ray that cannot be started or joined; nothing was purified
   130  interrupted (Ctrl-C; 143 for SIGTERM): _summary.json says "interrupted"; the same command resumes the run
 """
 
