@@ -24,7 +24,7 @@ from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri_secrets, storage_item_shown, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, hidden_note
-from pipeline.storage import S3_PROTOCOLS, store_scopes
+from pipeline.storage import own_entry
 from pipeline.version import version_line
 
 DESCRIPTION = f"""\
@@ -429,7 +429,7 @@ def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str
         so[key] = {**so[key], **value} if isinstance(value, dict) and isinstance(so.get(key), dict) else value
     # --s3-endpoint and --anon are S3's: they move into the S3 store's own entry when the options give it one
     # (`pipeline.storage.scoped_options`: a store with an entry gets that entry alone), where its own values win
-    s3_scope = next((name for name in store_scopes(so) if name in S3_PROTOCOLS), None)
+    s3_scope = own_entry("s3://", so)
     if s3_scope and (endpoint or anon):
         own = dict(so[s3_scope])
         shared_client = dict(so.get("client_kwargs") or {})

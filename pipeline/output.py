@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
-from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, text_column, write_parquet_atomic
+from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, promoted_type, text_column, write_parquet_atomic
 from pipeline.storage import (
     TEMP_PREFIX,
     describe,
@@ -523,11 +523,7 @@ def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
         everywhere = all(name in schema.names for schema in schemas)
         if not typed or (len(types) == 1 and everywhere):
             continue
-        try:
-            common[name] = pa.unify_schemas([pa.schema([(name, t)]) for t in typed],
-                                            promote_options="permissive").field(name).type
-        except (pa.ArrowException, TypeError, ValueError):
-            common[name] = pa.string()
+        common[name] = promoted_type(typed) or pa.string()
     return common
 
 

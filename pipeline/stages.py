@@ -317,8 +317,14 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
     typed = {t for t in found if not pa.types.is_null(t)}
     if len(typed) <= 1:
         return typed.pop() if typed else (found.pop() if found else None)
+    return promoted_type(typed)
+
+
+def promoted_type(types: set[pa.DataType]) -> pa.DataType | None:
+    """The one type every one of `types` can be given by Arrow's permissive promotion (int16 and int32 -> int32, int64
+    and double -> double), or None when there is none."""
     try:
-        return pa.unify_schemas([pa.schema([(name, t)]) for t in typed], promote_options="permissive").field(name).type
+        return pa.unify_schemas([pa.schema([("c", t)]) for t in types], promote_options="permissive").field("c").type
     except (pa.ArrowException, TypeError, ValueError):
         return None
 

@@ -228,8 +228,7 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     merged, problems, given_by = dict(storage_options), [], {}
     for flag, uri in uris.items():
         # into the options its store is made with: its own entry where it has one (`scoped_options`)
-        scope = next((name for name in store_scopes(storage_options)
-                      if _store_kind(f"{name}://") == _store_kind(uri)), None)
+        scope = own_entry(uri, storage_options)
         given, into = (storage_options[scope], dict(merged[scope])) if scope else (storage_options, merged)
         for key, value in url_connection_options(uri).items():
             if key in given:
@@ -274,6 +273,13 @@ def store_scopes(storage_options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in storage_options.items() if isinstance(v, dict) and _is_store_name(k)}
 
 
+def own_entry(uri: str, storage_options: dict[str, Any]) -> str | None:
+    """The key of the entry `storage_options` hold for the store of `uri` (a URI, or 'protocol://'), if any: s3 and
+    s3a, http and https are one store each."""
+    kind = _store_kind(uri)
+    return next((name for name in store_scopes(storage_options) if _store_kind(f"{name}://") == kind), None)
+
+
 # Stores whose name as an option can only be meant as that store's own entry (fsspec knows words such as "data" and
 # "root" as protocols too, which a file system may take as an option of its own).
 COMMON_STORES = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "http", "https", "abfs", "abfss", "az", "adl",
@@ -302,11 +308,8 @@ def scoped_options(protocol: str, storage_options: dict[str, Any]) -> dict[str, 
     scopes = store_scopes(storage_options)
     if not scopes:
         return storage_options
-    kind = _store_kind(f"{protocol}://")
-    for name, options in scopes.items():
-        if _store_kind(f"{name}://") == kind:
-            return options
-    return {k: v for k, v in storage_options.items() if k not in scopes}
+    own = own_entry(f"{protocol}://", storage_options)
+    return scopes[own] if own else {k: v for k, v in storage_options.items() if k not in scopes}
 
 
 def with_web_store_scoped(uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +320,7 @@ def with_web_store_scoped(uris: list[str], storage_options: dict[str, Any]) -> d
     web = [u for u in uris if (fsspec_protocol(u) or "file") in WEB_PROTOCOLS]
     if not web or len(kinds) < 2:
         return storage_options
-    if any(_store_kind(f"{name}://") == _store_kind(web[0]) for name in store_scopes(storage_options)):
+    if own_entry(web[0], storage_options):
         return storage_options
     return {**storage_options, fsspec_protocol(web[0]): {}}
 
