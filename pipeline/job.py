@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed
-from pipeline.lease import OutputLease
-from pipeline.ledger import ContainerRead, write_ledger
+from pipeline.lease import LEASE_FILE, OutputLease
+from pipeline.ledger import LEDGER_DIR, ContainerRead, write_ledger
 from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
@@ -413,8 +413,10 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     """Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
     ones, since a younger one may be another write still under way."""
     fs_out, out_path = storage_path(out, storage_options)
-    for folder in (DATA_DIR, REJECTS_DIR):
+    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR):
         remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
+    # the output's own folder may also be the user's (an output that is its input): only its records' temporaries
+    remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
 
 
 def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any) -> None:

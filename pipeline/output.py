@@ -33,6 +33,7 @@ from pipeline.storage import (
     make_parent_dirs,
     move_into_place,
     storage_path,
+    temporary_name,
     with_protocol,
     with_retries,
 )
@@ -59,7 +60,7 @@ def read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | Non
 def write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:
     """Write a JSON record whole: under a hidden temporary name, then moved into place."""
     fs, path = _fs(uri, storage_options)
-    tmp = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path) + ".tmp")
+    tmp = temporary_name(path)  # one a later run knows to remove if this write is killed before the move
     data = json.dumps(payload, indent=2, default=str).encode()
 
     def put() -> None:

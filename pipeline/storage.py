@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -468,7 +468,7 @@ def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate
                       "readers skip its hidden name", RuntimeWarning, stacklevel=2)
 
 
-def _temporary_name(path: str) -> str:
+def temporary_name(path: str) -> str:
     """A hidden name beside `path`, unique to this write (readers and remove_stale_temporaries know the prefix)."""
     return posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
 
@@ -479,7 +479,7 @@ def replace_file(fs: Any, path: str, data: bytes, what: str) -> None:
     if not _has_rename(fs):
         with_retries(lambda: fs.pipe_file(path, data), what)
         return
-    tmp = _temporary_name(path)
+    tmp = temporary_name(path)
     try:
         with_retries(lambda: fs.pipe_file(tmp, data), what)
         move_into_place(fs, tmp, path, len(data), what)
@@ -498,7 +498,7 @@ def create_if_absent(fs: Any, path: str, data: bytes, what: str) -> bool | None:
     fsspec's generic mode="create" checks and then writes, so success there is None. Same without hard links."""
     protocol = getattr(fs, "protocol", "file")
     if {"file", "local"} & set((protocol,) if isinstance(protocol, str) else protocol):
-        tmp = _temporary_name(path)
+        tmp = temporary_name(path)
         with open(tmp, "wb") as f:
             f.write(data)
         try:
@@ -551,10 +551,13 @@ def discard(fs: Any, path: str) -> None:
         pass
 
 
-def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0) -> int:
+def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0,
+                             of_names: Collection[str] | None = None) -> int:
     """Delete the temporary files (hidden names starting with TEMP_PREFIX) that writes left in `folder` more than
     `older_than_s` seconds ago (a killed run, a delete that failed); younger ones may belong to a write still
-    running. Returns how many were deleted."""
+    running. With `of_names`, only the temporaries of those files (`.tmp-<hex>-NAME`, as `temporary_name` makes
+    them, or `.NAME.tmp`, as versions before it did): a folder the user also keeps files in (an output that is its
+    input folder) may hold a `.tmp-` file of theirs. Returns how many were deleted."""
     try:
         listing = with_retries(lambda: fs.ls(folder, detail=True, refresh=True), f"list {folder}")
     except FileNotFoundError:
@@ -562,7 +565,7 @@ def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0)
     now, removed = time.time(), 0
     for info in listing:
         name = info["name"]
-        if info.get("type") != "file" or not posixpath.basename(name.rstrip("/")).startswith(TEMP_PREFIX):
+        if info.get("type") != "file" or not _is_temporary(posixpath.basename(name.rstrip("/")), of_names):
             continue
         modified = _modified(info)
         if modified is None or now - modified < older_than_s:
@@ -573,6 +576,17 @@ def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0)
         except FileNotFoundError:
             pass
     return removed
+
+
+_TEMPORARY_OF = re.compile(r"\.tmp-[0-9a-f]{32}-(?P<name>.+)|\.(?P<old>.+)\.tmp")
+
+
+def _is_temporary(basename: str, of_names: Collection[str] | None) -> bool:
+    """Whether `basename` is a temporary file's name: any under TEMP_PREFIX, or with `of_names` one of theirs."""
+    if of_names is None:
+        return basename.startswith(TEMP_PREFIX)
+    match = _TEMPORARY_OF.fullmatch(basename)
+    return match is not None and (match["name"] or match["old"]) in of_names
 
 
 def _modified(info: dict[str, Any]) -> float | None:
