@@ -463,7 +463,7 @@ class StopRecorder:
         as the pipeline's own counts lag the files that have landed. Returns a phrase on what was written."""
         if self.bar is not None:
             self.bar.close()
-        if self.lease.lost is not None:  # the output's summary is the other run's now
+        if self.lease.taken_over:  # the output's summary is (or may be) the other run's now
             return "the summary was left to that run"
         plan, so, out = self.plan, self.config.storage_options, self.config.output.rstrip("/")
         # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials

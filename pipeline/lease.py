@@ -169,6 +169,8 @@ class OutputLease:
         self.record = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                        "pid_namespace": _pid_namespace(), "started": now, "heartbeat": now}
         self.lost: dict[str, Any] | None = None  # the lease of the run that took ours over
+        self.lost_while_stale: float | None = None  # seconds without a heartbeat after which the lease was found gone
+        self._landed = now  # when this run's heartbeat last landed
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._so = storage_options
@@ -177,6 +179,7 @@ class OutputLease:
     def _write(self) -> None:
         self.record["heartbeat"] = time.time()
         replace_file(self.fs, self.path, json.dumps(self.record, indent=2).encode(), f"write {self.out}/{LEASE_FILE}")
+        self._landed = self.record["heartbeat"]
 
     def _mine(self, lease: dict[str, Any] | None) -> bool:
         return lease is not None and lease.get("run_id") == self.record["run_id"]
@@ -300,6 +303,12 @@ class OutputLease:
                 if current is not None and not self._mine(current):
                     self.lost = current  # not overwritten: the other run holds the output now
                     return
+                if current is None and (silent := time.time() - self._landed) >= LEASE_STALE_S:
+                    # Our lease went stale (this process or its machine suspended, the storage unreachable), so another
+                    # run may have taken it over, purified and released it: that run's work must not be redone or
+                    # changed. Deleted by hand under a live run, it is only put back (below).
+                    self.lost_while_stale = silent
+                    return
                 self._write()
                 if self._stop.is_set():
                     # release() stopped waiting for this beat (storage slower than LEASE_HEARTBEAT_S) and may have
@@ -309,12 +318,23 @@ class OutputLease:
             except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
                 print(f"warning: could not refresh the lease of {self.out}: {describe(err)}", file=sys.stderr)
 
+    @property
+    def taken_over(self) -> bool:
+        """Whether another run took this run's lease over, or may have (the lease gone after ours went stale)."""
+        return self.lost is not None or self.lost_while_stale is not None
+
     def check(self) -> None:
         """Raise JobError when another run has taken this run's lease over (a lease written within LEASE_SETTLE_S of
         ours on an object store, or ours gone stale while this driver stalled)."""
         if self.lost is not None:
             raise JobError(f"another run took over output {self.out} while this one ran ({lease_holder(self.lost)}); "
                            "this run stops so that the two do not change each other's files")
+        if self.lost_while_stale is not None:
+            raise JobError(f"the lease of output {self.out} was gone when this run's heartbeat came back after "
+                           f"{self.lost_while_stale / 60:.0f} minutes without one (a suspended process or machine, or "
+                           "storage out of reach), so another run may have taken the output over and ended meanwhile; "
+                           "this run stops so that it does not change that run's files. Run the same command again: "
+                           "it purifies only what is not done")
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lease if it is still this run's; a failure to is a warning only (the

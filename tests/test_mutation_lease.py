@@ -216,6 +216,29 @@ def test_the_heartbeat_goes_on_past_an_unreadable_lease_and_rewrites_a_deleted_o
 
 
 
+def test_a_lease_found_gone_after_this_run_s_heartbeat_went_stale_stops_the_run(tmp_path, monkeypatch) -> None:
+    """A run suspended past LEASE_STALE_S (a laptop lid, SIGSTOP) may have had its lease taken over by a run that then
+    finished and released it: on waking it must stop, not write its lease back and redo or change that run's work."""
+    out = tmp_path / "out"
+    holder: list[OutputLease] = []
+
+    def suspended_while_another_run_came_and_went(n: int) -> None:
+        if n == 3:
+            holder[0]._landed -= LEASE_STALE_S  # as a suspension leaves it: the last beat landed that long ago
+            (out / LEASE_FILE).unlink()  # the run that took it over has released it
+
+    beats = _beats(monkeypatch, suspended_while_another_run_came_and_went)
+    with OutputLease(str(out), {}) as lease:
+        holder.append(lease)
+        _wait_for(lambda: not lease._beat.is_alive(), "the heartbeat to stop")
+        assert beats[0] == 3 and not (out / LEASE_FILE).exists()  # not written back
+        assert lease.taken_over
+        with pytest.raises(JobError, match=r"was gone when this run's heartbeat came back after 3 minutes without one.*"
+                                           r"another run may have taken the output over.*Run the same command again"):
+            lease.check()
+    assert not (out / LEASE_FILE).exists()
+
+
 def _slow_beat(monkeypatch, wait_s: float) -> threading.Event:
     """The heartbeat's next write takes 0.5 s; release then waits up to `wait_s` for it (its join timeout is
     LEASE_HEARTBEAT_S). Returns the event set once that write has started."""
