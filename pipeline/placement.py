@@ -8,9 +8,11 @@ that this module does not import pipeline.config, which imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +61,25 @@ def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None
                 "address (ray status prints it)?")
 
 
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """Within it, ray.init leaves the process's SIGTERM handler as it is. It would set its own, sys.exit(15), as it
+    starts: a SIGTERM while Ray started (a pod stopped, `timeout`) then ended the job with status 15 and not a word,
+    where the job's own handler (signals_deferred) holds it until Ray has started and stops the run as Ctrl-C does.
+    Ray's setter is looked up where ray.init calls it; a Ray without it is left as it is."""
+    import ray._private.utils as ray_utils
+
+    setter = getattr(ray_utils, "set_sigterm_handler", None)
+    if setter is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = setter
+
+
 def init_ray(config: PlacementOptions) -> None:
     import ray
 
@@ -70,10 +91,11 @@ def init_ray(config: PlacementOptions) -> None:
         if problem:
             raise JobError(f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}: {problem}")
     try:
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:
-            init_local_ray()
+        with sigterm_handler_kept():
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                init_local_ray()
     except Exception as err:  # Ray's own failures are plain Exceptions ("The current node timed out during startup")
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         raise JobError(f"could not {where}: {describe(err)}") from err

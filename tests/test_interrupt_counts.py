@@ -242,6 +242,40 @@ def test_ctrl_c_while_ray_starts_lets_it_finish_starting_then_interrupts_the_run
     assert stopped.value.signum == signal.SIGINT  # the CLI's exit status, 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back for whatever runs next
 
+def test_sigterm_while_ray_starts_is_held_as_ctrl_c_is_though_ray_init_sets_its_own_handler(tmp_path, monkeypatch) -> None:
+    # ray.init sets sys.exit(15) as the SIGTERM handler as it starts: a SIGTERM then (a pod stopped, `timeout`) ended the
+    # job with status 15 and not a word, Ray half started. The job's own handler now stays: the run stops once Ray has
+    # started, with the `interrupted:` line and status 143.
+    import ray
+    import ray._private.utils as ray_utils
+
+    import pipeline.job as job
+
+    started: list[str] = []
+
+    def ray_init_as_ray_does(*args, **kwargs) -> None:
+        ray_utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # what ray.init does first
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # Python runs signal handlers here, in the middle of the start
+        started.append("Ray started whole")
+
+    def not_reached(config):
+        raise AssertionError("the run went on after SIGTERM")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", ray_init_as_ray_does)
+    monkeypatch.setattr(job, "plan_job", lambda config: None)
+    monkeypatch.setattr(job, "default_actors_and_gpus", not_reached)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        job.run_job(JobConfig(input=str(tmp_path), output=str(tmp_path / "out")))
+    assert started == ["Ray started whole"]
+    assert stopped.value.signum == signal.SIGTERM  # the CLI's exit status, 143
+    assert signal.getsignal(signal.SIGTERM) is before  # put back for whatever runs next
+    assert ray_utils.set_sigterm_handler.__name__ == "set_sigterm_handler"  # Ray's own setter is back too
+
+
 def test_a_stopped_pipeline_has_ended_its_executor_thread_before_the_run_goes_on(monkeypatch) -> None:
     # Ray Data's executor waits 2 s for its scheduling thread when the pipeline is closed; one still starting the
     # purifier actors (Ctrl-C in the run's first seconds) ran on, and once the process shut Ray down at exit it used
