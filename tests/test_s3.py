@@ -102,6 +102,29 @@ def test_large_shards_stream_from_s3(s3) -> None:
     assert parquet_records[4]["data"] == image_bytes(8, 8, 4) and parquet_records[-1]["n"] == 5
 
 
+def test_a_large_shard_replaced_on_s3_between_its_passes_is_rejected_as_changed(s3, monkeypatch) -> None:
+    """The ETag of the object the second pass opens is compared with the first's: a new upload between them (tar pads
+    both to 10240 bytes, so only the ETag tells) makes every key a reject saying so, not a corrupt member."""
+    from pipeline.sources import discover, read_unit, tar_shards
+
+    fs, options = s3
+    fs.pipe("zip-in/changing/s.tar", tar_bytes({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
+    index = tar_shards._index_tar
+
+    def index_then_reupload(open_stream):
+        found = index(open_stream)
+        fs.pipe("zip-in/changing/s.tar", tar_bytes({f"{i}.png": image_bytes(8, 8, 10 + i) for i in range(3)}))
+        return found
+
+    monkeypatch.setattr(tar_shards, "_index_tar", index_then_reupload)
+    [unit] = discover("s3://zip-in/changing", options)
+    records = [r for r in read_unit(unit, options, in_memory_bytes=0) if r.get("kind") in ("image", "reject")]
+    assert sorted((r["kind"], r["id"]) for r in records) == [
+        ("reject", "s.tar#unreadable"), ("reject", "s.tar/0"), ("reject", "s.tar/1"), ("reject", "s.tar/2")]
+    reasons = [r["error"] for r in records]
+    assert all("s.tar was replaced while this run read it (its ETag changed" in reason for reason in reasons), reasons
+
+
 def test_a_large_zip_is_read_from_s3_through_ranges(s3) -> None:
     """A zip archive over the in-memory limit is read through its directory, a member at a time, never whole."""
     import zipfile

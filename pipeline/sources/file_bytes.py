@@ -111,4 +111,64 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
             return lambda: io.BytesIO(raw)
         except ImageTooLarge:
             pass
-    return lambda: with_retries(lambda: fs.open(fs_path, "rb"), f"open {path}")
+    return _SameVersionOpener(path, fs, fs_path)
+
+
+class InputChangedWhileRead(Exception):
+    """An input read more than once (a large tar shard's two passes, a pass started again after a storage error) that
+    was replaced between two of its reads: what the first read found no longer holds (a permanent error for this read;
+    the input as it is now is read in a later run)."""
+
+
+class _SameVersionOpener:
+    """Opens a file on storage as often as asked, each time checking that it is the version the first open found (its
+    ETag on an object store, its inode, size and modification time on a local disk): a reader that trusts an index
+    made by an earlier pass must not read another file's members against it. A store that gives neither is not
+    checked."""
+
+    def __init__(self, path: str, fs: Any, fs_path: str) -> None:
+        self.path, self.fs, self.fs_path = path, fs, fs_path
+        self.first: tuple[Any, ...] | None = None
+        self.opened = False
+
+    def __call__(self) -> BinaryIO:
+        def open_fresh() -> BinaryIO:
+            # s3fs takes the ETag it reads against from its listing cache, which may predate a new upload
+            self.fs.invalidate_cache(self.fs_path)
+            return self.fs.open(self.fs_path, "rb")
+
+        f = with_retries(open_fresh, f"open {self.path}")
+        version = _version_of(f)
+        if not self.opened:
+            self.first, self.opened = version, True
+        elif version != self.first and None not in (version, self.first):
+            f.close()
+            raise InputChangedWhileRead(replaced_while_read(
+                self.fs_path, "ETag" if version[0] == "etag" else "size or modification time"))
+        return f
+
+
+def replaced_while_read(path: str, what: str = "ETag") -> str:
+    """The reason given for an input replaced between two of its reads, or during one (`what` changed)."""
+    return (f"{text_name(os.path.basename(path.rstrip('/')))} was replaced while this run read it (its {what} "
+            "changed between two of its reads), so what was read of it does not hold; run again with --retry-rejects "
+            "to read it as it is now")
+
+
+def changed_while_read(err: BaseException) -> bool:
+    """Whether `err` says an input changed under a read: ours, or s3fs's FileExpired (a new upload while an open file
+    read the old one: its ranged GETs ask for the ETag the open saw)."""
+    return isinstance(err, InputChangedWhileRead) or type(err).__name__ == "FileExpired"
+
+
+def _version_of(f: Any) -> tuple[Any, ...] | None:
+    """Which version of a file an open file object reads: ('etag', ETag) from an object store's details, ('stat', inode,
+    size, mtime) for a local file, else None."""
+    details = getattr(f, "details", None)
+    if isinstance(details, dict) and (etag := details.get("ETag") or details.get("etag")):
+        return ("etag", etag)
+    try:
+        st = os.fstat(f.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return ("stat", st.st_ino, st.st_size, st.st_mtime_ns)

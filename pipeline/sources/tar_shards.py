@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.sources.file_bytes import _opener
+from pipeline.sources.file_bytes import InputChangedWhileRead, _opener, changed_while_read, replaced_while_read
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
@@ -59,12 +59,16 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
     yield from _twin_key_records(path, shard, members_of, key_id, done, skip_ids, purified_ids)
     members = _MembersPass(path, members_of, split, links, metadata, done, key_id)  # pass 2
+    changed = None
     try:
         for item in _tar_members(open_stream, members.wanted, max_member_bytes=max_image_bytes):
             yield from members.went_by(item)
     except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
+        if changed_while_read(err):  # pass 1's index is of another version: nothing more is read against it
+            changed = str(err) if isinstance(err, InputChangedWhileRead) else replaced_while_read(path)
+            failure = reject_record(f"{shard}#unreadable", path, changed, "read")
         failure = failure or _unreadable(shard, path, len(members_of), err)
-    yield from members.broken_off()
+    yield from members.broken_off(changed)
     if failure:
         yield failure
 
@@ -167,10 +171,13 @@ class _MembersPass:
                 out.extend(self._read_link(link, data) for link in self.waiting.pop(position, []))
         return [r for r in out if r is not None]
 
-    def broken_off(self) -> Iterator[dict[str, Any]]:
-        """The rejects of the keys not emitted: the shard broke off before all of their members went by."""
+    def broken_off(self, reason: str | None = None) -> Iterator[dict[str, Any]]:
+        """The rejects of the keys not emitted: the shard broke off before all of their members went by (or `reason`:
+        it changed, so that their members were never read)."""
         for key in self.members_of:
             if key not in self.done:
+                if reason is not None:
+                    self.errors[key] = reason
                 missing = sorted(set(self.members_of[key]) - set(self.seen.get(key, {})))
                 self.errors.setdefault(key, f"corrupt tar member {missing[0] if missing else key}: "
                                             "the shard broke off before it could be read")
