@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -123,72 +123,109 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             parquet = _open_parquet(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, image_column)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)
-            # Arrow cannot select a column by a name the file holds twice: every row was a reject saying its row group
-            # "cannot be read" (KeyError), of a file whose data is whole
-            twice = sorted(name for name, n in Counter(parquet.schema_arrow.names).items() if n > 1)
-            if twice:
-                raise ValueError(f"columns named more than once ({', '.join(map(repr, twice))}), whose values could not "
-                                 "be told apart in the output: rename them")
+            _refuse_columns_named_twice(parquet.schema_arrow)
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
             return
-        others = [n for n in parquet.schema_arrow.names if n != column]
+        reading = _ParquetReading(path, rel, parquet, lambda: _open_parquet(stack.enter_context(open_file())), column,
+                                  others_note, skip_ids, max_image_bytes, rows_per_batch, attempts)
+        yield from reading.records()
+
+
+def _refuse_columns_named_twice(schema: pa.Schema) -> None:
+    """Arrow cannot select a column by a name the file holds twice: every row was a reject saying its row group
+    "cannot be read" (KeyError), of a file whose data is whole."""
+    twice = sorted(name for name, n in Counter(schema.names).items() if n > 1)
+    if twice:
+        raise ValueError(f"columns named more than once ({', '.join(map(repr, twice))}), whose values could not "
+                         "be told apart in the output: rename them")
+
+
+class _ParquetReading:
+    """The reading of one opened Parquet file, its row groups in order (`_read_parquet` says how): the file, a way to
+    open it again (a fresh connection for a retried read) and what each row's record needs."""
+
+    def __init__(self, path: str, rel: str, parquet: pq.ParquetFile, reopen: Callable[[], pq.ParquetFile],
+                 column: str, others_note: str | None, skip_ids: frozenset[str] | set[str], max_image_bytes: int,
+                 rows_per_batch: int, attempts: int):
+        self.path, self.rel, self.parquet, self.reopen = path, rel, parquet, reopen
+        self.column, self.others_note, self.skip_ids = column, others_note, skip_ids
+        self.max_image_bytes, self.rows_per_batch, self.attempts = max_image_bytes, rows_per_batch, attempts
+        self.others = [n for n in parquet.schema_arrow.names if n != column]
         # the input's Arrow types, by output column, so the writer keeps them (Python values lose float32, int32, ...)
-        types = {passthrough_name(f.name): f.type for f in parquet.schema_arrow if f.name != column}
+        self.types = {passthrough_name(f.name): f.type for f in parquet.schema_arrow if f.name != column}
 
-        def row_record(i: int, row: dict[str, Any], cell: pa.Scalar) -> dict[str, Any]:
-            if f"{rel}#{i}" in skip_ids:
-                return {"kind": "skipped", "id": f"{rel}#{i}"}
-            size = _cell_size(cell)
-            if size is not None and size > max_image_bytes:
-                return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
-                    f"row {i}: image column {column!r}", size, max_image_bytes), "read")
-            record = _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, others)
-            if record["kind"] == "image":
-                record["meta_types"] = types
-                if others_note:
-                    record["decode_note"] = others_note
-            return record
-
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every row's record, group by group; a group whose rows are all done is skipped unread."""
         first = 0  # the current group's first row
-        for group in range(parquet.num_row_groups):
-            rows = parquet.metadata.row_group(group).num_rows
-            if skip_ids and all(f"{rel}#{j}" in skip_ids for j in range(first, first + rows)):
-                yield from ({"kind": "skipped", "id": f"{rel}#{j}"} for j in range(first, first + rows))
-                first += rows
-                continue
-            given = 0  # rows of this group already yielded: a retried read resumes after them
-            for attempt in range(attempts):
-                try:
-                    at_row = 0
-                    size = batch_rows(parquet.metadata.row_group(group), rows_per_batch)
-                    for table in parquet.iter_batches(batch_size=size, row_groups=[group]):
-                        cells = table.column(column)
-                        for at, row in enumerate(table.select(others).to_pylist()):
-                            if at_row >= given:
-                                yield row_record(first + at_row, row, cells[at])
-                                given += 1
-                            at_row += 1
-                    if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
-                        raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
-                    break
-                except Exception as err:  # noqa: BLE001 - classified here
-                    if is_transient(err) and attempt < attempts - 1:
-                        backoff(attempt)
-                        # a fresh connection for the next attempt; if opening fails too, it tries the old one
-                        with contextlib.suppress(Exception):
-                            parquet = _open_parquet(stack.enter_context(open_file()))
-                        continue
-                    if is_transient(err):
-                        yield reject_record(f"{rel}#unreadable", path, f"Parquet file unreadable after "
-                                            f"{first + given} rows: {describe(err)}", "read")
-                        return
-                    for j in range(first + given, first + rows):  # damaged data: these rows, and only these, are lost
-                        yield {"kind": "skipped", "id": f"{rel}#{j}"} if f"{rel}#{j}" in skip_ids else reject_record(
-                            f"{rel}#{j}", f"{path}#{j}", f"row {j}: row group {group} of the Parquet file cannot be "
-                            f"read: {describe(err)}", "read")
-                    break
+        for group in range(self.parquet.num_row_groups):
+            rows = self.parquet.metadata.row_group(group).num_rows
+            if self.skip_ids and all(f"{self.rel}#{j}" in self.skip_ids for j in range(first, first + rows)):
+                yield from ({"kind": "skipped", "id": f"{self.rel}#{j}"} for j in range(first, first + rows))
+            elif not (yield from self._group(group, first, rows)):
+                return
             first += rows
+
+    def _group(self, group: int, first: int, rows: int) -> Generator[dict[str, Any], None, bool]:
+        """One row group's records, its read retried after a transient storage error from the row it stopped at; False
+        when that error persists: the file ends there, with its '#unreadable' reject."""
+        given = 0  # rows of this group already yielded: a retried read resumes after them
+        for attempt in range(self.attempts):
+            try:
+                for record in self._group_rows(group, first, rows, given):
+                    yield record
+                    given += 1
+                return True
+            except Exception as err:  # noqa: BLE001 - classified here
+                if is_transient(err) and attempt < self.attempts - 1:
+                    backoff(attempt)
+                    # a fresh connection for the next attempt; if opening fails too, it tries the old one
+                    with contextlib.suppress(Exception):
+                        self.parquet = self.reopen()
+                    continue
+                if is_transient(err):
+                    yield reject_record(f"{self.rel}#unreadable", self.path, f"Parquet file unreadable after "
+                                        f"{first + given} rows: {describe(err)}", "read")
+                    return False
+                yield from self._lost_rows(group, range(first + given, first + rows), err)
+                return True
+        return True
+
+    def _group_rows(self, group: int, first: int, rows: int, given: int) -> Iterator[dict[str, Any]]:
+        """The records of a row group's rows from its `given`-th on, a batch of rows at a time (`batch_rows`)."""
+        at_row = 0
+        size = batch_rows(self.parquet.metadata.row_group(group), self.rows_per_batch)
+        for table in self.parquet.iter_batches(batch_size=size, row_groups=[group]):
+            cells = table.column(self.column)
+            for at, row in enumerate(table.select(self.others).to_pylist()):
+                if at_row >= given:
+                    yield self._row_record(first + at_row, row, cells[at])
+                at_row += 1
+        if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
+            raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
+
+    def _row_record(self, i: int, row: dict[str, Any], cell: pa.Scalar) -> dict[str, Any]:
+        rel, path, column = self.rel, self.path, self.column
+        if f"{rel}#{i}" in self.skip_ids:
+            return {"kind": "skipped", "id": f"{rel}#{i}"}
+        size = _cell_size(cell)
+        if size is not None and size > self.max_image_bytes:
+            return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
+                f"row {i}: image column {column!r}", size, self.max_image_bytes), "read")
+        record = _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, self.others)
+        if record["kind"] == "image":
+            record["meta_types"] = self.types
+            if self.others_note:
+                record["decode_note"] = self.others_note
+        return record
+
+    def _lost_rows(self, group: int, lost: range, err: Exception) -> Iterator[dict[str, Any]]:
+        """Damaged data: these rows, and only these, are lost (each one's reject, or "skipped" if done already)."""
+        rel, path = self.rel, self.path
+        for j in lost:
+            yield {"kind": "skipped", "id": f"{rel}#{j}"} if f"{rel}#{j}" in self.skip_ids else reject_record(
+                f"{rel}#{j}", f"{path}#{j}", f"row {j}: row group {group} of the Parquet file cannot be "
+                f"read: {describe(err)}", "read")
 
 
 def _cell_size(cell: pa.Scalar) -> int | None:
