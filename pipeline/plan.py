@@ -91,14 +91,7 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     out = config.output.rstrip("/")
     fs, root = check_output_location(out, so)
     if config.overwrite:
-        for folder in (DATA_DIR, REJECTS_DIR):
-            # --overwrite deletes these folders whole: an output given as a data set's own folder (or the input
-            # itself) would lose the user's images in a data/ or rejects/ folder of theirs
-            path = posixpath.join(root, folder)
-            foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not is_written_file(p))
-            if foreign:
-                raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
-                               f"did not write (e.g. {foreign[0]}); choose another output")
+        _refuse_to_delete_foreign_files(fs, root, out)
         if not dry_run:
             clear_output(out, so)
         return "overwrite"
@@ -109,42 +102,8 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
             raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
                            "output or pass --overwrite")
         return "new"
-    # A settings field added after that output was written is missing from its record; the field's default is
-    # what that older version did, so fill it in rather than refuse an upgraded scheduled (--incremental) run.
-    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
-                "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
-    # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
-    # operators, which must not refuse the command that wrote the output
-    with contextlib.suppress(ValueError):
-        previous["settings"]["operators"] = canonical_operators(previous["settings"]["operators"])
-    differ = []
-    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "reading"):
-        before, now = previous.get(key), job_record.get(key)
-        if before == now or (key == "reading" and before is None):  # not recorded by an older version: compatible
-            continue
-        if isinstance(before, dict) and isinstance(now, dict):
-            what = ", ".join(f"{name} {before.get(name)!r} (now {now.get(name)!r})"
-                             for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name))
-        else:
-            what = f"{key} {before!r} (now {now!r})"
-        if key == "reading":  # they set the rows' columns: say how to give the output's own
-            flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
-                     else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
-            differ.append((what, f"{out} was written with other input-reading options: {what}; they set its rows' "
-                                 f"columns (label, the Parquet image), so this run's rows would not match the output's: "
-                                 f"give {', '.join(flags)} as its runs did, or use another output"))
-            continue
-        differ.append((what, f"{out} was written with other {key}: {what}; use another output, or --overwrite to "
-                             "start over"))
-    before_input = (previous.get("input") or {}).get("location")
-    now_input = (job_record.get("input") or {}).get("location")
-    if before_input is not None and now_input is not None and before_input != now_input and not config.input_moved:
-        # an older version's record has no input: compatible
-        differ.append((f"input {before_input} (now {now_input})",
-                       f"{out} was made from input {before_input}, and this run's --input {redact_uri(config.input)} is "
-                       f"{now_input}: an output's ids are paths relative to its input, so every file here whose "
-                       "relative path the output already holds would be skipped as done, unread; write to another "
-                       "output, or give the original input (if the same files only moved here, pass --input-moved)"))
+    previous = _with_defaults_of_now(previous)
+    differ = _settings_differences(previous, job_record, out) + _input_difference(previous, job_record, config, out)
     if differ and not has_parts:
         # The run that recorded those settings wrote no row (it failed before its first batch, e.g. on an option the
         # model could not take): nothing is purified with them, so this run's settings replace them rather than
@@ -157,7 +116,81 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         differ = []
     if differ:
         raise JobError(differ[0][1])
-    summary = read_json(f"{out}/{SUMMARY_FILE}", so)
+    return _resume_or_incremental(config, out)
+
+
+def _refuse_to_delete_foreign_files(fs: Any, root: str, out: str) -> None:
+    """--overwrite deletes the data/ and rejects/ folders whole: an output given as a data set's own folder (or the
+    input itself) would lose the user's images in a data/ or rejects/ folder of theirs."""
+    for folder in (DATA_DIR, REJECTS_DIR):
+        path = posixpath.join(root, folder)
+        foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not is_written_file(p))
+        if foreign:
+            raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
+                           f"did not write (e.g. {foreign[0]}); choose another output")
+
+
+def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
+    """An output's record as this version would write it (a copy). A settings field added after that output was
+    written is missing from its record; the field's default is what that older version did, so fill it in rather
+    than refuse an upgraded scheduled (--incremental) run."""
+    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
+                "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
+    # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
+    # operators, which must not refuse the command that wrote the output
+    with contextlib.suppress(ValueError):
+        previous["settings"]["operators"] = canonical_operators(previous["settings"]["operators"])
+    return previous
+
+
+def _settings_differences(previous: dict[str, Any], job_record: dict[str, Any], out: str) -> list[tuple[str, str]]:
+    """(what differs, the refusal that says it) for each recorded group of settings this run's differ from."""
+    differ = []
+    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "reading"):
+        before, now = previous.get(key), job_record.get(key)
+        if before == now or (key == "reading" and before is None):  # not recorded by an older version: compatible
+            continue
+        if isinstance(before, dict) and isinstance(now, dict):
+            what = ", ".join(f"{name} {before.get(name)!r} (now {now.get(name)!r})"
+                             for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name))
+        else:
+            what = f"{key} {before!r} (now {now!r})"
+        if key == "reading":
+            differ.append((what, _reading_refusal(out, what, before, now)))
+            continue
+        differ.append((what, f"{out} was written with other {key}: {what}; use another output, or --overwrite to "
+                             "start over"))
+    return differ
+
+
+def _reading_refusal(out: str, what: str, before: dict[str, Any], now: dict[str, Any]) -> str:
+    """The input-reading options set the rows' columns: the refusal says how to give the output's own."""
+    flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
+             else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
+    return (f"{out} was written with other input-reading options: {what}; they set its rows' "
+            f"columns (label, the Parquet image), so this run's rows would not match the output's: "
+            f"give {', '.join(flags)} as its runs did, or use another output")
+
+
+def _input_difference(previous: dict[str, Any], job_record: dict[str, Any], config: JobConfig,
+                      out: str) -> list[tuple[str, str]]:
+    """The input's location, if it differs from the one the output was made from (and --input-moved is not given)."""
+    before_input = (previous.get("input") or {}).get("location")
+    now_input = (job_record.get("input") or {}).get("location")
+    if before_input is not None and now_input is not None and before_input != now_input and not config.input_moved:
+        # an older version's record has no input: compatible
+        return [(f"input {before_input} (now {now_input})",
+                 f"{out} was made from input {before_input}, and this run's --input {redact_uri(config.input)} is "
+                 f"{now_input}: an output's ids are paths relative to its input, so every file here whose "
+                 "relative path the output already holds would be skipped as done, unread; write to another "
+                 "output, or give the original input (if the same files only moved here, pass --input-moved)")]
+    return []
+
+
+def _resume_or_incremental(config: JobConfig, out: str) -> str:
+    """An earlier run's output with the same settings: "resume" when that run did not finish, "incremental" when it
+    did and this run asks for it (--incremental, --retry-rejects); a complete output is not appended to silently."""
+    summary = read_json(f"{out}/{SUMMARY_FILE}", config.storage_options)
     complete = bool(summary) and summary.get("status") == "complete"
     if complete and not (config.incremental or config.retry_rejects):
         raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
