@@ -176,67 +176,84 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
-        files: dict[str, zipfile.ZipInfo] = {}  # path -> its entry, hidden ones too (a link may point to one)
-        # path -> the different stored names that give it ('a\\b.png' beside 'a/b.png', './a/b.png', 'a//b.png')
-        look_alikes: dict[str, list[str]] = {}
-        for info in archive.infolist():
-            name = _zip_member_path(info.filename)
-            if name is None or _zip_is_folder(info):
-                continue
-            earlier = files.pop(name, None)  # a later entry of the same name takes the place of the earlier one
-            # not the same stored name: another file. orig_filename, since zipfile cuts a name at a NUL byte: a later
-            # 'a.png\0x' replaced an earlier 'a.png' unread
-            if earlier is not None and _stored_name(archive, earlier) != _stored_name(archive, info):
-                stored = look_alikes.setdefault(name, [_stored_name(archive, earlier)])
-                stored.extend([_stored_name(archive, info)] if _stored_name(archive, info) not in stored else [])
-            files[name] = info
+        files, look_alikes = _zip_files(archive)
         for name, info in files.items():
-            parts = name.split("/")
-            # '..' is no hidden name: '../x.png' was skipped as one, unread and unreported
-            if _hidden("/".join(part for part in parts if part != "..")):
-                yield {"kind": "hidden", "name": f"{rel}/{text_name(name)}"}  # counted by read_unit, not an input
-                continue
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
-            if id_ in skip_ids:
-                yield {"kind": "skipped", "id": id_}
+            not_read = _member_not_read(name, id_, source, skip_ids, look_alikes)
+            if not_read is not None:
+                yield not_read
                 continue
-            if name in look_alikes:  # one id for two files: neither is read, one reject names them all
-                shown = " and ".join(repr(text_name(n)) for n in look_alikes[name])
-                yield reject_record(id_, source, f"zip members {shown} are one path, {name}, once '\\' is read as '/', "
-                                    "empty or '.' folders are dropped and a name is cut at a NUL byte, so the output "
-                                    "could keep only one of them; none was read: rename one and run again with "
-                                    "--retry-rejects", "read")
-                continue
-            if ".." in parts:
-                yield reject_record(id_, source, f"zip member {name} has a '..' folder in its path, which leads out of "
-                                    "its folder (extracted, it is written elsewhere or outside the archive's folder), so "
-                                    "it was not read: rename it and run again with --retry-rejects", "read")
-                continue
-            meta: dict[str, Any] = {}
-            if labels_from_folders:
-                folder = posixpath.dirname(name)
-                meta["label"] = posixpath.basename(folder) if folder else None
             target = _zip_link_target(archive, files, look_alikes, name) if _zip_is_link(info) else info
             if isinstance(target, str):
                 yield reject_record(id_, source, target, "read")
                 continue
             what = name if target is info else f"{_zip_member_path(target.filename)} (the target of link {name})"
-            if target.file_size > max_image_bytes:
-                yield reject_record(id_, source, too_large(f"zip member {what}", target.file_size, max_image_bytes),
-                                    "read")
-                continue
-            if target.flag_bits & 0x1:
-                yield reject_record(id_, source, f"zip member {what} is encrypted", "read")
-                continue
-            try:
-                data = with_retries(lambda target=target: archive.read(target), f"read {source}")
-            except NotImplementedError as err:  # the data may be fine: zipfile cannot decompress it
-                method = zipfile.compressor_names.get(target.compress_type, "unknown")
-                yield reject_record(id_, source, f"zip member {what} is compressed with method {target.compress_type} "
-                                    f"({method}), which cannot be read ({describe(err)}): store it with deflate",
-                                    "read")
-                continue
-            except Exception as err:  # noqa: BLE001 - a damaged member (bad CRC, cut short) is its reject
-                yield reject_record(id_, source, f"corrupt zip member {what}: {describe(err)}", "read")
-                continue
-            yield _image_record(id_, source, data, meta)
+            meta = {"label": _folder_label(name)} if labels_from_folders else {}
+            yield _member_record(archive, target, what, id_, source, meta, max_image_bytes)
+
+
+def _zip_files(archive: zipfile.ZipFile) -> tuple[dict[str, zipfile.ZipInfo], dict[str, list[str]]]:
+    """The archive's files by path, hidden ones too (a link may point to one), and the paths that different stored
+    names give ('a\\b.png' beside 'a/b.png', './a/b.png', 'a//b.png'), with those names."""
+    files: dict[str, zipfile.ZipInfo] = {}
+    look_alikes: dict[str, list[str]] = {}
+    for info in archive.infolist():
+        name = _zip_member_path(info.filename)
+        if name is None or _zip_is_folder(info):
+            continue
+        earlier = files.pop(name, None)  # a later entry of the same name takes the place of the earlier one
+        # not the same stored name: another file. orig_filename, since zipfile cuts a name at a NUL byte: a later
+        # 'a.png\0x' replaced an earlier 'a.png' unread
+        if earlier is not None and _stored_name(archive, earlier) != _stored_name(archive, info):
+            stored = look_alikes.setdefault(name, [_stored_name(archive, earlier)])
+            stored.extend([_stored_name(archive, info)] if _stored_name(archive, info) not in stored else [])
+        files[name] = info
+    return files, look_alikes
+
+
+def _member_not_read(name: str, id_: str, source: str, skip_ids: frozenset[str] | set[str],
+                     look_alikes: dict[str, list[str]]) -> dict[str, Any] | None:
+    """The record of a member that is not read (hidden, done, one of several names for one path, or with a '..'
+    folder), or None for one to read."""
+    parts = name.split("/")
+    # '..' is no hidden name: '../x.png' was skipped as one, unread and unreported
+    if _hidden("/".join(part for part in parts if part != "..")):
+        return {"kind": "hidden", "name": id_}  # counted by read_unit, not an input
+    if id_ in skip_ids:
+        return {"kind": "skipped", "id": id_}
+    if name in look_alikes:  # one id for two files: neither is read, one reject names them all
+        shown = " and ".join(repr(text_name(n)) for n in look_alikes[name])
+        return reject_record(id_, source, f"zip members {shown} are one path, {name}, once '\\' is read as '/', "
+                             "empty or '.' folders are dropped and a name is cut at a NUL byte, so the output "
+                             "could keep only one of them; none was read: rename one and run again with "
+                             "--retry-rejects", "read")
+    if ".." in parts:
+        return reject_record(id_, source, f"zip member {name} has a '..' folder in its path, which leads out of "
+                             "its folder (extracted, it is written elsewhere or outside the archive's folder), so "
+                             "it was not read: rename it and run again with --retry-rejects", "read")
+    return None
+
+
+def _folder_label(name: str) -> str | None:
+    """A member's label: the name of the folder it lies in (None at the archive's top)."""
+    folder = posixpath.dirname(name)
+    return posixpath.basename(folder) if folder else None
+
+
+def _member_record(archive: zipfile.ZipFile, target: zipfile.ZipInfo, what: str, id_: str, source: str,
+                   meta: dict[str, Any], max_image_bytes: int) -> dict[str, Any]:
+    """The image record of the member `target` (`what` names it in a reject), or its reject when it is too large,
+    encrypted, compressed in a way zipfile cannot read, or damaged."""
+    if target.file_size > max_image_bytes:
+        return reject_record(id_, source, too_large(f"zip member {what}", target.file_size, max_image_bytes), "read")
+    if target.flag_bits & 0x1:
+        return reject_record(id_, source, f"zip member {what} is encrypted", "read")
+    try:
+        data = with_retries(lambda target=target: archive.read(target), f"read {source}")
+    except NotImplementedError as err:  # the data may be fine: zipfile cannot decompress it
+        method = zipfile.compressor_names.get(target.compress_type, "unknown")
+        return reject_record(id_, source, f"zip member {what} is compressed with method {target.compress_type} "
+                             f"({method}), which cannot be read ({describe(err)}): store it with deflate", "read")
+    except Exception as err:  # noqa: BLE001 - a damaged member (bad CRC, cut short) is its reject
+        return reject_record(id_, source, f"corrupt zip member {what}: {describe(err)}", "read")
+    return _image_record(id_, source, data, meta)
