@@ -87,6 +87,25 @@ def _csv(choices: tuple[str, ...] | list[str], what: str):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # in the order --help lists them
+    _add_what_is_evaluated(p)
+    _add_test_subset_and_zip_sampling(p)
+    _add_classifier_training(p)
+    _add_run_and_report_options(p)
+    args = p.parse_args(argv)
+    problem = _argument_problem(args)
+    if problem:
+        p.error(problem)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The folder preflight checks (it expands a '~' the shell left, as zsh does in --out=~/x) is the one written to, as
+    # for --cache-dir, which the runner expands.
+    args.out = args.out.expanduser()
+    return args
+
+
+def _add_what_is_evaluated(p: argparse.ArgumentParser) -> None:
+    """--datasets, --attacks, --defenses and the prior of the zip defenses (--checkpoint)."""
     p.add_argument("--datasets", type=_csv(DATASETS, "data set"), default=["cifar10", "gtsrb"],
                    help="comma-separated data sets (cifar10, gtsrb; imagenette: 224 px, only sensible with a GPU "
                         "and a 256x256 prior; its single shared split is divided 3:1 into train/test). "
@@ -99,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=DEFAULT_PRIOR,
                    help="diffusion prior for the zip defenses (path or fsspec URI; its sha256 keys the cache). "
                         "Default: the shipped CIFAR-10 prior, pipeline/assets/cifar10_prior.pt")
+
+
+def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
+    """ZIP's steps and pooling, the test subset and its seed, then ZIP's sampler, late start, schedule and noise seed."""
     p.add_argument("--steps", type=int, default=20, help="ZIP DDIM steps (both zip variants). Default: 20")
     p.add_argument("--pool", type=int, default=4,
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
@@ -122,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seed of the ZIP sampler's noise (both zip variants; part of the purified-set cache key). One "
                         "run draws one sample per image; rerun with other seeds to see how much a difference is chance. "
                         "Default: 0")
+
+
+def _add_classifier_training(p: argparse.ArgumentParser) -> None:
+    """The classifiers' training: --epochs and --crop-pad (both part of a classifier's cache name)."""
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help=f"classifier training epochs (ResNet-20, one-cycle LR; ~1.5 min per CIFAR epoch on 2 idle CPU "
                         f"cores, CA >= 78 %% on the shared CIFAR copy). Part of the classifier cache name. "
@@ -131,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(0: flips only). PhysicalBA's classifier always trains without it (its own affine transforms "
                         f"shift every image). ShrinkPad's accuracy depends on it: a classifier trained on 4 px shifts "
                         f"barely notices ShrinkPad's. Part of the classifier cache name. Default: {CROP_PAD}")
+
+
+def _add_run_and_report_options(p: argparse.ArgumentParser) -> None:
+    """Where and how it runs (threads, caches, --out, device, the purifier's canvases) and what the report holds."""
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads for training, purification and prediction (0: torch's default). Use 1 when "
                         "another job shares a 2-core machine: two threads fighting for cores are several times slower")
@@ -155,16 +186,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="resamples of the target check's paired bootstrap over test images (a 95 %% interval for each "
                         "of ZIP's differences to ShrinkPad and A⁺A x and for its ASR; needs a zip defense, a baseline and "
                         f"an attack in the run); 0 leaves the check out. Default: {RESAMPLES}")
-    args = p.parse_args(argv)
-    problem = _argument_problem(args)
-    if problem:
-        p.error(problem)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    # The folder preflight checks (it expands a '~' the shell left, as zsh does in --out=~/x) is the one written to, as
-    # for --cache-dir, which the runner expands.
-    args.out = args.out.expanduser()
-    return args
 
 
 def _argument_problem(args: argparse.Namespace) -> str | None:
