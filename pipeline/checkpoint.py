@@ -301,44 +301,77 @@ def load_checkpoint(
     if preset is not None and preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     data = read_bytes(uri, storage_options)
-    digest = hashlib.sha256(data).hexdigest()
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise CheckpointError(f"checkpoint {uri} has sha256 {digest}, but {expected_sha256} was pinned; refusing to run")
+    digest = _checked_digest(data, uri, expected_sha256)
     parsed = _parse(data, uri)
     state_dict = strip_wrapper_prefixes(parsed["state_dict"])
     meta = dict(parsed.get("meta", {}))
     check_meta(meta, uri)
+    config, label, preset = _architecture(parsed, state_dict, uri, preset, flags, allow_class_cond)
+    if not allow_class_cond:
+        _refuse_class_conditional(config, label, state_dict, uri)
+    model = _built_model(config, label, uri, verify_only)
+    _check_weights_fit(model, state_dict, uri, label)
+    if verify_only:
+        return LoadedCheckpoint(model, config, digest, uri, preset, meta)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    model.eval().requires_grad_(False)
+    return LoadedCheckpoint(model, config, digest, uri, preset, meta)
+
+
+def _checked_digest(data: bytes, uri: str, expected_sha256: str | None) -> str:
+    """The file's sha256, refused when it is not the one pinned."""
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise CheckpointError(f"checkpoint {uri} has sha256 {digest}, but {expected_sha256} was pinned; refusing to run")
+    return digest
+
+
+def _architecture(parsed: dict[str, Any], state_dict: dict[str, torch.Tensor], uri: str, preset: str | None,
+                  flags: dict[str, Any] | None, allow_class_cond: bool) -> tuple[UNetConfig, str, str | None]:
+    """(the model's config, where it came from, the preset) from `flags`, `preset`, the bundle's own flags, or else
+    the preset whose keys and shapes match the file (`load_checkpoint`)."""
     if flags is not None:
         label = "the given flags"
-        config = _config_from_flags(flags, uri, label)
-    elif preset is not None:
-        config, label = preset_config(preset), f"preset {preset!r}"
-    elif "flags" in parsed:
+        return _config_from_flags(flags, uri, label), label, preset
+    if preset is not None:
+        return preset_config(preset), f"preset {preset!r}", preset
+    if "flags" in parsed:
         label = "the checkpoint's own flags"
-        config = _config_from_flags(parsed["flags"], uri, label)
-    else:
-        preset = infer_preset(state_dict)
-        if preset is None and not allow_class_cond and "label_emb.weight" in state_dict:
-            # Said for what it is: "matches none of the presets; pass --flags" sent the user to find flags for a
-            # model that is then refused anyway.
-            raise CheckpointError(
-                f"checkpoint {uri} is a class-conditional model (the file holds label_emb.weight, "
-                f"{_class_count(state_dict)}; it matches none of the presets, and has no flags): " + CLASS_COND_ADVICE
-            )
-        if preset is None:
-            raise CheckpointError(
-                f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
-            )
-        config, label = preset_config(preset), f"preset {preset!r} (inferred)"
-    if not allow_class_cond and (config.class_cond or "label_emb.weight" in state_dict):
+        return _config_from_flags(parsed["flags"], uri, label), label, preset
+    preset = infer_preset(state_dict)
+    if preset is None and not allow_class_cond and "label_emb.weight" in state_dict:
+        # Said for what it is: "matches none of the presets; pass --flags" sent the user to find flags for a
+        # model that is then refused anyway.
+        raise CheckpointError(
+            f"checkpoint {uri} is a class-conditional model (the file holds label_emb.weight, "
+            f"{_class_count(state_dict)}; it matches none of the presets, and has no flags): " + CLASS_COND_ADVICE
+        )
+    if preset is None:
+        raise CheckpointError(
+            f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
+        )
+    return preset_config(preset), f"preset {preset!r} (inferred)", preset
+
+
+def _refuse_class_conditional(config: UNetConfig, label: str, state_dict: dict[str, torch.Tensor], uri: str) -> None:
+    """ZIP samples without labels: a class-conditional model (by its config or its weights) is refused."""
+    if config.class_cond or "label_emb.weight" in state_dict:
         raise CheckpointError(
             f"checkpoint {uri} is a class-conditional model (class_cond={config.class_cond} from {label}; the file "
             f"{'holds' if 'label_emb.weight' in state_dict else 'lacks'} label_emb.weight): " + CLASS_COND_ADVICE
         )
+
+
+def _built_model(config: UNetConfig, label: str, uri: str, verify_only: bool) -> UNetModel:
+    """The model of `config`, on the meta device (no weights in memory) when `verify_only`."""
     try:
-        model = build_unet(config, "meta" if verify_only else None)
+        return build_unet(config, "meta" if verify_only else None)
     except (ValueError, ArithmeticError) as err:  # flags from_flags takes that no model has: num_heads 0, channel_mult 1,2.5
         raise CheckpointError(f"cannot build the model of checkpoint {uri} from {label}: {describe(err)}") from err
+
+
+def _check_weights_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], uri: str, label: str) -> None:
+    """Refuse weights whose keys or shapes do not fit the model, or that are not all finite."""
     problems = shape_mismatches(model, state_dict)
     if problems:
         shown = "; ".join(problems[:5])
@@ -351,11 +384,6 @@ def load_checkpoint(
     if not_finite is not None:
         raise CheckpointError(f"checkpoint {uri} holds NaN or infinite weights ({not_finite}, maybe others): a diverged "
                               "or damaged save, whose samples would be NaN")
-    if verify_only:
-        return LoadedCheckpoint(model, config, digest, uri, preset, meta)
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
-    model.eval().requires_grad_(False)
-    return LoadedCheckpoint(model, config, digest, uri, preset, meta)
 
 
 def save_bundle(
