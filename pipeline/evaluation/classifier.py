@@ -6,11 +6,12 @@ per-channel statistics travel with the saved weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,31 +190,22 @@ def train_classifier(
         raise ValueError(f"crop_pad must be >= 0, got {crop_pad}")
     if restamp is not None and len(restamp[0]) != len(images):
         raise ValueError(f"restamp mask has {len(restamp[0])} entries for {len(images)} images")
+    with _torch_threads(num_threads):
+        return _train(images, labels, num_classes, epochs, batch_size, lr, seed, augment, extra_transform, device, progress,
+                      hflip=hflip, crop_pad=crop_pad, depth=depth, schedule=schedule, weight_decay=weight_decay,
+                      restamp=restamp, checkpoint=None if checkpoint is None else Path(checkpoint),
+                      checkpoint_key=checkpoint_key)
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `num_threads` while the block runs and restored afterwards; None leaves
+    the process's setting alone."""
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train(
-            images,
-            labels,
-            num_classes,
-            epochs,
-            batch_size,
-            lr,
-            seed,
-            augment,
-            extra_transform,
-            device,
-            progress,
-            hflip=hflip,
-            crop_pad=crop_pad,
-            depth=depth,
-            schedule=schedule,
-            weight_decay=weight_decay,
-            restamp=restamp,
-            checkpoint=None if checkpoint is None else Path(checkpoint),
-            checkpoint_key=checkpoint_key,
-        )
+        yield
     finally:
         if num_threads is not None:
             torch.set_num_threads(previous_threads)
