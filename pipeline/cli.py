@@ -582,11 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config_from_namespace(args)
         if args.dry_run:
-            plan = plan_job(config, dry_run=True)
-            print_plan(plan.describe())
-            if not plan.units and not plan.skipped_files and not plan.skipped_containers:
-                print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
-                      file=sys.stderr)
+            _dry_run(config)
             return 0
         try:
             summary = run_job(config)
@@ -606,6 +602,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
               "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)  # SIGTERM before the pipeline started is raised as one too (143)
+    _print_run_summary(config, summary)
+    return 0
+
+
+def _dry_run(config: JobConfig) -> None:
+    """The plan printed, nothing read or written (--dry-run); a warning when it finds no input."""
+    plan = plan_job(config, dry_run=True)
+    print_plan(plan.describe())
+    if not plan.units and not plan.skipped_files and not plan.skipped_containers:
+        print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
+              file=sys.stderr)
+
+
+def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
+    """What the run did (its warnings on stderr), then what the output holds in all."""
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)
@@ -620,32 +631,39 @@ def main(argv: list[str] | None = None) -> int:
               "(per image: column psnr_vs_input_db)")
     shrunk = run["downscaled"]
     if shrunk["images"]:
-        canvas = summary["model"]["canvas_size"]
-        print(f"warning: {shrunk['images']} image(s) were larger than the model's {canvas} px canvas and were shrunk to "
-              f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
-              f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
-              "size (--checkpoint) to keep their detail.", file=sys.stderr)
+        print(_downscaled_warning(shrunk, summary["model"]["canvas_size"]), file=sys.stderr)
     if run.get("unpurified_image_columns"):
         print(unpurified_warning(run["unpurified_image_columns"]), file=sys.stderr)
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
-        whole = retried.get("containers_now_read_whole", 0)
-        renamed = retried.get("lookalikes_renamed", 0)
-        gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
-                - retried.get("superseded", 0) - renamed)
-        print(f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
-              f"{retried['rejected_again']} rejected again"
-              + (" (rejects/ has today's reason)" if retried["rejected_again"] else "")
-              + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
-              + (f", {retried['superseded']} an older version's rejects of a tar shard's keys, now read otherwise "
-                 "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")
-              + (f", {renamed} tar look-alike rejects gone (their members no longer share an id)" if renamed else "")
-              + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
+        print(_retried_line(retried))
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
     print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
           f"(status {summary['status']}; summary in _summary.json)")
-    return 0
+
+
+def _downscaled_warning(shrunk: dict[str, Any], canvas: int) -> str:
+    return (f"warning: {shrunk['images']} image(s) were larger than the model's {canvas} px canvas and were shrunk to "
+            f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
+            f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
+            "size (--checkpoint) to keep their detail.")
+
+
+def _retried_line(retried: dict[str, Any]) -> str:
+    """What became of the earlier rejects a --retry-rejects run read again; those it did not find are what is left."""
+    whole = retried.get("containers_now_read_whole", 0)
+    renamed = retried.get("lookalikes_renamed", 0)
+    gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
+            - retried.get("superseded", 0) - renamed)
+    return (f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
+            f"{retried['rejected_again']} rejected again"
+            + (" (rejects/ has today's reason)" if retried["rejected_again"] else "")
+            + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
+            + (f", {retried['superseded']} an older version's rejects of a tar shard's keys, now read otherwise "
+               "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")
+            + (f", {renamed} tar look-alike rejects gone (their members no longer share an id)" if renamed else "")
+            + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
 
 
 if __name__ == "__main__":  # python -m pipeline.cli: where the zip-purify script is not on PATH (a cluster's image)
