@@ -198,7 +198,8 @@ def check_meta(meta: dict[str, Any], uri: str) -> None:
         )
 
 
-# What jobs/train_prior.py writes to OUT/last.pt (its STATE_KEYS): both weights, the optimiser, the model flags.
+# What jobs/train_prior.py writes to OUT/last.pt (STATE_KEYS in pipeline/training_run_folder.py): both weights, the
+# optimiser, the model flags.
 TRAIN_PRIOR_STATE_KEYS = {"model", "ema", "opt", "step", "flags"}
 
 

@@ -1,7 +1,8 @@
 """The math of one training step of a diffusion prior (ε-prediction DDPM, Ho et al. 2020), as small functions.
 
-`pipeline/training_run.py` holds the run's state around them (its steps, saved and restored), `jobs/train_prior.py`
-the rest: data, files, logging, signals. A step draws a batch x₀, a timestep t and Gaussian noise ε, noises the batch
+`pipeline/training_run.py` holds the run's state around them (its steps, saved and restored),
+`pipeline/training_loop.py` the loop (budget, logging, saves, signals), `pipeline/training_run_folder.py` its files, and
+`jobs/train_prior.py` the command line. A step draws a batch x₀, a timestep t and Gaussian noise ε, noises the batch
 to x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε, and regresses the model's output on ε; the learning rate warms up linearly, and an
 exponential moving average (EMA) of the weights, whose decay ramps up over the first steps, is the prior that gets
 exported.

@@ -4,8 +4,9 @@
 random stream that orders and flips the images, and the epoch's image order with how much of it is used. Its
 `state_dict()` and `restore()` round-trip all of it (torch's global random streams included), so a run stopped and
 resumed trains as the uninterrupted one would. `Recipe` is how each step trains (fixed for one run, free to change on a
-resume), `LogWindow` the steps since the last log line. Files, messages and the budget stay with the job; the math of
-one step is in `pipeline/training.py`.
+resume), `LogWindow` the steps since the last log line. The loop with its budget and messages is in
+`pipeline/training_loop.py`, the files in `pipeline/training_run_folder.py`; the math of one step is in
+`pipeline/training.py`.
 """
 
 from __future__ import annotations
