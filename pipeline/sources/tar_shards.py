@@ -191,8 +191,12 @@ class _MembersPass:
             self.readers[target] -= 1
             if self.readers[target] <= 0:
                 self.kept.pop(target, None)
-        return _tar_key_record(self.path, self.key_id(key), key, self.parts.pop(key, {}), self.errors.pop(key, None),
-                               key in self.split)
+        parts, error = self.parts.pop(key, {}), self.errors.pop(key, None)
+        try:
+            return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split)
+        except Exception as err:  # noqa: BLE001 - the key is counted as emitted by now: it must leave a record
+            return reject_record(self.key_id(key), f"{self.path}:{key}",
+                                 f"cannot read tar key {key}: {type(err).__name__}: {err}", "read")
 
     def _took(self, name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its

@@ -57,13 +57,40 @@ def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
     return ext.replace(".", "_"), text
 
 
+# The deepest a .json sidecar's object may nest (objects and lists within each other, the sidecar's own object counted)
+# for its keys to become columns. Parquet readers refuse to open a file whose columns nest much deeper (pyarrow: 100
+# schema levels, a list taking two), so one hostile sidecar made a part file the job itself could not read back: the
+# run failed, and every later run stopped on that file. Deeper JSON is kept as text, as JSON that is not an object is.
+MAX_JSON_DEPTH = 32
+
+
 def _json_sidecar(data: bytes) -> dict[str, Any]:
-    """A .json sidecar's keys become columns when it holds an object; otherwise its text is kept."""
+    """A .json sidecar's keys become columns when it holds an object nested at most `MAX_JSON_DEPTH` levels deep;
+    otherwise (not an object, not valid JSON, nested deeper, or too deep for Python's parser) its text is kept."""
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep; it broke off the whole shard
         return {"json": data.decode("utf-8", errors="replace")}
-    return value if isinstance(value, dict) else {"json": json.dumps(value)}
+    if isinstance(value, dict) and _json_depth(value) <= MAX_JSON_DEPTH:
+        return value
+    if not isinstance(value, dict):
+        try:
+            return {"json": json.dumps(value)}
+        except RecursionError:
+            pass
+    return {"json": data.decode("utf-8", errors="replace")}
+
+
+def _json_depth(value: Any) -> int:
+    """How deep objects and lists nest in a parsed JSON value (1 for a flat object), without recursion; it stops
+    counting past `MAX_JSON_DEPTH`."""
+    deepest, pending = 0, [(value, 1)]
+    while pending and deepest <= MAX_JSON_DEPTH:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],

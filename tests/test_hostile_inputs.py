@@ -1,0 +1,58 @@
+"""Inputs from senders who may be hostile, and what each may cost: a .json sidecar nested thousands deep broke off its
+whole tar shard (its own key lost, every other key rejected), and one nested 40 deep wrote a part file no Parquet
+reader opens, so the run failed and every later run stopped on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.sources import discover, read_unit
+from pipeline.sources.webdataset_keys import MAX_JSON_DEPTH
+from pipeline.stages import batch_of, write_stage
+from tests.jobutil import image_bytes, tar_bytes
+
+
+def _records(folder: Path) -> list[dict]:
+    return [r for unit in discover(str(folder)) for r in read_unit(unit) if r["kind"] in ("image", "reject")]
+
+
+def _written(tmp_path: Path, records: list[dict]) -> list[dict]:
+    """The rows write_stage writes of image records (the input bytes as the PNG), read back as a reader would."""
+    images = [{**{k: v for k, v in r.items() if k != "data"}, "png": r["data"], "width": 8, "height": 8}
+              for r in records if r["kind"] == "image"]
+    manifest = write_stage(batch_of(images), str(tmp_path / "out"), {})
+    (name,) = json.loads(manifest["files"][0])
+    return pq.read_table(tmp_path / "out" / name).to_pylist()
+
+
+def _nested_object(depth: int, inner: str = "object") -> dict:
+    """An object `depth` levels deep: objects (or lists) within it."""
+    value: object = 1
+    for _ in range(depth - 1):
+        value = {"a": value} if inner == "object" else [value]
+    return {"d": value}
+
+
+def test_a_json_sidecar_nested_too_deep_to_parse_costs_neither_its_key_nor_the_shard(tmp_path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # valid JSON; Python's parser gives up with RecursionError
+    (tmp_path / "s.tar").write_bytes(tar_bytes({"0001.png": image_bytes(8, 8, 1), "0001.json": deep,
+                                                "0002.png": image_bytes(8, 8, 2), "0002.json": b'{"caption": "ok"}'}))
+    records = _records(tmp_path)
+    assert [(r["kind"], r["id"]) for r in records] == [("image", "s.tar/0001"), ("image", "s.tar/0002")]
+    assert records[0]["meta"] == {"json": deep.decode()}  # kept as text, as JSON that is not an object is
+    assert records[1]["meta"] == {"caption": "ok"}
+
+
+def test_a_json_sidecar_nested_deeper_than_parquet_readers_open_is_kept_as_text(tmp_path) -> None:
+    # 60 lists within each other are 120 Parquet schema levels: pyarrow opens at most 100
+    too_deep, deepest = {"deep": _nested_object(60, inner="list")["d"]}, _nested_object(MAX_JSON_DEPTH)
+    (tmp_path / "s.tar").write_bytes(tar_bytes({
+        "0001.png": image_bytes(8, 8, 1), "0001.json": json.dumps(too_deep).encode(),
+        "0002.png": image_bytes(8, 8, 2), "0002.json": json.dumps({"l": [[[[1]]]] * 2, **deepest}).encode()}))
+    rows = {r["id"]: r for r in _written(tmp_path, _records(tmp_path))}  # read back: the file opens
+    assert json.loads(rows["s.tar/0001"]["json"]) == too_deep
+    assert rows["s.tar/0002"]["d"] == deepest["d"] and rows["s.tar/0002"]["l"] == [[[[1]]]] * 2
+    assert rows["s.tar/0002"]["json"] is None
