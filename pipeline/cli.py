@@ -23,7 +23,7 @@ from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri_secrets, storage_item_shown, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
-from pipeline.sources import IN_MEMORY_BYTES, hidden_note
+from pipeline.sources import IN_MEMORY_BYTES, hidden_note, terminal_text
 from pipeline.storage import own_entry
 from pipeline.version import version_line
 
@@ -550,7 +550,7 @@ def print_plan(report: dict[str, Any]) -> None:
 
 def unpurified_warning(columns: dict[str, int]) -> str:
     """The warning for images copied unpurified: the purified data set still holds them, triggers and all."""
-    listed = ", ".join(f"{name} ({rows} row{'' if rows == 1 else 's'})" for name, rows in columns.items())
+    listed = ", ".join(f"{terminal_text(name)} ({rows} row{'' if rows == 1 else 's'})" for name, rows in columns.items())
     return (f"warning: column(s) {listed} hold images that were copied as they came, NOT purified: only the image "
             "column is purified, so a trigger in these reaches the output too. Drop them before use, or purify them "
             "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
@@ -563,7 +563,7 @@ def _shown(err: BaseException, config: JobConfig | None) -> str:
     for uri in () if config is None else (config.checkpoint, config.input, config.output):
         if isinstance(uri, str):
             text = redact_uri_secrets(text, uri)
-    return text
+    return terminal_text(text)  # one line, whatever names of the input's files the error holds
 
 
 def ignore_stop_signals() -> None:

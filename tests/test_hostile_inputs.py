@@ -56,3 +56,39 @@ def test_a_json_sidecar_nested_deeper_than_parquet_readers_open_is_kept_as_text(
     assert json.loads(rows["s.tar/0001"]["json"]) == too_deep
     assert rows["s.tar/0002"]["d"] == deepest["d"] and rows["s.tar/0002"]["l"] == [[[[1]]]] * 2
     assert rows["s.tar/0002"]["json"] is None
+
+
+# --- names printed to the terminal or a log ---
+
+FORGED = "_x\x1b[2J\x1b[31m\nerror: forged by a file name\u202egnp.exe"
+
+
+def _one_safe_line(text: str) -> None:
+    assert "\x1b" not in text and "\n" not in text and "\u202e" not in text
+    assert "\\x1b[2J\\x1b[31m" in text  # still told, escaped
+
+
+def test_a_hidden_files_name_is_printed_escaped_not_as_terminal_codes_or_a_line_of_its_own(tmp_path, capsys) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 1))
+    (tmp_path / "in" / FORGED).write_bytes(b"x")
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "hidden" in line]
+    _one_safe_line(line)
+    assert "\\nerror: forged by a file name\\u202egnp.exe" in line
+
+
+def test_an_error_naming_an_input_is_printed_as_one_escaped_line(tmp_path, capsys) -> None:
+    from pipeline.cli import main
+
+    folder = tmp_path / "in" / FORGED[1:]
+    folder.mkdir(parents=True)
+    (folder / "s.tar").write_bytes(tar_bytes({"0001.png": image_bytes(8, 8, 1)}))
+    (folder / "s.tar#unreadable").write_bytes(b"x")  # a file whose id the shard's reject could equal: the run stops
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("error: ")
+    _one_safe_line(line)

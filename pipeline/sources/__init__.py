@@ -14,7 +14,7 @@ The names the rest of the job, its benchmarks and tests use are importable from 
 
 from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, read_bytes
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, hidden_note
-from pipeline.sources.ids import LOOKALIKE, ids_digest, ids_key, relative_id, text_name
+from pipeline.sources.ids import LOOKALIKE, ids_digest, ids_key, relative_id, terminal_text, text_name
 from pipeline.sources.listing import discover, input_location
 from pipeline.sources.parquet_files import find_image_column, image_column_problem
 from pipeline.sources.reading import read_unit
@@ -39,6 +39,7 @@ __all__ = [
     "find_image_column",
     "image_column_problem",
     "hidden_note",
+    "terminal_text",
     "ids_digest",
     "ids_key",
     "input_location",

@@ -3,6 +3,8 @@ and counted (`HiddenSkipped`), so that a run can say what it left out (`hidden_n
 
 from __future__ import annotations
 
+from pipeline.sources.ids import terminal_text
+
 
 def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
@@ -28,5 +30,5 @@ class HiddenSkipped:
 
 def hidden_note(count: int, examples: list[str]) -> str:
     """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
-    shown = ", ".join(examples[:3]) + (", ..." if count > 3 else "")
+    shown = ", ".join(terminal_text(name) for name in examples[:3]) + (", ..." if count > 3 else "")
     return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"

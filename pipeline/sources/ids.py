@@ -8,11 +8,33 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import unicodedata
 from collections.abc import Iterable
 
 # The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
 # id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
 LOOKALIKE = "#lookalike/"
+
+
+# Unicode's bidirectional controls, which reorder what a terminal shows after them ('gpj.exe' shown as 'exe.jpg').
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def terminal_text(text: str) -> str:
+    """`text` as a line the CLI may print: each control character (a newline, ESC, a C1 control; Unicode category
+    Cc), lone surrogate and bidirectional control written as its escape (\\n, \\x1b, \\u202e). Names come from the input's
+    senders, and a file or zip member named 'x\\n' + 'error: ...' or holding a terminal escape sequence printed as it
+    came forged a line of the job's own (an `error:` line in a scheduler's log) or rewrote the terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS:
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or
+                       (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def text_name(name: str) -> str:
