@@ -8,11 +8,13 @@ import os
 import posixpath
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.sources.units import VERSION_FIELDS
+from pipeline.storage import WEB_PROTOCOLS, protocols
 
 # What discover reads of a listing entry: its size, its type and the fields of its version stamp (listing_stamp); and
 # "islink", which the walk below reads. fsspec's local info holds ~12 fields (~830 bytes a file with its objects): at
@@ -122,7 +124,8 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
     local = isinstance(fs, LocalFileSystem)
     listed: dict[str, Mapping[str, Any]] = {}
     # folders too, to tell an unlistable one from an empty one
-    found = _local_find(fs, root) if local else fs.find(root, detail=True)
+    web = root.endswith("/") and not WEB_PROTOCOLS.isdisjoint(protocols(fs))
+    found = _local_find(fs, root) if local else _web_find(fs, root) if web else fs.find(root, detail=True)
     if local and unlistable is not None:
         holding = {posixpath.dirname(p) for p in found}
         for folder in (p for p, info in found.items() if info.get("type") == "directory" and p not in holding):
@@ -141,3 +144,45 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
                 continue
         listed[path] = info
     return listed
+
+
+def _inside_web_folder(url: str, root: str) -> str | None:
+    """`url` with its '.' and '..' folders resolved, when it lies below the web folder `root` on its server (also once
+    percent-decoded: '%2e%2e/' is '../' to a server), else None."""
+    parts, top = urlsplit(url), urlsplit(root)
+    if (parts.scheme.replace("https", "http"), parts.netloc) != (top.scheme.replace("https", "http"), top.netloc):
+        return None
+
+    def folder(path: str) -> str:
+        return posixpath.normpath(path).rstrip("/") + "/"
+
+    path = posixpath.normpath(parts.path) + ("/" if parts.path.endswith("/") else "")
+    if path == folder(top.path) or not path.startswith(folder(top.path)) or \
+            not folder(unquote(parts.path)).startswith(folder(unquote(top.path))):
+        return None
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str, Any]]:
+    """Every file a web folder's index pages link, in it and its subfolders (links ending in '/'), with their listing
+    entries. fsspec's walk keeps a link to another server out, but follows a relative one up and out of the folder
+    ('../secret.png', 'sub/../../other/'), so a page could make the job read files the user did not name, and a link
+    back to a folder above ('../../data/') walked it again inside itself until Python's recursion limit crashed the
+    listing. Here a link is resolved ('.' and '..') first: one out of the folder is left out, and each folder is
+    listed once."""
+    found: dict[str, Mapping[str, Any]] = {}
+    seen = {root}
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        for info in fs.ls(folder, detail=True):
+            url = _inside_web_folder(info["name"], root)
+            if url is None:
+                continue
+            if info.get("type") == "directory" or url.endswith("/"):
+                if url not in seen:
+                    seen.add(url)
+                    pending.append(url)
+            else:
+                found[url] = {**info, "name": url}
+    return found
