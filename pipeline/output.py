@@ -13,6 +13,7 @@ import io
 import json
 import os
 import posixpath
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from glob import has_magic  # what fsspec's rm tests before it expands a path
@@ -477,11 +478,12 @@ def _columns_to_mend(schema: pa.Schema, columns: dict[str, pa.DataType]) -> list
     """The `columns` that a part file lacks or holds with another type. A timestamp column (rejected_at) held as
     something that is not a time, written by another tool, is left as it is: casting it could lose its values."""
     wrong = []
+    held = dict(zip(schema.names, schema.types, strict=True))
     for name, t in columns.items():
-        if name not in schema.names:
+        if name not in held:
             wrong.append(name)
             continue
-        have = schema.field(name).type
+        have = held[name]
         if have != t and not (pa.types.is_timestamp(t) and not (pa.types.is_timestamp(have) or pa.types.is_null(have))):
             wrong.append(name)
     return wrong
@@ -515,13 +517,15 @@ def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
     (int64 and double -> double), else string. Readers of a folder take the first file's columns and types: they
     drop a column that file lacks and fail to cast another file's values to its types."""
     seen: dict[str, set[pa.DataType]] = {}
-    for schema in schemas:
+    holding: Counter[str] = Counter()  # column -> how many files hold it (schema.names is a new list at each call:
+    for schema in schemas:  # looking a name up in it for each column took time quadratic in the columns)
         for f in schema:
             seen.setdefault(f.name, set()).add(f.type)
+        holding.update(set(schema.names))
     common = {}
     for name, types in seen.items():
         typed = {t for t in types if not pa.types.is_null(t)}
-        everywhere = all(name in schema.names for schema in schemas)
+        everywhere = holding[name] == len(schemas)
         if not typed or (len(types) == 1 and everywhere):
             continue
         common[name] = promoted_type(typed) or pa.string()
@@ -573,15 +577,21 @@ def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], co
     """Rewrite each part file in `schemas` that lacks one of the `common` columns or holds it with another type, and
     update `schemas` as each lands. Raises _LossyCast, before writing that file, for a column whose cast fails."""
     for path, schema in schemas.items():
-        wrong = [n for n, t in common.items() if n not in schema.names or schema.field(n).type != t]
+        have = dict(zip(schema.names, schema.types, strict=True))
+        wrong = [n for n, t in common.items() if n not in have or have[n] != t]
         if not wrong:
             continue
         table = _read_part(fs, path)
+        # the columns gathered, and the table made once: appending or setting one column at a time copies the
+        # table's column list each time, quadratic in the columns (a .json sidecar can give thousands)
+        columns = dict(zip(table.column_names, table.columns, strict=True))
+        fields = dict(zip(table.column_names, table.schema, strict=True))
         for name in wrong:
-            if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(table.num_rows, common[name]))
+            fields[name] = pa.field(name, common[name])
+            if name not in columns:
+                columns[name] = pa.nulls(table.num_rows, common[name])
                 continue
-            column = table.column(name)
+            column = columns[name]
             if pa.types.is_null(column.type):
                 cast = pa.nulls(len(column), common[name])
             elif pa.types.is_string(common[name]):
@@ -591,7 +601,8 @@ def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], co
                     cast = column.cast(common[name])
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
                     raise _LossyCast(name) from err
-            table = table.set_column(table.schema.get_field_index(name), name, cast)
+            columns[name] = cast
+        table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields.values(), table.schema.metadata))
         write_parquet_atomic(table, with_protocol(fs, path), storage_options)
         schemas[path] = table.schema
 
