@@ -168,3 +168,19 @@ def test_the_end_of_run_check_gives_thousands_of_columns_in_time_linear_in_them(
         table = pq.read_table(tmp_path / "data" / f"part-{f}.parquet")
         assert table.num_columns == 2 * n + 1 and set(table.schema.types) == {pa.string(), pa.int64()}
         assert table.column(f"{f}7").to_pylist() == [7] and table.column(f"{'ba'[f == 'b']}7").to_pylist() == [None]
+
+
+# --- a tar key's members together ---
+
+def test_a_tar_key_whose_sidecars_together_are_over_max_image_mb_is_a_reject_naming_it(tmp_path) -> None:
+    png = image_bytes(8, 8, 1)
+    limit = len(png) + 1000  # each member is under it; 0001's together are not
+    (tmp_path / "s.tar").write_bytes(tar_bytes({
+        "0001.png": png, "0001.a": b"a" * 900, "0001.b": b"b" * 900, "0001.c": b"c" * 900,
+        "0002.png": image_bytes(8, 8, 2), "0002.a": b"a" * 900}))
+    (unit,) = discover(str(tmp_path))
+    records = {r["id"]: r for r in read_unit(unit, max_image_bytes=limit) if r["kind"] in ("image", "reject")}
+    assert records["s.tar/0002"]["kind"] == "image" and records["s.tar/0002"]["meta"] == {"a": "a" * 900}
+    assert records["s.tar/0001"]["kind"] == "reject"
+    assert records["s.tar/0001"]["error"].startswith("tar key 0001 (its members together) is ")
+    assert "over --max-image-mb" in records["s.tar/0001"]["error"]

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.sources.file_bytes import InputChangedWhileRead, _opener, changed_while_read, replaced_while_read
+from pipeline.sources.file_bytes import InputChangedWhileRead, _opener, changed_while_read, replaced_while_read, too_large
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
@@ -30,7 +30,8 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
     keys are emitted, and a symlink to a later member waits, like its key, for that member. A shard of at most
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
-    twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read: its key is a reject.
+    twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read, and a key whose
+    members hold more than that together is not kept: either key is a reject.
     A key whose id is in `skip_ids` (done in an earlier run) is not read either: one "skipped" record stands for it.
     Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
     (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
@@ -58,7 +59,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     done: set[str] = {key for key in members_of if key_id(key) in skip_ids}
     yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
     yield from _twin_key_records(path, shard, members_of, key_id, done, skip_ids, purified_ids)
-    members = _MembersPass(path, members_of, split, links, metadata, done, key_id)  # pass 2
+    members = _MembersPass(path, members_of, split, links, metadata, done, key_id, max_image_bytes)  # pass 2
     changed = None
     try:
         for item in _tar_members(open_stream, members.wanted, max_member_bytes=max_image_bytes):
@@ -114,12 +115,18 @@ def _twin_key_records(path: str, shard: str, members_of: dict[str, Counter[str]]
 class _MembersPass:
     """Pass 2 over a tar shard: its members' bytes gathered by key, and each key's record as soon as its last member
     has gone by. Held meanwhile: the members of keys still waiting, and the bytes of link targets whose links' keys
-    are still to be emitted (`readers`); keys in `done` (done before, or rejected unread) are not read."""
+    are still to be emitted (`readers`); keys in `done` (done before, or rejected unread) are not read. A key's members
+    are held up to `max_key_bytes` together: each member was checked against the limit alone, and a key of many large
+    sidecars (0001.a, 0001.b, ... each under it, or links to one large member) held them all in one read task's
+    memory, and then in one record; a key over it is a reject naming the limit, its members read no further."""
 
     def __init__(self, path: str, members_of: dict[str, Counter[str]], split: set[str], links: dict[int, _TarLink],
-                 metadata: list[str], done: set[str], key_id: Callable[[str], str]) -> None:
+                 metadata: list[str], done: set[str], key_id: Callable[[str], str],
+                 max_key_bytes: int | None = None) -> None:
         self.path, self.members_of, self.split, self.links, self.done, self.key_id = (
             path, members_of, split, links, done, key_id)
+        self.max_key_bytes = max_key_bytes
+        self.held: Counter[str] = Counter()  # key -> bytes of its members held
         self.skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
         # target position -> links still to be emitted that read it; its bytes are kept while any are
         self.readers: Counter[int] = Counter()
@@ -141,14 +148,15 @@ class _MembersPass:
 
     def wanted(self, position: int, member: tarfile.TarInfo) -> bool:
         """Whether pass 2 reads a member's bytes: it is a pending key's, or a link still to be emitted reads it."""
-        ours = member.name not in self.skipped_names and self._pending(_tar_key(member.name)[0])
+        key = _tar_key(member.name)[0]
+        ours = member.name not in self.skipped_names and self._pending(key) and key not in self.errors
         return ours or self.readers[position] > 0
 
     def went_by(self, item: tuple[int, tarfile.TarInfo, bytes | Exception | str] | None) -> list[dict[str, Any]]:
         """The records completed by one item of `_tar_members`. None: the pass (re)started (after a transient storage
         error), and keys already emitted stay emitted, the rest are collected afresh."""
         if item is None:
-            for held in (self.seen, self.left, self.extra, self.parts, self.errors, self.kept, self.waiting):
+            for held in (self.seen, self.left, self.extra, self.parts, self.errors, self.kept, self.waiting, self.held):
                 held.clear()
             return []
         position, member, data = item
@@ -192,6 +200,7 @@ class _MembersPass:
             if self.readers[target] <= 0:
                 self.kept.pop(target, None)
         parts, error = self.parts.pop(key, {}), self.errors.pop(key, None)
+        self.held.pop(key, None)
         try:
             return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split)
         except Exception as err:  # noqa: BLE001 - the key is counted as emitted by now: it must leave a record
@@ -214,11 +223,18 @@ class _MembersPass:
             self.errors.setdefault(key, f"corrupt tar member {damaged or name}: {type(data).__name__}: {data}")
         elif isinstance(data, str):
             self.errors.setdefault(key, data)
+        elif key in self.errors:  # a reject already: its members' bytes are not kept
+            self.parts.pop(key, None)
         else:
             other = self.parts.setdefault(key, {}).get(ext, (name, b""))[0]
             if other != name:  # '0001.JPG' and '0001.jpg': one extension, two files; neither may be dropped
                 self.errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
             self.parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
+            self.held[key] += len(data)
+            if self.max_key_bytes is not None and self.held[key] > self.max_key_bytes:
+                self.errors.setdefault(key, too_large(f"tar key {key} (its members together)", self.held[key],
+                                                      self.max_key_bytes))
+                self.parts.pop(key, None)
         if self.left[key] or key in self.extra:
             return None
         self.done.add(key)
