@@ -184,3 +184,20 @@ def test_a_tar_key_whose_sidecars_together_are_over_max_image_mb_is_a_reject_nam
     assert records["s.tar/0001"]["kind"] == "reject"
     assert records["s.tar/0001"]["error"].startswith("tar key 0001 (its members together) is ")
     assert "over --max-image-mb" in records["s.tar/0001"]["error"]
+
+
+def test_a_parquet_row_whose_other_columns_hold_more_than_max_image_mb_is_a_reject_naming_it(tmp_path) -> None:
+    import pyarrow as pa
+
+    png = image_bytes(8, 8, 1)
+    limit = len(png) + 1000  # each image is under it; row 1's caption and blob take it over
+    pq.write_table(pa.table({"image": [png, png, png], "caption": ["short", "z" * 600, "ok"],
+                             "blob": pa.array([b"", b"\0" * 600, None]),
+                             "kind": pa.array(["a", "b", "a"]).dictionary_encode()}), tmp_path / "t.parquet")
+    (unit,) = discover(str(tmp_path))
+    records = {r["id"]: r for r in read_unit(unit, max_image_bytes=limit) if r["kind"] in ("image", "reject")}
+    assert [records[f"t.parquet#{i}"]["kind"] for i in range(3)] == ["image", "reject", "image"]
+    assert records["t.parquet#1"]["error"].startswith(
+        f"row 1: its image and its other columns' text and bytes together is {(len(png) + 1201) / 2**20:.1f} MiB "
+        f"({len(png) + 1201:,} bytes), over --max-image-mb")  # 600 + 600 + 1 (kind b)
+    assert records["t.parquet#2"]["meta"] == {"caption": "ok", "blob": None, "kind": "a"}

@@ -5,11 +5,13 @@ stopped at."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.sources.file_bytes import _opener, too_large
@@ -196,15 +198,19 @@ class _ParquetReading:
         at_row = 0
         size = batch_rows(self.parquet.metadata.row_group(group), self.rows_per_batch)
         for table in self.parquet.iter_batches(batch_size=size, row_groups=[group]):
-            cells = table.column(self.column)
-            for at, row in enumerate(table.select(self.others).to_pylist()):
+            cells, other_bytes = table.column(self.column), _text_and_bytes(table, self.others)
+            # a row over the limit is not made Python values: the others are, a batch at once
+            values = (None if max(other_bytes, default=0) > self.max_image_bytes
+                      else table.select(self.others).to_pylist())
+            for at in range(table.num_rows):
                 if at_row >= given:
-                    yield self._row_record(first + at_row, row, cells[at])
+                    row = functools.partial(_row_at, table, values, self.others, at)
+                    yield self._row_record(first + at_row, row, cells[at], other_bytes[at])
                 at_row += 1
         if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
             raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
 
-    def _row_record(self, i: int, row: dict[str, Any], cell: pa.Scalar) -> dict[str, Any]:
+    def _row_record(self, i: int, row: Callable[[], dict[str, Any]], cell: pa.Scalar, other_bytes: int) -> dict[str, Any]:
         rel, path, column = self.rel, self.path, self.column
         if f"{rel}#{i}" in self.skip_ids:
             return {"kind": "skipped", "id": f"{rel}#{i}"}
@@ -212,7 +218,11 @@ class _ParquetReading:
         if size is not None and size > self.max_image_bytes:
             return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
                 f"row {i}: image column {column!r}", size, self.max_image_bytes), "read")
-        record = _parquet_row_record(path, f"{rel}#{i}", i, {**row, column: cell.as_py()}, column, self.others)
+        if (size or 0) + other_bytes > self.max_image_bytes:
+            return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
+                f"row {i}: its image and its other columns' text and bytes together", (size or 0) + other_bytes,
+                self.max_image_bytes), "read")
+        record = _parquet_row_record(path, f"{rel}#{i}", i, {**row(), column: cell.as_py()}, column, self.others)
         if record["kind"] == "image":
             record["meta_types"] = self.types
             if self.others_note:
@@ -226,6 +236,32 @@ class _ParquetReading:
             yield {"kind": "skipped", "id": f"{rel}#{j}"} if f"{rel}#{j}" in self.skip_ids else reject_record(
                 f"{rel}#{j}", f"{path}#{j}", f"row {j}: row group {group} of the Parquet file cannot be "
                 f"read: {describe(err)}", "read")
+
+
+def _row_at(batch: pa.RecordBatch, rows: list[dict[str, Any]] | None, names: list[str], at: int) -> dict[str, Any]:
+    """Row `at`'s values of columns `names`: from `rows` when the batch was made Python values, else that row alone."""
+    return rows[at] if rows is not None else batch.slice(at, 1).select(names).to_pylist()[0]
+
+
+def _text_and_bytes(batch: pa.RecordBatch, names: list[str]) -> list[int]:
+    """Per row, how many bytes its text and binary cells among `names` hold, from Arrow's lengths (nothing copied).
+    Only the image cell was checked against --max-image-mb: a pass-through column holding hundreds of MB a row (a
+    caption of zeros, compressed to almost nothing) was copied into Python, into the record and into the output."""
+    total = pa.array([0] * batch.num_rows, pa.int64())
+    for name in names:
+        values = batch.column(name)
+        if pa.types.is_dictionary(values.type) and _flat_bytes(values.type.value_type):
+            lengths = pc.binary_length(values.dictionary).take(values.indices)
+        elif _flat_bytes(values.type):
+            lengths = pc.binary_length(values)
+        else:
+            continue
+        total = pc.add(total, pc.fill_null(lengths, 0).cast(pa.int64()))
+    return total.to_pylist()
+
+
+def _flat_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _cell_size(cell: pa.Scalar) -> int | None:
