@@ -32,6 +32,10 @@ class _CheckedTarInfo(tarfile.TarInfo):
             info = super().fromtarfile(tar)
         except tarfile.EOFHeaderError:  # a block of zeros: an archive's end, perhaps with another after it
             tar.zip_purify_ended = True  # type: ignore[attr-defined]
+            zeros = tar.zip_purify_zero_blocks = getattr(tar, "zip_purify_zero_blocks", 0) + 1  # type: ignore[attr-defined]
+            if zeros > MAX_ZERO_BLOCKS:
+                _skip_zeros(tar)
+                raise tarfile.EmptyHeaderError("end of data") from None
             raise
         except tarfile.EmptyHeaderError:  # no data left
             if not getattr(tar, "zip_purify_ended", False):
@@ -41,7 +45,26 @@ class _CheckedTarInfo(tarfile.TarInfo):
             _note_damage(tar, f"a member's header cannot be read ({err})")
             raise
         tar.zip_purify_ended = False  # type: ignore[attr-defined]
+        tar.zip_purify_zero_blocks = 0  # type: ignore[attr-defined]
         return info
+
+
+# Zero blocks in a row past which the rest of a shard is read as bytes, not as tar blocks (1 MiB: GNU tar, bsdtar
+# and Python pad an archive to a 10 KiB record, a tape's records are at most about 1 MiB). tarfile reads zero blocks one
+# 512-byte block at a time in Python, slowly (about 0.1 ms each from a compressed stream), so a .tar.gz of 200 KB
+# that inflates to 200 MB of zeros kept a read task busy for 93 s, and one of 10 MB for over an hour.
+MAX_ZERO_BLOCKS = 2_048
+_SKIP_BYTES = 2**20
+
+
+def _skip_zeros(tar: tarfile.TarFile) -> None:
+    """Read the rest of a shard that has gone `MAX_ZERO_BLOCKS` zero blocks past an archive's end, a MiB at a time;
+    any byte that is not zero is damage (a member after the gap is not read), which `_tar_members` then reports."""
+    while chunk := tar.fileobj.read(_SKIP_BYTES):  # type: ignore[union-attr]
+        if chunk.strip(b"\0"):
+            _note_damage(tar, f"data follows more than {MAX_ZERO_BLOCKS * tarfile.BLOCKSIZE // 2**20} MiB of zero "
+                              "blocks after an archive's end, and is not read as members")
+            return
 
 
 def _note_damage(tar: tarfile.TarFile, what: str) -> None:
