@@ -233,3 +233,15 @@ def test_data_after_a_megabyte_of_zero_blocks_is_the_shards_reject_not_read_and_
     assert records["z.tar.gz/0001"]["kind"] == "image" and "z.tar.gz/0002" not in records
     assert "data follows more than 1 MiB of zero blocks after an archive's end" in (
         records["z.tar.gz#unreadable"]["error"])
+
+
+def test_a_json_sidecar_with_more_keys_than_max_json_fields_is_kept_as_text(tmp_path) -> None:
+    from pipeline.sources.webdataset_keys import MAX_JSON_FIELDS, _json_sidecar
+
+    many = {f"k{i}": i for i in range(MAX_JSON_FIELDS + 1)}
+    (tmp_path / "s.tar").write_bytes(tar_bytes({"0001.png": image_bytes(8, 8, 1), "0001.json": json.dumps(many).encode()}))
+    (record,) = _records(tmp_path)
+    assert record["kind"] == "image" and list(record["meta"]) == ["json"] and json.loads(record["meta"]["json"]) == many
+    fits = {f"k{i}": i for i in range(MAX_JSON_FIELDS - 4)} | {"boxes": [{"x": 1, "y": 2}, {"x": 3, "w": 4}] * 500}
+    assert _json_sidecar(json.dumps(fits).encode()) == fits  # MAX_JSON_FIELDS: boxes, and x, y, w counted once
+    assert "json" in _json_sidecar(json.dumps({"nested": many}).encode())

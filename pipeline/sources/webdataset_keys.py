@@ -62,16 +62,21 @@ def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
 # schema levels, a list taking two), so one hostile sidecar made a part file the job itself could not read back: the
 # run failed, and every later run stopped on that file. Deeper JSON is kept as text, as JSON that is not an object is.
 MAX_JSON_DEPTH = 32
+# The most columns and fields (object keys, within objects; the keys of a list's objects once each) a .json sidecar
+# may give: each is a column of the key's part file, and at the end of the run of every part file (a sidecar of 20,000
+# keys gave each file a 10 MB footer). More is kept as text, like deeper JSON.
+MAX_JSON_FIELDS = 10_000
 
 
 def _json_sidecar(data: bytes) -> dict[str, Any]:
-    """A .json sidecar's keys become columns when it holds an object nested at most `MAX_JSON_DEPTH` levels deep;
-    otherwise (not an object, not valid JSON, nested deeper, or too deep for Python's parser) its text is kept."""
+    """A .json sidecar's keys become columns when it holds an object nested at most `MAX_JSON_DEPTH` levels deep, with
+    at most `MAX_JSON_FIELDS` keys; otherwise (not an object, not valid JSON, nested deeper, too deep for Python's
+    parser, or too many keys) its text is kept."""
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep; it broke off the whole shard
         return {"json": data.decode("utf-8", errors="replace")}
-    if isinstance(value, dict) and _json_depth(value) <= MAX_JSON_DEPTH:
+    if isinstance(value, dict) and _json_fits(value):
         return value
     if not isinstance(value, dict):
         try:
@@ -81,16 +86,25 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
     return {"json": data.decode("utf-8", errors="replace")}
 
 
-def _json_depth(value: Any) -> int:
-    """How deep objects and lists nest in a parsed JSON value (1 for a flat object), without recursion; it stops
-    counting past `MAX_JSON_DEPTH`."""
-    deepest, pending = 0, [(value, 1)]
-    while pending and deepest <= MAX_JSON_DEPTH:
-        item, depth = pending.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+def _json_fits(value: Any) -> bool:
+    """Whether a parsed JSON value nests at most `MAX_JSON_DEPTH` levels deep (1 for a flat object) and gives at most
+    `MAX_JSON_FIELDS` columns and fields; looked at without recursion, and only until it is known not to fit."""
+    fields, pending = 0, [(value, 1, True)]  # (item, its depth, whether its keys are counted)
+    while pending:
+        item, depth, counted = pending.pop()
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return False
+        if isinstance(item, dict):
+            fields += len(item) if counted else 0
+            pending.extend((child, depth + 1, True) for child in item.values())
+        else:  # a list's objects are one struct: their keys count once
+            fields += len({key for element in item if isinstance(element, dict) for key in element})
+            pending.extend((child, depth + 1, False) for child in item)
+        if fields > MAX_JSON_FIELDS:
+            return False
+    return True
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
