@@ -148,9 +148,8 @@ def test_a_web_folder_linking_back_above_itself_is_listed_once(site) -> None:
 
 # --- wide inputs: a .json sidecar's keys are columns, as many as it holds ---
 
-def test_the_end_of_run_check_gives_thousands_of_columns_in_time_linear_in_them(tmp_path) -> None:
-    import time
-
+def test_the_end_of_run_check_gives_thousands_of_columns_to_every_part_file(tmp_path) -> None:
+    # (its time, linear in the columns since e5a6a66, is a benchmark's matter: 17 s before, about 1 s after, here)
     import pyarrow as pa
 
     from pipeline.output import unify_output_types
@@ -160,9 +159,7 @@ def test_the_end_of_run_check_gives_thousands_of_columns_in_time_linear_in_them(
     for f in "ab":
         columns = {"id": pa.array([f]), **{f"{f}{i}": pa.array([i]) for i in range(n)}}
         pq.write_table(pa.table(columns), tmp_path / "data" / f"part-{f}.parquet")
-    started = time.monotonic()
     given = unify_output_types(str(tmp_path), {})
-    assert time.monotonic() - started < 8
     assert len(given) == 2 * n
     for f in "ab":
         table = pq.read_table(tmp_path / "data" / f"part-{f}.parquet")
@@ -211,14 +208,12 @@ def _zeros_after(archive: bytes, mib: int, then: bytes = b"") -> bytes:
     return gzip.compress(archive + b"\0" * (mib * 2**20) + then, compresslevel=9)
 
 
-def test_a_tar_gz_inflating_to_zeros_is_read_at_the_speed_of_inflating_not_block_by_block(tmp_path) -> None:
-    import time
-
+def test_a_tar_gz_inflating_to_megabytes_of_zeros_after_its_end_gives_its_images_and_no_reject(tmp_path) -> None:
+    # (the zero blocks are now checked a MiB at a time: 40 MiB took about 19 s block by block, 1.5 s now; a benchmark's
+    # matter, not this test's)
     (tmp_path / "z.tar.gz").write_bytes(_zeros_after(tar_bytes({"0001.png": image_bytes(8, 8, 1)}), 40))  # 40 KB
     (unit,) = discover(str(tmp_path))
-    started = time.monotonic()
     records = [r for r in read_unit(unit) if r["kind"] in ("image", "reject")]
-    assert time.monotonic() - started < 6  # was about 19 s: 164,000 zero blocks at ~0.1 ms each, in two passes
     assert [(r["kind"], r["id"]) for r in records] == [("image", "z.tar.gz/0001")]
 
 
