@@ -23,7 +23,7 @@ from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri_secrets, storage_item_shown, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
-from pipeline.sources import IN_MEMORY_BYTES, hidden_note, terminal_text
+from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
 from pipeline.storage import own_entry
 from pipeline.version import version_line
 
@@ -135,6 +135,14 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     io.add_argument("--labels-from-folders", type=_bool, metavar="BOOL",
                     help="add a `label` column from each image file's parent folder name (default false)")
     io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
+    io.add_argument("--partitioning", choices=list(PARTITIONINGS),
+                    help="hive: each KEY=VALUE folder between --input and an input file (image file, tar shard, "
+                         "Parquet or zip file; not folders inside an archive), as in date=2026-11-01/split=train/, "
+                         "gives that file's rows a string column KEY holding VALUE (URL-unquoted), as Spark and "
+                         "pyarrow read such folders; a KEY named like a job column is written input_KEY, one the row "
+                         "has a column of already (a Parquet column, a sidecar, label) partition_KEY; a path with one "
+                         "KEY twice stops the run; none: no such columns, the value is only in the id's path (default "
+                         f"{d.partitioning})")
     io.add_argument("--incremental", action="store_true", default=None,
                     help="add only inputs not yet in a finished output (scheduled cleaning of incoming data); tar "
                          "shards, Parquet and zip files read whole by an earlier run and unchanged since are not read "
@@ -537,6 +545,8 @@ def print_plan(report: dict[str, Any]) -> None:
     if inp.get("hidden_files_skipped"):
         print(f"  {hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
               "are counted when read)")
+    if "partitions" in inp:
+        print(f"  {_partitions_line(inp['partitions'])}")
     if inp.get("excluded_output_files"):
         print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")
     unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
@@ -546,6 +556,16 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  {inp['image_files_over_max_image_mb']} image files are over --max-image-mb {inp['max_image_mb']} "
               "and will be rejected without being read (tar members and Parquet cells are checked when read)")
     print("dry run: nothing was read, purified or written")
+
+
+def _partitions_line(partitions: dict[str, Any]) -> str:
+    """The dry run's line on the partition keys --partitioning hive found in the input's listing."""
+    keys, files, outside = partitions["keys"], partitions["files"], partitions["files_outside"]
+    if not keys:
+        return f"partitions (--partitioning hive): none of the {files} input files lies in a key=value folder"
+    found = ", ".join(f"{terminal_text(key)} ({n} value{'' if n == 1 else 's'})" for key, n in keys.items())
+    return (f"partitions (--partitioning hive): {found}, each a string column of its files' rows"
+            + (f"; {outside} of the {files} input files lie in no key=value folder" if outside else ""))
 
 
 def unpurified_warning(columns: dict[str, int]) -> str:

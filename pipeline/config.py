@@ -13,7 +13,7 @@ from pipeline.placement import placement_problem
 from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.redaction import redact, redact_uri, storage_value_shown
 from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
-from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
+from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, PARTITIONINGS
 from pipeline.storage import is_url_chain, options_for, store_entry_problems, with_url_options, with_web_store_scoped
 
 DEFAULT_INPUT = str(ASSETS / "sample")
@@ -72,6 +72,7 @@ class JobConfig:
     precision: str = "fp32"
     labels_from_folders: bool = False
     image_column: str | None = None
+    partitioning: str = "none"
     max_pixels: int = 64_000_000
     max_image_mb: int = MAX_IMAGE_BYTES // 2**20
     alpha: str = "white"
@@ -155,11 +156,13 @@ class JobConfig:
         return problems
 
     def _switch_problems(self) -> list[str]:
-        """The true/false options, and the pairs of them that contradict each other."""
+        """The true/false options, the pairs of them that contradict each other, and --partitioning's choice."""
         problems = [f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
                     for name in ("labels_from_folders", "incremental", "retry_rejects", "input_moved", "overwrite",
                                  "progress", "exif_transpose", "clip_denoised")
                     if not isinstance(getattr(self, name), bool)]
+        if self.partitioning not in PARTITIONINGS:
+            problems.append(f"--partitioning must be one of {', '.join(PARTITIONINGS)}, got {self.partitioning!r}")
         if self.incremental is True and self.overwrite is True:
             # one adds to a finished output, the other deletes it first: which one was meant is the user's to say
             problems.append("--incremental and --overwrite contradict each other: --incremental adds new inputs to a "

@@ -292,7 +292,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
         storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
         skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
-        max_image_bytes=config.max_image_mb * 2**20),
+        max_image_bytes=config.max_image_mb * 2**20, partitioning=config.partitioning),
         **task_retries)
     ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=config.decode_policy()), **task_retries)
     ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(

@@ -44,7 +44,10 @@ from pipeline.sources import (
     discover,
     image_column_problem,
     input_location,
+    partition_folders,
     relative_id,
+    repeated_key_problem,
+    repeated_partition_key,
 )
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
@@ -136,6 +139,8 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
     than refuse an upgraded scheduled (--incremental) run."""
     previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
                 "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
+    if isinstance(previous.get("reading"), dict):  # recorded before --partitioning: those versions made no such columns
+        previous["reading"] = {"partitioning": "none", **previous["reading"]}
     # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
     # operators, which must not refuse the command that wrote the output
     with contextlib.suppress(ValueError):
@@ -167,8 +172,8 @@ def _reading_refusal(out: str, what: str, before: dict[str, Any], now: dict[str,
     """The input-reading options set the rows' columns: the refusal says how to give the output's own."""
     flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
              else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
-    return (f"{out} was written with other input-reading options: {what}; they set its rows' "
-            f"columns (label, the Parquet image), so this run's rows would not match the output's: "
+    return (f"{out} was written with other input-reading options: {what}; they set its rows' columns (label, the "
+            f"Parquet image, the partition folders' columns), so this run's rows would not match the output's: "
             f"give {', '.join(flags)} as its runs did, or use another output")
 
 
@@ -229,6 +234,8 @@ class JobPlan:
     # read task tells a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
     container_purified: dict[str, list[str]] = field(default_factory=dict)
     hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
+    # --partitioning hive: the partition keys of the input's files, from the listing (`_partition_keys`); else None
+    partitions: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -261,7 +268,8 @@ class JobPlan:
                           for u in by_kind["files"] for size in u.sizes),
                       "max_image_mb": self.max_image_bytes // 2**20,
                       "excluded_output_files": self.excluded_output_files,
-                      "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples},
+                      "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples,
+                      **({"partitions": self.partitions} if self.partitions is not None else {})},
         }
 
 
@@ -290,6 +298,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         problem = image_column_problem(first_parquet, so, config.image_column)
         if problem:
             raise JobError(problem)
+    partitions = _partition_keys(listed) if config.partitioning == "hive" else None
     kept_units, skipped_files, excluded = _units_left(listed, config, output.skip)
     containers = _containers_left(kept_units, out, so, output)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
@@ -301,7 +310,30 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    stale_lease=output.stale_lease, container_done=containers.done, ledger=containers.ledger,
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
-                   retry=output.retry, container_purified=containers.purified, hidden=hidden)
+                   retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions)
+
+
+def _partition_keys(units: list[ReadUnit]) -> dict[str, Any]:
+    """--partitioning hive: each partition key of the input's files (image files, and tar, Parquet and zip files, from
+    the listing: nothing more is asked of storage) with how many values it takes, and how many of the files lie in no
+    `key=value` folder. A file whose path gives one key twice (`a=1/a=2/`) stops the run before any work."""
+    values: dict[str, set[str | None]] = {}
+    outside = files = 0
+    by_folder: dict[str, list[tuple[str, str | None]]] = {}  # a folder's files share its partitions
+    for unit in units:
+        for path in unit.paths if unit.kind == "files" else unit.paths[:1]:
+            rel = relative_id(path, unit.root)
+            folder = posixpath.dirname(rel)
+            if folder not in by_folder:
+                key = repeated_partition_key(rel)
+                if key is not None:
+                    raise JobError(repeated_key_problem(rel, key))
+                by_folder[folder] = partition_folders(rel)
+            files += 1
+            outside += not by_folder[folder]
+            for key, value in by_folder[folder]:
+                values.setdefault(key, set()).add(value)
+    return {"keys": {key: len(found) for key, found in values.items()}, "files": files, "files_outside": outside}
 
 
 @dataclass(frozen=True)
@@ -346,7 +378,8 @@ def _job_record(config: JobConfig, settings: ZipSettings, model: _Model, locatio
             "canvas_size": model.canvas_size, "decoding": asdict(config.decode_policy()),
             "checkpoint": redact_uri(model.uri), "model": model.note,
             # options that set the rows' columns: a run with others would add rows unlike the output's
-            "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column},
+            "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column,
+                        "partitioning": config.partitioning},
             # what the output's ids are relative to: another input's same-named files would be skipped as done
             "input": {"uri": redact_uri(config.input), "location": redact_uri(location)}}
 

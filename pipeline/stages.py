@@ -59,13 +59,14 @@ def batch_of(records: Iterable[dict[str, Any]]) -> Batch:
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
                image_column: str | None, skip_ids: frozenset[str], max_records: int = 256,
                in_memory_bytes: int = IN_MEMORY_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES,
-               max_bytes: int = 16 * 2**20) -> Iterator[Batch]:
+               max_bytes: int = 16 * 2**20, partitioning: str = "none") -> Iterator[Batch]:
     """Units in; raw image/reject/count records out, in batches of at most `max_records`, so a large unit
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
     of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
     too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task.
     A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`; its
-    "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one."""
+    "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one.
+    `partitioning` "hive": each image gets its file's `key=value` folders as columns (`sources.partitions`)."""
     pending: list[dict[str, Any]] = []
     size = 0
     count = len(batch["kind"])
@@ -78,7 +79,8 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
                                   "sizes": None if listed is None else [int(size) for size in listed]})
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip, in_memory_bytes,
-                                max_image_bytes, frozenset(purified) if purified is not None else frozenset()):
+                                max_image_bytes, frozenset(purified) if purified is not None else frozenset(),
+                                partitioning):
             pending.append(record)
             size += len(record.get("data", b""))
             if len(pending) >= max_records or size >= max_bytes:

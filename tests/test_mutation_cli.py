@@ -29,6 +29,7 @@ CASES: dict[str, tuple[list[str], Any, Any]] = {
     "output": (["--output", "s3://b/out/"], "s3://b/out/", "/data/out"),
     "labels_from_folders": (["--labels-from-folders", "true"], True, True),
     "image_column": (["--image-column", "img"], "img", "picture"),
+    "partitioning": (["--partitioning", "hive"], "hive", "hive"),
     "incremental": (["--incremental"], True, True),
     "retry_rejects": (["--retry-rejects"], True, True),
     "input_moved": (["--input-moved"], True, True),
@@ -232,7 +233,7 @@ def test_help_states_each_default_as_jobconfig_has_it() -> None:
         assert said == expected, (action.option_strings, said, expected)
         checked.append(field)
     # the options whose help gives a plain default: a rewording that hid one from this check would fail here
-    assert {"output", "labels_from_folders", "precision", "steps", "pool", "lam", "eta", "sampler", "operators",
+    assert {"output", "labels_from_folders", "partitioning", "precision", "steps", "pool", "lam", "eta", "sampler", "operators",
             "clip_denoised", "resample", "start", "schedule", "large_images", "seed", "tile_batch", "write_batch",
             "files_per_unit", "in_memory_mb", "cpus_per_actor", "cpus_per_task", "max_pixels", "max_image_mb", "alpha",
             "exif_transpose"} <= set(checked), sorted(checked)
@@ -248,6 +249,7 @@ def test_readme_options_table_lists_exactly_the_flags() -> None:
 
 
 @pytest.mark.parametrize(("key", "value"), [("prior", "imagenet"), ("precision", "fp8"), ("alpha", "red"),
+                                            ("partitioning", "spark"),
                                             ("large-images", "crop"), ("sampler", "euler"), ("schedule", "sqrt")])
 def test_a_config_value_outside_the_flags_choices_names_the_file_and_key(tmp_path: Path, key: str, value: str,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, hidden_note
 from pipeline.sources.ids import LOOKALIKE, ids_digest, ids_key, relative_id, terminal_text, text_name
 from pipeline.sources.listing import discover, input_location
 from pipeline.sources.parquet_files import find_image_column, image_column_problem
+from pipeline.sources.partitions import PARTITIONINGS, partition_folders, repeated_key_problem, repeated_partition_key
 from pipeline.sources.reading import read_unit
 from pipeline.sources.records import JOB_COLUMNS, passthrough_name, reject_record
 from pipeline.sources.units import VERSION_FIELDS, ReadUnit, listing_stamp
@@ -32,6 +33,7 @@ __all__ = [
     "JOB_COLUMNS",
     "LOOKALIKE",
     "MAX_IMAGE_BYTES",
+    "PARTITIONINGS",
     "VERSION_FIELDS",
     "HiddenSkipped",
     "ReadUnit",
@@ -45,11 +47,14 @@ __all__ = [
     "input_location",
     "is_url_chain",
     "listing_stamp",
+    "partition_folders",
     "passthrough_name",
     "read_bytes",
     "read_unit",
     "reject_record",
     "relative_id",
+    "repeated_key_problem",
+    "repeated_partition_key",
     "storage_path",
     "text_name",
     "with_protocol",

@@ -12,6 +12,8 @@ from pipeline.sources.hidden import HiddenSkipped
 from pipeline.sources.ids import LOOKALIKE, ids_digest, relative_id
 from pipeline.sources.image_files import _read_files
 from pipeline.sources.parquet_files import _read_parquet
+from pipeline.sources.partitions import add_partitions, partition_folders, repeated_key_problem, repeated_partition_key
+from pipeline.sources.records import reject_record
 from pipeline.sources.tar_shards import _read_tar
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.zip_archives import _read_zip
@@ -26,6 +28,7 @@ def read_unit(
     in_memory_bytes: int = IN_MEMORY_BYTES,
     max_image_bytes: int = MAX_IMAGE_BYTES,
     purified_ids: frozenset[str] | set[str] = frozenset(),
+    partitioning: str = "none",
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
@@ -34,7 +37,9 @@ def read_unit(
     A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
     it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
     the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
-    `purified_ids`: done ids that are in data/ (`_read_tar`; those with '\\x' are enough)."""
+    `purified_ids`: done ids that are in data/ (`_read_tar`; those with '\\x' are enough).
+    `partitioning` "hive": each image record gets the columns of its file's `key=value` folders (`sources.partitions`;
+    a container's folders, not those inside it)."""
     opts = storage_options or {}
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes)
@@ -47,8 +52,10 @@ def read_unit(
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     container = unit.kind != "files"
-    broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable" if container else None
-    lookalike = f"{relative_id(unit.paths[0], unit.root)}{LOOKALIKE}" if container else ""
+    container_id = relative_id(unit.paths[0], unit.root) if container else ""
+    broken = f"{container_id}#unreadable" if container else None
+    lookalike = f"{container_id}{LOOKALIKE}" if container else ""
+    container_partitions = _partitions_of(container_id) if container and partitioning == "hive" else {}
     ids: list[str] = []  # a container's record ids, to digest
     lookalikes: list[str] = []
     superseded: list[str] = []
@@ -72,6 +79,8 @@ def read_unit(
             skipped += 1
             continue
         n += 1
+        if partitioning == "hive" and record["kind"] == "image":
+            record = _partitioned(record, container_partitions if container else _partitions_of(record["id"]))
         yield record
     count: dict[str, Any] = {"kind": "count", "n": n, "skipped": skipped}
     if hidden.count:
@@ -83,3 +92,19 @@ def read_unit(
         if lookalikes:
             count["container"]["lookalike"] = lookalikes
     yield count
+
+
+def _partitions_of(rel_path: str) -> dict[str, str | None] | str:
+    """The partition columns' values of an input file at `rel_path` (relative to the input root), or why it has none:
+    a path giving one key twice is refused before any work (pipeline.plan); read here all the same, its rows are
+    rejects saying why."""
+    key = repeated_partition_key(rel_path)
+    return repeated_key_problem(rel_path, key) if key is not None else dict(partition_folders(rel_path))
+
+
+def _partitioned(record: dict[str, Any], partitions: dict[str, str | None] | str) -> dict[str, Any]:
+    """An image record with its file's partition columns (`_partitions_of`), or its reject."""
+    if isinstance(partitions, str):
+        return reject_record(record["id"], record["source"], partitions, "read", record["source_sha256"])
+    add_partitions(record, partitions)
+    return record
