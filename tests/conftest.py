@@ -150,3 +150,14 @@ def model(tmp_path_factory) -> str:
     from tests.jobutil import tiny_model_file
 
     return tiny_model_file(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def web(tmp_path: Path):
+    """A folder served over HTTP on a free local port (tests/webutil.py): (the folder, its URL ending in '/')."""
+    from tests.webutil import serving
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    with serving(folder) as url:
+        yield folder, url

@@ -4,15 +4,10 @@ reader opens, so the run failed and every later run stopped on it."""
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.sources import discover, read_unit
 from pipeline.sources.webdataset_keys import MAX_JSON_DEPTH
@@ -101,31 +96,14 @@ def test_an_error_naming_an_input_is_printed_as_one_escaped_line(tmp_path, capsy
 
 # --- web folders: the index page is the sender's too ---
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder served over HTTP on a free local port: (the folder, its URL ending in '/')."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _page(folder: Path, *links: str) -> None:
     (folder / "index.html").write_text("<html>" + "".join(f'<a href="{link}">{link}</a>' for link in links) + "</html>")
 
 
-def test_a_web_folders_links_out_of_it_are_not_followed(site) -> None:
-    folder, url = site
+def test_a_web_folders_links_out_of_it_are_not_followed(web) -> None:
+    folder, url = web
     (folder / "data" / "sub").mkdir(parents=True)
     for name in ("secret.png", "data/ok.png", "data/sub/in.png"):
         (folder / name).write_bytes(image_bytes(8, 8, 1))
@@ -136,8 +114,8 @@ def test_a_web_folders_links_out_of_it_are_not_followed(site) -> None:
     assert [p for u in units for p in u.paths] == [url + "data/ok.png", url + "data/sub/in.png"]
 
 
-def test_a_web_folder_linking_back_above_itself_is_listed_once(site) -> None:
-    folder, url = site
+def test_a_web_folder_linking_back_above_itself_is_listed_once(web) -> None:
+    folder, url = web
     (folder / "data" / "sub").mkdir(parents=True)
     (folder / "data" / "sub" / "in.png").write_bytes(image_bytes(8, 8, 1))
     _page(folder / "data", "sub/")

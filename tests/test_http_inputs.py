@@ -4,12 +4,8 @@ URL was read as one file (every URL answers 200)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,26 +16,6 @@ from pipeline.job import run_job
 from pipeline.sources import discover, read_unit
 from pipeline.storage import storage_path, with_protocol
 from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder served over HTTP on a free local port: (the folder, its URL ending in '/')."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _shard(n: int) -> bytes:

@@ -6,10 +6,7 @@ store gets none of the shared options unless given its own."""
 
 from __future__ import annotations
 
-import functools
-import threading
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from pipeline.redaction import redact
 from pipeline.storage import scoped_options, storage_path, with_web_store_scoped
 from tests.jobutil import image_bytes, read_output, tar_bytes, tiny_model_file
 from tests.s3util import moto_s3
-from tests.test_http_inputs import QuietHandler
+from tests.webutil import QuietHandler, serving
 
 S3 = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://minio:9000"}}
 
@@ -84,13 +81,8 @@ def web(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     folder.mkdir()
     (folder / "s.tar").write_bytes(tar_bytes({f"{i:04d}.png": image_bytes(32, 32, i) for i in range(2)}))
     (folder / "a.png").write_bytes(image_bytes(32, 32, 7))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_TokenHandler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(folder, _TokenHandler) as url:
+        yield folder, url
 
 
 @pytest.mark.usefixtures("ray_local")
