@@ -132,12 +132,15 @@ class _SameVersionOpener:
         self.opened = False
 
     def __call__(self) -> BinaryIO:
-        def open_fresh() -> BinaryIO:
-            # s3fs takes the ETag it reads against from its listing cache, which may predate a new upload
-            self.fs.invalidate_cache(self.fs_path)
+        def open_again() -> BinaryIO:
+            # s3fs takes the ETag it reads against from its listing cache, which may predate a new upload. Only a
+            # second open asks storage afresh: a first one reads against the listing (a HEAD per file saved), and an
+            # upload since then makes its reads fail with FileExpired, which is said as a change too.
+            if self.opened:
+                self.fs.invalidate_cache(self.fs_path)
             return self.fs.open(self.fs_path, "rb")
 
-        f = with_retries(open_fresh, f"open {self.path}")
+        f = with_retries(open_again, f"open {self.path}")
         version = _version_of(f)
         if not self.opened:
             self.first, self.opened = version, True
