@@ -234,6 +234,29 @@ def test_a_json_sidecar_value_with_a_lone_surrogate_is_written(tmp_path) -> None
     assert row["caption"] == "a\\ud800b" and row["\\xe9"] == 1
 
 
+def test_a_caption_that_is_not_utf8_leaves_the_txt_column_text_with_its_bytes_escaped(tmp_path) -> None:
+    # one latin-1 .txt made the whole part file's txt column binary (Arrow makes text and bytes one binary column)
+    (tmp_path / "s.tar").write_bytes(tar_bytes({
+        "a.png": image_bytes(8, 8, 1), "a.txt": b"a cat", "b.png": image_bytes(8, 8, 2),
+        "b.txt": "caf\u00e9 \\ au lait".encode("latin-1"), "c.png": image_bytes(8, 8, 3), "c.en.txt": b"\xff",
+        "d.png": image_bytes(8, 8, 4), "d.seg.png": b"\x89PNG\xff"}))  # a mask stays bytes
+    table = _written(tmp_path, _read(tmp_path))
+    assert table.schema.field("txt").type == pa.string() and table.schema.field("en_txt").type == pa.string()
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert rows["s.tar/a"]["txt"] == "a cat" and rows["s.tar/c"]["en_txt"] == "\\xff"
+    assert rows["s.tar/b"]["txt"] == "caf\\xe9 \\\\ au lait"  # a backslash doubled: the bytes read back
+    assert _unescape(rows["s.tar/b"]["txt"]) == "caf\u00e9 \\ au lait".encode("latin-1")
+    assert table.schema.field("seg_png").type == pa.binary() and rows["s.tar/d"]["seg_png"] == b"\x89PNG\xff"
+
+
+def test_a_parquet_inputs_binary_caption_column_stays_binary(tmp_path) -> None:
+    pq.write_table(pa.table({"image": pa.array([image_bytes(8, 8, k) for k in range(2)], pa.binary()),
+                             "caption": pa.array([b"a cat", b"caf\xe9"], pa.binary())}), tmp_path / "t.parquet")
+    table = _written(tmp_path, _read(tmp_path))
+    assert table.schema.field("caption").type == pa.binary()
+    assert sorted(table.column("caption").to_pylist()) == [b"a cat", b"caf\xe9"]
+
+
 def test_ids_that_are_not_text_name_a_part_file_and_seed_a_canvas_as_text_ids_do() -> None:
     assert part_name(["caf\udce9"]).startswith("part-") and isinstance(canvas_seed(0, ["caf\udce9"]), int)
     # text ids: the same name and seed as before (resumed runs write the same part files)

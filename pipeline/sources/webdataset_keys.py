@@ -43,11 +43,21 @@ def _tar_key(name: str) -> tuple[str, str]:
     return (f"{key}.{numbered[0]}", numbered[1]) if numbered else (key, ext)
 
 
+# Sidecars that hold text whatever their bytes: WebDataset's own decoder reads these extensions as text.
+TEXT_EXTENSIONS = {"txt", "text", "transcript"}
+
+
 def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
-    """A sidecar's column and value: its text, or its bytes when it is not UTF-8 text (a mask, an array)."""
+    """A sidecar's column and value: its text, or its bytes when it is not UTF-8 text (a mask, an array). A caption
+    (`TEXT_EXTENSIONS`: '.txt') is text all the same: one in latin-1 gave bytes, and since Arrow makes a column of
+    text and bytes binary, every caption of its part file was written as bytes. Its bytes that are not UTF-8 are
+    written as a name's are (`text_name`: b'caf\xe9' as 'caf\xe9', a backslash in it as '\\'), so they can be
+    read back."""
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
+        if ext.rsplit(".", 1)[-1] in TEXT_EXTENSIONS:
+            return ext.replace(".", "_"), text_name(data.decode("utf-8", "surrogateescape").strip())
         return "label" if ext == "cls" else ext.replace(".", "_"), data
     if ext == "cls":
         try:
