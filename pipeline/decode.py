@@ -28,7 +28,8 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
   `Decoded.frames` says how many there were (for APNG and MPO, how many the header declares). TIFF pages
   are counted by following the chain of page offsets, up to a loop or an offset past the end of the file.
 * Warnings: PIL's UserWarnings about corrupt metadata are silenced during a decode (they would be printed
-  once per image); libtiff's own messages go to stderr from C and are not.
+  once per image), and so are libtiff's own error lines, which it writes to stderr from C (`_quiet_libtiff`:
+  its handlers are taken away, on Linux, where the libtiff Pillow loaded can be found).
 * Bit depth: 16-bit grey (I;16*, and mode I holding 0..65535) is scaled, not clipped, to 8 bits
   (65535 -> 255); mode I values outside 0..65535 and float (F) images are stretched from their own
   range. Colour profiles (ICC) are not applied: pixel values are taken as sRGB.
@@ -36,7 +37,10 @@ instead, which the pipeline stores as a reject record. Policies (see `DecodePoli
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
+import os
 import re
 import struct
 import threading
@@ -196,6 +200,41 @@ def _what_it_is(data: bytes) -> str:
     return ""
 
 
+@functools.cache
+def _quiet_libtiff() -> int:
+    """Take libtiff's error (and warning) handlers away, as Pillow's TIFF decoder does itself for warnings, so that a
+    damaged TIFF's "ZIPDecode: Decoding error at scanline 0, ..." or "JPEGLib: Not a JPEG file ..." lines stop going to
+    the worker's stderr from C, past Python's logging and through Ray onto the progress display, once per image and
+    naming none. The image is a reject all the same, with Pillow's reason ("decoder error -2"). Done once per
+    process, before its first TIFF is decoded, for each libtiff already loaded in it (Pillow's, found in
+    /proc/self/maps: Linux only; elsewhere nothing changes): setting a handler is a pointer write in libtiff, unlike
+    redirecting file descriptor 2, which would hide the output of every other thread of the worker while it lasts.
+    Returns how many libtiff copies were quieted."""
+    quieted = 0
+    for path in _loaded_libtiffs():
+        try:  # RTLD_NOLOAD: the copy already in the process, or none; never a second one
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            for name in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                setter = getattr(lib, name)
+                setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+                setter(None)
+            quieted += 1
+        except (OSError, AttributeError):
+            continue
+    return quieted
+
+
+def _loaded_libtiffs() -> list[str]:
+    """Paths of the libtiff shared libraries this process has loaded (Pillow's wheels bundle their own, named like
+    libtiff-20b7e810.so.6.3.0), from /proc/self/maps; [] where there is none."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and "libtiff" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if re.match(r"libtiff[-.]", os.path.basename(p)) and os.path.exists(p))
+
+
 def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
     """`decode_image` past the input checks; raises on bad data (the caller turns that into a reason)."""
     if data[:3] == b"\xff\xd8\xff":  # JPEG (and MPO): before Pillow, which walks the marker segments in Python
@@ -215,6 +254,8 @@ def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
         if frames > 1 and im.format != "TIFF":
             im.seek(0)
         mode, fmt = im.mode, im.format or "unknown"
+        if fmt == "TIFF":  # a compressed TIFF is decoded by libtiff, in C
+            _quiet_libtiff()
         im.load()  # truncated or corrupt data raises here
         orientation = _orientation(im) if policy.exif_transpose else 1
         rgb = _to_rgb(im, policy.alpha)

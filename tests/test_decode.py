@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -114,6 +115,24 @@ def test_fuzzed_images_never_raise() -> None:
             assert isinstance(out, Decoded | str)
             if isinstance(out, str):
                 assert "\n" not in out and "Traceback" not in out
+
+
+@pytest.mark.skipif(not features.check("libtiff"), reason="Pillow built without libtiff")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libtiff is quieted where /proc/self/maps finds it")
+def test_damaged_compressed_tiffs_are_rejects_that_libtiff_prints_nothing_about(capfd) -> None:
+    # libtiff wrote "ZIPDecode: Decoding error at scanline 0, ..." to the worker's stderr from C, past logging
+    arr = _noise(16, 16)
+    for compression in ("tiff_lzw", "tiff_adobe_deflate", "jpeg"):
+        data = bytearray(_save(Image.fromarray(arr), "TIFF", compression=compression))
+        data[8:40] = b"\xff" * 32  # the strip's first bytes (Pillow writes the strip right after the header)
+        reason = decode_image(bytes(data))
+        assert isinstance(reason, str) and reason.startswith("cannot decode image"), (compression, reason)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    for compression in ("tiff_lzw", "tiff_adobe_deflate", "packbits", "raw"):  # sound ones decode as before
+        np.testing.assert_array_equal(_ok(_save(Image.fromarray(arr), "TIFF", compression=compression)).pixels, arr)
+    jpeg = _ok(_save(Image.fromarray(arr), "TIFF", compression="jpeg", quality=95))
+    assert jpeg.format == "TIFF" and jpeg.pixels.shape == (16, 16, 3)
 
 
 # --- content, not name -------------------------------------------------------------------------
