@@ -335,16 +335,27 @@ def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Arra
     """One column of the data table: of `input_type` (the Parquet input's own) when its values still fit it, else its
     type inferred as Arrow does. Pass-through values need not agree on a type (a .cls label that is 3 in one record and
     "cat" in another, a JSON key holding a number or a string): such a column is written as strings, other values as
-    their JSON text and nulls as nulls, so that no value is lost and the write cannot fail."""
+    their JSON text and nulls as nulls, so that no value is lost and the write cannot fail. So is a column whose
+    inferred type Parquet cannot write: an empty object ({}) gives a struct with no fields, and every write failed."""
     if input_type is not None:
         try:
             return pa.array(values, type=input_type)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             pass  # e.g. float16, which Arrow will not build from Python floats: inferred as before
     try:
-        return pa.array(values)
+        array = pa.array(values)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         return text_column(values)
+    return array if _writable(array.type) else text_column(values)
+
+
+def _writable(t: pa.DataType) -> bool:
+    """Whether Parquet can write a column of type `t`: no struct in it without fields."""
+    if pa.types.is_struct(t):
+        return t.num_fields > 0 and all(_writable(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _writable(t.value_type)
+    return True
 
 
 def text_column(values: list[Any]) -> pa.Array:

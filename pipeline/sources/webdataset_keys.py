@@ -80,8 +80,8 @@ MAX_JSON_FIELDS = 10_000
 
 def _json_sidecar(data: bytes) -> dict[str, Any]:
     """A .json sidecar's keys become columns when it holds an object nested at most `MAX_JSON_DEPTH` levels deep, with
-    at most `MAX_JSON_FIELDS` keys; otherwise (not an object, not valid JSON, nested deeper, too deep for Python's
-    parser, or too many keys) its text is kept."""
+    at most `MAX_JSON_FIELDS` keys and no empty object in it; otherwise (not an object, not valid JSON, nested deeper,
+    too deep for Python's parser, too many keys, or a {} within it) its text is kept."""
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep; it broke off the whole shard
@@ -97,8 +97,10 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
 
 
 def _json_fits(value: Any) -> bool:
-    """Whether a parsed JSON value nests at most `MAX_JSON_DEPTH` levels deep (1 for a flat object) and gives at most
-    `MAX_JSON_FIELDS` columns and fields; looked at without recursion, and only until it is known not to fit."""
+    """Whether a parsed JSON value nests at most `MAX_JSON_DEPTH` levels deep (1 for a flat object), gives at most
+    `MAX_JSON_FIELDS` columns and fields, and holds no empty object `{}` (Parquet writes no struct without fields, and
+    beside a full one Arrow read {} back as {"a": None}); looked at without recursion, and only until it is known not
+    to fit."""
     fields, pending = 0, [(value, 1, True)]  # (item, its depth, whether its keys are counted)
     while pending:
         item, depth, counted = pending.pop()
@@ -107,6 +109,8 @@ def _json_fits(value: Any) -> bool:
         if depth > MAX_JSON_DEPTH:
             return False
         if isinstance(item, dict):
+            if not item and depth > 1:  # {}: a struct with no fields, which Parquet cannot write (every run failed)
+                return False
             fields += len(item) if counted else 0
             pending.extend((child, depth + 1, True) for child in item.values())
         else:  # a list's objects are one struct: their keys count once
