@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.output import unify_output_types
@@ -67,3 +68,17 @@ def test_a_key_that_is_an_object_in_one_part_file_and_empty_or_scalar_in_others_
     rows = {row["id"]: row for row in _write_parts(tmp_path / "out", parts)}
     assert json.loads(rows["s.tar/0"]["k"]) == {"a": 1} and json.loads(rows["s.tar/1"]["json"]) == {"k": {}}
     assert rows["s.tar/2"]["k"] == "3" and json.loads(rows["s.tar/3"]["k"]) == [{"b": "x"}]
+
+
+def test_cls_labels_that_are_not_utf8_leave_the_label_column_text_with_their_bytes_escaped(tmp_path) -> None:
+    # "cat" and a latin-1 "café" in one shard: the café label was bytes, and the part file's label column binary
+    records = [_record("0", {"cls": b"cat"}), _record("1", {"cls": "caf\u00e9".encode("latin-1")}),
+               _record("2", {"cls": b"\\\xff"}), _record("3", {"cls": b"3"})]
+    assert records[1]["meta"] == {"label": "caf\\xe9"} and records[2]["meta"] == {"label": "\\\\\\xff"}
+    out = tmp_path / "out"
+    write_stage(batch_of([{**r, "png": r["data"], "width": 8, "height": 8} for r in records[:3]]), str(out), {})
+    (part,) = (out / "data").iterdir()
+    assert pq.read_schema(part).field("label").type == pa.string()
+    labels = {row["id"]: row["label"] for row in pq.read_table(part).to_pylist()}
+    assert labels == {"s.tar/0": "cat", "s.tar/1": "caf\\xe9", "s.tar/2": "\\\\\\xff"}
+    assert records[3]["meta"] == {"label": 3}  # a number is still a number

@@ -52,13 +52,14 @@ def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
     (`TEXT_EXTENSIONS`: '.txt') is text all the same: one in latin-1 gave bytes, and since Arrow makes a column of
     text and bytes binary, every caption of its part file was written as bytes. Its bytes that are not UTF-8 are
     written as a name's are (`text_name`: b'caf\xe9' as 'caf\xe9', a backslash in it as '\\'), so they can be
-    read back."""
+    read back. So is a .cls label that is not UTF-8 (a latin-1 'café' beside 'cat' made the label column binary)."""
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        if ext.rsplit(".", 1)[-1] in TEXT_EXTENSIONS:
-            return ext.replace(".", "_"), text_name(data.decode("utf-8", "surrogateescape").strip())
-        return "label" if ext == "cls" else ext.replace(".", "_"), data
+        if ext.rsplit(".", 1)[-1] in TEXT_EXTENSIONS or ext == "cls":
+            return "label" if ext == "cls" else ext.replace(".", "_"), text_name(
+                data.decode("utf-8", "surrogateescape").strip())
+        return ext.replace(".", "_"), data
     if ext == "cls":
         try:
             return "label", int(text)
