@@ -514,8 +514,9 @@ def _mend_columns(table: pa.Table, names: list[str], columns: dict[str, pa.DataT
 def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
     """The columns that some part file lacks or holds with another type, each with the one type every file can be
     given: the non-null type where the others are all-null columns, Arrow's permissive promotion where one exists
-    (int64 and double -> double), else string. Readers of a folder take the first file's columns and types: they
-    drop a column that file lacks and fail to cast another file's values to its types."""
+    (int64 and double -> double), else string; null for a column all null wherever it is held. Readers of a folder
+    take the first file's columns and types: they drop a column that file lacks and fail to cast another file's values
+    to its types."""
     seen: dict[str, set[pa.DataType]] = {}
     holding: Counter[str] = Counter()  # column -> how many files hold it (schema.names is a new list at each call:
     for schema in schemas:  # looking a name up in it for each column took time quadratic in the columns)
@@ -526,9 +527,10 @@ def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
     for name, types in seen.items():
         typed = {t for t in types if not pa.types.is_null(t)}
         everywhere = holding[name] == len(schemas)
-        if not typed or (len(types) == 1 and everywhere):
+        if len(types) == 1 and everywhere:
             continue
-        common[name] = promoted_type(typed) or pa.string()
+        # all null where held: the files that lack it get it as nulls (a reader of the folder dropped it otherwise)
+        common[name] = (promoted_type(typed) or pa.string()) if typed else pa.null()
     return common
 
 

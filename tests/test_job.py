@@ -508,6 +508,7 @@ def test_columns_get_one_type_across_part_files(tmp_path) -> None:
     assert common_column_types([s(a=pa.int64()), s(a=pa.float64())]) == {"a": pa.float64()}
     assert common_column_types([s(a=pa.int64()), s(a=pa.string())]) == {"a": pa.string()}
     assert common_column_types([s(a=pa.null()), s(a=pa.null())]) == {}
+    assert common_column_types([s(a=pa.null()), s()]) == {"a": pa.null()}  # all null where held: given to every file
     assert common_column_types([s(a=pa.int64()), s(b=pa.string())]) == {"a": pa.int64(), "b": pa.string()}  # lacking
 
     data = tmp_path / "out" / "data"

@@ -70,6 +70,15 @@ def test_a_key_that_is_an_object_in_one_part_file_and_empty_or_scalar_in_others_
     assert rows["s.tar/2"]["k"] == "3" and json.loads(rows["s.tar/3"]["k"]) == [{"b": "x"}]
 
 
+def test_a_key_null_wherever_it_is_given_is_a_column_of_every_part_file(tmp_path) -> None:
+    # the end-of-run check gave no type to a column all null where held, so files lacking it kept lacking it, and a
+    # reader of the folder (it takes the first file's columns) dropped the column, or kept it, by the files' order
+    parts = [[_record("0", {"json": b'{"a": 1}'})], [_record("1", {"json": b'{"k": null, "a": 2}'})]]
+    rows = _write_parts(tmp_path / "out", parts)
+    assert all(pq.read_schema(part).field("k").type == pa.null() for part in (tmp_path / "out" / "data").iterdir())
+    assert sorted((row["id"], row["k"], row["a"]) for row in rows) == [("s.tar/0", None, 1), ("s.tar/1", None, 2)]
+
+
 def test_cls_labels_that_are_not_utf8_leave_the_label_column_text_with_their_bytes_escaped(tmp_path) -> None:
     # "cat" and a latin-1 "café" in one shard: the café label was bytes, and the part file's label column binary
     records = [_record("0", {"cls": b"cat"}), _record("1", {"cls": "caf\u00e9".encode("latin-1")}),
