@@ -1,17 +1,24 @@
 """Tar sidecar values that must never fail a run: each reaches a part file (its value kept, as its JSON or escaped text
 where no column type holds it), and the end-of-run check gives every part file the same columns. A .json sidecar
-holding {} (a struct with no fields, which Parquet cannot write) failed every run, every retry and every rerun."""
+holding {} (a struct with no fields, which Parquet cannot write) failed every run, every retry and every rerun.
+
+A fuzz test pushes random JSON sidecars and .cls labels (fixed seed) through the reader's key record
+(`_tar_key_record`), the writer (`write_stage`) and the end-of-run check (`unify_output_types`); the shapes it found
+are named tests here too."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.output import unify_output_types
+from pipeline.sources.ids import text_name
 from pipeline.sources.webdataset_keys import _tar_key_record
 from pipeline.stages import batch_of, write_stage
 
@@ -91,3 +98,116 @@ def test_cls_labels_that_are_not_utf8_leave_the_label_column_text_with_their_byt
     labels = {row["id"]: row["label"] for row in pq.read_table(part).to_pylist()}
     assert labels == {"s.tar/0": "cat", "s.tar/1": "caf\\xe9", "s.tar/2": "\\\\\\xff"}
     assert records[3]["meta"] == {"label": 3}  # a number is still a number
+
+
+# --- fuzz -------------------------------------------------------------------------------------------------------------
+
+# keys that collide: a job column's name, one taken by a sidecar's column (label, json), the empty key, one that is not
+# ASCII, a lone surrogate (JSON's "\ud800") and its escaped spelling, which text_name makes the same column name
+_KEYS = ["k", "id", "image", "label", "json", "", "\u00e9", "\ud800", "\\ud800", "input_id", "a.b", "k"]  # k: twice as often
+# beyond int64 and uint64, a double's extremes, 1e400 (read as inf), and NaN: not JSON, but Python's json writes it
+_NUMBERS = ["0", "-1", "1.5", "-0.0", "1e308", "-1e308", "5e-324", "1e400", "9223372036854775807", "9223372036854775808",
+            "-9223372036854775809", "18446744073709551616", "123456789012345678901234567890", "1E2", "2.5e-3", "NaN",
+            "-Infinity"]
+_STRINGS = ["", "x", "caf\u00e9", "\\", "\ud800", "\U0001f600", "{}", "null", "3"]
+
+
+def _json_text(rng: random.Random, depth: int = 0) -> str:
+    """A random JSON value as text: objects may repeat a key (the last one counts), lists mix types."""
+    roll = rng.random()
+    if depth < 4 and roll < 0.25:
+        pairs = [f"{json.dumps(rng.choice(_KEYS))}: {_json_text(rng, depth + 1)}" for _ in range(rng.choice([0, 0, 1, 2, 3]))]
+        return "{" + ", ".join(pairs) + "}"
+    if depth < 4 and roll < 0.45:
+        if rng.random() < 0.5:  # a list of objects, with keys that differ or none
+            items = [_object_text(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+        else:
+            items = [_json_text(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+        return "[" + ", ".join(items) + "]"
+    scalar = rng.choice(["null", "true", "false", "number", "number", "string"])
+    if scalar == "number":
+        return rng.choice(_NUMBERS)
+    return json.dumps(rng.choice(_STRINGS)) if scalar == "string" else scalar
+
+
+def _object_text(rng: random.Random, depth: int) -> str:
+    pairs = [f"{json.dumps(rng.choice(_KEYS[:3]))}: {_json_text(rng, depth + 1)}" for _ in range(rng.randint(0, 2))]
+    return "{" + ", ".join(pairs) + "}"
+
+
+def _sidecar(rng: random.Random) -> bytes:
+    pairs = [f"{json.dumps(rng.choice(_KEYS))}: {_json_text(rng, 1)}" for _ in range(rng.randint(0, 3))]
+    return ("{" + ", ".join(pairs) + "}" if rng.random() < 0.9 else _json_text(rng)).encode("utf-8", "surrogatepass")
+
+
+# other sidecars, whose columns a .json key can share: a caption, a mask's bytes, one named like a job column (input_id)
+_OTHERS = {"cls": [b"3", b"-7", b"cat", "caf\u00e9".encode("latin-1"), b"\xff", b"a\\b\xe9", b"", b"99999999999999999999"],
+           "txt": [b"a cat", "caf\u00e9".encode("latin-1")], "seg.png": [b"\x89PNG\xff", b"ok"], "id": [b"7", b"\xff"],
+           "label": [b"x"]}
+
+
+def _without_nulls(value: Any) -> Any:
+    """`value` with null object members left out: Arrow gives each object of a column every key of the others."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return "NaN" if isinstance(value, float) and value != value else value
+
+
+def _kept(value: Any, written: Any) -> bool:
+    """Whether `written` holds `value`: equal, or its text (JSON text for what is not a string; a string as
+    text_name writes it)."""
+    if isinstance(written, bytes) and not isinstance(value, bytes):  # Arrow makes text and bytes one binary column
+        written = written.decode("utf-8", "surrogateescape")
+    if isinstance(value, str | bytes):
+        text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+        # bytes escaped as text in one part file (beside a number) and then made binary, as another part file has
+        # bytes there, keep their escape: a known loss, test_bytes_escaped_in_one_part_file_and_binary_in_another
+        escaped_then_binary = isinstance(value, bytes) and written == text_name(text).encode()
+        return written == value or written == text_name(text) or escaped_then_binary
+    if _without_nulls(written) == _without_nulls(value):
+        return True
+    return isinstance(written, str) and _without_nulls(json.loads(written)) == _without_nulls(value)
+
+
+def test_fuzzed_sidecars_are_written_and_read_back_as_one_data_set(tmp_path) -> None:
+    rng = random.Random(20261204)
+    lost = []
+    for trial in range(100):
+        parts, n = [], 0
+        for _ in range(rng.randint(1, 4)):  # part files, as batches of one or more shards
+            keys = []
+            for _ in range(rng.randint(1, 4)):
+                sidecars = {"json": _sidecar(rng)} | {ext: rng.choice(data) for ext, data in _OTHERS.items()
+                                                       if rng.random() < 0.2}
+                keys.append((str(n), sidecars))
+                n += 1
+            parts.append(keys)
+        made = [[_record(key, sidecars) for key, sidecars in keys] for keys in parts]
+        # a .cls and a .label both give column label: that key is a reject, as documented; every other key is a row
+        assert all("both give column 'label'" in r["error"] for p in made for r in p if r["kind"] != "image")
+        records = [images for images in ([r for r in p if r["kind"] == "image"] for p in made) if images]
+        if not records:
+            continue
+        try:
+            rows = {row["id"]: row for row in _write_parts(tmp_path / str(trial), records)}
+        except Exception as err:  # every failing case is named below, not only the first
+            lost.append((trial, parts, repr(err)[:300]))
+            continue
+        for record in (r for p in records for r in p):
+            row = rows[record["id"]]
+            for column, value in record["meta"].items():
+                if column not in row or not _kept(value, row[column]):
+                    lost.append((trial, record["id"], column, value, row.get(column, "<no column>")))
+    assert not lost, f"{len(lost)} lost: " + "\n".join(map(repr, lost[:30]))
+
+
+@pytest.mark.xfail(strict=True, reason="known: a text column of escaped bytes is cast to binary at the end of the run")
+def test_bytes_escaped_in_one_part_file_and_binary_in_another(tmp_path) -> None:
+    # part file 1: a mask's bytes beside a .json key of that name holding a number, so text, the bytes escaped (\\xff);
+    # part file 2: masks only, binary. The end of the run makes the column binary, and file 1's escape stays in it.
+    parts = [[_record("0", {"seg.png": b"\xff"}), _record("1", {"json": b'{"seg_png": 3}'})],
+             [_record("2", {"seg.png": b"\x89PNG"})]]
+    rows = {row["id"]: row for row in _write_parts(tmp_path / "out", parts)}
+    assert rows["s.tar/0"]["seg_png"] in (b"\xff", "\\xff")
