@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,20 @@ def test_a_key_that_is_an_object_in_one_part_file_and_empty_or_scalar_in_others_
     assert rows["s.tar/2"]["k"] == "3" and json.loads(rows["s.tar/3"]["k"]) == [{"b": "x"}]
 
 
+def test_a_json_sidecar_that_is_not_utf8_is_kept_as_text_with_its_bytes_escaped(tmp_path) -> None:
+    # a latin-1 .json is not JSON Python reads: its text was kept with each odd byte replaced by U+FFFD, lost
+    rows = _written(tmp_path, '{"c": "caf\u00e9 \\\\"}'.encode("latin-1"), b"\xff[", b'{"c": "caf\xc3\xa9"}')
+    assert rows["0"]["json"] == '{"c": "caf\\xe9 \\\\\\\\"}' and rows["1"]["json"] == "\\xff["
+    assert _unescape(rows["0"]["json"]) == '{"c": "caf\u00e9 \\\\"}'.encode("latin-1")
+    assert rows["2"]["c"] == "caf\u00e9" and rows["2"]["json"] is None  # UTF-8 JSON: its keys are columns
+
+
+def _unescape(text: str) -> bytes:
+    """The bytes a `text_name` stands for (\\xNN: that byte; \\\\: a backslash)."""
+    return re.sub(rb"\\(x[0-9a-f]{2}|\\)", lambda m: b"\\" if m[1] == b"\\" else bytes([int(m[1][1:], 16)]),
+                  text.encode())
+
+
 def test_a_key_null_wherever_it_is_given_is_a_column_of_every_part_file(tmp_path) -> None:
     # the end-of-run check gave no type to a column all null where held, so files lacking it kept lacking it, and a
     # reader of the folder (it takes the first file's columns) dropped the column, or kept it, by the files' order
@@ -137,7 +152,9 @@ def _object_text(rng: random.Random, depth: int) -> str:
 
 def _sidecar(rng: random.Random) -> bytes:
     pairs = [f"{json.dumps(rng.choice(_KEYS))}: {_json_text(rng, 1)}" for _ in range(rng.randint(0, 3))]
-    return ("{" + ", ".join(pairs) + "}" if rng.random() < 0.9 else _json_text(rng)).encode("utf-8", "surrogatepass")
+    if rng.random() < 0.05:  # not UTF-8: kept as text
+        return rng.choice(['{"c": "caf\u00e9"}'.encode("latin-1"), b"\xff\\"])
+    return ("{" + ", ".join(pairs) + "}" if rng.random() < 0.9 else _json_text(rng)).encode()
 
 
 # other sidecars, whose columns a .json key can share: a caption, a mask's bytes, one named like a job column (input_id)

@@ -86,7 +86,7 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep; it broke off the whole shard
-        return {"json": data.decode("utf-8", errors="replace")}
+        return {"json": _kept_text(data)}
     if isinstance(value, dict) and _json_fits(value):
         return value
     if not isinstance(value, dict):
@@ -94,7 +94,14 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
             return {"json": json.dumps(value)}
         except RecursionError:
             pass
-    return {"json": data.decode("utf-8", errors="replace")}
+    return {"json": _kept_text(data)}
+
+
+def _kept_text(data: bytes) -> str:
+    """A .json sidecar's text as kept in the json column: each byte that is not UTF-8 (a latin-1 'café') written as a
+    name's are (`text_name`: \\xe9, a backslash then as \\\\), so its bytes can be read back; they were replaced by
+    U+FFFD, which could not."""
+    return text_name(data.decode("utf-8", "surrogateescape"))
 
 
 def _json_fits(value: Any) -> bool:
