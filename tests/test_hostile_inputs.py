@@ -13,6 +13,7 @@ from pipeline.sources import discover, read_unit
 from pipeline.sources.webdataset_keys import MAX_JSON_DEPTH
 from pipeline.stages import batch_of, write_stage
 from tests.jobutil import image_bytes, tar_bytes
+from tests.webutil import QuietHandler, serving
 
 
 def _records(folder: Path) -> list[dict]:
@@ -122,6 +123,52 @@ def test_a_web_folder_linking_back_above_itself_is_listed_once(web) -> None:
     _page(folder / "data" / "sub", "in.png", "../../data/", "../", "./")  # each a way back: fsspec walked them forever
     units = discover(url + "data/")
     assert [p for u in units for p in u.paths] == [url + "data/sub/in.png"]
+
+
+class _MadeUpFolders(QuietHandler):
+    """A server whose every page links made-up subfolders: `a/` (deep: /a/, /a/a/, ... for ever) or 1,000 new ones."""
+
+    wide = False
+    pages: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        type(self).pages.append(self.path)
+        links = [f"d{i}/" for i in range(1000)] if self.wide else ["a/", "x.png"]
+        body = "".join(f'<a href="{link}">{link}</a>' for link in links).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_web_folder_whose_pages_link_endless_subfolders_stops_the_listing_at_a_depth_naming_it(tmp_path) -> None:
+    import pytest
+
+    from pipeline.sources.walk import MAX_WEB_DEPTH, WebFolderTooLarge
+
+    class Deep(_MadeUpFolders):
+        pages: list[str] = []
+
+    with serving(tmp_path, Deep) as url, pytest.raises(WebFolderTooLarge) as err:
+        discover(url)  # listed until memory ran out: 16,000 pages and 1.6 GB in 30 s
+    assert f"links subfolders more than {MAX_WEB_DEPTH} deep" in str(err.value) and "/a/a/a/" in str(err.value)
+    assert len(Deep.pages) == MAX_WEB_DEPTH + 1  # the input's page and one a level
+
+
+def test_a_web_folder_linking_more_folders_than_the_limit_stops_the_run_before_any_work(tmp_path, capsys) -> None:
+    from pipeline.cli import main
+    from pipeline.sources.walk import MAX_WEB_FOLDERS
+
+    class Wide(_MadeUpFolders):
+        wide, pages = True, []
+
+    with serving(tmp_path, Wide) as url:
+        assert main(["--input", url, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("error: ") and f"links more than {MAX_WEB_FOLDERS:,} folders" in line
+    assert len(Wide.pages) <= MAX_WEB_FOLDERS // 1000 + 1  # 850 pages of 1,000 each took 3.9 GB, and went on
+    assert not (tmp_path / "out").exists()
 
 
 # --- wide inputs: a .json sidecar's keys are columns, as many as it holds ---
