@@ -265,3 +265,55 @@ def test_a_json_sidecar_with_more_keys_than_max_json_fields_is_kept_as_text(tmp_
     fits = {f"k{i}": i for i in range(MAX_JSON_FIELDS - 4)} | {"boxes": [{"x": 1, "y": 2}, {"x": 3, "w": 4}] * 500}
     assert _json_sidecar(json.dumps(fits).encode()) == fits  # MAX_JSON_FIELDS: boxes, and x, y, w counted once
     assert "json" in _json_sidecar(json.dumps({"nested": many}).encode())
+
+
+# --- a zip archive's central directory: every entry was a ZipInfo, all kept while the archive was read ---
+
+def _zip_of(path: Path, count: int) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(count):
+            archive.writestr(f"d/{i}.png", image_bytes(8, 8, i))
+
+
+def test_a_zip_whose_directory_holds_more_entries_than_the_limit_is_one_reject_naming_it(tmp_path, monkeypatch) -> None:
+    import pipeline.sources.zip_archives as zips
+
+    monkeypatch.setattr(zips, "MAX_ZIP_MEMBERS", 3)  # 3,000,000: a hostile directory of 2 M entries took 1 GB
+    _zip_of(tmp_path / "ok.zip", 3)
+    _zip_of(tmp_path / "z.zip", 4)
+    records = _records(tmp_path)
+    assert [(r["kind"], r["id"]) for r in records] == [("image", f"ok.zip/d/{i}.png") for i in range(3)] + [
+        ("reject", "z.zip#unreadable")]
+    assert "its central directory holds more than 3 entries, the most the job reads of one archive" in (
+        records[-1]["error"])
+
+
+def test_a_zip_whose_directory_is_over_the_byte_limit_is_one_reject_naming_it(tmp_path, monkeypatch) -> None:
+    import pipeline.sources.zip_archives as zips
+
+    monkeypatch.setattr(zips, "MAX_ZIP_DIRECTORY_BYTES", 2**10)
+    _zip_of(tmp_path / "z.zip", 40)  # 40 entries of 54 bytes
+    (record,) = _records(tmp_path)
+    assert record["id"] == "z.zip#unreadable"
+    assert "its central directory (the list of its members) is 2,150 bytes, over the 1,024 bytes (0.000976562 MiB) the " \
+        "job reads of one, so none of it was read: split it into smaller archives" in record["error"]
+
+
+def test_a_zip_directory_keeps_where_each_entry_lies_not_a_zipinfo_each(tmp_path) -> None:
+    import io
+    import zipfile
+
+    import pytest
+
+    from pipeline.sources.zip_archives import _open_zip
+
+    _zip_of(tmp_path / "z.zip", 5)
+    with zipfile.ZipFile(tmp_path / "z.zip", "a") as archive:
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("d/1.png", b"later")  # a name stored twice is the later entry
+    _, directory = _open_zip(io.BytesIO((tmp_path / "z.zip").read_bytes()))
+    assert list(directory.files) == ["d/0.png", "d/2.png", "d/3.png", "d/4.png", "d/1.png"]
+    assert all(type(at) is int for at in directory.files.values())
+    assert directory.info("d/1.png").file_size == len(b"later")

@@ -42,12 +42,11 @@ def _zip_is_link(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def _zip_link_target(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], look_alikes: dict[str, list[str]],
-                     name: str) -> zipfile.ZipInfo | str:
+def _zip_link_target(archive: zipfile.ZipFile, directory: _ZipDirectory, name: str) -> zipfile.ZipInfo | str:
     """The member a symbolic link member `name` stands for (through links to links), as a tar shard's links are read,
     or why it cannot be read: a link's bytes are a path, which read as an image gave 'not a recognised image format'."""
     chain, first = [name], None
-    while _zip_is_link(info := files[chain[-1]]):
+    while _zip_is_link(info := directory.info(chain[-1])):
         if info.file_size > _ZIP_LINK_BYTES:
             return f"zip member {name} is marked a symbolic link but holds {info.file_size:,} bytes, not a path"
         try:
@@ -59,9 +58,9 @@ def _zip_link_target(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]
         target = posixpath.normpath(posixpath.join(posixpath.dirname(chain[-1]), linkname.replace("\\", "/")))
         if linkname.startswith("/") or target == ".." or target.startswith("../"):
             reason = f"{chain[-1]} -> {linkname} points outside the archive"
-        elif target in look_alikes:
+        elif target in directory.look_alikes:
             reason = f"its target {target} is stored under more than one name"
-        elif target not in files:
+        elif target not in directory.files:
             reason = f"its target {target} is not a file in the archive"
         elif target in chain:
             reason = "the links loop: " + " -> ".join([*chain, target])
@@ -73,8 +72,8 @@ def _zip_link_target(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]
 
 
 class _UTF8FlagCleared:
-    """A zip file as read, less the UTF-8 name flag (bit 11 of a header's flags) at the offsets in `at` (each the flags'
-    high byte): zipfile then reads those names as cp437, one character per byte, instead of failing on them."""
+    """A zip file as read, less the UTF-8 name flag (bit 11 of a local header's flags) at the offsets in `at` (each the
+    flags' high byte): zipfile then reads those names as cp437, one character per byte, instead of failing on them."""
 
     def __init__(self, raw: BinaryIO, at: set[int]):
         self.raw, self.at = raw, at
@@ -100,61 +99,155 @@ class _UTF8FlagCleared:
         return True
 
 
-def _flagged_names_not_utf8(raw: BinaryIO) -> list[tuple[int, int]]:
-    """(index in the central directory, offset of its flags' high byte) of each entry whose name is flagged UTF-8 but is
-    not, found by walking the central directory as zipfile does (with its own constants: the same layout)."""
-    end = zipfile._EndRecData(raw)  # type: ignore[attr-defined]
-    if not end:
-        return []
-    size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
-    concat = end[zipfile._ECD_LOCATION] - size - offset  # type: ignore[attr-defined]
-    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
-        concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
-    raw.seek(offset + concat)
-    directory = raw.read(size)
-    found, at, index = [], 0, 0
-    fixed = zipfile.sizeCentralDir  # type: ignore[attr-defined]
-    while at + fixed <= len(directory):
-        fields = struct.unpack(zipfile.structCentralDir, directory[at : at + fixed])  # type: ignore[attr-defined]
-        name_len, extra_len, comment_len = (fields[zipfile._CD_FILENAME_LENGTH], fields[zipfile._CD_EXTRA_FIELD_LENGTH],  # type: ignore[attr-defined]
-                                            fields[zipfile._CD_COMMENT_LENGTH])  # type: ignore[attr-defined]
-        if fields[zipfile._CD_FLAG_BITS] & 0x800:  # type: ignore[attr-defined]  # the name is flagged UTF-8
-            try:
-                directory[at + fixed : at + fixed + name_len].decode("utf-8")
-            except UnicodeDecodeError:
-                found.append((index, offset + concat + at + 9))
-        at += fixed + name_len + extra_len + comment_len
-        index += 1
-    return found
+# The most a zip archive's central directory may hold, in bytes and in entries. zipfile made a ZipInfo of every entry
+# and kept them all while the archive was read: about 1 KB a member (200,000 members: 195 MB; ImageNet's 1.28 M: about
+# 1.3 GB), and ten times a hostile directory's own size (2 M entries of 47 bytes, a 90 MB file: 880 MB), with no bound.
+# Now the directory's bytes are kept, with each file's path and where its entry lies (1.28 M members: 600 MB against
+# 1,184 MB, the 185 MB archive itself included; the hostile 2 M entries: 180 MB against 990 MB; bench/
+# zip_directory_bench.py), and a directory over either limit makes the archive one reject naming the limit, unread, its
+# entries only counted: what one archive's directory costs is bounded (about 1 GB at the limits).
+# ImageNet's training set in one archive (1.28 M members, a directory of about 110 MB) fits.
+MAX_ZIP_DIRECTORY_BYTES = 256 * 2**20
+MAX_ZIP_MEMBERS = 3_000_000
 
 
-def _open_zip(raw: BinaryIO) -> zipfile.ZipFile:
-    """The archive in `raw`. zipfile fails on the whole archive when one name flagged UTF-8 is not (UnicodeDecodeError
-    while it reads the central directory), and every other member was lost with it. Such an archive is opened again
-    with that flag cleared for those names only, in the directory and in each one's local header (zipfile compares the
-    two when it reads a member), so the other names are decoded as before and their ids stay the same; each such name
-    is then taken as UTF-8 with its bad bytes kept (surrogateescape, as Python reads a tar's or a disk's names), which
-    `text_name` writes as \\xNN in its id: an id with a '\\', which no other member's can hold ('\\' is read as '/')."""
-    try:
-        return zipfile.ZipFile(raw)
-    except UnicodeDecodeError:
+class ZipDirectoryTooLarge(ValueError):
+    """A zip archive whose central directory is over MAX_ZIP_DIRECTORY_BYTES or holds over MAX_ZIP_MEMBERS entries."""
+
+
+class _Unindexed(zipfile.ZipFile):
+    """A zip file opened for reading without zipfile's index of its members (a ZipInfo each, all kept): members are read
+    by the ZipInfo `_ZipDirectory.info` makes of one entry at a time."""
+
+    def _RealGetContents(self) -> None:  # noqa: N802 - zipfile's name
         pass
-    bad = _flagged_names_not_utf8(raw)
-    view = _UTF8FlagCleared(raw, {offset for _, offset in bad})
-    archive = zipfile.ZipFile(view)  # type: ignore[arg-type]
-    archive.zip_purify_names = {}  # type: ignore[attr-defined]  # ZipInfo has __slots__: kept here, by entry
-    for index, _ in bad:
-        info = archive.filelist[index]
-        view.at.add(info.header_offset + 7)  # the local header's flags' high byte
-        stored = info.orig_filename.encode("cp437").decode("utf-8", "surrogateescape")  # cp437: byte for byte
-        archive.zip_purify_names[info] = stored  # type: ignore[attr-defined]  # orig_filename stays: zipfile checks it
-        info.filename = stored.split("\0", 1)[0]  # zipfile cuts a name at a NUL byte
-    return archive
 
 
-def _stored_name(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
-    """A member's name as stored (zipfile's orig_filename, or the tolerant reading of `_open_zip`)."""
-    return getattr(archive, "zip_purify_names", {}).get(info, info.orig_filename)
+class _ZipDirectory:
+    """A zip archive's central directory, walked as zipfile walks it (with its own constants and ZipInfo, so names,
+    sizes and errors are zipfile's), keeping only its bytes and, for each file, where its entry lies: `files` (path ->
+    entry offset, a later entry of a path in place of an earlier one, in zipfile's order) and `look_alikes` (the paths
+    that different stored names give, with those names). A name flagged UTF-8 that is not (an old tool's latin-1
+    name; zipfile failed on the whole archive) is read as UTF-8 with its bad bytes kept (surrogateescape, as Python
+    reads a tar's or a disk's names), which `text_name` writes as \\xNN in its id: an id with a '\\', which no other
+    member's can hold ('\\' is read as '/'); its local header is read with the flag cleared (`_UTF8FlagCleared`)."""
+
+    def __init__(self, raw: BinaryIO, view: _UTF8FlagCleared) -> None:
+        self.view = view
+        end = zipfile._EndRecData(raw)  # type: ignore[attr-defined]
+        if not end:
+            raise zipfile.BadZipFile("File is not a zip file")
+        size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+        self.concat = end[zipfile._ECD_LOCATION] - size - offset  # type: ignore[attr-defined]
+        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+            self.concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+        if offset + self.concat < 0:
+            raise zipfile.BadZipFile("Bad offset for central directory")
+        if size > MAX_ZIP_DIRECTORY_BYTES:
+            raise ZipDirectoryTooLarge(
+                f"its central directory (the list of its members) is {size:,} bytes, over the "
+                f"{MAX_ZIP_DIRECTORY_BYTES:,} bytes ({MAX_ZIP_DIRECTORY_BYTES / 2**20:g} MiB) the job reads of one, so "
+                "none of it was read: split it into smaller archives")
+        raw.seek(offset + self.concat)
+        self.data = raw.read(size)
+        self.files: dict[str, int] = {}
+        self.look_alikes: dict[str, list[str]] = {}
+        self.not_utf8: set[int] = set()  # entries whose name is flagged UTF-8 but is not
+        self._refuse_too_many_entries()
+        at, fixed = 0, zipfile.sizeCentralDir  # type: ignore[attr-defined]
+        while at < size:
+            info = self._info(at)  # zipfile's checks and errors, entry by entry; the ZipInfo is not kept
+            fields = struct.unpack_from(zipfile.structCentralDir, self.data, at)  # type: ignore[attr-defined]
+            entry = at
+            at += fixed + sum(fields[i] for i in (zipfile._CD_FILENAME_LENGTH, zipfile._CD_EXTRA_FIELD_LENGTH,  # type: ignore[attr-defined]
+                                                  zipfile._CD_COMMENT_LENGTH))  # type: ignore[attr-defined]
+            name = _zip_member_path(info.filename)
+            if name is None or _zip_is_folder(info):
+                continue
+            earlier = self.files.pop(name, None)  # a later entry of the same name takes the place of the earlier one
+            # not the same stored name: another file. The stored name, since zipfile cuts a name at a NUL byte: a later
+            # 'a.png\0x' replaced an earlier 'a.png' unread
+            if earlier is not None and (was := self.stored_name(earlier)) != (now := self.stored_name(entry)):
+                stored = self.look_alikes.setdefault(name, [was])
+                stored.extend([now] if now not in stored else [])
+            self.files[name] = entry
+
+    def _refuse_too_many_entries(self) -> None:
+        """Count the directory's entries by their lengths alone (no name read, nothing kept) and raise
+        ZipDirectoryTooLarge past MAX_ZIP_MEMBERS, before any is indexed: the count its end record gives may lie."""
+        at, count, fixed = 0, 0, zipfile.sizeCentralDir  # type: ignore[attr-defined]
+        lengths = struct.Struct("<HHH")  # the name's, the extra field's and the comment's, at 28 in an entry
+        while at + fixed <= len(self.data):
+            count += 1
+            if count > MAX_ZIP_MEMBERS:
+                raise ZipDirectoryTooLarge(
+                    f"its central directory holds more than {MAX_ZIP_MEMBERS:,} entries, the most the job reads of one "
+                    "archive, so none of it was read: split it into smaller archives")
+            at += fixed + sum(lengths.unpack_from(self.data, at + 28))
+
+    def _info(self, at: int) -> zipfile.ZipInfo:
+        """The ZipInfo of the entry at `at` in the directory, made as zipfile's _RealGetContents makes it."""
+        fixed = zipfile.sizeCentralDir  # type: ignore[attr-defined]
+        if at + fixed > len(self.data):
+            raise zipfile.BadZipFile("Truncated central directory")
+        centdir = struct.unpack_from(zipfile.structCentralDir, self.data, at)  # type: ignore[attr-defined]
+        if centdir[zipfile._CD_SIGNATURE] != zipfile.stringCentralDir:  # type: ignore[attr-defined]
+            raise zipfile.BadZipFile("Bad magic number for central directory")
+        name_at = at + fixed
+        extra_at = name_at + centdir[zipfile._CD_FILENAME_LENGTH]  # type: ignore[attr-defined]
+        comment_at = extra_at + centdir[zipfile._CD_EXTRA_FIELD_LENGTH]  # type: ignore[attr-defined]
+        raw_name = self.data[name_at:extra_at]
+        stored = None
+        if centdir[zipfile._CD_FLAG_BITS] & 0x800:  # type: ignore[attr-defined]  # the name is flagged UTF-8
+            try:
+                filename = raw_name.decode("utf-8")
+            except UnicodeDecodeError:
+                filename, stored = raw_name.decode("cp437"), raw_name.decode("utf-8", "surrogateescape")
+        else:
+            filename = raw_name.decode("cp437")
+        x = zipfile.ZipInfo(filename)
+        x.extra = self.data[extra_at:comment_at]
+        x.comment = self.data[comment_at : comment_at + centdir[zipfile._CD_COMMENT_LENGTH]]  # type: ignore[attr-defined]
+        x.header_offset = centdir[zipfile._CD_LOCAL_HEADER_OFFSET]  # type: ignore[attr-defined]
+        (x.create_version, x.create_system, x.extract_version, x.reserved, x.flag_bits, x.compress_type, t, d,
+         x.CRC, x.compress_size, x.file_size) = centdir[1:12]
+        if x.extract_version > zipfile.MAX_EXTRACT_VERSION:  # type: ignore[attr-defined]
+            raise NotImplementedError(f"zip file version {x.extract_version / 10:.1f}")
+        x.volume, x.internal_attr, x.external_attr = centdir[15:18]
+        x._raw_time = t  # type: ignore[attr-defined]
+        x.date_time = ((d >> 9) + 1980, (d >> 5) & 0xF, d & 0x1F, t >> 11, (t >> 5) & 0x3F, (t & 0x1F) * 2)
+        x._decodeExtra()  # type: ignore[attr-defined]
+        x.header_offset = x.header_offset + self.concat
+        if stored is not None:  # orig_filename stays cp437: zipfile checks it against the local header read so
+            self.not_utf8.add(at)
+            x.filename = stored.split("\0", 1)[0]  # zipfile cuts a name at a NUL byte
+        return x
+
+    def info(self, name: str) -> zipfile.ZipInfo:
+        """The ZipInfo of the file at path `name`, made again from its entry (none is kept), its local header's UTF-8
+        flag cleared for reading where its name is not UTF-8."""
+        at = self.files[name]
+        info = self._info(at)
+        if at in self.not_utf8:
+            self.view.at.add(info.header_offset + 7)  # the local header's flags' high byte
+        return info
+
+    def stored_name(self, at: int) -> str:
+        """The name of the entry at `at` as stored (zipfile's orig_filename; a name flagged UTF-8 that is not, as UTF-8
+        with its bad bytes kept), from its bytes: no ZipInfo made."""
+        fixed = zipfile.sizeCentralDir  # type: ignore[attr-defined]
+        centdir = struct.unpack_from(zipfile.structCentralDir, self.data, at)  # type: ignore[attr-defined]
+        raw_name = self.data[at + fixed : at + fixed + centdir[zipfile._CD_FILENAME_LENGTH]]  # type: ignore[attr-defined]
+        if at in self.not_utf8:
+            return raw_name.decode("utf-8", "surrogateescape")
+        return raw_name.decode("utf-8" if centdir[zipfile._CD_FLAG_BITS] & 0x800 else "cp437")  # type: ignore[attr-defined]
+
+
+def _open_zip(raw: BinaryIO) -> tuple[zipfile.ZipFile, _ZipDirectory]:
+    """The archive in `raw`, and its directory (`_ZipDirectory`)."""
+    view = _UTF8FlagCleared(raw, set())
+    directory = _ZipDirectory(raw, view)
+    return _Unindexed(view), directory  # type: ignore[arg-type]
 
 
 def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
@@ -172,43 +265,25 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     with contextlib.ExitStack() as stack:
         try:
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
-            archive = stack.enter_context(_open_zip(stack.enter_context(open_file())))
+            archive, directory = _open_zip(stack.enter_context(open_file()))
+            stack.enter_context(archive)
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
-        files, look_alikes = _zip_files(archive)
-        for name, info in files.items():
+        for name in directory.files:
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
-            not_read = _member_not_read(name, id_, source, skip_ids, look_alikes)
+            not_read = _member_not_read(name, id_, source, skip_ids, directory.look_alikes)
             if not_read is not None:
                 yield not_read
                 continue
-            target = _zip_link_target(archive, files, look_alikes, name) if _zip_is_link(info) else info
+            info = directory.info(name)
+            target = _zip_link_target(archive, directory, name) if _zip_is_link(info) else info
             if isinstance(target, str):
                 yield reject_record(id_, source, target, "read")
                 continue
             what = name if target is info else f"{_zip_member_path(target.filename)} (the target of link {name})"
             meta = {"label": _folder_label(name)} if labels_from_folders else {}
             yield _member_record(archive, target, what, id_, source, meta, max_image_bytes)
-
-
-def _zip_files(archive: zipfile.ZipFile) -> tuple[dict[str, zipfile.ZipInfo], dict[str, list[str]]]:
-    """The archive's files by path, hidden ones too (a link may point to one), and the paths that different stored
-    names give ('a\\b.png' beside 'a/b.png', './a/b.png', 'a//b.png'), with those names."""
-    files: dict[str, zipfile.ZipInfo] = {}
-    look_alikes: dict[str, list[str]] = {}
-    for info in archive.infolist():
-        name = _zip_member_path(info.filename)
-        if name is None or _zip_is_folder(info):
-            continue
-        earlier = files.pop(name, None)  # a later entry of the same name takes the place of the earlier one
-        # not the same stored name: another file. orig_filename, since zipfile cuts a name at a NUL byte: a later
-        # 'a.png\0x' replaced an earlier 'a.png' unread
-        if earlier is not None and _stored_name(archive, earlier) != _stored_name(archive, info):
-            stored = look_alikes.setdefault(name, [_stored_name(archive, earlier)])
-            stored.extend([_stored_name(archive, info)] if _stored_name(archive, info) not in stored else [])
-        files[name] = info
-    return files, look_alikes
 
 
 def _member_not_read(name: str, id_: str, source: str, skip_ids: frozenset[str] | set[str],
