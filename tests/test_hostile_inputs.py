@@ -317,3 +317,25 @@ def test_a_zip_directory_keeps_where_each_entry_lies_not_a_zipinfo_each(tmp_path
     assert list(directory.files) == ["d/0.png", "d/2.png", "d/3.png", "d/4.png", "d/1.png"]
     assert all(type(at) is int for at in directory.files.values())
     assert directory.info("d/1.png").file_size == len(b"later")
+
+
+# --- .json sidecars of one shard, each with fields of its own: every field was a column of every part file ---
+
+def test_a_shards_json_fields_past_the_column_limit_go_to_its_json_column_as_text(tmp_path, monkeypatch) -> None:
+    import pipeline.sources.webdataset_keys as keys
+
+    monkeypatch.setattr(keys, "MAX_SHARD_JSON_COLUMNS", 4)  # 1,000: 5,000 keys of one field each gave 5,013 columns
+    sidecars = [{"caption": "a", "f0": 0}, {"caption": "b", "f1": 1}, {"caption": "c", "f2": 2, "f0": 7},
+                {"caption": "d", "f3": 3, "f1": 8, "json": "own"}]
+    members = {}
+    for i, sidecar in enumerate(sidecars):
+        members |= {f"{i:04d}.png": image_bytes(8, 8, i), f"{i:04d}.json": json.dumps(sidecar).encode()}
+    (tmp_path / "s.tar").write_bytes(tar_bytes(members))
+    metas = [r["meta"] for r in _records(tmp_path)]
+    # 'json' and 3 fields are columns (caption, f0, f1); f2 and f3 come after the limit: JSON text, nothing lost
+    assert metas == [{"caption": "a", "f0": 0}, {"caption": "b", "f1": 1},
+                     {"caption": "c", "f0": 7, "json": '{"f2": 2}'},
+                     {"caption": "d", "f1": 8, "json": "own", "json_json": '{"f3": 3}'}]
+    rows = {r["id"]: r for r in _written(tmp_path, _records(tmp_path))}
+    assert len(rows["s.tar/0000"]) == len(rows["s.tar/0003"])  # one file: the union of the columns
+    assert {"f2", "f3"}.isdisjoint(rows["s.tar/0000"]) and json.loads(rows["s.tar/0002"]["json"]) == {"f2": 2}

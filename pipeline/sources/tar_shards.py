@@ -14,7 +14,7 @@ from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import _split_key, _tar_key, _tar_key_record
+from pipeline.sources.webdataset_keys import JsonColumns, _split_key, _tar_key, _tar_key_record
 from pipeline.storage import describe
 
 
@@ -145,6 +145,8 @@ class _MembersPass:
         self.errors: dict[str, str] = {}
         self.kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
         self.waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
+        # the columns the .json sidecars of the keys emitted so far gave (kept when a pass restarts: those keys stay)
+        self.json_columns = JsonColumns()
 
     def wanted(self, position: int, member: tarfile.TarInfo) -> bool:
         """Whether pass 2 reads a member's bytes: it is a pending key's, or a link still to be emitted reads it."""
@@ -202,7 +204,8 @@ class _MembersPass:
         parts, error = self.parts.pop(key, {}), self.errors.pop(key, None)
         self.held.pop(key, None)
         try:
-            return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split)
+            return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split,
+                                   self.json_columns)
         except Exception as err:  # noqa: BLE001 - the key is counted as emitted by now: it must leave a record
             return reject_record(self.key_id(key), f"{self.path}:{key}",
                                  f"cannot read tar key {key}: {type(err).__name__}: {err}", "read")

@@ -79,6 +79,33 @@ MAX_JSON_DEPTH = 32
 MAX_JSON_FIELDS = 10_000
 
 
+# The most distinct columns the .json sidecars of one tar shard's keys may give together. Every column of a part file
+# becomes, at the end of the run, a column of every part file: 5,000 keys whose sidecars each held one field of their
+# own gave each of 10 part files 5,013 columns (1.7 MiB written became 11.5 MiB, the end-of-run check took 5.9 s and
+# pd.read_parquet 10.7 s), growing with the square of such keys. Past the limit, a key's fields that are not columns
+# yet go into its `json` column, as the text of one JSON object; its other fields stay columns.
+MAX_SHARD_JSON_COLUMNS = 1_000
+
+
+class JsonColumns:
+    """The columns one shard's .json sidecars have given so far, in the order its keys are read, and which fields of the
+    next sidecar may be columns (`split`)."""
+
+    def __init__(self) -> None:
+        self.given: set[str] = {"json"}  # where fields past the limit go, and a sidecar kept as text
+
+    def split(self, fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`fields` as (those that are columns, those past MAX_SHARD_JSON_COLUMNS, to be kept as JSON text)."""
+        columns, over = {}, {}
+        for name, value in fields.items():
+            if name in self.given or len(self.given) < MAX_SHARD_JSON_COLUMNS:
+                self.given.add(name)
+                columns[name] = value
+            else:
+                over[name] = value
+        return columns, over
+
+
 def _json_sidecar(data: bytes) -> dict[str, Any]:
     """A .json sidecar's keys become columns when it holds an object nested at most `MAX_JSON_DEPTH` levels deep, with
     at most `MAX_JSON_FIELDS` keys and no empty object in it; otherwise (not an object, not valid JSON, nested deeper,
@@ -130,11 +157,12 @@ def _json_fits(value: Any) -> bool:
 
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
-                    error: str | None, split: bool = False) -> dict[str, Any]:
+                    error: str | None, split: bool = False, json_columns: JsonColumns | None = None) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
     key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
-    were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image."""
+    were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image. `json_columns`:
+    the columns the shard's earlier keys' .json sidecars gave, past whose limit this key's new fields are JSON text."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
     image_like = [e for e in parts if _image_like(e)]
@@ -164,7 +192,15 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                                  f"{column!r}, so one value would be lost: rename one of them", "read")
         meta[column], given_by[column] = value, member
     if "json" in parts:
-        _add_json_keys(meta, _json_sidecar(parts["json"][1]))
+        fields, over = _json_sidecar(parts["json"][1]), {}
+        if json_columns is not None:
+            fields, over = json_columns.split(fields)
+        _add_json_keys(meta, fields)
+        if over:  # after the columns: 'json' is taken when the sidecar has a field of that name (json_json then)
+            column = "json"
+            while column in meta:
+                column = "json_" + column
+            meta[column] = json.dumps(over, ensure_ascii=False)
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
 
