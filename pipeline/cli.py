@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.changes import changed_warning, gone_note
 from pipeline.config import DEFAULT_INPUT, JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
@@ -629,7 +630,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dry_run(config: JobConfig) -> None:
     """The plan printed, nothing read or written (--dry-run); a warning when it finds no input."""
     plan = plan_job(config, dry_run=True)
-    print_plan(plan.describe())
+    report = plan.describe()
+    print_plan(report)
+    _print_changed_inputs((report.get("output") or {}).get("changed_inputs") or {}, dry_run=True)
     if not plan.units and not plan.skipped_files and not plan.skipped_containers:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
               file=sys.stderr)
@@ -657,10 +660,18 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         print(_retried_line(retried))
+    _print_changed_inputs(summary.get("changed_inputs") or {})
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
     print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
           f"(status {summary['status']}; summary in _summary.json)")
+
+
+def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:
+    """The warning on inputs changed since their rows were written and the note on those gone, on stderr."""
+    for line in (changed_warning(changed, dry_run), gone_note(changed)):
+        if line is not None:
+            print(terminal_text(line), file=sys.stderr)
 
 
 def _downscaled_warning(shrunk: dict[str, Any], canvas: int) -> str:

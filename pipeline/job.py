@@ -34,6 +34,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipeline.changes import INPUTS_DIR, write_record
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed
 from pipeline.lease import LEASE_FILE, OutputLease
@@ -398,6 +399,8 @@ def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float) ->
     try:
         write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
         write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
+        if plan.input_record is not None:  # before any image is read: the rows this run writes are covered if it is killed
+            write_record(out, so, plan.input_record)
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
 
@@ -413,7 +416,7 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     """Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
     ones, since a younger one may be another write still under way."""
     fs_out, out_path = storage_path(out, storage_options)
-    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR):
+    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR):
         remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
     # the output's own folder may also be the user's (an output that is its input): only its records' temporaries
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
@@ -561,6 +564,8 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                      "downscaled": {"images": tally.downscaled, "max_factor": tally.downscale_max}},
         "output_totals": {"purified": rows.purified, "rejected": rows.rejected,
                           "before_this_run": {"purified": plan.done_purified, "rejected": plan.done_rejected}},
+        # inputs whose rows the output keeps though they changed under the same name, or went, since (pipeline.changes)
+        "changed_inputs": plan.changes.summary(),
         "model": {"checkpoint": redact_uri(plan.checkpoint_uri), "sha256": ckpt.sha256, "note": plan.model_note,
                   "canvas_size": plan.canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},

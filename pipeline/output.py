@@ -24,6 +24,7 @@ import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.changes import INPUTS_DIR
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
@@ -648,14 +649,16 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool) -> None:
 
 
 def clear_output(out: str, storage_options: dict[str, Any]) -> None:
-    """Delete what --overwrite replaces: the summary, data/, rejects/, the job record and the record of containers
-    read whole (not the lease). The summary first: an overwrite stopped half-way (SIGTERM, SIGKILL while a large data/
-    is deleted) leaves an unfinished run, which any later run resumes, not a "complete" one missing rows."""
+    """Delete what --overwrite replaces: the summary, data/, rejects/, the job record, the record of containers
+    read whole and that of the inputs' stamps (not the lease). The summary first: an overwrite stopped half-way
+    (SIGTERM, SIGKILL while a large data/ is deleted) leaves an unfinished run, which any later run resumes, not a
+    "complete" one missing rows."""
     fs, root = _fs(out, storage_options)
     if fs.exists(root):
-        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR):
+        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR, INPUTS_DIR):
             if fs.exists(posixpath.join(root, name)):
-                _remove(fs, posixpath.join(root, name), recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR))
+                _remove(fs, posixpath.join(root, name),
+                        recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR))
 
 
 
@@ -763,7 +766,7 @@ def output_files_inside_input(input_uri: str, output_uri: str,
     if (under := _output_under_input(input_uri, output_uri, storage_options)) is None:
         return None
     normal, out_path = under
-    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR)]
+    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR)]
     names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
 
     def own(path: str) -> bool:

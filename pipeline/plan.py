@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, updated_record
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
@@ -236,6 +237,10 @@ class JobPlan:
     hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
     # --partitioning hive: the partition keys of the input's files, from the listing (`_partition_keys`); else None
     partitions: dict[str, Any] | None = None
+    # inputs whose rows the output keeps though they changed or went since (pipeline.changes), and the record of the
+    # inputs' stamps the run writes before it reads anything (None in a dry run)
+    changes: ChangedInputs = field(default_factory=ChangedInputs)
+    input_record: InputRecord | None = None
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -249,7 +254,7 @@ class JobPlan:
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
             "settings": self.job_record["settings"],
             "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected,
-                       "rejects_to_retry": len(self.retry)},
+                       "rejects_to_retry": len(self.retry), "changed_inputs": self.changes.summary()},
             "stale_lease": self.stale_lease,
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
@@ -299,8 +304,9 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         if problem:
             raise JobError(problem)
     partitions = _partition_keys(listed) if config.partitioning == "hive" else None
-    kept_units, skipped_files, excluded = _units_left(listed, config, output.skip)
+    kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
     containers = _containers_left(kept_units, out, so, output)
+    changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -310,7 +316,24 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    stale_lease=output.stale_lease, container_done=containers.done, ledger=containers.ledger,
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
-                   retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions)
+                   retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
+                   changes=changes, input_record=input_record)
+
+
+def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
+                    containers: _ContainersLeft, job_record: dict[str, Any],
+                    dry_run: bool) -> tuple[ChangedInputs, InputRecord | None]:
+    """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`), and the record of
+    the inputs' stamps a run writes before it reads anything (None in a dry run, which writes nothing)."""
+    location = (job_record.get("input") or {}).get("location")
+    try:
+        record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
+    except Exception as err:  # noqa: BLE001 - read_record ignores a bad record; this is storage failing
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    root = inputs[0].root if inputs else None
+    changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
+                           containers.done, containers.unread, root)
+    return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 
 def _partition_keys(units: list[ReadUnit]) -> dict[str, Any]:
@@ -460,12 +483,14 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped) -> list[ReadUnit]:
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
 
 
-def _units_left(units: list[ReadUnit], config: JobConfig, skip: set[str]) -> tuple[list[ReadUnit], int, int]:
+def _units_left(units: list[ReadUnit], config: JobConfig,
+                skip: set[str]) -> tuple[list[ReadUnit], int, int, list[ReadUnit]]:
     """The units less the job's own output files (when the output lies inside the input) and less the image files
-    already done; and how many image files were done and how many output files were left out."""
+    already done; how many image files were done and how many output files were left out; and the units less the
+    output's files only (the input as listed)."""
     out = config.output.rstrip("/")
     inside = output_inside_input(config.input, out, config.storage_options)
-    skipped_files, kept_units, excluded = 0, [], 0
+    skipped_files, kept_units, excluded, inputs = 0, [], 0, []
     for unit in units:
         if inside is not None:  # the job's own output is not input: reading it back would purify it twice
             outside, excluded_here = _outside_output(unit, inside, out)
@@ -473,31 +498,37 @@ def _units_left(units: list[ReadUnit], config: JobConfig, skip: set[str]) -> tup
             if outside is None:
                 continue
             unit = outside
+        inputs.append(unit)
         if unit.kind == "files":
-            kept = [(p, size) for p, size in zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True)
+            none = [None] * len(unit.paths)
+            kept = [(p, size, content) for p, size, content in zip(unit.paths, unit.sizes or none,
+                                                                   unit.contents or none, strict=True)
                     if relative_id(p, unit.root) not in skip]
             skipped_files += len(unit.paths) - len(kept)
             if kept:
-                kept_units.append(ReadUnit("files", tuple(p for p, _ in kept), unit.root, tuple(s for _, s in kept)))
+                kept_units.append(ReadUnit("files", tuple(p for p, _, _ in kept), unit.root,
+                                           tuple(s for _, s, _ in kept), (), tuple(c for _, _, c in kept)))
         else:
             kept_units.append(unit)
-    return kept_units, skipped_files, excluded
+    return kept_units, skipped_files, excluded, inputs
 
 
 def _outside_output(unit: ReadUnit, inside: Callable[[str], bool], out: str) -> tuple[ReadUnit | None, int]:
     """The unit less its paths in the job's output (None when that is all of them), and how many those were. A path
     in the output that the job did not write is the user's: a JobError."""
-    pairs = list(zip(unit.paths, unit.sizes or [None] * len(unit.paths), strict=True))
-    own = [inside(p) for p, _ in pairs]  # once a path: each is looked up on disk (a link may lead anywhere)
+    none = [None] * len(unit.paths)
+    pairs = list(zip(unit.paths, unit.sizes or none, unit.contents or none, strict=True))
+    own = [inside(p) for p, _, _ in pairs]  # once a path: each is looked up on disk (a link may lead anywhere)
     outside = [pair for pair, mine in zip(pairs, own, strict=True) if not mine]
-    foreign = [p for (p, _), mine in zip(pairs, own, strict=True) if mine and not is_written_file(p)]
+    foreign = [p for (p, _, _), mine in zip(pairs, own, strict=True) if mine and not is_written_file(p)]
     if foreign:  # the user's own files, in a folder the job writes its output to: neither read nor skipped
         raise JobError(f"input file {foreign[0]} lies in the data/ or rejects/ folder of --output {out}, which "
                        "the job writes to and does not read; write the output to another folder")
     if not outside:
         return None, len(pairs)
-    return ReadUnit(unit.kind, tuple(p for p, _ in outside), unit.root, tuple(size for _, size in outside),
-                    unit.stamps), len(pairs) - len(outside)  # a container is one path: kept whole or not at all
+    return ReadUnit(unit.kind, tuple(p for p, _, _ in outside), unit.root, tuple(size for _, size, _ in outside),
+                    unit.stamps, tuple(content for _, _, content in outside)), len(pairs) - len(outside)  # a container
+    # is one path: kept whole or not at all
 
 
 @dataclass(frozen=True)

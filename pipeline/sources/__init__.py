@@ -20,7 +20,7 @@ from pipeline.sources.parquet_files import find_image_column, image_column_probl
 from pipeline.sources.partitions import PARTITIONINGS, partition_folders, repeated_key_problem, repeated_partition_key
 from pipeline.sources.reading import read_unit
 from pipeline.sources.records import JOB_COLUMNS, passthrough_name, reject_record
-from pipeline.sources.units import VERSION_FIELDS, ReadUnit, listing_stamp
+from pipeline.sources.units import VERSION_FIELDS, ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.webdataset_keys import IMAGE_EXTENSIONS
 
 # storage concepts that lived here before (pipeline.storage): still importable from here
@@ -37,6 +37,7 @@ __all__ = [
     "VERSION_FIELDS",
     "HiddenSkipped",
     "ReadUnit",
+    "content_stamp",
     "discover",
     "find_image_column",
     "image_column_problem",

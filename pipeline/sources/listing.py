@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
-from pipeline.sources.units import ReadUnit, listing_stamp
+from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.walk import _find_following_links
 from pipeline.storage import describe, is_url_chain, protocols, storage_path, with_protocol, with_retries
 
@@ -100,23 +100,21 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
             _ask_web_containers(fs, listed)
     root_uri = with_protocol(fs, root_dir)
     units: list[ReadUnit] = []
-    images: list[tuple[str, int | None]] = []
+    images: list[tuple[str, int | None, str | None]] = []
     for p in sorted(listed):
-        full, size = with_protocol(fs, p), listed[p].get("size")
-        if _is_tar(p):
-            units.append(ReadUnit("tar", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
-        elif _is_parquet(p):
-            units.append(ReadUnit("parquet", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
-        elif _is_zip(p):
-            units.append(ReadUnit("zip", (full,), root_uri, (size,), (listing_stamp(listed[p]),)))
+        full, size, content = with_protocol(fs, p), listed[p].get("size"), content_stamp(listed[p])
+        kind = "tar" if _is_tar(p) else "parquet" if _is_parquet(p) else "zip" if _is_zip(p) else None
+        if kind is not None:
+            units.append(ReadUnit(kind, (full,), root_uri, (size,), (listing_stamp(listed[p]),), (content,)))
         else:
-            images.append((full, size))
+            images.append((full, size, content))
     # containers too: on an object store a shard 'd.tar/x.parquet' can lie under a shard 'd.tar'
-    _refuse_colliding_ids(units, [*(p for p, _ in images), *(u.paths[0] for u in units)], root_uri)
+    _refuse_colliding_ids(units, [*(p for p, _, _ in images), *(u.paths[0] for u in units)], root_uri)
     _refuse_escaped_twins(sorted(listed), root_dir)
     for i in range(0, len(images), files_per_unit):
         group = images[i : i + files_per_unit]
-        units.append(ReadUnit("files", tuple(p for p, _ in group), root_uri, tuple(size for _, size in group)))
+        units.append(ReadUnit("files", tuple(p for p, _, _ in group), root_uri, tuple(size for _, size, _ in group),
+                              (), tuple(content for _, _, content in group)))
     return units
 
 

@@ -3,6 +3,7 @@ files), as the listing makes it and a Ray row carries it, and the version stamp 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ class ReadUnit:
     root: str  # the input root, to make ids relative
     sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
     stamps: tuple[str | None, ...] = ()  # a container's version as listed (listing_stamp); () for image files
+    # each path's content as listed (content_stamp), for telling an input changed since its row was written
+    # (pipeline.changes); () where not listed
+    contents: tuple[str | None, ...] = ()
 
     def to_row(self) -> dict[str, Any]:
         # The listed sizes go to the read task (-1: none listed; Arrow turns a list with nulls into floats): with
@@ -45,3 +49,22 @@ def listing_stamp(info: dict[str, Any]) -> str | None:
     if not fields or set(fields) == {"ino"}:  # an inode alone survives rewriting the file in place
         return None
     return json.dumps(fields, sort_keys=True)
+
+
+# An object store's content hash: where the listing gives one, a re-upload of the same bytes (a new LastModified, a new
+# VersionId) is no change of content
+CONTENT_HASH_FIELDS = ("ETag", "etag")
+
+
+def content_stamp(info: dict[str, Any]) -> str | None:
+    """A short digest of what a listing entry says of its file's content: its size with its ETag where the store
+    gives one, else with its version fields (a local file's mtime and inode); None when it says nothing of its
+    version. Kept for every listed file (pipeline.changes), so a digest (16 characters), not the fields."""
+    fields = {name: str(info[name]) for name in VERSION_FIELDS if info.get(name) is not None}
+    hashed = {name: value for name, value in fields.items() if name in CONTENT_HASH_FIELDS}
+    if hashed:
+        fields = hashed
+    elif not fields or set(fields) == {"ino"}:
+        return None
+    text = json.dumps([info.get("size"), fields], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -1,0 +1,204 @@
+"""Inputs changed in place (same name, new bytes) or gone since their rows were written: a scheduled run keeps their
+rows (ids are names), and now says so, in _summary.json's changed_inputs, on stderr and in the dry run, naming the
+remedy (pipeline.changes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.job as job_module
+from pipeline import cli
+from pipeline.changes import InputRecord, find_changes, read_record, record_path, updated_record, write_record
+from pipeline.job import run_job
+from pipeline.ledger import ContainerRead
+from pipeline.sources import ReadUnit, content_stamp
+from tests.jobutil import image_bytes, small_job_config, tar_bytes
+
+
+def _files(*pairs: tuple[str, str | None]) -> ReadUnit:
+    return ReadUnit("files", tuple(f"/in/{name}" for name, _ in pairs), "/in", (), (),
+                    tuple(stamp for _, stamp in pairs))
+
+
+def test_content_stamp_takes_an_objects_etag_before_its_dates_and_a_files_mtime_and_inode() -> None:
+    s3 = {"size": 3, "ETag": '"abc"', "LastModified": "2026-12-01"}
+    assert content_stamp(s3) == content_stamp({**s3, "LastModified": "2026-12-04"})  # the same bytes uploaded again
+    assert content_stamp(s3) != content_stamp({**s3, "ETag": '"abd"'})
+    assert content_stamp(s3) != content_stamp({**s3, "size": 4})
+    local = {"size": 3, "mtime": 1.5, "ino": 7}
+    assert content_stamp(local) != content_stamp({**local, "mtime": 1.6})
+    assert content_stamp(local) != content_stamp({**local, "ino": 8})  # replaced by a rename over it
+    assert content_stamp({"size": 3, "ino": 7}) is None and content_stamp({"size": 3}) is None  # says nothing
+
+
+def test_find_changes_sees_done_files_and_containers_changed_since_and_what_went() -> None:
+    record = InputRecord("/in", {"a.png": ("files", "v1"), "b.png": ("files", "v1"), "r.png": ("files", "v1"),
+                                 "gone.png": ("files", "v1"), "s.tar": ("tar", "v1"), "old.tar": ("tar", "v1"),
+                                 "new.png": ("files", "v1")})
+    listed = [_files(("a.png", "v2"), ("b.png", "v1"), ("r.png", "v2"), ("new.png", "v2"), ("unknown.png", None)),
+              ReadUnit("tar", ("/in/s.tar",), "/in", (10,), ("l2",), ("v2",))]
+    purified = {"a.png", "b.png", "gone.png", "s.tar/0", "s.tar/1", "old.tar/0"}
+    rejected = {"r.png"}
+    changes = find_changes(listed, purified, rejected, frozenset(), record, {},
+                           {"/in/s.tar": ["s.tar/0", "s.tar/1", "s.tar#unreadable"]}, set(), "/in")
+    # new.png was to be read by a run that did not get to it: not done, so not a change
+    assert (changes.purified, changes.rejected, changes.containers) == (["a.png"], ["r.png"], {"s.tar": 2})
+    assert (changes.gone_files, changes.gone_containers) == (["gone.png"], {"old.tar": 1})
+    # --retry-rejects reads r.png again: not a kept row
+    assert find_changes(listed, purified, rejected, frozenset(rejected), record, {}, {}, set(), "/in").rejected == []
+    # the new record keeps the earlier stamps of what changed and of what went with rows; this run's of the rest
+    new = updated_record(record, "/in", listed, changes).stamps
+    assert new == {"a.png": ("files", "v1"), "b.png": ("files", "v1"), "r.png": ("files", "v1"),
+                   "new.png": ("files", "v2"), "s.tar": ("tar", "v1"), "gone.png": ("files", "v1"),
+                   "old.tar": ("tar", "v1")}
+
+
+def test_a_container_without_a_record_is_judged_by_the_ledger_of_an_older_versions_output() -> None:
+    unit = ReadUnit("tar", ("/in/s.tar",), "/in", (10,), ("l2",), ("v2",))
+    ledger = {"/in/s.tar": ContainerRead("/in/s.tar", 10, "l1", 2, "x")}
+    changes = find_changes([unit], {"s.tar/0"}, set(), frozenset(), None, ledger, {"/in/s.tar": ["s.tar/0"]}, set(), "/in")
+    assert changes.containers == {"s.tar": 1}
+    assert updated_record(None, "/in", [unit], changes).stamps == {"s.tar": ("tar", "earlier")}
+    same = {"/in/s.tar": ContainerRead("/in/s.tar", 10, "l2", 2, "x")}
+    assert find_changes([unit], {"s.tar/0"}, set(), frozenset(), None, same, {"/in/s.tar": ["s.tar/0"]}, set(),
+                        "/in").containers == {}
+
+
+def test_the_record_is_read_back_and_ignored_for_another_location_or_when_damaged(tmp_path, capsys) -> None:
+    out = str(tmp_path / "out")
+    write_record(out, {}, InputRecord("/in", {"a.png": ("files", "v1")}))
+    assert read_record(out, {}, "/in").stamps == {"a.png": ("files", "v1")}
+    assert read_record(out, {}, "/elsewhere") is None  # --input-moved: every stamp differs, start again
+    assert read_record(str(tmp_path / "none"), {}, "/in") is None
+    with open(record_path(out), "wb") as f:
+        f.write(b"not parquet")
+    assert read_record(out, {}, "/in") is None
+    assert "ignoring" in capsys.readouterr().err
+
+
+def _argv(tmp_path, model, *more: str) -> list[str]:
+    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "1",
+            "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
+
+
+def _rewrite(path, data: bytes) -> None:
+    """New bytes under the same name, with an mtime that surely differs (a coarse file system clock)."""
+    before = os.stat(path).st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_path, model, capsys) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    (root / "bad.png").write_bytes(b"not an image")
+    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(2)}))
+    assert cli.main(_argv(tmp_path, model)) == 0
+    first = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
+    assert (first["image_files_purified"], first["containers"], first["gone_image_files"]) == (0, 0, 0)
+
+    _rewrite(root / "0.png", image_bytes(16, 16, 99))  # re-uploaded with new bytes
+    _rewrite(root / "bad.png", image_bytes(16, 16, 98))  # the broken file fixed
+    (root / "2.png").unlink()
+    _rewrite(root / "s.tar", tar_bytes({f"{k}.png": image_bytes(16, 16, 50 + k) for k in range(3)}))
+    (root / "3.png").write_bytes(image_bytes(16, 16, 3))  # a new file: just an input
+    capsys.readouterr()
+    assert cli.main(_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    err = capsys.readouterr().err
+    assert "1 image file(s) purified earlier" in err and "1 image file(s) rejected earlier" in err
+    assert "1 tar/Parquet/zip file(s) replaced since" in err and "would keep" in err
+    assert "--retry-rejects reads the rejected ones again" in err and "--overwrite" in err
+    assert "no longer in the input" in err and "2.png" in err
+
+    for rows in (2, 3):  # said by the run that reads the replaced shard again (2 rows done), and by every later one
+        assert cli.main(_argv(tmp_path, model, "--incremental")) == 0
+        err = capsys.readouterr().err
+        assert "warning: 1 image file(s) purified earlier" in err and "0.png" in err
+        changed = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
+        assert (changed["image_files_purified"], changed["image_files_rejected"], changed["containers"],
+                changed["container_rows"]) == (1, 1, 1, rows)
+        assert (changed["gone_image_files"], changed["gone_examples"]) == (1, ["2.png"])
+
+    # --retry-rejects reads the fixed file again: no longer a kept row
+    assert cli.main(_argv(tmp_path, model, "--retry-rejects")) == 0
+    changed = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
+    assert (changed["image_files_purified"], changed["image_files_rejected"]) == (1, 0)
+
+    capsys.readouterr()
+    assert cli.main(_argv(tmp_path, model, "--overwrite")) == 0  # the remedy: purified as the input is now
+    assert "changed under the same name" not in capsys.readouterr().err
+    changed = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
+    assert changed["image_files_purified"] + changed["containers"] + changed["gone_image_files"] == 0
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_rows_a_run_wrote_before_it_stopped_are_covered_when_their_input_changes_before_the_resume(
+        tmp_path, model, monkeypatch) -> None:
+    """The record is written before the first image is read: a run that stopped after writing its rows (here: its
+    end-of-run check fails; a kill leaves the same files) left stamps for them, and the resume tells the change."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    with monkeypatch.context() as patched:
+        def stop(*args, **kwargs):
+            raise RuntimeError("stopped before the end-of-run check")
+
+        patched.setattr(job_module, "deduplicate_output", stop)
+        with pytest.raises(RuntimeError):
+            run_job(small_job_config(tmp_path, model))
+    assert len(pq.read_table(tmp_path / "out" / "data").column("id")) == 2  # its rows landed
+    _rewrite(root / "1.png", image_bytes(16, 16, 77))
+    summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
+    assert summary["status"] == "complete" and summary["this_run"]["read"] == 0
+    assert (summary["changed_inputs"]["image_files_purified"], summary["changed_inputs"]["examples"]) == (1, ["1.png"])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_file_planned_but_not_read_before_a_stop_is_not_said_changed(tmp_path, model, monkeypatch) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "0.png").write_bytes(image_bytes(16, 16, 0))
+    with monkeypatch.context() as patched:
+        def stop(*args, **kwargs):
+            raise RuntimeError("stopped before the first batch")
+
+        patched.setattr(job_module, "build_pipeline", stop)
+        with pytest.raises(RuntimeError):
+            run_job(small_job_config(tmp_path, model))
+    _rewrite(root / "0.png", image_bytes(16, 16, 5))
+    summary = run_job(small_job_config(tmp_path, model))
+    assert summary["this_run"]["purified"] == 1 and summary["changed_inputs"]["image_files_purified"] == 0
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(tmp_path, model) -> None:
+    from pipeline.config import JobConfig
+    from tests.s3util import moto_s3
+
+    with moto_s3("incoming", "clean") as (client, options):
+        for i in range(2):
+            client.put_object(Bucket="incoming", Key=f"x/{i}.png", Body=image_bytes(16, 16, i))
+        parquet = pa.BufferOutputStream()
+        pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 7), "path": None}]}), parquet)
+        client.put_object(Bucket="incoming", Key="x/t.parquet", Body=parquet.getvalue().to_pybytes())
+        cfg = JobConfig(input="s3://incoming/x/", output="s3://clean/out", checkpoint=model, steps=1, pool=4,
+                        canvas_size=32, progress=False, storage_options=options)
+        assert run_job(cfg)["status"] == "complete"
+        client.put_object(Bucket="incoming", Key="x/0.png", Body=image_bytes(16, 16, 0))  # the same bytes again
+        client.put_object(Bucket="incoming", Key="x/1.png", Body=image_bytes(16, 16, 55))  # new bytes
+        parquet = pa.BufferOutputStream()
+        pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 8), "path": None}]}), parquet)
+        client.put_object(Bucket="incoming", Key="x/t.parquet", Body=parquet.getvalue().to_pybytes())
+        summary = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
+        changed = summary["changed_inputs"]
+        assert (changed["image_files_purified"], changed["containers"], changed["examples"]) == (
+            1, 1, ["1.png", "t.parquet"])
