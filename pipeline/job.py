@@ -132,11 +132,12 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
 
 
 def _record_containers_read(out: str, storage_options: dict[str, Any], plan: JobPlan,
-                            read_whole: list[dict[str, Any]]) -> int | str:
+                            read_whole: list[dict[str, Any]], removed: set[str] | frozenset[str] = frozenset()) -> int | str:
     """Add the containers this complete run read to their end to the output's record of them (pipeline.ledger), so
     that the next --incremental run skips them unread while they stay unchanged; how many were added. Only
     containers whose listing gave a version (ETag, mtime) can be recorded. A failure to write the record loses
-    nothing but that saving: the next run reads them again, and the failure is said here and in the summary."""
+    nothing but that saving: the next run reads them again, and the failure is said here and in the summary.
+    `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container."""
     stamps = {u.paths[0]: (u.sizes[0] if u.sizes else None, u.stamps[0] if u.stamps else None)
               for u in plan.units if u.kind != "files"}
     added = {}
@@ -144,8 +145,10 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
         size, stamp = stamps.get(read["path"], (None, None))
         if stamp is not None:
             # a shard whose read task was told its purified ids that a name not UTF-8 gives checked them for look-alikes
+            leftover = tuple(i for i in read.get("leftover", ()) if i not in removed)
             added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
-                                                lookalikes_checked=read["path"] in plan.container_purified)
+                                                lookalikes_checked=read["path"] in plan.container_purified,
+                                                leftover=leftover)
     if not added:
         return 0
     try:
@@ -382,7 +385,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # "running" behind, or exit status 2 ("could not start"). Once written, a signal lets the run end as recorded.
         summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
         if summary["status"] == "complete":
-            summary["this_run"]["containers_recorded"] = _record_containers_read(out, so, plan, tally.read_whole)
+            recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all)
+            summary["this_run"]["containers_recorded"] = recorded
         write_json(f"{out}/{SUMMARY_FILE}", summary, so)
         IGNORE_STOPS.set()
     if summary["status"] != "complete":

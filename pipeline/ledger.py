@@ -43,6 +43,9 @@ class ContainerRead:
     # of them was a reject of its own (sources.LOOKALIKE); an older version's read of such a shard skipped that member
     # without a word, and the shard is read again once (`plan.plan_job`)
     lookalikes_checked: bool = False
+    # done ids under the container's id that the read no longer gave (a shard or Parquet file rewritten smaller):
+    # their rows stay in the output and are not the container's records, so the comparison leaves them out
+    leftover: tuple[str, ...] = ()
 
 
 def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
@@ -95,7 +98,9 @@ def read_ledger(output: str, storage_options: dict[str, Any]) -> dict[str, Conta
             raise ValueError(f"format {payload.get('format')!r}, this version reads {LEDGER_FORMAT}")
         # kept beside the entries, not in them: an older version refuses an entry with a key it does not know
         checked = set(payload.get("lookalikes_checked", []))
-        entries = [ContainerRead(**entry, lookalikes_checked=entry.get("path") in checked)
+        leftover = payload.get("leftover", {})
+        entries = [ContainerRead(**entry, lookalikes_checked=entry.get("path") in checked,
+                                 leftover=tuple(leftover.get(entry.get("path"), ())))
                    for entry in payload["containers"]]
     except FileNotFoundError:
         return {}
@@ -112,10 +117,12 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
 
     uri = ledger_path(output)
     fs, path = storage_path(uri, storage_options)
-    rows = [{k: v for k, v in asdict(entries[p]).items() if k != "lookalikes_checked"} for p in sorted(entries)]
+    beside = ("lookalikes_checked", "leftover")
+    rows = [{k: v for k, v in asdict(entries[p]).items() if k not in beside} for p in sorted(entries)]
     checked = [p for p in sorted(entries) if entries[p].lookalikes_checked]
-    data = json.dumps({"format": LEDGER_FORMAT, "containers": rows, **({"lookalikes_checked": checked} if checked else {})},
-                      indent=1).encode()
+    leftover = {p: list(entries[p].leftover) for p in sorted(entries) if entries[p].leftover}
+    data = json.dumps({"format": LEDGER_FORMAT, "containers": rows, **({"lookalikes_checked": checked} if checked else {}),
+                       **({"leftover": leftover} if leftover else {})}, indent=1).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")
 
@@ -124,5 +131,8 @@ def unchanged_and_done(unit: ReadUnit, stamp: str | None, entry: ContainerRead |
     """Whether `unit` can be skipped unread: read whole before, unchanged since, and all its ids still in the output."""
     if entry is None or stamp is None or entry.stamp != stamp:
         return False
+    if entry.leftover:
+        left = set(entry.leftover)
+        ids = [i for i in ids if i not in left]
     size = unit.sizes[0] if unit.sizes else None
     return entry.size == size and entry.records == len(ids) and entry.ids_sha256 == ids_digest(ids)

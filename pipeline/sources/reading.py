@@ -91,6 +91,13 @@ def read_unit(
             count["container"]["superseded"] = superseded
         if lookalikes:
             count["container"]["lookalike"] = lookalikes
+        # done ids of this container that it no longer gives (a shard or Parquet file rewritten smaller): their rows
+        # stay, and the record of this read says so, or the output's ids never matched it and every later run read
+        # the container again (pipeline.ledger)
+        given = set(ids)
+        leftover = sorted(i for i in skip_ids if i != broken and i not in given)
+        if leftover:
+            count["container"]["leftover"] = leftover
     yield count
 
 
