@@ -632,7 +632,7 @@ def _dry_run(config: JobConfig) -> None:
     plan = plan_job(config, dry_run=True)
     report = plan.describe()
     print_plan(report)
-    _print_changed_inputs((report.get("output") or {}).get("changed_inputs") or {}, dry_run=True)
+    _print_changed_inputs(report.get("changed_inputs") or {}, dry_run=True)
     if not plan.units and not plan.skipped_files and not plan.skipped_containers:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
               file=sys.stderr)

@@ -254,7 +254,9 @@ class JobPlan:
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
             "settings": self.job_record["settings"],
             "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected,
-                       "rejects_to_retry": len(self.retry), "changed_inputs": self.changes.summary()},
+                       "rejects_to_retry": len(self.retry)},
+            # inputs whose rows the output keeps though they changed or went since (pipeline.changes)
+            "changed_inputs": self.changes.summary(),
             "stale_lease": self.stale_lease,
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
