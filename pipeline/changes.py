@@ -104,6 +104,8 @@ class ChangedInputs:
     containers: dict[str, int] = field(default_factory=dict)  # container id -> its rows, some from an earlier version
     gone_files: list[str] = field(default_factory=list)  # image files with a row, no longer in the input
     gone_containers: dict[str, int] = field(default_factory=dict)  # container id -> its rows, no longer in the input
+    # changed inputs whose only rows this run reads again (--retry-rejects) -> their recorded (earlier) stamp
+    pending: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def changed(self) -> int:
         return len(self.purified) + len(self.rejected) + len(self.containers)
@@ -156,42 +158,50 @@ def gone_note(changed: dict[str, Any]) -> str | None:
             f"{', '.join(changed.get('gone_examples', []))}): their rows are kept; --overwrite drops them")
 
 
-def find_changes(listed: Iterable[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
-                 record: InputRecord | None, ledger: dict[str, ContainerRead],
-                 container_done: dict[str, list[str]], unread: set[str], root: str | None) -> ChangedInputs:
+def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
+                 record: InputRecord | None, ledger: dict[str, ContainerRead], root: str | None) -> ChangedInputs:
     """The inputs of `listed` (the listing, less the output's own files) whose rows the output keeps though they
-    changed since, and the recorded inputs with rows that the listing no longer shows. `container_done`: each container
-    left to read -> its done ids; `unread`: the containers skipped unread, all of whose ledger records are done (one
-    whose rows an earlier version gave is still said changed: its record keeps that version's stamp); `root`: the
-    input root the ids are relative to (None when nothing is listed)."""
+    changed since, the recorded inputs with rows that the listing no longer shows, and the changed inputs whose rows
+    this run reads again (`retry`: --retry-rejects) and whose record must keep the earlier stamp until it ends
+    (`ChangedInputs.pending`). `root`: the input root the ids are relative to (None when nothing is listed)."""
     recorded = record.stamps if record is not None else {}
     changes = ChangedInputs()
     seen: set[str] = set()
     for unit in listed:
-        if unit.kind == "files":
-            for path, content in zip(unit.paths, unit.contents or (None,) * len(unit.paths), strict=True):
-                id_ = relative_id(path, unit.root)
-                seen.add(id_)
-                before = recorded.get(id_)
-                if before is None or content is None or before[1] == content:
-                    continue
-                if id_ in purified:
-                    changes.purified.append(id_)
-                elif id_ in rejected and id_ not in retry:
-                    changes.rejected.append(id_)
+        if unit.kind != "files":
             continue
-        id_ = relative_id(unit.paths[0], unit.root)
-        seen.add(id_)
+        for path, content in zip(unit.paths, unit.contents or (None,) * len(unit.paths), strict=True):
+            id_ = relative_id(path, unit.root)
+            seen.add(id_)
+            before = recorded.get(id_)
+            if before is None or content is None or before[1] == content:
+                continue
+            if id_ in purified:
+                changes.purified.append(id_)
+            elif id_ in rejected:
+                if id_ in retry:
+                    changes.pending[id_] = before
+                else:
+                    changes.rejected.append(id_)
+    containers = [u for u in listed if u.kind != "files"]
+    held = container_ids(purified | rejected, containers) if containers else {}
+    for unit in containers:
         path = unit.paths[0]
-        done = (ledger[path].records if path in unread and path in ledger
-                else sum(not i.endswith("#unreadable") for i in container_done.get(path, [])))
-        if done and _container_changed(unit, recorded.get(id_), ledger.get(path)):
-            changes.containers[id_] = done
+        id_ = relative_id(path, unit.root)
+        seen.add(id_)
+        rows = [i for i in held.get(path, []) if not i.endswith("#unreadable")]
+        if not rows or not _container_changed(unit, recorded.get(id_), ledger.get(path)):
+            continue
+        kept = [i for i in rows if i not in retry]
+        if kept:
+            changes.containers[id_] = len(kept)
+        else:  # its rows are all rejects read again now
+            changes.pending[id_] = recorded.get(id_, (unit.kind, EARLIER))
     if root is not None:
         gone = {id_: kind for id_, (kind, _) in recorded.items() if id_ not in seen}
         changes.gone_files.extend(i for i, kind in gone.items() if kind == "files" and (i in purified or i in rejected))
         units = [ReadUnit(kind, (posixpath.join(root, id_),), root) for id_, kind in gone.items() if kind != "files"]
-        for path, ids in container_ids(purified | rejected, units).items():
+        for path, ids in (container_ids(purified | rejected, units) if units else {}).items():
             if ids:
                 changes.gone_containers[relative_id(path, root)] = len(ids)
     changes.purified.sort()
@@ -201,8 +211,8 @@ def find_changes(listed: Iterable[ReadUnit], purified: set[str], rejected: set[s
 
 
 def _container_changed(unit: ReadUnit, before: tuple[str, str] | None, read: ContainerRead | None) -> bool:
-    """Whether a container's done ids came from an earlier version than the listing shows: by this record, or, where
-    it holds none (an output of an older version), by the ledger of containers read whole."""
+    """Whether a container's rows came from an earlier version than the listing shows: by this record, or, where it
+    holds none (an output of an older version), by the ledger of containers read whole."""
     now = unit.contents[0] if unit.contents else None
     if before is not None:
         return now is not None and before[1] != now
@@ -213,11 +223,12 @@ def _container_changed(unit: ReadUnit, before: tuple[str, str] | None, read: Con
 
 def updated_record(record: InputRecord | None, location: str | None, listed: Iterable[ReadUnit],
                    changes: ChangedInputs) -> InputRecord:
-    """The record a run writes before it reads anything: the stamp this run's listing gives each input of `listed`
-    (those it reads, and the done ones unchanged since, or unrecorded: an older version's output), the recorded one of
-    each changed input (`changes`; a container's earlier version known only from the ledger: EARLIER), and the recorded
-    one of each input that went while the output holds its rows. An input whose listing gives no stamp is left out
-    (its changes cannot be seen)."""
+    """The record a complete run leaves: the stamp this run's listing gives each input of `listed` (those it read,
+    the done ones unchanged since, or unrecorded: an older version's output), the recorded one of each changed input
+    whose rows it kept (`changes`; a container's earlier version known only from the ledger: EARLIER), and the
+    recorded one of each input that went while the output holds its rows. An input whose listing gives no stamp is
+    left out (its changes cannot be seen). The record written before the run reads anything is this one with the
+    earlier stamps of `changes.pending` (`starting_record`)."""
     recorded = record.stamps if record is not None else {}
     stamps: dict[str, tuple[str, str]] = {}
     changed = {*changes.purified, *changes.rejected}
@@ -238,3 +249,10 @@ def updated_record(record: InputRecord | None, location: str | None, listed: Ite
     for id_ in [*changes.gone_files, *changes.gone_containers]:
         stamps[id_] = recorded[id_]
     return InputRecord(location, stamps)
+
+
+def starting_record(final: InputRecord, changes: ChangedInputs) -> InputRecord:
+    """The record a run writes before it reads anything: `final` (`updated_record`), but the changed inputs whose
+    rows it reads again keep their earlier stamp until it ends complete. Killed before it read one again, the next run
+    still tells that input's old row from the stamps."""
+    return InputRecord(final.location, {**final.stamps, **changes.pending}) if changes.pending else final

@@ -34,7 +34,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.changes import INPUTS_DIR, write_record
+from pipeline.changes import INPUTS_DIR, starting_record, write_record
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed
 from pipeline.lease import LEASE_FILE, OutputLease
@@ -158,6 +158,19 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
         print(f"zip-purify: warning: {message}", file=sys.stderr)
         return message
     return len(added)
+
+
+def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: JobPlan) -> None:
+    """Once a run is complete, the changed inputs it read again (`ChangedInputs.pending`) get their new stamps in the
+    record of the inputs. A failure to write it loses nothing: the next run reads them again (--retry-rejects) or says
+    their rows are of an earlier version, and the failure is said here."""
+    if plan.input_record is None or not plan.changes.pending:
+        return
+    try:
+        write_record(out, storage_options, plan.input_record)
+    except Exception as err:  # noqa: BLE001 - the output is complete
+        print(f"zip-purify: warning: could not record the inputs read again ({describe(err)}); the next run may say "
+              "they changed since their rows were written", file=sys.stderr)
 
 
 def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int, replaced: int = 0) -> str:
@@ -387,6 +400,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         if summary["status"] == "complete":
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all)
             summary["this_run"]["containers_recorded"] = recorded
+            _record_inputs_read_again(out, so, plan)
         write_json(f"{out}/{SUMMARY_FILE}", summary, so)
         IGNORE_STOPS.set()
     if summary["status"] != "complete":
@@ -404,7 +418,7 @@ def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float) ->
         write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
         write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
         if plan.input_record is not None:  # before any image is read: the rows this run writes are covered if it is killed
-            write_record(out, so, plan.input_record)
+            write_record(out, so, starting_record(plan.input_record, plan.changes))
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
 

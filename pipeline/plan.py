@@ -238,7 +238,7 @@ class JobPlan:
     # --partitioning hive: the partition keys of the input's files, from the listing (`_partition_keys`); else None
     partitions: dict[str, Any] | None = None
     # inputs whose rows the output keeps though they changed or went since (pipeline.changes), and the record of the
-    # inputs' stamps the run writes before it reads anything (None in a dry run)
+    # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
     input_record: InputRecord | None = None
 
@@ -334,7 +334,7 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
-                           containers.done, containers.unread, root)
+                           root)
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

@@ -13,7 +13,15 @@ import pytest
 
 import pipeline.job as job_module
 from pipeline import cli
-from pipeline.changes import InputRecord, find_changes, read_record, record_path, updated_record, write_record
+from pipeline.changes import (
+    InputRecord,
+    find_changes,
+    read_record,
+    record_path,
+    starting_record,
+    updated_record,
+    write_record,
+)
 from pipeline.job import run_job
 from pipeline.ledger import ContainerRead
 from pipeline.sources import ReadUnit, content_stamp
@@ -43,30 +51,33 @@ def test_find_changes_sees_done_files_and_containers_changed_since_and_what_went
     listed = [_files(("a.png", "v2"), ("b.png", "v1"), ("r.png", "v2"), ("new.png", "v2"), ("unknown.png", None)),
               ReadUnit("tar", ("/in/s.tar",), "/in", (10,), ("l2",), ("v2",))]
     purified = {"a.png", "b.png", "gone.png", "s.tar/0", "s.tar/1", "old.tar/0"}
-    rejected = {"r.png"}
-    changes = find_changes(listed, purified, rejected, frozenset(), record, {},
-                           {"/in/s.tar": ["s.tar/0", "s.tar/1", "s.tar#unreadable"]}, set(), "/in")
+    rejected = {"r.png", "s.tar#unreadable"}
+    changes = find_changes(listed, purified, rejected, frozenset(), record, {}, "/in")
     # new.png was to be read by a run that did not get to it: not done, so not a change
     assert (changes.purified, changes.rejected, changes.containers) == (["a.png"], ["r.png"], {"s.tar": 2})
-    assert (changes.gone_files, changes.gone_containers) == (["gone.png"], {"old.tar": 1})
-    # --retry-rejects reads r.png again: not a kept row
-    assert find_changes(listed, purified, rejected, frozenset(rejected), record, {}, {}, set(), "/in").rejected == []
+    assert (changes.gone_files, changes.gone_containers, changes.pending) == (["gone.png"], {"old.tar": 1}, {})
     # the new record keeps the earlier stamps of what changed and of what went with rows; this run's of the rest
-    new = updated_record(record, "/in", listed, changes).stamps
-    assert new == {"a.png": ("files", "v1"), "b.png": ("files", "v1"), "r.png": ("files", "v1"),
-                   "new.png": ("files", "v2"), "s.tar": ("tar", "v1"), "gone.png": ("files", "v1"),
-                   "old.tar": ("tar", "v1")}
+    final = updated_record(record, "/in", listed, changes)
+    assert final.stamps == {"a.png": ("files", "v1"), "b.png": ("files", "v1"), "r.png": ("files", "v1"),
+                            "new.png": ("files", "v2"), "s.tar": ("tar", "v1"), "gone.png": ("files", "v1"),
+                            "old.tar": ("tar", "v1")}
+    assert starting_record(final, changes) == final
+    # --retry-rejects reads r.png again: not a kept row, and its earlier stamp is kept until the run ends complete
+    retried = find_changes(listed, purified, rejected, frozenset(rejected), record, {}, "/in")
+    assert (retried.rejected, retried.pending) == ([], {"r.png": ("files", "v1")})
+    final = updated_record(record, "/in", listed, retried)
+    assert final.stamps["r.png"] == ("files", "v2")
+    assert starting_record(final, retried).stamps["r.png"] == ("files", "v1")
 
 
 def test_a_container_without_a_record_is_judged_by_the_ledger_of_an_older_versions_output() -> None:
     unit = ReadUnit("tar", ("/in/s.tar",), "/in", (10,), ("l2",), ("v2",))
     ledger = {"/in/s.tar": ContainerRead("/in/s.tar", 10, "l1", 2, "x")}
-    changes = find_changes([unit], {"s.tar/0"}, set(), frozenset(), None, ledger, {"/in/s.tar": ["s.tar/0"]}, set(), "/in")
+    changes = find_changes([unit], {"s.tar/0"}, set(), frozenset(), None, ledger, "/in")
     assert changes.containers == {"s.tar": 1}
     assert updated_record(None, "/in", [unit], changes).stamps == {"s.tar": ("tar", "earlier")}
     same = {"/in/s.tar": ContainerRead("/in/s.tar", 10, "l2", 2, "x")}
-    assert find_changes([unit], {"s.tar/0"}, set(), frozenset(), None, same, {"/in/s.tar": ["s.tar/0"]}, set(),
-                        "/in").containers == {}
+    assert find_changes([unit], {"s.tar/0"}, set(), frozenset(), None, same, "/in").containers == {}
 
 
 def test_the_record_is_read_back_and_ignored_for_another_location_or_when_damaged(tmp_path, capsys) -> None:
@@ -202,3 +213,27 @@ def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(
         changed = summary["changed_inputs"]
         assert (changed["image_files_purified"], changed["containers"], changed["examples"]) == (
             1, 1, ["1.png", "t.parquet"])
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_retry_of_a_changed_reject_stopped_before_reading_it_leaves_it_said_changed(tmp_path, model,
+                                                                                   monkeypatch) -> None:
+    """--retry-rejects reads a changed reject again; a run that stops before it did must not leave the new stamp
+    recorded beside the old reject row (the next run would keep that row without a word)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "bad.png").write_bytes(b"half an upload")
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
+    _rewrite(root / "bad.png", image_bytes(16, 16, 4))  # the upload finished
+    with monkeypatch.context() as patched:
+        def stop(*args, **kwargs):
+            raise RuntimeError("stopped before the first batch")
+
+        patched.setattr(job_module, "build_pipeline", stop)
+        with pytest.raises(RuntimeError):
+            run_job(small_job_config(tmp_path, model, retry_rejects=True))
+    resumed = run_job(small_job_config(tmp_path, model))  # resumed without the flag: the reject row is kept...
+    assert resumed["changed_inputs"]["image_files_rejected"] == 1  # ...and said about an earlier version
+    retried = run_job(small_job_config(tmp_path, model, retry_rejects=True))
+    assert retried["this_run"]["rejects_retried"]["purified_now"] == 1
+    assert run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]["image_files_rejected"] == 0
