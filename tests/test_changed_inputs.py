@@ -138,11 +138,6 @@ def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_
                 changed["container_rows"]) == (1, 1, 1, rows)
         assert (changed["gone_image_files"], changed["gone_examples"]) == (1, ["2.png"])
 
-    # --retry-rejects reads the fixed file again: no longer a kept row
-    assert cli.main(_argv(tmp_path, model, "--retry-rejects")) == 0
-    changed = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
-    assert (changed["image_files_purified"], changed["image_files_rejected"]) == (1, 0)
-
     capsys.readouterr()
     assert cli.main(_argv(tmp_path, model, "--overwrite")) == 0  # the remedy: purified as the input is now
     assert "changed under the same name" not in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -19,8 +19,8 @@ class ReadUnit:
     sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
     stamps: tuple[str | None, ...] = ()  # a container's version as listed (listing_stamp); () for image files
     # each path's content as listed (content_stamp), for telling an input changed since its row was written
-    # (pipeline.changes); () where not listed
-    contents: tuple[str | None, ...] = ()
+    # (pipeline.changes); () where not listed. The driver's alone: not sent to the read task (to_row), nor compared
+    contents: tuple[str | None, ...] = field(default=(), compare=False)
 
     def to_row(self) -> dict[str, Any]:
         # The listed sizes go to the read task (-1: none listed; Arrow turns a list with nulls into floats): with
