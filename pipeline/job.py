@@ -137,7 +137,9 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
     that the next --incremental run skips them unread while they stay unchanged; how many were added. Only
     containers whose listing gave a version (ETag, mtime) can be recorded. A failure to write the record loses
     nothing but that saving: the next run reads them again, and the failure is said here and in the summary.
-    `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container."""
+    `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container.
+    Entries of containers the listing no longer gives are dropped: over a bucket whose shards are deleted once
+    purified, the record grew with every shard ever read, and every run read and rewrote it whole."""
     stamps = {u.paths[0]: (u.sizes[0] if u.sizes else None, u.stamps[0] if u.stamps else None)
               for u in plan.units if u.kind != "files"}
     added = {}
@@ -149,10 +151,12 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
             added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
                                                 lookalikes_checked=read["path"] in plan.container_purified,
                                                 leftover=leftover)
-    if not added:
+    listed = plan.listed_containers
+    kept = plan.ledger if listed is None else {path: entry for path, entry in plan.ledger.items() if path in listed}
+    if not added and len(kept) == len(plan.ledger):
         return 0
     try:
-        write_ledger(out, storage_options, {**plan.ledger, **added})
+        write_ledger(out, storage_options, {**kept, **added})
     except Exception as err:  # noqa: BLE001 - the output is complete; only the next run's saving is lost
         message = f"could not record the containers read ({describe(err)}); the next --incremental run reads them again"
         print(f"zip-purify: warning: {message}", file=sys.stderr)

@@ -241,6 +241,9 @@ class JobPlan:
     # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
     input_record: InputRecord | None = None
+    # every container the listing gave (less the output's own files): the ledger keeps no entry for one that went;
+    # None: not known, every entry kept
+    listed_containers: frozenset[str] | None = None
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -319,7 +322,8 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
-                   changes=changes, input_record=input_record)
+                   changes=changes, input_record=input_record,
+                   listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"))
 
 
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,

@@ -3,12 +3,14 @@ deleted between runs."""
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job import run_job
-from pipeline.ledger import ContainerRead, unchanged_and_done
+from pipeline.ledger import ContainerRead, read_ledger, unchanged_and_done
 from pipeline.sources import ReadUnit, ids_digest
 from tests.jobutil import image_bytes, small_job_config, tar_bytes
 
@@ -53,3 +55,18 @@ def test_a_shard_and_a_parquet_file_rewritten_smaller_are_read_once_then_skipped
     fourth = run_job(scheduled)["this_run"]
     assert (fourth["read"], fourth["skipped_already_done"], fourth["containers_skipped_unread"]) == (1, 5, 1)
     assert run_job(scheduled)["this_run"]["containers_skipped_unread"] == 2
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_record_of_containers_read_whole_forgets_those_that_went(tmp_path, model) -> None:
+    """An incoming/ prefix whose shards are deleted once purified: the record kept an entry for every shard ever read
+    (one a shard, read and rewritten whole by every run), growing without end (a.tar kept before the fix). A run whose
+    listing gives no container at all does not read the record, and leaves it as it is."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.tar").write_bytes(_shard(1))
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["containers_recorded"] == 1
+    (root / "a.tar").unlink()
+    (root / "b.tar").write_bytes(_shard(2))
+    assert run_job(small_job_config(tmp_path, model, incremental=True))["this_run"]["containers_recorded"] == 1
+    assert sorted(os.path.basename(p) for p in read_ledger(str(tmp_path / "out"), {})) == ["b.tar"]
