@@ -14,13 +14,15 @@ when a run set out to read it, and each later run compares that with its own lis
   the earlier stamp, so that every later run says so too, not only the one that read it again;
 - an input whose rows are in the output and that the listing no longer shows went (deleted or renamed).
 
-The record is `OUTPUT/_inputs/stamps.parquet` (id, kind, stamp; the input's location in its metadata), written
-whole at the start of each run, before any image is read, so that the rows a run killed half-way wrote are covered
-too: for an input read by this run, its stamp as this run's listing gave it (the bytes read are that version or a
-newer one, so a change is never missed, and an input replaced while the run read it is said changed once too often at
-worst); a done input keeps the stamp it had. An output written by a version before this record starts one with the
-stamps of its first run (changes made before that are not seen), except for containers an earlier complete run read
-whole, whose stamps `pipeline.ledger` kept. --overwrite deletes it with the rest; --input-moved starts it again.
+The record is `OUTPUT/_inputs/stamps.parquet` (id, kind, stamp; the input's location in its metadata), written whole
+at the start of each run, before any image is read, so that the rows a run killed half-way wrote are covered too:
+for an input read by this run, its stamp as this run's listing gave it (the bytes read are that version or a newer
+one, so a change is never missed; an input replaced between the listing and its read is said changed though its row
+is of the new bytes, a false alarm); a done input keeps the stamp it had, and a changed one read again
+(--retry-rejects) keeps its earlier stamp until the run ends complete (`starting_record`). An output written by a version
+before this record starts one with the stamps of its first run (changes made before that are not seen), except for
+containers an earlier complete run read whole, whose stamps `pipeline.ledger` kept. --overwrite deletes it with the
+rest; --input-moved starts it again.
 """
 
 from __future__ import annotations
