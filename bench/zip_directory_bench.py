@@ -23,6 +23,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.sources.zip_archives import MAX_ZIP_MEMBERS  # noqa: E402 - after the path is set
 
 MEASURE = """
 import sys, time
@@ -64,7 +67,8 @@ def hostile(path: Path, entries: int, distinct: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=200_000, help="members of the archive of many")
-    parser.add_argument("--hostile", type=int, default=2_000_000, help="entries of the hostile directories")
+    parser.add_argument("--hostile", type=int, default=2_000_000,
+                        help=f"entries of the hostile directories (the reader refuses over {MAX_ZIP_MEMBERS:,})")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         for name, make in (("many", lambda p: many(p, args.members)),
