@@ -532,9 +532,9 @@ def _outside_output(unit: ReadUnit, inside: Callable[[str], bool], out: str) -> 
                        "the job writes to and does not read; write the output to another folder")
     if not outside:
         return None, len(pairs)
+    # a container is one path: kept whole or not at all, so its stamps stay as listed
     return ReadUnit(unit.kind, tuple(p for p, _, _ in outside), unit.root, tuple(size for _, size, _ in outside),
-                    unit.stamps, tuple(content for _, _, content in outside)), len(pairs) - len(outside)  # a container
-    # is one path: kept whole or not at all
+                    unit.stamps, tuple(content for _, _, content in outside)), len(pairs) - len(outside)
 
 
 @dataclass(frozen=True)
