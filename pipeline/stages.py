@@ -41,6 +41,7 @@ from pipeline.sources import (
     read_unit,
     reject_record,
     text_name,
+    text_value,
 )
 from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, storage_path, with_retries
 from pipeline.tiling import pack, plan_layout, unpack
@@ -324,11 +325,24 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
 
 def promoted_type(types: set[pa.DataType]) -> pa.DataType | None:
     """The one type every one of `types` can be given by Arrow's permissive promotion (int16 and int32 -> int32, int64
-    and double -> double), or None when there is none."""
+    and double -> double), or None when there is none. Text with bytes is text (string), not Arrow's binary: the text
+    of a column, written as its sidecar's or its text column's escapes (`text_value`), then read as bytes, and the
+    bytes then read as UTF-8, gave some values other bytes than their own (`_as_text` writes the bytes as text)."""
+    if any(_text_type(t) for t in types) and any(_bytes_type(t) for t in types):
+        return pa.string()
     try:
         return pa.unify_schemas([pa.schema([("c", t)]) for t in types], promote_options="permissive").field("c").type
     except (pa.ArrowException, TypeError, ValueError):
         return None
+
+
+def _text_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _bytes_type(t: pa.DataType) -> bool:
+    return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+            or pa.types.is_fixed_size_binary(t))
 
 
 def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Array:
@@ -336,7 +350,11 @@ def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Arra
     type inferred as Arrow does. Pass-through values need not agree on a type (a .cls label that is 3 in one record and
     "cat" in another, a JSON key holding a number or a string): such a column is written as strings, other values as
     their JSON text and nulls as nulls, so that no value is lost and the write cannot fail. So is a column whose
-    inferred type Parquet cannot write: an empty object ({}) gives a struct with no fields, and every write failed."""
+    inferred type Parquet cannot write: an empty object ({}) gives a struct with no fields, and every write failed.
+    Text and bytes together make a text column too, its bytes escaped (`text_column`), as at the end of the run
+    (`promoted_type`): Arrow made them binary, the text's escapes (a latin-1 caption's \\xe9) left in the bytes."""
+    if any(isinstance(v, str) for v in values) and any(isinstance(v, bytes) for v in values):
+        return text_column(values)
     if input_type is not None:
         try:
             return pa.array(values, type=input_type)
@@ -361,14 +379,14 @@ def _writable(t: pa.DataType) -> bool:
 def text_column(values: list[Any]) -> pa.Array:
     """Values as a string column: strings kept (a lone surrogate, as a JSON sidecar's "\\ud800" gives, written as that
     escape: a Parquet string must be UTF-8), nulls kept, bytes (a sidecar that is not UTF-8, beside text ones) as text
-    with each byte that is not UTF-8 escaped as a name's are (`text_name`: b'caf\\xe9' as 'caf\\xe9', readable back),
-    anything else as its JSON text."""
+    written as a sidecar's text is (`text_value`: b'caf\\xe9' as 'caf\\xe9', b'caf\\\\xe9' as 'caf\\\\\\xe9', readable
+    back with `unescaped`), anything else as its JSON text."""
     return pa.array([_as_text(v) for v in values], pa.string())
 
 
 def _as_text(value: Any) -> str | None:
     if isinstance(value, bytes):  # json.dumps(default=str) wrote its repr, "b'\\xff'", which reads as neither
-        value = value.decode("utf-8", "surrogateescape")
+        return text_value(value.decode("utf-8", "surrogateescape"))
     if value is None or isinstance(value, str) and value.isascii():
         return value
     return text_name(value) if isinstance(value, str) else json.dumps(value, default=str)

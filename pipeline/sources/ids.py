@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -62,6 +63,37 @@ def text_name(name: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+# The escapes `text_name` writes in text that is not valid UTF-8: a backslash (\\\\), a byte that is not UTF-8 (\\x80 to
+# \\xff, lowercase), a lone surrogate (\\ud800). Valid text holding one literally has every backslash doubled (`text_value`).
+_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f]|ud[89a-f][0-9a-f]{2})")
+
+
+def text_value(text: str) -> str:
+    """A tar sidecar's text as written to its column (a caption, a label, a .json key's string, a sidecar's bytes in a
+    text column), so that its bytes can always be read back (`unescaped`): text that is not valid UTF-8 as `text_name`
+    writes it (\\xe9, and every backslash \\\\); valid text that holds what reads as such an escape (a caption
+    'caf\\xe9' typed so, '\\\\', '\\ud800') with every backslash doubled; any other text, backslashes and all,
+    unchanged."""
+    named = text_name(text)
+    if named != text or not _ESCAPE.search(text):
+        return named
+    return text.replace("\\", "\\\\")
+
+
+def unescaped(text: str) -> str:
+    """The text `text_value` was given, from what it wrote: \\\\ a backslash, \\xNN the byte NN (as Python's
+    surrogateescape holds it: `unescaped(t).encode("utf-8", "surrogateescape")` is a sidecar's bytes), \\udNNN that
+    lone surrogate; any other backslash itself."""
+
+    def one(match: re.Match[str]) -> str:
+        escape = match[1]
+        if escape == "\\":
+            return "\\"
+        return chr(0xDC00 + int(escape[1:], 16)) if escape[0] == "x" else chr(int(escape[1:], 16))
+
+    return _ESCAPE.sub(one, text)
 
 
 def relative_id(path: str, root: str) -> str:

@@ -8,7 +8,7 @@ import json
 import posixpath
 from typing import Any
 
-from pipeline.sources.ids import text_name
+from pipeline.sources.ids import text_name, text_value
 from pipeline.sources.records import _image_record, passthrough_name, reject_record
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
@@ -51,21 +51,23 @@ def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
     """A sidecar's column and value: its text, or its bytes when it is not UTF-8 text (a mask, an array). A caption
     (`TEXT_EXTENSIONS`: '.txt') is text all the same: one in latin-1 gave bytes, and since Arrow makes a column of
     text and bytes binary, every caption of its part file was written as bytes. Its bytes that are not UTF-8 are
-    written as a name's are (`text_name`: b'caf\xe9' as 'caf\xe9', a backslash in it as '\\'), so they can be
-    read back. So is a .cls label that is not UTF-8 (a latin-1 'café' beside 'cat' made the label column binary)."""
+    written as a name's are (`text_value`: b'caf\xe9' as 'caf\xe9', a backslash in it as '\\'), so they can be
+    read back (`unescaped`). So is a .cls label that is not UTF-8 (a latin-1 'café' beside 'cat' made the label column
+    binary). Text that is UTF-8 is written so too (`text_value`): unchanged, unless it holds such an escape literally
+    (a caption 'caf\xe9' typed so), which would read back as another caption's byte: its backslashes are doubled."""
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         if ext.rsplit(".", 1)[-1] in TEXT_EXTENSIONS or ext == "cls":
-            return "label" if ext == "cls" else ext.replace(".", "_"), text_name(
+            return "label" if ext == "cls" else ext.replace(".", "_"), text_value(
                 data.decode("utf-8", "surrogateescape").strip())
         return ext.replace(".", "_"), data
     if ext == "cls":
         try:
             return "label", int(text)
         except ValueError:
-            return "label", text
-    return ext.replace(".", "_"), text
+            return "label", text_value(text)
+    return ext.replace(".", "_"), text_value(text)
 
 
 # The deepest a .json sidecar's object may nest (objects and lists within each other, the sidecar's own object counted)
@@ -110,18 +112,23 @@ def _json_sidecar(data: bytes) -> dict[str, Any]:
     """A .json sidecar's keys become columns when it holds an object nested at most `MAX_JSON_DEPTH` levels deep, with
     at most `MAX_JSON_FIELDS` keys and no empty object in it; otherwise (not an object, not valid JSON, nested deeper,
     too deep for Python's parser, too many keys, or a {} within it) its text is kept."""
+    return _json_fields(data)[0]
+
+
+def _json_fields(data: bytes) -> tuple[dict[str, Any], bool]:
+    """`_json_sidecar`'s fields, and whether they are the sidecar kept as text ({"json": its text})."""
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nested thousands deep; it broke off the whole shard
-        return {"json": _kept_text(data)}
+        return {"json": _kept_text(data)}, True
     if isinstance(value, dict) and _json_fits(value):
-        return value
+        return value, False
     if not isinstance(value, dict):
         try:
-            return {"json": json.dumps(value)}
+            return {"json": json.dumps(value)}, True
         except RecursionError:
             pass
-    return {"json": _kept_text(data)}
+    return {"json": _kept_text(data)}, True
 
 
 def _kept_text(data: bytes) -> str:
@@ -192,9 +199,11 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                                  f"{column!r}, so one value would be lost: rename one of them", "read")
         meta[column], given_by[column] = value, member
     if "json" in parts:
-        fields, over = _json_sidecar(parts["json"][1]), {}
+        (fields, as_text), over = _json_fields(parts["json"][1]), {}
         if json_columns is not None:
             fields, over = json_columns.split(fields)
+        if not as_text:  # a string field is written as a caption is (`text_value`); JSON text kept as it is
+            fields = {k: text_value(v) if isinstance(v, str) else v for k, v in fields.items()}
         _add_json_keys(meta, fields)
         if over:  # after the columns: 'json' is taken when the sidecar has a field of that name (json_json then)
             column = "json"
