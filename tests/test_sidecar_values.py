@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.output import unify_output_types
 from pipeline.sources.ids import text_name, text_value, unescaped
-from pipeline.sources.webdataset_keys import _tar_key_record
+from pipeline.sources.webdataset_keys import MAX_JSON_KEY_LENGTH, _tar_key_record
 from pipeline.stages import batch_of, write_stage
 
 
@@ -251,3 +251,16 @@ def test_a_caption_holding_a_backslash_escape_literally_reads_back_exactly(tmp_p
     for k, data in enumerate([typed, latin1, plain]):
         assert unescaped(captions[f"s.tar/{k}"]).encode("utf-8", "surrogateescape") == data
     assert all(unescaped(row["t"]) == "caf\\xe9" and row["t"] == "caf\\\\xe9" for row in rows)  # a .json string too
+
+
+def test_a_json_key_longer_than_the_limit_is_kept_in_the_json_column_not_named_in_the_footer(tmp_path) -> None:
+    # a sidecar with a 1 MB key made a column of a 1 MB name, in the footer of every part file at the end of the run
+    huge, over, fits = "k" * 1_000_000, "o" * (MAX_JSON_KEY_LENGTH + 1), "f" * MAX_JSON_KEY_LENGTH
+    sidecar = {huge: 1, fits: 2, "n": {over: "x"}, "m": [{"a": 1}, {over: 2}], "l": [{"a": 1}], "s": "\\xe9"}
+    rows = _written(tmp_path, json.dumps(sidecar).encode(), b'{"a": 3}')
+    assert rows["0"][fits] == 2 and rows["0"]["l"] == [{"a": 1}] and rows["0"]["s"] == "\\\\xe9"
+    assert json.loads(rows["0"]["json"]) == {huge: 1, "n": {over: "x"}, "m": [{"a": 1}, {over: 2}]}
+    assert rows["1"]["a"] == 3 and rows["1"]["json"] is None
+    for part in (tmp_path / "out" / "data").iterdir():
+        schema = pq.read_schema(part)
+        assert max(len(f.name) for f in schema) == MAX_JSON_KEY_LENGTH and len(schema.to_string()) < 10_000

@@ -81,6 +81,14 @@ MAX_JSON_DEPTH = 32
 MAX_JSON_FIELDS = 10_000
 
 
+# The longest a .json sidecar's key may be (in characters, as written: `text_name`) for its field to be a column, and
+# the longest key an object within its value may hold (a struct's field). A column's and a struct field's names are
+# in the footer of every part file (the end of the run gives each part file every column): one sidecar with a 1 MB key
+# put 1 MB into each. A field whose key, or a key within its value, is longer goes into the key's `json` column, as
+# the text of one JSON object, as fields past `MAX_SHARD_JSON_COLUMNS` do.
+MAX_JSON_KEY_LENGTH = 256
+
+
 # The most distinct columns the .json sidecars of one tar shard's keys may give together. Every column of a part file
 # becomes, at the end of the run, a column of every part file: 5,000 keys whose sidecars each held one field of their
 # own gave each of 10 part files 5,013 columns (1.7 MiB written became 11.5 MiB, the end-of-run check took 5.9 s and
@@ -200,8 +208,11 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
         meta[column], given_by[column] = value, member
     if "json" in parts:
         (fields, as_text), over = _json_fields(parts["json"][1]), {}
+        if not as_text:
+            fields, over = _split_long_keys(fields)
         if json_columns is not None:
-            fields, over = json_columns.split(fields)
+            fields, past = json_columns.split(fields)
+            over.update(past)
         if not as_text:  # a string field is written as a caption is (`text_value`); JSON text kept as it is
             fields = {k: text_value(v) if isinstance(v, str) else v for k, v in fields.items()}
         _add_json_keys(meta, fields)
@@ -212,6 +223,24 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
             meta[column] = json.dumps(over, ensure_ascii=False)
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
+
+
+def _split_long_keys(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A .json sidecar's `fields` as (those that may be columns, those whose key, or a key of an object within whose
+    value, is longer than `MAX_JSON_KEY_LENGTH`, to be kept as JSON text). Looked at without recursion."""
+    columns, over = {}, {}
+    for key, value in fields.items():
+        long = len(text_name(key)) > MAX_JSON_KEY_LENGTH
+        pending = [value]
+        while pending and not long:
+            item = pending.pop()
+            if isinstance(item, dict):
+                long = any(len(text_name(k)) > MAX_JSON_KEY_LENGTH for k in item)
+                pending.extend(item.values())
+            elif isinstance(item, list):
+                pending.extend(item)
+        (over if long else columns)[key] = value
+    return columns, over
 
 
 def _add_json_keys(meta: dict[str, Any], keys: dict[str, Any]) -> None:
