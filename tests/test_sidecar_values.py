@@ -264,3 +264,12 @@ def test_a_json_key_longer_than_the_limit_is_kept_in_the_json_column_not_named_i
     for part in (tmp_path / "out" / "data").iterdir():
         schema = pq.read_schema(part)
         assert max(len(f.name) for f in schema) == MAX_JSON_KEY_LENGTH and len(schema.to_string()) < 10_000
+
+
+def test_fields_with_a_lone_surrogate_kept_in_the_json_column_are_json_that_parses(tmp_path) -> None:
+    # the JSON text of fields past a limit, holding a lone surrogate, had every backslash doubled (text_name): a '"'
+    # in a value became '\\"' and the text no longer parsed as JSON
+    long = "\ud800" + "o" * MAX_JSON_KEY_LENGTH
+    sidecar = {long: 'say "hi" \\ caf\u00e9', "a": "\ud800"}
+    rows = _written(tmp_path, json.dumps(sidecar).encode())
+    assert json.loads(rows["0"]["json"]) == {long: 'say "hi" \\ caf\u00e9'} and rows["0"]["a"] == "\\ud800"

@@ -220,7 +220,14 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
             column = "json"
             while column in meta:
                 column = "json_" + column
-            meta[column] = json.dumps(over, ensure_ascii=False)
+            # a lone surrogate ("\ud800") is no UTF-8: such text was written as `text_name` writes it, each backslash
+            # doubled, so '"' in a value read as '\\"' and the JSON no longer parsed; JSON's own escapes keep it
+            text = json.dumps(over, ensure_ascii=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                text = json.dumps(over)
+            meta[column] = text
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
 
