@@ -253,6 +253,16 @@ def test_a_caption_holding_a_backslash_escape_literally_reads_back_exactly(tmp_p
     assert all(unescaped(row["t"]) == "caf\\xe9" and row["t"] == "caf\\\\xe9" for row in rows)  # a .json string too
 
 
+def test_a_sidecar_that_is_not_a_caption_or_label_keeps_its_whitespace(tmp_path) -> None:
+    # any UTF-8 sidecar had its surrounding whitespace stripped, so a .csv's last newline or an ASCII mask's leading
+    # spaces were lost; a caption's or label's trailing newline is still not part of it
+    csv, mask = b"x,y\n1,2\n", b"  \t ##  \n"
+    (record,) = [_record("0", {"csv": csv, "mask": mask, "txt": b" a cat\n", "cls": b"3\n"})]
+    assert record["meta"] == {"csv": "x,y\n1,2\n", "mask": "  \t ##  \n", "txt": "a cat", "label": 3}
+    (row,) = _write_parts(tmp_path / "out", [[record]])
+    assert unescaped(row["csv"]).encode() == csv and unescaped(row["mask"]).encode() == mask
+
+
 def test_a_json_key_longer_than_the_limit_is_kept_in_the_json_column_not_named_in_the_footer(tmp_path) -> None:
     # a sidecar with a 1 MB key made a column of a 1 MB name, in the footer of every part file at the end of the run
     huge, over, fits = "k" * 1_000_000, "o" * (MAX_JSON_KEY_LENGTH + 1), "f" * MAX_JSON_KEY_LENGTH

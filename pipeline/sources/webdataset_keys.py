@@ -55,13 +55,18 @@ def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
     read back (`unescaped`). So is a .cls label that is not UTF-8 (a latin-1 'café' beside 'cat' made the label column
     binary). Text that is UTF-8 is written so too (`text_value`): unchanged, unless it holds such an escape literally
     (a caption 'caf\xe9' typed so), which would read back as another caption's byte: its backslashes are doubled."""
+    # A caption's or label's surrounding whitespace (the newline an editor or `echo` ends it with) is not part of it;
+    # any other sidecar that happens to be UTF-8 (a .csv, an .xml, an ASCII array) keeps its bytes exactly.
+    captioned = ext.rsplit(".", 1)[-1] in TEXT_EXTENSIONS or ext == "cls"
     try:
-        text = data.decode("utf-8").strip()
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        if ext.rsplit(".", 1)[-1] in TEXT_EXTENSIONS or ext == "cls":
+        if captioned:
             return "label" if ext == "cls" else ext.replace(".", "_"), text_value(
                 data.decode("utf-8", "surrogateescape").strip())
         return ext.replace(".", "_"), data
+    if captioned:
+        text = text.strip()
     if ext == "cls":
         try:
             return "label", int(text)
