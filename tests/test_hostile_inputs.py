@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.sources import discover, read_unit
 from pipeline.sources.webdataset_keys import MAX_JSON_DEPTH
@@ -170,6 +171,38 @@ def test_a_web_folder_linking_more_folders_than_the_limit_stops_the_run_before_a
     assert len(Wide.pages) <= MAX_WEB_FOLDERS // 1000 + 1  # 850 pages of 1,000 each took 3.9 GB, and went on
     assert not (tmp_path / "out").exists()
 
+
+
+@pytest.mark.parametrize("length", [None, "true"], ids=["no-content-length", "content-length"])
+def test_a_web_folders_index_page_longer_than_the_limit_stops_the_run_before_any_work(tmp_path, capsys, length) -> None:
+    from pipeline.cli import main
+    from pipeline.sources.walk import MAX_WEB_PAGE_BYTES
+
+    class Endless(QuietHandler):
+        """A page of links, then filler: one byte more than the limit (a server with no end to it was read until the
+        memory ran out), then the connection closed, so that a listing that reads it whole ends too."""
+
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            head = b'<html><a href="x.png">x.png</a>'
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            if length:
+                self.send_header("Content-Length", str(MAX_WEB_PAGE_BYTES + 1))
+            self.end_headers()
+            self.wfile.write(head)
+            left, chunk = MAX_WEB_PAGE_BYTES + 1 - len(head), b" " * 2**20
+            try:
+                while left > 0:
+                    self.wfile.write(chunk[:left])
+                    left -= len(chunk)
+            except OSError:  # the listing stopped reading
+                pass
+
+    with serving(tmp_path, Endless) as url:
+        assert main(["--input", url, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("error: ") and f"has an index page ({url}) longer than {MAX_WEB_PAGE_BYTES // 2**20} MiB" in line
+    assert not (tmp_path / "out").exists()
 
 # --- wide inputs: a .json sidecar's keys are columns, as many as it holds ---
 

@@ -170,10 +170,70 @@ def _inside_web_folder(url: str, root: str) -> str | None:
 # before any work: an input whose folders the job did not list would lose their files unsaid.
 MAX_WEB_DEPTH = 32
 MAX_WEB_FOLDERS = 10_000
+# The most bytes of one index page the listing reads. fsspec reads a page whole into memory: a server that streams
+# gigabytes on one page (or never ends it) took memory until it ran out. The page is read in chunks, whatever its
+# Content-Length says (or if it gives none), and one longer than this stops the listing, as the limits above do.
+MAX_WEB_PAGE_BYTES = 64 * 2**20
+_WEB_PAGE_CHUNK = 2**20
 
 
 class WebFolderTooLarge(ValueError):
-    """A web folder whose index pages link subfolders deeper than MAX_WEB_DEPTH or more than MAX_WEB_FOLDERS of them."""
+    """A web folder whose index pages link subfolders deeper than MAX_WEB_DEPTH or more than MAX_WEB_FOLDERS of them,
+    or one of whose index pages is longer than MAX_WEB_PAGE_BYTES."""
+
+
+def _web_ls(fs: fsspec.AbstractFileSystem, url: str, root: str) -> list[dict[str, Any]]:
+    """fs.ls(url, detail=True) of fsspec's HTTP file system (the same request, links and entries), its page read in
+    chunks of at most MAX_WEB_PAGE_BYTES: a longer one raises WebFolderTooLarge, naming it. A file system whose ls is
+    not fsspec's own is listed through its ls."""
+    from fsspec.asyn import sync
+    from fsspec.implementations.http import HTTPFileSystem, ex, ex2
+
+    if not isinstance(fs, HTTPFileSystem) or type(fs)._ls_real is not HTTPFileSystem._ls_real or \
+            type(fs)._ls is not HTTPFileSystem._ls:
+        return fs.ls(url, detail=True)
+
+    async def page(address: str) -> str | None:
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(address), **fs.kwargs) as r:
+            fs._raise_not_found_for_status(r, address)
+            if r.headers.get("Content-Type", "text/html").partition(";")[0] != "text/html":
+                return None
+            chunks, size = [], 0
+            async for chunk in r.content.iter_chunked(_WEB_PAGE_CHUNK):
+                size += len(chunk)
+                if size > MAX_WEB_PAGE_BYTES:
+                    raise WebFolderTooLarge(
+                        f"web folder {root} has an index page ({address[:300]}) longer than {MAX_WEB_PAGE_BYTES // 2**20} "
+                        "MiB, the most the job reads of one page: a server that streams a page without end would "
+                        "fill the memory. Give a folder with a shorter page as --input, or copy the data to an object "
+                        "store or local disk")
+                chunks.append(chunk)
+            return b"".join(chunks).decode(r.charset or "utf-8", errors="ignore")
+
+    def links(address: str) -> set[str]:
+        try:
+            text = sync(fs.loop, page, address)
+        except (LookupError, UnicodeDecodeError):  # an unknown charset; fsspec's "binary, not HTML"
+            text = None
+        found = [] if text is None else ex2.findall(text) + [u[2] for u in ex.findall(text)] if fs.simple_links else \
+            [u[2] for u in ex.findall(text)]
+        out, parts = set(), urlsplit(address)
+        for link in found:  # as fsspec's _ls_real
+            if link.startswith("/") and len(link) > 1:
+                link = f"{parts.scheme}://{parts.netloc}{link}"
+            if link.startswith("http"):
+                if fs.same_schema and link.startswith(address.rstrip("/") + "/") or \
+                        link.replace("https", "http").startswith(address.replace("https", "http").rstrip("/") + "/"):
+                    out.add(link)
+            elif link not in ("..", "../"):
+                out.add("/".join([address.rstrip("/"), link.lstrip("/")]))
+        return out
+
+    out = links(url)
+    if not out and url.endswith("/"):
+        out = links(url.rstrip("/"))
+    return [{"name": u, "size": None, "type": "directory" if u.endswith("/") else "file"} for u in out]
 
 
 def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str, Any]]:
@@ -183,13 +243,14 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
     back to a folder above ('../../data/') walked it again inside itself until Python's recursion limit crashed the
     listing. Here a link is resolved ('.' and '..') first: one out of the folder is left out, and each folder is
     listed once. A subfolder more than MAX_WEB_DEPTH below `root`, or more than MAX_WEB_FOLDERS folders in all, stop
-    the listing with WebFolderTooLarge (a server can link endless made-up folders)."""
+    the listing with WebFolderTooLarge (a server can link endless made-up folders), as does a page longer than
+    MAX_WEB_PAGE_BYTES (`_web_ls`)."""
     found: dict[str, Mapping[str, Any]] = {}
     seen = {root}
     pending = [(root, 0)]
     while pending:
         folder, depth = pending.pop()
-        for info in fs.ls(folder, detail=True):
+        for info in _web_ls(fs, folder, root):
             url = _inside_web_folder(info["name"], root)
             if url is None:
                 continue
