@@ -556,6 +556,13 @@ def print_plan(report: dict[str, Any]) -> None:
     if inp.get("image_files_over_max_image_mb"):
         print(f"  {inp['image_files_over_max_image_mb']} image files are over --max-image-mb {inp['max_image_mb']} "
               "and will be rejected without being read (tar members and Parquet cells are checked when read)")
+    no_image = inp.get("parquet_rows_without_image") or {}
+    if no_image.get("rows"):
+        shown = ", ".join(f"{terminal_text(name)} ({n})" for name, n in no_image["examples"])
+        left = no_image["files"] - len(no_image["examples"])
+        more = f" and {left} more" if left else ""
+        print(f"  warning: {no_image['rows']} rows of {no_image['files']} Parquet files have no image (a null image "
+              f"column, by the files' footer statistics) and will be rejected, one reject each: {shown}{more}")
     print("dry run: nothing was read, purified or written")
 
 

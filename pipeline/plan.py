@@ -49,6 +49,7 @@ from pipeline.sources import (
     relative_id,
     repeated_key_problem,
     repeated_partition_key,
+    rows_without_image,
 )
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
@@ -244,6 +245,9 @@ class JobPlan:
     # every container the listing gave (less the output's own files): the ledger keeps no entry for one that went;
     # None: not known, every entry kept
     listed_containers: frozenset[str] | None = None
+    # a dry run's Parquet files to read whose footers give rows a null image cell, each a reject: path -> rows
+    # (`parquet_rows_without_image`); not looked for in a run
+    rows_without_image: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -279,8 +283,17 @@ class JobPlan:
                       "max_image_mb": self.max_image_bytes // 2**20,
                       "excluded_output_files": self.excluded_output_files,
                       "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples,
-                      **({"partitions": self.partitions} if self.partitions is not None else {})},
+                      **({"partitions": self.partitions} if self.partitions is not None else {}),
+                      # by the Parquet footers' statistics: rows whose image cell is null, each rejected when read
+                      "parquet_rows_without_image": self._rows_without_image()},
         }
+
+    def _rows_without_image(self) -> dict[str, Any]:
+        """`rows_without_image` in all, and the files with the most (their ids), for the report."""
+        roots = {u.paths[0]: u.root for u in self.units}
+        most = sorted(self.rows_without_image.items(), key=lambda item: (-item[1], item[0]))[:5]
+        return {"rows": sum(self.rows_without_image.values()), "files": len(self.rows_without_image),
+                "examples": [[relative_id(path, roots[path]), n] for path, n in most]}
 
 
 def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
@@ -323,7 +336,25 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
                    changes=changes, input_record=input_record,
-                   listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"))
+                   listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
+                   rows_without_image=parquet_rows_without_image(
+                       [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread], so,
+                       config.image_column) if dry_run else {})
+
+
+# How many Parquet footers the dry run reads at once (`parquet_rows_without_image`), as the listing's HEAD requests.
+FOOTER_READS = 16
+
+
+def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None) -> dict[str, int]:
+    """Of these Parquet files, those whose footer statistics give rows a null image cell, with how many
+    (`rows_without_image`: the footer alone is read). Each such row is a reject of the run, which a dry run warns of:
+    a file whose image column is mostly null is otherwise found out only by a run's count of rejects."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=FOOTER_READS) as pool:
+        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column), units)
+        return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,

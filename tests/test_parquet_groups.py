@@ -159,3 +159,42 @@ def test_rows_of_large_images_are_read_a_few_at_a_time(tmp_path, monkeypatch) ->
     sizes.clear()
     assert sum(r["kind"] == "image" for r in read_unit(small)) == 6
     assert sizes == [256, 256, 256]
+
+
+def _with_null_images(path, nulls: set[int], rows: int = 8, struct: bool = False, **write) -> None:
+    """A Parquet file of `rows` rows in row groups of 3 whose image cell is null at `nulls` (a null struct, or one
+    whose bytes are null, alternately, when `struct`)."""
+    cells = [None if i in nulls else image_bytes(8, 8, i) for i in range(rows)]
+    if struct:
+        cells = [None if c is None and i % 2 else {"bytes": c, "path": None} for i, c in enumerate(cells)]
+    pq.write_table(pa.table({"image": cells, "label": list(range(rows))}), path, row_group_size=3, **write)
+
+
+def test_a_dry_run_warns_of_parquet_rows_whose_image_is_null_from_the_footers_alone(tmp_path, capsys,
+                                                                                   monkeypatch) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "in").mkdir()
+    _with_null_images(tmp_path / "in" / "a.parquet", {0, 3, 4, 6, 7})  # in each row group
+    _with_null_images(tmp_path / "in" / "b.parquet", {1, 2}, struct=True)
+    _with_null_images(tmp_path / "in" / "c.parquet", set())
+    _with_null_images(tmp_path / "in" / "d.parquet", {1}, write_statistics=False)  # no count to give: not named
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", None)  # no data is read, only the footers
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert "7 rows of 2 Parquet files have no image" in line and line.endswith(": a.parquet (5), b.parquet (2)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_of_parquet_files_without_footer_statistics_gives_no_warning(tmp_path, capsys) -> None:
+    from pipeline.cli import main
+    from pipeline.config import JobConfig
+    from pipeline.plan import plan_job
+
+    (tmp_path / "in").mkdir()
+    _with_null_images(tmp_path / "in" / "d.parquet", {1, 2}, write_statistics=False)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.out + captured.err and "1 Parquet files" in captured.out
+    report = plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out")), dry_run=True).describe()
+    assert report["input"]["parquet_rows_without_image"] == {"rows": 0, "files": 0, "examples": []}

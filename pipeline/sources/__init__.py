@@ -16,7 +16,7 @@ from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, read_b
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, hidden_note
 from pipeline.sources.ids import LOOKALIKE, ids_digest, ids_key, relative_id, terminal_text, text_name, text_value, unescaped
 from pipeline.sources.listing import discover, input_location
-from pipeline.sources.parquet_files import find_image_column, image_column_problem
+from pipeline.sources.parquet_files import find_image_column, image_column_problem, rows_without_image
 from pipeline.sources.partitions import PARTITIONINGS, partition_folders, repeated_key_problem, repeated_partition_key
 from pipeline.sources.reading import read_unit
 from pipeline.sources.records import JOB_COLUMNS, passthrough_name, reject_record
@@ -54,6 +54,7 @@ __all__ = [
     "read_unit",
     "reject_record",
     "relative_id",
+    "rows_without_image",
     "repeated_key_problem",
     "repeated_partition_key",
     "storage_path",

@@ -92,6 +92,31 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     return None
 
 
+def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str | None) -> int | None:
+    """How many rows of this Parquet file have a null image cell (a null binary, or a struct<bytes, path> whose
+    bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
+    whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
+    gives one, when the image column is a list (its null_count counts items, not rows) or when the footer cannot be
+    read or has no image column (the run says why, in the file's reject)."""
+    (path,) = unit.paths
+    try:
+        with contextlib.ExitStack() as stack:
+            open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
+            parquet = _open_parquet(stack.enter_context(open_file()))
+            column = find_image_column(parquet.schema_arrow, requested)
+            meta = parquet.metadata
+    except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+        return None
+    t = parquet.schema_arrow.field(column).type
+    leaf = f"{column}.bytes" if pa.types.is_struct(t) else column if not pa.types.is_nested(t) else None
+    at = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == leaf), None)
+    if at is None:
+        return None
+    counts = [stats.null_count for g in range(meta.num_row_groups)
+              if (stats := meta.row_group(g).column(at).statistics) is not None and stats.has_null_count]
+    return sum(counts) if counts else None
+
+
 def other_image_columns(schema: pa.Schema, column: str) -> str | None:
     """For an image column `find_image_column` found (not one named by --image-column): the file's other columns that
     could hold the images, as a note for the rejects of rows whose cell is not an image. A first binary column of
