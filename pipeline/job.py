@@ -42,10 +42,12 @@ from pipeline.ledger import LEDGER_DIR, ContainerRead, write_ledger
 from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
+    RUNS_DIR,
     SUMMARY_FILE,
     OutputRows,
     clear_output,
     deduplicate_output,
+    run_history_path,
     unify_output_types,
     write_json,
 )
@@ -367,7 +369,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
          started: float) -> dict[str, Any]:
     so = config.storage_options
     out = config.output.rstrip("/")
-    _start_output(config, plan, out, started)
+    _start_output(config, plan, out, started, run_history_path(out, started, lease.record["run_id"]))
     tally = _start_tally(plan)
     stop = StopRecorder(config, plan, lease, started, tally)
 
@@ -405,7 +407,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all)
             summary["this_run"]["containers_recorded"] = recorded
             _record_inputs_read_again(out, so, plan)
-        write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+        _write_summary(out, summary, so, run_history_path(out, started, lease.record["run_id"]))
         IGNORE_STOPS.set()
     if summary["status"] != "complete":
         raise JobFailed(f"read {tally.read} inputs and counted {tally.purified} purified + {tally.rejected} rejected; "
@@ -414,13 +416,20 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
     return summary
 
 
-def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float) -> None:
+def _write_summary(out: str, summary: dict[str, Any], so: dict[str, Any], history: str) -> None:
+    """The run's summary, each time whole: at `history` (its own in the output's RUNS_DIR) and as _summary.json, last,
+    so that _summary.json is never ahead of the history."""
+    write_json(history, summary, so)
+    write_json(f"{out}/{SUMMARY_FILE}", summary, so)
+
+
+def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float, history: str) -> None:
     """The job record and a "running" summary, written before any work: a refusal (a full disk, a quota) is then
     "could not start", naming the output."""
     so = config.storage_options
     try:
         write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
-        write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": started, "config": config.public()}, so)
+        _write_summary(out, {"status": "running", "started": started, "config": config.public()}, so, history)
         if plan.input_record is not None:  # before any image is read: the rows this run writes are covered if it is killed
             write_record(out, so, starting_record(plan.input_record, plan.changes))
     except Exception as err:  # noqa: BLE001
@@ -438,7 +447,7 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     """Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
     ones, since a younger one may be another write still under way."""
     fs_out, out_path = storage_path(out, storage_options)
-    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR):
+    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR):
         remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
     # the output's own folder may also be the user's (an output that is its input): only its records' temporaries
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
@@ -502,11 +511,11 @@ class StopRecorder:
                   "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
         unwritten = ""
         try:
-            write_json(f"{out}/{SUMMARY_FILE}", {
+            _write_summary(out, {
                 "status": status, **details, "this_run": done, "output_totals": totals,
                 "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
                 "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
-                so)
+                so, run_history_path(out, self.started, self.lease.record["run_id"]))
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
             unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
         return _stopped_phrase(count, totals, self.tally.hidden) + unwritten

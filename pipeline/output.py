@@ -41,6 +41,17 @@ from pipeline.storage import (
 )
 
 SUMMARY_FILE, JOB_FILE = "_summary.json", "_job.json"
+# Each run's summary, kept: _summary.json is the last run's, so a scheduled job kept no account of the runs before it.
+RUNS_DIR = "_runs"
+
+
+def run_history_path(out: str, started: float, run_id: str) -> str:
+    """Where a run's summary is kept in the output's history: RUNS_DIR/<UTC start>-<run id>.json, whose names sort
+    by when the runs started, one a run (its lease's run id tells apart two that started together)."""
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{out.rstrip('/')}/{RUNS_DIR}/{when}-{run_id[:8]}.json"
 
 
 def _fs(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -650,15 +661,15 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool) -> None:
 
 def clear_output(out: str, storage_options: dict[str, Any]) -> None:
     """Delete what --overwrite replaces: the summary, data/, rejects/, the job record, the record of containers
-    read whole and that of the inputs' stamps (not the lease). The summary first: an overwrite stopped half-way
-    (SIGTERM, SIGKILL while a large data/ is deleted) leaves an unfinished run, which any later run resumes, not a
-    "complete" one missing rows."""
+    read whole, that of the inputs' stamps and the runs' summaries (not the lease). The summary first: an overwrite
+    stopped half-way (SIGTERM, SIGKILL while a large data/ is deleted) leaves an unfinished run, which any later run
+    resumes, not a "complete" one missing rows."""
     fs, root = _fs(out, storage_options)
     if fs.exists(root):
-        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR, INPUTS_DIR):
+        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR, INPUTS_DIR, RUNS_DIR):
             if fs.exists(posixpath.join(root, name)):
                 _remove(fs, posixpath.join(root, name),
-                        recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR))
+                        recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR))
 
 
 
@@ -761,12 +772,13 @@ def output_inside_input(input_uri: str, output_uri: str,
 def output_files_inside_input(input_uri: str, output_uri: str,
                               storage_options: dict[str, Any]) -> Callable[[str], bool] | None:
     """When the output lies inside (or is) the input folder: a test of whether a listed input path is a file the job
-    keeps in its output (its summary, job record, lease and ledger, their temporaries, anything in data/ or rejects/).
+    keeps in its output (its summary, job record, lease and ledger, their temporaries, anything in data/ or rejects/,
+    the record of inputs and the runs' summaries).
     Such files are hidden names or part files; the listing must not count them as the user's hidden inputs skipped."""
     if (under := _output_under_input(input_uri, output_uri, storage_options)) is None:
         return None
     normal, out_path = under
-    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR)]
+    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR)]
     names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
 
     def own(path: str) -> bool:
