@@ -9,6 +9,7 @@ pipeline (pipeline.job) or of where its actors go (pipeline.placement).
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -48,8 +49,6 @@ RUNS_DIR = "_runs"
 def run_history_path(out: str, started: float, run_id: str) -> str:
     """Where a run's summary is kept in the output's history: RUNS_DIR/<UTC start>-<run id>.json, whose names sort
     by when the runs started, one a run (its lease's run id tells apart two that started together)."""
-    import datetime
-
     when = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"{out.rstrip('/')}/{RUNS_DIR}/{when}-{run_id[:8]}.json"
 
