@@ -93,3 +93,62 @@ def test_incremental_runs_skip_an_unchanged_web_shard_unread_and_read_a_replaced
 def test_a_web_address_as_output_is_refused_before_any_work(output: str) -> None:
     with pytest.raises(JobError, match="--output must be storage the job can write .* HTTP\\(S\\) is read-only"):
         JobConfig(output=output).check()
+
+
+def _index(folder: Path, *links: str, text: str = "") -> None:
+    """`folder`'s index page (http.server serves index.html for it): an <a> tag for each link, then `text`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.html").write_text("<html>" + "".join(f"<a href={link}>x</a>" for link in links) + text + "</html>")
+
+
+def test_a_web_folders_links_are_resolved_against_the_folder(web) -> None:
+    """A link's query stays, its fragment goes; an absolute link (same server) and a percent-encoded name are kept as
+    given; a sort link (Apache's '?C=N;O=D') is the folder itself."""
+    folder, url = web
+    _index(folder / "data", '"q.png?v=1"', '"f.png#top"', f'"{url}data/abs.png"', '"/data/rooted.png"',
+           '"a%20b.png"', '"?C=N;O=D"', "'single.png'", '"sub/"')
+    _index(folder / "data" / "sub", '"in.png"', '"../up.png"', '"./"')
+    units = discover(url + "data/", {})
+    assert sorted(p for u in units for p in u.paths) == [url + f"data/{name}" for name in (
+        "a%20b.png", "abs.png", "f.png", "q.png?v=1", "rooted.png", "single.png", "sub/in.png", "up.png")]
+
+
+def test_a_web_folders_links_are_the_href_of_its_a_tags_as_html_reads_them(web) -> None:
+    """Entities are unescaped (nginx writes 'a&b.png' as 'a&amp;b.png'), an href may be unquoted, upper case or have
+    spaces around it; a URL only written in the page's text is not a link, nor a mailto: link."""
+    folder, url = web
+    _index(folder / "data", '"a&amp;b.png"', "unquoted.png", '" spaced.png "', '"mailto:x@example.com"',
+           text=f'<A HREF="upper.png">x</A><p>{url}data/text.png</p>')
+    units = discover(url + "data/", {})
+    assert sorted(p for u in units for p in u.paths) == [url + f"data/{name}" for name in (
+        "a&b.png", "spaced.png", "unquoted.png", "upper.png")]
+
+
+def test_a_subfolders_absolute_link_back_into_the_folder_is_kept(web) -> None:
+    """As a relative one ('../x.png') is: each file once, whichever page links it."""
+    folder, url = web
+    _index(folder / "data", '"sub/"', '"x.png"')
+    _index(folder / "data" / "sub", f'"{url}data/x.png"', '"/data/y.png"', '"../x.png"')
+    units = discover(url + "data/", {})
+    assert sorted(p for u in units for p in u.paths) == [url + "data/x.png", url + "data/y.png"]
+
+
+def test_a_web_folders_index_pages_are_asked_with_the_storage_options(tmp_path: Path) -> None:
+    """Headers given for the server (an Authorization) go with every index page's request (this server asks for it on
+    GET only, so that without it the folder is found, then not listed)."""
+    from tests.webutil import QuietHandler, serving
+
+    class Private(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            if self.headers.get("Authorization") != "Bearer t":
+                self.send_error(403)
+            else:
+                super().do_GET()
+
+    _index(tmp_path / "data" / "sub", '"in.png"')
+    _index(tmp_path / "data", '"sub/"', '"a.png"')
+    with serving(tmp_path, Private) as url:
+        units = discover(url + "data/", {"headers": {"Authorization": "Bearer t"}})
+        assert sorted(p for u in units for p in u.paths) == [url + "data/a.png", url + "data/sub/in.png"]
+        with pytest.raises(Exception, match="403"):
+            discover(url + "data/", {})
