@@ -1,11 +1,12 @@
 """Inputs that changed, or went, since the output's rows of them were written.
 
-Runs add to an output and never take rows out: an id already in data/ or rejects/ is done, so an image file
-re-uploaded under its name with new bytes, or a tar shard, Parquet file or zip archive rewritten in place, keeps the
-rows made from its earlier version. A scheduled run cannot fix that by itself (removing rows is not what a resume
-does), but it must not keep it silent. So the output records, for each input it holds rows of, what the listing said
-of the input's content (`sources.content_stamp`: size and ETag on an object store, size, mtime and inode on a disk)
-when a run set out to read it, and each later run compares that with its own listing:
+A plain run adds to an output and takes no row out for a change: an id already in data/ or rejects/ is done, so an
+image file re-uploaded under its name with new bytes, or a tar shard, Parquet file or zip archive rewritten in place,
+keeps the rows made from its earlier version, and the run says so. --refresh-changed purifies those inputs again and
+replaces their rows (`pipeline.refresh`): that run's record takes their new stamps once it ends complete, as for
+`pending` below, and no later run reports them. To tell them, the output records, for each input it holds rows of,
+what the listing said of the input's content (`sources.content_stamp`: size and ETag on an object store, size, mtime
+and inode on a disk) when a run set out to read it, and each later run compares that with its own listing:
 
 - an image file whose id is done and whose stamp now differs changed since its row was written (purified: data/ holds
   the earlier bytes purified; rejected: the reject is about the earlier bytes);
@@ -19,10 +20,10 @@ at the start of each run, before any image is read, so that the rows a run kille
 for an input read by this run, its stamp as this run's listing gave it (the bytes read are that version or a newer
 one, so a change is never missed; an input replaced between the listing and its read is said changed though its row
 is of the new bytes, a false alarm); a done input keeps the stamp it had, and a changed one read again
-(--retry-rejects) keeps its earlier stamp until the run ends complete (`starting_record`). An output written by a version
-before this record starts one with the stamps of its first run (changes made before that are not seen), except for
-containers an earlier complete run read whole, whose stamps `pipeline.ledger` kept. --overwrite deletes it with the
-rest; --input-moved starts it again.
+(--retry-rejects, --refresh-changed) keeps its earlier stamp until the run ends complete (`starting_record`). An
+output written by a version before this record starts one with the stamps of its first run (changes made before that
+are not seen), except for containers an earlier complete run read whole, whose stamps `pipeline.ledger` kept.
+--overwrite deletes it with the rest; --input-moved starts it again.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ledger import ContainerRead, container_ids
-from pipeline.sources import ReadUnit, relative_id
+from pipeline.sources import LOOKALIKE, ReadUnit, relative_id
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 INPUTS_DIR = "_inputs"
@@ -106,8 +107,11 @@ class ChangedInputs:
     containers: dict[str, int] = field(default_factory=dict)  # container id -> its rows, some from an earlier version
     gone_files: list[str] = field(default_factory=list)  # image files with a row, no longer in the input
     gone_containers: dict[str, int] = field(default_factory=dict)  # container id -> its rows, no longer in the input
-    # changed inputs whose only rows this run reads again (--retry-rejects) -> their recorded (earlier) stamp
+    # changed inputs whose only rows this run reads again (--retry-rejects, --refresh-changed) -> their recorded
+    # (earlier) stamp
     pending: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # --refresh-changed: changed inputs this run purifies again -> the ids of their rows it replaces
+    refreshed: dict[str, list[str]] = field(default_factory=dict)
 
     def changed(self) -> int:
         return len(self.purified) + len(self.rejected) + len(self.containers)
@@ -122,7 +126,14 @@ class ChangedInputs:
                 "examples": sorted([*self.purified, *self.rejected, *self.containers])[:EXAMPLES],
                 "gone_image_files": len(self.gone_files), "gone_containers": len(self.gone_containers),
                 "gone_container_rows": sum(self.gone_containers.values()),
-                "gone_examples": sorted([*self.gone_files, *self.gone_containers])[:EXAMPLES]}
+                "gone_examples": sorted([*self.gone_files, *self.gone_containers])[:EXAMPLES],
+                # --refresh-changed: the changed inputs this run purifies again, their rows replaced (not counted above)
+                "refreshed_inputs": len(self.refreshed), "refreshed_rows": sum(map(len, self.refreshed.values())),
+                "refreshed_examples": sorted(self.refreshed)[:EXAMPLES]}
+
+    def refreshed_rows(self) -> set[str]:
+        """The ids of the rows this run replaces (--refresh-changed)."""
+        return {id_ for ids in self.refreshed.values() for id_ in ids}
 
 
 def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | None:
@@ -144,9 +155,19 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
     keeps = "would keep" if dry_run else "kept"
     remedy = ("--retry-rejects reads the rejected ones again; " if rejected else "")
     return (f"warning: {'; '.join(what)}: these inputs changed under the same name since their rows were written, "
-            f"and the output {keeps} those rows (e.g. {', '.join(changed.get('examples', []))}). Runs add to an output "
-            f"and never take rows out: {remedy}--overwrite purifies the input as it is now. Counts: _summary.json "
-            "changed_inputs")
+            f"and the output {keeps} those rows (e.g. {', '.join(changed.get('examples', []))}). A run adds to an "
+            "output and keeps such rows: --refresh-changed purifies these inputs again and replaces their rows; "
+            f"{remedy}--overwrite purifies the input as it is now. Counts: _summary.json changed_inputs")
+
+
+def refreshed_note(changed: dict[str, Any], dry_run: bool = False) -> str | None:
+    """The command line's note on the changed inputs a --refresh-changed run purifies again; None when none."""
+    inputs, rows = changed.get("refreshed_inputs", 0), changed.get("refreshed_rows", 0)
+    if not inputs:
+        return None
+    did = "would purify" if dry_run else "purified"
+    return (f"note: --refresh-changed: {did} {inputs} changed input(s) again, replacing their {rows} row(s) (e.g. "
+            f"{', '.join(changed.get('refreshed_examples', []))})")
 
 
 def gone_note(changed: dict[str, Any]) -> str | None:
@@ -161,11 +182,14 @@ def gone_note(changed: dict[str, Any]) -> str | None:
 
 
 def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
-                 record: InputRecord | None, ledger: dict[str, ContainerRead], root: str | None) -> ChangedInputs:
+                 record: InputRecord | None, ledger: dict[str, ContainerRead], root: str | None,
+                 refresh: bool = False) -> ChangedInputs:
     """The inputs of `listed` (the listing, less the output's own files) whose rows the output keeps though they
     changed since, the recorded inputs with rows that the listing no longer shows, and the changed inputs whose rows
-    this run reads again (`retry`: --retry-rejects) and whose record must keep the earlier stamp until it ends
-    (`ChangedInputs.pending`). `root`: the input root the ids are relative to (None when nothing is listed)."""
+    this run reads again (`retry`: --retry-rejects; with `refresh`, --refresh-changed, every changed one:
+    `ChangedInputs.refreshed`) and whose record must keep the earlier stamp until it ends (`ChangedInputs.pending`).
+    `root`: the input root the ids are relative to (None when nothing is listed). A container's '#unreadable' and
+    look-alike rejects are not rows it refreshes: its reading to its end settles them (`job.stale_rejects`)."""
     recorded = record.stamps if record is not None else {}
     changes = ChangedInputs()
     seen: set[str] = set()
@@ -178,13 +202,17 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
             before = recorded.get(id_)
             if before is None or content is None or before[1] == content:
                 continue
-            if id_ in purified:
+            if id_ not in purified and id_ not in rejected:
+                continue
+            if id_ not in purified and id_ in retry:
+                changes.pending[id_] = before
+            elif refresh:
+                changes.pending[id_] = before
+                changes.refreshed[id_] = [id_]
+            elif id_ in purified:
                 changes.purified.append(id_)
-            elif id_ in rejected:
-                if id_ in retry:
-                    changes.pending[id_] = before
-                else:
-                    changes.rejected.append(id_)
+            else:
+                changes.rejected.append(id_)
     containers = [u for u in listed if u.kind != "files"]
     held = container_ids(purified | rejected, containers) if containers else {}
     for unit in containers:
@@ -195,9 +223,11 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
         if not rows or not _container_changed(unit, recorded.get(id_), ledger.get(path)):
             continue
         kept = [i for i in rows if i not in retry]
-        if kept:
+        if kept and refresh:
+            changes.refreshed[id_] = sorted(i for i in kept if LOOKALIKE not in i)
+        if kept and not refresh:
             changes.containers[id_] = len(kept)
-        else:  # its rows are all rejects read again now
+        else:  # its rows are all read again now: rejects retried, or refreshed
             changes.pending[id_] = recorded.get(id_, (unit.kind, EARLIER))
     if root is not None:
         gone = {id_: kind for id_, (kind, _) in recorded.items() if id_ not in seen}

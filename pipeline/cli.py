@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.changes import changed_warning, gone_note
+from pipeline.changes import changed_warning, gone_note, refreshed_note
 from pipeline.config import DEFAULT_INPUT, JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
@@ -153,6 +153,14 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          "--max-image-mb, or once damaged files are replaced); a retried input that is purified or "
                          "rejected again replaces its old reject row, one whose input is gone keeps it; new inputs "
                          "are added too, as with --incremental; not with --overwrite")
+    io.add_argument("--refresh-changed", action="store_true", default=None,
+                    help="purify again the inputs changed in place since their rows were written (an image file "
+                         "re-uploaded under its name, a tar shard, Parquet or zip file rewritten: every row of it is "
+                         "read again), the ones each run's changed_inputs warning counts, and replace their old rows "
+                         "in data/ or rejects/ with the new ones, so each id is in the output once, made from the "
+                         "input's current bytes (a kill at any point loses no row: the next run finishes the "
+                         "replacement); new inputs are added too, as with --incremental; --dry-run says how many "
+                         "would be refreshed; not with --overwrite or --input-moved")
     io.add_argument("--input-moved", action="store_true", default=None,
                     help="the output's input moved here (the same files, so the same ids, at a new place): accept "
                          "this --input for an output made from another; without it, another input is refused, as its "
@@ -675,8 +683,9 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
 
 
 def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:
-    """The warning on inputs changed since their rows were written and the note on those gone, on stderr."""
-    for line in (changed_warning(changed, dry_run), gone_note(changed)):
+    """The warning on inputs changed since their rows were written, the note on those gone and the one on those
+    --refresh-changed purifies again, on stderr."""
+    for line in (changed_warning(changed, dry_run), gone_note(changed), refreshed_note(changed, dry_run)):
         if line is not None:
             print(terminal_text(line), file=sys.stderr)
 

@@ -80,6 +80,7 @@ class JobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     incremental: bool = False
     retry_rejects: bool = False
+    refresh_changed: bool = False
     input_moved: bool = False
     overwrite: bool = False
     ray_address: str | None = None
@@ -158,8 +159,8 @@ class JobConfig:
     def _switch_problems(self) -> list[str]:
         """The true/false options, the pairs of them that contradict each other, and --partitioning's choice."""
         problems = [f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
-                    for name in ("labels_from_folders", "incremental", "retry_rejects", "input_moved", "overwrite",
-                                 "progress", "exif_transpose", "clip_denoised")
+                    for name in ("labels_from_folders", "incremental", "retry_rejects", "refresh_changed", "input_moved",
+                                 "overwrite", "progress", "exif_transpose", "clip_denoised")
                     if not isinstance(getattr(self, name), bool)]
         if self.partitioning not in PARTITIONINGS:
             problems.append(f"--partitioning must be one of {', '.join(PARTITIONINGS)}, got {self.partitioning!r}")
@@ -170,6 +171,14 @@ class JobConfig:
         if self.retry_rejects is True and self.overwrite is True:
             problems.append("--retry-rejects and --overwrite contradict each other: --retry-rejects reads an output's "
                             "rejects again, --overwrite deletes them first; give one")
+        if self.refresh_changed is True and self.overwrite is True:
+            problems.append("--refresh-changed and --overwrite contradict each other: --refresh-changed purifies again "
+                            "only the inputs changed in place since their rows were written, --overwrite deletes the "
+                            "output and purifies every input; give one")
+        if self.refresh_changed is True and self.input_moved is True:
+            problems.append("--refresh-changed cannot be given with --input-moved: --input-moved starts the output's "
+                            "record of its inputs' stamps again, so no change can be told; run with --input-moved "
+                            "first, then --refresh-changed finds the inputs changed after that run")
         return problems
 
     def _location_problems(self) -> list[str]:

@@ -47,6 +47,7 @@ from pipeline.output import (
     OutputRows,
     clear_output,
     deduplicate_output,
+    drop_superseded_rows,
     run_history_path,
     unify_output_types,
     write_json,
@@ -56,6 +57,7 @@ from pipeline.plan import JobPlan, plan_job
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
+from pipeline.refresh import REFRESH_DIR, read_journal, remove_journal, write_journal
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.stages import (
     ALL_CORES,
@@ -134,22 +136,28 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
 
 
 def _record_containers_read(out: str, storage_options: dict[str, Any], plan: JobPlan,
-                            read_whole: list[dict[str, Any]], removed: set[str] | frozenset[str] = frozenset()) -> int | str:
+                            read_whole: list[dict[str, Any]], removed: set[str] | frozenset[str] = frozenset(),
+                            refresh_left: frozenset[str] = frozenset()) -> int | str:
     """Add the containers this complete run read to their end to the output's record of them (pipeline.ledger), so
     that the next --incremental run skips them unread while they stay unchanged; how many were added. Only
     containers whose listing gave a version (ETag, mtime) can be recorded. A failure to write the record loses
     nothing but that saving: the next run reads them again, and the failure is said here and in the summary.
-    `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container.
+    `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container;
+    `refresh_left`: the rows --refresh-changed set out to replace and kept, as the container's new read no longer gave
+    them: left over from it (its read task was not told them as done).
     Entries of containers the listing no longer gives are dropped: over a bucket whose shards are deleted once
     purified, the record grew with every shard ever read, and every run read and rewrote it whole."""
     stamps = {u.paths[0]: (u.sizes[0] if u.sizes else None, u.stamps[0] if u.stamps else None)
               for u in plan.units if u.kind != "files"}
+    refreshed = {u.paths[0]: plan.changes.refreshed.get(relative_id(u.paths[0], u.root), [])
+                 for u in plan.units if u.kind != "files"} if refresh_left else {}
     added = {}
     for read in read_whole:
         size, stamp = stamps.get(read["path"], (None, None))
         if stamp is not None:
             # a shard whose read task was told its purified ids that a name not UTF-8 gives checked them for look-alikes
-            leftover = tuple(i for i in read.get("leftover", ()) if i not in removed)
+            left = [i for i in refreshed.get(read["path"], ()) if i in refresh_left]
+            leftover = tuple(sorted({*(i for i in read.get("leftover", ()) if i not in removed), *left}))
             added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
                                                 lookalikes_checked=read["path"] in plan.container_purified,
                                                 leftover=leftover)
@@ -375,6 +383,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
 
     with record_stopped_run(stop.record, out):
         _remove_old_temporaries(out, so)
+        _start_refresh(out, so, plan)
         # What the output holds now, for a stopped run to tell its own files from these (one listing; a new output,
         # or one --overwrite cleared, holds none)
         stop.before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
@@ -397,14 +406,17 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # rewrites files, and that run's end does it.
         lease.check()
         stale = stale_rejects(plan, tally.read_whole)
-        rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all)
+        rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all,
+                                  journal=plan.refresh)
+        if plan.refresh:  # applied: each id it names is once in the output now
+            remove_journal(out, so)
         retyped = unify_output_types(out, so, rows.data_schemas)
         # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
         # written (a full disk), is recorded as "interrupted" or "failed" (exit status 143 or 1) rather than leaving
         # "running" behind, or exit status 2 ("could not start"). Once written, a signal lets the run end as recorded.
         summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
         if summary["status"] == "complete":
-            recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all)
+            recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all, rows.refresh_left)
             summary["this_run"]["containers_recorded"] = recorded
             _record_inputs_read_again(out, so, plan)
         _write_summary(out, summary, so, run_history_path(out, started, lease.record["run_id"]))
@@ -436,6 +448,17 @@ def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float, hi
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
 
 
+def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> None:
+    """Before this run writes a row: finish the replacement a --refresh-changed run stopped before its end left
+    (its journal's rule, `pipeline.refresh`), then write this run's own journal when it refreshes inputs."""
+    earlier = read_journal(out, storage_options)
+    if earlier is not None:
+        drop_superseded_rows(out, storage_options, earlier)
+        remove_journal(out, storage_options)
+    if plan.refresh:
+        write_journal(out, storage_options, plan.refresh)
+
+
 def _start_tally(plan: JobPlan) -> RunTally:
     """This run's counts before its first batch: the hidden files the listing left out are already counted."""
     tally = RunTally(HiddenSkipped())
@@ -447,7 +470,7 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     """Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
     ones, since a younger one may be another write still under way."""
     fs_out, out_path = storage_path(out, storage_options)
-    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR):
+    for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR, REFRESH_DIR):
         remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
     # the output's own folder may also be the user's (an output that is its input): only its records' temporaries
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
@@ -555,7 +578,7 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
              started: float) -> dict[str, Any]:
     """The finished run's OUTPUT/_summary.json: this run's counts, the whole output's, the model and the cluster."""
     actors, gpus_per_actor, device = placement
-    replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed
+    replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed + rows.refreshed
     resolved = stale.all
     rows_before = plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental") else 0
     ckpt = plan.checkpoint
@@ -581,6 +604,10 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                                          "lookalikes_renamed": len(plan.retry & stale.lookalikes)},
                      # reject rows this run's reading made untrue, removed (StaleRejects)
                      "stale_rejects_removed": rows.stale_rejects_removed,
+                     # --refresh-changed: changed inputs purified again; ids whose old row the new one replaced, and
+                     # those kept with their old row (members the container's new read no longer gave)
+                     "refreshed": {"inputs": len(plan.changes.refreshed), "rows_replaced": rows.refreshed,
+                                   "rows_kept": len(rows.refresh_left)},
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
                      # rejects/ files an older version wrote without a column (rejected_at), rewritten with it as nulls

@@ -29,6 +29,7 @@ from pipeline.changes import INPUTS_DIR
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
+from pipeline.refresh import REFRESH_DIR
 from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, promoted_type, text_column, write_parquet_atomic
 from pipeline.storage import (
     TEMP_PREFIX,
@@ -311,6 +312,53 @@ def part_file_ids(output: str, storage_options: dict[str, Any], names: Iterable[
     return found
 
 
+def part_files_holding(output: str, storage_options: dict[str, Any], ids: set[str]) -> dict[str, list[str]]:
+    """The part files ('data/part-....parquet', 'rejects/part-....parquet') that hold a row of each of `ids` (the
+    old rows a --refresh-changed run replaces: `pipeline.refresh`); only their id columns are fetched."""
+    fs, _ = _fs(output, storage_options)
+    held: dict[str, list[str]] = {}
+    for folder in (DATA_DIR, REJECTS_DIR):
+        for path, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options)):
+            for id_ in ids.intersection(column):
+                held.setdefault(id_, []).append(f"{folder}/{posixpath.basename(path)}")
+    return held
+
+
+def _superseded_rows(indexes: dict[str, list[_PartIndex]], journal: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Part file -> the ids whose rows in it are old ones that a --refresh-changed run replaced (`pipeline.refresh`):
+    the journal names the file for the id, and some file it does not name holds a row of the id (the new one)."""
+    if not journal:
+        return {}
+    holders: dict[str, list[tuple[str, str]]] = {}  # id -> (path, name relative to the output) of each file holding it
+    for folder in (DATA_DIR, REJECTS_DIR):
+        for path, ids, _ in indexes[folder]:
+            name = f"{folder}/{posixpath.basename(path)}"
+            for id_ in set(ids).intersection(journal):
+                holders.setdefault(id_, []).append((path, name))
+    drop: dict[str, set[str]] = {}
+    for id_, held in holders.items():
+        old = set(journal[id_])
+        if any(name not in old for _, name in held):
+            for path, name in held:
+                if name in old:
+                    drop.setdefault(path, set()).add(id_)
+    return drop
+
+
+def drop_superseded_rows(output: str, storage_options: dict[str, Any], journal: dict[str, list[str]]) -> int:
+    """Apply a --refresh-changed run's journal (`pipeline.refresh`): remove the old rows of each id it names that has
+    a new row, each part file written again without them (or removed when it keeps none). Returns how many ids had
+    their old rows removed. The caller holds the output's lease."""
+    fs, _ = _fs(output, storage_options)
+    indexes = _index_both_folders(output, storage_options, fs, set())
+    drop = _superseded_rows(indexes, journal)
+    for folder in (DATA_DIR, REJECTS_DIR):
+        for path, ids, _ in indexes[folder]:
+            if path in drop:
+                _rewrite_part(fs, path, [i not in drop[path] for i in ids], [], {}, storage_options)
+    return len({id_ for ids in drop.values() for id_ in ids})
+
+
 @dataclass(frozen=True)
 class OutputRows:
     """What the end-of-run check found: rows removed as duplicates, the rows each folder then holds, and the schema of
@@ -327,11 +375,16 @@ class OutputRows:
     stale_rejects_removed: int = 0  # reject rows made untrue by this run's reading (`resolved`), removed
     # rejects/ part files rewritten with the columns they lacked (an older version's, without rejected_at), as nulls
     rejects_files_upgraded: int = 0
+    # ids whose old rows a --refresh-changed run's new ones replaced (`pipeline.refresh`), and those of its journal
+    # left with their old row alone (no new one: a member the new read of its container no longer gave)
+    refreshed: int = 0
+    refresh_left: frozenset[str] = frozenset()
 
 
 def deduplicate_output(output: str, storage_options: dict[str, Any], written: Iterable[str] = (),
                        retried: set[str] | frozenset[str] = frozenset(),
-                       resolved: set[str] | frozenset[str] = frozenset()) -> OutputRows:
+                       resolved: set[str] | frozenset[str] = frozenset(),
+                       journal: dict[str, list[str]] | None = None) -> OutputRows:
     """Make every id appear once across data/ and rejects/ (data wins, then, in rejects/, the files this run wrote,
     then the newest row by its rejected_at, then the first file by name), drop the rejects in `resolved`, and count
     the rows that remain.
@@ -347,14 +400,17 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     reject and before this check: a later run without the flag must keep that new reason, not the old one.
     Every rejects/ file is also given the columns it lacks (`rejects_columns`: rejected_at, as nulls, in a file an
     older version wrote), in the same whole-file write that replaces it atomically, so the folder reads as one table
-    whichever file a reader takes its columns from. The caller holds the output's lease: no other run writes it.
+    whichever file a reader takes its columns from. `journal`: a --refresh-changed run's (`pipeline.refresh`): the old
+    rows of an id it names that has a new row go first, as replaced (not duplicates), before the rules above. The
+    caller holds the output's lease: no other run writes it.
     """
     fs, root = _fs(output, storage_options)
     mine = {posixpath.basename(name) for name in written}
     indexes = _index_both_folders(output, storage_options, fs, mine)
+    superseded = _superseded_rows(indexes, journal or {})
     progress = _DedupProgress()
     for folder in (DATA_DIR, REJECTS_DIR):
-        _deduplicate_folder(fs, folder, indexes[folder], mine, retried, resolved, progress, storage_options)
+        _deduplicate_folder(fs, folder, indexes[folder], mine, retried, resolved, progress, storage_options, superseded)
     # Counted from this run's files, not from the old rows removed: a batch of retried inputs that is rejected again
     # in the same grouping is written under the same part name (a hash of its ids), over the old file, and leaves no
     # old row to remove.
@@ -362,8 +418,12 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     now_purified = len(retried_out & progress.purified)
     if not progress.rows[1]:
         _remove_empty_folder(fs, posixpath.join(root, REJECTS_DIR))
+    # a refreshed id's new row is in a file this run wrote, beside its old one (removed now), or written over it (a
+    # part file of the same ids has the same name): either way its old row no longer counts
+    refreshed = set(journal or {}) & (progress.fresh | {id_ for ids in superseded.values() for id_ in ids})
     return OutputRows(progress.removed, progress.rows[0], progress.rows[1], progress.schemas, now_purified,
-                      len(retried_out) - now_purified, len(progress.resolved_out), progress.upgraded)
+                      len(retried_out) - now_purified, len(progress.resolved_out), progress.upgraded,
+                      len(refreshed), frozenset(set(journal or {}) - refreshed))
 
 
 _PartIndex = tuple[str, list[str], pa.Schema]  # a part file's path, its ids in row order, its schema
@@ -404,17 +464,23 @@ def _index_both_folders(output: str, storage_options: dict[str, Any], fs: fsspec
 
 def _deduplicate_folder(fs: fsspec.AbstractFileSystem, folder: str, indexed: list[_PartIndex], mine: set[str],
                         retried: set[str] | frozenset[str], resolved: set[str] | frozenset[str],
-                        progress: _DedupProgress, storage_options: dict[str, Any]) -> None:
+                        progress: _DedupProgress, storage_options: dict[str, Any],
+                        superseded: dict[str, set[str]] | None = None) -> None:
     """Rewrite or remove the part files of one folder that hold rows to drop or lack columns, and count the rows the
-    folder then holds."""
+    folder then holds. `superseded`: part file -> ids whose rows in it a --refresh-changed run replaced, dropped
+    before the other rules look at the file (`_superseded_rows`)."""
     before = len(progress.seen)
+    superseded = superseded or {}
     kept_at: dict[str, int] = {}  # rejects/: id in several files -> the position of the file that keeps it
     if folder == REJECTS_DIR:
         # all of rejects/ indexed before any file is rewritten: which row of an id stays depends on every file
-        kept_at = _newest_rejects(fs, indexed, mine, lambda i: i in progress.purified or i in resolved)
+        live = [(path, [i for i in ids if i not in superseded.get(path, ())], schema) for path, ids, schema in indexed]
+        kept_at = _newest_rejects(fs, live, mine, lambda i: i in progress.purified or i in resolved)
     # rejects/: the columns each file is to have, so that the folder reads as one table (`rejects_columns`)
     columns = rejects_columns([schema for _, _, schema in indexed]) if folder == REJECTS_DIR else {}
-    for pos, (path, ids, schema) in enumerate(indexed):
+    for pos, (path, all_ids, schema) in enumerate(indexed):
+        old = superseded.get(path, set())
+        ids = [i for i in all_ids if i not in old] if old else all_ids
         if posixpath.basename(path) in mine:
             progress.fresh.update(ids)
         dup, gone = _rows_to_drop(folder, pos, ids, progress, kept_at, resolved)
@@ -422,13 +488,13 @@ def _deduplicate_folder(fs: fsspec.AbstractFileSystem, folder: str, indexed: lis
         if folder == DATA_DIR:
             progress.purified.update(ids)
         lacking = _columns_to_mend(schema, columns)
-        if dup or gone or lacking:
+        if dup or gone or old or lacking:
             # an old row of a reject this run read again: replaced, not a duplicate
             again = {i for i in dup if i in retried and i in progress.fresh} if folder == REJECTS_DIR else set()
             progress.resolved_out.update(gone)
-            progress.removed += sum(i in dup and i not in again for i in ids)
-            keep = [i not in dup and i not in gone for i in ids]
-            if not _rewrite_part(fs, path, keep if dup or gone else None, lacking, columns, storage_options):
+            progress.removed += sum(i in dup and i not in again for i in ids)  # `ids`: less the superseded rows
+            keep = [i not in dup and i not in gone and i not in old for i in all_ids]
+            if not _rewrite_part(fs, path, keep if dup or gone or old else None, lacking, columns, storage_options):
                 continue
             progress.upgraded += bool(lacking)
         if folder == DATA_DIR:
@@ -660,15 +726,15 @@ def _remove(fs: fsspec.AbstractFileSystem, path: str, recursive: bool) -> None:
 
 def clear_output(out: str, storage_options: dict[str, Any]) -> None:
     """Delete what --overwrite replaces: the summary, data/, rejects/, the job record, the record of containers
-    read whole, that of the inputs' stamps and the runs' summaries (not the lease). The summary first: an overwrite
-    stopped half-way (SIGTERM, SIGKILL while a large data/ is deleted) leaves an unfinished run, which any later run
-    resumes, not a "complete" one missing rows."""
+    read whole, that of the inputs' stamps, the runs' summaries and a --refresh-changed run's journal (not the lease).
+    The summary first: an overwrite stopped half-way (SIGTERM, SIGKILL while a large data/ is deleted) leaves an
+    unfinished run, which any later run resumes, not a "complete" one missing rows."""
     fs, root = _fs(out, storage_options)
     if fs.exists(root):
-        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR, INPUTS_DIR, RUNS_DIR):
+        for name in (SUMMARY_FILE, DATA_DIR, REJECTS_DIR, JOB_FILE, LEDGER_DIR, INPUTS_DIR, RUNS_DIR, REFRESH_DIR):
             if fs.exists(posixpath.join(root, name)):
                 _remove(fs, posixpath.join(root, name),
-                        recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR))
+                        recursive=name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR, REFRESH_DIR))
 
 
 
@@ -777,7 +843,8 @@ def output_files_inside_input(input_uri: str, output_uri: str,
     if (under := _output_under_input(input_uri, output_uri, storage_options)) is None:
         return None
     normal, out_path = under
-    folders = [posixpath.join(out_path, name) for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR)]
+    folders = [posixpath.join(out_path, name)
+               for name in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR, REFRESH_DIR)]
     names = {SUMMARY_FILE, JOB_FILE, LEASE_FILE}
 
     def own(path: str) -> bool:

@@ -9,7 +9,7 @@ import math
 import posixpath
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from pipeline.output import (
     output_ids,
     output_inside_input,
     output_inside_written_folder,
+    part_files_holding,
     read_json,
 )
 from pipeline.presets import shipped_prior_path
@@ -196,12 +197,14 @@ def _input_difference(previous: dict[str, Any], job_record: dict[str, Any], conf
 
 def _resume_or_incremental(config: JobConfig, out: str) -> str:
     """An earlier run's output with the same settings: "resume" when that run did not finish, "incremental" when it
-    did and this run asks for it (--incremental, --retry-rejects); a complete output is not appended to silently."""
+    did and this run asks for it (--incremental, --retry-rejects, --refresh-changed); a complete output is not
+    appended to silently."""
     summary = read_json(f"{out}/{SUMMARY_FILE}", config.storage_options)
     complete = bool(summary) and summary.get("status") == "complete"
-    if complete and not (config.incremental or config.retry_rejects):
+    if complete and not (config.incremental or config.retry_rejects or config.refresh_changed):
         raise JobError(f"{out} already holds a complete run; pass --incremental to purify only new inputs, "
-                       "--retry-rejects to read its rejected inputs again as well, or --overwrite to start over")
+                       "--retry-rejects to read its rejected inputs again as well, --refresh-changed to purify again "
+                       "the inputs changed in place since, or --overwrite to start over")
     return "incremental" if complete else "resume"
 
 
@@ -248,6 +251,9 @@ class JobPlan:
     # a dry run's Parquet files to read whose footers give rows a null image cell, each a reject: path -> rows
     # (`parquet_rows_without_image`); not looked for in a run
     rows_without_image: dict[str, int] = field(default_factory=dict)
+    # --refresh-changed: each id this run purifies again -> the part files holding its old rows, the journal it writes
+    # before any row (pipeline.refresh; empty in a dry run, whose count is in `changes`)
+    refresh: dict[str, list[str]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -324,7 +330,15 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     partitions = _partition_keys(listed) if config.partitioning == "hive" else None
     kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
     containers = _containers_left(kept_units, out, so, output)
-    changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run)
+    changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run,
+                                            config.refresh_changed)
+    refresh: dict[str, list[str]] = {}
+    if changes.refreshed:  # --refresh-changed: their rows are not done; the units are worked out again without them
+        again = changes.refreshed_rows()
+        output = replace(output, skip=output.skip - again)
+        kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
+        containers = _containers_left(kept_units, out, so, output)
+        refresh = {} if dry_run else _old_rows(out, so, again)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -339,7 +353,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=parquet_rows_without_image(
                        [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread], so,
-                       config.image_column) if dry_run else {})
+                       config.image_column) if dry_run else {}, refresh=refresh)
 
 
 # How many Parquet footers the dry run reads at once (`parquet_rows_without_image`), as the listing's HEAD requests.
@@ -357,11 +371,22 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 
+def _old_rows(out: str, so: dict[str, Any], ids: set[str]) -> dict[str, list[str]]:
+    """The part files holding the rows of `ids` that a --refresh-changed run replaces (its journal)."""
+    try:
+        return part_files_holding(out, so, ids)
+    except JobError:
+        raise
+    except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+
+
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
                     containers: _ContainersLeft, job_record: dict[str, Any],
-                    dry_run: bool) -> tuple[ChangedInputs, InputRecord | None]:
-    """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`), and the record of
-    the inputs' stamps a run writes before it reads anything (None in a dry run, which writes nothing)."""
+                    dry_run: bool, refresh: bool = False) -> tuple[ChangedInputs, InputRecord | None]:
+    """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
+    --refresh-changed, those changed are purified again instead), and the record of the inputs' stamps a run writes
+    before it reads anything (None in a dry run, which writes nothing)."""
     location = (job_record.get("input") or {}).get("location")
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
@@ -369,7 +394,7 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
-                           root)
+                           root, refresh)
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

@@ -32,6 +32,7 @@ CASES: dict[str, tuple[list[str], Any, Any]] = {
     "partitioning": (["--partitioning", "hive"], "hive", "hive"),
     "incremental": (["--incremental"], True, True),
     "retry_rejects": (["--retry-rejects"], True, True),
+    "refresh_changed": (["--refresh-changed"], True, True),
     "input_moved": (["--input-moved"], True, True),
     "overwrite": (["--overwrite"], True, True),
     "checkpoint": (["--checkpoint", "s3://b/m.pt"], "s3://b/m.pt", "/models/m.pt"),

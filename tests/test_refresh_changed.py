@@ -1,0 +1,209 @@
+"""--refresh-changed: inputs changed in place since their rows were written are purified again and their old rows
+replaced, each id once in the output, with a journal that makes a kill at any point safe (pipeline.refresh)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.job as job_module
+from pipeline import cli
+from pipeline.changes import InputRecord, find_changes
+from pipeline.job import run_job
+from pipeline.refresh import journal_path, read_journal
+from pipeline.sources import ReadUnit
+from tests.jobutil import image_bytes, small_job_config, tar_bytes
+
+
+def _rewrite(path, data: bytes) -> None:
+    """New bytes under the same name, with an mtime that surely differs (a coarse file system clock)."""
+    before = os.stat(path).st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+def _rows(tmp_path, folder: str) -> dict[str, list[str | None]]:
+    """id -> the source_sha256 of each of its rows in OUTPUT/folder (several when the id is there more than once)."""
+    path = tmp_path / "out" / folder
+    if not path.exists() or not list(path.glob("part-*.parquet")):
+        return {}
+    found: dict[str, list[str | None]] = {}
+    for part in sorted(path.glob("part-*.parquet")):
+        table = pq.read_table(part, columns=["id", "source_sha256"])
+        for id_, sha in zip(table.column("id").to_pylist(), table.column("source_sha256").to_pylist(), strict=True):
+            found.setdefault(id_, []).append(sha)
+    return found
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _each_id_once(tmp_path) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """The output's rows, data/ then rejects/, as id -> source_sha256, checked to hold each id once in all."""
+    data, rejects = _rows(tmp_path, "data"), _rows(tmp_path, "rejects")
+    counts = Counter([*(i for i, shas in data.items() for _ in shas), *(i for i, shas in rejects.items() for _ in shas)])
+    assert [i for i, n in counts.items() if n > 1] == []
+    return {i: s[0] for i, s in data.items()}, {i: s[0] for i, s in rejects.items()}
+
+
+def test_find_changes_with_refresh_reads_changed_inputs_again_and_keeps_their_earlier_stamps_until_the_end() -> None:
+    record = InputRecord("/in", {"a.png": ("files", "v1"), "r.png": ("files", "v1"), "s.tar": ("tar", "v1")})
+    listed = [ReadUnit("files", ("/in/a.png", "/in/r.png"), "/in", (), (), ("v2", "v2")),
+              ReadUnit("tar", ("/in/s.tar",), "/in", (10,), ("l2",), ("v2",))]
+    purified, rejected = {"a.png", "s.tar/0", "s.tar/1"}, {"r.png", "s.tar#unreadable"}
+    plain = find_changes(listed, purified, rejected, frozenset(), record, {}, "/in")
+    assert (plain.purified, plain.rejected, plain.containers, plain.refreshed) == (["a.png"], ["r.png"], {"s.tar": 2}, {})
+    changes = find_changes(listed, purified, rejected, frozenset(), record, {}, "/in", refresh=True)
+    assert (changes.purified, changes.rejected, changes.containers) == ([], [], {})  # none kept: not said changed
+    assert changes.refreshed == {"a.png": ["a.png"], "r.png": ["r.png"], "s.tar": ["s.tar/0", "s.tar/1"]}
+    assert changes.pending == {"a.png": ("files", "v1"), "r.png": ("files", "v1"), "s.tar": ("tar", "v1")}
+    assert changes.summary()["refreshed_inputs"] == 3 and changes.summary()["refreshed_rows"] == 4
+    # with --retry-rejects as well, a changed reject is retried (its old row replaced by that rule), not refreshed
+    both = find_changes(listed, purified, rejected, frozenset({"r.png"}), record, {}, "/in", refresh=True)
+    assert "r.png" not in both.refreshed and both.pending["r.png"] == ("files", "v1")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_changed_image_files_are_purified_again_and_their_old_rows_replaced(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    (root / "bad.png").write_bytes(b"half an upload")
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    new0, fixed = image_bytes(24, 20, 99), image_bytes(16, 16, 98)
+    _rewrite(root / "0.png", new0)  # re-uploaded with new bytes (another size)
+    _rewrite(root / "bad.png", fixed)  # a reject whose input was fixed: purified now
+    _rewrite(root / "1.png", b"now broken")  # purified before, a reject now
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert summary["status"] == "complete"
+    assert summary["this_run"]["refreshed"] == {"inputs": 3, "rows_replaced": 3, "rows_kept": 0}
+    assert (summary["this_run"]["read"], summary["this_run"]["duplicates_removed"]) == (3, 0)
+    assert summary["changed_inputs"]["image_files_purified"] + summary["changed_inputs"]["image_files_rejected"] == 0
+    assert summary["output_totals"] == {"purified": 3, "rejected": 1,
+                                        "before_this_run": {"purified": 3, "rejected": 1}}
+    data, rejects = _each_id_once(tmp_path)
+    assert set(data) == {"0.png", "2.png", "bad.png"} and set(rejects) == {"1.png"}
+    assert (data["0.png"], data["bad.png"]) == (_sha(new0), _sha(fixed))
+    table = pq.read_table(tmp_path / "out" / "data", columns=["id", "width", "height"]).to_pylist()
+    assert {"id": "0.png", "width": 20, "height": 24} in table
+    assert not (tmp_path / "out" / "_refresh" / "journal.json").exists()
+    later = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert later["this_run"]["read"] == 0 and later["changed_inputs"]["examples"] == []
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_changed_tar_shard_is_read_whole_again_and_a_member_it_no_longer_holds_keeps_its_row(tmp_path,
+                                                                                              model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
+    (root / "s.tar").write_bytes(tar_bytes(members))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    changed = {"0.png": image_bytes(16, 16, 60), "1.png": members["1.png"], "3.png": image_bytes(16, 16, 63)}
+    _rewrite(root / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone, 3 added
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert summary["status"] == "complete"
+    assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 2, "rows_kept": 1}
+    assert summary["this_run"]["read"] == 3
+    data, rejects = _each_id_once(tmp_path)
+    assert set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3"} and rejects == {}
+    assert (data["s.tar/0"], data["s.tar/2"]) == (_sha(changed["0.png"]), _sha(members["2.png"]))
+    later = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert later["changed_inputs"]["containers"] == 0
+    assert later["this_run"]["containers_skipped_unread"] == 1  # the member it no longer holds is left over, recorded
+
+
+def _stopped_refresh(step: str, tmp_path, model, monkeypatch) -> None:
+    """A --refresh-changed run of the small job that stops where the job calls `step` (a kill leaves the same files)."""
+    def stop(*args, **kwargs):
+        raise RuntimeError(f"stopped at {step}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(job_module, step, stop)
+        with pytest.raises(RuntimeError):
+            run_job(small_job_config(tmp_path, model, refresh_changed=True))
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("then", ["plain", "refresh"])
+def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_finished_by_the_next_run(
+        tmp_path, model, monkeypatch, then: str) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    new0 = image_bytes(20, 20, 70)
+    _rewrite(root / "0.png", new0)
+    _rewrite(root / "1.png", b"broken now")
+    _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    # both rows of each refreshed id are there, with the journal that says which is kept
+    assert sorted(_rows(tmp_path, "data")["0.png"]) == sorted([_sha(image_bytes(16, 16, 0)), _sha(new0)])
+    assert "1.png" in _rows(tmp_path, "data") and "1.png" in _rows(tmp_path, "rejects")
+    assert set(read_journal(str(tmp_path / "out"), {})) == {"0.png", "1.png"}
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=then == "refresh"))
+    assert summary["status"] == "complete"
+    data, rejects = _each_id_once(tmp_path)
+    assert set(data) == {"0.png", "2.png"} and set(rejects) == {"1.png"}
+    assert data["0.png"] == _sha(new0)
+    assert not os.path.exists(journal_path(str(tmp_path / "out")))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_changed(tmp_path, model,
+                                                                                     monkeypatch) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    _rewrite(root / "0.png", image_bytes(16, 16, 80))
+    _stopped_refresh("build_pipeline", tmp_path, model, monkeypatch)
+    assert os.path.exists(journal_path(str(tmp_path / "out")))  # written before any row
+    resumed = run_job(small_job_config(tmp_path, model))
+    assert resumed["status"] == "complete" and resumed["changed_inputs"]["examples"] == ["0.png"]
+    data, _ = _each_id_once(tmp_path)
+    assert data["0.png"] == _sha(image_bytes(16, 16, 0))  # the old row, kept: no new one was written
+    refreshed = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert refreshed["this_run"]["refreshed"]["rows_replaced"] == 1
+    assert _each_id_once(tmp_path)[0]["0.png"] == _sha(image_bytes(16, 16, 80))
+
+
+def _argv(tmp_path, model, *more: str) -> list[str]:
+    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "1",
+            "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refreshed(tmp_path, model, capsys) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    assert cli.main(_argv(tmp_path, model)) == 0
+    _rewrite(root / "1.png", image_bytes(16, 16, 90))
+    capsys.readouterr()
+    assert cli.main(_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    assert "--refresh-changed purifies these inputs again" in capsys.readouterr().err
+    assert cli.main(_argv(tmp_path, model, "--refresh-changed", "--dry-run")) == 0
+    out, err = capsys.readouterr()
+    assert "would purify 1 changed input(s) again, replacing their 1 row(s) (e.g. 1.png)" in err
+    assert "changed under the same name" not in err and "1 image files to read" in out
+    assert not os.path.exists(journal_path(str(tmp_path / "out")))  # a dry run writes nothing
+    assert json.loads((tmp_path / "out" / "_summary.json").read_text())["this_run"]["read"] == 2
+
+
+@pytest.mark.parametrize(("other", "said"), [("--overwrite", "--refresh-changed and --overwrite contradict"),
+                                             ("--input-moved", "--refresh-changed cannot be given with --input-moved")])
+def test_refresh_changed_with_a_flag_it_cannot_go_with_is_refused(tmp_path, capsys, other: str, said: str) -> None:
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--refresh-changed", other]
+    assert cli.main(argv) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
