@@ -346,7 +346,8 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
         canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
     ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
     return ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
-        output=config.output.rstrip("/"), storage_options=so, max_rows_per_file=config.write_batch), **task_retries)
+        output=config.output.rstrip("/"), storage_options=so, max_rows_per_file=config.write_batch,
+        name_salt=plan.refresh.salt if plan.refresh is not None else ""), **task_retries)
 
 
 @dataclass(frozen=True)
@@ -407,8 +408,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         lease.check()
         stale = stale_rejects(plan, tally.read_whole)
         rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all,
-                                  journal=plan.refresh)
-        if plan.refresh:  # applied: each id it names is once in the output now
+                                  journal=plan.refresh.rows if plan.refresh else None)
+        if plan.refresh is not None:  # applied: each id it names is once in the output now
             remove_journal(out, so)
         retyped = unify_output_types(out, so, rows.data_schemas)
         # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
@@ -453,9 +454,9 @@ def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> 
     (its journal's rule, `pipeline.refresh`), then write this run's own journal when it refreshes inputs."""
     earlier = read_journal(out, storage_options)
     if earlier is not None:
-        drop_superseded_rows(out, storage_options, earlier)
+        drop_superseded_rows(out, storage_options, earlier.rows)
         remove_journal(out, storage_options)
-    if plan.refresh:
+    if plan.refresh is not None:
         write_journal(out, storage_options, plan.refresh)
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import posixpath
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from pipeline.output import (
 )
 from pipeline.presets import shipped_prior_path
 from pipeline.redaction import redact_uri
+from pipeline.refresh import Journal, read_journal
 from pipeline.settings import ZipSettings, canonical_operators, check_trained_timesteps
 from pipeline.sources import (
     MAX_IMAGE_BYTES,
@@ -251,9 +253,9 @@ class JobPlan:
     # a dry run's Parquet files to read whose footers give rows a null image cell, each a reject: path -> rows
     # (`parquet_rows_without_image`); not looked for in a run
     rows_without_image: dict[str, int] = field(default_factory=dict)
-    # --refresh-changed: each id this run purifies again -> the part files holding its old rows, the journal it writes
-    # before any row (pipeline.refresh; empty in a dry run, whose count is in `changes`)
-    refresh: dict[str, list[str]] = field(default_factory=dict)
+    # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
+    # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
+    refresh: Journal | None = None
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -320,6 +322,8 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     if overlap:
         raise JobError(overlap)
     output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)
+    # a --refresh-changed run stopped before its end: the rows it replaced are taken as this run's start will leave them
+    output, settled_stamps = _after_earlier_refresh(config, out, so, output)
     hidden = HiddenSkipped()  # the hidden files the listing leaves out
     listed = _listed_units(config, hidden)
     first_parquet = next((u for u in listed if u.kind == "parquet"), None)
@@ -331,14 +335,15 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
     containers = _containers_left(kept_units, out, so, output)
     changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run,
-                                            config.refresh_changed)
-    refresh: dict[str, list[str]] = {}
+                                            config.refresh_changed, settled_stamps)
+    refresh = None
     if changes.refreshed:  # --refresh-changed: their rows are not done; the units are worked out again without them
         again = changes.refreshed_rows()
         output = replace(output, skip=output.skip - again)
         kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
         containers = _containers_left(kept_units, out, so, output)
-        refresh = {} if dry_run else _old_rows(out, so, again)
+        if input_record is not None:  # not in a dry run
+            refresh = _journal(out, so, changes, input_record)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -371,8 +376,17 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 
-def _old_rows(out: str, so: dict[str, Any], ids: set[str]) -> dict[str, list[str]]:
-    """The part files holding the rows of `ids` that a --refresh-changed run replaces (its journal)."""
+def _journal(out: str, so: dict[str, Any], changes: ChangedInputs, final: InputRecord) -> Journal:
+    """The journal of a --refresh-changed run (`pipeline.refresh`): the part files holding the old rows of each id it
+    purifies again, and each input's stamp as this run's listing gives it (`final`: the record it leaves)."""
+    rows = _holders(out, so, changes.refreshed_rows())
+    inputs = {input_id: (*final.stamps[input_id], [i for i in ids if i in rows])
+              for input_id, ids in changes.refreshed.items() if input_id in final.stamps}
+    return Journal(rows, inputs, uuid.uuid4().hex)
+
+
+def _holders(out: str, so: dict[str, Any], ids: set[str]) -> dict[str, list[str]]:
+    """The part files holding a row of each of `ids` (`output.part_files_holding`), a storage error as a JobError."""
     try:
         return part_files_holding(out, so, ids)
     except JobError:
@@ -381,17 +395,54 @@ def _old_rows(out: str, so: dict[str, Any], ids: set[str]) -> dict[str, list[str
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
 
 
+def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
+                           output: _OutputDone) -> tuple[_OutputDone, dict[str, tuple[str, str]]]:
+    """When a --refresh-changed run stopped before its end left its journal (`pipeline.refresh`), which this run
+    applies before it writes anything: what the output holds as it will then (an id whose new row is a reject and whose
+    old one is in data/ is a reject), and the stamps of the inputs whose ids all have their new rows (the record takes
+    them: they are not changed since). Only the journal's ids are looked up, and only when there is one."""
+    if output.state not in ("resume", "incremental"):
+        return output, {}
+    try:
+        journal = read_journal(out, so)
+    except JobError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    if journal is None:
+        return output, {}
+    holders = _holders(out, so, set(journal.rows))
+    settled = journal.settled(holders)
+    purified, rejected = set(output.purified_ids), set(output.rejected_ids)
+    for id_ in settled:
+        new = set(holders[id_]) - set(journal.rows[id_])
+        if any(name.startswith(f"{DATA_DIR}/") for name in new):
+            purified.add(id_)
+            rejected.discard(id_)
+        else:
+            purified.discard(id_)
+            rejected.add(id_)
+    retry = frozenset(rejected) if config.retry_rejects else frozenset()
+    skip = purified if config.retry_rejects else purified | rejected
+    return replace(output, purified_ids=purified, rejected_ids=rejected, prior_purified=len(purified),
+                   prior_rejected=len(rejected), retry=retry, skip=skip), journal.new_stamps(settled)
+
+
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
                     containers: _ContainersLeft, job_record: dict[str, Any],
-                    dry_run: bool, refresh: bool = False) -> tuple[ChangedInputs, InputRecord | None]:
+                    dry_run: bool, refresh: bool = False,
+                    settled: dict[str, tuple[str, str]] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
     """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
     --refresh-changed, those changed are purified again instead), and the record of the inputs' stamps a run writes
-    before it reads anything (None in a dry run, which writes nothing)."""
+    before it reads anything (None in a dry run, which writes nothing). `settled`: the stamps of inputs a stopped
+    --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`)."""
     location = (job_record.get("input") or {}).get("location")
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
     except Exception as err:  # noqa: BLE001 - read_record ignores a bad record; this is storage failing
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
+    if record is not None and settled:
+        record = InputRecord(record.location, {**record.stamps, **settled})
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
                            root, refresh)

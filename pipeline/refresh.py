@@ -13,20 +13,28 @@ new rows go to part files as every run writes them. Then, for each id of the jou
   and the input is still said changed (its stamp in `_inputs/stamps.parquet` is the earlier one until a refresh run
   ends complete: `changes.starting_record`).
 
+The journal also names each input refreshed with the stamp its listing gave (the version the new rows are made from,
+or a newer one) and its ids: a later run that finds every id of an input with a new row takes that stamp as the
+input's recorded one (`Journal.new_stamps`), so that an input whose rows a stopped run did replace is not said
+changed, nor purified a third time, while one it did not get to still is.
+
 The refresh run applies this rule in its end-of-run check (`output.deduplicate_output`), then removes the journal.
 A run that finds a journal when it starts (one left by a run killed or stopped before that) applies the same rule
 first (`output.drop_superseded_rows`), then removes it, before it plans anything of its own into a new one: so a kill
 at any point leaves at worst the old and the new row of an id together with the journal that says which is kept. A
-part file written again under its own name (a batch of the same ids: `stages.part_name`) replaced the old row in
-place; the rule then finds nothing to remove. Changed containers (tar shards, Parquet and zip files) are read whole
-again: every done row of one is refreshed (which member changed cannot be told); a member it no longer holds gives
-no new row, and its old row stays (ledger's `leftover`), as it would without --refresh-changed.
+part file written again under its own name (a batch of the same ids: `stages.part_name`) would replace the old row
+in place, and a new row there could not be told from an old one: so a refresh run salts its part files' names
+(`Journal.salt`), and its new rows never land in a file named like an old one. Changed containers (tar shards,
+Parquet and zip files) are read whole again: every done row of one is refreshed (which member changed cannot be told);
+a member it no longer holds gives no new row, and its old row stays (ledger's `leftover`), as it would without
+--refresh-changed.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import JobError
@@ -41,10 +49,30 @@ def journal_path(output: str) -> str:
     return f"{output.rstrip('/')}/{REFRESH_DIR}/{JOURNAL_FILE}"
 
 
-def read_journal(output: str, storage_options: dict[str, Any]) -> dict[str, list[str]] | None:
-    """The journal a refresh run left (id -> the part files, relative to the output, that held its old rows); None
-    when there is none. One that cannot be read stops the run (a JobError): without it, two rows of an id could not be
-    told apart."""
+@dataclass(frozen=True)
+class Journal:
+    """What a --refresh-changed run replaces: id -> the part files ('data/part-....parquet', relative to the output)
+    that held its old rows; and input id -> (kind, the stamp its listing gave, its ids among `rows`)."""
+
+    rows: dict[str, list[str]]
+    inputs: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
+    # the run's part file names are salted with it (`stages.part_name`): a new row never lands in an old row's file
+    salt: str = ""
+
+    def settled(self, holders: dict[str, list[str]]) -> set[str]:
+        """The ids with a new row: one in a part file the journal does not name for them (`holders`: id -> the part
+        files holding a row of it now)."""
+        return {id_ for id_, names in self.rows.items() if set(holders.get(id_, ())) - set(names)}
+
+    def new_stamps(self, settled: set[str]) -> dict[str, tuple[str, str]]:
+        """The inputs every id of which has its new row (`settled`), with the stamp those rows were made from."""
+        return {input_id: (kind, stamp) for input_id, (kind, stamp, ids) in self.inputs.items()
+                if ids and settled.issuperset(ids)}
+
+
+def read_journal(output: str, storage_options: dict[str, Any]) -> Journal | None:
+    """The journal a refresh run left; None when there is none. One that cannot be read stops the run (a JobError):
+    without it, two rows of an id could not be told apart."""
     uri = journal_path(output)
     fs, path = storage_path(uri, storage_options)
     try:
@@ -59,14 +87,20 @@ def read_journal(output: str, storage_options: dict[str, Any]) -> dict[str, list
                                                                                                    dict):
         raise JobError(f"{uri} is not a journal this version reads (format {JOURNAL_FORMAT}); a newer version wrote "
                        "it, or something else damaged it: run the version that wrote it, or restore it")
-    return {str(id_): [str(name) for name in names] for id_, names in payload["rows"].items()}
+    rows = {str(id_): [str(name) for name in names] for id_, names in payload["rows"].items()}
+    inputs = {str(i): (str(kind), str(stamp), [str(id_) for id_ in ids])
+              for i, (kind, stamp, ids) in (payload.get("inputs") or {}).items()}
+    return Journal(rows, inputs, str(payload.get("salt", "")))
 
 
-def write_journal(output: str, storage_options: dict[str, Any], rows: dict[str, list[str]]) -> None:
-    """Write the journal whole (`rows`: id -> the part files that hold its old rows)."""
+def write_journal(output: str, storage_options: dict[str, Any], journal: Journal) -> None:
+    """Write the journal whole."""
     uri = journal_path(output)
     fs, path = storage_path(uri, storage_options)
-    data = json.dumps({"format": JOURNAL_FORMAT, "rows": {id_: sorted(rows[id_]) for id_ in sorted(rows)}},
+    rows, inputs = journal.rows, journal.inputs
+    data = json.dumps({"format": JOURNAL_FORMAT, "rows": {id_: sorted(rows[id_]) for id_ in sorted(rows)},
+                       "inputs": {i: [inputs[i][0], inputs[i][1], sorted(inputs[i][2])] for i in sorted(inputs)},
+                       "salt": journal.salt},
                       indent=1).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")

@@ -436,9 +436,12 @@ def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, A
         raise
 
 
-def part_name(ids: list[str]) -> str:
-    """Deterministic from the ids it holds, so a retried write replaces its own file."""
-    return "part-" + hashlib.sha1(ids_key(ids)).hexdigest()[:20] + ".parquet"
+def part_name(ids: list[str], salt: str = "") -> str:
+    """Deterministic from the ids it holds (and the run's `salt`), so a retried write replaces its own file. A
+    --refresh-changed run gives a salt of its own, so that no new row lands in the file of an old one under the same
+    name: its journal tells a new row by the file it is in (`pipeline.refresh`)."""
+    key = ids_key(ids) + (b"\0salt\0" + salt.encode() if salt else b"")
+    return "part-" + hashlib.sha1(key).hexdigest()[:20] + ".parquet"
 
 
 def unpurified_images(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -454,9 +457,10 @@ def unpurified_images(records: list[dict[str, Any]]) -> dict[str, int]:
     return found
 
 
-def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_rows_per_file: int = 512) -> Batch:
-    """Write purified images to data/ and rejects to rejects/ (files of at most max_rows_per_file rows);
-    return one manifest row."""
+def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_rows_per_file: int = 512,
+                name_salt: str = "") -> Batch:
+    """Write purified images to data/ and rejects to rejects/ (files of at most max_rows_per_file rows; their names
+    `part_name` of their ids and `name_salt`); return one manifest row."""
     records = records_of(batch)
     images = [r for r in records if r["kind"] == "image"]
     rejects = [r for r in records if r["kind"] == "reject"]
@@ -475,7 +479,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     for folder, rows, to_table in ((DATA_DIR, images, _data_table), (REJECTS_DIR, rejects, _rejects_table)):
         for start in range(0, len(rows), max_rows_per_file):
             chunk = rows[start : start + max_rows_per_file]
-            name = part_name([r["id"] for r in chunk])
+            name = part_name([r["id"] for r in chunk], name_salt)
             write_parquet_atomic(to_table(chunk), f"{output.rstrip('/')}/{folder}/{name}", storage_options)
             files.append(f"{folder}/{name}")
             file_rows[f"{folder}/{name}"] = len(chunk)

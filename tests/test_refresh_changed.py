@@ -147,9 +147,13 @@ def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_fini
     # both rows of each refreshed id are there, with the journal that says which is kept
     assert sorted(_rows(tmp_path, "data")["0.png"]) == sorted([_sha(image_bytes(16, 16, 0)), _sha(new0)])
     assert "1.png" in _rows(tmp_path, "data") and "1.png" in _rows(tmp_path, "rejects")
-    assert set(read_journal(str(tmp_path / "out"), {})) == {"0.png", "1.png"}
+    assert set(read_journal(str(tmp_path / "out"), {}).rows) == {"0.png", "1.png"}
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=then == "refresh"))
     assert summary["status"] == "complete"
+    # the stopped run's new rows stand: not said changed, not purified a third time, counted where they now are
+    assert (summary["this_run"]["read"], summary["changed_inputs"]["examples"]) == (0, [])
+    assert summary["output_totals"] == {"purified": 2, "rejected": 1,
+                                        "before_this_run": {"purified": 2, "rejected": 1}}
     data, rejects = _each_id_once(tmp_path)
     assert set(data) == {"0.png", "2.png"} and set(rejects) == {"1.png"}
     assert data["0.png"] == _sha(new0)
@@ -207,3 +211,22 @@ def test_refresh_changed_with_a_flag_it_cannot_go_with_is_refused(tmp_path, caps
     assert cli.main(argv) == 2
     assert said in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_new_row_never_lands_in_the_old_rows_file_so_a_stopped_refresh_of_a_lone_file_is_told_done(
+        tmp_path, model, monkeypatch) -> None:
+    """A part file's name is a hash of its ids: the one new row of a file purified alone before would be written over
+    its old file, and after a stop no run could tell it new. A refresh run salts its names."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "0.png").write_bytes(image_bytes(16, 16, 0))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    old_files = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+    _rewrite(root / "0.png", image_bytes(16, 16, 40))
+    _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    assert len(list((tmp_path / "out" / "data").glob("part-*.parquet"))) == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir() if p.name in old_files) == old_files
+    resumed = run_job(small_job_config(tmp_path, model))
+    assert (resumed["this_run"]["read"], resumed["changed_inputs"]["examples"]) == (0, [])
+    assert _each_id_once(tmp_path)[0] == {"0.png": _sha(image_bytes(16, 16, 40))}
