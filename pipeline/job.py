@@ -48,6 +48,7 @@ from pipeline.output import (
     clear_output,
     deduplicate_output,
     drop_superseded_rows,
+    part_file_ids,
     run_history_path,
     unify_output_types,
     write_json,
@@ -57,7 +58,7 @@ from pipeline.plan import JobPlan, plan_job
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
-from pipeline.refresh import REFRESH_DIR, read_journal, remove_journal, write_journal
+from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal, write_journal
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.stages import (
     ALL_CORES,
@@ -533,6 +534,10 @@ class StopRecorder:
         done = _stopped_this_run(plan, self.tally, count, self.started)
         totals = {**stopped_totals(earlier, count, plan.retry),
                   "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
+        if plan.refresh is not None and count.short is None:  # old rows replaced: they go at the next run's start
+            replaced = _replaced_by_stopped_refresh(out, so, plan.refresh, self.before, self.tally.reported)
+            totals.update(purified=max(0, totals["purified"] - replaced[0]),
+                          rejected=max(0, totals["rejected"] - replaced[1]))
         unwritten = ""
         try:
             _write_summary(out, {
@@ -543,6 +548,23 @@ class StopRecorder:
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
             unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
         return _stopped_phrase(count, totals, self.tally.hidden) + unwritten
+
+
+def _replaced_by_stopped_refresh(out: str, storage_options: dict[str, Any], journal: Journal,
+                                 before: dict[str, str | None] | set[str] | None,
+                                 reported: dict[str, int]) -> tuple[int, int]:
+    """The old rows, in data/ and in rejects/, of the ids a stopped --refresh-changed run wrote a new row of: the next
+    run's start removes them (`pipeline.refresh`), so the output holds them no longer. Its files are those it reported
+    and those not there when it began (its names are salted: none is an old one's). (0, 0) when they cannot be read."""
+    if before is None:
+        return 0, 0
+    try:
+        names = set(reported) | (set(part_names(out, storage_options)) - set(before))
+        ids = set(journal.rows) & part_file_ids(out, storage_options, sorted(names))
+    except Exception:  # noqa: BLE001 - the stop must still be recorded; the totals are then the upper bound
+        return 0, 0
+    data = sum(any(name.startswith(f"{DATA_DIR}/") for name in journal.rows[id_]) for id_ in ids)
+    return data, len(ids) - data
 
 
 def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, started: float) -> dict[str, Any]:

@@ -144,6 +144,9 @@ def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_fini
     _rewrite(root / "0.png", new0)
     _rewrite(root / "1.png", b"broken now")
     _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert (stopped["status"], stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (
+        "failed", 2, 1)  # the old rows its new ones replace are not counted as held
     # both rows of each refreshed id are there, with the journal that says which is kept
     assert sorted(_rows(tmp_path, "data")["0.png"]) == sorted([_sha(image_bytes(16, 16, 0)), _sha(new0)])
     assert "1.png" in _rows(tmp_path, "data") and "1.png" in _rows(tmp_path, "rejects")
