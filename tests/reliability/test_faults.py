@@ -111,3 +111,59 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
     assert not (rejects["error"].str.contains("not a recognised image")).any(), set(rejects["error"])
     summary = json.loads((out / "_summary.json").read_text())["this_run"]["rejects_retried"]
     assert summary["purified_now"] + summary["rejected_again"] == summary["earlier_rejects"]
+
+
+def test_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path, tiny_model) -> None:
+    """--refresh-changed killed half-way leaves the old and the new row of some ids with its journal; a plain resume
+    must end complete with each input once, each refreshed id's row the new one where the killed run wrote it, and a
+    second refresh must leave every changed input's row made from its new bytes."""
+    import hashlib
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    ids = _images(root, 120)
+    args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "3",
+            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
+    first = _job(args)
+    log, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, log[-3000:]
+    changed = sorted(ids)[::2]  # 60 rewritten in place: 50 with new images, 10 broken now
+    new = {name: (b"junk" if i % 6 == 0 else image_bytes(32, 32, 2000 + i)) for i, name in enumerate(changed)}
+    for name, data in new.items():
+        before = os.stat(root / name).st_mtime_ns
+        (root / name).write_bytes(data)
+        os.utime(root / name, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+    def parts() -> int:
+        return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
+
+    written = parts()
+    refresh = _job([*args, "--refresh-changed"], env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
+    deadline = time.time() + 240
+    while time.time() < deadline and parts() < written + 3:
+        time.sleep(0.2)
+    os.killpg(refresh.pid, signal.SIGKILL)
+    refresh.wait()
+    assert written + 3 <= parts() < written + 8, "the refresh was killed before writing, or after it finished"
+    assert (out / "_refresh" / "journal.json").exists()
+
+    def rows(scenario: str) -> dict[str, str]:
+        data, rejects = check(scenario, str(out), ids)
+        return {**dict(zip(data["id"], data["source_sha256"], strict=True)),
+                **dict(zip(rejects["id"], rejects["source_sha256"], strict=True))}
+
+    resume = _job(args)  # no flag: the killed run's new rows win where it wrote them, the other old rows stay
+    log, _ = resume.communicate(timeout=600)
+    assert resume.returncode == 0, log[-3000:]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["status"] == "complete" and not (out / "_refresh" / "journal.json").exists()
+    held = rows("refresh-changed SIGKILL + resume")
+    done = {name for name, sha in held.items() if name in new and sha == hashlib.sha256(new[name]).hexdigest()}
+    assert done and len(done) < len(new)
+    assert summary["changed_inputs"]["image_files_purified"] + summary["changed_inputs"]["image_files_rejected"] == (
+        len(new) - len(done))  # those the killed run did not get to are still said changed
+
+    again = _job([*args, "--refresh-changed"])
+    log, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, log[-3000:]
+    final = rows("refresh-changed again")
+    assert {name for name in new if final[name] == hashlib.sha256(new[name]).hexdigest()} == set(new)
