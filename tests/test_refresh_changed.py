@@ -8,6 +8,7 @@ import json
 import os
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,25 +100,31 @@ def test_changed_image_files_are_purified_again_and_their_old_rows_replaced(tmp_
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_changed_tar_shard_is_read_whole_again_and_a_member_it_no_longer_holds_keeps_its_row(tmp_path,
-                                                                                              model) -> None:
+def test_a_changed_tar_shard_or_parquet_file_is_read_whole_again_and_a_member_it_no_longer_holds_keeps_its_row(
+        tmp_path, model) -> None:
     root = tmp_path / "in"
     root.mkdir()
     members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
     (root / "s.tar").write_bytes(tar_bytes(members))
+    pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 20), "path": None}]}), root / "t.parquet")
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     changed = {"0.png": image_bytes(16, 16, 60), "1.png": members["1.png"], "3.png": image_bytes(16, 16, 63)}
     _rewrite(root / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone, 3 added
+    row = image_bytes(16, 16, 21)
+    before = os.stat(root / "t.parquet").st_mtime_ns
+    pq.write_table(pa.table({"image": [{"bytes": row, "path": None}]}), root / "t.parquet")
+    os.utime(root / "t.parquet", ns=(before + 2_000_000_000, before + 2_000_000_000))
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert summary["status"] == "complete"
-    assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 2, "rows_kept": 1}
-    assert summary["this_run"]["read"] == 3
+    assert summary["this_run"]["refreshed"] == {"inputs": 2, "rows_replaced": 3, "rows_kept": 1}
+    assert summary["this_run"]["read"] == 4
     data, rejects = _each_id_once(tmp_path)
-    assert set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3"} and rejects == {}
+    assert set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3", "t.parquet#0"} and rejects == {}
     assert (data["s.tar/0"], data["s.tar/2"]) == (_sha(changed["0.png"]), _sha(members["2.png"]))
+    assert data["t.parquet#0"] == _sha(row)
     later = run_job(small_job_config(tmp_path, model, incremental=True))
     assert later["changed_inputs"]["containers"] == 0
-    assert later["this_run"]["containers_skipped_unread"] == 1  # the member it no longer holds is left over, recorded
+    assert later["this_run"]["containers_skipped_unread"] == 2  # the member it no longer holds is left over, recorded
 
 
 def _stopped_refresh(step: str, tmp_path, model, monkeypatch) -> None:
