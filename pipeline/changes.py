@@ -160,14 +160,13 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
             f"{remedy}--overwrite purifies the input as it is now. Counts: _summary.json changed_inputs")
 
 
-def refreshed_note(changed: dict[str, Any], dry_run: bool = False) -> str | None:
-    """The command line's note on the changed inputs a --refresh-changed run purifies again; None when none."""
+def refreshed_note(changed: dict[str, Any]) -> str | None:
+    """The dry run's note on the changed inputs a --refresh-changed run would purify again; None when none."""
     inputs, rows = changed.get("refreshed_inputs", 0), changed.get("refreshed_rows", 0)
     if not inputs:
         return None
-    did = "would purify" if dry_run else "purified"
-    return (f"note: --refresh-changed: {did} {inputs} changed input(s) again, replacing their {rows} row(s) (e.g. "
-            f"{', '.join(changed.get('refreshed_examples', []))})")
+    return (f"note: --refresh-changed: would purify {inputs} changed input(s) again, replacing their {rows} row(s) "
+            f"(e.g. {', '.join(changed.get('refreshed_examples', []))})")
 
 
 def gone_note(changed: dict[str, Any]) -> str | None:

@@ -675,6 +675,12 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         print(_retried_line(retried))
+    refreshed = run.get("refreshed") or {}
+    if refreshed.get("inputs"):
+        kept = refreshed.get("rows_kept", 0)
+        print(f"refreshed {refreshed['inputs']} input(s) changed in place (--refresh-changed): "
+              f"{refreshed.get('rows_replaced', 0)} old row(s) replaced by new ones"
+              + (f", {kept} kept (no longer in their tar/Parquet/zip file)" if kept else ""))
     _print_changed_inputs(summary.get("changed_inputs") or {})
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
@@ -683,9 +689,10 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
 
 
 def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:
-    """The warning on inputs changed since their rows were written, the note on those gone and the one on those
-    --refresh-changed purifies again, on stderr."""
-    for line in (changed_warning(changed, dry_run), gone_note(changed), refreshed_note(changed, dry_run)):
+    """The warning on inputs changed since their rows were written, the note on those gone and, in a dry run, the one
+    on those --refresh-changed would purify again (a run says what it did: `_print_run_summary`), on stderr."""
+    notes = (refreshed_note(changed),) if dry_run else ()
+    for line in (changed_warning(changed, dry_run), gone_note(changed), *notes):
         if line is not None:
             print(terminal_text(line), file=sys.stderr)
 

@@ -212,6 +212,10 @@ def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refresh
     assert "changed under the same name" not in err and "1 image files to read" in out
     assert not os.path.exists(journal_path(str(tmp_path / "out")))  # a dry run writes nothing
     assert json.loads((tmp_path / "out" / "_summary.json").read_text())["this_run"]["read"] == 2
+    assert cli.main(_argv(tmp_path, model, "--refresh-changed")) == 0
+    out, err = capsys.readouterr()
+    assert "refreshed 1 input(s) changed in place (--refresh-changed): 1 old row(s) replaced by new ones" in out
+    assert "changed under the same name" not in err
 
 
 @pytest.mark.parametrize(("other", "said"), [("--overwrite", "--refresh-changed and --overwrite contradict"),
