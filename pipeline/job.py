@@ -34,7 +34,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.changes import INPUTS_DIR, starting_record, write_record
+from pipeline.changes import INPUTS_DIR, InputRecord, starting_record, write_record
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed
 from pipeline.lease import LEASE_FILE, OutputLease
@@ -175,14 +175,26 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
     return len(added)
 
 
-def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: JobPlan) -> None:
+def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: JobPlan,
+                              read_whole: list[dict[str, Any]] | None = None,
+                              refresh_left: frozenset[str] = frozenset()) -> None:
     """Once a run is complete, the changed inputs it read again (`ChangedInputs.pending`) get their new stamps in the
-    record of the inputs. A failure to write it loses nothing: the next run reads them again (--retry-rejects) or says
-    their rows are of an earlier version, and the failure is said here."""
+    record of the inputs, but for one that --refresh-changed read again and that gave no new row for some of its old
+    ones without being read to its end (`refresh_left`: a container that cannot be read now): its old rows stay, said
+    changed by every later run. A failure to write it loses nothing: the next run reads them again (--retry-rejects,
+    --refresh-changed) or says their rows are of an earlier version, and the failure is said here."""
     if plan.input_record is None or not plan.changes.pending:
         return
+    record = plan.input_record
+    if refresh_left:
+        whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files"
+                 and u.paths[0] in {r["path"] for r in read_whole or ()}}
+        unsettled = {input_id for input_id, ids in plan.changes.refreshed.items()
+                     if input_id not in whole and refresh_left.intersection(ids)}
+        record = InputRecord(record.location, {**record.stamps,
+                                               **{i: plan.changes.pending[i] for i in unsettled}})
     try:
-        write_record(out, storage_options, plan.input_record)
+        write_record(out, storage_options, record)
     except Exception as err:  # noqa: BLE001 - the output is complete
         print(f"zip-purify: warning: could not record the inputs read again ({describe(err)}); the next run may say "
               "they changed since their rows were written", file=sys.stderr)
@@ -420,7 +432,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         if summary["status"] == "complete":
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all, rows.refresh_left)
             summary["this_run"]["containers_recorded"] = recorded
-            _record_inputs_read_again(out, so, plan)
+            _record_inputs_read_again(out, so, plan, tally.read_whole, rows.refresh_left)
         _write_summary(out, summary, so, run_history_path(out, started, lease.record["run_id"]))
         IGNORE_STOPS.set()
     if summary["status"] != "complete":

@@ -27,7 +27,8 @@ in place, and a new row there could not be told from an old one: so a refresh ru
 (`Journal.salt`), and its new rows never land in a file named like an old one. Changed containers (tar shards,
 Parquet and zip files) are read whole again: every done row of one is refreshed (which member changed cannot be told);
 a member it no longer holds gives no new row, and its old row stays (ledger's `leftover`), as it would without
---refresh-changed.
+--refresh-changed; a container that cannot be read to its end now keeps its old rows and its earlier stamp (still said
+changed: `job._record_inputs_read_again`).
 """
 
 from __future__ import annotations

@@ -244,3 +244,19 @@ def test_a_new_row_never_lands_in_the_old_rows_file_so_a_stopped_refresh_of_a_lo
     resumed = run_job(small_job_config(tmp_path, model))
     assert (resumed["this_run"]["read"], resumed["changed_inputs"]["examples"]) == (0, [])
     assert _each_id_once(tmp_path)[0] == {"0.png": _sha(image_bytes(16, 16, 40))}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_changed_shard_that_cannot_be_read_now_keeps_its_rows_and_stays_said_changed(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    _rewrite(root / "s.tar", b"not a tar any more" * 40)
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert summary["status"] == "complete"
+    assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 0, "rows_kept": 2}
+    data, rejects = _each_id_once(tmp_path)
+    assert set(data) == {"s.tar/0", "s.tar/1"} and set(rejects) == {"s.tar#unreadable"}
+    later = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert (later["changed_inputs"]["containers"], later["changed_inputs"]["container_rows"]) == (1, 2)
