@@ -15,8 +15,10 @@ import pytest
 import pipeline.job as job_module
 from pipeline import cli
 from pipeline.changes import InputRecord, find_changes
+from pipeline.errors import JobError
 from pipeline.job import run_job
-from pipeline.refresh import journal_path, read_journal
+from pipeline.output import drop_superseded_rows, part_files_holding
+from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
 from tests.jobutil import image_bytes, small_job_config, tar_bytes
 
@@ -68,6 +70,31 @@ def test_find_changes_with_refresh_reads_changed_inputs_again_and_keeps_their_ea
     # with --retry-rejects as well, a changed reject is retried (its old row replaced by that rule), not refreshed
     both = find_changes(listed, purified, rejected, frozenset({"r.png"}), record, {}, "/in", refresh=True)
     assert "r.png" not in both.refreshed and both.pending["r.png"] == ("files", "v1")
+
+
+def test_the_journal_rule_removes_old_rows_only_of_ids_another_file_holds_a_row_of(tmp_path) -> None:
+    out = tmp_path / "out"
+    for folder, name, ids in (("data", "part-old.parquet", ["a", "b", "c"]), ("data", "part-new.parquet", ["a"]),
+                              ("rejects", "part-new.parquet", ["b"]), ("rejects", "part-r.parquet", ["d"])):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": ids, "n": list(range(len(ids)))}), out / folder / name)
+    rows = {"a": ["data/part-old.parquet"], "b": ["data/part-old.parquet"], "c": ["data/part-old.parquet"],
+            "d": ["rejects/part-r.parquet"]}
+    journal = Journal(rows, {"s.tar": ("tar", "v2", ["a", "c"]), "b": ("files", "v2", ["b"])}, "salt")
+    write_journal(str(out), {}, journal)
+    assert read_journal(str(out), {}) == journal
+    holders = part_files_holding(str(out), {}, set(rows))
+    assert journal.settled(holders) == {"a", "b"}  # c and d: no row outside their old files
+    assert journal.new_stamps({"a", "b"}) == {"b": ("files", "v2")}  # s.tar's c has no new row: still changed
+    assert drop_superseded_rows(str(out), {}, rows) == 2
+    assert pq.read_table(out / "data" / "part-old.parquet").column("id").to_pylist() == ["c"]
+    assert pq.read_table(out / "data" / "part-new.parquet").column("id").to_pylist() == ["a"]
+    assert pq.read_table(out / "rejects" / "part-new.parquet").column("id").to_pylist() == ["b"]
+    assert pq.read_table(out / "rejects" / "part-r.parquet").column("id").to_pylist() == ["d"]
+    assert drop_superseded_rows(str(out), {}, rows) == 0  # applied again (a kill before the journal went): nothing
+    (out / "_refresh" / "journal.json").write_text("{not json")
+    with pytest.raises(JobError, match="--refresh-changed"):
+        read_journal(str(out), {})
 
 
 @pytest.mark.usefixtures("ray_local")
