@@ -422,8 +422,6 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         stale = stale_rejects(plan, tally.read_whole)
         rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all,
                                   journal=plan.refresh.rows if plan.refresh else None)
-        if plan.refresh is not None:  # applied: each id it names is once in the output now
-            remove_journal(out, so)
         retyped = unify_output_types(out, so, rows.data_schemas)
         # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
         # written (a full disk), is recorded as "interrupted" or "failed" (exit status 143 or 1) rather than leaving
@@ -433,6 +431,10 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all, rows.refresh_left)
             summary["this_run"]["containers_recorded"] = recorded
             _record_inputs_read_again(out, so, plan, tally.read_whole, rows.refresh_left)
+            if plan.refresh is not None:
+                # applied (each id it names is once in the output) and its inputs' new stamps recorded: until then it
+                # is what tells a later run those stamps (`Journal.new_stamps`), and it stays after a run not complete
+                remove_journal(out, so)
         _write_summary(out, summary, so, run_history_path(out, started, lease.record["run_id"]))
         IGNORE_STOPS.set()
     if summary["status"] != "complete":

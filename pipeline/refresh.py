@@ -18,9 +18,11 @@ or a newer one) and its ids: a later run that finds every id of an input with a 
 input's recorded one (`Journal.new_stamps`), so that an input whose rows a stopped run did replace is not said
 changed, nor purified a third time, while one it did not get to still is.
 
-The refresh run applies this rule in its end-of-run check (`output.deduplicate_output`), then removes the journal.
-A run that finds a journal when it starts (one left by a run killed or stopped before that) applies the same rule
-first (`output.drop_superseded_rows`), then removes it, before it plans anything of its own into a new one: so a kill
+The refresh run applies this rule in its end-of-run check (`output.deduplicate_output`), and removes the journal
+only once it ends complete and the record of the inputs holds their new stamps: until then the journal is what tells a
+later run those stamps. A run that finds a journal when it starts (one left by a run killed or stopped before that, or
+by one not complete) applies the same rule first (`output.drop_superseded_rows`; its plan took the output as that
+leaves it: `plan._after_earlier_refresh`), then removes it, before it writes a journal of its own: so a kill
 at any point leaves at worst the old and the new row of an id together with the journal that says which is kept. A
 part file written again under its own name (a batch of the same ids: `stages.part_name`) would replace the old row
 in place, and a new row there could not be told from an old one: so a refresh run salts its part files' names

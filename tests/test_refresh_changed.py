@@ -287,3 +287,27 @@ def test_a_changed_shard_that_cannot_be_read_now_keeps_its_rows_and_stays_said_c
     assert set(data) == {"s.tar/0", "s.tar/1"} and set(rejects) == {"s.tar#unreadable"}
     later = run_job(small_job_config(tmp_path, model, incremental=True))
     assert (later["changed_inputs"]["containers"], later["changed_inputs"]["container_rows"]) == (1, 2)
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("step", ["unify_output_types", "_record_inputs_read_again"])
+def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_the_new_stamps_is_told_done(
+        tmp_path, model, monkeypatch, step: str) -> None:
+    """The journal is what tells a later run the new stamps of the inputs whose rows a stopped refresh replaced: gone
+    before the record holds them, the next run said those inputs changed and a refresh purified them a third time."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    new0 = image_bytes(16, 16, 50)
+    _rewrite(root / "0.png", new0)
+    _stopped_refresh(step, tmp_path, model, monkeypatch)
+    assert _each_id_once(tmp_path)[0]["0.png"] == _sha(new0)  # the old row is gone already
+    resumed = run_job(small_job_config(tmp_path, model))
+    assert resumed["status"] == "complete"
+    assert (resumed["this_run"]["read"], resumed["changed_inputs"]["examples"]) == (0, [])
+    assert not os.path.exists(journal_path(str(tmp_path / "out")))
+    later = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert (later["this_run"]["read"], later["this_run"]["refreshed"]["inputs"]) == (0, 0)
+
