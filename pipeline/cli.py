@@ -680,7 +680,7 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
         kept = refreshed.get("rows_kept", 0)
         print(f"refreshed {refreshed['inputs']} input(s) changed in place (--refresh-changed): "
               f"{refreshed.get('rows_replaced', 0)} old row(s) replaced by new ones"
-              + (f", {kept} kept (no longer in their tar/Parquet/zip file)" if kept else ""))
+              + (f", {kept} kept (their tar/Parquet/zip file, read again, gave no new row of them)" if kept else ""))
     _print_changed_inputs(summary.get("changed_inputs") or {})
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds

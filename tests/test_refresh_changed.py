@@ -311,3 +311,18 @@ def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_th
     later = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert (later["this_run"]["read"], later["this_run"]["refreshed"]["inputs"]) == (0, 0)
 
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_command_line_does_not_say_rows_kept_of_a_shard_that_cannot_be_read_are_gone_from_it(
+        tmp_path, model, capsys) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
+    assert cli.main(_argv(tmp_path, model)) == 0
+    _rewrite(root / "s.tar", b"not a tar any more" * 40)  # its members may well be there: it cannot be read now
+    capsys.readouterr()
+    assert cli.main(_argv(tmp_path, model, "--refresh-changed")) == 0
+    out = capsys.readouterr().out
+    assert "0 old row(s) replaced by new ones, 2 kept (their tar/Parquet/zip file, read again, gave no new row" in out
+    assert "no longer in their" not in out
+
