@@ -548,8 +548,9 @@ class StopRecorder:
         done = _stopped_this_run(plan, self.tally, count, self.started)
         totals = {**stopped_totals(earlier, count, plan.retry),
                   "before_this_run": {"purified": earlier[0], "rejected": earlier[1]}}
-        if plan.refresh is not None and count.short is None:  # old rows replaced: they go at the next run's start
-            replaced = _replaced_by_stopped_refresh(out, so, plan.refresh, self.before, self.tally.reported)
+        if plan.refresh is not None:  # old rows replaced: they go at the next run's start
+            replaced = _replaced_by_stopped_refresh(out, so, plan.refresh, self.before, self.tally.reported,
+                                                    count.short is not None)
             totals.update(purified=max(0, totals["purified"] - replaced[0]),
                           rejected=max(0, totals["rejected"] - replaced[1]))
         unwritten = ""
@@ -566,17 +567,22 @@ class StopRecorder:
 
 def _replaced_by_stopped_refresh(out: str, storage_options: dict[str, Any], journal: Journal,
                                  before: dict[str, str | None] | set[str] | None,
-                                 reported: dict[str, int]) -> tuple[int, int]:
+                                 reported: dict[str, int], short: bool = False) -> tuple[int, int]:
     """The old rows, in data/ and in rejects/, of the ids a stopped --refresh-changed run wrote a new row of: the next
     run's start removes them (`pipeline.refresh`), so the output holds them no longer. Its files are those it reported
-    and those not there when it began (its names are salted: none is an old one's). (0, 0) when they cannot be read."""
+    and those not there when it began (its names are salted: none is an old one's). (0, 0) when they cannot be read.
+    `short`: its count was cut short, its totals the least the output holds: any id of the journal may have its new
+    row, and its old one is taken out (as `stopped_totals` takes every reject --retry-rejects reads again)."""
     if before is None:
         return 0, 0
-    try:
-        names = set(reported) | (set(part_names(out, storage_options)) - set(before))
-        ids = set(journal.rows) & part_file_ids(out, storage_options, sorted(names))
-    except Exception:  # noqa: BLE001 - the stop must still be recorded; the totals are then the upper bound
-        return 0, 0
+    if short:
+        ids = set(journal.rows)
+    else:
+        try:
+            names = set(reported) | (set(part_names(out, storage_options)) - set(before))
+            ids = set(journal.rows) & part_file_ids(out, storage_options, sorted(names))
+        except Exception:  # noqa: BLE001 - the stop must still be recorded; the totals are then the upper bound
+            return 0, 0
     data = sum(any(name.startswith(f"{DATA_DIR}/") for name in journal.rows[id_]) for id_ in ids)
     return data, len(ids) - data
 

@@ -326,3 +326,28 @@ def test_the_command_line_does_not_say_rows_kept_of_a_shard_that_cannot_be_read_
     assert "0 old row(s) replaced by new ones, 2 kept (their tar/Parquet/zip file, read again, gave no new row" in out
     assert "no longer in their" not in out
 
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_stopped_refresh_whose_count_is_cut_short_says_no_more_than_the_output_can_hold(tmp_path, model,
+                                                                                         monkeypatch) -> None:
+    """A count cut short gives the least the output holds ("at least"): the old rows the new ones may replace are
+    taken out too, as for the rejects --retry-rejects reads again, not left in."""
+    import pipeline.stopped_run as stopped_run_module
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    _rewrite(root / "0.png", image_bytes(16, 16, 55))
+
+    def unlisted(*args, **kwargs):
+        raise OSError("listing refused")
+
+    monkeypatch.setattr(stopped_run_module, "part_names", unlisted)  # the stop's count only: the job's is its own
+    _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    monkeypatch.undo()
+    stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert (stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (2, 0)
+    resumed = run_job(small_job_config(tmp_path, model))
+    assert resumed["output_totals"]["purified"] == 2
