@@ -467,3 +467,46 @@ def test_a_presigned_https_checkpoint_is_read_without_the_s3_storage_options(s3,
     assert load_checkpoint(url, storage_options=JobConfig(input="s3://zip-in/presigned", output="s3://zip-out/x",
                                                           checkpoint=url, storage_options=key_only)
                            .checkpoint_storage_options(), verify_only=True).sha256 == summary["model"]["sha256"]
+
+
+def test_a_refresh_of_objects_replaced_on_s3_stopped_before_its_end_is_finished_by_the_next_run(s3, tmp_path,
+                                                                                                 monkeypatch) -> None:
+    """--refresh-changed on S3 (an input's version: its ETag): the journal is written, read back and removed on the
+    store, and the next plain run keeps the stopped run's new rows, each id once, the journal gone."""
+    import hashlib
+
+    import pipeline.job as job_module
+
+    fs, options = s3
+    client = _client(options)
+
+    def put(key: str, body: bytes) -> None:
+        client.put_object(Bucket="zip-in", Key=f"refresh/{key}", Body=body)
+
+    put("0.png", image_bytes(8, 8, 1))
+    put("1.png", image_bytes(8, 8, 2))
+    cfg = JobConfig(input="s3://zip-in/refresh", output="s3://zip-out/refresh", checkpoint=tiny_model_file(tmp_path),
+                    steps=1, pool=4, progress=False, write_batch=8, canvas_size=32, storage_options=options)
+    assert run_job(cfg)["status"] == "complete"
+    new0 = image_bytes(8, 8, 3)
+    put("0.png", new0)
+    put("1.png", b"broken now")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped at deduplicate_output")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(job_module, "deduplicate_output", stop)
+        with pytest.raises(RuntimeError):
+            run_job(JobConfig(**{**cfg.__dict__, "refresh_changed": True}))
+    fs.invalidate_cache()
+    assert fs.exists("zip-out/refresh/_refresh/journal.json")
+    resumed = run_job(cfg)
+    assert resumed["status"] == "complete"
+    assert (resumed["this_run"]["read"], resumed["changed_inputs"]["examples"]) == (0, [])
+    assert resumed["output_totals"] == {"purified": 1, "rejected": 1, "before_this_run": {"purified": 1, "rejected": 1}}
+    data, rejects = _read_fresh(cfg.output, options)
+    assert list(data["id"]) == ["0.png"] and list(rejects["id"]) == ["1.png"]
+    assert data["source_sha256"][0] == hashlib.sha256(new0).hexdigest()
+    fs.invalidate_cache()
+    assert not fs.exists("zip-out/refresh/_refresh/journal.json")
