@@ -421,9 +421,10 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     # a refreshed id's new row is in a file this run wrote, beside its old one (removed now), or written over it (a
     # part file of the same ids has the same name): either way its old row no longer counts
     refreshed = set(journal or {}) & (progress.fresh | {id_ for ids in superseded.values() for id_ in ids})
+    # kept: those with no new row whose old row stays (not one this run's reading made out of date, removed above)
     return OutputRows(progress.removed, progress.rows[0], progress.rows[1], progress.schemas, now_purified,
                       len(retried_out) - now_purified, len(progress.resolved_out), progress.upgraded,
-                      len(refreshed), frozenset(set(journal or {}) - refreshed))
+                      len(refreshed), frozenset(set(journal or {}) - refreshed - progress.resolved_out))
 
 
 _PartIndex = tuple[str, list[str], pa.Schema]  # a part file's path, its ids in row order, its schema

@@ -17,7 +17,7 @@ from pipeline import cli
 from pipeline.changes import InputRecord, find_changes
 from pipeline.errors import JobError
 from pipeline.job import run_job
-from pipeline.output import drop_superseded_rows, part_files_holding
+from pipeline.output import deduplicate_output, drop_superseded_rows, part_files_holding
 from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
 from tests.jobutil import image_bytes, small_job_config, tar_bytes
@@ -351,3 +351,22 @@ def test_a_stopped_refresh_whose_count_is_cut_short_says_no_more_than_the_output
     assert (stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (2, 0)
     resumed = run_job(small_job_config(tmp_path, model))
     assert resumed["output_totals"]["purified"] == 2
+
+
+def test_an_older_versions_superseded_reject_of_a_refreshed_shard_is_removed_not_counted_as_kept(tmp_path) -> None:
+    """A refreshed shard's rows include an older version's one reject for its numbered names ('s.tar/cat' for
+    cat.0.png): the shard's new read gives no row of it and says it superseded, and the end-of-run check removes it.
+    It is not a row kept (this_run.refreshed.rows_kept, the ledger's leftover)."""
+    from pipeline.sources import reject_record
+    from pipeline.stages import _rejects_table
+
+    out = tmp_path / "out"
+    (out / "rejects").mkdir(parents=True)
+    pq.write_table(_rejects_table([reject_record("s.tar/cat", "s.tar", "cannot decode", "decode")]),
+                   out / "rejects" / "part-old.parquet")
+    (out / "data").mkdir()
+    pq.write_table(pa.table({"id": ["s.tar/cat.0"]}), out / "data" / "part-new.parquet")
+    rows = deduplicate_output(str(out), {}, written=["data/part-new.parquet"], resolved={"s.tar/cat"},
+                              journal={"s.tar/cat": ["rejects/part-old.parquet"]})
+    assert (rows.stale_rejects_removed, rows.rejected, rows.purified) == (1, 0, 1)
+    assert (rows.refreshed, rows.refresh_left) == (0, frozenset())
