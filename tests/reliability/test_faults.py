@@ -31,6 +31,22 @@ def _job(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
                             text=True, start_new_session=True, **kw)
 
 
+def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: int, what: str) -> None:
+    """Start the job with `args` slowed down, SIGKILL it once it has written `at_least` part files in data/ and
+    rejects/ beyond those already there, and check it wrote fewer than `fewer_than` (so it was killed half-way)."""
+    def parts() -> int:
+        return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
+
+    written = parts()
+    job = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
+    deadline = time.time() + 240
+    while time.time() < deadline and parts() < written + at_least:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert written + at_least <= parts() < written + fewer_than, f"the {what} was killed before writing, or after it finished"
+
+
 def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
     for mode in ("raise-once", "exit-once"):
         ids = _images(tmp_path / mode / "in", 24)
@@ -86,17 +102,7 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
     for i, name in enumerate(damaged):
         (root / name).write_bytes(image_bytes(32, 32, 1000 + i)[:60] if name in still_bad else image_bytes(32, 32, i))
 
-    def parts() -> int:
-        return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
-
-    written = parts()
-    retry = _job([*args, "--retry-rejects"], env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
-    deadline = time.time() + 240
-    while time.time() < deadline and parts() < written + 3:
-        time.sleep(0.2)
-    os.killpg(retry.pid, signal.SIGKILL)
-    retry.wait()
-    assert written + 3 <= parts() < written + 10, "the retry was killed before writing, or after it finished"
+    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, "retry")
     resume = _job(args)  # no flag: the killed run's rows and the old ones are both done
     log, _ = resume.communicate(timeout=600)
     assert resume.returncode == 0, log[-3000:]
@@ -133,17 +139,7 @@ def test_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path
         (root / name).write_bytes(data)
         os.utime(root / name, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
-    def parts() -> int:
-        return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
-
-    written = parts()
-    refresh = _job([*args, "--refresh-changed"], env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
-    deadline = time.time() + 240
-    while time.time() < deadline and parts() < written + 3:
-        time.sleep(0.2)
-    os.killpg(refresh.pid, signal.SIGKILL)
-    refresh.wait()
-    assert written + 3 <= parts() < written + 8, "the refresh was killed before writing, or after it finished"
+    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, "refresh")
     assert (out / "_refresh" / "journal.json").exists()
 
     def rows(scenario: str) -> dict[str, str]:
