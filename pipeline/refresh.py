@@ -36,9 +36,12 @@ changed: `job._record_inputs_read_again`).
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import JobError
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
@@ -117,3 +120,8 @@ def remove_journal(output: str, storage_options: dict[str, Any]) -> None:
         with_retries(lambda: fs.rm_file(path), f"remove {uri}")
     except FileNotFoundError:
         pass
+    if isinstance(fs, LocalFileSystem):  # a disk keeps the emptied folder; an object store has none to remove
+        try:
+            os.rmdir(posixpath.dirname(path))
+        except OSError:  # not empty (a temporary of another write) or gone: left as it is
+            pass
