@@ -9,7 +9,11 @@ what the listing said of the input's content (`sources.content_stamp`: size and 
 and inode on a disk) when a run set out to read it, and each later run compares that with its own listing:
 
 - an image file whose id is done and whose stamp now differs changed since its row was written (purified: data/ holds
-  the earlier bytes purified; rejected: the reject is about the earlier bytes);
+  the earlier bytes purified; rejected: the reject is about the earlier bytes), unless its bytes are still those its
+  rows were made from: the planning reads it, and one whose sha256 is its rows' `source_sha256` (touched, copied over
+  or restored with the same bytes, uploaded again in parts: another ETag) is no change, and the record takes its new
+  stamp, so that it is read once (`same_bytes`; a container's rows hold no digest of the container, so not one). One
+  whose bytes differ keeps its earlier stamp with the one it was read at noted after it (`DIFFERS`): it is read once too;
 - a container whose stamp differs, with done ids, is read again (`pipeline.ledger`), but its done ids are skipped: their
   rows came from the earlier version (a member changed in place is not purified again; one appended is). Its record keeps
   the earlier stamp, so that every later run says so too, not only the one that read it again;
@@ -18,9 +22,10 @@ and inode on a disk) when a run set out to read it, and each later run compares 
 The record is `OUTPUT/_inputs/stamps.parquet` (id, kind, stamp; the input's location in its metadata), written whole
 at the start of each run, before any image is read, so that the rows a run killed half-way wrote are covered too:
 for an input read by this run, its stamp as this run's listing gave it (the bytes read are that version or a newer
-one, so a change is never missed; an input replaced between the listing and its read is said changed though its row
-is of the new bytes, a false alarm); a done input keeps the stamp it had, and a changed one read again
-(--retry-rejects, --refresh-changed) keeps its earlier stamp until the run ends complete (`starting_record`). An
+one, so a change is never missed; a container replaced between the listing and its read is said changed though its
+rows are of the new bytes, a false alarm: an image file's bytes are found to be its row's); a done input keeps the
+stamp it had, and a changed one read again (--retry-rejects, --refresh-changed) keeps its earlier stamp until the run
+ends complete (`starting_record`). An
 output written by a version before this record starts one with the stamps of its first run (changes made before that
 are not seen), except for containers an earlier complete run read whole, whose stamps `pipeline.ledger` kept.
 --overwrite deletes it with the rest; --input-moved starts it again.
@@ -28,15 +33,21 @@ are not seen), except for containers an earlier complete run read whole, whose s
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import posixpath
+import stat
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.ledger import ContainerRead, container_ids
 from pipeline.sources import LOOKALIKE, ReadUnit, relative_id
@@ -112,6 +123,9 @@ class ChangedInputs:
     pending: dict[str, tuple[str, str]] = field(default_factory=dict)
     # --refresh-changed: changed inputs this run purifies again -> the ids of their rows it replaces
     refreshed: dict[str, list[str]] = field(default_factory=dict)
+    # done image files whose stamp changed but whose bytes are those their rows were made from (`same_bytes`): not
+    # changed, and the record takes their new stamp
+    same_bytes: int = 0
 
     def changed(self) -> int:
         return len(self.purified) + len(self.rejected) + len(self.containers)
@@ -129,7 +143,9 @@ class ChangedInputs:
                 "gone_examples": sorted([*self.gone_files, *self.gone_containers])[:EXAMPLES],
                 # --refresh-changed: the changed inputs this run purifies again, their rows replaced (not counted above)
                 "refreshed_inputs": len(self.refreshed), "refreshed_rows": sum(map(len, self.refreshed.values())),
-                "refreshed_examples": sorted(self.refreshed)[:EXAMPLES]}
+                "refreshed_examples": sorted(self.refreshed)[:EXAMPLES],
+                # image files touched, copied over or uploaded again with the same bytes: read to tell, not changed
+                "image_files_same_bytes": self.same_bytes}
 
     def refreshed_rows(self) -> set[str]:
         """The ids of the rows this run replaces (--refresh-changed)."""
@@ -239,6 +255,163 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     changes.rejected.sort()
     changes.gone_files.sort()
     return changes
+
+
+# Image files whose stamp changed that are read at once to hash them (`same_bytes`): each read waits on storage's
+# latency, as the listing's requests do; the bytes are hashed as they come, HASH_CHUNK at a time.
+HASH_READERS = 16
+HASH_CHUNK = 4 * 2**20
+# from this many files to hash on, the planning says so on stderr, and how far it got every PROGRESS_EVERY_S seconds
+MANY_TO_HASH = 1000
+PROGRESS_EVERY_S = 30.0
+# in a file's recorded stamp, before the stamp at which its bytes were read and found to differ from its rows'
+DIFFERS = ">"
+
+
+def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
+               record: InputRecord | None, output: str,
+               storage_options: dict[str, Any]) -> tuple[dict[str, tuple[str, str]], int]:
+    """The done image files whose listing's stamp differs from the recorded one, read to tell whether their bytes are
+    still those their rows were made from (their sha256 against the `source_sha256` of their rows: data/'s for a
+    purified id, rejects/' for a rejected one), with the stamp the record takes for each, and how many are the same.
+    The same bytes (touched, copied over or restored, uploaded again in parts with another ETag): the stamp the
+    listing gives now, so they are no change, and no later run reads them for this. Other bytes: the recorded stamp
+    with the listing's noted after DIFFERS, still no match for the listing, so said changed, but not read again by a
+    later run while the listing gives that stamp. Only image files: a tar, Parquet or zip file has no digest of its own
+    in its rows. The output's part files are read only when there is such a file, and only their id and source_sha256
+    columns. A file that cannot be read now, whose rows hold no digest (rejected unread: over --max-image-mb) or no
+    single one, or whose bytes are not as many as the listing said, is left out: said changed, as without this check,
+    and read again by the next run."""
+    recorded = record.stamps if record is not None else {}
+    candidates: dict[str, tuple[str, int | None, str]] = {}  # id -> path, listed size, stamp now
+    for unit in listed:
+        if unit.kind != "files" or not unit.contents:
+            continue
+        for path, size, content in zip(unit.paths, unit.sizes or (None,) * len(unit.paths), unit.contents,
+                                       strict=True):
+            id_ = relative_id(path, unit.root)
+            before = recorded.get(id_)
+            if (content is None or before is None or before[0] != "files" or before[1] == content
+                    or before[1].endswith(f"{DIFFERS}{content}")  # read at this stamp before: other bytes
+                    or not (id_ in purified or (id_ in rejected and id_ not in retry))):
+                continue
+            candidates[id_] = (path, size, content)
+    if not candidates:
+        return {}, 0
+    digests = _row_digests(output, storage_options, set(candidates), purified)
+    checked = {id_: digests[id_] for id_ in sorted(candidates) if digests and digests.get(id_)}
+    if not checked:
+        return {}, 0
+    many = len(checked) >= MANY_TO_HASH
+    if many:
+        print(f"zip-purify: reading {len(checked)} image file(s) whose listing changed since their rows were written, "
+              "to tell those rewritten with the same bytes (each is read once: the record then takes its new stamp)",
+              file=sys.stderr)
+    stamps: dict[str, tuple[str, str]] = {}
+    same = 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = list(checked)
+    last = time.monotonic()
+    with ThreadPoolExecutor(min(HASH_READERS, len(ids)), thread_name_prefix="same-bytes") as pool:
+        step = HASH_READERS * 64  # a batch at a time: no million futures held at once
+        for start in range(0, len(ids), step):
+            batch = ids[start:start + step]
+            found = pool.map(lambda i: file_sha256(candidates[i][0], storage_options, candidates[i][1]), batch)
+            for id_, digest in zip(batch, found, strict=True):
+                now = candidates[id_][2]
+                if digest == checked[id_]:
+                    stamps[id_] = ("files", now)
+                    same += 1
+                elif digest is not None:
+                    stamps[id_] = ("files", f"{recorded[id_][1].split(DIFFERS)[0]}{DIFFERS}{now}")
+            if many and time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                print(f"zip-purify: read {start + len(batch)} of {len(ids)} image file(s) whose listing changed",
+                      file=sys.stderr)
+    if many:
+        print(f"zip-purify: {same} of {len(ids)} image file(s) whose listing changed hold the same bytes as when "
+              "their rows were written: not changed", file=sys.stderr)
+    return stamps, same
+
+
+def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
+                 purified: set[str]) -> dict[str, str | None] | None:
+    """id -> the source_sha256 of its rows (data/'s for an id in `purified`, else rejects/'), for each of `ids` with
+    rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.output import list_parts  # pipeline.output imports this module
+    from pipeline.stages import DATA_DIR, REJECTS_DIR
+
+    wanted = {DATA_DIR: pa.array(sorted(ids & purified), pa.string()),
+              REJECTS_DIR: pa.array(sorted(ids - purified), pa.string())}
+    try:
+        paths = [(folder, path) for folder in (DATA_DIR, REJECTS_DIR) if len(wanted[folder])
+                 for path in with_retries(lambda f=folder: list_parts(output, f, storage_options),
+                                          f"list {output}/{folder}")]
+        fs, _ = storage_path(output, storage_options)
+        with ThreadPoolExecutor(max(1, min(HASH_READERS, len(paths))), thread_name_prefix="row-digests") as pool:
+            parts = list(pool.map(lambda item: _part_digests(fs, item[1], wanted[item[0]]), paths))
+    except Exception as err:  # noqa: BLE001 - never fatal: the files stay said changed
+        print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); image files whose "
+              "listing changed are said changed without reading them", file=sys.stderr)
+        return None
+    found: dict[str, set[str | None]] = {}
+    for part in parts:
+        for id_, digest in part:
+            found.setdefault(id_, set()).add(digest)
+    return {id_: next(iter(d)) if len(d) == 1 else None for id_, d in found.items()}
+
+
+def _part_digests(fs: Any, path: str, wanted: pa.Array) -> list[tuple[str, str | None]]:
+    """(id, source_sha256) of the rows of `wanted` ids in one part file; only those two columns are fetched (a file
+    without source_sha256 gives None)."""
+    def once() -> list[tuple[str, str | None]]:
+        with fs.open(path, "rb") as f:
+            part = pq.ParquetFile(f, pre_buffer=False)
+            columns = [name for name in ("id", "source_sha256") if name in part.schema_arrow.names]
+            table = part.read(columns=columns, use_threads=False)
+        table = table.filter(pc.is_in(table.column("id"), value_set=wanted.cast(table.column("id").type)))
+        ids = table.column("id").to_pylist()
+        digests = (table.column("source_sha256").to_pylist() if "source_sha256" in table.column_names
+                   else [None] * len(ids))
+        return list(zip(ids, digests, strict=True))
+
+    return with_retries(once, f"read the source_sha256 of {path}")
+
+
+def file_sha256(path: str, storage_options: dict[str, Any], listed_size: int | None = None) -> str | None:
+    """The sha256 of a file's bytes, streamed (HASH_CHUNK at a time), transient storage errors retried; None when it
+    cannot be read, is not a regular file (a local FIFO is not opened: it could wait forever), or holds another
+    number of bytes than `listed_size` (the listing saw another version)."""
+    def once() -> str | None:
+        fs, fs_path = storage_path(path, storage_options)
+        local = isinstance(fs, LocalFileSystem)
+        if local and not stat.S_ISREG(os.stat(fs_path).st_mode):
+            return None
+        digest, total = hashlib.sha256(), 0
+        if listed_size and not local:
+            # Ranged GETs, as `sources.read_bytes` fetches an image (s3fs's open checks the ETag its cache holds, which
+            # may be an earlier listing's); the last one asks one byte more, so an object grown since is caught.
+            for start in range(0, listed_size, HASH_CHUNK):
+                end = min(start + HASH_CHUNK, listed_size)
+                chunk = fs.cat_file(fs_path, start=start, end=end + (end == listed_size))
+                digest.update(chunk)
+                total += len(chunk)
+        else:
+            with fs.open(fs_path, "rb", block_size=HASH_CHUNK) as f:  # s3fs would buffer 50 MiB a file
+                while chunk := f.read(HASH_CHUNK):
+                    digest.update(chunk)
+                    total += len(chunk)
+                    if listed_size is not None and total > listed_size:
+                        return None
+        return digest.hexdigest() if listed_size is None or total == listed_size else None
+
+    try:
+        return with_retries(once, f"read {path}")
+    except Exception:  # noqa: BLE001 - unreadable now: said changed, as without this check
+        return None
 
 
 def _container_changed(unit: ReadUnit, before: tuple[str, str] | None, read: ContainerRead | None) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, updated_record
+from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, same_bytes, updated_record
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
@@ -443,9 +443,14 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     if record is not None and settled:
         record = InputRecord(record.location, {**record.stamps, **settled})
+    # image files whose stamp changed, read: those whose bytes did not change get their new stamp, so are no change
+    checked, same = same_bytes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, out, so)
+    if record is not None and checked:
+        record = InputRecord(record.location, {**record.stamps, **checked})
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
                            root, refresh)
+    changes = replace(changes, same_bytes=same)
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

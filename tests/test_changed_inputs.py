@@ -4,6 +4,7 @@ remedy (pipeline.changes)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline.changes as changes_module
 import pipeline.job as job_module
 from pipeline import cli
 from pipeline.changes import (
@@ -18,12 +20,14 @@ from pipeline.changes import (
     find_changes,
     read_record,
     record_path,
+    same_bytes,
     starting_record,
     updated_record,
     write_record,
 )
 from pipeline.job import run_job
 from pipeline.ledger import ContainerRead
+from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, content_stamp
 from tests.jobutil import image_bytes, small_job_config, tar_bytes
 
@@ -179,7 +183,7 @@ def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(
     from tests.s3util import moto_s3
 
     with moto_s3("incoming", "clean") as (client, options):
-        for i in range(2):
+        for i in range(3):
             client.put_object(Bucket="incoming", Key=f"x/{i}.png", Body=image_bytes(16, 16, i))
         parquet = pa.BufferOutputStream()
         pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 7), "path": None}]}), parquet)
@@ -189,6 +193,14 @@ def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(
         assert run_job(cfg)["status"] == "complete"
         client.put_object(Bucket="incoming", Key="x/0.png", Body=image_bytes(16, 16, 0))  # the same bytes again
         client.put_object(Bucket="incoming", Key="x/1.png", Body=image_bytes(16, 16, 55))  # new bytes
+        # the same bytes uploaded in parts (as the AWS CLI does a large file): another ETag, read to tell
+        etag = client.head_object(Bucket="incoming", Key="x/2.png")["ETag"]
+        upload = client.create_multipart_upload(Bucket="incoming", Key="x/2.png")["UploadId"]
+        part = client.upload_part(Bucket="incoming", Key="x/2.png", UploadId=upload, PartNumber=1,
+                                  Body=image_bytes(16, 16, 2))
+        client.complete_multipart_upload(Bucket="incoming", Key="x/2.png", UploadId=upload, MultipartUpload={
+            "Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+        assert client.head_object(Bucket="incoming", Key="x/2.png")["ETag"] != etag
         parquet = pa.BufferOutputStream()
         pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 8), "path": None}]}), parquet)
         client.put_object(Bucket="incoming", Key="x/t.parquet", Body=parquet.getvalue().to_pybytes())
@@ -196,6 +208,7 @@ def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(
         changed = summary["changed_inputs"]
         assert (changed["image_files_purified"], changed["containers"], changed["examples"]) == (
             1, 1, ["1.png", "t.parquet"])
+        assert changed["image_files_same_bytes"] == 1
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -231,3 +244,107 @@ def _run_stopped_at(step: str, tmp_path, model, monkeypatch) -> None:
         patched.setattr(job_module, step, stop)
         with pytest.raises(RuntimeError):
             run_job(small_job_config(tmp_path, model))
+
+
+def _touch(path) -> None:
+    """The same bytes, with an mtime that surely differs (`touch`, or a sync that copies without keeping times)."""
+    before = os.stat(path).st_mtime_ns
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+def _counting_hashes(monkeypatch) -> list[str]:
+    """The names of the input files the planning reads to hash them (`changes.file_sha256`), as it reads them."""
+    hashed: list[str] = []
+    real = changes_module.file_sha256
+
+    def counted(path: str, *args, **kwargs):
+        hashed.append(os.path.basename(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(changes_module, "file_sha256", counted)
+    return hashed
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_image_files_touched_or_copied_over_with_the_same_bytes_are_no_change_and_read_once(
+        tmp_path, model, monkeypatch) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, seed in (("touched.png", 1), ("copied.png", 2), ("new.png", 3), ("kept.png", 4)):
+        (root / name).write_bytes(image_bytes(16, 16, seed))
+    (root / "bad.png").write_bytes(b"not an image")
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
+    inode = os.stat(root / "copied.png").st_ino
+    _touch(root / "touched.png")
+    _touch(root / "bad.png")  # a reject whose file was touched: the reject is still about these bytes
+    (tmp_path / "copy.png").write_bytes(image_bytes(16, 16, 2))  # restored from a backup: a new inode, same bytes
+    os.replace(tmp_path / "copy.png", root / "copied.png")
+    assert os.stat(root / "copied.png").st_ino != inode
+    _rewrite(root / "new.png", image_bytes(16, 16, 33))  # new bytes: changed, as before
+    hashed = _counting_hashes(monkeypatch)
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (1, 0, ["new.png"])
+    assert dry["image_files_same_bytes"] == 3
+    assert sorted(hashed) == ["bad.png", "copied.png", "new.png", "touched.png"]  # kept.png: its stamp is the same
+
+    hashed.clear()
+    summary = run_job(small_job_config(tmp_path, model, incremental=True))
+    changed = summary["changed_inputs"]
+    assert (changed["image_files_purified"], changed["image_files_rejected"], changed["examples"]) == (1, 0, ["new.png"])
+    assert (changed["image_files_same_bytes"], summary["this_run"]["read"]) == (3, 0)
+    assert len(hashed) == 4  # a dry run records nothing: the run reads them again, and records their new stamps
+
+    hashed.clear()
+    later = run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]
+    assert (later["image_files_purified"], later["examples"], later["image_files_same_bytes"]) == (1, ["new.png"], 0)
+    assert hashed == []  # the same ones' new stamps were recorded, and that new.png's bytes differ at its stamp
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_refresh_changed_leaves_the_row_of_a_file_touched_with_the_same_bytes_as_it_was(tmp_path, model) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(2):
+        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+
+    def row(id_: str) -> dict:
+        table = pq.read_table(tmp_path / "out" / "data")
+        return next(r for r in table.to_pylist() if r["id"] == id_)
+
+    before = row("0.png")
+    _touch(root / "0.png")
+    _rewrite(root / "1.png", image_bytes(16, 16, 11))
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 1, "rows_kept": 0}
+    assert (summary["this_run"]["read"], summary["changed_inputs"]["image_files_same_bytes"]) == (1, 1)
+    assert row("0.png") == before  # not purified again: the same row, not another sample of the same image
+
+
+def test_a_file_that_cannot_be_read_at_planning_or_whose_rows_hold_no_single_digest_stays_changed(tmp_path,
+                                                                                               capsys) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "data").mkdir(parents=True)
+    names = ("same.png", "gone.png", "twice.png", "nodigest.png", "grown.png", "differs.png")
+    for name in ("same.png", "twice.png", "nodigest.png"):
+        (inp / name).write_bytes(b"x")
+    (inp / "grown.png").write_bytes(b"xx")  # longer than listed: the listing saw another version
+    (inp / "differs.png").write_bytes(b"y")
+    x, xx = hashlib.sha256(b"x").hexdigest(), hashlib.sha256(b"xx").hexdigest()
+    digests = [x, x, x, None, xx, x, x]  # nodigest.png: as a file rejected unread (over --max-image-mb)
+    pq.write_table(pa.table({"id": [*names, "other.png"], "source_sha256": digests}), out / "data" / "part-a.parquet")
+    pq.write_table(pa.table({"id": ["twice.png"], "source_sha256": ["0" * 64]}), out / "data" / "part-b.parquet")
+    record = InputRecord(str(inp), {name: ("files", "v1") for name in names})
+    unit = ReadUnit("files", tuple(str(inp / name) for name in names), str(inp), (1,) * len(names), (),
+                    ("v2",) * len(names))
+    checked = same_bytes([unit], set(names), set(), frozenset(), record, str(out), {})
+    assert checked == ({"same.png": ("files", "v2"), "differs.png": ("files", "v1>v2")}, 1)
+    # differs.png's bytes were found other at this stamp: said changed, and not read again while its stamp stays
+    marked = InputRecord(str(inp), {**record.stamps, "differs.png": ("files", "v1>v2")})
+    assert "differs.png" in find_changes([unit], set(names), set(), frozenset(), marked, {}, str(inp)).purified
+    assert same_bytes([unit], set(names), set(), frozenset(), marked, str(out), {}) == (
+        {"same.png": ("files", "v2")}, 1)
+    (out / "data" / "part-c.parquet").write_bytes(b"cut short")  # planning goes on: every one said changed
+    assert same_bytes([unit], set(names), set(), frozenset(), record, str(out), {}) == ({}, 0)
+    assert "could not read the source_sha256" in capsys.readouterr().err
