@@ -164,3 +164,18 @@ def last_job_line(stderr: str) -> str:
     down, which after a Ctrl-C can happen on the garbage collector's time, after the job's line."""
     return [line for line in stderr.splitlines() if line.strip() and not RAY_LOG_LINE.match(line)][-1]
 
+
+def run_stopped_at(step: str, tmp_path: Path, model: str, monkeypatch, **options) -> None:
+    """A run of the small job (`small_job_config` with `options`) that stops where the job calls `step`, one of
+    pipeline.job's names (a kill there leaves the same files)."""
+    import pytest
+
+    import pipeline.job as job_module
+
+    def stop(*args, **kwargs):
+        raise RuntimeError(f"stopped at {step}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(job_module, step, stop)
+        with pytest.raises(RuntimeError, match=f"stopped at {step}"):
+            job_module.run_job(small_job_config(tmp_path, model, **options))

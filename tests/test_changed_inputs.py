@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.changes as changes_module
-import pipeline.job as job_module
 from pipeline import cli
 from pipeline.changes import (
     InputRecord,
@@ -29,7 +28,7 @@ from pipeline.job import run_job
 from pipeline.ledger import ContainerRead
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, content_stamp
-from tests.jobutil import image_bytes, small_job_config, tar_bytes
+from tests.jobutil import image_bytes, run_stopped_at, small_job_config, tar_bytes
 
 
 def _files(*pairs: tuple[str, str | None]) -> ReadUnit:
@@ -158,7 +157,7 @@ def test_rows_a_run_wrote_before_it_stopped_are_covered_when_their_input_changes
     root.mkdir()
     for i in range(2):
         (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
-    _run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
     assert len(pq.read_table(tmp_path / "out" / "data").column("id")) == 2  # its rows landed
     _rewrite(root / "1.png", image_bytes(16, 16, 77))
     summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
@@ -171,7 +170,7 @@ def test_a_file_planned_but_not_read_before_a_stop_is_not_said_changed(tmp_path,
     root = tmp_path / "in"
     root.mkdir()
     (root / "0.png").write_bytes(image_bytes(16, 16, 0))
-    _run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)
+    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)
     _rewrite(root / "0.png", image_bytes(16, 16, 5))
     summary = run_job(small_job_config(tmp_path, model))
     assert summary["this_run"]["purified"] == 1 and summary["changed_inputs"]["image_files_purified"] == 0
@@ -221,29 +220,12 @@ def test_a_retry_of_a_changed_reject_stopped_before_reading_it_leaves_it_said_ch
     (root / "bad.png").write_bytes(b"half an upload")
     assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
     _rewrite(root / "bad.png", image_bytes(16, 16, 4))  # the upload finished
-    with monkeypatch.context() as patched:
-        def stop(*args, **kwargs):
-            raise RuntimeError("stopped before the first batch")
-
-        patched.setattr(job_module, "build_pipeline", stop)
-        with pytest.raises(RuntimeError):
-            run_job(small_job_config(tmp_path, model, retry_rejects=True))
+    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, retry_rejects=True)  # before the first batch
     resumed = run_job(small_job_config(tmp_path, model))  # resumed without the flag: the reject row is kept...
     assert resumed["changed_inputs"]["image_files_rejected"] == 1  # ...and said about an earlier version
     retried = run_job(small_job_config(tmp_path, model, retry_rejects=True))
     assert retried["this_run"]["rejects_retried"]["purified_now"] == 1
     assert run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]["image_files_rejected"] == 0
-
-
-def _run_stopped_at(step: str, tmp_path, model, monkeypatch) -> None:
-    """A run of the small job that stops where the job calls `step` (a kill there leaves the same files)."""
-    def stop(*args, **kwargs):
-        raise RuntimeError(f"stopped at {step}")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(job_module, step, stop)
-        with pytest.raises(RuntimeError):
-            run_job(small_job_config(tmp_path, model))
 
 
 def _touch(path) -> None:

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.job as job_module
 from pipeline import cli
 from pipeline.changes import InputRecord, find_changes
 from pipeline.errors import JobError
@@ -20,7 +19,7 @@ from pipeline.job import run_job
 from pipeline.output import deduplicate_output, drop_superseded_rows, part_files_holding
 from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
-from tests.jobutil import image_bytes, small_job_config, tar_bytes
+from tests.jobutil import image_bytes, run_stopped_at, small_job_config, tar_bytes
 
 
 def _rewrite(path, data: bytes) -> None:
@@ -154,17 +153,6 @@ def test_a_changed_tar_shard_or_parquet_file_is_read_whole_again_and_a_member_it
     assert later["this_run"]["containers_skipped_unread"] == 2  # the member it no longer holds is left over, recorded
 
 
-def _stopped_refresh(step: str, tmp_path, model, monkeypatch) -> None:
-    """A --refresh-changed run of the small job that stops where the job calls `step` (a kill leaves the same files)."""
-    def stop(*args, **kwargs):
-        raise RuntimeError(f"stopped at {step}")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(job_module, step, stop)
-        with pytest.raises(RuntimeError):
-            run_job(small_job_config(tmp_path, model, refresh_changed=True))
-
-
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("then", ["plain", "refresh"])
 def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_finished_by_the_next_run(
@@ -177,7 +165,7 @@ def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_fini
     new0 = image_bytes(20, 20, 70)
     _rewrite(root / "0.png", new0)
     _rewrite(root / "1.png", b"broken now")
-    _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
     stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (stopped["status"], stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (
         "failed", 2, 1)  # the old rows its new ones replace are not counted as held
@@ -206,7 +194,7 @@ def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_ch
         (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     _rewrite(root / "0.png", image_bytes(16, 16, 80))
-    _stopped_refresh("build_pipeline", tmp_path, model, monkeypatch)
+    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, refresh_changed=True)
     assert os.path.exists(journal_path(str(tmp_path / "out")))  # written before any row
     resumed = run_job(small_job_config(tmp_path, model))
     assert resumed["status"] == "complete" and resumed["changed_inputs"]["examples"] == ["0.png"]
@@ -265,7 +253,7 @@ def test_a_new_row_never_lands_in_the_old_rows_file_so_a_stopped_refresh_of_a_lo
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     old_files = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
     _rewrite(root / "0.png", image_bytes(16, 16, 40))
-    _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
     assert len(list((tmp_path / "out" / "data").glob("part-*.parquet"))) == 2
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir() if p.name in old_files) == old_files
     resumed = run_job(small_job_config(tmp_path, model))
@@ -302,7 +290,7 @@ def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_th
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     new0 = image_bytes(16, 16, 50)
     _rewrite(root / "0.png", new0)
-    _stopped_refresh(step, tmp_path, model, monkeypatch)
+    run_stopped_at(step, tmp_path, model, monkeypatch, refresh_changed=True)
     assert _each_id_once(tmp_path)[0]["0.png"] == _sha(new0)  # the old row is gone already
     resumed = run_job(small_job_config(tmp_path, model))
     assert resumed["status"] == "complete"
@@ -345,7 +333,7 @@ def test_a_stopped_refresh_whose_count_is_cut_short_says_no_more_than_the_output
         raise OSError("listing refused")
 
     monkeypatch.setattr(stopped_run_module, "part_names", unlisted)  # the stop's count only: the job's is its own
-    _stopped_refresh("deduplicate_output", tmp_path, model, monkeypatch)
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
     monkeypatch.undo()
     stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (2, 0)
