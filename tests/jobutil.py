@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -37,6 +38,21 @@ def png_inputs(folder: Path, n: int, size: int = 32) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         (folder / f"{i:03d}.png").write_bytes(image_bytes(size, size, i))
+
+
+def image_folder(folder: Path, n: int, size: int = 16) -> Path:
+    """`folder` (made) with `n` random PNGs of size x size named 0.png, 1.png, ...; returned."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i}.png").write_bytes(image_bytes(size, size, i))
+    return folder
+
+
+def rewritten_in_place(path: Path, data: bytes) -> None:
+    """New bytes under the same name, with an mtime that surely differs (a coarse file system clock)."""
+    before = os.stat(path).st_mtime_ns
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
 
 def small_job_config(tmp_path: Path, model: str, **kw):

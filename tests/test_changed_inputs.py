@@ -28,7 +28,7 @@ from pipeline.job import run_job
 from pipeline.ledger import ContainerRead
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, content_stamp
-from tests.jobutil import image_bytes, run_stopped_at, small_job_config, tar_bytes
+from tests.jobutil import image_bytes, image_folder, rewritten_in_place, run_stopped_at, small_job_config, tar_bytes
 
 
 def _files(*pairs: tuple[str, str | None]) -> ReadUnit:
@@ -100,29 +100,19 @@ def _argv(tmp_path, model, *more: str) -> list[str]:
             "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
 
 
-def _rewrite(path, data: bytes) -> None:
-    """New bytes under the same name, with an mtime that surely differs (a coarse file system clock)."""
-    before = os.stat(path).st_mtime_ns
-    path.write_bytes(data)
-    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
-
-
 @pytest.mark.usefixtures("ray_local")
 def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_path, model, capsys) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(3):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 3)
     (root / "bad.png").write_bytes(b"not an image")
     (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(2)}))
     assert cli.main(_argv(tmp_path, model)) == 0
     first = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
     assert (first["image_files_purified"], first["containers"], first["gone_image_files"]) == (0, 0, 0)
 
-    _rewrite(root / "0.png", image_bytes(16, 16, 99))  # re-uploaded with new bytes
-    _rewrite(root / "bad.png", image_bytes(16, 16, 98))  # the broken file fixed
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 99))  # re-uploaded with new bytes
+    rewritten_in_place(root / "bad.png", image_bytes(16, 16, 98))  # the broken file fixed
     (root / "2.png").unlink()
-    _rewrite(root / "s.tar", tar_bytes({f"{k}.png": image_bytes(16, 16, 50 + k) for k in range(3)}))
+    rewritten_in_place(root / "s.tar", tar_bytes({f"{k}.png": image_bytes(16, 16, 50 + k) for k in range(3)}))
     (root / "3.png").write_bytes(image_bytes(16, 16, 3))  # a new file: just an input
     capsys.readouterr()
     assert cli.main(_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
@@ -153,13 +143,10 @@ def test_rows_a_run_wrote_before_it_stopped_are_covered_when_their_input_changes
         tmp_path, model, monkeypatch) -> None:
     """The record is written before the first image is read: a run that stopped after writing its rows (here: its
     end-of-run check fails; a kill leaves the same files) left stamps for them, and the resume tells the change."""
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(2):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 2)
     run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
     assert len(pq.read_table(tmp_path / "out" / "data").column("id")) == 2  # its rows landed
-    _rewrite(root / "1.png", image_bytes(16, 16, 77))
+    rewritten_in_place(root / "1.png", image_bytes(16, 16, 77))
     summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
     assert summary["status"] == "complete" and summary["this_run"]["read"] == 0
     assert (summary["changed_inputs"]["image_files_purified"], summary["changed_inputs"]["examples"]) == (1, ["1.png"])
@@ -171,7 +158,7 @@ def test_a_file_planned_but_not_read_before_a_stop_is_not_said_changed(tmp_path,
     root.mkdir()
     (root / "0.png").write_bytes(image_bytes(16, 16, 0))
     run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)
-    _rewrite(root / "0.png", image_bytes(16, 16, 5))
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 5))
     summary = run_job(small_job_config(tmp_path, model))
     assert summary["this_run"]["purified"] == 1 and summary["changed_inputs"]["image_files_purified"] == 0
 
@@ -219,7 +206,7 @@ def test_a_retry_of_a_changed_reject_stopped_before_reading_it_leaves_it_said_ch
     root.mkdir()
     (root / "bad.png").write_bytes(b"half an upload")
     assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
-    _rewrite(root / "bad.png", image_bytes(16, 16, 4))  # the upload finished
+    rewritten_in_place(root / "bad.png", image_bytes(16, 16, 4))  # the upload finished
     run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, retry_rejects=True)  # before the first batch
     resumed = run_job(small_job_config(tmp_path, model))  # resumed without the flag: the reject row is kept...
     assert resumed["changed_inputs"]["image_files_rejected"] == 1  # ...and said about an earlier version
@@ -262,7 +249,7 @@ def test_image_files_touched_or_copied_over_with_the_same_bytes_are_no_change_an
     (tmp_path / "copy.png").write_bytes(image_bytes(16, 16, 2))  # restored from a backup: a new inode, same bytes
     os.replace(tmp_path / "copy.png", root / "copied.png")
     assert os.stat(root / "copied.png").st_ino != inode
-    _rewrite(root / "new.png", image_bytes(16, 16, 33))  # new bytes: changed, as before
+    rewritten_in_place(root / "new.png", image_bytes(16, 16, 33))  # new bytes: changed, as before
     hashed = _counting_hashes(monkeypatch)
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (1, 0, ["new.png"])
@@ -284,10 +271,7 @@ def test_image_files_touched_or_copied_over_with_the_same_bytes_are_no_change_an
 
 @pytest.mark.usefixtures("ray_local")
 def test_refresh_changed_leaves_the_row_of_a_file_touched_with_the_same_bytes_as_it_was(tmp_path, model) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(2):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 2)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
 
     def row(id_: str) -> dict:
@@ -296,7 +280,7 @@ def test_refresh_changed_leaves_the_row_of_a_file_touched_with_the_same_bytes_as
 
     before = row("0.png")
     _touch(root / "0.png")
-    _rewrite(root / "1.png", image_bytes(16, 16, 11))
+    rewritten_in_place(root / "1.png", image_bytes(16, 16, 11))
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 1, "rows_kept": 0}
     assert (summary["this_run"]["read"], summary["changed_inputs"]["image_files_same_bytes"]) == (1, 1)

@@ -19,14 +19,7 @@ from pipeline.job import run_job
 from pipeline.output import deduplicate_output, drop_superseded_rows, part_files_holding
 from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
-from tests.jobutil import image_bytes, run_stopped_at, small_job_config, tar_bytes
-
-
-def _rewrite(path, data: bytes) -> None:
-    """New bytes under the same name, with an mtime that surely differs (a coarse file system clock)."""
-    before = os.stat(path).st_mtime_ns
-    path.write_bytes(data)
-    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+from tests.jobutil import image_bytes, image_folder, rewritten_in_place, run_stopped_at, small_job_config, tar_bytes
 
 
 def _rows(tmp_path, folder: str) -> dict[str, list[str | None]]:
@@ -98,16 +91,13 @@ def test_the_journal_rule_removes_old_rows_only_of_ids_another_file_holds_a_row_
 
 @pytest.mark.usefixtures("ray_local")
 def test_changed_image_files_are_purified_again_and_their_old_rows_replaced(tmp_path, model) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(3):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 3)
     (root / "bad.png").write_bytes(b"half an upload")
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     new0, fixed = image_bytes(24, 20, 99), image_bytes(16, 16, 98)
-    _rewrite(root / "0.png", new0)  # re-uploaded with new bytes (another size)
-    _rewrite(root / "bad.png", fixed)  # a reject whose input was fixed: purified now
-    _rewrite(root / "1.png", b"now broken")  # purified before, a reject now
+    rewritten_in_place(root / "0.png", new0)  # re-uploaded with new bytes (another size)
+    rewritten_in_place(root / "bad.png", fixed)  # a reject whose input was fixed: purified now
+    rewritten_in_place(root / "1.png", b"now broken")  # purified before, a reject now
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert summary["status"] == "complete"
     assert summary["this_run"]["refreshed"] == {"inputs": 3, "rows_replaced": 3, "rows_kept": 0}
@@ -135,7 +125,7 @@ def test_a_changed_tar_shard_or_parquet_file_is_read_whole_again_and_a_member_it
     pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 20), "path": None}]}), root / "t.parquet")
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     changed = {"0.png": image_bytes(16, 16, 60), "1.png": members["1.png"], "3.png": image_bytes(16, 16, 63)}
-    _rewrite(root / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone, 3 added
+    rewritten_in_place(root / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone, 3 added
     row = image_bytes(16, 16, 21)
     before = os.stat(root / "t.parquet").st_mtime_ns
     pq.write_table(pa.table({"image": [{"bytes": row, "path": None}]}), root / "t.parquet")
@@ -157,14 +147,11 @@ def test_a_changed_tar_shard_or_parquet_file_is_read_whole_again_and_a_member_it
 @pytest.mark.parametrize("then", ["plain", "refresh"])
 def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_finished_by_the_next_run(
         tmp_path, model, monkeypatch, then: str) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(3):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 3)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     new0 = image_bytes(20, 20, 70)
-    _rewrite(root / "0.png", new0)
-    _rewrite(root / "1.png", b"broken now")
+    rewritten_in_place(root / "0.png", new0)
+    rewritten_in_place(root / "1.png", b"broken now")
     run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
     stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (stopped["status"], stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (
@@ -188,12 +175,9 @@ def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_fini
 @pytest.mark.usefixtures("ray_local")
 def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_changed(tmp_path, model,
                                                                                      monkeypatch) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(2):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 2)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    _rewrite(root / "0.png", image_bytes(16, 16, 80))
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 80))
     run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, refresh_changed=True)
     assert os.path.exists(journal_path(str(tmp_path / "out")))  # written before any row
     resumed = run_job(small_job_config(tmp_path, model))
@@ -212,12 +196,9 @@ def _argv(tmp_path, model, *more: str) -> list[str]:
 
 @pytest.mark.usefixtures("ray_local")
 def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refreshed(tmp_path, model, capsys) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(2):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 2)
     assert cli.main(_argv(tmp_path, model)) == 0
-    _rewrite(root / "1.png", image_bytes(16, 16, 90))
+    rewritten_in_place(root / "1.png", image_bytes(16, 16, 90))
     capsys.readouterr()
     assert cli.main(_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
     assert "--refresh-changed purifies these inputs again" in capsys.readouterr().err
@@ -252,7 +233,7 @@ def test_a_new_row_never_lands_in_the_old_rows_file_so_a_stopped_refresh_of_a_lo
     (root / "0.png").write_bytes(image_bytes(16, 16, 0))
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     old_files = sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
-    _rewrite(root / "0.png", image_bytes(16, 16, 40))
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 40))
     run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
     assert len(list((tmp_path / "out" / "data").glob("part-*.parquet"))) == 2
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir() if p.name in old_files) == old_files
@@ -267,7 +248,7 @@ def test_a_changed_shard_that_cannot_be_read_now_keeps_its_rows_and_stays_said_c
     root.mkdir()
     (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    _rewrite(root / "s.tar", b"not a tar any more" * 40)
+    rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert summary["status"] == "complete"
     assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 0, "rows_kept": 2}
@@ -283,13 +264,10 @@ def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_th
         tmp_path, model, monkeypatch, step: str) -> None:
     """The journal is what tells a later run the new stamps of the inputs whose rows a stopped refresh replaced: gone
     before the record holds them, the next run said those inputs changed and a refresh purified them a third time."""
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(2):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 2)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     new0 = image_bytes(16, 16, 50)
-    _rewrite(root / "0.png", new0)
+    rewritten_in_place(root / "0.png", new0)
     run_stopped_at(step, tmp_path, model, monkeypatch, refresh_changed=True)
     assert _each_id_once(tmp_path)[0]["0.png"] == _sha(new0)  # the old row is gone already
     resumed = run_job(small_job_config(tmp_path, model))
@@ -307,7 +285,7 @@ def test_the_command_line_does_not_say_rows_kept_of_a_shard_that_cannot_be_read_
     root.mkdir()
     (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
     assert cli.main(_argv(tmp_path, model)) == 0
-    _rewrite(root / "s.tar", b"not a tar any more" * 40)  # its members may well be there: it cannot be read now
+    rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)  # its members may well be there: it cannot be read now
     capsys.readouterr()
     assert cli.main(_argv(tmp_path, model, "--refresh-changed")) == 0
     out = capsys.readouterr().out
@@ -322,12 +300,9 @@ def test_a_stopped_refresh_whose_count_is_cut_short_says_no_more_than_the_output
     taken out too, as for the rejects --retry-rejects reads again, not left in."""
     import pipeline.stopped_run as stopped_run_module
 
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(2):
-        (root / f"{i}.png").write_bytes(image_bytes(16, 16, i))
+    root = image_folder(tmp_path / "in", 2)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    _rewrite(root / "0.png", image_bytes(16, 16, 55))
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 55))
 
     def unlisted(*args, **kwargs):
         raise OSError("listing refused")
