@@ -64,6 +64,12 @@ def small_job_config(tmp_path: Path, model: str, **kw):
     return JobConfig(**{**base, **kw})
 
 
+def small_job_argv(tmp_path: Path, model: str, *more: str) -> list[str]:
+    """The command line of `small_job_config`'s run (tmp_path/in -> tmp_path/out), with `more` after it."""
+    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "1",
+            "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
+
+
 def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()

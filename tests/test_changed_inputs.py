@@ -28,7 +28,15 @@ from pipeline.job import run_job
 from pipeline.ledger import ContainerRead
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, content_stamp
-from tests.jobutil import image_bytes, image_folder, rewritten_in_place, run_stopped_at, small_job_config, tar_bytes
+from tests.jobutil import (
+    image_bytes,
+    image_folder,
+    rewritten_in_place,
+    run_stopped_at,
+    small_job_argv,
+    small_job_config,
+    tar_bytes,
+)
 
 
 def _files(*pairs: tuple[str, str | None]) -> ReadUnit:
@@ -95,17 +103,12 @@ def test_the_record_is_read_back_and_ignored_for_another_location_or_when_damage
     assert "ignoring" in capsys.readouterr().err
 
 
-def _argv(tmp_path, model, *more: str) -> list[str]:
-    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "1",
-            "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
-
-
 @pytest.mark.usefixtures("ray_local")
 def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_path, model, capsys) -> None:
     root = image_folder(tmp_path / "in", 3)
     (root / "bad.png").write_bytes(b"not an image")
     (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(2)}))
-    assert cli.main(_argv(tmp_path, model)) == 0
+    assert cli.main(small_job_argv(tmp_path, model)) == 0
     first = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
     assert (first["image_files_purified"], first["containers"], first["gone_image_files"]) == (0, 0, 0)
 
@@ -115,7 +118,7 @@ def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_
     rewritten_in_place(root / "s.tar", tar_bytes({f"{k}.png": image_bytes(16, 16, 50 + k) for k in range(3)}))
     (root / "3.png").write_bytes(image_bytes(16, 16, 3))  # a new file: just an input
     capsys.readouterr()
-    assert cli.main(_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
     err = capsys.readouterr().err
     assert "1 image file(s) purified earlier" in err and "1 image file(s) rejected earlier" in err
     assert "1 tar/Parquet/zip file(s) replaced since" in err and "would keep" in err
@@ -123,7 +126,7 @@ def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_
     assert "no longer in the input" in err and "2.png" in err
 
     for rows in (2, 3):  # said by the run that reads the replaced shard again (2 rows done), and by every later one
-        assert cli.main(_argv(tmp_path, model, "--incremental")) == 0
+        assert cli.main(small_job_argv(tmp_path, model, "--incremental")) == 0
         err = capsys.readouterr().err
         assert "warning: 1 image file(s) purified earlier" in err and "0.png" in err
         changed = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
@@ -132,7 +135,7 @@ def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_
         assert (changed["gone_image_files"], changed["gone_examples"]) == (1, ["2.png"])
 
     capsys.readouterr()
-    assert cli.main(_argv(tmp_path, model, "--overwrite")) == 0  # the remedy: purified as the input is now
+    assert cli.main(small_job_argv(tmp_path, model, "--overwrite")) == 0  # the remedy: purified as the input is now
     assert "changed under the same name" not in capsys.readouterr().err
     changed = json.loads((tmp_path / "out" / "_summary.json").read_text())["changed_inputs"]
     assert changed["image_files_purified"] + changed["containers"] + changed["gone_image_files"] == 0

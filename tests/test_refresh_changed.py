@@ -19,7 +19,15 @@ from pipeline.job import run_job
 from pipeline.output import deduplicate_output, drop_superseded_rows, part_files_holding
 from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
-from tests.jobutil import image_bytes, image_folder, rewritten_in_place, run_stopped_at, small_job_config, tar_bytes
+from tests.jobutil import (
+    image_bytes,
+    image_folder,
+    rewritten_in_place,
+    run_stopped_at,
+    small_job_argv,
+    small_job_config,
+    tar_bytes,
+)
 
 
 def _rows(tmp_path, folder: str) -> dict[str, list[str | None]]:
@@ -189,26 +197,21 @@ def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_ch
     assert _each_id_once(tmp_path)[0]["0.png"] == _sha(image_bytes(16, 16, 80))
 
 
-def _argv(tmp_path, model, *more: str) -> list[str]:
-    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "1",
-            "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
-
-
 @pytest.mark.usefixtures("ray_local")
 def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refreshed(tmp_path, model, capsys) -> None:
     root = image_folder(tmp_path / "in", 2)
-    assert cli.main(_argv(tmp_path, model)) == 0
+    assert cli.main(small_job_argv(tmp_path, model)) == 0
     rewritten_in_place(root / "1.png", image_bytes(16, 16, 90))
     capsys.readouterr()
-    assert cli.main(_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
     assert "--refresh-changed purifies these inputs again" in capsys.readouterr().err
-    assert cli.main(_argv(tmp_path, model, "--refresh-changed", "--dry-run")) == 0
+    assert cli.main(small_job_argv(tmp_path, model, "--refresh-changed", "--dry-run")) == 0
     out, err = capsys.readouterr()
     assert "would purify 1 changed input(s) again, replacing their 1 row(s) (e.g. 1.png)" in err
     assert "changed under the same name" not in err and "1 image files to read" in out
     assert not os.path.exists(journal_path(str(tmp_path / "out")))  # a dry run writes nothing
     assert json.loads((tmp_path / "out" / "_summary.json").read_text())["this_run"]["read"] == 2
-    assert cli.main(_argv(tmp_path, model, "--refresh-changed")) == 0
+    assert cli.main(small_job_argv(tmp_path, model, "--refresh-changed")) == 0
     out, err = capsys.readouterr()
     assert "refreshed 1 input(s) changed in place (--refresh-changed): 1 old row(s) replaced by new ones" in out
     assert "changed under the same name" not in err
@@ -284,10 +287,10 @@ def test_the_command_line_does_not_say_rows_kept_of_a_shard_that_cannot_be_read_
     root = tmp_path / "in"
     root.mkdir()
     (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
-    assert cli.main(_argv(tmp_path, model)) == 0
+    assert cli.main(small_job_argv(tmp_path, model)) == 0
     rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)  # its members may well be there: it cannot be read now
     capsys.readouterr()
-    assert cli.main(_argv(tmp_path, model, "--refresh-changed")) == 0
+    assert cli.main(small_job_argv(tmp_path, model, "--refresh-changed")) == 0
     out = capsys.readouterr().out
     assert "0 old row(s) replaced by new ones, 2 kept (their tar/Parquet/zip file, read again, gave no new row" in out
     assert "no longer in their" not in out
