@@ -41,6 +41,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,8 +310,6 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
               file=sys.stderr)
     stamps: dict[str, tuple[str, str]] = {}
     same = 0
-    from concurrent.futures import ThreadPoolExecutor
-
     ids = list(checked)
     last = time.monotonic()
     with ThreadPoolExecutor(min(HASH_READERS, len(ids)), thread_name_prefix="same-bytes") as pool:
@@ -339,8 +338,6 @@ def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
                  purified: set[str]) -> dict[str, str | None] | None:
     """id -> the source_sha256 of its rows (data/'s for an id in `purified`, else rejects/'), for each of `ids` with
     rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from pipeline.output import list_parts  # pipeline.output imports this module
     from pipeline.stages import DATA_DIR, REJECTS_DIR
 
