@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.entry import interrupted_while_loading  # noqa: E402
+from pipeline.entry import exit_without_teardown, interrupted_while_loading  # noqa: E402
 
 with interrupted_while_loading("jobs/purify.py"):
     from pipeline.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_without_teardown(main())
