@@ -18,9 +18,11 @@ grows with N, not with the images purified tonight. For each size N this builds 
               (a write retried with another batch) and 0.2% of the rejects again in new rejects/ part files with a
               newer rejected_at (a --retry-rejects run killed before its end-of-run check)
 
-and then measures each function in a fresh process (setup excluded): wall seconds, and peak resident memory above
-what the process held just before the call (Linux VmHWM, reset through /proc/self/clear_refs). --tracemalloc adds
-a second run of each under tracemalloc for the Python heap's peak (slower; Arrow's own buffers are not in it).
+and then measures each function in a fresh process (setup excluded): wall seconds, CPU seconds (the process's, all
+its threads: on a machine shared with other work the wall time grows with the load, the CPU time much less), and
+peak resident memory above what the process held just before the call (Linux VmHWM, reset through
+/proc/self/clear_refs). --tracemalloc adds a second run of each under tracemalloc for the Python heap's peak
+(slower; Arrow's own buffers are not in it).
 
   discover      sources.discover(in-files): the input listing
   plan-files    job.plan_job over in-files and out-files, --incremental (what a nightly run does before Ray starts)
@@ -32,6 +34,28 @@ a second run of each under tracemalloc for the Python heap's peak (slower; Arrow
   dedup-clean   output.deduplicate_output + unify_output_types + job.run_status on out-files (nothing to remove:
                 the end-of-run check of a normal nightly run)
   dedup-dirty   the same on a fresh copy of out-dirty (rows to remove, rejects' newest-row rule)
+
+--refresh-changed (pipeline.refresh), on fixtures built beside the others when one of these is asked for:
+
+  refresh-files/ a hard-linked copy of out-files with a record of the inputs' stamps (`_inputs/stamps.parquet`) in
+                 which 1% of the done image files have an earlier stamp: changed in place since their rows were written
+  refresh-tar/   a hard-linked copy of out-tar (and its ledger) with a record in which the shards holding the first
+                 N/10 rows have an earlier stamp (one shard of N/10 members at 10^4 and 10^5; ten of N/100 at 10^6)
+  refresh-stop/  out-tar as a refresh of those shards leaves it stopped before its end-of-run check: their new rows
+                 in part files of its own (salted names), the old rows still there, its journal and its record
+
+  plan-refresh-files  job.plan_job over in-files and refresh-files, --refresh-changed (not a dry run: the journal is
+                      made): output ids, the same-bytes check of the changed files, the part files holding their rows
+  plan-refresh-tar    the same over in-tar and refresh-tar: N/10 rows to refresh
+  journal             refresh.write_journal + read_journal of the journal of a refresh of one changed Parquet
+                      file of N/10 rows (made in memory, no fixture: `--only journal --sizes 10000000` is 10^6 ids);
+                      its size is printed below the table
+  plan-stopped        job.plan_job over in-tar and refresh-stop, --incremental (not a dry run): the plan of the run
+                      after a stopped refresh, which reads its journal and looks its ids up
+  start-refresh       what that run's start does (job._start_refresh) on a fresh copy of refresh-stop: read the journal,
+                      remove the N/10 superseded rows (drop_superseded_rows), remove the journal
+  dedup-refresh       the end-of-run check of the refresh run itself (deduplicate_output with its journal, written
+                      files and unify_output_types) on a fresh copy of refresh-stop
 
 Prints a table; never asserts on time. The machine it was written on has 2 shared cores: run one thing at a time.
 """
@@ -52,8 +76,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+REFRESH_FUNCTIONS = ("plan-refresh-files", "plan-refresh-tar", "journal", "plan-stopped", "start-refresh",
+                     "dedup-refresh")
 FUNCTIONS = ("discover", "plan-files", "plan-inside", "done-ids", "plan-tar", "container-ids", "ledger",
-             "dedup-clean", "dedup-dirty")
+             "dedup-clean", "dedup-dirty", *REFRESH_FUNCTIONS)
+NO_FIXTURES = ("journal",)  # made in memory: any size, nothing built on disk
+CHANGED_EVERY = 100  # refresh-files: one done image file in this many changed in place
 NEW_FILES = 50  # input files not yet in the output: tonight's new images
 REJECTED_EVERY = 100  # one id in this many is in rejects/
 MEMBERS_PER_SHARD = 10_000
@@ -224,6 +252,78 @@ def build_nest(n: int, work: Path) -> None:
     (root / "nest-built.json").write_text("{}")
 
 
+def _linked_copy(src: Path, dst: Path) -> None:
+    """A copy of an output whose files are hard links (planning reads them, never writes them)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, copy_function=os.link)
+
+
+def _refreshed_shards(n: int) -> list[str]:
+    """The tar shards holding the first N/10 rows of out-tar (the rows --refresh-changed purifies again)."""
+    return [f"shard-{s:05d}.tar" for s in range(max(1, _shards(n) // 10))]
+
+
+def build_refresh(n: int, work: Path, rows: int) -> None:
+    """refresh-files/, refresh-tar/ and refresh-stop/ (built apart, after the rest)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.changes import InputRecord, write_record
+    from pipeline.output import JOB_FILE, part_files_holding, read_json
+    from pipeline.refresh import Journal, write_journal
+    from pipeline.sources import discover, relative_id
+
+    root = work / str(n)
+    if (root / "refresh-built.json").exists():
+        return
+    t0 = time.perf_counter()
+
+    def record(out: Path, input_: Path, earlier: set[str]) -> InputRecord:
+        location = (read_json(f"{out}/{JOB_FILE}", {}) or {})["input"]["location"]
+        stamps = {}
+        for unit in discover(str(input_), {}):
+            for path, content in zip(unit.paths, unit.contents, strict=True):
+                id_ = relative_id(path, unit.root)
+                stamps[id_] = (unit.kind, f"earlier-{content}" if id_ in earlier else content)
+        written = InputRecord(location, stamps)
+        write_record(str(out), {}, written)
+        return written
+
+    _linked_copy(root / "out-files", root / "refresh-files")
+    done = [_file_id(i) for i in range(n - NEW_FILES)]
+    record(root / "refresh-files", root / "in-files", set(done[::CHANGED_EVERY]))
+
+    _linked_copy(root / "out-tar", root / "refresh-tar")
+    shards = _refreshed_shards(n)
+    record(root / "refresh-tar", root / "in-tar", set(shards))
+
+    # refresh-stop: the same refresh, stopped after its new rows and before its end-of-run check
+    stop = root / "refresh-stop"
+    _linked_copy(root / "out-tar", stop)
+    final = record(stop, root / "in-tar", set(shards))
+    ids = [i for i in _tar_ids(n) if i.split("/")[0] in shards]
+    holders = part_files_holding(str(stop), {}, set(ids))
+    inputs = {s: ("tar", final.stamps[s][1].removeprefix("earlier-"), [i for i in ids if i.startswith(f"{s}/")])
+              for s in shards}
+    salt = "bench-refresh"
+    data_t, _ = _templates(rows)
+    names = []
+    for s in range(0, len(ids), rows):  # as write_stage names them: salted
+        chunk = ids[s : s + rows]
+        name = f"data/{_salted(chunk, salt)}"
+        pq.write_table(_part(data_t, chunk), stop / name, compression="zstd")
+        names.append(name)
+    write_journal(str(stop), {}, Journal(holders, inputs, salt))
+    (root / "refresh-written.json").write_text(json.dumps(names))
+    (root / "refresh-built.json").write_text("{}")
+    print(f"built refresh fixtures of size {n} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def _salted(ids: list[str], salt: str) -> str:
+    from pipeline.stages import part_name
+
+    return part_name(ids, salt)
+
+
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
@@ -231,7 +331,38 @@ def _status_kb(key: str) -> int:
     return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def _setup(fn: str, n: int, root: Path) -> Any:
+def _stopped_copy(root: Path, linked: bool) -> Path:
+    """A fresh copy of refresh-stop (its files hard links when `linked`: only read), with its journal as this version
+    of the program writes it (the fixture's is whichever version built it)."""
+    from pipeline.refresh import journal_path, read_journal, write_journal
+
+    copy = root / ("scratch-stopped" if linked else "scratch-refresh")
+    if linked:
+        _linked_copy(root / "refresh-stop", copy)
+    else:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(root / "refresh-stop", copy)
+    journal = read_journal(str(copy), {})
+    os.remove(journal_path(str(copy)))  # a link to the fixture's: not written through
+    write_journal(str(copy), {}, journal)
+    return copy
+
+
+def _journal_of(ids: int, rows_per_part: int) -> Any:
+    """The journal of a refresh of one changed Parquet file of `ids` rows, whose old rows fill part files of
+    `rows_per_part` rows (what plan._journal makes)."""
+    from pipeline.refresh import Journal
+    from pipeline.stages import part_name
+
+    keys = [f"big.parquet#{k}" for k in range(ids)]
+    rows: dict[str, list[str]] = {}
+    for s in range(0, ids, rows_per_part):
+        name = [f"data/{part_name(keys[s : s + rows_per_part])}"]
+        rows.update((k, name) for k in keys[s : s + rows_per_part])
+    return Journal(rows, {"big.parquet": ("parquet", "1700000000.0:123", keys)}, "salt")
+
+
+def _setup(fn: str, n: int, root: Path, rows_per_part: int = 256) -> Any:
     """The call to measure, with its arguments prepared (not measured)."""
     from pipeline.config import JobConfig
     from pipeline.job import run_status
@@ -281,12 +412,53 @@ def _setup(fn: str, n: int, root: Path) -> Any:
             return run_status(0, 0, 0, rows.purified + rows.rejected, rows.purified + rows.rejected)
 
         return check
+    if fn in ("plan-refresh-files", "plan-refresh-tar", "plan-stopped"):
+        input_, out = {"plan-refresh-files": ("in-files", root / "refresh-files"),
+                       "plan-refresh-tar": ("in-tar", root / "refresh-tar"),
+                       "plan-stopped": ("in-tar", _stopped_copy(root, linked=True))}[fn]
+        config = JobConfig(input=str(root / input_), output=str(out), steps=1, incremental=True,
+                           refresh_changed=fn != "plan-stopped", progress=False)
+        return lambda: plan_job(config, dry_run=False)
+    if fn == "journal":
+        from pipeline.refresh import journal_path, read_journal, write_journal
+
+        journal = _journal_of(n // 10, rows_per_part)
+        scratch = root / "scratch-journal"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+
+        def journal_both_ways() -> dict[str, str]:
+            write_journal(str(scratch), {}, journal)
+            size = os.path.getsize(journal_path(str(scratch)))
+            ids = len(read_journal(str(scratch), {}).rows)
+            return {"note": f"journal of {ids} ids: {size / 2**20:.1f} MB"}
+
+        return journal_both_ways
+    if fn in ("start-refresh", "dedup-refresh"):
+        from pipeline.job import _start_refresh
+        from pipeline.refresh import read_journal
+
+        out = str(_stopped_copy(root, linked=False))
+        if fn == "start-refresh":
+            class NoRefresh:  # the run after the stop: it refreshes nothing itself
+                refresh = None
+
+            return lambda: _start_refresh(out, {}, NoRefresh())
+        written = json.loads((root / "refresh-written.json").read_text())
+        journal = read_journal(out, {})
+
+        def check_refresh() -> str:
+            rows = deduplicate_output(out, {}, written=written, journal=journal.rows)
+            unify_output_types(out, {}, rows.data_schemas)
+            return run_status(0, 0, 0, rows.purified + rows.rejected, rows.purified + rows.rejected)
+
+        return check_refresh
     raise SystemExit(f"unknown function {fn}")
 
 
-def measure_one(fn: str, n: int, work: Path, traced: bool) -> None:
+def measure_one(fn: str, n: int, work: Path, traced: bool, rows_per_part: int) -> None:
     """In this fresh process: set up, then time one call and its peak memory; print one JSON line."""
-    call = _setup(fn, n, work / str(n))
+    call = _setup(fn, n, work / str(n), rows_per_part)
     if traced:
         import tracemalloc
 
@@ -299,12 +471,13 @@ def measure_one(fn: str, n: int, work: Path, traced: bool) -> None:
         return
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so setup's own peak is not counted
     before = _status_kb("VmRSS")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = call()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = (_status_kb("VmHWM") - before) / 1024
+    note = result.get("note") if isinstance(result, dict) else None
     del result
-    print(json.dumps({"s": seconds, "peak_mb": peak}), flush=True)
+    print(json.dumps({"s": seconds, "cpu_s": cpu, "peak_mb": peak, **({"note": note} if note else {})}), flush=True)
 
 
 def main() -> None:
@@ -325,9 +498,11 @@ def main() -> None:
         build(args._build, work, args.rows_per_part)
         if "plan-inside" in args.only.split(","):
             build_nest(args._build, work)
+        if set(args.only.split(",")) & set(REFRESH_FUNCTIONS):
+            build_refresh(args._build, work, args.rows_per_part)
         return
     if args._one:
-        measure_one(args._one[0], int(args._one[1]), work, args._one[2] == "1")
+        measure_one(args._one[0], int(args._one[1]), work, args._one[2] == "1", args.rows_per_part)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     only = [f for f in args.only.split(",") if f]
@@ -340,17 +515,23 @@ def main() -> None:
                                str(args.rows_per_part), *extra], check=True, capture_output=True, text=True)
         return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
 
-    header = "| function | N | seconds | peak MB |" + (" traced peak MB |" if args.tracemalloc else "")
+    header = "| function | N | seconds | CPU seconds | peak MB |" + (" traced peak MB |" if args.tracemalloc else "")
     print(header + "\n|" + " --- |" * (header.count("|") - 1), flush=True)
+    notes = []
     for n in sizes:
-        child("--_build", str(n), "--only", ",".join(only))
+        if set(only) - set(NO_FIXTURES):
+            child("--_build", str(n), "--only", ",".join(only))
         for fn in only:
             runs = [child("--_one", fn, str(n), "0") for _ in range(max(1, args.repeat))]
             best = min(runs, key=lambda r: r["s"])
-            line = f"| {fn} | {n} | {best['s']:.2f} | {max(r['peak_mb'] for r in runs):.0f} |"
+            cpu, peak = min(r["cpu_s"] for r in runs), max(r["peak_mb"] for r in runs)
+            line = f"| {fn} | {n} | {best['s']:.2f} | {cpu:.2f} | {peak:.0f} |"
             if args.tracemalloc:
                 line += f" {child('--_one', fn, str(n), '1')['traced_mb']:.0f} |"
             print(line, flush=True)
+            notes += [f"{fn} at {n}: {best['note']}"] if "note" in best else []
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":
