@@ -260,6 +260,63 @@ def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
 _DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 
+@dataclass(frozen=True)
+class OutputIndex:
+    """The output's part files as one reading of their id columns found them: each file's name relative to the output
+    ('data/part-....parquet', 'rejects/part-....parquet', by name in each folder) with its ids in row order. A run's
+    planning reads every part file's ids once (`output_index`) and asks this for what it needs of them again (the done
+    ids; with --refresh-changed, the files holding the rows of the ids it refreshes): at 10^6 rows each reading is
+    seconds, and on an object store a few requests a part file."""
+
+    parts: tuple[tuple[str, list[str]], ...] = ()
+
+    def ids(self) -> tuple[set[str], set[str]]:
+        """The ids in data/, and those in rejects/ and not in data/ (as `output_ids`)."""
+        purified: set[str] = set()
+        rejected: set[str] = set()
+        for name, ids in self.parts:
+            (purified if name.startswith(f"{DATA_DIR}/") else rejected).update(ids)
+        return purified, rejected - purified
+
+    def holding(self, ids: set[str] | frozenset[str]) -> dict[str, list[str]]:
+        """The part files that hold a row of each of `ids` (as `part_files_holding`)."""
+        return _holding(((name, column) for name, column in self.parts), ids)
+
+
+def _holding(parts: Iterable[tuple[str, list[str]]], ids: set[str] | frozenset[str]) -> dict[str, list[str]]:
+    """id -> the names of the `parts` ((name, ids) of each part file) holding a row of it, for each of `ids` held. An id
+    held in one file (nearly all) gets that file's one list, shared: a list per id was 10^6 lists for a refresh of a
+    Parquet file of 10^6 rows. The lists are not to be changed."""
+    held: dict[str, list[str]] = {}
+    for name, column in parts:
+        one = [name]
+        for id_ in ids.intersection(column):
+            have = held.get(id_)
+            if have is None:
+                held[id_] = one
+            elif name not in have:
+                held[id_] = [*have, name]
+    return held
+
+
+def output_index(output: str, storage_options: dict[str, Any],
+                 damaged: list[DamagedPart] | None = None) -> OutputIndex:
+    """The ids of every part file of the output (`OutputIndex`); only their id columns are fetched. Part files that
+    cannot be read are named all together in one JobError (see `damaged_parts_error`), or, with `damaged`, added to
+    it and left out (as `output_ids`)."""
+    fs, _ = _fs(output, storage_options)
+    parts: list[tuple[str, list[str]]] = []
+    unreadable: list[DamagedPart] = []
+    for folder in (DATA_DIR, REJECTS_DIR):
+        for path, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options), unreadable):
+            parts.append((f"{folder}/{posixpath.basename(path)}", column))
+    if unreadable and damaged is None:
+        raise damaged_parts_error(output, unreadable)
+    if damaged is not None:
+        damaged.extend(unreadable)
+    return OutputIndex(tuple(parts))
+
+
 def output_ids(output: str, storage_options: dict[str, Any],
                damaged: list[DamagedPart] | None = None) -> tuple[set[str], set[str]]:
     """The ids in the output's data/, and those in its rejects/ and not in data/ (the end-of-run check keeps an id
@@ -267,20 +324,7 @@ def output_ids(output: str, storage_options: dict[str, Any],
     `damaged_parts_error`): a run over them would purify again, or lose track of, the inputs whose rows they held.
     With `damaged`, they are added to it instead and the readable files' ids returned (a dry run of --overwrite,
     which deletes them all the same)."""
-    fs, _ = _fs(output, storage_options)
-    found: list[set[str]] = []
-    unreadable: list[DamagedPart] = []
-    for folder in (DATA_DIR, REJECTS_DIR):
-        ids: set[str] = set()
-        for _, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options), unreadable):
-            ids.update(column)
-        found.append(ids)
-    if unreadable and damaged is None:
-        raise damaged_parts_error(output, unreadable)
-    if damaged is not None:
-        damaged.extend(unreadable)
-    purified, rejected = found
-    return purified, rejected - purified
+    return output_index(output, storage_options, damaged).ids()
 
 
 class DamagedOutput(JobError):
@@ -314,14 +358,13 @@ def part_file_ids(output: str, storage_options: dict[str, Any], names: Iterable[
 
 def part_files_holding(output: str, storage_options: dict[str, Any], ids: set[str]) -> dict[str, list[str]]:
     """The part files ('data/part-....parquet', 'rejects/part-....parquet') that hold a row of each of `ids` (the
-    old rows a --refresh-changed run replaces: `pipeline.refresh`); only their id columns are fetched."""
+    old rows a --refresh-changed run replaces: `pipeline.refresh`); only their id columns are fetched. A run's planning
+    asks its `OutputIndex` instead, which has them already."""
     fs, _ = _fs(output, storage_options)
-    held: dict[str, list[str]] = {}
-    for folder in (DATA_DIR, REJECTS_DIR):
-        for path, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options)):
-            for id_ in ids.intersection(column):
-                held.setdefault(id_, []).append(f"{folder}/{posixpath.basename(path)}")
-    return held
+    parts = ((f"{folder}/{posixpath.basename(path)}", column)
+             for folder in (DATA_DIR, REJECTS_DIR)
+             for path, column, _ in _part_indexes(fs, list_parts(output, folder, storage_options)))
+    return _holding(parts, ids)
 
 
 def _superseded_rows(indexes: dict[str, list[_PartIndex]], journal: dict[str, list[str]]) -> dict[str, set[str]]:

@@ -25,6 +25,7 @@ from pipeline.output import (
     JOB_FILE,
     SUMMARY_FILE,
     DamagedPart,
+    OutputIndex,
     check_output_location,
     clear_output,
     input_inside_written_folder,
@@ -32,9 +33,9 @@ from pipeline.output import (
     list_parts,
     output_files_inside_input,
     output_ids,
+    output_index,
     output_inside_input,
     output_inside_written_folder,
-    part_files_holding,
     read_json,
 )
 from pipeline.presets import shipped_prior_path
@@ -343,7 +344,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
         containers = _containers_left(kept_units, out, so, output)
         if input_record is not None:  # not in a dry run
-            refresh = _journal(out, so, changes, input_record)
+            refresh = _journal(output, changes, input_record)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -376,23 +377,14 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 
-def _journal(out: str, so: dict[str, Any], changes: ChangedInputs, final: InputRecord) -> Journal:
+def _journal(output: _OutputDone, changes: ChangedInputs, final: InputRecord) -> Journal:
     """The journal of a --refresh-changed run (`pipeline.refresh`): the part files holding the old rows of each id it
-    purifies again, and each input's stamp as this run's listing gives it (`final`: the record it leaves)."""
-    rows = _holders(out, so, changes.refreshed_rows())
+    purifies again (as the planning read them: `output.index`), and each input's stamp as this run's listing gives it
+    (`final`: the record it leaves)."""
+    rows = output.index.holding(changes.refreshed_rows())
     inputs = {input_id: (*final.stamps[input_id], [i for i in ids if i in rows])
               for input_id, ids in changes.refreshed.items() if input_id in final.stamps}
     return Journal(rows, inputs, uuid.uuid4().hex)
-
-
-def _holders(out: str, so: dict[str, Any], ids: set[str]) -> dict[str, list[str]]:
-    """The part files holding a row of each of `ids` (`output.part_files_holding`), a storage error as a JobError."""
-    try:
-        return part_files_holding(out, so, ids)
-    except JobError:
-        raise
-    except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
 
 
 def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
@@ -400,7 +392,8 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
     """When a --refresh-changed run stopped before its end left its journal (`pipeline.refresh`), which this run
     applies before it writes anything: what the output holds as it will then (an id whose new row is a reject and whose
     old one is in data/ is a reject), and the stamps of the inputs whose ids all have their new rows (the record takes
-    them: they are not changed since). Only the journal's ids are looked up, and only when there is one."""
+    them: they are not changed since). Only the journal's ids are looked up, in the output's ids as the planning read
+    them (`output.index`), and only when there is one."""
     if output.state not in ("resume", "incremental"):
         return output, {}
     try:
@@ -411,7 +404,7 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     if journal is None:
         return output, {}
-    holders = _holders(out, so, set(journal.rows))
+    holders = output.index.holding(set(journal.rows))
     settled = journal.settled(holders)
     purified, rejected = set(output.purified_ids), set(output.rejected_ids)
     for id_ in settled:
@@ -537,6 +530,8 @@ class _OutputDone:
     prior_rejected: int
     retry: frozenset[str]  # --retry-rejects: the ids in rejects/ that this run reads again
     skip: set[str]  # the done ids: this run does not read them
+    # every part file's ids, as read once for the above (empty for a new output or one --overwrite clears)
+    index: OutputIndex = OutputIndex()
 
 
 def replaced_settings_note(out: str, what: str, dry_run: bool) -> str:
@@ -558,7 +553,8 @@ def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -
             print(replaced_settings_note(out, what, dry_run), file=sys.stderr)
         # A new or overwritten output holds nothing yet (in a dry run: will hold nothing when the run starts, and
         # the plan reports what --overwrite would delete).
-        purified_ids, rejected_ids = (set(), set()) if state in ("new", "overwrite") else output_ids(out, so)
+        index = OutputIndex() if state in ("new", "overwrite") else output_index(out, so)
+        purified_ids, rejected_ids = index.ids()
         prior_purified, prior_rejected = len(purified_ids), len(rejected_ids)
         if state == "overwrite" and dry_run:
             prior_purified, prior_rejected = _overwritten_counts(out, so)
@@ -569,7 +565,8 @@ def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
-    return _OutputDone(state, stale_lease, purified_ids, rejected_ids, prior_purified, prior_rejected, retry, skip)
+    return _OutputDone(state, stale_lease, purified_ids, rejected_ids, prior_purified, prior_rejected, retry, skip,
+                       index)
 
 
 def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:

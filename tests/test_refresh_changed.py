@@ -336,3 +336,31 @@ def test_an_older_versions_superseded_reject_of_a_refreshed_shard_is_removed_not
                               journal={"s.tar/cat": ["rejects/part-old.parquet"]})
     assert (rows.stale_rejects_removed, rows.rejected, rows.purified) == (1, 0, 1)
     assert (rows.refreshed, rows.refresh_left) == (0, frozenset())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_planning_a_refresh_reads_each_part_files_ids_once(tmp_path, model, monkeypatch) -> None:
+    """The done ids, the files holding the rows a stopped refresh replaced, and those holding the rows this one
+    replaces are all found in one reading of the part files' id columns: each reading is seconds at 10^6 rows, and a
+    few requests a part file on an object store."""
+    import pipeline.output as output_module
+    from pipeline.plan import plan_job
+
+    root = image_folder(tmp_path / "in", 4)
+    assert run_job(small_job_config(tmp_path, model, write_batch=2))["status"] == "complete"
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 72))
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True, write_batch=2)
+    rewritten_in_place(root / "3.png", image_bytes(16, 16, 73))
+    reads: Counter[str] = Counter()
+    part_index = output_module._part_index
+
+    def counted(fs, path):
+        reads[path] += 1
+        return part_index(fs, path)
+
+    monkeypatch.setattr(output_module, "_part_index", counted)
+    plan = plan_job(small_job_config(tmp_path, model, refresh_changed=True, write_batch=2))
+    assert set(plan.refresh.rows) == {"3.png"}
+    parts = {str(p) for p in (tmp_path / "out").glob("*/part-*.parquet")}
+    assert len(parts) >= 3 and set(reads) == parts  # 2 files of 2 rows, the stopped run's new one
+    assert set(reads.values()) == {1}
