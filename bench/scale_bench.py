@@ -290,7 +290,7 @@ def build_refresh(n: int, work: Path, rows: int) -> None:
 
     _linked_copy(root / "out-files", root / "refresh-files")
     done = [_file_id(i) for i in range(n - NEW_FILES)]
-    record(root / "refresh-files", root / "in-files", set(done[::CHANGED_EVERY]))
+    record(root / "refresh-files", root / "in-files", set(done[1::CHANGED_EVERY]))  # purified ones: 1 in 100 is a reject
 
     _linked_copy(root / "out-tar", root / "refresh-tar")
     shards = _refreshed_shards(n)
