@@ -333,18 +333,17 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
         if problem:
             raise JobError(problem)
     partitions = _partition_keys(listed) if config.partitioning == "hive" else None
-    kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
-    containers = _containers_left(kept_units, out, so, output)
-    changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run,
+    inputs, excluded = _inputs_listed(listed, config)
+    ledger = _read_ledger(inputs, out, so, output)
+    changes, input_record = _changed_inputs(inputs, out, so, output, ledger, job_record, dry_run,
                                             config.refresh_changed, settled_stamps)
     refresh = None
-    if changes.refreshed:  # --refresh-changed: their rows are not done; the units are worked out again without them
-        again = changes.refreshed_rows()
-        output = replace(output, skip=output.skip - again)
-        kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
-        containers = _containers_left(kept_units, out, so, output)
+    if changes.refreshed:  # --refresh-changed: their rows are not done (the units left are worked out after this)
+        output = replace(output, skip=output.skip - changes.refreshed_rows())
         if input_record is not None:  # not in a dry run
             refresh = _journal(output, changes, input_record)
+    kept_units, skipped_files = _units_left(inputs, output.skip)
+    containers = _containers_left(kept_units, output, ledger)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -422,7 +421,7 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
 
 
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
-                    containers: _ContainersLeft, job_record: dict[str, Any],
+                    ledger: dict[str, ContainerRead], job_record: dict[str, Any],
                     dry_run: bool, refresh: bool = False,
                     settled: dict[str, tuple[str, str]] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
     """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
@@ -441,8 +440,8 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     if record is not None and checked:
         record = InputRecord(record.location, {**record.stamps, **checked})
     root = inputs[0].root if inputs else None
-    changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
-                           root, refresh)
+    changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, ledger, root,
+                           refresh)
     changes = replace(changes, same_bytes=same)
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
@@ -598,22 +597,28 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped) -> list[ReadUnit]:
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
 
 
-def _units_left(units: list[ReadUnit], config: JobConfig,
-                skip: set[str]) -> tuple[list[ReadUnit], int, int, list[ReadUnit]]:
-    """The units less the job's own output files (when the output lies inside the input) and less the image files
-    already done; how many image files were done and how many output files were left out; and the units less the
-    output's files only (the input as listed)."""
+def _inputs_listed(units: list[ReadUnit], config: JobConfig) -> tuple[list[ReadUnit], int]:
+    """The units less the job's own output files, when the output lies inside the input (the input as listed), and
+    how many output files were left out."""
     out = config.output.rstrip("/")
     inside = output_inside_input(config.input, out, config.storage_options)
-    skipped_files, kept_units, excluded, inputs = 0, [], 0, []
-    for unit in units:
-        if inside is not None:  # the job's own output is not input: reading it back would purify it twice
-            outside, excluded_here = _outside_output(unit, inside, out)
-            excluded += excluded_here
-            if outside is None:
-                continue
-            unit = outside
-        inputs.append(unit)
+    if inside is None:
+        return units, 0
+    inputs, excluded = [], 0
+    for unit in units:  # the job's own output is not input: reading it back would purify it twice
+        outside, excluded_here = _outside_output(unit, inside, out)
+        excluded += excluded_here
+        if outside is not None:
+            inputs.append(outside)
+    return inputs, excluded
+
+
+def _units_left(inputs: list[ReadUnit], skip: set[str]) -> tuple[list[ReadUnit], int]:
+    """The input's units less the image files already done (`skip`), and how many those were. Worked out once, after
+    --refresh-changed has taken the rows it replaces out of `skip`: a second pass over a listing of 10^6 files took
+    seconds."""
+    skipped_files, kept_units = 0, []
+    for unit in inputs:
         if unit.kind == "files":
             none = [None] * len(unit.paths)
             kept = [(p, size, content) for p, size, content in zip(unit.paths, unit.sizes or none,
@@ -625,7 +630,7 @@ def _units_left(units: list[ReadUnit], config: JobConfig,
                                            tuple(s for _, s, _ in kept), (), tuple(c for _, _, c in kept)))
         else:
             kept_units.append(unit)
-    return kept_units, skipped_files, excluded, inputs
+    return kept_units, skipped_files
 
 
 def _outside_output(unit: ReadUnit, inside: Callable[[str], bool], out: str) -> tuple[ReadUnit | None, int]:
@@ -656,17 +661,24 @@ class _ContainersLeft:
     unread: set[str]  # read whole before, unchanged since, all their ids done: not read at all
 
 
-def _containers_left(kept_units: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone) -> _ContainersLeft:
+def _read_ledger(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone) -> dict[str, ContainerRead]:
+    """The containers an earlier complete run read whole (`pipeline.ledger`), when the input holds any."""
+    try:
+        if any(u.kind != "files" for u in inputs) and output.state in ("resume", "incremental"):
+            return read_ledger(out, so)
+        return {}
+    except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
+        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+
+
+def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
+                     ledger: dict[str, ContainerRead]) -> _ContainersLeft:
     """Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
-    one that an earlier complete run read whole and that is unchanged since is not read at all."""
+    one that an earlier complete run read whole (`ledger`) and that is unchanged since is not read at all."""
     skip, purified_ids, rejected_ids = output.skip, output.purified_ids, output.rejected_ids
     containers = [u for u in kept_units if u.kind != "files"]
     container_done = container_ids(skip, containers) if skip else {}
     tars = {u.paths[0] for u in containers if u.kind == "tar"}
-    try:
-        ledger = read_ledger(out, so) if containers and output.state in ("resume", "incremental") else {}
-    except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
     # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still
     # broken gives it again, and written twice it would make the run inconsistent.
     broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}

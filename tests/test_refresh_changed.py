@@ -417,28 +417,37 @@ def test_an_output_left_mid_refresh_by_the_previous_version_is_completed(tmp_pat
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_planning_a_refresh_reads_each_part_files_ids_once(tmp_path, model, monkeypatch) -> None:
+def test_planning_a_refresh_reads_each_part_files_ids_and_the_ledger_once(tmp_path, model, monkeypatch) -> None:
     """The done ids, the files holding the rows a stopped refresh replaced, and those holding the rows this one
-    replaces are all found in one reading of the part files' id columns: each reading is seconds at 10^6 rows, and a
-    few requests a part file on an object store."""
+    replaces are all found in one reading of the part files' id columns, and the units left to read are worked out
+    once: each reading is seconds at 10^6 rows, and a few requests a part file on an object store."""
     import pipeline.output as output_module
-    from pipeline.plan import plan_job
+    import pipeline.plan as plan_module
 
     root = image_folder(tmp_path / "in", 4)
+    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 40 + k) for k in range(2)}))
     assert run_job(small_job_config(tmp_path, model, write_batch=2))["status"] == "complete"
     rewritten_in_place(root / "0.png", image_bytes(16, 16, 72))
     run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True, write_batch=2)
     rewritten_in_place(root / "3.png", image_bytes(16, 16, 73))
+    rewritten_in_place(root / "s.tar", tar_bytes({f"{k}.png": image_bytes(16, 16, 50 + k) for k in range(2)}))
     reads: Counter[str] = Counter()
-    part_index = output_module._part_index
+    part_index, read_ledger = output_module._part_index, plan_module.read_ledger
 
     def counted(fs, path):
         reads[path] += 1
         return part_index(fs, path)
 
+    def ledger_counted(*args):
+        reads["ledger"] += 1
+        return read_ledger(*args)
+
     monkeypatch.setattr(output_module, "_part_index", counted)
-    plan = plan_job(small_job_config(tmp_path, model, refresh_changed=True, write_batch=2))
-    assert set(plan.refresh.rows) == {"3.png"}
+    monkeypatch.setattr(plan_module, "read_ledger", ledger_counted)
+    plan = plan_module.plan_job(small_job_config(tmp_path, model, refresh_changed=True, write_batch=2))
+    assert set(plan.refresh.rows) == {"3.png", "s.tar/0", "s.tar/1"}
     parts = {str(p) for p in (tmp_path / "out").glob("*/part-*.parquet")}
-    assert len(parts) >= 3 and set(reads) == parts  # 2 files of 2 rows, the stopped run's new one
+    assert len(parts) >= 4 and set(reads) == parts | {"ledger"}  # 3 files of 2 rows, the stopped run's new one
     assert set(reads.values()) == {1}
+    assert "0.png" in plan.done and "3.png" not in plan.done  # the stopped run's new row stands; 3.png is read again
+    assert [u.kind for u in plan.units].count("tar") == 1
