@@ -376,7 +376,9 @@ def _superseded_rows(indexes: dict[str, list[_PartIndex]], journal: dict[str, li
     for folder in (DATA_DIR, REJECTS_DIR):
         for path, ids, _ in indexes[folder]:
             name = f"{folder}/{posixpath.basename(path)}"
-            for id_ in set(ids).intersection(journal):
+            # not set(ids).intersection(journal): that walks the whole journal for each part file (a dict is not a
+            # set), 8 CPU s for a journal of 10^5 ids over 4,000 part files, minutes for one of 10^6
+            for id_ in {i for i in ids if i in journal}:
                 holders.setdefault(id_, []).append((path, name))
     drop: dict[str, set[str]] = {}
     for id_, held in holders.items():
