@@ -3,6 +3,7 @@
     python bench/scale_bench.py                                  # sizes 10000,100000
     python bench/scale_bench.py --sizes 10000,100000,1000000 --work /tmp/scale-bench
     python bench/scale_bench.py --sizes 1000000 --only plan-files,dedup-dirty --tracemalloc
+    python bench/scale_bench.py --sizes 10000000 --only journal                # a journal of 10^6 ids, no fixture
 
 A run over an output that already holds N rows does work on the driver before and after its pipeline, and that work
 grows with N, not with the images purified tonight. For each size N this builds (once, cached under --work/N):
