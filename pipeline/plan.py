@@ -54,6 +54,7 @@ from pipeline.sources import (
     repeated_partition_key,
     rows_without_image,
 )
+from pipeline.sources.listing import InputNotFound
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
 
@@ -595,7 +596,9 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped) -> list[ReadUnit]:
     try:
         return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
                             f"list {config.input}")
-    except FileNotFoundError as err:
+    except InputNotFound as err:  # its own message says it: not "input x not found: FileNotFoundError: input x ..."
+        raise JobError(str(err)) from err
+    except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err

@@ -200,6 +200,19 @@ def test_an_output_inside_another_outputs_data_or_rejects_folder_is_refused(tmp_
         assert plan_job(JobConfig(input=str(tmp_path / "in"), output=str(fine)), dry_run=True).output_state == "new"
 
 
+@pytest.mark.parametrize(("name", "said"), [
+    ("photoz", "does not exist"),
+    ("photos/*.png", "does not exist (wildcards are not expanded: give a folder, a prefix or one file)"),
+])
+def test_a_missing_input_is_said_once(tmp_path, capsys, name: str, said: str) -> None:
+    # it said "error: input X not found: FileNotFoundError: input X does not exist": the same fact twice, with a
+    # Python class name in between
+    missing = str(tmp_path / name)
+    assert main(["--input", missing, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert _errors(capsys) == [f"error: input {missing} {said}"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("raised", "code", "line"), [
     (JobFailed("the run failed: boom"), 1, "error: the run failed: boom"),
     (JobInterrupted("stopped by SIGINT", signal.SIGINT), 130, "interrupted: stopped by SIGINT"),
