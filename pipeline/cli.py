@@ -592,6 +592,24 @@ def unpurified_warning(columns: dict[str, int]) -> str:
             "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
 
 
+NO_CREDENTIALS_ADVICE = ("; the job reads S3 credentials where AWS's tools do (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                         "AWS_PROFILE, ~/.aws/credentials, an instance or pod role), or from --storage-option key=... "
+                         "--storage-option secret=...; --anon reads a public bucket")
+
+
+def _credentials_advice(err: BaseException) -> str:
+    """Where credentials come from, after an error that S3 found none (botocore's NoCredentialsError, said only as
+    "Unable to locate credentials"), else nothing."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if type(cause).__name__ == "NoCredentialsError":
+            return NO_CREDENTIALS_ADVICE
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return ""
+
+
 def _shown(err: BaseException, config: JobConfig | None) -> str:
     """An error as it is printed: without the credentials of a URI the run was given (a presigned checkpoint URL's
     signature), since stderr ends up in CI logs and schedulers' job histories."""
@@ -632,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_shown(err, config)}", file=sys.stderr)
         return 1
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
-        print(f"error: {_shown(err, config)}", file=sys.stderr)
+        print(f"error: {_shown(err, config)}{_credentials_advice(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else

@@ -213,6 +213,27 @@ def test_a_missing_input_is_said_once(tmp_path, capsys, name: str, said: str) ->
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monkeypatch, side: str) -> None:
+    # it said only "NoCredentialsError: Unable to locate credentials", naming none of the ways to give them
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
+    where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
+    where[side] = f"s3://no-credentials-{side}/x/"
+    # nothing listens on port 9: botocore signs a request, and finds no credentials, before it connects
+    assert main(["--input", where["input"], "--output", where["output"], "--s3-endpoint", "http://127.0.0.1:9",
+                 "--dry-run"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "Unable to locate credentials" in err[0], err
+    assert err[0].endswith(cli.NO_CREDENTIALS_ADVICE) and "AWS_ACCESS_KEY_ID" in err[0] and "--anon" in err[0], err
+
+
 @pytest.mark.parametrize(("raised", "code", "line"), [
     (JobFailed("the run failed: boom"), 1, "error: the run failed: boom"),
     (JobInterrupted("stopped by SIGINT", signal.SIGINT), 130, "interrupted: stopped by SIGINT"),
