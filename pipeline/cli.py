@@ -702,8 +702,11 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     _print_changed_inputs(summary.get("changed_inputs") or {})
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
+    # and where the rows are: the images are Parquet rows, and a reject's reason is only in rejects/
+    where = ", ".join((["the purified images in data/"] if totals["purified"] else [])
+                      + (["each reject with its reason in rejects/"] if totals["rejected"] else []))
     print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
-          f"(status {summary['status']}; summary in _summary.json)")
+          f"(status {summary['status']}; summary in _summary.json" + (f"; {where}" if where else "") + ")")
 
 
 def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:

@@ -293,8 +293,13 @@ def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     assert lines[-1].startswith("purified: 10/10 (100 %) in ") and lines[-1].endswith(", rejected 1"), lines
 
 
-def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch) -> None:
-    summary = {"status": "complete", "output_totals": {"purified": 256, "rejected": 3},
+@pytest.mark.parametrize(("rejected", "where"), [
+    (3, "; the purified images in data/, each reject with its reason in rejects/)"),
+    (0, "; the purified images in data/)"),  # no rejects/ folder to send anyone to
+])
+def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch, rejected: int, where: str) -> None:
+    # it named _summary.json only: where the images went, and why 3 inputs were rejected, was for the docs to tell
+    summary = {"status": "complete", "output_totals": {"purified": 256, "rejected": rejected},
                "model": {"note": "tiny", "canvas_size": 32},
                "this_run": {"read": 131, "purified": 128, "rejected": 3, "skipped_already_done": 128, "wall_s": 1.0,
                             "images_per_s": 131.0, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
@@ -302,8 +307,8 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch)
     assert main(["--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("read 131, purified 128, rejected 3, skipped (already done) 128")
-    assert out[-1] == f"output: {tmp_path / 'out'} holds 256 purified and 3 rejected in all (status complete; summary in " \
-                      "_summary.json)"
+    assert out[-1] == (f"output: {tmp_path / 'out'} holds 256 purified and {rejected} rejected in all (status complete; "
+                       f"summary in _summary.json{where}")
 
 
 @pytest.mark.parametrize(("again", "said"), [(0, False), (1, True)])
