@@ -302,6 +302,12 @@ def configure_ray_data() -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar of our own, in images (see _run)
+    # ...about which Ray Data then logs, once a process, "Progress bars disabled. To enable, set
+    # `ray.data.DataContext.get_current().enable_progress_bars = True`": advice no user of the job can follow. Taking
+    # its once-only key here leaves it unsaid.
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")
     # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
     # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
     # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
