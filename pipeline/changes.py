@@ -33,6 +33,7 @@ are not seen), except for containers an earlier complete run read whole, whose s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -40,7 +41,7 @@ import posixpath
 import stat
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.ledger import ContainerRead, container_ids
-from pipeline.sources import LOOKALIKE, ReadUnit, relative_id
+from pipeline.sources import LOOKALIKE, ReadUnit, read_unit, relative_id
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 INPUTS_DIR = "_inputs"
@@ -127,6 +128,9 @@ class ChangedInputs:
     # done image files whose stamp changed but whose bytes are those their rows were made from (`same_bytes`): not
     # changed, and the record takes their new stamp
     same_bytes: int = 0
+    # done containers whose stamp changed but that still give every member their rows were made from as it was
+    # (`same_members`): not changed, and the record takes their new stamp
+    same_members: int = 0
 
     def changed(self) -> int:
         return len(self.purified) + len(self.rejected) + len(self.containers)
@@ -146,7 +150,9 @@ class ChangedInputs:
                 "refreshed_inputs": len(self.refreshed), "refreshed_rows": sum(map(len, self.refreshed.values())),
                 "refreshed_examples": sorted(self.refreshed)[:EXAMPLES],
                 # image files touched, copied over or uploaded again with the same bytes: read to tell, not changed
-                "image_files_same_bytes": self.same_bytes}
+                "image_files_same_bytes": self.same_bytes,
+                # tar/Parquet/zip files grown, copied or rewritten with each member of a row as it was: read to tell
+                "containers_same_members": self.same_members}
 
     def refreshed_rows(self) -> set[str]:
         """The ids of the rows this run replaces (--refresh-changed)."""
@@ -338,6 +344,18 @@ def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
                  purified: set[str]) -> dict[str, str | None] | None:
     """id -> the source_sha256 of its rows (data/'s for an id in `purified`, else rejects/'), for each of `ids` with
     rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr)."""
+    return _row_values(output, storage_options, ids, purified, lambda folder: ("id", "source_sha256"),
+                       lambda folder, row: row.get("source_sha256"),
+                       "image files whose listing changed are said changed without reading them")
+
+
+def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
+                columns: Callable[[str], tuple[str, ...] | None], value: Callable[[str, dict[str, Any]], Any],
+                unread: str) -> dict[str, Any] | None:
+    """id -> `value` of its rows (data/'s for an id in `purified`, else rejects/'; `value(folder, row)` of each row as
+    a dict of `columns(folder)`, or of every column `ROW_COLUMNS_LEFT_OUT` leaves when that gives None), for each of
+    `ids` with rows, None where its rows give more than one; None in all where a part file cannot be read (said on
+    stderr, with `unread`: what that leaves)."""
     from pipeline.output import list_parts  # pipeline.output imports this module
     from pipeline.stages import DATA_DIR, REJECTS_DIR
 
@@ -349,31 +367,37 @@ def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
                                           f"list {output}/{folder}")]
         fs, _ = storage_path(output, storage_options)
         with ThreadPoolExecutor(max(1, min(HASH_READERS, len(paths))), thread_name_prefix="row-digests") as pool:
-            parts = list(pool.map(lambda item: _part_digests(fs, item[1], wanted[item[0]]), paths))
-    except Exception as err:  # noqa: BLE001 - never fatal: the files stay said changed
-        print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); image files whose "
-              "listing changed are said changed without reading them", file=sys.stderr)
+            parts = list(pool.map(lambda item: [(id_, value(item[0], row)) for id_, row in _part_rows(
+                fs, item[1], wanted[item[0]], columns(item[0]))], paths))
+    except Exception as err:  # noqa: BLE001 - never fatal: the inputs stay said changed
+        print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); {unread}",
+              file=sys.stderr)
         return None
-    found: dict[str, set[str | None]] = {}
+    found: dict[str, set[Any]] = {}
     for part in parts:
-        for id_, digest in part:
-            found.setdefault(id_, set()).add(digest)
-    return {id_: next(iter(d)) if len(d) == 1 else None for id_, d in found.items()}
+        for id_, got in part:
+            found.setdefault(id_, set()).add(got)
+    return {id_: next(iter(v)) if len(v) == 1 else None for id_, v in found.items()}
 
 
-def _part_digests(fs: Any, path: str, wanted: pa.Array) -> list[tuple[str, str | None]]:
-    """(id, source_sha256) of the rows of `wanted` ids in one part file; only those two columns are fetched (a file
-    without source_sha256 gives None)."""
-    def once() -> list[tuple[str, str | None]]:
+# The columns of a data/ row that its image's bytes give (the purified image, its size, what the decoder found):
+# not read to compare a container's rows with its members (`same_members`)
+ROW_COLUMNS_LEFT_OUT = frozenset({"image", "width", "height", "original_mode", "original_format", "original_frames",
+                                  "psnr_vs_input_db", "downscale_factor"})
+
+
+def _part_rows(fs: Any, path: str, wanted: pa.Array,
+               columns: tuple[str, ...] | None) -> list[tuple[str, dict[str, Any]]]:
+    """(id, row) of the rows of `wanted` ids in one part file, each row a dict of `columns` (None: all those
+    `ROW_COLUMNS_LEFT_OUT` leaves); only those columns are fetched, and one the file lacks is left out."""
+    def once() -> list[tuple[str, dict[str, Any]]]:
         with fs.open(path, "rb") as f:
             part = pq.ParquetFile(f, pre_buffer=False)
-            columns = [name for name in ("id", "source_sha256") if name in part.schema_arrow.names]
-            table = part.read(columns=columns, use_threads=False)
+            names = part.schema_arrow.names
+            read = [n for n in names if (n in columns if columns is not None else n not in ROW_COLUMNS_LEFT_OUT)]
+            table = part.read(columns=["id", *(n for n in read if n != "id")], use_threads=False)
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted.cast(table.column("id").type)))
-        ids = table.column("id").to_pylist()
-        digests = (table.column("source_sha256").to_pylist() if "source_sha256" in table.column_names
-                   else [None] * len(ids))
-        return list(zip(ids, digests, strict=True))
+        return [(row["id"], row) for row in table.to_pylist()]
 
     return with_retries(once, f"read the source_sha256 of {path}")
 
@@ -409,6 +433,173 @@ def file_sha256(path: str, storage_options: dict[str, Any], listed_size: int | N
         return with_retries(once, f"read {path}")
     except Exception:  # noqa: BLE001 - unreadable now: said changed, as without this check
         return None
+
+
+# Containers (tar shards, Parquet files, zip archives) whose stamp changed that are read at once to compare their
+# members with their rows (`same_members`): each can be large, so fewer than image files, and each held in memory only
+# up to CHECK_IN_MEMORY_BYTES (a larger one is streamed: a tar shard twice, headers then members, as a run reads one
+# over --in-memory-mb). From MANY_CONTAINERS on, the planning says so on stderr, and how far it got.
+CONTAINER_READERS = 4
+CHECK_IN_MEMORY_BYTES = 16 * 2**20
+MANY_CONTAINERS = 20
+
+
+def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
+                 record: InputRecord | None, ledger: dict[str, ContainerRead], output: str,
+                 storage_options: dict[str, Any],
+                 reading: dict[str, Any] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
+    """The tar shards, Parquet files and zip archives with done ids whose listing's stamp differs from the recorded
+    one (or, without one, from the ledger's: `_container_changed`), read to tell whether the members their rows were
+    made from are still there as they were, with the stamp the record takes for each, and how many are so. A
+    container's rows hold no digest of the container, but each holds its member's: the planning reads the container
+    as a run does (`sources.read_unit` with `reading`, its options: --image-column, --labels-from-folders,
+    --partitioning, --max-image-mb; nothing skipped), and each of its ids with a row (but those --retry-rejects reads
+    again, and its '#unreadable' reject) must give the record that row was made from: the same `source`, for a row in
+    data/ an image of the same sha256 (`source_sha256`) with the same pass-through columns (a tar key's sidecars, a
+    Parquet row's other cells, its partition columns: nulls and a struct's null fields aside), for one in rejects/ the
+    same sha256, or, where the reject holds none (rejected unread), a reject with the same stage and error.
+
+    All there as they were (members appended, as a WebDataset shard grows; copied or uploaded again; rewritten with
+    its members in another order, compressed otherwise): the stamp the listing gives now, so it is no change, and no
+    later run reads it for this (the members added are read by the run, as in any container read again). One of them
+    gone or other: the recorded stamp with the listing's noted after DIFFERS, said changed as before, not read again
+    by a later run while the listing gives that stamp. Left out (said changed, and read again by the next run): a
+    container that cannot be read to its end now (an error, its '#unreadable' reject), and one with an id whose rows
+    cannot be compared (none found, several that differ, or a part file that cannot be read: said on stderr). The
+    output's part files are read only when there is such a container, and only their columns that the input gives
+    (not the purified images)."""
+    recorded = record.stamps if record is not None else {}
+    changed: list[ReadUnit] = []
+    for unit in listed:
+        now = unit.contents[0] if unit.kind != "files" and unit.contents else None
+        if now is None:
+            continue
+        before = recorded.get(relative_id(unit.paths[0], unit.root))
+        if before is not None and before[1].endswith(f"{DIFFERS}{now}"):  # read at this stamp before: other members
+            continue
+        if _container_changed(unit, before, ledger.get(unit.paths[0])):
+            changed.append(unit)
+    if not changed:
+        return {}, 0
+    held = container_ids(purified | rejected, changed)
+    candidates: dict[str, tuple[ReadUnit, list[str]]] = {}  # id -> unit, its ids with rows compared
+    for unit in changed:
+        rows = [i for i in held.get(unit.paths[0], []) if not i.endswith("#unreadable") and i not in retry]
+        if rows:
+            candidates[relative_id(unit.paths[0], unit.root)] = (unit, rows)
+    if not candidates:
+        return {}, 0
+    wanted = {i for _, rows in candidates.values() for i in rows}
+    fingerprints = _row_values(output, storage_options, wanted, purified, _fingerprint_columns, _row_fingerprint,
+                               "tar, Parquet and zip files whose listing changed are said changed without reading them")
+    if fingerprints is None:
+        return {}, 0
+    ids = [i for i in sorted(candidates) if all(fingerprints.get(row) for row in candidates[i][1])]
+    if not ids:
+        return {}, 0
+    options = dict(reading or {})
+    options["in_memory_bytes"] = min(options.get("in_memory_bytes", CHECK_IN_MEMORY_BYTES), CHECK_IN_MEMORY_BYTES)
+    many = len(ids) >= MANY_CONTAINERS
+    if many:
+        print(f"zip-purify: reading {len(ids)} tar/Parquet/zip file(s) whose listing changed since their rows were "
+              "written, to tell those whose members are still as they were (each is read once: the record then takes "
+              "its new stamp)", file=sys.stderr)
+    stamps: dict[str, tuple[str, str]] = {}
+    same = done = 0
+    last = time.monotonic()
+
+    def compare(id_: str) -> bool | None:
+        unit, rows = candidates[id_]
+        return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options)
+
+    with ThreadPoolExecutor(min(CONTAINER_READERS, len(ids)), thread_name_prefix="same-members") as pool:
+        for id_, found in zip(ids, pool.map(compare, ids), strict=True):
+            unit, now = candidates[id_][0], candidates[id_][0].contents[0]
+            if found:
+                stamps[id_] = (unit.kind, now)
+                same += 1
+            elif found is not None:
+                earlier = recorded[id_][1].split(DIFFERS)[0] if id_ in recorded else EARLIER
+                stamps[id_] = (unit.kind, f"{earlier}{DIFFERS}{now}")
+            done += 1
+            if many and time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                print(f"zip-purify: read {done} of {len(ids)} tar/Parquet/zip file(s) whose listing changed",
+                      file=sys.stderr)
+    if many:
+        print(f"zip-purify: {same} of {len(ids)} tar/Parquet/zip file(s) whose listing changed hold every member their "
+              "rows were made from as it was: not changed", file=sys.stderr)
+    return stamps, same
+
+
+def _fingerprint_columns(folder: str) -> tuple[str, ...] | None:
+    """The columns of a row `_row_fingerprint` needs: a reject's own; a data/ row's all but its image's."""
+    from pipeline.stages import REJECTS_DIR
+
+    return ("id", "source", "source_sha256", "stage", "error") if folder == REJECTS_DIR else None
+
+
+def _row_fingerprint(folder: str, row: dict[str, Any]) -> bytes:
+    """A short digest of what a row says of the member it was made from (`_record_fingerprints` gives a record's)."""
+    from pipeline.stages import DATA_DIR
+
+    if folder == DATA_DIR:
+        others = {k: v for k, v in row.items() if k not in ("id", "source", "source_sha256")}
+        return _digest(("data", row.get("source"), row.get("source_sha256"), _canonical(others)))
+    if row.get("source_sha256") is not None:
+        return _digest(("reject", row.get("source"), row["source_sha256"]))
+    return _digest(("unread", row.get("source"), row.get("stage"), row.get("error")))
+
+
+def _record_fingerprints(record: dict[str, Any]) -> tuple[bytes, ...]:
+    """The digests (`_row_fingerprint`) a row made from `record` (an image or reject of `sources.read_unit`) can have:
+    a data/ row's of an image record, a reject's of its sha256, and, for a reject record, one rejected unread's."""
+    source, digest = record.get("source"), record.get("source_sha256")
+    found = [_digest(("reject", source, digest))] if digest is not None else []
+    if record["kind"] == "image":
+        found.append(_digest(("data", source, digest, _canonical(record.get("meta") or {}))))
+    else:
+        found.append(_digest(("unread", source, record.get("stage"), record.get("error"))))
+    return tuple(found)
+
+
+def _canonical(value: Any) -> Any:
+    """`value` as comparable whatever the order of its keys and wherever it was read from: a dict as its items sorted,
+    a null in it (a column or struct field a part file holds and this row has no value of) left out, a whole float as
+    its int (a column of ints that the end of a run made double beside another part file's floats)."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _canonical(v)) for k, v in value.items() if v is not None)))
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_canonical(v) for v in value))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _digest(value: Any) -> bytes:
+    return hashlib.blake2b(repr(value).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _members_same(unit: ReadUnit, rows: dict[str, bytes], purified: set[str], storage_options: dict[str, Any],
+                  reading: dict[str, Any]) -> bool | None:
+    """Whether the container `unit`, read now, gives each id of `rows` (id -> its row's `_row_fingerprint`) as that
+    row was made; None when it cannot be read to its end. Reading stops at the first id that differs."""
+    left = dict(rows)
+    broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable"
+    try:
+        records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified), **reading)
+        with contextlib.closing(records):
+            for record in records:
+                if record["kind"] not in ("image", "reject"):
+                    continue
+                if record["id"] == broken:
+                    return None
+                row = left.pop(record["id"], None)
+                if row is not None and row not in _record_fingerprints(record):
+                    return False
+    except Exception:  # noqa: BLE001 - unreadable now: said changed, as without this check
+        return None
+    return not left  # an id with a row that the container no longer gives: gone from it
 
 
 def _container_changed(unit: ReadUnit, before: tuple[str, str] | None, read: ContainerRead | None) -> bool:

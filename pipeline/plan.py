@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, same_bytes, updated_record
+from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, same_bytes, same_members, updated_record
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
@@ -335,8 +335,11 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     partitions = _partition_keys(listed) if config.partitioning == "hive" else None
     kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
     containers = _containers_left(kept_units, out, so, output)
+    reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
+                   in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
+                   partitioning=config.partitioning)
     changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run,
-                                            config.refresh_changed, settled_stamps)
+                                            config.refresh_changed, settled_stamps, reading)
     refresh = None
     if changes.refreshed:  # --refresh-changed: their rows are not done; the units are worked out again without them
         again = changes.refreshed_rows()
@@ -432,11 +435,14 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
                     containers: _ContainersLeft, job_record: dict[str, Any],
                     dry_run: bool, refresh: bool = False,
-                    settled: dict[str, tuple[str, str]] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
+                    settled: dict[str, tuple[str, str]] | None = None,
+                    reading: dict[str, Any] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
     """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
     --refresh-changed, those changed are purified again instead), and the record of the inputs' stamps a run writes
     before it reads anything (None in a dry run, which writes nothing). `settled`: the stamps of inputs a stopped
-    --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`)."""
+    --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`). `reading`: the
+    run's options of `sources.read_unit`, with which a tar, Parquet or zip file whose stamp changed is read to compare
+    its members with its rows (`changes.same_members`)."""
     location = (job_record.get("input") or {}).get("location")
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
@@ -448,10 +454,17 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     checked, same = same_bytes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, out, so)
     if record is not None and checked:
         record = InputRecord(record.location, {**record.stamps, **checked})
+    # tar, Parquet and zip files whose stamp changed, read: those that give each member of a row as it was get their new
+    # stamp (one whose earlier stamp only the ledger knew too: the record starts with it), so are no change
+    members, same_containers = same_members(inputs, output.purified_ids, output.rejected_ids, output.retry, record,
+                                            containers.ledger, out, so, reading)
+    if members:
+        record = InputRecord(record.location if record is not None else location,
+                             {**(record.stamps if record is not None else {}), **members})
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
                            root, refresh)
-    changes = replace(changes, same_bytes=same)
+    changes = replace(changes, same_bytes=same, same_members=same_containers)
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import tarfile
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -91,6 +92,18 @@ def tar_bytes(members: dict[str, bytes], hard_links: dict[str, str] | None = Non
             link = tarfile.TarInfo(name)
             link.type, link.linkname = tarfile.LNKTYPE, target
             tar.addfile(link)
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of `members` (name -> bytes; a name ending in '/' is a folder entry), in that order."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as archive:
+        for name, data in members.items():
+            if name.endswith("/"):
+                archive.mkdir(name.rstrip("/"))
+            else:
+                archive.writestr(name, data)
     return buf.getvalue()
 
 

@@ -1,0 +1,162 @@
+"""A tar shard, Parquet file or zip archive whose listing changed is a change only when a member its rows were made
+from is gone or other now (pipeline.changes.same_members): one grown by appended members, copied over or rewritten
+with its members in another order is no change, its new members purified, and later runs are quiet."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.changes as changes_module
+from pipeline.changes import DIFFERS, InputRecord, same_members
+from pipeline.job import run_job
+from pipeline.ledger import ContainerRead
+from pipeline.plan import plan_job
+from pipeline.sources import ReadUnit
+from tests.jobutil import image_bytes, rewritten_in_place, small_job_config, tar_bytes, zip_bytes
+
+
+def _parquet(images: list[bytes], labels: list[int]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"image": [{"bytes": data, "path": None} for data in images], "label": labels}), buf)
+    return buf.getvalue()
+
+
+def _counting_reads(monkeypatch) -> list[str]:
+    """The names of the containers the planning reads to compare their members with their rows, as it reads them."""
+    read: list[str] = []
+    real = changes_module.read_unit
+
+    def counted(unit, *args, **kwargs):
+        read.append(os.path.basename(unit.paths[0]))
+        return real(unit, *args, **kwargs)
+
+    monkeypatch.setattr(changes_module, "read_unit", counted)
+    return read
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_containers_grown_copied_or_repacked_with_the_same_members_are_no_change_and_their_new_members_purified(
+        tmp_path, model, monkeypatch) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    img = {k: image_bytes(16, 16, k) for k in range(12)}
+    shard = {"0.png": img[0], "0.cls": b"3", "1.png": img[1], "1.cls": b"5"}
+    (root / "grown.tar").write_bytes(tar_bytes(shard))
+    (root / "order.tar").write_bytes(tar_bytes({"a.png": img[2], "b.png": img[3]}))
+    (root / "copied.tar").write_bytes(tar_bytes({"c.png": img[4]}))
+    (root / "p.parquet").write_bytes(_parquet([img[5], img[6]], [1, 2]))
+    (root / "z.zip").write_bytes(zip_bytes({"d/x.png": img[7], "y.png": img[8]}, zipfile.ZIP_STORED))
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 9
+    before = {row["id"]: row for row in pq.read_table(tmp_path / "out" / "data").to_pylist()}
+
+    # a WebDataset shard grown by appended samples; one rewritten with its members in another order; one copied over
+    # (a new inode); a Parquet file rewritten with the same rows and one more; a zip packed again, otherwise
+    rewritten_in_place(root / "grown.tar", tar_bytes({**shard, "2.png": img[9], "2.cls": b"7"}))
+    rewritten_in_place(root / "order.tar", tar_bytes({"b.png": img[3], "a.png": img[2]}))
+    (tmp_path / "copy.tar").write_bytes((root / "copied.tar").read_bytes())
+    os.replace(tmp_path / "copy.tar", root / "copied.tar")
+    rewritten_in_place(root / "p.parquet", _parquet([img[5], img[6], img[10]], [1, 2, 3]))
+    rewritten_in_place(root / "z.zip", zip_bytes({"y.png": img[8], "d/x.png": img[7], "d/new.png": img[11]}))
+    read = _counting_reads(monkeypatch)
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (dry["containers"], dry["examples"]) == (0, [])
+    assert dry["containers_same_members"] == 5
+
+    read.clear()  # --refresh-changed purifies none of them again: their rows stay as they were
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    changed = summary["changed_inputs"]
+    assert (changed["containers"], changed["examples"], changed["containers_same_members"]) == (0, [], 5)
+    assert (summary["this_run"]["refreshed"]["inputs"], summary["this_run"]["purified"]) == (0, 3)  # the members added
+    data = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    by_id = {row["id"]: row for row in data}
+    assert len(data) == len(by_id) == 12
+    assert all(by_id[id_] == row for id_, row in before.items())
+    assert (by_id["grown.tar/2"]["label"], by_id["p.parquet#2"]["label"]) == (7, 3)
+    assert "z.zip/d/new.png" in by_id
+    assert sorted(read) == ["copied.tar", "grown.tar", "order.tar", "p.parquet", "z.zip"]  # the dry run recorded nothing
+
+    read.clear()
+    later = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert (later["changed_inputs"]["containers"], later["changed_inputs"]["containers_same_members"]) == (0, 0)
+    assert (later["this_run"]["read"], read) == (0, [])  # their new stamps were recorded: not read again
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_container_with_a_member_or_a_column_of_a_row_changed_or_gone_is_still_a_change_and_refreshed(
+        tmp_path, model, monkeypatch) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    img = {k: image_bytes(16, 16, k) for k in range(8)}
+    (root / "label.tar").write_bytes(tar_bytes({"0.png": img[0], "0.cls": b"3", "1.png": img[1], "1.cls": b"4"}))
+    (root / "gone.tar").write_bytes(tar_bytes({"a.png": img[2], "b.png": img[3]}))
+    (root / "q.parquet").write_bytes(_parquet([img[4], img[5]], [1, 2]))
+    (root / "z.zip").write_bytes(zip_bytes({"x.png": img[6]}))
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 7
+
+    # the same images, one label fixed; a sample removed (another added); a Parquet row's label fixed; a member's bytes
+    rewritten_in_place(root / "label.tar", tar_bytes({"0.png": img[0], "0.cls": b"3", "1.png": img[1], "1.cls": b"9"}))
+    rewritten_in_place(root / "gone.tar", tar_bytes({"a.png": img[2], "c.png": img[7]}))
+    rewritten_in_place(root / "q.parquet", _parquet([img[4], img[5]], [1, 20]))
+    rewritten_in_place(root / "z.zip", zip_bytes({"x.png": image_bytes(16, 16, 60)}))
+    read = _counting_reads(monkeypatch)
+    summary = run_job(small_job_config(tmp_path, model, incremental=True))
+    changed = summary["changed_inputs"]
+    assert (changed["containers"], changed["container_rows"], changed["containers_same_members"]) == (4, 7, 0)
+    assert changed["examples"] == ["gone.tar", "label.tar", "q.parquet", "z.zip"]
+    assert sorted(read) == ["gone.tar", "label.tar", "q.parquet", "z.zip"]
+
+    read.clear()  # still changed (and refreshed), but not read again while their listing stays
+    refreshed = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert read == []
+    # every done row of each (gone.tar/c too, purified by the last run) read again; gone.tar/b has no member now
+    assert refreshed["this_run"]["refreshed"] == {"inputs": 4, "rows_replaced": 7, "rows_kept": 1}
+    labels = {row["id"]: row["label"] for row in pq.read_table(tmp_path / "out" / "data").to_pylist()}
+    assert (labels["label.tar/1"], labels["q.parquet#1"]) == (9, 20)
+    assert run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]["containers"] == 0
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_container_that_cannot_be_read_or_whose_rows_cannot_be_compared_stays_changed_and_is_read_again(
+        tmp_path, monkeypatch, capsys) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "data").mkdir(parents=True)
+    a, b = image_bytes(8, 8, 1), image_bytes(8, 8, 2)
+    names = ("same.tar", "differs.tar", "broken.tar", "norow.tar", "ledger.tar")
+    for name in names:
+        (inp / name).write_bytes(tar_bytes({"0.png": a, "1.png": b}))
+    (inp / "differs.tar").write_bytes(tar_bytes({"0.png": a, "1.png": a}))
+    (inp / "broken.tar").write_bytes(b"not a tar any more" * 40)
+    ids = [f"{name}/{k}" for name in names for k in range(2) if f"{name}/{k}" != "norow.tar/1"]
+    pq.write_table(pa.table({"id": ids, "source": [f"{inp / i.split('/')[0]}:{i.split('/')[1]}.png" for i in ids],
+                             "source_sha256": [_sha(a if i.endswith("0") else b) for i in ids]}),
+                   out / "data" / "part-a.parquet")
+    record = InputRecord(str(inp), {name: ("tar", "v1") for name in names if name != "ledger.tar"})
+    units = [ReadUnit("tar", (str(inp / name),), str(inp), (os.path.getsize(inp / name),), ("l2",), ("v2",))
+             for name in names]
+    # norow.tar/1's row is not found (as a part file deleted by hand): the shard holds ids not compared
+    ledger = {str(inp / "ledger.tar"): ContainerRead(str(inp / "ledger.tar"), 1, "l1", 2, "x")}
+    done = {*ids, "norow.tar/1"}
+    read = _counting_reads(monkeypatch)
+    assert same_members(units, done, set(), frozenset(), record, ledger, str(out), {}) == (
+        {"same.tar": ("tar", "v2"), "differs.tar": ("tar", f"v1{DIFFERS}v2"), "ledger.tar": ("tar", "v2")}, 2)
+    assert sorted(read) == ["broken.tar", "differs.tar", "ledger.tar", "same.tar"]  # norow.tar: not read
+    # differs.tar was read at this stamp: not read again while it stays; the others as before
+    marked = InputRecord(str(inp), {**record.stamps, "differs.tar": ("tar", f"v1{DIFFERS}v2")})
+    read.clear()
+    assert same_members(units, done, set(), frozenset(), marked, ledger, str(out), {})[1] == 2
+    assert sorted(read) == ["broken.tar", "ledger.tar", "same.tar"]
+    # a part file that cannot be read leaves every one said changed
+    (out / "data" / "part-b.parquet").write_bytes(b"cut short")
+    assert same_members(units, done, set(), frozenset(), record, ledger, str(out), {}) == ({}, 0)
+    assert "could not read the source_sha256" in capsys.readouterr().err
