@@ -12,23 +12,28 @@ and inode on a disk) when a run set out to read it, and each later run compares 
   the earlier bytes purified; rejected: the reject is about the earlier bytes), unless its bytes are still those its
   rows were made from: the planning reads it, and one whose sha256 is its rows' `source_sha256` (touched, copied over
   or restored with the same bytes, uploaded again in parts: another ETag) is no change, and the record takes its new
-  stamp, so that it is read once (`same_bytes`; a container's rows hold no digest of the container, so not one). One
-  whose bytes differ keeps its earlier stamp with the one it was read at noted after it (`DIFFERS`): it is read once too;
-- a container whose stamp differs, with done ids, is read again (`pipeline.ledger`), but its done ids are skipped: their
-  rows came from the earlier version (a member changed in place is not purified again; one appended is). Its record keeps
-  the earlier stamp, so that every later run says so too, not only the one that read it again;
+  stamp, so that it is read once (`same_bytes`). One whose bytes differ keeps its earlier stamp with the one it was
+  read at noted after it (`DIFFERS`): it is read once too;
+- a container (tar shard, Parquet file, zip archive) whose stamp differs, with done ids, is read again by the run
+  (`pipeline.ledger`), its done ids skipped and the members added to it purified. Its rows hold no digest of the
+  container, but each holds its member's: the planning reads it, and one that still gives each id with a row as that
+  row was made (the same member bytes, `source_sha256`, and the same pass-through columns: grown by appended members,
+  copied or uploaded again, rewritten with its members in another order) is no change, and the record takes its new
+  stamp (`same_members`). One with such a member gone or other changed since: its rows came from the earlier version
+  (a member changed in place is not purified again by a plain run), and its record keeps the earlier stamp, noted with
+  the one it was read at (`DIFFERS`), so that every later run says so too, without reading it again;
 - an input whose rows are in the output and that the listing no longer shows went (deleted or renamed).
 
 The record is `OUTPUT/_inputs/stamps.parquet` (id, kind, stamp; the input's location in its metadata), written whole
 at the start of each run, before any image is read, so that the rows a run killed half-way wrote are covered too:
 for an input read by this run, its stamp as this run's listing gave it (the bytes read are that version or a newer
-one, so a change is never missed; a container replaced between the listing and its read is said changed though its
-rows are of the new bytes, a false alarm: an image file's bytes are found to be its row's); a done input keeps the
-stamp it had, and a changed one read again (--retry-rejects, --refresh-changed) keeps its earlier stamp until the run
-ends complete (`starting_record`). An
-output written by a version before this record starts one with the stamps of its first run (changes made before that
-are not seen), except for containers an earlier complete run read whole, whose stamps `pipeline.ledger` kept.
---overwrite deletes it with the rest; --input-moved starts it again.
+one, so a change is never missed; an input replaced between the listing and its read has rows of the new bytes under
+the earlier stamp: the next run's planning reads it, finds its rows' bytes or members, and takes the new stamp); a
+done input keeps the stamp it had, and a changed one read again (--retry-rejects, --refresh-changed) keeps its earlier
+stamp until the run ends complete (`starting_record`). An output written by a version before this record starts one
+with the stamps of its first run (changes made before that are not seen), except for containers an earlier complete
+run read whole, whose stamps `pipeline.ledger` kept. --overwrite deletes it with the rest; --input-moved starts it
+again.
 """
 
 from __future__ import annotations
@@ -172,9 +177,9 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
     if rejected:
         what.append(f"{rejected} image file(s) rejected earlier (the reject is about their earlier version)")
     if containers:
-        what.append(f"{containers} tar/Parquet/zip file(s) replaced since (of their {changed.get('container_rows', 0)} "
-                    "rows, those written before were made from the earlier version: a member or row changed in place is "
-                    "not read again, one added is)")
+        what.append(f"{containers} tar/Parquet/zip file(s) replaced since, a member or row that rows were made from "
+                    f"changed or gone (of their {changed.get('container_rows', 0)} rows, those written before were made "
+                    "from the earlier version: a member or row changed in place is not read again, one added is)")
     keeps = "would keep" if dry_run else "kept"
     remedy = ("--retry-rejects reads the rejected ones again; " if rejected else "")
     return (f"warning: {'; '.join(what)}: these inputs changed under the same name since their rows were written, "
@@ -284,11 +289,11 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     The same bytes (touched, copied over or restored, uploaded again in parts with another ETag): the stamp the
     listing gives now, so they are no change, and no later run reads them for this. Other bytes: the recorded stamp
     with the listing's noted after DIFFERS, still no match for the listing, so said changed, but not read again by a
-    later run while the listing gives that stamp. Only image files: a tar, Parquet or zip file has no digest of its own
-    in its rows. The output's part files are read only when there is such a file, and only their id and source_sha256
-    columns. A file that cannot be read now, whose rows hold no digest (rejected unread: over --max-image-mb) or no
-    single one, or whose bytes are not as many as the listing said, is left out: said changed, as without this check,
-    and read again by the next run."""
+    later run while the listing gives that stamp. Only image files: a tar, Parquet or zip file is compared member by
+    member (`same_members`). The output's part files are read only when there is such a file, and only their id and
+    source_sha256 columns. A file that cannot be read now, whose rows hold no digest (rejected unread: over
+    --max-image-mb) or no single one, or whose bytes are not as many as the listing said, is left out: said changed, as
+    without this check, and read again by the next run."""
     recorded = record.stamps if record is not None else {}
     candidates: dict[str, tuple[str, int | None, str]] = {}  # id -> path, listed size, stamp now
     for unit in listed:

@@ -155,12 +155,13 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          "are added too, as with --incremental; not with --overwrite")
     io.add_argument("--refresh-changed", action="store_true", default=None,
                     help="purify again the inputs changed in place since their rows were written (an image file "
-                         "re-uploaded under its name, a tar shard, Parquet or zip file rewritten: every row of it is "
-                         "read again), the ones each run's changed_inputs warning counts, and replace their old rows "
-                         "in data/ or rejects/ with the new ones, so each id is in the output once, made from the "
-                         "input's current bytes (a kill at any point loses no row: the next run finishes the "
-                         "replacement); new inputs are added too, as with --incremental; --dry-run says how many "
-                         "would be refreshed; not with --overwrite or --input-moved")
+                         "re-uploaded under its name with other bytes, a tar shard, Parquet or zip file rewritten with "
+                         "a member or row of its rows changed or gone: every row of it is read again), the ones "
+                         "each run's changed_inputs warning counts, and replace their old rows in data/ or rejects/ "
+                         "with the new ones, so each id is in the output once, made from the input's current bytes (a "
+                         "kill at any point loses no row: the next run finishes the replacement); new inputs are added "
+                         "too, as with --incremental; --dry-run says how many would be refreshed; not with "
+                         "--overwrite or --input-moved")
     io.add_argument("--input-moved", action="store_true", default=None,
                     help="the output's input moved here (the same files, so the same ids, at a new place): accept "
                          "this --input for an output made from another; without it, another input is refused, as its "
