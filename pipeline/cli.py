@@ -520,6 +520,11 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     return config
 
 
+def _count(n: int, thing: str) -> str:
+    """'1 tar shard', '2 tar shards': the dry run's counts read as sentences."""
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def _human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'; GiB is the largest unit."""
     if n < 1024:
@@ -539,16 +544,17 @@ def print_plan(report: dict[str, Any]) -> None:
     print(f"output: {state[out['state']]}; " + (f"it holds {held}" if out["state"] == "overwrite"
                                                  else f"already holds {held}"))
     if out.get("rejects_to_retry"):
-        print(f"  {out['rejects_to_retry']} rejected inputs will be read again (--retry-rejects): those still in the "
+        print(f"  {_count(out['rejects_to_retry'], 'rejected input')} will be read again (--retry-rejects): those still in the "
               "input are counted below as inputs to read")
     if report.get("stale_lease"):
         # also a lease whose heartbeat is ahead of our clock: planning cannot tell it stale or live, the run's watch can
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
               f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s; one "
               "still refreshed stops the run)")
-    print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
-          f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files, {inp.get('zip_files', 0)} "
-          f"zip files (their members are checked against the output when read), {inp['read_tasks']} read tasks")
+    print(f"input: {_count(inp['image_files_to_read'], 'image file')} to read ({inp['image_files_already_done']} "
+          f"already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, {_count(inp['parquet_files'], 'Parquet file')}, "
+          f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
+          f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):
         print(f"  {inp['containers_already_done']} tar shards / Parquet / zip files were read whole by an earlier run and "
               "are unchanged, with all their images in the output: not read")
