@@ -16,16 +16,23 @@ from typing import Any
 import yaml
 
 from pipeline.changes import changed_warning, gone_note, refreshed_note
+from pipeline.cli_common import NO_CREDENTIALS_ADVICE as NO_CREDENTIALS_ADVICE  # re-exported: said after errors
+from pipeline.cli_common import (
+    ConfigError,
+    Parser,
+    add_storage_options,
+    credentials_advice,
+    storage_options,
+)
 from pipeline.config import DEFAULT_INPUT, JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.redaction import redact_uri_secrets, storage_item_shown, storage_value_shown
+from pipeline.redaction import redact_uri_secrets, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
-from pipeline.storage import own_entry
 from pipeline.version import version_line
 
 DESCRIPTION = f"""\
@@ -81,24 +88,10 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a short error: one `error:` line (with the nearest option for a misspelt one) and a pointer to
-    --help, instead of the full usage of some fifty options above it."""
+class _Parser(Parser):
+    """The job's parser: a word where it takes none is most often an input and output given without their flags."""
 
-    def error(self, message: str) -> typing.NoReturn:
-        if message.startswith("unrecognized arguments:"):
-            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-            hints = []
-            words = message.partition(":")[2].split()
-            for before, arg in zip(["-"] + words, words, strict=False):
-                close = difflib.get_close_matches(arg.partition("=")[0], known, n=1, cutoff=0.6)
-                if arg.startswith("-") and close:
-                    hints.append(f"{arg}: did you mean {close[0]}?")
-                elif not arg.startswith("-") and not before.startswith("--"):  # not the value of an unknown flag
-                    hints.append("the input and output are named: --input IN --output OUT")
-            if hints:
-                message += " (" + "; ".join(dict.fromkeys(hints)) + ")"
-        self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
+    POSITIONAL_HINT = "the input and output are named: --input IN --output OUT"
 
 
 def _json(text: str) -> Any:
@@ -121,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_options(p, d)
     _add_cluster_options(p, d)
     _add_decoding_options(p, d)
-    _add_storage_options(p)
+    add_storage_options(p)
     return p
 
 
@@ -268,20 +261,6 @@ def _add_decoding_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     dec.add_argument("--exif-transpose", type=_bool, metavar="BOOL", help="apply EXIF orientation (default true)")
 
 
-def _add_storage_options(p: argparse.ArgumentParser) -> None:
-    """How the job reaches object storage."""
-    st = p.add_argument_group("storage")
-    st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
-    st.add_argument("--anon", action="store_true", default=None, help="anonymous S3 access")
-    st.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON; "
-                         "true/false, yes/no, on/off in any case are booleans)")
-
-
-class ConfigError(ValueError):
-    """A --config file or a command-line value that cannot make a JobConfig; the message names it."""
-
-
 # Command-line conveniences that a --config file may hold too; each folds into storage_options.
 STORAGE_SHORTHANDS = ("s3_endpoint", "anon", "storage_option")
 
@@ -419,50 +398,6 @@ def _file_values(path: str) -> dict[str, Any]:
     return values
 
 
-_WORD_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
-    if not isinstance(base, dict):
-        raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {storage_value_shown(base)}")
-    so = dict(base)
-    if endpoint:
-        so["client_kwargs"] = {**(so.get("client_kwargs") or {}), "endpoint_url": endpoint}
-    if anon:
-        so["anon"] = True
-    for item in [items] if isinstance(items, str) else items or []:  # a file's storage_option: one KEY=VALUE
-        key, sep, raw = str(item).partition("=")
-        if not sep or not key:
-            raise ConfigError(f"storage option{where} expects KEY=VALUE, got {storage_item_shown(item)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as err:
-            if raw.lstrip().startswith(("{", "[")):  # meant as a mapping or list: as text it failed late, in fsspec
-                raise ConfigError(f"storage option {key}{where}: its value is not valid JSON ({err.msg} at character "
-                                  f"{err.pos}); write a mapping as {key}='{{\"name\": \"value\"}}'") from None
-            # Python's or YAML's spelling of a boolean: as text, s3fs would read anon=False as true (a non-empty
-            # string) and sign nothing, dropping the credentials
-            value = _WORD_BOOLS.get(raw.lower(), raw)
-        # a mapping (client_kwargs={"region_name": ...}) adds to what --s3-endpoint or the file set, not replaces it
-        so[key] = {**so[key], **value} if isinstance(value, dict) and isinstance(so.get(key), dict) else value
-    # --s3-endpoint and --anon are S3's: they move into the S3 store's own entry when the options give it one
-    # (`pipeline.storage.scoped_options`: a store with an entry gets that entry alone), where its own values win
-    s3_scope = own_entry("s3://", so)
-    if s3_scope and (endpoint or anon):
-        own = dict(so[s3_scope])
-        shared_client = dict(so.get("client_kwargs") or {})
-        if endpoint and shared_client.get("endpoint_url") == endpoint:
-            own["client_kwargs"] = {"endpoint_url": shared_client.pop("endpoint_url"), **(own.get("client_kwargs") or {})}
-            if shared_client:
-                so["client_kwargs"] = shared_client
-            else:
-                so.pop("client_kwargs")
-        if anon and so.get("anon") is True:
-            own.setdefault("anon", so.pop("anon"))
-        so[s3_scope] = own
-    return so
-
-
 def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     recipe = args.recipe
@@ -473,7 +408,7 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         recipe = recipe or file_recipe  # --recipe on the command line wins over the file's
         file_storage = {k: loaded.pop(k) for k in STORAGE_SHORTHANDS if k in loaded}
         values.update(loaded)
-        values["storage_options"] = _storage_options(
+        values["storage_options"] = storage_options(
             values.get("storage_options") or {}, file_storage.get("s3_endpoint"), file_storage.get("anon"),
             file_storage.get("storage_option"), f" in {args.config}")
         from_file = dict(loaded)
@@ -495,7 +430,7 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         if v is not None:
             values[f.name] = v
             from_file.pop(f.name, None)
-    values["storage_options"] = _storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
+    values["storage_options"] = storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
                                                  args.storage_option, "")
     if isinstance(values.get("operators"), str):
         # one spelling per setting: "gray, pool" and "gray,pool" are the same operators (ZipSettings, which the
@@ -599,24 +534,6 @@ def unpurified_warning(columns: dict[str, int]) -> str:
             "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
 
 
-NO_CREDENTIALS_ADVICE = ("; the job reads S3 credentials where AWS's tools do (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                         "AWS_PROFILE, ~/.aws/credentials, an instance or pod role), or from --storage-option key=... "
-                         "--storage-option secret=...; --anon reads a public bucket")
-
-
-def _credentials_advice(err: BaseException) -> str:
-    """Where credentials come from, after an error that S3 found none (botocore's NoCredentialsError, said only as
-    "Unable to locate credentials"), else nothing."""
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        if type(cause).__name__ == "NoCredentialsError":
-            return NO_CREDENTIALS_ADVICE
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return ""
-
-
 def _shown(err: BaseException, config: JobConfig | None) -> str:
     """An error as it is printed: without the credentials of a URI the run was given (a presigned checkpoint URL's
     signature), since stderr ends up in CI logs and schedulers' job histories."""
@@ -657,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_shown(err, config)}", file=sys.stderr)
         return 1
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
-        print(f"error: {_shown(err, config)}{_credentials_advice(err)}", file=sys.stderr)
+        print(f"error: {_shown(err, config)}{credentials_advice(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
