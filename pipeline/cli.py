@@ -92,6 +92,8 @@ class _Parser(Parser):
     """The job's parser: a word where it takes none is most often an input and output given without their flags."""
 
     POSITIONAL_HINT = "the input and output are named: --input IN --output OUT"
+    WORD_HINTS: typing.ClassVar[dict[str, str]] = {
+        "export": "purified images out as files: zip-purify-export --output OUT --to DIR (python jobs/export.py)"}
 
 
 def _json(text: str) -> Any:

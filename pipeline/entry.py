@@ -48,3 +48,10 @@ def purify() -> NoReturn:
     with interrupted_while_loading("zip-purify"):
         from pipeline.cli import main
     exit_without_teardown(main())
+
+
+def export() -> NoReturn:
+    """The `zip-purify-export` console script: `pipeline.export_cli.main` once it is loaded."""
+    with interrupted_while_loading("zip-purify-export"):
+        from pipeline.export_cli import main
+    exit_without_teardown(main())
