@@ -321,7 +321,7 @@ def test_an_id_held_twice_in_an_unfinished_output_is_exported_once(tmp_path: Pat
 
 
 @pytest.mark.parametrize("case", ["missing", "a file", "no job record", "its data folder", "to inside data",
-                                  "to is the output", "to is a file"])
+                                  "to is the output", "to is a file", "to is a web address"])
 def test_what_cannot_be_exported_is_one_line_and_status_2(tmp_path: Path, capsys, case: str) -> None:
     out = tmp_path / "out"
     make_output(str(out), [image("a.jpg", 1)])
@@ -337,6 +337,7 @@ def test_what_cannot_be_exported_is_one_line_and_status_2(tmp_path: Path, capsys
         "to inside data": (out, out / "data" / "images", "inside its data/ folder"),
         "to is the output": (out, out, "is the output itself"),
         "to is a file": (out, tmp_path / "file", "is a file"),
+        "to is a web address": (out, "https://example.com/images/", "is a web address"),
     }[case]
     assert main(["--output", str(given), "--to", str(to), "--no-progress"]) == 2
     err = capsys.readouterr().err
