@@ -602,9 +602,13 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)
+    # with nothing read, no rate: what there was to do instead (a run left nothing to read starts no Ray: ray.note)
+    rate = (f"({run['images_per_s']} images/s)" if run["read"] else
+            "(nothing to purify: no Ray was started)" if summary.get("ray", {}).get("note") else
+            "(nothing to purify: the files read held nothing new)")
     print(f"read {run['read']}, purified {run['purified']}, rejected {run['rejected']}, "
-          f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s "
-          f"({run['images_per_s']} images/s); model: {summary['model']['note']}")
+          f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s {rate}; "
+          f"model: {summary['model']['note']}")
     if run.get("hidden_skipped"):
         print(hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
     change = run["psnr_vs_input_db"]
