@@ -48,15 +48,15 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.errors import JobError
 from pipeline.lease import lease_holder, lease_is_live, read_lease
 from pipeline.output import (
-    _DRIVER_READS,
+    DRIVER_READS,
     JOB_FILE,
     SUMMARY_FILE,
     DamagedPart,
-    _is_damage,
-    _read_ahead,
-    _same_storage_paths,
+    is_damage,
     list_parts,
+    read_ahead,
     read_json,
+    same_storage_paths,
 )
 from pipeline.sources.ids import terminal_text
 from pipeline.sources.listing import PARQUET_SUFFIXES
@@ -64,9 +64,9 @@ from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
 from pipeline.storage import (
     TEMP_PREFIX,
     WEB_PROTOCOLS,
-    _has_rename,
     describe,
     discard,
+    has_rename,
     make_parent_dirs,
     move_into_place,
     protocols,
@@ -278,7 +278,7 @@ def check_destination(to: str, output: str, storage_options: dict[str, Any], exi
     "refuse") one that holds anything. Raises ExportError."""
     if existing not in EXISTING:
         raise ValueError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
-    same = _same_storage_paths(to, output, storage_options)
+    same = same_storage_paths(to, output, storage_options)
     if same is not None:
         _, to_path, out_path = same
         for folder in ("", DATA_DIR, REJECTS_DIR):
@@ -292,7 +292,7 @@ def check_destination(to: str, output: str, storage_options: dict[str, Any], exi
         raise ExportError(f"--to {to} is a web address; give a folder or URI of storage the export can write")
     if not with_retries(lambda: fs.exists(root), f"stat {to}"):
         bucket = root.strip("/").split("/", 1)[0]
-        if not _has_rename(fs) and not root.startswith("/") and bucket and \
+        if not has_rename(fs) and not root.startswith("/") and bucket and \
                 not with_retries(lambda: fs.exists(bucket), f"stat {bucket}"):
             # an object store makes the prefix, not the bucket: every file's write would fail on its own
             raise ExportError(f"the bucket of --to {to} ({bucket}) does not exist or cannot be seen with these "
@@ -336,11 +336,11 @@ def _read_columns(fs: Any, path: str, columns: list[str]) -> tuple[pa.Table, pa.
     def once() -> tuple[pa.Table, pa.Schema]:
         with fs.open(path, "rb") as f:
             try:
-                part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
+                part = pq.ParquetFile(f, pre_buffer=DRIVER_READS["pre_buffer"])
                 have = [c for c in columns if c in part.schema_arrow.names]
-                return part.read(columns=have, use_threads=_DRIVER_READS["use_threads"]), part.schema_arrow
+                return part.read(columns=have, use_threads=DRIVER_READS["use_threads"]), part.schema_arrow
             except Exception as err:  # noqa: BLE001 - classified: the file's bytes, or the storage
-                if _is_damage(err):
+                if is_damage(err):
                     raise DamagedPart(path, err) from err
                 raise
 
@@ -370,7 +370,7 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
         except DamagedPart as err:
             return err
 
-    for path, found in _read_ahead(index, paths):
+    for path, found in read_ahead(index, paths):
         if isinstance(found, DamagedPart):
             damaged.append(found)
             continue
@@ -532,7 +532,7 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
             pass
     folder, name = posixpath.split(path)
     make_parent_dirs(fs, folder)
-    if not _has_rename(fs):
+    if not has_rename(fs):
         with_retries(lambda: fs.pipe_file(path, data), f"write {path}")
         return True
     tmp = posixpath.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}.tmp")
@@ -600,11 +600,11 @@ def _count_rows(fs: Any, paths: list[str]) -> tuple[int, int]:
                     return pq.ParquetFile(f).metadata.num_rows
             return with_retries(once, f"read the footer of {path}")
         except Exception as err:  # noqa: BLE001 - a reject file damaged or gone: counted apart
-            if _is_damage(err) or isinstance(err, FileNotFoundError):
+            if is_damage(err) or isinstance(err, FileNotFoundError):
                 return None
             raise
 
-    counts = [n for _, n in _read_ahead(rows, paths)]
+    counts = [n for _, n in read_ahead(rows, paths)]
     return sum(n for n in counts if n is not None), sum(n is None for n in counts)
 
 
