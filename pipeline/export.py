@@ -9,15 +9,17 @@ followed: a `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, and empty parts
 Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are one file on macOS and
 Windows disks) are told apart (`resolve_collisions`): an id whose name is already the export name keeps it, the
 others get their whole name before the extension (`a.jpg.png`), or failing that a digest of their id
-(`a.1a2b3c4d.png`). The manifest says where each id went.
+(`a.1a2b3c4d.png`); so does an id whose name is another's folder (`a.jpg`'s `a.png` beside `a.png/b.jpg`). The
+manifest says where each id went.
 
 Format: the stored PNG bytes as they are (lossless, nothing re-encoded), or with `image_format="input"` re-encoded
 to the id's own extension (`cats/a.jpg` stays `cats/a.jpg`; ids without one, tar keys and Parquet rows, take the
 input's format, the row's `original_format`): JPEG is lossy (`jpeg_quality`), GIF keeps 256 colours, PGM / PBM grey
 / 1-bit; PNG bytes are never re-encoded.
 
-Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name (to find names
-two ids would share) and nothing else; the images are then read one part file at a time, a batch of rows at once.
+Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each
+distinct folder (to find names two ids would share) and nothing else; the images are then read one part file at a
+time, a batch of rows at once.
 A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export stopped at any
 point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there at their size.
 """
@@ -153,15 +155,18 @@ def _fallback_paths(id_: str, path: str) -> Iterator[str]:
     yield posixpath.join(folder, f"{stem}.{digest}{ext}")
 
 
-def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str], bool] = lambda key: False
-                       ) -> dict[str, str]:
-    """New paths for ids whose export paths another id's equal, ignoring case: id -> path, for those that move.
+def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str], bool] = lambda key: False,
+                       folders: Callable[[str], bool] = lambda key: False) -> dict[str, str]:
+    """New paths for ids whose export paths another id's equal, ignoring case, or are (ignoring case) a folder of
+    another id's path: id -> path, for those that move.
 
     `entries`: (id, path) of the ids that may share a path (an id given more than once, a repeated row, is one id).
     Of ids sharing one, the id whose path is its own name (`a.png` exported as `a.png`, or `a.jpg` as `a.jpg` when
-    re-encoded to the input's format) keeps it when it is the only such id; every other one is given its first
-    `_fallback_paths` name that no path in `entries`, no other new path and no path `taken` (by its case-folded
-    form: the paths of the rows not in `entries`) holds. The result depends on the set of ids, not on their order."""
+    re-encoded to the input's format) keeps it when it is the only such id and the path is no folder (`folders`, by
+    its case-folded form: `a.png` when another id is `a.png/b.jpg`); every other one, and an id alone on a path
+    that is a folder, is given its first `_fallback_paths` name that no path in `entries`, no other new path, no
+    folder and no path `taken` (by its case-folded form: the paths of the rows not in `entries`) holds. The result
+    depends on the set of ids, not on their order."""
     groups: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for id_, path in entries:
         groups[path.casefold()].add((id_, path))
@@ -169,16 +174,17 @@ def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str]
     given: set[str] = set()
     for key in sorted(groups):
         members = sorted(groups[key])
-        if len({id_ for id_, _ in members}) < 2:
+        folder = folders(key)
+        if len({id_ for id_, _ in members}) < 2 and not folder:
             continue
         own = [id_ for id_, path in members if path == id_]
-        keeper = own[0] if len(own) == 1 else None
+        keeper = own[0] if len(own) == 1 and not folder else None
         for id_, path in members:
             if id_ == keeper or id_ in moved:
                 continue
             candidates = list(_fallback_paths(id_, path))
             chosen = next((c for c in candidates if c.casefold() not in groups and c.casefold() not in given
-                           and not taken(c.casefold())), candidates[-1])
+                           and not taken(c.casefold()) and not folders(c.casefold())), candidates[-1])
             moved[id_] = chosen
             given.add(chosen.casefold())
     return moved
@@ -356,6 +362,36 @@ def _first_paths(table: pa.Table, image_format: str) -> Iterator[tuple[str, str,
         yield (id_, *export_path(id_, image_format, fmt))
 
 
+class _HashSet:
+    """The distinct 64-bit digests of many small arrays, merged as they come (so that the arrays not yet merged are
+    never more than those merged): 8 bytes per distinct digest, twice that at most while merging."""
+
+    def __init__(self) -> None:
+        self.merged = np.zeros(0, np.uint64)
+        self.pending: list[np.ndarray] = []
+        self.pending_size = 0
+
+    def add(self, hashes: np.ndarray) -> None:
+        self.pending.append(hashes)
+        self.pending_size += len(hashes)
+        if self.pending_size > max(len(self.merged), 1 << 16):
+            self.sorted()
+
+    def sorted(self) -> np.ndarray:
+        if self.pending:
+            self.merged = np.unique(np.concatenate([self.merged, *self.pending]))
+            self.pending, self.pending_size = [], 0
+        return self.merged
+
+
+def _add_folders(path: str, folders: set[str]) -> None:
+    """Add the folders `path` lies in (`a/b/c.png`: `a/b` and `a`) to `folders`."""
+    folder = path.rpartition("/")[0]
+    while folder and folder not in folders:
+        folders.add(folder)
+        folder = folder.rpartition("/")[0]
+
+
 def plan_names(fs: Any, paths: list[str], image_format: str,
                damaged: list[DamagedPart]) -> tuple[NamePlan, list[_Part]]:
     """The first pass: every part file's ids (and original_format), read INDEX_READERS files at a time; returns
@@ -370,6 +406,7 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
         except DamagedPart as err:
             return err
 
+    folder_hashes = _HashSet()
     for path, found in read_ahead(index, paths):
         if isinstance(found, DamagedPart):
             damaged.append(found)
@@ -379,16 +416,22 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
             damaged.append(DamagedPart(path, KeyError("no id column")))
             continue
         hashes, escaped = [], 0
+        folders: set[str] = set()
         for _, first, was_escaped in _first_paths(table, image_format):
             hashes.append(_key_hash(first))
             escaped += was_escaped
+            _add_folders(first, folders)
         plan.escaped += escaped
         parts.append(_Part(path, table.num_rows, schema, np.array(hashes, dtype=np.uint64)))
+        folder_hashes.add(np.array([_key_hash(f) for f in folders], dtype=np.uint64))
     every = np.sort(np.concatenate([p.hashes for p in parts])) if parts else np.zeros(0, np.uint64)
-    shared = every[1:][every[1:] == every[:-1]]
+    every_folder = folder_hashes.sorted()
+    # a path two rows share, or one that is a folder of another row's path (a.png and a.png/b.png: a file and a
+    # folder of one name, which a disk cannot hold, and a sync of an object store's keys to a disk fails on)
+    shared = np.union1d(every[1:][every[1:] == every[:-1]], np.intersect1d(every, every_folder))
     if not len(shared):
         return plan, parts
-    # the second pass, over the part files holding a path another row shares: those rows' ids, named
+    # the second pass, over the part files holding such a path: those rows' ids, named
     entries: list[tuple[str, str]] = []
     counts: dict[str, int] = defaultdict(int)
     shared_set = set(shared.tolist())
@@ -401,12 +444,14 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
                 entries.append((id_, first))
                 counts[id_] += 1
 
-    def taken(key: str) -> bool:
+    def holds(hashes: np.ndarray, key: str) -> bool:
         h = np.uint64(_key_hash(key))
-        at = np.searchsorted(every, h)
-        return bool(at < len(every) and every[at] == h)
+        at = np.searchsorted(hashes, h)
+        return bool(at < len(hashes) and hashes[at] == h)
 
-    plan.moved = resolve_collisions(entries, taken)
+    # a folder is known by its digest alone (its name is not kept): a chance match of 64 bits (about 1 in 10^7 for
+    # 10^6 files and 10^6 folders) gives a file another name it did not need, the same one each time
+    plan.moved = resolve_collisions(entries, lambda key: holds(every, key), lambda key: holds(every_folder, key))
     plan.repeated = {id_ for id_, n in counts.items() if n > 1}
     return plan, parts
 

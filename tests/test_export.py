@@ -453,3 +453,19 @@ def test_a_manifest_that_cannot_be_written_is_said_and_the_images_are_exported(t
     captured = capsys.readouterr()
     assert "the manifest could not be written (OSError: [Errno 28] No space left on device)" in captured.err
     assert files_under(to) == {f"{i}.png" for i in range(4)}  # the images; no manifest, no temporary left
+
+
+def test_an_image_whose_name_is_another_ids_folder_gets_its_own(tmp_path: Path) -> None:
+    # a.jpg's file (a.png) is the folder of a.png/b.jpg's, and B.jpg's is b.png/x.jpg's but for case: on a disk one
+    # could not be written (which one depended on the workers' order); on an object store a sync to a disk fails
+    ids = ["a.jpg", "a.png/b.jpg", "B.jpg", "b.png/x.jpg", "c/d.jpg", "c.jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)], per_file=2)
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == len(ids) and report.renamed == 2
+    assert rows == {"a.jpg": "a.jpg.png", "a.png/b.jpg": "a.png/b.png", "B.jpg": "B.jpg.png", "b.png/x.jpg": "b.png/x.png",
+                    "c/d.jpg": "c/d.png", "c.jpg": "c.png"}
+    for id_, path in rows.items():
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+    assert resolve_collisions([("x.jpg", "x.png")], folders=lambda key: key == "x.png") == {"x.jpg": "x.jpg.png"}
