@@ -332,9 +332,21 @@ class NamePlan:
     moved: dict[str, str] = field(default_factory=dict)
     repeated: set[str] = field(default_factory=set)
     escaped: int = 0
+    folders: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # _key_hash of each folder, sorted
 
     def path(self, id_: str, original_format: str | None) -> str:
         return self.moved.get(id_) or export_path(id_, self.image_format, original_format)[0]
+
+    def is_folder(self, path: str) -> bool:
+        """Whether `path` (under DIR) is, ignoring case, a folder a row's file lies in (by its digest)."""
+        return _holds(self.folders, path)
+
+
+def _holds(hashes: np.ndarray, key: str) -> bool:
+    """Whether the sorted `hashes` hold `key`'s _key_hash."""
+    h = np.uint64(_key_hash(key))
+    at = np.searchsorted(hashes, h)
+    return bool(at < len(hashes) and hashes[at] == h)
 
 
 def _read_columns(fs: Any, path: str, columns: list[str]) -> tuple[pa.Table, pa.Schema]:
@@ -425,7 +437,7 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
         parts.append(_Part(path, table.num_rows, schema, np.array(hashes, dtype=np.uint64)))
         folder_hashes.add(np.array([_key_hash(f) for f in folders], dtype=np.uint64))
     every = np.sort(np.concatenate([p.hashes for p in parts])) if parts else np.zeros(0, np.uint64)
-    every_folder = folder_hashes.sorted()
+    every_folder = plan.folders = folder_hashes.sorted()
     # a path two rows share, or one that is a folder of another row's path (a.png and a.png/b.png: a file and a
     # folder of one name, which a disk cannot hold, and a sync of an object store's keys to a disk fails on)
     shared = np.union1d(every[1:][every[1:] == every[:-1]], np.intersect1d(every, every_folder))
@@ -444,14 +456,9 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
                 entries.append((id_, first))
                 counts[id_] += 1
 
-    def holds(hashes: np.ndarray, key: str) -> bool:
-        h = np.uint64(_key_hash(key))
-        at = np.searchsorted(hashes, h)
-        return bool(at < len(hashes) and hashes[at] == h)
-
     # a folder is known by its digest alone (its name is not kept): a chance match of 64 bits (about 1 in 10^7 for
     # 10^6 files and 10^6 folders) gives a file another name it did not need, the same one each time
-    plan.moved = resolve_collisions(entries, lambda key: holds(every, key), lambda key: holds(every_folder, key))
+    plan.moved = resolve_collisions(entries, lambda key: _holds(every, key), plan.is_folder)
     plan.repeated = {id_ for id_, n in counts.items() if n > 1}
     return plan, parts
 
@@ -551,8 +558,7 @@ class Manifest:
         if self.error is not None:
             raise self.error
         self.text.close()  # closes the file too: an object store's upload completes here
-        size = self.fs.size(self.tmp)
-        move_into_place(self.fs, self.tmp, self.path, size, f"write {self.path}")
+        _put_in_place(self.fs, self.tmp, self.path, self.fs.size(self.tmp))
 
     def abandon(self) -> None:
         try:
@@ -563,6 +569,17 @@ class Manifest:
 
 
 # --- writing one file ---------------------------------------------------------------------------------------------
+
+
+def _put_in_place(fs: Any, tmp: str, path: str, size: int) -> None:
+    """Move the whole file `tmp` to `path`, never into a folder at `path` (fsspec's mv on a disk moves a file into
+    the folder it is given): IsADirectoryError there. On a disk os.replace, which is atomic and refuses a folder."""
+    if isinstance(fs, LocalFileSystem):
+        os.replace(tmp, path)
+        return
+    if has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}"):
+        raise IsADirectoryError(f"{path} is a folder")
+    move_into_place(fs, tmp, path, size, f"write {path}")
 
 
 def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
@@ -583,15 +600,12 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
     tmp = posixpath.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}.tmp")
     local = isinstance(fs, LocalFileSystem)
     try:
-        if local:  # os.replace: atomic, and refuses a folder at `path` (fsspec's mv moved the file into it)
+        if local:
             with open(tmp, "wb") as f:
                 f.write(data)
-            os.replace(tmp, path)
-            return True
-        if with_retries(lambda: fs.isdir(path), f"stat {path}"):
-            raise IsADirectoryError(f"{path} is a folder")
-        with_retries(lambda: fs.pipe_file(tmp, data), f"write {path}")
-        move_into_place(fs, tmp, path, len(data), f"write {path}")
+        else:
+            with_retries(lambda: fs.pipe_file(tmp, data), f"write {path}")
+        _put_in_place(fs, tmp, path, len(data))
     except BaseException:
         if local:
             with contextlib.suppress(OSError):
@@ -694,6 +708,11 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
 
     damaged: list[DamagedPart] = []
     plan, parts = plan_names(in_fs, list_parts(output, DATA_DIR, so), image_format, damaged)
+    if manifest != "none" and plan.is_folder(f"{MANIFEST_NAME}.{manifest}"):
+        other = "jsonl" if manifest == "csv" else "csv"
+        raise ExportError(f"the images of some ids lie in a folder named {MANIFEST_NAME}.{manifest}/ (or that but for "
+                          f"case), where DIR/{MANIFEST_NAME}.{manifest} would be written: give --manifest {other} or "
+                          "--manifest none")
     report.damaged = [(d.path, d.reason, -1) for d in damaged]  # rows unknown: the footer could not be read
     for d in damaged:
         if on_damaged is not None:

@@ -469,3 +469,25 @@ def test_an_image_whose_name_is_another_ids_folder_gets_its_own(tmp_path: Path) 
     for id_, path in rows.items():
         assert (to / path).read_bytes() == stored_images(out)[id_]
     assert resolve_collisions([("x.jpg", "x.png")], folders=lambda key: key == "x.png") == {"x.jpg": "x.jpg.png"}
+
+
+def test_a_manifest_never_lands_inside_a_folder_of_its_name(tmp_path: Path, capsys) -> None:
+    # it was moved into the folder under its hidden temporary name, and the last line named DIR/manifest.csv
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("Manifest.csv/b.jpg", 1), image("c.jpg", 2)])
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "folder named manifest.csv/ (or that but for case)" in err and "--manifest jsonl" in err
+    assert err.count("\n") == 1 and not to.exists()
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--manifest", "jsonl"]) == 0
+    assert files_under(to) == {"Manifest.csv/b.png", "c.png", "manifest.jsonl"}
+    capsys.readouterr()
+    # a folder of that name put in DIR by another hand: the manifest is not written, and the last lines say so
+    other = tmp_path / "other"
+    (other / "manifest.csv").mkdir(parents=True)
+    (other / "manifest.csv" / "mine.txt").write_text("")
+    make_output(str(tmp_path / "out2"), [image("c.jpg", 2)])
+    assert main(["--output", str(tmp_path / "out2"), "--to", str(other), "--no-progress", "--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert "the manifest could not be written" in captured.err and "manifest " not in captured.out
+    assert files_under(other) == {"c.png", "manifest.csv/mine.txt"}
