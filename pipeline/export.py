@@ -95,6 +95,7 @@ _FORMAT_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp
                       "GIF": ".gif", "PPM": ".ppm"}
 BATCH_ROWS = 8 * PAGE_ROWS  # rows read from a part file at once (the job writes pages of PAGE_ROWS rows)
 FAILURES_KEPT = 20  # failed rows named in the report (all are counted)
+NAME_MAX = 255  # bytes in a file or folder name on the usual disks (ext4, XFS, btrfs; APFS and NTFS count characters)
 
 
 class ExportError(JobError):
@@ -571,6 +572,11 @@ class Manifest:
 # --- writing one file ---------------------------------------------------------------------------------------------
 
 
+def _cut(name: str, size: int) -> str:
+    """`name` cut to at most `size` bytes of UTF-8, at a character's end."""
+    return name.encode("utf-8", "surrogatepass")[:size].decode("utf-8", "ignore")
+
+
 def _put_in_place(fs: Any, tmp: str, path: str, size: int) -> None:
     """Move the whole file `tmp` to `path`, never into a folder at `path` (fsspec's mv on a disk moves a file into
     the folder it is given): IsADirectoryError there. On a disk os.replace, which is atomic and refuses a folder."""
@@ -597,7 +603,9 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
     if not has_rename(fs):
         with_retries(lambda: fs.pipe_file(path, data), f"write {path}")
         return True
-    tmp = posixpath.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}.tmp")
+    # the file's name in the temporary one (what a leftover is of), cut so that it is no longer than a name can be
+    prefix = f"{TEMP_PREFIX}{uuid.uuid4().hex}-"
+    tmp = posixpath.join(folder, f"{prefix}{_cut(name, NAME_MAX - len(prefix) - len('.tmp'))}.tmp")
     local = isinstance(fs, LocalFileSystem)
     try:
         if local:

@@ -491,3 +491,14 @@ def test_a_manifest_never_lands_inside_a_folder_of_its_name(tmp_path: Path, caps
     captured = capsys.readouterr()
     assert "the manifest could not be written" in captured.err and "manifest " not in captured.out
     assert files_under(other) == {"c.png", "manifest.csv/mine.txt"}
+
+
+def test_a_name_that_fits_the_file_system_is_written_whatever_the_temporary_names_length(tmp_path: Path) -> None:
+    # 230 bytes fit a disk's 255 per name; the hidden temporary name beside it was 42 bytes longer and failed
+    ids = ["x" * 226 + ".jpg", "d/" + "é" * 113 + ".jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    report = export_images(out, to)
+    assert report.ok and report.written == 2 and report.escaped == 0
+    assert (to / ("x" * 226 + ".png")).read_bytes() == stored_images(out)[ids[0]]
+    assert (to / "d" / ("é" * 113 + ".png")).read_bytes() == stored_images(out)[ids[1]]
