@@ -5,7 +5,8 @@ Where a row goes (`export_path`): DIR/<id>, the id's folders kept, its image ext
 `cats/a.jpg` -> `cats/a.png`. A container's members lie in a folder named after it: a tar shard's key
 `shard-0001.tar/000123` -> `shard-0001.tar/000123.png`, a zip member `a.zip/x/y.jpg` -> `a.zip/x/y.png`, a Parquet
 row `t.parquet#3` -> `t.parquet/3.png`. Names that would leave DIR or cannot be file names are escaped, never
-followed: a `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, and empty parts (a leading '/', '//') are dropped.
+followed: a `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, and empty parts (a leading '/', '//') are dropped;
+a name over 255 bytes (more than a disk takes) keeps its start and extension around a digest of it (`_fit`).
 Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are one file on macOS and
 Windows disks) are told apart (`resolve_collisions`): an id whose name is already the export name keeps it, the
 others get their whole name before the extension (`a.jpg.png`), or failing that a digest of their id
@@ -138,7 +139,21 @@ def export_path(id_: str, image_format: str = "png", original_format: str | None
         parts[-1] = (stem if own else parts[-1]) + ".png"
     elif not own:
         parts[-1] += _FORMAT_EXTENSIONS.get(str(original_format).upper(), ".png")
-    return "/".join(parts), escaped
+    fitted = [_fit(part) for part in parts]
+    return "/".join(name for name, _ in fitted), escaped or any(cut for _, cut in fitted)
+
+
+def _fit(name: str) -> tuple[str, bool]:
+    """(`name` as a disk takes it, whether it was shortened): itself when it is at most NAME_MAX bytes, else its start,
+    a dot, the first 16 hex digits of its sha256 and its extension, NAME_MAX bytes in all."""
+    data = name.encode("utf-8", "surrogatepass")
+    if len(data) <= NAME_MAX:
+        return name, False
+    stem, ext = posixpath.splitext(name)
+    if len(ext.encode("utf-8", "surrogatepass")) > 16:  # no extension, a dot in a long name
+        stem, ext = name, ""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"{_cut(stem, NAME_MAX - 17 - len(ext.encode('utf-8', 'surrogatepass')))}.{digest}{ext}", True
 
 
 def _fallback_paths(id_: str, path: str) -> Iterator[str]:
@@ -149,11 +164,11 @@ def _fallback_paths(id_: str, path: str) -> Iterator[str]:
     stem, ext = posixpath.splitext(name)
     whole = id_parts(id_)[0][-1]
     # a.jpg as a.jpg.png; not a.PNG as a.PNG.png, a.jpg as a.jpg.jpg, nor a tar key k as k.png, its first name
-    if not whole.lower().endswith(ext.lower()) and whole + ext != name:
-        yield posixpath.join(folder, whole + ext)
+    if not whole.lower().endswith(ext.lower()) and _fit(whole + ext)[0] != name:
+        yield posixpath.join(folder, _fit(whole + ext)[0])
     digest = hashlib.sha256(id_.encode("utf-8", "surrogatepass")).hexdigest()
-    yield posixpath.join(folder, f"{stem}.{digest[:8]}{ext}")
-    yield posixpath.join(folder, f"{stem}.{digest}{ext}")
+    yield posixpath.join(folder, _fit(f"{stem}.{digest[:8]}{ext}")[0])
+    yield posixpath.join(folder, _fit(f"{stem}.{digest}{ext}")[0])
 
 
 def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str], bool] = lambda key: False,
@@ -844,8 +859,8 @@ def report_lines(report: ExportReport) -> list[str]:
                      "(or the same but for case); the manifest says where each id went")
     if report.escaped:
         lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder and were "
-                     "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, an empty part or leading '/' left out); "
-                     "the manifest says where each id went")
+                     "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, an empty part or leading '/' left out, "
+                     "a name over 255 bytes shortened); the manifest says where each id went")
     if report.repeated:
         lines.append(f"note: {report.repeated} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")

@@ -502,3 +502,20 @@ def test_a_name_that_fits_the_file_system_is_written_whatever_the_temporary_name
     assert report.ok and report.written == 2 and report.escaped == 0
     assert (to / ("x" * 226 + ".png")).read_bytes() == stored_images(out)[ids[0]]
     assert (to / "d" / ("é" * 113 + ".png")).read_bytes() == stored_images(out)[ids[1]]
+
+
+def test_a_name_longer_than_a_disk_allows_is_shortened_and_told_apart(tmp_path: Path) -> None:
+    # names over 255 bytes could not be written on a disk: every such row failed, and failed again on --resume
+    long_ids = ["y" * 300 + ".jpg", "y" * 300 + "z.jpg", "é" * 200 + ".jpg", "z" * 300 + "/a.jpg", "z" * 300 + "/b.jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate([*long_ids, "ok.jpg"])])
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == 6 and report.escaped == 5 and rows["ok.jpg"] == "ok.png"
+    assert len(set(rows.values())) == 6 and rows[long_ids[3]].rsplit("/")[0] == rows[long_ids[4]].rsplit("/")[0]
+    for id_, path in rows.items():
+        assert all(len(name.encode()) <= 255 for name in path.split("/")) and path.endswith(".png")
+        assert path.startswith(id_[:100]) or id_ == "ok.jpg"  # the start of the name is kept
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+    name, escaped = export_path("y" * 300 + ".jpg")
+    assert escaped and len(name.encode()) == 255 and export_path("y" * 300 + ".jpg") == (name, True)
