@@ -5,7 +5,8 @@ Where a row goes (`export_path`): DIR/<id>, the id's folders kept, its image ext
 `cats/a.jpg` -> `cats/a.png`. A container's members lie in a folder named after it: a tar shard's key
 `shard-0001.tar/000123` -> `shard-0001.tar/000123.png`, a zip member `a.zip/x/y.jpg` -> `a.zip/x/y.png`, a Parquet
 row `t.parquet#3` -> `t.parquet/3.png`. Names that would leave DIR or cannot be file names are escaped, never
-followed: a `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, and empty parts (a leading '/', '//') are dropped;
+followed: a `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, a backslash `%5C` (Windows' folder separator), and
+empty parts (a leading '/', '//') are dropped;
 a name over 255 bytes (more than a disk takes) keeps its start and extension around a digest of it (`_fit`).
 Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are one file on macOS and
 Windows disks) are told apart (`resolve_collisions`): an id whose name is already the export name keeps it, the
@@ -111,7 +112,7 @@ def _escaped_part(part: str) -> str:
     """One folder or file name of an id as a name that stays inside DIR."""
     if part in (".", ".."):
         return part.replace(".", "%2E")
-    return part.replace("\0", "%00")
+    return part.replace("\0", "%00").replace("\\", "%5C")  # a backslash separates folders on Windows
 
 
 def id_parts(id_: str) -> tuple[list[str], bool]:
@@ -856,11 +857,11 @@ def report_lines(report: ExportReport) -> list[str]:
                      "or mask copied unpurified from the input) and are not in the manifest; read them from data/")
     if report.renamed:
         lines.append(f"note: {report.renamed} image(s) were given another name, as another id's name was the same "
-                     "(or the same but for case); the manifest says where each id went")
+                     "(or the same but for case) or a folder's; the manifest says where each id went")
     if report.escaped:
         lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder and were "
-                     "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, an empty part or leading '/' left out, "
-                     "a name over 255 bytes shortened); the manifest says where each id went")
+                     "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, an empty part or leading "
+                     "'/' left out, a name over 255 bytes shortened); the manifest says where each id went")
     if report.repeated:
         lines.append(f"note: {report.repeated} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")

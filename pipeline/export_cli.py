@@ -22,10 +22,10 @@ ImageFolder, a training script's glob) rather than the output's Parquet rows.
 Each row of OUTPUT/data/ becomes DIR/<id>, the id's folders kept: cats/a.jpg -> DIR/cats/a.png. A tar shard's,
 zip archive's or Parquet file's rows lie in a folder named after it: shard-0001.tar/000123 -> DIR/shard-0001.tar/
 000123.png, a.zip/x/y.jpg -> DIR/a.zip/x/y.png, t.parquet#3 -> DIR/t.parquet/3.png. A part of an id that could
-leave DIR or is no file name ('..', '.', NUL) is written escaped (%2E%2E, %2E, %00), never followed; two ids that
-would get one name (a.jpg and a.png, names that differ only in case, a.jpg's a.png and the folder of a.png/b.jpg)
-are told apart (a.jpg.png). DIR/manifest.csv says where each id went, with its row's other columns (label,
-caption, source, source_sha256, ...).
+leave DIR or is no file name ('..', '.', NUL, a backslash) is written escaped (%2E%2E, %2E, %00, %5C), never
+followed, and a name over 255 bytes is shortened; two ids that would get one name (a.jpg and a.png, names that
+differ only in case, a.jpg's a.png and the folder of a.png/b.jpg) are told apart (a.jpg.png). DIR/manifest.csv
+says where each id went, with its row's other columns (label, caption, source, source_sha256, ...).
 
 Rejected inputs are not exported (they were not purified): the last line says how many there are, and
 OUTPUT/rejects/ holds their ids and reasons.

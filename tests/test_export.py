@@ -124,6 +124,9 @@ def test_export_path_by_format() -> None:
     ("nul\0name.jpg", "nul%00name.png"),
     ("..", "%2E%2E.png"),
     ("/", "%2F.png"),
+    # a folder separator on Windows (and on a Windows share a Linux machine writes to): one name, never followed
+    ("a\\..\\..\\b.jpg", "a%5C..%5C..%5Cb.png"),
+    ("caf\\xe9.jpg", "caf%5Cxe9.png"),  # a name that is not UTF-8, as its id writes it
 ])
 def test_an_id_that_would_leave_the_folder_is_escaped(id_: str, expected: str) -> None:
     assert export_path(id_) == (expected, True)
