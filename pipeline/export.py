@@ -23,7 +23,7 @@ Memory: the ids are read first, part file by part file, keeping an 8-byte digest
 distinct folder (to find names two ids would share) and nothing else; the images are then read one part file at a
 time, a batch of rows at once.
 A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export stopped at any
-point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there at their size.
+point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with their bytes.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def check_destination(to: str, output: str, storage_options: dict[str, Any], exi
         raise ExportError(f"--to {to} is a file; give a folder (it is made when missing)")
     if existing == "refuse" and with_retries(lambda: fs.ls(root, detail=False), f"list {to}"):
         raise ExportError(f"--to {to} is not empty; give an empty or new folder, --resume to finish an export into it "
-                          "(files already there at their size are kept), or --overwrite to write over the files of "
+                          "(files already there with their bytes are kept), or --overwrite to write over the files of "
                           "the same names (nothing else in it is touched)")
 
 
@@ -605,14 +605,17 @@ def _put_in_place(fs: Any, tmp: str, path: str, size: int) -> None:
 
 
 def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
-    """Write `data` to `path` whole; False (nothing written) when `resume` and a file of that size is there. On a
-    file system with a rename: a hidden temporary name ending in .tmp (no image reader takes a leftover one for an
-    image), renamed into place; on an object store one PUT."""
+    """Write `data` to `path` whole; False (nothing written) when `resume` and a file of those bytes is there (one of
+    that size is read back and compared: another export's image, or this output's before a run re-purified it, may
+    have the size, as BMP, PPM and TIFF images of one size always do). On a file system with a rename: a hidden
+    temporary name ending in .tmp (no image reader takes a leftover one for an image), renamed into place; on an
+    object store one PUT."""
     if resume:
         try:
-            if with_retries(lambda: fs.size(path), f"stat {path}") == len(data):
+            if with_retries(lambda: fs.size(path), f"stat {path}") == len(data) and \
+                    with_retries(lambda: fs.cat_file(path), f"read {path}") == data:
                 return False
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             pass
     folder, name = posixpath.split(path)
     make_parent_dirs(fs, folder)
@@ -651,7 +654,7 @@ class ExportReport:
     to: str
     rows: int = 0  # rows in the readable part files of data/
     written: int = 0
-    present: int = 0  # already in DIR at their size (existing="resume")
+    present: int = 0  # already in DIR with their bytes (existing="resume")
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first FAILURES_KEPT
     damaged: list[tuple[str, str, int]] = field(default_factory=list)  # (part file, reason, its rows not exported)
@@ -706,12 +709,13 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
     See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
     or "none"; one line per exported image: id, path (relative to `to`), then every column of data/ but the image
     and columns of bytes. `existing`: what to do with a `to` that holds files: "refuse" (ExportError), "overwrite"
-    (files of the same names replaced, nothing else touched), "resume" (a file already there at the size it would
-    be written is kept). `force`: export an output that is not complete (a run stopped, or one writing it now).
-    `workers`: files written at once. `progress`: a callable(total) -> bar with update(n) and close() (see
-    `pipeline.progress.progress_bar`), or None. `on_damaged(line)`: said of each part file that cannot be read, as
-    it is found. Raises ExportError before writing anything when the export cannot start; a row that cannot be
-    written, or a damaged part file, is counted in the report (`ok` is then False) and the rest are exported."""
+    (files of the same names replaced, nothing else touched), "resume" (a file already there with the bytes it would
+    be written with is kept; one of that size is read back). `force`: export an output that is not complete (a run
+    stopped, or one writing it now). `workers`: files written at once. `progress`: a callable(total) -> bar with
+    update(n) and close() (see `pipeline.progress.progress_bar`), or None. `on_damaged(line)`: said of each part
+    file that cannot be read, as it is found. Raises ExportError before writing anything when the export cannot
+    start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is then False) and
+    the rest are exported."""
     if image_format not in IMAGE_FORMATS:
         raise ExportError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     if manifest not in MANIFESTS:

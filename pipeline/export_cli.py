@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write into a DIR that is not empty, replacing files of the same names (nothing else "
                                "in it is touched or deleted)")
     existing.add_argument("--resume", action="store_true",
-                          help="finish an export into DIR: a file already there with the size it would be written at "
-                               "is kept, the others are written")
+                          help="finish an export into DIR: a file already there with the bytes it would be written with "
+                               "is kept (one of that size is read back and compared), the others are written")
     p.add_argument("--force", action="store_true",
                    help="export an output that is not complete (its run stopped, failed or is running now): the rows "
                         "it holds now")

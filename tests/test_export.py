@@ -522,3 +522,22 @@ def test_a_name_longer_than_a_disk_allows_is_shortened_and_told_apart(tmp_path: 
         assert (to / path).read_bytes() == stored_images(out)[id_]
     name, escaped = export_path("y" * 300 + ".jpg")
     assert escaped and len(name.encode()) == 255 and export_path("y" * 300 + ".jpg") == (name, True)
+
+
+def test_resume_writes_over_a_file_of_the_same_size_but_other_bytes(tmp_path: Path) -> None:
+    # another export's image at the same size (BMP, PPM and TIFF of one size always are; the output re-purified since):
+    # it was kept and counted "already there", exit status 0
+    ids = [f"c/{i}.bmp" for i in range(3)]
+    out, old, to = tmp_path / "out", tmp_path / "old", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    make_output(str(old), [image(id_, i + 15) for i, id_ in enumerate(ids)])  # same sizes, other pixels
+    export_images(old, to, image_format="input")
+    assert export_images(out, to, image_format="input", existing="overwrite").written == 3
+    expected = {p: (to / p).read_bytes() for p in ("c/0.bmp", "c/1.bmp", "c/2.bmp")}
+    export_images(old, to, image_format="input", existing="overwrite")
+    assert all(len((to / p).read_bytes()) == len(data) for p, data in expected.items())
+    report = export_images(out, to, image_format="input", existing="resume")
+    assert report.ok and (report.written, report.present) == (3, 0)
+    assert {p: (to / p).read_bytes() for p in expected} == expected
+    again = export_images(out, to, image_format="input", existing="resume")
+    assert (again.written, again.present) == (0, 3)
