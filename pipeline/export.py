@@ -1,29 +1,28 @@
-"""The purified images of an output as image files: OUTPUT/data/'s rows written to a folder, one file per row, for
-tools that read files (torchvision's ImageFolder, a training script's glob).
+"""The purified images of an output as image files: OUTPUT/data/'s rows written to a folder, one file per row, for tools
+that read files (torchvision's ImageFolder, a training script's glob).
 
 Where a row goes (`export_path`): DIR/<id>, the id's folders kept, its image extension replaced by the format's:
 `cats/a.jpg` -> `cats/a.png`. A container's members lie in a folder named after it: a tar shard's key
-`shard-0001.tar/000123` -> `shard-0001.tar/000123.png`, a zip member `a.zip/x/y.jpg` -> `a.zip/x/y.png`, a Parquet
-row `t.parquet#3` -> `t.parquet/3.png`. Names that would leave DIR or cannot be file names are escaped, never
-followed: a `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, a backslash `%5C` (Windows' folder separator), and
-empty parts (a leading '/', '//') are dropped;
-a name over 255 bytes (more than a disk takes) keeps its start and extension around a digest of it (`_fit`).
-Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are one file on macOS and
-Windows disks) are told apart (`resolve_collisions`): an id whose name is already the export name keeps it, the
-others get their whole name before the extension (`a.jpg.png`), or failing that a digest of their id
-(`a.1a2b3c4d.png`); so does an id whose name is another's folder (`a.jpg`'s `a.png` beside `a.png/b.jpg`). The
-manifest says where each id went.
+`shard-0001.tar/000123` -> `shard-0001.tar/000123.png`, a zip member `a.zip/x/y.jpg` -> `a.zip/x/y.png`, a Parquet row
+`t.parquet#3` -> `t.parquet/3.png`. Names that would leave DIR or cannot be file names are escaped, never followed: a
+`..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, a backslash `%5C` (Windows' folder separator), and empty parts (a
+leading '/', '//') are dropped; a name over 255 bytes (more than a disk takes) keeps its start and extension around a
+digest of it (`_fit`). Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are
+one file on macOS and Windows disks, or only in Unicode normalization, one file on macOS) are told apart
+(`resolve_collisions`): an id whose name is already the export name keeps it, the others get their whole name before the
+extension (`a.jpg.png`), or failing that a digest of their id (`a.1a2b3c4d.png`); so does an id whose name is another's
+folder (`a.jpg`'s `a.png` beside `a.png/b.jpg`). The manifest says where each id went.
 
-Format: the stored PNG bytes as they are (lossless, nothing re-encoded), or with `image_format="input"` re-encoded
-to the id's own extension (`cats/a.jpg` stays `cats/a.jpg`; ids without one, tar keys and Parquet rows, take the
-input's format, the row's `original_format`): JPEG is lossy (`jpeg_quality`), GIF keeps 256 colours, PGM / PBM grey
-/ 1-bit; PNG bytes are never re-encoded.
+Format: the stored PNG bytes as they are (lossless, nothing re-encoded), or with `image_format="input"` re-encoded to
+the id's own extension (`cats/a.jpg` stays `cats/a.jpg`; ids without one, tar keys and Parquet rows, take the input's
+format, the row's `original_format`): JPEG is lossy (`jpeg_quality`), GIF keeps 256 colours, PGM / PBM grey / 1-bit; PNG
+bytes are never re-encoded.
 
-Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each
-distinct folder (to find names two ids would share) and nothing else; the images are then read one part file at a
-time, a batch of rows at once.
-A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export stopped at any
-point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with their bytes.
+Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
+folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
+of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
+stopped at any point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with
+their bytes.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ import json
 import math
 import os
 import posixpath
+import unicodedata
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -174,24 +174,24 @@ def _fallback_paths(id_: str, path: str) -> Iterator[str]:
 
 def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str], bool] = lambda key: False,
                        folders: Callable[[str], bool] = lambda key: False) -> dict[str, str]:
-    """New paths for ids whose export paths another id's equal, ignoring case, or are (ignoring case) a folder of
-    another id's path: id -> path, for those that move.
+    """New paths for ids whose export paths another id's equal, or are a folder of another id's path, ignoring case
+    and Unicode normalization (`_fold`): id -> path, for those that move.
 
     `entries`: (id, path) of the ids that may share a path (an id given more than once, a repeated row, is one id).
     Of ids sharing one, the id whose path is its own name (`a.png` exported as `a.png`, or `a.jpg` as `a.jpg` when
-    re-encoded to the input's format) keeps it when it is the only such id and the path is no folder (`folders`, by
-    its case-folded form: `a.png` when another id is `a.png/b.jpg`); every other one, and an id alone on a path
-    that is a folder, is given its first `_fallback_paths` name that no path in `entries`, no other new path, no
-    folder and no path `taken` (by its case-folded form: the paths of the rows not in `entries`) holds. The result
-    depends on the set of ids, not on their order."""
+    re-encoded to the input's format) keeps it when it is the only such id and the path is no folder (`folders`:
+    whether a path is, folded, a folder of a row's path: `a.png` when another id is `a.png/b.jpg`); every other one,
+    and an id alone on a path that is a folder, is given its first `_fallback_paths` name that no path in `entries`,
+    no other new path, no folder and no path `taken` (whether a path is, folded, the path of a row not in `entries`)
+    holds. The result depends on the set of ids, not on their order."""
     groups: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for id_, path in entries:
-        groups[path.casefold()].add((id_, path))
+        groups[_fold(path)].add((id_, path))
     moved: dict[str, str] = {}
     given: set[str] = set()
     for key in sorted(groups):
         members = sorted(groups[key])
-        folder = folders(key)
+        folder = folders(members[0][1])
         if len({id_ for id_, _ in members}) < 2 and not folder:
             continue
         own = [id_ for id_, path in members if path == id_]
@@ -200,16 +200,22 @@ def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str]
             if id_ == keeper or id_ in moved:
                 continue
             candidates = list(_fallback_paths(id_, path))
-            chosen = next((c for c in candidates if c.casefold() not in groups and c.casefold() not in given
-                           and not taken(c.casefold()) and not folders(c.casefold())), candidates[-1])
+            chosen = next((c for c in candidates if _fold(c) not in groups and _fold(c) not in given
+                           and not taken(c) and not folders(c)), candidates[-1])
             moved[id_] = chosen
-            given.add(chosen.casefold())
+            given.add(_fold(chosen))
     return moved
 
 
+def _fold(path: str) -> str:
+    """The form of a path two names share when they are one file on some disk: case folded (macOS and Windows
+    disks ignore case) and Unicode-normalized (macOS's compare 'é' and 'e' with a combining accent as one)."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", path).casefold())
+
+
 def _key_hash(path: str) -> int:
-    """A 64-bit digest of a path's case-folded form: what the first pass keeps of each row."""
-    data = path.casefold().encode("utf-8", "surrogatepass")
+    """A 64-bit digest of a path's `_fold`ed form: what the first pass keeps of each row."""
+    data = _fold(path).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
@@ -861,7 +867,7 @@ def report_lines(report: ExportReport) -> list[str]:
                      "or mask copied unpurified from the input) and are not in the manifest; read them from data/")
     if report.renamed:
         lines.append(f"note: {report.renamed} image(s) were given another name, as another id's name was the same "
-                     "(or the same but for case) or a folder's; the manifest says where each id went")
+                     "(but for case or Unicode normalization) or a folder's; the manifest says where each id went")
     if report.escaped:
         lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder and were "
                      "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, an empty part or leading "

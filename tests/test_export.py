@@ -541,3 +541,21 @@ def test_resume_writes_over_a_file_of_the_same_size_but_other_bytes(tmp_path: Pa
     assert {p: (to / p).read_bytes() for p in expected} == expected
     again = export_images(out, to, image_format="input", existing="resume")
     assert (again.written, again.present) == (0, 3)
+
+
+def test_names_one_only_by_unicode_normalization_get_their_own(tmp_path: Path) -> None:
+    # café written precomposed (NFC) and with a combining accent (NFD): two files on Linux, one on macOS's disks
+    # (APFS and HFS+ compare names normalized), where one image took the other's place and both rows said that file
+    import unicodedata
+
+    ids = ["café.jpg", "cafe\u0301.jpg", "CAFE\u0301/x.jpg", "café.png/y.jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == 4 and report.renamed == 2
+    files = [unicodedata.normalize("NFD", p).casefold() for p in rows.values()]
+    folders = {f.rsplit("/", 1)[0] for f in files if "/" in f}
+    assert len(set(files)) == 4 and not folders & set(files)
+    for id_, path in rows.items():
+        assert (to / path).read_bytes() == stored_images(out)[id_]
