@@ -365,6 +365,12 @@ class NamePlan:
         return _holds(self.folders, path)
 
 
+def _found(hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of `wanted` the sorted `hashes` hold (a mask of `wanted`), in memory of `wanted`'s size."""
+    at = np.searchsorted(hashes, wanted)
+    return (at < len(hashes)) & (hashes[np.minimum(at, len(hashes) - 1)] == wanted) if len(hashes) else at < 0
+
+
 def _holds(hashes: np.ndarray, key: str) -> bool:
     """Whether the sorted `hashes` hold `key`'s _key_hash."""
     h = np.uint64(_key_hash(key))
@@ -459,11 +465,12 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
         plan.escaped += escaped
         parts.append(_Part(path, table.num_rows, schema, np.array(hashes, dtype=np.uint64)))
         folder_hashes.add(np.array([_key_hash(f) for f in folders], dtype=np.uint64))
-    every = np.sort(np.concatenate([p.hashes for p in parts])) if parts else np.zeros(0, np.uint64)
+    every = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, np.uint64)
+    every.sort()  # in place: the rows' digests are held twice (in their parts and here), never three times
     every_folder = plan.folders = folder_hashes.sorted()
     # a path two rows share, or one that is a folder of another row's path (a.png and a.png/b.png: a file and a
     # folder of one name, which a disk cannot hold, and a sync of an object store's keys to a disk fails on)
-    shared = np.union1d(every[1:][every[1:] == every[:-1]], np.intersect1d(every, every_folder))
+    shared = np.union1d(every[1:][every[1:] == every[:-1]], every_folder[_found(every, every_folder)])
     if not len(shared):
         return plan, parts
     # the second pass, over the part files holding such a path: those rows' ids, named
