@@ -56,6 +56,21 @@ class _ExportParser(Parser):
         super().error(message)
 
 
+def _int_from(low: int, high: int | None = None) -> typing.Callable[[str], int]:
+    """An option's whole number from `low` to `high`, refused by the option's name (the export's own check names the
+    Python argument: "workers must be at least 1")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not {f'from {low} to {high}' if high else f'at least {low}'}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _ExportParser(prog="zip-purify-export", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cats/a.jpg; a tar key or Parquet row takes its input's format, original_format), for loaders "
                         "that key on names. Re-encoding to JPEG is LOSSY (--jpeg-quality), to GIF keeps 256 colours, "
                         "to .pgm/.pbm grey / 1-bit; .png, .bmp, .tif, .ppm and .webp (written lossless) keep the pixels")
-    p.add_argument("--jpeg-quality", type=int, default=95, metavar="Q",
+    p.add_argument("--jpeg-quality", type=_int_from(1, 100), default=95, metavar="Q",
                    help="JPEG quality from 1 to 100 for --format input (default 95)")
     p.add_argument("--manifest", choices=MANIFESTS, default="csv",
                    help="DIR/manifest.csv (default) or DIR/manifest.jsonl: one line per exported image, its id, path "
@@ -88,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="export an output that is not complete (its run stopped, failed or is running now): the rows "
                         "it holds now")
-    p.add_argument("--workers", type=int, default=8, metavar="N",
+    p.add_argument("--workers", type=_int_from(1), default=8, metavar="N",
                    help="files written at once (default 8; more helps on object storage)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (in a log: no line a minute)")
     add_storage_options(p)

@@ -585,3 +585,15 @@ def test_naming_holds_8_bytes_a_row_and_twice_that_while_sorting(tmp_path: Path)
         tracemalloc.stop()
     assert sum(p.rows for p in parts) == rows and not plan.moved
     assert held < 10 * rows and peak < 21 * rows
+
+
+@pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
+                                               ("--jpeg-quality", "0", "from 1 to 100"), ("--workers", "x", "whole")])
+def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, flag: str, value: str, said: str) -> None:
+    # the export's own check named the Python argument: "error: workers must be at least 1, got 0"
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    with pytest.raises(SystemExit) as stop:
+        main(["--output", str(out), "--to", str(tmp_path / "to"), flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: " in err and said in err and not (tmp_path / "to").exists()
