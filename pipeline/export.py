@@ -210,6 +210,8 @@ def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str]
 def _fold(path: str) -> str:
     """The form of a path two names share when they are one file on some disk: case folded (macOS and Windows
     disks ignore case) and Unicode-normalized (macOS's compare 'é' and 'e' with a combining accent as one)."""
+    if path.isascii():
+        return path.lower()  # the same, sooner
     return unicodedata.normalize("NFD", unicodedata.normalize("NFD", path).casefold())
 
 
