@@ -19,9 +19,10 @@ and inode on a disk) when a run set out to read it, and each later run compares 
   container, but each holds its member's: the planning reads it, and one that still gives each id with a row as that
   row was made (the same member bytes, `source_sha256`, and the same pass-through columns: grown by appended members,
   copied or uploaded again, rewritten with its members in another order) is no change, and the record takes its new
-  stamp (`same_members`). One with such a member gone or other changed since: its rows came from the earlier version
-  (a member changed in place is not purified again by a plain run), and its record keeps the earlier stamp, noted with
-  the one it was read at (`DIFFERS`), so that every later run says so too, without reading it again;
+  stamp (`same_members`), as does its ledger entry, so that the run skips it unread when nothing was added. One with
+  such a member gone or other changed since: its rows came from the earlier version (a member changed in place is
+  not purified again by a plain run), and its record keeps the earlier stamp, noted with the one it was read at
+  (`DIFFERS`), so that every later run says so too, without reading it again;
 - an input whose rows are in the output and that the listing no longer shows went (deleted or renamed).
 
 The record is `OUTPUT/_inputs/stamps.parquet` (id, kind, stamp; the input's location in its metadata), written whole
@@ -451,8 +452,8 @@ MANY_CONTAINERS = 20
 
 def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
                  record: InputRecord | None, ledger: dict[str, ContainerRead], output: str,
-                 storage_options: dict[str, Any],
-                 reading: dict[str, Any] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
+                 storage_options: dict[str, Any], reading: dict[str, Any] | None = None,
+                 whole: dict[str, ContainerRead] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
     """The tar shards, Parquet files and zip archives with done ids whose listing's stamp differs from the recorded
     one (or, without one, from the ledger's: `_container_changed`), read to tell whether the members their rows were
     made from are still there as they were, with the stamp the record takes for each, and how many are so. A
@@ -472,7 +473,14 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     container that cannot be read to its end now (an error, its '#unreadable' reject), and one with an id whose rows
     cannot be compared (none found, several that differ, or a part file that cannot be read: said on stderr). The
     output's part files are read only when there is such a container, and only their columns that the input gives
-    (not the purified images)."""
+    (not the purified images).
+
+    `whole`, when given, gets the `_containers/` entry (`pipeline.ledger`) of each container found as it was whose
+    reading went to its end, as a complete run's reading of it would give (its listing's size and version, the ids it
+    gave and their digest): with that, the run skips it unread when the output holds all its ids (one copied over or
+    packed again; one grown is read for its members added), where the ledger's entry of its earlier version made the
+    run read it again only to skip each of its ids. None for one holding ids --retry-rejects reads again, or that gave
+    a look-alike or superseded id (its reading settles those rejects)."""
     recorded = record.stamps if record is not None else {}
     changed: list[ReadUnit] = []
     for unit in listed:
@@ -513,16 +521,19 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     same = done = 0
     last = time.monotonic()
 
-    def compare(id_: str) -> bool | None:
+    def compare(id_: str) -> tuple[bool | None, dict[str, Any] | None]:
         unit, rows = candidates[id_]
         return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options)
 
     with ThreadPoolExecutor(min(CONTAINER_READERS, len(ids)), thread_name_prefix="same-members") as pool:
-        for id_, found in zip(ids, pool.map(compare, ids), strict=True):
+        for id_, (found, read) in zip(ids, pool.map(compare, ids), strict=True):
             unit, now = candidates[id_][0], candidates[id_][0].contents[0]
             if found:
                 stamps[id_] = (unit.kind, now)
                 same += 1
+                entry = _read_whole_entry(unit, read, held.get(unit.paths[0], []), retry)
+                if whole is not None and entry is not None:
+                    whole[unit.paths[0]] = entry
             elif found is not None:
                 earlier = recorded[id_][1].split(DIFFERS)[0] if id_ in recorded else EARLIER
                 stamps[id_] = (unit.kind, f"{earlier}{DIFFERS}{now}")
@@ -586,25 +597,42 @@ def _digest(value: Any) -> bytes:
 
 
 def _members_same(unit: ReadUnit, rows: dict[str, bytes], purified: set[str], storage_options: dict[str, Any],
-                  reading: dict[str, Any]) -> bool | None:
+                  reading: dict[str, Any]) -> tuple[bool | None, dict[str, Any] | None]:
     """Whether the container `unit`, read now, gives each id of `rows` (id -> its row's `_row_fingerprint`) as that
-    row was made; None when it cannot be read to its end. Reading stops at the first id that differs."""
+    row was made, None when it cannot be read to its end; and, read to its end, what its count record says of it (the
+    ids it gave: `sources.read_unit`). Reading stops at the first id that differs."""
     left = dict(rows)
     broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable"
+    read = None
     try:
         records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified), **reading)
         with contextlib.closing(records):
             for record in records:
+                if record["kind"] == "count":
+                    read = record.get("container")
                 if record["kind"] not in ("image", "reject"):
                     continue
                 if record["id"] == broken:
-                    return None
+                    return None, None
                 row = left.pop(record["id"], None)
                 if row is not None and row not in _record_fingerprints(record):
-                    return False
+                    return False, None
     except Exception:  # noqa: BLE001 - unreadable now: said changed, as without this check
+        return None, None
+    return not left, read  # an id with a row that the container no longer gives: gone from it
+
+
+def _read_whole_entry(unit: ReadUnit, read: dict[str, Any] | None, held: list[str],
+                      retry: frozenset[str]) -> ContainerRead | None:
+    """The `_containers/` entry of a container `same_members` read to its end and found as it was (`read`: its count
+    record's "container"), as a complete run that read it would record; None when the listing gives no version of it,
+    when its reading gave a look-alike or superseded id, or when it holds ids (`held`) --retry-rejects reads again."""
+    stamp = unit.stamps[0] if unit.stamps else None
+    if (read is None or stamp is None or read.get("path") != unit.paths[0] or read.get("superseded")
+            or read.get("lookalike") or read.get("leftover") or any(i in retry for i in held)):
         return None
-    return not left  # an id with a row that the container no longer gives: gone from it
+    return ContainerRead(unit.paths[0], unit.sizes[0] if unit.sizes else None, stamp, read["records"],
+                         read["ids_sha256"], lookalikes_checked=True)
 
 
 def _container_changed(unit: ReadUnit, before: tuple[str, str] | None, read: ContainerRead | None) -> bool:

@@ -142,7 +142,8 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
                             read_whole: list[dict[str, Any]], removed: set[str] | frozenset[str] = frozenset(),
                             refresh_left: frozenset[str] = frozenset()) -> int | str:
     """Add the containers this complete run read to their end to the output's record of them (pipeline.ledger), so
-    that the next --incremental run skips them unread while they stay unchanged; how many were added. Only
+    that the next --incremental run skips them unread while they stay unchanged, with those the planning read whole
+    and found as their rows were made (`JobPlan.ledger_checked`); how many were added. Only
     containers whose listing gave a version (ETag, mtime) can be recorded. A failure to write the record loses
     nothing but that saving: the next run reads them again, and the failure is said here and in the summary.
     `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container;
@@ -165,8 +166,9 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
                                                 lookalikes_checked=read["path"] in plan.container_purified,
                                                 leftover=leftover)
     listed = plan.listed_containers
+    # plan.ledger holds the entries the planning made of containers it read whole (`JobPlan.ledger_checked`): kept
     kept = plan.ledger if listed is None else {path: entry for path, entry in plan.ledger.items() if path in listed}
-    if not added and len(kept) == len(plan.ledger):
+    if not added and len(kept) == len(plan.ledger) and not plan.ledger_checked:
         return 0
     try:
         write_ledger(out, storage_options, {**kept, **added})
@@ -174,7 +176,7 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
         message = f"could not record the containers read ({describe(err)}); the next --incremental run reads them again"
         print(f"zip-purify: warning: {message}", file=sys.stderr)
         return message
-    return len(added)
+    return len(set(added) | (plan.ledger_checked & set(kept)))
 
 
 def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: JobPlan,

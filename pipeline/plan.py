@@ -248,6 +248,9 @@ class JobPlan:
     # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
     input_record: InputRecord | None = None
+    # the containers whose `ledger` entry the planning made, having read them whole and found them as their rows were
+    # made (`changes.same_members`): a complete run records them, read or not
+    ledger_checked: frozenset[str] = frozenset()
     # every container the listing gave (less the output's own files): the ledger keeps no entry for one that went;
     # None: not known, every entry kept
     listed_containers: frozenset[str] | None = None
@@ -338,14 +341,17 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                    in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
                    partitioning=config.partitioning)
+    read_whole: dict[str, ContainerRead] = {}  # containers the planning read whole and found as their rows were made
     changes, input_record = _changed_inputs(inputs, out, so, output, containers, job_record, dry_run,
-                                            config.refresh_changed, settled_stamps, reading)
+                                            config.refresh_changed, settled_stamps, reading, read_whole)
+    if read_whole:  # their ledger entries are of this version now: one whose ids are all done is not read again
+        containers = _containers_left(kept_units, out, so, output, containers.ledger | read_whole)
     refresh = None
     if changes.refreshed:  # --refresh-changed: their rows are not done; the units are worked out again without them
         again = changes.refreshed_rows()
         output = replace(output, skip=output.skip - again)
         kept_units, skipped_files, excluded, inputs = _units_left(listed, config, output.skip)
-        containers = _containers_left(kept_units, out, so, output)
+        containers = _containers_left(kept_units, out, so, output, containers.ledger if read_whole else None)
         if input_record is not None:  # not in a dry run
             refresh = _journal(out, so, changes, input_record)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
@@ -358,7 +364,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
-                   changes=changes, input_record=input_record,
+                   changes=changes, input_record=input_record, ledger_checked=frozenset(read_whole),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=parquet_rows_without_image(
                        [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread], so,
@@ -436,13 +442,15 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
                     containers: _ContainersLeft, job_record: dict[str, Any],
                     dry_run: bool, refresh: bool = False,
                     settled: dict[str, tuple[str, str]] | None = None,
-                    reading: dict[str, Any] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
+                    reading: dict[str, Any] | None = None,
+                    read_whole: dict[str, ContainerRead] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
     """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
     --refresh-changed, those changed are purified again instead), and the record of the inputs' stamps a run writes
     before it reads anything (None in a dry run, which writes nothing). `settled`: the stamps of inputs a stopped
     --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`). `reading`: the
     run's options of `sources.read_unit`, with which a tar, Parquet or zip file whose stamp changed is read to compare
-    its members with its rows (`changes.same_members`)."""
+    its members with its rows (`changes.same_members`); `read_whole` gets the ledger entry of each one read to its end and
+    found as its rows were made (`same_members`' `whole`)."""
     location = (job_record.get("input") or {}).get("location")
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
@@ -457,7 +465,7 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     # tar, Parquet and zip files whose stamp changed, read: those that give each member of a row as it was get their new
     # stamp (one whose earlier stamp only the ledger knew too: the record starts with it), so are no change
     members, same_containers = same_members(inputs, output.purified_ids, output.rejected_ids, output.retry, record,
-                                            containers.ledger, out, so, reading)
+                                            containers.ledger, out, so, reading, read_whole)
     if members:
         record = InputRecord(record.location if record is not None else location,
                              {**(record.stamps if record is not None else {}), **members})
@@ -675,15 +683,19 @@ class _ContainersLeft:
     unread: set[str]  # read whole before, unchanged since, all their ids done: not read at all
 
 
-def _containers_left(kept_units: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone) -> _ContainersLeft:
+def _containers_left(kept_units: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
+                     ledger: dict[str, ContainerRead] | None = None) -> _ContainersLeft:
     """Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
-    one that an earlier complete run read whole and that is unchanged since is not read at all."""
+    one that an earlier complete run read whole and that is unchanged since is not read at all. `ledger`: the entries
+    to go by, where the planning has them already (the output's, with those of containers it read: `same_members`);
+    else the output's are read."""
     skip, purified_ids, rejected_ids = output.skip, output.purified_ids, output.rejected_ids
     containers = [u for u in kept_units if u.kind != "files"]
     container_done = container_ids(skip, containers) if skip else {}
     tars = {u.paths[0] for u in containers if u.kind == "tar"}
     try:
-        ledger = read_ledger(out, so) if containers and output.state in ("resume", "incremental") else {}
+        if ledger is None:
+            ledger = read_ledger(out, so) if containers and output.state in ("resume", "incremental") else {}
     except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     # A container's '#unreadable' reject is no record of it (not in the digest), but it is done: a shard still

@@ -56,6 +56,18 @@ def rewritten_in_place(path: Path, data: bytes) -> None:
     os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
 
+def no_ray_from_here_on(monkeypatch) -> None:
+    """From here on, a run that starts or joins Ray, places actors or builds the pipeline fails the test (a run with
+    nothing to read starts none of them)."""
+    import pipeline.job as job_module
+
+    def started(*args, **kwargs):
+        raise AssertionError("a run with nothing to read started Ray or its pipeline")
+
+    for name in ("init_ray", "default_actors_and_gpus", "build_pipeline"):
+        monkeypatch.setattr(job_module, name, started)
+
+
 def small_job_config(tmp_path: Path, model: str, **kw):
     """A JobConfig for a quick whole run: tmp_path/in -> tmp_path/out, the tiny model, 1 step, 32 px canvases."""
     from pipeline.config import JobConfig

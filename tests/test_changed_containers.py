@@ -16,10 +16,17 @@ import pytest
 import pipeline.changes as changes_module
 from pipeline.changes import DIFFERS, InputRecord, same_members
 from pipeline.job import run_job
-from pipeline.ledger import ContainerRead
+from pipeline.ledger import ContainerRead, read_ledger
 from pipeline.plan import plan_job
-from pipeline.sources import ReadUnit
-from tests.jobutil import image_bytes, rewritten_in_place, small_job_config, tar_bytes, zip_bytes
+from pipeline.sources import ReadUnit, discover
+from tests.jobutil import (
+    image_bytes,
+    no_ray_from_here_on,
+    rewritten_in_place,
+    small_job_config,
+    tar_bytes,
+    zip_bytes,
+)
 
 
 def _parquet(images: list[bytes], labels: list[int]) -> bytes:
@@ -160,3 +167,49 @@ def test_a_container_that_cannot_be_read_or_whose_rows_cannot_be_compared_stays_
     (out / "data" / "part-b.parquet").write_bytes(b"cut short")
     assert same_members(units, done, set(), frozenset(), record, ledger, str(out), {}) == ({}, 0)
     assert "could not read the source_sha256" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_container_copied_over_or_packed_again_with_every_id_done_is_skipped_unread_by_the_run_that_finds_it_so(
+        tmp_path, model, monkeypatch) -> None:
+    """The planning reads a container whose listing changed to the end to compare it with its rows: found as it was,
+    its `_containers/` entry is made current, so that the run does not read it again only to skip each of its ids
+    (and, with nothing else to read, starts no Ray). It read every one again, and started Ray to do it."""
+    root = tmp_path / "in"
+    root.mkdir()
+    img = {k: image_bytes(16, 16, k) for k in range(8)}
+    (root / "copied.tar").write_bytes(tar_bytes({"0.png": img[0], "0.cls": b"3", "1.png": img[1]}))
+    (root / "p.parquet").write_bytes(_parquet([img[2], img[3]], [1, 2]))
+    (root / "z.zip").write_bytes(zip_bytes({"d/x.png": img[4], "y.png": img[5]}, zipfile.ZIP_STORED))
+    grown = tar_bytes({"a.png": img[6]})
+    (root / "grown.tar").write_bytes(grown)
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 7
+    out = tmp_path / "out"
+
+    (tmp_path / "copy.tar").write_bytes((root / "copied.tar").read_bytes())
+    os.replace(tmp_path / "copy.tar", root / "copied.tar")  # copied over: a new inode, the same bytes
+    rewritten_in_place(root / "p.parquet", _parquet([img[2], img[3]], [1, 2]))
+    rewritten_in_place(root / "z.zip", zip_bytes({"y.png": img[5], "d/x.png": img[4]}))  # packed again, otherwise
+    rewritten_in_place(root / "grown.tar", tar_bytes({"a.png": img[6], "b.png": img[7]}))
+    config = small_job_config(tmp_path, model, incremental=True)
+    plan = plan_job(config, dry_run=True)
+    assert plan.changes.same_members == 4
+    # the one grown is read for its member added; the others hold nothing new
+    assert [os.path.basename(u.paths[0]) for u in plan.units] == ["grown.tar"]
+    assert plan.describe()["input"]["containers_already_done"] == 3
+
+    rewritten_in_place(root / "grown.tar", grown)  # as it was: nothing is left to read
+    read = _counting_reads(monkeypatch)
+    no_ray_from_here_on(monkeypatch)
+    summary = run_job(config)
+    run = summary["this_run"]
+    assert (summary["status"], summary["changed_inputs"]["containers_same_members"]) == ("complete", 4)
+    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 4, 4)
+    assert sorted(read) == ["copied.tar", "grown.tar", "p.parquet", "z.zip"]  # by the planning, once
+    ledger = read_ledger(str(out), {})
+    listed = {u.paths[0]: u.stamps[0] for u in discover(str(root))}
+    assert {path: entry.stamp for path, entry in ledger.items()} == listed
+
+    read.clear()
+    later = run_job(config)["this_run"]
+    assert (later["read"], later["containers_skipped_unread"], read) == (0, 4, [])

@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.job as job_module
 from pipeline.job import NOTHING_TO_READ, run_job
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import ContainerRead, read_ledger, unchanged_and_done
@@ -24,6 +23,7 @@ from pipeline.output import RUNS_DIR, SUMMARY_FILE
 from pipeline.sources import ReadUnit, ids_digest
 from tests.jobutil import (
     image_bytes,
+    no_ray_from_here_on,
     png_inputs,
     read_output,
     run_stopped_at,
@@ -148,15 +148,6 @@ def test_a_run_killed_while_its_summary_is_written_leaves_the_history_whole(tmp_
 
 # --- a run with nothing left to read: no Ray, no actors, no pipeline; the rest of a run all the same ---
 
-def _no_ray_from_here_on(monkeypatch) -> None:
-    """From here on, starting or joining Ray, placing actors or building the pipeline fails the test."""
-    def started(*args, **kwargs):
-        raise AssertionError("a run with nothing to read started Ray or its pipeline")
-
-    for name in ("init_ray", "default_actors_and_gpus", "build_pipeline"):
-        monkeypatch.setattr(job_module, name, started)
-
-
 def _rows(out) -> dict[str, list[str]]:
     """Each folder's ids with their source_sha256, sorted: what the output holds, to compare before and after a run."""
     data, rejects = read_output(str(out))
@@ -176,7 +167,7 @@ def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_compl
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     out = tmp_path / "out"
     before = _rows(out)
-    _no_ray_from_here_on(monkeypatch)
+    no_ray_from_here_on(monkeypatch)
     capsys.readouterr()
     summary = run_job(small_job_config(tmp_path, model, incremental=True, progress=True))
     assert "purified" not in capsys.readouterr().err  # no progress bar, not even '0/0'
@@ -212,7 +203,7 @@ def test_a_run_with_nothing_left_to_read_after_a_stopped_run_still_removes_its_d
     first = sorted(data.glob("part-*.parquet"))[0]
     doubled = pq.read_metadata(first).num_rows
     shutil.copy(first, data / "part-retried.parquet")  # the same batch, landed twice
-    _no_ray_from_here_on(monkeypatch)
+    no_ray_from_here_on(monkeypatch)
     summary = run_job(small_job_config(tmp_path, model))  # the same command again: resumes
     assert summary["status"] == "complete"
     assert (summary["this_run"]["read"], summary["this_run"]["duplicates_removed"]) == (0, doubled)
@@ -227,7 +218,7 @@ def test_overwrite_over_an_input_now_empty_clears_the_output_without_starting_ra
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     for image in (tmp_path / "in").iterdir():
         image.unlink()
-    _no_ray_from_here_on(monkeypatch)
+    no_ray_from_here_on(monkeypatch)
     summary = run_job(small_job_config(tmp_path, model, overwrite=True))
     assert (summary["status"], summary["this_run"]["read"], summary["output_totals"]["purified"]) == ("complete", 0, 0)
     out = tmp_path / "out"
