@@ -59,6 +59,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.ledger import ContainerRead, container_ids
 from pipeline.sources import LOOKALIKE, ReadUnit, read_unit, relative_id
+from pipeline.sources.parquet_files import batch_rows
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 INPUTS_DIR = "_inputs"
@@ -392,18 +393,44 @@ ROW_COLUMNS_LEFT_OUT = frozenset({"image", "width", "height", "original_mode", "
                                   "psnr_vs_input_db", "downscale_factor"})
 
 
+# A part file's rows are read for `_part_rows` at most this many at a time, fewer when they are large (about
+# `sources.parquet_files.BATCH_BYTES` a batch), through a buffer of PART_READ_BUFFER bytes: the job writes pages of a
+# few rows (stages.PAGE_ROWS), so a file of large pass-through cells is never held whole
+PART_BATCH_ROWS = 64
+PART_READ_BUFFER = 2**20
+
+
 def _part_rows(fs: Any, path: str, wanted: pa.Array,
                columns: tuple[str, ...] | None) -> list[tuple[str, dict[str, Any]]]:
     """(id, row) of the rows of `wanted` ids in one part file, each row a dict of `columns` (None: all those
-    `ROW_COLUMNS_LEFT_OUT` leaves); only those columns are fetched, and one the file lacks is left out."""
+    `ROW_COLUMNS_LEFT_OUT` leaves), a column the file lacks left out. Its id column is read first: a file holding none
+    of `wanted` gives nothing more, and of one that does, only the row groups holding them are read, PART_BATCH_ROWS
+    rows at most at a time (`batch_rows`), and only the rows wanted kept (pass-through columns may hold a shard's masks,
+    a Parquet data set's second image)."""
     def once() -> list[tuple[str, dict[str, Any]]]:
         with fs.open(path, "rb") as f:
-            part = pq.ParquetFile(f, pre_buffer=False)
+            part = pq.ParquetFile(f, buffer_size=PART_READ_BUFFER, pre_buffer=False)
+            ids = part.read(columns=["id"], use_threads=False).column("id")
+            keep = pc.fill_null(pc.is_in(ids, value_set=wanted.cast(ids.type)), False)
+            if not pc.any(keep).as_py():
+                return []
             names = part.schema_arrow.names
             read = [n for n in names if (n in columns if columns is not None else n not in ROW_COLUMNS_LEFT_OUT)]
-            table = part.read(columns=["id", *(n for n in read if n != "id")], use_threads=False)
-        table = table.filter(pc.is_in(table.column("id"), value_set=wanted.cast(table.column("id").type)))
-        return [(row["id"], row) for row in table.to_pylist()]
+            found: list[tuple[str, dict[str, Any]]] = []
+            first = 0
+            for group in range(part.num_row_groups):
+                rows = part.metadata.row_group(group).num_rows
+                if pc.any(keep.slice(first, rows)).as_py():
+                    at = first
+                    size = batch_rows(part.metadata.row_group(group), PART_BATCH_ROWS)
+                    for batch in part.iter_batches(batch_size=size, row_groups=[group], use_threads=False,
+                                                   columns=["id", *(n for n in read if n != "id")]):
+                        mine = keep.slice(at, batch.num_rows)
+                        at += batch.num_rows
+                        if pc.any(mine).as_py():
+                            found.extend((row["id"], row) for row in batch.filter(mine).to_pylist())
+                first += rows
+            return found
 
     return with_retries(once, f"read the source_sha256 of {path}")
 
@@ -473,7 +500,7 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     container that cannot be read to its end now (an error, its '#unreadable' reject), and one with an id whose rows
     cannot be compared (none found, several that differ, or a part file that cannot be read: said on stderr). The
     output's part files are read only when there is such a container, and only their columns that the input gives
-    (not the purified images).
+    (not the purified images), of the rows of its ids (`_part_rows`: each file's id column tells which).
 
     `whole`, when given, gets the `_containers/` entry (`pipeline.ledger`) of each container found as it was whose
     reading went to its end, as a complete run's reading of it would give (its listing's size and version, the ids it

@@ -213,3 +213,77 @@ def test_a_container_copied_over_or_packed_again_with_every_id_done_is_skipped_u
     read.clear()
     later = run_job(config)["this_run"]
     assert (later["read"], later["containers_skipped_unread"], read) == (0, 4, [])
+
+
+class _CountedReads:
+    """A file system whose opened files count the bytes read from them, by file name."""
+
+    def __init__(self, fs) -> None:
+        self.fs, self.read = fs, {}
+
+    def open(self, path, mode="rb", **kwargs):
+        return _CountedFile(self.fs.open(path, mode, **kwargs), self.read, os.path.basename(path))
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+
+class _CountedFile(io.RawIOBase):
+    def __init__(self, f, counts: dict[str, int], name: str) -> None:
+        super().__init__()
+        self.f, self.counts, self.name = f, counts, name
+        counts.setdefault(name, 0)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def readinto(self, buffer) -> int:
+        data = self.f.read(len(buffer))
+        buffer[: len(data)] = data
+        self.counts[self.name] += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def test_comparing_a_containers_rows_reads_of_the_outputs_part_files_only_the_rows_of_its_ids(
+        tmp_path, monkeypatch) -> None:
+    """The rows' pass-through columns are compared, and they may be large (a shard's masks, a Parquet data set's
+    second image): every part file of the output was read whole but for its images, 16 at a time, to compare the rows
+    of one container whose listing changed. Now a part file holding none of its ids gives its id column only."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "data").mkdir(parents=True)
+    a = image_bytes(8, 8, 1)
+    (inp / "s.tar").write_bytes(tar_bytes({"0.png": a}))
+    pq.write_table(pa.table({"id": ["s.tar/0"], "source": [f"{inp / 's.tar'}:0.png"], "source_sha256": [_sha(a)],
+                             "mask": pa.array([None], pa.binary())}), out / "data" / "part-s.parquet")
+    masks = [os.urandom(256 * 2**10) for _ in range(64)]  # 16 MiB of another shard's masks, none of s.tar's rows
+    pq.write_table(pa.table({"id": [f"other.tar/{k}" for k in range(64)], "source": ["x"] * 64,
+                             "source_sha256": ["0" * 64] * 64, "mask": masks}), out / "data" / "part-other.parquet")
+    counted: list[_CountedReads] = []
+    real = changes_module.storage_path
+
+    def storage_path(uri, options):
+        fs, path = real(uri, options)
+        counted.append(_CountedReads(fs))
+        return counted[-1], path
+
+    monkeypatch.setattr(changes_module, "storage_path", storage_path)
+    units = [ReadUnit("tar", (str(inp / "s.tar"),), str(inp), (os.path.getsize(inp / "s.tar"),), ("l2",), ("v2",))]
+    record = InputRecord(str(inp), {"s.tar": ("tar", "v1")})
+    assert same_members(units, {"s.tar/0"}, set(), frozenset(), record, {}, str(out), {}) == ({"s.tar": ("tar", "v2")}, 1)
+    read = {name: n for fs in counted for name, n in fs.read.items()}
+    assert read["part-s.parquet"] > 0
+    assert read["part-other.parquet"] < 2**20  # its footer and id column, not its 16 MiB of masks
