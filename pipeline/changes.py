@@ -138,6 +138,10 @@ class ChangedInputs:
     # done containers whose stamp changed but that still give every member their rows were made from as it was
     # (`same_members`): not changed, and the record takes their new stamp
     same_members: int = 0
+    # how many image files and containers whose stamp changed the planning read to compare with their rows (those the
+    # same and those found other; not those it could not read)
+    compared_files: int = 0
+    compared_containers: int = 0
 
     def changed(self) -> int:
         return len(self.purified) + len(self.rejected) + len(self.containers)
@@ -159,7 +163,9 @@ class ChangedInputs:
                 # image files touched, copied over or uploaded again with the same bytes: read to tell, not changed
                 "image_files_same_bytes": self.same_bytes,
                 # tar/Parquet/zip files grown, copied or rewritten with each member of a row as it was: read to tell
-                "containers_same_members": self.same_members}
+                "containers_same_members": self.same_members,
+                # read by the planning (a dry run's too) to compare with their rows, the same or not
+                "image_files_compared": self.compared_files, "containers_compared": self.compared_containers}
 
     def refreshed_rows(self) -> set[str]:
         """The ids of the rows this run replaces (--refresh-changed)."""
@@ -197,6 +203,21 @@ def refreshed_note(changed: dict[str, Any]) -> str | None:
         return None
     return (f"note: --refresh-changed: would purify {inputs} changed input(s) again, replacing their {rows} row(s) "
             f"(e.g. {', '.join(changed.get('refreshed_examples', []))})")
+
+
+def compared_note(changed: dict[str, Any]) -> str | None:
+    """The dry run's note on the inputs whose listing changed that its planning read to compare with their rows
+    (`same_bytes`, `same_members`), and how many of them are no change; None when it read none."""
+    files, containers = changed.get("image_files_compared", 0), changed.get("containers_compared", 0)
+    if not files + containers:
+        return None
+    what = [f"{files} image file(s) ({changed.get('image_files_same_bytes', 0)} with the bytes their rows were made "
+            "from)"] * bool(files) + [
+        f"{containers} tar/Parquet/zip file(s) ({changed.get('containers_same_members', 0)} giving every member of "
+        "their rows as it was)"] * bool(containers)
+    return (f"note: the planning read {' and '.join(what)} whose listing changed since their rows were written, to "
+            "compare with their rows: those as they were are no change; a run's planning reads them again (a dry run "
+            "records nothing)")
 
 
 def gone_note(changed: dict[str, Any]) -> str | None:

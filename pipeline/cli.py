@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.changes import changed_warning, gone_note, refreshed_note
+from pipeline.changes import changed_warning, compared_note, gone_note, refreshed_note
 from pipeline.cli_common import NO_CREDENTIALS_ADVICE as NO_CREDENTIALS_ADVICE  # re-exported: said after errors
 from pipeline.cli_common import (
     ConfigError,
@@ -515,7 +515,13 @@ def print_plan(report: dict[str, Any]) -> None:
         more = f" and {left} more" if left else ""
         print(f"  warning: {no_image['rows']} rows of {no_image['files']} Parquet files have no image (a null image "
               f"column, by the files' footer statistics) and will be rejected, one reject each: {shown}{more}")
-    print("dry run: nothing was read, purified or written")
+    changed = report.get("changed_inputs") or {}
+    if changed.get("image_files_compared") or changed.get("containers_compared"):
+        # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)
+        print("dry run: nothing was purified or written, and nothing read but the inputs whose listing changed, "
+              "compared with their rows")
+    else:
+        print("dry run: nothing was read, purified or written")
 
 
 def _partitions_line(partitions: dict[str, Any]) -> str:
@@ -642,7 +648,7 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
 def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:
     """The warning on inputs changed since their rows were written, the note on those gone and, in a dry run, the one
     on those --refresh-changed would purify again (a run says what it did: `_print_run_summary`), on stderr."""
-    notes = (refreshed_note(changed),) if dry_run else ()
+    notes = (refreshed_note(changed), compared_note(changed)) if dry_run else ()
     for line in (changed_warning(changed, dry_run), gone_note(changed), *notes):
         if line is not None:
             print(terminal_text(line), file=sys.stderr)

@@ -472,7 +472,8 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
                            root, refresh)
-    changes = replace(changes, same_bytes=same, same_members=same_containers)
+    changes = replace(changes, same_bytes=same, same_members=same_containers, compared_files=len(checked),
+                      compared_containers=len(members))
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

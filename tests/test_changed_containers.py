@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.changes as changes_module
+from pipeline import cli
 from pipeline.changes import DIFFERS, InputRecord, same_members
 from pipeline.job import run_job
 from pipeline.ledger import ContainerRead, read_ledger
@@ -23,6 +24,7 @@ from tests.jobutil import (
     image_bytes,
     no_ray_from_here_on,
     rewritten_in_place,
+    small_job_argv,
     small_job_config,
     tar_bytes,
     zip_bytes,
@@ -50,7 +52,7 @@ def _counting_reads(monkeypatch) -> list[str]:
 
 @pytest.mark.usefixtures("ray_local")
 def test_containers_grown_copied_or_repacked_with_the_same_members_are_no_change_and_their_new_members_purified(
-        tmp_path, model, monkeypatch) -> None:
+        tmp_path, model, monkeypatch, capsys) -> None:
     root = tmp_path / "in"
     root.mkdir()
     img = {k: image_bytes(16, 16, k) for k in range(12)}
@@ -74,7 +76,15 @@ def test_containers_grown_copied_or_repacked_with_the_same_members_are_no_change
     read = _counting_reads(monkeypatch)
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (dry["containers"], dry["examples"]) == (0, [])
-    assert dry["containers_same_members"] == 5
+    assert (dry["containers_same_members"], dry["containers_compared"]) == (5, 5)
+    # the command line's dry run says what its planning read, and how many are no change (it said nothing was read)
+    capsys.readouterr()
+    assert cli.main([*small_job_argv(tmp_path, model, "--incremental"), "--dry-run"]) == 0
+    said = capsys.readouterr()
+    assert ("note: the planning read 5 tar/Parquet/zip file(s) (5 giving every member of their rows as it was) whose "
+            "listing changed since their rows were written") in said.err
+    assert "dry run: nothing was purified or written, and nothing read but the inputs whose listing changed" in said.out
+    assert "nothing was read," not in said.out
 
     read.clear()  # --refresh-changed purifies none of them again: their rows stay as they were
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
@@ -87,7 +97,7 @@ def test_containers_grown_copied_or_repacked_with_the_same_members_are_no_change
     assert all(by_id[id_] == row for id_, row in before.items())
     assert (by_id["grown.tar/2"]["label"], by_id["p.parquet#2"]["label"]) == (7, 3)
     assert "z.zip/d/new.png" in by_id
-    assert sorted(read) == ["copied.tar", "grown.tar", "order.tar", "p.parquet", "z.zip"]  # the dry run recorded nothing
+    assert sorted(read) == ["copied.tar", "grown.tar", "order.tar", "p.parquet", "z.zip"]  # the dry runs recorded nothing
 
     read.clear()
     later = run_job(small_job_config(tmp_path, model, incremental=True))
