@@ -14,7 +14,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, same_bytes, same_members, updated_record
+from pipeline.changes import (
+    DIFFERS,
+    EARLIER,
+    ChangedInputs,
+    InputRecord,
+    find_changes,
+    read_record,
+    same_bytes,
+    same_members,
+    updated_record,
+)
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
@@ -375,6 +385,25 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
 FOOTER_READS = 16
 
 
+def _retried_in_same(inputs: list[ReadUnit], members: dict[str, tuple[str, str]], retry: frozenset[str],
+                     record: InputRecord | None) -> dict[str, tuple[str, str]]:
+    """Of the containers `same_members` found as their rows were made (`members`: id -> the stamp the record takes;
+    one found other has `DIFFERS` in it), those holding ids `retry` reads again, each with the stamp recorded before
+    (EARLIER where only the ledger knew it)."""
+    if not retry or not members:
+        return {}
+    units = [u for u in inputs if u.kind != "files" and DIFFERS not in members.get(relative_id(u.paths[0], u.root),
+                                                                                    ("", DIFFERS))[1]]
+    recorded = record.stamps if record is not None else {}
+    held = container_ids(retry, units) if units else {}
+    earlier = {}
+    for unit in units:
+        if held.get(unit.paths[0]):
+            id_ = relative_id(unit.paths[0], unit.root)
+            earlier[id_] = recorded.get(id_, (unit.kind, EARLIER))
+    return earlier
+
+
 def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None) -> dict[str, int]:
     """Of these Parquet files, those whose footer statistics give rows a null image cell, with how many
     (`rows_without_image`: the footer alone is read). Each such row is a reject of the run, which a dry run warns of:
@@ -466,6 +495,10 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     # stamp (one whose earlier stamp only the ledger knew too: the record starts with it), so are no change
     members, same_containers = same_members(inputs, output.purified_ids, output.rejected_ids, output.retry, record,
                                             containers.ledger, out, so, reading, read_whole)
+    # One found as it was, but for its rejects --retry-rejects reads again (not compared: their rows are replaced),
+    # keeps its earlier stamp until this run ends complete, as one whose only rows are such rejects does
+    # (`ChangedInputs.pending`): a retry stopped before it read them leaves the container said changed, if they are.
+    earlier = _retried_in_same(inputs, members, output.retry, record)
     if members:
         record = InputRecord(record.location if record is not None else location,
                              {**(record.stamps if record is not None else {}), **members})
@@ -473,7 +506,7 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, containers.ledger,
                            root, refresh)
     changes = replace(changes, same_bytes=same, same_members=same_containers, compared_files=len(checked),
-                      compared_containers=len(members))
+                      compared_containers=len(members), pending={**changes.pending, **earlier})
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

@@ -24,6 +24,7 @@ from tests.jobutil import (
     image_bytes,
     no_ray_from_here_on,
     rewritten_in_place,
+    run_stopped_at,
     small_job_argv,
     small_job_config,
     tar_bytes,
@@ -297,3 +298,26 @@ def test_comparing_a_containers_rows_reads_of_the_outputs_part_files_only_the_ro
     read = {name: n for fs in counted for name, n in fs.read.items()}
     assert read["part-s.parquet"] > 0
     assert read["part-other.parquet"] < 2**20  # its footer and id column, not its 16 MiB of masks
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_retry_stopped_before_it_read_a_containers_rejects_leaves_the_container_said_changed(
+        tmp_path, model, monkeypatch) -> None:
+    """--retry-rejects reads a container's rejects again, so they are not compared with its members; found as it was
+    otherwise, the container took its new stamp when the run started, and a retry stopped before it read them left a
+    reject about an earlier version of its member said nowhere: later runs found the container unchanged."""
+    root = tmp_path / "in"
+    root.mkdir()
+    good = image_bytes(16, 16, 1)
+    (root / "s.tar").write_bytes(tar_bytes({"0.png": good, "1.png": b"not an image"}))
+    first = run_job(small_job_config(tmp_path, model))["this_run"]
+    assert (first["purified"], first["rejected"]) == (1, 1)
+    rewritten_in_place(root / "s.tar", tar_bytes({"0.png": good, "1.png": image_bytes(16, 16, 2)}))  # 1.png fixed
+
+    run_stopped_at("_purify", tmp_path, model, monkeypatch, retry_rejects=True)  # before it read anything
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).changes
+    assert (dry.containers, dry.same_members) == ({"s.tar": 2}, 0)  # the reject is of the earlier 1.png
+
+    retried = run_job(small_job_config(tmp_path, model, retry_rejects=True))
+    assert (retried["this_run"]["rejects_retried"]["purified_now"], retried["output_totals"]["rejected"]) == (1, 0)
+    assert plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).changes.containers == {}
