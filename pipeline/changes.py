@@ -46,8 +46,9 @@ import os
 import posixpath
 import stat
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -492,10 +493,12 @@ def file_sha256(path: str, storage_options: dict[str, Any], listed_size: int | N
 # Containers (tar shards, Parquet files, zip archives) whose stamp changed that are read at once to compare their
 # members with their rows (`same_members`): each can be large, so fewer than image files, and each held in memory only
 # up to CHECK_IN_MEMORY_BYTES (a larger one is streamed: a tar shard twice, headers then members, as a run reads one
-# over --in-memory-mb). From MANY_CONTAINERS on, the planning says so on stderr, and how far it got.
+# over --in-memory-mb). From MANY_CONTAINERS on, or MANY_CONTAINER_BYTES in all (a few large Parquet files read in
+# silence kept the planning busy for minutes), the planning says so on stderr, and how far it got.
 CONTAINER_READERS = 4
 CHECK_IN_MEMORY_BYTES = 16 * 2**20
 MANY_CONTAINERS = 20
+MANY_CONTAINER_BYTES = 2**30
 
 
 def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
@@ -560,20 +563,23 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
         return {}, 0
     options = dict(reading or {})
     options["in_memory_bytes"] = min(options.get("in_memory_bytes", CHECK_IN_MEMORY_BYTES), CHECK_IN_MEMORY_BYTES)
-    many = len(ids) >= MANY_CONTAINERS
+    size = sum(s or 0 for i in ids for s in candidates[i][0].sizes)
+    many = len(ids) >= MANY_CONTAINERS or size >= MANY_CONTAINER_BYTES
     if many:
-        print(f"zip-purify: reading {len(ids)} tar/Parquet/zip file(s) whose listing changed since their rows were "
-              "written, to tell those whose members are still as they were (each is read once: the record then takes "
-              "its new stamp)", file=sys.stderr)
+        print(f"zip-purify: reading {len(ids)} tar/Parquet/zip file(s) ({size / 2**30:.1f} GiB) whose listing changed "
+              "since their rows were written, to tell those whose members are still as they were (each is read once: "
+              "the record then takes its new stamp)", file=sys.stderr)
     stamps: dict[str, tuple[str, str]] = {}
     same = done = 0
     last = time.monotonic()
+    stop = threading.Event()  # the planning stopped (Ctrl-C): each container being read is left at its next member
 
     def compare(id_: str) -> tuple[bool | None, dict[str, Any] | None]:
         unit, rows = candidates[id_]
-        return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options)
+        return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options, stop)
 
-    with ThreadPoolExecutor(min(CONTAINER_READERS, len(ids)), thread_name_prefix="same-members") as pool:
+    with ThreadPoolExecutor(min(CONTAINER_READERS, len(ids)), thread_name_prefix="same-members") as pool, \
+            _set_on_exit(stop):
         for id_, (found, read) in zip(ids, pool.map(compare, ids), strict=True):
             unit, now = candidates[id_][0], candidates[id_][0].contents[0]
             if found:
@@ -644,18 +650,33 @@ def _digest(value: Any) -> bytes:
     return hashlib.blake2b(repr(value).encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+@contextlib.contextmanager
+def _set_on_exit(event: threading.Event) -> Iterator[None]:
+    """Set `event` however the block is left (its end, an error, Ctrl-C), before the block's outer context exits."""
+    try:
+        yield
+    finally:
+        event.set()
+
+
 def _members_same(unit: ReadUnit, rows: dict[str, bytes], purified: set[str], storage_options: dict[str, Any],
-                  reading: dict[str, Any]) -> tuple[bool | None, dict[str, Any] | None]:
+                  reading: dict[str, Any],
+                  stop: threading.Event | None = None) -> tuple[bool | None, dict[str, Any] | None]:
     """Whether the container `unit`, read now, gives each id of `rows` (id -> its row's `_row_fingerprint`) as that
-    row was made, None when it cannot be read to its end; and, read to its end, what its count record says of it (the
-    ids it gave: `sources.read_unit`). Reading stops at the first id that differs."""
+    row was made, None when it cannot be read to its end (or `stop` was set: the planning stopped); and, read to its
+    end, what its count record says of it (the ids it gave: `sources.read_unit`). Reading stops at the first id that
+    differs."""
     left = dict(rows)
     broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable"
     read = None
+    if stop is not None and stop.is_set():
+        return None, None
     try:
         records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified), **reading)
         with contextlib.closing(records):
             for record in records:
+                if stop is not None and stop.is_set():
+                    return None, None
                 if record["kind"] == "count":
                     read = record.get("container")
                 if record["kind"] not in ("image", "reject"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 import zipfile
 
 import pyarrow as pa
@@ -321,3 +323,61 @@ def test_a_retry_stopped_before_it_read_a_containers_rejects_leaves_the_containe
     retried = run_job(small_job_config(tmp_path, model, retry_rejects=True))
     assert (retried["this_run"]["rejects_retried"]["purified_now"], retried["output_totals"]["rejected"]) == (1, 0)
     assert plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).changes.containers == {}
+
+
+def test_an_interrupt_while_containers_are_compared_stops_each_one_being_read_at_its_next_member(
+        tmp_path, monkeypatch) -> None:
+    """Ctrl-C while the planning compared containers with their rows waited for each one being read (4 at a time,
+    each to its end: a shard of GBs from storage) before the run could stop."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "data").mkdir(parents=True)
+    a = image_bytes(8, 8, 1)
+    for name in ("a.tar", "b.tar"):
+        (inp / name).write_bytes(tar_bytes({"0.png": a}))
+    pq.write_table(pa.table({"id": ["a.tar/0", "b.tar/0"], "source": [f"{inp / n}:0.png" for n in ("a.tar", "b.tar")],
+                             "source_sha256": [_sha(a)] * 2}), out / "data" / "part-a.parquet")
+    began, given = threading.Event(), []
+
+    def read_unit(unit, *args, **kwargs):
+        if unit.paths[0].endswith("a.tar"):  # Ctrl-C, once b.tar is being read
+            began.wait(30)
+            raise KeyboardInterrupt
+
+        def members():
+            began.set()
+            for n in range(2000):  # a large shard: 2,000 more members, 10 s
+                given.append(n)
+                time.sleep(0.005)
+                yield {"kind": "image", "id": f"b.tar/{n + 1}", "source": "", "source_sha256": "", "meta": {}}
+
+        return members()
+
+    monkeypatch.setattr(changes_module, "read_unit", read_unit)
+    units = [ReadUnit("tar", (str(inp / n),), str(inp), (os.path.getsize(inp / n),), ("l2",), ("v2",))
+             for n in ("a.tar", "b.tar")]
+    record = InputRecord(str(inp), {"a.tar": ("tar", "v1"), "b.tar": ("tar", "v1")})
+    with pytest.raises(KeyboardInterrupt):
+        same_members(units, {"a.tar/0", "b.tar/0"}, set(), frozenset(), record, {}, str(out), {})
+    assert 0 < len(given) < 2000  # b.tar's reading stopped, not read to its end
+
+
+def test_the_planning_says_so_when_the_containers_it_reads_to_compare_are_large(tmp_path, capsys) -> None:
+    """Fewer than 20 containers were read in silence however large: three Parquet files of 50 GB each kept the
+    planning busy for many minutes with nothing said."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "data").mkdir(parents=True)
+    a = image_bytes(8, 8, 1)
+    (inp / "s.tar").write_bytes(tar_bytes({"0.png": a}))
+    pq.write_table(pa.table({"id": ["s.tar/0"], "source": [f"{inp / 's.tar'}:0.png"], "source_sha256": [_sha(a)]}),
+                   out / "data" / "part-a.parquet")
+    listed = ReadUnit("tar", (str(inp / "s.tar"),), str(inp), (os.path.getsize(inp / "s.tar"),), ("l2",), ("v2",))
+    record = InputRecord(str(inp), {"s.tar": ("tar", "v1")})
+    assert same_members([listed], {"s.tar/0"}, set(), frozenset(), record, {}, str(out), {})[1] == 1
+    assert capsys.readouterr().err == ""  # a small one: nothing said
+    large = ReadUnit("tar", listed.paths, str(inp), (3 * 2**30,), ("l2",), ("v2",))  # as the listing gives a 3 GiB one
+    same_members([large], {"s.tar/0"}, set(), frozenset(), record, {}, str(out), {})
+    err = capsys.readouterr().err
+    assert "reading 1 tar/Parquet/zip file(s) (3.0 GiB) whose listing changed since their rows were written" in err
+    assert "1 of 1 tar/Parquet/zip file(s) whose listing changed hold every member their rows were made from" in err
