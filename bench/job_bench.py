@@ -30,7 +30,9 @@ incremental: the scheduled use over containers. --shards tar shards (`--layout p
 --repeat times: one new shard added and a real --incremental run timed. Each run is a fresh process with its own
 local Ray, as a scheduler would start it: `job s` is run_job alone, `process s` the whole process (imports, Ray
 start and stop). `containers skipped unread` is the summary's containers_skipped_unread ('-' where the code has no
-such key); read, purified and skipped are the summary's this_run counts. Reports, never asserts.
+such key); read, purified and skipped are the summary's this_run counts. A last run, with nothing new, is the
+scheduled command itself (jobs/purify.py --incremental), which starts no Ray when nothing is left to read: `job s` is
+its summary's wall_s. Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -341,6 +343,18 @@ def incremental(args: argparse.Namespace) -> None:
             print(f"| {label} | {args.shards + run} | {got['job_s']:.1f} | {process:.1f} | {got['read']} | "
                   f"{got['purified']} | {got['skipped']} | {'-' if got['unread'] is None else got['unread']} |",
                   flush=True)
+        # nothing new: the command a scheduler runs, as it runs it (its own process, Ray only if there is work)
+        cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "purify.py"), "--input", str(root),
+               "--output", out, "--steps", str(args.steps), "--pool", str(args.pool), "--incremental",
+               "--no-progress"] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        process = time.perf_counter() - t0
+        summary = json.loads((Path(out) / "_summary.json").read_text())
+        got = summary["this_run"]
+        print(f"| --incremental, nothing new (jobs/purify.py) | {args.shards + args.repeat} | {got['wall_s']:.1f} | "
+              f"{process:.1f} | {got['read']} | {got['purified']} | {got['skipped_already_done']} | "
+              f"{got.get('containers_skipped_unread', '-')} |", flush=True)
 
 
 def main() -> int:

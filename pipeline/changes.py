@@ -12,35 +12,43 @@ and inode on a disk) when a run set out to read it, and each later run compares 
   the earlier bytes purified; rejected: the reject is about the earlier bytes), unless its bytes are still those its
   rows were made from: the planning reads it, and one whose sha256 is its rows' `source_sha256` (touched, copied over
   or restored with the same bytes, uploaded again in parts: another ETag) is no change, and the record takes its new
-  stamp, so that it is read once (`same_bytes`; a container's rows hold no digest of the container, so not one). One
-  whose bytes differ keeps its earlier stamp with the one it was read at noted after it (`DIFFERS`): it is read once too;
-- a container whose stamp differs, with done ids, is read again (`pipeline.ledger`), but its done ids are skipped: their
-  rows came from the earlier version (a member changed in place is not purified again; one appended is). Its record keeps
-  the earlier stamp, so that every later run says so too, not only the one that read it again;
+  stamp, so that it is read once (`same_bytes`). One whose bytes differ keeps its earlier stamp with the one it was
+  read at noted after it (`DIFFERS`): it is read once too;
+- a container (tar shard, Parquet file, zip archive) whose stamp differs, with done ids, is read again by the run
+  (`pipeline.ledger`), its done ids skipped and the members added to it purified. Its rows hold no digest of the
+  container, but each holds its member's: the planning reads it, and one that still gives each id with a row as that
+  row was made (the same member bytes, `source_sha256`, and the same pass-through columns: grown by appended members,
+  copied or uploaded again, rewritten with its members in another order) is no change, and the record takes its new
+  stamp (`same_members`), as does its ledger entry, so that the run skips it unread when nothing was added. One with
+  such a member gone or other changed since: its rows came from the earlier version (a member changed in place is
+  not purified again by a plain run), and its record keeps the earlier stamp, noted with the one it was read at
+  (`DIFFERS`), so that every later run says so too, without reading it again;
 - an input whose rows are in the output and that the listing no longer shows went (deleted or renamed).
 
 The record is `OUTPUT/_inputs/stamps.parquet` (id, kind, stamp; the input's location in its metadata), written whole
 at the start of each run, before any image is read, so that the rows a run killed half-way wrote are covered too:
 for an input read by this run, its stamp as this run's listing gave it (the bytes read are that version or a newer
-one, so a change is never missed; a container replaced between the listing and its read is said changed though its
-rows are of the new bytes, a false alarm: an image file's bytes are found to be its row's); a done input keeps the
-stamp it had, and a changed one read again (--retry-rejects, --refresh-changed) keeps its earlier stamp until the run
-ends complete (`starting_record`). An
-output written by a version before this record starts one with the stamps of its first run (changes made before that
-are not seen), except for containers an earlier complete run read whole, whose stamps `pipeline.ledger` kept.
---overwrite deletes it with the rest; --input-moved starts it again.
+one, so a change is never missed; an input replaced between the listing and its read has rows of the new bytes under
+the earlier stamp: the next run's planning reads it, finds its rows' bytes or members, and takes the new stamp); a
+done input keeps the stamp it had, and a changed one read again (--retry-rejects, --refresh-changed) keeps its earlier
+stamp until the run ends complete (`starting_record`). An output written by a version before this record starts one
+with the stamps of its first run (changes made before that are not seen), except for containers an earlier complete
+run read whole, whose stamps `pipeline.ledger` kept. --overwrite deletes it with the rest; --input-moved starts it
+again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import posixpath
 import stat
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +59,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.ledger import ContainerRead, container_ids
-from pipeline.sources import LOOKALIKE, ReadUnit, relative_id
+from pipeline.sources import LOOKALIKE, ReadUnit, read_unit, relative_id
+from pipeline.sources.parquet_files import batch_rows
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 INPUTS_DIR = "_inputs"
@@ -127,6 +136,13 @@ class ChangedInputs:
     # done image files whose stamp changed but whose bytes are those their rows were made from (`same_bytes`): not
     # changed, and the record takes their new stamp
     same_bytes: int = 0
+    # done containers whose stamp changed but that still give every member their rows were made from as it was
+    # (`same_members`): not changed, and the record takes their new stamp
+    same_members: int = 0
+    # how many image files and containers whose stamp changed the planning read to compare with their rows (those the
+    # same and those found other; not those it could not read)
+    compared_files: int = 0
+    compared_containers: int = 0
 
     def changed(self) -> int:
         return len(self.purified) + len(self.rejected) + len(self.containers)
@@ -146,7 +162,11 @@ class ChangedInputs:
                 "refreshed_inputs": len(self.refreshed), "refreshed_rows": sum(map(len, self.refreshed.values())),
                 "refreshed_examples": sorted(self.refreshed)[:EXAMPLES],
                 # image files touched, copied over or uploaded again with the same bytes: read to tell, not changed
-                "image_files_same_bytes": self.same_bytes}
+                "image_files_same_bytes": self.same_bytes,
+                # tar/Parquet/zip files grown, copied or rewritten with each member of a row as it was: read to tell
+                "containers_same_members": self.same_members,
+                # read by the planning (a dry run's too) to compare with their rows, the same or not
+                "image_files_compared": self.compared_files, "containers_compared": self.compared_containers}
 
     def refreshed_rows(self) -> set[str]:
         """The ids of the rows this run replaces (--refresh-changed)."""
@@ -166,9 +186,9 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
     if rejected:
         what.append(f"{rejected} image file(s) rejected earlier (the reject is about their earlier version)")
     if containers:
-        what.append(f"{containers} tar/Parquet/zip file(s) replaced since (of their {changed.get('container_rows', 0)} "
-                    "rows, those written before were made from the earlier version: a member or row changed in place is "
-                    "not read again, one added is)")
+        what.append(f"{containers} tar/Parquet/zip file(s) replaced since, a member or row that rows were made from "
+                    f"changed or gone (of their {changed.get('container_rows', 0)} rows, those written before were made "
+                    "from the earlier version: a member or row changed in place is not read again, one added is)")
     keeps = "would keep" if dry_run else "kept"
     remedy = ("--retry-rejects reads the rejected ones again; " if rejected else "")
     return (f"warning: {'; '.join(what)}: these inputs changed under the same name since their rows were written, "
@@ -184,6 +204,21 @@ def refreshed_note(changed: dict[str, Any]) -> str | None:
         return None
     return (f"note: --refresh-changed: would purify {inputs} changed input(s) again, replacing their {rows} row(s) "
             f"(e.g. {', '.join(changed.get('refreshed_examples', []))})")
+
+
+def compared_note(changed: dict[str, Any]) -> str | None:
+    """The dry run's note on the inputs whose listing changed that its planning read to compare with their rows
+    (`same_bytes`, `same_members`), and how many of them are no change; None when it read none."""
+    files, containers = changed.get("image_files_compared", 0), changed.get("containers_compared", 0)
+    if not files + containers:
+        return None
+    what = [f"{files} image file(s) ({changed.get('image_files_same_bytes', 0)} with the bytes their rows were made "
+            "from)"] * bool(files) + [
+        f"{containers} tar/Parquet/zip file(s) ({changed.get('containers_same_members', 0)} giving every member of "
+        "their rows as it was)"] * bool(containers)
+    return (f"note: the planning read {' and '.join(what)} whose listing changed since their rows were written, to "
+            "compare with their rows: those as they were are no change; a run's planning reads them again (a dry run "
+            "records nothing)")
 
 
 def gone_note(changed: dict[str, Any]) -> str | None:
@@ -278,11 +313,11 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     The same bytes (touched, copied over or restored, uploaded again in parts with another ETag): the stamp the
     listing gives now, so they are no change, and no later run reads them for this. Other bytes: the recorded stamp
     with the listing's noted after DIFFERS, still no match for the listing, so said changed, but not read again by a
-    later run while the listing gives that stamp. Only image files: a tar, Parquet or zip file has no digest of its own
-    in its rows. The output's part files are read only when there is such a file, and only their id and source_sha256
-    columns. A file that cannot be read now, whose rows hold no digest (rejected unread: over --max-image-mb) or no
-    single one, or whose bytes are not as many as the listing said, is left out: said changed, as without this check,
-    and read again by the next run."""
+    later run while the listing gives that stamp. Only image files: a tar, Parquet or zip file is compared member by
+    member (`same_members`). The output's part files are read only when there is such a file, and only their id and
+    source_sha256 columns. A file that cannot be read now, whose rows hold no digest (rejected unread: over
+    --max-image-mb) or no single one, or whose bytes are not as many as the listing said, is left out: said changed, as
+    without this check, and read again by the next run."""
     recorded = record.stamps if record is not None else {}
     candidates: dict[str, tuple[str, int | None, str]] = {}  # id -> path, listed size, stamp now
     for unit in listed:
@@ -338,6 +373,18 @@ def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
                  purified: set[str]) -> dict[str, str | None] | None:
     """id -> the source_sha256 of its rows (data/'s for an id in `purified`, else rejects/'), for each of `ids` with
     rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr)."""
+    return _row_values(output, storage_options, ids, purified, lambda folder: ("id", "source_sha256"),
+                       lambda folder, row: row.get("source_sha256"),
+                       "image files whose listing changed are said changed without reading them")
+
+
+def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
+                columns: Callable[[str], tuple[str, ...] | None], value: Callable[[str, dict[str, Any]], Any],
+                unread: str) -> dict[str, Any] | None:
+    """id -> `value` of its rows (data/'s for an id in `purified`, else rejects/'; `value(folder, row)` of each row as
+    a dict of `columns(folder)`, or of every column `ROW_COLUMNS_LEFT_OUT` leaves when that gives None), for each of
+    `ids` with rows, None where its rows give more than one; None in all where a part file cannot be read (said on
+    stderr, with `unread`: what that leaves)."""
     from pipeline.output import list_parts  # pipeline.output imports this module
     from pipeline.stages import DATA_DIR, REJECTS_DIR
 
@@ -349,31 +396,63 @@ def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
                                           f"list {output}/{folder}")]
         fs, _ = storage_path(output, storage_options)
         with ThreadPoolExecutor(max(1, min(HASH_READERS, len(paths))), thread_name_prefix="row-digests") as pool:
-            parts = list(pool.map(lambda item: _part_digests(fs, item[1], wanted[item[0]]), paths))
-    except Exception as err:  # noqa: BLE001 - never fatal: the files stay said changed
-        print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); image files whose "
-              "listing changed are said changed without reading them", file=sys.stderr)
+            parts = list(pool.map(lambda item: [(id_, value(item[0], row)) for id_, row in _part_rows(
+                fs, item[1], wanted[item[0]], columns(item[0]))], paths))
+    except Exception as err:  # noqa: BLE001 - never fatal: the inputs stay said changed
+        print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); {unread}",
+              file=sys.stderr)
         return None
-    found: dict[str, set[str | None]] = {}
+    found: dict[str, set[Any]] = {}
     for part in parts:
-        for id_, digest in part:
-            found.setdefault(id_, set()).add(digest)
-    return {id_: next(iter(d)) if len(d) == 1 else None for id_, d in found.items()}
+        for id_, got in part:
+            found.setdefault(id_, set()).add(got)
+    return {id_: next(iter(v)) if len(v) == 1 else None for id_, v in found.items()}
 
 
-def _part_digests(fs: Any, path: str, wanted: pa.Array) -> list[tuple[str, str | None]]:
-    """(id, source_sha256) of the rows of `wanted` ids in one part file; only those two columns are fetched (a file
-    without source_sha256 gives None)."""
-    def once() -> list[tuple[str, str | None]]:
+# The columns of a data/ row that its image's bytes give (the purified image, its size, what the decoder found):
+# not read to compare a container's rows with its members (`same_members`)
+ROW_COLUMNS_LEFT_OUT = frozenset({"image", "width", "height", "original_mode", "original_format", "original_frames",
+                                  "psnr_vs_input_db", "downscale_factor"})
+
+
+# A part file's rows are read for `_part_rows` at most this many at a time, fewer when they are large (about
+# `sources.parquet_files.BATCH_BYTES` a batch), through a buffer of PART_READ_BUFFER bytes: the job writes pages of a
+# few rows (stages.PAGE_ROWS), so a file of large pass-through cells is never held whole
+PART_BATCH_ROWS = 64
+PART_READ_BUFFER = 2**20
+
+
+def _part_rows(fs: Any, path: str, wanted: pa.Array,
+               columns: tuple[str, ...] | None) -> list[tuple[str, dict[str, Any]]]:
+    """(id, row) of the rows of `wanted` ids in one part file, each row a dict of `columns` (None: all those
+    `ROW_COLUMNS_LEFT_OUT` leaves), a column the file lacks left out. Its id column is read first: a file holding none
+    of `wanted` gives nothing more, and of one that does, only the row groups holding them are read, PART_BATCH_ROWS
+    rows at most at a time (`batch_rows`), and only the rows wanted kept (pass-through columns may hold a shard's masks,
+    a Parquet data set's second image)."""
+    def once() -> list[tuple[str, dict[str, Any]]]:
         with fs.open(path, "rb") as f:
-            part = pq.ParquetFile(f, pre_buffer=False)
-            columns = [name for name in ("id", "source_sha256") if name in part.schema_arrow.names]
-            table = part.read(columns=columns, use_threads=False)
-        table = table.filter(pc.is_in(table.column("id"), value_set=wanted.cast(table.column("id").type)))
-        ids = table.column("id").to_pylist()
-        digests = (table.column("source_sha256").to_pylist() if "source_sha256" in table.column_names
-                   else [None] * len(ids))
-        return list(zip(ids, digests, strict=True))
+            part = pq.ParquetFile(f, buffer_size=PART_READ_BUFFER, pre_buffer=False)
+            ids = part.read(columns=["id"], use_threads=False).column("id")
+            keep = pc.fill_null(pc.is_in(ids, value_set=wanted.cast(ids.type)), False)
+            if not pc.any(keep).as_py():
+                return []
+            names = part.schema_arrow.names
+            read = [n for n in names if (n in columns if columns is not None else n not in ROW_COLUMNS_LEFT_OUT)]
+            found: list[tuple[str, dict[str, Any]]] = []
+            first = 0
+            for group in range(part.num_row_groups):
+                rows = part.metadata.row_group(group).num_rows
+                if pc.any(keep.slice(first, rows)).as_py():
+                    at = first
+                    size = batch_rows(part.metadata.row_group(group), PART_BATCH_ROWS)
+                    for batch in part.iter_batches(batch_size=size, row_groups=[group], use_threads=False,
+                                                   columns=["id", *(n for n in read if n != "id")]):
+                        mine = keep.slice(at, batch.num_rows)
+                        at += batch.num_rows
+                        if pc.any(mine).as_py():
+                            found.extend((row["id"], row) for row in batch.filter(mine).to_pylist())
+                first += rows
+            return found
 
     return with_retries(once, f"read the source_sha256 of {path}")
 
@@ -409,6 +488,220 @@ def file_sha256(path: str, storage_options: dict[str, Any], listed_size: int | N
         return with_retries(once, f"read {path}")
     except Exception:  # noqa: BLE001 - unreadable now: said changed, as without this check
         return None
+
+
+# Containers (tar shards, Parquet files, zip archives) whose stamp changed that are read at once to compare their
+# members with their rows (`same_members`): each can be large, so fewer than image files, and each held in memory only
+# up to CHECK_IN_MEMORY_BYTES (a larger one is streamed: a tar shard twice, headers then members, as a run reads one
+# over --in-memory-mb). From MANY_CONTAINERS on, or MANY_CONTAINER_BYTES in all (a few large Parquet files read in
+# silence kept the planning busy for minutes), the planning says so on stderr, and how far it got.
+CONTAINER_READERS = 4
+CHECK_IN_MEMORY_BYTES = 16 * 2**20
+MANY_CONTAINERS = 20
+MANY_CONTAINER_BYTES = 2**30
+
+
+def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
+                 record: InputRecord | None, ledger: dict[str, ContainerRead], output: str,
+                 storage_options: dict[str, Any], reading: dict[str, Any] | None = None,
+                 whole: dict[str, ContainerRead] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
+    """The tar shards, Parquet files and zip archives with done ids whose listing's stamp differs from the recorded
+    one (or, without one, from the ledger's: `_container_changed`), read to tell whether the members their rows were
+    made from are still there as they were, with the stamp the record takes for each, and how many are so. A
+    container's rows hold no digest of the container, but each holds its member's: the planning reads the container
+    as a run does (`sources.read_unit` with `reading`, its options: --image-column, --labels-from-folders,
+    --partitioning, --max-image-mb; nothing skipped), and each of its ids with a row (but those --retry-rejects reads
+    again, and its '#unreadable' reject) must give the record that row was made from: the same `source`, for a row in
+    data/ an image of the same sha256 (`source_sha256`) with the same pass-through columns (a tar key's sidecars, a
+    Parquet row's other cells, its partition columns: nulls and a struct's null fields aside), for one in rejects/ the
+    same sha256, or, where the reject holds none (rejected unread), a reject with the same stage and error.
+
+    All there as they were (members appended, as a WebDataset shard grows; copied or uploaded again; rewritten with
+    its members in another order, compressed otherwise): the stamp the listing gives now, so it is no change, and no
+    later run reads it for this (the members added are read by the run, as in any container read again). One of them
+    gone or other: the recorded stamp with the listing's noted after DIFFERS, said changed as before, not read again
+    by a later run while the listing gives that stamp. Left out (said changed, and read again by the next run): a
+    container that cannot be read to its end now (an error, its '#unreadable' reject), and one with an id whose rows
+    cannot be compared (none found, several that differ, or a part file that cannot be read: said on stderr). The
+    output's part files are read only when there is such a container, and only their columns that the input gives
+    (not the purified images), of the rows of its ids (`_part_rows`: each file's id column tells which).
+
+    `whole`, when given, gets the `_containers/` entry (`pipeline.ledger`) of each container found as it was whose
+    reading went to its end, as a complete run's reading of it would give (its listing's size and version, the ids it
+    gave and their digest): with that, the run skips it unread when the output holds all its ids (one copied over or
+    packed again; one grown is read for its members added), where the ledger's entry of its earlier version made the
+    run read it again only to skip each of its ids. None for one holding ids --retry-rejects reads again, or that gave
+    a look-alike or superseded id (its reading settles those rejects)."""
+    recorded = record.stamps if record is not None else {}
+    changed: list[ReadUnit] = []
+    for unit in listed:
+        now = unit.contents[0] if unit.kind != "files" and unit.contents else None
+        if now is None:
+            continue
+        before = recorded.get(relative_id(unit.paths[0], unit.root))
+        if before is not None and before[1].endswith(f"{DIFFERS}{now}"):  # read at this stamp before: other members
+            continue
+        if _container_changed(unit, before, ledger.get(unit.paths[0])):
+            changed.append(unit)
+    if not changed:
+        return {}, 0
+    held = container_ids(purified | rejected, changed)
+    candidates: dict[str, tuple[ReadUnit, list[str]]] = {}  # id -> unit, its ids with rows compared
+    for unit in changed:
+        rows = [i for i in held.get(unit.paths[0], []) if not i.endswith("#unreadable") and i not in retry]
+        if rows:
+            candidates[relative_id(unit.paths[0], unit.root)] = (unit, rows)
+    if not candidates:
+        return {}, 0
+    wanted = {i for _, rows in candidates.values() for i in rows}
+    fingerprints = _row_values(output, storage_options, wanted, purified, _fingerprint_columns, _row_fingerprint,
+                               "tar, Parquet and zip files whose listing changed are said changed without reading them")
+    if fingerprints is None:
+        return {}, 0
+    ids = [i for i in sorted(candidates) if all(fingerprints.get(row) for row in candidates[i][1])]
+    if not ids:
+        return {}, 0
+    options = dict(reading or {})
+    options["in_memory_bytes"] = min(options.get("in_memory_bytes", CHECK_IN_MEMORY_BYTES), CHECK_IN_MEMORY_BYTES)
+    size = sum(s or 0 for i in ids for s in candidates[i][0].sizes)
+    many = len(ids) >= MANY_CONTAINERS or size >= MANY_CONTAINER_BYTES
+    if many:
+        print(f"zip-purify: reading {len(ids)} tar/Parquet/zip file(s) ({size / 2**30:.1f} GiB) whose listing changed "
+              "since their rows were written, to tell those whose members are still as they were (each is read once: "
+              "the record then takes its new stamp)", file=sys.stderr)
+    stamps: dict[str, tuple[str, str]] = {}
+    same = done = 0
+    last = time.monotonic()
+    stop = threading.Event()  # the planning stopped (Ctrl-C): each container being read is left at its next member
+
+    def compare(id_: str) -> tuple[bool | None, dict[str, Any] | None]:
+        unit, rows = candidates[id_]
+        return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options, stop)
+
+    with ThreadPoolExecutor(min(CONTAINER_READERS, len(ids)), thread_name_prefix="same-members") as pool, \
+            _set_on_exit(stop):
+        for id_, (found, read) in zip(ids, pool.map(compare, ids), strict=True):
+            unit, now = candidates[id_][0], candidates[id_][0].contents[0]
+            if found:
+                stamps[id_] = (unit.kind, now)
+                same += 1
+                entry = _read_whole_entry(unit, read, held.get(unit.paths[0], []), retry)
+                if whole is not None and entry is not None:
+                    whole[unit.paths[0]] = entry
+            elif found is not None:
+                earlier = recorded[id_][1].split(DIFFERS)[0] if id_ in recorded else EARLIER
+                stamps[id_] = (unit.kind, f"{earlier}{DIFFERS}{now}")
+            done += 1
+            if many and time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                print(f"zip-purify: read {done} of {len(ids)} tar/Parquet/zip file(s) whose listing changed",
+                      file=sys.stderr)
+    if many:
+        print(f"zip-purify: {same} of {len(ids)} tar/Parquet/zip file(s) whose listing changed hold every member their "
+              "rows were made from as it was: not changed", file=sys.stderr)
+    return stamps, same
+
+
+def _fingerprint_columns(folder: str) -> tuple[str, ...] | None:
+    """The columns of a row `_row_fingerprint` needs: a reject's own; a data/ row's all but its image's."""
+    from pipeline.stages import REJECTS_DIR
+
+    return ("id", "source", "source_sha256", "stage", "error") if folder == REJECTS_DIR else None
+
+
+def _row_fingerprint(folder: str, row: dict[str, Any]) -> bytes:
+    """A short digest of what a row says of the member it was made from (`_record_fingerprints` gives a record's)."""
+    from pipeline.stages import DATA_DIR
+
+    if folder == DATA_DIR:
+        others = {k: v for k, v in row.items() if k not in ("id", "source", "source_sha256")}
+        return _digest(("data", row.get("source"), row.get("source_sha256"), _canonical(others)))
+    if row.get("source_sha256") is not None:
+        return _digest(("reject", row.get("source"), row["source_sha256"]))
+    return _digest(("unread", row.get("source"), row.get("stage"), row.get("error")))
+
+
+def _record_fingerprints(record: dict[str, Any]) -> tuple[bytes, ...]:
+    """The digests (`_row_fingerprint`) a row made from `record` (an image or reject of `sources.read_unit`) can have:
+    a data/ row's of an image record, a reject's of its sha256, and, for a reject record, one rejected unread's."""
+    source, digest = record.get("source"), record.get("source_sha256")
+    found = [_digest(("reject", source, digest))] if digest is not None else []
+    if record["kind"] == "image":
+        found.append(_digest(("data", source, digest, _canonical(record.get("meta") or {}))))
+    else:
+        found.append(_digest(("unread", source, record.get("stage"), record.get("error"))))
+    return tuple(found)
+
+
+def _canonical(value: Any) -> Any:
+    """`value` as comparable whatever the order of its keys and wherever it was read from: a dict as its items sorted,
+    a null in it (a column or struct field a part file holds and this row has no value of) left out, a whole float as
+    its int (a column of ints that the end of a run made double beside another part file's floats)."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _canonical(v)) for k, v in value.items() if v is not None)))
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_canonical(v) for v in value))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _digest(value: Any) -> bytes:
+    return hashlib.blake2b(repr(value).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+@contextlib.contextmanager
+def _set_on_exit(event: threading.Event) -> Iterator[None]:
+    """Set `event` however the block is left (its end, an error, Ctrl-C), before the block's outer context exits."""
+    try:
+        yield
+    finally:
+        event.set()
+
+
+def _members_same(unit: ReadUnit, rows: dict[str, bytes], purified: set[str], storage_options: dict[str, Any],
+                  reading: dict[str, Any],
+                  stop: threading.Event | None = None) -> tuple[bool | None, dict[str, Any] | None]:
+    """Whether the container `unit`, read now, gives each id of `rows` (id -> its row's `_row_fingerprint`) as that
+    row was made, None when it cannot be read to its end (or `stop` was set: the planning stopped); and, read to its
+    end, what its count record says of it (the ids it gave: `sources.read_unit`). Reading stops at the first id that
+    differs."""
+    left = dict(rows)
+    broken = f"{relative_id(unit.paths[0], unit.root)}#unreadable"
+    read = None
+    if stop is not None and stop.is_set():
+        return None, None
+    try:
+        records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified), **reading)
+        with contextlib.closing(records):
+            for record in records:
+                if stop is not None and stop.is_set():
+                    return None, None
+                if record["kind"] == "count":
+                    read = record.get("container")
+                if record["kind"] not in ("image", "reject"):
+                    continue
+                if record["id"] == broken:
+                    return None, None
+                row = left.pop(record["id"], None)
+                if row is not None and row not in _record_fingerprints(record):
+                    return False, None
+    except Exception:  # noqa: BLE001 - unreadable now: said changed, as without this check
+        return None, None
+    return not left, read  # an id with a row that the container no longer gives: gone from it
+
+
+def _read_whole_entry(unit: ReadUnit, read: dict[str, Any] | None, held: list[str],
+                      retry: frozenset[str]) -> ContainerRead | None:
+    """The `_containers/` entry of a container `same_members` read to its end and found as it was (`read`: its count
+    record's "container"), as a complete run that read it would record; None when the listing gives no version of it,
+    when its reading gave a look-alike or superseded id, or when it holds ids (`held`) --retry-rejects reads again."""
+    stamp = unit.stamps[0] if unit.stamps else None
+    if (read is None or stamp is None or read.get("path") != unit.paths[0] or read.get("superseded")
+            or read.get("lookalike") or read.get("leftover") or any(i in retry for i in held)):
+        return None
+    return ContainerRead(unit.paths[0], unit.sizes[0] if unit.sizes else None, stamp, read["records"],
+                         read["ids_sha256"], lookalikes_checked=True)
 
 
 def _container_changed(unit: ReadUnit, before: tuple[str, str] | None, read: ContainerRead | None) -> bool:

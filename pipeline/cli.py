@@ -15,17 +15,24 @@ from typing import Any
 
 import yaml
 
-from pipeline.changes import changed_warning, gone_note, refreshed_note
+from pipeline.changes import changed_warning, compared_note, gone_note, refreshed_note
+from pipeline.cli_common import NO_CREDENTIALS_ADVICE as NO_CREDENTIALS_ADVICE  # re-exported: said after errors
+from pipeline.cli_common import (
+    ConfigError,
+    Parser,
+    add_storage_options,
+    credentials_advice,
+    storage_options,
+)
 from pipeline.config import DEFAULT_INPUT, JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.redaction import redact_uri_secrets, storage_item_shown, storage_value_shown
+from pipeline.redaction import redact_uri_secrets, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
-from pipeline.storage import own_entry
 from pipeline.version import version_line
 
 DESCRIPTION = f"""\
@@ -81,24 +88,12 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a short error: one `error:` line (with the nearest option for a misspelt one) and a pointer to
-    --help, instead of the full usage of some fifty options above it."""
+class _Parser(Parser):
+    """The job's parser: a word where it takes none is most often an input and output given without their flags."""
 
-    def error(self, message: str) -> typing.NoReturn:
-        if message.startswith("unrecognized arguments:"):
-            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-            hints = []
-            words = message.partition(":")[2].split()
-            for before, arg in zip(["-"] + words, words, strict=False):
-                close = difflib.get_close_matches(arg.partition("=")[0], known, n=1, cutoff=0.6)
-                if arg.startswith("-") and close:
-                    hints.append(f"{arg}: did you mean {close[0]}?")
-                elif not arg.startswith("-") and not before.startswith("--"):  # not the value of an unknown flag
-                    hints.append("the input and output are named: --input IN --output OUT")
-            if hints:
-                message += " (" + "; ".join(dict.fromkeys(hints)) + ")"
-        self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
+    POSITIONAL_HINT = "the input and output are named: --input IN --output OUT"
+    WORD_HINTS: typing.ClassVar[dict[str, str]] = {
+        "export": "purified images out as files: zip-purify-export --output OUT --to DIR (python jobs/export.py)"}
 
 
 def _json(text: str) -> Any:
@@ -121,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_options(p, d)
     _add_cluster_options(p, d)
     _add_decoding_options(p, d)
-    _add_storage_options(p)
+    add_storage_options(p)
     return p
 
 
@@ -155,12 +150,13 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          "are added too, as with --incremental; not with --overwrite")
     io.add_argument("--refresh-changed", action="store_true", default=None,
                     help="purify again the inputs changed in place since their rows were written (an image file "
-                         "re-uploaded under its name, a tar shard, Parquet or zip file rewritten: every row of it is "
-                         "read again), the ones each run's changed_inputs warning counts, and replace their old rows "
-                         "in data/ or rejects/ with the new ones, so each id is in the output once, made from the "
-                         "input's current bytes (a kill at any point loses no row: the next run finishes the "
-                         "replacement); new inputs are added too, as with --incremental; --dry-run says how many "
-                         "would be refreshed; not with --overwrite or --input-moved")
+                         "re-uploaded under its name with other bytes, a tar shard, Parquet or zip file rewritten with "
+                         "a member or row of its rows changed or gone: every row of it is read again), the ones "
+                         "each run's changed_inputs warning counts, and replace their old rows in data/ or rejects/ "
+                         "with the new ones, so each id is in the output once, made from the input's current bytes (a "
+                         "kill at any point loses no row: the next run finishes the replacement); new inputs are added "
+                         "too, as with --incremental; --dry-run says how many would be refreshed; not with "
+                         "--overwrite or --input-moved")
     io.add_argument("--input-moved", action="store_true", default=None,
                     help="the output's input moved here (the same files, so the same ids, at a new place): accept "
                          "this --input for an output made from another; without it, another input is refused, as its "
@@ -265,20 +261,6 @@ def _add_decoding_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     dec.add_argument("--alpha", choices=["white", "black", "drop"],
                      help=f"how transparency is flattened: composited on white or black, or dropped (default {d.alpha})")
     dec.add_argument("--exif-transpose", type=_bool, metavar="BOOL", help="apply EXIF orientation (default true)")
-
-
-def _add_storage_options(p: argparse.ArgumentParser) -> None:
-    """How the job reaches object storage."""
-    st = p.add_argument_group("storage")
-    st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
-    st.add_argument("--anon", action="store_true", default=None, help="anonymous S3 access")
-    st.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON; "
-                         "true/false, yes/no, on/off in any case are booleans)")
-
-
-class ConfigError(ValueError):
-    """A --config file or a command-line value that cannot make a JobConfig; the message names it."""
 
 
 # Command-line conveniences that a --config file may hold too; each folds into storage_options.
@@ -418,50 +400,6 @@ def _file_values(path: str) -> dict[str, Any]:
     return values
 
 
-_WORD_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
-    if not isinstance(base, dict):
-        raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {storage_value_shown(base)}")
-    so = dict(base)
-    if endpoint:
-        so["client_kwargs"] = {**(so.get("client_kwargs") or {}), "endpoint_url": endpoint}
-    if anon:
-        so["anon"] = True
-    for item in [items] if isinstance(items, str) else items or []:  # a file's storage_option: one KEY=VALUE
-        key, sep, raw = str(item).partition("=")
-        if not sep or not key:
-            raise ConfigError(f"storage option{where} expects KEY=VALUE, got {storage_item_shown(item)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as err:
-            if raw.lstrip().startswith(("{", "[")):  # meant as a mapping or list: as text it failed late, in fsspec
-                raise ConfigError(f"storage option {key}{where}: its value is not valid JSON ({err.msg} at character "
-                                  f"{err.pos}); write a mapping as {key}='{{\"name\": \"value\"}}'") from None
-            # Python's or YAML's spelling of a boolean: as text, s3fs would read anon=False as true (a non-empty
-            # string) and sign nothing, dropping the credentials
-            value = _WORD_BOOLS.get(raw.lower(), raw)
-        # a mapping (client_kwargs={"region_name": ...}) adds to what --s3-endpoint or the file set, not replaces it
-        so[key] = {**so[key], **value} if isinstance(value, dict) and isinstance(so.get(key), dict) else value
-    # --s3-endpoint and --anon are S3's: they move into the S3 store's own entry when the options give it one
-    # (`pipeline.storage.scoped_options`: a store with an entry gets that entry alone), where its own values win
-    s3_scope = own_entry("s3://", so)
-    if s3_scope and (endpoint or anon):
-        own = dict(so[s3_scope])
-        shared_client = dict(so.get("client_kwargs") or {})
-        if endpoint and shared_client.get("endpoint_url") == endpoint:
-            own["client_kwargs"] = {"endpoint_url": shared_client.pop("endpoint_url"), **(own.get("client_kwargs") or {})}
-            if shared_client:
-                so["client_kwargs"] = shared_client
-            else:
-                so.pop("client_kwargs")
-        if anon and so.get("anon") is True:
-            own.setdefault("anon", so.pop("anon"))
-        so[s3_scope] = own
-    return so
-
-
 def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     recipe = args.recipe
@@ -472,7 +410,7 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         recipe = recipe or file_recipe  # --recipe on the command line wins over the file's
         file_storage = {k: loaded.pop(k) for k in STORAGE_SHORTHANDS if k in loaded}
         values.update(loaded)
-        values["storage_options"] = _storage_options(
+        values["storage_options"] = storage_options(
             values.get("storage_options") or {}, file_storage.get("s3_endpoint"), file_storage.get("anon"),
             file_storage.get("storage_option"), f" in {args.config}")
         from_file = dict(loaded)
@@ -494,7 +432,7 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         if v is not None:
             values[f.name] = v
             from_file.pop(f.name, None)
-    values["storage_options"] = _storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
+    values["storage_options"] = storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
                                                  args.storage_option, "")
     if isinstance(values.get("operators"), str):
         # one spelling per setting: "gray, pool" and "gray,pool" are the same operators (ZipSettings, which the
@@ -519,6 +457,11 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     return config
 
 
+def _count(n: int, thing: str) -> str:
+    """'1 tar shard', '2 tar shards': the dry run's counts read as sentences."""
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def _human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'; GiB is the largest unit."""
     if n < 1024:
@@ -538,16 +481,17 @@ def print_plan(report: dict[str, Any]) -> None:
     print(f"output: {state[out['state']]}; " + (f"it holds {held}" if out["state"] == "overwrite"
                                                  else f"already holds {held}"))
     if out.get("rejects_to_retry"):
-        print(f"  {out['rejects_to_retry']} rejected inputs will be read again (--retry-rejects): those still in the "
+        print(f"  {_count(out['rejects_to_retry'], 'rejected input')} will be read again (--retry-rejects): those still in the "
               "input are counted below as inputs to read")
     if report.get("stale_lease"):
         # also a lease whose heartbeat is ahead of our clock: planning cannot tell it stale or live, the run's watch can
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
               f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s; one "
               "still refreshed stops the run)")
-    print(f"input: {inp['image_files_to_read']} image files to read ({inp['image_files_already_done']} already done, "
-          f"skipped), {inp['tar_shards']} tar shards, {inp['parquet_files']} Parquet files, {inp.get('zip_files', 0)} "
-          f"zip files (their members are checked against the output when read), {inp['read_tasks']} read tasks")
+    print(f"input: {_count(inp['image_files_to_read'], 'image file')} to read ({inp['image_files_already_done']} "
+          f"already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, {_count(inp['parquet_files'], 'Parquet file')}, "
+          f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
+          f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):
         print(f"  {inp['containers_already_done']} tar shards / Parquet / zip files were read whole by an earlier run and "
               "are unchanged, with all their images in the output: not read")
@@ -571,7 +515,13 @@ def print_plan(report: dict[str, Any]) -> None:
         more = f" and {left} more" if left else ""
         print(f"  warning: {no_image['rows']} rows of {no_image['files']} Parquet files have no image (a null image "
               f"column, by the files' footer statistics) and will be rejected, one reject each: {shown}{more}")
-    print("dry run: nothing was read, purified or written")
+    changed = report.get("changed_inputs") or {}
+    if changed.get("image_files_compared") or changed.get("containers_compared"):
+        # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)
+        print("dry run: nothing was purified or written, and nothing read but the inputs whose listing changed, "
+              "compared with their rows")
+    else:
+        print("dry run: nothing was read, purified or written")
 
 
 def _partitions_line(partitions: dict[str, Any]) -> str:
@@ -632,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_shown(err, config)}", file=sys.stderr)
         return 1
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
-        print(f"error: {_shown(err, config)}", file=sys.stderr)
+        print(f"error: {_shown(err, config)}{credentials_advice(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
@@ -658,9 +608,13 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)
+    # with nothing read, no rate: what there was to do instead (a run left nothing to read starts no Ray: ray.note)
+    rate = (f"({run['images_per_s']} images/s)" if run["read"] else
+            "(nothing to purify: no Ray was started)" if summary.get("ray", {}).get("note") else
+            "(nothing to purify: the files read held nothing new)")
     print(f"read {run['read']}, purified {run['purified']}, rejected {run['rejected']}, "
-          f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s "
-          f"({run['images_per_s']} images/s); model: {summary['model']['note']}")
+          f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s {rate}; "
+          f"model: {summary['model']['note']}")
     if run.get("hidden_skipped"):
         print(hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
     change = run["psnr_vs_input_db"]
@@ -684,14 +638,17 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     _print_changed_inputs(summary.get("changed_inputs") or {})
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
+    # and where the rows are: the images are Parquet rows, and a reject's reason is only in rejects/
+    where = ", ".join((["the purified images in data/"] if totals["purified"] else [])
+                      + (["each reject with its reason in rejects/"] if totals["rejected"] else []))
     print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
-          f"(status {summary['status']}; summary in _summary.json)")
+          f"(status {summary['status']}; summary in _summary.json" + (f"; {where}" if where else "") + ")")
 
 
 def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:
     """The warning on inputs changed since their rows were written, the note on those gone and, in a dry run, the one
     on those --refresh-changed would purify again (a run says what it did: `_print_run_summary`), on stderr."""
-    notes = (refreshed_note(changed),) if dry_run else ()
+    notes = (refreshed_note(changed), compared_note(changed)) if dry_run else ()
     for line in (changed_warning(changed, dry_run), gone_note(changed), *notes):
         if line is not None:
             print(terminal_text(line), file=sys.stderr)

@@ -30,7 +30,9 @@ def exit_without_teardown(code: int | None) -> NoReturn:
     At that teardown a native thread pool of the libraries the planning loads (a dry run, an argument refused)
     sometimes aborted the process: "terminate called without an active exception", status -6 (SIGABRT) after a dry
     run that had printed its whole report (2 of 60 dry runs on the 2-core machine under load). Nothing of the job's
-    is left to do then. A process that started Ray ends the usual way: Ray's own exit hooks stop what it started."""
+    is left to do then: a run has written its summary and released the output's lease before `main` returns (a run
+    with nothing to read, which starts no Ray, ends here too). A process that started Ray ends the usual way: Ray's own
+    exit hooks stop what it started."""
     ray = sys.modules.get("ray")
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         raise SystemExit(code)
@@ -47,4 +49,11 @@ def purify() -> NoReturn:
     """The `zip-purify` console script: `pipeline.cli.main` once it is loaded."""
     with interrupted_while_loading("zip-purify"):
         from pipeline.cli import main
+    exit_without_teardown(main())
+
+
+def export() -> NoReturn:
+    """The `zip-purify-export` console script: `pipeline.export_cli.main` once it is loaded."""
+    with interrupted_while_loading("zip-purify-export"):
+        from pipeline.export_cli import main
     exit_without_teardown(main())

@@ -15,6 +15,8 @@ pipeline is then:
 
 The driver then writes OUTPUT/_summary.json (counts, timing, configuration, checkpoint sha256). A run stopped by
 Ctrl-C, SIGTERM or a failed batch writes it too, with what it wrote counted from its files (`pipeline.stopped_run`).
+A run whose plan leaves nothing to read (a scheduled --incremental run with nothing new) starts no Ray and builds no
+pipeline; it does the rest all the same: the lease, the end-of-run check, the records and the summary.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
                             read_whole: list[dict[str, Any]], removed: set[str] | frozenset[str] = frozenset(),
                             refresh_left: frozenset[str] = frozenset()) -> int | str:
     """Add the containers this complete run read to their end to the output's record of them (pipeline.ledger), so
-    that the next --incremental run skips them unread while they stay unchanged; how many were added. Only
+    that the next --incremental run skips them unread while they stay unchanged, with those the planning read whole
+    and found as their rows were made (`JobPlan.ledger_checked`); how many were added. Only
     containers whose listing gave a version (ETag, mtime) can be recorded. A failure to write the record loses
     nothing but that saving: the next run reads them again, and the failure is said here and in the summary.
     `removed`: the reject rows this run's end-of-run check took out, which are no longer left over from the container;
@@ -163,8 +166,9 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
                                                 lookalikes_checked=read["path"] in plan.container_purified,
                                                 leftover=leftover)
     listed = plan.listed_containers
+    # plan.ledger holds the entries the planning made of containers it read whole (`JobPlan.ledger_checked`): kept
     kept = plan.ledger if listed is None else {path: entry for path, entry in plan.ledger.items() if path in listed}
-    if not added and len(kept) == len(plan.ledger):
+    if not added and len(kept) == len(plan.ledger) and not plan.ledger_checked:
         return 0
     try:
         write_ledger(out, storage_options, {**kept, **added})
@@ -172,7 +176,7 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
         message = f"could not record the containers read ({describe(err)}); the next --incremental run reads them again"
         print(f"zip-purify: warning: {message}", file=sys.stderr)
         return message
-    return len(added)
+    return len(set(added) | (plan.ledger_checked & set(kept)))
 
 
 def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: JobPlan,
@@ -236,20 +240,30 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json.
 
     The run holds the output's lease (`OutputLease`) from its first change to the output (deleting it, with
-    --overwrite) until it ends, however it ends; SIGTERM then raises like Ctrl-C, so that the lease is released."""
+    --overwrite) until it ends, however it ends; SIGTERM then raises like Ctrl-C, so that the lease is released.
+    Ray is started (or joined) only when the plan leaves something to read; a Ray the caller started is used as it
+    is, and left running either way."""
     started = time.time()
     out = config.output.rstrip("/")
 
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
     plan = plan_job(config)
-    with signals_deferred():  # Ctrl-C while Ray starts stops the run once Ray has started whole
-        init_ray(config)
-    placement = default_actors_and_gpus(config)
+    # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no pipeline. The
+    # run is otherwise the same: it holds the lease, clears an --overwrite output, does the end-of-run check, records
+    # what a complete run records and writes its summary.
+    placement = _start_cluster(config) if plan.units else None
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
         if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
             clear_output(out, config.storage_options)
         return _run(config, plan, placement, lease, started)
+
+
+def _start_cluster(config: JobConfig) -> tuple[int, float, str]:
+    """Start or join Ray, then decide the purifier actors' placement from the cluster (`pipeline.placement`)."""
+    with signals_deferred():  # Ctrl-C while Ray starts stops the run once Ray has started whole
+        init_ray(config)
+    return default_actors_and_gpus(config)
 
 
 @dataclass
@@ -302,6 +316,12 @@ def configure_ray_data() -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar of our own, in images (see _run)
+    # ...about which Ray Data then logs, once a process, "Progress bars disabled. To enable, set
+    # `ray.data.DataContext.get_current().enable_progress_bars = True`": advice no user of the job can follow. Taking
+    # its once-only key here leaves it unsaid.
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")
     # Blocks between the fused read -> decode -> tile steps are buffered up to this size; Ray's 128 MiB default
     # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
     # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
@@ -324,9 +344,10 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     # actors, so finished batches are written while others are still purifying (streaming).
     task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
     # Image files already done were dropped from the units; a container's done ids travel with its own row.
+    # (a plan with no unit runs no pipeline: see run_job)
     rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
              "purified": plan.container_purified.get(u.paths[0], [])}
-            for u in plan.units] or [{**ReadUnit("files", (), "").to_row(), "skip": [], "purified": []}]
+            for u in plan.units]
     # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
@@ -387,8 +408,10 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
     return StaleRejects(unreadable, superseded, lookalikes)
 
 
-def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], lease: OutputLease,
+def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, lease: OutputLease,
          started: float) -> dict[str, Any]:
+    """The run, once it holds the output's lease. `placement`: the purifier actors' (actors, GPUs each, device); None
+    when the plan left nothing to read, and no pipeline runs."""
     so = config.storage_options
     out = config.output.rstrip("/")
     _start_output(config, plan, out, started, run_history_path(out, started, lease.record["run_id"]))
@@ -402,18 +425,11 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
         # or one --overwrite cleared, holds none)
         stop.before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
 
-        # 3. The pipeline, and this run's counts as its written batches come back.
-        configure_ray_data()
-        threads = cpu_actor_threads(config, *placement[:2])
-        ds = build_pipeline(config, plan, placement, threads)
-        if config.progress:
-            stop.bar = progress_bar(progress_total(plan, so), "purified", "img", sys.stderr)
-        _tally_written_batches(ds, plan, lease, tally, stop.bar)
+        # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
+        threads = None if placement is None else _purify(config, plan, placement, stop)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
         # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
         stop.before = set(stop.before)
-        if stop.bar is not None:
-            stop.bar.close()
         wall = time.time() - started
 
         # 4. The output's end-of-run check. Not when another run has taken the output over: the duplicate check
@@ -442,6 +458,20 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], le
                         f"the output now holds {rows.purified} purified + {rows.rejected} rejected rows in all; see "
                         f"{out}/{SUMMARY_FILE}")
     return summary
+
+
+def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], stop: StopRecorder) -> int | None:
+    """Run the pipeline over the plan's read units to its end, with the progress bar, adding each written batch to
+    `stop.tally`; the torch threads each purifier actor was given."""
+    configure_ray_data()
+    threads = cpu_actor_threads(config, *placement[:2])
+    ds = build_pipeline(config, plan, placement, threads)
+    if config.progress:
+        stop.bar = progress_bar(progress_total(plan, config.storage_options), "purified", "img", sys.stderr)
+    _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar)
+    if stop.bar is not None:
+        stop.bar.close()
+    return threads
 
 
 def _write_summary(out: str, summary: dict[str, Any], so: dict[str, Any], history: str) -> None:
@@ -616,11 +646,10 @@ def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenS
             + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else ""))
 
 
-def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None,
+def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, threads: int | None,
              tally: RunTally, rows: OutputRows, stale: StaleRejects, retyped: dict[str, str], wall: float,
              started: float) -> dict[str, Any]:
     """The finished run's OUTPUT/_summary.json: this run's counts, the whole output's, the model and the cluster."""
-    actors, gpus_per_actor, device = placement
     replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed + rows.refreshed
     resolved = stale.all
     rows_before = plan.done_purified + plan.done_rejected if plan.output_state in ("resume", "incremental") else 0
@@ -670,10 +699,23 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
         "model": {"checkpoint": redact_uri(plan.checkpoint_uri), "sha256": ckpt.sha256, "note": plan.model_note,
                   "canvas_size": plan.canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
-        "ray": {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
-                "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads},
+        "ray": _ray_summary(placement, threads),
         "config": config.public(),
         "versions": versions(),
         "started": started,
         "finished": time.time(),
     }
+
+
+# The summary's "ray" note of a run that had nothing to read (`_ray_summary`)
+NOTHING_TO_READ = "nothing was left to read: this run started no Ray, no purifier actor and no pipeline"
+
+
+def _ray_summary(placement: tuple[int, float, str] | None, threads: int | None) -> dict[str, Any]:
+    """The summary's "ray": the purifier actors the run started, with their GPUs, device and torch threads; a run that
+    had nothing to read started none, and says so rather than what a cluster it never joined would have given."""
+    if placement is None:
+        return {"actors": 0, "gpus_per_actor": None, "device": None, "torch_threads": None, "note": NOTHING_TO_READ}
+    actors, gpus_per_actor, device = placement
+    return {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
+            "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads}

@@ -4,7 +4,9 @@ skips them unread.
 Without it, a scheduled run over a growing bucket of shards downloads every shard on every run only to find that its
 keys are already done. At the end of a run whose status is complete, the driver records each container (tar shard,
 Parquet file or zip archive) that this run read to its end, with what the listing said of it (size, ETag or mtime)
-and a digest of the ids it gave. A later run skips a container unread only when
+and a digest of the ids it gave; and each one whose listing changed that its planning read to its end and found still
+giving each member its rows were made from (`pipeline.changes.same_members`), which the run itself then need not
+read. A later run skips a container unread only when
 
 - the listing shows it at the same path with the same size and the same version fields, and
 - the output's data/ and rejects/ still hold exactly those ids (part files deleted to redo them, or ids left from

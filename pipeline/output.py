@@ -108,7 +108,7 @@ class DamagedPart(ValueError):
         self.path, self.reason = path, reason
 
 
-def _is_damage(err: BaseException) -> bool:
+def is_damage(err: BaseException) -> bool:
     """Whether reading a part file's footer and ids failed on the file's bytes, not on the storage: Arrow's
     ArrowInvalid (no footer, 0 bytes), a KeyError (no id column), or the bare OSError Arrow's Parquet reader gives
     for bytes it cannot decode ("Couldn't deserialize thrift"). Storage errors have their own types or an errno."""
@@ -122,10 +122,10 @@ def _part_index(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], pa
     def once() -> tuple[list[str], pa.Schema]:
         with fs.open(path, "rb") as f:
             try:
-                part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
-                ids = part.read(columns=["id"], use_threads=_DRIVER_READS["use_threads"]).column("id").to_pylist()
+                part = pq.ParquetFile(f, pre_buffer=DRIVER_READS["pre_buffer"])
+                ids = part.read(columns=["id"], use_threads=DRIVER_READS["use_threads"]).column("id").to_pylist()
             except Exception as err:  # noqa: BLE001 - classified: the file's bytes, or the storage
-                if _is_damage(err):
+                if is_damage(err):
                     raise DamagedPart(path, err) from err
                 raise
             return ids, part.schema_arrow
@@ -157,12 +157,12 @@ def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str],
             damaged.append(err)
             return None
 
-    for path, found in _read_ahead(index, paths):
+    for path, found in read_ahead(index, paths):
         if found is not None:
             yield (path, *found)
 
 
-def _read_ahead(read: Callable[[str], Any], paths: list[str]) -> Iterator[tuple[str, Any]]:
+def read_ahead(read: Callable[[str], Any], paths: list[str]) -> Iterator[tuple[str, Any]]:
     """(path, read(path)) in the order given, INDEX_READERS reads at a time and at most that many results ahead."""
     if len(paths) <= 1:
         yield from ((path, read(path)) for path in paths)
@@ -191,8 +191,8 @@ def _rejected_at(fs: fsspec.AbstractFileSystem, path: str, wanted: set[str]) -> 
     has the column. Only the id and rejected_at columns are fetched."""
     def once() -> pa.Table:
         with fs.open(path, "rb") as f:
-            part = pq.ParquetFile(f, pre_buffer=_DRIVER_READS["pre_buffer"])
-            return part.read(columns=["id", REJECTED_AT], use_threads=_DRIVER_READS["use_threads"])
+            part = pq.ParquetFile(f, pre_buffer=DRIVER_READS["pre_buffer"])
+            return part.read(columns=["id", REJECTED_AT], use_threads=DRIVER_READS["use_threads"])
 
     table = with_retries(once, f"read the reject times of {path}")
     column = table.column(REJECTED_AT)
@@ -251,13 +251,13 @@ def _newest_rejects(fs: fsspec.AbstractFileSystem, index: list[tuple[str, list[s
 
 
 def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")), **_DRIVER_READS)
+    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")), **DRIVER_READS)
 
 
 # The driver's Parquet reads are small (ids, one part file at a time): no Arrow thread pools for them. Arrow's pool
 # threads reading from a Python file object can abort the interpreter as it exits ("terminate called without an
 # active exception", apache/arrow#34314): a dry run that had printed its whole plan once exited with SIGABRT.
-_DRIVER_READS = {"use_threads": False, "pre_buffer": False}
+DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 
 @dataclass(frozen=True)
@@ -789,8 +789,8 @@ def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _same_storage_paths(input_uri: str, output_uri: str,
-                        storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str, str] | None:
+def same_storage_paths(input_uri: str, output_uri: str,
+                       storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str, str] | None:
     """(normalise, input path, output path) when both are on the same kind of storage, else None (they cannot
     nest). normalise resolves local paths (symlinks, ..) and strips a remote one's protocol and trailing slash."""
     in_fs, in_path = _fs(input_uri, storage_options)
@@ -820,7 +820,7 @@ def _same_storage_paths(input_uri: str, output_uri: str,
 def input_inside_written_folder(input_uri: str, output_uri: str, storage_options: dict[str, Any]) -> str | None:
     """Why the input cannot be read from where it is, or None: an input inside the output's data/ or rejects/ would
     read the job's own part files back as input."""
-    same = _same_storage_paths(input_uri, output_uri, storage_options)
+    same = same_storage_paths(input_uri, output_uri, storage_options)
     if same is None:
         return None
     _, in_path, out_path = same
@@ -857,7 +857,7 @@ def is_written_file(path: str) -> bool:
 def _output_under_input(input_uri: str, output_uri: str,
                         storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str] | None:
     """(a listed path's normal form, the output's) when the output lies inside (or is) the input folder, else None."""
-    same = _same_storage_paths(input_uri, output_uri, storage_options)
+    same = same_storage_paths(input_uri, output_uri, storage_options)
     if same is None:
         return None
     normal, in_path, out_path = same

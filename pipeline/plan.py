@@ -14,7 +14,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.changes import ChangedInputs, InputRecord, find_changes, read_record, same_bytes, updated_record
+from pipeline.changes import (
+    DIFFERS,
+    EARLIER,
+    ChangedInputs,
+    InputRecord,
+    find_changes,
+    read_record,
+    same_bytes,
+    same_members,
+    updated_record,
+)
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
@@ -55,6 +65,7 @@ from pipeline.sources import (
     repeated_partition_key,
     rows_without_image,
 )
+from pipeline.sources.listing import InputNotFound
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
 
@@ -248,6 +259,9 @@ class JobPlan:
     # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
     input_record: InputRecord | None = None
+    # the containers whose `ledger` entry the planning made, having read them whole and found them as their rows were
+    # made (`changes.same_members`): a complete run records them, read or not
+    ledger_checked: frozenset[str] = frozenset()
     # every container the listing gave (less the output's own files): the ledger keeps no entry for one that went;
     # None: not known, every entry kept
     listed_containers: frozenset[str] | None = None
@@ -335,8 +349,14 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     partitions = _partition_keys(listed) if config.partitioning == "hive" else None
     inputs, excluded = _inputs_listed(listed, config)
     ledger = _read_ledger(inputs, out, so, output)
+    reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
+                   in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
+                   partitioning=config.partitioning)
+    read_whole: dict[str, ContainerRead] = {}  # containers the planning read whole and found as their rows were made
     changes, input_record = _changed_inputs(inputs, out, so, output, ledger, job_record, dry_run,
-                                            config.refresh_changed, settled_stamps)
+                                            config.refresh_changed, settled_stamps, reading, read_whole)
+    if read_whole:  # their ledger entries are of this version now: one whose ids are all done is not read again
+        ledger = ledger | read_whole
     refresh = None
     if changes.refreshed:  # --refresh-changed: their rows are not done (the units left are worked out after this)
         output = replace(output, skip=output.skip - changes.refreshed_rows())
@@ -354,7 +374,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
-                   changes=changes, input_record=input_record,
+                   changes=changes, input_record=input_record, ledger_checked=frozenset(read_whole),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=parquet_rows_without_image(
                        [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread], so,
@@ -363,6 +383,25 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
 
 # How many Parquet footers the dry run reads at once (`parquet_rows_without_image`), as the listing's HEAD requests.
 FOOTER_READS = 16
+
+
+def _retried_in_same(inputs: list[ReadUnit], members: dict[str, tuple[str, str]], retry: frozenset[str],
+                     record: InputRecord | None) -> dict[str, tuple[str, str]]:
+    """Of the containers `same_members` found as their rows were made (`members`: id -> the stamp the record takes;
+    one found other has `DIFFERS` in it), those holding ids `retry` reads again, each with the stamp recorded before
+    (EARLIER where only the ledger knew it)."""
+    if not retry or not members:
+        return {}
+    units = [u for u in inputs if u.kind != "files" and DIFFERS not in members.get(relative_id(u.paths[0], u.root),
+                                                                                    ("", DIFFERS))[1]]
+    recorded = record.stamps if record is not None else {}
+    held = container_ids(retry, units) if units else {}
+    earlier = {}
+    for unit in units:
+        if held.get(unit.paths[0]):
+            id_ = relative_id(unit.paths[0], unit.root)
+            earlier[id_] = recorded.get(id_, (unit.kind, EARLIER))
+    return earlier
 
 
 def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None) -> dict[str, int]:
@@ -423,11 +462,16 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
                     ledger: dict[str, ContainerRead], job_record: dict[str, Any],
                     dry_run: bool, refresh: bool = False,
-                    settled: dict[str, tuple[str, str]] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
+                    settled: dict[str, tuple[str, str]] | None = None,
+                    reading: dict[str, Any] | None = None,
+                    read_whole: dict[str, ContainerRead] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
     """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
     --refresh-changed, those changed are purified again instead), and the record of the inputs' stamps a run writes
     before it reads anything (None in a dry run, which writes nothing). `settled`: the stamps of inputs a stopped
-    --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`)."""
+    --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`). `reading`: the
+    run's options of `sources.read_unit`, with which a tar, Parquet or zip file whose stamp changed is read to compare
+    its members with its rows (`changes.same_members`); `read_whole` gets the ledger entry of each one read to its end and
+    found as its rows were made (`same_members`' `whole`)."""
     location = (job_record.get("input") or {}).get("location")
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
@@ -439,10 +483,22 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     checked, same = same_bytes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, out, so)
     if record is not None and checked:
         record = InputRecord(record.location, {**record.stamps, **checked})
+    # tar, Parquet and zip files whose stamp changed, read: those that give each member of a row as it was get their new
+    # stamp (one whose earlier stamp only the ledger knew too: the record starts with it), so are no change
+    members, same_containers = same_members(inputs, output.purified_ids, output.rejected_ids, output.retry, record,
+                                            ledger, out, so, reading, read_whole)
+    # One found as it was, but for its rejects --retry-rejects reads again (not compared: their rows are replaced),
+    # keeps its earlier stamp until this run ends complete, as one whose only rows are such rejects does
+    # (`ChangedInputs.pending`): a retry stopped before it read them leaves the container said changed, if they are.
+    earlier = _retried_in_same(inputs, members, output.retry, record)
+    if members:
+        record = InputRecord(record.location if record is not None else location,
+                             {**(record.stamps if record is not None else {}), **members})
     root = inputs[0].root if inputs else None
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, ledger, root,
                            refresh)
-    changes = replace(changes, same_bytes=same)
+    changes = replace(changes, same_bytes=same, same_members=same_containers, compared_files=len(checked),
+                      compared_containers=len(members), pending={**changes.pending, **earlier})
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 
@@ -591,7 +647,9 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped) -> list[ReadUnit]:
     try:
         return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
                             f"list {config.input}")
-    except FileNotFoundError as err:
+    except InputNotFound as err:  # its own message says it: not "input x not found: FileNotFoundError: input x ..."
+        raise JobError(str(err)) from err
+    except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
@@ -674,7 +732,8 @@ def _read_ledger(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _
 def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
                      ledger: dict[str, ContainerRead]) -> _ContainersLeft:
     """Containers (tar, Parquet, zip): each read task gets its own container's done ids (not the whole output's), and
-    one that an earlier complete run read whole (`ledger`) and that is unchanged since is not read at all."""
+    one that an earlier complete run read whole (`ledger`: the output's, with the entries of containers the planning
+    read whole and found as their rows were made: `same_members`) and that is unchanged since is not read at all."""
     skip, purified_ids, rejected_ids = output.skip, output.purified_ids, output.rejected_ids
     containers = [u for u in kept_units if u.kind != "files"]
     container_done = container_ids(skip, containers) if skip else {}

@@ -27,8 +27,10 @@ at any point leaves at worst the old and the new row of an id together with the 
 part file written again under its own name (a batch of the same ids: `stages.part_name`) would replace the old row
 in place, and a new row there could not be told from an old one: so a refresh run salts its part files' names
 (`Journal.salt`), and its new rows never land in a file named like an old one. Changed containers (tar shards,
-Parquet and zip files) are read whole again: every done row of one is refreshed (which member changed cannot be told);
-a member it no longer holds gives no new row, and its old row stays (ledger's `leftover`), as it would without
+Parquet and zip files with a member or row of their rows changed or gone: `changes.same_members`; one only grown,
+copied or repacked is not changed, and none of its rows is refreshed) are read whole again: every done row of one is
+refreshed (the planning stops reading it at the first member that differs, so which others did is not known); a
+member it no longer holds gives no new row, and its old row stays (ledger's `leftover`), as it would without
 --refresh-changed; a container that cannot be read to its end now keeps its old rows and its earlier stamp (still said
 changed: `job._record_inputs_read_again`).
 """

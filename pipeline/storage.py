@@ -425,7 +425,7 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
-def _has_rename(fs: Any) -> bool:
+def has_rename(fs: Any) -> bool:
     """Whether the file system moves a file by renaming it (local disks, HDFS) rather than by fsspec's generic
     copy + delete, which also expands glob characters: an output prefix 'run[1]' matched no file on S3."""
     from fsspec.spec import AbstractFileSystem
@@ -441,7 +441,7 @@ def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate
     repeated copy gives the same object), then `tmp` is deleted. Once `path` is in place the write has succeeded:
     a temporary file that cannot be deleted is left, with a warning, under its hidden name that readers skip; with
     `tolerate_leftover=False` that raises instead (a check before any work that the output allows deletes)."""
-    rename = _has_rename(fs)
+    rename = has_rename(fs)
 
     def move() -> None:
         try:
@@ -476,7 +476,7 @@ def temporary_name(path: str) -> str:
 def replace_file(fs: Any, path: str, data: bytes, what: str) -> None:
     """Write `data` to `path` so that a reader sees the old content or the new, never part of it: on a file system
     with a rename, a hidden temporary file renamed over `path`; on an object store one PUT, which is atomic."""
-    if not _has_rename(fs):
+    if not has_rename(fs):
         with_retries(lambda: fs.pipe_file(path, data), what)
         return
     tmp = temporary_name(path)

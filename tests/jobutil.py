@@ -7,6 +7,7 @@ import io
 import os
 import re
 import tarfile
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -55,6 +56,18 @@ def rewritten_in_place(path: Path, data: bytes) -> None:
     os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
 
+def no_ray_from_here_on(monkeypatch) -> None:
+    """From here on, a run that starts or joins Ray, places actors or builds the pipeline fails the test (a run with
+    nothing to read starts none of them)."""
+    import pipeline.job as job_module
+
+    def started(*args, **kwargs):
+        raise AssertionError("a run with nothing to read started Ray or its pipeline")
+
+    for name in ("init_ray", "default_actors_and_gpus", "build_pipeline"):
+        monkeypatch.setattr(job_module, name, started)
+
+
 def small_job_config(tmp_path: Path, model: str, **kw):
     """A JobConfig for a quick whole run: tmp_path/in -> tmp_path/out, the tiny model, 1 step, 32 px canvases."""
     from pipeline.config import JobConfig
@@ -91,6 +104,18 @@ def tar_bytes(members: dict[str, bytes], hard_links: dict[str, str] | None = Non
             link = tarfile.TarInfo(name)
             link.type, link.linkname = tarfile.LNKTYPE, target
             tar.addfile(link)
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive of `members` (name -> bytes; a name ending in '/' is a folder entry), in that order."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as archive:
+        for name, data in members.items():
+            if name.endswith("/"):
+                archive.mkdir(name.rstrip("/"))
+            else:
+                archive.writestr(name, data)
     return buf.getvalue()
 
 

@@ -200,6 +200,40 @@ def test_an_output_inside_another_outputs_data_or_rejects_folder_is_refused(tmp_
         assert plan_job(JobConfig(input=str(tmp_path / "in"), output=str(fine)), dry_run=True).output_state == "new"
 
 
+@pytest.mark.parametrize(("name", "said"), [
+    ("photoz", "does not exist"),
+    ("photos/*.png", "does not exist (wildcards are not expanded: give a folder, a prefix or one file)"),
+])
+def test_a_missing_input_is_said_once(tmp_path, capsys, name: str, said: str) -> None:
+    # it said "error: input X not found: FileNotFoundError: input X does not exist": the same fact twice, with a
+    # Python class name in between
+    missing = str(tmp_path / name)
+    assert main(["--input", missing, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert _errors(capsys) == [f"error: input {missing} {said}"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monkeypatch, side: str) -> None:
+    # it said only "NoCredentialsError: Unable to locate credentials", naming none of the ways to give them
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
+    where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
+    where[side] = f"s3://no-credentials-{side}/x/"
+    # nothing listens on port 9: botocore signs a request, and finds no credentials, before it connects
+    assert main(["--input", where["input"], "--output", where["output"], "--s3-endpoint", "http://127.0.0.1:9",
+                 "--dry-run"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "Unable to locate credentials" in err[0], err
+    assert err[0].endswith(cli.NO_CREDENTIALS_ADVICE) and "AWS_ACCESS_KEY_ID" in err[0] and "--anon" in err[0], err
+
+
 @pytest.mark.parametrize(("raised", "code", "line"), [
     (JobFailed("the run failed: boom"), 1, "error: the run failed: boom"),
     (JobInterrupted("stopped by SIGINT", signal.SIGINT), 130, "interrupted: stopped by SIGINT"),
@@ -259,8 +293,13 @@ def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     assert lines[-1].startswith("purified: 10/10 (100 %) in ") and lines[-1].endswith(", rejected 1"), lines
 
 
-def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch) -> None:
-    summary = {"status": "complete", "output_totals": {"purified": 256, "rejected": 3},
+@pytest.mark.parametrize(("rejected", "where"), [
+    (3, "; the purified images in data/, each reject with its reason in rejects/)"),
+    (0, "; the purified images in data/)"),  # no rejects/ folder to send anyone to
+])
+def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch, rejected: int, where: str) -> None:
+    # it named _summary.json only: where the images went, and why 3 inputs were rejected, was for the docs to tell
+    summary = {"status": "complete", "output_totals": {"purified": 256, "rejected": rejected},
                "model": {"note": "tiny", "canvas_size": 32},
                "this_run": {"read": 131, "purified": 128, "rejected": 3, "skipped_already_done": 128, "wall_s": 1.0,
                             "images_per_s": 131.0, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
@@ -268,8 +307,8 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch)
     assert main(["--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("read 131, purified 128, rejected 3, skipped (already done) 128")
-    assert out[-1] == f"output: {tmp_path / 'out'} holds 256 purified and 3 rejected in all (status complete; summary in " \
-                      "_summary.json)"
+    assert out[-1] == (f"output: {tmp_path / 'out'} holds 256 purified and {rejected} rejected in all (status complete; "
+                       f"summary in _summary.json{where}")
 
 
 @pytest.mark.parametrize(("again", "said"), [(0, False), (1, True)])

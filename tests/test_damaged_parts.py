@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.errors import JobError
 from pipeline.job import run_job
-from pipeline.output import _is_damage, deduplicate_output, output_ids
+from pipeline.output import deduplicate_output, is_damage, output_ids
 from pipeline.sources import reject_record
 from pipeline.stages import _rejects_table
 from tests.jobutil import image_bytes, small_job_config, tiny_model_file
@@ -71,12 +71,12 @@ def test_only_ten_files_are_listed_and_the_rest_counted(tmp_path) -> None:
 def test_errors_of_the_storage_are_not_taken_for_damage() -> None:
     # a denied or missing file, or a dropped connection, is the storage's: retried or reported as it is, never a
     # reason to tell the user to move the file away
-    assert not _is_damage(PermissionError(errno.EACCES, "denied"))
-    assert not _is_damage(FileNotFoundError(errno.ENOENT, "gone"))
-    assert not _is_damage(OSError(errno.EIO, "connection reset"))
-    assert not _is_damage(ConnectionResetError("reset"))
-    assert _is_damage(OSError("Couldn't deserialize thrift: TProtocolException: Invalid data"))
-    assert _is_damage(pa.ArrowInvalid("Parquet magic bytes not found in footer"))
+    assert not is_damage(PermissionError(errno.EACCES, "denied"))
+    assert not is_damage(FileNotFoundError(errno.ENOENT, "gone"))
+    assert not is_damage(OSError(errno.EIO, "connection reset"))
+    assert not is_damage(ConnectionResetError("reset"))
+    assert is_damage(OSError("Couldn't deserialize thrift: TProtocolException: Invalid data"))
+    assert is_damage(pa.ArrowInvalid("Parquet magic bytes not found in footer"))
 
 
 def test_the_end_of_run_check_names_a_part_file_damaged_during_the_run(tmp_path) -> None:

@@ -168,7 +168,7 @@ def test_a_dry_retry_of_a_complete_output_whose_input_folder_is_now_empty(tmp_pa
     assert plan.units == [] and plan.retry == {"b.png"}
     print_plan(plan.describe())
     printed = capsys.readouterr().out
-    assert "1 rejected inputs will be read again" in printed and "0 image files to read" in printed
+    assert "1 rejected input will be read again" in printed and "0 image files to read" in printed
 
 
 # --- the end-of-run check ---

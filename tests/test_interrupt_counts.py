@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -233,7 +234,7 @@ def test_ctrl_c_while_ray_starts_lets_it_finish_starting_then_interrupts_the_run
     def not_reached(config):
         raise AssertionError("the run went on after Ctrl-C")
 
-    monkeypatch.setattr(job, "plan_job", lambda config: None)
+    monkeypatch.setattr(job, "plan_job", lambda config: SimpleNamespace(units=["a unit"]))  # only work starts Ray
     monkeypatch.setattr(job, "init_ray", slow_ray_start)
     monkeypatch.setattr(job, "default_actors_and_gpus", not_reached)
     with pytest.raises(KeyboardInterrupt) as stopped:
@@ -264,7 +265,7 @@ def test_sigterm_while_ray_starts_is_held_as_ctrl_c_is_though_ray_init_sets_its_
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", ray_init_as_ray_does)
-    monkeypatch.setattr(job, "plan_job", lambda config: None)
+    monkeypatch.setattr(job, "plan_job", lambda config: SimpleNamespace(units=["a unit"]))  # only work starts Ray
     monkeypatch.setattr(job, "default_actors_and_gpus", not_reached)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = signal.getsignal(signal.SIGTERM)

@@ -246,7 +246,7 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
                            "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "4"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "1 image files to read (7 already done" in proc.stdout and "nothing was read" in proc.stdout
+    assert "1 image file to read (7 already done" in proc.stdout and "nothing was read" in proc.stdout
     from pipeline.cli import _human_bytes
 
     assert f"{_human_bytes((root / '6.png').stat().st_size)} to read" in proc.stdout

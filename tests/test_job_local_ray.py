@@ -30,3 +30,16 @@ def test_local_ray_does_not_join_a_head_found_on_this_machine() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     gcs = [line for line in done.stdout.splitlines() if line.startswith("gcs ")]
     assert gcs and not gcs[0].endswith(":9"), done.stdout
+
+
+def test_ray_data_does_not_tell_the_user_to_turn_its_progress_bars_back_on() -> None:
+    # The job turns Ray Data's bars off for its own; Ray then logged "Progress bars disabled. To enable, set
+    # `ray.data.DataContext.get_current().enable_progress_bars = True`." on every run's stderr: advice to edit a
+    # setting inside the job. In a fresh process, as the driver is: Ray says it once per process.
+    code = ("import logging; logging.basicConfig(); import ray.data; from pipeline.job import configure_ray_data; "
+            "from ray.data._internal.progress import get_progress_manager; configure_ray_data(); "
+            "print(type(get_progress_manager(ray.data.DataContext.get_current(), 'd', {}, False)).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "NoopExecutionProgressManager", done.stdout  # the bars are off: the case Ray warns of
+    assert "enable_progress_bars" not in done.stderr and "Progress bars disabled" not in done.stderr, done.stderr

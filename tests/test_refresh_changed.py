@@ -208,7 +208,7 @@ def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refresh
     assert cli.main(small_job_argv(tmp_path, model, "--refresh-changed", "--dry-run")) == 0
     out, err = capsys.readouterr()
     assert "would purify 1 changed input(s) again, replacing their 1 row(s) (e.g. 1.png)" in err
-    assert "changed under the same name" not in err and "1 image files to read" in out
+    assert "changed under the same name" not in err and "1 image file to read" in out
     assert not os.path.exists(journal_path(str(tmp_path / "out")))  # a dry run writes nothing
     assert json.loads((tmp_path / "out" / "_summary.json").read_text())["this_run"]["read"] == 2
     assert cli.main(small_job_argv(tmp_path, model, "--refresh-changed")) == 0

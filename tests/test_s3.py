@@ -181,7 +181,7 @@ def test_a_missing_output_bucket_stops_the_dry_run_and_client_kwargs_add_to_the_
             'client_kwargs={"region_name": "us-east-1"}', "--checkpoint", tiny_model_file(tmp_path), "--dry-run"]
     # the client_kwargs option adds the region to --s3-endpoint's endpoint: the dry run reaches moto and plans
     assert main([*base, "--output", "s3://zip-out/dry"]) == 0
-    assert "1 image files to read" in capsys.readouterr().out
+    assert "1 image file to read" in capsys.readouterr().out
     assert main([*base, "--output", "s3://no-such-bucket/out"]) == 2
     assert "the bucket of output s3://no-such-bucket/out (no-such-bucket) does not exist" in capsys.readouterr().err
 

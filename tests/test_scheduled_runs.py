@@ -6,16 +6,33 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import run_job
+from pipeline.job import NOTHING_TO_READ, run_job
+from pipeline.lease import LEASE_FILE
 from pipeline.ledger import ContainerRead, read_ledger, unchanged_and_done
-from pipeline.output import RUNS_DIR
+from pipeline.output import RUNS_DIR, SUMMARY_FILE
 from pipeline.sources import ReadUnit, ids_digest
-from tests.jobutil import image_bytes, png_inputs, small_job_config, tar_bytes
+from tests.jobutil import (
+    image_bytes,
+    no_ray_from_here_on,
+    png_inputs,
+    read_output,
+    run_stopped_at,
+    small_job_argv,
+    small_job_config,
+    tar_bytes,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _shard(n: int) -> bytes:
@@ -127,3 +144,106 @@ def test_a_run_killed_while_its_summary_is_written_leaves_the_history_whole(tmp_
     monkeypatch.setattr(output, "move_into_place", real)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"  # resumed
     assert [json.loads((out / RUNS_DIR / n).read_text())["status"] for n in _history(out)] == ["running", "complete"]
+
+
+# --- a run with nothing left to read: no Ray, no actors, no pipeline; the rest of a run all the same ---
+
+def _rows(out) -> dict[str, list[str]]:
+    """Each folder's ids with their source_sha256, sorted: what the output holds, to compare before and after a run."""
+    data, rejects = read_output(str(out))
+    return {name: sorted(zip(frame["id"], frame.get("source_sha256", frame["id"]), strict=True))
+            for name, frame in (("data", data), ("rejects", rejects))}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_complete_run_does(tmp_path, model,
+                                                                                             monkeypatch,
+                                                                                             capsys) -> None:
+    """An hourly --incremental run over an output that holds every input started Ray, its purifier actor (a model
+    load) and an empty pipeline, and showed 'purified: 0/0 (0 %)': about 15-40 s a run for nothing."""
+    png_inputs(tmp_path / "in", 3)
+    (tmp_path / "in" / "s.tar").write_bytes(_shard(2))
+    (tmp_path / "in" / "bad.png").write_bytes(b"not an image")
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    out = tmp_path / "out"
+    before = _rows(out)
+    no_ray_from_here_on(monkeypatch)
+    capsys.readouterr()
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, progress=True))
+    assert "purified" not in capsys.readouterr().err  # no progress bar, not even '0/0'
+    run = summary["this_run"]
+    assert summary["status"] == "complete"
+    assert (run["read"], run["skipped_already_done"], run["containers_skipped_unread"], run["files_written"]) == (
+        0, 6, 1, 0)
+    assert summary["output_totals"] == {"purified": 5, "rejected": 1, "before_this_run": {"purified": 5, "rejected": 1}}
+    assert summary["ray"] == {"actors": 0, "gpus_per_actor": None, "device": None, "torch_threads": None,
+                              "note": NOTHING_TO_READ}
+    assert _rows(out) == before
+    history = _history(out)
+    assert len(history) == 2
+    assert json.loads((out / SUMMARY_FILE).read_text()) == json.loads((out / RUNS_DIR / history[-1]).read_text())
+    assert json.loads((out / SUMMARY_FILE).read_text())["status"] == "complete"
+    assert not (out / LEASE_FILE).exists()  # held for the run, and released
+    assert [os.path.basename(p) for p in read_ledger(str(out), {})] == ["s.tar"]  # kept: the shard is still there
+    # --retry-rejects with nothing to retry (the reject's input is gone) is such a run too
+    (tmp_path / "in" / "bad.png").unlink()
+    retried = run_job(small_job_config(tmp_path, model, retry_rejects=True))
+    assert (retried["status"], retried["this_run"]["read"], retried["this_run"]["rejects_retried"]["earlier_rejects"],
+            retried["output_totals"]["rejected"]) == ("complete", 0, 1, 1)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_with_nothing_left_to_read_after_a_stopped_run_still_removes_its_duplicates(tmp_path, model,
+                                                                                          monkeypatch) -> None:
+    """A run stopped before its end-of-run check can leave an id twice (a batch's write retried after its first
+    attempt had landed); the next run's check removes it, also when that run has nothing left to read."""
+    png_inputs(tmp_path / "in", 3)
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
+    data = tmp_path / "out" / "data"
+    first = sorted(data.glob("part-*.parquet"))[0]
+    doubled = pq.read_metadata(first).num_rows
+    shutil.copy(first, data / "part-retried.parquet")  # the same batch, landed twice
+    no_ray_from_here_on(monkeypatch)
+    summary = run_job(small_job_config(tmp_path, model))  # the same command again: resumes
+    assert summary["status"] == "complete"
+    assert (summary["this_run"]["read"], summary["this_run"]["duplicates_removed"]) == (0, doubled)
+    ids = [id_ for id_, _ in _rows(tmp_path / "out")["data"]]
+    assert ids == ["000.png", "001.png", "002.png"]  # each once
+    assert summary["output_totals"]["purified"] == 3
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_overwrite_over_an_input_now_empty_clears_the_output_without_starting_ray(tmp_path, model, monkeypatch) -> None:
+    png_inputs(tmp_path / "in", 2)
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    for image in (tmp_path / "in").iterdir():
+        image.unlink()
+    no_ray_from_here_on(monkeypatch)
+    summary = run_job(small_job_config(tmp_path, model, overwrite=True))
+    assert (summary["status"], summary["this_run"]["read"], summary["output_totals"]["purified"]) == ("complete", 0, 0)
+    out = tmp_path / "out"
+    assert not (out / "data").exists() and len(_history(out)) == 1  # the earlier run's rows and history went
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_command_line_of_a_run_with_nothing_to_read_says_so_and_ends_without_ray(tmp_path, model) -> None:
+    """The scheduled command itself (jobs/purify.py, which ends through `exit_without_teardown` when no Ray was
+    started): status 0, everything it printed, and no Ray session made."""
+    png_inputs(tmp_path / "in", 3)
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths would live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
+    try:
+        done = subprocess.run([sys.executable, "jobs/purify.py", *small_job_argv(tmp_path, model, "--incremental")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        sessions = [p.name for p in Path(ray_tmp).rglob("session_*")]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sessions == []
+    *_, counts, last = done.stdout.splitlines()
+    assert re.fullmatch(r"read 0, purified 0, rejected 0, skipped \(already done\) 3 in [\d.]+ s \(nothing to purify: "
+                        r"no Ray was started\); model: user checkpoint", counts), counts
+    assert last == (f"output: {tmp_path / 'out'} holds 3 purified and 0 rejected in all (status complete; summary in "
+                    "_summary.json; the purified images in data/)")

@@ -13,25 +13,14 @@ from pipeline.ledger import container_ids
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
-from tests.jobutil import image_bytes, read_output
+from tests.jobutil import image_bytes, read_output, zip_bytes
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the archive fetched whole, or read through ranges of it
 
 
-def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as archive:
-        for name, data in members.items():
-            if name.endswith("/"):
-                archive.mkdir(name.rstrip("/"))
-            else:
-                archive.writestr(name, data)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
 def test_each_file_in_a_zip_is_an_input_with_its_folder_as_label(tmp_path, in_memory_bytes) -> None:
-    (tmp_path / "d.zip").write_bytes(_zip({
+    (tmp_path / "d.zip").write_bytes(zip_bytes({
         "cat/": b"", "cat/1.jpg": image_bytes(8, 8, 1, "JPEG"), "dog/2.png": image_bytes(8, 8, 2),
         "top.png": image_bytes(8, 8, 3), "notes.txt": b"not an image",  # read: the decoder makes it a reject
         "__MACOSX/cat/._1.jpg": b"resource fork", ".DS_Store": b"finder",  # hidden, as in a folder: skipped
@@ -49,8 +38,8 @@ def test_each_file_in_a_zip_is_an_input_with_its_folder_as_label(tmp_path, in_me
 
 
 def test_damaged_big_and_repeated_zip_members(tmp_path) -> None:
-    data = bytearray(_zip({"a.png": image_bytes(8, 8, 1), "b.png": image_bytes(8, 8, 2), "big.png": b"x" * 5000,
-                           "c.png": image_bytes(8, 8, 3)}, compression=zipfile.ZIP_STORED))
+    data = bytearray(zip_bytes({"a.png": image_bytes(8, 8, 1), "b.png": image_bytes(8, 8, 2), "big.png": b"x" * 5000,
+                                "c.png": image_bytes(8, 8, 3)}, compression=zipfile.ZIP_STORED))
     at = data.find(image_bytes(8, 8, 2)) + 40
     data[at] ^= 0xFF  # b.png's stored bytes: its CRC no longer matches
     buf = io.BytesIO(bytes(data))
@@ -75,7 +64,7 @@ def test_a_file_named_zip_that_is_not_one_is_one_reject(tmp_path) -> None:
 
 
 def test_done_zip_members_are_not_read(tmp_path, monkeypatch) -> None:
-    (tmp_path / "d.zip").write_bytes(_zip({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
+    (tmp_path / "d.zip").write_bytes(zip_bytes({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
     (unit,) = discover(str(tmp_path))
     read = []
     original = zipfile.ZipFile.read
@@ -100,8 +89,8 @@ def test_zip_member_ids_belong_to_their_archive_and_loose_files_under_it_are_ref
 def test_a_job_over_a_zip_and_an_incremental_run_that_skips_it_unread(tmp_path, model) -> None:
     root = tmp_path / "in"
     root.mkdir()
-    (root / "d.zip").write_bytes(_zip({"cat/1.png": image_bytes(16, 16, 1), "dog/2.png": image_bytes(16, 16, 2),
-                                       "bad.png": b"not a png"}))
+    (root / "d.zip").write_bytes(zip_bytes({"cat/1.png": image_bytes(16, 16, 1), "dog/2.png": image_bytes(16, 16, 2),
+                                            "bad.png": b"not a png"}))
     config = dict(input=str(root), output=str(tmp_path / "out"), checkpoint=model, steps=1, progress=False,
                   canvas_size=32, labels_from_folders=True)
     first = run_job(JobConfig(**config))["this_run"]

@@ -49,6 +49,10 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
     return with_protocol(fs, folder.rstrip("/"))
 
 
+class InputNotFound(FileNotFoundError):
+    """The input itself is not there: its message names it and says what to give instead (a wildcard)."""
+
+
 def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64,
              hidden: HiddenSkipped | None = None, exclude: Callable[[str], bool] | None = None) -> list[ReadUnit]:
     """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped (counted in
@@ -68,7 +72,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         fs.info(root)
     except FileNotFoundError:
         glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
-        raise FileNotFoundError(f"input {uri} does not exist{glob}") from None
+        raise InputNotFound(f"input {uri} does not exist{glob}") from None
     if not _web_index(fs, root) and fs.isfile(root):
         listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
     else:

@@ -1,0 +1,119 @@
+"""What the command-line tools share: argparse with a one-line error, the storage flags (--s3-endpoint, --anon,
+--storage-option) and how they fold into fsspec storage options, and the advice after an S3 error that found no
+credentials.
+
+Imports nothing heavy: `zip-purify-export` uses it without loading torch or Ray (`pipeline.cli` loads both)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import typing
+from typing import Any
+
+from pipeline.redaction import storage_item_shown, storage_value_shown
+from pipeline.storage import own_entry
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a short error: one `error:` line (with the nearest option for a misspelt one) and a pointer to
+    --help, instead of the full usage of some fifty options above it. `POSITIONAL_HINT`: what to say of a word given
+    where the tool takes none (its inputs are named options); `WORD_HINTS`: what to say of particular such words."""
+
+    POSITIONAL_HINT = "the options are named: see --help"
+    WORD_HINTS: typing.ClassVar[dict[str, str]] = {}
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            hints = []
+            words = message.partition(":")[2].split()
+            for before, arg in zip(["-"] + words, words, strict=False):
+                close = difflib.get_close_matches(arg.partition("=")[0], known, n=1, cutoff=0.6)
+                if arg.startswith("-") and close:
+                    hints.append(f"{arg}: did you mean {close[0]}?")
+                elif not arg.startswith("-") and not before.startswith("--"):  # not the value of an unknown flag
+                    hints.append(self.WORD_HINTS.get(arg, self.POSITIONAL_HINT))
+            if hints:
+                message += " (" + "; ".join(dict.fromkeys(hints)) + ")"
+        self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """How the tool reaches object storage: --s3-endpoint, --anon, --storage-option (see `storage_options`)."""
+    st = p.add_argument_group("storage")
+    st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
+    st.add_argument("--anon", action="store_true", default=None, help="anonymous S3 access")
+    st.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON; "
+                         "true/false, yes/no, on/off in any case are booleans)")
+
+
+class ConfigError(ValueError):
+    """A --config file or a command-line value that cannot make a JobConfig; the message names it."""
+
+
+_WORD_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str) -> dict[str, Any]:
+    """fsspec storage options from a mapping (`base`: a --config file's storage_options) and the storage flags'
+    values: --s3-endpoint, --anon, the --storage-option KEY=VALUE items. `where`: how to name their origin in an
+    error (' in job.yaml', or '' for the command line). Raises ConfigError for a malformed one."""
+    if not isinstance(base, dict):
+        raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {storage_value_shown(base)}")
+    so = dict(base)
+    if endpoint:
+        so["client_kwargs"] = {**(so.get("client_kwargs") or {}), "endpoint_url": endpoint}
+    if anon:
+        so["anon"] = True
+    for item in [items] if isinstance(items, str) else items or []:  # a file's storage_option: one KEY=VALUE
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key:
+            raise ConfigError(f"storage option{where} expects KEY=VALUE, got {storage_item_shown(item)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as err:
+            if raw.lstrip().startswith(("{", "[")):  # meant as a mapping or list: as text it failed late, in fsspec
+                raise ConfigError(f"storage option {key}{where}: its value is not valid JSON ({err.msg} at character "
+                                  f"{err.pos}); write a mapping as {key}='{{\"name\": \"value\"}}'") from None
+            # Python's or YAML's spelling of a boolean: as text, s3fs would read anon=False as true (a non-empty
+            # string) and sign nothing, dropping the credentials
+            value = _WORD_BOOLS.get(raw.lower(), raw)
+        # a mapping (client_kwargs={"region_name": ...}) adds to what --s3-endpoint or the file set, not replaces it
+        so[key] = {**so[key], **value} if isinstance(value, dict) and isinstance(so.get(key), dict) else value
+    # --s3-endpoint and --anon are S3's: they move into the S3 store's own entry when the options give it one
+    # (`pipeline.storage.scoped_options`: a store with an entry gets that entry alone), where its own values win
+    s3_scope = own_entry("s3://", so)
+    if s3_scope and (endpoint or anon):
+        own = dict(so[s3_scope])
+        shared_client = dict(so.get("client_kwargs") or {})
+        if endpoint and shared_client.get("endpoint_url") == endpoint:
+            own["client_kwargs"] = {"endpoint_url": shared_client.pop("endpoint_url"), **(own.get("client_kwargs") or {})}
+            if shared_client:
+                so["client_kwargs"] = shared_client
+            else:
+                so.pop("client_kwargs")
+        if anon and so.get("anon") is True:
+            own.setdefault("anon", so.pop("anon"))
+        so[s3_scope] = own
+    return so
+
+
+NO_CREDENTIALS_ADVICE = ("; the job reads S3 credentials where AWS's tools do (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                         "AWS_PROFILE, ~/.aws/credentials, an instance or pod role), or from --storage-option key=... "
+                         "--storage-option secret=...; --anon reads a public bucket")
+
+
+def credentials_advice(err: BaseException) -> str:
+    """Where credentials come from, after an error that S3 found none (botocore's NoCredentialsError, said only as
+    "Unable to locate credentials"), else nothing."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if type(cause).__name__ == "NoCredentialsError":
+            return NO_CREDENTIALS_ADVICE
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return ""

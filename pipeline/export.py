@@ -1,0 +1,902 @@
+"""The purified images of an output as image files: OUTPUT/data/'s rows written to a folder, one file per row, for tools
+that read files (torchvision's ImageFolder, a training script's glob).
+
+Where a row goes (`export_path`): DIR/<id>, the id's folders kept, its image extension replaced by the format's:
+`cats/a.jpg` -> `cats/a.png`. A container's members lie in a folder named after it: a tar shard's key
+`shard-0001.tar/000123` -> `shard-0001.tar/000123.png`, a zip member `a.zip/x/y.jpg` -> `a.zip/x/y.png`, a Parquet row
+`t.parquet#3` -> `t.parquet/3.png`. Names that would leave DIR or cannot be file names are escaped, never followed: a
+`..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, a backslash `%5C` (Windows' folder separator), and empty parts (a
+leading '/', '//') are dropped; a name over 255 bytes (more than a disk takes) keeps its start and extension around a
+digest of it (`_fit`). Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are
+one file on macOS and Windows disks, or only in Unicode normalization, one file on macOS) are told apart
+(`resolve_collisions`): an id whose name is already the export name keeps it, the others get their whole name before the
+extension (`a.jpg.png`), or failing that a digest of their id (`a.1a2b3c4d.png`); so does an id whose name is another's
+folder (`a.jpg`'s `a.png` beside `a.png/b.jpg`). The manifest says where each id went.
+
+Format: the stored PNG bytes as they are (lossless, nothing re-encoded), or with `image_format="input"` re-encoded to
+the id's own extension (`cats/a.jpg` stays `cats/a.jpg`; ids without one, tar keys and Parquet rows, take the input's
+format, the row's `original_format`): JPEG is lossy (`jpeg_quality`), GIF keeps 256 colours, PGM / PBM grey / 1-bit; PNG
+bytes are never re-encoded.
+
+Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
+folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
+of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
+stopped at any point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with
+their bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import posixpath
+import unicodedata
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.errors import JobError
+from pipeline.lease import lease_holder, lease_is_live, read_lease
+from pipeline.output import (
+    DRIVER_READS,
+    JOB_FILE,
+    SUMMARY_FILE,
+    DamagedPart,
+    is_damage,
+    list_parts,
+    read_ahead,
+    read_json,
+    same_storage_paths,
+)
+from pipeline.sources.ids import terminal_text
+from pipeline.sources.listing import PARQUET_SUFFIXES
+from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
+from pipeline.storage import (
+    TEMP_PREFIX,
+    WEB_PROTOCOLS,
+    describe,
+    discard,
+    has_rename,
+    make_parent_dirs,
+    move_into_place,
+    protocols,
+    storage_path,
+    with_protocol,
+    with_retries,
+    with_url_options,
+)
+
+IMAGE_FORMATS = ("png", "input")
+MANIFESTS = ("csv", "jsonl", "none")
+EXISTING = ("refuse", "overwrite", "resume")
+MANIFEST_NAME = "manifest"  # DIR/manifest.csv or DIR/manifest.jsonl: no id's export name ends in .csv or .jsonl
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# image extension (lower case) -> (PIL format, the mode it is saved from, save options); PNG is written as stored
+_ENCODINGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    ".jpg": ("JPEG", "RGB", {}), ".jpeg": ("JPEG", "RGB", {}), ".bmp": ("BMP", "RGB", {}),
+    ".tif": ("TIFF", "RGB", {}), ".tiff": ("TIFF", "RGB", {}), ".webp": ("WEBP", "RGB", {"lossless": True}),
+    ".gif": ("GIF", "P", {}), ".ppm": ("PPM", "RGB", {}), ".pgm": ("PPM", "L", {}), ".pbm": ("PPM", "1", {}),
+}
+IMAGE_EXTENSIONS = frozenset({".png", *_ENCODINGS})
+# the input's format (the row's original_format, PIL's name) -> the extension an id without one is given
+_FORMAT_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp",
+                      "GIF": ".gif", "PPM": ".ppm"}
+BATCH_ROWS = 8 * PAGE_ROWS  # rows read from a part file at once (the job writes pages of PAGE_ROWS rows)
+FAILURES_KEPT = 20  # failed rows named in the report (all are counted)
+NAME_MAX = 255  # bytes in a file or folder name on the usual disks (ext4, XFS, btrfs; APFS and NTFS count characters)
+
+
+class ExportError(JobError):
+    """An export that cannot start: a missing or unfinished output, a DIR that is not empty, a bad option. Nothing
+    was written."""
+
+
+# --- where each row goes ----------------------------------------------------------------------------------------
+
+
+def _escaped_part(part: str) -> str:
+    """One folder or file name of an id as a name that stays inside DIR."""
+    if part in (".", ".."):
+        return part.replace(".", "%2E")
+    return part.replace("\0", "%00").replace("\\", "%5C")  # a backslash separates folders on Windows
+
+
+def id_parts(id_: str) -> tuple[list[str], bool]:
+    """An id's folders and name as they lie under DIR, and whether any was escaped. A Parquet row's id
+    `t.parquet#3` is the folder `t.parquet` and the name `3`; a tar or zip member's is already such a path."""
+    head, sep, row = id_.rpartition("#")
+    if sep and row.isascii() and row.isdigit() and head.lower().endswith(PARQUET_SUFFIXES):
+        id_ = f"{head}/{row}"
+    raw = id_.split("/")
+    parts = [_escaped_part(p) for p in raw if p]
+    escaped = parts != raw
+    return parts or ["%2F"], escaped
+
+
+def export_path(id_: str, image_format: str = "png", original_format: str | None = None) -> tuple[str, bool]:
+    """(the path under DIR a row's image is first given, whether a part of its id was escaped). `image_format`
+    "png": the id's image extension replaced by .png (or .png added); "input": the id's own image extension kept,
+    or, for an id without one, the extension of `original_format` (the input's format; .png when unknown)."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    parts, escaped = id_parts(id_)
+    stem, ext = posixpath.splitext(parts[-1])
+    own = ext.lower() in IMAGE_EXTENSIONS and stem not in ("", ".")
+    if image_format == "png":
+        parts[-1] = (stem if own else parts[-1]) + ".png"
+    elif not own:
+        parts[-1] += _FORMAT_EXTENSIONS.get(str(original_format).upper(), ".png")
+    fitted = [_fit(part) for part in parts]
+    return "/".join(name for name, _ in fitted), escaped or any(cut for _, cut in fitted)
+
+
+def _fit(name: str) -> tuple[str, bool]:
+    """(`name` as a disk takes it, whether it was shortened): itself when it is at most NAME_MAX bytes, else its start,
+    a dot, the first 16 hex digits of its sha256 and its extension, NAME_MAX bytes in all."""
+    data = name.encode("utf-8", "surrogatepass")
+    if len(data) <= NAME_MAX:
+        return name, False
+    stem, ext = posixpath.splitext(name)
+    if len(ext.encode("utf-8", "surrogatepass")) > 16:  # no extension, a dot in a long name
+        stem, ext = name, ""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"{_cut(stem, NAME_MAX - 17 - len(ext.encode('utf-8', 'surrogatepass')))}.{digest}{ext}", True
+
+
+def _fallback_paths(id_: str, path: str) -> Iterator[str]:
+    """Other names for the image of `id_` when `path` is another id's too: its whole name before the extension
+    (a.jpg -> a.jpg.png) where that adds to it, then its stem with a short digest of the id, then with the whole
+    digest."""
+    folder, name = posixpath.split(path)
+    stem, ext = posixpath.splitext(name)
+    whole = id_parts(id_)[0][-1]
+    # a.jpg as a.jpg.png; not a.PNG as a.PNG.png, a.jpg as a.jpg.jpg, nor a tar key k as k.png, its first name
+    if not whole.lower().endswith(ext.lower()) and _fit(whole + ext)[0] != name:
+        yield posixpath.join(folder, _fit(whole + ext)[0])
+    digest = hashlib.sha256(id_.encode("utf-8", "surrogatepass")).hexdigest()
+    yield posixpath.join(folder, _fit(f"{stem}.{digest[:8]}{ext}")[0])
+    yield posixpath.join(folder, _fit(f"{stem}.{digest}{ext}")[0])
+
+
+def resolve_collisions(entries: Iterable[tuple[str, str]], taken: Callable[[str], bool] = lambda key: False,
+                       folders: Callable[[str], bool] = lambda key: False) -> dict[str, str]:
+    """New paths for ids whose export paths another id's equal, or are a folder of another id's path, ignoring case
+    and Unicode normalization (`_fold`): id -> path, for those that move.
+
+    `entries`: (id, path) of the ids that may share a path (an id given more than once, a repeated row, is one id).
+    Of ids sharing one, the id whose path is its own name (`a.png` exported as `a.png`, or `a.jpg` as `a.jpg` when
+    re-encoded to the input's format) keeps it when it is the only such id and the path is no folder (`folders`:
+    whether a path is, folded, a folder of a row's path: `a.png` when another id is `a.png/b.jpg`); every other one,
+    and an id alone on a path that is a folder, is given its first `_fallback_paths` name that no path in `entries`,
+    no other new path, no folder and no path `taken` (whether a path is, folded, the path of a row not in `entries`)
+    holds. The result depends on the set of ids, not on their order."""
+    groups: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for id_, path in entries:
+        groups[_fold(path)].add((id_, path))
+    moved: dict[str, str] = {}
+    given: set[str] = set()
+    for key in sorted(groups):
+        members = sorted(groups[key])
+        folder = folders(members[0][1])
+        if len({id_ for id_, _ in members}) < 2 and not folder:
+            continue
+        own = [id_ for id_, path in members if path == id_]
+        keeper = own[0] if len(own) == 1 and not folder else None
+        for id_, path in members:
+            if id_ == keeper or id_ in moved:
+                continue
+            candidates = list(_fallback_paths(id_, path))
+            chosen = next((c for c in candidates if _fold(c) not in groups and _fold(c) not in given
+                           and not taken(c) and not folders(c)), candidates[-1])
+            moved[id_] = chosen
+            given.add(_fold(chosen))
+    return moved
+
+
+def _fold(path: str) -> str:
+    """The form of a path two names share when they are one file on some disk: case folded (macOS and Windows
+    disks ignore case) and Unicode-normalized (macOS's compare 'é' and 'e' with a combining accent as one)."""
+    if path.isascii():
+        return path.lower()  # the same, sooner
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", path).casefold())
+
+
+def _key_hash(path: str) -> int:
+    """A 64-bit digest of a path's `_fold`ed form: what the first pass keeps of each row."""
+    data = _fold(path).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+# --- re-encoding -----------------------------------------------------------------------------------------------
+
+
+def encoded(png: bytes, path: str, jpeg_quality: int = 95) -> bytes:
+    """The file's bytes for an image stored as `png`, in the format `path`'s extension names: the PNG itself for
+    .png; else decoded and saved in that format (JPEG at `jpeg_quality`: lossy)."""
+    ext = posixpath.splitext(path)[1].lower()
+    if ext == ".png":
+        return png
+    from PIL import Image
+
+    fmt, mode, options = _ENCODINGS[ext]
+    if fmt == "JPEG":
+        options = {**options, "quality": jpeg_quality}
+    with Image.open(io.BytesIO(png)) as image:
+        image.load()
+        converted = image.convert(mode) if mode != "P" else image.convert("RGB").quantize(256)
+    buf = io.BytesIO()
+    converted.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+# --- the output and the folder ------------------------------------------------------------------------------------
+
+
+@dataclass
+class OutputState:
+    """What an output's records say when the export starts (or ends: `changed_since`)."""
+
+    status: str | None  # _summary.json's status: complete, running, interrupted, failed, inconsistent; None: none
+    started: Any
+    lease: str | None  # who holds a live lease, if anyone
+
+    def changed_since(self, before: OutputState) -> str | None:
+        """Why the output may have changed between `before` and now, or None."""
+        if self.lease and not before.lease:
+            return f"a run took the output's lease ({self.lease})"
+        if (self.status, self.started) != (before.status, before.started):
+            return f"its summary changed (status {before.status} -> {self.status})"
+        return None
+
+
+def output_state(output: str, storage_options: dict[str, Any]) -> OutputState:
+    summary = read_json(f"{output}/{SUMMARY_FILE}", storage_options) or {}
+    lease = read_lease(output, storage_options)
+    live = lease is not None and not lease.get("unreadable") and lease_is_live(lease)
+    return OutputState(summary.get("status"), summary.get("started"), lease_holder(lease) if live else None)
+
+
+def check_output(output: str, storage_options: dict[str, Any], force: bool = False) -> tuple[OutputState, str | None]:
+    """The output's state, and a warning when `force` lets an unfinished output through. Raises ExportError for a
+    missing output, one that is not zip-purify's, and (without `force`) one a run is writing or did not finish."""
+    fs, root = storage_path(output, storage_options)
+    if not with_retries(lambda: fs.exists(root), f"stat {output}"):
+        raise ExportError(f"output {output} does not exist")
+    if not with_retries(lambda: fs.isdir(root), f"stat {output}"):
+        raise ExportError(f"output {output} is a file; give the folder a zip-purify run wrote (it holds {JOB_FILE} "
+                          f"and {DATA_DIR}/)")
+    if not with_retries(lambda: fs.exists(f"{root}/{JOB_FILE}"), f"stat {output}/{JOB_FILE}"):
+        parent = posixpath.dirname(root.rstrip("/"))
+        if posixpath.basename(root.rstrip("/")) in (DATA_DIR, REJECTS_DIR) and fs.exists(f"{parent}/{JOB_FILE}"):
+            raise ExportError(f"{output} is the {posixpath.basename(root.rstrip('/'))}/ folder of an output: give the "
+                              f"output itself, {with_protocol(fs, parent)}")
+        raise ExportError(f"{output} is not a zip-purify output (it has no {JOB_FILE}); give the --output of a run")
+    state = output_state(output, storage_options)
+    problem = None
+    if state.lease:
+        problem = f"a run is writing it now ({state.lease})"
+    elif state.status != "complete":
+        said = {None: f"it has no {SUMMARY_FILE}: its run stopped before it began",
+                "running": "its run stopped without saying so (status running, no live lease)",
+                "interrupted": "its run was interrupted", "failed": "its run failed",
+                "inconsistent": "its run's counts do not add up (status inconsistent)"}
+        problem = said.get(state.status, f"status {state.status}")
+    if problem is None:
+        return state, None
+    if not force:
+        raise ExportError(f"output {output} is not complete: {problem}; finish it first (run the same zip-purify command "
+                          "again), or pass --force to export the rows it holds now")
+    return state, (f"warning: output {output} is not complete: {problem}; exporting the rows it holds now (--force): "
+                   "rows may be missing, or an id in data/ and rejects/ both")
+
+
+def check_destination(to: str, output: str, storage_options: dict[str, Any], existing: str) -> None:
+    """Refuse a DIR that is a file, the output or one of its data/ and rejects/ folders, or (with `existing`
+    "refuse") one that holds anything. Raises ExportError."""
+    if existing not in EXISTING:
+        raise ValueError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
+    same = same_storage_paths(to, output, storage_options)
+    if same is not None:
+        _, to_path, out_path = same
+        for folder in ("", DATA_DIR, REJECTS_DIR):
+            inside = posixpath.join(out_path, folder) if folder else out_path
+            if to_path == inside or (folder and to_path.startswith(inside.rstrip("/") + "/")):
+                raise ExportError(f"--to {to} is {'the output itself' if not folder else f'inside its {folder}/ folder'}"
+                                  f": readers of the output would take the image files for its rows; choose a "
+                                  "folder outside it")
+    fs, root = storage_path(to, storage_options)
+    if set(protocols(fs)) & WEB_PROTOCOLS:
+        raise ExportError(f"--to {to} is a web address; give a folder or URI of storage the export can write")
+    if not with_retries(lambda: fs.exists(root), f"stat {to}"):
+        bucket = root.strip("/").split("/", 1)[0]
+        if not has_rename(fs) and not root.startswith("/") and bucket and \
+                not with_retries(lambda: fs.exists(bucket), f"stat {bucket}"):
+            # an object store makes the prefix, not the bucket: every file's write would fail on its own
+            raise ExportError(f"the bucket of --to {to} ({bucket}) does not exist or cannot be seen with these "
+                              "credentials; create it or fix --to")
+        return
+    if not with_retries(lambda: fs.isdir(root), f"stat {to}"):
+        raise ExportError(f"--to {to} is a file; give a folder (it is made when missing)")
+    if existing == "refuse" and with_retries(lambda: fs.ls(root, detail=False), f"list {to}"):
+        raise ExportError(f"--to {to} is not empty; give an empty or new folder, --resume to finish an export into it "
+                          "(files already there with their bytes are kept), or --overwrite to write over the files of "
+                          "the same names (nothing else in it is touched)")
+
+
+# --- the first pass: names ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    path: str
+    rows: int
+    schema: pa.Schema
+    hashes: np.ndarray  # _key_hash of each row's first path
+
+
+@dataclass
+class NamePlan:
+    """Where each row goes: its first path (`export_path`) unless `moved` gives another; `repeated`: ids held by
+    more than one row (an unfinished output's), of which the first row is exported."""
+
+    image_format: str
+    moved: dict[str, str] = field(default_factory=dict)
+    repeated: set[str] = field(default_factory=set)
+    escaped: int = 0
+    folders: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # _key_hash of each folder, sorted
+
+    def path(self, id_: str, original_format: str | None) -> str:
+        return self.moved.get(id_) or export_path(id_, self.image_format, original_format)[0]
+
+    def is_folder(self, path: str) -> bool:
+        """Whether `path` (under DIR) is, ignoring case, a folder a row's file lies in (by its digest)."""
+        return _holds(self.folders, path)
+
+
+def _found(hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of `wanted` the sorted `hashes` hold (a mask of `wanted`), in memory of `wanted`'s size."""
+    at = np.searchsorted(hashes, wanted)
+    return (at < len(hashes)) & (hashes[np.minimum(at, len(hashes) - 1)] == wanted) if len(hashes) else at < 0
+
+
+def _holds(hashes: np.ndarray, key: str) -> bool:
+    """Whether the sorted `hashes` hold `key`'s _key_hash."""
+    h = np.uint64(_key_hash(key))
+    at = np.searchsorted(hashes, h)
+    return bool(at < len(hashes) and hashes[at] == h)
+
+
+def _read_columns(fs: Any, path: str, columns: list[str]) -> tuple[pa.Table, pa.Schema]:
+    """Some columns of one part file (those it has), and its schema; `DamagedPart` when its bytes cannot be read."""
+    def once() -> tuple[pa.Table, pa.Schema]:
+        with fs.open(path, "rb") as f:
+            try:
+                part = pq.ParquetFile(f, pre_buffer=DRIVER_READS["pre_buffer"])
+                have = [c for c in columns if c in part.schema_arrow.names]
+                return part.read(columns=have, use_threads=DRIVER_READS["use_threads"]), part.schema_arrow
+            except Exception as err:  # noqa: BLE001 - classified: the file's bytes, or the storage
+                if is_damage(err):
+                    raise DamagedPart(path, err) from err
+                raise
+
+    return with_retries(once, f"read the ids of {path}")
+
+
+def _first_paths(table: pa.Table, image_format: str) -> Iterator[tuple[str, str, bool]]:
+    """(id, first path, escaped) of each row of a table of ids (and original_format)."""
+    ids = table.column("id").to_pylist()
+    formats = (table.column("original_format").to_pylist() if "original_format" in table.column_names
+               else [None] * len(ids))
+    for id_, fmt in zip(ids, formats, strict=True):
+        yield (id_, *export_path(id_, image_format, fmt))
+
+
+class _HashSet:
+    """The distinct 64-bit digests of many small arrays, merged as they come (so that the arrays not yet merged are
+    never more than those merged): 8 bytes per distinct digest, twice that at most while merging."""
+
+    def __init__(self) -> None:
+        self.merged = np.zeros(0, np.uint64)
+        self.pending: list[np.ndarray] = []
+        self.pending_size = 0
+
+    def add(self, hashes: np.ndarray) -> None:
+        self.pending.append(hashes)
+        self.pending_size += len(hashes)
+        if self.pending_size > max(len(self.merged), 1 << 16):
+            self.sorted()
+
+    def sorted(self) -> np.ndarray:
+        if self.pending:
+            self.merged = np.unique(np.concatenate([self.merged, *self.pending]))
+            self.pending, self.pending_size = [], 0
+        return self.merged
+
+
+def _add_folders(path: str, folders: set[str]) -> None:
+    """Add the folders `path` lies in (`a/b/c.png`: `a/b` and `a`) to `folders`."""
+    folder = path.rpartition("/")[0]
+    while folder and folder not in folders:
+        folders.add(folder)
+        folder = folder.rpartition("/")[0]
+
+
+def plan_names(fs: Any, paths: list[str], image_format: str,
+               damaged: list[DamagedPart]) -> tuple[NamePlan, list[_Part]]:
+    """The first pass: every part file's ids (and original_format), read INDEX_READERS files at a time; returns
+    where each row goes and the readable part files (rows, schema). Unreadable part files are added to `damaged`."""
+    wanted = ["id", "original_format"] if image_format == "input" else ["id"]
+    plan = NamePlan(image_format)
+    parts: list[_Part] = []
+
+    def index(path: str) -> tuple[pa.Table, pa.Schema] | DamagedPart:
+        try:
+            return _read_columns(fs, path, wanted)
+        except DamagedPart as err:
+            return err
+
+    folder_hashes = _HashSet()
+    for path, found in read_ahead(index, paths):
+        if isinstance(found, DamagedPart):
+            damaged.append(found)
+            continue
+        table, schema = found
+        if "id" not in table.column_names:
+            damaged.append(DamagedPart(path, KeyError("no id column")))
+            continue
+        hashes, escaped = [], 0
+        folders: set[str] = set()
+        for _, first, was_escaped in _first_paths(table, image_format):
+            hashes.append(_key_hash(first))
+            escaped += was_escaped
+            _add_folders(first, folders)
+        plan.escaped += escaped
+        parts.append(_Part(path, table.num_rows, schema, np.array(hashes, dtype=np.uint64)))
+        folder_hashes.add(np.array([_key_hash(f) for f in folders], dtype=np.uint64))
+    every = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, np.uint64)
+    every.sort()  # in place: the rows' digests are held twice (in their parts and here), never three times
+    every_folder = plan.folders = folder_hashes.sorted()
+    # a path two rows share, or one that is a folder of another row's path (a.png and a.png/b.png: a file and a
+    # folder of one name, which a disk cannot hold, and a sync of an object store's keys to a disk fails on)
+    shared = np.union1d(every[1:][every[1:] == every[:-1]], every_folder[_found(every, every_folder)])
+    if not len(shared):
+        return plan, parts
+    # the second pass, over the part files holding such a path: those rows' ids, named
+    entries: list[tuple[str, str]] = []
+    counts: dict[str, int] = defaultdict(int)
+    shared_set = set(shared.tolist())
+    for part in parts:
+        if not np.isin(part.hashes, shared).any():
+            continue
+        table, _ = _read_columns(fs, part.path, wanted)
+        for (id_, first, _), h in zip(_first_paths(table, image_format), part.hashes.tolist(), strict=True):
+            if h in shared_set:
+                entries.append((id_, first))
+                counts[id_] += 1
+
+    # a folder is known by its digest alone (its name is not kept): a chance match of 64 bits (about 1 in 10^7 for
+    # 10^6 files and 10^6 folders) gives a file another name it did not need, the same one each time
+    plan.moved = resolve_collisions(entries, lambda key: _holds(every, key), plan.is_folder)
+    plan.repeated = {id_ for id_, n in counts.items() if n > 1}
+    return plan, parts
+
+
+# --- the manifest -------------------------------------------------------------------------------------------------
+
+
+def _holds_bytes(t: pa.DataType) -> bool:
+    """Whether a column of type `t` holds bytes (a pass-through image, a mask), in it or in a field of it."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or \
+            pa.types.is_binary_view(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_holds_bytes(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _holds_bytes(t.value_type)
+    return False
+
+
+def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(the manifest's columns, each (its name, the data/ column it holds; None for the exported file's path): id,
+    path, then every column of data/ but the image, in the order the part files give them; the columns left out:
+    those holding bytes, which a CSV or JSON line cannot). A column of data/ named `path` (an input's own) is
+    written `input_path` (`input_input_path` if that is taken too), as the job names an input's `id`."""
+    found: dict[str, None] = {}
+    left_out: dict[str, None] = {}
+    for schema in schemas:
+        for f in schema:
+            if f.name not in ("id", "image"):
+                (left_out if _holds_bytes(f.type) else found)[f.name] = None
+    columns: list[tuple[str, str | None]] = [("id", "id"), ("path", None)]
+    names = {"id", "path", *found}
+    for name in found:
+        shown = name
+        if name == "path":
+            while shown in names:
+                shown = "input_" + shown
+            names.add(shown)
+        columns.append((shown, name))
+    return columns, [n for n in left_out if n not in found]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'inf' (an image purification left unchanged), 'nan': JSON has no such numbers
+    return value
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(_json_value(value), ensure_ascii=False)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    return value
+
+
+class Manifest:
+    """DIR/manifest.csv or .jsonl, one line per exported image, written under a hidden temporary name and moved into
+    place once whole (so a manifest in DIR is always a finished export's)."""
+
+    def __init__(self, fs: Any, root: str, kind: str, columns: list[tuple[str, str | None]]) -> None:
+        self.fs, self.kind, self.columns = fs, kind, columns
+        self.path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
+        self.tmp = posixpath.join(root, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{MANIFEST_NAME}.{kind}.tmp")
+        make_parent_dirs(fs, root)
+        self.raw = fs.open(self.tmp, "wb")
+        self.text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")
+        self.csv = csv.writer(self.text) if kind == "csv" else None
+        self.error: Exception | None = None
+        if self.csv is not None:
+            self.csv.writerow([name for name, _ in columns])
+
+    def add(self, row: dict[str, Any], path: str) -> None:
+        """The line of one exported image: `row` (a row of data/), exported to `path` (relative to DIR). A write that
+        fails (a full disk) is kept for `finish` to raise: the images go on being exported."""
+        if self.error is not None:
+            return
+        values = [(name, path if column is None else row.get(column)) for name, column in self.columns]
+        try:
+            if self.csv is not None:
+                self.csv.writerow([_csv_value(value) for _, value in values])
+            else:
+                line = {name: _json_value(value) for name, value in values}
+                self.text.write(json.dumps(line, ensure_ascii=False) + "\n")
+        except Exception as err:  # noqa: BLE001 - said once the export ends
+            self.error = err
+
+    def finish(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.text.close()  # closes the file too: an object store's upload completes here
+        _put_in_place(self.fs, self.tmp, self.path, self.fs.size(self.tmp))
+
+    def abandon(self) -> None:
+        try:
+            self.text.close()
+        except Exception:  # noqa: BLE001 - cleaning up after another error
+            pass
+        discard(self.fs, self.tmp)
+
+
+# --- writing one file ---------------------------------------------------------------------------------------------
+
+
+def _cut(name: str, size: int) -> str:
+    """`name` cut to at most `size` bytes of UTF-8, at a character's end."""
+    return name.encode("utf-8", "surrogatepass")[:size].decode("utf-8", "ignore")
+
+
+def _put_in_place(fs: Any, tmp: str, path: str, size: int) -> None:
+    """Move the whole file `tmp` to `path`, never into a folder at `path` (fsspec's mv on a disk moves a file into
+    the folder it is given): IsADirectoryError there. On a disk os.replace, which is atomic and refuses a folder."""
+    if isinstance(fs, LocalFileSystem):
+        os.replace(tmp, path)
+        return
+    if has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}"):
+        raise IsADirectoryError(f"{path} is a folder")
+    move_into_place(fs, tmp, path, size, f"write {path}")
+
+
+def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
+    """Write `data` to `path` whole; False (nothing written) when `resume` and a file of those bytes is there (one of
+    that size is read back and compared: another export's image, or this output's before a run re-purified it, may
+    have the size, as BMP, PPM and TIFF images of one size always do). On a file system with a rename: a hidden
+    temporary name ending in .tmp (no image reader takes a leftover one for an image), renamed into place; on an
+    object store one PUT."""
+    if resume:
+        try:
+            if with_retries(lambda: fs.size(path), f"stat {path}") == len(data) and \
+                    with_retries(lambda: fs.cat_file(path), f"read {path}") == data:
+                return False
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+    folder, name = posixpath.split(path)
+    make_parent_dirs(fs, folder)
+    if not has_rename(fs):
+        with_retries(lambda: fs.pipe_file(path, data), f"write {path}")
+        return True
+    # the file's name in the temporary one (what a leftover is of), cut so that it is no longer than a name can be
+    prefix = f"{TEMP_PREFIX}{uuid.uuid4().hex}-"
+    tmp = posixpath.join(folder, f"{prefix}{_cut(name, NAME_MAX - len(prefix) - len('.tmp'))}.tmp")
+    local = isinstance(fs, LocalFileSystem)
+    try:
+        if local:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        else:
+            with_retries(lambda: fs.pipe_file(tmp, data), f"write {path}")
+        _put_in_place(fs, tmp, path, len(data))
+    except BaseException:
+        if local:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        else:
+            discard(fs, tmp)
+        raise
+    return True
+
+
+# --- the export ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportReport:
+    """What `export_images` did. `ok`: every row of data/ is in DIR (written now or already there)."""
+
+    output: str
+    to: str
+    rows: int = 0  # rows in the readable part files of data/
+    written: int = 0
+    present: int = 0  # already in DIR with their bytes (existing="resume")
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first FAILURES_KEPT
+    damaged: list[tuple[str, str, int]] = field(default_factory=list)  # (part file, reason, its rows not exported)
+    repeated: int = 0  # rows whose id an earlier row had (an unfinished output's): not exported twice
+    renamed: int = 0  # ids given another name than export_path's, as another id had theirs
+    escaped: int = 0  # ids with a part that could not be a name in DIR ('..', NUL), written escaped
+    rejects: int = 0  # rows in rejects/: inputs that were not purified, which are not exported
+    rejects_unreadable: int = 0  # rejects/ part files whose row count could not be read
+    manifest: str | None = None
+    manifest_left_out: list[str] = field(default_factory=list)
+    manifest_error: str | None = None  # why the manifest could not be written
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exported(self) -> int:
+        return self.written + self.present
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.damaged and self.manifest_error is None
+
+
+def _count_rows(fs: Any, paths: list[str]) -> tuple[int, int]:
+    """(rows in the readable part files of `paths`, by their footers; how many could not be read)."""
+    def rows(path: str) -> int | None:
+        try:
+            def once() -> int:
+                with fs.open(path, "rb") as f:
+                    return pq.ParquetFile(f).metadata.num_rows
+            return with_retries(once, f"read the footer of {path}")
+        except Exception as err:  # noqa: BLE001 - a reject file damaged or gone: counted apart
+            if is_damage(err) or isinstance(err, FileNotFoundError):
+                return None
+            raise
+
+    counts = [n for _, n in read_ahead(rows, paths)]
+    return sum(n for n in counts if n is not None), sum(n is None for n in counts)
+
+
+def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int) -> bool:
+    if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
+        raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
+    return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
+
+
+def export_images(output: str, to: str, *, storage_options: dict[str, Any] | None = None, image_format: str = "png",
+                  jpeg_quality: int = 95, manifest: str = "csv", existing: str = "refuse", force: bool = False,
+                  workers: int = 8, progress: Any = None,
+                  on_damaged: Callable[[str], None] | None = None) -> ExportReport:
+    """Write the purified images of `output` (a zip-purify output: a path or fsspec URI) as files under `to`.
+
+    See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
+    or "none"; one line per exported image: id, path (relative to `to`), then every column of data/ but the image
+    and columns of bytes. `existing`: what to do with a `to` that holds files: "refuse" (ExportError), "overwrite"
+    (files of the same names replaced, nothing else touched), "resume" (a file already there with the bytes it would
+    be written with is kept; one of that size is read back). `force`: export an output that is not complete (a run
+    stopped, or one writing it now). `workers`: files written at once. `progress`: a callable(total) -> bar with
+    update(n) and close() (see `pipeline.progress.progress_bar`), or None. `on_damaged(line)`: said of each part
+    file that cannot be read, as it is found. Raises ExportError before writing anything when the export cannot
+    start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is then False) and
+    the rest are exported."""
+    if image_format not in IMAGE_FORMATS:
+        raise ExportError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    if manifest not in MANIFESTS:
+        raise ExportError(f"manifest must be one of {', '.join(MANIFESTS)}, got {manifest!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ExportError(f"jpeg_quality must be from 1 to 100, got {jpeg_quality}")
+    if workers < 1:
+        raise ExportError(f"workers must be at least 1, got {workers}")
+    output, to = str(output).rstrip("/") or "/", str(to).rstrip("/") or "/"
+    so, problems = with_url_options({"--output": output, "--to": to}, dict(storage_options or {}))
+    if problems:
+        raise ExportError(problems[0])
+    state, warning = check_output(output, so, force)
+    check_destination(to, output, so, existing)
+    report = ExportReport(output, to, warnings=[warning] if warning else [])
+    in_fs, _ = storage_path(output, so)
+    out_fs, root = storage_path(to, so)
+
+    damaged: list[DamagedPart] = []
+    plan, parts = plan_names(in_fs, list_parts(output, DATA_DIR, so), image_format, damaged)
+    if manifest != "none" and plan.is_folder(f"{MANIFEST_NAME}.{manifest}"):
+        other = "jsonl" if manifest == "csv" else "csv"
+        raise ExportError(f"the images of some ids lie in a folder named {MANIFEST_NAME}.{manifest}/ (or that but for "
+                          f"case), where DIR/{MANIFEST_NAME}.{manifest} would be written: give --manifest {other} or "
+                          "--manifest none")
+    report.damaged = [(d.path, d.reason, -1) for d in damaged]  # rows unknown: the footer could not be read
+    for d in damaged:
+        if on_damaged is not None:
+            on_damaged(f"{d.path}: cannot be read ({d.reason}); its rows are not exported")
+    report.rows, report.escaped, report.renamed = sum(p.rows for p in parts), plan.escaped, len(plan.moved)
+    report.rejects, report.rejects_unreadable = _count_rows(in_fs, list_parts(output, REJECTS_DIR, so))
+    columns, report.manifest_left_out = manifest_columns(p.schema for p in parts)
+    if manifest == "none":
+        report.manifest_left_out = []
+    writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
+    bar = progress(report.rows) if progress is not None else None
+    seen_repeated: set[str] = set()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="export")
+    try:
+        for part in parts:
+            problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
+                                   jpeg_quality, seen_repeated, bar)
+            if problem is not None:
+                report.damaged.append(problem)
+                if on_damaged is not None:
+                    on_damaged(f"{problem[0]}: {problem[1]}; {problem[2]} of its rows not exported")
+        pool.shutdown()
+        if writer is not None:
+            try:
+                writer.finish()
+                report.manifest = with_protocol(out_fs, writer.path)
+            except Exception as err:  # noqa: BLE001 - the images are in place: the manifest's failure is said
+                writer.abandon()
+                writer = None
+                report.manifest_error = describe(err)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)  # a Ctrl-C: the writes under way end (each whole), the others are dropped
+        if bar is not None:
+            bar.close()
+    try:
+        changed = output_state(output, so).changed_since(state)
+    except Exception as err:  # noqa: BLE001 - the export is done; whether a run began meanwhile is not known
+        changed = f"its records could not be read again: {describe(err)}"
+    if changed:
+        report.warnings.append(f"warning: output {output} changed during the export ({changed}): export again with "
+                               "--resume once its run is complete")
+    return report
+
+
+def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
+                 pool: ThreadPoolExecutor, report: ExportReport, resume: bool, jpeg_quality: int,
+                 seen_repeated: set[str], bar: Any) -> tuple[str, str, int] | None:
+    """Export one part file's rows, a batch at a time; (part, reason, rows not exported) when it cannot be read
+    to its end (the rows before are exported)."""
+    done = 0
+    try:
+        data = with_retries(lambda: in_fs.cat_file(part.path), f"read {part.path}")
+        batches = pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS, use_threads=False)
+        while True:
+            try:
+                rows = next(batches).to_pylist()
+            except StopIteration:
+                return None
+            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated)
+            done += len(rows)
+            if bar is not None:
+                bar.update(len(rows))
+    except Exception as err:  # noqa: BLE001 - the part file cut short or gone: named, the others go on
+        if bar is not None:
+            bar.update(part.rows - done)
+        return part.path, f"cannot be read to its end ({describe(err)})", part.rows - done
+
+
+def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NamePlan, writer: Manifest | None,
+                 pool: ThreadPoolExecutor, report: ExportReport, resume: bool, jpeg_quality: int,
+                 seen_repeated: set[str]) -> None:
+    """Write a batch of rows' files, `pool`'s workers at once; count each, and add those in place to the manifest."""
+    jobs: list[tuple[dict[str, Any], str, Future[bool]]] = []
+    for row in rows:
+        id_ = row["id"]
+        if id_ in plan.repeated:
+            if id_ in seen_repeated:
+                report.repeated += 1
+                continue
+            seen_repeated.add(id_)
+        rel = plan.path(id_, row.get("original_format"))
+        image = row.get("image")
+        png = image.get("bytes") if isinstance(image, dict) else image
+        jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality)))
+    for row, rel, future in jobs:
+        try:
+            wrote = future.result()
+        except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
+            report.failed += 1
+            if len(report.failures) < FAILURES_KEPT:
+                report.failures.append((row["id"], describe(err)))
+            continue
+        report.written += wrote
+        report.present += not wrote
+        if writer is not None:
+            writer.add(row, rel)
+
+
+def report_lines(report: ExportReport) -> list[str]:
+    """What the command line says at the end: warnings, failed rows and damaged part files, then the counts."""
+    lines = list(report.warnings)
+    for id_, reason in report.failures:
+        lines.append(f"failed: {terminal_text(id_)}: {terminal_text(reason)}")
+    if report.failed > len(report.failures):
+        lines.append(f"failed: ... and {report.failed - len(report.failures)} more rows")
+    for path, reason, lost in report.damaged:
+        rows = "its rows" if lost < 0 else f"{lost} rows"
+        lines.append(f"damaged part file: {terminal_text(path)}: {terminal_text(reason)} ({rows} not exported)")
+    if report.manifest_error:
+        lines.append(f"error: the manifest could not be written ({terminal_text(report.manifest_error)}); the images "
+                     "are in place: run again with --resume to write it")
+    if report.manifest_left_out:
+        lines.append(f"note: column(s) {', '.join(map(terminal_text, report.manifest_left_out))} hold bytes (an image "
+                     "or mask copied unpurified from the input) and are not in the manifest; read them from data/")
+    if report.renamed:
+        lines.append(f"note: {report.renamed} image(s) were given another name, as another id's name was the same "
+                     "(but for case or Unicode normalization) or a folder's; the manifest says where each id went")
+    if report.escaped:
+        lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder and were "
+                     "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, an empty part or leading "
+                     "'/' left out, a name over 255 bytes shortened); the manifest says where each id went")
+    if report.repeated:
+        lines.append(f"note: {report.repeated} row(s) repeat an id of an earlier row (an unfinished output): "
+                     "exported once")
+    counts = f"{report.written} written" + (f", {report.present} already there" if report.present else "")
+    if report.failed:
+        counts += f", {report.failed} failed"
+    lost = sum(n for _, _, n in report.damaged if n > 0)
+    unknown = sum(n < 0 for _, _, n in report.damaged)
+    if report.damaged:
+        counts += f"; {len(report.damaged)} damaged part file(s) ({lost} rows" + \
+                  (f" and the rows of {unknown} file(s) whose footer is unreadable" if unknown else "") + " not exported)"
+    rejects = (f"{report.rejects} rejected input(s) are not exported: their ids and reasons are in "
+               f"{report.output}/{REJECTS_DIR}/" if report.rejects else "the output holds no rejects")
+    if report.rejects_unreadable:
+        rejects += f" ({report.rejects_unreadable} rejects part file(s) could not be read)"
+    where = f"; manifest {report.manifest}" if report.manifest else ""
+    images = report.rows - report.repeated  # an id's repeated row is not another image
+    lines.append(f"exported {report.exported} of {images} images to {report.to} ({counts}){where}; {rejects}")
+    return lines

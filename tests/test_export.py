@@ -1,0 +1,599 @@
+"""zip-purify-export: an output's purified images as image files, for tools that read files (ImageFolder, a glob).
+
+The outputs here are written by the job's own writer (`pipeline.stages.write_stage`, the job's schemas), with the
+records a run hands it, so no model runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.export import (
+    ExportError,
+    export_images,
+    export_path,
+    resolve_collisions,
+)
+from pipeline.export_cli import main
+from pipeline.lease import LEASE_FILE
+from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
+from pipeline.sources import reject_record
+from pipeline.stages import batch_of, write_stage
+from tests.jobutil import image_bytes
+from tests.s3util import moto_s3
+
+
+def image(id_: str, seed: int, original_format: str = "JPEG", **meta) -> dict:
+    """The record of one purified image as the job's writer gets it."""
+    png = image_bytes(6 + seed % 5, 7 + seed % 3, seed)
+    with Image.open(io.BytesIO(png)) as im:
+        width, height = im.size
+    return {"kind": "image", "id": id_, "source": f"/in/{id_}", "source_sha256": f"{seed:064x}", "png": png,
+            "width": width, "height": height, "meta": meta, "original_format": original_format,
+            "original_mode": "RGB", "original_frames": 1, "psnr_vs_input_db": 30.0 + seed,
+            "downscale_factor": 1.0}
+
+
+def make_output(out: str, records: list[dict], status: str | None = "complete", per_file: int = 512,
+                storage_options: dict | None = None) -> None:
+    """An output holding `records` (images and rejects), with its job record and a summary of `status`."""
+    so = storage_options or {}
+    for start in range(0, len(records), per_file):
+        write_stage(batch_of(records[start : start + per_file]), out, so, max_rows_per_file=per_file)
+    write_json(f"{out}/{JOB_FILE}", {"settings": {}}, so)
+    if status is not None:
+        write_json(f"{out}/{SUMMARY_FILE}", {"status": status, "started": 1.0}, so)
+
+
+def stored_images(out: Path) -> dict[str, bytes]:
+    """id -> the PNG bytes data/ holds."""
+    found = {}
+    for part in sorted((out / "data").glob("part-*.parquet")):
+        for row in pq.read_table(part, columns=["id", "image"]).to_pylist():
+            found[row["id"]] = row["image"]["bytes"]
+    return found
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def manifest_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "manifest.csv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+LAYOUT = {
+    "cats/a.jpg": "cats/a.png",
+    "cats/sub/b.PNG": "cats/sub/b.png",
+    "shard-0001.tar/000123": "shard-0001.tar/000123.png",
+    "shard-0001.tar/cat.0": "shard-0001.tar/cat.0.png",
+    "s.tar.gz/dir/k": "s.tar.gz/dir/k.png",
+    "a.zip/x/y.jpeg": "a.zip/x/y.png",
+    "t.parquet#3": "t.parquet/3.png",
+    "lake/p.PQ#12": "lake/p.PQ/12.png",
+    "odd#name.jpg": "odd#name.png",
+    "not-parquet.txt#4": "not-parquet.txt#4.png",
+    "noext": "noext.png",
+}
+
+
+def test_each_image_lands_at_its_id_with_the_stored_png_bytes_and_pixels(tmp_path: Path) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(LAYOUT)], per_file=4)
+    report = export_images(out, to)
+    assert report.ok and report.written == report.rows == len(LAYOUT)
+    assert files_under(to) == set(LAYOUT.values()) | {"manifest.csv"}
+    for id_, png in stored_images(out).items():
+        exported = (to / LAYOUT[id_]).read_bytes()
+        assert exported == png  # as stored: nothing re-encoded
+        assert np.array_equal(pixels(exported), pixels(png))
+
+
+def test_export_path_by_format() -> None:
+    assert export_path("cats/a.jpg") == ("cats/a.png", False)
+    assert export_path("cats/a.jpg", "input") == ("cats/a.jpg", False)
+    assert export_path("shard.tar/000123", "input", "JPEG") == ("shard.tar/000123.jpg", False)
+    assert export_path("t.parquet#3", "input", "WEBP") == ("t.parquet/3.webp", False)
+    assert export_path("shard.tar/k", "input", None) == ("shard.tar/k.png", False)  # format unknown: PNG as stored
+    assert export_path("x/.jpg") == ("x/.jpg.png", False)  # a name that is all extension keeps it
+
+
+@pytest.mark.parametrize("id_, expected", [
+    ("../evil.jpg", "%2E%2E/evil.png"),
+    ("a/../../b.jpg", "a/%2E%2E/%2E%2E/b.png"),
+    ("/etc/passwd.jpg", "etc/passwd.png"),
+    ("a//b/./c.jpg", "a/b/%2E/c.png"),
+    ("nul\0name.jpg", "nul%00name.png"),
+    ("..", "%2E%2E.png"),
+    ("/", "%2F.png"),
+    # a folder separator on Windows (and on a Windows share a Linux machine writes to): one name, never followed
+    ("a\\..\\..\\b.jpg", "a%5C..%5C..%5Cb.png"),
+    ("caf\\xe9.jpg", "caf%5Cxe9.png"),  # a name that is not UTF-8, as its id writes it
+])
+def test_an_id_that_would_leave_the_folder_is_escaped(id_: str, expected: str) -> None:
+    assert export_path(id_) == (expected, True)
+
+
+def test_unsafe_ids_are_written_inside_the_folder_and_nothing_outside(tmp_path: Path) -> None:
+    ids = ["../evil.jpg", "../../evil2.jpg", "/abs/x.jpg", "a/./b.jpg", "nul\0.jpg", "ok.jpg"]
+    out, to = tmp_path / "out", tmp_path / "box" / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    before = files_under(tmp_path)
+    report = export_images(out, to)
+    assert report.ok and report.written == len(ids) and report.escaped == 5
+    assert files_under(tmp_path) - before == {f"box/images/{p}" for p in files_under(to)}
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert rows["../evil.jpg"] == "%2E%2E/evil.png" and rows["/abs/x.jpg"] == "abs/x.png"
+    for id_, path in rows.items():
+        assert (to / path).resolve().is_relative_to(to.resolve()), id_
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+
+
+def test_ids_that_would_share_a_name_get_their_own_and_the_manifest_says_which(tmp_path: Path) -> None:
+    ids = ["cats/a.jpg", "cats/a.png", "cats/a.bmp", "dogs/B.jpg", "dogs/b.jpg", "x/y.png", "X/y.png"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)], per_file=3)
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == len(ids) and report.renamed == 6
+    assert rows["cats/a.png"] == "cats/a.png"  # its own name: kept
+    assert rows["cats/a.jpg"] == "cats/a.jpg.png" and rows["cats/a.bmp"] == "cats/a.bmp.png"
+    folded = [p.casefold() for p in rows.values()]
+    assert len(set(folded)) == len(ids)  # no two are one file on a disk that ignores case either
+    for id_, path in rows.items():
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+
+
+def test_the_names_given_depend_on_the_ids_not_their_order() -> None:
+    entries = [("a.jpg", "a.png"), ("a.png", "a.png"), ("A.gif", "A.png"), ("b/k", "b/k.png"), ("b/k.jpg", "b/k.png")]
+    first = resolve_collisions(entries)
+    for seed in range(5):
+        shuffled = entries[:]
+        random.Random(seed).shuffle(shuffled)
+        assert resolve_collisions(shuffled) == first
+    assert "a.png" not in first and len({p.casefold() for p in first.values()} | {"a.png"}) == 5
+    # a new name is never one another row holds already
+    assert resolve_collisions([("a.jpg", "a.png"), ("a.gif", "a.png")], taken=lambda key: key == "a.jpg.png")[
+        "a.jpg"] != "a.jpg.png"
+
+
+def test_the_manifest_holds_each_rows_columns_and_says_what_it_leaves_out(tmp_path: Path) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [
+        image("s.tar/0001", 1, label=3, txt="a cat, on a mat", seg_png=image_bytes(4, 4, 9)),
+        image("s.tar/0002", 2, label=5, txt='say "hi"\nnext line', seg_png=image_bytes(4, 4, 8)),
+        reject_record("bad.jpg", "/in/bad.jpg", "not an image", "decode"),
+    ])
+    report = export_images(out, to)
+    assert report.manifest_left_out == ["seg_png"] and report.rejects == 1
+    rows = {row["id"]: row for row in manifest_rows(to)}
+    assert set(rows) == {"s.tar/0001", "s.tar/0002"}  # rejects are not exported
+    one = rows["s.tar/0001"]
+    assert one["path"] == "s.tar/0001.png" and one["label"] == "3" and one["txt"] == "a cat, on a mat"
+    assert one["source_sha256"] == f"{1:064x}" and one["source"] == "/in/s.tar/0001"
+    assert rows["s.tar/0002"]["txt"] == 'say "hi"\nnext line'
+    assert "seg_png" not in one and "image" not in one
+    jsonl = tmp_path / "jsonl"
+    export_images(out, jsonl, manifest="jsonl")
+    lines = [json.loads(line) for line in (jsonl / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {line["id"]: line["label"] for line in lines} == {"s.tar/0001": 3, "s.tar/0002": 5}
+
+
+def test_an_inputs_own_path_column_is_kept_in_the_manifest_beside_the_files_path(tmp_path: Path) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1, path="original/place.jpg")])
+    export_images(out, to)
+    (row,) = manifest_rows(to)
+    assert row["path"] == "a.png" and row["input_path"] == "original/place.jpg"
+
+
+def test_reencoding_to_the_ids_own_format(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    make_output(str(out), [image("cats/a.jpg", 1), image("cats/b.png", 2, "PNG"), image("s.tar/k", 3, "JPEG"),
+                           image("t.parquet#0", 4, "BMP"), image("g/c.webp", 5, "WEBP")])
+    stored = stored_images(out)
+    fine, coarse = tmp_path / "q95", tmp_path / "q20"
+    report = export_images(out, fine, image_format="input", jpeg_quality=95)
+    export_images(out, coarse, image_format="input", jpeg_quality=20)
+    assert report.ok and files_under(fine) == {"cats/a.jpg", "cats/b.png", "s.tar/k.jpg", "t.parquet/0.bmp",
+                                               "g/c.webp", "manifest.csv"}
+    with Image.open(fine / "cats/a.jpg") as im:
+        assert im.format == "JPEG"
+    assert (fine / "cats/b.png").read_bytes() == stored["cats/b.png"]  # PNG stays as stored
+    for id_, path in (("t.parquet#0", "t.parquet/0.bmp"), ("g/c.webp", "g/c.webp")):  # lossless formats
+        assert np.array_equal(pixels((fine / path).read_bytes()), pixels(stored[id_]))
+    # JPEG is lossy, and the quality is the one asked for
+    error = {q: np.abs(pixels((folder / "cats/a.jpg").read_bytes()).astype(int) - pixels(stored["cats/a.jpg"])).mean()
+             for q, folder in ((95, fine), (20, coarse))}
+    assert 0 < error[95] < error[20]
+
+
+def test_resume_keeps_whole_files_and_writes_the_missing_and_the_cut_short(tmp_path: Path) -> None:
+    ids = [f"c/{i}.jpg" for i in range(6)]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    export_images(out, to)
+    (to / "c/0.png").unlink()
+    cut = (to / "c/1.png").read_bytes()
+    (to / "c/1.png").write_bytes(cut[: len(cut) // 2])
+    kept = (to / "c/2.png").stat().st_mtime_ns
+    (to / "manifest.csv").unlink()
+    report = export_images(out, to, existing="resume")
+    assert report.ok and (report.written, report.present) == (2, 4)
+    assert (to / "c/1.png").read_bytes() == cut and (to / "c/0.png").exists()
+    assert (to / "c/2.png").stat().st_mtime_ns == kept
+    assert len(manifest_rows(to)) == 6  # the manifest lists every image, those kept too
+
+
+def test_a_folder_that_is_not_empty_is_refused_unless_overwrite(tmp_path: Path, capsys) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1), image("b.jpg", 2)])
+    to.mkdir()
+    (to / "a.png").write_bytes(b"old")
+    (to / "mine.txt").write_text("keep me")
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --to") and "not empty" in err and "--overwrite" in err and "\n" not in err
+    assert files_under(to) == {"a.png", "mine.txt"} and (to / "a.png").read_bytes() == b"old"
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--overwrite"]) == 0
+    assert (to / "a.png").read_bytes() == stored_images(out)["a.jpg"] and (to / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("status", [None, "running", "interrupted", "failed", "inconsistent"])
+def test_an_unfinished_output_is_refused_unless_forced(tmp_path: Path, capsys, status: str | None) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1)], status=status)
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: output {out} is not complete") and "--force" in err and "\n" not in err
+    assert not to.exists()
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: output" in captured.err and "exported 1 of 1 images" in captured.out
+    assert files_under(to) == {"a.png", "manifest.csv"}
+
+
+def test_an_output_a_run_is_writing_is_refused(tmp_path: Path) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1)])  # complete, but a run (of --incremental) has the lease now
+    lease = {"run_id": "r1", "host": "elsewhere", "pid": 1, "started": time.time(), "heartbeat": time.time()}
+    (out / LEASE_FILE).write_text(json.dumps(lease))
+    with pytest.raises(ExportError, match="a run is writing it now .*run r1 on host elsewhere"):
+        export_images(out, to)
+    assert not to.exists()
+
+
+def test_a_damaged_part_file_is_named_and_the_others_are_exported(tmp_path: Path, capsys) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(9)], per_file=3)
+    parts = sorted((out / "data").glob("part-*.parquet"))
+    cut_short = parts[0].read_bytes()
+    parts[0].write_bytes(cut_short[:-20])  # no footer: found while the names are read
+    # the second's image column overwritten in its middle: its footer and ids read, its images do not
+    data = bytearray(parts[1].read_bytes())
+    column = pq.ParquetFile(parts[1]).metadata.row_group(0).column(1)
+    start = column.data_page_offset + column.total_compressed_size // 3
+    data[start : start + 200] = os.urandom(200)
+    parts[1].write_bytes(bytes(data))
+    intact = {row["id"] for row in pq.read_table(parts[2], columns=["id"]).to_pylist()}
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert f"{parts[0]}: cannot be read" in captured.err and f"{parts[1]}: cannot be read to its end" in captured.err
+    assert "2 damaged part file(s)" in captured.out
+    assert {row["id"] for row in manifest_rows(to)} == intact
+    assert files_under(to) == {f"{id_[:-4]}.png" for id_ in intact} | {"manifest.csv"}
+
+
+def test_a_row_that_cannot_be_written_is_named_and_the_rest_are_exported(tmp_path: Path, capsys) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1), image("b.jpg", 2)])
+    (to / "a.png").mkdir(parents=True)  # a folder where a's file goes
+    (to / "a.png" / "x").write_text("")
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert "failed: a.jpg: " in captured.err and "(1 written, 1 failed)" in captured.out
+    assert (to / "b.png").read_bytes() == stored_images(out)["b.jpg"]
+    assert [row["id"] for row in manifest_rows(to)] == ["b.jpg"]  # the manifest lists only files that are there
+
+
+def test_an_id_held_twice_in_an_unfinished_output_is_exported_once(tmp_path: Path) -> None:
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1), image("b.jpg", 2)], status="interrupted", per_file=1)
+    write_stage(batch_of([image("a.jpg", 1)]), str(out), {}, name_salt="again")  # a retried batch's second copy
+    report = export_images(out, to, force=True)
+    assert report.ok and report.rows == 3 and report.written == 2 and report.repeated == 1
+    assert [row["id"] for row in manifest_rows(to)].count("a.jpg") == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "no job record", "its data folder", "to inside data",
+                                  "to is the output", "to is a file", "to is a web address"])
+def test_what_cannot_be_exported_is_one_line_and_status_2(tmp_path: Path, capsys, case: str) -> None:
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.parquet").write_bytes(b"")
+    (tmp_path / "file").write_text("")
+    given, to, said = {
+        "missing": (tmp_path / "nope", tmp_path / "to", "does not exist"),
+        "a file": (tmp_path / "file", tmp_path / "to", "is a file"),
+        "no job record": (other, tmp_path / "to", "is not a zip-purify output"),
+        "its data folder": (out / "data", tmp_path / "to", f"give the output itself, {out}"),
+        "to inside data": (out, out / "data" / "images", "inside its data/ folder"),
+        "to is the output": (out, out, "is the output itself"),
+        "to is a file": (out, tmp_path / "file", "is a file"),
+        "to is a web address": (out, "https://example.com/images/", "is a web address"),
+    }[case]
+    assert main(["--output", str(given), "--to", str(to), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and said in err and err.count("\n") == 1
+    assert not (tmp_path / "to").exists() and not (out / "data" / "images").exists()
+
+
+def test_an_argument_given_without_its_flag_is_named(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["out", "images"])
+    assert stop.value.code == 2 and "--output OUT --to DIR" in capsys.readouterr().err
+
+
+def test_s3_to_s3_with_the_jobs_storage_flags(tmp_path: Path, capsys) -> None:
+    with moto_s3("clean", "files") as (client, so):
+        make_output("s3://clean/out", [image("cats/a.jpg", 1), image("s.tar/k", 2),
+                                       reject_record("bad.jpg", "/in/bad.jpg", "not an image", "decode")],
+                    storage_options=so)
+        flags = ["--s3-endpoint", so["client_kwargs"]["endpoint_url"], "--storage-option", f"key={so['key']}",
+                 "--storage-option", f"secret={so['secret']}", "--storage-option", "client_kwargs={\"region_name\": "
+                 "\"us-east-1\"}", "--no-progress"]
+        assert main(["--output", "s3://clean/out/", "--to", "s3://files/images/", *flags]) == 0
+        assert "1 rejected input(s) are not exported" in capsys.readouterr().out
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="files")["Contents"]}
+        assert keys == {"images/cats/a.png", "images/s.tar/k.png", "images/manifest.csv"}
+        local = tmp_path / "local"
+        make_output(str(local), [image("cats/a.jpg", 1), image("s.tar/k", 2)])
+        for key, id_ in (("images/cats/a.png", "cats/a.jpg"), ("images/s.tar/k.png", "s.tar/k")):
+            assert client.get_object(Bucket="files", Key=key)["Body"].read() == stored_images(local)[id_]
+        # refused when not empty, resumed with nothing to write
+        assert main(["--output", "s3://clean/out", "--to", "s3://files/images", *flags]) == 2
+        assert "not empty" in capsys.readouterr().err
+        report = export_images("s3://clean/out", "s3://files/images", storage_options=so, existing="resume")
+        assert report.ok and (report.written, report.present) == (0, 2)
+        # a misspelt bucket stops the export before any file, rather than failing every file's write
+        assert main(["--output", "s3://clean/out", "--to", "s3://flies/images", *flags]) == 2
+        assert "the bucket of --to s3://flies/images (flies) does not exist" in capsys.readouterr().err
+
+
+def test_progress_counts_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(5)], per_file=2)
+    bars = []
+
+    class Bar:
+        def __init__(self, total: int) -> None:
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def close(self) -> None:
+            self.closed = True
+
+    export_images(out, tmp_path / "images", progress=Bar)
+    assert [(b.total, b.n, b.closed) for b in bars] == [(5, 5, True)]
+
+
+def test_the_export_tool_loads_neither_torch_nor_ray() -> None:
+    code = ("import sys; import pipeline.export_cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_zip_purify_points_export_at_its_tool(capsys) -> None:
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["export", "--output", "out"])
+    assert stop.value.code == 2 and "zip-purify-export --output OUT --to DIR" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_whole_files_and_no_manifest_and_resume_finishes(tmp_path: Path, capsys, monkeypatch) -> None:
+    import pipeline.export as export
+
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(6)], per_file=2)
+    original, calls = export._export_one, []
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(export, "_export_one", interrupted)
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--workers", "1"]) == 130
+    assert "--resume" in capsys.readouterr().err
+    written = files_under(to)
+    assert written and len(written) < 6 and all(name.endswith(".png") for name in written)  # no manifest, no temporary
+    for name in written:
+        assert (to / name).read_bytes() == stored_images(out)[name[:-4] + ".jpg"]
+    monkeypatch.setattr(export, "_export_one", original)
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--resume"]) == 0
+    assert len(manifest_rows(to)) == 6 and len(files_under(to)) == 7
+
+
+def test_a_manifest_that_cannot_be_written_is_said_and_the_images_are_exported(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    import pipeline.export as export
+
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(4)])
+
+    def full_disk(value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_csv_value", full_disk)
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "the manifest could not be written (OSError: [Errno 28] No space left on device)" in captured.err
+    assert files_under(to) == {f"{i}.png" for i in range(4)}  # the images; no manifest, no temporary left
+
+
+def test_an_image_whose_name_is_another_ids_folder_gets_its_own(tmp_path: Path) -> None:
+    # a.jpg's file (a.png) is the folder of a.png/b.jpg's, and B.jpg's is b.png/x.jpg's but for case: on a disk one
+    # could not be written (which one depended on the workers' order); on an object store a sync to a disk fails
+    ids = ["a.jpg", "a.png/b.jpg", "B.jpg", "b.png/x.jpg", "c/d.jpg", "c.jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)], per_file=2)
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == len(ids) and report.renamed == 2
+    assert rows == {"a.jpg": "a.jpg.png", "a.png/b.jpg": "a.png/b.png", "B.jpg": "B.jpg.png", "b.png/x.jpg": "b.png/x.png",
+                    "c/d.jpg": "c/d.png", "c.jpg": "c.png"}
+    for id_, path in rows.items():
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+    assert resolve_collisions([("x.jpg", "x.png")], folders=lambda key: key == "x.png") == {"x.jpg": "x.jpg.png"}
+
+
+def test_a_manifest_never_lands_inside_a_folder_of_its_name(tmp_path: Path, capsys) -> None:
+    # it was moved into the folder under its hidden temporary name, and the last line named DIR/manifest.csv
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("Manifest.csv/b.jpg", 1), image("c.jpg", 2)])
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "folder named manifest.csv/ (or that but for case)" in err and "--manifest jsonl" in err
+    assert err.count("\n") == 1 and not to.exists()
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--manifest", "jsonl"]) == 0
+    assert files_under(to) == {"Manifest.csv/b.png", "c.png", "manifest.jsonl"}
+    capsys.readouterr()
+    # a folder of that name put in DIR by another hand: the manifest is not written, and the last lines say so
+    other = tmp_path / "other"
+    (other / "manifest.csv").mkdir(parents=True)
+    (other / "manifest.csv" / "mine.txt").write_text("")
+    make_output(str(tmp_path / "out2"), [image("c.jpg", 2)])
+    assert main(["--output", str(tmp_path / "out2"), "--to", str(other), "--no-progress", "--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert "the manifest could not be written" in captured.err and "manifest " not in captured.out
+    assert files_under(other) == {"c.png", "manifest.csv/mine.txt"}
+
+
+def test_a_name_that_fits_the_file_system_is_written_whatever_the_temporary_names_length(tmp_path: Path) -> None:
+    # 230 bytes fit a disk's 255 per name; the hidden temporary name beside it was 42 bytes longer and failed
+    ids = ["x" * 226 + ".jpg", "d/" + "é" * 113 + ".jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    report = export_images(out, to)
+    assert report.ok and report.written == 2 and report.escaped == 0
+    assert (to / ("x" * 226 + ".png")).read_bytes() == stored_images(out)[ids[0]]
+    assert (to / "d" / ("é" * 113 + ".png")).read_bytes() == stored_images(out)[ids[1]]
+
+
+def test_a_name_longer_than_a_disk_allows_is_shortened_and_told_apart(tmp_path: Path) -> None:
+    # names over 255 bytes could not be written on a disk: every such row failed, and failed again on --resume
+    long_ids = ["y" * 300 + ".jpg", "y" * 300 + "z.jpg", "é" * 200 + ".jpg", "z" * 300 + "/a.jpg", "z" * 300 + "/b.jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate([*long_ids, "ok.jpg"])])
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == 6 and report.escaped == 5 and rows["ok.jpg"] == "ok.png"
+    assert len(set(rows.values())) == 6 and rows[long_ids[3]].rsplit("/")[0] == rows[long_ids[4]].rsplit("/")[0]
+    for id_, path in rows.items():
+        assert all(len(name.encode()) <= 255 for name in path.split("/")) and path.endswith(".png")
+        assert path.startswith(id_[:100]) or id_ == "ok.jpg"  # the start of the name is kept
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+    name, escaped = export_path("y" * 300 + ".jpg")
+    assert escaped and len(name.encode()) == 255 and export_path("y" * 300 + ".jpg") == (name, True)
+
+
+def test_resume_writes_over_a_file_of_the_same_size_but_other_bytes(tmp_path: Path) -> None:
+    # another export's image at the same size (BMP, PPM and TIFF of one size always are; the output re-purified since):
+    # it was kept and counted "already there", exit status 0
+    ids = [f"c/{i}.bmp" for i in range(3)]
+    out, old, to = tmp_path / "out", tmp_path / "old", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    make_output(str(old), [image(id_, i + 15) for i, id_ in enumerate(ids)])  # same sizes, other pixels
+    export_images(old, to, image_format="input")
+    assert export_images(out, to, image_format="input", existing="overwrite").written == 3
+    expected = {p: (to / p).read_bytes() for p in ("c/0.bmp", "c/1.bmp", "c/2.bmp")}
+    export_images(old, to, image_format="input", existing="overwrite")
+    assert all(len((to / p).read_bytes()) == len(data) for p, data in expected.items())
+    report = export_images(out, to, image_format="input", existing="resume")
+    assert report.ok and (report.written, report.present) == (3, 0)
+    assert {p: (to / p).read_bytes() for p in expected} == expected
+    again = export_images(out, to, image_format="input", existing="resume")
+    assert (again.written, again.present) == (0, 3)
+
+
+def test_names_one_only_by_unicode_normalization_get_their_own(tmp_path: Path) -> None:
+    # café written precomposed (NFC) and with a combining accent (NFD): two files on Linux, one on macOS's disks
+    # (APFS and HFS+ compare names normalized), where one image took the other's place and both rows said that file
+    import unicodedata
+
+    ids = ["café.jpg", "cafe\u0301.jpg", "CAFE\u0301/x.jpg", "café.png/y.jpg"]
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    report = export_images(out, to)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.written == 4 and report.renamed == 2
+    files = [unicodedata.normalize("NFD", p).casefold() for p in rows.values()]
+    folders = {f.rsplit("/", 1)[0] for f in files if "/" in f}
+    assert len(set(files)) == 4 and not folders & set(files)
+    for id_, path in rows.items():
+        assert (to / path).read_bytes() == stored_images(out)[id_]
+
+
+def test_naming_holds_8_bytes_a_row_and_twice_that_while_sorting(tmp_path: Path) -> None:
+    # the digests were held three times at once while sorted (24 bytes a row), against the 8 bytes the docs say
+    import tracemalloc
+
+    import pyarrow as pa
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipeline.export import plan_names
+
+    rows, per_file = 100_000, 1000
+    paths = []
+    for p in range(rows // per_file):
+        ids = [f"c{i % 7}/{i}.jpg" for i in range(p * per_file, (p + 1) * per_file)]
+        paths.append(str(tmp_path / f"part-{p:05d}.parquet"))
+        pq.write_table(pa.table({"id": ids}), paths[-1])
+    plan_names(LocalFileSystem(), paths[:2], "png", [])  # what the first call imports and caches is not counted
+    tracemalloc.start()
+    try:
+        plan, parts = plan_names(LocalFileSystem(), paths, "png", [])
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(p.rows for p in parts) == rows and not plan.moved
+    assert held < 10 * rows and peak < 21 * rows
+
+
+@pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
+                                               ("--jpeg-quality", "0", "from 1 to 100"), ("--workers", "x", "whole")])
+def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, flag: str, value: str, said: str) -> None:
+    # the export's own check named the Python argument: "error: workers must be at least 1, got 0"
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    with pytest.raises(SystemExit) as stop:
+        main(["--output", str(out), "--to", str(tmp_path / "to"), flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: " in err and said in err and not (tmp_path / "to").exists()
