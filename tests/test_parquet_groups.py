@@ -195,6 +195,6 @@ def test_a_dry_run_of_parquet_files_without_footer_statistics_gives_no_warning(t
     _with_null_images(tmp_path / "in" / "d.parquet", {1, 2}, write_statistics=False)
     assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
     captured = capsys.readouterr()
-    assert "warning" not in captured.out + captured.err and "1 Parquet files" in captured.out
+    assert "warning" not in captured.out + captured.err and "1 Parquet file," in captured.out
     report = plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out")), dry_run=True).describe()
     assert report["input"]["parquet_rows_without_image"] == {"rows": 0, "files": 0, "examples": []}
