@@ -14,16 +14,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_moto_server(port: int) -> Any:
+    """Start moto's threaded server on `port` holding no bucket.
+
+    moto keeps its buckets in module-level state of the test process, not in the server, so a server started after
+    another test's would otherwise still hold that test's buckets and objects (the same bucket name in two tests
+    then shares one output)."""
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
+                           timeout=30).close()
+    return server
+
+
 @contextmanager
 def moto_s3(*buckets: str, key: str = "testing-key",
             secret: str = "testing-secret-value") -> Iterator[tuple[Any, dict[str, Any]]]:
     """(a boto3 client, the job's storage options) for a moto S3 server holding `buckets`, stopped on exit."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = start_moto_server(port)
     try:
         options = {"key": key, "secret": secret,
                    "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}

@@ -27,11 +27,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
+    from tests.s3util import start_moto_server
 
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    server = start_moto_server(port)
     options = {"key": "testing-key", "secret": "testing-secret-value",
                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}
     import boto3

@@ -184,11 +184,11 @@ def test_s3_writes_under_odd_prefixes_and_readers_skip_a_leftover_temporary_file
     import boto3
     import s3fs
     import werkzeug.serving
-    from moto.server import ThreadedMotoServer
+
+    from tests.s3util import start_moto_server
 
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = start_moto_server(port)
     requests: list[str] = []
     log_request = werkzeug.serving.WSGIRequestHandler.log_request
     werkzeug.serving.WSGIRequestHandler.log_request = lambda self, *a, **k: requests.append(self.command)

@@ -106,11 +106,10 @@ class FlakyProxy:
 
 @pytest.fixture(scope="module")
 def moto():
-    from moto.server import ThreadedMotoServer
+    from tests.s3util import start_moto_server
 
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    server = start_moto_server(port)
     import boto3
 
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="AKIDTEST",
