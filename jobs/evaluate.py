@@ -17,9 +17,9 @@ then the target check: is ZIP's average CA and PA above ShrinkPad's and A⁺A x'
 each with a 95 % paired-bootstrap interval over the test images), <dataset>-examples.png.
 
 Time on a 2-core CPU (measured, docs/results.md): each classifier trains once, 11-30 min (10 epochs; a progress bar
-shows its ETA); with the classifiers cached, a 500-image data set with every defense took 22-25 min on one core, most
-of it ZIP (3-4 images/s at 20 steps, each zip variant on the clean subset and on every attack's triggered subset; a
-progress bar per purified set shows its ETA). The default --subset 1000 takes about twice that.
+shows its ETA); with the classifiers cached, a data set at the default --subset 500 with every defense took 22-25 min
+on one core, most of it ZIP (3-4 images/s at 20 steps, each zip variant on the clean subset and on every attack's
+triggered subset; a progress bar per purified set shows its ETA). --subset 1000 takes about twice that.
 
 Caches and resume: trained classifiers (classifiers/, with an epoch checkpoint <name>.partial.pt while one trains) and
 purified image sets (purified/) are kept in --cache-dir (default $ZIP_CACHE_DIR, else ~/.cache/zip-purify); the
@@ -110,9 +110,10 @@ def _add_what_is_evaluated(p: argparse.ArgumentParser) -> None:
                    help="comma-separated data sets (cifar10, gtsrb; imagenette: 224 px, only sensible with a GPU "
                         "and a 256x256 prior; its single shared split is divided 3:1 into train/test). "
                         "Default: cifar10,gtsrb")
-    p.add_argument("--attacks", type=_csv([*ATTACKS, "none"], "attack"), default=list(ATTACKS),
-                   help="comma-separated attacks (badnet, blended, physicalba, wanet; 'none' adds a clean-classifier "
-                        "row with CA only). Default: badnet,blended,physicalba,wanet")
+    p.add_argument("--attacks", type=_csv([*ATTACKS, "none"], "attack"), default=[*ATTACKS, "none"],
+                   help="comma-separated attacks (badnet, blended, physicalba, wanet; 'none' is a classifier trained "
+                        "on clean data: a row with CA only, Table 1's 'None'). Default: badnet,blended,physicalba,"
+                        "wanet,none")
     p.add_argument("--defenses", type=_csv(DEFENSES, "defense"), default=list(DEFENSES),
                    help="comma-separated defenses (none, shrinkpad, naive, zip, zip-authors). Default: all")
     p.add_argument("--checkpoint", default=DEFAULT_PRIOR,
@@ -125,11 +126,11 @@ def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20, help="ZIP DDIM steps (both zip variants). Default: 20")
     p.add_argument("--pool", type=int, default=4,
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
-    p.add_argument("--subset", type=int, default=1000,
+    p.add_argument("--subset", type=int, default=500,
                    help="size of the class-stratified test subset (rounded down to a multiple of the class count, "
                         "e.g. 989 for GTSRB's 43 classes; at most the class count times the rarest class's test "
                         "images: 10000 on CIFAR-10, 2580 on GTSRB, 890 on Imagenette's held-out quarter; a larger "
-                        "one is refused). Default: 1000")
+                        "one is refused). Default: 500, the size of docs/results.md's tables")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of ShrinkPad's offsets. Default: 0")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ZIP's sampler (both zip variants): ddim, the paper's Algorithm 2, or ddpm, its Algorithm 1 "

@@ -43,10 +43,10 @@ def test_defaults_are_the_documented_ones(job: ModuleType) -> None:
     args = job.parse_args(["--device", "cpu"])
     assert args.datasets == ["cifar10", "gtsrb"]
     config = job.make_config(args, "cifar10")
-    assert list(config.attacks) == ["badnet", "blended", "physicalba", "wanet"]
+    assert list(config.attacks) == ["badnet", "blended", "physicalba", "wanet", "none"]  # with Table 1's clean row
     assert list(config.defenses) == ["none", "shrinkpad", "naive", "zip", "zip-authors"]
     assert config.checkpoint == runner.DEFAULT_PRIOR
-    assert (config.steps, config.pool, config.subset, config.seed, config.sampler_seed) == (20, 4, 1000, 0, 0)
+    assert (config.steps, config.pool, config.subset, config.seed, config.sampler_seed) == (20, 4, 500, 0, 0)
     assert config.sampler == "ddim" and config.start == 1.0 and isinstance(config.start, float)
     assert config.epochs == 10 and config.threads is None  # 0: torch's own thread count, left alone
     assert config.cache_dir == datasets.CACHE_DIR and config.out_dir == Path("results")
