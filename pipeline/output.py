@@ -10,7 +10,6 @@ pipeline (pipeline.job) or of where its actors go (pipeline.placement).
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import posixpath
@@ -25,7 +24,7 @@ import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.changes import INPUTS_DIR
+from pipeline.changes import INPUTS_DIR, read_parquet_bytes
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
@@ -251,12 +250,13 @@ def _newest_rejects(fs: fsspec.AbstractFileSystem, index: list[tuple[str, list[s
 
 
 def _read_part(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(with_retries(lambda: fs.cat_file(path), f"read {path}")), **DRIVER_READS)
+    return read_parquet_bytes(with_retries(lambda: fs.cat_file(path), f"read {path}"))
 
 
 # The driver's Parquet reads are small (ids, one part file at a time): no Arrow thread pools for them. Arrow's pool
 # threads reading from a Python file object can abort the interpreter as it exits ("terminate called without an
-# active exception", apache/arrow#34314): a dry run that had printed its whole plan once exited with SIGABRT.
+# active exception", apache/arrow#34314; see changes.read_parquet_bytes): a dry run that had printed its whole plan
+# exited with SIGABRT. ParquetFile(..., pre_buffer=False).read(use_threads=False) starts none; pq.read_table does.
 DRIVER_READS = {"use_threads": False, "pre_buffer": False}
 
 

@@ -222,7 +222,10 @@ class _ParquetReading:
         """The records of a row group's rows from its `given`-th on, a batch of rows at a time (`batch_rows`)."""
         at_row = 0
         size = batch_rows(self.parquet.metadata.row_group(group), self.rows_per_batch)
-        for table in self.parquet.iter_batches(batch_size=size, row_groups=[group]):
+        # use_threads=False: on this thread, not on Arrow's pool, whose threads read the Python file object and let go
+        # of its buffers as late as the interpreter's exit, where that can abort the process (changes.read_parquet_bytes);
+        # the pool decodes one image column no faster (bench/parquet_read_bench.py: times alike, within their noise)
+        for table in self.parquet.iter_batches(batch_size=size, row_groups=[group], use_threads=False):
             cells, other_bytes = table.column(self.column), _text_and_bytes(table, self.others)
             # a row over the limit is not made Python values: the others are, a batch at once
             values = (None if max(other_bytes, default=0) > self.max_image_bytes
