@@ -812,7 +812,9 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
     done = 0
     try:
         data = with_retries(lambda: in_fs.cat_file(part.path), f"read {part.path}")
-        batches = pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=BATCH_ROWS, use_threads=False)
+        # from the bytes, without pre_buffer: read on this thread, not on an Arrow pool's (changes.read_parquet_bytes)
+        part_file = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False)
+        batches = part_file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
         while True:
             try:
                 rows = next(batches).to_pylist()

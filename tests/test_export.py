@@ -408,6 +408,22 @@ def test_the_export_tool_loads_neither_torch_nor_ray() -> None:
     assert loaded.stdout.strip() == "[]"
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_an_export_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """Its part files are read on its own thread: an Arrow pool thread reading them from a Python file object let go
+    of it only as the interpreter exited, where that can abort the process (see test_driver_reads)."""
+    make_output(str(tmp_path / "out"), [image(f"{i}.jpg", i) for i in range(6)], per_file=2)
+    program = (f"import os, sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+               "from pipeline.export_cli import main\n"
+               "before = set(os.listdir('/proc/self/task'))\n"
+               f"code = main(['--output', {str(tmp_path / 'out')!r}, '--to', {str(tmp_path / 'files')!r}, '--no-progress'])\n"
+               "print(code, len(set(os.listdir('/proc/self/task')) - before))\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(files_under(tmp_path / "files") - {"manifest.csv"}) == 6
+    assert done.stdout.split()[-2:] == ["0", "0"]  # status 0, and no thread started that is still there
+
+
 def test_zip_purify_points_export_at_its_tool(capsys) -> None:
     from pipeline.cli import build_parser
 
