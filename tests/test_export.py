@@ -413,11 +413,18 @@ def test_an_export_leaves_no_thread_behind(tmp_path: Path) -> None:
     """Its part files are read on its own thread: an Arrow pool thread reading them from a Python file object let go
     of it only as the interpreter exited, where that can abort the process (see test_driver_reads)."""
     make_output(str(tmp_path / "out"), [image(f"{i}.jpg", i) for i in range(6)], per_file=2)
-    program = (f"import os, sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+    # The export's own Python threads (its read-ahead) end with it, but one can take a moment to leave /proc after
+    # its last line: wait up to 5 s for them. An Arrow pool thread never leaves.
+    program = (f"import os, sys, time; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
                "from pipeline.export_cli import main\n"
                "before = set(os.listdir('/proc/self/task'))\n"
                f"code = main(['--output', {str(tmp_path / 'out')!r}, '--to', {str(tmp_path / 'files')!r}, '--no-progress'])\n"
-               "print(code, len(set(os.listdir('/proc/self/task')) - before))\n")
+               "for _ in range(100):\n"
+               "    left = set(os.listdir('/proc/self/task')) - before\n"
+               "    if not left:\n"
+               "        break\n"
+               "    time.sleep(0.05)\n"
+               "print(code, len(left))\n")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(files_under(tmp_path / "files") - {"manifest.csv"}) == 6
