@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,21 @@ def _fmt(value: float | None) -> str:
 def stored_score(value: float | None) -> float | None:
     """A figure as the report stores it: `DECIMALS` decimals, so that the one the tables show is rounded once."""
     return None if value is None or not math.isfinite(value) else round(float(value), DECIMALS)
+
+
+def average_scores(results: dict[str, dict[str, dict[str, float | None]]], attacks: Sequence[str],
+                   defenses: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """The report's Average row: each defense's mean CA, ASR, PA and ASR floor over `attacks`, from their rows of
+    `results` (attack -> defense -> metric), in the order given; the clean classifier's row is not one. The runner
+    averages every attack it ran; jobs/target_table.py --attacks averages a few of a report's."""
+    return {
+        d: {
+            m: stored_score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
+                                                         if a != CLEAN and results[a][d][m] is not None]) else None
+            for m in ("ca", "asr", "pa", "asr_no_trigger")
+        }
+        for d in defenses
+    }
 
 
 def target_lines(report: dict[str, Any]) -> list[str]:

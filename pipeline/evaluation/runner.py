@@ -57,7 +57,7 @@ from pipeline.evaluation.preflight import (
     preflight,
     report_settings,
 )
-from pipeline.evaluation.report import CLEAN, markdown_table, stored_score, write_examples
+from pipeline.evaluation.report import CLEAN, average_scores, markdown_table, stored_score, write_examples
 from pipeline.evaluation.target import RESAMPLES
 from pipeline.evaluation.victims import (
     classifier_path,
@@ -140,7 +140,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
             device=config.device, train_options=config.train_options or None,
         )
         matrix.add_attack(name, model, info, test, config.epochs)
-    average = _average_scores(matrix.results, checked.attacks, checked.defenses)
+    average = average_scores(matrix.results, checked.attacks, checked.defenses)
     target = check_target(subset.labels, matrix.predictions, checked.defenses, config.bootstrap, config.seed, average)
     report = _report(config, checked, test, matrix, average, target, started)
     _write_report(config, report, matrix)
@@ -288,19 +288,6 @@ def _clean_cell(clean_preds: np.ndarray, clean_labels: np.ndarray, attack: Attac
         # An ASR near it is the defense's output drifting to the target class, not a surviving trigger.
         "asr_no_trigger": (stored_score(metrics.attack_success_rate(clean_preds, clean_labels, attack.target))
                            if attack else None),
-    }
-
-
-def _average_scores(results: dict[str, dict[str, dict[str, float | None]]], attacks: Sequence[str],
-                   defenses: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """Each defense's mean CA, ASR, PA and ASR floor over the attacks (the clean classifier's row is not one)."""
-    return {
-        d: {
-            m: stored_score(float(np.mean(vals))) if (vals := [results[a][d][m] for a in attacks
-                                                         if a != CLEAN and results[a][d][m] is not None]) else None
-            for m in ("ca", "asr", "pa", "asr_no_trigger")
-        }
-        for d in defenses
     }
 
 
