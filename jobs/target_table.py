@@ -8,11 +8,19 @@ A report without a check gets the same verdicts from its Average row, marked "no
 its jobs/evaluate.py command with --bootstrap N would have (N resamples, seeded with the report's --seed), without
 rerunning it. A report's own check is always shown as stored. Every file gets its own row, labelled by its name (with as many
 parent folders as it takes to tell files of the same name apart); a file that is no usable report (unreadable, not
-a jobs/evaluate.py report, or from a run without attacks) is named on stderr and left out:
+a jobs/evaluate.py report, or from a run without attacks) is named on stderr and left out.
+
+--attacks a,b,c judges each report over those attacks only (e.g. the ZIP paper's Table 1 averages BadNet, Blended
+and PhysicalBA, without WaNet): its Average row and its check are recomputed from its per-attack results and
+per-image predictions, exactly as its run would have computed them had it run only those attacks (the resamples of
+its own check, or --bootstrap N, default 2000, for one run with --bootstrap 0; seeded with its --seed). Naming every
+attack a report ran gives its stored check. A report without per-image predictions, or that did not run a named
+attack, is named on stderr and left out:
 
     python jobs/target_table.py docs/cifar10.json docs/cifar10-k2.json
     python jobs/target_table.py --zip zip-authors results/*.json
     python jobs/target_table.py --bootstrap 2000 results/cifar10.json     # a report run with --bootstrap 0
+    python jobs/target_table.py --attacks badnet,blended,physicalba docs/cifar10.json   # the paper's three attacks
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.entry import interrupted_while_loading  # noqa: E402
 
 with interrupted_while_loading("jobs/target_table.py"):
-    from pipeline.evaluation.predictions import check_target, decode_predictions
-    from pipeline.evaluation.report import target_summary
-    from pipeline.evaluation.target import point_check
+    from pipeline.evaluation.predictions import AttackNotRun, check_target, decode_predictions, over_attacks
+    from pipeline.evaluation.report import ATTACK_TITLES, CLEAN, target_summary
+    from pipeline.evaluation.target import RESAMPLES, point_check
 
+# The backdoor attacks jobs/evaluate.py runs (pipeline.evaluation.attacks.ATTACKS, which imports torch: not here).
+BACKDOOR_ATTACKS = tuple(a for a in ATTACK_TITLES if a != CLEAN)
 JSON_TYPES = {"dict": "an object", "list": "an array", "str": "a string", "int": "a number", "float": "a number",
               "bool": "a boolean", "NoneType": "null"}
 
@@ -161,6 +171,46 @@ def with_checks(report: dict[str, Any], zip_defense: str, path: Path, resamples:
     return {**report, "target": {"checks": {zip_defense: rows}}}
 
 
+def attack_names(text: str) -> list[str]:
+    """argparse type of --attacks: backdoor attacks, comma-separated, each once (any case), in the order given."""
+    names = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    unknown = [n for n in names if n not in BACKDOOR_ATTACKS]
+    choose = f"choose from {', '.join(BACKDOOR_ATTACKS)}"
+    if not names:
+        raise argparse.ArgumentTypeError(f"no attack given; {choose}")
+    if unknown:
+        clean = " (the clean classifier's row is in no average)" if {"none", CLEAN} & set(unknown) else ""
+        raise argparse.ArgumentTypeError(f"unknown attack {', '.join(map(repr, unknown))}{clean}; {choose}")
+    return names
+
+
+def over_named_attacks(report: dict[str, Any], attacks: list[str], zip_defense: str, path: Path,
+                       resamples: int = 0) -> dict[str, Any]:
+    """The report with its Average row and target check over `attacks` only (`over_attacks`, from its per-attack results
+    and per-image predictions): with its own check's resamples, or `resamples` (else the runner's default) for a
+    report run with --bootstrap 0; seeded with its --seed. UnusableReport when it has no predictions, did not run a
+    named attack, or holds malformed ones."""
+    if not report.get("predictions"):
+        raise UnusableReport("no per-image predictions, so no averages over the named attacks (a report written before "
+                             "they were kept; rerun its jobs/evaluate.py command for them)")
+    target = report.get("target")
+    own = target.get("resamples") if isinstance(target, dict) else None
+    count = own if isinstance(own, int) and not isinstance(own, bool) and own > 0 else resamples or RESAMPLES
+    try:
+        average, check = over_attacks(report, attacks, count)
+    except AttackNotRun as err:
+        raise UnusableReport(str(err)) from None
+    except KeyError as err:
+        raise UnusableReport(f"it has no {err} to recompute its averages from") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as err:  # OverflowError: a label too large for int64
+        raise UnusableReport(f"its per-attack results or per-image predictions are malformed ({err})") from None
+    if check is None or not check["checks"].get(zip_defense):
+        raise UnusableReport(f"it has no {zip_defense}, baseline and backdoor attack to check")
+    print(f"{path}: averages and target check over {', '.join(attacks)} only, recomputed from its per-image predictions "
+          f"({count} resamples, seed {check['seed']})", file=sys.stderr)
+    return {**report, "average": average, "target": check}
+
+
 def row_labels(paths: list[Path]) -> list[str]:
     """A distinct label per file: its stem, with parent folders added until files of the same stem differ; a file
     given twice gets a number."""
@@ -187,14 +237,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="for a report run with --bootstrap 0 (per-image predictions kept, no check): compute its 95 %% "
                         "intervals here with N resamples, exactly as jobs/evaluate.py --bootstrap N would have (seeded "
                         "with the report's --seed; the runner's default is 2000). A report's own check is always shown "
-                        "as stored. Default: 0, point estimates for such a report")
+                        "as stored. Default: 0, point estimates for such a report (with --attacks: 2000)")
+    p.add_argument("--attacks", type=attack_names, metavar="A,B,...",
+                   help=f"judge each report over these backdoor attacks only ({', '.join(BACKDOOR_ATTACKS)}; e.g. "
+                        "badnet,blended,physicalba, the three the ZIP paper's Table 1 averages): its Average row and "
+                        "target check are recomputed from its per-image predictions, as its run would have computed them "
+                        "with only these attacks (its own check's resamples and seed). A report without predictions, "
+                        "or that did not run one of them, is named on stderr and left out. Default: the attacks each "
+                        "report ran, its check as stored")
     args = p.parse_args(argv)
     if args.bootstrap < 0:
         p.error("--bootstrap must be 0 or more")
     reports = {}
     for path, label in zip(args.reports, row_labels(args.reports), strict=True):
         try:
-            report = with_checks(read_report(path), args.zip, path, args.bootstrap)
+            report = read_report(path)
+            if args.attacks:
+                report = over_named_attacks(report, args.attacks, args.zip, path, args.bootstrap)
+            else:
+                report = with_checks(report, args.zip, path, args.bootstrap)
             try:  # its own row first: whatever else a file holds that the table cannot show costs that row only
                 target_summary({label: report}, args.zip)
             except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as err:

@@ -1,5 +1,6 @@
-"""The run's per-image predictions: how its report stores them (labels as space-separated text), and the target check
-(`target.target_check`) that each ZIP defense of the run gets from them."""
+"""The run's per-image predictions: how its report stores them (labels as space-separated text), the target check
+(`target.target_check`) that each ZIP defense of the run gets from them, and a report's Average row and check over
+some of its attacks only (`over_attacks`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluation.defenses import ZIP_DEFENSES
-from pipeline.evaluation.report import CLEAN
+from pipeline.evaluation.report import CLEAN, average_scores
 from pipeline.evaluation.target import ASR_LIMIT, BASELINES, RESAMPLES, AttackPredictions, target_check
 
 
@@ -61,3 +62,31 @@ def check_target(labels: np.ndarray, predictions: dict[str, dict[str, Any]], def
         "checks": {z: target_check(labels, attacks, z, baselines, resamples=resamples, seed=seed, averages=averages)
                    for z in zips},
     }
+
+
+class AttackNotRun(ValueError):
+    """An attack named for `over_attacks` that the report did not run; the message names it and those it ran."""
+
+
+def over_attacks(report: Mapping[str, Any], attacks: Sequence[str], resamples: int = RESAMPLES
+                 ) -> tuple[dict[str, dict[str, float | None]], dict[str, Any] | None]:
+    """A report's Average row and target check over `attacks` only (backdoor attacks it ran), as its run would have
+    stored them had it run no others: the runner's `average_scores` over those attacks' rows of its per-attack
+    results, and `check_target` over their per-image predictions, with `resamples` resamples seeded with the report's
+    --seed and the new Average row as point estimates. The attacks keep the report's order, so naming every attack it
+    ran gives its own Average row and, with its own resamples, its own check, to the last bit. The check is None as
+    `check_target`'s is (no ZIP defense, baseline or attack, or resamples 0).
+
+    Raises AttackNotRun for a named attack the report lacks; KeyError, TypeError or ValueError for a report without
+    the predictions, results or settings this needs, or with malformed ones."""
+    labels, predictions = decode_predictions(report["predictions"])
+    results, config = report["results"], report["config"]
+    missing = [a for a in attacks if a not in predictions or a not in results]
+    if missing:
+        ran = [a for a in predictions if a != CLEAN and a in results]
+        raise AttackNotRun(f"it ran no {', '.join(missing)} (its attacks: {', '.join(ran) or 'none'})")
+    named = [a for a in predictions if a in attacks]  # the report's order: the same float sums as its run's
+    average = average_scores(results, named, config["defenses"])
+    check = check_target(labels, {a: predictions[a] for a in named}, config["defenses"], resamples, config["seed"],
+                         average)
+    return average, check
