@@ -179,3 +179,19 @@ def test_a_report_with_malformed_predictions_is_named_and_skipped(target_table: 
     assert run_main(target_table, ["--attacks", "badnet", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: its per-attack results or per-image predictions are malformed" in err and "Traceback" not in err
+
+
+def test_a_report_run_with_bootstrap_0_gets_intervals_from_bootstrap_n_or_the_runners_default(
+        target_table: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A report with its own check keeps its resamples (200 here, whatever --bootstrap says); one without (run with
+    --bootstrap 0) gets --bootstrap N, else the runner's 2000, since --attacks has no stored check to show."""
+    stored, boot0 = tmp_path / "stored.json", tmp_path / "boot0.json"
+    report = _report(seed=5, resamples=200)
+    stored.write_text(json.dumps(report))
+    boot0.write_text(json.dumps({**report, "target": None, "config": {**report["config"], "bootstrap": 0}}))
+    assert run_main(target_table, ["--attacks", "badnet,blended", "--bootstrap", "50", str(stored), str(boot0)]) == 0
+    err = capsys.readouterr().err
+    assert f"{stored}: averages and target check over badnet, blended only" in err
+    assert "(200 resamples, seed 5)" in err and "(50 resamples, seed 5)" in err
+    assert run_main(target_table, ["--attacks", "badnet,blended", str(boot0)]) == 0
+    assert "(2000 resamples, seed 5)" in capsys.readouterr().err

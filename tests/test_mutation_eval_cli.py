@@ -223,10 +223,14 @@ def test_a_list_or_a_config_without_pool_is_no_report(target_table: ModuleType, 
     assert "listed.json: holds an array, not a report" in err and "nopool.json: no config with the pool factor" in err
 
 
+THREE_ATTACKS = "### On the paper's three attacks (without WaNet)"
+
+
 def _published_tables() -> list[list[str]]:
-    """The rows of docs/results.md's two tables under "The target, with 95 % intervals"."""
+    """The rows of docs/results.md's two tables under "The target, with 95 % intervals" (its subsection on the paper's
+    three attacks has its own test)."""
     text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
-    section = text.split("## The target, with 95 % intervals", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## The target, with 95 % intervals", 1)[1].split("\n## ", 1)[0].split(THREE_ATTACKS, 1)[0]
     tables = re.findall(r"((?:^\| .*\|\n)+)", section, flags=re.M)
     return [t.splitlines() for t in tables if t.startswith("| Evaluation | k |")]
 
@@ -240,6 +244,20 @@ def test_the_published_target_tables_are_what_the_command_prints(target_table: M
         files = [ROOT / "docs" / f"{line.split('|')[1].strip()}.json" for line in table[2:]]
         assert target_table.main([str(f) for f in files]) == 0
         assert capsys.readouterr().out.splitlines() == table
+
+
+def test_the_published_three_attack_table_is_what_its_command_prints(target_table: ModuleType,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/results.md's table over BadNet, Blended and PhysicalBA: its command (the one printed above it, run from the
+    repository root) prints it line for line."""
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    section = text.split(THREE_ATTACKS, 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ").split()
+    assert command[:4] == ["python", "jobs/target_table.py", "--attacks", "badnet,blended,physicalba"]
+    table = re.search(r"((?:^\| .*\|\n)+)", section, flags=re.M).group(1).splitlines()
+    argv = [str(ROOT / a) if a.startswith("docs/") else a for a in command[2:]]
+    assert target_table.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == table
 
 
 def test_a_name_given_twice_counts_once(job: ModuleType, tmp_path: Path) -> None:
