@@ -672,7 +672,8 @@ class ExportReport:
     present: int = 0  # already in DIR with their bytes (existing="resume")
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first FAILURES_KEPT
-    damaged: list[tuple[str, str, int]] = field(default_factory=list)  # (part file, reason, its rows not exported)
+    # (part file, reason, its rows not exported): damaged, or not given by the storage (the reason starts UNFETCHED)
+    damaged: list[tuple[str, str, int]] = field(default_factory=list)
     repeated: int = 0  # rows whose id an earlier row had (an unfinished output's): not exported twice
     renamed: int = 0  # ids given another name than export_path's, as another id had theirs
     escaped: int = 0  # ids with a part that could not be a name in DIR ('..', NUL), written escaped
@@ -804,6 +805,11 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
     return report
 
 
+# The reason given for a part file the storage would not give (after retries): its bytes may be intact, so it is not
+# called damaged, and a later --resume exports its rows once the storage answers.
+UNFETCHED = "could not be fetched from the storage"
+
+
 def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
                  pool: ThreadPoolExecutor, report: ExportReport, resume: bool, jpeg_quality: int,
                  seen_repeated: set[str], bar: Any) -> tuple[str, str, int] | None:
@@ -812,6 +818,11 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
     done = 0
     try:
         data = with_retries(lambda: in_fs.cat_file(part.path), f"read {part.path}")
+    except Exception as err:  # noqa: BLE001 - the storage kept failing (retried): named, the others go on
+        if bar is not None:
+            bar.update(part.rows)
+        return part.path, f"{UNFETCHED} ({describe(err)})", part.rows
+    try:
         # from the bytes, without pre_buffer: read on this thread, not on an Arrow pool's (changes.read_parquet_bytes)
         part_file = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False)
         batches = part_file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
@@ -824,7 +835,7 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
             done += len(rows)
             if bar is not None:
                 bar.update(len(rows))
-    except Exception as err:  # noqa: BLE001 - the part file cut short or gone: named, the others go on
+    except Exception as err:  # noqa: BLE001 - its bytes (in memory) cannot be read to the end: named, the others go on
         if bar is not None:
             bar.update(part.rows - done)
         return part.path, f"cannot be read to its end ({describe(err)})", part.rows - done
@@ -869,7 +880,8 @@ def report_lines(report: ExportReport) -> list[str]:
         lines.append(f"failed: ... and {report.failed - len(report.failures)} more rows")
     for path, reason, lost in report.damaged:
         rows = "its rows" if lost < 0 else f"{lost} rows"
-        lines.append(f"damaged part file: {terminal_text(path)}: {terminal_text(reason)} ({rows} not exported)")
+        what = "unfetched part file" if reason.startswith(UNFETCHED) else "damaged part file"
+        lines.append(f"{what}: {terminal_text(path)}: {terminal_text(reason)} ({rows} not exported)")
     if report.manifest_error:
         lines.append(f"error: the manifest could not be written ({terminal_text(report.manifest_error)}); the images "
                      "are in place: run again with --resume to write it")
@@ -889,11 +901,16 @@ def report_lines(report: ExportReport) -> list[str]:
     counts = f"{report.written} written" + (f", {report.present} already there" if report.present else "")
     if report.failed:
         counts += f", {report.failed} failed"
-    lost = sum(n for _, _, n in report.damaged if n > 0)
-    unknown = sum(n < 0 for _, _, n in report.damaged)
-    if report.damaged:
-        counts += f"; {len(report.damaged)} damaged part file(s) ({lost} rows" + \
+    damaged = [d for d in report.damaged if not d[1].startswith(UNFETCHED)]
+    unfetched = [d for d in report.damaged if d[1].startswith(UNFETCHED)]
+    lost = sum(n for _, _, n in damaged if n > 0)
+    unknown = sum(n < 0 for _, _, n in damaged)
+    if damaged:
+        counts += f"; {len(damaged)} damaged part file(s) ({lost} rows" + \
                   (f" and the rows of {unknown} file(s) whose footer is unreadable" if unknown else "") + " not exported)"
+    if unfetched:
+        counts += (f"; {sum(n for _, _, n in unfetched)} rows not exported from {len(unfetched)} part file(s) the "
+                   "storage did not give: run again with --resume once it does")
     rejects = (f"{report.rejects} rejected input(s) are not exported: their ids and reasons are in "
                f"{report.output}/{REJECTS_DIR}/" if report.rejects else "the output holds no rejects")
     if report.rejects_unreadable:

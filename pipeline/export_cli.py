@@ -40,7 +40,8 @@ examples:
 
 exit status:
   0    every purified image is in DIR (written now, or already there with --resume)
-  1    some could not be written, or a part file of data/ is damaged (each named; the rest were exported)
+  1    some could not be written, or a part file of data/ is damaged or could not be fetched (each named; the rest
+       were exported)
   2    nothing was exported: a bad option, a missing OUTPUT or one that is not a zip-purify output, an unfinished
        one without --force, a DIR that is not empty without --overwrite or --resume, storage that refuses access
   130  interrupted (Ctrl-C): every file in DIR is whole, and the manifest is not written; --resume finishes it

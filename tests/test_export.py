@@ -281,6 +281,33 @@ def test_an_output_a_run_is_writing_is_refused(tmp_path: Path) -> None:
     assert not to.exists()
 
 
+def test_a_part_file_the_storage_will_not_give_is_not_called_damaged(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A storage failure that outlasts the retries (here: permission denied) says the file could not be fetched and
+    that --resume finishes the job, not that the data is damaged; the other part files are exported."""
+    import fsspec.implementations.local
+
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(6)], per_file=3)
+    refused = sorted((out / "data").glob("part-*.parquet"))[0]
+    cat_file = fsspec.implementations.local.LocalFileSystem.cat_file
+
+    def denied(self, path, *args, **kwargs):
+        if Path(str(path).removeprefix("file://")) == refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return cat_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "cat_file", denied)
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert f"unfetched part file: {refused}: could not be fetched from the storage (PermissionError" in captured.err
+    assert "damaged" not in captured.out + captured.err
+    assert "3 rows not exported from 1 part file(s) the storage did not give: run again with --resume" in captured.out
+    assert len(files_under(to) - {"manifest.csv"}) == 3
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "cat_file", cat_file)
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--resume"]) == 0
+    assert len(files_under(to) - {"manifest.csv"}) == 6
+
+
 def test_a_damaged_part_file_is_named_and_the_others_are_exported(tmp_path: Path, capsys) -> None:
     out, to = tmp_path / "out", tmp_path / "images"
     make_output(str(out), [image(f"{i}.jpg", i) for i in range(9)], per_file=3)
