@@ -64,7 +64,7 @@ def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
         ids = _images(tmp_path / mode / "in", 24)
         out = tmp_path / mode / "out"
         proc = _job(["--input", str(tmp_path / mode / "in"), "--output", str(out), "--checkpoint", tiny_model,
-                     "--steps", "2", "--tile-batch", "8", "--batch-size", "8"],
+                     "--steps", "1", "--tile-batch", "8", "--batch-size", "8"],
                     env={"ZIP_PURIFY_INJECT_FAULT": f"{mode}:{tmp_path / mode / 'marker'}"})
         log, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, log[-3000:]
@@ -74,11 +74,12 @@ def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
-    ids = _images(tmp_path / "in", 240)
+    n = 96
+    ids = _images(tmp_path / "in", n)
     out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "3",
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
-    proc = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})  # ~15 s of purifying: time to kill it
+    proc = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})  # 12 batches of 0.5 s or more: time to kill it
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "data").glob("part-*.parquet"))) < 3:
         time.sleep(0.2)
@@ -87,12 +88,12 @@ def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
     parts = list((out / "data").glob("part-*.parquet"))
     assert parts, "the run was killed before writing anything; the test needs some output first"
     done_before = sum(pq.read_metadata(p).num_rows for p in parts)  # every visible file is whole Parquet
-    assert done_before < 240, "the run finished before it could be killed"
+    assert done_before < n, "the run finished before it could be killed"
     _run(args)
     check("driver SIGKILL + rerun", str(out), ids)
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["this_run"]["skipped_already_done"] >= done_before
-    assert summary["this_run"]["purified"] <= 240 - done_before
+    assert summary["this_run"]["purified"] <= n - done_before
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -104,7 +105,7 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
     damaged = sorted(ids)[::2]  # 80 inputs rejected by the first run
     for name in damaged:
         (root / name).write_bytes(b"junk")
-    args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "3",
+    args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
     _run(args)
     assert len(pq.read_table(out / "rejects").column("id")) == 80
@@ -134,7 +135,7 @@ def test_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path
 
     root, out = tmp_path / "in", tmp_path / "out"
     ids = _images(root, 120)
-    args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "3",
+    args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
     _run(args)
     changed = sorted(ids)[::2]  # 60 rewritten in place: 50 with new images, 10 broken now
