@@ -73,9 +73,12 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine, thread hand-offs make tiny models many times slower."""
+    """One intra-op thread in the test process, for every test (a test that needs another count sets its own; the count
+    is put back after each test). On a busy 2-core machine, thread hand-offs make tiny models many times slower: with
+    the suite in two processes (-n 2) each took both cores, and tests/test_sampler.py took 49-98 s instead of 9 s.
+    Ray's workers and the job's subprocesses keep their own counts: this is the test process's alone."""
     import torch
 
     threads = torch.get_num_threads()
