@@ -40,6 +40,7 @@ peak resident memory above what the process held just before the call (Linux VmH
 
   refresh-files/ a hard-linked copy of out-files with a record of the inputs' stamps (`_inputs/stamps.parquet`) in
                  which 1% of the done image files have an earlier stamp: changed in place since their rows were written
+  refresh-few/   the same with only 10 done image files of an earlier stamp, spread over the output (a few touched)
   refresh-tar/   a hard-linked copy of out-tar (and its ledger) with a record in which the shards holding the first
                  N/10 rows have an earlier stamp (one shard of N/10 members at 10^4 and 10^5; ten of N/100 at 10^6)
   refresh-stop/  out-tar as a refresh of those shards leaves it stopped before its end-of-run check: their new rows
@@ -47,6 +48,8 @@ peak resident memory above what the process held just before the call (Linux VmH
 
   plan-refresh-files  job.plan_job over in-files and refresh-files, --refresh-changed (not a dry run: the journal is
                       made): output ids, the same-bytes check of the changed files, the part files holding their rows
+  plan-refresh-few    the same over in-files and refresh-few: 10 files to compare and refresh, whose rows are in
+                      10 of the output's part files
   plan-refresh-tar    the same over in-tar and refresh-tar: N/10 rows to refresh
   journal             refresh.write_journal + read_journal of the journal of a refresh of one changed Parquet
                       file of N/10 rows (made in memory, no fixture: `--only journal --sizes 10000000` is 10^6 ids);
@@ -77,12 +80,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REFRESH_FUNCTIONS = ("plan-refresh-files", "plan-refresh-tar", "journal", "plan-stopped", "start-refresh",
+REFRESH_FUNCTIONS = ("plan-refresh-files", "plan-refresh-few", "plan-refresh-tar", "journal", "plan-stopped", "start-refresh",
                      "dedup-refresh")
 FUNCTIONS = ("discover", "plan-files", "plan-inside", "done-ids", "plan-tar", "container-ids", "ledger",
              "dedup-clean", "dedup-dirty", *REFRESH_FUNCTIONS)
 NO_FIXTURES = ("journal",)  # made in memory: any size, nothing built on disk
 CHANGED_EVERY = 100  # refresh-files: one done image file in this many changed in place
+FEW_CHANGED = 10  # refresh-few: this many done image files changed in place
 NEW_FILES = 50  # input files not yet in the output: tonight's new images
 REJECTED_EVERY = 100  # one id in this many is in rejects/
 MEMBERS_PER_SHARD = 10_000
@@ -274,7 +278,8 @@ def build_refresh(n: int, work: Path, rows: int) -> None:
     from pipeline.sources import discover, relative_id
 
     root = work / str(n)
-    if (root / "refresh-built.json").exists():
+    done = [_file_id(i) for i in range(n - NEW_FILES)]
+    if (root / "refresh-built.json").exists() and (root / "refresh-few-built.json").exists():
         return
     t0 = time.perf_counter()
 
@@ -289,8 +294,14 @@ def build_refresh(n: int, work: Path, rows: int) -> None:
         write_record(str(out), {}, written)
         return written
 
+    if not (root / "refresh-few-built.json").exists():  # added later than the others: built apart
+        _linked_copy(root / "out-files", root / "refresh-few")
+        record(root / "refresh-few", root / "in-files", set(done[1 :: len(done) // FEW_CHANGED][:FEW_CHANGED]))
+        (root / "refresh-few-built.json").write_text("{}")
+        if (root / "refresh-built.json").exists():
+            return
+
     _linked_copy(root / "out-files", root / "refresh-files")
-    done = [_file_id(i) for i in range(n - NEW_FILES)]
     record(root / "refresh-files", root / "in-files", set(done[1::CHANGED_EVERY]))  # purified ones: 1 in 100 is a reject
 
     _linked_copy(root / "out-tar", root / "refresh-tar")
@@ -413,8 +424,9 @@ def _setup(fn: str, n: int, root: Path, rows_per_part: int = 256) -> Any:
             return run_status(0, 0, 0, rows.purified + rows.rejected, rows.purified + rows.rejected)
 
         return check
-    if fn in ("plan-refresh-files", "plan-refresh-tar", "plan-stopped"):
+    if fn in ("plan-refresh-files", "plan-refresh-few", "plan-refresh-tar", "plan-stopped"):
         input_, out = {"plan-refresh-files": ("in-files", root / "refresh-files"),
+                       "plan-refresh-few": ("in-files", root / "refresh-few"),
                        "plan-refresh-tar": ("in-tar", root / "refresh-tar"),
                        "plan-stopped": ("in-tar", _stopped_copy(root, linked=True))}[fn]
         config = JobConfig(input=str(root / input_), output=str(out), steps=1, incremental=True,
