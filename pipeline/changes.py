@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +62,9 @@ from pipeline.ledger import ContainerRead, container_ids
 from pipeline.sources import LOOKALIKE, ReadUnit, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
+
+if TYPE_CHECKING:
+    from pipeline.output import OutputIndex  # pipeline.output imports this module
 
 INPUTS_DIR = "_inputs"
 RECORD_FILE = "stamps.parquet"
@@ -316,9 +319,23 @@ PROGRESS_EVERY_S = 30.0
 DIFFERS = ">"
 
 
+class _Progress:
+    """How far `same_bytes` or `same_members` got reading `total` inputs (`what`: "image file(s)") whose listing
+    changed, said on stderr every PROGRESS_EVERY_S seconds when `said` (there are many of them)."""
+
+    def __init__(self, said: bool, total: int, what: str) -> None:
+        self.said, self.total, self.what = said, total, what
+        self.last = time.monotonic()
+
+    def read(self, done: int) -> None:
+        if self.said and time.monotonic() - self.last >= PROGRESS_EVERY_S:
+            self.last = time.monotonic()
+            print(f"zip-purify: read {done} of {self.total} {self.what} whose listing changed", file=sys.stderr)
+
+
 def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
-               record: InputRecord | None, output: str,
-               storage_options: dict[str, Any]) -> tuple[dict[str, tuple[str, str]], int]:
+               record: InputRecord | None, output: str, storage_options: dict[str, Any],
+               index: OutputIndex | None = None) -> tuple[dict[str, tuple[str, str]], int]:
     """The done image files whose listing's stamp differs from the recorded one, read to tell whether their bytes are
     still those their rows were made from (their sha256 against the `source_sha256` of their rows: data/'s for a
     purified id, rejects/' for a rejected one), with the stamp the record takes for each, and how many are the same.
@@ -326,10 +343,11 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     listing gives now, so they are no change, and no later run reads them for this. Other bytes: the recorded stamp
     with the listing's noted after DIFFERS, still no match for the listing, so said changed, but not read again by a
     later run while the listing gives that stamp. Only image files: a tar, Parquet or zip file is compared member by
-    member (`same_members`). The output's part files are read only when there is such a file, and only their id and
-    source_sha256 columns. A file that cannot be read now, whose rows hold no digest (rejected unread: over
-    --max-image-mb) or no single one, or whose bytes are not as many as the listing said, is left out: said changed, as
-    without this check, and read again by the next run."""
+    member (`same_members`). The output's part files are read only when there is such a file, only those holding its
+    rows (as `index`, the planning's reading of every part file's ids, names them; without it, every part file is
+    listed and its id column read), and only their id and source_sha256 columns. A file that cannot be read now, whose
+    rows hold no digest (rejected unread: over --max-image-mb) or no single one, or whose bytes are not as many as the
+    listing said, is left out: said changed, as without this check, and read again by the next run."""
     recorded = record.stamps if record is not None else {}
     candidates: dict[str, tuple[str, int | None, str]] = {}  # id -> path, listed size, stamp now
     for unit in listed:
@@ -346,7 +364,7 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
             candidates[id_] = (path, size, content)
     if not candidates:
         return {}, 0
-    digests = _row_digests(output, storage_options, set(candidates), purified)
+    digests = _row_digests(output, storage_options, set(candidates), purified, index)
     checked = {id_: digests[id_] for id_ in sorted(candidates) if digests and digests.get(id_)}
     if not checked:
         return {}, 0
@@ -358,7 +376,7 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     stamps: dict[str, tuple[str, str]] = {}
     same = 0
     ids = list(checked)
-    last = time.monotonic()
+    progress = _Progress(many, len(ids), "image file(s)")
     with ThreadPoolExecutor(min(HASH_READERS, len(ids)), thread_name_prefix="same-bytes") as pool:
         step = HASH_READERS * 64  # a batch at a time: no million futures held at once
         for start in range(0, len(ids), step):
@@ -371,41 +389,42 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
                     same += 1
                 elif digest is not None:
                     stamps[id_] = ("files", f"{recorded[id_][1].split(DIFFERS)[0]}{DIFFERS}{now}")
-            if many and time.monotonic() - last >= PROGRESS_EVERY_S:
-                last = time.monotonic()
-                print(f"zip-purify: read {start + len(batch)} of {len(ids)} image file(s) whose listing changed",
-                      file=sys.stderr)
+            progress.read(start + len(batch))
     if many:
         print(f"zip-purify: {same} of {len(ids)} image file(s) whose listing changed hold the same bytes as when "
               "their rows were written: not changed", file=sys.stderr)
     return stamps, same
 
 
-def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str],
-                 purified: set[str]) -> dict[str, str | None] | None:
+def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
+                 index: OutputIndex | None = None) -> dict[str, str | None] | None:
     """id -> the source_sha256 of its rows (data/'s for an id in `purified`, else rejects/'), for each of `ids` with
-    rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr)."""
+    rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr).
+    `index`: as `_row_values`."""
     return _row_values(output, storage_options, ids, purified, lambda folder: ("id", "source_sha256"),
                        lambda folder, row: row.get("source_sha256"),
-                       "image files whose listing changed are said changed without reading them")
+                       "image files whose listing changed are said changed without reading them", index)
 
 
 def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
                 columns: Callable[[str], tuple[str, ...] | None], value: Callable[[str, dict[str, Any]], Any],
-                unread: str) -> dict[str, Any] | None:
+                unread: str, index: OutputIndex | None = None) -> dict[str, Any] | None:
     """id -> `value` of its rows (data/'s for an id in `purified`, else rejects/'; `value(folder, row)` of each row as
     a dict of `columns(folder)`, or of every column `ROW_COLUMNS_LEFT_OUT` leaves when that gives None), for each of
     `ids` with rows, None where its rows give more than one; None in all where a part file cannot be read (said on
-    stderr, with `unread`: what that leaves)."""
+    stderr, with `unread`: what that leaves). Only the part files that `index` (the planning's `output.OutputIndex`)
+    says hold a row of one of `ids` in its folder are read; without it, every part file of the folders is listed and
+    read (its id column, and the rest only where it holds some of `ids`)."""
     from pipeline.output import list_parts  # pipeline.output imports this module
     from pipeline.stages import DATA_DIR, REJECTS_DIR
 
     wanted = {DATA_DIR: pa.array(sorted(ids & purified), pa.string()),
               REJECTS_DIR: pa.array(sorted(ids - purified), pa.string())}
     try:
-        paths = [(folder, path) for folder in (DATA_DIR, REJECTS_DIR) if len(wanted[folder])
-                 for path in with_retries(lambda f=folder: list_parts(output, f, storage_options),
-                                          f"list {output}/{folder}")]
+        paths = _part_paths(output, storage_options, ids, purified, index) if index is not None else [
+            (folder, path) for folder in (DATA_DIR, REJECTS_DIR) if len(wanted[folder])
+            for path in with_retries(lambda f=folder: list_parts(output, f, storage_options),
+                                     f"list {output}/{folder}")]
         fs, _ = storage_path(output, storage_options)
         with ThreadPoolExecutor(max(1, min(HASH_READERS, len(paths))), thread_name_prefix="row-digests") as pool:
             parts = list(pool.map(lambda item: [(id_, value(item[0], row)) for id_, row in _part_rows(
@@ -419,6 +438,20 @@ def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], pur
         for id_, got in part:
             found.setdefault(id_, set()).add(got)
     return {id_: next(iter(v)) if len(v) == 1 else None for id_, v in found.items()}
+
+
+def _part_paths(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
+                index: OutputIndex) -> list[tuple[str, str]]:
+    """(folder, path) of each part file that `index` says holds a row of one of `ids` in the folder of its rows:
+    data/ for an id in `purified`, else rejects/."""
+    from pipeline.stages import DATA_DIR, REJECTS_DIR
+
+    names: set[str] = set()
+    for id_, held in index.holding(ids).items():
+        folder = DATA_DIR if id_ in purified else REJECTS_DIR
+        names.update(name for name in held if name.startswith(f"{folder}/"))
+    _, root = storage_path(output.rstrip("/"), storage_options)
+    return [(name.split("/", 1)[0], posixpath.join(root, name)) for name in sorted(names)]
 
 
 # The columns of a data/ row that its image's bytes give (the purified image, its size, what the decoder found):
@@ -516,7 +549,8 @@ MANY_CONTAINER_BYTES = 2**30
 def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
                  record: InputRecord | None, ledger: dict[str, ContainerRead], output: str,
                  storage_options: dict[str, Any], reading: dict[str, Any] | None = None,
-                 whole: dict[str, ContainerRead] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
+                 whole: dict[str, ContainerRead] | None = None,
+                 index: OutputIndex | None = None) -> tuple[dict[str, tuple[str, str]], int]:
     """The tar shards, Parquet files and zip archives with done ids whose listing's stamp differs from the recorded
     one (or, without one, from the ledger's: `_container_changed`), read to tell whether the members their rows were
     made from are still there as they were, with the stamp the record takes for each, and how many are so. A
@@ -535,8 +569,10 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     by a later run while the listing gives that stamp. Left out (said changed, and read again by the next run): a
     container that cannot be read to its end now (an error, its '#unreadable' reject), and one with an id whose rows
     cannot be compared (none found, several that differ, or a part file that cannot be read: said on stderr). The
-    output's part files are read only when there is such a container, and only their columns that the input gives
-    (not the purified images), of the rows of its ids (`_part_rows`: each file's id column tells which).
+    output's part files are read only when there is such a container, only those holding its rows (as `index`, the
+    planning's reading of every part file's ids, names them; without it, every part file is listed and its id column
+    read), and only their columns that the input gives (not the purified images), of the rows of its ids
+    (`_part_rows`: each file's id column tells which).
 
     `whole`, when given, gets the `_containers/` entry (`pipeline.ledger`) of each container found as it was whose
     reading went to its end, as a complete run's reading of it would give (its listing's size and version, the ids it
@@ -567,7 +603,8 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
         return {}, 0
     wanted = {i for _, rows in candidates.values() for i in rows}
     fingerprints = _row_values(output, storage_options, wanted, purified, _fingerprint_columns, _row_fingerprint,
-                               "tar, Parquet and zip files whose listing changed are said changed without reading them")
+                               "tar, Parquet and zip files whose listing changed are said changed without reading them",
+                               index)
     if fingerprints is None:
         return {}, 0
     ids = [i for i in sorted(candidates) if all(fingerprints.get(row) for row in candidates[i][1])]
@@ -583,7 +620,7 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
               "the record then takes its new stamp)", file=sys.stderr)
     stamps: dict[str, tuple[str, str]] = {}
     same = done = 0
-    last = time.monotonic()
+    progress = _Progress(many, len(ids), "tar/Parquet/zip file(s)")
     stop = threading.Event()  # the planning stopped (Ctrl-C): each container being read is left at its next member
 
     def compare(id_: str) -> tuple[bool | None, dict[str, Any] | None]:
@@ -604,10 +641,7 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
                 earlier = recorded[id_][1].split(DIFFERS)[0] if id_ in recorded else EARLIER
                 stamps[id_] = (unit.kind, f"{earlier}{DIFFERS}{now}")
             done += 1
-            if many and time.monotonic() - last >= PROGRESS_EVERY_S:
-                last = time.monotonic()
-                print(f"zip-purify: read {done} of {len(ids)} tar/Parquet/zip file(s) whose listing changed",
-                      file=sys.stderr)
+            progress.read(done)
     if many:
         print(f"zip-purify: {same} of {len(ids)} tar/Parquet/zip file(s) whose listing changed hold every member their "
               "rows were made from as it was: not changed", file=sys.stderr)

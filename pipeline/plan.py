@@ -480,13 +480,15 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     if record is not None and settled:
         record = InputRecord(record.location, {**record.stamps, **settled})
     # image files whose stamp changed, read: those whose bytes did not change get their new stamp, so are no change
-    checked, same = same_bytes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, out, so)
+    # (the part files holding their rows looked up in the ids the planning read: `output.index`)
+    checked, same = same_bytes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, out, so,
+                               output.index)
     if record is not None and checked:
         record = InputRecord(record.location, {**record.stamps, **checked})
     # tar, Parquet and zip files whose stamp changed, read: those that give each member of a row as it was get their new
     # stamp (one whose earlier stamp only the ledger knew too: the record starts with it), so are no change
     members, same_containers = same_members(inputs, output.purified_ids, output.rejected_ids, output.retry, record,
-                                            ledger, out, so, reading, read_whole)
+                                            ledger, out, so, reading, read_whole, output.index)
     # One found as it was, but for its rejects --retry-rejects reads again (not compared: their rows are replaced),
     # keeps its earlier stamp until this run ends complete, as one whose only rows are such rejects does
     # (`ChangedInputs.pending`): a retry stopped before it read them leaves the container said changed, if they are.

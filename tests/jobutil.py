@@ -68,6 +68,22 @@ def no_ray_from_here_on(monkeypatch) -> None:
         monkeypatch.setattr(job_module, name, started)
 
 
+def part_files_read(monkeypatch) -> list[str]:
+    """The output's part files ('data/part-....parquet') whose rows the planning reads to compare inputs whose listing
+    changed with their rows (`changes._part_rows`), as it reads them."""
+    import pipeline.changes as changes_module
+
+    read: list[str] = []
+    real = changes_module._part_rows
+
+    def counted(fs, path: str, *args, **kwargs):
+        read.append(f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}")
+        return real(fs, path, *args, **kwargs)
+
+    monkeypatch.setattr(changes_module, "_part_rows", counted)
+    return read
+
+
 def small_job_config(tmp_path: Path, model: str, **kw):
     """A JobConfig for a quick whole run: tmp_path/in -> tmp_path/out, the tiny model, 1 step, 32 px canvases."""
     from pipeline.config import JobConfig

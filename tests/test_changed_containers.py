@@ -20,11 +20,13 @@ from pipeline import cli
 from pipeline.changes import DIFFERS, InputRecord, same_members
 from pipeline.job import run_job
 from pipeline.ledger import ContainerRead, read_ledger
+from pipeline.output import part_files_holding
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover
 from tests.jobutil import (
     image_bytes,
     no_ray_from_here_on,
+    part_files_read,
     rewritten_in_place,
     run_stopped_at,
     small_job_argv,
@@ -300,6 +302,32 @@ def test_comparing_a_containers_rows_reads_of_the_outputs_part_files_only_the_ro
     read = {name: n for fs in counted for name, n in fs.read.items()}
     assert read["part-s.parquet"] > 0
     assert read["part-other.parquet"] < 2**20  # its footer and id column, not its 16 MiB of masks
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_comparing_changed_containers_with_their_rows_reads_only_the_part_files_holding_those_rows(
+        tmp_path, model, monkeypatch) -> None:
+    """To compare the containers whose listing changed with their rows, the planning read the id column of every part
+    file of the output (and the rest of those holding their rows): at 10^6 rows, thousands of part files for one
+    shard repacked. Now it reads only those holding their rows, as its own reading of the output's ids
+    (`output.OutputIndex`) names them, and finds the same."""
+    root = tmp_path / "in"
+    root.mkdir()
+    img = {k: image_bytes(16, 16, k) for k in range(6)}
+    for s, name in enumerate(("a.tar", "b.tar", "c.tar")):
+        (root / name).write_bytes(tar_bytes({"0.png": img[2 * s], "1.png": img[2 * s + 1]}))
+    assert run_job(small_job_config(tmp_path, model, write_batch=1))["this_run"]["purified"] == 6  # a row a file
+    out = tmp_path / "out"
+    assert len(list((out / "data").glob("part-*.parquet"))) == 6
+    rewritten_in_place(root / "b.tar", tar_bytes({"1.png": img[3], "0.png": img[2]}))  # its members in another order
+    rewritten_in_place(root / "c.tar", tar_bytes({"0.png": img[4], "1.png": image_bytes(16, 16, 60)}))  # one other
+    read = part_files_read(monkeypatch)
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (dry["containers_compared"], dry["containers_same_members"]) == (2, 1)
+    assert (dry["containers"], dry["examples"]) == (1, ["c.tar"])
+    holding = part_files_holding(str(out), {}, {"b.tar/0", "b.tar/1", "c.tar/0", "c.tar/1"})
+    assert len(read) == 4
+    assert sorted(read) == sorted(name for names in holding.values() for name in names)
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -26,11 +26,13 @@ from pipeline.changes import (
 )
 from pipeline.job import run_job
 from pipeline.ledger import ContainerRead
+from pipeline.output import part_files_holding
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, content_stamp
 from tests.jobutil import (
     image_bytes,
     image_folder,
+    part_files_read,
     rewritten_in_place,
     run_stopped_at,
     small_job_argv,
@@ -288,6 +290,30 @@ def test_refresh_changed_leaves_the_row_of_a_file_touched_with_the_same_bytes_as
     assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 1, "rows_kept": 0}
     assert (summary["this_run"]["read"], summary["changed_inputs"]["image_files_same_bytes"]) == (1, 1)
     assert row("0.png") == before  # not purified again: the same row, not another sample of the same image
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_comparing_touched_files_with_their_rows_reads_only_the_part_files_holding_those_rows(
+        tmp_path, model, monkeypatch) -> None:
+    """To compare the files whose listing changed with their rows, the planning read the id and source_sha256 columns
+    of every part file of the output: at 10^6 rows, thousands of part files for a few touched images. Now it reads
+    only those holding their rows, as its own reading of the output's ids (`output.OutputIndex`) names them, and
+    finds the same."""
+    root = image_folder(tmp_path / "in", 6)
+    (root / "bad.png").write_bytes(b"not an image")
+    assert run_job(small_job_config(tmp_path, model, write_batch=1))["this_run"]["rejected"] == 1  # a row a file
+    out = tmp_path / "out"
+    assert len(list((out / "data").glob("part-*.parquet"))) == 6
+    _touch(root / "2.png")
+    _touch(root / "bad.png")  # a reject: its row is in rejects/
+    rewritten_in_place(root / "4.png", image_bytes(16, 16, 44))
+    read = part_files_read(monkeypatch)
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (dry["image_files_compared"], dry["image_files_same_bytes"]) == (3, 2)
+    assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (1, 0, ["4.png"])
+    holding = part_files_holding(str(out), {}, {"2.png", "4.png", "bad.png"})
+    assert len(read) == 3
+    assert sorted(read) == sorted(name for names in holding.values() for name in names)
 
 
 def test_a_file_that_cannot_be_read_at_planning_or_whose_rows_hold_no_single_digest_stays_changed(tmp_path,
