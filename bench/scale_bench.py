@@ -269,7 +269,7 @@ def _refreshed_shards(n: int) -> list[str]:
 
 
 def build_refresh(n: int, work: Path, rows: int) -> None:
-    """refresh-files/, refresh-tar/ and refresh-stop/ (built apart, after the rest)."""
+    """refresh-files/, refresh-few/, refresh-tar/ and refresh-stop/ (built apart, after the rest)."""
     import pyarrow.parquet as pq
 
     from pipeline.changes import InputRecord, write_record
@@ -278,10 +278,10 @@ def build_refresh(n: int, work: Path, rows: int) -> None:
     from pipeline.sources import discover, relative_id
 
     root = work / str(n)
-    done = [_file_id(i) for i in range(n - NEW_FILES)]
     if (root / "refresh-built.json").exists() and (root / "refresh-few-built.json").exists():
         return
     t0 = time.perf_counter()
+    done = [_file_id(i) for i in range(n - NEW_FILES)]
 
     def record(out: Path, input_: Path, earlier: set[str]) -> InputRecord:
         location = (read_json(f"{out}/{JOB_FILE}", {}) or {})["input"]["location"]
