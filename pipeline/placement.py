@@ -9,6 +9,7 @@ that this module does not import pipeline.config, which imports it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -33,16 +34,58 @@ class PlacementOptions(Protocol):
     precision: str
 
 
+# What Ray's logger says as it starts a local Ray with token authentication on (Ray 2.60's default): "Token
+# authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out. ...". A Ray the job starts
+# for itself, and stops when it ends, is nobody else's to connect to: advice to turn its security off is noise there.
+TOKEN_AUTH_ENABLED_NOTE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropRecords(logging.Filter):
+    """A logging filter that drops the records whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def init_local_ray(num_cpus: int | None = None) -> None:
-    """Start a local Ray whose workers import `pipeline` from this checkout."""
+    """Start a local Ray whose workers import `pipeline` from this checkout, quietly: Ray's own INFO lines (that it
+    started a local instance, Ray Data's dataset ids and execution plans, their timings) and its note that token
+    authentication is on stay out of the job's stderr, which then holds the job's own progress and Ray's warnings and
+    errors. They still reach Ray's log files (/tmp/ray/session_latest/logs, ray-data/ for Ray Data). Ray's own
+    settings win where the user gave them: RAY_LOGGER_LEVEL, RAY_DATA_LOGGING_CONFIG, RAY_DATA_LOG_LEVEL. Joining a
+    cluster (`init_ray` with an address) keeps Ray's output as it is."""
     import ray
+    import ray.data  # configures Ray Data's logger, whose console handler is quieted below
 
     root = str(Path(__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
-    # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    quiet = _DropRecords(TOKEN_AUTH_ENABLED_NOTE)
+    auth_logger.addFilter(quiet)
+    try:
+        # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
+        # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                 logging_level=os.environ.get("RAY_LOGGER_LEVEL", "warning"))
+    finally:
+        auth_logger.removeFilter(quiet)
+    _quiet_ray_data_console()
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data's console handler at WARNING: its INFO lines ("Starting execution of Dataset dataset_0359...",
+    "Execution plan of Dataset ...", "Dataset ... execution finished in 129.15 seconds", a time that is not the
+    job's) go to its log file only. Left alone when the user configured Ray Data's logging."""
+    if os.environ.get("RAY_DATA_LOGGING_CONFIG") or os.environ.get("RAY_DATA_LOG_LEVEL"):
+        return
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None:

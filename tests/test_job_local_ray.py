@@ -43,3 +43,25 @@ def test_ray_data_does_not_tell_the_user_to_turn_its_progress_bars_back_on() -> 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "NoopExecutionProgressManager", done.stdout  # the bars are off: the case Ray warns of
     assert "enable_progress_bars" not in done.stderr and "Progress bars disabled" not in done.stderr, done.stderr
+
+
+def test_a_local_ray_leaves_the_jobs_stderr_to_the_job_and_to_rays_warnings() -> None:
+    # The default run's stderr held 7 lines, 1 of them the job's: Ray's "Token authentication is enabled for this Ray
+    # cluster. Set RAY_AUTH_MODE=disabled to opt out", "Started a local Ray instance.", and Ray Data's "Starting
+    # execution of Dataset dataset_0359...", "Execution plan of Dataset ..." and "Dataset ... execution finished in
+    # 129.15 seconds" (a time the job's own lines contradict). Ray's warnings stay, and token authentication stays on.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_LOGGER_LEVEL", "RAY_DATA_LOGGING_CONFIG", "RAY_DATA_LOG_LEVEL")}
+    code = ("import logging, ray, ray.data; from pipeline.placement import init_local_ray; init_local_ray(num_cpus=1); "
+            "from ray._raylet import AuthenticationMode, get_authentication_mode; "
+            "print('token', get_authentication_mode() == AuthenticationMode.TOKEN); "
+            "print('rows', ray.data.range(4).map_batches(lambda b: b).count()); "
+            "logging.getLogger('ray.data').warning('a Ray Data warning'); "
+            "logging.getLogger('ray').warning('a Ray warning'); ray.shutdown()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "token True" in done.stdout and "rows 4" in done.stdout, done.stdout
+    for noise in ("Token authentication is enabled", "Started a local Ray instance", "Starting execution of Dataset",
+                  "Execution plan of Dataset", "execution finished in"):
+        assert noise not in done.stderr, done.stderr
+    assert "a Ray Data warning" in done.stderr and "a Ray warning" in done.stderr, done.stderr
