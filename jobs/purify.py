@@ -17,4 +17,6 @@ with interrupted_while_loading("jobs/purify.py"):
     from pipeline.cli import main
 
 if __name__ == "__main__":
-    exit_without_teardown(main())
+    # named as it was run in its usage and error lines ("run python jobs/purify.py --help"), not as the console
+    # script, which a checkout run without `pip install` (or a cluster's working dir) does not have on PATH
+    exit_without_teardown(main(prog=f"python {sys.argv[0]}"))

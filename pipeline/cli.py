@@ -104,9 +104,11 @@ def _json(text: str) -> Any:
                                          """give an object such as '{"num_channels": 128}'""") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "zip-purify") -> argparse.ArgumentParser:
+    """The command line's parser; `prog`: the tool's name in its usage and error lines, the command the user ran
+    (`python jobs/purify.py`, `python -m pipeline.cli`), so that its "run ... --help" hint is one that works."""
     # allow_abbrev=False: a scheduled command that says --over would change meaning the day a flag --over... is added
-    p = _Parser(prog="zip-purify", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
+    p = _Parser(prog=prog, description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version_line(),
                    help="print zip-purify's version, with torch's, Ray's and Python's, and exit")
@@ -561,9 +563,10 @@ def ignore_stop_signals() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
+    """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted).
+    `prog`: how the user ran it (`build_parser`)."""
+    args = build_parser(prog).parse_args(argv)
     config: JobConfig | None = None
     try:
         config = _config_from_namespace(args)
@@ -678,4 +681,4 @@ def _retried_line(retried: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # python -m pipeline.cli: where the zip-purify script is not on PATH (a cluster's image)
-    sys.exit(main())
+    sys.exit(main(prog="python -m pipeline.cli"))

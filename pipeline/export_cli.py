@@ -72,8 +72,9 @@ def _int_from(low: int, high: int | None = None) -> typing.Callable[[str], int]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _ExportParser(prog="zip-purify-export", description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
+def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
+    """The export's parser; `prog`: the command the user ran (`python jobs/export.py`), named in its usage and errors."""
+    p = _ExportParser(prog=prog, description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"zip-purify-export {__version__}")
     p.add_argument("--output", required=True, metavar="OUT",
@@ -111,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status (0 all exported, 1 some not, 2 could not start, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
+    """The command line; returns the exit status (0 all exported, 1 some not, 2 could not start, 130 interrupted).
+    `prog`: how the user ran it (`build_parser`)."""
+    args = build_parser(prog).parse_args(argv)
     try:
         so = storage_options({}, args.s3_endpoint, args.anon, args.storage_option, "")
         existing = "overwrite" if args.overwrite else "resume" if args.resume else "refuse"
@@ -154,4 +156,4 @@ def _shown(err: BaseException, args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":  # python -m pipeline.export_cli: where the console script is not on PATH
-    sys.exit(main())
+    sys.exit(main(prog="python -m pipeline.export_cli"))

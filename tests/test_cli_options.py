@@ -126,6 +126,26 @@ def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     assert "--input IN" not in err[0]  # 20 is the misspelt flag's value, not a positional input
 
 
+@pytest.mark.parametrize(("command", "named"), [
+    (["jobs/purify.py", "--stpes", "20"], "python jobs/purify.py"),
+    (["-m", "pipeline.cli", "--stpes", "20"], "python -m pipeline.cli"),
+    (["jobs/export.py", "--output", "o", "--to", "d", "--wokers", "2"], "python jobs/export.py"),
+])
+def test_a_flag_error_names_the_command_the_user_ran(command: list[str], named: str) -> None:
+    # "zip-purify: error: ... (run zip-purify --help for the options)" after `python jobs/purify.py --stpes 20`: a
+    # command the README's set-up (a checkout's scripts, a cluster's working dir) may not have on PATH, or one that
+    # runs another installed copy
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, *command], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert err[0].startswith(f"{named}: error: unrecognized arguments: "), err
+    assert err[-1] == f"(run {named} --help for the options)", err
+
+
 def test_an_abbreviated_flag_is_refused_not_guessed(capsys) -> None:
     """argparse took --over for --overwrite: a scheduled command's meaning would change the day a second flag
     starting --over were added."""

@@ -126,7 +126,7 @@ def test_python_m_pipeline_cli_runs_the_command_line() -> None:
     # "completed", with nothing checked or purified.
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
-    assert "usage: zip-purify" in done.stdout
+    assert "usage: python -m pipeline.cli" in done.stdout  # named as it was run (its --help hint must work)
 
 
 # --- resuming: an output's labels ---
