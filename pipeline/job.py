@@ -467,7 +467,8 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
     threads = cpu_actor_threads(config, *placement[:2])
     ds = build_pipeline(config, plan, placement, threads)
     if config.progress:
-        stop.bar = progress_bar(progress_total(plan, config.storage_options), "purified", "img", sys.stderr)
+        # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)
+        stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr)
     _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar)
     if stop.bar is not None:
         stop.bar.close()

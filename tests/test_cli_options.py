@@ -300,7 +300,7 @@ def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     from pipeline.progress import LogProgress, progress_bar
 
     log = io.StringIO()  # not a terminal: ray job logs, a scheduler's log, `2> file`
-    bar = progress_bar(10, "purified", "img", log)  # as the job's driver makes it
+    bar = progress_bar(10, "images", "img", log)  # as the job's driver makes it
     assert isinstance(bar, LogProgress)
     bar.every = 0
     bar.update(4)
@@ -310,7 +310,7 @@ def test_progress_in_a_log_is_lines_not_a_redrawn_bar() -> None:
     bar.close()
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and len(lines) == 2, lines  # close() adds nothing the last line did not say
-    assert lines[-1].startswith("purified: 10/10 (100 %) in ") and lines[-1].endswith(", rejected 1"), lines
+    assert lines[-1].startswith("images: 10/10 (100 %) in ") and lines[-1].endswith(", rejected 1"), lines
 
 
 @pytest.mark.parametrize(("rejected", "where"), [

@@ -113,7 +113,7 @@ def test_progress_over_shards_says_how_many_read_tasks_are_done(tmp_path, model,
         (root / f"shard-{s}.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(32, 32, k) for k in range(2)}))
     run_job(_config(tmp_path, model, input=str(root), progress=True))
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("purified: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last
+    assert last.startswith("images: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last
 
 
 def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, model, capsys) -> None:
@@ -122,14 +122,17 @@ def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, mo
     for name, rows in (("a.parquet", 3), ("b.parquet", 2)):
         pq.write_table(pa.table({"image": [image_bytes(16, 16, i) for i in range(rows)]}), root / name)
     (root / "x.png").write_bytes(image_bytes(16, 16, 9))
+    (root / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")  # a reject: counted, but not as purified
     run_job(_config(tmp_path, model, input=str(root), progress=True))
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("purified: 6/6 (100 %) in ") and "read_tasks" not in last, last
+    # images done, purified or rejected: the old "purified: 7/7 (100 %) ..., rejected 1" said 7 purified where 6 were
+    assert last.startswith("images: 7/7 (100 %) in ") and last.endswith(", rejected 1"), last
+    assert "read_tasks" not in last, last
     # the plan behind it: rows less those done; no total with a tar shard among the inputs, or a footer unreadable
     fresh = _config(tmp_path, model, input=str(root), output=str(tmp_path / "fresh"))
     plan = plan_job(fresh, dry_run=True)
     plan.container_done[plan.units[0].paths[0]] = ["a.parquet#0", "a.parquet#unreadable"]
-    assert progress_total(plan, {}) == 6 - 1
+    assert progress_total(plan, {}) == 7 - 1
     (root / "c.parquet").write_bytes(b"not parquet")
     assert progress_total(plan_job(fresh, dry_run=True), {}) is None
     (root / "c.parquet").unlink()
