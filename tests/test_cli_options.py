@@ -331,6 +331,20 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch,
                        f"summary in _summary.json{where}")
 
 
+def test_the_counts_line_says_its_rate_is_the_whole_runs(tmp_path, capsys, monkeypatch) -> None:
+    # The progress's last line times the pipeline alone ("images: 256 in 129 s, 1.98 img/s"); the counts line below
+    # it timed the whole run, planning and Ray's start included ("in 138.96 s (1.842 images/s)"): two rates for one
+    # run, with nothing to say why they differ.
+    summary = {"status": "complete", "output_totals": {"purified": 256, "rejected": 0},
+               "model": {"note": "tiny", "canvas_size": 32},
+               "this_run": {"read": 256, "purified": 256, "rejected": 0, "skipped_already_done": 0, "wall_s": 138.96,
+                            "images_per_s": 1.842, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
+    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    assert main(["--output", str(tmp_path / "out")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "in 138.96 s (1.842 images/s over the whole run); model: tiny" in first, first
+
+
 @pytest.mark.parametrize(("again", "said"), [(0, False), (1, True)])
 def test_a_retry_line_points_at_rejects_only_when_it_holds_todays_reasons(tmp_path, capsys, monkeypatch, again: int,
                                                                            said: bool) -> None:
