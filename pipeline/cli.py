@@ -30,7 +30,7 @@ from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.plan import plan_job
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.redaction import redact_uri_secrets, storage_value_shown
+from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
 from pipeline.version import version_line
@@ -472,16 +472,20 @@ def _human_bytes(n: int) -> str:
     return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
 
 
-def print_plan(report: dict[str, Any]) -> None:
+def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri: str | None = None) -> None:
+    """The dry run's report; `input_uri` and `output_uri` (the run's --input and --output) are named at the head of
+    their lines, credentials redacted: a dry run of the defaults said neither what it would read nor where it would
+    write."""
     model, out, inp = report["model"], report["output"], report["input"]
     print(f"model: {model['note']}\n  checkpoint {model['checkpoint']}\n  sha256 {model['sha256']}\n"
           f"  {model['image_size']} px model, {model['canvas_size']} px canvas")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
-    state = {"new": "new output", "overwrite": "existing output would be deleted first (--overwrite)",
+    state = {"new": "a new output", "overwrite": "an existing output, deleted first (--overwrite)",
              "resume": "resumes an unfinished run", "incremental": "adds new inputs to a finished run"}
     held = f"{out['purified']} purified, {out['rejected']} rejected"
-    print(f"output: {state[out['state']]}; " + (f"it holds {held}" if out["state"] == "overwrite"
-                                                 else f"already holds {held}"))
+    # a new output holds nothing: "new output; already holds 0 purified, 0 rejected" said so twice, the second oddly
+    holds = "" if out["state"] == "new" and not (out["purified"] or out["rejected"]) else f"; it holds {held}"
+    print(f"output: {_named(output_uri)}{state[out['state']]}{holds}")
     if out.get("rejects_to_retry"):
         print(f"  {_count(out['rejects_to_retry'], 'rejected input')} will be read again (--retry-rejects): those still in the "
               "input are counted below as inputs to read")
@@ -490,8 +494,9 @@ def print_plan(report: dict[str, Any]) -> None:
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
               f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s; one "
               "still refreshed stops the run)")
-    print(f"input: {_count(inp['image_files_to_read'], 'image file')} to read ({inp['image_files_already_done']} "
-          f"already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, {_count(inp['parquet_files'], 'Parquet file')}, "
+    print(f"input: {_named(input_uri)}{_count(inp['image_files_to_read'], 'image file')} to read "
+          f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, "
+          f"{_count(inp['parquet_files'], 'Parquet file')}, "
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):
@@ -524,6 +529,11 @@ def print_plan(report: dict[str, Any]) -> None:
               "compared with their rows")
     else:
         print("dry run: nothing was read, purified or written")
+
+
+def _named(uri: str | None) -> str:
+    """'URI: ' at the head of a dry run's line (credentials redacted, one line), or nothing."""
+    return "" if uri is None else f"{terminal_text(redact_uri(uri))}: "
 
 
 def _partitions_line(partitions: dict[str, Any]) -> str:
@@ -599,7 +609,7 @@ def _dry_run(config: JobConfig) -> None:
     """The plan printed, nothing read or written (--dry-run); a warning when it finds no input."""
     plan = plan_job(config, dry_run=True)
     report = plan.describe()
-    print_plan(report)
+    print_plan(report, config.input, config.output)
     _print_changed_inputs(report.get("changed_inputs") or {}, dry_run=True)
     if not plan.units and not plan.skipped_files and not plan.skipped_containers:
         print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",

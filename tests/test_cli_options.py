@@ -15,7 +15,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.plan import check_output_state, plan_job
 from pipeline.stopped_run import record_stopped_run
-from tests.jobutil import image_bytes
+from tests.jobutil import image_bytes, image_folder
 
 
 def _errors(capsys) -> list[str]:
@@ -231,6 +231,25 @@ def test_a_missing_input_is_said_once(tmp_path, capsys, name: str, said: str) ->
     assert main(["--input", missing, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
     assert _errors(capsys) == [f"error: input {missing} {said}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_names_what_it_would_read_and_where_it_would_write(tmp_path, capsys) -> None:
+    # `python jobs/purify.py --dry-run` said "output: new output; already holds 0 purified, 0 rejected" and "input: 0
+    # image files to read ..., 2 tar shards": neither the sample it would read nor ./purified, and a new output that
+    # "already" held nothing
+    image_folder(tmp_path / "in", 1)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"output: {tmp_path / 'out'}: a new output" in out, out
+    assert any(line.startswith(f"input: {tmp_path / 'in'}: 1 image file to read (0 already done") for line in out), out
+    assert not any("already holds" in line for line in out), out
+    # a URL's credentials are not printed (a presigned or SAS URL is one)
+    report = plan_job(config_from_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2")]),
+                      dry_run=True).describe()
+    cli.print_plan(report, "https://user:pa55@host/in/?sig=s3cret", str(tmp_path / "o2"))
+    printed = capsys.readouterr().out
+    assert "input: https://user:***@host/in/?sig=***: 1 image file" in printed, printed
+    assert "pa55" not in printed and "s3cret" not in printed, printed
 
 
 @pytest.mark.parametrize("side", ["input", "output"])

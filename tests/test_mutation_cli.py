@@ -204,7 +204,7 @@ def test_a_dry_run_that_finds_nothing_wrong_exits_0(tmp_path: Path, monkeypatch:
             return {}
 
     monkeypatch.setattr(cli, "plan_job", lambda config, dry_run: Plan())
-    monkeypatch.setattr(cli, "print_plan", lambda report: None)
+    monkeypatch.setattr(cli, "print_plan", lambda report, *where: None)
     assert main(["--dry-run", "--output", str(tmp_path / "out")]) == 0
 
 
