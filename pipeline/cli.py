@@ -167,8 +167,9 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                     help="delete an existing output's data, rejects and summary first; not with --incremental")
     io.add_argument("--dry-run", action="store_true",
                     help="check the checkpoint, the output and the input and print what a run would do (model, "
-                         "output state, inputs to read and already done) without reading an image or writing "
-                         "anything; exit status 2 with the reason when the run would stop")
+                         "output state, inputs to read and already done) without writing anything; it reads no "
+                         "image but those of inputs whose listing changed since their rows were written, to compare "
+                         "them with their rows, as a run does; exit status 2 with the reason when the run would stop")
 
 
 def _add_model_options(p: argparse.ArgumentParser, d: JobConfig) -> None:

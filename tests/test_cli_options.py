@@ -233,6 +233,14 @@ def test_a_missing_input_is_said_once(tmp_path, capsys, name: str, said: str) ->
     assert not (tmp_path / "out").exists()
 
 
+def test_the_dry_runs_help_says_which_images_it_reads() -> None:
+    # it said "without reading an image", where a dry run reads the inputs whose listing changed since their rows were
+    # written, to compare them (its own last line says so then: "nothing read but the inputs whose listing changed")
+    text = " ".join(build_parser().format_help().split())
+    assert "without reading an image" not in text
+    assert "it reads no image but those of inputs whose listing changed since their rows were written" in text
+
+
 def test_a_dry_run_names_what_it_would_read_and_where_it_would_write(tmp_path, capsys) -> None:
     # `python jobs/purify.py --dry-run` said "output: new output; already holds 0 purified, 0 rejected" and "input: 0
     # image files to read ..., 2 tar shards": neither the sample it would read nor ./purified, and a new output that
