@@ -49,12 +49,17 @@ class LogProgress:
             text += f"/{self.total} ({100.0 * self.n / max(self.total, 1):.0f} %)"
         text += f" in {elapsed:.0f} s"
         if done > 0 and elapsed > 0:
-            text += f", {done / elapsed:.3g} {self.unit}/s"
+            text += f", {_rate(done / elapsed)} {self.unit}/s"
             if self.total is not None and self.n < self.total:
                 text += f", ETA {(self.total - self.n) * elapsed / done:.0f} s"
         text += "".join(f", {key} {value}" for key, value in self.postfix.items())
         print(text, file=self.stream, flush=True)
         self.printed = (self.n, dict(self.postfix))
+
+
+def _rate(per_s: float) -> str:
+    """A rate with three significant digits, never in exponent form: 0.164, 2.1, 4130 (not 4.13e+03)."""
+    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
 def progress_bar(

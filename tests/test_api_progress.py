@@ -108,3 +108,15 @@ def test_the_last_line_is_not_printed_twice(monkeypatch: pytest.MonkeyPatch) -> 
     bar.update(10)
     bar.close()
     assert log.getvalue().splitlines() == ["purified: 10/10 (100 %) in 61 s, 0.164 img/s"]
+
+
+def test_a_fast_rate_is_written_as_a_number_not_in_exponent_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export of 256 local files ended "export: 256/256 (100 %) in 0 s, 4.13e+03 img/s"."""
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
+    log = io.StringIO()
+    bar = progress_bar(4130, "export", "img", log)
+    clock.now += 1
+    bar.update(4130)
+    bar.close()
+    assert log.getvalue().splitlines() == ["export: 4130/4130 (100 %) in 1 s, 4130 img/s"]
