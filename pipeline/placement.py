@@ -55,9 +55,9 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     """Start a local Ray whose workers import `pipeline` from this checkout, quietly: Ray's own INFO lines (that it
     started a local instance, Ray Data's dataset ids and execution plans, their timings) and its note that token
     authentication is on stay out of the job's stderr, which then holds the job's own progress and Ray's warnings and
-    errors. They still reach Ray's log files (/tmp/ray/session_latest/logs, ray-data/ for Ray Data). Ray's own
-    settings win where the user gave them: RAY_LOGGER_LEVEL, RAY_DATA_LOGGING_CONFIG, RAY_DATA_LOG_LEVEL. Joining a
-    cluster (`init_ray` with an address) keeps Ray's output as it is."""
+    errors. Ray Data's still reach its log file (/tmp/ray/session_latest/logs/ray-data/). Ray's own settings win where
+    the user gave them: RAY_LOGGER_LEVEL, RAY_DATA_LOGGING_CONFIG, RAY_DATA_LOG_LEVEL. Joining a cluster (`init_ray`
+    with an address) keeps Ray's output as it is."""
     import ray
     import ray.data  # configures Ray Data's logger, whose console handler is quieted below
 
