@@ -35,8 +35,8 @@ class PlacementOptions(Protocol):
 
 
 # What Ray's logger says as it starts a local Ray with token authentication on (Ray 2.60's default): "Token
-# authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out. ...". A Ray the job starts
-# for itself, and stops when it ends, is nobody else's to connect to: advice to turn its security off is noise there.
+# authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out. ...". The Ray the job starts
+# for itself, and stops when it ends, keeps it on; a note that invites the job's user to turn it off is noise there.
 TOKEN_AUTH_ENABLED_NOTE = "Token authentication is enabled for this Ray cluster"
 
 
