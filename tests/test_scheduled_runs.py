@@ -170,7 +170,7 @@ def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_compl
     no_ray_from_here_on(monkeypatch)
     capsys.readouterr()
     summary = run_job(small_job_config(tmp_path, model, incremental=True, progress=True))
-    assert "purified" not in capsys.readouterr().err  # no progress bar, not even '0/0'
+    assert "images:" not in capsys.readouterr().err  # no progress bar ('images: 0/0 (0 %)'), not even '0/0'
     run = summary["this_run"]
     assert summary["status"] == "complete"
     assert (run["read"], run["skipped_already_done"], run["containers_skipped_unread"], run["files_written"]) == (
