@@ -31,7 +31,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -427,6 +427,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
 
         # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
         threads = None if placement is None else _purify(config, plan, placement, stop)
+        _note_read_whole(out, so, plan, tally.read_whole)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
         # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
         stop.before = set(stop.before)
@@ -504,6 +505,25 @@ def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> 
         remove_journal(out, storage_options)
     if plan.refresh is not None:
         write_journal(out, storage_options, plan.refresh)
+
+
+def _note_read_whole(out: str, storage_options: dict[str, Any], plan: JobPlan, read_whole: list[dict[str, Any]]) -> None:
+    """Once a --refresh-changed run's pipeline has ended (every row it read written), write its journal again naming
+    the refreshed containers it read to their end (`Journal.whole`): stopped after this, in its end-of-run check, the
+    next run takes their new stamps, as this run would have, though a member one no longer holds has no new row.
+    Without it, such a container was said changed by every later run, and the next --refresh-changed purified its rows
+    again. A failure to write it is said, and loses only that."""
+    if plan.refresh is None or not read_whole:
+        return
+    roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
+    whole = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots} & set(plan.refresh.inputs)
+    if not whole:
+        return
+    try:
+        write_journal(out, storage_options, replace(plan.refresh, whole=frozenset(whole)))
+    except Exception as err:  # noqa: BLE001 - the journal written first still holds; only that saving is lost
+        print(f"zip-purify: warning: could not note the containers read whole in the refresh journal ({describe(err)}); "
+              "if this run stops before its end, the next run may say they changed", file=sys.stderr)
 
 
 def _start_tally(plan: JobPlan) -> RunTally:

@@ -32,7 +32,10 @@ copied or repacked is not changed, and none of its rows is refreshed) are read w
 refreshed (the planning stops reading it at the first member that differs, so which others did is not known); a
 member it no longer holds gives no new row, and its old row stays (ledger's `leftover`), as it would without
 --refresh-changed; a container that cannot be read to its end now keeps its old rows and its earlier stamp (still said
-changed: `job._record_inputs_read_again`).
+changed: `job._record_inputs_read_again`). Once the run's pipeline has ended, the journal is written again naming the
+containers it read to their end (`Journal.whole`): a run stopped after that (in its end-of-run check, say) leaves a
+container that no longer gives a member of its rows done as a complete run would, not said changed by every later run
+for the member it no longer holds.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class Journal:
     inputs: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
     # the run's part file names are salted with it (`stages.part_name`): a new row never lands in an old row's file
     salt: str = ""
+    # the inputs (tar shards, Parquet and zip files) the run read to their end, all their rows written: noted once its
+    # pipeline has ended (`job._note_read_whole`). A member such a file no longer gives has no new row, and its old row
+    # stays, as in a run that ends complete: the file is done all the same (`new_stamps`)
+    whole: frozenset[str] = frozenset()
 
     def settled(self, holders: dict[str, list[str]]) -> set[str]:
         """The ids with a new row: one in a part file the journal does not name for them (`holders`: id -> the part
@@ -76,9 +83,10 @@ class Journal:
         return {id_ for id_, names in self.rows.items() if set(holders.get(id_, ())) - set(names)}
 
     def new_stamps(self, settled: set[str]) -> dict[str, tuple[str, str]]:
-        """The inputs every id of which has its new row (`settled`), with the stamp those rows were made from."""
+        """The inputs every id of which has its new row (`settled`), or that the run read to their end (`whole`), with
+        the stamp those rows were made from."""
         return {input_id: (kind, stamp) for input_id, (kind, stamp, ids) in self.inputs.items()
-                if ids and settled.issuperset(ids)}
+                if ids and (input_id in self.whole or settled.issuperset(ids))}
 
 
 def read_journal(output: str, storage_options: dict[str, Any]) -> Journal | None:
@@ -129,8 +137,8 @@ def _from_format_1(payload: dict[str, Any]) -> Journal:
 
 def _from_format_2(payload: dict[str, Any]) -> Journal:
     """{"parts": [[part file or null, [id, ...]], ...], "inputs": {input id: [kind, stamp] or [kind, stamp, [id, ...]]},
-    "salt": ...}: each id with the files whose group lists it (null: an id listed with no file); an input without its
-    ids has the one id it names (an image file)."""
+    "salt": ..., "whole": [input id, ...] (optional)}: each id with the files whose group lists it (null: an id listed
+    with no file); an input without its ids has the one id it names (an image file)."""
     rows: dict[str, list[str]] = {}
     for name, ids in payload["parts"]:
         if name is not None and not isinstance(name, str):
@@ -150,7 +158,7 @@ def _from_format_2(payload: dict[str, Any]) -> Journal:
     salt = payload["salt"]
     if not isinstance(salt, str):
         raise ValueError("its salt is not a text")
-    return Journal(rows, inputs, salt)
+    return Journal(rows, inputs, salt, frozenset(_texts(payload.get("whole", []))))
 
 
 def write_journal(output: str, storage_options: dict[str, Any], journal: Journal) -> None:
@@ -167,7 +175,8 @@ def write_journal(output: str, storage_options: dict[str, Any], journal: Journal
                        "parts": [[name, sorted(by_file[name])]
                                  for name in sorted(by_file, key=lambda n: (n is None, n or ""))],
                        "inputs": {i: [kind, stamp, *([] if ids == [i] else [ids])]
-                                  for i, (kind, stamp, ids) in sorted(inputs.items())}},
+                                  for i, (kind, stamp, ids) in sorted(inputs.items())},
+                       **({"whole": sorted(journal.whole)} if journal.whole else {})},
                       separators=(",", ":")).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")

@@ -282,6 +282,44 @@ def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_th
 
 
 @pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("step", ["deduplicate_output", "_record_inputs_read_again"])
+def test_a_refresh_stopped_after_its_pipeline_leaves_a_shard_that_lost_a_member_done_as_a_complete_one_does(
+        tmp_path, model, monkeypatch, step: str) -> None:
+    """A refreshed shard that no longer holds a member of its rows gives that id no new row (its old row stays). Stopped
+    after its pipeline, the journal said the shard was not done (an id without its new row): every later run said it
+    changed, for good, and the next --refresh-changed purified all its members again. The journal now notes the
+    containers the run read to their end."""
+    root = tmp_path / "in"
+    root.mkdir()
+    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
+    (root / "s.tar").write_bytes(tar_bytes(members))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    changed = {"0.png": image_bytes(16, 16, 60), "1.png": members["1.png"]}
+    rewritten_in_place(root / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone
+    run_stopped_at(step, tmp_path, model, monkeypatch, refresh_changed=True)
+    assert read_journal(str(tmp_path / "out"), {}).whole == {"s.tar"}
+    resumed = run_job(small_job_config(tmp_path, model))
+    assert (resumed["status"], resumed["this_run"]["read"], resumed["changed_inputs"]["containers"]) == ("complete", 0, 0)
+    data, _ = _each_id_once(tmp_path)
+    assert (data["s.tar/0"], data["s.tar/1"]) == (_sha(changed["0.png"]), _sha(members["1.png"]))
+    assert data["s.tar/2"] == _sha(members["2.png"])  # the member it no longer holds keeps its row
+    later = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert later["changed_inputs"]["containers"] == 0 and later["this_run"]["refreshed"]["inputs"] == 0
+    assert (later["this_run"]["read"], later["this_run"]["containers_skipped_unread"]) == (0, 1)
+
+
+def test_the_journal_says_which_containers_its_run_read_to_their_end(tmp_path) -> None:
+    rows = {"s.tar/0": ["data/part-a.parquet"], "s.tar/2": ["data/part-a.parquet"], "t.tar/0": ["data/part-a.parquet"]}
+    inputs = {"s.tar": ("tar", "v2", ["s.tar/0", "s.tar/2"]), "t.tar": ("tar", "v2", ["t.tar/0"])}
+    journal = Journal(rows, inputs, "salt", frozenset({"s.tar"}))
+    write_journal(str(tmp_path), {}, journal)
+    assert read_journal(str(tmp_path), {}) == journal
+    # s.tar/2 has no new row (a member s.tar no longer gives), t.tar/0 neither: s.tar was read to its end, t.tar not
+    assert journal.new_stamps({"s.tar/0"}) == {"s.tar": ("tar", "v2")}
+    assert Journal(rows, inputs, "salt").new_stamps({"s.tar/0"}) == {}
+
+
+@pytest.mark.usefixtures("ray_local")
 def test_the_command_line_does_not_say_rows_kept_of_a_shard_that_cannot_be_read_are_gone_from_it(
         tmp_path, model, capsys) -> None:
     root = tmp_path / "in"
