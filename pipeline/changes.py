@@ -335,7 +335,8 @@ class _Progress:
 
 def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], retry: frozenset[str],
                record: InputRecord | None, output: str, storage_options: dict[str, Any],
-               index: OutputIndex | None = None) -> tuple[dict[str, tuple[str, str]], int]:
+               index: OutputIndex | None = None,
+               superseded: dict[str, set[str]] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
     """The done image files whose listing's stamp differs from the recorded one, read to tell whether their bytes are
     still those their rows were made from (their sha256 against the `source_sha256` of their rows: data/'s for a
     purified id, rejects/' for a rejected one), with the stamp the record takes for each, and how many are the same.
@@ -347,7 +348,9 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     rows (as `index`, the planning's reading of every part file's ids, names them; without it, every part file is
     listed and its id column read), and only their id and source_sha256 columns. A file that cannot be read now, whose
     rows hold no digest (rejected unread: over --max-image-mb) or no single one, or whose bytes are not as many as the
-    listing said, is left out: said changed, as without this check, and read again by the next run."""
+    listing said, is left out: said changed, as without this check, and read again by the next run. `superseded`: part
+    file ('data/part-....parquet') -> the ids whose rows in it a stopped --refresh-changed run replaced, which this
+    run's start removes (`_row_values`)."""
     recorded = record.stamps if record is not None else {}
     candidates: dict[str, tuple[str, int | None, str]] = {}  # id -> path, listed size, stamp now
     for unit in listed:
@@ -364,7 +367,7 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
             candidates[id_] = (path, size, content)
     if not candidates:
         return {}, 0
-    digests = _row_digests(output, storage_options, set(candidates), purified, index)
+    digests = _row_digests(output, storage_options, set(candidates), purified, index, superseded)
     checked = {id_: digests[id_] for id_ in sorted(candidates) if digests and digests.get(id_)}
     if not checked:
         return {}, 0
@@ -397,24 +400,29 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
 
 
 def _row_digests(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
-                 index: OutputIndex | None = None) -> dict[str, str | None] | None:
+                 index: OutputIndex | None = None,
+                 superseded: dict[str, set[str]] | None = None) -> dict[str, str | None] | None:
     """id -> the source_sha256 of its rows (data/'s for an id in `purified`, else rejects/'), for each of `ids` with
     rows, None where they hold none or more than one; None in all where a part file cannot be read (said on stderr).
-    `index`: as `_row_values`."""
+    `index`, `superseded`: as `_row_values`."""
     return _row_values(output, storage_options, ids, purified, lambda folder: ("id", "source_sha256"),
                        lambda folder, row: row.get("source_sha256"),
-                       "image files whose listing changed are said changed without reading them", index)
+                       "image files whose listing changed are said changed without reading them", index, superseded)
 
 
 def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], purified: set[str],
                 columns: Callable[[str], tuple[str, ...] | None], value: Callable[[str, dict[str, Any]], Any],
-                unread: str, index: OutputIndex | None = None) -> dict[str, Any] | None:
+                unread: str, index: OutputIndex | None = None,
+                superseded: dict[str, set[str]] | None = None) -> dict[str, Any] | None:
     """id -> `value` of its rows (data/'s for an id in `purified`, else rejects/'; `value(folder, row)` of each row as
     a dict of `columns(folder)`, or of every column `ROW_COLUMNS_LEFT_OUT` leaves when that gives None), for each of
     `ids` with rows, None where its rows give more than one; None in all where a part file cannot be read (said on
     stderr, with `unread`: what that leaves). Only the part files that `index` (the planning's `output.OutputIndex`)
     says hold a row of one of `ids` in its folder are read; without it, every part file of the folders is listed and
-    read (its id column, and the rest only where it holds some of `ids`)."""
+    read (its id column, and the rest only where it holds some of `ids`). `superseded`: part file
+    ('data/part-....parquet') -> the ids whose rows in it are left out: the old rows a stopped --refresh-changed run
+    replaced, which this run's start removes (`refresh.Journal`); compared with, the new row and its old one differed,
+    and the input was said changed."""
     from pipeline.output import list_parts  # pipeline.output imports this module
     from pipeline.stages import DATA_DIR, REJECTS_DIR
 
@@ -428,7 +436,8 @@ def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], pur
         fs, _ = storage_path(output, storage_options)
         with ThreadPoolExecutor(max(1, min(HASH_READERS, len(paths))), thread_name_prefix="row-digests") as pool:
             parts = list(pool.map(lambda item: [(id_, value(item[0], row)) for id_, row in _part_rows(
-                fs, item[1], wanted[item[0]], columns(item[0]))], paths))
+                fs, item[1], wanted[item[0]], columns(item[0]))
+                if id_ not in (superseded or {}).get(f"{item[0]}/{posixpath.basename(item[1])}", ())], paths))
     except Exception as err:  # noqa: BLE001 - never fatal: the inputs stay said changed
         print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); {unread}",
               file=sys.stderr)
@@ -550,7 +559,8 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
                  record: InputRecord | None, ledger: dict[str, ContainerRead], output: str,
                  storage_options: dict[str, Any], reading: dict[str, Any] | None = None,
                  whole: dict[str, ContainerRead] | None = None,
-                 index: OutputIndex | None = None) -> tuple[dict[str, tuple[str, str]], int]:
+                 index: OutputIndex | None = None,
+                 superseded: dict[str, set[str]] | None = None) -> tuple[dict[str, tuple[str, str]], int]:
     """The tar shards, Parquet files and zip archives with done ids whose listing's stamp differs from the recorded
     one (or, without one, from the ledger's: `_container_changed`), read to tell whether the members their rows were
     made from are still there as they were, with the stamp the record takes for each, and how many are so. A
@@ -579,7 +589,8 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     gave and their digest): with that, the run skips it unread when the output holds all its ids (one copied over or
     packed again; one grown is read for its members added), where the ledger's entry of its earlier version made the
     run read it again only to skip each of its ids. None for one holding ids --retry-rejects reads again, or that gave
-    a look-alike or superseded id (its reading settles those rejects)."""
+    a look-alike or superseded id (its reading settles those rejects). `superseded`: the old rows a stopped
+    --refresh-changed run replaced, left out of the comparison (`_row_values`)."""
     recorded = record.stamps if record is not None else {}
     changed: list[ReadUnit] = []
     for unit in listed:
@@ -604,7 +615,7 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     wanted = {i for _, rows in candidates.values() for i in rows}
     fingerprints = _row_values(output, storage_options, wanted, purified, _fingerprint_columns, _row_fingerprint,
                                "tar, Parquet and zip files whose listing changed are said changed without reading them",
-                               index)
+                               index, superseded)
     if fingerprints is None:
         return {}, 0
     ids = [i for i in sorted(candidates) if all(fingerprints.get(row) for row in candidates[i][1])]

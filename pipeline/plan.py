@@ -431,7 +431,9 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
     applies before it writes anything: what the output holds as it will then (an id whose new row is a reject and whose
     old one is in data/ is a reject), and the stamps of the inputs whose ids all have their new rows (the record takes
     them: they are not changed since). Only the journal's ids are looked up, in the output's ids as the planning read
-    them (`output.index`), and only when there is one."""
+    them (`output.index`), and only when there is one. The old rows of those with a new row go at this run's start:
+    `superseded` names them, so that the planning's comparison of inputs with their rows (`changes.same_bytes`,
+    `changes.same_members`) leaves them out."""
     if output.state not in ("resume", "incremental"):
         return output, {}
     try:
@@ -455,8 +457,13 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
             rejected.add(id_)
     retry = frozenset(rejected) if config.retry_rejects else frozenset()
     skip = purified if config.retry_rejects else purified | rejected
+    superseded: dict[str, set[str]] = {}
+    for id_ in settled:
+        for name in journal.rows[id_]:
+            superseded.setdefault(name, set()).add(id_)
     return replace(output, purified_ids=purified, rejected_ids=rejected, prior_purified=len(purified),
-                   prior_rejected=len(rejected), retry=retry, skip=skip), journal.new_stamps(settled)
+                   prior_rejected=len(rejected), retry=retry, skip=skip,
+                   superseded=superseded), journal.new_stamps(settled)
 
 
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,
@@ -481,14 +488,15 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
         record = InputRecord(record.location, {**record.stamps, **settled})
     # image files whose stamp changed, read: those whose bytes did not change get their new stamp, so are no change
     # (the part files holding their rows looked up in the ids the planning read: `output.index`)
+    # (compared with the rows the output holds once this run's start has applied a stopped refresh's journal)
     checked, same = same_bytes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, out, so,
-                               output.index)
+                               output.index, output.superseded)
     if record is not None and checked:
         record = InputRecord(record.location, {**record.stamps, **checked})
     # tar, Parquet and zip files whose stamp changed, read: those that give each member of a row as it was get their new
     # stamp (one whose earlier stamp only the ledger knew too: the record starts with it), so are no change
     members, same_containers = same_members(inputs, output.purified_ids, output.rejected_ids, output.retry, record,
-                                            ledger, out, so, reading, read_whole, output.index)
+                                            ledger, out, so, reading, read_whole, output.index, output.superseded)
     # One found as it was, but for its rejects --retry-rejects reads again (not compared: their rows are replaced),
     # keeps its earlier stamp until this run ends complete, as one whose only rows are such rejects does
     # (`ChangedInputs.pending`): a retry stopped before it read them leaves the container said changed, if they are.
@@ -589,6 +597,9 @@ class _OutputDone:
     skip: set[str]  # the done ids: this run does not read them
     # every part file's ids, as read once for the above (empty for a new output or one --overwrite clears)
     index: OutputIndex = OutputIndex()
+    # part file ('data/part-....parquet') -> the ids whose old rows in it a stopped --refresh-changed run replaced, which
+    # this run's start removes (`_after_earlier_refresh`): not compared with the inputs (`changes.same_bytes`)
+    superseded: dict[str, set[str]] = field(default_factory=dict)
 
 
 def replaced_settings_note(out: str, what: str, dry_run: bool) -> str:

@@ -308,6 +308,36 @@ def test_a_refresh_stopped_after_its_pipeline_leaves_a_shard_that_lost_a_member_
     assert (later["this_run"]["read"], later["this_run"]["containers_skipped_unread"]) == (0, 1)
 
 
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("kind", ["file", "shard"])
+def test_an_input_touched_after_a_stopped_refresh_is_compared_with_its_new_row_not_the_old_one_going(
+        tmp_path, model, monkeypatch, kind: str) -> None:
+    """After a refresh stopped before its end-of-run check, an id has its old row and its new one until the next run's
+    start applies the journal. That run's planning compares an input whose listing changed (touched, copied over) with
+    its rows: it read both, found them unlike, and said the input changed (and --refresh-changed purified it again),
+    though its bytes are those of its new row."""
+    root = tmp_path / "in"
+    root.mkdir()
+    name, old = ("0.png", image_bytes(16, 16, 0)) if kind == "file" else ("s.tar", tar_bytes({"0.png": image_bytes(
+        16, 16, 1), "1.png": image_bytes(16, 16, 2)}))
+    (root / name).write_bytes(old)
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    new = image_bytes(16, 16, 50) if kind == "file" else tar_bytes({"0.png": image_bytes(16, 16, 51),
+                                                                   "1.png": image_bytes(16, 16, 2)})
+    rewritten_in_place(root / name, new)
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
+    rewritten_in_place(root / name, new)  # touched (copied over, uploaded again): the same bytes, another stamp
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert summary["status"] == "complete"
+    assert (summary["this_run"]["read"], summary["this_run"]["refreshed"]["inputs"]) == (0, 0)
+    assert summary["changed_inputs"]["examples"] == []
+    data, _ = _each_id_once(tmp_path)
+    if kind == "file":
+        assert data == {"0.png": _sha(new)}
+    else:
+        assert data["s.tar/0"] == _sha(image_bytes(16, 16, 51))
+
+
 def test_the_journal_says_which_containers_its_run_read_to_their_end(tmp_path) -> None:
     rows = {"s.tar/0": ["data/part-a.parquet"], "s.tar/2": ["data/part-a.parquet"], "t.tar/0": ["data/part-a.parquet"]}
     inputs = {"s.tar": ("tar", "v2", ["s.tar/0", "s.tar/2"]), "t.tar": ("tar", "v2", ["t.tar/0"])}
