@@ -98,25 +98,23 @@ def test_classifier_progress_in_a_log_is_plain_lines(capsys) -> None:
     assert lines[-1].startswith("training classifier: 4/4 (100 %)")
 
 
-def test_the_last_line_is_not_printed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The minute's line could fall on the last update, and close() printed the same line again."""
+def _lines_of_one_update(monkeypatch: pytest.MonkeyPatch, total: int, label: str, seconds: float) -> list[str]:
+    """The log lines of a bar (not a terminal) that does all `total` in one update after `seconds`, then closes."""
     clock = Clock()
     monkeypatch.setattr(progress_module.time, "monotonic", clock)
     log = io.StringIO()
-    bar = progress_bar(10, "purified", "img", log)
-    clock.now += 61
-    bar.update(10)
+    bar = progress_bar(total, label, "img", log)
+    clock.now += seconds
+    bar.update(total)
     bar.close()
-    assert log.getvalue().splitlines() == ["purified: 10/10 (100 %) in 61 s, 0.164 img/s"]
+    return log.getvalue().splitlines()
+
+
+def test_the_last_line_is_not_printed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The minute's line could fall on the last update, and close() printed the same line again."""
+    assert _lines_of_one_update(monkeypatch, 10, "purified", 61) == ["purified: 10/10 (100 %) in 61 s, 0.164 img/s"]
 
 
 def test_a_fast_rate_is_written_as_a_number_not_in_exponent_form(monkeypatch: pytest.MonkeyPatch) -> None:
     """An export of 256 local files ended "export: 256/256 (100 %) in 0 s, 4.13e+03 img/s"."""
-    clock = Clock()
-    monkeypatch.setattr(progress_module.time, "monotonic", clock)
-    log = io.StringIO()
-    bar = progress_bar(4130, "export", "img", log)
-    clock.now += 1
-    bar.update(4130)
-    bar.close()
-    assert log.getvalue().splitlines() == ["export: 4130/4130 (100 %) in 1 s, 4130 img/s"]
+    assert _lines_of_one_update(monkeypatch, 4130, "export", 1) == ["export: 4130/4130 (100 %) in 1 s, 4130 img/s"]
