@@ -534,7 +534,13 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
 
 def _named(uri: str | None) -> str:
     """'URI: ' at the head of a dry run's line (credentials redacted, one line), or nothing."""
-    return "" if uri is None else f"{terminal_text(redact_uri(uri))}: "
+    return "" if uri is None else f"{_uri_shown(uri)}: "
+
+
+def _uri_shown(uri: str) -> str:
+    """--input or --output as the tool's own lines name them: credentials redacted (`redact_uri`: an FTP output's
+    password, a presigned URL's signature; stdout and stderr end up in CI logs), on one line."""
+    return terminal_text(redact_uri(uri))
 
 
 def _partitions_line(partitions: dict[str, Any]) -> str:
@@ -613,7 +619,7 @@ def _dry_run(config: JobConfig) -> None:
     print_plan(report, config.input, config.output)
     _print_changed_inputs(report.get("changed_inputs") or {}, dry_run=True)
     if not plan.units and not plan.skipped_files and not plan.skipped_containers:
-        print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)",
+        print(f"warning: found no inputs under {_uri_shown(config.input)} (hidden files, .x and _x, are skipped)",
               file=sys.stderr)
 
 
@@ -621,7 +627,8 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     """What the run did (its warnings on stderr), then what the output holds in all."""
     run = summary["this_run"]
     if run["read"] == 0 and run["skipped_already_done"] == 0:
-        print(f"warning: found no inputs under {config.input} (hidden files, .x and _x, are skipped)", file=sys.stderr)
+        print(f"warning: found no inputs under {_uri_shown(config.input)} (hidden files, .x and _x, are skipped)",
+              file=sys.stderr)
     # with nothing read, no rate: what there was to do instead (a run left nothing to read starts no Ray: ray.note).
     # The rate is the whole run's, planning and Ray's start included: the progress's last line, over the pipeline
     # alone, says a higher one ("images: 256 in 129 s, 1.98 img/s" beside "in 138.96 s (1.842 images/s)")
@@ -657,7 +664,7 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     # and where the rows are: the images are Parquet rows, and a reject's reason is only in rejects/
     where = ", ".join((["the purified images in data/"] if totals["purified"] else [])
                       + (["each reject with its reason in rejects/"] if totals["rejected"] else []))
-    print(f"output: {config.output} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
+    print(f"output: {_uri_shown(config.output)} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
           f"(status {summary['status']}; summary in _summary.json" + (f"; {where}" if where else "") + ")")
 
 

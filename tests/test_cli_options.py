@@ -358,6 +358,23 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch,
                        f"summary in _summary.json{where}")
 
 
+def test_a_runs_lines_name_its_input_and_output_without_their_credentials(capsys, monkeypatch) -> None:
+    # The dry run's new lines redact a URL's credentials; a run's own last line printed --output as given ("output:
+    # ftp://user:<password>@host/out holds ..."), and its no-input warning --input, on every run, into CI logs.
+    summary = {"status": "complete", "output_totals": {"purified": 0, "rejected": 0},
+               "model": {"note": "tiny", "canvas_size": 32}, "ray": {"note": "no Ray was started"},
+               "this_run": {"read": 0, "purified": 0, "rejected": 0, "skipped_already_done": 0, "wall_s": 1.0,
+                            "images_per_s": 0.0, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
+    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    assert main(["--input", "https://reader:in-pa55word@host/in/?sig=in-s1gnature",
+                 "--output", "ftp://writer:out-pa55word@host/out"]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "in-pa55word" not in printed and "in-s1gnature" not in printed and "out-pa55word" not in printed, printed
+    assert "warning: found no inputs under https://reader:***@host/in/?sig=*** (hidden" in captured.err, captured.err
+    assert captured.out.splitlines()[-1].startswith("output: ftp://writer:***@host/out holds 0 purified"), captured.out
+
+
 def test_the_counts_line_says_its_rate_is_the_whole_runs(tmp_path, capsys, monkeypatch) -> None:
     # The progress's last line times the pipeline alone ("images: 256 in 129 s, 1.98 img/s"); the counts line below
     # it timed the whole run, planning and Ray's start included ("in 138.96 s (1.842 images/s)"): two rates for one
