@@ -6,6 +6,7 @@ Works the same under `ray job submit --working-dir . -- python jobs/purify.py ..
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,5 +19,6 @@ with interrupted_while_loading("jobs/purify.py"):
 
 if __name__ == "__main__":
     # named as it was run in its usage and error lines ("run python jobs/purify.py --help"), not as the console
-    # script, which a checkout run without `pip install` (or a cluster's working dir) does not have on PATH
-    exit_without_teardown(main(prog=f"python {sys.argv[0]}"))
+    # script, which a checkout run without `pip install` (or a cluster's working dir) does not have on PATH;
+    # quoted as a shell needs it (a checkout under 'My Projects/'), so that the hint runs as printed
+    exit_without_teardown(main(prog=f"python {shlex.quote(sys.argv[0])}"))

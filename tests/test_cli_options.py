@@ -146,6 +146,26 @@ def test_a_flag_error_names_the_command_the_user_ran(command: list[str], named: 
     assert err[-1] == f"(run {named} --help for the options)", err
 
 
+@pytest.mark.parametrize("script", ["purify.py", "export.py"])
+def test_a_flag_errors_hint_runs_as_printed_from_a_folder_with_a_space(tmp_path, script: str) -> None:
+    # "(run python /home/me/My Projects/zip/jobs/purify.py --help for the options)": pasted, the shell runs
+    # /home/me/My with the rest as its arguments. The script's name is quoted as the shell needs it.
+    import shlex
+    import subprocess
+    import sys
+
+    folder = tmp_path / "My Projects"
+    folder.mkdir()
+    (folder / script).symlink_to(Path(__file__).resolve().parents[1] / "jobs" / script)
+    done = subprocess.run([sys.executable, str(folder / script), "--wokers", "2"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    hint = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert hint == f"(run python '{folder / script}' --help for the options)", hint
+    assert shlex.split(hint.removeprefix("(run ").removesuffix(" --help for the options)")) == [
+        "python", str(folder / script)]
+
+
 def test_an_abbreviated_flag_is_refused_not_guessed(capsys) -> None:
     """argparse took --over for --overwrite: a scheduled command's meaning would change the day a second flag
     starting --over were added."""
