@@ -55,7 +55,7 @@ from pipeline.output import (
     unify_output_types,
     write_json,
 )
-from pipeline.placement import cpu_actor_threads, default_actors_and_gpus, init_ray
+from pipeline.placement import cpu_actor_threads, default_actors_and_gpus, init_ray, ray_data_console_quieted
 from pipeline.plan import JobPlan, plan_job
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
@@ -466,11 +466,13 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
     `stop.tally`; the torch threads each purifier actor was given."""
     configure_ray_data()
     threads = cpu_actor_threads(config, *placement[:2])
-    ds = build_pipeline(config, plan, placement, threads)
-    if config.progress:
-        # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)
-        stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr)
-    _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar)
+    # on the job's own local Ray, Ray Data's INFO lines (dataset ids, plans, timings) stay off stderr for this run only
+    with ray_data_console_quieted():
+        ds = build_pipeline(config, plan, placement, threads)
+        if config.progress:
+            # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)
+            stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr)
+        _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar)
     if stop.bar is not None:
         stop.bar.close()
     return threads

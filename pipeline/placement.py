@@ -51,20 +51,27 @@ class _DropRecords(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
+# The node id of the local Ray `init_local_ray` started last (Ray's own, random per start): a run on it is a run on the
+# job's own Ray, whose Ray Data INFO lines `ray_data_console_quieted` keeps off stderr; None before any.
+_OWN_RAY_NODE: list[str | None] = [None]
+
+
 def init_local_ray(num_cpus: int | None = None) -> None:
-    """Start a local Ray whose workers import `pipeline` from this checkout, quietly: Ray's own INFO lines (that it
-    started a local instance, Ray Data's dataset ids and execution plans, their timings) and its note that token
-    authentication is on stay out of the job's stderr, which then holds the job's own progress and Ray's warnings and
-    errors. Ray Data's still reach its log file (/tmp/ray/session_latest/logs/ray-data/). Ray's own settings win where
-    the user gave them: RAY_LOGGER_LEVEL, RAY_DATA_LOGGING_CONFIG, RAY_DATA_LOG_LEVEL. Joining a cluster (`init_ray`
-    with an address) keeps Ray's output as it is."""
+    """Start a local Ray whose workers import `pipeline` from this checkout, quietly: Ray's own INFO lines as it starts
+    ("Started a local Ray instance.") and its note that token authentication is on stay out of the job's stderr.
+    Ray Data's INFO lines are quieted while a run uses this Ray (`ray_data_console_quieted`). Both are scoped: the
+    process's loggers are as Ray leaves them once ray.init returns, so a program that calls `pipeline.job.run_job`
+    keeps its own Ray and Ray Data output after the run. Ray's own settings win where the user gave them:
+    RAY_LOGGER_LEVEL, RAY_DATA_LOGGING_CONFIG, RAY_DATA_LOG_LEVEL. Joining a cluster (`init_ray` with an address)
+    keeps Ray's output as it is."""
     import ray
-    import ray.data  # configures Ray Data's logger, whose console handler is quieted below
 
     root = str(Path(__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     quiet = _DropRecords(TOKEN_AUTH_ENABLED_NOTE)
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
     auth_logger.addFilter(quiet)
     try:
         # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
@@ -74,18 +81,41 @@ def init_local_ray(num_cpus: int | None = None) -> None:
                  logging_level=os.environ.get("RAY_LOGGER_LEVEL", "warning"))
     finally:
         auth_logger.removeFilter(quiet)
-    _quiet_ray_data_console()
+        if "RAY_LOGGER_LEVEL" not in os.environ:
+            # ray.init's own lines quieted, not the caller's later ones: the "ray" logger left at WARNING hid every
+            # INFO line of Ray's in a program that had called run_job, for the rest of its life
+            ray_logger.setLevel(level)
+    _OWN_RAY_NODE[0] = ray.get_runtime_context().get_node_id()
 
 
-def _quiet_ray_data_console() -> None:
-    """Ray Data's console handler at WARNING: its INFO lines ("Starting execution of Dataset dataset_0359...",
-    "Execution plan of Dataset ...", "Dataset ... execution finished in 129.15 seconds", a time that is not the
-    job's) go to its log file only. Left alone when the user configured Ray Data's logging."""
-    if os.environ.get("RAY_DATA_LOGGING_CONFIG") or os.environ.get("RAY_DATA_LOG_LEVEL"):
-        return
-    for handler in logging.getLogger("ray.data").handlers:
-        if handler.get_name() == "console":
-            handler.setLevel(max(handler.level, logging.WARNING))
+def on_own_local_ray() -> bool:
+    """Whether Ray is up and is the local Ray `init_local_ray` started (not one the caller started or joined)."""
+    import ray
+
+    return ray.is_initialized() and _OWN_RAY_NODE[0] is not None and \
+        ray.get_runtime_context().get_node_id() == _OWN_RAY_NODE[0]
+
+
+@contextlib.contextmanager
+def ray_data_console_quieted() -> Iterator[None]:
+    """Within it, on the job's own local Ray (`on_own_local_ray`), Ray Data's console handler at WARNING: its INFO
+    lines ("Starting execution of Dataset dataset_0359...", "Execution plan of Dataset ...", "Dataset ... execution
+    finished in 129.15 seconds", a time that is not the job's) go to its log file only
+    (/tmp/ray/session_latest/logs/ray-data/ray-data.log). Its level is put back on leaving: a program that called
+    `run_job` sees its own pipelines' lines as Ray Data prints them. Left alone when the user configured Ray Data's
+    logging (RAY_DATA_LOGGING_CONFIG, RAY_DATA_LOG_LEVEL), or on a Ray the caller started or joined."""
+    import ray.data  # noqa: F401 - configures Ray Data's logger and its console handler
+
+    quieted = []
+    if not (os.environ.get("RAY_DATA_LOGGING_CONFIG") or os.environ.get("RAY_DATA_LOG_LEVEL")) and on_own_local_ray():
+        quieted = [(h, h.level) for h in logging.getLogger("ray.data").handlers if h.get_name() == "console"]
+    for handler, level in quieted:
+        handler.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in quieted:
+            handler.setLevel(level)
 
 
 def unreachable_ray_address(address: str, timeout_s: float = 10.0) -> str | None:
