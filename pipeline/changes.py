@@ -59,6 +59,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.ledger import ContainerRead, container_ids
+from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
@@ -111,8 +112,8 @@ def read_record(output: str, storage_options: dict[str, Any], location: str | No
     except FileNotFoundError:
         return None
     except Exception as err:  # noqa: BLE001 - never fatal: this run then starts the record again
-        print(f"zip-purify: ignoring {uri} ({describe(err)}); inputs changed since their rows were written are not "
-              "looked for in this run", file=sys.stderr)
+        print(redact_uri_secrets(f"zip-purify: ignoring {uri} ({describe(err)}); inputs changed since their rows were "
+                                 "written are not looked for in this run", output), file=sys.stderr)
         return None
     if recorded != location:
         return None
@@ -439,8 +440,8 @@ def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], pur
                 fs, item[1], wanted[item[0]], columns(item[0]))
                 if id_ not in (superseded or {}).get(f"{item[0]}/{posixpath.basename(item[1])}", ())], paths))
     except Exception as err:  # noqa: BLE001 - never fatal: the inputs stay said changed
-        print(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); {unread}",
-              file=sys.stderr)
+        print(redact_uri_secrets(f"zip-purify: could not read the source_sha256 of {output}'s rows ({describe(err)}); "
+                                 f"{unread}", output), file=sys.stderr)
         return None
     found: dict[str, set[Any]] = {}
     for part in parts:

@@ -604,7 +604,8 @@ class _OutputDone:
 
 def replaced_settings_note(out: str, what: str, dry_run: bool) -> str:
     """The note that this run's settings replace those an earlier run that wrote no row recorded (`what`)."""
-    return (f"zip-purify: note: {out} holds no rows yet; the settings its earlier run recorded ({what}) "
+    # the output as the dry run's own lines name it: an ftp://user:password@host/out's password is not printed
+    return (f"zip-purify: note: {redact_uri(out)} holds no rows yet; the settings its earlier run recorded ({what}) "
             + ("would be replaced by this run's (a dry run changes nothing)" if dry_run else "are replaced by this run's"))
 
 
@@ -645,7 +646,7 @@ def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:
     purified_old, rejected_old = output_ids(out, so, damaged)
     if damaged:
         first = min(d.path for d in damaged)
-        print(f"zip-purify: note: {out} holds {len(damaged)} part file(s) that cannot be read (e.g. "
+        print(f"zip-purify: note: {redact_uri(out)} holds {len(damaged)} part file(s) that cannot be read (e.g. "
               f"{posixpath.basename(posixpath.dirname(first))}/{posixpath.basename(first)}); --overwrite "
               "deletes them with the rest, and their rows are not in these counts", file=sys.stderr)
     return len(purified_old), len(rejected_old)

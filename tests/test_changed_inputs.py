@@ -316,6 +316,28 @@ def test_comparing_touched_files_with_their_rows_reads_only_the_part_files_holdi
     assert sorted(read) == sorted(name for names in holding.values() for name in names)
 
 
+def test_a_part_file_that_cannot_be_read_is_said_without_the_outputs_credentials(tmp_path, capsys) -> None:
+    # "zip-purify: could not read the source_sha256 of ftp://writer:<password>@host/out's rows (...)", in a dry run
+    # whose own lines redact it. fsspec's memory store takes such a URL as a path: it stands in for the FTP server.
+    import fsspec
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.png").write_bytes(b"x")
+    out = "memory://writer:out-pa55word@host/rows-test-out"
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"{fs._strip_protocol(out)}/data/part-c.parquet", b"cut short")
+    record = InputRecord(str(inp), {"a.png": ("files", "v1")})
+    unit = ReadUnit("files", (str(inp / "a.png"),), str(inp), (1,), (), ("v2",))
+    try:
+        assert same_bytes([unit], {"a.png"}, set(), frozenset(), record, out, {}) == ({}, 0)
+    finally:
+        fs.rm(fs._strip_protocol(out), recursive=True)
+    err = capsys.readouterr().err
+    assert "could not read the source_sha256 of memory://writer:***@host/rows-test-out's rows" in err, err
+    assert "out-pa55word" not in err, err
+
+
 def test_a_file_that_cannot_be_read_at_planning_or_whose_rows_hold_no_single_digest_stays_changed(tmp_path,
                                                                                                capsys) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"

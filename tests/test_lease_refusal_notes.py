@@ -46,3 +46,23 @@ def test_without_a_lease_the_settings_of_a_run_that_wrote_no_row_are_replaced_an
     assert "holds no rows yet" in err and "pool 2 (now 4)" in err
     # a dry run writes nothing: it says what the run would do
     assert ("would be replaced by this run's (a dry run changes nothing)" if dry_run else "are replaced by this run's") in err
+
+
+def test_the_note_names_an_output_without_its_credentials(capsys) -> None:
+    # The dry run's own lines name the output with its credentials redacted; this note of the planning printed it as
+    # given: "zip-purify: note: ftp://writer:<password>@host/out holds no rows yet ...". fsspec's memory store takes
+    # such a URL as a path, so it stands in for an FTP server here.
+    import fsspec
+
+    out = "memory://writer:out-pa55word@host/notes-test-out"
+    fs = fsspec.filesystem("memory")
+    record = plan_job(JobConfig(input=SAMPLE, output=out, pool=2), dry_run=True).job_record
+    fs.pipe(f"{fs._strip_protocol(out)}/{JOB_FILE}", json.dumps(record).encode())
+    try:
+        capsys.readouterr()
+        assert plan_job(JobConfig(input=SAMPLE, output=out, pool=4), dry_run=True).output_state == "resume"
+        err = capsys.readouterr().err
+    finally:
+        fs.rm(fs._strip_protocol(out), recursive=True)
+    assert "zip-purify: note: memory://writer:***@host/notes-test-out holds no rows yet" in err, err
+    assert "out-pa55word" not in err, err
