@@ -85,7 +85,9 @@ def init_local_ray(num_cpus: int | None = None) -> None:
             # ray.init's own lines quieted, not the caller's later ones: the "ray" logger left at WARNING hid every
             # INFO line of Ray's in a program that had called run_job, for the rest of its life
             ray_logger.setLevel(level)
-    _OWN_RAY_NODE[0] = ray.get_runtime_context().get_node_id()
+    # is_initialized first: ray.get_runtime_context() would start a Ray of its own (ray.init's auto-init) where none is
+    # up (a stand-in for ray.init in tests); nothing is quieted then
+    _OWN_RAY_NODE[0] = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def on_own_local_ray() -> bool:
