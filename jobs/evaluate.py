@@ -128,7 +128,7 @@ def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
     p.add_argument("--subset", type=int, default=500,
                    help="size of the class-stratified test subset (rounded down to a multiple of the class count, "
-                        "e.g. 989 for GTSRB's 43 classes; at most the class count times the rarest class's test "
+                        "e.g. 473 for GTSRB's 43 classes at the default; at most the class count times the rarest class's test "
                         "images: 10000 on CIFAR-10, 2580 on GTSRB, 890 on Imagenette's held-out quarter; a larger "
                         "one is refused). Default: 500, the size of docs/results.md's tables")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of ShrinkPad's offsets. Default: 0")

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
             return progress_bar(total, "export", "img")
 
         def damaged(line: str) -> None:
-            print(f"warning: {terminal_text(line)}", file=sys.stderr, flush=True)
+            print(f"warning: {_shown(line, args)}", file=sys.stderr, flush=True)
 
         report = export_images(args.output, args.to, storage_options=so, image_format=args.format,
                                jpeg_quality=args.jpeg_quality, manifest=args.manifest, existing=existing,
@@ -140,15 +140,16 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
     except (JobError, OSError, ValueError) as err:  # storage that refuses access, not found, ...
         print(f"error: {_shown(err, args)}{credentials_advice(err)}", file=sys.stderr)
         return 2
-    lines = report_lines(report)
+    lines = [_shown(line, args) for line in report_lines(report)]  # they name --output and --to
     for line in lines[:-1]:
         print(line, file=sys.stderr)
     print(lines[-1])
     return 0 if report.ok else 1
 
 
-def _shown(err: BaseException, args: argparse.Namespace) -> str:
-    """An error as printed: one line, without the credentials of a URI given (a presigned URL's signature)."""
+def _shown(err: BaseException | str, args: argparse.Namespace) -> str:
+    """An error or a line as printed: one line, without the credentials of a URI given (a presigned URL's signature,
+    an FTP password)."""
     text = str(err)
     for uri in (args.output, args.to):
         text = redact_uri_secrets(text, uri)

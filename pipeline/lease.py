@@ -26,6 +26,7 @@ import uuid
 from typing import Any
 
 from pipeline.errors import JobError
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.storage import create_if_absent, describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 LEASE_FILE = "_lease.json"
@@ -164,6 +165,7 @@ class OutputLease:
 
     def __init__(self, output: str, storage_options: dict[str, Any]) -> None:
         self.out = output.rstrip("/")
+        self.shown = redact_uri(self.out)  # as its warnings name it: stderr ends up in CI logs
         self.fs, self.path = storage_path(f"{self.out}/{LEASE_FILE}", storage_options)
         now = time.time()
         self.record = {"run_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
@@ -220,7 +222,7 @@ class OutputLease:
                         ended = f"{ended}, and none in the {LEASE_WATCH_S:.0f} s watched"
                     current = watched
             if current is not None:
-                print(f"warning: taking over the stale lease of {self.out} ("
+                print(f"warning: taking over the stale lease of {self.shown} ("
                       + ("unreadable" if current.get("unreadable") else lease_holder(current))
                       + f"): {ended}, so that run was killed without releasing it; its finished files are kept and "
                       "its inputs left undone are purified now", file=sys.stderr)
@@ -253,7 +255,7 @@ class OutputLease:
         heartbeat is that many seconds ahead of our clock (else it looks stale)."""
         why = ("looks stale by this machine's clock" if ahead is None
                else f"is {ahead:.0f} s ahead of this machine's clock, so it looks live however long ago its run ended")
-        print(f"waiting up to {LEASE_WATCH_S:.0f} s to see whether the lease of {self.out} ({lease_holder(lease)}) is "
+        print(f"waiting up to {LEASE_WATCH_S:.0f} s to see whether the lease of {self.shown} ({lease_holder(lease)}) is "
               f"still refreshed: its heartbeat {why}", file=sys.stderr)
         deadline = _clock() + LEASE_WATCH_S
         while (left := deadline - _clock()) > 0:
@@ -316,7 +318,8 @@ class OutputLease:
                     # run for LEASE_STALE_S, or a next run in this process, whose pid it names, until then as well
                     self._remove_if_mine()
             except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
-                print(f"warning: could not refresh the lease of {self.out}: {describe(err)}", file=sys.stderr)
+                print(f"warning: could not refresh the lease of {self.shown}: {redact_uri_secrets(describe(err), self.out)}",
+                      file=sys.stderr)
 
     @property
     def taken_over(self) -> bool:
@@ -345,7 +348,8 @@ class OutputLease:
         try:
             self._remove_if_mine()
         except Exception as err:  # noqa: BLE001
-            print(f"warning: could not release the lease {self.out}/{LEASE_FILE} ({describe(err)}); a next run on "
+            why = redact_uri_secrets(describe(err), self.out)
+            print(f"warning: could not release the lease {self.shown}/{LEASE_FILE} ({why}); a next run on "
                   f"this machine takes it over at once, elsewhere once it is {LEASE_STALE_S / 60:.0f} minutes old",
                   file=sys.stderr)
 

@@ -308,6 +308,26 @@ def test_a_part_file_the_storage_will_not_give_is_not_called_damaged(tmp_path: P
     assert len(files_under(to) - {"manifest.csv"}) == 6
 
 
+def test_the_exports_lines_name_its_destination_without_its_credentials(tmp_path: Path, capsys) -> None:
+    """Its last line (stdout) and warnings (stderr) name --to and --output: an FTP password or a presigned URL's
+    signature in them was printed as given, into a scheduler's log. fsspec's memory store takes such a URL as a path,
+    so it stands in for an FTP server here."""
+    import fsspec
+
+    out = tmp_path / "out"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(3)], per_file=3)
+    to = "memory://writer:to-pa55word@host/export-test-files"
+    fs = fsspec.filesystem("memory")
+    try:
+        assert main(["--output", str(out), "--to", to, "--no-progress"]) == 0
+        said = capsys.readouterr()
+        assert len(fs.find(fs._strip_protocol(to))) == 4  # 3 images and the manifest
+    finally:
+        fs.rm(fs._strip_protocol(to), recursive=True)
+    assert "to-pa55word" not in said.out + said.err
+    assert "exported 3 of 3 images to memory://writer:***@host/export-test-files" in said.out, said.out
+
+
 def test_a_damaged_part_file_is_named_and_the_others_are_exported(tmp_path: Path, capsys) -> None:
     out, to = tmp_path / "out", tmp_path / "images"
     make_output(str(out), [image(f"{i}.jpg", i) for i in range(9)], per_file=3)

@@ -184,3 +184,24 @@ def test_the_watch_outlasts_a_heartbeat_and_ends_long_before_a_lease_goes_stale(
     # lease's staleness once it writes
     assert output_lease.LEASE_HEARTBEAT_S + 10 <= output_lease.LEASE_WATCH_S <= output_lease.LEASE_STALE_S / 2
     assert output_lease.LEASE_WATCH_POLL_S * 3 <= output_lease.LEASE_WATCH_S
+
+
+def test_the_lease_warnings_name_the_output_without_its_credentials(wait, capsys) -> None:
+    """The watch's and the takeover's lines named the output as given: an FTP password, printed into a scheduler's log.
+    fsspec's memory store takes such a URL as a path, so it stands in for an FTP server here."""
+    import fsspec
+
+    out = "memory://writer:lease-pa55word@host/lease-test-out"
+    fs = fsspec.filesystem("memory")
+    record = {"run_id": "0ther", "host": "batch-node-7", "pid": 4242, "pid_namespace": output_lease._pid_namespace(),
+              "started": time.time() - 4200, "heartbeat": time.time() - SKEW_S}
+    fs.pipe(f"{fs._strip_protocol(out)}/{LEASE_FILE}", json.dumps(record).encode())
+    try:
+        with OutputLease(out, {}) as lease:
+            assert lease.record["run_id"] != "0ther"
+    finally:
+        fs.rm(fs._strip_protocol(out), recursive=True)
+    err = capsys.readouterr().err
+    assert "the lease of memory://writer:***@host/lease-test-out" in err, err
+    assert "warning: taking over the stale lease of memory://writer:***@host/lease-test-out" in err, err
+    assert "lease-pa55word" not in err, err
