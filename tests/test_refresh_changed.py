@@ -151,16 +151,23 @@ def test_a_changed_tar_shard_or_parquet_file_is_read_whole_again_and_a_member_it
     assert later["this_run"]["containers_skipped_unread"] == 2  # the member it no longer holds is left over, recorded
 
 
+def _refresh_stopped_before_old_rows_go(tmp_path, model, monkeypatch, seed: int) -> bytes:
+    """Three images purified; then 0.png rewritten (its new bytes returned) and 1.png broken, and a --refresh-changed
+    run stopped after writing their new rows, before it removed the old ones."""
+    root = image_folder(tmp_path / "in", 3)
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    new0 = image_bytes(20, 20, seed)
+    rewritten_in_place(root / "0.png", new0)
+    rewritten_in_place(root / "1.png", b"broken now")
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
+    return new0
+
+
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("then", ["plain", "refresh"])
 def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_finished_by_the_next_run(
         tmp_path, model, monkeypatch, then: str) -> None:
-    root = image_folder(tmp_path / "in", 3)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    new0 = image_bytes(20, 20, 70)
-    rewritten_in_place(root / "0.png", new0)
-    rewritten_in_place(root / "1.png", b"broken now")
-    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
+    new0 = _refresh_stopped_before_old_rows_go(tmp_path, model, monkeypatch, 70)
     stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (stopped["status"], stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (
         "failed", 2, 1)  # the old rows its new ones replace are not counted as held
@@ -466,12 +473,7 @@ def _as_format_1(journal: Journal) -> str:
 
 @pytest.mark.usefixtures("ray_local")
 def test_an_output_left_mid_refresh_by_the_previous_version_is_completed(tmp_path, model, monkeypatch) -> None:
-    root = image_folder(tmp_path / "in", 3)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    new0 = image_bytes(20, 20, 71)
-    rewritten_in_place(root / "0.png", new0)
-    rewritten_in_place(root / "1.png", b"broken now")
-    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
+    new0 = _refresh_stopped_before_old_rows_go(tmp_path, model, monkeypatch, 71)
     path = tmp_path / "out" / "_refresh" / "journal.json"
     path.write_text(_as_format_1(read_journal(str(tmp_path / "out"), {})))
     assert json.loads(path.read_text())["format"] == 1
