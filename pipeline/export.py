@@ -6,12 +6,15 @@ Where a row goes (`export_path`): DIR/<id>, the id's folders kept, its image ext
 `shard-0001.tar/000123` -> `shard-0001.tar/000123.png`, a zip member `a.zip/x/y.jpg` -> `a.zip/x/y.png`, a Parquet row
 `t.parquet#3` -> `t.parquet/3.png`. Names that would leave DIR or cannot be file names are escaped, never followed: a
 `..` part is written `%2E%2E`, `.` `%2E`, NUL `%00`, a backslash `%5C` (Windows' folder separator), and empty parts (a
-leading '/', '//') are dropped; a name over 255 bytes (more than a disk takes) keeps its start and extension around a
-digest of it (`_fit`). Two ids that would get one name (`a.jpg` and `a.png`; names that differ only in case, which are
-one file on macOS and Windows disks, or only in Unicode normalization, one file on macOS) are told apart
-(`resolve_collisions`): an id whose name is already the export name keeps it, the others get their whole name before the
-extension (`a.jpg.png`), or failing that a digest of their id (`a.1a2b3c4d.png`); so does an id whose name is another's
-folder (`a.jpg`'s `a.png` beside `a.png/b.jpg`). The manifest says where each id went.
+leading '/', '//') are dropped; so are names Windows refuses or takes for another (`_escaped_part`), so that DIR can be
+copied to Windows whole: <>:"|?* and control characters as %XX, a device name's first letter (`CON.png` -> `%43ON.png`),
+a last dot or space, the `~` of a short-name shape (`ABCDEF~1.PNG`); a name over 255 bytes (more than a disk takes)
+keeps its start and extension around a digest of it (`_fit`). Two ids that would get one name (`a.jpg` and `a.png`;
+names that differ only in case, which are one file on macOS and Windows disks, or only in Unicode normalization, one
+file on macOS) are told apart (`resolve_collisions`): an id whose name is already the export name keeps it, the others
+get their whole name before the extension (`a.jpg.png`), or failing that a digest of their id (`a.1a2b3c4d.png`); so
+does an id whose name is another's folder (`a.jpg`'s `a.png` beside `a.png/b.jpg`). The manifest says where each id
+went.
 
 Format: the stored PNG bytes as they are (lossless, nothing re-encoded), or with `image_format="input"` re-encoded to
 the id's own extension (`cats/a.jpg` stays `cats/a.jpg`; ids without one, tar keys and Parquet rows, take the input's
@@ -36,6 +39,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import unicodedata
 import uuid
 from collections import defaultdict
@@ -108,11 +112,39 @@ class ExportError(JobError):
 # --- where each row goes ----------------------------------------------------------------------------------------
 
 
+# Characters no Windows file name may hold (NTFS, and a Windows share a Linux or macOS machine writes to): besides
+# NUL and '\\' (escaped for every disk), the ASCII control characters and <>:"|?*; each is written %XX.
+_WINDOWS_CHARACTERS = re.compile('[\x01-\x1f<>:"|?*]')
+# Device names Windows gives a file of that name, with any extension ("nul.tar.gz"), any case and spaces before the
+# first dot ("CON .png"): the file's bytes go to the device, or the copy fails. COM0 and LPT0, the superscript digits
+# and CONIN$ / CONOUT$ are reserved by some Windows versions: escaped too (one more name escaped costs nothing).
+_WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                              *(f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3")})
+# A '~' and a digit in a name's first 8 characters before its first dot: the shape of a Windows short (8.3) name,
+# 'ABCDEF~1.PNG', which on a Windows disk that makes short names opens the file whose short name it is (another image,
+# 'abcdefgh.png'), rather than making a file of its own.
+_SHORT_NAME = re.compile(r"[^.]{0,6}~[0-9][^.]{0,6}")
+
+
+def _percent(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
 def _escaped_part(part: str) -> str:
-    """One folder or file name of an id as a name that stays inside DIR."""
+    """One folder or file name of an id as a name that stays inside DIR and that every disk takes as it is, Windows'
+    too (`export_path`)."""
     if part in (".", ".."):
         return part.replace(".", "%2E")
-    return part.replace("\0", "%00").replace("\\", "%5C")  # a backslash separates folders on Windows
+    part = part.replace("\0", "%00").replace("\\", "%5C")  # a backslash separates folders on Windows
+    part = _WINDOWS_CHARACTERS.sub(lambda m: _percent(m.group()), part)
+    if part.partition(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        part = _percent(part[0]) + part[1:]  # CON.png -> %43ON.png
+    stem = part.partition(".")[0]
+    if len(stem) <= 8 and _SHORT_NAME.fullmatch(stem):
+        part = part.replace("~", "%7E")
+    if part.endswith((".", " ")):  # Windows drops them: 'a.' is 'a' there, and 'a ' too
+        part = part[:-1] + _percent(part[-1])
+    return part
 
 
 def id_parts(id_: str) -> tuple[list[str], bool]:
@@ -676,7 +708,7 @@ class ExportReport:
     damaged: list[tuple[str, str, int]] = field(default_factory=list)
     repeated: int = 0  # rows whose id an earlier row had (an unfinished output's): not exported twice
     renamed: int = 0  # ids given another name than export_path's, as another id had theirs
-    escaped: int = 0  # ids with a part that could not be a name in DIR ('..', NUL), written escaped
+    escaped: int = 0  # ids with a part that could not be a name in DIR ('..', NUL, CON on Windows), written escaped
     rejects: int = 0  # rows in rejects/: inputs that were not purified, which are not exported
     rejects_unreadable: int = 0  # rejects/ part files whose row count could not be read
     manifest: str | None = None
@@ -892,9 +924,10 @@ def report_lines(report: ExportReport) -> list[str]:
         lines.append(f"note: {report.renamed} image(s) were given another name, as another id's name was the same "
                      "(but for case or Unicode normalization) or a folder's; the manifest says where each id went")
     if report.escaped:
-        lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder and were "
-                     "written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, an empty part or leading "
-                     "'/' left out, a name over 255 bytes shortened); the manifest says where each id went")
+        lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder, here or "
+                     "on Windows, and were written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, "
+                     "':' and <>\"|?* as %XX, CON.png as %43ON.png, a last dot or space as %2E or %20, an empty part or "
+                     "leading '/' left out, a name over 255 bytes shortened); the manifest says where each id went")
     if report.repeated:
         lines.append(f"note: {report.repeated} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")

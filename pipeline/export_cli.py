@@ -23,9 +23,10 @@ Each row of OUTPUT/data/ becomes DIR/<id>, the id's folders kept: cats/a.jpg -> 
 zip archive's or Parquet file's rows lie in a folder named after it: shard-0001.tar/000123 -> DIR/shard-0001.tar/
 000123.png, a.zip/x/y.jpg -> DIR/a.zip/x/y.png, t.parquet#3 -> DIR/t.parquet/3.png. A part of an id that could
 leave DIR or is no file name ('..', '.', NUL, a backslash) is written escaped (%2E%2E, %2E, %00, %5C), never
-followed, and a name over 255 bytes is shortened; two ids that would get one name (a.jpg and a.png, names that
-differ only in case, a.jpg's a.png and the folder of a.png/b.jpg) are told apart (a.jpg.png). DIR/manifest.csv
-says where each id went, with its row's other columns (label, caption, source, source_sha256, ...).
+followed, as is a name Windows refuses, so that DIR copies to Windows whole (a:b.jpg -> a%3Ab.png, CON.jpg ->
+%43ON.png, dir./ -> dir%2E/), and a name over 255 bytes is shortened; two ids that would get one name (a.jpg and
+a.png, names that differ only in case, a.jpg's a.png and the folder of a.png/b.jpg) are told apart (a.jpg.png).
+DIR/manifest.csv says where each id went, with its row's other columns (label, caption, source, source_sha256, ...).
 
 Rejected inputs are not exported (they were not purified): the last line says how many there are, and
 OUTPUT/rejects/ holds their ids and reasons.

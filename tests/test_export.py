@@ -147,6 +147,64 @@ def test_unsafe_ids_are_written_inside_the_folder_and_nothing_outside(tmp_path: 
         assert (to / path).read_bytes() == stored_images(out)[id_]
 
 
+# --- names Windows refuses: a folder exported on Linux or an object store, copied to Windows or a Windows share ---
+
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)), *(f"LPT{n}" for n in range(1, 10))}
+
+
+def windows_refuses(name: str) -> bool:
+    """Whether a Windows disk refuses `name` (one file or folder name), takes it for another name (a trailing dot
+    or space dropped) or for a device (CON, nul.png, 'COM1 .png'), or may take it for another file's short name."""
+    stem = name.partition(".")[0]
+    return (name.endswith((".", " ")) or any(c in '<>:"|?*\\/' or ord(c) < 32 for c in name)
+            or stem.rstrip(" ").upper() in WINDOWS_DEVICES
+            or (len(stem) <= 8 and any(a == "~" and b.isdigit() for a, b in zip(stem, stem[1:], strict=False))))
+
+
+@pytest.mark.parametrize("id_, expected", [
+    ("CON", "%43ON.png"), ("con.jpg", "%63on.png"), ("Nul.tar.gz", "%4Eul.tar.gz.png"), ("aux/x.jpg", "%61ux/x.png"),
+    ("COM1.png", "%43OM1.png"), ("lpt9.jpeg", "%6Cpt9.png"), ("CON .jpg", "%43ON .png"), ("prn.x.y.jpg", "%70rn.x.y.png"),
+    ("a:b.jpg", "a%3Ab.png"), ('x*y<z>|"w?.jpg', "x%2Ay%3Cz%3E%7C%22w%3F.png"), ("tab\there.jpg", "tab%09here.png"),
+    ("dir./b.jpg", "dir%2E/b.png"), ("dir /b.jpg", "dir%20/b.png"), ("a.", "a%2E.png"), ("...", "..%2E.png"),
+    ("ABCDEF~1.PNG", "ABCDEF%7E1.png"), ("PROGRA~1/x.jpg", "PROGRA%7E1/x.png"),
+])
+def test_a_name_windows_refuses_is_escaped(id_: str, expected: str) -> None:
+    # copied to Windows (or written to a Windows share), CON.png went to the console, 'a:b.png' failed or became an
+    # NTFS stream, 'dir.' became 'dir' and ABCDEF~1.PNG opened another image: lost or clobbered
+    assert export_path(id_) == (expected, True)
+    assert not any(windows_refuses(name) for name in expected.split("/"))
+
+
+@pytest.mark.parametrize("id_", ["console.jpg", "COMX.png", "com10.jpg", "a~b.jpg", "longname~1.jpg", "x.y.jpg",
+                                 " lead.jpg", "100%.jpg", "café.jpg"])
+def test_a_name_windows_takes_is_kept(id_: str) -> None:
+    assert export_path(id_, "input")[1] is False
+
+
+def test_no_image_is_lost_or_clobbered_when_the_folder_is_copied_to_windows(tmp_path: Path) -> None:
+    # ids that Windows refuses, beside ids that are already their escaped names (and those but for case): each gets a
+    # file of its own that Windows takes, no two one file there, and the manifest maps each id to its image
+    tokens = ["a", "B", "CON", "nul", "com1", "Lpt9", ":", "?", "*", "<", ">", "|", '"', "\x01", ".", " ", "~1", "%3A",
+              "%43ON", "%2E", "%20", "x~1", "/", "\\"]
+    rng = random.Random(7)
+    ids = {"".join(rng.choice(tokens) for _ in range(rng.randint(1, 4))) + rng.choice(["", ".jpg", ".png", "."])
+           for _ in range(150)}
+    ids |= {"a:b.jpg", "a%3Ab.jpg", "A%3AB.png", "CON.jpg", "con.png", "%43ON.png", "%43on.jpg", "dir./x.jpg",
+            "dir%2E/x.jpg", "dir/x.jpg", "DIR%2e/x.png", "ABCDEF~1.PNG", "abcdef%7E1.png", "abcdefgh.png"}
+    ids = sorted(ids)
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)], per_file=64)
+    report = export_images(out, to)
+    assert report.ok and report.written == len(ids) and report.renamed > 5  # names shared once escaped: told apart
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert sorted(rows) == ids and files_under(to) == set(rows.values()) | {"manifest.csv"}
+    stored = stored_images(out)
+    for id_, path in rows.items():
+        assert not any(windows_refuses(name) for name in path.split("/")), (id_, path)
+        assert (to / path).read_bytes() == stored[id_]
+    assert len({path.lower() for path in rows.values()}) == len(ids)  # one file each on a disk that ignores case
+
+
 def test_ids_that_would_share_a_name_get_their_own_and_the_manifest_says_which(tmp_path: Path) -> None:
     ids = ["cats/a.jpg", "cats/a.png", "cats/a.bmp", "dogs/B.jpg", "dogs/b.jpg", "x/y.png", "X/y.png"]
     out, to = tmp_path / "out", tmp_path / "images"
