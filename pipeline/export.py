@@ -711,7 +711,7 @@ class ExportReport:
     escaped: int = 0  # ids with a part that could not be a name in DIR ('..', NUL, CON on Windows), written escaped
     rejects: int = 0  # rows in rejects/: inputs that were not purified, which are not exported
     rejects_unreadable: int = 0  # rejects/ part files whose row count could not be read
-    manifest: str | None = None
+    manifest: str | None = None  # its path: `to` as given (relative, a URI), and the manifest's name
     manifest_left_out: list[str] = field(default_factory=list)
     manifest_error: str | None = None  # why the manifest could not be written
     warnings: list[str] = field(default_factory=list)
@@ -814,7 +814,8 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
         if writer is not None:
             try:
                 writer.finish()
-                report.manifest = with_protocol(out_fs, writer.path)
+                # named under DIR as given, as the last line names DIR: a relative --to gives a relative path
+                report.manifest = _under(to, posixpath.basename(writer.path))
             except Exception as err:  # noqa: BLE001 - the images are in place: the manifest's failure is said
                 writer.abandon()
                 writer = None
@@ -835,6 +836,11 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
         report.warnings.append(f"warning: output {output} changed during the export ({changed}): export again with "
                                "--resume once its run is complete")
     return report
+
+
+def _under(to: str, name: str) -> str:
+    """The file `name` in the folder `to`, spelt as `to` was given (relative, a URI with its host and user)."""
+    return f"{to}{'' if to.endswith('/') else '/'}{name}"
 
 
 # The reason given for a part file the storage would not give (after retries): its bytes may be intact, so it is not

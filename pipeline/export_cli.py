@@ -26,7 +26,8 @@ leave DIR or is no file name ('..', '.', NUL, a backslash) is written escaped (%
 followed, as is a name Windows refuses, so that DIR copies to Windows whole (a:b.jpg -> a%3Ab.png, CON.jpg ->
 %43ON.png, dir./ -> dir%2E/), and a name over 255 bytes is shortened; two ids that would get one name (a.jpg and
 a.png, names that differ only in case, a.jpg's a.png and the folder of a.png/b.jpg) are told apart (a.jpg.png).
-DIR/manifest.csv says where each id went, with its row's other columns (label, caption, source, source_sha256, ...).
+DIR/manifest.csv says where each id went, with its row's other columns (label, caption, source, source_sha256, ...);
+the last line names it under DIR as given (--to images: images/manifest.csv).
 
 Rejected inputs are not exported (they were not purified): the last line says how many there are, and
 OUTPUT/rejects/ holds their ids and reasons.

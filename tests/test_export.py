@@ -386,6 +386,22 @@ def test_the_exports_lines_name_its_destination_without_its_credentials(tmp_path
     assert "exported 3 of 3 images to memory://writer:***@host/export-test-files" in said.out, said.out
 
 
+def test_the_last_line_and_the_manifest_name_the_folder_as_given(tmp_path: Path, capsys, monkeypatch) -> None:
+    # the last line named DIR as given ('images') and the manifest by its absolute path (/home/me/.../images/
+    # manifest.csv): a script could not tell from one what the other was, nor find the manifest by the folder it gave
+    monkeypatch.chdir(tmp_path)
+    make_output("out", [image(f"{i}.jpg", i) for i in range(2)])
+    assert main(["--output", "out", "--to", "images/", "--no-progress"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "exported 2 of 2 images to images (2 written); manifest images/manifest.csv;" in last, last
+    absolute = tmp_path / "abs"
+    assert main(["--output", "out", "--to", str(absolute), "--no-progress", "--manifest", "jsonl"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert f"images to {absolute} (2 written); manifest {absolute}/manifest.jsonl;" in last, last
+    report = export_images("out", "api-images")
+    assert report.manifest == "api-images/manifest.csv" and Path(report.manifest).is_file()
+
+
 def test_a_damaged_part_file_is_named_and_the_others_are_exported(tmp_path: Path, capsys) -> None:
     out, to = tmp_path / "out", tmp_path / "images"
     make_output(str(out), [image(f"{i}.jpg", i) for i in range(9)], per_file=3)
