@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any
 
 # "auth": an HTTP store's headers={"Authorization": ...} and aiohttp's auth=BasicAuth(...); "cookie": its session cookies
@@ -22,49 +23,135 @@ def redact(options: Any) -> Any:
     return options
 
 
-def redact_uri(uri: Any) -> Any:
-    """`uri` as it may be written down (_job.json, _summary.json, the dry run): a password or token in its user part,
-    and the values of its credential-like query parameters, as '***'. An http(s) URL's query values all go: a
-    presigned or SAS URL is a credential whatever its parameters are named. Keys stay, to show what was there."""
-    if not isinstance(uri, str) or "://" not in uri:
-        return uri
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:  # not a URL after all (an odd local name): nothing in it is a query or a user part
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"***@{host}"  # a user alone may be a token
-    every = parts.scheme.lower() in ("http", "https")
+# A link of an fsspec URL chain begins after '::' where a scheme follows ('simplecache::s3://...', 'zip://a.png::
+# s3://...'); a '::' followed by anything else is part of the link (a password or a key holding '::').
+_LINK = re.compile(r"::(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class _Link:
+    """One URI of a chain, cut where its credentials are: `head` (scheme://), `userinfo` (user:password, a user alone,
+    or '' for none), `rest` (host, path, query and fragment)."""
+
+    head: str
+    userinfo: str
+    rest: str
+
+    @property
+    def query(self) -> str:
+        """Its query's 'k=v&...' text, '' for none."""
+        try:
+            return urllib.parse.urlsplit(self.head + self.rest).query
+        except ValueError:  # not a URL after all (an odd local name): nothing in it is a query
+            return ""
+
+
+def _links(uri: str) -> list[_Link | str]:
+    """`uri`'s links (an fsspec chain's, or the one), those with a scheme cut (`_Link`), the others as they are.
+
+    The user part (user:password) of a link ends at its last '@' when its first name (up to the first '/', '?' or '#')
+    holds a ':' before any '@': a password may hold '/', '#', '?' or '@' as typed (`ftp://user:pa/ss@host/x`), which
+    a URL parser takes for the path, fragment or query, leaving the rest of the password there. So an '@' later in
+    such a URI's path ('ftp://u:pw@h/me@x.png', or 'https://h:8443/a@b' with a port) hides more than the password:
+    unsure where the password ends, the whole of what may be one is hidden. Otherwise the user part is what comes
+    before the first name's last '@' (a user alone may be a token)."""
+    found: list[_Link | str] = []
+    for piece in _LINK.split(uri):
+        match = _SCHEME.match(piece)
+        if match is None:
+            found.append(piece)
+            continue
+        head, body = match.groups()
+        first = re.split(r"[/?#]", body, maxsplit=1)[0]
+        if ":" in first.split("@", 1)[0] and "@" in body:
+            at = body.rindex("@")
+        elif "@" in first:
+            at = first.rindex("@")
+        else:
+            found.append(_Link(head, "", body))
+            continue
+        found.append(_Link(head, body[:at], body[at + 1 :]))
+    return found
+
+
+def _hidden_userinfo(userinfo: str) -> str:
+    return f"{userinfo.split(':', 1)[0]}:***" if ":" in userinfo else "***"  # a user alone may be a token
+
+
+def _hidden_query(link: _Link) -> tuple[str, list[str]]:
+    """(`link`'s query with its credential values as '***', the raw values hidden). An http(s) URL's query values all
+    go: a presigned or SAS URL is a credential whatever its parameters are named."""
+    every = link.head.lower() in ("http://", "https://")
+    hidden: list[str] = []
 
     def param(item: str) -> str:
-        key, sep, _ = item.partition("=")
-        secret = every or any(s in urllib.parse.unquote_plus(key).lower() for s in SECRET_QUERY_KEYS)
-        return f"{key}=***" if sep and secret else item
+        key, sep, value = item.partition("=")
+        if sep and (every or any(s in urllib.parse.unquote_plus(key).lower() for s in SECRET_QUERY_KEYS)):
+            hidden.append(value)
+            return f"{key}=***"
+        return item
 
-    query = "&".join(param(item) for item in parts.query.split("&")) if parts.query else ""
-    if netloc == parts.netloc and query == parts.query:
-        return uri  # unchanged, as typed (urlunsplit would normalise it)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = link.query
+    return ("&".join(param(item) for item in query.split("&")) if query else ""), hidden
+
+
+def redact_uri(uri: Any) -> Any:
+    """`uri` as it may be written down (_job.json, _summary.json, the dry run): a password or token in its user part,
+    and the values of its credential-like query parameters, as '***', in each link of an fsspec chain
+    ('simplecache::s3://key:secret@bucket/x'). A password may hold '/', '#', '?' or '@' as typed: see `_links`. An
+    http(s) URL's query values all go. Keys and user names stay, to show what was there; a URI without credentials
+    is returned as typed."""
+    if not isinstance(uri, str) or "://" not in uri:
+        return uri
+    shown = []
+    for link in _links(uri):
+        if isinstance(link, str):
+            shown.append(link)
+            continue
+        rest = link.rest
+        query, _ = _hidden_query(link)
+        if query != link.query:
+            at = rest.index("?" + link.query) + 1  # the query follows the first '?' (urlsplit's)
+            rest = rest[:at] + query + rest[at + len(link.query) :]
+        shown.append(link.head + (f"{_hidden_userinfo(link.userinfo)}@" if link.userinfo else "") + rest)
+    return "::".join(shown)
 
 
 def redact_uri_secrets(text: str, uri: str) -> str:
     """`text` (an error message) with the credentials `redact_uri` hides in `uri` written as '***' wherever they
-    appear: messages quote a URI whole, as a path, or decoded."""
+    appear: messages quote a URI whole, as a path (without its scheme), decoded, or cut where a parser cut it (a
+    password holding '/' or '#')."""
     redacted = redact_uri(uri)
     if redacted == uri:
         return text
-    parts = urllib.parse.urlsplit(uri)
-    kept = {item.partition("=")[0] for item in urllib.parse.urlsplit(redacted).query.split("&")
-            if not item.endswith("=***")}
-    secrets = [value for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-               if key not in kept and value]
-    secrets += [raw.partition("=")[2] for raw in parts.query.split("&") if raw.partition("=")[0] not in kept]
-    if "@" in parts.netloc:
-        user = parts.netloc.rsplit("@", 1)[0]
-        secrets.append(user.split(":", 1)[1] if ":" in user else user)
     text = text.replace(uri, redacted)
+    contexts: dict[str, str] = {}  # quoted forms hidden wherever they are, however short
+    secrets: set[str] = set()  # values hidden wherever they are when long enough not to be a common word
+    for link in _links(uri):
+        if isinstance(link, str):
+            continue
+        _, values = _hidden_query(link)
+        secrets.update(values)
+        secrets.update(urllib.parse.unquote_plus(v) for v in values)
+        if not link.userinfo:
+            continue
+        user, sep, password = link.userinfo.partition(":")
+        for form in {link.userinfo, urllib.parse.unquote(link.userinfo)}:
+            contexts[f"{form}@"] = f"{_hidden_userinfo(form)}@"  # 'user:pass@host/out' in a path
+        secret = password if sep else user
+        for form in {secret, urllib.parse.unquote(secret)}:
+            secrets.add(form)
+            # a parser's pieces of it: 'ftp://user:pa/ss@host' read as host 'user', port 'pa', path '/ss@host'
+            pieces = re.split(r"[/?#@:]", form)
+            secrets.update(pieces)
+            if len(pieces) > 1:
+                if sep:  # its first piece after 'user:' (a token alone has no such context: a short piece is a word)
+                    contexts[f"{user}:{pieces[0]}"] = f"{user}:***"
+                contexts[f"{pieces[-1]}@"] = "***@"
+    for form in sorted(contexts, key=len, reverse=True):  # longest first
+        if form.strip("@:"):
+            text = text.replace(form, contexts[form])
     # Quoted otherwise (as a path, decoded): a value short enough to be a common word ('v=1') would mangle the
     # message, and is no credential; signatures, keys and tokens are long.
     for secret in sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True):  # longest first

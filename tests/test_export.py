@@ -402,6 +402,25 @@ def test_the_last_line_and_the_manifest_name_the_folder_as_given(tmp_path: Path,
     assert report.manifest == "api-images/manifest.csv" and Path(report.manifest).is_file()
 
 
+def test_a_password_holding_a_slash_in_to_is_not_printed(tmp_path: Path, capsys) -> None:
+    # 'ftp://user:pa/ss@host/...': the URL parser takes 'ss@host/...' for the path, and the line printed the password
+    import fsspec
+
+    out = tmp_path / "out"
+    make_output(str(out), [image(f"{i}.jpg", i) for i in range(2)])
+    to = "memory://writer:to-pa55/word#x@host/export-slash-test"
+    fs = fsspec.filesystem("memory")
+    try:
+        assert main(["--output", str(out), "--to", to, "--no-progress"]) == 0
+        said = capsys.readouterr()
+    finally:
+        fs.rm(fs._strip_protocol(to), recursive=True)
+    for secret in ("to-pa55", "word#x", "pa55/word"):
+        assert secret not in said.out + said.err
+    assert "exported 2 of 2 images to memory://writer:***@host/export-slash-test (2 written); manifest " \
+           "memory://writer:***@host/export-slash-test/manifest.csv;" in said.out, said.out
+
+
 def test_a_damaged_part_file_is_named_and_the_others_are_exported(tmp_path: Path, capsys) -> None:
     out, to = tmp_path / "out", tmp_path / "images"
     make_output(str(out), [image(f"{i}.jpg", i) for i in range(9)], per_file=3)

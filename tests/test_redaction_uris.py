@@ -1,0 +1,65 @@
+"""pipeline/redaction.py: a URI's credentials are never written down or printed, whatever characters a password holds
+and however the URI is chained (fsspec's 'simplecache::s3://...'). When it is unsure where a password ends, it hides
+more, never less."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.redaction import redact_uri, redact_uri_secrets
+
+
+@pytest.mark.parametrize("uri, shown, secrets", [
+    # a password holding characters a URL parser cuts at: '/' (the path), '#' (the fragment), '?' (the query)
+    ("ftp://user:pa/ss@host/path", "ftp://user:***@host/path", ["pa/ss", "ss@"]),
+    ("s3://key:se#cret@bucket/x.png", "s3://key:***@bucket/x.png", ["se#cret", "cret@"]),
+    ("s3://key:se?cret@bucket/x.png", "s3://key:***@bucket/x.png", ["se?cret", "cret@"]),
+    ("ftp://alice:long/secret#pass?word@host/p", "ftp://alice:***@host/p", ["long/", "secret", "pass", "word"]),
+    ("ftp://u:p@ss/x@h/y", "ftp://u:***@h/y", ["p@ss", "ss/x"]),
+    ("ftp://u:pa::ss@h/x", "ftp://u:***@h/x", ["pa::ss"]),  # '::' not followed by a scheme: no chain
+    # fsspec URL chains: each link's credentials
+    ("simplecache::s3://user:pw@bucket/x", "simplecache::s3://user:***@bucket/x", ["user:pw"]),
+    ("filecache::ftp://u:p@h/x", "filecache::ftp://u:***@h/x", ["u:p@"]),
+    ("zip://a.png::ftp://u:pa/ss@h/x.zip", "zip://a.png::ftp://u:***@h/x.zip", ["pa/ss"]),
+    ("simplecache::s3://b/x?token=LONG-TOKEN-VALUE", "simplecache::s3://b/x?token=***", ["LONG-TOKEN-VALUE"]),
+    ("blockcache::https://h/m.pt?X-Amz-Signature=abc123", "blockcache::https://h/m.pt?X-Amz-Signature=***",
+     ["abc123"]),
+])
+def test_a_password_with_url_characters_or_in_a_chain_is_hidden(uri: str, shown: str, secrets: list[str]) -> None:
+    assert redact_uri(uri) == shown
+    for secret in secrets:
+        assert secret not in redact_uri(uri)
+
+
+@pytest.mark.parametrize("uri", [
+    "s3://bucket/me@home/x.png",  # an '@' in a path, no password before it
+    "simplecache::s3://bucket/x.png", "zip://a.png::s3://b/a.zip", "hdfs://nn:8020/data/x.png",
+    "S3://bucket/m.pt?versionId=3#part", "ftp://host/a::b.png",
+])
+def test_a_uri_without_credentials_is_kept_as_typed(uri: str) -> None:
+    assert redact_uri(uri) == uri
+    assert redact_uri_secrets(f"cannot read {uri}", uri) == f"cannot read {uri}"
+
+
+def test_unsure_where_a_password_ends_more_is_hidden() -> None:
+    # 'ftp://u:pw@h/me@x.png' may be the password 'pw@h/me' for the host 'x.png': the whole of it goes
+    assert "pw" not in redact_uri("ftp://u:pw@h/me@x.png")
+    assert redact_uri("ftp://u:pw@h/me@x.png").startswith("ftp://u:***@")
+
+
+@pytest.mark.parametrize("uri, message", [
+    # how a parser reads a password holding '/': host 'user', port 'pa', path '/ss@host/path'
+    ("ftp://user:pa/ss@host/path", "cannot stat user:pa/ss@host/path (path /ss@host/path)"),
+    ("s3://key:se#cret@bucket/x", "no bucket key; stat key:se#cret@bucket/x; fragment cret@bucket/x"),
+    # a short password quoted as a path, not as the URI given
+    ("ftp://user:pw@host/out/", "exported 3 images to ftp://user:pw@host/out; read user:pw@host/out/manifest.csv"),
+    ("simplecache::ftp://u:p4ss@h/x", "FileNotFoundError: ftp://u:p4ss@h/x, as u:p4ss@h/x"),
+    ("ftp://alice:a-longer/pass-word@host/p", "login alice with a-longer failed: /pass-word@host/p"),
+    ("ftp://alice:p%2Fssw%40rd-long@host/p", "login alice:p/ssw@rd-long failed"),  # quoted decoded
+])
+def test_an_error_quoting_the_uri_otherwise_keeps_no_password(uri: str, message: str) -> None:
+    shown = redact_uri_secrets(message, uri)
+    for secret in ("pa/ss", "ss@host", "se#cret", "cret@", "user:pw", "pw@", "p4ss", "a-longer", "pass-word",
+                   "p/ssw@rd-long", "p%2Fssw"):
+        assert secret not in shown, shown
+    assert "***" in shown
