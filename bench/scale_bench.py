@@ -19,11 +19,12 @@ grows with N, not with the images purified tonight. For each size N this builds 
               (a write retried with another batch) and 0.2% of the rejects again in new rejects/ part files with a
               newer rejected_at (a --retry-rejects run killed before its end-of-run check)
 
-and then measures each function in a fresh process (setup excluded): wall seconds, CPU seconds (the process's, all
-its threads: on a machine shared with other work the wall time grows with the load, the CPU time much less), and
-peak resident memory above what the process held just before the call (Linux VmHWM, reset through
-/proc/self/clear_refs). --tracemalloc adds a second run of each under tracemalloc for the Python heap's peak
-(slower; Arrow's own buffers are not in it).
+N must be at least 61 (50 new files and 10 purified ones to change in place; a smaller N is refused), except for
+`--only journal`, which builds nothing. The bench then measures each function in a fresh process (setup excluded):
+wall seconds, CPU seconds (the process's, all its threads: on a machine shared with other work the wall time grows
+with the load, the CPU time much less), and peak resident memory above what the process held just before the call
+(Linux VmHWM, reset through /proc/self/clear_refs). --tracemalloc adds a second run of each under tracemalloc for the
+Python heap's peak (slower; Arrow's own buffers are not in it).
 
   discover      sources.discover(in-files): the input listing
   plan-files    job.plan_job over in-files and out-files, --incremental (what a nightly run does before Ray starts)
@@ -40,7 +41,7 @@ peak resident memory above what the process held just before the call (Linux VmH
 
   refresh-files/ a hard-linked copy of out-files with a record of the inputs' stamps (`_inputs/stamps.parquet`) in
                  which 1% of the done image files have an earlier stamp: changed in place since their rows were written
-  refresh-few/   the same with only 10 done image files of an earlier stamp, spread over the output (a few touched)
+  refresh-few/   the same with only 10 purified image files of an earlier stamp, spread over the output (a few touched)
   refresh-tar/   a hard-linked copy of out-tar (and its ledger) with a record in which the shards holding the first
                  N/10 rows have an earlier stamp (one shard of N/10 members at 10^4 and 10^5; ten of N/100 at 10^6)
   refresh-stop/  out-tar as a refresh of those shards leaves it stopped before its end-of-run check: their new rows
@@ -92,12 +93,37 @@ REJECTED_EVERY = 100  # one id in this many is in rejects/
 MEMBERS_PER_SHARD = 10_000
 
 
+def _least_size() -> int:
+    """The smallest N whose fixtures are what the docstring says: NEW_FILES new input files, and among the N - NEW_FILES
+    done ones (one in REJECTED_EVERY a reject) FEW_CHANGED purified ones for refresh-few to change in place."""
+    done = FEW_CHANGED
+    while done - -(-done // REJECTED_EVERY) < FEW_CHANGED:
+        done += 1
+    return NEW_FILES + done
+
+
+MIN_SIZE = _least_size()  # 61
+
+
 def _file_id(i: int) -> str:
     return f"d{i // 100_000:02d}/e{(i // 1000) % 100:02d}/{i:07d}.png"
 
 
 def _shards(n: int) -> int:
     return max(10, n // MEMBERS_PER_SHARD)
+
+
+def _purified(done: list[str]) -> list[str]:
+    """The done ids that are in data/ (the others are in rejects/)."""
+    return [i for k, i in enumerate(done) if k % REJECTED_EVERY]
+
+
+def _few_changed(done: list[str]) -> list[str]:
+    """refresh-few's FEW_CHANGED purified ids, spread evenly over the output."""
+    purified = _purified(done)
+    if len(purified) < FEW_CHANGED:
+        raise ValueError(f"{len(purified)} purified ids: refresh-few needs {FEW_CHANGED} (N >= {MIN_SIZE})")
+    return purified[:: len(purified) // FEW_CHANGED][:FEW_CHANGED]
 
 
 def _tar_ids(n: int) -> list[str]:
@@ -193,13 +219,13 @@ def build(n: int, work: Path, rows: int) -> None:
         os.close(os.open(root / "in-files" / id_, os.O_CREAT | os.O_WRONLY, 0o644))
     done = ids[: n - NEW_FILES]
     out = root / "out-files"
-    _write_parts(out, "data", data_t, [i for k, i in enumerate(done) if k % REJECTED_EVERY], rows)
+    _write_parts(out, "data", data_t, _purified(done), rows)
     _write_parts(out, "rejects", rejects_t, done[::REJECTED_EVERY], rows, 1_700_000_000_000_000)
     _complete(out, root / "in-files")
 
     # out-dirty: out-files and the duplicates a retried write and a killed --retry-rejects run leave
     shutil.copytree(out, root / "out-dirty")
-    again = [i for k, i in enumerate(done) if k % REJECTED_EVERY][::100]
+    again = _purified(done)[::100]
     written = _write_parts(root / "out-dirty", "data", data_t, again[::-1], rows)  # other batches: other names
     written += _write_parts(root / "out-dirty", "rejects", rejects_t, done[::REJECTED_EVERY][::5], rows,
                             1_800_000_000_000_000)
@@ -296,7 +322,7 @@ def build_refresh(n: int, work: Path, rows: int) -> None:
 
     if not (root / "refresh-few-built.json").exists():  # added later than the others: built apart
         _linked_copy(root / "out-files", root / "refresh-few")
-        record(root / "refresh-few", root / "in-files", set(done[1 :: len(done) // FEW_CHANGED][:FEW_CHANGED]))
+        record(root / "refresh-few", root / "in-files", set(_few_changed(done)))
         (root / "refresh-few-built.json").write_text("{}")
         if (root / "refresh-built.json").exists():
             return
@@ -496,7 +522,8 @@ def measure_one(fn: str, n: int, work: Path, traced: bool, rows_per_part: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000",
-                   help="comma-separated N: input files, output rows, tar members (default 10000,100000)")
+                   help=f"comma-separated N: input files, output rows, tar members (default 10000,100000; at "
+                        f"least {MIN_SIZE} but for --only journal)")
     p.add_argument("--only", default=",".join(FUNCTIONS), help=f"comma-separated subset of {', '.join(FUNCTIONS)}")
     p.add_argument("--work", default="/tmp/scale-bench",
                    help="where fixtures are built and kept between runs (a 10^6 size takes ~0.7 GB and 2M inodes)")
@@ -517,15 +544,28 @@ def main() -> None:
     if args._one:
         measure_one(args._one[0], int(args._one[1]), work, args._one[2] == "1", args.rows_per_part)
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes: not a comma-separated list of whole numbers: {args.sizes!r}")
     only = [f for f in args.only.split(",") if f]
     for f in only:
         if f not in FUNCTIONS:
             p.error(f"--only: unknown function {f!r}")
+    fixtures = bool(set(only) - set(NO_FIXTURES))
+    small = [n for n in sizes if n < (MIN_SIZE if fixtures else 1)]
+    if small and fixtures:
+        p.error(f"--sizes: {small[0]} is too small: the fixtures leave the last {NEW_FILES} input files new and "
+                f"change {FEW_CHANGED} of the purified ones in place (refresh-few), so N must be at least {MIN_SIZE}")
+    if small:
+        p.error(f"--sizes: {small[0]} is not a size (at least 1)")
 
     def child(*extra: str) -> dict[str, Any]:
         done = subprocess.run([sys.executable, __file__, "--work", str(work), "--rows-per-part",
-                               str(args.rows_per_part), *extra], check=True, capture_output=True, text=True)
+                               str(args.rows_per_part), *extra], capture_output=True, text=True)
+        if done.returncode:  # its traceback, not only CalledProcessError's command line
+            sys.stderr.write(done.stderr)
+            raise SystemExit(f"{Path(__file__).name}: {' '.join(extra)} failed (exit status {done.returncode})")
         return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
 
     header = "| function | N | seconds | CPU seconds | peak MB |" + (" traced peak MB |" if args.tracemalloc else "")
