@@ -514,15 +514,27 @@ def _note_read_whole(out: str, storage_options: dict[str, Any], plan: JobPlan, r
     the refreshed containers it read to their end (`Journal.whole`): stopped after this, in its end-of-run check, the
     next run takes their new stamps, as this run would have, though a member one no longer holds has no new row.
     Without it, such a container was said changed by every later run, and the next --refresh-changed purified its rows
-    again. A failure to write it is said, and loses only that."""
+    again. With each, the `_containers/` entry a complete run would record of its read (`Journal.read`): the next run
+    records it and skips the container unread when the output holds its ids, where it read the container whole again
+    only to record it. A failure to write it is said, and loses only that."""
     if plan.refresh is None or not read_whole:
         return
-    roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
-    whole = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots} & set(plan.refresh.inputs)
+    units = {u.paths[0]: u for u in plan.units if u.kind != "files"}
+    reads = {relative_id(r["path"], units[r["path"]].root): r for r in read_whole if r["path"] in units}
+    whole = set(reads) & set(plan.refresh.inputs)
     if not whole:
         return
+    entries = {}
+    for input_id in whole:
+        read, unit = reads[input_id], units[reads[input_id]["path"]]
+        stamp = unit.stamps[0] if unit.stamps else None
+        if stamp is not None:  # as `_record_containers_read` records it (the rows left without a new row: next run)
+            entries[input_id] = ContainerRead(read["path"], unit.sizes[0] if unit.sizes else None, stamp,
+                                              read["records"], read["ids_sha256"],
+                                              lookalikes_checked=read["path"] in plan.container_purified,
+                                              leftover=tuple(read.get("leftover", ())))
     try:
-        write_journal(out, storage_options, replace(plan.refresh, whole=frozenset(whole)))
+        write_journal(out, storage_options, replace(plan.refresh, whole=frozenset(whole), read=entries))
     except Exception as err:  # noqa: BLE001 - the journal written first still holds; only that saving is lost
         print(f"zip-purify: warning: could not note the containers read whole in the refresh journal ({describe(err)}); "
               "if this run stops before its end, the next run may say they changed", file=sys.stderr)

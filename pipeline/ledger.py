@@ -6,7 +6,8 @@ keys are already done. At the end of a run whose status is complete, the driver 
 Parquet file or zip archive) that this run read to its end, with what the listing said of it (size, ETag or mtime)
 and a digest of the ids it gave; and each one whose listing changed that its planning read to its end and found still
 giving each member its rows were made from (`pipeline.changes.same_members`), which the run itself then need not
-read. A later run skips a container unread only when
+read; and each one a --refresh-changed run stopped after its pipeline had read to its end, as that run's journal notes
+it (`pipeline.refresh.Journal.read`). A later run skips a container unread only when
 
 - the listing shows it at the same path with the same size and the same version fields, and
 - the output's data/ and rejects/ still hold exactly those ids (part files deleted to redo them, or ids left from

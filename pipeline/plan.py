@@ -337,8 +337,9 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     if overlap:
         raise JobError(overlap)
     output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)
-    # a --refresh-changed run stopped before its end: the rows it replaced are taken as this run's start will leave them
-    output, settled_stamps = _after_earlier_refresh(config, out, so, output)
+    # a --refresh-changed run stopped before its end: the rows it replaced are taken as this run's start will leave them,
+    # and the containers it read to their end have the `_containers/` entries its journal notes of them
+    output, settled_stamps, earlier_read = _after_earlier_refresh(config, out, so, output)
     hidden = HiddenSkipped()  # the hidden files the listing leaves out
     listed = _listed_units(config, hidden)
     first_parquet = next((u for u in listed if u.kind == "parquet"), None)
@@ -348,7 +349,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
             raise JobError(problem)
     partitions = _partition_keys(listed) if config.partitioning == "hive" else None
     inputs, excluded = _inputs_listed(listed, config)
-    ledger = _read_ledger(inputs, out, so, output)
+    ledger = _read_ledger(inputs, out, so, output) | earlier_read
     reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                    in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
                    partitioning=config.partitioning)
@@ -374,7 +375,8 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
-                   changes=changes, input_record=input_record, ledger_checked=frozenset(read_whole),
+                   changes=changes, input_record=input_record,
+                   ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=parquet_rows_without_image(
                        [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread], so,
@@ -425,17 +427,21 @@ def _journal(output: _OutputDone, changes: ChangedInputs, final: InputRecord) ->
     return Journal(rows, inputs, uuid.uuid4().hex)
 
 
-def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
-                           output: _OutputDone) -> tuple[_OutputDone, dict[str, tuple[str, str]]]:
+def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any], output: _OutputDone
+                           ) -> tuple[_OutputDone, dict[str, tuple[str, str]], dict[str, ContainerRead]]:
     """When a --refresh-changed run stopped before its end left its journal (`pipeline.refresh`), which this run
     applies before it writes anything: what the output holds as it will then (an id whose new row is a reject and whose
     old one is in data/ is a reject), and the stamps of the inputs whose ids all have their new rows (the record takes
     them: they are not changed since). Only the journal's ids are looked up, in the output's ids as the planning read
     them (`output.index`), and only when there is one. The old rows of those with a new row go at this run's start:
     `superseded` names them, so that the planning's comparison of inputs with their rows (`changes.same_bytes`,
-    `changes.same_members`) leaves them out."""
+    `changes.same_members`) leaves them out. Last, by path, the `_containers/` entries of the containers that run read
+    to their end (`Journal.read`), as a complete run records them: its ids left without a new row (a member the
+    container no longer gives) are left over from it. With them, such a container is skipped unread when it is
+    unchanged since and the output holds exactly the ids its read gave (`ledger.unchanged_and_done`), as after a
+    complete run; otherwise it is read again, its done ids skipped."""
     if output.state not in ("resume", "incremental"):
-        return output, {}
+        return output, {}, {}
     try:
         journal = read_journal(out, so)
     except JobError:
@@ -443,7 +449,7 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     if journal is None:
-        return output, {}
+        return output, {}, {}
     holders = output.index.holding(set(journal.rows))
     settled = journal.settled(holders)
     purified, rejected = set(output.purified_ids), set(output.rejected_ids)
@@ -461,9 +467,13 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any],
     for id_ in settled:
         for name in journal.rows[id_]:
             superseded.setdefault(name, set()).add(id_)
+    read = {}
+    for input_id, entry in journal.read.items():
+        left = [i for i in journal.inputs.get(input_id, ("", "", []))[2] if i not in settled]
+        read[entry.path] = replace(entry, leftover=tuple(sorted({*entry.leftover, *left})))
     return replace(output, purified_ids=purified, rejected_ids=rejected, prior_purified=len(purified),
                    prior_rejected=len(rejected), retry=retry, skip=skip,
-                   superseded=superseded), journal.new_stamps(settled)
+                   superseded=superseded), journal.new_stamps(settled), read
 
 
 def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _OutputDone,

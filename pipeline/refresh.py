@@ -35,7 +35,12 @@ member it no longer holds gives no new row, and its old row stays (ledger's `lef
 changed: `job._record_inputs_read_again`). Once the run's pipeline has ended, the journal is written again naming the
 containers it read to their end (`Journal.whole`): a run stopped after that (in its end-of-run check, say) leaves a
 container that no longer gives a member of its rows done as a complete run would, not said changed by every later run
-for the member it no longer holds.
+for the member it no longer holds. With each, it notes what a complete run would record of that read in the output's
+`_containers/` ledger (`Journal.read`: the listing's size and version, the ids the read gave and their digest): the next
+run takes that entry (`plan._after_earlier_refresh`), so that it skips the container unread when the output holds
+exactly those ids, as after a complete run, rather than read it whole again only to record it. A run stopped before its
+pipeline ended notes nothing: which ids a container's new version holds is known only from a read to its end (a
+member added to it may have no row yet), so the next run reads such a container again, its done ids skipped.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import JobError
+from pipeline.ledger import ContainerRead
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 REFRESH_DIR = "_refresh"
@@ -76,6 +82,10 @@ class Journal:
     # pipeline has ended (`job._note_read_whole`). A member such a file no longer gives has no new row, and its old row
     # stays, as in a run that ends complete: the file is done all the same (`new_stamps`)
     whole: frozenset[str] = frozenset()
+    # input id (one of `whole`) -> the `_containers/` entry of that read, as a complete run records it
+    # (`pipeline.ledger`); its `leftover` is the read's own: the ids of `inputs` left without a new row are added by the
+    # run that applies the journal (`plan._after_earlier_refresh`)
+    read: dict[str, ContainerRead] = field(default_factory=dict)
 
     def settled(self, holders: dict[str, list[str]]) -> set[str]:
         """The ids with a new row: one in a part file the journal does not name for them (`holders`: id -> the part
@@ -137,8 +147,9 @@ def _from_format_1(payload: dict[str, Any]) -> Journal:
 
 def _from_format_2(payload: dict[str, Any]) -> Journal:
     """{"parts": [[part file or null, [id, ...]], ...], "inputs": {input id: [kind, stamp] or [kind, stamp, [id, ...]]},
-    "salt": ..., "whole": [input id, ...] (optional)}: each id with the files whose group lists it (null: an id listed
-    with no file); an input without its ids has the one id it names (an image file)."""
+    "salt": ..., "whole": [input id, ...] (optional), "read": {input id: ledger entry} (optional, `_read_entries`)}:
+    each id with the files whose group lists it (null: an id listed with no file); an input without its ids has the
+    one id it names (an image file)."""
     rows: dict[str, list[str]] = {}
     for name, ids in payload["parts"]:
         if name is not None and not isinstance(name, str):
@@ -158,7 +169,26 @@ def _from_format_2(payload: dict[str, Any]) -> Journal:
     salt = payload["salt"]
     if not isinstance(salt, str):
         raise ValueError("its salt is not a text")
-    return Journal(rows, inputs, salt, frozenset(_texts(payload.get("whole", []))))
+    whole = frozenset(_texts(payload.get("whole", [])))
+    return Journal(rows, inputs, salt, whole, _read_entries(payload.get("read"), whole))
+
+
+def _read_entries(payload: Any, whole: frozenset[str]) -> dict[str, ContainerRead]:
+    """The `read` of a format 2 journal ({input id: {path, size, stamp, records, ids_sha256[, leftover,
+    lookalikes_checked]}}), of the inputs in `whole` only. Not needed to apply the journal's rule: one that cannot be
+    read is left out (the next run reads those containers again), not a reason to stop."""
+    entries: dict[str, ContainerRead] = {}
+    for input_id, entry in (payload.items() if isinstance(payload, dict) else ()):
+        try:
+            read = ContainerRead(str(entry["path"]), None if entry["size"] is None else int(entry["size"]),
+                                 str(entry["stamp"]), int(entry["records"]), str(entry["ids_sha256"]),
+                                 lookalikes_checked=entry.get("lookalikes_checked") is True,
+                                 leftover=tuple(_texts(entry.get("leftover", []))))
+        except (TypeError, ValueError, LookupError, AttributeError):
+            continue
+        if input_id in whole:
+            entries[input_id] = read
+    return entries
 
 
 def write_journal(output: str, storage_options: dict[str, Any], journal: Journal) -> None:
@@ -176,10 +206,19 @@ def write_journal(output: str, storage_options: dict[str, Any], journal: Journal
                                  for name in sorted(by_file, key=lambda n: (n is None, n or ""))],
                        "inputs": {i: [kind, stamp, *([] if ids == [i] else [ids])]
                                   for i, (kind, stamp, ids) in sorted(inputs.items())},
-                       **({"whole": sorted(journal.whole)} if journal.whole else {})},
+                       **({"whole": sorted(journal.whole)} if journal.whole else {}),
+                       **({"read": {i: _read_entry(journal.read[i]) for i in sorted(journal.read)}}
+                          if journal.read else {})},
                       separators=(",", ":")).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")
+
+
+def _read_entry(entry: ContainerRead) -> dict[str, Any]:
+    """One entry of a journal's `read` (`_read_entries` reads it back)."""
+    return {"path": entry.path, "size": entry.size, "stamp": entry.stamp, "records": entry.records,
+            "ids_sha256": entry.ids_sha256, **({"leftover": list(entry.leftover)} if entry.leftover else {}),
+            **({"lookalikes_checked": True} if entry.lookalikes_checked else {})}
 
 
 def remove_journal(output: str, storage_options: dict[str, Any]) -> None:

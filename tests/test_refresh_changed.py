@@ -9,6 +9,7 @@ import os
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,12 +17,14 @@ from pipeline import cli
 from pipeline.changes import InputRecord, find_changes
 from pipeline.errors import JobError
 from pipeline.job import run_job
+from pipeline.ledger import ContainerRead, read_ledger
 from pipeline.output import deduplicate_output, drop_superseded_rows, part_files_holding
 from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
 from tests.jobutil import (
     image_bytes,
     image_folder,
+    no_ray_from_here_on,
     rewritten_in_place,
     run_stopped_at,
     small_job_argv,
@@ -315,6 +318,59 @@ def test_a_refresh_stopped_after_its_pipeline_leaves_a_shard_that_lost_a_member_
     assert (later["this_run"]["read"], later["this_run"]["containers_skipped_unread"]) == (0, 1)
 
 
+def _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch) -> dict[str, bytes]:
+    """A shard of three members purified; then rewritten (0 changed, 1 the same, 2 gone, 3 added: its members
+    returned) and a --refresh-changed run stopped after its pipeline, in its end-of-run check."""
+    root = tmp_path / "in"
+    root.mkdir()
+    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
+    (root / "s.tar").write_bytes(tar_bytes(members))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    changed = {"0.png": image_bytes(16, 16, 64), "1.png": members["1.png"], "3.png": image_bytes(16, 16, 65)}
+    rewritten_in_place(root / "s.tar", tar_bytes(changed))
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
+    return changed
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_shard_a_stopped_refresh_read_to_its_end_is_recorded_by_the_next_run_without_reading_it(
+        tmp_path, model, monkeypatch) -> None:
+    """The run after a refresh stopped in its end-of-run check took the shard's new stamp from the journal, but the
+    `_containers/` ledger still held the shard's earlier version: that run started Ray and read the shard whole, every
+    id of it skipped, only to record it. The journal now notes what the stopped run's read gave."""
+    changed = _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch)
+    no_ray_from_here_on(monkeypatch)
+    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
+    run = resumed["this_run"]
+    assert (resumed["status"], resumed["changed_inputs"]["containers"]) == ("complete", 0)
+    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 1, 1)
+    data, rejects = _each_id_once(tmp_path)
+    assert rejects == {} and set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3"}
+    assert (data["s.tar/0"], data["s.tar/3"]) == (_sha(changed["0.png"]), _sha(changed["3.png"]))
+    (entry,) = read_ledger(str(tmp_path / "out"), {}).values()
+    assert (entry.records, entry.leftover) == (3, ("s.tar/2",))  # the member it no longer gives keeps its old row
+    later = run_job(small_job_config(tmp_path, model, refresh_changed=True))["this_run"]
+    assert (later["read"], later["containers_skipped_unread"], later["refreshed"]["inputs"]) == (0, 1, 0)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_shard_a_stopped_refresh_read_to_its_end_is_read_again_when_the_output_lacks_a_row_of_it(
+        tmp_path, model, monkeypatch) -> None:
+    """The journal's note of the read is taken only where the output holds exactly the ids it gave: a member
+    without a row (here its row taken out after the stop) is read and purified, never skipped."""
+    changed = _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch)
+    (part,) = [p for p in (tmp_path / "out" / "data").glob("part-*.parquet")
+               if "s.tar/3" in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+    table = pq.read_table(part)
+    pq.write_table(table.filter(pc.not_equal(table.column("id"), "s.tar/3")), part)
+    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert (resumed["status"], resumed["this_run"]["read"], resumed["this_run"]["purified"]) == ("complete", 1, 1)
+    assert resumed["this_run"]["containers_skipped_unread"] == 0
+    data, _ = _each_id_once(tmp_path)
+    assert set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3"}
+    assert data["s.tar/3"] == _sha(changed["3.png"])
+
+
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("kind", ["file", "shard"])
 def test_an_input_touched_after_a_stopped_refresh_is_compared_with_its_new_row_not_the_old_one_going(
@@ -348,9 +404,15 @@ def test_an_input_touched_after_a_stopped_refresh_is_compared_with_its_new_row_n
 def test_the_journal_says_which_containers_its_run_read_to_their_end(tmp_path) -> None:
     rows = {"s.tar/0": ["data/part-a.parquet"], "s.tar/2": ["data/part-a.parquet"], "t.tar/0": ["data/part-a.parquet"]}
     inputs = {"s.tar": ("tar", "v2", ["s.tar/0", "s.tar/2"]), "t.tar": ("tar", "v2", ["t.tar/0"])}
-    journal = Journal(rows, inputs, "salt", frozenset({"s.tar"}))
+    read = {"s.tar": ContainerRead("/in/s.tar", 3072, "1.5:7", 2, "ab" * 32, leftover=("s.tar/9",))}
+    journal = Journal(rows, inputs, "salt", frozenset({"s.tar"}), read)
     write_journal(str(tmp_path), {}, journal)
     assert read_journal(str(tmp_path), {}) == journal
+    # the note of a read is not needed to apply the journal: one that cannot be read is left out, the journal read
+    payload = json.loads(open(journal_path(str(tmp_path))).read())
+    payload["read"]["s.tar"]["records"] = "many"
+    open(journal_path(str(tmp_path)), "w").write(json.dumps(payload))
+    assert read_journal(str(tmp_path), {}) == Journal(rows, inputs, "salt", frozenset({"s.tar"}))
     # s.tar/2 has no new row (a member s.tar no longer gives), t.tar/0 neither: s.tar was read to its end, t.tar not
     assert journal.new_stamps({"s.tar/0"}) == {"s.tar": ("tar", "v2")}
     assert Journal(rows, inputs, "salt").new_stamps({"s.tar/0"}) == {}
