@@ -22,12 +22,14 @@ pipeline; it does the rest all the same: the lease, the end-of-run check, the re
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import posixpath
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -213,26 +215,47 @@ def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_a
     return "complete" if counted and rows_after == rows_before + purified + rejected - replaced else "inconsistent"
 
 
-# Ray Data runs a pipeline from a thread of this name; closing the pipeline waits 2 s for it, then goes on without it.
+# Ray Data runs a pipeline from a thread of this name (its executor: a threading.Thread); closing the pipeline waits
+# 2 s for it, then goes on without it.
 EXECUTOR_THREAD_PREFIX = "StreamingExecutor-"
 EXECUTOR_JOIN_S = 60.0
 
 
 @contextlib.contextmanager
 def pipeline_closed_on_exit(rows: Iterator[Any]) -> Iterator[None]:
-    """Close the pipeline's row iterator on the way out, however the run leaves (Ctrl-C, a failed batch, the end), and
-    wait for the executor thread it started to end. A thread still starting the purifier actors (Ctrl-C in a run's
-    first seconds) ran on past the 2 s Ray Data gives it, and used Ray after the process had shut Ray down at exit,
-    which then ended the process with status 1 instead of 130."""
+    """Close the pipeline's row iterator on the way out, however the run leaves (Ctrl-C, a failed batch, the end),
+    shut down the executor it started, and wait for the executor's thread to end. A thread still starting the purifier
+    actors (Ctrl-C in a run's first seconds) ran on past the 2 s Ray Data gives it, and used Ray after the process had
+    shut Ray down at exit, which then ended the process with status 1 instead of 130.
+
+    Closing the iterator shuts the executor down only once the iterator holds it. A Ctrl-C while Ray Data was still
+    setting the iteration up (its executor started, not yet handed over) left the executor running: the pipeline
+    purified on while the run waited for its thread, and the executor was shut down only when the garbage collector
+    freed it, after the run's `interrupted:` line, which Ray Data's "Dataset ... execution finished in ... seconds" then
+    followed on stderr (its lines are quieted only while the run's pipeline runs: `placement.ray_data_console_quieted`).
+    Shutting down an executor that is shut down already does nothing."""
     before = set(threading.enumerate())
+    stopping: KeyboardInterrupt | None = None
     try:
         yield
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM raised as one (`stopped_run.signals_interrupt`)
+        stopping = err
+        raise
     finally:
         close = getattr(rows, "close", None)
         if close is not None:
             close()
+        if stopping is not None:
+            # An executor whose thread has ended already (a short pipeline done meanwhile) is held only by the
+            # finished frames of Ray Data's calls that the interrupt came through: freed now, it is shut down now,
+            # while its lines are quieted (the frames' lines stay in the traceback, not their variables).
+            traceback.clear_frames(stopping.__traceback__)
+            gc.collect()
         for thread in set(threading.enumerate()) - before:
             if thread.name.startswith(EXECUTOR_THREAD_PREFIX):
+                shutdown = getattr(thread, "shutdown", None)
+                if callable(shutdown):
+                    shutdown(force=True)
                 thread.join(EXECUTOR_JOIN_S)
 
 

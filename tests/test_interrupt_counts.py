@@ -302,3 +302,33 @@ def test_a_stopped_pipeline_has_ended_its_executor_thread_before_the_run_goes_on
     with job.pipeline_closed_on_exit(rows_iter):
         next(rows_iter)
     assert ended == ["executor thread ended"]
+
+
+@pytest.mark.slow  # one real run of the job in a subprocess (~20 s of Ray)
+def test_ctrl_c_while_ray_data_sets_its_iteration_up_ends_stderr_with_the_jobs_own_line(tmp_path) -> None:
+    # A Ctrl-C once Ray Data's executor had started, before its row iterator held it (here, where Ray Data asks the
+    # executor for its stats after the first block: the interrupt put there, not timed), left the executor running:
+    # closing the iterator did not shut it down, and the garbage collector did, after the job's `interrupted:` line,
+    # once Ray Data's lines were no longer quieted: "... INFO streaming_executor.py:371 -- Dataset dataset_... execution
+    # finished in 10.27 seconds" was the last line on stderr.
+    code = ("import sys, threading; from pathlib import Path\n"
+            "from ray.data._internal.execution.streaming_executor import StreamingExecutor\n"
+            "from pipeline import cli\n"
+            "from tests.jobutil import image_folder, small_job_argv, tiny_model_file\n"
+            "tmp = Path(sys.argv[1]); image_folder(tmp / 'in', 8)\n"
+            "stats, fired = StreamingExecutor.get_stats, []\n"
+            "def get_stats(self):\n"
+            "    if not fired and threading.current_thread() is threading.main_thread():\n"
+            "        fired.append(1)\n"
+            "        raise KeyboardInterrupt\n"
+            "    return stats(self)\n"
+            "StreamingExecutor.get_stats = get_stats\n"
+            "status = cli.main(small_job_argv(tmp, tiny_model_file(tmp), '--write-batch', '2', '--files-per-unit', '2'))\n"
+            "print('status', status, 'fired', len(fired))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DATA_LOGGING_CONFIG", "RAY_DATA_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "status 130 fired 1" in done.stdout, (done.stdout, done.stderr[-3000:])
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("interrupted: stopped by SIGINT"), done.stderr[-3000:]
+    assert not [line for line in lines if "execution finished" in line or "execution failed" in line], done.stderr[-3000:]
