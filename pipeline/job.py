@@ -450,6 +450,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
 
         # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
         threads = None if placement is None else _purify(config, plan, placement, stop)
+        stop.pipeline_ended = True  # before: a stop while it notes them must not note them again as not whole
         _note_read_whole(out, so, plan, tally.read_whole)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
         # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
@@ -542,25 +543,53 @@ def _note_read_whole(out: str, storage_options: dict[str, Any], plan: JobPlan, r
     only to record it. A failure to write it is said, and loses only that."""
     if plan.refresh is None or not read_whole:
         return
-    units = {u.paths[0]: u for u in plan.units if u.kind != "files"}
-    reads = {relative_id(r["path"], units[r["path"]].root): r for r in read_whole if r["path"] in units}
-    whole = set(reads) & set(plan.refresh.inputs)
+    whole, entries = _refreshed_reads(plan, read_whole)
     if not whole:
         return
-    entries = {}
-    for input_id in whole:
-        read, unit = reads[input_id], units[reads[input_id]["path"]]
-        stamp = unit.stamps[0] if unit.stamps else None
-        if stamp is not None:  # as `_record_containers_read` records it (the rows left without a new row: next run)
-            entries[input_id] = ContainerRead(read["path"], unit.sizes[0] if unit.sizes else None, stamp,
-                                              read["records"], read["ids_sha256"],
-                                              lookalikes_checked=read["path"] in plan.container_purified,
-                                              leftover=tuple(read.get("leftover", ())))
     try:
         write_journal(out, storage_options, replace(plan.refresh, whole=frozenset(whole), read=entries))
     except Exception as err:  # noqa: BLE001 - the journal written first still holds; only that saving is lost
         print(f"zip-purify: warning: could not note the containers read whole in the refresh journal ({describe(err)}); "
               "if this run stops before its end, the next run may say they changed", file=sys.stderr)
+
+
+def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[set[str], dict[str, ContainerRead]]:
+    """Of the containers a --refresh-changed run read to their end (`read_whole`: their count records), those it
+    refreshes, by input id, and the `_containers/` entry of each read, as `_record_containers_read` records it (the ids
+    a container's read gave no new row for are added to its leftover by the run that applies the journal)."""
+    units = {u.paths[0]: u for u in plan.units if u.kind != "files"}
+    reads = {relative_id(r["path"], units[r["path"]].root): r for r in read_whole if r["path"] in units}
+    refreshed = set(reads) & set(plan.refresh.inputs if plan.refresh is not None else ())
+    entries = {}
+    for input_id in refreshed:
+        read, unit = reads[input_id], units[reads[input_id]["path"]]
+        stamp = unit.stamps[0] if unit.stamps else None
+        if stamp is not None:
+            entries[input_id] = ContainerRead(read["path"], unit.sizes[0] if unit.sizes else None, stamp,
+                                              read["records"], read["ids_sha256"],
+                                              lookalikes_checked=read["path"] in plan.container_purified,
+                                              leftover=tuple(read.get("leftover", ())))
+    return refreshed, entries
+
+
+def _note_reads_of_stopped_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan,
+                                   read_whole: list[dict[str, Any]]) -> None:
+    """A --refresh-changed run stopped in its pipeline (Ctrl-C, SIGTERM, a failure): write its journal again with the
+    `_containers/` entries of the refreshed containers its read tasks read to their end (`Journal.read`), not said read
+    whole (`Journal.whole`: their rows may not all be written yet). The next run skips such a container unread only
+    when the output holds exactly the ids its read gave (a row not written leaves its id out: it is read again).
+    Without it, that run read each of them again, its ids all done, only to record it. A failure to write it loses
+    only that."""
+    if plan.refresh is None or not read_whole:
+        return
+    _, entries = _refreshed_reads(plan, read_whole)
+    if not entries:
+        return
+    try:
+        write_journal(out, storage_options, replace(plan.refresh, read=entries))
+    except Exception as err:  # noqa: BLE001 - the journal written first still holds
+        print(f"zip-purify: warning: could not note the containers read in the refresh journal ({describe(err)}); the "
+              "next run reads them again", file=sys.stderr)
 
 
 def _start_tally(plan: JobPlan) -> RunTally:
@@ -618,6 +647,7 @@ class StopRecorder:
     tally: RunTally
     bar: Any = None
     before: dict[str, str | None] | set[str] | None = None
+    pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_read_whole`)
 
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
@@ -632,6 +662,8 @@ class StopRecorder:
         # a second Ctrl-C may cut the count short
         count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
         IGNORE_STOPS.set()  # but not the summary's write
+        if not self.pipeline_ended:  # once it has, the journal notes the containers read whole already
+            _note_reads_of_stopped_refresh(out, so, plan, self.tally.read_whole)
         earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
         done = _stopped_this_run(plan, self.tally, count, self.started)
         totals = {**stopped_totals(earlier, count, plan.retry),

@@ -436,10 +436,12 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any], outp
     them (`output.index`), and only when there is one. The old rows of those with a new row go at this run's start:
     `superseded` names them, so that the planning's comparison of inputs with their rows (`changes.same_bytes`,
     `changes.same_members`) leaves them out. Last, by path, the `_containers/` entries of the containers that run read
-    to their end (`Journal.read`), as a complete run records them: its ids left without a new row (a member the
-    container no longer gives) are left over from it. With them, such a container is skipped unread when it is
-    unchanged since and the output holds exactly the ids its read gave (`ledger.unchanged_and_done`), as after a
-    complete run; otherwise it is read again, its done ids skipped."""
+    to their end (`Journal.read`), as a complete run records them: of one whose rows it had all written (`whole`), its
+    ids left without a new row (a member the container no longer gives) are left over from it. With them, such a
+    container is skipped unread when it is unchanged since and the output holds exactly the ids its read gave
+    (`ledger.unchanged_and_done`), as after a complete run; otherwise it is read again, its done ids skipped. One with
+    ids whose only row is the old one (the stopped run wrote no new row of them) keeps its earlier stamp
+    (`Journal.new_stamps`): said changed, and read again by the next --refresh-changed."""
     if output.state not in ("resume", "incremental"):
         return output, {}, {}
     try:
@@ -469,7 +471,8 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any], outp
             superseded.setdefault(name, set()).add(id_)
     read = {}
     for input_id, entry in journal.read.items():
-        left = [i for i in journal.inputs.get(input_id, ("", "", []))[2] if i not in settled]
+        # read to its end with all its rows written (`whole`): an id without a new row is one it no longer gives
+        left = [i for i in journal.inputs[input_id][2] if i not in settled] if input_id in journal.whole else []
         read[entry.path] = replace(entry, leftover=tuple(sorted({*entry.leftover, *left})))
     return replace(output, purified_ids=purified, rejected_ids=rejected, prior_purified=len(purified),
                    prior_rejected=len(rejected), retry=retry, skip=skip,

@@ -38,9 +38,12 @@ container that no longer gives a member of its rows done as a complete run would
 for the member it no longer holds. With each, it notes what a complete run would record of that read in the output's
 `_containers/` ledger (`Journal.read`: the listing's size and version, the ids the read gave and their digest): the next
 run takes that entry (`plan._after_earlier_refresh`), so that it skips the container unread when the output holds
-exactly those ids, as after a complete run, rather than read it whole again only to record it. A run stopped before its
-pipeline ended notes nothing: which ids a container's new version holds is known only from a read to its end (a
-member added to it may have no row yet), so the next run reads such a container again, its done ids skipped.
+exactly those ids, as after a complete run, rather than read it whole again only to record it. A run stopped in its
+pipeline (Ctrl-C, SIGTERM, a failure) notes, as it stops, the same entries of the refreshed containers its read tasks
+read to their end, without `whole` (their rows may not all be written: one not written leaves its id out of the
+output, which then does not match, and the container is read again). One killed (SIGKILL) in its pipeline notes
+nothing: which ids a container's new version holds is known only from a read of it to its end (a member added to it
+may have no row yet), so the next run reads each of its refreshed containers again, its done ids skipped.
 """
 
 from __future__ import annotations
@@ -82,9 +85,10 @@ class Journal:
     # pipeline has ended (`job._note_read_whole`). A member such a file no longer gives has no new row, and its old row
     # stays, as in a run that ends complete: the file is done all the same (`new_stamps`)
     whole: frozenset[str] = frozenset()
-    # input id (one of `whole`) -> the `_containers/` entry of that read, as a complete run records it
-    # (`pipeline.ledger`); its `leftover` is the read's own: the ids of `inputs` left without a new row are added by the
-    # run that applies the journal (`plan._after_earlier_refresh`)
+    # input id (one of `inputs`) -> the `_containers/` entry of a read of it to its end, as a complete run records it
+    # (`pipeline.ledger`): of those in `whole`, noted with them; of others, by a run stopped in its pipeline (their rows
+    # may not all be written). Its `leftover` is the read's own: for one in `whole`, the ids of `inputs` left without a
+    # new row are added by the run that applies the journal (`plan._after_earlier_refresh`)
     read: dict[str, ContainerRead] = field(default_factory=dict)
 
     def settled(self, holders: dict[str, list[str]]) -> set[str]:
@@ -170,12 +174,12 @@ def _from_format_2(payload: dict[str, Any]) -> Journal:
     if not isinstance(salt, str):
         raise ValueError("its salt is not a text")
     whole = frozenset(_texts(payload.get("whole", [])))
-    return Journal(rows, inputs, salt, whole, _read_entries(payload.get("read"), whole))
+    return Journal(rows, inputs, salt, whole, _read_entries(payload.get("read"), set(inputs)))
 
 
-def _read_entries(payload: Any, whole: frozenset[str]) -> dict[str, ContainerRead]:
+def _read_entries(payload: Any, inputs: set[str]) -> dict[str, ContainerRead]:
     """The `read` of a format 2 journal ({input id: {path, size, stamp, records, ids_sha256[, leftover,
-    lookalikes_checked]}}), of the inputs in `whole` only. Not needed to apply the journal's rule: one that cannot be
+    lookalikes_checked]}}), of the journal's `inputs` only. Not needed to apply the journal's rule: one that cannot be
     read is left out (the next run reads those containers again), not a reason to stop."""
     entries: dict[str, ContainerRead] = {}
     for input_id, entry in (payload.items() if isinstance(payload, dict) else ()):
@@ -186,7 +190,7 @@ def _read_entries(payload: Any, whole: frozenset[str]) -> dict[str, ContainerRea
                                  leftover=tuple(_texts(entry.get("leftover", []))))
         except (TypeError, ValueError, LookupError, AttributeError):
             continue
-        if input_id in whole:
+        if input_id in inputs:
             entries[input_id] = read
     return entries
 

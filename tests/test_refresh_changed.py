@@ -371,6 +371,68 @@ def test_a_shard_a_stopped_refresh_read_to_its_end_is_read_again_when_the_output
     assert data["s.tar/3"] == _sha(changed["3.png"])
 
 
+def _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch) -> dict[str, bytes]:
+    """A shard of three members purified; then rewritten (0 changed, 1 and 2 the same, 3 added: its members returned)
+    and a --refresh-changed run stopped in its pipeline after its last batch (a failure recorded there, as a Ctrl-C's
+    is), before it noted the shard read whole."""
+    import pipeline.job as job_module
+
+    root = tmp_path / "in"
+    root.mkdir()
+    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
+    (root / "s.tar").write_bytes(tar_bytes(members))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    changed = {**members, "0.png": image_bytes(16, 16, 66), "3.png": image_bytes(16, 16, 67)}
+    rewritten_in_place(root / "s.tar", tar_bytes(changed))
+    tally = job_module._tally_written_batches
+
+    def then_stop(*args, **kwargs) -> None:
+        tally(*args, **kwargs)
+        raise RuntimeError("stopped after the pipeline's last batch")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(job_module, "_tally_written_batches", then_stop)
+        with pytest.raises(RuntimeError, match="stopped after the pipeline's last batch"):
+            run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    journal = read_journal(str(tmp_path / "out"), {})
+    assert journal.whole == frozenset() and set(journal.read) == {"s.tar"}
+    return changed
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_shard_a_refresh_stopped_in_its_pipeline_read_to_its_end_is_recorded_without_reading_it_when_all_its_rows_are(
+        tmp_path, model, monkeypatch) -> None:
+    changed = _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch)
+    no_ray_from_here_on(monkeypatch)
+    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
+    run = resumed["this_run"]
+    assert (resumed["status"], resumed["changed_inputs"]["containers"]) == ("complete", 0)
+    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 1, 1)
+    data, _ = _each_id_once(tmp_path)
+    assert data == {f"s.tar/{k}": _sha(changed[f"{k}.png"]) for k in range(4)}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_shard_a_refresh_stopped_in_its_pipeline_left_with_an_old_row_stays_said_changed_until_refreshed(
+        tmp_path, model, monkeypatch) -> None:
+    """A member whose new row was not written (its row taken out here after the stop) keeps its old row: the shard
+    keeps its earlier stamp, said changed, as when the next run read it whole only to skip each of its done ids, and
+    the next --refresh-changed reads it and replaces that row."""
+    changed = _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch)
+    old_files = read_journal(str(tmp_path / "out"), {}).rows["s.tar/0"]
+    (part,) = [p for p in (tmp_path / "out" / "data").glob("part-*.parquet") if f"data/{p.name}" not in old_files
+               and "s.tar/0" in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+    table = pq.read_table(part)
+    pq.write_table(table.filter(pc.not_equal(table.column("id"), "s.tar/0")), part)
+    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert (resumed["status"], resumed["changed_inputs"]["containers"]) == ("complete", 1)
+    assert _each_id_once(tmp_path)[0]["s.tar/0"] == _sha(image_bytes(16, 16, 10))  # the old row, kept
+    refreshed = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert (refreshed["status"], refreshed["this_run"]["refreshed"]["inputs"]) == ("complete", 1)
+    data, _ = _each_id_once(tmp_path)
+    assert data == {f"s.tar/{k}": _sha(changed[f"{k}.png"]) for k in range(4)}
+
+
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("kind", ["file", "shard"])
 def test_an_input_touched_after_a_stopped_refresh_is_compared_with_its_new_row_not_the_old_one_going(
