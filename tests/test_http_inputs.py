@@ -152,3 +152,34 @@ def test_a_web_folders_index_pages_are_asked_with_the_storage_options(tmp_path: 
         assert sorted(p for u in units for p in u.paths) == [url + "data/a.png", url + "data/sub/in.png"]
         with pytest.raises(Exception, match="403"):
             discover(url + "data/", {})
+
+
+def test_a_web_folders_ids_labels_and_partitions_are_its_names_not_their_url_escapes(web) -> None:
+    """An index page links 'road signs/stop sign.png' as 'road%20signs/stop%20sign.png' (python's http.server, nginx
+    and Apache escape spaces, '=' and non-ASCII): the ids, --labels-from-folders labels and Hive partition values were
+    the escaped text ('road%20signs', 'caf%C3%A9.png', no partition at all since '=' came as '%3D'), unlike the same
+    files on a disk or an object store, and exported files got those names."""
+    folder, url = web
+    (folder / "road signs").mkdir()
+    (folder / "road signs" / "stop sign.png").write_bytes(image_bytes(32, 32, 1))
+    (folder / "café.png").write_bytes(image_bytes(32, 32, 2))
+    (folder / "day=2026-01-01").mkdir()
+    (folder / "day=2026-01-01" / "my shard.tar").write_bytes(_shard(1))
+    units = discover(url, {})
+    records = [r for u in units for r in read_unit(u, {}, labels_from_folders=True, partitioning="hive")
+               if r.get("kind") == "image"]
+    by_id = {r["id"]: r for r in records}
+    assert sorted(by_id) == ["café.png", "day=2026-01-01/my shard.tar/0000", "road signs/stop sign.png"]
+    assert by_id["road signs/stop sign.png"]["meta"]["label"] == "road signs"
+    assert by_id["day=2026-01-01/my shard.tar/0000"]["meta"]["day"] == "2026-01-01"
+    assert by_id["café.png"]["source"] == url + "caf%C3%A9.png"  # the source stays the address it was read from
+
+
+def test_a_web_file_linked_in_two_spellings_is_one_input(web) -> None:
+    """'%61.png' and 'a.png' are one name, so one id: listed twice, the file would give its id twice."""
+    folder, url = web
+    (folder / "data").mkdir()
+    (folder / "data" / "a.png").write_bytes(image_bytes(32, 32, 3))
+    _index(folder / "data", '"a.png"', '"%61.png"', '"b%20c.png"', '"b c.png"')
+    units = discover(url + "data/", {})
+    assert sorted(p for u in units for p in u.paths) == [url + "data/a.png", url + "data/b%20c.png"]

@@ -11,6 +11,7 @@ import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 # The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
 # id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
@@ -96,8 +97,24 @@ def unescaped(text: str) -> str:
     return _ESCAPE.sub(one, text)
 
 
+def web_name(url: str) -> str:
+    """A web address's path as the names it stands for: percent escapes decoded ('road%20signs/caf%C3%A9.png' is
+    'road signs/café.png'; an escaped byte that is not UTF-8 stays that byte, which `text_name` writes as \\xNN, as
+    for a local name). Index pages link every name so escaped (python's http.server, nginx and Apache write a space,
+    '=' and non-ASCII so), and the same files on a disk or an object store have the plain names."""
+    return unquote(url, errors="surrogateescape") if "%" in url else url
+
+
+def _is_web(uri: str) -> bool:
+    return uri[:8].lower().startswith(("http://", "https://"))
+
+
 def relative_id(path: str, root: str) -> str:
-    """A path relative to the input root, '/'-separated (the record id for file inputs), as valid text (`text_name`)."""
+    """A path relative to the input root, '/'-separated (the record id for file inputs), as valid text (`text_name`).
+    A web address's path is taken as the names it stands for (`web_name`), so a web folder's ids, folder labels and
+    partition folders are those of the same files anywhere else."""
+    if _is_web(path):
+        path, root = web_name(path), web_name(root)
     path, root = path.split("://", 1)[-1], root.split("://", 1)[-1].rstrip("/")
     if path == root:
         return text_name(posixpath.basename(path))

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.sources.ids import web_name
 from pipeline.sources.units import VERSION_FIELDS
 from pipeline.storage import WEB_PROTOCOLS, protocols
 
@@ -257,6 +258,9 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
     MAX_WEB_PAGE_BYTES (`_web_ls`)."""
     found: dict[str, Mapping[str, Any]] = {}
     seen = {root}
+    # A file linked in two spellings of one name ('a%20b.png' and 'a b.png', '%61.png' and 'a.png') is one file, with
+    # one id (`relative_id` decodes the escapes): listed once, under the first link to it.
+    names: set[str] = set()
     pending = [(root, 0)]
     while pending:
         folder, depth = pending.pop()
@@ -280,6 +284,7 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
                             "an object store or local disk")
                     seen.add(url)
                     pending.append((url, depth + 1))
-            else:
+            elif web_name(url) not in names:
+                names.add(web_name(url))
                 found[url] = {**info, "name": url}
     return found
