@@ -768,6 +768,8 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
         raise ExportError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     if manifest not in MANIFESTS:
         raise ExportError(f"manifest must be one of {', '.join(MANIFESTS)}, got {manifest!r}")
+    if existing not in EXISTING:  # check_destination's ValueError was not the ExportError the API promises
+        raise ExportError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     if not 1 <= jpeg_quality <= 100:
         raise ExportError(f"jpeg_quality must be from 1 to 100, got {jpeg_quality}")
     if workers < 1:

@@ -750,6 +750,19 @@ def test_naming_holds_8_bytes_a_row_and_twice_that_while_sorting(tmp_path: Path)
     assert held < 10 * rows and peak < 21 * rows
 
 
+@pytest.mark.parametrize("argument, value", [("existing", "replace"), ("image_format", "jpg"), ("manifest", "xml"),
+                                             ("jpeg_quality", 0), ("workers", 0)])
+def test_a_bad_argument_of_export_images_is_an_export_error_before_anything_is_written(tmp_path: Path, argument: str,
+                                                                                       value: object) -> None:
+    """docs/api.md: export_images raises ExportError when the export cannot start; a bad `existing` raised ValueError,
+    which a caller catching ExportError (as the command line does) let through as a traceback."""
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    with pytest.raises(ExportError, match=f"{argument} must be"):
+        export_images(str(out), str(tmp_path / "to"), **{argument: value})
+    assert not (tmp_path / "to").exists()
+
+
 @pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
                                                ("--jpeg-quality", "0", "from 1 to 100"), ("--workers", "x", "whole")])
 def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, flag: str, value: str, said: str) -> None:
