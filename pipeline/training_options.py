@@ -76,6 +76,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--out {out}: {problem}")
     export_local = local_path(args.export) if args.export else None
     if args.export and export_local is None:
+        if args.export.lower().startswith(("http://", "https://")):
+            # fsspec's HTTP file system cannot write: every save would fail, and the run end with status 1
+            p.error(f"--export {args.export}: a web address is read-only here; give a path or a URI of storage the run "
+                    "can write (s3://..., gs://...), and serve the prior from there")
         try:  # only builds the file system (a missing s3fs or gcsfs is said now); writing it is tried at the first save
             storage_path(args.export, {})
         except (ImportError, ValueError, OSError) as err:

@@ -115,3 +115,16 @@ def test_an_export_onto_a_file_of_the_run_folder_is_refused_before_training(
     assert train_prior.cli(["--max-steps", "1", "--out", str(out), "--export", export, *TINY]) == 2
     assert f"--export {export} would overwrite the run's own {name}" in capsys.readouterr().err
     assert not (out / "last.pt").exists()
+
+
+@pytest.mark.parametrize("export", ["https://models.example.com/prior.pt", "HTTP://127.0.0.1:1/prior.pt"])
+def test_a_web_address_as_export_is_refused_before_training(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], export: str) -> None:
+    # BUG (fixed here): a web address was accepted; fsspec's HTTP file system cannot write, so every save warned,
+    # the run ended with exit status 1 after its whole --minutes, and the prior was never written. The purify job
+    # refuses a web --output before any work; so is a web --export now.
+    out = tmp_path / "run"
+    assert train_prior.cli(["--max-steps", "1", "--out", str(out), "--export", export, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"--export {export}: " in err and "read-only" in err
+    assert not (out / "last.pt").exists()
