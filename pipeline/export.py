@@ -800,7 +800,12 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
     columns, report.manifest_left_out = manifest_columns(p.schema for p in parts)
     if manifest == "none":
         report.manifest_left_out = []
-    writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
+    try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
+        make_parent_dirs(out_fs, root)
+        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
+    except OSError as err:
+        raise ExportError(f"--to {to} cannot be made or written: {describe(err)}; give a folder the export can write "
+                          "in (it is made when missing)") from err
     bar = progress(report.rows) if progress is not None else None
     seen_repeated: set[str] = set()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="export")

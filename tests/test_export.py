@@ -773,3 +773,21 @@ def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, fla
         main(["--output", str(out), "--to", str(tmp_path / "to"), flag, value])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"argument {flag}: " in err and said in err and not (tmp_path / "to").exists()
+
+
+@pytest.mark.parametrize("manifest", ["csv", "none"])
+def test_a_to_that_cannot_be_made_is_named_by_its_flag_and_nothing_is_written(tmp_path: Path, capsys,
+                                                                              manifest: str) -> None:
+    """--to under a file: the export stopped with a bare "error: [Errno 20] Not a directory: '.../x'" (from the
+    manifest's temporary file), naming neither --to nor the fix, and export_images raised OSError, not the ExportError
+    docs/api.md promises when the export cannot start. With --manifest none every image failed on its own, exit 1."""
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    (tmp_path / "file").write_bytes(b"x")
+    to = tmp_path / "file" / "images"
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--manifest", manifest]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --to {to} cannot be made or written: ") and "NotADirectoryError" in err, err
+    with pytest.raises(ExportError, match="^--to .* cannot be made or written"):
+        export_images(str(out), str(to), manifest=manifest)
+    assert (tmp_path / "file").read_bytes() == b"x"
