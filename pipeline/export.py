@@ -330,8 +330,11 @@ def check_output(output: str, storage_options: dict[str, Any], force: bool = Fal
     if problem is None:
         return state, None
     if not force:
-        raise ExportError(f"output {output} is not complete: {problem}; finish it first (run the same zip-purify command "
-                          "again), or pass --force to export the rows it holds now")
+        # a run that holds the lease is under way: running its command again would be refused by that same lease
+        remedy = ("wait for that run to finish, then export" if state.lease else
+                  "finish it first (run the same zip-purify command again)")
+        raise ExportError(f"output {output} is not complete: {problem}; {remedy}, or pass --force to export the rows "
+                          "it holds now")
     return state, (f"warning: output {output} is not complete: {problem}; exporting the rows it holds now (--force): "
                    "rows may be missing, or an id in data/ and rejects/ both")
 

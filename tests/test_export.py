@@ -334,9 +334,13 @@ def test_an_output_a_run_is_writing_is_refused(tmp_path: Path) -> None:
     make_output(str(out), [image("a.jpg", 1)])  # complete, but a run (of --incremental) has the lease now
     lease = {"run_id": "r1", "host": "elsewhere", "pid": 1, "started": time.time(), "heartbeat": time.time()}
     (out / LEASE_FILE).write_text(json.dumps(lease))
-    with pytest.raises(ExportError, match="a run is writing it now .*run r1 on host elsewhere"):
+    with pytest.raises(ExportError, match="a run is writing it now .*run r1 on host elsewhere") as refused:
         export_images(out, to)
     assert not to.exists()
+    # what to do: wait for it (running the same zip-purify command again, the advice for a stopped run, is refused by
+    # the same lease while that run holds it)
+    assert "wait for that run to finish, then export" in str(refused.value)
+    assert "run the same zip-purify command again" not in str(refused.value)
 
 
 def test_a_part_file_the_storage_will_not_give_is_not_called_damaged(tmp_path: Path, capsys, monkeypatch) -> None:
