@@ -217,3 +217,15 @@ def test_the_log_says_where_the_run_is_in_its_matrix(tmp_path: Path, monkeypatch
     runner.evaluate_dataset(config, loader=lambda name, split: _synthetic(48 if split == "train" else 24))
     err = capsys.readouterr().err
     assert [f"(image set {i} of 4)" in err for i in range(1, 6)] == [True] * 4 + [False]
+
+
+@pytest.mark.parametrize("options", [["--subset", "0"], ["--subset", "x"], ["--stepz", "2"]])
+def test_a_bad_option_is_one_error_line_with_a_pointer_to_help(job: ModuleType, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              options: list[str]) -> None:
+    """--help promises "exit status 2 and one error line"; a bad option printed argparse's usage of every option
+    (nine lines) above it, as the purify job and the export no longer do."""
+    assert _run(job, [*CHEAP, "--out", str(tmp_path), *options]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and ": error: " in err[0] and err[1].endswith("--help for the options)"), err
+    assert job.started == []

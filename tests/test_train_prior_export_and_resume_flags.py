@@ -128,3 +128,14 @@ def test_a_web_address_as_export_is_refused_before_training(
     err = capsys.readouterr().err
     assert f"--export {export}: " in err and "read-only" in err
     assert not (out / "last.pt").exists()
+
+
+@pytest.mark.parametrize("options", [["--batch", "0"], ["--batch", "x"], ["--minutez", "2"]])
+def test_a_bad_option_is_one_error_line_with_a_pointer_to_help(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> None:
+    # argparse's usage of every option (eleven lines) came above the error, as the purify job's no longer does
+    with pytest.raises(SystemExit) as stopped:
+        train_prior.main(["--max-steps", "1", "--out", str(tmp_path / "run"), *TINY, *options])
+    err = capsys.readouterr().err.splitlines()
+    assert stopped.value.code == 2 and len(err) == 2 and ": error: " in err[0], err
+    assert err[1].endswith("--help for the options)")
