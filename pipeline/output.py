@@ -732,11 +732,30 @@ def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], co
         schemas[path] = table.schema
 
 
+def _local_output_problem(root: str) -> str | None:
+    """Why a local output cannot be written, asked of the system without writing (a dry run writes nothing): the
+    nearest of it and its parents that is there is a file, or a folder this user may not write in (no permission, a
+    read-only mount). A dry run said nothing stops such a run, which then stopped at once ("cannot write to output")."""
+    path = os.path.abspath(root)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    # the effective ids, which the writes use (a setuid launcher's real ones may differ), where the system tells them
+    if not os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"{path} is not writable by this user (no permission, or a read-only file system)"
+    return None
+
+
 def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The output's file system and path, refusing an output that is a file or in a bucket that does not exist."""
     fs, root = _fs(out, storage_options)
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"output {out} is a file; give a folder or prefix (it is created when missing)")
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        problem = _local_output_problem(root)
+        if problem is not None:
+            raise JobError(f"cannot write to output {out}: {problem}")
     if not isinstance(fs, fsspec.implementations.local.LocalFileSystem) and not fs.exists(root):
         if root.startswith("/"):
             # A file system of folders from a root (HDFS, WebHDFS, FTP) creates the missing ones, but its server must

@@ -198,3 +198,32 @@ def test_a_damaged_record_in_the_output_is_named(tmp_path, model, name) -> None:
     (tmp_path / "out" / name).write_text('{"status": "compl')
     with pytest.raises(JobError, match=f"{tmp_path / 'out' / name} is not valid JSON .*move it out of the output"):
         plan_job(config, dry_run=True)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_dry_run_refuses_an_output_this_user_cannot_write_in(tmp_path, model, monkeypatch, capsys,
+                                                               existing: bool) -> None:
+    """An output on a read-only mount, or in a folder its user may not write in: the dry run said nothing stops the run
+    (exit 0), and the run itself then stopped at once, exit 2 "cannot write to output". The dry run writes nothing, so
+    it asks the system (os.access, which a read-only mount answers for root too); here a folder is made read-only by
+    stubbing that answer, since this test may run as root."""
+    from pipeline.cli import main
+    from tests.jobutil import small_job_argv
+
+    png_inputs(tmp_path / "in", 1)
+    locked = tmp_path / "out" if existing else tmp_path
+    (tmp_path / "out").mkdir(exist_ok=existing)
+    if not existing:
+        (tmp_path / "out").rmdir()
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if os.path.abspath(path) == str(locked) and mode & os.W_OK:
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    assert main(small_job_argv(tmp_path, model, "--dry-run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cannot write to output {tmp_path / 'out'}: {locked} is not writable by this user (no " \
+                  "permission, or a read-only file system)", err
