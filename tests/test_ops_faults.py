@@ -227,3 +227,42 @@ def test_a_dry_run_refuses_an_output_this_user_cannot_write_in(tmp_path, model, 
     err = capsys.readouterr().err.strip()
     assert err == f"error: cannot write to output {tmp_path / 'out'}: {locked} is not writable by this user (no " \
                   "permission, or a read-only file system)", err
+
+
+class _ClosedPipe:
+    """stdout whose reader went away (`zip-purify ... | head -1` with PYTHONUNBUFFERED=1, as containers set it): every
+    write raises BrokenPipeError."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        raise OSError("no file descriptor")
+
+
+def test_a_dry_run_whose_stdout_reader_went_away_is_not_called_an_error(tmp_path, model, monkeypatch, capsys) -> None:
+    # it said "error: [Errno 32] Broken pipe", exit status 2 ("could not start"), for a dry run that found nothing wrong
+    from pipeline.cli import main
+    from tests.jobutil import small_job_argv
+
+    png_inputs(tmp_path / "in", 1)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert main(small_job_argv(tmp_path, model, "--dry-run")) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_whose_stdout_reader_went_away_keeps_its_exit_status(tmp_path, model, monkeypatch, capsys) -> None:
+    # a complete run's summary lines met the closed pipe outside main's handlers: a traceback, exit status 1
+    from pipeline.cli import main
+    from tests.jobutil import small_job_argv
+
+    png_inputs(tmp_path / "in", 2)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert main(small_job_argv(tmp_path, model)) == 0
+    assert "error" not in capsys.readouterr().err and _summary(tmp_path / "out")["status"] == "complete"
