@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import json
-import os
 import signal
 import sys
 import threading
 import types
 import typing
-from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -25,6 +22,7 @@ from pipeline.cli_common import (
     Parser,
     add_storage_options,
     credentials_advice,
+    reader_may_go_away,
     storage_options,
 )
 from pipeline.config import DEFAULT_INPUT, JobConfig
@@ -592,7 +590,7 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
         config = _config_from_namespace(args)
         if args.dry_run:
             plan = plan_job(config, dry_run=True)
-            with _reader_may_go_away():
+            with reader_may_go_away():
                 _print_plan_of(config, plan)
             return 0
         try:
@@ -613,27 +611,9 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
               "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)  # SIGTERM before the pipeline started is raised as one too (143)
-    with _reader_may_go_away():
+    with reader_may_go_away():
         _print_run_summary(config, summary)
     return 0
-
-
-@contextlib.contextmanager
-def _reader_may_go_away() -> Iterator[None]:
-    """Around the lines printed once the work is done: a reader of stdout that went away (`| head -1`; each line a
-    write of its own with PYTHONUNBUFFERED=1, as containers set it) ends the printing, not the run's exit status. The
-    run (or the dry run's checks) is done and recorded; a closed pipe was the run's "error: [Errno 32] Broken pipe"
-    (exit status 2, "could not start"), or after a run a traceback. What is left for stdout then goes nowhere, so
-    that the flush at exit does not fail again."""
-    try:
-        yield
-        sys.stdout.flush()  # a buffered stdout meets the closed pipe here, not in the interpreter's flush at exit
-    except BrokenPipeError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):  # no file descriptor (a stand-in stdout): nothing to quiet
-            pass
 
 
 def _print_plan_of(config: JobConfig, plan: JobPlan) -> None:

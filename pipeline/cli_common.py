@@ -7,9 +7,13 @@ Imports nothing heavy: `zip-purify-export` uses it without loading torch or Ray 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
+import os
+import sys
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from pipeline.redaction import storage_item_shown, storage_value_shown
@@ -38,6 +42,24 @@ class Parser(argparse.ArgumentParser):
             if hints:
                 message += " (" + "; ".join(dict.fromkeys(hints)) + ")"
         self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
+
+
+@contextlib.contextmanager
+def reader_may_go_away() -> Iterator[None]:
+    """Around the lines a tool prints once its work is done: a reader of stdout that went away (`| head -1`; each line
+    a write of its own with PYTHONUNBUFFERED=1, as containers set it) ends the printing, not the exit status. The run,
+    the dry run's checks or the export are done and recorded by then; a closed pipe was a dry run's "error: [Errno 32]
+    Broken pipe" (exit status 2, "could not start"), and after a run or an export a traceback (exit status 1). What is
+    left for stdout then goes nowhere, so that the flush at exit does not fail again."""
+    try:
+        yield
+        sys.stdout.flush()  # a buffered stdout meets the closed pipe here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a stand-in stdout): nothing to quiet
+            pass
 
 
 def add_storage_options(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,14 @@ import argparse
 import sys
 import typing
 
-from pipeline.cli_common import ConfigError, Parser, add_storage_options, credentials_advice, storage_options
+from pipeline.cli_common import (
+    ConfigError,
+    Parser,
+    add_storage_options,
+    credentials_advice,
+    reader_may_go_away,
+    storage_options,
+)
 from pipeline.errors import JobError
 from pipeline.export import IMAGE_FORMATS, MANIFESTS, ExportError, export_images, report_lines
 from pipeline.progress import progress_bar
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
     lines = [_shown(line, args) for line in report_lines(report)]  # they name --output and --to
     for line in lines[:-1]:
         print(line, file=sys.stderr)
-    print(lines[-1])
+    with reader_may_go_away():
+        print(lines[-1])
     return 0 if report.ok else 1
 
 

@@ -795,3 +795,21 @@ def test_a_to_that_cannot_be_made_is_named_by_its_flag_and_nothing_is_written(tm
     with pytest.raises(ExportError, match="^--to .* cannot be made or written"):
         export_images(str(out), str(to), manifest=manifest)
     assert (tmp_path / "file").read_bytes() == b"x"
+
+
+def test_an_export_whose_stdout_reader_went_away_keeps_its_exit_status(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`zip-purify-export ... | head -0` (PYTHONUNBUFFERED=1): the last line met the closed pipe after every image was
+    written, and the export ended in a traceback, exit status 1."""
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1)])
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 0
+    assert "error" not in capsys.readouterr().err and files_under(to) == {"a.png", "manifest.csv"}
