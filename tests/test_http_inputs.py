@@ -176,10 +176,11 @@ def test_a_web_folders_ids_labels_and_partitions_are_its_names_not_their_url_esc
 
 
 def test_a_web_file_linked_in_two_spellings_is_one_input(web) -> None:
-    """'%61.png' and 'a.png' are one name, so one id: listed twice, the file would give its id twice."""
+    """'%61.png', 'sub/%2E%2E/a.png' and 'a.png' are one name, so one id: listed twice, the file would give its id
+    twice."""
     folder, url = web
     (folder / "data").mkdir()
     (folder / "data" / "a.png").write_bytes(image_bytes(32, 32, 3))
-    _index(folder / "data", '"a.png"', '"%61.png"', '"b%20c.png"', '"b c.png"')
+    _index(folder / "data", '"a.png"', '"%61.png"', '"b%20c.png"', '"b c.png"', '"sub/%2E%2E/a.png"')
     units = discover(url + "data/", {})
     assert sorted(p for u in units for p in u.paths) == [url + "data/a.png", url + "data/b%20c.png"]

@@ -258,8 +258,8 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
     MAX_WEB_PAGE_BYTES (`_web_ls`)."""
     found: dict[str, Mapping[str, Any]] = {}
     seen = {root}
-    # A file linked in two spellings of one name ('a%20b.png' and 'a b.png', '%61.png' and 'a.png') is one file, with
-    # one id (`relative_id` decodes the escapes): listed once, under the first link to it.
+    # A file linked in two spellings of one name ('a%20b.png' and 'a b.png', '%61.png' and 'a.png', 'sub/%2E%2E/a.png')
+    # is one file, with one id (`relative_id` decodes the escapes): listed once, under the first link to it.
     names: set[str] = set()
     pending = [(root, 0)]
     while pending:
@@ -284,7 +284,7 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
                             "an object store or local disk")
                     seen.add(url)
                     pending.append((url, depth + 1))
-            elif web_name(url) not in names:
-                names.add(web_name(url))
+            elif (name := posixpath.normpath(web_name(url))) not in names:  # 'sub/%2E%2E/x.png' is 'x.png' too
+                names.add(name)
                 found[url] = {**info, "name": url}
     return found
