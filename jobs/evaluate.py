@@ -17,8 +17,8 @@ then the target check: is ZIP's average CA and PA above ShrinkPad's and A⁺A x'
 each with a 95 % paired-bootstrap interval over the test images), <dataset>-examples.png.
 
 Time on a 2-core CPU (measured, docs/results.md): each classifier trains once, 11-30 min (10 epochs; a progress bar
-shows its ETA); with the classifiers cached, a data set at the default --subset 500 with every defense took 22-25 min
-on one core, most of it ZIP (3-4 images/s at 20 steps, each zip variant on the clean subset and on every attack's
+shows its ETA); with the classifiers cached, the default matrix (both data sets, --subset 500, every defense) took
+42 min with other jobs sharing the machine, most of it ZIP (each zip variant on the clean subset and on every attack's
 triggered subset; a progress bar per purified set shows its ETA). --subset 1000 takes about twice that.
 
 Caches and resume: trained classifiers (classifiers/, with an epoch checkpoint <name>.partial.pt while one trains) and
@@ -35,7 +35,7 @@ Checks: settings, the data, the prior and the --out and --cache-dir folders are 
 status 2 and one error line). An --out folder holding a report of another configuration is refused (give another
 --out, or --overwrite); rerunning the same configuration regenerates its report.
 
-    python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours on 2 CPU cores)
+    python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours the first time)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
     python jobs/evaluate.py --datasets imagenette --subset 500 --device cuda --checkpoint 256x256_diffusion_uncond.pt
 """
