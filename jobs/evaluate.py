@@ -18,8 +18,9 @@ each with a 95 % paired-bootstrap interval over the test images), <dataset>-exam
 
 Time on a 2-core CPU (measured, docs/results.md): each classifier trains once, 11-30 min (10 epochs; a progress bar
 shows its ETA); with the classifiers cached, the default matrix (both data sets, --subset 500, every defense) took
-21 min on an idle machine (42 min with other jobs sharing it), most of it ZIP (each zip variant on the clean subset and on every attack's
-triggered subset; a progress bar per purified set shows its ETA). --subset 1000 takes about twice that.
+21 min on an idle machine (42 min with other jobs sharing it), most of it ZIP (each zip variant on the clean subset
+and on every attack's triggered subset; a progress bar per purified set shows its ETA). --subset 1000 takes about
+twice that.
 
 Caches and resume: trained classifiers (classifiers/, with an epoch checkpoint <name>.partial.pt while one trains) and
 purified image sets (purified/) are kept in --cache-dir (default $ZIP_CACHE_DIR, else ~/.cache/zip-purify); the
