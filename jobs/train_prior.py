@@ -132,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and EMA stay fp32)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as many as torch picks)")
     p.add_argument("--save-every-min", type=float, default=5.0,
-                   help="write last.pt and the prior every this many minutes (and always at the end or on Ctrl-C)")
+                   help="write last.pt and the prior every this many minutes (0: after every step; and always at the end "
+                        "or on Ctrl-C)")
     p.add_argument("--log-every", type=int, default=25, help="log every N steps")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the initial weights, the image order and the noise; 0 to 4294967295 (2**32 - 1)")

@@ -239,7 +239,7 @@ def _add_cluster_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          f"are streamed (a tar read twice, a zip a member at a time), so memory does not grow with "
                          f"them (default {d.in_memory_mb}; "
                          "0 streams all)")
-    rt.add_argument("--actors", type=int, help="purifier actors at most (default: one per GPU, or 1 on CPU)")
+    rt.add_argument("--actors", type=int, help="purifier actors at most (default 0: one per GPU, or 1 on CPU)")
     rt.add_argument("--gpus-per-actor", type=float,
                     help="GPUs per actor, 0 or 0.0001 to 1 (default 1 when the cluster has GPUs, else 0)")
     rt.add_argument("--cpus-per-actor", type=float, help=f"CPUs reserved per actor (default {d.cpus_per_actor})")
