@@ -451,7 +451,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
         threads = None if placement is None else _purify(config, plan, placement, stop)
         stop.pipeline_ended = True  # before: a stop while it notes them must not note them again as not whole
-        _note_read_whole(out, so, plan, tally.read_whole)
+        _note_refreshed_reads(out, so, plan, tally.read_whole, pipeline_ended=True)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
         # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
         stop.before = set(stop.before)
@@ -533,24 +533,33 @@ def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> 
         write_journal(out, storage_options, plan.refresh)
 
 
-def _note_read_whole(out: str, storage_options: dict[str, Any], plan: JobPlan, read_whole: list[dict[str, Any]]) -> None:
-    """Once a --refresh-changed run's pipeline has ended (every row it read written), write its journal again naming
-    the refreshed containers it read to their end (`Journal.whole`): stopped after this, in its end-of-run check, the
-    next run takes their new stamps, as this run would have, though a member one no longer holds has no new row.
-    Without it, such a container was said changed by every later run, and the next --refresh-changed purified its rows
-    again. With each, the `_containers/` entry a complete run would record of its read (`Journal.read`): the next run
-    records it and skips the container unread when the output holds its ids, where it read the container whole again
-    only to record it. A failure to write it is said, and loses only that."""
+def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPlan, read_whole: list[dict[str, Any]],
+                          *, pipeline_ended: bool) -> None:
+    """Write a --refresh-changed run's journal again with the `_containers/` entry a complete run would record of each
+    refreshed container its read tasks read to their end (`Journal.read`): the next run records it and skips the
+    container unread when the output holds exactly the ids its read gave, where it read the container whole again only
+    to record it (a row not written leaves its id out: it is read again).
+
+    Once the pipeline has ended (every row it read written), the journal also names those containers (`Journal.whole`):
+    stopped after this, in its end-of-run check, the next run takes their new stamps, as this run would have, though a
+    member one no longer holds has no new row. Without it, such a container was said changed by every later run, and
+    the next --refresh-changed purified its rows again. A run stopped in its pipeline (Ctrl-C, SIGTERM, a failure)
+    notes the entries only: their rows may not all be written yet. A failure to write it is said, and loses only that."""
     if plan.refresh is None or not read_whole:
         return
     whole, entries = _refreshed_reads(plan, read_whole)
-    if not whole:
+    if not (whole if pipeline_ended else entries):
         return
+    noted = replace(plan.refresh, read=entries, **({"whole": frozenset(whole)} if pipeline_ended else {}))
     try:
-        write_journal(out, storage_options, replace(plan.refresh, whole=frozenset(whole), read=entries))
+        write_journal(out, storage_options, noted)
     except Exception as err:  # noqa: BLE001 - the journal written first still holds; only that saving is lost
-        print(f"zip-purify: warning: could not note the containers read whole in the refresh journal ({describe(err)}); "
-              "if this run stops before its end, the next run may say they changed", file=sys.stderr)
+        if pipeline_ended:
+            lost = ("could not note the containers read whole in the refresh journal ({}); if this run stops before its "
+                    "end, the next run may say they changed")
+        else:
+            lost = "could not note the containers read in the refresh journal ({}); the next run reads them again"
+        print(f"zip-purify: warning: {lost.format(describe(err))}", file=sys.stderr)
 
 
 def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[set[str], dict[str, ContainerRead]]:
@@ -570,26 +579,6 @@ def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[s
                                               lookalikes_checked=read["path"] in plan.container_purified,
                                               leftover=tuple(read.get("leftover", ())))
     return refreshed, entries
-
-
-def _note_reads_of_stopped_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan,
-                                   read_whole: list[dict[str, Any]]) -> None:
-    """A --refresh-changed run stopped in its pipeline (Ctrl-C, SIGTERM, a failure): write its journal again with the
-    `_containers/` entries of the refreshed containers its read tasks read to their end (`Journal.read`), not said read
-    whole (`Journal.whole`: their rows may not all be written yet). The next run skips such a container unread only
-    when the output holds exactly the ids its read gave (a row not written leaves its id out: it is read again).
-    Without it, that run read each of them again, its ids all done, only to record it. A failure to write it loses
-    only that."""
-    if plan.refresh is None or not read_whole:
-        return
-    _, entries = _refreshed_reads(plan, read_whole)
-    if not entries:
-        return
-    try:
-        write_journal(out, storage_options, replace(plan.refresh, read=entries))
-    except Exception as err:  # noqa: BLE001 - the journal written first still holds
-        print(f"zip-purify: warning: could not note the containers read in the refresh journal ({describe(err)}); the "
-              "next run reads them again", file=sys.stderr)
 
 
 def _start_tally(plan: JobPlan) -> RunTally:
@@ -647,7 +636,7 @@ class StopRecorder:
     tally: RunTally
     bar: Any = None
     before: dict[str, str | None] | set[str] | None = None
-    pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_read_whole`)
+    pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_refreshed_reads`)
 
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
@@ -663,7 +652,7 @@ class StopRecorder:
         count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
         IGNORE_STOPS.set()  # but not the summary's write
         if not self.pipeline_ended:  # once it has, the journal notes the containers read whole already
-            _note_reads_of_stopped_refresh(out, so, plan, self.tally.read_whole)
+            _note_refreshed_reads(out, so, plan, self.tally.read_whole, pipeline_ended=False)
         earlier = (plan.done_purified, plan.done_rejected) if plan.output_state in ("resume", "incremental") else (0, 0)
         done = _stopped_this_run(plan, self.tally, count, self.started)
         totals = {**stopped_totals(earlier, count, plan.retry),

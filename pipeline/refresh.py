@@ -82,7 +82,7 @@ class Journal:
     # the run's part file names are salted with it (`stages.part_name`): a new row never lands in an old row's file
     salt: str = ""
     # the inputs (tar shards, Parquet and zip files) the run read to their end, all their rows written: noted once its
-    # pipeline has ended (`job._note_read_whole`). A member such a file no longer gives has no new row, and its old row
+    # pipeline has ended (`job._note_refreshed_reads`). A member such a file no longer gives has no new row, and its old row
     # stays, as in a run that ends complete: the file is done all the same (`new_stamps`)
     whole: frozenset[str] = frozenset()
     # input id (one of `inputs`) -> the `_containers/` entry of a read of it to its end, as a complete run records it

@@ -332,6 +332,17 @@ def _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch) -> d
     return changed
 
 
+def _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch) -> tuple[dict, dict]:
+    """The --incremental run after a stopped refresh: complete, with no Ray, nothing read and the shard recorded from
+    the journal's note of its read; the output's (data, rejects) by id, each id once."""
+    no_ray_from_here_on(monkeypatch)
+    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
+    run = resumed["this_run"]
+    assert (resumed["status"], resumed["changed_inputs"]["containers"]) == ("complete", 0)
+    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 1, 1)
+    return _each_id_once(tmp_path)
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_a_shard_a_stopped_refresh_read_to_its_end_is_recorded_by_the_next_run_without_reading_it(
         tmp_path, model, monkeypatch) -> None:
@@ -339,12 +350,7 @@ def test_a_shard_a_stopped_refresh_read_to_its_end_is_recorded_by_the_next_run_w
     `_containers/` ledger still held the shard's earlier version: that run started Ray and read the shard whole, every
     id of it skipped, only to record it. The journal now notes what the stopped run's read gave."""
     changed = _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch)
-    no_ray_from_here_on(monkeypatch)
-    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
-    run = resumed["this_run"]
-    assert (resumed["status"], resumed["changed_inputs"]["containers"]) == ("complete", 0)
-    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 1, 1)
-    data, rejects = _each_id_once(tmp_path)
+    data, rejects = _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch)
     assert rejects == {} and set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3"}
     assert (data["s.tar/0"], data["s.tar/3"]) == (_sha(changed["0.png"]), _sha(changed["3.png"]))
     (entry,) = read_ledger(str(tmp_path / "out"), {}).values()
@@ -403,12 +409,7 @@ def _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch) -> dict
 def test_a_shard_a_refresh_stopped_in_its_pipeline_read_to_its_end_is_recorded_without_reading_it_when_all_its_rows_are(
         tmp_path, model, monkeypatch) -> None:
     changed = _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch)
-    no_ray_from_here_on(monkeypatch)
-    resumed = run_job(small_job_config(tmp_path, model, incremental=True))
-    run = resumed["this_run"]
-    assert (resumed["status"], resumed["changed_inputs"]["containers"]) == ("complete", 0)
-    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 1, 1)
-    data, _ = _each_id_once(tmp_path)
+    data, _ = _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch)
     assert data == {f"s.tar/{k}": _sha(changed[f"{k}.png"]) for k in range(4)}
 
 
