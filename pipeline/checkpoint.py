@@ -6,7 +6,8 @@ Accepted files:
 - this project's bundle: a dict {"format": BUNDLE_FORMAT, "flags": {...}, "state_dict": {...}, "meta": {...}},
 - a training save that wraps one state dict: {"state_dict": ...}, {"model": ...}, {"ema": ...} and the like
   (other entries, such as an optimizer's state or a step count, are ignored; two or more candidate state dicts,
-  e.g. both "model" and "ema", are refused with their names, since which one to sample with is the user's call),
+  e.g. both "model" and "ema", or "state_dict" beside weights under any other name such as timm's
+  "state_dict_ema", are refused with their names, since which one to sample with is the user's call),
   with the key prefixes of DataParallel/DistributedDataParallel ("module.") and torch.compile ("_orig_mod.")
   removed,
 - jobs/train_prior.py's resume state (OUT/last.pt): its EMA weights (what that run exports as its prior.pt) under
@@ -127,10 +128,14 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
     if _is_train_prior_state(obj):
         return _train_prior_prior(obj)
     candidates = [k for k in WRAPPER_KEYS if _is_state_dict(obj.get(k))]
+    if candidates:
+        # Weights under a name not in WRAPPER_KEYS count as a candidate too: timm's 'state_dict_ema' or an
+        # 'ema_state_dict' beside 'state_dict' loaded the raw weights, silently, where 'model' with 'ema' is refused.
+        candidates += [k for k in obj if k not in WRAPPER_KEYS and _is_state_dict(obj[k])]
     if len(candidates) == 1:
         return {"state_dict": obj[candidates[0]]}
     if len(candidates) > 1:
-        example = next((k for k in candidates if "ema" in k), candidates[0])
+        example = next((k for k in candidates if isinstance(k, str) and "ema" in k), candidates[0])
         raise CheckpointError(
             f"checkpoint {uri} holds {len(candidates)} state dicts ({', '.join(map(repr, candidates))}); save the one "
             f"to sample with on its own, e.g. torch.save(ckpt[{example!r}], 'weights.pt') (EMA weights are "

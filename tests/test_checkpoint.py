@@ -193,3 +193,15 @@ def test_a_pathlib_path_loads_as_its_text_does() -> None:
     loaded = load_checkpoint(path)
     assert loaded.uri == str(path) and loaded.sha256 == load_checkpoint(str(path)).sha256
     assert Purifier.from_checkpoint(path, steps=1).checkpoint.uri == str(path)
+
+
+@pytest.mark.parametrize("second", ["state_dict_ema", "ema_state_dict"])
+def test_ema_weights_under_another_name_beside_a_known_one_are_refused_by_name(tmp_path, bundle, second) -> None:
+    # BUG (fixed here): {"state_dict": ..., "state_dict_ema": ...} (timm's checkpoint saver) or an "ema_state_dict"
+    # beside "state_dict" loaded the raw training weights, silently, while {"model": ..., "ema": ...} is refused as
+    # the user's call: only names in WRAPPER_KEYS counted as candidates.
+    _, _, model = bundle
+    ema = {k: v + 1 for k, v in model.state_dict().items()}
+    torch.save({"state_dict": model.state_dict(), second: ema, "epoch": 3}, tmp_path / "timm.pt")
+    with pytest.raises(CheckpointError, match=rf"2 state dicts \('state_dict', '{second}'\).*ckpt\['{second}'\]"):
+        load_checkpoint(str(tmp_path / "timm.pt"), flags=FLAGS)
