@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint
+from pipeline.checkpoint import CLASS_COND_ADVICE, LoadedCheckpoint, load_checkpoint
 from pipeline.images import image_items, read_image, to_gray
 from pipeline.model import UNetModel
 from pipeline.operators import make_operators
@@ -80,6 +80,7 @@ class Purifier:
         if precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"{precision} inference needs a CUDA device; use fp32 on {self.device.type}")
         self.precision = precision
+        _check_model(model)
         # Moved, but not switched to eval or frozen here: a notebook that purifies with the model it is training would
         # find requires_grad off (its optimizer then silently updates nothing) and dropout off. eps() samples in eval
         # mode under inference_mode and puts the model's own mode back.
@@ -314,6 +315,19 @@ class Purifier:
             bar.close()
         out = unpack(purified, layout)
         return [o if shape is None else to_gray(o).reshape(shape) for o, (_, shape) in zip(out, read, strict=True)]
+
+
+def _check_model(model: UNetModel) -> None:
+    """Refuse, when the purifier is made, a model that would fail on its first batch with an error naming neither it
+    nor the fix: weights in another dtype than fp32 (a model.half() gave torch's "mat1 and mat2 must have the same
+    dtype, but got Float and Half"), or a class-conditional model ("class labels y must be given")."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in [*model.parameters(), *model.buffers()]
+                     if p.is_floating_point() and p.dtype != torch.float32})
+    if dtypes:
+        raise ValueError(f"the model's weights are {' and '.join(dtypes)}; the purifier samples an fp32 model: pass "
+                         "model.float(), with precision='fp16' or 'bf16' for reduced-precision inference on CUDA")
+    if model.config.class_cond:
+        raise ValueError(f"the model is class-conditional (class_cond=True): {CLASS_COND_ADVICE}")
 
 
 # Pixels per UNet forward pass on a CPU. Larger passes fall out of cache and run slower per image: with 2 cores,

@@ -207,3 +207,22 @@ def test_step_noise_is_not_a_copy_of_the_starting_noise(model, monkeypatch) -> N
     same = np.stack([c[0], c[0]])
     one_per_batch = Purifier(model, ZipSettings(steps=3, pool=4, eta=1.0), batch_size=1).purify_canvases(same)
     assert np.abs(one_per_batch[0].astype(int) - one_per_batch[1].astype(int)).max() > 10  # not the same draw twice
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_model_in_another_dtype_than_fp32_is_refused_when_the_purifier_is_made(dtype) -> None:
+    # BUG (fixed here): Purifier(model.half()) was made, then its first call stopped inside torch with "mat1 and mat2
+    # must have the same dtype, but got Float and Half", naming neither the model nor precision='fp16'
+    m = build_unet(UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", attention_resolutions="16",
+                              num_res_blocks=1)).to(dtype)
+    with pytest.raises(ValueError, match=rf"weights are {str(dtype).removeprefix('torch.')}.*model\.float\(\)"):
+        Purifier(m, ZipSettings(steps=1))
+    assert next(m.parameters()).dtype == dtype  # the caller's model is left as it was
+
+
+def test_a_class_conditional_model_is_refused_when_the_purifier_is_made() -> None:
+    # BUG (fixed here): made, then the first call said "class labels y must be given ...", which ZIP cannot do
+    m = build_unet(UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", attention_resolutions="16",
+                              num_res_blocks=1, class_cond=True))
+    with pytest.raises(ValueError, match="class-conditional.*unconditional diffusion model"):
+        Purifier(m, ZipSettings(steps=1))
