@@ -376,6 +376,30 @@ def _built_model(config: UNetConfig, label: str, uri: str, verify_only: bool) ->
         raise CheckpointError(f"cannot build the model of checkpoint {uri} from {label}: {describe(err)}") from err
 
 
+def _prefix_advice(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> str:
+    """What to do when the file holds all of the model's weights, each with its shape, under a key prefix other than
+    the wrappers' that are removed (a Lightning module's 'model.', an EMA wrapper's 'ema_model.' and 'online_model.');
+    '' otherwise. Without it, the mismatches shown were the model's own keys, all "missing", which sent the user to
+    look for other flags when these fit."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    first = next(iter(expected), None)
+    if first is None:
+        return ""
+    prefixes = [key[: -len(first)] for key in state_dict if key.endswith("." + first)]
+    fitting = [p for p in prefixes if all(p + k in state_dict and tuple(state_dict[p + k].shape) == shape
+                                          for k, shape in expected.items())]
+    if len(fitting) == 1:
+        p = fitting[0]
+        return (f". The file holds this model's weights under the key prefix {p!r} ({p}{first}, ...): save them "
+                f"without it, e.g. torch.save({{k[{len(p)}:]: v for k, v in sd.items() if k.startswith({p!r})}}, "
+                "'weights.pt'), sd being the file's dict of weights")
+    if fitting:
+        return (f". The file holds this model's weights under {len(fitting)} key prefixes "
+                f"({', '.join(map(repr, fitting))}): save the ones to sample with alone, without the prefix (EMA "
+                "weights are usually the better prior)")
+    return ""
+
+
 def _check_weights_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], uri: str, label: str) -> None:
     """Refuse weights whose keys or shapes do not fit the model, or that are not all finite."""
     problems = shape_mismatches(model, state_dict)
@@ -383,6 +407,7 @@ def _check_weights_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
         shown = "; ".join(problems[:5])
         raise CheckpointError(
             f"checkpoint {uri} does not fit {label}: {len(problems)} key/shape mismatch(es), first: {shown}"
+            + _prefix_advice(model, state_dict)
         )
     # A diverged or damaged save (or weights past fp16's range saved as fp16) samples NaN, which comes out of the
     # purifier as black images counted as purified: refused here, with verify_only too (the job's check before work).

@@ -205,3 +205,24 @@ def test_ema_weights_under_another_name_beside_a_known_one_are_refused_by_name(t
     torch.save({"state_dict": model.state_dict(), second: ema, "epoch": 3}, tmp_path / "timm.pt")
     with pytest.raises(CheckpointError, match=rf"2 state dicts \('state_dict', '{second}'\).*ckpt\['{second}'\]"):
         load_checkpoint(str(tmp_path / "timm.pt"), flags=FLAGS)
+
+
+def test_weights_under_a_key_prefix_are_named_with_how_to_save_them(tmp_path, bundle) -> None:
+    # BUG (fixed here): a Lightning module's save ({"state_dict": {"model.time_embed.0.weight": ...}}) was refused
+    # with the model's own keys listed as "missing", as if the flags were wrong, while they fit the weights
+    _, _, model = bundle
+    sd = model.state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3}, tmp_path / "lightning.pt")
+    with pytest.raises(CheckpointError, match=r"missing .*under the key prefix 'model\.' \(model\.time_embed\.0\.weight"):
+        load_checkpoint(str(tmp_path / "lightning.pt"), flags=FLAGS)
+    # an EMA wrapper's save: both copies are named, the choice left to the user
+    both = {**{f"ema_model.{k}": v for k, v in sd.items()}, **{f"online_model.{k}": v for k, v in sd.items()},
+            "step": torch.tensor(3)}
+    torch.save(both, tmp_path / "ema_wrapper.pt")
+    with pytest.raises(CheckpointError, match=r"under 2 key prefixes \('ema_model\.', 'online_model\.'\)"):
+        load_checkpoint(str(tmp_path / "ema_wrapper.pt"), flags=FLAGS, verify_only=True)
+    # weights that do not fit under any prefix get no such advice
+    torch.save({f"model.{k}": v for k, v in list(sd.items())[:-1]}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path / "partial.pt"), flags=FLAGS)
+    assert "prefix" not in str(err.value)
