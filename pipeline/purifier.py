@@ -320,7 +320,14 @@ class Purifier:
 def _check_model(model: UNetModel) -> None:
     """Refuse, when the purifier is made, a model that would fail on its first batch with an error naming neither it
     nor the fix: weights in another dtype than fp32 (a model.half() gave torch's "mat1 and mat2 must have the same
-    dtype, but got Float and Half"), or a class-conditional model ("class labels y must be given")."""
+    dtype, but got Float and Half"), or a class-conditional model ("class labels y must be given"). Anything but a
+    torch module (a checkpoint's path, what load_checkpoint returns) is a TypeError saying what to pass: "'str'
+    object has no attribute 'to'" said neither."""
+    if not isinstance(model, torch.nn.Module):  # a torch.compile'd UNet is a Module, not a UNetModel
+        hint = ("Purifier.from_checkpoint(path) loads one from a checkpoint file" if isinstance(model, str | os.PathLike)
+                else "pass its .model" if isinstance(model, LoadedCheckpoint)
+                else "build one with build_unet(flags), or load one with Purifier.from_checkpoint(path)")
+        raise TypeError(f"model must be a UNetModel, got {type(model).__name__}: {hint}")
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in [*model.parameters(), *model.buffers()]
                      if p.is_floating_point() and p.dtype != torch.float32})
     if dtypes:

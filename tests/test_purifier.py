@@ -226,3 +226,18 @@ def test_a_class_conditional_model_is_refused_when_the_purifier_is_made() -> Non
                               num_res_blocks=1, class_cond=True))
     with pytest.raises(ValueError, match="class-conditional.*unconditional diffusion model"):
         Purifier(m, ZipSettings(steps=1))
+
+
+def test_a_checkpoint_path_or_loaded_checkpoint_given_as_the_model_says_what_to_pass() -> None:
+    # BUG (fixed here): Purifier("prior.pt") and Purifier(load_checkpoint(...)) stopped with "'str' object has no
+    # attribute 'to'", naming neither the argument nor from_checkpoint
+    from pathlib import Path
+
+    from pipeline import load_checkpoint, shipped_prior
+
+    path = shipped_prior("cifar10")
+    for model, hint in ((path, r"Purifier\.from_checkpoint\(path\)"), (Path(path), r"Purifier\.from_checkpoint"),
+                        (load_checkpoint(path), r"pass its \.model")):
+        with pytest.raises(TypeError, match=rf"model must be a UNetModel, got {type(model).__name__}: .*{hint}"):
+            Purifier(model, ZipSettings(steps=1))  # type: ignore[arg-type]
+    assert Purifier(load_checkpoint(path).model, ZipSettings(steps=1)).canvas_size == 32
