@@ -31,6 +31,7 @@ from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError
 from pipeline.lease import refuse_live_lease
 from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done
+from pipeline.model import UNetConfig
 from pipeline.output import (
     JOB_FILE,
     SUMMARY_FILE,
@@ -156,6 +157,9 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
     than refuse an upgraded scheduled (--incremental) run."""
     previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
                 "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
+    if isinstance(previous.get("model_flags"), dict):  # a model flag added since: its default is what was built
+        defaults = {name: value for name, value in UNetConfig().to_flags().items() if name != "dropout"}
+        previous["model_flags"] = {**defaults, **previous["model_flags"]}
     if isinstance(previous.get("reading"), dict):  # recorded before --partitioning: those versions made no such columns
         previous["reading"] = {"partitioning": "none", **previous["reading"]}
     # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
@@ -168,9 +172,9 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
 def _settings_differences(previous: dict[str, Any], job_record: dict[str, Any], out: str) -> list[tuple[str, str]]:
     """(what differs, the refusal that says it) for each recorded group of settings this run's differ from."""
     differ = []
-    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "reading"):
+    for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "model_flags", "reading"):
         before, now = previous.get(key), job_record.get(key)
-        if before == now or (key == "reading" and before is None):  # not recorded by an older version: compatible
+        if before == now or (key in ("reading", "model_flags") and before is None):  # not recorded by an older version
             continue
         if isinstance(before, dict) and isinstance(now, dict):
             what = ", ".join(f"{name} {before.get(name)!r} (now {now.get(name)!r})"
@@ -584,11 +588,28 @@ def _input_location(config: JobConfig) -> str | None:
         raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
 
 
+def model_architecture(config: UNetConfig) -> dict[str, Any]:
+    """The model flags a run's rows depend on, in one spelling: the default channel_mult and num_heads_upsample written
+    out, the head counts left out (-1) where num_head_channels sets the heads, and no dropout (off while sampling),
+    so that a preset and the same model's flags given by hand compare equal."""
+    flags = config.to_flags()
+    del flags["dropout"]
+    flags["channel_mult"] = ",".join(f"{m:g}" for m in config.channel_multipliers())
+    if flags["num_head_channels"] != -1:
+        flags["num_heads"] = flags["num_heads_upsample"] = -1
+    elif flags["num_heads_upsample"] == -1:
+        flags["num_heads_upsample"] = flags["num_heads"]
+    return flags
+
+
 def _job_record(config: JobConfig, settings: ZipSettings, model: _Model, location: str | None) -> dict[str, Any]:
     """What the output records of the run that writes it, and a later run's must match (`check_output_state`)."""
     return {"settings": settings.to_dict(), "checkpoint_sha256": model.checkpoint.sha256,
             "canvas_size": model.canvas_size, "decoding": asdict(config.decode_policy()),
             "checkpoint": redact_uri(model.uri), "model": model.note,
+            # the architecture the weights were read as: other --flags (or --preset) that fit the same file can make
+            # another model (attention heads split otherwise), whose rows would be mixed with these
+            "model_flags": model_architecture(model.checkpoint.config),
             # options that set the rows' columns: a run with others would add rows unlike the output's
             "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column,
                         "partitioning": config.partitioning},

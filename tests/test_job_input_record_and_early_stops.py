@@ -129,6 +129,38 @@ def test_an_output_refuses_other_input_reading_options_but_not_an_older_record_w
     assert _files_to_read(plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)) == ["b.png"]
 
 
+# --- an output's model architecture ---
+
+def test_an_output_refuses_other_model_flags_that_fit_the_same_weights(tmp_path, model) -> None:
+    # BUG (fixed here): the record held the checkpoint's sha256, not the flags its weights were read with, and flags
+    # that fit the same file can make another model (the attention heads' channels split otherwise): a resumed or
+    # --incremental run with them mixed two models' rows in one output
+    from tests.jobutil import TINY_FLAGS
+
+    out = tmp_path / "out"
+    _images(tmp_path / "in")
+    record = plan_job(small_job_config(tmp_path, model), dry_run=True).job_record
+    _finished_output(out, record, ["a.png"])
+    other = {**TINY_FLAGS, "use_new_attention_order": True}
+    with pytest.raises(JobError, match=r"other model_flags: use_new_attention_order False \(now True\)"):
+        plan_job(small_job_config(tmp_path, model, flags=other, incremental=True), dry_run=True)
+    # the same model, spelt otherwise (its default channel_mult written out, a dropout, which sampling leaves off)
+    same = {**TINY_FLAGS, "channel_mult": "1,2", "dropout": 0.1}
+    assert _files_to_read(plan_job(small_job_config(tmp_path, model, flags=same, incremental=True), dry_run=True)) == [
+        "b.png"]
+    from pipeline.model import UNetConfig
+    from pipeline.plan import model_architecture
+    from pipeline.presets import PRESETS, preset_config
+
+    by_hand = {**PRESETS["256x256_diffusion_uncond"], "channel_mult": "1,1,2,2,4,4", "num_heads": 8}  # heads: 64 ch
+    assert model_architecture(UNetConfig.from_flags(by_hand)) == model_architecture(
+        preset_config("256x256_diffusion_uncond"))
+    record.pop("model_flags")  # an older version's record: its scheduled runs go on
+    (out / JOB_FILE).write_text(json.dumps(record))
+    assert _files_to_read(plan_job(small_job_config(tmp_path, model, flags=other, incremental=True),
+                                   dry_run=True)) == ["b.png"]
+
+
 # --- an output whose first run wrote no row ---
 
 def test_an_output_without_rows_takes_the_corrected_settings(tmp_path, model) -> None:
