@@ -29,6 +29,25 @@ _LINK = re.compile(r"::(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
 
 
+# Schemes whose authority may end in a port (host:port). Object stores' (s3://, gs://, az://, ...) names a bucket or
+# container, never a port: there a ':' in it begins a password, whatever follows.
+_PORT_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp", "ssh", "hdfs", "webhdfs", "swebhdfs", "viewfs",
+                           "smb", "dav", "davs", "webdav", "ws", "wss"})
+# host:port as a person types it: a DNS name (letters, digits, '-' inside a label, '.' between labels) or a bracketed
+# IPv6 address, then a port of 1 to 65535 without a leading zero (checked apart). A user name outside this (holding
+# '_', '+', '%', '~', ...) is no host, so what follows its ':' is a password.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PORT = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{{0,4}})")
+
+
+def _is_host_port(head: str, authority: str) -> bool:
+    """Whether `authority` (a URL's first name after its last '@', if any) is host:port for a URL of scheme `head`."""
+    if head[:-3].lower() not in _PORT_SCHEMES:
+        return False
+    match = _HOST_PORT.fullmatch(authority)
+    return match is not None and int(match.group(1)) <= 65535
+
+
 @dataclass(frozen=True)
 class _Link:
     """One URI of a chain, cut where its credentials are: `head` (scheme://), `userinfo` (user:password, a user alone,
@@ -53,9 +72,21 @@ def _links(uri: str) -> list[_Link | str]:
     The user part (user:password) of a link ends at its last '@' when its first name (up to the first '/', '?' or '#')
     holds a ':' before any '@': a password may hold '/', '#', '?' or '@' as typed (`ftp://user:pa/ss@host/x`), which
     a URL parser takes for the path, fragment or query, leaving the rest of the password there. So an '@' later in
-    such a URI's path ('ftp://u:pw@h/me@x.png', or 'https://h:8443/a@b' with a port) hides more than the password:
-    unsure where the password ends, the whole of what may be one is hidden. Otherwise the user part is what comes
-    before the first name's last '@' (a user alone may be a token)."""
+    such a URI's path ('ftp://u:pw@h/me@x.png') hides more than the password: unsure where the password ends, the
+    whole of what may be one is hidden. Otherwise the user part is what comes before the first name's last '@' (a user
+    alone may be a token).
+
+    Except a port: where the scheme takes one (http, ftp, hdfs, ... not s3 or gs) and the first name's part after its
+    last '@' (all of it, when it has none) is host:port (`_HOST_PORT`: a host name, digits 1 to 65535), the user part
+    ends at that '@' or there is none: 'https://h:8443/a@b' is the host h, port 8443 and path /a@b, and
+    'https://u:pw@h:8443/me@x' the password pw. Both could also be read as a password that holds '/' ('8443/a' for the
+    host b), but a URL parser, and so the client the job hands the URL to, reads the port: that password would never
+    be sent. What stays ambiguous, and hidden whole: a "port" that cannot be one (letters, 0, over 65535, a leading
+    zero: 'user:0123/x@h'), a "host" with characters no host name has ('my_user:1234/x@h'), a host:port after the
+    later '@' too ('https://user:1234/x@host:8080/p': that is where the password ends), an object store's URL
+    ('s3://key:1234/se@bucket', no port there), and a first name with no port ('ftp://u:pw@h/me@x.png'). Left shown:
+    a password of 1 to 5 digits (at most 65535), an unescaped '/' and more, for a host with no port
+    ('ftp://alice:1234/x@h/p'): a URL no client logs in with (it connects to the host 'alice')."""
     found: list[_Link | str] = []
     for piece in _LINK.split(uri):
         match = _SCHEME.match(piece)
@@ -64,7 +95,14 @@ def _links(uri: str) -> list[_Link | str]:
             continue
         head, body = match.groups()
         first = re.split(r"[/?#]", body, maxsplit=1)[0]
-        if ":" in first.split("@", 1)[0] and "@" in body:
+        last = body.rfind("@")  # after it, where the '@' is past the first name: a host:port there ends a password
+        after = re.split(r"[/?#]", body[last + 1 :], maxsplit=1)[0] if last >= len(first) else ""
+        if _is_host_port(head, first.rpartition("@")[2]) and not _is_host_port(head, after):
+            at = first.rfind("@")
+            if at < 0:
+                found.append(_Link(head, "", body))
+                continue
+        elif ":" in first.split("@", 1)[0] and "@" in body:
             at = body.rindex("@")
         elif "@" in first:
             at = first.rindex("@")

@@ -63,3 +63,34 @@ def test_an_error_quoting_the_uri_otherwise_keeps_no_password(uri: str, message:
                    "p/ssw@rd-long", "p%2Fssw"):
         assert secret not in shown, shown
     assert "***" in shown
+
+
+@pytest.mark.parametrize("uri", [
+    # host:port, then an '@' in the path or query: a URL parser (and the client) reads a port, not a password
+    "https://h:8443/a@b", "http://minio:9000/bucket/@scope/pkg.tar", "hdfs://nn:8020/user/me@example.com/x.png",
+    "https://[::1]:8443/a@b", "webhdfs://nn.example.com:9870/a@b/c.png", "ftp://files.example.org:2121/me@x.png",
+    "simplecache::https://h:8443/a@b", "zip://a.png::https://h:8080/me@x.zip",
+])
+def test_a_port_before_an_at_sign_in_the_path_is_kept_as_typed(uri: str) -> None:
+    assert redact_uri(uri) == uri
+    assert redact_uri_secrets(f"cannot read {uri}", uri) == f"cannot read {uri}"
+
+
+@pytest.mark.parametrize("uri, shown, secrets", [
+    # a password with a port after it: only the password goes, the port and the path with its '@' stay
+    ("https://u:pw-long@h:8443/me@x.png", "https://u:***@h:8443/me@x.png", ["pw-long"]),
+    ("simplecache::ftp://u:p@ss@h:21/a@b", "simplecache::ftp://u:***@h:21/a@b", ["p@ss"]),
+    # what only looks like a port: the whole of what may be a password goes
+    ("s3://key:1234/secret@bucket/x.png", "s3://key:***@bucket/x.png", ["1234/secret"]),  # no port in a bucket
+    ("gs://key:1234/secret@bucket/x.png", "gs://key:***@bucket/x.png", ["1234/secret"]),
+    ("simplecache::s3://key:80/secret@bucket/x", "simplecache::s3://key:***@bucket/x", ["80/secret"]),
+    ("ftp://user:0123/secret@h/p", "ftp://user:***@h/p", ["0123/secret"]),  # a leading zero
+    ("ftp://user:99999/secret@h/p", "ftp://user:***@h/p", ["99999/secret"]),  # over 65535
+    ("ftp://my_user:1234/secret@h/p", "ftp://my_user:***@h/p", ["1234/secret"]),  # '_': no host name
+    ("https://user:1234/secret@host:8080/p", "https://user:***@host:8080/p", ["1234/secret"]),  # a port after '@'
+])
+def test_a_port_is_told_from_a_password_holding_a_slash(uri: str, shown: str, secrets: list[str]) -> None:
+    assert redact_uri(uri) == shown
+    for secret in secrets:
+        assert secret not in redact_uri(uri)
+        assert secret not in redact_uri_secrets(f"cannot open {uri}", uri)
