@@ -502,28 +502,35 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):
-        print(f"  {inp['containers_already_done']} tar shards / Parquet / zip files were read whole by an earlier run and "
-              "are unchanged, with all their images in the output: not read")
+        one = inp["containers_already_done"] == 1
+        what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"
+        print(f"  {inp['containers_already_done']} {what} read whole by an earlier run and {'is' if one else 'are'} "
+              f"unchanged, with all {'its' if one else 'their'} images in the output: not read")
     if inp.get("hidden_files_skipped"):
         print(f"  {hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
               "are counted when read)")
     if "partitions" in inp:
         print(f"  {_partitions_line(inp['partitions'])}")
     if inp.get("excluded_output_files"):
-        print(f"  {inp['excluded_output_files']} files of the output itself lie inside the input and are not read")
-    unsized = f" ({inp['unsized']} files of unknown size not counted)" if inp["unsized"] else ""
-    print(f"  {_human_bytes(inp['bytes'])} to read{unsized}; {inp['streamed']} tar/Parquet files over "
+        one = inp["excluded_output_files"] == 1
+        print(f"  {_count(inp['excluded_output_files'], 'file')} of the output itself {'lies' if one else 'lie'} inside "
+              f"the input and {'is' if one else 'are'} not read")
+    unsized = f" ({_count(inp['unsized'], 'file')} of unknown size not counted)" if inp["unsized"] else ""
+    print(f"  {_human_bytes(inp['bytes'])} to read{unsized}; {_count(inp['streamed'], 'tar/Parquet file')} over "
           f"--in-memory-mb {inp['in_memory_mb']} will be streamed from storage, the rest fetched whole")
     if inp.get("image_files_over_max_image_mb"):
-        print(f"  {inp['image_files_over_max_image_mb']} image files are over --max-image-mb {inp['max_image_mb']} "
-              "and will be rejected without being read (tar members and Parquet cells are checked when read)")
+        one = inp["image_files_over_max_image_mb"] == 1
+        print(f"  {_count(inp['image_files_over_max_image_mb'], 'image file')} {'is' if one else 'are'} over "
+              f"--max-image-mb {inp['max_image_mb']} and will be rejected without being read (tar members and Parquet "
+              "cells are checked when read)")
     no_image = inp.get("parquet_rows_without_image") or {}
     if no_image.get("rows"):
         shown = ", ".join(f"{terminal_text(name)} ({n})" for name, n in no_image["examples"])
         left = no_image["files"] - len(no_image["examples"])
         more = f" and {left} more" if left else ""
-        print(f"  warning: {no_image['rows']} rows of {no_image['files']} Parquet files have no image (a null image "
-              f"column, by the files' footer statistics) and will be rejected, one reject each: {shown}{more}")
+        print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], 'Parquet file')} "
+              f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' footer "
+              f"statistics) and will be rejected, one reject each: {shown}{more}")
     changed = report.get("changed_inputs") or {}
     if changed.get("image_files_compared") or changed.get("containers_compared"):
         # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)
@@ -548,10 +555,12 @@ def _partitions_line(partitions: dict[str, Any]) -> str:
     """The dry run's line on the partition keys --partitioning hive found in the input's listing."""
     keys, files, outside = partitions["keys"], partitions["files"], partitions["files_outside"]
     if not keys:
-        return f"partitions (--partitioning hive): none of the {files} input files lies in a key=value folder"
-    found = ", ".join(f"{terminal_text(key)} ({n} value{'' if n == 1 else 's'})" for key, n in keys.items())
+        where = "the one input file lies in no" if files == 1 else f"none of the {files} input files lies in a"
+        return f"partitions (--partitioning hive): {where} key=value folder"
+    found = ", ".join(f"{terminal_text(key)} ({_count(n, 'value')})" for key, n in keys.items())
     return (f"partitions (--partitioning hive): {found}, each a string column of its files' rows"
-            + (f"; {outside} of the {files} input files lie in no key=value folder" if outside else ""))
+            + (f"; {outside} of the {files} input files {'lies' if outside == 1 else 'lie'} in no key=value folder"
+               if outside else ""))
 
 
 def unpurified_warning(columns: dict[str, int]) -> str:
@@ -693,13 +702,15 @@ def _retried_line(retried: dict[str, Any]) -> str:
     renamed = retried.get("lookalikes_renamed", 0)
     gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
             - retried.get("superseded", 0) - renamed)
-    return (f"retried {retried['earlier_rejects']} earlier rejects: {retried['purified_now']} purified now, "
+    return (f"retried {_count(retried['earlier_rejects'], 'earlier reject')}: {retried['purified_now']} purified now, "
             f"{retried['rejected_again']} rejected again"
             + (" (rejects/ has today's reason)" if retried["rejected_again"] else "")
-            + (f", {whole} tar/Parquet/zip files read to their end now" if whole else "")
+            + (f", {_count(whole, 'tar/Parquet/zip file')} read to {'its' if whole == 1 else 'their'} end now"
+               if whole else "")
             + (f", {retried['superseded']} an older version's rejects of a tar shard's keys, now read otherwise "
                "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")
-            + (f", {renamed} tar look-alike rejects gone (their members no longer share an id)" if renamed else "")
+            + (f", {_count(renamed, 'tar look-alike reject')} gone (their members no longer share an id)"
+               if renamed else "")
             + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
 
 

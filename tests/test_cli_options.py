@@ -280,6 +280,47 @@ def test_a_dry_run_names_what_it_would_read_and_where_it_would_write(tmp_path, c
     assert "pa55" not in printed and "s3cret" not in printed, printed
 
 
+@pytest.mark.parametrize(("n", "lines"), [
+    (1, ["1 tar shard / Parquet / zip file was read whole by an earlier run and is unchanged, with all its images",
+         "1 file of the output itself lies inside the input and is not read",
+         "(1 file of unknown size not counted); 1 tar/Parquet file over --in-memory-mb",
+         "1 image file is over --max-image-mb", "warning: 1 row of 1 Parquet file has no image",
+         "partitions (--partitioning hive): the one input file lies in no key=value folder"]),
+    (2, ["2 tar shards / Parquet / zip files were read whole by an earlier run and are unchanged, with all their images",
+         "2 files of the output itself lie inside the input and are not read",
+         "(2 files of unknown size not counted); 2 tar/Parquet files over --in-memory-mb",
+         "2 image files are over --max-image-mb", "warning: 2 rows of 2 Parquet files have no image",
+         "partitions (--partitioning hive): none of the 2 input files lies in a key=value folder"]),
+])
+def test_the_dry_runs_counts_of_one_are_singular(tmp_path, capsys, n: int, lines: list[str]) -> None:
+    # it printed "1 files of the output itself lie inside the input", "(1 files of unknown size not counted)", ...
+    image_folder(tmp_path / "in", 1)
+    report = plan_job(config_from_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]),
+                      dry_run=True).describe()
+    report["input"].update(containers_already_done=n, excluded_output_files=n, unsized=n, streamed=n,
+                           image_files_over_max_image_mb=n, max_image_mb=1,
+                           parquet_rows_without_image={"rows": n, "files": n, "examples": []},
+                           partitions={"keys": {}, "files": n, "files_outside": n})
+    cli.print_plan(report)
+    printed = " ".join(capsys.readouterr().out.split())
+    for line in lines:
+        assert line in printed, printed
+    if n == 1:
+        assert "1 files" not in printed and "1 rows" not in printed, printed
+
+
+def test_the_retry_lines_counts_of_one_are_singular() -> None:
+    one = {"earlier_rejects": 3, "purified_now": 0, "rejected_again": 0, "containers_now_read_whole": 1,
+           "lookalikes_renamed": 1}
+    assert cli._retried_line(one) == ("retried 3 earlier rejects: 0 purified now, 0 rejected again, 1 tar/Parquet/zip "
+                                      "file read to its end now, 1 tar look-alike reject gone (their members no "
+                                      "longer share an id), 1 not found in the input (their reject rows are kept)")
+    two = {"earlier_rejects": 1, "purified_now": 1, "rejected_again": 0, "containers_now_read_whole": 2,
+           "lookalikes_renamed": 2}
+    assert cli._retried_line(two).startswith("retried 1 earlier reject: 1 purified now, 0 rejected again, 2 "
+                                             "tar/Parquet/zip files read to their end now, 2 tar look-alike rejects gone")
+
+
 @pytest.mark.parametrize("side", ["input", "output"])
 def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monkeypatch, side: str) -> None:
     # it said only "NoCredentialsError: Unable to locate credentials", naming none of the ways to give them
@@ -422,8 +463,8 @@ def test_a_retry_line_points_at_rejects_only_when_it_holds_todays_reasons(tmp_pa
                             "rejects_retried": {"earlier_rejects": 1, "purified_now": 1 - again, "rejected_again": again}}}
     monkeypatch.setattr(cli, "run_job", lambda config: summary)
     assert main(["--output", str(tmp_path / "out"), "--retry-rejects"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("retried 1 earlier rejects: "))
-    assert line.startswith(f"retried 1 earlier rejects: {1 - again} purified now, {again} rejected again"), line
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("retried 1 earlier reject: "))
+    assert line.startswith(f"retried 1 earlier reject: {1 - again} purified now, {again} rejected again"), line
     assert ("rejects/ has today's reason" in line) is said, line
 
 

@@ -168,7 +168,7 @@ def test_the_dry_run_names_the_partition_keys_it_found_in_the_listing(tmp_path: 
     assert main([*args, "--partitioning", "hive"]) == 0
     out = capsys.readouterr().out
     assert ("partitions (--partitioning hive): date (2 values), split (2 values), each a string column of its files' "
-            "rows; 1 of the 5 input files lie in no key=value folder") in out
+            "rows; 1 of the 5 input files lies in no key=value folder") in out
     assert main(args) == 0
     assert "partitions" not in capsys.readouterr().out  # none: not looked for
 

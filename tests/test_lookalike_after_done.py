@@ -144,7 +144,7 @@ def test_retry_rejects_gives_the_reject_again_in_place_and_purifies_the_member_o
     _shard(root, literal="cafe2.png")  # the user renames the new member, as the reject says
     assert _cli(tmp_path, model, "--retry-rejects") == 0
     printed = capsys.readouterr().out
-    assert "1 tar look-alike rejects gone" in printed and "not found in the input" not in printed
+    assert "1 tar look-alike reject gone" in printed and "not found in the input" not in printed
     renamed = _summary(tmp_path)
     assert renamed["status"] == "complete"
     assert (renamed["this_run"]["purified"], renamed["this_run"]["rejected"]) == (1, 0)
