@@ -89,13 +89,22 @@ MANIFESTS = ("csv", "jsonl", "none")
 EXISTING = ("refuse", "overwrite", "resume")
 MANIFEST_NAME = "manifest"  # DIR/manifest.csv or DIR/manifest.jsonl: no id's export name ends in .csv or .jsonl
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# image extension (lower case) -> (PIL format, the mode it is saved from, save options); PNG is written as stored
+# image extension (lower case) -> (PIL format, the mode it is saved from, save options); PNG (.png, and .apng: a PNG
+# of one frame is one) is written as stored. `--format input` keeps an id's extension when it is one of these
+# (`AS_STORED` or `_ENCODINGS`): every name the decoder's formats go by that the export writes (JPEG's .jpe and .jfif,
+# the PPM plugin's .pnm); others (.mpo, .dib, .heic, .dat) stay part of the name, the input's format's added.
+AS_STORED = (".png", ".apng")
 _ENCODINGS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    ".jpg": ("JPEG", "RGB", {}), ".jpeg": ("JPEG", "RGB", {}), ".bmp": ("BMP", "RGB", {}),
-    ".tif": ("TIFF", "RGB", {}), ".tiff": ("TIFF", "RGB", {}), ".webp": ("WEBP", "RGB", {"lossless": True}),
-    ".gif": ("GIF", "P", {}), ".ppm": ("PPM", "RGB", {}), ".pgm": ("PPM", "L", {}), ".pbm": ("PPM", "1", {}),
+    ".jpg": ("JPEG", "RGB", {}), ".jpeg": ("JPEG", "RGB", {}), ".jpe": ("JPEG", "RGB", {}), ".jfif": ("JPEG", "RGB", {}),
+    ".bmp": ("BMP", "RGB", {}), ".tif": ("TIFF", "RGB", {}), ".tiff": ("TIFF", "RGB", {}),
+    ".webp": ("WEBP", "RGB", {"lossless": True}), ".gif": ("GIF", "P", {}),
+    ".ppm": ("PPM", "RGB", {}), ".pnm": ("PPM", "RGB", {}), ".pgm": ("PPM", "L", {}), ".pbm": ("PPM", "1", {}),
 }
-IMAGE_EXTENSIONS = frozenset({".png", *_ENCODINGS})
+WRITTEN_EXTENSIONS = frozenset({*AS_STORED, *_ENCODINGS})  # the extensions `--format input` keeps
+# The extensions `--format png` replaces with .png (cats/a.jpg -> cats/a.png); another stays part of the name
+# (a.jpe -> a.jpe.png), as it did before .jpe, .jfif, .pnm and .apng were kept by `--format input`: an export resumed
+# by this version finds the files an earlier one wrote under the names it gave them.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"})
 # the input's format (the row's original_format, PIL's name) -> the extension an id without one is given
 _FORMAT_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp",
                       "GIF": ".gif", "PPM": ".ppm"}
@@ -167,7 +176,7 @@ def export_path(id_: str, image_format: str = "png", original_format: str | None
         raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     parts, escaped = id_parts(id_)
     stem, ext = posixpath.splitext(parts[-1])
-    own = ext.lower() in IMAGE_EXTENSIONS and stem not in ("", ".")
+    own = ext.lower() in (IMAGE_EXTENSIONS if image_format == "png" else WRITTEN_EXTENSIONS) and stem not in ("", ".")
     if image_format == "png":
         parts[-1] = (stem if own else parts[-1]) + ".png"
     elif not own:
@@ -260,7 +269,7 @@ def encoded(png: bytes, path: str, jpeg_quality: int = 95) -> bytes:
     """The file's bytes for an image stored as `png`, in the format `path`'s extension names: the PNG itself for
     .png; else decoded and saved in that format (JPEG at `jpeg_quality`: lossy)."""
     ext = posixpath.splitext(path)[1].lower()
-    if ext == ".png":
+    if ext in AS_STORED:
         return png
     from PIL import Image
 

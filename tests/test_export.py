@@ -284,6 +284,25 @@ def test_reencoding_to_the_ids_own_format(tmp_path: Path) -> None:
     assert 0 < error[95] < error[20]
 
 
+@pytest.mark.parametrize("id_, path, fmt", [
+    ("n.jpe", "n.jpe", "JPEG"), ("n.JFIF", "n.JFIF", "JPEG"), ("n.tif", "n.tif", "TIFF"), ("n.TIFF", "n.TIFF", "TIFF"),
+    ("n.pnm", "n.pnm", "PPM"), ("n.apng", "n.apng", "PNG"),
+    ("n.mpo", "n.mpo.jpg", "JPEG"), ("n.dat", "n.dat.jpg", "JPEG"),  # no format the export writes: the input's added
+])
+def test_format_input_keeps_every_extension_it_can_write(tmp_path: Path, id_: str, path: str, fmt: str) -> None:
+    # an input named n.jpe was exported as n.jpe.jpg
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, 1, "JPEG")])
+    assert export_images(out, to, image_format="input").ok
+    assert files_under(to) == {path, "manifest.csv"}
+    with Image.open(to / path) as im:
+        assert im.format == fmt
+    if fmt == "PNG":
+        assert (to / path).read_bytes() == stored_images(out)[id_]  # written as stored
+    # --format png replaces only the extensions it always did (a resumed export finds its files by those names)
+    assert export_path(id_) == ((id_.rpartition(".")[0] if fmt == "TIFF" else id_) + ".png", False)
+
+
 def test_resume_keeps_whole_files_and_writes_the_missing_and_the_cut_short(tmp_path: Path) -> None:
     ids = [f"c/{i}.jpg" for i in range(6)]
     out, to = tmp_path / "out", tmp_path / "images"
