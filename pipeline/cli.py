@@ -489,8 +489,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     holds = "" if out["state"] == "new" and not (out["purified"] or out["rejected"]) else f"; it holds {held}"
     print(f"output: {_named(output_uri)}{state[out['state']]}{holds}")
     if out.get("rejects_to_retry"):
-        print(f"  {_count(out['rejects_to_retry'], 'rejected input')} will be read again (--retry-rejects): those still in the "
-              "input are counted below as inputs to read")
+        print(f"  {_retry_line(out)}")
     if report.get("stale_lease"):
         # also a lease whose heartbeat is ahead of our clock: planning cannot tell it stale or live, the run's watch can
         print(f"  its lease is stale ({report['stale_lease']}): that run stopped without releasing it; the run "
@@ -538,6 +537,25 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
               "compared with their rows")
     else:
         print("dry run: nothing was read, purified or written")
+
+
+def _retry_line(out: dict[str, Any]) -> str:
+    """What a --retry-rejects run would read again: of the output's rejects (all of which its `_retried_line` counts),
+    those the input's listing gives (loose image files, ids of tar/Parquet/zip files to read), and how many it does
+    not, whose reject rows stay (that line's 'not found in the input')."""
+    total = out["rejects_to_retry"]
+    files, held = out.get("rejects_to_retry_image_files", 0), out.get("rejects_to_retry_in_containers", 0)
+    again, missing = files + held, total - files - held
+    where = [_count(files, "image file")] * bool(files) + [
+        f"{held} in tar/Parquet/zip files, each found or not as its file is read"] * bool(held)
+    if again == total:
+        said = f"the output's {_count(total, 'reject')} would {'' if total == 1 else 'all '}be read again"
+    else:
+        said = f"{again} of the output's {_count(total, 'reject')} would be read again"
+    return (f"--retry-rejects: {said} from the input" + (f" ({', '.join(where)}; counted below as inputs to read)"
+                                                          if again else "")
+            + (f"; {missing} {'is' if missing == 1 else 'are'} not in the input and "
+               f"{'keeps its reject row' if missing == 1 else 'keep their reject rows'}" if missing else ""))
 
 
 def _named(uri: str | None) -> str:

@@ -288,7 +288,10 @@ class JobPlan:
                       "image_size": self.checkpoint.config.image_size, "canvas_size": self.canvas_size},
             "settings": self.job_record["settings"],
             "output": {"state": self.output_state, "purified": self.done_purified, "rejected": self.done_rejected,
-                       "rejects_to_retry": len(self.retry)},
+                       # --retry-rejects: every id in rejects/ (the run's `rejects_retried.earlier_rejects`), and of
+                       # those the ones the listing gives: loose image files to read, ids of tar/Parquet/zip files to
+                       # read (whether each still holds its member is known when read); the others keep their rows
+                       "rejects_to_retry": len(self.retry), **self._retry_listed()},
             # inputs whose rows the output keeps though they changed or went since (pipeline.changes)
             "changed_inputs": self.changes.summary(),
             "stale_lease": self.stale_lease,
@@ -314,6 +317,16 @@ class JobPlan:
                       # by the Parquet footers' statistics: rows whose image cell is null, each rejected when read
                       "parquet_rows_without_image": self._rows_without_image()},
         }
+
+    def _retry_listed(self) -> dict[str, int]:
+        """Of the rejects --retry-rejects reads again (`retry`), those of loose image files the listing gives, and
+        those of the tar/Parquet/zip files it gives (a container's '#unreadable' reject with them)."""
+        files = sum(relative_id(path, u.root) in self.retry for u in self.units if u.kind == "files" for path in u.paths)
+        containers = [u for u in self.units if u.kind != "files"]
+        listed = {relative_id(u.paths[0], u.root) for u in containers}
+        held = sum(map(len, container_ids(self.retry, containers).values())) if self.retry and containers else 0
+        unreadable = sum(id_.endswith("#unreadable") and id_[: -len("#unreadable")] in listed for id_ in self.retry)
+        return {"rejects_to_retry_image_files": files, "rejects_to_retry_in_containers": held + unreadable}
 
     def _rows_without_image(self) -> dict[str, Any]:
         """`rows_without_image` in all, and the files with the most (their ids), for the report."""

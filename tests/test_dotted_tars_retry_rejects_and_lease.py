@@ -155,7 +155,8 @@ def test_retry_rejects_reads_again_the_containers_with_rejects_and_only_those(tm
     # each is read with its purified ids skipped, its rejects not
     done = {Path(path).name: sorted(ids) for path, ids in retry.container_done.items()}
     assert done == {"t.parquet": ["t.parquet#0", "t.parquet#2"], "d.zip": ["d.zip/a.png"]}
-    assert retry.describe()["output"] == {"state": "incremental", "purified": 4, "rejected": 2, "rejects_to_retry": 2}
+    assert retry.describe()["output"] == {"state": "incremental", "purified": 4, "rejected": 2, "rejects_to_retry": 2,
+                                          "rejects_to_retry_image_files": 0, "rejects_to_retry_in_containers": 2}
 
 
 def test_a_dry_retry_of_a_complete_output_whose_input_folder_is_now_empty(tmp_path, model, capsys) -> None:
@@ -168,7 +169,27 @@ def test_a_dry_retry_of_a_complete_output_whose_input_folder_is_now_empty(tmp_pa
     assert plan.units == [] and plan.retry == {"b.png"}
     print_plan(plan.describe())
     printed = capsys.readouterr().out
-    assert "1 rejected input will be read again" in printed and "0 image files to read" in printed
+    # it said "1 rejected input will be read again", of an input the folder no longer holds
+    assert ("--retry-rejects: 0 of the output's 1 reject would be read again from the input; 1 is not in the input and "
+            "keeps its reject row") in printed and "0 image files to read" in printed
+
+
+def test_a_dry_retry_says_how_many_rejects_the_input_still_gives_and_where(tmp_path, model, capsys) -> None:
+    from pipeline.cli import print_plan
+
+    # it said "6 rejected inputs will be read again" of 6 rejects of which the input gives 2: the run retried 2 and
+    # said "4 not found in the input"
+    _finished_output(tmp_path, model, {"a.png": image_bytes(8, 8, 1), "b.png": b"junk", "c.png": b"junk too",
+                                       "s.tar": tar_bytes({"0.png": image_bytes(8, 8, 2), "1.png": b"junk"})},
+                     rejected={"b.png", "c.png", "s.tar/1"}, extra_rejects=("gone.png", "old.tar/3", "u.tar#unreadable"))
+    (tmp_path / "in" / "c.png").unlink()
+    report = plan_job(small_job_config(tmp_path, model, retry_rejects=True), dry_run=True).describe()
+    assert {k: v for k, v in report["output"].items() if k.startswith("rejects_to_retry")} == {
+        "rejects_to_retry": 6, "rejects_to_retry_image_files": 1, "rejects_to_retry_in_containers": 1}
+    print_plan(report)
+    assert ("  --retry-rejects: 2 of the output's 6 rejects would be read again from the input (1 image file, 1 in "
+            "tar/Parquet/zip files, each found or not as its file is read; counted below as inputs to read); 4 are not "
+            "in the input and keep their reject rows\n") in capsys.readouterr().out
 
 
 # --- the end-of-run check ---

@@ -220,7 +220,8 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     out = tmp_path / "out"
     cfg = _config(tmp_path, model, input=str(root), files_per_unit=4)
     plan = plan_job(cfg, dry_run=True).describe()
-    assert plan["output"] == {"state": "new", "purified": 0, "rejected": 0, "rejects_to_retry": 0}
+    assert plan["output"] == {"state": "new", "purified": 0, "rejected": 0, "rejects_to_retry": 0,
+                              "rejects_to_retry_image_files": 0, "rejects_to_retry_in_containers": 0}
     assert plan["input"]["image_files_to_read"] == 7 and plan["input"]["read_tasks"] == 2
     assert plan["input"]["bytes"] == sum(p.stat().st_size for p in root.iterdir()) and plan["input"]["unsized"] == 0
     assert plan["model"]["sha256"] == plan_job(cfg).job_record["checkpoint_sha256"]
@@ -232,7 +233,8 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
         plan_job(cfg, dry_run=True)
     (root / "6.png").write_bytes(image_bytes(32, 32, 6))
     inc = plan_job(JobConfig(**{**cfg.__dict__, "incremental": True}), dry_run=True).describe()
-    assert inc["output"] == {"state": "incremental", "purified": 6, "rejected": 1, "rejects_to_retry": 0}
+    assert inc["output"] == {"state": "incremental", "purified": 6, "rejected": 1, "rejects_to_retry": 0,
+                             "rejects_to_retry_image_files": 0, "rejects_to_retry_in_containers": 0}
     assert (inc["input"]["image_files_to_read"], inc["input"]["image_files_already_done"]) == (1, 7)
     assert inc["input"]["bytes"] == (root / "6.png").stat().st_size  # only what is left to read
     # --overwrite in a dry run deletes nothing and plans every input again.
