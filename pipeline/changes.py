@@ -60,7 +60,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.ledger import ContainerRead, container_ids
 from pipeline.redaction import redact_uri_secrets
-from pipeline.sources import LOOKALIKE, ReadUnit, read_unit, relative_id
+from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
@@ -299,7 +299,7 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     if root is not None:
         gone = {id_: kind for id_, (kind, _) in recorded.items() if id_ not in seen}
         changes.gone_files.extend(i for i, kind in gone.items() if kind == "files" and (i in purified or i in rejected))
-        units = [ReadUnit(kind, (posixpath.join(root, id_),), root) for id_, kind in gone.items() if kind != "files"]
+        units = [ReadUnit(kind, (path_of_id(id_, root),), root) for id_, kind in gone.items() if kind != "files"]
         for path, ids in (container_ids(purified | rejected, units) if units else {}).items():
             if ids:
                 changes.gone_containers[relative_id(path, root)] = len(ids)

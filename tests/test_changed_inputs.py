@@ -17,6 +17,7 @@ from pipeline import cli
 from pipeline.changes import (
     InputRecord,
     find_changes,
+    gone_note,
     read_record,
     record_path,
     same_bytes,
@@ -81,6 +82,19 @@ def test_find_changes_sees_done_files_and_containers_changed_since_and_what_went
     final = updated_record(record, "/in", listed, retried)
     assert final.stamps["r.png"] == ("files", "v2")
     assert starting_record(final, retried).stamps["r.png"] == ("files", "v1")
+
+
+@pytest.mark.parametrize("root", ["http://host/in", "https://host/in/", "/in"])
+def test_a_gone_container_whose_name_holds_a_percent_sign_is_named_as_it_was(root: str) -> None:
+    # a web folder's file 'a%20b.zip' (linked as 'a%2520b.zip') has the id 'a%20b.zip': once gone, its id was decoded
+    # again, to 'a b.zip', which holds no row, so the note left it out (or named it 'a b.zip')
+    record = InputRecord(root, {"a%20b.zip": ("zip", "v1"), "caf%C3%A9.tar": ("tar", "v1"), "x y.zip": ("zip", "v1"),
+                                "q?r.zip": ("zip", "v1")})
+    purified = {"a%20b.zip/m%20n.png", "caf%C3%A9.tar/0", "caf%C3%A9.tar/1", "x y.zip/a.png", "q?r.zip/a.png"}
+    changes = find_changes([], purified, set(), frozenset(), record, {}, root)
+    assert changes.gone_containers == {"a%20b.zip": 1, "caf%C3%A9.tar": 2, "x y.zip": 1, "q?r.zip": 1}
+    note = gone_note(changes.summary())
+    assert note is not None and "e.g. a%20b.zip, caf%C3%A9.tar, q?r.zip, x y.zip)" in note, note
 
 
 def test_a_container_without_a_record_is_judged_by_the_ledger_of_an_older_versions_output() -> None:

@@ -14,7 +14,17 @@ The names the rest of the job, its benchmarks and tests use are importable from 
 
 from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, read_bytes
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, hidden_note
-from pipeline.sources.ids import LOOKALIKE, ids_digest, ids_key, relative_id, terminal_text, text_name, text_value, unescaped
+from pipeline.sources.ids import (
+    LOOKALIKE,
+    ids_digest,
+    ids_key,
+    path_of_id,
+    relative_id,
+    terminal_text,
+    text_name,
+    text_value,
+    unescaped,
+)
 from pipeline.sources.listing import discover, input_location
 from pipeline.sources.parquet_files import find_image_column, image_column_problem, rows_without_image
 from pipeline.sources.partitions import PARTITIONINGS, partition_folders, repeated_key_problem, repeated_partition_key
@@ -53,6 +63,7 @@ __all__ = [
     "read_bytes",
     "read_unit",
     "reject_record",
+    "path_of_id",
     "relative_id",
     "rows_without_image",
     "repeated_key_problem",

@@ -11,7 +11,7 @@ import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 # The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
 # id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
@@ -125,6 +125,13 @@ def relative_id(path: str, root: str) -> str:
         if not any(part in ("", ".", "..") for part in rest.split("/")):
             return text_name(rest)
     return text_name(posixpath.relpath(path, root))
+
+
+def path_of_id(id_: str, root: str) -> str:
+    """The path under `root` whose `relative_id` is `id_`, for an input that is gone from the listing: a web folder's
+    address with the id's names percent-escaped, which `relative_id` decodes back (an id holding '%', as 'a%20b.zip'
+    for a file of that name, was decoded twice, to 'a b.zip'); another's path as it is."""
+    return posixpath.join(root, quote(id_, safe="/") if _is_web(root) else id_)
 
 
 def ids_key(ids: Iterable[str]) -> bytes:
