@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,17 @@ def test_a_web_file_linked_in_two_spellings_is_one_input(web) -> None:
     _index(folder / "data", '"a.png"', '"%61.png"', '"b%20c.png"', '"b c.png"', '"sub/%2E%2E/a.png"')
     units = discover(url + "data/", {})
     assert sorted(p for u in units for p in u.paths) == [url + "data/a.png", url + "data/b%20c.png"]
+
+
+@pytest.mark.parametrize("links", [('"a%3Fb.png"', '"a?b.png"'), ('"a?b.png"', '"a%3Fb.png"')])
+def test_two_web_files_that_give_one_id_are_refused_naming_both(web, links: tuple[str, str]) -> None:
+    """'a%3Fb.png' is the file 'a?b.png'; 'a?b.png' is the file 'a' asked with the query 'b.png': two files, one id
+    once decoded. The second link was taken for a second spelling of the first and left out unsaid."""
+    folder, url = web
+    (folder / "data").mkdir()
+    (folder / "data" / "a?b.png").write_bytes(image_bytes(32, 32, 1))
+    (folder / "data" / "a").write_bytes(image_bytes(32, 32, 2))
+    _index(folder / "data", *links, '"q.png?v=1"', '"q.png?v%3D1"')  # one query in two spellings: one file
+    first, second = (re.escape(url + "data/" + link.strip('"')) for link in links)
+    with pytest.raises(ValueError, match=rf"1 pair\(s\) of links give one id: {first} and {second}; rename one"):
+        discover(url + "data/", {})

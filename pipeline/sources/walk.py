@@ -259,8 +259,12 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
     found: dict[str, Mapping[str, Any]] = {}
     seen = {root}
     # A file linked in two spellings of one name ('a%20b.png' and 'a b.png', '%61.png' and 'a.png', 'sub/%2E%2E/a.png')
-    # is one file, with one id (`relative_id` decodes the escapes): listed once, under the first link to it.
-    names: set[str] = set()
+    # is one file, with one id (`relative_id` decodes the escapes): listed once, under the first link to it. Two
+    # addresses that are not one file but give one id once decoded ('a%3Fb.png', the file 'a?b.png', and 'a?b.png',
+    # the file 'a' asked with the query 'b.png') stop the listing, as other inputs that share an id do: the output
+    # keeps one row an id, so one of the two would be lost.
+    names: dict[str, tuple[tuple[str, str], str]] = {}  # id -> (the file it names: path and query decoded, its link)
+    clashes: list[tuple[str, str]] = []
     pending = [(root, 0)]
     while pending:
         folder, depth = pending.pop()
@@ -284,7 +288,19 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
                             "an object store or local disk")
                     seen.add(url)
                     pending.append((url, depth + 1))
-            elif (name := posixpath.normpath(web_name(url))) not in names:  # 'sub/%2E%2E/x.png' is 'x.png' too
-                names.add(name)
-                found[url] = {**info, "name": url}
+            else:
+                name = posixpath.normpath(web_name(url))  # 'sub/%2E%2E/x.png' is 'x.png' too
+                parts = urlsplit(url)
+                resource = (posixpath.normpath(unquote(parts.path)), unquote(parts.query))
+                if name not in names:
+                    names[name] = (resource, url)
+                    found[url] = {**info, "name": url}
+                elif names[name][0] != resource:
+                    clashes.append((names[name][1], url))
+    if clashes:
+        # the pairs first: a listing's error is cut to a reason's length where the command line prints it
+        shown = "; ".join(f"{a} and {b}" for a, b in clashes[:5])
+        raise ValueError(f"{len(clashes)} pair(s) of links give one id: {shown}; rename one on the server: they are two "
+                         "files, one id once their percent escapes are decoded (a '?' written %3F is part of a name, one "
+                         "written as it is begins a query), so one of each pair would be lost from the output")
     return found
