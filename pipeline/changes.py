@@ -189,6 +189,10 @@ class ChangedInputs:
         return {id_ for ids in self.refreshed.values() for id_ in ids}
 
 
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
 def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | None:
     """The command line's warning on inputs changed since their rows were written (`ChangedInputs.summary`), with
     what to do; None when there are none."""
@@ -203,7 +207,7 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
         what.append(f"{rejected} image file(s) rejected earlier (the reject is about their earlier version)")
     if containers:
         what.append(f"{containers} tar/Parquet/zip file(s) replaced since, a member or row that rows were made from "
-                    f"changed or gone (of their {changed.get('container_rows', 0)} rows, those written before were made "
+                    f"changed or gone (of their {_rows(changed.get('container_rows', 0))}, those written before were made "
                     "from the earlier version: a member or row changed in place is not read again, one added is)")
     keeps = "would keep" if dry_run else "kept"
     remedy = ("--retry-rejects reads the rejected ones again; " if rejected else "")
@@ -243,7 +247,7 @@ def gone_note(changed: dict[str, Any]) -> str | None:
     if not files + containers:
         return None
     what = [f"{files} image file(s)"] * bool(files) + [
-        f"{containers} tar/Parquet/zip file(s) ({changed.get('gone_container_rows', 0)} rows)"] * bool(containers)
+        f"{containers} tar/Parquet/zip file(s) ({_rows(changed.get('gone_container_rows', 0))})"] * bool(containers)
     return (f"note: {' and '.join(what)} with rows in the output are no longer in the input (deleted or renamed; e.g. "
             f"{', '.join(changed.get('gone_examples', []))}): their rows are kept; --overwrite drops them")
 

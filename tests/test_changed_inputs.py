@@ -16,6 +16,7 @@ import pipeline.changes as changes_module
 from pipeline import cli
 from pipeline.changes import (
     InputRecord,
+    changed_warning,
     find_changes,
     gone_note,
     read_record,
@@ -95,6 +96,15 @@ def test_a_gone_container_whose_name_holds_a_percent_sign_is_named_as_it_was(roo
     assert changes.gone_containers == {"a%20b.zip": 1, "caf%C3%A9.tar": 2, "x y.zip": 1, "q?r.zip": 1}
     note = gone_note(changes.summary())
     assert note is not None and "e.g. a%20b.zip, caf%C3%A9.tar, q?r.zip, x y.zip)" in note, note
+
+
+def test_the_notes_on_changed_and_gone_containers_count_one_row_as_one() -> None:
+    # "1 tar/Parquet/zip file(s) (1 rows)"
+    gone = gone_note({"gone_containers": 1, "gone_container_rows": 1, "gone_examples": ["s.tar"]})
+    changed = changed_warning({"containers": 1, "container_rows": 1, "examples": ["s.tar"]})
+    assert gone is not None and "1 tar/Parquet/zip file(s) (1 row) with rows" in gone, gone
+    assert changed is not None and "(of their 1 row, those written before" in changed, changed
+    assert "(3 rows) with rows" in str(gone_note({"gone_containers": 2, "gone_container_rows": 3, "gone_examples": []}))
 
 
 def test_a_container_without_a_record_is_judged_by_the_ledger_of_an_older_versions_output() -> None:
