@@ -934,9 +934,10 @@ def report_lines(report: ExportReport) -> list[str]:
     for id_, reason in report.failures:
         lines.append(f"failed: {terminal_text(id_)}: {terminal_text(reason)}")
     if report.failed > len(report.failures):
-        lines.append(f"failed: ... and {report.failed - len(report.failures)} more rows")
+        more = report.failed - len(report.failures)
+        lines.append(f"failed: ... and {more} more row{'' if more == 1 else 's'}")
     for path, reason, lost in report.damaged:
-        rows = "its rows" if lost < 0 else f"{lost} rows"
+        rows = "its rows" if lost < 0 else _rows(lost)
         what = "unfetched part file" if reason.startswith(UNFETCHED) else "damaged part file"
         lines.append(f"{what}: {terminal_text(path)}: {terminal_text(reason)} ({rows} not exported)")
     if report.manifest_error:
@@ -964,10 +965,10 @@ def report_lines(report: ExportReport) -> list[str]:
     lost = sum(n for _, _, n in damaged if n > 0)
     unknown = sum(n < 0 for _, _, n in damaged)
     if damaged:
-        counts += f"; {len(damaged)} damaged part file(s) ({lost} rows" + \
+        counts += f"; {len(damaged)} damaged part file(s) ({_rows(lost)}" + \
                   (f" and the rows of {unknown} file(s) whose footer is unreadable" if unknown else "") + " not exported)"
     if unfetched:
-        counts += (f"; {sum(n for _, _, n in unfetched)} rows not exported from {len(unfetched)} part file(s) the "
+        counts += (f"; {_rows(sum(n for _, _, n in unfetched))} not exported from {len(unfetched)} part file(s) the "
                    "storage did not give: run again with --resume once it does")
     rejects = (f"{report.rejects} rejected input(s) are not exported: their ids and reasons are in "
                f"{report.output}/{REJECTS_DIR}/" if report.rejects else "the output holds no rejects")
@@ -975,5 +976,10 @@ def report_lines(report: ExportReport) -> list[str]:
         rejects += f" ({report.rejects_unreadable} rejects part file(s) could not be read)"
     where = f"; manifest {report.manifest}" if report.manifest else ""
     images = report.rows - report.repeated  # an id's repeated row is not another image
-    lines.append(f"exported {report.exported} of {images} images to {report.to} ({counts}){where}; {rejects}")
+    lines.append(f"exported {report.exported} of {images} image{'' if images == 1 else 's'} to {report.to} ({counts})"
+                 f"{where}; {rejects}")
     return lines
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"

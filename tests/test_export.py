@@ -21,9 +21,13 @@ import pytest
 from PIL import Image
 
 from pipeline.export import (
+    FAILURES_KEPT,
+    UNFETCHED,
     ExportError,
+    ExportReport,
     export_images,
     export_path,
+    report_lines,
     resolve_collisions,
 )
 from pipeline.export_cli import main
@@ -303,6 +307,20 @@ def test_format_input_keeps_every_extension_it_can_write(tmp_path: Path, id_: st
     assert export_path(id_) == ((id_.rpartition(".")[0] if fmt == "TIFF" else id_) + ".png", False)
 
 
+def test_the_export_lines_count_one_image_and_one_row_as_one() -> None:
+    # "exported 1 of 1 images", "(1 rows not exported)", "... and 1 more rows"
+    report = ExportReport("out", "images", rows=1, written=1, failed=FAILURES_KEPT + 1,
+                          failures=[("a.jpg", "x")] * FAILURES_KEPT,
+                          damaged=[("data/p.parquet", "damaged", 1), ("data/q.parquet", f"{UNFETCHED} gone", 1)])
+    text = "\n".join(report_lines(report))
+    assert "failed: ... and 1 more row\n" in text, text
+    assert "damaged part file: data/p.parquet: damaged (1 row not exported)" in text, text
+    assert "1 damaged part file(s) (1 row not exported); 1 row not exported from 1 part file(s)" in text, text
+    assert "exported 1 of 1 image to images (" in text, text
+    report.rows, report.written = 2, 2
+    assert "exported 2 of 2 images to images (" in "\n".join(report_lines(report))
+
+
 def test_resume_keeps_whole_files_and_writes_the_missing_and_the_cut_short(tmp_path: Path) -> None:
     ids = [f"c/{i}.jpg" for i in range(6)]
     out, to = tmp_path / "out", tmp_path / "images"
@@ -344,7 +362,7 @@ def test_an_unfinished_output_is_refused_unless_forced(tmp_path: Path, capsys, s
     assert not to.exists()
     assert main(["--output", str(out), "--to", str(to), "--no-progress", "--force"]) == 0
     captured = capsys.readouterr()
-    assert "warning: output" in captured.err and "exported 1 of 1 images" in captured.out
+    assert "warning: output" in captured.err and "exported 1 of 1 image to" in captured.out
     assert files_under(to) == {"a.png", "manifest.csv"}
 
 
