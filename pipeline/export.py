@@ -170,8 +170,9 @@ def id_parts(id_: str) -> tuple[list[str], bool]:
 
 def export_path(id_: str, image_format: str = "png", original_format: str | None = None) -> tuple[str, bool]:
     """(the path under DIR a row's image is first given, whether a part of its id was escaped). `image_format`
-    "png": the id's image extension replaced by .png (or .png added); "input": the id's own image extension kept,
-    or, for an id without one, the extension of `original_format` (the input's format; .png when unknown)."""
+    "png": the id's image extension (`IMAGE_EXTENSIONS`) replaced by .png (or .png added); "input": the id's own
+    extension kept where the export writes its format (`WRITTEN_EXTENSIONS`: .jpe, .jfif, .pnm too), or, for an id
+    without one, the extension of `original_format` added (the input's format; .png when unknown)."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     parts, escaped = id_parts(id_)
