@@ -379,6 +379,24 @@ def test_whole_split_scores_are_cached_per_test_set(tmp_path: Path, monkeypatch:
         victims.full_test_scores(model, attack, other, meta)
 
 
+def test_whole_split_scores_of_the_same_images_labelled_otherwise_are_not_served(tmp_path: Path) -> None:
+    """The whole-split scores were keyed by the test images alone: a test split whose labels changed (a reader's fix, a
+    loader of the API) was served the CA and ASR scored against the old labels."""
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(num_classes=2, depth=8)).eval()
+    meta = tmp_path / "clf.json"
+    meta.write_text("{}")
+    test, attack = _synthetic(24, 2), make_attack("badnet", 32)
+    victims.full_test_scores(model, attack, test, meta)
+    relabelled = LabelledImages(test.images, 1 - test.labels, test.num_classes)
+    scores = victims.full_test_scores(model, attack, relabelled, meta)
+    preds = predict(model, relabelled.images)
+    assert scores["ca"] == pytest.approx(100.0 * np.mean(preds == relabelled.labels), abs=0.01)
+    assert scores["triggered_images"] == int(np.sum(relabelled.labels != attack.target))
+
+
 def test_sampler_seed_and_sampler_draw_other_zip_samples_under_their_own_cache_keys(tmp_path: Path) -> None:
     """--sampler-seed reruns ZIP with other noise (to measure the sampler's chance), --sampler ddpm with the paper's
     Algorithm 1; the baselines stay shared."""

@@ -292,10 +292,10 @@ def full_test_scores(model: ResNet, attack: Attack | None, test: LabelledImages,
 
     Targets for a victim classifier (e.g. CA >= 95 % on GTSRB, ASR >= 95 %) are judged here: on a 500-image subset
     one image moves CA by 0.2 points and the standard error is about 1 point, too coarse to tell 94.7 from 95; and a
-    class-stratified subset weights rare classes as much as common ones. Keyed by the test split's sha256, so another
-    copy of the data set is scored afresh.
+    class-stratified subset weights rare classes as much as common ones. Keyed by the sha256 of the test split's images
+    and labels, so another copy of the data set, or the same images labelled otherwise, is scored afresh.
     """
-    test_sha = sha256_of_arrays(test.images)
+    test_sha = sha256_of_arrays(test.images, test.labels)
     info = read_json_cache(meta_path)
     cached = info.get("full_test")
     if isinstance(cached, dict) and cached.get("test_sha256") == test_sha:
