@@ -277,6 +277,35 @@ def test_a_lost_classifier_record_is_rebuilt_from_its_weights_file_and_still_che
     assert len(trained) == 2 and retrained["trained_now"] is True
 
 
+def test_a_record_left_beside_other_weights_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after a retrained victim's weights were saved but before its record was: the earlier victim's record
+    (another copy of the data set, its whole-split scores) stayed beside the new weights, so a run on the earlier data
+    was served the other data's weights as its own, and a run on the other data retrained them."""
+    trained = _untrained_victims(monkeypatch)
+    train = fake_loader("synthetic", "train")
+    test, attack = _synthetic(24, 2), make_attack("badnet", 32)
+    _, first = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    meta = Path(first["path"]).with_suffix(".json")
+    victims.full_test_scores(load_classifier(first["path"]), attack, test, meta)
+    first_record = meta.read_text()
+
+    other_copy = LabelledImages(255 - train.images, train.labels, train.num_classes)
+    other_model, other = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    meta.write_text(first_record)  # as the stop left it: the other data's weights beside the first victim's record
+    assert len(trained) == 2
+
+    model, served = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=other_copy)
+    assert served["trained_now"] is False and len(trained) == 2  # its own weights, their record rebuilt
+    assert json.loads(meta.read_text())["train_sha256"] == other["train_sha256"]
+    assert "full_test" not in json.loads(meta.read_text())  # the first weights' scores are not kept
+    scores = victims.full_test_scores(model, attack, test, meta)  # scored afresh: the first weights' were dropped
+    assert scores["ca"] == pytest.approx(100.0 * np.mean(predict(other_model, test.images) == test.labels), abs=0.01)
+
+    meta.write_text(first_record)
+    _, served = victims.get_classifier("synthetic", "badnet", tmp_path, 1, train=train)
+    assert served["trained_now"] is True and len(trained) == 3  # not the other data's weights
+
+
 def test_crop_pad_option_retrains_the_victims_under_their_own_name_except_physicalba(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -182,15 +182,22 @@ def _victim_attack(name: str, image_size: int, attack_options: dict[str, Any] | 
 def _current_cached_classifier(dataset: str, name: str, path: Path,
                                trained_from: dict[str, Any]) -> tuple[ResNet, dict[str, Any]] | None:
     """The cached classifier at `path` and its record, unless there is none, it is damaged, or its record says it was
-    trained from other data or attack parameters (a record from before they were kept is taken as it is)."""
+    trained from other data or attack parameters (a record from before they were kept is taken as it is). A record
+    that is not of these weights (their file says they were trained from something else: a run stopped between saving
+    the weights and their record, or weights copied over) is dropped, whole-split scores included, and rebuilt from
+    the weights' file."""
     cached = _cached_classifier(path)
     if cached is None:
         return None
     info = read_json_cache(path.with_suffix(".json"))
+    recorded = _weights_trained_from(path)
+    if recorded and any(key in info and key in recorded and info[key] != recorded[key] for key in trained_from):
+        log(f"{dataset}/{name}: the record {path.with_suffix('.json')} is of another classifier than {path}; "
+            "rebuilding it from the weights' file")
+        info = {}
     if any(key not in info for key in trained_from):
         # a record lost or damaged (rebuilt from what the weights' file says, so that it is checked, and kept when
         # the record is written again with the whole-split scores), or one from before these were kept
-        recorded = _weights_trained_from(path)
         if recorded:
             info = {**info, **{key: recorded[key] for key in trained_from if key in recorded and key not in info}}
             write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2))
