@@ -8,7 +8,8 @@ recipe asks for (`NO_HFLIP`, `RESTAMP_AFTER_AUGMENT`, `NO_CROP_ATTACKS`), and is
 While it trains, an epoch checkpoint beside it (`training_checkpoint_path`) lets a killed run resume after its last
 finished epoch. Its scores on the whole test split (`full_test_scores`) are cached in the same .json. What it was
 trained from (the training split's hash, the attack's parameters) is in the .pt as well, so that a lost or damaged
-.json is rebuilt with it and a cached victim of other data is still retrained.
+.json, or one the .pt contradicts (left from other weights), is rebuilt with it and a cached victim of other data is
+still retrained.
 """
 
 from __future__ import annotations
