@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,23 @@ def test_train_learns_black_vs_white_and_round_trips(tmp_path: Path) -> None:
     payload = torch.load(path, weights_only=True)
     assert payload["config"]["depth"] == 8
 
+
+
+def test_saving_leaves_another_processs_half_written_save_alone(tmp_path: Path) -> None:
+    """Two evaluations sharing a cache can save the same victim at once; the temporary file was <name>.pt.tmp for both,
+    so one took the other's half-written file and renamed it away, and the other's save then failed
+    (FileNotFoundError) or left a damaged file."""
+    path = tmp_path / "clf.pt"
+    others = [path.with_name(path.name + ".tmp"), path.with_name(f"{path.name}.{os.getpid() + 1}.tmp")]  # other processes'
+    for other in others:
+        other.write_bytes(b"half of another process's save")
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(depth=8))
+    save_classifier(model, path)
+    assert all(other.read_bytes() == b"half of another process's save" for other in others)
+    images, _ = _black_white(8)
+    assert np.array_equal(predict(load_classifier(path), images), predict(model, images))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clf.pt", *(other.name for other in others)])
 
 def test_train_is_seeded_and_accepts_extra_transform() -> None:
     images, labels = _black_white(16)

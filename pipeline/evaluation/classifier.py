@@ -444,7 +444,8 @@ def save_classifier(model: ResNet, path: str | Path, trained_from: dict[str, Any
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # the process's own name: two evaluations sharing a cache never take (or rename away) each other's half-written file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     payload: dict[str, Any] = {"format": "zip-purify-classifier/1", "config": config, "state_dict": state}
     if trained_from is not None:
         payload["trained_from"] = json.dumps(trained_from, sort_keys=True)
