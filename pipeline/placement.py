@@ -173,7 +173,18 @@ def init_ray(config: PlacementOptions) -> None:
                 init_local_ray()
     except Exception as err:  # Ray's own failures are plain Exceptions ("The current node timed out during startup")
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
-        raise JobError(f"could not {where}: {describe(err)}") from err
+        raise JobError(f"could not {where}: {describe(err)}{join_hint(address)}") from err
+
+
+def join_hint(address: str | None) -> str:
+    """What to try when joining a cluster that answers fails. A head that `ray start` started where a token exists
+    (~/.ray/auth_token) has token authentication on, and refuses a driver without RAY_AUTH_MODE=token: Ray then says
+    only 'Failed to connect to Ray cluster', after seconds of 'Unauthenticated' lines and a guess that an earlier Ray
+    crashed, with `ray stop` as the remedy (which stops every Ray on the machine, this head too)."""
+    if not address or os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+        return ""
+    return ("; if that cluster has token authentication on (Ray's lines above say 'Unauthenticated'; `ray start` "
+            "turns it on where ~/.ray/auth_token exists), export RAY_AUTH_MODE=token and run again")
 
 
 def default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:

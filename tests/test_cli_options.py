@@ -194,6 +194,36 @@ def test_a_ray_address_nobody_answers_stops_at_once_with_the_address(tmp_path, c
     assert not (tmp_path / "out").exists()  # stopped before the output was started
 
 
+@pytest.mark.parametrize("auth_mode", [None, "token"])
+def test_a_head_that_answers_but_refuses_the_join_names_ray_auth_mode(tmp_path, capsys, monkeypatch,
+                                                                      auth_mode) -> None:
+    """README's one-machine `ray job submit` path: a head `ray start` started where ~/.ray/auth_token exists has token
+    authentication on, and `--ray-address 127.0.0.1:6379` without RAY_AUTH_MODE=token stopped with only Ray's
+    'Failed to connect to Ray cluster' (and Ray's guess that an earlier Ray crashed): nothing named the remedy."""
+    import ray
+
+    from pipeline import placement
+
+    def refused(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if auth_mode:
+        monkeypatch.setenv("RAY_AUTH_MODE", auth_mode)
+    else:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(placement, "unreachable_ray_address", lambda address: None)  # the head's port answers
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--ray-address",
+                 "127.0.0.1:6379", "--no-progress"])
+    [line] = _errors(capsys)
+    assert code == 2 and "could not join the Ray cluster at 127.0.0.1:6379" in line
+    assert ("export RAY_AUTH_MODE=token" in line) == (auth_mode is None)  # set already: not the cause
+
+
 def test_incremental_and_overwrite_together_are_refused(capsys) -> None:
     assert main(["--incremental", "--overwrite", "--dry-run"]) == 2
     assert "contradict each other" in _errors(capsys)[0]
