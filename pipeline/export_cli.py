@@ -16,7 +16,7 @@ from pipeline.cli_common import (
     storage_options,
 )
 from pipeline.errors import JobError
-from pipeline.export import IMAGE_FORMATS, MANIFESTS, ExportError, export_images, report_lines
+from pipeline.export import CLI_NAMES, IMAGE_FORMATS, MANIFESTS, ExportError, report_lines, run_export
 from pipeline.progress import progress_bar
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources.ids import terminal_text
@@ -135,10 +135,11 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
         def damaged(line: str) -> None:
             print(f"warning: {_shown(line, args)}", file=sys.stderr, flush=True)
 
-        report = export_images(args.output, args.to, storage_options=so, image_format=args.format,
-                               jpeg_quality=args.jpeg_quality, manifest=args.manifest, existing=existing,
-                               force=args.force, workers=args.workers, progress=None if args.no_progress else bar,
-                               on_damaged=damaged)
+        # export_images, its errors naming the flags (--to, --resume, --overwrite) rather than its arguments
+        report = run_export(CLI_NAMES, args.output, args.to, storage_options=so, image_format=args.format,
+                            jpeg_quality=args.jpeg_quality, manifest=args.manifest, existing=existing,
+                            force=args.force, workers=args.workers, progress=None if args.no_progress else bar,
+                            on_damaged=damaged)
     except KeyboardInterrupt:
         print("interrupted: every file written is whole; run the same command with --resume to finish (the manifest "
               "is written at the end)", file=sys.stderr)

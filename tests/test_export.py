@@ -352,6 +352,27 @@ def test_a_folder_that_is_not_empty_is_refused_unless_overwrite(tmp_path: Path, 
     assert (to / "a.png").read_bytes() == stored_images(out)["a.jpg"] and (to / "mine.txt").read_text() == "keep me"
 
 
+def test_export_images_into_a_folder_that_is_not_empty_names_its_existing_argument_not_the_flags(tmp_path: Path,
+                                                                                               capsys) -> None:
+    """docs/api.md: `existing` is the API's way into a DIR that holds files; the API's error named the command line's
+    --resume and --overwrite, which an API caller has no way to pass. The command line still names its flags."""
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1)])
+    to.mkdir()
+    (to / "mine.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="is not empty") as refused:
+        export_images(out, to)
+    said = str(refused.value)
+    assert 'existing="resume"' in said and 'existing="overwrite"' in said
+    assert not any(flag in said for flag in ("--resume", "--overwrite", "--to"))
+    assert files_under(to) == {"mine.txt"}
+    assert export_images(out, to, existing="resume").ok  # the way the error names works
+    assert main(["--output", str(out), "--to", str(tmp_path / "other"), "--no-progress"]) == 0
+    assert main(["--output", str(out), "--to", str(tmp_path / "other"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --to" in err and "--resume" in err and "--overwrite" in err and "existing=" not in err
+
+
 @pytest.mark.parametrize("status", [None, "running", "interrupted", "failed", "inconsistent"])
 def test_an_unfinished_output_is_refused_unless_forced(tmp_path: Path, capsys, status: str | None) -> None:
     out, to = tmp_path / "out", tmp_path / "images"
