@@ -34,6 +34,7 @@ from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
+from pipeline.stopped_run import StoppedWhileLoading
 from pipeline.version import version_line
 
 DESCRIPTION = f"""\
@@ -634,7 +635,11 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
         print(f"error: {_shown(err, config)}{credentials_advice(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # before the run started (checking the checkpoint, starting Ray), or a second Ctrl-C
+    except StoppedWhileLoading as err:  # checking the checkpoint and inputs, starting Ray: the output may not exist
+        print("interrupted: the run stopped while loading (checking its model and inputs, starting Ray), before it "
+              "wrote anything to the output; run the same command again to start it", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt as err:  # before the pipeline (the lease taken, the output's records), or a second Ctrl-C
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
               "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)  # SIGTERM before the pipeline started is raised as one too (143)

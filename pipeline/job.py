@@ -26,6 +26,7 @@ import gc
 import json
 import math
 import posixpath
+import signal
 import sys
 import threading
 import time
@@ -79,6 +80,7 @@ from pipeline.stages import (
 from pipeline.stopped_run import (
     IGNORE_STOPS,
     StoppedCount,
+    StoppedWhileLoading,
     count_stopped_run,
     part_names,
     record_stopped_run,
@@ -271,11 +273,14 @@ def run_job(config: JobConfig) -> dict[str, Any]:
 
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
-    plan = plan_job(config)
-    # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no pipeline. The
-    # run is otherwise the same: it holds the lease, clears an --overwrite output, does the end-of-run check, records
-    # what a complete run records and writes its summary.
-    placement = _start_cluster(config) if plan.units else None
+    try:
+        plan = plan_job(config)
+        # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no pipeline.
+        # The run is otherwise the same: it holds the lease, clears an --overwrite output, does the end-of-run check,
+        # records what a complete run records and writes its summary.
+        placement = _start_cluster(config) if plan.units else None
+    except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM, raised as one) before anything is written: said so
+        raise StoppedWhileLoading(getattr(err, "signum", signal.SIGINT)) from err
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
         if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
             clear_output(out, config.storage_options)

@@ -32,6 +32,12 @@ class _Interrupt(KeyboardInterrupt):
         self.signum = signum
 
 
+class StoppedWhileLoading(_Interrupt):
+    """SIGINT or SIGTERM while a run still loads (its model and inputs checked, Ray started), before it holds the
+    output's lease: nothing was written to the output. The CLI's `interrupted:` line said "every file in the output is
+    whole" then, of an output that did not exist."""
+
+
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning)): ?(.*)$")
 
 

@@ -61,3 +61,37 @@ def test_ctrl_c_while_evaluate_checks_its_inputs_is_one_line_and_130(monkeypatch
     assert status == 130
     err = capsys.readouterr().err
     assert "nothing was started" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("where", "signum"), [("plan", signal.SIGINT), ("ray", signal.SIGINT), ("ray", signal.SIGTERM)])
+def test_ctrl_c_while_the_run_loads_says_nothing_was_written_not_that_the_output_is_whole(
+        tmp_path, monkeypatch, capsys, where: str, signum: int) -> None:
+    """A Ctrl-C while the run checked its model and inputs, or while Ray started, said "every file in the output is
+    whole; run the same command again to resume", of an output that did not exist."""
+    from types import SimpleNamespace
+
+    import pipeline.job as job
+    from pipeline.cli import main
+
+    def planning_stopped(config):
+        raise KeyboardInterrupt
+
+    def ray_start_stopped(config) -> None:
+        os.kill(os.getpid(), signum)  # held while Ray starts, then raised as the interruption
+        time.sleep(0.2)
+
+    def not_reached(config):
+        raise AssertionError("the run went on after the signal")
+
+    if where == "plan":
+        monkeypatch.setattr(job, "plan_job", planning_stopped)
+    else:
+        monkeypatch.setattr(job, "plan_job", lambda config: SimpleNamespace(units=["a unit"]))
+        monkeypatch.setattr(job, "init_ray", ray_start_stopped)
+        monkeypatch.setattr(job, "default_actors_and_gpus", not_reached)
+    out = tmp_path / "out"
+    assert main(["--input", str(tmp_path), "--output", str(out)]) == 128 + signum
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("interrupted: the run stopped while loading"), err
+    assert "before it wrote anything to the output" in err[0] and "is whole" not in err[0]
+    assert not out.exists()  # what it says: nothing was written
