@@ -505,7 +505,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         one = inp["containers_already_done"] == 1
         what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"
         print(f"  {inp['containers_already_done']} {what} read whole by an earlier run and {'is' if one else 'are'} "
-              f"unchanged, with all {'its' if one else 'their'} images in the output: not read")
+              f"unchanged, with all {'its' if one else 'their'} images done (purified or rejected): not read")
     if inp.get("hidden_files_skipped"):
         print(f"  {hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
               "are counted when read)")

@@ -310,13 +310,46 @@ def test_a_dry_run_names_what_it_would_read_and_where_it_would_write(tmp_path, c
     assert "pa55" not in printed and "s3cret" not in printed, printed
 
 
+def test_the_dry_run_does_not_say_a_shard_read_whole_has_all_its_images_in_the_output_when_some_are_rejects(
+        tmp_path, capsys, model) -> None:
+    """A tar shard read whole by an earlier run, one of its members rejected (a row in rejects/, no image in data/):
+    the dry run of an --incremental run said it was skipped "with all its images in the output"."""
+    from pipeline.ledger import ContainerRead, write_ledger
+    from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
+    from pipeline.sources import discover, ids_digest, reject_record
+    from pipeline.stages import _data_table, _rejects_table, part_name, write_parquet_atomic
+    from tests.jobutil import small_job_argv, small_job_config, tar_bytes
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.tar").write_bytes(tar_bytes({"0.png": image_bytes(8, 8, 0), "1.png": b"not an image"}))
+    out = str(tmp_path / "out")  # as a complete run leaves it: a.tar/0 purified, a.tar/1 rejected, a.tar recorded
+    write_json(f"{out}/{JOB_FILE}", plan_job(small_job_config(tmp_path, model), dry_run=True).job_record, {})
+    purified = {"id": "a.tar/0", "png": b"png", "width": 8, "height": 8, "meta": {}, "source": "a.tar/0",
+                "source_sha256": "0" * 64, "psnr_vs_input_db": 30.0, "downscale_factor": 1.0, "original_mode": "RGB",
+                "original_format": "PNG", "original_frames": 1}
+    write_parquet_atomic(_data_table([purified]), f"{out}/data/{part_name(['a.tar/0'])}", {})
+    rejected = reject_record("a.tar/1", "a.tar/1", "not an image", "decode")
+    write_parquet_atomic(_rejects_table([rejected]), f"{out}/rejects/{part_name(['a.tar/1'])}", {})
+    write_json(f"{out}/{SUMMARY_FILE}", {"status": "complete"}, {})
+    [unit] = discover(str(tmp_path / "in"))
+    ids = ["a.tar/0", "a.tar/1"]
+    write_ledger(out, {}, {unit.paths[0]: ContainerRead(unit.paths[0], unit.sizes[0], unit.stamps[0], 2, ids_digest(ids))})
+    assert main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    printed = capsys.readouterr().out
+    assert "holds 1 purified, 1 rejected" in printed, printed
+    [line] = [x for x in printed.splitlines() if "read whole by an earlier run" in x]
+    assert "images in the output" not in line and "all its images done (purified or rejected): not read" in line, line
+
+
 @pytest.mark.parametrize(("n", "lines"), [
-    (1, ["1 tar shard / Parquet / zip file was read whole by an earlier run and is unchanged, with all its images",
+    (1, ["1 tar shard / Parquet / zip file was read whole by an earlier run and is unchanged, with all its images done "
+         "(purified or rejected): not read",
          "1 file of the output itself lies inside the input and is not read",
          "(1 file of unknown size not counted); 1 tar/Parquet file over --in-memory-mb",
          "1 image file is over --max-image-mb", "warning: 1 row of 1 Parquet file has no image",
          "partitions (--partitioning hive): the one input file lies in no key=value folder"]),
-    (2, ["2 tar shards / Parquet / zip files were read whole by an earlier run and are unchanged, with all their images",
+    (2, ["2 tar shards / Parquet / zip files were read whole by an earlier run and are unchanged, with all their images "
+         "done (purified or rejected): not read",
          "2 files of the output itself lie inside the input and are not read",
          "(2 files of unknown size not counted); 2 tar/Parquet files over --in-memory-mb",
          "2 image files are over --max-image-mb", "warning: 2 rows of 2 Parquet files have no image",
