@@ -349,16 +349,16 @@ def check_output(output: str, storage_options: dict[str, Any], force: bool = Fal
                    "rows may be missing, or an id in data/ and rejects/ both")
 
 
-# How the error of a DIR that is not empty names DIR and the two ways into it: an API caller is told export_images's own
-# argument, `existing`, the command line its flags
-API_NAMES = {"to": "to", "resume": 'existing="resume"', "overwrite": 'existing="overwrite"'}
-CLI_NAMES = {"to": "--to", "resume": "--resume", "overwrite": "--overwrite"}
+# How the error of a DIR that is not empty names the two ways into it: an API caller is told export_images's own
+# argument, `existing`, the command line its flags. (DIR itself is --to in both, as in every error of the export.)
+API_NAMES = {"resume": 'existing="resume"', "overwrite": 'existing="overwrite"'}
+CLI_NAMES = {"resume": "--resume", "overwrite": "--overwrite"}
 
 
 def check_destination(to: str, output: str, storage_options: dict[str, Any], existing: str,
                       names: dict[str, str]) -> None:
     """Refuse a DIR that is a file, the output or one of its data/ and rejects/ folders, or (with `existing`
-    "refuse") one that holds anything, naming DIR and the ways into it as `names` says (API_NAMES, CLI_NAMES).
+    "refuse") one that holds anything, naming the ways into it as `names` says (API_NAMES, CLI_NAMES).
     Raises ExportError."""
     if existing not in EXISTING:
         raise ValueError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
@@ -385,8 +385,8 @@ def check_destination(to: str, output: str, storage_options: dict[str, Any], exi
     if not with_retries(lambda: fs.isdir(root), f"stat {to}"):
         raise ExportError(f"--to {to} is a file; give a folder (it is made when missing)")
     if existing == "refuse" and with_retries(lambda: fs.ls(root, detail=False), f"list {to}"):
-        raise ExportError(f"{names['to']} {to} is not empty; give an empty or new folder, {names['resume']} to finish "
-                          "an export into it (files already there with their bytes are kept), or "
+        raise ExportError(f"--to {to} is not empty; give an empty or new folder, {names['resume']} to finish an "
+                          "export into it (files already there with their bytes are kept), or "
                           f"{names['overwrite']} to write over the files of the same names (nothing else in it is "
                           "touched)")
 
@@ -794,8 +794,8 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
 def run_export(names: dict[str, str], output: str, to: str, *, storage_options: dict[str, Any] | None,
                image_format: str, jpeg_quality: int, manifest: str, existing: str, force: bool, workers: int,
                progress: Any, on_damaged: Callable[[str], None] | None) -> ExportReport:
-    """`export_images`, its errors naming DIR and the ways into one that is not empty as `names` says: API_NAMES
-    (export_images's arguments) or CLI_NAMES (zip-purify-export's flags)."""
+    """`export_images`, its error for a DIR that is not empty naming the ways into it as `names` says: API_NAMES
+    (export_images's `existing`) or CLI_NAMES (zip-purify-export's flags)."""
     if image_format not in IMAGE_FORMATS:
         raise ExportError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     if manifest not in MANIFESTS:

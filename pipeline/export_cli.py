@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
         def damaged(line: str) -> None:
             print(f"warning: {_shown(line, args)}", file=sys.stderr, flush=True)
 
-        # export_images, its errors naming the flags (--to, --resume, --overwrite) rather than its arguments
+        # export_images, its error for a DIR that is not empty naming --resume and --overwrite, not `existing`
         report = run_export(CLI_NAMES, args.output, args.to, storage_options=so, image_format=args.format,
                             jpeg_quality=args.jpeg_quality, manifest=args.manifest, existing=existing,
                             force=args.force, workers=args.workers, progress=None if args.no_progress else bar,
