@@ -239,10 +239,12 @@ class Purifier:
 
         A batch is seeded by the call's seed (default: the settings' seed) plus the index of its first canvas, so its
         result does not depend on how many canvases came before it in this process: a set purified batch by batch
-        across interrupted runs (the evaluation's cache) comes out as one call over the whole set does.
+        across interrupted runs (the evaluation's cache) comes out as one call over the whole set does. The sum wraps
+        at 2**32, as torch's CPU generator read it anyway, so a batch seed is always a valid seed and means the same
+        noise on every device kind's generator: seed s's batch at canvas k draws seed (s + k) mod 2**32's noise.
         """
         base_seed = self.settings.seed if seed is None else seed
-        return [CanvasBatch(start, min(start + self.batch_size, count), base_seed + start)
+        return [CanvasBatch(start, min(start + self.batch_size, count), (base_seed + start) % 2**32)
                 for start in range(0, count, self.batch_size)]
 
     def purify_canvases(

@@ -51,6 +51,20 @@ def test_a_batch_is_purified_as_its_own_call_with_its_seed_would(tmp_path: Path)
                                       p.purify_canvases(x[batch.start : batch.stop], seed=batch.seed))
 
 
+def test_batch_seeds_wrap_at_2_to_the_32_so_a_top_seeds_batches_are_valid_seeds(tmp_path: Path) -> None:
+    """A seed near the top of its range: its later batches' seeds wrap to small ones (torch's CPU generator read only
+    the low 32 bits anyway), and each stays a seed the purifier takes, so a batch redone alone (a resumed set) is
+    purified as in the whole call; unwrapped, the batch seed 2**32 was refused when given back."""
+    top = 2**32 - 2
+    p = _purifier(tmp_path, batch_size=2, seed=top)
+    assert p.batches(5) == [CanvasBatch(0, 2, top), CanvasBatch(2, 4, 0), CanvasBatch(4, 5, 2)]
+    x = _canvases(5)
+    whole = p.purify_canvases(x)
+    for batch in p.batches(len(x)):
+        np.testing.assert_array_equal(whole[batch.start : batch.stop],
+                                      p.purify_canvases(x[batch.start : batch.stop], seed=batch.seed))
+
+
 def test_on_batch_reports_each_purified_batch_and_kept_batches_are_not_purified_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = _purifier(tmp_path, batch_size=2)
