@@ -38,8 +38,8 @@ or use another --out.
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
 keep the last good save) or the prior could not be written to --export (last.pt is saved: rerun to write it); 2 could
-not start (a bad option, missing data, a refused --init-from or last.pt, an --out in use by another run); 130 / 143
-interrupted by Ctrl-C / SIGTERM, after saving.
+not start (a bad option, missing data or images that are not 32x32 RGB, a refused --init-from or last.pt, an --out in
+use by another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
 """
 
 from __future__ import annotations
@@ -183,6 +183,10 @@ def load_training_images(args: argparse.Namespace, device: torch.device) -> torc
         data = load_dataset(args.data, "train").images
     except DataError as err:  # the message names the folder and the variable to set
         raise SystemExit(f"error: --data {args.data}: {err}") from err
+    # The UNet is fully convolutional, so images of another size trained without a word, into a "32 px" prior.
+    if data.ndim != 4 or data.shape[1:] != (32, 32, 3):
+        raise SystemExit(f"error: --data {args.data}: the training images are {'x'.join(map(str, data.shape[1:]))}, not "
+                         f"32x32x3 (RGB): the prior is a 32 px model; is ZIP_SHARED_DIR the shared copy of {args.data}?")
     return torch.from_numpy(data).to(device)
 
 

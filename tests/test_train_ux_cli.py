@@ -97,3 +97,19 @@ def test_refusals_after_the_options_are_read_exit_2_with_one_line(monkeypatch: p
     assert run_script(monkeypatch, *run) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "last.pt is damaged" in err[0] and "--fresh" in err[0], err
+
+
+@pytest.mark.parametrize("shape", [(4, 64, 64, 3), (4, 32, 32, 4)])
+def test_training_images_that_are_not_32_px_rgb_are_refused_before_anything_is_written(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture, shape: tuple[int, ...]) -> None:
+    # A shared copy of other images (another data set's archive under cifar10/, a 64 px re-export) was trained on
+    # silently: the fully convolutional UNet takes any size, and the export called the result a 32 px prior.
+    def other_images(name: str, split: str) -> LabelledImages:
+        return LabelledImages(np.zeros(shape, np.uint8), np.zeros(shape[0], np.int64), 1)
+
+    monkeypatch.setattr(datasets, "load_dataset", other_images)
+    assert run_script(monkeypatch, "--max-steps", "1", "--out", str(tmp_path / "run"), *TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --data cifar10: "), err
+    assert "32x32" in err[0] and "x".join(map(str, shape[1:])) in err[0], err
+    assert not (tmp_path / "run").exists()
