@@ -287,3 +287,15 @@ def test_an_attack_named_twice_is_evaluated_and_averaged_once(tmp_path: Path) ->
     checked = preflight(config, loader=fake_loader)
     assert checked.attacks == ["badnet", "clean", "blended"]
     assert checked.settings["attacks"] == ["badnet", "clean", "blended"]
+
+
+@pytest.mark.parametrize("field", ["defenses", "attacks"])
+def test_an_empty_defense_or_attack_list_is_refused_before_any_work(tmp_path: Path, field: str) -> None:
+    """The command line refuses an empty --defenses or --attacks; the API ran on, trained the classifiers and wrote a
+    report whose tables had no column (`| Average |  |`) or no attack row."""
+    from pipeline.evaluation.preflight import EvaluationError
+
+    config = _small(tmp_path, out_dir=tmp_path / "r", **{field: []})
+    with pytest.raises(EvaluationError, match=f"no {field[:-1]} to evaluate"):
+        runner.evaluate_dataset(config, loader=fake_loader)
+    assert not (tmp_path / "r").exists()

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.evaluation import datasets
+from pipeline.evaluation.attacks import ATTACKS
 from pipeline.evaluation.datasets import (
     IMAGE_SIZES,
     NUM_CLASSES,
@@ -222,6 +223,11 @@ def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
     unknown = [d for d in defenses if d not in DEFENSES]
     if unknown:
         raise EvaluationError(f"unknown defense {', '.join(map(repr, unknown))}; choose from {', '.join(DEFENSES)}")
+    # As the command line's --defenses and --attacks: an empty list ran on and wrote tables without a column or a row.
+    if not defenses:
+        raise EvaluationError(f"no defense to evaluate: give at least one of {', '.join(DEFENSES)}")
+    if not attacks:
+        raise EvaluationError(f"no attack to evaluate: give at least one of {', '.join(ATTACKS)} or 'none'")
     if loader is load_dataset and config.dataset in NUM_CLASSES:
         check_subset(config.dataset, config.subset, NUM_CLASSES[config.dataset])
         check_pool(config.dataset, config.pool, IMAGE_SIZES[config.dataset])
