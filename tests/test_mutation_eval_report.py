@@ -126,3 +126,18 @@ def test_summary_is_all_met_only_when_every_criterion_was_judged_and_met() -> No
     # the baseline criteria show ZIP minus the baseline, the ASR criterion ZIP's own ASR
     assert rows["full"][2] == "-5.3 [-7.5, +0.5] no, within noise"
     assert rows["full"][6] == "4.3 [2.5, 6.0] yes, within noise"
+
+
+def test_the_header_says_nothing_of_zip_when_no_zip_defense_ran() -> None:
+    """A run of the baselines alone described ZIP's sampler steps, sampler seed and prior ('prior sha256 `-`')."""
+    report = _report()
+    report["config"].update(defenses=["none", "naive"], sampler_seed=0, start=0.3, schedule="cosine",
+                            checkpoint_sha256=None)
+    head = markdown_table(report).splitlines()[2]
+    assert "100 class-stratified test images (seed 0); pool k = 2; classifiers: ResNet, 12 epochs." in head, head
+    for said in ("ZIP", "DDIM", "sampler", "late start", "cosine", "prior"):
+        assert said not in head, said
+    report["config"].update(defenses=["naive", "zip"], checkpoint_sha256="ab" * 32)
+    head = markdown_table(report).splitlines()[2]
+    assert ("; ZIP 20 DDIM steps (late start: only those at t ≤ 0.3·T run), cosine noise schedule, sampler seed 0, "
+            "pool k = 2; prior sha256 `abababababababab`;") in head, head

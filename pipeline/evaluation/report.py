@@ -138,14 +138,18 @@ def markdown_table(report: dict[str, Any]) -> str:
     schedule = f", {cfg['schedule']} noise schedule" if cfg.get("schedule", "linear") != "linear" else ""
     options = cfg.get("classifier_options") or {}
     trained = (", trained with " + ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))) if options else ""
+    # The sampler's settings and the prior are ZIP's (the defenses of EXAMPLE_ROWS): a run without them says nothing of
+    # them.
+    ran_zip = any(d in EXAMPLE_ROWS for d in defenses)
+    zip_sampler = (f"ZIP {cfg['steps']} {cfg.get('sampler', 'ddim').upper()} steps{late}{schedule}, {sampler_seed}"
+                   if ran_zip else "")
+    prior = f"; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`" if ran_zip else ""
     lines = [
         f"# Defense evaluation: {report['dataset']}",
         "",
-        f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); ZIP {cfg['steps']} "
-        f"{cfg.get('sampler', 'ddim').upper()} steps{late}{schedule}, {sampler_seed}"
-        f"pool k = {cfg['pool']}; prior sha256 `{(cfg['checkpoint_sha256'] or '-')[:16]}`; classifiers: ResNet, "
-        f"{cfg['classifier_epochs']} epochs{trained}. CA on purified clean images, ASR / PA on purified triggered images "
-        "whose true label is not the target (percent).",
+        f"{cfg['subset_actual']} class-stratified test images (seed {cfg['seed']}); {zip_sampler}pool k = {cfg['pool']}"
+        f"{prior}; classifiers: ResNet, {cfg['classifier_epochs']} epochs{trained}. CA on purified clean images, ASR / PA "
+        "on purified triggered images whose true label is not the target (percent).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|",
