@@ -127,6 +127,25 @@ def test_a_damaged_archive_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         datasets.load_dataset("cifar10", "test")
 
 
+@pytest.mark.parametrize(("name", "archive", "mode"), [("cifar10", "cifar10/cifar10-train.tar.gz", "w:gz"),
+                                                      ("imagenette", "imagenette/imagenette-val.tar.gz", "w:gz")])
+def test_an_archive_without_images_is_named_and_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                        archive: str, mode: str) -> None:
+    """Before: 'could not be read (ValueError: need at least one array to stack)', numpy's words for an archive that
+    reads fine but holds no <split>/<class>/<image> file (an empty or wrongly laid out copy)."""
+    path = tmp_path / "data" / archive
+    path.parent.mkdir(parents=True)
+    with tarfile.open(path, mode) as tar:
+        info = tarfile.TarInfo("README.txt")  # a file, but not at <split>/<class>/<image>
+        tar.addfile(info, io.BytesIO(b""))
+    monkeypatch.setattr(datasets, "SHARED_DIR", tmp_path)
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    split = archive.rsplit("-", 1)[1].split(".")[0]
+    with pytest.raises(datasets.DataError, match=f"archive {path} could not be read .*holds no image") as err:
+        datasets.load_dataset(name, split)
+    assert "need at least one array" not in str(err.value)
+
+
 def _synthetic(n: int) -> LabelledImages:
     labels = np.arange(n, dtype=np.int64) % 2
     images = np.where(labels == 1, 190, 60)[:, None, None, None].repeat(32, 1).repeat(32, 2).repeat(3, 3)

@@ -101,6 +101,8 @@ def _read_cifar10(split: str) -> tuple[np.ndarray, np.ndarray]:
                 continue
             images.append(_decode(tar.extractfile(member).read()))  # type: ignore[union-attr]
             labels.append(CIFAR10_CLASSES.index(parts[1]))
+    if not images:
+        raise ValueError(f"{path} holds no image at <split>/<class>/<image>")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
@@ -138,6 +140,8 @@ def _read_imagenette(split: str) -> tuple[np.ndarray, np.ndarray]:
             parts = member.name.split("/")
             if member.isfile() and len(parts) == 3:
                 items.append((parts[1], member.name, _decode(tar.extractfile(member).read())))  # type: ignore[union-attr]
+    if not items:
+        raise ValueError(f"{path} holds no image at <split>/<class>/<image>")
     wnids = sorted({w for w, _, _ in items})
     items.sort(key=lambda it: it[1])
     return np.stack([im for _, _, im in items]), np.asarray([wnids.index(w) for w, _, _ in items], dtype=np.int64)
