@@ -63,6 +63,10 @@ def load_state(last: Path, device: torch.device) -> dict:
 def check_resumable(last: Path, state: dict, config: UNetConfig, learned: dict) -> None:
     """Refuse to continue a run whose model or learning problem differs from this command's (see LEARNED)."""
     again = "; use --fresh or another --out"
+    started = _uri_of(state.get("initialised_from"))
+    if started:
+        # Its model and noise settings are that prior's: without --init-from, the width options' defaults describe another
+        again = f"; to resume it, give --init-from {started} (the prior it started from); else use --fresh or another --out"
     flags = config.to_flags()
     if state["flags"] != flags:
         differ = ", ".join(f"{k} {state['flags'].get(k)}, not {v}" for k, v in flags.items() if state["flags"].get(k) != v)
@@ -85,6 +89,11 @@ def _sha_of(note: str | None) -> str | None:
     return found.group(1) if found else None
 
 
+def _uri_of(note: str | None) -> str | None:
+    """The prior's path or URI in an --init-from provenance note ("URI (sha256 0123abcd...)"), or None."""
+    return re.sub(r" \(sha256 [0-9a-f]+\)$", "", note) if note else None
+
+
 def check_init_from_resumable(last: Path, state: dict, init_from: str, init_note: str | None) -> None:
     """Refuse an --init-from that a resume would ignore: last.pt's weights win, so a user meaning to fine-tune another
     prior into this folder would silently go on training the old run. Rerunning the same command (the prior it started
@@ -97,9 +106,13 @@ def check_init_from_resumable(last: Path, state: dict, init_from: str, init_note
     if before is not None and _sha_of(before) == _sha_of(init_note):
         return
     started = f"started from {before}" if before else "started from random weights"
+    # A run started from a prior has that prior's model: leaving --init-from out would describe another one
+    how = f"give --init-from {_uri_of(before)}" if before else "leave out --init-from"
+    if before and _uri_of(before) == init_from:  # the same name, other weights: the prior there was replaced
+        how = f"put the prior it started from (sha256 {_sha_of(before)}...) back at {init_from}"
     raise SystemExit(f"error: --init-from {init_from}: {last} holds a run to resume that {started}, and resuming it "
                      f"would ignore --init-from; to start over from {init_from}, add --fresh (last.pt is then "
-                     f"overwritten) or use another --out; to resume the run, leave out --init-from")
+                     f"overwritten) or use another --out; to resume the run, {how}")
 
 
 def note_optimiser_changes(last: Path, state: dict, args: argparse.Namespace) -> None:

@@ -139,3 +139,32 @@ def test_a_bad_option_is_one_error_line_with_a_pointer_to_help(
     err = capsys.readouterr().err.splitlines()
     assert stopped.value.code == 2 and len(err) == 2 and ": error: " in err[0], err
     assert err[1].endswith("--help for the options)")
+
+
+def test_a_refused_fine_tune_resume_points_to_the_init_from_it_started_from(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # BUG (fixed here): another --init-from was refused with "to resume the run, leave out --init-from"; but without it
+    # the width options' defaults (and the linear schedule over every timestep) described another model than the prior
+    # the run started from, so that resume was refused too, with --fresh (discarding the run) as the way on.
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_prior.cli(["--max-steps", "1", "--out", str(first), "--max-timestep", "499", *TINY]) == 0
+    assert train_prior.cli(["--max-steps", "1", "--out", str(second), "--max-timestep", "499", "--seed", "2", *TINY]) == 0
+    started = str(first / "prior.pt")
+    out = str(tmp_path / "ft")
+    options = ["--out", out, "--batch", "4", "--threads", "1"]  # the architecture is the --init-from prior's
+    assert train_prior.cli(["--max-steps", "1", "--init-from", started, *options]) == 0
+    capsys.readouterr()
+    assert train_prior.cli(["--max-steps", "2", "--init-from", str(second / "prior.pt"), *options]) == 2
+    err = capsys.readouterr().err
+    assert "leave out --init-from" not in err and f"to resume the run, give --init-from {started}" in err, err
+    assert train_prior.cli(["--max-steps", "2", *options]) == 2  # leaving it out: another model than the run's
+    err = capsys.readouterr().err
+    assert f"to resume it, give --init-from {started}" in err, err
+    assert train_prior.cli(["--max-steps", "2", "--init-from", started, *options]) == 0  # the advice resumes it
+    assert load_checkpoint(out + "/prior.pt").meta["steps"] == 2
+    # The same name holding other weights (the prior there was replaced): the way on is to put the old one back.
+    (first / "prior.pt").write_bytes((second / "prior.pt").read_bytes())
+    capsys.readouterr()
+    assert train_prior.cli(["--max-steps", "3", "--init-from", started, *options]) == 2
+    err = capsys.readouterr().err
+    assert "to resume the run, put the prior it started from (sha256 " in err and f"back at {started}" in err, err
