@@ -84,11 +84,12 @@ class Saves:
         self.saved_step = saved_step
         self.export_error: str | None = None
 
-    def save(self, run: TrainingRun) -> None:
+    def save(self, run: TrainingRun, window: LogWindow | None = None) -> None:
         self.saved_step = run.step
         save_state(self.last, {
             **run.state_dict(), "flags": self.config.to_flags(), **self.learned, "initialised_from": self.init_note,
             "optimiser": {name: getattr(self.args, name) for name in OPTIMISER},
+            **({"log_window": window.state()} if window is not None and window.steps else {}),
         })
         try:
             write_export(self.export, run.ema, self.meta(run))
@@ -145,7 +146,7 @@ def train(run: TrainingRun, pixels: torch.Tensor, recipe: Recipe, args: argparse
     """Train until the budget or --max-steps is spent, a signal asks to stop, or the run diverges (a loss or weights not
     finite: then nothing more is saved); save every --save-every-min minutes and at the end. Whether it diverged."""
     t_start = last_save = time.time()
-    base_elapsed, window = run.elapsed, LogWindow(run.device)
+    base_elapsed, window = run.elapsed, LogWindow(run.device, run.log_window)
     run.model.train()
     diverged = False
     while stop.signum is None and not diverged and within_budget(run, args):
@@ -156,7 +157,7 @@ def train(run: TrainingRun, pixels: torch.Tensor, recipe: Recipe, args: argparse
         if time.time() - last_save > args.save_every_min * 60:
             diverged = diverged or not run.weights_sound()
             if not diverged:
-                saves.save(run)
+                saves.save(run, window)
             last_save = time.time()
     if window.steps:  # the steps since the last line (a run rarely ends on a multiple of --log-every)
         finite = log_line(log, run, window, args)

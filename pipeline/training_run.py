@@ -55,6 +55,8 @@ class TrainingRun:
     elapsed: float = 0.0  # training seconds across resumes
     order: np.ndarray | None = None  # this epoch's shuffled image order
     cursor: int = 0  # how much of `order` has been used
+    # The log window a save left open (see LogWindow.state), restored for the resumed loop's first line to continue
+    log_window: dict | None = None
 
     @classmethod
     def start(cls, model: torch.nn.Module, device: torch.device, lr: float, seed: int) -> TrainingRun:
@@ -148,15 +150,27 @@ class TrainingRun:
             torch.cuda.set_rng_state(saved["cuda"].cpu(), self.device)
         if "order" in state:
             self.order, self.cursor = state["order"].cpu().numpy(), state["cursor"]
+        self.log_window = state.get("log_window")
 
 
 class LogWindow:
     """The steps since the last log line: their summed loss (kept on the device: reading it back every step would stall
-    a GPU's queue), their images, and when the window opened."""
+    a GPU's queue), their images, and when the window opened. A save keeps an open window (`state`) and a resume
+    continues it (`carried`): the losses of the steps between the last line and the save are in the next line, as they
+    are in an uninterrupted run's, rather than in no line after a hard kill."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, carried: dict | None = None) -> None:
         self.device = device
         self.restart()
+        if carried:
+            self.loss_sum = carried["loss_sum"].to(device=device, dtype=self.loss_sum.dtype)
+            self.steps, self.images = int(carried["steps"]), int(carried["images"])
+            self.opened -= float(carried["seconds"])
+
+    def state(self) -> dict:
+        """What a save keeps of the window (the loss read back: a save waits for the device anyway)."""
+        return {"loss_sum": self.loss_sum.detach().cpu(), "steps": self.steps, "images": self.images,
+                "seconds": time.time() - self.opened}
 
     def restart(self) -> None:
         """Open a new window (after its line is written, so writing it is not counted against the next one's rate)."""

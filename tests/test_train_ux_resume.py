@@ -130,3 +130,33 @@ def test_an_ignored_signal_stays_ignored(monkeypatch: pytest.MonkeyPatch, tmp_pa
     finally:
         signal.signal(signal.SIGINT, previous)
     assert logged_steps(tmp_path) == [1, 2, 3]
+
+
+def test_a_hard_kill_after_a_save_between_log_lines_loses_no_step_from_the_next_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # BUG (fixed here): a save between two log lines did not keep the steps since the last line, so after a hard kill
+    # the resumed run's next line averaged only the steps after the save: the losses of the steps between the line and
+    # the save were in no line of the log.
+    import pipeline.training_loop as training_loop
+
+    saved_in_loop: dict[int, bytes] = {}
+    original = training_loop.save_state
+
+    def keeping(path: Path, state: dict) -> None:
+        original(path, state)
+        saved_in_loop.setdefault(state["step"], path.read_bytes())  # a step's first save: the loop's, not the final one
+
+    monkeypatch.setattr(training_loop, "save_state", keeping)
+    command = ["--max-steps", "8", "--save-every-min", "0", *TINY, "--log-every", "4"]
+    assert run_script(monkeypatch, *command, "--out", str(tmp_path / "whole")) == 0
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in whole] == [4, 8]
+    # The same run killed during step 7: last.pt is the save after step 6, the log holds step 4's line.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "last.pt").write_bytes(saved_in_loop[6])
+    (killed / "train_log.jsonl").write_text(json.dumps(whole[0]) + "\n")
+    assert run_script(monkeypatch, *command, "--out", str(killed)) == 0
+    resumed = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in resumed] == [4, 8]
+    assert resumed[1]["loss"] == whole[1]["loss"]  # steps 5 to 8, as the uninterrupted run's line
