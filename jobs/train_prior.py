@@ -19,7 +19,7 @@ train longer rerun with a larger --minutes. Ctrl-C or SIGTERM saves last.pt and 
 status 130 / 143; a second Ctrl-C or SIGTERM quits at once, unsaved); after a hard kill at most --save-every-min
 minutes are lost. A last.pt made with another --data, --schedule, --max-timestep or other model flags is refused;
 --fresh starts over. Optimiser settings (--lr, --batch, --warmup-steps, --ema, --precision, --device) may change on
-resume (a note says so).
+resume (a note says so); another --seed changes nothing (the run continues its saved random streams; a note says so).
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
 (or Purifier.from_checkpoint("OUT/prior.pt")). The repository ships priors of at most 20 MB: fp16 stores two bytes
@@ -136,7 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "or on Ctrl-C)")
     p.add_argument("--log-every", type=int, default=25, help="log every N steps")
     p.add_argument("--seed", type=int, default=0,
-                   help="seeds the initial weights, the image order and the noise; 0 to 4294967295 (2**32 - 1)")
+                   help="seeds a new run's initial weights, image order and noise (a resume continues the run's own); "
+                        "0 to 4294967295 (2**32 - 1)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore OUT/last.pt and start over. Any run that starts over keeps the previous train_log.jsonl "
                         "as train_log.jsonl.old (replacing an older one) and logs to a new train_log.jsonl")
@@ -165,6 +166,10 @@ def resume(run: TrainingRun, last: Path, args: argparse.Namespace, config: UNetC
     check_resumable(last, state, config, learned)
     if args.init_from:
         check_init_from_resumable(last, state, args.init_from, init_note)
+    if state.get("seed", args.seed) != args.seed:  # the run's streams are saved: another --seed would do nothing
+        print(f"note: resuming {last} with --seed {args.seed}; it continues the random streams it saved (it started "
+              f"with --seed {state['seed']})", file=sys.stderr, flush=True)
+        args.seed = state["seed"]  # the seed its saves record
     try:
         run.restore(state, args.seed)
     except UnusableState as err:

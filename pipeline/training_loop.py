@@ -88,7 +88,7 @@ class Saves:
         self.saved_step = run.step
         save_state(self.last, {
             **run.state_dict(), "flags": self.config.to_flags(), **self.learned, "initialised_from": self.init_note,
-            "optimiser": {name: getattr(self.args, name) for name in OPTIMISER},
+            "optimiser": {name: getattr(self.args, name) for name in OPTIMISER}, "seed": self.args.seed,
             **({"log_window": window.state()} if window is not None and window.steps else {}),
         })
         try:

@@ -160,3 +160,18 @@ def test_a_hard_kill_after_a_save_between_log_lines_loses_no_step_from_the_next_
     resumed = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in resumed] == [4, 8]
     assert resumed[1]["loss"] == whole[1]["loss"]  # steps 5 to 8, as the uninterrupted run's line
+
+
+def test_resuming_with_another_seed_says_the_run_keeps_its_own_streams(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    # BUG (fixed here): another --seed on a resume was neither refused nor said: the run continues the random streams
+    # it saved, so the option silently did nothing.
+    command = ["--out", str(tmp_path), *TINY]
+    assert run_script(monkeypatch, "--max-steps", "1", "--seed", "3", *command) == 0
+    capsys.readouterr()
+    assert run_script(monkeypatch, "--max-steps", "2", "--seed", "5", *command) == 0
+    err = capsys.readouterr().err
+    assert "with --seed 5; it continues the random streams it saved (it started with --seed 3)" in err, err
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["seed"] == 3  # the run's own, for the next resume
+    assert run_script(monkeypatch, "--max-steps", "3", "--seed", "3", *command) == 0
+    assert "note:" not in capsys.readouterr().err  # its own seed again: nothing to say
