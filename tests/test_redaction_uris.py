@@ -78,7 +78,7 @@ def test_a_port_before_an_at_sign_in_the_path_is_kept_as_typed(uri: str) -> None
 
 @pytest.mark.parametrize("uri, shown, secrets", [
     # a password with a port after it: only the password goes, the port and the path with its '@' stay
-    ("https://u:pw-long@h:8443/me@x.png", "https://u:***@h:8443/me@x.png", ["pw-long"]),
+    ("https://u:pw-longer@h:8443/me@x.png", "https://u:***@h:8443/me@x.png", ["pw-longer"]),
     ("simplecache::ftp://u:p@ss@h:21/a@b", "simplecache::ftp://u:***@h:21/a@b", ["p@ss"]),
     # what only looks like a port: the whole of what may be a password goes
     ("s3://key:1234/secret@bucket/x.png", "s3://key:***@bucket/x.png", ["1234/secret"]),  # no port in a bucket
@@ -94,3 +94,28 @@ def test_a_port_is_told_from_a_password_holding_a_slash(uri: str, shown: str, se
     for secret in secrets:
         assert secret not in redact_uri(uri)
         assert secret not in redact_uri_secrets(f"cannot open {uri}", uri)
+
+
+@pytest.mark.parametrize("uri", [
+    # a member of an archive whose name holds '@' (or ':'): a name inside the archive, no user or password
+    "zip://me@x.png::s3://bucket/a.zip", "tar://scans/a@2x.png::s3://bucket/a.tar", "ZIP://u:v@w.png::file:///d/a.zip",
+    "zip://me@x.png::simplecache::s3://bucket/a.zip",
+])
+def test_an_archive_member_name_with_an_at_sign_is_kept(uri: str) -> None:
+    assert redact_uri(uri) == uri
+    assert redact_uri_secrets(f"cannot read {uri}", uri) == f"cannot read {uri}"
+
+
+@pytest.mark.parametrize("uri, shown, secrets", [
+    # the archive's own link still has its password hidden, whatever the member's name holds
+    ("zip://me@x.png::s3://key:se/cret-long@bucket/a.zip", "zip://me@x.png::s3://key:***@bucket/a.zip", ["se/cret-long"]),
+    ("tar://a@b.png::ftp://u:pw-longer@h/a.tar", "tar://a@b.png::ftp://u:***@h/a.tar", ["pw-longer"]),
+    # a zip link with no archive after it is no member's name: read as any other link, its password hidden
+    ("zip://user:pw-longer@host/a.png", "zip://user:***@host/a.png", ["pw-longer"]),
+])
+def test_an_archive_links_password_is_hidden_beside_a_member_with_an_at_sign(uri: str, shown: str,
+                                                                              secrets: list[str]) -> None:
+    assert redact_uri(uri) == shown
+    for secret in secrets:
+        assert secret not in redact_uri(uri)
+        assert secret not in redact_uri_secrets(f"failed: {uri} ({secret})", uri)
