@@ -201,6 +201,25 @@ def test_folder_markers_are_not_inputs(s3) -> None:
     assert discover("s3://zip-in/markers/empty", options) == []
 
 
+def test_an_object_named_as_the_input_folder_does_not_hide_the_folders_objects(s3) -> None:
+    """An object 'twin' beside keys 'twin/...' (a folder marker written without its '/'): the input 's3://b/twin/' was
+    read as that one object, an empty-file reject, and the folder's images left out unseen, the run called complete."""
+    from pipeline.sources import discover, input_location, read_unit
+
+    fs, options = s3
+    fs.pipe("zip-in/twin", b"")
+    for name in ("a.png", "sub/b.png"):
+        fs.pipe(f"zip-in/twin/{name}", image_bytes(8, 8, 0))
+    (unit,) = discover("s3://zip-in/twin/", options)  # the folder, as the '/' says
+    assert [r["id"] for r in read_unit(unit, options) if r["kind"] == "image"] == ["a.png", "sub/b.png"]
+    assert input_location("s3://zip-in/twin/", options) == "s3://zip-in/twin"
+    with pytest.raises(ValueError, match="both an object and a folder"):  # which one is meant: neither is left out unsaid
+        discover("s3://zip-in/twin", options)
+    (unit,) = discover("s3://zip-in/twin/a.png", options)  # an object with nothing under it is one file
+    assert unit.paths == ("s3://zip-in/twin/a.png",) and input_location("s3://zip-in/twin/a.png", options) == \
+        "s3://zip-in/twin"
+
+
 def test_an_output_prefix_with_glob_characters_is_written_on_s3(s3, tmp_path) -> None:
     """fsspec's generic mv and rm (which s3fs uses) expand '[...]' as a pattern: every job whose output prefix held
     one (a run named 'run[1]') stopped with 'cannot write to output ...: FileNotFoundError' before any work."""

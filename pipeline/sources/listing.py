@@ -14,7 +14,15 @@ from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.walk import _find_following_links
-from pipeline.storage import describe, is_url_chain, protocols, storage_path, with_protocol, with_retries
+from pipeline.storage import (
+    S3_PROTOCOLS,
+    describe,
+    is_url_chain,
+    protocols,
+    storage_path,
+    with_protocol,
+    with_retries,
+)
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -40,13 +48,43 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
     with its protocol. None when the input is not there (`discover` says so, with its hints)."""
     fs, path = storage_path(uri, storage_options)
     try:
-        info = with_retries(lambda: fs.info(path), f"look up {uri}")
+        one_file = with_retries(lambda: _one_file(fs, path, uri), f"look up {uri}")
     except FileNotFoundError:
         return None
-    folder = posixpath.dirname(path) if info.get("type") == "file" else path
+    folder = posixpath.dirname(path) if one_file else path
     if "file" in protocols(fs):
         return os.path.realpath(folder)
     return with_protocol(fs, folder.rstrip("/"))
+
+
+def _one_file(fs: Any, root: str, uri: str) -> bool:
+    """Whether input `uri` (`root` on `fs`) is one file (FileNotFoundError: it is not there). S3 may hold an object
+    under a folder's own name beside keys under that folder ('s3://b/data' and 's3://b/data/x.png': a folder marker
+    some tools write without the '/', a file copied to the wrong key), and fsspec drops a trailing '/' from either: the
+    one object alone was read, the folder's files left out unseen and the run called complete. There, `uri` ending in
+    '/' is the folder, and without it the input is refused as ambiguous (ValueError). Asked of the store itself, not
+    of s3fs's listing cache, which takes a path it has listed under for a folder."""
+    s3 = not S3_PROTOCOLS.isdisjoint(protocols(fs))  # a disk's or a server's file is never a folder too
+    if s3:
+        fs.invalidate_cache(root)
+    if fs.info(root).get("type") != "file":
+        return False
+    if not s3 or not _s3_keys_under(fs, root):
+        return True
+    if uri.endswith("/"):
+        return False
+    raise ValueError(f"input {uri} is both an object and a folder holding objects on the store, so reading either would "
+                     f"leave the other out: give {uri}/ to read the folder (the object of that name is then not read), "
+                     "or move the object away")
+
+
+def _s3_keys_under(fs: Any, root: str) -> bool:
+    """Whether S3 holds a key under `root` + '/' other than that folder's marker: one request of at most two keys (an
+    ls of an object lists its parent folder when nothing is under it: thousands of requests in a large folder)."""
+    bucket, key, _ = fs.split_path(root)
+    prefix = key.rstrip("/") + "/"
+    answer = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=2)
+    return any(item["Key"] != prefix or item.get("Size") for item in answer.get("Contents", []))
 
 
 class InputNotFound(FileNotFoundError):
@@ -73,7 +111,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     except FileNotFoundError:
         glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
         raise InputNotFound(f"input {uri} does not exist{glob}") from None
-    if not _web_index(fs, root) and fs.isfile(root):
+    if not _web_index(fs, root) and _one_file(fs, root, uri):
         listed, root_dir = {root: fs.info(root)}, posixpath.dirname(root)
     else:
         # detail=True: the sizes come with the same listing requests, for the dry run's report. A zero-byte key
