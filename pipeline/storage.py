@@ -392,12 +392,21 @@ def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.Abst
     return fs, fs._strip_protocol(uri)
 
 
+# fsspec's file systems of an archive's members, whose URL names a member and then, after '::', the archive
+# ('zip://a.png::s3://bucket/a.zip'); alone they read nothing
+ARCHIVE_PROTOCOLS = frozenset({"zip", "tar", "libarchive"})
+
+
 def is_url_chain(uri: str) -> bool:
-    """An fsspec URL chain ('simplecache::s3://...'): its listed paths cannot be read back without the chain."""
+    """An fsspec URL chain ('simplecache::s3://...', or a member of an archive: 'zip://a.png::s3://bucket/a.zip'): its
+    listed paths cannot be read back without the chain."""
     from fsspec.registry import known_implementations
 
     first = re.match(r"^([A-Za-z][\w+.-]*)::", uri)
-    return first is not None and first.group(1) in known_implementations
+    if first is not None and first.group(1) in known_implementations:
+        return True
+    member = re.match(r"^([A-Za-z][\w+.-]*)://", uri)
+    return member is not None and member.group(1).lower() in ARCHIVE_PROTOCOLS and "::" in uri
 
 
 def protocols(fs: object) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.sources import ReadUnit, discover, read_unit
 from pipeline.sources.listing import _refuse_colliding_ids
-from tests.jobutil import image_bytes, tar_bytes
+from tests.jobutil import image_bytes, tar_bytes, zip_bytes
 
 
 def _read(folder, **kw) -> dict[str, dict]:
@@ -36,6 +36,11 @@ def test_url_chains_and_wildcards_are_refused_by_name(tmp_path) -> None:
     # a chain listed, then read every file as 'simplecache://...' (no target): each one a reject, the run 'complete'
     with pytest.raises(ValueError, match="URL chain, which is not supported"):
         discover(f"simplecache::file://{tmp_path}")
+    # a member of an archive, chained to it: was "Is a directory" naming the working directory
+    (tmp_path / "a.zip").write_bytes(zip_bytes({"x.png": image_bytes(8, 8, 0)}))
+    for chain in (f"zip://x.png::file://{tmp_path}/a.zip", f"zip://x.png::{tmp_path}/a.zip", "tar://k::s3://b/a.tar"):
+        with pytest.raises(ValueError, match="URL chain, which is not supported"):
+            discover(chain)
     with pytest.raises(FileNotFoundError, match="wildcards are not expanded"):
         discover(f"{tmp_path}/*.png")
 
