@@ -47,6 +47,21 @@ def test_a_folder_url_lists_the_files_its_index_page_links(web) -> None:
     assert sorted((u.kind, u.paths) for u in units) == [("files", (url + "a.png",)), ("tar", (url + "s.tar",))]
 
 
+def test_a_web_folder_given_without_its_slash_is_refused_naming_the_address_to_give(web) -> None:
+    """The server redirects 'sub' to 'sub/' and sends the index page: it was read as one image, a reject ('not a
+    recognised image format'), and the folder's files were left out of a run that ended complete."""
+    from pipeline.sources import input_location
+
+    folder, url = web
+    (folder / "sub").mkdir()
+    (folder / "sub" / "a.png").write_bytes(image_bytes(8, 8, 0))
+    for ask in (discover, input_location):
+        with pytest.raises(ValueError, match=re.escape("give it with the trailing '/'")):
+            ask(url + "sub", {})
+    assert [u.paths for u in discover(url + "sub/", {})] == [(url + "sub/a.png",)]
+    assert [u.paths for u in discover(url + "sub/a.png", {})] == [(url + "sub/a.png",)]
+
+
 def test_the_job_purifies_a_web_folder_and_names_each_source(web, tmp_path: Path) -> None:
     folder, url = web
     (folder / "s.tar").write_bytes(_shard(2))

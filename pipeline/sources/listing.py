@@ -16,6 +16,7 @@ from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.walk import _find_following_links
 from pipeline.storage import (
     S3_PROTOCOLS,
+    WEB_PROTOCOLS,
     describe,
     is_url_chain,
     protocols,
@@ -63,12 +64,19 @@ def _one_file(fs: Any, root: str, uri: str) -> bool:
     some tools write without the '/', a file copied to the wrong key), and fsspec drops a trailing '/' from either: the
     one object alone was read, the folder's files left out unseen and the run called complete. There, `uri` ending in
     '/' is the folder, and without it the input is refused as ambiguous (ValueError). Asked of the store itself, not
-    of s3fs's listing cache, which takes a path it has listed under for a folder."""
+    of s3fs's listing cache, which takes a path it has listed under for a folder. A web address that the server
+    redirects to itself with a '/' is a folder given without it: refused, naming the address to give."""
     s3 = not S3_PROTOCOLS.isdisjoint(protocols(fs))  # a disk's or a server's file is never a folder too
     if s3:
         fs.invalidate_cache(root)
-    if fs.info(root).get("type") != "file":
+    info = fs.info(root)
+    if info.get("type") != "file":
         return False
+    if isinstance(info.get("url"), str) and info["url"] == f"{root}/" and not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
+        # a web folder given without its '/': the server sends its index page, which was read as one image (a
+        # reject, 'not a recognised image format'), its files left out unseen
+        raise ValueError(f"input {uri} is a web folder (the server redirects it to {info['url']}): give it with the "
+                         "trailing '/' to read the files its index page links")
     if not s3 or not _s3_keys_under(fs, root):
         return True
     if uri.endswith("/"):
