@@ -220,6 +220,23 @@ def test_an_object_named_as_the_input_folder_does_not_hide_the_folders_objects(s
         "s3://zip-in/twin"
 
 
+def test_an_object_that_may_be_read_but_not_listed_beside_is_one_file(s3, monkeypatch) -> None:
+    """A key readable without ListBucket (a policy granting GetObject on it alone): the look for keys under its name is
+    refused, and the object is read as the one file it was before that look."""
+    import s3fs
+
+    from pipeline.sources import discover
+
+    fs, options = s3
+    fs.pipe("zip-in/granted/a.png", image_bytes(8, 8, 0))
+
+    def refused(self, method, *args, **kwargs):
+        raise PermissionError(f"{method}: Access Denied")
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", refused)
+    assert [u.paths for u in discover("s3://zip-in/granted/a.png", options)] == [("s3://zip-in/granted/a.png",)]
+
+
 def test_an_output_prefix_with_glob_characters_is_written_on_s3(s3, tmp_path) -> None:
     """fsspec's generic mv and rm (which s3fs uses) expand '[...]' as a pattern: every job whose output prefix held
     one (a run named 'run[1]') stopped with 'cannot write to output ...: FileNotFoundError' before any work."""

@@ -91,7 +91,10 @@ def _s3_keys_under(fs: Any, root: str) -> bool:
     ls of an object lists its parent folder when nothing is under it: thousands of requests in a large folder)."""
     bucket, key, _ = fs.split_path(root)
     prefix = key.rstrip("/") + "/"
-    answer = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=2)
+    try:
+        answer = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=2)
+    except PermissionError:  # a key that may be read but not listed beside (GetObject without ListBucket): none seen
+        return False
     return any(item["Key"] != prefix or item.get("Size") for item in answer.get("Contents", []))
 
 
