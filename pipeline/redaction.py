@@ -31,8 +31,8 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
 
 # Schemes whose authority may end in a port (host:port). Object stores' (s3://, gs://, az://, ...) names a bucket or
 # container, never a port: there a ':' in it begins a password, whatever follows.
-# Schemes of an archive's member ('zip://me@x.png::s3://bucket/a.zip'): where another link follows (the archive), what
-# comes after 'zip://' is a name inside the archive, never a user or password, whatever it holds ('@', ':').
+# Schemes of an archive's member ('zip://me@x.png::s3://bucket/a.zip'): where the archive follows ('::' and its link or
+# path), what comes after 'zip://' is a name inside the archive, never a user or password, whatever it holds ('@', ':').
 _MEMBER_SCHEMES = frozenset({"zip", "tar", "libarchive"})
 _PORT_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp", "ssh", "hdfs", "webhdfs", "swebhdfs", "viewfs",
                            "smb", "dav", "davs", "webdav", "ws", "wss"})
@@ -91,8 +91,9 @@ def _links(uri: str) -> list[_Link | str]:
     a password of 1 to 5 digits (at most 65535), an unescaped '/' and more, for a host with no port
     ('ftp://alice:1234/x@h/p'): a URL no client logs in with (it connects to the host 'alice').
 
-    A zip, tar or libarchive link followed by another (the archive: 'zip://me@x.png::s3://bucket/a.zip') names a member
-    of that archive: it has no user part, whatever '@' or ':' its name holds (the archive's link keeps its own)."""
+    A zip, tar or libarchive link followed by another (the archive: 'zip://me@x.png::s3://bucket/a.zip', or a path:
+    'zip://me@x.png::/data/a.zip') names a member of that archive: it has no user part, whatever '@' or ':' its name
+    holds (the archive's link keeps its own)."""
     found: list[_Link | str] = []
     pieces = _LINK.split(uri)
     for i, piece in enumerate(pieces):
@@ -101,7 +102,7 @@ def _links(uri: str) -> list[_Link | str]:
             found.append(piece)
             continue
         head, body = match.groups()
-        if head[:-3].lower() in _MEMBER_SCHEMES and i + 1 < len(pieces):  # a member's name: the archive follows
+        if head[:-3].lower() in _MEMBER_SCHEMES and (i + 1 < len(pieces) or body.partition("::")[2]):  # archive next
             found.append(_Link(head, "", body))
             continue
         first = re.split(r"[/?#]", body, maxsplit=1)[0]

@@ -99,7 +99,7 @@ def test_a_port_is_told_from_a_password_holding_a_slash(uri: str, shown: str, se
 @pytest.mark.parametrize("uri", [
     # a member of an archive whose name holds '@' (or ':'): a name inside the archive, no user or password
     "zip://me@x.png::s3://bucket/a.zip", "tar://scans/a@2x.png::s3://bucket/a.tar", "ZIP://u:v@w.png::file:///d/a.zip",
-    "zip://me@x.png::simplecache::s3://bucket/a.zip",
+    "zip://me@x.png::simplecache::s3://bucket/a.zip", "zip://me@x.png::/data/a.zip",
 ])
 def test_an_archive_member_name_with_an_at_sign_is_kept(uri: str) -> None:
     assert redact_uri(uri) == uri
@@ -112,6 +112,7 @@ def test_an_archive_member_name_with_an_at_sign_is_kept(uri: str) -> None:
     ("tar://a@b.png::ftp://u:pw-longer@h/a.tar", "tar://a@b.png::ftp://u:***@h/a.tar", ["pw-longer"]),
     # a zip link with no archive after it is no member's name: read as any other link, its password hidden
     ("zip://user:pw-longer@host/a.png", "zip://user:***@host/a.png", ["pw-longer"]),
+    ("zip://user:pw-longer@host/a.png::", "zip://user:***@host/a.png::", ["pw-longer"]),
 ])
 def test_an_archive_links_password_is_hidden_beside_a_member_with_an_at_sign(uri: str, shown: str,
                                                                               secrets: list[str]) -> None:
