@@ -16,7 +16,7 @@ from pipeline.errors import JobError
 from pipeline.job import run_job
 from pipeline.sources import discover, read_unit
 from pipeline.storage import storage_path, with_protocol
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file
+from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file, zip_bytes
 
 
 def _shard(n: int) -> bytes:
@@ -60,6 +60,30 @@ def test_a_web_folder_given_without_its_slash_is_refused_naming_the_address_to_g
             ask(url + "sub", {})
     assert [u.paths for u in discover(url + "sub/", {})] == [(url + "sub/a.png",)]
     assert [u.paths for u in discover(url + "sub/a.png", {})] == [(url + "sub/a.png",)]
+
+
+def test_containers_from_a_server_that_sends_no_length_are_read(tmp_path: Path) -> None:
+    """A server that sends no Content-Length (a dynamic one, or one compressing on the fly): storage gives no size, and
+    each tar, zip and Parquet file was one '#unreadable' reject, "TypeError: '<=' not supported between ... 'NoneType'
+    and 'int'", its images unread."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.webutil import QuietHandler, serving
+
+    class NoLength(QuietHandler):
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() != "content-length":
+                super().send_header(keyword, value)
+
+    (tmp_path / "s.tar").write_bytes(_shard(2))
+    (tmp_path / "z.zip").write_bytes(zip_bytes({"k.png": image_bytes(8, 8, 3)}))
+    pq.write_table(pa.table({"image": [image_bytes(8, 8, 4)]}), tmp_path / "t.parquet")
+    with serving(tmp_path, NoLength) as url:
+        records = [r for unit in discover(url, {}) for r in read_unit(unit, {}) if r["kind"] != "count"]
+    assert sorted((r["kind"], r["id"]) for r in records) == [
+        ("image", "s.tar/0000"), ("image", "s.tar/0001"), ("image", "t.parquet#0"), ("image", "z.zip/k.png")]
+    assert next(r for r in records if r["id"] == "z.zip/k.png")["data"] == image_bytes(8, 8, 3)
 
 
 def test_the_job_purifies_a_web_folder_and_names_each_source(web, tmp_path: Path) -> None:

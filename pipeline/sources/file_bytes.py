@@ -104,10 +104,12 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
     size from the input's listing, which spares asking storage for it (a HEAD per shard on an object store)."""
     fs, fs_path = storage_path(path, fs_opts)
     size = listed_size if listed_size is not None else with_retries(lambda: fs.size(fs_path), f"stat {path}")
-    if size <= in_memory_bytes:
+    # None: storage gives no size (a web server that sends no Content-Length): fetched while it fits, else streamed
+    if size is None or size <= in_memory_bytes:
         try:
-            # Listed: at most in_memory_bytes + 1 bytes, so a file grown past the limit since is streamed instead.
-            raw = read_bytes(path, fs_opts, in_memory_bytes if listed_size is not None else None, listed_size)
+            # Listed (or no size): at most in_memory_bytes + 1 bytes, so a file larger than that is streamed instead.
+            bounded = listed_size is not None or size is None
+            raw = read_bytes(path, fs_opts, in_memory_bytes if bounded else None, listed_size)
             return lambda: io.BytesIO(raw)
         except ImageTooLarge:
             pass
