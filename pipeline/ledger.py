@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.sources import LOOKALIKE, ReadUnit, ids_digest, relative_id
+from pipeline.sources.ids import without_signed_query
 from pipeline.storage import describe, storage_path, with_retries
 
 LEDGER_DIR = "_containers"
@@ -120,6 +121,9 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
 
     uri = ledger_path(output)
     fs, path = storage_path(uri, storage_options)
+    # a presigned web address ('s.tar?X-Amz-Signature=...') is not written down: its query is a credential (and
+    # changes with each signing); such a container is read again by a later run, its done ids skipped
+    entries = {p: entry for p, entry in entries.items() if without_signed_query(p) == p}
     beside = ("lookalikes_checked", "leftover")
     rows = [{k: v for k, v in asdict(entries[p]).items() if k not in beside} for p in sorted(entries)]
     checked = [p for p in sorted(entries) if entries[p].lookalikes_checked]

@@ -97,11 +97,47 @@ def unescaped(text: str) -> str:
     return _ESCAPE.sub(one, text)
 
 
+# A web address's query parameter that carries a credential: a presigned S3 or GCS URL's signature, credential and
+# security token (X-Amz-Signature, X-Goog-Credential, X-Amz-Security-Token), an Azure SAS's sig, CloudFront's Signature,
+# an API key or an access token.
+_CREDENTIAL_PARAM = re.compile(r"sig|.*signature|.*token|.*credential|.*password|.*secret|(?:api_?)?key", re.IGNORECASE)
+
+
+def _credential_params(query: str) -> bool:
+    return any(_CREDENTIAL_PARAM.fullmatch(unquote(item.partition("=")[0]).strip())
+               for item in query.split("&") if "=" in item)
+
+
+def without_signed_query(url: str) -> str:
+    """A web address without its query when the query holds a credential ('s.tar?X-Amz-Signature=...': a presigned
+    URL, a SAS): such a query is access to the file, not its name, and changes each time the URL is signed again. Any
+    other address (and any other query: 'get?id=3') as it is."""
+    base, sep, query = url.partition("?")
+    return base if sep and _is_web(url) and _credential_params(query.partition("#")[0]) else url
+
+
+def shown_source(source: str) -> str:
+    """A record's `source` as the output keeps it: in a web address, the value of each query parameter that carries a
+    credential written '***' (a presigned shard's 's.tar?X-Amz-Signature=...:0001' would put the signature in every
+    row made from it)."""
+    if "?" not in source or not _is_web(source):
+        return source
+
+    def hidden(match: re.Match[str]) -> str:
+        key = match[2]
+        return f"{match[1]}{key}=***" if _CREDENTIAL_PARAM.fullmatch(unquote(key).strip()) else match[0]
+
+    base, sep, rest = source.partition("?")
+    return base + sep + re.sub(r"(^|&)([^=&#:]*)=([^&#:]*)", hidden, rest)
+
+
 def web_name(url: str) -> str:
     """A web address's path as the names it stands for: percent escapes decoded ('road%20signs/caf%C3%A9.png' is
     'road signs/café.png'; an escaped byte that is not UTF-8 stays that byte, which `text_name` writes as \\xNN, as
-    for a local name). Index pages link every name so escaped (python's http.server, nginx and Apache write a space,
-    '=' and non-ASCII so), and the same files on a disk or an object store have the plain names."""
+    for a local name), a query that holds a credential left out (`without_signed_query`). Index pages link every name
+    so escaped (python's http.server, nginx and Apache write a space, '=' and non-ASCII so), and the same files on a
+    disk or an object store have the plain names."""
+    url = without_signed_query(url)
     return unquote(url, errors="surrogateescape") if "%" in url else url
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
-from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
+from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.walk import _find_following_links
 from pipeline.storage import (
@@ -30,16 +30,17 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 ZIP_SUFFIXES = (".zip",)
 
 
+# by its name: a presigned web address's query is not part of it ('s.tar?X-Amz-Signature=...' is a tar shard)
 def _is_tar(path: str) -> bool:
-    return path.lower().endswith(TAR_SUFFIXES)
+    return without_signed_query(path).lower().endswith(TAR_SUFFIXES)
 
 
 def _is_parquet(path: str) -> bool:
-    return path.lower().endswith(PARQUET_SUFFIXES)
+    return without_signed_query(path).lower().endswith(PARQUET_SUFFIXES)
 
 
 def _is_zip(path: str) -> bool:
-    return path.lower().endswith(ZIP_SUFFIXES)
+    return without_signed_query(path).lower().endswith(ZIP_SUFFIXES)
 
 
 def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:

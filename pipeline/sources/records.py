@@ -17,7 +17,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.sources.ids import text_name
+from pipeline.sources.ids import shown_source, text_name
 
 # The data table's own columns (pipeline.stages._data_table writes them; original_path is the path field of a Parquet
 # input's struct<bytes, path> image). An input's column of one of these names is renamed (`passthrough_name`).
@@ -42,12 +42,12 @@ def sha256(data: bytes) -> str:
 
 
 def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "image", "id": text_name(id_), "source": text_name(source), "source_sha256": sha256(data),
+    return {"kind": "image", "id": text_name(id_), "source": text_name(shown_source(source)), "source_sha256": sha256(data),
             "data": data, "meta": meta}
 
 
 def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:
     # rejected_at: of two reject rows of one id (a --retry-rejects run killed before its end-of-run check), the end of
     # a later run keeps the newer, today's reason; the order of the file names says nothing about which is newer
-    return {"kind": "reject", "id": text_name(id_), "source": text_name(source), "source_sha256": source_sha256,
+    return {"kind": "reject", "id": text_name(id_), "source": text_name(shown_source(source)), "source_sha256": source_sha256,
             "error": text_name(error), "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}
