@@ -17,9 +17,10 @@ Resume: run the same command again. It continues from OUT/last.pt (the same weig
 and --minutes is the total training time across resumes (startup and loading the data are not counted), so to
 train longer rerun with a larger --minutes. Ctrl-C or SIGTERM saves last.pt and the prior before it exits (exit
 status 130 / 143; a second Ctrl-C or SIGTERM quits at once, unsaved); after a hard kill at most --save-every-min
-minutes are lost. A last.pt made with another --data, --schedule, --max-timestep or other model flags is refused;
---fresh starts over. Optimiser settings (--lr, --batch, --warmup-steps, --ema, --precision, --device) may change on
-resume (a note says so); another --seed changes nothing (the run continues its saved random streams; a note says so).
+minutes are lost. A last.pt made with another --data, --schedule, --max-timestep (999 and none are the same: every
+timestep) or other model flags is refused; --fresh starts over. Optimiser settings (--lr, --batch, --warmup-steps,
+--ema, --precision, --device) may change on resume (a note says so); another --seed changes nothing (the run continues
+its saved random streams; a note says so).
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
 (or Purifier.from_checkpoint("OUT/prior.pt")). The repository ships priors of at most 20 MB: fp16 stores two bytes

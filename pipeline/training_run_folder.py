@@ -73,6 +73,8 @@ def check_resumable(last: Path, state: dict, config: UNetConfig, learned: dict) 
         raise SystemExit(f"error: {last} was trained with other model flags ({differ}){again}")
     for name in LEARNED:
         before = state.get(name, LEGACY[name])
+        if name == "max_timestep" and _all_timesteps(before, state) and _all_timesteps(learned[name], learned):
+            continue  # no --max-timestep and --max-timestep 999 (with 1000 timesteps) both train on every timestep
         if name == "schedule" and before is None:
             print(f"warning: {last} predates recording its noise schedule; assuming it is --schedule {learned[name]}",
                   file=sys.stderr, flush=True)
@@ -81,6 +83,11 @@ def check_resumable(last: Path, state: dict, config: UNetConfig, learned: dict) 
                 raise SystemExit(f"error: {last} was trained on {before}, not {learned[name]}{again}")
             flag = {"schedule": "--schedule", "max_timestep": "--max-timestep"}.get(name, name)
             raise SystemExit(f"error: {last} was trained with {flag} {before}, not {learned[name]}{again}")
+
+
+def _all_timesteps(max_timestep: int | None, settings: dict) -> bool:
+    """Whether a recorded --max-timestep means every timestep of the `timesteps` the same settings record."""
+    return max_timestep is None or max_timestep == settings.get("timesteps", LEGACY["timesteps"]) - 1
 
 
 def _sha_of(note: str | None) -> str | None:

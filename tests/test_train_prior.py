@@ -272,3 +272,17 @@ def test_a_fresh_start_starts_a_fresh_log_and_keeps_the_old_one(train_prior, tmp
     with pytest.raises(SystemExit):
         module.main(["--help"])
     assert "as train_log.jsonl.old" in " ".join(capsys.readouterr().out.split())  # --help says where the old log goes
+
+
+def test_resume_takes_max_timestep_999_and_no_max_timestep_as_the_same(train_prior, tmp_path: Path) -> None:
+    # BUG (fixed here): a run started with --max-timestep 999 could not be resumed without it (or the reverse), though
+    # both train on every timestep 0..999; another T is still refused.
+    module, _ = train_prior
+    for first, then in ((["--max-timestep", "999"], []), ([], ["--max-timestep", "999"])):
+        out = str(tmp_path / ("given-first" if first else "given-then"))
+        assert module.main(["--max-steps", "1", "--out", out, *first, *TINY]) == 0
+        assert module.main(["--max-steps", "2", "--out", out, *then, *TINY]) == 0
+        steps = [json.loads(line)["step"] for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+        assert steps == [1, 2]  # resumed, not refused or started over
+        with pytest.raises(SystemExit, match="--max-timestep"):
+            module.main(["--max-steps", "3", "--out", out, "--max-timestep", "998", *TINY])
