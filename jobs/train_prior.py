@@ -38,9 +38,10 @@ run that started from random weights) is refused, since the resume would ignore 
 or use another --out.
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
-keep the last good save) or the prior could not be written to --export (last.pt is saved: rerun to write it); 2 could
-not start (a bad option, missing data or images that are not 32x32 RGB, a refused --init-from or last.pt, an --out in
-use by another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
+keep the last good save, if any; the message says what a rerun continues) or the prior could not be written to
+--export (last.pt is saved: rerun to write it); 2 could not start (a bad option, missing data or images that are not
+32x32 RGB, a refused --init-from or last.pt, an --out in use by another run); 130 / 143 interrupted by Ctrl-C /
+SIGTERM, after saving.
 """
 
 from __future__ import annotations

@@ -172,9 +172,17 @@ def farewell(run: TrainingRun, saves: Saves, diverged: bool, signum: int | None,
     """The run's last words and its exit status."""
     last, export, step = saves.last, saves.export, run.step
     if diverged:
-        kept = "nothing was saved" if saves.saved_step is None else f"{last} and {export} keep step {saves.saved_step}"
-        print(f"error: training diverged by step {step} (a loss or weights not finite, or past fp16's range); {kept}. "
-              f"Rerun with a lower --lr to continue from the last save, or --fresh", file=sys.stderr, flush=True)
+        if saves.saved_step is None:
+            # This run saved nothing: there is no save of it to continue. A --fresh run may have left an earlier run's
+            # last.pt in place, which rerunning without --fresh would resume instead of starting over.
+            kept = "nothing was saved"
+            how = "rerun with --fresh and a lower --lr to start over" if fresh else "rerun with a lower --lr to start over"
+        else:
+            kept = f"{last} and {export} keep step {saves.saved_step}"
+            how = (f"rerun with a lower --lr{' and without --fresh' if fresh else ''} to continue from that save, or with "
+                   f"--fresh to start over")
+        print(f"error: training diverged by step {step} (a loss or weights not finite, or past fp16's range); {kept}; "
+              f"{how}", file=sys.stderr, flush=True)
         return 1
     # the same command with --fresh would start over from scratch, discarding the state just saved
     again = "rerun the same command without --fresh" if fresh else "rerun the same command"

@@ -286,3 +286,23 @@ def test_resume_takes_max_timestep_999_and_no_max_timestep_as_the_same(train_pri
         assert steps == [1, 2]  # resumed, not refused or started over
         with pytest.raises(SystemExit, match="--max-timestep"):
             module.main(["--max-steps", "3", "--out", out, "--max-timestep", "998", *TINY])
+
+
+def test_the_divergence_message_says_what_a_rerun_continues(train_prior, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    # BUG (fixed here): a run that diverged before its first save said "Rerun ... to continue from the last save",
+    # though it had none; after --fresh, rerunning without it would resume the earlier run's last.pt instead.
+    module, _ = train_prior
+    out = ["--out", str(tmp_path), *TINY]
+    assert module.main(["--max-steps", "2", *out]) == 0  # an earlier run's last.pt at step 2
+    real_randn_like = torch.randn_like
+    with monkeypatch.context() as nan:
+        nan.setattr(torch, "randn_like", lambda x: real_randn_like(x) * float("nan"))
+        capsys.readouterr()
+        assert module.main(["--fresh", "--max-steps", "5", *out]) == 1  # diverges at step 1, before any save
+        err = capsys.readouterr().err
+        assert "nothing was saved" in err and "continue" not in err and "--fresh and a lower --lr to start over" in err
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 2  # the earlier run's state, untouched
+        assert module.main(["--max-steps", "5", *out]) == 1  # resumes step 2, diverges at step 3: that save is kept
+        err = capsys.readouterr().err
+        assert "keep step 2" in err and "to continue from that save" in err and "without --fresh" not in err
