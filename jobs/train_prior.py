@@ -142,7 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "0 to 4294967295 (2**32 - 1)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore OUT/last.pt and start over. Any run that starts over keeps the previous train_log.jsonl "
-                        "as train_log.jsonl.old (replacing an older one) and logs to a new train_log.jsonl")
+                        "as train_log.jsonl.old (an older one there moves to the first free train_log.jsonl.old.N) and logs "
+                        "to a new train_log.jsonl")
     args = p.parse_args(argv)
     check_args(p, args)
     return args

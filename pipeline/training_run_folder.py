@@ -177,9 +177,19 @@ def open_log(log_path: Path, resumed_at: int | None) -> Iterator[TextIO]:
     if resumed_at is not None:
         trim_log(log_path, resumed_at)
     elif log_path.exists():
-        # A run that starts over starts a new log; the old run's is kept (once) rather than mixed into it or lost.
-        os.replace(log_path, log_path.with_name(LOG + ".old"))
-        print(f"starting over: the previous {log_path} is now {LOG}.old", flush=True)
+        # A run that starts over starts a new log; the old run's is kept rather than mixed into it or lost. LOG.old is
+        # the previous log; one already there moves to the first free LOG.old.N: a --fresh run killed before its first
+        # save, then started over again, would otherwise replace the original run's log with its own few lines.
+        old = log_path.with_name(LOG + ".old")
+        earlier = ""
+        if old.exists():
+            n = 1
+            while log_path.with_name(f"{LOG}.old.{n}").exists():
+                n += 1
+            os.replace(old, log_path.with_name(f"{LOG}.old.{n}"))
+            earlier = f" (the one before it is {LOG}.old.{n})"
+        os.replace(log_path, old)
+        print(f"starting over: the previous {log_path} is now {LOG}.old{earlier}", flush=True)
     with open(log_path, "a") as log:
         yield log
 

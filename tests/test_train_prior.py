@@ -306,3 +306,37 @@ def test_the_divergence_message_says_what_a_rerun_continues(train_prior, tmp_pat
         assert module.main(["--max-steps", "5", *out]) == 1  # resumes step 2, diverges at step 3: that save is kept
         err = capsys.readouterr().err
         assert "keep step 2" in err and "to continue from that save" in err and "without --fresh" not in err
+
+
+def test_starting_over_twice_keeps_every_earlier_log(train_prior, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # BUG (fixed here): a --fresh run killed before its first save, then rerun with --fresh, moved its own few lines
+    # onto train_log.jsonl.old, replacing the original run's log there.
+    module, _ = train_prior
+
+    def steps(name: str) -> list[int]:
+        return [json.loads(line)["step"] for line in (tmp_path / name).read_text().splitlines()]
+
+    out = ["--out", str(tmp_path), *TINY]
+    assert module.main(["--max-steps", "3", *out]) == 0  # the original run: steps 1..3
+
+    class HardKill(BaseException):
+        """Ends the run mid-training the way SIGKILL would: no save, no farewell."""
+
+    calls = [0]
+
+    def killed_in_step_two(self: torch.optim.Adam, *args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise HardKill
+
+    with monkeypatch.context() as kill:
+        kill.setattr(torch.optim.Adam, "step", killed_in_step_two)
+        with pytest.raises(HardKill):
+            module.main(["--fresh", "--max-steps", "5", "--save-every-min", "60", *out])  # logs step 1, saves nothing
+    assert steps("train_log.jsonl") == [1] and steps("train_log.jsonl.old") == [1, 2, 3]
+    assert module.main(["--fresh", "--max-steps", "2", *out]) == 0
+    assert steps("train_log.jsonl") == [1, 2] and steps("train_log.jsonl.old") == [1]
+    assert steps("train_log.jsonl.old.1") == [1, 2, 3]  # the original run's log is still there
+    assert module.main(["--fresh", "--max-steps", "1", *out]) == 0
+    assert steps("train_log.jsonl.old") == [1, 2] and steps("train_log.jsonl.old.2") == [1]
+    assert steps("train_log.jsonl.old.1") == [1, 2, 3]
