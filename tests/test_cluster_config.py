@@ -278,3 +278,20 @@ def test_cronjob_submitter_deletes_old_finished_rayjobs(tmp_path: Path) -> None:
     assert skipped.value.code == 0 and [m for m, _ in calls] == ["GET"] and len(created) == 1
     role = {d["kind"]: d for d in yaml.safe_load_all(CRONJOB_YAML.read_text()) if d}["Role"]
     assert {"create", "get", "list", "delete"} <= set(role["rules"][0]["verbs"])
+
+
+def test_readme_installs_boto3_before_ray_up() -> None:
+    """`ray up` with the AWS provider imports boto3 on the user's machine, and nothing `pip install -e .` brings installs
+    it (s3fs brings botocore only): following the README stopped at `ray up` with Ray's "install boto3" error."""
+    import inspect
+
+    from ray.autoscaler._private import providers
+
+    assert "import boto3" in inspect.getsource(providers._import_aws)  # the client side of `ray up` needs it
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    if any(d.split("[")[0].split("=")[0].split(">")[0].strip() == "boto3" for d in deps):
+        return  # the project's own install brings it
+    commands = [" ".join(c) for c in _readme_commands("Running on a cluster", "")]
+    install = [i for i, c in enumerate(commands) if c.startswith("pip install") and "boto3" in c.split()]
+    up = [i for i, c in enumerate(commands) if c.startswith("ray up")]
+    assert install and up and install[0] < up[0], commands
