@@ -295,3 +295,17 @@ def test_readme_installs_boto3_before_ray_up() -> None:
     install = [i for i, c in enumerate(commands) if c.startswith("pip install") and "boto3" in c.split()]
     up = [i for i, c in enumerate(commands) if c.startswith("ray up")]
     assert install and up and install[0] < up[0], commands
+
+
+def test_gpu_nodes_are_asked_for_a_driver_that_runs_the_pinned_torch() -> None:
+    """The pinned torch wheels are built for one CUDA major, which needs a minimum NVIDIA driver on the GPU hosts;
+    cluster.yaml pins an AMI for it, and the KubeRay manifest must say it too (a K8s GPU node pool picks its own driver)."""
+    import torch
+
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch is installed here: the pinned wheels' CUDA version is not known")
+    min_driver = {12: 525, 13: 580}[int(torch.version.cuda.split(".")[0])]  # NVIDIA's minimum per CUDA major
+    for path in (CLUSTER_YAML, RAYJOB_YAML):
+        text = " ".join(path.read_text().replace("#", " ").split())
+        assert f"driver >= {min_driver}" in text, path.name
+        assert f"CUDA {torch.version.cuda}" in text, path.name
