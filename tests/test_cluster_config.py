@@ -309,3 +309,22 @@ def test_gpu_nodes_are_asked_for_a_driver_that_runs_the_pinned_torch() -> None:
         text = " ".join(path.read_text().replace("#", " ").split())
         assert f"driver >= {min_driver}" in text, path.name
         assert f"CUDA {torch.version.cuda}" in text, path.name
+
+
+# The KubeRay version that added each RayJob spec field the manifests rely on (older operators do not know them).
+RAYJOB_FIELD_SINCE = {"runtimeEnvYAML": (1, 0), "shutdownAfterJobFinishes": (0, 5), "ttlSecondsAfterFinished": (0, 5),
+                      "activeDeadlineSeconds": (1, 1)}
+
+
+@pytest.mark.parametrize("which, path", [("rayjob", RAYJOB_YAML), ("cronjob", CRONJOB_YAML)])
+def test_stated_kuberay_version_has_every_rayjob_field_used(which: str, path: Path) -> None:
+    """The header's "KubeRay >= X.Y" covers the fields used: it said 1.0, but activeDeadlineSeconds (the guard against a
+    runaway run holding GPUs, and what ends a night's run before the next) came in KubeRay 1.1."""
+    text = " ".join(path.read_text().replace("#", " ").split())
+    stated = re.search(r"KubeRay(?: operator)?, version >= (\d+)\.(\d+)|KubeRay >= (\d+)\.(\d+)", text)
+    assert stated, path.name
+    numbers = [int(n) for n in stated.groups() if n is not None]
+    used = set(_rayjobs()[which]["spec"]) & set(RAYJOB_FIELD_SINCE)
+    assert "activeDeadlineSeconds" in used
+    needed = max(RAYJOB_FIELD_SINCE[field] for field in used)
+    assert tuple(numbers) >= needed, (path.name, numbers, needed)
