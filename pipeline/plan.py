@@ -169,11 +169,19 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
     return previous
 
 
+# Recorded fields that a later run may change: they decide only which inputs are rejects, never a purified image's
+# pixels (an image over --max-pixels is refused before it is decoded), so, like --max-image-mb, a run with a larger
+# limit may add to the output, and --retry-rejects reads again the images an earlier limit refused.
+_NOT_COMPARED = {"decoding": ("max_pixels",)}
+
+
 def _settings_differences(previous: dict[str, Any], job_record: dict[str, Any], out: str) -> list[tuple[str, str]]:
     """(what differs, the refusal that says it) for each recorded group of settings this run's differ from."""
     differ = []
     for key in ("settings", "decoding", "checkpoint_sha256", "canvas_size", "model_flags", "reading"):
         before, now = previous.get(key), job_record.get(key)
+        if key in _NOT_COMPARED and isinstance(before, dict) and isinstance(now, dict):
+            before, now = ({k: v for k, v in d.items() if k not in _NOT_COMPARED[key]} for d in (before, now))
         if before == now or (key in ("reading", "model_flags") and before is None):  # not recorded by an older version
             continue
         if isinstance(before, dict) and isinstance(now, dict):
