@@ -150,8 +150,8 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     io.add_argument("--retry-rejects", action="store_true", default=None,
                     help="read the inputs in the output's rejects/ again (after a storage outage, with a larger "
                          "--max-image-mb or --max-pixels, or once damaged files are replaced); a retried input that "
-                         "is purified or rejected again replaces its old reject row, one whose input is gone keeps it; new inputs "
-                         "are added too, as with --incremental; not with --overwrite")
+                         "is purified or rejected again replaces its old reject row, one whose input is gone keeps "
+                         "it; new inputs are added too, as with --incremental; not with --overwrite")
     io.add_argument("--refresh-changed", action="store_true", default=None,
                     help="purify again the inputs changed in place since their rows were written (an image file "
                          "re-uploaded under its name with other bytes, a tar shard, Parquet or zip file rewritten with "
