@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import signal
 import sys
 import threading
@@ -451,7 +452,9 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         config.check()
     except JobError as err:
         # a bad value that came from the file: say which file and key, as the flag alone points at the command line
-        named = sorted(k for k in from_file if "--" + k.replace("_", "-") in str(err))
+        # a flag as a whole word: the file's input is not what "--input-moved" is about, nor its checkpoint
+        # "--checkpoint-sha256"
+        named = sorted(k for k in from_file if re.search(re.escape(f"--{k.replace('_', '-')}") + r"(?![\w-])", str(err)))
         if named:
             hints = typing.get_type_hints(JobConfig)
             hint = next((h for k in named if (h := _text_hint(from_file[k], _expected(hints[k])[0]))), "")

@@ -46,3 +46,24 @@ def test_a_larger_max_pixels_retries_the_images_it_rejected(folders, model, caps
     # the decoding options that do change pixels are still compared
     assert main([*base, "--max-pixels", "50", "--alpha", "black", "--dry-run"]) == 2
     assert "other decoding: alpha 'white' (now 'black')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file_key, flags, named", [
+    ("input", ["--refresh-changed", "--input-moved"], "--input-moved"),
+    ("checkpoint", ["--checkpoint-sha256", "abc"], "--checkpoint-sha256"),
+])
+def test_a_flags_error_is_not_put_on_a_config_key_whose_flag_it_only_begins_with(tmp_path, folders, model, capsys,
+                                                                                 file_key, flags, named) -> None:
+    # An error about --input-moved (or --checkpoint-sha256), both given on the command line, ended "(set in --config
+    # job.yaml: input)": the file's key was matched as text inside the longer flag's name, sending the user to a
+    # file that holds nothing wrong.
+    value = folders[1] if file_key == "input" else model
+    path = tmp_path / "job.yaml"
+    path.write_text(f"{file_key}: {value}\n")
+    assert main(["--config", str(path), "--output", folders[3], *flags, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "set in --config" not in err, err
+    # a key the error is about is still named
+    path.write_text("eta: 2.0\n")
+    assert main(["--config", str(path), *folders, "--dry-run"]) == 2
+    assert "(set in --config" in capsys.readouterr().err
