@@ -201,7 +201,7 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--steps", type=int, help=f"sampler steps, spaced evenly over T = 1000 (default {d.steps})")
     zp.add_argument("--pool", type=int, help=f"average-pooling factor of the operator A (default {d.pool})")
     zp.add_argument("--lam", type=float, help=f"λ: guide while t >= λT; 0 guides every step (default {d.lam})")
-    zp.add_argument("--eta", type=float, help=f"DDIM η in [0, 1] (default {d.eta})")
+    zp.add_argument("--eta", type=float, help=f"DDIM η in [0, 1], --sampler ddim only (default {d.eta})")
     zp.add_argument("--sampler", choices=["ddim", "ddpm"],
                     help=f"ddim = Algorithm 2, ddpm = Algorithm 1 (default {d.sampler})")
     zp.add_argument("--operators",

@@ -162,6 +162,9 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
         previous["model_flags"] = {**defaults, **previous["model_flags"]}
     if isinstance(previous.get("reading"), dict):  # recorded before --partitioning: those versions made no such columns
         previous["reading"] = {"partitioning": "none", **previous["reading"]}
+    # Versions before ddpm refused an η recorded the one given, which the ddpm sampler never used: the same pixels
+    if previous["settings"].get("sampler") == "ddpm":
+        previous["settings"]["eta"] = ZipSettings().eta
     # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
     # operators, which must not refuse the command that wrote the output
     with contextlib.suppress(ValueError):

@@ -130,9 +130,9 @@ class ZipSettings:
     pool: average-pooling factor of A (the authors' README uses 4 for user data; 4 removes a 3x3 patch trigger
         that survives 2x2 pooling, see ../shared/README.md).
     lam: λ of the hard switch; guide while t ≥ λT. 0 guides every step (output consistent with A x exactly).
-    eta: DDIM η. 1 by default, as in the authors' code: fresh noise each step re-draws the part A discards,
-        where η = 0 compounds a small prior's errors into speckle (CIFAR-10, 128 images, clean ResNet-20:
-        CA 51.6 % and PSNR 20.2 dB at η = 1 against 31.3 % and 16.7 dB at η = 0).
+    eta: DDIM η (the ddim sampler's alone: with "ddpm" it must stay 1). 1 by default, as in the authors' code: fresh
+        noise each step re-draws the part A discards, where η = 0 compounds a small prior's errors into speckle
+        (CIFAR-10, 128 images, clean ResNet-20: CA 51.6 % and PSNR 20.2 dB at η = 1 against 31.3 % and 16.7 dB at η = 0).
     sampler: "ddim" (Algorithm 2) or "ddpm" (Algorithm 1).
     operators: "pool" (paper) or "gray,pool" (authors' code: both guided, results averaged); a list of names is
         joined, and spaces are dropped ("gray, pool" is "gray,pool").
@@ -194,6 +194,11 @@ class ZipSettings:
             raise ValueError(f"blend_k must be a number above 0 (or None for the hard switch), got {self.blend_k!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta (η) must be in [0, 1], got {self.eta}")
+        if self.sampler == "ddpm" and self.eta != 1.0:
+            # zip_ddpm takes no η: another one was accepted, recorded and silently changed nothing
+            raise ValueError(f"eta (η) = {self.eta:g} is the ddim sampler's setting: sampler 'ddpm' (Algorithm 1) "
+                             "draws its steps' noise from the DDPM posterior and takes no η; leave eta at its default, "
+                             "1, or use sampler 'ddim'")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
         if not is_whole_number(self.resample) or not 1 <= self.resample <= 20:

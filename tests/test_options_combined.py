@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import ZipSettings
 from pipeline.cli import config_from_args, main
 from pipeline.output import JOB_FILE
 from pipeline.plan import plan_job
@@ -67,3 +68,32 @@ def test_a_flags_error_is_not_put_on_a_config_key_whose_flag_it_only_begins_with
     path.write_text("eta: 2.0\n")
     assert main(["--config", str(path), *folders, "--dry-run"]) == 2
     assert "(set in --config" in capsys.readouterr().err
+
+
+def test_an_eta_beside_the_ddpm_sampler_is_refused_not_silently_ignored(folders, model, capsys) -> None:
+    # The ddpm sampler (Algorithm 1, --recipe low-asr) takes no η: `--recipe low-asr --eta 0` ran, printed eta=0.0 in
+    # its settings, recorded it, and purified exactly as eta 1 would.
+    base = [*folders, "--checkpoint", model, "--no-progress", "--dry-run"]
+    assert main([*base, "--recipe", "low-asr", "--eta", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--eta: eta (η) = 0 is the ddim sampler's setting" in err, err
+    with pytest.raises(ValueError, match="takes no η"):
+        ZipSettings(sampler="ddpm", eta=0.5)
+    assert ZipSettings(sampler="ddpm").eta == 1.0 and ZipSettings.recipe("low-asr", eta=1.0).sampler == "ddpm"
+    assert ZipSettings(sampler="ddim", eta=0.0).eta == 0.0
+
+
+def test_an_output_recorded_with_ddpm_and_an_unused_eta_resumes_without_it(folders, model, capsys) -> None:
+    # An output an earlier version wrote with `--sampler ddpm --eta 0` (an η ddpm never used): the command without
+    # the now-refused --eta makes the same pixels and must resume it; another sampler is still refused.
+    base = [*folders, "--checkpoint", model, "--steps", "2", "--no-progress"]
+    _output_written_with([*base, "--sampler", "ddpm"])
+    job_file = Path(folders[3], JOB_FILE)
+    record = json.loads(job_file.read_text())
+    record["settings"]["eta"] = 0.0
+    job_file.write_text(json.dumps(record))
+    assert main([*base, "--sampler", "ddpm", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "resumes an unfinished run" in capsys.readouterr().out
+    assert main([*base, "--sampler", "ddim", "--eta", "0", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings:" in err and "sampler 'ddpm' (now 'ddim')" in err, err
