@@ -364,8 +364,11 @@ def _text_hint(value: Any, accepted: tuple[type, ...]) -> str:
     if int not in accepted:
         return ""
     # PyYAML follows YAML 1.1: 1e-3 without a dot is text, as is anything quoted
-    return ("; read as text: write it with a dot before the exponent (1.0e-3)" if "e" in value.lower() and
-            "." not in value else "; read as text: write the number without quotes")
+    if "e" in value.lower() and "." not in value:
+        # a whole-number option (seed: 1e3) takes no exponent at all: 1.0e3 is a float, refused there as well
+        return ("; read as text: write it with a dot before the exponent (1.0e-3)" if float in accepted else
+                "; read as text: write the whole number out, without an exponent")
+    return "; read as text: write the number without quotes"
 
 
 def _file_values(path: str) -> dict[str, Any]:

@@ -97,3 +97,17 @@ def test_an_output_recorded_with_ddpm_and_an_unused_eta_resumes_without_it(folde
     assert main([*base, "--sampler", "ddim", "--eta", "0", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "other settings:" in err and "sampler 'ddpm' (now 'ddim')" in err, err
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("seed: 1e3\n", "write the whole number out, without an exponent"),
+    ("eta: 1e-1\n", "write it with a dot before the exponent (1.0e-3)"),
+])
+def test_a_config_files_exponent_gets_a_hint_its_option_can_take(tmp_path, capsys, text, hint) -> None:
+    # `seed: 1e3` (YAML 1.1 reads it as text) was told to write 1.0e3, which YAML reads as a float: refused again, as
+    # "seed must be an integer"
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    assert main(["--config", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert hint in err, err
