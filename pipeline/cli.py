@@ -33,7 +33,7 @@ from pipeline.lease import LEASE_WATCH_S
 from pipeline.plan import JobPlan, plan_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
-from pipeline.settings import RECIPES, canonical_operators
+from pipeline.settings import RECIPES, canonical_operators, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
 from pipeline.stopped_run import StoppedWhileLoading
 from pipeline.version import version_line
@@ -465,7 +465,20 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         if from_file:
             _check_file_types(args.config, from_file)
         raise ConfigError(str(err)) from None
+    if recipe is not None:
+        _note_recipe_overrides(recipe, values, from_file, args.config)
     return config
+
+
+def _note_recipe_overrides(recipe: str, values: dict[str, Any], from_file: dict[str, Any], path: str | None) -> None:
+    """Say on stderr which of a recipe's settings a flag or a --config key replaced: they win over it, and a file's
+    steps: 20 beside --recipe low-asr otherwise ran Algorithm 1 at 20 steps with no word of it but the settings."""
+    replaced = [f"{key} {values[key]!r} ({f'--config {path}' if key in from_file else '--' + key.replace('_', '-')}), "
+                f"not the recipe's {value!r}" for key, value in recipe_values(recipe).items()
+                if key in values and values[key] != value]
+    if replaced:
+        print(f"zip-purify: note: recipe {recipe} runs with {'; '.join(replaced)}: a flag or --config key wins over "
+              "the recipe", file=sys.stderr)
 
 
 def _count(n: int, thing: str) -> str:

@@ -111,3 +111,17 @@ def test_a_config_files_exponent_gets_a_hint_its_option_can_take(tmp_path, capsy
     assert main(["--config", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert hint in err, err
+
+
+def test_a_recipe_value_replaced_by_a_flag_or_a_config_key_is_said(tmp_path, capsys) -> None:
+    # Flags and --config keys win over a recipe (as --help says), but nothing said so: a config file's `steps: 20`
+    # and `sampler: ddim` beside --recipe low-asr ran the paper's settings at a late start, with no word of it.
+    path = tmp_path / "job.yaml"
+    path.write_text("sampler: ddim\nsteps: 50\n")
+    config = config_from_args(["--config", str(path), "--recipe", "low-asr", "--start", "0.5"])
+    assert (config.sampler, config.steps, config.start) == ("ddim", 50, 0.5)
+    err = capsys.readouterr().err
+    assert f"recipe low-asr runs with sampler 'ddim' (--config {path}), not the recipe's 'ddpm'" in err, err
+    assert "start 0.5 (--start), not the recipe's 0.3" in err and "steps" not in err, err  # steps: the recipe's own
+    config_from_args(["--recipe", "low-asr", "--seed", "3"])  # nothing of the recipe's replaced: nothing said
+    assert capsys.readouterr().err == ""
