@@ -125,3 +125,9 @@ def test_a_recipe_value_replaced_by_a_flag_or_a_config_key_is_said(tmp_path, cap
     assert "start 0.5 (--start), not the recipe's 0.3" in err and "steps" not in err, err  # steps: the recipe's own
     config_from_args(["--recipe", "low-asr", "--seed", "3"])  # nothing of the recipe's replaced: nothing said
     assert capsys.readouterr().err == ""
+
+
+def test_no_operators_names_the_flag(tmp_path, capsys) -> None:
+    # `--operators ","` (or "") said only "error: at least one operator is needed", naming no option
+    assert main(["--operators", ",", "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == "error: --operators: at least one operator is needed\n"
