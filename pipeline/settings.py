@@ -206,7 +206,11 @@ class ZipSettings:
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
         object.__setattr__(self, "operators", canonical_operators(self.operators))
-        make_operators(self.operators, self.pool)  # validates names and pool factor
+        # checked whatever the operators: with "gray" alone (which builds no pooling operator) pool 0 stopped the job's
+        # planning with a ZeroDivisionError traceback, and a negative one was taken and recorded
+        if not is_whole_number(self.pool) or self.pool < 1:
+            raise ValueError(f"pool factor must be a positive integer, got {self.pool!r}")
+        make_operators(self.operators, self.pool)  # validates names
         # Guided steps are those with t >= λT. From pure noise (start = 1) with none of them, nothing of the input
         # reaches the sampler: lam=1 (or 0.96 at 20 steps, whose first t is 950) gave the same image for an input
         # and its negative. A late start still begins from the input, so it may run unguided.

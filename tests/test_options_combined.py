@@ -131,3 +131,13 @@ def test_no_operators_names_the_flag(tmp_path, capsys) -> None:
     # `--operators ","` (or "") said only "error: at least one operator is needed", naming no option
     assert main(["--operators", ",", "--output", str(tmp_path / "out"), "--dry-run"]) == 2
     assert capsys.readouterr().err == "error: --operators: at least one operator is needed\n"
+
+
+@pytest.mark.parametrize("pool", ["0", "-2"])
+def test_a_pool_factor_below_one_is_refused_with_any_operators(tmp_path, capsys, pool) -> None:
+    # With --operators gray (no pooling operator built) the factor went unchecked: 0 stopped the dry run and the run
+    # with a ZeroDivisionError traceback (exit status 1), -2 was taken and recorded.
+    assert main(["--operators", "gray", "--pool", pool, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"error: --pool: pool factor must be a positive integer, got {pool}\n"
+    with pytest.raises(ValueError, match="pool factor"):
+        ZipSettings(operators="gray", pool=int(pool))
