@@ -205,7 +205,8 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--sampler", choices=["ddim", "ddpm"],
                     help=f"ddim = Algorithm 2, ddpm = Algorithm 1 (default {d.sampler})")
     zp.add_argument("--operators",
-                    help=f"'pool' (paper) or 'gray,pool' (authors' code, averaged) (default {d.operators})")
+                    help=f"'pool' (paper) or 'gray,pool' (authors' code, averaged; 'pool,gray' is the same setting) "
+                         f"(default {d.operators})")
     zp.add_argument("--blend-k", type=float,
                     help="authors'-code soft blend exponent k instead of the hard switch (default: none, the hard switch)")
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")

@@ -75,17 +75,19 @@ _OPERATOR_ALIASES = {"pool+gray": "gray+pool"}
 
 
 def canonical_operators(names: Any) -> str:
-    """One spelling per operator setting: "gray, pool", " gray,pool," and ["gray", "pool"] are all "gray,pool", so
-    that an output's recorded settings compare equal for the same operators. The order is kept: the sampler sums
-    the operators' guidance in that order, and with three or more a sum's rounding depends on it (and a name given
-    twice weighs twice), so those are different settings."""
+    """One spelling per operator setting: "gray, pool", " gray,pool,", "pool,gray" and ["gray", "pool"] are all
+    "gray,pool", so that an output's recorded settings compare equal for the same operators' same pixels. The sampler
+    sums the operators' guidance in the order given, from zero: 0 + a + b is b + a to the bit (one IEEE addition
+    commutes), so the first two are put in name order; from the third on the order is kept, as a longer sum's rounding
+    depends on it (and a name given twice weighs twice), so those are different settings."""
     if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
         names = ",".join(names)
     if not isinstance(names, str):
         raise ValueError(f"operators must be text such as 'pool' or 'gray,pool' (or a list of operator names), "
                          f"got {names!r}")
     parts = ("+".join(p.strip() for p in n.split("+")) for n in names.split(","))
-    return ",".join(_OPERATOR_ALIASES.get(p, p) for p in parts if p)
+    named = [_OPERATOR_ALIASES.get(p, p) for p in parts if p]
+    return ",".join(sorted(named[:2]) + named[2:])
 
 
 def device_problem(device: Any, expected: str = "cpu, cuda or cuda:N", on_this_machine: bool = True,

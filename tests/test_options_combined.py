@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline import ZipSettings
 from pipeline.cli import config_from_args, main
@@ -141,3 +142,29 @@ def test_a_pool_factor_below_one_is_refused_with_any_operators(tmp_path, capsys,
     assert capsys.readouterr().err == f"error: --pool: pool factor must be a positive integer, got {pool}\n"
     with pytest.raises(ValueError, match="pool factor"):
         ZipSettings(operators="gray", pool=int(pool))
+
+
+def test_two_operators_in_either_order_are_one_setting(folders, model, capsys) -> None:
+    # `--operators gray,pool` and `pool,gray` purify to the same bits (the sampler sums their guidance from zero, and
+    # one addition commutes), yet were recorded apart, so resuming with the other order was refused.
+    from pipeline.operators import make_operators
+    from pipeline.sampler import Guidance, guided_x0, range_estimate
+
+    x, x0 = (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
+    made = [Guidance.from_input(x, make_operators(names, 2), blend_k=3.0) for names in ("gray,pool", "pool,gray")]
+    assert torch.equal(guided_x0(x0, made[0], 0.7), guided_x0(x0, made[1], 0.7))
+    assert torch.equal(range_estimate(made[0]), range_estimate(made[1]))
+    base = [*folders, "--checkpoint", model, "--steps", "1", "--no-progress"]
+    _output_written_with([*base, "--operators", "pool,gray"])
+    assert json.loads(Path(folders[3], JOB_FILE).read_text())["settings"]["operators"] == "gray,pool"
+    assert main([*base, "--operators", "gray,pool", "--dry-run"]) == 0, capsys.readouterr().err
+    assert "resumes an unfinished run" in capsys.readouterr().out
+    # an older version's record kept the order given: still resumed, with either order
+    job_file = Path(folders[3], JOB_FILE)
+    record = json.loads(job_file.read_text())
+    record["settings"]["operators"] = "pool,gray"
+    job_file.write_text(json.dumps(record))
+    for names in ("gray,pool", "pool,gray"):
+        assert main([*base, "--operators", names, "--dry-run"]) == 0, capsys.readouterr().err
+        assert "resumes an unfinished run" in capsys.readouterr().out
+    assert main([*base, "--operators", "pool", "--dry-run"]) == 2  # other operators are still refused
