@@ -212,7 +212,8 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")
     zp.add_argument("--resample", type=int, metavar="R",
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
-                         f"the model calls (default {d.resample}: the paper)")
+                         f"the model calls; refused above 1 where --start and --lam leave no step guided (default "
+                         f"{d.resample}: the paper)")
     zp.add_argument("--start", type=float, metavar="S",
                     help="late start: run only the steps t <= S*T, from the input's A⁺y noised to that level instead "
                          f"of pure noise (0.3: 7 of 20 steps, a third of the model calls; default {d.start}: the paper)")

@@ -52,7 +52,7 @@ from pipeline.output import (
 from pipeline.presets import shipped_prior_path
 from pipeline.redaction import redact_uri
 from pipeline.refresh import Journal, read_journal
-from pipeline.settings import ZipSettings, canonical_operators, check_trained_timesteps
+from pipeline.settings import ZipSettings, canonical_operators, check_trained_timesteps, guides_no_step
 from pipeline.sources import (
     MAX_IMAGE_BYTES,
     HiddenSkipped,
@@ -165,6 +165,13 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
     # Versions before ddpm refused an η recorded the one given, which the ddpm sampler never used: the same pixels
     if previous["settings"].get("sampler") == "ddpm":
         previous["settings"]["eta"] = ZipSettings().eta
+    # Versions before resample above 1 was refused where no step is guided recorded it, though it redid no step: the
+    # same pixels as resample 1, the command that leaves it out
+    recorded = previous["settings"]
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        if recorded["resample"] != 1 and guides_no_step(recorded["steps"], recorded["lam"], recorded["start"],
+                                                        recorded["schedule"]):
+            recorded["resample"] = ZipSettings().resample
     # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
     # operators, which must not refuse the command that wrote the output
     with contextlib.suppress(ValueError):

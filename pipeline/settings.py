@@ -123,6 +123,12 @@ def checked_device(device: Any) -> torch.device:
     return parsed
 
 
+def guides_no_step(steps: int, lam: float, start: float, schedule: str = "linear") -> bool:
+    """Whether λ leaves every step these settings run unguided (guided: t >= λT; the first step is the largest t)."""
+    num_steps = NoiseSchedule.named(schedule).num_steps
+    return run_timesteps(num_steps, steps, start)[0] < lam * num_steps
+
+
 @dataclass(frozen=True)
 class ZipSettings:
     """Sampler settings. Defaults follow the paper's Algorithm 2 (guided DDIM, 20 steps).
@@ -141,7 +147,7 @@ class ZipSettings:
     blend_k: None for the paper's hard switch, or k of the authors' soft blend x̂_t ← (1 − ᾱ_t^k) x̂_t + ᾱ_t^k x_t.
     clip_denoised: clamp the prior's x̂₀ estimate to [-1, 1] every step (needed with weak priors).
     resample: 1 (the paper) or r > 1 to redo every guided step r times, re-noising in between (DDNM+ / RePaint
-        "time travel"); r times the model calls.
+        "time travel"); r times the model calls. Refused above 1 when lam and start leave no step guided.
     start: 1 (the paper: every step, from pure noise) or s < 1 to run only the steps t ≤ s·T, starting from
         the input's A⁺y noised to that level (SDEdit-style late start; 0.3 runs 7 of 20 steps).
     large_images: "fit" (keep aspect, shrink to the canvas) or "stretch" for images larger than the model.
@@ -222,6 +228,14 @@ class ZipSettings:
             raise ValueError(f"lam (λ) = {self.lam:g} guides none of the {self.steps} steps (guided: t >= λT = "
                              f"{self.lam * num_steps:g}; the first step is t = {first}): the result would be a sample of "
                              f"the prior that does not depend on the input image; use lam <= {first / num_steps:g}")
+        if self.resample > 1 and guides_no_step(self.steps, self.lam, self.start, self.schedule):
+            # a late start that guides no step: resample redoes guided steps only, so it changed nothing, yet it was
+            # taken, recorded (a resume leaving it out was refused) and printed as R times the model calls
+            raise ValueError(f"resample = {self.resample} redoes only the guided steps, and lam (λ) = {self.lam:g} "
+                             f"guides none of the {len(run_timesteps(num_steps, self.steps, self.start))} steps this "
+                             f"start ({self.start:g}) runs (guided: t >= λT = {self.lam * num_steps:g}; the first step "
+                             f"is t = {first}): it would change nothing; leave resample at 1, or use lam <= "
+                             f"{first / num_steps:g}")
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> ZipSettings:

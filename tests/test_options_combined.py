@@ -144,6 +144,39 @@ def test_a_pool_factor_below_one_is_refused_with_any_operators(tmp_path, capsys,
         ZipSettings(operators="gray", pool=int(pool))
 
 
+def test_resample_where_no_step_is_guided_is_refused(folders, model, capsys) -> None:
+    # A late start that lam leaves unguided redoes no step: `--start 0.3 --lam 0.5 --resample 4` was taken, recorded
+    # and ran exactly as --resample 1, with no word of it.
+    base = [*folders, "--checkpoint", model, "--no-progress", "--dry-run"]
+    assert main([*base, "--start", "0.3", "--lam", "0.5", "--resample", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--resample: resample = 4 redoes only the guided steps, and lam (λ) = 0.5 guides none" in err, err
+    assert "use lam <= 0.3" in err, err
+    with pytest.raises(ValueError, match="redoes only the guided steps"):
+        ZipSettings(start=0.3, lam=0.5, resample=2)
+    # one guided step is enough, and an unguided late start without resample stays allowed
+    assert ZipSettings(start=0.3, lam=0.3, resample=2).resample == 2
+    assert ZipSettings(start=0.3, lam=0.5).resample == 1
+
+
+def test_an_output_recorded_with_an_unused_resample_resumes_without_it(folders, model, capsys) -> None:
+    # An output an earlier version wrote with `--start 0.3 --lam 0.5 --resample 3` (no step guided, none redone): the
+    # command without the now-refused --resample makes the same pixels and must resume it.
+    base = [*folders, "--checkpoint", model, "--steps", "2", "--no-progress", "--start", "0.6", "--lam", "0.6"]
+    _output_written_with(base)
+    job_file = Path(folders[3], JOB_FILE)
+    record = json.loads(job_file.read_text())
+    record["settings"]["resample"] = 3
+    job_file.write_text(json.dumps(record))
+    assert main([*base, "--dry-run"]) == 0, capsys.readouterr().err
+    assert "resumes an unfinished run" in capsys.readouterr().out
+    # where a step is guided, the recorded resample is still compared
+    record["settings"]["lam"] = 0.5
+    job_file.write_text(json.dumps(record))
+    assert main([*base[:-2], "--lam", "0.5", "--dry-run"]) == 2
+    assert "resample 3 (now 1)" in capsys.readouterr().err
+
+
 def test_two_operators_in_either_order_are_one_setting(folders, model, capsys) -> None:
     # `--operators gray,pool` and `pool,gray` purify to the same bits (the sampler sums their guidance from zero, and
     # one addition commutes), yet were recorded apart, so resuming with the other order was refused.
