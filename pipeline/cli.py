@@ -99,6 +99,21 @@ class _Parser(Parser):
         "export": "purified images out as files: zip-purify-export --output OUT --to DIR (python jobs/export.py)"}
 
 
+# --blend-k's words for no blend (the hard switch): an option's absent value is None, so a flag cannot give None itself
+_NO_BLEND = ("off", "none")
+
+
+def _blend_k(text: str) -> float | str:
+    """--blend-k's value: a number, or "off" (kept as such until the options are merged: None there is "not given")."""
+    if text.strip().lower() in _NO_BLEND:
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, or off for no blend (the hard switch), "
+                                         f"got {text!r}") from None
+
+
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
@@ -207,8 +222,10 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--operators",
                     help=f"'pool' (paper) or 'gray,pool' (authors' code, averaged; 'pool,gray' is the same setting) "
                          f"(default {d.operators})")
-    zp.add_argument("--blend-k", type=float,
-                    help="authors'-code soft blend exponent k instead of the hard switch (default: none, the hard switch)")
+    zp.add_argument("--blend-k", type=_blend_k, metavar="K",
+                    help="authors'-code soft blend exponent k instead of the hard switch, a number above 0; off: no "
+                         "blend, the paper's hard switch (the default; undoes --recipe authors-code's k = 10, as "
+                         "blend_k: null does in a --config file)")
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")
     zp.add_argument("--resample", type=int, metavar="R",
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
@@ -443,6 +460,8 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         if v is not None:
             values[f.name] = v
             from_file.pop(f.name, None)
+    if args.blend_k == "off":  # no blend: the hard switch, whatever a recipe or the file said
+        values["blend_k"] = None
     values["storage_options"] = storage_options(values.get("storage_options") or {}, args.s3_endpoint, args.anon,
                                                  args.storage_option, "")
     if isinstance(values.get("operators"), str):
@@ -475,12 +494,18 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
 def _note_recipe_overrides(recipe: str, values: dict[str, Any], from_file: dict[str, Any], path: str | None) -> None:
     """Say on stderr which of a recipe's settings a flag or a --config key replaced: they win over it, and a file's
     steps: 20 beside --recipe low-asr otherwise ran Algorithm 1 at 20 steps with no word of it but the settings."""
-    replaced = [f"{key} {values[key]!r} ({f'--config {path}' if key in from_file else '--' + key.replace('_', '-')}), "
+    replaced = [f"{key} {_recipe_value_shown(values[key])} "
+                f"({f'--config {path}' if key in from_file else '--' + key.replace('_', '-')}), "
                 f"not the recipe's {value!r}" for key, value in recipe_values(recipe).items()
                 if key in values and values[key] != value]
     if replaced:
         print(f"zip-purify: note: recipe {recipe} runs with {'; '.join(replaced)}: a flag or --config key wins over "
               "the recipe", file=sys.stderr)
+
+
+def _recipe_value_shown(value: Any) -> str:
+    """A setting's value in the recipe note: None is no blend_k (--blend-k off, blend_k: null), the only such setting."""
+    return "off" if value is None else repr(value)
 
 
 def _count(n: int, thing: str) -> str:

@@ -144,6 +144,21 @@ def test_a_pool_factor_below_one_is_refused_with_any_operators(tmp_path, capsys,
         ZipSettings(operators="gray", pool=int(pool))
 
 
+def test_blend_k_off_restores_the_hard_switch_after_the_authors_code_recipe(tmp_path, capsys) -> None:
+    # --blend-k took only numbers, so `--recipe authors-code` could not be run with the paper's hard switch from the
+    # command line (only a --config file's blend_k: null could): `--blend-k off` stopped with "invalid float value".
+    config = config_from_args(["--recipe", "authors-code", "--blend-k", "off"])
+    assert config.blend_k is None and config.settings().blend_k is None and config.operators == "gray,pool"
+    assert "recipe authors-code runs with blend_k off (--blend-k), not the recipe's 10.0" in capsys.readouterr().err
+    path = tmp_path / "job.yaml"
+    path.write_text("blend_k: 4\n")
+    assert config_from_args(["--config", str(path), "--blend-k", "None"]).blend_k is None  # the flag wins over the file
+    assert config_from_args(["--blend-k", "2.5"]).blend_k == 2.5
+    with pytest.raises(SystemExit):
+        config_from_args(["--blend-k", "soft"])
+    assert "expected a number above 0, or off for no blend" in capsys.readouterr().err
+
+
 def test_resample_where_no_step_is_guided_is_refused(folders, model, capsys) -> None:
     # A late start that lam leaves unguided redoes no step: `--start 0.3 --lam 0.5 --resample 4` was taken, recorded
     # and ran exactly as --resample 1, with no word of it.
