@@ -168,9 +168,9 @@ def evaluate_job_without_evaluation(monkeypatch, name: str) -> ModuleType:
     return module
 
 
-def load_job_script(script: str, name: str) -> ModuleType:
-    """jobs/<script> as a module named `name` (the jobs are scripts, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "jobs" / script)
+def load_job_script(script: str, name: str, folder: str = "jobs") -> ModuleType:
+    """<folder>/<script> (jobs/ or bench/) as a module named `name` (they are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / folder / script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
