@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from jobutil import load_job_script
+
+from tests.jobutil import load_job_script
 
 ROOT = Path(__file__).resolve().parent.parent
 # page -> the sections read (None: the whole page)
