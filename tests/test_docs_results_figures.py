@@ -123,3 +123,23 @@ def test_a_figure_copied_wrong_is_caught() -> None:
     assert shows("95.3 / 96.8 / 2.9", {"ca": 95.35, "asr": 96.75, "pa": 2.92}, old_report=True)
     assert not shows("95.3 / 96.8 / 2.9", {"ca": 95.35, "asr": 96.75, "pa": 2.92}, old_report=False)
     assert shows("82.4 / – / –", {"ca": 82.4, "asr": None, "pa": None}, old_report=False)
+
+
+def _target_table_commands() -> list[list[str]]:
+    from tests.test_docs_commands import documented_commands
+
+    commands = documented_commands((ROOT / "docs/results.md").read_text(encoding="utf-8"))
+    return [c.split()[1:] for c in dict.fromkeys(commands)
+            if c.startswith("jobs/target_table.py ") and "*" not in c and "REPORT" not in c]
+
+
+@pytest.mark.parametrize("argv", _target_table_commands(), ids=lambda argv: " ".join(argv)[:80])
+def test_a_target_table_on_the_page_is_what_its_command_prints(argv: list[str], monkeypatch, capsys) -> None:
+    """jobs/target_table.py, run as docs/results.md shows it, prints the table the page shows under it."""
+    from tests.jobutil import load_job_script
+
+    monkeypatch.chdir(ROOT)
+    assert load_job_script("target_table.py", "documented_target_table").main(argv) == 0
+    printed = "\n".join(line for line in capsys.readouterr().out.splitlines() if line.startswith("|"))
+    assert printed.count("\n") >= 2
+    assert printed in (ROOT / "docs/results.md").read_text(encoding="utf-8")
