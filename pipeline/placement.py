@@ -29,6 +29,7 @@ class PlacementOptions(Protocol):
     actors: int
     gpus_per_actor: float | None
     cpus_per_actor: float
+    cpus_per_task: float
     torch_threads: int | None
     device: str | None
     precision: str
@@ -190,7 +191,30 @@ def join_hint(address: str | None) -> str:
 def default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:
     import ray
 
-    return actor_placement(config, ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    placement = actor_placement(config, resources.get("GPU", 0))
+    if on_own_local_ray():
+        problem = local_ray_problem(config, placement[1], resources.get("CPU", 0), resources.get("GPU", 0))
+        if problem:
+            raise JobError(problem)
+    return placement
+
+
+def local_ray_problem(config: PlacementOptions, gpus_per_actor: float, cpus: float, gpus: float) -> str | None:
+    """Why a purifier actor (with `gpus_per_actor` GPUs) cannot run beside the pipeline's tasks on the job's own local
+    Ray of `cpus` CPUs and `gpus` GPUs, or None. That Ray is one machine that no node joins: an actor it cannot place
+    waited for one forever, the run hanging with no word after Ray Data's 'may hang forever' warning (--cpus-per-actor
+    64 on a 2-core machine, --gpus-per-actor 1 on one without GPUs). A cluster joined with --ray-address may start
+    nodes for it (an autoscaler), so it is not checked there."""
+    where = f"this machine's Ray (started by the job, no other node joins it) has {cpus:g} CPUs"
+    if config.cpus_per_actor + config.cpus_per_task > cpus:
+        return (f"--cpus-per-actor {config.cpus_per_actor:g} with --cpus-per-task {config.cpus_per_task:g}: {where}, "
+                "so a purifier actor and the tasks that read and write its images cannot run together; use a smaller "
+                "--cpus-per-actor, or join a larger cluster with --ray-address")
+    if gpus_per_actor > gpus:
+        return (f"--gpus-per-actor {gpus_per_actor:g}: {where} and {gpus:g} GPUs, so no purifier actor could start; "
+                "leave --gpus-per-actor out to run on what it has, or join a GPU cluster with --ray-address")
+    return None
 
 
 def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
@@ -223,6 +247,9 @@ def cpu_actor_threads(config: PlacementOptions, actors: int, gpus_per_actor: flo
     return max(1, int(config.cpus_per_actor))
 
 
+RAY_RESOURCE_UNITS = 10_000  # Ray counts a resource in 1/10000ths of a unit (--gpus-per-actor's smallest fraction)
+
+
 def actor_placement(config: PlacementOptions, cluster_gpus: float) -> tuple[int, float, str]:
     """(actors, GPUs per actor, device) for the purifier pool on a cluster with `cluster_gpus` GPUs now; a JobError
     for a device the actors could not use, before any actor is started."""
@@ -233,7 +260,10 @@ def actor_placement(config: PlacementOptions, cluster_gpus: float) -> tuple[int,
     if config.actors:
         actors = config.actors
     elif gpus_per_actor:
-        actors = max(1, int(cluster_gpus // gpus_per_actor))
+        # as many as fit on each GPU (an actor's share is on one GPU, never split across two), counted as Ray counts
+        # them, in 1/10000ths: 1 // 0.2 is 4.0 in floats, and 2 GPUs // 0.6 is 3 where only 2 fit
+        per_gpu = RAY_RESOURCE_UNITS // max(1, round(gpus_per_actor * RAY_RESOURCE_UNITS))
+        actors = max(1, int(cluster_gpus) * per_gpu)
     else:
         actors = 1
     device = config.device or ("cuda" if gpus_per_actor else "cpu")

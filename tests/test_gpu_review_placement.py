@@ -10,7 +10,7 @@ from pipeline import Purifier, ZipSettings
 from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.model import UNetConfig, build_unet
-from pipeline.placement import actor_placement
+from pipeline.placement import actor_placement, default_actors_and_gpus, local_ray_problem
 from tests.jobutil import tiny_model_file
 
 
@@ -137,6 +137,41 @@ def test_actor_placement_on_gpu_and_cpu_clusters() -> None:
     assert actor_placement(_job(actors=3, gpus_per_actor=1), 0) == (3, 1, "cuda")  # autoscaling from zero
     assert actor_placement(_job(), 0) == (1, 0.0, "cpu")
     assert actor_placement(_job(precision="bf16"), 1) == (1, 1.0, "cuda")
+
+
+@pytest.mark.parametrize("per_actor, gpus, actors", [
+    (0.2, 1, 5), (0.1, 1, 10), (0.25, 1, 4), (0.3, 1, 3), (0.5, 2, 4), (1, 8, 8),
+    (0.6, 2, 2), (0.4, 3, 6), (0.7, 1, 1),
+])
+def test_fractional_gpus_give_as_many_actors_as_fit_on_each_gpu(per_actor, gpus, actors) -> None:
+    """The pool was the cluster's GPUs // --gpus-per-actor in floats: 1 // 0.2 is 4.0, so one actor in five was never
+    started (0.1 gave 9), and a share cannot span two GPUs, so 2 GPUs at 0.6 each were counted 3 actors where 2 fit."""
+    assert actor_placement(_job(gpus_per_actor=per_actor), gpus) == (actors, per_actor, "cuda")
+
+
+def test_an_actor_the_jobs_own_ray_cannot_place_is_refused_before_it_waits_forever() -> None:
+    """The job's own local Ray is one machine that no node joins: an actor asking for more than it has was never
+    placed, and the run hung with no word (--cpus-per-actor 64 on 2 cores; --gpus-per-actor 1 without a GPU)."""
+    assert local_ray_problem(_job(cpus_per_actor=64), 0.0, cpus=2, gpus=0).startswith("--cpus-per-actor 64 with")
+    assert "cannot run together" in local_ray_problem(_job(cpus_per_actor=2), 0.0, cpus=2, gpus=0)
+    assert "cannot run together" in local_ray_problem(_job(cpus_per_actor=1, cpus_per_task=1.5), 0.0, cpus=2, gpus=0)
+    assert local_ray_problem(_job(), 1.0, cpus=2, gpus=0).startswith("--gpus-per-actor 1: ")
+    assert local_ray_problem(_job(), 0.0, cpus=2, gpus=0) is None
+    assert local_ray_problem(_job(cpus_per_actor=1.75), 0.0, cpus=2, gpus=0) is None
+    assert local_ray_problem(_job(), 0.5, cpus=2, gpus=1) is None
+
+
+def test_the_run_on_its_own_ray_refuses_an_actor_larger_than_the_machine(ray_local) -> None:
+    """Checked where the run places its actors (exit status 2, before any work), on the local Ray the job starts."""
+    import ray
+
+    cpus = ray.cluster_resources()["CPU"]
+    with pytest.raises(JobError, match=rf"--cpus-per-actor 64 .* has {cpus:g} CPUs"):
+        default_actors_and_gpus(_job(cpus_per_actor=64))
+    if not ray.cluster_resources().get("GPU"):
+        with pytest.raises(JobError, match="--gpus-per-actor 1: .* and 0 GPUs"):
+            default_actors_and_gpus(_job(gpus_per_actor=1))
+    assert default_actors_and_gpus(_job(device="cpu")) == (1, 0.0, "cpu")
 
 
 def test_device_cpu_on_a_gpu_cluster_does_not_hold_gpus() -> None:
