@@ -361,6 +361,28 @@ def configure_ray_data() -> None:
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
 
 
+# The DataContext fields configure_ray_data sets: the process's own, which a program calling run_job keeps using
+JOB_DATA_CONTEXT = ("enable_progress_bars", "target_max_block_size", "actor_task_retry_on_errors")
+
+
+@contextlib.contextmanager
+def ray_data_configured() -> Iterator[None]:
+    """Within it, the job's Ray Data settings (`configure_ray_data`); the caller's are put back on leaving. Left set, a
+    program that had called run_job had its own actor pools retry every exception of theirs forever (Ray Data's actors
+    take max_task_retries=-1 unless told), its pipeline hanging where it raised in 3 s, with no progress bars and 16 MiB
+    blocks. The job's pipeline keeps them: a Dataset copies the context it is made in."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = {name: getattr(ctx, name) for name in JOB_DATA_CONTEXT}
+    configure_ray_data()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+
+
 def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None) -> Any:
     """The job's Ray Data pipeline, one stage a line (the module docstring's picture): read -> decode -> tile ->
     purify (an actor pool, one model per actor) -> untile -> encode -> write. Nothing runs until it is iterated."""
@@ -493,10 +515,9 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
 def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], stop: StopRecorder) -> int | None:
     """Run the pipeline over the plan's read units to its end, with the progress bar, adding each written batch to
     `stop.tally`; the torch threads each purifier actor was given."""
-    configure_ray_data()
     threads = cpu_actor_threads(config, *placement[:2])
     # on the job's own local Ray, Ray Data's INFO lines (dataset ids, plans, timings) stay off stderr for this run only
-    with ray_data_console_quieted():
+    with ray_data_configured(), ray_data_console_quieted():
         ds = build_pipeline(config, plan, placement, threads)
         if config.progress:
             # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.jobutil import RAY_LOG_LINE
+from tests.jobutil import RAY_LOG_LINE, image_folder, small_job_config, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,3 +103,19 @@ def test_a_program_that_called_run_job_keeps_rays_and_ray_datas_own_output_after
         assert noise not in during, during[-3000:]
     assert not [line for line in during.splitlines() if RAY_LOG_LINE.match(line) and "INFO" in line], during[-3000:]
     assert "Starting execution of Dataset" in after, after[-3000:]  # as Ray Data prints it without the job
+
+
+def test_a_program_that_ran_the_job_keeps_its_own_ray_data_settings(tmp_path, ray_local) -> None:
+    """run_job left the job's Ray Data settings in the process: a notebook's own actor pool whose UDF raised then
+    retried it forever (actor_task_retry_on_errors with Ray Data's max_task_retries=-1), hanging where it had raised."""
+    import ray.data
+
+    from pipeline.job import run_job
+
+    names = ("enable_progress_bars", "target_max_block_size", "actor_task_retry_on_errors")  # those the job sets
+    ctx = ray.data.DataContext.get_current()
+    before = {name: getattr(ctx, name) for name in names}
+    image_folder(tmp_path / "in", 2)
+    assert run_job(small_job_config(tmp_path, tiny_model_file(tmp_path)))["status"] == "complete"
+    assert {name: getattr(ctx, name) for name in names} == before
+    assert ctx.actor_task_retry_on_errors is False
