@@ -225,7 +225,7 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--blend-k", type=_blend_k, metavar="K",
                     help="authors'-code soft blend exponent k instead of the hard switch, a number above 0; off: no "
                          "blend, the paper's hard switch (the default; undoes --recipe authors-code's k = 10, as "
-                         "blend_k: null does in a --config file)")
+                         "blend_k: off does in a --config file)")
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")
     zp.add_argument("--resample", type=int, metavar="R",
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
@@ -390,6 +390,19 @@ def _text_hint(value: Any, accepted: tuple[type, ...]) -> str:
     return "; read as text: write the number without quotes"
 
 
+def _file_blend_k(path: str, value: Any) -> float | None:
+    """A --config file's blend_k: a number, or the flag's words for no blend. YAML 1.1 reads a bare off (and no,
+    false) as the boolean false, which stopped the run although --blend-k off takes the same word; null, "off" and
+    "none" say it too. True and other text are refused here, naming the file, in the words a file is written in."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _NO_BLEND):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        hint = _text_hint(value, (int, float))
+        raise ConfigError(f"--config {path}: blend_k must be a number above 0, or off (null) for no blend (the hard "
+                          f"switch), got {value!r}" + (f" ({hint[2:]})" if hint else ""))
+    return value
+
+
 def _file_values(path: str) -> dict[str, Any]:
     """A --config file's options under JobConfig's names (dashes read as underscores), checked for unknown keys,
     keys given twice under both spellings, and the types of the keys JobConfig.check never sees."""
@@ -411,6 +424,8 @@ def _file_values(path: str) -> dict[str, Any]:
                               "--help, without the dashes in front)")
         values[key] = value
     _check_file_types(path, {k: v for k, v in values.items() if k in _SHORTHAND_TYPES})
+    if "blend_k" in values:
+        values["blend_k"] = _file_blend_k(path, values["blend_k"])
     operators = values.get("operators")
     if isinstance(operators, list):
         # a YAML list of names is one way to write --operators: joined, as the flag's comma-separated text (it
