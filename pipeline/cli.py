@@ -701,7 +701,12 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
               "wrote anything to the output; run the same command again to start it", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt as err:  # before the pipeline (the lease taken, the output's records), or a second Ctrl-C
+        # an --overwrite run stopped here purified nothing, but may have deleted the output's earlier files already:
+        # nothing to resume (the same command, with --overwrite, deletes what is written)
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
+              "interrupted: the run stopped before it purified anything, and --overwrite may have deleted the "
+              "output's earlier files (those left are whole); run the same command again to start over"
+              if config is not None and config.overwrite is True else
               "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)  # SIGTERM before the pipeline started is raised as one too (143)
     with reader_may_go_away():

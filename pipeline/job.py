@@ -84,6 +84,7 @@ from pipeline.stopped_run import (
     count_stopped_run,
     part_names,
     record_stopped_run,
+    resume_advice,
     signals_deferred,
     signals_interrupt,
     stopped_totals,
@@ -468,7 +469,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
     tally = _start_tally(plan)
     stop = StopRecorder(config, plan, lease, started, tally)
 
-    with record_stopped_run(stop.record, out):
+    with record_stopped_run(stop.record, out, stop.advice):
         _remove_old_temporaries(out, so)
         _start_refresh(out, so, plan)
         # What the output holds now, for a stopped run to tell its own files from these (one listing; a new output,
@@ -663,6 +664,11 @@ class StopRecorder:
     bar: Any = None
     before: dict[str, str | None] | set[str] | None = None
     pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_refreshed_reads`)
+    files_written: int | None = None  # part files this run wrote, once `record` has counted them
+
+    def advice(self) -> str:
+        """What to run next, once the stop is recorded: an --overwrite run is resumed without --overwrite."""
+        return resume_advice(self.config.overwrite is True, self.files_written != 0)
 
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
@@ -676,6 +682,7 @@ class StopRecorder:
         details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
         # a second Ctrl-C may cut the count short
         count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
+        self.files_written = None if count.short else count.files  # a count cut short may have missed some
         IGNORE_STOPS.set()  # but not the summary's write
         if not self.pipeline_ended:  # once it has, the journal notes the containers read whole already
             _note_refreshed_reads(out, so, plan, self.tally.read_whole, pipeline_ended=False)
@@ -692,12 +699,21 @@ class StopRecorder:
         try:
             _write_summary(out, {
                 "status": status, **details, "this_run": done, "output_totals": totals,
-                "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
+                "resume": self._resume(count),
                 "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
                 so, run_history_path(out, self.started, self.lease.record["run_id"]))
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
             unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
         return _stopped_phrase(count, totals, self.tally.hidden) + unwritten
+
+    def _resume(self, count: StoppedCount) -> str:
+        """The summary's word on what to run next."""
+        if self.config.overwrite is not True:
+            return "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read"
+        if count.short is None and count.files == 0:
+            return "run the same command again: --overwrite deleted the earlier rows, and this run wrote none"
+        return ("run the command again without --overwrite: inputs already in data/ or rejects/ are skipped, the rest "
+                "are read (with --overwrite, they are deleted and every input is read)")
 
 
 def _replaced_by_stopped_refresh(out: str, storage_options: dict[str, Any], journal: Journal,
