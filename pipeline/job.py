@@ -26,6 +26,7 @@ import gc
 import json
 import math
 import posixpath
+import re
 import signal
 import sys
 import threading
@@ -339,6 +340,10 @@ class RunTally:
         return plan.skipped_files + plan.skipped_container_records + self.skipped_in_units
 
 
+# Ray Data's warning for options passed as ray_remote_args (`max_retries=3` to map_batches), from Ray 2.60 on
+RAY_REMOTE_ARGS_DEPRECATED = r".*ray_remote_args.*deprecated"
+
+
 def configure_ray_data() -> None:
     """The Ray Data settings the job's pipeline relies on (the driver's context, read when the pipeline starts)."""
     import ray.data
@@ -357,9 +362,10 @@ def configure_ray_data() -> None:
     ctx.target_max_block_size = BLOCK_BYTES
     ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
     # Retries are set on purpose (build_pipeline); Ray 2.60 has no named parameter for them yet, only the
-    # (deprecated) remote-args route, so silence that warning rather than the setting.
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+    # (deprecated) remote-args route, so silence that warning rather than the setting: for build_pipeline's calls
+    # alone (Ray Data attributes it to the module that called map_batches). The filter list is the process's: without
+    # `module`, a program that called run_job never again heard of its own map_batches' ray_remote_args.
+    warnings.filterwarnings("ignore", message=RAY_REMOTE_ARGS_DEPRECATED, module=rf"{re.escape(__name__)}\Z")
 
 
 # The DataContext fields configure_ray_data sets: the process's own, which a program calling run_job keeps using
