@@ -115,3 +115,29 @@ def test_on_a_store_that_answers_as_gcs_does_the_folder_is_read_with_its_slash_a
     assert input_location(f"objectfirst://{root}/data/", {}) == f"objectfirst:///{root}/data"
     (unit,) = discover(f"objectfirst://{root}/data/a.png", {})  # an object with nothing under it is one file
     assert unit.paths == (f"objectfirst:///{root}/data/a.png",)
+
+
+class _PrefixListing(_ObjectFirst):
+    """A store whose listing of a name gives every key that starts with it: the object itself and its siblings
+    ('data-2/...', 'data.csv') as well as the keys under 'data/'."""
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
+        path = self._strip_protocol(path)
+        names = sorted(key for key in self.store if key.startswith(path))
+        return [{"name": n, "size": self.store[n].size, "type": "file"} for n in names] if detail else names
+
+
+def test_an_object_whose_siblings_share_its_name_is_one_file(object_first) -> None:
+    """Only keys under 'name/' make the name a folder too: a store that lists the object with its siblings ('lone-2/',
+    'lone.csv') must not have a plain object refused."""
+    fs, root = object_first
+    fsspec.register_implementation("objectfirst", _PrefixListing, clobber=True)
+    fs = _PrefixListing()
+    fs.pipe(f"{root}/lone-2/x.png", image_bytes(8, 8, 0))
+    fs.pipe(f"{root}/lone.csv", b"a,b")
+    fs.pipe(f"{root}/lone", image_bytes(8, 8, 1))
+    (unit,) = discover(f"objectfirst://{root}/lone", {})
+    assert unit.paths == (f"objectfirst:///{root}/lone",)
+    _twins(fs, root)
+    with pytest.raises(ValueError, match="both an object and a folder"):
+        discover(f"objectfirst://{root}/data", {})

@@ -60,11 +60,11 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
 
 
 # Stores whose names are keys, not paths: one may hold an object 'data' beside objects under 'data/' (a folder marker
-# written without its '/', a file copied to the wrong key). S3 is asked in one request (`_s3_keys_under`); the others
-# through fsspec's own calls (`_keys_under`). A disk's, a server's (HDFS, SFTP, FTP, SMB, WebDAV) or Azure Data Lake
-# Gen1's names are paths, never both a file and a folder, and are not asked (an FTP server's listing of a file is not
-# its folder's).
-KEYED_PROTOCOLS = frozenset({*S3_PROTOCOLS, "gs", "gcs", "abfs", "abfss", "az", "oss", "memory"})
+# written without its '/', a file copied to the wrong key). S3 is asked in one request (`_s3_keys_under`); Google Cloud
+# Storage, Azure Blob and memory:// through fsspec's own calls (`_keys_under`). A disk's, a server's (HDFS, SFTP, FTP,
+# SMB, WebDAV) or Azure Data Lake Gen1's names are paths, never both a file and a folder, and are not asked (an FTP
+# server's listing of a file is not its folder's); nor is a store this list does not name.
+KEYED_PROTOCOLS = frozenset({*S3_PROTOCOLS, "gs", "gcs", "abfs", "abfss", "az", "memory"})
 
 
 def _one_file(fs: Any, root: str, uri: str) -> bool:
@@ -106,13 +106,14 @@ def _one_file(fs: Any, root: str, uri: str) -> bool:
 
 def _keys_under(fs: Any, root: str) -> bool:
     """Whether an object store other than S3 holds a file under `root` + '/' beside the file `root`, by fsspec's own
-    calls: a listing of `root` that gives anything but `root` itself (gcsfs lists the keys under 'data/', and gives the
-    object alone when there are none)."""
+    call: a listing of `root` that gives a name under `root` + '/' (gcsfs lists the keys under 'data/', and gives the
+    object alone when there are none; a store that lists the object's folder or its siblings, 'data-2', gives none)."""
     try:
         names = fs.ls(root, detail=False)
-    except (PermissionError, NotADirectoryError):  # a key that may be read but not listed beside: none seen
+    except (FileNotFoundError, PermissionError, NotADirectoryError):  # nothing listed there, or not to this reader
         return False
-    return any(str(name).rstrip("/") != root.rstrip("/") for name in names)
+    folder = root.rstrip("/") + "/"
+    return any(str(name).startswith(folder) and str(name) != folder for name in names)
 
 
 def _s3_keys_under(fs: Any, root: str) -> bool:
