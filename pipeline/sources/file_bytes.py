@@ -147,14 +147,16 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
             if total <= in_memory_bytes:
                 raw = b"".join(chunks)
                 return lambda: io.BytesIO(raw)
-            handle, local = tempfile.mkstemp(prefix=SPOOL_PREFIX)
+            handle, local = tempfile.mkstemp(prefix=SPOOL_PREFIX)  # readable by this user alone
             try:
-                with os.fdopen(handle, "wb") as copy:
+                try:
                     for chunk in chunks:
-                        _write_local(copy, chunk, local)
+                        _write_local(handle, chunk, local)
                     chunks.clear()
                     while chunk := f.read(SPOOL_CHUNK_BYTES):
-                        _write_local(copy, chunk, local)
+                        _write_local(handle, chunk, local)
+                finally:
+                    os.close(handle)
             except BaseException:
                 _remove_local(local)
                 raise
@@ -168,10 +170,13 @@ class SpoolFailed(ValueError):
     """The local copy of a file of unknown size could not be written (a full disk): a permanent error, not retried."""
 
 
-def _write_local(copy: BinaryIO, chunk: bytes, local: str) -> None:
-    """Write `chunk` to the local copy, an error saying where (a full disk is no storage error: not retried)."""
+def _write_local(handle: int, chunk: bytes, local: str) -> None:
+    """Write `chunk` to the local copy (unbuffered: nothing is left to fail when it is closed), an error saying where
+    (a full disk is no storage error: not retried)."""
     try:
-        copy.write(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(handle, view) :]
     except OSError as err:
         raise SpoolFailed(f"no size on storage and over --in-memory-mb, so copied to read it: writing the copy "
                           f"failed ({err.strerror or err}); free space in {os.path.dirname(local)} or set TMPDIR to "
