@@ -529,7 +529,8 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
         if config.progress:
             # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)
             stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr)
-        _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar)
+        notes = RefreshReadNotes(config.output.rstrip("/"), config.storage_options, plan)
+        _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
     if stop.bar is not None:
         stop.bar.close()
     return threads
@@ -567,7 +568,7 @@ def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> 
 
 
 def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPlan, read_whole: list[dict[str, Any]],
-                          *, pipeline_ended: bool) -> None:
+                          *, pipeline_ended: bool, running: bool = False) -> None:
     """Write a --refresh-changed run's journal again with the `_containers/` entry a complete run would record of each
     refreshed container its read tasks read to their end (`Journal.read`): the next run records it and skips the
     container unread when the output holds exactly the ids its read gave, where it read the container whole again only
@@ -590,9 +591,54 @@ def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPl
         if pipeline_ended:
             lost = ("could not note the containers read whole in the refresh journal ({}); if this run stops before its "
                     "end, the next run may say they changed")
+        elif running:  # `RefreshReadNotes`: noted again later, and when the run stops
+            lost = ("could not note the containers read so far in the refresh journal ({}); if this run is killed, the "
+                    "next run reads them again")
         else:
             lost = "could not note the containers read in the refresh journal ({}); the next run reads them again"
         print(f"zip-purify: warning: {lost.format(describe(err))}", file=sys.stderr)
+
+
+# How often, at most, a --refresh-changed run writes its journal again while its pipeline runs, to note the refreshed
+# containers its read tasks have read to their end since (`RefreshReadNotes`): a SIGKILL, which notes nothing, leaves
+# the reads of at most this many seconds (and of the batches since the last one the driver took) to be done again.
+# Each write is the whole journal (1.4 CPU s for 10^6 ids, docs/benchmarks.md): at most a few % of the driver's time.
+REFRESH_NOTE_S = 60.0
+
+
+@dataclass
+class RefreshReadNotes:
+    """A --refresh-changed run's notes, while its pipeline runs, of the refreshed containers its read tasks read to
+    their end (`Journal.read`, as `_note_refreshed_reads` writes them when a run stops in its pipeline): without them
+    a run killed there (SIGKILL, a lost driver) left the next run to read each such container whole again only to skip
+    every id of it. The first is written as soon as the driver hears of one, the next ones at most every
+    REFRESH_NOTE_S. Such a note claims nothing of the container's rows (they may not all be written yet): the next
+    run skips a container unread only when the output holds exactly the ids its read gave and the record its new
+    stamp (`plan._after_earlier_refresh`). Not `whole`: that is noted once the pipeline has ended."""
+
+    out: str
+    storage_options: dict[str, Any]
+    plan: JobPlan
+    seen: int = 0  # how many of the tally's `read_whole` were looked at
+    due: bool = False  # a refreshed container's read not noted yet
+    last: float = -math.inf  # time.monotonic() of the last note written
+    paths: frozenset[str] = field(init=False)  # the refreshed containers' paths
+
+    def __post_init__(self) -> None:
+        inputs = self.plan.refresh.inputs if self.plan.refresh is not None else {}
+        self.paths = frozenset(u.paths[0] for u in self.plan.units
+                               if u.kind != "files" and relative_id(u.paths[0], u.root) in inputs)
+
+    def after(self, tally: RunTally) -> None:
+        if not self.paths:
+            return
+        if len(tally.read_whole) > self.seen:
+            self.due = self.due or any(r["path"] in self.paths for r in tally.read_whole[self.seen:])
+            self.seen = len(tally.read_whole)
+        if self.due and time.monotonic() - self.last >= REFRESH_NOTE_S:
+            self.last, self.due = time.monotonic(), False
+            _note_refreshed_reads(self.out, self.storage_options, self.plan, tally.read_whole, pipeline_ended=False,
+                                  running=True)
 
 
 def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[set[str], dict[str, ContainerRead]]:
@@ -631,8 +677,10 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
 
 
-def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any) -> None:
-    """Run the pipeline to its end, adding each written batch's row to `tally` and checking the lease as it goes."""
+def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any,
+                           notes: RefreshReadNotes | None = None) -> None:
+    """Run the pipeline to its end, adding each written batch's row to `tally` and checking the lease as it goes;
+    with `notes`, a --refresh-changed run's journal notes the refreshed containers read to their end as it goes."""
     rows_iter = iter(ds.iter_rows())
     # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
     # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
@@ -640,6 +688,8 @@ def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: Ru
         for row in rows_iter:
             tally.add(row)
             lease.check()
+            if notes is not None:
+                notes.after(tally)
             if bar is not None:
                 # before update: a log's minute line is printed by update
                 bar.set_postfix(**_progress_postfix(bar, plan, tally))
