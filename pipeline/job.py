@@ -34,7 +34,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -612,16 +612,19 @@ class RefreshReadNotes:
     their end (`Journal.read`, as `_note_refreshed_reads` writes them when a run stops in its pipeline): without them
     a run killed there (SIGKILL, a lost driver) left the next run to read each such container whole again only to skip
     every id of it. The first is written as soon as the driver hears of one, the next ones at most every
-    REFRESH_NOTE_S. Such a note claims nothing of the container's rows (they may not all be written yet): the next
-    run skips a container unread only when the output holds exactly the ids its read gave and the record its new
-    stamp (`plan._after_earlier_refresh`). Not `whole`: that is noted once the pipeline has ended."""
+    REFRESH_NOTE_S. Such a note claims nothing of the container's rows (they may not all be written yet), as a stop's
+    does not: the next run skips a container unread only when it is unchanged since and the output holds exactly the
+    ids its read gave (`ledger.unchanged_and_done`), and one with an id left with only its old row keeps its earlier
+    stamp, said changed until a --refresh-changed run replaces that row (`Journal.new_stamps`). Not `whole`: that is
+    noted once the pipeline has ended (`_note_refreshed_reads`)."""
 
     out: str
     storage_options: dict[str, Any]
     plan: JobPlan
     seen: int = 0  # how many of the tally's `read_whole` were looked at
     due: bool = False  # a refreshed container's read not noted yet
-    last: float = -math.inf  # time.monotonic() of the last note written
+    last: float = -math.inf  # clock() of the last note written
+    clock: Callable[[], float] = time.monotonic
     paths: frozenset[str] = field(init=False)  # the refreshed containers' paths
 
     def __post_init__(self) -> None:
@@ -635,8 +638,8 @@ class RefreshReadNotes:
         if len(tally.read_whole) > self.seen:
             self.due = self.due or any(r["path"] in self.paths for r in tally.read_whole[self.seen:])
             self.seen = len(tally.read_whole)
-        if self.due and time.monotonic() - self.last >= REFRESH_NOTE_S:
-            self.last, self.due = time.monotonic(), False
+        if self.due and self.clock() - self.last >= REFRESH_NOTE_S:
+            self.last, self.due = self.clock(), False
             _note_refreshed_reads(self.out, self.storage_options, self.plan, tally.read_whole, pipeline_ended=False,
                                   running=True)
 

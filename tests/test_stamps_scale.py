@@ -106,3 +106,40 @@ def test_a_shard_a_killed_refresh_read_to_its_end_is_not_read_again_by_the_next_
     assert not (tmp_path / "out" / "_refresh").exists()
     later = run_job(small_job_config(tmp_path, model, refresh_changed=True))["this_run"]
     assert (later["read"], later["containers_skipped_unread"], later["refreshed"]["inputs"]) == (0, 1, 0)
+
+
+def test_a_refresh_notes_its_reads_at_once_then_at_most_every_interval_and_only_for_refreshed_containers(
+        monkeypatch) -> None:
+    """Each note is the whole journal written again (seconds at 10^6 ids): the first refreshed container read to its
+    end is noted at once, later ones at most every REFRESH_NOTE_S, a container not refreshed never."""
+    from types import SimpleNamespace
+
+    from pipeline.refresh import Journal
+    from pipeline.sources import ReadUnit
+
+    noted: list[int] = []
+    monkeypatch.setattr(job_module, "_note_refreshed_reads",
+                        lambda out, so, plan, read_whole, **kw: noted.append(len(read_whole)))
+    clock = [1000.0]
+    units = [ReadUnit("tar", (f"/in/{name}",), "/in") for name in ("a.tar", "b.tar", "c.tar")]
+    journal = Journal({"a.tar/0": [], "b.tar/0": []}, {"a.tar": ("tar", "new", ["a.tar/0"]),
+                                                       "b.tar": ("tar", "new", ["b.tar/0"])})
+    notes = job_module.RefreshReadNotes("/out", {}, SimpleNamespace(refresh=journal, units=units), clock=lambda: clock[0])
+    tally = SimpleNamespace(read_whole=[])
+
+    def read(name: str, after_s: float) -> None:
+        clock[0] += after_s
+        tally.read_whole.append({"path": f"/in/{name}"})
+        notes.after(tally)
+
+    read("c.tar", 0)  # not refreshed: nothing to note
+    read("a.tar", 1)  # the first: at once
+    read("b.tar", 1)  # within the interval: later
+    notes.after(tally)
+    assert noted == [2]
+    clock[0] += job_module.REFRESH_NOTE_S
+    notes.after(tally)  # the next batch after the interval: b.tar noted with the rest
+    assert noted == [2, 3]
+    clock[0] += job_module.REFRESH_NOTE_S
+    read("c.tar", 0)  # nothing refreshed read since
+    assert noted == [2, 3]
