@@ -30,6 +30,7 @@ from pipeline.config import DEFAULT_INPUT, JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
+from pipeline.placement import DEFAULT_CPUS_PER_ACTOR
 from pipeline.plan import JobPlan, plan_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
@@ -264,7 +265,9 @@ def _add_cluster_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     rt.add_argument("--actors", type=int, help="purifier actors at most (default 0: one per GPU, or 1 on CPU)")
     rt.add_argument("--gpus-per-actor", type=float,
                     help="GPUs per actor, 0 or 0.0001 to 1 (default 1 when the cluster has GPUs, else 0)")
-    rt.add_argument("--cpus-per-actor", type=float, help=f"CPUs reserved per actor (default {d.cpus_per_actor})")
+    rt.add_argument("--cpus-per-actor", type=float,
+                    help=f"CPUs reserved per actor (default {DEFAULT_CPUS_PER_ACTOR}; on a local Ray with fewer CPUs "
+                         "than that plus --cpus-per-task, a 1-CPU machine, what one task leaves, and the run says so)")
     rt.add_argument("--cpus-per-task", type=float,
                     help=f"CPUs reserved per read/decode/tile/untile/encode/write task (default {d.cpus_per_task})")
     rt.add_argument("--torch-threads", type=int,

@@ -59,7 +59,14 @@ from pipeline.output import (
     unify_output_types,
     write_json,
 )
-from pipeline.placement import cpu_actor_threads, default_actors_and_gpus, init_ray, ray_data_console_quieted
+from pipeline.placement import (
+    actor_cpus,
+    cpu_actor_threads,
+    default_actors_and_gpus,
+    init_ray,
+    ray_data_console_quieted,
+    with_fitted_actor_cpus,
+)
 from pipeline.plan import JobPlan, plan_job
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
@@ -280,7 +287,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no pipeline.
         # The run is otherwise the same: it holds the lease, clears an --overwrite output, does the end-of-run check,
         # records what a complete run records and writes its summary.
-        placement = _start_cluster(config) if plan.units else None
+        config, placement = _start_cluster(config) if plan.units else (config, None)
     except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM, raised as one) before anything is written: said so
         raise StoppedWhileLoading(getattr(err, "signum", signal.SIGINT)) from err
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
@@ -289,11 +296,15 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         return _run(config, plan, placement, lease, started)
 
 
-def _start_cluster(config: JobConfig) -> tuple[int, float, str]:
-    """Start or join Ray, then decide the purifier actors' placement from the cluster (`pipeline.placement`)."""
+def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]]:
+    """Start or join Ray, then decide the purifier actors' placement from the cluster (`pipeline.placement`): the
+    config the run goes on with (its actors' CPUs decided, `with_fitted_actor_cpus`) and (actors, GPUs each, device)."""
     with signals_deferred():  # Ctrl-C while Ray starts stops the run once Ray has started whole
         init_ray(config)
-    return default_actors_and_gpus(config)
+    config, note = with_fitted_actor_cpus(config)
+    if note:
+        print(f"zip-purify: note: {note}", file=sys.stderr)
+    return config, default_actors_and_gpus(config)
 
 
 @dataclass
@@ -429,7 +440,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
             canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
+        num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
     )
     # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).

@@ -3,6 +3,12 @@ precision code path, and how the job places its purifier actors on GPUs."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,8 +16,10 @@ from pipeline import Purifier, ZipSettings
 from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.model import UNetConfig, build_unet
-from pipeline.placement import actor_placement, default_actors_and_gpus, local_ray_problem
-from tests.jobutil import tiny_model_file
+from pipeline.placement import actor_placement, default_actors_and_gpus, fitted_actor_cpus, local_ray_problem
+from tests.jobutil import image_folder, small_job_argv, tiny_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model() -> torch.nn.Module:
@@ -172,6 +180,47 @@ def test_the_run_on_its_own_ray_refuses_an_actor_larger_than_the_machine(ray_loc
         with pytest.raises(JobError, match="--gpus-per-actor 1: .* and 0 GPUs"):
             default_actors_and_gpus(_job(gpus_per_actor=1))
     assert default_actors_and_gpus(_job(device="cpu")) == (1, 0.0, "cpu")
+
+
+@pytest.mark.parametrize("options, cpus, fitted, fits", [
+    ({}, 1, 0.75, True), ({}, 1.2, 0.95, True), ({"cpus_per_task": 0.5}, 1, 0.5, True),
+    ({"cpus_per_task": 0.3}, 1, 0.7, True), ({}, 2, 1.0, True), ({}, 1.25, 1.0, True), ({}, 64, 1.0, True),
+    ({"cpus_per_actor": 1.0}, 1, 1.0, False), ({"cpus_per_actor": 0.5}, 64, 0.5, True),  # the user's, kept
+    ({"cpus_per_task": 1}, 1, 1.0, False),  # no room beside a task: kept, and refused by local_ray_problem
+])
+def test_the_default_actor_cpus_fit_a_local_ray_of_one_cpu(options, cpus, fitted, fits) -> None:
+    """Without --cpus-per-actor an actor reserved 1 CPU, and a task 0.25 more: a default run on a 1-CPU machine (a small
+    VM, a container limited with --cpus 1) was refused with exit status 2, telling the user to set a flag."""
+    got, note = fitted_actor_cpus(_job(**options), cpus)
+    assert got == fitted
+    assert (note is not None) == ("cpus_per_actor" not in options and got != 1.0), note
+    placed = _job(**{**options, "cpus_per_actor": got})
+    assert (local_ray_problem(placed, 0.0, cpus=cpus, gpus=0) is None) == fits
+
+
+def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large_is_still_refused(tmp_path) -> None:
+    """The whole run on the job's own local Ray of 1 CPU, as on a 1-CPU machine: the default run completes, saying in
+    one line what its actor reserves; --cpus-per-actor 1, given, cannot fit and is refused (exit status 2) as before."""
+    image_folder(tmp_path / "in", 2)
+    argv = small_job_argv(tmp_path, tiny_model_file(tmp_path))
+    code = ("import sys, json; from pipeline.placement import init_local_ray; from pipeline.cli import main\n"
+            "init_local_ray(num_cpus=1)\n"
+            "argv = json.loads(sys.argv[1])\n"
+            "print('explicit', main([*argv, '--cpus-per-actor', '1']), file=sys.stderr, flush=True)\n"
+            "print('-- default --', file=sys.stderr, flush=True)\n"
+            "print('default', main(argv), file=sys.stderr, flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    explicit, _, default = done.stderr.partition("-- default --")
+    assert "explicit 2" in explicit and "--cpus-per-actor 1 with --cpus-per-task 0.25" in explicit, explicit[-3000:]
+    assert "default 0" in default, default[-3000:]
+    notes = [line for line in default.splitlines() if line.startswith("zip-purify: note:")]
+    assert len(notes) == 1 and "reserves 0.75 CPU" in notes[0] and "--cpus-per-actor" in notes[0], default[-3000:]
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 2
+    assert summary["config"]["cpus_per_actor"] == 0.75
 
 
 def test_device_cpu_on_a_gpu_cluster_does_not_hold_gpus() -> None:
