@@ -61,9 +61,11 @@ from pipeline.output import (
 )
 from pipeline.placement import (
     actor_cpus,
+    actors_started,
     cpu_actor_threads,
     default_actors_and_gpus,
     init_ray,
+    purifier_actor_table,
     ray_data_console_quieted,
     with_fitted_actor_cpus,
 )
@@ -494,7 +496,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         stop.before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
 
         # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
-        threads = None if placement is None else _purify(config, plan, placement, stop)
+        threads, started_actors = (None, 0) if placement is None else _purify(config, plan, placement, stop)
         stop.pipeline_ended = True  # before: a stop while it notes them must not note them again as not whole
         _note_refreshed_reads(out, so, plan, tally.read_whole, pipeline_ended=True)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
@@ -512,7 +514,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
         # written (a full disk), is recorded as "interrupted" or "failed" (exit status 143 or 1) rather than leaving
         # "running" behind, or exit status 2 ("could not start"). Once written, a signal lets the run end as recorded.
-        summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
+        summary = _summary(config, plan, placement, threads, started_actors, tally, rows, stale, retyped, wall, started)
         if summary["status"] == "complete":
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all, rows.refresh_left)
             summary["this_run"]["containers_recorded"] = recorded
@@ -530,10 +532,13 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
     return summary
 
 
-def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], stop: StopRecorder) -> int | None:
+def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
+            stop: StopRecorder) -> tuple[int | None, int | None]:
     """Run the pipeline over the plan's read units to its end, with the progress bar, adding each written batch to
-    `stop.tally`; the torch threads each purifier actor was given."""
+    `stop.tally`; the torch threads each purifier actor was given, and how many purifier actors started (the pool
+    grows as work waits, up to `placement`'s actors; None where Ray does not say)."""
     threads = cpu_actor_threads(config, *placement[:2])
+    earlier = set(purifier_actor_table() or {})  # a program that runs the job again: its earlier runs' actors
     # on the job's own local Ray, Ray Data's INFO lines (dataset ids, plans, timings) stay off stderr for this run only
     with ray_data_configured(), ray_data_console_quieted():
         ds = build_pipeline(config, plan, placement, threads)
@@ -544,7 +549,7 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
         _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
     if stop.bar is not None:
         stop.bar.close()
-    return threads
+    return threads, actors_started(purifier_actor_table(), earlier)
 
 
 def _write_summary(out: str, summary: dict[str, Any], so: dict[str, Any], history: str) -> None:
@@ -838,8 +843,8 @@ def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenS
 
 
 def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, threads: int | None,
-             tally: RunTally, rows: OutputRows, stale: StaleRejects, retyped: dict[str, str], wall: float,
-             started: float) -> dict[str, Any]:
+             started_actors: int | None, tally: RunTally, rows: OutputRows, stale: StaleRejects,
+             retyped: dict[str, str], wall: float, started: float) -> dict[str, Any]:
     """The finished run's OUTPUT/_summary.json: this run's counts, the whole output's, the model and the cluster."""
     replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed + rows.refreshed
     resolved = stale.all
@@ -890,7 +895,7 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
         "model": {"checkpoint": redact_uri(plan.checkpoint_uri), "sha256": ckpt.sha256, "note": plan.model_note,
                   "canvas_size": plan.canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
-        "ray": _ray_summary(placement, threads),
+        "ray": _ray_summary(config, placement, threads, started_actors),
         "config": config.public(),
         "versions": versions(),
         "started": started,
@@ -902,11 +907,15 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
 NOTHING_TO_READ = "nothing was left to read: this run started no Ray, no purifier actor and no pipeline"
 
 
-def _ray_summary(placement: tuple[int, float, str] | None, threads: int | None) -> dict[str, Any]:
-    """The summary's "ray": the purifier actors the run started, with their GPUs, device and torch threads; a run that
-    had nothing to read started none, and says so rather than what a cluster it never joined would have given."""
+def _ray_summary(config: JobConfig, placement: tuple[int, float, str] | None, threads: int | None,
+                 started: int | None) -> dict[str, Any]:
+    """The summary's "ray": how many purifier actors the run started (`actors`; None where Ray does not say) and the most
+    its pool could grow to (`actors_max`: the pool starts one and adds more while work waits for them, so a short run
+    on 8 GPUs may start 1), the CPUs and GPUs each reserved, their device and torch threads; a run that had nothing to
+    read started none, and says so rather than what a cluster it never joined would have given."""
     if placement is None:
-        return {"actors": 0, "gpus_per_actor": None, "device": None, "torch_threads": None, "note": NOTHING_TO_READ}
+        return {"actors": 0, "actors_max": 0, "cpus_per_actor": None, "gpus_per_actor": None, "device": None,
+                "torch_threads": None, "note": NOTHING_TO_READ}
     actors, gpus_per_actor, device = placement
-    return {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
-            "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads}
+    return {"actors": started, "actors_max": actors, "cpus_per_actor": actor_cpus(config), "gpus_per_actor": gpus_per_actor,
+            "device": device, "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads}

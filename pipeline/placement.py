@@ -17,7 +17,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.errors import JobError
 from pipeline.stages import ALL_CORES
@@ -329,3 +329,32 @@ def actor_placement(config: PlacementOptions, cluster_gpus: float) -> tuple[int,
         raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
                        "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
     return actors, gpus_per_actor, device
+
+
+# Ray Data names a pool's actor class after its stage: 'MapWorker(MapBatches(PurifyStage))'
+PURIFIER_ACTOR_CLASS = "PurifyStage"
+
+
+def purifier_actor_table() -> dict[str, dict[str, Any]] | None:
+    """The purifier actors of this driver's Ray job that Ray's control store knows (actor id -> its record: "State",
+    "StartTime" in ms, 0 until its constructor has returned), those of earlier runs in this process too; None where Ray
+    does not say (a Ray Client connection, `ray://`; a Ray without this table)."""
+    import ray
+
+    try:
+        from ray._private import state
+
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        table = state.actors(job_id=job)
+    except Exception:  # noqa: BLE001 - Ray's internal table: without it the run goes on, and does not say
+        return None
+    return {actor_id: record for actor_id, record in table.items()
+            if PURIFIER_ACTOR_CLASS in str(record.get("ActorClassName", ""))}
+
+
+def actors_started(table: dict[str, dict[str, Any]] | None, before: set[str]) -> int | None:
+    """How many purifier actors in `table` (`purifier_actor_table`) not in `before` (those of earlier runs) started: their
+    constructor returned (the model loaded), whether they are alive, restarting or ended since. None: Ray did not say."""
+    if table is None:
+        return None
+    return sum(1 for actor_id, record in table.items() if actor_id not in before and record.get("StartTime"))

@@ -17,7 +17,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.model import UNetConfig, build_unet
 from pipeline.placement import actor_placement, default_actors_and_gpus, fitted_actor_cpus, local_ray_problem
-from tests.jobutil import image_folder, small_job_argv, tiny_model_file
+from tests.jobutil import image_folder, small_job_argv, small_job_config, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,6 +221,27 @@ def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert summary["status"] == "complete" and summary["this_run"]["purified"] == 2
     assert summary["config"]["cpus_per_actor"] == 0.75
+
+
+def test_the_summary_counts_the_actors_the_run_started_beside_the_most_its_pool_could_have(tmp_path, ray_local) -> None:
+    """The summary's ray.actors was the pool's maximum (--actors, or one per GPU), not the actors started: the pool
+    starts one and adds more only while work waits for them, so a short run with --actors 3 started 1 and said 3."""
+    import ray
+    from ray._private import state
+
+    from pipeline.job import run_job
+
+    def purifiers() -> dict[str, dict]:
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        return {k: v for k, v in state.actors(job_id=job).items() if "PurifyStage" in v["ActorClassName"]}
+
+    before = set(purifiers())
+    image_folder(tmp_path / "in", 2)
+    summary = run_job(small_job_config(tmp_path, tiny_model_file(tmp_path), actors=3, cpus_per_actor=0.5))
+    started = [k for k, v in purifiers().items() if k not in before and v["StartTime"]]
+    assert summary["status"] == "complete" and started
+    assert summary["ray"]["actors"] == len(started) and summary["ray"]["actors_max"] == 3, summary["ray"]
+    assert summary["ray"]["cpus_per_actor"] == 0.5
 
 
 def test_device_cpu_on_a_gpu_cluster_does_not_hold_gpus() -> None:
