@@ -62,6 +62,7 @@ from pipeline.output import (
 from pipeline.placement import (
     actor_cpus,
     actors_started,
+    cluster_wait_warning,
     cpu_actor_threads,
     default_actors_and_gpus,
     init_ray,
@@ -306,7 +307,11 @@ def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]
     config, note = with_fitted_actor_cpus(config)
     if note:
         print(f"zip-purify: note: {note}", file=sys.stderr)
-    return config, default_actors_and_gpus(config)
+    placement = default_actors_and_gpus(config)
+    wait = cluster_wait_warning(config, placement[1])
+    if wait:
+        print(f"zip-purify: warning: {wait}", file=sys.stderr)
+    return config, placement
 
 
 @dataclass

@@ -272,6 +272,52 @@ def local_ray_problem(config: PlacementOptions, gpus_per_actor: float, cpus: flo
     return None
 
 
+def _asks(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else "")
+
+
+def cluster_wait_problem(config: PlacementOptions, gpus_per_actor: float, nodes: list[dict[str, float]],
+                         free: dict[str, float]) -> str | None:
+    """Why the run would wait on a cluster whose alive nodes have `nodes` resources in all (`free` of the cluster's
+    now): no node can hold a purifier actor, or none can hold one with one of the pipeline's tasks beside it (on it or
+    on another node), or None. Said, not refused: a joined cluster's autoscaler may add a node that can. The second
+    one waited with no word at all (`--cpus-per-actor 2` on a cluster of one 2-CPU node: the actor took the node and
+    the tasks that feed it waited for a CPU); for the first Ray says that no node type fits, in its own terms."""
+    cpus, task = actor_cpus(config), config.cpus_per_task
+    slack = 0.5 / RAY_RESOURCE_UNITS  # Ray's own units: 1.2 - 0.95 is 0.25 there, a hair under it in floats
+    holders = [i for i, n in enumerate(nodes)
+               if n.get("CPU", 0) + slack >= cpus and n.get("GPU", 0) + slack >= gpus_per_actor]
+    fits = any(nodes[i].get("CPU", 0) - cpus + slack >= task
+               or any(n.get("CPU", 0) + slack >= task for j, n in enumerate(nodes) if j != i) for i in holders)
+    if fits:
+        return None
+    shown = sorted(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), reverse=True)
+    has = ", ".join(_asks(n.get("CPU", 0), n.get("GPU", 0)) for n in shown[:4]) + (", ..." if len(shown) > 4 else "")
+    has = (f"its {len(nodes)} node{'s' if len(nodes) != 1 else ''} ha{'ve' if len(nodes) != 1 else 's'} {has}"
+           if nodes else "it has no node") + f" ({_asks(free.get('CPU', 0), free.get('GPU', 0))} free now)"
+    flags = "--cpus-per-actor" + (" or --gpus-per-actor" if gpus_per_actor else "")
+    if not holders:
+        what = f"no node of the cluster can hold a purifier actor ({_asks(cpus, gpus_per_actor)} each)"
+    else:
+        what = (f"the cluster cannot run a purifier actor ({_asks(cpus, gpus_per_actor)}) and the tasks that read and "
+                f"write its images (--cpus-per-task {task:g} each) together")
+        flags += " or --cpus-per-task"
+    return (f"{what}: {has}; the run waits until a node that can is added (an autoscaler may add one); Ctrl-C stops "
+            f"it, and a smaller {flags} fits the nodes there are")
+
+
+def cluster_wait_warning(config: PlacementOptions, gpus_per_actor: float) -> str | None:
+    """`cluster_wait_problem` on the cluster Ray is connected to, where the run would wait for a node (a joined cluster,
+    or a Ray the caller started); None on the job's own local Ray, which refuses such actors (`local_ray_problem`)."""
+    import ray
+
+    if not ray.is_initialized() or on_own_local_ray():
+        return None
+    nodes = [{k: float(v) for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")}
+             for n in ray.nodes() if n.get("Alive")]
+    return cluster_wait_problem(config, gpus_per_actor, nodes, ray.available_resources())
+
+
 def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
     """What is wrong with running purifier actors on `device` with `gpus_per_actor` GPUs each, or None (None GPUs:
     not decided yet, the cluster's GPUs decide). Checked with the options, in a dry run too, and again once the

@@ -16,7 +16,13 @@ from pipeline import Purifier, ZipSettings
 from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.model import UNetConfig, build_unet
-from pipeline.placement import actor_placement, default_actors_and_gpus, fitted_actor_cpus, local_ray_problem
+from pipeline.placement import (
+    actor_placement,
+    cluster_wait_problem,
+    default_actors_and_gpus,
+    fitted_actor_cpus,
+    local_ray_problem,
+)
 from tests.jobutil import image_folder, small_job_argv, small_job_config, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +248,51 @@ def test_the_summary_counts_the_actors_the_run_started_beside_the_most_its_pool_
     assert summary["status"] == "complete" and started
     assert summary["ray"]["actors"] == len(started) and summary["ray"]["actors_max"] == 3, summary["ray"]
     assert summary["ray"]["cpus_per_actor"] == 0.5
+
+
+@pytest.mark.parametrize("options, gpus, nodes, said", [
+    ({"cpus_per_actor": 2}, 0.0, [{"CPU": 2}], "cannot run a purifier actor (2 CPUs) and the tasks"),
+    ({"cpus_per_actor": 64}, 0.0, [{"CPU": 2}], "no node of the cluster can hold a purifier actor (64 CPUs each)"),
+    ({}, 0.0, [{"CPU": 0}], "no node of the cluster can hold a purifier actor (1 CPU each): its 1 node has 0 CPUs"),
+    ({}, 0.0, [], "no node of the cluster can hold a purifier actor (1 CPU each): it has no node"),
+    ({}, 1.0, [{"CPU": 8}, {"CPU": 8}], "(1 CPU and 1 GPU each): its 2 nodes have 8 CPUs, 8 CPUs"),
+    ({}, 0.0, [{"CPU": 2}], None),
+    ({"cpus_per_actor": 2}, 0.0, [{"CPU": 2}, {"CPU": 2}], None),  # the tasks on the other node
+    ({"cpus_per_actor": 0.95}, 0.0, [{"CPU": 1.2}], None),
+    ({}, 1.0, [{"CPU": 0}, {"CPU": 8, "GPU": 1}], None),
+])
+def test_a_cluster_the_run_would_wait_on_is_said_at_the_start(options, gpus, nodes, said) -> None:
+    """On a joined cluster an actor that no node can hold waits for a node (an autoscaler may add one); one that takes
+    the only node's CPUs leaves none to the tasks that feed it, and that run waited with no word at all."""
+    problem = cluster_wait_problem(_job(**options), gpus, nodes, {"CPU": 0.5})
+    if said is None:
+        assert problem is None, problem
+    else:
+        assert said in problem and "an autoscaler may add one" in problem and "--cpus-per-actor" in problem, problem
+        assert "(0.5 CPUs free now)" in problem and ("--gpus-per-actor" in problem) == bool(gpus), problem
+
+
+def test_a_run_on_a_cluster_whose_nodes_cannot_hold_its_actor_and_tasks_says_so_as_it_starts(ray_local, monkeypatch,
+                                                                                          capsys) -> None:
+    """A Ray that is not the job's own (a joined cluster, or the caller's) of 2 CPUs with --cpus-per-actor 2: the run
+    waited for a CPU for its tasks forever, and said nothing; it still waits, and says why as it starts."""
+    import pipeline.job as job
+    import pipeline.placement as placement
+
+    monkeypatch.setattr(placement, "_OWN_RAY_NODE", [None])  # as on a joined cluster: not refused, no node joins
+    cpus = ray_local_cpus()
+    _, placed = job._start_cluster(_job(cpus_per_actor=cpus))
+    assert placed == (1, 0.0, "cpu")
+    err = capsys.readouterr().err
+    assert f"zip-purify: warning: the cluster cannot run a purifier actor ({cpus:g} CPUs)" in err, err
+    job._start_cluster(_job(cpus_per_actor=cpus / 2))
+    assert "warning" not in capsys.readouterr().err
+
+
+def ray_local_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources()["CPU"]
 
 
 def test_device_cpu_on_a_gpu_cluster_does_not_hold_gpus() -> None:
