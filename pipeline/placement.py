@@ -387,6 +387,8 @@ def purifier_actor_table() -> dict[str, dict[str, Any]] | None:
     does not say (a Ray Client connection, `ray://`; a Ray without this table)."""
     import ray
 
+    if not ray.is_initialized():  # ray.get_runtime_context() would start a Ray of its own
+        return None
     try:
         from ray._private import state
 
