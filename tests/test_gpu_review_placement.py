@@ -229,6 +229,26 @@ def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large
     assert summary["config"]["cpus_per_actor"] == 0.75
 
 
+def test_a_default_run_on_a_one_cpu_ray_the_calling_program_started_runs(tmp_path) -> None:
+    """A program's own `ray.init(num_cpus=1)`, then run_job with the defaults: the actor took the only CPU and the
+    tasks that feed it waited for one, forever and with no word (the job's own Ray refused it; this one is not the
+    job's, and was not checked)."""
+    image_folder(tmp_path / "in", 2)
+    code = ("import sys, ray; from pathlib import Path; from pipeline.job import run_job\n"
+            "from tests.jobutil import small_job_config\n"
+            "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+            "s = run_job(small_job_config(Path(sys.argv[1]), sys.argv[2]))\n"
+            "print('run', s['status'], s['this_run']['purified'], s['ray']['cpus_per_actor'])\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), tiny_model_file(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run complete 2 0.75" in done.stdout, done.stdout
+    assert "zip-purify: note: the local Ray has 1 CPU: each purifier actor reserves 0.75 CPU" in done.stderr, \
+        done.stderr[-3000:]
+
+
 def test_the_summary_counts_the_actors_the_run_started_beside_the_most_its_pool_could_have(tmp_path, ray_local) -> None:
     """The summary's ray.actors was the pool's maximum (--actors, or one per GPU), not the actors started: the pool
     starts one and adds more only while work waits for them, so a short run with --actors 3 started 1 and said 3."""
