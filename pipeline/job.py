@@ -310,7 +310,7 @@ def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]
     placement = default_actors_and_gpus(config)
     wait = cluster_wait_warning(config, placement[1])
     if wait:
-        print(f"zip-purify: warning: {wait}", file=sys.stderr)
+        print(f"zip-purify: note: {wait}", file=sys.stderr)  # a note: an autoscaling cluster waits for its nodes
     return config, placement
 
 

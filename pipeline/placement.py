@@ -302,8 +302,8 @@ def cluster_wait_problem(config: PlacementOptions, gpus_per_actor: float, nodes:
         what = (f"the cluster cannot run a purifier actor ({_asks(cpus, gpus_per_actor)}) and the tasks that read and "
                 f"write its images (--cpus-per-task {task:g} each) together")
         flags += " or --cpus-per-task"
-    return (f"{what}: {has}; the run waits until a node that can is added (an autoscaler may add one); Ctrl-C stops "
-            f"it, and a smaller {flags} fits the nodes there are")
+    return (f"{what}: {has}; the run waits for a node that can to be added (a cluster's autoscaler adds one; without "
+            f"one it waits forever: Ctrl-C stops it, and a smaller {flags} fits the nodes there are)")
 
 
 def cluster_wait_warning(config: PlacementOptions, gpus_per_actor: float) -> str | None:
