@@ -589,7 +589,7 @@ def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> 
 
 
 def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPlan, read_whole: list[dict[str, Any]],
-                          *, pipeline_ended: bool, running: bool = False) -> None:
+                          *, pipeline_ended: bool, running: bool = False) -> bool:
     """Write a --refresh-changed run's journal again with the `_containers/` entry a complete run would record of each
     refreshed container its read tasks read to their end (`Journal.read`): the next run records it and skips the
     container unread when the output holds exactly the ids its read gave, where it read the container whole again only
@@ -599,25 +599,28 @@ def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPl
     stopped after this, in its end-of-run check, the next run takes their new stamps, as this run would have, though a
     member one no longer holds has no new row. Without it, such a container was said changed by every later run, and
     the next --refresh-changed purified its rows again. A run stopped in its pipeline (Ctrl-C, SIGTERM, a failure)
-    notes the entries only: their rows may not all be written yet. A failure to write it is said, and loses only that."""
+    notes the entries only: their rows may not all be written yet. A failure to write it is said, and loses only that.
+    Returns whether the journal holds the note (False: its write failed)."""
     if plan.refresh is None or not read_whole:
-        return
+        return True
     whole, entries = _refreshed_reads(plan, read_whole)
     if not (whole if pipeline_ended else entries):
-        return
+        return True
     noted = replace(plan.refresh, read=entries, **({"whole": frozenset(whole)} if pipeline_ended else {}))
     try:
         write_journal(out, storage_options, noted)
+        return True
     except Exception as err:  # noqa: BLE001 - the journal written first still holds; only that saving is lost
         if pipeline_ended:
             lost = ("could not note the containers read whole in the refresh journal ({}); if this run stops before its "
                     "end, the next run may say they changed")
-        elif running:  # `RefreshReadNotes`: noted again later, and when the run stops
-            lost = ("could not note the containers read so far in the refresh journal ({}); if this run is killed, the "
-                    "next run reads them again")
+        elif running:  # `RefreshReadNotes`: tried again after REFRESH_NOTE_S, and when the run stops
+            lost = ("could not note the containers read so far in the refresh journal ({}); tried again in a minute or "
+                    "so; if this run is killed before, the next run reads them again")
         else:
             lost = "could not note the containers read in the refresh journal ({}); the next run reads them again"
         print(f"zip-purify: warning: {lost.format(describe(err))}", file=sys.stderr)
+        return False
 
 
 # How often, at most, a --refresh-changed run writes its journal again while its pipeline runs, to note the refreshed
@@ -660,9 +663,11 @@ class RefreshReadNotes:
             self.due = self.due or any(r["path"] in self.paths for r in tally.read_whole[self.seen:])
             self.seen = len(tally.read_whole)
         if self.due and self.clock() - self.last >= REFRESH_NOTE_S:
-            self.last, self.due = self.clock(), False
-            _note_refreshed_reads(self.out, self.storage_options, self.plan, tally.read_whole, pipeline_ended=False,
-                                  running=True)
+            self.last = self.clock()
+            # one that could not be written (storage unavailable a while) is tried again after the interval, not
+            # only once another refreshed container is read: there may be none
+            self.due = not _note_refreshed_reads(self.out, self.storage_options, self.plan, tally.read_whole,
+                                                 pipeline_ended=False, running=True)
 
 
 def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[set[str], dict[str, ContainerRead]]:

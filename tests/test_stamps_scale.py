@@ -119,7 +119,7 @@ def test_a_refresh_notes_its_reads_at_once_then_at_most_every_interval_and_only_
 
     noted: list[int] = []
     monkeypatch.setattr(job_module, "_note_refreshed_reads",
-                        lambda out, so, plan, read_whole, **kw: noted.append(len(read_whole)))
+                        lambda out, so, plan, read_whole, **kw: noted.append(len(read_whole)) or True)
     clock = [1000.0]
     units = [ReadUnit("tar", (f"/in/{name}",), "/in") for name in ("a.tar", "b.tar", "c.tar")]
     journal = Journal({"a.tar/0": [], "b.tar/0": []}, {"a.tar": ("tar", "new", ["a.tar/0"]),
@@ -143,3 +143,37 @@ def test_a_refresh_notes_its_reads_at_once_then_at_most_every_interval_and_only_
     clock[0] += job_module.REFRESH_NOTE_S
     read("c.tar", 0)  # nothing refreshed read since
     assert noted == [2, 3]
+
+
+def test_a_refresh_note_that_could_not_be_written_is_tried_again_at_the_next_interval(monkeypatch, capsys) -> None:
+    """A note whose journal write failed (storage unavailable for a while) was marked done all the same: with no other
+    refreshed container read after it, its reads went unnoted for the rest of the pipeline, and a SIGKILL there left the
+    next run to read them again, though the warning had said they would be noted again later."""
+    from types import SimpleNamespace
+
+    from pipeline.refresh import Journal
+    from pipeline.sources import ReadUnit
+
+    written: list[set[str]] = []
+
+    def write_journal(out: str, so: dict, journal: Journal) -> None:
+        if not written:
+            written.append(set())
+            raise ConnectionError("503 Service Unavailable")
+        written.append(set(journal.read))
+
+    monkeypatch.setattr(job_module, "write_journal", write_journal)
+    clock = [1000.0]
+    unit = ReadUnit("tar", ("/in/a.tar",), "/in", sizes=(10,), stamps=("new",))
+    journal = Journal({"a.tar/0": []}, {"a.tar": ("tar", "new", ["a.tar/0"])})
+    plan = SimpleNamespace(refresh=journal, units=[unit], container_purified=set())
+    notes = job_module.RefreshReadNotes("/out", {}, plan, clock=lambda: clock[0])
+    tally = SimpleNamespace(read_whole=[{"path": "/in/a.tar", "records": 1, "ids_sha256": "x"}])
+    notes.after(tally)  # a.tar read to its end: noted at once, and that write fails
+    assert written == [set()] and "could not note the containers read so far" in capsys.readouterr().err
+    clock[0] += job_module.REFRESH_NOTE_S
+    notes.after(tally)  # the next batch after the interval, no other container read since: a.tar noted now
+    assert written == [set(), {"a.tar"}]
+    clock[0] += job_module.REFRESH_NOTE_S
+    notes.after(tally)  # noted: not written again
+    assert len(written) == 2
