@@ -286,7 +286,7 @@ def _utc(timestamp: str) -> datetime.datetime:
     return datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
 
 
-@pytest.mark.parametrize("state", ["Suspended", "Waiting", "Retrying", "", "Running"])
+@pytest.mark.parametrize("state", ["Suspended", "Waiting", "Retrying", ""])
 def test_cronjob_submitter_replaces_a_rayjob_left_unfinished_by_an_earlier_night(tmp_path: Path, state: str) -> None:
     """A RayJob left Suspended (or Waiting, Retrying, never started) is not failed by its activeDeadlineSeconds, which
     KubeRay applies only while it initializes or runs: the submitter counted it as active, and skipped every later
@@ -330,6 +330,28 @@ def test_cronjob_submitter_replaces_a_rayjob_left_unfinished_by_an_earlier_night
     # stale means past the RayJob's own deadline, and before the next night
     deadline = _rayjobs()["cronjob"]["spec"]["activeDeadlineSeconds"]
     assert deadline < submitter["STALE_S"] < 24 * 3600
+
+
+@pytest.mark.parametrize("state", ["Initializing", "Running"])
+def test_cronjob_submitter_never_deletes_a_rayjob_its_deadline_still_governs(tmp_path: Path, state: str) -> None:
+    """KubeRay's activeDeadlineSeconds counts from a RayJob's start, which a queue (Kueue) may delay past the day: a
+    RayJob initializing or running a day after its creation may be well inside its deadline, doing real work. The
+    night skips it rather than kill it; KubeRay's deadline ends it if it overruns."""
+    submitter = _submitter(tmp_path)
+    items = [{"metadata": {"name": "run-queued", "creationTimestamp": "2026-01-14T02:00:00Z"},
+              "status": {"jobDeploymentStatus": state}}]
+    calls: list[tuple[str, str]] = []
+
+    def fake_call(method: str, url: str, body: Any = None) -> dict[str, Any]:
+        calls.append((method, url.rsplit("/", 1)[1]))
+        return {"items": items} if method == "GET" else {}
+
+    created: list[str] = []
+    submitter.update(call=fake_call, create=lambda base: created.append(base) or "new", wait=lambda base, name: None,
+                     utcnow=lambda: _utc("2026-01-16T02:00:00Z"))
+    with pytest.raises(SystemExit) as skipped:
+        submitter["main"]()
+    assert skipped.value.code == 0 and [m for m, _ in calls] == ["GET"] and not created
 
 
 def test_kuberay_heads_list_their_service_ports() -> None:
