@@ -56,7 +56,7 @@ with interrupted_while_loading("jobs/evaluate.py"):
     import torch
 
     from pipeline.checkpoint import CheckpointError
-    from pipeline.cli_common import Parser
+    from pipeline.cli_common import Parser, script_prog
     from pipeline.evaluation.attacks import ATTACKS
     from pipeline.evaluation.classifier import train_classifier
     from pipeline.evaluation.datasets import CACHE_DIR, DataError
@@ -89,7 +89,7 @@ def _csv(choices: tuple[str, ...] | list[str], what: str):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # one `error:` line and a pointer to --help for a bad option, as the purify job's and the export's (not the usage)
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=script_prog(__file__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # in the order --help lists them
     _add_what_is_evaluated(p)
     _add_test_subset_and_zip_sampling(p)

@@ -58,7 +58,7 @@ from pipeline.entry import interrupted_while_loading  # noqa: E402
 with interrupted_while_loading("jobs/train_prior.py"):
     import torch
 
-    from pipeline.cli_common import Parser
+    from pipeline.cli_common import Parser, script_prog
     from pipeline.evaluation.datasets import DataError, load_dataset
     from pipeline.model import UNetConfig, build_unet
     from pipeline.schedule import NoiseSchedule
@@ -96,7 +96,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # one `error:` line and a pointer to --help for a bad option, as the purify job's and the export's (not the usage)
-    p = Parser(description=__doc__, formatter_class=_HelpFormatter)
+    p = Parser(prog=script_prog(__file__), description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--data", default="cifar10", choices=sorted(TRAINING_SETS),
                    help="clean training set the prior learns (its train split, from the shared data folder)")
     p.add_argument("--out", default="runs/prior",

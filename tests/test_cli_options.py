@@ -130,6 +130,10 @@ def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     (["jobs/purify.py", "--stpes", "20"], "python jobs/purify.py"),
     (["-m", "pipeline.cli", "--stpes", "20"], "python -m pipeline.cli"),
     (["jobs/export.py", "--output", "o", "--to", "d", "--wokers", "2"], "python jobs/export.py"),
+    # the training, evaluation and report scripts said "(run train_prior.py --help ...)": not a command that runs
+    (["jobs/train_prior.py", "--minuts", "1"], "python jobs/train_prior.py"),
+    (["jobs/evaluate.py", "--subst", "10"], "python jobs/evaluate.py"),
+    (["jobs/target_table.py", "--atacks", "badnet", "docs/cifar10.json"], "python jobs/target_table.py"),
 ])
 def test_a_flag_error_names_the_command_the_user_ran(command: list[str], named: str) -> None:
     # "zip-purify: error: ... (run zip-purify --help for the options)" after `python jobs/purify.py --stpes 20`: a
@@ -146,7 +150,7 @@ def test_a_flag_error_names_the_command_the_user_ran(command: list[str], named: 
     assert err[-1] == f"(run {named} --help for the options)", err
 
 
-@pytest.mark.parametrize("script", ["purify.py", "export.py"])
+@pytest.mark.parametrize("script", ["purify.py", "export.py", "train_prior.py", "evaluate.py", "target_table.py"])
 def test_a_flag_errors_hint_runs_as_printed_from_a_folder_with_a_space(tmp_path, script: str) -> None:
     # "(run python /home/me/My Projects/zip/jobs/purify.py --help for the options)": pasted, the shell runs
     # /home/me/My with the rest as its arguments. The script's name is quoted as the shell needs it.
