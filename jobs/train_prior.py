@@ -3,8 +3,8 @@
 What it trains: a 32 px UNet in our guided-diffusion-compatible layout (default: 32 channels, mults 1,2,2, 2 res
 blocks, attention at 16 px: 1.7M parameters, the shipped prior's shape), ε-MSE on DDPM timesteps 0..999, Adam with
 warm-up, gradient clipping at 1 and an EMA of the weights, which is what gets exported.
-Data: the clean training split of --data, read from the shared data folder ($ZIP_SHARED_DIR/data, else ../shared/data)
-and decoded once into $ZIP_CACHE_DIR (else ~/.cache/zip-purify).
+Data: the clean training split of --data, read from the shared data folder ($ZIP_SHARED_DIR/data, else shared/data
+beside the repository's folder) and decoded once into $ZIP_CACHE_DIR (else ~/.cache/zip-purify).
 
 Files in --out:
   last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
