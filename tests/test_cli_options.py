@@ -616,3 +616,41 @@ def test_version_names_the_code_and_the_libraries_that_move_its_pixels(capsys: p
     assert pipeline.__version__ == pyproject["project"]["version"]  # the installed package is this checkout's
     assert capsys.readouterr().out.strip() == (f"zip-purify {pipeline.__version__} (torch {torch.__version__}, ray "
                                                f"{metadata.version('ray')}, Python {platform.python_version()})")
+
+
+@pytest.mark.parametrize(("made_with", "now", "hint"), [
+    ("low-asr", {}, "--recipe low-asr"),          # a scheduled command that lost its --recipe
+    ("authors-code", {"recipe": "fast"}, "--recipe authors-code"),  # another recipe than the output's
+    ("paper", {"recipe": "fast"}, "--recipe paper"),  # made without a recipe, run with one
+])
+def test_an_output_made_with_a_recipe_names_it_when_a_run_differs(tmp_path, made_with, now, hint) -> None:
+    # before: "./clean was written with other settings: sampler 'ddpm' (now 'ddim'), start 0.3 (now 1.0), steps 50
+    # (now 20)", which left the user to work out that these were --recipe low-asr's
+    import json
+
+    from pipeline.settings import ZipSettings
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "part-0.parquet").write_bytes(b"")
+    (out / "_job.json").write_text(json.dumps({"settings": ZipSettings.recipe(made_with).to_dict()}))
+    config = JobConfig.from_recipe(now["recipe"], input=str(tmp_path), output=str(out)) if now else \
+        JobConfig(input=str(tmp_path), output=str(out))
+    with pytest.raises(JobError) as refused:
+        check_output_state(config, {"settings": config.settings().to_dict()}, dry_run=True)
+    assert "other settings" in str(refused.value) and hint in str(refused.value), refused.value
+
+
+def test_settings_no_recipe_makes_are_not_said_to_be_one(tmp_path) -> None:
+    import json
+
+    from pipeline.settings import ZipSettings
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "part-0.parquet").write_bytes(b"")
+    (out / "_job.json").write_text(json.dumps({"settings": ZipSettings.recipe("low-asr", steps=30).to_dict()}))
+    config = JobConfig(input=str(tmp_path), output=str(out))
+    with pytest.raises(JobError) as refused:
+        check_output_state(config, {"settings": config.settings().to_dict()}, dry_run=True)
+    assert "steps 30 (now 20)" in str(refused.value) and "--recipe" not in str(refused.value), refused.value
