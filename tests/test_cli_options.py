@@ -388,7 +388,7 @@ def test_the_retry_lines_counts_of_one_are_singular() -> None:
                                              "tar/Parquet/zip files read to their end now, 2 tar look-alike rejects gone")
 
 
-@pytest.mark.parametrize("side", ["input", "output"])
+@pytest.mark.parametrize("side", ["input", "output", "checkpoint"])  # README's first job: --checkpoint s3://... (a traceback)
 def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monkeypatch, side: str) -> None:
     # it said only "NoCredentialsError: Unable to locate credentials", naming none of the ways to give them
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
@@ -399,10 +399,11 @@ def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monke
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
-    where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
-    where[side] = f"s3://no-credentials-{side}/x/"
+    where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "checkpoint": "cifar10"}
+    where[side] = f"s3://no-credentials-{side}/x/" if side != "checkpoint" else "s3://no-credentials/m.pt"
+    model = ["--checkpoint", where["checkpoint"]] if side == "checkpoint" else []
     # nothing listens on port 9: botocore signs a request, and finds no credentials, before it connects
-    assert main(["--input", where["input"], "--output", where["output"], "--s3-endpoint", "http://127.0.0.1:9",
+    assert main(["--input", where["input"], "--output", where["output"], *model, "--s3-endpoint", "http://127.0.0.1:9",
                  "--dry-run"]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and "Unable to locate credentials" in err[0], err
