@@ -30,6 +30,7 @@ from pipeline.config import DEFAULT_INPUT, JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
+from pipeline.placement import DEFAULT_CPUS_PER_ACTOR
 from pipeline.plan import JobPlan, plan_job
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
@@ -225,7 +226,7 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--blend-k", type=_blend_k, metavar="K",
                     help="authors'-code soft blend exponent k instead of the hard switch, a number above 0; off: no "
                          "blend, the paper's hard switch (the default; undoes --recipe authors-code's k = 10, as "
-                         "blend_k: null does in a --config file)")
+                         "blend_k: off does in a --config file)")
     zp.add_argument("--clip-denoised", type=_bool, metavar="BOOL", help="clamp x̂₀ to [-1, 1] each step (default true)")
     zp.add_argument("--resample", type=int, metavar="R",
                     help="redo each guided step R times, re-noising in between (DDNM+/RePaint time travel); R times "
@@ -259,11 +260,14 @@ def _add_cluster_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                     help=f"tar shards, Parquet and zip files up to this size are fetched in one request; larger ones "
                          f"are streamed (a tar read twice, a zip a member at a time), so memory does not grow with "
                          f"them (default {d.in_memory_mb}; "
-                         "0 streams all)")
+                         "0 streams all); a larger zip or Parquet file a web server sends with no size is copied to "
+                         "a local temporary file ($TMPDIR) and read from there")
     rt.add_argument("--actors", type=int, help="purifier actors at most (default 0: one per GPU, or 1 on CPU)")
     rt.add_argument("--gpus-per-actor", type=float,
                     help="GPUs per actor, 0 or 0.0001 to 1 (default 1 when the cluster has GPUs, else 0)")
-    rt.add_argument("--cpus-per-actor", type=float, help=f"CPUs reserved per actor (default {d.cpus_per_actor})")
+    rt.add_argument("--cpus-per-actor", type=float,
+                    help=f"CPUs reserved per actor (default {DEFAULT_CPUS_PER_ACTOR}; on a local Ray with fewer CPUs "
+                         "than that plus --cpus-per-task, a 1-CPU machine, what one task leaves, and the run says so)")
     rt.add_argument("--cpus-per-task", type=float,
                     help=f"CPUs reserved per read/decode/tile/untile/encode/write task (default {d.cpus_per_task})")
     rt.add_argument("--torch-threads", type=int,
@@ -390,6 +394,19 @@ def _text_hint(value: Any, accepted: tuple[type, ...]) -> str:
     return "; read as text: write the number without quotes"
 
 
+def _file_blend_k(path: str, value: Any) -> float | None:
+    """A --config file's blend_k: a number, or the flag's words for no blend. YAML 1.1 reads a bare off (and no,
+    false) as the boolean false, which stopped the run although --blend-k off takes the same word; null, "off" and
+    "none" say it too. True and other text are refused here, naming the file, in the words a file is written in."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _NO_BLEND):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        hint = _text_hint(value, (int, float))
+        raise ConfigError(f"--config {path}: blend_k must be a number above 0, or off (null) for no blend (the hard "
+                          f"switch), got {value!r}" + (f" ({hint[2:]})" if hint else ""))
+    return value
+
+
 def _file_values(path: str) -> dict[str, Any]:
     """A --config file's options under JobConfig's names (dashes read as underscores), checked for unknown keys,
     keys given twice under both spellings, and the types of the keys JobConfig.check never sees."""
@@ -411,6 +428,8 @@ def _file_values(path: str) -> dict[str, Any]:
                               "--help, without the dashes in front)")
         values[key] = value
     _check_file_types(path, {k: v for k, v in values.items() if k in _SHORTHAND_TYPES})
+    if "blend_k" in values:
+        values["blend_k"] = _file_blend_k(path, values["blend_k"])
     operators = values.get("operators")
     if isinstance(operators, list):
         # a YAML list of names is one way to write --operators: joined, as the flag's comma-separated text (it
@@ -686,7 +705,12 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
               "wrote anything to the output; run the same command again to start it", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt as err:  # before the pipeline (the lease taken, the output's records), or a second Ctrl-C
+        # an --overwrite run stopped here purified nothing, but may have deleted the output's earlier files already:
+        # nothing to resume (the same command, with --overwrite, deletes what is written)
         print("interrupted: the dry run stopped; nothing was written" if args.dry_run else
+              "interrupted: the run stopped before it purified anything, and --overwrite may have deleted the "
+              "output's earlier files (those left are whole); run the same command again to start over"
+              if config is not None and config.overwrite is True else
               "interrupted: every file in the output is whole; run the same command again to resume", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)  # SIGTERM before the pipeline started is raised as one too (143)
     with reader_may_go_away():

@@ -65,7 +65,9 @@ class JobConfig:
     in_memory_mb: int = IN_MEMORY_BYTES // 2**20
     actors: int = 0
     gpus_per_actor: float | None = None
-    cpus_per_actor: float = 1.0
+    # None: DEFAULT_CPUS_PER_ACTOR, or what a local Ray started in this process has left beside one of the pipeline's
+    # tasks where it has fewer CPUs than both (`pipeline.placement.fitted_actor_cpus`); a number is the user's, kept
+    cpus_per_actor: float | None = None
     cpus_per_task: float = 0.25
     torch_threads: int | None = None
     device: str | None = None
@@ -143,6 +145,8 @@ class JobConfig:
             if not (is_whole_number(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.append(f"{_flag(name)} must be a whole number of 0 or more, got {getattr(self, name)!r}")
         for name in ("cpus_per_actor", "cpus_per_task"):
+            if name == "cpus_per_actor" and self.cpus_per_actor is None:  # the default, sized where the run starts Ray
+                continue
             if not (_is_number(getattr(self, name)) and getattr(self, name) > 0):
                 problems.append(f"{_flag(name)} must be a number above 0, got {getattr(self, name)!r}")
         if self.gpus_per_actor is not None and not (_is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):

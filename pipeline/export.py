@@ -305,6 +305,30 @@ class OutputState:
         return None
 
 
+@dataclass(frozen=True)
+class ArgNames:
+    """How the export's errors and warnings name what its caller gave: an API caller passed export_images's keyword
+    arguments (`API_NAMES`: to='images', force=True), the command line its flags (`CLI_NAMES`: --to images, --force).
+    An API caller was told to "pass --force", which it has no way to do."""
+
+    flags: dict[str, str] | None  # argument -> flag; None: the API's own argument names
+
+    def given(self, name: str, value: str) -> str:
+        """An argument as the caller gave it, for an error about its value: `--to images`, `to='images'`."""
+        return f"{self.flags[name]} {value}" if self.flags else f"{name}={value!r}"
+
+    def named(self, name: str) -> str:
+        """An argument's name: `--format`, `image_format`."""
+        return self.flags[name] if self.flags else name
+
+    def passing(self, name: str, value: str | None = None) -> str:
+        """How to pass an argument the advice names: `--force`, `force=True`; `--manifest jsonl`, `manifest="jsonl"`;
+        `existing`'s values are the command line's flags --overwrite and --resume."""
+        if self.flags:
+            return self.flags[value] if name == "existing" else self.flags[name] + (f" {value}" if value else "")
+        return f'{name}="{value}"' if value else f"{name}=True"
+
+
 def output_state(output: str, storage_options: dict[str, Any]) -> OutputState:
     summary = read_json(f"{output}/{SUMMARY_FILE}", storage_options) or {}
     lease = read_lease(output, storage_options)
@@ -312,9 +336,12 @@ def output_state(output: str, storage_options: dict[str, Any]) -> OutputState:
     return OutputState(summary.get("status"), summary.get("started"), lease_holder(lease) if live else None)
 
 
-def check_output(output: str, storage_options: dict[str, Any], force: bool = False) -> tuple[OutputState, str | None]:
+def check_output(output: str, storage_options: dict[str, Any], force: bool = False,
+                 names: ArgNames | None = None) -> tuple[OutputState, str | None]:
     """The output's state, and a warning when `force` lets an unfinished output through. Raises ExportError for a
-    missing output, one that is not zip-purify's, and (without `force`) one a run is writing or did not finish."""
+    missing output, one that is not zip-purify's, and (without `force`) one a run is writing or did not finish; its
+    advice names `force` as `names` says (API_NAMES, the default, or CLI_NAMES)."""
+    names = names or API_NAMES
     fs, root = storage_path(output, storage_options)
     if not with_retries(lambda: fs.exists(root), f"stat {output}"):
         raise ExportError(f"output {output} does not exist")
@@ -326,7 +353,8 @@ def check_output(output: str, storage_options: dict[str, Any], force: bool = Fal
         if posixpath.basename(root.rstrip("/")) in (DATA_DIR, REJECTS_DIR) and fs.exists(f"{parent}/{JOB_FILE}"):
             raise ExportError(f"{output} is the {posixpath.basename(root.rstrip('/'))}/ folder of an output: give the "
                               f"output itself, {with_protocol(fs, parent)}")
-        raise ExportError(f"{output} is not a zip-purify output (it has no {JOB_FILE}); give the --output of a run")
+        raise ExportError(f"{output} is not a zip-purify output (it has no {JOB_FILE}); give the "
+                          "output folder of a zip-purify run")
     state = output_state(output, storage_options)
     problem = None
     if state.lease:
@@ -343,23 +371,24 @@ def check_output(output: str, storage_options: dict[str, Any], force: bool = Fal
         # a run that holds the lease is under way: running its command again would be refused by that same lease
         remedy = ("wait for that run to finish, then export" if state.lease else
                   "finish it first (run the same zip-purify command again)")
-        raise ExportError(f"output {output} is not complete: {problem}; {remedy}, or pass --force to export the rows "
-                          "it holds now")
-    return state, (f"warning: output {output} is not complete: {problem}; exporting the rows it holds now (--force): "
-                   "rows may be missing, or an id in data/ and rejects/ both")
+        raise ExportError(f"output {output} is not complete: {problem}; {remedy}, or pass {names.passing('force')} to "
+                          "export the rows it holds now")
+    return state, (f"warning: output {output} is not complete: {problem}; exporting the rows it holds now "
+                   f"({names.passing('force')}): rows may be missing, or an id in data/ and rejects/ both")
 
 
-# How the error of a DIR that is not empty names the two ways into it: an API caller is told export_images's own
-# argument, `existing`, the command line its flags. (DIR itself is --to in both, as in every error of the export.)
-API_NAMES = {"resume": 'existing="resume"', "overwrite": 'existing="overwrite"'}
-CLI_NAMES = {"resume": "--resume", "overwrite": "--overwrite"}
+API_NAMES = ArgNames(None)
+CLI_NAMES = ArgNames({"output": "--output", "to": "--to", "image_format": "--format", "jpeg_quality": "--jpeg-quality",
+                      "manifest": "--manifest", "force": "--force", "workers": "--workers", "resume": "--resume",
+                      "overwrite": "--overwrite"})
 
 
 def check_destination(to: str, output: str, storage_options: dict[str, Any], existing: str,
-                      names: dict[str, str]) -> None:
+                      names: ArgNames) -> None:
     """Refuse a DIR that is a file, the output or one of its data/ and rejects/ folders, or (with `existing`
-    "refuse") one that holds anything, naming the ways into it as `names` says (API_NAMES, CLI_NAMES).
+    "refuse") one that holds anything, naming DIR and the ways into it as `names` says (API_NAMES, CLI_NAMES).
     Raises ExportError."""
+    given = names.given("to", to)
     if existing not in EXISTING:
         raise ValueError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     same = same_storage_paths(to, output, storage_options)
@@ -368,27 +397,27 @@ def check_destination(to: str, output: str, storage_options: dict[str, Any], exi
         for folder in ("", DATA_DIR, REJECTS_DIR):
             inside = posixpath.join(out_path, folder) if folder else out_path
             if to_path == inside or (folder and to_path.startswith(inside.rstrip("/") + "/")):
-                raise ExportError(f"--to {to} is {'the output itself' if not folder else f'inside its {folder}/ folder'}"
+                raise ExportError(f"{given} is {'the output itself' if not folder else f'inside its {folder}/ folder'}"
                                   f": readers of the output would take the image files for its rows; choose a "
                                   "folder outside it")
     fs, root = storage_path(to, storage_options)
     if set(protocols(fs)) & WEB_PROTOCOLS:
-        raise ExportError(f"--to {to} is a web address; give a folder or URI of storage the export can write")
+        raise ExportError(f"{given} is a web address; give a folder or URI of storage the export can write")
     if not with_retries(lambda: fs.exists(root), f"stat {to}"):
         bucket = root.strip("/").split("/", 1)[0]
         if not has_rename(fs) and not root.startswith("/") and bucket and \
                 not with_retries(lambda: fs.exists(bucket), f"stat {bucket}"):
             # an object store makes the prefix, not the bucket: every file's write would fail on its own
-            raise ExportError(f"the bucket of --to {to} ({bucket}) does not exist or cannot be seen with these "
-                              "credentials; create it or fix --to")
+            raise ExportError(f"the bucket of {given} ({bucket}) does not exist or cannot be seen with these "
+                              f"credentials; create it or fix {names.named('to')}")
         return
     if not with_retries(lambda: fs.isdir(root), f"stat {to}"):
-        raise ExportError(f"--to {to} is a file; give a folder (it is made when missing)")
+        raise ExportError(f"{given} is a file; give a folder (it is made when missing)")
     if existing == "refuse" and with_retries(lambda: fs.ls(root, detail=False), f"list {to}"):
-        raise ExportError(f"--to {to} is not empty; give an empty or new folder, {names['resume']} to finish an "
-                          "export into it (files already there with their bytes are kept), or "
-                          f"{names['overwrite']} to write over the files of the same names (nothing else in it is "
-                          "touched)")
+        raise ExportError(f"{given} is not empty; give an empty or new folder, {names.passing('existing', 'resume')} "
+                          "to finish an export into it (files already there with their bytes are kept), or "
+                          f"{names.passing('existing', 'overwrite')} to write over the files of the same names (nothing "
+                          "else in it is touched)")
 
 
 # --- the first pass: names ----------------------------------------------------------------------------------------
@@ -791,38 +820,38 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
                       progress=progress, on_damaged=on_damaged)
 
 
-def run_export(names: dict[str, str], output: str, to: str, *, storage_options: dict[str, Any] | None,
+def run_export(names: ArgNames, output: str, to: str, *, storage_options: dict[str, Any] | None,
                image_format: str, jpeg_quality: int, manifest: str, existing: str, force: bool, workers: int,
                progress: Any, on_damaged: Callable[[str], None] | None) -> ExportReport:
-    """`export_images`, its error for a DIR that is not empty naming the ways into it as `names` says: API_NAMES
-    (export_images's `existing`) or CLI_NAMES (zip-purify-export's flags)."""
+    """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
+    (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
     if image_format not in IMAGE_FORMATS:
-        raise ExportError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+        raise ExportError(f"{names.named('image_format')} must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     if manifest not in MANIFESTS:
-        raise ExportError(f"manifest must be one of {', '.join(MANIFESTS)}, got {manifest!r}")
+        raise ExportError(f"{names.named('manifest')} must be one of {', '.join(MANIFESTS)}, got {manifest!r}")
     if existing not in EXISTING:  # check_destination's ValueError was not the ExportError the API promises
         raise ExportError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     if not 1 <= jpeg_quality <= 100:
-        raise ExportError(f"jpeg_quality must be from 1 to 100, got {jpeg_quality}")
+        raise ExportError(f"{names.named('jpeg_quality')} must be from 1 to 100, got {jpeg_quality}")
     if workers < 1:
-        raise ExportError(f"workers must be at least 1, got {workers}")
+        raise ExportError(f"{names.named('workers')} must be at least 1, got {workers}")
     output, to = str(output).rstrip("/") or "/", str(to).rstrip("/") or "/"
-    so, problems = with_url_options({"--output": output, "--to": to}, dict(storage_options or {}))
+    so, problems = with_url_options({names.named("output"): output, names.named("to"): to}, dict(storage_options or {}))
     if problems:
         raise ExportError(problems[0])
     # what the storage raises that is no OSError (botocore's NoCredentialsError) is an export that cannot start
     try:
-        state, warning = check_output(output, so, force)
+        state, warning = check_output(output, so, force, names)
     except (JobError, OSError):
         raise
     except Exception as err:  # noqa: BLE001 - named, with its cause kept (the command line's credentials advice)
-        raise ExportError(f"output {output} cannot be read: {describe(err)}") from err
+        raise ExportError(f"{names.named('output')} {output} cannot be read: {describe(err)}") from err
     try:
         check_destination(to, output, so, existing, names)
     except (JobError, OSError):
         raise
     except Exception as err:  # noqa: BLE001
-        raise ExportError(f"--to {to} cannot be read: {describe(err)}") from err
+        raise ExportError(f"{names.named('to')} {to} cannot be read: {describe(err)}") from err
     report = ExportReport(output, to, warnings=[warning] if warning else [])
     in_fs, _ = storage_path(output, so)
     out_fs, root = storage_path(to, so)
@@ -832,8 +861,8 @@ def run_export(names: dict[str, str], output: str, to: str, *, storage_options: 
     if manifest != "none" and plan.is_folder(f"{MANIFEST_NAME}.{manifest}"):
         other = "jsonl" if manifest == "csv" else "csv"
         raise ExportError(f"the images of some ids lie in a folder named {MANIFEST_NAME}.{manifest}/ (or that but for "
-                          f"case), where DIR/{MANIFEST_NAME}.{manifest} would be written: give --manifest {other} or "
-                          "--manifest none")
+                          f"case), where DIR/{MANIFEST_NAME}.{manifest} would be written: give "
+                          f"{names.passing('manifest', other)} or {names.passing('manifest', 'none')}")
     report.damaged = [(d.path, d.reason, -1) for d in damaged]  # rows unknown: the footer could not be read
     for d in damaged:
         if on_damaged is not None:
@@ -847,8 +876,8 @@ def run_export(names: dict[str, str], output: str, to: str, *, storage_options: 
         make_parent_dirs(out_fs, root)
         writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
     except OSError as err:
-        raise ExportError(f"--to {to} cannot be made or written: {describe(err)}; give a folder the export can write "
-                          "in (it is made when missing)") from err
+        raise ExportError(f"{names.given('to', to)} cannot be made or written: {describe(err)}; give a folder the "
+                          "export can write in (it is made when missing)") from err
     bar = progress(report.rows) if progress is not None else None
     seen_repeated: set[str] = set()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="export")
@@ -884,7 +913,7 @@ def run_export(names: dict[str, str], output: str, to: str, *, storage_options: 
         changed = f"its records could not be read again: {describe(err)}"
     if changed:
         report.warnings.append(f"warning: output {output} changed during the export ({changed}): export again with "
-                               "--resume once its run is complete")
+                               f"{names.passing('existing', 'resume')} once its run is complete")
     return report
 
 

@@ -26,6 +26,7 @@ import gc
 import json
 import math
 import posixpath
+import re
 import signal
 import sys
 import threading
@@ -33,7 +34,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -58,7 +59,17 @@ from pipeline.output import (
     unify_output_types,
     write_json,
 )
-from pipeline.placement import cpu_actor_threads, default_actors_and_gpus, init_ray, ray_data_console_quieted
+from pipeline.placement import (
+    actor_cpus,
+    actors_started,
+    cluster_wait_warning,
+    cpu_actor_threads,
+    default_actors_and_gpus,
+    init_ray,
+    purifier_actor_table,
+    ray_data_console_quieted,
+    with_fitted_actor_cpus,
+)
 from pipeline.plan import JobPlan, plan_job
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
@@ -84,6 +95,7 @@ from pipeline.stopped_run import (
     count_stopped_run,
     part_names,
     record_stopped_run,
+    resume_advice,
     signals_deferred,
     signals_interrupt,
     stopped_totals,
@@ -278,7 +290,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no pipeline.
         # The run is otherwise the same: it holds the lease, clears an --overwrite output, does the end-of-run check,
         # records what a complete run records and writes its summary.
-        placement = _start_cluster(config) if plan.units else None
+        config, placement = _start_cluster(config) if plan.units else (config, None)
     except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM, raised as one) before anything is written: said so
         raise StoppedWhileLoading(getattr(err, "signum", signal.SIGINT)) from err
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
@@ -287,11 +299,19 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         return _run(config, plan, placement, lease, started)
 
 
-def _start_cluster(config: JobConfig) -> tuple[int, float, str]:
-    """Start or join Ray, then decide the purifier actors' placement from the cluster (`pipeline.placement`)."""
+def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]]:
+    """Start or join Ray, then decide the purifier actors' placement from the cluster (`pipeline.placement`): the
+    config the run goes on with (its actors' CPUs decided, `with_fitted_actor_cpus`) and (actors, GPUs each, device)."""
     with signals_deferred():  # Ctrl-C while Ray starts stops the run once Ray has started whole
         init_ray(config)
-    return default_actors_and_gpus(config)
+    config, note = with_fitted_actor_cpus(config)
+    if note:
+        print(f"zip-purify: note: {note}", file=sys.stderr)
+    placement = default_actors_and_gpus(config)
+    wait = cluster_wait_warning(config, placement[1])
+    if wait:
+        print(f"zip-purify: note: {wait}", file=sys.stderr)  # a note: an autoscaling cluster waits for its nodes
+    return config, placement
 
 
 @dataclass
@@ -338,6 +358,10 @@ class RunTally:
         return plan.skipped_files + plan.skipped_container_records + self.skipped_in_units
 
 
+# Ray Data's warning for options passed as ray_remote_args (`max_retries=3` to map_batches), from Ray 2.60 on
+RAY_REMOTE_ARGS_DEPRECATED = r".*ray_remote_args.*deprecated"
+
+
 def configure_ray_data() -> None:
     """The Ray Data settings the job's pipeline relies on (the driver's context, read when the pipeline starts)."""
     import ray.data
@@ -356,9 +380,10 @@ def configure_ray_data() -> None:
     ctx.target_max_block_size = BLOCK_BYTES
     ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
     # Retries are set on purpose (build_pipeline); Ray 2.60 has no named parameter for them yet, only the
-    # (deprecated) remote-args route, so silence that warning rather than the setting.
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+    # (deprecated) remote-args route, so silence that warning rather than the setting: for build_pipeline's calls
+    # alone (Ray Data attributes it to the module that called map_batches). The filter list is the process's: without
+    # `module`, a program that called run_job never again heard of its own map_batches' ray_remote_args.
+    warnings.filterwarnings("ignore", message=RAY_REMOTE_ARGS_DEPRECATED, module=rf"{re.escape(__name__)}\Z")
 
 
 # The DataContext fields configure_ray_data sets: the process's own, which a program calling run_job keeps using
@@ -422,7 +447,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
             canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-        num_gpus=gpus_per_actor or None, num_cpus=config.cpus_per_actor,
+        num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
     )
     # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
@@ -468,7 +493,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
     tally = _start_tally(plan)
     stop = StopRecorder(config, plan, lease, started, tally)
 
-    with record_stopped_run(stop.record, out):
+    with record_stopped_run(stop.record, out, stop.advice):
         _remove_old_temporaries(out, so)
         _start_refresh(out, so, plan)
         # What the output holds now, for a stopped run to tell its own files from these (one listing; a new output,
@@ -476,7 +501,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         stop.before = part_names(out, so) if plan.output_state in ("resume", "incremental") else set()
 
         # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
-        threads = None if placement is None else _purify(config, plan, placement, stop)
+        threads, started_actors = (None, 0) if placement is None else _purify(config, plan, placement, stop)
         stop.pipeline_ended = True  # before: a stop while it notes them must not note them again as not whole
         _note_refreshed_reads(out, so, plan, tally.read_whole, pipeline_ended=True)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
@@ -494,7 +519,7 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
         # written (a full disk), is recorded as "interrupted" or "failed" (exit status 143 or 1) rather than leaving
         # "running" behind, or exit status 2 ("could not start"). Once written, a signal lets the run end as recorded.
-        summary = _summary(config, plan, placement, threads, tally, rows, stale, retyped, wall, started)
+        summary = _summary(config, plan, placement, threads, started_actors, tally, rows, stale, retyped, wall, started)
         if summary["status"] == "complete":
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all, rows.refresh_left)
             summary["this_run"]["containers_recorded"] = recorded
@@ -512,21 +537,25 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
     return summary
 
 
-def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], stop: StopRecorder) -> int | None:
+def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
+            stop: StopRecorder) -> tuple[int | None, int | None]:
     """Run the pipeline over the plan's read units to its end, with the progress bar, adding each written batch to
-    `stop.tally`; the torch threads each purifier actor was given."""
+    `stop.tally`; the torch threads each purifier actor was given, and how many purifier actors started (the pool
+    grows as work waits, up to `placement`'s actors; None where Ray does not say)."""
     threads = cpu_actor_threads(config, *placement[:2])
+    earlier = set(purifier_actor_table() or {})  # a program that runs the job again: its earlier runs' actors
     # on the job's own local Ray, Ray Data's INFO lines (dataset ids, plans, timings) stay off stderr for this run only
     with ray_data_configured(), ray_data_console_quieted():
         ds = build_pipeline(config, plan, placement, threads)
         if config.progress:
             # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)
             stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr)
-        _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar)
+        notes = RefreshReadNotes(config.output.rstrip("/"), config.storage_options, plan)
+        _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
     if stop.bar is not None:
         stop.bar.close()  # every row reported: its count is the run's
         stop.bar = None
-    return threads
+    return threads, actors_started(purifier_actor_table(), earlier)
 
 
 def _write_summary(out: str, summary: dict[str, Any], so: dict[str, Any], history: str) -> None:
@@ -561,7 +590,7 @@ def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> 
 
 
 def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPlan, read_whole: list[dict[str, Any]],
-                          *, pipeline_ended: bool) -> None:
+                          *, pipeline_ended: bool, running: bool = False) -> None:
     """Write a --refresh-changed run's journal again with the `_containers/` entry a complete run would record of each
     refreshed container its read tasks read to their end (`Journal.read`): the next run records it and skips the
     container unread when the output holds exactly the ids its read gave, where it read the container whole again only
@@ -584,9 +613,57 @@ def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPl
         if pipeline_ended:
             lost = ("could not note the containers read whole in the refresh journal ({}); if this run stops before its "
                     "end, the next run may say they changed")
+        elif running:  # `RefreshReadNotes`: noted again later, and when the run stops
+            lost = ("could not note the containers read so far in the refresh journal ({}); if this run is killed, the "
+                    "next run reads them again")
         else:
             lost = "could not note the containers read in the refresh journal ({}); the next run reads them again"
         print(f"zip-purify: warning: {lost.format(describe(err))}", file=sys.stderr)
+
+
+# How often, at most, a --refresh-changed run writes its journal again while its pipeline runs, to note the refreshed
+# containers its read tasks have read to their end since (`RefreshReadNotes`): a SIGKILL, which notes nothing, leaves
+# the reads of at most this many seconds (and of the batches since the last one the driver took) to be done again.
+# Each write is the whole journal (1.4 CPU s for 10^6 ids, docs/benchmarks.md): at most a few % of the driver's time.
+REFRESH_NOTE_S = 60.0
+
+
+@dataclass
+class RefreshReadNotes:
+    """A --refresh-changed run's notes, while its pipeline runs, of the refreshed containers its read tasks read to
+    their end (`Journal.read`, as `_note_refreshed_reads` writes them when a run stops in its pipeline): without them
+    a run killed there (SIGKILL, a lost driver) left the next run to read each such container whole again only to skip
+    every id of it. The first is written as soon as the driver hears of one, the next ones at most every
+    REFRESH_NOTE_S. Such a note claims nothing of the container's rows (they may not all be written yet), as a stop's
+    does not: the next run skips a container unread only when it is unchanged since and the output holds exactly the
+    ids its read gave (`ledger.unchanged_and_done`), and one with an id left with only its old row keeps its earlier
+    stamp, said changed until a --refresh-changed run replaces that row (`Journal.new_stamps`). Not `whole`: that is
+    noted once the pipeline has ended (`_note_refreshed_reads`)."""
+
+    out: str
+    storage_options: dict[str, Any]
+    plan: JobPlan
+    seen: int = 0  # how many of the tally's `read_whole` were looked at
+    due: bool = False  # a refreshed container's read not noted yet
+    last: float = -math.inf  # clock() of the last note written
+    clock: Callable[[], float] = time.monotonic
+    paths: frozenset[str] = field(init=False)  # the refreshed containers' paths
+
+    def __post_init__(self) -> None:
+        inputs = self.plan.refresh.inputs if self.plan.refresh is not None else {}
+        self.paths = frozenset(u.paths[0] for u in self.plan.units
+                               if u.kind != "files" and relative_id(u.paths[0], u.root) in inputs)
+
+    def after(self, tally: RunTally) -> None:
+        if not self.paths:
+            return
+        if len(tally.read_whole) > self.seen:
+            self.due = self.due or any(r["path"] in self.paths for r in tally.read_whole[self.seen:])
+            self.seen = len(tally.read_whole)
+        if self.due and self.clock() - self.last >= REFRESH_NOTE_S:
+            self.last, self.due = self.clock(), False
+            _note_refreshed_reads(self.out, self.storage_options, self.plan, tally.read_whole, pipeline_ended=False,
+                                  running=True)
 
 
 def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[set[str], dict[str, ContainerRead]]:
@@ -625,8 +702,10 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
 
 
-def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any) -> None:
-    """Run the pipeline to its end, adding each written batch's row to `tally` and checking the lease as it goes."""
+def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any,
+                           notes: RefreshReadNotes | None = None) -> None:
+    """Run the pipeline to its end, adding each written batch's row to `tally` and checking the lease as it goes;
+    with `notes`, a --refresh-changed run's journal notes the refreshed containers read to their end as it goes."""
     rows_iter = iter(ds.iter_rows())
     # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
     # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
@@ -634,6 +713,8 @@ def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: Ru
         for row in rows_iter:
             tally.add(row)
             lease.check()
+            if notes is not None:
+                notes.after(tally)
             if bar is not None:
                 # before update: a log's minute line is printed by update
                 bar.set_postfix(**_progress_postfix(bar, plan, tally))
@@ -664,6 +745,11 @@ class StopRecorder:
     bar: Any = None
     before: dict[str, str | None] | set[str] | None = None
     pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_refreshed_reads`)
+    files_written: int | None = None  # part files this run wrote, once `record` has counted them
+
+    def advice(self) -> str:
+        """What to run next, once the stop is recorded: an --overwrite run is resumed without --overwrite."""
+        return resume_advice(self.config.overwrite is True, self.files_written != 0)
 
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
@@ -680,6 +766,7 @@ class StopRecorder:
             count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
         finally:
             self._close_bar(count)
+        self.files_written = None if count.short else count.files  # a count cut short may have missed some
         IGNORE_STOPS.set()  # but not the summary's write
         if not self.pipeline_ended:  # once it has, the journal notes the containers read whole already
             _note_refreshed_reads(out, so, plan, self.tally.read_whole, pipeline_ended=False)
@@ -696,7 +783,7 @@ class StopRecorder:
         try:
             _write_summary(out, {
                 "status": status, **details, "this_run": done, "output_totals": totals,
-                "resume": "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read",
+                "resume": self._resume(count),
                 "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
                 so, run_history_path(out, self.started, self.lease.record["run_id"]))
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
@@ -715,6 +802,15 @@ class StopRecorder:
                 self.bar.set_postfix(**{**_progress_postfix(self.bar, self.plan, self.tally), "rejected": count.rejected})
                 self.bar.update(behind)
         self.bar.close()
+
+    def _resume(self, count: StoppedCount) -> str:
+        """The summary's word on what to run next."""
+        if self.config.overwrite is not True:
+            return "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read"
+        if count.short is None and count.files == 0:
+            return "run the same command again: --overwrite deleted the earlier rows, and this run wrote none"
+        return ("run the command again without --overwrite: inputs already in data/ or rejects/ are skipped, the rest "
+                "are read (with --overwrite, they are deleted and every input is read)")
 
 
 def _replaced_by_stopped_refresh(out: str, storage_options: dict[str, Any], journal: Journal,
@@ -769,8 +865,8 @@ def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenS
 
 
 def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, threads: int | None,
-             tally: RunTally, rows: OutputRows, stale: StaleRejects, retyped: dict[str, str], wall: float,
-             started: float) -> dict[str, Any]:
+             started_actors: int | None, tally: RunTally, rows: OutputRows, stale: StaleRejects,
+             retyped: dict[str, str], wall: float, started: float) -> dict[str, Any]:
     """The finished run's OUTPUT/_summary.json: this run's counts, the whole output's, the model and the cluster."""
     replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed + rows.refreshed
     resolved = stale.all
@@ -821,7 +917,7 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
         "model": {"checkpoint": redact_uri(plan.checkpoint_uri), "sha256": ckpt.sha256, "note": plan.model_note,
                   "canvas_size": plan.canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
-        "ray": _ray_summary(placement, threads),
+        "ray": _ray_summary(config, placement, threads, started_actors),
         "config": config.public(),
         "versions": versions(),
         "started": started,
@@ -833,11 +929,15 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
 NOTHING_TO_READ = "nothing was left to read: this run started no Ray, no purifier actor and no pipeline"
 
 
-def _ray_summary(placement: tuple[int, float, str] | None, threads: int | None) -> dict[str, Any]:
-    """The summary's "ray": the purifier actors the run started, with their GPUs, device and torch threads; a run that
-    had nothing to read started none, and says so rather than what a cluster it never joined would have given."""
+def _ray_summary(config: JobConfig, placement: tuple[int, float, str] | None, threads: int | None,
+                 started: int | None) -> dict[str, Any]:
+    """The summary's "ray": how many purifier actors the run started (`actors`; None where Ray does not say) and the most
+    its pool could grow to (`actors_max`: the pool starts one and adds more while work waits for them, so a short run
+    on 8 GPUs may start 1), the CPUs and GPUs each reserved, their device and torch threads; a run that had nothing to
+    read started none, and says so rather than what a cluster it never joined would have given."""
     if placement is None:
-        return {"actors": 0, "gpus_per_actor": None, "device": None, "torch_threads": None, "note": NOTHING_TO_READ}
+        return {"actors": 0, "actors_max": 0, "cpus_per_actor": None, "gpus_per_actor": None, "device": None,
+                "torch_threads": None, "note": NOTHING_TO_READ}
     actors, gpus_per_actor, device = placement
-    return {"actors": actors, "gpus_per_actor": gpus_per_actor, "device": device,
-            "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads}
+    return {"actors": started, "actors_max": actors, "cpus_per_actor": actor_cpus(config), "gpus_per_actor": gpus_per_actor,
+            "device": device, "torch_threads": "all cores of the actor's node" if threads == ALL_CORES else threads}

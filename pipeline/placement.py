@@ -9,13 +9,15 @@ that this module does not import pipeline.config, which imports it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.errors import JobError
 from pipeline.stages import ALL_CORES
@@ -28,7 +30,7 @@ class PlacementOptions(Protocol):
     ray_address: str | None
     actors: int
     gpus_per_actor: float | None
-    cpus_per_actor: float
+    cpus_per_actor: float | None  # None: the default (`actor_cpus`), sized to fit where the run starts Ray itself
     cpus_per_task: float
     torch_threads: int | None
     device: str | None
@@ -89,6 +91,18 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     # is_initialized first: ray.get_runtime_context() would start a Ray of its own (ray.init's auto-init) where none is
     # up (a stand-in for ray.init in tests); nothing is quieted then
     _OWN_RAY_NODE[0] = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def ray_started_here() -> bool:
+    """Whether Ray is up and this process started it: the job's own local Ray (`init_local_ray`), or one the caller
+    started with a plain `ray.init(num_cpus=1)`. Neither has an autoscaler to start nodes for an actor it cannot place.
+    A cluster joined by address (--ray-address, RAY_ADDRESS, `ray://`) is not; nor is any Ray where Ray does not say."""
+    import ray
+
+    if on_own_local_ray():
+        return True
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    return ray.is_initialized() and getattr(node, "head", False) is True
 
 
 def on_own_local_ray() -> bool:
@@ -200,6 +214,47 @@ def default_actors_and_gpus(config: PlacementOptions) -> tuple[int, float, str]:
     return placement
 
 
+DEFAULT_CPUS_PER_ACTOR = 1.0  # CPUs a purifier actor reserves without --cpus-per-actor (`fitted_actor_cpus`)
+
+
+def actor_cpus(config: PlacementOptions) -> float:
+    """The CPUs each purifier actor reserves: --cpus-per-actor, else the default."""
+    return DEFAULT_CPUS_PER_ACTOR if config.cpus_per_actor is None else config.cpus_per_actor
+
+
+def fitted_actor_cpus(config: PlacementOptions, cpus: float) -> tuple[float, str | None]:
+    """The CPUs each purifier actor reserves on a Ray of `cpus` CPUs that this process started (`ray_started_here`),
+    and a note for the run's output when that is not what the options alone say. Without --cpus-per-actor an actor
+    reserves DEFAULT_CPUS_PER_ACTOR; on a machine of 1 CPU (a small VM, a container limited with `--cpus 1`) that and a
+    task's --cpus-per-task are more than it has, and the default run was refused (exit status 2): the actor reserves
+    what is left beside one task instead. --cpus-per-actor given is kept as it is (`local_ray_problem` refuses it where
+    it cannot fit), as is a Ray where even one task takes every CPU."""
+    wanted = actor_cpus(config)
+    if config.cpus_per_actor is not None or wanted + config.cpus_per_task <= cpus:
+        return wanted, None
+    # Ray counts CPUs in 1/10000ths: rounded down, so that the actor and one task fit
+    left = math.floor(round((cpus - config.cpus_per_task) * RAY_RESOURCE_UNITS, 6)) / RAY_RESOURCE_UNITS
+    if left <= 0:
+        return wanted, None
+    return left, (f"the local Ray has {cpus:g} CPU{'s' if cpus != 1 else ''}: each purifier actor reserves "
+                  f"{left:g} CPU (not the default {wanted:g}), so that it runs beside the pipeline's tasks "
+                  f"(--cpus-per-task {config.cpus_per_task:g}); --cpus-per-actor sets it")
+
+
+def with_fitted_actor_cpus(config: PlacementOptions) -> tuple[PlacementOptions, str | None]:
+    """`config` with the CPUs its purifier actors reserve decided (`fitted_actor_cpus` on a Ray this process started;
+    the default elsewhere, a joined cluster's autoscaler may add larger nodes), and the note to print, if any. `config`
+    is a dataclass (JobConfig): the copy has every other option as it is."""
+    import ray
+
+    if config.cpus_per_actor is not None:
+        return config, None
+    cpus, note = DEFAULT_CPUS_PER_ACTOR, None
+    if ray.is_initialized() and ray_started_here():
+        cpus, note = fitted_actor_cpus(config, ray.cluster_resources().get("CPU", 0))
+    return dataclasses.replace(config, cpus_per_actor=cpus), note
+
+
 def local_ray_problem(config: PlacementOptions, gpus_per_actor: float, cpus: float, gpus: float) -> str | None:
     """Why a purifier actor (with `gpus_per_actor` GPUs) cannot run beside the pipeline's tasks on the job's own local
     Ray of `cpus` CPUs and `gpus` GPUs, or None. That Ray is one machine that no node joins: an actor it cannot place
@@ -207,14 +262,60 @@ def local_ray_problem(config: PlacementOptions, gpus_per_actor: float, cpus: flo
     64 on a 2-core machine, --gpus-per-actor 1 on one without GPUs). A cluster joined with --ray-address may start
     nodes for it (an autoscaler), so it is not checked there."""
     where = f"this machine's Ray (started by the job, no other node joins it) has {cpus:g} CPUs"
-    if config.cpus_per_actor + config.cpus_per_task > cpus:
-        return (f"--cpus-per-actor {config.cpus_per_actor:g} with --cpus-per-task {config.cpus_per_task:g}: {where}, "
+    if actor_cpus(config) + config.cpus_per_task > cpus:
+        return (f"--cpus-per-actor {actor_cpus(config):g} with --cpus-per-task {config.cpus_per_task:g}: {where}, "
                 "so a purifier actor and the tasks that read and write its images cannot run together; use a smaller "
-                "--cpus-per-actor, or join a larger cluster with --ray-address")
+                "--cpus-per-actor or --cpus-per-task, or join a larger cluster with --ray-address")
     if gpus_per_actor > gpus:
         return (f"--gpus-per-actor {gpus_per_actor:g}: {where} and {gpus:g} GPUs, so no purifier actor could start; "
                 "leave --gpus-per-actor out to run on what it has, or join a GPU cluster with --ray-address")
     return None
+
+
+def _asks(cpus: float, gpus: float) -> str:
+    return f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else "")
+
+
+def cluster_wait_problem(config: PlacementOptions, gpus_per_actor: float, nodes: list[dict[str, float]],
+                         free: dict[str, float]) -> str | None:
+    """Why the run would wait on a cluster whose alive nodes have `nodes` resources in all (`free` of the cluster's
+    now): no node can hold a purifier actor, or none can hold one with one of the pipeline's tasks beside it (on it or
+    on another node), or None. Said, not refused: a joined cluster's autoscaler may add a node that can. The second
+    one waited with no word at all (`--cpus-per-actor 2` on a cluster of one 2-CPU node: the actor took the node and
+    the tasks that feed it waited for a CPU); for the first Ray says that no node type fits, in its own terms."""
+    cpus, task = actor_cpus(config), config.cpus_per_task
+    slack = 0.5 / RAY_RESOURCE_UNITS  # Ray's own units: 1.2 - 0.95 is 0.25 there, a hair under it in floats
+    holders = [i for i, n in enumerate(nodes)
+               if n.get("CPU", 0) + slack >= cpus and n.get("GPU", 0) + slack >= gpus_per_actor]
+    fits = any(nodes[i].get("CPU", 0) - cpus + slack >= task
+               or any(n.get("CPU", 0) + slack >= task for j, n in enumerate(nodes) if j != i) for i in holders)
+    if fits:
+        return None
+    shown = sorted(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), reverse=True)
+    has = ", ".join(_asks(n.get("CPU", 0), n.get("GPU", 0)) for n in shown[:4]) + (", ..." if len(shown) > 4 else "")
+    has = (f"its {len(nodes)} node{'s' if len(nodes) != 1 else ''} ha{'ve' if len(nodes) != 1 else 's'} {has}"
+           if nodes else "it has no node") + f" ({_asks(free.get('CPU', 0), free.get('GPU', 0))} free now)"
+    flags = "--cpus-per-actor" + (" or --gpus-per-actor" if gpus_per_actor else "")
+    if not holders:
+        what = f"no node of the cluster can hold a purifier actor ({_asks(cpus, gpus_per_actor)} each)"
+    else:
+        what = (f"the cluster cannot run a purifier actor ({_asks(cpus, gpus_per_actor)}) and the tasks that read and "
+                f"write its images (--cpus-per-task {task:g} each) together")
+        flags += " or --cpus-per-task"
+    return (f"{what}: {has}; the run waits for a node that can to be added (a cluster's autoscaler adds one; without "
+            f"one it waits forever: Ctrl-C stops it, and a smaller {flags} fits the nodes there are)")
+
+
+def cluster_wait_warning(config: PlacementOptions, gpus_per_actor: float) -> str | None:
+    """`cluster_wait_problem` on the cluster Ray is connected to, where the run would wait for a node (a joined cluster,
+    or a Ray the caller started); None on the job's own local Ray, which refuses such actors (`local_ray_problem`)."""
+    import ray
+
+    if not ray.is_initialized() or on_own_local_ray():
+        return None
+    nodes = [{k: float(v) for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")}
+             for n in ray.nodes() if n.get("Alive")]
+    return cluster_wait_problem(config, gpus_per_actor, nodes, ray.available_resources())
 
 
 def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
@@ -244,7 +345,7 @@ def cpu_actor_threads(config: PlacementOptions, actors: int, gpus_per_actor: flo
         return None
     if actors <= 1:
         return ALL_CORES
-    return max(1, int(config.cpus_per_actor))
+    return max(1, int(actor_cpus(config)))
 
 
 RAY_RESOURCE_UNITS = 10_000  # Ray counts a resource in 1/10000ths of a unit (--gpus-per-actor's smallest fraction)
@@ -274,3 +375,34 @@ def actor_placement(config: PlacementOptions, cluster_gpus: float) -> tuple[int,
         raise JobError(f"--precision {config.precision} needs CUDA, but the actors run on {device} (the cluster has "
                        "no GPUs, or --gpus-per-actor is 0); use --precision fp32")
     return actors, gpus_per_actor, device
+
+
+# Ray Data names a pool's actor class after its stage: 'MapWorker(MapBatches(PurifyStage))'
+PURIFIER_ACTOR_CLASS = "PurifyStage"
+
+
+def purifier_actor_table() -> dict[str, dict[str, Any]] | None:
+    """The purifier actors of this driver's Ray job that Ray's control store knows (actor id -> its record: "State",
+    "StartTime" in ms, 0 until its constructor has returned), those of earlier runs in this process too; None where Ray
+    does not say (a Ray Client connection, `ray://`; a Ray without this table)."""
+    import ray
+
+    if not ray.is_initialized():  # ray.get_runtime_context() would start a Ray of its own
+        return None
+    try:
+        from ray._private import state
+
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        table = state.actors(job_id=job)
+    except Exception:  # noqa: BLE001 - Ray's internal table: without it the run goes on, and does not say
+        return None
+    return {actor_id: record for actor_id, record in table.items()
+            if PURIFIER_ACTOR_CLASS in str(record.get("ActorClassName", ""))}
+
+
+def actors_started(table: dict[str, dict[str, Any]] | None, before: set[str]) -> int | None:
+    """How many purifier actors in `table` (`purifier_actor_table`) not in `before` (those of earlier runs) started: their
+    constructor returned (the model loaded), whether they are alive, restarting or ended since. None: Ray did not say."""
+    if table is None:
+        return None
+    return sum(1 for actor_id, record in table.items() if actor_id not in before and record.get("StartTime"))

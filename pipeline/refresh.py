@@ -42,8 +42,11 @@ exactly those ids, as after a complete run, rather than read it whole again only
 pipeline (Ctrl-C, SIGTERM, a failure) notes, as it stops, the same entries of the refreshed containers its read tasks
 read to their end, without `whole` (their rows may not all be written: one not written leaves its id out of the
 output, which then does not match, and the container is read again). One killed (SIGKILL) in its pipeline notes
-nothing: which ids a container's new version holds is known only from a read of it to its end (a member added to it
-may have no row yet), so the next run reads each of its refreshed containers again, its done ids skipped.
+nothing as it dies, so the run notes those entries as its pipeline goes (`job.RefreshReadNotes`: the first refreshed
+container read to its end at once, then at most every `job.REFRESH_NOTE_S`): the next run reads again, its done ids
+skipped, only the refreshed containers the killed run had not read to their end or read since its last note (which
+ids a container's new version holds is known only from a read of it to its end: a member added to it may have no row
+yet). Such a read again is work done twice, never a row lost or doubled.
 """
 
 from __future__ import annotations

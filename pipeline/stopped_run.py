@@ -109,13 +109,32 @@ def signals_deferred() -> Iterator[None]:
         raise _Interrupt(caught[0])
 
 
+RESUME_SKIPS = "what is written is skipped, not purified again"
+
+
+def resume_advice(overwrite: bool, wrote: bool = True) -> str:
+    """What to run after a stopped run, whose files are all whole. The same command resumes it, unless it has
+    --overwrite: that deletes what the stopped run wrote and starts over, so its rows are kept by the command without
+    --overwrite (the output's record is this run's, its settings the same); a run that wrote nothing (stopped before
+    its pipeline wrote a file, the output's earlier files deleted) has nothing to resume, and starts over either way."""
+    if not overwrite:
+        return f"run the same command again to resume ({RESUME_SKIPS})"
+    if not wrote:
+        return ("--overwrite deleted the output's earlier files and this run purified nothing yet: run the same "
+                "command again to start over")
+    return (f"run the command again without --overwrite to resume ({RESUME_SKIPS}); with --overwrite it deletes "
+            "them and starts over")
+
+
 @contextlib.contextmanager
-def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -> Iterator[None]:
+def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str,
+                       advice: Callable[[], str] = lambda: resume_advice(False)) -> Iterator[None]:
     """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
 
     SIGINT and SIGTERM are raised as an interruption in the driver (Ray's own SIGTERM handler would exit with the
     output's summary left at "running"); `record(status, details)` writes the summary ("interrupted" or "failed")
-    and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status.
+    and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status,
+    ending with `advice()` (asked once the stop is recorded: `resume_advice`).
     """
     with signals_interrupt():
         try:
@@ -125,8 +144,8 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
             name = signal.Signals(signum).name
             written = record("interrupted", {"signal": name})
             IGNORE_STOPS.set()
-            raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: run the same command "
-                                 f"again to resume ({RESUME_SKIPS})", signum) from None
+            raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: {advice()}",
+                                 signum) from None
         except DamagedOutput as err:
             # part files damaged during the run (its end-of-run check): not "every file is whole, run it again",
             # which stops on them; the error names them all and says what to do, in full (a reason is cut at 300)
@@ -137,11 +156,7 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str) -
             reason = failure_reason(err)
             written = record("failed", {"error": reason})
             IGNORE_STOPS.set()
-            raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: run the same "
-                            f"command again to resume ({RESUME_SKIPS})") from err
-
-
-RESUME_SKIPS = "what is written is skipped, not purified again"
+            raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: {advice()}") from err
 
 
 def part_names(out: str, storage_options: dict[str, Any]) -> dict[str, str | None]:

@@ -9,9 +9,11 @@ must agree). The KubeRay manifests must run jobs/purify.py with flags the CLI ac
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 import shlex
 import tomllib
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +267,7 @@ def test_cronjob_submitter_deletes_old_finished_rayjobs(tmp_path: Path) -> None:
 
     created: list[str] = []
     submitter.update(call=fake_call, create=lambda base: created.append(base) or "new",
-                     wait=lambda base, name: None)
+                     wait=lambda base, name: None, utcnow=lambda: _utc("2026-01-16T03:00:00Z"))
     submitter["main"]()
     assert [name for method, name in calls if method == "DELETE"] == ["run-10", "run-11", "run-12"]
     assert len(created) == 1 and created[0].endswith("/namespaces/ns/rayjobs")
@@ -278,6 +280,65 @@ def test_cronjob_submitter_deletes_old_finished_rayjobs(tmp_path: Path) -> None:
     assert skipped.value.code == 0 and [m for m, _ in calls] == ["GET"] and len(created) == 1
     role = {d["kind"]: d for d in yaml.safe_load_all(CRONJOB_YAML.read_text()) if d}["Role"]
     assert {"create", "get", "list", "delete"} <= set(role["rules"][0]["verbs"])
+
+
+def _utc(timestamp: str) -> datetime.datetime:
+    return datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize("state", ["Suspended", "Waiting", "Retrying", "", "Running"])
+def test_cronjob_submitter_replaces_a_rayjob_left_unfinished_by_an_earlier_night(tmp_path: Path, state: str) -> None:
+    """A RayJob left Suspended (or Waiting, Retrying, never started) is not failed by its activeDeadlineSeconds, which
+    KubeRay applies only while it initializes or runs: the submitter counted it as active, and skipped every later
+    night for ever. One past the deadline is deleted (its cluster with it) and the night runs; one of today is not."""
+    submitter = _submitter(tmp_path)
+    yesterday = {"metadata": {"name": "run-yesterday", "creationTimestamp": "2026-01-15T02:00:00Z"},
+                 "status": {"jobDeploymentStatus": state} if state else {}}
+    items = [yesterday, {"metadata": {"name": "run-done", "creationTimestamp": "2026-01-14T02:00:00Z"},
+                         "status": {"jobDeploymentStatus": "Complete"}}]
+    calls: list[tuple[str, str]] = []
+    refuse: list[BaseException] = []
+
+    def fake_call(method: str, url: str, body: Any = None) -> dict[str, Any]:
+        calls.append((method, url.rsplit("/", 1)[1]))
+        if method == "DELETE" and refuse:
+            raise refuse[0]
+        return {"items": items} if method == "GET" else {}
+
+    created: list[str] = []
+    submitter.update(call=fake_call, create=lambda base: created.append(base) or "new", wait=lambda base, name: None,
+                     utcnow=lambda: _utc("2026-01-16T02:00:00Z"))
+    submitter["main"]()
+    assert [name for method, name in calls if method == "DELETE"] == ["run-yesterday"] and len(created) == 1
+    # one that cannot be deleted: the night fails, rather than start a second run beside it
+    calls.clear()
+    refuse.append(OSError("API server hiccup"))
+    with pytest.raises(SystemExit) as failed:
+        submitter["main"]()
+    assert "could not delete stale RayJob run-yesterday" in str(failed.value.code) and len(created) == 1
+    # gone already (404): the night runs
+    refuse[0] = urllib.error.HTTPError("url", 404, "Not Found", None, None)  # type: ignore[arg-type]
+    submitter["main"]()
+    assert len(created) == 2
+    # within a day of its creation (a run started by hand this afternoon): still skipped, nothing deleted
+    refuse.clear()
+    calls.clear()
+    submitter["utcnow"] = lambda: _utc("2026-01-15T20:00:00Z")
+    with pytest.raises(SystemExit) as skipped:
+        submitter["main"]()
+    assert skipped.value.code == 0 and [m for m, _ in calls] == ["GET"] and len(created) == 2
+    # stale means past the RayJob's own deadline, and before the next night
+    deadline = _rayjobs()["cronjob"]["spec"]["activeDeadlineSeconds"]
+    assert deadline < submitter["STALE_S"] < 24 * 3600
+
+
+def test_kuberay_heads_list_their_service_ports() -> None:
+    """The RayJob the CronJob creates named no head ports, while deploy/kuberay-rayjob.yaml lists GCS, the dashboard
+    (where KubeRay's submitter sends the job) and Ray Client: both list the same."""
+    for which, job in _rayjobs().items():
+        head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in head.get("ports", [])}
+        assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001}, (which, ports)
 
 
 def test_readme_installs_boto3_before_ray_up() -> None:

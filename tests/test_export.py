@@ -373,6 +373,56 @@ def test_export_images_into_a_folder_that_is_not_empty_names_its_existing_argume
     assert "error: --to" in err and "--resume" in err and "--overwrite" in err and "existing=" not in err
 
 
+def _refusals(tmp_path: Path) -> list[tuple[str, str, dict, list[str], str, str]]:
+    """Exports that cannot start, each as (output, DIR, export_images's other arguments, the same as flags, what the
+    API's error says, what the command line's says)."""
+    out, unfinished = tmp_path / "out", tmp_path / "unfinished"
+    make_output(str(out), [image("Manifest.csv/b.jpg", 1)])
+    make_output(str(unfinished), [image("a.jpg", 1)], status="interrupted")
+    full, file, to = tmp_path / "full", tmp_path / "file", str(tmp_path / "to")
+    full.mkdir()
+    (full / "mine.txt").write_text("keep me")
+    file.write_bytes(b"x")
+    jsonl = ({"manifest": "jsonl"}, ["--manifest", "jsonl"])
+    return [
+        (str(unfinished), to, {}, [], "or pass force=True to export", "or pass --force to export"),
+        (str(out), to, {}, [], 'give manifest="jsonl" or manifest="none"', "give --manifest jsonl or --manifest none"),
+        (str(out), str(full), *jsonl, f'to={str(full)!r} is not empty; give an empty or new folder, existing="resume"',
+         f"--to {full} is not empty; give an empty or new folder, --resume"),
+        (str(out), str(file), *jsonl, f"to={str(file)!r} is a file", f"--to {file} is a file"),
+        (str(out), str(out / "data"), *jsonl, f"to={str(out / 'data')!r} is inside its data/",
+         f"--to {out / 'data'} is inside its data/"),
+        (str(out), str(file / "x"), *jsonl, f"to={str(file / 'x')!r} cannot be made or written",
+         f"--to {file / 'x'} cannot be made or written"),
+        (str(out), "https://example.invalid/x", *jsonl, "to='https://example.invalid/x' is a web address",
+         "--to https://example.invalid/x is a web address"),
+    ]
+
+
+def test_each_refusal_names_the_arguments_the_caller_gave(tmp_path: Path, capsys) -> None:
+    """docs/api.md: export_images takes keyword arguments, yet its errors named the command line's flags (--to,
+    --force, --manifest), which an API caller has no way to pass; the command line still names its flags."""
+    flags = {"--to", "--force", "--manifest", "--resume", "--overwrite", "--output", "--format", "--workers"}
+    for output, to, arguments, options, api, cli in _refusals(tmp_path):
+        with pytest.raises(ExportError) as refused:
+            export_images(output, to, **arguments)
+        said = str(refused.value)
+        assert api in said and not any(flag in said for flag in flags), said
+        assert main(["--output", output, "--to", to, "--no-progress", *options]) == 2
+        err = capsys.readouterr().err
+        assert cli in err and "=True" not in err and "to=" not in err and 'manifest="' not in err, err
+    assert not (tmp_path / "to").exists() and os.listdir(tmp_path / "full") == ["mine.txt"]
+
+
+def test_the_warnings_of_a_forced_export_name_the_arguments_the_caller_gave(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)], status="failed")
+    report = export_images(out, tmp_path / "api", force=True)
+    assert report.ok and "(force=True)" in report.warnings[0] and "--force" not in report.warnings[0]
+    assert main(["--output", str(out), "--to", str(tmp_path / "cli"), "--no-progress", "--force"]) == 0
+    assert "(--force)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("status", [None, "running", "interrupted", "failed", "inconsistent"])
 def test_an_unfinished_output_is_refused_unless_forced(tmp_path: Path, capsys, status: str | None) -> None:
     out, to = tmp_path / "out", tmp_path / "images"
@@ -850,7 +900,7 @@ def test_a_to_that_cannot_be_made_is_named_by_its_flag_and_nothing_is_written(tm
     assert main(["--output", str(out), "--to", str(to), "--no-progress", "--manifest", manifest]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --to {to} cannot be made or written: ") and "NotADirectoryError" in err, err
-    with pytest.raises(ExportError, match="^--to .* cannot be made or written"):
+    with pytest.raises(ExportError, match="^to='.*' cannot be made or written"):
         export_images(str(out), str(to), manifest=manifest)
     assert (tmp_path / "file").read_bytes() == b"x"
 

@@ -3,6 +3,12 @@ precision code path, and how the job places its purifier actors on GPUs."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,8 +16,16 @@ from pipeline import Purifier, ZipSettings
 from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.model import UNetConfig, build_unet
-from pipeline.placement import actor_placement, default_actors_and_gpus, local_ray_problem
-from tests.jobutil import tiny_model_file
+from pipeline.placement import (
+    actor_placement,
+    cluster_wait_problem,
+    default_actors_and_gpus,
+    fitted_actor_cpus,
+    local_ray_problem,
+)
+from tests.jobutil import image_folder, small_job_argv, small_job_config, tiny_model_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model() -> torch.nn.Module:
@@ -172,6 +186,133 @@ def test_the_run_on_its_own_ray_refuses_an_actor_larger_than_the_machine(ray_loc
         with pytest.raises(JobError, match="--gpus-per-actor 1: .* and 0 GPUs"):
             default_actors_and_gpus(_job(gpus_per_actor=1))
     assert default_actors_and_gpus(_job(device="cpu")) == (1, 0.0, "cpu")
+
+
+@pytest.mark.parametrize("options, cpus, fitted, fits", [
+    ({}, 1, 0.75, True), ({}, 1.2, 0.95, True), ({"cpus_per_task": 0.5}, 1, 0.5, True),
+    ({"cpus_per_task": 0.3}, 1, 0.7, True), ({}, 2, 1.0, True), ({}, 1.25, 1.0, True), ({}, 64, 1.0, True),
+    ({"cpus_per_actor": 1.0}, 1, 1.0, False), ({"cpus_per_actor": 0.5}, 64, 0.5, True),  # the user's, kept
+    ({"cpus_per_task": 1}, 1, 1.0, False),  # no room beside a task: kept, and refused by local_ray_problem
+])
+def test_the_default_actor_cpus_fit_a_local_ray_of_one_cpu(options, cpus, fitted, fits) -> None:
+    """Without --cpus-per-actor an actor reserved 1 CPU, and a task 0.25 more: a default run on a 1-CPU machine (a small
+    VM, a container limited with --cpus 1) was refused with exit status 2, telling the user to set a flag."""
+    got, note = fitted_actor_cpus(_job(**options), cpus)
+    assert got == fitted
+    assert (note is not None) == ("cpus_per_actor" not in options and got != 1.0), note
+    placed = _job(**{**options, "cpus_per_actor": got})
+    assert (local_ray_problem(placed, 0.0, cpus=cpus, gpus=0) is None) == fits
+
+
+def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large_is_still_refused(tmp_path) -> None:
+    """The whole run on the job's own local Ray of 1 CPU, as on a 1-CPU machine: the default run completes, saying in
+    one line what its actor reserves; --cpus-per-actor 1, given, cannot fit and is refused (exit status 2) as before."""
+    image_folder(tmp_path / "in", 2)
+    argv = small_job_argv(tmp_path, tiny_model_file(tmp_path))
+    code = ("import sys, json; from pipeline.placement import init_local_ray; from pipeline.cli import main\n"
+            "init_local_ray(num_cpus=1)\n"
+            "argv = json.loads(sys.argv[1])\n"
+            "print('explicit', main([*argv, '--cpus-per-actor', '1']), file=sys.stderr, flush=True)\n"
+            "print('-- default --', file=sys.stderr, flush=True)\n"
+            "print('default', main(argv), file=sys.stderr, flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    explicit, _, default = done.stderr.partition("-- default --")
+    assert "explicit 2" in explicit and "--cpus-per-actor 1 with --cpus-per-task 0.25" in explicit, explicit[-3000:]
+    assert "default 0" in default, default[-3000:]
+    notes = [line for line in default.splitlines() if line.startswith("zip-purify: note:")]
+    assert len(notes) == 1 and "reserves 0.75 CPU" in notes[0] and "--cpus-per-actor" in notes[0], default[-3000:]
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 2
+    assert summary["config"]["cpus_per_actor"] == 0.75
+
+
+def test_a_default_run_on_a_one_cpu_ray_the_calling_program_started_runs(tmp_path) -> None:
+    """A program's own `ray.init(num_cpus=1)`, then run_job with the defaults: the actor took the only CPU and the
+    tasks that feed it waited for one, forever and with no word (the job's own Ray refused it; this one is not the
+    job's, and was not checked)."""
+    image_folder(tmp_path / "in", 2)
+    code = ("import sys, ray; from pathlib import Path; from pipeline.job import run_job\n"
+            "from tests.jobutil import small_job_config\n"
+            "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+            "s = run_job(small_job_config(Path(sys.argv[1]), sys.argv[2]))\n"
+            "print('run', s['status'], s['this_run']['purified'], s['ray']['cpus_per_actor'])\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), tiny_model_file(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run complete 2 0.75" in done.stdout, done.stdout
+    assert "zip-purify: note: the local Ray has 1 CPU: each purifier actor reserves 0.75 CPU" in done.stderr, \
+        done.stderr[-3000:]
+
+
+def test_the_summary_counts_the_actors_the_run_started_beside_the_most_its_pool_could_have(tmp_path, ray_local) -> None:
+    """The summary's ray.actors was the pool's maximum (--actors, or one per GPU), not the actors started: the pool
+    starts one and adds more only while work waits for them, so a short run with --actors 3 started 1 and said 3."""
+    import ray
+    from ray._private import state
+
+    from pipeline.job import run_job
+
+    def purifiers() -> dict[str, dict]:
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        return {k: v for k, v in state.actors(job_id=job).items() if "PurifyStage" in v["ActorClassName"]}
+
+    before = set(purifiers())
+    image_folder(tmp_path / "in", 2)
+    summary = run_job(small_job_config(tmp_path, tiny_model_file(tmp_path), actors=3, cpus_per_actor=0.5))
+    started = [k for k, v in purifiers().items() if k not in before and v["StartTime"]]
+    assert summary["status"] == "complete" and started
+    assert summary["ray"]["actors"] == len(started) and summary["ray"]["actors_max"] == 3, summary["ray"]
+    assert summary["ray"]["cpus_per_actor"] == 0.5
+
+
+@pytest.mark.parametrize("options, gpus, nodes, said", [
+    ({"cpus_per_actor": 2}, 0.0, [{"CPU": 2}], "cannot run a purifier actor (2 CPUs) and the tasks"),
+    ({"cpus_per_actor": 64}, 0.0, [{"CPU": 2}], "no node of the cluster can hold a purifier actor (64 CPUs each)"),
+    ({}, 0.0, [{"CPU": 0}], "no node of the cluster can hold a purifier actor (1 CPU each): its 1 node has 0 CPUs"),
+    ({}, 0.0, [], "no node of the cluster can hold a purifier actor (1 CPU each): it has no node"),
+    ({}, 1.0, [{"CPU": 8}, {"CPU": 8}], "(1 CPU and 1 GPU each): its 2 nodes have 8 CPUs, 8 CPUs"),
+    ({}, 0.0, [{"CPU": 2}], None),
+    ({"cpus_per_actor": 2}, 0.0, [{"CPU": 2}, {"CPU": 2}], None),  # the tasks on the other node
+    ({"cpus_per_actor": 0.95}, 0.0, [{"CPU": 1.2}], None),
+    ({}, 1.0, [{"CPU": 0}, {"CPU": 8, "GPU": 1}], None),
+])
+def test_a_cluster_the_run_would_wait_on_is_said_at_the_start(options, gpus, nodes, said) -> None:
+    """On a joined cluster an actor that no node can hold waits for a node (an autoscaler may add one); one that takes
+    the only node's CPUs leaves none to the tasks that feed it, and that run waited with no word at all."""
+    problem = cluster_wait_problem(_job(**options), gpus, nodes, {"CPU": 0.5})
+    if said is None:
+        assert problem is None, problem
+    else:
+        assert said in problem and "autoscaler adds one" in problem and "--cpus-per-actor" in problem, problem
+        assert "(0.5 CPUs free now)" in problem and ("--gpus-per-actor" in problem) == bool(gpus), problem
+
+
+def test_a_run_on_a_cluster_whose_nodes_cannot_hold_its_actor_and_tasks_says_so_as_it_starts(ray_local, monkeypatch,
+                                                                                          capsys) -> None:
+    """A Ray that is not the job's own (a joined cluster, or the caller's) of 2 CPUs with --cpus-per-actor 2: the run
+    waited for a CPU for its tasks forever, and said nothing; it still waits, and says why as it starts."""
+    import pipeline.job as job
+    import pipeline.placement as placement
+
+    monkeypatch.setattr(placement, "_OWN_RAY_NODE", [None])  # as on a joined cluster: not refused, no node joins
+    cpus = ray_local_cpus()
+    _, placed = job._start_cluster(_job(cpus_per_actor=cpus))
+    assert placed == (1, 0.0, "cpu")
+    err = capsys.readouterr().err
+    assert f"zip-purify: note: the cluster cannot run a purifier actor ({cpus:g} CPUs)" in err, err
+    job._start_cluster(_job(cpus_per_actor=cpus / 2))
+    assert "zip-purify:" not in capsys.readouterr().err
+
+
+def ray_local_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources()["CPU"]
 
 
 def test_device_cpu_on_a_gpu_cluster_does_not_hold_gpus() -> None:

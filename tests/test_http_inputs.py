@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,108 @@ def test_containers_from_a_server_that_sends_no_length_are_read(tmp_path: Path) 
     assert sorted((r["kind"], r["id"]) for r in records) == [
         ("image", "s.tar/0000"), ("image", "s.tar/0001"), ("image", "t.parquet#0"), ("image", "z.zip/k.png")]
     assert next(r for r in records if r["id"] == "z.zip/k.png")["data"] == image_bytes(8, 8, 3)
+
+
+def _no_length_handler():
+    from tests.webutil import QuietHandler
+
+    class NoLength(QuietHandler):
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() != "content-length":
+                super().send_header(keyword, value)
+
+    return NoLength
+
+
+def _large_containers(folder: Path) -> dict[str, bytes]:
+    """A zip archive and a Parquet file of three images each (stored, one row group per row), each over 4 KiB: the
+    images read from them, by id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = {f"k{i}.png": image_bytes(64, 64, i) for i in range(3)}
+    (folder / "z.zip").write_bytes(zip_bytes(images, compression=zipfile.ZIP_STORED))
+    pq.write_table(pa.table({"image": list(images.values())}), folder / "t.parquet", row_group_size=1,
+                   compression="none")
+    assert min((folder / "z.zip").stat().st_size, (folder / "t.parquet").stat().st_size) > 4096
+    return {f"z.zip/{name}": data for name, data in images.items()} | {
+        f"t.parquet#{i}": data for i, data in enumerate(images.values())}
+
+
+def test_zip_and_parquet_files_over_in_memory_mb_from_a_server_that_sends_no_length_are_read_from_a_local_copy(
+        tmp_path: Path, monkeypatch) -> None:
+    """Both need seeking, which a stream of unknown length does not give: each such file over --in-memory-mb was one
+    '#unreadable' reject ('Cannot seek streaming HTTP file'). It is copied, a chunk at a time, to a file in the local
+    temporary folder, read from there while the reader runs, and deleted once it is done."""
+    import tempfile
+
+    from pipeline.sources import file_bytes
+    from tests.webutil import serving
+
+    site, spool = tmp_path / "site", tmp_path / "spool"
+    site.mkdir()
+    spool.mkdir()
+    expected = _large_containers(site)
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(file_bytes, "SPOOL_CHUNK_BYTES", 1000, raising=False)  # several chunks, as a large file's are
+    read: dict[str, bytes] = {}
+    with serving(site, _no_length_handler()) as url:
+        for unit in discover(url, {}):
+            assert unit.sizes == (None,)
+            records = read_unit(unit, {}, in_memory_bytes=4096)
+            first = next(records)
+            copies = list(spool.iterdir())  # the copy lies there while its file is read
+            assert len(copies) == 1 and copies[0].name.startswith(file_bytes.SPOOL_PREFIX)
+            assert copies[0].read_bytes() == (site / unit.paths[0].rsplit("/", 1)[1]).read_bytes()
+            for r in [first, *records]:
+                assert r["kind"] in ("image", "count"), r
+                if r["kind"] == "image":
+                    read[r["id"]] = r["data"]
+            assert not list(spool.iterdir())  # deleted once the file is read
+        # a reader stopped early (a task cancelled) deletes its copy too
+        (unit,) = discover(url + "z.zip", {})
+        records = read_unit(unit, {}, in_memory_bytes=4096)
+        next(records)
+        assert len(list(spool.iterdir())) == 1
+        records.close()
+        assert not list(spool.iterdir())
+    assert read == expected
+
+
+def test_a_local_copy_that_cannot_be_written_is_the_files_reject_and_is_deleted(tmp_path: Path, monkeypatch) -> None:
+    """A full disk while copying a file of unknown size: the file's '#unreadable' reject says where it was copying
+    and what to do, and the half-written copy is gone."""
+    import tempfile
+
+    from pipeline.sources import file_bytes
+    from tests.webutil import serving
+
+    site, spool = tmp_path / "site", tmp_path / "spool"
+    site.mkdir()
+    spool.mkdir()
+    _large_containers(site)
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(file_bytes, "SPOOL_CHUNK_BYTES", 1000)
+    written = []
+    real_write = os.write
+
+    def full_disk(handle: int, data) -> int:  # in the spool folder the first chunk lands, then the disk is full
+        if not os.readlink(f"/proc/self/fd/{handle}").startswith(str(spool)):
+            return real_write(handle, data)
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(bytes(data))
+        return real_write(handle, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with serving(site, _no_length_handler()) as url:
+        (unit,) = discover(url + "z.zip", {})
+        records = list(read_unit(unit, {}, in_memory_bytes=4096))
+    assert [(r["kind"], r.get("id")) for r in records[:1]] == [("reject", "z.zip#unreadable")]
+    assert records[0]["error"].startswith(
+        "unreadable zip file: SpoolFailed: no size on storage and over --in-memory-mb, so copied to read it: writing "
+        "the copy failed (No space left on device); free space in ")
+    assert written and not list(spool.iterdir())
 
 
 def test_a_presigned_shard_url_is_read_as_a_shard_and_its_signature_is_written_nowhere(web, tmp_path: Path) -> None:

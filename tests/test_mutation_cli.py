@@ -19,6 +19,7 @@ from pipeline import cli
 from pipeline.cli import build_parser, config_from_args, main
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
+from pipeline.placement import DEFAULT_CPUS_PER_ACTOR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,6 +224,8 @@ def test_help_states_each_default_as_jobconfig_has_it() -> None:
             continue
         said = _help_default(action.help)
         value = getattr(default, field)
+        if field == "cpus_per_actor":  # None: the default, sized to fit a local Ray of fewer CPUs (pipeline.placement)
+            value = DEFAULT_CPUS_PER_ACTOR
         if said is None or value is None:
             continue
         if isinstance(value, bool):

@@ -159,6 +159,29 @@ def test_blend_k_off_restores_the_hard_switch_after_the_authors_code_recipe(tmp_
     assert "expected a number above 0, or off for no blend" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("word", ["off", "Off", "OFF", "no", "false", "none", "'off'", "null"])
+def test_a_config_files_blend_k_off_is_the_hard_switch_as_the_flags(tmp_path, capsys, word) -> None:
+    # YAML reads a bare off as the boolean false: a file's blend_k: off stopped the run ("got False") although
+    # --blend-k off takes the same word; only null worked there.
+    path = tmp_path / "job.yaml"
+    path.write_text(f"recipe: authors-code\nblend_k: {word}\n")
+    config = config_from_args(["--config", str(path)])
+    assert config.blend_k is None and config.settings().blend_k is None and config.operators == "gray,pool"
+    assert "recipe authors-code runs with blend_k off (--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("word", "shown"), [("true", "True"), ("yes", "True"), ("soft", "'soft'"), ("[10]", "[10]"),
+                                             ("'10'", "'10' (read as text: write the number without quotes)")])
+def test_a_config_files_blend_k_of_another_type_is_refused_naming_the_file(tmp_path, capsys, word, shown) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(f"blend_k: {word}\n")
+    assert main(["--config", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"error: --config {path}: blend_k must be a number above 0, or off (null) for no "
+                                       f"blend (the hard switch), got {shown}\n")
+    path.write_text("blend_k: 2.5\n")
+    assert config_from_args(["--config", str(path)]).blend_k == 2.5
+
+
 def test_resample_where_no_step_is_guided_is_refused(folders, model, capsys) -> None:
     # A late start that lam leaves unguided redoes no step: `--start 0.3 --lam 0.5 --resample 4` was taken, recorded
     # and ran exactly as --resample 1, with no word of it.

@@ -176,8 +176,8 @@ def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_compl
     assert (run["read"], run["skipped_already_done"], run["containers_skipped_unread"], run["files_written"]) == (
         0, 6, 1, 0)
     assert summary["output_totals"] == {"purified": 5, "rejected": 1, "before_this_run": {"purified": 5, "rejected": 1}}
-    assert summary["ray"] == {"actors": 0, "gpus_per_actor": None, "device": None, "torch_threads": None,
-                              "note": NOTHING_TO_READ}
+    assert summary["ray"] == {"actors": 0, "actors_max": 0, "cpus_per_actor": None, "gpus_per_actor": None,
+                              "device": None, "torch_threads": None, "note": NOTHING_TO_READ}
     assert _rows(out) == before
     history = _history(out)
     assert len(history) == 2

@@ -1,6 +1,6 @@
 """An input file's bytes from storage, transient errors retried: read whole (`read_bytes`), or opened as often as a
 container reader needs (`_opener`: fetched once and served from memory up to `IN_MEMORY_BYTES`, streamed from storage
-when larger).
+when larger, or, for a reader that seeks, copied to a local temporary file when storage gives no size).
 
 An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
 the limit (`too_large`), decided from the size storage, the tar header or Arrow reports before its bytes are copied:
@@ -9,9 +9,11 @@ local FIFO, socket or device is not opened (`NotAFile`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -97,13 +99,20 @@ def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None
     return with_retries(once, f"read {path}")
 
 
-def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
-            listed_size: int | None = None) -> Callable[[], BinaryIO]:
+def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int, listed_size: int | None = None,
+            spool: contextlib.ExitStack | None = None) -> Callable[[], BinaryIO]:
     """How to open `path` for reading, as often as needed: a file of at most `in_memory_bytes` is fetched once
     and served from memory; a larger one is opened on storage each time, and read piece by piece. `listed_size`: its
-    size from the input's listing, which spares asking storage for it (a HEAD per shard on an object store)."""
+    size from the input's listing, which spares asking storage for it (a HEAD per shard on an object store).
+
+    `spool`: for a reader that seeks (zip, Parquet), the stack that owns a local copy. A file whose size storage does
+    not give (a web server that sends no Content-Length) is then a stream that cannot seek: one larger than
+    `in_memory_bytes` is copied, in chunks, to a local temporary file (`_spooled`) and read from there, the file
+    deleted when `spool` closes (the read done, or failed). Without it such a file is streamed."""
     fs, fs_path = storage_path(path, fs_opts)
     size = listed_size if listed_size is not None else with_retries(lambda: fs.size(fs_path), f"stat {path}")
+    if size is None and spool is not None:
+        return _spooled(path, fs_opts, in_memory_bytes, spool)
     # None: storage gives no size (a web server that sends no Content-Length): fetched while it fits, else streamed
     if size is None or size <= in_memory_bytes:
         try:
@@ -114,6 +123,69 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
         except ImageTooLarge:
             pass
     return _SameVersionOpener(path, fs, fs_path)
+
+
+# What a copy of a file of unknown size to a local temporary file reads from storage, and writes, at once.
+SPOOL_CHUNK_BYTES = 8 * 2**20
+SPOOL_PREFIX = "zip-purify-spool-"
+
+
+def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
+             spool: contextlib.ExitStack) -> Callable[[], BinaryIO]:
+    """`path`, a file storage gives no size for, read once from its start: kept in memory while it holds at most
+    `in_memory_bytes`, else copied on to a temporary file in the local temporary folder (`tempfile.gettempdir()`:
+    $TMPDIR, else /tmp) a chunk at a time, so memory stays within `in_memory_bytes` and a chunk. The copy is deleted
+    when `spool` closes; one whose copying fails is deleted at once (a transient storage error starts it again)."""
+
+    def once() -> Callable[[], BinaryIO]:
+        fs, fs_path = storage_path(path, fs_opts)
+        with fs.open(fs_path, "rb") as f:
+            chunks, total = [], 0
+            while total <= in_memory_bytes and (chunk := f.read(min(SPOOL_CHUNK_BYTES, in_memory_bytes + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
+            if total <= in_memory_bytes:
+                raw = b"".join(chunks)
+                return lambda: io.BytesIO(raw)
+            handle, local = tempfile.mkstemp(prefix=SPOOL_PREFIX)  # readable by this user alone
+            try:
+                try:
+                    for chunk in chunks:
+                        _write_local(handle, chunk, local)
+                    chunks.clear()
+                    while chunk := f.read(SPOOL_CHUNK_BYTES):
+                        _write_local(handle, chunk, local)
+                finally:
+                    os.close(handle)
+            except BaseException:
+                _remove_local(local)
+                raise
+        spool.callback(_remove_local, local)
+        return lambda: open(local, "rb")  # the reader closes what it opens
+
+    return with_retries(once, f"read {path}")
+
+
+class SpoolFailed(ValueError):
+    """The local copy of a file of unknown size could not be written (a full disk): a permanent error, not retried."""
+
+
+def _write_local(handle: int, chunk: bytes, local: str) -> None:
+    """Write `chunk` to the local copy (unbuffered: nothing is left to fail when it is closed), an error saying where
+    (a full disk is no storage error: not retried)."""
+    try:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(handle, view) :]
+    except OSError as err:
+        raise SpoolFailed(f"no size on storage and over --in-memory-mb, so copied to read it: writing the copy "
+                          f"failed ({err.strerror or err}); free space in {os.path.dirname(local)} or set TMPDIR to "
+                          "a larger disk") from err
+
+
+def _remove_local(local: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(local)
 
 
 class InputChangedWhileRead(Exception):

@@ -59,32 +59,61 @@ def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
     return with_protocol(fs, folder.rstrip("/"))
 
 
+# Stores whose names are keys, not paths: one may hold an object 'data' beside objects under 'data/' (a folder marker
+# written without its '/', a file copied to the wrong key). S3 is asked in one request (`_s3_keys_under`); Google Cloud
+# Storage, Azure Blob and memory:// through fsspec's own calls (`_keys_under`). A disk's, a server's (HDFS, SFTP, FTP,
+# SMB, WebDAV) or Azure Data Lake Gen1's names are paths, never both a file and a folder, and are not asked (an FTP
+# server's listing of a file is not its folder's); nor is a store this list does not name.
+KEYED_PROTOCOLS = frozenset({*S3_PROTOCOLS, "gs", "gcs", "abfs", "abfss", "az", "memory"})
+
+
 def _one_file(fs: Any, root: str, uri: str) -> bool:
-    """Whether input `uri` (`root` on `fs`) is one file (FileNotFoundError: it is not there). S3 may hold an object
-    under a folder's own name beside keys under that folder ('s3://b/data' and 's3://b/data/x.png': a folder marker
-    some tools write without the '/', a file copied to the wrong key), and fsspec drops a trailing '/' from either: the
-    one object alone was read, the folder's files left out unseen and the run called complete. There, `uri` ending in
-    '/' is the folder, and without it the input is refused as ambiguous (ValueError). Asked of the store itself, not
-    of s3fs's listing cache, which takes a path it has listed under for a folder. A web address that the server
-    redirects to itself with a '/' is a folder given without it: refused, naming the address to give."""
-    s3 = not S3_PROTOCOLS.isdisjoint(protocols(fs))  # a disk's or a server's file is never a folder too
-    if s3:
+    """Whether input `uri` (`root` on `fs`) is one file (FileNotFoundError: it is not there). An object store
+    (`KEYED_PROTOCOLS`) may hold an object under a folder's own name beside keys under that folder ('s3://b/data' and
+    's3://b/data/x.png'), and fsspec drops a trailing '/' from either: the one object alone was read, the folder's
+    files left out unseen and the run called complete. There, `uri` ending in '/' is the folder, and without it the
+    input is refused as ambiguous (ValueError); a store whose listing of the folder gives the object instead of the
+    folder's files (memory://) is refused either way. Asked of the store itself, not of its listing cache, which takes
+    a path it has listed under for a folder. A web address that the server redirects to itself with a '/' is a folder
+    given without it: refused, naming the address to give."""
+    keyed = not KEYED_PROTOCOLS.isdisjoint(protocols(fs))  # a disk's or a server's file is never a folder too
+    s3 = not S3_PROTOCOLS.isdisjoint(protocols(fs))
+    if keyed:
         fs.invalidate_cache(root)
     info = fs.info(root)
     if info.get("type") != "file":
-        return False
+        # memory:// says 'directory' for a key that has keys under it, yet holds the file: its listing of the folder
+        # gives that file alone, so the folder's files cannot be read while it is there (s3fs, like gcsfs, says
+        # 'file' whenever the object is there: not asked again)
+        if not keyed or s3 or not fs.isfile(root):
+            return False
+        raise ValueError(f"input {uri} is both an object and a folder holding objects on the store, which lists the "
+                         "object in place of the folder's files, so reading either would leave the other out: move "
+                         "the object away (or the folder's files to another folder) and give the folder")
     if isinstance(info.get("url"), str) and info["url"] == f"{root}/" and not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
         # a web folder given without its '/': the server sends its index page, which was read as one image (a
         # reject, 'not a recognised image format'), its files left out unseen
         raise ValueError(f"input {uri} is a web folder (the server redirects it to {info['url']}): give it with the "
                          "trailing '/' to read the files its index page links")
-    if not s3 or not _s3_keys_under(fs, root):
+    if not keyed or not (_s3_keys_under(fs, root) if s3 else _keys_under(fs, root)):
         return True
     if uri.endswith("/"):
         return False
     raise ValueError(f"input {uri} is both an object and a folder holding objects on the store, so reading either would "
                      f"leave the other out: give {uri}/ to read the folder (the object of that name is then not read), "
                      "or move the object away")
+
+
+def _keys_under(fs: Any, root: str) -> bool:
+    """Whether an object store other than S3 holds a file under `root` + '/' beside the file `root`, by fsspec's own
+    call: a listing of `root` that gives a name under `root` + '/' (gcsfs lists the keys under 'data/', and gives the
+    object alone when there are none; a store that lists the object's folder or its siblings, 'data-2', gives none)."""
+    try:
+        names = fs.ls(root, detail=False)
+    except (FileNotFoundError, PermissionError, NotADirectoryError):  # nothing listed there, or not to this reader
+        return False
+    folder = root.rstrip("/") + "/"
+    return any(str(name).startswith(folder) and str(name) != folder for name in names)
 
 
 def _s3_keys_under(fs: Any, root: str) -> bool:

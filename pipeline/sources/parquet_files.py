@@ -146,7 +146,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
     with contextlib.ExitStack() as stack:
         try:
             # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
-            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
+            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             parquet = _open_parquet(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, image_column)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)

@@ -264,7 +264,8 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
         try:
-            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
+            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             archive, directory = _open_zip(stack.enter_context(open_file()))
             stack.enter_context(archive)
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file

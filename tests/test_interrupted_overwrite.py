@@ -1,0 +1,92 @@
+"""Ctrl-C on an --overwrite run: what it says to run next matches what the output holds. It said "run the same command
+again to resume (what is written is skipped, not purified again)", but the same command, with --overwrite, deletes
+what is written and purifies every input again; and stopped before its pipeline wrote anything, after --overwrite had
+deleted the output's earlier files, there is nothing to resume. No Ray: the cluster's start and the pipeline are
+replaced by what they would leave."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.job as job
+from pipeline.cli import main
+from pipeline.plan import plan_job
+from pipeline.sources import reject_record
+from pipeline.stages import batch_of, write_stage
+from tests.jobutil import image_folder, small_job_argv, small_job_config
+
+
+@pytest.fixture
+def earlier_output(tmp_path: Path, monkeypatch) -> Path:
+    """tmp_path/in (3 images) and tmp_path/out, a complete output of an earlier run (one part file); no Ray."""
+    image_folder(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["earlier.png"]}), out / "data" / "part-00000-earlier.parquet")
+    (out / "_summary.json").write_text(json.dumps({"status": "complete"}))
+    (out / "_job.json").write_text("{}")
+    monkeypatch.setattr(job, "_start_cluster", lambda config: (1, 0.0, "cpu"))
+    return out
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _last_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return lines[-1]
+
+
+def test_ctrl_c_before_an_overwrite_runs_pipeline_says_start_over(tmp_path, model, monkeypatch, capsys,
+                                                                    earlier_output) -> None:
+    monkeypatch.setattr(job, "_purify", _interrupted)  # the pipeline is about to start
+    assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
+    last = _last_line(capsys)
+    assert last.startswith("interrupted: stopped by SIGINT; this run wrote 0 purified"), last
+    assert "--overwrite deleted the output's earlier files and this run purified nothing yet: run the same command " \
+           "again to start over" in last and "resume" not in last, last
+    # what it says: the earlier rows are gone, none is written
+    assert not list(earlier_output.glob("*/part-*.parquet"))
+    summary = json.loads((earlier_output / "_summary.json").read_text())
+    assert summary["status"] == "interrupted" and "--overwrite deleted the earlier rows" in summary["resume"]
+
+
+def test_ctrl_c_while_overwrite_clears_the_output_says_start_over(tmp_path, model, monkeypatch, capsys,
+                                                                  earlier_output) -> None:
+    monkeypatch.setattr(job, "clear_output", _interrupted)
+    assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
+    last = _last_line(capsys)
+    assert last == ("interrupted: the run stopped before it purified anything, and --overwrite may have deleted the "
+                    "output's earlier files (those left are whole); run the same command again to start over"), last
+    # a run without --overwrite, stopped at the same stage (the lease taken, before the pipeline), resumes as before
+    shutil.rmtree(earlier_output)
+    monkeypatch.setattr(job, "_start_tally", _interrupted)
+    assert main(small_job_argv(tmp_path, model)) == 130
+    assert _last_line(capsys) == "interrupted: every file in the output is whole; run the same command again to resume"
+
+
+def test_ctrl_c_after_an_overwrite_run_wrote_rows_says_resume_without_overwrite(tmp_path, model, monkeypatch, capsys,
+                                                                                earlier_output) -> None:
+    def wrote_one_then_interrupted(config, plan, placement, stop):
+        write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
+                    config.output, {})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
+    assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
+    last = _last_line(capsys)
+    assert "this run wrote 0 purified and 1 rejected (1 part file)" in last, last
+    assert last.endswith("run the command again without --overwrite to resume (what is written is skipped, not purified "
+                         "again); with --overwrite it deletes them and starts over"), last
+    summary = json.loads((earlier_output / "_summary.json").read_text())
+    assert summary["resume"].startswith("run the command again without --overwrite: ")
+    # the advice holds: without --overwrite the output resumes, its written input skipped
+    plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
+    assert plan.output_state == "resume" and plan.skipped_files == 1
