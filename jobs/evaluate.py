@@ -30,7 +30,8 @@ finished epoch, a ZIP set with the purifier batches (--batch-size canvases) it h
 uninterrupted run (the finished ones are kept in <set>.partial/ until the set is whole). A damaged cache file is named
 in a warning and rebuilt. ZIP sets are cached per device type: a GPU draws other noise than a CPU from the same seed.
 To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
-training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else ../shared).
+training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else shared/ beside the
+repository's folder).
 
 Checks: settings, the data, the prior and the --out and --cache-dir folders are checked before any work starts (exit
 status 2 and one error line). An --out folder holding a report of another configuration is refused (give another
@@ -56,7 +57,7 @@ with interrupted_while_loading("jobs/evaluate.py"):
     import torch
 
     from pipeline.checkpoint import CheckpointError
-    from pipeline.cli_common import Parser
+    from pipeline.cli_common import Parser, script_prog
     from pipeline.evaluation.attacks import ATTACKS
     from pipeline.evaluation.classifier import train_classifier
     from pipeline.evaluation.datasets import CACHE_DIR, DataError
@@ -89,7 +90,7 @@ def _csv(choices: tuple[str, ...] | list[str], what: str):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # one `error:` line and a pointer to --help for a bad option, as the purify job's and the export's (not the usage)
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=script_prog(__file__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # in the order --help lists them
     _add_what_is_evaluated(p)
     _add_test_subset_and_zip_sampling(p)
@@ -168,7 +169,8 @@ def _add_run_and_report_options(p: argparse.ArgumentParser) -> None:
     """Where and how it runs (threads, caches, --out, device, the purifier's canvases) and what the report holds."""
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads for training, purification and prediction (0: torch's default). Use 1 when "
-                        "another job shares a 2-core machine: two threads fighting for cores are several times slower")
+                        "another job shares a 2-core machine: two threads fighting for cores are several times slower. "
+                        "Default: 0")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
                    help="where trained classifiers (classifiers/) and purified image sets (purified/) are cached and "
                         "reused on the next run. Default: $ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.entry import interrupted_while_loading  # noqa: E402
 
 with interrupted_while_loading("jobs/target_table.py"):
-    from pipeline.cli_common import Parser
+    from pipeline.cli_common import Parser, script_prog
     from pipeline.evaluation.predictions import AttackNotRun, check_target, decode_predictions, over_attacks
     from pipeline.evaluation.report import ATTACK_TITLES, CLEAN, target_summary
     from pipeline.evaluation.target import RESAMPLES, point_check
@@ -232,7 +232,7 @@ def row_labels(paths: list[Path]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     # one `error:` line and a pointer to --help for a bad option, as the evaluation's and the job's (not the usage)
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=script_prog(__file__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", nargs="+", type=Path, help="evaluation JSON files (jobs/evaluate.py --out)")
     p.add_argument("--zip", default="zip", choices=["zip", "zip-authors"], help="which ZIP defense to show (default zip)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",

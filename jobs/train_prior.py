@@ -3,8 +3,8 @@
 What it trains: a 32 px UNet in our guided-diffusion-compatible layout (default: 32 channels, mults 1,2,2, 2 res
 blocks, attention at 16 px: 1.7M parameters, the shipped prior's shape), ε-MSE on DDPM timesteps 0..999, Adam with
 warm-up, gradient clipping at 1 and an EMA of the weights, which is what gets exported.
-Data: the clean training split of --data, read from the shared data folder ($ZIP_SHARED_DIR/data, else ../shared/data)
-and decoded once into $ZIP_CACHE_DIR (else ~/.cache/zip-purify).
+Data: the clean training split of --data, read from the shared data folder ($ZIP_SHARED_DIR/data, else shared/data
+beside the repository's folder) and decoded once into $ZIP_CACHE_DIR (else ~/.cache/zip-purify).
 
 Files in --out:
   last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
@@ -58,7 +58,7 @@ from pipeline.entry import interrupted_while_loading  # noqa: E402
 with interrupted_while_loading("jobs/train_prior.py"):
     import torch
 
-    from pipeline.cli_common import Parser
+    from pipeline.cli_common import Parser, script_prog
     from pipeline.evaluation.datasets import DataError, load_dataset
     from pipeline.model import UNetConfig, build_unet
     from pipeline.schedule import NoiseSchedule
@@ -96,7 +96,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # one `error:` line and a pointer to --help for a bad option, as the purify job's and the export's (not the usage)
-    p = Parser(description=__doc__, formatter_class=_HelpFormatter)
+    p = Parser(prog=script_prog(__file__), description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--data", default="cifar10", choices=sorted(TRAINING_SETS),
                    help="clean training set the prior learns (its train split, from the shared data folder)")
     p.add_argument("--out", default="runs/prior",

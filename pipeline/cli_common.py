@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import json
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Iterator
@@ -18,6 +19,19 @@ from typing import Any
 
 from pipeline.redaction import storage_item_shown, storage_value_shown
 from pipeline.storage import own_entry
+
+
+def script_prog(script: str) -> str:
+    """How a jobs/ script names itself in its usage and error lines ("run ... --help for the options"): as the user ran
+    it, `python jobs/train_prior.py`, quoted as a shell needs it, so that the hint runs as printed (a checkout's
+    scripts are not on PATH nor executable: a bare `train_prior.py --help` runs nothing). `script`: the script's own
+    `__file__`; imported rather than run (a test calling its `main`), its bare file name."""
+    ran = sys.argv[0] if sys.argv else ""
+    try:
+        is_run = bool(ran) and os.path.samefile(ran, script)
+    except OSError:
+        is_run = False
+    return f"python {shlex.quote(ran)}" if is_run else os.path.basename(script)
 
 
 class Parser(argparse.ArgumentParser):

@@ -839,8 +839,19 @@ def run_export(names: ArgNames, output: str, to: str, *, storage_options: dict[s
     so, problems = with_url_options({names.named("output"): output, names.named("to"): to}, dict(storage_options or {}))
     if problems:
         raise ExportError(problems[0])
-    state, warning = check_output(output, so, force, names)
-    check_destination(to, output, so, existing, names)
+    # what the storage raises that is no OSError (botocore's NoCredentialsError) is an export that cannot start
+    try:
+        state, warning = check_output(output, so, force, names)
+    except (JobError, OSError):
+        raise
+    except Exception as err:  # noqa: BLE001 - named, with its cause kept (the command line's credentials advice)
+        raise ExportError(f"{names.named('output')} {output} cannot be read: {describe(err)}") from err
+    try:
+        check_destination(to, output, so, existing, names)
+    except (JobError, OSError):
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(f"{names.named('to')} {to} cannot be read: {describe(err)}") from err
     report = ExportReport(output, to, warnings=[warning] if warning else [])
     in_fs, _ = storage_path(output, so)
     out_fs, root = storage_path(to, so)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
               "is written at the end)", file=sys.stderr)
         return 130
     except (ExportError, ConfigError) as err:
-        print(f"error: {_shown(err, args)}", file=sys.stderr)
+        print(f"error: {_shown(err, args)}{credentials_advice(err)}", file=sys.stderr)
         return 2
     except (JobError, OSError, ValueError) as err:  # storage that refuses access, not found, ...
         print(f"error: {_shown(err, args)}{credentials_advice(err)}", file=sys.stderr)

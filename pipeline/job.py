@@ -553,7 +553,8 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
         notes = RefreshReadNotes(config.output.rstrip("/"), config.storage_options, plan)
         _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
     if stop.bar is not None:
-        stop.bar.close()
+        stop.bar.close()  # every row reported: its count is the run's
+        stop.bar = None
     return threads, actors_started(purifier_actor_table(), earlier)
 
 
@@ -758,15 +759,18 @@ class StopRecorder:
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
         as the pipeline's own counts lag the files that have landed. Returns a phrase on what was written."""
-        if self.bar is not None:
-            self.bar.close()
         if self.lease.taken_over:  # the output's summary is (or may be) the other run's now
+            self._close_bar(None)
             return "the summary was left to that run"
         plan, so, out = self.plan, self.config.storage_options, self.config.output.rstrip("/")
         # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
         details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
         # a second Ctrl-C may cut the count short
-        count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
+        count = None
+        try:
+            count = count_stopped_run(out, so, self.before, self.tally.reported, plan.retry)
+        finally:
+            self._close_bar(count)
         self.files_written = None if count.short else count.files  # a count cut short may have missed some
         IGNORE_STOPS.set()  # but not the summary's write
         if not self.pipeline_ended:  # once it has, the journal notes the containers read whole already
@@ -790,6 +794,19 @@ class StopRecorder:
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
             unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
         return _stopped_phrase(count, totals, self.tally.hidden) + unwritten
+
+    def _close_bar(self, count: StoppedCount | None) -> None:
+        """The progress bar's last line, with the rows `count` found in the output when the pipeline had not reported
+        them all yet (a batch's files landed just before the stop): it said `images: 0/3` above the `interrupted:`
+        line's `this run wrote 3 purified`. A count cut short leaves the bar's own."""
+        if self.bar is None:
+            return
+        if count is not None and count.short is None:
+            behind = count.purified + count.rejected - self.bar.n
+            if behind > 0:
+                self.bar.set_postfix(**{**_progress_postfix(self.bar, self.plan, self.tally), "rejected": count.rejected})
+                self.bar.update(behind)
+        self.bar.close()
 
     def _resume(self, count: StoppedCount) -> str:
         """The summary's word on what to run next."""

@@ -52,7 +52,7 @@ from pipeline.output import (
 from pipeline.presets import shipped_prior_path
 from pipeline.redaction import redact_uri
 from pipeline.refresh import Journal, read_journal
-from pipeline.settings import ZipSettings, canonical_operators, check_trained_timesteps, guides_no_step
+from pipeline.settings import RECIPES, ZipSettings, canonical_operators, check_trained_timesteps, guides_no_step
 from pipeline.sources import (
     MAX_IMAGE_BYTES,
     HiddenSkipped,
@@ -202,9 +202,26 @@ def _settings_differences(previous: dict[str, Any], job_record: dict[str, Any], 
         if key == "reading":
             differ.append((what, _reading_refusal(out, what, before, now)))
             continue
-        differ.append((what, f"{out} was written with other {key}: {what}; use another output, or --overwrite to "
-                             "start over"))
+        recipe = _recipe_made_with(before, now) if key == "settings" else None
+        hint = "" if recipe is None else (f" (the output's sampler settings are those of --recipe {recipe}"
+                                          f"{', the default' if recipe == 'paper' else ''})")
+        differ.append((what, f"{out} was written with other {key}: {what}{hint}; use another output, or --overwrite "
+                             "to start over"))
     return differ
+
+
+def _recipe_made_with(before: Any, now: Any) -> str | None:
+    """The named recipe (`RECIPES`) whose values, put in place of this run's sampler settings, give exactly the
+    output's recorded ones: the run most likely lost (or changed) its --recipe. None when no recipe does."""
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return None
+    defaults = ZipSettings().to_dict()
+    touched = {name for r in RECIPES.values() for name in r.values}  # what any recipe sets
+    for name, recipe in RECIPES.items():
+        made = {**now, **{k: defaults[k] for k in touched}, **recipe.values}
+        if made == before:
+            return name
+    return None
 
 
 def _reading_refusal(out: str, what: str, before: dict[str, Any], now: dict[str, Any]) -> str:

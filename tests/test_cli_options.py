@@ -130,6 +130,10 @@ def test_a_misspelt_flag_gets_a_suggestion_and_a_short_error(capsys) -> None:
     (["jobs/purify.py", "--stpes", "20"], "python jobs/purify.py"),
     (["-m", "pipeline.cli", "--stpes", "20"], "python -m pipeline.cli"),
     (["jobs/export.py", "--output", "o", "--to", "d", "--wokers", "2"], "python jobs/export.py"),
+    # the training, evaluation and report scripts said "(run train_prior.py --help ...)": not a command that runs
+    (["jobs/train_prior.py", "--minuts", "1"], "python jobs/train_prior.py"),
+    (["jobs/evaluate.py", "--subst", "10"], "python jobs/evaluate.py"),
+    (["jobs/target_table.py", "--atacks", "badnet", "docs/cifar10.json"], "python jobs/target_table.py"),
 ])
 def test_a_flag_error_names_the_command_the_user_ran(command: list[str], named: str) -> None:
     # "zip-purify: error: ... (run zip-purify --help for the options)" after `python jobs/purify.py --stpes 20`: a
@@ -146,7 +150,7 @@ def test_a_flag_error_names_the_command_the_user_ran(command: list[str], named: 
     assert err[-1] == f"(run {named} --help for the options)", err
 
 
-@pytest.mark.parametrize("script", ["purify.py", "export.py"])
+@pytest.mark.parametrize("script", ["purify.py", "export.py", "train_prior.py", "evaluate.py", "target_table.py"])
 def test_a_flag_errors_hint_runs_as_printed_from_a_folder_with_a_space(tmp_path, script: str) -> None:
     # "(run python /home/me/My Projects/zip/jobs/purify.py --help for the options)": pasted, the shell runs
     # /home/me/My with the rest as its arguments. The script's name is quoted as the shell needs it.
@@ -384,7 +388,7 @@ def test_the_retry_lines_counts_of_one_are_singular() -> None:
                                              "tar/Parquet/zip files read to their end now, 2 tar look-alike rejects gone")
 
 
-@pytest.mark.parametrize("side", ["input", "output"])
+@pytest.mark.parametrize("side", ["input", "output", "checkpoint"])  # README's first job: --checkpoint s3://... (a traceback)
 def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monkeypatch, side: str) -> None:
     # it said only "NoCredentialsError: Unable to locate credentials", naming none of the ways to give them
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
@@ -395,10 +399,11 @@ def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monke
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
-    where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
-    where[side] = f"s3://no-credentials-{side}/x/"
+    where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "checkpoint": "cifar10"}
+    where[side] = f"s3://no-credentials-{side}/x/" if side != "checkpoint" else "s3://no-credentials/m.pt"
+    model = ["--checkpoint", where["checkpoint"]] if side == "checkpoint" else []
     # nothing listens on port 9: botocore signs a request, and finds no credentials, before it connects
-    assert main(["--input", where["input"], "--output", where["output"], "--s3-endpoint", "http://127.0.0.1:9",
+    assert main(["--input", where["input"], "--output", where["output"], *model, "--s3-endpoint", "http://127.0.0.1:9",
                  "--dry-run"]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and "Unable to locate credentials" in err[0], err
@@ -612,3 +617,41 @@ def test_version_names_the_code_and_the_libraries_that_move_its_pixels(capsys: p
     assert pipeline.__version__ == pyproject["project"]["version"]  # the installed package is this checkout's
     assert capsys.readouterr().out.strip() == (f"zip-purify {pipeline.__version__} (torch {torch.__version__}, ray "
                                                f"{metadata.version('ray')}, Python {platform.python_version()})")
+
+
+@pytest.mark.parametrize(("made_with", "now", "hint"), [
+    ("low-asr", {}, "--recipe low-asr"),          # a scheduled command that lost its --recipe
+    ("authors-code", {"recipe": "fast"}, "--recipe authors-code"),  # another recipe than the output's
+    ("paper", {"recipe": "fast"}, "--recipe paper"),  # made without a recipe, run with one
+])
+def test_an_output_made_with_a_recipe_names_it_when_a_run_differs(tmp_path, made_with, now, hint) -> None:
+    # before: "./clean was written with other settings: sampler 'ddpm' (now 'ddim'), start 0.3 (now 1.0), steps 50
+    # (now 20)", which left the user to work out that these were --recipe low-asr's
+    import json
+
+    from pipeline.settings import ZipSettings
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "part-0.parquet").write_bytes(b"")
+    (out / "_job.json").write_text(json.dumps({"settings": ZipSettings.recipe(made_with).to_dict()}))
+    config = JobConfig.from_recipe(now["recipe"], input=str(tmp_path), output=str(out)) if now else \
+        JobConfig(input=str(tmp_path), output=str(out))
+    with pytest.raises(JobError) as refused:
+        check_output_state(config, {"settings": config.settings().to_dict()}, dry_run=True)
+    assert "other settings" in str(refused.value) and hint in str(refused.value), refused.value
+
+
+def test_settings_no_recipe_makes_are_not_said_to_be_one(tmp_path) -> None:
+    import json
+
+    from pipeline.settings import ZipSettings
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "part-0.parquet").write_bytes(b"")
+    (out / "_job.json").write_text(json.dumps({"settings": ZipSettings.recipe("low-asr", steps=30).to_dict()}))
+    config = JobConfig(input=str(tmp_path), output=str(out))
+    with pytest.raises(JobError) as refused:
+        check_output_state(config, {"settings": config.settings().to_dict()}, dry_run=True)
+    assert "steps 30 (now 20)" in str(refused.value) and "--recipe" not in str(refused.value), refused.value

@@ -921,3 +921,28 @@ def test_an_export_whose_stdout_reader_went_away_keeps_its_exit_status(tmp_path:
     monkeypatch.setattr("sys.stdout", ClosedPipe())
     assert main(["--output", str(out), "--to", str(to), "--no-progress"]) == 0
     assert "error" not in capsys.readouterr().err and files_under(to) == {"a.png", "manifest.csv"}
+
+
+@pytest.mark.parametrize("side", ["output", "to"])
+def test_no_s3_credentials_is_one_line_saying_where_they_are_read_from(tmp_path, capsys, monkeypatch, side) -> None:
+    """README's first export, `zip-purify-export --output s3://bucket/clean/ --to /data/clean-images`, without
+    credentials ended in botocore's traceback and exit status 1 (a partial export), where the job says in one line
+    where it reads credentials from, with exit status 2 (nothing exported)."""
+    from pipeline.cli_common import NO_CREDENTIALS_ADVICE
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 0)])
+    where = {"output": str(out), "to": str(tmp_path / "files")}
+    where[side] = f"s3://no-credentials-{side}/x/"
+    # nothing listens on port 9: botocore signs a request, and finds no credentials, before it connects
+    assert main(["--output", where["output"], "--to", where["to"], "--s3-endpoint", "http://127.0.0.1:9",
+                 "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and "Unable to locate credentials" in err[0], err
+    assert err[0].endswith(NO_CREDENTIALS_ADVICE), err

@@ -332,3 +332,25 @@ def test_ctrl_c_while_ray_data_sets_its_iteration_up_ends_stderr_with_the_jobs_o
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("interrupted: stopped by SIGINT"), done.stderr[-3000:]
     assert not [line for line in lines if "execution finished" in line or "execution failed" in line], done.stderr[-3000:]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_stopped_runs_last_progress_line_counts_the_files_that_landed(tmp_path, monkeypatch, capsys) -> None:
+    """A Ctrl-C just after a batch's files landed, before the pipeline reported them: the progress bar's last line said
+    `images: 0/3 (0 %)` right above `interrupted: this run wrote 3 purified`. It now counts what the output holds."""
+    import pipeline.job as job_module
+    from pipeline.job import run_job
+    from tests.jobutil import image_folder, small_job_config
+
+    image_folder(tmp_path / "in", 3)
+
+    def written_unreported(ds, *args, **kwargs) -> None:
+        for _ in ds.iter_rows():  # every batch written; the driver's count left behind
+            pass
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job_module, "_tally_written_batches", written_unreported)
+    with pytest.raises(JobInterrupted, match="this run wrote 3 purified"):
+        run_job(small_job_config(tmp_path, tiny_model_file(tmp_path / "model"), progress=True))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("images: ")]
+    assert lines and lines[-1].startswith("images: 3/3 (100 %)"), lines
