@@ -31,7 +31,7 @@ def earlier_output(tmp_path: Path, monkeypatch) -> Path:
     pq.write_table(pa.table({"id": ["earlier.png"]}), out / "data" / "part-00000-earlier.parquet")
     (out / "_summary.json").write_text(json.dumps({"status": "complete"}))
     (out / "_job.json").write_text("{}")
-    monkeypatch.setattr(job, "_start_cluster", lambda config: (1, 0.0, "cpu"))
+    monkeypatch.setattr(job, "_start_cluster", lambda config: (config, (1, 0.0, "cpu")))
     return out
 
 
