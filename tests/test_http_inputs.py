@@ -153,6 +153,46 @@ def test_zip_and_parquet_files_over_in_memory_mb_from_a_server_that_sends_no_len
     assert read == expected
 
 
+def test_copies_left_by_dead_read_tasks_are_deleted_when_a_new_copy_is_made_and_live_ones_kept(
+        tmp_path: Path, monkeypatch) -> None:
+    """A read task killed mid-read (SIGKILL, out of memory) never deleted its copy: such leftovers stayed in the
+    temporary folder forever, and enough of them turned later copies into full-disk rejects. A copy's name says which
+    process of which host made it; a new copy deletes those of this host's processes that no longer exist, and keeps
+    a live process's (a reader may reopen its copy by name), another host's, and files named otherwise."""
+    import socket
+    import subprocess
+    import tempfile
+
+    from pipeline.sources import file_bytes
+    from tests.webutil import serving
+
+    site, spool = tmp_path / "site", tmp_path / "spool"
+    site.mkdir()
+    spool.mkdir()
+    expected = _large_containers(site)
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    child = subprocess.Popen(["true"])
+    child.wait()  # its process id is now no process's
+    host = file_bytes._host()
+    assert host and host in socket.gethostname()
+    dead = spool / f"{file_bytes.SPOOL_PREFIX}{child.pid}@{host}.ab12cd_x"
+    live = spool / f"{file_bytes.SPOOL_PREFIX}{os.getpid()}@{host}.ef34gh56"
+    elsewhere = spool / f"{file_bytes.SPOOL_PREFIX}{child.pid}@other-host.example.ij78kl90"
+    unrelated = spool / f"{file_bytes.SPOOL_PREFIX}notes.txt"
+    for leftover in (dead, live, elsewhere, unrelated):
+        leftover.write_bytes(b"x" * 5000)
+    with serving(site, _no_length_handler()) as url:
+        (unit,) = discover(url + "z.zip", {})
+        records = read_unit(unit, {}, in_memory_bytes=4096)
+        first = next(records)
+        (copy,) = set(spool.iterdir()) - {live, elsewhere, unrelated}  # the dead process's copy is gone
+        assert copy.name.startswith(f"{file_bytes.SPOOL_PREFIX}{os.getpid()}@{host}.")
+        rest = list(records)
+    assert {r["id"]: r["data"] for r in [first, *rest] if r["kind"] == "image"} == {
+        k: v for k, v in expected.items() if k.startswith("z.zip/")}
+    assert set(spool.iterdir()) == {live, elsewhere, unrelated}  # its own copy deleted once read, the others kept
+
+
 def test_a_local_copy_that_cannot_be_written_is_the_files_reject_and_is_deleted(tmp_path: Path, monkeypatch) -> None:
     """A full disk while copying a file of unknown size: the file's '#unreadable' reject says where it was copying
     and what to do, and the half-written copy is gone."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import socket
 import stat
 import tempfile
 from collections.abc import Callable
@@ -135,7 +137,9 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
     """`path`, a file storage gives no size for, read once from its start: kept in memory while it holds at most
     `in_memory_bytes`, else copied on to a temporary file in the local temporary folder (`tempfile.gettempdir()`:
     $TMPDIR, else /tmp) a chunk at a time, so memory stays within `in_memory_bytes` and a chunk. The copy is deleted
-    when `spool` closes; one whose copying fails is deleted at once (a transient storage error starts it again)."""
+    when `spool` closes; one whose copying fails is deleted at once (a transient storage error starts it again). Its
+    name holds this process's id and host; copies there of processes of this host that no longer exist (read tasks
+    killed mid-read) are deleted before a new one is made (`_remove_dead_copies`)."""
 
     def once() -> Callable[[], BinaryIO]:
         fs, fs_path = storage_path(path, fs_opts)
@@ -147,7 +151,9 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
             if total <= in_memory_bytes:
                 raw = b"".join(chunks)
                 return lambda: io.BytesIO(raw)
-            handle, local = tempfile.mkstemp(prefix=SPOOL_PREFIX)  # readable by this user alone
+            folder = tempfile.gettempdir()
+            _remove_dead_copies(folder)
+            handle, local = tempfile.mkstemp(prefix=_spool_prefix(), dir=folder)  # readable by this user alone
             try:
                 try:
                     for chunk in chunks:
@@ -164,6 +170,47 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
         return lambda: open(local, "rb")  # the reader closes what it opens
 
     return with_retries(once, f"read {path}")
+
+
+def _host() -> str:
+    """This host's name as it is put in a copy's name: letters, digits, '.' and '-' only, at most 64 of them."""
+    return re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:64]
+
+
+def _spool_prefix(pid: int | None = None, host: str | None = None) -> str:
+    """The start of the name of a local copy made by process `pid` (this one) on `host` (this one):
+    'zip-purify-spool-<pid>@<host>.', a random part after it. The owner is in the name so that a copy left behind
+    by a read task killed mid-read (SIGKILL, out of memory: its `spool` never closed) can be told from a live one."""
+    return f"{SPOOL_PREFIX}{os.getpid() if pid is None else pid}@{_host() if host is None else host}."
+
+
+_COPY_NAME = re.compile(re.escape(SPOOL_PREFIX) + r"(\d+)@([A-Za-z0-9.-]*)\.[^.]+")
+
+
+def _remove_dead_copies(folder: str) -> None:
+    """Delete the local copies in `folder` whose owner, a process on this host, no longer exists (a read task killed
+    mid-read), so that such leftovers do not fill the disk and turn later copies into full-disk rejects. A copy of a
+    live process (a reader may reopen its copy by name), of another host (a shared folder) or of another user (not
+    ours to delete), or one named otherwise, is kept."""
+    host = _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(SPOOL_PREFIX) or not (found := _COPY_NAME.fullmatch(entry.name)):
+            continue
+        pid, owner_host = int(found.group(1)), found.group(2)
+        if owner_host != host or pid == os.getpid() or pid <= 0:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:  # no such process: the copy's owner died without deleting it
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    os.remove(entry.path)
+        except (OSError, OverflowError):  # PermissionError: another user's live process; else not known dead: kept
+            pass
 
 
 class SpoolFailed(ValueError):
