@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -201,9 +202,9 @@ def test_a_local_copy_that_cannot_be_written_is_the_files_reject_and_is_deleted(
     from pipeline.sources import file_bytes
     from tests.webutil import serving
 
-    site, spool = tmp_path / "site", tmp_path / "spool"
+    site = tmp_path / "site"
     site.mkdir()
-    spool.mkdir()
+    spool = Path(tempfile.mkdtemp(prefix="sp", dir="/tmp"))  # short, as /tmp is: the whole reason kept, folder too
     _large_containers(site)
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
     monkeypatch.setattr(file_bytes, "SPOOL_CHUNK_BYTES", 1000)
@@ -219,14 +220,20 @@ def test_a_local_copy_that_cannot_be_written_is_the_files_reject_and_is_deleted(
         return real_write(handle, data)
 
     monkeypatch.setattr(os, "write", full_disk)
-    with serving(site, _no_length_handler()) as url:
-        (unit,) = discover(url + "z.zip", {})
-        records = list(read_unit(unit, {}, in_memory_bytes=4096))
-    assert [(r["kind"], r.get("id")) for r in records[:1]] == [("reject", "z.zip#unreadable")]
-    assert records[0]["error"].startswith(
-        "unreadable zip file: SpoolFailed: no size on storage and over --in-memory-mb, so copied to read it: writing "
-        "the copy failed (No space left on device); free space in ")
-    assert written and not list(spool.iterdir())
+    try:
+        with serving(site, _no_length_handler()) as url:
+            (unit,) = discover(url + "z.zip", {})
+            records = list(read_unit(unit, {}, in_memory_bytes=4096))
+        assert [(r["kind"], r.get("id")) for r in records[:1]] == [("reject", "z.zip#unreadable")]
+        # TMPDIR is read where the copy is made: on a Ray cluster a worker's, not the shell the job was started from
+        assert records[0]["error"] == (
+            "unreadable zip file: SpoolFailed: no size on storage and over --in-memory-mb, so copied to read it: "
+            "writing the copy failed (No space left on device); set TMPDIR to a larger disk on the workers "
+            f"(runtime_env env_vars or the nodes' environment), or free space in {spool}")
+        assert written and not list(spool.iterdir())
+    finally:
+        monkeypatch.undo()
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def test_a_presigned_shard_url_is_read_as_a_shard_and_its_signature_is_written_nowhere(web, tmp_path: Path) -> None:

@@ -219,15 +219,17 @@ class SpoolFailed(ValueError):
 
 def _write_local(handle: int, chunk: bytes, local: str) -> None:
     """Write `chunk` to the local copy (unbuffered: nothing is left to fail when it is closed), an error saying where
-    (a full disk is no storage error: not retried)."""
+    (a full disk is no storage error: not retried). TMPDIR is read where the copy is made, a Ray worker, so the
+    advice comes before the folder: a reject's reason is cut at 300 characters, and a long folder is what is cut."""
     try:
         view = memoryview(chunk)
         while view:
             view = view[os.write(handle, view) :]
     except OSError as err:
         raise SpoolFailed(f"no size on storage and over --in-memory-mb, so copied to read it: writing the copy "
-                          f"failed ({err.strerror or err}); free space in {os.path.dirname(local)} or set TMPDIR to "
-                          "a larger disk") from err
+                          f"failed ({err.strerror or err}); set TMPDIR to a larger disk on the workers (runtime_env "
+                          "env_vars or the nodes' environment), or free space in "
+                          f"{os.path.dirname(local)}") from err
 
 
 def _remove_local(local: str) -> None:
