@@ -110,6 +110,14 @@ def signals_deferred() -> Iterator[None]:
 
 
 RESUME_SKIPS = "what is written is skipped, not purified again"
+WITHOUT_OVERWRITE = "run the command again without --overwrite"
+
+
+def overwrite_origin_named(text: str, config_file: str) -> str:
+    """`text`, a stopped run's message, its advice to run again without --overwrite naming the --config file whose
+    overwrite: true is what to remove (the command line holds no --overwrite to leave out). The job knows its options,
+    not where they came from: the command line says this (`pipeline.cli.main`)."""
+    return text.replace(WITHOUT_OVERWRITE, f"{WITHOUT_OVERWRITE} (remove overwrite: true from {config_file})")
 
 
 def resume_advice(overwrite: bool, wrote: bool = True) -> str:
@@ -122,8 +130,7 @@ def resume_advice(overwrite: bool, wrote: bool = True) -> str:
     if not wrote:
         return ("--overwrite deleted the output's earlier files and this run purified nothing yet: run the same "
                 "command again to start over")
-    return (f"run the command again without --overwrite to resume ({RESUME_SKIPS}); with --overwrite it deletes "
-            "them and starts over")
+    return (f"{WITHOUT_OVERWRITE} to resume ({RESUME_SKIPS}); with --overwrite it deletes them and starts over")
 
 
 @contextlib.contextmanager

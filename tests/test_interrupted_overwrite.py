@@ -90,3 +90,27 @@ def test_ctrl_c_after_an_overwrite_run_wrote_rows_says_resume_without_overwrite(
     # the advice holds: without --overwrite the output resumes, its written input skipped
     plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
     assert plan.output_state == "resume" and plan.skipped_files == 1
+
+
+def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_it(tmp_path, model, monkeypatch, capsys,
+                                                                                  earlier_output) -> None:
+    """overwrite: true in the --config file, no --overwrite on the command line: "run the command again without
+    --overwrite" named nothing the user could leave out of the command; it says which file to take it out of."""
+    def wrote_one_then_interrupted(config, plan, placement, stop):
+        write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
+                    config.output, {})
+        raise KeyboardInterrupt
+
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text("overwrite: true\n")
+    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
+    assert main(small_job_argv(tmp_path, model, "--config", str(config_file))) == 130
+    last = _last_line(capsys)
+    assert last.endswith(f"run the command again without --overwrite (remove overwrite: true from {config_file}) to "
+                         "resume (what is written is skipped, not purified again); with --overwrite it deletes them "
+                         "and starts over"), last
+    # the flag on the command line: the advice is the flag's alone
+    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
+    assert main(small_job_argv(tmp_path, model, "--config", str(config_file), "--overwrite")) == 130
+    last = _last_line(capsys)
+    assert "run the command again without --overwrite to resume" in last and str(config_file) not in last, last
