@@ -271,7 +271,15 @@ _MESSAGE_FLAGS = {
 }
 
 
+# The API's words in those messages that the job's user writes otherwise: no blend is None to Python, and off on the
+# command line (--blend-k off) and in a --config file (blend_k: off).
+_MESSAGE_WORDS = {"blend_k ": ("(or None for the hard switch)", "(or off for the hard switch)")}
+
+
 def _with_flag(message: str) -> str:
-    """A settings error as the CLI's user needs it: prefixed with the flag it is about."""
+    """A settings error as the CLI's user needs it: prefixed with the flag it is about, in the words the user writes."""
     flag = next((f for start, f in _MESSAGE_FLAGS.items() if message.startswith(start)), None)
+    for start, (api, user) in _MESSAGE_WORDS.items():
+        if message.startswith(start):
+            message = message.replace(api, user)
     return f"{flag}: {message}" if flag else message

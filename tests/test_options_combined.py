@@ -182,6 +182,24 @@ def test_a_config_files_blend_k_of_another_type_is_refused_naming_the_file(tmp_p
     assert config_from_args(["--config", str(path)]).blend_k == 2.5
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "inf"])
+def test_a_blend_k_out_of_range_names_no_blend_as_the_user_writes_it(tmp_path, capsys, value) -> None:
+    # "or None for the hard switch": the API's word for no blend; on the command line and in a --config file the
+    # user writes off (--blend-k off, blend_k: off), as the flag's help and the file's own errors say
+    out = str(tmp_path / "out")
+    assert main(["--blend-k", value, "--output", out, "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"error: --blend-k: blend_k must be a number above 0 (or off for the hard "
+                                       f"switch), got {float(value)!r}\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(f"blend_k: {value.replace('inf', '.inf')}\n")
+    assert main(["--config", str(path), "--output", out, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --blend-k: blend_k must be a number above 0 (or off for the hard switch), got "), err
+    assert err.endswith(f"(set in --config {path}: blend_k)\n"), err
+    with pytest.raises(ValueError, match=r"\(or None for the hard switch\)"):  # the API's own word stays Python's
+        ZipSettings(blend_k=float(value))
+
+
 def test_resample_where_no_step_is_guided_is_refused(folders, model, capsys) -> None:
     # A late start that lam leaves unguided redoes no step: `--start 0.3 --lam 0.5 --resample 4` was taken, recorded
     # and ran exactly as --resample 1, with no word of it.
