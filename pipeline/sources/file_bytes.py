@@ -173,8 +173,15 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
 
 
 def _host() -> str:
-    """This host's name as it is put in a copy's name: letters, digits, '.' and '-' only, at most 64 of them."""
-    return re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:64]
+    """This host's name as it is put in a copy's name: letters, digits, '.' and '-' only, at most 64 of them; on Linux
+    '_' and the inode of this process's PID namespace after it, as containers that share a host name (host networking)
+    and a temporary folder may each have their own process ids, and another's live process would look dead here."""
+    name = re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:64]
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # 'pid:[4026531836]'
+    except OSError:
+        return name
+    return f"{name}_{''.join(c for c in namespace if c.isdigit())}"
 
 
 def _spool_prefix(pid: int | None = None, host: str | None = None) -> str:
@@ -184,7 +191,7 @@ def _spool_prefix(pid: int | None = None, host: str | None = None) -> str:
     return f"{SPOOL_PREFIX}{os.getpid() if pid is None else pid}@{_host() if host is None else host}."
 
 
-_COPY_NAME = re.compile(re.escape(SPOOL_PREFIX) + r"(\d+)@([A-Za-z0-9.-]*)\.[^.]+")
+_COPY_NAME = re.compile(re.escape(SPOOL_PREFIX) + r"(\d+)@([A-Za-z0-9._-]*)\.[^.]+")
 
 
 def _remove_dead_copies(folder: str) -> None:
@@ -192,6 +199,8 @@ def _remove_dead_copies(folder: str) -> None:
     mid-read), so that such leftovers do not fill the disk and turn later copies into full-disk rejects. A copy of a
     live process (a reader may reopen its copy by name), of another host (a shared folder) or of another user (not
     ours to delete), or one named otherwise, is kept."""
+    if os.name == "nt":  # os.kill(pid, 0) there ends the process rather than asking whether it exists
+        return
     host = _host()
     try:
         entries = list(os.scandir(folder))
