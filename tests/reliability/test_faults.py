@@ -43,14 +43,21 @@ def _run(args: list[str]) -> None:
     assert cli.main(["--no-progress", *args]) == 0
 
 
+# A killed run goes in batches, and part files, of 4 rows, each batch slowed down: it has as many points to be killed at
+# as batches of 8 over twice the inputs would give it, while the runs before and after it, in batches of 8, have half
+# as many batches to run (a batch costs Ray's overhead whatever its size).
+KILLED_BATCHES = ["--files-per-unit", "4", "--tile-batch", "4", "--batch-size", "4", "--write-batch", "4"]
+
+
 def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: int, what: str) -> None:
-    """Start the job with `args` slowed down, SIGKILL it once it has written `at_least` part files in data/ and
-    rejects/ beyond those already there, and check it wrote fewer than `fewer_than` (so it was killed half-way)."""
+    """Start the job with `args` slowed down, in batches of 4 (KILLED_BATCHES), SIGKILL it once it has written
+    `at_least` part files in data/ and rejects/ beyond those already there, and check it wrote fewer than `fewer_than`
+    (so it was killed half-way)."""
     def parts() -> int:
         return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
 
     written = parts()
-    job = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
+    job = _job([*args, *KILLED_BATCHES], env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
     deadline = time.time() + 240
     while time.time() < deadline and parts() < written + at_least:
         time.sleep(0.2)
@@ -74,12 +81,12 @@ def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
 
 @pytest.mark.usefixtures("ray_local")
 def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
-    n = 96
+    n = 64
     ids = _images(tmp_path / "in", n)
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
-    proc = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})  # 12 batches of 0.5 s or more: time to kill it
+    proc = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})  # 8 batches of 0.5 s or more: time to kill it
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "data").glob("part-*.parquet"))) < 3:
         time.sleep(0.2)
@@ -101,15 +108,15 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
     """--retry-rejects killed half-way leaves an old and a new row for some rejects; a plain resume must still end
     complete with each input once, and a second retry must leave one row, with today's reason, per input still bad."""
     root, out = tmp_path / "in", tmp_path / "out"
-    ids = _images(root, 160)
-    damaged = sorted(ids)[::2]  # 80 inputs rejected by the first run
+    ids = _images(root, 80)
+    damaged = sorted(ids)[::2]  # 40 inputs rejected by the first run
     for name in damaged:
         (root / name).write_bytes(b"junk")
     args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
     _run(args)
-    assert len(pq.read_table(out / "rejects").column("id")) == 80
-    still_bad = set(damaged[:20])  # the other 60 are replaced by good images; these stay bad, another way
+    assert len(pq.read_table(out / "rejects").column("id")) == 40
+    still_bad = set(damaged[:10])  # the other 30 are replaced by good images; these stay bad, another way
     for i, name in enumerate(damaged):
         (root / name).write_bytes(image_bytes(32, 32, 1000 + i)[:60] if name in still_bad else image_bytes(32, 32, i))
 
@@ -134,11 +141,11 @@ def test_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path
     import hashlib
 
     root, out = tmp_path / "in", tmp_path / "out"
-    ids = _images(root, 120)
+    ids = _images(root, 64)
     args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
     _run(args)
-    changed = sorted(ids)[::2]  # 60 rewritten in place: 50 with new images, 10 broken now
+    changed = sorted(ids)[::2]  # 32 rewritten in place: 26 with new images, 6 broken now
     new = {name: (b"junk" if i % 6 == 0 else image_bytes(32, 32, 2000 + i)) for i, name in enumerate(changed)}
     for name, data in new.items():
         before = os.stat(root / name).st_mtime_ns
