@@ -243,3 +243,33 @@ def run_stopped_at(step: str, tmp_path: Path, model: str, monkeypatch, **options
         patched.setattr(job_module, step, stop)
         with pytest.raises(RuntimeError, match=f"stopped at {step}"):
             job_module.run_job(small_job_config(tmp_path, model, **options))
+
+
+def shard_refresh_stopped_after_its_last_batch(tmp_path: Path, model: str, monkeypatch, at_stop=None) -> dict[str, bytes]:
+    """A shard `in/s.tar` of three members purified; then rewritten in place (0 changed, 1 and 2 the same, 3 added) and
+    a --refresh-changed run stopped (a failure, as a Ctrl-C's is recorded) once its pipeline had reported its last
+    batch, before it noted the shard read whole; `at_stop()` is called at that moment. The new members, by name."""
+    import pytest
+
+    import pipeline.job as job_module
+
+    root = tmp_path / "in"
+    root.mkdir()
+    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
+    (root / "s.tar").write_bytes(tar_bytes(members))
+    assert job_module.run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    changed = {**members, "0.png": image_bytes(16, 16, 66), "3.png": image_bytes(16, 16, 67)}
+    rewritten_in_place(root / "s.tar", tar_bytes(changed))
+    tally = job_module._tally_written_batches
+
+    def then_stop(*args, **kwargs) -> None:
+        tally(*args, **kwargs)
+        if at_stop is not None:
+            at_stop()
+        raise RuntimeError("stopped after the pipeline's last batch")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(job_module, "_tally_written_batches", then_stop)
+        with pytest.raises(RuntimeError, match="stopped after the pipeline's last batch"):
+            job_module.run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    return changed

@@ -16,6 +16,7 @@ from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.plan import check_output_state, plan_job
 from pipeline.stopped_run import record_stopped_run
 from tests.jobutil import image_bytes, image_folder
+from tests.s3util import without_aws_credentials
 
 
 def _errors(capsys) -> list[str]:
@@ -391,12 +392,7 @@ def test_the_retry_lines_counts_of_one_are_singular() -> None:
 @pytest.mark.parametrize("side", ["input", "output", "checkpoint"])  # README's first job: --checkpoint s3://... (a traceback)
 def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monkeypatch, side: str) -> None:
     # it said only "NoCredentialsError: Unable to locate credentials", naming none of the ways to give them
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    without_aws_credentials(monkeypatch, tmp_path)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
     where = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "checkpoint": "cifar10"}

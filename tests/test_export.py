@@ -36,7 +36,7 @@ from pipeline.output import JOB_FILE, SUMMARY_FILE, write_json
 from pipeline.sources import reject_record
 from pipeline.stages import batch_of, write_stage
 from tests.jobutil import image_bytes
-from tests.s3util import moto_s3
+from tests.s3util import moto_s3, without_aws_credentials
 
 
 def image(id_: str, seed: int, original_format: str = "JPEG", **meta) -> dict:
@@ -930,12 +930,7 @@ def test_no_s3_credentials_is_one_line_saying_where_they_are_read_from(tmp_path,
     where it reads credentials from, with exit status 2 (nothing exported)."""
     from pipeline.cli_common import NO_CREDENTIALS_ADVICE
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    without_aws_credentials(monkeypatch, tmp_path)
     out = tmp_path / "out"
     make_output(str(out), [image("a.jpg", 0)])
     where = {"output": str(out), "to": str(tmp_path / "files")}

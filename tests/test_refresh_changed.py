@@ -27,6 +27,7 @@ from tests.jobutil import (
     no_ray_from_here_on,
     rewritten_in_place,
     run_stopped_at,
+    shard_refresh_stopped_after_its_last_batch,
     small_job_argv,
     small_job_config,
     tar_bytes,
@@ -381,25 +382,7 @@ def _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch) -> dict
     """A shard of three members purified; then rewritten (0 changed, 1 and 2 the same, 3 added: its members returned)
     and a --refresh-changed run stopped in its pipeline after its last batch (a failure recorded there, as a Ctrl-C's
     is), before it noted the shard read whole."""
-    import pipeline.job as job_module
-
-    root = tmp_path / "in"
-    root.mkdir()
-    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
-    (root / "s.tar").write_bytes(tar_bytes(members))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    changed = {**members, "0.png": image_bytes(16, 16, 66), "3.png": image_bytes(16, 16, 67)}
-    rewritten_in_place(root / "s.tar", tar_bytes(changed))
-    tally = job_module._tally_written_batches
-
-    def then_stop(*args, **kwargs) -> None:
-        tally(*args, **kwargs)
-        raise RuntimeError("stopped after the pipeline's last batch")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(job_module, "_tally_written_batches", then_stop)
-        with pytest.raises(RuntimeError, match="stopped after the pipeline's last batch"):
-            run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    changed = shard_refresh_stopped_after_its_last_batch(tmp_path, model, monkeypatch)
     journal = read_journal(str(tmp_path / "out"), {})
     assert journal.whole == frozenset() and set(journal.read) == {"s.tar"}
     return changed

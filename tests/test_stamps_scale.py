@@ -19,7 +19,11 @@ from pipeline.job import run_job
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import read_ledger
 from pipeline.refresh import read_journal
-from tests.jobutil import image_bytes, no_ray_from_here_on, rewritten_in_place, small_job_config, tar_bytes
+from tests.jobutil import (
+    no_ray_from_here_on,
+    shard_refresh_stopped_after_its_last_batch,
+    small_job_config,
+)
 
 
 def _sha(data: bytes) -> str:
@@ -62,25 +66,9 @@ def _refresh_killed_after_its_last_batch(tmp_path, model, monkeypatch) -> dict[s
     --refresh-changed run killed (SIGKILL) once its pipeline had reported its last batch: the output is left as it was
     at that moment (every file the job writes is whole, so a copy taken then is what a kill leaves), with no stop
     recorded and no lease of a live run."""
-    root, out = tmp_path / "in", tmp_path / "out"
-    root.mkdir()
-    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
-    (root / "s.tar").write_bytes(tar_bytes(members))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    changed = {**members, "0.png": image_bytes(16, 16, 70), "3.png": image_bytes(16, 16, 71)}
-    rewritten_in_place(root / "s.tar", tar_bytes(changed))
-    tally = job_module._tally_written_batches
-    killed = tmp_path / "killed"
-
-    def then_killed(*args, **kwargs) -> None:
-        tally(*args, **kwargs)
-        shutil.copytree(out, killed, ignore=shutil.ignore_patterns(LEASE_FILE))
-        raise RuntimeError("killed after the pipeline's last batch")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(job_module, "_tally_written_batches", then_killed)
-        with pytest.raises(RuntimeError, match="killed after the pipeline's last batch"):
-            run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    out, killed = tmp_path / "out", tmp_path / "killed"
+    changed = shard_refresh_stopped_after_its_last_batch(
+        tmp_path, model, monkeypatch, lambda: shutil.copytree(out, killed, ignore=shutil.ignore_patterns(LEASE_FILE)))
     shutil.rmtree(out)
     killed.rename(out)
     assert read_journal(str(out), {}) is not None
