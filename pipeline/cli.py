@@ -36,7 +36,7 @@ from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
-from pipeline.stopped_run import StoppedWhileLoading, overwrite_origin_named
+from pipeline.stopped_run import StoppedWhileLoading
 from pipeline.version import version_line
 
 DESCRIPTION = f"""\
@@ -662,11 +662,10 @@ def _overwrite_file(args: argparse.Namespace, config: JobConfig | None) -> str |
     return None
 
 
-def _shown(err: BaseException, config: JobConfig | None, overwrite_file: str | None = None) -> str:
+def _shown(err: BaseException, config: JobConfig | None) -> str:
     """An error as it is printed: without the credentials of a URI the run was given (a presigned checkpoint URL's
-    signature), since stderr ends up in CI logs and schedulers' job histories. `overwrite_file`: the --config file
-    that set overwrite: true, named where a stopped run's advice says to run again without --overwrite."""
-    text = str(err) if overwrite_file is None else overwrite_origin_named(str(err), overwrite_file)
+    signature), since stderr ends up in CI logs and schedulers' job histories."""
+    text = str(err)
     for uri in () if config is None else (config.checkpoint, config.input, config.output):
         if isinstance(uri, str):
             text = redact_uri_secrets(text, uri)
@@ -695,15 +694,15 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
                 _print_plan_of(config, plan)
             return 0
         try:
-            summary = run_job(config)
+            summary = run_job(config, overwrite_file=_overwrite_file(args, config))
         finally:
             if argv is None:  # the process's own command line (zip-purify, jobs/purify.py): it exits once main returns
                 ignore_stop_signals()
     except JobInterrupted as err:
-        print(f"interrupted: {_shown(err, config, _overwrite_file(args, config))}", file=sys.stderr)
+        print(f"interrupted: {_shown(err, config)}", file=sys.stderr)
         return 128 + err.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     except JobFailed as err:
-        print(f"error: {_shown(err, config, _overwrite_file(args, config))}", file=sys.stderr)
+        print(f"error: {_shown(err, config)}", file=sys.stderr)
         return 1
     except (JobError, OSError, ValueError) as err:  # OSError: storage that refuses access, not found, ...
         print(f"error: {_shown(err, config)}{credentials_advice(err)}", file=sys.stderr)

@@ -273,13 +273,14 @@ def pipeline_closed_on_exit(rows: Iterator[Any]) -> Iterator[None]:
                 thread.join(EXECUTOR_JOIN_S)
 
 
-def run_job(config: JobConfig) -> dict[str, Any]:
+def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str, Any]:
     """Run the job to completion and return the summary it also writes to OUTPUT/_summary.json.
 
     The run holds the output's lease (`OutputLease`) from its first change to the output (deleting it, with
     --overwrite) until it ends, however it ends; SIGTERM then raises like Ctrl-C, so that the lease is released.
     Ray is started (or joined) only when the plan leaves something to read; a Ray the caller started is used as it
-    is, and left running either way."""
+    is, and left running either way. `overwrite_file`: the --config file whose overwrite: true set `config.overwrite`
+    (the command line's --overwrite not given), which a stopped run's advice names (`stopped_run.resume_advice`)."""
     started = time.time()
     out = config.output.rstrip("/")
 
@@ -296,7 +297,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
         if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
             clear_output(out, config.storage_options)
-        return _run(config, plan, placement, lease, started)
+        return _run(config, plan, placement, lease, started, overwrite_file)
 
 
 def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]]:
@@ -484,14 +485,14 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
 
 
 def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, lease: OutputLease,
-         started: float) -> dict[str, Any]:
+         started: float, overwrite_file: str | None = None) -> dict[str, Any]:
     """The run, once it holds the output's lease. `placement`: the purifier actors' (actors, GPUs each, device); None
     when the plan left nothing to read, and no pipeline runs."""
     so = config.storage_options
     out = config.output.rstrip("/")
     _start_output(config, plan, out, started, run_history_path(out, started, lease.record["run_id"]))
     tally = _start_tally(plan)
-    stop = StopRecorder(config, plan, lease, started, tally)
+    stop = StopRecorder(config, plan, lease, started, tally, overwrite_file=overwrite_file)
 
     with record_stopped_run(stop.record, out, stop.advice):
         _remove_old_temporaries(out, so)
@@ -751,10 +752,12 @@ class StopRecorder:
     before: dict[str, str | None] | set[str] | None = None
     pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_refreshed_reads`)
     files_written: int | None = None  # part files this run wrote, once `record` has counted them
+    overwrite_file: str | None = None  # the --config file that set overwrite: true (`run_job`)
 
     def advice(self) -> str:
-        """What to run next, once the stop is recorded: an --overwrite run is resumed without --overwrite."""
-        return resume_advice(self.config.overwrite is True, self.files_written != 0)
+        """What to run next, once the stop is counted: the line that ends the run and the summary's `resume` both say
+        it (an --overwrite run is resumed without --overwrite)."""
+        return resume_advice(self.config.overwrite is True, self.files_written != 0, self.overwrite_file)
 
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
@@ -788,7 +791,7 @@ class StopRecorder:
         try:
             _write_summary(out, {
                 "status": status, **details, "this_run": done, "output_totals": totals,
-                "resume": self._resume(count),
+                "resume": self.advice(),
                 "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
                 so, run_history_path(out, self.started, self.lease.record["run_id"]))
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
@@ -807,15 +810,6 @@ class StopRecorder:
                 self.bar.set_postfix(**{**_progress_postfix(self.bar, self.plan, self.tally), "rejected": count.rejected})
                 self.bar.update(behind)
         self.bar.close()
-
-    def _resume(self, count: StoppedCount) -> str:
-        """The summary's word on what to run next."""
-        if self.config.overwrite is not True:
-            return "run the same command again: inputs already in data/ or rejects/ are skipped, the rest are read"
-        if count.short is None and count.files == 0:
-            return "run the same command again: --overwrite deleted the earlier rows, and this run wrote none"
-        return ("run the command again without --overwrite: inputs already in data/ or rejects/ are skipped, the rest "
-                "are read (with --overwrite, they are deleted and every input is read)")
 
 
 def _replaced_by_stopped_refresh(out: str, storage_options: dict[str, Any], journal: Journal,

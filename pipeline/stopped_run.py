@@ -113,24 +113,23 @@ RESUME_SKIPS = "what is written is skipped, not purified again"
 WITHOUT_OVERWRITE = "run the command again without --overwrite"
 
 
-def overwrite_origin_named(text: str, config_file: str) -> str:
-    """`text`, a stopped run's message, its advice to run again without --overwrite naming the --config file whose
-    overwrite: true is what to remove (the command line holds no --overwrite to leave out). The job knows its options,
-    not where they came from: the command line says this (`pipeline.cli.main`)."""
-    return text.replace(WITHOUT_OVERWRITE, f"{WITHOUT_OVERWRITE} (remove overwrite: true from {config_file})")
+def resume_advice(overwrite: bool, wrote: bool = True, overwrite_file: str | None = None) -> str:
+    """What to run after a stopped run, whose files are all whole: the one place that decides it, for the line that
+    ends the run (`interrupted:`, `error:`) and its summary's `resume` alike, which said it apart and disagreed.
 
-
-def resume_advice(overwrite: bool, wrote: bool = True) -> str:
-    """What to run after a stopped run, whose files are all whole. The same command resumes it, unless it has
-    --overwrite: that deletes what the stopped run wrote and starts over, so its rows are kept by the command without
-    --overwrite (the output's record is this run's, its settings the same); a run that wrote nothing (stopped before
-    its pipeline wrote a file, the output's earlier files deleted) has nothing to resume, and starts over either way."""
+    The same command resumes it, unless it has --overwrite: that deletes what the stopped run wrote and starts over, so
+    its rows are kept by the command without --overwrite (the output's record is this run's, its settings the same); a
+    run that wrote nothing (stopped before its pipeline wrote a file, the output's earlier files deleted) has nothing to
+    resume, and starts over either way. `overwrite_file`: the --config file whose overwrite: true made it an
+    --overwrite run, where the command line holds no --overwrite to leave out: named as the file to remove it from."""
     if not overwrite:
         return f"run the same command again to resume ({RESUME_SKIPS})"
     if not wrote:
         return ("--overwrite deleted the output's earlier files and this run purified nothing yet: run the same "
                 "command again to start over")
-    return (f"{WITHOUT_OVERWRITE} to resume ({RESUME_SKIPS}); with --overwrite it deletes them and starts over")
+    without = WITHOUT_OVERWRITE if overwrite_file is None else \
+        f"{WITHOUT_OVERWRITE} (remove overwrite: true from {overwrite_file})"
+    return f"{without} to resume ({RESUME_SKIPS}); with --overwrite it deletes them and starts over"
 
 
 @contextlib.contextmanager

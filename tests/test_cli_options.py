@@ -414,7 +414,7 @@ def test_no_s3_credentials_says_where_they_are_read_from(tmp_path, capsys, monke
     (JobError("input x not found"), 2, "error: input x not found"),
 ])
 def test_exit_statuses(tmp_path, capsys, monkeypatch, raised, code, line) -> None:
-    def run_job(config: JobConfig) -> dict:
+    def run_job(config: JobConfig, **options) -> dict:
         raise raised
 
     monkeypatch.setattr(cli, "run_job", run_job)
@@ -475,7 +475,7 @@ def test_the_last_line_says_what_the_output_holds(tmp_path, capsys, monkeypatch,
                "model": {"note": "tiny", "canvas_size": 32},
                "this_run": {"read": 131, "purified": 128, "rejected": 3, "skipped_already_done": 128, "wall_s": 1.0,
                             "images_per_s": 131.0, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
-    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    monkeypatch.setattr(cli, "run_job", lambda config, **options: summary)
     assert main(["--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("read 131, purified 128, rejected 3, skipped (already done) 128")
@@ -490,7 +490,7 @@ def test_a_runs_lines_name_its_input_and_output_without_their_credentials(capsys
                "model": {"note": "tiny", "canvas_size": 32}, "ray": {"note": "no Ray was started"},
                "this_run": {"read": 0, "purified": 0, "rejected": 0, "skipped_already_done": 0, "wall_s": 1.0,
                             "images_per_s": 0.0, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
-    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    monkeypatch.setattr(cli, "run_job", lambda config, **options: summary)
     assert main(["--input", "https://reader:in-pa55word@host/in/?sig=in-s1gnature",
                  "--output", "ftp://writer:out-pa55word@host/out"]) == 0
     captured = capsys.readouterr()
@@ -508,7 +508,7 @@ def test_the_counts_line_says_its_rate_is_the_whole_runs(tmp_path, capsys, monke
                "model": {"note": "tiny", "canvas_size": 32},
                "this_run": {"read": 256, "purified": 256, "rejected": 0, "skipped_already_done": 0, "wall_s": 138.96,
                             "images_per_s": 1.842, "psnr_vs_input_db": {"mean": None}, "downscaled": {"images": 0}}}
-    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    monkeypatch.setattr(cli, "run_job", lambda config, **options: summary)
     assert main(["--output", str(tmp_path / "out")]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "in 138.96 s (1.842 images/s over the whole run); model: tiny" in first, first
@@ -525,7 +525,7 @@ def test_a_retry_line_points_at_rejects_only_when_it_holds_todays_reasons(tmp_pa
                             "wall_s": 1.0, "images_per_s": 1.0, "psnr_vs_input_db": {"mean": None},
                             "downscaled": {"images": 0},
                             "rejects_retried": {"earlier_rejects": 1, "purified_now": 1 - again, "rejected_again": again}}}
-    monkeypatch.setattr(cli, "run_job", lambda config: summary)
+    monkeypatch.setattr(cli, "run_job", lambda config, **options: summary)
     assert main(["--output", str(tmp_path / "out"), "--retry-rejects"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("retried 1 earlier reject: "))
     assert line.startswith(f"retried 1 earlier reject: {1 - again} purified now, {again} rejected again"), line

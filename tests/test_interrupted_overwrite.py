@@ -55,7 +55,7 @@ def test_ctrl_c_before_an_overwrite_runs_pipeline_says_start_over(tmp_path, mode
     # what it says: the earlier rows are gone, none is written
     assert not list(earlier_output.glob("*/part-*.parquet"))
     summary = json.loads((earlier_output / "_summary.json").read_text())
-    assert summary["status"] == "interrupted" and "--overwrite deleted the earlier rows" in summary["resume"]
+    assert summary["status"] == "interrupted" and last.endswith(summary["resume"]), (last, summary)  # the same word
 
 
 def test_ctrl_c_while_overwrite_clears_the_output_says_start_over(tmp_path, model, monkeypatch, capsys,
@@ -86,7 +86,8 @@ def test_ctrl_c_after_an_overwrite_run_wrote_rows_says_resume_without_overwrite(
     assert last.endswith("run the command again without --overwrite to resume (what is written is skipped, not purified "
                          "again); with --overwrite it deletes them and starts over"), last
     summary = json.loads((earlier_output / "_summary.json").read_text())
-    assert summary["resume"].startswith("run the command again without --overwrite: ")
+    assert summary["resume"].startswith("run the command again without --overwrite to resume") and \
+        last.endswith(f"Every file in {earlier_output} is whole: {summary['resume']}"), (last, summary)
     # the advice holds: without --overwrite the output resumes, its written input skipped
     plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
     assert plan.output_state == "resume" and plan.skipped_files == 1
@@ -114,3 +115,22 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
     assert main(small_job_argv(tmp_path, model, "--config", str(config_file), "--overwrite")) == 130
     last = _last_line(capsys)
     assert "run the command again without --overwrite to resume" in last and str(config_file) not in last, last
+
+
+def test_an_overwrite_from_a_config_file_is_named_in_the_summarys_resume_as_on_the_line(tmp_path, model, monkeypatch,
+                                                                                       capsys, earlier_output) -> None:
+    """The summary's `resume` said "run the command again without --overwrite" where the `interrupted:` line named the
+    --config file to take overwrite: true out of: both say the same, in the same words."""
+    def wrote_one_then_interrupted(config, plan, placement, stop):
+        write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
+                    config.output, {})
+        raise KeyboardInterrupt
+
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text("overwrite: true\n")
+    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
+    assert main(small_job_argv(tmp_path, model, "--config", str(config_file))) == 130
+    last = _last_line(capsys)
+    resume = json.loads((earlier_output / "_summary.json").read_text())["resume"]
+    assert f"without --overwrite (remove overwrite: true from {config_file})" in resume, resume
+    assert last.endswith(f"Every file in {earlier_output} is whole: {resume}"), (last, resume)

@@ -168,7 +168,7 @@ def test_a_bad_flag_value_is_not_blamed_on_the_config_file(tmp_path: Path, capsy
 
 
 def _fake_run(raised: BaseException):
-    def run_job(config: JobConfig) -> dict:
+    def run_job(config: JobConfig, **options) -> dict:
         raise raised
     return run_job
 

@@ -233,7 +233,7 @@ def test_every_error_line_hides_the_credentials_of_each_uri_the_run_was_given(
             "--output": "s3://bucket/out?token=OUTPUT-SECRET-2",
             "--checkpoint": "https://host/prior.pt?sig=CHECKPOINT-SECRET-3"}
 
-    def failing_run(config: Any) -> None:
+    def failing_run(config: Any, **options) -> None:
         raise error(f"could not read {config.input} or {config.checkpoint}, nor write {config.output}")
 
     monkeypatch.setattr(cli, "run_job", failing_run)
