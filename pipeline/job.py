@@ -490,11 +490,13 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
     when the plan left nothing to read, and no pipeline runs."""
     so = config.storage_options
     out = config.output.rstrip("/")
-    _start_output(config, plan, out, started, run_history_path(out, started, lease.record["run_id"]))
     tally = _start_tally(plan)
     stop = StopRecorder(config, plan, lease, started, tally, overwrite_file=overwrite_file)
 
-    with record_stopped_run(stop.record, out, stop.advice):
+    # Stops are recorded from just before the first "running" summary is written (`_start_output`): a Ctrl-C or
+    # SIGTERM right after that write, before the recorder was in place, left the summary saying "running" forever.
+    with record_stopped_run(stop.record, out, stop.advice, stop.recorded):
+        _start_output(config, plan, out, started, run_history_path(out, started, lease.record["run_id"]), stop)
         _remove_old_temporaries(out, so)
         _start_refresh(out, so, plan)
         # What the output holds now, for a stopped run to tell its own files from these (one listing; a new output,
@@ -566,17 +568,20 @@ def _write_summary(out: str, summary: dict[str, Any], so: dict[str, Any], histor
     write_json(f"{out}/{SUMMARY_FILE}", summary, so)
 
 
-def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float, history: str) -> None:
+def _start_output(config: JobConfig, plan: JobPlan, out: str, started: float, history: str, stop: StopRecorder) -> None:
     """The job record and a "running" summary, written before any work: a refusal (a full disk, a quota) is then
-    "could not start", naming the output."""
+    "could not start", naming the output. Tells `stop` (`StopRecorder.recorded`) when a stop is to be recorded: from
+    just before the "running" summary is written, which says so until the stop's summary replaces it."""
     so = config.storage_options
     try:
         write_json(f"{out}/{JOB_FILE}", {**plan.job_record, "config": config.public()}, so)
+        stop.summary_begun = True  # one assignment: a signal comes before it (nothing to correct) or after (recorded)
         _write_summary(out, {"status": "running", "started": started, "config": config.public()}, so, history)
         if plan.input_record is not None:  # before any image is read: the rows this run writes are covered if it is killed
             write_record(out, so, starting_record(plan.input_record, plan.changes))
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot write to output {out}: {describe(err)}") from err
+    stop.output_started = True
 
 
 def _start_refresh(out: str, storage_options: dict[str, Any], plan: JobPlan) -> None:
@@ -753,6 +758,15 @@ class StopRecorder:
     pipeline_ended: bool = False  # its refresh journal then notes the containers read whole (`_note_refreshed_reads`)
     files_written: int | None = None  # part files this run wrote, once `record` has counted them
     overwrite_file: str | None = None  # the --config file that set overwrite: true (`run_job`)
+    summary_begun: bool = False  # set by `_start_output` just before its "running" summary: stops recorded from then
+    output_started: bool = False  # set once `_start_output` has written the output's first records: failures too
+
+    def recorded(self, err: BaseException) -> bool:
+        """Whether the summary is to say how the run stopped (`record_stopped_run`): a stop (Ctrl-C, SIGTERM) once the
+        "running" summary may be written, which would say so forever otherwise (one before has no summary of this
+        run's to correct: the CLI's own `interrupted:` line); a failure once the output's first records are written
+        (one while they are written, a full disk, is "could not start", exit status 2, as it is raised)."""
+        return self.summary_begun if isinstance(err, KeyboardInterrupt) else self.output_started
 
     def advice(self) -> str:
         """What to run next, once the stop is counted: the line that ends the run and the summary's `resume` both say

@@ -134,18 +134,22 @@ def resume_advice(overwrite: bool, wrote: bool = True, overwrite_file: str | Non
 
 @contextlib.contextmanager
 def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str,
-                       advice: Callable[[], str] = lambda: resume_advice(False)) -> Iterator[None]:
+                       advice: Callable[[], str] = lambda: resume_advice(False),
+                       recorded: Callable[[BaseException], bool] = lambda err: True) -> Iterator[None]:
     """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
 
     SIGINT and SIGTERM are raised as an interruption in the driver (Ray's own SIGTERM handler would exit with the
     output's summary left at "running"); `record(status, details)` writes the summary ("interrupted" or "failed")
     and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status,
-    ending with `advice()` (asked once the stop is recorded: `resume_advice`).
+    ending with `advice()` (asked once the stop is recorded: `resume_advice`). A stop or failure for which
+    `recorded(err)` is False (the run's records not begun yet: `StopRecorder.recorded`) is raised as it is.
     """
     with signals_interrupt():
         try:
             yield
         except KeyboardInterrupt as err:
+            if not recorded(err):
+                raise
             signum = getattr(err, "signum", signal.SIGINT)
             name = signal.Signals(signum).name
             written = record("interrupted", {"signal": name})
@@ -153,12 +157,16 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str,
             raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: {advice()}",
                                  signum) from None
         except DamagedOutput as err:
+            if not recorded(err):
+                raise
             # part files damaged during the run (its end-of-run check): not "every file is whole, run it again",
             # which stops on them; the error names them all and says what to do, in full (a reason is cut at 300)
             written = record("failed", {"error": redact_uri_secrets(str(err), out)})  # it quotes the output's URI
             IGNORE_STOPS.set()
             raise JobFailed(f"the run failed: {err}; {written}") from err
         except Exception as err:
+            if not recorded(err):
+                raise
             reason = failure_reason(err)
             written = record("failed", {"error": reason})
             IGNORE_STOPS.set()
