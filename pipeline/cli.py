@@ -656,8 +656,12 @@ def unpurified_warning(columns: dict[str, int]) -> str:
 
 
 def _overwrite_file(args: argparse.Namespace, config: JobConfig | None) -> str | None:
-    """The --config file an --overwrite run's overwrite: true came from (no --overwrite flag), else None."""
-    if config is not None and config.overwrite is True and args.overwrite is None and args.config:
+    """The --config file that gives an --overwrite run its overwrite: true, else None: with the --overwrite flag given
+    too, the command without the flag still overwrites, as the file says so (the stopped run's advice named the flag
+    alone then)."""
+    if config is None or config.overwrite is not True or not args.config:
+        return None
+    if args.overwrite is None or _file_values(args.config).get("overwrite") is True:
         return args.config
     return None
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline.cli as cli
 import pipeline.job as job
 from pipeline.cli import main
 from pipeline.plan import plan_job
@@ -110,9 +111,18 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
     assert last.endswith(f"run the command again without --overwrite (remove overwrite: true from {config_file}) to "
                          "resume (what is written is skipped, not purified again); with --overwrite it deletes them "
                          "and starts over"), last
-    # the flag on the command line: the advice is the flag's alone
+    # the flag on the command line too: the command without it still overwrites, as the file says so; the file is
+    # named all the same (it was not: "run the command again without --overwrite" alone)
     monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
     assert main(small_job_argv(tmp_path, model, "--config", str(config_file), "--overwrite")) == 130
+    last = _last_line(capsys)
+    assert f"run the command again without --overwrite (remove overwrite: true from {config_file}) to resume" in last, \
+        last
+    without_flag = small_job_argv(tmp_path, model, "--config", str(config_file))
+    assert cli._config_from_namespace(cli.build_parser().parse_args(without_flag)).overwrite is True
+    # the flag alone: the advice is the flag's
+    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
+    assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
     last = _last_line(capsys)
     assert "run the command again without --overwrite to resume" in last and str(config_file) not in last, last
 
