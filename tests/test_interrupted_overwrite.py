@@ -14,9 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.cli as cli
 import pipeline.job as job
-from pipeline.cli import main
+from pipeline.cli import config_from_args, main
 from pipeline.plan import plan_job
 from pipeline.sources import reject_record
 from pipeline.stages import batch_of, write_stage
@@ -119,7 +118,7 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
     assert f"run the command again without --overwrite (remove overwrite: true from {config_file}) to resume" in last, \
         last
     without_flag = small_job_argv(tmp_path, model, "--config", str(config_file))
-    assert cli._config_from_namespace(cli.build_parser().parse_args(without_flag)).overwrite is True
+    assert config_from_args(without_flag).overwrite is True
     # the flag alone: the advice is the flag's
     monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
     assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
