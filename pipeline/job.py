@@ -279,8 +279,8 @@ def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str
     The run holds the output's lease (`OutputLease`) from its first change to the output (deleting it, with
     --overwrite) until it ends, however it ends; SIGTERM then raises like Ctrl-C, so that the lease is released.
     Ray is started (or joined) only when the plan leaves something to read; a Ray the caller started is used as it
-    is, and left running either way. `overwrite_file`: the --config file whose overwrite: true set `config.overwrite`
-    (the command line's --overwrite not given), which a stopped run's advice names (`stopped_run.resume_advice`)."""
+    is, and left running either way. `overwrite_file`: the --config file that says overwrite: true, which a stopped
+    --overwrite run's advice names as the file to remove it from (`stopped_run.resume_advice`)."""
     started = time.time()
     out = config.output.rstrip("/")
 

@@ -121,7 +121,7 @@ def resume_advice(overwrite: bool, wrote: bool = True, overwrite_file: str | Non
     its rows are kept by the command without --overwrite (the output's record is this run's, its settings the same); a
     run that wrote nothing (stopped before its pipeline wrote a file, the output's earlier files deleted) has nothing to
     resume, and starts over either way. `overwrite_file`: the --config file whose overwrite: true made it an
-    --overwrite run, where the command line holds no --overwrite to leave out: named as the file to remove it from."""
+    --overwrite run, which the command without the flag still reads: named as the file to remove it from."""
     if not overwrite:
         return f"run the same command again to resume ({RESUME_SKIPS})"
     if not wrote:
