@@ -154,6 +154,120 @@ def test_zip_and_parquet_files_over_in_memory_mb_from_a_server_that_sends_no_len
     assert read == expected
 
 
+def _counting_no_length_handler(sent: list[tuple[str, int, bool]]):
+    """A server that sends no Content-Length and notes each body it sends in `sent`: (path, bytes sent, whether all of
+    it was). Its send buffer is small, so a download the client drops after the headers (fsspec asks a file's size
+    with a GET where HEAD gives none) is cut off early instead of landing whole in the kernel's buffers."""
+    import socket
+    import threading
+
+    lock = threading.Lock()
+
+    class CountingNoLength(_no_length_handler()):
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+
+        def copyfile(self, source, outputfile) -> None:
+            n, whole = 0, False
+            try:
+                while chunk := source.read(32768):
+                    outputfile.write(chunk)
+                    n += len(chunk)
+                whole = True
+            except OSError:  # the client closed the connection
+                pass
+            with lock:
+                sent.append((self.path, n, whole))
+
+    return CountingNoLength
+
+
+def test_a_tar_shard_over_in_memory_mb_from_a_server_that_sends_no_length_is_downloaded_once(
+        tmp_path: Path, monkeypatch) -> None:
+    """Such a shard was streamed from the server twice, once for its headers and once for its members (and its first
+    --in-memory-mb a third time, to find it too large to hold): on a slow link, twice the download. It is copied once
+    to a local file, as a zip or Parquet file of unknown size is, both passes read that copy, and the copy is deleted
+    once the shard is read, also when the shard is damaged or its reading stops early. Its ids, records and rejects
+    are those of a shard read from a disk."""
+    import tempfile
+
+    from pipeline.sources import file_bytes
+    from tests.webutil import serving
+
+    site, spool = tmp_path / "site", tmp_path / "spool"
+    site.mkdir()
+    spool.mkdir()
+    images = {f"{i:04d}.png": image_bytes(128, 128, i) for i in range(40)}  # ~2 MB, none of it compressible
+    whole = tar_bytes(images | {"0000.cls": b"3"})
+    (site / "s.tar").write_bytes(whole)
+    cut = whole[: len(whole) * 3 // 4]  # ends inside a member
+    (site / "cut.tar").write_bytes(cut)
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(file_bytes, "SPOOL_CHUNK_BYTES", 65536)
+    sent: list[tuple[str, int, bool]] = []
+    with serving(site, _counting_no_length_handler(sent)) as url:
+        units = {u.paths[0].rsplit("/", 1)[1]: u for u in discover(url, {})}
+        assert units["s.tar"].sizes == (None,) and units["s.tar"].stamps != (None,)  # Last-Modified: --incremental
+        sent.clear()
+        records = read_unit(units["s.tar"], {}, in_memory_bytes=256 * 1024)
+        first = next(records)
+        assert len(list(spool.iterdir())) == 1  # the copy lies there while the shard is read
+        read = [first, *records]
+        assert not list(spool.iterdir())
+        shard_sends = [(n, done) for path, n, done in sent if path == "/s.tar"]
+        assert [n for n, done in shard_sends if done] == [len(whole)]  # downloaded whole once
+        assert sum(n for n, _ in shard_sends) < 1.5 * len(whole)  # the rest: the size asks' first few KiB
+
+        from_disk = list(read_unit(discover(str(site / "s.tar"), {})[0], {}))
+        assert [(r["kind"], r.get("id"), r.get("data"), r.get("meta")) for r in read if r["kind"] != "count"] == [
+            (r["kind"], r.get("id"), r.get("data"), r.get("meta")) for r in from_disk if r["kind"] != "count"]
+
+        damaged = [r for r in read_unit(units["cut.tar"], {}, in_memory_bytes=256 * 1024) if r["kind"] == "reject"]
+        assert not list(spool.iterdir())
+        assert damaged[-1]["id"] == "cut.tar#unreadable" and len(damaged) == 2  # the member cut short, and the shard
+        records = read_unit(units["s.tar"], {}, in_memory_bytes=256 * 1024)
+        next(records)
+        records.close()  # a read task cancelled
+        assert not list(spool.iterdir())
+
+
+def test_a_tar_shard_of_unknown_size_whose_local_copy_cannot_be_written_is_streamed_instead(
+        tmp_path: Path, monkeypatch) -> None:
+    """A tar shard needs no seeking: where its copy cannot be written (a full disk), it is read as before the copy
+    was made, streamed twice, rather than made a reject as a zip or Parquet file then is; the half-written copy is
+    gone."""
+    import tempfile
+
+    from pipeline.sources import file_bytes
+    from tests.webutil import serving
+
+    site, spool = tmp_path / "site", tmp_path / "spool"
+    site.mkdir()
+    spool.mkdir()
+    images = {f"{i:04d}.png": image_bytes(64, 64, i) for i in range(8)}
+    (site / "s.tar").write_bytes(tar_bytes(images))
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(file_bytes, "SPOOL_CHUNK_BYTES", 1000)
+    real_write = os.write
+    refused = []
+
+    def full_disk(handle: int, data) -> int:
+        if os.readlink(f"/proc/self/fd/{handle}").startswith(str(spool)):
+            refused.append(handle)
+            raise OSError(28, "No space left on device")
+        return real_write(handle, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with serving(site, _no_length_handler()) as url:
+        (unit,) = discover(url + "s.tar", {})
+        records = [r for r in read_unit(unit, {}, in_memory_bytes=4096) if r["kind"] != "count"]
+    assert refused and not list(spool.iterdir())
+    assert {r["id"]: r["data"] for r in records if r["kind"] == "image"} == {
+        f"s.tar/{name[:-4]}": data for name, data in images.items()}
+    assert all(r["kind"] == "image" for r in records)
+
+
 def test_copies_left_by_dead_read_tasks_are_deleted_when_a_new_copy_is_made_and_live_ones_kept(
         tmp_path: Path, monkeypatch) -> None:
     """A read task killed mid-read (SIGKILL, out of memory) never deleted its copy: such leftovers stayed in the

@@ -1,6 +1,6 @@
 """An input file's bytes from storage, transient errors retried: read whole (`read_bytes`), or opened as often as a
 container reader needs (`_opener`: fetched once and served from memory up to `IN_MEMORY_BYTES`, streamed from storage
-when larger, or, for a reader that seeks, copied to a local temporary file when storage gives no size).
+when larger, or, for a reader that seeks or reads twice, copied to a local temporary file when storage gives no size).
 
 An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
 the limit (`too_large`), decided from the size storage, the tar header or Arrow reports before its bytes are copied:
@@ -107,10 +107,11 @@ def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int, listed_siz
     and served from memory; a larger one is opened on storage each time, and read piece by piece. `listed_size`: its
     size from the input's listing, which spares asking storage for it (a HEAD per shard on an object store).
 
-    `spool`: for a reader that seeks (zip, Parquet), the stack that owns a local copy. A file whose size storage does
-    not give (a web server that sends no Content-Length) is then a stream that cannot seek: one larger than
-    `in_memory_bytes` is copied, in chunks, to a local temporary file (`_spooled`) and read from there, the file
-    deleted when `spool` closes (the read done, or failed). Without it such a file is streamed."""
+    `spool`: for a reader that seeks (zip, Parquet) or reads a file twice (a tar's two passes), the stack that owns a
+    local copy. A file whose size storage does not give (a web server that sends no Content-Length) is then a stream
+    that cannot seek, and each open downloads it again: one larger than `in_memory_bytes` is copied, in chunks, to a
+    local temporary file (`_spooled`) and read from there, the file deleted when `spool` closes (the read done, or
+    failed). Without it such a file is streamed, at each open."""
     fs, fs_path = storage_path(path, fs_opts)
     size = listed_size if listed_size is not None else with_retries(lambda: fs.size(fs_path), f"stat {path}")
     if size is None and spool is not None:

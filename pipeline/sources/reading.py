@@ -32,7 +32,8 @@ def read_unit(
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
-    Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice). An image
+    Tar and Parquet files larger than `in_memory_bytes` are read from storage piece by piece (a tar twice; one storage
+    gives no size for is copied to a local file once and read from there). An image
     file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read.
     A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
     it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and

@@ -4,12 +4,20 @@ together."""
 
 from __future__ import annotations
 
+import contextlib
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
-from pipeline.sources.file_bytes import InputChangedWhileRead, _opener, changed_while_read, replaced_while_read, too_large
+from pipeline.sources.file_bytes import (
+    InputChangedWhileRead,
+    SpoolFailed,
+    _opener,
+    changed_while_read,
+    replaced_while_read,
+    too_large,
+)
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
@@ -30,8 +38,11 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     A link is read as its target's bytes: those of a link's target are kept from when it goes by until its links'
     keys are emitted, and a symlink to a later member waits, like its key, for that member. A shard of at most
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
-    twice, trading a second read for bounded memory. A member over `max_image_bytes` is not read, and a key whose
-    members hold more than that together is not kept: either key is a reject.
+    twice, trading a second read for bounded memory, unless storage gives no size (a web server that sends no
+    Content-Length): such a shard is copied once to a local temporary file (`_spooled`), both passes read the copy,
+    which is deleted when the reading ends (done, failed or stopped); where the copy cannot be written (a full disk),
+    it is streamed twice. A member over `max_image_bytes` is not read, and a key whose members hold more than that
+    together is not kept: either key is a reject.
     A key whose id is in `skip_ids` (done in an earlier run) is not read either: one "skipped" record stands for it.
     Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
     (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
@@ -39,12 +50,24 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
-    try:
-        open_stream = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
-    except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
-        yield _unreadable(shard, path, 0, err)
-        return
+    listed_size = unit.sizes[0] if unit.sizes else None
+    with contextlib.ExitStack() as spool:
+        try:
+            try:
+                # no size on storage: a stream of unknown length, over in_memory_bytes copied once for both passes
+                open_stream = _opener(path, fs_opts, in_memory_bytes, listed_size, spool=spool)
+            except SpoolFailed:
+                # no room for the copy (a full disk): streamed twice, as a tar needs no seeking
+                open_stream = _opener(path, fs_opts, in_memory_bytes, listed_size)
+        except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
+            yield _unreadable(shard, path, 0, err)
+            return
+        yield from _two_passes(path, shard, open_stream, max_image_bytes, skip_ids, purified_ids)
 
+
+def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_image_bytes: int,
+                skip_ids: frozenset[str] | set[str], purified_ids: frozenset[str] | set[str]) -> Iterator[dict[str, Any]]:
+    """`_read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index), then pass 2 (the members)."""
     members_of, split, links, index_error, metadata = _index_tar(open_stream)  # pass 1
     failure = _unreadable(shard, path, len(members_of), index_error) if index_error else None
 
