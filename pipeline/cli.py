@@ -260,8 +260,8 @@ def _add_cluster_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                     help=f"tar shards, Parquet and zip files up to this size are fetched in one request; larger ones "
                          f"are streamed (a tar read twice, a zip a member at a time), so memory does not grow with "
                          f"them (default {d.in_memory_mb}; "
-                         "0 streams all); a larger zip or Parquet file a web server sends with no size is copied to "
-                         "a local temporary file ($TMPDIR) and read from there")
+                         "0 streams all); a larger tar, zip or Parquet file a web server sends with no size is copied "
+                         "to a local temporary file ($TMPDIR) once and read from there")
     rt.add_argument("--actors", type=int, help="purifier actors at most (default 0: one per GPU, or 1 on CPU)")
     rt.add_argument("--gpus-per-actor", type=float,
                     help="GPUs per actor, 0 or 0.0001 to 1 (default 1 when the cluster has GPUs, else 0)")
