@@ -18,7 +18,7 @@ from pipeline.errors import JobError
 from pipeline.job import run_job
 from pipeline.sources import discover, read_unit
 from pipeline.storage import storage_path, with_protocol
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, tiny_model_file, zip_bytes
+from tests.jobutil import image_bytes, read_output, rewritten_in_place, small_job_config, tar_bytes, tiny_model_file, zip_bytes
 
 
 def _shard(n: int) -> bytes:
@@ -230,6 +230,8 @@ def test_a_tar_shard_over_in_memory_mb_from_a_server_that_sends_no_length_is_dow
         next(records)
         records.close()  # a read task cancelled
         assert not list(spool.iterdir())
+        rewritten_in_place(site / "s.tar", cut)  # replaced: --incremental reads it again
+        assert discover(url + "s.tar", {})[0].stamps not in (units["s.tar"].stamps, (None,))
 
 
 def test_a_tar_shard_of_unknown_size_whose_local_copy_cannot_be_written_is_streamed_instead(
