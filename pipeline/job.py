@@ -551,8 +551,10 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
     with ray_data_configured(), ray_data_console_quieted():
         ds = build_pipeline(config, plan, placement, threads)
         if config.progress:
-            # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified)
-            stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr)
+            # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified),
+            # each batch drawn as it comes
+            stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr,
+                                    each_update=True)
         notes = RefreshReadNotes(config.output.rstrip("/"), config.storage_options, plan)
         _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
     if stop.bar is not None:

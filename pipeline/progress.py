@@ -63,14 +63,21 @@ def _rate(per_s: float) -> str:
 
 
 def progress_bar(
-    total: int | None, desc: str, unit: str, stream: Any = None, initial: int = 0, mininterval: float = 0.1
+    total: int | None, desc: str, unit: str, stream: Any = None, initial: int = 0, mininterval: float = 0.1,
+    each_update: bool = False,
 ) -> Any:
     """tqdm's bar on a terminal; in a log (not a terminal) a plain line a minute and one at the end (LogProgress).
-    Either has update(n), write(line, file=...) and close()."""
+    Either has update(n), write(line, file=...) and close().
+
+    `each_update`: the bar is redrawn at every update that adds to its count, for updates that come seconds apart (a
+    batch each): tqdm otherwise skips an update that comes within `mininterval` of the last drawing, or that adds less
+    than what it has learnt to expect (its dynamic miniters), and shows the count of before until the next update,
+    which may be minutes away. A log still gets a line a minute."""
     stream = sys.stderr if stream is None else stream
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, mininterval=mininterval)
+        drawing = {"mininterval": 0.0, "miniters": 1} if each_update else {"mininterval": mininterval}
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, **drawing)
     return LogProgress(total, desc, unit, stream, initial)
