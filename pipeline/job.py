@@ -552,7 +552,7 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
         ds = build_pipeline(config, plan, placement, threads)
         if config.progress:
             # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified),
-            # each batch drawn as it comes
+            # the rows of each batch once its part files are written (`written_batches`), each batch drawn as it comes
             stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr,
                                     each_update=True)
         notes = RefreshReadNotes(config.output.rstrip("/"), config.storage_options, plan)
@@ -715,11 +715,29 @@ def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
 
 
+def written_batches(ds: Any) -> Iterator[dict[str, Any]]:
+    """The pipeline's rows, one per batch written (`write_stage`'s manifest), each as soon as the driver hears of it.
+
+    Not `ds.iter_rows()`: it fetches one block ahead (Ray Data's prefetch_batches=1) and asks the executor for the next
+    block before it hands over the one it holds, so each batch's row came only once the next batch had been written.
+    The progress bar, the tally and a stopped run's count of what was reported were one batch behind the part files,
+    and the last batch was reported only when the pipeline ended. A manifest is one small row: nothing to fetch ahead.
+    Closing this iterator closes Ray Data's, which shuts its executor down (`pipeline_closed_on_exit`)."""
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
+    try:
+        for batch in batches:
+            yield from batch.to_pylist()
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _tally_written_batches(ds: Any, plan: JobPlan, lease: OutputLease, tally: RunTally, bar: Any,
                            notes: RefreshReadNotes | None = None) -> None:
     """Run the pipeline to its end, adding each written batch's row to `tally` and checking the lease as it goes;
     with `notes`, a --refresh-changed run's journal notes the refreshed containers read to their end as it goes."""
-    rows_iter = iter(ds.iter_rows())
+    rows_iter = written_batches(ds)
     # closed on the way out, whatever stops the loop: Ray Data then stops its tasks, so no file lands while a
     # stopped run counts what it wrote (left to the garbage collector, the pipeline ran on meanwhile)
     with pipeline_closed_on_exit(rows_iter):

@@ -97,14 +97,14 @@ def test_a_stopped_retry_run_counts_the_rejects_it_wrote_over_their_old_file(tmp
     old = rejects_file.stat().st_mtime_ns
 
     # 1. Ctrl-C just as the retry's first manifest is ready: its file is in place, the driver never takes the row
-    iter_rows = ray.data.Dataset.iter_rows
+    iter_batches = ray.data.Dataset.iter_batches  # how the driver takes the written batches' rows (job.written_batches)
 
     def stopped_at_first_manifest(self, *args, **kwargs):
-        for _ in iter_rows(self, *args, **kwargs):
+        for _ in iter_batches(self, *args, **kwargs):
             raise KeyboardInterrupt
         yield from ()
 
-    monkeypatch.setattr(ray.data.Dataset, "iter_rows", stopped_at_first_manifest)
+    monkeypatch.setattr(ray.data.Dataset, "iter_batches", stopped_at_first_manifest)
     with pytest.raises(JobInterrupted) as stopped:
         run_job(small_job_config(tmp_path, model, retry_rejects=True))
     assert [p.name for p in (out / "rejects").glob("part-*.parquet")] == [rejects_file.name]
