@@ -8,12 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.progress import LogProgress, progress_bar
 from pipeline.stages import write_stage
-from tests.jobutil import image_folder, small_job_config, tiny_model_file
+from tests.jobutil import image_folder, read_output, small_job_config, tiny_model_file
 
 # How long a batch's write waits for the driver to have shown the batch before it. The driver of the old code took a
 # batch's row only once the next batch was written: each write then waited this long, and the test failed.
@@ -29,8 +28,7 @@ class Terminal(io.StringIO):
 
 def rows_written(out: Path) -> int:
     """The rows in the output's part files (a write lands whole: a hidden temporary, renamed)."""
-    return sum(pq.read_metadata(path).num_rows for folder in ("data", "rejects") if (out / folder).is_dir()
-               for path in (out / folder).glob("part-*.parquet"))
+    return sum(map(len, read_output(str(out))))
 
 
 def drawn(terminal: Terminal) -> str:
