@@ -22,12 +22,14 @@ computed from the exact bytes that were loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import pickle
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,13 +319,32 @@ def load_checkpoint(
     config, label, preset = _architecture(parsed, state_dict, uri, preset, flags, allow_class_cond)
     if not allow_class_cond:
         _refuse_class_conditional(config, label, state_dict, uri)
-    model = _built_model(config, label, uri, verify_only)
-    _check_weights_fit(model, state_dict, uri, label)
-    if verify_only:
-        return LoadedCheckpoint(model, config, digest, uri, preset, meta)
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    with one_torch_thread():
+        model = _built_model(config, label, uri, verify_only)
+        _check_weights_fit(model, state_dict, uri, label)
+        if verify_only:
+            return LoadedCheckpoint(model, config, digest, uri, preset, meta)
+        model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     model.eval().requires_grad_(False)
     return LoadedCheckpoint(model, config, digest, uri, preset, meta)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch's intra-op threads at 1 while the block runs, then as they were (however it leaves). Building the model and
+    checking and copying its weights are one pass over memory per tensor, a few hundred small ops: split over threads,
+    each op waited for its other threads, and on a busy machine (the purifier actor beside the pipeline's tasks, the
+    test suite's processes) a thread is not scheduled at once. Loading the tests' tiny model took 0.8-1.0 s and 0.2-0.3
+    CPU s with 2 threads on a busy 2-core machine, 0.06 s with one (bench/small_run_bench.py)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _checked_digest(data: bytes, uri: str, expected_sha256: str | None) -> str:
