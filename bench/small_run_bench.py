@@ -20,11 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import json
 import os
 import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pipeline.job as job_module  # noqa: E402
 from pipeline.config import JobConfig  # noqa: E402
 from pipeline.placement import init_local_ray  # noqa: E402
+from pipeline.stages import PurifyStage  # noqa: E402
 
 # The job's functions timed, in the order a run calls them, and the phase each is charged to
 PHASES = [("plan_job", "plan"), ("_start_cluster", "cluster"), ("_start_output", "output start"),
@@ -41,12 +44,14 @@ PHASES = [("plan_job", "plan"), ("_start_cluster", "cluster"), ("_start_output",
           ("_write_summary", "summary"), ("_record_containers_read", "summary"), ("_record_inputs_read_again", "summary")]
 
 
-def descendants_cpu() -> float:
-    """CPU seconds (user + system) of every live descendant of this process, with those of the children each has
-    waited for (an ended actor's, counted by the raylet that started it), from /proc (Linux): Ray's processes."""
+def descendants_cpu() -> dict[tuple[int, int], float]:
+    """CPU seconds (user + system) of each live descendant of this process, by (pid, start time), from /proc (Linux):
+    Ray's processes. An ended one's is lost (Ray's raylet does not wait for its workers: their CPU is in no parent's
+    count), so `CpuSampler` reads them all every SAMPLE_S."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+    cpu: dict[tuple[int, int], float] = {}
+    keys: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -55,13 +60,54 @@ def descendants_cpu() -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = sum(int(f) for f in fields[11:15]) / ticks
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        keys[pid] = (pid, int(fields[19]))
+        cpu[keys[pid]] = (int(fields[11]) + int(fields[12])) / ticks
     mine, frontier = set(), {os.getpid()}
     while frontier:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - mine
         mine |= frontier
-    return sum(cpu[pid] for pid in mine)
+    return {keys[pid]: cpu[keys[pid]] for pid in mine}
+
+
+SAMPLE_S = 0.1
+
+
+class CpuSampler:
+    """The CPU of this process's descendants, read every SAMPLE_S from a thread (whose own CPU is kept apart, so
+    that it is not counted as the driver's): `ray_cpu()` since `mark()`, those that ended meanwhile with the CPU
+    last seen of them (up to SAMPLE_S of each one's last moments missed)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[int, int], float] = {}
+        self.baseline: dict[tuple[int, int], float] = {}
+        self.own_cpu = 0.0
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        now = descendants_cpu()
+        with self.lock:
+            self.latest.update(now)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(SAMPLE_S):
+            t = time.thread_time()
+            self._sample()
+            self.own_cpu += time.thread_time() - t
+
+    def mark(self) -> None:
+        self._sample()
+        with self.lock:
+            self.baseline = dict(self.latest)
+
+    def ray_cpu(self) -> float:
+        self._sample()
+        with self.lock:
+            return sum(v - self.baseline.get(k, 0.0) for k, v in self.latest.items())
 
 
 def driver_cpu() -> float:
@@ -87,6 +133,40 @@ class PhaseClock:
                     self.spent[_phase] = self.spent.get(_phase, 0.0) + time.perf_counter() - t0
 
             setattr(job_module, name, timed)
+
+
+class TimedPurifyStage(PurifyStage):
+    """The job's purifier actor, noting in NOTES_DIR (a file per actor) the CPU its process had spent when its
+    constructor began (Python's start, Ray's worker, the class unpickled) and ended (torch imported, the model
+    loaded), the constructor's wall time, and after each batch the process's CPU so far."""
+
+    NOTES_DIR = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        t, cpu = time.time(), time.process_time()
+        super().__init__(*args, **kwargs)
+        self._note = Path(self.NOTES_DIR) / f"actor-{os.getpid()}-{t:.3f}.json"
+        self._times = {"before_init_cpu": cpu, "init_cpu": time.process_time() - cpu, "init_wall": time.time() - t}
+        self._write(0.0)
+
+    def _write(self, batch_wall: float) -> None:
+        self._times["cpu_so_far"] = time.process_time()
+        self._times["batches_wall"] = self._times.get("batches_wall", 0.0) + batch_wall
+        self._note.write_text(json.dumps(self._times))
+
+    def __call__(self, batch: Any) -> Any:
+        t = time.time()
+        out = super().__call__(batch)
+        self._write(time.time() - t)
+        return out
+
+
+def actor_notes(folder: Path) -> dict[str, float]:
+    notes = [json.loads(p.read_text()) for p in folder.glob("actor-*.json")]
+    for p in folder.glob("actor-*.json"):
+        p.unlink()
+    return {k: sum(n[k] for n in notes) for k in ("before_init_cpu", "init_cpu", "init_wall", "cpu_so_far",
+                                                   "batches_wall")} if notes else {}
 
 
 def tiny_model(folder: Path) -> str:
@@ -139,29 +219,34 @@ def main() -> None:
     t0 = time.perf_counter()
     init_local_ray(num_cpus=args.num_cpus)
     print(f"ray started in {time.perf_counter() - t0:.2f} s")
+    sampler = CpuSampler()
     profile = cProfile.Profile() if args.profile else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = tiny_model(root)
+        notes = root / "actor-notes"
+        notes.mkdir()
+        TimedPurifyStage.NOTES_DIR = str(notes)
+        job_module.PurifyStage = TimedPurifyStage
         write_inputs(root / "in", args.images, args.size)
         for i in range(args.runs):
             out = root / f"out{i}"
             config = JobConfig(input=str(root / "in"), output=str(out), checkpoint=model, steps=1, pool=4,
                                progress=False, write_batch=8, canvas_size=32)
             clock.spent = {}
-            cpu0, ray0, t = driver_cpu(), descendants_cpu(), time.perf_counter()
+            sampler.mark()
+            cpu0, own0, t = driver_cpu(), sampler.own_cpu, time.perf_counter()
             with (profile if profile is not None and i > 0 else contextlib.nullcontext()):
                 summary = job_module.run_job(config)
             wall = time.perf_counter() - t
             tail = time.time() - last_part_mtime(out)
-            row = {"wall": wall, "driver_cpu": driver_cpu() - cpu0, "ray_cpu": descendants_cpu() - ray0,
-                   "after_last_part": tail, **clock.spent}
+            row = {"wall": wall, "driver_cpu": driver_cpu() - cpu0 - (sampler.own_cpu - own0), "ray_cpu": sampler.ray_cpu(),
+                   "after_last_part": tail, **clock.spent,
+                   **{f"actor {k}": v for k, v in actor_notes(notes).items()}}
             rows.append(row)
             assert summary["status"] == "complete", summary["status"]
-            print(f"run {i}: wall {wall:.2f} s, driver CPU {row['driver_cpu']:.2f} s, Ray CPU {row['ray_cpu']:.2f} s, "
-                  f"after last part {tail:.2f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in clock.spent.items()),
-                  flush=True)
+            print(f"run {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
     if profile is not None:
         profile.dump_stats(args.profile)
     steady = rows[1:] or rows

@@ -76,13 +76,23 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     ray_logger = logging.getLogger("ray")
     level = ray_logger.level
     auth_logger.addFilter(quiet)
+    caller_pythonpath = os.environ.get("PYTHONPATH")
     try:
+        # The workers find `pipeline` through PYTHONPATH in the environment of the Ray processes ray.init starts here,
+        # which the workers inherit, not through a runtime_env: Ray starts each worker of a job with a runtime_env
+        # through a Python process of its own (setup_worker.py, ~0.4 CPU s) that then starts the worker, so each
+        # purifier actor (a new process every run) and each task worker started that much later
+        # (bench/small_run_bench.py). The caller's own PYTHONPATH is put back once ray.init returns.
+        os.environ["PYTHONPATH"] = pythonpath
         # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
         # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                  logging_level=os.environ.get("RAY_LOGGER_LEVEL", "warning"))
     finally:
+        if caller_pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = caller_pythonpath
         auth_logger.removeFilter(quiet)
         if "RAY_LOGGER_LEVEL" not in os.environ:
             # ray.init's own lines quieted, not the caller's later ones: the "ray" logger left at WARNING hid every
