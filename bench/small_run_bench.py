@@ -146,12 +146,14 @@ class TimedPurifyStage(PurifyStage):
         t, cpu = time.time(), time.process_time()
         super().__init__(*args, **kwargs)
         self._note = Path(self.NOTES_DIR) / f"actor-{os.getpid()}-{t:.3f}.json"
-        self._times = {"before_init_cpu": cpu, "init_cpu": time.process_time() - cpu, "init_wall": time.time() - t}
+        self._times = {"before_init_cpu": cpu, "init_cpu": time.process_time() - cpu, "init_wall": time.time() - t,
+                       "process_at": process_started(), "init_at": t, "ready_at": time.time()}
         self._write(0.0)
 
     def _write(self, batch_wall: float) -> None:
         self._times["cpu_so_far"] = time.process_time()
         self._times["batches_wall"] = self._times.get("batches_wall", 0.0) + batch_wall
+        self._times["last_batch_at"] = time.time()
         self._note.write_text(json.dumps(self._times))
 
     def __call__(self, batch: Any) -> Any:
@@ -161,12 +163,24 @@ class TimedPurifyStage(PurifyStage):
         return out
 
 
-def actor_notes(folder: Path) -> dict[str, float]:
-    notes = [json.loads(p.read_text()) for p in folder.glob("actor-*.json")]
+def process_started() -> float:
+    """When this process started (Linux: /proc), in time.time()'s terms."""
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    stat = Path("/proc/self/stat").read_text()
+    return boot + int(stat[stat.rindex(")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def actor_notes(folder: Path, run_started: float) -> dict[str, float]:
+    """The purifier actors' notes of one run (summed over its actors; the times `*_at` of its first actor, in seconds
+    from the run's start), and removed."""
+    notes = sorted((json.loads(p.read_text()) for p in folder.glob("actor-*.json")), key=lambda n: n["init_at"])
     for p in folder.glob("actor-*.json"):
         p.unlink()
-    return {k: sum(n[k] for n in notes) for k in ("before_init_cpu", "init_cpu", "init_wall", "cpu_so_far",
-                                                   "batches_wall")} if notes else {}
+    if not notes:
+        return {}
+    sums = {k: sum(n[k] for n in notes) for k in ("before_init_cpu", "init_cpu", "init_wall", "cpu_so_far",
+                                                   "batches_wall")}
+    return {**sums, **{k: notes[0][k] - run_started for k in ("process_at", "init_at", "ready_at", "last_batch_at")}}
 
 
 def tiny_model(folder: Path) -> str:
@@ -236,14 +250,14 @@ def main() -> None:
                                progress=False, write_batch=8, canvas_size=32)
             clock.spent = {}
             sampler.mark()
-            cpu0, own0, t = driver_cpu(), sampler.own_cpu, time.perf_counter()
+            cpu0, own0, t, run_started = driver_cpu(), sampler.own_cpu, time.perf_counter(), time.time()
             with (profile if profile is not None and i > 0 else contextlib.nullcontext()):
                 summary = job_module.run_job(config)
             wall = time.perf_counter() - t
             tail = time.time() - last_part_mtime(out)
             row = {"wall": wall, "driver_cpu": driver_cpu() - cpu0 - (sampler.own_cpu - own0), "ray_cpu": sampler.ray_cpu(),
                    "after_last_part": tail, **clock.spent,
-                   **{f"actor {k}": v for k, v in actor_notes(notes).items()}}
+                   **{f"actor {k}": v for k, v in actor_notes(notes, run_started).items()}}
             rows.append(row)
             assert summary["status"] == "complete", summary["status"]
             print(f"run {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
