@@ -226,3 +226,19 @@ def test_weights_under_a_key_prefix_are_named_with_how_to_save_them(tmp_path, bu
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(str(tmp_path / "partial.pt"), flags=FLAGS)
     assert "prefix" not in str(err.value)
+
+
+@pytest.mark.parametrize("verify_only", [False, True])
+def test_loading_leaves_the_callers_torch_thread_count_as_it_was(tmp_path, bundle, verify_only) -> None:
+    # The weights are built, checked and copied on one thread (pipeline.checkpoint.one_torch_thread); the caller's own
+    # count comes back, after a refused file too.
+    path, _, model = bundle
+    torch.set_num_threads(2)  # the autouse fixture puts the test process's count back afterwards
+    assert load_checkpoint(str(path), verify_only=verify_only).config == model.config
+    assert torch.get_num_threads() == 2
+    damaged = {k: v.clone() for k, v in model.state_dict().items()}
+    next(v for v in damaged.values() if v.ndim == 4).view(-1)[0] = float("nan")
+    torch.save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_checkpoint(str(tmp_path / "damaged.pt"), flags=FLAGS, verify_only=verify_only)
+    assert torch.get_num_threads() == 2
