@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--num-cpus", type=int, default=2, help="the local Ray's CPUs (tests use 2)")
+    ap.add_argument("--torch-threads", type=int, help="the purifier actor's torch threads (default: the job's own)")
     ap.add_argument("--profile", help="write a cProfile of the driver's runs 2..N to this file")
     args = ap.parse_args()
 
@@ -247,7 +248,8 @@ def main() -> None:
         for i in range(args.runs):
             out = root / f"out{i}"
             config = JobConfig(input=str(root / "in"), output=str(out), checkpoint=model, steps=1, pool=4,
-                               progress=False, write_batch=8, canvas_size=32)
+                               progress=False, write_batch=8, canvas_size=32,
+                               torch_threads=args.torch_threads)
             clock.spent = {}
             sampler.mark()
             cpu0, own0, t, run_started = driver_cpu(), sampler.own_cpu, time.perf_counter(), time.time()
