@@ -109,6 +109,22 @@ class CpuSampler:
         with self.lock:
             return sum(v - self.baseline.get(k, 0.0) for k, v in self.latest.items())
 
+    def by_process(self) -> list[tuple[float, str]]:
+        """CPU seconds since `mark()` of each descendant, with its process title (Ray's `ray::...`), largest first."""
+        self._sample()
+        with self.lock:
+            spent = [(v - self.baseline.get(k, 0.0), k) for k, v in self.latest.items()]
+        named = []
+        for cpu, (pid, _) in sorted(spent, reverse=True):
+            if cpu < 0.05:
+                break
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                title = "(ended)"
+            named.append((cpu, f"{pid} {title[:60].strip()}"))
+        return named
+
 
 def driver_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -226,6 +242,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--num-cpus", type=int, default=2, help="the local Ray's CPUs (tests use 2)")
     ap.add_argument("--torch-threads", type=int, help="the purifier actor's torch threads (default: the job's own)")
+    ap.add_argument("--by-process", action="store_true", help="print each Ray process's CPU of each run")
     ap.add_argument("--profile", help="write a cProfile of the driver's runs 2..N to this file")
     args = ap.parse_args()
 
@@ -263,6 +280,9 @@ def main() -> None:
             rows.append(row)
             assert summary["status"] == "complete", summary["status"]
             print(f"run {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+            if args.by_process:
+                for cpu, name in sampler.by_process():
+                    print(f"    {cpu:5.2f} CPU s  {name}")
     if profile is not None:
         profile.dump_stats(args.profile)
     steady = rows[1:] or rows

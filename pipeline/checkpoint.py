@@ -319,23 +319,25 @@ def load_checkpoint(
     config, label, preset = _architecture(parsed, state_dict, uri, preset, flags, allow_class_cond)
     if not allow_class_cond:
         _refuse_class_conditional(config, label, state_dict, uri)
-    with one_torch_thread():
-        model = _built_model(config, label, uri, verify_only)
-        _check_weights_fit(model, state_dict, uri, label)
-        if verify_only:
-            return LoadedCheckpoint(model, config, digest, uri, preset, meta)
-        model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    model = _built_model(config, label, uri, verify_only)
+    if verify_only:  # the job's driver: a check and nothing else done with torch (see one_torch_thread)
+        with one_torch_thread():
+            _check_weights_fit(model, state_dict, uri, label)
+        return LoadedCheckpoint(model, config, digest, uri, preset, meta)
+    _check_weights_fit(model, state_dict, uri, label)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     model.eval().requires_grad_(False)
     return LoadedCheckpoint(model, config, digest, uri, preset, meta)
 
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """torch's intra-op threads at 1 while the block runs, then as they were (however it leaves). Building the model and
-    checking and copying its weights are one pass over memory per tensor, a few hundred small ops: split over threads,
-    each op waited for its other threads, and on a busy machine (the purifier actor beside the pipeline's tasks, the
-    test suite's processes) a thread is not scheduled at once. Loading the tests' tiny model took 0.8-1.0 s and 0.2-0.3
-    CPU s with 2 threads on a busy 2-core machine, 0.06 s with one (bench/small_run_bench.py)."""
+    """torch's intra-op threads at 1 while the block runs, then as they were (however it leaves). Checking a checkpoint's
+    weights (`verify_only`, the job's driver before any image is read) is one pass over memory per tensor, a few hundred
+    small ops: split over threads, each op waited for its other threads, and on a busy machine a thread is not scheduled
+    at once. The check of the tests' tiny model took 0.2-0.7 s with 2 threads on a busy 2-core machine, 0.06 s with one
+    (bench/small_run_bench.py: plan). A model loaded to purify with (the purifier actor) is loaded with the caller's
+    threads: loaded on one, the actor's batches after it were several times slower on that machine (unexplained)."""
     threads = torch.get_num_threads()
     if threads == 1:
         yield
