@@ -6,13 +6,17 @@
 Small on-demand and scheduled runs, and the test suite (hundreds of runs on one Ray), pay a run's fixed cost each
 time. Each run here is `pipeline.job.run_job` on --images random PNGs of --size px into a new output, with a tiny
 model (the tests' own: 32 px canvases, two levels) and --steps 1, on a local Ray started once (as tests/conftest.py's
-`ray_local` does). The first run is printed apart (it starts Ray's workers, imports torch in them); the others are
-the steady state. Per run: wall time, the CPU seconds of the driver (getrusage) and of Ray's processes (the CPU of
-this process's descendants read from /proc: raylet, GCS, workers, the purifier actor), and the driver's wall time by
-phase, from timestamps taken around the job's own functions (wrapped here, not changed): plan (plan_job), cluster
-(Ray joined, placement), output start (lease, job record, "running" summary), pipeline (build + run + the last
-written batch taken), end check (deduplicate_output, unify_output_types) and summary (records, _summary.json), and
-`after last part` (from the last part file's mtime to run_job's return). Reports, never asserts.
+`ray_local` does). The first run is printed apart (it starts Ray's workers); the median is of the others. Per run:
+wall time; the CPU seconds of the driver (getrusage, less this bench's sampling thread) and of Ray's processes (each
+descendant of this process read from /proc every 0.1 s: raylet, GCS, workers, the purifier actor; `--by-process`
+prints each one's); the driver's wall time by phase, from timestamps taken around the job's own functions (wrapped
+here, not changed): plan (plan_job), cluster (Ray joined, placement), output start (lease, job record, "running"
+summary), pipeline (build + run + the last written batch taken), end check (deduplicate_output, unify_output_types)
+and summary (records, _summary.json); `after last part` (from the last part file's mtime to run_job's return); and
+the purifier actor's own notes (`TimedPurifyStage`, the job's actor class with timestamps): the CPU its process spent
+before its constructor and in it, the constructor's wall time, its batches' wall time, the CPU of its process by its
+last batch, and when (seconds from the run's start) its process started, its constructor began and ended and its
+last batch ended. Reports, never asserts.
 """
 
 from __future__ import annotations
