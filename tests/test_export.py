@@ -875,6 +875,22 @@ def test_a_bad_argument_of_export_images_is_an_export_error_before_anything_is_w
     assert not (tmp_path / "to").exists()
 
 
+@pytest.mark.parametrize("argument, value", [("force", "no"), ("force", 1), ("workers", "8"), ("workers", 2.5),
+                                             ("workers", True), ("jpeg_quality", "95"), ("storage_options", "anon=true"),
+                                             ("progress", True), ("on_damaged", "log"), ("to", None), ("output", None)])
+def test_an_argument_of_the_wrong_type_is_an_export_error_naming_it_before_anything_is_written(
+        tmp_path: Path, argument: str, value: object) -> None:
+    """force="no" exported as force=True (an unfinished output let through), workers="8" and jpeg_quality="95" raised
+    a bare TypeError, storage_options="..." a ValueError about a dictionary update, progress=True failed only once
+    the manifest was begun in `to`, and on_damaged="log" only at a damaged part file, mid-export."""
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    arguments = {"output": str(out), "to": str(tmp_path / "to"), argument: value}
+    with pytest.raises(ExportError, match=f"^{argument} must be"):
+        export_images(arguments.pop("output"), arguments.pop("to"), **arguments)
+    assert not (tmp_path / "to").exists()
+
+
 @pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
                                                ("--jpeg-quality", "0", "from 1 to 100"), ("--workers", "x", "whole")])
 def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, flag: str, value: str, said: str) -> None:
