@@ -879,16 +879,18 @@ def test_a_bad_argument_of_export_images_is_an_export_error_before_anything_is_w
                                              ("workers", True), ("jpeg_quality", "95"), ("storage_options", "anon=true"),
                                              ("progress", True), ("on_damaged", "log"), ("to", None), ("output", None)])
 def test_an_argument_of_the_wrong_type_is_an_export_error_naming_it_before_anything_is_written(
-        tmp_path: Path, argument: str, value: object) -> None:
+        tmp_path: Path, monkeypatch, argument: str, value: object) -> None:
     """force="no" exported as force=True (an unfinished output let through), workers="8" and jpeg_quality="95" raised
     a bare TypeError, storage_options="..." a ValueError about a dictionary update, progress=True failed only once
-    the manifest was begun in `to`, and on_damaged="log" only at a damaged part file, mid-export."""
+    the manifest was begun in `to`, on_damaged="log" only at a damaged part file, mid-export, and to=None exported
+    into a folder named 'None'."""
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     make_output(str(out), [image("a.jpg", 1)])
     arguments = {"output": str(out), "to": str(tmp_path / "to"), argument: value}
     with pytest.raises(ExportError, match=f"^{argument} must be"):
         export_images(arguments.pop("output"), arguments.pop("to"), **arguments)
-    assert not (tmp_path / "to").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 @pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
