@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.config import JobConfig
 from pipeline.errors import JobError
+from pipeline.job import run_job
 from pipeline.plan import plan_job
 from pipeline.presets import shipped_prior_path
 
@@ -27,3 +28,22 @@ def test_paths_are_taken_as_the_text_the_cli_gives(tmp_path: Path) -> None:
 def test_what_is_neither_text_nor_a_path_is_still_refused() -> None:
     with pytest.raises(JobError, match="--input must be a path or URI, got 7"):
         plan_job(JobConfig(input=7, output="out"), dry_run=True)
+
+
+def test_run_job_refuses_an_output_of_the_wrong_type_as_plan_job_does(tmp_path: Path) -> None:
+    # run_job read config.output before its checks: JobConfig(output=None) raised "'NoneType' object has no attribute
+    # 'rstrip'" where plan_job names the option
+    with pytest.raises(JobError, match="--output must be a path or URI, got None"):
+        run_job(JobConfig(input=str(SAMPLE), output=None))
+
+
+@pytest.mark.parametrize("call", [run_job, lambda config: plan_job(config, dry_run=True)])
+@pytest.mark.parametrize("config, said", [({"input": str(SAMPLE), "output": "out"}, r"JobConfig\(\*\*fields\).*got dict"),
+                                          (str(SAMPLE), "got str"), (None, "got NoneType")])
+def test_a_config_that_is_no_jobconfig_is_a_type_error_saying_what_to_pass(tmp_path: Path, monkeypatch, call, config,
+                                                                           said: str) -> None:
+    # a dict of the job's fields raised "'dict' object has no attribute 'output'" (run_job) or "... 'check'" (plan_job)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match=f"config must be a pipeline.config.JobConfig.*{said}"):
+        call(config)
+    assert list(tmp_path.iterdir()) == []
