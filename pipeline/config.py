@@ -95,6 +95,8 @@ class JobConfig:
         for name in ("input", "output", "checkpoint"):  # a pathlib.Path is a path: kept as the text the CLI gives
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        if self.storage_options is None:  # no options, as export_images and Purifier.from_checkpoint take it
+            self.storage_options = {}
         if isinstance(self.storage_options, dict):
             self.storage_options = with_url_options(self._uris(), self.storage_options)[0]
             # a web folder read into s3:// (or another remote store): the options given are that store's

@@ -47,3 +47,11 @@ def test_a_config_that_is_no_jobconfig_is_a_type_error_saying_what_to_pass(tmp_p
     with pytest.raises(TypeError, match=f"config must be a pipeline.config.JobConfig.*{said}"):
         call(config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_options_none_is_no_options_as_the_other_api_calls_take_it(tmp_path: Path) -> None:
+    # export_images(storage_options=None) and Purifier.from_checkpoint(storage_options=None) are "no options"; the
+    # same None in a JobConfig stopped plan_job with "storage_options must be a mapping of fsspec options, got NoneType"
+    config = JobConfig(input=SAMPLE, output=tmp_path / "out", storage_options=None)
+    assert config == JobConfig(input=SAMPLE, output=tmp_path / "out")
+    assert plan_job(config, dry_run=True).output_state == "new"
