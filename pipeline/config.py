@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError
@@ -92,6 +94,13 @@ class JobConfig:
         # The input's and output's own connection details (hdfs://namenode:8020/...) join the storage options, which
         # travel to every file system the run makes; URIs naming two servers are one of check()'s problems. No other
         # attribute is kept: JobConfig(**config.__dict__) must make the same config.
+        for f in fields(self):
+            # numpy's scalars (a grid of settings, a value read from an array) are numbers to a user, as ZipSettings
+            # takes them: JobConfig(tile_batch=np.int64(64)) was refused as "must be a whole number ..., got
+            # np.int64(64)", and one that passed would have made the summary unwritable as JSON
+            value = getattr(self, f.name)
+            if isinstance(value, np.integer | np.floating | np.bool_):
+                setattr(self, f.name, value.item())
         for name in ("input", "output", "checkpoint"):  # a pathlib.Path is a path: kept as the text the CLI gives
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))

@@ -55,3 +55,21 @@ def test_storage_options_none_is_no_options_as_the_other_api_calls_take_it(tmp_p
     config = JobConfig(input=SAMPLE, output=tmp_path / "out", storage_options=None)
     assert config == JobConfig(input=SAMPLE, output=tmp_path / "out")
     assert plan_job(config, dry_run=True).output_state == "new"
+
+
+def test_numpy_scalars_are_taken_as_the_numbers_they_are(tmp_path: Path) -> None:
+    # ZipSettings takes numpy's scalars (a grid of settings); JobConfig refused tile_batch=np.int64(64) as "must be a
+    # whole number of at least 1, got np.int64(64)", and a numpy value that passed would have reached the summary's JSON
+    import json
+
+    import numpy as np
+
+    config = JobConfig(input=SAMPLE, output=tmp_path / "out", tile_batch=np.int64(64), write_batch=np.int32(8),
+                       canvas_size=np.int64(32), actors=np.int64(1), cpus_per_task=np.float32(0.5),
+                       max_pixels=np.int64(10**6), steps=np.int64(2), eta=np.float32(0.5), overwrite=np.bool_(False))
+    assert config == JobConfig(input=SAMPLE, output=tmp_path / "out", tile_batch=64, write_batch=8, canvas_size=32,
+                               actors=1, cpus_per_task=0.5, max_pixels=10**6, steps=2, eta=0.5, overwrite=False)
+    assert type(config.tile_batch) is int and type(config.eta) is float and type(config.overwrite) is bool
+    plan = plan_job(config, dry_run=True)
+    json.dumps(plan.describe())
+    json.dumps(config.public())
