@@ -86,6 +86,8 @@ class Purifier:
         # mode under inference_mode and puts the model's own mode back.
         self.model = model.to(self.device)
         self.config = model.config
+        # numpy's integers are integers, as ZipSettings and a call's seed take them
+        canvas_size, batch_size = (int(v) if isinstance(v, np.integer) else v for v in (canvas_size, batch_size))
         for name, value in (("canvas_size", canvas_size), ("batch_size", batch_size)):
             if value is not None and (not is_whole_number(value) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None for the default), got {value!r}")
