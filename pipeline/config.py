@@ -222,6 +222,12 @@ class JobConfig:
         problems = [f"{_flag(name)} must be text, got {getattr(self, name)!r}"
                     for name in ("checkpoint", "prior", "preset", "image_column", "ray_address")
                     if getattr(self, name) is not None and not isinstance(getattr(self, name), str)]
+        # An empty one (`--checkpoint "$CKPT"` with the variable unset) was taken as not given: the run went on with
+        # the shipped cifar10 prior, or with the image column it found itself, without a word.
+        problems += [f"{_flag(name)} is empty; {what}, or leave it out ({default})"
+                     for name, what, default in (("checkpoint", "give a path or URI", "the shipped prior"),
+                                                 ("image_column", "name the column", "the column is found"))
+                     if getattr(self, name) == ""]
         if self.checkpoint_sha256 is not None and not (
                 isinstance(self.checkpoint_sha256, str) and len(self.checkpoint_sha256) == 64
                 and all(c in "0123456789abcdefABCDEF" for c in self.checkpoint_sha256)):
