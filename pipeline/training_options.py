@@ -32,6 +32,11 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad options before anything is built, trained or written (p.error: a usage message, exit status 2)."""
+    # An empty one (`--init-from "$PRIOR"` with the variable unset) was taken as not given, or as the current folder:
+    # a run trained from random weights for its whole budget, or kept its state and prior in the folder it ran in.
+    for name, leave_out in (("out", "runs/prior"), ("export", "OUT/prior.pt"), ("init_from", "random weights")):
+        if getattr(args, name) == "":
+            p.error(f"--{name.replace('_', '-')} is empty; give a path, or leave it out ({leave_out})")
     for name in ("batch", "log_every", "channels", "res_blocks", "head_channels"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")

@@ -113,3 +113,19 @@ def test_training_images_that_are_not_32_px_rgb_are_refused_before_anything_is_w
     assert len(err) == 1 and err[0].startswith("error: --data cifar10: "), err
     assert "32x32" in err[0] and "x".join(map(str, shape[1:])) in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, default", [("--out", "runs/prior"), ("--export", "OUT/prior.pt"),
+                                           ("--init-from", "random weights")])
+def test_an_empty_path_from_an_unset_variable_is_refused_before_training(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                        flag: str, default: str) -> None:
+    # `--init-from "$PRIOR"` with PRIOR unset trained from random weights for the whole budget; an empty --out kept
+    # last.pt, the log and the prior in the folder the command ran in
+    monkeypatch.setattr(datasets, "load_dataset", fake_cifar)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--out", str(tmp_path / "run"), "--max-steps", "1", *TINY, flag, ""]
+    assert run_script(monkeypatch, *argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flag} is empty; give a path, or leave it out ({default})" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
