@@ -831,8 +831,10 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
     a `force="no"` exported an unfinished output as if True, `workers="8"` raised a bare TypeError, and a
     `progress` or `on_damaged` that is no callable failed only once the export had begun writing."""
     for name, value in (("output", output), ("to", to)):
-        if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        if not isinstance(value, str | os.PathLike):
             raise ExportError(f"{names.named(name)} must be a path or URI (a str or pathlib.Path), got {value!r}")
+        if not os.fspath(value):  # `--to "$DIR"` with the variable unset
+            raise ExportError(f"{names.named(name)} is empty; give a path or URI")
     if image_format not in IMAGE_FORMATS:
         raise ExportError(f"{names.named('image_format')} must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     if manifest not in MANIFESTS:

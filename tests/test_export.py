@@ -893,6 +893,19 @@ def test_an_argument_of_the_wrong_type_is_an_export_error_naming_it_before_anyth
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+@pytest.mark.parametrize("flag", ["--output", "--to"])
+def test_an_empty_output_or_to_is_one_line_naming_the_flag(tmp_path: Path, monkeypatch, capsys, flag: str) -> None:
+    # `--to "$DIR"` with DIR unset was taken as `/` (the empty name stripped of its slashes, then "/"): refused only as
+    # "--to / is not empty", and with --overwrite the export wrote its files into the file system's root
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    arguments = {"--output": str(out), "--to": str(tmp_path / "to"), flag: ""}
+    assert main([x for kv in arguments.items() for x in kv]) == 2
+    assert f"error: {flag} is empty; give a path or URI" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 @pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
                                                ("--jpeg-quality", "0", "from 1 to 100"), ("--workers", "x", "whole")])
 def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, flag: str, value: str, said: str) -> None:
