@@ -36,6 +36,7 @@ from typing import Any
 import fsspec
 import torch
 
+from pipeline.errors import JobError
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
 from pipeline.schedule import SCHEDULES
@@ -44,8 +45,10 @@ from pipeline.storage import describe, storage_path, with_retries
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, unsafe, or for another architecture."""
+class CheckpointError(JobError, ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or for another architecture. A JobError, as plan_job and
+    run_job promise for every error found before the first image (a caller catching JobError let a missing or
+    mismatched checkpoint through), and a ValueError, as it always was."""
 
 
 @dataclass

@@ -73,3 +73,14 @@ def test_numpy_scalars_are_taken_as_the_numbers_they_are(tmp_path: Path) -> None
     plan = plan_job(config, dry_run=True)
     json.dumps(plan.describe())
     json.dumps(config.public())
+
+
+@pytest.mark.parametrize("checkpoint, said", [("missing.pt", "checkpoint not found"),
+                                              (str(SAMPLE / "sample-00.tar"), "is not a torch file")])
+def test_a_checkpoint_that_cannot_be_used_is_a_job_error_as_plan_job_promises(tmp_path: Path, checkpoint: str,
+                                                                               said: str) -> None:
+    # plan_job's "every error a run can find before its first image ... is raised here as a JobError": a missing or
+    # unusable checkpoint raised CheckpointError, a ValueError only, which a caller catching JobError let through
+    with pytest.raises(JobError, match=said) as err:
+        plan_job(JobConfig(input=SAMPLE, output=tmp_path / "out", checkpoint=checkpoint), dry_run=True)
+    assert isinstance(err.value, ValueError)  # as CheckpointError always was
