@@ -226,6 +226,7 @@ class JobConfig:
         # the shipped cifar10 prior, or with the image column it found itself, without a word.
         problems += [f"{_flag(name)} is empty; {what}, or leave it out ({default})"
                      for name, what, default in (("checkpoint", "give a path or URI", "the shipped prior"),
+                                                 ("prior", "name a shipped prior", DEFAULT_PRIOR_NAME),
                                                  ("image_column", "name the column", "the column is found"))
                      if getattr(self, name) == ""]
         if self.checkpoint_sha256 is not None and not (

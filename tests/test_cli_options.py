@@ -666,7 +666,7 @@ def test_an_empty_value_from_an_unset_variable_is_refused_not_taken_as_not_given
     assert code == 2 and said in line
 
 
-@pytest.mark.parametrize("field", ["checkpoint", "image_column"])
+@pytest.mark.parametrize("field", ["checkpoint", "prior", "image_column"])
 def test_an_empty_text_option_of_the_api_is_refused_by_name(tmp_path, field: str) -> None:
     image_folder(tmp_path / "in", 1)
     with pytest.raises(JobError, match=f"--{field.replace('_', '-')} is empty"):
