@@ -10,6 +10,8 @@ Files in --out:
   last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
   prior.pt           the EMA weights as a fp16 bundle (or where --export says: a path or a URI such as s3://bucket/
                      prior.pt, uploaded through fsspec), rewritten with every last.pt. --out itself must be local.
+                     Both are checked before the first step: a URI by writing a small hidden file beside it and
+                     deleting it, so a missing bucket or credentials stop the run at once (exit status 2).
   train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
 The console shows the same line with the minutes left of the budget.
 
@@ -40,8 +42,8 @@ or use another --out.
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
 keep the last good save, if any; the message says what a rerun continues) or the prior could not be written to
 --export (last.pt is saved: rerun to write it); 2 could not start (a bad option, missing data or images that are not
-32x32 RGB, a refused --init-from or last.pt, an --out in use by another run); 130 / 143 interrupted by Ctrl-C /
-SIGTERM, after saving.
+32x32 RGB, an --out or --export that cannot be written, a refused --init-from or last.pt, an --out in use by
+another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
 """
 
 from __future__ import annotations

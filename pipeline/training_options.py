@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import posixpath
 from pathlib import Path
 
 import fsspec
@@ -17,7 +18,7 @@ from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, build_unet
 from pipeline.schedule import NoiseSchedule
 from pipeline.settings import device_problem, seed_problem
-from pipeline.storage import describe, storage_path
+from pipeline.storage import describe, discard, make_parent_dirs, storage_path, temporary_name, with_retries
 from pipeline.training_run_folder import LOG
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
@@ -85,10 +86,16 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             # fsspec's HTTP file system cannot write: every save would fail, and the run end with status 1
             p.error(f"--export {args.export}: a web address is read-only here; give a path or a URI of storage the run "
                     "can write (s3://..., gs://...), and serve the prior from there")
-        try:  # only builds the file system (a missing s3fs or gcsfs is said now); writing it is tried at the first save
+        try:  # builds the file system (a missing s3fs or gcsfs is said now)
             storage_path(args.export, {})
         except (ImportError, ValueError, OSError) as err:
             p.error(f"--export {args.export}: {describe(err)}")
+        # Tried now, not at the first save minutes (or hours) into the run: a missing bucket, no credentials or
+        # read-only ones failed only there, and the run then ended with status 1 after the whole budget.
+        problem = unwritable_uri(args.export)
+        if problem:
+            p.error(f"--export {args.export}: cannot write there ({problem}); fix the URI or the credentials, or give a "
+                    "local path")
     elif export_local is not None:
         export = export_local
         # The run folder, or one above it, is a folder by the first save even when it is not there yet.
@@ -138,6 +145,20 @@ def unwritable_folder(folder: Path) -> str | None:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in {existing}"
+    return None
+
+
+def unwritable_uri(uri: str) -> str | None:
+    """Why a file cannot be written at `uri` (an object store's or a server's), or None: a small hidden file is written
+    beside it and deleted (a store's answer is the only sure test of a bucket, credentials and permissions)."""
+    fs, path = storage_path(uri, {})
+    probe = temporary_name(path)
+    try:
+        make_parent_dirs(fs, posixpath.dirname(path))
+        with_retries(lambda: fs.pipe_file(probe, b""), f"write {uri}")
+    except Exception as err:  # noqa: BLE001 - any failure to write is the answer, named
+        return describe(err)
+    discard(fs, probe)
     return None
 
 
