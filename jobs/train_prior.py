@@ -119,7 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention", default="16", help="attention resolutions in pixels, comma-separated ('' for none)")
     p.add_argument("--head-channels", type=int, default=32, help="channels per attention head")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
-    p.add_argument("--batch", type=int, default=64, help="images per optimiser step")
+    p.add_argument("--batch", type=int, default=64,
+                   help="images per optimiser step: at most the training set's size (a larger --batch is refused "
+                        "before the first step)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate after the warm-up")
     p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (with the usual (1+n)/(10+n) warm-up)")
@@ -247,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
                          f"export an untrained prior")
     pixels = load_training_images(args, device)
+    if args.batch > len(pixels):
+        # Each step then held every image more than once (a --batch of 64 over 16 images: each 4 times), without a
+        # word; and a --batch far above the data set's size is a typo that asks for that much memory per step.
+        raise SystemExit(f"error: --batch {args.batch} is more than the {len(pixels)} training images of --data "
+                         f"{args.data}; give --batch {len(pixels)} or less")
     run.match_data(len(pixels))  # a restored epoch order of another data set is not continued
     announce(run, len(pixels), args, export)
     recipe = make_recipe(args, alpha_bars)

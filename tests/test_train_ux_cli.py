@@ -48,8 +48,9 @@ def test_help_names_the_defaults_the_files_resuming_and_how_to_use_the_prior(cap
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines wherever the terminal ends
     assert stopped.value.code == 0
     for default in ("--channels CHANNELS UNet base width (num_channels); a multiple of 32 (default: 32)",
-                    "(default: 1,2,2)", "images per optimiser step (default: 64)", "(default: 0.999)",
-                    "(default: 90.0)", "(default: 5.0)", "(default: 0.0002)"):
+                    "(default: 1,2,2)", "(default: 0.999)", "(default: 90.0)", "(default: 5.0)", "(default: 0.0002)",
+                    "images per optimiser step: at most the training set's size (a larger --batch is refused before "
+                    "the first step) (default: 64)"):
         assert default in text, default
     for said in ("last.pt", "prior.pt", "train_log.jsonl", "run the same command again", "--checkpoint OUT/prior.pt",
                  "ZIP_SHARED_DIR", "Ctrl-C", "20 MB"):
@@ -129,3 +130,15 @@ def test_an_empty_path_from_an_unset_variable_is_refused_before_training(monkeyp
     err = capsys.readouterr().err
     assert f"error: {flag} is empty; give a path, or leave it out ({default})" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    # BUG (fixed here): --batch 64 over 16 images trained without a word, each step holding every image 4 times
+    monkeypatch.setattr(datasets, "load_dataset", fake_cifar)
+    argv = ["--max-steps", "1", "--out", str(tmp_path / "run"), *TINY]
+    assert run_script(monkeypatch, *argv, "--batch", "64") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --batch 64 is more than the 16 training images of --data cifar10; give --batch 16 or less"], err
+    assert not (tmp_path / "run").exists()
+    assert run_script(monkeypatch, *argv, "--batch", "16") == 0  # the whole set in one step is fine
