@@ -223,11 +223,15 @@ class JobConfig:
                     for name in ("checkpoint", "prior", "preset", "image_column", "ray_address")
                     if getattr(self, name) is not None and not isinstance(getattr(self, name), str)]
         # An empty one (`--checkpoint "$CKPT"` with the variable unset) was taken as not given: the run went on with
-        # the shipped cifar10 prior, or with the image column it found itself, without a word.
+        # the shipped cifar10 prior, or with the image column it found itself, without a word; an empty --ray-address
+        # went to RAY_ADDRESS's cluster, or a local Ray. (RAY_ADDRESS="" in the environment is Ray's own: Ray, and so
+        # the job, take it as unset.)
         problems += [f"{_flag(name)} is empty; {what}, or leave it out ({default})"
                      for name, what, default in (("checkpoint", "give a path or URI", "the shipped prior"),
                                                  ("prior", "name a shipped prior", DEFAULT_PRIOR_NAME),
-                                                 ("image_column", "name the column", "the column is found"))
+                                                 ("image_column", "name the column", "the column is found"),
+                                                 ("ray_address", "give the cluster's host:port or ray:// address",
+                                                  "RAY_ADDRESS, else a local Ray"))
                      if getattr(self, name) == ""]
         if self.checkpoint_sha256 is not None and not (
                 isinstance(self.checkpoint_sha256, str) and len(self.checkpoint_sha256) == 64
