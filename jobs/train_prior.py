@@ -40,8 +40,9 @@ run that started from random weights) is refused, since the resume would ignore 
 or use another --out.
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
-keep the last good save, if any; the message says what a rerun continues) or the prior could not be written to
---export (last.pt is saved: rerun to write it); 2 could not start (a bad option, missing data or images that are not
+keep the last good save, if any; the message says what a rerun continues), a step ran out of memory (a --batch too
+large for the device: last.pt keeps the last save, if any; rerun with a smaller --batch) or the prior could not be
+written to --export (last.pt is saved: rerun to write it); 2 could not start (a bad option, missing data or images that are not
 32x32 RGB, an --out or --export that cannot be written, a refused --init-from or last.pt, an --out in use by
 another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
 """
@@ -266,8 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         if resumed and budget_spent(run, args):
             print(f"nothing to train: the budget ({args.minutes} min, --max-steps {args.max_steps}) is spent; rerun with a "
                   f"larger --minutes or --max-steps to train longer", flush=True)
-        diverged = train(run, pixels, recipe, args, saves, stop, log)
+        try:
+            diverged = train(run, pixels, recipe, args, saves, stop, log)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not out_of_memory(err):
+                raise
+            # a --batch too large for the device: torch's traceback named neither the option nor what was kept
+            kept = f"{last} keeps step {saves.saved_step}" if saves.saved_step is not None else "nothing was saved"
+            print(f"error: out of memory on {device} at step {run.step + 1} with --batch {args.batch} "
+                  f"({str(err).splitlines()[0][:200]}); {kept}; rerun with a smaller --batch (a resume may change it)",
+                  file=sys.stderr, flush=True)
+            return 1
     return farewell(run, saves, diverged, stop.signum, args.fresh)
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether a training step failed for want of memory: CUDA's, or the CPU allocator's (an allocation the system
+    refused; one it grants and cannot back ends the process instead, with the kernel's OOM killer)."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def cli(argv: list[str] | None = None) -> int:

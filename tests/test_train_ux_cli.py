@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import pipeline.evaluation.datasets as datasets
 from pipeline.evaluation.datasets import LabelledImages
+from pipeline.training_run import TrainingRun
 
 SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "train_prior.py"
 TINY = ["--channels", "32", "--channel-mult", "1,2", "--res-blocks", "1", "--attention", "", "--batch", "4",
@@ -142,3 +144,32 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_training(monkeyp
     assert err == ["error: --batch 64 is more than the 16 training images of --data cifar10; give --batch 16 or less"], err
     assert not (tmp_path / "run").exists()
     assert run_script(monkeypatch, *argv, "--batch", "16") == 0  # the whole set in one step is fine
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 42949672960 bytes")])
+def test_a_step_out_of_memory_is_one_line_naming_batch_and_what_was_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture,
+                                                                         error: Exception) -> None:
+    # a --batch too large for the device (only a fake error here: a real one takes tens of GB) was torch's traceback,
+    # naming neither --batch nor what the run folder kept
+    monkeypatch.setattr(datasets, "load_dataset", fake_cifar)
+    real, steps = TrainingRun.train_step, []
+
+    def step_then_fail(self, pixels, recipe):
+        steps.append(recipe.batch)
+        if len(steps) == 2:
+            raise error
+        return real(self, pixels, recipe)
+
+    monkeypatch.setattr(TrainingRun, "train_step", step_then_fail)
+    argv = ["--max-steps", "3", "--save-every-min", "0", "--out", str(tmp_path / "run"), *TINY]
+    assert run_script(monkeypatch, *argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: out of memory on cpu at step 2 with --batch 4 (") and "smaller --batch" in err[0]
+    assert f"{tmp_path / 'run' / 'last.pt'} keeps step 1" in err[0], err
+    monkeypatch.setattr(TrainingRun, "train_step", real)
+    assert run_script(monkeypatch, *argv, "--batch", "2") == 0  # the advice: a smaller --batch resumes the run
+    assert "resumed from" in capsys.readouterr().out
