@@ -16,9 +16,18 @@ import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, build_unet
+from pipeline.redaction import redact_uri_secrets
 from pipeline.schedule import NoiseSchedule
 from pipeline.settings import device_problem, seed_problem
-from pipeline.storage import describe, discard, make_parent_dirs, storage_path, temporary_name, with_retries
+from pipeline.storage import (
+    describe,
+    discard,
+    make_parent_dirs,
+    storage_path,
+    temporary_name,
+    url_connection_options,
+    with_retries,
+)
 from pipeline.training_run_folder import LOG
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
@@ -87,15 +96,15 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--export {args.export}: a web address is read-only here; give a path or a URI of storage the run "
                     "can write (s3://..., gs://...), and serve the prior from there")
         try:  # builds the file system (a missing s3fs or gcsfs is said now)
-            storage_path(args.export, {})
-        except (ImportError, ValueError, OSError) as err:
-            p.error(f"--export {args.export}: {describe(err)}")
+            storage_path(args.export, url_connection_options(args.export))
+        except (ImportError, ValueError, OSError, TypeError) as err:
+            p.error(redact_uri_secrets(f"--export {args.export}: {describe(err)}", args.export))
         # Tried now, not at the first save minutes (or hours) into the run: a missing bucket, no credentials or
         # read-only ones failed only there, and the run then ended with status 1 after the whole budget.
         problem = unwritable_uri(args.export)
-        if problem:
-            p.error(f"--export {args.export}: cannot write there ({problem}); fix the URI or the credentials, or give a "
-                    "local path")
+        if problem:  # the URI's credentials (a password in it, a signed query) are not echoed
+            p.error(redact_uri_secrets(f"--export {args.export}: cannot write there ({problem}); fix the URI or the "
+                                       "credentials, or give a local path", args.export))
     elif export_local is not None:
         export = export_local
         # The run folder, or one above it, is a folder by the first save even when it is not there yet.
@@ -151,7 +160,7 @@ def unwritable_folder(folder: Path) -> str | None:
 def unwritable_uri(uri: str) -> str | None:
     """Why a file cannot be written at `uri` (an object store's or a server's), or None: a small hidden file is written
     beside it and deleted (a store's answer is the only sure test of a bucket, credentials and permissions)."""
-    fs, path = storage_path(uri, {})
+    fs, path = storage_path(uri, url_connection_options(uri))
     probe = temporary_name(path)
     try:
         make_parent_dirs(fs, posixpath.dirname(path))
