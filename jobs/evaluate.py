@@ -88,6 +88,19 @@ def _csv(choices: tuple[str, ...] | list[str], what: str):
     return parse
 
 
+def _given(kind: type):
+    """argparse type: a path (`kind` Path or str) that is not empty. An empty one (`--out "$OUT"` with the variable
+    unset) was the current folder, for the reports or for hours of cached classifiers, and an empty --checkpoint was
+    refused only once the data had been checked, as a checkpoint that could not be read."""
+
+    def parse(text: str):
+        if not text:
+            raise argparse.ArgumentTypeError("empty; give a path, or leave the option out for its default")
+        return kind(text)
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # one `error:` line and a pointer to --help for a bad option, as the purify job's and the export's (not the usage)
     p = Parser(prog=script_prog(__file__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +133,7 @@ def _add_what_is_evaluated(p: argparse.ArgumentParser) -> None:
                         "wanet,none")
     p.add_argument("--defenses", type=_csv(DEFENSES, "defense"), default=list(DEFENSES),
                    help="comma-separated defenses (none, shrinkpad, naive, zip, zip-authors). Default: all")
-    p.add_argument("--checkpoint", default=DEFAULT_PRIOR,
+    p.add_argument("--checkpoint", type=_given(str), default=DEFAULT_PRIOR,
                    help="diffusion prior for the zip defenses (path or fsspec URI; its sha256 keys the cache). "
                         "Default: the shipped CIFAR-10 prior, pipeline/assets/cifar10_prior.pt")
 
@@ -171,10 +184,10 @@ def _add_run_and_report_options(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads for training, purification and prediction (0: torch's default). Use 1 when "
                         "another job shares a 2-core machine: two threads fighting for cores are several times slower. "
                         "Default: 0")
-    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
+    p.add_argument("--cache-dir", type=_given(Path), default=CACHE_DIR,
                    help="where trained classifiers (classifiers/) and purified image sets (purified/) are cached and "
                         "reused on the next run. Default: $ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("results"),
+    p.add_argument("--out", type=_given(Path), default=Path("results"),
                    help="folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. A report of another "
                         "configuration there is refused (rerunning the same one regenerates it). Default: results")
     p.add_argument("--overwrite", action="store_true",

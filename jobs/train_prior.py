@@ -10,6 +10,8 @@ Files in --out:
   last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
   prior.pt           the EMA weights as a fp16 bundle (or where --export says: a path or a URI such as s3://bucket/
                      prior.pt, uploaded through fsspec), rewritten with every last.pt. --out itself must be local.
+                     Both are checked before the first step: a URI by writing a small hidden file beside it and
+                     deleting it, so a missing bucket or credentials stop the run at once (exit status 2).
   train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
 The console shows the same line with the minutes left of the budget.
 
@@ -38,10 +40,11 @@ run that started from random weights) is refused, since the resume would ignore 
 or use another --out.
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
-keep the last good save, if any; the message says what a rerun continues) or the prior could not be written to
---export (last.pt is saved: rerun to write it); 2 could not start (a bad option, missing data or images that are not
-32x32 RGB, a refused --init-from or last.pt, an --out in use by another run); 130 / 143 interrupted by Ctrl-C /
-SIGTERM, after saving.
+keep the last good save, if any; the message says what a rerun continues), a step ran out of memory (a --batch too
+large for the device: last.pt keeps the last save, if any; rerun with a smaller --batch) or the prior could not be
+written to --export (last.pt is saved: rerun to write it); 2 could not start (a bad option, missing data or images that are not
+32x32 RGB, an --out or --export that cannot be written, a refused --init-from or last.pt, an --out in use by
+another run); 130 / 143 interrupted by Ctrl-C / SIGTERM, after saving.
 """
 
 from __future__ import annotations
@@ -117,7 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attention", default="16", help="attention resolutions in pixels, comma-separated ('' for none)")
     p.add_argument("--head-channels", type=int, default=32, help="channels per attention head")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
-    p.add_argument("--batch", type=int, default=64, help="images per optimiser step")
+    p.add_argument("--batch", type=int, default=64,
+                   help="images per optimiser step: at most the training set's size (a larger --batch is refused "
+                        "before the first step)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate after the warm-up")
     p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (with the usual (1+n)/(10+n) warm-up)")
@@ -245,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
                          f"export an untrained prior")
     pixels = load_training_images(args, device)
+    if args.batch > len(pixels):
+        # Each step then held every image more than once (a --batch of 64 over 16 images: each 4 times), without a
+        # word; and a --batch far above the data set's size is a typo that asks for that much memory per step.
+        raise SystemExit(f"error: --batch {args.batch} is more than the {len(pixels)} training images of --data "
+                         f"{args.data}; give --batch {len(pixels)} or less")
     run.match_data(len(pixels))  # a restored epoch order of another data set is not continued
     announce(run, len(pixels), args, export)
     recipe = make_recipe(args, alpha_bars)
@@ -257,8 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         if resumed and budget_spent(run, args):
             print(f"nothing to train: the budget ({args.minutes} min, --max-steps {args.max_steps}) is spent; rerun with a "
                   f"larger --minutes or --max-steps to train longer", flush=True)
-        diverged = train(run, pixels, recipe, args, saves, stop, log)
+        try:
+            diverged = train(run, pixels, recipe, args, saves, stop, log)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not out_of_memory(err):
+                raise
+            # a --batch too large for the device: torch's traceback named neither the option nor what was kept
+            kept = f"{last} keeps step {saves.saved_step}" if saves.saved_step is not None else "nothing was saved"
+            print(f"error: out of memory on {device} at step {run.step + 1} with --batch {args.batch} "
+                  f"({str(err).splitlines()[0][:200]}); {kept}; rerun with a smaller --batch (a resume may change it)",
+                  file=sys.stderr, flush=True)
+            return 1
     return farewell(run, saves, diverged, stop.signum, args.fresh)
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether a training step failed for want of memory: CUDA's, or the CPU allocator's (an allocation the system
+    refused; one it grants and cannot back ends the process instead, with the kernel's OOM killer)."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import fsspec
 import torch
 
+from pipeline.errors import JobError
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
 from pipeline.schedule import SCHEDULES
@@ -45,8 +46,10 @@ from pipeline.storage import describe, storage_path, with_retries
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, unsafe, or for another architecture."""
+class CheckpointError(JobError, ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or for another architecture. A JobError, as plan_job and
+    run_job promise for every error found before the first image (a caller catching JobError let a missing or
+    mismatched checkpoint through), and a ValueError, as it always was."""
 
 
 @dataclass
@@ -308,6 +311,7 @@ def load_checkpoint(
     """
     # A pathlib.Path as its text ("any path", docs/api.md): read_bytes looks for "::" in it
     uri = os.fspath(uri) if isinstance(uri, os.PathLike) else uri
+    _check_arguments(uri, storage_options, expected_sha256)
     if preset is not None and preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     data = read_bytes(uri, storage_options)
@@ -347,6 +351,22 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _check_arguments(uri: Any, storage_options: Any, expected_sha256: Any) -> None:
+    """Refuse, naming the argument, what cannot name or pin a checkpoint, before anything is read: a uri of None
+    failed as "cannot read checkpoint None: TypeError: argument of type 'NoneType' is not iterable", storage_options
+    given as text as an AttributeError about 'items', and an empty expected_sha256 (a pin read from an unset
+    variable) turned the pin off without a word."""
+    if not isinstance(uri, str) or not uri:
+        raise CheckpointError(f"the checkpoint must be a path or URI (a str or pathlib.Path), got {uri!r}")
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise CheckpointError(f"storage_options must be a mapping of fsspec options (or None), got "
+                              f"{type(storage_options).__name__}")
+    if expected_sha256 is not None and not (isinstance(expected_sha256, str) and len(expected_sha256) == 64
+                                            and all(c in "0123456789abcdefABCDEF" for c in expected_sha256)):
+        raise CheckpointError(f"expected_sha256 must be 64 hexadecimal digits (or None for no pin), got "
+                              f"{expected_sha256!r}")
 
 
 def _checked_digest(data: bytes, uri: str, expected_sha256: str | None) -> str:

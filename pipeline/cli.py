@@ -451,6 +451,8 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     recipe = args.recipe
     from_file: dict[str, Any] = {}
+    if args.config == "":  # `--config "$CFG"` with the variable unset ran with every default: the embedded sample
+        raise ConfigError("--config is empty; give the YAML or JSON file of the run's options, or leave it out")
     if args.config:
         loaded = _file_values(args.config)
         file_recipe = loaded.pop("recipe", None)

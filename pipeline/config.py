@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from pipeline.decode import DecodePolicy
 from pipeline.errors import JobError
@@ -92,9 +94,18 @@ class JobConfig:
         # The input's and output's own connection details (hdfs://namenode:8020/...) join the storage options, which
         # travel to every file system the run makes; URIs naming two servers are one of check()'s problems. No other
         # attribute is kept: JobConfig(**config.__dict__) must make the same config.
+        for f in fields(self):
+            # numpy's scalars (a grid of settings, a value read from an array) are numbers to a user, as ZipSettings
+            # takes them: JobConfig(tile_batch=np.int64(64)) was refused as "must be a whole number ..., got
+            # np.int64(64)", and one that passed would have made the summary unwritable as JSON
+            value = getattr(self, f.name)
+            if isinstance(value, np.integer | np.floating | np.bool_):
+                setattr(self, f.name, value.item())
         for name in ("input", "output", "checkpoint"):  # a pathlib.Path is a path: kept as the text the CLI gives
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        if self.storage_options is None:  # no options, as export_images and Purifier.from_checkpoint take it
+            self.storage_options = {}
         if isinstance(self.storage_options, dict):
             self.storage_options = with_url_options(self._uris(), self.storage_options)[0]
             # a web folder read into s3:// (or another remote store): the options given are that store's
@@ -211,6 +222,17 @@ class JobConfig:
         problems = [f"{_flag(name)} must be text, got {getattr(self, name)!r}"
                     for name in ("checkpoint", "prior", "preset", "image_column", "ray_address")
                     if getattr(self, name) is not None and not isinstance(getattr(self, name), str)]
+        # An empty one (`--checkpoint "$CKPT"` with the variable unset) was taken as not given: the run went on with
+        # the shipped cifar10 prior, or with the image column it found itself, without a word; an empty --ray-address
+        # went to RAY_ADDRESS's cluster, or a local Ray. (RAY_ADDRESS="" in the environment is Ray's own: Ray, and so
+        # the job, take it as unset.)
+        problems += [f"{_flag(name)} is empty; {what}, or leave it out ({default})"
+                     for name, what, default in (("checkpoint", "give a path or URI", "the shipped prior"),
+                                                 ("prior", "name a shipped prior", DEFAULT_PRIOR_NAME),
+                                                 ("image_column", "name the column", "the column is found"),
+                                                 ("ray_address", "give the cluster's host:port or ray:// address",
+                                                  "RAY_ADDRESS, else a local Ray"))
+                     if getattr(self, name) == ""]
         if self.checkpoint_sha256 is not None and not (
                 isinstance(self.checkpoint_sha256, str) and len(self.checkpoint_sha256) == 64
                 and all(c in "0123456789abcdefABCDEF" for c in self.checkpoint_sha256)):

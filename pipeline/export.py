@@ -43,7 +43,7 @@ import re
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -820,22 +820,51 @@ def export_images(output: str, to: str, *, storage_options: dict[str, Any] | Non
                       progress=progress, on_damaged=on_damaged)
 
 
-def run_export(names: ArgNames, output: str, to: str, *, storage_options: dict[str, Any] | None,
-               image_format: str, jpeg_quality: int, manifest: str, existing: str, force: bool, workers: int,
-               progress: Any, on_damaged: Callable[[str], None] | None) -> ExportReport:
-    """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
-    (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: Any, image_format: Any,
+                     jpeg_quality: Any, manifest: Any, existing: Any, force: Any, workers: Any, progress: Any,
+                     on_damaged: Any) -> None:
+    """Refuse, naming the argument, a value of the wrong type or out of range, before anything is read or written:
+    a `force="no"` exported an unfinished output as if True, `workers="8"` raised a bare TypeError, and a
+    `progress` or `on_damaged` that is no callable failed only once the export had begun writing."""
+    for name, value in (("output", output), ("to", to)):
+        if not isinstance(value, str | os.PathLike):
+            raise ExportError(f"{names.named(name)} must be a path or URI (a str or pathlib.Path), got {value!r}")
+        if not os.fspath(value):  # `--to "$DIR"` with the variable unset
+            raise ExportError(f"{names.named(name)} is empty; give a path or URI")
     if image_format not in IMAGE_FORMATS:
         raise ExportError(f"{names.named('image_format')} must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     if manifest not in MANIFESTS:
         raise ExportError(f"{names.named('manifest')} must be one of {', '.join(MANIFESTS)}, got {manifest!r}")
     if existing not in EXISTING:  # check_destination's ValueError was not the ExportError the API promises
         raise ExportError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
-    if not 1 <= jpeg_quality <= 100:
-        raise ExportError(f"{names.named('jpeg_quality')} must be from 1 to 100, got {jpeg_quality}")
-    if workers < 1:
-        raise ExportError(f"{names.named('workers')} must be at least 1, got {workers}")
-    output, to = str(output).rstrip("/") or "/", str(to).rstrip("/") or "/"
+    if not (_is_whole(jpeg_quality) and 1 <= jpeg_quality <= 100):
+        raise ExportError(f"{names.named('jpeg_quality')} must be a whole number from 1 to 100, got {jpeg_quality!r}")
+    if not (_is_whole(workers) and workers >= 1):
+        raise ExportError(f"{names.named('workers')} must be a whole number of at least 1, got {workers!r}")
+    if not isinstance(force, bool):
+        raise ExportError(f"{names.named('force')} must be True or False, got {force!r}")
+    if storage_options is not None and not isinstance(storage_options, Mapping):
+        raise ExportError(f"storage_options must be a mapping of fsspec options (or None), got "
+                          f"{type(storage_options).__name__}")
+    for name, value, what in (("progress", progress, "a callable(total) returning a bar with update(n) and close()"),
+                              ("on_damaged", on_damaged, "a callable(line)")):
+        if value is not None and not callable(value):
+            raise ExportError(f"{name} must be {what}, or None, got {value!r}")
+
+
+def run_export(names: ArgNames, output: str, to: str, *, storage_options: dict[str, Any] | None,
+               image_format: str, jpeg_quality: int, manifest: str, existing: str, force: bool, workers: int,
+               progress: Any, on_damaged: Callable[[str], None] | None) -> ExportReport:
+    """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
+    (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
+    _check_arguments(names, output=output, to=to, storage_options=storage_options, image_format=image_format,
+                     jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
+                     progress=progress, on_damaged=on_damaged)
+    output, to = os.fspath(output).rstrip("/") or "/", os.fspath(to).rstrip("/") or "/"
     so, problems = with_url_options({names.named("output"): output, names.named("to"): to}, dict(storage_options or {}))
     if problems:
         raise ExportError(problems[0])

@@ -70,7 +70,7 @@ from pipeline.placement import (
     ray_data_console_quieted,
     with_fitted_actor_cpus,
 )
-from pipeline.plan import JobPlan, plan_job
+from pipeline.plan import JobPlan, plan_job, require_job_config
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
@@ -282,7 +282,7 @@ def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str
     is, and left running either way. `overwrite_file`: the --config file that says overwrite: true, which a stopped
     --overwrite run's advice names as the file to remove it from (`stopped_run.resume_advice`)."""
     started = time.time()
-    out = config.output.rstrip("/")
+    require_job_config(config, "run_job")
 
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
@@ -294,6 +294,7 @@ def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str
         config, placement = _start_cluster(config) if plan.units else (config, None)
     except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM, raised as one) before anything is written: said so
         raise StoppedWhileLoading(getattr(err, "signum", signal.SIGINT)) from err
+    out = config.output.rstrip("/")  # checked by plan_job: a str
     with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
         if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
             clear_output(out, config.storage_options)

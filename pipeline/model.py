@@ -9,6 +9,7 @@ nesting, same parameter shapes) so that a published `.pt` state dict loads with
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -472,8 +473,20 @@ def as_config(config: UNetConfig | Mapping[str, Any]) -> UNetConfig:
         return config
     if isinstance(config, Mapping):
         return UNetConfig.from_flags(dict(config))
-    named = f"pipeline.preset_config({config!r})" if isinstance(config, str) else \
-        "pipeline.preset_config('256x256_diffusion_uncond')"
+    from pipeline.presets import PRESETS, SHIPPED_PRIORS  # presets imports this module
+
+    # The advice must run as printed: build_unet("cifar10") was told to call pipeline.preset_config('cifar10'), which
+    # refuses that name (a shipped prior's, not a preset's), as it refuses any string that names no preset.
+    if isinstance(config, str) and config in PRESETS:
+        named = f"pipeline.preset_config({config!r})"
+    elif isinstance(config, str) and config in SHIPPED_PRIORS:
+        named = (f"pipeline.load_checkpoint(pipeline.shipped_prior({config!r})).config (the shipped prior's; its "
+                 f"model with weights is .model)")
+    elif isinstance(config, str | os.PathLike):
+        named = (f"pipeline.preset_config(name), name one of {', '.join(PRESETS)}; a checkpoint's model is "
+                 f"pipeline.load_checkpoint(path).model")
+    else:
+        named = "pipeline.preset_config('256x256_diffusion_uncond')"
     raise TypeError(
         f"expected a UNetConfig or a dict of guided-diffusion create_model flags (such as {{'image_size': 256, "
         f"'num_channels': 256, ...}}), got {type(config).__name__}; a named architecture's config is {named}"

@@ -183,13 +183,20 @@ def sigterm_handler_kept() -> Iterator[None]:
 def init_ray(config: PlacementOptions) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    named = f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}"
+    if ray.is_initialized():
+        if address and on_own_local_ray():
+            # A program's earlier run_job started this local Ray, which stays up for the process's later runs: a run
+            # given an address went on it, silently, and reported a complete run on this machine, not the cluster.
+            raise JobError(f"{named}: this process already runs the local Ray an earlier run started (a run without "
+                           "an address starts one and keeps it for the process's later runs), so the cluster cannot "
+                           "be joined; call ray.shutdown() before a run that joins a cluster")
+        return  # a Ray the caller started or joined: used as it is
     if address:
         problem = unreachable_ray_address(address)
         if problem:
-            raise JobError(f"{'--ray-address' if config.ray_address else 'RAY_ADDRESS'} {address}: {problem}")
+            raise JobError(f"{named}: {problem}")
     try:
         with sigterm_handler_kept():
             if address:

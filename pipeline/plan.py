@@ -371,12 +371,21 @@ class JobPlan:
                 "examples": [[relative_id(path, roots[path]), n] for path, n in most]}
 
 
+def require_job_config(config: Any, call: str) -> None:
+    """A TypeError naming the argument and what to pass, for a `config` that is no JobConfig: a dict of the job's
+    fields, or a path, failed with an AttributeError from deep inside the call ('dict' object has no attribute...)."""
+    if not isinstance(config, JobConfig):
+        hint = " (JobConfig(**fields) makes one from a dict of its fields)" if isinstance(config, dict) else ""
+        raise TypeError(f"{call}'s config must be a pipeline.config.JobConfig{hint}, got {type(config).__name__}")
+
+
 def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     """Check the model and the output and list the inputs, without reading an image or writing anything.
 
     Every error a run can find before its first image (unsafe or mismatched checkpoint, missing input, an
     output made with other settings, a finished output without --incremental) is raised here as a JobError.
     """
+    require_job_config(config, "plan_job")
     config.check()
     so = config.storage_options
     out = config.output.rstrip("/")

@@ -86,6 +86,8 @@ class Purifier:
         # mode under inference_mode and puts the model's own mode back.
         self.model = model.to(self.device)
         self.config = model.config
+        # numpy's integers are integers, as ZipSettings and a call's seed take them
+        canvas_size, batch_size = (int(v) if isinstance(v, np.integer) else v for v in (canvas_size, batch_size))
         for name, value in (("canvas_size", canvas_size), ("batch_size", batch_size)):
             if value is not None and (not is_whole_number(value) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (or None for the default), got {value!r}")
@@ -289,6 +291,9 @@ class Purifier:
         dtypes, channels-first, alpha, tensors) is refused with an error saying how to convert it: its meaning would
         be a guess.
 
+        `progress`: True shows a bar on a terminal (in a log, a plain line a minute); True or False, anything else
+        is a TypeError.
+
         `seed` (default: the settings' seed; an integer in [0, 2**32 - 1]) makes the call reproducible: the same
         images in the same order with the same seed and settings give bit-identical results on the same device. An
         image's result also depends on the other images of the call (small images share canvases and noise draws),
@@ -296,6 +301,10 @@ class Purifier:
         """
         images = image_items(images)
         seed = _validate_seed(seed)
+        if isinstance(progress, np.bool_):
+            progress = bool(progress)
+        if not isinstance(progress, bool):  # "no", "off", 0 read as true or false by Python's truth, not as meant
+            raise TypeError(f"progress must be True or False, got {progress!r}")
         read = [read_image(i, im) for i, im in enumerate(images)]
         if not read:
             return []

@@ -1,6 +1,7 @@
 """The embedded sample: CIFAR-sized images made by our own code, a quarter carrying a patch trigger.
 
-    python -m pipeline.sample_data pipeline/assets/sample     # regenerate (deterministic)
+    python -m pipeline.sample_data                 # regenerate the package's own (deterministic)
+    python -m pipeline.sample_data FOLDER          # the same images in another folder
 
 Images are procedural scenes (sky/ground gradients, a few coloured shapes, mild noise) so the
 job has something image-like to purify without shipping anyone's data. Every 4th image gets the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -76,5 +76,30 @@ def write_sample(folder: Path, count: int = 256, shards: int = 2, seed: int = 0)
                 _add(tar, f"{key}.json", json.dumps({"has_trigger": triggered}).encode())
 
 
+# The package's own sample, the job's embedded default input (pipeline.config.DEFAULT_INPUT)
+SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: write the sample to FOLDER (default: the package's own). Before, every argument was taken as
+    the folder (`--help` wrote the sample into a folder named '--help'), and without one it was written to
+    pipeline/assets/sample under the current folder, wherever that was."""
+    from pipeline.cli_common import Parser
+
+    p = Parser(prog="python -m pipeline.sample_data",
+               description="Write the embedded sample: 256 CIFAR-sized procedural images (every 4th with a 3x3 white "
+                           "patch trigger) as two WebDataset tar shards, sample-00.tar and sample-01.tar. The same "
+                           "bytes every time.")
+    p.add_argument("folder", nargs="?", default=str(SAMPLE_DIR),
+                   help=f"where to write the shards (made when missing). Default: the package's own, {SAMPLE_DIR}")
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    if folder.exists() and not folder.is_dir():
+        p.error(f"{args.folder} is a file; give a folder (it is made when missing)")
+    write_sample(folder)
+    print(f"wrote sample-00.tar and sample-01.tar (256 images) to {folder}")
+    return 0
+
+
 if __name__ == "__main__":
-    write_sample(Path(sys.argv[1] if len(sys.argv) > 1 else "pipeline/assets/sample"))
+    raise SystemExit(main())

@@ -226,11 +226,22 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     protocol and one set of options, so a host given only in the URL was lost ("WebHDFS.__init__() missing 1 required
     positional argument: 'host'"). An option the user gave wins over the URL's, as in fsspec. `uris`: flag -> URI."""
     merged, problems, given_by = dict(storage_options), [], {}
+    remote = {_store_kind(u) for u in uris.values()} - {_store_kind("file")}
+    made: dict[str, dict[str, Any]] = {}  # entries made here: store -> the shared options the user gave
     for flag, uri in uris.items():
+        connection = url_connection_options(uri)
         # into the options its store is made with: its own entry where it has one (`scoped_options`)
-        scope = own_entry(uri, storage_options)
-        given, into = (storage_options[scope], dict(merged[scope])) if scope else (storage_options, merged)
-        for key, value in url_connection_options(uri).items():
+        scope = own_entry(uri, merged)
+        if scope is None and connection and len(remote) > 1:
+            # Beside another remote store (hdfs://namenode:8020/in into s3://), the shared options reach both: the
+            # server's host and port stopped the S3 file system ("AioSession.__init__() got an unexpected keyword
+            # argument 'host'"). Its own entry gets them, with the shared options it was made with before.
+            scope = fsspec_protocol(uri)
+            made[scope] = {k: v for k, v in storage_options.items() if k not in store_scopes(storage_options)}
+            merged[scope] = dict(made[scope])
+        given, into = ((made.get(scope, storage_options.get(scope)), dict(merged[scope])) if scope
+                       else (storage_options, merged))
+        for key, value in connection.items():
             if key in given:
                 continue
             where = (scope, key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import posixpath
 from pathlib import Path
 
 import fsspec
@@ -15,9 +16,18 @@ import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, build_unet
+from pipeline.redaction import redact_uri_secrets
 from pipeline.schedule import NoiseSchedule
 from pipeline.settings import device_problem, seed_problem
-from pipeline.storage import describe, storage_path
+from pipeline.storage import (
+    describe,
+    discard,
+    make_parent_dirs,
+    storage_path,
+    temporary_name,
+    url_connection_options,
+    with_retries,
+)
 from pipeline.training_run_folder import LOG
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
@@ -32,6 +42,11 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad options before anything is built, trained or written (p.error: a usage message, exit status 2)."""
+    # An empty one (`--init-from "$PRIOR"` with the variable unset) was taken as not given, or as the current folder:
+    # a run trained from random weights for its whole budget, or kept its state and prior in the folder it ran in.
+    for name, leave_out in (("out", "runs/prior"), ("export", "OUT/prior.pt"), ("init_from", "random weights")):
+        if getattr(args, name) == "":
+            p.error(f"--{name.replace('_', '-')} is empty; give a path, or leave it out ({leave_out})")
     for name in ("batch", "log_every", "channels", "res_blocks", "head_channels"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
@@ -80,10 +95,16 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             # fsspec's HTTP file system cannot write: every save would fail, and the run end with status 1
             p.error(f"--export {args.export}: a web address is read-only here; give a path or a URI of storage the run "
                     "can write (s3://..., gs://...), and serve the prior from there")
-        try:  # only builds the file system (a missing s3fs or gcsfs is said now); writing it is tried at the first save
-            storage_path(args.export, {})
-        except (ImportError, ValueError, OSError) as err:
-            p.error(f"--export {args.export}: {describe(err)}")
+        try:  # builds the file system (a missing s3fs or gcsfs is said now)
+            storage_path(args.export, url_connection_options(args.export))
+        except (ImportError, ValueError, OSError, TypeError) as err:
+            p.error(redact_uri_secrets(f"--export {args.export}: {describe(err)}", args.export))
+        # Tried now, not at the first save minutes (or hours) into the run: a missing bucket, no credentials or
+        # read-only ones failed only there, and the run then ended with status 1 after the whole budget.
+        problem = unwritable_uri(args.export)
+        if problem:  # the URI's credentials (a password in it, a signed query) are not echoed
+            p.error(redact_uri_secrets(f"--export {args.export}: cannot write there ({problem}); fix the URI or the "
+                                       "credentials, or give a local path", args.export))
     elif export_local is not None:
         export = export_local
         # The run folder, or one above it, is a folder by the first save even when it is not there yet.
@@ -133,6 +154,20 @@ def unwritable_folder(folder: Path) -> str | None:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"no permission to write in {existing}"
+    return None
+
+
+def unwritable_uri(uri: str) -> str | None:
+    """Why a file cannot be written at `uri` (an object store's or a server's), or None: a small hidden file is written
+    beside it and deleted (a store's answer is the only sure test of a bucket, credentials and permissions)."""
+    fs, path = storage_path(uri, url_connection_options(uri))
+    probe = temporary_name(path)
+    try:
+        make_parent_dirs(fs, posixpath.dirname(path))
+        with_retries(lambda: fs.pipe_file(probe, b""), f"write {uri}")
+    except Exception as err:  # noqa: BLE001 - any failure to write is the answer, named
+        return describe(err)
+    discard(fs, probe)
     return None
 
 

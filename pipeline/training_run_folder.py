@@ -22,7 +22,7 @@ import torch
 
 from pipeline.checkpoint import save_bundle
 from pipeline.model import UNetConfig
-from pipeline.storage import make_parent_dirs, replace_file, storage_path
+from pipeline.storage import make_parent_dirs, replace_file, storage_path, url_connection_options
 
 LOG = "train_log.jsonl"
 OBJECTIVE = "epsilon"  # the only objective jobs/train_prior.py trains: ε-prediction MSE
@@ -148,7 +148,7 @@ def write_export(export: str | Path, model: torch.nn.Module, meta: dict) -> None
         staged = Path(tmp) / "prior.pt"
         save_bundle(staged, model, meta=meta)
         data = staged.read_bytes()
-    fs, path = storage_path(export, {})
+    fs, path = storage_path(export, url_connection_options(export))  # a server's host from its URL (ftp://host/...)
     make_parent_dirs(fs, posixpath.dirname(path))
     replace_file(fs, path, data, f"write {export}")
 

@@ -173,3 +173,11 @@ def test_an_object_array_of_images_is_a_list_and_a_batch_inside_a_list_is_named(
     assert [o.shape for o in purifier(column)] == [(8, 8, 3), (5, 9)]
     with pytest.raises(ValueError, match=r"got \(2, 8, 8, 3\): a batch as one item\? pass the N x H x W x 3 array"):
         purifier([np.stack([_rgb(), _rgb()])])
+
+
+def test_numpy_integers_are_canvas_and_batch_sizes(model_16: torch.nn.Module) -> None:
+    # refused as "canvas_size must be a positive integer (or None for the default), got np.int64(32)", where the
+    # settings and a call's seed take numpy's integers
+    purifier = Purifier(model_16, ZipSettings(steps=1), canvas_size=np.int64(32), batch_size=np.int32(2))
+    assert (purifier.canvas_size, purifier.batch_size) == (32, 2) and type(purifier.canvas_size) is int
+    assert [c.shape for c in purifier([_rgb(), _rgb(seed=1)])] == [(8, 8, 3), (8, 8, 3)]

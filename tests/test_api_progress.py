@@ -118,3 +118,15 @@ def test_the_last_line_is_not_printed_twice(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_fast_rate_is_written_as_a_number_not_in_exponent_form(monkeypatch: pytest.MonkeyPatch) -> None:
     """An export of 256 local files ended "export: 256/256 (100 %) in 0 s, 4.13e+03 img/s"."""
     assert _lines_of_one_update(monkeypatch, 4130, "export", 1) == ["export: 4130/4130 (100 %) in 1 s, 4130 img/s"]
+
+
+@pytest.mark.parametrize("progress", ["no", "false", 0, None, 1.0])
+def test_a_progress_that_is_not_a_bool_is_refused_naming_it(progress, capsys) -> None:
+    # BUG (fixed here): progress="no" (a true string) showed a bar; 0 or None hid it by Python's truth, not as documented
+    model = build_unet(UNetConfig(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8",
+                                  num_res_blocks=1))
+    p = Purifier(model, ZipSettings(steps=2, pool=2))
+    with pytest.raises(TypeError, match=r"^progress must be True or False, got "):
+        p([np.zeros((8, 8, 3), np.uint8)], progress=progress)
+    assert capsys.readouterr().err == ""  # refused before any bar or work
+    assert len(p([np.zeros((8, 8, 3), np.uint8)], progress=np.bool_(False))) == 1  # numpy's bool is a bool

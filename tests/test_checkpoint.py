@@ -62,6 +62,29 @@ def test_pinned_sha256_mismatch_refuses(bundle) -> None:
         load_checkpoint(str(path), expected_sha256="0" * 64)
 
 
+@pytest.mark.parametrize("arguments, said", [
+    (dict(expected_sha256=""), "expected_sha256 must be 64 hexadecimal digits .*got ''"),
+    (dict(expected_sha256="ab12"), "expected_sha256 must be 64 hexadecimal digits"),
+    (dict(expected_sha256=0), "expected_sha256 must be 64 hexadecimal digits"),
+    (dict(storage_options="anon=true"), "storage_options must be a mapping .*got str"),
+    (dict(uri=None), "the checkpoint must be a path or URI .*got None"),
+    (dict(uri=""), "the checkpoint must be a path or URI .*got ''"),
+])
+def test_an_argument_that_cannot_name_or_pin_a_checkpoint_is_refused_by_name_before_it_is_read(
+        bundle, monkeypatch, arguments: dict, said: str) -> None:
+    """An empty pin (read from an unset variable) loaded the file unchecked; a pin of another length was found wrong
+    only after the whole file was read, a uri of None was "TypeError: argument of type 'NoneType' is not iterable",
+    and storage_options given as text an AttributeError about 'items'."""
+    import pipeline.checkpoint as checkpoint_module
+
+    read = []
+    monkeypatch.setattr(checkpoint_module, "read_bytes", lambda *a, **k: read.append(a) or bundle[0].read_bytes())
+    arguments = {"uri": str(bundle[0]), **arguments}
+    with pytest.raises(CheckpointError, match=f"^{said}"):
+        load_checkpoint(arguments.pop("uri"), **arguments)
+    assert read == []
+
+
 def test_wrong_architecture_names_preset_and_keys(tmp_path, bundle) -> None:
     path, _, _ = bundle
     with pytest.raises(CheckpointError, match=r"preset 'cifar10_prior_small'.*mismatch.*(missing|unexpected|checkpoint)"):

@@ -248,3 +248,18 @@ def test_a_bad_option_is_one_error_line_with_a_pointer_to_help(job: ModuleType, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and ": error: " in err[0] and err[1].endswith("--help for the options)"), err
     assert job.started == []
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir", "--checkpoint"])
+def test_an_empty_path_from_an_unset_variable_is_refused(job: ModuleType, tmp_path: Path, shared: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    """`--out "$OUT"` with OUT unset was the current folder (reports there, or hours of cached classifiers for
+    --cache-dir); an empty --checkpoint was refused only as a checkpoint that could not be read."""
+    monkeypatch.chdir(tmp_path)
+    folders = {"--out": str(tmp_path / "out"), "--cache-dir": str(tmp_path / "cache"), flag: ""}
+    argv = ["--datasets", "cifar10", *CHEAP, "--defenses", "none,zip", *(x for kv in folders.items() for x in kv)]
+    assert _run(job, argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: empty; give a path" in err and "Traceback" not in err and job.started == []
+    assert list(tmp_path.iterdir()) == [shared]

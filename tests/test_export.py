@@ -875,6 +875,37 @@ def test_a_bad_argument_of_export_images_is_an_export_error_before_anything_is_w
     assert not (tmp_path / "to").exists()
 
 
+@pytest.mark.parametrize("argument, value", [("force", "no"), ("force", 1), ("workers", "8"), ("workers", 2.5),
+                                             ("workers", True), ("jpeg_quality", "95"), ("storage_options", "anon=true"),
+                                             ("progress", True), ("on_damaged", "log"), ("to", None), ("output", None)])
+def test_an_argument_of_the_wrong_type_is_an_export_error_naming_it_before_anything_is_written(
+        tmp_path: Path, monkeypatch, argument: str, value: object) -> None:
+    """force="no" exported as force=True (an unfinished output let through), workers="8" and jpeg_quality="95" raised
+    a bare TypeError, storage_options="..." a ValueError about a dictionary update, progress=True failed only once
+    the manifest was begun in `to`, on_damaged="log" only at a damaged part file, mid-export, and to=None exported
+    into a folder named 'None'."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    arguments = {"output": str(out), "to": str(tmp_path / "to"), argument: value}
+    with pytest.raises(ExportError, match=f"^{argument} must be"):
+        export_images(arguments.pop("output"), arguments.pop("to"), **arguments)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("flag", ["--output", "--to"])
+def test_an_empty_output_or_to_is_one_line_naming_the_flag(tmp_path: Path, monkeypatch, capsys, flag: str) -> None:
+    # `--to "$DIR"` with DIR unset was taken as `/` (the empty name stripped of its slashes, then "/"): refused only as
+    # "--to / is not empty", and with --overwrite the export wrote its files into the file system's root
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    arguments = {"--output": str(out), "--to": str(tmp_path / "to"), flag: ""}
+    assert main([x for kv in arguments.items() for x in kv]) == 2
+    assert f"error: {flag} is empty; give a path or URI" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 @pytest.mark.parametrize("flag, value, said", [("--workers", "0", "at least 1"), ("--jpeg-quality", "101", "from 1 to 100"),
                                                ("--jpeg-quality", "0", "from 1 to 100"), ("--workers", "x", "whole")])
 def test_an_option_out_of_range_is_named_by_its_flag(tmp_path: Path, capsys, flag: str, value: str, said: str) -> None:

@@ -356,7 +356,7 @@ def test_an_actor_told_to_use_cuda_with_gpus_torch_cannot_see_names_the_cause(tm
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = dict(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256="", settings={"steps": 2}, preset=None,
+    args = dict(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256=None, settings={"steps": 2}, preset=None,
                 flags=None, storage_options={}, precision="fp32", canvas_size=32, torch_threads=None)
     for device in ("cuda", "cuda:0"):
         with pytest.raises(RuntimeError, match=r"given GPU\(s\) \[0\] but torch .* sees none"):

@@ -72,14 +72,19 @@ def test_ctrl_c_while_overwrite_clears_the_output_says_start_over(tmp_path, mode
     assert _last_line(capsys) == "interrupted: every file in the output is whole; run the same command again to resume"
 
 
-def test_ctrl_c_after_an_overwrite_run_wrote_rows_says_resume_without_overwrite(tmp_path, model, monkeypatch, capsys,
-                                                                                earlier_output) -> None:
-    def wrote_one_then_interrupted(config, plan, placement, stop):
+def _wrote_one_then_interrupted(tmp_path: Path):
+    """A stand-in for the job's pipeline (`job._purify`) that writes one reject's part file, then is stopped by Ctrl-C."""
+    def purify(config, plan, placement, stop):
         write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
                     config.output, {})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
+    return purify
+
+
+def test_ctrl_c_after_an_overwrite_run_wrote_rows_says_resume_without_overwrite(tmp_path, model, monkeypatch, capsys,
+                                                                                earlier_output) -> None:
+    monkeypatch.setattr(job, "_purify", _wrote_one_then_interrupted(tmp_path))
     assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
     last = _last_line(capsys)
     assert "this run wrote 0 purified and 1 rejected (1 part file)" in last, last
@@ -97,11 +102,7 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
                                                                                   earlier_output) -> None:
     """overwrite: true in the --config file, no --overwrite on the command line: "run the command again without
     --overwrite" named nothing the user could leave out of the command; it says which file to take it out of."""
-    def wrote_one_then_interrupted(config, plan, placement, stop):
-        write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
-                    config.output, {})
-        raise KeyboardInterrupt
-
+    wrote_one_then_interrupted = _wrote_one_then_interrupted(tmp_path)
     config_file = tmp_path / "job.yaml"
     config_file.write_text("overwrite: true\n")
     monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
@@ -110,6 +111,10 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
     assert last.endswith(f"run the command again without --overwrite (remove overwrite: true from {config_file}) to "
                          "resume (what is written is skipped, not purified again); with --overwrite it deletes them "
                          "and starts over"), last
+    # the summary's `resume` says the same, in the same words (it named no file: "run the command again without
+    # --overwrite")
+    resume = json.loads((earlier_output / "_summary.json").read_text())["resume"]
+    assert last.endswith(f"Every file in {earlier_output} is whole: {resume}"), (last, resume)
     # the flag on the command line too: the command without it still overwrites, as the file says so; the file is
     # named all the same (it was not: "run the command again without --overwrite" alone)
     monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
@@ -124,22 +129,3 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
     assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
     last = _last_line(capsys)
     assert "run the command again without --overwrite to resume" in last and str(config_file) not in last, last
-
-
-def test_an_overwrite_from_a_config_file_is_named_in_the_summarys_resume_as_on_the_line(tmp_path, model, monkeypatch,
-                                                                                       capsys, earlier_output) -> None:
-    """The summary's `resume` said "run the command again without --overwrite" where the `interrupted:` line named the
-    --config file to take overwrite: true out of: both say the same, in the same words."""
-    def wrote_one_then_interrupted(config, plan, placement, stop):
-        write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
-                    config.output, {})
-        raise KeyboardInterrupt
-
-    config_file = tmp_path / "job.yaml"
-    config_file.write_text("overwrite: true\n")
-    monkeypatch.setattr(job, "_purify", wrote_one_then_interrupted)
-    assert main(small_job_argv(tmp_path, model, "--config", str(config_file))) == 130
-    last = _last_line(capsys)
-    resume = json.loads((earlier_output / "_summary.json").read_text())["resume"]
-    assert f"without --overwrite (remove overwrite: true from {config_file})" in resume, resume
-    assert last.endswith(f"Every file in {earlier_output} is whole: {resume}"), (last, resume)

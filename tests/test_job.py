@@ -616,7 +616,7 @@ def test_a_purifier_actor_given_gpus_torch_cannot_see_stops_instead_of_running_o
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["0"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = dict(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256="", settings={"steps": 2}, preset=None,
+    args = dict(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256=None, settings={"steps": 2}, preset=None,
                 flags=None, storage_options={}, precision="fp32", canvas_size=32, torch_threads=None)
     with pytest.raises(RuntimeError, match="sees none"):
         stages.PurifyStage(device=None, **args)
@@ -649,7 +649,7 @@ def test_a_cpu_purifier_actor_uses_the_cores_of_its_own_node(tmp_path, monkeypat
     threads_before = torch.get_num_threads()
     monkeypatch.setattr(stages.os, "cpu_count", lambda: 3)  # the node the actor runs on
     try:
-        stages.PurifyStage(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256="", settings={"steps": 2}, preset=None,
+        stages.PurifyStage(checkpoint=tiny_model_file(tmp_path), checkpoint_sha256=None, settings={"steps": 2}, preset=None,
                            flags=None, storage_options={}, device="cpu", precision="fp32", canvas_size=32,
                            torch_threads=stages.ALL_CORES)
         assert torch.get_num_threads() == 3

@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.jobutil import RAY_LOG_LINE, image_folder, small_job_config, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +164,56 @@ def test_the_jobs_ray_remote_args_filter_leaves_the_callers_own_warning_alone() 
         warnings.warn_explicit(said, RayDeprecationWarning, "pipeline/jobs.py", 1, module="pipeline.jobs")
     # (Ray's own warnings as ray.data loads, "`use_push_based_shuffle` is deprecated", are not this test's)
     assert [w.filename for w in seen if str(w.message) == said] == ["mine.py", "pipeline/jobs.py"]
+
+
+class Placed(Exception):
+    """The stand-in placement's stop: the run got past settling its Ray."""
+
+
+def _ray_up_as(monkeypatch, own: bool) -> list[str]:
+    """Ray reported up in this process: the job's own local Ray (an earlier run_job's) or one the caller started. The
+    run's placement stops the run (Placed) right after Ray is settled; its calls are kept."""
+    import ray
+
+    import pipeline.job as job_module
+    from pipeline import placement
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(placement, "on_own_local_ray", lambda: own)
+    placed: list[str] = []
+
+    def stop_here(config):
+        placed.append("placed")
+        raise Placed
+
+    monkeypatch.setattr(job_module, "with_fitted_actor_cpus", stop_here)
+    return placed
+
+
+def test_a_run_given_an_address_does_not_go_on_the_local_ray_an_earlier_run_left(tmp_path, monkeypatch) -> None:
+    """A program's first run_job started a local Ray, which stays up; its next run, with ray_address (or RAY_ADDRESS)
+    naming a cluster, ran on that local Ray, silently, and reported a complete run."""
+    from pipeline.errors import JobError
+    from pipeline.job import run_job
+
+    model = tiny_model_file(tmp_path)
+    image_folder(tmp_path / "in", 2)
+    placed = _ray_up_as(monkeypatch, own=True)
+    with pytest.raises(JobError, match="^--ray-address 10.0.0.1:6379: this process already runs the local Ray .*"
+                                       "ray.shutdown()"):
+        run_job(small_job_config(tmp_path, model, ray_address="10.0.0.1:6379"))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with pytest.raises(JobError, match="^RAY_ADDRESS 10.0.0.1:6379: this process already runs the local Ray"):
+        run_job(small_job_config(tmp_path, model))
+    assert placed == [] and not (tmp_path / "out").exists()
+
+
+def test_a_ray_the_caller_started_or_joined_is_used_as_it_is_whatever_the_address(tmp_path, monkeypatch) -> None:
+    from pipeline.job import run_job
+
+    model = tiny_model_file(tmp_path)
+    image_folder(tmp_path / "in", 2)
+    placed = _ray_up_as(monkeypatch, own=False)
+    with pytest.raises(Placed):  # the stand-in's stop, once Ray was settled: the run goes on on the caller's Ray
+        run_job(small_job_config(tmp_path, model, ray_address="10.0.0.1:6379"))
+    assert placed == ["placed"]

@@ -4,6 +4,8 @@ and an --init-from that a resume would ignore is refused while the same command 
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +14,7 @@ import pytest
 
 from pipeline.checkpoint import load_checkpoint
 from tests.jobutil import TRAIN_TINY_ARGS, train_prior_on_noise
+from tests.s3util import moto_s3, without_aws_credentials
 
 TINY = TRAIN_TINY_ARGS
 
@@ -168,3 +171,67 @@ def test_a_refused_fine_tune_resume_points_to_the_init_from_it_started_from(
     assert train_prior.cli(["--max-steps", "3", "--init-from", started, *options]) == 2
     err = capsys.readouterr().err
     assert "to resume the run, put the prior it started from (sha256 " in err and f"back at {started}" in err, err
+
+
+@pytest.fixture()
+def s3_from_environment() -> Iterator[None]:
+    """--export builds its S3 file system from the environment (no storage options), and fsspec keeps that instance
+    for the process: each test's moto server and variables get a new one."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("problem", ["missing-bucket", "no-credentials"])
+def test_an_export_uri_that_cannot_be_written_is_refused_before_training(
+        train_prior: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        problem: str, s3_from_environment: None) -> None:
+    # BUG (fixed here): an --export in a bucket that does not exist, or without credentials, was first written at the
+    # first save: the run trained its whole --minutes, then ended with exit status 1 and no prior.
+    with moto_s3("priors") as (client, options):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", options["client_kwargs"]["endpoint_url"])
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        if problem == "no-credentials":
+            without_aws_credentials(monkeypatch, tmp_path)
+            export = "s3://priors/models/prior.pt"
+        else:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["key"])
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
+            export = "s3://no-such-bucket/models/prior.pt"
+        out = tmp_path / "run"
+        assert train_prior.cli(["--max-steps", "1", "--out", str(out), "--export", export, *TINY]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2 and f": error: --export {export}: cannot write there (" in err[0], err  # and --help
+        assert not out.exists()
+        assert "Contents" not in client.list_objects_v2(Bucket="priors")
+
+
+def test_a_writable_export_uri_is_checked_without_leaving_a_file(
+        train_prior: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_from_environment: None) -> None:
+    # the check writes a small hidden file beside the export and deletes it: only the prior is left in the bucket
+    with moto_s3("priors") as (client, options):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", options["client_kwargs"]["endpoint_url"])
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["key"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
+        export = "s3://priors/models/prior.pt"
+        assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--export", export, *TINY]) == 0
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="priors")["Contents"]]
+        assert keys == ["models/prior.pt"], keys
+
+
+def test_an_export_to_a_server_that_does_not_answer_is_refused_naming_it_without_its_password(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # an ftp:// export was a traceback ("FTPFileSystem.__init__() missing 1 required positional argument: 'host'":
+    # the URL's server was not passed on), and the refusals echoed the password in the URI
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    export = f"ftp://etl:pa55word-secret@127.0.0.1:{port}/priors/prior.pt"
+    assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--export", export, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --export ftp://etl:***@127.0.0.1:{port}/priors/prior.pt: ConnectionRefusedError" in err, err
+    assert "pa55word" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

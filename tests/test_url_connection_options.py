@@ -22,8 +22,9 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.output import check_output_location
 from pipeline.sources import discover, read_unit
-from pipeline.storage import url_connection_options, with_url_options
+from pipeline.storage import scoped_options, url_connection_options, with_url_options
 from tests.jobutil import image_bytes
+from tests.s3util import moto_s3
 
 
 class ServerMemoryFS(MemoryFileSystem):
@@ -114,3 +115,29 @@ def test_an_output_server_that_does_not_answer_is_named(tmp_path: Path) -> None:
     with pytest.raises(JobError, match=rf"cannot reach the server of output webhdfs://127.0.0.1:{port}/out: "
                                        r"ConnectionError.*is it up"):
         check_output_location(config.output, config.storage_options)
+
+
+def test_a_server_inputs_host_and_port_do_not_reach_an_s3_output(server_fs) -> None:
+    # BUG (fixed here): the input URL's host and port joined the shared options, which the S3 output's file system is
+    # made with too: s3fs refused them ("AioSession.__init__() got an unexpected keyword argument 'host'"), so
+    # hdfs://namenode:8020/in into s3://bucket/out could not write. The server's options now go into its own entry.
+    server_fs.pipe(f"{ROOT}/in/a.png", image_bytes(8, 8, 1))
+    with moto_s3("bucket") as (client, options):
+        config = JobConfig(input=f"servermem://files.example:2121{ROOT}/in", output="s3://bucket/out",
+                           storage_options=options)
+        config.check()
+        fs, root = check_output_location(config.output, config.storage_options)
+        fs.pipe_file(f"{root}/probe.txt", b"written")
+        assert client.get_object(Bucket="bucket", Key="out/probe.txt")["Body"].read() == b"written"
+        units = discover(config.input, config.storage_options)  # and the input is still read from its server
+        records = [r for unit in units for r in read_unit(unit, config.storage_options) if r["kind"] == "image"]
+        assert [r["id"] for r in records] == ["a.png"]
+        assert config.storage_options == {**options,
+                                          "servermem": {**options, "host": "files.example", "port": 2121}}
+    # the same with hdfs: what the job's options give each store
+    hdfs = JobConfig(input="hdfs://namenode:8020/in", output="s3://bucket/out", storage_options={"anon": True})
+    assert scoped_options("s3", hdfs.storage_options) == {"anon": True}
+    assert scoped_options("hdfs", hdfs.storage_options) == {"anon": True, "host": "namenode", "port": 8020}
+    # a server beside a local output keeps the shared options, as before
+    assert JobConfig(input="hdfs://namenode:8020/in", output="/data/out").storage_options == {
+        "host": "namenode", "port": 8020}

@@ -63,6 +63,21 @@ def test_build_unet_of_no_config_says_what_to_pass(given: object, advice: str) -
     assert advice in str(err.value) and type(given).__name__ in str(err.value)
 
 
+@pytest.mark.parametrize("given", ["cifar10", "gtsrb", "runs/prior/prior.pt"])
+def test_build_unet_of_a_name_that_is_no_preset_gives_advice_that_runs(given: str) -> None:
+    # build_unet("cifar10") advised pipeline.preset_config('cifar10'), which refuses that name: "unknown preset 'cifar10'"
+    with pytest.raises(TypeError) as err:
+        pipeline.build_unet(given)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert f"preset_config({given!r})" not in message
+    if given in pipeline.SHIPPED_PRIORS:
+        advice = f"pipeline.load_checkpoint(pipeline.shipped_prior({given!r})).config"
+        assert advice in message
+        assert eval(advice, {"pipeline": pipeline}) == pipeline.load_checkpoint(pipeline.shipped_prior(given)).config
+    else:
+        assert "pipeline.load_checkpoint(path).model" in message and "256x256_diffusion_uncond" in message
+
+
 def test_a_bad_flag_in_a_dict_is_named() -> None:
     with pytest.raises(ValueError, match="num_chanels"):
         build_unet({**SMALL, "num_chanels": 32})
