@@ -41,7 +41,7 @@ from pipeline.errors import JobError
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
 from pipeline.schedule import SCHEDULES
-from pipeline.storage import describe, storage_path, with_retries
+from pipeline.storage import describe, storage_path, with_own_url_options, with_retries
 
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
@@ -71,7 +71,8 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
                 return f.read()
         # Through storage_path, as the images are read, so that on S3 with_retries alone owns the retry budget
         # (fsspec.open let s3fs and botocore retry inside each attempt: up to 156 requests for one SlowDown'd read).
-        fs, path = storage_path(uri, options)
+        # With the server its URL names (ftp://host/prior.pt): the caller's options alone may not name it.
+        fs, path = storage_path(uri, with_own_url_options(uri, options))
         with fs.open(path, "rb") as f:
             return f.read()
 

@@ -256,6 +256,22 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
     return merged, problems
 
 
+def with_own_url_options(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """`storage_options` with what `uri` itself says about its server (`url_connection_options`) added where its file
+    system takes its options from: the store's own entry where the options have one (`scoped_options`), else the shared
+    options. An option given wins, as in fsspec. For a reader of one URI that may be given no options: the job merges
+    its input's and output's servers (`with_url_options`), but `load_checkpoint("webhdfs://nn:9870/m.pt")`, an
+    --init-from ftp://host/prior.pt or a checkpoint on a server beside local data lost the host ("missing 1 required
+    positional argument: 'host'"). The options themselves when the URL names no server (a local path, S3)."""
+    connection = url_connection_options(uri)
+    if not connection:
+        return storage_options
+    scope = own_entry(uri, storage_options)
+    if scope is not None:
+        return {**storage_options, scope: {**connection, **storage_options[scope]}}
+    return {**connection, **storage_options}
+
+
 def _store_kind(uri: str) -> object:
     """What kind of store a URI is on: its fsspec file system class (s3 and s3a, http and https, file and a bare path
     are one kind each), or the protocol's name where its package is not installed."""
