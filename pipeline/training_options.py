@@ -218,7 +218,8 @@ def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str, dict]
     try:
         loaded = load_checkpoint(uri)
     except (CheckpointError, OSError) as err:
-        raise SystemExit(f"error: --init-from {uri}: {err}") from err
+        # a server's password in the URI (ftp://user:password@host/prior.pt) not echoed: stderr ends up in CI logs
+        raise SystemExit(redact_uri_secrets(f"error: --init-from {uri}: {err}", uri)) from err
     cfg = loaded.config
     if cfg.image_size != 32 or cfg.learn_sigma or cfg.class_cond:
         raise SystemExit(f"error: --init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "

@@ -11,6 +11,7 @@ entry respected. Tested with the in-memory file system of tests/test_url_connect
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,7 +20,7 @@ import fsspec
 import pytest
 import torch
 
-from pipeline import Purifier, load_checkpoint
+from pipeline import Purifier, load_checkpoint, storage
 from pipeline.checkpoint import CheckpointError, save_bundle
 from pipeline.config import JobConfig
 from pipeline.evaluation import runner
@@ -115,3 +116,22 @@ def test_evaluations_preflight_reads_a_prior_on_a_server(prior_on_server, tmp_pa
     config = runner.EvalConfig("cifar10", attacks=["badnet"], defenses=["none", "zip"], checkpoint=uri, subset=10,
                                out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
     assert checked_prior(config, config.defenses) == (sha, "cosine")
+
+
+def test_an_init_from_server_that_does_not_answer_is_named_without_its_password(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # before, the server was never asked (a TypeError for the missing host); now its refusal is the error, and the
+    # URI it quotes twice (the flag's and the checkpoint's) keeps the password hidden, as --export's refusal does
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"ftp://etl:pa55word-secret@127.0.0.1:{port}/priors/prior.pt"
+    monkeypatch.setattr(storage, "backoff", lambda attempt, *a, **k: None)  # refused on each try: no waits between
+    train_prior: ModuleType = train_prior_on_noise(monkeypatch, "train_prior_init_from_down")
+    assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--init-from", uri,
+                            *TRAIN_TINY_ARGS]) == 2
+    err = capsys.readouterr().err
+    shown = f"ftp://etl:***@127.0.0.1:{port}/priors/prior.pt"
+    assert f"error: --init-from {shown}: cannot read checkpoint {shown}: RetriesExhausted" in err, err
+    assert "ConnectionRefusedError" in err
+    assert "pa55word" not in err and "Traceback" not in err
