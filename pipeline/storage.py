@@ -368,8 +368,26 @@ def options_for(uri: str, data_uris: list[str], storage_options: dict[str, Any])
     local = _store_kind("file")
     remote = {_store_kind(u) for u in data_uris} - {local}
     if not remote or _store_kind(uri) in remote:
-        return storage_options
+        return _without_other_server(uri, data_uris, storage_options)
     return {}
+
+
+def _without_other_server(uri: str, data_uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:
+    """`storage_options` less the connection options (host, port, user, ...) that the data's URLs put in them
+    (`with_url_options`) when `uri` names another server of that store: the data on ftp://a:2121/in, the checkpoint on
+    ftp://b/prior.pt, which was read from a:2121. `read_bytes` then takes `uri`'s own from its URL. An option whose value
+    is not the URLs' (given by the user) stays, and wins, as everywhere."""
+    own = url_connection_options(uri)
+    if "host" not in own:
+        return storage_options
+    from_urls = with_url_options({f"data {i}": u for i, u in enumerate(data_uris)}, {})[0]
+    run_scope, url_scope = own_entry(uri, storage_options), own_entry(uri, from_urls)
+    run = storage_options[run_scope] if run_scope else storage_options
+    urls = from_urls[url_scope] if url_scope else from_urls
+    if urls.get("host") in (None, own["host"]) or run.get("host") != urls["host"]:
+        return storage_options  # the data's own server, no server named by the data, or a host the user gave
+    kept = {k: v for k, v in run.items() if k not in urls or v != urls[k]}
+    return {**storage_options, run_scope: kept} if run_scope else kept
 
 
 HDFS_PROTOCOLS = frozenset({"hdfs", "arrow_hdfs"})

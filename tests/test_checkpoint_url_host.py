@@ -101,6 +101,42 @@ def test_the_jobs_checkpoint_on_a_server_beside_local_data_is_read(prior_on_serv
     assert load_checkpoint(uri, storage_options=options, verify_only=True).sha256 == sha
 
 
+class HostMemoryFS(ServerMemoryFS):
+    """Servers of one store that each hold their own files: one in-memory store per host."""
+
+    protocol = "hostmem"
+    stores: dict[str, dict] = {}
+
+    def __init__(self, host: str, port: int | None = None, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self.store = self.stores.setdefault(host, {})
+        self.pseudo_dirs = [""]
+
+
+def test_the_jobs_checkpoint_on_another_server_of_the_datas_store_is_read_from_its_own(tmp_path: Path) -> None:
+    # BUG (fixed here): the data's server, which the job merges into its options, won over the checkpoint's own URL:
+    # --input ftp://a:2121/in --checkpoint ftp://b/prior.pt read the checkpoint from a:2121 ("checkpoint not found")
+    fsspec.register_implementation("hostmem", HostMemoryFS, clobber=True)
+    HostMemoryFS.stores.clear()
+    local = tmp_path / "prior.pt"
+    sha = save_bundle(local, build_unet(UNetConfig.from_flags(TINY_FLAGS)), dtype=torch.float32)
+    HostMemoryFS(host="models.example").pipe("/priors/prior.pt", local.read_bytes())
+    uri = "hostmem://models.example/priors/prior.pt"
+    for output in (str(tmp_path / "out"), "s3://bucket/out"):  # the data's options shared, or in the store's entry
+        config = JobConfig(input="hostmem://data.example:2121/in", output=output, checkpoint=uri,
+                           storage_options={"timeout": 5})
+        options = config.checkpoint_storage_options()
+        assert load_checkpoint(uri, storage_options=options, verify_only=True).sha256 == sha, output
+        assert "data.example" not in str(options) and "timeout" in str(options)
+    # the data's own server, or a host the user gave, is still the one the checkpoint is read from
+    same = JobConfig(input="hostmem://models.example/in", output=str(tmp_path / "out"), checkpoint=uri)
+    assert same.checkpoint_storage_options() == {"host": "models.example"}
+    given = JobConfig(input="hostmem://data.example/in", output=str(tmp_path / "out"), checkpoint=uri,
+                      storage_options={"host": "gateway.example"})
+    assert given.checkpoint_storage_options() == {"host": "gateway.example"}
+    HostMemoryFS.stores.clear()
+
+
 def test_train_prior_init_from_a_server_url(prior_on_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     uri, sha = prior_on_server
     config, weights, note, meta = load_initial(uri, 0.0)
