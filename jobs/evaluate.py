@@ -66,6 +66,7 @@ with interrupted_while_loading("jobs/evaluate.py"):
     from pipeline.evaluation.preflight import EvaluationError, preflight
     from pipeline.evaluation.runner import DEFAULT_PRIOR, EvalConfig, evaluate_dataset
     from pipeline.evaluation.target import RESAMPLES
+    from pipeline.redaction import redact_uri_secrets
     from pipeline.settings import device_problem
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every data set's checks before the first one's hours of work
         checked = [preflight(config) for config in configs]
     except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_shown(err, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the checks read the data sets and the priors: seconds, and nothing is written yet
         print("\ninterrupted: stopped while checking the data sets and priors; nothing was started", file=sys.stderr)
@@ -267,13 +268,19 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_dataset(config, checked=check)
     # What only the data, once loaded, can tell, and a prior that changed after the checks: one line, no traceback.
     except (EvaluationError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_shown(err, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Finished classifiers, epochs and purified sets are cached: say so instead of a page of torch frames.
         print(f"\ninterrupted: rerun the same command to resume from the caches in {args.cache_dir}", file=sys.stderr)
         return 130
     return 0
+
+
+def _shown(err: BaseException, args: argparse.Namespace) -> str:
+    """An error as its line shows it: a server's password in the prior's URI (--checkpoint ftp://user:password@host/
+    prior.pt) as '***', wherever a message quotes it (the checks' own messages already hide it)."""
+    return redact_uri_secrets(str(err), args.checkpoint)
 
 
 if __name__ == "__main__":

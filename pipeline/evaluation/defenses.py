@@ -30,6 +30,7 @@ from pipeline.evaluation.cache import DAMAGED_CACHE, save_npz, sha256_of_arrays,
 from pipeline.evaluation.log import log
 from pipeline.progress import progress_bar
 from pipeline.purifier import CanvasBatch, Purifier
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.sampler import run_timesteps
 from pipeline.settings import ZipSettings
 from pipeline.tiling import pack, unpack
@@ -142,7 +143,8 @@ def make_defense(
         settings = zip_settings(name, steps, pool, **(zip_overrides or {}))
 
         def factory() -> Purifier:
-            log(f"loading diffusion prior {checkpoint} for {name}")
+            # named without a server's password in its URI (ftp://user:***@host/prior.pt): the log ends up in CI logs
+            log(f"loading diffusion prior {redact_uri(checkpoint)} for {name}")
             try:
                 return Purifier.from_checkpoint(
                     checkpoint, settings=settings, device=device, canvas_size=canvas_size, batch_size=batch_size,
@@ -151,9 +153,9 @@ def make_defense(
             except CheckpointError as err:
                 # The run checked this prior before any work and keys its purified sets by that sha256; by now it may
                 # have been replaced (a train_prior.py run still saving it) or become unreadable.
-                raise CheckpointError(f"diffusion prior {checkpoint} changed after the run checked it, or can no longer "
-                                      f"be read ({err}); rerun to evaluate it as it is now (finished work is "
-                                      "cached)") from err
+                raise CheckpointError(redact_uri_secrets(
+                    f"diffusion prior {checkpoint} changed after the run checked it, or can no longer be read ({err}); "
+                    "rerun to evaluate it as it is now (finished work is cached)", checkpoint)) from err
 
         key_settings = {"zip": settings.to_dict(), "checkpoint_sha256": checkpoint_sha256, "canvas_size": canvas_size,
                         "batch_size": batch_size}

@@ -33,6 +33,7 @@ from pipeline.evaluation.datasets import (
 )
 from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_overrides, zip_settings
 from pipeline.evaluation.victims import normalise_attack
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.settings import ZipSettings, check_trained_timesteps
 
 if TYPE_CHECKING:
@@ -123,21 +124,24 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
             zip_settings(d, config.steps, config.pool, **zip_overrides(config))
     except ValueError as err:
         raise EvaluationError(f"ZIP settings: {err}") from None
+    # The prior as errors name it: a server's password in its URI (ftp://user:password@host/prior.pt) as '***', as the
+    # purify job's messages and files do (stderr ends up in CI logs).
+    prior = redact_uri(config.checkpoint)
     try:
         loaded = load_checkpoint(config.checkpoint, verify_only=True)
-    except (CheckpointError, OSError) as err:
-        raise EvaluationError(f"diffusion prior: {err} (train one with jobs/train_prior.py, pass --checkpoint, or "
-                              "leave out the zip defenses)") from None
+    except (CheckpointError, OSError) as err:  # the reader's message quotes the URI too
+        raise EvaluationError(redact_uri_secrets(f"diffusion prior: {err} (train one with jobs/train_prior.py, pass "
+                                                 "--checkpoint, or leave out the zip defenses)", config.checkpoint)) from None
     recorded = loaded.meta.get("schedule") if isinstance(loaded.meta, dict) else None
     schedule = config.schedule or (recorded if isinstance(recorded, str) else None) or default
     try:
         settings = {d: zip_settings(d, config.steps, config.pool, **zip_overrides(config, schedule)) for d in zips}
     except ValueError as err:  # e.g. a schedule recorded by a newer version that this one does not know
-        raise EvaluationError(f"ZIP settings with the prior {config.checkpoint}: {err}") from None
+        raise EvaluationError(f"ZIP settings with the prior {prior}: {err}") from None
     canvas = config.canvas_size or loaded.config.image_size
     if canvas % loaded.config.min_input_multiple:
         raise EvaluationError(f"canvas size {canvas} must be a multiple of {loaded.config.min_input_multiple} for the "
-                              f"prior {config.checkpoint}")
+                              f"prior {prior}")
     if canvas % config.pool:
         raise EvaluationError(f"--pool {config.pool} does not divide the ZIP canvas size {canvas} (the prior's image "
                               "size, or --canvas-size)")
@@ -146,10 +150,10 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
             check_trained_timesteps(loaded.meta, zs)
         except ValueError as err:
             if recorded is not None and recorded != schedule:  # the one way here: --schedule against the prior's own
-                raise EvaluationError(f"{d} with the prior {config.checkpoint}: it was trained with the {recorded} noise "
+                raise EvaluationError(f"{d} with the prior {prior}: it was trained with the {recorded} noise "
                                       f"schedule, but --schedule {schedule} was given: leave --schedule out (the "
                                       f"prior's own is used) or give --schedule {recorded}") from None
-            raise EvaluationError(f"{d} with the prior {config.checkpoint}: {err}") from None
+            raise EvaluationError(f"{d} with the prior {prior}: {err}") from None
     return loaded.sha256, schedule
 
 

@@ -67,6 +67,7 @@ from pipeline.evaluation.victims import (
     without_flips,
 )
 from pipeline.presets import shipped_prior_path
+from pipeline.redaction import redact_uri
 
 # The names importable from here before the evaluation's steps got modules of their own: they still are, but their
 # homes are the modules above.
@@ -297,7 +298,9 @@ def _report(config: EvalConfig, checked: Preflight, test: LabelledImages, matrix
     return {
         "dataset": config.dataset,
         "config": {
-            **checked.settings, "subset_actual": int(len(matrix.subset.indices)), "checkpoint": config.checkpoint,
+            # the prior as typed, but a server's password in its URI (a report is shared): its sha256 is what counts
+            **checked.settings, "subset_actual": int(len(matrix.subset.indices)),
+            "checkpoint": redact_uri(config.checkpoint),
             "device": config.device, "threads": config.threads, "num_classes": test.num_classes,
             "image_size": matrix.subset.image_size,
             "defense_settings": {d: obj.settings for d, obj in matrix.defenses.items()},
