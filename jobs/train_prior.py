@@ -37,7 +37,9 @@ per parameter, so up to about 64 channels at the default depth.
 records unless given; fresh optimiser), to train a shipped prior further or adapt it to another clean data set.
 Rerunning that command resumes as above; an --init-from other than the one OUT/last.pt started from (or one given to a
 run that started from random weights) is refused, since the resume would ignore it: add --fresh to start over from it,
-or use another --out.
+or use another --out. A password in --init-from's or --export's URI (ftp://user:password@host/prior.pt) is never
+printed or recorded: last.pt and the prior record the URI as ftp://user:***@host/prior.pt, and a resume knows the
+prior it started from by its sha256 (the same file under the account's next password resumes too).
 
 Exit status: 0 trained (or the budget was already spent) and exported; 1 training diverged (last.pt and the prior
 keep the last good save, if any; the message says what a rerun continues), a step ran out of memory (a --batch too
@@ -65,7 +67,7 @@ with interrupted_while_loading("jobs/train_prior.py"):
     from pipeline.evaluation.datasets import DataError, load_dataset
     from pipeline.model import UNetConfig, build_unet
     from pipeline.schedule import NoiseSchedule
-    from pipeline.training_loop import Saves, SecondSignal, StopRequest, budget_spent, farewell, train
+    from pipeline.training_loop import Saves, SecondSignal, StopRequest, budget_spent, farewell, shown_export, train
     from pipeline.training_options import (
         AUTOCAST,
         TRAINING_SETS,
@@ -85,6 +87,7 @@ with interrupted_while_loading("jobs/train_prior.py"):
         lock_run_folder,
         note_optimiser_changes,
         open_log,
+        shown_note,
     )
 
 
@@ -186,7 +189,7 @@ def resume(run: TrainingRun, last: Path, args: argparse.Namespace, config: UNetC
     print(f"resumed from {last}: step {run.step}, {run.images_seen} images, {run.elapsed / 60:.1f} min", flush=True)
     note_optimiser_changes(last, state, args)
     # The weights, and so their provenance, come from last.pt (a state from before it recorded one: this command's)
-    return state["initialised_from"] if "initialised_from" in state else init_note
+    return shown_note(state["initialised_from"]) if "initialised_from" in state else init_note
 
 
 def load_training_images(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
@@ -218,7 +221,7 @@ def announce(run: TrainingRun, n_images: int, args: argparse.Namespace, export: 
     n_params = sum(p.numel() for p in run.model.parameters())
     export_mb = n_params * 2 / 1e6  # fp16 weights; the bundle's flags and meta add a few kB
     print(f"training {n_params / 1e6:.2f}M-parameter prior on {n_images} images, budget {args.minutes} min, "
-          f"{run.device}, {args.precision}; export {export} about {export_mb:.1f} MB", flush=True)
+          f"{run.device}, {args.precision}; export {shown_export(export)} about {export_mb:.1f} MB", flush=True)
     if export_mb > SHIP_MB:
         print(f"note: a {export_mb:.0f} MB prior works with --checkpoint but is over the {SHIP_MB} MB a prior shipped in "
               f"pipeline/assets may take (fewer --channels or --res-blocks make it smaller)", file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ from typing import TextIO
 import torch
 
 from pipeline.model import UNetConfig
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.storage import describe
 from pipeline.training_options import TRAINING_SETS
 from pipeline.training_run import LogWindow, Recipe, TrainingRun
@@ -73,6 +74,22 @@ class StopRequest:
             signal.signal(signum, previous)
 
 
+def shown_export(export: str | Path) -> str | Path:
+    """The exported prior as the run's lines name it: a URI without a server's password (ftp://user:***@host/
+    prior.pt), as the purify job names its URIs; the console ends up in CI logs."""
+    return redact_uri(export) if isinstance(export, str) else export
+
+
+def shown_command(argv: list[str]) -> str:
+    """The command line the exported prior records (a file users share): each URI in it (--init-from's, --export's,
+    also as --flag=URI) without a server's password."""
+    words = []
+    for word in argv:
+        flag, sep, value = word.partition("=") if word.startswith("-") else ("", "", word)
+        words.append(flag + sep + redact_uri(value))
+    return shlex.join(["python", "jobs/train_prior.py", *words])
+
+
 class Saves:
     """Writes last.pt (the run's state and what it was trained as) and the exported prior (the EMA weights and how they
     were made), and keeps what the saves so far left: the step last.pt holds, and why the latest export failed."""
@@ -80,6 +97,7 @@ class Saves:
     def __init__(self, args: argparse.Namespace, argv: list[str] | None, last: Path, export: str | Path,
                  config: UNetConfig, learned: dict, init_note: str | None, saved_step: int | None) -> None:
         self.args, self.argv, self.last, self.export = args, argv, last, export
+        self.shown_export = shown_export(export)
         self.config, self.learned, self.init_note = config, learned, init_note
         self.saved_step = saved_step
         self.export_error: str | None = None
@@ -95,8 +113,10 @@ class Saves:
             write_export(self.export, run.ema, self.meta(run))
             self.export_error = None
         except Exception as err:  # noqa: BLE001 - last.pt is saved; a failed upload must not end hours of training
-            self.export_error = describe(err)
-            print(f"warning: could not write the prior to {self.export} ({self.export_error}); {self.last} is saved, "
+            # the store's answer may quote the URI it was given
+            self.export_error = describe(err) if isinstance(self.export, Path) else redact_uri_secrets(describe(err),
+                                                                                                      self.export)
+            print(f"warning: could not write the prior to {self.shown_export} ({self.export_error}); {self.last} is saved, "
                   f"and the next save tries again", file=sys.stderr, flush=True)
 
     def meta(self, run: TrainingRun) -> dict:
@@ -110,7 +130,8 @@ class Saves:
             "device": str(run.device), "precision": args.precision,
             **({"initialised_from": self.init_note} if self.init_note else {}),
             # Quoted as a shell reads it: a plain join lost --attention '' (and split paths with spaces).
-            "command": shlex.join(["python", "jobs/train_prior.py", *(self.argv if self.argv is not None else sys.argv[1:])]),
+            # (URIs without a server's password: see `shown_command`)
+            "command": shown_command(self.argv if self.argv is not None else sys.argv[1:]),
             "versions": versions(),  # the code and libraries it was trained with
         }
 
@@ -170,7 +191,7 @@ def train(run: TrainingRun, pixels: torch.Tensor, recipe: Recipe, args: argparse
 
 def farewell(run: TrainingRun, saves: Saves, diverged: bool, signum: int | None, fresh: bool) -> int:
     """The run's last words and its exit status."""
-    last, export, step = saves.last, saves.export, run.step
+    last, export, step = saves.last, saves.shown_export, run.step
     if diverged:
         if saves.saved_step is None:
             # This run saved nothing: there is no save of it to continue. A --fresh run may have left an earlier run's

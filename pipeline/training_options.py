@@ -16,7 +16,7 @@ import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.model import UNetConfig, build_unet
-from pipeline.redaction import redact_uri_secrets
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.schedule import NoiseSchedule
 from pipeline.settings import device_problem, seed_problem
 from pipeline.storage import (
@@ -28,7 +28,7 @@ from pipeline.storage import (
     url_connection_options,
     with_retries,
 )
-from pipeline.training_run_folder import LOG
+from pipeline.training_run_folder import LOG, provenance_note
 
 # Horizontal flips are a free augmentation for natural images but not for traffic signs, where a flipped
 # "keep left" is a "keep right" the prior should not learn as equally likely.
@@ -81,8 +81,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(problem)
     if is_uri(args.out):
         # The run folder is appended to (the log), locked and read back on resume: that needs a local file system.
-        p.error(f"--out {args.out}: give a local folder (it holds the resumable state and the log); to upload the "
-                f"prior, give the URI as --export, e.g. --export {args.out.rstrip('/')}/prior.pt")
+        shown = redact_uri(args.out)  # a server's password in it (ftp://user:password@host/...) as '***'
+        p.error(f"--out {shown}: give a local folder (it holds the resumable state and the log); to upload the "
+                f"prior, give the URI as --export, e.g. --export {shown.rstrip('/')}/prior.pt")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {out} is a file, not a folder")
@@ -93,8 +94,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.export and export_local is None:
         if args.export.lower().startswith(("http://", "https://")):
             # fsspec's HTTP file system cannot write: every save would fail, and the run end with status 1
-            p.error(f"--export {args.export}: a web address is read-only here; give a path or a URI of storage the run "
-                    "can write (s3://..., gs://...), and serve the prior from there")
+            p.error(f"--export {redact_uri(args.export)}: a web address is read-only here; give a path or a URI of "
+                    "storage the run can write (s3://..., gs://...), and serve the prior from there")
         try:  # builds the file system (a missing s3fs or gcsfs is said now)
             storage_path(args.export, url_connection_options(args.export))
         except (ImportError, ValueError, OSError, TypeError) as err:
@@ -127,8 +128,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     export_to_local = local_path(export_to)
     if args.init_from and (export_to_local.resolve() == init_local.resolve()
                            if export_to_local is not None and init_local is not None else export_to == args.init_from):
-        p.error(f"--export {export_to} would overwrite the --init-from prior the run starts from; export it elsewhere "
-                "(another --export or --out; replace the old prior once the new one is trained)")
+        p.error(f"--export {redact_uri(export_to)} would overwrite the --init-from prior the run starts from; export it "
+                "elsewhere (another --export or --out; replace the old prior once the new one is trained)")
 
 
 def is_uri(text: str) -> bool:
@@ -214,7 +215,9 @@ def make_config(args: argparse.Namespace) -> UNetConfig:
 
 
 def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str, dict]:
-    """The architecture, weights, a provenance note and the meta of the prior that --init-from names."""
+    """The architecture, weights, a provenance note and the meta of the prior that --init-from names. The note
+    ("URI (sha256 0123abcd...)", kept in last.pt and the exported prior) and the errors name the URI without a server's
+    password (ftp://user:***@host/prior.pt): an exported prior is shared, stderr ends up in CI logs."""
     try:
         loaded = load_checkpoint(uri)
     except (CheckpointError, OSError) as err:
@@ -222,9 +225,10 @@ def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str, dict]
         raise SystemExit(redact_uri_secrets(f"error: --init-from {uri}: {err}", uri)) from err
     cfg = loaded.config
     if cfg.image_size != 32 or cfg.learn_sigma or cfg.class_cond:
-        raise SystemExit(f"error: --init-from {uri}: need an unconditional 32 px ε-prediction model without learned sigma, "
-                         f"got image_size={cfg.image_size}, learn_sigma={cfg.learn_sigma}, class_cond={cfg.class_cond}")
-    return cfg.with_(dropout=dropout), loaded.model.state_dict(), f"{uri} (sha256 {loaded.sha256[:12]})", loaded.meta
+        raise SystemExit(f"error: --init-from {redact_uri(uri)}: need an unconditional 32 px ε-prediction model without "
+                         f"learned sigma, got image_size={cfg.image_size}, learn_sigma={cfg.learn_sigma}, "
+                         f"class_cond={cfg.class_cond}")
+    return cfg.with_(dropout=dropout), loaded.model.state_dict(), provenance_note(uri, loaded.sha256), loaded.meta
 
 
 def resolve_noise_settings(args: argparse.Namespace, init_meta: dict | None) -> None:
@@ -242,9 +246,9 @@ def resolve_noise_settings(args: argparse.Namespace, init_meta: dict | None) -> 
         args.max_timestep = meta["max_timestep"]
         timesteps = NoiseSchedule.named(args.schedule).num_steps
         if not args.max_timestep < timesteps:
-            raise SystemExit(f"error: --init-from {args.init_from} records max_timestep {args.max_timestep}, beyond the "
-                             f"{args.schedule} schedule's timesteps 0..{timesteps - 1}")
+            raise SystemExit(f"error: --init-from {redact_uri(args.init_from)} records max_timestep {args.max_timestep}, "
+                             f"beyond the {args.schedule} schedule's timesteps 0..{timesteps - 1}")
         inherited.append(f"timesteps 0..{args.max_timestep}")
     if inherited:
-        print(f"note: training with {' and '.join(inherited)} that --init-from {args.init_from} was trained with "
-              "(give --schedule / --max-timestep to change them)", flush=True)
+        print(f"note: training with {' and '.join(inherited)} that --init-from {redact_uri(args.init_from)} was trained "
+              "with (give --schedule / --max-timestep to change them)", flush=True)

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.checkpoint import save_bundle
 from pipeline.model import UNetConfig
+from pipeline.redaction import redact_uri
 from pipeline.storage import make_parent_dirs, replace_file, storage_path, url_connection_options
 
 LOG = "train_log.jsonl"
@@ -63,7 +64,7 @@ def load_state(last: Path, device: torch.device) -> dict:
 def check_resumable(last: Path, state: dict, config: UNetConfig, learned: dict) -> None:
     """Refuse to continue a run whose model or learning problem differs from this command's (see LEARNED)."""
     again = "; use --fresh or another --out"
-    started = _uri_of(state.get("initialised_from"))
+    started = _uri_of(shown_note(state.get("initialised_from")))
     if started:
         # Its model and noise settings are that prior's: without --init-from, the width options' defaults describe another
         again = f"; to resume it, give --init-from {started} (the prior it started from); else use --fresh or another --out"
@@ -90,6 +91,20 @@ def _all_timesteps(max_timestep: int | None, settings: dict) -> bool:
     return max_timestep is None or max_timestep == settings.get("timesteps", LEGACY["timesteps"]) - 1
 
 
+def provenance_note(uri: str, sha256: str) -> str:
+    """What a run started from, as last.pt and the exported prior record it ("URI (sha256 0123abcd...)"): the URI as
+    `redact_uri` shows it, a server's password as '***' (an exported prior is shared). A resume knows the prior by
+    its sha256 (see `check_init_from_resumable`), so the password is not needed to tell it."""
+    return f"{redact_uri(uri)} (sha256 {sha256[:12]})"
+
+
+def shown_note(note: str | None) -> str | None:
+    """A recorded provenance note without a password: a last.pt of an earlier version kept the --init-from URI as
+    typed, password and all; a resume writes it again, into last.pt and the prior, as `provenance_note` would."""
+    uri = _uri_of(note)
+    return redact_uri(uri) + note[len(uri):] if note and uri else note
+
+
 def _sha_of(note: str | None) -> str | None:
     """The weights' sha256 prefix in an --init-from provenance note ("URI (sha256 0123abcd...)"), or None."""
     found = re.search(r"\(sha256 ([0-9a-f]+)\)$", note or "")
@@ -104,21 +119,26 @@ def _uri_of(note: str | None) -> str | None:
 def check_init_from_resumable(last: Path, state: dict, init_from: str, init_note: str | None) -> None:
     """Refuse an --init-from that a resume would ignore: last.pt's weights win, so a user meaning to fine-tune another
     prior into this folder would silently go on training the old run. Rerunning the same command (the prior it started
-    from, the same weights) resumes as before; a state from before it recorded its start gets a note instead."""
+    from, the same weights) resumes as before; a state from before it recorded its start gets a note instead.
+
+    The prior is known by its sha256, not by its URI: the URI recorded hides a server's password (`provenance_note`),
+    and one that differs only in its password (the account's next one) names the same file. The messages name both
+    without the password."""
+    shown = redact_uri(init_from)
     if "initialised_from" not in state:
-        print(f"note: resuming {last}, which does not record what it started from; --init-from {init_from} is not used "
+        print(f"note: resuming {last}, which does not record what it started from; --init-from {shown} is not used "
               f"(its weights come from {last.name})", file=sys.stderr, flush=True)
         return
-    before = state["initialised_from"]
+    before = shown_note(state["initialised_from"])
     if before is not None and _sha_of(before) == _sha_of(init_note):
         return
     started = f"started from {before}" if before else "started from random weights"
     # A run started from a prior has that prior's model: leaving --init-from out would describe another one
     how = f"give --init-from {_uri_of(before)}" if before else "leave out --init-from"
-    if before and _uri_of(before) == init_from:  # the same name, other weights: the prior there was replaced
-        how = f"put the prior it started from (sha256 {_sha_of(before)}...) back at {init_from}"
-    raise SystemExit(f"error: --init-from {init_from}: {last} holds a run to resume that {started}, and resuming it "
-                     f"would ignore --init-from; to start over from {init_from}, add --fresh (last.pt is then "
+    if before and _uri_of(before) == shown:  # the same name, other weights: the prior there was replaced
+        how = f"put the prior it started from (sha256 {_sha_of(before)}...) back at {shown}"
+    raise SystemExit(f"error: --init-from {shown}: {last} holds a run to resume that {started}, and resuming it "
+                     f"would ignore --init-from; to start over from {shown}, add --fresh (last.pt is then "
                      f"overwritten) or use another --out; to resume the run, {how}")
 
 

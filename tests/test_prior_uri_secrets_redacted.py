@@ -13,6 +13,7 @@ Tested with an in-memory stand-in for such a server, which reads and writes only
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +30,7 @@ from pipeline.evaluation import datasets, runner
 from pipeline.evaluation.datasets import LabelledImages
 from pipeline.evaluation.preflight import EvaluationError, preflight
 from pipeline.model import UNetConfig, build_unet
-from tests.jobutil import load_evaluate_job, run_main
+from tests.jobutil import TRAIN_TINY_ARGS, load_evaluate_job, run_main, train_prior_on_noise
 from tests.test_url_connection_options import ServerMemoryFS
 
 SECRET = "pa55word-secret"
@@ -176,3 +177,141 @@ def test_a_prior_changed_after_the_checks_is_named_without_the_password(
         runner.evaluate_dataset(config, loader=_loader, checked=checked)
     assert f"diffusion prior {shown('prior.pt')} changed after the run checked it" in str(changed.value)
     _no_secret(str(changed.value))
+
+
+# --- jobs/train_prior.py -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def train_prior(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return train_prior_on_noise(monkeypatch, "train_prior_uri_secrets")
+
+
+def _run(train_prior: ModuleType, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = train_prior.cli(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def test_a_fine_tune_from_and_to_a_server_keeps_its_password_out_of_every_file_and_line(
+        server: PasswordServerFS, train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start = _tiny_prior(tmp_path, "start.pt", {"schedule": "cosine"})  # a recorded schedule: the note quoting --init-from
+    server.pipe(f"{ROOT}/start.pt", start)
+    sha = load_checkpoint(str(tmp_path / "start.pt")).sha256
+    run = tmp_path / "run"
+    argv = ["--out", str(run), "--init-from", uri("start.pt"), "--export", uri("out/prior.pt"), "--batch", "4",
+            "--threads", "1", "--log-every", "1"]
+    rc, said = _run(train_prior, capsys, ["--max-steps", "1", *argv])
+    assert rc == 0, said
+    assert f"that --init-from {shown('start.pt')} was trained with" in said  # the schedule's note
+    assert f"export {shown('out/prior.pt')} about" in said and f"EMA prior at {shown('out/prior.pt')}" in said, said
+    exported = server.cat(f"{ROOT}/out/prior.pt")
+    _no_secret(said, exported, *(p.read_bytes() for p in run.iterdir() if p.is_file()))
+    meta = load_checkpoint(uri("out/prior.pt")).meta
+    assert meta["initialised_from"] == f"{shown('start.pt')} (sha256 {sha[:12]})"
+    words = shlex.split(meta["command"])
+    assert [words[words.index(flag) + 1] for flag in ("--init-from", "--export")] == [shown("start.pt"),
+                                                                                     shown("out/prior.pt")], words
+    assert torch.load(run / "last.pt", weights_only=True)["initialised_from"] == meta["initialised_from"]
+
+    # The same command resumes (the prior it started from is the same file, by its sha256), and so does it with the
+    # account's next password: a URI that differs only in its password names the same file.
+    rc, said = _run(train_prior, capsys, ["--max-steps", "2", *argv])
+    assert rc == 0 and "resumed from" in said, said
+    rotated = [a.replace(SECRET, ROTATED) for a in argv]
+    rc, said = _run(train_prior, capsys, ["--max-steps", "3", *rotated])
+    assert rc == 0 and "resumed from" in said, said
+    assert load_checkpoint(uri("out/prior.pt")).meta["steps"] == 3
+    _no_secret(said, server.cat(f"{ROOT}/out/prior.pt"), (run / "last.pt").read_bytes())
+
+    # The prior at that URI replaced: the refusal says to put the old one back there, without the password.
+    server.pipe(f"{ROOT}/start.pt", _tiny_prior(tmp_path, "other.pt", {"schedule": "cosine"}, seed=1))
+    rc, said = _run(train_prior, capsys, ["--max-steps", "4", *argv])
+    assert rc == 2, said
+    assert f"--init-from {shown('start.pt')}: {run / 'last.pt'} holds a run to resume that started from " \
+           f"{shown('start.pt')} (sha256 {sha[:12]})" in said, said
+    assert f"put the prior it started from (sha256 {sha[:12]}...) back at {shown('start.pt')}" in said, said
+    _no_secret(said)
+    # Left out, the refusal names the --init-from to give (its password is the user's to add back).
+    rc, said = _run(train_prior, capsys, ["--max-steps", "4", "--out", str(run), "--batch", "4", "--threads", "1",
+                                          "--schedule", "cosine"])
+    assert rc == 2 and f"to resume it, give --init-from {shown('start.pt')} (the prior" in said, said
+    _no_secret(said)
+
+
+def test_a_state_that_recorded_the_password_no_longer_keeps_it_once_resumed(
+        server: PasswordServerFS, train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # last.pt of an earlier version, which stored --init-from as typed
+    server.pipe(f"{ROOT}/start.pt", _tiny_prior(tmp_path, "start.pt"))
+    run = tmp_path / "run"
+    argv = ["--out", str(run), "--init-from", uri("start.pt"), "--batch", "4", "--threads", "1"]
+    assert _run(train_prior, capsys, ["--max-steps", "1", *argv])[0] == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    note = state["initialised_from"].replace(shown("start.pt"), uri("start.pt"))
+    assert SECRET in note
+    torch.save({**state, "initialised_from": note}, run / "last.pt")
+    rc, said = _run(train_prior, capsys, ["--max-steps", "2", *argv])
+    assert rc == 0 and "resumed from" in said, said
+    _no_secret(said, (run / "last.pt").read_bytes(), (run / "prior.pt").read_bytes())
+    assert load_checkpoint(str(run / "prior.pt")).meta["initialised_from"] == note.replace(uri("start.pt"),
+                                                                                           shown("start.pt"))
+    # and its refusal of another --init-from names it without the password
+    server.pipe(f"{ROOT}/second.pt", _tiny_prior(tmp_path, "second.pt", seed=1))
+    torch.save({**state, "initialised_from": note}, run / "last.pt")
+    rc, said = _run(train_prior, capsys, ["--max-steps", "3", *argv[:2], "--init-from", uri("second.pt"), *argv[4:]])
+    assert rc == 2 and f"to resume the run, give --init-from {shown('start.pt')}" in said, said
+    _no_secret(said)
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--out", uri("run")], "--out {}: give a local folder"),
+    (["--export", "https://etl:" + SECRET + "@files.example/prior.pt"],
+     "--export https://etl:***@files.example/prior.pt: a web address is read-only here"),
+    (["--init-from", uri("start.pt"), "--export", uri("start.pt")], "--export {} would overwrite the --init-from prior"),
+])
+def test_an_option_refused_before_training_is_named_without_the_password(
+        server: PasswordServerFS, train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, options: list[str], says: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc, said = _run(train_prior, capsys, ["--max-steps", "1", *options, *TRAIN_TINY_ARGS])
+    assert rc == 2 and says.format(shown("run" if "--out" in options else "start.pt")) in said, said
+    _no_secret(said)
+
+
+def test_a_prior_it_cannot_train_is_named_without_the_password(
+        server: PasswordServerFS, train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    sigma = build_unet(UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+                                  attention_resolutions="", num_head_channels=32, learn_sigma=True))
+    save_bundle(tmp_path / "sigma.pt", sigma)
+    server.pipe(f"{ROOT}/sigma.pt", (tmp_path / "sigma.pt").read_bytes())
+    rc, said = _run(train_prior, capsys, ["--max-steps", "1", "--out", str(tmp_path / "run"), "--init-from",
+                                          uri("sigma.pt"), *TRAIN_TINY_ARGS])
+    assert rc == 2 and f"error: --init-from {shown('sigma.pt')}: need an unconditional 32 px" in said, said
+    _no_secret(said)
+
+
+def test_an_export_that_fails_is_named_without_the_password(
+        server: PasswordServerFS, train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.training_loop as training_loop
+
+    def refused(export: str, model: Any, meta: dict) -> None:  # a server's answer that quotes the URL it was given
+        raise PermissionError(f"550 {export}: quota exceeded")
+
+    monkeypatch.setattr(training_loop, "write_export", refused)
+    rc, said = _run(train_prior, capsys, ["--max-steps", "1", "--out", str(tmp_path / "run"), "--export",
+                                          uri("out/prior.pt"), *TRAIN_TINY_ARGS])
+    assert rc == 1, said
+    assert f"warning: could not write the prior to {shown('out/prior.pt')} (PermissionError: 550 " in said, said
+    assert f"error: the prior could not be written to {shown('out/prior.pt')}" in said, said
+    _no_secret(said)
+
+
+def test_the_recorded_command_hides_a_password_given_either_way() -> None:
+    from pipeline.training_loop import shown_command
+
+    argv = [f"--init-from={uri('start.pt')}", "--export", uri("prior.pt"), "--attention", "", "--seed", "-1"]
+    assert shlex.split(shown_command(argv)) == ["python", "jobs/train_prior.py", f"--init-from={shown('start.pt')}",
+                                                "--export", shown("prior.pt"), "--attention", "", "--seed", "-1"]
