@@ -66,7 +66,8 @@ with interrupted_while_loading("jobs/evaluate.py"):
     from pipeline.evaluation.preflight import EvaluationError, preflight
     from pipeline.evaluation.runner import DEFAULT_PRIOR, EvalConfig, evaluate_dataset
     from pipeline.evaluation.target import RESAMPLES
-    from pipeline.redaction import redact_uri_secrets
+    from pipeline.local_folders import LocalPathError, local_path, remote_uri
+    from pipeline.redaction import redact_uri, redact_uri_secrets
     from pipeline.settings import device_problem
 
 DATASETS = ("cifar10", "gtsrb", "imagenette")
@@ -114,12 +115,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = _argument_problem(args)
     if problem:
         p.error(problem)
+    _read_local_folders(p, args)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    # The folder preflight checks (it expands a '~' the shell left, as zsh does in --out=~/x) is the one written to, as
-    # for --cache-dir, which the runner expands.
-    args.out = args.out.expanduser()
     return args
+
+
+# The options that must name a local folder, and what is kept there (said to a URI given instead).
+LOCAL_FOLDERS = {
+    "out": "the reports are written there; copy them to the server once written",
+    "cache_dir": "trained classifiers and purified sets are kept and resumed there",
+}
+
+
+def _read_local_folders(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--out and --cache-dir as the local folders they name (see pipeline/local_folders.py): a URI refused (it was
+    taken as a path, a local folder 'ftp:/user:password@host/x' made), a file:// URI read as its path, and a '~' the
+    shell left (zsh's --out=~/x, a quoted "~/x") expanded, so that the folder preflight checks is the one written to."""
+    for name, held in LOCAL_FOLDERS.items():
+        flag, text = f"--{name.replace('_', '-')}", str(getattr(args, name))
+        if remote_uri(text):
+            # a server's password in it (ftp://user:password@host/x) as '***': stderr ends up in CI logs
+            local = "" if "://" in text else f"; a local folder of that name: give it as ./{text}"
+            p.error(f"{flag} {redact_uri(text)}: must be a local folder, not a URI ({held}){local}")
+        try:
+            setattr(args, name, local_path(text))
+        except LocalPathError as err:
+            p.error(f"{flag} {text}: {err}")
 
 
 def _add_what_is_evaluated(p: argparse.ArgumentParser) -> None:
@@ -185,10 +207,10 @@ def _add_run_and_report_options(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads for training, purification and prediction (0: torch's default). Use 1 when "
                         "another job shares a 2-core machine: two threads fighting for cores are several times slower. "
                         "Default: 0")
-    p.add_argument("--cache-dir", type=_given(Path), default=CACHE_DIR,
+    p.add_argument("--cache-dir", type=_given(str), default=CACHE_DIR,
                    help="where trained classifiers (classifiers/) and purified image sets (purified/) are cached and "
                         "reused on the next run. Default: $ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
-    p.add_argument("--out", type=_given(Path), default=Path("results"),
+    p.add_argument("--out", type=_given(str), default="results",
                    help="folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. A report of another "
                         "configuration there is refused (rerunning the same one regenerates it). Default: results")
     p.add_argument("--overwrite", action="store_true",

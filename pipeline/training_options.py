@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import posixpath
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import fsspec
 import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.local_folders import LocalPathError, folder_problem, remote_uri
+from pipeline.local_folders import local_path as read_local_path
 from pipeline.model import UNetConfig, build_unet
 from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.schedule import NoiseSchedule
@@ -79,15 +80,22 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     problem = architecture_problem(args)
     if problem:
         p.error(problem)
-    if is_uri(args.out):
+    if remote_uri(args.out):
         # The run folder is appended to (the log), locked and read back on resume: that needs a local file system.
         shown = redact_uri(args.out)  # a server's password in it (ftp://user:password@host/...) as '***'
         p.error(f"--out {shown}: give a local folder (it holds the resumable state and the log); to upload the "
                 f"prior, give the URI as --export, e.g. --export {shown.rstrip('/')}/prior.pt")
+    # What the run writes to: a file:// URI as its path, and a '~' the shell left (zsh's --out=~/x, a quoted "~/x") as
+    # the home folder, not a folder named '~' in the current one. Likewise a local --export and --init-from.
+    for name in ("out", "export", "init_from"):
+        text = getattr(args, name)
+        if text and (name == "out" or not is_uri(text)):
+            try:
+                setattr(args, name, str(read_local_path(text)))
+            except LocalPathError as err:
+                p.error(f"--{name.replace('_', '-')} {text}: {err}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        p.error(f"--out {out} is a file, not a folder")
-    problem = unwritable_folder(out)
+    problem = unwritable_folder(out)  # a file there or on the way, a link that leads nowhere, no permission
     if problem:
         p.error(f"--out {out}: {problem}")
     export_local = local_path(args.export) if args.export else None
@@ -148,14 +156,7 @@ def local_path(text: str) -> Path | None:
 def unwritable_folder(folder: Path) -> str | None:
     """Why files cannot be written into `folder` (created as needed), or None. Creates nothing: bad options leave no
     trace."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"no permission to write in {existing}"
-    return None
+    return folder_problem(folder)
 
 
 def unwritable_uri(uri: str) -> str | None:

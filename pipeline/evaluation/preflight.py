@@ -11,7 +11,6 @@ not know.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from pipeline.evaluation.datasets import (
 )
 from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_overrides, zip_settings
 from pipeline.evaluation.victims import normalise_attack
+from pipeline.local_folders import LocalPathError, nearest_existing, not_writable
 from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.settings import ZipSettings, check_trained_timesteps
 
@@ -71,16 +71,19 @@ def check_subset_fits(dataset: str, subset: int, labels: np.ndarray) -> None:
 
 def check_folder(path: Path, flag: str) -> None:
     """--out and --cache-dir must be folders this run can create or write to: found before the work, not when its
-    results are written (a file named like the folder used to end a finished run in a traceback)."""
-    path = Path(path).expanduser()
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    results are written (a file named like the folder used to end a finished run in a traceback, and so did a link
+    that leads nowhere)."""
+    try:
+        path = Path(path).expanduser()
+        probe = nearest_existing(path)
+    except (LocalPathError, RuntimeError) as err:  # RuntimeError: a '~user' of no known user
+        raise EvaluationError(f"{flag} {path}: {err}") from None
     if not probe.is_dir():
-        what = "is a file" if probe == path else f"is inside {probe}, which is a file"
+        what = "is a file" if probe == path.absolute() else f"is inside {probe}, which is a file"
         raise EvaluationError(f"{flag} {path} {what}: give a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise EvaluationError(f"{flag} {path}: {probe} is not writable")
+    problem = not_writable(probe)
+    if problem:
+        raise EvaluationError(f"{flag} {path}: {problem}")
 
 
 def check_data(dataset: str, subset: int) -> None:

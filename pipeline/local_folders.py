@@ -1,0 +1,86 @@
+"""Options that must name a local folder (jobs/evaluate.py's --out and --cache-dir, jobs/train_prior.py's --out): what
+such an option's value means, and why a folder cannot be used, found before any work and without creating anything.
+
+A URI (s3://bucket/x, ftp://user:password@host/x) or an fsspec chain (simplecache::s3://..., a::b) is no local path:
+taken as one it became a local folder named 'ftp:/user:password@host/x', the password in its name. `remote_uri` tells
+such a value, for the option to refuse (its message shows it through `redaction.redact_uri`); `local_path` reads the
+rest: a file:// URI as its path, a '~' the shell left (zsh's --out=~/x, a quoted "~/x") as the home folder.
+`folder_problem` says why files cannot be written into a folder (created as needed): a file on its way, a link that
+leads nowhere (mkdir then failed with 'File exists', after the work), no permission, a name the system refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# A URI's scheme (RFC 3986: a letter, then letters, digits, '+', '-', '.') and what follows it: '://', or fsspec's
+# '::' that chains one file system onto another. A path that starts otherwise ('./a::b', '/x/ftp://y') is local.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(://|::)")
+LOCAL_SCHEMES = ("file", "local")  # fsspec's names of the local file system
+
+
+class LocalPathError(ValueError):
+    """A value that names no local path this run can use; the message says why, without the option's name."""
+
+
+def remote_uri(text: str) -> bool:
+    """Whether `text` names a location by URI that is not a local file (any scheme:// but file:// and local://) or by
+    an fsspec chain ('a::b'), rather than by a local path."""
+    found = _SCHEME.match(text)
+    if found is None:
+        return False
+    return found.group(2) == "::" or found.group(1).lower() not in LOCAL_SCHEMES or "::" in text[found.end():]
+
+
+def local_path(text: str) -> Path:
+    """The local path an option's value names: a file:// (local://) URI as its path, a leading '~' or '~user' as that
+    home folder. Raises LocalPathError for a '~user' of no known user; `remote_uri` values are the caller's to refuse."""
+    found = _SCHEME.match(text)
+    if found is not None and not remote_uri(text):
+        text = text[found.end():]
+        if not text:
+            raise LocalPathError("a file:// URI without a path")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # '~nobody/x', or '~' without $HOME nor a password entry: pathlib cannot tell the folder
+        raise LocalPathError(f"no home folder is known for {text.split('/')[0]!r}") from None
+
+
+def nearest_existing(folder: Path) -> Path:
+    """`folder` (made absolute) if it is there, else its nearest parent that is. Raises LocalPathError for a link on
+    the way that leads nowhere (a folder cannot be made there) and for a path the system will not look up (a name
+    too long)."""
+    path = folder.absolute()
+    try:
+        while not path.exists():
+            if path.is_symlink():
+                raise LocalPathError(f"{path} is a link to {os.readlink(path)}, which leads nowhere")
+            if path.parent == path:
+                break
+            path = path.parent
+    except OSError as err:
+        raise LocalPathError(err.strerror or str(err)) from None
+    return path
+
+
+def not_writable(folder: Path) -> str | None:
+    """Why this user cannot write in the existing `folder`, or None (asked of the system: a read-only mount says no
+    to root too)."""
+    # the effective ids, which the writes use (a setuid launcher's real ones may differ), where the system tells them
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"{folder} is not writable by this user (no permission, or a read-only file system)"
+    return None
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (created as needed), or None. Creates nothing: bad options leave no
+    trace."""
+    try:
+        existing = nearest_existing(folder)
+    except LocalPathError as err:
+        return str(err)
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    return not_writable(existing)

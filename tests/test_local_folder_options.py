@@ -1,0 +1,172 @@
+"""The options that must name a local folder, as a user meets them: jobs/evaluate.py's --out and --cache-dir and
+jobs/train_prior.py's --out. A URI is refused by name (its password not shown), a file:// URI is its path, a '~' the
+shell left is the home folder, and a folder that cannot be made (a link that leads nowhere, a name too long, a '~user'
+of no user) is one error line before any work, not a traceback or a failure once the work is done."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pipeline.evaluation import datasets
+from tests.jobutil import evaluate_job_without_evaluation, load_job_script, run_main
+
+CHEAP = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "none", "--subset", "20"]
+SECRET = "s3cr3t-pw"
+URIS = [f"ftp://user:{SECRET}@host/x", "s3://bucket/results", "simplecache::s3://bucket/x", "memory::results",
+        f"zip://a::ftp://user:{SECRET}@host/x.zip"]
+
+
+@pytest.fixture
+def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return evaluate_job_without_evaluation(monkeypatch, "evaluate_job_local_folders")
+
+
+@pytest.fixture
+def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A shared folder with CIFAR-10's archives (stand-ins: only their presence is checked); the current folder is
+    tmp_path, so that a folder made there is seen."""
+    root = tmp_path / "shared"
+    (root / "data" / "cifar10").mkdir(parents=True)
+    for split in ("train", "test"):
+        (root / "data" / "cifar10" / f"cifar10-{split}.tar.gz").write_bytes(b"")
+    monkeypatch.setattr(datasets, "SHARED_DIR", root)
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    monkeypatch.chdir(tmp_path)
+    return root
+
+
+def _argv(tmp_path: Path, flag: str, value: str) -> list[str]:
+    folders = {"--out": str(tmp_path / "out"), "--cache-dir": str(tmp_path / "cache"), flag: value}
+    return [*CHEAP, *(x for kv in folders.items() for x in kv)]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and SECRET not in err, err
+    lines = [line for line in err.splitlines() if "error: " in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+@pytest.mark.parametrize("uri", URIS)
+def test_evaluate_refuses_a_uri_for_a_local_folder(job: ModuleType, tmp_path: Path, shared: Path, flag: str, uri: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the URI was taken as a path, and a local folder 'ftp:/user:s3cr3t-pw@host/x' was made for the reports (or
+    the caches), its password in its name."""
+    assert run_main(job, _argv(tmp_path, flag, uri)) == 2
+    line = _one_error_line(capsys)
+    assert f"error: {flag} " in line and "must be a local folder, not a URI" in line, line
+    assert job.started == [] and sorted(tmp_path.iterdir()) == [shared]
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "out_dir"), ("--cache-dir", "cache_dir")])
+def test_evaluate_takes_a_file_uri_as_its_local_folder(job: ModuleType, tmp_path: Path, shared: Path, flag: str,
+                                                       name: str) -> None:
+    """Before: file:///x/out was the folder 'file:/x/out' in the current one."""
+    assert run_main(job, _argv(tmp_path, flag, f"file://{tmp_path}/mine")) == 0
+    assert Path(getattr(job.started[0], name)) == tmp_path / "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "out_dir"), ("--cache-dir", "cache_dir")])
+def test_evaluate_expands_a_tilde_in_a_folder_and_names_an_unknown_user(
+        job: ModuleType, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], flag: str, name: str) -> None:
+    """Before: a '~user' of no known user ended in pathlib's RuntimeError traceback ('Could not determine home
+    directory')."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert run_main(job, _argv(tmp_path, flag, "~/mine")) == 0
+    assert Path(getattr(job.started[0], name)) == tmp_path / "home" / "mine"
+    assert run_main(job, _argv(tmp_path, flag, "~no-such-user-here/mine")) == 2
+    line = _one_error_line(capsys)
+    assert f"error: {flag} ~no-such-user-here/mine: no home folder" in line, line
+    assert len(job.started) == 1
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_evaluate_refuses_a_link_that_leads_nowhere(job: ModuleType, tmp_path: Path, shared: Path, flag: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a link to a folder that is not there passed the checks, and the reports' mkdir failed with 'File exists'
+    once the hours of work were done (the caches' at the first classifier)."""
+    (tmp_path / "link").symlink_to(tmp_path / "gone" / "folder")
+    for value in (tmp_path / "link", tmp_path / "link" / "below"):
+        assert run_main(job, _argv(tmp_path, flag, str(value))) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"error: {flag} {value}: {tmp_path / 'link'} is a link to ") and "leads nowhere" in line
+    assert job.started == []
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_evaluate_names_a_folder_name_the_system_refuses(job: ModuleType, tmp_path: Path, shared: Path, flag: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a name too long for the file system was an OSError traceback out of the checks."""
+    assert run_main(job, _argv(tmp_path, flag, "a" * 300)) == 2
+    assert _one_error_line(capsys).startswith(f"error: {flag} {'a' * 300}: ")
+    assert job.started == []
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_evaluate_says_why_a_folder_is_not_writable(job: ModuleType, tmp_path: Path, shared: Path, flag: str,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only parent (stubbed: this test may run as root, whom only a read-only mount refuses) is named with the
+    two reasons it may have, as the purify job names it."""
+    locked, real = tmp_path / "locked", os.access
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: (os.path.abspath(path) != str(locked)
+                                                                   and real(path, mode, *a, **k)))
+    assert run_main(job, _argv(tmp_path, flag, str(locked / "new"))) == 2
+    assert _one_error_line(capsys) == (f"error: {flag} {locked / 'new'}: {locked} is not writable by this user (no "
+                                       "permission, or a read-only file system)")
+
+
+@pytest.fixture
+def train_prior() -> ModuleType:
+    return load_job_script("train_prior.py", "train_prior_local_folders")
+
+
+def _train_args(train_prior: ModuleType, *argv: str) -> object:
+    """parse_args's answer (its checks write nothing), or the exit status of a refusal."""
+    try:
+        return train_prior.parse_args([*argv, "--channel-mult", "1,2", "--attention", ""])
+    except SystemExit as stop:
+        return stop.code
+
+
+def test_train_prior_takes_a_file_uri_or_a_tilde_as_a_local_folder(train_prior: ModuleType, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: --out file:///x/run was refused as not local, and --out=~/run (a '~' zsh leaves after '=') was a folder
+    named '~' in the current one (likewise a local --export and --init-from)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = _train_args(train_prior, "--out", f"file://{tmp_path}/run")
+    assert Path(args.out) == tmp_path / "run"
+    args = _train_args(train_prior, "--out=~/run", "--export=~/p.pt", "--init-from=~/start.pt")
+    home = tmp_path / "home"
+    assert (Path(args.out), Path(args.export), Path(args.init_from)) == (home / "run", home / "p.pt", home / "start.pt")
+
+
+@pytest.mark.parametrize("value, says", [
+    ("memory::run", "give a local folder"),
+    ("simplecache::file:///tmp/run", "give a local folder"),
+    ("~no-such-user-here/run", "no home folder"),
+    ("a" * 300, ""),
+    ("link/below", "leads nowhere"),
+])
+def test_train_prior_refuses_an_out_it_cannot_make_in_one_line(train_prior: ModuleType, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str], value: str,
+                                                               says: str) -> None:
+    """Before: a chain was taken as a local folder 'memory::run', a '~user' of no user as a folder named so, a name too
+    long was an OSError traceback, and a link that leads nowhere passed the checks (the run's mkdir then failed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    assert _train_args(train_prior, "--out", value) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {value}" in err and says in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
