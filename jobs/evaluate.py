@@ -34,8 +34,10 @@ training), or the *.npz data copies (decoded again from the shared folder, $ZIP_
 repository's folder).
 
 Checks: settings, the data, the prior and the --out and --cache-dir folders are checked before any work starts (exit
-status 2 and one error line). An --out folder holding a report of another configuration is refused (give another
---out, or --overwrite); rerunning the same configuration regenerates its report.
+status 2 and one error line). --out and --cache-dir are local folders, made when missing: a URI (s3://..., ftp://...)
+is refused, a file:// URI and a leading ~ name the local folder. An --out folder holding a report of another
+configuration is refused (give another --out, or --overwrite); rerunning the same configuration regenerates its
+report.
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours the first time)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
@@ -208,10 +210,11 @@ def _add_run_and_report_options(p: argparse.ArgumentParser) -> None:
                         "another job shares a 2-core machine: two threads fighting for cores are several times slower. "
                         "Default: 0")
     p.add_argument("--cache-dir", type=_given(str), default=CACHE_DIR,
-                   help="where trained classifiers (classifiers/) and purified image sets (purified/) are cached and "
-                        "reused on the next run. Default: $ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
+                   help="local folder where trained classifiers (classifiers/) and purified image sets (purified/) "
+                        "are cached and reused on the next run. Default: $ZIP_CACHE_DIR, else ~/.cache/zip-purify "
+                        "(now: %(default)s)")
     p.add_argument("--out", type=_given(str), default="results",
-                   help="folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. A report of another "
+                   help="local folder for <dataset>.json, <dataset>.md and <dataset>-examples.png. A report of another "
                         "configuration there is refused (rerunning the same one regenerates it). Default: results")
     p.add_argument("--overwrite", action="store_true",
                    help="replace reports of another configuration in --out")

@@ -9,7 +9,8 @@ beside the repository's folder) and decoded once into $ZIP_CACHE_DIR (else ~/.ca
 Files in --out:
   last.pt            resume state (weights, EMA, optimiser, random streams), every --save-every-min minutes and on exit
   prior.pt           the EMA weights as a fp16 bundle (or where --export says: a path or a URI such as s3://bucket/
-                     prior.pt, uploaded through fsspec), rewritten with every last.pt. --out itself must be local.
+                     prior.pt, uploaded through fsspec), rewritten with every last.pt. --out itself must be a local
+                     folder (a path, ~/..., or file://...).
                      Both are checked before the first step: a URI by writing a small hidden file beside it and
                      deleting it, so a missing bucket or credentials stop the run at once (exit status 2).
   train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
