@@ -62,7 +62,7 @@ with interrupted_while_loading("jobs/evaluate.py"):
     from pipeline.cli_common import Parser, script_prog
     from pipeline.evaluation.attacks import ATTACKS
     from pipeline.evaluation.classifier import train_classifier
-    from pipeline.evaluation.datasets import CACHE_DIR, DataError
+    from pipeline.evaluation.datasets import CACHE_DIR, DataError, folder_variable_problem
     from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_settings
     from pipeline.evaluation.log import log
     from pipeline.evaluation.preflight import EvaluationError, preflight
@@ -134,6 +134,9 @@ def _read_local_folders(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     """--out and --cache-dir as the local folders they name (see pipeline/local_folders.py): a URI refused (it was
     taken as a path, a local folder 'ftp:/user:password@host/x' made), a file:// URI read as its path, and a '~' the
     shell left (zsh's --out=~/x, a quoted "~/x") expanded, so that the folder preflight checks is the one written to."""
+    problem = folder_variable_problem()  # $ZIP_SHARED_DIR and $ZIP_CACHE_DIR, the data and its decoded copies
+    if problem:
+        p.error(problem)
     for name, held in LOCAL_FOLDERS.items():
         flag, text = f"--{name.replace('_', '-')}", str(getattr(args, name))
         if remote_uri(text):

@@ -14,6 +14,7 @@ import fsspec
 import torch
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.evaluation.datasets import folder_variable_problem
 from pipeline.local_folders import LocalPathError, folder_problem, remote_uri
 from pipeline.local_folders import local_path as read_local_path
 from pipeline.model import UNetConfig, build_unet
@@ -78,6 +79,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(problem)
     # Checked even with --init-from (which replaces them): a bad value is a mistake worth hearing about either way.
     problem = architecture_problem(args)
+    if problem:
+        p.error(problem)
+    problem = folder_variable_problem()  # $ZIP_SHARED_DIR and $ZIP_CACHE_DIR, the data and its decoded copy
     if problem:
         p.error(problem)
     if remote_uri(args.out):

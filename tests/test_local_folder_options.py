@@ -6,6 +6,8 @@ of no user) is one error line before any work, not a traceback or a failure once
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -170,3 +172,29 @@ def test_train_prior_refuses_an_out_it_cannot_make_in_one_line(train_prior: Modu
     err = capsys.readouterr().err
     assert f"error: --out {value}" in err and says in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
+@pytest.mark.parametrize("variable", ["ZIP_SHARED_DIR", "ZIP_CACHE_DIR"])
+def test_a_uri_in_a_folder_variable_is_refused_without_its_password(
+        job: ModuleType, train_prior: ModuleType, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], variable: str) -> None:
+    """Before: $ZIP_SHARED_DIR ftp://user:password@host/x was read as a local folder 'ftp:/user:password@host/x', and
+    its "not found" line showed the password; $ZIP_CACHE_DIR made a folder of that name for the decoded copies."""
+    monkeypatch.setenv(variable, f"ftp://user:{SECRET}@host/data")
+    assert run_main(job, _argv(tmp_path, "--out", str(tmp_path / "out"))) == 2
+    assert f"error: ${variable} ftp://user:***@host/data: must be a local folder" in _one_error_line(capsys)
+    assert _train_args(train_prior, "--out", str(tmp_path / "run")) == 2
+    assert f"error: ${variable} ftp://user:***@host/data: must be a local folder" in _one_error_line(capsys)
+    assert job.started == [] and sorted(tmp_path.iterdir()) == [shared]
+
+
+def test_an_empty_folder_variable_is_unset_and_a_tilde_in_one_is_the_home_folder(tmp_path: Path) -> None:
+    """Before: ZIP_SHARED_DIR= (empty, as a compose file or a script's unset variable passes it on) was the current
+    folder, and ZIP_CACHE_DIR="~/cache" (quoted, so no shell expanded it) a folder named '~' in the current one for the
+    decoded data sets, while --cache-dir's default read it as the home folder's."""
+    code = "from pipeline.evaluation import datasets as d; print(d.SHARED_DIR); print(d.CACHE_DIR)"
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "ZIP_SHARED_DIR": "", "ZIP_CACHE_DIR": "~/cache",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    said = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    assert said == [str(Path(datasets.__file__).resolve().parents[3] / "shared"), str(tmp_path / "home" / "cache")]

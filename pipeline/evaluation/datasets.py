@@ -22,8 +22,41 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SHARED_DIR = Path(os.environ.get("ZIP_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-CACHE_DIR = Path(os.environ.get("ZIP_CACHE_DIR", Path.home() / ".cache" / "zip-purify"))
+from pipeline.local_folders import LocalPathError, local_path, remote_uri
+from pipeline.redaction import redact_uri
+
+# The variables naming the shared data folder (read) and the cache of decoded copies (written; also the evaluation's
+# default --cache-dir).
+FOLDER_VARIABLES = ("ZIP_SHARED_DIR", "ZIP_CACHE_DIR")
+
+
+def _folder_variable(name: str, default: Path) -> Path:
+    """The folder an environment variable names. Unset or empty, `default`: an empty one (`ZIP_CACHE_DIR=` in a compose
+    file, a script's unset variable passed on) was the current folder, caches and all. A '~' the shell left (a quoted
+    "~/cache", an env file) is the home folder and a file:// URI its path, as the jobs read --cache-dir."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    if remote_uri(text):  # refused by the jobs before any work (`folder_variable_problem`)
+        return Path(text)
+    try:
+        return local_path(text)
+    except LocalPathError:  # '~nobody': kept as written, as before
+        return Path(text)
+
+
+def folder_variable_problem() -> str | None:
+    """Why ZIP_SHARED_DIR or ZIP_CACHE_DIR names no local folder (a URI: it was read as a path, a server's password in
+    the folder's name and in the "not found" message), or None. The jobs refuse it as a usage error."""
+    for name in FOLDER_VARIABLES:
+        text = os.environ.get(name, "")
+        if remote_uri(text):
+            return f"${name} {redact_uri(text)}: must be a local folder, not a URI"
+    return None
+
+
+SHARED_DIR = _folder_variable("ZIP_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared")
+CACHE_DIR = _folder_variable("ZIP_CACHE_DIR", Path.home() / ".cache" / "zip-purify")
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Each data set's archive under SHARED_DIR/data.
