@@ -159,6 +159,8 @@ def test_train_prior_takes_a_file_uri_or_a_tilde_as_a_local_folder(train_prior: 
     ("~no-such-user-here/run", "no home folder"),
     ("a" * 300, ""),
     ("link/below", "leads nowhere"),
+    ("file://", "a file:// URI without a path"),
+    ("a-file", "a-file is a file, not a folder"),
 ])
 def test_train_prior_refuses_an_out_it_cannot_make_in_one_line(train_prior: ModuleType, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
@@ -168,10 +170,20 @@ def test_train_prior_refuses_an_out_it_cannot_make_in_one_line(train_prior: Modu
     long was an OSError traceback, and a link that leads nowhere passed the checks (the run's mkdir then failed)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link").symlink_to(tmp_path / "gone")
+    (tmp_path / "a-file").write_text("")
     assert _train_args(train_prior, "--out", value) == 2
     err = capsys.readouterr().err
     assert f"error: --out {value}" in err and says in err and "Traceback" not in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "link"]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--cache-dir"])
+def test_evaluate_refuses_a_file_uri_without_a_path(job: ModuleType, tmp_path: Path, shared: Path, flag: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: 'file://' was the folder 'file:' in the current one."""
+    assert run_main(job, _argv(tmp_path, flag, "file://")) == 2
+    assert f"error: {flag} file://: a file:// URI without a path" in _one_error_line(capsys)
+    assert job.started == [] and sorted(tmp_path.iterdir()) == [shared]
 
 
 @pytest.mark.parametrize("variable", ["ZIP_SHARED_DIR", "ZIP_CACHE_DIR"])
