@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from pipeline.changes import INPUTS_DIR, InputRecord, starting_record, write_record
 from pipeline.config import JobConfig
-from pipeline.errors import JobError, JobFailed
+from pipeline.errors import JobError, JobFailed, NotOnThisNodeError
 from pipeline.lease import LEASE_FILE, OutputLease
 from pipeline.ledger import LEDGER_DIR, ContainerRead, write_ledger
 from pipeline.output import (
@@ -108,11 +108,12 @@ BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see 
 
 class _RetriedByRayType(type):
     def __instancecheck__(cls, err: object) -> bool:
-        return isinstance(err, Exception) and not isinstance(err, RetriesExhausted)
+        return isinstance(err, Exception) and not isinstance(err, (RetriesExhausted, NotOnThisNodeError))
 
 
 class RetriedByRay(Exception, metaclass=_RetriedByRayType):
-    """Every exception a task raises but a storage operation that has used up its own retries (RetriesExhausted):
+    """Every exception a task raises but a storage operation that has used up its own retries (RetriesExhausted) and a
+    local path not there on the task's node (NotOnThisNodeError, which another try does not change):
     `isinstance(err, RetriedByRay)` says which exceptions Ray retries a task on. Ray's retry_exceptions takes only
     classes to retry, checked with isinstance (Ray Data's UserCodeException unwrapped to the task's own error), and
     RetriesExhausted is an OSError, so no list of plain classes could keep the other OSErrors and leave it out."""
@@ -410,9 +411,13 @@ def ray_data_configured() -> Iterator[None]:
             setattr(ctx, name, value)
 
 
-def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None) -> Any:
+def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None,
+                   start_file: str | None = None) -> Any:
     """The job's Ray Data pipeline, one stage a line (the module docstring's picture): read -> decode -> tile ->
-    purify (an actor pool, one model per actor) -> untile -> encode -> write. Nothing runs until it is iterated."""
+    purify (an actor pool, one model per actor) -> untile -> encode -> write. Nothing runs until it is iterated.
+    `start_file`: a file the driver wrote in the output at the run's start; on a local output, a write task on a node
+    that does not see it stops the run rather than write to that node's own disk (`stages.check_output_seen`), as a
+    read task does whose node lacks a local input folder, and an actor whose node lacks a local checkpoint."""
     import ray.data
 
     so, settings = config.storage_options, config.settings()
@@ -447,7 +452,8 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             checkpoint=plan.checkpoint_uri, checkpoint_sha256=plan.checkpoint.sha256, settings=settings.to_dict(),
             preset=config.preset, flags=config.flags, device=device, precision=config.precision,
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
-            canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size),
+            canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size,
+            checkpoint_flag="--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior"),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
@@ -458,7 +464,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
     return ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
         output=config.output.rstrip("/"), storage_options=so, max_rows_per_file=config.write_batch,
-        name_salt=plan.refresh.salt if plan.refresh is not None else ""), **task_retries)
+        name_salt=plan.refresh.salt if plan.refresh is not None else "", start_file=start_file), **task_retries)
 
 
 @dataclass(frozen=True)
@@ -550,7 +556,9 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
     earlier = set(purifier_actor_table() or {})  # a program that runs the job again: its earlier runs' actors
     # on the job's own local Ray, Ray Data's INFO lines (dataset ids, plans, timings) stay off stderr for this run only
     with ray_data_configured(), ray_data_console_quieted():
-        ds = build_pipeline(config, plan, placement, threads)
+        # this run's own history summary, written at its start (`_start_output`): no other run's output holds it
+        start_file = run_history_path(config.output, stop.started, stop.lease.record["run_id"])
+        ds = build_pipeline(config, plan, placement, threads, start_file)
         if config.progress:
             # "images", not "purified": it counts the rejects too ("images: 10/10 (100 %) ..., rejected 1": 9 purified),
             # the rows of each batch once its part files are written (`written_batches`), each batch drawn as it comes

@@ -18,6 +18,8 @@ import math
 import os
 import pickle
 import posixpath
+import socket
+import sys
 import time
 import uuid
 import zlib
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png, image_format_of
+from pipeline.errors import NotOnThisNodeError
 from pipeline.evaluation.metrics import psnr
 from pipeline.sources import (
     HIDDEN_EXAMPLES,
@@ -57,6 +60,83 @@ def batch_of(records: Iterable[dict[str, Any]]) -> Batch:
     return {"record": np.array([pickle.dumps(r, protocol=5) for r in records], dtype=object)}
 
 
+# --- local paths on a Ray cluster ----------------------------------------------------------------------
+
+# What to do when a task or actor does not find a local path where Ray ran it (`NotOnThisNodeError`)
+CLUSTER_PATH_FIX = ("on a Ray cluster of several machines a local path (or file://) is the driver's machine's disk only: "
+                    "give an object store URI (s3://...) or a folder every node mounts at the same path")
+
+
+def local_path(uri: str) -> str | None:
+    """`uri`'s path on this machine's own file system (a bare path, file://), or None for any other store, which every
+    node reaches alike: only the protocol is looked at, so an object store costs no request."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    protocol, _ = fsspec.core.split_protocol(uri)
+    return LocalFileSystem._strip_protocol(uri) if protocol in (None, "file", "local") else None
+
+
+def node_name() -> str:
+    """The node this runs on, as a user finds it in `ray status` or a cloud console: its host name, and its IP where
+    Ray runs here."""
+    host = socket.gethostname()
+    ray = sys.modules.get("ray")  # a stage called outside Ray does not import it
+    try:
+        if ray is not None and ray.is_initialized():
+            return f"{host} ({ray.util.get_node_ip_address()})"
+    except Exception:  # noqa: BLE001 - the host name alone still names the node
+        pass
+    return host
+
+
+def _seen_here(path: str) -> bool:
+    """Whether file `path` is there on this node. A file another machine of a shared file system (NFS) wrote moments
+    ago and that a stat does not find is looked for once more in its folder's listing, which asks the server."""
+    if os.path.exists(path):
+        return True
+    try:
+        return os.path.basename(path) in os.listdir(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+
+
+def check_input_root(root: str) -> None:
+    """Before a read task reads a unit: its input folder (the one the driver listed), when local, must be there on this
+    node, or each of its files would be rejected as not found though the driver's disk holds it. A single file gone
+    since the listing stays that file's reject (`read_unit`)."""
+    path = local_path(root)
+    if path is not None and not os.path.isdir(path):
+        raise NotOnThisNodeError(f"--input folder {root} is not there on node {node_name()}, where a read task ran "
+                                 f"(or it was removed since the run listed it): {CLUSTER_PATH_FIX}")
+
+
+def check_output_seen(output: str, start_file: str | None) -> None:
+    """Before a write task writes into a local output: `start_file`, a file the driver wrote in the output at the run's
+    start, must be there on this node. Otherwise the part file would land on this node's own disk, where the driver's
+    end-of-run check and the next run never see it: nothing is written (no folder made) and the run stops."""
+    path = None if start_file is None else local_path(start_file)
+    if path is not None and not _seen_here(path):
+        raise NotOnThisNodeError(f"--output {output} on node {node_name()}, where a write task ran, lacks the file "
+                                 f"{_last_two(path)} this run wrote there at its start (or the folder was "
+                                 f"removed since): {CLUSTER_PATH_FIX}")
+
+
+def _last_two(path: str) -> str:
+    """A path's folder and name ('_runs/x.json'): a file of the output, named within it."""
+    return posixpath.join(posixpath.basename(posixpath.dirname(path)), posixpath.basename(path))
+
+
+def check_checkpoint_seen(checkpoint: str, flag: str = "--checkpoint") -> None:
+    """Before a purifier actor loads its model: the checkpoint the driver verified, when a local file, must be there on
+    this node (`flag`: the option that named it, or "the default prior"). Loading it said only "checkpoint not found",
+    without the node or what to do."""
+    path = local_path(checkpoint)
+    if path is not None and not os.path.exists(path):
+        raise NotOnThisNodeError(f"{flag} {checkpoint} is not there on node {node_name()}, where a purifier actor "
+                                 f"loads it (or it was removed since the run checked it): {CLUSTER_PATH_FIX}")
+
+
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
                image_column: str | None, skip_ids: frozenset[str], max_records: int = 256,
                in_memory_bytes: int = IN_MEMORY_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES,
@@ -67,7 +147,8 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task.
     A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`; its
     "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one.
-    `partitioning` "hive": each image gets its file's `key=value` folders as columns (`sources.partitions`)."""
+    `partitioning` "hive": each image gets its file's `key=value` folders as columns (`sources.partitions`).
+    A local input folder that is not there on this node stops the run (`check_input_root`)."""
     pending: list[dict[str, Any]] = []
     size = 0
     count = len(batch["kind"])
@@ -76,6 +157,7 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     own_purified = batch.get("purified", [None] * count)
     for kind, paths, root, listed, own, purified in zip(batch["kind"], batch["paths"], batch["root"], sizes, own_skips,
                                                         own_purified, strict=True):
+        check_input_root(root)
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
                                   "sizes": None if listed is None else [int(size) for size in listed]})
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
@@ -229,8 +311,11 @@ class PurifyStage:
 
     def __init__(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
                  flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None,
-                 precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None):
+                 precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None,
+                 checkpoint_flag: str = "--checkpoint"):
         import torch
+
+        check_checkpoint_seen(checkpoint, checkpoint_flag)  # the driver's file, on this node too
 
         from pipeline.purifier import Purifier
         from pipeline.settings import ZipSettings
@@ -458,9 +543,11 @@ def unpurified_images(records: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_rows_per_file: int = 512,
-                name_salt: str = "") -> Batch:
+                name_salt: str = "", start_file: str | None = None) -> Batch:
     """Write purified images to data/ and rejects to rejects/ (files of at most max_rows_per_file rows; their names
-    `part_name` of their ids and `name_salt`); return one manifest row."""
+    `part_name` of their ids and `name_salt`); return one manifest row. `start_file`: a file the driver wrote in a
+    local output at the run's start, which this node must see before it writes there (`check_output_seen`)."""
+    check_output_seen(output, start_file)
     records = records_of(batch)
     images = [r for r in records if r["kind"] == "image"]
     rejects = [r for r in records if r["kind"] == "reject"]

@@ -16,12 +16,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.errors import JobFailed, JobInterrupted
+from pipeline.errors import JobFailed, JobInterrupted, NotOnThisNodeError
 from pipeline.output import DamagedOutput, part_file_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import listing_stamp
 from pipeline.stages import DATA_DIR, REJECTS_DIR
-from pipeline.storage import describe, shortened, storage_path, with_retries
+from pipeline.storage import REASON_CHARS, describe, shortened, storage_path, with_retries
 
 
 class _Interrupt(KeyboardInterrupt):
@@ -49,7 +49,9 @@ def failure_reason(err: BaseException) -> str:
     for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
         match = _EXCEPTION_LINE.match(line)
         if match:
-            return shortened(f"{match[1]}: {match[2]}")
+            # a local path not on a node of the cluster: its line names the path, the node and the fix, all kept
+            whole = match[1] == NotOnThisNodeError.__name__
+            return shortened(f"{match[1]}: {match[2]}", 4 * REASON_CHARS if whole else REASON_CHARS)
     return describe(err)
 
 
