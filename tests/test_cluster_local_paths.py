@@ -186,3 +186,23 @@ def test_a_run_whose_input_folder_is_gone_where_it_is_read_stops_rather_than_rej
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert summary["status"] == "failed" and summary["this_run"]["rejected"] == 0
     assert not (tmp_path / "out" / "rejects").exists()  # its two files were not recorded as rejects ("not found")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_whose_actor_does_not_find_the_checkpoint_names_the_flag_and_the_node(tmp_path, model, monkeypatch) -> None:
+    image_folder(tmp_path / "in", 2)
+    checkpoint = tmp_path / "ckpt" / "tiny.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(Path(model).read_bytes())
+    plan = job.plan_job
+
+    def verified_then_not_there(config, dry_run=False):
+        planned = plan(config, dry_run)
+        checkpoint.unlink()  # the driver verified it; the actors' node does not hold it
+        return planned
+
+    monkeypatch.setattr(job, "plan_job", verified_then_not_there)
+    with pytest.raises(JobFailed, match=rf"NotOnThisNodeError: --checkpoint {checkpoint} is not there on node \S+"):
+        job.run_job(small_job_config(tmp_path, model, checkpoint=str(checkpoint)))
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["status"] == "failed" and FIX in summary["error"]
