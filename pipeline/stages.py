@@ -127,6 +127,24 @@ def _last_two(path: str) -> str:
     return posixpath.join(posixpath.basename(posixpath.dirname(path)), posixpath.basename(path))
 
 
+def this_nodes_checkpoint(checkpoint: str) -> str:
+    """`checkpoint`, or this node's own copy of it where it is a prior shipped with the package, named by its path in the
+    driver's copy of the package, and that path is not here: `ray job submit --working-dir` unpacks the package on each
+    node under a folder of that node's own (the default prior is such a path). The sha256 the driver read still has to
+    match (`load_checkpoint`), so only the same file is taken."""
+    from pipeline.presets import ASSETS, SHIPPED_PRIORS, shipped_prior_path
+
+    path = local_path(checkpoint)
+    if path is None or os.path.exists(path):
+        return checkpoint
+    folder, name = os.path.split(os.path.normpath(path))
+    shipped = {shipped_prior_path(prior).name for prior in SHIPPED_PRIORS}
+    own = ASSETS / name
+    if name in shipped and folder.endswith(os.path.join("pipeline", "assets")) and own.exists():
+        return str(own)
+    return checkpoint
+
+
 def check_checkpoint_seen(checkpoint: str, flag: str = "--checkpoint") -> None:
     """Before a purifier actor loads its model: the checkpoint the driver verified, when a local file, must be there on
     this node (`flag`: the option that named it, or "the default prior"). Loading it said only "checkpoint not found",
@@ -315,6 +333,7 @@ class PurifyStage:
                  checkpoint_flag: str = "--checkpoint"):
         import torch
 
+        checkpoint = this_nodes_checkpoint(checkpoint)  # a shipped prior: the package's copy on this node
         check_checkpoint_seen(checkpoint, checkpoint_flag)  # the driver's file, on this node too
 
         from pipeline.purifier import Purifier

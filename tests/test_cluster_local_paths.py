@@ -206,3 +206,25 @@ def test_a_run_whose_actor_does_not_find_the_checkpoint_names_the_flag_and_the_n
         job.run_job(small_job_config(tmp_path, model, checkpoint=str(checkpoint)))
     summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert summary["status"] == "failed" and FIX in summary["error"]
+
+
+def test_an_actor_whose_node_unpacked_the_package_elsewhere_loads_its_own_copy_of_the_shipped_prior(tmp_path) -> None:
+    # `ray job submit --working-dir .` unpacks the package under a folder of each node's own: the driver's path to the
+    # default prior need not exist on a GPU node, where the same file does, in that node's copy of the package
+    from pipeline.config import DEFAULT_PRIOR
+    from pipeline.presets import shipped_prior_path
+    from pipeline.stages import this_nodes_checkpoint
+
+    drivers = tmp_path / "_ray_pkg_0123" / "pipeline" / "assets" / "cifar10_prior.pt"
+    assert this_nodes_checkpoint(str(drivers)) == str(DEFAULT_PRIOR)
+    assert this_nodes_checkpoint(f"file://{drivers}") == str(DEFAULT_PRIOR)
+    assert this_nodes_checkpoint(str(shipped_prior_path("gtsrb")).replace(str(shipped_prior_path("gtsrb").parents[2]),
+                                                                          str(tmp_path))) == str(shipped_prior_path("gtsrb"))
+    # anything else stays as given (and is then said not to be there, as above): a user's file of the same name, a
+    # file that is here, a store
+    for kept in (str(tmp_path / "mine" / "cifar10_prior.pt"), str(tmp_path / "pipeline" / "assets" / "other.pt"),
+                 str(DEFAULT_PRIOR), "s3://bucket/pipeline/assets/cifar10_prior.pt"):
+        assert this_nodes_checkpoint(kept) == kept
+    stage = PurifyStage(checkpoint=str(drivers), checkpoint_sha256=None, settings={"steps": 1}, preset=None, flags=None,
+                        storage_options={}, device="cpu", precision="fp32", canvas_size=32, torch_threads=None)
+    assert stage.purifier is not None
