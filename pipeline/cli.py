@@ -455,6 +455,9 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         raise ConfigError("--config is empty; give the YAML or JSON file of the run's options, or leave it out")
     if args.config:
         loaded = _file_values(args.config)
+        # kept for `_overwrite_file`: the file is read once (a `--config <(...)` pipe or a FIFO has nothing to read,
+        # or blocks, the second time)
+        args.config_overwrite = loaded.get("overwrite") is True
         file_recipe = loaded.pop("recipe", None)
         recipe = recipe or file_recipe  # --recipe on the command line wins over the file's
         file_storage = {k: loaded.pop(k) for k in STORAGE_SHORTHANDS if k in loaded}
@@ -663,7 +666,7 @@ def _overwrite_file(args: argparse.Namespace, config: JobConfig | None) -> str |
     alone then)."""
     if config is None or config.overwrite is not True or not args.config:
         return None
-    if args.overwrite is None or _file_values(args.config).get("overwrite") is True:
+    if args.overwrite is None or getattr(args, "config_overwrite", False):
         return args.config
     return None
 

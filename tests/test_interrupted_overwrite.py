@@ -129,3 +129,24 @@ def test_an_overwrite_from_a_config_file_is_named_in_the_advice_to_run_without_i
     assert main(small_job_argv(tmp_path, model, "--overwrite")) == 130
     last = _last_line(capsys)
     assert "run the command again without --overwrite to resume" in last and str(config_file) not in last, last
+
+
+def test_a_config_given_as_a_pipe_with_the_overwrite_flag_is_read_once(tmp_path, model, monkeypatch, capsys,
+                                                                       earlier_output) -> None:
+    """`--config <(envsubst < job.yaml) --overwrite`: the file was read a second time to find whether it says
+    overwrite: true too (for the stopped run's advice), before the run began; a pipe has nothing left then, so the run
+    never started ("--config /dev/fd/63 is empty", exit status 2), and a named FIFO blocked it for good."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"overwrite: true\n")
+    os.close(write_end)
+    try:
+        monkeypatch.setattr(job, "_purify", _wrote_one_then_interrupted(tmp_path))
+        assert main(small_job_argv(tmp_path, model, "--config", f"/dev/fd/{read_end}", "--overwrite")) == 130
+    finally:
+        os.close(read_end)
+    last = _last_line(capsys)
+    assert last.endswith(f"run the command again without --overwrite (remove overwrite: true from /dev/fd/{read_end}) "
+                         "to resume (what is written is skipped, not purified again); with --overwrite it deletes them "
+                         "and starts over"), last
