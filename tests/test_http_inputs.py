@@ -530,3 +530,28 @@ def test_two_web_files_that_give_one_id_are_refused_naming_both(web, links: tupl
     first, second = (re.escape(url + "data/" + link.strip('"')) for link in links)
     with pytest.raises(ValueError, match=rf"1 pair\(s\) of links give one id: {first} and {second}; rename one"):
         discover(url + "data/", {})
+
+
+def test_a_tar_shard_of_unknown_size_is_streamed_where_no_local_copy_can_be_made(tmp_path: Path, monkeypatch) -> None:
+    """The temporary folder is gone (removed since the worker found it) or cannot be written: the copy could not even
+    be made, and the whole shard was one '#unreadable' reject (FileNotFoundError), its images unread, where before
+    such a shard was copied it was streamed twice. It is streamed, as on a full disk; a zip or Parquet file, which
+    cannot be streamed, is a reject that says what to do."""
+    import tempfile
+
+    from tests.webutil import serving
+
+    site = tmp_path / "site"
+    site.mkdir()
+    images = {f"{i:04d}.png": image_bytes(64, 64, i) for i in range(8)}
+    (site / "s.tar").write_bytes(tar_bytes(images))
+    (site / "z.zip").write_bytes(zip_bytes(images, compression=zipfile.ZIP_STORED))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "removed"))
+    with serving(site, _no_length_handler()) as url:
+        (shard,) = discover(url + "s.tar", {})
+        records = [r for r in read_unit(shard, {}, in_memory_bytes=4096) if r["kind"] != "count"]
+        (archive,) = discover(url + "z.zip", {})
+        (reject,) = [r for r in read_unit(archive, {}, in_memory_bytes=4096) if r["kind"] != "count"]
+    assert {r["id"]: r.get("data") for r in records} == {f"s.tar/{name[:-4]}": data for name, data in images.items()}
+    assert reject["id"] == "z.zip#unreadable" and "set TMPDIR on the workers to a folder they can write" in \
+        reject["error"], reject

@@ -152,9 +152,15 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
             if total <= in_memory_bytes:
                 raw = b"".join(chunks)
                 return lambda: io.BytesIO(raw)
-            folder = tempfile.gettempdir()
-            _remove_dead_copies(folder)
-            handle, local = tempfile.mkstemp(prefix=_spool_prefix(), dir=folder)  # readable by this user alone
+            folder = tempfile.tempdir or os.environ.get("TMPDIR") or "/tmp"  # named if gettempdir finds none
+            try:
+                folder = tempfile.gettempdir()
+                _remove_dead_copies(folder)
+                handle, local = tempfile.mkstemp(prefix=_spool_prefix(), dir=folder)  # readable by this user alone
+            except OSError as err:  # no usable folder (read-only, or removed since it was found), no inode left
+                raise SpoolFailed(f"no size on storage and over --in-memory-mb, so copied to read it: making the copy "
+                                  f"failed ({err.strerror or err}); set TMPDIR on the workers to a folder they can "
+                                  f"write (runtime_env env_vars or the nodes' environment); it was {folder}") from err
             try:
                 try:
                     for chunk in chunks:
@@ -224,7 +230,8 @@ def _remove_dead_copies(folder: str) -> None:
 
 
 class SpoolFailed(ValueError):
-    """The local copy of a file of unknown size could not be written (a full disk): a permanent error, not retried."""
+    """The local copy of a file of unknown size could not be made or written (a full disk, no temporary folder it can
+    write): a permanent error, not retried."""
 
 
 def _write_local(handle: int, chunk: bytes, local: str) -> None:

@@ -40,9 +40,9 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     `in_memory_bytes` is fetched once and both passes run over that copy; a larger one is streamed from storage
     twice, trading a second read for bounded memory, unless storage gives no size (a web server that sends no
     Content-Length): such a shard is copied once to a local temporary file (`_spooled`), both passes read the copy,
-    which is deleted when the reading ends (done, failed or stopped); where the copy cannot be written (a full disk),
-    it is streamed twice. A member over `max_image_bytes` is not read, and a key whose members hold more than that
-    together is not kept: either key is a reject.
+    which is deleted when the reading ends (done, failed or stopped); where the copy cannot be made (a full disk, no
+    temporary folder it can write), it is streamed twice. A member over `max_image_bytes` is not read, and a key whose
+    members hold more than that together is not kept: either key is a reject.
     A key whose id is in `skip_ids` (done in an earlier run) is not read either: one "skipped" record stands for it.
     Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
     (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
@@ -57,7 +57,8 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                 # no size on storage: a stream of unknown length, over in_memory_bytes copied once for both passes
                 open_stream = _opener(path, fs_opts, in_memory_bytes, listed_size, spool=spool)
             except SpoolFailed:
-                # no room for the copy (a full disk): streamed twice, as a tar needs no seeking
+                # no room for the copy (a full disk, no temporary folder to write): streamed twice, as a tar needs no
+                # seeking
                 open_stream = _opener(path, fs_opts, in_memory_bytes, listed_size)
         except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
             yield _unreadable(shard, path, 0, err)
