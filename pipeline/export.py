@@ -864,6 +864,8 @@ def run_export(names: ArgNames, output: str, to: str, *, storage_options: dict[s
     _check_arguments(names, output=output, to=to, storage_options=storage_options, image_format=image_format,
                      jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
                      progress=progress, on_damaged=on_damaged)
+    # numpy's integers as Python's: Pillow refuses quality=np.int64(90) ("Invalid quality setting"), for every JPEG
+    jpeg_quality, workers = int(jpeg_quality), int(workers)
     output, to = os.fspath(output).rstrip("/") or "/", os.fspath(to).rstrip("/") or "/"
     so, problems = with_url_options({names.named("output"): output, names.named("to"): to}, dict(storage_options or {}))
     if problems:

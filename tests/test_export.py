@@ -862,6 +862,17 @@ def test_naming_holds_8_bytes_a_row_and_twice_that_while_sorting(tmp_path: Path)
     assert held < 10 * rows and peak < 21 * rows
 
 
+def test_numpy_integers_are_a_jpeg_quality_and_workers(tmp_path: Path) -> None:
+    """The check takes numpy's integers (a value from an array, a grid of settings) as whole numbers, but Pillow
+    refuses quality=np.int64(90): every JPEG of the export failed, 'ValueError: Invalid quality setting'."""
+    out = tmp_path / "out"
+    make_output(str(out), [image("cats/a.jpg", 1)])
+    report = export_images(out, tmp_path / "np", image_format="input", jpeg_quality=np.int64(90), workers=np.int32(2))
+    assert report.ok and report.failures == [] and report.written == 1
+    export_images(out, tmp_path / "int", image_format="input", jpeg_quality=90)
+    assert (tmp_path / "np" / "cats/a.jpg").read_bytes() == (tmp_path / "int" / "cats/a.jpg").read_bytes()
+
+
 @pytest.mark.parametrize("argument, value", [("existing", "replace"), ("image_format", "jpg"), ("manifest", "xml"),
                                              ("jpeg_quality", 0), ("workers", 0)])
 def test_a_bad_argument_of_export_images_is_an_export_error_before_anything_is_written(tmp_path: Path, argument: str,
