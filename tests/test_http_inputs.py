@@ -555,3 +555,35 @@ def test_a_tar_shard_of_unknown_size_is_streamed_where_no_local_copy_can_be_made
     assert {r["id"]: r.get("data") for r in records} == {f"s.tar/{name[:-4]}": data for name, data in images.items()}
     assert reject["id"] == "z.zip#unreadable" and "set TMPDIR on the workers to a folder they can write" in \
         reject["error"], reject
+
+
+def test_a_local_copy_whose_download_fails_as_it_is_closed_is_deleted(tmp_path: Path, monkeypatch) -> None:
+    """The copy was handed to the reading's stack only once the download was closed: an error there (a connection
+    reset, retried as a transient error) left the whole copy in the temporary folder for as long as the worker
+    lived, beside the copy the retry made."""
+    import tempfile
+
+    import fsspec.implementations.http as http
+
+    from tests.webutil import serving
+
+    site, spool = tmp_path / "site", tmp_path / "spool"
+    site.mkdir()
+    spool.mkdir()
+    images = {f"{i:04d}.png": image_bytes(64, 64, i) for i in range(8)}
+    (site / "s.tar").write_bytes(tar_bytes(images))
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    real_close, resets = http.HTTPStreamFile.close, []
+
+    def close(self) -> None:
+        real_close(self)
+        if not resets:
+            resets.append(self.url)
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(http.HTTPStreamFile, "close", close)
+    with serving(site, _no_length_handler()) as url:
+        (unit,) = discover(url + "s.tar", {})
+        records = [r for r in read_unit(unit, {}, in_memory_bytes=4096) if r["kind"] != "count"]
+    assert resets and not list(spool.iterdir())
+    assert {r["id"]: r.get("data") for r in records} == {f"s.tar/{name[:-4]}": data for name, data in images.items()}

@@ -144,24 +144,30 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
 
     def once() -> Callable[[], BinaryIO]:
         fs, fs_path = storage_path(path, fs_opts)
-        with fs.open(fs_path, "rb") as f:
-            chunks, total = [], 0
-            while total <= in_memory_bytes and (chunk := f.read(min(SPOOL_CHUNK_BYTES, in_memory_bytes + 1 - total))):
-                chunks.append(chunk)
-                total += len(chunk)
-            if total <= in_memory_bytes:
-                raw = b"".join(chunks)
-                return lambda: io.BytesIO(raw)
-            folder = tempfile.tempdir or os.environ.get("TMPDIR") or "/tmp"  # named if gettempdir finds none
-            try:
-                folder = tempfile.gettempdir()
-                _remove_dead_copies(folder)
-                handle, local = tempfile.mkstemp(prefix=_spool_prefix(), dir=folder)  # readable by this user alone
-            except OSError as err:  # no usable folder (read-only, or removed since it was found), no inode left
-                raise SpoolFailed(f"no size on storage and over --in-memory-mb, so copied to read it: making the copy "
-                                  f"failed ({err.strerror or err}); set TMPDIR on the workers to a folder they can "
-                                  f"write (runtime_env env_vars or the nodes' environment); it was {folder}") from err
-            try:
+        made: list[str] = []  # this attempt's copy, deleted at once if the attempt fails (closing the download too)
+        try:
+            with fs.open(fs_path, "rb") as f:
+                chunks, total = [], 0
+                while total <= in_memory_bytes and (
+                        chunk := f.read(min(SPOOL_CHUNK_BYTES, in_memory_bytes + 1 - total))):
+                    chunks.append(chunk)
+                    total += len(chunk)
+                if total <= in_memory_bytes:
+                    raw = b"".join(chunks)
+                    return lambda: io.BytesIO(raw)
+                folder = tempfile.tempdir or os.environ.get("TMPDIR") or "/tmp"  # named if gettempdir finds none
+                try:
+                    folder = tempfile.gettempdir()
+                    _remove_dead_copies(folder)
+                    handle, local = tempfile.mkstemp(prefix=_spool_prefix(), dir=folder)  # readable by this user alone
+                except OSError as err:  # no usable folder (read-only, or removed since it was found), no inode left
+                    raise SpoolFailed(f"no size on storage and over --in-memory-mb, so copied to read it: making the "
+                                      f"copy failed ({err.strerror or err}); set TMPDIR on the workers to a folder they "
+                                      f"can write (runtime_env env_vars or the nodes' environment); it was {folder}"
+                                      ) from err
+                made.append(local)
+                # owned by `spool` from now: an error closing the download, after the copy, left it on the disk
+                spool.callback(_remove_local, local)
                 try:
                     for chunk in chunks:
                         _write_local(handle, chunk, local)
@@ -170,11 +176,11 @@ def _spooled(path: str, fs_opts: dict[str, Any], in_memory_bytes: int,
                         _write_local(handle, chunk, local)
                 finally:
                     os.close(handle)
-            except BaseException:
+        except BaseException:
+            for local in made:
                 _remove_local(local)
-                raise
-        spool.callback(_remove_local, local)
-        return lambda: open(local, "rb")  # the reader closes what it opens
+            raise
+        return lambda: open(made[0], "rb")  # the reader closes what it opens
 
     return with_retries(once, f"read {path}")
 
