@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", nargs="?", default=str(SAMPLE_DIR),
                    help=f"where to write the shards (made when missing). Default: the package's own, {SAMPLE_DIR}")
     args = p.parse_args(argv)
+    if not args.folder:  # `"$DIR"` with the variable unset: Path('') is the current folder, whatever it is
+        p.error("the folder is empty; give a folder, or leave it out for the package's own")
     folder = Path(args.folder)
     if folder.exists() and not folder.is_dir():
         p.error(f"{args.folder} is a file; give a folder (it is made when missing)")

@@ -45,3 +45,10 @@ def test_an_unknown_option_or_a_second_folder_is_a_usage_error(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     assert run_main(sample_data, argv) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_folder_is_refused_not_taken_as_the_current_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    # `python -m pipeline.sample_data "$DIR"` with DIR unset wrote the two shards into whatever folder it ran in
+    monkeypatch.chdir(tmp_path)
+    assert run_main(sample_data, [""]) == 2
+    assert "the folder is empty" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
