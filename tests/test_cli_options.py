@@ -88,6 +88,22 @@ def test_config_keys_as_spelled_on_the_command_line_and_one_storage_option(tmp_p
     assert config.storage_options == {"region": "eu"}  # one KEY=VALUE, not one option per character
 
 
+def test_an_empty_s3_endpoint_is_refused_naming_where_it_was_given(tmp_path, capsys) -> None:
+    """`--s3-endpoint "$S3_ENDPOINT"` with the variable unset was taken as not given: the run (or export) went to
+    AWS's S3 with the credentials meant for MinIO, to a bucket of the same name there if one exists."""
+    from pipeline import export_cli
+
+    with pytest.raises(cli.ConfigError, match=r"^--s3-endpoint is empty; give the endpoint's URL"):
+        config_from_args(["--input", "s3://b/in", "--output", "s3://b/out", "--s3-endpoint", ""])
+    path = _write(tmp_path, 's3_endpoint: ""\n')
+    with pytest.raises(cli.ConfigError, match=rf"^s3_endpoint in {path} is empty"):
+        config_from_args(["--input", "s3://b/in", "--output", "s3://b/out", "--config", path])
+    assert export_cli.main(["--output", "s3://b/out", "--to", str(tmp_path / "to"), "--s3-endpoint", ""]) == 2
+    assert _errors(capsys) == ["error: --s3-endpoint is empty; give the endpoint's URL (http://host:9000), or leave it "
+                               "out for AWS's"]
+    assert not (tmp_path / "to").exists()
+
+
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
 
