@@ -86,7 +86,7 @@ def init_local_ray(num_cpus: int | None = None) -> None:
         os.environ["PYTHONPATH"] = pythonpath
         # address="local": without it ray.init joins a head started on this machine with `ray start` (found through
         # /tmp/ray), silently, with the workers' output off, where --help promises a local Ray.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=own_ray_cpus(num_cpus), include_dashboard=False, log_to_driver=False,
                  logging_level=os.environ.get("RAY_LOGGER_LEVEL", "warning"))
     finally:
         if caller_pythonpath is None:
@@ -101,6 +101,28 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     # is_initialized first: ray.get_runtime_context() would start a Ray of its own (ray.init's auto-init) where none is
     # up (a stand-in for ray.init in tests); nothing is quieted then
     _OWN_RAY_NODE[0] = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def own_ray_cpus(num_cpus: int | None) -> int | None:
+    """The CPUs the job's own local Ray is started with: `num_cpus` where given, else Ray's own count (None), except
+    on a machine whose share is a fraction of one CPU (a container limited with `docker run --cpus 0.5`, a Kubernetes
+    limit of 500m): Ray truncates that share to 0 CPUs, where neither a task nor an actor can run, and the default run
+    was refused with advice no flag could follow (a smaller --cpus-per-actor or --cpus-per-task). It gets 1 CPU there,
+    which its processes share as the machine's share allows."""
+    if num_cpus is not None:
+        return num_cpus
+    counter = logging.getLogger("ray._private.utils")
+    quiet = _DropRecords("Ray currently does not support initializing Ray with fractional cpus")  # "... to 0"
+    counter.addFilter(quiet)
+    try:
+        from ray._private.utils import get_num_cpus
+
+        counted = get_num_cpus(override_docker_cpu_warning=True, truncate=False)
+    except Exception:  # noqa: BLE001 - Ray's internal count: without it Ray counts, as it always did
+        return None
+    finally:
+        counter.removeFilter(quiet)
+    return 1 if 0 < counted < 1 else None
 
 
 def ray_started_here() -> bool:

@@ -204,6 +204,31 @@ def test_the_default_actor_cpus_fit_a_local_ray_of_one_cpu(options, cpus, fitted
     assert (local_ray_problem(placed, 0.0, cpus=cpus, gpus=0) is None) == fits
 
 
+@pytest.mark.parametrize("share, started_with", [(0.5, 1), (0.25, 1), (1.0, None), (2.5, None), (None, None)])
+def test_the_jobs_own_ray_on_a_machine_of_less_than_one_cpu_gets_one(monkeypatch, caplog, share, started_with) -> None:
+    """A container limited to a fraction of a CPU (docker --cpus 0.5, a Kubernetes limit of 500m): Ray truncates its
+    share to 0 CPUs, where no task nor actor can run, and the default run was refused with exit status 2, naming a
+    --cpus-per-actor 1 it was not given and advising a smaller --cpus-per-actor or --cpus-per-task, which no value
+    could satisfy. The job's own Ray is started with 1 CPU there (Ray's own count elsewhere, `share` None: no limit)."""
+    import ray
+    import ray._private.utils as ray_utils
+
+    from pipeline import placement
+
+    monkeypatch.setattr(ray_utils, "_get_docker_cpus", lambda *a, **k: share)
+    monkeypatch.setattr(ray_utils.multiprocessing, "cpu_count", lambda: 4)
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(placement, "_OWN_RAY_NODE", [None])
+    with caplog.at_level("WARNING"):
+        placement.init_local_ray()
+    assert calls[0]["num_cpus"] == started_with
+    assert "truncated" not in caplog.text  # Ray's word that the share becomes 0: not what the job does
+    placement.init_local_ray(num_cpus=3)  # the caller's number is kept
+    assert calls[1]["num_cpus"] == 3
+
+
 def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large_is_still_refused(tmp_path) -> None:
     """The whole run on the job's own local Ray of 1 CPU, as on a 1-CPU machine: the default run completes, saying in
     one line what its actor reserves; --cpus-per-actor 1, given, cannot fit and is refused (exit status 2) as before."""
