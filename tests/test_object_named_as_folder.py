@@ -141,3 +141,27 @@ def test_an_object_whose_siblings_share_its_name_is_one_file(object_first) -> No
     _twins(fs, root)
     with pytest.raises(ValueError, match="both an object and a folder"):
         discover(f"objectfirst://{root}/data", {})
+
+
+class _GetWithoutList(_ObjectFirst):
+    """A store whose credentials may read an object but not list (Google Cloud Storage's storage.objects.get without
+    storage.objects.list): gcsfs answers a listing's HTTP 403 with a plain OSError('Forbidden: ...'), not the
+    PermissionError s3fs gives."""
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
+        raise OSError(f"Forbidden: https://storage.googleapis.com/storage/v1/b/{path}/o\n"
+                      "reader@project.iam.gserviceaccount.com does not have storage.objects.list access")
+
+
+def test_an_object_that_may_be_read_but_not_listed_beside_is_read_as_one_file(object_first) -> None:
+    """The check for keys under 'name/' lists them; where the credentials may not list, nothing is seen there, as on
+    S3 (GetObject without ListBucket): the one object given was refused with gcsfs's 'Forbidden', where it was read
+    before the check covered other stores than S3."""
+    fs, root = object_first
+    fsspec.register_implementation("objectfirst", _GetWithoutList, clobber=True)
+    fs = _GetWithoutList()
+    fs.pipe(f"{root}/one.png", image_bytes(8, 8, 1))
+    (unit,) = discover(f"objectfirst://{root}/one.png", {})
+    assert unit.paths == (f"objectfirst:///{root}/one.png",)
+    assert [r["id"] for r in read_unit(unit, {}) if r["kind"] == "image"] == ["one.png"]
+    assert input_location(f"objectfirst://{root}/one.png", {}) == f"objectfirst:///{root}"

@@ -112,8 +112,21 @@ def _keys_under(fs: Any, root: str) -> bool:
         names = fs.ls(root, detail=False)
     except (FileNotFoundError, PermissionError, NotADirectoryError):  # nothing listed there, or not to this reader
         return False
+    except Exception as err:
+        if not _listing_denied(err):
+            raise
+        return False  # an object that may be read but not listed beside: none seen, as on S3 (`_s3_keys_under`)
     folder = root.rstrip("/") + "/"
     return any(str(name).startswith(folder) and str(name) != folder for name in names)
+
+
+def _listing_denied(err: BaseException) -> bool:
+    """Whether `err` is a store refusing these credentials a listing, as a store that raises no PermissionError says it:
+    gcsfs's OSError('Forbidden: ...') for an HTTP 403 (storage.objects.get without storage.objects.list), or an error
+    carrying HTTP 401 or 403 (adlfs's HttpResponseError)."""
+    if isinstance(err, OSError) and err.errno is None and str(err).startswith("Forbidden"):
+        return True
+    return getattr(err, "status_code", None) in (401, 403)
 
 
 def _s3_keys_under(fs: Any, root: str) -> bool:
