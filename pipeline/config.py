@@ -160,6 +160,10 @@ class JobConfig:
                 continue
             if not (_is_number(getattr(self, name)) and getattr(self, name) > 0):
                 problems.append(f"{_flag(name)} must be a number above 0, got {getattr(self, name)!r}")
+            elif getattr(self, name) < 1e-4:
+                # Ray refuses it only as the pipeline's tasks and actors start: the run had taken the output then
+                problems.append(f"{_flag(name)} must be 0.0001 or more (Ray's smallest fraction of a CPU), got "
+                                f"{getattr(self, name)!r}")
         if self.gpus_per_actor is not None and not (_is_number(self.gpus_per_actor) and self.gpus_per_actor >= 0):
             problems.append(f"--gpus-per-actor must be a number of 0 or more, got {self.gpus_per_actor!r}")
         elif self.gpus_per_actor is not None and self.gpus_per_actor > 1:

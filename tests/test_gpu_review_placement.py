@@ -371,6 +371,18 @@ def test_gpus_per_actor_the_purifier_cannot_use_are_refused(value, message) -> N
     _job(gpus_per_actor=0).check()
 
 
+@pytest.mark.parametrize("option", ["cpus_per_actor", "cpus_per_task"])
+def test_cpus_below_rays_smallest_fraction_are_refused_before_any_work(option) -> None:
+    """Ray refuses a CPU share below 0.0001 only as the pipeline's tasks and actors start: --cpus-per-task 0.00001 passed
+    the check and the dry run, took the output and wrote its records, then failed with exit status 1 and Ray's
+    ValueError, advising to run the same command again, which failed the same way."""
+    with pytest.raises(JobError, match=rf"--{option.replace('_', '-')} must be 0.0001 or more \(Ray's smallest "
+                                       r"fraction of a CPU\), got 1e-05"):
+        _job(**{option: 0.00001}).check()
+    _job(**{option: 0.0001}).check()
+    _job(**{option: 0.25}).check()
+
+
 def test_an_actor_told_to_use_cuda_with_gpus_torch_cannot_see_names_the_cause(tmp_path, monkeypatch) -> None:
     """The job always passes device='cuda' to GPU actors, so the check for GPUs torch cannot see (which ran only
     for device=None) never ran in a job: the actor failed with torch's bare CUDA error instead."""
