@@ -205,7 +205,7 @@ def test_the_default_actor_cpus_fit_a_local_ray_of_one_cpu(options, cpus, fitted
 
 
 @pytest.mark.parametrize("share, started_with", [(0.5, 1), (0.25, 1), (1.0, None), (2.5, None), (None, None)])
-def test_the_jobs_own_ray_on_a_machine_of_less_than_one_cpu_gets_one(monkeypatch, caplog, share, started_with) -> None:
+def test_the_jobs_own_ray_on_a_machine_of_less_than_one_cpu_gets_one(monkeypatch, capfd, share, started_with) -> None:
     """A container limited to a fraction of a CPU (docker --cpus 0.5, a Kubernetes limit of 500m): Ray truncates its
     share to 0 CPUs, where no task nor actor can run, and the default run was refused with exit status 2, naming a
     --cpus-per-actor 1 it was not given and advising a smaller --cpus-per-actor or --cpus-per-task, which no value
@@ -221,12 +221,16 @@ def test_the_jobs_own_ray_on_a_machine_of_less_than_one_cpu_gets_one(monkeypatch
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(placement, "_OWN_RAY_NODE", [None])
-    with caplog.at_level("WARNING"):
-        placement.init_local_ray()
+    placement.init_local_ray()
     assert calls[0]["num_cpus"] == started_with
-    assert "truncated" not in caplog.text  # Ray's word that the share becomes 0: not what the job does
     placement.init_local_ray(num_cpus=3)  # the caller's number is kept
     assert calls[1]["num_cpus"] == 3
+    monkeypatch.setenv("RAY_USE_MULTIPROCESSING_CPU_COUNT", "1")  # Ray counts every core then: never a fraction
+    placement.init_local_ray()
+    assert calls[2]["num_cpus"] is None
+    # Ray's lines as the job counts ("... truncated from 0.5 to 0", "Detected RAY_USE_MULTIPROCESSING_CPU_COUNT=1"):
+    # not what the job does, and ray.init itself starts with its INFO lines off
+    assert capfd.readouterr().err == ""
 
 
 def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large_is_still_refused(tmp_path) -> None:
