@@ -266,10 +266,12 @@ def _add_cluster_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     rt.add_argument("--gpus-per-actor", type=float,
                     help="GPUs per actor, 0 or 0.0001 to 1 (default 1 when the cluster has GPUs, else 0)")
     rt.add_argument("--cpus-per-actor", type=float,
-                    help=f"CPUs reserved per actor (default {DEFAULT_CPUS_PER_ACTOR}; on a local Ray with fewer CPUs "
-                         "than that plus --cpus-per-task, a 1-CPU machine, what one task leaves, and the run says so)")
+                    help=f"CPUs reserved per actor, 0.0001 or more (default {DEFAULT_CPUS_PER_ACTOR}; on a local Ray "
+                         "with fewer CPUs than that plus --cpus-per-task, a 1-CPU machine, what one task leaves, and the "
+                         "run says so)")
     rt.add_argument("--cpus-per-task", type=float,
-                    help=f"CPUs reserved per read/decode/tile/untile/encode/write task (default {d.cpus_per_task})")
+                    help=f"CPUs reserved per read/decode/tile/untile/encode/write task, 0.0001 or more (default "
+                         f"{d.cpus_per_task})")
     rt.add_argument("--torch-threads", type=int,
                     help="torch threads per CPU actor (default: every core of its node for a lone actor; with "
                          "--actors above 1, its --cpus-per-actor, so that actors sharing a node do not oversubscribe it)")
