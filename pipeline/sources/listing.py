@@ -123,7 +123,7 @@ def _keys_under(fs: Any, root: str) -> bool:
 def _listing_denied(err: BaseException) -> bool:
     """Whether `err` is a store refusing these credentials a listing, as a store that raises no PermissionError says it:
     gcsfs's OSError('Forbidden: ...') for an HTTP 403 (storage.objects.get without storage.objects.list), or an error
-    carrying HTTP 401 or 403 (adlfs's HttpResponseError)."""
+    carrying HTTP 401 or 403 in its status_code (as azure.core's HttpResponseError does)."""
     if isinstance(err, OSError) and err.errno is None and str(err).startswith("Forbidden"):
         return True
     return getattr(err, "status_code", None) in (401, 403)
