@@ -175,14 +175,20 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        for pid in processes_naming(str(self.base)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # what left the process groups (a Ray worker, a job's driver): killed until none is left
+        self.outside_groups = processes_naming(str(self.base))
+        deadline = time.monotonic() + 10
+        while (left := processes_naming(str(self.base))) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
 
 
-def processes_naming(text: str) -> list[int]:
-    """Live processes, not this one, whose command line holds `text` (this run's unique temp folder)."""
-    found = []
+def processes_naming(text: str) -> dict[int, str]:
+    """Live processes, not this one, whose command line holds `text` (this run's unique temp folder): pid -> the start
+    of its command line."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
@@ -190,7 +196,7 @@ def processes_naming(text: str) -> list[int]:
             except OSError:
                 continue
             if text in cmdline:
-                found.append(int(entry))
+                found[int(entry)] = cmdline[:120]
     return found
 
 
@@ -269,6 +275,14 @@ def main() -> None:
     parser.add_argument("--tail", type=int, default=4, help="stderr lines printed per scenario")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (the nodes' logs) after the run")
     args = parser.parse_args()
+    try:
+        run(args, parser)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C or SIGTERM): what it started is torn down", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     chosen = [s for s in args.scenarios.split(",") if s]
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
@@ -327,10 +341,13 @@ def main() -> None:
             print(f"  NotOnThisNodeError line: {result['not_on_node_line']}; "
                   f"{RUNS_DIR}/ holds {len(files_under(runs))} file(s)", flush=True)
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the teardown short
+            signal.signal(signum, signal.SIG_IGN)
         t0 = time.monotonic()
         cluster.stop()
         left = processes_naming(str(base))
-        print(f"\ncluster torn down in {time.monotonic() - t0:.1f} s; processes left naming {base}: {left}")
+        print(f"\ncluster torn down in {time.monotonic() - t0:.1f} s; processes outside its nodes' process groups, "
+              f"killed by name: {getattr(cluster, 'outside_groups', {})}; processes left naming {base}: {left}")
         if args.keep:
             print(f"kept {base}")
         else:
