@@ -797,10 +797,10 @@ class StopRecorder:
         (one while they are written, a full disk, is "could not start", exit status 2, as it is raised)."""
         return self.summary_begun if isinstance(err, KeyboardInterrupt) else self.output_started
 
-    def advice(self) -> str:
+    def advice(self, failure: str | None = None) -> str:
         """What to run next, once the stop is counted: the line that ends the run and the summary's `resume` both say
-        it (an --overwrite run is resumed without --overwrite)."""
-        return resume_advice(self.config.overwrite is True, self.files_written != 0, self.overwrite_file)
+        it (an --overwrite run is resumed without --overwrite; `failure`: a failed run's reason)."""
+        return resume_advice(self.config.overwrite is True, self.files_written != 0, self.overwrite_file, failure)
 
     def record(self, status: str, details: dict[str, Any]) -> str:
         """Say in the summary how the run ended, with what it wrote: counted in the output (see count_stopped_run),
@@ -834,7 +834,7 @@ class StopRecorder:
         try:
             _write_summary(out, {
                 "status": status, **details, "this_run": done, "output_totals": totals,
-                "resume": self.advice(),
+                "resume": self.advice(details.get("error") if status == "failed" else None),
                 "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
                 so, run_history_path(out, self.started, self.lease.record["run_id"]))
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status

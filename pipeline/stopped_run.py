@@ -115,7 +115,8 @@ RESUME_SKIPS = "what is written is skipped, not purified again"
 WITHOUT_OVERWRITE = "run the command again without --overwrite"
 
 
-def resume_advice(overwrite: bool, wrote: bool = True, overwrite_file: str | None = None) -> str:
+def resume_advice(overwrite: bool, wrote: bool = True, overwrite_file: str | None = None,
+                  failure: str | None = None) -> str:
     """What to run after a stopped run, whose files are all whole: the one place that decides it, for the line that
     ends the run (`interrupted:`, `error:`) and its summary's `resume` alike, which said it apart and disagreed.
 
@@ -123,28 +124,35 @@ def resume_advice(overwrite: bool, wrote: bool = True, overwrite_file: str | Non
     its rows are kept by the command without --overwrite (the output's record is this run's, its settings the same); a
     run that wrote nothing (stopped before its pipeline wrote a file, the output's earlier files deleted) has nothing to
     resume, and starts over either way. `overwrite_file`: the --config file whose overwrite: true made it an
-    --overwrite run, which the command without the flag still reads: named as the file to remove it from."""
+    --overwrite run, which the command without the flag still reads: named as the file to remove it from. `failure`:
+    the reason a failed run gives (`failure_reason`); one that the same command meets again whatever it resumes (a
+    local path a node of the cluster does not see) puts what to mend first."""
     if not overwrite:
-        return f"run the same command again to resume ({RESUME_SKIPS})"
-    if not wrote:
-        return ("--overwrite deleted the output's earlier files and this run purified nothing yet: run the same "
-                "command again to start over")
-    without = WITHOUT_OVERWRITE if overwrite_file is None else \
-        f"{WITHOUT_OVERWRITE} (remove overwrite: true from {overwrite_file})"
-    return f"{without} to resume ({RESUME_SKIPS}); with --overwrite it deletes them and starts over"
+        advice = f"run the same command again to resume ({RESUME_SKIPS})"
+    elif not wrote:
+        advice = ("--overwrite deleted the output's earlier files and this run purified nothing yet: run the same "
+                  "command again to start over")
+    else:
+        without = WITHOUT_OVERWRITE if overwrite_file is None else \
+            f"{WITHOUT_OVERWRITE} (remove overwrite: true from {overwrite_file})"
+        advice = f"{without} to resume ({RESUME_SKIPS}); with --overwrite it deletes them and starts over"
+    if failure is not None and failure.startswith(f"{NotOnThisNodeError.__name__}:"):
+        return f"once every node of the cluster sees that path at the same place, {advice}"
+    return advice
 
 
 @contextlib.contextmanager
 def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str,
-                       advice: Callable[[], str] = lambda: resume_advice(False),
+                       advice: Callable[[str | None], str] = lambda failure: resume_advice(False, failure=failure),
                        recorded: Callable[[BaseException], bool] = lambda err: True) -> Iterator[None]:
     """Run a job's pipeline so that, if it stops, its summary says so instead of "running" forever.
 
     SIGINT and SIGTERM are raised as an interruption in the driver (Ray's own SIGTERM handler would exit with the
     output's summary left at "running"); `record(status, details)` writes the summary ("interrupted" or "failed")
     and returns a phrase on what was written. Then JobInterrupted or JobFailed is raised, for the CLI's exit status,
-    ending with `advice()` (asked once the stop is recorded: `resume_advice`). A stop or failure for which
-    `recorded(err)` is False (the run's records not begun yet: `StopRecorder.recorded`) is raised as it is.
+    ending with `advice(reason)` (asked once the stop is recorded: `resume_advice`; `reason` is a failure's, None for a
+    stop). A stop or failure for which `recorded(err)` is False (the run's records not begun yet:
+    `StopRecorder.recorded`) is raised as it is.
     """
     with signals_interrupt():
         try:
@@ -156,7 +164,7 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str,
             name = signal.Signals(signum).name
             written = record("interrupted", {"signal": name})
             IGNORE_STOPS.set()
-            raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: {advice()}",
+            raise JobInterrupted(f"stopped by {name}; {written}. Every file in {out} is whole: {advice(None)}",
                                  signum) from None
         except DamagedOutput as err:
             if not recorded(err):
@@ -172,7 +180,8 @@ def record_stopped_run(record: Callable[[str, dict[str, Any]], str], out: str,
             reason = failure_reason(err)
             written = record("failed", {"error": reason})
             IGNORE_STOPS.set()
-            raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: {advice()}") from err
+            raise JobFailed(f"the run failed: {reason}; {written}. Every file in {out} is whole: {advice(reason)}") \
+                from err
 
 
 def part_names(out: str, storage_options: dict[str, Any]) -> dict[str, str | None]:

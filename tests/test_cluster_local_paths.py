@@ -159,9 +159,13 @@ def test_a_run_whose_write_task_does_not_see_the_output_stops_with_one_line_and_
     out = tmp_path / "out"
     assert line.startswith(f"error: the run failed: NotOnThisNodeError: --output {out} on node ")
     assert FIX in line and "this run wrote 0 purified and 0 rejected" in line
-    assert line.endswith("run the same command again to resume (what is written is skipped, not purified again)")
+    # the same command alone would stop the same way: what to mend first, in the line and the summary alike
+    advice = ("once every node of the cluster sees that path at the same place, run the same command again to resume "
+              "(what is written is skipped, not purified again)")
+    assert line.endswith(f": {advice}")
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("NotOnThisNodeError: --output")
+    assert summary["resume"] == advice
     assert not (out / "data").exists() and not (out / "rejects").exists()
     assert not (tmp_path / "elsewhere").exists()
 
@@ -228,3 +232,15 @@ def test_an_actor_whose_node_unpacked_the_package_elsewhere_loads_its_own_copy_o
     stage = PurifyStage(checkpoint=str(drivers), checkpoint_sha256=None, settings={"steps": 1}, preset=None, flags=None,
                         storage_options={}, device="cpu", precision="fp32", canvas_size=32, torch_threads=None)
     assert stage.purifier is not None
+
+
+def test_only_a_path_no_node_sees_puts_mending_it_before_the_advice_to_resume() -> None:
+    from pipeline.stopped_run import resume_advice
+
+    plain = resume_advice(False)
+    assert resume_advice(False, failure="OSError: [Errno 28] No space left on device") == plain
+    assert resume_advice(False, failure=None) == plain
+    mend = "once every node of the cluster sees that path at the same place, "
+    assert resume_advice(False, failure="NotOnThisNodeError: --input folder /d is not there") == mend + plain
+    overwrite = resume_advice(True, True, "job.yaml", failure="NotOnThisNodeError: --output /o on node n")
+    assert overwrite == mend + resume_advice(True, True, "job.yaml")
