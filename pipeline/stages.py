@@ -77,6 +77,16 @@ def local_path(uri: str) -> str | None:
     return LocalFileSystem._strip_protocol(uri) if protocol in (None, "file", "local") else None
 
 
+def as_the_driver_sees(uri: str) -> str:
+    """`uri` as the driver names it to a task or actor: a local path (a bare path, file://) made this process's absolute
+    path, '~' and a relative path read here; any other store's URI as it is. A task resolves a relative path against
+    its worker's folder, which is the folder Ray was started in (the job's own Ray: where the program first ran a job;
+    a `ray start` head: where that ran), not the driver's: a run from another folder, or a program's later run after
+    os.chdir, wrote its part files elsewhere, or was stopped as if on another node."""
+    path = local_path(uri)
+    return uri if path is None else path
+
+
 def node_name() -> str:
     """The node this runs on, as a user finds it in `ray status` or a cloud console: its host name, and its IP where
     Ray runs here."""

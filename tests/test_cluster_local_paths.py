@@ -228,3 +228,20 @@ def test_an_actor_whose_node_unpacked_the_package_elsewhere_loads_its_own_copy_o
     stage = PurifyStage(checkpoint=str(drivers), checkpoint_sha256=None, settings={"steps": 1}, preset=None, flags=None,
                         storage_options={}, device="cpu", precision="fp32", canvas_size=32, torch_threads=None)
     assert stage.purifier is not None
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_relative_paths_are_the_drivers_own_where_ray_was_started_in_another_folder(tmp_path, model,
+                                                                                  monkeypatch) -> None:
+    # The job's own Ray stays up for a program's later runs, and its workers keep the folder it was started in (as the
+    # workers of a `ray start` head keep theirs): a relative --output or --checkpoint, read there, was another folder.
+    # The run wrote its part files into that folder's out/ (and failed its end-of-run check), then was stopped as if on
+    # another node of a cluster; on one machine, relative paths are the driver's.
+    image_folder(tmp_path / "in", 2)
+    (tmp_path / "ckpt.pt").write_bytes(Path(model).read_bytes())
+    ray_folder = Path.cwd()
+    monkeypatch.chdir(tmp_path)
+    summary = job.run_job(small_job_config(tmp_path, model, input="in", output="out", checkpoint="ckpt.pt"))
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 2
+    assert len(list((tmp_path / "out" / "data").glob("part-*.parquet"))) == 1
+    assert ray_folder != tmp_path and not (ray_folder / "out").exists()
