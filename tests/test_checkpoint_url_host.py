@@ -190,3 +190,16 @@ def test_the_checkpoints_own_port_and_user_win_over_its_datas_server(tmp_path: P
     # host, or under another user, was read from the data's port, or with the data's credentials
     config = JobConfig(input=data, output=str(tmp_path / "out"), checkpoint=checkpoint)
     assert with_own_url_options(checkpoint, config.checkpoint_storage_options()) == read_with
+
+
+def test_a_checkpoint_in_a_local_folder_whose_name_holds_two_colons_is_read(tmp_path: Path, monkeypatch) -> None:
+    # BUG (fixed here): any '::' made the name an fsspec URL chain, so runs::v2/prior.pt (a folder train_prior.py --out
+    # writes) was "checkpoint not found"; a chain is still read as one
+    folder = tmp_path / "runs::v2"
+    folder.mkdir()
+    sha = save_bundle(folder / "prior.pt", build_unet(UNetConfig.from_flags(TINY_FLAGS)), dtype=torch.float32)
+    assert load_checkpoint(str(folder / "prior.pt"), verify_only=True).sha256 == sha
+    monkeypatch.chdir(tmp_path)
+    assert load_checkpoint("runs::v2/prior.pt", verify_only=True).sha256 == sha
+    (tmp_path / "plain.pt").write_bytes((folder / "prior.pt").read_bytes())
+    assert load_checkpoint(f"simplecache::file://{tmp_path}/plain.pt", verify_only=True).sha256 == sha
