@@ -456,7 +456,8 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             preset=config.preset, flags=config.flags, device=device, precision=config.precision,
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
             canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size,
-            checkpoint_flag="--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior"),
+            checkpoint_flag="--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior",
+            checkpoint_as_given=plan.checkpoint_uri),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
