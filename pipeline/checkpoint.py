@@ -41,7 +41,7 @@ from pipeline.errors import JobError
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
 from pipeline.schedule import SCHEDULES
-from pipeline.storage import describe, storage_path, with_own_url_options, with_retries
+from pipeline.storage import describe, is_url_chain, storage_path, with_own_url_options, with_retries
 
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
@@ -66,7 +66,9 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
     options = storage_options or {}
 
     def once() -> bytes:
-        if "::" in uri:  # an fsspec URL chain ('simplecache::s3://...'): only fsspec.open resolves it
+        # an fsspec URL chain ('simplecache::s3://...'): only fsspec.open resolves it. Not any '::': a file in a local
+        # folder 'runs::v2' (as train_prior.py --out writes one) was "not found"
+        if is_url_chain(uri):
             with fsspec.open(uri, "rb", **options) as f:
                 return f.read()
         # Through storage_path, as the images are read, so that on S3 with_retries alone owns the retry budget

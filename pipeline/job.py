@@ -81,6 +81,7 @@ from pipeline.stages import (
     DATA_DIR,
     REJECTS_DIR,
     PurifyStage,
+    as_the_driver_sees,
     decode_stage,
     encode_stage,
     read_stage,
@@ -449,11 +450,14 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
         PurifyStage,
         batch_size=config.batch_size or default_batch_size(canvas_size),
         fn_constructor_kwargs=dict(
-            checkpoint=plan.checkpoint_uri, checkpoint_sha256=plan.checkpoint.sha256, settings=settings.to_dict(),
+            # local paths as the driver reads them: a worker's own folder is the one Ray started in
+            checkpoint=as_the_driver_sees(plan.checkpoint_uri), checkpoint_sha256=plan.checkpoint.sha256,
+            settings=settings.to_dict(),
             preset=config.preset, flags=config.flags, device=device, precision=config.precision,
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
             canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size,
-            checkpoint_flag="--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior"),
+            checkpoint_flag="--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior",
+            checkpoint_as_given=plan.checkpoint_uri),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
         max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
@@ -463,8 +467,9 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
         canvas_size=canvas_size, align=settings.pool, max_bytes=BLOCK_BYTES), **task_retries)
     ds = ds.map_batches(encode_stage, batch_size=None, **task_retries)
     return ds.map_batches(write_stage, batch_size=None, fn_kwargs=dict(
-        output=config.output.rstrip("/"), storage_options=so, max_rows_per_file=config.write_batch,
-        name_salt=plan.refresh.salt if plan.refresh is not None else "", start_file=start_file), **task_retries)
+        output=as_the_driver_sees(config.output.rstrip("/")), storage_options=so, max_rows_per_file=config.write_batch,
+        name_salt=plan.refresh.salt if plan.refresh is not None else "",
+        start_file=None if start_file is None else as_the_driver_sees(start_file)), **task_retries)
 
 
 @dataclass(frozen=True)

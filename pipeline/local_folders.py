@@ -1,7 +1,7 @@
 """Options that must name a local folder (jobs/evaluate.py's --out and --cache-dir, jobs/train_prior.py's --out): what
 such an option's value means, and why a folder cannot be used, found before any work and without creating anything.
 
-A URI (s3://bucket/x, ftp://user:password@host/x) or an fsspec chain (simplecache::s3://..., a::b) is no local path:
+A URI (s3://bucket/x, ftp://user:password@host/x) or an fsspec chain (simplecache::s3://..., memory::x) is no local path:
 taken as one it became a local folder named 'ftp:/user:password@host/x', the password in its name. `remote_uri` tells
 such a value, for the option to refuse (its message shows it through `redaction.redact_uri`); `local_path` reads the
 rest: a file:// URI as its path, a '~' the shell left (zsh's --out=~/x, a quoted "~/x") as the home folder.
@@ -27,18 +27,32 @@ class LocalPathError(ValueError):
 
 def remote_uri(text: str) -> bool:
     """Whether `text` names a location by URI that is not a local file (any scheme:// but file:// and local://) or by
-    an fsspec chain ('a::b'), rather than by a local path."""
+    an fsspec chain ('memory::x', 'simplecache::s3://...': a file system's name before the '::', or a URI after it),
+    rather than by a local path. Any other 'a::b' is a local folder's name, as the jobs always took it ('runs::v2')."""
     found = _SCHEME.match(text)
     if found is None:
         return False
-    return found.group(2) == "::" or found.group(1).lower() not in LOCAL_SCHEMES or "::" in text[found.end():]
+    if found.group(2) == "::":
+        return _is_file_system(found.group(1)) or _CHAINED_URI.search(text) is not None
+    return found.group(1).lower() not in LOCAL_SCHEMES or "::" in text[found.end():]
+
+
+# A link of a chain that is a URI ('x::s3://bucket/y')
+_CHAINED_URI = re.compile(r"::[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _is_file_system(name: str) -> bool:
+    """Whether fsspec knows a file system by `name` (its own or one a package registered)."""
+    from fsspec.registry import known_implementations, registry
+
+    return name in known_implementations or name in registry
 
 
 def local_path(text: str) -> Path:
     """The local path an option's value names: a file:// (local://) URI as its path, a leading '~' or '~user' as that
     home folder. Raises LocalPathError for a '~user' of no known user; `remote_uri` values are the caller's to refuse."""
     found = _SCHEME.match(text)
-    if found is not None and not remote_uri(text):
+    if found is not None and found.group(2) == "://" and not remote_uri(text):  # not a local name's 'a::'
         text = text[found.end():]
         if not text:
             raise LocalPathError("a file:// URI without a path")

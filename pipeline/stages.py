@@ -77,6 +77,16 @@ def local_path(uri: str) -> str | None:
     return LocalFileSystem._strip_protocol(uri) if protocol in (None, "file", "local") else None
 
 
+def as_the_driver_sees(uri: str) -> str:
+    """`uri` as the driver names it to a task or actor: a local path (a bare path, file://) made this process's absolute
+    path, '~' and a relative path read here; any other store's URI as it is. A task resolves a relative path against
+    its worker's folder, which is the folder Ray was started in (the job's own Ray: where the program first ran a job;
+    a `ray start` head: where that ran), not the driver's: a run from another folder, or a program's later run after
+    os.chdir, wrote its part files elsewhere, or was stopped as if on another node."""
+    path = local_path(uri)
+    return uri if path is None else path
+
+
 def node_name() -> str:
     """The node this runs on, as a user finds it in `ray status` or a cloud console: its host name, and its IP where
     Ray runs here."""
@@ -127,16 +137,21 @@ def _last_two(path: str) -> str:
     return posixpath.join(posixpath.basename(posixpath.dirname(path)), posixpath.basename(path))
 
 
-def this_nodes_checkpoint(checkpoint: str) -> str:
+def this_nodes_checkpoint(checkpoint: str, as_given: str | None = None) -> str:
     """`checkpoint`, or this node's own copy of it where it is a prior shipped with the package, named by its path in the
     driver's copy of the package, and that path is not here: `ray job submit --working-dir` unpacks the package on each
-    node under a folder of that node's own (the default prior is such a path). The sha256 the driver read still has to
-    match (`load_checkpoint`), so only the same file is taken."""
+    node under a folder of that node's own (the default prior is such a path). Likewise a relative path `as_given`
+    (`checkpoint` is the driver's absolute path of it, `as_the_driver_sees`): read in this worker's folder, which is
+    that node's copy of the working dir. The sha256 the driver read still has to match (`load_checkpoint`), so only the
+    same file is taken."""
     from pipeline.presets import ASSETS, SHIPPED_PRIORS, shipped_prior_path
 
     path = local_path(checkpoint)
     if path is None or os.path.exists(path):
         return checkpoint
+    own_path = None if as_given is None or as_given == checkpoint else local_path(as_given)
+    if own_path is not None and os.path.exists(own_path):
+        return as_given
     folder, name = os.path.split(os.path.normpath(path))
     shipped = {shipped_prior_path(prior).name for prior in SHIPPED_PRIORS}
     own = ASSETS / name
@@ -330,10 +345,11 @@ class PurifyStage:
     def __init__(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
                  flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None,
                  precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None,
-                 checkpoint_flag: str = "--checkpoint"):
+                 checkpoint_flag: str = "--checkpoint", checkpoint_as_given: str | None = None):
         import torch
 
-        checkpoint = this_nodes_checkpoint(checkpoint)  # a shipped prior: the package's copy on this node
+        # a shipped prior, or a relative path given: the package's or working dir's copy on this node
+        checkpoint = this_nodes_checkpoint(checkpoint, checkpoint_as_given)
         check_checkpoint_seen(checkpoint, checkpoint_flag)  # the driver's file, on this node too
 
         from pipeline.purifier import Purifier

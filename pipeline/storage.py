@@ -374,9 +374,11 @@ def options_for(uri: str, data_uris: list[str], storage_options: dict[str, Any])
 
 def _without_other_server(uri: str, data_uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:
     """`storage_options` less the connection options (host, port, user, ...) that the data's URLs put in them
-    (`with_url_options`) when `uri` names another server of that store: the data on ftp://a:2121/in, the checkpoint on
-    ftp://b/prior.pt, which was read from a:2121. `read_bytes` then takes `uri`'s own from its URL. An option whose value
-    is not the URLs' (given by the user) stays, and wins, as everywhere."""
+    (`with_url_options`) when `uri` names another server of that store, or another port or account on it: the data on
+    ftp://a:2121/in, the checkpoint on ftp://b/prior.pt, which was read from a:2121; webhdfs://nn:50070/m.pt beside
+    webhdfs://nn:9870/in, read from port 9870; ftp://bob:...@a/prior.pt beside ftp://alice:...@a/in, read as alice.
+    `read_bytes` then takes `uri`'s own from its URL. What `uri` leaves out (no port, no user) is the data's server's,
+    as before. An option whose value is not the URLs' (given by the user) stays, and wins, as everywhere."""
     own = url_connection_options(uri)
     if "host" not in own:
         return storage_options
@@ -384,8 +386,10 @@ def _without_other_server(uri: str, data_uris: list[str], storage_options: dict[
     run_scope, url_scope = own_entry(uri, storage_options), own_entry(uri, from_urls)
     run = storage_options[run_scope] if run_scope else storage_options
     urls = from_urls[url_scope] if url_scope else from_urls
-    if urls.get("host") in (None, own["host"]) or run.get("host") != urls["host"]:
-        return storage_options  # the data's own server, no server named by the data, or a host the user gave
+    if urls.get("host") is None or run.get("host") != urls["host"]:
+        return storage_options  # no server named by the data, or a host the user gave
+    if all(urls.get(key, value) == value for key, value in own.items()):
+        return storage_options  # the data's own server, as far as `uri` says
     kept = {k: v for k, v in run.items() if k not in urls or v != urls[k]}
     return {**storage_options, run_scope: kept} if run_scope else kept
 

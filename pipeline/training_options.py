@@ -150,11 +150,19 @@ def is_uri(text: str) -> bool:
 
 
 def local_path(text: str) -> Path | None:
-    """The local file an option names, as a path or a file:// (local://) URI; None for any other store."""
+    """The local file an option names, as a path or a file:// (local://) URI; None for any other store. A '~' in a
+    file:// URI is the home folder, as fsspec reads and writes it (`check_args` has read a bare path's already): taken
+    as a folder named '~', --init-from ~/p.pt --export file://~/p.pt was not seen to overwrite the prior it started
+    from."""
     protocol, rest = fsspec.core.split_protocol(text)
     if protocol is None:
         return Path(text)
-    return Path(rest) if protocol in ("file", "local") else None
+    if protocol not in ("file", "local"):
+        return None
+    try:
+        return Path(rest).expanduser()
+    except RuntimeError:  # '~nobody': no home folder known; fsspec's own error says so where it is read or written
+        return Path(rest)
 
 
 def unwritable_folder(folder: Path) -> str | None:

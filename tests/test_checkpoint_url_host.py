@@ -171,3 +171,35 @@ def test_an_init_from_server_that_does_not_answer_is_named_without_its_password(
     assert f"error: --init-from {shown}: cannot read checkpoint {shown}: RetriesExhausted" in err, err
     assert "ConnectionRefusedError" in err
     assert "pa55word" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("data", "checkpoint", "read_with"), [
+    # another port of the data's host: another server
+    ("webhdfs://nn:9870/in", "webhdfs://nn:50070/m.pt", {"host": "nn", "port": 50070}),
+    ("ftp://a:2121/in", "ftp://a:2122/prior.pt", {"host": "a", "port": 2122}),
+    # another account on it: the data's user and password were sent for the checkpoint's
+    ("ftp://alice:pw1@a/in", "ftp://bob:pw2@a/prior.pt", {"host": "a", "username": "bob", "password": "pw2"}),
+    ("ftp://alice:pw1@a/in", "ftp://bob@a/prior.pt", {"host": "a", "username": "bob"}),
+    # what the checkpoint's URL leaves out is still its data's server's (as before)
+    ("ftp://alice:pw@a:2121/in", "ftp://a/prior.pt", {"host": "a", "port": 2121, "username": "alice", "password": "pw"}),
+    ("ftp://a/in", "ftp://a:2121/prior.pt", {"host": "a", "port": 2121}),
+])
+def test_the_checkpoints_own_port_and_user_win_over_its_datas_server(tmp_path: Path, data: str, checkpoint: str,
+                                                                     read_with: dict) -> None:
+    # BUG (fixed here): only another host set the data's URL options aside; a checkpoint on another port of the data's
+    # host, or under another user, was read from the data's port, or with the data's credentials
+    config = JobConfig(input=data, output=str(tmp_path / "out"), checkpoint=checkpoint)
+    assert with_own_url_options(checkpoint, config.checkpoint_storage_options()) == read_with
+
+
+def test_a_checkpoint_in_a_local_folder_whose_name_holds_two_colons_is_read(tmp_path: Path, monkeypatch) -> None:
+    # BUG (fixed here): any '::' made the name an fsspec URL chain, so runs::v2/prior.pt (a folder train_prior.py --out
+    # writes) was "checkpoint not found"; a chain is still read as one
+    folder = tmp_path / "runs::v2"
+    folder.mkdir()
+    sha = save_bundle(folder / "prior.pt", build_unet(UNetConfig.from_flags(TINY_FLAGS)), dtype=torch.float32)
+    assert load_checkpoint(str(folder / "prior.pt"), verify_only=True).sha256 == sha
+    monkeypatch.chdir(tmp_path)
+    assert load_checkpoint("runs::v2/prior.pt", verify_only=True).sha256 == sha
+    (tmp_path / "plain.pt").write_bytes((folder / "prior.pt").read_bytes())
+    assert load_checkpoint(f"simplecache::file://{tmp_path}/plain.pt", verify_only=True).sha256 == sha

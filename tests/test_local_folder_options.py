@@ -210,3 +210,14 @@ def test_an_empty_folder_variable_is_unset_and_a_tilde_in_one_is_the_home_folder
     said = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                           check=True).stdout.splitlines()
     assert said == [str(Path(datasets.__file__).resolve().parents[3] / "shared"), str(tmp_path / "home" / "cache")]
+
+
+def test_a_local_folder_whose_name_holds_two_colons_is_still_one(job: ModuleType, train_prior: ModuleType,
+                                                                  tmp_path: Path, shared: Path) -> None:
+    """Before today's local-folder checks, and again: 'runs::v2' (no file system's name before the '::', no URI after
+    it) is a folder of the current one, as pathlib writes it; it was refused as an fsspec chain."""
+    assert run_main(job, _argv(tmp_path, "--out", "runs::v2")) == 0
+    assert Path(job.started[0].out_dir) == Path("runs::v2")
+    assert run_main(job, _argv(tmp_path, "--cache-dir", "cache::v2")) == 0
+    assert Path(job.started[1].cache_dir) == Path("cache::v2")
+    assert Path(_train_args(train_prior, "--out", "runs::v2").out) == Path("runs::v2")

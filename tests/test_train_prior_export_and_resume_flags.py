@@ -107,6 +107,24 @@ def test_an_export_onto_the_init_from_prior_is_refused_before_training(
     assert last.read_bytes() == state
 
 
+@pytest.mark.parametrize(("init_from", "export"), [("~/first/prior.pt", "file://~/first/prior.pt"),
+                                                   ("file://~/first/prior.pt", "~/first/prior.pt")])
+def test_an_export_onto_the_init_from_prior_through_home_is_refused(
+        train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        init_from: str, export: str) -> None:
+    # BUG (fixed here): a '~' in a file:// URI was a folder named '~' to the check, but the home folder to fsspec, which
+    # writes the export: the prior the run started from was overwritten at the first save
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "first"), *TINY]) == 0
+    prior = tmp_path / "first" / "prior.pt"
+    before = prior.read_bytes()
+    argv = ["--max-steps", "1", "--out", str(tmp_path / "ft"), "--init-from", init_from, "--export", export, *TINY]
+    assert train_prior.cli(argv) == 2
+    assert "would overwrite the --init-from prior" in capsys.readouterr().err
+    assert prior.read_bytes() == before and not (tmp_path / "ft").exists()
+
+
 @pytest.mark.parametrize("name", ["last.pt", "train_log.jsonl", ".lock"])
 @pytest.mark.parametrize("as_uri", [False, True])
 def test_an_export_onto_a_file_of_the_run_folder_is_refused_before_training(
