@@ -273,3 +273,17 @@ def shard_refresh_stopped_after_its_last_batch(tmp_path: Path, model: str, monke
         with pytest.raises(RuntimeError, match="stopped after the pipeline's last batch"):
             job_module.run_job(small_job_config(tmp_path, model, refresh_changed=True))
     return changed
+
+
+def cifar10_archive_stand_ins(tmp_path: Path, monkeypatch) -> Path:
+    """A shared folder (returned) holding only CIFAR-10's archives, empty stand-ins (the evaluation's checks look only at
+    their presence), with `pipeline.evaluation.datasets` pointed at it and at a decoded cache under tmp_path."""
+    from pipeline.evaluation import datasets
+
+    root = tmp_path / "shared"
+    (root / "data" / "cifar10").mkdir(parents=True)
+    for split in ("train", "test"):
+        (root / "data" / "cifar10" / f"cifar10-{split}.tar.gz").write_bytes(b"")
+    monkeypatch.setattr(datasets, "SHARED_DIR", root)
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    return root

@@ -16,7 +16,7 @@ from pipeline.checkpoint import load_checkpoint, save_bundle
 from pipeline.evaluation import datasets, runner, victims
 from pipeline.evaluation.datasets import LabelledImages
 from pipeline.evaluation.preflight import EvaluationError
-from tests.jobutil import load_evaluate_job, run_main, tiny_model_file
+from tests.jobutil import cifar10_archive_stand_ins, load_evaluate_job, run_main, tiny_model_file
 
 CHEAP = ["--attacks", "none", "--defenses", "none", "--subset", "20"]
 
@@ -49,13 +49,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A shared folder holding only CIFAR-10's archives (stand-ins: only their presence is checked) and no decoded
     copies."""
-    root = tmp_path / "shared"
-    (root / "data" / "cifar10").mkdir(parents=True)
-    for split in ("train", "test"):
-        (root / "data" / "cifar10" / f"cifar10-{split}.tar.gz").write_bytes(b"")
-    monkeypatch.setattr(datasets, "SHARED_DIR", root)
-    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
-    return root
+    return cifar10_archive_stand_ins(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("flag", ["--out", "--cache-dir"])

@@ -234,15 +234,10 @@ def test_a_tar_shard_over_in_memory_mb_from_a_server_that_sends_no_length_is_dow
         assert discover(url + "s.tar", {})[0].stamps not in (units["s.tar"].stamps, (None,))
 
 
-def test_a_tar_shard_of_unknown_size_whose_local_copy_cannot_be_written_is_streamed_instead(
-        tmp_path: Path, monkeypatch) -> None:
-    """A tar shard needs no seeking: where its copy cannot be written (a full disk), it is read as before the copy
-    was made, streamed twice, rather than made a reject as a zip or Parquet file then is; the half-written copy is
-    gone."""
+def _tar_site_with_its_own_temporary_folder(tmp_path: Path, monkeypatch) -> tuple[Path, Path, dict[str, bytes]]:
+    """A site folder holding s.tar (8 images, also returned) and the temporary folder local copies go to (Python's
+    tempfile pointed there), both under tmp_path."""
     import tempfile
-
-    from pipeline.sources import file_bytes
-    from tests.webutil import serving
 
     site, spool = tmp_path / "site", tmp_path / "spool"
     site.mkdir()
@@ -250,6 +245,19 @@ def test_a_tar_shard_of_unknown_size_whose_local_copy_cannot_be_written_is_strea
     images = {f"{i:04d}.png": image_bytes(64, 64, i) for i in range(8)}
     (site / "s.tar").write_bytes(tar_bytes(images))
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    return site, spool, images
+
+
+def test_a_tar_shard_of_unknown_size_whose_local_copy_cannot_be_written_is_streamed_instead(
+        tmp_path: Path, monkeypatch) -> None:
+    """A tar shard needs no seeking: where its copy cannot be written (a full disk), it is read as before the copy
+    was made, streamed twice, rather than made a reject as a zip or Parquet file then is; the half-written copy is
+    gone."""
+
+    from pipeline.sources import file_bytes
+    from tests.webutil import serving
+
+    site, spool, images = _tar_site_with_its_own_temporary_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(file_bytes, "SPOOL_CHUNK_BYTES", 1000)
     real_write = os.write
     refused = []
@@ -561,18 +569,12 @@ def test_a_local_copy_whose_download_fails_as_it_is_closed_is_deleted(tmp_path: 
     """The copy was handed to the reading's stack only once the download was closed: an error there (a connection
     reset, retried as a transient error) left the whole copy in the temporary folder for as long as the worker
     lived, beside the copy the retry made."""
-    import tempfile
 
     import fsspec.implementations.http as http
 
     from tests.webutil import serving
 
-    site, spool = tmp_path / "site", tmp_path / "spool"
-    site.mkdir()
-    spool.mkdir()
-    images = {f"{i:04d}.png": image_bytes(64, 64, i) for i in range(8)}
-    (site / "s.tar").write_bytes(tar_bytes(images))
-    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    site, spool, images = _tar_site_with_its_own_temporary_folder(tmp_path, monkeypatch)
     real_close, resets = http.HTTPStreamFile.close, []
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from pipeline.evaluation import datasets
-from tests.jobutil import evaluate_job_without_evaluation, load_job_script, run_main
+from tests.jobutil import cifar10_archive_stand_ins, evaluate_job_without_evaluation, load_job_script, run_main
 
 CHEAP = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "none", "--subset", "20"]
 SECRET = "s3cr3t-pw"
@@ -31,12 +31,7 @@ def job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A shared folder with CIFAR-10's archives (stand-ins: only their presence is checked); the current folder is
     tmp_path, so that a folder made there is seen."""
-    root = tmp_path / "shared"
-    (root / "data" / "cifar10").mkdir(parents=True)
-    for split in ("train", "test"):
-        (root / "data" / "cifar10" / f"cifar10-{split}.tar.gz").write_bytes(b"")
-    monkeypatch.setattr(datasets, "SHARED_DIR", root)
-    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
+    root = cifar10_archive_stand_ins(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     return root
 
