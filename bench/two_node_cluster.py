@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_HOST = "two-node-worker"
 WORKER_IP = "127.0.0.2"  # loopback: a node IP of its own, so that the driver joins the head, not the worker
+NODE_OPTIONS = ["--block", "--disable-usage-stats", "--object-store-memory", str(100 * 2**20)]
 SCENARIOS = ("shared", "output", "input", "checkpoint", "prior", "prior-copy")
 
 
@@ -102,11 +103,15 @@ def ray_env(token_file: Path) -> dict[str, str]:
 
 
 class Cluster:
-    """A head (0 CPUs) and one worker node (2 CPUs) whose mount namespace has an empty tmpfs over `masked`."""
+    """A head (0 CPUs) and worker nodes, each started in its own mount and host-name namespaces (`start_worker`). The
+    two-node cluster of this bench: one worker node of `worker_cpus` CPUs whose mount namespace has an empty tmpfs over
+    `masked` (`start`). bench/node_loss_cluster.py starts two workers with nothing masked and kills one of them."""
 
-    def __init__(self, base: Path, masked: Path, worker_cpus: int, log: Path) -> None:
+    def __init__(self, base: Path, masked: Path | None, worker_cpus: int, log: Path) -> None:
         self.base, self.masked, self.worker_cpus, self.log = base, masked, worker_cpus, log
         self.procs: list[subprocess.Popen] = []
+        self.workers: dict[str, subprocess.Popen] = {}  # host name -> its `ray start` (the first process of its node)
+        self.namespaces: dict[str, str | None] = {}  # host name -> its UTS namespace (/proc/PID/ns/uts)
         self.head_ip = ""
         self.address = ""
         self.token = base / "auth_token"
@@ -121,24 +126,41 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start(self, timeout_s: float) -> None:
+    def start_head(self, timeout_s: float) -> None:
         from ray._private.services import get_node_ip_address
 
         self.head_ip = get_node_ip_address()
         port = free_port()
         self.address = f"{self.head_ip}:{port}"
-        common = ["--block", "--disable-usage-stats", "--object-store-memory", str(100 * 2**20)]
         self._start([RAY, "start", "--head", "--num-cpus", "0", "--num-gpus", "0", "--port", str(port),
                      "--include-dashboard", "false",
-                     "--temp-dir", str(self.base / "h"), *node_ports(), *common], "head")
+                     "--temp-dir", str(self.base / "h"), *node_ports(), *NODE_OPTIONS], "head")
         self._wait_for_nodes(1, timeout_s)
-        script = (f"hostname {WORKER_HOST} && mount -t tmpfs -o size=64m two-node-masked {self.masked} && "
-                  f"exec {RAY} start --address {self.address} --node-ip-address {WORKER_IP} "
-                  f"--num-cpus {self.worker_cpus} --num-gpus 0 --temp-dir {self.base / 'w'} "
-                  f"{' '.join(node_ports())} {' '.join(common)}")
-        self.worker = self._start(["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script],
-                                  "worker")
-        self._wait_for_nodes(2, timeout_s)
+
+    def start_worker(self, host: str, ip: str, cpus: float, timeout_s: float, masked: Path | None = None,
+                     temp: str = "w") -> subprocess.Popen:
+        """A worker node joined to the head: `ray start --block` in mount and UTS namespaces of its own (host name
+        `host`, node IP `ip`, a loopback address), with an empty tmpfs over `masked` if given; back once the cluster
+        has one more node."""
+        mount = f"mount -t tmpfs -o size=64m two-node-masked {masked} && " if masked else ""
+        script = (f"hostname {host} && {mount}"
+                  f"exec {RAY} start --address {self.address} --node-ip-address {ip} "
+                  f"--num-cpus {cpus:g} --num-gpus 0 --temp-dir {self.base / temp} "
+                  f"{' '.join(node_ports())} {' '.join(NODE_OPTIONS)}")
+        proc = self._start(["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script], host)
+        self.workers[host] = proc
+        # its namespace, recorded once `unshare` has made it (it then execs sh, which execs `ray start`: same pid)
+        deadline = time.monotonic() + 10
+        while uts_namespace(proc.pid) == uts_namespace(os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if uts_namespace(proc.pid) != uts_namespace(os.getpid()):
+            self.namespaces[host] = uts_namespace(proc.pid)
+        self._wait_for_nodes(1 + len(self.workers), timeout_s)
+        return proc
+
+    def start(self, timeout_s: float) -> None:
+        self.start_head(timeout_s)
+        self.worker = self.start_worker(WORKER_HOST, WORKER_IP, self.worker_cpus, timeout_s, self.masked)
 
     def _wait_for_nodes(self, count: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -160,6 +182,20 @@ class Cluster:
         """`path` as the worker node sees it (its mount namespace, through /proc)."""
         return Path(f"/proc/{self.worker.pid}/root") / path.relative_to("/")
 
+    def node_processes(self, host: str) -> list[int]:
+        """The live processes of worker node `host`: those in its host-name namespace (its `ray start`, raylet, agents,
+        and the Ray workers the raylet started, whatever their process group)."""
+        uts = self.namespaces.get(host)
+        return [pid for pid in all_pids() if pid != os.getpid() and uts is not None and uts_namespace(pid) == uts]
+
+    def host_of(self, pid: int) -> str | None:
+        """The worker node whose host-name namespace process `pid` is in; None: the head's (the machine's) or gone."""
+        uts = uts_namespace(pid)
+        return next((host for host, ns in self.namespaces.items() if uts is not None and ns == uts), None)
+
+    def _in_worker_namespaces(self) -> list[int]:
+        return sorted({pid for host in self.workers for pid in self.node_processes(host)})
+
     def stop(self) -> None:
         """This cluster's processes, and no other Ray's: each node's process group (`ray start --block` ends its node
         on SIGTERM), then any process left whose command line names this run's temp folder."""
@@ -175,14 +211,31 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        # what left the process groups (a Ray worker, a job's driver): killed until none is left
-        self.outside_groups = processes_naming(str(self.base))
+        # what left the process groups: a worker node's processes (in its namespace, recorded as it started: its
+        # `ray start` is gone by now), then any naming this run's temp folder (a Ray worker, a job's driver), killed
+        # until none is left
+        self.outside_groups = {pid: "in a worker node's namespace" for pid in self._in_worker_namespaces()}
+        for pid in self.outside_groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.outside_groups.update(processes_naming(str(self.base)))
         deadline = time.monotonic() + 10
         while (left := processes_naming(str(self.base))) and time.monotonic() < deadline:
             for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
+
+
+def all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def uts_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/uts")
+    except OSError:
+        return None
 
 
 def processes_naming(text: str) -> dict[int, str]:
