@@ -84,11 +84,26 @@ def free_port_range(size: int) -> tuple[int, int]:
     raise RuntimeError(f"no {size} consecutive free ports")
 
 
+_GIVEN: set[int] = set()  # the ports node_ports gave in this process
+
+
 def node_ports() -> list[str]:
-    low, high = free_port_range(60)
-    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+    """A node's ports: six free ones, none twice and none in the range of free ones its workers get (Ray refuses a
+    node whose ports overlap: 'Ray component worker_ports is trying to use a port number ... used by other
+    components')."""
+    while True:  # nor in a range an earlier node of this bench got, whose workers bind it later
+        low, high = free_port_range(60)
+        if not _GIVEN.intersection(range(low, high + 1)):
+            break
+    ports: list[int] = []
+    while len(ports) < 6:
+        port = free_port()
+        if port not in ports and port not in _GIVEN and not low <= port <= high:
+            ports.append(port)
+    _GIVEN.update(ports, range(low, high + 1))
+    flags = ["--node-manager-port", "--object-manager-port", "--runtime-env-agent-port", "--metrics-export-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port"]
+    return [*(x for flag, port in zip(flags, ports, strict=True) for x in (flag, str(port))),
             "--min-worker-port", str(low), "--max-worker-port", str(high)]
 
 
