@@ -93,7 +93,7 @@ def output_state(output: Path, expected: set[str]) -> dict[str, Any]:
             "twice": sorted(i for i, n in counts.items() if n > 1), "missing": sorted(expected - set(counts)),
             "not_inputs": sorted(set(counts) - expected), "status": summary.get("status", "-"),
             "this_run": summary.get("this_run", {}), "output_totals": summary.get("output_totals", {}),
-            "duplicates_removed": summary.get("duplicates_removed", "-"),
+            "duplicates_removed": summary.get("this_run", {}).get("duplicates_removed", "-"),
             "error": summary.get("error", summary.get("reason", "-")), "resume": summary.get("resume", "-")}
 
 
@@ -187,6 +187,8 @@ def run_scenario(name: str, args: argparse.Namespace, base: Path, source: Path, 
                   f"files, actors {actors_before} (more --images, or a smaller --kill-after)", flush=True)
         else:
             pids = cluster.node_processes(victim)
+            titles = processes_naming("ray::")
+            workers = sorted(titles[p].split(" ")[0][:60] for p in pids if titles.get(p, "").startswith("ray::"))
             at_kill = time.monotonic() - started
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -195,8 +197,9 @@ def run_scenario(name: str, args: argparse.Namespace, base: Path, source: Path, 
                 os.killpg(cluster.workers[victim].pid, signal.SIGKILL)
             result.update(victim=victim, killed_at_s=round(at_kill, 1), parts_at_kill=parts(output),
                           actor_before=actors_before, processes_killed=len(pids))
-            print(f"  killed {victim} at {at_kill:.1f} s ({len(pids)} processes, SIGKILL), {parts(output)} data part "
-                  f"files written then; purifier actor before: {actors_before}", flush=True)
+            print(f"  killed {victim} at {at_kill:.1f} s ({len(pids)} processes, SIGKILL; its Ray workers then: "
+                  f"{workers}), {parts(output)} data part files written then; purifier actor before: {actors_before}",
+                  flush=True)
         after: dict[int, str] = {}
         while proc.poll() is None and time.monotonic() < deadline:
             now = {p: h for p, h in purifier_actors(cluster).items() if p not in actors_before}

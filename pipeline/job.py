@@ -382,7 +382,10 @@ def configure_ray_data() -> None:
     # let a large tar shard's decoded images pile up several times over in one worker (bench/job_bench.py
     # memory --layout tar). Our records are small and the model, not block overhead, sets the pace.
     ctx.target_max_block_size = BLOCK_BYTES
-    ctx.actor_task_retry_on_errors = True  # an exception inside a purify batch is retried (max_task_retries below)
+    # Ray does not retry an exception raised inside a purify batch: PurifyStage tries such a batch again itself, a
+    # bounded number of times. Ray's retries of the purifier's tasks are for the actor's loss alone
+    # (build_pipeline: max_task_retries=-1), which an exception retried by Ray would turn into a hang.
+    ctx.actor_task_retry_on_errors = False
     # Retries are set on purpose (build_pipeline); Ray 2.60 has no named parameter for them yet, only the
     # (deprecated) remote-args route, so silence that warning rather than the setting: for build_pipeline's calls
     # alone (Ray Data attributes it to the module that called map_batches). The filter list is the process's: without
@@ -460,7 +463,12 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             checkpoint_as_given=plan.checkpoint_uri),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
-        max_restarts=3, max_task_retries=3,  # a crashed actor is replaced and its batch retried
+        # A crashed actor is replaced (3 times at most, then the run fails) and its batches sent again, for as long as
+        # it takes: Ray spends a retry on each try that finds the actor unreachable, and an actor on a node that was
+        # lost (a spot instance reclaimed) is unreachable until Ray has declared the node dead, ~17 s on Ray's
+        # defaults; 3 retries ran out in ~8 s there and failed the run with ActorUnavailableError, the actor never
+        # restarted on the nodes left (bench/node_loss_cluster.py). -1 is Ray Data's own default for its actors.
+        max_restarts=3, max_task_retries=-1,
     )
     # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
     ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(

@@ -339,6 +339,9 @@ def unusable_gpus(assigned: Sequence[Any], cuda_available: bool, torch_version: 
 ALL_CORES = 0
 
 
+PURIFY_ATTEMPTS = 4  # tries of a purify batch that raises, in its actor: the first and 3 retries (PurifyStage)
+
+
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
@@ -375,6 +378,19 @@ class PurifyStage:
         )
 
     def __call__(self, batch: Batch) -> Batch:
+        """The batch purified. One whose purification raises is tried again here, in this actor, up to
+        PURIFY_ATTEMPTS times in all, and then fails the run: Ray retries the actor's tasks only for the actor's own
+        loss (`build_pipeline`: max_task_retries=-1 for that, which a count of Ray's would also spend on errors
+        raised here, forever)."""
+        for attempt in range(1, PURIFY_ATTEMPTS + 1):
+            try:
+                return self._purified(batch)
+            except Exception:
+                if attempt == PURIFY_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _purified(self, batch: Batch) -> Batch:
         _maybe_inject_fault()
         records = records_of(batch)
         canvases = [r for r in records if r["kind"] == "canvas"]
