@@ -168,7 +168,7 @@ def run_scenario(name: str, args: argparse.Namespace, base: Path, source: Path, 
         output = base / f"out-{name}"
         argv = ["--input", str(source), "--output", str(output), "--checkpoint", tiny, "--pool", "4",
                 "--canvas-size", "32", "--steps", "1", "--no-progress", "--ray-address", cluster.address,
-                "--actors", "1", "--cpus-per-actor", "0.5", "--cpus-per-task", "0.25",
+                "--actors", "1", "--cpus-per-actor", f"{args.cpus_per_actor:g}", "--cpus-per-task", "0.25",
                 "--write-batch", str(args.write_batch), "--files-per-unit", str(args.files_per_unit)]
         print(f"== {name}: python jobs/purify.py {' '.join(argv)}", flush=True)
         started = time.monotonic()
@@ -264,6 +264,8 @@ def main() -> None:
     parser.add_argument("--files-per-unit", type=int, default=20, help="--files-per-unit of the job")
     parser.add_argument("--kill-after", type=int, default=3, help="data part files written before the node is killed")
     parser.add_argument("--node-cpus", type=float, default=1, help="CPUs of each worker node")
+    parser.add_argument("--cpus-per-actor", type=float, default=0.5,
+                        help="--cpus-per-actor of the job (1: the node left cannot hold the actor and a task together)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a run may take before it is called hung")
     parser.add_argument("--start-timeout", type=float, default=120, help="seconds for the nodes to come up")
     parser.add_argument("--no-resume", dest="resume", action="store_false",

@@ -66,6 +66,7 @@ from pipeline.placement import (
     cpu_actor_threads,
     default_actors_and_gpus,
     init_ray,
+    node_loss_watched,
     purifier_actor_table,
     ray_data_console_quieted,
     with_fitted_actor_cpus,
@@ -568,7 +569,8 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
     threads = cpu_actor_threads(config, *placement[:2])
     earlier = set(purifier_actor_table() or {})  # a program that runs the job again: its earlier runs' actors
     # on the job's own local Ray, Ray Data's INFO lines (dataset ids, plans, timings) stay off stderr for this run only
-    with ray_data_configured(), ray_data_console_quieted():
+    # on a joined cluster, a node lost mid-run is said, and where the nodes left cannot go on, that the run waits
+    with ray_data_configured(), ray_data_console_quieted(), node_loss_watched(config, placement[1]):
         # this run's own history summary, written at its start (`_start_output`): no other run's output holds it
         start_file = run_history_path(config.output, stop.started, stop.lease.record["run_id"])
         ds = build_pipeline(config, plan, placement, threads, start_file)

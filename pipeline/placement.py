@@ -15,6 +15,8 @@ import math
 import os
 import re
 import socket
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -355,6 +357,61 @@ def cluster_wait_warning(config: PlacementOptions, gpus_per_actor: float) -> str
     nodes = [{k: float(v) for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")}
              for n in ray.nodes() if n.get("Alive")]
     return cluster_wait_problem(config, gpus_per_actor, nodes, ray.available_resources())
+
+
+def lost_nodes_note(config: PlacementOptions, gpus_per_actor: float, lost: list[dict[str, Any]],
+                    alive: list[dict[str, Any]], free: dict[str, float]) -> str:
+    """What the run says when `lost` nodes of its cluster (records of `ray.nodes()`) were lost mid-run, `alive` left,
+    `free` of the cluster's resources now: Ray runs their work again on the nodes left, and, where those cannot run a
+    purifier actor beside the tasks that feed it (`cluster_wait_problem`), that the run waits. It waited with no word
+    (a cluster of two 1-CPU nodes, --cpus-per-actor 1, the actor's node lost: the actor restarted on the node left,
+    which then had no CPU for the tasks; bench/node_loss_cluster.py)."""
+    names = ", ".join(f"{n.get('NodeName') or n.get('NodeManagerAddress') or n.get('NodeID', '?')}" for n in lost)
+    many = len(lost) != 1
+    line = (f"{len(lost)} node{'s' if many else ''} of the cluster lost mid-run ({names}): Ray runs "
+            f"{'their' if many else 'its'} tasks and purifier actors again on the nodes left")
+    resources = [{k: float(v) for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")} for n in alive]
+    problem = cluster_wait_problem(config, gpus_per_actor, resources, free)
+    return f"{line}; but {problem}" if problem else line
+
+
+@contextlib.contextmanager
+def node_loss_watched(config: PlacementOptions, gpus_per_actor: float, period_s: float = 5.0) -> Iterator[None]:
+    """Within it, on a cluster Ray joined (not the job's own local Ray, one machine), a thread that looks at the
+    cluster's nodes every `period_s` and says on stderr when one is lost (`lost_nodes_note`)."""
+    import ray
+
+    if not ray.is_initialized() or on_own_local_ray():
+        yield
+        return
+    try:
+        known = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    except Exception:  # noqa: BLE001 - Ray's node table: without it the run goes on, unwatched
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(period_s):
+            try:
+                nodes = ray.nodes()
+                lost = [n for n in nodes if n.get("NodeID") in known and not n.get("Alive")]
+                if lost:
+                    alive = [n for n in nodes if n.get("Alive")]
+                    note = lost_nodes_note(config, gpus_per_actor, lost, alive, ray.available_resources())
+                    print(f"zip-purify: note: {note}", file=sys.stderr, flush=True)
+                known.clear()
+                known.update(n["NodeID"] for n in nodes if n.get("Alive"))  # a node added later is watched too
+            except Exception:  # noqa: BLE001 - a look that failed (the cluster going down): the next one may not
+                continue
+
+    thread = threading.Thread(target=watch, name="zip-purify-node-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=period_s + 5)
 
 
 def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:
