@@ -230,7 +230,8 @@ def run_scenario(name: str, args: argparse.Namespace, base: Path, source: Path, 
         print(f"  ray status: {active} active node(s), {dead} recent failure(s)", flush=True)
         exactly_once = code == 0 and not state["twice"] and not state["missing"] and not state["not_inputs"]
         if not exactly_once and args.resume:
-            print(f"  the same command again (resume), on the {active} node(s) left:", flush=True)
+            # `ray status` may still count the lost node active here: Ray declares it dead only after its health checks
+            print(f"  the same command again (resume), on the same cluster ({active} active by `ray status`):", flush=True)
             again = time.monotonic()
             proc = job(argv, cluster, logs, "resume")
             code2 = ended(proc, again + args.timeout)
