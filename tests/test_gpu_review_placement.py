@@ -265,7 +265,9 @@ def test_a_default_run_on_a_one_cpu_ray_the_calling_program_started_runs(tmp_pat
     image_folder(tmp_path / "in", 2)
     code = ("import sys, ray; from pathlib import Path; from pipeline.job import run_job\n"
             "from tests.jobutil import small_job_config\n"
-            "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+            # address="local": its own Ray, as a plain ray.init() starts where no other runs (that one joins a
+            # `ray start` head or another Ray running on the machine, whose CPUs are not this test's)
+            "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
             "s = run_job(small_job_config(Path(sys.argv[1]), sys.argv[2]))\n"
             "print('run', s['status'], s['this_run']['purified'], s['ray']['cpus_per_actor'])\n"
             "ray.shutdown()\n")
