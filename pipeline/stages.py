@@ -46,7 +46,15 @@ from pipeline.sources import (
     text_name,
     text_value,
 )
-from pipeline.storage import TEMP_PREFIX, discard, make_parent_dirs, move_into_place, storage_path, with_retries
+from pipeline.storage import (
+    TEMP_PREFIX,
+    discard,
+    local_file_path,
+    make_parent_dirs,
+    move_into_place,
+    storage_path,
+    with_retries,
+)
 from pipeline.tiling import pack, plan_layout, unpack
 
 Batch = dict[str, Any]
@@ -67,23 +75,13 @@ CLUSTER_PATH_FIX = ("on a Ray cluster of several machines a local path (or file:
                     "give an object store URI (s3://...) or a folder every node mounts at the same path")
 
 
-def local_path(uri: str) -> str | None:
-    """`uri`'s path on this machine's own file system (a bare path, file://), or None for any other store, which every
-    node reaches alike: only the protocol is looked at, so an object store costs no request."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    protocol, _ = fsspec.core.split_protocol(uri)
-    return LocalFileSystem._strip_protocol(uri) if protocol in (None, "file", "local") else None
-
-
 def as_the_driver_sees(uri: str) -> str:
     """`uri` as the driver names it to a task or actor: a local path (a bare path, file://) made this process's absolute
     path, '~' and a relative path read here; any other store's URI as it is. A task resolves a relative path against
     its worker's folder, which is the folder Ray was started in (the job's own Ray: where the program first ran a job;
     a `ray start` head: where that ran), not the driver's: a run from another folder, or a program's later run after
     os.chdir, wrote its part files elsewhere, or was stopped as if on another node."""
-    path = local_path(uri)
+    path = local_file_path(uri)
     return uri if path is None else path
 
 
@@ -115,7 +113,7 @@ def check_input_root(root: str) -> None:
     """Before a read task reads a unit: its input folder (the one the driver listed), when local, must be there on this
     node, or each of its files would be rejected as not found though the driver's disk holds it. A single file gone
     since the listing stays that file's reject (`read_unit`)."""
-    path = local_path(root)
+    path = local_file_path(root)
     if path is not None and not os.path.isdir(path):
         raise NotOnThisNodeError(f"--input folder {root} is not there on node {node_name()}, where a read task ran "
                                  f"(or it was removed since the run listed it): {CLUSTER_PATH_FIX}")
@@ -125,7 +123,7 @@ def check_output_seen(output: str, start_file: str | None) -> None:
     """Before a write task writes into a local output: `start_file`, a file the driver wrote in the output at the run's
     start, must be there on this node. Otherwise the part file would land on this node's own disk, where the driver's
     end-of-run check and the next run never see it: nothing is written (no folder made) and the run stops."""
-    path = None if start_file is None else local_path(start_file)
+    path = None if start_file is None else local_file_path(start_file)
     if path is not None and not _seen_here(path):
         raise NotOnThisNodeError(f"--output {output} on node {node_name()}, where a write task ran, lacks the file "
                                  f"{_last_two(path)} this run wrote there at its start (or the folder was "
@@ -146,10 +144,10 @@ def this_nodes_checkpoint(checkpoint: str, as_given: str | None = None) -> str:
     same file is taken."""
     from pipeline.presets import ASSETS, SHIPPED_PRIORS, shipped_prior_path
 
-    path = local_path(checkpoint)
+    path = local_file_path(checkpoint)
     if path is None or os.path.exists(path):
         return checkpoint
-    own_path = None if as_given is None or as_given == checkpoint else local_path(as_given)
+    own_path = None if as_given is None or as_given == checkpoint else local_file_path(as_given)
     if own_path is not None and os.path.exists(own_path):
         return as_given
     folder, name = os.path.split(os.path.normpath(path))
@@ -164,7 +162,7 @@ def check_checkpoint_seen(checkpoint: str, flag: str = "--checkpoint") -> None:
     """Before a purifier actor loads its model: the checkpoint the driver verified, when a local file, must be there on
     this node (`flag`: the option that named it, or "the default prior"). Loading it said only "checkpoint not found",
     without the node or what to do."""
-    path = local_path(checkpoint)
+    path = local_file_path(checkpoint)
     if path is not None and not os.path.exists(path):
         raise NotOnThisNodeError(f"{flag} {checkpoint} is not there on node {node_name()}, where a purifier actor "
                                  f"loads it (or it was removed since the run checked it): {CLUSTER_PATH_FIX}")

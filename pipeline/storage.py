@@ -201,6 +201,16 @@ def _last_answer(err: BaseException) -> str:
     return ""
 
 
+def local_file_path(uri: str) -> str | None:
+    """`uri`'s absolute path on this machine's own file system (a bare path, file://, local://; '~' and a relative path
+    read here), or None for any other store: only the protocol is looked at, so an object store costs no request."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    protocol, _ = fsspec.core.split_protocol(uri)
+    return LocalFileSystem._strip_protocol(uri) if protocol in (None, "file", "local") else None
+
+
 def url_connection_options(uri: str) -> dict[str, Any]:
     """What a URL itself says about how to connect (hdfs://namenode:8020/..., webhdfs://host:port/..., ftp://host/...):
     the host, port or user fsspec's own url_to_fs gives its file system, which `filesystem(protocol, options)` does not.

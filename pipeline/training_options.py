@@ -24,6 +24,7 @@ from pipeline.settings import device_problem, seed_problem
 from pipeline.storage import (
     describe,
     discard,
+    local_file_path,
     make_parent_dirs,
     storage_path,
     temporary_name,
@@ -154,15 +155,8 @@ def local_path(text: str) -> Path | None:
     file:// URI is the home folder, as fsspec reads and writes it (`check_args` has read a bare path's already): taken
     as a folder named '~', --init-from ~/p.pt --export file://~/p.pt was not seen to overwrite the prior it started
     from."""
-    protocol, rest = fsspec.core.split_protocol(text)
-    if protocol is None:
-        return Path(text)
-    if protocol not in ("file", "local"):
-        return None
-    try:
-        return Path(rest).expanduser()
-    except RuntimeError:  # '~nobody': no home folder known; fsspec's own error says so where it is read or written
-        return Path(rest)
+    path = local_file_path(text)
+    return None if path is None else Path(path)
 
 
 def unwritable_folder(folder: Path) -> str | None:
