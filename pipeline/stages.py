@@ -11,6 +11,8 @@ between reading and writing.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -340,6 +342,34 @@ ALL_CORES = 0
 PURIFY_ATTEMPTS = 4  # tries of a purify batch that raises, in its actor: the first and 3 retries (PurifyStage)
 
 
+@contextlib.contextmanager
+def long_lived_objects_made() -> Iterator[None]:
+    """Around a purifier actor's setup (torch's import, the model): no cyclic garbage collection while it runs, then,
+    in a Ray actor, everything it made moved out of the collector's sight (gc.freeze). Each run starts its actor in a
+    new process, and without this that process spent about 0.18 CPU s collecting during torch's import and about
+    0.45 CPU s more at its exit, when Python's final collection walks every object torch made (0.67 CPU s measured
+    from the actor's last call to its process's end, 0.20 with the freeze). The frozen objects live as long as the
+    actor anyway. Not frozen outside an actor: a program that builds the stage itself keeps its collector whole."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+    if _in_a_ray_actor():
+        gc.collect()  # the setup's own cyclic garbage goes first, or freezing would keep it for good
+        gc.freeze()
+
+
+def _in_a_ray_actor() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
@@ -347,6 +377,14 @@ class PurifyStage:
                  flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None,
                  precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None,
                  checkpoint_flag: str = "--checkpoint", checkpoint_as_given: str | None = None):
+        with long_lived_objects_made():
+            self._set_up(checkpoint, checkpoint_sha256, settings, preset, flags, storage_options, device, precision,
+                         canvas_size, torch_threads, batch_size, checkpoint_flag, checkpoint_as_given)
+
+    def _set_up(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
+                flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None, precision: str,
+                canvas_size: int, torch_threads: int | None, batch_size: int | None, checkpoint_flag: str,
+                checkpoint_as_given: str | None) -> None:
         import torch
 
         # a shipped prior, or a relative path given: the package's or working dir's copy on this node
