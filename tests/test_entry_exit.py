@@ -28,3 +28,17 @@ def test_the_status_and_everything_printed_come_through_and_the_teardown_is_skip
 
 def test_a_tool_that_returns_nothing_ends_with_status_0() -> None:
     assert _ended("None").returncode == 0
+
+
+def test_a_process_that_started_ray_ends_through_the_usual_exit_with_its_objects_frozen_out_of_the_last_collection(
+        ) -> None:
+    """With Ray up, Ray's own exit hooks must run (they stop what it started), so the process ends the usual way; what
+    it holds is frozen first, so that Python's last collection does not walk every object torch and Ray made."""
+    program = (f"import sys, atexit, gc, types; sys.path.insert(0, {str(ROOT)!r})\n"
+               "sys.modules['ray'] = types.SimpleNamespace(is_initialized=lambda: True)  # a Ray that is up\n"
+               "from pipeline.entry import exit_without_teardown\n"
+               "atexit.register(lambda: print('teardown ran, frozen:', gc.get_freeze_count() > 0))\n"
+               "exit_without_teardown(4)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4
+    assert done.stdout.strip() == "teardown ran, frozen: True"
