@@ -100,7 +100,9 @@ def storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str)
     if not isinstance(base, dict):
         raise ConfigError(f"storage_options{where} must be a mapping of fsspec options, got {storage_value_shown(base)}")
     so = dict(base)
-    if endpoint == "":  # `--s3-endpoint "$S3_ENDPOINT"` with the variable unset: the run went to AWS's S3, not MinIO's
+    # `--s3-endpoint "$S3_ENDPOINT"` with the variable unset: the run went to AWS's S3, not MinIO's (a blank one, as
+    # from `S3_ENDPOINT=" "` or a YAML line of spaces in quotes, reached botocore as an endpoint named by spaces)
+    if isinstance(endpoint, str) and not endpoint.strip():
         raise ConfigError(f"{'s3_endpoint' if where else '--s3-endpoint'}{where} is empty; give the endpoint's URL "
                           "(http://host:9000), or leave it out for AWS's")
     if endpoint:

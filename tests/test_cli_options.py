@@ -95,6 +95,11 @@ def test_an_empty_s3_endpoint_is_refused_naming_where_it_was_given(tmp_path, cap
 
     with pytest.raises(cli.ConfigError, match=r"^--s3-endpoint is empty; give the endpoint's URL"):
         config_from_args(["--input", "s3://b/in", "--output", "s3://b/out", "--s3-endpoint", ""])
+    with pytest.raises(cli.ConfigError, match=r"^--s3-endpoint is empty; give the endpoint's URL"):  # spaces alone
+        config_from_args(["--input", "s3://b/in", "--output", "s3://b/out", "--s3-endpoint", "  "])
+    path = _write(tmp_path, 's3_endpoint: " "\n')
+    with pytest.raises(cli.ConfigError, match=rf"^s3_endpoint in {path} is empty"):
+        config_from_args(["--input", "s3://b/in", "--output", "s3://b/out", "--config", path])
     path = _write(tmp_path, 's3_endpoint: ""\n')
     with pytest.raises(cli.ConfigError, match=rf"^s3_endpoint in {path} is empty"):
         config_from_args(["--input", "s3://b/in", "--output", "s3://b/out", "--config", path])
