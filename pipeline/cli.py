@@ -27,6 +27,7 @@ from pipeline.cli_common import (
     storage_options,
 )
 from pipeline.config import DEFAULT_INPUT, JobConfig
+from pipeline.entry import ray_lines_to_stderr
 from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
@@ -696,6 +697,8 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
     """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted).
     `prog`: how the user ran it (`build_parser`)."""
     args = build_parser(prog).parse_args(argv)
+    if argv is None:  # the process's own command line: its stdout is the job's lines alone
+        ray_lines_to_stderr()
     config: JobConfig | None = None
     try:
         config = _config_from_namespace(args)

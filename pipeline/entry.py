@@ -49,6 +49,40 @@ def exit_without_teardown(code: int | None) -> NoReturn:
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
+class RayLinesToStderr:
+    """A process's stdout that passes what Ray's own code prints to stderr, the rest to stdout.
+
+    Ray prints its raylet's messages (an actor's process that died, a task it retries) to the driver's stdout, from a
+    thread of its own and, for the repeats it held back, from its shutdown at exit; so a failed run's stdout held Ray's
+    lines, colour codes and all, where a script reading the job's results expects the job's lines alone. A write is
+    Ray's when the function making it (`print`'s caller) is in a module of Ray's. Everything but writing is the real
+    stdout's (isatty, encoding, fileno, buffer)."""
+
+    def __init__(self, stdout, stderr) -> None:
+        self._stdout, self._stderr = stdout, stderr
+
+    def _stream(self):
+        writer = sys._getframe(2).f_globals.get("__name__", "")  # 0: _stream, 1: write, 2: who called print
+        return self._stderr if writer == "ray" or writer.startswith("ray.") else self._stdout
+
+    def write(self, text: str) -> int:
+        return self._stream().write(text)
+
+    def flush(self) -> None:
+        for stream in (self._stdout, self._stderr):
+            stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stdout, name)
+
+
+def ray_lines_to_stderr() -> None:
+    """From here on, for the rest of the process (Ray prints until it exits): Ray's lines on stderr
+    (`RayLinesToStderr`). For a tool's own process only; a program that calls the job keeps its streams."""
+    if not isinstance(sys.stdout, RayLinesToStderr) and sys.stdout is not None and sys.stderr is not None:
+        sys.stdout = RayLinesToStderr(sys.stdout, sys.stderr)
+
+
 def purify() -> NoReturn:
     """The `zip-purify` console script: `pipeline.cli.main` once it is loaded."""
     with interrupted_while_loading("zip-purify"):

@@ -294,9 +294,10 @@ FAULT_ENV = "ZIP_PURIFY_INJECT_FAULT"
 
 def _maybe_inject_fault() -> None:
     """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor),
-    or "slow:SECONDS" (each batch takes longer, so a test can kill a run half-way).
+    "exit-always:MARKER" (kills every actor at its first batch: each death adds a line to MARKER), or "slow:SECONDS"
+    (each batch takes longer, so a test can kill a run half-way).
 
-    The marker file makes the fault happen once per run across processes; unset in normal use.
+    The marker file makes a "-once" fault happen once per run across processes; unset in normal use.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -305,6 +306,10 @@ def _maybe_inject_fault() -> None:
     if mode == "slow":
         time.sleep(float(marker))
         return
+    if mode == "exit-always":
+        with open(marker, "a") as deaths:
+            deaths.write(f"{os.getpid()}\n")
+        os._exit(1)
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:

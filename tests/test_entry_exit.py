@@ -42,3 +42,26 @@ def test_a_process_that_started_ray_ends_through_the_usual_exit_with_its_objects
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 4
     assert done.stdout.strip() == "teardown ran, frozen: True"
+
+
+def test_a_tools_stdout_holds_its_own_lines_and_what_rays_code_prints_goes_to_stderr() -> None:
+    """Ray prints its raylet's messages ("(raylet) A worker died ...") to the driver's stdout; the tools' stdout is
+    for their result lines alone (a script reads them), so Ray's go to stderr, whichever thread prints them."""
+    import io
+    import threading
+
+    from pipeline.entry import RayLinesToStderr
+
+    out, err = io.StringIO(), io.StringIO()
+    routed = RayLinesToStderr(out, err)
+    print("read 6, purified 6", file=routed)  # the job's
+    rays = {"__name__": "ray._private.worker", "routed": routed}
+    exec("def print_worker_logs(line):\n    print(line, file=routed)\n", rays)
+    thread = threading.Thread(target=rays["print_worker_logs"], args=("(raylet) A worker died",))
+    thread.start()
+    thread.join()
+    rays["print_worker_logs"]("(raylet) Task ... will be retried [repeated 2x across cluster]")  # at shutdown
+    routed.flush()
+    assert out.getvalue() == "read 6, purified 6\n"
+    assert err.getvalue() == "(raylet) A worker died\n(raylet) Task ... will be retried [repeated 2x across cluster]\n"
+    assert routed.isatty() is False and routed.getvalue() == out.getvalue()  # the rest is stdout's own

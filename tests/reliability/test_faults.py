@@ -79,6 +79,33 @@ def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
         check(f"worker {mode}", str(out), ids)
 
 
+def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_instead_of_hanging(tmp_path,
+                                                                                                   tiny_model) -> None:
+    """Ray retries the purifier's batches for as long as it takes (max_task_retries=-1, for a lost node) and restarts a
+    dead actor 3 times (max_restarts=3). An actor that cannot live (it crashes, or is killed for memory, at every
+    batch) must then end the run, with its status, its counts and the advice to run it again; a count of Ray's
+    retries that never ran out would leave a scheduled run hanging for good. What Ray says of the deaths ("(raylet) A
+    worker died ...") goes to stderr, as the job's own error does: Ray prints it to the driver's stdout, which holds
+    the job's result lines alone."""
+    _images(tmp_path / "in", 6)
+    out, deaths = tmp_path / "out", tmp_path / "deaths"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", "--input",
+                             str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1"],
+                            cwd=ROOT, env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": f"exit-always:{deaths}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert len(deaths.read_text().splitlines()) == 4  # the actor and its 3 restarts, no more
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["status"] == "failed" and "ActorDiedError" in summary["error"]
+    assert summary["this_run"]["purified"] == 0 and summary["resume"].startswith("run the same command again")
+    error = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and error[0].startswith("error: the run failed: ActorDiedError")
+    assert "run the same command again" in error[0]
+    assert stdout == "", stdout[-2000:]  # a failed run has no result lines, and Ray's are not the job's
+    assert "(raylet)" in stderr
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
     n = 64
