@@ -80,6 +80,7 @@ from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit
 from pipeline.stages import (
     ALL_CORES,
     DATA_DIR,
+    PURIFIER_RESTARTS,
     REJECTS_DIR,
     PurifyStage,
     as_the_driver_sees,
@@ -469,7 +470,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
         # lost (a spot instance reclaimed) is unreachable until Ray has declared the node dead, ~17 s on Ray's
         # defaults; 3 retries ran out in ~8 s there and failed the run with ActorUnavailableError, the actor never
         # restarted on the nodes left (bench/node_loss_cluster.py). -1 is Ray Data's own default for its actors.
-        max_restarts=3, max_task_retries=-1,
+        max_restarts=PURIFIER_RESTARTS, max_task_retries=-1,
     )
     # Each purified batch is untiled, encoded and written as it arrives (files of <= write_batch rows).
     ds = ds.map_batches(untile_stage, batch_size=None, fn_kwargs=dict(

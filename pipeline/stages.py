@@ -345,6 +345,7 @@ ALL_CORES = 0
 
 
 PURIFY_ATTEMPTS = 4  # tries of a purify batch that raises, in its actor: the first and 3 retries (PurifyStage)
+PURIFIER_RESTARTS = 3  # a purifier actor whose process died is started again this many times, then the run fails
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from pipeline.errors import JobFailed, JobInterrupted, NotOnThisNodeError
 from pipeline.output import DamagedOutput, part_file_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import listing_stamp
-from pipeline.stages import DATA_DIR, REJECTS_DIR
+from pipeline.stages import DATA_DIR, PURIFIER_RESTARTS, REJECTS_DIR
 from pipeline.storage import REASON_CHARS, describe, shortened, storage_path, with_retries
 
 
@@ -41,11 +41,26 @@ class StoppedWhileLoading(_Interrupt):
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning)): ?(.*)$")
 
 
+# Said after Ray's ActorDiedError: the job's one actor pool is the purifier's (PurifyStage), restarted PURIFIER_RESTARTS
+# times before Ray gives up
+ACTOR_DIED_NOTE = (f" (the purifier actor's process died {PURIFIER_RESTARTS + 1} times, its {PURIFIER_RESTARTS} restarts "
+                   "spent: out of memory, most often; a smaller --batch-size needs less)")
+
+
 def failure_reason(err: BaseException) -> str:
     """One line on what made a run fail. A failed batch comes back from Ray as RayTaskError(UserCodeException), whose
     first line names only the actor ("ray::MapWorker(...).submit() (pid=..., ...)") and whose cause is Ray Data's
     "UDF failed to process a data block"; the worker's own exception survives only in the remote traceback text,
-    innermost first, so its first exception line is the reason."""
+    innermost first, so its first exception line is the reason. Ray's ActorDiedError for an actor's process that died
+    says only that "the actor died unexpectedly": which one, how often and the likeliest cause are added
+    (ACTOR_DIED_NOTE)."""
+    reason = _first_exception_line(err)
+    # its process died ("unexpectedly"), not its constructor raising ("... an error raised in its creation task")
+    died = reason.startswith("ActorDiedError") and "died unexpectedly" in reason
+    return shortened(reason, REASON_CHARS - len(ACTOR_DIED_NOTE)) + ACTOR_DIED_NOTE if died else reason
+
+
+def _first_exception_line(err: BaseException) -> str:
     for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
         match = _EXCEPTION_LINE.match(line)
         if match:

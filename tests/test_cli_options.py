@@ -584,14 +584,31 @@ def test_a_failed_batch_is_reported_by_the_workers_own_exception() -> None:
     assert failure_reason(RuntimeError("boom\nmore")) == "RuntimeError: boom"
 
 
+def test_a_purifier_actor_whose_process_died_is_named_with_how_often_and_the_usual_cause() -> None:
+    """Ray's ActorDiedError said only "The actor died unexpectedly before finishing this task."; an actor whose
+    constructor raised keeps its own exception as the reason."""
+    from ray.exceptions import ActorDiedError
+
+    from pipeline.stopped_run import failure_reason
+
+    died = failure_reason(ActorDiedError())
+    assert died == ("ActorDiedError: The actor died unexpectedly before finishing this task. (the purifier actor's "
+                    "process died 4 times, its 3 restarts spent: out of memory, most often; a smaller --batch-size "
+                    "needs less)")
+    raised = ("The actor died because of an error raised in its creation task, \x1b[36mray::A.__init__()\x1b[39m "
+              "(pid=693, ip=192.0.2.2)\n  File \"<string>\", line 7, in __init__\nRuntimeError: bad checkpoint")
+    assert failure_reason(RuntimeError(raised)) == "RuntimeError: bad checkpoint"
+
+
 def test_a_long_reason_is_cut_at_a_word_and_says_so() -> None:
     # Reasons are kept to 300 characters; a Ray error cut mid-sentence read "...The task may ; this run wrote ...".
     from pipeline.stopped_run import failure_reason
     from pipeline.storage import describe
 
-    long = "ActorDiedError: " + " ".join(["The actor died unexpectedly before finishing this task."] * 8)
+    said = " ".join(["The actor is unavailable: its node may be lost, and the task may be retried."] * 8)
+    long = "ActorUnavailableError: " + said
     for reason, whole in ((failure_reason(RuntimeError(long)), long),
-                          (describe(RuntimeError(long[16:])), "RuntimeError: " + long[16:])):
+                          (describe(RuntimeError(said)), "RuntimeError: " + said)):
         kept = reason.removesuffix("…")
         assert len(reason) <= 300 and kept != reason, reason
         assert whole.startswith(kept) and whole[len(kept)] == " "  # cut between words

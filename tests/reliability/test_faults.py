@@ -101,6 +101,7 @@ def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_inst
     assert summary["this_run"]["purified"] == 0 and summary["resume"].startswith("run the same command again")
     error = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and error[0].startswith("error: the run failed: ActorDiedError")
+    assert "the purifier actor's process died 4 times, its 3 restarts spent" in error[0] and "--batch-size" in error[0]
     assert "run the same command again" in error[0]
     assert stdout == "", stdout[-2000:]  # a failed run has no result lines, and Ray's are not the job's
     assert "(raylet)" in stderr
