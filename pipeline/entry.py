@@ -62,7 +62,10 @@ class RayLinesToStderr:
         self._stdout, self._stderr = stdout, stderr
 
     def _stream(self):
-        writer = sys._getframe(2).f_globals.get("__name__", "")  # 0: _stream, 1: write, 2: who called print
+        try:
+            writer = sys._getframe(2).f_globals.get("__name__", "")  # 0: _stream, 1: write, 2: who called print
+        except ValueError:  # no Python caller (a write from C code): not Ray's printing
+            return self._stdout
         return self._stderr if writer == "ray" or writer.startswith("ray.") else self._stdout
 
     def write(self, text: str) -> int:
