@@ -20,6 +20,10 @@
 # (the device tool sets OUT; BUDGET_S=540 keeps the script inside that timeout, machine start not included)
 # A smoke test of the whole script on a CPU (tiny settings, a few minutes):
 #     SMOKE=1 OUT=/tmp/device-smoke bash bench/device_session.sh
+# The device image has PyTorch, numpy, pyarrow, pillow, fsspec and tqdm but no Ray and no s3fs, and nothing installs
+# there: nothing this script runs may need them (tests/test_device_image_imports.py). On 2026-12-05 the smoke test
+# passed with Ray made unimportable (a folder holding ray/__init__.py that raises ImportError, first on PYTHONPATH):
+# 247 s on the 2-core CPU machine, every file above packed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,0 +1,35 @@
+"""What bench/device_session.sh runs on a lent GPU machine loads without Ray and s3fs: that machine's image holds
+PyTorch, numpy, pyarrow, pillow, fsspec and tqdm, but neither of them (.library/device/KINDS.md), and nothing can be
+installed there. A module of the evaluation, the training or the purifier that imported Ray at its top would end the
+one GPU session a task may get at its first command. (The whole script, `SMOKE=1`, ran on a CPU with Ray made
+unimportable the same way, 2026-12-05.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["jobs/evaluate.py", "jobs/train_prior.py", "bench/purifier_bench.py"])
+def test_the_device_sessions_tools_load_without_ray_or_s3fs(script: str) -> None:
+    program = ("import runpy, sys\n"
+               "sys.modules['ray'] = None; sys.modules['s3fs'] = None  # import ray -> ImportError, as there\n"
+               f"sys.argv = [{script!r}, '--help']\n"
+               f"runpy.run_path({script!r}, run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage:" in done.stdout
+
+
+def test_the_evaluation_training_and_purifier_modules_load_without_ray_or_s3fs() -> None:
+    modules = ["pipeline.evaluation." + p.stem for p in sorted((ROOT / "pipeline/evaluation").glob("*.py"))]
+    modules += ["pipeline.training_run", "pipeline.training_loop", "pipeline.purifier", "pipeline.checkpoint"]
+    program = ("import importlib, sys\nsys.modules['ray'] = None; sys.modules['s3fs'] = None\n"
+               f"for name in {modules!r}:\n    importlib.import_module(name)\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
