@@ -417,6 +417,12 @@ def ray_data_configured() -> Iterator[None]:
             setattr(ctx, name, value)
 
 
+def checkpoint_option(config: JobConfig) -> str:
+    """What named the run's checkpoint, as an actor's error names it (`stages.check_checkpoint_seen`): --checkpoint,
+    --prior, or the default prior when neither was given."""
+    return "--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior"
+
+
 def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str], threads: int | None,
                    start_file: str | None = None) -> Any:
     """The job's Ray Data pipeline, one stage a line (the module docstring's picture): read -> decode -> tile ->
@@ -461,7 +467,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             preset=config.preset, flags=config.flags, device=device, precision=config.precision,
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
             canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size,
-            checkpoint_flag="--checkpoint" if config.checkpoint else "--prior" if config.prior else "the default prior",
+            checkpoint_flag=checkpoint_option(config),
             checkpoint_as_given=plan.checkpoint_uri),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
