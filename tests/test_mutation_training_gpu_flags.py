@@ -4,7 +4,7 @@ under-tested: mutants that ignored --precision bf16, held the learning rate at i
 instead of every --save-every-min minutes, or saved after every step once the first save was due all passed the
 existing tests, and each would have wasted the few minutes a lent GPU gives.
 
-The training clock is faked (each optimiser step takes 20 s of it), so the saves' timing is exact and no test waits.
+The training clock is faked (each optimiser step takes 25 s of it), so the saves' timing is exact and no test waits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pipeline.evaluation.defenses import zip_settings
 from pipeline.purifier import Purifier
 from tests.jobutil import TRAIN_TINY_ARGS, run_main, train_prior_on_noise
 
-STEP_S = 20.0  # seconds of the fake training clock per optimiser step
+STEP_S = 25.0  # seconds of the fake training clock per optimiser step
 
 
 class HardKill(BaseException):
@@ -117,15 +117,16 @@ def test_the_learning_rate_warms_up_step_by_step_and_a_resume_continues_the_warm
 
 def test_save_every_min_saves_on_the_training_clock_until_the_minutes_are_spent(
         job, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """--save-every-min 1 --minutes 3 (no --max-steps, as the device session runs it), 20 s a step: a save once more
-    than a minute has passed since the last one (steps 4 and 8), and the last one at the end of the budget (step 9)."""
+    """--save-every-min 1 --minutes 3 (no --max-steps, as the device session runs it), 25 s a step: a save once more
+    than a minute has passed since the last one (steps 3 and 6), and the last one at the end of the budget (step 8, the
+    first to end past 180 s)."""
     clock = fake_training_clock(monkeypatch)
     spy_on_steps(monkeypatch, clock)
     saved = spy_on_saves(monkeypatch)
     assert run_main(job, ["--minutes", "3", "--save-every-min", "1", "--out", str(tmp_path), *TRAIN_TINY_ARGS]) == 0
-    assert saved == [4, 8, 9]
-    assert "done: 9 steps" in capsys.readouterr().out
-    assert load_checkpoint(str(tmp_path / "prior.pt")).meta["steps"] == 9
+    assert saved == [3, 6, 8]
+    assert "done: 8 steps" in capsys.readouterr().out
+    assert load_checkpoint(str(tmp_path / "prior.pt")).meta["steps"] == 8
 
 
 def test_a_hard_kill_after_a_periodic_save_leaves_a_prior_the_evaluation_loads_and_a_state_that_resumes(
@@ -137,14 +138,14 @@ def test_a_hard_kill_after_a_periodic_save_leaves_a_prior_the_evaluation_loads_a
                "--out", str(tmp_path), *TRAIN_TINY_ARGS]
     saved = spy_on_saves(monkeypatch)
     with monkeypatch.context() as killed:
-        spy_on_steps(killed, fake_training_clock(killed), kill_at=6)
+        spy_on_steps(killed, fake_training_clock(killed), kill_at=5)
         with pytest.raises(HardKill):
             run_main(job, command)
-    assert saved == [4]
+    assert saved == [3]
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["step"] == 4 and state["elapsed_s"] == pytest.approx(4 * STEP_S)
+    assert state["step"] == 3 and state["elapsed_s"] == pytest.approx(3 * STEP_S)
     loaded = load_checkpoint(str(tmp_path / "prior.pt"))
-    assert loaded.meta["steps"] == 4 and loaded.meta["precision"] == "bf16"
+    assert loaded.meta["steps"] == 3 and loaded.meta["precision"] == "bf16"
     exported = loaded.model.state_dict()
     for name, value in state["ema"].items():  # the EMA weights of that step, in fp16
         torch.testing.assert_close(exported[name], value.half().float(), rtol=0, atol=0)
@@ -159,10 +160,10 @@ def test_a_hard_kill_after_a_periodic_save_leaves_a_prior_the_evaluation_loads_a
     lrs = spy_on_steps(monkeypatch, clock)
     assert run_main(job, command) == 0
     assert "resumed from" in capsys.readouterr().out
-    assert saved == [8, 9]  # steps 5..9: 80 s before the kill plus 100 s make the 3 minutes
-    assert lrs == pytest.approx([3e-4 * n / 500 for n in range(5, 10)])  # the warm-up goes on where it was
+    assert saved == [6, 8]  # steps 4..8: 75 s saved before the kill, and 125 s more end past the 3 minutes
+    assert lrs == pytest.approx([3e-4 * n / 500 for n in range(4, 9)])  # the warm-up goes on where it was
     steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 10))
+    assert steps == list(range(1, 9))
 
 
 def test_the_device_sessions_prior_trains_under_bf16_and_loads_for_the_evaluation(
