@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.evaluation import metrics, runner, victims
+from pipeline.evaluation.classifier import predict
 from pipeline.evaluation.datasets import stratified_subset
 from pipeline.evaluation.defenses import make_defense
 from pipeline.evaluation.report import stored_score
@@ -191,3 +192,23 @@ def test_the_device_sessions_calls_share_classifiers_and_baselines_but_keep_each
     assert reports["eval-k4-shipped"]["fidelity"]["zip"]["psnr"] == _zip_psnr(shipped, 4, 2, images)
     assert reports["eval-k4-steps3"]["fidelity"]["zip"]["psnr"] == _zip_psnr(new, 4, 3, images)
     assert len({reports[out]["fidelity"]["zip"]["psnr"] for out in calls if out != "baselines"}) == 4
+
+
+def test_predictions_are_made_on_the_device_the_classifiers_weights_are_on() -> None:
+    """Scoring follows the classifier: weights on another device than the CPU (here torch's "meta", which holds no
+    values; on a GPU run, CUDA) get their input batches there, and the labels come back as numpy."""
+
+    class OnMeta(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1, device="meta"))
+            self.seen: list[str] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(x.device.type)
+            return torch.zeros(len(x), 3).index_fill_(1, torch.tensor([2]), 1.0)
+
+    model = OnMeta()
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(predict(model, images, batch_size=2), [2, 2, 2, 2, 2])
+    assert model.seen == ["meta"] * 3
