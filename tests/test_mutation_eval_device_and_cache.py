@@ -162,6 +162,8 @@ def test_the_device_sessions_calls_share_classifiers_and_baselines_but_keep_each
         saved = json.loads((tmp_path / out / "synthetic.json").read_text())
         assert saved["results"] == reports[out]["results"]
         assert saved["config"]["pool"] == options.get("pool", 4) and saved["config"]["steps"] == options.get("steps", 2)
+        if "checkpoint" in options:  # the table's columns name the pool the images were purified with
+            assert f"ZIP (k={options['pool']}) CA" in (tmp_path / out / "synthetic.md").read_text()
 
     # Each ZIP call purified with its own prior, pool and steps, and said so in its report.
     purified_with = [(c["checkpoint"], c["settings"].pool, c["settings"].steps) for c in purifiers]
