@@ -141,6 +141,14 @@ def test_the_device_sessions_calls_share_classifiers_and_baselines_but_keep_each
     sha = {new: load_checkpoint(new, verify_only=True).sha256, shipped: load_checkpoint(shipped, verify_only=True).sha256}
     assert sha[new] != sha[shipped]
     purifiers = _recorded_purifiers(monkeypatch)
+    examples_pools: list[int] = []  # the pool the examples grid's rows are labelled with (drawn into the PNG)
+    write_examples = runner.write_examples
+
+    def recorded_examples(path: Path, *args: Any) -> Any:
+        examples_pools.append(args[-1])
+        return write_examples(path, *args)
+
+    monkeypatch.setattr(runner, "write_examples", recorded_examples)
     calls = {
         "baselines": dict(defenses=["none", "shrinkpad", "naive"]),
         "eval-k4": dict(checkpoint=new, pool=4),
@@ -164,6 +172,8 @@ def test_the_device_sessions_calls_share_classifiers_and_baselines_but_keep_each
         assert saved["config"]["pool"] == options.get("pool", 4) and saved["config"]["steps"] == options.get("steps", 2)
         if "checkpoint" in options:  # the table's columns name the pool the images were purified with
             assert f"ZIP (k={options['pool']}) CA" in (tmp_path / out / "synthetic.md").read_text()
+
+    assert examples_pools == [options.get("pool", 4) for options in calls.values()]
 
     # Each ZIP call purified with its own prior, pool and steps, and said so in its report.
     purified_with = [(c["checkpoint"], c["settings"].pool, c["settings"].steps) for c in purifiers]
