@@ -287,3 +287,32 @@ def cifar10_archive_stand_ins(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(datasets, "SHARED_DIR", root)
     monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "decoded")
     return root
+
+
+def train_prior_parsed(train_prior: ModuleType, *argv: str) -> object:
+    """jobs/train_prior.py's parse_args answer for `argv` with a small architecture (its checks write nothing), or the
+    exit status of a refusal."""
+    try:
+        return train_prior.parse_args([*argv, "--channel-mult", "1,2", "--attention", ""])
+    except SystemExit as stop:
+        return stop.code
+
+
+def stage_records() -> list[dict]:
+    """A batch's records for the write stage: one image, one reject, the read's count."""
+    from pipeline.sources import reject_record
+
+    image = {"kind": "image", "id": "a.png", "source": "a.png", "source_sha256": "0" * 64, "png": b"png", "width": 4,
+             "height": 4, "meta": {}}
+    return [image, reject_record("b.png", "b.png", "not a recognised image format", "decode", "1" * 64),
+            {"kind": "count", "n": 2, "skipped": 0}]
+
+
+def started_output(folder: Path) -> Path:
+    """An output folder as the driver leaves it at a run's start: its run history summary written; that file."""
+    from pipeline.output import RUNS_DIR
+
+    (folder / RUNS_DIR).mkdir(parents=True)
+    start = folder / RUNS_DIR / "20261205T110000.000000Z-abcd1234.json"
+    start.write_text('{"status": "running"}')
+    return start

@@ -16,7 +16,7 @@ import pytest
 from pipeline import cli, job
 from pipeline.errors import JobFailed, NotOnThisNodeError
 from pipeline.output import RUNS_DIR, SUMMARY_FILE
-from pipeline.sources import discover, reject_record
+from pipeline.sources import discover
 from pipeline.stages import (
     PurifyStage,
     batch_of,
@@ -26,24 +26,9 @@ from pipeline.stages import (
     write_stage,
 )
 from pipeline.stopped_run import failure_reason
-from tests.jobutil import image_bytes, image_folder, small_job_argv, small_job_config
+from tests.jobutil import image_bytes, image_folder, small_job_argv, small_job_config, stage_records, started_output
 
 FIX = "object store URI (s3://...) or a folder every node mounts at the same path"
-
-
-def _records() -> list[dict]:
-    image = {"kind": "image", "id": "a.png", "source": "a.png", "source_sha256": "0" * 64, "png": b"png", "width": 4,
-             "height": 4, "meta": {}}
-    return [image, reject_record("b.png", "b.png", "not a recognised image format", "decode", "1" * 64),
-            {"kind": "count", "n": 2, "skipped": 0}]
-
-
-def _started_output(folder: Path) -> str:
-    """An output folder as the driver leaves it at a run's start: its run history summary written; that file's path."""
-    (folder / RUNS_DIR).mkdir(parents=True)
-    start = folder / RUNS_DIR / "20261205T110000.000000Z-abcd1234.json"
-    start.write_text('{"status": "running"}')
-    return str(start)
 
 
 # --- write tasks ------------------------------------------------------------------------------------------------------
@@ -51,13 +36,13 @@ def _started_output(folder: Path) -> str:
 @pytest.mark.parametrize("scheme", ["", "file://"])
 @pytest.mark.parametrize("node_has_folder", [False, True])
 def test_a_write_on_a_node_without_the_drivers_output_stops_and_creates_nothing(tmp_path, scheme, node_has_folder) -> None:
-    start = _started_output(tmp_path / "driver")  # the driver's disk: the only one holding the run's start file
+    start = str(started_output(tmp_path / "driver"))  # the driver's disk: the only one holding the run's start file
     node_view = tmp_path / "node"  # what a worker node holds at the output's path: nothing, or a folder of its own
     if node_has_folder:
         node_view.mkdir()
     out = f"{scheme}{node_view}"
     with pytest.raises(NotOnThisNodeError) as err:
-        write_stage(batch_of(_records()), out, {}, start_file=f"{out}/{RUNS_DIR}/{os.path.basename(start)}")
+        write_stage(batch_of(stage_records()), out, {}, start_file=f"{out}/{RUNS_DIR}/{os.path.basename(start)}")
     message = str(err.value)
     assert message.startswith(f"--output {out} on node {socket.gethostname()}")
     assert f"{RUNS_DIR}/{os.path.basename(start)}" in message and FIX in message
@@ -67,19 +52,19 @@ def test_a_write_on_a_node_without_the_drivers_output_stops_and_creates_nothing(
 
 def test_a_write_that_sees_the_drivers_start_file_writes_as_before(tmp_path) -> None:
     out = tmp_path / "out"
-    start = _started_output(out)
-    manifest = write_stage(batch_of(_records()), str(out), {}, start_file=start)
+    start = str(started_output(out))
+    manifest = write_stage(batch_of(stage_records()), str(out), {}, start_file=start)
     files = json.loads(manifest["files"][0])
     assert [f.split("/")[0] for f in files] == ["data", "rejects"] and all((out / f).is_file() for f in files)
     assert int(manifest["purified"][0]) == 1 and int(manifest["rejected"][0]) == 1
     # the same output as a file:// URI: the same file, written again
-    assert write_stage(batch_of(_records()), f"file://{out}", {}, start_file=f"file://{start}")["files"][0] == \
+    assert write_stage(batch_of(stage_records()), f"file://{out}", {}, start_file=f"file://{start}")["files"][0] == \
         manifest["files"][0]
 
 
 def test_an_object_store_output_is_not_looked_up(tmp_path) -> None:
     # memory:// stands for any store every node reaches alike: the start file is not asked for (no request per batch)
-    manifest = write_stage(batch_of(_records()), "memory://cluster-out", {},
+    manifest = write_stage(batch_of(stage_records()), "memory://cluster-out", {},
                            start_file="memory://cluster-out/_runs/never-written.json")
     assert int(manifest["purified"][0]) == 1
     import fsspec

@@ -14,7 +14,13 @@ from types import ModuleType
 import pytest
 
 from pipeline.evaluation import datasets
-from tests.jobutil import cifar10_archive_stand_ins, evaluate_job_without_evaluation, load_job_script, run_main
+from tests.jobutil import (
+    cifar10_archive_stand_ins,
+    evaluate_job_without_evaluation,
+    load_job_script,
+    run_main,
+    train_prior_parsed,
+)
 
 CHEAP = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "none", "--subset", "20"]
 SECRET = "s3cr3t-pw"
@@ -127,23 +133,15 @@ def train_prior() -> ModuleType:
     return load_job_script("train_prior.py", "train_prior_local_folders")
 
 
-def _train_args(train_prior: ModuleType, *argv: str) -> object:
-    """parse_args's answer (its checks write nothing), or the exit status of a refusal."""
-    try:
-        return train_prior.parse_args([*argv, "--channel-mult", "1,2", "--attention", ""])
-    except SystemExit as stop:
-        return stop.code
-
-
 def test_train_prior_takes_a_file_uri_or_a_tilde_as_a_local_folder(train_prior: ModuleType, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: --out file:///x/run was refused as not local, and --out=~/run (a '~' zsh leaves after '=') was a folder
     named '~' in the current one (likewise a local --export and --init-from)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    args = _train_args(train_prior, "--out", f"file://{tmp_path}/run")
+    args = train_prior_parsed(train_prior, "--out", f"file://{tmp_path}/run")
     assert Path(args.out) == tmp_path / "run"
-    args = _train_args(train_prior, "--out=~/run", "--export=~/p.pt", "--init-from=~/start.pt")
+    args = train_prior_parsed(train_prior, "--out=~/run", "--export=~/p.pt", "--init-from=~/start.pt")
     home = tmp_path / "home"
     assert (Path(args.out), Path(args.export), Path(args.init_from)) == (home / "run", home / "p.pt", home / "start.pt")
 
@@ -166,7 +164,7 @@ def test_train_prior_refuses_an_out_it_cannot_make_in_one_line(train_prior: Modu
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link").symlink_to(tmp_path / "gone")
     (tmp_path / "a-file").write_text("")
-    assert _train_args(train_prior, "--out", value) == 2
+    assert train_prior_parsed(train_prior, "--out", value) == 2
     err = capsys.readouterr().err
     assert f"error: --out {value}" in err and says in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "link"]
@@ -190,7 +188,7 @@ def test_a_uri_in_a_folder_variable_is_refused_without_its_password(
     monkeypatch.setenv(variable, f"ftp://user:{SECRET}@host/data")
     assert run_main(job, _argv(tmp_path, "--out", str(tmp_path / "out"))) == 2
     assert f"error: ${variable} ftp://user:***@host/data: must be a local folder" in _one_error_line(capsys)
-    assert _train_args(train_prior, "--out", str(tmp_path / "run")) == 2
+    assert train_prior_parsed(train_prior, "--out", str(tmp_path / "run")) == 2
     assert f"error: ${variable} ftp://user:***@host/data: must be a local folder" in _one_error_line(capsys)
     assert job.started == [] and sorted(tmp_path.iterdir()) == [shared]
 
@@ -215,4 +213,4 @@ def test_a_local_folder_whose_name_holds_two_colons_is_still_one(job: ModuleType
     assert Path(job.started[0].out_dir) == Path("runs::v2")
     assert run_main(job, _argv(tmp_path, "--cache-dir", "cache::v2")) == 0
     assert Path(job.started[1].cache_dir) == Path("cache::v2")
-    assert Path(_train_args(train_prior, "--out", "runs::v2").out) == Path("runs::v2")
+    assert Path(train_prior_parsed(train_prior, "--out", "runs::v2").out) == Path("runs::v2")

@@ -20,9 +20,18 @@ import pytest
 from pipeline import placement
 from pipeline.errors import NotOnThisNodeError
 from pipeline.output import RUNS_DIR
-from pipeline.sources import discover, reject_record
+from pipeline.sources import discover
 from pipeline.stages import PurifyStage, batch_of, check_checkpoint_seen, read_stage, this_nodes_checkpoint, write_stage
-from tests.jobutil import cifar10_archive_stand_ins, evaluate_job_without_evaluation, image_folder, load_job_script, run_main
+from tests.jobutil import (
+    cifar10_archive_stand_ins,
+    evaluate_job_without_evaluation,
+    image_folder,
+    load_job_script,
+    run_main,
+    stage_records,
+    started_output,
+    train_prior_parsed,
+)
 
 SECRET = "s3cr3t-pw"
 
@@ -34,19 +43,11 @@ def train_prior() -> ModuleType:
     return load_job_script("train_prior.py", "train_prior_mutation_paths")
 
 
-def _train_args(train_prior: ModuleType, *argv: str) -> object:
-    """parse_args's answer (its checks write nothing), or the exit status of a refusal."""
-    try:
-        return train_prior.parse_args([*argv, "--channel-mult", "1,2", "--attention", ""])
-    except SystemExit as stop:
-        return stop.code
-
-
 def test_an_upper_case_file_uri_is_a_local_folder_too(train_prior: ModuleType, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # a URI's scheme is case-insensitive (RFC 3986): FILE:///x is the folder /x, not a URI to refuse
     monkeypatch.chdir(tmp_path)
-    assert Path(_train_args(train_prior, "--out", f"FILE://{tmp_path}/run").out) == tmp_path / "run"
+    assert Path(train_prior_parsed(train_prior, "--out", f"FILE://{tmp_path}/run").out) == tmp_path / "run"
 
 
 def test_a_file_uri_chained_onto_a_server_is_refused_without_its_password(train_prior: ModuleType, tmp_path: Path,
@@ -56,7 +57,7 @@ def test_a_file_uri_chained_onto_a_server_is_refused_without_its_password(train_
     # accepted for the run, the password in its name
     monkeypatch.chdir(tmp_path)
     value = f"file://{tmp_path}/run::ftp://user:{SECRET}@host/x"
-    assert _train_args(train_prior, "--out", value) == 2
+    assert train_prior_parsed(train_prior, "--out", value) == 2
     err = capsys.readouterr().err
     assert "error: --out file://" in err and "give a local folder" in err and SECRET not in err, err
     assert list(tmp_path.iterdir()) == []
@@ -81,7 +82,7 @@ def test_both_jobs_refuse_an_out_in_a_folder_they_may_not_write_in_or_enter(
     monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: not (os.path.abspath(path) == str(locked)
                                                                        and mode & bit) and real(path, mode, *a, **k))
     said = f"{locked} is not writable by this user (no permission, or a read-only file system)"
-    assert _train_args(train_prior, "--out", str(locked / "run")) == 2
+    assert train_prior_parsed(train_prior, "--out", str(locked / "run")) == 2
     assert f"error: --out {locked / 'run'}: {said}" in capsys.readouterr().err
     argv = ["--datasets", "cifar10", "--attacks", "none", "--defenses", "none", "--subset", "20",
             "--out", str(locked / "reports"), "--cache-dir", str(tmp_path / "cache")]
@@ -92,29 +93,14 @@ def test_both_jobs_refuse_an_out_in_a_folder_they_may_not_write_in_or_enter(
 
 # --- local paths on a Ray cluster (pipeline/stages.py, storage.local_file_path) --------------------------------------
 
-def _records() -> list[dict]:
-    image = {"kind": "image", "id": "a.png", "source": "a.png", "source_sha256": "0" * 64, "png": b"png", "width": 4,
-             "height": 4, "meta": {}}
-    return [image, reject_record("b.png", "b.png", "not a recognised image format", "decode", "1" * 64),
-            {"kind": "count", "n": 2, "skipped": 0}]
-
-
-def _started_output(folder: Path) -> Path:
-    """An output folder as the driver leaves it at a run's start: its run history summary written; that file."""
-    (folder / RUNS_DIR).mkdir(parents=True)
-    start = folder / RUNS_DIR / "20261205T110000.000000Z-abcd1234.json"
-    start.write_text('{"status": "running"}')
-    return start
-
-
 def test_a_local_uri_is_a_local_path_to_the_checks_on_a_cluster(tmp_path: Path) -> None:
     # fsspec's other name for the local file system: local:///x is the driver's disk as much as file:///x is, so a
     # write task or read task on a node without it stops rather than writing there or rejecting every file
-    start = _started_output(tmp_path / "driver")
+    start = started_output(tmp_path / "driver")
     node_view = tmp_path / "node"
     out = f"local://{node_view}"
     with pytest.raises(NotOnThisNodeError, match=rf"^--output {out} on node {socket.gethostname()}"):
-        write_stage(batch_of(_records()), out, {}, start_file=f"{out}/{RUNS_DIR}/{start.name}")
+        write_stage(batch_of(stage_records()), out, {}, start_file=f"{out}/{RUNS_DIR}/{start.name}")
     assert not node_view.exists()
     root = image_folder(tmp_path / "in", 1)
     (unit,) = discover(f"local://{root}")
@@ -129,11 +115,11 @@ def test_a_start_file_a_stat_misses_but_its_folders_listing_shows_is_seen(tmp_pa
     # NFS: a file another machine wrote moments ago may be missed by a stat (the client's cached attributes) while the
     # server's listing of its folder holds it; the write task then went on, rather than stop a run that sees the output
     out = tmp_path / "out"
-    start = _started_output(out)
+    start = started_output(out)
     real = os.path.exists
     monkeypatch.setattr(os.path, "exists", lambda p: os.fspath(p) != str(start) and real(p))
     monkeypatch.chdir(tmp_path)  # the current folder is not the start file's
-    manifest = write_stage(batch_of(_records()), str(out), {}, start_file=str(start))
+    manifest = write_stage(batch_of(stage_records()), str(out), {}, start_file=str(start))
     assert int(manifest["purified"][0]) == 1 and any((out / "data").iterdir())
 
 
