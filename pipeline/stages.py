@@ -384,40 +384,33 @@ class PurifyStage:
                  precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None,
                  checkpoint_flag: str = "--checkpoint", checkpoint_as_given: str | None = None):
         with long_lived_objects_made():
-            self._set_up(checkpoint, checkpoint_sha256, settings, preset, flags, storage_options, device, precision,
-                         canvas_size, torch_threads, batch_size, checkpoint_flag, checkpoint_as_given)
+            import torch
 
-    def _set_up(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
-                flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None, precision: str,
-                canvas_size: int, torch_threads: int | None, batch_size: int | None, checkpoint_flag: str,
-                checkpoint_as_given: str | None) -> None:
-        import torch
+            # a shipped prior, or a relative path given: the package's or working dir's copy on this node
+            checkpoint = this_nodes_checkpoint(checkpoint, checkpoint_as_given)
+            check_checkpoint_seen(checkpoint, checkpoint_flag)  # the driver's file, on this node too
 
-        # a shipped prior, or a relative path given: the package's or working dir's copy on this node
-        checkpoint = this_nodes_checkpoint(checkpoint, checkpoint_as_given)
-        check_checkpoint_seen(checkpoint, checkpoint_flag)  # the driver's file, on this node too
+            from pipeline.purifier import Purifier
+            from pipeline.settings import ZipSettings
 
-        from pipeline.purifier import Purifier
-        from pipeline.settings import ZipSettings
+            if torch_threads == ALL_CORES:
+                torch.set_num_threads(os.cpu_count() or 1)  # this node's cores, not the driver's
+            elif torch_threads:
+                torch.set_num_threads(torch_threads)
+            if device is None or device.startswith("cuda"):
+                # The job always names the device ("cuda" on GPU actors), so check there too: otherwise torch's own
+                # error ("CUDA driver version is insufficient ...") is all a user sees, without the GPUs Ray assigned.
+                import ray
 
-        if torch_threads == ALL_CORES:
-            torch.set_num_threads(os.cpu_count() or 1)  # this node's cores, not the driver's
-        elif torch_threads:
-            torch.set_num_threads(torch_threads)
-        if device is None or device.startswith("cuda"):
-            # The job always names the device ("cuda" on GPU actors), so check there too: otherwise torch's own
-            # error ("CUDA driver version is insufficient ...") is all a user sees, without the GPUs Ray assigned.
-            import ray
-
-            problem = unusable_gpus(ray.get_gpu_ids() if ray.is_initialized() else [], torch.cuda.is_available(),
-                                    torch.__version__, torch.version.cuda)
-            if problem:
-                raise RuntimeError(problem)
-        self.purifier = Purifier.from_checkpoint(
-            checkpoint, preset, device=device, precision=precision, canvas_size=canvas_size, flags=flags,
-            storage_options=storage_options, expected_sha256=checkpoint_sha256, settings=ZipSettings(**settings),
-            batch_size=batch_size,
-        )
+                problem = unusable_gpus(ray.get_gpu_ids() if ray.is_initialized() else [], torch.cuda.is_available(),
+                                        torch.__version__, torch.version.cuda)
+                if problem:
+                    raise RuntimeError(problem)
+            self.purifier = Purifier.from_checkpoint(
+                checkpoint, preset, device=device, precision=precision, canvas_size=canvas_size, flags=flags,
+                storage_options=storage_options, expected_sha256=checkpoint_sha256, settings=ZipSettings(**settings),
+                batch_size=batch_size,
+            )
 
     def __call__(self, batch: Batch) -> Batch:
         """The batch purified. One whose purification raises is tried again here, in this actor, up to
