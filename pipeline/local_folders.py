@@ -34,11 +34,20 @@ def remote_uri(text: str) -> bool:
         return False
     if found.group(2) == "::":
         return _is_file_system(found.group(1)) or _CHAINED_URI.search(text) is not None
-    return found.group(1).lower() not in LOCAL_SCHEMES or "::" in text[found.end():]
+    return found.group(1).lower() not in LOCAL_SCHEMES or _chained_on(text[found.end():])
 
 
-# A link of a chain that is a URI ('x::s3://bucket/y')
+# A link of a chain that is a URI ('x::s3://bucket/y'), or a file system's name with a link after it ('x::memory::y')
 _CHAINED_URI = re.compile(r"::[A-Za-z][A-Za-z0-9+.-]*://")
+_CHAINED_NAME = re.compile(r"::(?=([A-Za-z][A-Za-z0-9+.-]*)::)")
+
+
+def _chained_on(path: str) -> bool:
+    """Whether a file:// URI's path goes on to another file system by fsspec's '::' (a URI or a file system's name
+    after it), as 'a::b' does without the file:// (`remote_uri`): file:///tmp/runs::v2 names the folder 'runs::v2'
+    there, as the purify job's --output and /tmp/runs::v2 take it."""
+    return _CHAINED_URI.search(path) is not None or any(
+        _is_file_system(name.group(1)) for name in _CHAINED_NAME.finditer(path))
 
 
 def _is_file_system(name: str) -> bool:

@@ -214,3 +214,17 @@ def test_a_local_folder_whose_name_holds_two_colons_is_still_one(job: ModuleType
     assert run_main(job, _argv(tmp_path, "--cache-dir", "cache::v2")) == 0
     assert Path(job.started[1].cache_dir) == Path("cache::v2")
     assert Path(train_prior_parsed(train_prior, "--out", "runs::v2").out) == Path("runs::v2")
+
+
+def test_a_file_uri_of_a_folder_whose_name_holds_two_colons_names_that_folder(job: ModuleType, train_prior: ModuleType,
+                                                                             tmp_path: Path, shared: Path) -> None:
+    """file:///x/runs::v2 is the folder /x/runs::v2, as /x/runs::v2 is and as the purify job's --output writes it; it
+    was refused as an fsspec chain ('give a local folder'), since any '::' after a file:// counted as one. A link that
+    is a URI or a file system's name still makes it a chain (tests/test_mutation_cluster_paths.py)."""
+    out, cache = tmp_path / "runs::v2", tmp_path / "cache::v2"
+    assert run_main(job, _argv(tmp_path, "--out", f"file://{out}")) == 0
+    assert Path(job.started[0].out_dir) == out
+    assert run_main(job, _argv(tmp_path, "--cache-dir", f"file://{cache}")) == 0
+    assert Path(job.started[1].cache_dir) == cache
+    assert Path(train_prior_parsed(train_prior, "--out", f"file://{out}").out) == out
+    assert train_prior_parsed(train_prior, "--out", f"file://{out}::memory::x") == 2  # a chain onto memory://
