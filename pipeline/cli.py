@@ -693,6 +693,21 @@ def ignore_stop_signals() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
+def ray_stopped_before_the_last_lines() -> None:
+    """Stop the Ray this process started (or leave the cluster it joined) before the run's last lines are printed.
+    Ray prints what its raylet reports (an actor's process that died, a task it retries) when it hears it, from a
+    thread of its own, and the repeats it held back at its shutdown: with that shutdown left to the process's exit,
+    those lines came after the job's own last line (`error: the run failed: ...`), which a reader or a script takes
+    for the run's outcome. The exit would stop Ray anyway; this only does it first."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - the run's outcome is recorded; Ray's own trouble stopping must not replace it
+        pass
+
+
 def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
     """The command line; returns the exit status (see EXAMPLES: 0 done, 1 failed, 2 could not start, 130 interrupted).
     `prog`: how the user ran it (`build_parser`)."""
@@ -712,6 +727,7 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify") -> int:
         finally:
             if argv is None:  # the process's own command line (zip-purify, jobs/purify.py): it exits once main returns
                 ignore_stop_signals()
+                ray_stopped_before_the_last_lines()
     except JobInterrupted as err:
         print(f"interrupted: {_shown(err, config)}", file=sys.stderr)
         return 128 + err.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM

@@ -105,6 +105,8 @@ def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_inst
     assert "run the same command again" in error[0]
     assert stdout == "", stdout[-2000:]  # a failed run has no result lines, and Ray's are not the job's
     assert "(raylet)" in stderr
+    # the job's error is its last line: Ray is stopped before it is printed, so nothing Ray hears later follows it
+    assert stderr.rstrip("\n").splitlines()[-1] == error[0], stderr[-3000:]
 
 
 @pytest.mark.usefixtures("ray_local")
