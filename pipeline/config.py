@@ -248,9 +248,11 @@ class JobConfig:
     def _device_problems(self) -> list[str]:
         """The precision, and whether the device and the actors' GPUs can run it."""
         problems = []
-        if self.precision not in PRECISIONS:
+        # a str first: a list or dict (unhashable) raised TypeError from `in`, not the JobError plan_job promises
+        known = isinstance(self.precision, str) and self.precision in PRECISIONS
+        if not known:
             problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        reduced = self.precision in PRECISIONS and self.precision != "fp32"
+        reduced = known and self.precision != "fp32"
         if self.device is not None:
             # not checked against this machine's GPUs: the purifier actors run on the cluster's
             problem = device_problem(self.device, on_this_machine=False)
