@@ -112,6 +112,8 @@ def test_a_program_that_called_run_job_keeps_rays_and_ray_datas_own_output_after
             "summary = run_job(small_job_config(tmp, tiny_model_file(tmp)))\n"
             "print('run', summary['status'], summary['this_run']['purified'])\n"
             "print('ray level kept', logging.getLogger('ray').level == level)\n"
+            "import json; print('summary as written', summary == json.loads((tmp / 'out' / '_summary.json').read_text()))\n"
+            "print('local ray still up', ray.is_initialized())\n"
             "print('-- the program\\'s own pipeline --', file=sys.stderr, flush=True)\n"
             "print('rows', ray.data.range(4).map_batches(lambda b: b).count())\n"
             "ray.shutdown()\n")
@@ -120,6 +122,8 @@ def test_a_program_that_called_run_job_keeps_rays_and_ray_datas_own_output_after
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run complete 2" in done.stdout and "ray level kept True" in done.stdout and "rows 4" in done.stdout, \
         done.stdout
+    # docs/api.md: run_job returns the summary it writes, and the local Ray it started stays up for later runs
+    assert "summary as written True" in done.stdout and "local ray still up True" in done.stdout, done.stdout
     during, _, after = done.stderr.partition("-- the program's own pipeline --")
     assert after, done.stderr[-3000:]
     for noise in ("Started a local Ray instance", "Starting execution of Dataset", "Execution plan of Dataset"):
