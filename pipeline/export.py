@@ -799,10 +799,10 @@ def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quali
     return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
 
 
-def export_images(output: str, to: str, *, storage_options: dict[str, Any] | None = None, image_format: str = "png",
-                  jpeg_quality: int = 95, manifest: str = "csv", existing: str = "refuse", force: bool = False,
-                  workers: int = 8, progress: Any = None,
-                  on_damaged: Callable[[str], None] | None = None) -> ExportReport:
+def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
+                  storage_options: dict[str, Any] | None = None, image_format: str = "png", jpeg_quality: int = 95,
+                  manifest: str = "csv", existing: str = "refuse", force: bool = False, workers: int = 8,
+                  progress: Any = None, on_damaged: Callable[[str], None] | None = None) -> ExportReport:
     """Write the purified images of `output` (a zip-purify output: a path or fsspec URI) as files under `to`.
 
     See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
@@ -856,9 +856,10 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
             raise ExportError(f"{name} must be {what}, or None, got {value!r}")
 
 
-def run_export(names: ArgNames, output: str, to: str, *, storage_options: dict[str, Any] | None,
-               image_format: str, jpeg_quality: int, manifest: str, existing: str, force: bool, workers: int,
-               progress: Any, on_damaged: Callable[[str], None] | None) -> ExportReport:
+def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.PathLike[str], *,
+               storage_options: dict[str, Any] | None, image_format: str, jpeg_quality: int, manifest: str,
+               existing: str, force: bool, workers: int, progress: Any,
+               on_damaged: Callable[[str], None] | None) -> ExportReport:
     """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
     (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
     _check_arguments(names, output=output, to=to, storage_options=storage_options, image_format=image_format,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import re
 import signal
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,16 @@ def test_an_export_whose_manifest_cannot_be_written_is_not_ok_with_every_image_i
     assert not report.ok and "No space left on device" in report.manifest_error and report.manifest is None
     ok = export.export_images(tmp_path / "out", tmp_path / "images", manifest="none", existing="resume")
     assert ok.ok and ok.present == 3 and ok.manifest is None
+
+
+def test_the_calls_that_take_a_path_say_so_to_a_type_checker() -> None:
+    """docs/api.md: export_images's output and to, like from_checkpoint's uri, are a str or a pathlib.Path; annotated
+    `str` alone, a type checker (mypy, an editor's) flagged a script's export_images(Path("out"), Path("images"))."""
+    from pipeline import Purifier, load_checkpoint
+    from pipeline.export import export_images
+
+    for call, names in ((export_images, ("output", "to")), (Purifier.from_checkpoint, ("uri",)),
+                        (load_checkpoint, ("uri",))):
+        hints = typing.get_type_hints(call)
+        for name in names:
+            assert set(typing.get_args(hints[name])) == {str, os.PathLike[str]}, (call.__qualname__, name)
