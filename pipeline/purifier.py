@@ -295,7 +295,8 @@ class Purifier:
         is a TypeError.
 
         `seed` (default: the settings' seed; an integer in [0, 2**32 - 1]) makes the call reproducible: the same
-        images in the same order with the same seed and settings give bit-identical results on the same device. An
+        images in the same order with the same seed, settings, canvas_size and batch_size give bit-identical results on
+        the same device (the noise is drawn per sampling batch of batch_size canvases). An
         image's result also depends on the other images of the call (small images share canvases and noise draws),
         not only on its own pixels.
         """
