@@ -55,6 +55,14 @@ class CanvasBatch:
     seed: int
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's weights (its first parameter's, else its first buffer's; the CPU for a model of
+    neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 class Purifier:
     """ZIP purification with one diffusion model, reusable across calls (load the model once)."""
 
@@ -62,7 +70,7 @@ class Purifier:
         self,
         model: UNetModel,
         settings: ZipSettings | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         precision: str = "fp32",
         canvas_size: int | None = None,
         batch_size: int | None = None,
@@ -72,6 +80,11 @@ class Purifier:
             raise TypeError(f"settings must be a ZipSettings, e.g. ZipSettings(steps=20, pool=4) or "
                             f"ZipSettings.recipe('fast'), got {type(settings).__name__}")
         self.settings = settings or ZipSettings()
+        if device is None:
+            # where the model is: a notebook that purifies with the model it trains on a GPU found that model moved to
+            # the CPU (model.to, in place) by the former default, device="cpu", and its next training step failed
+            _check_model(model)
+            device = model_device(model)
         # Checked before the model moves: torch's own errors ("Found no NVIDIA driver", a list of 20 device types)
         # name neither the argument nor the fix.
         self.device = checked_device(device)

@@ -179,3 +179,21 @@ def test_the_calls_that_take_a_path_say_so_to_a_type_checker() -> None:
         hints = typing.get_type_hints(call)
         for name in names:
             assert set(typing.get_args(hints[name])) == {str, os.PathLike[str]}, (call.__qualname__, name)
+
+
+def test_a_purifier_made_from_a_model_runs_it_where_it_is_and_moves_it_only_when_told() -> None:
+    """docs/api.md: Purifier(model) without `device` runs the model on the device its weights are on; the former default,
+    device="cpu", moved a notebook's model off its GPU in place (model.to), and its next training step failed. A model
+    on torch's 'meta' device stands in for one on a GPU here (moving it to the CPU raises)."""
+    from pipeline.model import UNetConfig, build_unet
+    from pipeline.purifier import Purifier
+    from tests.jobutil import TINY_FLAGS
+
+    with torch.device("meta"):
+        elsewhere = build_unet(UNetConfig.from_flags(TINY_FLAGS))
+    purifier = Purifier(elsewhere)
+    assert purifier.device == torch.device("meta")
+    assert {p.device.type for p in elsewhere.parameters()} == {"meta"}
+    assert Purifier(build_unet(UNetConfig.from_flags(TINY_FLAGS))).device == torch.device("cpu")
+    moved = build_unet(UNetConfig.from_flags(TINY_FLAGS)).to(torch.float32)
+    assert Purifier(moved, device="cpu").model is moved  # told where: moved there, in place, as before
