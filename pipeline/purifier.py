@@ -88,7 +88,7 @@ class Purifier:
         # Checked before the model moves: torch's own errors ("Found no NVIDIA driver", a list of 20 device types)
         # name neither the argument nor the fix.
         self.device = checked_device(device)
-        if precision not in PRECISIONS:
+        if not isinstance(precision, str) or precision not in PRECISIONS:  # a list: not "unhashable type: 'list'"
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"{precision} inference needs a CUDA device; use fp32 on {self.device.type}")

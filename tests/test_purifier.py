@@ -119,6 +119,9 @@ def test_settings_that_would_give_garbage_are_refused(model) -> None:
         for bad in (0, -1, 2.5):
             with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
                 Purifier(model, ZipSettings(steps=1), **{name: bad})
+    for bad in (["fp16"], {"fp16": True}):  # a grid's list: was "TypeError: unhashable type: 'list'"
+        with pytest.raises(ValueError, match="precision must be one of"):
+            Purifier(model, ZipSettings(steps=1), precision=bad)
     for bad in (float("nan"), 0, -1.0, float("inf")):
         with pytest.raises(ValueError, match="blend_k must be a number above 0"):
             ZipSettings(blend_k=bad)
