@@ -617,6 +617,8 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
 
 
 def _json_value(value: Any) -> Any:
+    """`value` as JSON holds it; what JSON has no type for and is no time (a Parquet input's decimal or duration
+    column: Decimal, timedelta) is left for `_json_text`'s `str`, the text the CSV writes of it."""
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return value.isoformat()
     if isinstance(value, dict):
@@ -628,11 +630,15 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(_json_value(value), ensure_ascii=False, default=str)
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, dict | list | tuple):
-        return json.dumps(_json_value(value), ensure_ascii=False)
+        return _json_text(value)
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
         return value.isoformat()
     return value
@@ -664,8 +670,7 @@ class Manifest:
             if self.csv is not None:
                 self.csv.writerow([_csv_value(value) for _, value in values])
             else:
-                line = {name: _json_value(value) for name, value in values}
-                self.text.write(json.dumps(line, ensure_ascii=False) + "\n")
+                self.text.write(_json_text(dict(values)) + "\n")
         except Exception as err:  # noqa: BLE001 - said once the export ends
             self.error = err
 

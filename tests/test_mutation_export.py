@@ -4,6 +4,8 @@ are test_export's (the job's own writer, no model, no Ray)."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
 import json
 import math
@@ -117,6 +119,24 @@ def test_a_jsonl_manifest_is_strict_json_for_an_unchanged_images_infinite_psnr(t
 
     lines = [json.loads(line, parse_constant=refuse) for line in (to / "manifest.jsonl").read_text().splitlines()]
     assert {line["id"]: line["psnr_vs_input_db"] for line in lines} == {"a.jpg": "inf", "b.jpg": 32.0}
+
+
+def test_a_parquet_inputs_decimal_and_duration_columns_are_written_in_the_manifest(tmp_path) -> None:
+    """A Parquet input's columns keep their Arrow types in data/ (docs/job.md): a decimal column (a price), a duration
+    or a struct holding a decimal made the manifest fail ("Object of type Decimal is not JSON serializable"), exit
+    status 1, and --resume failed the same way each time. Such a value is its text, in the CSV and the JSON lines."""
+    out = tmp_path / "out"
+    make_output(str(out), [image("t.parquet#0", 1, price=decimal.Decimal("1.50"), wait=datetime.timedelta(seconds=3),
+                                 box={"w": decimal.Decimal("2.5"), "n": 1})])
+    csv_report = export_images(out, tmp_path / "csv")
+    assert csv_report.ok and csv_report.manifest_error is None
+    (row,) = manifest_rows(tmp_path / "csv")
+    assert (row["price"], row["wait"], json.loads(row["box"])) == ("1.50", "0:00:03", {"w": "2.5", "n": 1})
+    jsonl_report = export_images(out, tmp_path / "jsonl", manifest="jsonl")
+    assert jsonl_report.ok and jsonl_report.manifest_error is None
+    (line,) = (tmp_path / "jsonl" / "manifest.jsonl").read_text().splitlines()
+    assert {k: v for k, v in json.loads(line).items() if k in ("price", "wait", "box")} == {
+        "price": "1.50", "wait": "0:00:03", "box": {"w": "2.5", "n": 1}}
 
 
 # --- re-encoding ----------------------------------------------------------------------------------------------------
