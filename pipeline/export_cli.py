@@ -48,9 +48,9 @@ examples:
   python jobs/export.py --help                                                         # the same tool
 
 exit status:
-  0    every purified image is in DIR (written now, or already there with --resume)
+  0    every purified image is in DIR (written now, or already there with --resume), and its manifest
   1    some could not be written, or a part file of data/ is damaged or could not be fetched (each named; the rest
-       were exported)
+       were exported), or the manifest could not be written (the images are in place: --resume writes it)
   2    nothing was exported: a bad option, a missing OUTPUT or one that is not a zip-purify output, an unfinished
        one without --force, a DIR that is not empty without --overwrite or --resume, storage that refuses access
   130  interrupted (Ctrl-C): every file in DIR is whole, and the manifest is not written; --resume finishes it

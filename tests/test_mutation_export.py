@@ -336,3 +336,16 @@ def test_the_names_the_help_shows_are_the_names_the_export_gives(id_: str, path:
     shown = re.sub(r"/\s+", "/", " ".join(build_parser().format_help().split()))
     assert f"{id_} -> {path}" in shown
     assert export_path(id_)[0] == path.removeprefix("DIR/")
+
+
+def test_the_helps_exit_statuses_say_a_manifest_that_could_not_be_written_is_1(tmp_path, capsys, monkeypatch) -> None:
+    """--help gave status 0 for "every purified image is in DIR" and named no manifest under 1, yet an export whose
+    images are all in DIR but whose manifest could not be written ends with status 1 (docs/job.md)."""
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1)])
+    (to / "manifest.csv").mkdir(parents=True)  # a folder where the manifest goes: it cannot be written
+    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--overwrite"]) == 1
+    assert "the manifest could not be written" in capsys.readouterr().err
+    statuses = " ".join(build_parser().format_help().split("exit status:")[1].split())
+    zero, one = statuses.split(" 1 ")[0], statuses.split(" 1 ")[1].split(" 2 ")[0]
+    assert "manifest" in zero and "the manifest could not be written" in one
