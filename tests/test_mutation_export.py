@@ -349,3 +349,14 @@ def test_the_helps_exit_statuses_say_a_manifest_that_could_not_be_written_is_1(t
     statuses = " ".join(build_parser().format_help().split("exit status:")[1].split())
     zero, one = statuses.split(" 1 ")[0], statuses.split(" 1 ")[1].split(" 2 ")[0]
     assert "manifest" in zero and "the manifest could not be written" in one
+
+
+def test_the_helps_defaults_are_the_parsers() -> None:
+    """--help's "(default ...)" for --workers, --format and --manifest against what the parser gives when they are
+    not given (a default changed in one place and not the other)."""
+    text = " ".join(build_parser().format_help().split())
+    args = build_parser().parse_args(["--output", "o", "--to", "d"])
+    assert f"(default {args.workers};" in text and f"(default {args.jpeg_quality})" in text
+    assert f"under .{args.format} names (lossless, nothing re-encoded; the default)" in text
+    assert f"DIR/manifest.{args.manifest} (default)" in text
+    assert (args.workers, args.format, args.manifest, args.overwrite, args.resume) == (8, "png", "csv", False, False)
