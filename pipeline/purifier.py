@@ -11,6 +11,7 @@ and untiles the result.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 import os
 import warnings
@@ -58,9 +59,8 @@ class CanvasBatch:
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's weights (its first parameter's, else its first buffer's; the CPU for a model of
     neither)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 class Purifier:
