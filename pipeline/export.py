@@ -770,6 +770,8 @@ class ExportReport:
     manifest: str | None = None  # its path: `to` as given (relative, a URI), and the manifest's name
     manifest_left_out: list[str] = field(default_factory=list)
     manifest_error: str | None = None  # why the manifest could not be written
+    # what became of an earlier export's manifest of the name this one failed to write: "removed", or why it was not
+    earlier_manifest: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -796,6 +798,19 @@ def _count_rows(fs: Any, paths: list[str]) -> tuple[int, int]:
 
     counts = [n for _, n in read_ahead(rows, paths)]
     return sum(n for n in counts if n is not None), sum(n is None for n in counts)
+
+
+def _earlier_manifest_removed(fs: Any, path: str) -> str | None:
+    """Remove an earlier export's manifest at `path`, which this export failed to replace: left there, it reads as the
+    manifest of DIR as it is now, and lacks (or misnames) the images this export wrote. None where there was none;
+    "removed", or why it could not be removed. It is rewritten from data/ with --resume."""
+    try:
+        if not fs.isfile(path):
+            return None
+        fs.rm_file(path)
+    except Exception as err:  # noqa: BLE001 - said beside the manifest's own error
+        return describe(err)
+    return "removed"
 
 
 def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int) -> bool:
@@ -934,8 +949,9 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
                 report.manifest = _under(to, posixpath.basename(writer.path))
             except Exception as err:  # noqa: BLE001 - the images are in place: the manifest's failure is said
                 writer.abandon()
-                writer = None
                 report.manifest_error = describe(err)
+                report.earlier_manifest = _earlier_manifest_removed(out_fs, writer.path)
+                writer = None
     except BaseException:
         if writer is not None:
             writer.abandon()
@@ -1040,6 +1056,13 @@ def report_lines(report: ExportReport) -> list[str]:
     if report.manifest_error:
         lines.append(f"error: the manifest could not be written ({terminal_text(report.manifest_error)}); the images "
                      "are in place: run again with --resume to write it")
+        if report.earlier_manifest == "removed":
+            lines.append("note: the earlier export's manifest of that name was removed: it did not list this export's "
+                         "images")
+        elif report.earlier_manifest:
+            lines.append(f"warning: an earlier export's manifest of that name is still in {terminal_text(report.to)} and "
+                         f"could not be removed ({terminal_text(report.earlier_manifest)}): it does not list this "
+                         "export's images")
     if report.manifest_left_out:
         lines.append(f"note: column(s) {', '.join(map(terminal_text, report.manifest_left_out))} hold bytes (an image "
                      "or mask copied unpurified from the input) and are not in the manifest; read them from data/")

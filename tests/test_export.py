@@ -733,6 +733,52 @@ def test_a_manifest_that_cannot_be_written_is_said_and_the_images_are_exported(t
     assert files_under(to) == {f"{i}.png" for i in range(4)}  # the images; no manifest, no temporary left
 
 
+def test_an_earlier_exports_manifest_that_a_failed_one_would_have_replaced_is_removed_not_left_as_this_ones(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    # an --overwrite (or --resume) of a folder holding an earlier export's manifest.csv, whose new manifest failed, left
+    # the old one in place: a reader took it for the manifest of the folder as it now is, lacking the new images
+    import pipeline.export as export
+
+    to = tmp_path / "images"
+    make_output(str(tmp_path / "old"), [image(f"{i}.jpg", i) for i in range(2)])
+    assert main(["--output", str(tmp_path / "old"), "--to", str(to), "--no-progress"]) == 0
+    assert [row["id"] for row in manifest_rows(to)] == ["0.jpg", "1.jpg"]
+    make_output(str(tmp_path / "new"), [image(f"{i}.jpg", i + 10) for i in range(4)])
+    original = export._csv_value
+
+    def full_disk(value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_csv_value", full_disk)
+    capsys.readouterr()
+    assert main(["--output", str(tmp_path / "new"), "--to", str(to), "--no-progress", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "the manifest could not be written" in err
+    assert "note: the earlier export's manifest of that name was removed: it did not list this export's images" in err
+    assert files_under(to) == {f"{i}.png" for i in range(4)}  # the new images, no manifest at all
+    for i in range(4):
+        assert (to / f"{i}.png").read_bytes() == stored_images(tmp_path / "new")[f"{i}.jpg"]
+    # written again from data/ by --resume, with every image
+    monkeypatch.setattr(export, "_csv_value", original)
+    assert main(["--output", str(tmp_path / "new"), "--to", str(to), "--no-progress", "--resume"]) == 0
+    assert [row["id"] for row in manifest_rows(to)] == [f"{i}.jpg" for i in range(4)]
+    # one that cannot be removed is warned of, naming the folder and why
+    monkeypatch.setattr(export, "_csv_value", full_disk)
+
+    def refused(self, path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(export.storage_path(str(to), {})[0]), "rm_file", refused)
+    capsys.readouterr()
+    report = export_images(tmp_path / "new", to, existing="overwrite")
+    assert not report.ok and report.earlier_manifest == "PermissionError: [Errno 13] Permission denied"
+    lines = export.report_lines(report)
+    assert any(line.startswith(f"warning: an earlier export's manifest of that name is still in {to} and could not be "
+                               "removed (PermissionError") and line.endswith("it does not list this export's images")
+               for line in lines), lines
+    assert (to / "manifest.csv").exists()
+
+
 def test_an_image_whose_name_is_another_ids_folder_gets_its_own(tmp_path: Path) -> None:
     # a.jpg's file (a.png) is the folder of a.png/b.jpg's, and B.jpg's is b.png/x.jpg's but for case: on a disk one
     # could not be written (which one depended on the workers' order); on an object store a sync to a disk fails
