@@ -64,6 +64,7 @@ from pipeline.placement import (
     actors_started,
     cluster_wait_warning,
     cpu_actor_threads,
+    cpu_cluster_note,
     default_actors_and_gpus,
     init_ray,
     node_loss_watched,
@@ -314,9 +315,9 @@ def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]
     if note:
         print(f"zip-purify: note: {note}", file=sys.stderr)
     placement = default_actors_and_gpus(config)
-    wait = cluster_wait_warning(config, placement[1])
-    if wait:
-        print(f"zip-purify: note: {wait}", file=sys.stderr)  # a note: an autoscaling cluster waits for its nodes
+    for line in (cpu_cluster_note(config, placement[1]), cluster_wait_warning(config, placement[1])):
+        if line:  # notes: an autoscaling cluster starts its GPU nodes only when asked, and the run waits for them
+            print(f"zip-purify: note: {line}", file=sys.stderr)
     return config, placement
 
 

@@ -359,6 +359,19 @@ def cluster_wait_warning(config: PlacementOptions, gpus_per_actor: float) -> str
     return cluster_wait_problem(config, gpus_per_actor, nodes, ray.available_resources())
 
 
+def cpu_cluster_note(config: PlacementOptions, gpus_per_actor: float) -> str | None:
+    """What a run on a joined cluster (not a Ray this process started) says when its purifier actors get no GPU though
+    the options left that to the cluster (no --device, no --gpus-per-actor): the cluster had none as the run started.
+    A cluster whose GPU workers autoscale from zero (cluster.yaml's `min_workers: 0`) has none yet, and such a run
+    purified on CPU actors, many times slower, without a word; asking for GPU actors makes the autoscaler start them.
+    None on a Ray started here (a laptop's run on its CPUs is the expected case) and where the options chose."""
+    if gpus_per_actor or config.device is not None or config.gpus_per_actor is not None or ray_started_here():
+        return None
+    return ("the cluster has no GPU as the run starts, so its purifier actors run on CPUs; where GPU workers autoscale "
+            "from zero, run with --actors N --gpus-per-actor 1 to have them started (--device cpu runs on CPUs "
+            "without this note)")
+
+
 def lost_nodes_note(config: PlacementOptions, gpus_per_actor: float, lost: list[dict[str, Any]],
                     alive: list[dict[str, Any]], free: dict[str, float]) -> str:
     """What the run says when `lost` nodes of its cluster (records of `ray.nodes()`) were lost mid-run, `alive` left,

@@ -19,6 +19,7 @@ from pipeline.model import UNetConfig, build_unet
 from pipeline.placement import (
     actor_placement,
     cluster_wait_problem,
+    cpu_cluster_note,
     default_actors_and_gpus,
     fitted_actor_cpus,
     local_ray_problem,
@@ -337,6 +338,41 @@ def test_a_run_on_a_cluster_whose_nodes_cannot_hold_its_actor_and_tasks_says_so_
     err = capsys.readouterr().err
     assert f"zip-purify: note: the cluster cannot run a purifier actor ({cpus:g} CPUs)" in err, err
     job._start_cluster(_job(cpus_per_actor=cpus / 2))
+    assert "zip-purify:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, gpus, started_here, said", [
+    ({}, 0.0, False, True),  # a joined cluster with no GPU yet (GPU workers autoscaling from zero)
+    ({"actors": 8}, 0.0, False, True),  # --actors alone asks for CPU actors
+    ({}, 0.0, True, False),  # a Ray this process started: a machine's own CPUs, as expected
+    ({}, 1.0, False, False),  # GPU actors
+    ({"device": "cpu"}, 0.0, False, False),  # CPUs chosen
+    ({"gpus_per_actor": 0}, 0.0, False, False),
+])
+def test_a_run_on_a_joined_cluster_without_gpus_says_it_purifies_on_cpus(monkeypatch, options, gpus, started_here,
+                                                                          said) -> None:
+    """A run submitted to a cluster whose GPU workers autoscale from zero (cluster.yaml's min_workers: 0) without
+    --gpus-per-actor found no GPU as it started and purified on CPU actors, many times slower, without a word."""
+    import pipeline.placement as placement
+
+    monkeypatch.setattr(placement, "ray_started_here", lambda: started_here)
+    note = cpu_cluster_note(_job(**options), gpus)
+    if said:
+        assert note.startswith("the cluster has no GPU as the run starts, so its purifier actors run on CPUs"), note
+        assert "--actors N --gpus-per-actor 1" in note and "--device cpu" in note, note
+    else:
+        assert note is None, note
+
+
+def test_the_cpu_cluster_note_is_printed_as_a_run_joins_a_cluster_without_gpus(ray_local, monkeypatch, capsys) -> None:
+    import pipeline.job as job
+    import pipeline.placement as placement
+
+    monkeypatch.setattr(placement, "ray_started_here", lambda: False)  # as on a cluster joined by address
+    monkeypatch.setattr(placement, "_OWN_RAY_NODE", [None])
+    assert job._start_cluster(_job())[1] == (1, 0.0, "cpu")
+    assert "zip-purify: note: the cluster has no GPU as the run starts" in capsys.readouterr().err
+    job._start_cluster(_job(device="cpu"))
     assert "zip-purify:" not in capsys.readouterr().err
 
 
