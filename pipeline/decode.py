@@ -186,13 +186,23 @@ _NOT_IMAGES: Final = ((b"PK\x03\x04", 0, "a zip archive"), (b"PK\x05\x06", 0, "a
                       (b"ustar", 257, "a tar archive"), (b"PAR1", 0, "a Parquet file"),
                       (b"\x1f\x8b", 0, "gzip-compressed data"), (b"BZh", 0, "bzip2-compressed data"),
                       (b"\xfd7zXZ\x00", 0, "xz-compressed data"))
+# Archive and compression formats the job reads in no place (Python's tarfile and zipfile do not): a WebDataset shard
+# compressed with zstd (`shard.tar.zst`) was "not a recognised image format", as if it were a damaged image.
+_UNREAD_FORMATS: Final = ((b"\x28\xb5\x2f\xfd", "zstd-compressed data (a .tar.zst shard?)"),
+                          (b"\x04\x22\x4d\x18", "lz4-compressed data"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+                          (b"Rar!\x1a\x07", "a RAR archive"))
 _HEIF_BRANDS: Final = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 
 
 def _what_it_is(data: bytes) -> str:
-    """': it is a zip archive, ...' for the file types `_NOT_IMAGES` and HEIF/AVIF name; '' for anything else."""
+    """' (it is a zip archive, ...)' for the file types `_UNREAD_FORMATS`, `_NOT_IMAGES` and HEIF/AVIF name; '' for
+    anything else."""
     if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
         return f" (HEIF/AVIF, brand {data[8:12].decode()}, which is not read: convert it to PNG or JPEG)"
+    for magic, kind in _UNREAD_FORMATS:
+        if data.startswith(magic):
+            return (f" (it is {kind}, a format the job does not read: decompress or extract it, or repack it as .tar, "
+                    ".tar.gz, .tar.xz, .tar.bz2 or .zip)")
     for magic, at, kind in _NOT_IMAGES:
         if data[at : at + len(magic)] == magic:
             return (f" (it is {kind}: archives and data files are read only as inputs of their own, named .zip, .tar, "

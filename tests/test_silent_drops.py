@@ -131,6 +131,28 @@ def test_an_archive_or_heif_photo_inside_a_zip_is_a_reject_that_says_what_it_is(
     assert reasons["outer.zip/notes.txt"] == "not a recognised image format"
 
 
+def test_a_zstd_shard_or_a_7z_or_rar_archive_is_a_reject_that_says_it_is_not_read(tmp_path) -> None:
+    """A WebDataset shard compressed with zstd (`shard.tar.zst`), lz4, a 7z or RAR archive: none is read anywhere, and
+    each was the reject 'not a recognised image format', as if it were a damaged image."""
+    import zlib
+
+    from pipeline.decode import decode_image
+    from tests.jobutil import tar_bytes
+
+    zstd_frame = bytes.fromhex("28b52ffd") + zlib.compress(tar_bytes({"k.png": PNG}))  # its magic is what tells it
+    inputs = {"shard-0001.tar.zst": zstd_frame, "s.tar.lz4": bytes.fromhex("04224d18") + bytes(32),
+              "photos.7z": b"7z\xbc\xaf\x27\x1c" + bytes(32), "photos.rar": b"Rar!\x1a\x07\x01\x00" + bytes(32)}
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+    reasons = {id_: decode_image(r["data"]) for id_, r in _records(tmp_path).items() if id_ != "count"}
+    assert set(reasons) == set(inputs)  # each one a reject, none dropped
+    said = {"shard-0001.tar.zst": "zstd-compressed data (a .tar.zst shard?)", "s.tar.lz4": "lz4-compressed data",
+            "photos.7z": "a 7z archive", "photos.rar": "a RAR archive"}
+    for name, kind in said.items():
+        assert reasons[name] == (f"not a recognised image format (it is {kind}, a format the job does not read: "
+                                 "decompress or extract it, or repack it as .tar, .tar.gz, .tar.xz, .tar.bz2 or .zip)")
+
+
 # --- Parquet cells ---
 
 def test_a_parquet_image_cell_that_holds_something_else_says_what(tmp_path) -> None:
