@@ -461,8 +461,9 @@ def deduplicate_output(output: str, storage_options: dict[str, Any], written: It
     # old row to remove.
     retried_out = set(retried) & progress.fresh
     now_purified = len(retried_out & progress.purified)
-    if not progress.rows[1]:
-        _remove_empty_folder(fs, posixpath.join(root, REJECTS_DIR))
+    for folder, rows in zip((DATA_DIR, REJECTS_DIR), progress.rows, strict=True):
+        if not rows:  # data/ too: a refresh whose every purified input now gives a reject left its rows none
+            _remove_empty_folder(fs, posixpath.join(root, folder))
     # a refreshed id's new row is in a file this run wrote, beside its old one (removed now), or written over it (a
     # part file of the same ids has the same name): either way its old row no longer counts
     refreshed = set(journal or {}) & (progress.fresh | {id_ for ids in superseded.values() for id_ in ids})
@@ -578,8 +579,9 @@ def _rewrite_part(fs: fsspec.AbstractFileSystem, path: str, keep: list[bool] | N
 
 def _remove_empty_folder(fs: fsspec.AbstractFileSystem, path: str) -> None:
     """Remove `path` when it is a folder holding nothing: rejects/ once every reject in it has been purified on a
-    retry read as a table with no columns (`pd.read_parquet(OUTPUT/rejects)['id']`: KeyError). Without it, it reads
-    as an output that never had a reject (no folder), as on an object store, which has no empty folders."""
+    retry, or data/ once a --refresh-changed run replaced each of its rows by a reject, read as a table with no
+    columns (`pd.read_parquet(OUTPUT/rejects)['id']`: KeyError). Without it, it reads as an output that never had
+    such a row (no folder), as on an object store, which has no empty folders."""
     try:
         if fs.isdir(path) and not fs.ls(path, detail=False):
             fs.rmdir(path)
