@@ -741,6 +741,8 @@ def _local_output_problem(root: str) -> str | None:
     path = os.path.abspath(root)
     while not os.path.lexists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
+    if os.path.islink(path) and not os.path.exists(path):  # a link to something gone: os.path.isdir says False
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
     if not os.path.isdir(path):
         return f"{path} is a file, not a folder"
     # the effective ids, which the writes use (a setuid launcher's real ones may differ), where the system tells them

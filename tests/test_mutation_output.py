@@ -343,3 +343,17 @@ def test_the_jobs_own_files_in_an_output_that_is_the_input_folder_are_its_record
         assert own(str(root / name)), name
     for name in ("a.png", ".hidden.png", "notes/_lease.json", "sub/_summary.json", "_inputs.png"):
         assert not own(str(root / name)), name
+
+
+def test_an_output_that_is_a_link_to_nothing_is_refused_as_such_not_called_a_file(tmp_path) -> None:
+    """A local --output (or a folder above it) that is a symbolic link whose target is gone (an unmounted volume, a
+    moved folder) was refused as 'is a file, not a folder', which sent the user looking for a file."""
+    from pipeline.errors import JobError
+    from pipeline.output import check_output_location
+
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    for out in (tmp_path / "out", tmp_path / "out" / "run1"):
+        with pytest.raises(JobError) as err:
+            check_output_location(str(out), {})
+        assert str(err.value) == (f"cannot write to output {out}: {tmp_path / 'out'} is a symbolic link to "
+                                  f"{tmp_path / 'gone'}, which does not exist"), err.value
