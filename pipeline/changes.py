@@ -259,9 +259,13 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     changed since, the recorded inputs with rows that the listing no longer shows, and the changed inputs whose rows
     this run reads again (`retry`: --retry-rejects; with `refresh`, --refresh-changed, every changed one:
     `ChangedInputs.refreshed`) and whose record must keep the earlier stamp until it ends (`ChangedInputs.pending`).
-    `root`: the input root the ids are relative to (None when nothing is listed). A container's '#unreadable' and
-    look-alike rejects are not rows it refreshes: its reading to its end settles them (`job.stale_rejects`)."""
+    `root`: the input root the ids are relative to (None when nothing is listed: the record's location, where its ids
+    are relative to, stands for it, so that inputs all gone are said gone and stay recorded). A container's
+    '#unreadable' and look-alike rejects are not rows it refreshes: its reading to its end settles them
+    (`job.stale_rejects`)."""
     recorded = record.stamps if record is not None else {}
+    if root is None and record is not None:
+        root = record.location
     changes = ChangedInputs()
     seen: set[str] = set()
     for unit in listed:

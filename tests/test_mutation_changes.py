@@ -161,6 +161,20 @@ def test_a_gone_reject_is_said_and_a_gone_container_without_rows_is_not() -> Non
     assert (changes.gone_files, changes.gone_containers) == (["r.png"], {})
 
 
+def test_inputs_all_gone_are_said_gone_and_stay_recorded() -> None:
+    """Every input deleted (an emptied incoming folder): the listing gives no unit, so the planning knows no root, and
+    no input was said gone; the record a complete run left then held no stamp at all, so a file put back later with
+    other bytes was taken as done and its old row kept without a word. Deleting all but one input said each gone."""
+    record = InputRecord("/in", {"a.png": ("files", "v1"), "r.png": ("files", "v1"), "s.tar": ("tar", "v1")})
+    purified, rejected = {"a.png", "s.tar/0", "s.tar/1"}, {"r.png"}
+    changes = find_changes([], purified, rejected, frozenset(), record, {}, None)
+    assert (changes.gone_files, changes.gone_containers) == (["a.png", "r.png"], {"s.tar": 2})
+    final = updated_record(record, "/in", [], changes)
+    assert final.stamps == record.stamps
+    back = find_changes([_files("/in", ("a.png", "v2"))], purified, rejected, frozenset(), final, {}, "/in")
+    assert back.purified == ["a.png"]  # put back with other bytes: said changed, as any file rewritten in place
+
+
 # --- same_bytes -----------------------------------------------------------------------------------------------------
 
 
