@@ -160,12 +160,6 @@ class ChangedInputs:
     compared_files: int = 0
     compared_containers: int = 0
 
-    def changed(self) -> int:
-        return len(self.purified) + len(self.rejected) + len(self.containers)
-
-    def gone(self) -> int:
-        return len(self.gone_files) + len(self.gone_containers)
-
     def summary(self) -> dict[str, Any]:
         """The summary's and the dry run's `changed_inputs`."""
         return {"image_files_purified": len(self.purified), "image_files_rejected": len(self.rejected),
