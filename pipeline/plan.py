@@ -402,14 +402,15 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     # and the containers it read to their end have the `_containers/` entries its journal notes of them
     output, settled_stamps, earlier_read = _after_earlier_refresh(config, out, so, output)
     hidden = HiddenSkipped()  # the hidden files the listing leaves out
-    listed = _listed_units(config, hidden)
-    first_parquet = next((u for u in listed if u.kind == "parquet"), None)
+    # the job's own files, when the output lies inside the input, are no input: neither the Parquet file whose
+    # footer --image-column is checked on, nor files the partition report counts
+    inputs, excluded = _inputs_listed(_listed_units(config, hidden), config)
+    first_parquet = next((u for u in inputs if u.kind == "parquet"), None)
     if config.image_column and first_parquet is not None:
         problem = image_column_problem(first_parquet, so, config.image_column)
         if problem:
             raise JobError(problem)
-    partitions = _partition_keys(listed) if config.partitioning == "hive" else None
-    inputs, excluded = _inputs_listed(listed, config)
+    partitions = _partition_keys(inputs) if config.partitioning == "hive" else None
     ledger = _read_ledger(inputs, out, so, output) | earlier_read
     reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                    in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,

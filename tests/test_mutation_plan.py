@@ -387,3 +387,35 @@ def test_retry_rejects_after_a_stopped_refresh_reads_again_the_ids_whose_new_row
     else:  # purified now: its old reject is no reject to read again
         assert (plan.retry, _to_read(plan)) == (frozenset(), ["c.png"])
     assert plan.describe()["output"]["rejects_to_retry"] == len(plan.retry)
+
+
+# --- an output inside its input: its own files are not the input's ---
+
+def test_image_column_is_checked_on_the_inputs_parquet_not_on_the_outputs_own_part_file(tmp_path, model) -> None:
+    # BUG (fixed here): the check of --image-column took the listing's first Parquet file before the output's own files
+    # were left out of it; with the output inside the input ('in/clean' before 'in/train.parquet'), every run after the
+    # first was refused: "--image-column picture: image column 'picture' not in Parquet columns ['id', 'image'] of
+    # in/clean/data/part-0.parquet", a file the job wrote
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"picture": [image_bytes(8, 8, 1), image_bytes(8, 8, 2)]}), folder / "train.parquet")
+    config = small_job_config(tmp_path, model, output=str(folder / "clean"), image_column="picture")
+    _output(folder / "clean", plan_job(config, dry_run=True).job_record, data=["train.parquet#0"], status="running")
+    plan = plan_job(config, dry_run=True)
+    assert plan.output_state == "resume"
+    assert [Path(u.paths[0]).name for u in plan.units] == ["train.parquet"]
+    assert plan.describe()["input"]["excluded_output_files"] == 1
+
+
+def test_the_partition_report_counts_the_inputs_files_not_the_outputs_own(tmp_path, model) -> None:
+    # BUG (fixed here): the dry run's partition keys were counted over the listing before the output's own files were
+    # left out of it: with the output inside the input, its part files were counted as input files in no key=value
+    # folder ("1 of the 3 input files lies in no key=value folder")
+    folder = tmp_path / "in"
+    _images(folder / "year=2025", ("a.png",))
+    _images(folder / "year=2026", ("b.png",))
+    config = small_job_config(tmp_path, model, output=str(folder / "clean"), partitioning="hive")
+    _output(folder / "clean", plan_job(config, dry_run=True).job_record, data=["year=2025/a.png"], status="running")
+    plan = plan_job(config, dry_run=True)
+    assert _to_read(plan) == ["b.png"]
+    assert plan.partitions == {"keys": {"year": 2}, "files": 2, "files_outside": 0}
