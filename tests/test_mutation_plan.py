@@ -419,3 +419,23 @@ def test_the_partition_report_counts_the_inputs_files_not_the_outputs_own(tmp_pa
     plan = plan_job(config, dry_run=True)
     assert _to_read(plan) == ["b.png"]
     assert plan.partitions == {"keys": {"year": 2}, "files": 2, "files_outside": 0}
+
+
+def test_refresh_changed_reads_again_an_image_file_rewritten_since_its_row(tmp_path, model) -> None:
+    # its id is in data/, so done; --refresh-changed takes the ids of the inputs changed since out of those done
+    import hashlib
+
+    from pipeline.changes import write_record
+    from tests.jobutil import rewritten_in_place
+
+    folder = _images(tmp_path / "in")
+    out = _output(tmp_path / "out", _record(tmp_path, model), status="complete")
+    (out / "data").mkdir()
+    pq.write_table(pa.table({"id": ["a.png", "b.png"], "source_sha256": [
+        hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("a.png", "b.png")]}),
+        out / "data" / "part-0.parquet")
+    write_record(str(out), {}, plan_job(small_job_config(tmp_path, model, incremental=True)).input_record)
+    rewritten_in_place(folder / "a.png", image_bytes(8, 8, 9))
+    assert _to_read(plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)) == []
+    plan = plan_job(small_job_config(tmp_path, model, refresh_changed=True), dry_run=True)
+    assert (_to_read(plan), plan.skipped_files) == (["a.png"], 1)
