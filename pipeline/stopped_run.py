@@ -38,7 +38,12 @@ class StoppedWhileLoading(_Interrupt):
     whole" then, of an output that did not exist."""
 
 
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning)): ?(.*)$")
+# A traceback's exception line: a name with an exception's ending (ValueError, SystemExit), or any name its module
+# qualifies (zipfile.BadZipFile, pyarrow.lib.ArrowInvalid), as Python writes every exception not built in; a message's
+# own "Note: ..." line is neither
+_NAME = r"[A-Za-z_]\w*"
+_EXCEPTION_LINE = re.compile(
+    rf"^(?:(?:{_NAME}\.)*({_NAME}(?:Error|Exception|Exit|Interrupt|Warning))|(?:{_NAME}\.)+({_NAME})): ?(.*)$")
 
 
 # Said after Ray's ActorDiedError: the job's one actor pool is the purifier's (PurifyStage), restarted PURIFIER_RESTARTS
@@ -65,8 +70,9 @@ def _first_exception_line(err: BaseException) -> str:
         match = _EXCEPTION_LINE.match(line)
         if match:
             # a local path not on a node of the cluster: its line names the path, the node and the fix, all kept
-            whole = match[1] == NotOnThisNodeError.__name__
-            return shortened(f"{match[1]}: {match[2]}", 4 * REASON_CHARS if whole else REASON_CHARS)
+            name = match[1] or match[2]
+            whole = name == NotOnThisNodeError.__name__
+            return shortened(f"{name}: {match[3]}", 4 * REASON_CHARS if whole else REASON_CHARS)
     return describe(err)
 
 

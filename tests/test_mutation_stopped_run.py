@@ -231,3 +231,20 @@ def test_the_advice_to_resume_an_overwrite_run_drops_the_flag_or_starts_over_whe
     assert stopped_run.resume_advice(True, False, "job.yaml") == (
         "--overwrite deleted the output's earlier files and this run purified nothing yet: run the same command again "
         "to start over")
+
+
+# BUG (fixed here): an exception whose name does not end in Error/Exception (zipfile.BadZipFile, pyarrow's
+# ArrowInvalid) was passed over, and the run failed with Ray's own line as the reason: "UserCodeException: UDF failed
+# to process a data block.", which names neither the worker's error nor the file.
+@pytest.mark.parametrize("name", ["zipfile.BadZipFile", "pyarrow.lib.ArrowInvalid"])
+def test_a_workers_exception_with_a_module_qualified_name_is_the_reason(name) -> None:
+    remote = ("ray::MapWorker(MapBatches(PurifyStage)).submit() (pid=8131, ip=192.0.2.2)\n"
+              '  File "/work/main/pipeline/stages.py", line 164, in read\n'
+              "    raise\n"
+              f"{name}: File is not a zip file\n\n"
+              "The above exception was the direct cause of the following exception:\n\n"
+              "ray::MapWorker(MapBatches(PurifyStage)).submit() (pid=8131, ip=192.0.2.2)\n"
+              "ray.exceptions.UserCodeException: UDF failed to process a data block.\n")
+    assert failure_reason(RuntimeError(remote)) == f"{name.rpartition('.')[2]}: File is not a zip file"
+    # a line of a message that reads like one is not taken for an exception: no module before its name
+    assert failure_reason(RuntimeError("ray::W.submit() (pid=1)\nNote: see above\nValueError: bad")) == "ValueError: bad"
