@@ -291,19 +291,21 @@ def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str
 
     # 1-2. The model, the output's state and the inputs, all checked before any image is read; then the cluster
     # decides the device, which must suit the precision before an actor is started.
-    try:
-        plan = plan_job(config)
-        # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no pipeline.
-        # The run is otherwise the same: it holds the lease, clears an --overwrite output, does the end-of-run check,
-        # records what a complete run records and writes its summary.
-        config, placement = _start_cluster(config) if plan.units else (config, None)
-    except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM, raised as one) before anything is written: said so
-        raise StoppedWhileLoading(getattr(err, "signum", signal.SIGINT)) from err
-    out = config.output.rstrip("/")  # checked by plan_job: a str
-    with signals_interrupt(), OutputLease(out, config.storage_options) as lease:
-        if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
-            clear_output(out, config.storage_options)
-        return _run(config, plan, placement, lease, started, overwrite_file)
+    # SIGTERM is raised as Ctrl-C is from here: while the run loads too (its default ended the process without a word)
+    with signals_interrupt():
+        try:
+            plan = plan_job(config)
+            # Nothing left to read (a scheduled --incremental run with nothing new, say): no Ray, no actor, no
+            # pipeline. The run is otherwise the same: it holds the lease, clears an --overwrite output, does the
+            # end-of-run check, records what a complete run records and writes its summary.
+            config, placement = _start_cluster(config) if plan.units else (config, None)
+        except KeyboardInterrupt as err:  # Ctrl-C (or SIGTERM, raised as one) before anything is written: said so
+            raise StoppedWhileLoading(getattr(err, "signum", signal.SIGINT)) from err
+        out = config.output.rstrip("/")  # checked by plan_job: a str
+        with OutputLease(out, config.storage_options) as lease:
+            if plan.output_state == "overwrite":  # planned, not done: the output may have been another run's until now
+                clear_output(out, config.storage_options)
+            return _run(config, plan, placement, lease, started, overwrite_file)
 
 
 def _start_cluster(config: JobConfig) -> tuple[JobConfig, tuple[int, float, str]]:

@@ -248,3 +248,38 @@ def test_a_workers_exception_with_a_module_qualified_name_is_the_reason(name) ->
     assert failure_reason(RuntimeError(remote)) == f"{name.rpartition('.')[2]}: File is not a zip file"
     # a line of a message that reads like one is not taken for an exception: no module before its name
     assert failure_reason(RuntimeError("ray::W.submit() (pid=1)\nNote: see above\nValueError: bad")) == "ValueError: bad"
+
+
+# BUG (fixed here): SIGTERM while the run checked its model and inputs, or after Ray had started and before the run
+# took the output's lease, met the process's own disposition (the default: the process ended, without a word), where
+# docs/job.md promises the `interrupted: the run stopped while loading ...` line and 143, as Ctrl-C gets 130.
+@pytest.mark.parametrize("where", ["plan", "placement"])
+def test_sigterm_while_the_run_loads_says_so_and_exits_143(tmp_path, monkeypatch, capsys, handlers_kept, where) -> None:
+    from types import SimpleNamespace
+
+    import pipeline.job as job
+    from pipeline.cli import main
+
+    class Ended(Exception):
+        pass
+
+    def ends_the_process(signum, frame) -> None:  # stands in for SIGTERM's default, which would end pytest too
+        raise Ended("SIGTERM went to the process's own handler")
+
+    def sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the run went on after the signal")
+
+    signal.signal(signal.SIGTERM, ends_the_process)
+    if where == "plan":
+        monkeypatch.setattr(job, "plan_job", sigterm)
+    else:
+        monkeypatch.setattr(job, "plan_job", lambda config: SimpleNamespace(units=["a unit"]))
+        monkeypatch.setattr(job, "init_ray", lambda config: None)
+        monkeypatch.setattr(job, "with_fitted_actor_cpus", lambda config: (config, None))
+        monkeypatch.setattr(job, "default_actors_and_gpus", sigterm)
+    out = tmp_path / "out"
+    assert main(["--input", str(tmp_path), "--output", str(out)]) == 143
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("interrupted: the run stopped while loading"), err
+    assert not out.exists() and signal.getsignal(signal.SIGTERM) is ends_the_process
