@@ -46,7 +46,8 @@ class LogProgress:
         done = self.n - self.initial  # the rate counts only this run's work, not a resumed run's earlier part
         text = f"{self.desc}: {self.n}"
         if self.total is not None:
-            text += f"/{self.total} ({100.0 * self.n / max(self.total, 1):.0f} %)"
+            # floored: 100 % only once all are done (rounded, 199/200 said 100 %)
+            text += f"/{self.total} ({100 * self.n // max(self.total, 1)} %)"
         text += f" in {elapsed:.0f} s"
         if done > 0 and elapsed > 0:
             text += f", {_rate(done / elapsed)} {self.unit}/s"

@@ -283,3 +283,17 @@ def test_sigterm_while_the_run_loads_says_so_and_exits_143(tmp_path, monkeypatch
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("interrupted: the run stopped while loading"), err
     assert not out.exists() and signal.getsignal(signal.SIGTERM) is ends_the_process
+
+
+# BUG (fixed here): the percentage was rounded, so a log said "(100 %)" of a run with images still to go (199/200,
+# with an ETA after it); it is floored now: 100 % only when all are done.
+def test_a_log_says_100_percent_only_when_all_are_done(clock) -> None:
+    log = io.StringIO()
+    bar = progress_bar(200, "images", "img", log)
+    clock.now += 199
+    bar.update(199)
+    clock.now += 1
+    bar.update(1)
+    bar.close()
+    assert log.getvalue().splitlines() == ["images: 199/200 (99 %) in 199 s, 1 img/s, ETA 1 s",
+                                           "images: 200/200 (100 %) in 200 s, 1 img/s"]
