@@ -297,3 +297,48 @@ def test_a_log_says_100_percent_only_when_all_are_done(clock) -> None:
     bar.close()
     assert log.getvalue().splitlines() == ["images: 199/200 (99 %) in 199 s, 1 img/s, ETA 1 s",
                                            "images: 200/200 (100 %) in 200 s, 1 img/s"]
+
+
+def test_a_run_off_the_main_thread_leaves_the_signals_alone(handlers_kept) -> None:
+    """Signal handlers can be set in the main thread only (ValueError elsewhere): a run_job called from a thread (a
+    notebook's, a web app's worker) runs without them."""
+    import threading
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            with signals_deferred(), record_stopped_run(lambda status, details: "", "/out"):
+                outcome.append("ran")
+        except BaseException as err:  # noqa: BLE001 - any error here is the failure looked for
+            outcome.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert outcome == ["ran"]
+
+
+def test_a_footer_read_the_storage_drops_once_is_read_again(tmp_path, monkeypatch) -> None:
+    import pipeline.storage as storage
+
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b"]}), out / "data" / "part-landed.parquet")
+    fs, root = storage.storage_path(str(out), {})
+    dropped: list[str] = []
+
+    class Dropping:
+        def __getattr__(self, name: str):
+            return getattr(fs, name)
+
+        def open(self, path: str, mode: str = "rb"):
+            if not dropped:
+                dropped.append(path)
+                raise ConnectionResetError("connection reset by peer")
+            return fs.open(path, mode)
+
+    monkeypatch.setattr(stopped_run, "storage_path", lambda uri, options: (Dropping(), root))
+    monkeypatch.setattr(storage, "backoff", lambda *args: None)
+    count = count_stopped_run(str(out), {}, set(), {})
+    assert dropped and (count.purified, count.files, count.short) == (2, 1, None), count
