@@ -72,7 +72,7 @@ from pipeline.placement import (
     ray_data_console_quieted,
     with_fitted_actor_cpus,
 )
-from pipeline.plan import JobPlan, plan_job, require_job_config
+from pipeline.plan import JobPlan, plan_job, require_job_config, without_uri_secrets
 from pipeline.progress import progress_bar
 from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
@@ -285,7 +285,17 @@ def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str
     --overwrite) until it ends, however it ends; SIGTERM then raises like Ctrl-C, so that the lease is released.
     Ray is started (or joined) only when the plan leaves something to read; a Ray the caller started is used as it
     is, and left running either way. `overwrite_file`: the --config file that says overwrite: true, which a stopped
-    --overwrite run's advice names as the file to remove it from (`stopped_run.resume_advice`)."""
+    --overwrite run's advice names as the file to remove it from (`stopped_run.resume_advice`). A JobError it raises
+    names no credential of the run's URIs (a password in an FTP URL, a presigned URL's signature): a program logs it,
+    as the command line prints it, without them."""
+    try:
+        return _run_job(config, overwrite_file)
+    except JobError as err:
+        without_uri_secrets(err, config)
+        raise
+
+
+def _run_job(config: JobConfig, overwrite_file: str | None) -> dict[str, Any]:
     started = time.time()
     require_job_config(config, "run_job")
 

@@ -751,6 +751,17 @@ def _local_output_problem(root: str) -> str | None:
     return None
 
 
+def output_reached(out: str, storage_options: dict[str, Any]) -> None:
+    """Make the output's file system, naming the output where that fails: an FTP file system connects to its server as
+    it is made, and an output server that did not answer stopped the run with 'error: [Errno 111] Connection refused'
+    alone. fsspec keeps the instance, which the output's later uses get."""
+    try:
+        _fs(out, storage_options)
+    except OSError as err:
+        raise JobError(f"cannot reach the server of output {out}: {describe(err)}; is it up, and are its host and port "
+                       "right?") from err
+
+
 def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The output's file system and path, refusing an output that is a file or in a bucket that does not exist."""
     fs, root = _fs(out, storage_options)

@@ -47,10 +47,11 @@ from pipeline.output import (
     output_index,
     output_inside_input,
     output_inside_written_folder,
+    output_reached,
     read_json,
 )
 from pipeline.presets import shipped_prior_path
-from pipeline.redaction import redact_uri
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.refresh import Journal, read_journal
 from pipeline.settings import RECIPES, ZipSettings, canonical_operators, check_trained_timesteps, guides_no_step
 from pipeline.sources import (
@@ -383,8 +384,31 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     """Check the model and the output and list the inputs, without reading an image or writing anything.
 
     Every error a run can find before its first image (unsafe or mismatched checkpoint, missing input, an
-    output made with other settings, a finished output without --incremental) is raised here as a JobError.
+    output made with other settings, a finished output without --incremental) is raised here as a JobError, naming
+    no credential of the run's URIs (`without_uri_secrets`).
     """
+    try:
+        return _plan_job(config, dry_run)
+    except JobError as err:
+        without_uri_secrets(err, config)
+        raise
+
+
+def without_uri_secrets(err: JobError, config: Any) -> None:
+    """`err`'s message with the credentials of `config`'s checkpoint, input and output URIs (a password in an FTP URL,
+    a presigned URL's signature) written as '***', in place: the same exception, its type, attributes and cause kept.
+    The messages quote those URIs; the command line redacts what it prints, and a program that calls the API logs
+    the error as it is."""
+    if not err.args or not isinstance(err.args[0], str):
+        return
+    text = err.args[0]
+    for uri in (getattr(config, name, None) for name in ("checkpoint", "input", "output")):
+        if isinstance(uri, str):
+            text = redact_uri_secrets(text, uri)
+    err.args = (text, *err.args[1:])
+
+
+def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     require_job_config(config, "plan_job")
     config.check()
     so = config.storage_options
@@ -392,6 +416,7 @@ def plan_job(config: JobConfig, dry_run: bool = False) -> JobPlan:
     settings = config.settings()
     model = _checked_model(config, settings)  # before any data is read: unreadable, unsafe or mismatched files stop here
     job_record = _job_record(config, settings, model, _input_location(config))
+    output_reached(out, so)
     # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input,
     # nor lie inside another output's data/ or rejects/.
     overlap = input_inside_written_folder(config.input, out, so) or output_inside_written_folder(out, so)

@@ -123,3 +123,39 @@ def test_an_archive_links_password_is_hidden_beside_a_member_with_an_at_sign(uri
     for secret in secrets:
         assert secret not in redact_uri(uri)
         assert secret not in redact_uri_secrets(f"failed: {uri} ({secret})", uri)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there while the test runs
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_jobs_errors_name_no_credential_of_the_runs_uris(tmp_path) -> None:
+    """run_job's and plan_job's JobErrors quote the run's URIs; the command line redacted them as it printed them, but a
+    program that called run_job and logged the error logged a presigned URL's signature or an FTP password with it."""
+    from pipeline.config import JobConfig
+    from pipeline.errors import JobError
+    from pipeline.job import run_job
+    from pipeline.plan import plan_job
+    from tests.jobutil import png_inputs, tiny_model_file
+
+    (tmp_path / "in").mkdir()
+    png_inputs(tmp_path / "in", 1)
+    model = tiny_model_file(tmp_path)
+    signed = "https://h.example/out?X-Amz-Signature=abcdef0123456789abcdef"
+    with pytest.raises(JobError) as err:
+        run_job(JobConfig(input=str(tmp_path / "in"), output=signed, checkpoint=model, steps=1, progress=False))
+    assert "abcdef0123456789abcdef" not in str(err.value) and "X-Amz-Signature=***" in str(err.value), err.value
+    ftp = f"ftp://user:hunter2secret@127.0.0.1:{_free_port()}/out"
+    with pytest.raises(JobError) as err:
+        run_job(JobConfig(input=str(tmp_path / "in"), output=ftp, checkpoint=model, steps=1, progress=False))
+    # an FTP server that does not answer is named as the output's (it was '[Errno 111] Connection refused' alone)
+    assert str(err.value).startswith(f"cannot reach the server of output {ftp.replace('hunter2secret', '***')}: "
+                                     "ConnectionRefusedError"), err.value
+    assert "hunter2secret" not in str(err.value)
+    with pytest.raises(JobError) as err:  # the dry run's planning too
+        plan_job(JobConfig(input=str(tmp_path / "in"), output=signed, checkpoint=model, steps=1), dry_run=True)
+    assert "abcdef0123456789abcdef" not in str(err.value) and "X-Amz-Signature=***" in str(err.value), err.value
