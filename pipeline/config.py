@@ -176,10 +176,12 @@ class JobConfig:
         return problems
 
     def _switch_problems(self) -> list[str]:
-        """The true/false options, the pairs of them that contradict each other, and --partitioning's choice."""
+        """The true/false options, the pairs of them that contradict each other, and --partitioning's choice.
+        --clip-denoised is ZipSettings' (checked there, named by `_with_flag`): checked here too, one bad value was
+        said twice."""
         problems = [f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
                     for name in ("labels_from_folders", "incremental", "retry_rejects", "refresh_changed", "input_moved",
-                                 "overwrite", "progress", "exif_transpose", "clip_denoised")
+                                 "overwrite", "progress", "exif_transpose")
                     if not isinstance(getattr(self, name), bool)]
         if self.partitioning not in PARTITIONINGS:
             problems.append(f"--partitioning must be one of {', '.join(PARTITIONINGS)}, got {self.partitioning!r}")

@@ -297,3 +297,10 @@ def test_a_device_names_its_cuda_number_in_full() -> None:
     assert device_problem("cuda:1", on_this_machine=False) is None
     assert device_problem("cuda:", on_this_machine=False) == "--device must be cpu, cuda or cuda:N, got 'cuda:'"
 
+
+
+def test_a_bad_clip_denoised_is_said_once_naming_its_flag() -> None:
+    """JobConfig and ZipSettings both checked it: `--clip-denoised must be true or false, got 1; --clip-denoised:
+    clip_denoised must be true or false, got 1`, the one problem said twice."""
+    message = _refused(clip_denoised=1)
+    assert message.count("true or false") == 1 and message.startswith("--clip-denoised"), message
