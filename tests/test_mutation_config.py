@@ -229,6 +229,21 @@ def test_a_file_is_refused_for_an_empty_body_or_a_value_outside_the_flags_choice
         config_from_args(_file(tmp_path, "sampler: DDIM\n"))
 
 
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("lamda: 0.1\n", "unknown option 'lamda'; did you mean lam?"),
+    ("pol: 2\n", "unknown option 'pol'; did you mean pool?"),
+    ("overwrite: 'yes'\n", "--overwrite must be true or false, got 'yes' (set in --config"),
+    ("overwrite: 'yes'\n", "job.yaml: overwrite; text: write true or false without quotes)"),
+    ("anon: 'no'\n", "job.yaml: anon must be true or false, got 'no' (text: write true or false without quotes)"),
+])
+def test_a_mistyped_file_key_or_a_quoted_boolean_is_said_with_the_fix(tmp_path, text: str, said: str) -> None:
+    from pipeline.cli import ConfigError, config_from_args
+
+    with pytest.raises(ConfigError) as err:
+        config_from_args(_file(tmp_path, text))
+    assert said in str(err.value)
+
 # --- ZipSettings -----------------------------------------------------------------------------------------------------
 
 
