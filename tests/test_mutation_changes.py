@@ -33,6 +33,7 @@ from pipeline.ledger import ContainerRead
 from pipeline.output import output_index
 from pipeline.sources import ReadUnit, read_unit
 from tests.jobutil import image_bytes, tar_bytes
+from tests.test_changed_inputs import _counting_hashes
 
 
 def _sha(data: bytes) -> str:
@@ -178,18 +179,6 @@ def test_inputs_all_gone_are_said_gone_and_stay_recorded() -> None:
 # --- same_bytes -----------------------------------------------------------------------------------------------------
 
 
-def _counted_hashes(monkeypatch) -> list[str]:
-    hashed: list[str] = []
-    real = changes_module.file_sha256
-
-    def counted(path: str, *args, **kwargs):
-        hashed.append(os.path.basename(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(changes_module, "file_sha256", counted)
-    return hashed
-
-
 def test_same_bytes_compares_each_touched_file_with_its_own_rows_and_nothing_else(tmp_path, monkeypatch,
                                                                                    capsys) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -223,7 +212,7 @@ def test_same_bytes_compares_each_touched_file_with_its_own_rows_and_nothing_els
     purified = {*touched, "kept.png", "refreshed.png", "other.png"}
     monkeypatch.setattr(changes_module, "HASH_READERS", 1)
     monkeypatch.setattr(changes_module, "MANY_TO_HASH", len(touched) + 3)  # "from 1,000 on": from this many on
-    hashed = _counted_hashes(monkeypatch)
+    hashed = _counting_hashes(monkeypatch)
     found, same = same_bytes([unit], purified, {"bad.png", "retried.png"}, frozenset({"retried.png"}), record,
                              str(out), {}, superseded={"data/part-o.parquet": {"refreshed.png"}})
     assert found == {**{n: ("files", "v2") for n in [*touched, "bad.png", "refreshed.png"]},

@@ -25,6 +25,7 @@ from pipeline.stopped_run import (
     signals_interrupt,
 )
 from pipeline.storage import REASON_CHARS
+from tests.test_api_progress import Clock, Terminal
 
 WHOLE = "Every file in /out is whole: run the same command again to resume (what is written is skipped, not purified again)"
 
@@ -150,19 +151,6 @@ def test_footers_that_cannot_be_read_leave_the_reported_count_and_its_files(tmp_
 
 
 # --- progress in a log ---------------------------------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
