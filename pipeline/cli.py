@@ -32,9 +32,9 @@ from pipeline.errors import JobError, JobFailed, JobInterrupted
 from pipeline.job import run_job
 from pipeline.lease import LEASE_WATCH_S
 from pipeline.placement import DEFAULT_CPUS_PER_ACTOR
-from pipeline.plan import JobPlan, plan_job
+from pipeline.plan import JobPlan, plan_job, uri_secrets_redacted
 from pipeline.presets import SHIPPED_PRIORS
-from pipeline.redaction import redact_uri, redact_uri_secrets, storage_value_shown
+from pipeline.redaction import redact_uri, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
 from pipeline.stopped_run import StoppedWhileLoading
@@ -677,11 +677,8 @@ def _overwrite_file(args: argparse.Namespace, config: JobConfig | None) -> str |
 def _shown(err: BaseException, config: JobConfig | None) -> str:
     """An error as it is printed: without the credentials of a URI the run was given (a presigned checkpoint URL's
     signature), since stderr ends up in CI logs and schedulers' job histories."""
-    text = str(err)
-    for uri in () if config is None else (config.checkpoint, config.input, config.output):
-        if isinstance(uri, str):
-            text = redact_uri_secrets(text, uri)
-    return terminal_text(text)  # one line, whatever names of the input's files the error holds
+    # one line, whatever names of the input's files the error holds
+    return terminal_text(uri_secrets_redacted(str(err), config))
 
 
 def ignore_stop_signals() -> None:

@@ -399,13 +399,17 @@ def without_uri_secrets(err: JobError, config: Any) -> None:
     a presigned URL's signature) written as '***', in place: the same exception, its type, attributes and cause kept.
     The messages quote those URIs; the command line redacts what it prints, and a program that calls the API logs
     the error as it is."""
-    if not err.args or not isinstance(err.args[0], str):
-        return
-    text = err.args[0]
+    if err.args and isinstance(err.args[0], str):
+        err.args = (uri_secrets_redacted(err.args[0], config), *err.args[1:])
+
+
+def uri_secrets_redacted(text: str, config: Any) -> str:
+    """`text` with the credentials of `config`'s checkpoint, input and output URIs written as '***' (`config` a
+    JobConfig, or None)."""
     for uri in (getattr(config, name, None) for name in ("checkpoint", "input", "output")):
         if isinstance(uri, str):
             text = redact_uri_secrets(text, uri)
-    err.args = (text, *err.args[1:])
+    return text
 
 
 def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
