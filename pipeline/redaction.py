@@ -9,8 +9,11 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-# "auth": an HTTP store's headers={"Authorization": ...} and aiohttp's auth=BasicAuth(...); "cookie": its session cookies
-SECRET_KEYS = ("key", "secret", "token", "password", "session", "auth", "cookie", "credential")
+# "auth": an HTTP store's headers={"Authorization": ...} and aiohttp's auth=BasicAuth(...); "cookie": its session cookies;
+# "connection"/"conn_str": Azure's connection string (adlfs' connection_string), which holds the account key or a SAS
+SECRET_KEYS = ("key", "secret", "token", "password", "session", "auth", "cookie", "credential", "connection", "conn_str")
+# A value that is itself a connection string, under whatever name it was given, holds a key or a signature.
+_SECRET_IN_VALUE = re.compile(r"(?i)(?:^|;)\s*(?:AccountKey|SharedAccessSignature|SharedAccessKey)\s*=")
 # Query parameters that carry credentials in a URL: presigned S3 (X-Amz-Signature, X-Amz-Credential,
 # X-Amz-Security-Token), GCS (X-Goog-Signature), Azure SAS (sig), API keys and tokens.
 SECRET_QUERY_KEYS = (*SECRET_KEYS, "signature", "sig")
@@ -20,6 +23,10 @@ def redact(options: Any) -> Any:
     """Storage options as they may be written down: a value whose key names a secret (key, token, ...) is '***'."""
     if isinstance(options, dict):
         return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else redact(v)) for k, v in options.items()}
+    if isinstance(options, list | tuple):
+        return [redact(item) for item in options]
+    if isinstance(options, str) and _SECRET_IN_VALUE.search(options):
+        return "***"
     return options
 
 

@@ -26,3 +26,23 @@ def test_http_and_azure_credentials_are_redacted_and_the_rest_kept() -> None:
 def test_the_recorded_config_holds_no_header_credential(tmp_path: Path) -> None:
     config = JobConfig(input="https://example.com/data/", output=str(tmp_path / "out"), storage_options=SECRETS)
     assert "s3cr3t" not in json.dumps(config.public())
+
+
+# Azurite's published development account key: the shape of a real one, and no secret.
+AZURE_CONNECTION = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OU"
+                    "zFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+
+
+def test_an_azure_connection_string_is_not_written_down(tmp_path: Path) -> None:
+    """adlfs takes the account key inside connection_string=...; a run on abfs:// wrote it in clear to _job.json,
+    _summary.json and _runs/ (found against Azurite). Hidden under its own name, under another name that a value
+    holding AccountKey= or SharedAccessSignature= gives away, and inside a list."""
+    sas = "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2024-01-01&sig=s3cr3t-7"
+    options = {"connection_string": AZURE_CONNECTION, "conn_str": "s3cr3t-6", "azure": {"cs": sas},
+               "extra": [AZURE_CONNECTION], "account_name": "devstoreaccount1", "anon": False}
+    config = JobConfig(input="abfs://imgs/", output="abfs://out/clean/", storage_options=options)
+    written = json.dumps(config.public())
+    assert "Eby8vdM02" not in written and "s3cr3t" not in written
+    shown = config.public()["storage_options"]
+    assert shown["account_name"] == "devstoreaccount1" and shown["anon"] is False  # what is no secret stays
+    assert shown["connection_string"] == "***" and shown["azure"] == {"cs": "***"}
