@@ -23,6 +23,7 @@ import os
 import posixpath
 import random
 import re
+import sys
 import time
 import uuid
 import warnings
@@ -175,6 +176,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
     to at most 9.3 s. fn must be safe to repeat: it may have taken effect before its error came back."""
     started = time.monotonic()
     for attempt in range(attempts):
+        tried = time.monotonic()
         try:
             return fn()
         except Exception as err:  # noqa: BLE001 - classified below
@@ -185,8 +187,26 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
                 raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s; last error"
                                        f"{_last_answer(err)}: {describe(err).rstrip('.')}. The storage is throttling"
                                        " or unavailable: try again later") from err
+            _note_slow_attempt(what, err, time.monotonic() - tried, attempt + 2, attempts)
             backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
+
+
+# An attempt that failed after this long is said on stderr before it is tried again. A store that does not answer
+# (an endpoint behind a firewall, Azure's SDK retrying a refused connection for 84 s by itself) could otherwise keep
+# a run silent for many minutes before its error; quick failures (throttling) are retried without a word.
+SLOW_ATTEMPT_S = 10.0
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
+
+
+def _note_slow_attempt(what: str, err: BaseException, took: float, next_attempt: int, attempts: int) -> None:
+    if took < SLOW_ATTEMPT_S:
+        return
+    from pipeline.redaction import redact_uri  # what and the error may quote a URI with its password or signature
+
+    text = f"{what}: failed after {took:.0f} s{_last_answer(err)} ({describe(err).rstrip('.')})"
+    shown = _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+    print(f"zip-purify: note: {shown}; trying again, attempt {next_attempt} of {attempts}", file=sys.stderr, flush=True)
 
 
 def _last_answer(err: BaseException) -> str:
