@@ -513,11 +513,21 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
+# Object stores, where one PUT replaces an object whole and nothing renames. gcsfs still has a mv of its own (GCS's
+# moveTo): it expands glob characters in its source as fsspec's generic mv does, so a write under an output prefix
+# 'run[1]' failed with FileNotFoundError naming the temporary file, and where the server lacks moveTo (the GCS
+# emulator answers 501) it retried for about 20 s per file before it copied.
+OBJECT_STORE_PROTOCOLS = frozenset({*S3_PROTOCOLS, "gs", "gcs", "abfs", "abfss", "az", "adl", "oss"})
+
+
 def has_rename(fs: Any) -> bool:
-    """Whether the file system moves a file by renaming it (local disks, HDFS) rather than by fsspec's generic
-    copy + delete, which also expands glob characters: an output prefix 'run[1]' matched no file on S3."""
+    """Whether the file system moves a file by renaming it (local disks, HDFS, FTP) rather than by fsspec's generic
+    copy + delete, which also expands glob characters: an output prefix 'run[1]' matched no file on S3. No object
+    store has one (`OBJECT_STORE_PROTOCOLS`), whatever its mv."""
     from fsspec.spec import AbstractFileSystem
 
+    if OBJECT_STORE_PROTOCOLS & set(protocols(fs)):
+        return False
     return type(fs).mv is not AbstractFileSystem.mv
 
 
