@@ -63,10 +63,14 @@ def read_json(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | Non
     if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
         return None
     try:
-        return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
+        record = json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
     except json.JSONDecodeError as err:  # said as bare "JSONDecodeError: Expecting value ...", naming no file
         raise ValueError(f"{uri} is not valid JSON ({describe(err)}); the job writes it whole, so something else "
                          "damaged it: restore it, or move it out of the output and run again") from err
+    if not isinstance(record, dict):  # said as "TypeError: 'list' object is not a mapping", naming no file
+        raise ValueError(f"{uri} holds a JSON {type(record).__name__}, not the object the job writes there, so something "
+                         "else wrote it: restore it, or move it out of the output and run again")
+    return record
 
 
 def write_json(uri: str, payload: dict[str, Any], storage_options: dict[str, Any]) -> None:

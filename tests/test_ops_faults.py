@@ -200,6 +200,22 @@ def test_a_damaged_record_in_the_output_is_named(tmp_path, model, name) -> None:
         plan_job(config, dry_run=True)
 
 
+@pytest.mark.parametrize("name", [SUMMARY_FILE, JOB_FILE])
+def test_a_record_that_is_not_a_json_object_is_named(tmp_path, model, name) -> None:
+    # valid JSON of another kind (a list, a number), written by something else: "cannot use output OUT: TypeError:
+    # 'list' object is not a mapping", which named neither the file nor the way on
+    from pipeline.plan import plan_job
+
+    png_inputs(tmp_path / "in", 1)
+    config = small_job_config(tmp_path, model)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / JOB_FILE).write_text(json.dumps({**plan_job(config, dry_run=True).job_record,
+                                                          "config": config.public()}))
+    (tmp_path / "out" / name).write_text("[1, 2]")
+    with pytest.raises(JobError, match=f"{tmp_path / 'out' / name} holds a JSON list, not the object .*move it out"):
+        plan_job(config, dry_run=True)
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_dry_run_refuses_an_output_this_user_cannot_write_in(tmp_path, model, monkeypatch, capsys,
                                                                existing: bool) -> None:
