@@ -82,8 +82,16 @@ def check_resumable(last: Path, state: dict, config: UNetConfig, learned: dict) 
         elif before != learned[name]:
             if name == "data":
                 raise SystemExit(f"error: {last} was trained on {before}, not {learned[name]}{again}")
-            flag = {"schedule": "--schedule", "max_timestep": "--max-timestep"}.get(name, name)
+            if name == "max_timestep":  # None is the flag left out (every timestep), not a value to give
+                was, now = (_with_max_timestep(value) for value in (before, learned[name]))
+                raise SystemExit(f"error: {last} was trained {was}, not {now}{again}")
+            flag = {"schedule": "--schedule"}.get(name, name)
             raise SystemExit(f"error: {last} was trained with {flag} {before}, not {learned[name]}{again}")
+
+
+def _with_max_timestep(max_timestep: int | None) -> str:
+    """A recorded --max-timestep as a refusal names it: none recorded is the flag left out, not "--max-timestep None"."""
+    return "without --max-timestep (every timestep)" if max_timestep is None else f"with --max-timestep {max_timestep}"
 
 
 def _all_timesteps(max_timestep: int | None, settings: dict) -> bool:

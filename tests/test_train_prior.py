@@ -212,7 +212,7 @@ def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_pr
         plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior), dry_run=True)
     assert plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior, start=0.3),
                     dry_run=True).units == []
-    with pytest.raises(SystemExit, match="--max-timestep 300, not None"):
+    with pytest.raises(SystemExit, match=r"--max-timestep 300, not without --max-timestep \(every timestep\)"):
         module.main(["--max-steps", "4", "--out", str(tmp_path), *TINY])
     with pytest.raises(SystemExit) as stopped:  # a usage error (more in BAD_OPTIONS)
         module.main(["--max-timestep", "1000", "--max-steps", "1", "--out", str(tmp_path / "b"), *TINY])
