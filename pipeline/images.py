@@ -43,6 +43,10 @@ _WIDE_PIL_MODES = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16
                    "F": "float"}
 
 
+# PIL modes with an alpha channel (RGBa and La: premultiplied). Not every mode naming an "A": LAB's is a colour axis.
+_ALPHA_PIL_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
 def _pil_problem(i: int, image: Any) -> str:
     """Why a PIL image in another mode than RGB or L is refused, and how to convert it without losing it."""
     mode = image.mode
@@ -51,7 +55,7 @@ def _pil_problem(i: int, image: Any) -> str:
                if mode.startswith("I;16") else "scale np.asarray(image) to 0-255 and pass it as uint8")
         return (f"image {i}: a {_WIDE_PIL_MODES[mode]} PIL image (mode {mode}); image.convert('RGB') would clip it at "
                 f"255, so scale it to 8 bits first, e.g. {how}")
-    alpha = " (its alpha channel is not a colour: composite it onto a background)" if "A" in mode else ""
+    alpha = " (its alpha channel is not a colour: composite it onto a background)" if mode in _ALPHA_PIL_MODES else ""
     return (f"image {i}: a PIL image in mode {mode}{alpha}; accepted: modes RGB and L; "
             "convert it first, e.g. image.convert('RGB')")
 

@@ -1,0 +1,25 @@
+"""Mutation-audit gaps in the Python API's image reading (pipeline.images), the presets and shipped priors, the sample
+generator, DecodePolicy's checks and the storage options named after a store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import Purifier
+
+
+def _rgb(h: int = 8, w: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("mode", "alpha"), [("LA", True), ("PA", True), ("RGBa", True), ("LAB", False),
+                                             ("CMYK", False), ("P", False)])
+def test_a_pil_mode_is_said_to_have_alpha_only_when_it_has(purifier: Purifier, mode: str, alpha: bool) -> None:
+    # LAB's "A" is a colour axis: its image was told "its alpha channel is not a colour: composite it"
+    with pytest.raises(ValueError) as err:
+        purifier([_rgb(), Image.new(mode, (4, 4))])
+    message = str(err.value)
+    assert message.startswith(f"image 1: a PIL image in mode {mode}") and "accepted: modes RGB and L" in message
+    assert ("alpha channel is not a colour" in message) is alpha, message
