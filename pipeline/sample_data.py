@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -98,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.folder)
     if folder.exists() and not folder.is_dir():
         p.error(f"{args.folder} is a file; give a folder (it is made when missing)")
-    write_sample(folder)
+    try:
+        write_sample(folder)
+    except OSError as err:  # a read-only installation's own folder, a folder under a file: a line, not a traceback
+        print(f"error: cannot write the sample to {folder}: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(f"wrote sample-00.tar and sample-01.tar (256 images) to {folder}")
     return 0
 
