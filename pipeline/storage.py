@@ -19,6 +19,7 @@ It also turns a URI into its file system and path (`storage_path`) and a listed 
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import posixpath
 import random
@@ -641,6 +642,15 @@ def _condition_answer(err: BaseException) -> str | None:
     return None
 
 
+def list_uncached(fs: Any, folder: str) -> list[dict[str, Any]]:
+    """`fs.ls(folder, detail=True)`, past the file system's listing cache where it keeps one (s3fs, gcsfs and adlfs
+    take refresh=True). SFTP's ls takes no such keyword: passed it, every run on sftp:// failed with a TypeError."""
+    parameters = inspect.signature(fs.ls).parameters.values()
+    if any(p.name == "refresh" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return fs.ls(folder, detail=True, refresh=True)
+    return fs.ls(folder, detail=True)
+
+
 def discard(fs: Any, path: str) -> None:
     """Delete `path` if it can be deleted, once: cleaning up after a failure must not hide that failure."""
     try:
@@ -657,7 +667,7 @@ def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0,
     them, or `.NAME.tmp`, as versions before it did): a folder the user also keeps files in (an output that is its
     input folder) may hold a `.tmp-` file of theirs. Returns how many were deleted."""
     try:
-        listing = with_retries(lambda: fs.ls(folder, detail=True, refresh=True), f"list {folder}")
+        listing = with_retries(lambda: list_uncached(fs, folder), f"list {folder}")
     except FileNotFoundError:
         return 0
     now, removed = time.time(), 0
