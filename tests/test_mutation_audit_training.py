@@ -164,3 +164,18 @@ def test_a_last_pt_that_holds_no_dict_is_named_as_no_training_state(monkeypatch:
     assert "is damaged or not a training state (it lacks" in err and "pass --fresh" in err, err
     assert torch.equal(torch.as_tensor(torch.load(tmp_path / "last.pt", weights_only=True)), torch.as_tensor(held))
 
+
+def test_a_resume_refused_for_max_timestep_says_every_timestep_not_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    # BUG (fixed here): the refusal quoted Python's None as a flag value ("trained with --max-timestep None, not 500",
+    # "--max-timestep 500, not None"): there is no --max-timestep None to give; it means the flag left out.
+    for first, then in ((["--max-timestep", "500"], []), ([], ["--max-timestep", "500"])):
+        out = tmp_path / ("given-first" if first else "given-then")
+        assert run_script(monkeypatch, "--max-steps", "1", "--out", str(out), *first, *TINY) == 0
+        capsys.readouterr()
+        assert run_script(monkeypatch, "--max-steps", "2", "--out", str(out), *then, *TINY) == 2
+        err = capsys.readouterr().err
+        said = ("with --max-timestep 500, not without --max-timestep (every timestep)" if first else
+                "without --max-timestep (every timestep), not with --max-timestep 500")
+        assert f"error: {out / 'last.pt'} was trained {said}; use --fresh or another --out" in err, err
+        assert "None" not in err
