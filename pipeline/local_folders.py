@@ -4,7 +4,7 @@ such an option's value means, and why a folder cannot be used, found before any 
 A URI (s3://bucket/x, ftp://user:password@host/x) or an fsspec chain (simplecache::s3://..., memory::x) is no local path:
 taken as one it became a local folder named 'ftp:/user:password@host/x', the password in its name. `remote_uri` tells
 such a value, for the option to refuse (its message shows it through `redaction.redact_uri`); `local_path` reads the
-rest: a file:// URI as its path, a '~' the shell left (zsh's --out=~/x, a quoted "~/x") as the home folder.
+rest: a file:// URI (or file:/x) as its path, a '~' the shell left (zsh's --out=~/x, a quoted "~/x") as the home folder.
 `folder_problem` says why files cannot be written into a folder (created as needed): a file on its way, a link that
 leads nowhere (mkdir then failed with 'File exists', after the work), no permission, a name the system refuses.
 """
@@ -19,6 +19,9 @@ from pathlib import Path
 # '::' that chains one file system onto another. A path that starts otherwise ('./a::b', '/x/ftp://y') is local.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(://|::)")
 LOCAL_SCHEMES = ("file", "local")  # fsspec's names of the local file system
+# file:/x, a file URI without its empty host (Hadoop's, Spark's and Java's File.toURI form): fsspec, and so the purify
+# job's --output, reads it as /x; taken as a path it was the folder 'file:/x' in the current one
+_ONE_SLASH = re.compile(r"(?i)(?:file|local):(?=/(?!/))")
 
 
 class LocalPathError(ValueError):
@@ -30,8 +33,9 @@ def remote_uri(text: str) -> bool:
     an fsspec chain ('memory::x', 'simplecache::s3://...': a file system's name before the '::', or a URI after it),
     rather than by a local path. Any other 'a::b' is a local folder's name, as the jobs always took it ('runs::v2')."""
     found = _SCHEME.match(text)
-    if found is None:
-        return False
+    if found is None:  # a path, or file:/x (a chain after it as after file://)
+        short = _ONE_SLASH.match(text)
+        return short is not None and _chained_on(text[short.end():])
     if found.group(2) == "::":
         return _is_file_system(found.group(1)) or _CHAINED_URI.search(text) is not None
     return found.group(1).lower() not in LOCAL_SCHEMES or _chained_on(text[found.end():])
@@ -58,13 +62,16 @@ def _is_file_system(name: str) -> bool:
 
 
 def local_path(text: str) -> Path:
-    """The local path an option's value names: a file:// (local://) URI as its path, a leading '~' or '~user' as that
-    home folder. Raises LocalPathError for a '~user' of no known user; `remote_uri` values are the caller's to refuse."""
+    """The local path an option's value names: a file:// (local://) URI, or one with a single slash (file:/x), as its
+    path, a leading '~' or '~user' as that home folder. Raises LocalPathError for a '~user' of no known user;
+    `remote_uri` values are the caller's to refuse."""
     found = _SCHEME.match(text)
     if found is not None and found.group(2) == "://" and not remote_uri(text):  # not a local name's 'a::'
         text = text[found.end():]
         if not text:
             raise LocalPathError("a file:// URI without a path")
+    elif (short := _ONE_SLASH.match(text)) is not None:
+        text = text[short.end():]
     try:
         return Path(text).expanduser()
     except RuntimeError:  # '~nobody/x', or '~' without $HOME nor a password entry: pathlib cannot tell the folder

@@ -228,3 +228,21 @@ def test_a_file_uri_of_a_folder_whose_name_holds_two_colons_names_that_folder(jo
     assert Path(job.started[1].cache_dir) == cache
     assert Path(train_prior_parsed(train_prior, "--out", f"file://{out}").out) == out
     assert train_prior_parsed(train_prior, "--out", f"file://{out}::memory::x") == 2  # a chain onto memory://
+
+
+def test_a_file_uri_with_one_slash_is_its_path_as_the_purify_job_reads_it(train_prior: ModuleType, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """BUG (fixed here): file:/x/run (the form Hadoop, Spark and Java's File.toURI write) was the folder 'file:/x/run'
+    in the current one, while the purify job's --output, and this job's own --export and --init-from, read it as
+    /x/run."""
+    monkeypatch.chdir(tmp_path)
+    for value in (f"file:{tmp_path}/run", f"local:{tmp_path}/run"):
+        assert Path(train_prior_parsed(train_prior, "--out", value).out) == tmp_path / "run", value
+    assert list(tmp_path.iterdir()) == []
+    # chained onto a server, as file:///x/run::ftp://... is: refused, its password not shown nor made a folder's name
+    assert train_prior_parsed(train_prior, "--out", f"file:{tmp_path}/run::ftp://user:{SECRET}@host/x") == 2
+    err = capsys.readouterr().err
+    assert "give a local folder" in err and SECRET not in err, err
+    assert list(tmp_path.iterdir()) == []
+
