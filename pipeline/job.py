@@ -194,7 +194,10 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
     try:
         write_ledger(out, storage_options, {**kept, **added})
     except Exception as err:  # noqa: BLE001 - the output is complete; only the next run's saving is lost
-        message = f"could not record the containers read ({describe(err)}); the next --incremental run reads them again"
+        # the error names the record's URI: a server's password in --output (ftp://user:password@host/out) hidden, here
+        # and in the summary
+        message = redact_uri_secrets(f"could not record the containers read ({describe(err)}); the next --incremental "
+                                     "run reads them again", out)
         print(f"zip-purify: warning: {message}", file=sys.stderr)
         return message
     return len(set(added) | (plan.ledger_checked & set(kept)))
@@ -221,8 +224,8 @@ def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: J
     try:
         write_record(out, storage_options, record)
     except Exception as err:  # noqa: BLE001 - the output is complete
-        print(f"zip-purify: warning: could not record the inputs read again ({describe(err)}); the next run may say "
-              "they changed since their rows were written", file=sys.stderr)
+        print(redact_uri_secrets(f"zip-purify: warning: could not record the inputs read again ({describe(err)}); the next "
+                                 "run may say they changed since their rows were written", out), file=sys.stderr)
 
 
 def run_status(read: int, purified: int, rejected: int, rows_before: int, rows_after: int, replaced: int = 0) -> str:
@@ -672,7 +675,7 @@ def _note_refreshed_reads(out: str, storage_options: dict[str, Any], plan: JobPl
                     "so; if this run is killed before, the next run reads them again")
         else:
             lost = "could not note the containers read in the refresh journal ({}); the next run reads them again"
-        print(f"zip-purify: warning: {lost.format(describe(err))}", file=sys.stderr)
+        print(redact_uri_secrets(f"zip-purify: warning: {lost.format(describe(err))}", out), file=sys.stderr)
         return False
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, ids_digest, relative_id
 from pipeline.sources.ids import without_signed_query
 from pipeline.storage import describe, storage_path, with_retries
@@ -109,8 +110,8 @@ def read_ledger(output: str, storage_options: dict[str, Any]) -> dict[str, Conta
     except FileNotFoundError:
         return {}
     except Exception as err:  # noqa: BLE001 - never fatal: every container is read again instead
-        print(f"zip-purify: ignoring {uri} ({describe(err)}); every tar shard, Parquet file and zip archive will be read",
-              file=sys.stderr)
+        print(redact_uri_secrets(f"zip-purify: ignoring {uri} ({describe(err)}); every tar shard, Parquet file and zip "
+                                 "archive will be read", output), file=sys.stderr)
         return {}
     return {entry.path: entry for entry in entries}
 

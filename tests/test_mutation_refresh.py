@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 import pipeline.storage as storage_module
+from pipeline.changes import InputRecord
 from pipeline.errors import JobError
 from pipeline.ledger import ContainerRead
 from pipeline.refresh import Journal, journal_path, read_journal, remove_journal, write_journal
+from pipeline.sources import ReadUnit
 from tests.jobutil import load_job_script, small_job_config, train_prior_parsed
 from tests.test_mutation_plan import _images, _output, _part, _record, _to_read
 
@@ -208,3 +211,79 @@ def test_a_relative_out_in_a_folder_it_may_not_write_in_names_that_folder_in_ful
                         and real(path, mode, *a, **k))
     assert train_prior_parsed(train_prior, "--out", "locked/run") == 2
     assert f"error: --out locked/run: {locked} is not writable by this user" in capsys.readouterr().err
+
+
+# --- a server's password in --output (ftp://user:password@host/out), kept out of the run's notes -----------------------
+
+class _Throttled(LocalFileSystem):
+    """A store that answers every write 503: with_retries gives up, naming the file it wrote by its URI."""
+
+    def pipe_file(self, path, value, **kwargs):
+        raise ConnectionError("503 Service Unavailable")
+
+
+@pytest.fixture
+def throttled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each record's writes (`module.storage_path`) go to a throttled store, with no waits between the tries."""
+    monkeypatch.setattr(storage_module, "backoff", lambda *a, **k: None)
+
+    def on(module: ModuleType) -> None:
+        monkeypatch.setattr(module, "storage_path", lambda uri, so: (_Throttled(), str(tmp_path / "record")))
+    return on
+
+
+SERVER_OUT = f"ftp://user:{SECRET}@host/out"
+
+
+def test_a_refresh_note_that_could_not_be_written_is_said_without_the_outputs_password(
+        throttled, capsys: pytest.CaptureFixture[str]) -> None:
+    """BUG (fixed here): the warning quoted the journal's URI whole ('write ftp://user:<password>@host/out/_refresh/
+    journal.json: gave up after 6 attempts'), on stderr that ends up in CI logs."""
+    import pipeline.job as job_module
+    import pipeline.refresh as refresh_module
+
+    throttled(refresh_module)
+    unit = ReadUnit("tar", ("/in/a.tar",), "/in", sizes=(10,), stamps=("new",))
+    plan = SimpleNamespace(refresh=Journal({"a.tar/0": []}, {"a.tar": ("tar", "new", ["a.tar/0"])}), units=[unit],
+                           container_purified=set())
+    read_whole = [{"path": "/in/a.tar", "records": 1, "ids_sha256": "x"}]
+    assert job_module._note_refreshed_reads(SERVER_OUT, {}, plan, read_whole, pipeline_ended=False, running=True) is False
+    err = capsys.readouterr().err
+    assert "could not note the containers read so far in the refresh journal (RetriesExhausted: write " \
+           "ftp://user:***@host/out/_refresh/journal.json: gave up" in err and SECRET not in err, err
+
+
+def test_the_records_of_a_complete_run_that_could_not_be_written_are_said_without_the_outputs_password(
+        throttled, capsys: pytest.CaptureFixture[str]) -> None:
+    """BUG (fixed here): the warnings for the record of the inputs and the record of the containers read quoted their
+    URIs whole, the password in them; the second is the summary's this_run.containers_recorded too."""
+    import pipeline.changes as changes_module
+    import pipeline.job as job_module
+    import pipeline.ledger as ledger_module
+
+    throttled(changes_module)
+    throttled(ledger_module)
+    unit = ReadUnit("tar", ("/in/a.tar",), "/in", sizes=(10,), stamps=("new",))
+    plan = SimpleNamespace(input_record=InputRecord("/in", {"a.tar": ("tar", "new")}), units=[unit], ledger={},
+                           changes=SimpleNamespace(pending={"a.tar": ("tar", "new")}, refreshed={}),
+                           listed_containers=None, ledger_checked=frozenset(), container_purified=set())
+    job_module._record_inputs_read_again(SERVER_OUT, {}, plan)
+    said = job_module._record_containers_read(SERVER_OUT, {}, plan, [{"path": "/in/a.tar", "records": 1,
+                                                                      "ids_sha256": "x"}])
+    err = capsys.readouterr().err
+    assert "ftp://user:***@host/out/_inputs/" in err and "ftp://user:***@host/out/_containers/" in said, (err, said)
+    assert SECRET not in err + said
+
+
+def test_a_record_of_containers_that_cannot_be_used_is_noted_without_the_outputs_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """BUG (fixed here): the note that the record of the containers read is ignored quoted its URI whole, the
+    password in it, where the same note of the record of the inputs hid it."""
+    import pipeline.ledger as ledger_module
+
+    damaged = tmp_path / "containers.json"
+    damaged.write_bytes(b"{not json")
+    monkeypatch.setattr(ledger_module, "storage_path", lambda uri, so: (LocalFileSystem(), str(damaged)))
+    assert ledger_module.read_ledger(SERVER_OUT, {}) == {}
+    err = capsys.readouterr().err
+    assert "ignoring ftp://user:***@host/out/_containers/containers.json (" in err and SECRET not in err, err
