@@ -113,9 +113,14 @@ def read_journal(output: str, storage_options: dict[str, Any]) -> Journal | None
     uri = journal_path(output)
     fs, path = storage_path(uri, storage_options)
     try:
-        payload = json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}"))
+        data = with_retries(lambda: fs.cat_file(path), f"read {uri}")
     except FileNotFoundError:
         return None
+    except Exception as err:  # noqa: BLE001 - the storage's answer (throttled, no permission): the journal may be whole
+        raise JobError(f"cannot read {uri} ({describe(err)}): it says which rows a --refresh-changed run replaced; "
+                       "this run stops before it writes a row: run again once the storage lets it be read") from err
+    try:
+        payload = json.loads(data)
     except Exception as err:  # noqa: BLE001 - named with what to do
         raise _unreadable(uri, describe(err)) from err
     form = payload.get("format") if isinstance(payload, dict) else None

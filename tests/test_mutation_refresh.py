@@ -287,3 +287,24 @@ def test_a_record_of_containers_that_cannot_be_used_is_noted_without_the_outputs
     assert ledger_module.read_ledger(SERVER_OUT, {}) == {}
     err = capsys.readouterr().err
     assert "ignoring ftp://user:***@host/out/_containers/containers.json (" in err and SECRET not in err, err
+
+
+def test_a_journal_the_storage_will_not_give_now_is_not_said_to_be_removed(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """BUG (fixed here): a store that throttled every read of the journal (503 SlowDown, six tries) stopped the run
+    with the advice for a damaged journal: "restore it, or remove it to keep ... the row ... which may be the earlier
+    version's". The journal was whole; removed, it could keep the old row of each id a stopped refresh had replaced."""
+    import pipeline.refresh as refresh_module
+
+    class Unavailable(LocalFileSystem):
+        def cat_file(self, path, *args, **kwargs):
+            raise ConnectionError("503 Service Unavailable")
+
+    write_journal(str(tmp_path), {}, Journal({"a.png": ["data/part-1.parquet"]}, {}, "salt"))
+    monkeypatch.setattr(storage_module, "backoff", lambda *a, **k: None)
+    monkeypatch.setattr(refresh_module, "storage_path", lambda uri, so: (Unavailable(), journal_path(str(tmp_path))))
+    with pytest.raises(JobError) as raised:
+        read_journal(str(tmp_path), {})
+    said = str(raised.value)
+    assert said.startswith(f"cannot read {journal_path(str(tmp_path))} (RetriesExhausted: ") and "try again later" in said
+    assert said.endswith("run again once the storage lets it be read") and "remove it" not in said, said
