@@ -17,7 +17,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.redaction import storage_item_shown, storage_value_shown
+from pipeline.redaction import redact_uri, storage_item_shown, storage_value_shown
 from pipeline.storage import own_entry
 
 
@@ -47,15 +47,29 @@ class Parser(argparse.ArgumentParser):
             known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
             hints = []
             words = message.partition(":")[2].split()
+            message = f"unrecognized arguments: {' '.join(map(_word_shown, words))}"
             for before, arg in zip(["-"] + words, words, strict=False):
                 close = difflib.get_close_matches(arg.partition("=")[0], known, n=1, cutoff=0.6)
                 if arg.startswith("-") and close:
-                    hints.append(f"{arg}: did you mean {close[0]}?")
+                    hints.append(f"{_word_shown(arg)}: did you mean {close[0]}?")
                 elif not arg.startswith("-") and not before.startswith("--"):  # not the value of an unknown flag
                     hints.append(self.WORD_HINTS.get(arg, self.POSITIONAL_HINT))
             if hints:
                 message += " (" + "; ".join(dict.fromkeys(hints)) + ")"
         self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for the options)\n")
+
+
+def _word_shown(word: str) -> str:
+    """An unrecognized command-line word as the error line quotes it, without a credential it may hold (a misspelt
+    flag's value: `--storage-options secret=...`, `--chekpoint https://...?X-Amz-Signature=...`): a KEY=VALUE's value
+    as '***', a URI's password and signed query as `redact_uri` shows them, '--flag=VALUE' so for its VALUE."""
+    if word.startswith("-") and "=" in word:
+        flag, _, value = word.partition("=")
+        return f"{flag}={_word_shown(value)}"
+    key, sep, value = word.partition("=")
+    if sep and value and "://" not in key and "::" not in key:
+        return f"{key}=***"
+    return redact_uri(word)
 
 
 @contextlib.contextmanager
