@@ -20,14 +20,16 @@ SECRET_QUERY_KEYS = (*SECRET_KEYS, "signature", "sig")
 
 
 def redact(options: Any) -> Any:
-    """Storage options as they may be written down: a value whose key names a secret (key, token, ...) is '***'."""
+    """Storage options as they may be written down: a value whose key names a secret (key, token, ...) is '***', as is
+    a connection string holding a key; a URL's password and signed query as `redact_uri` shows them (a proxy's
+    'http://user:password@proxy:3128', under a key that names no secret)."""
     if isinstance(options, dict):
-        return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else redact(v)) for k, v in options.items()}
+        return {k: ("***" if any(s in str(k).lower() for s in SECRET_KEYS) else redact(v)) for k, v in options.items()}
     if isinstance(options, list | tuple):
         return [redact(item) for item in options]
     if isinstance(options, str) and _SECRET_IN_VALUE.search(options):
         return "***"
-    return options
+    return redact_uri(options)
 
 
 # A link of an fsspec URL chain begins after '::' where a scheme follows ('simplecache::s3://...', 'zip://a.png::
