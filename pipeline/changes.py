@@ -62,7 +62,7 @@ from pipeline.ledger import ContainerRead, container_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
-from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
+from pipeline.storage import concurrent_calls, describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 if TYPE_CHECKING:
     from pipeline.output import OutputIndex  # pipeline.output imports this module
@@ -437,7 +437,8 @@ def _row_values(output: str, storage_options: dict[str, Any], ids: set[str], pur
             for path in with_retries(lambda f=folder: list_parts(output, f, storage_options),
                                      f"list {output}/{folder}")]
         fs, _ = storage_path(output, storage_options)
-        with ThreadPoolExecutor(max(1, min(HASH_READERS, len(paths))), thread_name_prefix="row-digests") as pool:
+        with ThreadPoolExecutor(max(1, min(concurrent_calls(fs, HASH_READERS), len(paths))),
+                                thread_name_prefix="row-digests") as pool:
             parts = list(pool.map(lambda item: [(id_, value(item[0], row)) for id_, row in _part_rows(
                 fs, item[1], wanted[item[0]], columns(item[0]))
                 if id_ not in (superseded or {}).get(f"{item[0]}/{posixpath.basename(item[1])}", ())], paths))

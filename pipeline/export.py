@@ -44,7 +44,7 @@ import unicodedata
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ from pipeline.errors import JobError
 from pipeline.lease import lease_holder, lease_is_live, read_lease
 from pipeline.output import (
     DRIVER_READS,
+    INDEX_READERS,
     JOB_FILE,
     SUMMARY_FILE,
     DamagedPart,
@@ -72,6 +73,7 @@ from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
 from pipeline.storage import (
     TEMP_PREFIX,
     WEB_PROTOCOLS,
+    concurrent_calls,
     describe,
     discard,
     has_rename,
@@ -533,7 +535,7 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
             return err
 
     folder_hashes = _HashSet()
-    for path, found in read_ahead(index, paths):
+    for path, found in read_ahead(index, paths, concurrent_calls(fs, INDEX_READERS)):
         if isinstance(found, DamagedPart):
             damaged.append(found)
             continue
@@ -796,7 +798,7 @@ def _count_rows(fs: Any, paths: list[str]) -> tuple[int, int]:
                 return None
             raise
 
-    counts = [n for _, n in read_ahead(rows, paths)]
+    counts = [n for _, n in read_ahead(rows, paths, concurrent_calls(fs, INDEX_READERS))]
     return sum(n for n in counts if n is not None), sum(n is None for n in counts)
 
 
@@ -932,7 +934,9 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
                           "export can write in (it is made when missing)") from err
     bar = progress(report.rows) if progress is not None else None
     seen_repeated: set[str] = set()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="export")
+    # one file at a time, in this thread, where --to's file system holds one connection that threads may not share
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="export") if concurrent_calls(out_fs, workers) > 1 else \
+        _InThisThread()
     try:
         for part in parts:
             problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
@@ -981,7 +985,7 @@ UNFETCHED = "could not be fetched from the storage"
 
 
 def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
-                 pool: ThreadPoolExecutor, report: ExportReport, resume: bool, jpeg_quality: int,
+                 pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
                  seen_repeated: set[str], bar: Any) -> tuple[str, str, int] | None:
     """Export one part file's rows, a batch at a time; (part, reason, rows not exported) when it cannot be read
     to its end (the rows before are exported)."""
@@ -1011,8 +1015,20 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
         return part.path, f"cannot be read to its end ({describe(err)})", part.rows - done
 
 
+class _InThisThread(Executor):
+    """An executor that runs each call at once, in the caller's thread (its future is done when submit returns)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # noqa: BLE001 - handed to whoever reads the future, as a pool's would be
+            future.set_exception(err)
+        return future
+
+
 def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NamePlan, writer: Manifest | None,
-                 pool: ThreadPoolExecutor, report: ExportReport, resume: bool, jpeg_quality: int,
+                 pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
                  seen_repeated: set[str]) -> None:
     """Write a batch of rows' files, `pool`'s workers at once; count each, and add those in place to the manifest."""
     jobs: list[tuple[dict[str, Any], str, Future[bool]]] = []

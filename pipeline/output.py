@@ -32,6 +32,7 @@ from pipeline.refresh import REFRESH_DIR
 from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, promoted_type, text_column, write_parquet_atomic
 from pipeline.storage import (
     TEMP_PREFIX,
+    concurrent_calls,
     describe,
     make_parent_dirs,
     move_into_place,
@@ -160,24 +161,25 @@ def _part_indexes(fs: fsspec.AbstractFileSystem, paths: list[str],
             damaged.append(err)
             return None
 
-    for path, found in read_ahead(index, paths):
+    for path, found in read_ahead(index, paths, concurrent_calls(fs, INDEX_READERS)):
         if found is not None:
             yield (path, *found)
 
 
-def read_ahead(read: Callable[[str], Any], paths: list[str]) -> Iterator[tuple[str, Any]]:
-    """(path, read(path)) in the order given, INDEX_READERS reads at a time and at most that many results ahead."""
-    if len(paths) <= 1:
+def read_ahead(read: Callable[[str], Any], paths: list[str], readers: int = INDEX_READERS) -> Iterator[tuple[str, Any]]:
+    """(path, read(path)) in the order given, `readers` reads at a time and at most that many results ahead (give
+    `concurrent_calls(fs, INDEX_READERS)`: one at a time where the file system cannot take more)."""
+    if len(paths) <= 1 or readers <= 1:
         yield from ((path, read(path)) for path in paths)
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(INDEX_READERS, len(paths)), thread_name_prefix="part-index") as pool:
+    with ThreadPoolExecutor(min(readers, len(paths)), thread_name_prefix="part-index") as pool:
         pending: list[tuple[str, Any]] = []
         try:
             for path in paths:
                 pending.append((path, pool.submit(read, path)))
-                if len(pending) > INDEX_READERS:
+                if len(pending) > readers:
                     path, future = pending.pop(0)
                     yield path, future.result()
             while pending:
@@ -240,7 +242,8 @@ def _newest_rejects(fs: fsspec.AbstractFileSystem, index: list[tuple[str, list[s
         from concurrent.futures import ThreadPoolExecutor
 
         # several at once, as the ids are (_part_indexes): each read waits on storage's latency
-        with ThreadPoolExecutor(min(INDEX_READERS, len(readable)), thread_name_prefix="reject-times") as pool:
+        with ThreadPoolExecutor(min(concurrent_calls(fs, INDEX_READERS), len(readable)),
+                                thread_name_prefix="reject-times") as pool:
             times = dict(zip(readable, pool.map(lambda pos: _rejected_at(fs, index[pos][0], wanted[pos]), readable),
                              strict=True))
 

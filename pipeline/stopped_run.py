@@ -21,7 +21,7 @@ from pipeline.output import DamagedOutput, part_file_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import listing_stamp
 from pipeline.stages import DATA_DIR, PURIFIER_RESTARTS, REJECTS_DIR
-from pipeline.storage import REASON_CHARS, describe, shortened, storage_path, with_retries
+from pipeline.storage import REASON_CHARS, concurrent_calls, describe, shortened, storage_path, with_retries
 
 
 class _Interrupt(KeyboardInterrupt):
@@ -235,7 +235,7 @@ def part_rows(out: str, storage_options: dict[str, Any], names: list[str]) -> di
 
     if not names:
         return {}
-    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+    with ThreadPoolExecutor(max_workers=min(concurrent_calls(fs, 8), len(names))) as pool:
         return dict(zip(names, pool.map(rows, names), strict=True))
 
 

@@ -642,6 +642,17 @@ def _condition_answer(err: BaseException) -> str | None:
     return None
 
 
+# File systems that hold one connection to their server, which threads may not share (ftplib's, paramiko's SFTP
+# channel): two threads' requests interleave on it and each waits for ever for its answer. An sftp:// output of
+# several part files hung its run at the start, reading their ids 16 at a time.
+SINGLE_CONNECTION_PROTOCOLS = frozenset({"ftp", "sftp", "ssh"})
+
+
+def concurrent_calls(fs: Any, wanted: int) -> int:
+    """How many threads may call `fs` at once: `wanted`, or 1 where the file system holds a single connection."""
+    return 1 if SINGLE_CONNECTION_PROTOCOLS & set(protocols(fs)) else wanted
+
+
 def list_uncached(fs: Any, folder: str) -> list[dict[str, Any]]:
     """`fs.ls(folder, detail=True)`, past the file system's listing cache where it keeps one (s3fs, gcsfs and adlfs
     take refresh=True). SFTP's ls takes no such keyword: passed it, every run on sftp:// failed with a TypeError."""

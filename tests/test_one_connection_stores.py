@@ -1,0 +1,94 @@
+"""FTP's and SFTP's file systems talk to their server over one connection, which threads may not share: two threads'
+requests interleave on it and each waits for ever for its answer. The job read an output's part files 16 at a time
+through one such file system, so a run resuming an sftp:// output of several part files hung at its start without a
+word (seen against a local SFTP server, paramiko's client), and the export wrote 8 files at once through one. Such a
+store is now called from one thread at a time. The stand-in below is a local folder that says when two threads call
+it at once, under the protocol name "sftp" (paramiko is not a dependency)."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline import storage
+from pipeline.export import export_images
+from pipeline.output import output_ids
+from tests.test_export import image, make_output
+
+
+class OneConnection(LocalFileSystem):
+    """A local folder as sftp://: records every call that came while another thread's was under way."""
+
+    protocol = ("sftp", "ssh")
+    root_marker = "/"
+    state = threading.Lock()
+    inside: list[int] = []  # the threads in a call now (one thread may be in a call inside its own)
+    overlaps: list[str] = []
+    calls = 0
+
+    @classmethod
+    def _strip_protocol(cls, path):  # noqa: ANN001 - fsspec's signature
+        path = path[len("sftp://"):] if isinstance(path, str) and path.startswith("sftp://") else path
+        return super()._strip_protocol(path)
+
+    def _guarded(self, what: str, call):  # noqa: ANN001 - any file-system call
+        me = threading.get_ident()
+        with OneConnection.state:
+            if OneConnection.inside and OneConnection.inside[0] != me:
+                OneConnection.overlaps.append(what)
+            OneConnection.inside.append(me)
+            OneConnection.calls += 1
+        try:
+            time.sleep(0.002)  # a round trip: time for another thread to come in
+            return call()
+        finally:
+            with OneConnection.state:
+                OneConnection.inside.remove(me)
+
+    def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001
+        return self._guarded(f"open {path}", lambda: super(OneConnection, self)._open(path, mode=mode, **kwargs))
+
+    def info(self, path, **kwargs):  # noqa: ANN001
+        return self._guarded(f"info {path}", lambda: super(OneConnection, self).info(path, **kwargs))
+
+    def ls(self, path, detail=False, **kwargs):  # noqa: ANN001
+        return self._guarded(f"ls {path}", lambda: super(OneConnection, self).ls(path, detail=detail, **kwargs))
+
+
+@pytest.fixture
+def one_connection(monkeypatch):
+    registry = importlib.import_module("fsspec.registry")  # the module: fsspec.registry is also its read-only view
+    monkeypatch.setitem(registry._registry, "sftp", OneConnection)
+    OneConnection.overlaps, OneConnection.calls = [], 0
+    OneConnection.clear_instance_cache()
+    yield OneConnection
+    OneConnection.clear_instance_cache()
+
+
+def test_a_single_connection_store_is_called_from_one_thread_at_a_time() -> None:
+    assert storage.concurrent_calls(OneConnection(), 16) == 1
+    assert storage.concurrent_calls(fsspec.get_filesystem_class("ftp"), 8) == 1  # ftplib's one connection
+    assert storage.concurrent_calls(LocalFileSystem(), 16) == 16
+
+
+def test_an_outputs_part_files_are_read_one_at_a_time_through_one_connection(tmp_path: Path, one_connection) -> None:
+    out = tmp_path / "out"
+    make_output(str(out), [image(f"{i:03d}.png", i) for i in range(24)], per_file=3)  # 8 part files
+    ids, rejected = output_ids(f"sftp://{out}", {})
+    assert ids == {f"{i:03d}.png" for i in range(24)} and rejected == set()
+    assert one_connection.calls > 8 and one_connection.overlaps == []
+
+
+def test_the_export_writes_one_file_at_a_time_through_one_connection(tmp_path: Path, one_connection) -> None:
+    out, to = tmp_path / "out", tmp_path / "exported"
+    make_output(str(out), [image(f"{i:03d}.png", i) for i in range(24)], per_file=3)
+    report = export_images(f"sftp://{out}", f"sftp://{to}", workers=8)
+    assert report.ok and report.written == 24
+    assert sorted(p.name for p in to.iterdir()) == [*(f"{i:03d}.png" for i in range(24)), "manifest.csv"]
+    assert one_connection.overlaps == []
