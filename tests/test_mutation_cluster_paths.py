@@ -50,6 +50,14 @@ def test_an_upper_case_file_uri_is_a_local_folder_too(train_prior: ModuleType, t
     assert Path(train_prior_parsed(train_prior, "--out", f"FILE://{tmp_path}/run").out) == tmp_path / "run"
 
 
+def test_a_local_uri_is_a_local_folder_as_a_file_uri_is(train_prior: ModuleType, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # fsspec's other name for the local file system: local:///x/run is the folder /x/run, as the purify job reads it
+    monkeypatch.chdir(tmp_path)
+    assert Path(train_prior_parsed(train_prior, "--out", f"local://{tmp_path}/run").out) == tmp_path / "run"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_uri_chained_onto_a_server_is_refused_without_its_password(train_prior: ModuleType, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:

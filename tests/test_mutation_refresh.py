@@ -141,14 +141,6 @@ def train_prior() -> ModuleType:
     return load_job_script("train_prior.py", "train_prior_mutation_audit_refresh")
 
 
-def test_a_local_uri_is_a_local_folder_as_a_file_uri_is(train_prior: ModuleType, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    # fsspec's other name for the local file system: local:///x/run is the folder /x/run, as the purify job reads it
-    monkeypatch.chdir(tmp_path)
-    assert Path(train_prior_parsed(train_prior, "--out", f"local://{tmp_path}/run").out) == tmp_path / "run"
-    assert list(tmp_path.iterdir()) == []
-
-
 @pytest.mark.parametrize("value", [f"mycache::ftp://user:{SECRET}@host/x", "nosuchfs::s3://bucket/run"])
 def test_a_chain_onto_a_uri_is_refused_whatever_names_its_first_link(train_prior: ModuleType, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
