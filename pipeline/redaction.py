@@ -176,6 +176,16 @@ def redact_uri(uri: Any) -> Any:
     return "::".join(shown)
 
 
+# A URI as a message quotes it: up to a space, a quote or a bracket around it
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
+
+
+def uris_redacted(text: str) -> str:
+    """`text` (a message) with each URI in it as `redact_uri` shows it, for a message whose URIs are not known apart
+    (a storage call's own description and error)."""
+    return _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+
+
 def redact_uri_secrets(text: str, uri: str) -> str:
     """`text` (an error message) with the credentials `redact_uri` hides in `uri` written as '***' wherever they
     appear: messages quote a URI whole, as a path (without its scheme), decoded, or cut where a parser cut it (a

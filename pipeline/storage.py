@@ -197,16 +197,14 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
 # (an endpoint behind a firewall, Azure's SDK retrying a refused connection for 84 s by itself) could otherwise keep
 # a run silent for many minutes before its error; quick failures (throttling) are retried without a word.
 SLOW_ATTEMPT_S = 10.0
-_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
 
 
 def _note_slow_attempt(what: str, err: BaseException, took: float, next_attempt: int, attempts: int) -> None:
     if took < SLOW_ATTEMPT_S:
         return
-    from pipeline.redaction import redact_uri  # what and the error may quote a URI with its password or signature
+    from pipeline.redaction import uris_redacted  # what and the error may quote a URI with its password or signature
 
-    text = f"{what}: failed after {took:.0f} s{_last_answer(err)} ({describe(err).rstrip('.')})"
-    shown = _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+    shown = uris_redacted(f"{what}: failed after {took:.0f} s{_last_answer(err)} ({describe(err).rstrip('.')})")
     print(f"zip-purify: note: {shown}; trying again, attempt {next_attempt} of {attempts}", file=sys.stderr, flush=True)
 
 
