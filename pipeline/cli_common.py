@@ -42,6 +42,31 @@ class Parser(argparse.ArgumentParser):
     POSITIONAL_HINT = "the options are named: see --help"
     WORD_HINTS: typing.ClassVar[dict[str, str]] = {}
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        self._refuse_split_pair(words)
+        return super().parse_known_args(words, namespace)
+
+    def _refuse_split_pair(self, words: list[str]) -> None:
+        """A KEY=VALUE option typed as two words (`--storage-option secret hunter2`) stops here, before argparse's
+        "unrecognized arguments" would print the second word, likely the secret, in clear."""
+        pair_flags = {o for a in self._actions if a.metavar == "KEY=VALUE" for o in a.option_strings}
+        for i, word in enumerate(words[:-1]):
+            if word == "--":
+                return
+            flag, eq, value = word.partition("=")
+            if flag not in pair_flags:
+                continue
+            if not eq:
+                if i + 2 >= len(words):
+                    continue
+                value, after = words[i + 1], words[i + 2]
+            else:
+                after = words[i + 1]
+            if "=" not in value and not value.startswith("-") and not after.startswith("-"):
+                self.error(f"{flag} takes KEY=VALUE as one word, got {storage_item_shown(value)} and then a separate "
+                           f"word (not shown: it may be the value); write {storage_item_shown(value)[1:-1]}=VALUE")
+
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("unrecognized arguments:"):
             known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]

@@ -199,6 +199,31 @@ def test_a_misspelt_flags_value_is_not_printed_with_its_credential(argv: list[st
         assert "unrecognized arguments: " in err[0] and "did you mean" in err[0] and "***" in err[0], err
 
 
+@pytest.mark.parametrize("argv", [
+    ["--storage-option", "secret", "hunter2secretvalue"],
+    ["--storage-option=secret", "hunter2secretvalue"],
+    ["--storage-option", "key=AKIAEXAMPLE", "--storage-option", "secret", "hunter2secretvalue"],
+])
+def test_a_storage_option_typed_as_two_words_is_refused_without_printing_the_second(argv: list[str], capsys) -> None:
+    """BUG: `--storage-option secret hunter2...` (a space for the '='): argparse took 'secret' as the option's value and
+    printed the next word, the secret itself, as an unrecognized argument. Now the error names the option and the
+    key, says how to write the pair, and leaves the value out; both tools."""
+    for tool in ("zip-purify", "zip-purify-export"):
+        err = _flag_error(["--output", "o", "--to", "d", *argv] if tool != "zip-purify" else [*argv, "--dry-run"],
+                          capsys, tool)
+        assert "hunter2secretvalue" not in "\n".join(err), err
+        assert "--storage-option takes KEY=VALUE as one word, got 'secret'" in err[0], err
+        assert "write secret=VALUE" in err[0], err
+
+
+def test_a_storage_option_followed_by_a_flag_still_gets_the_options_own_error(capsys) -> None:
+    # '--storage-option secret --dry-run': no word after it to hide; the storage option's own check names it
+    from pipeline import cli
+
+    assert cli.main(["--storage-option", "secret", "--dry-run"]) == 2
+    assert "storage option expects KEY=VALUE, got 'secret'" in capsys.readouterr().err
+
+
 # --- pipeline/redaction.py: redact (storage options as _job.json and _summary.json record them) ---
 
 
