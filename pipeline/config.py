@@ -296,7 +296,8 @@ _MESSAGE_FLAGS = {
     "steps ": "--steps", "seed ": "--seed", "clip_denoised ": "--clip-denoised", "unknown noise schedule": "--schedule",
     "large_images ": "--large-images", "blend_k ": "--blend-k", "eta ": "--eta", "lam ": "--lam",
     "resample ": "--resample", "start ": "--start", "unknown sampler": "--sampler", "pool factor": "--pool",
-    "unknown operator": "--operators", "at least one operator": "--operators", "max_pixels ": "--max-pixels",
+    "unknown operator": "--operators", "at least one operator": "--operators", "operators must be": "--operators",
+    "max_pixels ": "--max-pixels",
     "alpha ": "--alpha", "exif_transpose ": "--exif-transpose",
 }
 
