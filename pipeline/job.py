@@ -73,7 +73,7 @@ from pipeline.placement import (
     with_fitted_actor_cpus,
 )
 from pipeline.plan import JobPlan, plan_job, require_job_config, without_uri_secrets
-from pipeline.progress import progress_bar
+from pipeline.progress import kept_alive, progress_bar
 from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal, write_journal
@@ -602,8 +602,10 @@ def _purify(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str],
             # the rows of each batch once its part files are written (`written_batches`), each batch drawn as it comes
             stop.bar = progress_bar(progress_total(plan, config.storage_options), "images", "img", sys.stderr,
                                     each_update=True)
+            stop.bar.set_postfix(**_progress_postfix(stop.bar, plan, stop.tally))  # what a line before any batch says
         notes = RefreshReadNotes(config.output.rstrip("/"), config.storage_options, plan)
-        _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
+        with kept_alive(stop.bar):  # a batch may take minutes to be written: the bar shows the run goes on meanwhile
+            _tally_written_batches(ds, plan, stop.lease, stop.tally, stop.bar, notes)
     if stop.bar is not None:
         stop.bar.close()  # every row reported: its count is the run's
         stop.bar = None

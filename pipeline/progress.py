@@ -3,8 +3,11 @@ returns, which a log file (`2> log`, `ray job logs`, a scheduler's) keeps as one
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -20,11 +23,19 @@ class LogProgress:
         self.closed = False
         self.postfix: dict[str, Any] = {}
         self.printed: tuple[int, dict[str, Any]] | None = None  # what the last line said
+        self._lock = threading.Lock()  # `refresh` comes from `kept_alive`'s thread
 
     def update(self, n: int = 1) -> None:
-        self.n += n
-        if time.monotonic() - self.last >= self.every:
-            self._line()
+        with self._lock:
+            self.n += n
+            if time.monotonic() - self.last >= self.every:
+                self._line()
+
+    def refresh(self) -> None:
+        """The minute's line, if a minute has passed since the last one, though the count has not moved."""
+        with self._lock:
+            if not self.closed and time.monotonic() - self.last >= self.every:
+                self._line()
 
     def set_postfix(self, **values: Any) -> None:
         """Figures to add to each line (tqdm's set_postfix), e.g. rejected=3."""
@@ -32,13 +43,15 @@ class LogProgress:
 
     def write(self, line: str, file: Any = None) -> None:
         """A message of its own (tqdm's bar.write): in a log it is just a line."""
-        print(line, file=file or self.stream, flush=True)
+        with self._lock:
+            print(line, file=file or self.stream, flush=True)
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.printed != (self.n, self.postfix):  # the minute's line may have just said it all
-                self._line()
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                if self.printed != (self.n, self.postfix):  # the minute's line may have just said it all
+                    self._line()
 
     def _line(self) -> None:
         self.last = time.monotonic()
@@ -68,7 +81,7 @@ def progress_bar(
     each_update: bool = False,
 ) -> Any:
     """tqdm's bar on a terminal; in a log (not a terminal) a plain line a minute and one at the end (LogProgress).
-    Either has update(n), write(line, file=...) and close().
+    Either has update(n), refresh(), write(line, file=...) and close().
 
     `each_update`: the bar is redrawn at every update that adds to its count, for updates that come seconds apart (a
     batch each): tqdm otherwise skips an update that comes within `mininterval` of the last drawing, or that adds less
@@ -82,3 +95,30 @@ def progress_bar(
         drawing = {"mininterval": 0.0, "miniters": 1} if each_update else {"mininterval": mininterval}
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream, **drawing)
     return LogProgress(total, desc, unit, stream, initial)
+
+
+@contextlib.contextmanager
+def kept_alive(bar: Any, every_s: float = 1.0) -> Iterator[None]:
+    """While the block runs, `bar.refresh()` every `every_s` seconds from a thread of its own: work whose count moves
+    rarely (the job's moves a written batch at a time, which can be minutes apart) still shows it goes on. A terminal's
+    bar then keeps its elapsed time running, and a log still gets its line a minute (`LogProgress.refresh`); without it
+    both said nothing until the first batch was written. `bar` None: nothing to keep alive."""
+    if bar is None:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            try:
+                bar.refresh()
+            except Exception:  # noqa: BLE001 -- a drawing that fails must not end the work it draws
+                return
+
+    thread = threading.Thread(target=tick, name="progress-kept-alive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
