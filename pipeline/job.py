@@ -85,10 +85,8 @@ from pipeline.stages import (
     REJECTS_DIR,
     PurifyStage,
     as_the_driver_sees,
-    decode_stage,
     encode_stage,
-    read_stage,
-    tile_stage,
+    read_decode_tile_stage,
     untile_stage,
     write_stage,
 )
@@ -461,18 +459,15 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    # Batch sizes: read takes one unit per task and yields its records --tile-batch at a time; decode and
-    # tile work on whatever block a read produced (batch_size=None). Explicit row counts there would make
-    # Ray bundle that many *units* into one fused read task and stop the pipeline from streaming.
-    ds = ds.map_batches(read_stage, batch_size=1, fn_kwargs=dict(
-        storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
-        skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
-        max_image_bytes=config.max_image_mb * 2**20, partitioning=config.partitioning),
-        **task_retries)
-    ds = ds.map_batches(decode_stage, batch_size=None, fn_kwargs=dict(policy=config.decode_policy()), **task_retries)
-    ds = ds.map_batches(tile_stage, batch_size=None, fn_kwargs=dict(
-        canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
-        max_images=config.tile_batch), **task_retries)
+    # One unit per read task (batch_size=1), its records decoded and tiled --tile-batch at a time in the same task
+    # (`read_decode_tile_stage`). A row count above one would make Ray bundle that many *units* into one task.
+    ds = ds.map_batches(read_decode_tile_stage, batch_size=1, fn_kwargs=dict(
+        read=dict(storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
+                  skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
+                  max_image_bytes=config.max_image_mb * 2**20, partitioning=config.partitioning),
+        decode=dict(policy=config.decode_policy()),
+        tile=dict(canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
+                  max_images=config.tile_batch)), **task_retries)
     purify_batch = config.batch_size or default_batch_size(canvas_size)
     ds = canvases_a_batch_a_block(ds, purify_batch, task_retries)
     ds = ds.map_batches(
