@@ -194,10 +194,10 @@ def memory_one(args: argparse.Namespace) -> None:
         workers = ray_worker_peaks_mb()
         driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         ray.shutdown()
-    other, task = private.largest(excluding=("PurifyStage", "read_stage"))
+    other, task = private.largest(excluding=("PurifyStage", "read_decode_tile_stage"))
+    read = private.largest("read_decode_tile_stage")[0]
     print(f"| {n} | {wall:.1f} | {driver:.0f} | {max(workers.values(), default=0):.0f} | "
-          f"{private.largest('read_stage')[0]:.0f} | {private.largest('PurifyStage')[0]:.0f} | {other:.0f} ({task}) | "
-          f"{len(workers)} |", flush=True)
+          f"{read:.0f} | {private.largest('PurifyStage')[0]:.0f} | {other:.0f} ({task}) | {len(workers)} |", flush=True)
 
 
 def overhead_one(args: argparse.Namespace) -> None:
