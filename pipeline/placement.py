@@ -302,19 +302,23 @@ def local_ray_problem(config: PlacementOptions, gpus_per_actor: float, cpus: flo
     waited for one forever, the run hanging with no word after Ray Data's 'may hang forever' warning (--cpus-per-actor
     64 on a 2-core machine, --gpus-per-actor 1 on one without GPUs). A cluster joined with --ray-address may start
     nodes for it (an autoscaler), so it is not checked there."""
-    where = f"this machine's Ray (started by the job, no other node joins it) has {cpus:g} CPUs"
+    where = f"this machine's Ray (started by the job, no other node joins it) has {_counted(cpus, 'CPU')}"
     if actor_cpus(config) + config.cpus_per_task > cpus:
         return (f"--cpus-per-actor {actor_cpus(config):g} with --cpus-per-task {config.cpus_per_task:g}: {where}, "
                 "so a purifier actor and the tasks that read and write its images cannot run together; use a smaller "
                 "--cpus-per-actor or --cpus-per-task, or join a larger cluster with --ray-address")
     if gpus_per_actor > gpus:
-        return (f"--gpus-per-actor {gpus_per_actor:g}: {where} and {gpus:g} GPUs, so no purifier actor could start; "
+        return (f"--gpus-per-actor {gpus_per_actor:g}: {where} and {_counted(gpus, 'GPU')}, so no purifier actor could start; "
                 "leave --gpus-per-actor out to run on what it has, or join a GPU cluster with --ray-address")
     return None
 
 
+def _counted(count: float, unit: str) -> str:
+    return f"{count:g} {unit}{'s' if count != 1 else ''}"
+
+
 def _asks(cpus: float, gpus: float) -> str:
-    return f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else "")
+    return _counted(cpus, "CPU") + (f" and {_counted(gpus, 'GPU')}" if gpus else "")
 
 
 def cluster_wait_problem(config: PlacementOptions, gpus_per_actor: float, nodes: list[dict[str, float]],

@@ -271,6 +271,13 @@ def test_an_actor_too_large_for_the_jobs_own_ray_is_refused_with_what_to_change(
     assert "use a smaller --cpus-per-actor or --cpus-per-task, or join a larger cluster with --ray-address" in problem
 
 
+def test_a_one_cpu_machine_is_said_to_have_1_cpu_not_1_cpus() -> None:
+    problem = placement.local_ray_problem(_job(cpus_per_actor=1), 0.0, cpus=1, gpus=0)
+    assert "(started by the job, no other node joins it) has 1 CPU, so" in problem, problem
+    problem = placement.local_ray_problem(_job(), 1.0, cpus=2, gpus=0)
+    assert "has 2 CPUs and 0 GPUs, so no purifier actor could start" in problem, problem
+
+
 def test_the_wait_note_shows_the_largest_nodes_first_and_says_there_are_more() -> None:
     nodes = [{"CPU": c} for c in (2, 32, 4, 16, 8)]
     problem = placement.cluster_wait_problem(_job(cpus_per_actor=64), 0.0, nodes, {"CPU": 3})
