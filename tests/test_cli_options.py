@@ -59,7 +59,8 @@ def _write(tmp_path: Path, text: str | bytes) -> str:
     ('overwrite: "yes"\n', "--overwrite must be true or false, got 'yes' (set in --config"),
     ('anon: "no"\n', "anon must be true or false, got 'no'"),  # was read as true: anonymous access
     ("s3_endpoint: 5\n", "s3_endpoint must be text, got 5"),
-    ("operators: 5\n", "operators must be text, got 5"),
+    ("operators: 5\n", "--operators: operators must be text such as 'pool' or 'gray,pool' (or a list of operator names), "
+                        "got 5 (set in --config"),
     ("storage_options: [key=x]\n", "storage_options in"),
     ("tile-batch: 8\ntile_batch: 9\n", "tile_batch is given twice"),
     (b"\xff\xfe", "is not UTF-8 text"),

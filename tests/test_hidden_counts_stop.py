@@ -14,6 +14,7 @@ import json
 import signal
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -83,7 +84,12 @@ def test_a_stopped_run_counts_the_hidden_zip_members_of_the_tasks_that_reported(
     manifest = write_stage(batch_of(count), str(tmp_path / "elsewhere"), {})
 
     class Pipeline:  # Ray Data's dataset, standing in: its first manifest row, then Ctrl-C
+        _logical_plan = SimpleNamespace(dag=SimpleNamespace(ray_remote_args={}))  # as job.canvases_a_batch_a_block sets
+
         def map_batches(self, *args, **kwargs) -> Pipeline:
+            return self
+
+        def repartition(self, *args, **kwargs) -> Pipeline:
             return self
 
         def iter_batches(self, **kwargs):  # as the driver asks for the written batches' rows (job.written_batches)

@@ -134,14 +134,6 @@ def test_no_operators_names_the_flag(tmp_path, capsys) -> None:
     assert capsys.readouterr().err == "error: --operators: at least one operator is needed\n"
 
 
-def test_operators_that_are_not_text_name_the_flag_in_a_config_file(tmp_path, capsys) -> None:
-    # `operators: 3` in a --config file said "operators must be text ...", without the flag the other settings name
-    path = tmp_path / "job.yaml"
-    path.write_text("operators: 3\n")
-    assert main(["--config", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
-    assert capsys.readouterr().err.startswith("error: --operators: operators must be text such as 'pool'")
-
-
 @pytest.mark.parametrize("pool", ["0", "-2"])
 def test_a_pool_factor_below_one_is_refused_with_any_operators(tmp_path, capsys, pool) -> None:
     # With --operators gray (no pooling operator built) the factor went unchecked: 0 stopped the dry run and the run
