@@ -16,11 +16,11 @@ import os
 import re
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.background import repeated
 from pipeline.errors import JobError
 from pipeline.stages import ALL_CORES
 from pipeline.storage import describe
@@ -406,29 +406,22 @@ def node_loss_watched(config: PlacementOptions, gpus_per_actor: float, period_s:
     except Exception:  # noqa: BLE001 - Ray's node table: without it the run goes on, unwatched
         yield
         return
-    stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.wait(period_s):
-            try:
-                nodes = ray.nodes()
-                lost = [n for n in nodes if n.get("NodeID") in known and not n.get("Alive")]
-                if lost:
-                    alive = [n for n in nodes if n.get("Alive")]
-                    note = lost_nodes_note(config, gpus_per_actor, lost, alive, ray.available_resources())
-                    print(f"zip-purify: note: {note}", file=sys.stderr, flush=True)
-                known.clear()
-                known.update(n["NodeID"] for n in nodes if n.get("Alive"))  # a node added later is watched too
-            except Exception:  # noqa: BLE001 - a look that failed (the cluster going down): the next one may not
-                continue
+    def look() -> None:
+        try:
+            nodes = ray.nodes()
+            lost = [n for n in nodes if n.get("NodeID") in known and not n.get("Alive")]
+            if lost:
+                alive = [n for n in nodes if n.get("Alive")]
+                note = lost_nodes_note(config, gpus_per_actor, lost, alive, ray.available_resources())
+                print(f"zip-purify: note: {note}", file=sys.stderr, flush=True)
+            known.clear()
+            known.update(n["NodeID"] for n in nodes if n.get("Alive"))  # a node added later is watched too
+        except Exception:  # noqa: BLE001 - a look that failed (the cluster going down): the next one may not
+            pass
 
-    thread = threading.Thread(target=watch, name="zip-purify-node-watch", daemon=True)
-    thread.start()
-    try:
+    with repeated(look, period_s, "zip-purify-node-watch", join_timeout_s=period_s + 5):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=period_s + 5)
 
 
 def placement_problem(device: str, gpus_per_actor: float | None) -> str | None:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline.background import repeated
+
 
 class LogProgress:
     """Progress for a log: a plain line at most every `every` seconds and one at the end, with counts, rate and
@@ -106,19 +108,13 @@ def kept_alive(bar: Any, every_s: float = 1.0) -> Iterator[None]:
     if bar is None:
         yield
         return
-    done = threading.Event()
 
-    def tick() -> None:
-        while not done.wait(every_s):
-            try:
-                bar.refresh()
-            except Exception:  # noqa: BLE001 -- a drawing that fails must not end the work it draws
-                return
+    def refresh() -> bool:
+        try:
+            bar.refresh()
+        except Exception:  # noqa: BLE001 -- a drawing that fails must not end the work it draws
+            return False
+        return True
 
-    thread = threading.Thread(target=tick, name="progress-kept-alive", daemon=True)
-    thread.start()
-    try:
+    with repeated(refresh, every_s, "progress-kept-alive"):
         yield
-    finally:
-        done.set()
-        thread.join()
