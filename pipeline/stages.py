@@ -253,8 +253,9 @@ def read_decode_tile_stage(batch: Batch, read: dict[str, Any], decode: dict[str,
     """`read_stage`, then `decode_stage` and `tile_stage` on each batch it yields, in the same task: a read worker
     holds one batch of decoded images at a time. As three Ray Data stages (fused into one task all the same) they did
     not, since Ray Data gathers what a stage yields into blocks of up to 16 MB before the next stage sees it: decode
-    got six read batches of a tar at once (1,536 Imagenette images, 231 MB of pixels), a read worker peaked at ~600 MB
-    where one batch at a time peaks at ~200 MB, and Ray Data warned every 30 s that it used 1.2 GiB.
+    got six read batches of a tar at once (1,536 Imagenette images, 231 MB of pixels), and Ray Data warned every 30 s
+    that a read worker used 1.2 GiB. One tar of 8,000 PNGs of 128 px (`bench/job_bench.py memory`): the read worker's
+    private peak 305-309 MB before, 203 MB after.
     `read`, `decode`, `tile`: each stage's keyword arguments."""
     for records in read_stage(batch, **read):
         yield tile_stage(decode_stage(records, **decode), **tile)
