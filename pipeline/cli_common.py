@@ -64,8 +64,9 @@ class Parser(argparse.ArgumentParser):
             else:
                 after = words[i + 1]
             if "=" not in value and not value.startswith("-") and not after.startswith("-"):
-                self.error(f"{flag} takes KEY=VALUE as one word, got {storage_item_shown(value)} and then a separate "
-                           f"word (not shown: it may be the value); write {storage_item_shown(value)[1:-1]}=VALUE")
+                key = storage_item_shown(value)
+                self.error(f"{flag} takes KEY=VALUE as one word, got {key} and then a separate word (not shown: it "
+                           f"may be the value); write {key[1:-1]}=VALUE")
 
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("unrecognized arguments:"):

@@ -1,6 +1,6 @@
 """Progress while no batch is written: a run's count moves a written batch at a time, which can be minutes apart (a
-tar shard's canvases reach the purifier in blocks of up to 16 MB, ~1,300 images of 32 px). The bar must still show the
-run goes on: a log gets its line a minute, a terminal's bar its running clock."""
+purifier batch of 256 canvases on CPUs; before the canvases were cut a batch a block, a whole tar shard). The bar must
+still show the run goes on: a log gets its line a minute, a terminal's bar its running clock."""
 
 from __future__ import annotations
 
