@@ -24,6 +24,7 @@ import os
 import posixpath
 import random
 import re
+import socket
 import sys
 import time
 import uuid
@@ -83,6 +84,14 @@ TEMP_PREFIX = ".tmp-"
 # Not 1: a lone 503 in the middle of a streamed tar is absorbed here instead of restarting the whole pass.
 BOTOCORE_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 3}
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
+
+# Azure's SDK (azure-storage-blob's ExponentialRetry, under adlfs) retries each request 3 times by itself, waiting
+# 15 + 3^n s (n = 1, 2, 3): 84 s before one listing of an endpoint that refuses or cannot be resolved (a mistyped
+# account name) fails, and under with_retries' 6 attempts such a run took 8.5 min to stop. As botocore on S3, it
+# keeps 3 tries of each request, with waits of about 1.5 s then 2.25 s (±0.5 s): adlfs takes no retry option, so
+# `filesystem` sets these on the SDK's retry policy, which every client adlfs derives from its service client shares.
+AZURE_SDK_RETRIES: dict[str, float] = {"total_retries": 2, "initial_backoff": 0, "increment_base": 1.5,
+                                       "random_jitter_range": 0.5}
 
 
 class RetriesExhausted(OSError):
@@ -186,11 +195,22 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
             if attempt == attempts - 1:
                 took = time.monotonic() - started
                 raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s; last error"
-                                       f"{_last_answer(err)}: {describe(err).rstrip('.')}. The storage is throttling"
-                                       " or unavailable: try again later") from err
+                                       f"{_last_answer(err)}: {describe(err).rstrip('.')}. {_advice(err)}") from err
             _note_slow_attempt(what, err, time.monotonic() - tried, attempt + 2, attempts)
             backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
+
+
+def _advice(err: BaseException) -> str:
+    """What to do about a transient error that outlasted every attempt, short enough to survive `describe`'s cut. A
+    name that does not resolve or a port that refuses is retried like an outage (DNS and servers restart), but after
+    the last attempt it is far more likely a mistyped endpoint, account or host than a storage that needs time."""
+    for e in _chain(err):
+        if isinstance(e, socket.gaierror):
+            return "The host name does not resolve: check the endpoint or account name, and DNS"
+        if isinstance(e, ConnectionRefusedError):
+            return "Nothing accepts connections there: check the endpoint's host and port"
+    return "The storage is throttling or unavailable: try again later"
 
 
 # An attempt that failed after this long is said on stderr before it is tried again. A store that does not answer
@@ -438,7 +458,7 @@ def no_jvm_message(err: OSError) -> str:
 
 
 def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.AbstractFileSystem:
-    """fsspec's file system for `protocol` with `storage_options`; on S3 with_retries owns the retry budget.
+    """fsspec's file system for `protocol` with `storage_options`; on S3 and Azure with_retries owns the retry budget.
 
     s3fs retries throttling and dropped connections 5 times by itself, in two nested loops for ranged reads (up to
     25 calls), on top of botocore's and with_retries' attempts: its retries are turned off (s3fs refuses them as
@@ -457,7 +477,19 @@ def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.Abstrac
         raise
     if protocol in S3_PROTOCOLS:
         fs.retries = 1  # type: ignore[attr-defined]
+    _bound_azure_sdk_retries(fs)
     return fs
+
+
+def _bound_azure_sdk_retries(fs: object) -> None:
+    """AZURE_SDK_RETRIES on an adlfs file system's retry policy; anything else (another store, an SDK whose policy
+    lacks these attributes) is left as it is."""
+    config = getattr(getattr(fs, "service_client", None), "_config", None)
+    policy = getattr(config, "retry_policy", None)
+    if policy is None or not all(hasattr(policy, name) for name in AZURE_SDK_RETRIES):
+        return
+    for name, value in AZURE_SDK_RETRIES.items():
+        setattr(policy, name, value)
 
 
 def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:

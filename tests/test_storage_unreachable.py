@@ -1,0 +1,100 @@
+"""A store that cannot be reached: how long the job keeps trying, and what it says when it gives up.
+
+An Azure endpoint that did not answer made Azure's SDK retry each request for 84 s by itself, under each of the job's
+6 attempts: a run over a mistyped account name took 8.5 min to stop. And every store's last word was "the storage is
+throttling or unavailable: try again later", also when its host name did not resolve or its port refused."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline import storage
+
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """Answers every request 503 Server Busy, as a throttled or failing Azure endpoint does; counts them."""
+
+    requests: list[str]
+
+    def _busy(self) -> None:
+        self.requests.append(self.path)
+        body = b"<?xml version='1.0'?><Error><Code>ServerBusy</Code><Message>busy</Message></Error>"
+        self.send_response(503)
+        self.send_header("x-ms-error-code", "ServerBusy")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = _busy
+
+    def log_message(self, *args) -> None:  # noqa: ANN002 - quiet
+        pass
+
+
+@pytest.fixture()
+def busy_endpoint() -> Iterator[tuple[str, list[str]]]:
+    requests: list[str] = []
+    handler = type("Busy", (_Busy,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_azures_sdk_tries_a_request_three_times_in_seconds_under_each_of_the_jobs_attempts(busy_endpoint) -> None:
+    """Azure's SDK sent 4 requests with waits of 15 + 3^n s (84 s) before one listing failed; as botocore on S3, it
+    now gets 3 tries with short waits, and with_retries' 6 attempts own the rest of the budget."""
+    pytest.importorskip("adlfs")
+    url, requests = busy_endpoint
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={url}/devstoreaccount1;")
+    fs = storage.filesystem("abfs", {"connection_string": conn})
+    with pytest.raises(Exception) as raised:
+        fs.ls("imgs/in")
+    assert len(requests) == 3, requests
+    assert storage.is_transient(raised.value)  # so the job's own attempts still come on top
+
+
+def _given_up(monkeypatch, endpoint: str) -> str:
+    """The job's last word on listing s3://bucket/in/ at `endpoint`, one attempt, no botocore retries."""
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    fs = storage.filesystem("s3", {"anon": True, "client_kwargs": {"endpoint_url": endpoint},
+                                   "config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}})
+    with pytest.raises(storage.RetriesExhausted) as raised:
+        storage.with_retries(lambda: fs.ls("bucket/in"), "look up s3://bucket/in/", attempts=2)
+    return str(raised.value)
+
+
+def test_a_host_name_that_does_not_resolve_is_said_to_be_one_to_check(monkeypatch) -> None:
+    said = _given_up(monkeypatch, "http://no-such-host.invalid:9000")  # .invalid never resolves (RFC 2606)
+    assert said.startswith("look up s3://bucket/in/: gave up after 2 attempts")
+    assert said.endswith("The host name does not resolve: check the endpoint or account name, and DNS"), said
+
+
+def test_a_port_that_refuses_is_said_to_be_one_to_check(monkeypatch) -> None:
+    said = _given_up(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
+    assert said.endswith("Nothing accepts connections there: check the endpoint's host and port"), said
+
+
+def test_a_store_that_keeps_answering_busy_is_still_said_to_be_throttling(monkeypatch, busy_endpoint) -> None:
+    url, requests = busy_endpoint
+    said = _given_up(monkeypatch, url)
+    assert said.endswith("The storage is throttling or unavailable: try again later"), said
+    assert len(requests) == 2
