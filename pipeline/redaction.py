@@ -43,6 +43,11 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", re.DOTALL)
 # Schemes of an archive's member ('zip://me@x.png::s3://bucket/a.zip'): where the archive follows ('::' and its link or
 # path), what comes after 'zip://' is a name inside the archive, never a user or password, whatever it holds ('@', ':').
 _MEMBER_SCHEMES = frozenset({"zip", "tar", "libarchive"})
+# Azure's URLs name a container before the account's host ('abfss://imgs@account.dfs.core.windows.net/in/', as
+# adlfs, Spark and Hadoop write them): that '@' ends a container's name (3 to 63 lower-case letters, digits and '-',
+# or a '$' one: '$web'), no user or token. Hidden, it left the output's record and every message without the container.
+_CONTAINER_AT_SCHEMES = frozenset({"abfs", "abfss", "az", "wasb", "wasbs"})
+_CONTAINER = re.compile(r"\$?[a-z0-9][a-z0-9-]{1,62}")
 _PORT_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "sftp", "ssh", "hdfs", "webhdfs", "swebhdfs", "viewfs",
                            "smb", "dav", "davs", "webdav", "ws", "wss"})
 # host:port as a person types it: a DNS name (letters, digits, '-' inside a label, '.' between labels) or a bracketed
@@ -100,6 +105,8 @@ def _links(uri: str) -> list[_Link | str]:
     a password of 1 to 5 digits (at most 65535), an unescaped '/' and more, for a host with no port
     ('ftp://alice:1234/x@h/p'): a URL no client logs in with (it connects to the host 'alice').
 
+    An Azure URL's 'container@account.dfs.core.windows.net' has no user part either (`_CONTAINER_AT_SCHEMES`).
+
     A zip, tar or libarchive link followed by another (the archive: 'zip://me@x.png::s3://bucket/a.zip', or a path:
     'zip://me@x.png::/data/a.zip') names a member of that archive: it has no user part, whatever '@' or ':' its name
     holds (the archive's link keeps its own)."""
@@ -115,6 +122,9 @@ def _links(uri: str) -> list[_Link | str]:
             found.append(_Link(head, "", body))
             continue
         first = re.split(r"[/?#]", body, maxsplit=1)[0]
+        if head[:-3].lower() in _CONTAINER_AT_SCHEMES and _CONTAINER.fullmatch(first.split("@", 1)[0]):
+            found.append(_Link(head, "", body))  # 'container@account...': see _CONTAINER_AT_SCHEMES
+            continue
         last = body.rfind("@")  # after it, where the '@' is past the first name: a host:port there ends a password
         after = re.split(r"[/?#]", body[last + 1 :], maxsplit=1)[0] if last >= len(first) else ""
         if _is_host_port(head, first.rpartition("@")[2]) and not _is_host_port(head, after):

@@ -46,3 +46,22 @@ def test_an_azure_connection_string_is_not_written_down(tmp_path: Path) -> None:
     shown = config.public()["storage_options"]
     assert shown["account_name"] == "devstoreaccount1" and shown["anon"] is False  # what is no secret stays
     assert shown["connection_string"] == "***" and shown["azure"] == {"cs": "***"}
+
+
+def test_an_azure_urls_container_before_the_account_is_shown() -> None:
+    """'abfss://imgs@acct.dfs.core.windows.net/in/' (adlfs', Spark's and Hadoop's form) names the container imgs, no
+    user: the job's last line, _job.json and its messages showed 'abfss://***@acct...', without the container."""
+    from pipeline.redaction import redact_uri, redact_uri_secrets
+
+    for uri in ("abfss://imgs@acct.dfs.core.windows.net/in/", "az://$web@acct.blob.core.windows.net/x@2.png",
+                "wasbs://raw-2026@acct.blob.core.windows.net/a/"):
+        assert redact_uri(uri) == uri
+    uri = "abfss://imgs@acct.dfs.core.windows.net/in/"
+    said = f"cannot list input {uri}: HttpResponseError: AuthorizationPermissionMismatch on imgs/in"
+    assert redact_uri_secrets(said, uri) == said
+    config = JobConfig(input=uri, output="abfss://clean@acct.dfs.core.windows.net/out/")
+    assert config.public()["input"] == uri and config.public()["output"] == "abfss://clean@acct.dfs.core.windows.net/out/"
+    # what cannot be a container's name is hidden as before: a password, upper case, a token of other characters
+    assert redact_uri("abfs://user:s3cr3t@acct.dfs.core.windows.net/in") == "abfs://user:***@acct.dfs.core.windows.net/in"
+    assert redact_uri("abfs://Tok_EN@acct/x") == "abfs://***@acct/x"
+    assert redact_uri("s3://tok@bucket/x") == "s3://***@bucket/x"  # other stores keep the rule
