@@ -189,28 +189,40 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
         tried = time.monotonic()
         try:
             return fn()
-        except Exception as err:  # noqa: BLE001 - classified below
+        except Exception as caught:  # noqa: BLE001 - classified below
+            err = unmasked(caught)
             if not is_transient(err):
                 raise
             if attempt == attempts - 1:
                 took = time.monotonic() - started
-                raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s; last error"
-                                       f"{_last_answer(err)}: {describe(err).rstrip('.')}. {_advice(err)}") from err
+                raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s ({_advice(err)});"
+                                       f" last error{_last_answer(err)}: {describe(err)}") from err
             _note_slow_attempt(what, err, time.monotonic() - tried, attempt + 2, attempts)
             backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
 
 
+def unmasked(err: BaseException) -> BaseException:
+    """fsspec's HTTP file system answers info() (and so exists, isfile, size) with FileNotFoundError for any failure,
+    the real error kept as its cause: a host that does not resolve, a refused connection, a 503 to its HEAD and its
+    GET. A web input or checkpoint was then said not to exist, at once. That cause where it is transient, so that it
+    is retried and said as what it is; `err` itself otherwise (a 404 stays not found)."""
+    cause = err.__cause__
+    if isinstance(err, FileNotFoundError) and cause is not None and is_transient(cause):
+        return cause
+    return err
+
+
 def _advice(err: BaseException) -> str:
-    """What to do about a transient error that outlasted every attempt, short enough to survive `describe`'s cut. A
+    """What to do about a transient error that outlasted every attempt: said before the error, which `describe` may cut. A
     name that does not resolve or a port that refuses is retried like an outage (DNS and servers restart), but after
     the last attempt it is far more likely a mistyped endpoint, account or host than a storage that needs time."""
     for e in _chain(err):
         if isinstance(e, socket.gaierror):
-            return "The host name does not resolve: check the endpoint or account name, and DNS"
+            return "the host name does not resolve: check the host, endpoint or account name, and DNS"
         if isinstance(e, ConnectionRefusedError):
-            return "Nothing accepts connections there: check the endpoint's host and port"
-    return "The storage is throttling or unavailable: try again later"
+            return "nothing accepts connections there: check the host and port"
+    return "the storage is throttling or unavailable: try again later"
 
 
 # An attempt that failed after this long is said on stderr before it is tried again. A store that does not answer

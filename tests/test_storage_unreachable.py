@@ -22,11 +22,12 @@ class _Busy(http.server.BaseHTTPRequestHandler):
     """Answers every request 503 Server Busy, as a throttled or failing Azure endpoint does; counts them."""
 
     requests: list[str]
+    status = 503
 
     def _busy(self) -> None:
         self.requests.append(self.path)
         body = b"<?xml version='1.0'?><Error><Code>ServerBusy</Code><Message>busy</Message></Error>"
-        self.send_response(503)
+        self.send_response(self.status)
         self.send_header("x-ms-error-code", "ServerBusy")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -85,16 +86,46 @@ def _given_up(monkeypatch, endpoint: str) -> str:
 def test_a_host_name_that_does_not_resolve_is_said_to_be_one_to_check(monkeypatch) -> None:
     said = _given_up(monkeypatch, "http://no-such-host.invalid:9000")  # .invalid never resolves (RFC 2606)
     assert said.startswith("look up s3://bucket/in/: gave up after 2 attempts")
-    assert said.endswith("The host name does not resolve: check the endpoint or account name, and DNS"), said
+    assert " s (the host name does not resolve: check the host, endpoint or account name, and DNS); last error" in said, said
 
 
 def test_a_port_that_refuses_is_said_to_be_one_to_check(monkeypatch) -> None:
     said = _given_up(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
-    assert said.endswith("Nothing accepts connections there: check the endpoint's host and port"), said
+    assert "(nothing accepts connections there: check the host and port); last error" in said, said
 
 
 def test_a_store_that_keeps_answering_busy_is_still_said_to_be_throttling(monkeypatch, busy_endpoint) -> None:
     url, requests = busy_endpoint
     said = _given_up(monkeypatch, url)
-    assert said.endswith("The storage is throttling or unavailable: try again later"), said
+    assert "(the storage is throttling or unavailable: try again later); last error ServerBusy (HTTP 503)" in said, said
     assert len(requests) == 2
+
+
+@pytest.mark.parametrize("uri", ["{url}/in/", "{url}/in/a.png", "https://no-such-host.invalid/in/",
+                                 "http://127.0.0.1:{closed}/in/"])
+def test_a_web_input_that_cannot_be_reached_is_not_said_to_be_missing(monkeypatch, busy_endpoint, uri: str) -> None:
+    """fsspec's HTTP file system raises FileNotFoundError for any failure of info(), the real one as its cause: a web
+    server answering 503, a host that does not resolve and a refused port all made the job say "input ... does not
+    exist" at once. Now they are retried, then said as what they are."""
+    from pipeline.sources.listing import input_location
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    url, requests = busy_endpoint
+    uri = uri.format(url=url, closed=_closed_port())
+    with pytest.raises(storage.RetriesExhausted, match=r"gave up after 6 attempts"):
+        input_location(uri, {})
+    assert len(requests) == (12 if uri.startswith(url) else 0)  # a HEAD and a GET each attempt
+
+
+def test_a_web_file_the_server_says_is_not_there_is_still_missing(monkeypatch) -> None:
+    from pipeline.sources.listing import input_location
+
+    handler = type("Gone", (_Busy,), {"requests": [], "status": 404})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert input_location(f"http://127.0.0.1:{server.server_address[1]}/in/a.png", {}) is None
+        assert len(handler.requests) == 2  # asked once (HEAD, then GET), not retried
+    finally:
+        server.shutdown()
+        server.server_close()
