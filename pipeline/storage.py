@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import logging
 import os
 import posixpath
 import random
@@ -84,6 +85,7 @@ TEMP_PREFIX = ".tmp-"
 # Not 1: a lone 503 in the middle of a streamed tar is absorbed here instead of restarting the whole pass.
 BOTOCORE_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 3}
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
+GCS_PROTOCOLS = frozenset({"gs", "gcs"})
 
 # Azure's SDK (azure-storage-blob's ExponentialRetry, under adlfs) retries each request 3 times by itself, waiting
 # 15 + 3^n s (n = 1, 2, 3): 84 s before one listing of an endpoint that refuses or cannot be resolved (a mistyped
@@ -490,7 +492,19 @@ def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.Abstrac
     if protocol in S3_PROTOCOLS:
         fs.retries = 1  # type: ignore[attr-defined]
     _bound_azure_sdk_retries(fs)
+    if protocol in GCS_PROTOCOLS:
+        _quiet_library_logger("gcsfs")
     return fs
+
+
+def _quiet_library_logger(name: str) -> None:
+    """A NullHandler on library logger `name`, as a library's own should have: gcsfs logs a whole traceback
+    ('_request out of retries on exception: , 503') each time its own retries of a request run out, and with no
+    handler configured Python's last-resort one printed it on stderr, 12 tracebacks before the job's error under an
+    outage, each saying what the job's notes say in a line. A program that configures logging still gets them."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def _bound_azure_sdk_retries(fs: object) -> None:

@@ -129,3 +129,30 @@ def test_a_web_file_the_server_says_is_not_there_is_still_missing(monkeypatch) -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_gcsfs_retry_tracebacks_stay_off_stderr_unless_the_program_configures_logging() -> None:
+    """gcsfs logs a whole traceback each time its own retries of a request run out; with no logging configured (the
+    command line), Python's last-resort handler printed 12 of them on stderr before the job's one-line error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = """
+import logging, sys, fsspec
+from pipeline import storage
+fsspec.filesystem = lambda protocol, **options: object()  # gcsfs itself need not be installed
+storage.filesystem("gs", {})
+if sys.argv[1] == "configured":
+    logging.basicConfig(stream=sys.stdout)
+try:
+    raise OSError("503")
+except OSError:
+    logging.getLogger("gcsfs").exception("_request out of retries on exception: , 503")
+"""
+    root = str(Path(__file__).resolve().parents[1])
+    for how, stdout in (("bare", ""), ("configured", "ERROR:gcsfs:_request out of retries")):
+        done = subprocess.run([sys.executable, "-c", program, how], capture_output=True, text=True, cwd=root,
+                              env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout.startswith(stdout)
