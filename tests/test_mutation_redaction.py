@@ -216,6 +216,30 @@ def test_a_storage_option_typed_as_two_words_is_refused_without_printing_the_sec
         assert "write secret=VALUE" in err[0], err
 
 
+@pytest.mark.parametrize("argv", [
+    ["--storage-option", "password=correct", "horse2battery"],
+    ["--storage-option=password=correct", "horse2battery"],
+    ["--storage-option", "anon=false", "--storage-option", "password=correct", "horse2battery", "staple"],
+])
+def test_a_storage_option_value_split_at_a_space_is_refused_without_printing_its_rest(argv: list[str], capsys) -> None:
+    """BUG: `--storage-option password=correct horse battery` (a value with spaces, unquoted): argparse printed
+    'horse battery', the rest of the password, as unrecognized arguments. Now the error names the option and the key
+    and says to quote the value; both tools."""
+    for tool in ("zip-purify", "zip-purify-export"):
+        err = _flag_error(["--output", "o", "--to", "d", *argv] if tool != "zip-purify" else [*argv, "--dry-run"],
+                          capsys, tool)
+        assert "horse2battery" not in "\n".join(err) and "correct" not in "\n".join(err), err
+        assert "--storage-option 'password=***' is followed by a word that is no option" in err[0], err
+        assert "quote a value that holds spaces: --storage-option 'password=VALUE WITH SPACES'" in err[0], err
+
+
+def test_a_second_pair_without_its_flag_is_still_named_with_its_value_hidden(capsys) -> None:
+    # '--storage-option key=AKIA secret=hunter2': the stray pair is shown as argparse's unrecognized argument, hidden
+    err = _flag_error(["--storage-option", "key=AKIAEXAMPLE", "secret=hunter2secretvalue", "--dry-run"], capsys)
+    assert err[0].startswith("zip-purify: error: unrecognized arguments: secret=***"), err
+    assert "hunter2secretvalue" not in "\n".join(err)
+
+
 def test_a_storage_option_followed_by_a_flag_still_gets_the_options_own_error(capsys) -> None:
     # '--storage-option secret --dry-run': no word after it to hide; the storage option's own check names it
     from pipeline import cli
