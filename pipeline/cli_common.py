@@ -51,7 +51,8 @@ class Parser(argparse.ArgumentParser):
         """A KEY=VALUE option typed as two words (`--storage-option secret hunter2`) stops here, before argparse's
         "unrecognized arguments" would print the second word, likely the secret, in clear; so does one whose value the
         shell split at a space (`--storage-option password=correct horse`, unquoted), whose next word is the rest of
-        the value. Neither tool takes a word that is no option, so nothing valid is refused."""
+        the value, and a second pair typed without its own flag. Neither tool takes a word that is no option, so
+        nothing valid is refused."""
         pair_flags = {o for a in self._actions if a.metavar == "KEY=VALUE" for o in a.option_strings}
         for i, word in enumerate(words[:-1]):
             if word == "--":
@@ -71,11 +72,14 @@ class Parser(argparse.ArgumentParser):
                 key = storage_item_shown(value)
                 self.error(f"{flag} takes KEY=VALUE as one word, got {key} and then a separate word (not shown: it "
                            f"may be the value); write {key[1:-1]}=VALUE")
-            if "=" not in after:  # a second KEY=VALUE without its flag is shown by `error`, its value hidden
-                key = storage_item_shown(value)
-                self.error(f"{flag} {key} is followed by a word that is no option (not shown: it may be the rest of the "
-                           f"value, split off at a space); quote a value that holds spaces: {flag} "
-                           f"'{key[1:-1].removesuffix('***')}VALUE WITH SPACES'")
+            key = storage_item_shown(value)
+            if "=" in after:  # a second pair typed without its own flag
+                self.error(f"{flag} takes one KEY=VALUE, and {storage_item_shown(after)} after {key} has no {flag} "
+                           f"of its own: give each pair its own ({flag} {key[1:-1]} {flag} "
+                           f"{storage_item_shown(after)[1:-1]})")
+            self.error(f"{flag} {key} is followed by a word that is no option (not shown: it may be the rest of the "
+                       f"value, split off at a space); quote a value that holds spaces: {flag} "
+                       f"'{key[1:-1].removesuffix('***')}VALUE WITH SPACES'")
 
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("unrecognized arguments:"):
