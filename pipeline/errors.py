@@ -23,5 +23,6 @@ class JobInterrupted(JobError):
 class NotOnThisNodeError(JobError):
     """A local path the driver checked (--input's folder, --output, the checkpoint) that a read task, write task or
     purifier actor does not find on the node Ray ran it on: on a Ray cluster of several machines without a shared file
-    system, a local path is the driver's machine's disk. Raised where the work runs, before it reads or writes there
-    (`pipeline.stages`); Ray does not retry it (`pipeline.job.task_retry_options`): another try fails the same way."""
+    system, a local path is the driver's machine's disk. Also a remote store whose fsspec package (adlfs, gcsfs) the
+    node lacks. Raised where the work runs, before it reads or writes there (`pipeline.stages`); Ray does not retry it
+    (`pipeline.job.task_retry_options`): another try fails the same way."""

@@ -121,6 +121,27 @@ def check_input_root(root: str) -> None:
                                  f"(or it was removed since the run listed it): {CLUSTER_PATH_FIX}")
 
 
+def check_store_here(uri: str, flag: str, work: str) -> None:
+    """Before a task reads or writes `uri`: its store's fsspec package (adlfs for abfs://, gcsfs for gs://, ...) must be
+    installed on this node, as it is on the driver, which listed the input with it. A read task on a node without it
+    rejected every input as "could not read file: ImportError: Install adlfs ..." and the run was called complete.
+    Only the package is looked for (no file system is made, no connection opened)."""
+    import fsspec
+    from fsspec.registry import get_filesystem_class
+
+    protocol, _ = fsspec.core.split_protocol(uri)
+    if protocol in (None, "file", "local"):
+        return
+    try:
+        get_filesystem_class(protocol)
+    except ImportError as err:
+        from pipeline.redaction import redact_uri
+
+        raise NotOnThisNodeError(f"{flag} {redact_uri(uri)} needs a package that node {node_name()}, where a {work} "
+                                 f"ran, lacks ({type(err).__name__}: {err}): install it on every node, as on the driver "
+                                 "(cluster.yaml: setup_commands)") from None
+
+
 def check_output_seen(output: str, start_file: str | None) -> None:
     """Before a write task writes into a local output: `start_file`, a file the driver wrote in the output at the run's
     start, must be there on this node. Otherwise the part file would land on this node's own disk, where the driver's
@@ -191,6 +212,7 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     for kind, paths, root, listed, own, purified in zip(batch["kind"], batch["paths"], batch["root"], sizes, own_skips,
                                                         own_purified, strict=True):
         check_input_root(root)
+        check_store_here(root, "--input", "read task")
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
                                   "sizes": None if listed is None else [int(size) for size in listed]})
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
@@ -647,6 +669,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     `part_name` of their ids and `name_salt`); return one manifest row. `start_file`: a file the driver wrote in a
     local output at the run's start, which this node must see before it writes there (`check_output_seen`)."""
     check_output_seen(output, start_file)
+    check_store_here(output, "--output", "write task")
     records = records_of(batch)
     images = [r for r in records if r["kind"] == "image"]
     rejects = [r for r in records if r["kind"] == "reject"]
