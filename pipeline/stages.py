@@ -189,6 +189,7 @@ def check_checkpoint_seen(checkpoint: str, flag: str = "--checkpoint") -> None:
     if path is not None and not os.path.exists(path):
         raise NotOnThisNodeError(f"{flag} {checkpoint} is not there on node {node_name()}, where a purifier actor "
                                  f"loads it (or it was removed since the run checked it): {CLUSTER_PATH_FIX}")
+    check_store_here(checkpoint, flag, "purifier actor")  # a checkpoint on abfs:// needs adlfs on this node too
 
 
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,

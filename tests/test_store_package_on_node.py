@@ -9,7 +9,7 @@ import pytest
 from fsspec.registry import known_implementations
 
 from pipeline.errors import NotOnThisNodeError
-from pipeline.stages import read_stage, write_stage
+from pipeline.stages import check_checkpoint_seen, read_stage, write_stage
 
 MISSING = "zipmissingstore"
 
@@ -41,6 +41,13 @@ def test_a_write_task_on_a_node_without_the_outputs_store_package_stops_before_w
     batch = {"kind": ["count"], "n": [0], "skipped": [0]}
     with pytest.raises(NotOnThisNodeError, match=rf"^--output {MISSING}://bucket/out needs a package .* write task"):
         write_stage(batch, f"{MISSING}://bucket/out", {})
+
+
+def test_a_purifier_actor_on_a_node_without_the_checkpoints_store_package_names_it(store_without_its_package) -> None:
+    with pytest.raises(NotOnThisNodeError, match=rf"^--checkpoint {MISSING}://models/p.pt needs a package .* purifier "
+                                                 r"actor ran, lacks \(ImportError: Install zip-no-such-package"):
+        check_checkpoint_seen(f"{MISSING}://models/p.pt")
+    check_checkpoint_seen("s3://models/p.pt")  # s3fs is here: nothing said
 
 
 def test_local_and_installed_stores_are_read_as_before(tmp_path) -> None:
