@@ -68,11 +68,10 @@ class Parser(argparse.ArgumentParser):
                 after = words[i + 1]
             if value.startswith("-") or after.startswith("-"):
                 continue
+            key = storage_item_shown(value)
             if "=" not in value:
-                key = storage_item_shown(value)
                 self.error(f"{flag} takes KEY=VALUE as one word, got {key} and then a separate word (not shown: it "
                            f"may be the value); write {key[1:-1]}=VALUE")
-            key = storage_item_shown(value)
             if "=" in after:  # a second pair typed without its own flag
                 self.error(f"{flag} takes one KEY=VALUE, and {storage_item_shown(after)} after {key} has no {flag} "
                            f"of its own: give each pair its own ({flag} {key[1:-1]} {flag} "

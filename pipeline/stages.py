@@ -134,7 +134,7 @@ def check_store_here(uri: str, flag: str, work: str) -> None:
         return
     try:
         get_filesystem_class(protocol)
-    except ImportError as err:
+    except (ImportError, ValueError) as err:  # ValueError: a protocol a package registers, unknown without it
         from pipeline.redaction import redact_uri
 
         raise NotOnThisNodeError(f"{flag} {redact_uri(uri)} needs a package that node {node_name()}, where a {work} "
