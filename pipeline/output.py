@@ -36,6 +36,7 @@ from pipeline.storage import (
     describe,
     make_parent_dirs,
     move_into_place,
+    protocols,
     storage_path,
     temporary_name,
     with_protocol,
@@ -794,7 +795,8 @@ def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fs
         # An object store creates the prefix but not the bucket: a misspelt bucket must stop the dry run too.
         bucket = root.strip("/").split("/", 1)[0]
         if bucket and not fs.exists(bucket):
-            raise JobError(f"the bucket of output {out} ({bucket}) does not exist or cannot be seen with these "
+            what = "container" if {"abfs", "abfss", "az"} & set(protocols(fs)) else "bucket"  # Azure's word
+            raise JobError(f"the {what} of output {out} ({bucket}) does not exist or cannot be seen with these "
                            "credentials; create it or fix --output")
     return fs, root
 

@@ -156,3 +156,21 @@ except OSError:
                               env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"}, timeout=120)
         assert done.returncode == 0 and done.stderr == "", done.stderr
         assert done.stdout.startswith(stdout)
+
+
+def test_a_missing_azure_container_is_called_a_container(monkeypatch) -> None:
+    """Against Azurite, `--output abfs://nosuchcontainer/out/` said "the bucket of output ...": Azure's word is container."""
+    from pipeline import output
+    from pipeline.errors import JobError
+
+    class Store:
+        def __init__(self, protocol: tuple[str, ...]) -> None:
+            self.protocol = protocol
+
+        def exists(self, path: str) -> bool:
+            return False
+
+    for protocol, word in ((("abfs", "az", "abfss"), "container"), (("s3", "s3a"), "bucket")):
+        monkeypatch.setattr(output, "_fs", lambda out, options, p=protocol: (Store(p), "nosuch/out"))
+        with pytest.raises(JobError, match=rf"^the {word} of output {protocol[0]}://nosuch/out \(nosuch\) does not exist"):
+            output.check_output_location(f"{protocol[0]}://nosuch/out", {})
