@@ -31,6 +31,7 @@ from pipeline.ledger import LEDGER_DIR
 from pipeline.refresh import REFRESH_DIR
 from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, promoted_type, text_column, write_parquet_atomic
 from pipeline.storage import (
+    AZURE_BLOB_PROTOCOLS,
     TEMP_PREFIX,
     concurrent_calls,
     describe,
@@ -795,7 +796,7 @@ def check_output_location(out: str, storage_options: dict[str, Any]) -> tuple[fs
         # An object store creates the prefix but not the bucket: a misspelt bucket must stop the dry run too.
         bucket = root.strip("/").split("/", 1)[0]
         if bucket and not fs.exists(bucket):
-            what = "container" if {"abfs", "abfss", "az"} & set(protocols(fs)) else "bucket"  # Azure's word
+            what = "container" if AZURE_BLOB_PROTOCOLS & set(protocols(fs)) else "bucket"  # Azure's word
             raise JobError(f"the {what} of output {out} ({bucket}) does not exist or cannot be seen with these "
                            "credentials; create it or fix --output")
     return fs, root

@@ -86,6 +86,7 @@ TEMP_PREFIX = ".tmp-"
 BOTOCORE_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": 3}
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
 GCS_PROTOCOLS = frozenset({"gs", "gcs"})
+AZURE_BLOB_PROTOCOLS = frozenset({"abfs", "abfss", "az"})  # adlfs' AzureBlobFileSystem
 
 # Azure's SDK (azure-storage-blob's ExponentialRetry, under adlfs) retries each request 3 times by itself, waiting
 # 15 + 3^n s (n = 1, 2, 3): 84 s before one listing of an endpoint that refuses or cannot be resolved (a mistyped
@@ -491,7 +492,8 @@ def filesystem(protocol: str, storage_options: dict[str, Any]) -> fsspec.Abstrac
         raise
     if protocol in S3_PROTOCOLS:
         fs.retries = 1  # type: ignore[attr-defined]
-    _bound_azure_sdk_retries(fs)
+    if protocol in AZURE_BLOB_PROTOCOLS:
+        _bound_azure_sdk_retries(fs)
     if protocol in GCS_PROTOCOLS:
         _quiet_library_logger("gcsfs")
     return fs
@@ -508,8 +510,8 @@ def _quiet_library_logger(name: str) -> None:
 
 
 def _bound_azure_sdk_retries(fs: object) -> None:
-    """AZURE_SDK_RETRIES on an adlfs file system's retry policy; anything else (another store, an SDK whose policy
-    lacks these attributes) is left as it is."""
+    """AZURE_SDK_RETRIES on an adlfs file system's retry policy; an SDK whose policy lacks these attributes is left
+    as it is."""
     config = getattr(getattr(fs, "service_client", None), "_config", None)
     policy = getattr(config, "retry_policy", None)
     if policy is None or not all(hasattr(policy, name) for name in AZURE_SDK_RETRIES):
@@ -574,7 +576,7 @@ def with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
 # moveTo): it expands glob characters in its source as fsspec's generic mv does, so a write under an output prefix
 # 'run[1]' failed with FileNotFoundError naming the temporary file, and where the server lacks moveTo (the GCS
 # emulator answers 501) it retried for about 20 s per file before it copied.
-OBJECT_STORE_PROTOCOLS = frozenset({*S3_PROTOCOLS, "gs", "gcs", "abfs", "abfss", "az", "adl", "oss"})
+OBJECT_STORE_PROTOCOLS = frozenset({*S3_PROTOCOLS, *GCS_PROTOCOLS, *AZURE_BLOB_PROTOCOLS, "adl", "oss"})
 
 
 def has_rename(fs: Any) -> bool:
