@@ -229,7 +229,7 @@ def _advice(err: BaseException) -> str:
 
 
 # An attempt that failed after this long is said on stderr before it is tried again. A store that does not answer
-# (an endpoint behind a firewall, Azure's SDK retrying a refused connection for 84 s by itself) could otherwise keep
+# (an endpoint behind a firewall, gcsfs retrying a request for 33 s by itself) could otherwise keep
 # a run silent for many minutes before its error; quick failures (throttling) are retried without a word.
 SLOW_ATTEMPT_S = 10.0
 
