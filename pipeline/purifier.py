@@ -219,13 +219,15 @@ class Purifier:
         # detached: only the model's calls ran without autograd, so an input that requires grad (a model's output)
         # made every step's guidance record a graph, kept until the result was freed
         x = x.detach().to(self.device, torch.float32)
+        if seeds is not None and len(seeds) != len(x):
+            raise ValueError(f"got {len(seeds)} seeds for {len(x)} canvases")
+        if not len(x):  # no canvases: nothing to sample (the model's passes were none, and stopped in torch.cat)
+            return x.clone()
         s = self.settings
         generator: Noise = torch.Generator(self.device).manual_seed(s.seed if seed is None else seed)
         guidance = Guidance.from_input(x, self.operators, s.lam, s.blend_k)
         x_T = None
         if seeds is not None:
-            if len(seeds) != len(x):
-                raise ValueError(f"got {len(seeds)} seeds for {len(x)} canvases")
             x_T = torch.cat([
                 torch.randn((1, *x.shape[1:]), generator=torch.Generator().manual_seed(int(sd))) for sd in seeds
             ]).to(self.device)

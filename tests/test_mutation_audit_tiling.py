@@ -203,3 +203,14 @@ def test_model_units_outside_minus_one_to_one_saturate_instead_of_wrapping_aroun
     out = to_uint8(x)
     assert out.shape == (1, 1, 7, 3) and out.dtype == np.uint8
     assert out[0, 0, :, 0].tolist() == [0, 0, 0, 128, 255, 255, 255]
+
+
+def test_an_empty_batch_of_canvases_comes_back_empty(purifier: Purifier) -> None:
+    # BUG (fixed here): purify_tensor of N = 0 canvases stopped with torch's "torch.cat(): expected a non-empty list of
+    # Tensors", naming neither the call nor the empty batch; purify_canvases and the call itself take an empty batch
+    for seeds in (None, []):
+        out = purifier.purify_tensor(torch.zeros(0, 3, 16, 16), seeds=seeds)
+        assert out.shape == (0, 3, 16, 16) and out.dtype == torch.float32
+    assert purifier.purify_canvases(np.zeros((0, 16, 16, 3), np.uint8)).shape == (0, 16, 16, 3)
+    with pytest.raises(ValueError, match="got 1 seeds for 0 canvases"):
+        purifier.purify_tensor(torch.zeros(0, 3, 16, 16), seeds=[1])
