@@ -249,3 +249,25 @@ def test_an_empty_set_is_returned_without_loading_the_prior_or_caching(tmp_path:
     assert out.shape == empty.shape and out.dtype == np.uint8
     assert list(tmp_path.iterdir()) == []
 
+
+@pytest.mark.parametrize("cls", [BadNet, PhysicalBA])
+@pytest.mark.parametrize("size", [0, -2, 2.5, True])
+def test_a_patch_size_that_is_no_positive_pixel_count_is_refused(cls: type, size: object) -> None:
+    """BUG (fixed): BadNet(patch_size=0) stamped the whole image white (out[:, -0:, -0:] is every pixel), -2 every pixel
+    but the last two rows and columns; attack_options (victims.get_classifier) pass such values through unchecked."""
+    with pytest.raises(ValueError, match="patch_size must be a positive whole number of pixels"):
+        cls(patch_size=size)
+
+
+@pytest.mark.parametrize("cls", [BadNet, PhysicalBA])
+def test_a_patch_larger_than_the_images_is_refused(cls: type) -> None:
+    """A 40 px patch on 32 px images whitened them whole: a trigger that is the entire image."""
+    with pytest.raises(ValueError, match="a 40 px patch does not fit 32x32 images"):
+        cls(patch_size=40).apply(_images(2))
+    np.testing.assert_array_equal(cls(patch_size=32).apply(_images(2)), np.full((2, 32, 32, 3), 255, np.uint8))
+
+
+@pytest.mark.parametrize("value", [-1, 256])
+def test_a_patch_value_outside_the_pixel_range_is_refused(value: int) -> None:
+    with pytest.raises(ValueError, match=f"value must be a pixel value in 0..255, got {value}"):
+        BadNet(value=value)
