@@ -48,6 +48,25 @@ def _check_size(images: np.ndarray, image_size: int, name: str) -> None:
         )
 
 
+def _check_patch(patch_size: int, value: int) -> None:
+    """A patch of at least one pixel and a pixel value: out[:, -0:, -0:] is every pixel, so patch_size 0 whitened the
+    whole image (and -2 every pixel but the last two rows and columns)."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int | np.integer) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive whole number of pixels, got {patch_size!r}")
+    if not 0 <= value <= 255:
+        raise ValueError(f"value must be a pixel value in 0..255, got {value!r}")
+
+
+def _stamp(images: np.ndarray, patch_size: int, value: int) -> np.ndarray:
+    """Copy of the images with a patch_size x patch_size square of `value` in their bottom-right corner."""
+    batch, single = _as_batch(images)
+    if patch_size > min(batch.shape[1:3]):
+        raise ValueError(f"a {patch_size} px patch does not fit {batch.shape[1]}x{batch.shape[2]} images")
+    out = batch.copy()
+    out[:, -patch_size:, -patch_size:, :] = value
+    return _unbatch(out, single)
+
+
 @dataclass(frozen=True)
 class BadNet:
     """BadNets (Gu et al. 2017): a solid square patch in the bottom-right corner.
@@ -61,12 +80,12 @@ class BadNet:
     target: int = 1
     poison_rate: float = 0.05
 
+    def __post_init__(self) -> None:
+        _check_patch(self.patch_size, self.value)
+
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Copy of the images with the patch stamped on."""
-        batch, single = _as_batch(images)
-        out = batch.copy()
-        out[:, -self.patch_size :, -self.patch_size :, :] = self.value
-        return _unbatch(out, single)
+        return _stamp(images, self.patch_size, self.value)
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,6 +147,7 @@ class PhysicalBA:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        _check_patch(self.patch_size, self.value)
         if self.interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {self.interpolation!r}")
 
