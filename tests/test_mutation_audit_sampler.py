@@ -230,3 +230,11 @@ def test_operator_errors_name_what_is_allowed_and_what_was_given() -> None:
     with pytest.raises(ValueError, match="grayscale operator expects 3 channels, got 1"):
         Grayscale().forward(torch.zeros(1, 1, 4, 4))
 
+
+@pytest.mark.parametrize("run", [zip_ddim, zip_ddpm])
+def test_a_sampler_given_neither_starting_noise_nor_shape_says_so(run) -> None:
+    """Called as `zip_ddim(model, guidance, schedule)`, the samplers stopped in torch.randn with "randn() received an
+    invalid combination of arguments - got (NoneType, ...)", which names neither argument to give."""
+    x = _x(0, size=4)
+    with pytest.raises(ValueError, match=r"give x_T \(the starting noise\) or shape"):
+        run(TinyEps(0), Guidance.from_input(x, [AvgPool(2)]), LINEAR, steps=2)
