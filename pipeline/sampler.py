@@ -47,7 +47,7 @@ class Guidance:
     ) -> Guidance:
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam (λ) must be in [0, 1], got {lam}")
-        if blend_k is not None and blend_k <= 0:
+        if blend_k is not None and not blend_k > 0:  # NaN too
             raise ValueError(f"blend_k must be positive, got {blend_k}")
         return cls(tuple(operators), tuple(op.forward(x) for op in operators), lam, blend_k)
 

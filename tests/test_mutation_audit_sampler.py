@@ -111,6 +111,15 @@ def test_guidance_refuses_a_blend_k_that_is_not_positive(k: float) -> None:
         Guidance.from_input(_x(0), [AvgPool(2)], blend_k=k)
 
 
+def test_guidance_refuses_a_nan_blend_k_as_it_refuses_a_nan_lambda() -> None:
+    """A NaN k passed `blend_k <= 0` (every comparison with NaN is false): each step's weight ᾱ^NaN is NaN, and the
+    sampler returned an image of NaN without a word."""
+    x = _x(0, size=4)
+    for kwargs in ({"blend_k": math.nan}, {"lam": math.nan}):
+        with pytest.raises(ValueError, match="got nan"):
+            Guidance.from_input(x, [AvgPool(2)], **kwargs)
+
+
 # --- precision and noise -------------------------------------------------------------------------------------------
 
 
