@@ -7,7 +7,9 @@ weight ᾱ⁰ = 1 drops the input entirely) and of λ < 0, an ε-model's half-pr
 precision, a batch of one's per-sample generator drawing the same noise as that generator alone, the samplers' own
 defaults (η = 0, 1000 DDPM steps), their progress counts, `sampler="ddpm"` reaching Algorithm 1 through the purifier,
 the key facts of the samplers' and operators' error messages, a schedule of 0 steps refused with its own error,
-`NoiseSchedule.named()` being guided-diffusion's linear schedule, and a float pool factor refused.
+`NoiseSchedule.named()` being guided-diffusion's linear schedule, and a float pool factor refused. Two bugs found on
+the way have their tests here too: a NaN blend k was taken (an image of NaN came back), and a sampler given neither x_T
+nor shape failed inside torch.randn.
 The expected values are computed by hand here (a fake ε-model, a few small tensors), not with the module's helpers.
 """
 
