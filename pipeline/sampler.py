@@ -47,7 +47,7 @@ class Guidance:
     ) -> Guidance:
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam (λ) must be in [0, 1], got {lam}")
-        if blend_k is not None and blend_k <= 0:
+        if blend_k is not None and not blend_k > 0:  # NaN too
             raise ValueError(f"blend_k must be positive, got {blend_k}")
         return cls(tuple(operators), tuple(op.forward(x) for op in operators), lam, blend_k)
 
@@ -158,6 +158,16 @@ def _randn(shape: tuple[int, ...], generator: Noise, device: torch.device | str,
     return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
+def _start_noise(x_T: torch.Tensor | None, shape: tuple[int, ...] | None, generator: Noise,
+                 device: torch.device | str) -> torch.Tensor:
+    """The noise the sampler starts from: x_T as given, or drawn in `shape`."""
+    if x_T is not None:
+        return x_T
+    if shape is None:
+        raise ValueError("give x_T (the starting noise) or shape (the shape of the images to sample, (N, C, H, W))")
+    return _randn(tuple(shape), generator, device)
+
+
 def range_estimate(guidance: Guidance) -> torch.Tensor:
     """What the observations alone say of x₀: mean_i A_i⁺ y_i (zero in every operator's null space)."""
     return sum(op.pinv(y) for op, y in zip(guidance.operators, guidance.observations, strict=True)) / len(
@@ -215,7 +225,7 @@ def zip_ddim(
     _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
-    noise = x_T if x_T is not None else _randn(shape, generator, device)  # type: ignore[arg-type]
+    noise = _start_noise(x_T, shape, generator, device)
     timesteps, x = _start(schedule, steps, start, guidance, noise)
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
@@ -253,7 +263,7 @@ def zip_ddpm(
     _check_resample(resample)
     T = schedule.num_steps
     alpha_bars = schedule.alphas_cumprod
-    noise = x_T if x_T is not None else _randn(shape, generator, device)  # type: ignore[arg-type]
+    noise = _start_noise(x_T, shape, generator, device)
     timesteps, x = _start(schedule, steps, start, guidance, noise)
     for i, t in enumerate(timesteps):
         ab_t = float(alpha_bars[t])
