@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.redaction import redact_uri_secrets
+from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, ids_digest, relative_id
 from pipeline.sources.ids import without_signed_query
 from pipeline.storage import describe, storage_path, with_retries
@@ -123,8 +123,10 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
     uri = ledger_path(output)
     fs, path = storage_path(uri, storage_options)
     # a presigned web address ('s.tar?X-Amz-Signature=...') is not written down: its query is a credential (and
-    # changes with each signing); such a container is read again by a later run, its done ids skipped
-    entries = {p: entry for p, entry in entries.items() if without_signed_query(p) == p}
+    # changes with each signing); nor one holding a password or token (a web folder read as
+    # https://user:password@host/shards/ lists its files so); such a container is read again by a later run, its done
+    # ids skipped
+    entries = {p: entry for p, entry in entries.items() if without_signed_query(p) == p and not _holds_secret(p)}
     beside = ("lookalikes_checked", "leftover")
     rows = [{k: v for k, v in asdict(entries[p]).items() if k not in beside} for p in sorted(entries)]
     checked = [p for p in sorted(entries) if entries[p].lookalikes_checked]
@@ -133,6 +135,12 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
                        **({"leftover": leftover} if leftover else {})}, indent=1).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")
+
+
+def _holds_secret(path: str) -> bool:
+    """Whether a container's path names a password or token before its query (the query is `without_signed_query`'s)."""
+    base = path.partition("?")[0]
+    return redact_uri(base) != base
 
 
 def unchanged_and_done(unit: ReadUnit, stamp: str | None, entry: ContainerRead | None, ids: list[str]) -> bool:
