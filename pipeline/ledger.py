@@ -126,7 +126,7 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
     # changes with each signing); nor one holding a password or token (a web folder read as
     # https://user:password@host/shards/ lists its files so); such a container is read again by a later run, its done
     # ids skipped
-    entries = {p: entry for p, entry in entries.items() if without_signed_query(p) == p and not _holds_secret(p)}
+    entries = {p: entry for p, entry in entries.items() if recordable(p)}
     beside = ("lookalikes_checked", "leftover")
     rows = [{k: v for k, v in asdict(entries[p]).items() if k not in beside} for p in sorted(entries)]
     checked = [p for p in sorted(entries) if entries[p].lookalikes_checked]
@@ -137,10 +137,11 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
     replace_file(fs, path, data, f"write {uri}")
 
 
-def _holds_secret(path: str) -> bool:
-    """Whether a container's path names a password or token before its query (the query is `without_signed_query`'s)."""
+def recordable(path: str) -> bool:
+    """Whether a container's path may be written down in the output (this record, the refresh journal): not a
+    presigned web address, whose query is a credential, nor one with a password or token in its user part."""
     base = path.partition("?")[0]
-    return redact_uri(base) != base
+    return without_signed_query(path) == path and redact_uri(base) == base
 
 
 def unchanged_and_done(unit: ReadUnit, stamp: str | None, entry: ContainerRead | None, ids: list[str]) -> bool:

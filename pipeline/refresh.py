@@ -60,7 +60,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import JobError
-from pipeline.ledger import ContainerRead
+from pipeline.ledger import ContainerRead, recordable
 from pipeline.storage import describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 REFRESH_DIR = "_refresh"
@@ -213,14 +213,16 @@ def write_journal(output: str, storage_options: dict[str, Any], journal: Journal
         for name in names or (None,):
             by_file.setdefault(name, []).append(id_)
     inputs = journal.inputs
+    # a container whose address holds a credential is not noted, as the record of containers leaves it out
+    # (`ledger.recordable`): a later run reads it again, its done ids skipped
+    read = {i: entry for i, entry in journal.read.items() if recordable(entry.path)}
     data = json.dumps({"format": JOURNAL_FORMAT, "salt": journal.salt,
                        "parts": [[name, sorted(by_file[name])]
                                  for name in sorted(by_file, key=lambda n: (n is None, n or ""))],
                        "inputs": {i: [kind, stamp, *([] if ids == [i] else [ids])]
                                   for i, (kind, stamp, ids) in sorted(inputs.items())},
                        **({"whole": sorted(journal.whole)} if journal.whole else {}),
-                       **({"read": {i: _read_entry(journal.read[i]) for i in sorted(journal.read)}}
-                          if journal.read else {})},
+                       **({"read": {i: _read_entry(read[i]) for i in sorted(read)}} if read else {})},
                       separators=(",", ":")).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")

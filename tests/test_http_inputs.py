@@ -589,3 +589,32 @@ def test_a_local_copy_whose_download_fails_as_it_is_closed_is_deleted(tmp_path: 
         records = [r for r in read_unit(unit, {}, in_memory_bytes=4096) if r["kind"] != "count"]
     assert resets and not list(spool.iterdir())
     assert {r["id"]: r.get("data") for r in records} == {f"s.tar/{name[:-4]}": data for name, data in images.items()}
+
+
+def test_a_password_in_a_web_folders_url_is_written_nowhere_in_the_output(web, tmp_path: Path, capfd) -> None:
+    """A web folder read as 'http://user:password@host/shards/' lists its files with the password in their URLs: every
+    row's and reject's `source` kept it in plain text, and a file that could not be read kept it in its error too
+    ('could not read file: FileNotFoundError: http://alice:s3cretpw@...'), in the output's Parquet for anyone who
+    reads it. Now it is '***' there as in the job's own records; a second, incremental run adds nothing of it."""
+    folder, url = web
+    (folder / "s.tar").write_bytes(_shard(2))
+    (folder / "a.png").write_bytes(image_bytes(32, 32, 7))
+    (folder / "bad.png").write_bytes(b"not an image")
+    _index(folder, "s.tar", "a.png", "bad.png", "gone.png")  # gone.png: linked, not there (a 404 when read)
+    given = url.replace("http://", "http://alice:s3cretpw@")
+    out = tmp_path / "out"
+    for incremental in (False, True):
+        summary = run_job(JobConfig(input=given, output=str(out), checkpoint=tiny_model_file(tmp_path), steps=2,
+                                    canvas_size=32, progress=False, incremental=incremental))
+        assert summary["status"] == "complete"
+    data, rejects = read_output(str(out))
+    assert sorted(data["id"]) == ["a.png", "s.tar/0000", "s.tar/0001"]
+    assert sorted(rejects["id"]) == ["bad.png", "gone.png"]
+    shown = url.replace("http://", "http://alice:***@")
+    assert set(data["source"]) == {shown + "a.png", shown + "s.tar:0000.png", shown + "s.tar:0001.png"}
+    assert set(rejects["source"]) == {shown + "bad.png", shown + "gone.png"}
+    assert shown + "gone.png" in dict(zip(rejects["id"], rejects["error"], strict=True))["gone.png"]
+    leaks = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and b"s3cretpw" in p.read_bytes()]
+    assert leaks == []
+    printed = capfd.readouterr()
+    assert "s3cretpw" not in printed.out + printed.err

@@ -13,6 +13,8 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
+from pipeline.redaction import redact_uri
+
 # The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
 # id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
 LOOKALIKE = "#lookalike/"
@@ -117,9 +119,12 @@ def without_signed_query(url: str) -> str:
 
 
 def shown_source(source: str) -> str:
-    """A record's `source` as the output keeps it: in a web address, the value of each query parameter that carries a
-    credential written '***' (a presigned shard's 's.tar?X-Amz-Signature=...:0001' would put the signature in every
-    row made from it)."""
+    """A record's `source` as the output keeps it: a password or token in the address's user part written '***' (a web
+    folder read as 'https://user:password@host/shards/' lists its files so), and in a web address the value of each
+    query parameter that carries a credential too (a presigned shard's 's.tar?X-Amz-Signature=...:0001' would put the
+    signature in every row made from it)."""
+    base, sep, rest = source.partition("?")
+    source = redact_uri(base) + sep + rest  # the query's own rule is below: a name's query ('get?key=a.png') stays
     if "?" not in source or not _is_web(source):
         return source
 

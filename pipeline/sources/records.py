@@ -17,6 +17,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.redaction import redact_uri_secrets, uris_redacted
 from pipeline.sources.ids import shown_source, text_name
 
 # The data table's own columns (pipeline.stages._data_table writes them; original_path is the path field of a Parquet
@@ -49,5 +50,8 @@ def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> d
 def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:
     # rejected_at: of two reject rows of one id (a --retry-rejects run killed before its end-of-run check), the end of
     # a later run keeps the newer, today's reason; the order of the file names says nothing about which is newer
+    # the error quotes the address as the storage did ('FileNotFoundError: https://user:password@host/a.png'): its
+    # credentials go as they go from `source`
+    error = uris_redacted(redact_uri_secrets(error, source.partition("?")[0]))
     return {"kind": "reject", "id": text_name(id_), "source": text_name(shown_source(source)), "source_sha256": source_sha256,
             "error": text_name(error), "stage": stage, "meta": {}, "rejected_at": datetime.now(UTC)}
