@@ -1,0 +1,197 @@
+"""Mutation-audit gaps in decoding, ids and the tar/zip readers: a bad image is a reject whose reason is one bounded
+line naming what went wrong (never a raise that stops the batch), the JPEG limits hold at their exact counts, and what
+the old tests left unchecked in the ids and in reading members of tar shards and zip archives."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.decode import Decoded, decode_image
+from pipeline.sources import discover, read_unit
+from pipeline.sources.ids import (
+    relative_id,
+    shown_source,
+    terminal_text,
+    text_value,
+    unescaped,
+    without_signed_query,
+)
+from tests.jobutil import image_bytes, tar_bytes
+from tests.test_decodefuzz_findings import _markers, _noise, _save
+from tests.test_tar_ends import FETCHED, STREAMED, _three_members
+
+# --- decoding: reasons, and the JPEG limits at their exact counts -----------------------------------------------------
+
+
+def test_a_value_that_is_not_bytes_is_a_reject_naming_its_type() -> None:
+    """A Parquet image cell holding text or nothing: the reason says what it held, so the user can find the column."""
+    assert decode_image("cat.png") == "expected bytes, got str"  # type: ignore[arg-type]
+    assert decode_image(None) == "expected bytes, got NoneType"  # type: ignore[arg-type]
+    assert isinstance(decode_image(memoryview(image_bytes(4, 4, 0))), Decoded)  # type: ignore[arg-type]
+
+
+def _with_app1(jpeg: bytes, payload: bytes) -> bytes:
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_an_orientation_tag_holding_garbage_leaves_the_image_as_stored() -> None:
+    """EXIF orientation stored as a FLOAT infinity (a broken camera or editor): int() of it raises OverflowError, and
+    the photo is decoded as stored, not rejected for its metadata."""
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHI", 0x0112, 11, 1) + b"\x7f\x80\x00\x00" + struct.pack(">I", 0)
+    data = _with_app1(image_bytes(4, 6, 0, "JPEG"), b"Exif\x00\x00" + tiff)
+    decoded = decode_image(data)
+    assert isinstance(decoded, Decoded), decoded
+    assert decoded.pixels.shape == (4, 6, 3)
+
+
+def test_any_error_pillow_raises_is_a_one_line_bounded_reason(monkeypatch) -> None:
+    """Whatever Pillow raises on hostile data (here a long, multi-line IndexError, as a cut-off animated GIF gives),
+    decode_image returns a reason: one line (it goes into a reject record and onto the terminal) of at most 300
+    characters, naming the error's type, and the run goes on."""
+
+    def broken_open(*args, **kwargs):
+        raise IndexError("index out of range\n" + "frame table: " + "x" * 1000)
+
+    monkeypatch.setattr(Image, "open", broken_open)
+    reason = decode_image(image_bytes(4, 4, 0))
+    assert isinstance(reason, str)
+    assert reason.startswith("cannot decode image: IndexError: index out of range frame table: xxx")
+    assert "\n" not in reason and len(reason) <= 300 and reason.endswith("...")
+
+
+def test_an_animated_gif_cut_anywhere_is_a_reject_or_its_first_frame_never_a_raise() -> None:
+    """Cut inside its later frames, Pillow raises IndexError or struct.error (no OSError): each is that image's
+    reject, never an exception that would stop the batch and lose the images beside it."""
+    frames = [Image.fromarray(_noise(8, 8, seed)) for seed in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    data = buf.getvalue()
+    results = [decode_image(data[:n]) for n in range(1, len(data) + 1)]
+    assert all(isinstance(r, str | Decoded) for r in results)
+    assert any(isinstance(r, str) and r.startswith("cannot decode image: IndexError: ") for r in results)
+    assert isinstance(results[-1], Decoded) and results[-1].frames == 3
+
+
+def test_a_jpeg_of_exactly_100_scans_decodes_and_one_of_101_is_a_reject() -> None:
+    base = _save(Image.new("L", (64, 64), 128), "JPEG", progressive=True)
+    sos, eoi = _markers(base, 0xDA), base.rfind(b"\xff\xd9")
+    scan = base[sos[1] : sos[2]]
+    at_limit = base[:eoi] + scan * (100 - len(sos)) + b"\xff\xd9"
+    assert isinstance(decode_image(at_limit), Decoded)
+    reason = decode_image(base[:eoi] + scan * (101 - len(sos)) + b"\xff\xd9")
+    assert isinstance(reason, str) and "more than 100 scans" in reason
+
+
+def _segments_to_first_scan(jpeg: bytes) -> int:
+    """Marker segments from the start of a JPEG to its first scan, that scan's header included."""
+    pos, n = 2, 0
+    while True:
+        n += 1
+        if jpeg[pos + 1] == 0xDA:
+            return n
+        pos += 2 + struct.unpack_from(">H", jpeg, pos + 2)[0]
+
+
+def test_a_jpeg_of_exactly_10000_marker_segments_decodes_and_one_more_is_a_reject() -> None:
+    good = _save(Image.fromarray(_noise(8, 8)), "JPEG")  # baseline: one scan, then the end marker
+    comments = 10_000 - _segments_to_first_scan(good)
+    assert isinstance(decode_image(good[:2] + b"\xff\xfe\x00\x02" * comments + good[2:]), Decoded)
+    reason = decode_image(good[:2] + b"\xff\xfe\x00\x02" * (comments + 1) + good[2:])
+    assert isinstance(reason, str) and "more than 10,000 marker segments" in reason
+
+
+def _grey_tiff_with_directory_last(next_page: bytes) -> bytes:
+    """An 8x8 grey TIFF laid out pixels first and its one page's directory last, followed by `next_page` (the 4-byte
+    pointer to a next page, or less of it)."""
+    pixels = bytes(range(0, 256, 4))
+    entries = [(256, 8), (257, 8), (258, 8), (259, 1), (262, 1), (273, 8), (277, 1), (278, 8), (279, 64)]
+    directory = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", tag, 4, 1, value)
+                                                           for tag, value in entries)
+    return b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels + directory + next_page
+
+
+def test_a_tiff_cut_inside_its_next_page_pointer_decodes_its_one_page() -> None:
+    """The pages are counted by the chain of next-page pointers; a file that ends before its first pointer is whole
+    (Pillow opens it) still has its page, counted once, not a reject for a page count it cannot read."""
+    for next_page in (b"\0\0\0\0", b"\0\0", b""):
+        out = decode_image(_grey_tiff_with_directory_last(next_page))
+        assert isinstance(out, Decoded), (next_page, out)
+        assert out.frames == 1 and out.pixels[0, :3, 0].tolist() == [0, 4, 8]
+
+
+def test_a_16_bit_pgm_reaching_full_white_is_scaled_not_stretched() -> None:
+    """A 16-bit PGM (mode I) holding 1000..65535: 65535 is 16-bit white, so the image is scaled as 16-bit (1000 is 4,
+    a dark grey), not stretched from its own darkest value to black."""
+    values = np.array([[1000, 32768, 65535]], dtype=np.uint16)
+    pgm = decode_image(_save(Image.fromarray(values).convert("I"), "PPM"))
+    assert isinstance(pgm, Decoded) and pgm.mode == "I"
+    assert pgm.pixels[0, :, 0].tolist() == [4, 128, 255]
+
+
+def test_a_flat_32_bit_or_float_image_decodes_black_not_as_a_reject() -> None:
+    """An image of one value outside the ranges that are scaled (a float TIFF all 5.0, a 32-bit one all 70000, as a
+    blank depth map or mask is): stretching it from its own range would divide by zero; it is black."""
+    for array in (np.full((3, 4), 5.0, dtype=np.float32), np.full((3, 4), 70_000, dtype=np.int32)):
+        out = decode_image(_save(Image.fromarray(array), "TIFF"))
+        assert isinstance(out, Decoded), out
+        assert out.pixels.shape == (3, 4, 3) and not out.pixels.any()
+
+
+# --- ids ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_name_with_an_undecodable_byte_prints_as_its_escape() -> None:
+    """A latin-1 file name reaches Python as a lone surrogate ('caf\\udce9.png'): printed as it is, writing the line to
+    a UTF-8 terminal or log raises UnicodeEncodeError, so the CLI would crash on the name instead of reporting it."""
+    line = terminal_text("skipped caf\udce9.png")
+    assert line == "skipped caf\\udce9.png"
+    line.encode("utf-8")  # printable
+
+
+def test_a_caption_holding_an_ascii_byte_escape_is_written_as_typed() -> None:
+    """Only \\x80 to \\xff are escapes text_name writes (a byte that is not UTF-8); a caption holding '\\x41' or a
+    Windows path 'C:\\x20files' is written as typed and read back as typed, its backslashes not doubled."""
+    for caption in ("byte \\x41 here", "C:\\x20files\\x7f"):
+        assert text_value(caption) == caption
+        assert unescaped(caption) == caption
+
+
+@pytest.mark.parametrize("param", ["X-Amz-Security-Token", "access_token", "api-key", "x-api-key", "API_KEY", "apikey"])
+def test_a_query_parameter_holding_a_credential_stays_out_of_ids_and_sources(param) -> None:
+    """A web shard given with its credential in the query ('s.tar?api-key=...'): the id is the shard's name alone (so
+    it is read as a tar and keeps its id when the key changes), and the source column shows the key as '***'.
+    'api-key' was not taken for one: the shard was read as one image, its key written into every row's id and source."""
+    url = f"https://h/d/s.tar?{param}=SECRET-VALUE"
+    assert without_signed_query(url) == "https://h/d/s.tar"
+    assert relative_id(url, url) == "s.tar"
+    assert shown_source(f"{url}&x-id=GetObject:0001") == f"https://h/d/s.tar?{param}=***&x-id=GetObject:0001"
+    assert without_signed_query("https://h/d/get?id=3&key=cats/1.png") == "https://h/d/get?id=3&key=cats/1.png"
+
+
+# --- tar shards ----------------------------------------------------------------------------------------------------
+
+
+def _read(folder) -> list[dict]:
+    (unit,) = discover(str(folder))
+    return list(read_unit(unit))
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_a_second_archive_cut_short_in_a_concatenated_shard_is_the_shards_reject(tmp_path, in_memory_bytes) -> None:
+    """`cat a.tar b.tar` where b.tar's upload stopped between two members (no end-of-archive blocks): a.tar's end
+    blocks must not make b.tar's missing end look like a whole archive, or its lost members would go unreported and
+    the shard be recorded as read whole."""
+    more = tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(5, 8)})
+    (tmp_path / "s.tar").write_bytes(_three_members() + more[: 2 * 1024])  # b.tar's first two members, then nothing
+    (unit,) = discover(str(tmp_path))
+    records = list(read_unit(unit, in_memory_bytes=in_memory_bytes))
+    assert [r["id"] for r in records if r["kind"] == "image"] == [f"s.tar/{k}" for k in (0, 1, 2, 5, 6)]
+    (reject,) = [r for r in records if r["kind"] == "reject"]
+    assert reject["id"] == "s.tar#unreadable" and "ends without tar's end-of-archive blocks" in reject["error"]
+    assert "container" not in records[-1]
