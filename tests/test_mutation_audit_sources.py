@@ -5,6 +5,7 @@ the old tests left unchecked in the ids and in reading members of tar shards and
 from __future__ import annotations
 
 import io
+import json
 import struct
 
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import Image
 from pipeline.decode import Decoded, decode_image
 from pipeline.sources import discover, read_unit
 from pipeline.sources.ids import (
+    ids_key,
+    path_of_id,
     relative_id,
     shown_source,
     terminal_text,
@@ -172,6 +175,46 @@ def test_a_query_parameter_holding_a_credential_stays_out_of_ids_and_sources(par
     assert relative_id(url, url) == "s.tar"
     assert shown_source(f"{url}&x-id=GetObject:0001") == f"https://h/d/s.tar?{param}=***&x-id=GetObject:0001"
     assert without_signed_query("https://h/d/get?id=3&key=cats/1.png") == "https://h/d/get?id=3&key=cats/1.png"
+
+
+def test_an_object_key_holding_a_question_mark_keeps_its_whole_name() -> None:
+    """Only a web address has a query: an object store key or a file may be named 's.tar?token=1', and that is its
+    name (its id), not a signed request."""
+    for path in ("s3://b/d/s.tar?token=1", "/data/d/s.tar?sig=1"):
+        assert without_signed_query(path) == path
+        assert relative_id(path, path.rsplit("/", 1)[0]) == path.rsplit("/", 1)[1]
+
+
+def test_web_names_that_differ_in_a_byte_that_is_not_utf8_keep_ids_of_their_own() -> None:
+    """'caf%E9.png' and 'caf%E8.png' (latin-1 names on a web server) are two files: decoded with their bytes kept, their
+    ids differ ('caf\\xe9.png', 'caf\\xe8.png'), as the same files' ids on a disk do; not both 'caf\ufffd.png'."""
+    root = "https://h/d"
+    assert relative_id(f"{root}/caf%E9.png", root) == "caf\\xe9.png"
+    assert relative_id(f"{root}/caf%E8.png", root) == "caf\\xe8.png"
+
+
+def test_an_id_never_holds_a_dotdot_folder() -> None:
+    assert relative_id("/r/a/../b.png", "/r") == "b.png"
+    assert relative_id("/r/a/./b.png", "/r") == "a/b.png"
+
+
+def test_the_address_of_a_web_id_that_holds_a_percent_gives_that_id_back() -> None:
+    """An input gone from a web listing is asked for by the address its id gives: a file named 'a%20b.zip' is at
+    'a%2520b.zip' (asked at 'a%20b.zip', the server would send the file 'a b.zip')."""
+    root = "https://h/d/"
+    for id_ in ("a%20b.zip", "road signs/caf\u00e9.png", "x.png"):
+        assert relative_id(path_of_id(id_, root), root) == id_
+    assert path_of_id("a%20b.zip", root) == "https://h/d/a%2520b.zip"
+    assert path_of_id("a%20b.zip", "s3://b/d") == "s3://b/d/a%20b.zip"
+
+
+def test_id_sets_hash_apart_whatever_their_ids_hold() -> None:
+    """ids_key names part files: two sets of ids must never hash alike, or one write batch replaces another's part."""
+    assert ids_key(["a.png", "b.png"]) == ids_key(["b.png", "a.png"])
+    assert ids_key(["a.png\nb.png"]) != ids_key(["a.png", "b.png"])
+    nul = "\0" + json.dumps(["a\nb"])  # an id spelling out the JSON form that the set {'a\nb'} is hashed by
+    assert ids_key([nul]) != ids_key(["a\nb"])
+    assert ids_key(["caf\udce9.png"]) != ids_key(["caf\udce8.png"])  # names that are not valid text
 
 
 # --- tar shards ----------------------------------------------------------------------------------------------------
