@@ -7,13 +7,15 @@ from __future__ import annotations
 import io
 import json
 import struct
+import tarfile
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.decode import Decoded, decode_image
-from pipeline.sources import discover, read_unit
+from pipeline.sources import discover, read_unit, tar_members
 from pipeline.sources.ids import (
     ids_key,
     path_of_id,
@@ -26,6 +28,7 @@ from pipeline.sources.ids import (
 )
 from tests.jobutil import image_bytes, tar_bytes
 from tests.test_decodefuzz_findings import _markers, _noise, _save
+from tests.test_sources import _DropsOnce
 from tests.test_tar_ends import FETCHED, STREAMED, _three_members
 
 # --- decoding: reasons, and the JPEG limits at their exact counts -----------------------------------------------------
@@ -193,11 +196,6 @@ def test_web_names_that_differ_in_a_byte_that_is_not_utf8_keep_ids_of_their_own(
     assert relative_id(f"{root}/caf%E8.png", root) == "caf\\xe8.png"
 
 
-def test_an_id_never_holds_a_dotdot_folder() -> None:
-    assert relative_id("/r/a/../b.png", "/r") == "b.png"
-    assert relative_id("/r/a/./b.png", "/r") == "a/b.png"
-
-
 def test_the_address_of_a_web_id_that_holds_a_percent_gives_that_id_back() -> None:
     """An input gone from a web listing is asked for by the address its id gives: a file named 'a%20b.zip' is at
     'a%2520b.zip' (asked at 'a%20b.zip', the server would send the file 'a b.zip')."""
@@ -238,3 +236,73 @@ def test_a_second_archive_cut_short_in_a_concatenated_shard_is_the_shards_reject
     (reject,) = [r for r in records if r["kind"] == "reject"]
     assert reject["id"] == "s.tar#unreadable" and "ends without tar's end-of-archive blocks" in reject["error"]
     assert "container" not in records[-1]
+
+
+def _random_members(n: int, size: int = 30_000) -> dict[str, bytes]:
+    rng = np.random.default_rng(7)
+    return {f"{k:03d}.bin": rng.integers(0, 256, size, dtype=np.uint8).tobytes() for k in range(n)}
+
+
+def test_a_connection_dropped_inside_a_members_bytes_restarts_the_pass_instead_of_losing_the_member(
+        monkeypatch) -> None:
+    """A transient error while a member's bytes stream in is the pass's (it restarts from the first member, after
+    None), never that member's damage: as a member's error it would make a good image a reject for a dropped
+    connection."""
+    monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
+    members = _random_members(3)
+    raw = tar_bytes(members)
+    _DropsOnce.opened = 1  # the next stream opened is the one that drops
+    items = list(tar_members._tar_members(lambda: _DropsOnce(raw, cut=512 + 20_000), lambda position, member: True))
+    assert _DropsOnce.opened == 3 and items.count(None) == 2  # dropped inside 000.bin's bytes, then read whole
+    assert not [item for item in items if item is not None and isinstance(item[2], Exception)]
+    last = items[len(items) - 1 - items[::-1].index(None) + 1 :]
+    assert [(position, member.name, data) for position, member, data in last] == [
+        (k, name, data) for k, (name, data) in enumerate(members.items())]
+
+
+def test_a_shard_whose_every_read_drops_raises_after_the_last_attempt(monkeypatch) -> None:
+    """When every attempt fails, the pass raises (the shard's reject names the error): it never ends quietly as if
+    the shard had no more members."""
+    monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
+    opened = []
+
+    def dropping():
+        opened.append(1)
+        raise ConnectionError("Connection reset by peer")
+
+    with pytest.raises(ConnectionError):
+        list(tar_members._tar_members(dropping, lambda position, member: True, attempts=3))
+    assert len(opened) == 3
+
+
+def test_the_index_pass_restarted_counts_each_member_once(monkeypatch) -> None:
+    """Pass 1 restarted after a dropped connection forgets what it had counted: a member counted twice would make its
+    key one that repeats a name (a reject), or wait for a member that never comes."""
+    monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
+    raw = tar_bytes({**_random_members(3), "000.cls": b"1"})
+    _DropsOnce.opened = 1
+    members_of, _, _, error, _ = tar_members._index_tar(lambda: _DropsOnce(raw, cut=len(raw) - 3000))
+    assert error is None and _DropsOnce.opened == 3
+    assert members_of == {"000": Counter({"000.bin": 1, "000.cls": 1}), "001": Counter({"001.bin": 1}),
+                          "002": Counter({"002.bin": 1})}
+
+
+def _trimmed(archive: bytes) -> bytes:
+    """A tar without its end-of-archive blocks and padding: up to the end of its last member's data."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        last = tar.getmembers()[-1]
+    return archive[: last.offset_data + -(-last.size // 512) * 512]
+
+
+@pytest.mark.parametrize("zero_blocks, read_all", [(tar_members.MAX_ZERO_BLOCKS, True),
+                                                   (tar_members.MAX_ZERO_BLOCKS + 1, False)])
+def test_zero_blocks_between_archives_are_read_past_up_to_the_limit(tmp_path, zero_blocks, read_all) -> None:
+    """Archives joined with a gap of zero blocks are read whole up to MAX_ZERO_BLOCKS blocks of zeros; past it the
+    rest is not read as members, and the shard's reject says so."""
+    first = _trimmed(tar_bytes({"0.png": image_bytes(8, 8, 0)}))
+    (tmp_path / "s.tar").write_bytes(first + b"\0" * 512 * zero_blocks + tar_bytes({"1.png": image_bytes(8, 8, 1)}))
+    records = _read(tmp_path)
+    assert [r["id"] for r in records if r["kind"] == "image"] == (["s.tar/0", "s.tar/1"] if read_all else ["s.tar/0"])
+    rejects = [r["error"] for r in records if r["kind"] == "reject"]
+    assert rejects == ([] if read_all else [rejects[0]])
+    assert read_all or "data follows more than 1 MiB of zero blocks" in rejects[0]
