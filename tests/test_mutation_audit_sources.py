@@ -8,6 +8,7 @@ import io
 import json
 import struct
 import tarfile
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -28,6 +29,9 @@ from pipeline.sources.ids import (
 )
 from tests.jobutil import image_bytes, tar_bytes
 from tests.test_decodefuzz_findings import _markers, _noise, _save
+from tests.test_hidden_and_zip_names import _zip_with_raw_names
+from tests.test_silent_drops import PNG, PNG2, _link, _zip
+from tests.test_silent_drops import _records as _zip_records
 from tests.test_sources import _DropsOnce
 from tests.test_tar_ends import FETCHED, STREAMED, _three_members
 
@@ -306,3 +310,93 @@ def test_zero_blocks_between_archives_are_read_past_up_to_the_limit(tmp_path, ze
     rejects = [r["error"] for r in records if r["kind"] == "reject"]
     assert rejects == ([] if read_all else [rejects[0]])
     assert read_all or "data follows more than 1 MiB of zero blocks" in rejects[0]
+
+
+# --- zip archives ----------------------------------------------------------------------------------------------------
+
+
+def _dos_entry(name: str, attributes: int) -> zipfile.ZipInfo:
+    """A zip entry as a Windows tool writes it: MS-DOS attributes in the low bits (0x10: a folder)."""
+    info = zipfile.ZipInfo(name)
+    info.create_system, info.external_attr = 0, attributes
+    return info
+
+
+def test_a_windows_folder_entry_is_no_input_but_a_file_marked_so_is_read(tmp_path) -> None:
+    """A folder entry without its trailing slash, marked a folder by its MS-DOS attribute alone, is no input (it was
+    an 'empty file' reject); an entry marked so that holds bytes is a file all the same, never dropped unread."""
+    (tmp_path / "d.zip").write_bytes(_zip([(_dos_entry("cat", 0x10), b""), ("cat/1.png", PNG),
+                                           (_dos_entry("odd.png", 0x10), PNG2)]))
+    records = _zip_records(tmp_path)
+    assert sorted(records) == ["count", "d.zip/cat/1.png", "d.zip/odd.png"] and records["count"]["n"] == 2
+    assert records["d.zip/odd.png"]["data"] == PNG2
+
+
+def test_a_member_marked_a_link_that_holds_more_than_a_path_is_a_reject_saying_so(tmp_path) -> None:
+    (tmp_path / "d.zip").write_bytes(_zip([("1.png", PNG), (_link("big.png"), b"1.png" + b"/" * 5000)]))
+    error = _zip_records(tmp_path)["d.zip/big.png"]["error"]
+    assert "is marked a symbolic link but holds 5,005 bytes, not a path" in error
+
+
+def test_a_link_to_a_path_stored_under_two_names_is_a_reject_not_one_of_them(tmp_path) -> None:
+    """'a/b.png' and 'a\\b.png' are one path, so neither is read; a link to that path cannot pick one either."""
+    (tmp_path / "d.zip").write_bytes(_zip([("a/b.png", PNG), ("a\\b.png", PNG2), (_link("l.png"), b"a/b.png")]))
+    records = _zip_records(tmp_path)
+    assert records["d.zip/l.png"]["kind"] == "reject"
+    assert "its target a/b.png is stored under more than one name" in records["d.zip/l.png"]["error"]
+    assert records["d.zip/a/b.png"]["kind"] == "reject"
+
+
+def _flagged_encrypted(raw: bytes, name: bytes) -> bytes:
+    """`raw` with member `name` flagged encrypted (bit 0) in its local header and its central directory entry."""
+    data = bytearray(raw)
+    for signature, flags_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        at = data.find(signature)
+        while data[at + name_at : at + name_at + len(name)] != name:
+            at = data.find(signature, at + 1)
+        data[at + flags_at] |= 0x1
+    return bytes(data)
+
+
+def test_an_encrypted_member_is_a_reject_that_says_so_not_corrupt(tmp_path) -> None:
+    (tmp_path / "d.zip").write_bytes(_flagged_encrypted(_zip([("a.png", PNG), ("s.png", PNG2)]), b"s.png"))
+    records = _zip_records(tmp_path)
+    assert records["d.zip/a.png"]["data"] == PNG
+    assert records["d.zip/s.png"]["error"] == "zip member s.png is encrypted"
+
+
+def test_a_member_of_exactly_the_size_limit_is_read(tmp_path) -> None:
+    (tmp_path / "d.zip").write_bytes(_zip([("a.png", PNG)]))
+    (unit,) = discover(str(tmp_path))
+    image, _ = read_unit(unit, max_image_bytes=len(PNG))
+    assert image["kind"] == "image" and image["data"] == PNG
+    reject, _ = read_unit(unit, max_image_bytes=len(PNG) - 1)
+    assert reject["kind"] == "reject" and "over --max-image-mb" in reject["error"]
+
+
+def test_a_members_label_is_the_folder_it_lies_in_not_the_folder_path(tmp_path) -> None:
+    (tmp_path / "d.zip").write_bytes(_zip([("train/cat/1.png", PNG), ("./dog/2.png", PNG2)]))
+    (unit,) = discover(str(tmp_path))
+    labels = {r["id"]: r["meta"]["label"] for r in read_unit(unit, labels_from_folders=True) if r["kind"] == "image"}
+    assert labels == {"d.zip/train/cat/1.png": "cat", "d.zip/dog/2.png": "dog"}  # './' is no folder
+
+
+def test_a_done_member_whose_name_is_not_utf8_is_not_read_again(tmp_path, monkeypatch) -> None:
+    """Its id is text ('caf\\xe9.png'), and that id, in the done set of an incremental run, skips it."""
+    (tmp_path / "d.zip").write_bytes(_zip_with_raw_names([(b"caf\xe9.png", PNG, True), (b"ok.png", PNG2, False)]))
+    (unit,) = discover(str(tmp_path))
+    read = []
+    original = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, info, pwd=None: read.append(info.filename) or original(
+        self, info, pwd))
+    *records, count = read_unit(unit, skip_ids={"d.zip/caf\\xe9.png"})
+    assert [(r["kind"], r["id"]) for r in records] == [("image", "d.zip/ok.png")] and count["skipped"] == 1
+    assert read == ["ok.png"]  # the done member's bytes are not read (from storage: a range of the archive each)
+
+
+def test_a_zip_after_other_bytes_is_read(tmp_path) -> None:
+    """A self-extracting archive (a program, then the zip) or a zip appended to another file: the offsets its
+    directory gives are from the zip's own start, and every member is read, none a 'corrupt' reject."""
+    (tmp_path / "d.zip").write_bytes(b"MZ" + bytes(3000) + _zip([("a.png", PNG), ("b/c.png", PNG2)]))
+    records = _zip_records(tmp_path)
+    assert records["d.zip/a.png"]["data"] == PNG and records["d.zip/b/c.png"]["data"] == PNG2
