@@ -32,7 +32,7 @@ from tests.test_decodefuzz_findings import _markers, _noise, _save
 from tests.test_hidden_and_zip_names import _zip_with_raw_names
 from tests.test_silent_drops import PNG, PNG2, _link, _zip
 from tests.test_silent_drops import _records as _zip_records
-from tests.test_sources import _DropsOnce
+from tests.test_sources import _DropsOnce, _entry, _tar_with_links
 from tests.test_tar_ends import FETCHED, STREAMED, _three_members
 
 # --- decoding: reasons, and the JPEG limits at their exact counts -----------------------------------------------------
@@ -310,6 +310,28 @@ def test_zero_blocks_between_archives_are_read_past_up_to_the_limit(tmp_path, ze
     rejects = [r["error"] for r in records if r["kind"] == "reject"]
     assert rejects == ([] if read_all else [rejects[0]])
     assert read_all or "data follows more than 1 MiB of zero blocks" in rejects[0]
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_a_tar_member_of_exactly_the_size_limit_is_read(tmp_path, in_memory_bytes) -> None:
+    png = image_bytes(8, 8, 3)
+    (tmp_path / "s.tar").write_bytes(tar_bytes({"a.png": png}))
+    (unit,) = discover(str(tmp_path))
+    image, _ = read_unit(unit, max_image_bytes=len(png), in_memory_bytes=in_memory_bytes)
+    assert image["kind"] == "image" and image["data"] == png
+    reject, _ = read_unit(unit, max_image_bytes=len(png) - 1, in_memory_bytes=in_memory_bytes)
+    assert reject["kind"] == "reject" and "tar member a.png" in reject["error"] and "over --max-image-mb" in reject["error"]
+
+
+def test_a_tar_link_to_the_folder_above_the_shard_is_said_to_point_outside_it(tmp_path) -> None:
+    (tmp_path / "s.tar").write_bytes(_tar_with_links(
+        ("0001.png", image_bytes(8, 8, 1)), _entry("sub/0002.png", tarfile.SYMTYPE, "../.."),
+        _entry("0003.png", tarfile.SYMTYPE, "..")))
+    records = {r["id"]: r for r in _read(tmp_path) if r["kind"] != "count"}
+    assert records["s.tar/0001"]["kind"] == "image"
+    for key, link in (("sub/0002", "sub/0002.png -> ../.."), ("0003", "0003.png -> ..")):
+        assert records[f"s.tar/{key}"]["kind"] == "reject"
+        assert f"{link} points outside the shard" in records[f"s.tar/{key}"]["error"]
 
 
 # --- zip archives ----------------------------------------------------------------------------------------------------
