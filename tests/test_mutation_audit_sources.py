@@ -334,6 +334,17 @@ def test_a_tar_link_to_the_folder_above_the_shard_is_said_to_point_outside_it(tm
         assert f"{link} points outside the shard" in records[f"s.tar/{key}"]["error"]
 
 
+def test_links_in_a_shard_packed_from_its_folder_find_their_targets(tmp_path) -> None:
+    """`tar -cf s.tar -C folder .` names every member './x': a link's target path is normalised ('./0001.png' and
+    '0001.png' are one member), so hard and symbolic links read their target's bytes, not a 'not a file' reject."""
+    png = image_bytes(8, 8, 1)
+    (tmp_path / "s.tar").write_bytes(_tar_with_links(
+        ("./0001.png", png), _entry("./0002.png", tarfile.LNKTYPE, "./0001.png"),
+        _entry("./0003.png", tarfile.SYMTYPE, "0001.png")))
+    records = [r for r in _read(tmp_path) if r["kind"] != "count"]
+    assert [(r["kind"], r["id"], r["data"]) for r in records] == [("image", f"s.tar/./000{k}", png) for k in (1, 2, 3)]
+
+
 # --- zip archives ----------------------------------------------------------------------------------------------------
 
 
