@@ -433,3 +433,16 @@ def test_a_zip_after_other_bytes_is_read(tmp_path) -> None:
     (tmp_path / "d.zip").write_bytes(b"MZ" + bytes(3000) + _zip([("a.png", PNG), ("b/c.png", PNG2)]))
     records = _zip_records(tmp_path)
     assert records["d.zip/a.png"]["data"] == PNG and records["d.zip/b/c.png"]["data"] == PNG2
+
+
+def test_a_look_alike_reject_with_a_name_that_is_not_utf8_reads_as_the_others_do(tmp_path) -> None:
+    """A latin-1 name flagged UTF-8 and the same name followed by a NUL: one reject naming both, written as for names
+    that are UTF-8. The reason held the undecodable byte itself, so the whole reason was escaped again and every
+    backslash in it doubled, the rule's and the names' escapes alike."""
+    (tmp_path / "d.zip").write_bytes(_zip_with_raw_names([(b"caf\xe9.png", PNG, True),
+                                                          (b"caf\xe9.png\x00evil.png", PNG2, True)]))
+    records = _zip_records(tmp_path)
+    assert records["count"]["n"] == 1
+    error = records["d.zip/caf\\xe9.png"]["error"]
+    assert error.startswith("zip members 'caf\\\\xe9.png' and 'caf\\\\xe9.png\\x00evil.png' are one path, caf\\xe9.png, "
+                            "once '\\' is read as '/', ")
