@@ -299,7 +299,9 @@ def _member_not_read(name: str, id_: str, source: str, skip_ids: frozenset[str] 
         return {"kind": "skipped", "id": id_}
     if name in look_alikes:  # one id for two files: neither is read, one reject names them all
         shown = " and ".join(repr(text_name(n)) for n in look_alikes[name])
-        return reject_record(id_, source, f"zip members {shown} are one path, {name}, once '\\' is read as '/', "
+        # the path as text: a byte that is not UTF-8 left in the reason had reject_record escape it all again, every
+        # backslash doubled ("once '\\\\' is read")
+        return reject_record(id_, source, f"zip members {shown} are one path, {text_name(name)}, once '\\' is read as '/', "
                              "empty or '.' folders are dropped and a name is cut at a NUL byte, so the output "
                              "could keep only one of them; none was read: rename one and run again with "
                              "--retry-rejects", "read")
