@@ -203,7 +203,8 @@ def check_meta(meta: dict[str, Any], uri: str) -> None:
     """Refuse, at load, the noise settings in a checkpoint's meta that the purifier would trip over later
     (check_trained_timesteps compares `schedule` with a name and `max_timestep` with a timestep)."""
     schedule = meta.get("schedule")
-    if schedule is not None and schedule not in SCHEDULES:
+    # a str first: a list or a dict there ({"name": "linear"}) stopped the load with "TypeError: unhashable type"
+    if schedule is not None and (not isinstance(schedule, str) or schedule not in SCHEDULES):
         raise CheckpointError(f"checkpoint {uri} records the noise schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     max_timestep = meta.get("max_timestep")
     if max_timestep is not None and (type(max_timestep) is not int or max_timestep < 0):

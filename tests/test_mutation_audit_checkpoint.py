@@ -167,3 +167,16 @@ def test_a_fresh_unet_starts_as_guided_diffusions_does_predicting_zero() -> None
     assert len(zeroed) == 13 and all(not p.any() for m in zeroed for p in m.parameters())
     with torch.no_grad():
         assert not model(torch.randn(2, 3, 32, 32), torch.tensor([10, 900])).any()
+
+
+# ---- bugs found by the audit
+
+
+@pytest.mark.parametrize("schedule", [["linear"], {"name": "linear"}])
+def test_a_noise_schedule_recorded_as_no_name_is_refused_naming_it(tmp_path: Path, schedule: Any) -> None:
+    # BUG (fixed here): a bundle (or a train_prior.py resume state) whose meta records the schedule as a list or a dict
+    # stopped the load with "TypeError: unhashable type: 'list'", no CheckpointError, and so no clean error line
+    bundle = torch.load(tiny_model_file(tmp_path), weights_only=True)
+    bundle["meta"]["schedule"] = schedule
+    with pytest.raises(CheckpointError, match=r"records the noise schedule .*; known: linear, cosine"):
+        load_checkpoint(saved(tmp_path, bundle), verify_only=True)
