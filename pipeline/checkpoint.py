@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,12 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = _REFUSED_GLOBAL.search(str(err))
+        if found and not _could_name_an_object(found.group(1)):
+            raise CheckpointError(
+                f"checkpoint {uri} ({len(data)} bytes) is not a readable torch file (truncated or corrupt?): its "
+                f"pickle stops inside the name {found.group(1)!r}"
+            ) from err
         raise CheckpointError(_pickled_object_message(uri, err)) from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on damaged files
         raise CheckpointError(
@@ -161,6 +168,27 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
 
 # torch names the global its weights-only unpickler refused: "Unsupported global: GLOBAL torch.nn...Linear was not ...".
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def _could_name_an_object(name: str) -> bool:
+    """Whether a global torch's weights-only unpickler refused may be a real object (a class or function: the file
+    then holds a pickled object), not a name cut short. A file in torch's legacy (non-zip) format cut short inside its
+    pickle names one ('collections.OrderedDi', 'torch.'), and was refused as "a pickled Python object" with advice to
+    save the model's weights, where the file was only cut short. A module this process has imported must hold the
+    name; one it has not (a user's own model class) or __main__ (a script's) may."""
+    parts = name.split(".")
+    if len(parts) < 2 or not all(parts):
+        return False
+    for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
+        if module in sys.modules and module != "__main__":
+            obj: Any = sys.modules[module]
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    return False
+                obj = getattr(obj, attr)
+            return True
+    return True
 
 
 def _pickled_object_message(uri: str, err: pickle.UnpicklingError) -> str:
