@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,12 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = _REFUSED_GLOBAL.search(str(err))
+        if found and not _could_name_an_object(found.group(1)):
+            raise CheckpointError(
+                f"checkpoint {uri} ({len(data)} bytes) is not a readable torch file (truncated or corrupt?): its "
+                f"pickle stops inside the name {found.group(1)!r}"
+            ) from err
         raise CheckpointError(_pickled_object_message(uri, err)) from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on damaged files
         raise CheckpointError(
@@ -163,6 +170,27 @@ def _parse(data: bytes, uri: str) -> dict[str, Any]:
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
 
 
+def _could_name_an_object(name: str) -> bool:
+    """Whether a global torch's weights-only unpickler refused may be a real object (a class or function: the file
+    then holds a pickled object), not a name cut short. A file in torch's legacy (non-zip) format cut short inside its
+    pickle names one ('collections.OrderedDi', 'torch.'), and was refused as "a pickled Python object" with advice to
+    save the model's weights, where the file was only cut short. A module this process has imported must hold the
+    name; one it has not (a user's own model class) or __main__ (a script's) may."""
+    parts = name.split(".")
+    if len(parts) < 2 or not all(parts):
+        return False
+    for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
+        if module in sys.modules and module != "__main__":
+            obj: Any = sys.modules[module]
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    return False
+                obj = getattr(obj, attr)
+            return True
+    return True
+
+
 def _pickled_object_message(uri: str, err: pickle.UnpicklingError) -> str:
     """Our own words for torch's weights-only refusal: its text is cut off ("you have two options," and neither is
     usable here) and carries terminal escapes that end up in logs and summaries."""
@@ -203,7 +231,8 @@ def check_meta(meta: dict[str, Any], uri: str) -> None:
     """Refuse, at load, the noise settings in a checkpoint's meta that the purifier would trip over later
     (check_trained_timesteps compares `schedule` with a name and `max_timestep` with a timestep)."""
     schedule = meta.get("schedule")
-    if schedule is not None and schedule not in SCHEDULES:
+    # a str first: a list or a dict there ({"name": "linear"}) stopped the load with "TypeError: unhashable type"
+    if schedule is not None and (not isinstance(schedule, str) or schedule not in SCHEDULES):
         raise CheckpointError(f"checkpoint {uri} records the noise schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     max_timestep = meta.get("max_timestep")
     if max_timestep is not None and (type(max_timestep) is not int or max_timestep < 0):
