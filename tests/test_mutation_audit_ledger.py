@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from types import SimpleNamespace
 
@@ -18,7 +17,7 @@ from pipeline.lease import LEASE_FILE, LEASE_STALE_S, OutputLease, lease_ended, 
 from pipeline.ledger import ContainerRead, container_ids, ledger_path, read_ledger, unchanged_and_done, write_ledger
 from pipeline.sources import ReadUnit, ids_digest
 from tests.leaseutil import put_lease, write_foreign_lease
-from tests.test_mutation_lease import _beats, _dead_pid, _lease, _wait_for
+from tests.test_mutation_lease import _beats, _dead_pid, _lease, _wait_for, two_runs_take_the_lease_at_once
 
 # --- pipeline.ledger ---
 
@@ -174,39 +173,7 @@ def test_two_runs_replacing_a_dead_local_runs_lease_at_once_one_wins(tmp_path, m
     out = tmp_path / "out"
     _lease(out, host=socket.gethostname(), pid_namespace=output_lease._pid_namespace(), pid=_dead_pid(),
            heartbeat=time.time())
-    both_read = threading.Barrier(2)
-    real_read, real_replace = output_lease.read_lease, output_lease.replace_file
-    seen: set[str] = set()
-
-    def read(output: str, so: dict) -> dict | None:
-        lease = real_read(output, so)
-        name = threading.current_thread().name
-        if name in ("first", "second") and name not in seen:  # both see the dead run's lease before either writes
-            seen.add(name)
-            both_read.wait(timeout=10)
-        return lease
-
-    def replace(fs: object, path: str, data: bytes, what: str) -> None:
-        if threading.current_thread().name == "second":
-            time.sleep(0.3)  # a second machine's write, well within the settle
-        real_replace(fs, path, data, what)
-
-    monkeypatch.setattr(output_lease, "read_lease", read)
-    monkeypatch.setattr(output_lease, "replace_file", replace)
-    leases, refused = [OutputLease(str(out), {}), OutputLease(str(out), {})], []
-
-    def take(lease: OutputLease) -> None:
-        try:
-            lease.acquire()
-        except JobError as err:
-            refused.append(err)
-
-    threads = [threading.Thread(target=take, args=(lease,), name=name)
-               for lease, name in zip(leases, ["first", "second"], strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    leases, refused = two_runs_take_the_lease_at_once(out, monkeypatch)
     try:
         winners = [lease for lease in leases if lease._beat is not None]
         assert [lease.record["run_id"] for lease in winners] == [leases[1].record["run_id"]], refused

@@ -83,13 +83,10 @@ def test_a_create_that_landed_before_its_retry_was_refused_is_this_runs_lease(tm
         assert json.loads((out / LEASE_FILE).read_text())["run_id"] == lease.record["run_id"]
 
 
-def test_two_runs_taking_over_one_stale_lease_at_once_one_wins(tmp_path, monkeypatch) -> None:
-    """Replacing a stale lease is a plain write on every store: both runs read the stale lease, both write theirs,
-    and only the settle (wait, read back) tells the earlier writer that it lost. The second write comes a little
-    later, well inside the settle time, as it would from a second machine."""
-    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 1.0)
-    out = tmp_path / "out"
-    _lease(out, host="batch-node-7", pid=4242, heartbeat=time.time() - LEASE_STALE_S - 60)
+def two_runs_take_the_lease_at_once(out: Path, monkeypatch) -> tuple[list[OutputLease], list[JobError]]:
+    """Two runs (threads 'first' and 'second') acquire the lease of `out` at once: both read the lease there before
+    either writes, and the second writes a little later, well inside the settle time, as a second machine would.
+    Returns (the two leases, the refusals); the caller releases the leases."""
     both_read = threading.Barrier(2)
     real_read, real_replace = output_lease.read_lease, output_lease.replace_file
     first_read: set[str] = set()
@@ -97,7 +94,7 @@ def test_two_runs_taking_over_one_stale_lease_at_once_one_wins(tmp_path, monkeyp
     def read(output: str, so: dict) -> dict | None:
         lease = real_read(output, so)
         name = threading.current_thread().name
-        if name in ("first", "second") and name not in first_read:  # both see the stale lease before either writes
+        if name in ("first", "second") and name not in first_read:  # both see the earlier lease before either writes
             first_read.add(name)
             both_read.wait(timeout=10)
         return lease
@@ -123,6 +120,17 @@ def test_two_runs_taking_over_one_stale_lease_at_once_one_wins(tmp_path, monkeyp
         t.start()
     for t in threads:
         t.join()
+    return leases, refused
+
+
+def test_two_runs_taking_over_one_stale_lease_at_once_one_wins(tmp_path, monkeypatch) -> None:
+    """Replacing a stale lease is a plain write on every store: both runs read the stale lease, both write theirs,
+    and only the settle (wait, read back) tells the earlier writer that it lost. The second write comes a little
+    later, well inside the settle time, as it would from a second machine."""
+    monkeypatch.setattr(output_lease, "LEASE_SETTLE_S", 1.0)
+    out = tmp_path / "out"
+    _lease(out, host="batch-node-7", pid=4242, heartbeat=time.time() - LEASE_STALE_S - 60)
+    leases, refused = two_runs_take_the_lease_at_once(out, monkeypatch)
     try:
         winners = [lease for lease in leases if lease._beat is not None]
         assert len(winners) == 1 and len(refused) == 1, refused
