@@ -62,11 +62,12 @@ def test_a_json_sidecar_nested_deeper_than_parquet_readers_open_is_kept_as_text(
 
 # --- names printed to the terminal or a log ---
 
-FORGED = "_x\x1b[2J\x1b[31m\nerror: forged by a file name\u202egnp.exe"
+# \u2028 (LINE SEPARATOR): a line break to Python's splitlines() and to log viewers that read a log so
+FORGED = "_x\x1b[2J\x1b[31m\nerror: forged by a file name\u202egnp.exe\u2028error: forged again"
 
 
 def _one_safe_line(text: str) -> None:
-    assert "\x1b" not in text and "\n" not in text and "\u202e" not in text
+    assert "\x1b" not in text and "\n" not in text and "\u202e" not in text and "\u2028" not in text
     assert "\\x1b[2J\\x1b[31m" in text  # still told, escaped
 
 
@@ -80,7 +81,7 @@ def test_a_hidden_files_name_is_printed_escaped_not_as_terminal_codes_or_a_line_
     # the dry run names its input and output too, whose folder (this test's) has "hidden" in its name
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "hidden" in line.replace(str(tmp_path), "")]
     _one_safe_line(line)
-    assert "\\nerror: forged by a file name\\u202egnp.exe" in line
+    assert "\\nerror: forged by a file name\\u202egnp.exe\\u2028error: forged again" in line
 
 
 def test_an_error_naming_an_input_is_printed_as_one_escaped_line(tmp_path, capsys) -> None:

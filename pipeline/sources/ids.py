@@ -26,14 +26,15 @@ _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u20
 
 def terminal_text(text: str) -> str:
     """`text` as a line the CLI may print: each control character (a newline, ESC, a C1 control; Unicode category
-    Cc), lone surrogate and bidirectional control written as its escape (\\n, \\x1b, \\u202e). Names come from the input's
+    Cc), line or paragraph separator (U+2028, U+2029: line breaks to Python's splitlines() and to log viewers), lone
+    surrogate and bidirectional control written as its escape (\\n, \\x1b, \\u202e). Names come from the input's
     senders, and a file or zip member named 'x\\n' + 'error: ...' or holding a terminal escape sequence printed as it
     came forged a line of the job's own (an `error:` line in a scheduler's log) or rewrote the terminal."""
     if text.isprintable():
         return text
     out = []
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS:
+        if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI_CONTROLS:
             out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or
                        (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"))
         else:
