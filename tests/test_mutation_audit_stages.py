@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipeline.decode import DecodePolicy
@@ -112,3 +113,11 @@ def test_an_undecodable_image_is_a_reject_with_its_reason_stage_and_hash(tmp_pat
     assert files[0].startswith("rejects/")
     assert (reject["id"], reject["stage"], reject["source_sha256"]) == ("img/001.png", "decode", "ab" * 32)
     assert reject["error"] and reject["rejected_at"] is not None
+
+
+def test_a_pass_through_value_under_a_job_columns_name_stops_the_writer_instead_of_replacing_the_id(tmp_path) -> None:
+    # the readers rename an input's own `id` to input_id; one that reached the writer as `id` would have replaced the
+    # row's id (and a later run's resume would skip or repeat images by the input's value)
+    with pytest.raises(RuntimeError, match=r"\['id'\]"):
+        write_stage(batch_of([{**_image(0), "meta": {"id": "another"}}]), str(tmp_path), {})
+    assert not list(tmp_path.rglob("*.parquet"))
