@@ -22,6 +22,7 @@ from pipeline.stages import (
     cell_psnr,
     decode_stage,
     encode_stage,
+    part_name,
     records_of,
     tile_stage,
     untile_stage,
@@ -121,3 +122,22 @@ def test_a_pass_through_value_under_a_job_columns_name_stops_the_writer_instead_
     with pytest.raises(RuntimeError, match=r"\['id'\]"):
         write_stage(batch_of([{**_image(0), "meta": {"id": "another"}}]), str(tmp_path), {})
     assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_text_that_is_not_utf8_in_a_mixed_column_is_written_escaped(tmp_path) -> None:
+    # a .cls label 3 beside a name-like caption with an undecodable byte (surrogateescape) and a JSON sidecar's lone
+    # "\ud800": one text column, each written as its escape, and the write does not fail
+    records = [{**_image(i), "meta": {"label": v}} for i, v in enumerate([3, "caf\udce9", "\ud800", "café"])]
+    files = json.loads(write_stage(batch_of(records), str(tmp_path), {})["files"][0])
+    assert pq.read_table(tmp_path / files[0]).column("label").to_pylist() == ["3", "caf\\xe9", "\\ud800", "café"]
+
+
+def test_a_refresh_runs_salt_gives_its_rows_files_of_their_own(tmp_path) -> None:
+    # --refresh-changed tells a new row by its file (pipeline.refresh): an old row's file name must not be reused
+    ids = ["in/0.png", "in/1.png"]
+    assert part_name(ids, "refresh-1") not in (part_name(ids), part_name(ids, "refresh-2"))
+    assert part_name(ids, "refresh-1") == part_name(list(reversed(ids)), "refresh-1")  # a retried write: the same
+    records = [_image(0), _image(1)]
+    (plain,) = json.loads(write_stage(batch_of(records), str(tmp_path), {})["files"][0])
+    (salted,) = json.loads(write_stage(batch_of(records), str(tmp_path), {}, name_salt="refresh-1")["files"][0])
+    assert plain != salted and (tmp_path / plain).exists() and (tmp_path / salted).exists()
