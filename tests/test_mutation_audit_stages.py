@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.decode import DecodePolicy
+from pipeline.sources import discover
 from pipeline.stages import (
     batch_of,
     canvas_seed,
@@ -23,13 +24,14 @@ from pipeline.stages import (
     decode_stage,
     encode_stage,
     part_name,
+    read_stage,
     records_of,
     tile_stage,
     untile_stage,
     write_stage,
 )
 from pipeline.tiling import Placement
-from tests.jobutil import image_bytes
+from tests.jobutil import image_bytes, tar_bytes
 from tests.test_mutation_stages import _image
 
 # (height, width) of the inputs: non-square ones both ways, and one larger than the 32 px canvas (shrunk 2.5-fold)
@@ -141,3 +143,13 @@ def test_a_refresh_runs_salt_gives_its_rows_files_of_their_own(tmp_path) -> None
     (plain,) = json.loads(write_stage(batch_of(records), str(tmp_path), {})["files"][0])
     (salted,) = json.loads(write_stage(batch_of(records), str(tmp_path), {}, name_salt="refresh-1")["files"][0])
     assert plain != salted and (tmp_path / plain).exists() and (tmp_path / salted).exists()
+
+
+def test_a_read_task_skips_the_done_ids_its_unit_row_carries(tmp_path) -> None:
+    # a resumed run hands each tar its own done ids in the unit's row ("skip"): read again, they would be purified twice
+    (tmp_path / "s.tar").write_bytes(tar_bytes({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
+    (unit,) = discover(str(tmp_path))
+    row = {**{k: [v] for k, v in unit.to_row().items()}, "skip": [["s.tar/0"]]}
+    records = [r for b in read_stage(row, {}, False, None, frozenset()) for r in records_of(b)]
+    assert [r["id"] for r in records if r["kind"] == "image"] == ["s.tar/1", "s.tar/2"]
+    assert [r["skipped"] for r in records if r["kind"] == "count"] == [1]
