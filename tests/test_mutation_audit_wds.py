@@ -24,19 +24,15 @@ from pipeline.sources.file_bytes import (
     too_large,
 )
 from pipeline.sources.ids import unescaped
-from pipeline.sources.webdataset_keys import (
-    MAX_JSON_DEPTH,
-    MAX_JSON_FIELDS,
-    MAX_JSON_KEY_LENGTH,
-    MAX_SHARD_JSON_COLUMNS,
-    JsonColumns,
-    _json_sidecar,
-)
+from pipeline.sources.webdataset_keys import JsonColumns, _json_sidecar
 from tests.jobutil import image_bytes
 from tests.test_sidecar_values import _record
 from tests.test_tar_dotted_names import _images, _read
 
 JPG, PNG = image_bytes(8, 8, 1, "JPEG"), image_bytes(8, 8, 2)
+
+# the limits as docs/job.md gives them (a test that read the module's constants would follow a changed one)
+MAX_JSON_DEPTH, MAX_JSON_FIELDS, MAX_JSON_KEY_LENGTH, MAX_SHARD_JSON_COLUMNS = 32, 10_000, 256, 1_000
 
 
 def _by_id(records: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -101,6 +97,12 @@ def test_a_typed_escape_in_a_caption_reads_back_as_typed() -> None:
 
 def test_a_json_sidecar_is_columns_not_also_a_json_column() -> None:
     assert _record("0", {"json": b'{"a": 1, "b": "x"}'})["meta"] == {"a": 1, "b": "x"}
+
+
+def test_two_plain_images_of_one_key_are_a_reject_not_one_of_them_with_the_others_sidecars() -> None:
+    record = _record("0001", {"jpg": JPG, "cls": b"3"})
+    assert record["kind"] == "reject" and "exactly one image member for key 0001" in record["error"]
+    assert "jpg" in record["error"] and "png" in record["error"]
 
 
 def test_two_sidecars_that_give_one_column_are_a_reject_naming_both() -> None:
