@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from typing import Any
 
 from pipeline.sources.ids import text_name, text_value
@@ -43,6 +44,10 @@ def _tar_key(name: str) -> tuple[str, str]:
     return (f"{key}.{numbered[0]}", numbered[1]) if numbered else (key, ext)
 
 
+# A .cls label that is a whole number as written (ASCII digits, a sign before them) is that number, as WebDataset reads
+# a class. int() takes more: '1_0' was read as 10 and an Arabic-Indic '٣' as 3, each then the label of another class.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
 # Sidecars that hold text whatever their bytes: WebDataset's own decoder reads these extensions as text.
 TEXT_EXTENSIONS = {"txt", "text", "transcript"}
 
@@ -68,10 +73,9 @@ def _sidecar_value(ext: str, data: bytes) -> tuple[str, Any]:
     if captioned:
         text = text.strip()
     if ext == "cls":
-        try:
+        if _WHOLE_NUMBER.fullmatch(text):
             return "label", int(text)
-        except ValueError:
-            return "label", text_value(text)
+        return "label", text_value(text)
     return ext.replace(".", "_"), text_value(text)
 
 
