@@ -272,6 +272,8 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
             url = _inside_web_folder(info["name"], root)
             if url is None:
                 continue
+            if urlsplit(url).path.endswith("/"):  # a folder's view ('sub/?C=N;O=D', Apache's sort): the folder itself
+                url = urlunsplit(urlsplit(url)._replace(query=""))
             if info.get("type") == "directory" or url.endswith("/"):
                 if url not in seen:
                     if depth + 1 > MAX_WEB_DEPTH:
