@@ -3,8 +3,19 @@ mutants of those modules showed no other test to hold."""
 
 from __future__ import annotations
 
-from pipeline.sources import discover
+import os
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from pipeline.sources import HiddenSkipped, discover, input_location
+from pipeline.sources.listing import InputNotFound
 from tests.test_http_inputs import _index
+from tests.test_object_named_as_folder import _ObjectFirst
 
 
 def test_a_web_subfolders_sort_links_are_that_folder_not_files(web) -> None:
@@ -15,3 +26,117 @@ def test_a_web_subfolders_sort_links_are_that_folder_not_files(web) -> None:
     _index(folder / "data" / "sub", '"?C=N;O=D"', '"?C=M;O=A"', '"in.png"', '"/data/"')
     units = discover(url + "data/", {})
     assert sorted(p for u in units for p in u.paths) == [url + "data/a.png", url + "data/sub/in.png"]
+
+
+@pytest.mark.parametrize(("name", "kind"), [("S.TAR", "tar"), ("s.tbz", "tar"), ("s.TGZ", "tar"), ("t.pq", "parquet"),
+                                            ("t.PARQUET", "parquet"), ("z.ZIP", "zip"), ("i.tar.png", "files")])
+def test_a_containers_kind_is_its_suffix_in_any_case(tmp_path: Path, name: str, kind: str) -> None:
+    """A shard named 'S.TAR' (a camera's or Windows tool's upper case) or 't.pq' was read as one image file: a reject."""
+    (tmp_path / name).write_bytes(b"x")
+    assert [u.kind for u in discover(str(tmp_path))] == [kind]
+
+
+def test_an_inputs_location_is_its_folder_with_links_resolved(tmp_path: Path) -> None:
+    """'incoming/latest' moved to another day's folder is another input (its ledger is not the old one's)."""
+    for day in ("d1", "d2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "a.png").write_bytes(b"x")
+    (tmp_path / "latest").symlink_to(tmp_path / "d1")
+    before = input_location(str(tmp_path / "latest"), {})
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").symlink_to(tmp_path / "d2")
+    assert (before, input_location(str(tmp_path / "latest"), {})) == (str(tmp_path / "d1"), str(tmp_path / "d2"))
+
+
+def test_an_object_store_folder_is_one_location_with_or_without_its_slash() -> None:
+    fs = MemoryFileSystem()
+    root = f"loc-{os.getpid()}"
+    fs.pipe(f"{root}/data/a.png", b"x")
+    try:
+        assert input_location(f"memory://{root}/data/", {}) == input_location(f"memory://{root}/data", {})
+    finally:
+        fs.rm(root, recursive=True)
+
+
+class _MarkerBeside(_ObjectFirst):
+    """A store whose listing of an object's name gives that name's folder marker alone ('one.png/', zero bytes)."""
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
+        path = self._strip_protocol(path)
+        return [{"name": path + "/", "size": 0, "type": "directory"}] if detail else [path + "/"]
+
+
+def test_an_object_beside_only_its_own_empty_folder_marker_is_one_file() -> None:
+    """A folder marker holds no file: the object is no folder too, and is read, not refused as ambiguous."""
+    fsspec.register_implementation("objectfirst", _MarkerBeside, clobber=True)
+    fs, root = _MarkerBeside(), f"marker-{os.getpid()}"
+    fs.pipe(f"{root}/one.png", b"x")
+    try:
+        (unit,) = discover(f"objectfirst://{root}/one.png", {})
+        assert unit.paths == (f"objectfirst:///{root}/one.png",)
+    finally:
+        MemoryFileSystem().rm(root, recursive=True)  # memory://'s own calls: this store's listing is made up
+
+
+class _HttpError(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize("status", [401, 403, 500])
+def test_a_store_refusing_a_listing_beside_an_object_reads_it_and_any_other_error_stops(status: int) -> None:
+    """Azure's HttpResponseError carries the status: 401/403 (read but not list) is none seen beside the object; any
+    other failure of the check must stop the run, not call a maybe-folder one file (its files left out unseen)."""
+
+    class ListFails(_ObjectFirst):
+        def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
+            raise _HttpError(status)
+
+    fsspec.register_implementation("objectfirst", ListFails, clobber=True)
+    fs, root = ListFails(), f"denied-{os.getpid()}"
+    fs.pipe(f"{root}/one.png", b"x")
+    try:
+        if status == 500:
+            with pytest.raises(_HttpError):
+                discover(f"objectfirst://{root}/one.png", {})
+        else:
+            (unit,) = discover(f"objectfirst://{root}/one.png", {})
+            assert unit.paths == (f"objectfirst:///{root}/one.png",)
+    finally:
+        MemoryFileSystem().rm(root, recursive=True)
+
+
+def test_a_listing_made_twice_counts_its_hidden_files_once(tmp_path: Path) -> None:
+    """A listing retried after a transient error fills the same count: the summary must not say twice as many."""
+    for name in (".a.png", "_b/c.png", "d.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    hidden = HiddenSkipped()
+    discover(str(tmp_path), hidden=hidden)
+    discover(str(tmp_path), hidden=hidden)
+    assert (hidden.count, hidden.examples) == (2, [".a.png", "_b/c.png"])
+
+
+def test_folders_that_cannot_be_listed_are_named_with_how_many_more(tmp_path: Path, monkeypatch) -> None:
+    for name in ("a.png", "l1/b.png", "l2/c.png", "l3/d.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    ls = LocalFileSystem.ls
+
+    def denied(self, path, detail=False, **kwargs):
+        if "/l" in path.rstrip("/")[len(str(tmp_path)):]:
+            raise PermissionError(13, "Permission denied", path)
+        return ls(self, path, detail, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", denied)
+    with pytest.raises(PermissionError, match=r"input folder .*/l1 \(and 2 more\) cannot be listed"):
+        discover(str(tmp_path))
+
+
+def test_a_missing_input_written_with_a_bracket_says_wildcards_are_not_expanded(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFound, match=r"does not exist \(wildcards are not expanded"):
+        discover(f"{tmp_path}/img[0-9].png")
+    with pytest.raises(InputNotFound) as err:
+        discover(f"{tmp_path}/plain.png")
+    assert "wildcards" not in str(err.value)
