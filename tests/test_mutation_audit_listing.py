@@ -12,8 +12,9 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline.sources import HiddenSkipped, discover, input_location
+from pipeline.sources import HiddenSkipped, discover, input_location, walk
 from pipeline.sources.listing import InputNotFound
+from tests.s3util import moto_s3
 from tests.test_http_inputs import _index
 from tests.test_object_named_as_folder import _ObjectFirst
 
@@ -140,3 +141,37 @@ def test_a_missing_input_written_with_a_bracket_says_wildcards_are_not_expanded(
     with pytest.raises(InputNotFound) as err:
         discover(f"{tmp_path}/plain.png")
     assert "wildcards" not in str(err.value)
+
+
+def test_on_s3_only_a_key_holding_something_under_an_objects_name_makes_it_a_folder_too() -> None:
+    """An empty folder marker 'm/' beside the object 'm' is no folder (the object is read); a key 'n/' that holds bytes
+    is (refused as ambiguous: it would be left out); and a folder listed before the object of its name came is asked
+    again, not answered from the listing cache as a folder (the object left out unseen)."""
+    with moto_s3("listing-in") as (client, options):
+        client.put_object(Bucket="listing-in", Key="m", Body=b"x")
+        client.put_object(Bucket="listing-in", Key="m/", Body=b"")
+        assert [u.paths for u in discover("s3://listing-in/m", options)] == [("s3://listing-in/m",)]
+        client.put_object(Bucket="listing-in", Key="n", Body=b"x")
+        client.put_object(Bucket="listing-in", Key="n/", Body=b"bytes")
+        with pytest.raises(ValueError, match="both an object and a folder"):
+            discover("s3://listing-in/n", options)
+        client.put_object(Bucket="listing-in", Key="c/a.png", Body=b"x")
+        assert [u.paths for u in discover("s3://listing-in/c", options)] == [("s3://listing-in/c/a.png",)]
+        client.put_object(Bucket="listing-in", Key="c", Body=b"x")
+        with pytest.raises(ValueError, match="both an object and a folder"):
+            discover("s3://listing-in/c", options)
+
+
+def test_a_link_to_the_disks_root_is_a_loop_not_the_whole_disk(tmp_path: Path, monkeypatch) -> None:
+    """A link to '/' holds the input folder, as a link to any folder above it does: it was followed, every file on the
+    disk (the input again among them) listed as an input. Here the walk through it is stopped at once if tried."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "everything").symlink_to("/")
+    real = walk._local_find
+
+    def no_walk_through_the_link(fs: LocalFileSystem, root: str) -> dict:
+        assert not root.rstrip("/").endswith("/everything"), "the link to '/' was followed"
+        return real(fs, root)
+
+    monkeypatch.setattr(walk, "_local_find", no_walk_through_the_link)
+    assert [p for u in discover(str(tmp_path)) for p in u.paths] == [str(tmp_path / "a.png"), str(tmp_path / "everything")]

@@ -141,7 +141,8 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
         if info.get("islink") and fs.isdir(path):
             inside = _inside or (os.path.realpath(root),)
             target = os.path.realpath(path)
-            if not any(target == folder or folder.startswith(target + os.sep) for folder in inside):
+            below = os.path.join(target, "")  # '/' is above every folder too ('/' + os.sep was '//')
+            if not any(target == folder or folder.startswith(below) for folder in inside):
                 listed.update(_find_following_links(fs, path, (*inside, target), unlistable))
                 continue
         listed[path] = info
