@@ -49,16 +49,6 @@ def test_an_inputs_location_is_its_folder_with_links_resolved(tmp_path: Path) ->
     assert (before, input_location(str(tmp_path / "latest"), {})) == (str(tmp_path / "d1"), str(tmp_path / "d2"))
 
 
-def test_an_object_store_folder_is_one_location_with_or_without_its_slash() -> None:
-    fs = MemoryFileSystem()
-    root = f"loc-{os.getpid()}"
-    fs.pipe(f"{root}/data/a.png", b"x")
-    try:
-        assert input_location(f"memory://{root}/data/", {}) == input_location(f"memory://{root}/data", {})
-    finally:
-        fs.rm(root, recursive=True)
-
-
 class _MarkerBeside(_ObjectFirst):
     """A store whose listing of an object's name gives that name's folder marker alone ('one.png/', zero bytes)."""
 
@@ -175,3 +165,20 @@ def test_a_link_to_the_disks_root_is_a_loop_not_the_whole_disk(tmp_path: Path, m
 
     monkeypatch.setattr(walk, "_local_find", no_walk_through_the_link)
     assert [p for u in discover(str(tmp_path)) for p in u.paths] == [str(tmp_path / "a.png"), str(tmp_path / "everything")]
+
+
+def test_an_input_folder_that_cannot_be_listed_itself_stops_the_run(tmp_path: Path, monkeypatch) -> None:
+    """Named '_in' too (a hidden-looking name the user gave): its files are not a hidden folder's to skip unsaid."""
+    root = tmp_path / "_in"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"x")
+    ls = LocalFileSystem.ls
+
+    def denied(self, path, detail=False, **kwargs):
+        if path.rstrip("/") == str(root):
+            raise PermissionError(13, "Permission denied", path)
+        return ls(self, path, detail, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", denied)
+    with pytest.raises(PermissionError, match=r"input folder .*/_in cannot be listed"):
+        discover(str(root))
