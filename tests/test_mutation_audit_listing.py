@@ -4,6 +4,7 @@ mutants of those modules showed no other test to hold."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.sources import HiddenSkipped, discover, input_location, walk
-from pipeline.sources.listing import InputNotFound
+from pipeline.sources.listing import InputNotFound, _refuse_colliding_ids
+from pipeline.sources.units import ReadUnit
 from tests.s3util import moto_s3
 from tests.test_http_inputs import _index
 from tests.test_object_named_as_folder import _ObjectFirst
@@ -182,3 +184,23 @@ def test_an_input_folder_that_cannot_be_listed_itself_stops_the_run(tmp_path: Pa
     monkeypatch.setattr(LocalFileSystem, "ls", denied)
     with pytest.raises(PermissionError, match=r"input folder .*/_in cannot be listed"):
         discover(str(root))
+
+
+@pytest.mark.parametrize(("container", "image", "clash"), [
+    ("x.tar", "x.tar#unreadable", True),  # a shard's reject
+    ("a#1/t.parquet", "a#1/t.parquet#0", True),  # a row of a Parquet file in a folder with a '#' in its name
+    ("d/x.tar", "d/x.tar/k.png", True),  # a member of a shard in a subfolder
+    ("x.zip", "x.zip/a.jpg", True),  # a zip archive's member
+    ("x.tar", "x.tar#lookalike/k.png", True),  # a shard's look-alike rejects
+    ("t.parquet", "t.parquet#lookalike/k.png", False),  # a Parquet file has no look-alike rejects
+    ("x.tar", "x.tar#note", False),
+])
+def test_an_image_file_whose_id_a_container_can_give_stops_the_listing(container: str, image: str, clash: bool) -> None:
+    """On an object store such keys can lie beside a container (no disk lets 'x.tar' be a file and a folder)."""
+    kind = "parquet" if container.endswith(".parquet") else container.rsplit(".", 1)[-1]
+    unit = ReadUnit(kind, (f"s3://b/in/{container}",), "s3://b/in", (1,))
+    if clash:
+        with pytest.raises(ValueError, match=re.escape(f"s3://b/in/{image} (beside s3://b/in/{container})")):
+            _refuse_colliding_ids([unit], [f"s3://b/in/{image}"], "s3://b/in")
+    else:
+        _refuse_colliding_ids([unit], [f"s3://b/in/{image}"], "s3://b/in")
