@@ -204,3 +204,31 @@ def test_an_image_file_whose_id_a_container_can_give_stops_the_listing(container
             _refuse_colliding_ids([unit], [f"s3://b/in/{image}"], "s3://b/in")
     else:
         _refuse_colliding_ids([unit], [f"s3://b/in/{image}"], "s3://b/in")
+
+
+def test_a_web_folders_limits_hold_exactly_at_their_values(web, monkeypatch) -> None:
+    """As many folders, as deep and as long a page as the limits say are listed; one more stops the listing."""
+    folder, url = web
+    monkeypatch.setattr(walk, "MAX_WEB_DEPTH", 2)
+    monkeypatch.setattr(walk, "MAX_WEB_FOLDERS", 4)
+    monkeypatch.setattr(walk, "MAX_WEB_PAGE_BYTES", 2000)
+    monkeypatch.setattr(walk, "_WEB_PAGE_CHUNK", 256)
+    _index(folder / "d", '"a/"', '"b/"')
+    _index(folder / "d" / "a", '"x/"')
+    _index(folder / "d" / "a" / "x", '"in.png"')  # two below d/, and d/ with its three folders: four
+    page = '<html><a href="b.png">b</a></html>'
+    (folder / "d" / "b").mkdir()
+    (folder / "d" / "b" / "index.html").write_text(page + " " * (2000 - len(page)))
+    assert [p for u in discover(url + "d/", {}) for p in u.paths] == [url + "d/a/x/in.png", url + "d/b/b.png"]
+    (folder / "d" / "b" / "index.html").write_text(page + " " * (2001 - len(page)))
+    with pytest.raises(walk.WebFolderTooLarge, match="longer than"):
+        discover(url + "d/", {})
+    (folder / "d" / "b" / "index.html").write_text(page)
+    _index(folder / "d" / "a" / "x", '"in.png"', '"deep/"')
+    with pytest.raises(walk.WebFolderTooLarge, match="more than 2 deep"):
+        discover(url + "d/", {})
+    _index(folder / "d" / "a" / "x", '"in.png"')
+    _index(folder / "d", '"a/"', '"b/"', '"c/"')
+    _index(folder / "d" / "c")
+    with pytest.raises(walk.WebFolderTooLarge, match="more than 4 folders"):
+        discover(url + "d/", {})
