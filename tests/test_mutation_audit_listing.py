@@ -232,3 +232,34 @@ def test_a_web_folders_limits_hold_exactly_at_their_values(web, monkeypatch) -> 
     _index(folder / "d" / "c")
     with pytest.raises(walk.WebFolderTooLarge, match="more than 4 folders"):
         discover(url + "d/", {})
+
+
+def test_a_file_removed_while_its_folder_is_listed_leaves_the_others_listed(tmp_path: Path, monkeypatch) -> None:
+    """A file gone between the folder's listing and its entry's look-up is no input; its folder's other files are
+    (the folder was left out whole: every file in it lost without a word)."""
+    for name in ("a.png", "gone.png", "z.png"):
+        (tmp_path / name).write_bytes(b"x")
+    real = os.scandir
+
+    class Listing:
+        def __init__(self, path: str) -> None:
+            with real(path) as it:
+                self.entries = list(it)
+            if os.fspath(path) == str(tmp_path):
+                (tmp_path / "gone.png").unlink()
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(walk.os, "scandir", Listing)
+    assert [p for u in discover(str(tmp_path)) for p in u.paths] == [str(tmp_path / "a.png"), str(tmp_path / "z.png")]
+
+
+def test_a_web_link_to_the_same_server_by_https_or_http_is_in_the_folder() -> None:
+    """One server answering both schemes: an index page may link its files with either."""
+    assert walk._inside_web_folder("https://h.example/data/a.png", "http://h.example/data/") == \
+        "https://h.example/data/a.png"
+    assert walk._inside_web_folder("https://other.example/data/a.png", "http://h.example/data/") is None
