@@ -14,7 +14,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.sources import HiddenSkipped, discover, input_location, walk
-from pipeline.sources.listing import InputNotFound, _refuse_colliding_ids
+from pipeline.sources.listing import InputNotFound, _refuse_colliding_ids, _refuse_escaped_twins
 from pipeline.sources.units import ReadUnit
 from tests.s3util import moto_s3
 from tests.test_http_inputs import _index
@@ -263,3 +263,11 @@ def test_a_web_link_to_the_same_server_by_https_or_http_is_in_the_folder() -> No
     assert walk._inside_web_folder("https://h.example/data/a.png", "http://h.example/data/") == \
         "https://h.example/data/a.png"
     assert walk._inside_web_folder("https://other.example/data/a.png", "http://h.example/data/") is None
+
+
+@pytest.mark.parametrize("keys", [("a/./b.png", "a/b.png"), ("c.png", "c.png/"), ("x/../d.png", "d.png")])
+def test_object_keys_that_differ_only_in_dot_folders_or_a_trailing_slash_stop_the_listing(keys: tuple[str, str]) -> None:
+    """Their ids are one ('a/b.png'), so the output would keep one of the two: both are named."""
+    with pytest.raises(ValueError, match=r"1 pair\(s\) of input files have one id") as err:
+        _refuse_escaped_twins(sorted(f"b/in/{k}" for k in keys), "b/in")
+    assert all(f"b/in/{k}" in str(err.value) for k in keys)
