@@ -271,3 +271,12 @@ def test_object_keys_that_differ_only_in_dot_folders_or_a_trailing_slash_stop_th
     with pytest.raises(ValueError, match=r"1 pair\(s\) of input files have one id") as err:
         _refuse_escaped_twins(sorted(f"b/in/{k}" for k in keys), "b/in")
     assert all(f"b/in/{k}" in str(err.value) for k in keys)
+
+
+def test_a_link_to_a_folder_whose_name_begins_the_inputs_is_followed(tmp_path: Path) -> None:
+    """'photos' is not above 'photos-2': a link to it from inside 'photos-2' is no loop, and its files are inputs."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    (tmp_path / "photos-2").mkdir()
+    (tmp_path / "photos-2" / "old").symlink_to(tmp_path / "photos")
+    assert [p for u in discover(str(tmp_path / "photos-2")) for p in u.paths] == [str(tmp_path / "photos-2/old/a.png")]
