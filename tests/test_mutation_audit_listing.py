@@ -280,3 +280,11 @@ def test_a_link_to_a_folder_whose_name_begins_the_inputs_is_followed(tmp_path: P
     (tmp_path / "photos-2").mkdir()
     (tmp_path / "photos-2" / "old").symlink_to(tmp_path / "photos")
     assert [p for u in discover(str(tmp_path / "photos-2")) for p in u.paths] == [str(tmp_path / "photos-2/old/a.png")]
+
+
+def test_a_web_folders_links_out_of_it_are_not_inputs(web) -> None:
+    """A page links files above the folder or on another server: the user named only the folder."""
+    folder, url = web
+    _index(folder / "data", '"../secret.png"', '"%2e%2e/secret.png"', '"http://other.example/x.png"', '"in.png"')
+    (folder / "secret.png").write_bytes(b"x")
+    assert [p for u in discover(url + "data/", {}) for p in u.paths] == [url + "data/in.png"]
