@@ -141,7 +141,8 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
         if info.get("islink") and fs.isdir(path):
             inside = _inside or (os.path.realpath(root),)
             target = os.path.realpath(path)
-            if not any(target == folder or folder.startswith(target + os.sep) for folder in inside):
+            below = os.path.join(target, "")  # '/' is above every folder too ('/' + os.sep was '//')
+            if not any(target == folder or folder.startswith(below) for folder in inside):
                 listed.update(_find_following_links(fs, path, (*inside, target), unlistable))
                 continue
         listed[path] = info
@@ -272,6 +273,8 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
             url = _inside_web_folder(info["name"], root)
             if url is None:
                 continue
+            if urlsplit(url).path.endswith("/"):  # a folder's view ('sub/?C=N;O=D', Apache's sort): the folder itself
+                url = urlunsplit(urlsplit(url)._replace(query=""))
             if info.get("type") == "directory" or url.endswith("/"):
                 if url not in seen:
                     if depth + 1 > MAX_WEB_DEPTH:
