@@ -85,6 +85,8 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
             schema = _open_parquet(stack.enter_context(open_file())).schema_arrow
     except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
         return None
+    if schema.names.count(requested) > 1:  # Arrow finds no column by such a name: the run rejects the file, saying why
+        return None
     try:
         find_image_column(schema, requested)
     except ValueError as err:
@@ -149,9 +151,9 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             parquet = _open_parquet(stack.enter_context(open_file()))
+            _refuse_columns_named_twice(parquet.schema_arrow)  # first: Arrow finds no column by such a name
             column = find_image_column(parquet.schema_arrow, image_column)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)
-            _refuse_columns_named_twice(parquet.schema_arrow)
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
             return
