@@ -212,3 +212,24 @@ def test_damage_after_some_rows_of_a_group_rejects_only_the_rows_not_yet_given(t
     records = _records(tmp_path)[:-1]
     assert [(r["kind"], r["id"]) for r in records] == [("image", f"t.parquet#{i}") for i in range(3)] + [
         ("reject", "t.parquet#3"), ("image", "t.parquet#4"), ("image", "t.parquet#5")]
+
+
+def test_a_rows_image_at_exactly_the_size_limit_is_read_and_its_other_columns_count_against_it(tmp_path) -> None:
+    """--max-image-mb is the most a row may hold: its image at exactly the limit is read, one byte more is a reject;
+    and the row's other columns' text and bytes count with its image (a caption of one character over the limit
+    together is a reject saying so), so a large text column cannot carry a row past the limit."""
+    png = image_bytes(8, 8, 1)
+    limit = len(png)
+    table = pa.table({"image": pa.array([png, png, png + b"\0"], pa.binary()),
+                      "caption": pa.array(["", "x", ""], pa.string()),
+                      "extra": pa.array([b"", b"", b""], pa.binary())})
+    _write(tmp_path / "t.parquet", table)
+    rows = {r["id"]: r for r in _records(tmp_path, max_image_bytes=limit) if r["kind"] != "count"}
+    assert rows["t.parquet#0"]["kind"] == "image" and rows["t.parquet#0"]["data"] == png
+    assert rows["t.parquet#1"]["kind"] == "reject"
+    assert "its image and its other columns' text and bytes together" in rows["t.parquet#1"]["error"]
+    assert rows["t.parquet#2"]["kind"] == "reject" and "image column 'image'" in rows["t.parquet#2"]["error"]
+    table = table.set_column(1, "caption", pa.array(["", "", ""], pa.string()))
+    _write(tmp_path / "t.parquet", table.set_column(2, "extra", pa.array([b"", b"y", b""], pa.binary())))
+    rows = {r["id"]: r for r in _records(tmp_path, max_image_bytes=limit) if r["kind"] != "count"}
+    assert rows["t.parquet#1"]["kind"] == "reject"  # bytes count as text does
