@@ -236,3 +236,21 @@ def test_a_rows_image_at_exactly_the_size_limit_is_read_and_its_other_columns_co
     _write(tmp_path / "t.parquet", table.set_column(2, "extra", pa.array([b"", b"y", b""], pa.binary())))
     rows = {r["id"]: r for r in _records(tmp_path, max_image_bytes=limit) if r["kind"] != "count"}
     assert rows["t.parquet#1"]["kind"] == "reject"  # bytes count as text does
+
+
+def test_a_tar_member_name_stored_twice_is_read_as_the_later_one(tmp_path) -> None:
+    """As extraction does (docs/job.md): a shard appended to with a new version of a member holds both, and the later
+    is the image; its label sidecar too."""
+    import io
+    import tarfile
+
+    first, later = image_bytes(8, 8, 1), image_bytes(8, 8, 2)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("0001.png", first), ("0001.cls", b"3"), ("0001.png", later), ("0001.cls", b"4")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "s.tar").write_bytes(buf.getvalue())
+    (record,) = [r for r in _records(tmp_path) if r["kind"] != "count"]
+    assert record["id"] == "s.tar/0001" and record["data"] == later and record["meta"]["label"] == 4
