@@ -173,7 +173,8 @@ def test_a_caption_holding_an_ascii_byte_escape_is_written_as_typed() -> None:
 
 
 @pytest.mark.parametrize("param", ["X-Amz-Security-Token", "access_token", "api-key", "x-api-key", "API_KEY", "apikey",
-                                   "subscription-key", "Ocp-Apim-Subscription-Key", "access_key", "auth"])
+                                   "subscription-key", "Ocp-Apim-Subscription-Key", "access_key", "auth",
+                                   "sessionid", "PHPSESSID", "session_id", "session", "sid", "pwd", "passwd"])
 def test_a_query_parameter_holding_a_credential_stays_out_of_ids_and_sources(param) -> None:
     """A web shard given with its credential in the query ('s.tar?api-key=...'): the id is the shard's name alone (so
     it is read as a tar and keeps its id when the key changes), and the source column shows the key as '***'.

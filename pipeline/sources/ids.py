@@ -103,10 +103,11 @@ def unescaped(text: str) -> str:
 # A web address's query parameter that carries a credential: a presigned S3 or GCS URL's signature, credential and
 # security token (X-Amz-Signature, X-Goog-Credential, X-Amz-Security-Token), an Azure SAS's sig, CloudFront's Signature,
 # an API key ('api_key', 'apikey', 'api-key', 'x-api-key', Azure API Management's 'subscription-key': any '..._key' or
-# '...-key'), an 'auth' value or an access token. Not a bare 'key', which a server may name a file by
+# '...-key'), an 'auth' value, an access token, a session id ('sessionid', 'PHPSESSID', 'sid': whoever holds it is
+# logged in) or a password under a short name ('pwd', 'passwd'). Not a bare 'key', which a server may name a file by
 # ('get?key=cats/1.png').
 _CREDENTIAL_PARAM = re.compile(r"sig|.*signature|.*token|.*credential|.*password|.*secret|.*api[_-]?key|.+[_-]key|auth"
-                               r"|authorization", re.IGNORECASE)
+                               r"|authorization|.*sess(?:ion)?[_-]?id|session|sid|.*passwd|pwd|pass", re.IGNORECASE)
 
 
 def _credential_params(query: str) -> bool:
