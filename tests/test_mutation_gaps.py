@@ -1,5 +1,6 @@
 """Gaps that earlier mutation audits (of the Parquet and tar readers, of the read stage, of the web listing) left
-alive: each test fails on a small plausible bug the rest of the suite let through. No Ray."""
+alive: each test fails on a small plausible bug the rest of the suite let through. A reason that said the wrong
+thing, found on the way, is here too: a Parquet cell whose 'bytes' are text. No Ray."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ from tests.webutil import QuietHandler, serving
 
 def _records(root: Path, **kw) -> list[dict]:
     return [r for unit in discover(str(root)) for r in read_unit(unit, **kw)]
+
+
+# --- Parquet ---
+
+def test_a_struct_cell_whose_bytes_field_is_text_says_so_and_not_that_it_holds_only_a_path(tmp_path) -> None:
+    """{"bytes": <base64 text>, "path": "x.png"} (a 'bytes' field written as a string): the reject names the text, and
+    does not tell the user that the image lies outside the file, which was said because the cell had a path."""
+    text = pa.struct([("bytes", pa.string()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([{"bytes": "iVBORw0KGgo=", "path": "x.png"},
+                                                {"bytes": None, "path": "/data/y.png"}], text)}), tmp_path / "t.parquet")
+    text_cell, path_only, _count = _records(tmp_path)
+    assert text_cell["error"] == (
+        "row 0: image column 'image' holds text in its 'bytes' field, not bytes: the field is a string, where an image "
+        "needs binary (text such as base64 must be decoded into the image's bytes when the file is written)")
+    assert "only a path (/data/y.png) to an image outside the Parquet file" in path_only["error"]  # as before
 
 
 # --- tar shards ---

@@ -321,14 +321,18 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
     if isinstance(value, dict) and value.get("path") is not None:
         meta["original_path"] = value["path"]  # an input's own original_path column is input_original_path
     if not isinstance(data, bytes) or not data:
-        elsewhere = value.get("path") if isinstance(value, dict) else None
-        # Hugging Face's Image feature may keep only a path to a file outside the Parquet file
+        no_bytes = data is None or data == b"" or data == []
+        elsewhere = value.get("path") if isinstance(value, dict) and no_bytes else None
+        # Hugging Face's Image feature may keep only a path to a file outside the Parquet file; a cell whose 'bytes'
+        # hold text has more than a path: it was told so, as if the image were not in the file
         hint = (f", only a path ({elsewhere}) to an image outside the Parquet file, which is not read: write the "
                 "images into the file (datasets: embed_external_files) or give the image files as input"
                 ) if elsewhere else ""
         # what the cell holds: "no bytes" was said of a list<uint8> with a null item and of a struct's text 'bytes' too
-        what = ("no bytes" if data is None or data == b"" or data == [] else
+        what = ("no bytes" if no_bytes else
                 f"a list with {data.count(None)} null item(s), not bytes" if isinstance(data, list) else
+                "text in its 'bytes' field, not bytes: the field is a string, where an image needs binary (text such "
+                "as base64 must be decoded into the image's bytes when the file is written)" if isinstance(data, str) else
                 f"a {type(data).__name__} value, not bytes")
         return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds {what}{hint}", "read")
     return _image_record(id_, f"{path}#{i}", data, meta)
