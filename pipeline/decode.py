@@ -260,7 +260,9 @@ def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
             return f"image too large: {width}x{height} = {width * height:,} pixels exceeds max_pixels={policy.max_pixels:,}"
         # Counting frames walks the frame headers (and PIL checks each frame's size on the way). Pillow's TIFF
         # count parses every page's tags and is quadratic in the pages, so TIFF pages are counted here.
-        frames = _tiff_pages(data) if im.format == "TIFF" else int(getattr(im, "n_frames", 1) or 1)
+        frames = _tiff_pages(data) if im.format == "TIFF" else _frame_count(im)
+        if isinstance(frames, str):
+            return frames
         if frames > 1 and im.format != "TIFF":
             im.seek(0)
         mode, fmt = im.mode, im.format or "unknown"
@@ -277,6 +279,20 @@ def _decode(data: bytes, policy: DecodePolicy) -> Decoded | str:
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         return f"internal: conversion gave shape {pixels.shape} for mode {mode}"
     return Decoded(pixels=pixels, mode=mode, format=fmt, frames=frames)
+
+
+def _frame_count(im: Image.Image) -> int | str:
+    """How many frames an opened image has (Pillow's count), or why they cannot be counted: a GIF cut short inside a
+    later frame of its animation makes Pillow's count raise IndexError or struct.error, and its reject said only
+    "cannot decode image: IndexError: index out of range" (or "error: unpack_from requires a buffer ...")."""
+    try:
+        return int(getattr(im, "n_frames", 1) or 1)
+    except (IndexError, struct.error):
+        if im.format != "GIF":
+            raise
+        # the count stops at the last frame it read whole (tell(), from 0): the file ends inside the next one
+        return (f"truncated GIF: the file ends inside frame {im.tell() + 2} of its animation (cut short, as by an "
+                "interrupted download or copy: copy it again)")
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

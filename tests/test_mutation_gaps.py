@@ -1,9 +1,10 @@
 """Gaps that earlier mutation audits (of the Parquet and tar readers, of the read stage, of the web listing) left
-alive: each test fails on a small plausible bug the rest of the suite let through. A reason that said the wrong
-thing, found on the way, is here too: a Parquet cell whose 'bytes' are text. No Ray."""
+alive: each test fails on a small plausible bug the rest of the suite let through. Two reasons that said the wrong
+thing, found on the way, are here too: a Parquet cell whose 'bytes' are text, an animated GIF cut short. No Ray."""
 
 from __future__ import annotations
 
+import io
 import tarfile
 import tracemalloc
 from collections import Counter
@@ -12,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
+from pipeline.decode import Decoded, decode_image
 from pipeline.sources import discover, read_unit, tar_shards
 from pipeline.sources.ids import LOOKALIKE
 from pipeline.sources.tar_shards import _MembersPass
@@ -142,6 +145,26 @@ def test_a_web_folders_link_written_in_utf8_is_its_files_name(tmp_path) -> None:
         assert unit.paths == (url + "data/café.png",)
         image, _count = list(read_unit(unit))
     assert (image["kind"], image["id"]) == ("image", "café.png")
+
+
+# --- decoding ---
+
+def test_an_animated_gif_cut_inside_a_later_frame_is_a_reject_saying_so_in_words() -> None:
+    """A GIF of three frames cut short inside its second or third frame (an interrupted download): the reason says the
+    file is truncated and where; it was "cannot decode image: IndexError: index out of range" (or "error: unpack_from
+    requires a buffer of at least 2 bytes ...")."""
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    data = buf.getvalue()
+    reasons = {cut: decode_image(data[:cut]) for cut in range(len(data) // 3, len(data))}
+    cut_in_frame = {n: [cut for cut, r in reasons.items() if r == (
+        f"truncated GIF: the file ends inside frame {n} of its animation (cut short, as by an interrupted download or "
+        "copy: copy it again)")] for n in (2, 3)}
+    assert cut_in_frame[2] and cut_in_frame[3] and max(cut_in_frame[2]) < min(cut_in_frame[3])
+    assert not any(isinstance(r, str) and ("IndexError" in r or "unpack_from" in r) for r in reasons.values())
+    assert isinstance(decode_image(data), Decoded) and decode_image(data).frames == 3
 
 
 # --- what is read and held (memory) ---
