@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.sources.ids import text_name
+from pipeline.sources.units import listing_stamp
 from pipeline.storage import storage_path, with_retries
 
 # Tar and Parquet files up to this size are fetched in one request and read from memory; larger ones are read
@@ -287,14 +288,28 @@ class _SameVersionOpener:
             return self.fs.open(self.fs_path, "rb")
 
         f = with_retries(open_again, f"open {self.path}")
-        version = _version_of(f)
+        version = _version_of(f) or _listed_version(self.fs, self.fs_path)
         if not self.opened:
             self.first, self.opened = version, True
         elif version != self.first and None not in (version, self.first):
             f.close()
             raise InputChangedWhileRead(replaced_while_read(
-                self.fs_path, "ETag" if version[0] == "etag" else "size or modification time"))
+                self.fs_path, {"etag": "ETag", "stat": "size or modification time"}.get(
+                    version[0], "ETag, Last-Modified date or size, as its store gave them")))
         return f
+
+
+def _listed_version(fs: Any, fs_path: str) -> tuple[Any, ...] | None:
+    """A file's version as its store describes it (its ETag, Last-Modified date or mtime, with its size), for a file
+    object that carries none: fsspec's web file holds only its size (a web shard rewritten between its two passes had
+    the new version's members read against the old one's index), an SFTP file has no descriptor. None when the store
+    says nothing, or cannot be asked: then the read itself says what is wrong."""
+    try:
+        info = fs.info(fs_path)
+    except Exception:  # noqa: BLE001 - the check is a safeguard; the open that follows reports a real failure
+        return None
+    stamp, size = listing_stamp(info), info.get("size")
+    return ("listed", stamp, size) if stamp is not None or isinstance(size, int) else None
 
 
 def replaced_while_read(path: str, what: str = "ETag") -> str:

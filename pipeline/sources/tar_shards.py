@@ -212,6 +212,10 @@ class _MembersPass:
             if key not in self.done:
                 if reason is not None:
                     self.errors[key] = reason
+                if key in self.extra:  # only a shard rewritten between the passes holds more than pass 1 counted
+                    more = sorted(n for n, seen in self.seen[key].items() if seen > self.members_of[key][n])
+                    self.errors.setdefault(key, f"tar key {key} has more members ({more[0]}) than the first pass over "
+                                                f"the shard found: {replaced_while_read(self.path, 'members')}")
                 missing = sorted(set(self.members_of[key]) - set(self.seen.get(key, {})))
                 self.errors.setdefault(key, f"corrupt tar member {missing[0] if missing else key}: "
                                             "the shard broke off before it could be read")
