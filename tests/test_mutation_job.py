@@ -670,3 +670,19 @@ def test_a_stop_is_recorded_once_the_running_summary_may_be_written_and_a_failur
     assert stop.recorded(KeyboardInterrupt()) and not stop.recorded(OSError("No space left on device"))
     stop.output_started = True
     assert stop.recorded(KeyboardInterrupt()) and stop.recorded(OSError("No space left on device"))
+
+
+def test_a_failed_runs_summary_names_no_password_of_the_input_or_output_its_error_quoted(tmp_path, model,
+                                                                                         monkeypatch) -> None:
+    # a write task's give-up names the part file's URI whole (`stages.write_parquet_atomic`): the summary kept the
+    # server's password, in the output's _summary.json and its run history, though the error line hid it
+    stop = _recorder(tmp_path, model, monkeypatch, StoppedCount(1, 0, 1))
+    out, source = "ftp://me:hunter2@files.example/out", "sftp://me:s3cret@data.example/in"
+    stop.config = replace(stop.config, output=out, input=source)
+    written: list[dict] = []
+    monkeypatch.setattr(job, "_write_summary", lambda out, summary, so, history: written.append(summary))
+    for error in (f"RetriesExhausted: write {out}/data/part-1.parquet: gave up after 6 attempts in 40 s",
+                  f"RetriesExhausted: read {source}/a.tar: gave up after 6 attempts in 40 s"):
+        stop.record("failed", {"error": error})
+        assert "example/" in written[-1]["error"] and "gave up after 6 attempts" in written[-1]["error"]
+        assert "hunter2" not in json.dumps(written[-1]) and "s3cret" not in json.dumps(written[-1])
