@@ -213,8 +213,8 @@ def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: J
         return
     record = plan.input_record
     if refresh_left:
-        whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files"
-                 and u.paths[0] in {r["path"] for r in read_whole or ()}}
+        read = {r["path"] for r in read_whole or ()}  # once: built for each unit, 8,000 shards took 25 s here
+        whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files" and u.paths[0] in read}
         unsettled = {input_id for input_id, ids in plan.changes.refreshed.items()
                      if input_id not in whole and refresh_left.intersection(ids)}
         record = InputRecord(record.location, {**record.stamps,
