@@ -72,7 +72,7 @@ from pipeline.placement import (
     ray_data_console_quieted,
     with_fitted_actor_cpus,
 )
-from pipeline.plan import JobPlan, plan_job, require_job_config, without_uri_secrets
+from pipeline.plan import JobPlan, plan_job, require_job_config, uri_secrets_redacted, without_uri_secrets
 from pipeline.progress import kept_alive, progress_bar
 from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
@@ -213,8 +213,8 @@ def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: J
         return
     record = plan.input_record
     if refresh_left:
-        whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files"
-                 and u.paths[0] in {r["path"] for r in read_whole or ()}}
+        read = {r["path"] for r in read_whole or ()}  # once: built for each unit, 8,000 shards took 25 s here
+        whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files" and u.paths[0] in read}
         unsettled = {input_id for input_id, ids in plan.changes.refreshed.items()
                      if input_id not in whole and refresh_left.intersection(ids)}
         record = InputRecord(record.location, {**record.stamps,
@@ -861,8 +861,10 @@ class StopRecorder:
             self._close_bar(None)
             return "the summary was left to that run"
         plan, so, out = self.plan, self.config.storage_options, self.config.output.rstrip("/")
-        # an actor's error may quote the checkpoint's URL (a checkpoint it could not read): not its credentials
-        details = {k: redact_uri_secrets(v, plan.checkpoint_uri) if isinstance(v, str) else v for k, v in details.items()}
+        # an actor's error may quote the checkpoint's URL (a checkpoint it could not read), a task's the input's or the
+        # output's (a storage give-up names the file: `stages.write_parquet_atomic`): not their credentials
+        details = {k: uri_secrets_redacted(redact_uri_secrets(v, plan.checkpoint_uri), self.config) if isinstance(v, str)
+                   else v for k, v in details.items()}
         # a second Ctrl-C may cut the count short
         count = None
         try:
