@@ -310,9 +310,13 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
                 continue
             where = (scope, key)
             if where in given_by and into[key] != value:
-                problems.append(f"{given_by[where]} and {flag} name different servers ({key} {into[key]!r} and "
-                                f"{value!r}): a run reads and writes with one set of storage options; copy the input "
-                                "to the output's server first")
+                # as storage options are shown: the problem is printed, and ends up in CI logs, as it is
+                from pipeline.redaction import redact
+
+                was, now = (redact({key: v})[key] for v in (into[key], value))
+                problems.append(f"{given_by[where]} and {flag} name different servers ({key} {was!r} and {now!r}): a "
+                                "run reads and writes with one set of storage options; copy the input to the output's "
+                                "server first")
                 continue
             into[key], given_by[where] = value, flag
         if scope:
