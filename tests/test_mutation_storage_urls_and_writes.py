@@ -34,3 +34,22 @@ def test_a_refused_url_chain_or_web_output_is_printed_without_its_password(capsy
     assert "got the fsspec URL chain 'simplecache::ftp://etl:***@files.example/in'" in err, err
     assert "got the web address 'https://etl:***@web.example/out?X-Amz-Signature=***'" in err, err
     assert "s3cr3t" not in err, err
+
+
+@pytest.mark.parametrize(("name", "uri"), [
+    ("input", "zip:///data/images.zip"), ("input", "tar://shard.tar"), ("output", "zip:///data/clean.zip")])
+def test_an_archives_member_url_without_its_chain_is_refused_before_any_work(tmp_path, name: str, uri: str) -> None:
+    # BUG (fixed here): 'zip:///data/images.zip' names no archive to fsspec's zip file system, which opened the working
+    # directory as the archive: the run stopped with "cannot list input ...: Is a directory: '/home/me'", a folder the
+    # user never named (an --output said "cannot reach the server of output ...; is it up?")
+    from pipeline.config import JobConfig
+    from pipeline.errors import JobError
+    from pipeline.sources import discover
+
+    locations = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), name: uri}
+    with pytest.raises(JobError, match=rf"--{name} must be the storage's own URI \(s3://\.\.\., a path\)") as refused:
+        JobConfig(**locations).check()
+    assert str(tmp_path) not in str(refused.value).replace(locations["input" if name == "output" else "output"], "")
+    if name == "input":
+        with pytest.raises(ValueError, match="URL chain, which is not supported"):
+            discover(uri)
