@@ -310,9 +310,13 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
                 continue
             where = (scope, key)
             if where in given_by and into[key] != value:
-                problems.append(f"{given_by[where]} and {flag} name different servers ({key} {into[key]!r} and "
-                                f"{value!r}): a run reads and writes with one set of storage options; copy the input "
-                                "to the output's server first")
+                # as storage options are shown: the problem is printed, and ends up in CI logs, as it is
+                from pipeline.redaction import redact
+
+                was, now = (redact({key: v})[key] for v in (into[key], value))
+                problems.append(f"{given_by[where]} and {flag} name different servers ({key} {was!r} and {now!r}): a "
+                                "run reads and writes with one set of storage options; copy the input to the output's "
+                                "server first")
                 continue
             into[key], given_by[where] = value, flag
         if scope:
@@ -531,20 +535,22 @@ def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.Abst
 
 
 # fsspec's file systems of an archive's members, whose URL names a member and then, after '::', the archive
-# ('zip://a.png::s3://bucket/a.zip'); alone they read nothing
+# ('zip://a.png::s3://bucket/a.zip'); alone they read nothing: 'zip:///data/a.zip' opened the working directory as
+# the archive, and --input said "Is a directory: '/home/me'", a folder the user never named
 ARCHIVE_PROTOCOLS = frozenset({"zip", "tar", "libarchive"})
 
 
 def is_url_chain(uri: str) -> bool:
     """An fsspec URL chain ('simplecache::s3://...', or a member of an archive: 'zip://a.png::s3://bucket/a.zip'): its
-    listed paths cannot be read back without the chain."""
+    listed paths cannot be read back without the chain. An archive's member URL without its chain
+    ('zip:///data/a.zip') is one too: it names no archive to read."""
     from fsspec.registry import known_implementations
 
     first = re.match(r"^([A-Za-z][\w+.-]*)::", uri)
     if first is not None and first.group(1) in known_implementations:
         return True
     member = re.match(r"^([A-Za-z][\w+.-]*)://", uri)
-    return member is not None and member.group(1).lower() in ARCHIVE_PROTOCOLS and "::" in uri
+    return member is not None and member.group(1).lower() in ARCHIVE_PROTOCOLS
 
 
 def protocols(fs: object) -> tuple[str, ...]:
