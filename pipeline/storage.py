@@ -718,8 +718,13 @@ def concurrent_calls(fs: Any, wanted: int) -> int:
 
 
 def list_uncached(fs: Any, folder: str) -> list[dict[str, Any]]:
-    """`fs.ls(folder, detail=True)`, past the file system's listing cache where it keeps one (s3fs, gcsfs and adlfs
-    take refresh=True). SFTP's ls takes no such keyword: passed it, every run on sftp:// failed with a TypeError."""
+    """`fs.ls(folder, detail=True)`, past the file system's listing cache where it keeps one (s3fs and gcsfs take
+    refresh=True; adlfs takes the keyword and answers from its cache still, until the folder's entry is invalidated:
+    temporaries left since an earlier listing in the same process, as a scheduler's loop of runs, went unseen). SFTP's ls
+    takes no such keyword: passed it, every run on sftp:// failed with a TypeError."""
+    invalidate = getattr(fs, "invalidate_cache", None)  # every fsspec file system has it (a no-op without a cache)
+    for cached in {folder, folder.rstrip("/")} if invalidate else ():  # adlfs keys its cache without the '/'
+        invalidate(cached)
     parameters = inspect.signature(fs.ls).parameters.values()
     if any(p.name == "refresh" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return fs.ls(folder, detail=True, refresh=True)

@@ -46,3 +46,29 @@ def test_a_listing_cache_is_passed_by_where_there_is_one(tmp_path) -> None:
     assert [e["name"] for e in storage.list_uncached(Cached(skip_instance_cache=True), str(tmp_path))] == [
         str(tmp_path / "f")]
     assert seen == [{"refresh": True}]
+
+
+def test_a_listing_cache_that_ignores_refresh_is_invalidated_first(tmp_path) -> None:
+    """adlfs's ls takes refresh=True into **kwargs and answers from its cache (keyed without the trailing '/') until
+    invalidate_cache: a file written since the last listing must be in the next one."""
+
+    class KeepsListings(LocalFileSystem):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.kept: dict[str, list] = {}
+
+        def ls(self, path, detail=True, **kwargs):  # noqa: ANN001 - as adlfs's
+            key = path.rstrip("/")
+            if key not in self.kept:
+                self.kept[key] = super().ls(path, detail=detail)
+            return self.kept[key]
+
+        def invalidate_cache(self, path=None) -> None:  # noqa: ANN001
+            self.kept.pop(path, None) if path is not None else self.kept.clear()
+
+    fs = KeepsListings(skip_instance_cache=True)
+    (tmp_path / "a").write_bytes(b"x")
+    assert [e["name"] for e in fs.ls(str(tmp_path) + "/")] == [str(tmp_path / "a")]
+    (tmp_path / "b").write_bytes(b"x")
+    assert sorted(e["name"] for e in storage.list_uncached(fs, str(tmp_path) + "/")) == [str(tmp_path / "a"),
+                                                                                     str(tmp_path / "b")]
