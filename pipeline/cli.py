@@ -499,10 +499,17 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         # one spelling per setting: "gray, pool" and "gray,pool" are the same operators (ZipSettings, which the
         # output's record holds, spells them so too)
         values["operators"] = canonical_operators(values["operators"])
+    if recipe is not None:
+        try:
+            recipe_values(recipe)
+        except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
+            raise ConfigError(f"--config {args.config}: recipe: {err}" if args.config else str(err)) from None
     try:
         config = JobConfig(**values) if recipe is None else JobConfig.from_recipe(recipe, **values)
-    except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
-        raise ConfigError(f"--config {args.config}: recipe: {err}" if args.config else str(err)) from None
+    except ValueError as err:
+        # another value JobConfig could not take in (an --input hdfs://namenode:80a0/ whose port is no number): it was
+        # said as the --config file's recipe's, of a file that has none
+        raise ConfigError(str(err)) from None
     try:
         config.check()
     except JobError as err:

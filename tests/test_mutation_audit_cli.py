@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import config_from_args
+from pipeline.cli import config_from_args, main
 from pipeline.cli_common import ConfigError
 
 
@@ -27,4 +27,16 @@ def test_a_key_given_twice_beside_a_merge_key_is_still_refused(tmp_path: Path) -
     path.write_text("<<: {pool: 2}\nsteps: 7\nsteps: 9\n")
     with pytest.raises(ConfigError, match="key 'steps' is given twice"):
         config_from_args(["--config", str(path)])
+
+def test_a_bad_port_in_the_input_is_not_blamed_on_the_config_files_recipe(tmp_path: Path, capsys) -> None:
+    # a ValueError made while the options became a JobConfig was said as the file's recipe's, of a file with none
+    path = tmp_path / "job.yaml"
+    path.write_text("steps: 10\n")
+    argv = ["--input", "hdfs://namenode:80a0/in", "--output", str(tmp_path / "out"), "--dry-run"]
+    assert main(argv) == 2
+    alone = capsys.readouterr().err
+    assert main(["--config", str(path), *argv]) == 2
+    with_file = capsys.readouterr().err
+    assert "80a0" in with_file and "recipe" not in with_file, with_file
+    assert with_file == alone
 
