@@ -309,6 +309,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # `<<: *defaults`, YAML's merge key: its mapping's keys are merged in (the safe loader's own
+                # flatten_mapping), the mapping's own keys winning; built as a key, it refused the file as "not valid YAML"
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
@@ -495,10 +499,17 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
         # one spelling per setting: "gray, pool" and "gray,pool" are the same operators (ZipSettings, which the
         # output's record holds, spells them so too)
         values["operators"] = canonical_operators(values["operators"])
+    if recipe is not None:
+        try:
+            recipe_values(recipe)
+        except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
+            raise ConfigError(f"--config {args.config}: recipe: {err}" if args.config else str(err)) from None
     try:
         config = JobConfig(**values) if recipe is None else JobConfig.from_recipe(recipe, **values)
-    except ValueError as err:  # an unknown recipe in a --config file (the flag's choices are checked by argparse)
-        raise ConfigError(f"--config {args.config}: recipe: {err}" if args.config else str(err)) from None
+    except ValueError as err:
+        # another value JobConfig could not take in (an --input hdfs://namenode:80a0/ whose port is no number): it was
+        # said as the --config file's recipe's, of a file that has none
+        raise ConfigError(str(err)) from None
     try:
         config.check()
     except JobError as err:
