@@ -118,10 +118,14 @@ def _blend_k(text: str) -> float | str:
 
 def _json(text: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:  # argparse would say only "invalid loads value"
         raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg} at character {err.pos + 1}): {text!r}; "
                                          """give an object such as '{"num_channels": 128}'""") from None
+    if value is None:  # JSON's null was taken as the flag not given: the --preset's flags were used without a word
+        raise argparse.ArgumentTypeError("""null is not a JSON object of flags; give one such as '{"num_channels": 128}', """
+                                         "or leave --flags out to use --preset's")
+    return value
 
 
 def build_parser(prog: str = "zip-purify") -> argparse.ArgumentParser:

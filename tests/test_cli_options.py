@@ -561,6 +561,14 @@ def test_bad_json_flags_say_what_is_wrong(capsys) -> None:
     assert "--flags: not valid JSON (Expecting property name" in _errors(capsys)[0]
 
 
+def test_null_flags_are_refused_not_taken_for_no_flags(capsys) -> None:
+    """`--flags null` (a template's empty value): taken as not given, the run used --preset's model without a word."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--flags", "null", "--dry-run"])
+    assert exit_.value.code == 2
+    assert "--flags: null is not a JSON object of flags" in _errors(capsys)[0]
+
+
 def test_ctrl_c_in_a_dry_run(capsys, monkeypatch) -> None:
     def plan_job(config: JobConfig, dry_run: bool = False) -> None:
         raise KeyboardInterrupt
