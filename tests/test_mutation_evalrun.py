@@ -5,6 +5,9 @@ preflight.py, cache.py, predictions.py, baselines.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +201,22 @@ def test_a_run_of_the_clean_classifier_alone_has_no_examples_and_no_target(tmp_p
     assert not (out / "synthetic-examples.png").exists()
     assert report["predictions"]["attacks"]["clean"]["target"] is None
     assert report["predictions"]["attacks"]["clean"]["triggered"] == {}
+
+
+def test_the_reports_markdown_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """The Markdown table holds 'A⁺A x', '≤' and '–': under a locale whose encoding lacks them (an ASCII C locale
+    without UTF-8 mode, Latin-1, Windows' cp1252) the report used to end a finished run in UnicodeEncodeError, after
+    the hours of work, with the .json written and no .md. It is written as UTF-8 bytes, as everywhere else."""
+    table = "| Defense | CA |\n| A⁺A x (k=4) | ≤ 5 % – ZIP − baseline |\n"
+    path = tmp_path / "synthetic.md"
+    code = ("import sys; from pathlib import Path; from pipeline.evaluation.cache import write_text_atomic; "
+            f"write_text_atomic(Path(sys.argv[1]), {ascii(table)})")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(cache.__file__).parents[2])}  # this checkout
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert path.read_bytes() == table.encode("utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic.md"]  # no temporary file left beside it
 
 
 def test_zip_settings_out_of_their_own_limits_are_named_before_the_prior_is_read(tmp_path: Path) -> None:
