@@ -65,5 +65,5 @@ def save_npz(path: Path, **arrays: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")  # the Markdown table holds A⁺A x, ≤ and –, whatever the locale
     os.replace(tmp, path)
