@@ -131,6 +131,28 @@ def test_what_a_classifier_was_trained_from_is_read_back_from_its_file(tmp_path:
     assert classifier_trained_from(tmp_path / "without.pt") is None
 
 
+def test_a_cache_write_that_fails_leaves_no_temporary_file_and_keeps_the_old_one(tmp_path: Path, monkeypatch) -> None:
+    """A full disk halfway through saving a victim, a training checkpoint or a purified set: the error is raised, the
+    file written before stays whole, and no '.tmp' file is left in the cache (each one was left, taking the disk's
+    space, until someone deleted it by hand)."""
+    model = build_classifier(ClassifierConfig(num_classes=3, depth=8))
+    save_classifier(model, tmp_path / "victim.pt")
+    cache.save_npz(tmp_path / "purified.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(f, *args, **kwargs) -> None:  # writes part of the file, then the disk is full
+        Path(f).write_bytes(b"PK\x03\x04 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", lambda obj, f, *args, **kwargs: disk_full(f))
+    monkeypatch.setattr(np, "savez", disk_full)
+    for write in (lambda: save_classifier(model, tmp_path / "victim.pt"),
+                  lambda: cache.save_npz(tmp_path / "purified.npz", images=np.ones((2, 4, 4, 3), np.uint8))):
+        with pytest.raises(OSError, match="No space left"):
+            write()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_a_file_of_another_kind_is_not_loaded_as_a_classifier(tmp_path: Path) -> None:
     """A training checkpoint (or any other torch file) given where a saved classifier belongs is named as not one."""
     images, labels = _identifiable(16)

@@ -13,6 +13,7 @@ import os
 import pickle
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,25 @@ def read_json_cache(path: Path) -> dict[str, Any]:
     return info
 
 
-def save_npz(path: Path, **arrays: Any) -> None:
-    """Atomic .npz write: a killed run never leaves a half-written cache file; the temporary name is the process's
-    own, so two evaluations sharing a cache cannot take each other's half-written file."""
+def write_atomic(path: Path, write: Callable[[Path], Any], suffix: str = ".tmp") -> None:
+    """`write(tmp)` into a temporary file beside `path`, then renamed into place: a killed run never leaves a
+    half-written file. The temporary name is the process's own, so two evaluations sharing a cache cannot take each
+    other's half-written file; a write that fails (a full disk) takes its temporary file with it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_npz(path: Path, **arrays: Any) -> None:
+    """Atomic .npz write (`write_atomic`); numpy adds '.npz' to a name without it, so the temporary one has it."""
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")  # the Markdown table holds A⁺A x, ≤ and –, whatever the locale
-    os.replace(tmp, path)
+    # the Markdown table holds A⁺A x, ≤ and –, whatever the locale
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.evaluation.cache import write_atomic
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -396,10 +397,7 @@ TRAINING_STATE_FORMAT = "zip-purify-classifier-training/1"
 
 def _write_training_state(path: Path, state: dict) -> None:
     """Atomic: a run killed while writing leaves the previous epoch's checkpoint, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": TRAINING_STATE_FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save({"format": TRAINING_STATE_FORMAT, **state}, tmp))
 
 
 def _read_training_state(path: Path, fingerprint: str) -> dict | None:
@@ -442,15 +440,10 @@ def save_classifier(model: ResNet, path: str | Path, trained_from: dict[str, Any
     `classifier_trained_from`."""
     config = asdict(model.config)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the process's own name: two evaluations sharing a cache never take (or rename away) each other's half-written file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     payload: dict[str, Any] = {"format": "zip-purify-classifier/1", "config": config, "state_dict": state}
     if trained_from is not None:
         payload["trained_from"] = json.dumps(trained_from, sort_keys=True)
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def classifier_trained_from(path: str | Path) -> dict[str, Any] | None:
