@@ -33,6 +33,8 @@ import warnings
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pipeline.redaction import redact, uris_redacted
+
 if TYPE_CHECKING:
     import fsspec
 
@@ -237,8 +239,7 @@ SLOW_ATTEMPT_S = 10.0
 def _note_slow_attempt(what: str, err: BaseException, took: float, next_attempt: int, attempts: int) -> None:
     if took < SLOW_ATTEMPT_S:
         return
-    from pipeline.redaction import uris_redacted  # what and the error may quote a URI with its password or signature
-
+    # what and the error may quote a URI with its password or signature
     shown = uris_redacted(f"{what}: failed after {took:.0f} s{_last_answer(err)} ({describe(err).rstrip('.')})")
     print(f"zip-purify: note: {shown}; trying again, attempt {next_attempt} of {attempts}", file=sys.stderr, flush=True)
 
@@ -311,8 +312,6 @@ def with_url_options(uris: dict[str, str], storage_options: dict[str, Any]) -> t
             where = (scope, key)
             if where in given_by and into[key] != value:
                 # as storage options are shown: the problem is printed, and ends up in CI logs, as it is
-                from pipeline.redaction import redact
-
                 was, now = (redact({key: v})[key] for v in (into[key], value))
                 problems.append(f"{given_by[where]} and {flag} name different servers ({key} {was!r} and {now!r}): a "
                                 "run reads and writes with one set of storage options; copy the input to the output's "
