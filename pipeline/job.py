@@ -40,6 +40,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipeline.cancelled_tasks import cancelled_tasks_awaited
 from pipeline.changes import INPUTS_DIR, InputRecord, starting_record, write_record
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed, NotOnThisNodeError
@@ -253,30 +254,32 @@ def pipeline_closed_on_exit(rows: Iterator[Any]) -> Iterator[None]:
     purified on while the run waited for its thread, and the executor was shut down only when the garbage collector
     freed it, after the run's `interrupted:` line, which Ray Data's "Dataset ... execution finished in ... seconds" then
     followed on stderr (its lines are quieted only while the run's pipeline runs: `placement.ray_data_console_quieted`).
-    Shutting down an executor that is shut down already does nothing."""
-    before = set(threading.enumerate())
-    stopping: KeyboardInterrupt | None = None
-    try:
-        yield
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM raised as one (`stopped_run.signals_interrupt`)
-        stopping = err
-        raise
-    finally:
-        close = getattr(rows, "close", None)
-        if close is not None:
-            close()
-        if stopping is not None:
-            # An executor whose thread has ended already (a short pipeline done meanwhile) is held only by the
-            # finished frames of Ray Data's calls that the interrupt came through: freed now, it is shut down now,
-            # while its lines are quieted (the frames' lines stay in the traceback, not their variables).
-            traceback.clear_frames(stopping.__traceback__)
-            gc.collect()
-        for thread in set(threading.enumerate()) - before:
-            if thread.name.startswith(EXECUTOR_THREAD_PREFIX):
-                shutdown = getattr(thread, "shutdown", None)
-                if callable(shutdown):
-                    shutdown(force=True)
-                thread.join(EXECUTOR_JOIN_S)
+    Shutting down an executor that is shut down already does nothing. Either way the executor's shutdown returns only
+    once its tasks have ended (`pipeline.cancelled_tasks`): a stopped run then counts every file they wrote."""
+    with cancelled_tasks_awaited():  # and once shut down, none of its tasks is still writing a part file
+        before = set(threading.enumerate())
+        stopping: KeyboardInterrupt | None = None
+        try:
+            yield
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM raised as one (`stopped_run.signals_interrupt`)
+            stopping = err
+            raise
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
+            if stopping is not None:
+                # An executor whose thread has ended already (a short pipeline done meanwhile) is held only by the
+                # finished frames of Ray Data's calls that the interrupt came through: freed now, it is shut down now,
+                # while its lines are quieted (the frames' lines stay in the traceback, not their variables).
+                traceback.clear_frames(stopping.__traceback__)
+                gc.collect()
+            for thread in set(threading.enumerate()) - before:
+                if thread.name.startswith(EXECUTOR_THREAD_PREFIX):
+                    shutdown = getattr(thread, "shutdown", None)
+                    if callable(shutdown):
+                        shutdown(force=True)
+                    thread.join(EXECUTOR_JOIN_S)
 
 
 def run_job(config: JobConfig, *, overwrite_file: str | None = None) -> dict[str, Any]:
