@@ -16,7 +16,14 @@ from pipeline.presets import ASSETS, shipped_prior_path
 from pipeline.redaction import redact, redact_uri, storage_value_shown
 from pipeline.settings import PRECISIONS, ZipSettings, device_problem, is_whole_number, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, MAX_IMAGE_BYTES, PARTITIONINGS
-from pipeline.storage import is_url_chain, options_for, store_entry_problems, with_url_options, with_web_store_scoped
+from pipeline.storage import (
+    is_url_chain,
+    options_for,
+    scheme_case_problem,
+    store_entry_problems,
+    with_url_options,
+    with_web_store_scoped,
+)
 
 DEFAULT_INPUT = str(ASSETS / "sample")
 
@@ -208,6 +215,8 @@ class JobConfig:
         for name in ("input", "output"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{_flag(name)} must be a path or URI, got {getattr(self, name)!r}")
+            elif scheme_case_problem(getattr(self, name)) is not None:
+                problems.append(f"{_flag(name)}: {scheme_case_problem(getattr(self, name))}")
             elif is_url_chain(getattr(self, name)):
                 # the URI without its password: the CLI prints a refused config as it is
                 problems.append(f"{_flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL "

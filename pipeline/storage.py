@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pipeline.redaction import redact, uris_redacted
+from pipeline.redaction import redact, redact_uri, uris_redacted
 
 if TYPE_CHECKING:
     import fsspec
@@ -523,11 +523,24 @@ def _bound_azure_sdk_retries(fs: object) -> None:
         setattr(policy, name, value)
 
 
+def scheme_case_problem(uri: str) -> str | None:
+    """What is wrong with a URI whose scheme has capitals ('S3://bucket/x'), with the URI as it must be written:
+    fsspec knows its schemes in lower case only, and the run said "Protocol not known: S3". None for any other URI."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if scheme is None or scheme.group(1) == scheme.group(1).lower():
+        return None
+    return (f"the URL scheme {scheme.group(1)!r} must be written in lower case: "
+            f"{redact_uri(scheme.group(1).lower() + uri[scheme.end(1):])}")
+
+
 def storage_path(uri: str, storage_options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The file system of `uri` and the path on it. Unlike fsspec.open and url_to_fs, '::' is part of the name (a key
     'x::y.png' is a file, not the URL chain 'x' :: 'y.png'); chained input URLs are refused by `discover`."""
     import fsspec
 
+    problem = scheme_case_problem(uri)
+    if problem is not None:
+        raise ValueError(problem)
     protocol, _ = fsspec.core.split_protocol(uri)
     fs = filesystem(protocol or "file", storage_options)  # on S3, retries bounded: see pipeline.storage
     return fs, fs._strip_protocol(uri)
