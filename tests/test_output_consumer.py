@@ -142,3 +142,27 @@ def test_an_image_column_the_first_parquet_file_lacks_stops_the_run_before_any_w
     assert not (tmp_path / "out").exists()
     assert plan_job(JobConfig(input=str(folder), output=str(tmp_path / "out"), image_column="photo"),
                     dry_run=True).units
+
+
+def test_a_parquet_value_python_cannot_hold_rejects_its_own_row_only(tmp_path) -> None:
+    # A "valid until" column holding a far-future sentinel (2**62 ms, past the year 9999 where Python's datetime ends)
+    # in one row made every row of its row group a reject, "row group 0 of the Parquet file cannot be read:
+    # OverflowError: ...", as if the file were damaged: the images were whole, and none reached data/. Only the row
+    # holding such a value is a reject now, naming its column; the others are purified with their values.
+    import datetime
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    valid_to = pa.array([1_700_000_000_000, 2**62, None], pa.timestamp("ms"))
+    pq.write_table(pa.table({"image": [_png()] * 3, "valid_to": valid_to, "n": [1, 2, 3]}), folder / "t.parquet")
+    records = {r["id"]: r for r in _decoded(folder)}
+    assert sorted(records) == ["t.parquet#0", "t.parquet#1", "t.parquet#2"]
+    reject = records["t.parquet#1"]
+    assert reject["kind"] == "reject" and reject["stage"] == "read"
+    assert reject["error"] == ("row 1: column 'valid_to' (timestamp[ms]) holds a value that has no Python form to pass "
+                               "through (OverflowError: Python int too large to convert to C int; a time before the year "
+                               "1 or after 9999 is one): write the column as int64 or text, or leave it out, to purify "
+                               "this row")
+    assert [records[f"t.parquet#{i}"]["kind"] for i in (0, 2)] == ["image", "image"]
+    assert records["t.parquet#0"]["meta"] == {"valid_to": datetime.datetime(2023, 11, 14, 22, 13, 20), "n": 1}
+    assert records["t.parquet#2"]["meta"] == {"valid_to": None, "n": 3}
