@@ -489,6 +489,22 @@ def _png_name(id_: str) -> str:
     return (stem if ext.lower() in IMAGE_EXTENSIONS else name or "image") + ".png"
 
 
+# The job's own columns of a data/ part file before its pass-through columns, and after them (`data_column_order`).
+LEADING_COLUMNS = ("id", "image", "width", "height")
+TRAILING_COLUMNS = ("source", "source_sha256", "original_mode", "original_format", "original_frames", "psnr_vs_input_db",
+                    "downscale_factor")
+
+
+def data_column_order(names: Iterable[str]) -> list[str]:
+    """`names`, a data/ part file's columns, in the order the writer gives them: the job's leading columns, the
+    pass-through ones by name, then the job's others. The end of a run puts every part file's columns in this order
+    where the files disagree (`pipeline.output.unify_output_types`)."""
+    held = set(names)
+    job = set(LEADING_COLUMNS) | set(TRAILING_COLUMNS)
+    return ([n for n in LEADING_COLUMNS if n in held] + sorted(held - job)
+            + [n for n in TRAILING_COLUMNS if n in held])
+
+
 def _data_table(records: list[dict[str, Any]]) -> pa.Table:
     passthrough = sorted({k for r in records for k in r["meta"]})
     # The readers name an input's own `id`, `source`, ... input_id, input_source (sources.passthrough_name): a
@@ -506,7 +522,7 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
                    psnr_vs_input_db=r.get("psnr_vs_input_db"),
                    downscale_factor=r.get("downscale_factor"))
         rows.append(row)
-    names = list(rows[0]) if rows else []
+    names = data_column_order(rows[0]) if rows else []
     types = {name: _input_type(records, name) for name in passthrough}
     return pa.table({name: _column([row[name] for row in rows], types.get(name)) for name in names})
 

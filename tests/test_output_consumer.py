@@ -166,3 +166,46 @@ def test_a_parquet_value_python_cannot_hold_rejects_its_own_row_only(tmp_path) -
     assert [records[f"t.parquet#{i}"]["kind"] for i in (0, 2)] == ["image", "image"]
     assert records["t.parquet#0"]["meta"] == {"valid_to": datetime.datetime(2023, 11, 14, 22, 13, 20), "n": 1}
     assert records["t.parquet#2"]["meta"] == {"valid_to": None, "n": 3}
+
+
+def test_part_files_given_a_column_at_the_end_of_a_run_have_one_schema_in_one_order(tmp_path) -> None:
+    # A tar shard whose .cls labels were in some write batches only: the end of the run gave the files without them
+    # a label column as nulls, after their last column, where the writer puts it between height and source. The
+    # files then held the same columns in two orders: their Parquet schemas differed, and a `_metadata` summary of the
+    # output's footers (pq.write_metadata, as Dask writes one) failed with "AppendRowGroups requires equal schemas";
+    # Polars before 1.8 refused such a folder on S3. Every part file now holds its columns in the writer's order.
+    from pipeline.output import unify_output_types
+
+    out = tmp_path / "out"
+    labelled = [_row(0, {"label": 3, "caption": "a"}, {}), _row(2, {"label": 4, "caption": "b"}, {})]
+    write_stage(batch_of(labelled), str(out), {})
+    write_stage(batch_of([_row(1, {"caption": "c"}, {})]), str(out), {})
+    write_stage(batch_of([_row(3, {}, {})]), str(out), {})
+    assert unify_output_types(str(out), {}) == {"caption": "string", "label": "int64"}
+    files = sorted((out / "data").glob("part-*.parquet"))
+    assert len(files) == 3
+    schemas = [pq.read_schema(f) for f in files]
+    assert all(schema.equals(schemas[0]) for schema in schemas)
+    assert schemas[0].names == ["id", "image", "width", "height", "caption", "label", "source", "source_sha256",
+                                "original_mode", "original_format", "original_frames", "psnr_vs_input_db",
+                                "downscale_factor"]
+    footers = [pq.read_metadata(f) for f in files]
+    for footer in footers[1:]:
+        footers[0].append_row_groups(footer)
+    pq.write_metadata(schemas[0], out / "data" / "_metadata", metadata_collector=[footers[0]])
+    assert pq.ParquetDataset(str(out / "data")).read().num_rows == 4
+    assert unify_output_types(str(out), {}) == {}  # one order now: nothing left to do
+
+
+def test_part_files_that_agree_on_another_order_are_left_as_they_are(tmp_path) -> None:
+    # Files in one order, whatever it is (an earlier version's, another tool's), read as one data set: none is
+    # rewritten to put its columns in the writer's order.
+    from pipeline.output import unify_output_types
+
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    for i in range(2):
+        pq.write_table(pa.table({"source": ["s"], "id": [f"x{i}"], "label": [i]}), data / f"part-{i}.parquet")
+    stamps = [f.stat().st_mtime_ns for f in sorted(data.iterdir())]
+    assert unify_output_types(str(tmp_path / "out"), {}) == {}
+    assert [f.stat().st_mtime_ns for f in sorted(data.iterdir())] == stamps
