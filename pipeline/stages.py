@@ -532,7 +532,9 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
     tar sidecars do not); else None, and the type is inferred. Parquet files that disagree get one type every file can
     be given, as the end of the run gives part files (`common_column_types`): a file where the column is all nulls
     (Arrow type null) takes the others' type, and int16 with int32 is int32, so that a batch mixing such files does
-    not widen a float32 to double or an int16 to int64."""
+    not widen a float32 to double or an int16 to int64. Types that share none (a date32 with a timestamp, a naive
+    timestamp with a zoned one) give string, as the end of the run gives them: the type Arrow guessed from the Python
+    values cut a timestamp to its date, or dropped its zone."""
     found = set()
     for r in records:
         if name in r["meta"]:
@@ -543,7 +545,7 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
     typed = {t for t in found if not pa.types.is_null(t)}
     if len(typed) <= 1:
         return typed.pop() if typed else (found.pop() if found else None)
-    return promoted_type(typed)
+    return promoted_type(typed) or pa.string()
 
 
 def promoted_type(types: set[pa.DataType]) -> pa.DataType | None:
@@ -578,6 +580,8 @@ def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Arra
     (`promoted_type`): Arrow made them binary, the text's escapes (a latin-1 caption's \\xe9) left in the bytes."""
     if any(isinstance(v, str) for v in values) and any(isinstance(v, bytes) for v in values):
         return text_column(values)
+    if input_type is not None and _text_type(input_type) and any(v is not None and not isinstance(v, str) for v in values):
+        return text_column(values)  # Parquet inputs whose types share none (`_input_type`): each value's text
     if input_type is not None:
         try:
             return pa.array(values, type=input_type)

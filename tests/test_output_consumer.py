@@ -48,6 +48,26 @@ def test_parquet_columns_that_share_no_type_are_still_written(tmp_path) -> None:
     assert table.schema.field("key").type == pa.string() and table.column("key").to_pylist() == ["7", "x7"]
 
 
+def test_a_batch_mixing_parquet_files_whose_times_share_no_type_keeps_every_time_whole(tmp_path) -> None:
+    # Two Parquet files of one data set: a date32 'taken' in one and a timestamp in the other, a naive timestamp in
+    # one and a UTC one in the other. Such types share no Arrow type, and a write batch holding rows of both had its
+    # column's type guessed from the Python values: the timestamp's time of day was cut off (2024-01-02 03:04:05 was
+    # written 2024-01-02) and the zone of the UTC one dropped, in that batch's rows only. Such a column is text, as the
+    # end of the run makes it, every value written whole.
+    import datetime
+
+    utc = datetime.UTC
+    first = {"taken": pa.date32(), "at": pa.timestamp("ms")}
+    second = {"taken": pa.timestamp("s"), "at": pa.timestamp("us", tz="UTC")}
+    rows = [_row(0, {"taken": datetime.date(2020, 1, 1), "at": datetime.datetime(2024, 1, 2, 3, 4, 5)}, first),
+            _row(1, {"taken": datetime.datetime(2024, 1, 2, 3, 4, 5),
+                     "at": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=utc)}, second)]
+    table = _written(tmp_path, rows)
+    assert table.schema.field("taken").type == pa.string() and table.schema.field("at").type == pa.string()
+    assert table.column("taken").to_pylist() == ['"2020-01-01"', '"2024-01-02 03:04:05"']
+    assert table.column("at").to_pylist() == ['"2024-01-02 03:04:05"', '"2024-01-02 03:04:05+00:00"']
+
+
 def test_part_files_whose_common_type_would_lose_values_are_given_text(tmp_path) -> None:
     # Two Parquet inputs, one with a uint64 hash above int64's range and one with int64 hashes, written to two part
     # files; and ids beyond 2**53 as int64 beside a double. Arrow's promotion (int64, double) cannot hold those
