@@ -237,6 +237,8 @@ def test_rows_of_a_column_the_end_of_a_run_made_text_still_match_their_members(t
     # found the first shard touched (same bytes, new mtime) compared its members with their rows, found 0 against
     # "0", and warned that it was "replaced since, a member or row that rows were made from changed", which
     # --refresh-changed then purified again. A value and its text as the end of a run writes it now match.
+    import fsspec
+
     from pipeline.changes import _part_rows, _record_fingerprints, _row_fingerprint
     from pipeline.output import unify_output_types
 
@@ -246,14 +248,8 @@ def test_rows_of_a_column_the_end_of_a_run_made_text_still_match_their_members(t
     write_stage(batch_of([_row(1, {"label": "cat", "meta": {"w": "x", "z": [1]}, "score": "high"}, {})]), str(out), {})
     assert unify_output_types(str(out), {}) == {"label": "string", "meta": "string", "score": "string", "when": "null"}
     rows = [row for f in sorted((out / "data").glob("part-*.parquet"))
-            for _, row in _part_rows(fs_local(), str(f), pa.array([first["id"]]), None)]
+            for _, row in _part_rows(fsspec.filesystem("file"), str(f), pa.array([first["id"]]), None)]
     assert len(rows) == 1 and rows[0]["label"] == "0" and rows[0]["meta"] == '{"w": 1}'
     assert _row_fingerprint("data", rows[0]) in _record_fingerprints(first)
     changed = {**first, "meta": {**first["meta"], "label": 1}}
     assert _row_fingerprint("data", rows[0]) not in _record_fingerprints(changed)
-
-
-def fs_local():
-    import fsspec
-
-    return fsspec.filesystem("file")
