@@ -40,8 +40,11 @@ again.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import hashlib
 import io
+import json
 import os
 import posixpath
 import stat
@@ -697,13 +700,24 @@ def _record_fingerprints(record: dict[str, Any]) -> tuple[bytes, ...]:
 def _canonical(value: Any) -> Any:
     """`value` as comparable whatever the order of its keys and wherever it was read from: a dict as its items sorted,
     a null in it (a column or struct field a part file holds and this row has no value of) left out, a whole float as
-    its int (a column of ints that the end of a run made double beside another part file's floats)."""
+    its int (a column of ints that the end of a run made double beside another part file's floats), and a value as
+    the text the end of a run makes it where its column became text (`stages.text_column`: 3 beside "cat" is "3", an
+    object its JSON text, a time its str): text that is JSON is taken as the value it spells, and a time, a date, a
+    duration or a decimal as its str. Rows of a column made text no longer differed from the members they came from."""
     if isinstance(value, dict):
         return ("dict", tuple(sorted((k, _canonical(v)) for k, v in value.items() if v is not None)))
     if isinstance(value, list | tuple):
         return ("list", tuple(_canonical(v) for v in value))
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, str):
+        try:
+            spelt = json.loads(value)
+        except (ValueError, RecursionError):
+            return value
+        return spelt if isinstance(spelt, str) else _canonical(spelt)
+    if isinstance(value, datetime.date | datetime.time | datetime.timedelta | decimal.Decimal):
+        return str(value)
     return value
 
 

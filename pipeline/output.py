@@ -29,7 +29,16 @@ from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
 from pipeline.ledger import LEDGER_DIR
 from pipeline.refresh import REFRESH_DIR
-from pipeline.stages import DATA_DIR, REJECTED_AT, REJECTS_DIR, REJECTS_SCHEMA, promoted_type, text_column, write_parquet_atomic
+from pipeline.stages import (
+    DATA_DIR,
+    REJECTED_AT,
+    REJECTS_DIR,
+    REJECTS_SCHEMA,
+    data_column_order,
+    promoted_type,
+    text_column,
+    write_parquet_atomic,
+)
 from pipeline.storage import (
     AZURE_BLOB_PROTOCOLS,
     TEMP_PREFIX,
@@ -670,7 +679,8 @@ def common_column_types(schemas: list[pa.Schema]) -> dict[str, pa.DataType]:
 
 def unify_output_types(output: str, storage_options: dict[str, Any],
                        schemas: dict[str, pa.Schema] | None = None) -> dict[str, str]:
-    """Give every data/ part file the same columns with the same types, so the output reads as one data set.
+    """Give every data/ part file the same columns with the same types, in the same order, so the output reads as one
+    data set.
 
     Each file's writer infers its pass-through columns from its own rows: a `.cls` label can be int64 in one file
     and string in another (3 here, "cat" there), and a .json sidecar key can be in some files only. Only files
@@ -678,6 +688,10 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
     column made string keeps every value (others as their JSON text). A promotion whose cast would lose a value (a
     uint64 above int64's range beside an int64, an int64 beyond 2**53 beside a double) makes the column string too:
     Arrow refuses such a cast, and every run, the same command again included, failed here on the same files.
+    Where the files hold their columns in more than one order (a column added here, which went after a file's last),
+    each is given the writer's (`data_column_order`): readers that take a folder's files as one Parquet schema refuse
+    files whose columns differ in order (a `_metadata` summary of their footers, as Dask writes one: "AppendRowGroups
+    requires equal schemas"; Polars before 1.8 on an object store). Files that agree on an order keep it.
     `schemas`: part file -> schema, when the caller has read them (`deduplicate_output`); else they are read here.
     Returns column -> the type given to it."""
     fs, _ = _fs(output, storage_options)
@@ -692,10 +706,11 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
     while True:
         common = common_column_types(list(schemas.values()))
         common.update((name, pa.string()) for name in as_text)
-        if not common:
+        order = _column_order(list(schemas.values()))
+        if not common and order is None:
             return {}
         try:
-            _give_types(fs, schemas, common, storage_options)
+            _give_types(fs, schemas, common, order, storage_options)
         except _LossyCast as err:  # files rewritten so far are given text in the next pass, by their new schemas
             as_text.add(err.name)
             continue
@@ -708,14 +723,23 @@ class _LossyCast(Exception):
         self.name = name
 
 
+def _column_order(schemas: list[pa.Schema]) -> list[str] | None:
+    """The order every data/ part file's columns are to be in (the writer's, `data_column_order`, of the columns any
+    file holds) when the files hold them in more than one order; None when they hold them in one."""
+    if len({tuple(schema.names) for schema in schemas}) <= 1:
+        return None
+    return data_column_order({name for schema in schemas for name in schema.names})
+
+
 def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], common: dict[str, pa.DataType],
-                storage_options: dict[str, Any]) -> None:
-    """Rewrite each part file in `schemas` that lacks one of the `common` columns or holds it with another type, and
-    update `schemas` as each lands. Raises _LossyCast, before writing that file, for a column whose cast fails."""
+                order: list[str] | None, storage_options: dict[str, Any]) -> None:
+    """Rewrite each part file in `schemas` that lacks one of the `common` columns, holds it with another type or holds
+    its columns in another `order` (None: any), and update `schemas` as each lands. Raises _LossyCast, before writing
+    that file, for a column whose cast fails."""
     for path, schema in schemas.items():
         have = dict(zip(schema.names, schema.types, strict=True))
         wrong = [n for n, t in common.items() if n not in have or have[n] != t]
-        if not wrong:
+        if not wrong and (order is None or schema.names == order):
             continue
         table = _read_part(fs, path)
         # the columns gathered, and the table made once: appending or setting one column at a time copies the
@@ -738,7 +762,9 @@ def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], co
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
                     raise _LossyCast(name) from err
             columns[name] = cast
-        table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields.values(), table.schema.metadata))
+        names = order if order is not None else list(columns)
+        table = pa.Table.from_arrays([columns[n] for n in names],
+                                     schema=pa.schema([fields[n] for n in names], table.schema.metadata))
         write_parquet_atomic(table, with_protocol(fs, path), storage_options)
         schemas[path] = table.schema
 

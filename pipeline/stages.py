@@ -489,6 +489,22 @@ def _png_name(id_: str) -> str:
     return (stem if ext.lower() in IMAGE_EXTENSIONS else name or "image") + ".png"
 
 
+# The job's own columns of a data/ part file before its pass-through columns, and after them (`data_column_order`).
+LEADING_COLUMNS = ("id", "image", "width", "height")
+TRAILING_COLUMNS = ("source", "source_sha256", "original_mode", "original_format", "original_frames", "psnr_vs_input_db",
+                    "downscale_factor")
+
+
+def data_column_order(names: Iterable[str]) -> list[str]:
+    """`names`, a data/ part file's columns, in the order the writer gives them: the job's leading columns, the
+    pass-through ones by name, then the job's others. The end of a run puts every part file's columns in this order
+    where the files disagree (`pipeline.output.unify_output_types`)."""
+    held = set(names)
+    job = set(LEADING_COLUMNS) | set(TRAILING_COLUMNS)
+    return ([n for n in LEADING_COLUMNS if n in held] + sorted(held - job)
+            + [n for n in TRAILING_COLUMNS if n in held])
+
+
 def _data_table(records: list[dict[str, Any]]) -> pa.Table:
     passthrough = sorted({k for r in records for k in r["meta"]})
     # The readers name an input's own `id`, `source`, ... input_id, input_source (sources.passthrough_name): a
@@ -506,7 +522,7 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
                    psnr_vs_input_db=r.get("psnr_vs_input_db"),
                    downscale_factor=r.get("downscale_factor"))
         rows.append(row)
-    names = list(rows[0]) if rows else []
+    names = data_column_order(rows[0]) if rows else []
     types = {name: _input_type(records, name) for name in passthrough}
     return pa.table({name: _column([row[name] for row in rows], types.get(name)) for name in names})
 
@@ -516,7 +532,9 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
     tar sidecars do not); else None, and the type is inferred. Parquet files that disagree get one type every file can
     be given, as the end of the run gives part files (`common_column_types`): a file where the column is all nulls
     (Arrow type null) takes the others' type, and int16 with int32 is int32, so that a batch mixing such files does
-    not widen a float32 to double or an int16 to int64."""
+    not widen a float32 to double or an int16 to int64. Types that share none (a date32 with a timestamp, a naive
+    timestamp with a zoned one) give string, as the end of the run gives them: the type Arrow guessed from the Python
+    values cut a timestamp to its date, or dropped its zone."""
     found = set()
     for r in records:
         if name in r["meta"]:
@@ -527,7 +545,7 @@ def _input_type(records: list[dict[str, Any]], name: str) -> pa.DataType | None:
     typed = {t for t in found if not pa.types.is_null(t)}
     if len(typed) <= 1:
         return typed.pop() if typed else (found.pop() if found else None)
-    return promoted_type(typed)
+    return promoted_type(typed) or pa.string()
 
 
 def promoted_type(types: set[pa.DataType]) -> pa.DataType | None:
@@ -562,6 +580,8 @@ def _column(values: list[Any], input_type: pa.DataType | None = None) -> pa.Arra
     (`promoted_type`): Arrow made them binary, the text's escapes (a latin-1 caption's \\xe9) left in the bytes."""
     if any(isinstance(v, str) for v in values) and any(isinstance(v, bytes) for v in values):
         return text_column(values)
+    if input_type is not None and _text_type(input_type) and any(v is not None and not isinstance(v, str) for v in values):
+        return text_column(values)  # Parquet inputs whose types share none (`_input_type`): each value's text
     if input_type is not None:
         try:
             return pa.array(values, type=input_type)

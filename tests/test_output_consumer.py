@@ -48,6 +48,26 @@ def test_parquet_columns_that_share_no_type_are_still_written(tmp_path) -> None:
     assert table.schema.field("key").type == pa.string() and table.column("key").to_pylist() == ["7", "x7"]
 
 
+def test_a_batch_mixing_parquet_files_whose_times_share_no_type_keeps_every_time_whole(tmp_path) -> None:
+    # Two Parquet files of one data set: a date32 'taken' in one and a timestamp in the other, a naive timestamp in
+    # one and a UTC one in the other. Such types share no Arrow type, and a write batch holding rows of both had its
+    # column's type guessed from the Python values: the timestamp's time of day was cut off (2024-01-02 03:04:05 was
+    # written 2024-01-02) and the zone of the UTC one dropped, in that batch's rows only. Such a column is text, as the
+    # end of the run makes it, every value written whole.
+    import datetime
+
+    utc = datetime.UTC
+    first = {"taken": pa.date32(), "at": pa.timestamp("ms")}
+    second = {"taken": pa.timestamp("s"), "at": pa.timestamp("us", tz="UTC")}
+    rows = [_row(0, {"taken": datetime.date(2020, 1, 1), "at": datetime.datetime(2024, 1, 2, 3, 4, 5)}, first),
+            _row(1, {"taken": datetime.datetime(2024, 1, 2, 3, 4, 5),
+                     "at": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=utc)}, second)]
+    table = _written(tmp_path, rows)
+    assert table.schema.field("taken").type == pa.string() and table.schema.field("at").type == pa.string()
+    assert table.column("taken").to_pylist() == ['"2020-01-01"', '"2024-01-02 03:04:05"']
+    assert table.column("at").to_pylist() == ['"2024-01-02 03:04:05"', '"2024-01-02 03:04:05+00:00"']
+
+
 def test_part_files_whose_common_type_would_lose_values_are_given_text(tmp_path) -> None:
     # Two Parquet inputs, one with a uint64 hash above int64's range and one with int64 hashes, written to two part
     # files; and ids beyond 2**53 as int64 beside a double. Arrow's promotion (int64, double) cannot hold those
@@ -142,3 +162,94 @@ def test_an_image_column_the_first_parquet_file_lacks_stops_the_run_before_any_w
     assert not (tmp_path / "out").exists()
     assert plan_job(JobConfig(input=str(folder), output=str(tmp_path / "out"), image_column="photo"),
                     dry_run=True).units
+
+
+def test_a_parquet_value_python_cannot_hold_rejects_its_own_row_only(tmp_path) -> None:
+    # A "valid until" column holding a far-future sentinel (2**62 ms, past the year 9999 where Python's datetime ends)
+    # in one row made every row of its row group a reject, "row group 0 of the Parquet file cannot be read:
+    # OverflowError: ...", as if the file were damaged: the images were whole, and none reached data/. Only the row
+    # holding such a value is a reject now, naming its column; the others are purified with their values.
+    import datetime
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    valid_to = pa.array([1_700_000_000_000, 2**62, None], pa.timestamp("ms"))
+    pq.write_table(pa.table({"image": [_png()] * 3, "valid_to": valid_to, "n": [1, 2, 3]}), folder / "t.parquet")
+    records = {r["id"]: r for r in _decoded(folder)}
+    assert sorted(records) == ["t.parquet#0", "t.parquet#1", "t.parquet#2"]
+    reject = records["t.parquet#1"]
+    assert reject["kind"] == "reject" and reject["stage"] == "read"
+    assert reject["error"] == ("row 1: column 'valid_to' (timestamp[ms]) holds a value that has no Python form to pass "
+                               "through (OverflowError: Python int too large to convert to C int; a time before the year "
+                               "1 or after 9999 is one): write the column as int64 or text, or leave it out, to purify "
+                               "this row")
+    assert [records[f"t.parquet#{i}"]["kind"] for i in (0, 2)] == ["image", "image"]
+    assert records["t.parquet#0"]["meta"] == {"valid_to": datetime.datetime(2023, 11, 14, 22, 13, 20), "n": 1}
+    assert records["t.parquet#2"]["meta"] == {"valid_to": None, "n": 3}
+
+
+def test_part_files_given_a_column_at_the_end_of_a_run_have_one_schema_in_one_order(tmp_path) -> None:
+    # A tar shard whose .cls labels were in some write batches only: the end of the run gave the files without them
+    # a label column as nulls, after their last column, where the writer puts it between height and source. The
+    # files then held the same columns in two orders: their Parquet schemas differed, and a `_metadata` summary of the
+    # output's footers (pq.write_metadata, as Dask writes one) failed with "AppendRowGroups requires equal schemas";
+    # Polars before 1.8 refused such a folder on S3. Every part file now holds its columns in the writer's order.
+    from pipeline.output import unify_output_types
+
+    out = tmp_path / "out"
+    labelled = [_row(0, {"label": 3, "caption": "a"}, {}), _row(2, {"label": 4, "caption": "b"}, {})]
+    write_stage(batch_of(labelled), str(out), {})
+    write_stage(batch_of([_row(1, {"caption": "c"}, {})]), str(out), {})
+    write_stage(batch_of([_row(3, {}, {})]), str(out), {})
+    assert unify_output_types(str(out), {}) == {"caption": "string", "label": "int64"}
+    files = sorted((out / "data").glob("part-*.parquet"))
+    assert len(files) == 3
+    schemas = [pq.read_schema(f) for f in files]
+    assert all(schema.equals(schemas[0]) for schema in schemas)
+    assert schemas[0].names == ["id", "image", "width", "height", "caption", "label", "source", "source_sha256",
+                                "original_mode", "original_format", "original_frames", "psnr_vs_input_db",
+                                "downscale_factor"]
+    footers = [pq.read_metadata(f) for f in files]
+    for footer in footers[1:]:
+        footers[0].append_row_groups(footer)
+    pq.write_metadata(schemas[0], out / "data" / "_metadata", metadata_collector=[footers[0]])
+    assert pq.ParquetDataset(str(out / "data")).read().num_rows == 4
+    assert unify_output_types(str(out), {}) == {}  # one order now: nothing left to do
+
+
+def test_part_files_that_agree_on_another_order_are_left_as_they_are(tmp_path) -> None:
+    # Files in one order, whatever it is (an earlier version's, another tool's), read as one data set: none is
+    # rewritten to put its columns in the writer's order.
+    from pipeline.output import unify_output_types
+
+    data = tmp_path / "out" / "data"
+    data.mkdir(parents=True)
+    for i in range(2):
+        pq.write_table(pa.table({"source": ["s"], "id": [f"x{i}"], "label": [i]}), data / f"part-{i}.parquet")
+    stamps = [f.stat().st_mtime_ns for f in sorted(data.iterdir())]
+    assert unify_output_types(str(tmp_path / "out"), {}) == {}
+    assert [f.stat().st_mtime_ns for f in sorted(data.iterdir())] == stamps
+
+
+def test_rows_of_a_column_the_end_of_a_run_made_text_still_match_their_members(tmp_path) -> None:
+    # Labels 0 and 1 from one tar shard, then "cat" from a shard a later --incremental run added: that run's end made
+    # the label column text ("0", "1"), a .json key's object its JSON text and its numbers theirs. A later run that
+    # found the first shard touched (same bytes, new mtime) compared its members with their rows, found 0 against
+    # "0", and warned that it was "replaced since, a member or row that rows were made from changed", which
+    # --refresh-changed then purified again. A value and its text as the end of a run writes it now match.
+    import fsspec
+
+    from pipeline.changes import _part_rows, _record_fingerprints, _row_fingerprint
+    from pipeline.output import unify_output_types
+
+    out = tmp_path / "out"
+    first = _row(0, {"label": 0, "meta": {"w": 1}, "score": 0.5, "when": None}, {})
+    write_stage(batch_of([first]), str(out), {})
+    write_stage(batch_of([_row(1, {"label": "cat", "meta": {"w": "x", "z": [1]}, "score": "high"}, {})]), str(out), {})
+    assert unify_output_types(str(out), {}) == {"label": "string", "meta": "string", "score": "string", "when": "null"}
+    rows = [row for f in sorted((out / "data").glob("part-*.parquet"))
+            for _, row in _part_rows(fsspec.filesystem("file"), str(f), pa.array([first["id"]]), None)]
+    assert len(rows) == 1 and rows[0]["label"] == "0" and rows[0]["meta"] == '{"w": 1}'
+    assert _row_fingerprint("data", rows[0]) in _record_fingerprints(first)
+    changed = {**first, "meta": {**first["meta"], "label": 1}}
+    assert _row_fingerprint("data", rows[0]) not in _record_fingerprints(changed)

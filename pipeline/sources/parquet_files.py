@@ -231,8 +231,7 @@ class _ParquetReading:
         for table in self.parquet.iter_batches(batch_size=size, row_groups=[group], use_threads=False):
             cells, other_bytes = table.column(self.column), _text_and_bytes(table, self.others)
             # a row over the limit is not made Python values: the others are, a batch at once
-            values = (None if max(other_bytes, default=0) > self.max_image_bytes
-                      else table.select(self.others).to_pylist())
+            values = None if max(other_bytes, default=0) > self.max_image_bytes else _python_rows(table, self.others)
             for at in range(table.num_rows):
                 if at_row >= given:
                     row = functools.partial(_row_at, table, values, self.others, at)
@@ -253,7 +252,11 @@ class _ParquetReading:
             return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
                 f"row {i}: its image and its other columns' text and bytes together", (size or 0) + other_bytes,
                 self.max_image_bytes), "read")
-        record = _parquet_row_record(path, f"{rel}#{i}", i, {**row(), column: cell.as_py()}, column, self.others)
+        try:
+            values = row()
+        except _NoPythonValue as err:
+            return reject_record(f"{rel}#{i}", f"{path}#{i}", f"row {i}: {err}", "read")
+        record = _parquet_row_record(path, f"{rel}#{i}", i, {**values, column: cell.as_py()}, column, self.others)
         if record["kind"] == "image":
             record["meta_types"] = self.types
             if self.others_note:
@@ -269,9 +272,39 @@ class _ParquetReading:
                 f"read: {describe(err)}", "read")
 
 
+def _python_rows(batch: pa.RecordBatch, names: list[str]) -> list[dict[str, Any]] | None:
+    """The values of columns `names`, a dict per row; None when a value has no Python form (a time past the year 9999,
+    where Python's datetime ends), whose row then is made Python values alone (`_row_at`): it is a reject that names
+    the column, and the other rows are purified. One such value made every row of its row group a reject, said as a
+    row group that could not be read."""
+    try:
+        return batch.select(names).to_pylist()
+    except (OverflowError, ValueError):
+        return None
+
+
+class _NoPythonValue(ValueError):
+    """A row's value of a pass-through column that has no Python form, said as its reject's reason."""
+
+
 def _row_at(batch: pa.RecordBatch, rows: list[dict[str, Any]] | None, names: list[str], at: int) -> dict[str, Any]:
-    """Row `at`'s values of columns `names`: from `rows` when the batch was made Python values, else that row alone."""
-    return rows[at] if rows is not None else batch.slice(at, 1).select(names).to_pylist()[0]
+    """Row `at`'s values of columns `names`: from `rows` when the batch was made Python values, else that row alone.
+    Raises _NoPythonValue naming the first column whose value has no Python form."""
+    if rows is not None:
+        return rows[at]
+    row = batch.slice(at, 1).select(names)
+    try:
+        return row.to_pylist()[0]
+    except (OverflowError, ValueError) as err:
+        for name in names:
+            try:
+                row.column(name).to_pylist()
+            except (OverflowError, ValueError) as own:
+                raise _NoPythonValue(
+                    f"column {name!r} ({row.schema.field(name).type}) holds a value that has no Python form to pass "
+                    f"through ({describe(own)}; a time before the year 1 or after 9999 is one): write the column as "
+                    "int64 or text, or leave it out, to purify this row") from err
+        raise
 
 
 def _text_and_bytes(batch: pa.RecordBatch, names: list[str]) -> list[int]:
