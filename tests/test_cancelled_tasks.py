@@ -20,15 +20,16 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 def _fail_while_another_writes(batch: dict, folder: str) -> dict:
     out = Path(folder)
     i = int(batch["id"][0])
-    (out / f"started-{i}").write_text(str(os.getpid()))
     if i == 0:  # a batch that fails once the other one's write is under way
         deadline = time.time() + 60
         while not (out / "started-1").exists() and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(0.3)
         raise RuntimeError("a write failed")
-    # a write that a cancel without force cannot cut short: one call, which lands the file at its end
-    os.system(f"sleep 2 && touch {out}/part-landed")
+    # a write that a cancel without force cannot cut short: one call, which lands the file at its end. It says it has
+    # started from inside that call: said before it, a cancel that came in between (a worker descheduled on a loaded
+    # machine) stopped the task before its write began, and no file was to land
+    os.system(f"touch {out}/started-1 && sleep 2 && touch {out}/part-landed")
     return batch
 
 
