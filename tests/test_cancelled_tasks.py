@@ -6,13 +6,14 @@ with force, for a streaming task (`pipeline.cancelled_tasks`). A failed run said
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import job
-from pipeline.cancelled_tasks import install, wait_for_ended
+from pipeline.cancelled_tasks import install, task_end_refs, wait_for_ended
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -68,3 +69,58 @@ def test_a_task_that_does_not_end_is_killed_and_writes_nothing_more(tmp_path) ->
     time.sleep(5)  # past the end of the task's call, had it gone on
     assert not (tmp_path / "part-late").exists(), f"the task wrote after it was waited for ({waited:.1f} s)"
     assert wait_for_ended([], wait_s=0.5) == []
+
+
+def _write(batch: dict, folder: str) -> dict:
+    i = int(batch["id"][0])
+    os.system(f"touch {folder}/started-{i} && sleep 2 && touch {folder}/part-{i}")
+    return batch
+
+
+def test_a_task_started_by_a_scheduling_thread_still_in_its_step_at_the_shutdown_is_awaited(tmp_path, monkeypatch) -> None:
+    """Ray Data's shutdown waits 2 s for its scheduling thread, then shuts the stages down. A thread still in its step
+    (a loaded machine; here held there until the stages are shut down) went on to start another write task, and the
+    pipeline returned with that task running: its file could land after a stopped run's count."""
+    import ray
+    import ray.data
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    assert install(), "Ray Data's operators moved: pipeline.cancelled_tasks no longer waits for cancelled tasks"
+    shutting, held, stages_shut, stepped = (threading.Event() for _ in range(4))
+    executors: list[StreamingExecutor] = []
+    shutdown, step = StreamingExecutor.shutdown, StreamingExecutor._scheduling_loop_step
+    clear = StreamingExecutor._clear_topology_queues_post_shutdown
+
+    def shutdown_with_a_step_held(self, *args, **kwargs):
+        executors.append(self)
+        shutting.set()
+        assert held.wait(60), "the scheduling thread started no step"
+        return shutdown(self, *args, **kwargs)
+
+    def step_held_until_the_stages_are_shut_down(self, topology):
+        if not shutting.is_set() or stepped.is_set():
+            return step(self, topology)
+        held.set()
+        stages_shut.wait(60)
+        try:
+            return step(self, topology)
+        finally:
+            stepped.set()
+
+    def clear_once_the_held_step_has_run(self, *args, **kwargs):  # called once the stages are shut down
+        stages_shut.set()
+        stepped.wait(60)
+        return clear(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingExecutor, "shutdown", shutdown_with_a_step_held)
+    monkeypatch.setattr(StreamingExecutor, "_scheduling_loop_step", step_held_until_the_stages_are_shut_down)
+    monkeypatch.setattr(StreamingExecutor, "_clear_topology_queues_post_shutdown", clear_once_the_held_step_has_run)
+    ds = ray.data.from_items([{"id": i} for i in range(8)], override_num_blocks=8).map_batches(
+        _write, batch_size=1, num_cpus=1, fn_kwargs=dict(folder=str(tmp_path)))
+    rows = job.written_batches(ds)
+    with job.pipeline_closed_on_exit(rows):
+        next(rows)  # one batch written; the others under way or waiting for a CPU
+    assert stepped.is_set()  # the held step ran after the stages were shut down
+    tasks = [task for op in executors[0]._topology for task in op.get_active_tasks()]
+    running = [ref for ref in task_end_refs(tasks) if not ray.wait([ref], timeout=0, fetch_local=False)[0]]
+    assert running == [], "a task started after the stages were shut down still ran when the pipeline returned"
