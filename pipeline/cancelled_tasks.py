@@ -10,7 +10,12 @@ said it wrote 8 rows when its output held 16.
 
 `cancelled_tasks_awaited` makes the operators of task stages wait, while it is entered, for the end of every task they
 cancel: up to CANCELLED_TASKS_WAIT_S, then the ones left are killed (a killed worker writes nothing more) and waited
-for again. Actor stages are left as they are: their actors are shut down with them, and write nothing."""
+for again. Actor stages are left as they are: their actors are shut down with them, and write nothing.
+
+The executor's shutdown waits only 2 s for its scheduling thread before it shuts the stages down. A thread still in
+its step then (a loaded machine) went on to start a task of a stage already shut down, and the pipeline returned with
+that task running: its file could land after the count. So the shutdown, while entered, also waits for that thread to
+end (EXECUTOR_THREAD_WAIT_S) and then cancels and waits for whatever tasks its task stages still hold."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Any
 
 CANCELLED_TASKS_WAIT_S = 60.0  # a write of one part file under way (an upload of a few MB)
 KILLED_TASKS_WAIT_S = 10.0  # the workers of tasks killed after that: Ray reports a killed worker within seconds
+EXECUTOR_THREAD_WAIT_S = 60.0  # an executor's scheduling thread still in its step once the executor is shut down
 
 _entered = 0  # how many `cancelled_tasks_awaited` are entered (a job run inside a job's thread would nest them)
 _lock = threading.Lock()
@@ -63,8 +69,10 @@ def install() -> bool:
     try:
         from ray.data._internal.execution.interfaces.physical_operator import PhysicalOperator
         from ray.data._internal.execution.operators.task_pool_map_operator import TaskPoolMapOperator
+        from ray.data._internal.execution.streaming_executor import StreamingExecutor
 
         cancel = PhysicalOperator._cancel_active_tasks
+        shutdown = StreamingExecutor.shutdown
     except (ImportError, AttributeError):
         return False
     if getattr(cancel, "waits_for_cancelled_tasks", False):
@@ -75,8 +83,18 @@ def install() -> bool:
         cancel(self, force)
         wait_for_ended(task_end_refs(tasks))
 
+    def shutdown_and_wait(self: Any, force: bool, *args: Any, **kwargs: Any) -> None:
+        shutdown(self, force, *args, **kwargs)
+        if not _entered or self.ident is None or self is threading.current_thread():
+            return
+        self.join(EXECUTOR_THREAD_WAIT_S)  # no task is started once the scheduling thread has ended
+        for op in getattr(self, "_topology", None) or {}:
+            if isinstance(op, TaskPoolMapOperator) and op.get_active_tasks():
+                op._cancel_active_tasks(force)  # cancel_and_wait: started after the stage was shut down
+
     cancel_and_wait.waits_for_cancelled_tasks = True  # type: ignore[attr-defined]
     PhysicalOperator._cancel_active_tasks = cancel_and_wait
+    StreamingExecutor.shutdown = shutdown_and_wait
     return True
 
 

@@ -6,13 +6,14 @@ with force, for a streaming task (`pipeline.cancelled_tasks`). A failed run said
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import job
-from pipeline.cancelled_tasks import install, wait_for_ended
+from pipeline.cancelled_tasks import install, task_end_refs, wait_for_ended
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -20,15 +21,16 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 def _fail_while_another_writes(batch: dict, folder: str) -> dict:
     out = Path(folder)
     i = int(batch["id"][0])
-    (out / f"started-{i}").write_text(str(os.getpid()))
     if i == 0:  # a batch that fails once the other one's write is under way
         deadline = time.time() + 60
         while not (out / "started-1").exists() and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(0.3)
         raise RuntimeError("a write failed")
-    # a write that a cancel without force cannot cut short: one call, which lands the file at its end
-    os.system(f"sleep 2 && touch {out}/part-landed")
+    # a write that a cancel without force cannot cut short: one call, which lands the file at its end. It says it has
+    # started from inside that call: said before it, a cancel that came in between (a worker descheduled on a loaded
+    # machine) stopped the task before its write began, and no file was to land
+    os.system(f"touch {out}/started-1 && sleep 2 && touch {out}/part-landed")
     return batch
 
 
@@ -67,3 +69,58 @@ def test_a_task_that_does_not_end_is_killed_and_writes_nothing_more(tmp_path) ->
     time.sleep(5)  # past the end of the task's call, had it gone on
     assert not (tmp_path / "part-late").exists(), f"the task wrote after it was waited for ({waited:.1f} s)"
     assert wait_for_ended([], wait_s=0.5) == []
+
+
+def _write(batch: dict, folder: str) -> dict:
+    i = int(batch["id"][0])
+    os.system(f"touch {folder}/started-{i} && sleep 2 && touch {folder}/part-{i}")
+    return batch
+
+
+def test_a_task_started_by_a_scheduling_thread_still_in_its_step_at_the_shutdown_is_awaited(tmp_path, monkeypatch) -> None:
+    """Ray Data's shutdown waits 2 s for its scheduling thread, then shuts the stages down. A thread still in its step
+    (a loaded machine; here held there until the stages are shut down) went on to start another write task, and the
+    pipeline returned with that task running: its file could land after a stopped run's count."""
+    import ray
+    import ray.data
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    assert install(), "Ray Data's operators moved: pipeline.cancelled_tasks no longer waits for cancelled tasks"
+    shutting, held, stages_shut, stepped = (threading.Event() for _ in range(4))
+    executors: list[StreamingExecutor] = []
+    shutdown, step = StreamingExecutor.shutdown, StreamingExecutor._scheduling_loop_step
+    clear = StreamingExecutor._clear_topology_queues_post_shutdown
+
+    def shutdown_with_a_step_held(self, *args, **kwargs):
+        executors.append(self)
+        shutting.set()
+        assert held.wait(60), "the scheduling thread started no step"
+        return shutdown(self, *args, **kwargs)
+
+    def step_held_until_the_stages_are_shut_down(self, topology):
+        if not shutting.is_set() or stepped.is_set():
+            return step(self, topology)
+        held.set()
+        stages_shut.wait(60)
+        try:
+            return step(self, topology)
+        finally:
+            stepped.set()
+
+    def clear_once_the_held_step_has_run(self, *args, **kwargs):  # called once the stages are shut down
+        stages_shut.set()
+        stepped.wait(60)
+        return clear(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingExecutor, "shutdown", shutdown_with_a_step_held)
+    monkeypatch.setattr(StreamingExecutor, "_scheduling_loop_step", step_held_until_the_stages_are_shut_down)
+    monkeypatch.setattr(StreamingExecutor, "_clear_topology_queues_post_shutdown", clear_once_the_held_step_has_run)
+    ds = ray.data.from_items([{"id": i} for i in range(8)], override_num_blocks=8).map_batches(
+        _write, batch_size=1, num_cpus=1, fn_kwargs=dict(folder=str(tmp_path)))
+    rows = job.written_batches(ds)
+    with job.pipeline_closed_on_exit(rows):
+        next(rows)  # one batch written; the others under way or waiting for a CPU
+    assert stepped.is_set()  # the held step ran after the stages were shut down
+    tasks = [task for op in executors[0]._topology for task in op.get_active_tasks()]
+    running = [ref for ref in task_end_refs(tasks) if not ray.wait([ref], timeout=0, fetch_local=False)[0]]
+    assert running == [], "a task started after the stages were shut down still ran when the pipeline returned"
