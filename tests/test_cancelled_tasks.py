@@ -55,20 +55,34 @@ def test_a_task_that_does_not_end_is_killed_and_writes_nothing_more(tmp_path) ->
 
     @ray.remote(num_cpus=0.25, max_retries=0)
     def writes_late(folder: str) -> None:
-        Path(folder, "started").write_text(str(os.getpid()))
-        os.system(f"sleep 4 && touch {folder}/part-late")
+        # the shell says it has started (its process id) from inside the call a cancel without force cannot cut short
+        os.system(f"echo $$ > {folder}/started.tmp && mv {folder}/started.tmp {folder}/started && sleep 20 && "
+                  f"touch {folder}/part-late")
 
     ref = writes_late.remote(str(tmp_path))
     deadline = time.time() + 60
     while not (tmp_path / "started").exists() and time.time() < deadline:
         time.sleep(0.02)
+    shell = int((tmp_path / "started").read_text())
     ray.cancel(ref, force=False)  # as Ray Data cancels on an error: the task's call goes on
-    start = time.time()
     assert wait_for_ended([ref], wait_s=0.5, killed_wait_s=10) == []
-    waited = time.time() - start
-    time.sleep(5)  # past the end of the task's call, had it gone on
-    assert not (tmp_path / "part-late").exists(), f"the task wrote after it was waited for ({waited:.1f} s)"
+    # the task's worker was killed, and the shell with it (Ray kills a killed worker's child processes): nothing of the
+    # task is left to write
+    deadline = time.time() + 30
+    while _running(shell) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _running(shell), "the task's call still ran after the task was waited for"
+    assert not (tmp_path / "part-late").exists()
     assert wait_for_ended([], wait_s=0.5) == []
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie has ended: its parent has only not reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def _write(batch: dict, folder: str) -> dict:
