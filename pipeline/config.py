@@ -215,8 +215,6 @@ class JobConfig:
         for name in ("input", "output"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{_flag(name)} must be a path or URI, got {getattr(self, name)!r}")
-            elif scheme_case_problem(getattr(self, name)) is not None:
-                problems.append(f"{_flag(name)}: {scheme_case_problem(getattr(self, name))}")
             elif is_url_chain(getattr(self, name)):
                 # the URI without its password: the CLI prints a refused config as it is
                 problems.append(f"{_flag(name)} must be the storage's own URI (s3://..., a path), got the fsspec URL "
@@ -225,6 +223,8 @@ class JobConfig:
                 # fsspec's HTTP file system reads only: without this, the run stopped on a missing "bucket"
                 problems.append(f"--output must be storage the job can write (a path, s3://, ...), got the web address "
                                 f"{redact_uri(self.output)!r}: HTTP(S) is read-only here")
+            elif scheme_case_problem(getattr(self, name)) is not None:
+                problems.append(f"{_flag(name)}: {scheme_case_problem(getattr(self, name))}")
         if not isinstance(self.storage_options, dict):
             problems.append(f"storage_options must be a mapping of fsspec options, got "
                             f"{storage_value_shown(self.storage_options)}")

@@ -5,6 +5,7 @@ with force, for a streaming task (`pipeline.cancelled_tasks`). A failed run said
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -106,6 +107,8 @@ def test_a_task_started_by_a_scheduling_thread_still_in_its_step_at_the_shutdown
     clear = StreamingExecutor._clear_topology_queues_post_shutdown
 
     def shutdown_with_a_step_held(self, *args, **kwargs):
+        if executors or self._shutdown or not self._execution_started:  # not this test's executor (another test's,
+            return shutdown(self, *args, **kwargs)  # freed now), or its second shutdown: as Ray Data does
         executors.append(self)
         shutting.set()
         assert held.wait(60), "the scheduling thread started no step"
@@ -126,6 +129,7 @@ def test_a_task_started_by_a_scheduling_thread_still_in_its_step_at_the_shutdown
         stepped.wait(60)
         return clear(self, *args, **kwargs)
 
+    gc.collect()  # executors other tests left to the garbage collector are shut down before the patches
     monkeypatch.setattr(StreamingExecutor, "shutdown", shutdown_with_a_step_held)
     monkeypatch.setattr(StreamingExecutor, "_scheduling_loop_step", step_held_until_the_stages_are_shut_down)
     monkeypatch.setattr(StreamingExecutor, "_clear_topology_queues_post_shutdown", clear_once_the_held_step_has_run)
