@@ -223,8 +223,8 @@ class JobConfig:
                 # fsspec's HTTP file system reads only: without this, the run stopped on a missing "bucket"
                 problems.append(f"--output must be storage the job can write (a path, s3://, ...), got the web address "
                                 f"{redact_uri(self.output)!r}: HTTP(S) is read-only here")
-            elif scheme_case_problem(getattr(self, name)) is not None:
-                problems.append(f"{_flag(name)}: {scheme_case_problem(getattr(self, name))}")
+            elif (wrong_case := scheme_case_problem(getattr(self, name))) is not None:
+                problems.append(f"{_flag(name)}: {wrong_case}")
         if not isinstance(self.storage_options, dict):
             problems.append(f"storage_options must be a mapping of fsspec options, got "
                             f"{storage_value_shown(self.storage_options)}")
