@@ -61,6 +61,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.arrow_values import NanoTime, python_rows
 from pipeline.ledger import ContainerRead, container_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
@@ -511,7 +512,7 @@ def _part_rows(fs: Any, path: str, wanted: pa.Array,
                         mine = keep.slice(at, batch.num_rows)
                         at += batch.num_rows
                         if pc.any(mine).as_py():
-                            found.extend((row["id"], row) for row in batch.filter(mine).to_pylist())
+                            found.extend((row["id"], row) for row in python_rows(batch.filter(mine)))
                 first += rows
             return found
 
@@ -716,7 +717,7 @@ def _canonical(value: Any) -> Any:
         except (ValueError, RecursionError):
             return value
         return spelt if isinstance(spelt, str) else _canonical(spelt)
-    if isinstance(value, datetime.date | datetime.time | datetime.timedelta | decimal.Decimal):
+    if isinstance(value, datetime.date | datetime.time | datetime.timedelta | decimal.Decimal | NanoTime):
         return str(value)
     return value
 

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.arrow_values import NanoTime, python_rows
 from pipeline.errors import JobError
 from pipeline.lease import lease_holder, lease_is_live, read_lease
 from pipeline.output import (
@@ -621,7 +622,7 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
 def _json_value(value: Any) -> Any:
     """`value` as JSON holds it; what JSON has no type for and is no time (a Parquet input's decimal or duration
     column: Decimal, timedelta) is left for `_json_text`'s `str`, the text the CSV writes of it."""
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time | NanoTime):
         return value.isoformat()
     if isinstance(value, dict):
         return {str(k): _json_value(v) for k, v in value.items()}
@@ -641,7 +642,7 @@ def _csv_value(value: Any) -> Any:
         return ""
     if isinstance(value, dict | list | tuple):
         return _json_text(value)
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time | NanoTime):
         return value.isoformat()
     return value
 
@@ -1002,7 +1003,7 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
         batches = part_file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
         while True:
             try:
-                rows = next(batches).to_pylist()
+                rows = python_rows(next(batches))
             except StopIteration:
                 return None
             _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated)

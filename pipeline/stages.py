@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.arrow_values import times_as_text
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png, image_format_of
 from pipeline.errors import NotOnThisNodeError
 from pipeline.evaluation.metrics import psnr
@@ -616,7 +617,7 @@ def _as_text(value: Any) -> str | None:
         return text_value(value.decode("utf-8", "surrogateescape"))
     if value is None or isinstance(value, str) and value.isascii():
         return value
-    return text_name(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text_name(value) if isinstance(value, str) else json.dumps(times_as_text(value), default=str)
 
 
 # When a reject row was made: the end-of-run check keeps the newest of an id's reject rows (pipeline.output).

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.arrow_values import python_rows
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id
 from pipeline.sources.records import _image_record, passthrough_name, reject_record
@@ -278,7 +279,7 @@ def _python_rows(batch: pa.RecordBatch, names: list[str]) -> list[dict[str, Any]
     the column, and the other rows are purified. One such value made every row of its row group a reject, said as a
     row group that could not be read."""
     try:
-        return batch.select(names).to_pylist()
+        return python_rows(batch.select(names))
     except (OverflowError, ValueError):
         return None
 
@@ -294,7 +295,7 @@ def _row_at(batch: pa.RecordBatch, rows: list[dict[str, Any]] | None, names: lis
         return rows[at]
     row = batch.slice(at, 1).select(names)
     try:
-        return row.to_pylist()[0]
+        return python_rows(row)[0]
     except (OverflowError, ValueError) as err:
         for name in names:
             try:
