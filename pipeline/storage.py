@@ -384,8 +384,9 @@ def store_entry_problems(storage_options: dict[str, Any]) -> list[str]:
     """Options named after a store that are not a mapping: meant as that store's own entry, they would otherwise
     reach every file system as an option it does not know."""
     return [f"storage option {name} names a store: give its own options as a mapping, e.g. "
-            f"--storage-option {name}='{_STORE_ENTRY_EXAMPLE.get(name, _ANY_ENTRY_EXAMPLE)}'"
-            for name, value in storage_options.items() if name in COMMON_STORES and not isinstance(value, dict)]
+            f"--storage-option {name}='{example}' (in a --config file: storage_options: {{{name}: {example}}})"
+            for name, value in storage_options.items() if name in COMMON_STORES and not isinstance(value, dict)
+            for example in [_STORE_ENTRY_EXAMPLE.get(name, _ANY_ENTRY_EXAMPLE)]]
 
 
 # An entry each store's own file system takes, for the message above: fsspec's HTTP file system passes its options on

@@ -199,7 +199,7 @@ def test_the_default_policy_cannot_be_changed_for_every_later_decode() -> None:
 def test_a_store_named_option_of_any_store_is_refused_with_an_entry_it_takes(name: str, value: object,
                                                                              example: str) -> None:
     said = f"storage option {name} names a store: give its own options as a mapping, e.g. --storage-option " \
-           f"{name}='{example}'"
+           f"{name}='{example}' (in a --config file: storage_options: {{{name}: {example}}})"
     assert store_entry_problems({name: value, "anon": True}) == [said]
     with pytest.raises(JobError, match=re.escape(said)):
         JobConfig(storage_options={name: value}).check()
