@@ -114,6 +114,12 @@ def test_a_store_named_option_that_is_not_a_mapping_is_shown_an_entry_that_store
     # the message's example for a web store was '{"anon": true}', which fsspec's HTTP file system passes on to
     # aiohttp: following it failed with "ClientSession._request() got an unexpected keyword argument 'anon'"
     (web,) = store_entry_problems({"https": "Bearer t"})
-    assert web.endswith("""e.g. --storage-option https='{"headers": {"Authorization": "Bearer ..."}}'"""), web
+    assert """e.g. --storage-option https='{"headers": {"Authorization": "Bearer ..."}}' (""" in web, web
     (s3,) = store_entry_problems({"s3": "true"})
-    assert s3.endswith("""e.g. --storage-option s3='{"anon": true}'"""), s3
+    assert """e.g. --storage-option s3='{"anon": true}' (""" in s3, s3
+    # and a --config file's form, which YAML reads as the entry it means
+    import yaml
+
+    assert s3.endswith("in a --config file: storage_options: {s3: {\"anon\": true}})"), s3
+    form = s3.split("in a --config file: ")[1][:-1]
+    assert yaml.safe_load(form) == {"storage_options": {"s3": {"anon": True}}}
