@@ -1,8 +1,12 @@
-"""Arrow values as Python values, with nothing cut off: a time64[ns] value as a `NanoTime`.
+"""Arrow values as Python values, with nothing cut off, that Arrow builds back into the type they came from.
 
-Arrow makes a time64[ns] value a `datetime.time`, which holds microseconds: 00:00:01.000000001 came back as 00:00:01,
-and a pass-through column of that type was written with its nanoseconds gone, silently. Timestamps and durations in
-nanoseconds come back whole (as pandas' Timestamp and Timedelta), so only times of day need this.
+- A time64[ns] value is a `NanoTime`: Arrow makes it a `datetime.time`, which holds microseconds, and a pass-through
+  column of that type was written with its nanoseconds gone (00:00:01.000000001 as 00:00:01), silently. Timestamps
+  and durations in nanoseconds come back whole (as pandas' Timestamp and Timedelta), so only times of day need this.
+- A column of an extension type is its storage's values (`extension_storage`): Ray Data writes a numpy column as its
+  tensor type, whose Python values are numpy arrays; Arrow cannot build the type back from arrays of two or more
+  dimensions (boxes of shape (n, 4), masks), so such a column was written as the arrays' printed text, which numpy
+  cuts to "[[0. 0. ... 0.]]" past 1,000 values. Storage values build back into the type whatever its shape.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 _NS_PER_SECOND = 1_000_000_000
@@ -105,10 +110,15 @@ def _unique_names(t: pa.StructType) -> bool:
     return len(set(names)) == len(names)
 
 
-def python_values(values: pa.Array | pa.ChunkedArray) -> list[Any]:
+def python_values(values: pa.Array | pa.ChunkedArray, extension_storage: bool = True) -> list[Any]:
     """`values.to_pylist()`, with every time64[ns] value in it (at any depth) a NanoTime instead of a time cut to the
-    microsecond. A type Arrow cannot cast to its int form is read as Arrow reads it."""
+    microsecond, and, with `extension_storage`, the values of an extension type's storage (`pa.array(them, type)`
+    builds the column back). A type Arrow cannot cast to its int form is read as Arrow reads it."""
     t = values.type
+    if extension_storage and isinstance(t, pa.BaseExtensionType):
+        values = (values.storage if isinstance(values, pa.Array)
+                  else pa.chunked_array([chunk.storage for chunk in values.chunks], t.storage_type))
+        t = values.type
     if not _holds_time_ns(t):
         return values.to_pylist()
     try:
@@ -118,14 +128,15 @@ def python_values(values: pa.Array | pa.ChunkedArray) -> list[Any]:
     return [_with_times(v, t) for v in ints.to_pylist()]
 
 
-def python_rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
-    """`table.to_pylist()` (a dict per row), its time64[ns] values NanoTime (`python_values`)."""
-    if not any(_holds_time_ns(f.type) for f in table.schema):
+def python_rows(table: pa.Table | pa.RecordBatch, extension_storage: bool = True) -> list[dict[str, Any]]:
+    """`table.to_pylist()` (a dict per row), its values as `python_values` gives them."""
+    if not any(_holds_time_ns(f.type) or extension_storage and isinstance(f.type, pa.BaseExtensionType)
+               for f in table.schema):
         return table.to_pylist()
     names = table.column_names
     if len(set(names)) != len(names):  # to_pylist keeps one of a repeated name: so does this
         return table.to_pylist()
-    columns = [python_values(table.column(i)) for i in range(table.num_columns)]
+    columns = [python_values(table.column(i), extension_storage) for i in range(table.num_columns)]
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)] if columns else [
         {} for _ in range(table.num_rows)]
 
@@ -140,3 +151,36 @@ def times_as_text(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [times_as_text(v) for v in value]
     return value
+
+
+def plain(value: Any) -> Any:
+    """`value` with each numpy array in it (at any depth) nested lists and each numpy scalar its Python number: the
+    form JSON and Arrow's type inference take (numpy prints an array cut to "[0. 0. ... 0.]" past 1,000 values)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def extension_python(value: Any, t: pa.DataType) -> Any:
+    """The storage value `value` of extension type `t` as that type's own Python value, made `plain`: a Ray tensor's
+    flat storage as its nested lists of the tensor's shape. `value` as it is where Arrow cannot build it."""
+    if value is None or not isinstance(t, pa.BaseExtensionType):
+        return value
+    try:
+        return plain(pa.array([value], t).to_pylist()[0])
+    except (pa.ArrowException, TypeError, ValueError):
+        return value
+
+
+def text_ready_values(values: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """The values of a column that is to be made text: an extension type's as its own Python values, `plain` (a Ray
+    tensor's nested lists in its shape, not its flat storage); any other's as `python_values` gives them."""
+    if isinstance(values.type, pa.BaseExtensionType):
+        return [plain(v) for v in python_values(values, extension_storage=False)]
+    return python_values(values)

@@ -44,6 +44,7 @@ import datetime
 import decimal
 import hashlib
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -61,7 +62,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.arrow_values import NanoTime, python_rows
+from pipeline.arrow_values import NanoTime, extension_python, python_rows
 from pipeline.ledger import ContainerRead, container_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
@@ -692,7 +693,17 @@ def _record_fingerprints(record: dict[str, Any]) -> tuple[bytes, ...]:
     source, digest = record.get("source"), record.get("source_sha256")
     found = [_digest(("reject", source, digest))] if digest is not None else []
     if record["kind"] == "image":
-        found.append(_digest(("data", source, digest, _canonical(record.get("meta") or {}))))
+        meta = record.get("meta") or {}
+        found.append(_digest(("data", source, digest, _canonical(meta))))
+        # A column of an extension type (a Ray tensor) that the writer or the end of a run made text holds the type's
+        # own value (`arrow_values.extension_python`), one still of its type the storage the record holds: each
+        # choice of such columns made text (all or none past 4 of them) is a digest the row can have.
+        types = record.get("meta_types") or {}
+        own = {k: extension_python(v, types[k]) for k, v in meta.items() if isinstance(types.get(k), pa.BaseExtensionType)}
+        names = sorted(own)
+        texts = ([c for n in range(1, len(names) + 1) for c in itertools.combinations(names, n)] if len(names) <= 4
+                 else [tuple(names)])
+        found.extend(_digest(("data", source, digest, _canonical({**meta, **{k: own[k] for k in text}}))) for text in texts)
     else:
         found.append(_digest(("unread", source, record.get("stage"), record.get("error"))))
     return tuple(found)

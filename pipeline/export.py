@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.arrow_values import NanoTime, python_rows
+from pipeline.arrow_values import NanoTime, plain, python_rows
 from pipeline.errors import JobError
 from pipeline.lease import lease_holder, lease_is_live, read_lease
 from pipeline.output import (
@@ -624,6 +624,8 @@ def _json_value(value: Any) -> Any:
     column: Decimal, timedelta) is left for `_json_text`'s `str`, the text the CSV writes of it."""
     if isinstance(value, datetime.datetime | datetime.date | datetime.time | NanoTime):
         return value.isoformat()
+    if isinstance(value, np.ndarray | np.generic):  # a Ray tensor column's value: its printed form is cut short
+        return _json_value(plain(value))
     if isinstance(value, dict):
         return {str(k): _json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -640,7 +642,7 @@ def _json_text(value: Any) -> str:
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, dict | list | tuple):
+    if isinstance(value, dict | list | tuple | np.ndarray):
         return _json_text(value)
     if isinstance(value, datetime.datetime | datetime.date | datetime.time | NanoTime):
         return value.isoformat()
@@ -1003,7 +1005,7 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
         batches = part_file.iter_batches(batch_size=BATCH_ROWS, use_threads=False)
         while True:
             try:
-                rows = python_rows(next(batches))
+                rows = python_rows(next(batches), extension_storage=False)  # a tensor as its arrays (`plain`)
             except StopIteration:
                 return None
             _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated)

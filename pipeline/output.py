@@ -24,7 +24,7 @@ import fsspec.implementations.local
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.arrow_values import python_values
+from pipeline.arrow_values import text_ready_values
 from pipeline.changes import INPUTS_DIR, read_parquet_bytes
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE
@@ -648,7 +648,7 @@ def _mend_columns(table: pa.Table, names: list[str], columns: dict[str, pa.DataT
             zoned = column if column.type.tz else column.cast(pa.timestamp(column.type.unit, "UTC"))
             cast = zoned.cast(t, safe=False)  # only a part of a microsecond can go
         elif pa.types.is_string(t):
-            cast = text_column(python_values(column))
+            cast = text_column(text_ready_values(column))
         else:
             cast = column.cast(t)
         table = table.set_column(table.schema.get_field_index(name), pa.field(name, t), cast)
@@ -756,7 +756,7 @@ def _give_types(fs: fsspec.AbstractFileSystem, schemas: dict[str, pa.Schema], co
             if pa.types.is_null(column.type):
                 cast = pa.nulls(len(column), common[name])
             elif pa.types.is_string(common[name]):
-                cast = text_column(python_values(column))
+                cast = text_column(text_ready_values(column))
             else:
                 try:
                     cast = column.cast(common[name])

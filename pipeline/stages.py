@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.arrow_values import times_as_text
+from pipeline.arrow_values import extension_python, times_as_text
 from pipeline.decode import Decoded, DecodePolicy, decode_image, encode_png, image_format_of
 from pipeline.errors import NotOnThisNodeError
 from pipeline.evaluation.metrics import psnr
@@ -525,6 +525,11 @@ def _data_table(records: list[dict[str, Any]]) -> pa.Table:
         rows.append(row)
     names = data_column_order(rows[0]) if rows else []
     types = {name: _input_type(records, name) for name in passthrough}
+    for name in passthrough:  # an extension type's storage value, where the column is not of that type: its own value
+        for row, r in zip(rows, records, strict=True):
+            own = r.get("meta_types", {}).get(name)
+            if isinstance(own, pa.BaseExtensionType) and own != types[name]:
+                row[name] = extension_python(row[name], own)
     return pa.table({name: _column([row[name] for row in rows], types.get(name)) for name in names})
 
 
