@@ -600,7 +600,8 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
     """(the manifest's columns, each (its name, the data/ column it holds; None for the exported file's path): id,
     path, then every column of data/ but the image, in the order the part files give them; the columns left out:
     those holding bytes, which a CSV or JSON line cannot). A column of data/ named `path` (an input's own) is
-    written `input_path` (`input_input_path` if that is taken too), as the job names an input's `id`."""
+    written `input_path` (`input_input_path` if that is taken too), as the job names an input's `id`; so is one named
+    so in another case (`Path`: `input_Path`), which readers whose names have no case (DuckDB) take for `path`."""
     found: dict[str, None] = {}
     left_out: dict[str, None] = {}
     for schema in schemas:
@@ -608,13 +609,13 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
             if f.name not in ("id", "image"):
                 (left_out if _holds_bytes(f.type) else found)[f.name] = None
     columns: list[tuple[str, str | None]] = [("id", "id"), ("path", None)]
-    names = {"id", "path", *found}
+    names = {name.lower() for name in ("id", "path", *found)}
     for name in found:
         shown = name
-        if name == "path":
-            while shown in names:
+        if name.lower() == "path":
+            while shown.lower() in names:
                 shown = "input_" + shown
-            names.add(shown)
+            names.add(shown.lower())
         columns.append((shown, name))
     return columns, [n for n in left_out if n not in found]
 

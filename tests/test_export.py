@@ -267,6 +267,17 @@ def test_an_inputs_own_path_column_is_kept_in_the_manifest_beside_the_files_path
     assert row["path"] == "a.png" and row["input_path"] == "original/place.jpg"
 
 
+def test_an_inputs_own_path_column_in_another_case_is_kept_under_another_name_too(tmp_path: Path) -> None:
+    # An input's `Path` column was written as it was, beside the file's `path`: DuckDB, whose names have no case, read
+    # the manifest's columns as path and Path_1, so `SELECT Path` gave the exported file's path, not the input's.
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image("a.jpg", 1, Path="original/place.jpg", input_path="older")])
+    export_images(out, to)
+    (row,) = manifest_rows(to)
+    assert len({name.lower() for name in row}) == len(row), list(row)
+    assert row["path"] == "a.png" and row["input_input_Path"] == "original/place.jpg" and row["input_path"] == "older"
+
+
 def test_reencoding_to_the_ids_own_format(tmp_path: Path) -> None:
     out = tmp_path / "out"
     make_output(str(out), [image("cats/a.jpg", 1), image("cats/b.png", 2, "PNG"), image("s.tar/k", 3, "JPEG"),

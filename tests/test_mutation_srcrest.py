@@ -253,8 +253,14 @@ def test_an_input_column_named_like_a_job_column_gets_input_before_it_once_more_
 
 
 def test_an_input_column_named_like_no_job_column_keeps_its_name() -> None:
-    for name in ("label", "input_label", "input_", "ids", "input_idx", "Image", "caption"):
+    for name in ("label", "input_label", "input_", "ids", "input_idx", "Input_Label", "Images", "caption"):
         assert passthrough_name(name) == name
+
+
+def test_an_input_column_named_like_a_job_column_in_another_case_gets_input_before_it() -> None:
+    """DuckDB, Spark and Hive take `Image` beside the job's `image` for one column."""
+    for name in ("Image", "ID", "Source_SHA256", "Input_id", "INPUT_input_Width"):
+        assert passthrough_name(name) == "input_" + name
 
 
 def test_a_password_in_a_web_files_address_is_in_no_record_read_from_it(web) -> None:

@@ -96,6 +96,37 @@ def test_a_parquet_inputs_own_original_path_and_psnr_columns_are_kept_beside_the
     assert row["psnr_vs_input_db"] is None  # the job's own column (not purified here), not the input's value
 
 
+def _one_name_in_any_case(names: list[str]) -> bool:
+    """No two columns differ only in case: DuckDB, Spark, Hive and Athena take `Source` and `source` for one name."""
+    return len({name.lower() for name in names}) == len(names)
+
+
+def test_a_parquet_inputs_columns_named_like_the_jobs_in_another_case_get_input_before_them(tmp_path) -> None:
+    # A Parquet input's `ID`, `Source` and `Width` were written as they were, beside the job's `id`, `source` and
+    # `width`. DuckDB, whose names have no case, renamed the later of each two (`ID_1`, `source_1`): `SELECT source`
+    # gave the input's 'flickr', not the job's URI, and `SELECT ID` the job's id, not the input's 101; Spark refuses
+    # such a file ("Found duplicate column(s)"). They are input_ID, input_Source, input_Width now, as `id` is input_id.
+    pq.write_table(pa.table({"image": pa.array([image_bytes(8, 8, 1)], pa.binary()), "ID": [101],
+                             "Source": ["flickr"], "Width": [640], "Input_ID": ["older"], "Label": ["cat"]}),
+                   tmp_path / "t.parquet")
+    table = _written(tmp_path, _read(tmp_path))
+    assert _one_name_in_any_case(table.schema.names), table.schema.names
+    row = table.to_pylist()[0]
+    assert (row["id"], row["width"]) == ("t.parquet#0", 8) and row["source"].endswith("t.parquet#0")
+    assert (row["input_ID"], row["input_Source"], row["input_Width"]) == (101, "flickr", 640)
+    assert row["input_Input_ID"] == "older"  # `input_` in any case before a job's name moves on too, as input_id does
+    assert row["Label"] == "cat"  # named like no job column: kept
+
+
+def test_a_tar_json_sidecars_keys_named_like_the_jobs_in_another_case_get_input_before_them(tmp_path) -> None:
+    (tmp_path / "s.tar").write_bytes(tar_bytes({"0001.png": image_bytes(8, 8, 1),
+                                                "0001.json": json.dumps({"Source": "flickr", "HEIGHT": 480}).encode()}))
+    table = _written(tmp_path, _read(tmp_path))
+    assert _one_name_in_any_case(table.schema.names), table.schema.names
+    row = table.to_pylist()[0]
+    assert (row["input_Source"], row["input_HEIGHT"], row["height"]) == ("flickr", 480, 8)
+
+
 def test_a_purified_output_read_again_keeps_its_ids_and_sources_under_input_names(tmp_path) -> None:
     # pass 1: a Parquet input with its own id and source, written as the job writes it
     (tmp_path / "in").mkdir()

@@ -31,11 +31,13 @@ def passthrough_name(name: str) -> str:
     """The output column of an input's own column (a Parquet column, a tar .json key or sidecar): its name, unless that
     is one of the job's columns (`JOB_COLUMNS`), or one with `input_` (once or more) before it; such a name gets one more
     `input_` (id -> input_id, and input_id, as in a re-purified output, -> input_input_id). The rule looks at the name
-    alone, so a column has one name in every part file, and no two input names get the same one: none is lost."""
+    alone, so a column has one name in every part file, and no two input names get the same one: none is lost. Case
+    does not count (`ID` -> input_ID, `Input_Source` -> input_Input_Source): readers whose names have no case (DuckDB,
+    Spark, Hive) take `ID` beside the job's `id` for one column, and DuckDB's `SELECT source` gave an input's `Source`."""
     bare = name
-    while bare.startswith(RENAMED_PREFIX):
+    while bare[: len(RENAMED_PREFIX)].lower() == RENAMED_PREFIX:
         bare = bare[len(RENAMED_PREFIX) :]
-    return RENAMED_PREFIX + name if bare in JOB_COLUMNS else name
+    return RENAMED_PREFIX + name if bare.lower() in JOB_COLUMNS else name
 
 
 def sha256(data: bytes) -> str:
