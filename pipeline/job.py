@@ -565,6 +565,8 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         # 3. The pipeline, and this run's counts as its written batches come back; none when nothing is left to read.
         threads, started_actors = (None, 0) if placement is None else _purify(config, plan, placement, stop)
         stop.pipeline_ended = True  # before: a stop while it notes them must not note them again as not whole
+        if placement is not None:  # this run's killed writes' temporaries: every write it started has ended
+            _remove_old_temporaries(out, so, made_since=started)
         _note_refreshed_reads(out, so, plan, tally.read_whole, pipeline_ended=True)
         # Every file the pipeline wrote is reported now; the end-of-run check below rewrites earlier files under their
         # own names, and a stop there must not count their rows as this run's: names only, no stamps compared.
@@ -769,12 +771,15 @@ def _start_tally(plan: JobPlan) -> RunTally:
     return tally
 
 
-def _remove_old_temporaries(out: str, storage_options: dict[str, Any]) -> None:
-    """Temporary files a killed run or a refused delete left behind (hidden, skipped by every reader); only old
-    ones, since a younger one may be another write still under way."""
+def _remove_old_temporaries(out: str, storage_options: dict[str, Any], made_since: float | None = None) -> None:
+    """Temporary files a killed run or a refused delete left behind (hidden, skipped by most readers); only old
+    ones, since a younger one may be another write still under way; with `made_since`, once this run's pipeline has
+    ended (every write task it started awaited), those made since it started too: a write task killed mid-write (a
+    worker lost, then retried) left one in data/ for an hour, and Polars given the folder refuses a folder holding it
+    ("directory contained paths with different file extensions")."""
     fs_out, out_path = storage_path(out, storage_options)
     for folder in (DATA_DIR, REJECTS_DIR, LEDGER_DIR, INPUTS_DIR, RUNS_DIR, REFRESH_DIR):
-        remove_stale_temporaries(fs_out, posixpath.join(out_path, folder))
+        remove_stale_temporaries(fs_out, posixpath.join(out_path, folder), made_since=made_since)
     # the output's own folder may also be the user's (an output that is its input): only its records' temporaries
     remove_stale_temporaries(fs_out, out_path, of_names=(SUMMARY_FILE, JOB_FILE, LEASE_FILE))
 

@@ -753,12 +753,13 @@ def discard(fs: Any, path: str) -> None:
 
 
 def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0,
-                             of_names: Collection[str] | None = None) -> int:
+                             of_names: Collection[str] | None = None, made_since: float | None = None) -> int:
     """Delete the temporary files (hidden names starting with TEMP_PREFIX) that writes left in `folder` more than
     `older_than_s` seconds ago (a killed run, a delete that failed); younger ones may belong to a write still
-    running. With `of_names`, only the temporaries of those files (`.tmp-<hex>-NAME`, as `temporary_name` makes
-    them, or `.NAME.tmp`, as versions before it did): a folder the user also keeps files in (an output that is its
-    input folder) may hold a `.tmp-` file of theirs. Returns how many were deleted."""
+    running. With `made_since` (a time.time()), those last written since then too: a run's own, once every write it
+    started has ended. With `of_names`, only the temporaries of those files (`.tmp-<hex>-NAME`, as `temporary_name`
+    makes them, or `.NAME.tmp`, as versions before it did): a folder the user also keeps files in (an output that is
+    its input folder) may hold a `.tmp-` file of theirs. Returns how many were deleted."""
     try:
         listing = with_retries(lambda: list_uncached(fs, folder), f"list {folder}")
     except FileNotFoundError:
@@ -769,7 +770,7 @@ def remove_stale_temporaries(fs: Any, folder: str, older_than_s: float = 3600.0,
         if info.get("type") != "file" or not _is_temporary(posixpath.basename(name.rstrip("/")), of_names):
             continue
         modified = _modified(info)
-        if modified is None or now - modified < older_than_s:
+        if modified is None or now - modified < older_than_s and (made_since is None or modified < made_since):
             continue
         try:
             with_retries(lambda n=name: fs.rm_file(n), f"remove {name}")
