@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from dataclasses import fields
 from pathlib import Path
@@ -44,7 +45,32 @@ def test_every_option_that_takes_a_value_says_what_it_is_when_not_given(parser) 
     # without them (no pin? the flags from where? AWS's endpoint?): a reader of --help had to guess
     silent = [action.option_strings[0] for action in parser()._actions
               if action.option_strings and action.nargs != 0 and not action.required
-              and "default" not in " ".join((action.help or "").split())]
+              and not re.search(r"\bdefault\b", action.help or "", re.I)]
+    assert silent == [], silent
+
+
+@pytest.mark.parametrize("script", ["train_prior.py", "evaluate.py"])
+def test_every_option_of_the_training_and_evaluation_scripts_says_what_it_is_when_not_given(script, monkeypatch) -> None:
+    # train_prior.py's --init-from said what it does, not that without it training starts from random weights
+    import argparse
+
+    from tests.jobutil import load_job_script
+
+    class _Built(Exception):
+        pass
+
+    def stop(self, args=None, namespace=None):
+        raise _Built(self)
+
+    module = load_job_script(script, f"help_defaults_{script[:-3]}")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    with pytest.raises(_Built) as built:
+        module.parse_args([])
+    parser = built.value.args[0]
+    formatter = parser._get_formatter()  # the text --help shows, the defaults its formatter adds included
+    silent = [action.option_strings[0] for action in parser._actions
+              if action.option_strings and action.nargs != 0
+              and not re.search(r"\bdefault\b", formatter._get_help_string(action) or "", re.I)]  # not "the defaults of"
     assert silent == [], silent
 
 
