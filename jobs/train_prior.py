@@ -117,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this 32 px ε-prediction prior (path or URI); its architecture replaces the "
                         "width and depth options below, and the noise schedule and largest timestep it records are "
-                        "the defaults of --schedule and --max-timestep")
+                        "the defaults of --schedule and --max-timestep (default: none, random weights drawn from "
+                        "--seed)")
     p.add_argument("--channels", type=int, default=32, help="UNet base width (num_channels); a multiple of 32")
     p.add_argument("--channel-mult", default="1,2,2", help="width multiplier per resolution level (32, 16, 8 px, ...)")
     p.add_argument("--res-blocks", type=int, default=2, help="residual blocks per level (num_res_blocks)")

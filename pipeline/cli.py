@@ -149,7 +149,8 @@ def build_parser(prog: str = "zip-purify") -> argparse.ArgumentParser:
 def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     """Where the images come from, where the purified ones go, and how a run meets an existing output."""
     io = p.add_argument_group("input and output")
-    io.add_argument("--config", metavar="FILE", help="YAML file with any of these options (see below); flags win over it")
+    io.add_argument("--config", metavar="FILE", help="YAML file with any of these options (see below); flags win over it "
+                    "(default: none)")
     io.add_argument("--input", help=f"input folder, file or prefix, or a web address (a folder when it ends in /) "
                     f"(default: the embedded sample, {DEFAULT_INPUT})")
     io.add_argument("--output", help=f"output folder or prefix, on storage the job can write: not a web address "
@@ -206,8 +207,10 @@ def _add_model_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                        + "; ".join(f"{name}: {what}" for name, what in SHIPPED_PRIORS.items()))
     model.add_argument("--preset", help="architecture preset for a bare state dict (e.g. 256x256_diffusion_uncond); "
                        "default: the bundle's flags, else inferred from the keys")
-    model.add_argument("--flags", type=_json, help="guided-diffusion create_model flags as JSON (overrides --preset)")
-    model.add_argument("--checkpoint-sha256", help="refuse to run unless the checkpoint has this sha256")
+    model.add_argument("--flags", type=_json, help="guided-diffusion create_model flags as JSON (overrides --preset; "
+                       "default: as for --preset)")
+    model.add_argument("--checkpoint-sha256", help="refuse to run unless the checkpoint has this sha256 (64 hex "
+                       "digits; default: none, any file)")
     model.add_argument("--device", help="cuda or cpu (default: cuda on GPU actors, else cpu)")
     model.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
                        help=f"inference precision; fp16/bf16 need CUDA (default {d.precision})")

@@ -131,11 +131,11 @@ def reader_may_go_away() -> Iterator[None]:
 def add_storage_options(p: argparse.ArgumentParser) -> None:
     """How the tool reaches object storage: --s3-endpoint, --anon, --storage-option (see `storage_options`)."""
     st = p.add_argument_group("storage")
-    st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...)")
+    st.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO, moto, ...; default: AWS's S3)")
     st.add_argument("--anon", action="store_true", default=None, help="anonymous S3 access")
     st.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra fsspec option, repeatable (e.g. key=..., secret=...; values may be JSON; "
-                         "true/false, yes/no, on/off in any case are booleans)")
+                         "true/false, yes/no, on/off in any case are booleans; default: none)")
 
 
 class ConfigError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from dataclasses import fields
 from pathlib import Path
@@ -13,6 +14,7 @@ from pipeline import cli
 from pipeline.cli import build_parser, config_from_args, main
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed, JobInterrupted
+from pipeline.export_cli import build_parser as export_parser
 from pipeline.plan import check_output_state, plan_job
 from pipeline.stopped_run import record_stopped_run
 from tests.jobutil import image_bytes, image_folder
@@ -35,6 +37,41 @@ def test_help_says_what_the_defaults_and_the_exit_statuses_are() -> None:
     # every option of JobConfig can be given on the command line (storage_options through the storage flags)
     dests = {a.dest for a in build_parser()._actions}
     assert {f.name for f in fields(JobConfig)} - dests == {"storage_options"}
+
+
+@pytest.mark.parametrize("parser", [build_parser, export_parser], ids=["zip-purify", "zip-purify-export"])
+def test_every_option_that_takes_a_value_says_what_it_is_when_not_given(parser) -> None:
+    # --checkpoint-sha256, --flags, --s3-endpoint and --storage-option said what they do but not what a run does
+    # without them (no pin? the flags from where? AWS's endpoint?): a reader of --help had to guess
+    silent = [action.option_strings[0] for action in parser()._actions
+              if action.option_strings and action.nargs != 0 and not action.required
+              and not re.search(r"\bdefault\b", action.help or "", re.I)]
+    assert silent == [], silent
+
+
+@pytest.mark.parametrize("script", ["train_prior.py", "evaluate.py"])
+def test_every_option_of_the_training_and_evaluation_scripts_says_what_it_is_when_not_given(script, monkeypatch) -> None:
+    # train_prior.py's --init-from said what it does, not that without it training starts from random weights
+    import argparse
+
+    from tests.jobutil import load_job_script
+
+    class _Built(Exception):
+        pass
+
+    def stop(self, args=None, namespace=None):
+        raise _Built(self)
+
+    module = load_job_script(script, f"help_defaults_{script[:-3]}")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    with pytest.raises(_Built) as built:
+        module.parse_args([])
+    parser = built.value.args[0]
+    formatter = parser._get_formatter()  # the text --help shows, the defaults its formatter adds included
+    silent = [action.option_strings[0] for action in parser._actions
+              if action.option_strings and action.nargs != 0
+              and not re.search(r"\bdefault\b", formatter._get_help_string(action) or "", re.I)]  # not "the defaults of"
+    assert silent == [], silent
 
 
 def _write(tmp_path: Path, text: str | bytes) -> str:

@@ -64,6 +64,19 @@ def test_a_web_folder_given_without_its_slash_is_refused_naming_the_address_to_g
     assert [u.paths for u in discover(url + "sub/a.png", {})] == [(url + "sub/a.png",)]
 
 
+def test_a_servers_address_without_a_path_is_its_root_folder_given_without_its_slash(web) -> None:
+    """`--input http://host:port` (no path at all): the server sends its root's index page without a redirect, which
+    was read as one image, a reject, and the run over it ended complete with none of the folder's files read."""
+    from pipeline.sources import input_location
+
+    folder, url = web
+    (folder / "a.png").write_bytes(image_bytes(8, 8, 0))
+    for ask in (discover, input_location):
+        with pytest.raises(ValueError, match=re.escape(f"give {url} to read the files its index page links")):
+            ask(url.rstrip("/"), {})
+    assert [u.paths for u in discover(url, {})] == [(url + "a.png",)]
+
+
 def test_containers_from_a_server_that_sends_no_length_are_read(tmp_path: Path) -> None:
     """A server that sends no Content-Length (a dynamic one, or one compressing on the fly): storage gives no size, and
     each tar, zip and Parquet file was one '#unreadable' reject, "TypeError: '<=' not supported between ... 'NoneType'

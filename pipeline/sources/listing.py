@@ -9,6 +9,7 @@ import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
@@ -75,7 +76,11 @@ def _one_file(fs: Any, root: str, uri: str) -> bool:
     input is refused as ambiguous (ValueError); a store whose listing of the folder gives the object instead of the
     folder's files (memory://) is refused either way. Asked of the store itself, not of its listing cache, which takes
     a path it has listed under for a folder. A web address that the server redirects to itself with a '/' is a folder
-    given without it: refused, naming the address to give."""
+    given without it, and so is a server's address without a path: refused, naming the address to give."""
+    if not urlsplit(root).path and not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
+        # 'http://host:port' alone: the server sends its root's index page without a redirect, read as one image
+        raise ValueError(f"input {uri} is a web server's address without a path, its root folder: give {uri}/ to "
+                         "read the files its index page links")
     keyed = not KEYED_PROTOCOLS.isdisjoint(protocols(fs))  # a disk's or a server's file is never a folder too
     s3 = not S3_PROTOCOLS.isdisjoint(protocols(fs))
     if keyed:
