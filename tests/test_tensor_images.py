@@ -93,16 +93,17 @@ def test_a_cell_of_another_shape_or_dtype_or_over_the_size_limit_is_its_rows_rej
     _write(folder, "shapes.parquet", {"image": ArrowVariableShapedTensorArray.from_numpy(cells)})
     _write(folder, "floats.parquet", {"image": ArrowTensorArray.from_numpy(np.zeros((1, 8, 8, 3), np.float32))})
     _write(folder, "vector.parquet", {"image": ArrowTensorArray.from_numpy(np.zeros((1, 12), np.uint8))})
+    _write(folder, "ints.parquet", {"image": [[[0, 255], [255, 0]]]})  # Python's ints: list<list<int64>>
     # 600 x 600 x 3 zeros: a PNG of a few KB, but 1.08 MB of pixels, over --max-image-mb 1
     _write(folder, "large.parquet", {"image": ArrowVariableShapedTensorArray.from_numpy(
         [np.zeros((600, 600, 3), np.uint8), _pixels((16, 16, 3), 3)])})
     summary = run_job(small_job_config(tmp_path, model, max_image_mb=1))
-    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (2, 5)
+    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (2, 6)
     data, rejects = read_output(str(tmp_path / "out"))
     assert sorted(data["id"]) == ["large.parquet#1", "shapes.parquet#0"]
     errors = {row["id"]: row["error"] for row in rejects.to_dict("records")}
     assert set(errors) == {"shapes.parquet#1", "shapes.parquet#2", "floats.parquet#0", "vector.parquet#0",
-                           "large.parquet#0"}
+                           "ints.parquet#0", "large.parquet#0"}
     assert errors["shapes.parquet#1"] == (
         "row 1: image column 'image' holds a uint8 array of shape (3, 32, 32) (channels first: transpose it to "
         f"(H, W, C)), where {ACCEPTED}")
@@ -110,6 +111,8 @@ def test_a_cell_of_another_shape_or_dtype_or_over_the_size_limit_is_its_rows_rej
         f"row 2: image column 'image' holds a uint8 array of shape (32, 32, 2), where {ACCEPTED}")
     assert errors["floats.parquet#0"].startswith("row 0: image column 'image' holds a float32 array of shape (8, 8, 3)")
     assert errors["vector.parquet#0"] == f"row 0: image column 'image' holds a uint8 array of shape (12,), where {ACCEPTED}"
+    assert errors["ints.parquet#0"] == (
+        f"row 0: image column 'image' holds an int64 array of shape (2, 2) (write its 8-bit values as uint8), where {ACCEPTED}")
     assert "image column 'image'" in errors["large.parquet#0"] and "1080000" in errors["large.parquet#0"].replace(",", "")
 
 

@@ -129,7 +129,8 @@ def array_cell_size(cell: pa.Scalar, field: pa.Field) -> int | None:
 
 
 def _what(dtype: Any, shape: tuple[int, ...]) -> str:
-    return f"a {dtype} array of shape {tuple(shape)}"
+    article = "an" if str(dtype).startswith(("int", "object")) else "a"  # "a uint8", "an int64"
+    return f"{article} {dtype} array of shape {tuple(shape)}"
 
 
 def cell_pixels(cell: pa.Scalar, field: pa.Field) -> np.ndarray:
@@ -154,8 +155,10 @@ def cell_pixels(cell: pa.Scalar, field: pa.Field) -> np.ndarray:
         hint = ""
         if len(shape) == 3 and shape[0] in _CHANNELS and shape[2] > max(_CHANNELS):
             hint = " (channels first: transpose it to (H, W, C))"
-        elif pixels.dtype != np.uint8 and pixels.dtype.kind in "fiub":
+        elif pixels.dtype.kind == "f":
             hint = " (scale it to 0..255 and cast it to uint8)"
+        elif pixels.dtype != np.uint8 and pixels.dtype.kind in "iub":  # 16-bit pixels, or 0..255 kept as int64
+            hint = " (write its 8-bit values as uint8)"
         raise ArrayProblem(f"{_what(pixels.dtype, shape)}{hint}, where only {ACCEPTED}")
     return pixels[:, :, 0] if pixels.ndim == 3 and shape[2] == 1 else pixels
 
