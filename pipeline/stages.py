@@ -237,7 +237,9 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
         if r["kind"] == "image" and "data" in r:
             decoded = decode_image(r.pop("data"), policy)
             if isinstance(decoded, Decoded):
-                r.update(pixels=decoded.pixels, original_mode=decoded.mode, original_format=decoded.format,
+                # a Parquet row of pixel arrays was made a PNG to be decoded here: its format says so ("tensor")
+                r.update(pixels=decoded.pixels, original_mode=decoded.mode,
+                         original_format=r.get("original_format") or decoded.format,
                          original_frames=decoded.frames)
             else:  # a Parquet row whose image column was found, not named: which column, and the others
                 note = f" ({r['decode_note']})" if r.get("decode_note") else ""

@@ -17,6 +17,16 @@ import pyarrow.parquet as pq
 from pipeline.arrow_values import python_rows
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id
+from pipeline.sources.pixel_arrays import (
+    ARRAY_FORMAT,
+    ArrayProblem,
+    array_cell_size,
+    cell_pixels,
+    is_pixel_array_column,
+    is_tensor_extension,
+    pixels_png,
+    pixels_sha256,
+)
 from pipeline.sources.records import _image_record, passthrough_name, reject_record
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
@@ -44,8 +54,11 @@ def _open_parquet(f: Any) -> pq.ParquetFile:
 
 
 def _usable(field: pa.Field, named: bool = False) -> bool:
-    """Whether `field` can hold image bytes (a list<uint8> only when `named`: see `find_image_column`)."""
+    """Whether `field` can hold image bytes (a list<uint8> only when `named`: see `find_image_column`; never a tensor
+    type, whose storage may be a list<uint8> where Ray's types are not registered: `pixel_arrays`)."""
     t = field.type
+    if is_tensor_extension(field):
+        return False
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_struct(t):
@@ -58,12 +71,15 @@ def _usable(field: pa.Field, named: bool = False) -> bool:
 def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
     """The Parquet column holding image bytes: a struct<bytes, path> (Hugging Face layout) or binary (also large,
     view or dictionary-encoded); a list<uint8> only when named (--image-column, or one of the usual image names),
-    since such a list may as well hold numbers that are not a file."""
+    since such a list may as well hold numbers that are not a file. Else, only when named too, a column of pixel
+    arrays (`pixel_arrays`: Ray's tensor types, Arrow's fixed_shape_tensor, nested lists): a file that holds image
+    bytes reads as it did, and a tensor column of another name (a mask, an embedding) is not taken for the images."""
     if requested:
         if requested not in schema.names:
             raise ValueError(f"image column {requested!r} not in Parquet columns {schema.names}")
-        if not _usable(schema.field(requested), named=True):
-            raise ValueError(f"column {requested!r} has type {schema.field(requested).type}, not image bytes")
+        field = schema.field(requested)
+        if not _usable(field, named=True) and not is_pixel_array_column(field):
+            raise ValueError(f"column {requested!r} has type {field.type}, not image bytes or pixel arrays")
         return requested
     for name in IMAGE_COLUMN_CANDIDATES:
         if name in schema.names and _usable(schema.field(name), named=True):
@@ -71,7 +87,11 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
     for field in schema:
         if _usable(field):
             return field.name
-    raise ValueError(f"no image column (struct<bytes, path> or binary) among Parquet columns {schema.names}")
+    for name in IMAGE_COLUMN_CANDIDATES:
+        if name in schema.names and is_pixel_array_column(schema.field(name)):
+            return name
+    raise ValueError(f"no image column (struct<bytes, path> or binary, or pixel arrays named "
+                     f"{', '.join(IMAGE_COLUMN_CANDIDATES)}) among Parquet columns {schema.names}")
 
 
 def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str) -> str | None:
@@ -124,7 +144,9 @@ def other_image_columns(schema: pa.Schema, column: str) -> str | None:
     """For an image column `find_image_column` found (not one named by --image-column): the file's other columns that
     could hold the images, as a note for the rejects of rows whose cell is not an image. A first binary column of
     hashes was taken for the images, and every row was rejected as 'not a recognised image format', naming no column."""
-    others = [f.name for f in schema if f.name != column and _usable(f, named=f.name in IMAGE_COLUMN_CANDIDATES)]
+    named = IMAGE_COLUMN_CANDIDATES  # a column of pixel arrays too, named like images (not a mask or an embedding)
+    others = [f.name for f in schema if f.name != column and (_usable(f, named=f.name in named)
+                                                                or (f.name in named and is_pixel_array_column(f)))]
     if not others:
         return None
     return (f"Parquet column {column!r}, found as the image column; --image-column picks another: "
@@ -183,6 +205,8 @@ class _ParquetReading:
         self.column, self.others_note, self.skip_ids = column, others_note, skip_ids
         self.max_image_bytes, self.rows_per_batch, self.attempts = max_image_bytes, rows_per_batch, attempts
         self.others = [n for n in parquet.schema_arrow.names if n != column]
+        field = parquet.schema_arrow.field(column)
+        self.arrays = field if not _usable(field, named=True) else None  # a column of pixel arrays (`pixel_arrays`)
         # the input's Arrow types, by output column, so the writer keeps them (Python values lose float32, int32, ...)
         self.types = {passthrough_name(f.name): f.type for f in parquet.schema_arrow if f.name != column}
 
@@ -245,7 +269,7 @@ class _ParquetReading:
         rel, path, column = self.rel, self.path, self.column
         if f"{rel}#{i}" in self.skip_ids:
             return {"kind": "skipped", "id": f"{rel}#{i}"}
-        size = _cell_size(cell)
+        size = _cell_size(cell) if self.arrays is None else array_cell_size(cell, self.arrays)
         if size is not None and size > self.max_image_bytes:
             return reject_record(f"{rel}#{i}", f"{path}#{i}", too_large(
                 f"row {i}: image column {column!r}", size, self.max_image_bytes), "read")
@@ -257,11 +281,27 @@ class _ParquetReading:
             values = row()
         except _NoPythonValue as err:
             return reject_record(f"{rel}#{i}", f"{path}#{i}", f"row {i}: {err}", "read")
-        record = _parquet_row_record(path, f"{rel}#{i}", i, {**values, column: cell.as_py()}, column, self.others)
+        if self.arrays is not None:
+            record = self._array_record(i, cell, values)
+        else:
+            record = _parquet_row_record(path, f"{rel}#{i}", i, {**values, column: cell.as_py()}, column, self.others)
         if record["kind"] == "image":
             record["meta_types"] = self.types
             if self.others_note:
                 record["decode_note"] = self.others_note
+        return record
+
+    def _array_record(self, i: int, cell: pa.Scalar, values: dict[str, Any]) -> dict[str, Any]:
+        """A row whose image is a pixel array: its PNG, to be decoded as any image is, with the sha256 of its pixels
+        (`pixel_arrays.pixels_sha256`); a cell that is no such image is the row's reject, saying what it holds."""
+        try:
+            pixels = cell_pixels(cell, self.arrays)
+        except ArrayProblem as err:
+            return reject_record(f"{self.rel}#{i}", f"{self.path}#{i}",
+                                 f"row {i}: image column {self.column!r} holds {err}", "read")
+        meta = {passthrough_name(n): values[n] for n in self.others}
+        record = _image_record(f"{self.rel}#{i}", f"{self.path}#{i}", pixels_png(pixels), meta)
+        record.update(source_sha256=pixels_sha256(pixels), original_format=ARRAY_FORMAT)
         return record
 
     def _lost_rows(self, group: int, lost: range, err: Exception) -> Iterator[dict[str, Any]]:
