@@ -590,6 +590,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     print(f"input: {_named(input_uri)}{_count(inp['image_files_to_read'], 'image file')} to read "
           f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, "
           f"{_count(inp['parquet_files'], 'Parquet file')}, "
+          + (f"{_count(inp['arrow_files'], 'Arrow IPC file')}, " if inp.get("arrow_files") else "") +
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):

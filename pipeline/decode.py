@@ -184,6 +184,7 @@ def decode_image(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded 
 # HEIF/AVIF photo is no supported format; "not a recognised image format" alone left the user to guess.
 _NOT_IMAGES: Final = ((b"PK\x03\x04", 0, "a zip archive"), (b"PK\x05\x06", 0, "a zip archive"),
                       (b"ustar", 257, "a tar archive"), (b"PAR1", 0, "a Parquet file"),
+                      (b"ARROW1", 0, "an Arrow IPC file"),
                       (b"\x1f\x8b", 0, "gzip-compressed data"), (b"BZh", 0, "bzip2-compressed data"),
                       (b"\xfd7zXZ\x00", 0, "xz-compressed data"))
 # Archive and compression formats the job reads in no place (Python's tarfile and zipfile do not): a WebDataset shard
@@ -206,7 +207,8 @@ def _what_it_is(data: bytes) -> str:
     for magic, at, kind in _NOT_IMAGES:
         if data[at : at + len(magic)] == magic:
             return (f" (it is {kind}: archives and data files are read only as inputs of their own, named .zip, .tar, "
-                    ".tar.gz, ... or .parquet, never inside another archive or file: extract it or give it as input)")
+                    ".tar.gz, ..., .parquet or .arrow, never inside another archive or file: extract it or give it as "
+                    "input)")
     return ""
 
 

@@ -67,6 +67,7 @@ from pipeline.sources import (
     repeated_partition_key,
     rows_without_image,
 )
+from pipeline.sources.arrow_ipc import is_arrow_ipc
 from pipeline.sources.listing import InputNotFound
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
@@ -334,7 +335,9 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
-                      "parquet_files": sum(len(u.paths) for u in by_kind["parquet"]),
+                      "parquet_files": sum(not is_arrow_ipc(u.paths[0]) for u in by_kind["parquet"]),
+                      # read as Parquet files are (`sources.arrow_ipc`), named .arrow, .feather or .ipc
+                      "arrow_files": sum(is_arrow_ipc(u.paths[0]) for u in by_kind["parquet"]),
                       "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,

@@ -29,6 +29,11 @@ class HiddenSkipped:
 
 
 def hidden_note(count: int, examples: list[str]) -> str:
-    """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible."""
+    """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible. The
+    listing counts a saved Hugging Face data set's metadata files (`arrow_ipc.saved_dataset_metadata`) with them, first
+    among the examples: named so where they are."""
     shown = ", ".join(terminal_text(name) for name in examples[:3]) + (", ..." if count > 3 else "")
-    return f"{count} hidden entr{'y' if count == 1 else 'ies'} (names starting with . or _) skipped, not read: {shown}"
+    which = "names starting with . or _"
+    if any(not _hidden(name) for name in examples):
+        which += "; a saved Hugging Face data set's metadata: dataset_info.json, state.json, dataset_dict.json"
+    return f"{count} hidden entr{'y' if count == 1 else 'ies'} ({which}) skipped, not read: {shown}"

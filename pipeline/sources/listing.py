@@ -1,6 +1,7 @@
 """Input discovery: the read units under an input URI (`discover`), each file's kind by its suffix (a tar shard, a
-Parquet file, a zip archive, else an image file), hidden files skipped and counted, and the checks that stop a run
-whose files would give one id twice (a file under a container's id, a name written with escapes beside its twin)."""
+Parquet or Arrow IPC file, a zip archive, else an image file), hidden files skipped and counted (so is the metadata of
+a data set Hugging Face datasets saved to disk), and the checks that stop a run whose files would give one id twice
+(a file under a container's id, a name written with escapes beside its twin)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline.sources.arrow_ipc import ARROW_SUFFIXES, saved_dataset_metadata
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
@@ -28,6 +30,8 @@ from pipeline.storage import (
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# the files read as tables (kind "parquet"): Parquet files, and Arrow IPC files (`arrow_ipc`: .arrow, .feather, .ipc)
+TABLE_SUFFIXES = PARQUET_SUFFIXES + ARROW_SUFFIXES
 ZIP_SUFFIXES = (".zip",)
 
 
@@ -37,7 +41,8 @@ def _is_tar(path: str) -> bool:
 
 
 def _is_parquet(path: str) -> bool:
-    return without_signed_query(path).lower().endswith(PARQUET_SUFFIXES)
+    """Whether `path` is read as a table, a "parquet" unit: a Parquet file or an Arrow IPC file (`arrow_ipc`)."""
+    return without_signed_query(path).lower().endswith(TABLE_SUFFIXES)
 
 
 def _is_zip(path: str) -> bool:
@@ -156,8 +161,10 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     `hidden`, from the same listing: no more storage requests). A hidden file for which `exclude` (given the listed
     path with its protocol) is true is left out uncounted: the job's own output files, found inside its input.
 
-    Every non-hidden file is an input: tar and Parquet files by suffix, everything else as an image
-    file (its content decides; a non-image ends up in rejects with the reason, never silently dropped).
+    Every non-hidden file is an input: tar, Parquet, Arrow IPC and zip files by suffix, everything else as an image
+    file (its content decides; a non-image ends up in rejects with the reason, never silently dropped), except the
+    metadata files of a data set Hugging Face datasets saved to disk (`arrow_ipc.saved_dataset_metadata`), skipped and
+    counted in `hidden`.
     """
     if is_url_chain(uri):
         raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
@@ -187,8 +194,15 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
                     skipped.append(rel)
             else:
                 listed[p] = info
+        # a saved Hugging Face data set's dataset_info.json and state.json: its metadata, no image, skipped as hidden
+        # files are (each was a reject, 'not a recognised image format'); named first among the examples
+        metadata = saved_dataset_metadata(listed)
+        for p in metadata:
+            del listed[p]
+        metadata = sorted(relative_id(p, root) for p in metadata)
         if hidden is not None:  # set, not added to: a retried listing counts once
-            hidden.count, hidden.examples = len(skipped), sorted(skipped)[:HIDDEN_EXAMPLES]
+            hidden.count = len(skipped) + len(metadata)
+            hidden.examples = [*metadata, *sorted(skipped)][:HIDDEN_EXAMPLES]
         unlistable = [(p, err) for p, err in unlistable if p == root or not _hidden(relative_id(p, root))]
         if unlistable:  # its files would be left out of the run unseen, and the run called complete
             folder, err = unlistable[0]

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.arrow_values import python_rows
+from pipeline.sources.arrow_ipc import IpcTable, ipc_records, is_arrow_ipc, open_ipc
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id
 from pipeline.sources.pixel_arrays import (
@@ -51,6 +52,21 @@ def batch_rows(group: pq.RowGroupMetaData, most: int) -> int:
 
 def _open_parquet(f: Any) -> pq.ParquetFile:
     return pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+
+
+def _open_table(f: Any, path: str) -> pq.ParquetFile | IpcTable:
+    """A Parquet file, or an Arrow IPC file or stream (`arrow_ipc`): told by its first bytes where its name says IPC,
+    or where a file named as Parquet is not Parquet (a file named .parquet is opened as before, no byte more read)."""
+    if is_arrow_ipc(path):
+        return open_ipc(f, named_ipc=True) or _open_parquet(f)
+    try:
+        return _open_parquet(f)
+    except pa.ArrowInvalid:
+        f.seek(0)
+        table = open_ipc(f, named_ipc=False)
+        if table is None:
+            raise
+        return table
 
 
 def _usable(field: pa.Field, named: bool = False) -> bool:
@@ -103,7 +119,7 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     try:
         with contextlib.ExitStack() as stack:
             open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
-            schema = _open_parquet(stack.enter_context(open_file())).schema_arrow
+            schema = _open_table(stack.enter_context(open_file()), path).schema_arrow
     except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
         return None
     if schema.names.count(requested) > 1:  # Arrow finds no column by such a name: the run rejects the file, saying why
@@ -120,8 +136,11 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
     bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
     whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
     gives one, when the image column is a list (its null_count counts items, not rows) or when the footer cannot be
-    read or has no image column (the run says why, in the file's reject)."""
+    read or has no image column (the run says why, in the file's reject); None for an Arrow IPC file, which keeps
+    no statistics."""
     (path,) = unit.paths
+    if is_arrow_ipc(path):
+        return None
     try:
         with contextlib.ExitStack() as stack:
             open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
@@ -173,16 +192,24 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
             # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
-            parquet = _open_parquet(stack.enter_context(open_file()))
+            parquet = _open_table(stack.enter_context(open_file()), path)  # or an Arrow IPC file (`arrow_ipc`)
             _refuse_columns_named_twice(parquet.schema_arrow)  # first: Arrow finds no column by such a name
             column = find_image_column(parquet.schema_arrow, image_column)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)
         except Exception as err:  # noqa: BLE001
-            yield reject_record(f"{rel}#unreadable", path, f"unreadable Parquet file: {describe(err)}", "read")
+            what = "Arrow IPC file" if is_arrow_ipc(path) else "Parquet file"
+            yield reject_record(f"{rel}#unreadable", path, f"unreadable {what}: {describe(err)}", "read")
             return
-        reading = _ParquetReading(path, rel, parquet, lambda: _open_parquet(stack.enter_context(open_file())), column,
-                                  others_note, skip_ids, max_image_bytes, rows_per_batch, attempts)
-        yield from reading.records()
+
+        def reopen() -> pq.ParquetFile | IpcTable:
+            return _open_table(stack.enter_context(open_file()), path)
+
+        reading = _ParquetReading(path, rel, parquet, reopen, column, others_note, skip_ids, max_image_bytes,
+                                  rows_per_batch, attempts)
+        if isinstance(parquet, IpcTable):  # its batches in order, each whole: `ipc_records`
+            yield from ipc_records(reading, parquet, reopen, BATCH_BYTES)
+        else:
+            yield from reading.records()
 
 
 def _refuse_columns_named_twice(schema: pa.Schema) -> None:
@@ -254,16 +281,19 @@ class _ParquetReading:
         # of its buffers as late as the interpreter's exit, where that can abort the process (changes.read_parquet_bytes);
         # the pool decodes one image column no faster (bench/parquet_read_bench.py: times alike, within their noise)
         for table in self.parquet.iter_batches(batch_size=size, row_groups=[group], use_threads=False):
-            cells, other_bytes = table.column(self.column), _text_and_bytes(table, self.others)
-            # a row over the limit is not made Python values: the others are, a batch at once
-            values = None if max(other_bytes, default=0) > self.max_image_bytes else _python_rows(table, self.others)
-            for at in range(table.num_rows):
-                if at_row >= given:
-                    row = functools.partial(_row_at, table, values, self.others, at)
-                    yield self._row_record(first + at_row, row, cells[at], other_bytes[at])
-                at_row += 1
+            yield from self._batch_records(table, first + at_row, max(0, given - at_row))
+            at_row += table.num_rows
         if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
             raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
+
+    def _batch_records(self, table: pa.RecordBatch | pa.Table, first: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        """The records of a batch's rows from its `start`-th on, its first row being the file's row `first`."""
+        cells, other_bytes = table.column(self.column), _text_and_bytes(table, self.others)
+        # a row over the limit is not made Python values: the others are, a batch at once
+        values = None if max(other_bytes, default=0) > self.max_image_bytes else _python_rows(table, self.others)
+        for at in range(start, table.num_rows):
+            row = functools.partial(_row_at, table, values, self.others, at)
+            yield self._row_record(first + at, row, cells[at], other_bytes[at])
 
     def _row_record(self, i: int, row: Callable[[], dict[str, Any]], cell: pa.Scalar, other_bytes: int) -> dict[str, Any]:
         rel, path, column = self.rel, self.path, self.column

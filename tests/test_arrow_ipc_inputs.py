@@ -1,0 +1,144 @@
+"""Arrow IPC files as input (`.arrow`, `.feather`, `.ipc`; the IPC file format or the stream format, as Hugging Face
+datasets' `save_to_disk` writes them): read as Parquet files are, one record per row (id `d.arrow#3`), the image from
+a struct<bytes, path> or binary column, the other columns passed through; the data set's dataset_info.json and
+state.json beside them are its metadata, skipped, not rejects."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.ipc as ipc
+import pytest
+
+from pipeline import cli
+from pipeline.config import JobConfig
+from pipeline.export import export_path
+from pipeline.job import run_job
+from pipeline.plan import plan_job
+from pipeline.sources import HiddenSkipped, discover, parquet_files, read_unit
+from tests.jobutil import image_bytes, read_output
+
+FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the file fetched whole, or read from storage a batch at a time
+SHARD = "data-00000-of-00001.arrow"
+
+
+def _table(n: int = 4) -> pa.Table:
+    """Rows as Hugging Face's Image feature writes them: struct<bytes, path>, and an int64 label."""
+    images = [{"bytes": image_bytes(16, 16, i), "path": f"img{i}.png"} for i in range(n)]
+    return pa.table({"image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                     "label": pa.array(range(n), pa.int64())})
+
+
+def _write(path, table: pa.Table, form: str) -> None:
+    """`table` at `path` in two record batches: an IPC stream, an IPC file, or Feather (an IPC file, lz4)."""
+    if form == "feather":
+        feather.write_feather(table, str(path), chunksize=2)
+        return
+    with pa.OSFile(str(path), "wb") as sink, (ipc.new_stream if form == "stream" else ipc.new_file)(
+            sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
+
+
+def _saved_dataset(folder, form: str = "stream") -> None:
+    """A folder as `Dataset.save_to_disk` leaves it: its Arrow shard, dataset_info.json and state.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / SHARD, _table(), form)
+    (folder / "dataset_info.json").write_text(json.dumps({"features": {"image": {"_type": "Image"}}}))
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": SHARD}], "_split": None}))
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+@pytest.mark.parametrize(("name", "form"), [(SHARD, "stream"), (SHARD, "file"), ("t.feather", "feather"),
+                                            ("t.ipc", "file")])
+def test_an_arrow_ipc_file_gives_one_record_per_row(tmp_path, name: str, form: str, in_memory_bytes: int) -> None:
+    _write(tmp_path / name, _table(), form)
+    (unit,) = discover(str(tmp_path))
+    assert unit.kind == "parquet" and unit.stamps[0] is not None  # read as a table; its version kept for --incremental
+    records = list(read_unit(unit, in_memory_bytes=in_memory_bytes))
+    images = [r for r in records if r["kind"] == "image"]
+    assert [(r["id"], r["meta"]["label"], r["meta"]["original_path"]) for r in images] == [
+        (f"{name}#{i}", i, f"img{i}.png") for i in range(4)]
+    assert [r["data"] for r in images] == [image_bytes(16, 16, i) for i in range(4)]
+    assert images[0]["meta_types"] == {"label": pa.int64()}
+    assert records[-1]["n"] == 4 and records[-1]["container"]["records"] == 4  # read whole: recorded for --incremental
+
+
+def test_a_saved_datasets_metadata_is_skipped_and_counted_not_rejected(tmp_path) -> None:
+    _saved_dataset(tmp_path / "ds" / "train")
+    (tmp_path / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    (tmp_path / "notes.json").write_text("{}")  # no Arrow file beside it: an input, a reject as before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "state.json").write_text("{}")  # nor here
+    hidden = HiddenSkipped()
+    units = discover(str(tmp_path), hidden=hidden)
+    assert sorted((u.kind, p.removeprefix(f"{tmp_path}/")) for u in units for p in u.paths) == [
+        ("files", "notes.json"), ("files", "other/state.json"), ("parquet", f"ds/train/{SHARD}")]
+    assert hidden.count == 3
+    assert hidden.examples == ["ds/dataset_dict.json", "ds/train/dataset_info.json", "ds/train/state.json"]
+    note = cli.hidden_note(hidden.count, hidden.examples)
+    assert "a saved Hugging Face data set's metadata" in note and "ds/train/state.json" not in note.split(": ")[0]
+
+
+def test_a_damaged_arrow_file_is_one_reject_and_a_cut_stream_keeps_the_rows_before_the_cut(tmp_path) -> None:
+    (tmp_path / "bad.arrow").write_bytes(b"ARROW1\x00\x00" + b"not the rest of an Arrow file" * 10)
+    _write(tmp_path / "cut.arrow", _table(), "stream")
+    whole = (tmp_path / "cut.arrow").read_bytes()
+    (tmp_path / "cut.arrow").write_bytes(whole[: len(whole) - 200])  # the second batch's end lost
+    bad, cut = discover(str(tmp_path))
+    (reject, count) = list(read_unit(bad))
+    assert reject["id"] == "bad.arrow#unreadable" and reject["error"].startswith("unreadable Arrow IPC file: ")
+    assert "container" not in count  # not read whole: the next --incremental run reads it again
+    records = list(read_unit(cut))
+    assert [(r["id"], r["kind"]) for r in records[:-1]] == [
+        ("cut.arrow#0", "image"), ("cut.arrow#1", "image"), ("cut.arrow#unreadable", "reject")]
+    assert "Arrow IPC file unreadable after 2 rows: record batch 1 cannot be read" in records[2]["error"]
+    assert "container" not in records[-1]
+
+
+def test_an_ipc_file_named_parquet_is_read_by_its_first_bytes(tmp_path) -> None:
+    _write(tmp_path / "t.parquet", _table(), "file")
+    (unit,) = discover(str(tmp_path))
+    assert [r["id"] for r in read_unit(unit) if r["kind"] == "image"] == [f"t.parquet#{i}" for i in range(4)]
+
+
+def test_a_storage_error_mid_stream_is_retried_without_a_row_twice(tmp_path, monkeypatch) -> None:
+    from pipeline.sources import arrow_ipc
+
+    _write(tmp_path / SHARD, _table(), "stream")
+    (unit,) = discover(str(tmp_path))
+    original, left = arrow_ipc.IpcTable.batch, {"n": 2}
+
+    def flaky(self, i: int):
+        if i == 1 and left["n"]:
+            left["n"] -= 1
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return original(self, i)
+
+    monkeypatch.setattr(arrow_ipc.IpcTable, "batch", flaky)
+    monkeypatch.setattr(arrow_ipc, "backoff", lambda attempt: 0.0)
+    records = list(parquet_files._read_parquet(unit, {}, None, 0, 2**20))
+    assert [(r["id"], r["kind"]) for r in records] == [(f"{SHARD}#{i}", "image") for i in range(4)]
+
+
+def test_an_exported_arrow_row_lies_in_a_folder_named_after_its_file() -> None:
+    assert export_path(f"train/{SHARD}#3") == (f"train/{SHARD}/3.png", False)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_job_over_a_saved_dataset_and_an_incremental_run_that_reads_nothing_new(tmp_path, model, capsys) -> None:
+    _saved_dataset(tmp_path / "in")
+    config = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, progress=False,
+                  canvas_size=32)
+    cli.print_plan(plan_job(JobConfig(**config), dry_run=True).describe())
+    said = " ".join(capsys.readouterr().out.split())
+    assert "0 image files to read" in said and "0 Parquet files, 1 Arrow IPC file," in said
+    first = run_job(JobConfig(**config))["this_run"]
+    assert (first["read"], first["purified"], first["rejected"]) == (4, 4, 0)
+    assert (first["hidden_skipped"], first["containers_recorded"]) == (2, 1)
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert sorted(zip(data["id"], data["label"], strict=True)) == [(f"{SHARD}#{i}", i) for i in range(4)]
+    assert str(data["label"].dtype) == "int64" and list(rejects["id"]) == []
+    again = run_job(JobConfig(**config, incremental=True))["this_run"]
+    assert (again["read"], again["purified"], again["containers_skipped_unread"]) == (0, 0, 1)
