@@ -18,7 +18,7 @@ from pipeline.export import export_path
 from pipeline.job import run_job
 from pipeline.plan import plan_job
 from pipeline.sources import HiddenSkipped, discover, parquet_files, read_unit
-from tests.jobutil import image_bytes, read_output
+from tests.jobutil import image_bytes, read_output, rewritten_in_place
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the file fetched whole, or read from storage a batch at a time
 SHARD = "data-00000-of-00001.arrow"
@@ -97,6 +97,20 @@ def test_a_damaged_arrow_file_is_one_reject_and_a_cut_stream_keeps_the_rows_befo
     assert "container" not in records[-1]
 
 
+def test_a_row_holding_only_a_path_is_a_reject_that_names_the_arrow_file_and_image_column_is_checked(tmp_path) -> None:
+    table = _table(2)
+    image = pa.array([{"bytes": None, "path": "/data/y.png"}, {"bytes": image_bytes(16, 16, 1), "path": None}],
+                     table.schema.field("image").type)
+    _write(tmp_path / SHARD, table.set_column(0, "image", image), "stream")
+    (unit,) = discover(str(tmp_path))
+    reject, image_row, _ = read_unit(unit)
+    assert (reject["id"], image_row["id"]) == (f"{SHARD}#0", f"{SHARD}#1")
+    assert "only a path (/data/y.png) to an image outside the Arrow IPC file" in reject["error"]
+    # a misspelt --image-column stops the run before any work, as for a Parquet file
+    assert "'imgae' not in" in parquet_files.image_column_problem(unit, {}, "imgae")
+    assert parquet_files.image_column_problem(unit, {}, "image") is None
+
+
 def test_an_ipc_file_named_parquet_is_read_by_its_first_bytes(tmp_path) -> None:
     _write(tmp_path / "t.parquet", _table(), "file")
     (unit,) = discover(str(tmp_path))
@@ -142,3 +156,11 @@ def test_a_job_over_a_saved_dataset_and_an_incremental_run_that_reads_nothing_ne
     assert str(data["label"].dtype) == "int64" and list(rejects["id"]) == []
     again = run_job(JobConfig(**config, incremental=True))["this_run"]
     assert (again["read"], again["purified"], again["containers_skipped_unread"]) == (0, 0, 1)
+    # rewritten with another image in row 2: read to compare, and told as changed (with the 4 rows it gave)
+    images = _table(6)["image"].combine_chunks()
+    _write(tmp_path / "other.arrow", _table().set_column(0, "image", pa.concat_arrays([images[:2], images[5:], images[3:4]])),
+           "stream")
+    rewritten_in_place(tmp_path / "in" / SHARD, (tmp_path / "other.arrow").read_bytes())
+    changed = plan_job(JobConfig(**config, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (changed["containers"], changed["container_rows"], changed["examples"]) == (1, 4, [SHARD])
+    assert (changed["containers_compared"], changed["containers_same_members"]) == (1, 0)
