@@ -107,7 +107,7 @@ def test_a_row_holding_only_a_path_is_a_reject_that_names_the_arrow_file_and_ima
     assert (reject["id"], image_row["id"]) == (f"{SHARD}#0", f"{SHARD}#1")
     assert "only a path (/data/y.png) to an image outside the Arrow IPC file" in reject["error"]
     # a misspelt --image-column stops the run before any work, as for a Parquet file
-    assert "'imgae' not in" in parquet_files.image_column_problem(unit, {}, "imgae")
+    assert "'imgae' not in Arrow IPC columns ['image', 'label']" in parquet_files.image_column_problem(unit, {}, "imgae")
     assert parquet_files.image_column_problem(unit, {}, "image") is None
 
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.arrow_values import python_rows
-from pipeline.sources.arrow_ipc import IpcTable, ipc_records, is_arrow_ipc, open_ipc
+from pipeline.sources.arrow_ipc import IpcTable, ipc_named, ipc_records, is_arrow_ipc, open_ipc
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id
 from pipeline.sources.pixel_arrays import (
@@ -119,7 +119,8 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     try:
         with contextlib.ExitStack() as stack:
             open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
-            schema = _open_table(stack.enter_context(open_file()), path).schema_arrow
+            schema_of = _open_table(stack.enter_context(open_file()), path)
+            schema = schema_of.schema_arrow
     except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
         return None
     if schema.names.count(requested) > 1:  # Arrow finds no column by such a name: the run rejects the file, saying why
@@ -127,7 +128,8 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     try:
         find_image_column(schema, requested)
     except ValueError as err:
-        return f"--image-column {requested}: {err} of {path}"
+        said = ipc_named(str(err)) if isinstance(schema_of, IpcTable) else err
+        return f"--image-column {requested}: {said} of {path}"
     return None
 
 
@@ -197,8 +199,8 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
             column = find_image_column(parquet.schema_arrow, image_column)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)
         except Exception as err:  # noqa: BLE001
-            what = "Arrow IPC file" if is_arrow_ipc(path) else "Parquet file"
-            yield reject_record(f"{rel}#unreadable", path, f"unreadable {what}: {describe(err)}", "read")
+            why = f"unreadable Parquet file: {describe(err)}"
+            yield reject_record(f"{rel}#unreadable", path, ipc_named(why) if is_arrow_ipc(path) else why, "read")
             return
 
         def reopen() -> pq.ParquetFile | IpcTable:
