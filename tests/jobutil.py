@@ -56,6 +56,17 @@ def rewritten_in_place(path: Path, data: bytes) -> None:
     os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
 
+def refresh_after_touching(tmp_path: Path, model: str, paths: list[Path]) -> dict:
+    """`paths` touched with the same bytes (a sync that does not keep times), then a scheduled `--incremental
+    --refresh-changed` run of `small_job_config`: its summary (a file found the same purifies nothing again)."""
+    from pipeline.job import run_job
+
+    for path in paths:
+        before = os.stat(path).st_mtime_ns
+        os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+    return run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+
+
 def no_ray_from_here_on(monkeypatch) -> None:
     """From here on, a run that starts or joins Ray, places actors or builds the pipeline fails the test (a run with
     nothing to read starts none of them)."""

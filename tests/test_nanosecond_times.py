@@ -5,7 +5,6 @@ such a value to Python as a datetime.time, which holds microseconds, and the job
 from __future__ import annotations
 
 import json
-import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +13,7 @@ from pipeline.arrow_values import NanoTime, python_rows, python_values
 from pipeline.export import export_images
 from pipeline.job import run_job
 from pipeline.stages import batch_of, write_stage
-from tests.jobutil import image_bytes, small_job_config
+from tests.jobutil import image_bytes, refresh_after_touching, small_job_config
 
 NOON = 12 * 3600 * 10**9
 TIMES = [NOON + 123, NOON + 5_000, None]  # nanoseconds past noon; 5 µs; no time
@@ -61,10 +60,7 @@ def test_a_time64_ns_column_is_written_to_the_output_with_its_nanoseconds(tmp_pa
 
     # The same bytes touched (a sync that does not keep times): its rows still match what the file holds, with
     # nanoseconds read on both sides, so a scheduled run says nothing changed and purifies nothing again.
-    path = tmp_path / "in" / "frames.parquet"
-    before = os.stat(path).st_mtime_ns
-    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
-    again = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    again = refresh_after_touching(tmp_path, model, [tmp_path / "in" / "frames.parquet"])
     assert again["this_run"]["purified"] == 0
     changed = again["changed_inputs"]
     assert (changed["containers"], changed["refreshed_inputs"], changed["containers_same_members"]) == (0, 0, 1)

@@ -6,7 +6,6 @@ to "[[0. 0. ... 0.]]" past 1,000 values: the values were lost (pipeline.arrow_va
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +14,7 @@ from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray, ArrowVa
 
 from pipeline.export import export_images
 from pipeline.job import run_job
-from tests.jobutil import image_bytes, small_job_config
+from tests.jobutil import image_bytes, refresh_after_touching, small_job_config
 
 MASKS = np.arange(3 * 40 * 40, dtype=np.float32).reshape(3, 40, 40) / 7  # 1,600 values a row: numpy prints "..."
 BOXES_A = np.arange(2 * 2 * 4, dtype=np.float64).reshape(2, 2, 4)  # two rows of 2 boxes: Ray's fixed-shape type
@@ -52,11 +51,7 @@ def test_ray_tensor_columns_pass_through_whole(tmp_path, model) -> None:
     assert [exported[i] for i in ("a.parquet#0", "a.parquet#1", "b.parquet#0")] == MASKS.tolist()
 
     # Both files touched with the same bytes: their rows still match what the files hold, typed and made text alike.
-    for name in ("a.parquet", "b.parquet"):
-        path = tmp_path / "in" / name
-        before = os.stat(path).st_mtime_ns
-        os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
-    again = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    again = refresh_after_touching(tmp_path, model, [tmp_path / "in" / "a.parquet", tmp_path / "in" / "b.parquet"])
     changed = again["changed_inputs"]
     assert again["this_run"]["purified"] == 0
     assert (changed["containers"], changed["refreshed_inputs"], changed["containers_same_members"]) == (0, 0, 2)

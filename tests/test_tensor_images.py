@@ -23,7 +23,7 @@ from pipeline.export import export_images
 from pipeline.job import run_job
 from pipeline.sources import discover
 from pipeline.sources.reading import read_unit
-from tests.jobutil import read_output, small_job_config
+from tests.jobutil import read_output, refresh_after_touching, small_job_config
 
 ACCEPTED = "only uint8 pixel arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) are read"
 
@@ -78,10 +78,7 @@ def test_ray_and_arrow_pixel_arrays_are_purified_and_a_touched_file_is_no_change
     export_images(tmp_path / "out", tmp_path / "files", image_format="input", manifest="none")
     assert (tmp_path / "files" / "fixed.parquet" / "0.png").is_file()  # a tensor's format: written as PNG
 
-    for path in folder.iterdir():  # touched with the same bytes: the same pixels, no change
-        before = os.stat(path).st_mtime_ns
-        os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
-    again = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    again = refresh_after_touching(tmp_path, model, list(folder.iterdir()))  # the same pixels: no change
     changed = again["changed_inputs"]
     assert again["this_run"]["purified"] == 0
     assert (changed["containers"], changed["refreshed_inputs"], changed["containers_same_members"]) == (0, 0, 4)
