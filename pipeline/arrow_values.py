@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -141,30 +142,31 @@ def python_rows(table: pa.Table | pa.RecordBatch, extension_storage: bool = True
         {} for _ in range(table.num_rows)]
 
 
+def _leaves_mapped(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """`value` with `leaf` applied to each value in it that is no dict, list or tuple (a tuple made a list)."""
+    if isinstance(value, dict):
+        return {k: _leaves_mapped(v, leaf) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_leaves_mapped(v, leaf) for v in value]
+    return leaf(value)
+
+
 def times_as_text(value: Any) -> Any:
     """`value` with each NanoTime in it (at any depth) its ISO text, as JSON must be given it: json.dumps writes an
     int's subclass as its number."""
-    if isinstance(value, NanoTime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: times_as_text(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [times_as_text(v) for v in value]
-    return value
+    return _leaves_mapped(value, lambda v: v.isoformat() if isinstance(v, NanoTime) else v)
+
+
+def _plain_leaf(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def plain(value: Any) -> Any:
     """`value` with each numpy array in it (at any depth) nested lists and each numpy scalar its Python number: the
     form JSON and Arrow's type inference take (numpy prints an array cut to "[0. 0. ... 0.]" past 1,000 values)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
+    return _leaves_mapped(value, _plain_leaf)
 
 
 def extension_python(value: Any, t: pa.DataType) -> Any:
