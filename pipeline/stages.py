@@ -242,10 +242,24 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
                          original_format=r.get("original_format") or decoded.format,
                          original_frames=decoded.frames)
             else:  # a Parquet row whose image column was found, not named: which column, and the others
-                note = f" ({r['decode_note']})" if r.get("decode_note") else ""
+                note = f" ({r['decode_note']})" if r.get("decode_note") else _metadata_file_note(r["id"])
                 r = reject_record(r["id"], r["source"], decoded + note, "decode", r["source_sha256"])
         out.append(r)
     return batch_of(out)
+
+
+# Hugging Face's imagefolder layout keeps a folder's labels and captions in a metadata file beside its images
+IMAGEFOLDER_METADATA = ("metadata.csv", "metadata.jsonl")
+
+
+def _metadata_file_note(id_: str) -> str:
+    """For the reject of a file named as an imagefolder's metadata: what it is, and that its columns are not joined
+    (it read as 'not a recognised image format' alone, as if an image were damaged)."""
+    if posixpath.basename(id_).lower() not in IMAGEFOLDER_METADATA:
+        return ""
+    return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: the job "
+            "does not join its columns to the images, which are purified without them; join them to the output's rows "
+            "by its file_name, the row's id relative to the file's folder)")
 
 
 def canvas_seed(seed: int, ids: Iterable[str]) -> int:
