@@ -37,6 +37,7 @@ from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators, recipe_values
 from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
+from pipeline.sources.folder_metadata import unmatched_note
 from pipeline.stopped_run import StoppedWhileLoading
 from pipeline.version import version_line
 
@@ -157,6 +158,11 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                     f"(default {d.output})")
     io.add_argument("--labels-from-folders", type=_bool, metavar="BOOL",
                     help="add a `label` column from each image file's parent folder name (default false)")
+    io.add_argument("--join-metadata", type=_bool, metavar="BOOL",
+                    help="join an image folder's metadata.csv / metadata.jsonl (Hugging Face's imagefolder layout: "
+                         "file_name relative to its folder, then labels, captions, ...) to the rows of the images it "
+                         "names, as pass-through columns; false: such a file is an input, a reject that says what it "
+                         f"is (default {str(d.join_metadata).lower()})")
     io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
     io.add_argument("--partitioning", choices=list(PARTITIONINGS),
                     help="hive: each KEY=VALUE folder between --input and an input file (image file, tar shard, "
@@ -603,6 +609,9 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
               "are counted when read)")
     if "partitions" in inp:
         print(f"  {_partitions_line(inp['partitions'])}")
+    if "folder_metadata" in inp:
+        for line in _folder_metadata_lines(inp["folder_metadata"]):
+            print(f"  {line}")
     if inp.get("excluded_output_files"):
         one = inp["excluded_output_files"] == 1
         print(f"  {_count(inp['excluded_output_files'], 'file')} of the output itself {'lies' if one else 'lie'} inside "
@@ -660,6 +669,19 @@ def _uri_shown(uri: str) -> str:
     """--input or --output as the tool's own lines name them: credentials redacted (`redact_uri`: an FTP output's
     password, a presigned URL's signature; stdout and stderr end up in CI logs), on one line."""
     return terminal_text(redact_uri(uri))
+
+
+def _folder_metadata_lines(found: dict[str, Any]) -> list[str]:
+    """What the listing's image-folder metadata files give (--join-metadata): joined, not joined, rows naming nothing."""
+    lines = [f"image-folder metadata (--join-metadata): {_count(found['files_joined'], 'metadata file')} joined to "
+             f"{_count(found['image_files_joined'], 'image file')}, their rows' columns added to those images' rows"]
+    if found["files_rejected"]:
+        lines.append(f"warning: {_count(found['files_rejected'], 'metadata file')} cannot be joined: each is a reject "
+                     "saying why, its images purified without its columns")
+    if found["rows_without_image_file"]:
+        note = unmatched_note(found["rows_without_image_file"], found["rows_without_image_file_examples"])
+        lines.append(f"warning: {terminal_text(note)}")
+    return lines
 
 
 def _partitions_line(partitions: dict[str, Any]) -> str:
@@ -798,6 +820,10 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
           f"model: {summary['model']['note']}")
     if run.get("hidden_skipped"):
         print(hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
+    joined = run.get("folder_metadata") or {}
+    if joined.get("rows_without_image_file"):
+        note = unmatched_note(joined["rows_without_image_file"], joined["rows_without_image_file_examples"])
+        print(f"warning: {terminal_text(note)}", file=sys.stderr)
     change = run["psnr_vs_input_db"]
     if change["mean"] is not None:
         print(f"change: purified against input, PSNR mean {change['mean']} dB, lowest {change['min']} dB "

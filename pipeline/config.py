@@ -82,6 +82,8 @@ class JobConfig:
     device: str | None = None
     precision: str = "fp32"
     labels_from_folders: bool = False
+    # an image folder's metadata.csv / metadata.jsonl joined to its images' rows (sources.folder_metadata)
+    join_metadata: bool = True
     image_column: str | None = None
     partitioning: str = "none"
     max_pixels: int = 64_000_000
@@ -187,8 +189,8 @@ class JobConfig:
         --clip-denoised is ZipSettings' (checked there, named by `_with_flag`): checked here too, one bad value was
         said twice."""
         problems = [f"{_flag(name)} must be true or false, got {getattr(self, name)!r}"
-                    for name in ("labels_from_folders", "incremental", "retry_rejects", "refresh_changed", "input_moved",
-                                 "overwrite", "progress", "exif_transpose")
+                    for name in ("labels_from_folders", "join_metadata", "incremental", "retry_rejects", "refresh_changed",
+                                 "input_moved", "overwrite", "progress", "exif_transpose")
                     if not isinstance(getattr(self, name), bool)]
         if self.partitioning not in PARTITIONINGS:
             problems.append(f"--partitioning must be one of {', '.join(PARTITIONINGS)}, got {self.partitioning!r}")

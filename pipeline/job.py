@@ -80,6 +80,7 @@ from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal, write_journal
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.sources.arrow_ipc import is_arrow_ipc
+from pipeline.sources.folder_metadata import unit_metadata
 from pipeline.stages import (
     ALL_CORES,
     DATA_DIR,
@@ -457,8 +458,10 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
     # Image files already done were dropped from the units; a container's done ids travel with its own row.
     # (a plan with no unit runs no pipeline: see run_job)
+    # A unit of image files carries its own files' metadata rows (--join-metadata), none of the others'.
     rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
-             "purified": plan.container_purified.get(u.paths[0], [])}
+             "purified": plan.container_purified.get(u.paths[0], []),
+             "metadata": unit_metadata(u.paths, plan.folder_metadata) if u.kind == "files" else ""}
             for u in plan.units]
     # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
@@ -986,6 +989,9 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                      "containers_skipped_unread": plan.skipped_containers,
                      # hidden entries (.x, _x): files and zip members left out, not read (not in "read")
                      "hidden_skipped": tally.hidden.count, "hidden_skipped_examples": tally.hidden.examples,
+                     # --join-metadata: image-folder metadata files joined, and their rows that name no image file
+                     **({"folder_metadata": plan.folder_metadata_report()}
+                        if plan.folder_metadata and plan.folder_metadata.found() else {}),
                      # pass-through columns holding images, copied unpurified: column -> rows this run
                      "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
                      "files_written": len(tally.files), "duplicates_removed": rows.duplicates_removed,

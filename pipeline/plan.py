@@ -68,6 +68,7 @@ from pipeline.sources import (
     rows_without_image,
 )
 from pipeline.sources.arrow_ipc import is_arrow_ipc
+from pipeline.sources.folder_metadata import FolderMetadata
 from pipeline.sources.listing import InputNotFound
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
@@ -163,7 +164,9 @@ def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
         defaults = {name: value for name, value in UNetConfig().to_flags().items() if name != "dropout"}
         previous["model_flags"] = {**defaults, **previous["model_flags"]}
     if isinstance(previous.get("reading"), dict):  # recorded before --partitioning: those versions made no such columns
-        previous["reading"] = {"partitioning": "none", **previous["reading"]}
+        # recorded before --join-metadata: those versions made a metadata file a reject, and added no column; the
+        # default's, so that an upgraded scheduled run is not refused (its rows join the columns from now on)
+        previous["reading"] = {"partitioning": "none", "join_metadata": JobConfig().join_metadata, **previous["reading"]}
     # Versions before ddpm refused an η recorded the one given, which the ddpm sampler never used: the same pixels
     if previous["settings"].get("sampler") == "ddpm":
         previous["settings"]["eta"] = ZipSettings().eta
@@ -296,6 +299,8 @@ class JobPlan:
     hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
     # --partitioning hive: the partition keys of the input's files, from the listing (`_partition_keys`); else None
     partitions: dict[str, Any] | None = None
+    # --join-metadata: the image-folder metadata files' rows, joined to the image files at the listing; else None
+    folder_metadata: FolderMetadata | None = None
     # inputs whose rows the output keeps though they changed or went since (pipeline.changes), and the record of the
     # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
@@ -353,9 +358,19 @@ class JobPlan:
                       "excluded_output_files": self.excluded_output_files,
                       "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples,
                       **({"partitions": self.partitions} if self.partitions is not None else {}),
+                      **({"folder_metadata": self.folder_metadata_report()}
+                         if self.folder_metadata and self.folder_metadata.found() else {}),
                       # by the Parquet footers' statistics: rows whose image cell is null, each rejected when read
                       "parquet_rows_without_image": self._rows_without_image()},
         }
+
+    def folder_metadata_report(self) -> dict[str, Any]:
+        """--join-metadata: the image-folder metadata files joined and not, the image files given a row, and the rows
+        that name no image file of the input (with the first few), for the dry run and the run's summary."""
+        found = self.folder_metadata or FolderMetadata()
+        return {"files_joined": len(found.joined), "files_rejected": len(found.rejects),
+                "image_files_joined": len(found.rows),
+                "rows_without_image_file": found.unmatched, "rows_without_image_file_examples": found.unmatched_examples}
 
     def _retry_listed(self) -> dict[str, int]:
         """Of the rejects --retry-rejects reads again (`retry`), those of loose image files the listing gives, and
@@ -434,9 +449,11 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     # and the containers it read to their end have the `_containers/` entries its journal notes of them
     output, settled_stamps, earlier_read = _after_earlier_refresh(config, out, so, output)
     hidden = HiddenSkipped()  # the hidden files the listing leaves out
+    # --join-metadata: the image-folder metadata files the listing finds, read once here (sources.folder_metadata)
+    metadata = FolderMetadata() if config.join_metadata else None
     # the job's own files, when the output lies inside the input, are no input: neither the Parquet file whose
     # footer --image-column is checked on, nor files the partition report counts
-    inputs, excluded = _inputs_listed(_listed_units(config, hidden), config)
+    inputs, excluded = _inputs_listed(_listed_units(config, hidden, metadata), config)
     first_parquet = next((u for u in inputs if u.kind == "parquet"), None)
     if config.image_column and first_parquet is not None:
         problem = image_column_problem(first_parquet, so, config.image_column)
@@ -469,6 +486,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
+                   folder_metadata=metadata,
                    changes=changes, input_record=input_record,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
@@ -702,7 +720,7 @@ def _job_record(config: JobConfig, settings: ZipSettings, model: _Model, locatio
             "model_flags": model_architecture(model.checkpoint.config),
             # options that set the rows' columns: a run with others would add rows unlike the output's
             "reading": {"labels_from_folders": config.labels_from_folders, "image_column": config.image_column,
-                        "partitioning": config.partitioning},
+                        "partitioning": config.partitioning, "join_metadata": config.join_metadata},
             # what the output's ids are relative to: another input's same-named files would be skipped as done
             "input": {"uri": redact_uri(config.input), "location": redact_uri(location)}}
 
@@ -776,14 +794,14 @@ def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:
     return len(purified_old), len(rejected_old)
 
 
-def _listed_units(config: JobConfig, hidden: HiddenSkipped) -> list[ReadUnit]:
+def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMetadata | None) -> list[ReadUnit]:
     """The input's read units (`sources.discover`, retried on transient errors); the hidden files it leaves out are
-    counted in `hidden`."""
+    counted in `hidden`, and with --join-metadata the image-folder metadata files it finds are joined into `metadata`."""
     so = config.storage_options
     # the job's own files inside the input are not counted as hidden inputs (a 2nd run's summary)
     own_files = output_files_inside_input(config.input, config.output.rstrip("/"), so)
     try:
-        return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files),
+        return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files, metadata),
                             f"list {config.input}")
     except InputNotFound as err:  # its own message says it: not "input x not found: FileNotFoundError: input x ..."
         raise JobError(str(err)) from err

@@ -49,6 +49,7 @@ from pipeline.sources import (
     text_name,
     text_value,
 )
+from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.storage import (
     TEMP_PREFIX,
     discard,
@@ -204,6 +205,7 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`; its
     "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one.
     `partitioning` "hive": each image gets its file's `key=value` folders as columns (`sources.partitions`).
+    A row's "metadata": its image files' rows of image-folder metadata files (`sources.folder_metadata`).
     A local input folder that is not there on this node stops the run (`check_input_root`)."""
     pending: list[dict[str, Any]] = []
     size = 0
@@ -211,8 +213,9 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     sizes = batch.get("sizes", [None] * count)
     own_skips = batch.get("skip", [None] * count)
     own_purified = batch.get("purified", [None] * count)
-    for kind, paths, root, listed, own, purified in zip(batch["kind"], batch["paths"], batch["root"], sizes, own_skips,
-                                                        own_purified, strict=True):
+    metadata = batch.get("metadata", [""] * count)
+    for kind, paths, root, listed, own, purified, joined in zip(batch["kind"], batch["paths"], batch["root"], sizes,
+                                                                own_skips, own_purified, metadata, strict=True):
         check_input_root(root)
         check_store_here(root, "--input", "read task")
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
@@ -220,7 +223,7 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip, in_memory_bytes,
                                 max_image_bytes, frozenset(purified) if purified is not None else frozenset(),
-                                partitioning):
+                                partitioning, str(joined or "")):
             pending.append(record)
             size += len(record.get("data", b""))
             if len(pending) >= max_records or size >= max_bytes:
@@ -248,18 +251,16 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
     return batch_of(out)
 
 
-# Hugging Face's imagefolder layout keeps a folder's labels and captions in a metadata file beside its images
-IMAGEFOLDER_METADATA = ("metadata.csv", "metadata.jsonl")
-
-
 def _metadata_file_note(id_: str) -> str:
-    """For the reject of a file named as an imagefolder's metadata: what it is, and that its columns are not joined
-    (it read as 'not a recognised image format' alone, as if an image were damaged)."""
-    if posixpath.basename(id_).lower() not in IMAGEFOLDER_METADATA:
+    """For the reject of a file named as an imagefolder's metadata that reached the decoder (inside a tar shard or zip
+    archive, or a folder's with --join-metadata false): what it is, and that its columns are not joined (it read as
+    'not a recognised image format' alone, as if an image were damaged)."""
+    if not is_folder_metadata(id_):
         return ""
-    return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: the job "
-            "does not join its columns to the images, which are purified without them; join them to the output's rows "
-            "by its file_name, the row's id relative to the file's folder)")
+    return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: its "
+            "columns are not joined to the images, which are purified without them: one inside a tar or zip archive "
+            "never is, one in a folder is with --join-metadata true; else join them to the output's rows by its "
+            "file_name, the row's id relative to the file's folder)")
 
 
 def canvas_seed(seed: int, ids: Iterable[str]) -> int:

@@ -3,6 +3,7 @@ and counted (`HiddenSkipped`), so that a run can say what it left out (`hidden_n
 
 from __future__ import annotations
 
+from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.sources.ids import terminal_text
 
 
@@ -30,10 +31,13 @@ class HiddenSkipped:
 
 def hidden_note(count: int, examples: list[str]) -> str:
     """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible. The
-    listing counts a saved Hugging Face data set's metadata files (`arrow_ipc.saved_dataset_metadata`) with them, first
-    among the examples: named so where they are."""
+    listing counts a saved Hugging Face data set's metadata files (`arrow_ipc.saved_dataset_metadata`) and the image
+    folders' metadata files it joined (`folder_metadata`) with them, first among the examples: named so where they are."""
     shown = ", ".join(terminal_text(name) for name in examples[:3]) + (", ..." if count > 3 else "")
     which = "names starting with . or _"
-    if any(not _hidden(name) for name in examples):
+    metadata = [name for name in examples if not _hidden(name)]
+    if any(not is_folder_metadata(name) for name in metadata):
         which += "; a saved Hugging Face data set's metadata: dataset_info.json, state.json, dataset_dict.json"
+    if any(is_folder_metadata(name) for name in metadata):  # --join-metadata: read at the listing, not an input
+        which += "; an image folder's metadata.csv / metadata.jsonl, joined to its images' rows"
     return f"{count} hidden entr{'y' if count == 1 else 'ies'} ({which}) skipped, not read: {shown}"

@@ -1,5 +1,6 @@
 """The reader of loose image files: one record per file of a "files" unit, its bytes or the reject saying why it was
-not read, and its label from its folder when labels come from folders."""
+not read, its label from its folder when labels come from folders, and the columns of its row in an image folder's
+metadata file when one names it (`folder_metadata`, joined at planning and sent with the unit)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.sources.file_bytes import ImageTooLarge, NotAFile, read_bytes
+from pipeline.sources.folder_metadata import sent_metadata
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import _image_record, reject_record
 from pipeline.sources.units import ReadUnit
@@ -27,13 +29,20 @@ def _folder_link_reason(path: str) -> str:
 
 
 def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
-                max_image_bytes: int) -> Iterator[dict[str, Any]]:
+                max_image_bytes: int, metadata: str = "") -> Iterator[dict[str, Any]]:
+    rows, rejects = sent_metadata(metadata)
     for path, size in zip(unit.paths, unit.sizes or (None,) * len(unit.paths), strict=True):
         id_ = relative_id(path, unit.root)
+        if path in rejects:  # a metadata file that could not be joined: why, not 'not a recognised image format'
+            yield reject_record(id_, path, rejects[path], "read")
+            continue
         meta: dict[str, Any] = {}
         if labels_from_folders:
             parent = posixpath.dirname(id_)
             meta["label"] = posixpath.basename(parent) if parent else None
+        # a metadata row's label wins over the folder's: written for this image, as datasets takes it (the folder's
+        # name stays in the id)
+        meta.update(rows.get(path, {}))
         if path.endswith("/"):  # `discover` keeps such a key when it holds bytes: no folder marker, but unreadable
             yield reject_record(id_, path, f"not read: an object whose key ends in '/' holding {size} bytes (a folder "
                                 "marker holds none); s3fs drops the '/' and cannot read it: copy it to a key without "

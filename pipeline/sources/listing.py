@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.sources.arrow_ipc import ARROW_SUFFIXES, saved_dataset_metadata
+from pipeline.sources.file_bytes import read_bytes
+from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
@@ -156,7 +158,8 @@ class InputNotFound(FileNotFoundError):
 
 
 def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64,
-             hidden: HiddenSkipped | None = None, exclude: Callable[[str], bool] | None = None) -> list[ReadUnit]:
+             hidden: HiddenSkipped | None = None, exclude: Callable[[str], bool] | None = None,
+             metadata: FolderMetadata | None = None) -> list[ReadUnit]:
     """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped (counted in
     `hidden`, from the same listing: no more storage requests). A hidden file for which `exclude` (given the listed
     path with its protocol) is true is left out uncounted: the job's own output files, found inside its input.
@@ -164,7 +167,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     Every non-hidden file is an input: tar, Parquet, Arrow IPC and zip files by suffix, everything else as an image
     file (its content decides; a non-image ends up in rejects with the reason, never silently dropped), except the
     metadata files of a data set Hugging Face datasets saved to disk (`arrow_ipc.saved_dataset_metadata`), skipped and
-    counted in `hidden`.
+    counted in `hidden`. With `metadata` (--join-metadata), an image folder's metadata.csv / metadata.jsonl files are
+    read here, once, and joined to the listed image files into it (`folder_metadata`): one joined is counted in `hidden`
+    as metadata, not an input; one that cannot be joined stays an input, whose read task makes it a reject saying why.
     """
     if is_url_chain(uri):
         raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
@@ -196,13 +201,18 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
                 listed[p] = info
         # a saved Hugging Face data set's dataset_info.json and state.json: its metadata, no image, skipped as hidden
         # files are (each was a reject, 'not a recognised image format'); named first among the examples
-        metadata = saved_dataset_metadata(listed)
-        for p in metadata:
+        metadata_files_of = saved_dataset_metadata(listed)
+        for p in metadata_files_of:
             del listed[p]
-        metadata = sorted(relative_id(p, root) for p in metadata)
+        metadata_files = sorted(relative_id(p, root) for p in metadata_files_of)
+        if metadata is not None:  # --join-metadata: an image folder's metadata files, read once, here
+            joined = _join_folder_metadata(fs, root, listed, storage_options or {}, metadata)
+            for p in joined:
+                del listed[p]
+            metadata_files += sorted(relative_id(p, root) for p in joined)
         if hidden is not None:  # set, not added to: a retried listing counts once
-            hidden.count = len(skipped) + len(metadata)
-            hidden.examples = [*metadata, *sorted(skipped)][:HIDDEN_EXAMPLES]
+            hidden.count = len(skipped) + len(metadata_files)
+            hidden.examples = [*metadata_files, *sorted(skipped)][:HIDDEN_EXAMPLES]
         unlistable = [(p, err) for p, err in unlistable if p == root or not _hidden(relative_id(p, root))]
         if unlistable:  # its files would be left out of the run unseen, and the run called complete
             folder, err = unlistable[0]
@@ -231,6 +241,23 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         units.append(ReadUnit("files", tuple(p for p, _, _ in group), root_uri, tuple(size for _, size, _ in group),
                               (), tuple(content for _, _, content in group)))
     return units
+
+
+def _join_folder_metadata(fs: Any, root: str, listed: dict[str, dict[str, Any]], storage_options: dict[str, Any],
+                          found: FolderMetadata) -> list[str]:
+    """Join the listing's image-folder metadata files (`folder_metadata`) to its image files, into `found` (keyed by
+    full paths, as the read units name files); the listed paths of those joined, no inputs now."""
+    candidates = [p for p in listed if is_folder_metadata(p)]
+    if not candidates:
+        found.reset()
+        return []
+    full = {with_protocol(fs, p): p for p in candidates}
+    images = {relative_id(p, root): with_protocol(fs, p) for p in listed
+              if not (is_folder_metadata(p) or _is_tar(p) or _is_parquet(p) or _is_zip(p))}
+    join_folder_metadata(images, {relative_id(p, root): path for path, p in full.items()},
+                         lambda path: read_bytes(path, storage_options, listed_size=listed[full[path]].get("size")),
+                         found)
+    return [full[path] for path in found.joined]
 
 
 def _web_index(fs: Any, root: str) -> bool:

@@ -29,6 +29,7 @@ def read_unit(
     max_image_bytes: int = MAX_IMAGE_BYTES,
     purified_ids: frozenset[str] | set[str] = frozenset(),
     partitioning: str = "none",
+    metadata: str = "",
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
@@ -40,10 +41,12 @@ def read_unit(
     the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
     `purified_ids`: done ids that are in data/ (`_read_tar`; those with '\\x' are enough).
     `partitioning` "hive": each image record gets the columns of its file's `key=value` folders (`sources.partitions`;
-    a container's folders, not those inside it)."""
+    a container's folders, not those inside it).
+    `metadata`: a "files" unit's rows of image-folder metadata files and their rejects, as the planning joined them
+    (`folder_metadata.unit_metadata`)."""
     opts = storage_options or {}
     if unit.kind == "files":
-        records = _read_files(unit, opts, labels_from_folders, max_image_bytes)
+        records = _read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
     elif unit.kind == "tar":
         records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids)
     elif unit.kind == "parquet":

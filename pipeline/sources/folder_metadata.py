@@ -1,0 +1,213 @@
+"""An image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: a `metadata.csv` or
+`metadata.jsonl` beside the images, one row per image, its `file_name` the image's path relative to the metadata
+file's folder, its other columns (label, caption, ...) the image's. `join_folder_metadata` reads each one the listing
+gives, once, on the driver, and says which listed image file gets which row; each read task is sent its own files'
+rows (`unit_metadata`), which become the records' pass-through columns (`add_metadata`).
+
+The rules, where `datasets.load_dataset("imagefolder", ...)` is followed and where not (a streaming purifier keeps
+every image):
+- the names are `metadata.csv` and `metadata.jsonl` (case does not count), in any folder of the input; `file_name`
+  is resolved against the metadata file's own folder (a `\\` read as `/`, `./` and `x/../` dropped), so a metadata
+  file names images in its folder and the folders below it;
+- a row's columns are the image's, `file_name` included (datasets turns it into the image column; here the row's id
+  says the path from the input's root, `file_name` the path the metadata file gave). A column named like one of the
+  job's gets `input_` before it (`records.passthrough_name`), as any input's own column;
+- an image no row names is purified all the same, with nulls in those columns (datasets leaves it out); a row naming
+  no listed image file is counted and the first few named (`FolderMetadata.unmatched`), not a reject: no image is
+  lost, and the names tell the user what to fix;
+- an image named by two metadata files takes the row of the one nearest to it (the deeper folder);
+- a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
+  JSON object, no `file_name` column, a `file_name` that is not text, one named twice) is a reject saying what and on
+  which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns;
+- CSV values are typed as pyarrow's CSV reader types them (integers, floats, true/false; dates stay text, as with
+  pandas, which datasets uses), JSONL values as JSON types them, so that an integer label stays an integer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import posixpath
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pipeline.sources.records import passthrough_name
+from pipeline.storage import describe
+
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+FILE_NAME = "file_name"
+UNMATCHED_EXAMPLES = 5  # names of rows naming no image file that a run shows (its count is of all of them)
+
+
+def is_folder_metadata(path: str) -> bool:
+    """Whether `path` (a listed file) is named as an image folder's metadata file."""
+    return posixpath.basename(path).lower() in METADATA_NAMES
+
+
+class MetadataProblem(ValueError):
+    """Why a metadata file cannot be joined: what is wrong, and where (its line)."""
+
+
+@dataclass
+class FolderMetadata:
+    """What the listing's metadata files give: each joined image file's columns, the metadata files joined (skipped as
+    inputs, counted as metadata), those that are rejects and why, and the rows that name no listed image file."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # listed image path -> its output columns
+    joined: list[str] = field(default_factory=list)  # listed paths of the metadata files joined
+    rejects: dict[str, str] = field(default_factory=dict)  # listed path of a metadata file -> why it is a reject
+    unmatched: int = 0  # rows whose file_name is no listed image file
+    unmatched_examples: list[str] = field(default_factory=list)  # 'train/metadata.csv: 7.png'
+
+    def found(self) -> bool:
+        """Whether the listing gave any metadata file (joined or not)."""
+        return bool(self.joined or self.rejects)
+
+    def reset(self) -> None:
+        """Empty, for a listing made again (a retried one counts once)."""
+        self.rows, self.joined, self.rejects = {}, [], {}
+        self.unmatched, self.unmatched_examples = 0, []
+
+
+def unmatched_note(count: int, examples: list[str]) -> str:
+    """What a run says of the metadata rows that name no image file of the input."""
+    shown = "; ".join(examples) + ("; ..." if count > len(examples) else "")
+    return (f"{count} row{'' if count == 1 else 's'} of image-folder metadata files name{'s' if count == 1 else ''} no "
+            f"image file of the input (its file_name, relative to the metadata file's folder), joined to nothing: "
+            f"{shown}")
+
+
+def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str], read: Callable[[str], bytes],
+                         found: FolderMetadata) -> None:
+    """Join the rows of `metadata_files` to the listed image files `images` (each id -> its full path), into `found`,
+    keyed by full paths. `read` gives a file's bytes from its full path (an error it raises makes that file a reject).
+    Matched by id, the path below the input's root that the run names a file by (a web folder's escapes decoded)."""
+    found.reset()
+    by_image: dict[str, tuple[int, dict[str, Any]]] = {}  # path -> (depth of its metadata file's folder, columns)
+    # deeper folders last: an image named twice takes the nearest metadata file's row
+    for id_ in sorted(metadata_files, key=lambda i: (i.count("/"), i)):
+        path = metadata_files[id_]
+        try:
+            rows = parse_metadata(posixpath.basename(id_), read(path))
+        except MetadataProblem as err:
+            found.rejects[path] = f"image-folder metadata file not joined to its images: {err}"
+            continue
+        except Exception as err:  # noqa: BLE001 - a file that cannot be read is its own reject, as an image is
+            found.rejects[path] = f"image-folder metadata file not joined to its images: could not read it: {describe(err)}"
+            continue
+        found.joined.append(path)
+        folder = posixpath.dirname(id_)
+        for row in rows:
+            image = images.get(_resolved(folder, row[FILE_NAME]))
+            if image is None:
+                found.unmatched += 1
+                if len(found.unmatched_examples) < UNMATCHED_EXAMPLES:
+                    found.unmatched_examples.append(f"{id_}: {row[FILE_NAME]}")
+                continue
+            by_image[image] = (id_.count("/"), {passthrough_name(k): v for k, v in row.items()})
+    found.rows = {image: columns for image, (_, columns) in by_image.items()}
+
+
+def _resolved(folder: str, file_name: str) -> str:
+    """The id a row's file_name names: relative to its metadata file's folder (an id too), '\\' read as '/'."""
+    return posixpath.normpath(posixpath.join(folder, file_name.replace("\\", "/")))
+
+
+def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
+    """The rows of metadata file `name` holding `data`, each with its file_name (text), in file order: MetadataProblem
+    when it cannot be joined."""
+    try:
+        text = data.decode("utf-8-sig")  # Excel writes a byte-order mark before the header
+    except UnicodeDecodeError as err:
+        raise MetadataProblem(f"not UTF-8 text (byte {err.start} is not UTF-8)") from None
+    rows, lines = _jsonl_rows(text) if name.lower().endswith(".jsonl") else _csv_rows(text, data)
+    seen: dict[str, int] = {}
+    for row, line in zip(rows, lines, strict=True):
+        value = row.get(FILE_NAME)
+        if FILE_NAME not in row:
+            raise MetadataProblem(f"line {line}: no {FILE_NAME} (the column naming each row's image file)")
+        if not isinstance(value, str) or not value:
+            raise MetadataProblem(f"line {line}: {FILE_NAME} {json.dumps(value)} is not a file's name")
+        key = posixpath.normpath(value.replace("\\", "/"))
+        if key in seen:
+            raise MetadataProblem(f"lines {seen[key]} and {line} both name {value} (each image takes one row)")
+        seen[key] = line
+    return rows
+
+
+def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """A JSON Lines file's objects, and the line of each (blank lines skipped)."""
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MetadataProblem(f"line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise MetadataProblem(f"line {number}: a JSON {type(row).__name__}, not an object of columns")
+        rows.append(row)
+        lines.append(number)
+    return rows, lines
+
+
+def _csv_rows(text: str, data: bytes) -> tuple[list[dict[str, Any]], list[int]]:
+    """A CSV file's rows, typed as pyarrow's CSV reader types its columns, and the line each ends on. Python's csv
+    module checks the shape first, as pyarrow's errors name no line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        raise MetadataProblem("line 1: no header row (the column names, file_name among them)")
+    if FILE_NAME not in header:
+        raise MetadataProblem(f"line 1: no {FILE_NAME} column (the header names {', '.join(header)})")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise MetadataProblem(f"line 1: column {', '.join(twice)} named twice")
+    lines = []
+    for row in reader:
+        if not row or row == [""]:  # a blank line, as pyarrow skips it
+            continue
+        if len(row) != len(header):
+            raise MetadataProblem(f"line {reader.line_num}: {len(row)} fields, where the header has {len(header)}")
+        lines.append(reader.line_num)
+    try:
+        # file_name is text whatever it looks like (1.png is no number, but 001 would be); no timestamps: a date stays
+        # the text it was, as pandas reads it, which carries to the read tasks as it is
+        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+            column_types={FILE_NAME: pa.string()}, timestamp_parsers=[]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise MetadataProblem(f"cannot be read as CSV: {err}") from None
+    if table.num_rows != len(lines):
+        raise MetadataProblem(f"{table.num_rows} rows read as CSV by pyarrow, {len(lines)} by Python's csv module: "
+                              "check its quoting")
+    return [_plain(row) for row in table.to_pylist()], lines
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row's values as JSON carries them: a float that is NaN or infinite (pyarrow reads 'nan', 'inf') is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def unit_metadata(paths: Iterable[str], found: FolderMetadata | None) -> str:
+    """The metadata a read task of `paths` is sent with its unit: its own files' columns and rejects, as JSON text
+    (a Ray row's column of one type in every row: '' when it has none)."""
+    if found is None:
+        return ""
+    rows = {p: found.rows[p] for p in paths if p in found.rows}
+    rejects = {p: found.rejects[p] for p in paths if p in found.rejects}
+    # default=str: a CSV column pyarrow reads as dates carries as their text, as pandas reads them
+    return json.dumps({"rows": rows, "rejects": rejects}, default=str) if rows or rejects else ""
+
+
+def sent_metadata(text: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """A read task's `unit_metadata`: path -> columns, and path -> why it is a reject."""
+    if not text:
+        return {}, {}
+    sent = json.loads(text)
+    return sent["rows"], sent["rejects"]
