@@ -29,6 +29,7 @@ CASES: dict[str, tuple[list[str], Any, Any]] = {
     "input": (["--input", "s3://b/in/"], "s3://b/in/", "/data/in"),
     "output": (["--output", "s3://b/out/"], "s3://b/out/", "/data/out"),
     "labels_from_folders": (["--labels-from-folders", "true"], True, True),
+    "join_metadata": (["--join-metadata", "false"], False, False),
     "image_column": (["--image-column", "img"], "img", "picture"),
     "partitioning": (["--partitioning", "hive"], "hive", "hive"),
     "incremental": (["--incremental"], True, True),

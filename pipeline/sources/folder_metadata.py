@@ -19,8 +19,9 @@ every image):
 - a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
   JSON object, no `file_name` column, a `file_name` that is not text, one named twice) is a reject saying what and on
   which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns;
-- CSV values are typed as pyarrow's CSV reader types them (integers, floats, true/false; dates stay text, as with
-  pandas, which datasets uses), JSONL values as JSON types them, so that an integer label stays an integer."""
+- a CSV column is typed as pandas (which datasets uses) reads it: integers, floats or true/false where every value
+  reads so, else text (dates too), empty cells null; JSONL values as JSON types them, so that an integer label stays
+  an integer."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 
 from pipeline.sources.records import passthrough_name
 from pipeline.storage import describe
@@ -125,7 +126,7 @@ def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
         text = data.decode("utf-8-sig")  # Excel writes a byte-order mark before the header
     except UnicodeDecodeError as err:
         raise MetadataProblem(f"not UTF-8 text (byte {err.start} is not UTF-8)") from None
-    rows, lines = _jsonl_rows(text) if name.lower().endswith(".jsonl") else _csv_rows(text, data)
+    rows, lines = _jsonl_rows(text) if name.lower().endswith(".jsonl") else _csv_rows(text)
     seen: dict[str, int] = {}
     for row, line in zip(rows, lines, strict=True):
         value = row.get(FILE_NAME)
@@ -157,9 +158,8 @@ def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
     return rows, lines
 
 
-def _csv_rows(text: str, data: bytes) -> tuple[list[dict[str, Any]], list[int]]:
-    """A CSV file's rows, typed as pyarrow's CSV reader types its columns, and the line each ends on. Python's csv
-    module checks the shape first, as pyarrow's errors name no line."""
+def _csv_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """A CSV file's rows, each column typed (`_typed`), and the line each row ends on."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:
@@ -169,29 +169,38 @@ def _csv_rows(text: str, data: bytes) -> tuple[list[dict[str, Any]], list[int]]:
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise MetadataProblem(f"line 1: column {', '.join(twice)} named twice")
-    lines = []
-    for row in reader:
-        if not row or row == [""]:  # a blank line, as pyarrow skips it
-            continue
-        if len(row) != len(header):
-            raise MetadataProblem(f"line {reader.line_num}: {len(row)} fields, where the header has {len(header)}")
-        lines.append(reader.line_num)
+    cells, lines = [], []
     try:
-        # file_name is text whatever it looks like (1.png is no number, but 001 would be); no timestamps: a date stays
-        # the text it was, as pandas reads it, which carries to the read tasks as it is
-        table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-            column_types={FILE_NAME: pa.string()}, timestamp_parsers=[]))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise MetadataProblem(f"cannot be read as CSV: {err}") from None
-    if table.num_rows != len(lines):
-        raise MetadataProblem(f"{table.num_rows} rows read as CSV by pyarrow, {len(lines)} by Python's csv module: "
-                              "check its quoting")
-    return [_plain(row) for row in table.to_pylist()], lines
+        for row in reader:
+            if not row or row == [""]:  # a blank line
+                continue
+            if len(row) != len(header):
+                raise MetadataProblem(f"line {reader.line_num}: {len(row)} fields, where the header has {len(header)}")
+            cells.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as err:  # a NUL byte, a quote left open at the end
+        raise MetadataProblem(f"line {reader.line_num}: not read as CSV ({err})") from None
+    columns = {name: [row[k] for row in cells] if name == FILE_NAME else _typed([row[k] for row in cells])
+               for k, name in enumerate(header)}
+    return [{name: values[n] for name, values in columns.items()} for n in range(len(cells))], lines
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """A CSV row's values as JSON carries them: a float that is NaN or infinite (pyarrow reads 'nan', 'inf') is null."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+# The types a CSV column is read as, the first its every value fits (as pandas reads them, which datasets uses); else
+# text. Dates and times stay text: pyarrow's CSV reader made a timestamp of '2026-01-01T10:00:00' whatever it was given.
+CSV_TYPES = (pa.int64(), pa.float64(), pa.bool_())
+
+
+def _typed(texts: list[str]) -> list[Any]:
+    """A CSV column's values: empty cells null, the rest integers, floats (NaN and infinities null: no JSON for them) or
+    true/false where every one reads so, else the text."""
+    column = pa.array([text or None for text in texts], pa.string())
+    for kind in CSV_TYPES:
+        try:
+            values = pc.cast(column, kind).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
+    return column.to_pylist()
 
 
 def unit_metadata(paths: Iterable[str], found: FolderMetadata | None) -> str:
@@ -201,8 +210,7 @@ def unit_metadata(paths: Iterable[str], found: FolderMetadata | None) -> str:
         return ""
     rows = {p: found.rows[p] for p in paths if p in found.rows}
     rejects = {p: found.rejects[p] for p in paths if p in found.rejects}
-    # default=str: a CSV column pyarrow reads as dates carries as their text, as pandas reads them
-    return json.dumps({"rows": rows, "rejects": rejects}, default=str) if rows or rejects else ""
+    return json.dumps({"rows": rows, "rejects": rejects}) if rows or rejects else ""
 
 
 def sent_metadata(text: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

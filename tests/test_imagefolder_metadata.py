@@ -1,0 +1,187 @@
+"""An image folder's metadata.csv / metadata.jsonl (Hugging Face's imagefolder layout: file_name relative to the
+metadata file's folder, then labels, captions, ...) joined to its images' rows (--join-metadata, default true): read
+once at the listing, each read task sent its own files' rows; a file that cannot be joined is a reject saying what and
+where, its images purified without its columns; rows naming no image file are counted and named."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli
+from pipeline.config import JobConfig
+from pipeline.errors import JobError
+from pipeline.job import run_job
+from pipeline.plan import plan_job
+from pipeline.sources import HiddenSkipped, discover, read_unit
+from pipeline.sources.folder_metadata import FolderMetadata, parse_metadata, unit_metadata
+from tests.jobutil import image_bytes, image_folder, read_output, small_job_argv, small_job_config
+
+
+def _read(uri: str, join: bool = True, **read: object) -> tuple[dict[str, dict], FolderMetadata, HiddenSkipped]:
+    """Each record of the input by id, as the job's read tasks make them, with what the listing joined and skipped."""
+    found, hidden = FolderMetadata(), HiddenSkipped()
+    units = discover(uri, {}, 256, hidden, metadata=found if join else None)
+    records = {r["id"]: r for unit in units
+               for r in read_unit(unit, metadata=unit_metadata(unit.paths, found if join else None), **read)
+               if r["kind"] in ("image", "reject")}
+    return records, found, hidden
+
+
+def test_csv_and_jsonl_rows_become_the_images_columns_and_the_files_are_counted_as_metadata(tmp_path) -> None:
+    train = image_folder(tmp_path / "train", 3)
+    (train / "metadata.csv").write_text("file_name,label,caption\n0.png,3,a cat\n1.png,5,\"a dog, wet\"\n")
+    test = image_folder(tmp_path / "test", 2)
+    (test / "metadata.jsonl").write_text('{"file_name": "0.png", "label": 7, "box": [1, 2, 3, 4]}\n\n'
+                                         '{"file_name": "./1.png", "label": 8, "box": null}\n')
+    records, found, hidden = _read(str(tmp_path))
+    meta = {id_: r["meta"] for id_, r in records.items()}
+    assert meta == {"train/0.png": {"file_name": "0.png", "label": 3, "caption": "a cat"},
+                    "train/1.png": {"file_name": "1.png", "label": 5, "caption": "a dog, wet"},
+                    "train/2.png": {},  # no row: nulls in the output
+                    "test/0.png": {"file_name": "0.png", "label": 7, "box": [1, 2, 3, 4]},
+                    "test/1.png": {"file_name": "./1.png", "label": 8, "box": None}}
+    assert all(r["kind"] == "image" for r in records.values())  # the metadata files are no inputs now
+    assert (hidden.count, hidden.examples) == (2, ["test/metadata.jsonl", "train/metadata.csv"])
+    assert (found.unmatched, len(found.rows)) == (0, 4)
+
+
+def test_a_csv_column_is_typed_as_pandas_reads_it_dates_staying_text() -> None:
+    rows = parse_metadata("metadata.csv", "\ufefffile_name,n,x,ok,when,note\n001.png,1,1.5,true,2026-01-01T10:00:00,\n"
+                                          "2.png,,nan,False,2026-01-02,\"a, b\"\n".encode())
+    assert rows == [{"file_name": "001.png", "n": 1, "x": 1.5, "ok": True, "when": "2026-01-01T10:00:00", "note": None},
+                    {"file_name": "2.png", "n": None, "x": None, "ok": False, "when": "2026-01-02", "note": "a, b"}]
+
+
+def test_a_root_metadata_file_names_nested_images_and_the_nearest_file_wins(tmp_path) -> None:
+    image_folder(tmp_path / "a" / "b", 2)
+    (tmp_path / "metadata.csv").write_text("file_name,caption\na/b/0.png,from the root\na\\b\\1.png,windows path\n")
+    (tmp_path / "a" / "metadata.csv").write_text("file_name,caption\nb/1.png,nearer\n")
+    records, _, _ = _read(str(tmp_path))
+    assert {id_: r["meta"]["caption"] for id_, r in records.items()} == {"a/b/0.png": "from the root",
+                                                                         "a/b/1.png": "nearer"}
+
+
+def test_a_column_named_like_a_job_column_is_renamed_and_a_metadata_label_wins_over_the_folders(tmp_path) -> None:
+    cats = image_folder(tmp_path / "cats", 2)
+    (cats / "metadata.jsonl").write_text('{"file_name": "0.png", "id": 42, "source": "web", "label": "tabby"}\n')
+    records, _, _ = _read(str(tmp_path), labels_from_folders=True)
+    assert records["cats/0.png"]["meta"] == {"label": "tabby", "file_name": "0.png", "input_id": 42,
+                                             "input_source": "web"}
+    assert records["cats/1.png"]["meta"] == {"label": "cats"}  # no row: the folder's label
+
+
+def test_a_partition_folder_named_like_a_metadata_column_goes_to_partition_key(tmp_path) -> None:
+    folder = image_folder(tmp_path / "split=train", 1)
+    (folder / "metadata.csv").write_text("file_name,split\n0.png,holdout\n")
+    records, _, _ = _read(str(tmp_path), partitioning="hive")
+    assert records["split=train/0.png"]["meta"] == {"file_name": "0.png", "split": "holdout",
+                                                    "partition_split": "train"}
+
+
+@pytest.mark.parametrize(("name", "text", "said"), [
+    ("metadata.csv", "file_name,label\n0.png,1\n1.png,2,3\n", "line 3: 3 fields, where the header has 2"),
+    ("metadata.csv", "name,label\n0.png,1\n", "line 1: no file_name column (the header names name, label)"),
+    ("metadata.csv", "file_name,label\n0.png,1\n\n./0.png,2\n", "lines 2 and 4 both name ./0.png"),
+    ("metadata.csv", "file_name,label,label\n0.png,1,2\n", "line 1: column label named twice"),
+    ("metadata.jsonl", '{"file_name": "0.png"}\n{"file_name": "1.png"\n', "line 2: not valid JSON"),
+    ("metadata.jsonl", '{"file_name": "0.png"}\n[1, 2]\n', "line 2: a JSON list, not an object of columns"),
+    ("metadata.jsonl", '{"file_name": "0.png"}\n{"label": 1}\n', "line 2: no file_name"),
+    ("metadata.jsonl", '{"file_name": 3}\n', "line 1: file_name 3 is not a file's name"),
+    ("metadata.jsonl", b'{"file_name": "caf\xe9.png"}\n', "not UTF-8 text (byte 18 is not UTF-8)"),
+])
+def test_metadata_that_cannot_be_joined_is_a_reject_saying_where_and_its_images_are_still_read(
+        tmp_path, name: str, text: str | bytes, said: str) -> None:
+    folder = image_folder(tmp_path / "train", 2)
+    (folder / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    records, found, hidden = _read(str(tmp_path))
+    reject = records.pop(f"train/{name}")
+    assert reject["kind"] == "reject" and reject["stage"] == "read"
+    assert reject["error"].startswith("image-folder metadata file not joined to its images: ") and said in reject["error"]
+    assert {id_: (r["kind"], r["meta"]) for id_, r in records.items()} == {"train/0.png": ("image", {}),
+                                                                           "train/1.png": ("image", {})}
+    assert (hidden.count, found.joined) == (0, [])
+
+
+def test_an_image_folder_on_an_fsspec_store_is_joined_too() -> None:
+    fs = fsspec.filesystem("memory")
+    for i in range(2):
+        fs.pipe(f"/hfmeta/train/{i}.png", image_bytes(16, 16, i))
+    fs.pipe("/hfmeta/train/metadata.jsonl", b'{"file_name": "1.png", "label": 4}\n')
+    try:
+        records, _, hidden = _read("memory://hfmeta")
+    finally:
+        fs.rm("/hfmeta", recursive=True)
+    assert {id_: r["meta"] for id_, r in records.items()} == {"train/0.png": {},
+                                                              "train/1.png": {"file_name": "1.png", "label": 4}}
+    assert hidden.examples == ["train/metadata.jsonl"]
+
+
+def test_rows_naming_no_image_file_are_counted_and_named_by_the_dry_run(tmp_path, model, capsys) -> None:
+    folder = image_folder(tmp_path / "in" / "train", 1)
+    (folder / "metadata.csv").write_text("file_name,label\n0.png,1\n7.png,2\n../train2/8.png,3\n")
+    described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()
+    report = described["input"]
+    assert report["folder_metadata"] == {"files_joined": 1, "files_rejected": 0, "image_files_joined": 1,
+                                         "rows_without_image_file": 2,
+                                         "rows_without_image_file_examples": ["train/metadata.csv: 7.png",
+                                                                              "train/metadata.csv: ../train2/8.png"]}
+    assert report["image_files_to_read"] == 1 and report["hidden_files_skipped"] == 1
+    cli.print_plan(described)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "1 metadata file joined to 1 image file" in said
+    assert ("warning: 2 rows of image-folder metadata files name no image file of the input (its file_name, relative "
+            "to the metadata file's folder), joined to nothing: train/metadata.csv: 7.png; train/metadata.csv: "
+            "../train2/8.png") in said
+
+
+def test_join_metadata_false_keeps_the_metadata_file_an_input_and_the_option_is_a_flag_and_a_config_key(
+        tmp_path, model) -> None:
+    folder = image_folder(tmp_path / "in" / "train", 1)
+    (folder / "metadata.csv").write_text("file_name,label\n0.png,1\n")
+    records, found, hidden = _read(str(tmp_path / "in"), join=False)
+    assert records["train/metadata.csv"]["kind"] == "image" and records["train/0.png"]["meta"] == {}  # as before
+    assert hidden.count == 0 and not found.found()
+    assert plan_job(small_job_config(tmp_path, model, join_metadata=False), dry_run=True).describe()["input"][
+        "image_files_to_read"] == 2
+    assert cli.config_from_args(small_job_argv(tmp_path, model, "--join-metadata", "false")).join_metadata is False
+    assert cli.config_from_args(small_job_argv(tmp_path, model)).join_metadata is True
+    (tmp_path / "job.yaml").write_text("join_metadata: false\n")
+    assert cli.config_from_args(small_job_argv(tmp_path, model, "--config", str(tmp_path / "job.yaml"))).join_metadata \
+        is False
+    assert "--join-metadata BOOL" in cli.build_parser().format_help()
+    with pytest.raises(JobError, match="--join-metadata must be true or false"):
+        JobConfig(input="in", output="out", join_metadata="yes").check()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_writes_the_joined_columns_with_their_types_and_refuses_the_other_join_setting(tmp_path, model,
+                                                                                              capsys) -> None:
+    train = image_folder(tmp_path / "in" / "train", 3)
+    (train / "metadata.csv").write_text("file_name,label,score,caption\n0.png,3,0.5,a cat\n1.png,5,1.25,a dog\n"
+                                        "gone.png,9,0,missing\n")
+    test = image_folder(tmp_path / "in" / "test", 1)
+    (test / "metadata.jsonl").write_text('{"file_name": "0.png", "label": 2}\n{"file_name": "0.png", "label": 4}\n')
+    summary = run_job(small_job_config(tmp_path, model))
+    run = summary["this_run"]
+    assert (run["read"], run["purified"], run["rejected"], run["hidden_skipped"]) == (5, 4, 1, 1)
+    assert run["folder_metadata"]["rows_without_image_file_examples"] == ["train/metadata.csv: gone.png"]
+    cli._print_run_summary(small_job_config(tmp_path, model), summary)
+    assert "warning: 1 row of image-folder metadata files names no image file" in capsys.readouterr().err
+    table = pq.read_table(sorted(glob.glob(str(tmp_path / "out" / "data" / "*.parquet"))))
+    assert (table.schema.field("label").type, table.schema.field("score").type) == (pa.int64(), pa.float64())
+    assert table.schema.field("caption").type == pa.string()
+    _, rejects = read_output(str(tmp_path / "out"))
+    rows = {r["id"]: (r["label"], r["caption"], r["file_name"]) for r in
+            pq.read_table(sorted(glob.glob(str(tmp_path / "out" / "data" / "*.parquet")))).to_pylist()}
+    assert rows == {"train/0.png": (3, "a cat", "0.png"), "train/1.png": (5, "a dog", "1.png"),
+                    "train/2.png": (None, None, None), "test/0.png": (None, None, None)}  # test's file is a reject
+    assert list(rejects["id"]) == ["test/metadata.jsonl"] and "lines 1 and 2 both name 0.png" in rejects["error"][0]
+    assert json.loads((tmp_path / "out" / "_job.json").read_text())["reading"]["join_metadata"] is True
+    with pytest.raises(JobError, match="join_metadata"):
+        plan_job(small_job_config(tmp_path, model, incremental=True, join_metadata=False))
