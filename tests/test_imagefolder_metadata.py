@@ -182,6 +182,11 @@ def test_a_run_writes_the_joined_columns_with_their_types_and_refuses_the_other_
     assert rows == {"train/0.png": (3, "a cat", "0.png"), "train/1.png": (5, "a dog", "1.png"),
                     "train/2.png": (None, None, None), "test/0.png": (None, None, None)}  # test's file is a reject
     assert list(rejects["id"]) == ["test/metadata.jsonl"] and "lines 1 and 2 both name 0.png" in rejects["error"][0]
-    assert json.loads((tmp_path / "out" / "_job.json").read_text())["reading"]["join_metadata"] is True
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert record["reading"]["join_metadata"] is True
     with pytest.raises(JobError, match="join_metadata"):
         plan_job(small_job_config(tmp_path, model, incremental=True, join_metadata=False))
+    # an output an older version made (no join_metadata recorded) is not refused by an upgraded scheduled run
+    del record["reading"]["join_metadata"]
+    (tmp_path / "out" / "_job.json").write_text(json.dumps(record))
+    assert plan_job(small_job_config(tmp_path, model, incremental=True)).output_state == "incremental"
