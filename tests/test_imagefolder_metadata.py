@@ -38,22 +38,23 @@ def test_csv_and_jsonl_rows_become_the_images_columns_and_the_files_are_counted_
     (train / "metadata.csv").write_text("file_name,label,caption\n0.png,3,a cat\n1.png,5,\"a dog, wet\"\n")
     test = image_folder(tmp_path / "test", 2)
     (test / "metadata.jsonl").write_text('{"file_name": "0.png", "label": 7, "box": [1, 2, 3, 4]}\n\n'
-                                         '{"file_name": "./1.png", "label": 8, "box": null}\n')
+                                         '{"file_name": "./1.png", "label": 8, "box": null, "note": "a\u2028b"}\n')
     records, found, hidden = _read(str(tmp_path))
     meta = {id_: r["meta"] for id_, r in records.items()}
     assert meta == {"train/0.png": {"file_name": "0.png", "label": 3, "caption": "a cat"},
                     "train/1.png": {"file_name": "1.png", "label": 5, "caption": "a dog, wet"},
                     "train/2.png": {},  # no row: nulls in the output
                     "test/0.png": {"file_name": "0.png", "label": 7, "box": [1, 2, 3, 4]},
-                    "test/1.png": {"file_name": "./1.png", "label": 8, "box": None}}
+                    "test/1.png": {"file_name": "./1.png", "label": 8, "box": None, "note": "a\u2028b"}}
     assert all(r["kind"] == "image" for r in records.values())  # the metadata files are no inputs now
     assert (hidden.count, hidden.examples) == (2, ["test/metadata.jsonl", "train/metadata.csv"])
     assert (found.unmatched, len(found.rows)) == (0, 4)
 
 
 def test_a_csv_column_is_typed_as_pandas_reads_it_dates_staying_text() -> None:
-    rows = parse_metadata("metadata.csv", "\ufefffile_name,n,x,ok,when,note\n001.png,1,1.5,true,2026-01-01T10:00:00,\n"
-                                          "2.png,,nan,False,2026-01-02,\"a, b\"\n".encode())
+    # a byte-order mark (Excel), a trailing comma's empty column
+    rows = parse_metadata("metadata.csv", "\ufefffile_name,n,x,ok,when,note,\n001.png,1,1.5,true,2026-01-01T10:00:00,,\n"
+                                          "2.png,,nan,False,2026-01-02,\"a, b\",\n".encode())
     assert rows == [{"file_name": "001.png", "n": 1, "x": 1.5, "ok": True, "when": "2026-01-01T10:00:00", "note": None},
                     {"file_name": "2.png", "n": None, "x": None, "ok": False, "when": "2026-01-02", "note": "a, b"}]
 
@@ -89,8 +90,9 @@ def test_a_partition_folder_named_like_a_metadata_column_goes_to_partition_key(t
     ("metadata.csv", "name,label\n0.png,1\n", "line 1: no file_name column (the header names name, label)"),
     ("metadata.csv", "file_name,label\n0.png,1\n\n./0.png,2\n", "lines 2 and 4 both name ./0.png"),
     ("metadata.csv", "file_name,label,label\n0.png,1,2\n", "line 1: column label named twice"),
+    ("metadata.csv", "file_name,,label\n0.png,,1\n1.png,x,2\n", "line 1: column 2 has no name, and line 3 holds"),
     ("metadata.jsonl", '{"file_name": "0.png"}\n{"file_name": "1.png"\n', "line 2: not valid JSON"),
-    ("metadata.jsonl", '{"file_name": "0.png"}\n[1, 2]\n', "line 2: a JSON list, not an object of columns"),
+    ("metadata.jsonl", '{"file_name": "0.png"}\n[1, 2]\n', "line 2: a JSON array, not an object of columns"),
     ("metadata.jsonl", '{"file_name": "0.png"}\n{"label": 1}\n', "line 2: no file_name"),
     ("metadata.jsonl", '{"file_name": 3}\n', "line 1: file_name 3 is not a file's name"),
     ("metadata.jsonl", b'{"file_name": "caf\xe9.png"}\n', "not UTF-8 text (byte 18 is not UTF-8)"),

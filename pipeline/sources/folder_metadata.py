@@ -2,7 +2,7 @@
 `metadata.jsonl` beside the images, one row per image, its `file_name` the image's path relative to the metadata
 file's folder, its other columns (label, caption, ...) the image's. `join_folder_metadata` reads each one the listing
 gives, once, on the driver, and says which listed image file gets which row; each read task is sent its own files'
-rows (`unit_metadata`), which become the records' pass-through columns (`add_metadata`).
+rows (`unit_metadata`), which become the records' pass-through columns (`image_files._read_files`).
 
 The rules, where `datasets.load_dataset("imagefolder", ...)` is followed and where not (a streaming purifier keeps
 every image):
@@ -141,10 +141,14 @@ def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "true/false", type(None): "null"}
+
+
 def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
     """A JSON Lines file's objects, and the line of each (blank lines skipped)."""
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), 1):
+    # split at line feeds alone: str.splitlines also splits at U+2028 and the like, which a JSON string may hold
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -152,7 +156,7 @@ def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
         except json.JSONDecodeError as err:
             raise MetadataProblem(f"line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(row, dict):
-            raise MetadataProblem(f"line {number}: a JSON {type(row).__name__}, not an object of columns")
+            raise MetadataProblem(f"line {number}: a JSON {JSON_KINDS.get(type(row), 'value')}, not an object of columns")
         rows.append(row)
         lines.append(number)
     return rows, lines
@@ -180,8 +184,13 @@ def _csv_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
             lines.append(reader.line_num)
     except csv.Error as err:  # a NUL byte, a quote left open at the end
         raise MetadataProblem(f"line {reader.line_num}: not read as CSV ({err})") from None
+    unnamed = [k for k, name in enumerate(header) if not name.strip()]
+    held = [k for k in unnamed if any(row[k] for row in cells)]
+    if held:  # a trailing comma's empty column is dropped; one holding values needs its name
+        raise MetadataProblem(f"line 1: column {held[0] + 1} has no name, and line "
+                              f"{lines[next(n for n, row in enumerate(cells) if row[held[0]])]} holds a value in it")
     columns = {name: [row[k] for row in cells] if name == FILE_NAME else _typed([row[k] for row in cells])
-               for k, name in enumerate(header)}
+               for k, name in enumerate(header) if k not in unnamed}
     return [{name: values[n] for name, values in columns.items()} for n in range(len(cells))], lines
 
 
