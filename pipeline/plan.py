@@ -126,7 +126,7 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
             raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
                            "output or pass --overwrite")
         return "new"
-    previous = _with_defaults_of_now(previous)
+    previous = _with_defaults_of_now(previous, job_record)
     differ = _settings_differences(previous, job_record, out) + _input_difference(previous, job_record, config, out)
     if differ and not has_parts:
         # The run that recorded those settings wrote no row (it failed before its first batch, e.g. on an option the
@@ -154,19 +154,21 @@ def _refuse_to_delete_foreign_files(fs: Any, root: str, out: str) -> None:
                            f"did not write (e.g. {foreign[0]}); choose another output")
 
 
-def _with_defaults_of_now(previous: dict[str, Any]) -> dict[str, Any]:
+def _with_defaults_of_now(previous: dict[str, Any], now: dict[str, Any] | None = None) -> dict[str, Any]:
     """An output's record as this version would write it (a copy). A settings field added after that output was
     written is missing from its record; the field's default is what that older version did, so fill it in rather
-    than refuse an upgraded scheduled (--incremental) run."""
+    than refuse an upgraded scheduled (--incremental) run. `now`: this run's record, for a field either of whose values
+    an older output takes."""
     previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
                 "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
     if isinstance(previous.get("model_flags"), dict):  # a model flag added since: its default is what was built
         defaults = {name: value for name, value in UNetConfig().to_flags().items() if name != "dropout"}
         previous["model_flags"] = {**defaults, **previous["model_flags"]}
     if isinstance(previous.get("reading"), dict):  # recorded before --partitioning: those versions made no such columns
-        # recorded before --join-metadata: those versions made a metadata file a reject, and added no column; the
-        # default's, so that an upgraded scheduled run is not refused (its rows join the columns from now on)
-        previous["reading"] = {"partitioning": "none", "join_metadata": JobConfig().join_metadata, **previous["reading"]}
+        # recorded before --join-metadata (`now`'s, this run's record): those versions made a metadata file a reject,
+        # and an upgraded scheduled run goes on with either value (its rows have the columns from now on, or not)
+        joined = (now or {}).get("reading", {}).get("join_metadata", JobConfig().join_metadata)
+        previous["reading"] = {"partitioning": "none", "join_metadata": joined, **previous["reading"]}
     # Versions before ddpm refused an η recorded the one given, which the ddpm sampler never used: the same pixels
     if previous["settings"].get("sampler") == "ddpm":
         previous["settings"]["eta"] = ZipSettings().eta

@@ -192,3 +192,5 @@ def test_a_run_writes_the_joined_columns_with_their_types_and_refuses_the_other_
     del record["reading"]["join_metadata"]
     (tmp_path / "out" / "_job.json").write_text(json.dumps(record))
     assert plan_job(small_job_config(tmp_path, model, incremental=True)).output_state == "incremental"
+    assert plan_job(small_job_config(tmp_path, model, incremental=True, join_metadata=False)).output_state == \
+        "incremental"
