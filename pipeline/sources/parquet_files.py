@@ -25,6 +25,7 @@ from pipeline.sources.pixel_arrays import (
     cell_pixels,
     is_pixel_array_column,
     is_tensor_extension,
+    pixels_mode,
     pixels_png,
     pixels_sha256,
 )
@@ -334,6 +335,8 @@ class _ParquetReading:
         meta = {passthrough_name(n): values[n] for n in self.others}
         record = _image_record(f"{self.rel}#{i}", f"{self.path}#{i}", pixels_png(pixels), meta)
         record.update(source_sha256=pixels_sha256(pixels), original_format=ARRAY_FORMAT)
+        if pixels_mode(pixels):  # 16-bit colour, handed to the decoder as 8-bit: its mode would say RGB
+            record["original_mode"] = pixels_mode(pixels)
         return record
 
     def _lost_rows(self, group: int, lost: range, err: Exception) -> Iterator[dict[str, Any]]:
