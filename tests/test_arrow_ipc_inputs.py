@@ -164,3 +164,24 @@ def test_a_job_over_a_saved_dataset_and_an_incremental_run_that_reads_nothing_ne
     changed = plan_job(JobConfig(**config, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (changed["containers"], changed["container_rows"], changed["examples"]) == (1, 4, [SHARD])
     assert (changed["containers_compared"], changed["containers_same_members"]) == (1, 0)
+
+
+def test_texts_name_the_format_a_file_was_read_as_and_leave_the_users_names_as_they_are(tmp_path) -> None:
+    # The reader's texts were made for Parquet and had "Parquet" replaced: a path or column of the user's holding the
+    # word was rewritten too ('/data/Arrow IPC exports/y.png'), and an IPC file named .parquet was said to be Parquet.
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    _write(tmp_path / "a.arrow", pa.table({
+        "image": pa.array([{"bytes": None, "path": "/data/Parquet exports/y.png"}, {"bytes": b"\x01" * 8, "path": None}],
+                          struct),
+        "from_Parquet": pa.array([image_bytes(16, 16, 0), image_bytes(16, 16, 1)], pa.binary())}), "file")
+    _write(tmp_path / "b.parquet", pa.table({"label": pa.array([1, 2], pa.int64())}), "stream")
+    a, b = discover(str(tmp_path))
+    path_only, not_an_image, _count = read_unit(a)
+    assert "only a path (/data/Parquet exports/y.png) to an image outside the Arrow IPC file" in path_only["error"]
+    assert not_an_image["decode_note"] == (
+        "Arrow IPC column 'image', found as the image column; --image-column picks another: 'from_Parquet'")
+    (unreadable, _count) = read_unit(b)
+    assert unreadable["error"] == ("unreadable Arrow IPC file: ValueError: no image column (struct<bytes, path> or "
+                                   "binary, or pixel arrays named image, img, image_bytes, bytes, jpg, png) among Arrow IPC "
+                                   "columns ['label']")
+    assert "'photo' not in Arrow IPC columns ['label']" in parquet_files.image_column_problem(b, {}, "photo")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pipeline.sources.parquet_files import _ParquetReading
 
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+IPC_FORMAT = "Arrow IPC"  # the format's name in a text said of such a file (`parquet_files.format_name`)
 FILE_MAGIC = b"ARROW1"  # the IPC file format (Feather version 2) starts with it, and ends with it
 STREAM_CONTINUATION = b"\xff\xff\xff\xff"  # each message of a stream (Arrow 0.15 on) starts with it
 FEATHER_V1_MAGIC = b"FEA1"
@@ -90,11 +91,6 @@ def open_ipc(f: Any, named_ipc: bool) -> IpcTable | None:
     return None
 
 
-def ipc_named(text: str) -> str:
-    """A reject's reason or a note the Parquet reader words, said of an Arrow IPC file."""
-    return text.replace("Parquet", "Arrow IPC")
-
-
 def _slice_rows(batch: pa.RecordBatch, most: int, batch_bytes: int) -> int:
     """Rows of `batch` made Python values at once: at most `most`, fewer when its rows are large, so that a slice
     holds about `batch_bytes` (as `parquet_files.batch_rows` for a row group); at least 1."""
@@ -134,12 +130,7 @@ def ipc_records(reading: _ParquetReading, table: IpcTable, reopen: Callable[[], 
         else:
             size = _slice_rows(batch, reading.rows_per_batch, batch_bytes)
             for start in range(0, rows, size):
-                for record in reading._batch_records(batch.slice(start, size), first + start):
-                    if record["kind"] == "reject":
-                        record["error"] = ipc_named(record["error"])
-                    elif record.get("decode_note"):
-                        record["decode_note"] = ipc_named(record["decode_note"])
-                    yield record
+                yield from reading._batch_records(batch.slice(start, size), first + start)
         first += rows
         index += 1
 
