@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.arrow_values import python_rows
-from pipeline.sources.arrow_ipc import IPC_FORMAT, IpcTable, ipc_records, is_arrow_ipc, open_ipc
+from pipeline.sources.arrow_ipc import IPC_FORMAT, IpcTable, ipc_headers, ipc_records, is_arrow_ipc, open_ipc
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id
+from pipeline.sources.ipc_headers import IpcHeaders, node_count
 from pipeline.sources.pixel_arrays import (
     ARRAY_FORMAT,
     ArrayProblem,
@@ -151,11 +152,15 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
     bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
     whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
     gives one, when the image column is a list (its null_count counts items, not rows) or when the footer cannot be
-    read or has no image column (the run says why, in the file's reject); None for an Arrow IPC file, which keeps
-    no statistics."""
+    read or has no image column (the run says why, in the file's reject). An Arrow IPC file's from its record batch
+    headers instead (`ipc_rows_without_image`)."""
     (path,) = unit.paths
     if is_arrow_ipc(path):
-        return None
+        try:
+            headers = ipc_headers(path, fs_opts, unit.sizes[0] if unit.sizes else None)
+            return ipc_rows_without_image(headers, find_image_column(headers.schema, requested, IPC_FORMAT))
+        except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+            return None
     try:
         with contextlib.ExitStack() as stack:
             open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
@@ -172,6 +177,23 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
     counts = [stats.null_count for g in range(meta.num_row_groups)
               if (stats := meta.row_group(g).column(at).statistics) is not None and stats.has_null_count]
     return sum(counts) if counts else None
+
+
+def ipc_rows_without_image(headers: IpcHeaders, column: str) -> int:
+    """How many rows of an Arrow IPC file have a null image cell in `column`, from its record batch headers (no data
+    read): the column's null count in each batch; for a struct<bytes, path>, the larger of its own and its 'bytes'
+    field's (a lower bound: a row may have both null, and the headers do not say which rows). A list's null count
+    counts rows (a null cell), unlike a Parquet footer's."""
+    fields = list(headers.schema)
+    at = next(i for i, f in enumerate(fields) if f.name == column)
+    node = sum(node_count(f.type) for f in fields[:at])
+    t = fields[at].type
+    t = t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+    nodes = [node]
+    if pa.types.is_struct(t):  # the 'bytes' field's node: after the struct's, and its fields' before it
+        inner = t.get_field_index("bytes")
+        nodes.append(node + 1 + sum(node_count(t.field(i).type) for i in range(inner)))
+    return sum(max(batch.nulls[n] for n in nodes) for batch in headers.batches)
 
 
 def other_image_columns(schema: pa.Schema, column: str, kind: str = PARQUET_FORMAT) -> str | None:
