@@ -271,3 +271,43 @@ def test_a_dry_run_warns_of_arrow_ipc_rows_whose_image_is_null_from_their_batch_
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert "5 rows of 3 Parquet and Arrow IPC files have no image (a null image column, by the files' footer " \
            "statistics and record batch headers)" in line
+
+
+def test_damaged_or_too_many_record_batch_headers_are_a_header_problem_never_another_error(tmp_path,
+                                                                                         monkeypatch) -> None:
+    # The headers are read by the format's layout from bytes no one checked: a damaged file must leave its counts
+    # unknown (HeaderProblem), not fail the plan with an error of its own, and what they say must be what pyarrow reads.
+    import io
+    import random
+
+    from pipeline.sources import ipc_headers as headers_module
+    from pipeline.sources.ipc_headers import HeaderProblem, read_headers
+
+    table = _with_nulls(_table(5), {1})
+    whole = []
+    for form in ("stream", "file"):
+        _write(tmp_path / f"{form}.arrow", table, form)
+        whole.append((tmp_path / f"{form}.arrow").read_bytes())
+    rng = random.Random(0)
+    agreed = 0
+    for _ in range(400):
+        data = bytearray(rng.choice(whole))
+        for _ in range(rng.randint(1, 3)):  # the headers lie in the first and last few hundred bytes
+            data[rng.choice([rng.randrange(600), len(data) - 1 - rng.randrange(600)])] = rng.randrange(256)
+        data = bytes(data[: len(data) if rng.random() < 0.8 else rng.randrange(len(data))])
+        try:
+            rows = read_headers(lambda offset, length, data=data: data[offset : offset + length], len(data)).rows
+        except HeaderProblem:
+            continue
+        try:
+            reader = (ipc.open_file if data.startswith(b"ARROW1") else ipc.open_stream)(io.BytesIO(data))
+            read = reader.read_all().num_rows
+        except (pa.ArrowException, OSError):
+            continue  # damaged past the headers: the run's reading rejects it
+        assert rows == read
+        agreed += 1
+    assert agreed > 20
+    monkeypatch.setattr(headers_module, "MAX_BATCHES", 2)  # 3 batches: not counted, one request each on a store
+    for data in whole:
+        with pytest.raises(HeaderProblem, match="record batches"):
+            read_headers(lambda offset, length, data=data: data[offset : offset + length], len(data))

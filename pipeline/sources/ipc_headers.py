@@ -32,6 +32,8 @@ _SCHEMA, _RECORD_BATCH = 1, 3
 MAX_BATCHES = 10_000
 # What a stream message's first read takes: its marker, its length and, most often, all its metadata
 _PEEK = 4096
+# The longest metadata read: a batch header holds 48 bytes or so a column; one longer is damage, not worth its read
+MAX_METADATA = 64 * 2**20
 
 # (offset, length) -> the bytes there, fewer at the file's end
 ReadAt = Callable[[int, int], bytes]
@@ -158,7 +160,7 @@ def _file_headers(read_at: ReadAt, size: int) -> IpcHeaders:
     schema, _ = _schema(read_at, 8, size)
     batches = []
     for offset, meta_length, body_length in blocks:
-        if offset < 8 or meta_length < 8 or body_length < 0 or offset + meta_length + body_length > size:
+        if offset < 8 or not 8 <= meta_length <= MAX_METADATA or body_length < 0 or offset + meta_length + body_length > size:
             raise HeaderProblem(f"a record batch ({offset}, {meta_length}, {body_length}) the file cannot hold")
         meta = read_at(offset, meta_length)
         begin, n = _metadata_at(meta)
@@ -182,7 +184,7 @@ def _message(read_at: ReadAt, at: int, size: int) -> tuple[_Table, bytes, int] |
     if len(chunk) < 4 or _unpack("<I", chunk, 0) == 0 or chunk[:8] == b"\xff\xff\xff\xff\x00\x00\x00\x00":
         return None
     begin, n = _metadata_at(chunk)
-    if n <= 0 or at + begin + n > size:
+    if not 0 < n <= MAX_METADATA or at + begin + n > size:
         raise HeaderProblem(f"a message at byte {at} whose metadata the file cannot hold")
     if begin + n > len(chunk):
         chunk += read_at(at + len(chunk), begin + n - len(chunk))
@@ -200,7 +202,7 @@ def _schema(read_at: ReadAt, at: int, size: int) -> tuple[pa.Schema, int]:
         raise HeaderProblem("no schema where an Arrow IPC stream starts")
     try:
         return pa.ipc.read_schema(pa.py_buffer(found[1])), found[2]
-    except (pa.ArrowException, ValueError) as err:
+    except (pa.ArrowException, OSError, ValueError) as err:  # pyarrow says a damaged flatbuffer with an OSError
         raise HeaderProblem(f"a schema that cannot be read ({err})") from err
 
 
