@@ -27,8 +27,9 @@ FILE_MAGIC = b"ARROW1"
 _CONTINUATION = 0xFFFFFFFF
 # The message header types this reads (the flatbuffer union `MessageHeader`)
 _SCHEMA, _RECORD_BATCH = 1, 3
-# The most record batch headers read of one file: a request each on an object store. Hugging Face datasets writes
-# batches of 1,000 rows, pyarrow's feather 65,536: a file of more is rare, and left uncounted rather than slow to plan.
+# The most record batch headers read of one file: a request each on an object store. Hugging Face datasets and
+# Feather write batches of hundreds to tens of thousands of rows: a file of more is rare, and left uncounted rather
+# than slow to plan.
 MAX_BATCHES = 10_000
 # What a stream message's first read takes: its marker, its length and, most often, all its metadata
 _PEEK = 4096
