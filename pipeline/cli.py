@@ -629,9 +629,13 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         shown = ", ".join(f"{terminal_text(name)} ({n})" for name, n in no_image["examples"])
         left = no_image["files"] - len(no_image["examples"])
         more = f" and {left} more" if left else ""
-        print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], 'Parquet file')} "
-              f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' footer "
-              f"statistics) and will be rejected, one reject each: {shown}{more}")
+        arrow = no_image.get("arrow_files", 0)  # by their record batch headers, the Parquet files' by their footers
+        kind, source = (("Arrow IPC file", "record batch headers") if arrow == no_image["files"] else
+                        ("Parquet file", "footer statistics") if not arrow else
+                        ("Parquet and Arrow IPC file", "footer statistics and record batch headers"))
+        print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], kind)} "
+              f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' {source}) "
+              f"and will be rejected, one reject each: {shown}{more}")
     changed = report.get("changed_inputs") or {}
     if changed.get("image_files_compared") or changed.get("containers_compared"):
         # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)

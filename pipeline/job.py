@@ -79,7 +79,7 @@ from pipeline.purifier import default_batch_size
 from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal, write_journal
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
-from pipeline.sources.arrow_ipc import is_arrow_ipc
+from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import unit_metadata
 from pipeline.stages import (
     ALL_CORES,
@@ -135,14 +135,17 @@ def task_retry_options() -> dict[str, Any]:
 
 def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None:
     """How many images this run will count (purified + rejected): its image files, and the rows of its Parquet files
-    from their footers, less those already done; None when a tar shard, zip archive or Arrow IPC file is among the
-    inputs (their counts are known only once read) or a footer cannot be read, so the progress shows no total rather
-    than a wrong one. Footers are small reads, INDEX_READERS at a time."""
-    if any(u.kind not in ("files", "parquet") or is_arrow_ipc(u.paths[0]) for u in plan.units):
+    from their footers and of its Arrow IPC files from their record batch headers (`arrow_ipc.ipc_headers`), less those
+    already done; None when a tar shard or zip archive is among the inputs (their counts are known only once read) or a
+    footer or header cannot be read, so the progress shows no total rather than a wrong one. Footers and headers are
+    small reads, INDEX_READERS files at a time."""
+    if any(u.kind not in ("files", "parquet") for u in plan.units):
         return None
     tables = [u for u in plan.units if u.kind == "parquet"]
 
     def rows(unit: ReadUnit) -> int:
+        if is_arrow_ipc(unit.paths[0]):
+            return ipc_headers(unit.paths[0], storage_options, unit.sizes[0] if unit.sizes else None).rows
         fs, path = storage_path(unit.paths[0], storage_options)
         with with_retries(lambda: fs.open(path, "rb"), f"open {unit.paths[0]}") as f:
             return pq.ParquetFile(f, pre_buffer=False).metadata.num_rows

@@ -362,7 +362,8 @@ class JobPlan:
                       **({"partitions": self.partitions} if self.partitions is not None else {}),
                       **({"folder_metadata": self.folder_metadata_report()}
                          if self.folder_metadata and self.folder_metadata.found() else {}),
-                      # by the Parquet footers' statistics: rows whose image cell is null, each rejected when read
+                      # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
+                      # image cell is null, each rejected when read
                       "parquet_rows_without_image": self._rows_without_image()},
         }
 
@@ -385,10 +386,12 @@ class JobPlan:
         return {"rejects_to_retry_image_files": files, "rejects_to_retry_in_containers": held + unreadable}
 
     def _rows_without_image(self) -> dict[str, Any]:
-        """`rows_without_image` in all, and the files with the most (their ids), for the report."""
+        """`rows_without_image` in all, the files with the most (their ids) and how many of the files are Arrow IPC
+        files (the warning names their kinds), for the report."""
         roots = {u.paths[0]: u.root for u in self.units}
         most = sorted(self.rows_without_image.items(), key=lambda item: (-item[1], item[0]))[:5]
         return {"rows": sum(self.rows_without_image.values()), "files": len(self.rows_without_image),
+                "arrow_files": sum(map(is_arrow_ipc, self.rows_without_image)),
                 "examples": [[relative_id(path, roots[path]), n] for path, n in most]}
 
 
@@ -521,9 +524,10 @@ def _retried_in_same(inputs: list[ReadUnit], members: dict[str, tuple[str, str]]
 
 
 def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None) -> dict[str, int]:
-    """Of these Parquet files, those whose footer statistics give rows a null image cell, with how many
-    (`rows_without_image`: the footer alone is read). Each such row is a reject of the run, which a dry run warns of:
-    a file whose image column is mostly null is otherwise found out only by a run's count of rejects."""
+    """Of these Parquet and Arrow IPC files, those whose footer statistics (record batch headers) give rows a null
+    image cell, with how many (`rows_without_image`: the footer, or the headers, alone are read). Each such row is a
+    reject of the run, which a dry run warns of: a file whose image column is mostly null is otherwise found out only
+    by a run's count of rejects."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=FOOTER_READS) as pool:

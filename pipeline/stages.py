@@ -240,8 +240,9 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
         if r["kind"] == "image" and "data" in r:
             decoded = decode_image(r.pop("data"), policy)
             if isinstance(decoded, Decoded):
-                # a Parquet row of pixel arrays was made a PNG to be decoded here: its format says so ("tensor")
-                r.update(pixels=decoded.pixels, original_mode=decoded.mode,
+                # a Parquet row of pixel arrays was made a PNG to be decoded here: its format says so ("tensor"), and
+                # its mode where the PNG's would not (16-bit colour: "RGB;16")
+                r.update(pixels=decoded.pixels, original_mode=r.get("original_mode") or decoded.mode,
                          original_format=r.get("original_format") or decoded.format,
                          original_frames=decoded.frames)
             else:  # a Parquet row whose image column was found, not named: which column, and the others

@@ -164,3 +164,150 @@ def test_a_job_over_a_saved_dataset_and_an_incremental_run_that_reads_nothing_ne
     changed = plan_job(JobConfig(**config, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (changed["containers"], changed["container_rows"], changed["examples"]) == (1, 4, [SHARD])
     assert (changed["containers_compared"], changed["containers_same_members"]) == (1, 0)
+
+
+def test_texts_name_the_format_a_file_was_read_as_and_leave_the_users_names_as_they_are(tmp_path) -> None:
+    # The reader's texts were made for Parquet and had "Parquet" replaced: a path or column of the user's holding the
+    # word was rewritten too ('/data/Arrow IPC exports/y.png'), and an IPC file named .parquet was said to be Parquet.
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    _write(tmp_path / "a.arrow", pa.table({
+        "image": pa.array([{"bytes": None, "path": "/data/Parquet exports/y.png"}, {"bytes": b"\x01" * 8, "path": None}],
+                          struct),
+        "from_Parquet": pa.array([image_bytes(16, 16, 0), image_bytes(16, 16, 1)], pa.binary())}), "file")
+    _write(tmp_path / "b.parquet", pa.table({"label": pa.array([1, 2], pa.int64())}), "stream")
+    a, b = discover(str(tmp_path))
+    path_only, not_an_image, _count = read_unit(a)
+    assert "only a path (/data/Parquet exports/y.png) to an image outside the Arrow IPC file" in path_only["error"]
+    assert not_an_image["decode_note"] == (
+        "Arrow IPC column 'image', found as the image column; --image-column picks another: 'from_Parquet'")
+    (unreadable, _count) = read_unit(b)
+    assert unreadable["error"] == ("unreadable Arrow IPC file: ValueError: no image column (struct<bytes, path> or "
+                                   "binary, or pixel arrays named image, img, image_bytes, bytes, jpg, png) among Arrow IPC "
+                                   "columns ['label']")
+    assert "'photo' not in Arrow IPC columns ['label']" in parquet_files.image_column_problem(b, {}, "photo")
+
+
+def _with_nulls(table: pa.Table, nulls: set[int]) -> pa.Table:
+    """`table` with a null image struct at rows `nulls`, and two columns before it whose nodes come first in a batch's
+    header (a list column has two, a dictionary-encoded one one), so the image column's nulls are found by its place."""
+    n = table.num_rows
+    images = pa.array([None if i in nulls else cell for i, cell in enumerate(table["image"].to_pylist())],
+                      table.schema.field("image").type)
+    return pa.table({"tags": pa.array([[f"t{i}"] if i % 2 else None for i in range(n)], pa.list_(pa.string())),
+                     "kind": pa.array([None if i % 3 else "x" for i in range(n)]).dictionary_encode(),
+                     "image": images, "label": table["label"]})
+
+
+@pytest.mark.parametrize("form", ["stream", "file", "feather", "legacy"])
+def test_the_record_batch_headers_give_each_batchs_rows_and_nulls_as_pyarrow_reads_them(tmp_path, form: str) -> None:
+    from pipeline.sources.arrow_ipc import ipc_headers
+    from pipeline.sources.ipc_headers import node_count
+
+    table = _with_nulls(_table(5), {0, 3})
+    path = tmp_path / "t.arrow"
+    if form == "legacy":  # the stream format of Arrow before 0.15: no marker before each message's length
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_stream(
+                sink, table.schema, options=ipc.IpcWriteOptions(use_legacy_format=True)) as writer:
+            writer.write_table(table, max_chunksize=2)
+    else:
+        _write(path, table, form)
+    headers = ipc_headers(str(path), {})
+    assert headers.schema == table.schema and [b.rows for b in headers.batches] == [2, 2, 1] and headers.rows == 5
+    starts = [0, 2, 3, 4]  # each column's first node: tags (a list: 2 nodes), kind (dictionary: 1), image (struct: 3)
+    assert [node_count(f.type) for f in table.schema] == [2, 1, 3, 1]
+    for column, start in zip(table.column_names, starts, strict=True):
+        assert sum(b.nulls[start] for b in headers.batches) == table[column].null_count, column
+    from pipeline.sources.parquet_files import ipc_rows_without_image
+    assert ipc_rows_without_image(headers, "image") == 2
+
+
+def test_the_progress_total_counts_arrow_ipc_rows_from_batch_headers_not_their_data(tmp_path, model,
+                                                                                   monkeypatch) -> None:
+    # An Arrow IPC file among the inputs left the run without a total: its rows were known only once read.
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipeline.job import progress_total
+
+    (tmp_path / "in").mkdir()
+    big = pa.table({"image": pa.array([image_bytes(160, 160, i) for i in range(6)], pa.binary()),
+                    "label": pa.array(range(6), pa.int64())})  # 6 PNGs of noise, 460 KB
+    _write(tmp_path / "in" / "a.arrow", big, "stream")
+    _write(tmp_path / "in" / "b.feather", _table(3), "feather")
+    _write(tmp_path / "in" / "c.ipc", _table(5), "file")
+    (tmp_path / "in" / "d.png").write_bytes(image_bytes(8, 8, 0))
+    plan = plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model), dry_run=True)
+    read, original = [], LocalFileSystem.cat_file
+
+    def counted(self, path, start=None, end=None, **kw):
+        data = original(self, path, start=start, end=end, **kw)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", counted)
+    assert progress_total(plan, {}) == 6 + 3 + 5 + 1
+    size = sum(f.stat().st_size for f in (tmp_path / "in").iterdir())
+    assert size > 400_000 and sum(read) < 50_000  # the headers alone: a few KB a batch at most, no image read
+    # a stream cut short: its last batch's rows will not be read, so no total rather than one never reached
+    whole = (tmp_path / "in" / "a.arrow").read_bytes()
+    (tmp_path / "in" / "a.arrow").write_bytes(whole[: len(whole) - 1000])
+    assert progress_total(plan, {}) is None  # shorter than listed
+    again = plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model), dry_run=True)
+    assert progress_total(again, {}) is None
+
+
+def test_a_dry_run_warns_of_arrow_ipc_rows_whose_image_is_null_from_their_batch_headers(tmp_path, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "a.arrow", _with_nulls(_table(6), {0, 2, 5}), "stream")
+    _write(tmp_path / "in" / "b.feather", _with_nulls(_table(4), {1}), "feather")
+    _write(tmp_path / "in" / "c.arrow", _table(4), "file")
+    assert cli.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert ("4 rows of 2 Arrow IPC files have no image (a null image column, by the files' record batch headers) and "
+            "will be rejected, one reject each: a.arrow (3), b.feather (1)") in line
+    pq.write_table(pa.table({"image": pa.array([None, image_bytes(8, 8, 0)], pa.binary())}), tmp_path / "in" / "d.parquet")
+    assert cli.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert "5 rows of 3 Parquet and Arrow IPC files have no image (a null image column, by the files' footer " \
+           "statistics and record batch headers)" in line
+
+
+def test_damaged_or_too_many_record_batch_headers_are_a_header_problem_never_another_error(tmp_path,
+                                                                                         monkeypatch) -> None:
+    # The headers are read by the format's layout from bytes no one checked: a damaged file must leave its counts
+    # unknown (HeaderProblem), not fail the plan with an error of its own, and what they say must be what pyarrow reads.
+    import io
+    import random
+
+    from pipeline.sources import ipc_headers as headers_module
+    from pipeline.sources.ipc_headers import HeaderProblem, read_headers
+
+    table = _with_nulls(_table(5), {1})
+    whole = []
+    for form in ("stream", "file"):
+        _write(tmp_path / f"{form}.arrow", table, form)
+        whole.append((tmp_path / f"{form}.arrow").read_bytes())
+    rng = random.Random(0)
+    agreed = 0
+    for _ in range(400):
+        data = bytearray(rng.choice(whole))
+        for _ in range(rng.randint(1, 3)):  # the headers lie in the first and last few hundred bytes
+            data[rng.choice([rng.randrange(600), len(data) - 1 - rng.randrange(600)])] = rng.randrange(256)
+        data = bytes(data[: len(data) if rng.random() < 0.8 else rng.randrange(len(data))])
+        try:
+            rows = read_headers(lambda offset, length, data=data: data[offset : offset + length], len(data)).rows
+        except HeaderProblem:
+            continue
+        try:
+            reader = (ipc.open_file if data.startswith(b"ARROW1") else ipc.open_stream)(io.BytesIO(data))
+            read = reader.read_all().num_rows
+        except (pa.ArrowException, OSError):
+            continue  # damaged past the headers: the run's reading rejects it
+        assert rows == read
+        agreed += 1
+    assert agreed > 20
+    monkeypatch.setattr(headers_module, "MAX_BATCHES", 2)  # 3 batches: not counted, one request each on a store
+    for data in whole:
+        with pytest.raises(HeaderProblem, match="record batches"):
+            read_headers(lambda offset, length, data=data: data[offset : offset + length], len(data))

@@ -211,7 +211,8 @@ def test_the_dry_run_counts_unsized_inputs_and_names_the_parquet_files_with_most
     described = plan.describe()["input"]
     assert (described["parquet_files"], described["bytes"], described["unsized"]) == (4, 300, 1)
     assert described["parquet_rows_without_image"] == {
-        "rows": 14, "files": 3, "examples": [["most.parquet", 9], ["some.parquet", 4], ["few.parquet", 1]]}
+        "rows": 14, "files": 3, "arrow_files": 0,
+        "examples": [["most.parquet", 9], ["some.parquet", 4], ["few.parquet", 1]]}
 
 
 @pytest.mark.parametrize("made_with, now, hint", [
@@ -351,7 +352,7 @@ def test_a_parquet_file_skipped_unread_is_not_warned_of_for_its_null_images(tmp_
                                                             whole["records"], whole["ids_sha256"])})
     plan = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)
     assert plan.skipped_containers == 1 and [Path(u.paths[0]).name for u in plan.units] == ["new.parquet"]
-    assert plan.describe()["input"]["parquet_rows_without_image"] == {"rows": 1, "files": 1,
+    assert plan.describe()["input"]["parquet_rows_without_image"] == {"rows": 1, "files": 1, "arrow_files": 0,
                                                                       "examples": [["new.parquet", 1]]}
 
 

@@ -197,4 +197,4 @@ def test_a_dry_run_of_parquet_files_without_footer_statistics_gives_no_warning(t
     captured = capsys.readouterr()
     assert "warning" not in captured.out + captured.err and "1 Parquet file," in captured.out
     report = plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out")), dry_run=True).describe()
-    assert report["input"]["parquet_rows_without_image"] == {"rows": 0, "files": 0, "examples": []}
+    assert report["input"]["parquet_rows_without_image"] == {"rows": 0, "files": 0, "arrow_files": 0, "examples": []}

@@ -9,8 +9,10 @@ import hashlib
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,8 @@ from pipeline.sources import discover
 from pipeline.sources.reading import read_unit
 from tests.jobutil import read_output, refresh_after_touching, small_job_config
 
-ACCEPTED = "only uint8 pixel arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) are read"
+ACCEPTED = ("only pixel arrays of shape (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4), of uint8 or uint16 "
+            "values (or other integers within 0..255), are read")
 
 
 def _pixels(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -86,11 +89,11 @@ def test_ray_and_arrow_pixel_arrays_are_purified_and_a_touched_file_is_no_change
 
 def test_a_cell_of_another_shape_or_dtype_or_over_the_size_limit_is_its_rows_reject(tmp_path, model) -> None:
     folder = tmp_path / "in"
-    cells = [_pixels((32, 32, 3), 0), _pixels((3, 32, 32), 1), _pixels((32, 32, 2), 2)]
+    cells = [_pixels((32, 32, 3), 0), _pixels((3, 32, 32), 1), _pixels((32, 32, 5), 2)]
     _write(folder, "shapes.parquet", {"image": ArrowVariableShapedTensorArray.from_numpy(cells)})
     _write(folder, "floats.parquet", {"image": ArrowTensorArray.from_numpy(np.zeros((1, 8, 8, 3), np.float32))})
     _write(folder, "vector.parquet", {"image": ArrowTensorArray.from_numpy(np.zeros((1, 12), np.uint8))})
-    _write(folder, "ints.parquet", {"image": [[[0, 255], [255, 0]]]})  # Python's ints: list<list<int64>>
+    _write(folder, "ints.parquet", {"image": [[[0, 256], [-1, 0]]]})  # Python's ints (list<list<int64>>) past 0..255
     # 600 x 600 x 3 zeros: a PNG of a few KB, but 1.08 MB of pixels, over --max-image-mb 1
     _write(folder, "large.parquet", {"image": ArrowVariableShapedTensorArray.from_numpy(
         [np.zeros((600, 600, 3), np.uint8), _pixels((16, 16, 3), 3)])})
@@ -105,11 +108,12 @@ def test_a_cell_of_another_shape_or_dtype_or_over_the_size_limit_is_its_rows_rej
         "row 1: image column 'image' holds a uint8 array of shape (3, 32, 32) (channels first: transpose it to "
         f"(H, W, C)), where {ACCEPTED}")
     assert errors["shapes.parquet#2"] == (
-        f"row 2: image column 'image' holds a uint8 array of shape (32, 32, 2), where {ACCEPTED}")
+        f"row 2: image column 'image' holds a uint8 array of shape (32, 32, 5), where {ACCEPTED}")
     assert errors["floats.parquet#0"].startswith("row 0: image column 'image' holds a float32 array of shape (8, 8, 3)")
     assert errors["vector.parquet#0"] == f"row 0: image column 'image' holds a uint8 array of shape (12,), where {ACCEPTED}"
     assert errors["ints.parquet#0"] == (
-        f"row 0: image column 'image' holds an int64 array of shape (2, 2) (write its 8-bit values as uint8), where {ACCEPTED}")
+        "row 0: image column 'image' holds an int64 array of shape (2, 2) with values -1..256, outside 0..255 (write "
+        f"8-bit pixels as 0..255, 16-bit ones as uint16), where {ACCEPTED}")
     assert "image column 'image'" in errors["large.parquet#0"] and "1080000" in errors["large.parquet#0"].replace(",", "")
 
 
@@ -165,3 +169,65 @@ def test_a_file_with_image_bytes_reads_them_and_names_the_pixel_array_column_bes
     (bytes_row, array_row) = json.loads(done.stdout)
     assert bytes_row[:2] == [record["decode_note"], None]
     assert array_row == [None, "tensor", chosen["source_sha256"], pixels[0].tolist()]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """The PNG file of `pixels` as a camera or a library writes it: 8-bit as Pillow writes it, and 16-bit grey too;
+    16-bit grey with alpha, RGB and RGBA, which Pillow cannot write, by hand (PNG's own layout: big-endian values)."""
+    if pixels.dtype == np.uint8 or pixels.ndim == 2:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+    h, w, channels = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour = {2: 4, 3: 2, 4: 6}[channels]  # grey with alpha, RGB, RGBA
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_integer_16_bit_and_grey_alpha_arrays_purify_as_the_png_files_of_their_pixels(tmp_path, model) -> None:
+    # What users write: Python lists (int64), numpy ints of another width, 16-bit camera frames, grey with alpha. Each
+    # purifies as the PNG file of its pixels does: the same file names in a second input, each a binary column holding
+    # that PNG, give the same ids, so the same noise, and must give the same output.
+    rgb = _pixels((8, 8, 3), 1)
+    grey = _pixels((8, 8), 2)
+    wide = np.random.default_rng(3).integers(0, 65536, (4, 8, 8, 4), dtype=np.uint16)
+    wide[0, 0, :3, 0] = (0, 65535, 129)  # grey: the range's ends, and 129, scaled to 1 where its high byte is 0
+    grey_alpha = _pixels((8, 8, 2), 4)
+    cells = {  # file -> (its image column, the pixels of its PNG, the original_mode it reports)
+        "ints.parquet": (pa.array([rgb.tolist()]), rgb, "RGB"),  # list<list<list<int64>>>
+        "int16.parquet": (pa.FixedShapeTensorArray.from_numpy_ndarray(grey[None].astype(np.int16)), grey, "L"),
+        "grey16.parquet": (ArrowTensorArray.from_numpy(wide[:1, :, :, 0]), wide[0, :, :, 0], "I;16"),
+        "rgb16.parquet": (pa.array([wide[1, :, :, :3].tolist()], pa.list_(pa.list_(pa.list_(pa.uint16())))),
+                          wide[1, :, :, :3], "RGB;16"),
+        "rgba16.parquet": (ArrowTensorArray.from_numpy(wide[2:3]), wide[2], "RGBA;16"),
+        "la.parquet": (ArrowTensorArray.from_numpy(grey_alpha[None]), grey_alpha, "LA"),
+        "la16.parquet": (ArrowVariableShapedTensorArray.from_numpy([wide[3, :, :, :2]]), wide[3, :, :, :2], "LA;16"),
+    }
+    for name, (column, pixels, _mode) in cells.items():
+        _write(tmp_path / "in", name, {"image": column})
+        _write(tmp_path / "files", name, {"image": pa.array([_png(pixels)], pa.binary())})
+    # batch_size 1: each canvas purified alone, so that no float differs with the order the files' canvases arrive in
+    summary = run_job(small_job_config(tmp_path, model, batch_size=1))
+    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (7, 0)
+    files = run_job(small_job_config(tmp_path, model, batch_size=1, input=str(tmp_path / "files"),
+                                     output=str(tmp_path / "out2")))
+    assert (files["this_run"]["purified"], files["this_run"]["rejected"]) == (7, 0)
+    arrays, as_files = _by_id(read_output(str(tmp_path / "out"))[0]), _by_id(read_output(str(tmp_path / "out2"))[0])
+    for name, (_column, _image, mode) in cells.items():
+        row, file_row = arrays[f"{name}#0"], as_files[f"{name}#0"]
+        assert (row["original_mode"], row["original_format"]) == (mode, "tensor"), name
+        assert (row["width"], row["height"]) == (8, 8)
+        assert row["image"]["bytes"] == file_row["image"]["bytes"], name  # purified alike, to the byte
+        assert row["psnr_vs_input_db"] == file_row["psnr_vs_input_db"], name
+    # source_sha256: int64 pixels within 0..255 are the 8-bit image of those values; 16-bit ones say their dtype, and
+    # are not the source the uint8 cell of their 8-bit values is
+    assert arrays["ints.parquet#0"]["source_sha256"] == hashlib.sha256(b"8x8x3\n" + rgb.tobytes()).hexdigest()
+    assert arrays["grey16.parquet#0"]["source_sha256"] == hashlib.sha256(
+        b"8x8x1 uint16\n" + wide[0, :, :, 0].astype("<u2").tobytes()).hexdigest()
+    assert arrays["rgb16.parquet#0"]["source_sha256"] != hashlib.sha256(
+        b"8x8x3\n" + (wide[1, :, :, :3] >> 8).astype(np.uint8).tobytes()).hexdigest()

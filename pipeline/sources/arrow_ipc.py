@@ -6,7 +6,8 @@ file's record batches in the place of row groups. Which of the two formats a fil
 
 A Parquet footer gives each row group's rows before any is read; an IPC file says how many rows a batch holds only in
 that batch's own header (the file format's footer gives where each batch lies; a stream has no footer), so the
-batches are read in order, each whole, and a row's id is known once its batch is read (`ipc_records`). A batch that
+batches are read in order, each whole, and a row's id is known once its batch is read (`ipc_records`). The plan and
+the progress read those headers alone, no batch's data (`ipc_headers`), for the rows a file holds. A batch that
 cannot be read ends the file there, with its `#unreadable` reject: the rows after it cannot be numbered. The rows
 before it are purified, and a later run reads the file again, its done rows skipped.
 
@@ -26,13 +27,15 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from pipeline.sources.ids import without_signed_query
+from pipeline.sources.ipc_headers import HeaderProblem, IpcHeaders, read_headers
 from pipeline.sources.records import reject_record
-from pipeline.storage import backoff, describe, is_transient
+from pipeline.storage import backoff, describe, is_transient, storage_path, with_retries
 
 if TYPE_CHECKING:
     from pipeline.sources.parquet_files import _ParquetReading
 
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+IPC_FORMAT = "Arrow IPC"  # the format's name in a text said of such a file (`parquet_files.format_name`)
 FILE_MAGIC = b"ARROW1"  # the IPC file format (Feather version 2) starts with it, and ends with it
 STREAM_CONTINUATION = b"\xff\xff\xff\xff"  # each message of a stream (Arrow 0.15 on) starts with it
 FEATHER_V1_MAGIC = b"FEA1"
@@ -90,9 +93,24 @@ def open_ipc(f: Any, named_ipc: bool) -> IpcTable | None:
     return None
 
 
-def ipc_named(text: str) -> str:
-    """A reject's reason or a note the Parquet reader words, said of an Arrow IPC file."""
-    return text.replace("Parquet", "Arrow IPC")
+def ipc_headers(path: str, fs_opts: dict[str, Any], size: int | None = None) -> IpcHeaders:
+    """The schema and record batch headers of the Arrow IPC file at `path` (`ipc_headers.read_headers`: rows and null
+    counts, no batch's data read), each header a ranged read of its own; `size` from the listing, else asked.
+    HeaderProblem where they cannot be had; a storage error as it is."""
+    fs, fs_path = storage_path(path, fs_opts)
+    if size is None:
+        size = with_retries(lambda: fs.size(fs_path), f"stat {path}")
+    if not isinstance(size, int):  # a web server that gives no length: the footer cannot be found
+        raise HeaderProblem("a file whose size its storage does not give")
+    known: int = size
+
+    def read_at(offset: int, length: int) -> bytes:
+        end = min(offset + length, known)
+        if end <= offset:
+            return b""
+        return with_retries(lambda: fs.cat_file(fs_path, start=offset, end=end), f"read {path}")
+
+    return read_headers(read_at, known)
 
 
 def _slice_rows(batch: pa.RecordBatch, most: int, batch_bytes: int) -> int:
@@ -134,12 +152,7 @@ def ipc_records(reading: _ParquetReading, table: IpcTable, reopen: Callable[[], 
         else:
             size = _slice_rows(batch, reading.rows_per_batch, batch_bytes)
             for start in range(0, rows, size):
-                for record in reading._batch_records(batch.slice(start, size), first + start):
-                    if record["kind"] == "reject":
-                        record["error"] = ipc_named(record["error"])
-                    elif record.get("decode_note"):
-                        record["decode_note"] = ipc_named(record["decode_note"])
-                    yield record
+                yield from reading._batch_records(batch.slice(start, size), first + start)
         first += rows
         index += 1
 

@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.arrow_values import python_rows
-from pipeline.sources.arrow_ipc import IpcTable, ipc_named, ipc_records, is_arrow_ipc, open_ipc
+from pipeline.sources.arrow_ipc import IPC_FORMAT, IpcTable, ipc_headers, ipc_records, is_arrow_ipc, open_ipc
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id
+from pipeline.sources.ipc_headers import IpcHeaders, node_count
 from pipeline.sources.pixel_arrays import (
     ARRAY_FORMAT,
     ArrayProblem,
@@ -25,6 +26,7 @@ from pipeline.sources.pixel_arrays import (
     cell_pixels,
     is_pixel_array_column,
     is_tensor_extension,
+    pixels_mode,
     pixels_png,
     pixels_sha256,
 )
@@ -33,6 +35,7 @@ from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_bytes", "bytes", "jpg", "png")
+PARQUET_FORMAT = "Parquet"  # the format's name in a text said of a file (`format_name`)
 # Arrow reads a column chunk (a row group's images) in one piece unless given a buffer: then it reads page by page, so
 # a file whose pages are small is read with a few MB in memory instead of its largest row group (and faster too).
 READ_BUFFER_BYTES = 2**20
@@ -69,6 +72,17 @@ def _open_table(f: Any, path: str) -> pq.ParquetFile | IpcTable:
         return table
 
 
+def format_name(table: pq.ParquetFile | IpcTable) -> str:
+    """What the texts said of an opened file call its format: 'Parquet', or 'Arrow IPC' (`arrow_ipc`), by what it was
+    opened as, not by its name."""
+    return IPC_FORMAT if isinstance(table, IpcTable) else PARQUET_FORMAT
+
+
+def _named_format(path: str) -> str:
+    """The format a file that could not be opened is said to be in: the one its name says."""
+    return IPC_FORMAT if is_arrow_ipc(path) else PARQUET_FORMAT
+
+
 def _usable(field: pa.Field, named: bool = False) -> bool:
     """Whether `field` can hold image bytes (a list<uint8> only when `named`: see `find_image_column`; never a tensor
     type, whose storage may be a list<uint8> where Ray's types are not registered: `pixel_arrays`)."""
@@ -84,15 +98,16 @@ def _usable(field: pa.Field, named: bool = False) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
 
 
-def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
-    """The Parquet column holding image bytes: a struct<bytes, path> (Hugging Face layout) or binary (also large,
-    view or dictionary-encoded); a list<uint8> only when named (--image-column, or one of the usual image names),
-    since such a list may as well hold numbers that are not a file. Else, only when named too, a column of pixel
-    arrays (`pixel_arrays`: Ray's tensor types, Arrow's fixed_shape_tensor, nested lists): a file that holds image
-    bytes reads as it did, and a tensor column of another name (a mask, an embedding) is not taken for the images."""
+def find_image_column(schema: pa.Schema, requested: str | None = None, kind: str = PARQUET_FORMAT) -> str:
+    """The column of a Parquet file (of a file of format `kind`, as its errors name it) holding image bytes: a
+    struct<bytes, path> (Hugging Face layout) or binary (also large, view or dictionary-encoded); a list<uint8> only
+    when named (--image-column, or one of the usual image names), since such a list may as well hold numbers that are
+    not a file. Else, only when named too, a column of pixel arrays (`pixel_arrays`: Ray's tensor types, Arrow's
+    fixed_shape_tensor, nested lists): a file that holds image bytes reads as it did, and a tensor column of another
+    name (a mask, an embedding) is not taken for the images."""
     if requested:
         if requested not in schema.names:
-            raise ValueError(f"image column {requested!r} not in Parquet columns {schema.names}")
+            raise ValueError(f"image column {requested!r} not in {kind} columns {schema.names}")
         field = schema.field(requested)
         if not _usable(field, named=True) and not is_pixel_array_column(field):
             raise ValueError(f"column {requested!r} has type {field.type}, not image bytes or pixel arrays")
@@ -107,7 +122,7 @@ def find_image_column(schema: pa.Schema, requested: str | None = None) -> str:
         if name in schema.names and is_pixel_array_column(schema.field(name)):
             return name
     raise ValueError(f"no image column (struct<bytes, path> or binary, or pixel arrays named "
-                     f"{', '.join(IMAGE_COLUMN_CANDIDATES)}) among Parquet columns {schema.names}")
+                     f"{', '.join(IMAGE_COLUMN_CANDIDATES)}) among {kind} columns {schema.names}")
 
 
 def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str) -> str | None:
@@ -126,10 +141,9 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     if schema.names.count(requested) > 1:  # Arrow finds no column by such a name: the run rejects the file, saying why
         return None
     try:
-        find_image_column(schema, requested)
+        find_image_column(schema, requested, format_name(schema_of))
     except ValueError as err:
-        said = ipc_named(str(err)) if isinstance(schema_of, IpcTable) else err
-        return f"--image-column {requested}: {said} of {path}"
+        return f"--image-column {requested}: {err} of {path}"
     return None
 
 
@@ -138,11 +152,15 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
     bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
     whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
     gives one, when the image column is a list (its null_count counts items, not rows) or when the footer cannot be
-    read or has no image column (the run says why, in the file's reject); None for an Arrow IPC file, which keeps
-    no statistics."""
+    read or has no image column (the run says why, in the file's reject). An Arrow IPC file's from its record batch
+    headers instead (`ipc_rows_without_image`)."""
     (path,) = unit.paths
     if is_arrow_ipc(path):
-        return None
+        try:
+            headers = ipc_headers(path, fs_opts, unit.sizes[0] if unit.sizes else None)
+            return ipc_rows_without_image(headers, find_image_column(headers.schema, requested, IPC_FORMAT))
+        except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+            return None
     try:
         with contextlib.ExitStack() as stack:
             open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
@@ -161,7 +179,24 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
     return sum(counts) if counts else None
 
 
-def other_image_columns(schema: pa.Schema, column: str) -> str | None:
+def ipc_rows_without_image(headers: IpcHeaders, column: str) -> int:
+    """How many rows of an Arrow IPC file have a null image cell in `column`, from its record batch headers (no data
+    read): the column's null count in each batch; for a struct<bytes, path>, the larger of its own and its 'bytes'
+    field's (a lower bound: a row may have both null, and the headers do not say which rows). A list's null count
+    counts rows (a null cell), unlike a Parquet footer's."""
+    fields = list(headers.schema)
+    at = next(i for i, f in enumerate(fields) if f.name == column)
+    node = sum(node_count(f.type) for f in fields[:at])
+    t = fields[at].type
+    t = t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+    nodes = [node]
+    if pa.types.is_struct(t):  # the 'bytes' field's node: after the struct's, and its fields' before it
+        inner = t.get_field_index("bytes")
+        nodes.append(node + 1 + sum(node_count(t.field(i).type) for i in range(inner)))
+    return sum(max(batch.nulls[n] for n in nodes) for batch in headers.batches)
+
+
+def other_image_columns(schema: pa.Schema, column: str, kind: str = PARQUET_FORMAT) -> str | None:
     """For an image column `find_image_column` found (not one named by --image-column): the file's other columns that
     could hold the images, as a note for the rejects of rows whose cell is not an image. A first binary column of
     hashes was taken for the images, and every row was rejected as 'not a recognised image format', naming no column."""
@@ -170,7 +205,7 @@ def other_image_columns(schema: pa.Schema, column: str) -> str | None:
                                                                 or (f.name in named and is_pixel_array_column(f)))]
     if not others:
         return None
-    return (f"Parquet column {column!r}, found as the image column; --image-column picks another: "
+    return (f"{kind} column {column!r}, found as the image column; --image-column picks another: "
             f"{', '.join(map(repr, others))}")
 
 
@@ -189,18 +224,19 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
     '#unreadable' reject, and the rows not read are left for the next run."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
+    kind = _named_format(path)  # until it is opened: then what it was opened as (an IPC file named .parquet, ...)
     with contextlib.ExitStack() as stack:
         try:
             # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
             # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             parquet = _open_table(stack.enter_context(open_file()), path)  # or an Arrow IPC file (`arrow_ipc`)
+            kind = format_name(parquet)
             _refuse_columns_named_twice(parquet.schema_arrow)  # first: Arrow finds no column by such a name
-            column = find_image_column(parquet.schema_arrow, image_column)
-            others_note = None if image_column else other_image_columns(parquet.schema_arrow, column)
+            column = find_image_column(parquet.schema_arrow, image_column, kind)
+            others_note = None if image_column else other_image_columns(parquet.schema_arrow, column, kind)
         except Exception as err:  # noqa: BLE001
-            why = f"unreadable Parquet file: {describe(err)}"
-            yield reject_record(f"{rel}#unreadable", path, ipc_named(why) if is_arrow_ipc(path) else why, "read")
+            yield reject_record(f"{rel}#unreadable", path, f"unreadable {kind} file: {describe(err)}", "read")
             return
 
         def reopen() -> pq.ParquetFile | IpcTable:
@@ -231,6 +267,7 @@ class _ParquetReading:
                  column: str, others_note: str | None, skip_ids: frozenset[str] | set[str], max_image_bytes: int,
                  rows_per_batch: int, attempts: int):
         self.path, self.rel, self.parquet, self.reopen = path, rel, parquet, reopen
+        self.kind = format_name(parquet)  # "Parquet" or "Arrow IPC", in the texts said of the file
         self.column, self.others_note, self.skip_ids = column, others_note, skip_ids
         self.max_image_bytes, self.rows_per_batch, self.attempts = max_image_bytes, rows_per_batch, attempts
         self.others = [n for n in parquet.schema_arrow.names if n != column]
@@ -316,7 +353,8 @@ class _ParquetReading:
         if self.arrays is not None:
             record = self._array_record(i, cell, values)
         else:
-            record = _parquet_row_record(path, f"{rel}#{i}", i, {**values, column: cell.as_py()}, column, self.others)
+            record = _parquet_row_record(path, f"{rel}#{i}", i, {**values, column: cell.as_py()}, column, self.others,
+                                         self.kind)
         if record["kind"] == "image":
             record["meta_types"] = self.types
             if self.others_note:
@@ -334,6 +372,8 @@ class _ParquetReading:
         meta = {passthrough_name(n): values[n] for n in self.others}
         record = _image_record(f"{self.rel}#{i}", f"{self.path}#{i}", pixels_png(pixels), meta)
         record.update(source_sha256=pixels_sha256(pixels), original_format=ARRAY_FORMAT)
+        if pixels_mode(pixels):  # 16-bit colour, handed to the decoder as 8-bit: its mode would say RGB
+            record["original_mode"] = pixels_mode(pixels)
         return record
 
     def _lost_rows(self, group: int, lost: range, err: Exception) -> Iterator[dict[str, Any]]:
@@ -417,7 +457,7 @@ def _cell_size(cell: pa.Scalar) -> int | None:
 
 
 def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column: str,
-                        others: list[str]) -> dict[str, Any]:
+                        others: list[str], kind: str = PARQUET_FORMAT) -> dict[str, Any]:
     value = row[column]
     data = value.get("bytes") if isinstance(value, dict) else value
     if isinstance(data, list) and None not in data:  # list<uint8>
@@ -431,7 +471,7 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
         elsewhere = value.get("path") if isinstance(value, dict) and no_bytes else None
         # Hugging Face's Image feature may keep only a path to a file outside the Parquet file; a cell whose 'bytes'
         # hold text has more than a path: it was told so, as if the image were not in the file
-        hint = (f", only a path ({elsewhere}) to an image outside the Parquet file, which is not read: write the "
+        hint = (f", only a path ({elsewhere}) to an image outside the {kind} file, which is not read: write the "
                 "images into the file (datasets: embed_external_files) or give the image files as input"
                 ) if elsewhere else ""
         # what the cell holds: "no bytes" was said of a list<uint8> with a null item and of a struct's text 'bytes' too

@@ -1,9 +1,11 @@
 """Parquet image columns of pixel arrays, not encoded files: what `ray.data.read_images(...).write_parquet(...)` writes
 (Ray's tensor extension types, fixed-shape or variable-shaped), pyarrow's `fixed_shape_tensor`, and nested lists
-(`list<list<list<uint8>>>`). A cell of uint8 pixels of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) is encoded as
-a lossless PNG and handed to the decoding every other image takes; a cell of another dtype or shape is its row's
-reject, saying what it holds and what is read. Such a file was one '#unreadable' reject ('no image column'), none of
-its images purified.
+(`list<list<list<uint8>>>`). A cell of shape (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4) (grey, grey with
+alpha, RGB, RGBA) is encoded as a lossless PNG and handed to the decoding every other image takes, when its values
+are uint8, of another integer type all within 0..255 (nested Python lists arrive as int64), or uint16 (16-bit
+cameras): made 8-bit as the decoder makes the 16-bit PNG of the same pixels (`png_pixels`). A cell of another dtype or
+shape is its row's reject, saying what it holds and what is read. Such a file was one '#unreadable' reject ('no image
+column'), none of its images purified.
 
 The types are told by their Arrow extension names, whether the process has Ray's types registered (a Ray worker: the
 column's type is the extension type) or not (the column is the storage type, its field's metadata naming the
@@ -28,8 +30,12 @@ RAY_FIXED = frozenset({"ray.data.arrow_tensor", "ray.data.arrow_tensor_v2"})
 RAY_VARIABLE = "ray.data.arrow_variable_shaped_tensor"
 ARROW_FIXED = "arrow.fixed_shape_tensor"
 TENSOR_EXTENSIONS = RAY_FIXED | {RAY_VARIABLE, ARROW_FIXED}
-ACCEPTED = "uint8 pixel arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) are read"
-_CHANNELS = (1, 3, 4)
+ACCEPTED = ("pixel arrays of shape (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4), of uint8 or uint16 values "
+            "(or other integers within 0..255), are read")
+_CHANNELS = (1, 2, 3, 4)
+# `original_mode` of a 16-bit cell with more than one channel, which the decoder is handed as 8-bit (`png_pixels`); a grey
+# one's is the decoder's own, "I;16", as for a 16-bit grey PNG
+WIDE_MODES = {2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}
 
 
 class ArrayProblem(ValueError):
@@ -65,7 +71,8 @@ def is_tensor_extension(field: pa.Field) -> bool:
 
 def is_pixel_array_column(field: pa.Field) -> bool:
     """Whether `field` can hold pixel arrays: a tensor extension type, or lists of lists (of lists) of integers. Any
-    dtype: a cell that is not uint8 is its row's reject, saying so, rather than the file's 'no image column'."""
+    dtype: a cell that is no image read (floats, values past 0..255) is its row's reject, saying so, rather than the
+    file's 'no image column'."""
     if _extension(field) is not None:
         return is_tensor_extension(field)
     depth, leaf = _list_depth(field.type)
@@ -134,8 +141,9 @@ def _what(dtype: Any, shape: tuple[int, ...]) -> str:
 
 
 def cell_pixels(cell: pa.Scalar, field: pa.Field) -> np.ndarray:
-    """The cell's pixels as an H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) uint8 array; ArrayProblem says why a
-    cell is none (null, another dtype or shape)."""
+    """The cell's pixels as an H x W (grey) or H x W x C (C = 2 grey with alpha, 3 RGB, 4 RGBA) array of uint8, or
+    of uint16 as given (`png_pixels` makes it 8-bit); integers of another type, all within 0..255, as uint8.
+    ArrayProblem says why a cell is none (null, floats, another shape, values past 0..255)."""
     if not cell.is_valid:
         raise ArrayProblem("no pixel array (null)")
     values, shape = _flat(cell, field)
@@ -150,30 +158,59 @@ def cell_pixels(cell: pa.Scalar, field: pa.Field) -> np.ndarray:
             raise ArrayProblem(f"{len(values)} values, which do not make its shape {shape}")
         pixels = values.to_numpy(zero_copy_only=False).reshape(shape)
     shape = pixels.shape
-    fits = len(shape) == 2 or (len(shape) == 3 and shape[2] in _CHANNELS)
-    if pixels.dtype != np.uint8 or not fits or 0 in shape:
+    fits = (len(shape) == 2 or (len(shape) == 3 and shape[2] in _CHANNELS)) and 0 not in shape
+    integers = pixels.dtype.kind in "iu"
+    if not fits or not integers:
         hint = ""
         if len(shape) == 3 and shape[0] in _CHANNELS and shape[2] > max(_CHANNELS):
             hint = " (channels first: transpose it to (H, W, C))"
         elif pixels.dtype.kind == "f":
             hint = " (scale it to 0..255 and cast it to uint8)"
-        elif pixels.dtype != np.uint8 and pixels.dtype.kind in "iub":  # 16-bit pixels, or 0..255 kept as int64
-            hint = " (write its 8-bit values as uint8)"
         raise ArrayProblem(f"{_what(pixels.dtype, shape)}{hint}, where only {ACCEPTED}")
+    if pixels.dtype not in (np.uint8, np.uint16):
+        low, high = int(pixels.min()), int(pixels.max())
+        if low < 0 or high > 255:  # 16-bit pixels kept as int32, or values that are no pixels at all
+            raise ArrayProblem(f"{_what(pixels.dtype, shape)} with values {low}..{high}, outside 0..255 (write 8-bit "
+                               f"pixels as 0..255, 16-bit ones as uint16), where only {ACCEPTED}")
+        pixels = pixels.astype(np.uint8)  # the same 8-bit image as the uint8 cell of these values
     return pixels[:, :, 0] if pixels.ndim == 3 and shape[2] == 1 else pixels
 
 
 def pixels_sha256(pixels: np.ndarray) -> str:
-    """The `source_sha256` of a pixel-array row: of its shape as text (`32x48x3`; a grey one's `32x48x1`) and a
-    newline, then its pixels, row by row. Of the pixels, not of the PNG made of them, which another zlib may make
-    otherwise: a file touched or written again with the same pixels is told as no change."""
+    """The `source_sha256` of a pixel-array row (`cell_pixels`): of its shape as text (`32x48x3`; a grey one's
+    `32x48x1`) and a newline, then its pixels, row by row. A uint16 cell's shape is followed by ` uint16` and its
+    values, 2 bytes each, little-endian: it is not the source the uint8 cell of its 8-bit values is. Of the pixels,
+    not of the PNG made of them, which another zlib may make otherwise: a file touched or written again with the same
+    pixels (as uint8, or as int64 within 0..255) is told as no change."""
     h, w = pixels.shape[:2]
     channels = pixels.shape[2] if pixels.ndim == 3 else 1
-    return hashlib.sha256(f"{h}x{w}x{channels}\n".encode() + np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    if pixels.dtype == np.uint16:
+        header, data = f"{h}x{w}x{channels} uint16\n", np.ascontiguousarray(pixels, dtype="<u2")
+    else:
+        header, data = f"{h}x{w}x{channels}\n", np.ascontiguousarray(pixels)
+    return hashlib.sha256(header.encode() + data.tobytes()).hexdigest()
+
+
+def pixels_mode(pixels: np.ndarray) -> str | None:
+    """The `original_mode` of a cell (`cell_pixels`) where the decoder's would not say it: `LA;16`, `RGB;16` or
+    `RGBA;16` for 16-bit pixels with more than one channel; None where the decoder tells it (L, LA, RGB, RGBA, and a
+    16-bit grey cell's I;16)."""
+    return WIDE_MODES.get(pixels.shape[2]) if pixels.dtype == np.uint16 and pixels.ndim == 3 else None
+
+
+def png_pixels(pixels: np.ndarray) -> np.ndarray:
+    """16-bit pixels made 8-bit as the decoder makes the 16-bit PNG of them, so that both purify alike: grey is left
+    16-bit, for the decoder to scale as it scales a 16-bit grey PNG (to nearest, 65535 -> 255); grey with alpha, RGB
+    and RGBA keep the high byte of each value, as Pillow reads a 16-bit colour PNG (it hands the decoder 8 bits a value).
+    8-bit pixels as they are."""
+    if pixels.dtype != np.uint16 or pixels.ndim == 2:
+        return pixels
+    return (pixels >> 8).astype(np.uint8)
 
 
 def pixels_png(pixels: np.ndarray) -> bytes:
-    """A lossless PNG of `pixels` (`cell_pixels`): grey, RGB or RGBA as the array is."""
+    """A lossless PNG of `pixels` (`cell_pixels`): grey, grey with alpha, RGB or RGBA as the array is, a uint16 grey
+    one 16-bit (`png_pixels` says how 16 bits are made 8)."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(png_pixels(pixels))).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
