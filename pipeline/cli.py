@@ -46,8 +46,9 @@ Purify an image data set of backdoor triggers with Zero-shot Image Purification 
 
 Reads images from a local folder or object storage (any fsspec URI: /path, file://, s3://; https:// for one file,
 or for a folder when it ends in / and its index page links the files):
-folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls), Parquet files with an
-image column, or zip archives (each file in one an input); those over --in-memory-mb
+folders of image files, tar shards (WebDataset keys: 0001.jpg + 0001.cls), Parquet or Arrow IPC files
+with an image column, TFRecord files of tf.train.Example records (.tfrecord, .tfrecords, .tfrec; the
+image/encoded or image feature), or zip archives (each file in one an input); those over --in-memory-mb
 ({IN_MEMORY_BYTES // 2**20} MiB) are streamed from storage rather than fetched whole, so memory does not grow
 with them.
 Writes OUTPUT/data/*.parquet (id, image{{bytes: PNG, path}}, pass-through columns,
@@ -163,7 +164,8 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          "file_name relative to its folder, then labels, captions, ...) to the rows of the images it "
                          "names, as pass-through columns; false: such a file is an input, a reject that says what it "
                          f"is (default {str(d.join_metadata).lower()})")
-    io.add_argument("--image-column", help="Parquet inputs: the image column (default: detected)")
+    io.add_argument("--image-column", help="Parquet, Arrow IPC and TFRecord inputs: the image column, or a TFRecord "
+                    "record's image feature (default: detected)")
     io.add_argument("--partitioning", choices=list(PARTITIONINGS),
                     help="hive: each KEY=VALUE folder between --input and an input file (image file, tar shard, "
                          "Parquet or zip file; not folders inside an archive), as in date=2026-11-01/split=train/, "
@@ -596,7 +598,8 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     print(f"input: {_named(input_uri)}{_count(inp['image_files_to_read'], 'image file')} to read "
           f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, "
           f"{_count(inp['parquet_files'], 'Parquet file')}, "
-          + (f"{_count(inp['arrow_files'], 'Arrow IPC file')}, " if inp.get("arrow_files") else "") +
+          + (f"{_count(inp['arrow_files'], 'Arrow IPC file')}, " if inp.get("arrow_files") else "")
+          + (f"{_count(inp['tfrecord_files'], 'TFRecord file')}, " if inp.get("tfrecord_files") else "") +
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):

@@ -69,7 +69,7 @@ from pipeline.output import (
     same_storage_paths,
 )
 from pipeline.sources.ids import terminal_text
-from pipeline.sources.listing import TABLE_SUFFIXES
+from pipeline.sources.listing import is_table_name
 from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
 from pipeline.storage import (
     TEMP_PREFIX,
@@ -164,7 +164,7 @@ def id_parts(id_: str) -> tuple[list[str], bool]:
     `t.parquet#3` is the folder `t.parquet` and the name `3` (an Arrow IPC file's `d.arrow#3` likewise); a tar or zip
     member's is already such a path."""
     head, sep, row = id_.rpartition("#")
-    if sep and row.isascii() and row.isdigit() and head.lower().endswith(TABLE_SUFFIXES):
+    if sep and row.isascii() and row.isdigit() and is_table_name(head):
         id_ = f"{head}/{row}"
     raw = id_.split("/")
     parts = [_escaped_part(p) for p in raw if p]

@@ -70,6 +70,7 @@ from pipeline.sources import (
 from pipeline.sources.arrow_ipc import is_arrow_ipc
 from pipeline.sources.folder_metadata import FolderMetadata
 from pipeline.sources.listing import InputNotFound
+from pipeline.sources.tfrecord_files import is_tfrecord
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
 
@@ -342,9 +343,12 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
-                      "parquet_files": sum(not is_arrow_ipc(u.paths[0]) for u in by_kind["parquet"]),
+                      "parquet_files": sum(not is_arrow_ipc(u.paths[0]) and not is_tfrecord(u.paths[0])
+                                           for u in by_kind["parquet"]),
                       # read as Parquet files are (`sources.arrow_ipc`), named .arrow, .feather or .ipc
                       "arrow_files": sum(is_arrow_ipc(u.paths[0]) for u in by_kind["parquet"]),
+                      # records numbered as a table's rows (`sources.tfrecord_files`): .tfrecord, .tfrecords, .tfrec
+                      "tfrecord_files": sum(is_tfrecord(u.paths[0]) for u in by_kind["parquet"]),
                       "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,
@@ -459,7 +463,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     # the job's own files, when the output lies inside the input, are no input: neither the Parquet file whose
     # footer --image-column is checked on, nor files the partition report counts
     inputs, excluded = _inputs_listed(_listed_units(config, hidden, metadata), config)
-    first_parquet = next((u for u in inputs if u.kind == "parquet"), None)
+    # a TFRecord file has no footer to check it on: a record without the feature is that record's reject, saying so
+    first_parquet = next((u for u in inputs if u.kind == "parquet" and not is_tfrecord(u.paths[0])), None)
     if config.image_column and first_parquet is not None:
         problem = image_column_problem(first_parquet, so, config.image_column)
         if problem:
@@ -496,7 +501,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=parquet_rows_without_image(
-                       [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread], so,
+                       [u for u in kept_units if u.kind == "parquet" and not is_tfrecord(u.paths[0])
+                        and u.paths[0] not in containers.unread], so,
                        config.image_column) if dry_run else {}, refresh=refresh)
 
 

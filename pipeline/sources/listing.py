@@ -17,6 +17,7 @@ from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
+from pipeline.sources.tfrecord_files import is_tfrecord
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.walk import _find_following_links
 from pipeline.storage import (
@@ -43,8 +44,14 @@ def _is_tar(path: str) -> bool:
 
 
 def _is_parquet(path: str) -> bool:
-    """Whether `path` is read as a table, a "parquet" unit: a Parquet file or an Arrow IPC file (`arrow_ipc`)."""
-    return without_signed_query(path).lower().endswith(TABLE_SUFFIXES)
+    """Whether `path` is read as a table, a "parquet" unit: a Parquet file or an Arrow IPC file (`arrow_ipc`), or a
+    TFRecord file (`tfrecord_files`), whose records are numbered as a table's rows."""
+    return is_table_name(path)
+
+
+def is_table_name(path: str) -> bool:
+    """Whether `path` is named as a file whose records are rows with ids `name#N`: Parquet, Arrow IPC, TFRecord."""
+    return without_signed_query(path).lower().endswith(TABLE_SUFFIXES) or is_tfrecord(path)
 
 
 def _is_zip(path: str) -> bool:

@@ -15,6 +15,7 @@ from pipeline.sources.parquet_files import _read_parquet
 from pipeline.sources.partitions import add_partitions, partition_folders, repeated_key_problem, repeated_partition_key
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_shards import _read_tar
+from pipeline.sources.tfrecord_files import _read_tfrecord, is_tfrecord
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.zip_archives import _read_zip
 
@@ -49,6 +50,8 @@ def read_unit(
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
     elif unit.kind == "tar":
         records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids)
+    elif unit.kind == "parquet" and is_tfrecord(unit.paths[0]):  # rows numbered as a table's: `tfrecord_files`
+        records = _read_tfrecord(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":
         records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
     elif unit.kind == "zip":

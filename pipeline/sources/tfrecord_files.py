@@ -1,0 +1,246 @@
+"""TFRecord inputs: files of `tf.train.Example` records (TensorFlow Datasets, the TF Object Detection API, Ray Data's
+`write_tfrecords`), named `.tfrecord`, `.tfrecords` or `.tfrec`, with a TFDS shard suffix or not
+(`name-train.tfrecord-00000-of-00016`), plain or GZIP-compressed (told by its first bytes; often named `.gz` after).
+Read as a sequential container: record by record, one in memory at a time, never the whole file.
+
+Each record is framed as: its length (uint64, little-endian), the masked CRC-32C of those 8 bytes, the data, the
+masked CRC-32C of the data (`crc32c`). A length whose CRC does not match cannot be trusted to find the next record, so
+it ends the file with its `#unreadable` reject, after the records before it, as a damaged Arrow IPC batch does; a
+later run reads the file again, its done records skipped. Data whose CRC does not match is that record's reject.
+
+A record's image is its bytes feature named like an image (`IMAGE_FEATURES`: `image/encoded` as the Object Detection
+API writes, `image` as TFDS and Ray write, ...; `--image-column` names another); every other feature is a pass-through
+column (`passthrough_name`): one value as that value (an int64 label an integer column), more as a list, bytes that
+are UTF-8 as text, as a tar sidecar's. Ids are `shard.tfrecord#N`, N the record's index, as a Parquet file's rows are
+named: these files are "parquet" read units (`sources.listing`), resumed and recorded by `--incremental` as those are."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from pipeline.sources.crc32c import masked_crc32c
+from pipeline.sources.file_bytes import _opener, too_large
+from pipeline.sources.ids import relative_id, text_value, without_signed_query
+from pipeline.sources.records import _image_record, passthrough_name, reject_record
+from pipeline.sources.tf_examples import ExampleProblem, parse_example
+from pipeline.sources.units import ReadUnit
+from pipeline.storage import backoff, describe, is_transient
+
+# '.tfrecord', a TFDS shard 'x.tfrecord-00000-of-00016', either with '.gz' (or '.gzip') after it
+TFRECORD_NAME = re.compile(r"\.(?:tfrecords?|tfrec)(?:-\d+-of-\d+)?(?:\.gz|\.gzip)?$", re.IGNORECASE)
+TFRECORD_FORMAT = "TFRecord"
+# the features taken for the image, in this order, before any other bytes feature (as a Parquet file's image columns)
+IMAGE_FEATURES = ("image/encoded", "image", "img", "image_bytes", "bytes", "jpg", "png", "encoded")
+HEADER_BYTES = 12  # length (8) and its masked CRC (4)
+GZIP_MAGIC = b"\x1f\x8b"
+SKIP_CHUNK = 2**20  # what a skipped record's data is read in, from a file that cannot seek
+
+
+def is_tfrecord(path: str) -> bool:
+    """Whether `path` is named as a TFRecord file (a presigned address's query is not part of its name)."""
+    return TFRECORD_NAME.search(without_signed_query(path)) is not None
+
+
+class FrameProblem(ValueError):
+    """A record's framing that cannot be read: the records after it cannot be found."""
+
+
+def _open_records(f: BinaryIO) -> BinaryIO:
+    """The records' bytes of an opened file: `f` itself, or its GZIP stream decompressed as read. Plain records are
+    told by their first header's CRC, so a plain file whose first length starts with GZIP's magic bytes is plain."""
+    head = f.read(HEADER_BYTES)
+    if f.seekable():
+        f.seek(0)
+    else:  # a stream: what was read to look is given back in front of it
+        f = _Prefixed(head, f)  # type: ignore[assignment]
+    plain = len(head) == HEADER_BYTES and masked_crc32c(head[:8]) == int.from_bytes(head[8:], "little")
+    if not plain and head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    return f
+
+
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, n: int) -> bytes:
+        if self.head:
+            out, self.head = self.head[:n], self.head[n:]
+            return out + (self.rest.read(n - len(out)) if len(out) < n else b"")
+        return self.rest.read(n)
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _read_exactly(f: BinaryIO, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        chunk = f.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _skip(f: BinaryIO, n: int) -> int:
+    """Move `n` bytes on in `f` (sought where it can, else read and let go); how many it moved."""
+    if f.seekable() and not isinstance(f, gzip.GzipFile):
+        at = f.tell()
+        end = f.seek(0, 2)
+        f.seek(min(at + n, end))
+        return min(n, end - at)
+    moved = 0
+    while moved < n:
+        chunk = f.read(min(SKIP_CHUNK, n - moved))
+        if not chunk:
+            break
+        moved += len(chunk)
+    return moved
+
+
+def _header(f: BinaryIO, index: int) -> int | None:
+    """Record `index`'s data length, its CRC checked; None at the file's end."""
+    head = _read_exactly(f, HEADER_BYTES)
+    if not head:
+        return None
+    if len(head) < HEADER_BYTES:
+        raise FrameProblem(f"the file ends inside record {index}'s header ({len(head)} of {HEADER_BYTES} bytes)")
+    if masked_crc32c(head[:8]) != int.from_bytes(head[8:], "little"):
+        raise FrameProblem(f"record {index}'s length does not match its CRC (damaged, or not a TFRecord file)")
+    return int.from_bytes(head[:8], "little")
+
+
+def _read_tfrecord(unit: ReadUnit, fs_opts: dict[str, Any], image_feature: str | None, in_memory_bytes: int,
+                   max_image_bytes: int, skip_ids: frozenset[str] | set[str] = frozenset(),
+                   attempts: int = 4) -> Iterator[dict[str, Any]]:
+    """One record per TFRecord record, in order. A file of at most `in_memory_bytes` is fetched whole, a larger one
+    streamed from storage; either way one record is in memory at a time. A record over `max_image_bytes` is a reject
+    without its data being read (on a plain file, sought past), as is a done one (`skip_ids`): a "skipped" record. A
+    transient storage error is retried with the file opened again, from the record it stopped at; one that persists,
+    or damaged framing (`FrameProblem`, a broken GZIP stream), ends the file with its '#unreadable' reject."""
+    (path,) = unit.paths
+    rel = relative_id(path, unit.root)
+    with contextlib.ExitStack() as stack:
+        try:
+            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            f = _open_records(stack.enter_context(open_file()))
+        except Exception as err:  # noqa: BLE001
+            yield reject_record(f"{rel}#unreadable", path, f"unreadable {TFRECORD_FORMAT} file: {describe(err)}", "read")
+            return
+
+        def reopen(offset: int) -> BinaryIO:
+            g = _open_records(stack.enter_context(open_file()))
+            if _skip(g, offset) < offset:
+                raise FrameProblem("the file is shorter than when it was first read")
+            return g
+
+        yield from _records(f, reopen, path, rel, image_feature, max_image_bytes, skip_ids, attempts)
+
+
+def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str, image_feature: str | None,
+             max_image_bytes: int, skip_ids: frozenset[str] | set[str], attempts: int) -> Iterator[dict[str, Any]]:
+    index = 0
+    offset = 0  # where record `index` starts, in the records' bytes (decompressed)
+    failures = 0
+    while True:
+        try:
+            length = _header(f, index)
+            if length is None:
+                return
+            id_, source = f"{rel}#{index}", f"{path}#{index}"
+            if id_ in skip_ids or length > max_image_bytes:
+                if _skip(f, length + 4) < length + 4:
+                    raise FrameProblem(f"the file ends inside record {index}'s data")
+                record = {"kind": "skipped", "id": id_} if id_ in skip_ids else reject_record(
+                    id_, source, too_large(f"record {index}", length, max_image_bytes), "read")
+            else:
+                data = _read_exactly(f, length + 4)
+                if len(data) < length + 4:
+                    raise FrameProblem(f"the file ends inside record {index}'s data")
+                record = _record(data, index, id_, source, image_feature)
+        except Exception as err:  # noqa: BLE001 - classified here
+            if is_transient(err) and failures < attempts - 1:
+                backoff(failures)
+                failures += 1
+                with contextlib.suppress(Exception):  # a fresh connection; if opening fails, the old one again
+                    f = reopen(offset)
+                continue
+            # a broken GZIP stream: zlib.error, EOFError (it ends early), gzip.BadGzipFile (an OSError)
+            yield reject_record(f"{rel}#unreadable", path, f"{TFRECORD_FORMAT} file unreadable after {index} records: "
+                                f"{_said(err)}", "read")
+            return
+        yield record
+        failures = 0
+        offset += HEADER_BYTES + length + 4
+        index += 1
+
+
+def _said(err: BaseException) -> str:
+    if isinstance(err, FrameProblem):
+        return str(err)
+    if isinstance(err, zlib.error | EOFError | gzip.BadGzipFile):
+        return f"its GZIP compression is damaged ({describe(err)})"
+    return describe(err)
+
+
+def _record(data: bytes, index: int, id_: str, source: str, image_feature: str | None) -> dict[str, Any]:
+    """Record `index`'s image record from its framed data (the data and its masked CRC), or its reject."""
+    body = memoryview(data)[:-4]
+    if masked_crc32c(body) != int.from_bytes(data[-4:], "little"):
+        return reject_record(id_, source, f"record {index}: its data does not match its CRC (damaged)", "read")
+    try:
+        features = parse_example(body)
+    except ExampleProblem as err:
+        return reject_record(id_, source, f"record {index} is not a tf.train.Example: {err}", "read")
+    name = image_feature_of(features, image_feature)
+    if name is None:
+        wanted = repr(image_feature) if image_feature else ", ".join(map(repr, IMAGE_FEATURES))
+        return reject_record(id_, source, f"record {index}: no image feature ({wanted}) among its features "
+                             f"{sorted(features)}; --image-column names the feature holding the image", "read")
+    kind, values = features[name]
+    if kind != "bytes_list" or len(values) != 1 or not values[0]:
+        held = ("no bytes" if values == [b""] else f"{len(values)} values" if kind == "bytes_list" else
+                f"a {kind}" if kind else "no values")
+        return reject_record(id_, source, f"record {index}: image feature {name!r} holds {held}, not one image's "
+                             "bytes", "read")
+    meta = {passthrough_name(n): _value(kind, values) for n, (kind, values) in features.items() if n != name}
+    return _image_record(id_, source, values[0], meta)
+
+
+def image_feature_of(features: dict[str, tuple[str | None, list[Any]]], requested: str | None) -> str | None:
+    """The feature holding a record's image: `requested` (--image-column) if the record has it; else the first of
+    `IMAGE_FEATURES` it has as bytes; else its one bytes feature of one value that is not UTF-8 text (a lone binary
+    feature, whatever its name); None when there is none, or more than one such."""
+    if requested:
+        return requested if requested in features else None
+    for name in IMAGE_FEATURES:
+        if features.get(name, (None,))[0] == "bytes_list":
+            return name
+    binary = [n for n, (kind, values) in features.items()
+              if kind == "bytes_list" and len(values) == 1 and not _is_text(values[0])]
+    return binary[0] if len(binary) == 1 else None
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _value(kind: str | None, values: list[Any]) -> Any:
+    """A pass-through feature's column value: one value as itself, more (or none) as a list; bytes that are UTF-8 as
+    text (`text_value`, as a tar sidecar's), other bytes kept."""
+    if kind == "bytes_list":
+        values = [text_value(v.decode("utf-8")) if _is_text(v) else v for v in values]
+    return values[0] if len(values) == 1 else values

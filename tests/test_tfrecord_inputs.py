@@ -1,0 +1,258 @@
+"""TFRecord files as input (`.tfrecord`, `.tfrecords`, `.tfrec`, TFDS's `x.tfrecord-00000-of-00016`; plain or GZIP):
+one record per tf.train.Example, id `s.tfrecord#N`, the image from its `image/encoded` or `image` feature, its other
+features passed through. The files are written here without TensorFlow: each Example built by protobuf itself from a
+descriptor (so its wire bytes are not our parser's idea of them), framed with our CRC, checked on the known vector."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from pipeline import cli
+from pipeline.config import JobConfig
+from pipeline.export import export_path
+from pipeline.job import run_job
+from pipeline.plan import plan_job
+from pipeline.sources import discover, read_unit
+from pipeline.sources.crc32c import crc32c, masked_crc32c
+from tests.jobutil import image_bytes, read_output
+
+FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the file fetched whole, or read from storage as it goes
+
+
+def _example_class() -> type:
+    """tf.train.Example's messages (tensorflow/core/example/{example,feature}.proto), declared here."""
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="test_tf_example.proto", package="testtf", syntax="proto3")
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str]]) -> descriptor_pb2.DescriptorProto:
+        m = proto.message_type.add(name=name)
+        for field_name, number, kind, label, type_name in fields:
+            m.field.add(name=field_name, number=number, type=kind, label=label, **({"type_name": type_name} if type_name
+                                                                                   else {}))
+        return m
+
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    message("BytesList", [("value", 1, F.TYPE_BYTES, rep, "")])
+    message("FloatList", [("value", 1, F.TYPE_FLOAT, rep, "")])  # packed, proto3's default, as TensorFlow writes
+    message("Int64List", [("value", 1, F.TYPE_INT64, rep, "")])
+    feature = message("Feature", [("bytes_list", 1, F.TYPE_MESSAGE, opt, ".testtf.BytesList"),
+                                  ("float_list", 2, F.TYPE_MESSAGE, opt, ".testtf.FloatList"),
+                                  ("int64_list", 3, F.TYPE_MESSAGE, opt, ".testtf.Int64List")])
+    feature.oneof_decl.add(name="kind")
+    for f in feature.field:
+        f.oneof_index = 0
+    features = message("Features", [("feature", 1, F.TYPE_MESSAGE, rep, ".testtf.Features.FeatureEntry")])
+    entry = features.nested_type.add(name="FeatureEntry")
+    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=opt)
+    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=opt, type_name=".testtf.Feature")
+    entry.options.map_entry = True
+    message("Example", [("features", 1, F.TYPE_MESSAGE, opt, ".testtf.Features")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("testtf.Example"))
+
+
+Example = _example_class()
+
+
+def example(**features) -> bytes:
+    """A serialized Example: bytes (or a list of bytes) as a bytes_list, ints as an int64_list, floats a float_list."""
+    ex = Example()
+    for name, value in features.items():
+        values = value if isinstance(value, list) else [value]
+        kind = ("bytes_list" if isinstance(values[0], bytes) else
+                "float_list" if isinstance(values[0], float) else "int64_list")
+        getattr(ex.features.feature[name.replace("__", "/")], kind).value.extend(values)
+    return ex.SerializeToString()
+
+
+def framed(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+def shard(records: list[bytes]) -> bytes:
+    return b"".join(map(framed, records))
+
+
+def labelled(n: int, start: int = 0) -> list[bytes]:
+    """Records as TFDS writes an image data set: `image` (PNG bytes), `label` (int64), and a text feature."""
+    return [example(image=image_bytes(16, 16, i), label=i % 3, caption=f"picture {i}".encode()) for i in range(start, n)]
+
+
+def test_crc32c_gives_the_known_check_value() -> None:
+    assert crc32c(b"123456789") == 0xE3069283
+    assert crc32c(b"") == 0
+    data = bytes(range(256)) * 40 + b"tail"  # long enough for the lanes, and a tail after them
+    crc = 0xFFFFFFFF
+    for b in data:  # the definition, bit by bit
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    assert crc32c(data) == crc ^ 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+@pytest.mark.parametrize("name", ["train.tfrecord", "d.tfrecords", "x.tfrec", "mnist-train.tfrecord-00000-of-00016",
+                                  "g.tfrecord.gz"])
+def test_a_tfrecord_file_gives_one_record_per_example(tmp_path, name: str, in_memory_bytes: int) -> None:
+    data = shard(labelled(4))
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    (unit,) = discover(str(tmp_path))
+    assert unit.kind == "parquet" and unit.stamps[0] is not None  # ids as a table's rows; its version for --incremental
+    records = list(read_unit(unit, in_memory_bytes=in_memory_bytes))
+    images = [r for r in records if r["kind"] == "image"]
+    assert [(r["id"], r["meta"]) for r in images] == [
+        (f"{name}#{i}", {"label": i % 3, "caption": f"picture {i}"}) for i in range(4)]
+    assert [r["data"] for r in images] == [image_bytes(16, 16, i) for i in range(4)]
+    assert records[-1]["n"] == 4 and records[-1]["container"]["records"] == 4  # read whole: recorded for --incremental
+    assert export_path(f"{name}#3") == (f"{name}/3.png", False)
+
+
+def test_features_as_the_object_detection_api_writes_them(tmp_path) -> None:
+    record = example(image__encoded=image_bytes(16, 16, 0, "JPEG"), image__format=b"jpeg", image__height=16,
+                     image__object__bbox__xmin=[0.25, 0.5], image__object__class__label=[1, 7],
+                     image__key__sha256=b"\xff\x00", image__source_id=b"id")
+    (tmp_path / "od.record.tfrecord").write_bytes(shard([record]))
+    (image,) = [r for r in read_unit(discover(str(tmp_path))[0]) if r["kind"] == "image"]
+    assert image["data"] == image_bytes(16, 16, 0, "JPEG")
+    assert image["meta"] == {"image/format": "jpeg", "image/height": 16, "image/object/bbox/xmin": [0.25, 0.5],
+                             "image/object/class/label": [1, 7], "image/key/sha256": b"\xff\x00",
+                             "image/source_id": "id"}
+
+
+def test_records_without_an_image_or_not_examples_are_their_own_rejects(tmp_path) -> None:
+    records = [example(image=image_bytes(16, 16, 0), label=0), example(label=1, caption=b"no image"),
+               b"\x0a\x05hello\x12\x00", example(image=image_bytes(16, 16, 3), id=b"own id")]
+    (tmp_path / "s.tfrecord").write_bytes(shard(records))
+    got = {r["id"]: r for r in read_unit(discover(str(tmp_path))[0]) if r["kind"] in ("image", "reject")}
+    assert [got[f"s.tfrecord#{i}"]["kind"] for i in range(4)] == ["image", "reject", "reject", "image"]
+    assert "no image feature" in got["s.tfrecord#1"]["error"] and "['caption', 'label']" in got["s.tfrecord#1"]["error"]
+    assert "not a tf.train.Example" in got["s.tfrecord#2"]["error"]
+    assert got["s.tfrecord#3"]["meta"] == {"input_id": "own id"}  # named apart from the job's own id column
+
+
+def test_image_column_names_the_feature(tmp_path) -> None:
+    (tmp_path / "s.tfrecord").write_bytes(shard([example(photo=image_bytes(16, 16, 0), thumb=image_bytes(8, 8, 1))]))
+    unit = discover(str(tmp_path))[0]
+    assert [r["kind"] for r in read_unit(unit)][:1] == ["reject"]  # two binary features: which is the image is not told
+    (image,) = [r for r in read_unit(unit, image_column="photo") if r["kind"] == "image"]
+    assert image["data"] == image_bytes(16, 16, 0) and image["meta"] == {"thumb": image_bytes(8, 8, 1)}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_damaged_length_ends_the_file_after_the_records_before_it(tmp_path, compress: bool) -> None:
+    records = labelled(4)
+    data = bytearray(shard(records))
+    third = len(framed(records[0])) + len(framed(records[1]))
+    data[third + 1] ^= 0x40  # record 2's length: its CRC no longer matches
+    (tmp_path / "s.tfrecord").write_bytes(gzip.compress(bytes(data)) if compress else bytes(data))
+    out = list(read_unit(discover(str(tmp_path))[0]))
+    assert [r["id"] for r in out if r["kind"] == "image"] == ["s.tfrecord#0", "s.tfrecord#1"]
+    (broken,) = [r for r in out if r["kind"] == "reject"]
+    assert broken["id"] == "s.tfrecord#unreadable"
+    assert "after 2 records" in broken["error"] and "record 2's length does not match its CRC" in broken["error"]
+    assert "container" not in out[-1]  # not read whole: a later --incremental run reads it again
+
+
+def test_damaged_data_is_its_records_reject_and_the_rest_are_read(tmp_path) -> None:
+    records = labelled(3)
+    data = bytearray(shard(records))
+    data[len(framed(records[0])) + 40] ^= 0x01  # inside record 1's data
+    (tmp_path / "s.tfrecord").write_bytes(bytes(data))
+    out = {r["id"]: r for r in read_unit(discover(str(tmp_path))[0]) if r["kind"] in ("image", "reject")}
+    assert [out[f"s.tfrecord#{i}"]["kind"] for i in range(3)] == ["image", "reject", "image"]
+    assert "does not match its CRC" in out["s.tfrecord#1"]["error"]
+
+
+def test_a_truncated_gzip_file_ends_with_its_reject(tmp_path) -> None:
+    packed = gzip.compress(shard(labelled(6)))
+    (tmp_path / "s.tfrecord.gz").write_bytes(packed[: len(packed) * 2 // 3])
+    out = list(read_unit(discover(str(tmp_path))[0]))
+    assert out[-2]["id"] == "s.tfrecord.gz#unreadable" and out[-2]["kind"] == "reject"
+    assert all(r["kind"] == "image" for r in out[:-2])
+
+
+def test_done_records_are_skipped_unparsed(tmp_path) -> None:
+    (tmp_path / "s.tfrecord").write_bytes(shard(labelled(4)))
+    unit = discover(str(tmp_path))[0]
+    out = list(read_unit(unit, skip_ids={"s.tfrecord#0", "s.tfrecord#2"}))
+    assert [r["id"] for r in out if r["kind"] == "image"] == ["s.tfrecord#1", "s.tfrecord#3"]
+    assert (out[-1]["n"], out[-1]["skipped"], out[-1]["container"]["records"]) == (2, 2, 4)
+
+
+def test_a_record_over_max_image_mb_is_a_reject_without_being_read(tmp_path) -> None:
+    (tmp_path / "s.tfrecord").write_bytes(shard([example(image=b"\x89PNG" + bytes(3000)), *labelled(3, 1)]))
+    out = [r for r in read_unit(discover(str(tmp_path))[0], max_image_bytes=2000) if r["kind"] in ("image", "reject")]
+    assert [(r["id"], r["kind"]) for r in out] == [("s.tfrecord#0", "reject"), ("s.tfrecord#1", "image"),
+                                                   ("s.tfrecord#2", "image")]
+    assert "--max-image-mb" in out[0]["error"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_job_purifies_a_tfrecord_shard_then_an_incremental_run_reads_only_what_is_new(tmp_path, model, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "train.tfrecord-00000-of-00002").write_bytes(shard(labelled(3)))
+    config = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, progress=False,
+                  canvas_size=32)
+    report = plan_job(JobConfig(**config), dry_run=True).describe()
+    assert (report["input"]["tfrecord_files"], report["input"]["parquet_files"]) == (1, 0)
+    cli.print_plan(report)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "0 Parquet files, 1 TFRecord file," in said
+    first = run_job(JobConfig(**config))["this_run"]
+    assert (first["read"], first["purified"], first["rejected"], first["containers_recorded"]) == (3, 3, 0, 1)
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert sorted(zip(data["id"], data["label"], data["caption"], strict=True)) == [
+        (f"train.tfrecord-00000-of-00002#{i}", i % 3, f"picture {i}") for i in range(3)]
+    assert str(data["label"].dtype) == "int64" and list(rejects["id"]) == []
+    (tmp_path / "in" / "train.tfrecord-00001-of-00002").write_bytes(shard(labelled(5, 3)))
+    again = run_job(JobConfig(**config, incremental=True))["this_run"]
+    assert (again["read"], again["purified"], again["containers_skipped_unread"]) == (2, 2, 1)
+    data, _ = read_output(str(tmp_path / "out"))
+    assert len(data) == 5
+
+
+def test_a_storage_error_mid_file_is_retried_from_the_record_it_stopped_at(tmp_path, monkeypatch) -> None:
+    from pipeline.sources import tfrecord_files
+
+    (tmp_path / "s.tfrecord").write_bytes(shard(labelled(4)))
+    (unit,) = discover(str(tmp_path))
+    original, left = tfrecord_files._header, {"n": 2}
+
+    def flaky(f, index: int):
+        if index == 2 and left["n"]:
+            left["n"] -= 1
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return original(f, index)
+
+    monkeypatch.setattr(tfrecord_files, "_header", flaky)
+    monkeypatch.setattr(tfrecord_files, "backoff", lambda attempt: 0.0)
+    records = list(read_unit(unit, in_memory_bytes=STREAMED))
+    assert [(r["id"], r["kind"]) for r in records[:-1]] == [(f"s.tfrecord#{i}", "image") for i in range(4)]
+    assert [r["data"] for r in records[:-1]] == [image_bytes(16, 16, i) for i in range(4)]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_damaged_shard_keeps_its_first_rows_and_once_mended_is_read_again_for_the_rest(tmp_path, model) -> None:
+    (tmp_path / "in").mkdir()
+    records = labelled(4)
+    whole = shard(records)
+    damaged = bytearray(whole)
+    damaged[len(framed(records[0])) + len(framed(records[1])) + 8] ^= 0x01  # record 2's length CRC
+    (tmp_path / "in" / "s.tfrecord").write_bytes(bytes(damaged))
+    config = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, progress=False,
+                  canvas_size=32)
+    first = run_job(JobConfig(**config))["this_run"]
+    assert (first["purified"], first["rejected"]) == (2, 1)
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert sorted(data["id"]) == ["s.tfrecord#0", "s.tfrecord#1"] and list(rejects["id"]) == ["s.tfrecord#unreadable"]
+    (tmp_path / "in" / "s.tfrecord").write_bytes(whole)
+    again = run_job(JobConfig(**config, incremental=True))["this_run"]
+    assert (again["read"], again["purified"]) == (2, 2)  # records 2 and 3; 0 and 1 skipped as done
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert sorted(data["id"]) == [f"s.tfrecord#{i}" for i in range(4)] and list(rejects["id"]) == []
