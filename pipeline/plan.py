@@ -70,7 +70,7 @@ from pipeline.sources import (
 from pipeline.sources.arrow_ipc import is_arrow_ipc
 from pipeline.sources.folder_metadata import FolderMetadata
 from pipeline.sources.listing import InputNotFound
-from pipeline.sources.tfrecord_files import is_tfrecord
+from pipeline.sources.tfrecord_files import image_feature_problem, is_tfrecord
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
 
@@ -463,10 +463,14 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     # the job's own files, when the output lies inside the input, are no input: neither the Parquet file whose
     # footer --image-column is checked on, nor files the partition report counts
     inputs, excluded = _inputs_listed(_listed_units(config, hidden, metadata), config)
-    # a TFRecord file has no footer to check it on: a record without the feature is that record's reject, saying so
     first_parquet = next((u for u in inputs if u.kind == "parquet" and not is_tfrecord(u.paths[0])), None)
     if config.image_column and first_parquet is not None:
         problem = image_column_problem(first_parquet, so, config.image_column)
+        if problem:
+            raise JobError(problem)
+    first_tfrecord = next((u for u in inputs if u.kind == "parquet" and is_tfrecord(u.paths[0])), None)
+    if config.image_column and first_tfrecord is not None:  # by its first record (`tfrecord_files`)
+        problem = image_feature_problem(first_tfrecord, so, config.image_column)
         if problem:
             raise JobError(problem)
     partitions = _partition_keys(inputs) if config.partitioning == "hive" else None

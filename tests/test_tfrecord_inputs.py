@@ -256,3 +256,23 @@ def test_a_damaged_shard_keeps_its_first_rows_and_once_mended_is_read_again_for_
     assert (again["read"], again["purified"]) == (2, 2)  # records 2 and 3; 0 and 1 skipped as done
     data, rejects = read_output(str(tmp_path / "out"))
     assert sorted(data["id"]) == [f"s.tfrecord#{i}" for i in range(4)] and list(rejects["id"]) == []
+
+
+def test_a_zlib_compressed_file_is_read_by_its_first_bytes(tmp_path) -> None:
+    import zlib
+
+    (tmp_path / "z.tfrecord").write_bytes(zlib.compress(shard(labelled(3))))  # TensorFlow's compression_type 'ZLIB'
+    out = list(read_unit(discover(str(tmp_path))[0], in_memory_bytes=STREAMED))
+    assert [r["data"] for r in out if r["kind"] == "image"] == [image_bytes(16, 16, i) for i in range(3)]
+    assert out[-1]["container"]["records"] == 3
+
+
+def test_a_misspelt_image_column_stops_the_run_before_any_work(tmp_path, model) -> None:
+    from pipeline.errors import JobError
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.tfrecord").write_bytes(shard([example(photo=image_bytes(16, 16, 0), label=1)]))
+    config = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model)
+    with pytest.raises(JobError, match=r"--image-column phot: no feature 'phot' in the first record .*\['label', 'photo'\]"):
+        plan_job(JobConfig(**config, image_column="phot"), dry_run=True)
+    assert plan_job(JobConfig(**config, image_column="photo"), dry_run=True).describe()["input"]["tfrecord_files"] == 1

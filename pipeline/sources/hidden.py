@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.sources.ids import terminal_text
+from pipeline.sources.tfrecord_files import TFDS_FILES, is_tfds_metadata_name
 
 
 def _hidden(rel: str) -> bool:
@@ -31,13 +32,20 @@ class HiddenSkipped:
 
 def hidden_note(count: int, examples: list[str]) -> str:
     """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible. The
-    listing counts a saved Hugging Face data set's metadata files (`arrow_ipc.saved_dataset_metadata`) and the image
+    listing counts a saved Hugging Face or TFDS data set's metadata files (`arrow_ipc.saved_dataset_metadata`,
+    `tfrecord_files.tfds_metadata`) and the image
     folders' metadata files it joined (`folder_metadata`) with them, first among the examples: named so where they are."""
     shown = ", ".join(terminal_text(name) for name in examples[:3]) + (", ..." if count > 3 else "")
     which = "names starting with . or _"
     metadata = [name for name in examples if not _hidden(name)]
-    if any(not is_folder_metadata(name) for name in metadata):
+    data_sets = [name for name in metadata if not is_folder_metadata(name)]
+    # dataset_info.json is both's: a TFDS data set is told by its features.json or a .labels.txt
+    tfds = any(is_tfds_metadata_name(name) and not name.endswith(TFDS_FILES[0]) for name in data_sets)
+    if any(name.endswith(("/state.json", "/dataset_dict.json")) or name in ("state.json", "dataset_dict.json")
+           for name in data_sets) or (data_sets and not tfds):
         which += "; a saved Hugging Face data set's metadata: dataset_info.json, state.json, dataset_dict.json"
+    if tfds:
+        which += "; a TFDS data set's metadata: dataset_info.json, features.json, *.labels.txt"
     if any(is_folder_metadata(name) for name in metadata):  # --join-metadata: read at the listing, not an input
         which += "; an image folder's metadata.csv / metadata.jsonl, joined to its images' rows"
     return f"{count} hidden entr{'y' if count == 1 else 'ies'} ({which}) skipped, not read: {shown}"

@@ -17,7 +17,7 @@ from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
-from pipeline.sources.tfrecord_files import is_tfrecord
+from pipeline.sources.tfrecord_files import TFRECORD_NAME, tfds_metadata
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
 from pipeline.sources.walk import _find_following_links
 from pipeline.storage import (
@@ -46,12 +46,12 @@ def _is_tar(path: str) -> bool:
 def _is_parquet(path: str) -> bool:
     """Whether `path` is read as a table, a "parquet" unit: a Parquet file or an Arrow IPC file (`arrow_ipc`), or a
     TFRecord file (`tfrecord_files`), whose records are numbered as a table's rows."""
-    return is_table_name(path)
+    return is_table_name(without_signed_query(path))
 
 
-def is_table_name(path: str) -> bool:
-    """Whether `path` is named as a file whose records are rows with ids `name#N`: Parquet, Arrow IPC, TFRecord."""
-    return without_signed_query(path).lower().endswith(TABLE_SUFFIXES) or is_tfrecord(path)
+def is_table_name(name: str) -> bool:
+    """Whether `name` is that of a file whose records are rows with ids `name#N`: Parquet, Arrow IPC, TFRecord."""
+    return name.lower().endswith(TABLE_SUFFIXES) or TFRECORD_NAME.search(name) is not None
 
 
 def _is_zip(path: str) -> bool:
@@ -171,12 +171,13 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     `hidden`, from the same listing: no more storage requests). A hidden file for which `exclude` (given the listed
     path with its protocol) is true is left out uncounted: the job's own output files, found inside its input.
 
-    Every non-hidden file is an input: tar, Parquet, Arrow IPC and zip files by suffix, everything else as an image
-    file (its content decides; a non-image ends up in rejects with the reason, never silently dropped), except the
-    metadata files of a data set Hugging Face datasets saved to disk (`arrow_ipc.saved_dataset_metadata`), skipped and
-    counted in `hidden`. With `metadata` (--join-metadata), an image folder's metadata.csv / metadata.jsonl files are
-    read here, once, and joined to the listed image files into it (`folder_metadata`): one joined is counted in `hidden`
-    as metadata, not an input; one that cannot be joined stays an input, whose read task makes it a reject saying why.
+    Every non-hidden file is an input: tar, Parquet, Arrow IPC, TFRecord and zip files by name, everything else as an
+    image file (its content decides; a non-image ends up in rejects with the reason, never silently dropped), except
+    the metadata files of a data set Hugging Face datasets saved to disk (`arrow_ipc.saved_dataset_metadata`) or TFDS
+    prepared (`tfrecord_files.tfds_metadata`), skipped and counted in `hidden`. With `metadata` (--join-metadata), an
+    image folder's metadata.csv / metadata.jsonl files are read here, once, and joined to the listed image files into
+    it (`folder_metadata`): one joined is counted in `hidden` as metadata, not an input; one that cannot be joined
+    stays an input, whose read task makes it a reject saying why.
     """
     if is_url_chain(uri):
         raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
@@ -206,9 +207,10 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
                     skipped.append(rel)
             else:
                 listed[p] = info
-        # a saved Hugging Face data set's dataset_info.json and state.json: its metadata, no image, skipped as hidden
-        # files are (each was a reject, 'not a recognised image format'); named first among the examples
-        metadata_files_of = saved_dataset_metadata(listed)
+        # a saved Hugging Face data set's dataset_info.json and state.json, a TFDS one's dataset_info.json and
+        # features.json: its metadata, no image, skipped as hidden files are (each was a reject, 'not a recognised
+        # image format'); named first among the examples
+        metadata_files_of = sorted({*saved_dataset_metadata(listed), *tfds_metadata(listed)})
         for p in metadata_files_of:
             del listed[p]
         metadata_files = sorted(relative_id(p, root) for p in metadata_files_of)

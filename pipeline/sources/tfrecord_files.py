@@ -1,6 +1,7 @@
 """TFRecord inputs: files of `tf.train.Example` records (TensorFlow Datasets, the TF Object Detection API, Ray Data's
 `write_tfrecords`), named `.tfrecord`, `.tfrecords` or `.tfrec`, with a TFDS shard suffix or not
-(`name-train.tfrecord-00000-of-00016`), plain or GZIP-compressed (told by its first bytes; often named `.gz` after).
+(`name-train.tfrecord-00000-of-00016`), plain, GZIP- or ZLIB-compressed (TensorFlow's compression types, told by the
+file's first bytes; a GZIP one is often named with `.gz` after).
 Read as a sequential container: record by record, one in memory at a time, never the whole file.
 
 Each record is framed as: its length (uint64, little-endian), the masked CRC-32C of those 8 bytes, the data, the
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import posixpath
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from pipeline.sources.crc32c import masked_crc32c
@@ -39,6 +41,7 @@ IMAGE_FEATURES = ("image/encoded", "image", "img", "image_bytes", "bytes", "jpg"
 HEADER_BYTES = 12  # length (8) and its masked CRC (4)
 GZIP_MAGIC = b"\x1f\x8b"
 SKIP_CHUNK = 2**20  # what a skipped record's data is read in, from a file that cannot seek
+ZLIB_CHUNK = 2**16  # compressed bytes read at once from a ZLIB file
 
 
 def is_tfrecord(path: str) -> bool:
@@ -61,7 +64,34 @@ def _open_records(f: BinaryIO) -> BinaryIO:
     plain = len(head) == HEADER_BYTES and masked_crc32c(head[:8]) == int.from_bytes(head[8:], "little")
     if not plain and head.startswith(GZIP_MAGIC):
         return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if not plain and len(head) >= 2 and _zlib_header(head):
+        return _Inflated(f)  # type: ignore[return-value]
     return f
+
+
+def _zlib_header(head: bytes) -> bool:
+    """Whether `head` starts as a ZLIB stream does (RFC 1950: deflate, a window of at most 32 KB, the check bits)."""
+    return head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
+
+
+class _Inflated:
+    """A ZLIB stream (TensorFlow's compression_type 'ZLIB') decompressed as read, at most `n` bytes a read."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.inflate, self.ready = raw, zlib.decompressobj(), b""
+
+    def read(self, n: int) -> bytes:
+        while len(self.ready) < n and not self.inflate.eof:
+            # input held back by the last call's limit first, so that the stream is inflated in its order
+            data = self.inflate.unconsumed_tail or self.raw.read(ZLIB_CHUNK)
+            if not data:
+                raise EOFError("the ZLIB stream ends before its end")
+            self.ready += self.inflate.decompress(data, n - len(self.ready))
+        out, self.ready = self.ready[:n], self.ready[n:]
+        return out
+
+    def seekable(self) -> bool:
+        return False
 
 
 class _Prefixed:
@@ -151,8 +181,11 @@ def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str
     index = 0
     offset = 0  # where record `index` starts, in the records' bytes (decompressed)
     failures = 0
+    lost = False  # a storage error cut a read short: the file is opened again at `offset` (its failure is one more)
     while True:
         try:
+            if lost:
+                f, lost = reopen(offset), False
             length = _header(f, index)
             if length is None:
                 return
@@ -171,8 +204,7 @@ def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str
             if is_transient(err) and failures < attempts - 1:
                 backoff(failures)
                 failures += 1
-                with contextlib.suppress(Exception):  # a fresh connection; if opening fails, the old one again
-                    f = reopen(offset)
+                lost = True  # the old file's place is mid-record: never read on from it
                 continue
             # a broken GZIP stream: zlib.error, EOFError (it ends early), gzip.BadGzipFile (an OSError)
             yield reject_record(f"{rel}#unreadable", path, f"{TFRECORD_FORMAT} file unreadable after {index} records: "
@@ -188,7 +220,7 @@ def _said(err: BaseException) -> str:
     if isinstance(err, FrameProblem):
         return str(err)
     if isinstance(err, zlib.error | EOFError | gzip.BadGzipFile):
-        return f"its GZIP compression is damaged ({describe(err)})"
+        return f"its compression (GZIP or ZLIB) is damaged ({describe(err)})"
     return describe(err)
 
 
@@ -214,6 +246,27 @@ def _record(data: bytes, index: int, id_: str, source: str, image_feature: str |
                              "bytes", "read")
     meta = {passthrough_name(n): _value(kind, values) for n, (kind, values) in features.items() if n != name}
     return _image_record(id_, source, values[0], meta)
+
+
+def image_feature_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str) -> str | None:
+    """Why --image-column `requested` cannot be the image feature of this TFRecord file, from its first record alone
+    (streamed: nothing more is fetched), or None. Checked before any work, as a Parquet file's footer is
+    (`parquet_files.image_column_problem`): a misspelt name made every record a reject in a run that ended complete.
+    A file whose first record cannot be read, or is no Example, is left to the run, where it is a reject."""
+    (path,) = unit.paths
+    try:
+        with contextlib.ExitStack() as stack:
+            f = _open_records(stack.enter_context(_opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)()))
+            length = _header(f, 0)
+            if length is None or length > 2**30:
+                return None
+            features = parse_example(_read_exactly(f, length))
+    except Exception:  # noqa: BLE001 - the run rejects what it cannot read, with the reason
+        return None
+    if requested in features:
+        return None
+    return (f"--image-column {requested}: no feature {requested!r} in the first record of {TFRECORD_FORMAT} file "
+            f"{path}, whose features are {sorted(features)}")
 
 
 def image_feature_of(features: dict[str, tuple[str | None, list[Any]]], requested: str | None) -> str | None:
@@ -244,3 +297,25 @@ def _value(kind: str | None, values: list[Any]) -> Any:
     if kind == "bytes_list":
         values = [text_value(v.decode("utf-8")) if _is_text(v) else v for v in values]
     return values[0] if len(values) == 1 else values
+
+
+# The files TensorFlow Datasets keeps beside a prepared data set's TFRecord shards: its description, its features'
+# structure, and a ClassLabel feature's names ('label.labels.txt'); no images
+TFDS_FILES = ("dataset_info.json", "features.json")
+TFDS_LABELS_SUFFIX = ".labels.txt"
+
+
+def is_tfds_metadata_name(name: str) -> bool:
+    """Whether a file's name is one of a TFDS data set's metadata files (`TFDS_FILES`, a `.labels.txt`)."""
+    base = posixpath.basename(name)
+    return base in TFDS_FILES or base.endswith(TFDS_LABELS_SUFFIX)
+
+
+def tfds_metadata(paths: Iterable[str]) -> list[str]:
+    """Of listed `paths`, the metadata files of a data set TFDS prepared (`is_tfds_metadata_name`) in a folder that
+    holds a listed TFRecord file. They are not images: the listing skips them as it skips hidden files, counted with
+    them (each was a reject, 'not a recognised image format', as if an input were damaged)."""
+    paths = list(paths)
+    folders = {posixpath.dirname(p) for p in paths if is_tfrecord(p)}
+    return [p for p in paths if posixpath.dirname(p) in folders and is_tfds_metadata_name(p)] if folders else []
+
