@@ -1,11 +1,12 @@
-"""Input discovery and raw reading: folders of image files, tar shards, Parquet files, zip archives.
+"""Input discovery and raw reading: folders of image files, tar shards, Parquet and TFRecord files, zip archives.
 
 The reading side of the job, step by step: `listing.discover` lists an input into read units (`units.ReadUnit`: one
 read task's worth, kept a Ray row), walking a folder with `walk` and skipping hidden files (`hidden`). A read task
 gives its unit to `reading.read_unit`, which calls the reader of the unit's container kind: `image_files` (a group of
 loose image files), `tar_shards` (WebDataset or plain tar shards; their passes in `tar_members`, their samples in
 `webdataset_keys`), `zip_archives` or `parquet_files` (Arrow IPC files too, through `arrow_ipc`; their rows counted
-before a run from their record batch headers alone, `ipc_headers`). Each reader takes
+before a run from their record batch headers alone, `ipc_headers`); a "parquet" unit named as a TFRecord file goes to
+`tfrecord_files` (its records parsed by `tf_examples`, checked by `crc32c`). Each reader takes
 bytes from storage through `file_bytes` and yields raw bytes plus metadata, one record per input image (`records`),
 each with a stable id (`ids`); decoding happens in a later stage, so that a bad file becomes one reject row, never a
 failed block.

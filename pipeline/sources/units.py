@@ -13,7 +13,7 @@ from typing import Any
 class ReadUnit:
     """One task's worth of input: a tar shard, a Parquet file, a zip archive, or a group of image files."""
 
-    kind: str  # "files" | "tar" | "parquet" (a Parquet or Arrow IPC file: `arrow_ipc`) | "zip"
+    kind: str  # "files" | "tar" | "parquet" (a Parquet, Arrow IPC or TFRecord file: rows `name#N`) | "zip"
     paths: tuple[str, ...]  # full fsspec paths (protocol included)
     root: str  # the input root, to make ids relative
     sizes: tuple[int | None, ...] = ()  # bytes per path as listed (None where storage gave none); () if not listed
