@@ -161,8 +161,8 @@ def _escaped_part(part: str) -> str:
 
 def id_parts(id_: str) -> tuple[list[str], bool]:
     """An id's folders and name as they lie under DIR, and whether any was escaped. A Parquet row's id
-    `t.parquet#3` is the folder `t.parquet` and the name `3` (an Arrow IPC file's `d.arrow#3` likewise); a tar or zip
-    member's is already such a path."""
+    `t.parquet#3` is the folder `t.parquet` and the name `3` (an Arrow IPC file's `d.arrow#3`, a TFRecord file's
+    `s.tfrecord#3` likewise); a tar or zip member's is already such a path."""
     head, sep, row = id_.rpartition("#")
     if sep and row.isascii() and row.isdigit() and is_table_name(head):
         id_ = f"{head}/{row}"

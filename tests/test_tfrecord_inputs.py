@@ -276,3 +276,33 @@ def test_a_misspelt_image_column_stops_the_run_before_any_work(tmp_path, model) 
     with pytest.raises(JobError, match=r"--image-column phot: no feature 'phot' in the first record .*\['label', 'photo'\]"):
         plan_job(JobConfig(**config, image_column="phot"), dry_run=True)
     assert plan_job(JobConfig(**config, image_column="photo"), dry_run=True).describe()["input"]["tfrecord_files"] == 1
+
+
+class _Unseekable:
+    """A web server's response of unknown length: read once, from its start, no seeking."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self.raw = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
+
+    def seekable(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("compress", [None, "gzip", "zlib"])
+def test_a_stream_that_cannot_seek_is_read_from_its_start(compress: str | None) -> None:
+    import zlib
+
+    from pipeline.sources import tfrecord_files
+
+    data = shard([*labelled(2), example(image=b"\x89PNG" + bytes(3000)), *labelled(4, 3)])
+    data = gzip.compress(data) if compress == "gzip" else zlib.compress(data) if compress == "zlib" else data
+    f = tfrecord_files._open_records(_Unseekable(data))
+    records = list(tfrecord_files._records(f, None, "/in/s.tfrecord", "s.tfrecord", None, 2000, {"s.tfrecord#1"}, 1))
+    assert [(r["id"], r["kind"]) for r in records] == [
+        ("s.tfrecord#0", "image"), ("s.tfrecord#1", "skipped"), ("s.tfrecord#2", "reject"), ("s.tfrecord#3", "image")]
+    assert records[3]["data"] == image_bytes(16, 16, 3)
