@@ -116,13 +116,14 @@ def test_a_tfrecord_file_gives_one_record_per_example(tmp_path, name: str, in_me
 def test_features_as_the_object_detection_api_writes_them(tmp_path) -> None:
     record = example(image__encoded=image_bytes(16, 16, 0, "JPEG"), image__format=b"jpeg", image__height=16,
                      image__object__bbox__xmin=[0.25, 0.5], image__object__class__label=[1, 7],
-                     image__key__sha256=b"\xff\x00", image__source_id=b"id")
+                     image__key__sha256=b"\xff\x00", image__source_id=b"id",
+                     image__object__class__text=[b"cat", b"caf\xe9"])
     (tmp_path / "od.record.tfrecord").write_bytes(shard([record]))
     (image,) = [r for r in read_unit(discover(str(tmp_path))[0]) if r["kind"] == "image"]
     assert image["data"] == image_bytes(16, 16, 0, "JPEG")
     assert image["meta"] == {"image/format": "jpeg", "image/height": 16, "image/object/bbox/xmin": [0.25, 0.5],
                              "image/object/class/label": [1, 7], "image/key/sha256": b"\xff\x00",
-                             "image/source_id": "id"}
+                             "image/source_id": "id", "image/object/class/text": ["cat", "caf\\xe9"]}
 
 
 def test_records_without_an_image_or_not_examples_are_their_own_rejects(tmp_path) -> None:
@@ -196,7 +197,8 @@ def test_a_record_over_max_image_mb_is_a_reject_without_being_read(tmp_path) -> 
 @pytest.mark.usefixtures("ray_local")
 def test_a_job_purifies_a_tfrecord_shard_then_an_incremental_run_reads_only_what_is_new(tmp_path, model, capsys) -> None:
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "train.tfrecord-00000-of-00002").write_bytes(shard(labelled(3)))
+    not_an_image = example(image=b"GIF89a, cut short", label=9)  # decoded as any image is: its row's reject
+    (tmp_path / "in" / "train.tfrecord-00000-of-00002").write_bytes(shard([*labelled(3), not_an_image]))
     config = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1, progress=False,
                   canvas_size=32)
     report = plan_job(JobConfig(**config), dry_run=True).describe()
@@ -205,16 +207,17 @@ def test_a_job_purifies_a_tfrecord_shard_then_an_incremental_run_reads_only_what
     said = " ".join(capsys.readouterr().out.split())
     assert "0 Parquet files, 1 TFRecord file," in said
     first = run_job(JobConfig(**config))["this_run"]
-    assert (first["read"], first["purified"], first["rejected"], first["containers_recorded"]) == (3, 3, 0, 1)
+    assert (first["read"], first["purified"], first["rejected"], first["containers_recorded"]) == (4, 3, 1, 1)
     data, rejects = read_output(str(tmp_path / "out"))
     assert sorted(zip(data["id"], data["label"], data["caption"], strict=True)) == [
         (f"train.tfrecord-00000-of-00002#{i}", i % 3, f"picture {i}") for i in range(3)]
-    assert str(data["label"].dtype) == "int64" and list(rejects["id"]) == []
+    assert str(data["label"].dtype) == "int64" and list(rejects["id"]) == ["train.tfrecord-00000-of-00002#3"]
+    assert rejects["stage"][0] == "decode"
     (tmp_path / "in" / "train.tfrecord-00001-of-00002").write_bytes(shard(labelled(5, 3)))
     again = run_job(JobConfig(**config, incremental=True))["this_run"]
     assert (again["read"], again["purified"], again["containers_skipped_unread"]) == (2, 2, 1)
     data, _ = read_output(str(tmp_path / "out"))
-    assert len(data) == 5
+    assert sorted(data["id"])[3:] == ["train.tfrecord-00001-of-00002#0", "train.tfrecord-00001-of-00002#1"]
 
 
 def test_a_storage_error_mid_file_is_retried_from_the_record_it_stopped_at(tmp_path, monkeypatch) -> None:

@@ -292,10 +292,14 @@ def _is_text(data: bytes) -> bool:
 
 
 def _value(kind: str | None, values: list[Any]) -> Any:
-    """A pass-through feature's column value: one value as itself, more (or none) as a list; bytes that are UTF-8 as
-    text (`text_value`, as a tar sidecar's), other bytes kept."""
+    """A pass-through feature's column value: one value as itself, more (or none) as a list. One bytes value that is
+    UTF-8 is text (`text_value`, as a tar sidecar's), else kept as bytes; a list of bytes is a list of text, each value
+    that is not UTF-8 written as a sidecar's text is (`\\xNN` escapes, readable back with `ids.unescaped`): a list
+    mixing text and bytes has no Arrow type, and its bytes were written as their Python repr."""
+    if kind == "bytes_list" and len(values) == 1:
+        return text_value(values[0].decode("utf-8")) if _is_text(values[0]) else values[0]
     if kind == "bytes_list":
-        values = [text_value(v.decode("utf-8")) if _is_text(v) else v for v in values]
+        return [text_value(v.decode("utf-8", "surrogateescape")) for v in values]
     return values[0] if len(values) == 1 else values
 
 
