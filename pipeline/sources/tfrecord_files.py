@@ -322,4 +322,3 @@ def tfds_metadata(paths: Iterable[str]) -> list[str]:
     paths = list(paths)
     folders = {posixpath.dirname(p) for p in paths if is_tfrecord(p)}
     return [p for p in paths if posixpath.dirname(p) in folders and is_tfds_metadata_name(p)] if folders else []
-
