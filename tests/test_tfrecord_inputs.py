@@ -178,12 +178,21 @@ def test_a_truncated_gzip_file_ends_with_its_reject(tmp_path) -> None:
     assert all(r["kind"] == "image" for r in out[:-2])
 
 
-def test_done_records_are_skipped_unparsed(tmp_path) -> None:
+@pytest.mark.parametrize("in_memory_bytes", [FETCHED, STREAMED])
+def test_done_records_are_skipped_unparsed(tmp_path, in_memory_bytes: int) -> None:
     (tmp_path / "s.tfrecord").write_bytes(shard(labelled(4)))
     unit = discover(str(tmp_path))[0]
-    out = list(read_unit(unit, skip_ids={"s.tfrecord#0", "s.tfrecord#2"}))
+    out = list(read_unit(unit, skip_ids={"s.tfrecord#0", "s.tfrecord#2"}, in_memory_bytes=in_memory_bytes))
     assert [r["id"] for r in out if r["kind"] == "image"] == ["s.tfrecord#1", "s.tfrecord#3"]
     assert (out[-1]["n"], out[-1]["skipped"], out[-1]["container"]["records"]) == (2, 2, 4)
+
+
+def test_a_file_cut_inside_a_skipped_record_is_not_taken_for_whole(tmp_path) -> None:
+    data = shard(labelled(3))
+    (tmp_path / "s.tfrecord").write_bytes(data[:-10])  # inside record 2's data
+    out = list(read_unit(discover(str(tmp_path))[0], skip_ids={"s.tfrecord#2"}, in_memory_bytes=STREAMED))
+    assert out[-2]["id"] == "s.tfrecord#unreadable" and "ends inside record 2's data" in out[-2]["error"]
+    assert "container" not in out[-1]
 
 
 def test_a_record_over_max_image_mb_is_a_reject_without_being_read(tmp_path) -> None:
@@ -282,29 +291,37 @@ def test_a_misspelt_image_column_stops_the_run_before_any_work(tmp_path, model) 
 
 
 class _Unseekable:
-    """A web server's response of unknown length: read once, from its start, no seeking."""
+    """A web server's response of unknown length: read once, from its start, no seeking; fsspec's streamed web file
+    says it can seek (`claims_seekable`) and raises ValueError when asked to."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, claims_seekable: bool) -> None:
         import io
 
-        self.raw = io.BytesIO(data)
+        self.raw, self.claims_seekable = io.BytesIO(data), claims_seekable
 
     def read(self, n: int = -1) -> bytes:
         return self.raw.read(n)
 
     def seekable(self) -> bool:
-        return False
+        return self.claims_seekable
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seek(self, loc: int, whence: int = 0) -> int:
+        raise ValueError("Cannot seek streaming HTTP file")
 
 
+@pytest.mark.parametrize("claims_seekable", [False, True])
 @pytest.mark.parametrize("compress", [None, "gzip", "zlib"])
-def test_a_stream_that_cannot_seek_is_read_from_its_start(compress: str | None) -> None:
+def test_a_stream_that_cannot_seek_is_read_from_its_start(compress: str | None, claims_seekable: bool) -> None:
     import zlib
 
     from pipeline.sources import tfrecord_files
 
     data = shard([*labelled(2), example(image=b"\x89PNG" + bytes(3000)), *labelled(4, 3)])
     data = gzip.compress(data) if compress == "gzip" else zlib.compress(data) if compress == "zlib" else data
-    f = tfrecord_files._open_records(_Unseekable(data))
+    f = tfrecord_files._open_records(_Unseekable(data, claims_seekable))
     records = list(tfrecord_files._records(f, None, "/in/s.tfrecord", "s.tfrecord", None, 2000, {"s.tfrecord#1"}, 1))
     assert [(r["id"], r["kind"]) for r in records] == [
         ("s.tfrecord#0", "image"), ("s.tfrecord#1", "skipped"), ("s.tfrecord#2", "reject"), ("s.tfrecord#3", "image")]

@@ -57,10 +57,7 @@ def _open_records(f: BinaryIO) -> BinaryIO:
     """The records' bytes of an opened file: `f` itself, or its GZIP stream decompressed as read. Plain records are
     told by their first header's CRC, so a plain file whose first length starts with GZIP's magic bytes is plain."""
     head = f.read(HEADER_BYTES)
-    if f.seekable():
-        f.seek(0)
-    else:  # a stream: what was read to look is given back in front of it
-        f = _Prefixed(head, f)  # type: ignore[assignment]
+    f = _rewound(f, head)
     plain = len(head) == HEADER_BYTES and masked_crc32c(head[:8]) == int.from_bytes(head[8:], "little")
     if not plain and head.startswith(GZIP_MAGIC):
         return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
@@ -94,6 +91,18 @@ class _Inflated:
         return False
 
 
+def _rewound(f: BinaryIO, head: bytes) -> BinaryIO:
+    """`f` at its start again, `head` having been read from it: sought back, or, for a stream that cannot seek, with
+    `head` put back in front. fsspec's streamed web file (a file of unknown size) says it can seek, and cannot."""
+    try:
+        if f.seekable():
+            f.seek(0)
+            return f
+    except (OSError, ValueError):
+        pass
+    return _Prefixed(head, f)  # type: ignore[return-value]
+
+
 class _Prefixed:
     """A stream with bytes already read from it put back in front."""
 
@@ -122,12 +131,17 @@ def _read_exactly(f: BinaryIO, n: int) -> bytes:
 
 
 def _skip(f: BinaryIO, n: int) -> int:
-    """Move `n` bytes on in `f` (sought where it can, else read and let go); how many it moved."""
-    if f.seekable() and not isinstance(f, gzip.GzipFile):
-        at = f.tell()
-        end = f.seek(0, 2)
-        f.seek(min(at + n, end))
-        return min(n, end - at)
+    """Move `n` bytes on in `f`, how many it moved: sought where it can (its last byte read, so that a file that ends
+    sooner is told), else read and let go (a compressed or streamed file)."""
+    if n and not isinstance(f, gzip.GzipFile | _Prefixed | _Inflated):
+        try:
+            at = f.tell()
+            f.seek(at + n - 1)
+            if len(f.read(1)) == 1:
+                return n
+            f.seek(at)  # it ends sooner: read on from where it was, to count what it holds
+        except (OSError, ValueError):  # a stream that says it can seek and cannot: read on
+            pass
     moved = 0
     while moved < n:
         chunk = f.read(min(SKIP_CHUNK, n - moved))
