@@ -18,7 +18,7 @@ from pipeline.job import run_job
 from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
 from pipeline.sources.crc32c import crc32c, masked_crc32c
-from tests.jobutil import image_bytes, read_output
+from tests.jobutil import image_bytes, read_output, rewritten_in_place
 
 FETCHED, STREAMED = 2**30, 0  # in_memory_bytes: the file fetched whole, or read from storage as it goes
 
@@ -227,6 +227,11 @@ def test_a_job_purifies_a_tfrecord_shard_then_an_incremental_run_reads_only_what
     assert (again["read"], again["purified"], again["containers_skipped_unread"]) == (2, 2, 1)
     data, _ = read_output(str(tmp_path / "out"))
     assert sorted(data["id"])[3:] == ["train.tfrecord-00001-of-00002#0", "train.tfrecord-00001-of-00002#1"]
+    # the first shard rewritten with another image in record 1: read to compare, and told as changed
+    changed = [*labelled(1), *labelled(6, 5), *labelled(3, 2), not_an_image]
+    rewritten_in_place(tmp_path / "in" / "train.tfrecord-00000-of-00002", shard(changed))
+    found = plan_job(JobConfig(**config, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (found["containers"], found["examples"]) == (1, ["train.tfrecord-00000-of-00002"])
 
 
 def test_a_storage_error_mid_file_is_retried_from_the_record_it_stopped_at(tmp_path, monkeypatch) -> None:
