@@ -6,8 +6,13 @@ descriptor (so its wire bytes are not our parser's idea of them), framed with ou
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import pathlib
+import shutil
 import struct
 
+import pyarrow.parquet as pq
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -331,3 +336,44 @@ def test_a_stream_that_cannot_seek_is_read_from_its_start(compress: str | None, 
     assert [(r["id"], r["kind"]) for r in records] == [
         ("s.tfrecord#0", "image"), ("s.tfrecord#1", "skipped"), ("s.tfrecord#2", "reject"), ("s.tfrecord#3", "image")]
     assert records[3]["data"] == image_bytes(16, 16, 3)
+
+
+FIXTURES = pathlib.Path(__file__).parent / "data" / "tfrecord"
+
+
+@pytest.mark.parametrize("name", ["plain.tfrecord", "gzip.tfrecord.gz", "zlib.tfrecord"])
+def test_files_tensorflow_wrote_are_read_as_it_wrote_them(tmp_path, name: str) -> None:
+    # Written by TensorFlow 2.21's TFRecordWriter (tests/data/tfrecord/make_fixtures.py): framing, checksums, the three
+    # compressions and the Example encoding are TensorFlow's own, not this file's encoder's
+    expected = json.loads((FIXTURES / "expected.json").read_text())
+    shutil.copy(FIXTURES / name, tmp_path / name)
+    (unit,) = discover(str(tmp_path))
+    records = list(read_unit(unit))
+    images = [r for r in records if r["kind"] == "image"]
+    assert [r["id"] for r in images] == [f"{name}#{i}" for i in range(len(expected))]
+    for record, want in zip(images, expected, strict=True):
+        assert hashlib.sha256(record["data"]).hexdigest() == want["image_sha256"]
+        assert record["meta"] == {"image/class/label": want["label"], "image/object/bbox/xmin": want["xmin"],
+                                  "image/filename": want["filename"], "image/format": want["format"]}
+    assert records[-1]["container"]["records"] == len(expected)  # read to its end, no reject
+
+
+def test_per_object_features_are_lists_in_every_row_so_their_column_keeps_its_type(tmp_path, model) -> None:
+    # An Object Detection API shard: one image with one box, one with two. As scalar-or-list, the column had no one type
+    # and was written as text ('0.25', '[0.25, 0.5]'); a reader wants list<double> and list<int64>
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "od.tfrecord").write_bytes(shard([
+        example(image__encoded=image_bytes(16, 16, 0), image__object__bbox__xmin=[0.25],
+                image__object__class__label=[3], image__class__label=1),
+        example(image__encoded=image_bytes(16, 16, 1), image__object__bbox__xmin=[0.25, 0.5],
+                image__object__class__label=[3, 7], image__class__label=2)]))
+    run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model, steps=1,
+                      progress=False, canvas_size=32))
+    table = pq.read_table(str(tmp_path / "out" / "data"))
+    assert str(table.schema.field("image/object/bbox/xmin").type) == "list<element: double>"
+    assert str(table.schema.field("image/object/class/label").type) == "list<element: int64>"
+    assert str(table.schema.field("image/class/label").type) == "int64"  # one value per image: the value itself
+    rows = sorted(table.select(["id", "image/object/bbox/xmin", "image/object/class/label"]).to_pylist(),
+                  key=lambda r: r["id"])
+    assert [(r["image/object/bbox/xmin"], r["image/object/class/label"]) for r in rows] == [
+        ([0.25], [3]), ([0.25, 0.5], [3, 7])]

@@ -258,7 +258,8 @@ def _record(data: bytes, index: int, id_: str, source: str, image_feature: str |
                 f"a {kind}" if kind else "no values")
         return reject_record(id_, source, f"record {index}: image feature {name!r} holds {held}, not one image's "
                              "bytes", "read")
-    meta = {passthrough_name(n): _value(kind, values) for n, (kind, values) in features.items() if n != name}
+    meta = {passthrough_name(n): _value(kind, values, per_object=is_per_object(n))
+            for n, (kind, values) in features.items() if n != name}
     return _image_record(id_, source, values[0], meta)
 
 
@@ -305,16 +306,29 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
-def _value(kind: str | None, values: list[Any]) -> Any:
-    """A pass-through feature's column value: one value as itself, more (or none) as a list. One bytes value that is
-    UTF-8 is text (`text_value`, as a tar sidecar's), else kept as bytes; a list of bytes is a list of text, each value
-    that is not UTF-8 written as a sidecar's text is (`\\xNN` escapes, readable back with `ids.unescaped`): a list
-    mixing text and bytes has no Arrow type, and its bytes were written as their Python repr."""
-    if kind == "bytes_list" and len(values) == 1:
+# A feature of one value per object in the image: the Object Detection API's `image/object/bbox/xmin`,
+# `image/object/class/label`, TensorFlow Datasets' `objects/bbox`. Its list of one value (an image with one object)
+# stays a list: taken as a scalar there, beside lists of two or more elsewhere, the column had no one type and was
+# written as text ('0.25', '[0.25, 0.5]').
+PER_OBJECT = re.compile(r"(?:^|/)objects?/")
+
+
+def is_per_object(name: str) -> bool:
+    """Whether feature `name` holds one value per object of its image (`PER_OBJECT`): always a list."""
+    return PER_OBJECT.search(name) is not None
+
+
+def _value(kind: str | None, values: list[Any], per_object: bool = False) -> Any:
+    """A pass-through feature's column value: one value as itself, more (or none) as a list, and a per-object
+    feature's values always as a list (`PER_OBJECT`). One bytes value that is UTF-8 is text (`text_value`, as a tar
+    sidecar's), else kept as bytes; a list of bytes is a list of text, each value that is not UTF-8 written as a
+    sidecar's text is (`\\xNN` escapes, readable back with `ids.unescaped`): a list mixing text and bytes has no Arrow
+    type, and its bytes were written as their Python repr."""
+    if kind == "bytes_list" and len(values) == 1 and not per_object:
         return text_value(values[0].decode("utf-8")) if _is_text(values[0]) else values[0]
     if kind == "bytes_list":
         return [text_value(v.decode("utf-8", "surrogateescape")) for v in values]
-    return values[0] if len(values) == 1 else values
+    return values[0] if len(values) == 1 and not per_object else values
 
 
 # The files TensorFlow Datasets keeps beside a prepared data set's TFRecord shards: its description, its features'
