@@ -53,6 +53,26 @@ class CheckpointError(JobError, ValueError):
     mismatched checkpoint through), and a ValueError, as it always was."""
 
 
+class UnmatchedArchitectureError(CheckpointError):
+    """A checkpoint with no flags whose keys and shapes match no preset: its architecture must be named. The message
+    tells the job's user to pass --preset or --flags; `finding` is the same without that advice, for the tools that
+    have neither option (`advice_without_model_options`)."""
+
+    def __init__(self, finding: str) -> None:
+        super().__init__(f"{finding}; pass --preset or --flags")
+        self.finding = finding
+
+
+def advice_without_model_options(err: BaseException) -> str:
+    """`err`'s message as a tool without --preset and --flags (jobs/evaluate.py, jobs/train_prior.py) says it: they sent
+    the user to options the tool refuses as unknown. Such a tool reads a bundle, which records its architecture."""
+    if not isinstance(err, UnmatchedArchitectureError):
+        return str(err)
+    return (f"{err.finding}; this tool takes no --preset or --flags: save the weights with their architecture first "
+            "(in Python: from pipeline.checkpoint import load_checkpoint, save_bundle; save_bundle('prior.pt', "
+            "load_checkpoint(PATH, flags={...}).model), with guided-diffusion's create_model flags) and give that file")
+
+
 @dataclass
 class LoadedCheckpoint:
     model: UNetModel
@@ -430,9 +450,7 @@ def _architecture(parsed: dict[str, Any], state_dict: dict[str, torch.Tensor], u
             f"{_class_count(state_dict)}; it matches none of the presets, and has no flags): " + CLASS_COND_ADVICE
         )
     if preset is None:
-        raise CheckpointError(
-            f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
-        )
+        raise UnmatchedArchitectureError(f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)})")
     return preset_config(preset), f"preset {preset!r} (inferred)", preset
 
 

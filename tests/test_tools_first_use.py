@@ -1,0 +1,84 @@
+"""The evaluation and training tools as an ML engineer meets them the first time: what they say about a prior whose
+architecture they cannot tell, and the bench scripts that reuse the evaluation's classifiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.model import UNetConfig, build_unet
+from tests.jobutil import (
+    cifar10_archive_stand_ins,
+    evaluate_job_without_evaluation,
+    load_evaluate_job,
+    run_main,
+    train_prior_on_noise,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _bare_state_dict(path: Path) -> Path:
+    """A 32 px UNet's weights with no flags, of an architecture no preset has (no scale-shift norm, num_heads)."""
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="",
+                        use_scale_shift_norm=False, learn_sigma=False)
+    torch.save(build_unet(config).state_dict(), path)
+    return path
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def test_evaluate_does_not_send_the_user_to_preset_or_flags_it_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: 'matches none of the presets ...; pass --preset or --flags', two options jobs/evaluate.py refuses."""
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    job = load_evaluate_job("evaluate_first_use")
+    bare = _bare_state_dict(tmp_path / "weights.pt")
+    argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "none,zip", "--subset", "20", "--checkpoint",
+            str(bare), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(job, argv) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "matches none of the presets" in lines[0], lines
+    assert "pass --preset or --flags" not in lines[0]
+    assert "takes no --preset or --flags" in lines[0] and "save_bundle(" in lines[0] and "flags=" in lines[0]
+    with pytest.raises(SystemExit) as parsed:  # and the options it would have sent the user to are indeed refused
+        job.parse_args([*argv, "--preset", "64x64_diffusion"])
+    assert parsed.value.code == 2
+
+
+def test_train_prior_init_from_does_not_send_the_user_to_preset_or_flags(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    job = train_prior_on_noise(monkeypatch, "train_prior_first_use")
+    bare = _bare_state_dict(tmp_path / "weights.pt")
+    assert job.cli(["--init-from", str(bare), "--minutes", "0", "--out", str(tmp_path / "run")]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"error: --init-from {bare}: "), lines
+    assert "pass --preset or --flags" not in lines[0] and "takes no --preset or --flags" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_advised_bundle_is_taken_by_both_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The advice works as written: the weights loaded with their flags and saved with save_bundle."""
+    from pipeline.checkpoint import load_checkpoint, save_bundle
+
+    bare = _bare_state_dict(tmp_path / "weights.pt")
+    flags = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
+             "attention_resolutions": "", "use_scale_shift_norm": False, "learn_sigma": False}
+    save_bundle(tmp_path / "prior.pt", load_checkpoint(str(bare), flags=flags).model)
+    job = train_prior_on_noise(monkeypatch, "train_prior_first_use_bundle")
+    assert job.cli(["--init-from", str(tmp_path / "prior.pt"), "--minutes", "0", "--batch", "4", "--out",
+                    str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "prior.pt").is_file()
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    evaluate = evaluate_job_without_evaluation(monkeypatch, "evaluate_first_use_bundle")
+    assert run_main(evaluate, ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "none,zip", "--subset", "20",
+                               "--checkpoint", str(tmp_path / "prior.pt"), "--out", str(tmp_path / "out"),
+                               "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(evaluate.started) == 1
