@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import metrics  # noqa: E402
+from pipeline.evaluation import datasets, metrics  # noqa: E402
 from pipeline.evaluation.attacks import PhysicalBA, make_attack  # noqa: E402
 from pipeline.evaluation.classifier import predict  # noqa: E402
 from pipeline.evaluation.datasets import load_splits  # noqa: E402
@@ -45,21 +45,30 @@ def rate_by_bins(hits: np.ndarray, values: np.ndarray, edges: tuple[int, ...]) -
     return rows
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"])
-    p.add_argument("--attack", default="physicalba", choices=["physicalba", "badnet"])
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"], help="Default: cifar10")
+    p.add_argument("--attack", default="physicalba", choices=["physicalba", "badnet"], help="Default: physicalba")
     p.add_argument("--interpolation", default=None, choices=["bilinear", "nearest"],
                    help="PhysicalBA only: how the attacker's affine warp resamples its training images. Default: "
                         "bilinear, as in the evaluation")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (the evaluation's victims: 20)")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="the victim's training epochs (jobs/evaluate.py --epochs: its cache name). Default: 10")
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (the evaluation's victims: 20). Default: 20")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
-                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: ~/.cache/zip-purify")
-    args = p.parse_args()
+    # The evaluation's own default: with $ZIP_CACHE_DIR set, ~/.cache/zip-purify missed the classifiers it had cached
+    # there, and this trained another for 25 minutes.
+    p.add_argument("--cache-dir", type=Path, default=datasets.CACHE_DIR,
+                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: as jobs/evaluate.py's, "
+                        "$ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
+    args = p.parse_args(argv)
     if args.interpolation is not None and args.attack != "physicalba":
         p.error("--interpolation is a PhysicalBA option")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     interpolation = args.interpolation or PhysicalBA().interpolation
 
     options = {} if interpolation == PhysicalBA().interpolation else {"interpolation": interpolation}

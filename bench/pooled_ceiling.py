@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import metrics  # noqa: E402
+from pipeline.evaluation import datasets, metrics  # noqa: E402
 from pipeline.evaluation.baselines import naive_transform  # noqa: E402
 from pipeline.evaluation.classifier import load_classifier, predict, save_classifier, train_classifier  # noqa: E402
 from pipeline.evaluation.datasets import load_splits, stratified_subset  # noqa: E402
@@ -54,22 +54,28 @@ def posterior_figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]
             "mean_confidence": round(100.0 * float(probs.max(1).mean()), 2)}
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"])
-    p.add_argument("--pool", type=int, default=4, help="ZIP's pooling factor k (the job's default: 4)")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"], help="Default: cifar10")
+    p.add_argument("--pool", type=int, default=4, help="ZIP's pooling factor k (the job's default: 4). Default: 4")
     p.add_argument("--epochs", type=int, default=10, help="as the evaluation's victims (default 10)")
     p.add_argument("--crop-pad", type=int, default=4, help="random-crop padding in px while training (default 4, as "
                                                           "the victims; 0: flips only)")
     p.add_argument("--subset", type=int, default=500, help="the evaluation's test subset size (default 500)")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's subset seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
-                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: ~/.cache/zip-purify")
-    args = p.parse_args()
+    # The evaluation's own default: with $ZIP_CACHE_DIR set, ~/.cache/zip-purify was not "beside the evaluation's"
+    p.add_argument("--cache-dir", type=Path, default=datasets.CACHE_DIR,
+                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: as jobs/evaluate.py's, "
+                        "$ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
+    args = p.parse_args(argv)
     if args.pool < 1:
         p.error(f"--pool must be at least 1, got {args.pool}")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     train, test = load_splits(args.dataset)
     crop = "" if args.crop_pad == 4 else f"-crop{args.crop_pad}"
     path = args.cache_dir / "classifiers" / f"{args.dataset}-pooled{args.pool}-e{args.epochs}{crop}.pt"

@@ -1,8 +1,10 @@
 """The evaluation and training tools as an ML engineer meets them the first time: what they say about a prior whose
-architecture they cannot tell, and the bench scripts that reuse the evaluation's classifiers."""
+architecture they cannot tell, and the bench scripts that reuse the evaluation's classifiers (where they look, what
+their --help says)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from tests.jobutil import (
     cifar10_archive_stand_ins,
     evaluate_job_without_evaluation,
     load_evaluate_job,
+    load_job_script,
     run_main,
     train_prior_on_noise,
 )
@@ -82,3 +85,40 @@ def test_the_advised_bundle_is_taken_by_both_tools(tmp_path: Path, monkeypatch: 
                                "--checkpoint", str(tmp_path / "prior.pt"), "--out", str(tmp_path / "out"),
                                "--cache-dir", str(tmp_path / "cache")]) == 0
     assert len(evaluate.started) == 1
+
+
+BENCH_ON_EVALUATION_CACHE = ("patch_victim.py", "pooled_ceiling.py", "sampler_settings.py")
+
+
+@pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
+def test_bench_scripts_read_the_classifiers_from_the_evaluations_cache_folder(script: str, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: ~/.cache/zip-purify whatever $ZIP_CACHE_DIR said, so with it set the classifier jobs/evaluate.py had
+    cached there was not found: patch_victim and pooled_ceiling trained another (25-30 min), sampler_settings stopped."""
+    from pipeline.evaluation import datasets
+
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "zip-cache")  # what $ZIP_CACHE_DIR sets
+    args = load_job_script(script, f"first_use_{Path(script).stem}", folder="bench").parse_args([])
+    if script == "sampler_settings.py":
+        assert Path(args.classifier) == tmp_path / "zip-cache" / "classifiers" / "cifar10-clean-e10.pt"
+    else:
+        assert args.cache_dir == tmp_path / "zip-cache"
+
+
+@pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
+def test_bench_scripts_state_every_default(script: str) -> None:
+    module = load_job_script(script, f"first_use_help_{Path(script).stem}", folder="bench")
+    parser = None
+
+    def keep(self, argv=None, namespace=None):
+        nonlocal parser
+        parser = self
+        return original(self, argv, namespace)
+
+    original = argparse.ArgumentParser.parse_args
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(argparse.ArgumentParser, "parse_args", keep)
+        module.parse_args([])
+    unstated = [a.dest for a in parser._actions
+                if a.dest != "help" and "default" not in (a.help or "").lower()]
+    assert not unstated, unstated
