@@ -29,10 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoint import CheckpointError, advice_without_model_options, load_checkpoint  # noqa: E402
 from pipeline.evaluation import datasets  # noqa: E402
 from pipeline.evaluation.attacks import ATTACKS, make_attack, poison_test_set  # noqa: E402
+from pipeline.evaluation.cache import DAMAGED_CACHE  # noqa: E402
 from pipeline.evaluation.classifier import load_classifier, predict  # noqa: E402
-from pipeline.evaluation.datasets import load_dataset  # noqa: E402
+from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
 from pipeline.evaluation.metrics import psnr  # noqa: E402
 from pipeline.purifier import Purifier, naive_purify  # noqa: E402
 from pipeline.settings import ZipSettings
@@ -97,12 +99,31 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--mean-of must be at least 1, got {args.mean_of}")
     if args.attack is not None and args.target is not None:
         raise SystemExit("--attack sets the target to the attack's own; do not pass --target with it")
+    if args.threads < 0:
+        raise SystemExit(f"--threads must be 0 or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.classifier).exists():
         raise SystemExit(f"no classifier at {args.classifier}: run `python jobs/evaluate.py --datasets cifar10 "
                          "--attacks none --defenses none` first, or pass --classifier")
-    test = load_dataset("cifar10", "test")
+    # The prior, the classifier and the data, each said in one line before any image is purified: a bad --checkpoint
+    # was a traceback after the no-defense and naive rows, the others a traceback at once.
+    try:
+        load_checkpoint(args.checkpoint, verify_only=True)
+    except (CheckpointError, OSError) as err:
+        raise SystemExit(f"error: --checkpoint {args.checkpoint}: {advice_without_model_options(err)}") from None
+    try:
+        classifier = load_classifier(args.classifier)
+    except DAMAGED_CACHE as err:
+        raise SystemExit(f"error: --classifier {args.classifier}: not a classifier jobs/evaluate.py saved "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    try:
+        test = load_dataset("cifar10", "test")
+    except DataError as err:  # the message names the archive and the variable to set
+        raise SystemExit(f"error: {err}") from None
+    if args.images > len(test.labels):
+        raise SystemExit(f"error: --images {args.images} is more than the {len(test.labels)} images of the CIFAR-10 test "
+                         "split")
     pick = np.random.default_rng(args.seed).choice(len(test.labels), args.images, replace=False)
     images, labels = test.images[pick], test.labels[pick]
     if args.attack is not None:
@@ -112,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         args.target = attack.target
     else:
         originals = images
-    classifier = load_classifier(args.classifier)
 
     others = labels != args.target
 

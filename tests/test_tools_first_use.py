@@ -5,8 +5,10 @@ their --help says)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,3 +124,114 @@ def test_bench_scripts_state_every_default(script: str) -> None:
     unstated = [a.dest for a in parser._actions
                 if a.dest != "help" and "default" not in (a.help or "").lower()]
     assert not unstated, unstated
+
+
+def _bench(script: str, name: str):
+    return load_job_script(script, f"first_use_{name}", folder="bench")
+
+
+def _two_class_splits(seed: int):
+    """A tiny CIFAR-10 stand-in: 20 training and 20 test images of two classes (10 each)."""
+    from pipeline.evaluation.datasets import LabelledImages
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(20, dtype=np.int64) % 2
+
+    def images() -> np.ndarray:
+        return rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+
+    return LabelledImages(images(), labels, 2), LabelledImages(images(), labels.copy(), 2)
+
+
+@pytest.mark.parametrize(("script", "argv", "said"), [
+    ("patch_victim.py", ["--epochs", "0"], "--epochs must be 1 or more, got 0"),
+    ("patch_victim.py", ["--depth", "21"], "--depth must be 6n + 2"),
+    ("patch_victim.py", ["--threads", "0"], "--threads must be 1 or more"),
+    ("pooled_ceiling.py", ["--crop-pad", "-1"], "--crop-pad must be 0 or more, got -1"),
+    ("pooled_ceiling.py", ["--epochs", "0"], "--epochs must be 1 or more"),
+    ("pooled_ceiling.py", ["--subset", "5"], "--subset 5 is too small for cifar10"),
+])
+def test_bench_bad_values_are_one_error_line_before_any_work(script: str, argv: list[str], said: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a traceback from deep in the training code (--epochs 0, --depth 21, --crop-pad -1), some only after the
+    data had been decoded, and --subset 5 only after the pooled classifier's half hour of training."""
+    with pytest.raises(SystemExit) as stopped:
+        _bench(script, "bad_values").parse_args(argv)
+    assert stopped.value.code == 2
+    lines = _error_lines(capsys.readouterr().err.replace(": error: ", "\nerror: "))
+    assert len(lines) == 1 and said in lines[0], lines
+
+
+@pytest.mark.parametrize("script", ["patch_victim.py", "pooled_ceiling.py"])
+def test_bench_cache_dir_that_is_a_file_is_refused(script: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit) as stopped:
+        _bench(script, "cache_file").parse_args(["--cache-dir", str(tmp_path / "a-file")])
+    assert stopped.value.code == 2
+    assert f"--cache-dir {tmp_path / 'a-file'}: {tmp_path / 'a-file'} is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
+def test_bench_missing_data_is_one_line_naming_the_folder(script: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: MissingDataError's traceback."""
+    from pipeline.evaluation import datasets
+
+    monkeypatch.setattr(datasets, "SHARED_DIR", tmp_path / "no-shared")
+    monkeypatch.setattr(datasets, "CACHE_DIR", tmp_path / "cache")
+    module = _bench(script, "missing_data")
+    argv = ["--cache-dir", str(tmp_path / "cache")]
+    if script == "sampler_settings.py":  # it checks the prior and the classifier first
+        from pipeline.evaluation.classifier import ClassifierConfig, build_classifier, save_classifier
+
+        save_classifier(build_classifier(ClassifierConfig(num_classes=10, depth=8)), tmp_path / "clean.pt")
+        argv = ["--classifier", str(tmp_path / "clean.pt")]
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    message = str(stopped.value.code)
+    assert message.startswith(f"error: shared data folder {tmp_path / 'no-shared'} not found"), message
+    assert "ZIP_SHARED_DIR" in message
+
+
+def test_sampler_settings_refuses_a_bad_prior_before_purifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the no-defense and naive rows were printed, then CheckpointError's traceback."""
+    module = _bench("sampler_settings.py", "bad_prior")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    (tmp_path / "clean.pt").write_text("x")
+    monkeypatch.setattr(module, "load_dataset", lambda *a: pytest.fail("the data was read before the prior was checked"))
+    monkeypatch.setattr(sys, "argv", ["sampler_settings.py", "--checkpoint", str(tmp_path / "notes.pt"), "--classifier",
+                                      str(tmp_path / "clean.pt")])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert str(stopped.value.code).startswith(f"error: --checkpoint {tmp_path / 'notes.pt'}: ")
+
+
+def test_pooled_ceiling_checks_the_subset_before_training_and_retrains_on_other_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a --subset the test split could not fill failed in numpy after the training, and a cached pooled
+    classifier trained from other data (a stand-in copy) was served as it was."""
+    module = _bench("pooled_ceiling.py", "pooled_cache")
+    trained = []
+    train = module.train_classifier
+
+    def counted(*args, **kwargs):
+        trained.append(1)
+        return train(*args, **{**kwargs, "depth": 8, "batch_size": 10})
+
+    monkeypatch.setattr(module, "train_classifier", counted)
+    data = {"splits": _two_class_splits(0)}
+    monkeypatch.setattr(module, "load_splits", lambda dataset: data["splits"])
+    run = ["pooled_ceiling.py", "--epochs", "1", "--threads", "1", "--cache-dir", str(tmp_path / "cache")]
+    monkeypatch.setattr(sys, "argv", [*run, "--subset", "40"])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert "--subset 40 is larger than cifar10's test split allows" in str(stopped.value.code) and not trained
+    monkeypatch.setattr(sys, "argv", [*run, "--subset", "10"])
+    assert module.main() == 0 and len(trained) == 1
+    assert module.main() == 0 and len(trained) == 1  # the same data: served from the cache
+    data["splits"] = _two_class_splits(1)
+    capsys.readouterr()
+    assert module.main() == 0 and len(trained) == 2  # other data: trained again, and said
+    assert "was trained from other data or options; retraining it" in capsys.readouterr().err
