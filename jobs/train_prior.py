@@ -22,8 +22,9 @@ train longer rerun with a larger --minutes. Ctrl-C or SIGTERM saves last.pt and 
 status 130 / 143; a second Ctrl-C or SIGTERM quits at once, unsaved); after a hard kill at most --save-every-min
 minutes are lost. A last.pt made with another --data, --schedule, --max-timestep (999 and none are the same: every
 timestep) or other model flags is refused; --fresh starts over. Optimiser settings (--lr, --batch, --warmup-steps,
---ema, --precision, --device) may change on resume (a note says so); another --seed changes nothing (the run continues
-its saved random streams; a note says so).
+--ema, --precision, --device) may change on resume (a note says so; a rerun with the budget spent trains nothing, so
+last.pt and the prior go on recording the ones it trained with); another --seed changes nothing (the run continues its
+saved random streams; a note says so).
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
 (or Purifier.from_checkpoint("OUT/prior.pt")). The repository ships priors of at most 20 MB: fp16 stores two bytes
@@ -81,6 +82,7 @@ with interrupted_while_loading("jobs/train_prior.py"):
     from pipeline.training_run import Recipe, TrainingRun, UnusableState
     from pipeline.training_run_folder import (
         LOG,
+        OPTIMISER,
         check_init_from_resumable,
         check_resumable,
         learned_settings,
@@ -189,7 +191,14 @@ def resume(run: TrainingRun, last: Path, args: argparse.Namespace, config: UNetC
         raise SystemExit(f"error: {last} is damaged and cannot be resumed ({err}); pass --fresh to start over "
                          f"(it is then overwritten), or delete it") from err.__cause__
     print(f"resumed from {last}: step {run.step}, {run.images_seen} images, {run.elapsed / 60:.1f} min", flush=True)
-    note_optimiser_changes(last, state, args)
+    if budget_spent(run, args):
+        # Nothing trains with this command's optimiser settings, so the saves go on recording the ones the weights were
+        # trained with: a rerun with --ema 0.99 that had nothing to train wrote 0.99 into last.pt and the prior's meta.
+        for name, value in state.get("optimiser", {}).items():
+            if name in OPTIMISER:
+                setattr(args, name, value)
+    else:
+        note_optimiser_changes(last, state, args)
     # The weights, and so their provenance, come from last.pt (a state from before it recorded one: this command's)
     return shown_note(state["initialised_from"]) if "initialised_from" in state else init_note
 

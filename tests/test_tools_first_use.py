@@ -235,3 +235,27 @@ def test_pooled_ceiling_checks_the_subset_before_training_and_retrains_on_other_
     capsys.readouterr()
     assert module.main() == 0 and len(trained) == 2  # other data: trained again, and said
     assert "was trained from other data or options; retraining it" in capsys.readouterr().err
+
+
+def test_a_resume_with_nothing_to_train_keeps_the_optimiser_settings_the_weights_were_trained_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: rerunning a finished run with --ema 0.99 trained nothing, yet wrote 0.99 into last.pt and into the
+    exported prior's meta (ema_decay), and the next resume said the run 'was trained so far with 0.99'."""
+    from pipeline.checkpoint import load_checkpoint
+    from tests.jobutil import TRAIN_TINY_ARGS
+
+    job = train_prior_on_noise(monkeypatch, "train_prior_spent_budget")
+    run = ["--out", str(tmp_path / "run"), "--minutes", "5", *TRAIN_TINY_ARGS]
+    assert job.cli([*run, "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert job.cli([*run, "--max-steps", "2", "--ema", "0.99", "--lr", "1e-4"]) == 0
+    out = capsys.readouterr()
+    assert "nothing to train" in out.out and "note: resuming" not in out.err, out
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["optimiser"]["ema"] == 0.999 and state["optimiser"]["lr"] == 2e-4
+    assert load_checkpoint(str(tmp_path / "run" / "prior.pt")).meta["ema_decay"] == 0.999
+    assert job.cli([*run, "--max-steps", "3"]) == 0  # the defaults again: nothing changes, nothing to note
+    assert "note: resuming" not in capsys.readouterr().err
+    assert job.cli([*run, "--max-steps", "4", "--ema", "0.99"]) == 0  # a change that does train is noted and kept
+    assert "with --ema 0.99; it was trained so far with 0.999" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimiser"]["ema"] == 0.99
