@@ -90,6 +90,7 @@ def test_the_advised_bundle_is_taken_by_both_tools(tmp_path: Path, monkeypatch: 
 
 
 BENCH_ON_EVALUATION_CACHE = ("patch_victim.py", "pooled_ceiling.py", "sampler_settings.py")
+BENCH_WITH_DEFAULTS = (*BENCH_ON_EVALUATION_CACHE, "evaluation_time.py")
 
 
 @pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
@@ -107,7 +108,11 @@ def test_bench_scripts_read_the_classifiers_from_the_evaluations_cache_folder(sc
         assert args.cache_dir == tmp_path / "zip-cache"
 
 
-@pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("script", BENCH_WITH_DEFAULTS)
 def test_bench_scripts_state_every_default(script: str) -> None:
     module = load_job_script(script, f"first_use_help_{Path(script).stem}", folder="bench")
     parser = None
@@ -115,14 +120,13 @@ def test_bench_scripts_state_every_default(script: str) -> None:
     def keep(self, argv=None, namespace=None):
         nonlocal parser
         parser = self
-        return original(self, argv, namespace)
+        raise _Parsed
 
-    original = argparse.ArgumentParser.parse_args
-    with pytest.MonkeyPatch.context() as patched:
+    with pytest.MonkeyPatch.context() as patched, pytest.raises(_Parsed):
         patched.setattr(argparse.ArgumentParser, "parse_args", keep)
-        module.parse_args([])
+        getattr(module, "parse_args", module.main)([])
     unstated = [a.dest for a in parser._actions
-                if a.dest != "help" and "default" not in (a.help or "").lower()]
+                if a.dest != "help" and not a.required and "default" not in (a.help or "").lower()]
     assert not unstated, unstated
 
 
@@ -259,3 +263,11 @@ def test_a_resume_with_nothing_to_train_keeps_the_optimiser_settings_the_weights
     assert job.cli([*run, "--max-steps", "4", "--ema", "0.99"]) == 0  # a change that does train is noted and kept
     assert "with --ema 0.99; it was trained so far with 0.999" in capsys.readouterr().err
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimiser"]["ema"] == 0.99
+
+
+def test_evaluation_time_refuses_stand_ins_of_no_images(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a ValueError traceback from the classifier's training."""
+    with pytest.raises(SystemExit) as stopped:
+        _bench("evaluation_time.py", "no_stand_ins").main(["--work", "unused", "--stand-in-images", "0"])
+    assert stopped.value.code == 2
+    assert "--stand-in-images must be 1 or more, got 0" in capsys.readouterr().err
