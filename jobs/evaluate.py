@@ -37,7 +37,8 @@ Checks: settings, the data, the prior and the --out and --cache-dir folders are 
 status 2 and one error line). --out and --cache-dir are local folders, made when missing: a URI (s3://..., ftp://...)
 is refused, a file:// URI and a leading ~ name the local folder. An --out folder holding a report of another
 configuration is refused (give another --out, or --overwrite); rerunning the same configuration regenerates its
-report.
+report. Running out of memory (a --batch-size or --canvas-size too large for the device) is one error line and exit
+status 1; the caches keep what was finished.
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours the first time)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
@@ -60,6 +61,7 @@ with interrupted_while_loading("jobs/evaluate.py"):
 
     from pipeline.checkpoint import CheckpointError
     from pipeline.cli_common import Parser, script_prog
+    from pipeline.errors import out_of_memory
     from pipeline.evaluation.attacks import ATTACKS
     from pipeline.evaluation.classifier import train_classifier
     from pipeline.evaluation.datasets import CACHE_DIR, DataError, folder_variable_problem
@@ -302,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         # Finished classifiers, epochs and purified sets are cached: say so instead of a page of torch frames.
         print(f"\ninterrupted: rerun the same command to resume from the caches in {args.cache_dir}", file=sys.stderr)
         return 130
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        # A --batch-size (or --canvas-size, or prior) too large for the device was a torch traceback naming neither.
+        print(f"error: out of memory on {args.device} ({str(err).splitlines()[0][:200]}); finished classifiers, epochs "
+              f"and purified batches are kept in {args.cache_dir}: rerun with a smaller --batch-size or --canvas-size "
+              "(part of the purified sets' cache key: a set being purified starts over) or on a device with more "
+              "memory", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -66,6 +66,7 @@ with interrupted_while_loading("jobs/train_prior.py"):
     import torch
 
     from pipeline.cli_common import Parser, script_prog
+    from pipeline.errors import out_of_memory
     from pipeline.evaluation.datasets import DataError, load_dataset
     from pipeline.model import UNetConfig, build_unet
     from pipeline.schedule import NoiseSchedule
@@ -293,12 +294,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             return 1
     return farewell(run, saves, diverged, stop.signum, args.fresh)
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Whether a training step failed for want of memory: CUDA's, or the CPU allocator's (an allocation the system
-    refused; one it grants and cannot back ends the process instead, with the kernel's OOM killer)."""
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def cli(argv: list[str] | None = None) -> int:

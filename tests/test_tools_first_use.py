@@ -271,3 +271,28 @@ def test_evaluation_time_refuses_stand_ins_of_no_images(capsys: pytest.CaptureFi
         _bench("evaluation_time.py", "no_stand_ins").main(["--work", "unused", "--stand-in-images", "0"])
     assert stopped.value.code == 2
     assert "--stand-in-images must be 1 or more, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 1125899906842624 bytes")])
+def test_evaluate_out_of_memory_is_one_line_naming_the_options(error: BaseException, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a page of torch frames (a --batch-size or --canvas-size too large for the device), naming neither."""
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    job = load_evaluate_job("evaluate_out_of_memory")
+
+    def purify_too_much(config, **_):
+        raise error
+
+    monkeypatch.setattr(job, "evaluate_dataset", purify_too_much)
+    argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "none,naive", "--subset", "20",
+            "--device", "cpu", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(job, argv) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory on cpu ("), lines
+    assert "--batch-size" in lines[0] and str(tmp_path / "cache") in lines[0]
+    monkeypatch.setattr(job, "evaluate_dataset", lambda config, **_: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error is not taken for one
+        run_main(job, argv)
