@@ -95,8 +95,10 @@ class Saves:
     were made), and keeps what the saves so far left: the step last.pt holds, and why the latest export failed."""
 
     def __init__(self, args: argparse.Namespace, argv: list[str] | None, last: Path, export: str | Path,
-                 config: UNetConfig, learned: dict, init_note: str | None, saved_step: int | None) -> None:
+                 config: UNetConfig, learned: dict, init_note: str | None, saved_step: int | None,
+                 training_images: str | None = None) -> None:
         self.args, self.argv, self.last, self.export = args, argv, last, export
+        self.training_images = training_images  # what last.pt records of them, for a resume to compare
         self.shown_export = shown_export(export)
         self.config, self.learned, self.init_note = config, learned, init_note
         self.saved_step = saved_step
@@ -108,6 +110,7 @@ class Saves:
             **run.state_dict(), "flags": self.config.to_flags(), **self.learned, "initialised_from": self.init_note,
             "optimiser": {name: getattr(self.args, name) for name in OPTIMISER}, "seed": self.args.seed,
             **({"log_window": window.state()} if window is not None and window.steps else {}),
+            **({"training_images": self.training_images} if self.training_images else {}),
         })
         try:
             write_export(self.export, run.ema, self.meta(run))

@@ -296,3 +296,25 @@ def test_evaluate_out_of_memory_is_one_line_naming_the_options(error: BaseExcept
     monkeypatch.setattr(job, "evaluate_dataset", lambda config, **_: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other error is not taken for one
         run_main(job, argv)
+
+
+def test_a_resume_on_other_training_images_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a run resumed on another copy of --data (another $ZIP_SHARED_DIR, a stand-in subset used for a smoke
+    test) trained on without a word, mixing the two into one prior."""
+    from pipeline.evaluation.datasets import LabelledImages
+    from tests.jobutil import TRAIN_TINY_ARGS
+
+    job = train_prior_on_noise(monkeypatch, "train_prior_other_images")
+    run = ["--out", str(tmp_path / "run"), "--minutes", "5", *TRAIN_TINY_ARGS]
+    assert job.cli([*run, "--max-steps", "1"]) == 0
+    assert job.cli([*run, "--max-steps", "2"]) == 0  # the same images: nothing to say
+    assert "other training images" not in capsys.readouterr().err
+    other = np.random.default_rng(1).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    monkeypatch.setattr(job, "load_dataset", lambda name, split: LabelledImages(other, np.zeros(24, np.int64), 1))
+    assert job.cli([*run, "--max-steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "note: resuming" in err and "on other training images than it was trained on so far (16 images" in err, err
+    assert "24 images" in err and "--fresh" in err
+    assert job.cli([*run, "--max-steps", "4"]) == 0  # noted once: last.pt now records these
+    assert "other training images" not in capsys.readouterr().err
