@@ -333,6 +333,9 @@ def infer_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+# The first convolution, which every guided-diffusion UNet has (under a wrapper's prefix too): a file without it holds
+# some other network.
+UNET_INPUT_KEY = "input_blocks.0.0.weight"
 CLASS_COND_ADVICE = ("ZIP purifies without labels and needs an unconditional diffusion model, such as guided-diffusion's "
                      "256x256_diffusion_uncond")
 
@@ -448,6 +451,15 @@ def _architecture(parsed: dict[str, Any], state_dict: dict[str, torch.Tensor], u
         raise CheckpointError(
             f"checkpoint {uri} is a class-conditional model (the file holds label_emb.weight, "
             f"{_class_count(state_dict)}; it matches none of the presets, and has no flags): " + CLASS_COND_ADVICE
+        )
+    if preset is None and not any(k.endswith(UNET_INPUT_KEY) for k in state_dict):
+        # Not a UNet at all (a classifier of the evaluation's cache given as the prior, say): "matches none of the
+        # presets; pass --flags" sent the user looking for flags that no architecture of ours has.
+        first = ", ".join(map(str, list(state_dict)[:4]))
+        raise CheckpointError(
+            f"checkpoint {uri} holds no diffusion UNet: none of its {len(state_dict)} weights is guided-diffusion's "
+            f"{UNET_INPUT_KEY} (its first: {first}); a diffusion prior is needed, e.g. guided-diffusion's "
+            "256x256_diffusion_uncond or one jobs/train_prior.py wrote (a classifier is not one)"
         )
     if preset is None:
         raise UnmatchedArchitectureError(f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)})")

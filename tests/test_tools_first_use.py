@@ -318,3 +318,34 @@ def test_a_resume_on_other_training_images_says_so(tmp_path: Path, monkeypatch: 
     assert "24 images" in err and "--fresh" in err
     assert job.cli([*run, "--max-steps", "4"]) == 0  # noted once: last.pt now records these
     assert "other training images" not in capsys.readouterr().err
+
+
+def test_a_classifier_given_as_the_prior_is_said_to_be_no_diffusion_unet(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the evaluation's cached classifier (a .pt beside the priors in ~/.cache/zip-purify) given as --checkpoint
+    'matches none of the presets; pass --preset or --flags': no flags make a ResNet a diffusion prior."""
+    from pipeline.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.evaluation.classifier import ClassifierConfig, build_classifier, save_classifier
+
+    classifier = tmp_path / "cifar10-clean-e10.pt"
+    save_classifier(build_classifier(ClassifierConfig(num_classes=10, depth=8)), classifier)
+    with pytest.raises(CheckpointError, match="holds no diffusion UNet: none of its .* weights is guided-diffusion's "
+                                              r"input_blocks\.0\.0\.weight \(its first: mean, std, "):
+        load_checkpoint(str(classifier))
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "zip", "--subset", "20", "--checkpoint",
+            str(classifier), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(load_evaluate_job("evaluate_classifier_as_prior"), argv) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "holds no diffusion UNet" in lines[0] and "--preset" not in lines[0], lines
+
+
+def test_a_guided_diffusion_state_dict_under_a_prefix_still_gets_the_architecture_advice(tmp_path: Path) -> None:
+    """The UNet check looks past a key prefix: such a file is a UNet whose architecture is to be named."""
+    from pipeline.checkpoint import UnmatchedArchitectureError, load_checkpoint
+
+    bare = torch.load(_bare_state_dict(tmp_path / "weights.pt"), weights_only=True)
+    torch.save({f"model.{k}": v for k, v in bare.items()}, tmp_path / "lightning.pt")
+    with pytest.raises(UnmatchedArchitectureError):
+        load_checkpoint(str(tmp_path / "lightning.pt"))
