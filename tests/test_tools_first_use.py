@@ -349,3 +349,25 @@ def test_a_guided_diffusion_state_dict_under_a_prefix_still_gets_the_architectur
     torch.save({f"model.{k}": v for k, v in bare.items()}, tmp_path / "lightning.pt")
     with pytest.raises(UnmatchedArchitectureError):
         load_checkpoint(str(tmp_path / "lightning.pt"))
+
+
+@pytest.mark.parametrize(("options", "shown"), [([], ""), (["--schedule", "cosine"], " --schedule cosine"),
+                                                (["--max-timestep", "299"], " --start 0.299"),
+                                                (["--max-timestep", "999"], "")])
+def test_the_purify_command_shown_at_the_end_is_one_the_job_takes(options: list[str], shown: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: 'use it: python jobs/purify.py --checkpoint OUT/prior.pt ...' for every prior, which the job refuses for
+    one trained with --schedule cosine (another noise schedule) or --max-timestep (it would start above it)."""
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.settings import ZipSettings, check_trained_timesteps
+    from tests.jobutil import TRAIN_TINY_ARGS
+
+    job = train_prior_on_noise(monkeypatch, "train_prior_use_it")
+    assert job.cli(["--out", str(tmp_path / "run"), "--max-steps", "1", *TRAIN_TINY_ARGS, *options]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"use it: python jobs/purify.py --checkpoint {tmp_path / 'run' / 'prior.pt'}{shown} --input ... --output ..."
+    words = shown.split()
+    given = {words[i].lstrip("-"): words[i + 1] for i in range(0, len(words), 2)}
+    settings = ZipSettings(**{k: float(v) if k == "start" else v for k, v in given.items()})
+    check_trained_timesteps(load_checkpoint(str(tmp_path / "run" / "prior.pt")).meta, settings)  # the job's own check
