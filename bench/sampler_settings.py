@@ -34,7 +34,7 @@ from pipeline.evaluation import datasets  # noqa: E402
 from pipeline.evaluation.attacks import ATTACKS, make_attack, poison_test_set  # noqa: E402
 from pipeline.evaluation.cache import DAMAGED_CACHE  # noqa: E402
 from pipeline.evaluation.classifier import load_classifier, predict  # noqa: E402
-from pipeline.evaluation.datasets import DataError, load_dataset  # noqa: E402
+from pipeline.evaluation.datasets import CIFAR10_CLASSES, DataError, load_dataset  # noqa: E402
 from pipeline.evaluation.metrics import psnr  # noqa: E402
 from pipeline.purifier import Purifier, naive_purify  # noqa: E402
 from pipeline.settings import ZipSettings
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--mean-of must be at least 1, got {args.mean_of}")
     if args.attack is not None and args.target is not None:
         raise SystemExit("--attack sets the target to the attack's own; do not pass --target with it")
+    if args.target is not None and not 0 <= args.target < len(CIFAR10_CLASSES):
+        # no image is ever assigned a class CIFAR-10 lacks: the column read 0.0 % for a typo
+        raise SystemExit(f"--target must be a CIFAR-10 class, 0 to {len(CIFAR10_CLASSES) - 1}, got {args.target}")
+    if args.seed < 0:
+        raise SystemExit(f"--seed must be 0 or more, got {args.seed}")
     if args.threads < 0:
         raise SystemExit(f"--threads must be 0 or more, got {args.threads}")
     if args.threads:

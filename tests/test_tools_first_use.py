@@ -371,3 +371,17 @@ def test_the_purify_command_shown_at_the_end_is_one_the_job_takes(options: list[
     given = {words[i].lstrip("-"): words[i + 1] for i in range(0, len(words), 2)}
     settings = ZipSettings(**{k: float(v) if k == "start" else v for k, v in given.items()})
     check_trained_timesteps(load_checkpoint(str(tmp_path / "run" / "prior.pt")).meta, settings)  # the job's own check
+
+
+@pytest.mark.parametrize(("argv", "said"), [(["--target", "10"], "--target must be a CIFAR-10 class, 0 to 9, got 10"),
+                                            (["--seed", "-1"], "--seed must be 0 or more, got -1")])
+def test_sampler_settings_refuses_a_target_or_seed_out_of_range(argv: list[str], said: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: --target 10 printed a 0.0 % column (no image is assigned a class CIFAR-10 lacks), --seed -1 a numpy
+    traceback."""
+    module = _bench("sampler_settings.py", "target_range")
+    monkeypatch.setattr(module, "load_dataset", lambda *a: pytest.fail("the data was read before the options were checked"))
+    monkeypatch.setattr(sys, "argv", ["sampler_settings.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert str(stopped.value.code) == said
