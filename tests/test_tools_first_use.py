@@ -385,3 +385,60 @@ def test_sampler_settings_refuses_a_target_or_seed_out_of_range(argv: list[str],
     with pytest.raises(SystemExit) as stopped:
         module.main()
     assert str(stopped.value.code) == said
+
+
+@pytest.fixture
+def refusing_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder whose permission bits allow writing but whose file system refuses it (root on a root-squashed NFS
+    export, a kernel file system, a security module's rule): access() says yes, a write says 'Operation not permitted'."""
+    import tempfile
+
+    folder = tmp_path / "refusing"
+    folder.mkdir()
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    return folder
+
+
+def test_evaluate_refuses_an_out_the_system_will_not_write_before_the_work(refusing_folder: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the checks passed (the permission bits allow it), the whole evaluation ran, and writing the report ended
+    it in a PermissionError traceback."""
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    job = evaluate_job_without_evaluation(monkeypatch, "evaluate_refusing_out")
+    for flag, other in (("--out", "--cache-dir"), ("--cache-dir", "--out")):
+        argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "none", "--subset", "20",
+                flag, str(refusing_folder / "x"), other, str(tmp_path / "fine")]
+        assert run_main(job, argv) == 2
+        lines = _error_lines(capsys.readouterr().err)
+        assert lines == [f"error: {flag} {refusing_folder / 'x'}: {refusing_folder} is not writable (Operation not "
+                         "permitted)"], lines
+    assert job.started == []
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    assert run_main(job, [*argv[:-4], "--out", str(fine), "--cache-dir", str(fine)]) == 0
+    assert len(job.started) == 1 and list(fine.iterdir()) == []  # the write check leaves nothing behind
+
+
+def test_train_prior_refuses_an_out_or_export_the_system_will_not_write(refusing_folder: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: --out such a folder was a PermissionError traceback; --export one trained the whole budget and then
+    ended with status 1, the prior unwritten."""
+    from tests.jobutil import TRAIN_TINY_ARGS
+
+    job = train_prior_on_noise(monkeypatch, "train_prior_refusing_out")
+    for bad in (["--out", str(refusing_folder / "run")],
+                ["--out", str(tmp_path / "run"), "--export", str(refusing_folder / "prior.pt")]):
+        assert job.cli(["--max-steps", "1", *TRAIN_TINY_ARGS, *bad]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {bad[-2]} {bad[-1]}: {refusing_folder} is not writable (Operation not permitted)" in err, err
+        assert "Traceback" not in err and not (tmp_path / "run").exists()
+    assert list(refusing_folder.iterdir()) == []
