@@ -37,8 +37,8 @@ Checks: settings, the data, the prior and the --out and --cache-dir folders are 
 status 2 and one error line). --out and --cache-dir are local folders, made when missing: a URI (s3://..., ftp://...)
 is refused, a file:// URI and a leading ~ name the local folder. An --out folder holding a report of another
 configuration is refused (give another --out, or --overwrite); rerunning the same configuration regenerates its
-report. Running out of memory (a --batch-size or --canvas-size too large for the device) is one error line and exit
-status 1; the caches keep what was finished.
+report. Running out of memory (a --batch-size or --canvas-size too large for the device) or a write that fails during
+the run (a full disk) is one error line and exit status 1; the caches keep what was finished.
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours the first time)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
@@ -304,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         # Finished classifiers, epochs and purified sets are cached: say so instead of a page of torch frames.
         print(f"\ninterrupted: rerun the same command to resume from the caches in {args.cache_dir}", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A disk that fills up, a folder removed or made read-only during the run: one line, and what is kept.
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}; finished classifiers, epochs and "
+              f"purified batches are kept in {args.cache_dir}: rerun the same command once that is fixed",
+              file=sys.stderr)
+        return 1
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise

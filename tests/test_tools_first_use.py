@@ -442,3 +442,21 @@ def test_train_prior_refuses_an_out_or_export_the_system_will_not_write(refusing
         assert f"error: {bad[-2]} {bad[-1]}: {refusing_folder} is not writable (Operation not permitted)" in err, err
         assert "Traceback" not in err and not (tmp_path / "run").exists()
     assert list(refusing_folder.iterdir()) == []
+
+
+def test_evaluate_a_write_failing_during_the_run_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a full disk at the report (after the hours of work) was an OSError traceback."""
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    job = load_evaluate_job("evaluate_disk_full")
+
+    def fill_the_disk(config, **_):
+        raise OSError(28, "No space left on device", str(tmp_path / "out" / "cifar10.json"))
+
+    monkeypatch.setattr(job, "evaluate_dataset", fill_the_disk)
+    argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "none", "--subset", "20",
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(job, argv) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines[0].startswith(f"error: No space left on device: {tmp_path / 'out' / 'cifar10.json'}; "), lines
+    assert "rerun the same command" in lines[0] and str(tmp_path / "cache") in lines[0] and len(lines) == 1
