@@ -460,3 +460,28 @@ def test_evaluate_a_write_failing_during_the_run_is_one_line(tmp_path: Path, mon
     lines = _error_lines(capsys.readouterr().err)
     assert lines[0].startswith(f"error: No space left on device: {tmp_path / 'out' / 'cifar10.json'}; "), lines
     assert "rerun the same command" in lines[0] and str(tmp_path / "cache") in lines[0] and len(lines) == 1
+
+
+def test_evaluate_sigterm_stops_as_ctrl_c_does_saying_how_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: SIGTERM (a scheduler's stop) ended the run without a word, where Ctrl-C said how to resume."""
+    import os
+    import signal
+    import time
+
+    cifar10_archive_stand_ins(tmp_path, monkeypatch)
+    job = load_evaluate_job("evaluate_sigterm")
+
+    def stopped_by_the_scheduler(config, **_):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+        pytest.fail("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(job, "evaluate_dataset", stopped_by_the_scheduler)
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["--datasets", "cifar10", "--attacks", "badnet", "--defenses", "none", "--subset", "20",
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(job, argv) == 143
+    err = capsys.readouterr().err
+    assert f"interrupted: stopped by SIGTERM; rerun the same command to resume from the caches in {tmp_path / 'cache'}" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # put back once the run is over
