@@ -73,10 +73,14 @@ def forget_results(cache: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, required=True, help="scratch folder: cache/, stand-ins/, reports/")
-    p.add_argument("--epochs", type=int, default=1, help="the --epochs the timed run is given (its cache names)")
-    p.add_argument("--stand-in-images", type=int, default=512, help="training images per stand-in classifier")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="the --epochs the timed run is given (its cache names). Default: 1")
+    p.add_argument("--stand-in-images", type=int, default=512,
+                   help="training images per stand-in classifier. Default: 512")
     p.add_argument("evaluate_args", nargs="*", help="options for jobs/evaluate.py (after --); default: none")
     args = p.parse_args(argv)
+    if args.stand_in_images < 1:  # (--epochs is jobs/evaluate.py's to check) none was a traceback from the training
+        p.error(f"--stand-in-images must be 1 or more, got {args.stand_in_images}")
     cache = args.work / "cache"
     cache_stand_ins(args.evaluate_args, args.epochs, args.stand_in_images, cache, args.work / "stand-ins")
     forget_results(cache)

@@ -23,11 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import metrics  # noqa: E402
+from pipeline.evaluation import datasets, metrics  # noqa: E402
 from pipeline.evaluation.attacks import PhysicalBA, make_attack  # noqa: E402
 from pipeline.evaluation.classifier import predict  # noqa: E402
-from pipeline.evaluation.datasets import load_splits  # noqa: E402
+from pipeline.evaluation.datasets import DataError, load_splits  # noqa: E402
 from pipeline.evaluation.victims import get_classifier  # noqa: E402
+from pipeline.local_folders import folder_problem  # noqa: E402
 
 CORNER = 6  # px: the 3x3 patch and the ring of pixels around it that a classifier sees it against
 EDGES = (0, 40, 80, 120, 160, 200, 256)
@@ -45,26 +46,54 @@ def rate_by_bins(hits: np.ndarray, values: np.ndarray, edges: tuple[int, ...]) -
     return rows
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"])
-    p.add_argument("--attack", default="physicalba", choices=["physicalba", "badnet"])
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"], help="Default: cifar10")
+    p.add_argument("--attack", default="physicalba", choices=["physicalba", "badnet"], help="Default: physicalba")
     p.add_argument("--interpolation", default=None, choices=["bilinear", "nearest"],
                    help="PhysicalBA only: how the attacker's affine warp resamples its training images. Default: "
                         "bilinear, as in the evaluation")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (the evaluation's victims: 20)")
+    p.add_argument("--epochs", type=int, default=10,
+                   help="the victim's training epochs (jobs/evaluate.py --epochs: its cache name). Default: 10")
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2 (the evaluation's victims: 20). Default: 20")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
-                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: ~/.cache/zip-purify")
-    args = p.parse_args()
+    # The evaluation's own default: with $ZIP_CACHE_DIR set, ~/.cache/zip-purify missed the classifiers it had cached
+    # there, and this trained another for 25 minutes.
+    p.add_argument("--cache-dir", type=Path, default=datasets.CACHE_DIR,
+                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: as jobs/evaluate.py's, "
+                        "$ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
+    args = p.parse_args(argv)
     if args.interpolation is not None and args.attack != "physicalba":
         p.error("--interpolation is a PhysicalBA option")
+    # Said now, in one line: each of these was a traceback, some only after the data was decoded.
+    problem = training_problem(args)
+    if problem:
+        p.error(problem)
+    return args
+
+
+def training_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the victim's training options and --cache-dir, or None."""
+    if args.epochs < 1:
+        return f"--epochs must be 1 or more, got {args.epochs}"
+    if args.depth < 8 or (args.depth - 2) % 6:
+        return f"--depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {args.depth}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be 1 or more, got {args.threads}"
+    problem = folder_problem(args.cache_dir.expanduser())
+    return f"--cache-dir {args.cache_dir}: {problem}" if problem else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     interpolation = args.interpolation or PhysicalBA().interpolation
 
     options = {} if interpolation == PhysicalBA().interpolation else {"interpolation": interpolation}
-    train, test = load_splits(args.dataset)
-    model, info = get_classifier(args.dataset, args.attack, args.cache_dir, args.epochs, args.threads,
+    try:
+        train, test = load_splits(args.dataset)
+    except DataError as err:  # the message names the archive and the variable to set
+        raise SystemExit(f"error: {err}") from None
+    model, info = get_classifier(args.dataset, args.attack, args.cache_dir.expanduser(), args.epochs, args.threads,
                                  train=train, attack_options=options,
                                  train_options={"depth": args.depth} if args.depth != 20 else None)
     attack = make_attack(args.attack, test.images.shape[1])

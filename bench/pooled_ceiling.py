@@ -11,7 +11,8 @@ destroys (clean accuracy down to this ceiling) and what the prior fails to resto
 Scores the whole test split, pooled the same way, and the evaluation's class-stratified subset (`--subset`, `--seed`:
 jobs/evaluate.py's, 500 and 0 for the tables in docs/results.md), whose ZIP figures it is compared with. The
 classifier is cached beside the evaluation's (`<cache>/classifiers/<dataset>-pooled<k>-e<epochs>.pt`); training
-resumes from its last epoch if stopped.
+resumes from its last epoch if stopped. A cached one trained from other data (its file records the training split's
+hash) or damaged is trained again.
 Needs ../shared/data.
 """
 
@@ -28,10 +29,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluation import metrics  # noqa: E402
+from pipeline.evaluation import datasets, metrics  # noqa: E402
 from pipeline.evaluation.baselines import naive_transform  # noqa: E402
-from pipeline.evaluation.classifier import load_classifier, predict, save_classifier, train_classifier  # noqa: E402
-from pipeline.evaluation.datasets import load_splits, stratified_subset  # noqa: E402
+from pipeline.evaluation.cache import DAMAGED_CACHE, sha256_of_arrays, warn_damaged  # noqa: E402
+from pipeline.evaluation.classifier import (  # noqa: E402
+    classifier_trained_from,
+    load_classifier,
+    predict,
+    save_classifier,
+    train_classifier,
+)
+from pipeline.evaluation.datasets import NUM_CLASSES, DataError, load_splits, stratified_subset  # noqa: E402
+from pipeline.evaluation.preflight import EvaluationError, check_subset, check_subset_fits  # noqa: E402
+from pipeline.local_folders import folder_problem  # noqa: E402
 
 
 def class_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -54,35 +64,79 @@ def posterior_figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]
             "mean_confidence": round(100.0 * float(probs.max(1).mean()), 2)}
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"])
-    p.add_argument("--pool", type=int, default=4, help="ZIP's pooling factor k (the job's default: 4)")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "gtsrb"], help="Default: cifar10")
+    p.add_argument("--pool", type=int, default=4, help="ZIP's pooling factor k (the job's default: 4). Default: 4")
     p.add_argument("--epochs", type=int, default=10, help="as the evaluation's victims (default 10)")
     p.add_argument("--crop-pad", type=int, default=4, help="random-crop padding in px while training (default 4, as "
                                                           "the victims; 0: flips only)")
     p.add_argument("--subset", type=int, default=500, help="the evaluation's test subset size (default 500)")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's subset seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "zip-purify",
-                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: ~/.cache/zip-purify")
-    args = p.parse_args()
-    if args.pool < 1:
-        p.error(f"--pool must be at least 1, got {args.pool}")
+    # The evaluation's own default: with $ZIP_CACHE_DIR set, ~/.cache/zip-purify was not "beside the evaluation's"
+    p.add_argument("--cache-dir", type=Path, default=datasets.CACHE_DIR,
+                   help="where jobs/evaluate.py caches classifiers (its --cache-dir). Default: as jobs/evaluate.py's, "
+                        "$ZIP_CACHE_DIR, else ~/.cache/zip-purify (now: %(default)s)")
+    args = p.parse_args(argv)
+    # Said now, in one line: each of these was a traceback, a subset too small or too large only after the training.
+    problem = option_problem(args)
+    if problem:
+        p.error(problem)
+    return args
 
-    train, test = load_splits(args.dataset)
+
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options on their own (the subset against the test split: `main`, once it is loaded)."""
+    for name, least in (("pool", 1), ("epochs", 1), ("crop_pad", 0), ("seed", 0)):
+        if getattr(args, name) < least:
+            return f"--{name.replace('_', '-')} must be {least} or more, got {getattr(args, name)}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be 1 or more, got {args.threads}"
+    try:
+        check_subset(args.dataset, args.subset, NUM_CLASSES[args.dataset])
+    except EvaluationError as err:
+        return str(err)
+    problem = folder_problem(args.cache_dir.expanduser())
+    return f"--cache-dir {args.cache_dir}: {problem}" if problem else None
+
+
+def cached_classifier(path: Path, trained_from: dict) -> torch.nn.Module | None:
+    """The classifier cached at `path` when it was trained from `trained_from` (a file of before it was recorded is
+    taken as it is); None, said, when it is damaged or was trained from other data (a smaller stand-in copy, say),
+    which were served as they were."""
+    if not path.exists():
+        return None
+    try:
+        model, recorded = load_classifier(path), classifier_trained_from(path)
+    except DAMAGED_CACHE as err:
+        warn_damaged(path, err, "retraining the classifier")
+        return None
+    if recorded is not None and recorded != trained_from:
+        print(f"cached classifier {path} was trained from other data or options; retraining it", file=sys.stderr)
+        return None
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train, test = load_splits(args.dataset)
+        check_subset_fits(args.dataset, args.subset, test.labels)
+    except (DataError, EvaluationError) as err:  # a missing archive (named, with the variable to set), a subset too big
+        raise SystemExit(f"error: {err}") from None
     crop = "" if args.crop_pad == 4 else f"-crop{args.crop_pad}"
-    path = args.cache_dir / "classifiers" / f"{args.dataset}-pooled{args.pool}-e{args.epochs}{crop}.pt"
+    path = args.cache_dir.expanduser() / "classifiers" / f"{args.dataset}-pooled{args.pool}-e{args.epochs}{crop}.pt"
+    trained_from = {"train_sha256": sha256_of_arrays(train.images, train.labels)}
     started = time.time()
-    if path.exists():
-        model = load_classifier(path)
-    else:
+    model = cached_classifier(path, trained_from)
+    if model is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         model = train_classifier(naive_transform(train.images, args.pool), train.labels, train.num_classes,
                                  args.epochs, seed=0, hflip=args.dataset != "gtsrb", crop_pad=args.crop_pad,
                                  num_threads=args.threads, checkpoint=path.with_suffix(".training"),
-                                 checkpoint_key=f"{args.dataset}-pooled{args.pool}")
-        save_classifier(model, path)
+                                 checkpoint_key=f"{args.dataset}-pooled{args.pool}-{trained_from['train_sha256']}")
+        save_classifier(model, path, trained_from)
         path.with_suffix(".training").unlink(missing_ok=True)
     pooled_test = naive_transform(test.images, args.pool)
     subset = stratified_subset(test.labels, args.subset, args.seed)

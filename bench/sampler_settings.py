@@ -29,14 +29,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoint import CheckpointError, advice_without_model_options, load_checkpoint  # noqa: E402
+from pipeline.evaluation import datasets  # noqa: E402
 from pipeline.evaluation.attacks import ATTACKS, make_attack, poison_test_set  # noqa: E402
+from pipeline.evaluation.cache import DAMAGED_CACHE  # noqa: E402
 from pipeline.evaluation.classifier import load_classifier, predict  # noqa: E402
-from pipeline.evaluation.datasets import load_dataset  # noqa: E402
+from pipeline.evaluation.datasets import CIFAR10_CLASSES, DataError, load_dataset  # noqa: E402
 from pipeline.evaluation.metrics import psnr  # noqa: E402
 from pipeline.purifier import Purifier, naive_purify  # noqa: E402
 from pipeline.settings import ZipSettings
 
-DEFAULT_CLASSIFIER = Path.home() / ".cache/zip-purify/classifiers/cifar10-clean-e10.pt"
+# The clean classifier jobs/evaluate.py caches (--attacks none, its default 10 epochs), in its default cache folder:
+# $ZIP_CACHE_DIR, else ~/.cache/zip-purify (read when the options are, not at import).
+CLEAN_CLASSIFIER = "classifiers/cifar10-clean-e10.pt"
 DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / "pipeline/assets/cifar10_prior.pt"
 
 
@@ -57,24 +62,35 @@ def parse_setting(text: str) -> tuple[str, dict, ZipSettings]:
         raise SystemExit(f"setting {text!r}: {e}") from None
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("settings", nargs="*", default=["eta0=dict(eta=0.0)", "eta1=dict(eta=1.0)"])
-    p.add_argument("--images", type=int, default=128, help="random CIFAR-10 test images (seed --seed)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--checkpoint", default=str(DEFAULT_PRIOR))
-    p.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("settings", nargs="*", default=["eta0=dict(eta=0.0)", "eta1=dict(eta=1.0)"],
+                   help="NAME=dict(...) of ZipSettings overrides, one per row. Default: %(default)s")
+    p.add_argument("--images", type=int, default=128, help="random CIFAR-10 test images (seed --seed). Default: 128")
+    p.add_argument("--seed", type=int, default=1, help="seed of the image draw. Default: 1")
+    p.add_argument("--checkpoint", default=str(DEFAULT_PRIOR),
+                   help="the diffusion prior. Default: the shipped CIFAR-10 prior, pipeline/assets/cifar10_prior.pt")
+    p.add_argument("--classifier", default=str(datasets.CACHE_DIR / CLEAN_CLASSIFIER),
+                   help=f"the classifier that scores the purified images. Default: the clean one jobs/evaluate.py "
+                        f"caches, {CLEAN_CLASSIFIER} in its cache folder ($ZIP_CACHE_DIR, else ~/.cache/zip-purify; "
+                        "now: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). Default: 0")
     p.add_argument("--target", type=int, default=None,
                    help="also report the share of purified images (true label != TARGET) the classifier assigns to "
-                        "TARGET: a backdoored classifier's no-trigger ASR floor (e.g. 0 with the WaNet classifier)")
+                        "TARGET: a backdoored classifier's no-trigger ASR floor (e.g. 0 with the WaNet classifier). "
+                        "Default: none")
     p.add_argument("--attack", choices=sorted(ATTACKS), default=None,
                    help="trigger the images with this attack first (dropping those of its target class) and report "
-                        "PA and ASR instead of CA and the --target share; pair it with that attack's --classifier")
+                        "PA and ASR instead of CA and the --target share; pair it with that attack's --classifier. "
+                        "Default: none, clean images")
     p.add_argument("--mean-of", type=int, default=1, metavar="N",
                    help="purify each image N times (seeds s, s+1, ...; s the setting's seed) and score the per-pixel "
-                        "mean: the posterior-mean estimate instead of one sample (N times the time)")
-    args = p.parse_args()
+                        "mean: the posterior-mean estimate instead of one sample (N times the time). Default: 1")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     # every setting is checked before any image is purified: a typo in the last one must not surface hours later
     settings_list = [parse_setting(text) for text in args.settings]
     if not 1 <= args.images <= 10000:
@@ -83,12 +99,36 @@ def main() -> int:
         raise SystemExit(f"--mean-of must be at least 1, got {args.mean_of}")
     if args.attack is not None and args.target is not None:
         raise SystemExit("--attack sets the target to the attack's own; do not pass --target with it")
+    if args.target is not None and not 0 <= args.target < len(CIFAR10_CLASSES):
+        # no image is ever assigned a class CIFAR-10 lacks: the column read 0.0 % for a typo
+        raise SystemExit(f"--target must be a CIFAR-10 class, 0 to {len(CIFAR10_CLASSES) - 1}, got {args.target}")
+    if args.seed < 0:
+        raise SystemExit(f"--seed must be 0 or more, got {args.seed}")
+    if args.threads < 0:
+        raise SystemExit(f"--threads must be 0 or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.classifier).exists():
         raise SystemExit(f"no classifier at {args.classifier}: run `python jobs/evaluate.py --datasets cifar10 "
                          "--attacks none --defenses none` first, or pass --classifier")
-    test = load_dataset("cifar10", "test")
+    # The prior, the classifier and the data, each said in one line before any image is purified: a bad --checkpoint
+    # was a traceback after the no-defense and naive rows, the others a traceback at once.
+    try:
+        load_checkpoint(args.checkpoint, verify_only=True)
+    except (CheckpointError, OSError) as err:
+        raise SystemExit(f"error: --checkpoint {args.checkpoint}: {advice_without_model_options(err)}") from None
+    try:
+        classifier = load_classifier(args.classifier)
+    except DAMAGED_CACHE as err:
+        raise SystemExit(f"error: --classifier {args.classifier}: not a classifier jobs/evaluate.py saved "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    try:
+        test = load_dataset("cifar10", "test")
+    except DataError as err:  # the message names the archive and the variable to set
+        raise SystemExit(f"error: {err}") from None
+    if args.images > len(test.labels):
+        raise SystemExit(f"error: --images {args.images} is more than the {len(test.labels)} images of the CIFAR-10 test "
+                         "split")
     pick = np.random.default_rng(args.seed).choice(len(test.labels), args.images, replace=False)
     images, labels = test.images[pick], test.labels[pick]
     if args.attack is not None:
@@ -98,7 +138,6 @@ def main() -> int:
         args.target = attack.target
     else:
         originals = images
-    classifier = load_classifier(args.classifier)
 
     others = labels != args.target
 

@@ -37,7 +37,9 @@ Checks: settings, the data, the prior and the --out and --cache-dir folders are 
 status 2 and one error line). --out and --cache-dir are local folders, made when missing: a URI (s3://..., ftp://...)
 is refused, a file:// URI and a leading ~ name the local folder. An --out folder holding a report of another
 configuration is refused (give another --out, or --overwrite); rerunning the same configuration regenerates its
-report.
+report. SIGTERM stops a run as Ctrl-C does (exit status 143, 130 for Ctrl-C), saying how to resume. Running out of
+memory (a --batch-size or --canvas-size too large for the device) or a write that fails during the run (a full disk)
+is one error line and exit status 1; the caches keep what was finished.
 
     python jobs/evaluate.py                                    # CIFAR-10 + GTSRB, everything (hours the first time)
     python jobs/evaluate.py --datasets cifar10 --attacks badnet --defenses none,naive,zip --subset 500 --threads 1
@@ -47,8 +49,12 @@ report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,6 +66,7 @@ with interrupted_while_loading("jobs/evaluate.py"):
 
     from pipeline.checkpoint import CheckpointError
     from pipeline.cli_common import Parser, script_prog
+    from pipeline.errors import out_of_memory
     from pipeline.evaluation.attacks import ATTACKS
     from pipeline.evaluation.classifier import train_classifier
     from pipeline.evaluation.datasets import CACHE_DIR, DataError, folder_variable_problem
@@ -290,19 +297,59 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: stopped while checking the data sets and priors; nothing was started", file=sys.stderr)
         return 130
     try:
-        for config, check in zip(configs, checked, strict=True):
-            if config.dataset == "imagenette" and not args.device.startswith("cuda"):
-                log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
-            evaluate_dataset(config, checked=check)
+        with sigterm_as_interrupt():
+            for config, check in zip(configs, checked, strict=True):
+                if config.dataset == "imagenette" and not args.device.startswith("cuda"):
+                    log("warning: imagenette (224 px) on CPU takes very long; it is meant for a GPU run")
+                evaluate_dataset(config, checked=check)
     # What only the data, once loaded, can tell, and a prior that changed after the checks: one line, no traceback.
     except (EvaluationError, DataError, CheckpointError) as err:
         print(f"error: {_shown(err, args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         # Finished classifiers, epochs and purified sets are cached: say so instead of a page of torch frames.
-        print(f"\ninterrupted: rerun the same command to resume from the caches in {args.cache_dir}", file=sys.stderr)
-        return 130
+        by = "stopped by SIGTERM; " if isinstance(err, Terminated) else ""
+        print(f"\ninterrupted: {by}rerun the same command to resume from the caches in {args.cache_dir}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+    except OSError as err:
+        # A disk that fills up, a folder removed or made read-only during the run: one line, and what is kept.
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}; finished classifiers, epochs and "
+              f"purified batches are kept in {args.cache_dir}: rerun the same command once that is fixed",
+              file=sys.stderr)
+        return 1
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        # A --batch-size (or --canvas-size, or prior) too large for the device was a torch traceback naming neither.
+        print(f"error: out of memory on {args.device} ({str(err).splitlines()[0][:200]}); finished classifiers, epochs "
+              f"and purified batches are kept in {args.cache_dir}: rerun with a smaller --batch-size or --canvas-size "
+              "(part of the purified sets' cache key: a set being purified starts over) or on a device with more "
+              "memory", file=sys.stderr)
+        return 1
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, a plain `kill`) raised where Ctrl-C raises KeyboardInterrupt: the same way out."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM as `Terminated` while the work runs: it ended the process without a word (the caches' writes are atomic,
+    so nothing is lost either way), where Ctrl-C said how to resume; now both do, SIGTERM with status 143. An ignored
+    SIGTERM stays ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shown(err: BaseException, args: argparse.Namespace) -> str:

@@ -22,12 +22,15 @@ train longer rerun with a larger --minutes. Ctrl-C or SIGTERM saves last.pt and 
 status 130 / 143; a second Ctrl-C or SIGTERM quits at once, unsaved); after a hard kill at most --save-every-min
 minutes are lost. A last.pt made with another --data, --schedule, --max-timestep (999 and none are the same: every
 timestep) or other model flags is refused; --fresh starts over. Optimiser settings (--lr, --batch, --warmup-steps,
---ema, --precision, --device) may change on resume (a note says so); another --seed changes nothing (the run continues
-its saved random streams; a note says so).
+--ema, --precision, --device) may change on resume (a note says so; a rerun with the budget spent trains nothing, so
+last.pt and the prior go on recording the ones it trained with); another --seed changes nothing (the run continues its
+saved random streams; a note says so). So do other training images than last.pt records (their count and sha256: another
+copy of --data, such as another $ZIP_SHARED_DIR): the run goes on with them, and a note says so.
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
-(or Purifier.from_checkpoint("OUT/prior.pt")). The repository ships priors of at most 20 MB: fp16 stores two bytes
-per parameter, so up to about 64 channels at the default depth.
+(or Purifier.from_checkpoint("OUT/prior.pt")), with --schedule and --start to match a prior trained with --schedule
+cosine or --max-timestep (the job refuses others; the last line of a run shows the command). The repository ships
+priors of at most 20 MB: fp16 stores two bytes per parameter, so up to about 64 channels at the default depth.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
     python jobs/train_prior.py --device cuda --precision bf16 --channels 64 --batch 256 --minutes 60 --out runs/prior-gpu
@@ -62,9 +65,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.entry import interrupted_while_loading  # noqa: E402
 
 with interrupted_while_loading("jobs/train_prior.py"):
+    import numpy as np
     import torch
 
     from pipeline.cli_common import Parser, script_prog
+    from pipeline.errors import out_of_memory
+    from pipeline.evaluation.cache import sha256_of_arrays
     from pipeline.evaluation.datasets import DataError, load_dataset
     from pipeline.model import UNetConfig, build_unet
     from pipeline.schedule import NoiseSchedule
@@ -81,6 +87,7 @@ with interrupted_while_loading("jobs/train_prior.py"):
     from pipeline.training_run import Recipe, TrainingRun, UnusableState
     from pipeline.training_run_folder import (
         LOG,
+        OPTIMISER,
         check_init_from_resumable,
         check_resumable,
         learned_settings,
@@ -171,9 +178,10 @@ def start_run(args: argparse.Namespace, config: UNetConfig, initial: dict | None
 
 
 def resume(run: TrainingRun, last: Path, args: argparse.Namespace, config: UNetConfig, learned: dict,
-           init_note: str | None) -> str | None:
+           init_note: str | None) -> tuple[str | None, str | None]:
     """Continue `run` from last.pt, after refusing a state this command must not continue; the provenance note of the
-    weights it now holds. The random streams (which images, flips, timesteps, noise, dropout) continue where the state
+    weights it now holds, and the training images it records (`images_id`; None from a state before it was kept). The
+    random streams (which images, flips, timesteps, noise, dropout) continue where the state
     left them, so a resumed run trains as the uninterrupted one would."""
     state = load_state(last, run.device)
     check_resumable(last, state, config, learned)
@@ -189,14 +197,23 @@ def resume(run: TrainingRun, last: Path, args: argparse.Namespace, config: UNetC
         raise SystemExit(f"error: {last} is damaged and cannot be resumed ({err}); pass --fresh to start over "
                          f"(it is then overwritten), or delete it") from err.__cause__
     print(f"resumed from {last}: step {run.step}, {run.images_seen} images, {run.elapsed / 60:.1f} min", flush=True)
-    note_optimiser_changes(last, state, args)
+    if budget_spent(run, args):
+        # Nothing trains with this command's optimiser settings, so the saves go on recording the ones the weights were
+        # trained with: a rerun with --ema 0.99 that had nothing to train wrote 0.99 into last.pt and the prior's meta.
+        for name, value in state.get("optimiser", {}).items():
+            if name in OPTIMISER:
+                setattr(args, name, value)
+    else:
+        note_optimiser_changes(last, state, args)
     # The weights, and so their provenance, come from last.pt (a state from before it recorded one: this command's)
-    return shown_note(state["initialised_from"]) if "initialised_from" in state else init_note
+    note = shown_note(state["initialised_from"]) if "initialised_from" in state else init_note
+    recorded = state.get("training_images")
+    return note, recorded if isinstance(recorded, str) else None
 
 
-def load_training_images(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
+def load_training_images(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, str]:
     """--data's clean training split, N x 32 x 32 x 3 uint8, on the device: the whole set lives there (150 MB for
-    CIFAR-10), so no step copies images."""
+    CIFAR-10), so no step copies images; and what identifies those images (`images_id`)."""
     try:
         data = load_dataset(args.data, "train").images
     except DataError as err:  # the message names the folder and the variable to set
@@ -205,7 +222,14 @@ def load_training_images(args: argparse.Namespace, device: torch.device) -> torc
     if data.ndim != 4 or data.shape[1:] != (32, 32, 3):
         raise SystemExit(f"error: --data {args.data}: the training images are {'x'.join(map(str, data.shape[1:]))}, not "
                          f"32x32x3 (RGB): the prior is a 32 px model; is ZIP_SHARED_DIR the shared copy of {args.data}?")
-    return torch.from_numpy(data).to(device)
+    return torch.from_numpy(data).to(device), images_id(data)
+
+
+def images_id(images: np.ndarray) -> str:
+    """What a run records of its training images, to tell a resume on other ones: their count and content hash (the
+    evaluation's train_sha256). Another copy of --data (another $ZIP_SHARED_DIR, a stand-in subset for a smoke test)
+    passed every check, and a resume trained on it without a word."""
+    return f"{len(images)} images, sha256 {sha256_of_arrays(images)[:16]}"
 
 
 def make_recipe(args: argparse.Namespace, alpha_bars: torch.Tensor) -> Recipe:
@@ -250,11 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     learned = learned_settings(args, len(alpha_bars))
     resumed = last.exists() and not args.fresh
     if resumed:
-        init_note = resume(run, last, args, config, learned, init_note)
+        init_note, trained_on = resume(run, last, args, config, learned, init_note)
     elif args.minutes == 0 and initial is None:
         raise SystemExit(f"error: --minutes 0 with nothing to start from (no {last} to resume, no --init-from) would "
                          f"export an untrained prior")
-    pixels = load_training_images(args, device)
+    pixels, training_images = load_training_images(args, device)
+    if resumed and trained_on is not None and trained_on != training_images:
+        print(f"note: resuming {last} on other training images than it was trained on so far ({trained_on} then, "
+              f"{training_images} now: another copy of --data {args.data}?); it goes on training on these, and --fresh "
+              f"starts over on them alone", file=sys.stderr, flush=True)
     if args.batch > len(pixels):
         # Each step then held every image more than once (a --batch of 64 over 16 images: each 4 times), without a
         # word; and a --batch far above the data set's size is a typo that asks for that much memory per step.
@@ -263,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     run.match_data(len(pixels))  # a restored epoch order of another data set is not continued
     announce(run, len(pixels), args, export)
     recipe = make_recipe(args, alpha_bars)
-    saves = Saves(args, argv, last, export, config, learned, init_note, saved_step=run.step if resumed else None)
+    saves = Saves(args, argv, last, export, config, learned, init_note, saved_step=run.step if resumed else None,
+                  training_images=training_images)
 
     out.mkdir(parents=True, exist_ok=True)
     # Held to the end, so that a second run into this folder is refused (see lock_run_folder) and a signal saves the
@@ -284,12 +313,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             return 1
     return farewell(run, saves, diverged, stop.signum, args.fresh)
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Whether a training step failed for want of memory: CUDA's, or the CPU allocator's (an allocation the system
-    refused; one it grants and cannot back ends the process instead, with the kernel's OOM killer)."""
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -53,6 +53,26 @@ class CheckpointError(JobError, ValueError):
     mismatched checkpoint through), and a ValueError, as it always was."""
 
 
+class UnmatchedArchitectureError(CheckpointError):
+    """A checkpoint with no flags whose keys and shapes match no preset: its architecture must be named. The message
+    tells the job's user to pass --preset or --flags; `finding` is the same without that advice, for the tools that
+    have neither option (`advice_without_model_options`)."""
+
+    def __init__(self, finding: str) -> None:
+        super().__init__(f"{finding}; pass --preset or --flags")
+        self.finding = finding
+
+
+def advice_without_model_options(err: BaseException) -> str:
+    """`err`'s message as a tool without --preset and --flags (jobs/evaluate.py, jobs/train_prior.py) says it: they sent
+    the user to options the tool refuses as unknown. Such a tool reads a bundle, which records its architecture."""
+    if not isinstance(err, UnmatchedArchitectureError):
+        return str(err)
+    return (f"{err.finding}; this tool takes no --preset or --flags: save the weights with their architecture first "
+            "(in Python: from pipeline.checkpoint import load_checkpoint, save_bundle; save_bundle('prior.pt', "
+            "load_checkpoint(PATH, flags={...}).model), with guided-diffusion's create_model flags) and give that file")
+
+
 @dataclass
 class LoadedCheckpoint:
     model: UNetModel
@@ -313,6 +333,9 @@ def infer_preset(state_dict: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+# The first convolution, which every guided-diffusion UNet has (under a wrapper's prefix too): a file without it holds
+# some other network.
+UNET_INPUT_KEY = "input_blocks.0.0.weight"
 CLASS_COND_ADVICE = ("ZIP purifies without labels and needs an unconditional diffusion model, such as guided-diffusion's "
                      "256x256_diffusion_uncond")
 
@@ -429,10 +452,17 @@ def _architecture(parsed: dict[str, Any], state_dict: dict[str, torch.Tensor], u
             f"checkpoint {uri} is a class-conditional model (the file holds label_emb.weight, "
             f"{_class_count(state_dict)}; it matches none of the presets, and has no flags): " + CLASS_COND_ADVICE
         )
-    if preset is None:
+    if preset is None and not any(k.endswith(UNET_INPUT_KEY) for k in state_dict):
+        # Not a UNet at all (a classifier of the evaluation's cache given as the prior, say): "matches none of the
+        # presets; pass --flags" sent the user looking for flags that no architecture of ours has.
+        first = ", ".join(map(str, list(state_dict)[:4]))
         raise CheckpointError(
-            f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)}); pass --preset or --flags"
+            f"checkpoint {uri} holds no diffusion UNet: none of its {len(state_dict)} weights is guided-diffusion's "
+            f"{UNET_INPUT_KEY} (its first: {first}); a diffusion prior is needed, e.g. guided-diffusion's "
+            "256x256_diffusion_uncond or one jobs/train_prior.py wrote (a classifier is not one)"
         )
+    if preset is None:
+        raise UnmatchedArchitectureError(f"checkpoint {uri} matches none of the presets ({', '.join(PRESETS)})")
     return preset_config(preset), f"preset {preset!r} (inferred)", preset
 
 

@@ -26,3 +26,11 @@ class NotOnThisNodeError(JobError):
     system, a local path is the driver's machine's disk. Also a remote store whose fsspec package (adlfs, gcsfs) the
     node lacks. Raised where the work runs, before it reads or writes there (`pipeline.stages`); Ray does not retry it
     (`pipeline.job.task_retry_options`): another try fails the same way."""
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is a device's want of memory: CUDA's (torch.OutOfMemoryError), or an allocation the CPU allocator
+    was refused (one it grants and cannot back ends the process instead, with the kernel's OOM killer)."""
+    import torch  # asked only by tools that ran torch; this module stays light for the others
+
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))

@@ -1,5 +1,6 @@
 """Options that must name a local folder (jobs/evaluate.py's --out and --cache-dir, jobs/train_prior.py's --out): what
-such an option's value means, and why a folder cannot be used, found before any work and without creating anything.
+such an option's value means, and why a folder cannot be used, found before any work and without leaving anything (a
+write is tried by making an empty folder and removing it).
 
 A URI (s3://bucket/x, ftp://user:password@host/x) or an fsspec chain (simplecache::s3://..., memory::x) is no local path:
 taken as one it became a local folder named 'ftp:/user:password@host/x', the password in its name. `remote_uri` tells
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 # A URI's scheme (RFC 3986: a letter, then letters, digits, '+', '-', '.') and what follows it: '://', or fsspec's
@@ -101,6 +103,13 @@ def not_writable(folder: Path) -> str | None:
     # the effective ids, which the writes use (a setuid launcher's real ones may differ), where the system tells them
     if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return f"{folder} is not writable by this user (no permission, or a read-only file system)"
+    # access() answers from the permission bits, and root passes them all: a file system that refuses writes anyway (a
+    # root-squashed NFS export, a kernel file system, a security module's rule) let an evaluation run its hours and then
+    # fail writing its report. An empty folder made and removed at once is the system's own answer.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+    except OSError as err:
+        return f"{folder} is not writable ({err.strerror or err})"
     return None
 
 

@@ -95,8 +95,10 @@ class Saves:
     were made), and keeps what the saves so far left: the step last.pt holds, and why the latest export failed."""
 
     def __init__(self, args: argparse.Namespace, argv: list[str] | None, last: Path, export: str | Path,
-                 config: UNetConfig, learned: dict, init_note: str | None, saved_step: int | None) -> None:
+                 config: UNetConfig, learned: dict, init_note: str | None, saved_step: int | None,
+                 training_images: str | None = None) -> None:
         self.args, self.argv, self.last, self.export = args, argv, last, export
+        self.training_images = training_images  # what last.pt records of them, for a resume to compare
         self.shown_export = shown_export(export)
         self.config, self.learned, self.init_note = config, learned, init_note
         self.saved_step = saved_step
@@ -108,6 +110,7 @@ class Saves:
             **run.state_dict(), "flags": self.config.to_flags(), **self.learned, "initialised_from": self.init_note,
             "optimiser": {name: getattr(self.args, name) for name in OPTIMISER}, "seed": self.args.seed,
             **({"log_window": window.state()} if window is not None and window.steps else {}),
+            **({"training_images": self.training_images} if self.training_images else {}),
         })
         try:
             write_export(self.export, run.ema, self.meta(run))
@@ -216,5 +219,15 @@ def farewell(run: TrainingRun, saves: Saves, diverged: bool, signum: int | None,
               f"{again} to resume", file=sys.stderr, flush=True)
         return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     print(f"done: {step} steps, {run.images_seen} images, {run.elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
-    print(f"use it: python jobs/purify.py --checkpoint {export} --input ... --output ...", flush=True)
+    print(f"use it: python jobs/purify.py --checkpoint {export}{purify_options(saves)} --input ... --output ...", flush=True)
     return 0
+
+
+def purify_options(saves: Saves) -> str:
+    """The purify job's options the prior needs beyond its defaults: the job refuses to sample it with another noise
+    schedule or above the largest timestep it was trained on, so the bare command shown before was refused."""
+    args, timesteps = saves.args, saves.learned["timesteps"]
+    options = "" if args.schedule == "linear" else f" --schedule {args.schedule}"
+    if args.max_timestep is not None and args.max_timestep < timesteps - 1:
+        options += f" --start {args.max_timestep / timesteps:g}"  # as the job's own refusal advises
+    return options

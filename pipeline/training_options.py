@@ -13,7 +13,7 @@ from pathlib import Path
 import fsspec
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.checkpoint import CheckpointError, advice_without_model_options, load_checkpoint
 from pipeline.evaluation.datasets import folder_variable_problem
 from pipeline.local_folders import LocalPathError, folder_problem, remote_uri
 from pipeline.local_folders import local_path as read_local_path
@@ -229,7 +229,7 @@ def load_initial(uri: str, dropout: float) -> tuple[UNetConfig, dict, str, dict]
         loaded = load_checkpoint(uri)
     except (CheckpointError, OSError) as err:
         # a server's password in the URI (ftp://user:password@host/prior.pt) not echoed: stderr ends up in CI logs
-        raise SystemExit(redact_uri_secrets(f"error: --init-from {uri}: {err}", uri)) from err
+        raise SystemExit(redact_uri_secrets(f"error: --init-from {uri}: {advice_without_model_options(err)}", uri)) from err
     cfg = loaded.config
     if cfg.image_size != 32 or cfg.learn_sigma or cfg.class_cond:
         raise SystemExit(f"error: --init-from {redact_uri(uri)}: need an unconditional 32 px ε-prediction model without "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.checkpoint import CheckpointError, advice_without_model_options, load_checkpoint
 from pipeline.evaluation import datasets
 from pipeline.evaluation.attacks import ATTACKS
 from pipeline.evaluation.datasets import (
@@ -133,7 +133,9 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
     try:
         loaded = load_checkpoint(config.checkpoint, verify_only=True)
     except (CheckpointError, OSError) as err:  # the reader's message quotes the URI too
-        raise EvaluationError(redact_uri_secrets(f"diffusion prior: {err} (train one with jobs/train_prior.py, pass "
+        # (a file that matches no preset: how to record its architecture, this command having no --preset or --flags)
+        problem = advice_without_model_options(err)
+        raise EvaluationError(redact_uri_secrets(f"diffusion prior: {problem} (train one with jobs/train_prior.py, pass "
                                                  "--checkpoint, or leave out the zip defenses)", config.checkpoint)) from None
     recorded = loaded.meta.get("schedule") if isinstance(loaded.meta, dict) else None
     schedule = config.schedule or (recorded if isinstance(recorded, str) else None) or default
