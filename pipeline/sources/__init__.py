@@ -1,7 +1,8 @@
 """Input discovery and raw reading: folders of image files, tar shards, Parquet and TFRecord files, zip archives.
 
 The reading side of the job, step by step: `listing.discover` lists an input into read units (`units.ReadUnit`: one
-read task's worth, kept a Ray row), walking a folder with `walk` and skipping hidden files (`hidden`). A read task
+read task's worth, kept a Ray row), walking a folder with `walk`, skipping hidden files (`hidden`) and joining an
+image folder's metadata.csv / metadata.jsonl to its images (`folder_metadata`, sent with each unit). A read task
 gives its unit to `reading.read_unit`, which calls the reader of the unit's container kind: `image_files` (a group of
 loose image files), `tar_shards` (WebDataset or plain tar shards; their passes in `tar_members`, their samples in
 `webdataset_keys`), `zip_archives` or `parquet_files` (Arrow IPC files too, through `arrow_ipc`; their rows counted
