@@ -955,6 +955,9 @@ def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, start
             "skipped_already_done": tally.skipped_already_done(plan),
             # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
             "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
+            # as a finished run's: the planning joined them before any image was read
+            **({"folder_metadata": plan.folder_metadata_report()}
+               if plan.folder_metadata and plan.folder_metadata.found() else {}),
             "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
             "files_written": count.files,
             "counted": "from the part files this run wrote, after it stopped" if count.short is None else

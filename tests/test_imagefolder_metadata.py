@@ -194,3 +194,26 @@ def test_a_run_writes_the_joined_columns_with_their_types_and_refuses_the_other_
     assert plan_job(small_job_config(tmp_path, model, incremental=True)).output_state == "incremental"
     assert plan_job(small_job_config(tmp_path, model, incremental=True, join_metadata=False)).output_state == \
         "incremental"
+
+
+def test_a_stopped_run_says_what_the_planning_joined_as_a_finished_one_does(tmp_path, model, monkeypatch) -> None:
+    import signal
+
+    import pipeline.job as job
+
+    train = image_folder(tmp_path / "in" / "train", 2)
+    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n7.png,4\n")
+    # no Ray: Ctrl-C as the run starts, inside the part that records a stop
+    monkeypatch.setattr(job, "init_ray", lambda config: None)
+    monkeypatch.setattr(job, "default_actors_and_gpus", lambda config: (1, 0.0, "cpu"))
+
+    def ctrl_c(*args, **kwargs) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "remove_stale_temporaries", ctrl_c)
+    assert cli.main(small_job_argv(tmp_path, model)) == 128 + signal.SIGINT
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["this_run"]["folder_metadata"] == {"files_joined": 1, "files_rejected": 0, "image_files_joined": 1,
+                                                      "rows_without_image_file": 1,
+                                                      "rows_without_image_file_examples": ["train/metadata.csv: 7.png"]}
