@@ -24,6 +24,7 @@ from pipeline.changes import (
     same_bytes,
     same_members,
     updated_record,
+    with_metadata_rows,
 )
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
@@ -616,7 +617,9 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     except Exception as err:  # noqa: BLE001 - read_record ignores a bad record; this is storage failing
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     if record is not None and settled:
-        record = InputRecord(record.location, {**record.stamps, **settled})
+        record = replace(record, stamps={**record.stamps, **settled})
+    # a record an older version wrote: its image files' stamps take their metadata rows' digests as they are now
+    record = with_metadata_rows(record, inputs)
     # image files whose stamp changed, read: those whose bytes did not change get their new stamp, so are no change
     # (the part files holding their rows looked up in the ids the planning read: `output.index`)
     # (compared with the rows the output holds once this run's start has applied a stopped refresh's journal)
