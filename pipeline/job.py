@@ -533,10 +533,12 @@ class StaleRejects:
     unreadable: set[str]  # '#unreadable' of a container (tar, Parquet, zip) read to its end this run
     superseded: set[str]  # an older version's one reject for a tar shard's numbered names ('s.tar/cat' for cat.0.jpg)
     lookalikes: set[str]  # a shard's look-alike reject that its reading did not give this time (a member renamed)
+    # an image-folder metadata file's reject that an earlier run made, the file joined now (`JobPlan.metadata_rejects`)
+    metadata_files: set[str] = field(default_factory=set)
 
     @property
     def all(self) -> set[str]:
-        return self.unreadable | self.superseded | self.lookalikes
+        return self.unreadable | self.superseded | self.lookalikes | self.metadata_files
 
 
 def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejects:
@@ -547,7 +549,7 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
     held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
     lookalikes = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
     lookalikes -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
-    return StaleRejects(unreadable, superseded, lookalikes)
+    return StaleRejects(unreadable, superseded, lookalikes, set(plan.metadata_rejects))
 
 
 def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, lease: OutputLease,

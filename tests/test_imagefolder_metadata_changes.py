@@ -145,3 +145,40 @@ def test_the_record_says_its_stamps_hold_metadata_rows(tmp_path) -> None:
     write_record(str(tmp_path), {}, InputRecord("/in", {"a.png": ("files", "x")}))
     assert pq.read_schema(record_path(str(tmp_path))).metadata[b"metadata_rows"] == b"1"
     assert read_record(str(tmp_path), {}, "/in").metadata_rows is True
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_metadata_file_fixed_after_it_was_a_reject_has_its_reject_removed_not_said_gone(tmp_path, model,
+                                                                                           capsys) -> None:
+    train = image_folder(tmp_path / "in" / "train", 2)
+    (train / "metadata.csv").write_text("file_name,label\n0.png,1\n0.png,2\n")  # 0.png named twice: a reject
+    out = tmp_path / "out"
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
+    assert [r["id"] for r in pq.read_table(out / "rejects").to_pylist()] == ["train/metadata.csv"]
+
+    (train / "metadata.csv").write_text("file_name,label\n0.png,1\n1.png,2\n")  # fixed
+    plan = plan_job(small_job_config(tmp_path, model, incremental=True, retry_rejects=True), dry_run=True)
+    assert plan.retry == frozenset()  # not an input to read again: it is joined
+    described = plan.describe()
+    assert described["input"]["folder_metadata"]["earlier_rejects_removed"] == 1
+    changed = described["changed_inputs"]
+    # its images were purified without its columns: changed, for --refresh-changed to write them with them
+    assert (changed["gone_image_files"], changed["image_files_metadata_changed"]) == (0, 2)
+    capsys.readouterr()
+    cli.print_plan(described)
+    assert "1 earlier reject of such a file (fixed since) would go from rejects/" in " ".join(
+        capsys.readouterr().out.split())
+
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    run = summary["this_run"]
+    assert (run["stale_rejects_removed"], summary["output_totals"]["rejected"]) == (1, 0)
+    assert (summary["changed_inputs"]["gone_image_files"], run["refreshed"]["rows_replaced"]) == (0, 2)
+    assert not (out / "rejects").exists()  # its one reject gone, and the folder with it
+    assert _label(out) == {"train/0.png": 1, "train/1.png": 2}
+    recorded = pq.read_table(record_path(str(out))).column("id").to_pylist()
+    assert "train/metadata.csv" not in recorded and "train/0.png" in recorded
+
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental")) == 0
+    err = capsys.readouterr().err
+    assert "no longer in the input" not in err and "changed under the same name" not in err

@@ -18,7 +18,9 @@ every image):
 - an image named by two metadata files takes the row of the one nearest to it (the deeper folder);
 - a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
   JSON object, no `file_name` column, a `file_name` that is not text, one named twice) is a reject saying what and on
-  which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns;
+  which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns; once it is
+  fixed and joined, a later run removes that reject (`plan.JobPlan.metadata_rejects`), and its images' rows are said
+  changed (their stamps hold their rows' digests: `units.with_metadata_row`), for --refresh-changed to write again;
 - a CSV column is typed as pandas (which datasets uses) reads it: integers, floats or true/false where every value
   reads so, else text (dates too), empty cells null; JSONL values as JSON types them, so that an integer label stays
   an integer."""
@@ -61,6 +63,7 @@ class FolderMetadata:
 
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # listed image path -> its output columns
     joined: list[str] = field(default_factory=list)  # listed paths of the metadata files joined
+    joined_ids: list[str] = field(default_factory=list)  # their ids (paths below the input's root)
     rejects: dict[str, str] = field(default_factory=dict)  # listed path of a metadata file -> why it is a reject
     unmatched: int = 0  # rows whose file_name is no listed image file
     unmatched_examples: list[str] = field(default_factory=list)  # 'train/metadata.csv: 7.png'
@@ -71,7 +74,7 @@ class FolderMetadata:
 
     def reset(self) -> None:
         """Empty, for a listing made again (a retried one counts once)."""
-        self.rows, self.joined, self.rejects = {}, [], {}
+        self.rows, self.joined, self.joined_ids, self.rejects = {}, [], [], {}
         self.unmatched, self.unmatched_examples = 0, []
 
 
@@ -102,6 +105,7 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
             found.rejects[path] = f"image-folder metadata file not joined to its images: could not read it: {describe(err)}"
             continue
         found.joined.append(path)
+        found.joined_ids.append(id_)
         folder = posixpath.dirname(id_)
         for row in rows:
             image = images.get(_resolved(folder, row[FILE_NAME]))
