@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -71,7 +71,7 @@ from pipeline.ledger import ContainerRead, container_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
-from pipeline.sources.units import METADATA_ROW
+from pipeline.sources.units import METADATA_ROW, ROW_UNKNOWN
 from pipeline.storage import concurrent_calls, describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 if TYPE_CHECKING:
@@ -368,9 +368,32 @@ def with_metadata_rows(record: InputRecord | None, listed: Iterable[ReadUnit]) -
                     or METADATA_ROW in before[1]:
                 continue
             row = content.partition(METADATA_ROW)[2]
+            if row == ROW_UNKNOWN:  # nothing known to take (`rows_as_recorded`)
+                continue
             stamps[relative_id(path, unit.root)] = ("files", DIFFERS.join(f"{part}{METADATA_ROW}{row}"
                                                                          for part in before[1].split(DIFFERS)))
     return InputRecord(record.location, stamps)
+
+
+def rows_as_recorded(listed: list[ReadUnit], record: InputRecord | None) -> list[ReadUnit]:
+    """`listed`, an image file whose metadata row is not known (ROW_UNKNOWN: a metadata file that cannot be joined may
+    name it) stamped with the row its record holds: a file broken by an edit is no change of the images it may name,
+    which keep their rows and columns (said on its reject) until it is fixed; then their rows as they are now tell."""
+    recorded = record.stamps if record is not None else {}
+    unknown = f"{METADATA_ROW}{ROW_UNKNOWN}"
+    out = []
+    for unit in listed:
+        if unit.kind == "files" and any(c is not None and c.endswith(unknown) for c in unit.contents):
+            contents = []
+            for path, content in zip(unit.paths, unit.contents, strict=True):
+                if content is not None and content.endswith(unknown):
+                    before = recorded.get(relative_id(path, unit.root))
+                    row = _metadata_row(before[1]) if before is not None and before[0] == "files" else ""
+                    content = content[: -len(unknown)] + (f"{METADATA_ROW}{row}" if row else "")
+                contents.append(content)
+            unit = replace(unit, contents=tuple(contents))
+        out.append(unit)
+    return out
 
 
 # Image files whose stamp changed that are read at once to hash them (`same_bytes`): each read waits on storage's

@@ -21,6 +21,7 @@ from pipeline.changes import (
     InputRecord,
     find_changes,
     read_record,
+    rows_as_recorded,
     same_bytes,
     same_members,
     updated_record,
@@ -632,6 +633,8 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
         record = replace(record, stamps={**record.stamps, **settled})
     # a record an older version wrote: its image files' stamps take their metadata rows' digests as they are now
     record = with_metadata_rows(record, inputs)
+    # an image a metadata file that cannot be joined may name: its row as recorded (not changed for that file)
+    inputs = rows_as_recorded(inputs, record)
     # image files whose stamp changed, read: those whose bytes did not change get their new stamp, so are no change
     # (the part files holding their rows looked up in the ids the planning read: `output.index`)
     # (compared with the rows the output holds once this run's start has applied a stopped refresh's journal)

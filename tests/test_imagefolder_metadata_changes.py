@@ -12,7 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from pipeline.changes import InputRecord, find_changes, read_record, record_path, with_metadata_rows, write_record
+from pipeline.changes import (
+    InputRecord,
+    find_changes,
+    read_record,
+    record_path,
+    rows_as_recorded,
+    with_metadata_rows,
+    write_record,
+)
 from pipeline.job import run_job
 from pipeline.plan import plan_job
 from pipeline.sources import discover
@@ -182,3 +190,39 @@ def test_a_metadata_file_fixed_after_it_was_a_reject_has_its_reject_removed_not_
     assert cli.main(small_job_argv(tmp_path, model, "--incremental")) == 0
     err = capsys.readouterr().err
     assert "no longer in the input" not in err and "changed under the same name" not in err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_metadata_file_broken_by_an_edit_leaves_its_images_rows_and_columns_until_it_is_fixed(tmp_path, model) -> None:
+    train = image_folder(tmp_path / "in" / "train", 2)
+    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n1.png,5\n")
+    out = tmp_path / "out"
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+
+    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n0.png,4\n1.png,5\n")  # 0.png named twice
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (dry["image_files_purified"], dry["image_files_metadata_changed"]) == (0, 0)  # its rows are not known
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    assert (summary["this_run"]["refreshed"]["inputs"], summary["this_run"]["rejected"]) == (0, 1)  # the file's reject
+    assert _label(out) == {"train/0.png": 3, "train/1.png": 5}  # no column dropped for a typo
+
+    (train / "metadata.csv").write_text("file_name,label\n0.png,4\n1.png,5\n")  # fixed, one label changed
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    assert (summary["this_run"]["refreshed"]["inputs"], summary["this_run"]["stale_rejects_removed"]) == (1, 1)
+    assert _label(out) == {"train/0.png": 4, "train/1.png": 5}
+
+
+def test_an_image_a_metadata_file_that_cannot_be_joined_may_name_has_its_row_unknown(tmp_path) -> None:
+    image_folder(tmp_path / "in" / "a" / "b", 2)
+    (tmp_path / "in" / "metadata.csv").write_text("file_name,x\nbroken\n")  # no file_name: a reject
+    (tmp_path / "in" / "a" / "b" / "metadata.csv").write_text("file_name,x\n0.png,1\n")  # nearer: 0.png known
+    found = FolderMetadata()
+    units = discover(str(tmp_path / "in"), {}, 64, metadata=found)
+    stamps = {p.rsplit("/", 1)[-1]: c for u in units for p, c in zip(u.paths, u.contents, strict=True)}
+    assert stamps["0.png"].count(METADATA_ROW) == 1 and not stamps["0.png"].endswith("?")
+    assert stamps["1.png"].endswith(f"{METADATA_ROW}?")  # the root's file may name it
+    listed = [u for u in units if u.kind == "files"]
+    record = InputRecord("/x", {"a/b/1.png": ("files", f"{stamps['1.png'][:-2]}{METADATA_ROW}old")})
+    [unit] = rows_as_recorded(listed, record)
+    assert dict(zip([p.rsplit("/", 1)[-1] for p in unit.paths], unit.contents, strict=True))["1.png"].endswith(
+        f"{METADATA_ROW}old")

@@ -64,6 +64,9 @@ class FolderMetadata:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # listed image path -> its output columns
     joined: list[str] = field(default_factory=list)  # listed paths of the metadata files joined
     joined_ids: list[str] = field(default_factory=list)  # their ids (paths below the input's root)
+    # listed image paths whose row is not known: a metadata file that cannot be joined lies in their folder or above,
+    # nearer to them than the one whose row they have (if any); it may name them
+    unknown: set[str] = field(default_factory=set)
     rejects: dict[str, str] = field(default_factory=dict)  # listed path of a metadata file -> why it is a reject
     unmatched: int = 0  # rows whose file_name is no listed image file
     unmatched_examples: list[str] = field(default_factory=list)  # 'train/metadata.csv: 7.png'
@@ -74,7 +77,7 @@ class FolderMetadata:
 
     def reset(self) -> None:
         """Empty, for a listing made again (a retried one counts once)."""
-        self.rows, self.joined, self.joined_ids, self.rejects = {}, [], [], {}
+        self.rows, self.joined, self.joined_ids, self.rejects, self.unknown = {}, [], [], {}, set()
         self.unmatched, self.unmatched_examples = 0, []
 
 
@@ -93,6 +96,7 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
     Matched by id, the path below the input's root that the run names a file by (a web folder's escapes decoded)."""
     found.reset()
     by_image: dict[str, tuple[int, dict[str, Any]]] = {}  # path -> (depth of its metadata file's folder, columns)
+    rejected: dict[str, int] = {}  # folder id of a metadata file that cannot be joined -> its depth
     # deeper folders last: an image named twice takes the nearest metadata file's row
     for id_ in sorted(metadata_files, key=lambda i: (i.count("/"), i)):
         path = metadata_files[id_]
@@ -100,9 +104,11 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
             rows = parse_metadata(posixpath.basename(id_), read(path))
         except MetadataProblem as err:
             found.rejects[path] = f"image-folder metadata file not joined to its images: {err}"
+            rejected[posixpath.dirname(id_)] = id_.count("/")
             continue
         except Exception as err:  # noqa: BLE001 - a file that cannot be read is its own reject, as an image is
             found.rejects[path] = f"image-folder metadata file not joined to its images: could not read it: {describe(err)}"
+            rejected[posixpath.dirname(id_)] = id_.count("/")
             continue
         found.joined.append(path)
         found.joined_ids.append(id_)
@@ -116,6 +122,19 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
                 continue
             by_image[image] = (id_.count("/"), {passthrough_name(k): v for k, v in row.items()})
     found.rows = {image: columns for image, (_, columns) in by_image.items()}
+    if rejected:
+        found.unknown = {image for id_, image in images.items()
+                         if _nearest_rejected(id_, rejected) > by_image.get(image, (-1, None))[0]}
+
+
+def _nearest_rejected(id_: str, rejected: dict[str, int]) -> int:
+    """The depth of the deepest folder holding `id_` whose metadata file cannot be joined; -1 for none."""
+    folder, deepest = posixpath.dirname(id_), -1
+    while True:
+        deepest = max(deepest, rejected.get(folder, -1))
+        if not folder:
+            return deepest
+        folder = posixpath.dirname(folder)
 
 
 def _resolved(folder: str, file_name: str) -> str:
