@@ -479,7 +479,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     ledger = _read_ledger(inputs, out, so, output) | earlier_read
     reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                    in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
-                   partitioning=config.partitioning)
+                   partitioning=config.partitioning, join_metadata=config.join_metadata)
     read_whole: dict[str, ContainerRead] = {}  # containers the planning read whole and found as their rows were made
     changes, input_record = _changed_inputs(inputs, out, so, output, ledger, job_record, dry_run,
                                             config.refresh_changed, settled_stamps, reading, read_whole,
