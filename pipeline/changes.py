@@ -6,14 +6,17 @@ keeps the rows made from its earlier version, and the run says so. --refresh-cha
 replaces their rows (`pipeline.refresh`): that run's record takes their new stamps once it ends complete, as for
 `pending` below, and no later run reports them. To tell them, the output records, for each input it holds rows of,
 what the listing said of the input's content (`sources.content_stamp`: size and ETag on an object store, size, mtime
-and inode on a disk) when a run set out to read it, and each later run compares that with its own listing:
+and inode on a disk; for an image file joined to an image-folder metadata row, with that row's digest:
+`sources.units.with_metadata_row`, so that a row edited, added or removed is a change of the image's input) when a run
+set out to read it, and each later run compares that with its own listing:
 
 - an image file whose id is done and whose stamp now differs changed since its row was written (purified: data/ holds
   the earlier bytes purified; rejected: the reject is about the earlier bytes), unless its bytes are still those its
   rows were made from: the planning reads it, and one whose sha256 is its rows' `source_sha256` (touched, copied over
   or restored with the same bytes, uploaded again in parts: another ETag) is no change, and the record takes its new
   stamp, so that it is read once (`same_bytes`). One whose bytes differ keeps its earlier stamp with the one it was
-  read at noted after it (`DIFFERS`): it is read once too;
+  read at noted after it (`DIFFERS`): it is read once too. One whose metadata row differs is changed unread; a
+  reject's row is no part of it (a reject holds no metadata columns);
 - a container (tar shard, Parquet file, zip archive) whose stamp differs, with done ids, is read again by the run
   (`pipeline.ledger`), its done ids skipped and the members added to it purified. Its rows hold no digest of the
   container, but each holds its member's: the planning reads it, and one that still gives each id with a row as that
@@ -33,8 +36,9 @@ the earlier stamp: the next run's planning reads it, finds its rows' bytes or me
 done input keeps the stamp it had, and a changed one read again (--retry-rejects, --refresh-changed) keeps its earlier
 stamp until the run ends complete (`starting_record`). An output written by a version before this record starts one
 with the stamps of its first run (changes made before that are not seen), except for containers an earlier complete
-run read whole, whose stamps `pipeline.ledger` kept. --overwrite deletes it with the rest; --input-moved starts it
-again.
+run read whole, whose stamps `pipeline.ledger` kept; a record written before image files' stamps held their metadata
+rows takes them as the listing gives them (`with_metadata_rows`). --overwrite deletes it with the rest; --input-moved
+starts it again.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -67,6 +71,7 @@ from pipeline.ledger import ContainerRead, container_ids
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
+from pipeline.sources.units import METADATA_ROW, ROW_UNKNOWN
 from pipeline.storage import concurrent_calls, describe, make_parent_dirs, replace_file, storage_path, with_retries
 
 if TYPE_CHECKING:
@@ -77,6 +82,8 @@ RECORD_FILE = "stamps.parquet"
 # what a container's record holds where its earlier version's stamp is known only from pipeline.ledger's record
 EARLIER = "earlier"
 EXAMPLES = 5
+# in the record's schema metadata: its image files' stamps hold their metadata rows' digests (`InputRecord.metadata_rows`)
+METADATA_ROWS_KEY = "metadata_rows"
 
 
 def read_parquet_bytes(data: bytes) -> pa.Table:
@@ -97,10 +104,13 @@ def record_path(output: str) -> str:
 
 @dataclass(frozen=True)
 class InputRecord:
-    """What the output's rows were made from: input id -> (kind, content stamp), and the input's location."""
+    """What the output's rows were made from: input id -> (kind, content stamp), and the input's location.
+    `metadata_rows`: whether an image file's stamp holds its image-folder metadata row's digest when one was joined
+    (`sources.with_metadata_row`); False in a record written before it did (`with_metadata_rows` takes it up)."""
 
     location: str | None
     stamps: dict[str, tuple[str, str]] = field(default_factory=dict)
+    metadata_rows: bool = True
 
 
 def read_record(output: str, storage_options: dict[str, Any], location: str | None) -> InputRecord | None:
@@ -113,6 +123,7 @@ def read_record(output: str, storage_options: dict[str, Any], location: str | No
         table = read_parquet_bytes(data)
         meta = table.schema.metadata or {}
         recorded = meta.get(b"location", b"").decode() or None
+        rows_stamped = meta.get(METADATA_ROWS_KEY.encode()) == b"1"
         ids, kinds, stamps = (table.column(name).to_pylist() for name in ("id", "kind", "stamp"))
     except FileNotFoundError:
         return None
@@ -122,7 +133,7 @@ def read_record(output: str, storage_options: dict[str, Any], location: str | No
         return None
     if recorded != location:
         return None
-    return InputRecord(location, {i: (k, s) for i, k, s in zip(ids, kinds, stamps, strict=True)})
+    return InputRecord(location, {i: (k, s) for i, k, s in zip(ids, kinds, stamps, strict=True)}, rows_stamped)
 
 
 def write_record(output: str, storage_options: dict[str, Any], record: InputRecord) -> None:
@@ -133,7 +144,7 @@ def write_record(output: str, storage_options: dict[str, Any], record: InputReco
     table = pa.table({"id": pa.array(ids, pa.string()),
                       "kind": pa.array([record.stamps[i][0] for i in ids], pa.string()),
                       "stamp": pa.array([record.stamps[i][1] for i in ids], pa.string())})
-    table = table.replace_schema_metadata({"location": record.location or ""})
+    table = table.replace_schema_metadata({"location": record.location or "", METADATA_ROWS_KEY: "1"})
     buf = io.BytesIO()
     pq.write_table(table, buf)
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
@@ -154,6 +165,9 @@ class ChangedInputs:
     pending: dict[str, tuple[str, str]] = field(default_factory=dict)
     # --refresh-changed: changed inputs this run purifies again -> the ids of their rows it replaces
     refreshed: dict[str, list[str]] = field(default_factory=dict)
+    # of the changed image files with a row in data/ (kept or refreshed), those whose image-folder metadata row was
+    # edited, added or removed since (their bytes changed or not)
+    metadata_rows: list[str] = field(default_factory=list)
     # done image files whose stamp changed but whose bytes are those their rows were made from (`same_bytes`): not
     # changed, and the record takes their new stamp
     same_bytes: int = 0
@@ -170,6 +184,8 @@ class ChangedInputs:
         return {"image_files_purified": len(self.purified), "image_files_rejected": len(self.rejected),
                 "containers": len(self.containers), "container_rows": sum(self.containers.values()),
                 "examples": sorted([*self.purified, *self.rejected, *self.containers])[:EXAMPLES],
+                # of the image files above and refreshed below: their row of an image-folder metadata file changed
+                "image_files_metadata_changed": len(self.metadata_rows),
                 "gone_image_files": len(self.gone_files), "gone_containers": len(self.gone_containers),
                 "gone_container_rows": sum(self.gone_containers.values()),
                 "gone_examples": sorted([*self.gone_files, *self.gone_containers])[:EXAMPLES],
@@ -201,7 +217,10 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
         return None
     what = []
     if files:
-        what.append(f"{files} image file(s) purified earlier (data/ holds their earlier version, purified)")
+        rows = changed.get("image_files_metadata_changed", 0)
+        metadata = (f"; {rows} of them for their row of an image-folder metadata file, edited, added or removed since, "
+                    "which data/ holds as it was") if rows else ""
+        what.append(f"{files} image file(s) purified earlier (data/ holds their earlier version, purified{metadata})")
     if rejected:
         what.append(f"{rejected} image file(s) rejected earlier (the reject is about their earlier version)")
     if containers:
@@ -278,6 +297,10 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
                 continue
             if id_ not in purified and id_ not in rejected:
                 continue
+            if id_ not in purified and _without_rows(before[1]) == _without_rows(content):
+                continue  # a reject holds no metadata columns: its image-folder metadata row is no part of it
+            if id_ in purified and _metadata_row(before[1]) != _metadata_row(content):
+                changes.metadata_rows.append(id_)
             if id_ not in purified and id_ in retry:
                 changes.pending[id_] = before
             elif refresh:
@@ -313,7 +336,64 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
     changes.purified.sort()
     changes.rejected.sort()
     changes.gone_files.sort()
+    changes.metadata_rows.sort()
     return changes
+
+
+def _metadata_row(stamp: str) -> str:
+    """The digest of the image-folder metadata row in an image file's stamp ('' for none), as its rows were made: of a
+    stamp noted `DIFFERS`, the earlier one's."""
+    return stamp.split(DIFFERS)[0].partition(METADATA_ROW)[2]
+
+
+def _without_rows(stamp: str) -> str:
+    """An image file's stamp, less the digests of its metadata rows: what it says of the file's bytes alone."""
+    return DIFFERS.join(part.partition(METADATA_ROW)[0] for part in stamp.split(DIFFERS))
+
+
+def with_metadata_rows(record: InputRecord | None, listed: Iterable[ReadUnit]) -> InputRecord | None:
+    """`record` as this version writes it: one written before an image file's stamp held its metadata row's digest
+    (`InputRecord.metadata_rows` False) takes, for each image file the listing gives a row's digest to, that digest
+    into its recorded stamp, so that an output of such a version finds none of them changed for it (its rows were made
+    with, or by an older version without, the metadata as it is now: a row edited before this run is not seen)."""
+    if record is None or record.metadata_rows:
+        return record
+    stamps = dict(record.stamps)
+    for unit in listed:
+        if unit.kind != "files":
+            continue
+        for path, content in zip(unit.paths, unit.contents or (None,) * len(unit.paths), strict=True):
+            before = stamps.get(relative_id(path, unit.root))
+            if content is None or METADATA_ROW not in content or before is None or before[0] != "files" \
+                    or METADATA_ROW in before[1]:
+                continue
+            row = content.partition(METADATA_ROW)[2]
+            if row == ROW_UNKNOWN:  # nothing known to take (`rows_as_recorded`)
+                continue
+            stamps[relative_id(path, unit.root)] = ("files", DIFFERS.join(f"{part}{METADATA_ROW}{row}"
+                                                                         for part in before[1].split(DIFFERS)))
+    return InputRecord(record.location, stamps)
+
+
+def rows_as_recorded(listed: list[ReadUnit], record: InputRecord | None) -> list[ReadUnit]:
+    """`listed`, an image file whose metadata row is not known (ROW_UNKNOWN: a metadata file that cannot be joined may
+    name it) stamped with the row its record holds: a file broken by an edit is no change of the images it may name,
+    which keep their rows and columns (said on its reject) until it is fixed; then their rows as they are now tell."""
+    recorded = record.stamps if record is not None else {}
+    unknown = f"{METADATA_ROW}{ROW_UNKNOWN}"
+    out = []
+    for unit in listed:
+        if unit.kind == "files" and any(c is not None and c.endswith(unknown) for c in unit.contents):
+            contents = []
+            for path, content in zip(unit.paths, unit.contents, strict=True):
+                if content is not None and content.endswith(unknown):
+                    before = recorded.get(relative_id(path, unit.root))
+                    row = _metadata_row(before[1]) if before is not None and before[0] == "files" else ""
+                    content = content[: -len(unknown)] + (f"{METADATA_ROW}{row}" if row else "")
+                contents.append(content)
+            unit = replace(unit, contents=tuple(contents))
+        out.append(unit)
+    return out
 
 
 # Image files whose stamp changed that are read at once to hash them (`same_bytes`): each read waits on storage's
@@ -372,6 +452,10 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
                     or before[1].endswith(f"{DIFFERS}{content}")  # read at this stamp before: other bytes
                     or not (id_ in purified or (id_ in rejected and id_ not in retry))):
                 continue
+            if id_ in purified and _metadata_row(before[1]) != _metadata_row(content):
+                continue  # its metadata row changed: a change of its input whatever its bytes
+            if id_ not in purified and _without_rows(before[1]) == _without_rows(content):
+                continue  # a reject whose bytes' stamp is the same: no change (`find_changes`)
             candidates[id_] = (path, size, content)
     if not candidates:
         return {}, 0

@@ -681,7 +681,9 @@ def _uri_shown(uri: str) -> str:
 def _folder_metadata_lines(found: dict[str, Any]) -> list[str]:
     """What the listing's image-folder metadata files give (--join-metadata): joined, not joined, rows naming nothing."""
     lines = [f"image-folder metadata (--join-metadata): {_count(found['files_joined'], 'metadata file')} joined to "
-             f"{_count(found['image_files_joined'], 'image file')}, their rows' columns added to those images' rows"]
+             f"{_count(found['image_files_joined'], 'image file')}, their rows' columns added to those images' rows"
+             + (f"; {_count(found['earlier_rejects_removed'], 'earlier reject')} of such a file (fixed since) would go "
+                "from rejects/" if found.get("earlier_rejects_removed") else "")]
     if found["files_rejected"]:
         lines.append(f"warning: {_count(found['files_rejected'], 'metadata file')} cannot be joined: each is a reject "
                      "saying why, its images purified without its columns")
@@ -879,8 +881,9 @@ def _retried_line(retried: dict[str, Any]) -> str:
     """What became of the earlier rejects a --retry-rejects run read again; those it did not find are what is left."""
     whole = retried.get("containers_now_read_whole", 0)
     renamed = retried.get("lookalikes_renamed", 0)
+    joined = retried.get("metadata_joined", 0)
     gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
-            - retried.get("superseded", 0) - renamed)
+            - retried.get("superseded", 0) - renamed - joined)
     return (f"retried {_count(retried['earlier_rejects'], 'earlier reject')}: {retried['purified_now']} purified now, "
             f"{retried['rejected_again']} rejected again"
             + (" (rejects/ has today's reason)" if retried["rejected_again"] else "")
@@ -890,6 +893,7 @@ def _retried_line(retried: dict[str, Any]) -> str:
                "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")
             + (f", {_count(renamed, 'tar look-alike reject')} gone (their members no longer share an id)"
                if renamed else "")
+            + (f", {_count(joined, 'image-folder metadata file')} in a zip archive joined now" if joined else "")
             + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
 
 

@@ -475,7 +475,8 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     ds = ds.map_batches(read_decode_tile_stage, batch_size=1, fn_kwargs=dict(
         read=dict(storage_options=so, labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                   skip_ids=frozenset(), max_records=config.tile_batch, in_memory_bytes=config.in_memory_mb * 2**20,
-                  max_image_bytes=config.max_image_mb * 2**20, partitioning=config.partitioning),
+                  max_image_bytes=config.max_image_mb * 2**20, partitioning=config.partitioning,
+                  join_metadata=config.join_metadata),
         decode=dict(policy=config.decode_policy()),
         tile=dict(canvas_size=canvas_size, align=settings.pool, large_images=settings.large_images, seed=settings.seed,
                   max_images=config.tile_batch)), **task_retries)
@@ -534,10 +535,12 @@ class StaleRejects:
     unreadable: set[str]  # '#unreadable' of a container (tar, Parquet, zip) read to its end this run
     superseded: set[str]  # an older version's one reject for a tar shard's numbered names ('s.tar/cat' for cat.0.jpg)
     lookalikes: set[str]  # a shard's look-alike reject that its reading did not give this time (a member renamed)
+    # an image-folder metadata file's reject that an earlier run made, the file joined now (`JobPlan.metadata_rejects`)
+    metadata_files: set[str] = field(default_factory=set)
 
     @property
     def all(self) -> set[str]:
-        return self.unreadable | self.superseded | self.lookalikes
+        return self.unreadable | self.superseded | self.lookalikes | self.metadata_files
 
 
 def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejects:
@@ -548,7 +551,9 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
     held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
     lookalikes = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
     lookalikes -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
-    return StaleRejects(unreadable, superseded, lookalikes)
+    # a metadata file joined now: a folder's (the planning's), or a zip archive's read to its end
+    joined = {*plan.metadata_rejects, *(id_ for r in read_whole for id_ in r.get("metadata", []))}
+    return StaleRejects(unreadable, superseded, lookalikes, joined)
 
 
 def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, lease: OutputLease,
@@ -956,6 +961,9 @@ def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, start
             "skipped_already_done": tally.skipped_already_done(plan),
             # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
             "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
+            # as a finished run's: the planning joined them before any image was read
+            **({"folder_metadata": plan.folder_metadata_report()}
+               if plan.folder_metadata and plan.folder_metadata.found() else {}),
             "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
             "files_written": count.files,
             "counted": "from the part files this run wrote, after it stopped" if count.short is None else
@@ -1004,9 +1012,12 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                      "rejects_retried": {"earlier_rejects": len(plan.retry), "purified_now": rows.retried_purified,
                                          "rejected_again": rows.retried_rejected,
                                          "containers_now_read_whole": len(plan.retry & (resolved - stale.superseded
-                                                                                         - stale.lookalikes)),
+                                                                                         - stale.lookalikes
+                                                                                         - stale.metadata_files)),
                                          "superseded": len(plan.retry & stale.superseded),
-                                         "lookalikes_renamed": len(plan.retry & stale.lookalikes)},
+                                         "lookalikes_renamed": len(plan.retry & stale.lookalikes),
+                                         # a zip archive's metadata member, rejected before, joined now
+                                         "metadata_joined": len(plan.retry & stale.metadata_files)},
                      # reject rows this run's reading made untrue, removed (StaleRejects)
                      "stale_rejects_removed": rows.stale_rejects_removed,
                      # --refresh-changed: changed inputs purified again; ids whose old row the new one replaced, and

@@ -21,9 +21,11 @@ from pipeline.changes import (
     InputRecord,
     find_changes,
     read_record,
+    rows_as_recorded,
     same_bytes,
     same_members,
     updated_record,
+    with_metadata_rows,
 )
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
@@ -304,6 +306,9 @@ class JobPlan:
     partitions: dict[str, Any] | None = None
     # --join-metadata: the image-folder metadata files' rows, joined to the image files at the listing; else None
     folder_metadata: FolderMetadata | None = None
+    # the output's rejects of image-folder metadata files the listing joins now (fixed since an earlier run could not
+    # join them): untrue now, removed by the end-of-run check (`job.StaleRejects`), not said gone from the input
+    metadata_rejects: frozenset[str] = frozenset()
     # inputs whose rows the output keeps though they changed or went since (pipeline.changes), and the record of the
     # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
@@ -377,6 +382,8 @@ class JobPlan:
         found = self.folder_metadata or FolderMetadata()
         return {"files_joined": len(found.joined), "files_rejected": len(found.rejects),
                 "image_files_joined": len(found.rows),
+                # of those joined, the files an earlier run made a reject of (fixed since): that reject goes
+                "earlier_rejects_removed": len(self.metadata_rejects),
                 "rows_without_image_file": found.unmatched, "rows_without_image_file_examples": found.unmatched_examples}
 
     def _retry_listed(self) -> dict[str, int]:
@@ -474,13 +481,18 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
         if problem:
             raise JobError(problem)
     partitions = _partition_keys(inputs) if config.partitioning == "hive" else None
+    # a metadata file an earlier run could not join, fixed since: its reject is no longer true, nor is it to retry
+    metadata_rejects = frozenset(metadata.joined_ids if metadata else ()) & output.rejected_ids
+    if metadata_rejects:
+        output = replace(output, retry=output.retry - metadata_rejects)
     ledger = _read_ledger(inputs, out, so, output) | earlier_read
     reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                    in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
-                   partitioning=config.partitioning)
+                   partitioning=config.partitioning, join_metadata=config.join_metadata)
     read_whole: dict[str, ContainerRead] = {}  # containers the planning read whole and found as their rows were made
     changes, input_record = _changed_inputs(inputs, out, so, output, ledger, job_record, dry_run,
-                                            config.refresh_changed, settled_stamps, reading, read_whole)
+                                            config.refresh_changed, settled_stamps, reading, read_whole,
+                                            metadata_rejects)
     if read_whole:  # their ledger entries are of this version now: one whose ids are all done is not read again
         ledger = ledger | read_whole
     refresh = None
@@ -500,7 +512,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
-                   folder_metadata=metadata,
+                   folder_metadata=metadata, metadata_rejects=metadata_rejects,
                    changes=changes, input_record=input_record,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
@@ -612,21 +624,27 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
                     dry_run: bool, refresh: bool = False,
                     settled: dict[str, tuple[str, str]] | None = None,
                     reading: dict[str, Any] | None = None,
-                    read_whole: dict[str, ContainerRead] | None = None) -> tuple[ChangedInputs, InputRecord | None]:
+                    read_whole: dict[str, ContainerRead] | None = None,
+                    metadata_rejects: frozenset[str] = frozenset()) -> tuple[ChangedInputs, InputRecord | None]:
     """The inputs whose rows the output keeps though they changed or went since (`pipeline.changes`; with `refresh`,
     --refresh-changed, those changed are purified again instead), and the record of the inputs' stamps a run writes
     before it reads anything (None in a dry run, which writes nothing). `settled`: the stamps of inputs a stopped
     --refresh-changed run purified again, which replace their recorded ones (`_after_earlier_refresh`). `reading`: the
     run's options of `sources.read_unit`, with which a tar, Parquet or zip file whose stamp changed is read to compare
     its members with its rows (`changes.same_members`); `read_whole` gets the ledger entry of each one read to its end and
-    found as its rows were made (`same_members`' `whole`)."""
+    found as its rows were made (`same_members`' `whole`). `metadata_rejects`: rejects of metadata files joined now,
+    which the run removes: not gone from the input, and no longer recorded."""
     location = (job_record.get("input") or {}).get("location")
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
     except Exception as err:  # noqa: BLE001 - read_record ignores a bad record; this is storage failing
         raise JobError(f"cannot use output {out}: {describe(err)}") from err
     if record is not None and settled:
-        record = InputRecord(record.location, {**record.stamps, **settled})
+        record = replace(record, stamps={**record.stamps, **settled})
+    # a record an older version wrote: its image files' stamps take their metadata rows' digests as they are now
+    record = with_metadata_rows(record, inputs)
+    # an image a metadata file that cannot be joined may name: its row as recorded (not changed for that file)
+    inputs = rows_as_recorded(inputs, record)
     # image files whose stamp changed, read: those whose bytes did not change get their new stamp, so are no change
     # (the part files holding their rows looked up in the ids the planning read: `output.index`)
     # (compared with the rows the output holds once this run's start has applied a stopped refresh's journal)
@@ -649,7 +667,8 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     changes = find_changes(inputs, output.purified_ids, output.rejected_ids, output.retry, record, ledger, root,
                            refresh)
     changes = replace(changes, same_bytes=same, same_members=same_containers, compared_files=len(checked),
-                      compared_containers=len(members), pending={**changes.pending, **earlier})
+                      compared_containers=len(members), pending={**changes.pending, **earlier},
+                      gone_files=[i for i in changes.gone_files if i not in metadata_rejects])
     return changes, None if dry_run else updated_record(record, location, inputs, changes)
 
 

@@ -197,7 +197,7 @@ def check_checkpoint_seen(checkpoint: str, flag: str = "--checkpoint") -> None:
 def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folders: bool,
                image_column: str | None, skip_ids: frozenset[str], max_records: int = 256,
                in_memory_bytes: int = IN_MEMORY_BYTES, max_image_bytes: int = MAX_IMAGE_BYTES,
-               max_bytes: int = 16 * 2**20, partitioning: str = "none") -> Iterator[Batch]:
+               max_bytes: int = 16 * 2**20, partitioning: str = "none", join_metadata: bool = False) -> Iterator[Batch]:
     """Units in; raw image/reject/count records out, in batches of at most `max_records`, so a large unit
     (a tar shard or Parquet file of many thousands of images) is decoded and tiled a batch at a time instead
     of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
@@ -223,7 +223,7 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip, in_memory_bytes,
                                 max_image_bytes, frozenset(purified) if purified is not None else frozenset(),
-                                partitioning, str(joined or "")):
+                                partitioning, str(joined or ""), join_metadata):
             pending.append(record)
             size += len(record.get("data", b""))
             if len(pending) >= max_records or size >= max_bytes:
@@ -253,14 +253,14 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
 
 
 def _metadata_file_note(id_: str) -> str:
-    """For the reject of a file named as an imagefolder's metadata that reached the decoder (inside a tar shard or zip
-    archive, or a folder's with --join-metadata false): what it is, and that its columns are not joined (it read as
+    """For the reject of a file named as an imagefolder's metadata that reached the decoder (inside a tar shard, or a
+    folder's or zip archive's with --join-metadata false): what it is, and that its columns are not joined (it read as
     'not a recognised image format' alone, as if an image were damaged)."""
     if not is_folder_metadata(id_):
         return ""
     return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: its "
-            "columns are not joined to the images, which are purified without them: one inside a tar or zip archive "
-            "never is, one in a folder is with --join-metadata true; else join them to the output's rows by its "
+            "columns are not joined to the images, which are purified without them: one inside a tar shard never "
+            "is, one in a folder or zip archive is with --join-metadata true; else join them to the output's rows by its "
             "file_name, the row's id relative to the file's folder)")
 
 

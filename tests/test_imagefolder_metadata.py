@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 
 import fsspec
 import pyarrow as pa
@@ -130,6 +131,7 @@ def test_rows_naming_no_image_file_are_counted_and_named_by_the_dry_run(tmp_path
     described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()
     report = described["input"]
     assert report["folder_metadata"] == {"files_joined": 1, "files_rejected": 0, "image_files_joined": 1,
+                                         "earlier_rejects_removed": 0,
                                          "rows_without_image_file": 2,
                                          "rows_without_image_file_examples": ["train/metadata.csv: 7.png",
                                                                               "train/metadata.csv: ../train2/8.png"]}
@@ -194,3 +196,98 @@ def test_a_run_writes_the_joined_columns_with_their_types_and_refuses_the_other_
     assert plan_job(small_job_config(tmp_path, model, incremental=True)).output_state == "incremental"
     assert plan_job(small_job_config(tmp_path, model, incremental=True, join_metadata=False)).output_state == \
         "incremental"
+
+
+def test_a_stopped_run_says_what_the_planning_joined_as_a_finished_one_does(tmp_path, model, monkeypatch) -> None:
+    import signal
+
+    import pipeline.job as job
+
+    train = image_folder(tmp_path / "in" / "train", 2)
+    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n7.png,4\n")
+    # no Ray: Ctrl-C as the run starts, inside the part that records a stop
+    monkeypatch.setattr(job, "init_ray", lambda config: None)
+    monkeypatch.setattr(job, "default_actors_and_gpus", lambda config: (1, 0.0, "cpu"))
+
+    def ctrl_c(*args, **kwargs) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "remove_stale_temporaries", ctrl_c)
+    assert cli.main(small_job_argv(tmp_path, model)) == 128 + signal.SIGINT
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["this_run"]["folder_metadata"] == {"files_joined": 1, "files_rejected": 0, "image_files_joined": 1,
+                                                      "earlier_rejects_removed": 0,
+                                                      "rows_without_image_file": 1,
+                                                      "rows_without_image_file_examples": ["train/metadata.csv: 7.png"]}
+
+
+def test_a_zip_archives_metadata_member_is_joined_to_its_members(tmp_path) -> None:
+    from pipeline.sources import ReadUnit
+    from tests.jobutil import zip_bytes
+
+    (tmp_path / "d.zip").write_bytes(zip_bytes({
+        "train/0.png": image_bytes(16, 16, 0), "train/1.png": image_bytes(16, 16, 1),
+        "train/metadata.csv": b"file_name,label\n0.png,3\nmissing.png,4\n",
+        "test/2.png": image_bytes(16, 16, 2), "test/metadata.jsonl": b'{"file_name": "2.png"\n'}))
+    unit = ReadUnit("zip", (str(tmp_path / "d.zip"),), str(tmp_path))
+
+    def read(**options: object) -> tuple[dict[str, dict], dict]:
+        records = list(read_unit(unit, **options))
+        return {r["id"]: r for r in records if r["kind"] in ("image", "reject")}, records[-1]
+
+    records, count = read(join_metadata=True)
+    assert records["d.zip/train/0.png"]["meta"] == {"file_name": "0.png", "label": 3}
+    assert records["d.zip/train/1.png"]["meta"] == {} and records["d.zip/test/2.png"]["meta"] == {}
+    assert "d.zip/train/metadata.csv" not in records  # joined: counted as metadata, as a folder's
+    bad = records["d.zip/test/metadata.jsonl"]
+    assert bad["kind"] == "reject" and "not joined to its images: line 1: not valid JSON" in bad["error"]
+    assert (count["hidden"], count["container"]["metadata"]) == (1, ["d.zip/train/metadata.csv"])
+    # an earlier run's reject of it (a done id) is named all the same: the run removes it (`job.StaleRejects`)
+    _, count = read(join_metadata=True, skip_ids=frozenset({"d.zip/train/metadata.csv"}))
+    assert count["container"]["metadata"] == ["d.zip/train/metadata.csv"] and "leftover" not in count["container"]
+    # --join-metadata false: an input like any member, as before (its decode reject says what it is)
+    records, count = read()
+    assert records["d.zip/train/metadata.csv"]["kind"] == "image" and "metadata" not in count["container"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_over_a_zip_archive_writes_its_metadata_columns(tmp_path, model) -> None:
+    from tests.jobutil import zip_bytes
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "d.zip").write_bytes(zip_bytes({
+        "0.png": image_bytes(16, 16, 0), "1.png": image_bytes(16, 16, 1),
+        "metadata.jsonl": b'{"file_name": "0.png", "label": 3}\n{"file_name": "1.png", "label": 5}\n'}))
+    summary = run_job(small_job_config(tmp_path, model))
+    run = summary["this_run"]
+    assert (run["purified"], run["rejected"], run["hidden_skipped_examples"]) == (2, 0, ["d.zip/metadata.jsonl"])
+    data, _ = read_output(str(tmp_path / "out"))
+    assert sorted(zip(data["id"], data["label"], strict=True)) == [("d.zip/0.png", 3), ("d.zip/1.png", 5)]
+    # the planning compares a touched archive's members with their rows, metadata columns included: no change
+    path = tmp_path / "in" / "d.zip"
+    os.utime(path, ns=(os.stat(path).st_mtime_ns + 2_000_000_000,) * 2)
+    changed = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (changed["containers"], changed["containers_same_members"]) == (0, 1)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_zip_metadata_members_earlier_reject_goes_once_retry_rejects_reads_the_archive(tmp_path, model,
+                                                                                         capsys) -> None:
+    from tests.jobutil import zip_bytes
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "d.zip").write_bytes(zip_bytes({
+        "0.png": image_bytes(16, 16, 0), "metadata.jsonl": b'{"file_name": "0.png", "label": 3}\n'}))
+    # an output an older version made: the member a reject, no join_metadata recorded
+    assert run_job(small_job_config(tmp_path, model, join_metadata=False))["this_run"]["rejected"] == 1
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    del record["reading"]["join_metadata"]
+    (tmp_path / "out" / "_job.json").write_text(json.dumps(record))
+
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--retry-rejects")) == 0
+    assert "1 image-folder metadata file in a zip archive joined now" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["this_run"]["rejects_retried"]["metadata_joined"] == 1
+    assert (summary["this_run"]["stale_rejects_removed"], summary["output_totals"]["rejected"]) == (1, 0)

@@ -55,10 +55,11 @@ def test_the_summary_counts_rows_and_names_examples_of_every_kind_in_its_own_fie
     changes = ChangedInputs(purified=["b.png"], rejected=["r.png"], containers={"s.tar": 3, "p.parquet": 2},
                             gone_files=["g.png"], gone_containers={"old.zip": 4, "o.tar": 1},
                             refreshed={"a.png": ["a.png"], "t.tar": ["t.tar/0", "t.tar/1"]},
+                            metadata_rows=["a.png", "b.png", "c.png"],
                             same_bytes=2, same_members=1, compared_files=5, compared_containers=3)
     assert changes.summary() == {
         "image_files_purified": 1, "image_files_rejected": 1, "containers": 2, "container_rows": 5,
-        "examples": ["b.png", "p.parquet", "r.png", "s.tar"],
+        "examples": ["b.png", "p.parquet", "r.png", "s.tar"], "image_files_metadata_changed": 3,
         "gone_image_files": 1, "gone_containers": 2, "gone_container_rows": 5,
         "gone_examples": ["g.png", "o.tar", "old.zip"],
         "refreshed_inputs": 2, "refreshed_rows": 3, "refreshed_examples": ["a.png", "t.tar"],

@@ -206,15 +206,19 @@ def test_reject_rows_a_runs_reading_made_untrue_are_those_of_the_containers_it_r
         units=[_unit("s.tar"), _unit("t.tar"), _unit("f.png", "files")],
         container_done={"/in/s.tar": ["s.tar/a.png", f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}c.png"],
                         "/in/t.tar": [f"t.tar{LOOKALIKE}d.png"]},
-        retry=frozenset({f"s.tar{LOOKALIKE}e.png", f"u.tar{LOOKALIKE}f.png"}))
+        retry=frozenset({f"s.tar{LOOKALIKE}e.png", f"u.tar{LOOKALIKE}f.png"}),
+        metadata_rejects=frozenset({"train/metadata.csv"}))  # a metadata file's reject, the file joined now
     read_whole = [{"path": "/in/s.tar", "superseded": ["s.tar/cat"], "lookalike": [f"s.tar{LOOKALIKE}c.png"]},
-                  {"path": "/in/gone.tar"}]  # not one of this run's units
+                  {"path": "/in/gone.tar"},  # not one of this run's units
+                  {"path": "/in/d.zip", "metadata": ["d.zip/metadata.csv"]}]  # a zip archive's, joined now
     stale = stale_rejects(plan, read_whole)
     assert stale.unreadable == {"s.tar#unreadable"}  # t.tar was not read to its end
     assert stale.superseded == {"s.tar/cat"}
     # s.tar's look-alikes its read did not give again: one it gave again stays, as do t.tar's and u.tar's (not read)
     assert stale.lookalikes == {f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}e.png"}
-    assert stale.all == {"s.tar#unreadable", "s.tar/cat", f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}e.png"}
+    assert stale.metadata_files == {"train/metadata.csv", "d.zip/metadata.csv"}
+    assert stale.all == {"s.tar#unreadable", "s.tar/cat", f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}e.png",
+                         "train/metadata.csv", "d.zip/metadata.csv"}
 
 
 def test_the_history_is_written_before_the_summary_so_the_summary_is_never_ahead(tmp_path, monkeypatch) -> None:
@@ -268,7 +272,8 @@ def test_a_stopped_runs_words_say_at_least_when_its_count_was_cut_short_and_name
 
 
 def test_a_stopped_run_counts_as_read_at_least_the_rows_it_wrote_and_the_rejects_it_retried() -> None:
-    plan = SimpleNamespace(skipped_files=1, skipped_container_records=0, retry=frozenset({"x.png"}))
+    plan = SimpleNamespace(skipped_files=1, skipped_container_records=0, retry=frozenset({"x.png"}),
+                           folder_metadata=None)
     tally = RunTally(HiddenSkipped())
     tally.read = 2  # the pipeline's count lags the files that landed
     done = job._stopped_this_run(plan, tally, StoppedCount(3, 1, 2, retried=1), time.time())
@@ -418,7 +423,7 @@ def test_the_summary_counts_a_runs_rows_on_top_of_the_earlier_ones_less_those_it
     assert summary["status"] == "complete"  # 5 + 3 + 4 - 4 = 8 rows
     assert summary["this_run"]["rejects_retried"] == {
         "earlier_rejects": 3, "purified_now": 1, "rejected_again": 0, "containers_now_read_whole": 1, "superseded": 0,
-        "lookalikes_renamed": 1}
+        "lookalikes_renamed": 1, "metadata_joined": 0}
     assert summary["this_run"]["images_per_s"] == 2.0  # purified and rejected alike
     assert "hunter2" not in json.dumps(summary)
     assert summary["output_totals"]["before_this_run"] == {"purified": 5, "rejected": 3}

@@ -404,7 +404,7 @@ def test_retry_rejects_on_s3_reads_replaced_objects_again_and_leaves_one_row_per
     assert (run["read"], run["purified"], run["rejected"]) == (3, 2, 1)  # s.tar/0 and u.tar/0 skipped, done before
     assert run["rejects_retried"] == {"earlier_rejects": 4, "purified_now": 2, "rejected_again": 1,
                                       "containers_now_read_whole": 0, "superseded": 0,
-                                      "lookalikes_renamed": 0}  # gone.png: 4 - 2 - 1, kept
+                                      "lookalikes_renamed": 0, "metadata_joined": 0}  # gone.png: 4 - 2 - 1, kept
     assert summary["output_totals"] == {"purified": 5, "rejected": 2,
                                         "before_this_run": {"purified": 3, "rejected": 4}}
     assert _summary(fs, "zip-out/retry")["this_run"]["rejects_retried"] == run["rejects_retried"]

@@ -2,7 +2,8 @@
 `metadata.jsonl` beside the images, one row per image, its `file_name` the image's path relative to the metadata
 file's folder, its other columns (label, caption, ...) the image's. `join_folder_metadata` reads each one the listing
 gives, once, on the driver, and says which listed image file gets which row; each read task is sent its own files'
-rows (`unit_metadata`), which become the records' pass-through columns (`image_files._read_files`).
+rows (`unit_metadata`), which become the records' pass-through columns (`image_files._read_files`). A zip archive's
+metadata members are joined by the same rules by its read task (`zip_archives._zip_metadata`), keyed by member path.
 
 The rules, where `datasets.load_dataset("imagefolder", ...)` is followed and where not (a streaming purifier keeps
 every image):
@@ -18,7 +19,9 @@ every image):
 - an image named by two metadata files takes the row of the one nearest to it (the deeper folder);
 - a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
   JSON object, no `file_name` column, a `file_name` that is not text, one named twice) is a reject saying what and on
-  which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns;
+  which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns; once it is
+  fixed and joined, a later run removes that reject (`plan.JobPlan.metadata_rejects`), and its images' rows are said
+  changed (their stamps hold their rows' digests: `units.with_metadata_row`), for --refresh-changed to write again;
 - a CSV column is typed as pandas (which datasets uses) reads it: integers, floats or true/false where every value
   reads so, else text (dates too), empty cells null; JSONL values as JSON types them, so that an integer label stays
   an integer."""
@@ -61,6 +64,10 @@ class FolderMetadata:
 
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # listed image path -> its output columns
     joined: list[str] = field(default_factory=list)  # listed paths of the metadata files joined
+    joined_ids: list[str] = field(default_factory=list)  # their ids (paths below the input's root)
+    # listed image paths whose row is not known: a metadata file that cannot be joined lies in their folder or above,
+    # nearer to them than the one whose row they have (if any); it may name them
+    unknown: set[str] = field(default_factory=set)
     rejects: dict[str, str] = field(default_factory=dict)  # listed path of a metadata file -> why it is a reject
     unmatched: int = 0  # rows whose file_name is no listed image file
     unmatched_examples: list[str] = field(default_factory=list)  # 'train/metadata.csv: 7.png'
@@ -71,7 +78,7 @@ class FolderMetadata:
 
     def reset(self) -> None:
         """Empty, for a listing made again (a retried one counts once)."""
-        self.rows, self.joined, self.rejects = {}, [], {}
+        self.rows, self.joined, self.joined_ids, self.rejects, self.unknown = {}, [], [], {}, set()
         self.unmatched, self.unmatched_examples = 0, []
 
 
@@ -90,6 +97,7 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
     Matched by id, the path below the input's root that the run names a file by (a web folder's escapes decoded)."""
     found.reset()
     by_image: dict[str, tuple[int, dict[str, Any]]] = {}  # path -> (depth of its metadata file's folder, columns)
+    rejected: dict[str, int] = {}  # folder id of a metadata file that cannot be joined -> its depth
     # deeper folders last: an image named twice takes the nearest metadata file's row
     for id_ in sorted(metadata_files, key=lambda i: (i.count("/"), i)):
         path = metadata_files[id_]
@@ -97,11 +105,14 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
             rows = parse_metadata(posixpath.basename(id_), read(path))
         except MetadataProblem as err:
             found.rejects[path] = f"image-folder metadata file not joined to its images: {err}"
+            rejected[posixpath.dirname(id_)] = id_.count("/")
             continue
         except Exception as err:  # noqa: BLE001 - a file that cannot be read is its own reject, as an image is
             found.rejects[path] = f"image-folder metadata file not joined to its images: could not read it: {describe(err)}"
+            rejected[posixpath.dirname(id_)] = id_.count("/")
             continue
         found.joined.append(path)
+        found.joined_ids.append(id_)
         folder = posixpath.dirname(id_)
         for row in rows:
             image = images.get(_resolved(folder, row[FILE_NAME]))
@@ -112,6 +123,19 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
                 continue
             by_image[image] = (id_.count("/"), {passthrough_name(k): v for k, v in row.items()})
     found.rows = {image: columns for image, (_, columns) in by_image.items()}
+    if rejected:
+        found.unknown = {image for id_, image in images.items()
+                         if _nearest_rejected(id_, rejected) > by_image.get(image, (-1, None))[0]}
+
+
+def _nearest_rejected(id_: str, rejected: dict[str, int]) -> int:
+    """The depth of the deepest folder holding `id_` whose metadata file cannot be joined; -1 for none."""
+    folder, deepest = posixpath.dirname(id_), -1
+    while True:
+        deepest = max(deepest, rejected.get(folder, -1))
+        if not folder:
+            return deepest
+        folder = posixpath.dirname(folder)
 
 
 def _resolved(folder: str, file_name: str) -> str:

@@ -18,7 +18,7 @@ from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata,
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
 from pipeline.sources.tfrecord_files import TFRECORD_NAME, tfds_metadata
-from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp
+from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp, with_metadata_row
 from pipeline.sources.walk import _find_following_links
 from pipeline.storage import (
     S3_PROTOCOLS,
@@ -240,8 +240,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         kind = "tar" if _is_tar(p) else "parquet" if _is_parquet(p) else "zip" if _is_zip(p) else None
         if kind is not None:
             units.append(ReadUnit(kind, (full,), root_uri, (size,), (listing_stamp(listed[p]),), (content,)))
-        else:
-            images.append((full, size, content))
+        else:  # a metadata row joined to it is part of its content: edited, it is a change of this input
+            images.append((full, size, with_metadata_row(content, metadata.rows.get(full), full in metadata.unknown)
+                           if metadata else content))
     # containers too: on an object store a shard 'd.tar/x.parquet' can lie under a shard 'd.tar'
     _refuse_colliding_ids(units, [*(p for p, _, _ in images), *(u.paths[0] for u in units)], root_uri)
     _refuse_escaped_twins(sorted(listed), root_dir)

@@ -31,6 +31,7 @@ def read_unit(
     purified_ids: frozenset[str] | set[str] = frozenset(),
     partitioning: str = "none",
     metadata: str = "",
+    join_metadata: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
@@ -44,7 +45,9 @@ def read_unit(
     `partitioning` "hive": each image record gets the columns of its file's `key=value` folders (`sources.partitions`;
     a container's folders, not those inside it).
     `metadata`: a "files" unit's rows of image-folder metadata files and their rejects, as the planning joined them
-    (`folder_metadata.unit_metadata`)."""
+    (`folder_metadata.unit_metadata`). `join_metadata`: a zip archive's metadata members are joined to its members
+    (`zip_archives._zip_metadata`); their ids are named in its count record ("metadata"), an earlier reject of them
+    untrue now."""
     opts = storage_options or {}
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
@@ -55,7 +58,7 @@ def read_unit(
     elif unit.kind == "parquet":
         records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
     elif unit.kind == "zip":
-        records = _read_zip(unit, opts, in_memory_bytes, max_image_bytes, labels_from_folders, skip_ids)
+        records = _read_zip(unit, opts, in_memory_bytes, max_image_bytes, labels_from_folders, skip_ids, join_metadata)
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     container = unit.kind != "files"
@@ -66,6 +69,7 @@ def read_unit(
     ids: list[str] = []  # a container's record ids, to digest
     lookalikes: list[str] = []
     superseded: list[str] = []
+    joined: list[str] = []  # a zip archive's metadata members joined to its members: no inputs
     hidden = HiddenSkipped()
     whole = True
     n = skipped = 0
@@ -73,8 +77,10 @@ def read_unit(
         if record["kind"] == "superseded":
             superseded.extend(record["ids"])
             continue
-        if record["kind"] == "hidden":  # a zip member skipped as hidden: no record, only counted
+        if record["kind"] in ("hidden", "joined"):  # a zip member skipped as hidden or joined: no record, only counted
             hidden.add(record["name"])
+            if record["kind"] == "joined":
+                joined.append(record["name"])
             continue
         if record["id"] == broken:
             whole = False
@@ -98,11 +104,13 @@ def read_unit(
             count["container"]["superseded"] = superseded
         if lookalikes:
             count["container"]["lookalike"] = lookalikes
+        if joined:
+            count["container"]["metadata"] = joined
         # done ids of this container that it no longer gives (a shard or Parquet file rewritten smaller): their rows
         # stay, and the record of this read says so, or the output's ids never matched it and every later run read
         # the container again (pipeline.ledger)
         given = set(ids)
-        leftover = sorted(i for i in skip_ids if i != broken and i not in given)
+        leftover = sorted(i for i in skip_ids if i != broken and i not in given and i not in joined)
         if leftover:
             count["container"]["leftover"] = leftover
     yield count

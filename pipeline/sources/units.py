@@ -68,3 +68,25 @@ def content_stamp(info: dict[str, Any]) -> str | None:
         return None
     text = json.dumps([info.get("size"), fields], sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+# In an image file's content stamp, before the digest of the image-folder metadata row joined to it (`with_metadata_row`)
+METADATA_ROW = "+m"
+# that digest where the row is not known (a metadata file that cannot be joined may name the image): taken as recorded
+ROW_UNKNOWN = "?"
+
+
+def with_metadata_row(content: str | None, row: dict[str, Any] | None, unknown: bool = False) -> str | None:
+    """An image file's content stamp with a digest of the metadata row joined to it (its output columns: `folder_metadata`),
+    so that a row edited, added or removed is a change of that image's input as new bytes are; `content` as it is when
+    no row is joined (as versions before joining stamped it) or the listing says nothing of the file's version.
+    `unknown`: a metadata file that cannot be joined may name it: ROW_UNKNOWN for the digest, so that a file broken
+    by an edit does not make its images changed (`changes.rows_as_recorded`), nor --refresh-changed drop their columns."""
+    if content is None:
+        return content
+    if unknown:
+        return f"{content}{METADATA_ROW}{ROW_UNKNOWN}"
+    if row is None:
+        return content
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False)
+    return f"{content}{METADATA_ROW}{hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).hexdigest()}"

@@ -1,6 +1,7 @@
 """The reader of zip archives: one record per file in the archive, as if its files lay in a folder named after it,
 read a member at a time through the central directory at the archive's end; links followed inside the archive,
-names flagged UTF-8 that are not still read, members that would give one path refused together."""
+names flagged UTF-8 that are not still read, members that would give one path refused together; with --join-metadata,
+its image-folder metadata members joined to its other members (`folder_metadata`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from pipeline.sources.file_bytes import _opener, too_large
+from pipeline.sources.folder_metadata import FolderMetadata, MetadataProblem, is_folder_metadata, join_folder_metadata
 from pipeline.sources.hidden import _hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import _image_record, reject_record
@@ -251,7 +253,8 @@ def _open_zip(raw: BinaryIO) -> tuple[zipfile.ZipFile, _ZipDirectory]:
 
 
 def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
-              labels_from_folders: bool, skip_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
+              labels_from_folders: bool, skip_ids: frozenset[str] | set[str] = frozenset(),
+              join_metadata: bool = False) -> Iterator[dict[str, Any]]:
     """One record per file in a zip archive, as if its files lay in a folder named after it (id `x.zip/a/b.jpg`;
     hidden ones, `.x` and `_x` such as `__MACOSX/`, skipped as in a folder). A zip file is read through its central
     directory at its end, so a large one is read from storage a member at a time (ranges of an object), never whole.
@@ -259,7 +262,10 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     where the other has '/', or a name zipfile cuts at a NUL byte) are one reject naming them. A symbolic link is read
     as the member it points to; one to nothing in the archive, or out of it, is its reject, as is a member with a '..'
     folder in its path. A member over `max_image_bytes` (by the size the directory gives), an encrypted one, one
-    compressed in a way zipfile cannot read or a damaged one is that member's reject; done ids are not read."""
+    compressed in a way zipfile cannot read or a damaged one is that member's reject; done ids are not read.
+    `join_metadata`: the archive's image-folder metadata members are joined to its members, as a folder's files are
+    (`_zip_metadata`): one joined is a "joined" record (counted as metadata, as hidden files are), one that cannot be
+    joined its reject saying why."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
@@ -271,8 +277,15 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
+        joined = _zip_metadata(archive, directory, max_image_bytes) if join_metadata else FolderMetadata()
         for name in directory.files:
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
+            if name in joined.joined:  # before the done ids: an earlier run's reject of it is untrue now
+                yield {"kind": "joined", "name": id_}
+                continue
+            if name in joined.rejects and id_ not in skip_ids:
+                yield reject_record(id_, source, joined.rejects[name], "read")
+                continue
             not_read = _member_not_read(name, id_, source, skip_ids, directory.look_alikes)
             if not_read is not None:
                 yield not_read
@@ -284,7 +297,32 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                 continue
             what = name if target is info else f"{_zip_member_path(target.filename)} (the target of link {name})"
             meta = {"label": _folder_label(name)} if labels_from_folders else {}
+            meta.update(joined.rows.get(name, {}))  # a metadata row's label wins over the folder's, as in a folder
             yield _member_record(archive, target, what, id_, source, meta, max_image_bytes)
+
+
+def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_bytes: int) -> FolderMetadata:
+    """The archive's image-folder metadata members (`folder_metadata`: not hidden, links or one of several names for
+    a path) joined to its other members, keyed by member path. A row naming no member is not counted (the planning's
+    count is of folders' files); one over `max_image_bytes`, encrypted or damaged cannot be joined."""
+    names = {name: name for name in directory.files
+             if is_folder_metadata(name) and name not in directory.look_alikes and not _hidden(name)
+             and ".." not in name.split("/") and not _zip_is_link(directory.info(name))}
+    found = FolderMetadata()
+    if not names:
+        return found
+
+    def read(name: str) -> bytes:
+        info = directory.info(name)
+        if info.file_size > max_image_bytes:
+            raise MetadataProblem(too_large(f"zip member {name}", info.file_size, max_image_bytes))
+        if info.flag_bits & 0x1:
+            raise MetadataProblem(f"zip member {name} is encrypted")
+        return with_retries(lambda: archive.read(info), f"read {name}")
+
+    members = {name: name for name in directory.files if name not in names}
+    join_folder_metadata(members, names, read, found)
+    return found
 
 
 def _member_not_read(name: str, id_: str, source: str, skip_ids: frozenset[str] | set[str],
