@@ -28,8 +28,9 @@ saved random streams; a note says so). So do other training images than last.pt 
 copy of --data, such as another $ZIP_SHARED_DIR): the run goes on with them, and a note says so.
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
-(or Purifier.from_checkpoint("OUT/prior.pt")), with --schedule and --start to match a prior trained with --schedule
-cosine or --max-timestep (the job refuses others; the last line of a run shows the command). The repository ships
+(or Purifier.from_checkpoint("OUT/prior.pt")). The job samples with the noise schedule the prior records (--schedule
+cosine needs no flag there; Purifier.from_checkpoint takes schedule="cosine"); a prior trained with --max-timestep needs
+--start to match (the job refuses a start above it; the last line of a run shows the command). The repository ships
 priors of at most 20 MB: fp16 stores two bytes per parameter, so up to about 64 channels at the default depth.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
