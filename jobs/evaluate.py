@@ -175,7 +175,9 @@ def _add_what_is_evaluated(p: argparse.ArgumentParser) -> None:
 
 def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
     """ZIP's steps and pooling, the test subset and its seed, then ZIP's sampler, late start, schedule and noise seed."""
-    p.add_argument("--steps", type=int, default=20, help="ZIP DDIM steps (both zip variants). Default: 20")
+    p.add_argument("--steps", type=int, default=20,
+                   help="ZIP's sampler steps, spaced evenly over T = 1000, of --sampler ddim or ddpm alike (both zip "
+                        "variants). Default: 20")
     p.add_argument("--pool", type=int, default=4,
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
     p.add_argument("--subset", type=int, default=500,

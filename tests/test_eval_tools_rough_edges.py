@@ -41,3 +41,19 @@ def test_a_purified_folder_named_by_an_earlier_version_is_kept(tmp_path: Path) -
     assert (folder / "none-abc" / "clean-0123.npz").read_bytes() == b"kept"
     assert not (tmp_path / "cache" / "purified" / "synthetic-n5-seed0").exists()
     assert runner.purified_folder(tmp_path / "cache", _config(tmp_path, 4), 4) == folder
+
+
+def _help_of(job, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        job.parse_args(["--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_evaluate_steps_help_is_true_of_either_sampler(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: '--steps ZIP DDIM steps', also of --sampler ddpm (whose --steps are DDPM's)."""
+    from tests.jobutil import load_evaluate_job
+
+    said = _help_of(load_evaluate_job("evaluate_steps_help"), capsys)
+    described = said.rindex("--steps STEPS")  # its description, after the usage line
+    steps = said[described:said.index("--pool POOL", described)]
+    assert "DDIM steps" not in steps and "ddim or ddpm" in steps, steps
