@@ -29,9 +29,11 @@ command after an interruption (Ctrl-C, a kill) only does the unfinished work: a 
 finished epoch, a ZIP set with the purifier batches (--batch-size canvases) it had not finished, bit for bit as an
 uninterrupted run (the finished ones are kept in <set>.partial/ until the set is whole). A damaged cache file is named
 in a warning and rebuilt. ZIP sets are cached per device type: a GPU draws other noise than a CPU from the same seed.
-To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
-training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else shared/ beside the
-repository's folder).
+An epoch checkpoint stays until its own --epochs is run again: one of a run interrupted and never rerun at that
+--epochs is kept for good (a run that trains the same classifier to other --epochs names it in a note, but leaves
+it; delete it if unwanted). To clear: remove <cache-dir>/purified (purified images: cheap to redo),
+<cache-dir>/classifiers (hours of training, and such epoch checkpoints), or the *.npz data copies (decoded again
+from the shared folder, $ZIP_SHARED_DIR, else shared/ beside the repository's folder).
 
 Checks: settings, the data, the prior and the --out and --cache-dir folders are checked before any work starts (exit
 status 2 and one error line). --out and --cache-dir are local folders, made when missing: a URI (s3://..., ftp://...)

@@ -57,3 +57,22 @@ def test_evaluate_steps_help_is_true_of_either_sampler(capsys: pytest.CaptureFix
     described = said.rindex("--steps STEPS")  # its description, after the usage line
     steps = said[described:said.index("--pool POOL", described)]
     assert "DDIM steps" not in steps and "ddim or ddpm" in steps, steps
+
+
+def test_a_finished_classifier_names_an_interrupted_training_of_it_to_other_epochs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the epoch checkpoint an interrupted --epochs 3 run left stayed in the cache for good, unsaid, while the
+    same classifier was trained to --epochs 1; now it is named (and kept: a rerun with --epochs 3 may finish it)."""
+    from pipeline.evaluation.victims import classifier_path, get_classifier, training_checkpoint_path
+
+    options = {"depth": 8, "batch_size": 16}
+    interrupted = training_checkpoint_path(classifier_path(tmp_path, "synthetic", "badnet", 3, options))
+    other_recipe = training_checkpoint_path(classifier_path(tmp_path, "synthetic", "blended", 3, options))
+    for partial in (interrupted, other_recipe):
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"an interrupted run's state")
+    capsys.readouterr()
+    get_classifier("synthetic", "badnet", tmp_path, 1, 1, loader=fake_loader, train_options=options, progress=False)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and str(interrupted) in notes[0] and "--epochs 3" in notes[0], notes
+    assert interrupted.read_bytes() == other_recipe.read_bytes() == b"an interrupted run's state"
