@@ -76,3 +76,22 @@ def test_a_finished_classifier_names_an_interrupted_training_of_it_to_other_epoc
     notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
     assert len(notes) == 1 and str(interrupted) in notes[0] and "--epochs 3" in notes[0], notes
     assert interrupted.read_bytes() == other_recipe.read_bytes() == b"an interrupted run's state"
+
+
+def test_train_prior_init_from_says_the_width_options_it_does_not_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: --init-from with --channels 64 trained the prior's 32 channels without a word, though --help says its
+    architecture replaces the width options."""
+    from tests.jobutil import TRAIN_TINY_ARGS, train_prior_on_noise
+
+    job = train_prior_on_noise(monkeypatch, "train_prior_width_note")
+    assert job.cli(["--out", str(tmp_path / "first"), "--max-steps", "1", *TRAIN_TINY_ARGS]) == 0
+    prior = str(tmp_path / "first" / "prior.pt")
+    capsys.readouterr()
+    assert job.cli(["--init-from", prior, "--minutes", "0", "--batch", "4", "--channels", "64", "--res-blocks", "3",
+                    "--out", str(tmp_path / "wide")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "not used" in line]
+    assert len(notes) == 1, notes
+    assert "--channels 64, --res-blocks 3 not used" in notes[0] and "num_channels=32, num_res_blocks=1" in notes[0]
+    assert job.cli(["--init-from", prior, "--minutes", "0", "--batch", "4", "--out", str(tmp_path / "plain")]) == 0
+    assert "not used" not in capsys.readouterr().out  # none given: nothing to say
