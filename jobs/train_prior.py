@@ -14,6 +14,8 @@ Files in --out:
                      Both are checked before the first step: a URI by writing a small hidden file beside it and
                      deleting it, so a missing bucket or credentials stop the run at once (exit status 2).
   train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
+  .lock              held while a run trains, so that a second run into the same --out is refused (an empty file,
+                     left in place; no run holds it after its process ends, a killed one's included)
 The console shows the same line with the minutes left of the budget.
 
 Resume: run the same command again. It continues from OUT/last.pt (the same weights, optimiser and random streams),

@@ -95,3 +95,34 @@ def test_train_prior_init_from_says_the_width_options_it_does_not_use(tmp_path: 
     assert "--channels 64, --res-blocks 3 not used" in notes[0] and "num_channels=32, num_res_blocks=1" in notes[0]
     assert job.cli(["--init-from", prior, "--minutes", "0", "--batch", "4", "--out", str(tmp_path / "plain")]) == 0
     assert "not used" not in capsys.readouterr().out  # none given: nothing to say
+
+
+def test_train_prior_docstring_names_every_file_a_run_leaves_in_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    """Before: the .lock a run keeps in --out was in no list of its files."""
+    from tests.jobutil import TRAIN_TINY_ARGS, train_prior_on_noise
+
+    job = train_prior_on_noise(monkeypatch, "train_prior_files_listed")
+    assert job.cli(["--out", str(tmp_path / "run"), "--max-steps", "1", *TRAIN_TINY_ARGS]) == 0
+    listed = job.__doc__.split("Files in --out:")[1].split("\n\n")[0]
+    described = {line.split()[0] for line in listed.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= described, described
+
+
+def test_evaluation_time_passes_on_evaluate_hints_that_run_as_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a mistyped evaluate option given to bench/evaluation_time.py was answered 'run evaluate.py --help for
+    the options', which runs nothing from the repository's folder (evaluate.py is in jobs/)."""
+    import sys
+
+    from tests.jobutil import load_job_script
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    module = load_job_script("evaluation_time.py", "evaluation_time_hint", folder="bench")
+    argv0 = list(sys.argv[:1])
+    with pytest.raises(SystemExit):
+        module.main(["--work", str(tmp_path), "--", "--subsett", "5"])
+    err = capsys.readouterr().err
+    assert "(run python jobs/evaluate.py --help for the options)" in err, err
+    assert sys.argv[:1] == argv0  # put back

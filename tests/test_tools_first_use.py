@@ -90,7 +90,7 @@ def test_the_advised_bundle_is_taken_by_both_tools(tmp_path: Path, monkeypatch: 
 
 
 BENCH_ON_EVALUATION_CACHE = ("patch_victim.py", "pooled_ceiling.py", "sampler_settings.py")
-BENCH_WITH_DEFAULTS = (*BENCH_ON_EVALUATION_CACHE, "evaluation_time.py")
+BENCH_WITH_DEFAULTS = (*BENCH_ON_EVALUATION_CACHE, "evaluation_time.py", "prior_sizes_bench.py")
 
 
 @pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
