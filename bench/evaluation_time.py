@@ -52,13 +52,26 @@ def cache_stand_ins(evaluate_args: list[str], epochs: int, images: int, cache: P
         return train(data[:images], labels[:images], num_classes, n_epochs, **options)
 
     victims.train_classifier = few_images
+    # run in this process, evaluate.py's messages ("run ... --help for the options") would name it evaluate.py,
+    # which runs nothing: as the script this process runs, they name the command that does
+    ran = sys.argv[:1]
+    sys.argv[:1] = [as_typed(ROOT / "jobs" / "evaluate.py")]
     try:
         status = evaluate.main([*evaluate_args, "--epochs", str(epochs), "--defenses", "none",
                                 "--cache-dir", str(cache), "--out", str(out), "--overwrite"])
     finally:
         victims.train_classifier = train
+        sys.argv[:1] = ran
     if status != 0:
         raise SystemExit(f"caching the stand-in classifiers failed (exit status {status})")
+
+
+def as_typed(path: Path) -> str:
+    """`path` as a command line names it: relative to the working folder where it lies inside it."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def forget_results(cache: Path) -> None:

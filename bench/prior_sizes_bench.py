@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed optimiser steps and forward passes (default 5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: forward passes under bfloat16 autocast, as jobs/train_prior.py --precision bf16")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+                   help="bf16: forward passes under bfloat16 autocast, as jobs/train_prior.py --precision bf16 "
+                        "(default fp32)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     args = p.parse_args(argv)
     if min(args.batch, args.steps) < 1 or args.warmup < 0:
         p.error("--batch and --steps must be at least 1, --warmup at least 0")

@@ -29,9 +29,11 @@ command after an interruption (Ctrl-C, a kill) only does the unfinished work: a 
 finished epoch, a ZIP set with the purifier batches (--batch-size canvases) it had not finished, bit for bit as an
 uninterrupted run (the finished ones are kept in <set>.partial/ until the set is whole). A damaged cache file is named
 in a warning and rebuilt. ZIP sets are cached per device type: a GPU draws other noise than a CPU from the same seed.
-To clear: remove <cache-dir>/purified (purified images: cheap to redo), <cache-dir>/classifiers (hours of
-training), or the *.npz data copies (decoded again from the shared folder, $ZIP_SHARED_DIR, else shared/ beside the
-repository's folder).
+An epoch checkpoint stays until its own --epochs is run again: one of a run interrupted and never rerun at that
+--epochs is kept for good (a run that trains the same classifier to other --epochs names it in a note, but leaves
+it; delete it if unwanted). To clear: remove <cache-dir>/purified (purified images: cheap to redo),
+<cache-dir>/classifiers (hours of training, and such epoch checkpoints), or the *.npz data copies (decoded again
+from the shared folder, $ZIP_SHARED_DIR, else shared/ beside the repository's folder).
 
 Checks: settings, the data, the prior and the --out and --cache-dir folders are checked before any work starts (exit
 status 2 and one error line). --out and --cache-dir are local folders, made when missing: a URI (s3://..., ftp://...)
@@ -175,14 +177,17 @@ def _add_what_is_evaluated(p: argparse.ArgumentParser) -> None:
 
 def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
     """ZIP's steps and pooling, the test subset and its seed, then ZIP's sampler, late start, schedule and noise seed."""
-    p.add_argument("--steps", type=int, default=20, help="ZIP DDIM steps (both zip variants). Default: 20")
+    p.add_argument("--steps", type=int, default=20,
+                   help="ZIP's sampler steps, spaced evenly over T = 1000, of --sampler ddim or ddpm alike (both zip "
+                        "variants). Default: 20")
     p.add_argument("--pool", type=int, default=4,
                    help="average-pooling factor k of A, shared by naive, zip and zip-authors. Default: 4")
     p.add_argument("--subset", type=int, default=500,
                    help="size of the class-stratified test subset (rounded down to a multiple of the class count, "
                         "e.g. 473 for GTSRB's 43 classes at the default; at most the class count times the rarest class's test "
                         "images: 10000 on CIFAR-10, 2580 on GTSRB, 890 on Imagenette's held-out quarter; a larger "
-                        "one is refused). Default: 500, the size of docs/results.md's tables")
+                        "one is refused; the purified sets are cached by the images chosen, so 15 and 10 on ten "
+                        "classes share them). Default: 500, the size of docs/results.md's tables")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of ShrinkPad's offsets. Default: 0")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ZIP's sampler (both zip variants): ddim, the paper's Algorithm 2, or ddpm, its Algorithm 1 "

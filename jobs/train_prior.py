@@ -14,6 +14,8 @@ Files in --out:
                      Both are checked before the first step: a URI by writing a small hidden file beside it and
                      deleting it, so a missing bucket or credentials stop the run at once (exit status 2).
   train_log.jsonl    one JSON line per --log-every steps: step, images, mean loss, img/s, minutes
+  .lock              held while a run trains, so that a second run into the same --out is refused (an empty file,
+                     left in place; no run holds it after its process ends, a killed one's included)
 The console shows the same line with the minutes left of the budget.
 
 Resume: run the same command again. It continues from OUT/last.pt (the same weights, optimiser and random streams),
@@ -28,8 +30,9 @@ saved random streams; a note says so). So do other training images than last.pt 
 copy of --data, such as another $ZIP_SHARED_DIR): the run goes on with them, and a note says so.
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
-(or Purifier.from_checkpoint("OUT/prior.pt")), with --schedule and --start to match a prior trained with --schedule
-cosine or --max-timestep (the job refuses others; the last line of a run shows the command). The repository ships
+(or Purifier.from_checkpoint("OUT/prior.pt")). The job samples with the noise schedule the prior records (--schedule
+cosine needs no flag there; Purifier.from_checkpoint takes schedule="cosine"); a prior trained with --max-timestep needs
+--start to match (the job refuses a start above it; the last line of a run shows the command). The repository ships
 priors of at most 20 MB: fp16 stores two bytes per parameter, so up to about 64 channels at the default depth.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
@@ -37,8 +40,9 @@ priors of at most 20 MB: fp16 stores two bytes per parameter, so up to about 64 
     python jobs/train_prior.py --data gtsrb --minutes 90 --out runs/prior-gtsrb  # an in-domain prior for GTSRB
     python jobs/train_prior.py --init-from pipeline/assets/cifar10_prior.pt --lr 1e-4 --minutes 60 --out runs/prior-ft
 
---init-from starts from an exported prior's weights (its architecture, and the noise schedule and --max-timestep it
-records unless given; fresh optimiser), to train a shipped prior further or adapt it to another clean data set.
+--init-from starts from an exported prior's weights (its architecture, whatever width options are given: a note names
+them; and the noise schedule and --max-timestep it records unless given; fresh optimiser), to train a shipped prior
+further or adapt it to another clean data set.
 Rerunning that command resumes as above; an --init-from other than the one OUT/last.pt started from (or one given to a
 run that started from random weights) is refused, since the resume would ignore it: add --fresh to start over from it,
 or use another --out. A password in --init-from's or --export's URI (ftp://user:password@host/prior.pt) is never
@@ -82,6 +86,7 @@ with interrupted_while_loading("jobs/train_prior.py"):
         is_uri,
         load_initial,
         make_config,
+        note_replaced_width_options,
         resolve_noise_settings,
     )
     from pipeline.training_run import Recipe, TrainingRun, UnusableState
@@ -123,9 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=0, help="also stop after this many optimiser steps (0: no limit)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this 32 px ε-prediction prior (path or URI); its architecture replaces the "
-                        "width and depth options below, and the noise schedule and largest timestep it records are "
-                        "the defaults of --schedule and --max-timestep (default: none, random weights drawn from "
-                        "--seed)")
+                        "width and depth options below (a note names those given), and the noise schedule and "
+                        "largest timestep it records are the defaults of --schedule and --max-timestep (default: "
+                        "none, random weights drawn from --seed)")
     p.add_argument("--channels", type=int, default=32, help="UNet base width (num_channels); a multiple of 32")
     p.add_argument("--channel-mult", default="1,2,2", help="width multiplier per resolution level (32, 16, 8 px, ...)")
     p.add_argument("--res-blocks", type=int, default=2, help="residual blocks per level (num_res_blocks)")
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     config, initial, init_note, init_meta = make_config(args), None, None, None
     if args.init_from:
         config, initial, init_note, init_meta = load_initial(args.init_from, args.dropout)
+        note_replaced_width_options(args, config)
     resolve_noise_settings(args, init_meta)
     run = start_run(args, config, initial, device)
     alpha_bars = torch.tensor(NoiseSchedule.named(args.schedule).alphas_cumprod, dtype=torch.float32, device=device)

@@ -252,8 +252,9 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                     help="late start: run only the steps t <= S*T, from the input's A⁺y noised to that level instead "
                          f"of pure noise (0.3: 7 of 20 steps, a third of the model calls; default {d.start}: the paper)")
     zp.add_argument("--schedule", choices=["linear", "cosine"],
-                    help=f"the noise schedule the prior was trained with (default {d.schedule}, as guided-diffusion's "
-                         "checkpoints; a prior from train_prior.py records its own, and a mismatch is refused)")
+                    help="the noise schedule the prior was trained with (default: the one the prior records, "
+                         "jobs/train_prior.py --schedule; else linear, as guided-diffusion's checkpoints); one that "
+                         "differs from the prior's record is refused")
     zp.add_argument("--large-images", choices=["fit", "stretch"],
                     help="images larger than the model: shrink keeping aspect (fit) or stretch; resized back after, "
                          f"with only the model's detail (column downscale_factor; default {d.large_images})")

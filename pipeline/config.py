@@ -63,7 +63,8 @@ class JobConfig:
     clip_denoised: bool = True
     resample: int = 1
     start: float = 1.0
-    schedule: str = "linear"
+    # None: the noise schedule the checkpoint records (train_prior.py --schedule), else linear (`settings`)
+    schedule: str | None = None
     large_images: str = "fit"
     seed: int = 0
     canvas_size: int | None = None
@@ -287,10 +288,15 @@ class JobConfig:
     def decode_policy(self) -> DecodePolicy:
         return DecodePolicy(max_pixels=self.max_pixels, alpha=self.alpha, exif_transpose=self.exif_transpose)
 
-    def settings(self) -> ZipSettings:
+    def settings(self, checkpoint_meta: dict[str, Any] | None = None) -> ZipSettings:
+        """The sampler's settings. The noise schedule is the one given, else the one `checkpoint_meta` (the prior's
+        meta) records, else linear: a prior trained with train_prior.py --schedule cosine samples as it was trained
+        without a flag (the job passes the meta; a schedule given against it is refused by the plan)."""
+        recorded = (checkpoint_meta or {}).get("schedule")
+        schedule = self.schedule or (recorded if isinstance(recorded, str) else None) or ZipSettings().schedule
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
                            operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
-                           resample=self.resample, start=self.start, schedule=self.schedule,
+                           resample=self.resample, start=self.start, schedule=schedule,
                            large_images=self.large_images, seed=self.seed)
 
     def public(self) -> dict[str, Any]:

@@ -455,7 +455,8 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     read task does whose node lacks a local input folder, and an actor whose node lacks a local checkpoint."""
     import ray.data
 
-    so, settings = config.storage_options, config.settings()
+    # the settings the plan resolved and recorded (the noise schedule the checkpoint records, unless one was given)
+    so, settings = config.storage_options, config.settings(plan.checkpoint.meta)
     canvas_size, actors, gpus_per_actor, device = plan.canvas_size, *placement
     # CPU stages are light next to the model; a fractional CPU lets them run beside the purifier
     # actors, so finished batches are written while others are still purifying (streaming).

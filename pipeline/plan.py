@@ -451,9 +451,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     config.check()
     so = config.storage_options
     out = config.output.rstrip("/")
-    settings = config.settings()
-    model = _checked_model(config, settings)  # before any data is read: unreadable, unsafe or mismatched files stop here
-    job_record = _job_record(config, settings, model, _input_location(config))
+    model = _checked_model(config)  # before any data is read: unreadable, unsafe or mismatched files stop here
+    job_record = _job_record(config, model.settings, model, _input_location(config))
     output_reached(out, so)
     # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input,
     # nor lie inside another output's data/ or rejects/.
@@ -703,14 +702,23 @@ class _Model:
     note: str  # where it came from (`_checkpoint_for`)
     checkpoint: LoadedCheckpoint
     canvas_size: int
+    settings: ZipSettings  # the run's, with the noise schedule the checkpoint records unless one was given
 
 
-def _checked_model(config: JobConfig, settings: ZipSettings) -> _Model:
-    """The checkpoint, verified (not loaded for use), and the canvas size, both checked against the settings."""
+def _checked_model(config: JobConfig) -> _Model:
+    """The checkpoint, verified (not loaded for use), the sampler settings it resolves (`JobConfig.settings`) and the
+    canvas size, checked against each other."""
     checkpoint_uri, model_note = _checkpoint_for(config)
     ckpt: LoadedCheckpoint = load_checkpoint(checkpoint_uri, config.preset, config.flags,
                                              config.checkpoint_storage_options(checkpoint_uri),
                                              config.checkpoint_sha256, verify_only=True)
+    settings = config.settings(ckpt.meta)
+    recorded = ckpt.meta.get("schedule")
+    if config.schedule is not None and recorded is not None and recorded != config.schedule:
+        # given against the prior's own: without the flag the job samples as the prior was trained
+        raise JobError(f"this prior was trained with the {recorded} noise schedule, but --schedule {config.schedule} "
+                       f"was given: its noise levels would not match; leave --schedule out (the prior's own is used) "
+                       f"or give --schedule {recorded}")
     try:
         check_trained_timesteps(ckpt.meta, settings)
     except ValueError as err:
@@ -720,7 +728,7 @@ def _checked_model(config: JobConfig, settings: ZipSettings) -> _Model:
                                      ckpt.config.min_input_multiple)
     if canvas_problem:
         raise JobError(canvas_problem)
-    return _Model(checkpoint_uri, model_note, ckpt, canvas_size)
+    return _Model(checkpoint_uri, model_note, ckpt, canvas_size, settings)
 
 
 def _input_location(config: JobConfig) -> str | None:

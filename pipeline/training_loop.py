@@ -224,10 +224,11 @@ def farewell(run: TrainingRun, saves: Saves, diverged: bool, signum: int | None,
 
 
 def purify_options(saves: Saves) -> str:
-    """The purify job's options the prior needs beyond its defaults: the job refuses to sample it with another noise
-    schedule or above the largest timestep it was trained on, so the bare command shown before was refused."""
+    """The purify job's options the prior needs beyond its defaults: the job refuses to sample it above the largest
+    timestep it was trained on, so the bare command shown before was refused. (Its noise schedule needs no flag: the
+    job takes the one the prior records.)"""
     args, timesteps = saves.args, saves.learned["timesteps"]
-    options = "" if args.schedule == "linear" else f" --schedule {args.schedule}"
+    options = ""
     if args.max_timestep is not None and args.max_timestep < timesteps - 1:
         options += f" --start {args.max_timestep / timesteps:g}"  # as the job's own refusal advises
     return options

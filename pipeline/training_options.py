@@ -82,6 +82,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     problem = architecture_problem(args)
     if problem:
         p.error(problem)
+    # those given (not at their defaults), which --init-from's architecture replaces (`note_replaced_width_options`)
+    args.width_options_given = [name for name in WIDTH_OPTIONS if getattr(args, name) != p.get_default(name)]
     problem = folder_variable_problem()  # $ZIP_SHARED_DIR and $ZIP_CACHE_DIR, the data and its decoded copy
     if problem:
         p.error(problem)
@@ -211,6 +213,23 @@ def architecture_problem(args: argparse.Namespace) -> str | None:
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         return f"the UNet options (--channels, --channel-mult, --res-blocks, --attention, --head-channels) do not fit: {err}"
     return None
+
+
+# The options that describe the UNet's width and depth (as dests), each with the UNetConfig field it sets.
+WIDTH_OPTIONS = {"channels": "num_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
+                 "attention": "attention_resolutions", "head_channels": "num_head_channels"}
+
+
+def note_replaced_width_options(args: argparse.Namespace, config: UNetConfig) -> None:
+    """Say which width options given beside --init-from go unused: its prior's architecture (`config`) replaces them,
+    as --help says, and a run given --channels 64 otherwise trained the prior's 32 channels without a word."""
+    given = getattr(args, "width_options_given", [])
+    if not args.init_from or not given:
+        return
+    shown = ", ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in given)
+    prior = ", ".join(f"{WIDTH_OPTIONS[name]}={getattr(config, WIDTH_OPTIONS[name])}" for name in given)
+    print(f"note: {shown} not used: the architecture is --init-from {redact_uri(args.init_from)}'s ({prior}); leave "
+          "them out, or train from random weights without --init-from", flush=True)
 
 
 def make_config(args: argparse.Namespace) -> UNetConfig:

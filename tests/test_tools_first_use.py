@@ -90,7 +90,7 @@ def test_the_advised_bundle_is_taken_by_both_tools(tmp_path: Path, monkeypatch: 
 
 
 BENCH_ON_EVALUATION_CACHE = ("patch_victim.py", "pooled_ceiling.py", "sampler_settings.py")
-BENCH_WITH_DEFAULTS = (*BENCH_ON_EVALUATION_CACHE, "evaluation_time.py")
+BENCH_WITH_DEFAULTS = (*BENCH_ON_EVALUATION_CACHE, "evaluation_time.py", "prior_sizes_bench.py")
 
 
 @pytest.mark.parametrize("script", BENCH_ON_EVALUATION_CACHE)
@@ -351,16 +351,18 @@ def test_a_guided_diffusion_state_dict_under_a_prefix_still_gets_the_architectur
         load_checkpoint(str(tmp_path / "lightning.pt"))
 
 
-@pytest.mark.parametrize(("options", "shown"), [([], ""), (["--schedule", "cosine"], " --schedule cosine"),
+@pytest.mark.parametrize(("options", "shown"), [([], ""), (["--schedule", "cosine"], ""),  # the job takes the prior's
                                                 (["--max-timestep", "299"], " --start 0.299"),
                                                 (["--max-timestep", "999"], "")])
 def test_the_purify_command_shown_at_the_end_is_one_the_job_takes(options: list[str], shown: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Before: 'use it: python jobs/purify.py --checkpoint OUT/prior.pt ...' for every prior, which the job refuses for
-    one trained with --schedule cosine (another noise schedule) or --max-timestep (it would start above it)."""
+    one trained with --max-timestep (it would start above it). A cosine prior needs no flag: the job samples with the
+    schedule the prior records."""
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.settings import ZipSettings, check_trained_timesteps
+    from pipeline.config import JobConfig
+    from pipeline.settings import check_trained_timesteps
     from tests.jobutil import TRAIN_TINY_ARGS
 
     job = train_prior_on_noise(monkeypatch, "train_prior_use_it")
@@ -369,8 +371,9 @@ def test_the_purify_command_shown_at_the_end_is_one_the_job_takes(options: list[
     assert last == f"use it: python jobs/purify.py --checkpoint {tmp_path / 'run' / 'prior.pt'}{shown} --input ... --output ..."
     words = shown.split()
     given = {words[i].lstrip("-"): words[i + 1] for i in range(0, len(words), 2)}
-    settings = ZipSettings(**{k: float(v) if k == "start" else v for k, v in given.items()})
-    check_trained_timesteps(load_checkpoint(str(tmp_path / "run" / "prior.pt")).meta, settings)  # the job's own check
+    meta = load_checkpoint(str(tmp_path / "run" / "prior.pt")).meta
+    settings = JobConfig(**{k: float(v) if k == "start" else v for k, v in given.items()}).settings(meta)
+    check_trained_timesteps(meta, settings)  # the job's own check, on the settings it resolves with the prior
 
 
 @pytest.mark.parametrize(("argv", "said"), [(["--target", "10"], "--target must be a CIFAR-10 class, 0 to 9, got 10"),

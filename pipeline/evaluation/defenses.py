@@ -1,7 +1,7 @@
 """The defenses (none, ShrinkPad, the naive transform A⁺A x, ZIP and the ZIP authors' variant) and their purified sets.
 
 `make_defense` builds one by name; `purified` applies it to a set of images, cached under the folder it is given
-(the evaluation's <cache_dir>/purified/<dataset>-n<subset>-seed<seed>/) as
+(the evaluation's <cache_dir>/purified/<dataset>-n<images>-seed<seed>/) as
 
     <defense>-<key>/<part>-<input sha256[:16]>.npz   (+ settings.json)
 

@@ -18,7 +18,10 @@ PA per attack x defense and PSNR / SSIM of the purified clean images. Results go
 Everything expensive is cached under `cache_dir` and reused on the next run, so a killed run resumes:
 
     classifiers/<dataset>-<attack|clean>-e<epochs>[-<options>].pt   (+ .json with how it was trained)
-    purified/<dataset>-n<subset>-seed<seed>/<defense>-<key>/<part>-<input sha256[:16]>.npz   (+ settings.json)
+    purified/<dataset>-n<images>-seed<seed>/<defense>-<key>/<part>-<input sha256[:16]>.npz   (+ settings.json)
+
+(<images>: the subset's size, --subset rounded down to a multiple of the class count, so --subset 15 and 10 on ten
+classes, which choose the same images, share their purified sets.)
 
 A ZIP set in progress keeps each finished purifier batch in <part>-<input sha256[:16]>.partial/, so a killed run
 purifies only the batches it had not finished. A damaged cache file is named in a warning and rebuilt as if it were
@@ -130,7 +133,7 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
     defenses = _build_defenses(config, checked, subset.image_size)
     matrix = _Matrix(
         config.dataset, subset, defenses,
-        purified_dir=cache_dir / "purified" / f"{config.dataset}-n{config.subset}-seed{config.seed}",
+        purified_dir=purified_folder(cache_dir, config, len(subset.indices)),
         # Where a run is in its matrix: every defense on the clean subset and on each attack's triggered subset.
         image_sets=_ImageSetCount(len(defenses) * (1 + sum(a != CLEAN for a in checked.attacks))),
     )
@@ -159,6 +162,20 @@ class _EvalSubset:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
+
+
+def purified_folder(cache_dir: Path, config: EvalConfig, chosen: int) -> Path:
+    """The purified sets' folder of this subset, named by the `chosen` images' count: a --subset that is no multiple
+    of the class count chooses the same images as the multiple below it (stratified_subset rounds down), so both
+    share one folder. A folder an earlier version named by the --subset given is renamed to it, once, rather than
+    purified again."""
+    root = cache_dir / "purified"
+    folder = root / f"{config.dataset}-n{chosen}-seed{config.seed}"
+    as_given = root / f"{config.dataset}-n{config.subset}-seed{config.seed}"
+    if as_given != folder and as_given.is_dir() and not folder.exists():
+        as_given.rename(folder)
+        log(f"{config.dataset}: purified sets of --subset {config.subset} ({chosen} images) moved to {folder}")
+    return folder
 
 
 def _load_test_subset(config: EvalConfig, loader: Loader) -> tuple[LabelledImages, LabelledImages, _EvalSubset]:

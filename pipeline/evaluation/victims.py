@@ -159,7 +159,24 @@ def get_classifier(
     }
     write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2))
     log(f"{dataset}/{name}: classifier trained in {seconds / 60:.1f} min")
+    for other, partial in interrupted_other_epochs(path, f"{dataset}-{name}", epochs):
+        # kept, not deleted: the user may mean to finish that training; but said, as it otherwise stays for good
+        log(f"{dataset}/{name}: note: {partial} is the epoch checkpoint of an interrupted --epochs {other} training of "
+            f"this classifier, kept for a rerun with --epochs {other} to finish; delete it if that is not wanted")
     return model, {**info, "path": str(path), "trained_now": True}
+
+
+def interrupted_other_epochs(path: Path, head: str, epochs: int) -> list[tuple[int, Path]]:
+    """(epochs, file) of each epoch checkpoint beside the classifier `path` (`classifier_path`: <head>-e<epochs><rest>)
+    of the same classifier trained to another --epochs: an interrupted run's, which no run removes until that --epochs
+    is run again."""
+    rest = path.stem[len(f"{head}-e{epochs}"):]
+    found = []
+    for partial in sorted(path.parent.glob(f"{head}-e*{rest}.partial.pt")):
+        other = partial.name[len(f"{head}-e"):-len(f"{rest}.partial.pt")]
+        if other.isdigit() and int(other) != epochs:
+            found.append((int(other), partial))
+    return found
 
 
 def _without_recipe_options(name: str, train_options: dict[str, Any] | None) -> dict[str, Any] | None:
