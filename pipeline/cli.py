@@ -567,6 +567,11 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {thing}" + ("" if n == 1 else "s")
 
 
+def _records(n: int | None) -> str:
+    """What the dry run says of its TFRecord files' records: how many, or that they are counted only once read."""
+    return f" ({_count(n, 'record')})" if n is not None else " (records counted when read)"
+
+
 def _human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'; GiB is the largest unit."""
     if n < 1024:
@@ -600,7 +605,8 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
           f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, "
           f"{_count(inp['parquet_files'], 'Parquet file')}, "
           + (f"{_count(inp['arrow_files'], 'Arrow IPC file')}, " if inp.get("arrow_files") else "")
-          + (f"{_count(inp['tfrecord_files'], 'TFRecord file')}, " if inp.get("tfrecord_files") else "") +
+          + (f"{_count(inp['tfrecord_files'], 'TFRecord file')}{_records(inp.get('tfrecord_records'))}, "
+             if inp.get("tfrecord_files") else "") +
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
     if inp.get("containers_already_done"):

@@ -81,6 +81,7 @@ from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal,
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import unit_metadata
+from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import is_tfrecord
 from pipeline.stages import (
     ALL_CORES,
@@ -136,15 +137,22 @@ def task_retry_options() -> dict[str, Any]:
 
 def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None:
     """How many images this run will count (purified + rejected): its image files, and the rows of its Parquet files
-    from their footers and of its Arrow IPC files from their record batch headers (`arrow_ipc.ipc_headers`), less those
-    already done; None when a tar shard, zip archive or TFRecord file is among the inputs (their counts are known only
-    once read) or a footer or header cannot be read, so the progress shows no total rather than a wrong one. Footers
-    and headers are small reads, INDEX_READERS files at a time."""
-    if any(u.kind not in ("files", "parquet") or is_tfrecord(u.paths[0]) for u in plan.units):
+    from their footers, of its Arrow IPC files from their record batch headers (`arrow_ipc.ipc_headers`) and of its
+    TFRecord files from TFDS's dataset_info.json or their records' headers (`tfrecord_count`), less those already
+    done; None when a tar shard or zip archive is among the inputs (their counts are known only once read), or a
+    footer or header cannot be read or a TFRecord file counted (compressed, or past the requests allowed), so the
+    progress shows no total rather than a wrong one. Footers and headers are small reads, INDEX_READERS files at a
+    time."""
+    if any(u.kind not in ("files", "parquet") for u in plan.units):
         return None
     tables = [u for u in plan.units if u.kind == "parquet"]
+    records = count_records([u for u in tables if is_tfrecord(u.paths[0])], storage_options)
+    if records is None:
+        return None
 
     def rows(unit: ReadUnit) -> int:
+        if is_tfrecord(unit.paths[0]):
+            return records[unit.paths[0]]
         if is_arrow_ipc(unit.paths[0]):
             return ipc_headers(unit.paths[0], storage_options, unit.sizes[0] if unit.sizes else None).rows
         fs, path = storage_path(unit.paths[0], storage_options)

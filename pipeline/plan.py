@@ -72,6 +72,7 @@ from pipeline.sources import (
 from pipeline.sources.arrow_ipc import is_arrow_ipc
 from pipeline.sources.folder_metadata import FolderMetadata
 from pipeline.sources.listing import InputNotFound
+from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import image_feature_problem, is_tfrecord
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
@@ -322,6 +323,9 @@ class JobPlan:
     # a dry run's Parquet files to read whose footers give rows a null image cell, each a reject: path -> rows
     # (`parquet_rows_without_image`); not looked for in a run
     rows_without_image: dict[str, int] = field(default_factory=dict)
+    # the records the dry run's TFRecord files hold (`tfrecord_count`), None where one of them cannot be counted
+    # before it is read; not counted in a run (its progress total counts them)
+    tfrecord_records: int | None = None
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
     refresh: Journal | None = None
@@ -354,6 +358,7 @@ class JobPlan:
                       "arrow_files": sum(is_arrow_ipc(u.paths[0]) for u in by_kind["parquet"]),
                       # records numbered as a table's rows (`sources.tfrecord_files`): .tfrecord, .tfrecords, .tfrec
                       "tfrecord_files": sum(is_tfrecord(u.paths[0]) for u in by_kind["parquet"]),
+                      "tfrecord_records": self.tfrecord_records,
                       "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,
@@ -518,7 +523,16 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    rows_without_image=parquet_rows_without_image(
                        [u for u in kept_units if u.kind == "parquet" and not is_tfrecord(u.paths[0])
                         and u.paths[0] not in containers.unread], so,
-                       config.image_column) if dry_run else {}, refresh=refresh)
+                       config.image_column) if dry_run else {}, refresh=refresh,
+                   tfrecord_records=_tfrecord_records(
+                       [u for u in kept_units if u.kind == "parquet" and is_tfrecord(u.paths[0])
+                        and u.paths[0] not in containers.unread], so) if dry_run else None)
+
+
+def _tfrecord_records(units: list[ReadUnit], so: dict[str, Any]) -> int | None:
+    """The records the TFRecord files `units` hold in all (`tfrecord_count`); None where one cannot be counted."""
+    counts = count_records(units, so)
+    return None if counts is None else sum(counts.values())
 
 
 # How many Parquet footers the dry run reads at once (`parquet_rows_without_image`), as the listing's HEAD requests.

@@ -60,14 +60,17 @@ class LogProgress:
         elapsed = self.last - self.started
         done = self.n - self.initial  # the rate counts only this run's work, not a resumed run's earlier part
         text = f"{self.desc}: {self.n}"
-        if self.total is not None:
+        # a count past its total (a file grown since it was counted) shows no total, as tqdm's bar does: "12/11
+        # (109 %)" said more done than all there was, and no ETA where work was left
+        total = self.total if self.total is not None and self.n <= self.total else None
+        if total is not None:
             # floored: 100 % only once all are done (rounded, 199/200 said 100 %)
-            text += f"/{self.total} ({100 * self.n // max(self.total, 1)} %)"
+            text += f"/{total} ({100 * self.n // max(total, 1)} %)"
         text += f" in {elapsed:.0f} s"
         if done > 0 and elapsed > 0:
             text += f", {_rate(done / elapsed)} {self.unit}/s"
-            if self.total is not None and self.n < self.total:
-                text += f", ETA {(self.total - self.n) * elapsed / done:.0f} s"
+            if total is not None and self.n < total:
+                text += f", ETA {(total - self.n) * elapsed / done:.0f} s"
         text += "".join(f", {key} {value}" for key, value in self.postfix.items())
         print(text, file=self.stream, flush=True)
         self.printed = (self.n, dict(self.postfix))

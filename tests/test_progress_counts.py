@@ -117,3 +117,20 @@ def test_a_bar_redrawn_at_each_update_on_a_terminal_and_a_line_a_minute_in_a_log
     assert "\r" not in log.getvalue()
     assert log.getvalue().splitlines() == [line for line in log.getvalue().splitlines() if line.startswith("images: 4/4")]
     assert len(log.getvalue().splitlines()) == 1
+
+
+def test_a_count_past_its_total_shows_no_total_in_a_log_as_on_a_terminal() -> None:
+    # A total counted before the run (a TFRecord file's records) and a file grown since: tqdm's bar drops the total
+    # once the count passes it; the log's line said "images: 5/3 (166 %)", more done than all there was
+    terminal = Terminal()
+    bar = progress_bar(3, "images", "img", terminal, each_update=True)
+    bar.update(5)
+    bar.close()
+    assert "5/3" not in terminal.getvalue() and "images: 5img" in terminal.getvalue(), terminal.getvalue()
+    log = io.StringIO()
+    bar = progress_bar(3, "images", "img", log, each_update=True)
+    bar.update(2)
+    bar.update(3)
+    bar.close()
+    (line,) = log.getvalue().splitlines()
+    assert line.startswith("images: 5 in ") and "%" not in line and "ETA" not in line, line
