@@ -377,3 +377,58 @@ def test_per_object_features_are_lists_in_every_row_so_their_column_keeps_its_ty
                   key=lambda r: r["id"])
     assert [(r["image/object/bbox/xmin"], r["image/object/class/label"]) for r in rows] == [
         ([0.25], [3]), ([0.25, 0.5], [3, 7])]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_tfds_features_json_types_each_feature_a_list_where_it_declares_one(tmp_path, model) -> None:
+    # A data set TFDS wrote (tests/data/tfds): record i holds 1 + i % 3 values of each Sequence. Typed record by record,
+    # `tokens` was 6 in one row and [101, 102, 103] in the next: no one Arrow type, so the column was written as text
+    from pipeline.sources.tfds_metadata import declared_lists
+
+    tfds = pathlib.Path(__file__).parent / "data" / "tfds" / "tiny" / "1.0.0"
+    assert declared_lists(json.loads((tfds / "features.json").read_text())) == {
+        "tokens", "labels", "words", "objects/bbox", "objects/label", "pair"}  # not one value: `one` is shape [1]
+    shutil.copytree(tfds, tmp_path / "in")
+    config = dict(input=str(tmp_path / "in"), checkpoint=model, steps=1, progress=False, canvas_size=32)
+    run_job(JobConfig(output=str(tmp_path / "out"), **config))
+    table = pq.read_table(str(tmp_path / "out" / "data"))
+    types = {name: str(table.schema.field(name).type) for name in table.schema.names}
+    assert {name: types[name] for name in ("tokens", "labels", "words", "objects/bbox", "pair")} == {
+        "tokens": "list<element: int64>", "labels": "list<element: int64>", "words": "list<element: string>",
+        "objects/bbox": "list<element: double>", "pair": "list<element: double>"}
+    # one value, declared so: as before (a ClassLabel an integer, a Text a string, a Tensor of shape [] or [1] its value)
+    assert {name: types[name] for name in ("label", "caption", "score", "one")} == {
+        "label": "int64", "caption": "string", "score": "double", "one": "int64"}
+    rows = {r["id"]: r for r in table.select(["id", "tokens", "words", "label", "caption"]).to_pylist()}
+    assert len(rows) == 11
+    assert rows["tiny-train.tfrecord-00000-of-00002#0"]["tokens"] in ([0], [1, 2], [2, 3, 4], [3], [4, 5], [5, 6, 7],
+                                                                       [6], [7, 8])  # shuffled by TFDS as it wrote them
+    assert sorted(len(r["tokens"]) for r in rows.values()) == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
+    assert all(r["words"] == [f"w{j}" for j in range(len(r["tokens"]))] for r in rows.values())
+    # without features.json a record's values say nothing of the other records': one value is that value (the column
+    # is then text, where other records hold more), as before
+    (tmp_path / "in" / "features.json").unlink()
+    metas = [r["meta"] for u in discover(str(tmp_path / "in")) for r in read_unit(u) if r["kind"] == "image"]
+    assert sorted((m["tokens"], m["objects/label"]) for m in metas if not isinstance(m["tokens"], list)) == [
+        (0, [1]), (3, [1]), (6, [1]), (102, [1])]  # per object: a list always
+
+
+def test_a_features_json_unlike_tfds_s_is_left_and_one_that_cannot_be_read_ends_the_file(tmp_path, monkeypatch) -> None:
+    from pipeline.sources import tfds_metadata
+
+    (tmp_path / "s.tfrecord").write_bytes(shard([example(image=image_bytes(16, 16, 0), tokens=[4])]))
+    (tmp_path / "features.json").write_text('{"tokens": "a list"}')  # not TFDS's: the values type the columns
+    (record,) = [r for r in read_unit(discover(str(tmp_path / "s.tfrecord"))[0]) if r["kind"] == "image"]
+    assert record["meta"]["tokens"] == 4
+    (tmp_path / "features.json").write_text(json.dumps({"featuresDict": {"features": {"tokens": {
+        "sequence": {"feature": {"tensor": {"shape": {}, "dtype": "int64"}}, "length": "-1"}}}}}))
+    (record,) = [r for r in read_unit(discover(str(tmp_path / "s.tfrecord"))[0]) if r["kind"] == "image"]
+    assert record["meta"]["tokens"] == [4]
+
+    def denied(*args, **kw):
+        raise PermissionError("access denied")
+
+    # read as the other shards' are, or not at all: its records typed otherwise would not match their columns
+    monkeypatch.setattr(tfds_metadata, "with_retries", denied)
+    out = [r for r in read_unit(discover(str(tmp_path / "s.tfrecord"))[0]) if r["kind"] != "count"]
+    assert [r["id"] for r in out] == ["s.tfrecord#unreadable"] and "access denied" in out[0]["error"]

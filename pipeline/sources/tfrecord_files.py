@@ -12,8 +12,10 @@ later run reads the file again, its done records skipped. Data whose CRC does no
 A record's image is its bytes feature named like an image (`IMAGE_FEATURES`: `image/encoded` as the Object Detection
 API writes, `image` as TFDS and Ray write, ...; `--image-column` names another); every other feature is a pass-through
 column (`passthrough_name`): one value as that value (an int64 label an integer column), more as a list, bytes that
-are UTF-8 as text, as a tar sidecar's. Ids are `shard.tfrecord#N`, N the record's index, as a Parquet file's rows are
-named: these files are "parquet" read units (`sources.listing`), resumed and recorded by `--incremental` as those are."""
+are UTF-8 as text, as a tar sidecar's; a list in every record where TFDS's `features.json` beside the file declares
+one (`declared_list_features`), as a per-object feature is (`PER_OBJECT`). Ids are `shard.tfrecord#N`, N the
+record's index, as a Parquet file's rows are named: these files are "parquet" read units (`sources.listing`),
+resumed and recorded by `--incremental` as those are."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id, text_value, without_signed_query
 from pipeline.sources.records import _image_record, passthrough_name, reject_record
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
+from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, read_json
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
 
@@ -175,6 +178,7 @@ def _read_tfrecord(unit: ReadUnit, fs_opts: dict[str, Any], image_feature: str |
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
         try:
+            lists = declared_list_features(path, fs_opts)
             open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
             f = _open_records(stack.enter_context(open_file()))
         except Exception as err:  # noqa: BLE001
@@ -187,11 +191,24 @@ def _read_tfrecord(unit: ReadUnit, fs_opts: dict[str, Any], image_feature: str |
                 raise FrameProblem("the file is shorter than when it was first read")
             return g
 
-        yield from _records(f, reopen, path, rel, image_feature, max_image_bytes, skip_ids, attempts)
+        yield from _records(f, reopen, path, rel, image_feature, max_image_bytes, skip_ids, attempts, lists)
+
+
+def declared_list_features(path: str, fs_opts: dict[str, Any]) -> frozenset[str]:
+    """The features that the TFDS `features.json` beside the TFRecord file at `path` declares a list in every record
+    (`tfds_metadata.declared_lists`: a Sequence, a Tensor of shape [None]); none where there is no such file, or one
+    that is not as TFDS writes it (its features then typed by their values, as without one). A storage error reading
+    it is raised: the file's reading would type those columns otherwise than its other shards'."""
+    try:
+        features = read_json(posixpath.dirname(path), FEATURES, fs_opts)
+        return declared_lists(features) if features is not None else frozenset()
+    except TfdsProblem:
+        return frozenset()
 
 
 def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str, image_feature: str | None,
-             max_image_bytes: int, skip_ids: frozenset[str] | set[str], attempts: int) -> Iterator[dict[str, Any]]:
+             max_image_bytes: int, skip_ids: frozenset[str] | set[str], attempts: int,
+             lists: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
     index = 0
     offset = 0  # where record `index` starts, in the records' bytes (decompressed)
     failures = 0
@@ -213,7 +230,7 @@ def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str
                 data = _read_exactly(f, length + 4)
                 if len(data) < length + 4:
                     raise FrameProblem(f"the file ends inside record {index}'s data")
-                record = _record(data, index, id_, source, image_feature)
+                record = _record(data, index, id_, source, image_feature, lists)
         except Exception as err:  # noqa: BLE001 - classified here
             if is_transient(err) and failures < attempts - 1:
                 backoff(failures)
@@ -238,8 +255,10 @@ def _said(err: BaseException) -> str:
     return describe(err)
 
 
-def _record(data: bytes, index: int, id_: str, source: str, image_feature: str | None) -> dict[str, Any]:
-    """Record `index`'s image record from its framed data (the data and its masked CRC), or its reject."""
+def _record(data: bytes, index: int, id_: str, source: str, image_feature: str | None,
+            lists: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Record `index`'s image record from its framed data (the data and its masked CRC), or its reject. `lists`: the
+    features declared a list in every record (`declared_list_features`), as a per-object feature is."""
     body = memoryview(data)[:-4]
     if masked_crc32c(body) != int.from_bytes(data[-4:], "little"):
         return reject_record(id_, source, f"record {index}: its data does not match its CRC (damaged)", "read")
@@ -258,7 +277,7 @@ def _record(data: bytes, index: int, id_: str, source: str, image_feature: str |
                 f"a {kind}" if kind else "no values")
         return reject_record(id_, source, f"record {index}: image feature {name!r} holds {held}, not one image's "
                              "bytes", "read")
-    meta = {passthrough_name(n): _value(kind, values, per_object=is_per_object(n))
+    meta = {passthrough_name(n): _value(kind, values, per_object=is_per_object(n) or n in lists)
             for n, (kind, values) in features.items() if n != name}
     return _image_record(id_, source, values[0], meta)
 
