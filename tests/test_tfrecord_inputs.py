@@ -219,7 +219,7 @@ def test_a_job_purifies_a_tfrecord_shard_then_an_incremental_run_reads_only_what
     assert (report["input"]["tfrecord_files"], report["input"]["parquet_files"]) == (1, 0)
     cli.print_plan(report)
     said = " ".join(capsys.readouterr().out.split())
-    assert "0 Parquet files, 1 TFRecord file," in said
+    assert "0 Parquet files, 1 TFRecord file (4 records)," in said  # counted from its headers
     first = run_job(JobConfig(**config))["this_run"]
     assert (first["read"], first["purified"], first["rejected"], first["containers_recorded"]) == (4, 3, 1, 1)
     data, rejects = read_output(str(tmp_path / "out"))
