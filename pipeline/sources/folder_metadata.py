@@ -82,6 +82,42 @@ class FolderMetadata:
         self.unmatched, self.unmatched_examples = 0, []
 
 
+@dataclass
+class ArchiveMetadata:
+    """What the read tasks joined inside zip archives and tar shards (their metadata members are read there, not at
+    the listing): the metadata members joined, and their rows that name no member (with the first few, each
+    'd.zip/train/metadata.csv: 7.png'), summed over the read units' count records (`sources.read_unit`)."""
+
+    joined: int = 0
+    unmatched: int = 0
+    unmatched_examples: list[str] = field(default_factory=list)
+
+    def add(self, joined: int, unmatched: int, examples: list[str]) -> None:
+        self.joined += joined
+        self.unmatched += unmatched
+        self.unmatched_examples += examples[: UNMATCHED_EXAMPLES - len(self.unmatched_examples)]
+
+    def found(self) -> bool:
+        return bool(self.joined or self.unmatched)
+
+
+def metadata_report(folders: FolderMetadata | None, archives: ArchiveMetadata, earlier_rejects_removed: int = 0,
+                    ) -> dict[str, Any] | None:
+    """--join-metadata: what the run or dry run joined, for its summary or report (None when it found no metadata
+    file): the folders' metadata files joined and not, the image files given a row, of those joined the files an
+    earlier run made a reject of (fixed since: that reject goes), the metadata members of zip archives and tar shards
+    joined (`archives`), and the rows of either that name no image file of the input, with the first few."""
+    if not ((folders is not None and folders.found()) or archives.found()):
+        return None
+    found = folders or FolderMetadata()
+    examples = [*found.unmatched_examples, *archives.unmatched_examples][:UNMATCHED_EXAMPLES]
+    return {"files_joined": len(found.joined), "files_rejected": len(found.rejects),
+            "image_files_joined": len(found.rows), "earlier_rejects_removed": earlier_rejects_removed,
+            "archive_files_joined": archives.joined,
+            "rows_without_image_file": found.unmatched + archives.unmatched,
+            "rows_without_image_file_examples": examples}
+
+
 def unmatched_note(count: int, examples: list[str]) -> str:
     """What a run says of the metadata rows that name no image file of the input."""
     shown = "; ".join(examples) + ("; ..." if count > len(examples) else "")
