@@ -71,6 +71,17 @@ class FolderMetadata:
     rejects: dict[str, str] = field(default_factory=dict)  # listed path of a metadata file -> why it is a reject
     unmatched: int = 0  # rows whose file_name is no listed image file
     unmatched_examples: list[str] = field(default_factory=list)  # 'train/metadata.csv: 7.png'
+    folders: set[str] = field(default_factory=set)  # the folders (ids) of the metadata files joined
+
+    def covers(self, id_: str) -> bool:
+        """Whether a joined metadata file lies in the folder of the image file `id_` or above it (it may name it)."""
+        folder = posixpath.dirname(id_)
+        while True:
+            if folder in self.folders:
+                return True
+            if not folder:
+                return False
+            folder = posixpath.dirname(folder)
 
     def found(self) -> bool:
         """Whether the listing gave any metadata file (joined or not)."""
@@ -78,7 +89,7 @@ class FolderMetadata:
 
     def reset(self) -> None:
         """Empty, for a listing made again (a retried one counts once)."""
-        self.rows, self.joined, self.joined_ids, self.rejects, self.unknown = {}, [], [], {}, set()
+        self.rows, self.joined, self.joined_ids, self.rejects, self.unknown, self.folders = {}, [], [], {}, set(), set()
         self.unmatched, self.unmatched_examples = 0, []
 
 
@@ -150,6 +161,7 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
         found.joined.append(path)
         found.joined_ids.append(id_)
         folder = posixpath.dirname(id_)
+        found.folders.add(folder)
         for row in rows:
             image = images.get(_resolved(folder, row[FILE_NAME]))
             if image is None:
