@@ -253,15 +253,14 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
 
 
 def _metadata_file_note(id_: str) -> str:
-    """For the reject of a file named as an imagefolder's metadata that reached the decoder (inside a tar shard, or a
-    folder's or zip archive's with --join-metadata false): what it is, and that its columns are not joined (it read as
-    'not a recognised image format' alone, as if an image were damaged)."""
+    """For the reject of a file named as an imagefolder's metadata that reached the decoder (a folder's or zip
+    archive's with --join-metadata false; a tar shard's is a key with no image, rejected as read): what it is, and that
+    its columns are not joined (it read as 'not a recognised image format' alone, as if an image were damaged)."""
     if not is_folder_metadata(id_):
         return ""
     return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: its "
-            "columns are not joined to the images, which are purified without them: one inside a tar shard never "
-            "is, one in a folder or zip archive is with --join-metadata true; else join them to the output's rows by its "
-            "file_name, the row's id relative to the file's folder)")
+            "columns are not joined to the images, which are purified without them: with --join-metadata true they "
+            "are; else join them to the output's rows by its file_name, the row's id relative to the file's folder)")
 
 
 def canvas_seed(seed: int, ids: Iterable[str]) -> int:
