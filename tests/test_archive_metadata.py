@@ -151,3 +151,23 @@ def test_a_zip_archives_rows_naming_no_member_are_counted_and_named_by_the_dry_r
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert summary["this_run"]["folder_metadata"]["rows_without_image_file"] == 1
     assert summary["this_run"]["folder_metadata"]["archive_files_joined"] == 1
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_an_older_outputs_reject_of_a_shards_metadata_member_goes_once_retry_rejects_reads_the_shard(
+        tmp_path, model) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "d.tar").write_bytes(tar_bytes({
+        "train/0.png": image_bytes(16, 16, 0), "train/metadata.jsonl": b'{"file_name": "0.png", "label": 3}\n'}))
+    # an output an older version made: the member a key with no image, a reject; no join_metadata recorded
+    assert run_job(small_job_config(tmp_path, model, join_metadata=False))["this_run"]["rejected"] == 1
+    _, rejects = read_output(str(tmp_path / "out"))
+    assert list(rejects["id"]) == ["d.tar/train/metadata"]
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    del record["reading"]["join_metadata"]
+    (tmp_path / "out" / "_job.json").write_text(json.dumps(record))
+
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, retry_rejects=True))
+    run = summary["this_run"]
+    assert (run["stale_rejects_removed"], run["rejects_retried"]["superseded"]) == (1, 1)
+    assert summary["output_totals"]["rejected"] == 0 and run["folder_metadata"]["archive_files_joined"] == 1
