@@ -7,7 +7,8 @@ replaces their rows (`pipeline.refresh`): that run's record takes their new stam
 `pending` below, and no later run reports them. To tell them, the output records, for each input it holds rows of,
 what the listing said of the input's content (`sources.content_stamp`: size and ETag on an object store, size, mtime
 and inode on a disk; for an image file joined to an image-folder metadata row, with that row's digest:
-`sources.units.with_metadata_row`, so that a row edited, added or removed is a change of the image's input) when a run
+`sources.units.with_metadata_row`, so that a row edited, added or removed is a change of the image's input, that of a
+file with no version too) when a run
 set out to read it, and each later run compares that with its own listing:
 
 - an image file whose id is done and whose stamp now differs changed since its row was written (purified: data/ holds
@@ -293,6 +294,8 @@ def find_changes(listed: list[ReadUnit], purified: set[str], rejected: set[str],
             id_ = relative_id(path, unit.root)
             seen.add(id_)
             before = recorded.get(id_)
+            if content is None and before is not None and before[1].startswith(METADATA_ROW):
+                content = METADATA_ROW  # no version, stamped for its metadata row before: now no metadata file names it
             if before is None or content is None or before[1] == content:
                 continue
             if id_ not in purified and id_ not in rejected:
@@ -389,7 +392,8 @@ def rows_as_recorded(listed: list[ReadUnit], record: InputRecord | None) -> list
                 if content is not None and content.endswith(unknown):
                     before = recorded.get(relative_id(path, unit.root))
                     row = _metadata_row(before[1]) if before is not None and before[0] == "files" else ""
-                    content = content[: -len(unknown)] + (f"{METADATA_ROW}{row}" if row else "")
+                    # '' for a file with no version and no row recorded: no stamp, as without a row
+                    content = content[: -len(unknown)] + (f"{METADATA_ROW}{row}" if row else "") or None
                 contents.append(content)
             unit = replace(unit, contents=tuple(contents))
         out.append(unit)

@@ -686,11 +686,14 @@ def _uri_shown(uri: str) -> str:
 
 
 def _folder_metadata_lines(found: dict[str, Any]) -> list[str]:
-    """What the listing's image-folder metadata files give (--join-metadata): joined, not joined, rows naming nothing."""
+    """What the listing's image-folder metadata files give (--join-metadata): joined, not joined, rows naming nothing;
+    and those inside zip archives (tar shards' are found only when read: the dry run does not read a shard)."""
     lines = [f"image-folder metadata (--join-metadata): {_count(found['files_joined'], 'metadata file')} joined to "
              f"{_count(found['image_files_joined'], 'image file')}, their rows' columns added to those images' rows"
              + (f"; {_count(found['earlier_rejects_removed'], 'earlier reject')} of such a file (fixed since) would go "
-                "from rejects/" if found.get("earlier_rejects_removed") else "")]
+                "from rejects/" if found.get("earlier_rejects_removed") else "")
+             + (f"; {found['archive_files_joined']} inside zip archives, joined to their members as they are read"
+                if found.get("archive_files_joined") else "")]
     if found["files_rejected"]:
         lines.append(f"warning: {_count(found['files_rejected'], 'metadata file')} cannot be joined: each is a reject "
                      "saying why, its images purified without its columns")

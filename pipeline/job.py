@@ -80,7 +80,7 @@ from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal, write_journal
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
-from pipeline.sources.folder_metadata import unit_metadata
+from pipeline.sources.folder_metadata import ArchiveMetadata, metadata_report, unit_metadata
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import is_tfrecord
 from pipeline.stages import (
@@ -371,6 +371,8 @@ class RunTally:
     files: list[str] = field(default_factory=list)
     reported: dict[str, int] = field(default_factory=dict)  # part files reported written ('data/part-...') -> rows
     read_whole: list[dict[str, Any]] = field(default_factory=list)  # containers this run read to their end
+    # metadata members joined inside zip archives and tar shards, and their rows naming no member
+    archive_metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
 
     def add(self, row: dict[str, Any]) -> None:
         self.psnr_sum += float(row["psnr_sum"])
@@ -389,6 +391,9 @@ class RunTally:
         self.files += json.loads(row["files"])
         self.reported.update(json.loads(row["file_rows"]))
         self.read_whole.extend(json.loads(row["containers"]))
+        if row.get("archive_metadata"):  # (a row of a test's making may have none)
+            joined = json.loads(row["archive_metadata"])
+            self.archive_metadata.add(joined["joined"], joined["unmatched"], joined["unmatched_examples"])
         self.units_read += int(row["units_read"])
 
     def skipped_already_done(self, plan: JobPlan) -> int:
@@ -971,8 +976,7 @@ def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, start
             # as a finished run's: the listing's, and the zip members of the read tasks that reported so far
             "hidden_skipped": hidden.count, "hidden_skipped_examples": hidden.examples,
             # as a finished run's: the planning joined them before any image was read
-            **({"folder_metadata": plan.folder_metadata_report()}
-               if plan.folder_metadata and plan.folder_metadata.found() else {}),
+            **_metadata_report(plan, tally),
             "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
             "files_written": count.files,
             "counted": "from the part files this run wrote, after it stopped" if count.short is None else
@@ -981,6 +985,15 @@ def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, start
     if plan.retry:  # earlier rejects read again and written again: counted once each, as the next run will
         done["rejects_retried"] = count.retried
     return done
+
+
+def _metadata_report(plan: JobPlan, tally: RunTally) -> dict[str, Any]:
+    """The summary's "folder_metadata" (--join-metadata): the planning's join of the folders' metadata files, with
+    the metadata members its read tasks joined inside zip archives and tar shards (those that reported, in a stopped
+    run); nothing when neither found one."""
+    report = metadata_report(getattr(plan, "folder_metadata", None), tally.archive_metadata,
+                             len(getattr(plan, "metadata_rejects", ())))
+    return {"folder_metadata": report} if report else {}
 
 
 def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenSkipped) -> str:
@@ -1011,8 +1024,7 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                      # hidden entries (.x, _x): files and zip members left out, not read (not in "read")
                      "hidden_skipped": tally.hidden.count, "hidden_skipped_examples": tally.hidden.examples,
                      # --join-metadata: image-folder metadata files joined, and their rows that name no image file
-                     **({"folder_metadata": plan.folder_metadata_report()}
-                        if plan.folder_metadata and plan.folder_metadata.found() else {}),
+                     **_metadata_report(plan, tally),
                      # pass-through columns holding images, copied unpurified: column -> rows this run
                      "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
                      "files_written": len(tally.files), "duplicates_removed": rows.duplicates_removed,

@@ -70,10 +70,11 @@ from pipeline.sources import (
     rows_without_image,
 )
 from pipeline.sources.arrow_ipc import is_arrow_ipc
-from pipeline.sources.folder_metadata import FolderMetadata
+from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, metadata_report
 from pipeline.sources.listing import InputNotFound
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import image_feature_problem, is_tfrecord
+from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
 
@@ -310,6 +311,9 @@ class JobPlan:
     # the output's rejects of image-folder metadata files the listing joins now (fixed since an earlier run could not
     # join them): untrue now, removed by the end-of-run check (`job.StaleRejects`), not said gone from the input
     metadata_rejects: frozenset[str] = frozenset()
+    # a dry run's zip archives to read, their metadata members joined as their read tasks will (`zip_metadata_found`);
+    # a run's read tasks report their own
+    archive_metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
     # inputs whose rows the output keeps though they changed or went since (pipeline.changes), and the record of the
     # inputs' stamps a complete run leaves (None in a dry run; `changes.starting_record` is the one written first)
     changes: ChangedInputs = field(default_factory=ChangedInputs)
@@ -374,22 +378,19 @@ class JobPlan:
                       "excluded_output_files": self.excluded_output_files,
                       "hidden_files_skipped": self.hidden.count, "hidden_files_examples": self.hidden.examples,
                       **({"partitions": self.partitions} if self.partitions is not None else {}),
-                      **({"folder_metadata": self.folder_metadata_report()}
-                         if self.folder_metadata and self.folder_metadata.found() else {}),
+                      **({"folder_metadata": report} if (report := self.folder_metadata_report()) else {}),
                       # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
                       # image cell is null, each rejected when read
                       "parquet_rows_without_image": self._rows_without_image()},
         }
 
-    def folder_metadata_report(self) -> dict[str, Any]:
+    def folder_metadata_report(self, archives: ArchiveMetadata | None = None) -> dict[str, Any] | None:
         """--join-metadata: the image-folder metadata files joined and not, the image files given a row, and the rows
-        that name no image file of the input (with the first few), for the dry run and the run's summary."""
-        found = self.folder_metadata or FolderMetadata()
-        return {"files_joined": len(found.joined), "files_rejected": len(found.rejects),
-                "image_files_joined": len(found.rows),
-                # of those joined, the files an earlier run made a reject of (fixed since): that reject goes
-                "earlier_rejects_removed": len(self.metadata_rejects),
-                "rows_without_image_file": found.unmatched, "rows_without_image_file_examples": found.unmatched_examples}
+        that name no image file of the input (with the first few), for the dry run and the run's summary (`archives`:
+        what the run's read tasks joined inside zip archives and tar shards; the dry run's own, `archive_metadata`,
+        by default); None when there is no metadata file."""
+        return metadata_report(self.folder_metadata, self.archive_metadata if archives is None else archives,
+                               len(self.metadata_rejects))
 
     def _retry_listed(self) -> dict[str, int]:
         """Of the rejects --retry-rejects reads again (`retry`), those of loose image files the listing gives, and
@@ -526,7 +527,10 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                        config.image_column) if dry_run else {}, refresh=refresh,
                    tfrecord_records=_tfrecord_records(
                        [u for u in kept_units if u.kind == "parquet" and is_tfrecord(u.paths[0])
-                        and u.paths[0] not in containers.unread], so) if dry_run else None)
+                        and u.paths[0] not in containers.unread], so) if dry_run else None,
+                   archive_metadata=zip_metadata_found(
+                       [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
+                       config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
 
 
 def _tfrecord_records(units: list[ReadUnit], so: dict[str, Any]) -> int | None:

@@ -49,7 +49,7 @@ from pipeline.sources import (
     text_name,
     text_value,
 )
-from pipeline.sources.folder_metadata import is_folder_metadata
+from pipeline.sources.folder_metadata import UNMATCHED_EXAMPLES, is_folder_metadata
 from pipeline.storage import (
     TEMP_PREFIX,
     discard,
@@ -253,15 +253,14 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
 
 
 def _metadata_file_note(id_: str) -> str:
-    """For the reject of a file named as an imagefolder's metadata that reached the decoder (inside a tar shard, or a
-    folder's or zip archive's with --join-metadata false): what it is, and that its columns are not joined (it read as
-    'not a recognised image format' alone, as if an image were damaged)."""
+    """For the reject of a file named as an imagefolder's metadata that reached the decoder (a folder's or zip
+    archive's with --join-metadata false; a tar shard's is a key with no image, rejected as read): what it is, and that
+    its columns are not joined (it read as 'not a recognised image format' alone, as if an image were damaged)."""
     if not is_folder_metadata(id_):
         return ""
     return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: its "
-            "columns are not joined to the images, which are purified without them: one inside a tar shard never "
-            "is, one in a folder or zip archive is with --join-metadata true; else join them to the output's rows by its "
-            "file_name, the row's id relative to the file's folder)")
+            "columns are not joined to the images, which are purified without them: with --join-metadata true they "
+            "are; else join them to the output's rows by its file_name, the row's id relative to the file's folder)")
 
 
 def canvas_seed(seed: int, ids: Iterable[str]) -> int:
@@ -725,6 +724,11 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
     hidden_examples = [name for r in records if r["kind"] == "count" for name in r.get("hidden_examples", [])]
     # containers read to their end (pipeline.ledger records them once the run is complete)
     containers = [r["container"] for r in records if r["kind"] == "count" and "container" in r]
+    # a zip archive's or tar shard's image-folder metadata members joined, and their rows that name no member
+    archive_metadata = {"joined": sum(r.get("metadata_joined", 0) for r in records if r["kind"] == "count"),
+                        "unmatched": sum(r.get("metadata_unmatched", 0) for r in records if r["kind"] == "count"),
+                        "unmatched_examples": [e for r in records if r["kind"] == "count"
+                                               for e in r.get("metadata_unmatched_examples", [])][:UNMATCHED_EXAMPLES]}
     unknown = [r["kind"] for r in records if r["kind"] not in ("image", "reject", "count")]
     if unknown:
         raise RuntimeError(f"records of kinds {sorted(set(unknown))} reached the writer; a stage dropped its work")
@@ -747,6 +751,7 @@ def write_stage(batch: Batch, output: str, storage_options: dict[str, Any], max_
             # rows per file: a stopped run's driver counts what landed by file (pipeline.stopped_run.count_stopped_run)
             "file_rows": np.array([json.dumps(file_rows)]),
             "containers": np.array([json.dumps(containers)]),
+            "archive_metadata": np.array([json.dumps(archive_metadata)]),
             "units_read": np.array([sum(r["kind"] == "count" for r in records)]),  # one count record per read unit
             "written_at": np.array([time.time()]),
             # per-image change, summed here so the driver can report its mean and minimum for the whole run

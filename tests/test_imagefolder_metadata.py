@@ -131,7 +131,7 @@ def test_rows_naming_no_image_file_are_counted_and_named_by_the_dry_run(tmp_path
     described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()
     report = described["input"]
     assert report["folder_metadata"] == {"files_joined": 1, "files_rejected": 0, "image_files_joined": 1,
-                                         "earlier_rejects_removed": 0,
+                                         "earlier_rejects_removed": 0, "archive_files_joined": 0,
                                          "rows_without_image_file": 2,
                                          "rows_without_image_file_examples": ["train/metadata.csv: 7.png",
                                                                               "train/metadata.csv: ../train2/8.png"]}
@@ -217,7 +217,7 @@ def test_a_stopped_run_says_what_the_planning_joined_as_a_finished_one_does(tmp_
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert summary["this_run"]["folder_metadata"] == {"files_joined": 1, "files_rejected": 0, "image_files_joined": 1,
-                                                      "earlier_rejects_removed": 0,
+                                                      "earlier_rejects_removed": 0, "archive_files_joined": 0,
                                                       "rows_without_image_file": 1,
                                                       "rows_without_image_file_examples": ["train/metadata.csv: 7.png"]}
 

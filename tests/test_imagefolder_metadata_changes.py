@@ -226,3 +226,64 @@ def test_an_image_a_metadata_file_that_cannot_be_joined_may_name_has_its_row_unk
     [unit] = rows_as_recorded(listed, record)
     assert dict(zip([p.rsplit("/", 1)[-1] for p in unit.paths], unit.contents, strict=True))["1.png"].endswith(
         f"{METADATA_ROW}old")
+
+
+def test_an_image_file_with_no_version_has_its_metadata_row_edited_added_or_removed_told() -> None:
+    import fsspec
+
+    from pipeline.changes import ChangedInputs, updated_record
+    from tests.jobutil import image_bytes
+
+    # an in-memory store gives no ETag nor mtime, as a web folder's index page gives none: no version of the bytes
+    fs = fsspec.filesystem("memory")
+    for i in range(3):
+        fs.pipe(f"/nover/train/{i}.png", image_bytes(8, 8, i))
+    fs.pipe("/nover/other/3.png", image_bytes(8, 8, 3))
+    ids = {"train/0.png", "train/1.png", "train/2.png", "other/3.png"}
+
+    def changed(metadata: bytes | None, record: InputRecord) -> tuple[list[str], list[str]]:
+        if metadata is None:
+            fs.rm("/nover/train/metadata.csv")
+        else:
+            fs.pipe("/nover/train/metadata.csv", metadata)
+        listed = [u for u in discover("memory://nover", {}, 64, metadata=FolderMetadata()) if u.kind == "files"]
+        found = find_changes(rows_as_recorded(listed, record), ids, set(), frozenset(), record, {}, listed[0].root)
+        return found.purified, found.metadata_rows
+
+    try:
+        fs.pipe("/nover/train/metadata.csv", b"file_name,label\n0.png,3\n1.png,5\n")
+        listed = [u for u in discover("memory://nover", {}, 64, metadata=FolderMetadata()) if u.kind == "files"]
+        stamps = {p.rsplit("/", 1)[-1]: c for u in listed for p, c in zip(u.paths, u.contents, strict=True)}
+        # the row's digest alone; '+m' for no row where the metadata file may name it; none elsewhere, as before
+        assert stamps["0.png"].startswith(METADATA_ROW) and stamps["2.png"] == METADATA_ROW and stamps["3.png"] is None
+        record = updated_record(None, listed[0].root, listed, ChangedInputs())
+        assert sorted(record.stamps) == ["train/0.png", "train/1.png", "train/2.png"]
+
+        # 0.png's label edited, a row added for 2.png, 1.png's removed
+        assert changed(b"file_name,label\n0.png,4\n2.png,7\n", record) == (
+            ["train/0.png", "train/1.png", "train/2.png"],) * 2
+        assert changed(b"file_name,label\n0.png,3\n1.png,5\n", record) == ([], [])  # as recorded: no change
+        assert changed(None, record) == (["train/0.png", "train/1.png"],) * 2  # the file removed: their rows went
+        assert changed(b"file_name,label\n0.png,3\n0.png,4\n", record) == ([], [])  # cannot be joined: as recorded
+    finally:
+        fs.rm("/nover", recursive=True)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_web_folders_metadata_row_edited_after_its_image_was_purified_is_said_changed_and_refreshed(
+        tmp_path, model) -> None:
+    from tests.webutil import serving
+
+    train = image_folder(tmp_path / "site" / "train", 2)
+    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n")
+    out = tmp_path / "out"
+    with serving(tmp_path / "site") as url:  # a web folder's index page gives its image files no ETag, no date
+        assert run_job(small_job_config(tmp_path, model, input=url))["status"] == "complete"
+        assert _label(out) == {"train/0.png": 3, "train/1.png": None}
+        (train / "metadata.csv").write_text("file_name,label\n0.png,4\n1.png,5\n")
+        changed = plan_job(small_job_config(tmp_path, model, input=url, incremental=True),
+                           dry_run=True).describe()["changed_inputs"]
+        assert (changed["image_files_metadata_changed"], changed["examples"]) == (2, ["train/0.png", "train/1.png"])
+        summary = run_job(small_job_config(tmp_path, model, input=url, incremental=True, refresh_changed=True))
+        assert summary["this_run"]["refreshed"]["rows_replaced"] == 2
+        assert _label(out) == {"train/0.png": 4, "train/1.png": 5}

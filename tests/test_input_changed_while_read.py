@@ -13,8 +13,8 @@ CHANGED = "s.tar was replaced while this run read it"
 def _replace_after_the_first_pass(monkeypatch, replace) -> None:
     index = tar_shards._index_tar
 
-    def index_then_replace(open_stream):
-        found = index(open_stream)
+    def index_then_replace(open_stream, **options):
+        found = index(open_stream, **options)
         replace()
         return found
 

@@ -110,8 +110,8 @@ def test_a_large_shard_replaced_on_s3_between_its_passes_is_rejected_as_changed(
     fs.pipe("zip-in/changing/s.tar", tar_bytes({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
     index = tar_shards._index_tar
 
-    def index_then_reupload(open_stream):
-        found = index(open_stream)
+    def index_then_reupload(open_stream, **options):
+        found = index(open_stream, **options)
         fs.pipe("zip-in/changing/s.tar", tar_bytes({f"{i}.png": image_bytes(8, 8, 10 + i) for i in range(3)}))
         return found
 

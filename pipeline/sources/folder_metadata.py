@@ -71,6 +71,17 @@ class FolderMetadata:
     rejects: dict[str, str] = field(default_factory=dict)  # listed path of a metadata file -> why it is a reject
     unmatched: int = 0  # rows whose file_name is no listed image file
     unmatched_examples: list[str] = field(default_factory=list)  # 'train/metadata.csv: 7.png'
+    folders: set[str] = field(default_factory=set)  # the folders (ids) of the metadata files joined
+
+    def covers(self, id_: str) -> bool:
+        """Whether a joined metadata file lies in the folder of the image file `id_` or above it (it may name it)."""
+        folder = posixpath.dirname(id_)
+        while True:
+            if folder in self.folders:
+                return True
+            if not folder:
+                return False
+            folder = posixpath.dirname(folder)
 
     def found(self) -> bool:
         """Whether the listing gave any metadata file (joined or not)."""
@@ -78,8 +89,44 @@ class FolderMetadata:
 
     def reset(self) -> None:
         """Empty, for a listing made again (a retried one counts once)."""
-        self.rows, self.joined, self.joined_ids, self.rejects, self.unknown = {}, [], [], {}, set()
+        self.rows, self.joined, self.joined_ids, self.rejects, self.unknown, self.folders = {}, [], [], {}, set(), set()
         self.unmatched, self.unmatched_examples = 0, []
+
+
+@dataclass
+class ArchiveMetadata:
+    """What the read tasks joined inside zip archives and tar shards (their metadata members are read there, not at
+    the listing): the metadata members joined, and their rows that name no member (with the first few, each
+    'd.zip/train/metadata.csv: 7.png'), summed over the read units' count records (`sources.read_unit`)."""
+
+    joined: int = 0
+    unmatched: int = 0
+    unmatched_examples: list[str] = field(default_factory=list)
+
+    def add(self, joined: int, unmatched: int, examples: list[str]) -> None:
+        self.joined += joined
+        self.unmatched += unmatched
+        self.unmatched_examples += examples[: UNMATCHED_EXAMPLES - len(self.unmatched_examples)]
+
+    def found(self) -> bool:
+        return bool(self.joined or self.unmatched)
+
+
+def metadata_report(folders: FolderMetadata | None, archives: ArchiveMetadata, earlier_rejects_removed: int = 0,
+                    ) -> dict[str, Any] | None:
+    """--join-metadata: what the run or dry run joined, for its summary or report (None when it found no metadata
+    file): the folders' metadata files joined and not, the image files given a row, of those joined the files an
+    earlier run made a reject of (fixed since: that reject goes), the metadata members of zip archives and tar shards
+    joined (`archives`), and the rows of either that name no image file of the input, with the first few."""
+    if not ((folders is not None and folders.found()) or archives.found()):
+        return None
+    found = folders or FolderMetadata()
+    examples = [*found.unmatched_examples, *archives.unmatched_examples][:UNMATCHED_EXAMPLES]
+    return {"files_joined": len(found.joined), "files_rejected": len(found.rejects),
+            "image_files_joined": len(found.rows), "earlier_rejects_removed": earlier_rejects_removed,
+            "archive_files_joined": archives.joined,
+            "rows_without_image_file": found.unmatched + archives.unmatched,
+            "rows_without_image_file_examples": examples}
 
 
 def unmatched_note(count: int, examples: list[str]) -> str:
@@ -114,6 +161,7 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
         found.joined.append(path)
         found.joined_ids.append(id_)
         folder = posixpath.dirname(id_)
+        found.folders.add(folder)
         for row in rows:
             image = images.get(_resolved(folder, row[FILE_NAME]))
             if image is None:

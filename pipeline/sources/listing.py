@@ -241,7 +241,8 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         if kind is not None:
             units.append(ReadUnit(kind, (full,), root_uri, (size,), (listing_stamp(listed[p]),), (content,)))
         else:  # a metadata row joined to it is part of its content: edited, it is a change of this input
-            images.append((full, size, with_metadata_row(content, metadata.rows.get(full), full in metadata.unknown)
+            images.append((full, size, with_metadata_row(content, metadata.rows.get(full), full in metadata.unknown,
+                                                         content is None and metadata.covers(relative_id(p, root_dir)))
                            if metadata else content))
     # containers too: on an object store a shard 'd.tar/x.parquet' can lie under a shard 'd.tar'
     _refuse_colliding_ids(units, [*(p for p, _, _ in images), *(u.paths[0] for u in units)], root_uri)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
+from pipeline.sources.folder_metadata import UNMATCHED_EXAMPLES
 from pipeline.sources.hidden import HiddenSkipped
 from pipeline.sources.ids import LOOKALIKE, ids_digest, relative_id
 from pipeline.sources.image_files import _read_files
@@ -45,14 +46,15 @@ def read_unit(
     `partitioning` "hive": each image record gets the columns of its file's `key=value` folders (`sources.partitions`;
     a container's folders, not those inside it).
     `metadata`: a "files" unit's rows of image-folder metadata files and their rejects, as the planning joined them
-    (`folder_metadata.unit_metadata`). `join_metadata`: a zip archive's metadata members are joined to its members
-    (`zip_archives._zip_metadata`); their ids are named in its count record ("metadata"), an earlier reject of them
-    untrue now."""
+    (`folder_metadata.unit_metadata`). `join_metadata`: a zip archive's or tar shard's metadata members are joined to
+    its members (`zip_archives._zip_metadata`, `tar_shards._shard_metadata`); their ids are named in its count record
+    ("metadata"), an earlier reject of them untrue now, and their rows that name no member are counted in it
+    ("metadata_unmatched", with the first few as "metadata_unmatched_examples": 'd.zip/train/metadata.csv: 7.png')."""
     opts = storage_options or {}
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids)
+        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata)
     elif unit.kind == "parquet" and is_tfrecord(unit.paths[0]):  # rows numbered as a table's: `tfrecord_files`
         records = _read_tfrecord(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":
@@ -69,15 +71,20 @@ def read_unit(
     ids: list[str] = []  # a container's record ids, to digest
     lookalikes: list[str] = []
     superseded: list[str] = []
-    joined: list[str] = []  # a zip archive's metadata members joined to its members: no inputs
+    joined: list[str] = []  # a zip archive's or tar shard's metadata members joined to its members: no inputs
     hidden = HiddenSkipped()
+    unmatched, unmatched_examples = 0, []  # metadata rows of a zip archive or tar shard that name no member
     whole = True
     n = skipped = 0
     for record in records:
         if record["kind"] == "superseded":
             superseded.extend(record["ids"])
             continue
-        if record["kind"] in ("hidden", "joined"):  # a zip member skipped as hidden or joined: no record, only counted
+        if record["kind"] == "unmatched":
+            unmatched += record["count"]
+            unmatched_examples.extend(record["examples"][: UNMATCHED_EXAMPLES - len(unmatched_examples)])
+            continue
+        if record["kind"] in ("hidden", "joined"):  # a member skipped as hidden or joined: no record, only counted
             hidden.add(record["name"])
             if record["kind"] == "joined":
                 joined.append(record["name"])
@@ -98,6 +105,10 @@ def read_unit(
     count: dict[str, Any] = {"kind": "count", "n": n, "skipped": skipped}
     if hidden.count:
         count["hidden"], count["hidden_examples"] = hidden.count, hidden.examples
+    if joined:
+        count["metadata_joined"] = len(joined)
+    if unmatched:
+        count["metadata_unmatched"], count["metadata_unmatched_examples"] = unmatched, unmatched_examples
     if container and whole:
         count["container"] = {"path": unit.paths[0], "records": len(ids), "ids_sha256": ids_digest(ids)}
         if superseded:  # ids an older version gave this container's records, if the output holds them

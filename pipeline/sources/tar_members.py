@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pipeline.sources.file_bytes import too_large
+from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.sources.webdataset_keys import _split_key, _tar_key
 from pipeline.storage import backoff, is_transient
 
@@ -165,25 +166,38 @@ def _macos_metadata(name: str) -> bool:
 
 
 def _index_tar(
-    open_stream: Callable[[], BinaryIO],
+    open_stream: Callable[[], BinaryIO], metadata_bytes: dict[str, bytes | Exception | str] | None = None,
+    max_member_bytes: int | None = None,
 ) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None, list[str]]:
     """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
     WebDataset keys that had numbered names keyed apart (`_tar_key`: 'cat' for 'cat.0.jpg'), the links by position
     with what each resolves to, the error that cut the pass short (None if it did not), and the macOS metadata
-    members (`_macos_metadata`), which are in no key."""
+    members (`_macos_metadata`), which are in no key. With `metadata_bytes` (--join-metadata), the regular members
+    named as an image folder's metadata file (`folder_metadata.is_folder_metadata`) are read too, into it (name -> the
+    latest such member's bytes, the error reading them, or why a member over `max_member_bytes` was not read): this
+    pass goes over every byte of the shard anyway (a stream skips a member by reading it; a compressed one by
+    decompressing it), so a metadata member after the images it names costs no third pass."""
     names: Counter[str] = Counter()  # in order of appearance
     latest: dict[str, int] = {}  # shard path -> position of its latest regular member or link
+
+    def wanted(position: int, member: tarfile.TarInfo) -> bool:
+        return metadata_bytes is not None and is_folder_metadata(member.name) and not _macos_metadata(member.name)
+
     pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
     error: BaseException | None = None
     try:
-        for item in _tar_members(open_stream, wanted=lambda position, member: False):
+        for item in _tar_members(open_stream, wanted=wanted, max_member_bytes=max_member_bytes):
             if item is None:
                 names.clear()
                 latest.clear()
                 pointers.clear()
+                if metadata_bytes is not None:
+                    metadata_bytes.clear()
                 continue
-            position, member, _ = item
+            position, member, data = item
             names[member.name] += 1
+            if member.isfile() and wanted(position, member):
+                metadata_bytes[member.name] = data  # type: ignore[index]  # a later one of a name wins, as on extraction
             if member.islnk():  # a hard link is to the member of that name before it, as tar extracts it
                 path = _link_path(member)
                 pointers[position] = member, (latest.get(path) if path is not None else None)

@@ -5,6 +5,7 @@ together."""
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,17 +19,19 @@ from pipeline.sources.file_bytes import (
     replaced_while_read,
     too_large,
 )
+from pipeline.sources.folder_metadata import FolderMetadata, MetadataProblem, join_folder_metadata
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import JsonColumns, _split_key, _tar_key, _tar_key_record
+from pipeline.sources.webdataset_keys import JsonColumns, _image_exts, _split_key, _tar_key, _tar_key_record
 from pipeline.storage import describe
 
 
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               skip_ids: frozenset[str] | set[str] = frozenset(),
-              purified_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
+              purified_ids: frozenset[str] | set[str] = frozenset(),
+              join_metadata: bool = False) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
     Pass 1 reads only the headers: which members each key has (`_tar_key`: WebDataset's keys, a numbered name such as
@@ -47,6 +50,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
     (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
     (`LOOKALIKE`), given once: the purified row keeps the id.
+    `join_metadata`: the shard's image-folder metadata members (a tarred image folder's metadata.csv or
+    metadata.jsonl) are read in pass 1 and joined to its keys' images before pass 2, wherever they lie in the shard
+    (`_shard_metadata`): one joined is a "joined" record (counted as metadata, as in a zip archive), one that cannot be
+    joined its reject, by its member path, saying why; the rows naming no image member are an "unmatched" record.
     """
     (path,) = unit.paths
     shard = relative_id(path, unit.root)
@@ -63,19 +70,41 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
             yield _unreadable(shard, path, 0, err)
             return
-        yield from _two_passes(path, shard, open_stream, max_image_bytes, skip_ids, purified_ids)
+        yield from _two_passes(path, shard, open_stream, max_image_bytes, skip_ids, purified_ids, join_metadata)
 
 
 def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_image_bytes: int,
-                skip_ids: frozenset[str] | set[str], purified_ids: frozenset[str] | set[str]) -> Iterator[dict[str, Any]]:
-    """`_read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index), then pass 2 (the members)."""
-    members_of, split, links, index_error, metadata = _index_tar(open_stream)  # pass 1
+                skip_ids: frozenset[str] | set[str], purified_ids: frozenset[str] | set[str],
+                join_metadata: bool = False) -> Iterator[dict[str, Any]]:
+    """`_read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index, and the metadata members' bytes
+    with `join_metadata`), then pass 2 (the members)."""
+    texts: dict[str, bytes | Exception | str] | None = {} if join_metadata else None
+    members_of, split, links, index_error, metadata = _index_tar(open_stream, metadata_bytes=texts,
+                                                                 max_member_bytes=max_image_bytes)  # pass 1
     failure = _unreadable(shard, path, len(members_of), index_error) if index_error else None
 
     def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
         return f"{shard}/{text_name(key)}"
 
     yield from ({"kind": "hidden", "name": f"{shard}/{text_name(name)}"} for name in metadata)  # counted, not inputs
+    joined = _shard_metadata(members_of, links, texts) if texts else FolderMetadata()
+    taken = [*joined.joined, *joined.rejects]  # out of their keys: no inputs, or rejects of their own
+    for name in taken:
+        key = _tar_key(name)[0]
+        del members_of[key][name]
+        if not members_of[key]:
+            del members_of[key]
+    for name in taken:
+        id_ = f"{shard}/{text_name(name)}"
+        if name in joined.rejects:
+            yield {"kind": "skipped", "id": id_} if id_ in skip_ids else reject_record(
+                id_, f"{path}:{name}", joined.rejects[name], "read")
+        else:
+            yield {"kind": "joined", "name": id_}
+    if joined.unmatched:
+        yield {"kind": "unmatched", "count": joined.unmatched,
+               "examples": [f"{shard}/{text_name(example)}" for example in joined.unmatched_examples]}
+    metadata = [*metadata, *taken]  # pass 2 skips them, and the keys they alone gave (an older version's) are gone
     superseded = _superseded_ids(members_of, split, metadata, key_id)
     if superseded:
         yield {"kind": "superseded", "ids": superseded}
@@ -83,7 +112,8 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
     done: set[str] = {key for key in members_of if key_id(key) in skip_ids}
     yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
     yield from _twin_key_records(path, shard, members_of, key_id, done, skip_ids, purified_ids)
-    members = _MembersPass(path, members_of, split, links, metadata, done, key_id, max_image_bytes)  # pass 2
+    members = _MembersPass(path, members_of, split, links, metadata, done, key_id, max_image_bytes,
+                           rows=joined.rows)  # pass 2
     changed = None
     try:
         for item in _tar_members(open_stream, members.wanted, max_member_bytes=max_image_bytes):
@@ -96,6 +126,41 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
     yield from members.broken_off(changed)
     if failure:
         yield failure
+
+
+def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, _TarLink],
+                    texts: dict[str, bytes | Exception | str]) -> FolderMetadata:
+    """A shard's image-folder metadata members (`texts`: name -> what pass 1 read of each) joined to its keys as a
+    folder's metadata files are to its image files (`folder_metadata`: file_name relative to the member's folder, the
+    nearest member's row winning), keyed by key: a row names a key's image member ('train/0.jpg', not its sidecar
+    'train/0.cls'), as the key's image would lie once extracted. Not joined, so still members of their keys as before:
+    links, names with a '..' folder, and a second name for one path ('./train/metadata.csv' beside
+    'train/metadata.csv'; the first is joined)."""
+    linked = {link.name for link in links.values()}
+    names: dict[str, str] = {}  # the member's path, as a row's file_name resolves against it -> its name
+    for name in texts:
+        path = posixpath.normpath(name)
+        if name not in linked and ".." not in path.split("/") and path not in names:
+            names[path] = name
+    taken = set(names.values())
+    images: dict[str, str] = {}  # an image member's path -> its key
+    for key, counted in members_of.items():
+        exts = {_tar_key(name)[1]: name for name in counted if name not in taken}
+        image = _image_exts(exts)
+        if len(image) == 1:
+            images[posixpath.normpath(exts[image[0]])] = key
+
+    def read(name: str) -> bytes:
+        data = texts[name]
+        if isinstance(data, str):  # over --max-image-mb: not read
+            raise MetadataProblem(data)
+        if isinstance(data, Exception):
+            raise MetadataProblem(f"corrupt tar member {name}: {describe(data)}")
+        return data
+
+    found = FolderMetadata()
+    join_folder_metadata(images, names, read, found)
+    return found
 
 
 def _unreadable(shard: str, path: str, keys: int, err: BaseException) -> dict[str, Any]:
@@ -146,10 +211,11 @@ class _MembersPass:
 
     def __init__(self, path: str, members_of: dict[str, Counter[str]], split: set[str], links: dict[int, _TarLink],
                  metadata: list[str], done: set[str], key_id: Callable[[str], str],
-                 max_key_bytes: int | None = None) -> None:
+                 max_key_bytes: int | None = None, rows: dict[str, dict[str, Any]] | None = None) -> None:
         self.path, self.members_of, self.split, self.links, self.done, self.key_id = (
             path, members_of, split, links, done, key_id)
         self.max_key_bytes = max_key_bytes
+        self.rows = rows or {}  # key -> the columns of its image-folder metadata row (`_shard_metadata`)
         self.held: Counter[str] = Counter()  # key -> bytes of its members held
         self.skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
         # target position -> links still to be emitted that read it; its bytes are kept while any are
@@ -233,7 +299,7 @@ class _MembersPass:
         self.held.pop(key, None)
         try:
             return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split,
-                                   self.json_columns)
+                                   self.json_columns, self.rows.get(key))
         except Exception as err:  # noqa: BLE001 - the key is counted as emitted by now: it must leave a record
             return reject_record(self.key_id(key), f"{self.path}:{key}",
                                  f"cannot read tar key {key}: {type(err).__name__}: {err}", "read")

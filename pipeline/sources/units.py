@@ -76,17 +76,21 @@ METADATA_ROW = "+m"
 ROW_UNKNOWN = "?"
 
 
-def with_metadata_row(content: str | None, row: dict[str, Any] | None, unknown: bool = False) -> str | None:
+def with_metadata_row(content: str | None, row: dict[str, Any] | None, unknown: bool = False,
+                      covered: bool = False) -> str | None:
     """An image file's content stamp with a digest of the metadata row joined to it (its output columns: `folder_metadata`),
     so that a row edited, added or removed is a change of that image's input as new bytes are; `content` as it is when
-    no row is joined (as versions before joining stamped it) or the listing says nothing of the file's version.
+    no row is joined (as versions before joining stamped it). A file the listing says nothing of the version of
+    (`content` None: a web folder's image file, which has no ETag or Last-Modified in its index page) is stamped with
+    its row's digest alone (`+m<digest>`), or `+m` when it has no row but lies where a joined metadata file may name
+    it (`covered`: in that file's folder or below): its bytes replaced are not seen, its row edited, added or removed
+    is; elsewhere None, as before (a metadata file removed since is told by the stamp it had: `changes.find_changes`).
     `unknown`: a metadata file that cannot be joined may name it: ROW_UNKNOWN for the digest, so that a file broken
     by an edit does not make its images changed (`changes.rows_as_recorded`), nor --refresh-changed drop their columns."""
-    if content is None:
-        return content
     if unknown:
-        return f"{content}{METADATA_ROW}{ROW_UNKNOWN}"
+        return f"{content or ''}{METADATA_ROW}{ROW_UNKNOWN}"
     if row is None:
-        return content
+        return METADATA_ROW if content is None and covered else content
     text = json.dumps(row, sort_keys=True, ensure_ascii=False)
-    return f"{content}{METADATA_ROW}{hashlib.blake2b(text.encode('utf-8', 'surrogatepass'), digest_size=8).hexdigest()}"
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{content or ''}{METADATA_ROW}{digest}"

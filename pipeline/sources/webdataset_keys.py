@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pipeline.sources.ids import text_name, text_value
@@ -180,18 +181,28 @@ def _json_fits(value: Any) -> bool:
     return True
 
 
+def _image_exts(exts: Iterable[str]) -> list[str]:
+    """Of a key's members' extensions, those that may be its image: the plain image ones ('jpg'), else those with a
+    compound image extension ('seg.png'); a key has an image when there is exactly one."""
+    image_like = [e for e in exts if _image_like(e)]
+    return [e for e in image_like if "." not in e] or image_like
+
+
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
-                    error: str | None, split: bool = False, json_columns: JsonColumns | None = None) -> dict[str, Any]:
+                    error: str | None, split: bool = False, json_columns: JsonColumns | None = None,
+                    row: dict[str, Any] | None = None) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
     key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
     were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image. `json_columns`:
-    the columns the shard's earlier keys' .json sidecars gave, past whose limit this key's new fields are JSON text."""
+    the columns the shard's earlier keys' .json sidecars gave, past whose limit this key's new fields are JSON text.
+    `row`: the columns an image-folder metadata member of the shard gives its image (`tar_shards._shard_metadata`),
+    added after the key's own members': one named like a sidecar's or a .json field's column is written as
+    metadata_<name> (again while taken), so that both values are kept and the key's own keep the names they have
+    without a metadata file."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
-    image_like = [e for e in parts if _image_like(e)]
-    plain = [e for e in image_like if "." not in e]
-    image_exts = plain or image_like
+    image_exts = _image_exts(parts)
     if len(image_exts) != 1:
         names = sorted(parts)
         found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
@@ -200,7 +211,7 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
         # a plain tar of 'cat.a.jpg', 'cat.b.jpg' is one WebDataset key, 'cat', with many images: say how to fix it
         many = (f"; a key is a member's path up to the first dot of its name, so {key}.{image_exts[0]} and "
                 f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg, or a numbered "
-                f"{key}.1.jpg), or give the images as files, not a tar") if len(image_exts) > 1 and not plain else ""
+                f"{key}.1.jpg), or give the images as files, not a tar") if len(image_exts) > 1 and "." in image_exts[0] else ""
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
                              f"{orphan}{many}", "read")
     ext = image_exts[0]
@@ -237,6 +248,10 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
             except UnicodeEncodeError:
                 text = json.dumps(over)
             meta[column] = text
+    for column, value in (row or {}).items():
+        while column in meta:
+            column = "metadata_" + column
+        meta[column] = value
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
 

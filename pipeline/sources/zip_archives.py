@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from pipeline.sources.file_bytes import _opener, too_large
-from pipeline.sources.folder_metadata import FolderMetadata, MetadataProblem, is_folder_metadata, join_folder_metadata
+from pipeline.sources.folder_metadata import (
+    ArchiveMetadata,
+    FolderMetadata,
+    MetadataProblem,
+    is_folder_metadata,
+    join_folder_metadata,
+)
 from pipeline.sources.hidden import _hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import _image_record, reject_record
@@ -265,7 +271,7 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     compressed in a way zipfile cannot read or a damaged one is that member's reject; done ids are not read.
     `join_metadata`: the archive's image-folder metadata members are joined to its members, as a folder's files are
     (`_zip_metadata`): one joined is a "joined" record (counted as metadata, as hidden files are), one that cannot be
-    joined its reject saying why."""
+    joined its reject saying why; the rows naming no member are an "unmatched" record (their count, the first few)."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
@@ -278,6 +284,9 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
         joined = _zip_metadata(archive, directory, max_image_bytes) if join_metadata else FolderMetadata()
+        if joined.unmatched:
+            yield {"kind": "unmatched", "count": joined.unmatched,
+                   "examples": [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples]}
         for name in directory.files:
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
             if name in joined.joined:  # before the done ids: an earlier run's reject of it is untrue now
@@ -303,8 +312,8 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
 
 def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_bytes: int) -> FolderMetadata:
     """The archive's image-folder metadata members (`folder_metadata`: not hidden, links or one of several names for
-    a path) joined to its other members, keyed by member path. A row naming no member is not counted (the planning's
-    count is of folders' files); one over `max_image_bytes`, encrypted or damaged cannot be joined."""
+    a path) joined to its other members, keyed by member path, with the rows naming no member counted; one over
+    `max_image_bytes`, encrypted or damaged cannot be joined."""
     names = {name: name for name in directory.files
              if is_folder_metadata(name) and name not in directory.look_alikes and not _hidden(name)
              and ".." not in name.split("/") and not _zip_is_link(directory.info(name))}
@@ -322,6 +331,41 @@ def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_
 
     members = {name: name for name in directory.files if name not in names}
     join_folder_metadata(members, names, read, found)
+    return found
+
+
+# How many zip archives a dry run looks into at once for their metadata members (`zip_metadata_found`), as it reads
+# Parquet footers (`plan.FOOTER_READS`)
+DIRECTORY_READS = 16
+
+
+def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image_bytes: int) -> ArchiveMetadata:
+    """For a dry run (--join-metadata): the image-folder metadata members of these zip archives joined as their read
+    tasks will join them (`_zip_metadata`), and the rows naming no member, with the first few. Only each archive's
+    central directory and its metadata members are read, by ranges (no image); an archive that cannot be read, and
+    one storage gives no size for (it would have to be copied whole), are left to the run, which says what it finds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(unit: ReadUnit) -> FolderMetadata | None:
+        size = unit.sizes[0] if unit.sizes else None
+        if size is None:
+            return None
+        try:
+            # in_memory_bytes 0: read by ranges, never fetched whole
+            with _opener(unit.paths[0], fs_opts, 0, size)() as raw:
+                archive, directory = _open_zip(raw)
+                with archive:
+                    return _zip_metadata(archive, directory, max_image_bytes)
+        except Exception:  # noqa: BLE001 - the run's read of it makes the reject that says why
+            return None
+
+    found = ArchiveMetadata()
+    with ThreadPoolExecutor(max_workers=DIRECTORY_READS) as pool:
+        for unit, joined in zip(units, pool.map(one, units), strict=True):
+            if joined is not None:
+                rel = relative_id(unit.paths[0], unit.root)
+                found.add(len(joined.joined), joined.unmatched,
+                          [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples])
     return found
 
 
