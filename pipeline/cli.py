@@ -250,7 +250,9 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          f"{d.resample}: the paper)")
     zp.add_argument("--start", type=float, metavar="S",
                     help="late start: run only the steps t <= S*T, from the input's A⁺y noised to that level instead "
-                         f"of pure noise (0.3: 7 of 20 steps, a third of the model calls; default {d.start}: the paper)")
+                         "of pure noise (0.3: 7 of 20 steps, a third of the model calls; default 1, the paper; for a "
+                         "prior trained only up to some timestep, jobs/train_prior.py --max-timestep, the largest start "
+                         "in its range, which a note says)")
     zp.add_argument("--schedule", choices=["linear", "cosine"],
                     help="the noise schedule the prior was trained with (default: the one the prior records, "
                          "jobs/train_prior.py --schedule; else linear, as guided-diffusion's checkpoints); one that "
