@@ -165,6 +165,11 @@ def test_a_start_given_to_the_job_is_kept_and_refused_beyond_the_range(tmp_path:
     assert cli.main([*small_job_argv(tmp_path, prior, "--dry-run"), "--config", str(config), "--steps", "20"]) == 0
     out, err = capsys.readouterr()
     assert "start=0.2," in out and "starts at t =" not in err
+    # start: null beside a recipe leaves it to the prior, as the recipe note says
+    config.write_text("recipe: fast\nstart: null\n")
+    assert cli.main([*small_job_argv(tmp_path, prior, "--dry-run"), "--config", str(config), "--steps", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert "start=0.25" in out and "start unset (the prior's range)" in err and "not the recipe's 0.3" in err
 
 
 def test_an_output_of_the_start_given_by_hand_goes_on_without_it(tmp_path: Path) -> None:
