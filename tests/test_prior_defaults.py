@@ -214,6 +214,22 @@ def test_the_evaluation_starts_a_prior_of_max_timestep_within_its_range(tmp_path
     assert given.start == 0.1 and given.start_note is None
 
 
+def test_an_evaluation_says_the_start_it_resolved_before_its_work(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.evaluation import runner
+
+    class Loaded(Exception):
+        """The data set's load: where this test stops the run, after the checks and the note."""
+
+    def loader(name: str, split: str) -> None:
+        raise Loaded
+
+    with pytest.raises(Loaded):
+        runner.evaluate_dataset(_eval_config(tmp_path, _prior(tmp_path, max_timestep=299)), loader=loader)
+    err = capsys.readouterr().err
+    assert err.count("starts at t = 250") == 1 and "] note: " in err, err
+
+
 def test_evaluate_py_leaves_start_to_the_prior_unless_given() -> None:
     job = load_job_script("evaluate.py", "evaluate_prior_defaults")
     assert job.make_config(job.parse_args([]), "cifar10").start is None
