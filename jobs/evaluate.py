@@ -192,9 +192,11 @@ def _add_test_subset_and_zip_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
                    help="ZIP's sampler (both zip variants): ddim, the paper's Algorithm 2, or ddpm, its Algorithm 1 "
                         "(guided ancestral sampling; give it more --steps, e.g. 50). Part of the cache key. Default: ddim")
-    p.add_argument("--start", type=float, default=1.0,
+    p.add_argument("--start", type=float, default=None,
                    help="ZIP's late start (both zip variants): run only the steps t <= START*T, from the noised input "
-                        "(0.3: 7 of 20 steps). Part of the cache key. Default: 1.0, the paper")
+                        "(0.3: 7 of 20 steps). Part of the cache key. Default: 1.0, the paper; for a prior trained only "
+                        "up to some timestep (jobs/train_prior.py --max-timestep), the largest start in its range, "
+                        "which the run's log says")
     p.add_argument("--schedule", choices=["linear", "cosine"], default=None,
                    help="the noise schedule ZIP samples with (both zip variants): the one the prior was trained with. "
                         "Part of the cache key. Default: the one the prior records (jobs/train_prior.py --schedule), "
@@ -263,7 +265,7 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
     # or --start, so their limits are no reason to refuse it. --pool's own checks (positive above, dividing the images
     # in preflight) stay, since A⁺A x pools by it too.
     zips = [d for d in ZIP_DEFENSES if d in args.defenses]
-    if zips and not (math.isfinite(args.start) and 0.0 < args.start <= 1.0):
+    if zips and args.start is not None and not (math.isfinite(args.start) and 0.0 < args.start <= 1.0):
         return f"--start must be in (0, 1] (a fraction of the T diffusion steps), got {args.start}"
     try:  # the sampler's own limits (e.g. at most 1000 steps)
         for d in zips:

@@ -30,9 +30,9 @@ saved random streams; a note says so). So do other training images than last.pt 
 copy of --data, such as another $ZIP_SHARED_DIR): the run goes on with them, and a note says so.
 
 Use the result: python jobs/purify.py --checkpoint OUT/prior.pt --input ... --output ...
-(or Purifier.from_checkpoint("OUT/prior.pt")). The job samples with the noise schedule the prior records (--schedule
-cosine needs no flag there; Purifier.from_checkpoint takes schedule="cosine"); a prior trained with --max-timestep needs
---start to match (the job refuses a start above it; the last line of a run shows the command). The repository ships
+(or Purifier.from_checkpoint("OUT/prior.pt")). The job, the purifier and jobs/evaluate.py sample with the noise
+schedule the prior records (--schedule cosine needs no flag there), and a prior trained with --max-timestep T from the
+largest of their steps within 0..T unless given a --start (a note says which; a start above T is refused). The repository ships
 priors of at most 20 MB: fp16 stores two bytes per parameter, so up to about 64 channels at the default depth.
 
     python jobs/train_prior.py --minutes 90 --out runs/prior          # 2-core CPU default
@@ -149,7 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train only on timesteps 0..T (default: the T --init-from's prior records, else all of "
                         "0..999). A prior for late-start purification "
                         "(--start S) only ever sees t <= S*1000, so it can spend its capacity there; such a prior "
-                        "records T and the purifier refuses settings that would run it above T")
+                        "records T, and the purifier then starts at the largest of its steps within 0..T unless given "
+                        "a start, and refuses one that would run it above T")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=sorted(AUTOCAST),
                    help="bf16: the UNet's forward pass under bfloat16 autocast (a GPU's tensor cores; loss, optimiser "

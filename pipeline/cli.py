@@ -250,7 +250,9 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
                          f"{d.resample}: the paper)")
     zp.add_argument("--start", type=float, metavar="S",
                     help="late start: run only the steps t <= S*T, from the input's A⁺y noised to that level instead "
-                         f"of pure noise (0.3: 7 of 20 steps, a third of the model calls; default {d.start}: the paper)")
+                         "of pure noise (0.3: 7 of 20 steps, a third of the model calls; default 1, the paper; for a "
+                         "prior trained only up to some timestep, jobs/train_prior.py --max-timestep, the largest start "
+                         "in its range, which a note says)")
     zp.add_argument("--schedule", choices=["linear", "cosine"],
                     help="the noise schedule the prior was trained with (default: the one the prior records, "
                          "jobs/train_prior.py --schedule; else linear, as guided-diffusion's checkpoints); one that "
@@ -548,7 +550,7 @@ def _config_from_namespace(args: argparse.Namespace) -> JobConfig:
 def _note_recipe_overrides(recipe: str, values: dict[str, Any], from_file: dict[str, Any], path: str | None) -> None:
     """Say on stderr which of a recipe's settings a flag or a --config key replaced: they win over it, and a file's
     steps: 20 beside --recipe low-asr otherwise ran Algorithm 1 at 20 steps with no word of it but the settings."""
-    replaced = [f"{key} {_recipe_value_shown(values[key])} "
+    replaced = [f"{key} {_recipe_value_shown(key, values[key])} "
                 f"({f'--config {path}' if key in from_file else '--' + key.replace('_', '-')}), "
                 f"not the recipe's {value!r}" for key, value in recipe_values(recipe).items()
                 if key in values and values[key] != value]
@@ -557,9 +559,12 @@ def _note_recipe_overrides(recipe: str, values: dict[str, Any], from_file: dict[
               "the recipe", file=sys.stderr)
 
 
-def _recipe_value_shown(value: Any) -> str:
-    """A setting's value in the recipe note: None is no blend_k (--blend-k off, blend_k: null), the only such setting."""
-    return "off" if value is None else repr(value)
+def _recipe_value_shown(key: str, value: Any) -> str:
+    """A setting's value in the recipe note: None is no blend_k (--blend-k off, blend_k: null), and a start (start: null
+    in a --config file) left to the prior's range."""
+    if value is None:
+        return "unset (the prior's range)" if key == "start" else "off"
+    return repr(value)
 
 
 def _count(n: int, thing: str) -> str:

@@ -62,7 +62,9 @@ class JobConfig:
     blend_k: float | None = None
     clip_denoised: bool = True
     resample: int = 1
-    start: float = 1.0
+    # None: 1 (from pure noise), or for a prior trained only up to some timestep (train_prior.py --max-timestep) the
+    # largest start in its range (`settings`)
+    start: float | None = None
     # None: the noise schedule the checkpoint records (train_prior.py --schedule), else linear (`settings`)
     schedule: str | None = None
     large_images: str = "fit"
@@ -289,15 +291,15 @@ class JobConfig:
         return DecodePolicy(max_pixels=self.max_pixels, alpha=self.alpha, exif_transpose=self.exif_transpose)
 
     def settings(self, checkpoint_meta: dict[str, Any] | None = None) -> ZipSettings:
-        """The sampler's settings. The noise schedule is the one given, else the one `checkpoint_meta` (the prior's
-        meta) records, else linear: a prior trained with train_prior.py --schedule cosine samples as it was trained
-        without a flag (the job passes the meta; a schedule given against it is refused by the plan)."""
-        recorded = (checkpoint_meta or {}).get("schedule")
-        schedule = self.schedule or (recorded if isinstance(recorded, str) else None) or ZipSettings().schedule
+        """The sampler's settings for the prior whose meta is `checkpoint_meta` (`ZipSettings.for_prior`): the noise
+        schedule is the one given, else the one the prior records, else linear, and the start the one given, else the
+        largest the prior's trained timesteps allow (1 for a prior trained on all), so a prior of train_prior.py
+        --schedule cosine --max-timestep 299 samples as it was trained without a flag (the job passes the meta; a
+        schedule or start given against it is refused by the plan)."""
         return ZipSettings(steps=self.steps, pool=self.pool, lam=self.lam, eta=self.eta, sampler=self.sampler,
                            operators=self.operators, blend_k=self.blend_k, clip_denoised=self.clip_denoised,
-                           resample=self.resample, start=self.start, schedule=schedule,
-                           large_images=self.large_images, seed=self.seed)
+                           resample=self.resample, start=self.start, schedule=self.schedule,
+                           large_images=self.large_images, seed=self.seed).for_prior(checkpoint_meta)
 
     def public(self) -> dict[str, Any]:
         """The configuration with storage secrets, and credentials in its URIs (a presigned checkpoint URL's

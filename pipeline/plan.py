@@ -55,7 +55,16 @@ from pipeline.output import (
 from pipeline.presets import shipped_prior_path
 from pipeline.redaction import redact_uri, redact_uri_secrets
 from pipeline.refresh import Journal, read_journal
-from pipeline.settings import RECIPES, ZipSettings, canonical_operators, check_trained_timesteps, guides_no_step
+from pipeline.sampler import run_timesteps
+from pipeline.schedule import NoiseSchedule
+from pipeline.settings import (
+    RECIPES,
+    ZipSettings,
+    canonical_operators,
+    check_trained_timesteps,
+    guides_no_step,
+    prior_range_note,
+)
 from pipeline.sources import (
     MAX_IMAGE_BYTES,
     HiddenSkipped,
@@ -164,7 +173,8 @@ def _with_defaults_of_now(previous: dict[str, Any], now: dict[str, Any] | None =
     written is missing from its record; the field's default is what that older version did, so fill it in rather
     than refuse an upgraded scheduled (--incremental) run. `now`: this run's record, for a field either of whose values
     an older output takes."""
-    previous = {**previous, "settings": {**ZipSettings().to_dict(), **(previous.get("settings") or {})},
+    # (the defaults for a prior that records no schedule and no range: a field added since is what those versions did)
+    previous = {**previous, "settings": {**ZipSettings().for_prior({}).to_dict(), **(previous.get("settings") or {})},
                 "decoding": {**asdict(DecodePolicy()), **(previous.get("decoding") or {})}}
     if isinstance(previous.get("model_flags"), dict):  # a model flag added since: its default is what was built
         defaults = {name: value for name, value in UNetConfig().to_flags().items() if name != "dropout"}
@@ -184,6 +194,16 @@ def _with_defaults_of_now(previous: dict[str, Any], now: dict[str, Any] | None =
         if recorded["resample"] != 1 and guides_no_step(recorded["steps"], recorded["lam"], recorded["start"],
                                                         recorded["schedule"]):
             recorded["resample"] = ZipSettings().resample
+    # A late start is the steps it runs: one recorded as given (0.299, as train_prior.py advised for a prior of
+    # --max-timestep 299) runs the same steps as the one a run without --start now resolves for it (0.25 at 20 steps),
+    # so the same pixels, not other settings
+    now_settings = (now or {}).get("settings") or {}
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        before, after, steps = recorded["start"], now_settings["start"], recorded["steps"]
+        num_steps = NoiseSchedule.named(recorded["schedule"]).num_steps
+        if (before != after and max(before, after) < 1 and steps == now_settings["steps"]
+                and run_timesteps(num_steps, steps, before) == run_timesteps(num_steps, steps, after)):
+            recorded["start"] = after
     # Versions before one spelling per operator setting recorded it as given ("gray, pool", a YAML list): the same
     # operators, which must not refuse the command that wrote the output
     with contextlib.suppress(ValueError):
@@ -227,7 +247,7 @@ def _recipe_made_with(before: Any, now: Any) -> str | None:
     output's recorded ones: the run most likely lost (or changed) its --recipe. None when no recipe does."""
     if not isinstance(before, dict) or not isinstance(now, dict):
         return None
-    defaults = ZipSettings().to_dict()
+    defaults = ZipSettings().for_prior({}).to_dict()  # as for a prior that records no schedule or range
     touched = {name for r in RECIPES.values() for name in r.values}  # what any recipe sets
     for name, recipe in RECIPES.items():
         made = {**now, **{k: defaults[k] for k in touched}, **recipe.values}
@@ -741,6 +761,8 @@ def _checked_model(config: JobConfig) -> _Model:
         check_trained_timesteps(ckpt.meta, settings)
     except ValueError as err:
         raise JobError(str(err)) from err
+    if config.start is None and (note := prior_range_note(ckpt.meta, settings)):  # left out: the prior's range
+        print(f"zip-purify: note: {note.replace('give a start', 'give --start')}", file=sys.stderr)
     canvas_size = config.canvas_size or ckpt.config.image_size
     canvas_problem = _canvas_problem(canvas_size, config.canvas_size is not None, settings.pool,
                                      ckpt.config.min_input_multiple)

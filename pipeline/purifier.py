@@ -79,7 +79,9 @@ class Purifier:
         if settings is not None and not isinstance(settings, ZipSettings):
             raise TypeError(f"settings must be a ZipSettings, e.g. ZipSettings(steps=20, pool=4) or "
                             f"ZipSettings.recipe('fast'), got {type(settings).__name__}")
-        self.settings = settings or ZipSettings()
+        # an unset noise schedule and start are the prior's own (`ZipSettings.for_prior`): its recorded schedule and
+        # trained timesteps, else linear from pure noise; the settings kept (and described) are the resolved ones
+        self.settings = (settings or ZipSettings()).for_prior(checkpoint.meta if checkpoint else {})
         if device is None:
             # where the model is: a notebook that purifies with the model it trains on a GPU found that model moved to
             # the CPU (model.to, in place) by the former default, device="cpu", and its next training step failed

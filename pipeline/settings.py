@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,9 @@ from pipeline.operators import make_operators
 from pipeline.sampler import SAMPLERS, run_timesteps
 from pipeline.schedule import SCHEDULES, NoiseSchedule
 from pipeline.tiling import LARGE_IMAGE_POLICIES
+
+# The noise schedule of a prior that records none: guided-diffusion's checkpoints were trained with it.
+UNRECORDED_SCHEDULE = "linear"
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -123,6 +126,22 @@ def checked_device(device: Any) -> torch.device:
     return parsed
 
 
+def prior_start(trained_up_to: Any, steps: int, num_steps: int = 1000) -> float:
+    """The start for a prior trained on timesteps 0..trained_up_to (None: all of them), at `steps` steps: 1 where the
+    first of the steps (the same grid for ddim and ddpm, `run_timesteps`) is within its range, else the largest of the
+    steps within it, as a fraction of T (0..299 at 20 steps: t = 250, start 0.25), which check_trained_timesteps
+    takes. Where that is t = 0 (a range below the second step), trained_up_to / T runs that one step (start must be
+    above 0: half a step for a range of t = 0 alone)."""
+    if not is_whole_number(trained_up_to):  # none recorded, or not a timestep (load_checkpoint refuses those)
+        return 1.0
+    grid = run_timesteps(num_steps, steps, 1.0)
+    within = [t for t in grid if t <= trained_up_to]
+    if grid[0] in within:
+        return 1.0
+    first = within[0]  # the grid ends at t = 0, and trained_up_to >= 0
+    return first / num_steps if first else max(trained_up_to, 0.5) / num_steps
+
+
 def guides_no_step(steps: int, lam: float, start: float, schedule: str = "linear") -> bool:
     """Whether λ leaves every step these settings run unguided (guided: t >= λT; the first step is the largest t)."""
     num_steps = NoiseSchedule.named(schedule).num_steps
@@ -149,7 +168,11 @@ class ZipSettings:
     resample: 1 (the paper) or r > 1 to redo every guided step r times, re-noising in between (DDNM+ / RePaint
         "time travel"); r times the model calls. Refused above 1 when lam and start leave no step guided.
     start: 1 (the paper: every step, from pure noise) or s < 1 to run only the steps t ≤ s·T, starting from
-        the input's A⁺y noised to that level (SDEdit-style late start; 0.3 runs 7 of 20 steps).
+        the input's A⁺y noised to that level (SDEdit-style late start; 0.3 runs 7 of 20 steps). None (the default):
+        the prior's range, 1 unless it was trained only up to some timestep (train_prior.py --max-timestep), then
+        the largest start at or below it on these steps' timesteps (`prior_start`); checked as 1 until resolved.
+    schedule: the noise schedule the prior was trained with, "linear" or "cosine". None (the default): the one the
+        prior records (train_prior.py --schedule), else linear (guided-diffusion's checkpoints record none).
     large_images: "fit" (keep aspect, shrink to the canvas) or "stretch" for images larger than the model.
     seed: the noise seed, an integer in [0, 2**32 - 1].
     """
@@ -163,8 +186,8 @@ class ZipSettings:
     blend_k: float | None = None
     clip_denoised: bool = True
     resample: int = 1
-    start: float = 1.0
-    schedule: str = "linear"
+    start: float | None = None
+    schedule: str | None = None
     large_images: str = "fit"
     seed: int = 0
 
@@ -181,6 +204,8 @@ class ZipSettings:
                 object.__setattr__(self, name, value.item())
         for name in ("eta", "lam", "start"):
             value = getattr(self, name)
+            if name == "start" and value is None:  # the prior's range (`for_prior`)
+                continue
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if self.sampler not in SAMPLERS:
@@ -193,7 +218,7 @@ class ZipSettings:
             raise ValueError(problem)
         if not isinstance(self.clip_denoised, bool):
             raise ValueError(f"clip_denoised must be true or false, got {self.clip_denoised!r}")
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}")
         if self.large_images not in LARGE_IMAGE_POLICIES:
             raise ValueError(f"large_images must be one of {', '.join(LARGE_IMAGE_POLICIES)}, got {self.large_images!r}")
@@ -211,7 +236,7 @@ class ZipSettings:
             raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
         if not is_whole_number(self.resample) or not 1 <= self.resample <= 20:
             raise ValueError(f"resample must be an integer in [1, 20], got {self.resample!r}")
-        if not 0.0 < self.start <= 1.0:
+        if self.start is not None and not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must be in (0, 1] (a fraction of the T diffusion steps), got {self.start}")
         object.__setattr__(self, "operators", canonical_operators(self.operators))
         # checked whatever the operators: with "gray" alone (which builds no pooling operator) pool 0 stopped the job's
@@ -222,18 +247,21 @@ class ZipSettings:
         # Guided steps are those with t >= λT. From pure noise (start = 1) with none of them, nothing of the input
         # reaches the sampler: lam=1 (or 0.96 at 20 steps, whose first t is 950) gave the same image for an input
         # and its negative. A late start still begins from the input, so it may run unguided.
-        num_steps = NoiseSchedule.named(self.schedule).num_steps
-        first = run_timesteps(num_steps, self.steps, self.start)[0]
-        if self.start >= 1.0 and first < self.lam * num_steps:
+        # An unset start or schedule is checked as a prior that records no range or schedule samples (from pure noise,
+        # linear); `for_prior` checks the resolved settings again.
+        start, schedule = self.start_or_default, self.schedule_or_default
+        num_steps = NoiseSchedule.named(schedule).num_steps
+        first = run_timesteps(num_steps, self.steps, start)[0]
+        if start >= 1.0 and first < self.lam * num_steps:
             raise ValueError(f"lam (λ) = {self.lam:g} guides none of the {self.steps} steps (guided: t >= λT = "
                              f"{self.lam * num_steps:g}; the first step is t = {first}): the result would be a sample of "
                              f"the prior that does not depend on the input image; use lam <= {first / num_steps:g}")
-        if self.resample > 1 and guides_no_step(self.steps, self.lam, self.start, self.schedule):
+        if self.resample > 1 and guides_no_step(self.steps, self.lam, start, schedule):
             # a late start that guides no step: resample redoes guided steps only, so it changed nothing, yet it was
             # taken, recorded (a resume leaving it out was refused) and printed as R times the model calls
             raise ValueError(f"resample = {self.resample} redoes only the guided steps, and lam (λ) = {self.lam:g} "
-                             f"guides none of the {len(run_timesteps(num_steps, self.steps, self.start))} steps this "
-                             f"start ({self.start:g}) runs (guided: t >= λT = {self.lam * num_steps:g}; the first step "
+                             f"guides none of the {len(run_timesteps(num_steps, self.steps, start))} steps this "
+                             f"start ({start:g}) runs (guided: t >= λT = {self.lam * num_steps:g}; the first step "
                              f"is t = {first}): it would change nothing; leave resample at 1, or use lam <= "
                              f"{first / num_steps:g}")
 
@@ -247,6 +275,28 @@ class ZipSettings:
         """The authors' released variant: gray + pool averaged, soft blend k = 10, η = 1."""
         return cls.recipe("authors-code", pool=pool, **overrides)
 
+    @property
+    def start_or_default(self) -> float:
+        """The start, 1 (from pure noise) where it is unset: what any prior that records no range runs."""
+        return 1.0 if self.start is None else self.start
+
+    @property
+    def schedule_or_default(self) -> str:
+        """The noise schedule, linear where it is unset: what a prior that records none was trained with."""
+        return UNRECORDED_SCHEDULE if self.schedule is None else self.schedule
+
+    def for_prior(self, meta: dict[str, Any] | None) -> ZipSettings:
+        """These settings for the prior whose meta (a bundle's, train_prior.py's) is `meta`: an unset schedule is the
+        one it records (else linear), an unset start the largest its trained timesteps allow (`prior_start`). What is
+        set is kept, so check_trained_timesteps still refuses one the prior was not trained for."""
+        meta = meta or {}
+        recorded = meta.get("schedule")
+        schedule = self.schedule or (recorded if isinstance(recorded, str) else None) or UNRECORDED_SCHEDULE
+        start = self.start
+        if start is None:
+            start = prior_start(meta.get("max_timestep"), self.steps, NoiseSchedule.named(schedule).num_steps)
+        return replace(self, schedule=schedule, start=start)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -254,18 +304,35 @@ class ZipSettings:
 def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None:
     """Refuse settings that would run a prior at noise levels it was never trained on: with another noise schedule
     than its own (train_prior.py records it in its meta; guided-diffusion's own checkpoints record nothing), or
-    beyond the largest timestep it saw (train_prior.py --max-timestep)."""
+    beyond the largest timestep it saw (train_prior.py --max-timestep). An unset schedule or start is read as
+    `for_prior` resolves it."""
+    settings = settings.for_prior(meta)
     trained_schedule = meta.get("schedule")
     if trained_schedule is not None and trained_schedule != settings.schedule:
         raise ValueError(f"this prior was trained with the {trained_schedule} noise schedule, but these settings "
                          f"sample with {settings.schedule}: its noise levels would not match (set "
-                         f"schedule={trained_schedule!r}; the job's --schedule {trained_schedule})")
+                         f"schedule={trained_schedule!r}, or leave it unset for the prior's own; the job's --schedule "
+                         f"{trained_schedule})")
     trained_up_to = meta.get("max_timestep")
     if trained_up_to is None:
         return
-    num_steps = NoiseSchedule.named(settings.schedule).num_steps
-    first = run_timesteps(num_steps, settings.steps, settings.start)[0]
+    num_steps = NoiseSchedule.named(settings.schedule_or_default).num_steps
+    first = run_timesteps(num_steps, settings.steps, settings.start_or_default)[0]
     if first > trained_up_to:
         raise ValueError(f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
                          f"but these settings start at t = {first}: use start ≤ {trained_up_to / num_steps:g} "
-                         "(--start), or a prior trained on every timestep")
+                         "(--start), leave start out to start at the largest its range allows, or use a prior trained "
+                         "on every timestep")
+
+
+def prior_range_note(meta: dict[str, Any], settings: ZipSettings) -> str | None:
+    """What a start left out resolved to (`settings`, from `for_prior`) for a prior trained on part of the timesteps
+    (train_prior.py --max-timestep), for the user to read once; None where it is 1 (the paper's: nothing to say)."""
+    if settings.start_or_default >= 1.0 or meta.get("max_timestep") is None:
+        return None
+    num_steps = NoiseSchedule.named(settings.schedule_or_default).num_steps
+    timesteps = run_timesteps(num_steps, settings.steps, settings.start_or_default)
+    return (f"this prior was trained only on timesteps 0..{meta['max_timestep']} (train_prior.py --max-timestep), so "
+            f"the sampler starts at t = {timesteps[0]}, the largest of its {settings.steps} steps in that range (start "
+            f"{settings.start_or_default:g}: {len(timesteps)} of the {settings.steps} steps, from the noised input); give "
+            "a start to choose a lower one")

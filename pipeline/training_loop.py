@@ -219,16 +219,7 @@ def farewell(run: TrainingRun, saves: Saves, diverged: bool, signum: int | None,
               f"{again} to resume", file=sys.stderr, flush=True)
         return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     print(f"done: {step} steps, {run.images_seen} images, {run.elapsed / 60:.1f} min; EMA prior at {export}", flush=True)
-    print(f"use it: python jobs/purify.py --checkpoint {export}{purify_options(saves)} --input ... --output ...", flush=True)
+    # The bare command: the job samples the prior with the noise schedule it records and, for one trained with
+    # --max-timestep, from the largest step within its timesteps (a note says which), so it needs no flag for either.
+    print(f"use it: python jobs/purify.py --checkpoint {export} --input ... --output ...", flush=True)
     return 0
-
-
-def purify_options(saves: Saves) -> str:
-    """The purify job's options the prior needs beyond its defaults: the job refuses to sample it above the largest
-    timestep it was trained on, so the bare command shown before was refused. (Its noise schedule needs no flag: the
-    job takes the one the prior records.)"""
-    args, timesteps = saves.args, saves.learned["timesteps"]
-    options = ""
-    if args.max_timestep is not None and args.max_timestep < timesteps - 1:
-        options += f" --start {args.max_timestep / timesteps:g}"  # as the job's own refusal advises
-    return options

@@ -77,7 +77,7 @@ def _api_calls() -> dict[str, tuple[object, set[str]]]:
     return {
         "shipped_prior": (shipped_prior, set()),
         "Purifier.from_checkpoint": (Purifier.from_checkpoint, set()),
-        "Purifier": (Purifier.__init__, {"self", "checkpoint"}),  # checkpoint: from_checkpoint's record of its file
+        "Purifier": (Purifier.__init__, {"self"}),  # checkpoint shown too: its meta sets the schedule and start
         "purifier": (Purifier.__call__, {"self"}),
         "ZipSettings": (ZipSettings, set()),
         "ZipSettings.recipe": (ZipSettings.recipe, set()),

@@ -91,7 +91,8 @@ def test_a_train_prior_resume_state_loads_its_ema_weights_and_noise_settings(tmp
     assert all(torch.equal(v, ema[k]) for k, v in loaded.model.state_dict().items())  # the EMA, not "model"
     assert loaded.meta["schedule"] == "cosine" and loaded.meta["max_timestep"] == 400
     with pytest.raises(ValueError, match="cosine"):  # so a purifier with another schedule refuses it, as for prior.pt
-        check_trained_timesteps(loaded.meta, ZipSettings())
+        check_trained_timesteps(loaded.meta, ZipSettings(schedule="linear"))
+    assert ZipSettings().for_prior(loaded.meta).schedule == "cosine"  # and one left unset takes it
 
 
 def test_a_model_and_ema_save_without_flags_is_still_refused_by_name(tmp_path: Path) -> None:

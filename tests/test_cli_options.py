@@ -714,7 +714,7 @@ def test_an_output_made_with_a_recipe_names_it_when_a_run_differs(tmp_path, made
     out = tmp_path / "out"
     (out / "data").mkdir(parents=True)
     (out / "data" / "part-0.parquet").write_bytes(b"")
-    (out / "_job.json").write_text(json.dumps({"settings": ZipSettings.recipe(made_with).to_dict()}))
+    (out / "_job.json").write_text(json.dumps({"settings": ZipSettings.recipe(made_with).for_prior({}).to_dict()}))
     config = JobConfig.from_recipe(now["recipe"], input=str(tmp_path), output=str(out)) if now else \
         JobConfig(input=str(tmp_path), output=str(out))
     with pytest.raises(JobError) as refused:

@@ -351,8 +351,8 @@ def test_recipes_set_the_sampler_and_explicit_options_win(tmp_path) -> None:
     low = config_from_args(["--recipe", "low-asr"]).settings()
     assert (low.sampler, low.steps, low.start, low.pool) == ("ddpm", 50, 0.3, 4)
     assert config_from_args(["--recipe", "low-asr", "--steps", "40"]).settings().steps == 40
-    assert config_from_args(["--recipe", "paper"]).settings() == ZipSettings()
-    assert config_from_args(["--recipe", "authors-code"]).settings() == ZipSettings.authors_code()
+    assert config_from_args(["--recipe", "paper"]).settings() == ZipSettings().for_prior({})
+    assert config_from_args(["--recipe", "authors-code"]).settings() == ZipSettings.authors_code().for_prior({})
     assert ZipSettings.recipe("fast", pool=2) == ZipSettings(start=0.3, pool=2)
     assert set(RECIPES) == {"paper", "fast", "low-asr", "authors-code"}
 

@@ -238,9 +238,9 @@ def test_help_states_each_default_as_jobconfig_has_it() -> None:
         assert said == expected, (action.option_strings, said, expected)
         checked.append(field)
     # the options whose help gives a plain default: a rewording that hid one from this check would fail here (not
-    # --schedule: its default is the prior's own)
+    # --schedule and --start: their defaults are the prior's own)
     assert {"output", "labels_from_folders", "partitioning", "precision", "steps", "pool", "lam", "eta", "sampler", "operators",
-            "clip_denoised", "resample", "start", "large_images", "seed", "tile_batch", "write_batch",
+            "clip_denoised", "resample", "large_images", "seed", "tile_batch", "write_batch",
             "files_per_unit", "in_memory_mb", "cpus_per_actor", "cpus_per_task", "max_pixels", "max_image_mb", "alpha",
             "exif_transpose"} <= set(checked), sorted(checked)
 

@@ -291,9 +291,11 @@ def test_the_recipes_and_the_defaults_are_the_documented_ones() -> None:
     """README's recipe table and docs/job.md's sampler defaults."""
     from pipeline.settings import check_trained_timesteps, recipe_values
 
+    # start and schedule unset: the prior's own, from pure noise with linear for one that records neither
     assert ZipSettings().to_dict() == {
         "steps": 20, "pool": 4, "lam": 0.0, "eta": 1.0, "sampler": "ddim", "operators": "pool", "blend_k": None,
-        "clip_denoised": True, "resample": 1, "start": 1.0, "schedule": "linear", "large_images": "fit", "seed": 0}
+        "clip_denoised": True, "resample": 1, "start": None, "schedule": None, "large_images": "fit", "seed": 0}
+    assert ZipSettings().for_prior({}).to_dict() == {**ZipSettings().to_dict(), "start": 1.0, "schedule": "linear"}
     assert recipe_values("fast") == {"start": 0.3}
     assert recipe_values("low-asr") == {"sampler": "ddpm", "steps": 50, "start": 0.3}
     assert recipe_values("authors-code") == {"operators": "gray,pool", "blend_k": 10.0, "eta": 1.0}
@@ -301,9 +303,9 @@ def test_the_recipes_and_the_defaults_are_the_documented_ones() -> None:
     assert ZipSettings.recipe("fast").start == 0.3
     assert ZipSettings.recipe("fast", start=0.5).start == 0.5
     assert ZipSettings.authors_code(pool=2).pool == 2
-    check_trained_timesteps({"max_timestep": 950}, ZipSettings())  # the first step is t = 950
+    check_trained_timesteps({"max_timestep": 950}, ZipSettings(start=1.0))  # the first step is t = 950
     with pytest.raises(ValueError, match="trained only on timesteps 0..949"):
-        check_trained_timesteps({"max_timestep": 949}, ZipSettings())
+        check_trained_timesteps({"max_timestep": 949}, ZipSettings(start=1.0))
 
 
 def test_a_device_names_its_cuda_number_in_full() -> None:

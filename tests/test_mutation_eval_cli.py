@@ -47,7 +47,8 @@ def test_defaults_are_the_documented_ones(job: ModuleType) -> None:
     assert list(config.defenses) == ["none", "shrinkpad", "naive", "zip", "zip-authors"]
     assert config.checkpoint == runner.DEFAULT_PRIOR
     assert (config.steps, config.pool, config.subset, config.seed, config.sampler_seed) == (20, 4, 500, 0, 0)
-    assert config.sampler == "ddim" and config.start == 1.0 and isinstance(config.start, float)
+    # start: None, the prior's range (1 for a prior trained on every timestep, resolved by preflight)
+    assert config.sampler == "ddim" and config.start is None
     assert config.epochs == 10 and config.threads is None  # 0: torch's own thread count, left alone
     assert config.cache_dir == datasets.CACHE_DIR and config.out_dir == Path("results")
     assert (config.canvas_size, config.batch_size, config.examples, config.bootstrap) == (None, None, 6, 2000)

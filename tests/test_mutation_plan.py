@@ -224,7 +224,7 @@ def test_the_recipe_hint_says_which_recipe_is_the_default(tmp_path, model, made_
 
     _images(tmp_path / "in")
     record = _record(tmp_path, model)
-    record["settings"] = ZipSettings.recipe(made_with).to_dict()  # a recipe as it is: no sampler flag besides
+    record["settings"] = ZipSettings.recipe(made_with).for_prior({}).to_dict()  # a recipe as recorded: no flag besides
     _output(tmp_path / "out", record, data=["a.png"])
     config = JobConfig.from_recipe(now, input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=model,
                                    canvas_size=32, incremental=True)
@@ -305,7 +305,7 @@ def test_a_prior_trained_on_early_timesteps_only_refuses_a_run_starting_beyond_t
     save_bundle(path, build_unet(UNetConfig.from_flags(TINY_FLAGS)), meta={"max_timestep": 500})
     _images(tmp_path / "in")
     with pytest.raises(JobError, match=r"trained only on timesteps 0\.\.500 .* use start ≤ 0\.5"):
-        plan_job(small_job_config(tmp_path, str(path), steps=20), dry_run=True)  # the default start, 1.0
+        plan_job(small_job_config(tmp_path, str(path), steps=20, start=1.0), dry_run=True)  # given: 1.0 is not moved
     assert plan_job(small_job_config(tmp_path, str(path), steps=20, start=0.5), dry_run=True).output_state == "new"
 
 

@@ -59,7 +59,7 @@ def _direct(p: Purifier, x: torch.Tensor, s: ZipSettings, seed: int) -> torch.Te
 ], ids=str)
 def test_the_purifier_samples_with_each_of_its_settings(model, one_torch_thread, setting: dict[str, Any]) -> None:
     x = _x()
-    settings = ZipSettings(**{**BASE, **setting})
+    settings = ZipSettings(**{**BASE, **setting}).for_prior({})  # every setting spelled out: start and schedule too
     with torch.no_grad():
         got = Purifier(model, settings).purify_tensor(x, seed=3)
         expected = _direct(Purifier(model, settings), x, settings, 3)

@@ -135,7 +135,7 @@ def test_an_unreadable_prior_is_one_error_line_without_the_password(
 
 
 @pytest.mark.parametrize("meta, options, says", [
-    ({"max_timestep": 100}, {}, "zip with the prior {}: this prior was trained only on timesteps 0..100"),
+    ({"max_timestep": 100}, {"start": 1.0}, "zip with the prior {}: this prior was trained only on timesteps 0..100"),
     ({"schedule": "cosine"}, {"schedule": "linear"}, "zip with the prior {}: it was trained with the cosine noise"),
     ({}, {"canvas_size": 33}, "canvas size 33 must be a multiple of 2 for the prior {}"),
 ])

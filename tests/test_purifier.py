@@ -142,8 +142,9 @@ def test_a_prior_runs_only_with_the_noise_schedule_it_was_trained_with(model) ->
 
     cosine = LoadedCheckpoint(model, model.config, "0" * 64, "cosine.pt", None, meta={"schedule": "cosine"})
     with pytest.raises(ValueError, match="trained with the cosine noise schedule, but these settings sample with linear"):
-        Purifier(model, ZipSettings(steps=1), checkpoint=cosine)
+        Purifier(model, ZipSettings(steps=1, schedule="linear"), checkpoint=cosine)
     assert Purifier(model, ZipSettings(steps=1, schedule="cosine"), checkpoint=cosine).schedule.name == "cosine"
+    assert Purifier(model, ZipSettings(steps=1), checkpoint=cosine).schedule.name == "cosine"  # unset: the prior's
     unrecorded = LoadedCheckpoint(model, model.config, "0" * 64, "gd.pt", None, meta={})  # guided-diffusion's own
     assert Purifier(model, ZipSettings(steps=1), checkpoint=unrecorded).schedule.name == "linear"
 
@@ -180,11 +181,11 @@ def test_naive_purify_takes_any_size_and_grey_images_like_the_purifier() -> None
         naive_purify([odd], 0)
 
 
-def test_job_and_python_api_share_the_sampler_defaults() -> None:
+def test_job_and_python_api_share_the_sampler_defaults(model) -> None:
     """`python jobs/purify.py` with no ZIP flags must purify exactly as `Purifier(model)` does."""
     from pipeline.config import JobConfig
 
-    assert JobConfig().settings() == ZipSettings()
+    assert JobConfig().settings() == ZipSettings().for_prior({}) == Purifier(model).settings
     assert (ZipSettings().eta, ZipSettings().lam, ZipSettings().pool, ZipSettings().steps) == (1.0, 0.0, 4, 20)
 
 

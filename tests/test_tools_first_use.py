@@ -352,14 +352,14 @@ def test_a_guided_diffusion_state_dict_under_a_prefix_still_gets_the_architectur
 
 
 @pytest.mark.parametrize(("options", "shown"), [([], ""), (["--schedule", "cosine"], ""),  # the job takes the prior's
-                                                (["--max-timestep", "299"], " --start 0.299"),
+                                                (["--max-timestep", "299"], ""),  # the job takes its range
                                                 (["--max-timestep", "999"], "")])
 def test_the_purify_command_shown_at_the_end_is_one_the_job_takes(options: list[str], shown: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """Before: 'use it: python jobs/purify.py --checkpoint OUT/prior.pt ...' for every prior, which the job refuses for
-    one trained with --max-timestep (it would start above it). A cosine prior needs no flag: the job samples with the
-    schedule the prior records."""
+    """'use it: python jobs/purify.py --checkpoint OUT/prior.pt ...', a command the job takes for every prior: it
+    samples with the schedule the prior records, and one trained with --max-timestep from the largest step within its
+    timesteps (before, it refused the bare command for such a prior, and the line added the --start it needed)."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.config import JobConfig
     from pipeline.settings import check_trained_timesteps

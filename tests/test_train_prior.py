@@ -200,8 +200,9 @@ def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_pr
     prior = str(tmp_path / "prior.pt")
     assert load_checkpoint(prior).meta["max_timestep"] == 300
     assert Purifier.from_checkpoint(prior, device="cpu", start=0.3).settings.start == 0.3  # t ≤ 300: allowed
+    assert Purifier.from_checkpoint(prior, device="cpu").settings.start == 0.3  # left out: the largest allowed
     with pytest.raises(ValueError, match=r"trained only on timesteps 0\.\.300.*start at t = 950.*start ≤ 0\.3"):
-        Purifier.from_checkpoint(prior, device="cpu")
+        Purifier.from_checkpoint(prior, device="cpu", start=1.0)
     # the job refuses it while planning, before it reads an image
     from pipeline.config import JobConfig
     from pipeline.errors import JobError
@@ -209,7 +210,8 @@ def test_max_timestep_trains_only_low_noise_levels_and_the_purifier_holds_the_pr
 
     (tmp_path / "in").mkdir()
     with pytest.raises(JobError, match=r"trained only on timesteps 0\.\.300"):
-        plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior), dry_run=True)
+        plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior, start=1.0),
+                 dry_run=True)
     assert plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), checkpoint=prior, start=0.3),
                     dry_run=True).units == []
     with pytest.raises(SystemExit, match=r"--max-timestep 300, not without --max-timestep \(every timestep\)"):

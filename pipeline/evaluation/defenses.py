@@ -101,12 +101,14 @@ def zip_settings(defense: str, steps: int, pool: int, **overrides: Any) -> ZipSe
     raise ValueError(f"{defense!r} is not a ZIP defense")
 
 
-def zip_overrides(config: EvalConfig, schedule: str | None = None) -> dict[str, Any]:
-    """The `ZipSettings` fields both ZIP defenses take from the configuration (see `zip_settings`); `schedule`: the
-    noise schedule `preflight` resolved (the configuration's, else the prior's), else the configuration's own. It is
-    a field of the settings, so part of the purified sets' cache key: a cosine run never reuses a linear run's images
-    (and "linear", the settings' default, keeps the keys sets were cached under before it was chosen here)."""
-    overrides: dict[str, Any] = {"seed": config.sampler_seed, "sampler": config.sampler, "start": config.start}
+def zip_overrides(config: EvalConfig, schedule: str | None = None, start: float | None = None) -> dict[str, Any]:
+    """The `ZipSettings` fields both ZIP defenses take from the configuration (see `zip_settings`); `schedule` and
+    `start`: the noise schedule and start `preflight` resolved for the prior (the configuration's, else the prior's),
+    else the configuration's own. They are fields of the settings, so part of the purified sets' cache key: a cosine
+    run never reuses a linear run's images (and "linear" and 1, the defaults `make_defense` keys unset ones by, keep
+    the keys sets were cached under before they were chosen here)."""
+    overrides: dict[str, Any] = {"seed": config.sampler_seed, "sampler": config.sampler,
+                                 "start": config.start if start is None else start}
     if schedule or config.schedule:
         overrides["schedule"] = schedule or config.schedule
     return overrides
@@ -140,7 +142,9 @@ def make_defense(
     if name in ZIP_DEFENSES:
         if checkpoint is None or checkpoint_sha256 is None:
             raise ValueError(f"defense {name!r} needs a checkpoint")
-        settings = zip_settings(name, steps, pool, **(zip_overrides or {}))
+        # preflight resolves the schedule and start for the prior (`zip_overrides`); ones left unset here are those of
+        # a prior that records neither (linear, from pure noise), for the purifier and the cache key alike
+        settings = zip_settings(name, steps, pool, **(zip_overrides or {})).for_prior({})
 
         def factory() -> Purifier:
             # named without a server's password in its URI (ftp://user:***@host/prior.pt): the log ends up in CI logs

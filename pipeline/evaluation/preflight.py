@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from pipeline.evaluation.defenses import DEFENSES, ZIP_DEFENSES, zip_overrides, 
 from pipeline.evaluation.victims import normalise_attack
 from pipeline.local_folders import LocalPathError, nearest_existing, not_writable
 from pipeline.redaction import redact_uri, redact_uri_secrets
-from pipeline.settings import ZipSettings, check_trained_timesteps
+from pipeline.settings import UNRECORDED_SCHEDULE, check_trained_timesteps, prior_range_note
 
 if TYPE_CHECKING:
     from pipeline.evaluation.runner import EvalConfig
@@ -112,16 +112,27 @@ def check_pool(dataset: str, pool: int, image_size: int) -> None:
 def verify_prior(config: EvalConfig, defenses: Sequence[str]) -> str | None:
     """The sha256 of the ZIP defenses' prior, once it is known to run them: readable, of a known architecture, with a
     canvas the pool factor divides, trained on the timesteps the settings start at. None when no ZIP defense runs."""
-    return checked_prior(config, defenses)[0]
+    return checked_prior(config, defenses).sha256
 
 
-def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | None, str]:
-    """`verify_prior`'s sha256 and the noise schedule ZIP samples with: config.schedule, else the one the prior
-    records (a prior of train_prior.py --schedule cosine needs no flag to be evaluated), else linear."""
+class PriorCheck(NamedTuple):
+    """What `checked_prior` found: the prior's sha256 (None without a ZIP defense), and the noise schedule and start ZIP
+    samples with, resolved for the prior; `note`: what a start left out resolved to, for the user, where not 1."""
+
+    sha256: str | None
+    schedule: str
+    start: float
+    note: str | None = None
+
+
+def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> PriorCheck:
+    """`verify_prior`'s sha256 and the noise schedule and start ZIP samples with (`ZipSettings.for_prior`):
+    config.schedule, else the one the prior records (a prior of train_prior.py --schedule cosine needs no flag to be
+    evaluated), else linear; config.start, else the largest the prior's trained timesteps allow (1 for one trained on
+    all: a prior of train_prior.py --max-timestep needs no --start either)."""
     zips = [d for d in defenses if d in ZIP_DEFENSES]
-    default = config.schedule or ZipSettings().schedule
     if not zips:
-        return None, default
+        return PriorCheck(None, config.schedule or UNRECORDED_SCHEDULE, 1.0 if config.start is None else config.start)
     try:
         for d in zips:  # the settings' own limits, before the prior is read
             zip_settings(d, config.steps, config.pool, **zip_overrides(config))
@@ -137,10 +148,10 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
         problem = advice_without_model_options(err)
         raise EvaluationError(redact_uri_secrets(f"diffusion prior: {problem} (train one with jobs/train_prior.py, pass "
                                                  "--checkpoint, or leave out the zip defenses)", config.checkpoint)) from None
-    recorded = loaded.meta.get("schedule") if isinstance(loaded.meta, dict) else None
-    schedule = config.schedule or (recorded if isinstance(recorded, str) else None) or default
+    meta = loaded.meta if isinstance(loaded.meta, dict) else {}
+    recorded = meta.get("schedule")
     try:
-        settings = {d: zip_settings(d, config.steps, config.pool, **zip_overrides(config, schedule)) for d in zips}
+        settings = {d: zip_settings(d, config.steps, config.pool, **zip_overrides(config)).for_prior(meta) for d in zips}
     except ValueError as err:  # e.g. a schedule recorded by a newer version that this one does not know
         raise EvaluationError(f"ZIP settings with the prior {prior}: {err}") from None
     canvas = config.canvas_size or loaded.config.image_size
@@ -152,31 +163,38 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> tuple[str | No
                               "size, or --canvas-size)")
     for d, zs in settings.items():
         try:
-            check_trained_timesteps(loaded.meta, zs)
+            check_trained_timesteps(meta, zs)
         except ValueError as err:
-            if recorded is not None and recorded != schedule:  # the one way here: --schedule against the prior's own
+            if recorded is not None and recorded != zs.schedule:  # the one way here: --schedule against the prior's own
                 raise EvaluationError(f"{d} with the prior {prior}: it was trained with the {recorded} noise "
-                                      f"schedule, but --schedule {schedule} was given: leave --schedule out (the "
+                                      f"schedule, but --schedule {zs.schedule} was given: leave --schedule out (the "
                                       f"prior's own is used) or give --schedule {recorded}") from None
             raise EvaluationError(f"{d} with the prior {prior}: {err}") from None
-    return loaded.sha256, schedule
+    # both ZIP variants take the same schedule and steps, so the same start
+    resolved = settings[zips[0]]
+    note = prior_range_note(meta, resolved) if config.start is None else None
+    if note:
+        note = f"{prior}: {note.replace('give a start', 'give --start')}"
+    return PriorCheck(loaded.sha256, resolved.schedule_or_default, resolved.start_or_default, note)
 
 
 def report_settings(config: EvalConfig, attacks: Sequence[str], defenses: Sequence[str],
-                    checkpoint_sha256: str | None, schedule: str | None = None) -> dict[str, Any]:
+                    checkpoint_sha256: str | None, schedule: str | None = None, start: float | None = None
+                    ) -> dict[str, Any]:
     """The settings a report's numbers and pictures follow from, as its JSON records them. The prior counts by its
-    sha256, not its path; execution settings (device, threads) are not among them. `schedule`: the noise schedule
-    `preflight` resolved (recorded only when it is not the linear default, so reports of linear runs stay as they
-    were, and a report that lacks it was sampled with linear)."""
-    schedule = schedule or config.schedule or ZipSettings().schedule
+    sha256, not its path; execution settings (device, threads) are not among them. `schedule` and `start`: the noise
+    schedule and start `preflight` resolved (the schedule recorded only when it is not the linear default, so reports
+    of linear runs stay as they were, and a report that lacks it was sampled with linear)."""
+    schedule = schedule or config.schedule or UNRECORDED_SCHEDULE
+    start = start if start is not None else 1.0 if config.start is None else config.start
     settings = {
         "attacks": attacks, "defenses": defenses, "subset": config.subset, "seed": config.seed,
-        "sampler_seed": config.sampler_seed, "sampler": config.sampler, "start": config.start, "steps": config.steps,
+        "sampler_seed": config.sampler_seed, "sampler": config.sampler, "start": start, "steps": config.steps,
         "pool": config.pool, "checkpoint_sha256": checkpoint_sha256, "classifier_epochs": config.epochs,
         "classifier_options": config.train_options, "canvas_size": config.canvas_size,
         "batch_size": config.batch_size, "examples": config.examples, "bootstrap": config.bootstrap,
     }
-    if schedule != ZipSettings().schedule:
+    if schedule != UNRECORDED_SCHEDULE:
         settings["schedule"] = schedule
     return json.loads(json.dumps(settings, default=str))  # tuples as lists, as a report read back holds them
 
@@ -197,7 +215,7 @@ def check_output(config: EvalConfig, settings: Mapping[str, Any]) -> None:
         raise EvaluationError(f"{path} exists but is not a report of jobs/evaluate.py (no config): {hint}")
     # A setting an older report did not record yet is not held against it. The schedule is recorded only when it is
     # not linear, so its absence on either side means linear: a cosine report is not replaced by a linear run unasked.
-    default_schedule = ZipSettings().schedule
+    default_schedule = UNRECORDED_SCHEDULE
     settings = {**settings, "schedule": settings.get("schedule", default_schedule)}
     recorded = {**recorded, "schedule": recorded.get("schedule", default_schedule)}
     differ = [f"{k} {json.dumps(recorded[k])} there, {json.dumps(v)} now"
@@ -209,13 +227,16 @@ def check_output(config: EvalConfig, settings: Mapping[str, Any]) -> None:
 @dataclass(frozen=True)
 class Preflight:
     """What `preflight` checked: the run's attacks and defenses, its prior's sha256 (None without a ZIP defense), the
-    settings its report records and the noise schedule ZIP samples with (see `checked_prior`)."""
+    settings its report records and the noise schedule and start ZIP samples with (see `checked_prior`), and what a
+    start left out resolved to, where that is to be said (`start_note`)."""
 
     attacks: list[str]
     defenses: list[str]
     checkpoint_sha256: str | None
     settings: dict[str, Any]
-    schedule: str = "linear"
+    schedule: str = UNRECORDED_SCHEDULE
+    start: float = 1.0
+    start_note: str | None = None
 
 
 def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
@@ -244,7 +265,7 @@ def preflight(config: EvalConfig, loader: Loader = load_dataset) -> Preflight:
     check_folder(Path(config.cache_dir), "--cache-dir")
     if loader is load_dataset and config.dataset in NUM_CLASSES:
         check_data(config.dataset, config.subset)
-    checkpoint_sha, schedule = checked_prior(config, defenses)
-    settings = report_settings(config, attacks, defenses, checkpoint_sha, schedule)
+    prior = checked_prior(config, defenses)
+    settings = report_settings(config, attacks, defenses, prior.sha256, prior.schedule, prior.start)
     check_output(config, settings)
-    return Preflight(attacks, defenses, checkpoint_sha, settings, schedule)
+    return Preflight(attacks, defenses, prior.sha256, settings, prior.schedule, prior.start, prior.note)

@@ -102,7 +102,9 @@ class EvalConfig:
     seed: int = 0
     sampler_seed: int = 0
     sampler: str = "ddim"
-    start: float = 1.0
+    # ZIP's late start; None: 1 (the paper), or for a prior trained only up to some timestep (train_prior.py
+    # --max-timestep) the largest start in its range, resolved by preflight.
+    start: float | None = None
     # The noise schedule ZIP samples with (both zip variants); None: the one the prior records (train_prior.py writes
     # it in its meta), else guided-diffusion's linear one. A prior sampled with another schedule than it learnt
     # denoises at the wrong noise levels, so preflight refuses a schedule that differs from the recorded one.
@@ -127,6 +129,8 @@ def evaluate_dataset(config: EvalConfig, loader: Loader = load_dataset, *, check
     started = time.perf_counter()
     cache_dir = Path(config.cache_dir).expanduser()
     checked = checked or preflight(config, loader)
+    if checked.start_note:  # a --start left out, resolved to the prior's trained timesteps: said once, as the job does
+        log(f"note: {checked.start_note}")
     if config.threads:
         torch.set_num_threads(config.threads)
     train, test, subset = _load_test_subset(config, loader)
@@ -202,7 +206,7 @@ def _build_defenses(config: EvalConfig, checked: Preflight, image_size: int) -> 
         d: make_defense(d, pool=config.pool, steps=config.steps, checkpoint=config.checkpoint,
                         checkpoint_sha256=checked.checkpoint_sha256, device=config.device, canvas_size=config.canvas_size,
                         batch_size=config.batch_size, image_size=image_size, seed=config.seed,
-                        zip_overrides=zip_overrides(config, checked.schedule))
+                        zip_overrides=zip_overrides(config, checked.schedule, checked.start))
         for d in checked.defenses
     }
 
