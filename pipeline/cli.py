@@ -36,7 +36,7 @@ from pipeline.plan import JobPlan, plan_job, uri_secrets_redacted
 from pipeline.presets import SHIPPED_PRIORS
 from pipeline.redaction import redact_uri, storage_value_shown
 from pipeline.settings import RECIPES, canonical_operators, recipe_values
-from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, terminal_text
+from pipeline.sources import IN_MEMORY_BYTES, PARTITIONINGS, hidden_note, read_budget, terminal_text
 from pipeline.sources.folder_metadata import unmatched_note
 from pipeline.stopped_run import StoppedWhileLoading
 from pipeline.version import version_line
@@ -651,6 +651,10 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], kind)} "
               f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' {source}) "
               f"and will be rejected, one reject each: {shown}{more}")
+    if no_image.get("headers_over_budget"):  # counting them all would stall the planning on an object store
+        print("  the rows without an image of some Arrow IPC files are unknown: their record batch headers would take "
+              f"more than the {read_budget.MAX_READS:,} ranged requests allowed before a run (each such row is rejected "
+              "when read)")
     changed = report.get("changed_inputs") or {}
     if changed.get("image_files_compared") or changed.get("containers_compared"):
         # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)

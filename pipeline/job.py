@@ -81,6 +81,7 @@ from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal,
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, metadata_report, unit_metadata
+from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import is_tfrecord
 from pipeline.stages import (
@@ -140,13 +141,15 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
     from their footers, of its Arrow IPC files from their record batch headers (`arrow_ipc.ipc_headers`) and of its
     TFRecord files from TFDS's dataset_info.json or their records' headers (`tfrecord_count`), less those already
     done; None when a tar shard or zip archive is among the inputs (their counts are known only once read), or a
-    footer or header cannot be read or a TFRecord file counted (compressed, or past the requests allowed), so the
-    progress shows no total rather than a wrong one. Footers and headers are small reads, INDEX_READERS files at a
+    footer or header cannot be read or a TFRecord file counted (compressed), or the TFRecord and Arrow IPC headers
+    would take more ranged requests than the one budget of them all allows (`read_budget`), so the progress shows no
+    total rather than a wrong one, nor a slow start. Footers and headers are small reads, INDEX_READERS files at a
     time."""
     if any(u.kind not in ("files", "parquet") for u in plan.units):
         return None
     tables = [u for u in plan.units if u.kind == "parquet"]
-    records = count_records([u for u in tables if is_tfrecord(u.paths[0])], storage_options)
+    budget = ReadBudget()
+    records = count_records([u for u in tables if is_tfrecord(u.paths[0])], storage_options, budget)
     if records is None:
         return None
 
@@ -154,7 +157,7 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
         if is_tfrecord(unit.paths[0]):
             return records[unit.paths[0]]
         if is_arrow_ipc(unit.paths[0]):
-            return ipc_headers(unit.paths[0], storage_options, unit.sizes[0] if unit.sizes else None).rows
+            return ipc_headers(unit.paths[0], storage_options, unit.sizes[0] if unit.sizes else None, budget).rows
         fs, path = storage_path(unit.paths[0], storage_options)
         with with_retries(lambda: fs.open(path, "rb"), f"open {unit.paths[0]}") as f:
             return pq.ParquetFile(f, pre_buffer=False).metadata.num_rows

@@ -81,6 +81,7 @@ from pipeline.sources import (
 from pipeline.sources.arrow_ipc import is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, metadata_report
 from pipeline.sources.listing import InputNotFound
+from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import image_feature_problem, is_tfrecord
 from pipeline.sources.zip_archives import zip_metadata_found
@@ -350,6 +351,9 @@ class JobPlan:
     # the records the dry run's TFRecord files hold (`tfrecord_count`), None where one of them cannot be counted
     # before it is read; not counted in a run (its progress total counts them)
     tfrecord_records: int | None = None
+    # a dry run whose Arrow IPC and TFRecord headers would take more requests than the run's budget (`read_budget`):
+    # the files past it are not counted, so their null image cells are unknown
+    headers_over_budget: bool = False
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
     refresh: Journal | None = None
@@ -429,6 +433,8 @@ class JobPlan:
         most = sorted(self.rows_without_image.items(), key=lambda item: (-item[1], item[0]))[:5]
         return {"rows": sum(self.rows_without_image.values()), "files": len(self.rows_without_image),
                 "arrow_files": sum(map(is_arrow_ipc, self.rows_without_image)),
+                # only when so: Arrow IPC files past the budget of requests, their null image cells unknown
+                **({"headers_over_budget": True} if self.headers_over_budget else {}),
                 "examples": [[relative_id(path, roots[path]), n] for path, n in most]}
 
 
@@ -527,6 +533,11 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
             refresh = _journal(output, changes, input_record)
     kept_units, skipped_files = _units_left(inputs, output.skip)
     containers = _containers_left(kept_units, output, ledger)
+    tables = [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread]
+    budget = ReadBudget()  # one for the dry run's headers, TFRecord's and Arrow IPC's, as a run's progress total
+    no_image = parquet_rows_without_image([u for u in tables if not is_tfrecord(u.paths[0])], so, config.image_column,
+                                          budget) if dry_run else {}
+    records = _tfrecord_records([u for u in tables if is_tfrecord(u.paths[0])], so, budget) if dry_run else None
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -541,21 +552,17 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    changes=changes, input_record=input_record,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
-                   rows_without_image=parquet_rows_without_image(
-                       [u for u in kept_units if u.kind == "parquet" and not is_tfrecord(u.paths[0])
-                        and u.paths[0] not in containers.unread], so,
-                       config.image_column) if dry_run else {}, refresh=refresh,
-                   tfrecord_records=_tfrecord_records(
-                       [u for u in kept_units if u.kind == "parquet" and is_tfrecord(u.paths[0])
-                        and u.paths[0] not in containers.unread], so) if dry_run else None,
+                   rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
+                   headers_over_budget=budget.spent,
                    archive_metadata=zip_metadata_found(
                        [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
                        config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
 
 
-def _tfrecord_records(units: list[ReadUnit], so: dict[str, Any]) -> int | None:
-    """The records the TFRecord files `units` hold in all (`tfrecord_count`); None where one cannot be counted."""
-    counts = count_records(units, so)
+def _tfrecord_records(units: list[ReadUnit], so: dict[str, Any], budget: ReadBudget) -> int | None:
+    """The records the TFRecord files `units` hold in all (`tfrecord_count`), their requests taken from `budget`; None
+    where one cannot be counted."""
+    counts = count_records(units, so, budget)
     return None if counts is None else sum(counts.values())
 
 
@@ -582,15 +589,18 @@ def _retried_in_same(inputs: list[ReadUnit], members: dict[str, tuple[str, str]]
     return earlier
 
 
-def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None) -> dict[str, int]:
+def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None,
+                               budget: ReadBudget | None = None) -> dict[str, int]:
     """Of these Parquet and Arrow IPC files, those whose footer statistics (record batch headers) give rows a null
-    image cell, with how many (`rows_without_image`: the footer, or the headers, alone are read). Each such row is a
-    reject of the run, which a dry run warns of: a file whose image column is mostly null is otherwise found out only
-    by a run's count of rejects."""
+    image cell, with how many (`rows_without_image`: the footer, or the headers, alone are read; the headers' ranged
+    requests taken from `budget`, past which an IPC file is not counted). Each such row is a reject of the run, which
+    a dry run warns of: a file whose image column is mostly null is otherwise found out only by a run's count of
+    rejects."""
     from concurrent.futures import ThreadPoolExecutor
 
+    budget = budget if budget is not None else ReadBudget()
     with ThreadPoolExecutor(max_workers=FOOTER_READS) as pool:
-        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column), units)
+        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget), units)
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 

@@ -15,8 +15,9 @@ from pipeline.config import JobConfig
 from pipeline.job import progress_total, run_job
 from pipeline.plan import plan_job
 from pipeline.sources import tfrecord_count
+from pipeline.sources.read_budget import MAX_READS, ReadBudget
 from pipeline.sources.tfds_metadata import TfdsProblem, listed_shards, shard_name
-from pipeline.sources.tfrecord_count import MAX_READS, CountProblem, ReadBudget, count_file
+from pipeline.sources.tfrecord_count import CountProblem, count_file
 from tests.test_tfrecord_inputs import framed, labelled, shard
 
 TFDS = pathlib.Path(__file__).parent / "data" / "tfds" / "tiny" / "1.0.0"

@@ -7,7 +7,8 @@ file's record batches in the place of row groups. Which of the two formats a fil
 A Parquet footer gives each row group's rows before any is read; an IPC file says how many rows a batch holds only in
 that batch's own header (the file format's footer gives where each batch lies; a stream has no footer), so the
 batches are read in order, each whole, and a row's id is known once its batch is read (`ipc_records`). The plan and
-the progress read those headers alone, no batch's data (`ipc_headers`), for the rows a file holds. A batch that
+the progress read those headers alone, no batch's data parsed (`ipc_headers`: on an object store a request of 64 KiB
+takes every header within it, from a budget for all of a run's files), for the rows a file holds. A batch that
 cannot be read ends the file there, with its `#unreadable` reject: the rows after it cannot be numbered. The rows
 before it are purified, and a later run reads the file again, its done rows skipped.
 
@@ -19,6 +20,7 @@ mapped would kill the read task's worker (SIGBUS) instead of making a reject."""
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -28,8 +30,9 @@ import pyarrow.ipc as ipc
 
 from pipeline.sources.ids import without_signed_query
 from pipeline.sources.ipc_headers import HeaderProblem, IpcHeaders, read_headers
+from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.records import reject_record
-from pipeline.storage import backoff, describe, is_transient, storage_path, with_retries
+from pipeline.storage import backoff, describe, is_transient, local_file_path, storage_path, with_retries
 
 if TYPE_CHECKING:
     from pipeline.sources.parquet_files import _ParquetReading
@@ -42,6 +45,7 @@ FEATHER_V1_MAGIC = b"FEA1"
 PARQUET_MAGIC = b"PAR1"
 # on this thread: Arrow's pool would read the Python file object from its own threads (see parquet_files._group_rows)
 _READ_OPTIONS = ipc.IpcReadOptions(use_threads=False)
+BLOCK = 64 * 2**10  # what one ranged request for record batch headers takes on an object store, as TFRecord's
 
 
 def is_arrow_ipc(path: str) -> bool:
@@ -93,10 +97,21 @@ def open_ipc(f: Any, named_ipc: bool) -> IpcTable | None:
     return None
 
 
-def ipc_headers(path: str, fs_opts: dict[str, Any], size: int | None = None) -> IpcHeaders:
+def ipc_headers(path: str, fs_opts: dict[str, Any], size: int | None = None,
+                budget: ReadBudget | None = None) -> IpcHeaders:
     """The schema and record batch headers of the Arrow IPC file at `path` (`ipc_headers.read_headers`: rows and null
-    counts, no batch's data read), each header a ranged read of its own; `size` from the listing, else asked.
-    HeaderProblem where they cannot be had; a storage error as it is."""
+    counts, no batch's data read); `size` from the listing, else asked. A local file is read a header at a time
+    (os.pread), none of its reads taken from `budget`; on any other storage each read is a ranged request of BLOCK
+    bytes or more, which holds the headers of the small batches in it, each taken from `budget` if one is given.
+    HeaderProblem where they cannot be had (the requests spent among them); a storage error as it is."""
+    local = local_file_path(path)
+    if local is not None:
+        fd = os.open(local, os.O_RDONLY)
+        try:
+            held = size if size is not None else os.fstat(fd).st_size
+            return read_headers(lambda offset, length: os.pread(fd, max(0, min(length, held - offset)), offset), held)
+        finally:
+            os.close(fd)
     fs, fs_path = storage_path(path, fs_opts)
     if size is None:
         size = with_retries(lambda: fs.size(fs_path), f"stat {path}")
@@ -110,7 +125,7 @@ def ipc_headers(path: str, fs_opts: dict[str, Any], size: int | None = None) -> 
             return b""
         return with_retries(lambda: fs.cat_file(fs_path, start=offset, end=end), f"read {path}")
 
-    return read_headers(read_at, known)
+    return read_headers(read_at, known, BLOCK, budget)
 
 
 def _slice_rows(batch: pa.RecordBatch, most: int, batch_bytes: int) -> int:

@@ -11,9 +11,14 @@ IPC format's layout (Arrow's `format/Message.fbs`, `File.fbs`, `Schema.fbs`):
   the footer's length and `ARROW1`.
 
 A record batch's header (`RecordBatch`) holds its rows and a node (length, null count) per column and per child of one,
-depth first, in the schema's order. Each header is one small read (a ranged request on an object store); a file of
-more than MAX_BATCHES batches is not counted. Anything that is not as the format says (a file cut short, damaged) is a
-HeaderProblem: the counts are then unknown, and the file's reading says what is wrong with it."""
+depth first, in the schema's order. The headers are read in the file's order, each read taking at least `block` bytes
+and the headers that lie within a read taken from it, no second request (`_Reads`): on an object store a ranged
+request of 64 KiB takes the headers of all the small batches in it, their bodies stepped over (a file's footer says
+where each header lies; a stream's are found one after another), and a batch of large images costs a request of its
+own. Those requests are taken from the run's `ReadBudget`, past which the file is not counted; a local file reads
+each header as asked, uncounted. A file of more than MAX_BATCHES batches is not counted either. Anything that is not
+as the format says (a file cut short, damaged) is a HeaderProblem: the counts are then unknown, and the file's reading
+says what is wrong with it."""
 
 from __future__ import annotations
 
@@ -23,13 +28,14 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.sources.read_budget import BudgetSpent, ReadBudget
+
 FILE_MAGIC = b"ARROW1"
 _CONTINUATION = 0xFFFFFFFF
 # The message header types this reads (the flatbuffer union `MessageHeader`)
 _SCHEMA, _RECORD_BATCH = 1, 3
-# The most record batch headers read of one file: a request each on an object store. Hugging Face datasets and
-# Feather write batches of hundreds to tens of thousands of rows: a file of more is rare, and left uncounted rather
-# than slow to plan.
+# The most record batch headers read of one file. Hugging Face datasets and Feather write batches of hundreds to tens
+# of thousands of rows: a file of more is rare, and left uncounted rather than slow to plan.
 MAX_BATCHES = 10_000
 # What a stream message's first read takes: its marker, its length and, most often, all its metadata
 _PEEK = 4096
@@ -71,11 +77,52 @@ def node_count(t: pa.DataType) -> int:
     return 1 + sum(node_count(t.field(i).type) for i in range(t.num_fields))
 
 
-def read_headers(read_at: ReadAt, size: int) -> IpcHeaders:
-    """The schema and every record batch header of the IPC file or stream of `size` bytes that `read_at` reads."""
-    if read_at(0, len(FILE_MAGIC)) == FILE_MAGIC:
-        return _file_headers(read_at, size)
-    return _stream_headers(read_at, size)
+def read_headers(read_at: ReadAt, size: int, block: int = 0, budget: ReadBudget | None = None) -> IpcHeaders:
+    """The schema and every record batch header of the IPC file or stream of `size` bytes that `read_at` reads, at
+    least `block` bytes a read, each read taken from `budget` if one is given (`_Reads`)."""
+    reads = _Reads(read_at, size, block, budget)
+    if reads(0, len(FILE_MAGIC)) == FILE_MAGIC:
+        return _file_headers(reads, size)
+    return _stream_headers(reads, size)
+
+
+class _Reads:
+    """The reads of one file, as a ReadAt: a range that the last two reads hold is taken from them (a header after the
+    one just read, the footer from the read of the file's end), any other read of at least `block` bytes from where
+    it starts, and taken from `budget`. What a read gives is held as it is, fewer bytes where the file ends early:
+    the callers' checks of each length stay as they were."""
+
+    def __init__(self, read_at: ReadAt, size: int, block: int, budget: ReadBudget | None) -> None:
+        self.read_at, self.size, self.block, self.budget = read_at, size, block, budget
+        self.held: list[tuple[int, bytes]] = []  # (where, the bytes read there), the last read last
+
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether the last reads hold these bytes (or all of them before the file's end)."""
+        end = min(offset + length, self.size)
+        return any(start <= offset and end <= start + len(data) for start, data in self.held)
+
+    def __call__(self, offset: int, length: int, span: int | None = None) -> bytes:
+        """`length` bytes from `offset`; where the last reads do not hold them, a read of `span` bytes (as many as
+        `length` or more), else of `length` or `block`, whichever is more."""
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return b""
+        for start, data in self.held:
+            if start <= offset and end <= start + len(data):
+                return data[offset - start : end - start]
+        if self.budget is not None:
+            try:
+                self.budget.take()
+            except BudgetSpent as err:
+                raise HeaderProblem(str(err)) from err
+        data = self.read_at(offset, max(length, span if span is not None else self.block))
+        self.held = [*self.held[-1:], (offset, data)]
+        return data[:length]
+
+    def tail(self, length: int) -> bytes:
+        """The file's last `length` bytes, read with the `block` bytes before them (where a file's footer lies)."""
+        start = max(0, self.size - max(length, self.block))
+        return self(start, self.size - start)[self.size - length - start :]
 
 
 def _unpack(fmt: str, buf: bytes, at: int) -> int:
@@ -143,10 +190,10 @@ def _batch(message: _Table) -> BatchHeader:
     return BatchHeader(rows, nulls)
 
 
-def _file_headers(read_at: ReadAt, size: int) -> IpcHeaders:
+def _file_headers(read_at: _Reads, size: int) -> IpcHeaders:
     """The IPC file format: the footer gives each record batch's block (`Footer` field 3: structs of an int64 offset,
     an int32 metadata length and padding, an int64 body length); the schema is the message after the magic."""
-    tail = read_at(size - 10, 10) if size >= 18 else b""
+    tail = read_at.tail(10) if size >= 18 else b""
     if len(tail) != 10 or tail[4:] != FILE_MAGIC:
         raise HeaderProblem("no footer: the file does not end as an Arrow IPC file does")
     length = _unpack("<i", tail, 0)
@@ -163,7 +210,8 @@ def _file_headers(read_at: ReadAt, size: int) -> IpcHeaders:
     for offset, meta_length, body_length in blocks:
         if offset < 8 or not 8 <= meta_length <= MAX_METADATA or body_length < 0 or offset + meta_length + body_length > size:
             raise HeaderProblem(f"a record batch ({offset}, {meta_length}, {body_length}) the file cannot hold")
-        meta = read_at(offset, meta_length)
+        meta = read_at(offset, meta_length,
+                       None if read_at.holds(offset, meta_length) else _span(blocks, len(batches), read_at.block))
         begin, n = _metadata_at(meta)
         if begin + n > len(meta):
             raise HeaderProblem("a record batch's metadata longer than its block")
@@ -174,12 +222,25 @@ def _file_headers(read_at: ReadAt, size: int) -> IpcHeaders:
     return IpcHeaders(schema, tuple(batches))
 
 
-def _message(read_at: ReadAt, at: int, size: int) -> tuple[_Table, bytes, int] | None:
+def _span(blocks: list[tuple[int, int, int]], i: int, block: int) -> int:
+    """The bytes from record batch `i`'s header that one read takes: to the end of the last of the headers after it
+    (in the footer's order) that end within `block` bytes of its start; the bodies between them are read with them,
+    none after the last."""
+    offset, length, _ = blocks[i]
+    end = offset + length
+    for later, later_length, _ in blocks[i + 1 :]:
+        if later < end or later + later_length > offset + block:
+            break
+        end = later + later_length
+    return end - offset
+
+
+def _message(read_at: _Reads, at: int, size: int, span: int | None = None) -> tuple[_Table, bytes, int] | None:
     """The message at `at`: (its metadata, its bytes up to its body, where the next message starts); None at the end
-    marker or the end of the file."""
+    marker or the end of the file. `span`: what a read for it takes, when not a block."""
     if at >= size:
         return None
-    chunk = read_at(at, _PEEK)
+    chunk = read_at(at, _PEEK, span)
     if len(chunk) < min(_PEEK, size - at):
         raise HeaderProblem("a file shorter than its size, as listed")
     if len(chunk) < 4 or _unpack("<I", chunk, 0) == 0 or chunk[:8] == b"\xff\xff\xff\xff\x00\x00\x00\x00":
@@ -196,7 +257,7 @@ def _message(read_at: ReadAt, at: int, size: int) -> tuple[_Table, bytes, int] |
     return message, chunk[: begin + n], at + begin + n + body
 
 
-def _schema(read_at: ReadAt, at: int, size: int) -> tuple[pa.Schema, int]:
+def _schema(read_at: _Reads, at: int, size: int) -> tuple[pa.Schema, int]:
     """The schema's message at `at`, as pyarrow reads it, and where the next message starts."""
     found = _message(read_at, at, size)
     if found is None or found[0].number(1, "<B") != _SCHEMA:
@@ -207,12 +268,15 @@ def _schema(read_at: ReadAt, at: int, size: int) -> tuple[pa.Schema, int]:
         raise HeaderProblem(f"a schema that cannot be read ({err})") from err
 
 
-def _stream_headers(read_at: ReadAt, size: int) -> IpcHeaders:
-    """The IPC stream format: each message in turn, its body stepped over."""
+def _stream_headers(read_at: _Reads, size: int) -> IpcHeaders:
+    """The IPC stream format: each message in turn, its body stepped over. After a body of a block or more, the next
+    message is read with a small read of its own (a block would hold little but the next body's bytes)."""
     schema, at = _schema(read_at, 0, size)
     batches = []
-    while (found := _message(read_at, at, size)) is not None:
-        message, _, at = found
+    span = None
+    while (found := _message(read_at, at, size, span)) is not None:
+        message, meta, after = found
+        span, at = (_PEEK if after - at - len(meta) >= read_at.block else None), after
         if message.number(1, "<B") == _RECORD_BATCH:
             if len(batches) == MAX_BATCHES:
                 raise HeaderProblem(f"over {MAX_BATCHES:,} record batches, the most whose headers are read")

@@ -30,6 +30,7 @@ from pipeline.sources.pixel_arrays import (
     pixels_png,
     pixels_sha256,
 )
+from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.records import _image_record, passthrough_name, reject_record
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
@@ -147,17 +148,18 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     return None
 
 
-def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str | None) -> int | None:
+def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str | None,
+                       budget: ReadBudget | None = None) -> int | None:
     """How many rows of this Parquet file have a null image cell (a null binary, or a struct<bytes, path> whose
     bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
     whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
     gives one, when the image column is a list (its null_count counts items, not rows) or when the footer cannot be
     read or has no image column (the run says why, in the file's reject). An Arrow IPC file's from its record batch
-    headers instead (`ipc_rows_without_image`)."""
+    headers instead (`ipc_rows_without_image`), their ranged requests taken from `budget`: None past it."""
     (path,) = unit.paths
     if is_arrow_ipc(path):
         try:
-            headers = ipc_headers(path, fs_opts, unit.sizes[0] if unit.sizes else None)
+            headers = ipc_headers(path, fs_opts, unit.sizes[0] if unit.sizes else None, budget)
             return ipc_rows_without_image(headers, find_image_column(headers.schema, requested, IPC_FORMAT))
         except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
             return None

@@ -9,8 +9,8 @@ at all: a total too small would show a run more done than it is.
 - Any other plain (uncompressed) file is counted from its records' 12-byte headers alone (a length and its CRC),
   each record's data stepped over, not read: on a local disk one small read a record (os.pread; 0.6 s for 100,000
   records of 1 KB, warm cache), on an object store one ranged request of 64 KiB, which holds the headers of the small records
-  that fit in it; at most MAX_READS such requests for all the files of a run (16 files at a time), past which the
-  files are left uncounted rather than slow to plan.
+  that fit in it; at most MAX_READS such requests for all the files of a run (16 files at a time), its Arrow IPC
+  files' headers with them (`read_budget`), past which the files are left uncounted rather than slow to plan.
 - A GZIP or ZLIB file cannot be counted without decompressing it whole: it is not counted (`CountProblem`), nor is a
   file whose headers do not add up to its size (damaged, cut short, or changed since it was listed)."""
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.sources.crc32c import masked_crc32c
+from pipeline.sources.read_budget import BudgetSpent, ReadBudget
 from pipeline.sources.tfds_metadata import DATASET_INFO, Shard, TfdsProblem, listed_shards, read_json
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import local_file_path, storage_path, with_retries
@@ -30,9 +30,6 @@ from pipeline.storage import local_file_path, storage_path, with_retries
 HEADER_BYTES = 12  # a record's length (8) and its masked CRC (4); its data's CRC (4) follows the data
 FRAMING_BYTES = 16
 BLOCK = 64 * 2**10  # what one ranged request takes on an object store
-# The ranged requests all of a run's files may take on an object store: at 20 ms a request and 16 at a time, about
-# 13 s of planning. A data set of large images takes one a record: 10,000 records in all.
-MAX_READS = 10_000
 READERS = 16  # files counted at once, as the progress total reads Parquet footers (`job.progress_total`)
 
 ReadAt = Callable[[int, int], bytes]  # (offset, length) -> the bytes there, fewer at the file's end
@@ -40,20 +37,6 @@ ReadAt = Callable[[int, int], bytes]  # (offset, length) -> the bytes there, few
 
 class CountProblem(ValueError):
     """A TFRecord file whose records cannot be counted before it is read, and why."""
-
-
-class ReadBudget:
-    """The ranged requests left to the counting of a run's files (MAX_READS), shared by the threads counting them."""
-
-    def __init__(self, reads: int = MAX_READS) -> None:
-        self.left, self._lock = reads, threading.Lock()
-
-    def take(self) -> None:
-        with self._lock:
-            if self.left <= 0:
-                raise CountProblem(f"its headers would take more than the {MAX_READS:,} requests allowed to count "
-                                   "a run's TFRecord files")
-            self.left -= 1
 
 
 def count_framed(read_at: ReadAt, size: int, block: int, budget: ReadBudget | None = None) -> int:
@@ -66,7 +49,10 @@ def count_framed(read_at: ReadAt, size: int, block: int, budget: ReadBudget | No
     while at < size:
         if not start <= at or at + HEADER_BYTES > start + len(held):
             if budget is not None:
-                budget.take()
+                try:
+                    budget.take()
+                except BudgetSpent as err:
+                    raise CountProblem(str(err)) from err
             start, held = at, read_at(at, max(block, HEADER_BYTES))
             if len(held) < min(HEADER_BYTES, size - at):
                 raise CountProblem(f"it is shorter than listed ({at + len(held):,} of {size:,} bytes)")
@@ -109,15 +95,16 @@ def count_file(path: str, fs_opts: dict[str, Any], size: int | None, budget: Rea
     return count_framed(read_at, known, BLOCK, budget)
 
 
-def count_records(units: Sequence[ReadUnit], fs_opts: dict[str, Any]) -> dict[str, int] | None:
+def count_records(units: Sequence[ReadUnit], fs_opts: dict[str, Any],
+                  budget: ReadBudget | None = None) -> dict[str, int] | None:
     """The records of each of `units` (TFRecord files), by path, READERS files at a time, or None where any of them
-    cannot be counted (a compressed file, damage, a storage error, the requests spent): a total of some files alone
-    would be too small. The file's reading says what is wrong with it."""
+    cannot be counted (a compressed file, damage, a storage error, the requests of `budget` spent: a new one if none
+    is given): a total of some files alone would be too small. The file's reading says what is wrong with it."""
     if not units:
         return {}
     from concurrent.futures import ThreadPoolExecutor
 
-    budget = ReadBudget()
+    budget = budget if budget is not None else ReadBudget()
     try:
         known = tfds_counts(units, fs_opts)
 
