@@ -927,7 +927,8 @@ class StopRecorder:
             _write_summary(out, {
                 "status": status, **details, "this_run": done, "output_totals": totals,
                 "resume": self.advice(details.get("error") if status == "failed" else None),
-                "config": self.config.public(), "versions": versions(), "started": self.started, "stopped": time.time()},
+                "settings": plan.job_record["settings"], "config": self.config.public(), "versions": versions(),
+                "started": self.started, "stopped": time.time()},
                 so, run_history_path(out, self.started, self.lease.record["run_id"]))
         except Exception as err:  # noqa: BLE001 - a full disk: the stop is said all the same, with its exit status
             unwritten = f"; {out}/{SUMMARY_FILE} could not be written ({describe(err)}) and may still say 'running'"
@@ -1068,6 +1069,9 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                   "canvas_size": plan.canvas_size,
                   "flags": ckpt.config.to_flags(), "meta": ckpt.meta},
         "ray": _ray_summary(config, placement, threads, started_actors),
+        # the sampler's settings as run: `config` holds the options as given, where an unset start or schedule is
+        # null (the prior's own, resolved here)
+        "settings": plan.job_record["settings"],
         "config": config.public(),
         "versions": versions(),
         "started": started,

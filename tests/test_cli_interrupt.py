@@ -46,6 +46,7 @@ def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> N
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT", summary  # not "running" forever
     assert summary["versions"]["zip_purify"] == pipeline.__version__
+    assert summary["settings"]["steps"] == 2 and summary["settings"]["start"] == 1.0  # what ran, resolved
     # every visible file is whole, and the same command resumes: what is written is skipped, the rest is left to read
     written = sum(pq.read_metadata(p).num_rows for p in (out / "data").glob("part-*.parquet"))
     assert 0 < written < n, "the run finished before it could be interrupted"

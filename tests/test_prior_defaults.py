@@ -140,6 +140,10 @@ def test_the_job_starts_a_prior_of_max_timestep_within_its_range_and_says_so(tmp
     assert cli.main(small_job_argv(tmp_path, prior, "--steps", "20")) == 0
     assert capsys.readouterr().err.count("starts at t = 250") == 1
     assert json.loads((tmp_path / "out" / JOB_FILE).read_text())["settings"]["start"] == 0.25
+    # the summary says what ran, beside the options as given (start left out: null)
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["settings"]["start"] == 0.25 and summary["settings"]["schedule"] == "cosine"
+    assert summary["config"]["start"] is None
 
 
 def test_a_start_given_to_the_job_is_kept_and_refused_beyond_the_range(tmp_path: Path,
