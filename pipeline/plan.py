@@ -351,8 +351,8 @@ class JobPlan:
     # the records the dry run's TFRecord files hold (`tfrecord_count`), None where one of them cannot be counted
     # before it is read; not counted in a run (its progress total counts them)
     tfrecord_records: int | None = None
-    # a dry run whose Arrow IPC and TFRecord headers would take more requests than the run's budget (`read_budget`):
-    # the files past it are not counted, so their null image cells are unknown
+    # a dry run whose Arrow IPC headers would take more requests than the run's budget (`read_budget`): the files past
+    # it are not counted, so their null image cells are unknown (TFRecord files past it: `tfrecord_records` None)
     headers_over_budget: bool = False
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
@@ -537,6 +537,9 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     budget = ReadBudget()  # one for the dry run's headers, TFRecord's and Arrow IPC's, as a run's progress total
     no_image = parquet_rows_without_image([u for u in tables if not is_tfrecord(u.paths[0])], so, config.image_column,
                                           budget) if dry_run else {}
+    # taken before the TFRecord files draw on the same budget: their uncounted records are said apart (`_records`), and
+    # a budget they spend left no Arrow IPC file uncounted
+    ipc_over_budget = budget.spent
     records = _tfrecord_records([u for u in tables if is_tfrecord(u.paths[0])], so, budget) if dry_run else None
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
@@ -553,7 +556,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
-                   headers_over_budget=budget.spent,
+                   headers_over_budget=ipc_over_budget,
                    archive_metadata=zip_metadata_found(
                        [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
                        config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())

@@ -132,7 +132,8 @@ def prior_start(trained_up_to: Any, steps: int, num_steps: int = 1000) -> float:
     steps within it, as a fraction of T (0..299 at 20 steps: t = 250, start 0.25), which check_trained_timesteps
     takes. Where that is t = 0 (a range below the second step), trained_up_to / T runs that one step (start must be
     above 0: half a step for a range of t = 0 alone)."""
-    if not is_whole_number(trained_up_to):  # none recorded, or not a timestep (load_checkpoint refuses those)
+    if not is_whole_number(trained_up_to) or trained_up_to < 0:
+        # none recorded, or not a timestep (load_checkpoint refuses those; check_trained_timesteps a meta of one's own)
         return 1.0
     grid = run_timesteps(num_steps, steps, 1.0)
     within = [t for t in grid if t <= trained_up_to]
