@@ -243,7 +243,9 @@ def _message(read_at: _Reads, at: int, size: int, span: int | None = None) -> tu
     chunk = read_at(at, _PEEK, span)
     if len(chunk) < min(_PEEK, size - at):
         raise HeaderProblem("a file shorter than its size, as listed")
-    if len(chunk) < 4 or _unpack("<I", chunk, 0) == 0 or chunk[:8] == b"\xff\xff\xff\xff\x00\x00\x00\x00":
+    if len(chunk) < 4:  # no end marker, and bytes that are no message: the reading's reject after the rows before them
+        raise HeaderProblem(f"a stream that ends {len(chunk)} byte(s) into a message at byte {at}")
+    if _unpack("<I", chunk, 0) == 0 or chunk[:8] == b"\xff\xff\xff\xff\x00\x00\x00\x00":
         return None
     begin, n = _metadata_at(chunk)
     if not 0 < n <= MAX_METADATA or at + begin + n > size:

@@ -95,6 +95,24 @@ def _fixed_shape(field: pa.Field, ext: tuple[str, Any]) -> tuple[int, ...]:
                            "column with Ray 2.55 or later, or as encoded images") from err
 
 
+def _permutation(field: pa.Field) -> list[int] | None:
+    """The permutation of an Arrow fixed_shape_tensor column (its `shape` is the values' physical, row-major one), or
+    None. Applied here: pyarrow's own `FixedShapeTensorScalar.to_numpy` fails on one ('strides must not involve buffer
+    over run', pyarrow 26), which made every row of such a file a reject."""
+    ext = _extension(field)
+    if ext is None or ext[0] != ARROW_FIXED:
+        return None
+    found = ext[1]
+    if isinstance(found, pa.BaseExtensionType):
+        permutation = getattr(found, "permutation", None)
+    else:
+        try:
+            permutation = json.loads(found).get("permutation")
+        except (ValueError, AttributeError):
+            return None  # its shape could not be read either: `_fixed_shape` says so
+    return [int(n) for n in permutation] if permutation else None
+
+
 def _flat(cell: pa.Scalar, field: pa.Field) -> tuple[pa.Array, tuple[int, ...] | None]:
     """(the cell's values, flat, as Arrow holds them: nothing copied; its shape, None for nested lists whose rows
     differ in length)."""
@@ -151,12 +169,12 @@ def cell_pixels(cell: pa.Scalar, field: pa.Field) -> np.ndarray:
         raise ArrayProblem("nested lists whose rows differ in length, not an array")
     if values.null_count:
         raise ArrayProblem(f"an array of shape {shape} with {values.null_count} null value(s)")
-    if isinstance(cell, pa.FixedShapeTensorScalar):
-        pixels = cell.to_numpy()  # its permutation, if any, applied
-    else:
-        if len(values) != math.prod(shape):
-            raise ArrayProblem(f"{len(values)} values, which do not make its shape {shape}")
-        pixels = values.to_numpy(zero_copy_only=False).reshape(shape)
+    if len(values) != math.prod(shape):
+        raise ArrayProblem(f"{len(values)} values, which do not make its shape {shape}")
+    pixels = values.to_numpy(zero_copy_only=False).reshape(shape)
+    permutation = _permutation(field)
+    if permutation:  # logical dimension i is physical dimension permutation[i] (Arrow's fixed_shape_tensor)
+        pixels = pixels.transpose(permutation)
     shape = pixels.shape
     fits = (len(shape) == 2 or (len(shape) == 3 and shape[2] in _CHANNELS)) and 0 not in shape
     integers = pixels.dtype.kind in "iu"

@@ -101,6 +101,13 @@ def _values(kind: str, buf: memoryview) -> list[Any]:
     return values
 
 
+def _expect_message(wire: int, what: str) -> None:
+    """A field of an Example's messages (a map entry, its name or Feature, a Feature's list) of the wrong wire type is
+    damage, as a value of the wrong type is: skipped, it left a feature unnamed, empty or missing, the record read."""
+    if wire != LENGTH:
+        raise ExampleProblem(f"{what} of wire type {wire}, where a length-delimited field is")
+
+
 def parse_example(data: bytes | memoryview) -> dict[str, tuple[str | None, list[Any]]]:
     """A serialized tf.train.Example's features: name -> (kind, values), kind one of 'bytes_list', 'float_list',
     'int64_list', or None for a Feature holding none of them (no values). A name given twice keeps its last Feature,
@@ -111,13 +118,16 @@ def parse_example(data: bytes | memoryview) -> dict[str, tuple[str | None, list[
             raise ExampleProblem(f"it has a field {number} (wire type {wire}), where an Example has only its features "
                                  "(field 1): a tf.train.SequenceExample, or another message, is not read")
         for entry_number, entry_wire, entry in _fields(value):
-            if entry_number != 1 or entry_wire != LENGTH:
-                continue
+            if entry_number != 1:
+                continue  # a field Features does not have: skipped, as protobuf's readers skip it
+            _expect_message(entry_wire, "a feature")
             key, feature = b"", memoryview(b"")
             for n, w, v in _fields(entry):
-                if n == 1 and w == LENGTH:
+                if n == 1:
+                    _expect_message(w, "a feature's name")
                     key = bytes(v)
-                elif n == 2 and w == LENGTH:
+                elif n == 2:
+                    _expect_message(w, "a feature's value")
                     feature = v
             try:
                 name = key.decode("utf-8")
@@ -125,7 +135,8 @@ def parse_example(data: bytes | memoryview) -> dict[str, tuple[str | None, list[
                 raise ExampleProblem(f"a feature name that is not UTF-8 text ({key!r})") from err
             kind, values = None, []
             for n, w, v in _fields(feature):
-                if n in FEATURE_KINDS and w == LENGTH:  # a oneof: the last one given is the one it holds
+                if n in FEATURE_KINDS:  # a oneof: the last one given is the one it holds
+                    _expect_message(w, f"a feature's {FEATURE_KINDS[n]}")
                     kind, values = FEATURE_KINDS[n], _values(FEATURE_KINDS[n], v)
             features[name] = (kind, values)
     return features
