@@ -322,8 +322,13 @@ def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None
     if first > trained_up_to:
         raise ValueError(f"this prior was trained only on timesteps 0..{trained_up_to} (train_prior.py --max-timestep), "
                          f"but these settings start at t = {first}: use start ≤ {trained_up_to / num_steps:g} "
-                         "(--start), leave start out to start at the largest its range allows, or use a prior trained "
-                         "on every timestep")
+                         "(--start, which also replaces a recipe's start), leave start out to start at the largest its "
+                         f"range allows (and the recipes that set one: {', '.join(_RECIPES_WITH_START)}), or use a "
+                         "prior trained on every timestep")
+
+
+# The recipes that set a start: a range-limited prior's refusal names them (a start left out is not left out with them)
+_RECIPES_WITH_START = tuple(name for name, recipe in RECIPES.items() if "start" in recipe.values)
 
 
 def prior_range_note(meta: dict[str, Any], settings: ZipSettings) -> str | None:

@@ -159,7 +159,10 @@ def test_a_start_given_to_the_job_is_kept_and_refused_beyond_the_range(tmp_path:
     assert "starts at t =" not in capsys.readouterr().err  # given: nothing to say
     # --recipe low-asr sets start 0.3 (t = 300 at its 50 steps): given, so refused, not moved into the range
     assert cli.main(small_job_argv(tmp_path, prior, "--recipe", "low-asr", "--steps", "50", "--dry-run")) == 2
-    assert "start at t = 300" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the advice fits a recipe's start too: leaving --start out alone would not leave it out
+    assert "start at t = 300" in err and "which also replaces a recipe's start" in err, err
+    assert "and the recipes that set one: fast, low-asr" in err, err
     # a --config file without start is the prior's range; one with start gives it
     config = tmp_path / "job.yaml"
     config.write_text("steps: 20\n")
