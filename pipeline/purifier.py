@@ -29,7 +29,16 @@ from pipeline.operators import make_operators
 from pipeline.progress import progress_bar
 from pipeline.sampler import SAMPLERS, Guidance, Noise, run_timesteps
 from pipeline.schedule import NoiseSchedule
-from pipeline.settings import PRECISIONS, ZipSettings, check_trained_timesteps, checked_device, is_whole_number, seed_problem
+from pipeline.settings import (
+    PRECISIONS,
+    PriorRangeNote,
+    ZipSettings,
+    check_trained_timesteps,
+    checked_device,
+    is_whole_number,
+    prior_range_note,
+    seed_problem,
+)
 from pipeline.tiling import MosaicLayout, pack, plan_layout, unpack
 
 
@@ -81,7 +90,10 @@ class Purifier:
                             f"ZipSettings.recipe('fast'), got {type(settings).__name__}")
         # an unset noise schedule and start are the prior's own (`ZipSettings.for_prior`): its recorded schedule and
         # trained timesteps, else linear from pure noise; the settings kept (and described) are the resolved ones
-        self.settings = (settings or ZipSettings()).for_prior(checkpoint.meta if checkpoint else {})
+        meta = checkpoint.meta if checkpoint else {}
+        self.settings = (settings or ZipSettings()).for_prior(meta)
+        if (settings is None or settings.start is None) and (note := prior_range_note(meta, self.settings)):
+            warnings.warn(note, PriorRangeNote, stacklevel=2)
         if device is None:
             # where the model is: a notebook that purifies with the model it trains on a GPU found that model moved to
             # the CPU (model.to, in place) by the former default, device="cpu", and its next training step failed

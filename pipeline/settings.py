@@ -331,6 +331,12 @@ def check_trained_timesteps(meta: dict[str, Any], settings: ZipSettings) -> None
 _RECIPES_WITH_START = tuple(name for name, recipe in RECIPES.items() if "start" in recipe.values)
 
 
+class PriorRangeNote(UserWarning):
+    """A purifier built without a start, for a prior trained on part of the timesteps, samples from a lower one than
+    the paper's (`prior_range_note` says which). A warning, so that a Python caller sees it once; the job and the
+    evaluation print it themselves, once a run, and silence it in their workers."""
+
+
 def prior_range_note(meta: dict[str, Any], settings: ZipSettings) -> str | None:
     """What a start left out resolved to (`settings`, from `for_prior`) for a prior trained on part of the timesteps
     (train_prior.py --max-timestep), for the user to read once; None where it is 1 (the paper's: nothing to say)."""

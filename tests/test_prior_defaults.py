@@ -5,6 +5,7 @@ unless the user worked out a --start within its range by hand."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pipeline.model import UNetConfig, build_unet
 from pipeline.output import JOB_FILE
 from pipeline.plan import plan_job
 from pipeline.sampler import run_timesteps
-from pipeline.settings import check_trained_timesteps
+from pipeline.settings import PriorRangeNote, check_trained_timesteps
 from tests.jobutil import TINY_FLAGS, image_folder, load_job_script, small_job_argv, small_job_config
 
 
@@ -106,9 +107,11 @@ def test_the_start_a_prior_allows_is_one_its_check_accepts_and_loses_no_step(ste
 
 def test_the_api_starts_a_prior_of_max_timestep_within_its_range(tmp_path: Path) -> None:
     prior = _prior(tmp_path, max_timestep=299)
-    purifier = Purifier.from_checkpoint(prior, device="cpu")  # before: refused, "use start ≤ 0.299"
+    with pytest.warns(PriorRangeNote, match=r"trained only on timesteps 0\.\.299.*starts at t = 250"):
+        purifier = Purifier.from_checkpoint(prior, device="cpu")  # before: refused, "use start ≤ 0.299"
     assert purifier.settings.start == 0.25 and purifier.description["settings"]["start"] == 0.25
-    assert Purifier.from_checkpoint(prior, device="cpu", sampler="ddpm", steps=50).settings.start == 0.28
+    with pytest.warns(PriorRangeNote):
+        assert Purifier.from_checkpoint(prior, device="cpu", sampler="ddpm", steps=50).settings.start == 0.28
     assert Purifier.from_checkpoint(prior, device="cpu", start=0.1).settings.start == 0.1  # given: kept
     with pytest.raises(ValueError, match=r"trained only on timesteps 0\.\.299.*start at t = 950.*start ≤ 0\.299"):
         Purifier.from_checkpoint(prior, device="cpu", start=1.0)  # given beyond it: refused as before
@@ -118,6 +121,19 @@ def test_the_api_starts_a_prior_of_max_timestep_within_its_range(tmp_path: Path)
     purifier([np.zeros((8, 8, 3), np.uint8)])
     purifier.purify_tensor(torch.zeros(1, 3, 32, 32), progress=lambda i, n: steps.append(n))
     assert steps == [6] * 6  # t = 250, 200, ..., 0
+
+
+def test_the_api_says_once_which_start_it_chose_for_a_range_limited_prior_and_nothing_otherwise(tmp_path: Path) -> None:
+    limited, full = _prior(tmp_path, "limited.pt", max_timestep=299), _prior(tmp_path, "full.pt")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        Purifier.from_checkpoint(limited, device="cpu", start=0.1)  # chosen by the caller: nothing to say
+        Purifier.from_checkpoint(limited, device="cpu", settings=ZipSettings(start=0.2))
+        Purifier.from_checkpoint(full, device="cpu")  # from pure noise, the paper's: nothing to say
+        loaded = load_checkpoint(limited)
+        Purifier(loaded.model, ZipSettings(steps=20), checkpoint=loaded)
+    assert [(w.category, "starts at t = 250" in str(w.message), "give a start" in str(w.message)) for w in seen] == [
+        (PriorRangeNote, True, True)]
 
 
 # --- the job ---------------------------------------------------------------------------------------------------------
