@@ -732,6 +732,15 @@ def unpurified_warning(columns: dict[str, int]) -> str:
             "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
 
 
+def case_twins_warning(twins: list[list[str]]) -> str:
+    """The warning for data/ columns whose names differ only in case (`output.columns_differing_in_case`)."""
+    listed = "; ".join(" and ".join(terminal_text(name) for name in names) for names in twins)
+    return (f"warning: data/ holds columns whose names differ only in case: {listed}. DuckDB, Spark, Hive, Athena and "
+            "BigQuery take column names without case, and fail on such files or read one column for the other: rename "
+            "one in the input and make the output again with --overwrite, or read it with case-sensitive names "
+            "(Spark: spark.sql.caseSensitive=true). Per run: this_run.columns_differing_in_case")
+
+
 def _overwrite_file(args: argparse.Namespace, config: JobConfig | None) -> str | None:
     """The --config file that gives an --overwrite run its overwrite: true, else None: with the --overwrite flag given
     too, the command without the flag still overwrites, as the file says so (the stopped run's advice named the flag
@@ -861,6 +870,8 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
         print(_downscaled_warning(shrunk, summary["model"]["canvas_size"]), file=sys.stderr)
     if run.get("unpurified_image_columns"):
         print(unpurified_warning(run["unpurified_image_columns"]), file=sys.stderr)
+    if run.get("columns_differing_in_case"):
+        print(case_twins_warning(run["columns_differing_in_case"]), file=sys.stderr)
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         print(_retried_line(retried))

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import unicodedata
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from pipeline import cli
 from pipeline.job import run_job
 from pipeline.plan import plan_job
 from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes, zip_bytes
@@ -60,3 +63,54 @@ def test_a_row_that_would_name_two_images_or_an_image_another_row_names_is_joine
         f"train/metadata.csv: {NFC} (names train/cafe\\u0301.png in another Unicode normalization, as another row "
         "does: each image takes one row)"]
 
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_column_named_in_another_case_beside_a_rows_own_is_renamed_as_one_of_the_same_name(tmp_path, model) -> None:
+    inp = tmp_path / "in"
+    # a tar key's .cls gives `label` and its .json `note`: the .json's `Label` and a metadata row's `NOTE` are kept
+    (inp / "Label=x").mkdir(parents=True)
+    (inp / "s.tar").write_bytes(tar_bytes({"0.png": image_bytes(16, 16, 0), "0.cls": b"7",
+                                           "0.json": b'{"Label": "cat", "note": "n"}',
+                                           "metadata.csv": b"file_name,NOTE\n0.png,9\n"}))
+    # --labels-from-folders gives `label`: a metadata row's `Label` and a partition folder's `Label=x` are kept too
+    (inp / "Label=x" / "cats").mkdir()
+    (inp / "Label=x" / "cats" / "0.png").write_bytes(image_bytes(16, 16, 1))
+    (inp / "Label=x" / "cats" / "metadata.csv").write_text("file_name,Label\n0.png,tabby\n")
+    run = run_job(small_job_config(tmp_path, model, labels_from_folders=True, partitioning="hive"))["this_run"]
+    assert (run["purified"], run["rejected"]) == (2, 0)
+    table = pq.read_table(str(tmp_path / "out" / "data"))
+    rows = {r["id"]: {k: v for k, v in r.items() if k in ("label", "json_Label", "note", "metadata_NOTE",
+                                                             "metadata_Label", "partition_Label") and v is not None}
+            for r in table.to_pylist()}
+    # `label` is text: the tar's 7 and the folder's `cats` share no other type
+    assert rows == {"s.tar/0": {"label": "7", "json_Label": "cat", "note": "n", "metadata_NOTE": 9},
+                    "Label=x/cats/0.png": {"label": "cats", "metadata_Label": "tabby", "partition_Label": "x"}}
+    assert len({name.lower() for name in table.column_names}) == len(table.column_names)
+    assert run["columns_differing_in_case"] == []
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_columns_of_different_inputs_differing_only_in_case_are_said_and_a_metadata_file_holding_both_is_a_reject(
+        tmp_path, model, capsys) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"image": [image_bytes(16, 16, 0)], "Score": [1]}), inp / "a.parquet")
+    pq.write_table(pa.table({"image": [image_bytes(16, 16, 1)], "score": [2]}), inp / "b.parquet")
+    (inp / "imgs").mkdir()
+    (inp / "imgs" / "0.png").write_bytes(image_bytes(16, 16, 2))
+    (inp / "imgs" / "metadata.jsonl").write_text('{"file_name": "0.png", "Caption": "a"}\n{"file_name": "1.png", '
+                                                 '"caption": "b"}\n')
+    config = small_job_config(tmp_path, model)
+    summary = run_job(config)
+    run = summary["this_run"]
+    assert (run["purified"], run["rejected"]) == (3, 1)
+    # kept as the inputs name them (each is that input's own), and said: the end of the run and the summary name them
+    assert run["columns_differing_in_case"] == [["Score", "score"]]
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert {"Score", "score"} <= set(data.columns) and "Caption" not in data.columns
+    assert list(rejects["id"]) == ["imgs/metadata.jsonl"]
+    assert rejects["error"][0].endswith("line 2: columns Caption and caption differ only in case, which readers that "
+                                        "ignore case (DuckDB, Spark, Hive, Athena) take for one column: rename one")
+    cli._print_run_summary(config, summary)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "warning: data/ holds columns whose names differ only in case: Score and score. DuckDB, Spark" in said

@@ -22,7 +22,8 @@ every image):
   lost, and the names tell the user what to fix;
 - an image named by two metadata files takes the row of the one nearest to it (the deeper folder);
 - a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
-  JSON object, no `file_name` column, a `file_name` that is not text, one named twice) is a reject saying what and on
+  JSON object, no `file_name` column, a `file_name` that is not text, one named twice, two columns whose names differ
+  only in case, which the output could not hold apart for case-blind readers) is a reject saying what and on
   which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns; once it is
   fixed and joined, a later run removes that reject (`plan.JobPlan.metadata_rejects`), and its images' rows are said
   changed (their stamps hold their rows' digests: `units.with_metadata_row`), for --refresh-changed to write again;
@@ -45,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.sources.records import passthrough_name
+from pipeline.sources.records import free_name, passthrough_name
 from pipeline.storage import describe
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
@@ -260,7 +261,12 @@ def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
         raise MetadataProblem(f"not UTF-8 text (byte {err.start} is not UTF-8)") from None
     rows, lines = _jsonl_rows(text) if name.lower().endswith(".jsonl") else _csv_rows(text)
     seen: dict[str, int] = {}
+    spelt: dict[str, str] = {}  # a column's name in lower case -> as the file first spells it (a CSV's: its header)
     for row, line in zip(rows, lines, strict=True):
+        for column in row:
+            first = spelt.setdefault(column.lower(), column)
+            if first != column:
+                raise MetadataProblem(f"line {line}: {_case_twins(first, column)}")
         value = row.get(FILE_NAME)
         if FILE_NAME not in row:
             raise MetadataProblem(f"line {line}: no {FILE_NAME} (the column naming each row's image file)")
@@ -271,6 +277,12 @@ def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
             raise MetadataProblem(f"lines {seen[key]} and {line} both name {value} (each image takes one row)")
         seen[key] = line
     return rows
+
+
+def _case_twins(first: str, second: str) -> str:
+    """What is said of two columns of a metadata file whose names differ only in case: the output would hold both."""
+    return (f"columns {first} and {second} differ only in case, which readers that ignore case (DuckDB, Spark, Hive, "
+            "Athena) take for one column: rename one")
 
 
 JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "true/false", type(None): "null"}
@@ -305,6 +317,10 @@ def _csv_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise MetadataProblem(f"line 1: column {', '.join(twice)} named twice")
+    spelt: dict[str, str] = {}
+    for name in header:
+        if spelt.setdefault(name.lower(), name) != name:
+            raise MetadataProblem(f"line 1: {_case_twins(spelt[name.lower()], name)}")
     cells, lines = [], []
     try:
         for row in reader:
@@ -342,6 +358,16 @@ def _typed(texts: list[str]) -> list[Any]:
             continue
         return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
     return column.to_pylist()
+
+
+def with_row(meta: dict[str, Any], row: dict[str, Any]) -> None:
+    """Add an image's metadata `row` to its columns `meta` (the folder's `label` of --labels-from-folders): a row's
+    column of the same name wins (written for this image, as datasets takes it; the folder's name stays in the id),
+    and one named so in another case (`Label`) gets `metadata_` before it, as beside a tar key's own columns: the
+    output keeps both, and case-blind readers do not take one for the other."""
+    taken = {column.lower() for column in meta}
+    for column, value in row.items():
+        meta[column if column in meta else free_name(column, taken, "metadata_")] = value
 
 
 def unit_metadata(paths: Iterable[str], found: FolderMetadata | None) -> str:
