@@ -651,6 +651,12 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], kind)} "
               f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' {source}) "
               f"and will be rejected, one reject each: {shown}{more}")
+    for twins in inp.get("columns_differing_in_case") or []:
+        named = " and ".join(f"{terminal_text(c)} ({terminal_text(f)})" for c, f in zip(twins["columns"], twins["files"],
+                                                                                       strict=True))
+        print(f"  warning: columns {named} differ only in case: the output keeps both, and DuckDB, Spark, Hive, Athena "
+              "and BigQuery take column names without case (they fail on such files or read one for the other): "
+              "rename one in the input, or read the output with case-sensitive names")
     if no_image.get("headers_over_budget"):  # counting them all would stall the planning on an object store
         print("  the rows without an image of some Arrow IPC files are unknown: their record batch headers would take "
               f"more than the {read_budget.MAX_READS:,} ranged requests allowed before a run (each such row is rejected "

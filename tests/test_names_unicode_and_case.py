@@ -90,22 +90,31 @@ def test_a_column_named_in_another_case_beside_a_rows_own_is_renamed_as_one_of_t
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_columns_of_different_inputs_differing_only_in_case_are_said_and_a_metadata_file_holding_both_is_a_reject(
+def test_parquet_columns_differing_only_in_case_are_said_before_and_after_and_a_metadata_file_holding_both_is_a_reject(
         tmp_path, model, capsys) -> None:
     inp = tmp_path / "in"
     inp.mkdir()
-    pq.write_table(pa.table({"image": [image_bytes(16, 16, 0)], "Score": [1]}), inp / "a.parquet")
+    pq.write_table(pa.table({"image": [image_bytes(16, 16, 0)], "Score": [1], "Note": ["x"], "note": ["y"]}),
+                   inp / "a.parquet")
     pq.write_table(pa.table({"image": [image_bytes(16, 16, 1)], "score": [2]}), inp / "b.parquet")
     (inp / "imgs").mkdir()
     (inp / "imgs" / "0.png").write_bytes(image_bytes(16, 16, 2))
     (inp / "imgs" / "metadata.jsonl").write_text('{"file_name": "0.png", "Caption": "a"}\n{"file_name": "1.png", '
                                                  '"caption": "b"}\n')
     config = small_job_config(tmp_path, model)
+    # the dry run reads the Parquet footers anyway: it names them before any work
+    described = plan_job(config, dry_run=True).describe()
+    assert described["input"]["columns_differing_in_case"] == [
+        {"columns": ["Note", "note"], "files": ["a.parquet", "a.parquet"]},
+        {"columns": ["Score", "score"], "files": ["a.parquet", "b.parquet"]}]
+    cli.print_plan(described)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: columns Score (a.parquet) and score (b.parquet) differ only in case: the output keeps both" in said
     summary = run_job(config)
     run = summary["this_run"]
     assert (run["purified"], run["rejected"]) == (3, 1)
     # kept as the inputs name them (each is that input's own), and said: the end of the run and the summary name them
-    assert run["columns_differing_in_case"] == [["Score", "score"]]
+    assert run["columns_differing_in_case"] == [["Note", "note"], ["Score", "score"]]
     data, rejects = read_output(str(tmp_path / "out"))
     assert {"Score", "score"} <= set(data.columns) and "Caption" not in data.columns
     assert list(rejects["id"]) == ["imgs/metadata.jsonl"]
@@ -113,4 +122,4 @@ def test_columns_of_different_inputs_differing_only_in_case_are_said_and_a_metad
                                         "ignore case (DuckDB, Spark, Hive, Athena) take for one column: rename one")
     cli._print_run_summary(config, summary)
     said = " ".join(capsys.readouterr().err.split())
-    assert "warning: data/ holds columns whose names differ only in case: Score and score. DuckDB, Spark" in said
+    assert "warning: data/ holds columns whose names differ only in case: Note and note; Score and score. DuckDB" in said
