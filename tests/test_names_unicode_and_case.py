@@ -43,6 +43,23 @@ def test_a_metadata_row_names_its_image_whichever_normalization_either_is_writte
         (f"d.tar/train/{key}", 5, in_csv), (f"d.zip/train/{on_disk}", 4, in_csv), (f"folder/{on_disk}", 3, in_csv)]
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_an_image_purified_without_the_row_its_other_spelling_names_is_said_changed_and_refreshed(tmp_path,
+                                                                                                  model) -> None:
+    # as an earlier version left it: the image purified without a row, its NFC row naming nothing
+    folder = tmp_path / "in" / "train"
+    folder.mkdir(parents=True)
+    (folder / NFD).write_bytes(image_bytes(16, 16, 0))
+    (folder / "metadata.csv").write_text("file_name,label\nother.png,3\n", encoding="utf-8")
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 1
+    (folder / "metadata.csv").write_text(f"file_name,label\n{NFC},3\n", encoding="utf-8")
+    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (dry["image_files_metadata_changed"], dry["examples"]) == (1, [f"train/{NFD}"])
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    assert summary["this_run"]["refreshed"]["rows_replaced"] == 1
+    data, _ = read_output(str(tmp_path / "out"))
+    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 3)]
+
 def test_a_row_that_would_name_two_images_or_an_image_another_row_names_is_joined_to_none_and_said(tmp_path,
                                                                                                      model) -> None:
     # 'ẹ́' has three spellings: composed (NFC), decomposed (NFD), and 'é' with the dot below after it (neither)
