@@ -140,3 +140,15 @@ def test_parquet_columns_differing_only_in_case_are_said_before_and_after_and_a_
     cli._print_run_summary(config, summary)
     said = " ".join(capsys.readouterr().err.split())
     assert "warning: data/ holds columns whose names differ only in case: Note and note; Score and score. DuckDB" in said
+
+
+@pytest.mark.parametrize(("name", "text", "said"), [
+    ("metadata.csv", "file_name,Label,label\n0.png,1,2\n", "line 1: columns Label and label differ only in case"),
+    ("metadata.jsonl", '{"file_name": "0.png", "label": 1}\n\n{"file_name": "1.png", "LABEL": 2}\n',
+     "line 3: columns label and LABEL differ only in case"),
+])
+def test_a_metadata_file_with_columns_differing_only_in_case_cannot_be_joined(name: str, text: str, said: str) -> None:
+    from pipeline.sources.folder_metadata import MetadataProblem, parse_metadata
+
+    with pytest.raises(MetadataProblem, match=said):
+        parse_metadata(name, text.encode())

@@ -261,12 +261,7 @@ def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
         raise MetadataProblem(f"not UTF-8 text (byte {err.start} is not UTF-8)") from None
     rows, lines = _jsonl_rows(text) if name.lower().endswith(".jsonl") else _csv_rows(text)
     seen: dict[str, int] = {}
-    spelt: dict[str, str] = {}  # a column's name in lower case -> as the file first spells it (a CSV's: its header)
     for row, line in zip(rows, lines, strict=True):
-        for column in row:
-            first = spelt.setdefault(column.lower(), column)
-            if first != column:
-                raise MetadataProblem(f"line {line}: {_case_twins(first, column)}")
         value = row.get(FILE_NAME)
         if FILE_NAME not in row:
             raise MetadataProblem(f"line {line}: no {FILE_NAME} (the column naming each row's image file)")
@@ -291,6 +286,7 @@ JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool
 def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
     """A JSON Lines file's objects, and the line of each (blank lines skipped)."""
     rows, lines = [], []
+    spelt: dict[str, str] = {}  # a column's name in lower case -> as the file first spells it (its rows may differ)
     # split at line feeds alone: str.splitlines also splits at U+2028 and the like, which a JSON string may hold
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -301,6 +297,9 @@ def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
             raise MetadataProblem(f"line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(row, dict):
             raise MetadataProblem(f"line {number}: a JSON {JSON_KINDS.get(type(row), 'value')}, not an object of columns")
+        for column in row:
+            if spelt.setdefault(column.lower(), column) != column:
+                raise MetadataProblem(f"line {number}: {_case_twins(spelt[column.lower()], column)}")
         rows.append(row)
         lines.append(number)
     return rows, lines
@@ -365,9 +364,9 @@ def with_row(meta: dict[str, Any], row: dict[str, Any]) -> None:
     column of the same name wins (written for this image, as datasets takes it; the folder's name stays in the id),
     and one named so in another case (`Label`) gets `metadata_` before it, as beside a tar key's own columns: the
     output keeps both, and case-blind readers do not take one for the other."""
-    taken = {column.lower() for column in meta}
+    own, taken = set(meta), {column.lower() for column in meta}
     for column, value in row.items():
-        meta[column if column in meta else free_name(column, taken, "metadata_")] = value
+        meta[column if column in own else free_name(column, taken, "metadata_")] = value
 
 
 def unit_metadata(paths: Iterable[str], found: FolderMetadata | None) -> str:
