@@ -651,6 +651,12 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], kind)} "
               f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' {source}) "
               f"and will be rejected, one reject each: {shown}{more}")
+    for twins in inp.get("columns_differing_in_case") or []:
+        named = " and ".join(f"{terminal_text(c)} ({terminal_text(f)})" for c, f in zip(twins["columns"], twins["files"],
+                                                                                       strict=True))
+        print(f"  warning: columns {named} differ only in case: the output keeps both, and DuckDB, Spark, Hive, Athena "
+              "and BigQuery take column names without case (they fail on such files or read one for the other): "
+              "rename one in the input, or read the output with case-sensitive names")
     if no_image.get("headers_over_budget"):  # counting them all would stall the planning on an object store
         print("  the rows without an image of some Arrow IPC files are unknown: their record batch headers would take "
               f"more than the {read_budget.MAX_READS:,} ranged requests allowed before a run (each such row is rejected "
@@ -730,6 +736,15 @@ def unpurified_warning(columns: dict[str, int]) -> str:
     return (f"warning: column(s) {listed} hold images that were copied as they came, NOT purified: only the image "
             "column is purified, so a trigger in these reaches the output too. Drop them before use, or purify them "
             "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
+
+
+def case_twins_warning(twins: list[list[str]]) -> str:
+    """The warning for data/ columns whose names differ only in case (`output.columns_differing_in_case`)."""
+    listed = "; ".join(" and ".join(terminal_text(name) for name in names) for names in twins)
+    return (f"warning: data/ holds columns whose names differ only in case: {listed}. DuckDB, Spark, Hive, Athena and "
+            "BigQuery take column names without case, and fail on such files or read one column for the other: rename "
+            "one in the input and make the output again with --overwrite, or read it with case-sensitive names "
+            "(Spark: spark.sql.caseSensitive=true). Per run: this_run.columns_differing_in_case")
 
 
 def _overwrite_file(args: argparse.Namespace, config: JobConfig | None) -> str | None:
@@ -861,6 +876,8 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
         print(_downscaled_warning(shrunk, summary["model"]["canvas_size"]), file=sys.stderr)
     if run.get("unpurified_image_columns"):
         print(unpurified_warning(run["unpurified_image_columns"]), file=sys.stderr)
+    if run.get("columns_differing_in_case"):
+        print(case_twins_warning(run["columns_differing_in_case"]), file=sys.stderr)
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         print(_retried_line(retried))

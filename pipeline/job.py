@@ -53,6 +53,7 @@ from pipeline.output import (
     SUMMARY_FILE,
     OutputRows,
     clear_output,
+    columns_differing_in_case,
     deduplicate_output,
     drop_superseded_rows,
     part_file_ids,
@@ -610,10 +611,12 @@ def _run(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | N
         rows = deduplicate_output(out, so, written=tally.files, retried=plan.retry, resolved=stale.all,
                                   journal=plan.refresh.rows if plan.refresh else None)
         retyped = unify_output_types(out, so, rows.data_schemas)
+        case_twins = columns_differing_in_case(rows.data_schemas.values())
         # 5. The summary, still as a stopped run's until it is written: a SIGTERM here, or a summary that cannot be
         # written (a full disk), is recorded as "interrupted" or "failed" (exit status 143 or 1) rather than leaving
         # "running" behind, or exit status 2 ("could not start"). Once written, a signal lets the run end as recorded.
-        summary = _summary(config, plan, placement, threads, started_actors, tally, rows, stale, retyped, wall, started)
+        summary = _summary(config, plan, placement, threads, started_actors, tally, rows, stale, retyped, wall, started,
+                           case_twins)
         if summary["status"] == "complete":
             recorded = _record_containers_read(out, so, plan, tally.read_whole, stale.all, rows.refresh_left)
             summary["this_run"]["containers_recorded"] = recorded
@@ -1012,7 +1015,8 @@ def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenS
 
 def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str] | None, threads: int | None,
              started_actors: int | None, tally: RunTally, rows: OutputRows, stale: StaleRejects,
-             retyped: dict[str, str], wall: float, started: float) -> dict[str, Any]:
+             retyped: dict[str, str], wall: float, started: float,
+             case_twins: list[list[str]] | None = None) -> dict[str, Any]:
     """The finished run's OUTPUT/_summary.json: this run's counts, the whole output's, the model and the cluster."""
     replaced = rows.retried_purified + rows.retried_rejected + rows.stale_rejects_removed + rows.refreshed
     resolved = stale.all
@@ -1051,6 +1055,8 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                                    "rows_kept": len(rows.refresh_left)},
                      # pass-through columns whose type differed between part files, and the one type they now have
                      "columns_retyped": retyped,
+                     # data/ columns whose names differ only in case, which case-blind readers take for one
+                     "columns_differing_in_case": case_twins or [],
                      # rejects/ files an older version wrote without a column (rejected_at), rewritten with it as nulls
                      "rejects_files_upgraded": rows.rejects_files_upgraded,
                      "wall_s": round(wall, 2),

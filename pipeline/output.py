@@ -718,6 +718,19 @@ def unify_output_types(output: str, storage_options: dict[str, Any],
         return {name: str(t) for name, t in common.items()}
 
 
+def columns_differing_in_case(schemas: Iterable[pa.Schema]) -> list[list[str]]:
+    """The data/ columns whose names differ only in case (each such set sorted, the sets by name): DuckDB, Spark, Hive,
+    Athena and BigQuery take column names without case, and fail on such a file or read one column for the other.
+    The readers name each row's columns apart where they meet in one row (a .json `Label` beside a .cls `label` is
+    json_Label); these come from different inputs (a Parquet file's `Label`, another's `label`) or from one input's
+    own columns (a Parquet file holding both), which the job keeps as they are."""
+    spellings: dict[str, set[str]] = {}
+    for schema in schemas:
+        for name in schema.names:
+            spellings.setdefault(name.lower(), set()).add(name)
+    return sorted(sorted(names) for names in spellings.values() if len(names) > 1)
+
+
 class _LossyCast(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)

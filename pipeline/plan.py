@@ -354,6 +354,8 @@ class JobPlan:
     # a dry run whose Arrow IPC headers would take more requests than the run's budget (`read_budget`): the files past
     # it are not counted, so their null image cells are unknown (TFRecord files past it: `tfrecord_records` None)
     headers_over_budget: bool = False
+    # a dry run's Parquet and Arrow IPC files' pass-through columns whose names differ only in case (`column_case_twins`)
+    case_twins: list[dict[str, Any]] = field(default_factory=list)
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
     refresh: Journal | None = None
@@ -405,7 +407,10 @@ class JobPlan:
                       **({"folder_metadata": report} if (report := self.folder_metadata_report()) else {}),
                       # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
                       # image cell is null, each rejected when read
-                      "parquet_rows_without_image": self._rows_without_image()},
+                      "parquet_rows_without_image": self._rows_without_image(),
+                      # by the same footers and headers: the files' own columns whose names differ only in case, which
+                      # the output keeps as they are and case-blind readers take for one (`column_case_twins`)
+                      "columns_differing_in_case": self.case_twins},
         }
 
     def folder_metadata_report(self, archives: ArchiveMetadata | None = None) -> dict[str, Any] | None:
@@ -535,8 +540,9 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     containers = _containers_left(kept_units, output, ledger)
     tables = [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread]
     budget = ReadBudget()  # one for the dry run's headers, TFRecord's and Arrow IPC's, as a run's progress total
+    columns: dict[str, list[str]] = {}
     no_image = parquet_rows_without_image([u for u in tables if not is_tfrecord(u.paths[0])], so, config.image_column,
-                                          budget) if dry_run else {}
+                                          budget, columns) if dry_run else {}
     # taken before the TFRecord files draw on the same budget: their uncounted records are said apart (`_records`), and
     # a budget they spend left no Arrow IPC file uncounted
     ipc_over_budget = budget.spent
@@ -556,7 +562,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
-                   headers_over_budget=ipc_over_budget,
+                   headers_over_budget=ipc_over_budget, case_twins=column_case_twins(columns, tables),
                    archive_metadata=zip_metadata_found(
                        [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
                        config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
@@ -593,18 +599,36 @@ def _retried_in_same(inputs: list[ReadUnit], members: dict[str, tuple[str, str]]
 
 
 def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None,
-                               budget: ReadBudget | None = None) -> dict[str, int]:
+                               budget: ReadBudget | None = None, columns: dict[str, list[str]] | None = None,
+                               ) -> dict[str, int]:
     """Of these Parquet and Arrow IPC files, those whose footer statistics (record batch headers) give rows a null
     image cell, with how many (`rows_without_image`: the footer, or the headers, alone are read; the headers' ranged
     requests taken from `budget`, past which an IPC file is not counted). Each such row is a reject of the run, which
     a dry run warns of: a file whose image column is mostly null is otherwise found out only by a run's count of
-    rejects."""
+    rejects. `columns` (path -> names), when given, gets each file's pass-through columns from the same reads."""
     from concurrent.futures import ThreadPoolExecutor
 
     budget = budget if budget is not None else ReadBudget()
-    with ThreadPoolExecutor(max_workers=FOOTER_READS) as pool:
-        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget), units)
+    with ThreadPoolExecutor(max_workers=FOOTER_READS) as pool:  # each file's thread sets its own key of `columns`
+        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget, columns), units)
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
+
+
+def column_case_twins(columns: dict[str, list[str]], units: list[ReadUnit]) -> list[dict[str, Any]]:
+    """Of the Parquet and Arrow IPC files' pass-through columns (`columns`: path -> names, as the output names them),
+    each set whose names differ only in case, with the first file holding each name (its id): DuckDB, Spark, Hive,
+    Athena and BigQuery take them for one column, and the run keeps them as the files name them (`output.
+    columns_differing_in_case` says so again at its end, of all of data/)."""
+    roots = {u.paths[0]: u.root for u in units}
+    first: dict[str, str] = {}  # name -> the first file (id) holding it
+    for path in sorted(columns):
+        for name in columns[path]:
+            first.setdefault(name, relative_id(path, roots.get(path, "")))
+    spellings: dict[str, list[str]] = {}
+    for name in sorted(first):
+        spellings.setdefault(name.lower(), []).append(name)
+    return [{"columns": names, "files": [first[n] for n in names]} for names in sorted(spellings.values())
+            if len(names) > 1]
 
 
 def _journal(output: _OutputDone, changes: ChangedInputs, final: InputRecord) -> Journal:

@@ -9,7 +9,11 @@ The rules, where `datasets.load_dataset("imagefolder", ...)` is followed and whe
 every image):
 - the names are `metadata.csv` and `metadata.jsonl` (case does not count), in any folder of the input; `file_name`
   is resolved against the metadata file's own folder (a `\\` read as `/`, `./` and `x/../` dropped), so a metadata
-  file names images in its folder and the folders below it;
+  file names images in its folder and the folders below it; a name matches as written, else the one image whose
+  name is equal to it in Unicode's NFC form (macOS writes 'é' decomposed, a CSV typed elsewhere mostly composed: the
+  two look alike), unless another row of the file names that image too, or two images are equal to it so
+  (`_matched`): such a row is joined to nothing, its example saying why, never to one of them by chance; ids and
+  file_name are kept as written;
 - a row's columns are the image's, `file_name` included (datasets turns it into the image column; here the row's id
   says the path from the input's root, `file_name` the path the metadata file gave). A column named like one of the
   job's gets `input_` before it (`records.passthrough_name`), as any input's own column;
@@ -18,7 +22,8 @@ every image):
   lost, and the names tell the user what to fix;
 - an image named by two metadata files takes the row of the one nearest to it (the deeper folder);
 - a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
-  JSON object, no `file_name` column, a `file_name` that is not text, one named twice) is a reject saying what and on
+  JSON object, no `file_name` column, a `file_name` that is not text, one named twice, two columns whose names differ
+  only in case, which the output could not hold apart for case-blind readers) is a reject saying what and on
   which line (`FolderMetadata.rejects`), and the images it would name are purified without its columns; once it is
   fixed and joined, a later run removes that reject (`plan.JobPlan.metadata_rejects`), and its images' rows are said
   changed (their stamps hold their rows' digests: `units.with_metadata_row`), for --refresh-changed to write again;
@@ -33,14 +38,15 @@ import io
 import json
 import math
 import posixpath
-from collections.abc import Callable, Iterable
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.sources.records import passthrough_name
+from pipeline.sources.records import free_name, passthrough_name
 from pipeline.storage import describe
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
@@ -143,6 +149,7 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
     keyed by full paths. `read` gives a file's bytes from its full path (an error it raises makes that file a reject).
     Matched by id, the path below the input's root that the run names a file by (a web folder's escapes decoded)."""
     found.reset()
+    spellings = _Spellings(images)
     by_image: dict[str, tuple[int, dict[str, Any]]] = {}  # path -> (depth of its metadata file's folder, columns)
     rejected: dict[str, int] = {}  # folder id of a metadata file that cannot be joined -> its depth
     # deeper folders last: an image named twice takes the nearest metadata file's row
@@ -162,12 +169,11 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
         found.joined_ids.append(id_)
         folder = posixpath.dirname(id_)
         found.folders.add(folder)
-        for row in rows:
-            image = images.get(_resolved(folder, row[FILE_NAME]))
+        for row, image, why in _matched(rows, folder, images, spellings):
             if image is None:
                 found.unmatched += 1
                 if len(found.unmatched_examples) < UNMATCHED_EXAMPLES:
-                    found.unmatched_examples.append(f"{id_}: {row[FILE_NAME]}")
+                    found.unmatched_examples.append(f"{id_}: {row[FILE_NAME]}{why}")
                 continue
             by_image[image] = (id_.count("/"), {passthrough_name(k): v for k, v in row.items()})
     found.rows = {image: columns for image, (_, columns) in by_image.items()}
@@ -184,6 +190,61 @@ def _nearest_rejected(id_: str, rejected: dict[str, int]) -> int:
         if not folder:
             return deepest
         folder = posixpath.dirname(folder)
+
+
+class _Spellings:
+    """The listed ids by their NFC form, made at the first row whose name matches no id as it is written: macOS
+    writes names decomposed (NFD: 'e' and a combining accent), a CSV typed elsewhere mostly holds them composed (NFC),
+    and the two look alike. Only non-ASCII ids are indexed (an ASCII name is its own NFC form)."""
+
+    def __init__(self, images: dict[str, str]) -> None:
+        self.images = images
+        self.index: dict[str, list[str]] | None = None
+
+    def alike(self, id_: str) -> list[str]:
+        """The listed ids equal to `id_` under NFC, sorted (`id_` is none of them)."""
+        if self.index is None:
+            self.index = {}
+            for name in self.images:
+                if not name.isascii():
+                    self.index.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+        key = unicodedata.normalize("NFC", id_)
+        return sorted({*self.index.get(key, ()), *([key] if key in self.images else [])})
+
+
+def _matched(rows: list[dict[str, Any]], folder: str, images: dict[str, str], spellings: _Spellings,
+             ) -> Iterator[tuple[dict[str, Any], str | None, str]]:
+    """Each row of one metadata file in `folder` with the listed image (full path) it is joined to, or None and why
+    not (for the example of a row joined to nothing: '' when it names no file). A row names the id its file_name
+    resolves to, as written, else the one id equal to it under NFC, unless another row of the file names that one
+    (as written, or so too: each image takes one row) or several ids are (files named alike in two normalizations):
+    such a row goes to none of them, rather than to one by chance."""
+    exact: set[str] = set()
+    loose: dict[str, list[int]] = {}  # id -> the rows naming it under NFC alone
+    found: list[tuple[dict[str, Any], str | None, str]] = []
+    for n, row in enumerate(rows):
+        id_ = _resolved(folder, row[FILE_NAME])
+        if id_ in images:
+            exact.add(id_)
+            found.append((row, images[id_], ""))
+            continue
+        alike = [] if id_.isascii() else spellings.alike(id_)  # an ASCII name is its own NFC form
+        if len(alike) == 1:
+            loose.setdefault(alike[0], []).append(n)
+            found.append((row, alike[0], ""))
+        elif alike:
+            found.append((row, None, f" ({len(alike)} image files have this name in other Unicode normalizations, so "
+                                     f"it is joined to none: {', '.join(ascii(a)[1:-1] for a in alike)})"))
+        else:
+            found.append((row, None, ""))
+    for id_, named in loose.items():
+        for n in named:
+            if id_ in exact or len(named) > 1:
+                found[n] = (rows[n], None, f" (names {ascii(id_)[1:-1]} in another Unicode normalization, as another "
+                                           f"row does: each image takes one row)")
+            else:
+                found[n] = (rows[n], images[id_], "")
+    yield from found
 
 
 def _resolved(folder: str, file_name: str) -> str:
@@ -213,12 +274,19 @@ def parse_metadata(name: str, data: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+def _case_twins(first: str, second: str) -> str:
+    """What is said of two columns of a metadata file whose names differ only in case: the output would hold both."""
+    return (f"columns {first} and {second} differ only in case, which readers that ignore case (DuckDB, Spark, Hive, "
+            "Athena) take for one column: rename one")
+
+
 JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "true/false", type(None): "null"}
 
 
 def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
     """A JSON Lines file's objects, and the line of each (blank lines skipped)."""
     rows, lines = [], []
+    spelt: dict[str, str] = {}  # a column's name in lower case -> as the file first spells it (its rows may differ)
     # split at line feeds alone: str.splitlines also splits at U+2028 and the like, which a JSON string may hold
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -229,6 +297,9 @@ def _jsonl_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
             raise MetadataProblem(f"line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(row, dict):
             raise MetadataProblem(f"line {number}: a JSON {JSON_KINDS.get(type(row), 'value')}, not an object of columns")
+        for column in row:
+            if spelt.setdefault(column.lower(), column) != column:
+                raise MetadataProblem(f"line {number}: {_case_twins(spelt[column.lower()], column)}")
         rows.append(row)
         lines.append(number)
     return rows, lines
@@ -245,6 +316,10 @@ def _csv_rows(text: str) -> tuple[list[dict[str, Any]], list[int]]:
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise MetadataProblem(f"line 1: column {', '.join(twice)} named twice")
+    spelt: dict[str, str] = {}
+    for name in header:
+        if spelt.setdefault(name.lower(), name) != name:
+            raise MetadataProblem(f"line 1: {_case_twins(spelt[name.lower()], name)}")
     cells, lines = [], []
     try:
         for row in reader:
@@ -282,6 +357,16 @@ def _typed(texts: list[str]) -> list[Any]:
             continue
         return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
     return column.to_pylist()
+
+
+def with_row(meta: dict[str, Any], row: dict[str, Any]) -> None:
+    """Add an image's metadata `row` to its columns `meta` (the folder's `label` of --labels-from-folders): a row's
+    column of the same name wins (written for this image, as datasets takes it; the folder's name stays in the id),
+    and one named so in another case (`Label`) gets `metadata_` before it, as beside a tar key's own columns: the
+    output keeps both, and case-blind readers do not take one for the other."""
+    own, taken = set(meta), {column.lower() for column in meta}
+    for column, value in row.items():
+        meta[column if column in own else free_name(column, taken, "metadata_")] = value
 
 
 def unit_metadata(paths: Iterable[str], found: FolderMetadata | None) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.sources.file_bytes import ImageTooLarge, NotAFile, read_bytes
-from pipeline.sources.folder_metadata import sent_metadata
+from pipeline.sources.folder_metadata import sent_metadata, with_row
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import _image_record, reject_record
 from pipeline.sources.units import ReadUnit
@@ -42,7 +42,7 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
             meta["label"] = posixpath.basename(parent) if parent else None
         # a metadata row's label wins over the folder's: written for this image, as datasets takes it (the folder's
         # name stays in the id)
-        meta.update(rows.get(path, {}))
+        with_row(meta, rows.get(path, {}))
         if path.endswith("/"):  # `discover` keeps such a key when it holds bytes: no folder marker, but unreadable
             yield reject_record(id_, path, f"not read: an object whose key ends in '/' holding {size} bytes (a folder "
                                 "marker holds none); s3fs drops the '/' and cannot read it: copy it to a key without "

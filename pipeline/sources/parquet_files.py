@@ -149,18 +149,23 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
 
 
 def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str | None,
-                       budget: ReadBudget | None = None) -> int | None:
+                       budget: ReadBudget | None = None, columns: dict[str, list[str]] | None = None) -> int | None:
     """How many rows of this Parquet file have a null image cell (a null binary, or a struct<bytes, path> whose
     bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
     whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
     gives one, when the image column is a list (its null_count counts items, not rows) or when the footer cannot be
     read or has no image column (the run says why, in the file's reject). An Arrow IPC file's from its record batch
-    headers instead (`ipc_rows_without_image`), their ranged requests taken from `budget`: None past it."""
+    headers instead (`ipc_rows_without_image`), their ranged requests taken from `budget`: None past it. `columns`
+    (path -> names), when given, gets the file's pass-through columns as the output names them, read from the same
+    footer or headers (`plan.column_case_twins`)."""
     (path,) = unit.paths
     if is_arrow_ipc(path):
         try:
             headers = ipc_headers(path, fs_opts, unit.sizes[0] if unit.sizes else None, budget)
-            return ipc_rows_without_image(headers, find_image_column(headers.schema, requested, IPC_FORMAT))
+            column = find_image_column(headers.schema, requested, IPC_FORMAT)
+            if columns is not None:
+                columns[path] = [passthrough_name(n) for n in headers.schema.names if n != column]
+            return ipc_rows_without_image(headers, column)
         except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
             return None
     try:
@@ -171,6 +176,8 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
             meta = parquet.metadata
     except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
         return None
+    if columns is not None:
+        columns[path] = [passthrough_name(n) for n in parquet.schema_arrow.names if n != column]
     t = parquet.schema_arrow.field(column).type
     leaf = f"{column}.bytes" if pa.types.is_struct(t) else column if not pa.types.is_nested(t) else None
     at = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == leaf), None)

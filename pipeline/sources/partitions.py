@@ -12,10 +12,10 @@ The rules, in the order they apply:
   pipeline.plan): which value its rows should take is not the job's to guess, and pyarrow quietly keeps the outer one;
 - a key named like one of the job's own columns gets `input_` before it, as a pass-through column does
   (`passthrough_name`: `id=3/` -> `input_id`);
-- a key the row already has as a column of its own (a Parquet file's column, a tar key's sidecar or .json key, the
-  `label` of --labels-from-folders) leaves that column as it is, and the folder's value goes to `partition_<key>`
-  (`partition_` once more while that name is taken too): no value is lost, and the file's own values, which can
-  differ from row to row, keep their name;
+- a key the row already has as a column of its own, in any case (a Parquet file's column, a tar key's sidecar or .json
+  key, the `label` of --labels-from-folders; case-blind readers take `Label` and `label` for one) leaves that column
+  as it is, and the folder's value goes to `partition_<key>` (`partition_` once more while that name is taken too):
+  no value is lost, and the file's own values, which can differ from row to row, keep their name;
 - the column is a string (Arrow `string`), whatever the value looks like: users cast (`date` to a date)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from pipeline.sources.records import passthrough_name
+from pipeline.sources.records import free_name, passthrough_name
 
 PARTITIONINGS = ("none", "hive")
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -65,11 +65,8 @@ def repeated_key_problem(rel_path: str, key: str) -> str:
 
 def partition_column(key: str, meta: dict[str, Any]) -> str:
     """The output column of partition key `key` in a row whose own columns are `meta`: the key as a pass-through column
-    is named (`passthrough_name`), with `partition_` before it while the row holds that name already."""
-    name = passthrough_name(key)
-    while name in meta:
-        name = PARTITION_PREFIX + name
-    return name
+    is named (`passthrough_name`), with `partition_` before it while the row holds that name already, in any case."""
+    return free_name(passthrough_name(key), {column.lower() for column in meta}, PARTITION_PREFIX)
 
 
 def add_partitions(record: dict[str, Any], partitions: dict[str, str | None]) -> None:

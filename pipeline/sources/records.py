@@ -40,6 +40,16 @@ def passthrough_name(name: str) -> str:
     return RENAMED_PREFIX + name if bare.lower() in JOB_COLUMNS else name
 
 
+def free_name(name: str, taken: set[str], prefix: str) -> str:
+    """`name` with `prefix` before it as often as a column of `taken` (names in lower case) has it, in any case: readers
+    that ignore case (DuckDB, Spark, Hive, Athena, BigQuery) take `Label` beside `label` for one column. The name is
+    added to `taken`."""
+    while name.lower() in taken:
+        name = prefix + name
+    taken.add(name.lower())
+    return name
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.sources.ids import text_name, text_value
-from pipeline.sources.records import _image_record, passthrough_name, reject_record
+from pipeline.sources.records import _image_record, free_name, passthrough_name, reject_record
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 
@@ -197,8 +197,8 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image. `json_columns`:
     the columns the shard's earlier keys' .json sidecars gave, past whose limit this key's new fields are JSON text.
     `row`: the columns an image-folder metadata member of the shard gives its image (`tar_shards._shard_metadata`),
-    added after the key's own members': one named like a sidecar's or a .json field's column is written as
-    metadata_<name> (again while taken), so that both values are kept and the key's own keep the names they have
+    added after the key's own members': one named like a sidecar's or a .json field's column, in any case, is written
+    as metadata_<name> (again while taken: `free_name`), so that both values are kept and the key's own keep the names they have
     without a metadata file."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
@@ -248,10 +248,9 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
             except UnicodeEncodeError:
                 text = json.dumps(over)
             meta[column] = text
+    taken = {column.lower() for column in meta}
     for column, value in (row or {}).items():
-        while column in meta:
-            column = "metadata_" + column
-        meta[column] = value
+        meta[free_name(column, taken, "metadata_")] = value
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
 
@@ -276,17 +275,18 @@ def _split_long_keys(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 def _add_json_keys(meta: dict[str, Any], keys: dict[str, Any]) -> None:
     """A .json sidecar's keys into `meta`, which holds the key's other sidecars' columns. A key named like one of
-    those (a "label" beside a .cls, a "seg_png" beside a .seg.png) is written as json_label, json_seg_png (json_
-    again while the name is taken), and a key named like a job column as input_id (`passthrough_name`): each value
-    is kept, the member's under the column name the README gives it."""
+    those, or like one of them or another key in another case (a "label" or "Label" beside a .cls, a "seg_png" beside a
+    .seg.png) is written as json_label, json_Label, json_seg_png (json_ again while the name is taken), and a key
+    named like a job column as input_id (`passthrough_name`): each value is kept, the member's under the column name
+    the README gives it."""
     clashing = []
+    taken = {column.lower() for column in meta}  # in any case: `Label` beside a .cls `label` is json_Label
     for key, value in keys.items():
         column = passthrough_name(text_name(key))
-        if column in meta:
+        if column.lower() in taken:
             clashing.append((column, value))
         else:
             meta[column] = value
+            taken.add(column.lower())
     for column, value in clashing:  # after every key that is free: those keep their names
-        while column in meta:
-            column = "json_" + column
-        meta[column] = value
+        meta[free_name(column, taken, "json_")] = value

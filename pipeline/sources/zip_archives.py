@@ -20,6 +20,7 @@ from pipeline.sources.folder_metadata import (
     MetadataProblem,
     is_folder_metadata,
     join_folder_metadata,
+    with_row,
 )
 from pipeline.sources.hidden import _hidden
 from pipeline.sources.ids import relative_id, text_name
@@ -306,7 +307,7 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
                 continue
             what = name if target is info else f"{_zip_member_path(target.filename)} (the target of link {name})"
             meta = {"label": _folder_label(name)} if labels_from_folders else {}
-            meta.update(joined.rows.get(name, {}))  # a metadata row's label wins over the folder's, as in a folder
+            with_row(meta, joined.rows.get(name, {}))  # a metadata row's label wins over the folder's, as in a folder
             yield _member_record(archive, target, what, id_, source, meta, max_image_bytes)
 
 
