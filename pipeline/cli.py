@@ -651,6 +651,8 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], kind)} "
               f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' {source}) "
               f"and will be rejected, one reject each: {shown}{more}")
+    for note in inp.get("storage_notes", []):
+        print(f"  warning: {terminal_text(note)}")
     if no_image.get("headers_over_budget"):  # counting them all would stall the planning on an object store
         print("  the rows without an image of some Arrow IPC files are unknown: their record batch headers would take "
               f"more than the {read_budget.MAX_READS:,} ranged requests allowed before a run (each such row is rejected "
@@ -851,6 +853,8 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     joined = run.get("folder_metadata") or {}
     if joined.get("rows_without_image_file"):
         note = unmatched_note(joined["rows_without_image_file"], joined["rows_without_image_file_examples"])
+        print(f"warning: {terminal_text(note)}", file=sys.stderr)
+    for note in run.get("storage_notes", []):
         print(f"warning: {terminal_text(note)}", file=sys.stderr)
     change = run["psnr_vs_input_db"]
     if change["mean"] is not None:

@@ -83,7 +83,7 @@ from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, me
 from pipeline.sources.listing import InputNotFound
 from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tfrecord_count import count_records
-from pipeline.sources.tfrecord_files import image_feature_problem, is_tfrecord
+from pipeline.sources.tfrecord_files import features_json_notes, image_feature_problem, is_tfrecord
 from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import describe, with_retries
@@ -357,6 +357,9 @@ class JobPlan:
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
     refresh: Journal | None = None
+    # optional files beside the inputs that the store refused, taken as absent where it would not say whether they are
+    # there, or there and refused (`tfrecord_files.features_json_notes`): said in the dry run, the summary and on stderr
+    storage_notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -405,7 +408,8 @@ class JobPlan:
                       **({"folder_metadata": report} if (report := self.folder_metadata_report()) else {}),
                       # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
                       # image cell is null, each rejected when read
-                      "parquet_rows_without_image": self._rows_without_image()},
+                      "parquet_rows_without_image": self._rows_without_image(),
+                      "storage_notes": self.storage_notes},
         }
 
     def folder_metadata_report(self, archives: ArchiveMetadata | None = None) -> dict[str, Any] | None:
@@ -541,6 +545,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     # a budget they spend left no Arrow IPC file uncounted
     ipc_over_budget = budget.spent
     records = _tfrecord_records([u for u in tables if is_tfrecord(u.paths[0])], so, budget) if dry_run else None
+    # the TFRecord files' features.json that the store refused: in a run too, its read tasks having no way to say it
+    storage_notes = features_json_notes([u.paths[0] for u in tables], so)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -556,7 +562,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
-                   headers_over_budget=ipc_over_budget,
+                   headers_over_budget=ipc_over_budget, storage_notes=storage_notes,
                    archive_metadata=zip_metadata_found(
                        [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
                        config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
