@@ -86,7 +86,15 @@ from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import features_json_notes, image_feature_problem, is_tfrecord
 from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
-from pipeline.storage import describe, with_retries
+from pipeline.storage import (
+    OBJECT_STORE_PROTOCOLS,
+    access_denied,
+    describe,
+    list_permission,
+    protocols,
+    storage_path,
+    with_retries,
+)
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -645,7 +653,7 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any], outp
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
     if journal is None:
         return output, {}, {}
     holders = output.index.holding(set(journal.rows))
@@ -694,7 +702,7 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
     except Exception as err:  # noqa: BLE001 - read_record ignores a bad record; this is storage failing
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
     if record is not None and settled:
         record = replace(record, stamps={**record.stamps, **settled})
     # a record an older version wrote: its image files' stamps take their metadata rows' digests as they are now
@@ -877,9 +885,25 @@ def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
     return _OutputDone(state, stale_lease, purified_ids, rejected_ids, prior_purified, prior_rejected, retry, skip,
                        index)
+
+
+def _cannot_use_output(out: str, so: dict[str, Any], err: BaseException) -> JobError:
+    """'cannot use output', saying what to grant where an object store refused: without its list permission (S3's
+    s3:ListBucket) a store answers 403 for each of the output's records not yet written (a first run's `_job.json`, a
+    lease), as for one that may not be read. The job cannot take such an answer for "not there": it lists its part
+    files to resume or add to a run, and a lease it cannot see would let two runs write one output."""
+    message = f"cannot use output {out}: {describe(err)}"
+    if access_denied(err):
+        fs, _ = storage_path(out, so)
+        if not OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+            message += (f" (the job lists its output and reads its own records there, {JOB_FILE}, {SUMMARY_FILE} and "
+                        f"its lease, so its credentials need {list_permission(fs)} on the output as well as reading, "
+                        "writing and deleting objects under it: without that, the store refuses a look at each record "
+                        "not yet written)")
+    return JobError(message)
 
 
 def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:
@@ -984,7 +1008,7 @@ def _read_ledger(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _
             return read_ledger(out, so)
         return {}
     except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
 
 
 def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,

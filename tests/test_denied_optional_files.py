@@ -1,7 +1,7 @@
 """Stores whose credentials may read objects but not list them (S3's s3:GetObject without s3:ListBucket, Google Cloud
 Storage's storage.objects.get without storage.objects.list) answer a look at a key that is not there with 403, not
 404. The job looks for optional files beside its inputs (a TFDS features.json beside TFRecord files, a
-dataset_info.json): each such look was refused, and a refusal was an error."""
+dataset_info.json), and for its own records in the output: each such look was refused, and a refusal was an error."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline import cli
 from pipeline.config import JobConfig
+from pipeline.errors import JobError
 from pipeline.job import run_job
+from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import features_json_notes
@@ -83,6 +85,19 @@ def test_a_features_json_that_is_there_but_refused_makes_each_file_a_reject_nami
     metas = [r["meta"] for r in read_unit(unit, options) if r["kind"] == "image"]
     assert [m["tokens"] for m in metas] == [[0], [1]]
     assert features_json_notes(["s3://listed/tfds/s.tfrecord", "s3://listed/plain/s.tfrecord"], options) == []
+
+
+def test_an_output_that_may_not_be_listed_stops_the_run_saying_what_to_grant(s3_without_list, model, tmp_path) -> None:
+    """A first run's look for its _job.json was refused (the record is not there yet): the run stopped with 'cannot
+    use output ...: PermissionError: Forbidden' alone. It must stop (its part files cannot be listed, nor a missing
+    lease told from a refused one), saying what the credentials lack."""
+    client, options, _ = s3_without_list
+    client.put_object(Bucket="granted", Key="in/a.png", Body=image_bytes(16, 16, 1))
+    config = JobConfig(input="s3://granted/in/a.png", output="s3://granted/out", checkpoint=model, steps=1,
+                       progress=False, canvas_size=32, storage_options=options)
+    with pytest.raises(JobError, match=r"cannot use output s3://granted/out: PermissionError: Forbidden \(the job "
+                                       r"lists its output .* need s3:ListBucket on the output"):
+        plan_job(config, dry_run=True)
 
 
 class _GetWithoutListGcs(MemoryFileSystem):
