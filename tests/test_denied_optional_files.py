@@ -100,6 +100,28 @@ def test_an_output_that_may_not_be_listed_stops_the_run_saying_what_to_grant(s3_
         plan_job(config, dry_run=True)
 
 
+def test_an_export_from_or_into_a_bucket_that_may_not_be_listed_says_what_to_grant(s3_without_list, tmp_path,
+                                                                                 capsys) -> None:
+    """zip-purify-export said 'error: Forbidden' alone: its look at the output (or the destination) was refused."""
+    from pipeline import export_cli
+    from tests.test_export import image, make_output
+
+    _, options, gate = s3_without_list
+    make_output("s3://listed/out", [image("a.jpg", 1)], storage_options=options)
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1)])
+    gate.buckets.add("listed")  # the output is there, but may no longer be listed
+    storage = ["--storage-option", f"key={options['key']}", "--storage-option", f"secret={options['secret']}",
+               "--s3-endpoint", options["client_kwargs"]["endpoint_url"], "--no-progress"]
+    assert export_cli.main(["--output", "s3://listed/out", "--to", str(tmp_path / "images"), *storage]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output s3://listed/out cannot be read: PermissionError: Forbidden (the export "
+                          "lists its part files") and "need s3:ListBucket on it" in err
+    assert export_cli.main(["--output", str(tmp_path / "out"), "--to", "s3://granted/images", *storage]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --to s3://granted/images cannot be read: PermissionError: Forbidden (the export "
+                          "looks at what it holds") and "need s3:ListBucket on it" in err
+
+
 class _GetWithoutListGcs(MemoryFileSystem):
     """A store that answers as gcsfs does to storage.objects.get without storage.objects.list: a look at a missing
     object, and any listing, raise OSError('Forbidden: ...') (gcsfs raises no PermissionError for HTTP 403)."""
