@@ -500,7 +500,10 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     output_reached(out, so)
     # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input,
     # nor lie inside another output's data/ or rejects/.
-    overlap = input_inside_written_folder(config.input, out, so) or output_inside_written_folder(out, so)
+    try:
+        overlap = input_inside_written_folder(config.input, out, so) or output_inside_written_folder(out, so)
+    except Exception as err:  # noqa: BLE001 - its look for a _job.json above the output, refused or failing
+        raise _cannot_use_output(out, so, err) from err
     if overlap:
         raise JobError(overlap)
     output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)

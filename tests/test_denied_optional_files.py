@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import fsspec
@@ -98,6 +99,10 @@ def test_an_output_that_may_not_be_listed_stops_the_run_saying_what_to_grant(s3_
     with pytest.raises(JobError, match=r"cannot use output s3://granted/out: PermissionError: Forbidden \(the job "
                                        r"lists its output .* need s3:ListBucket on the output"):
         plan_job(config, dry_run=True)
+    # one under a folder named data/ is first looked for inside another output's data/ (a _job.json above it)
+    with pytest.raises(JobError, match=r"cannot use output s3://granted/data/clean: PermissionError: Forbidden \(the "
+                                       r"job lists its output .* need s3:ListBucket on the output"):
+        plan_job(replace(config, output="s3://granted/data/clean"), dry_run=True)
 
 
 def test_an_export_from_or_into_a_bucket_that_may_not_be_listed_says_what_to_grant(s3_without_list, tmp_path,
