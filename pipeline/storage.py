@@ -196,6 +196,16 @@ def list_permission(fs: Any) -> str:
     return "permission to list its folder"
 
 
+def refusal_hint(fs: Any) -> str:
+    """For a refused read of a file that is needed (a checkpoint): on an object store, that a key that is not there is
+    refused too where the credentials may not list (S3 without s3:ListBucket answers 403, not 404), so that a mistyped
+    path is looked for as well as a permission; else nothing."""
+    if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+        return ""
+    return (f" (the store refuses a file that is not there too, where these credentials lack {list_permission(fs)}: "
+            "check the path as well as the permission to read it)")
+
+
 def backoff_delay(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> float:
     """Seconds to wait before retry number `attempt` + 1: base·2^attempt with ±50 % jitter (so that workers
     throttled together do not retry together), never more than max_delay."""

@@ -127,6 +127,23 @@ def test_an_export_from_or_into_a_bucket_that_may_not_be_listed_says_what_to_gra
                           "looks at what it holds") and "need s3:ListBucket on it" in err
 
 
+def test_a_checkpoint_refused_on_a_bucket_that_may_not_be_listed_may_be_a_mistyped_key(s3_without_list, model,
+                                                                                     tmp_path) -> None:
+    """A checkpoint key that is not there is refused (403) to credentials without ListBucket, as one they may not read
+    is: the error said 'PermissionError: Forbidden' alone, sending the user after a permission for a typo."""
+    client, options, _ = s3_without_list
+    client.put_object(Bucket="granted", Key="in/a.png", Body=image_bytes(16, 16, 1))
+    with open(model, "rb") as f:
+        client.put_object(Bucket="granted", Key="models/prior.pt", Body=f.read())
+    config = JobConfig(input="s3://granted/in/a.png", output=str(tmp_path / "out"), checkpoint="s3://granted/models/prior.pt",
+                       steps=1, progress=False, canvas_size=32, storage_options=options)
+    assert plan_job(config, dry_run=True).units  # one granted is read
+    with pytest.raises(JobError, match=r"cannot read checkpoint s3://granted/models/prior-typo.pt: PermissionError: "
+                                       r"Forbidden \(the store refuses a file that is not there too, where these "
+                                       r"credentials lack s3:ListBucket: check the path"):
+        plan_job(replace(config, checkpoint="s3://granted/models/prior-typo.pt"), dry_run=True)
+
+
 class _GetWithoutListGcs(MemoryFileSystem):
     """A store that answers as gcsfs does to storage.objects.get without storage.objects.list: a look at a missing
     object, and any listing, raise OSError('Forbidden: ...') (gcsfs raises no PermissionError for HTTP 403)."""
