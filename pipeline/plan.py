@@ -806,7 +806,23 @@ def _input_location(config: JobConfig) -> str | None:
     try:
         return input_location(config.input, config.storage_options)
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
+        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
+
+
+def _input_refusal(config: JobConfig, err: BaseException) -> str:
+    """For an input the store refused: on an object store, that without its list permission a folder cannot be read
+    and a key that is not there is refused too (S3 answers 403, not 404), so that a mistyped key is looked for as well
+    as a permission; else nothing."""
+    if not access_denied(err):
+        return ""
+    try:
+        fs, _ = storage_path(config.input, config.storage_options)  # made already, to be refused
+    except Exception:  # noqa: BLE001 - the refusal is said without the advice
+        return ""
+    if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+        return ""
+    return (f" (without {list_permission(fs)} the store refuses a folder given as the input, and a file that is not "
+            "there too: give one file these credentials may read by its exact path, or grant that permission)")
 
 
 def model_architecture(config: UNetConfig) -> dict[str, Any]:
@@ -937,7 +953,7 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMeta
     except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
+        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
 
 
 def _inputs_listed(units: list[ReadUnit], config: JobConfig) -> tuple[list[ReadUnit], int]:

@@ -144,6 +144,23 @@ def test_a_checkpoint_refused_on_a_bucket_that_may_not_be_listed_may_be_a_mistyp
         plan_job(replace(config, checkpoint="s3://granted/models/prior-typo.pt"), dry_run=True)
 
 
+def test_an_input_refused_on_a_bucket_that_may_not_be_listed_says_what_that_means(s3_without_list, model, tmp_path,
+                                                                                capsys) -> None:
+    """Without ListBucket a folder given as the input is refused, and so is a key that is not there (a typo): both
+    said 'cannot list input ...: PermissionError: Forbidden' alone."""
+    client, options, _ = s3_without_list
+    client.put_object(Bucket="granted", Key="in/a.png", Body=image_bytes(16, 16, 1))
+    storage = ["--storage-option", f"key={options['key']}", "--storage-option", f"secret={options['secret']}",
+               "--s3-endpoint", options["client_kwargs"]["endpoint_url"]]
+    for given in ("s3://granted/in/", "s3://granted/in/typo.png"):
+        assert cli.main(["--input", given, "--output", str(tmp_path / "out"), "--checkpoint", model, "--dry-run",
+                         *storage]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot list input {given}: PermissionError: Forbidden (without s3:ListBucket the "
+                              "store refuses a folder given as the input, and a file that is not there too: give one "
+                              "file these credentials may read by its exact path")
+
+
 class _GetWithoutListGcs(MemoryFileSystem):
     """A store that answers as gcsfs does to storage.objects.get without storage.objects.list: a look at a missing
     object, and any listing, raise OSError('Forbidden: ...') (gcsfs raises no PermissionError for HTTP 403)."""
