@@ -25,6 +25,7 @@ import posixpath
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from pipeline.sources.crc32c import masked_crc32c
@@ -35,7 +36,7 @@ from pipeline.sources.records import _image_record, passthrough_name, reject_rec
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
 from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, read_json
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import backoff, describe, is_transient, storage_path
+from pipeline.storage import backoff, concurrent_calls, describe, is_transient, storage_path
 
 # '.tfrecord', a TFDS shard 'x.tfrecord-00000-of-00016', either with '.gz' (or '.gzip') after it
 TFRECORD_NAME = re.compile(r"\.(?:tfrecords?|tfrec)(?:-\d+-of-\d+)?(?:\.gz|\.gzip)?$", re.IGNORECASE)
@@ -46,6 +47,7 @@ HEADER_BYTES = 12  # length (8) and its masked CRC (4)
 GZIP_MAGIC = b"\x1f\x8b"
 SKIP_CHUNK = 2**20  # what a skipped record's data is read in, from a file that cannot seek
 ZLIB_CHUNK = 2**16  # compressed bytes read at once from a ZLIB file
+NOTE_READERS = 16  # folders whose features.json the planning looks up at once (`features_json_notes`)
 
 
 def is_tfrecord(path: str) -> bool:
@@ -222,18 +224,22 @@ def _features_json(folder: str, fs_opts: dict[str, Any]) -> tuple[frozenset[str]
 def features_json_notes(paths: Iterable[str], fs_opts: dict[str, Any]) -> list[str]:
     """For the planning: of the folders of TFRecord files `paths`, a note for each whose features.json is taken as
     absent though refused (`optional_files.unknown_note`), or is there and refused (each file beside it a reject). One
-    small request a folder; any other trouble is left to the files' read tasks to say."""
-    notes = []
-    for folder in sorted({posixpath.dirname(p) for p in paths if is_tfrecord(p)}):
+    small request a folder, NOTE_READERS at a time; any other trouble is left to the files' read tasks to say."""
+
+    def note(folder: str) -> str | None:
         try:
-            _, note = _features_json(folder, fs_opts)
+            return _features_json(folder, fs_opts)[1]
         except RefusedFile as err:
-            note = f"{err}; each TFRecord file beside it is a reject until then"
+            return f"{err}; each TFRecord file beside it is a reject until then"
         except Exception:  # noqa: BLE001 - its read tasks say it, as the file's reject
-            continue
-        if note is not None:
-            notes.append(note)
-    return notes
+            return None
+
+    folders = sorted({posixpath.dirname(p) for p in paths if is_tfrecord(p)})
+    if not folders:
+        return []
+    threads = concurrent_calls(storage_path(folders[0], fs_opts)[0], min(NOTE_READERS, len(folders)))  # FTP: one
+    with ThreadPoolExecutor(threads, thread_name_prefix="features-json") as pool:
+        return [n for n in pool.map(note, folders) if n is not None]
 
 
 def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str, image_feature: str | None,
