@@ -651,12 +651,12 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print(f"  warning: {_count(no_image['rows'], 'row')} of {_count(no_image['files'], kind)} "
               f"{'has' if no_image['rows'] == 1 else 'have'} no image (a null image column, by the files' {source}) "
               f"and will be rejected, one reject each: {shown}{more}")
-    for note in inp.get("storage_notes", []):
-        print(f"  warning: {terminal_text(note)}")
     if no_image.get("headers_over_budget"):  # counting them all would stall the planning on an object store
         print("  the rows without an image of some Arrow IPC files are unknown: their record batch headers would take "
               f"more than the {read_budget.MAX_READS:,} ranged requests allowed before a run (each such row is rejected "
               "when read)")
+    for note in inp.get("storage_notes", []):
+        print(f"  warning: {terminal_text(note)}")
     changed = report.get("changed_inputs") or {}
     if changed.get("image_files_compared") or changed.get("containers_compared"):
         # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)

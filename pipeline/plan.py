@@ -398,6 +398,8 @@ class JobPlan:
                       # records numbered as a table's rows (`sources.tfrecord_files`): .tfrecord, .tfrecords, .tfrec
                       "tfrecord_files": sum(is_tfrecord(u.paths[0]) for u in by_kind["parquet"]),
                       "tfrecord_records": self.tfrecord_records,
+                      # a TFRecord folder's features.json the store refused (`storage_notes`), each also a warning
+                      "storage_notes": self.storage_notes,
                       "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,
@@ -416,8 +418,7 @@ class JobPlan:
                       **({"folder_metadata": report} if (report := self.folder_metadata_report()) else {}),
                       # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
                       # image cell is null, each rejected when read
-                      "parquet_rows_without_image": self._rows_without_image(),
-                      "storage_notes": self.storage_notes},
+                      "parquet_rows_without_image": self._rows_without_image()},
         }
 
     def folder_metadata_report(self, archives: ArchiveMetadata | None = None) -> dict[str, Any] | None:
@@ -569,11 +570,11 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
                    folder_metadata=metadata, metadata_rejects=metadata_rejects,
-                   changes=changes, input_record=input_record,
+                   changes=changes, input_record=input_record, storage_notes=storage_notes,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
-                   headers_over_budget=ipc_over_budget, storage_notes=storage_notes,
+                   headers_over_budget=ipc_over_budget,
                    archive_metadata=zip_metadata_found(
                        [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
                        config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
