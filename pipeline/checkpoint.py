@@ -42,7 +42,15 @@ from pipeline.errors import JobError
 from pipeline.model import UNetConfig, UNetModel, build_unet
 from pipeline.presets import PRESETS, preset_config
 from pipeline.schedule import SCHEDULES
-from pipeline.storage import describe, is_url_chain, storage_path, with_own_url_options, with_retries
+from pipeline.storage import (
+    access_denied,
+    describe,
+    is_url_chain,
+    refusal_hint,
+    storage_path,
+    with_own_url_options,
+    with_retries,
+)
 
 BUNDLE_FORMAT = "zip-purify/unet-bundle-v1"
 
@@ -106,7 +114,8 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
     except IsADirectoryError as err:
         raise CheckpointError(f"checkpoint {uri} is a folder; give the checkpoint file in it") from err
     except OSError as err:  # access denied, wrong credentials, an unreachable endpoint (after the retries)
-        raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}") from err
+        hint = refusal_hint(storage_path(uri, options)[0]) if access_denied(err) and not is_url_chain(uri) else ""
+        raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}{hint}") from err
     except Exception as err:  # noqa: BLE001 - a storage error that is no OSError: botocore's NoCredentialsError
         raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}") from err
 

@@ -661,6 +661,8 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print("  the rows without an image of some Arrow IPC files are unknown: their record batch headers would take "
               f"more than the {read_budget.MAX_READS:,} ranged requests allowed before a run (each such row is rejected "
               "when read)")
+    for note in inp.get("storage_notes", []):
+        print(f"  warning: {terminal_text(note)}")
     changed = report.get("changed_inputs") or {}
     if changed.get("image_files_compared") or changed.get("containers_compared"):
         # the planning reads inputs whose listing changed, to tell whether their rows are still theirs (the note says)
@@ -866,6 +868,8 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     joined = run.get("folder_metadata") or {}
     if joined.get("rows_without_image_file"):
         note = unmatched_note(joined["rows_without_image_file"], joined["rows_without_image_file_examples"])
+        print(f"warning: {terminal_text(note)}", file=sys.stderr)
+    for note in run.get("storage_notes", []):
         print(f"warning: {terminal_text(note)}", file=sys.stderr)
     change = run["psnr_vs_input_db"]
     if change["mean"] is not None:

@@ -72,12 +72,15 @@ from pipeline.sources.ids import terminal_text
 from pipeline.sources.listing import is_table_name
 from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
 from pipeline.storage import (
+    OBJECT_STORE_PROTOCOLS,
     TEMP_PREFIX,
     WEB_PROTOCOLS,
+    access_denied,
     concurrent_calls,
     describe,
     discard,
     has_rename,
+    list_permission,
     make_parent_dirs,
     move_into_place,
     protocols,
@@ -379,6 +382,16 @@ def check_output(output: str, storage_options: dict[str, Any], force: bool = Fal
                           "export the rows it holds now")
     return state, (f"warning: output {output} is not complete: {problem}; exporting the rows it holds now "
                    f"({names.passing('force')}): rows may be missing, or an id in data/ and rejects/ both")
+
+
+def _refused(err: BaseException, uri: str, so: dict[str, Any], named: str, needs: str) -> ExportError:
+    """The error for a store's refusal (`access_denied`) of a look at `uri` (given as `named`): on an object store,
+    with the permission whose lack also refuses a look at what is not there (S3's s3:ListBucket), which the export
+    cannot take for "not there"."""
+    fs, _ = storage_path(uri, so)
+    grant = (f" (the export {needs}, so its credentials need {list_permission(fs)} on it: without it the store refuses "
+             "a look at anything not there too)" if not OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)) else "")
+    return ExportError(f"{named} {uri} cannot be read: {describe(err)}{grant}")
 
 
 API_NAMES = ArgNames(None)
@@ -901,15 +914,19 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
     # what the storage raises that is no OSError (botocore's NoCredentialsError) is an export that cannot start
     try:
         state, warning = check_output(output, so, force, names)
-    except (JobError, OSError):
-        raise
     except Exception as err:  # noqa: BLE001 - named, with its cause kept (the command line's credentials advice)
+        if access_denied(err):
+            raise _refused(err, output, so, names.named("output"), "lists its part files and reads its records") from err
+        if isinstance(err, JobError | OSError):
+            raise
         raise ExportError(f"{names.named('output')} {output} cannot be read: {describe(err)}") from err
     try:
         check_destination(to, output, so, existing, names)
-    except (JobError, OSError):
-        raise
     except Exception as err:  # noqa: BLE001
+        if access_denied(err):
+            raise _refused(err, to, so, names.named("to"), "looks at what it holds before it writes there") from err
+        if isinstance(err, JobError | OSError):
+            raise
         raise ExportError(f"{names.named('to')} {to} cannot be read: {describe(err)}") from err
     report = ExportReport(output, to, warnings=[warning] if warning else [])
     in_fs, _ = storage_path(output, so)

@@ -985,6 +985,7 @@ def _stopped_this_run(plan: JobPlan, tally: RunTally, count: StoppedCount, start
             # as a finished run's: the planning joined them before any image was read
             **_metadata_report(plan, tally),
             "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
+            "storage_notes": list(getattr(plan, "storage_notes", [])),
             "files_written": count.files,
             "counted": "from the part files this run wrote, after it stopped" if count.short is None else
                        f"at least: {count.short}",
@@ -1035,6 +1036,8 @@ def _summary(config: JobConfig, plan: JobPlan, placement: tuple[int, float, str]
                      **_metadata_report(plan, tally),
                      # pass-through columns holding images, copied unpurified: column -> rows this run
                      "unpurified_image_columns": dict(sorted(tally.unpurified.items())),
+                     # optional files beside the inputs the store refused (JobPlan.storage_notes)
+                     "storage_notes": list(getattr(plan, "storage_notes", [])),
                      "files_written": len(tally.files), "duplicates_removed": rows.duplicates_removed,
                      # --retry-rejects: earlier rejects read again, now purified or rejected again (the new reason
                      # kept); those whose input is gone keep their old row

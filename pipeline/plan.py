@@ -83,10 +83,18 @@ from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, me
 from pipeline.sources.listing import InputNotFound
 from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tfrecord_count import count_records
-from pipeline.sources.tfrecord_files import image_feature_problem, is_tfrecord
+from pipeline.sources.tfrecord_files import features_json_notes, image_feature_problem, is_tfrecord
 from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
-from pipeline.storage import describe, with_retries
+from pipeline.storage import (
+    OBJECT_STORE_PROTOCOLS,
+    access_denied,
+    describe,
+    list_permission,
+    protocols,
+    storage_path,
+    with_retries,
+)
 
 
 def _checkpoint_for(config: JobConfig) -> tuple[str, str]:
@@ -359,6 +367,9 @@ class JobPlan:
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
     refresh: Journal | None = None
+    # optional files beside the inputs that the store refused, taken as absent where it would not say whether they are
+    # there, or there and refused (`tfrecord_files.features_json_notes`): said in the dry run, the summary and on stderr
+    storage_notes: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
@@ -389,6 +400,8 @@ class JobPlan:
                       # records numbered as a table's rows (`sources.tfrecord_files`): .tfrecord, .tfrecords, .tfrec
                       "tfrecord_files": sum(is_tfrecord(u.paths[0]) for u in by_kind["parquet"]),
                       "tfrecord_records": self.tfrecord_records,
+                      # a TFRecord folder's features.json the store refused (`storage_notes`), each also a warning
+                      "storage_notes": self.storage_notes,
                       "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,
@@ -493,7 +506,10 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     output_reached(out, so)
     # Before the output is looked at (and, with --overwrite, emptied by run_job): it must not be, or hold, the input,
     # nor lie inside another output's data/ or rejects/.
-    overlap = input_inside_written_folder(config.input, out, so) or output_inside_written_folder(out, so)
+    try:
+        overlap = input_inside_written_folder(config.input, out, so) or output_inside_written_folder(out, so)
+    except Exception as err:  # noqa: BLE001 - its look for a _job.json above the output, refused or failing
+        raise _cannot_use_output(out, so, err) from err
     if overlap:
         raise JobError(overlap)
     output = _output_done(config, job_record, dry_run)  # its state, and what it already holds (resume / incremental)
@@ -547,6 +563,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     # a budget they spend left no Arrow IPC file uncounted
     ipc_over_budget = budget.spent
     records = _tfrecord_records([u for u in tables if is_tfrecord(u.paths[0])], so, budget) if dry_run else None
+    # the TFRecord files' features.json that the store refused: in a run too, its read tasks having no way to say it
+    storage_notes = features_json_notes([u.paths[0] for u in tables], so)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -558,7 +576,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
                    folder_metadata=metadata, metadata_rejects=metadata_rejects,
-                   changes=changes, input_record=input_record,
+                   changes=changes, input_record=input_record, storage_notes=storage_notes,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
@@ -663,7 +681,7 @@ def _after_earlier_refresh(config: JobConfig, out: str, so: dict[str, Any], outp
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
     if journal is None:
         return output, {}, {}
     holders = output.index.holding(set(journal.rows))
@@ -712,7 +730,7 @@ def _changed_inputs(inputs: list[ReadUnit], out: str, so: dict[str, Any], output
     try:
         record = read_record(out, so, location) if output.state in ("resume", "incremental") else None
     except Exception as err:  # noqa: BLE001 - read_record ignores a bad record; this is storage failing
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
     if record is not None and settled:
         record = replace(record, stamps={**record.stamps, **settled})
     # a record an older version wrote: its image files' stamps take their metadata rows' digests as they are now
@@ -813,7 +831,23 @@ def _input_location(config: JobConfig) -> str | None:
     try:
         return input_location(config.input, config.storage_options)
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
+        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
+
+
+def _input_refusal(config: JobConfig, err: BaseException) -> str:
+    """For an input the store refused: on an object store, that without its list permission a folder cannot be read
+    and a key that is not there is refused too (S3 answers 403, not 404), so that a mistyped key is looked for as well
+    as a permission; else nothing."""
+    if not access_denied(err):
+        return ""
+    try:
+        fs, _ = storage_path(config.input, config.storage_options)  # made already, to be refused
+    except Exception:  # noqa: BLE001 - the refusal is said without the advice
+        return ""
+    if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+        return ""
+    return (f" (without {list_permission(fs)} the store refuses a folder given as the input, and a file that is not "
+            "there too: give one file these credentials may read by its exact path, or grant that permission)")
 
 
 def model_architecture(config: UNetConfig) -> dict[str, Any]:
@@ -895,9 +929,25 @@ def _output_done(config: JobConfig, job_record: dict[str, Any], dry_run: bool) -
     except JobError:
         raise
     except Exception as err:  # noqa: BLE001 - permanent storage errors stop the job before any work
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
     return _OutputDone(state, stale_lease, purified_ids, rejected_ids, prior_purified, prior_rejected, retry, skip,
                        index)
+
+
+def _cannot_use_output(out: str, so: dict[str, Any], err: BaseException) -> JobError:
+    """'cannot use output', saying what to grant where an object store refused: without its list permission (S3's
+    s3:ListBucket) a store answers 403 for each of the output's records not yet written (a first run's `_job.json`, a
+    lease), as for one that may not be read. The job cannot take such an answer for "not there": it lists its part
+    files to resume or add to a run, and a lease it cannot see would let two runs write one output."""
+    message = f"cannot use output {out}: {describe(err)}"
+    if access_denied(err):
+        fs, _ = storage_path(out, so)
+        if not OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+            message += (f" (the job lists its output and reads its own records there, {JOB_FILE}, {SUMMARY_FILE} and "
+                        f"its lease, so its credentials need {list_permission(fs)} on the output as well as reading, "
+                        "writing and deleting objects under it: without that, the store refuses a look at each record "
+                        "not yet written)")
+    return JobError(message)
 
 
 def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:
@@ -928,7 +978,7 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMeta
     except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}") from err
+        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
 
 
 def _inputs_listed(units: list[ReadUnit], config: JobConfig) -> tuple[list[ReadUnit], int]:
@@ -1002,7 +1052,7 @@ def _read_ledger(inputs: list[ReadUnit], out: str, so: dict[str, Any], output: _
             return read_ledger(out, so)
         return {}
     except Exception as err:  # noqa: BLE001 - read_ledger ignores a bad record; this is storage failing
-        raise JobError(f"cannot use output {out}: {describe(err)}") from err
+        raise _cannot_use_output(out, so, err) from err
 
 
 def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,

@@ -171,6 +171,41 @@ def is_transient(err: BaseException) -> bool:
     return any(p in f"{type(e).__name__} {e}".lower() for e in chain for p in TRANSIENT_PHRASES)
 
 
+def access_denied(err: BaseException) -> bool:
+    """Whether `err` is a store refusing these credentials what was asked, as each store says it: s3fs's
+    PermissionError (HTTP 403, also S3's answer to a HEAD or GET of a key that is not there when the credentials may
+    not list the bucket), gcsfs's OSError('Forbidden: ...'), or an error carrying HTTP 401 or 403 in its status_code
+    (as azure.core's HttpResponseError does)."""
+    if isinstance(err, PermissionError):
+        return True
+    if isinstance(err, OSError) and err.errno is None and str(err).startswith("Forbidden"):
+        return True
+    return getattr(err, "status_code", None) in (401, 403)
+
+
+def list_permission(fs: Any) -> str:
+    """The permission whose lack makes `fs`'s store answer "refused" where it would say "not there", in its own
+    words, for the messages that ask for it."""
+    names = set(protocols(fs))
+    if names & S3_PROTOCOLS:
+        return "s3:ListBucket"
+    if names & GCS_PROTOCOLS:
+        return "storage.objects.list"
+    if names & AZURE_BLOB_PROTOCOLS:
+        return "the container's List permission"
+    return "permission to list its folder"
+
+
+def refusal_hint(fs: Any) -> str:
+    """For a refused read of a file that is needed (a checkpoint): on an object store, that a key that is not there is
+    refused too where the credentials may not list (S3 without s3:ListBucket answers 403, not 404), so that a mistyped
+    path is looked for as well as a permission; else nothing."""
+    if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+        return ""
+    return (f" (the store refuses a file that is not there too, where these credentials lack {list_permission(fs)}: "
+            "check the path as well as the permission to read it)")
+
+
 def backoff_delay(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> float:
     """Seconds to wait before retry number `attempt` + 1: base·2^attempt with ±50 % jitter (so that workers
     throttled together do not retry together), never more than max_delay."""

@@ -23,6 +23,7 @@ from pipeline.sources.walk import _find_following_links
 from pipeline.storage import (
     S3_PROTOCOLS,
     WEB_PROTOCOLS,
+    access_denied,
     describe,
     is_url_chain,
     protocols,
@@ -132,20 +133,11 @@ def _keys_under(fs: Any, root: str) -> bool:
     except (FileNotFoundError, PermissionError, NotADirectoryError):  # nothing listed there, or not to this reader
         return False
     except Exception as err:
-        if not _listing_denied(err):
+        if not access_denied(err):
             raise
         return False  # an object that may be read but not listed beside: none seen, as on S3 (`_s3_keys_under`)
     folder = root.rstrip("/") + "/"
     return any(str(name).startswith(folder) and str(name) != folder for name in names)
-
-
-def _listing_denied(err: BaseException) -> bool:
-    """Whether `err` is a store refusing these credentials a listing, as a store that raises no PermissionError says it:
-    gcsfs's OSError('Forbidden: ...') for an HTTP 403 (storage.objects.get without storage.objects.list), or an error
-    carrying HTTP 401 or 403 in its status_code (as azure.core's HttpResponseError does)."""
-    if isinstance(err, OSError) and err.errno is None and str(err).startswith("Forbidden"):
-        return True
-    return getattr(err, "status_code", None) in (401, 403)
 
 
 def _s3_keys_under(fs: Any, root: str) -> bool:

@@ -25,7 +25,7 @@ from pipeline.sources.crc32c import masked_crc32c
 from pipeline.sources.read_budget import BudgetSpent, ReadBudget
 from pipeline.sources.tfds_metadata import DATASET_INFO, Shard, TfdsProblem, listed_shards, read_json
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import local_file_path, storage_path, with_retries
+from pipeline.storage import access_denied, local_file_path, storage_path, with_retries
 
 HEADER_BYTES = 12  # a record's length (8) and its masked CRC (4); its data's CRC (4) follows the data
 FRAMING_BYTES = 16
@@ -132,6 +132,10 @@ def tfds_counts(units: Sequence[ReadUnit], fs_opts: dict[str, Any]) -> dict[str,
             info = read_json(folder, DATASET_INFO, fs_opts)
             shards = listed_shards(info) if info is not None else {}
         except (TfdsProblem, FileNotFoundError, PermissionError):
+            continue
+        except Exception as err:  # noqa: BLE001 - gcsfs's 'Forbidden', Azure's 403: refused, its shards counted alone
+            if not access_denied(err):
+                raise
             continue
         sizes = {posixpath.basename(u.paths[0]): u.sizes[0] if u.sizes else None for u in found}
         for name, size in sizes.items():

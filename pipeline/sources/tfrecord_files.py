@@ -25,16 +25,18 @@ import posixpath
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from pipeline.sources.crc32c import masked_crc32c
 from pipeline.sources.file_bytes import _opener, too_large
 from pipeline.sources.ids import relative_id, text_value, without_signed_query
+from pipeline.sources.optional_files import RefusedFile, read_optional
 from pipeline.sources.records import _image_record, passthrough_name, reject_record
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
 from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, read_json
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import backoff, describe, is_transient
+from pipeline.storage import backoff, concurrent_calls, describe, is_transient, storage_path
 
 # '.tfrecord', a TFDS shard 'x.tfrecord-00000-of-00016', either with '.gz' (or '.gzip') after it
 TFRECORD_NAME = re.compile(r"\.(?:tfrecords?|tfrec)(?:-\d+-of-\d+)?(?:\.gz|\.gzip)?$", re.IGNORECASE)
@@ -45,6 +47,7 @@ HEADER_BYTES = 12  # length (8) and its masked CRC (4)
 GZIP_MAGIC = b"\x1f\x8b"
 SKIP_CHUNK = 2**20  # what a skipped record's data is read in, from a file that cannot seek
 ZLIB_CHUNK = 2**16  # compressed bytes read at once from a ZLIB file
+NOTE_READERS = 16  # folders whose features.json the planning looks up at once (`features_json_notes`)
 
 
 def is_tfrecord(path: str) -> bool:
@@ -198,12 +201,45 @@ def declared_list_features(path: str, fs_opts: dict[str, Any]) -> frozenset[str]
     """The features that the TFDS `features.json` beside the TFRecord file at `path` declares a list in every record
     (`tfds_metadata.declared_lists`: a Sequence, a Tensor of shape [None]); none where there is no such file, or one
     that is not as TFDS writes it (its features then typed by their values, as without one). A storage error reading
-    it is raised: the file's reading would type those columns otherwise than its other shards'."""
+    it is raised: the file's reading would type those columns otherwise than its other shards'. So is a refusal of one
+    that is there; one refused where the store will not say whether it is there (S3 without s3:ListBucket answers 403
+    for a key that is not) is taken as absent (`optional_files`; the planning notes it, `features_json_notes`): most
+    TFRecord files have none, and a run over keys granted alone would otherwise be all rejects."""
+    features, _ = _features_json(posixpath.dirname(path), fs_opts)
+    return features
+
+
+def _features_json(folder: str, fs_opts: dict[str, Any]) -> tuple[frozenset[str], str | None]:
+    """`declared_list_features` of the TFRecord files in `folder`, and the note where its features.json was taken as
+    absent for a refusal."""
+    fs, features_path = storage_path(posixpath.join(folder, FEATURES), fs_opts)
     try:
-        features = read_json(posixpath.dirname(path), FEATURES, fs_opts)
-        return declared_lists(features) if features is not None else frozenset()
+        features, note = read_optional(lambda: read_json(folder, FEATURES, fs_opts), fs, features_path,
+                                       "the TFRecord files beside it typed by their values")
+        return (declared_lists(features) if features is not None else frozenset()), note
     except TfdsProblem:
-        return frozenset()
+        return frozenset(), None
+
+
+def features_json_notes(paths: Iterable[str], fs_opts: dict[str, Any]) -> list[str]:
+    """For the planning: of the folders of TFRecord files `paths`, a note for each whose features.json is taken as
+    absent though refused (`optional_files.unknown_note`), or is there and refused (each file beside it a reject). One
+    small request a folder, NOTE_READERS at a time; any other trouble is left to the files' read tasks to say."""
+
+    def note(folder: str) -> str | None:
+        try:
+            return _features_json(folder, fs_opts)[1]
+        except RefusedFile as err:
+            return f"{err}; each TFRecord file beside it is a reject until then"
+        except Exception:  # noqa: BLE001 - its read tasks say it, as the file's reject
+            return None
+
+    folders = sorted({posixpath.dirname(p) for p in paths if is_tfrecord(p)})
+    if not folders:
+        return []
+    threads = concurrent_calls(storage_path(folders[0], fs_opts)[0], min(NOTE_READERS, len(folders)))  # FTP: one
+    with ThreadPoolExecutor(threads, thread_name_prefix="features-json") as pool:
+        return [n for n in pool.map(note, folders) if n is not None]
 
 
 def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str, image_feature: str | None,
