@@ -20,6 +20,13 @@ class JobInterrupted(JobError):
         self.signum = signum
 
 
+class InputRefused(ValueError):
+    """An input the listing will not read as given: two files that would share one id, an object that is a folder too,
+    a web folder given without its '/'. Its message names the files and the fix, and is said whole, as it is: not as
+    a listing that failed ("cannot list input ...: ValueError: ..."), cut to a reject reason's length, which dropped
+    the second name of a pair and the fix."""
+
+
 class NotOnThisNodeError(JobError):
     """A local path the driver checked (--input's folder, --output, the checkpoint) that a read task, write task or
     purifier actor does not find on the node Ray ran it on: on a Ray cluster of several machines without a shared file
