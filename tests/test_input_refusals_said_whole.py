@@ -56,3 +56,19 @@ def test_files_whose_ids_a_parquet_files_rows_would_have_are_all_named_with_the_
     for row in range(5):
         assert f"{folder}/t.parquet#{row} (beside {folder}/t.parquet)" in err, err
     assert err.rstrip().endswith("; rename them"), err
+
+
+def test_a_web_folder_linking_endless_subfolders_is_said_with_the_limit_and_the_fix(tmp_path, capsys) -> None:
+    from pipeline.sources.walk import MAX_WEB_DEPTH
+    from tests.test_hostile_inputs import _MadeUpFolders
+    from tests.webutil import serving
+
+    class Deep(_MadeUpFolders):  # every page links a/ below it
+        pages: list[str] = []
+
+    with serving(tmp_path, Deep) as url:
+        assert main(["--input", url, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: input {url}: web folder {url} links subfolders more than {MAX_WEB_DEPTH} deep"), err
+    assert "cannot list" not in err and "WebFolderTooLarge" not in err and "…" not in err, err
+    assert err.rstrip().endswith("copy the data to an object store or local disk"), err

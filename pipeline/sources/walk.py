@@ -181,7 +181,7 @@ MAX_WEB_PAGE_BYTES = 64 * 2**20
 _WEB_PAGE_CHUNK = 2**20
 
 
-class WebFolderTooLarge(ValueError):
+class WebFolderTooLarge(InputRefused):
     """A web folder whose index pages link subfolders deeper than MAX_WEB_DEPTH or more than MAX_WEB_FOLDERS of them,
     or one of whose index pages is longer than MAX_WEB_PAGE_BYTES."""
 
