@@ -30,7 +30,7 @@ from pipeline.changes import (
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
-from pipeline.errors import InputRefused, JobError
+from pipeline.errors import InputRefused, JobError, UnlistableFolder
 from pipeline.lease import refuse_live_lease
 from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done
 from pipeline.model import UNetConfig
@@ -911,6 +911,8 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMeta
         raise JobError(str(err)) from err
     except InputRefused as err:
         raise JobError(_refusal(config, err)) from err
+    except UnlistableFolder as err:  # said whole, as a refusal: the folder, then the fix
+        raise JobError(str(err.strerror)) from err
     except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001

@@ -72,3 +72,28 @@ def test_a_web_folder_linking_endless_subfolders_is_said_with_the_limit_and_the_
     assert err.startswith(f"error: input {url}: web folder {url} links subfolders more than {MAX_WEB_DEPTH} deep"), err
     assert "cannot list" not in err and "WebFolderTooLarge" not in err and "…" not in err, err
     assert err.rstrip().endswith("copy the data to an object store or local disk"), err
+
+
+def test_an_input_folder_that_cannot_be_listed_is_named_with_the_fix(tmp_path, capsys, monkeypatch) -> None:
+    from fsspec.implementations.local import LocalFileSystem
+
+    folder = _deep_input(tmp_path)
+    (folder / "a.png").write_bytes(image_bytes(8, 8, 0))
+    (folder / "photos-from-the-second-camera" / "locked").mkdir(parents=True)
+    (folder / "photos-from-the-second-camera" / "locked" / "b.png").write_bytes(image_bytes(8, 8, 1))
+    ls = LocalFileSystem.ls
+
+    def denied(self, path, detail=False, **kwargs):  # as a folder without read permission answers (root reads any)
+        if path.rstrip("/").endswith("/locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return ls(self, path, detail, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", denied)
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    locked = folder / "photos-from-the-second-camera" / "locked"
+    assert err.startswith(f"error: input folder {locked} cannot be listed (PermissionError: [Errno 13] Permission "
+                          "denied"), err
+    assert "cannot list input" not in err and "…" not in err and err.count("\n") == 1, err
+    assert err.rstrip().endswith("make it readable, or move it out of the input (a folder whose name starts with '_' "
+                                 "or '.' is skipped)"), err

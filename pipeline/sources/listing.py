@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import InputRefused
+from pipeline.errors import InputRefused, unlistable_folder
 from pipeline.sources.arrow_ipc import ARROW_SUFFIXES, saved_dataset_metadata
 from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
@@ -227,9 +227,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         if unlistable:  # its files would be left out of the run unseen, and the run called complete
             folder, err = unlistable[0]
             more = f" (and {len(unlistable) - 1} more)" if len(unlistable) > 1 else ""
-            raise OSError(err.errno, f"input folder {text_name(folder)}{more} cannot be listed ({describe(err)}), so "
-                          "its files would be left out of the run unseen: make it readable, or move it out of the input "
-                          "(a folder whose name starts with '_' or '.' is skipped)") from err
+            raise unlistable_folder(err, f"input folder {text_name(folder)}{more} cannot be listed ({describe(err)}), "
+                                    "so its files would be left out of the run unseen: make it readable, or move it out "
+                                    "of the input (a folder whose name starts with '_' or '.' is skipped)") from err
         root_dir = root
         if _web_index(fs, root):
             _ask_web_containers(fs, listed)
