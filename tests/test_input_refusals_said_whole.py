@@ -97,3 +97,14 @@ def test_an_input_folder_that_cannot_be_listed_is_named_with_the_fix(tmp_path, c
     assert "cannot list input" not in err and "…" not in err and err.count("\n") == 1, err
     assert err.rstrip().endswith("make it readable, or move it out of the input (a folder whose name starts with '_' "
                                  "or '.' is skipped)"), err
+
+
+@pytest.mark.parametrize(("column", "reason"), [("label", "column 'label' has type int64, not image bytes or pixel arrays"),
+                                                ("photo", "image column 'photo' not in Parquet columns ['image', 'label']")])
+def test_an_image_column_the_first_parquet_file_cannot_give_names_the_file_apart(tmp_path, capsys, column,
+                                                                                   reason) -> None:
+    # It read "... not image bytes or pixel arrays of /in/t.parquet", as if the pixel arrays were the file's
+    folder = _deep_input(tmp_path)
+    pq.write_table(pa.table({"image": [image_bytes(8, 8, 0)], "label": [3]}), folder / "t.parquet")
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), "--dry-run", "--image-column", column]) == 2
+    assert capsys.readouterr().err == f"error: --image-column {column}: {reason}, in {folder / 't.parquet'}\n"
