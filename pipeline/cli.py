@@ -237,8 +237,9 @@ def _add_sampler_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     zp.add_argument("--sampler", choices=["ddim", "ddpm"],
                     help=f"ddim = Algorithm 2, ddpm = Algorithm 1 (default {d.sampler})")
     zp.add_argument("--operators",
-                    help=f"'pool' (paper) or 'gray,pool' (authors' code, averaged; 'pool,gray' is the same setting) "
-                         f"(default {d.operators})")
+                    help=f"'pool' (paper) or 'gray,pool' (authors' code, averaged; 'pool,gray' is the same setting); "
+                         f"the names are pool, gray and gray+pool (gray, then pool, as one operator), comma-separated "
+                         f"to average their guidance (default {d.operators})")
     zp.add_argument("--blend-k", type=_blend_k, metavar="K",
                     help="authors'-code soft blend exponent k instead of the hard switch, a number above 0; off: no "
                          "blend, the paper's hard switch (the default; undoes --recipe authors-code's k = 10, as "

@@ -20,6 +20,29 @@ class JobInterrupted(JobError):
         self.signum = signum
 
 
+class InputRefused(ValueError):
+    """An input the listing will not read as given: two files that would share one id, an object that is a folder too,
+    a web folder given without its '/'. Its message names the files and the fix, and is said whole, as it is: not as
+    a listing that failed ("cannot list input ...: ValueError: ..."), cut to a reject reason's length, which dropped
+    the second name of a pair and the fix."""
+
+
+class UnlistableFolder(OSError):
+    """A local input folder that cannot be listed (an I/O error), whose files a run would leave out unseen: its message
+    names the folder and the fix, and is said whole (`UnlistableFolderDenied` for one without read permission, a
+    PermissionError as its listing's error was)."""
+
+
+class UnlistableFolderDenied(UnlistableFolder, PermissionError):
+    """An input folder this user may not list (`UnlistableFolder`)."""
+
+
+def unlistable_folder(err: OSError, message: str) -> UnlistableFolder:
+    """The error for an input folder whose listing failed with `err`, of the same errno and kind (denied or not)."""
+    kind = UnlistableFolderDenied if isinstance(err, PermissionError) else UnlistableFolder
+    return kind(err.errno, message)
+
+
 class NotOnThisNodeError(JobError):
     """A local path the driver checked (--input's folder, --output, the checkpoint) that a read task, write task or
     purifier actor does not find on the node Ray ran it on: on a Ray cluster of several machines without a shared file

@@ -93,6 +93,13 @@ class Composite:
         return y
 
 
+# What a refused name is told: every name make_operators takes, as --operators is written (names lowercase, joined by
+# commas), not as the table's Python list, which showed the alias pool+gray and no comma.
+OPERATOR_NAMES_HELP = ("the operators are pool, gray and gray+pool (gray, then pool, as one operator; pool+gray is the "
+                       "same), in lowercase, comma-separated to average their guidance: pool (the paper) or gray,pool "
+                       "(the authors' code)")
+
+
 def make_operators(names: str | list[str], pool: int) -> list[LinearOperator]:
     """Operators from names: "pool", "gray", "pool+gray" (one list entry each).
 
@@ -106,7 +113,7 @@ def make_operators(names: str | list[str], pool: int) -> list[LinearOperator]:
     ops = []
     for name in names:
         if name not in table:
-            raise ValueError(f"unknown operator {name!r}; choose from {sorted(table)}")
+            raise ValueError(f"unknown operator {name!r}; {OPERATOR_NAMES_HELP}")
         ops.append(table[name]())
     if not ops:
         raise ValueError("at least one operator is needed")

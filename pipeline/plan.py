@@ -30,7 +30,7 @@ from pipeline.changes import (
 from pipeline.checkpoint import LoadedCheckpoint, load_checkpoint, save_bundle
 from pipeline.config import DEFAULT_PRIOR_NAME, JobConfig
 from pipeline.decode import DecodePolicy
-from pipeline.errors import JobError
+from pipeline.errors import InputRefused, JobError, UnlistableFolder
 from pipeline.lease import refuse_live_lease
 from pipeline.ledger import ContainerRead, container_ids, read_ledger, unchanged_and_done
 from pipeline.model import UNetConfig
@@ -830,6 +830,8 @@ def _input_location(config: JobConfig) -> str | None:
     """Where the input is (`sources.input_location`), a listing error said as a JobError."""
     try:
         return input_location(config.input, config.storage_options)
+    except InputRefused as err:
+        raise JobError(_refusal(config, err)) from err
     except Exception as err:  # noqa: BLE001
         raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
 
@@ -964,6 +966,12 @@ def _overwritten_counts(out: str, so: dict[str, Any]) -> tuple[int, int]:
     return len(purified_old), len(rejected_old)
 
 
+def _refusal(config: JobConfig, err: InputRefused) -> str:
+    """An input the listing refuses, said whole and naming the input: its message names each file and the fix, which
+    `describe` cut to a reject reason's length (the second file of a pair, then the fix, were lost)."""
+    return str(err) if str(err).startswith("input ") else f"input {config.input}: {err}"
+
+
 def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMetadata | None) -> list[ReadUnit]:
     """The input's read units (`sources.discover`, retried on transient errors); the hidden files it leaves out are
     counted in `hidden`, and with --join-metadata the image-folder metadata files it finds are joined into `metadata`."""
@@ -975,6 +983,10 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMeta
                             f"list {config.input}")
     except InputNotFound as err:  # its own message says it: not "input x not found: FileNotFoundError: input x ..."
         raise JobError(str(err)) from err
+    except InputRefused as err:
+        raise JobError(_refusal(config, err)) from err
+    except UnlistableFolder as err:  # said whole, as a refusal: the folder, then the fix
+        raise JobError(str(err.strerror)) from err
     except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -222,6 +223,20 @@ def test_ids_that_would_share_a_name_get_their_own_and_the_manifest_says_which(t
     assert len(set(folded)) == len(ids)  # no two are one file on a disk that ignores case either
     for id_, path in rows.items():
         assert (to / path).read_bytes() == stored_images(out)[id_]
+
+
+@pytest.mark.parametrize(("image_format", "ids"), [("png", ["B.png", "b.png"]), ("input", ["B.jpg", "b.jpg"])])
+def test_two_ids_that_are_both_their_files_name_but_for_case_both_move(tmp_path: Path, image_format, ids) -> None:
+    """docs/job.md: the id whose name is already the file's keeps it where only one is; two such ids (names that
+    differ only in case) are both given their stem and a digest, neither `b.png.png`, as no id is the one to keep."""
+    out, to = tmp_path / "out", tmp_path / "images"
+    make_output(str(out), [image(id_, i) for i, id_ in enumerate(ids)])
+    report = export_images(out, to, image_format=image_format)
+    rows = {row["id"]: row["path"] for row in manifest_rows(to)}
+    assert report.ok and report.renamed == 2, report
+    for id_ in ids:
+        stem, ext = os.path.splitext(id_)
+        assert re.fullmatch(re.escape(stem) + r"\.[0-9a-f]{8}" + re.escape(ext), rows[id_]), rows
 
 
 def test_the_names_given_depend_on_the_ids_not_their_order() -> None:

@@ -67,7 +67,7 @@ def test_an_image_column_named_twice_is_a_reject_saying_so_and_no_crash_before_t
     assert image_column_problem(_parquet_unit(tmp_path / "t.parquet"), {}, "image") is None
     problem = image_column_problem(_parquet_unit(tmp_path / "t.parquet"), {}, "img")
     assert problem.startswith("--image-column img: image column 'img' not in Parquet columns ['image', 'image', 'n']")
-    assert problem.endswith(f"of {tmp_path / 't.parquet'}")  # which file
+    assert problem.endswith(f", in {tmp_path / 't.parquet'}")  # which file
 
 
 def test_a_shard_of_unknown_size_is_streamed_when_no_local_copy_can_be_made(sizeless, tmp_path, monkeypatch) -> None:

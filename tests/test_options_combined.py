@@ -134,6 +134,20 @@ def test_no_operators_names_the_flag(tmp_path, capsys) -> None:
     assert capsys.readouterr().err == "error: --operators: at least one operator is needed\n"
 
 
+@pytest.mark.parametrize("given", ["pool,blur", "Pool"])
+def test_an_unknown_operator_is_told_the_names_as_the_flag_takes_them(tmp_path, capsys, given) -> None:
+    # It said "choose from ['gray', 'gray+pool', 'pool', 'pool+gray']": a Python list, with an alias, and no word of
+    # the comma that averages two operators (the help named only 'pool' and 'gray,pool')
+    assert main(["--operators", given, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --operators: unknown operator {given.split(',')[-1]!r}; the operators are pool, gray "
+                          "and gray+pool"), err
+    assert "comma-separated" in err and "[" not in err, err
+    for name in ("gray", "gray+pool", "pool,gray"):  # each name the message gives is taken
+        assert main(["--operators", name, "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+        assert "operators=" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("pool", ["0", "-2"])
 def test_a_pool_factor_below_one_is_refused_with_any_operators(tmp_path, capsys, pool) -> None:
     # With --operators gray (no pooling operator built) the factor went unchecked: 0 stopped the dry run and the run

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline.errors import InputRefused, unlistable_folder
 from pipeline.sources.arrow_ipc import ARROW_SUFFIXES, saved_dataset_metadata
 from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
@@ -94,7 +95,7 @@ def _one_file(fs: Any, root: str, uri: str) -> bool:
     given without it, and so is a server's address without a path: refused, naming the address to give."""
     if not urlsplit(root).path and not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
         # 'http://host:port' alone: the server sends its root's index page without a redirect, read as one image
-        raise ValueError(f"input {uri} is a web server's address without a path, its root folder: give {uri}/ to "
+        raise InputRefused(f"input {uri} is a web server's address without a path, its root folder: give {uri}/ to "
                          "read the files its index page links")
     keyed = not KEYED_PROTOCOLS.isdisjoint(protocols(fs))  # a disk's or a server's file is never a folder too
     s3 = not S3_PROTOCOLS.isdisjoint(protocols(fs))
@@ -107,19 +108,19 @@ def _one_file(fs: Any, root: str, uri: str) -> bool:
         # 'file' whenever the object is there: not asked again)
         if not keyed or s3 or not fs.isfile(root):
             return False
-        raise ValueError(f"input {uri} is both an object and a folder holding objects on the store, which lists the "
+        raise InputRefused(f"input {uri} is both an object and a folder holding objects on the store, which lists the "
                          "object in place of the folder's files, so reading either would leave the other out: move "
                          "the object away (or the folder's files to another folder) and give the folder")
     if isinstance(info.get("url"), str) and info["url"] == f"{root}/" and not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
         # a web folder given without its '/': the server sends its index page, which was read as one image (a
         # reject, 'not a recognised image format'), its files left out unseen
-        raise ValueError(f"input {uri} is a web folder (the server redirects it to {info['url']}): give it with the "
+        raise InputRefused(f"input {uri} is a web folder (the server redirects it to {info['url']}): give it with the "
                          "trailing '/' to read the files its index page links")
     if not keyed or not (_s3_keys_under(fs, root) if s3 else _keys_under(fs, root)):
         return True
     if uri.endswith("/"):
         return False
-    raise ValueError(f"input {uri} is both an object and a folder holding objects on the store, so reading either would "
+    raise InputRefused(f"input {uri} is both an object and a folder holding objects on the store, so reading either would "
                      f"leave the other out: give {uri}/ to read the folder (the object of that name is then not read), "
                      "or move the object away")
 
@@ -172,7 +173,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     stays an input, whose read task makes it a reject saying why.
     """
     if is_url_chain(uri):
-        raise ValueError(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
+        raise InputRefused(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
                          "(s3://..., a path) and its settings with --storage-option")
     fs, root = storage_path(uri, storage_options or {})
     try:
@@ -218,9 +219,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         if unlistable:  # its files would be left out of the run unseen, and the run called complete
             folder, err = unlistable[0]
             more = f" (and {len(unlistable) - 1} more)" if len(unlistable) > 1 else ""
-            raise OSError(err.errno, f"input folder {text_name(folder)}{more} cannot be listed ({describe(err)}), so "
-                          "its files would be left out of the run unseen: make it readable, or move it out of the input "
-                          "(a folder whose name starts with '_' or '.' is skipped)") from err
+            raise unlistable_folder(err, f"input folder {text_name(folder)}{more} cannot be listed ({describe(err)}), "
+                                    "so its files would be left out of the run unseen: make it readable, or move it out "
+                                    "of the input (a folder whose name starts with '_' or '.' is skipped)") from err
         root_dir = root
         if _web_index(fs, root):
             _ask_web_containers(fs, listed)
@@ -324,12 +325,12 @@ def _refuse_escaped_twins(paths: list[str], root: str) -> None:
             return f"{text_name(p)} (as bytes: {raw!r})"
 
         shown = "; ".join(f"{named(a)} and {named(b)}" for a, b in escaped[:5])
-        raise ValueError(f"{len(escaped)} pair(s) of input files have one id once the bytes of a name that are not "
+        raise InputRefused(f"{len(escaped)} pair(s) of input files have one id once the bytes of a name that are not "
                          f"UTF-8 are written as \\xNN, so one of each pair would be lost from the output: {shown}; "
                          "rename one")
     if twins:
         shown = "; ".join(f"{text_name(a)!r} and {text_name(b)!r} (id {relative_id(a, root)})" for a, b in twins[:5])
-        raise ValueError(f"{len(twins)} pair(s) of input files have one id, since an id leaves out the empty, '.' and "
+        raise InputRefused(f"{len(twins)} pair(s) of input files have one id, since an id leaves out the empty, '.' and "
                          f"'..' folders of an object's key, so one of each pair would be lost from the output: {shown}; "
                          "rename (copy and delete) one")
 
@@ -366,5 +367,5 @@ def _refuse_colliding_ids(containers: list[ReadUnit], image_files: list[str], ro
     clashes = [(path, found) for path in image_files if (found := clash(relative_id(path, root)))]
     if clashes:
         shown = "; ".join(f"{path} (beside {container})" for path, container in clashes[:5])
-        raise ValueError(f"{len(clashes)} input file(s) have ids that a tar or zip member's or a Parquet row's id could "
+        raise InputRefused(f"{len(clashes)} input file(s) have ids that a tar or zip member's or a Parquet row's id could "
                          f"equal, so one of the two would be lost from the output: {shown}; rename them")

@@ -144,7 +144,7 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     try:
         find_image_column(schema, requested, format_name(schema_of))
     except ValueError as err:
-        return f"--image-column {requested}: {err} of {path}"
+        return f"--image-column {requested}: {err}, in {path}"
     return None
 
 

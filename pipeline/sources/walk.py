@@ -14,6 +14,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.errors import InputRefused
 from pipeline.sources.ids import web_name
 from pipeline.sources.units import VERSION_FIELDS
 from pipeline.storage import WEB_PROTOCOLS, protocols
@@ -180,7 +181,7 @@ MAX_WEB_PAGE_BYTES = 64 * 2**20
 _WEB_PAGE_CHUNK = 2**20
 
 
-class WebFolderTooLarge(ValueError):
+class WebFolderTooLarge(InputRefused):
     """A web folder whose index pages link subfolders deeper than MAX_WEB_DEPTH or more than MAX_WEB_FOLDERS of them,
     or one of whose index pages is longer than MAX_WEB_PAGE_BYTES."""
 
@@ -303,7 +304,7 @@ def _web_find(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Mapping[str
     if clashes:
         # the pairs first: a listing's error is cut to a reason's length where the command line prints it
         shown = "; ".join(f"{a} and {b}" for a, b in clashes[:5])
-        raise ValueError(f"{len(clashes)} pair(s) of links give one id: {shown}; rename one on the server: they are two "
+        raise InputRefused(f"{len(clashes)} pair(s) of links give one id: {shown}; rename one on the server: they are two "
                          "files, one id once their percent escapes are decoded (a '?' written %3F is part of a name, one "
                          "written as it is begins a query), so one of each pair would be lost from the output")
     return found
