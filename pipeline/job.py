@@ -109,7 +109,14 @@ from pipeline.stopped_run import (
     signals_interrupt,
     stopped_totals,
 )
-from pipeline.storage import RetriesExhausted, describe, remove_stale_temporaries, storage_path, with_retries
+from pipeline.storage import (
+    RetriesExhausted,
+    concurrent_calls,
+    describe,
+    remove_stale_temporaries,
+    storage_path,
+    with_retries,
+)
 from pipeline.version import versions
 
 BLOCK_BYTES = 16 * 1024 * 1024  # target size of the job's Ray Data blocks (see run_job)
@@ -168,7 +175,9 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
         from concurrent.futures import ThreadPoolExecutor
 
         try:
-            with ThreadPoolExecutor(min(INDEX_READERS, len(tables)), thread_name_prefix="footer") as pool:
+            # one at a time where the store holds one connection (FTP, SFTP): threads sharing it hang
+            threads = concurrent_calls(storage_path(tables[0].paths[0], storage_options)[0], INDEX_READERS)
+            with ThreadPoolExecutor(min(threads, len(tables)), thread_name_prefix="footer") as pool:
                 counts = list(pool.map(rows, tables))
         except Exception:  # noqa: BLE001 - the file's read task will say what is wrong with it; here only the total
             return None

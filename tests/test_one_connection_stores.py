@@ -92,3 +92,46 @@ def test_the_export_writes_one_file_at_a_time_through_one_connection(tmp_path: P
     assert report.ok and report.written == 24
     assert sorted(p.name for p in to.iterdir()) == [*(f"{i:03d}.png" for i in range(24)), "manifest.csv"]
     assert one_connection.overlaps == []
+
+
+def _inputs(folder: Path) -> None:
+    """Six Parquet files, four TFRecord files and four zip archives with a metadata.csv each: what the planning and
+    the progress total read the footers, headers and central directories of, many files at a time elsewhere."""
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.jobutil import image_bytes, zip_bytes
+    from tests.test_tfrecord_inputs import labelled, shard
+
+    folder.mkdir()
+    for i in range(6):
+        pq.write_table(pa.table({"image": [image_bytes(8, 8, i)], "label": [i]}), folder / f"t{i}.parquet")
+    for i in range(4):
+        (folder / f"r{i}.tfrecord").write_bytes(shard(labelled(2 * i + 2, 2 * i)))
+        (folder / f"z{i}.zip").write_bytes(zip_bytes({"a.png": image_bytes(8, 8, i), "metadata.csv":
+                                                     b"file_name,label\na.png,3\nmissing.png,4\n"}, zipfile.ZIP_STORED))
+
+
+def test_the_planning_and_the_progress_total_read_inputs_one_at_a_time_through_one_connection(
+        tmp_path: Path, one_connection) -> None:
+    """A dry run over an sftp:// input of Parquet, TFRecord and zip files read their footers, record headers and
+    central directories 16 files at a time through the one connection (and the run's progress total its footers):
+    on a real server each thread then waits for ever for an answer another took."""
+    from pipeline.job import progress_total
+    from pipeline.plan import plan_job
+    from tests.jobutil import small_job_config, tiny_model_file
+
+    _inputs(tmp_path / "in")
+    model = tiny_model_file(tmp_path)
+    config = small_job_config(tmp_path, model, input=f"sftp://{tmp_path / 'in'}")
+    plan = plan_job(config, dry_run=True)
+    assert plan.tfrecord_records == 8
+    assert plan.archive_metadata.unmatched == 4  # each archive's metadata.csv read: its row naming no member
+    assert one_connection.overlaps == [], one_connection.overlaps[:5]
+    for zipped in (tmp_path / "in").glob("*.zip"):
+        zipped.unlink()
+    plan = plan_job(config, dry_run=False)
+    assert progress_total(plan, {}) == 6 + 8
+    assert one_connection.overlaps == [], one_connection.overlaps[:5]

@@ -26,7 +26,7 @@ from pipeline.sources.hidden import _hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import _image_record, reject_record
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import describe, with_retries
+from pipeline.storage import concurrent_calls, describe, storage_path, with_retries
 
 
 def _zip_member_path(name: str) -> str | None:
@@ -361,7 +361,9 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
             return None
 
     found = ArchiveMetadata()
-    with ThreadPoolExecutor(max_workers=DIRECTORY_READS) as pool:
+    # one at a time where the store holds one connection (FTP, SFTP): threads sharing it hang
+    threads = concurrent_calls(storage_path(units[0].paths[0], fs_opts)[0], DIRECTORY_READS) if units else 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for unit, joined in zip(units, pool.map(one, units), strict=True):
             if joined is not None:
                 rel = relative_id(unit.paths[0], unit.root)
