@@ -476,7 +476,9 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     same = 0
     ids = list(checked)
     progress = _Progress(many, len(ids), "image file(s)")
-    with ThreadPoolExecutor(min(HASH_READERS, len(ids)), thread_name_prefix="same-bytes") as pool:
+    # one at a time where the inputs' store holds one connection (FTP, SFTP): threads sharing it hang
+    readers = concurrent_calls(storage_path(candidates[ids[0]][0], storage_options)[0], HASH_READERS)
+    with ThreadPoolExecutor(min(readers, len(ids)), thread_name_prefix="same-bytes") as pool:
         step = HASH_READERS * 64  # a batch at a time: no million futures held at once
         for start in range(0, len(ids), step):
             batch = ids[start:start + step]
@@ -735,7 +737,9 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
         unit, rows = candidates[id_]
         return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options, stop)
 
-    with ThreadPoolExecutor(min(CONTAINER_READERS, len(ids)), thread_name_prefix="same-members") as pool, \
+    # one at a time where the inputs' store holds one connection (FTP, SFTP): threads sharing it hang
+    readers = concurrent_calls(storage_path(candidates[ids[0]][0].paths[0], storage_options)[0], CONTAINER_READERS)
+    with ThreadPoolExecutor(min(readers, len(ids)), thread_name_prefix="same-members") as pool, \
             _set_on_exit(stop):
         for id_, (found, read) in zip(ids, pool.map(compare, ids), strict=True):
             unit, now = candidates[id_][0], candidates[id_][0].contents[0]

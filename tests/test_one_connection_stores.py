@@ -19,6 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline import storage
 from pipeline.export import export_images
 from pipeline.output import output_ids
+from tests.jobutil import image_bytes
 from tests.test_export import image, make_output
 
 
@@ -134,4 +135,45 @@ def test_the_planning_and_the_progress_total_read_inputs_one_at_a_time_through_o
         zipped.unlink()
     plan = plan_job(config, dry_run=False)
     assert progress_total(plan, {}) == 6 + 8
+    assert one_connection.overlaps == [], one_connection.overlaps[:5]
+
+
+def test_a_scheduled_run_reads_touched_inputs_one_at_a_time_through_one_connection(tmp_path: Path,
+                                                                                  one_connection) -> None:
+    """An --incremental run over an sftp:// input whose files' listing changed since their rows (touched, copied over)
+    reads them to tell the same bytes: 16 image files, or 8 tar shards, at a time through the one connection."""
+    import hashlib
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.changes import InputRecord, same_bytes, same_members
+    from pipeline.sources.units import ReadUnit
+    from tests.jobutil import tar_bytes
+    from tests.test_mutation_changes import _rows_of
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (out / "data").mkdir(parents=True)
+    names = [f"{k:02d}.png" for k in range(20)]
+    for name in names:
+        (inp / name).write_bytes(b"the same bytes")
+    pq.write_table(pa.table({"id": names, "source_sha256": [hashlib.sha256(b"the same bytes").hexdigest()] * 20}),
+                   out / "data" / "part-a.parquet")
+    unit = ReadUnit("files", tuple(f"sftp://{inp / n}" for n in names), f"sftp://{inp}", (14,) * 20, (), ("v2",) * 20)
+    record = InputRecord(f"sftp://{inp}", {name: ("files", "v1") for name in names})
+    assert same_bytes([unit], set(names), set(), frozenset(), record, str(out), {})[1] == 20
+    assert one_connection.overlaps == [], one_connection.overlaps[:5]
+
+    units, purified = [], set()
+    for k in range(10):
+        shard = inp / f"s{k}.tar"
+        shard.write_bytes(tar_bytes({"0.png": image_bytes(8, 8, k)}))
+        size = (os.path.getsize(shard),)
+        _rows_of(ReadUnit("tar", (f"sftp://{shard}",), f"sftp://{inp}", size, ("l1",), ("v1",)), out, set())
+        units.append(ReadUnit("tar", (f"sftp://{shard}",), f"sftp://{inp}", size, ("l2",), ("v2",)))
+        purified.add(f"s{k}.tar/0")
+    record = InputRecord(f"sftp://{inp}", {f"s{k}.tar": ("tar", "v1") for k in range(10)})
+    assert same_members(units, purified, set(), frozenset(), record, {}, str(out), {}, {"in_memory_bytes": 0})[1] == 10
     assert one_connection.overlaps == [], one_connection.overlaps[:5]
