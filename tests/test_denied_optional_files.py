@@ -200,3 +200,36 @@ def test_on_gcs_a_tfrecord_object_read_without_list_access_is_read_and_counted(g
     (note,) = features_json_notes(unit.paths, {})
     assert note.startswith(f"gsdenied:///{root}/tf/features.json was taken as absent") and \
         "grant storage.objects.list" in note
+
+
+def test_on_a_local_disk_a_refused_features_json_is_there_and_never_taken_as_absent(tmp_path, monkeypatch) -> None:
+    """A local disk says a missing file is not there (ENOENT) whatever its folder's permissions, so a refusal of
+    features.json (mode 000 in a folder whose names may not be listed, mode 711) means it is there: it was taken as
+    absent, as on a bucket that may not be listed, and the files beside it typed otherwise than TFDS declares."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    folder = tmp_path / "tf"
+    folder.mkdir()
+    (folder / "features.json").write_bytes(TOKENS_AS_LIST)
+    (folder / "s.tfrecord").write_bytes(_records(2))
+    refused = (str(folder / "features.json"), str(folder))  # as a user other than root meets them (root reads all)
+    cat_file, ls = LocalFileSystem.cat_file, LocalFileSystem.ls
+
+    def refuse_cat(self, path, *args, **kwargs):
+        if self._strip_protocol(path) in refused:
+            raise PermissionError(13, "Permission denied", path)
+        return cat_file(self, path, *args, **kwargs)
+
+    def refuse_ls(self, path, *args, **kwargs):
+        if self._strip_protocol(path).rstrip("/") in refused:
+            raise PermissionError(13, "Permission denied", path)
+        return ls(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", refuse_cat)
+    monkeypatch.setattr(LocalFileSystem, "ls", refuse_ls)
+    (unit,) = discover(str(folder / "s.tfrecord"), {})
+    out = [r for r in read_unit(unit, {}) if r["kind"] != "count"]
+    assert [r["id"] for r in out] == ["s.tfrecord#unreadable"]
+    assert f"{folder / 'features.json'} is there but these credentials may not read it" in out[0]["error"]
+    (note,) = features_json_notes(unit.paths, {})
+    assert "is there but" in note and "taken as absent" not in note

@@ -152,3 +152,27 @@ def test_a_metadata_file_with_columns_differing_only_in_case_cannot_be_joined(na
 
     with pytest.raises(MetadataProblem, match=said):
         parse_metadata(name, text.encode())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_row_naming_an_image_as_written_wins_over_a_nearer_files_row_naming_it_in_another_spelling(tmp_path,
+                                                                                                     model) -> None:
+    """The root's metadata file names train/café.png as macOS wrote it; train's own, typed elsewhere, in NFC. Before
+    NFC matching the image took the root's row (train's named no file); the nearer file's NFC row took it from then
+    on, so an output made before said the image changed for its row, and a scheduled --refresh-changed wrote it again
+    with another label."""
+    folder = tmp_path / "in" / "train"
+    folder.mkdir(parents=True)
+    (folder / NFD).write_bytes(image_bytes(16, 16, 0))
+    (tmp_path / "in" / "metadata.csv").write_text(f"file_name,label\ntrain/{NFD},1\n", encoding="utf-8")
+    (folder / "metadata.csv").write_text(f"file_name,label\n{NFC},2\n", encoding="utf-8")
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 1
+    data, _ = read_output(str(tmp_path / "out"))
+    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 1)]
+    # and the other way round: the nearer file naming it as written wins, as a nearer file's row always does
+    (tmp_path / "in" / "metadata.csv").write_text(f"file_name,label\ntrain/{NFC},1\n", encoding="utf-8")
+    (folder / "metadata.csv").write_text(f"file_name,label\n{NFD},2\n", encoding="utf-8")
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    assert summary["this_run"]["refreshed"]["rows_replaced"] == 1
+    data, _ = read_output(str(tmp_path / "out"))
+    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 2)]

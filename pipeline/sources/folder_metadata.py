@@ -20,7 +20,8 @@ every image):
 - an image no row names is purified all the same, with nulls in those columns (datasets leaves it out); a row naming
   no listed image file is counted and the first few named (`FolderMetadata.unmatched`), not a reject: no image is
   lost, and the names tell the user what to fix;
-- an image named by two metadata files takes the row of the one nearest to it (the deeper folder);
+- an image named by two metadata files takes the row of the one nearest to it (the deeper folder), but a row naming
+  it as written before one naming it under NFC alone (as before NFC matching: its row and stamp stay as they were);
 - a metadata file that cannot be read as such (not UTF-8, a CSV row of the wrong width, a JSONL line that is not a
   JSON object, no `file_name` column, a `file_name` that is not text, one named twice, two columns whose names differ
   only in case, which the output could not hold apart for case-blind readers) is a reject saying what and on
@@ -150,7 +151,8 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
     Matched by id, the path below the input's root that the run names a file by (a web folder's escapes decoded)."""
     found.reset()
     spellings = _Spellings(images)
-    by_image: dict[str, tuple[int, dict[str, Any]]] = {}  # path -> (depth of its metadata file's folder, columns)
+    # path -> (depth of its metadata file's folder, columns, whether the row names it as written)
+    by_image: dict[str, tuple[int, dict[str, Any], bool]] = {}
     rejected: dict[str, int] = {}  # folder id of a metadata file that cannot be joined -> its depth
     # deeper folders last: an image named twice takes the nearest metadata file's row
     for id_ in sorted(metadata_files, key=lambda i: (i.count("/"), i)):
@@ -169,17 +171,21 @@ def join_folder_metadata(images: dict[str, str], metadata_files: dict[str, str],
         found.joined_ids.append(id_)
         folder = posixpath.dirname(id_)
         found.folders.add(folder)
-        for row, image, why in _matched(rows, folder, images, spellings):
+        for row, image, why, exact in _matched(rows, folder, images, spellings):
             if image is None:
                 found.unmatched += 1
                 if len(found.unmatched_examples) < UNMATCHED_EXAMPLES:
                     found.unmatched_examples.append(f"{id_}: {row[FILE_NAME]}{why}")
                 continue
-            by_image[image] = (id_.count("/"), {passthrough_name(k): v for k, v in row.items()})
-    found.rows = {image: columns for image, (_, columns) in by_image.items()}
+            # a row naming the image as written wins over a nearer file's naming it in another spelling, which is
+            # how the image was joined before NFC matching: its row, and so its stamp, stay as they were
+            if image in by_image and by_image[image][2] and not exact:
+                continue
+            by_image[image] = (id_.count("/"), {passthrough_name(k): v for k, v in row.items()}, exact)
+    found.rows = {image: columns for image, (_, columns, _) in by_image.items()}
     if rejected:
         found.unknown = {image for id_, image in images.items()
-                         if _nearest_rejected(id_, rejected) > by_image.get(image, (-1, None))[0]}
+                         if _nearest_rejected(id_, rejected) > by_image.get(image, (-1, None, False))[0]}
 
 
 def _nearest_rejected(id_: str, rejected: dict[str, int]) -> int:
@@ -213,37 +219,38 @@ class _Spellings:
 
 
 def _matched(rows: list[dict[str, Any]], folder: str, images: dict[str, str], spellings: _Spellings,
-             ) -> Iterator[tuple[dict[str, Any], str | None, str]]:
+             ) -> Iterator[tuple[dict[str, Any], str | None, str, bool]]:
     """Each row of one metadata file in `folder` with the listed image (full path) it is joined to, or None and why
-    not (for the example of a row joined to nothing: '' when it names no file). A row names the id its file_name
+    not (for the example of a row joined to nothing: '' when it names no file), and whether it names the image as
+    written. A row names the id its file_name
     resolves to, as written, else the one id equal to it under NFC, unless another row of the file names that one
     (as written, or so too: each image takes one row) or several ids are (files named alike in two normalizations):
     such a row goes to none of them, rather than to one by chance."""
     exact: set[str] = set()
     loose: dict[str, list[int]] = {}  # id -> the rows naming it under NFC alone
-    found: list[tuple[dict[str, Any], str | None, str]] = []
+    found: list[tuple[dict[str, Any], str | None, str, bool]] = []
     for n, row in enumerate(rows):
         id_ = _resolved(folder, row[FILE_NAME])
         if id_ in images:
             exact.add(id_)
-            found.append((row, images[id_], ""))
+            found.append((row, images[id_], "", True))
             continue
         alike = [] if id_.isascii() else spellings.alike(id_)  # an ASCII name is its own NFC form
         if len(alike) == 1:
             loose.setdefault(alike[0], []).append(n)
-            found.append((row, alike[0], ""))
+            found.append((row, alike[0], "", False))
         elif alike:
             found.append((row, None, f" ({len(alike)} image files have this name in other Unicode normalizations, so "
-                                     f"it is joined to none: {', '.join(ascii(a)[1:-1] for a in alike)})"))
+                                     f"it is joined to none: {', '.join(ascii(a)[1:-1] for a in alike)})", False))
         else:
-            found.append((row, None, ""))
+            found.append((row, None, "", False))
     for id_, named in loose.items():
         for n in named:
             if id_ in exact or len(named) > 1:
                 found[n] = (rows[n], None, f" (names {ascii(id_)[1:-1]} in another Unicode normalization, as another "
-                                           f"row does: each image takes one row)")
+                                           f"row does: each image takes one row)", False)
             else:
-                found[n] = (rows[n], images[id_], "")
+                found[n] = (rows[n], images[id_], "", False)
     yield from found
 
 

@@ -7,7 +7,9 @@ refused, as is the read of one that is there but not granted. A refusal is there
 (`listed_there`): where the listing says the file is not there it is absent, as a 404 would have said; where it is
 there the refusal stands (the file is needed); where the listing is refused too, the two cannot be told apart, and an
 optional file is taken as absent, with a note (`unknown_note`) that names it and the permission that would make it
-certain, so that a run over one granted key is not made of rejects for a file it may never have had."""
+certain, so that a run over one granted key is not made of rejects for a file it may never have had. Only object
+stores answer so: elsewhere (a local disk, SFTP) a missing file is "not there" whoever asks, and a refused one is
+there."""
 
 from __future__ import annotations
 
@@ -15,7 +17,16 @@ import posixpath
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pipeline.storage import S3_PROTOCOLS, access_denied, describe, list_permission, protocols, with_protocol, with_retries
+from pipeline.storage import (
+    OBJECT_STORE_PROTOCOLS,
+    S3_PROTOCOLS,
+    access_denied,
+    describe,
+    list_permission,
+    protocols,
+    with_protocol,
+    with_retries,
+)
 
 T = TypeVar("T")
 
@@ -32,6 +43,9 @@ def read_optional(read: Callable[[], T | None], fs: Any, path: str, taken_as: st
     except Exception as err:
         if not access_denied(err):
             raise
+        if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+            # a disk, SFTP or HDFS says "not there" of a missing file whoever asks: a refused one is there
+            raise refused_there(fs, path, err) from err
         there = listed_there(fs, path)
         if there:
             raise refused_there(fs, path, err) from err
