@@ -87,6 +87,23 @@ def test_a_large_dataset_info_json_is_read(tmp_path, model, monkeypatch) -> None
     assert _total(tmp_path, model, monkeypatch) == (5, 0)
 
 
+def test_a_splits_records_are_summed_once_not_once_a_shard(monkeypatch) -> None:
+    # summed again for each of its shards, a split of a million shards (a dataset_info.json of 10 MB, well within what
+    # is read) took hours to plan: the work grew with the square of its shards
+    summed = []
+
+    def counted_sum(values, *start):
+        summed.append(1)
+        return sum(values, *start)
+
+    info = {"name": "d", "splits": [{"name": "train", "numBytes": "0", "shardLengths": ["1"] * 1000},
+                                    {"name": "test", "numBytes": "0", "shardLengths": ["1"] * 10}]}
+    monkeypatch.setattr(tfds_metadata, "sum", counted_sum, raising=False)
+    shards = tfds_metadata.listed_shards(info)
+    assert len(shards) == 1010 and shards["d-train.tfrecord-00999-of-01000"].split_records == 1000
+    assert len(summed) == 2
+
+
 def test_a_dataset_info_json_over_the_size_tfds_could_write_is_not_read(tmp_path, model, monkeypatch) -> None:
     _tfds(tmp_path / "in", [3, 2])
     size = (tmp_path / "in" / "dataset_info.json").stat().st_size

@@ -4,6 +4,7 @@ progress short of 100 % at the end, one too small shows a run more done than it 
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import struct
@@ -18,7 +19,9 @@ from pipeline.plan import plan_job
 from pipeline.sources import read_budget, tfrecord_count
 from pipeline.sources.crc32c import masked_crc32c
 from pipeline.sources.read_budget import MAX_READS, ReadBudget
+from pipeline.sources.tfds_metadata import DEFAULT_TEMPLATE, shard_name
 from pipeline.sources.tfrecord_count import BLOCK, CountProblem, count_file, count_framed
+from pipeline.sources.units import ReadUnit
 from tests.test_tfrecord_inputs import framed, labelled, shard
 
 TFDS = pathlib.Path(__file__).parent / "data" / "tfds" / "tiny" / "1.0.0"
@@ -139,3 +142,23 @@ def test_the_budget_allows_exactly_ten_thousand_requests_a_run() -> None:
     with pytest.raises(CountProblem, match="more than the 10,000 requests allowed"):
         count_framed(read_at, size, BLOCK, budget)
     assert budget.spent
+
+
+def test_a_split_of_many_shards_is_checked_against_the_listing_once_not_once_a_shard(tmp_path, monkeypatch) -> None:
+    # each shard checked its whole split again: 10,000 shards took 13 s to plan, twice (the dry run or the start, then
+    # the progress total), 100,000 some 20 minutes; the check is the split's, made once for all its shards
+    n = 2000
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"name": "d", "fileFormat": "tfrecord", "splits": [
+        {"name": "train", "numBytes": str(100 * n), "shardLengths": ["1"] * n}]}))
+    paths = [str(tmp_path / shard_name(DEFAULT_TEMPLATE, "d", "train", "tfrecord", i, n)) for i in range(n)]
+    units = [ReadUnit("parquet", (path,), str(tmp_path), (100 + 16,)) for path in paths]  # one record of 100 bytes each
+    checked = []
+    original = tfrecord_count._split_as_listed
+
+    def split_as_listed(shard, sizes):
+        checked.append(shard.split)
+        return original(shard, sizes)
+
+    monkeypatch.setattr(tfrecord_count, "_split_as_listed", split_as_listed)
+    assert tfrecord_count.count_records(units, {}) == dict.fromkeys(paths, 1)
+    assert checked == ["train"]
