@@ -109,9 +109,9 @@ def listed_shards(info: dict[str, Any]) -> dict[str, Shard]:
             raise TfdsProblem(f"split {split['name']!r}'s filepathTemplate is no text")
         names = tuple(posixpath.normpath(shard_name(template, dataset, split["name"], file_format, i, len(counts)))
                       for i in range(len(counts)))
-        split_bytes = _number(split.get("numBytes", 0), f"split {split['name']!r}'s numBytes")
-        for name, n in zip(names, counts, strict=True):
-            out[name] = Shard(split["name"], n, split_bytes, sum(counts), names)
+        split_bytes, split_records = _number(split.get("numBytes", 0), f"split {split['name']!r}'s numBytes"), sum(counts)
+        for name, n in zip(names, counts, strict=True):  # summed once a split: a sum a shard took hours for a million
+            out[name] = Shard(split["name"], n, split_bytes, split_records, names)
     return out
 
 
