@@ -73,7 +73,15 @@ from pipeline.redaction import redact_uri_secrets
 from pipeline.sources import LOOKALIKE, ReadUnit, path_of_id, read_unit, relative_id
 from pipeline.sources.parquet_files import batch_rows
 from pipeline.sources.units import METADATA_ROW, ROW_UNKNOWN
-from pipeline.storage import concurrent_calls, describe, make_parent_dirs, replace_file, storage_path, with_retries
+from pipeline.storage import (
+    concurrent_calls,
+    concurrent_reads,
+    describe,
+    make_parent_dirs,
+    replace_file,
+    storage_path,
+    with_retries,
+)
 
 if TYPE_CHECKING:
     from pipeline.output import OutputIndex  # pipeline.output imports this module
@@ -476,8 +484,8 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     same = 0
     ids = list(checked)
     progress = _Progress(many, len(ids), "image file(s)")
-    # one at a time where the inputs' store holds one connection (FTP, SFTP): threads sharing it hang
-    readers = concurrent_calls(storage_path(candidates[ids[0]][0], storage_options)[0], HASH_READERS)
+    # one at a time on FTP/SFTP (`concurrent_calls`)
+    readers = concurrent_reads(candidates[ids[0]][0], storage_options, HASH_READERS)
     with ThreadPoolExecutor(min(readers, len(ids)), thread_name_prefix="same-bytes") as pool:
         step = HASH_READERS * 64  # a batch at a time: no million futures held at once
         for start in range(0, len(ids), step):
@@ -737,8 +745,8 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
         unit, rows = candidates[id_]
         return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options, stop)
 
-    # one at a time where the inputs' store holds one connection (FTP, SFTP): threads sharing it hang
-    readers = concurrent_calls(storage_path(candidates[ids[0]][0].paths[0], storage_options)[0], CONTAINER_READERS)
+    # one at a time on FTP/SFTP (`concurrent_calls`)
+    readers = concurrent_reads(candidates[ids[0]][0].paths[0], storage_options, CONTAINER_READERS)
     with ThreadPoolExecutor(min(readers, len(ids)), thread_name_prefix="same-members") as pool, \
             _set_on_exit(stop):
         for id_, (found, read) in zip(ids, pool.map(compare, ids), strict=True):

@@ -111,7 +111,7 @@ from pipeline.stopped_run import (
 )
 from pipeline.storage import (
     RetriesExhausted,
-    concurrent_calls,
+    concurrent_reads,
     describe,
     remove_stale_temporaries,
     storage_path,
@@ -175,8 +175,8 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
         from concurrent.futures import ThreadPoolExecutor
 
         try:
-            # one at a time where the store holds one connection (FTP, SFTP): threads sharing it hang
-            threads = concurrent_calls(storage_path(tables[0].paths[0], storage_options)[0], INDEX_READERS)
+            # one at a time on FTP/SFTP (`concurrent_calls`)
+            threads = concurrent_reads(tables[0].paths[0], storage_options, INDEX_READERS)
             with ThreadPoolExecutor(min(threads, len(tables)), thread_name_prefix="footer") as pool:
                 counts = list(pool.map(rows, tables))
         except Exception:  # noqa: BLE001 - the file's read task will say what is wrong with it; here only the total

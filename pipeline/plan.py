@@ -89,7 +89,7 @@ from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     access_denied,
-    concurrent_calls,
+    concurrent_reads,
     describe,
     list_permission,
     protocols,
@@ -628,8 +628,8 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
     from concurrent.futures import ThreadPoolExecutor
 
     budget = budget if budget is not None else ReadBudget()
-    # one at a time where the store holds one connection (FTP, SFTP): threads sharing it hang
-    threads = concurrent_calls(storage_path(units[0].paths[0], so)[0], FOOTER_READS) if units else 1
+    # one at a time on FTP/SFTP (`concurrent_calls`)
+    threads = concurrent_reads(units[0].paths[0], so, FOOTER_READS) if units else 1
     with ThreadPoolExecutor(max_workers=threads) as pool:  # each file's thread sets its own key of `columns`
         counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget, columns), units)
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}

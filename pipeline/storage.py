@@ -765,6 +765,11 @@ def concurrent_calls(fs: Any, wanted: int) -> int:
     return 1 if SINGLE_CONNECTION_PROTOCOLS & set(protocols(fs)) else wanted
 
 
+def concurrent_reads(uri: str, storage_options: dict[str, Any], wanted: int) -> int:
+    """`concurrent_calls` of the file system that `uri` is on: how many of its files a thread pool may read at once."""
+    return concurrent_calls(storage_path(uri, storage_options)[0], wanted)
+
+
 def list_uncached(fs: Any, folder: str) -> list[dict[str, Any]]:
     """`fs.ls(folder, detail=True)`, past the file system's listing cache where it keeps one (s3fs and gcsfs take
     refresh=True; adlfs takes the keyword and answers from its cache still, until the folder's entry is invalidated:

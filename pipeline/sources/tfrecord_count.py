@@ -25,7 +25,7 @@ from pipeline.sources.crc32c import masked_crc32c
 from pipeline.sources.read_budget import BudgetSpent, ReadBudget
 from pipeline.sources.tfds_metadata import DATASET_INFO, Shard, TfdsProblem, listed_shards, read_json
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import access_denied, concurrent_calls, local_file_path, storage_path, with_retries
+from pipeline.storage import access_denied, concurrent_reads, local_file_path, storage_path, with_retries
 
 HEADER_BYTES = 12  # a record's length (8) and its masked CRC (4); its data's CRC (4) follows the data
 FRAMING_BYTES = 16
@@ -113,8 +113,8 @@ def count_records(units: Sequence[ReadUnit], fs_opts: dict[str, Any],
             return known[path] if path in known else count_file(path, fs_opts, unit.sizes[0] if unit.sizes else None,
                                                                 budget)
 
-        # one at a time where the store holds one connection (FTP, SFTP): threads sharing it hang
-        threads = concurrent_calls(storage_path(units[0].paths[0], fs_opts)[0], READERS)
+        # one at a time on FTP/SFTP (`concurrent_calls`)
+        threads = concurrent_reads(units[0].paths[0], fs_opts, READERS)
         with ThreadPoolExecutor(min(threads, len(units)), thread_name_prefix="tfrecord-count") as pool:
             return dict(zip([u.paths[0] for u in units], pool.map(count, units), strict=True))
     except Exception:  # noqa: BLE001 - uncounted, whatever the reason: the read task says it

@@ -36,7 +36,7 @@ from pipeline.sources.records import _image_record, passthrough_name, reject_rec
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
 from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, read_json
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import backoff, concurrent_calls, describe, is_transient, storage_path
+from pipeline.storage import backoff, concurrent_reads, describe, is_transient, storage_path
 
 # '.tfrecord', a TFDS shard 'x.tfrecord-00000-of-00016', either with '.gz' (or '.gzip') after it
 TFRECORD_NAME = re.compile(r"\.(?:tfrecords?|tfrec)(?:-\d+-of-\d+)?(?:\.gz|\.gzip)?$", re.IGNORECASE)
@@ -237,7 +237,7 @@ def features_json_notes(paths: Iterable[str], fs_opts: dict[str, Any]) -> list[s
     folders = sorted({posixpath.dirname(p) for p in paths if is_tfrecord(p)})
     if not folders:
         return []
-    threads = concurrent_calls(storage_path(folders[0], fs_opts)[0], min(NOTE_READERS, len(folders)))  # FTP: one
+    threads = concurrent_reads(folders[0], fs_opts, min(NOTE_READERS, len(folders)))  # FTP: one
     with ThreadPoolExecutor(threads, thread_name_prefix="features-json") as pool:
         return [n for n in pool.map(note, folders) if n is not None]
 

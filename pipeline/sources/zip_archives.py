@@ -26,7 +26,7 @@ from pipeline.sources.hidden import _hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import _image_record, reject_record
 from pipeline.sources.units import ReadUnit
-from pipeline.storage import concurrent_calls, describe, storage_path, with_retries
+from pipeline.storage import concurrent_reads, describe, with_retries
 
 
 def _zip_member_path(name: str) -> str | None:
@@ -361,8 +361,8 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
             return None
 
     found = ArchiveMetadata()
-    # one at a time where the store holds one connection (FTP, SFTP): threads sharing it hang
-    threads = concurrent_calls(storage_path(units[0].paths[0], fs_opts)[0], DIRECTORY_READS) if units else 1
+    # one at a time on FTP/SFTP (`concurrent_calls`)
+    threads = concurrent_reads(units[0].paths[0], fs_opts, DIRECTORY_READS) if units else 1
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for unit, joined in zip(units, pool.map(one, units), strict=True):
             if joined is not None:
