@@ -230,6 +230,6 @@ def test_on_a_local_disk_a_refused_features_json_is_there_and_never_taken_as_abs
     (unit,) = discover(str(folder / "s.tfrecord"), {})
     out = [r for r in read_unit(unit, {}) if r["kind"] != "count"]
     assert [r["id"] for r in out] == ["s.tfrecord#unreadable"]
-    assert f"{folder / 'features.json'} is there but these credentials may not read it" in out[0]["error"]
+    assert f"{folder / 'features.json'} is there but the user the job runs as may not read it" in out[0]["error"]
     (note,) = features_json_notes(unit.paths, {})
     assert "is there but" in note and "taken as absent" not in note
