@@ -133,9 +133,9 @@ def tfds_counts(units: Sequence[ReadUnit], fs_opts: dict[str, Any]) -> dict[str,
         try:
             info = read_json(folder, DATASET_INFO, fs_opts)
             shards = listed_shards(info) if info is not None else {}
-        except (TfdsProblem, FileNotFoundError, PermissionError):
+        except (TfdsProblem, FileNotFoundError):
             continue
-        except Exception as err:  # noqa: BLE001 - gcsfs's 'Forbidden', Azure's 403: refused, its shards counted alone
+        except Exception as err:  # noqa: BLE001 - refused (PermissionError, gcsfs's 'Forbidden', Azure's 403): its shards counted alone
             if not access_denied(err):
                 raise
             continue
