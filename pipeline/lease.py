@@ -27,7 +27,15 @@ from typing import Any
 
 from pipeline.errors import JobError
 from pipeline.redaction import redact_uri, redact_uri_secrets
-from pipeline.storage import create_if_absent, describe, make_parent_dirs, replace_file, storage_path, with_retries
+from pipeline.storage import (
+    concurrent_calls,
+    create_if_absent,
+    describe,
+    make_parent_dirs,
+    replace_file,
+    storage_path,
+    with_retries,
+)
 
 LEASE_FILE = "_lease.json"
 LEASE_HEARTBEAT_S = 30.0
@@ -178,9 +186,10 @@ class OutputLease:
         self._so = storage_options
         self._written = False  # whether a lease of this run may have been written: only then is there one to release
 
-    def _write(self) -> None:
+    def _write(self, fs: Any = None) -> None:
         self.record["heartbeat"] = time.time()
-        replace_file(self.fs, self.path, json.dumps(self.record, indent=2).encode(), f"write {self.out}/{LEASE_FILE}")
+        replace_file(self.fs if fs is None else fs, self.path, json.dumps(self.record, indent=2).encode(),
+                     f"write {self.out}/{LEASE_FILE}")
         self._landed = self.record["heartbeat"]
 
     def _mine(self, lease: dict[str, Any] | None) -> bool:
@@ -296,9 +305,17 @@ class OutputLease:
                 "over. Run again once that run has ended")
         return lease
 
+    def _own_fs(self) -> Any:
+        """`self.fs`, or where its store holds one connection that threads may not share (SFTP, FTP), one of the calling
+        thread's own: fsspec gives each thread its own SFTP file system, so `self.fs` is the driver's, whose writes and
+        reads of the output go on while the heartbeat writes the lease (both waited for ever on a real server)."""
+        return self.fs if concurrent_calls(self.fs, 2) > 1 else storage_path(f"{self.out}/{LEASE_FILE}", self._so)[0]
+
     def _heartbeat(self) -> None:
+        fs = None  # made on this thread (`_own_fs`), at the first beat: one that fails to connect is tried at the next
         while not self._stop.wait(LEASE_HEARTBEAT_S):
             try:
+                fs = fs if fs is not None else self._own_fs()
                 current = read_lease(self.out, self._so)
                 if current is not None and current.get("unreadable"):
                     continue  # not a run's lease (runs write whole files): neither ours nor taken over
@@ -311,12 +328,12 @@ class OutputLease:
                     # changed. Deleted by hand under a live run, it is only put back (below).
                     self.lost_while_stale = silent
                     return
-                self._write()
+                self._write(fs)
                 if self._stop.is_set():
                     # release() stopped waiting for this beat (storage slower than LEASE_HEARTBEAT_S) and may have
                     # deleted the lease before the write above landed: a lease left behind would hold off the next
                     # run for LEASE_STALE_S, or a next run in this process, whose pid it names, until then as well
-                    self._remove_if_mine()
+                    self._remove_if_mine(fs)
             except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
                 print(f"warning: could not refresh the lease of {self.shown}: {redact_uri_secrets(describe(err), self.out)}",
                       file=sys.stderr)
@@ -353,10 +370,10 @@ class OutputLease:
                   f"this machine takes it over at once, elsewhere once it is {LEASE_STALE_S / 60:.0f} minutes old",
                   file=sys.stderr)
 
-    def _remove_if_mine(self) -> None:
+    def _remove_if_mine(self, fs: Any = None) -> None:
         if self._mine(read_lease(self.out, self._so)):
             try:
-                with_retries(lambda: self.fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
+                with_retries(lambda: (self.fs if fs is None else fs).rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
             except FileNotFoundError:
                 pass  # removed meanwhile (release and a late heartbeat both clean up): what was wanted
 

@@ -177,3 +177,46 @@ def test_a_scheduled_run_reads_touched_inputs_one_at_a_time_through_one_connecti
     record = InputRecord(f"sftp://{inp}", {f"s{k}.tar": ("tar", "v1") for k in range(10)})
     assert same_members(units, purified, set(), frozenset(), record, {}, str(out), {}, {"in_memory_bytes": 0})[1] == 10
     assert one_connection.overlaps == [], one_connection.overlaps[:5]
+
+
+class OneConnectionEach(OneConnection):
+    """`OneConnection` as fsspec gives it: one instance (one connection) per thread, each thread's own (fsspec caches a
+    file system per thread), so that only an instance called from two threads at once is an overlap."""
+
+    def _guarded(self, what: str, call):  # noqa: ANN001 - any file-system call
+        me = threading.get_ident()
+        with OneConnection.state:
+            inside = self.__dict__.setdefault("_inside", [])
+            if inside and inside[0] != me:
+                OneConnection.overlaps.append(what)
+            inside.append(me)
+            OneConnection.calls += 1
+        try:
+            time.sleep(0.002)  # a round trip: time for another thread to come in
+            return call()
+        finally:
+            with OneConnection.state:
+                inside.remove(me)
+
+
+def test_the_leases_heartbeat_writes_through_a_connection_of_its_own(tmp_path: Path, monkeypatch) -> None:
+    """A run holding an sftp:// output's lease beat every 30 s from a thread of its own, writing the lease through the
+    connection the driver's own writes and reads of the output go through: on a real server (paramiko, asyncssh's
+    server) both threads then waited for ever, the run hung without a word. The heartbeat has its own connection."""
+    from pipeline import lease as leases
+    from pipeline.output import write_json
+
+    registry = importlib.import_module("fsspec.registry")
+    monkeypatch.setitem(registry._registry, "sftp", OneConnectionEach)
+    OneConnection.overlaps, OneConnection.calls = [], 0
+    OneConnectionEach.clear_instance_cache()
+    monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.001)  # the beat sooner: the same calls, more often
+    out = f"sftp://{tmp_path / 'out'}"
+    beats: set[float] = set()
+    with leases.OutputLease(out, {}) as lease:
+        while len(beats) < 20:  # what the driver does meanwhile: its records written, its listings and reads
+            write_json(f"{out}/_summary.json", {"status": "running"}, {})
+            beats.add(lease.record["heartbeat"])
+    assert not (tmp_path / "out" / leases.LEASE_FILE).exists()  # released
+    OneConnectionEach.clear_instance_cache()
+    assert OneConnection.overlaps == [], OneConnection.overlaps[:5]
