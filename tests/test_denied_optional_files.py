@@ -233,3 +233,34 @@ def test_on_a_local_disk_a_refused_features_json_is_there_and_never_taken_as_abs
     assert f"{folder / 'features.json'} is there but the user the job runs as may not read it" in out[0]["error"]
     (note,) = features_json_notes(unit.paths, {})
     assert "is there but" in note and "taken as absent" not in note
+
+
+def test_over_sftp_a_refused_features_json_names_the_servers_user_not_the_one_the_job_runs_as(
+        tmp_path, monkeypatch) -> None:
+    """On SFTP (FTP, HDFS) the server's user the job logs in as reads the file, not the user the job runs as on this
+    machine: the reject told the user to look at the wrong one's permissions."""
+    import importlib
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from tests.test_one_connection_stores import OneConnection
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "sftp", OneConnection)
+    OneConnection.clear_instance_cache()
+    folder = tmp_path / "tf"
+    folder.mkdir()
+    (folder / "features.json").write_bytes(TOKENS_AS_LIST)
+    (folder / "s.tfrecord").write_bytes(_records(2))
+    cat_file = LocalFileSystem.cat_file
+
+    def refuse_cat(self, path, *args, **kwargs):
+        if self._strip_protocol(path) == str(folder / "features.json"):
+            raise PermissionError(13, "Permission denied", path)  # paramiko's answer to SSH_FX_PERMISSION_DENIED
+        return cat_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", refuse_cat)
+    (unit,) = discover(f"sftp://{folder}/s.tfrecord", {})
+    out = [r for r in read_unit(unit, {}) if r["kind"] != "count"]
+    assert [r["id"] for r in out] == ["s.tfrecord#unreadable"]
+    assert "features.json is there but the user the job logs in to the server as may not read it" in out[0]["error"]
+    OneConnection.clear_instance_cache()
