@@ -308,7 +308,8 @@ class OutputLease:
     def _own_fs(self) -> Any:
         """`self.fs`, or where its store holds one connection that threads may not share (SFTP, FTP), one of the calling
         thread's own: fsspec gives each thread its own SFTP file system, so `self.fs` is the driver's, whose writes and
-        reads of the output go on while the heartbeat writes the lease (both waited for ever on a real server)."""
+        reads of the output go on while the heartbeat writes the lease (both waited for ever on a real server); FTP's
+        is a new connection each time."""
         return self.fs if concurrent_calls(self.fs, 2) > 1 else storage_path(f"{self.out}/{LEASE_FILE}", self._so)[0]
 
     def _heartbeat(self) -> None:
@@ -363,7 +364,9 @@ class OutputLease:
         if self._beat is not None:
             self._beat.join(timeout=LEASE_HEARTBEAT_S)
         try:
-            self._remove_if_mine()
+            # FTP's `self.fs`, its own connection, sat idle through the run (the heartbeat has its own): a server may
+            # have closed it since; a beat still writing (storage slower than the join) is on another
+            self._remove_if_mine(self._own_fs())
         except Exception as err:  # noqa: BLE001
             why = redact_uri_secrets(describe(err), self.out)
             print(f"warning: could not release the lease {self.shown}/{LEASE_FILE} ({why}); a next run on "

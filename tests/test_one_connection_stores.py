@@ -220,3 +220,56 @@ def test_the_leases_heartbeat_writes_through_a_connection_of_its_own(tmp_path: P
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()  # released
     OneConnectionEach.clear_instance_cache()
     assert OneConnection.overlaps == [], OneConnection.overlaps[:5]
+
+
+class IdleClosing(LocalFileSystem):
+    """A local folder as ftp://: each instance is one connection of its own (fsspec caches no FTP file system), which
+    the server closes once it has been idle IDLE_S (vsftpd's idle_session_timeout, 300 s by default)."""
+
+    protocol = ("ftp",)
+    root_marker = "/"
+    cachable = False
+    IDLE_S = 0.2
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - fsspec's signature
+        super().__init__(*args, **kwargs)
+        self._used = time.monotonic()
+
+    @classmethod
+    def _strip_protocol(cls, path):  # noqa: ANN001 - fsspec's signature
+        path = path[len("ftp://"):] if isinstance(path, str) and path.startswith("ftp://") else path
+        return super()._strip_protocol(path)
+
+    def _alive(self) -> None:
+        if time.monotonic() - self._used > self.IDLE_S:
+            raise BrokenPipeError(32, "Broken pipe")
+        self._used = time.monotonic()
+
+    def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001
+        self._alive()
+        return super()._open(path, mode=mode, **kwargs)
+
+    def info(self, path, **kwargs):  # noqa: ANN001
+        self._alive()
+        return super().info(path, **kwargs)
+
+    def rm_file(self, path):  # noqa: ANN001
+        self._alive()
+        return super().rm_file(path)
+
+
+def test_an_ftp_outputs_lease_is_released_after_a_run_longer_than_the_servers_idle_timeout(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """The connection that took the lease sits idle through the run, its heartbeat writing through a connection of its
+    own: released through the first, the lease was left behind ('could not release the lease ... Broken pipe'), and a
+    next run on another machine waited 3 minutes for it to go stale."""
+    from pipeline import lease as leases
+
+    registry = importlib.import_module("fsspec.registry")
+    monkeypatch.setitem(registry._registry, "ftp", IdleClosing)
+    monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.01)
+    (tmp_path / "out").mkdir()
+    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}):
+        time.sleep(3 * IdleClosing.IDLE_S)  # the run: longer than the server keeps an idle connection
+    assert "could not" not in capsys.readouterr().err
+    assert not (tmp_path / "out" / leases.LEASE_FILE).exists()
