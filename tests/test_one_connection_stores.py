@@ -217,6 +217,7 @@ def test_the_leases_heartbeat_writes_through_a_connection_of_its_own(tmp_path: P
         while len(beats) < 20:  # what the driver does meanwhile: its records written, its listings and reads
             write_json(f"{out}/_summary.json", {"status": "running"}, {})
             beats.add(lease.record["heartbeat"])
+    lease._beat.join()  # a beat the release did not wait for (it waits one beat's time) has ended too
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()  # released
     OneConnectionEach.clear_instance_cache()
     assert OneConnection.overlaps == [], OneConnection.overlaps[:5]
@@ -269,7 +270,8 @@ def test_an_ftp_outputs_lease_is_released_after_a_run_longer_than_the_servers_id
     monkeypatch.setitem(registry._registry, "ftp", IdleClosing)
     monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.01)
     (tmp_path / "out").mkdir()
-    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}):
+    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}) as lease:
         time.sleep(3 * IdleClosing.IDLE_S)  # the run: longer than the server keeps an idle connection
+    lease._beat.join()  # a beat the release did not wait for (it waits one beat's time) has ended too
     assert "could not" not in capsys.readouterr().err
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()
