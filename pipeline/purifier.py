@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import numbers
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -72,6 +73,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
+def _callers_level() -> int:
+    """The `stacklevel` of the first frame outside this module, for a warning given in a method of it: the caller's
+    line (a notebook cell's), not `from_checkpoint`'s call of the constructor, which a note pointed at."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class Purifier:
     """ZIP purification with one diffusion model, reusable across calls (load the model once)."""
 
@@ -93,7 +103,7 @@ class Purifier:
         meta = checkpoint.meta if checkpoint else {}
         self.settings = (settings or ZipSettings()).for_prior(meta)
         if (settings is None or settings.start is None) and (note := prior_range_note(meta, self.settings)):
-            warnings.warn(note, PriorRangeNote, stacklevel=2)
+            warnings.warn(note, PriorRangeNote, stacklevel=_callers_level())
         if device is None:
             # where the model is: a notebook that purifies with the model it trains on a GPU found that model moved to
             # the CPU (model.to, in place) by the former default, device="cpu", and its next training step failed

@@ -136,6 +136,20 @@ def test_the_api_says_once_which_start_it_chose_for_a_range_limited_prior_and_no
         (PriorRangeNote, True, True)]
 
 
+
+def test_the_apis_range_note_points_at_the_callers_line_not_the_librarys(tmp_path: Path) -> None:
+    """The note pointed at the purifier's own source ('pipeline/purifier.py:164: PriorRangeNote: ...' followed by
+    'return cls(loaded.model, settings, ...)'), whichever call made the purifier: a notebook's user was shown the
+    library's line instead of the cell's."""
+    limited = _prior(tmp_path, max_timestep=299)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        Purifier.from_checkpoint(limited, device="cpu")
+        loaded = load_checkpoint(limited)
+        Purifier(loaded.model, checkpoint=loaded)
+    assert [(w.category, w.filename) for w in seen] == [(PriorRangeNote, __file__)] * 2
+
+
 # --- the job ---------------------------------------------------------------------------------------------------------
 
 def test_the_job_starts_a_prior_of_max_timestep_within_its_range_and_says_so(tmp_path: Path,
