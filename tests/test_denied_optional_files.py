@@ -264,3 +264,28 @@ def test_over_sftp_a_refused_features_json_names_the_servers_user_not_the_one_th
     assert [r["id"] for r in out] == ["s.tfrecord#unreadable"]
     assert "features.json is there but the user the job logs in to the server as may not read it" in out[0]["error"]
     OneConnection.clear_instance_cache()
+
+
+def test_a_refused_features_json_reject_keeps_the_fix_under_a_long_path(tmp_path, monkeypatch) -> None:
+    """The reject named the file twice, the OS error's own copy of the path inside the reason, so that at a data set's
+    usual depth (/srv/datasets/tensorflow_datasets/NAME/CONFIG/VERSION/) the reason was cut before what to do ('grant
+    read access to…')."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    folder = tmp_path / "tfds" / "imagenette" / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "features.json").write_bytes(TOKENS_AS_LIST)
+    (folder / "s.tfrecord").write_bytes(_records(2))
+    cat_file = LocalFileSystem.cat_file
+
+    def refuse_cat(self, path, *args, **kwargs):
+        if self._strip_protocol(path) == str(folder / "features.json"):
+            raise PermissionError(13, "Permission denied", path)  # as open() says it: the path again
+        return cat_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", refuse_cat)
+    (unit,) = discover(str(folder / "s.tfrecord"), {})
+    (reject,) = [r for r in read_unit(unit, {}) if r["kind"] != "count"]
+    assert reject["error"].endswith("(PermissionError: [Errno 13] Permission denied): grant read access to it, or move "
+                                    "it away"), reject["error"]
+    assert reject["error"].count("features.json") == 1

@@ -82,7 +82,12 @@ def refused_there(fs: Any, path: str, err: BaseException) -> RefusedFile:
     names = set(protocols(fs))
     reader = ("these credentials" if names & OBJECT_STORE_PROTOCOLS else "the user the job runs as"
               if names & {"file", "local"} else "the user the job logs in to the server as")
-    return RefusedFile(f"{with_protocol(fs, path)} is there but {reader} may not read it ({describe(err)}): "
+    # the OS's error names the file again (open()'s "[Errno 13] Permission denied: '/path'"): said once, so that a
+    # reject's reason, cut at a reason's length, keeps what to do
+    why = describe(err)
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        why = f"{type(err).__name__}: {'' if err.errno is None else f'[Errno {err.errno}] '}{err.strerror}"
+    return RefusedFile(f"{with_protocol(fs, path)} is there but {reader} may not read it ({why}): "
                        "grant read access to it, or move it away")
 
 
