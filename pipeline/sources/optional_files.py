@@ -77,8 +77,8 @@ def listed_there(fs: Any, path: str) -> bool | None:
 
 def refused_there(fs: Any, path: str, err: BaseException) -> RefusedFile:
     """The error for an optional file that is there but refused (`err`), naming it and what to grant: on a disk it is
-    the user the job runs as, not a store's credentials, that may not read it; on a server (SFTP, FTP, HDFS) the user
-    it logs in as, not this machine's."""
+    the user the job runs as, not a store's credentials, that may not read it; on a server (SFTP, HDFS) the user it
+    logs in as, not this machine's."""
     names = set(protocols(fs))
     reader = ("these credentials" if names & OBJECT_STORE_PROTOCOLS else "the user the job runs as"
               if names & {"file", "local"} else "the user the job logs in to the server as")
