@@ -74,10 +74,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _callers_level() -> int:
-    """The `stacklevel` of the first frame outside this module, for a warning given in a method of it: the caller's
-    line (a notebook cell's), not `from_checkpoint`'s call of the constructor, which a note pointed at."""
+    """The `stacklevel` of the first frame outside this package, for a warning given in a method of it: the caller's
+    line (a notebook cell's), not `from_checkpoint`'s call of the constructor, which a note pointed at, nor the
+    sampler's call of the model."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
+    while frame is not None and str(frame.f_globals.get("__name__", "")).partition(".")[0] == "pipeline":
         frame, level = frame.f_back, level + 1
     return level
 
@@ -210,7 +211,7 @@ class Purifier:
                     if self.precision_fallbacks == 1:
                         warnings.warn(f"{self.precision} overflowed in the diffusion model (NaN or inf); such forward "
                                       "passes are done again in fp32 (slower). Use --precision bf16 or fp32 to avoid "
-                                      "it", RuntimeWarning, stacklevel=2)
+                                      "it", RuntimeWarning, stacklevel=_callers_level())
                     with torch.inference_mode():
                         chunk = self.model(x[i : i + step], t[i : i + step])[:, :3].float()
                 out.append(chunk)
@@ -354,7 +355,7 @@ class Purifier:
         if shrunk:
             warnings.warn(f"{len(shrunk)} image(s) larger than the model's {self.canvas_size} px canvas were shrunk to "
                           f"fit it (up to {max(shrunk):g}x): they come back at their own size but with only the canvas's "
-                          "detail; a prior made for their size keeps it", stacklevel=2)
+                          "detail; a prior made for their size keeps it", stacklevel=_callers_level())
         canvases = pack(checked, layout)
         bar = None
         if progress:

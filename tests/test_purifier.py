@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,29 @@ def test_a_checkpoint_path_or_loaded_checkpoint_given_as_the_model_says_what_to_
         with pytest.raises(TypeError, match=rf"model must be a UNetModel, got {type(model).__name__}: .*{hint}"):
             Purifier(model, ZipSettings(steps=1))  # type: ignore[arg-type]
     assert Purifier(load_checkpoint(path).model, ZipSettings(steps=1)).canvas_size == 32
+
+
+def test_the_purifiers_warnings_point_at_the_callers_line_not_the_librarys(model) -> None:
+    """The fp16 overflow warning named pipeline/sampler.py (the sampler's call of the model) whichever line of a
+    notebook purified; the shrink warning names the caller's line too. The overflow is made on the CPU (fp16 needs
+    CUDA to be chosen, so it is set on the purifier after it is made)."""
+    overflowed = []
+
+    def overflow_once(module, args, out):  # as fp16 activations past 65504 do, in the first reduced-precision pass
+        if torch.is_autocast_enabled("cpu") and not overflowed:
+            overflowed.append(True)
+            return torch.full_like(out, float("inf"))
+        return out
+
+    p = Purifier(model, ZipSettings(steps=1, pool=4), canvas_size=32)
+    p.precision = "bf16"
+    hook = model.register_forward_hook(overflow_once)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            p(_images([(40, 40)]), progress=False)
+    finally:
+        hook.remove()
+    assert sorted((w.category.__name__, w.filename) for w in seen) == [("RuntimeWarning", __file__),
+                                                                     ("UserWarning", __file__)]
+    assert p.precision_fallbacks == 1
