@@ -91,6 +91,7 @@ from pipeline.storage import (
     access_denied,
     concurrent_reads,
     describe,
+    described_whole,
     list_permission,
     protocols,
     storage_path,
@@ -836,7 +837,7 @@ def _input_location(config: JobConfig) -> str | None:
     except InputRefused as err:
         raise JobError(_refusal(config, err)) from err
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
+        raise JobError(f"cannot list input {config.input}: {described_whole(err)}{_input_refusal(config, err)}") from err
 
 
 def _input_refusal(config: JobConfig, err: BaseException) -> str:
@@ -944,7 +945,7 @@ def _cannot_use_output(out: str, so: dict[str, Any], err: BaseException) -> JobE
     s3:ListBucket) a store answers 403 for each of the output's records not yet written (a first run's `_job.json`, a
     lease), as for one that may not be read. The job cannot take such an answer for "not there": it lists its part
     files to resume or add to a run, and a lease it cannot see would let two runs write one output."""
-    message = f"cannot use output {out}: {describe(err)}"
+    message = f"cannot use output {out}: {described_whole(err)}"
     if access_denied(err):
         fs, _ = storage_path(out, so)
         if not OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
@@ -993,7 +994,7 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMeta
     except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
+        raise JobError(f"cannot list input {config.input}: {described_whole(err)}{_input_refusal(config, err)}") from err
 
 
 def _inputs_listed(units: list[ReadUnit], config: JobConfig) -> tuple[list[ReadUnit], int]:
