@@ -177,3 +177,19 @@ def test_a_scheduled_run_reads_touched_inputs_one_at_a_time_through_one_connecti
     record = InputRecord(f"sftp://{inp}", {f"s{k}.tar": ("tar", "v1") for k in range(10)})
     assert same_members(units, purified, set(), frozenset(), record, {}, str(out), {}, {"in_memory_bytes": 0})[1] == 10
     assert one_connection.overlaps == [], one_connection.overlaps[:5]
+
+
+def test_tar_shards_headers_are_counted_one_shard_at_a_time_through_one_connection(tmp_path: Path,
+                                                                                   one_connection) -> None:
+    """The dry run and the progress total walk tar shards' headers (`tar_count`), 16 shards at a time elsewhere."""
+    from pipeline.job import progress_total
+    from pipeline.plan import plan_job
+    from tests.jobutil import small_job_config, tar_bytes, tiny_model_file
+
+    (tmp_path / "in").mkdir()
+    for i in range(6):
+        (tmp_path / "in" / f"s{i}.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(i + 1)}))
+    config = small_job_config(tmp_path, tiny_model_file(tmp_path), input=f"sftp://{tmp_path / 'in'}")
+    assert plan_job(config, dry_run=True).describe()["input"]["tar_keys"]["to_read"] == 21
+    assert progress_total(plan_job(config, dry_run=False), {}) == 21
+    assert one_connection.overlaps == [], one_connection.overlaps[:5]
