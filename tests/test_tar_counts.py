@@ -18,7 +18,8 @@ from pipeline.job import progress_total
 from pipeline.plan import plan_job
 from pipeline.sources.read_budget import MAX_READS, ReadBudget
 from pipeline.sources.reading import read_unit
-from pipeline.sources.tar_count import count_keys, count_shard
+from pipeline.sources.tar_count import count_keys, count_shard, shard_keys
+from pipeline.sources.tfrecord_count import CountProblem
 from pipeline.sources.units import ReadUnit
 from tests.jobutil import image_bytes, small_job_argv, small_job_config, tar_bytes
 
@@ -154,3 +155,13 @@ def test_on_an_object_store_each_block_is_a_request_from_the_runs_budget(monkeyp
     assert 0 < len(requests) == MAX_READS - budget.left < 120 // 5, requests
     spent = count_keys([unit], {}, {}, join_metadata=False, budget=ReadBudget(2))
     assert spent.left is None and "would take more than the 10,000 requests allowed" in spent.why, spent
+
+
+def test_a_store_that_ignores_byte_ranges_is_not_counted() -> None:
+    # a web server that answers a Range request with the whole shard: each block would be the whole shard again
+    data = _shard(0, 60)
+    assert len(data) > 64 * 2**10
+    with pytest.raises(CountProblem, match="its storage does not serve byte ranges"):
+        shard_keys(lambda offset, length: data, len(data), ReadBudget(), join_metadata=False)
+    assert sum(shard_keys(lambda offset, length: data[offset:offset + length], len(data), ReadBudget(),
+                          join_metadata=False).values()) == 180

@@ -12,8 +12,9 @@ shared with the TFRecord and Arrow IPC counts), past which the shards not yet co
 than the run slow to start: about ten shards of large images, or 300,000 keys of small ones.
 
 Not counted, the count then unknown with the reason: a compressed shard (.tar.gz, .tar.xz, .tar.bz2: its headers are
-found only by decompressing it whole), a damaged one, one whose storage gives no size, and with --join-metadata a shard
-holding an image folder's metadata member (joined, or a reject of its own, as only its reading tells)."""
+found only by decompressing it whole), a damaged one, one whose storage gives no size or no byte ranges, and with
+--join-metadata a shard holding an image folder's metadata member (joined, or a reject of its own, as only its reading
+tells)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ class _HeaderReader:
                     self.budget.take()
                 except BudgetSpent as err:
                     raise CountProblem(str(err)) from err
-                self.start, self.held = self.pos, self.read_at(self.pos, min(BLOCK, self.size - self.pos))
+                length = min(BLOCK, self.size - self.pos)
+                self.start, self.held = self.pos, self.read_at(self.pos, length)
+                if len(self.held) > length:  # a web server that ignores Range sends the whole shard each time
+                    raise CountProblem("its storage does not serve byte ranges")
                 if not self.held:
                     raise CountProblem(f"it is shorter than listed ({self.pos:,} of {self.size:,} bytes)")
             part = self.held[self.pos - self.start : self.pos - self.start + n]
