@@ -165,3 +165,19 @@ def test_a_store_that_ignores_byte_ranges_is_not_counted() -> None:
         shard_keys(lambda offset, length: data, len(data), ReadBudget(), join_metadata=False)
     assert sum(shard_keys(lambda offset, length: data[offset:offset + length], len(data), ReadBudget(),
                           join_metadata=False).values()) == 180
+
+
+def test_shards_whose_headers_would_outrun_the_budget_are_given_up_early(tmp_path) -> None:
+    # members larger than a read's 64 KiB take a read each: at the pace of the first reads, the shards would take more
+    # than the budget, which is left unspent (it was spent whole, every run, for no count)
+    units = []
+    for s in range(10):
+        path = tmp_path / f"s{s}.tar"
+        path.write_bytes(tar_bytes({f"{k:03d}.png": bytes(66_000) for k in range(30)}))
+        units.append(ReadUnit("tar", (str(path),), str(tmp_path), (path.stat().st_size,)))
+    budget = ReadBudget(150)
+    counted = count_keys(units, {}, {}, join_metadata=False, budget=budget)
+    assert counted.left is None and "at the pace of the first 64 reads, the shards' headers would take about" in \
+        counted.why, counted
+    assert not budget.spent and budget.left >= 150 - 64 - 16, budget.left  # a read or so more for each thread
+    assert count_keys(units, {}, {}, join_metadata=False).left == 300  # within the whole budget: counted

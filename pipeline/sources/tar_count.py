@@ -9,7 +9,8 @@ that costs a read of its own. Measured on shards of 30,000 members of 3 KB (54 M
 (107 MiB): 834 and 1,001 reads, under a second each on a local disk, where tarfile's own parsing of each header is
 most of the time. Every read, on a local disk too, is taken from the run's budget of ranged requests (`read_budget`,
 shared with the TFRecord and Arrow IPC counts), past which the shards not yet counted leave the count unknown rather
-than the run slow to start: about ten shards of large images, or 300,000 keys of small ones.
+than the run slow to start: about ten shards of large images, or 300,000 keys of small ones. Shards that at the pace
+of their first reads would take more than the budget has left are given up then (`Pace`), not once it is spent.
 
 Not counted, the count then unknown with the reason: a compressed shard (.tar.gz, .tar.xz, .tar.bz2: its headers are
 found only by decompressing it whole), a damaged one, one whose storage gives no size or no byte ranges, and with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from typing import Any
 
 from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.sources.ids import relative_id, text_name
-from pipeline.sources.read_budget import BudgetSpent, ReadBudget
+from pipeline.sources.read_budget import MAX_READS, BudgetSpent, ReadBudget
 from pipeline.sources.tar_members import _CheckedTarInfo, _macos_metadata
 from pipeline.sources.tfrecord_count import BLOCK, READERS, CountProblem
 from pipeline.sources.units import ReadUnit
@@ -38,12 +40,43 @@ from pipeline.storage import concurrent_reads, describe, local_file_path, storag
 COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
+class Pace:
+    """The reads a walk of shards has taken against the bytes it has gone over, shared by the threads walking them, to
+    give up early where at that pace the rest would take more reads than the budget has left: over a bucket of
+    thousands of shards of large images, every run spent the whole budget (about 13 s of requests) for no count."""
+
+    SAMPLE = 64  # reads taken before the pace is judged
+
+    def __init__(self, total_bytes: int, budget: ReadBudget) -> None:
+        self.total, self.budget = total_bytes, budget
+        self.reads, self.walked, self._lock = 0, {}, threading.Lock()
+
+    def going(self, shard: str, pos: int) -> None:
+        """A read about to be taken at `pos` of `shard`; CountProblem where the pace says the budget will not do."""
+        with self._lock:
+            self.reads += 1
+            self.walked[shard] = pos
+            walked = sum(self.walked.values())
+            if self.reads < self.SAMPLE or not walked:
+                return
+            more = self.reads * max(0, self.total - walked) // walked
+            if more > self.budget.left:
+                raise CountProblem(f"at the pace of the first {self.reads:,} reads, the shards' headers would take "
+                                   f"about {more:,} more, past the {self.budget.left:,} left of the {MAX_READS:,} "
+                                   "requests allowed to count a run's files before it starts")
+
+    def done(self, shard: str, size: int) -> None:
+        with self._lock:
+            self.walked[shard] = size
+
+
 class _HeaderReader:
     """A seekable file over `read_at`, for tarfile to walk a shard's headers: it holds one block of BLOCK bytes,
-    each block fetched taken from `budget`."""
+    each block fetched taken from `budget` (and told to `pace`, under the name `shard`)."""
 
-    def __init__(self, read_at: Callable[[int, int], bytes], size: int, budget: ReadBudget) -> None:
-        self.read_at, self.size, self.budget = read_at, size, budget
+    def __init__(self, read_at: Callable[[int, int], bytes], size: int, budget: ReadBudget, pace: Pace | None = None,
+                 shard: str = "") -> None:
+        self.read_at, self.size, self.budget, self.pace, self.shard = read_at, size, budget, pace, shard
         self.pos, self.start, self.held = 0, 0, b""
 
     def tell(self) -> int:
@@ -58,6 +91,8 @@ class _HeaderReader:
         parts = []
         while n > 0 and self.pos < self.size:
             if not self.start <= self.pos < self.start + len(self.held):
+                if self.pace is not None:
+                    self.pace.going(self.shard, self.pos)
                 try:
                     self.budget.take()
                 except BudgetSpent as err:
@@ -74,12 +109,12 @@ class _HeaderReader:
         return b"".join(parts)
 
 
-def shard_keys(read_at: Callable[[int, int], bytes], size: int, budget: ReadBudget,
-               join_metadata: bool) -> Counter[str]:
+def shard_keys(read_at: Callable[[int, int], bytes], size: int, budget: ReadBudget, join_metadata: bool,
+               pace: Pace | None = None, shard: str = "") -> Counter[str]:
     """The keys of the plain tar shard of `size` bytes that `read_at` reads, from its headers alone, as its read
     finds them: key -> its members (links too; directories, devices and macOS metadata members are in no key).
     CountProblem where the count cannot be known before the shard is read (see the module's docstring)."""
-    reader = _HeaderReader(read_at, size, budget)
+    reader = _HeaderReader(read_at, size, budget, pace, shard)
     if size == 0:
         raise CountProblem("it is empty")
     if reader.read(6).startswith(COMPRESSED):
@@ -101,10 +136,13 @@ def shard_keys(read_at: Callable[[int, int], bytes], size: int, budget: ReadBudg
         raise CountProblem(f"it is cut short or not a tar ({describe(err)})") from err
     if damage:
         raise CountProblem(f"it is damaged: {damage}")
+    if pace is not None:
+        pace.done(shard, size)
     return keys
 
 
-def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, join_metadata: bool) -> Counter[str]:
+def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, join_metadata: bool,
+                pace: Pace | None = None) -> Counter[str]:
     """The ids of the keys of the tar shard `unit` -> how many keys give each (two keys that give one id, a name not
     UTF-8 and one named with its escapes, make one reject), read a block at a time: on a local disk with a small
     read, else a ranged request."""
@@ -114,7 +152,7 @@ def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, joi
         fd = os.open(local, os.O_RDONLY)
         try:
             keys = shard_keys(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size, budget,
-                              join_metadata)
+                              join_metadata, pace, path)
         finally:
             os.close(fd)
     else:
@@ -128,7 +166,7 @@ def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, joi
         def read_at(offset: int, length: int) -> bytes:
             return with_retries(lambda: fs.cat_file(fs_path, start=offset, end=offset + length), f"read {path}")
 
-        keys = shard_keys(read_at, size, budget, join_metadata)
+        keys = shard_keys(read_at, size, budget, join_metadata, pace, path)
     shard = relative_id(path, unit.root)
     return Counter(f"{shard}/{text_name(key)}" for key in keys)
 
@@ -154,10 +192,13 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
     from concurrent.futures import ThreadPoolExecutor
 
     budget = budget if budget is not None else ReadBudget()
+    sizes = [size for u in units for size in (u.sizes or [None])]
+    # judged by the listed sizes: without all of them, the budget alone bounds the walk
+    pace = Pace(sum(sizes), budget) if all(isinstance(size, int) for size in sizes) else None  # type: ignore[arg-type]
 
     def counted(unit: ReadUnit) -> tuple[int, int] | str:
         try:
-            ids = count_shard(unit, fs_opts, budget, join_metadata)
+            ids = count_shard(unit, fs_opts, budget, join_metadata, pace)
         except CountProblem as err:
             return f"{relative_id(unit.paths[0], unit.root)}: {err}"
         except Exception as err:  # noqa: BLE001 - its read task says what is wrong with it; here only the count
