@@ -50,20 +50,24 @@ class Pace:
     def __init__(self, total_bytes: int, budget: ReadBudget) -> None:
         self.total, self.budget = total_bytes, budget
         self.reads, self.walked, self._lock = 0, {}, threading.Lock()
+        self.verdict: str | None = None  # once given up, every shard's walk stops with the same reason
 
     def going(self, shard: str, pos: int) -> None:
         """A read about to be taken at `pos` of `shard`; CountProblem where the pace says the budget will not do."""
         with self._lock:
-            self.reads += 1
-            self.walked[shard] = pos
-            walked = sum(self.walked.values())
-            if self.reads < self.SAMPLE or not walked:
-                return
-            more = self.reads * max(0, self.total - walked) // walked
-            if more > self.budget.left:
-                raise CountProblem(f"at the pace of the first {self.reads:,} reads, the shards' headers would take "
-                                   f"about {more:,} more, past the {self.budget.left:,} left of the {MAX_READS:,} "
-                                   "requests allowed to count a run's files before it starts")
+            if self.verdict is None:
+                self.reads += 1
+                self.walked[shard] = pos
+                walked = sum(self.walked.values())
+                if self.reads < self.SAMPLE or not walked:
+                    return
+                more = self.reads * max(0, self.total - walked) // walked
+                if more <= self.budget.left:
+                    return
+                self.verdict = (f"at the pace of the first {self.reads:,} reads, the shards' headers would take about "
+                                f"{more:,} more, past the {self.budget.left:,} left of the {MAX_READS:,} requests "
+                                "allowed to count a run's files before it starts")
+            raise CountProblem(self.verdict)
 
     def done(self, shard: str, size: int) -> None:
         with self._lock:
