@@ -578,6 +578,18 @@ def _records(n: int | None) -> str:
     return f" ({_count(n, 'record')})" if n is not None else " (records counted when read)"
 
 
+def _tar_keys(inp: dict[str, Any]) -> str:
+    """What the dry run says of its tar shards: their size, and the images (keys) they hold by their headers, or why
+    those are counted only once read."""
+    keys = inp.get("tar_keys")
+    if not inp["tar_shards"] or keys is None:
+        return ""
+    if keys["to_read"] is None:
+        return f" ({_human_bytes(inp['tar_bytes'])}; images counted when read: {terminal_text(keys['unknown_why'])})"
+    done = f", {keys['already_done']} already done, skipped" if keys["already_done"] else ""
+    return f" ({_human_bytes(inp['tar_bytes'])}; {_count(keys['to_read'], 'image')} to read{done})"
+
+
 def _human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'; GiB is the largest unit."""
     if n < 1024:
@@ -608,7 +620,8 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
               f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s; one "
               "still refreshed stops the run)")
     print(f"input: {_named(input_uri)}{_count(inp['image_files_to_read'], 'image file')} to read "
-          f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}, "
+          f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}"
+          f"{_tar_keys(inp)}, "
           f"{_count(inp['parquet_files'], 'Parquet file')}, "
           + (f"{_count(inp['arrow_files'], 'Arrow IPC file')}, " if inp.get("arrow_files") else "")
           + (f"{_count(inp['tfrecord_files'], 'TFRecord file')}{_records(inp.get('tfrecord_records'))}, "
@@ -705,7 +718,7 @@ def _uri_shown(uri: str) -> str:
 
 def _folder_metadata_lines(found: dict[str, Any]) -> list[str]:
     """What the listing's image-folder metadata files give (--join-metadata): joined, not joined, rows naming nothing;
-    and those inside zip archives (tar shards' are found only when read: the dry run does not read a shard)."""
+    and those inside zip archives (tar shards' are found only when read: the dry run reads a shard's headers alone)."""
     lines = [f"image-folder metadata (--join-metadata): {_count(found['files_joined'], 'metadata file')} joined to "
              f"{_count(found['image_files_joined'], 'image file')}, their rows' columns added to those images' rows"
              + (f"; {_count(found['earlier_rejects_removed'], 'earlier reject')} of such a file (fixed since) would go "

@@ -20,7 +20,7 @@ from pipeline.export import CLI_NAMES, IMAGE_FORMATS, MANIFESTS, ExportError, re
 from pipeline.progress import progress_bar
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources.ids import terminal_text
-from pipeline.version import __version__
+from pipeline.version import export_version_line
 
 DESCRIPTION = """\
 Write the purified images of a zip-purify output as image files, for tools that read files (torchvision's
@@ -85,7 +85,9 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
     """The export's parser; `prog`: the command the user ran (`python jobs/export.py`), named in its usage and errors."""
     p = _ExportParser(prog=prog, description=DESCRIPTION, epilog=EXAMPLES, allow_abbrev=False,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"zip-purify-export {__version__}")
+    p.add_argument("--version", action="version", version=export_version_line(),
+                   help="print the export's version with those of pyarrow, fsspec, Pillow and Python (what it reads "
+                        "Parquet, reaches storage and re-encodes images with; it loads neither torch nor Ray), and exit")
     p.add_argument("--output", required=True, metavar="OUT",
                    help="the zip-purify output to export: the folder or URI a run's --output named (it holds "
                         "_job.json, data/)")

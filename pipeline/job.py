@@ -83,6 +83,7 @@ from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit
 from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, metadata_report, unit_metadata
 from pipeline.sources.read_budget import ReadBudget
+from pipeline.sources.tar_count import count_keys
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import is_tfrecord
 from pipeline.stages import (
@@ -147,13 +148,13 @@ def task_retry_options() -> dict[str, Any]:
 def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None:
     """How many images this run will count (purified + rejected): its image files, and the rows of its Parquet files
     from their footers, of its Arrow IPC files from their record batch headers (`arrow_ipc.ipc_headers`) and of its
-    TFRecord files from TFDS's dataset_info.json or their records' headers (`tfrecord_count`), less those already
-    done; None when a tar shard or zip archive is among the inputs (their counts are known only once read), or a
-    footer or header cannot be read or a TFRecord file counted (compressed), or the TFRecord and Arrow IPC headers
-    would take more ranged requests than the one budget of them all allows (`read_budget`), so the progress shows no
-    total rather than a wrong one, nor a slow start. Footers and headers are small reads, INDEX_READERS files at a
-    time."""
-    if any(u.kind not in ("files", "parquet") for u in plan.units):
+    TFRecord files from TFDS's dataset_info.json or their records' headers (`tfrecord_count`), of its tar shards'
+    keys from their members' headers (`tar_count`), less those already done; None when a zip archive is among the
+    inputs (its count is known only once read), or a footer or header cannot be read, a TFRecord file or tar shard
+    counted (compressed), or the headers would take more ranged requests than the one budget of them all allows
+    (`read_budget`), so the progress shows no total rather than a wrong one, nor a slow start. Footers and headers
+    are small reads, INDEX_READERS files at a time."""
+    if any(u.kind not in ("files", "parquet", "tar") for u in plan.units):
         return None
     tables = [u for u in plan.units if u.kind == "parquet"]
     budget = ReadBudget()
@@ -181,8 +182,12 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
                 counts = list(pool.map(rows, tables))
         except Exception:  # noqa: BLE001 - the file's read task will say what is wrong with it; here only the total
             return None
+    shards = [u for u in plan.units if u.kind == "tar"]
+    keys = count_keys(shards, storage_options, plan.container_done, plan.job_record["reading"]["join_metadata"], budget)
+    if keys.left is None:
+        return None
     done = sum(1 for u in tables for id_ in plan.container_done.get(u.paths[0], []) if not id_.endswith("#unreadable"))
-    return sum(len(u.paths) for u in plan.units if u.kind == "files") + sum(counts) - done
+    return sum(len(u.paths) for u in plan.units if u.kind == "files") + sum(counts) - done + keys.left
 
 
 def _record_containers_read(out: str, storage_options: dict[str, Any], plan: JobPlan,

@@ -116,5 +116,6 @@ def make_operators(names: str | list[str], pool: int) -> list[LinearOperator]:
             raise ValueError(f"unknown operator {name!r}; {OPERATOR_NAMES_HELP}")
         ops.append(table[name]())
     if not ops:
-        raise ValueError("at least one operator is needed")
+        # "" or "," (a templated flag left empty): say which names it takes, as for an unknown one
+        raise ValueError(f"at least one operator is needed; {OPERATOR_NAMES_HELP}")
     return ops

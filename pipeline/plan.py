@@ -82,6 +82,7 @@ from pipeline.sources.arrow_ipc import is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, metadata_report
 from pipeline.sources.listing import InputNotFound
 from pipeline.sources.read_budget import ReadBudget
+from pipeline.sources.tar_count import ShardKeys, count_keys
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import features_json_notes, image_feature_problem, is_tfrecord
 from pipeline.sources.zip_archives import zip_metadata_found
@@ -91,6 +92,7 @@ from pipeline.storage import (
     access_denied,
     concurrent_reads,
     describe,
+    described_whole,
     list_permission,
     protocols,
     storage_path,
@@ -363,6 +365,9 @@ class JobPlan:
     # a dry run whose Arrow IPC headers would take more requests than the run's budget (`read_budget`): the files past
     # it are not counted, so their null image cells are unknown (TFRecord files past it: `tfrecord_records` None)
     headers_over_budget: bool = False
+    # the keys the dry run's tar shards hold (`tar_count`), from their headers, left to read and done, or why they are
+    # unknown before the shards are read; not counted in a run (its progress total counts them)
+    tar_keys: ShardKeys | None = None
     # a dry run's Parquet and Arrow IPC files' pass-through columns whose names differ only in case (`column_case_twins`)
     case_twins: list[dict[str, Any]] = field(default_factory=list)
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
@@ -394,6 +399,11 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
+                      # their size (of those whose storage gives one), and their keys by their headers (`tar_count`)
+                      "tar_bytes": sum(size for u in by_kind["tar"] for size in u.sizes if size is not None),
+                      **({"tar_keys": {"to_read": self.tar_keys.left, "already_done": self.tar_keys.done,
+                                       "unknown_why": self.tar_keys.why}}
+                         if self.tar_keys is not None and by_kind["tar"] else {}),
                       "parquet_files": sum(not is_arrow_ipc(u.paths[0]) and not is_tfrecord(u.paths[0])
                                            for u in by_kind["parquet"]),
                       # read as Parquet files are (`sources.arrow_ipc`), named .arrow, .feather or .ipc
@@ -564,6 +574,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     # a budget they spend left no Arrow IPC file uncounted
     ipc_over_budget = budget.spent
     records = _tfrecord_records([u for u in tables if is_tfrecord(u.paths[0])], so, budget) if dry_run else None
+    tar_keys = count_keys([u for u in kept_units if u.kind == "tar" and u.paths[0] not in containers.unread], so,
+                          containers.done, config.join_metadata, budget) if dry_run else None
     # the TFRecord files' features.json that the store refused: in a run too, its read tasks having no way to say it
     storage_notes = features_json_notes([u.paths[0] for u in tables], so)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
@@ -581,7 +593,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
-                   headers_over_budget=ipc_over_budget, case_twins=column_case_twins(columns, tables),
+                   headers_over_budget=ipc_over_budget, tar_keys=tar_keys, case_twins=column_case_twins(columns, tables),
                    archive_metadata=zip_metadata_found(
                        [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
                        config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
@@ -836,7 +848,7 @@ def _input_location(config: JobConfig) -> str | None:
     except InputRefused as err:
         raise JobError(_refusal(config, err)) from err
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
+        raise JobError(f"cannot list input {config.input}: {described_whole(err)}{_input_refusal(config, err)}") from err
 
 
 def _input_refusal(config: JobConfig, err: BaseException) -> str:
@@ -944,7 +956,7 @@ def _cannot_use_output(out: str, so: dict[str, Any], err: BaseException) -> JobE
     s3:ListBucket) a store answers 403 for each of the output's records not yet written (a first run's `_job.json`, a
     lease), as for one that may not be read. The job cannot take such an answer for "not there": it lists its part
     files to resume or add to a run, and a lease it cannot see would let two runs write one output."""
-    message = f"cannot use output {out}: {describe(err)}"
+    message = f"cannot use output {out}: {described_whole(err)}"
     if access_denied(err):
         fs, _ = storage_path(out, so)
         if not OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
@@ -993,7 +1005,7 @@ def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMeta
     except FileNotFoundError as err:  # a file gone while the input was listed
         raise JobError(f"input {config.input} not found: {describe(err)}") from err
     except Exception as err:  # noqa: BLE001
-        raise JobError(f"cannot list input {config.input}: {describe(err)}{_input_refusal(config, err)}") from err
+        raise JobError(f"cannot list input {config.input}: {described_whole(err)}{_input_refusal(config, err)}") from err
 
 
 def _inputs_listed(units: list[ReadUnit], config: JobConfig) -> tuple[list[ReadUnit], int]:

@@ -236,7 +236,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
             if attempt == attempts - 1:
                 took = time.monotonic() - started
                 raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s ({_advice(err)});"
-                                       f" last error{_last_answer(err)}: {describe(err)}") from err
+                                       f" last error{_last_answer(err)}: {described_whole(err)}") from err
             _note_slow_attempt(what, err, time.monotonic() - tried, attempt + 2, attempts)
             backoff(attempt, base_delay, max_delay)
     raise AssertionError(f"unreachable: {what}")  # pragma: no cover
@@ -865,3 +865,24 @@ def shortened(text: str, limit: int = REASON_CHARS) -> str:
 def describe(err: BaseException) -> str:
     """A one-line reason for logs and reject rows."""
     return shortened(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+
+
+# A refusal said once on the command line keeps the store's whole reason, but not a page a server sent as one
+WHOLE_REASON_CHARS = 2_000
+_TRACEBACK = re.compile(r"^\s*(Traceback \(most recent call last\)|File \"[^\"]*\", line \d+)")
+
+
+def described_whole(err: BaseException) -> str:
+    """`describe`'s reason with the error's whole message, for an error that stops a run (a reject row's reason is cut
+    to REASON_CHARS): an S3 AccessDenied naming the role, the action and the bucket runs past that, and gcsfs says why
+    a request was Forbidden on a second line. Its lines are joined into one, up to a traceback a library put in its
+    message (its frames are no reason for the user to act on)."""
+    lines = []
+    for line in str(err).splitlines():
+        if _TRACEBACK.match(line):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    text = "".join(f"{'' if i == 0 else ' ' if lines[i - 1][-1] in ':,;(' else '; '}{line}"
+                   for i, line in enumerate(lines))
+    return shortened(f"{type(err).__name__}: {text}", WHOLE_REASON_CHARS)

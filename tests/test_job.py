@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import platform
 import subprocess
@@ -20,7 +21,7 @@ from pipeline.errors import JobError
 from pipeline.job import progress_total, run_job, run_status
 from pipeline.output import JOB_FILE
 from pipeline.plan import plan_job
-from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file
+from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tiny_model_file, zip_bytes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -105,13 +106,22 @@ def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
     assert data["source"].str.contains("shard-0.tar:s/").all()
 
 
-def test_progress_over_shards_says_how_many_read_tasks_are_done(tmp_path, model, capsys) -> None:
-    # a shard's image count is unknown until it is read: no total, so the line counts shards (read tasks) instead
+def test_progress_over_shards_has_a_total_from_their_headers_or_says_how_many_read_tasks_are_done(tmp_path, model,
+                                                                                                   capsys) -> None:
+    # a plain shard's keys are counted from its headers; a compressed shard's image count is unknown until it is
+    # read: no total, so the line counts shards (read tasks) instead
     root = tmp_path / "in"
     root.mkdir()
     for s in range(3):
         (root / f"shard-{s}.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(32, 32, k) for k in range(2)}))
     run_job(_config(tmp_path, model, input=str(root), progress=True))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("images: 6/6 (100 %) in ") and last.endswith(", rejected 0"), last
+    for s in range(3):
+        shard = root / f"shard-{s}.tar"
+        (root / f"shard-{s}.tar.gz").write_bytes(gzip.compress(shard.read_bytes()))
+        shard.unlink()
+    run_job(_config(tmp_path, model, input=str(root), output=str(tmp_path / "out-gz"), progress=True))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("images: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last
 
@@ -128,7 +138,7 @@ def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, mo
     # images done, purified or rejected: the old "purified: 7/7 (100 %) ..., rejected 1" said 7 purified where 6 were
     assert last.startswith("images: 7/7 (100 %) in ") and last.endswith(", rejected 1"), last
     assert "read_tasks" not in last, last
-    # the plan behind it: rows less those done; no total with a tar shard among the inputs, or a footer unreadable
+    # the plan behind it: rows less those done; no total with a zip archive among the inputs, or a footer unreadable
     fresh = _config(tmp_path, model, input=str(root), output=str(tmp_path / "fresh"))
     plan = plan_job(fresh, dry_run=True)
     plan.container_done[plan.units[0].paths[0]] = ["a.parquet#0", "a.parquet#unreadable"]
@@ -137,6 +147,8 @@ def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, mo
     assert progress_total(plan_job(fresh, dry_run=True), {}) is None
     (root / "c.parquet").unlink()
     (root / "s.tar").write_bytes(tar_bytes({"0.png": image_bytes(16, 16, 0)}))
+    assert progress_total(plan_job(fresh, dry_run=True), {}) == 7 + 1  # a tar shard's keys, from its headers
+    (root / "z.zip").write_bytes(zip_bytes({"0.png": image_bytes(16, 16, 0)}))
     assert progress_total(plan_job(fresh, dry_run=True), {}) is None
 
 

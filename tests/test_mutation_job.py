@@ -49,7 +49,7 @@ from pipeline.sources import LOOKALIKE, HiddenSkipped, ReadUnit
 from pipeline.stages import ALL_CORES, DATA_DIR, REJECTS_DIR
 from pipeline.stopped_run import StoppedCount, resume_advice
 from pipeline.storage import RetriesExhausted
-from tests.jobutil import image_bytes, no_ray_from_here_on, small_job_config, tar_bytes
+from tests.jobutil import image_bytes, no_ray_from_here_on, small_job_config, tar_bytes, zip_bytes
 from tests.test_mutation_ledger import _hand_made_output
 
 
@@ -72,8 +72,8 @@ def test_ray_retries_a_tasks_errors_but_not_a_storage_give_up_nor_a_path_missing
     assert task_retry_options()["retry_exceptions"] == [RetriedByRay]
 
 
-def test_the_progress_total_is_the_files_and_footer_rows_left_and_none_with_a_shard_or_a_bad_footer(tmp_path,
-                                                                                                   model) -> None:
+def test_the_progress_total_is_the_files_footer_rows_and_shard_keys_left_and_none_with_a_zip_or_a_bad_footer(
+        tmp_path, model) -> None:
     root = tmp_path / "in"
     root.mkdir()
     for name, rows in (("a.parquet", 3), ("b.parquet", 2)):
@@ -90,7 +90,9 @@ def test_the_progress_total_is_the_files_and_footer_rows_left_and_none_with_a_sh
     assert progress_total(plan_job(config, dry_run=True), {}) is None
     (root / "c.parquet").unlink()
     (root / "s.tar").write_bytes(tar_bytes({"0.png": image_bytes(16, 16, 0)}))
-    assert progress_total(plan_job(config, dry_run=True), {}) is None  # a shard's count is known once read
+    assert progress_total(plan_job(config, dry_run=True), {}) == 3 + 2 + 3 + 1  # a shard's keys, from its headers
+    (root / "a.zip").write_bytes(zip_bytes({"0.png": image_bytes(16, 16, 0)}))
+    assert progress_total(plan_job(config, dry_run=True), {}) is None  # a zip archive's count is known once read
 
 
 class _Rows:

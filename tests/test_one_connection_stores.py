@@ -275,3 +275,19 @@ def test_an_ftp_outputs_lease_is_released_after_a_run_longer_than_the_servers_id
     lease._beat.join()  # a beat the release did not wait for (it waits one beat's time) has ended too
     assert "could not" not in capsys.readouterr().err
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()
+
+
+def test_tar_shards_headers_are_counted_one_shard_at_a_time_through_one_connection(tmp_path: Path,
+                                                                                   one_connection) -> None:
+    """The dry run and the progress total walk tar shards' headers (`tar_count`), 16 shards at a time elsewhere."""
+    from pipeline.job import progress_total
+    from pipeline.plan import plan_job
+    from tests.jobutil import small_job_config, tar_bytes, tiny_model_file
+
+    (tmp_path / "in").mkdir()
+    for i in range(6):
+        (tmp_path / "in" / f"s{i}.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(8, 8, k) for k in range(i + 1)}))
+    config = small_job_config(tmp_path, tiny_model_file(tmp_path), input=f"sftp://{tmp_path / 'in'}")
+    assert plan_job(config, dry_run=True).describe()["input"]["tar_keys"]["to_read"] == 21
+    assert progress_total(plan_job(config, dry_run=False), {}) == 21
+    assert one_connection.overlaps == [], one_connection.overlaps[:5]

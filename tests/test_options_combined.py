@@ -14,6 +14,7 @@ import torch
 
 from pipeline import ZipSettings
 from pipeline.cli import config_from_args, main
+from pipeline.operators import OPERATOR_NAMES_HELP
 from pipeline.output import JOB_FILE
 from pipeline.plan import plan_job
 from tests.jobutil import image_bytes
@@ -128,10 +129,20 @@ def test_a_recipe_value_replaced_by_a_flag_or_a_config_key_is_said(tmp_path, cap
     assert capsys.readouterr().err == ""
 
 
-def test_no_operators_names_the_flag(tmp_path, capsys) -> None:
-    # `--operators ","` (or "") said only "error: at least one operator is needed", naming no option
-    assert main(["--operators", ",", "--output", str(tmp_path / "out"), "--dry-run"]) == 2
-    assert capsys.readouterr().err == "error: --operators: at least one operator is needed\n"
+@pytest.mark.parametrize("given", [",", ""])
+def test_no_operators_names_the_flag_and_the_names_it_takes(tmp_path, capsys, given) -> None:
+    # `--operators ","` (or "") said only "error: at least one operator is needed", naming no option, and then no
+    # name the option takes (an unknown name's error gave them)
+    assert main(["--operators", given, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == f"error: --operators: at least one operator is needed; {OPERATOR_NAMES_HELP}\n"
+    assert "the operators are pool, gray and gray+pool" in OPERATOR_NAMES_HELP
+
+
+@pytest.mark.parametrize("given", ["", " , ", []])
+def test_no_operators_in_the_python_api_are_told_the_names(given) -> None:
+    with pytest.raises(ValueError, match=r"^at least one operator is needed; the operators are pool, gray and "
+                                         r"gray\+pool .*comma-separated"):
+        ZipSettings(operators=given)
 
 
 @pytest.mark.parametrize("given", ["pool,blur", "Pool"])

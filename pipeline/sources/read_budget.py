@@ -1,8 +1,9 @@
 """The ranged requests a run may spend, before it starts, on counting its files' rows from their headers (TFRecord
-records, `tfrecord_count`; Arrow IPC record batches, `ipc_headers`): one budget for all of a run's files, shared by
-the threads reading them, past which the files not yet counted are left uncounted (the progress shows no total, the
-dry run says the counts are unknown) rather than the run slow to start. A local file's reads are not counted: they
-are cheap."""
+records, `tfrecord_count`; Arrow IPC record batches, `ipc_headers`; tar shards' keys, `tar_count`): one budget for all
+of a run's files, shared by the threads reading them, past which the files not yet counted are left uncounted (the
+progress shows no total, the dry run says the counts are unknown) rather than the run slow to start. A local file's
+reads are not counted, as they are cheap, except a tar shard's: tarfile parses each member's header in Python, which
+costs more than the read."""
 
 from __future__ import annotations
 
