@@ -83,3 +83,19 @@ def test_the_job_refuses_such_flags_before_any_work_with_the_advice(
     assert f"error: checkpoint {user_checkpoint} does not fit the given flags" in err
     assert "learn_sigma=True (not False)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_guided_diffusions_diffusion_settings_in_the_flags_are_named_for_what_they_are(user_checkpoint: str) -> None:
+    # model_and_diffusion_defaults() (or the guided-diffusion README's MODEL_FLAGS with DIFFUSION_FLAGS) holds these
+    # beside create_model's flags: refused, as the sampler does not read them, but no longer only as "unknown"
+    flags = {**USER_FLAGS, "diffusion_steps": 1000, "noise_schedule": "linear", "use_fp16": False}
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(user_checkpoint, flags=flags)
+    message = str(refused.value)
+    assert "unknown UNet flag(s) ['diffusion_steps', 'noise_schedule']" in message
+    assert ("diffusion_steps, noise_schedule are guided-diffusion's diffusion settings, not create_model's model flags: "
+            "leave them out") in message
+    assert "--schedule" in message
+    with pytest.raises(CheckpointError) as other:  # a flag of no kind known: no such advice
+        load_checkpoint(user_checkpoint, flags={**USER_FLAGS, "num_channel": 32})
+    assert "diffusion settings" not in str(other.value)
