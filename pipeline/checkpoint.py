@@ -67,7 +67,9 @@ class UnmatchedArchitectureError(CheckpointError):
     have neither option (`advice_without_model_options`)."""
 
     def __init__(self, finding: str) -> None:
-        super().__init__(f"{finding}; pass --preset or --flags")
+        # Said for the Python API too (Purifier.from_checkpoint, load_checkpoint), which has no options of these names
+        super().__init__(f"{finding}; pass --preset or --flags (guided-diffusion's create_model flags as JSON; "
+                         "preset= or flags= in Python)")
         self.finding = finding
 
 

@@ -99,3 +99,16 @@ def test_guided_diffusions_diffusion_settings_in_the_flags_are_named_for_what_th
     with pytest.raises(CheckpointError) as other:  # a flag of no kind known: no such advice
         load_checkpoint(user_checkpoint, flags={**USER_FLAGS, "num_channel": 32})
     assert "diffusion settings" not in str(other.value)
+
+
+def test_a_bare_state_dict_of_no_preset_says_how_to_name_its_architecture_in_python_too(user_checkpoint: str) -> None:
+    # guided-diffusion saves bare state dicts; one of no published architecture needs its flags. The refusal named
+    # only the job's --preset / --flags to a Purifier.from_checkpoint caller, whose arguments are preset= and flags=.
+    from pipeline import Purifier
+
+    with pytest.raises(CheckpointError) as refused:
+        Purifier.from_checkpoint(user_checkpoint)
+    message = str(refused.value)
+    assert f"checkpoint {user_checkpoint} matches none of the presets" in message
+    assert "pass --preset or --flags (guided-diffusion's create_model flags as JSON; preset= or flags= in Python)" in message
+    assert Purifier.from_checkpoint(user_checkpoint, flags=USER_FLAGS, steps=1)  # as it says
