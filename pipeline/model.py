@@ -162,10 +162,11 @@ def _diffusion_flags_advice(unknown: set[str]) -> str:
     given = [name for name in _DIFFUSION_FLAGS if name in unknown]
     if not given:
         return ""
-    return (f"; {', '.join(given)} {'is one of' if len(given) == 1 else 'are'} guided-diffusion's diffusion settings, not "
-            "create_model's model flags: leave them out (the job samples T = 1000 timesteps, as guided-diffusion's "
-            "models were trained, in --steps steps, with the noise schedule of --schedule, else the prior's record, "
-            "else linear)")
+    one = len(given) == 1
+    return (f"; {', '.join(given)} {'is one of' if one else 'are'} guided-diffusion's diffusion settings, not "
+            f"create_model's model flags: leave {'it' if one else 'them'} out (the job samples T = 1000 timesteps, as "
+            "guided-diffusion's models were trained, in --steps steps, with the noise schedule of --schedule, else the "
+            "prior's record, else linear)")
 
 
 def _checked_flag(name: str, value: Any, kind: str) -> Any:
