@@ -67,7 +67,9 @@ class UnmatchedArchitectureError(CheckpointError):
     have neither option (`advice_without_model_options`)."""
 
     def __init__(self, finding: str) -> None:
-        super().__init__(f"{finding}; pass --preset or --flags")
+        # Said for the Python API too (Purifier.from_checkpoint, load_checkpoint), which has no options of these names
+        super().__init__(f"{finding}; pass --preset or --flags (guided-diffusion's create_model flags as JSON; "
+                         "preset= or flags= in Python)")
         self.finding = finding
 
 
@@ -516,14 +518,81 @@ def _prefix_advice(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) 
     return ""
 
 
+def _fits(config: UNetConfig, state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether `state_dict` loads strictly into the model of `config` (built on the meta device: no weights made)."""
+    try:
+        return not shape_mismatches(build_unet(config, "meta"), state_dict)
+    except (ValueError, ArithmeticError):  # a variant no model has (an image_size the levels do not divide)
+        return False
+
+
+def _attention_of_weights(config: UNetConfig, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The attention_resolutions, at `config`'s image_size, of the levels where `state_dict` holds attention blocks
+    (found by building one model per level: a block's key names do not depend on the other levels' attention)."""
+    try:
+        levels = len(config.channel_multipliers())
+    except ValueError:
+        return None
+    held = {k for k in state_dict if k.endswith(".qkv.weight")}
+    found = []
+    for level in range(levels):
+        resolution = config.image_size // 2**level
+        try:
+            keys = {k for k in build_unet(config.with_(attention_resolutions=str(resolution)), "meta").state_dict()
+                    if k.endswith(".qkv.weight")}
+        except (ValueError, ArithmeticError):
+            return None
+        if keys and keys <= held:
+            found.append(str(resolution))
+    return ",".join(found)
+
+
+# guided-diffusion's usual image sizes: the levels that attention_resolutions names are image_size / resolution, so a
+# wrong image_size moves the attention blocks (and, without channel_mult, changes the widths).
+_IMAGE_SIZES = (32, 64, 128, 256, 512)
+
+
+def _flag_advice(config: UNetConfig, state_dict: dict[str, torch.Tensor]) -> str:
+    """Which one flag of `config`, changed, makes the weights fit: the shapes of the file show learn_sigma, the width,
+    the residual blocks and where attention is, which a list of mismatched keys leaves the user to work out. '' when
+    no single change fits (the file is of another architecture altogether)."""
+    input_conv = state_dict.get(UNET_INPUT_KEY)
+    candidates: list[tuple[str, Any]] = [
+        ("learn_sigma", not config.learn_sigma),
+        ("use_scale_shift_norm", not config.use_scale_shift_norm),
+        ("resblock_updown", not config.resblock_updown),
+        *(("num_res_blocks", n) for n in range(1, 5) if n != config.num_res_blocks),
+        *(("image_size", size) for size in _IMAGE_SIZES if size != config.image_size),
+    ]
+    if input_conv is not None and input_conv.ndim == 4 and input_conv.shape[0] != config.num_channels:
+        candidates.append(("num_channels", int(input_conv.shape[0])))
+    attention = _attention_of_weights(config, state_dict)
+    if attention is not None and attention != config.attention_resolutions:
+        candidates.append(("attention_resolutions", attention))
+    fitting = []
+    for name, value in candidates:
+        try:
+            variant = config.with_(**{name: value})
+        except (ValueError, TypeError):
+            continue
+        if _fits(variant, state_dict):
+            fitting.append(f"{name}={value!r} (not {getattr(config, name)!r})")
+    if not fitting:
+        return ""
+    return (". The weights fit these flags with one change: " + ", or ".join(fitting)
+            + " (flags that leave the weights' shapes alone, such as num_heads, cannot be checked this way)")
+
+
 def _check_weights_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], uri: str, label: str) -> None:
     """Refuse weights whose keys or shapes do not fit the model, or that are not all finite."""
     problems = shape_mismatches(model, state_dict)
     if problems:
         shown = "; ".join(problems[:5])
+        advice = _prefix_advice(model, state_dict)
+        if not advice and isinstance(getattr(model, "config", None), UNetConfig):
+            advice = _flag_advice(model.config, state_dict)
         raise CheckpointError(
-            f"checkpoint {uri} does not fit {label}: {len(problems)} key/shape mismatch(es), first: {shown}"
-            + _prefix_advice(model, state_dict)
+            f"checkpoint {uri} does not fit {label}: {len(problems)} key/shape mismatch(es), first: {shown}" + advice
         )
     # A diverged or damaged save (or weights past fp16's range saved as fp16) samples NaN, which comes out of the
     # purifier as black images counted as purified: refused here, with verify_only too (the job's check before work).

@@ -98,7 +98,8 @@ class UNetConfig:
         harmless = {"use_fp16", "use_checkpoint", "num_classes"}
         unknown = set(flags) - known - harmless
         if unknown:
-            raise ValueError(f"unknown UNet flag(s) {sorted(unknown)}; known flags: {sorted(known)}")
+            raise ValueError(f"unknown UNet flag(s) {sorted(unknown)}; known flags: {sorted(known)}"
+                             + _diffusion_flags_advice(unknown))
         return cls(**{k: v for k, v in flags.items() if k in known})  # __post_init__ checks every value
 
     def to_flags(self) -> dict[str, Any]:
@@ -148,6 +149,24 @@ class UNetConfig:
     def min_input_multiple(self) -> int:
         """Input sides must be divisible by this (one halving per level but the last)."""
         return 2 ** (len(self.channel_multipliers()) - 1)
+
+
+# The diffusion settings among guided-diffusion's model_and_diffusion_defaults(): a user who passes that dict (or the
+# README's MODEL_FLAGS and DIFFUSION_FLAGS together) gives them beside create_model's. Refused rather than dropped, as
+# the sampler does not read them (a noise_schedule of cosine would be sampled as linear), but said for what they are.
+_DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule", "timestep_respacing", "use_kl", "predict_xstart",
+                    "rescale_timesteps", "rescale_learned_sigmas", "sigma_small")
+
+
+def _diffusion_flags_advice(unknown: set[str]) -> str:
+    given = [name for name in _DIFFUSION_FLAGS if name in unknown]
+    if not given:
+        return ""
+    one = len(given) == 1
+    return (f"; {', '.join(given)} {'is one of' if one else 'are'} guided-diffusion's diffusion settings, not "
+            f"create_model's model flags: leave {'it' if one else 'them'} out (the job samples T = 1000 timesteps, as "
+            "guided-diffusion's models were trained, in --steps steps, with the noise schedule of --schedule, else the "
+            "prior's record, else linear)")
 
 
 def _checked_flag(name: str, value: Any, kind: str) -> Any:

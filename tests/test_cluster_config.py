@@ -196,6 +196,9 @@ def _check_rayjob(job: dict[str, Any]) -> list[str]:
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(runtime_env["pip"]) == sorted(d for d in project if not d.startswith("ray"))
+    # A stopped job (its deadline, a suspend) is SIGKILLed RAY_JOB_STOP_WAIT_TIME_S after its SIGTERM, 3 s by default:
+    # it needs longer to stop its pipeline (up to 60 s for write tasks under way) and record `interrupted`
+    assert int(runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) > 60
     return argv[2:]
 
 

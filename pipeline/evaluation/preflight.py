@@ -146,8 +146,10 @@ def checked_prior(config: EvalConfig, defenses: Sequence[str]) -> PriorCheck:
     except (CheckpointError, OSError) as err:  # the reader's message quotes the URI too
         # (a file that matches no preset: how to record its architecture, this command having no --preset or --flags)
         problem = advice_without_model_options(err)
-        raise EvaluationError(redact_uri_secrets(f"diffusion prior: {problem} (train one with jobs/train_prior.py, pass "
-                                                 "--checkpoint, or leave out the zip defenses)", config.checkpoint)) from None
+        # "pass --checkpoint" read as if the user had not, when the refused file was theirs
+        raise EvaluationError(redact_uri_secrets(f"diffusion prior: {problem} (train one with jobs/train_prior.py and "
+                                                 "give it as --checkpoint, or leave out the zip defenses)",
+                                                 config.checkpoint)) from None
     meta = loaded.meta if isinstance(loaded.meta, dict) else {}
     recorded = meta.get("schedule")
     try:
