@@ -141,3 +141,14 @@ def test_the_header_says_nothing_of_zip_when_no_zip_defense_ran() -> None:
     head = markdown_table(report).splitlines()[2]
     assert ("; ZIP 20 DDIM steps (late start: only those at t ≤ 0.3·T run), cosine noise schedule, sampler seed 0, "
             "pool k = 2; prior sha256 `abababababababab`;") in head, head
+
+
+def test_the_classifier_tables_precision_note_is_said_for_the_subset_the_report_holds() -> None:
+    """It said 'on 500 images one image is 0.2 points' in a report of 10 images, where one image is 10 points."""
+    report = _report()
+    report["config"]["subset_actual"] = 10
+    text = markdown_table(report)
+    assert "on these 10 images one image is 10 points" in text and "500 images" not in text
+    report["config"]["subset_actual"] = 500
+    assert "on these 500 images one image is 0.2 points and the standard error of a score near 80 % about 1.8" \
+        in markdown_table(report)

@@ -174,13 +174,23 @@ def markdown_table(report: dict[str, Any]) -> str:
         ssim = "–" if fid["ssim"] is None else _rounded(fid["ssim"], 3)
         lines.append(f"| {defense_title(d, pool)} | {_fmt(fid['psnr'])} | {ssim} |")
     lines += ["", "Classifiers without defense, on this subset and on the whole test split (the more precise figure: "
-              "on 500 images one image is 0.2 points and the standard error about 1 point):", "",
+              f"{_subset_precision(cfg['subset_actual'])}):", "",
               "| Attack | CA | ASR | CA, whole test split | ASR, whole test split | epochs |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for a, info in report["classifiers"].items():
         lines.append(f"| {ATTACK_TITLES.get(a, a)} | {_fmt(info['no_defense_ca'])} | {_fmt(info['no_defense_asr'])} "
                      f"| {_fmt(info.get('full_test_ca'))} | {_fmt(info.get('full_test_asr'))} | {info['epochs']} |")
     return "\n".join(lines) + "\n"
+
+
+def _subset_precision(n: int) -> str:
+    """How coarse a score on `n` images is: what one image moves it by, and the standard error of an accuracy near
+    80 % (sqrt(p (1 - p) / n)), said for this run's subset (a report of 10 images said 500's figures)."""
+    if n <= 0:
+        return "this subset holds no image"
+    one, error = 100 / n, 100 * math.sqrt(0.8 * 0.2 / n)
+    return (f"on these {n:,} images one image is {one:.2g} points and the standard error of a score near 80 % about "
+            f"{error:.2g} points")
 
 
 def write_examples(
