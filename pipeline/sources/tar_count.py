@@ -15,10 +15,16 @@ of their first reads would take more than the budget has left are given up then 
 Not counted, the count then unknown with the reason: a compressed shard (.tar.gz, .tar.xz, .tar.bz2: its headers are
 found only by decompressing it whole), a damaged one, one whose storage gives no size or no byte ranges, and with
 --join-metadata a shard holding an image folder's metadata member (joined, or a reject of its own, as only its reading
-tells)."""
+tells). One such shard leaves the whole count unknown, so the walk of the others stops there (`Pace.give_up`).
+
+A web server (http://, https://) that ignores Range answers each request with the whole file: read as other stores'
+ranges are, every shard was downloaded whole before the count gave up (160 MiB for 8 shards of 20 MiB). Its ranges are
+read through fsspec's HTTP file, which takes at most about a MiB of the start of such an answer and refuses one past
+the start without reading it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 import threading
@@ -34,10 +40,15 @@ from pipeline.sources.tar_members import _CheckedTarInfo, _macos_metadata
 from pipeline.sources.tfrecord_count import BLOCK, READERS, CountProblem
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.webdataset_keys import _tar_key
-from pipeline.storage import concurrent_reads, describe, local_file_path, storage_path, with_retries
+from pipeline.storage import concurrent_reads, describe, local_file_path, protocols, storage_path, with_retries
 
 # The first bytes of the compressed shards the reader takes (tarfile's "r|*"): gzip, bzip2, xz
 COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+WEB_PROTOCOLS = frozenset({"http", "https"})
+
+
+class _GivenUp(Exception):
+    """Another shard of the walk could not be counted: the total is unknown whatever this one holds."""
 
 
 class Pace:
@@ -47,19 +58,26 @@ class Pace:
 
     SAMPLE = 64  # reads taken before the pace is judged
 
-    def __init__(self, total_bytes: int, budget: ReadBudget) -> None:
-        self.total, self.budget = total_bytes, budget
+    def __init__(self, total_bytes: int | None, budget: ReadBudget) -> None:
+        self.total, self.budget = total_bytes, budget  # total None (a size not listed): the budget alone bounds it
         self.reads, self.walked, self._lock = 0, {}, threading.Lock()
         self.verdict: str | None = None  # once given up, every shard's walk stops with the same reason
+        self.given_up = False  # a shard could not be counted: the others' walks stop (`_GivenUp`)
+
+    def give_up(self) -> None:
+        self.given_up = True
 
     def going(self, shard: str, pos: int) -> None:
-        """A read about to be taken at `pos` of `shard`; CountProblem where the pace says the budget will not do."""
+        """A read about to be taken at `pos` of `shard`; CountProblem where the pace says the budget will not do,
+        _GivenUp where another shard could not be counted."""
+        if self.given_up:
+            raise _GivenUp
         with self._lock:
             if self.verdict is None:
                 self.reads += 1
                 self.walked[shard] = pos
                 walked = sum(self.walked.values())
-                if self.reads < self.SAMPLE or not walked:
+                if self.total is None or self.reads < self.SAMPLE or not walked:
                     return
                 more = self.reads * max(0, self.total - walked) // walked
                 if more <= self.budget.left:
@@ -166,13 +184,39 @@ def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, joi
             size = with_retries(lambda: fs.size(fs_path), f"stat {path}")
         if not isinstance(size, int):  # a web server that gives no length: where the last header lies is unknown
             raise CountProblem("its storage gives no size")
-
-        def read_at(offset: int, length: int) -> bytes:
-            return with_retries(lambda: fs.cat_file(fs_path, start=offset, end=offset + length), f"read {path}")
-
-        keys = shard_keys(read_at, size, budget, join_metadata, pace, path)
+        with contextlib.ExitStack() as stack:
+            if WEB_PROTOCOLS.isdisjoint(protocols(fs)):
+                def read_at(offset: int, length: int) -> bytes:
+                    return with_retries(lambda: fs.cat_file(fs_path, start=offset, end=offset + length),
+                                        f"read {path}")
+            else:
+                read_at = _web_ranges(fs, fs_path, path, size, stack)
+            keys = shard_keys(read_at, size, budget, join_metadata, pace, path)
     shard = relative_id(path, unit.root)
     return Counter(f"{shard}/{text_name(key)}" for key in keys)
+
+
+def _web_ranges(fs: Any, fs_path: str, path: str, size: int,
+                stack: contextlib.ExitStack) -> Callable[[int, int], bytes]:
+    """Ranged reads of a web server's file (`stack` closes it), bounded where the server ignores Range: fsspec's HTTP
+    file keeps at most about a MiB of the start of a whole-file answer, and refuses (ValueError) one for a range past
+    the start before its body is read, as its streamed file (a server that says Accept-Ranges: none) refuses a seek
+    back. `fs.cat_file` read every answer whole: the whole shard."""
+    opened = with_retries(lambda: fs.open(fs_path, "rb", block_size=BLOCK, cache_type="none", size=size),
+                          f"open {path}")
+    file = stack.enter_context(opened)
+
+    def read_at(offset: int, length: int) -> bytes:
+        def once() -> bytes:
+            file.seek(offset)
+            return file.read(length)
+
+        try:
+            return with_retries(once, f"read {path}")
+        except ValueError as err:
+            raise CountProblem("its storage does not serve byte ranges") from err
+
+    return read_at
 
 
 @dataclass(frozen=True)
@@ -198,20 +242,30 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
     budget = budget if budget is not None else ReadBudget()
     sizes = [size for u in units for size in (u.sizes or [None])]
     # judged by the listed sizes: without all of them, the budget alone bounds the walk
-    pace = Pace(sum(sizes), budget) if all(isinstance(size, int) for size in sizes) else None  # type: ignore[arg-type]
+    pace = Pace(sum(sizes) if all(isinstance(size, int) for size in sizes) else None, budget)  # type: ignore[arg-type]
 
-    def counted(unit: ReadUnit) -> tuple[int, int] | str:
+    def counted(unit: ReadUnit) -> tuple[int, int] | str | None:
+        """The unit's keys (left, done), why they cannot be counted, or None where another shard's could not be."""
+        problem = None
         try:
+            if pace.given_up:
+                return None
             ids = count_shard(unit, fs_opts, budget, join_metadata, pace)
+        except _GivenUp:
+            return None
         except CountProblem as err:
-            return f"{relative_id(unit.paths[0], unit.root)}: {err}"
+            problem = f"{relative_id(unit.paths[0], unit.root)}: {err}"
         except Exception as err:  # noqa: BLE001 - its read task says what is wrong with it; here only the count
-            return f"{relative_id(unit.paths[0], unit.root)}: its headers could not be read ({describe(err)})"
-        already = set(done.get(unit.paths[0], ()))
-        if any(n > 1 and id_ in already for id_, n in ids.items()):  # one of them may be new: a reject of its own
-            return f"{relative_id(unit.paths[0], unit.root)}: two of its keys give an id done before, told apart as " \
-                   "it is read"
-        return sum(id_ not in already for id_ in ids), sum(id_ in already for id_ in ids)
+            problem = f"{relative_id(unit.paths[0], unit.root)}: its headers could not be read ({describe(err)})"
+        else:
+            already = set(done.get(unit.paths[0], ()))
+            if not any(n > 1 and id_ in already for id_, n in ids.items()):
+                return sum(id_ not in already for id_ in ids), sum(id_ in already for id_ in ids)
+            # one of them may be new: a reject of its own
+            problem = f"{relative_id(unit.paths[0], unit.root)}: two of its keys give an id done before, told " \
+                      "apart as it is read"
+        pace.give_up()
+        return problem
 
     threads = concurrent_reads(units[0].paths[0], fs_opts, READERS)
     with ThreadPoolExecutor(min(threads, len(units)), thread_name_prefix="tar-count") as pool:
@@ -219,5 +273,4 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
     problems = [r for r in results if isinstance(r, str)]
     if problems:
         return ShardKeys(None, why=problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return ShardKeys(sum(r[0] for r in results if not isinstance(r, str)),
-                     sum(r[1] for r in results if not isinstance(r, str)))
+    return ShardKeys(sum(r[0] for r in results if isinstance(r, tuple)), sum(r[1] for r in results if isinstance(r, tuple)))

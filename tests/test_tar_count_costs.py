@@ -1,0 +1,64 @@
+"""What counting tar shards' keys before a run (`pipeline.sources.tar_count`) costs where it cannot succeed: a web
+server that ignores Range sent every shard whole (each ranged request answered with the whole file, read to its end)
+before the count gave up, for every http:// WebDataset run; and one shard that cannot be counted (compressed) leaves
+the total unknown, yet the walk went on over every other shard."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from pipeline import cli
+from pipeline.sources.read_budget import MAX_READS, ReadBudget
+from pipeline.sources.tar_count import count_keys
+from pipeline.sources.units import ReadUnit
+from tests.jobutil import image_bytes, small_job_argv, tar_bytes
+from tests.webutil import QuietHandler, serving
+
+SHARD_MIB = 48
+
+
+def _sending_counted(sent: list[int]) -> type[QuietHandler]:
+    class Counting(QuietHandler):  # like http.server, it ignores Range: every GET is answered with the whole file
+        def copyfile(self, source, outputfile) -> None:
+            try:
+                while chunk := source.read(65536):
+                    outputfile.write(chunk)
+                    sent.append(len(chunk))
+            except OSError:  # the client closed the connection: it has what it wanted
+                pass
+
+    return Counting
+
+
+def test_a_web_server_ignoring_range_is_not_sent_whole_shards_by_the_dry_runs_count(tmp_path: Path, model,
+                                                                                     capsys) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    large = b"\0" * (SHARD_MIB * 2**20)  # a member past the first block: its next header is read at an offset
+    shard = tar_bytes({"0000.png": image_bytes(8, 8, 0), "0001.png": large, "0002.png": image_bytes(8, 8, 2)})
+    (site / "s.tar").write_bytes(shard)
+    sent: list[int] = []
+    with serving(site, _sending_counted(sent)) as url:
+        argv = small_job_argv(tmp_path, model, "--dry-run")
+        argv[argv.index("--input") + 1] = url + "s.tar"
+        assert cli.main(argv) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+    assert "images counted when read: s.tar: its storage does not serve byte ranges)" in line, line
+    # what the server got out before the client hung up (the sockets' buffers), not the shard's 48 MiB
+    assert sum(sent) < len(shard) / 3, sum(sent)
+
+
+def test_the_walk_stops_at_the_first_shard_that_cannot_be_counted(tmp_path: Path) -> None:
+    units = []
+    for i in range(200):
+        path = tmp_path / f"s{i:03d}.tar"
+        data = tar_bytes({f"{k:04d}.png": image_bytes(8, 8, k) for k in range(3)} | {"big.png": b"\0" * 2**17})
+        path.write_bytes(gzip.compress(data) if i == 0 else data)  # the first is compressed: the total is unknown
+        units.append(ReadUnit("tar", (str(path),), str(tmp_path), (path.stat().st_size,)))
+    budget = ReadBudget()
+    counted = count_keys(units, {}, {}, join_metadata=False, budget=budget)
+    assert counted.left is None and counted.why.startswith("s000.tar: it is compressed"), counted
+    # every plain shard takes 2 reads (its large member's): 398 when all were walked; the threads that had begun one
+    # when the first gave up stop at their next read
+    assert MAX_READS - budget.left < 100, MAX_READS - budget.left
