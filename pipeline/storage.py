@@ -876,13 +876,16 @@ def described_whole(err: BaseException) -> str:
     """`describe`'s reason with the error's whole message, for an error that stops a run (a reject row's reason is cut
     to REASON_CHARS): an S3 AccessDenied naming the role, the action and the bucket runs past that, and gcsfs says why
     a request was Forbidden on a second line. Its lines are joined into one, up to a traceback a library put in its
-    message (its frames are no reason for the user to act on)."""
+    message (its frames are no reason for the user to act on). A URL in it is shown as `redact_uri` shows it: a web
+    store's refusal names the address it was sent to, a redirect's presigned target (S3's, a CDN's) too, whose
+    signature and key id at its end the first line cut at REASON_CHARS left out, and which no URI the job was given
+    holds, so that no redaction of those hid them."""
     lines = []
     for line in str(err).splitlines():
         if _TRACEBACK.match(line):
             break
         if line.strip():
-            lines.append(line.strip())
+            lines.append(uris_redacted(line.strip()))  # line by line: a URL ends where its line does
     text = "".join(f"{'' if i == 0 else ' ' if lines[i - 1][-1] in ':,;(' else '; '}{line}"
                    for i, line in enumerate(lines))
     return shortened(f"{type(err).__name__}: {text}", WHOLE_REASON_CHARS)

@@ -73,7 +73,8 @@ def test_a_refusal_whose_reason_is_on_a_second_line_keeps_it(refusing, tmp_path,
     refusing.error = lambda: OSError("Forbidden: https://storage.googleapis.com/storage/v1/b/bucket/o?prefix=in/\n"
                                      "reader@project.iam.gserviceaccount.com does not have storage.objects.list access")
     err = _said(["--input", "refusing://bucket/in/", "--output", str(tmp_path / "out")], capsys)
-    assert ("OSError: Forbidden: https://storage.googleapis.com/storage/v1/b/bucket/o?prefix=in/; reader@project.iam."
+    # (a web address's query values are not said: a signed one's are credentials, whatever their names)
+    assert ("OSError: Forbidden: https://storage.googleapis.com/storage/v1/b/bucket/o?prefix=***; reader@project.iam."
             "gserviceaccount.com does not have storage.objects.list access (without s3:ListBucket") in err, err
 
 
@@ -101,3 +102,32 @@ def test_an_output_refused_with_a_long_reason_is_said_whole() -> None:
     said = str(_cannot_use_output(f"s3://{BUCKET}/clean", {}, PermissionError(ROLE_DENIED)))
     assert said.startswith(f"cannot use output s3://{BUCKET}/clean: PermissionError: {ROLE_DENIED} (the job lists its "
                            "output and reads its own records there"), said
+
+
+# A web store's refusal names the URL it was sent to: a redirect's presigned target (S3's, a CDN's) holds a signature
+# and a key id at its end, which the old cut at 300 characters left out, and which no URI of the command line holds
+SIGNATURE = "9f1c" * 16
+PRESIGNED = ("https://acme-ml-datasets-production-us-east-1.s3.us-east-1.amazonaws.com/teams/vision/incoming/batch-0042"
+             "/?list-type=2&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261207%2Fus-east"
+             "-1%2Fs3%2Faws4_request&X-Amz-Date=20261207T054500Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+             f"&X-Amz-Signature={SIGNATURE}")
+
+
+def test_a_signed_url_in_a_whole_refusal_is_said_without_its_credentials(refusing, tmp_path, capsys) -> None:
+    refusing.refused = "/bucket/in"
+    refusing.error = lambda: PermissionError(f"403, message='Forbidden', url='{PRESIGNED}'\nthe request was "
+                                             "redirected to a signed address")
+    err = _said(["--input", "refusing://bucket/in/", "--output", str(tmp_path / "out")], capsys)
+    assert SIGNATURE not in err and "AKIAIOSFODNN7EXAMPLE" not in err, err
+    assert "X-Amz-Signature=***'; the request was redirected to a signed address" in err, err
+
+
+def test_a_retried_read_s_last_error_is_said_without_a_signed_url_s_credentials(monkeypatch) -> None:
+    monkeypatch.setattr(storage, "backoff", lambda *a, **k: None)
+
+    def failing() -> None:
+        raise ConnectionResetError(104, f"Connection reset by peer\nwhile reading {PRESIGNED}")
+
+    with pytest.raises(storage.RetriesExhausted) as caught:
+        storage.with_retries(failing, "list refusing://bucket/in")
+    assert SIGNATURE not in str(caught.value) and "X-Amz-Signature=***" in str(caught.value), caught.value
