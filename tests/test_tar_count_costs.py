@@ -6,6 +6,7 @@ the total unknown, yet the walk went on over every other shard."""
 from __future__ import annotations
 
 import gzip
+import socket
 from pathlib import Path
 
 from pipeline import cli
@@ -20,6 +21,11 @@ SHARD_MIB = 48
 
 def _sending_counted(sent: list[int]) -> type[QuietHandler]:
     class Counting(QuietHandler):  # like http.server, it ignores Range: every GET is answered with the whole file
+        def setup(self) -> None:
+            super().setup()
+            # what is written ahead of the client's reading (kernel buffers) stays small beside the shard
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2**16)
+
         def copyfile(self, source, outputfile) -> None:
             try:
                 while chunk := source.read(65536):
