@@ -6,6 +6,8 @@ the total unknown, yet the walk went on over every other shard."""
 from __future__ import annotations
 
 import gzip
+import io
+import re
 import socket
 from pathlib import Path
 
@@ -68,3 +70,33 @@ def test_the_walk_stops_at_the_first_shard_that_cannot_be_counted(tmp_path: Path
     # every plain shard takes 2 reads (its large member's): 398 when all were walked; the threads that had begun one
     # when the first gave up stop at their next read
     assert MAX_READS - budget.left < 100, MAX_READS - budget.left
+
+
+class _Ranged(QuietHandler):
+    """A web server that serves byte ranges (206 and Content-Range), as nginx and S3's web endpoints do."""
+
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if match is None or not path.is_file():
+            return super().send_head()
+        data, (start, end) = path.read_bytes(), map(int, match.groups())
+        part = data[start : end + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{start + len(part) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        return io.BytesIO(part)
+
+
+def test_shards_on_a_web_server_that_serves_ranges_are_counted(tmp_path: Path, model, capsys) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    members = {f"{k:04d}.png": image_bytes(8, 8, k) for k in range(5)} | {"0000.cls": b"1", "big.png": b"\0" * 2**17}
+    (site / "s.tar").write_bytes(tar_bytes(members))  # a member past the first block: a ranged read at an offset
+    with serving(site, _Ranged) as url:
+        argv = small_job_argv(tmp_path, model, "--dry-run")
+        argv[argv.index("--input") + 1] = url + "s.tar"
+        assert cli.main(argv) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+    assert "; 6 images to read), " in line, line
