@@ -73,10 +73,11 @@ def test_two_json_keys_differing_in_case_beside_a_sidecars_column_keep_names_no_
 def test_the_dry_run_names_columns_differing_in_case_as_the_output_does_with_the_first_file_of_each(tmp_path,
                                                                                                   model) -> None:
     """Parquet and Arrow IPC files alike; a name a job column takes (`ID` beside the job's `id`) by its output name,
-    input_ID; and of a name in several files, the first by name."""
+    input_ID; and of a name in several files, the first by name. A column of one spelling alone is none of them."""
     inp = tmp_path / "in"
     inp.mkdir()
-    pq.write_table(pa.table({"image": [image_bytes(16, 16, 0)], "Score": [1], "ID": ["x"]}), inp / "a.parquet")
+    pq.write_table(pa.table({"image": [image_bytes(16, 16, 0)], "Score": [1], "ID": ["x"], "caption": ["c"]}),
+                   inp / "a.parquet")
     pq.write_table(pa.table({"image": [image_bytes(16, 16, 1)], "score": [2], "iD": ["y"]}), inp / "b.parquet")
     pq.write_table(pa.table({"image": [image_bytes(16, 16, 2)], "Score": [3]}), inp / "c.parquet")
     feather.write_feather(pa.table({"image": [image_bytes(16, 16, 3)], "Tag": ["t"], "TAG": ["u"]}), str(inp / "d.arrow"))

@@ -89,11 +89,12 @@ class _HttpResponseError(Exception):
 class _ReadWithoutListAzure(MemoryFileSystem):
     """A container as adlfs meets it with a SAS granted Read but not List: a blob that is not there, and any listing,
     are refused with `status` (403 AuthorizationPermissionMismatch; 401 where the listing's authentication fails);
-    `errors` maps a path to another error its look raises."""
+    `errors` maps a path to another error its look raises, `list_error` is another error a folder's listing raises."""
 
     protocol = ("azdenied", "az")  # one of Azure Blob Storage's names
     status = 403
     errors: dict[str, BaseException] = {}
+    list_error: BaseException | None = None
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:
@@ -109,6 +110,8 @@ class _ReadWithoutListAzure(MemoryFileSystem):
                                  self.status)
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
+        if self.list_error is not None and self._strip_protocol(path) not in self.store:  # a folder's
+            raise self.list_error
         raise _HttpResponseError("AuthorizationPermissionMismatch", self.status)
 
 
@@ -117,7 +120,7 @@ def azure_without_list():
     fsspec.register_implementation("azdenied", _ReadWithoutListAzure, clobber=True)
     fs, root = _ReadWithoutListAzure(), f"az-{os.getpid()}"
     yield fs, root
-    _ReadWithoutListAzure.status, _ReadWithoutListAzure.errors = 403, {}
+    _ReadWithoutListAzure.status, _ReadWithoutListAzure.errors, _ReadWithoutListAzure.list_error = 403, {}, None
     for key in [k for k in fs.store if k.startswith(f"/{root}/")]:
         del fs.store[key]
 
@@ -145,6 +148,19 @@ def test_a_store_error_that_is_no_refusal_is_not_taken_for_one(azure_without_lis
     out = _read(f"azdenied://{root}/tf/s.tfrecord", {})
     assert [r["id"] for r in out] == ["s.tfrecord#unreadable"] and "Bad Request" in out[0]["error"]
     assert features_json_notes([f"azdenied://{root}/tf/s.tfrecord"], {}) == []  # its reject says it
+
+
+def test_a_listing_that_fails_otherwise_than_refused_after_a_refused_look_is_not_taken_for_a_refusal(
+        azure_without_list) -> None:
+    """The look at features.json was refused and the listing that would tell whether it is there failed for another
+    reason: whether it is there is not known, and not for the credentials (no permission would help), so it is not
+    taken as absent with a note asking for one: the file is a reject saying the listing's error."""
+    fs, root = azure_without_list
+    fs.pipe(f"/{root}/tf/s.tfrecord", _records(2))
+    _ReadWithoutListAzure.list_error = OSError("Bad Request: the listing's continuation token is not valid")
+    out = _read(f"azdenied://{root}/tf/s.tfrecord", {})
+    assert [r["id"] for r in out] == ["s.tfrecord#unreadable"] and "continuation token" in out[0]["error"]
+    assert features_json_notes([f"azdenied://{root}/tf/s.tfrecord"], {}) == []
 
 
 class _ListingCachedGcs(MemoryFileSystem):
