@@ -163,22 +163,22 @@ def test_a_listing_that_fails_otherwise_than_refused_after_a_refused_look_is_not
     assert features_json_notes([f"azdenied://{root}/tf/s.tfrecord"], {}) == []
 
 
-class _ListingCachedGcs(MemoryFileSystem):
-    """Google Cloud Storage as gcsfs meets it with storage.objects.list but an object of `refused` not granted (an IAM
-    condition on its name): its look is refused (OSError('Forbidden: ...')) whether it is there or not. Listings are
-    answered from the listing cache where it holds the folder, as gcsfs's are; `invalidate_cache` drops a path and
-    the folders above it, as gcsfs's does."""
+class _ListingCachedAzure(MemoryFileSystem):
+    """Azure Blob Storage as adlfs meets it with the container's List permission but a blob of `refused` not granted
+    (an ABAC condition on its name): its look is refused (HTTP 403) whether it is there or not. Listings are answered
+    from the listing cache where it holds the folder, as adlfs's are; `invalidate_cache` drops that one path alone, as
+    adlfs's does (not the folders above it)."""
 
-    protocol = ("gscached", "gs")
+    protocol = ("azcached", "az")
     refused: set[str] = set()
 
     @classmethod
     def _strip_protocol(cls, path: str) -> str:
-        return super()._strip_protocol(path.removeprefix("gscached://"))
+        return super()._strip_protocol(path.removeprefix("azcached://"))
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         if self._strip_protocol(path) in self.refused:
-            raise OSError(f"Forbidden: https://storage.googleapis.com/storage/v1/b/{path}")
+            raise _HttpResponseError("This request is not authorized to perform this operation.", 403)
         return super().info(path, **kwargs)
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
@@ -190,40 +190,39 @@ class _ListingCachedGcs(MemoryFileSystem):
     def invalidate_cache(self, path: str | None = None) -> None:
         if path is None:
             self.dircache.clear()
-            return
-        path = self._strip_protocol(path).rstrip("/")
-        while path:
-            self.dircache.pop(path, None)
-            path = path.rpartition("/")[0]
+        else:
+            self.dircache.pop(self._strip_protocol(path), None)
 
 
 @pytest.fixture
-def gcs_listing_cached():
-    fsspec.register_implementation("gscached", _ListingCachedGcs, clobber=True)
-    fs, root = _ListingCachedGcs(), f"cached-{os.getpid()}"
+def azure_listing_cached():
+    fsspec.register_implementation("azcached", _ListingCachedAzure, clobber=True)
+    fs, root = _ListingCachedAzure(), f"cached-{os.getpid()}"
     yield fs, root
-    _ListingCachedGcs.refused = set()
+    _ListingCachedAzure.refused = set()
     fs.dircache.clear()
     for key in [k for k in fs.store if k.startswith(f"/{root}/")]:
         del fs.store[key]
 
 
-def test_a_refused_features_json_written_after_its_folder_was_listed_is_found_there(gcs_listing_cached) -> None:
-    """A scheduler's loop of runs in one process: the folder was listed (and cached) before features.json was written
-    there; the listing that answers the refusal must be a fresh one, else the file is taken for not there and the
-    files beside it typed otherwise than TFDS declares, unsaid."""
-    fs, root = gcs_listing_cached
+def test_a_refused_features_json_written_after_its_folder_was_listed_is_found_there(azure_listing_cached) -> None:
+    """A scheduler's loop of runs in one process (one thread: fsspec keeps a file system, and its listing cache, per
+    thread): the folder was listed, and cached, before features.json was written there. The listing that answers the
+    refusal must be a fresh one, else the file is taken for not there and the files beside it typed otherwise than
+    TFDS declares, unsaid; and once it is taken away, for there."""
+    fs, root = azure_listing_cached
     fs.pipe(f"/{root}/tf/s.tfrecord", _records(2))
     fs.ls(f"/{root}/tf")  # cached: s.tfrecord alone
     fs.pipe(f"/{root}/tf/features.json", TOKENS_AS_LIST)
-    _ListingCachedGcs.refused = {f"/{root}/tf/features.json"}
-    path = f"gscached://{root}/tf/s.tfrecord"
-    (note,) = features_json_notes([path], {})
-    assert note.startswith(f"gscached:///{root}/tf/features.json is there but these credentials may not read it")
+    _ListingCachedAzure.refused = {f"/{root}/tf/features.json"}
+    path = f"azcached://{root}/tf/s.tfrecord"
+    out = _read(path, {})
+    assert [r["id"] for r in out] == ["s.tfrecord#unreadable"]
+    assert f"azcached:///{root}/tf/features.json is there but these credentials may not read it" in out[0]["error"]
     fs.ls(f"/{root}/tf")  # cached again, with it
-    fs.rm(f"/{root}/tf/features.json")  # and taken away: refused, listed not there, so absent and unsaid
-    assert features_json_notes([path], {}) == []
+    del fs.store[f"/{root}/tf/features.json"]  # and taken away: refused, listed not there, so absent and unsaid
     assert [r["meta"]["tokens"] for r in _read(path, {})] == [0, 1]
+    assert features_json_notes([path], {}) == []
 
 
 def test_a_checkpoint_refused_on_a_local_disk_is_not_said_to_be_maybe_a_mistyped_key(tmp_path, model,
