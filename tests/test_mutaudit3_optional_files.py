@@ -109,6 +109,14 @@ class _ReadWithoutListAzure(MemoryFileSystem):
         raise _HttpResponseError("This request is not authorized to perform this operation using this permission.",
                                  self.status)
 
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        path = self._strip_protocol(path)
+        if path in self.errors:
+            raise self.errors[path]
+        if "r" in mode and path not in self.store:
+            raise _HttpResponseError("This request is not authorized to perform this operation.", self.status)
+        return super()._open(path, mode, **kwargs)
+
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
         if self.list_error is not None and self._strip_protocol(path) not in self.store:  # a folder's
             raise self.list_error
@@ -251,3 +259,55 @@ def test_a_checkpoint_refused_on_a_local_disk_is_not_said_to_be_maybe_a_mistyped
     with pytest.raises(JobError, match="cannot read checkpoint .*PermissionError") as caught:
         plan_job(config, dry_run=True)
     assert "not there too" not in str(caught.value) and "ListBucket" not in str(caught.value)
+
+
+def test_the_advice_for_a_store_refusing_a_look_is_given_for_a_refusal_alone_and_on_an_object_store_alone(
+        azure_without_list, tmp_path, model, monkeypatch) -> None:
+    """'without the container's List permission the store refuses ...' sends the user after a permission: said of an
+    error that is no refusal (a listing's Bad Request, a checkpoint's), or of a local disk's refusal (where a file that
+    is not there is said not there), it sends them after the wrong fix."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipeline.config import JobConfig
+    from pipeline.errors import JobError
+    from pipeline.plan import plan_job
+    from tests.jobutil import image_bytes
+
+    fs, root = azure_without_list
+    fs.pipe(f"/{root}/in/a.png", image_bytes(16, 16, 1))
+    with open(model, "rb") as f:
+        fs.pipe(f"/{root}/models/prior.pt", f.read())
+    _ReadWithoutListAzure.list_error = OSError("Bad Request: the listing's continuation token is not valid")
+    _ReadWithoutListAzure.errors = {f"/{root}/models/prior.pt": OSError("Bad Request: the blob's name is not valid")}
+    config = JobConfig(input=f"azdenied://{root}/in/a.png", output=str(tmp_path / "out"), steps=1, progress=False,
+                       checkpoint=f"azdenied://{root}/models/prior.pt", canvas_size=32)
+    with pytest.raises(JobError, match="cannot read checkpoint .*Bad Request") as caught:
+        plan_job(config, dry_run=True)
+    assert "refuses" not in str(caught.value) and "List permission" not in str(caught.value)
+    _ReadWithoutListAzure.errors[f"/{root}/in"] = OSError("Bad Request: the listing's continuation token is not valid")
+    config = JobConfig(input=f"azdenied://{root}/in/", output=str(tmp_path / "out"), checkpoint=model, steps=1,
+                       progress=False, canvas_size=32)
+    with pytest.raises(JobError, match="cannot list input .*Bad Request") as caught:
+        plan_job(config, dry_run=True)
+    assert "refuses" not in str(caught.value) and "List permission" not in str(caught.value)
+    # a local input file refused (its folder may not be searched): no store's permission is missing, and a disk says a
+    # file that is not there is not there
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(16, 16, 1))
+    info = LocalFileSystem.info
+
+    def denied(self, path, **kwargs):  # noqa: ANN001 - fsspec's signature
+        if str(path).endswith("a.png"):
+            raise PermissionError(13, "Permission denied", path)
+        return info(self, path, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "info", denied)
+    with pytest.raises(JobError, match="cannot list input .*PermissionError") as caught:
+        plan_job(replace_input(config, str(tmp_path / "in" / "a.png")), dry_run=True)
+    assert "refuses" not in str(caught.value) and "permission to list" not in str(caught.value)
+
+
+def replace_input(config: Any, given: str) -> Any:
+    from dataclasses import replace
+
+    return replace(config, input=given)
