@@ -86,3 +86,20 @@ def test_the_dry_run_names_columns_differing_in_case_as_the_output_does_with_the
         {"columns": ["Score", "score"], "files": ["a.parquet", "b.parquet"]},
         {"columns": ["TAG", "Tag"], "files": ["d.arrow", "d.arrow"]},
         {"columns": ["input_ID", "input_iD"], "files": ["a.parquet", "b.parquet"]}]
+
+
+def test_a_metadata_row_and_a_partition_folder_named_in_lower_case_beside_a_column_in_upper_case_are_renamed(
+        tmp_path) -> None:
+    """A tar key's .json `Note` and a metadata row's `note`; a row's own `Label` and a partition folder `label=x`: the
+    second of each is renamed, whichever of the two is in upper case."""
+    from pipeline.sources.partitions import add_partitions
+
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(tar_bytes({"0.png": image_bytes(16, 16, 0), "0.json": b'{"Note": "n"}',
+                                 "metadata.csv": b"file_name,note\n0.png,9\n"}))
+    (unit,) = discover(str(shard), {})
+    (record,) = [r for r in read_unit(unit, {}, join_metadata=True) if r["kind"] == "image"]
+    assert {k: v for k, v in record["meta"].items() if k.lower().endswith("note")} == {"Note": "n", "metadata_note": 9}
+    record = {"meta": {"Label": "cat"}}
+    add_partitions(record, {"label": "x"})
+    assert record["meta"] == {"Label": "cat", "partition_label": "x"}
