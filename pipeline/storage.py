@@ -863,8 +863,10 @@ def shortened(text: str, limit: int = REASON_CHARS) -> str:
 
 
 def describe(err: BaseException) -> str:
-    """A one-line reason for logs and reject rows."""
-    return shortened(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    """A one-line reason for logs and reject rows. A URL in it is shown as `redact_uri` shows it: a web store's error
+    names the address it was sent to, which may be a redirect's presigned target (S3's, a CDN's) that no URI the job
+    was given holds, and a reject row's reason is kept in the output data set."""
+    return shortened(uris_redacted(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
 
 
 # A refusal said once on the command line keeps the store's whole reason, but not a page a server sent as one

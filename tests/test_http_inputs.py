@@ -631,3 +631,71 @@ def test_a_password_in_a_web_folders_url_is_written_nowhere_in_the_output(web, t
     assert leaks == []
     printed = capfd.readouterr()
     assert "s3cretpw" not in printed.out + printed.err
+
+
+def test_a_reject_s_reason_keeps_no_credentials_of_a_signed_address_the_server_redirected_to(tmp_path: Path) -> None:
+    """A web server redirects an image to a presigned address (S3's, a CDN's) that refuses it: the reject's reason,
+    stored in the output data set's rejects table, quoted that address whole, its X-Amz-Credential and signature
+    included, though no URI the job was given held them."""
+    from tests.webutil import QuietHandler, serving
+
+    class RedirectsToSigned(QuietHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/b.png"):
+                self.send_response(302)
+                self.send_header("Location", "/signed/b.png?X-Amz-Credential=AKIAEXAMPLEKEY&X-Amz-Signature=SECRETSIG")
+                self.end_headers()
+            elif self.path.startswith("/signed/"):  # its size given, its bytes refused (a signature that expired)
+                self.send_response(200 if self.command == "HEAD" else 403)
+                self.send_header("Content-Length", "100" if self.command == "HEAD" else "0")
+                self.end_headers()
+            else:
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "a.png").write_bytes(image_bytes(32, 32, 1))
+    (site / "b.png").write_bytes(image_bytes(32, 32, 2))
+    out = tmp_path / "out"
+    with serving(site, RedirectsToSigned) as url:
+        summary = run_job(small_job_config(tmp_path, tiny_model_file(tmp_path), input=url, output=str(out)))
+    data, rejects = read_output(str(out))
+    assert list(data["id"]) == ["a.png"] and list(rejects["id"]) == ["b.png"], summary
+    reason = rejects["error"].iloc[0]
+    assert "403" in reason and "X-Amz-Signature=***" in reason, reason
+    assert "SECRETSIG" not in reason and "AKIAEXAMPLEKEY" not in reason
+    assert "SECRETSIG" not in json.dumps(summary)
+
+
+def test_a_checkpoint_refused_at_a_signed_address_it_was_redirected_to_is_said_without_its_credentials(
+        tmp_path: Path, capsys) -> None:
+    """`--checkpoint https://host/prior.pt`, redirected to a presigned address whose signature has expired: the error
+    line printed the address whole, key id and signature (stderr ends up in CI logs and schedulers' histories)."""
+    from pipeline import cli
+    from tests.webutil import QuietHandler, serving
+
+    class RedirectsToSigned(QuietHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/prior.pt"):
+                self.send_response(302)
+                self.send_header("Location", "/signed/prior.pt?X-Amz-Credential=AKIAEXAMPLEKEY&X-Amz-Signature=SECRETSIG")
+                self.end_headers()
+            elif self.path.startswith("/signed/"):
+                self.send_response(200 if self.command == "HEAD" else 403)
+                self.send_header("Content-Length", "100" if self.command == "HEAD" else "0")
+                self.end_headers()
+            else:
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 1))
+    with serving(tmp_path, RedirectsToSigned) as url:
+        code = cli.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                         "--checkpoint", url + "prior.pt", "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot read checkpoint" in err and "X-Amz-Signature=***" in err, err
+    assert "SECRETSIG" not in err and "AKIAEXAMPLEKEY" not in err
