@@ -748,7 +748,8 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
     # the file's name in the temporary one (what a leftover is of), cut so that it is no longer than a name can be
     prefix = f"{TEMP_PREFIX}{uuid.uuid4().hex}-"
     tmp = posixpath.join(folder, f"{prefix}{_cut(name, NAME_MAX - len(prefix) - len('.tmp'))}.tmp")
-    local = isinstance(fs, LocalFileSystem)
+    # a local disk's, by its protocol: a file system built on LocalFileSystem for another store writes through its own
+    local = isinstance(fs, LocalFileSystem) and "file" in protocols(fs)
     try:
         if local:
             with open(tmp, "wb") as f:
