@@ -633,19 +633,19 @@ def test_a_password_in_a_web_folders_url_is_written_nowhere_in_the_output(web, t
     assert "s3cretpw" not in printed.out + printed.err
 
 
-def test_a_reject_s_reason_keeps_no_credentials_of_a_signed_address_the_server_redirected_to(tmp_path: Path) -> None:
-    """A web server redirects an image to a presigned address (S3's, a CDN's) that refuses it: the reject's reason,
-    stored in the output data set's rejects table, quoted that address whole, its X-Amz-Credential and signature
-    included, though no URI the job was given held them."""
-    from tests.webutil import QuietHandler, serving
+
+def _redirecting_to_signed(path: str) -> type:
+    """A web server that redirects `path` to a presigned address (its key id AKIAEXAMPLEKEY, its signature SECRETSIG)
+    that gives the file's size but refuses its bytes, as one whose signature has expired."""
+    from tests.webutil import QuietHandler
 
     class RedirectsToSigned(QuietHandler):
         def do_GET(self) -> None:
-            if self.path.startswith("/b.png"):
+            if self.path.startswith(path):
                 self.send_response(302)
-                self.send_header("Location", "/signed/b.png?X-Amz-Credential=AKIAEXAMPLEKEY&X-Amz-Signature=SECRETSIG")
+                self.send_header("Location", f"/signed{path}?X-Amz-Credential=AKIAEXAMPLEKEY&X-Amz-Signature=SECRETSIG")
                 self.end_headers()
-            elif self.path.startswith("/signed/"):  # its size given, its bytes refused (a signature that expired)
+            elif self.path.startswith("/signed/"):
                 self.send_response(200 if self.command == "HEAD" else 403)
                 self.send_header("Content-Length", "100" if self.command == "HEAD" else "0")
                 self.end_headers()
@@ -654,12 +654,20 @@ def test_a_reject_s_reason_keeps_no_credentials_of_a_signed_address_the_server_r
 
         do_HEAD = do_GET
 
+    return RedirectsToSigned
+
+def test_a_reject_s_reason_keeps_no_credentials_of_a_signed_address_the_server_redirected_to(tmp_path: Path) -> None:
+    """A web server redirects an image to a presigned address (S3's, a CDN's) that refuses it: the reject's reason,
+    stored in the output data set's rejects table, quoted that address whole, its X-Amz-Credential and signature
+    included, though no URI the job was given held them."""
+    from tests.webutil import serving
+
     site = tmp_path / "site"
     site.mkdir()
     (site / "a.png").write_bytes(image_bytes(32, 32, 1))
     (site / "b.png").write_bytes(image_bytes(32, 32, 2))
     out = tmp_path / "out"
-    with serving(site, RedirectsToSigned) as url:
+    with serving(site, _redirecting_to_signed("/b.png")) as url:
         summary = run_job(small_job_config(tmp_path, tiny_model_file(tmp_path), input=url, output=str(out)))
     data, rejects = read_output(str(out))
     assert list(data["id"]) == ["a.png"] and list(rejects["id"]) == ["b.png"], summary
@@ -674,26 +682,11 @@ def test_a_checkpoint_refused_at_a_signed_address_it_was_redirected_to_is_said_w
     """`--checkpoint https://host/prior.pt`, redirected to a presigned address whose signature has expired: the error
     line printed the address whole, key id and signature (stderr ends up in CI logs and schedulers' histories)."""
     from pipeline import cli
-    from tests.webutil import QuietHandler, serving
-
-    class RedirectsToSigned(QuietHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/prior.pt"):
-                self.send_response(302)
-                self.send_header("Location", "/signed/prior.pt?X-Amz-Credential=AKIAEXAMPLEKEY&X-Amz-Signature=SECRETSIG")
-                self.end_headers()
-            elif self.path.startswith("/signed/"):
-                self.send_response(200 if self.command == "HEAD" else 403)
-                self.send_header("Content-Length", "100" if self.command == "HEAD" else "0")
-                self.end_headers()
-            else:
-                super().do_GET()
-
-        do_HEAD = do_GET
+    from tests.webutil import serving
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 1))
-    with serving(tmp_path, RedirectsToSigned) as url:
+    with serving(tmp_path, _redirecting_to_signed("/prior.pt")) as url:
         code = cli.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                          "--checkpoint", url + "prior.pt", "--steps", "2"])
     err = capsys.readouterr().err

@@ -38,19 +38,24 @@ class OneConnection(LocalFileSystem):
         path = path[len("sftp://"):] if isinstance(path, str) and path.startswith("sftp://") else path
         return super()._strip_protocol(path)
 
+    def _connection_users(self) -> list[int]:
+        """The threads in a call on the connection this instance talks through: here one for all instances."""
+        return OneConnection.inside
+
     def _guarded(self, what: str, call):  # noqa: ANN001 - any file-system call
         me = threading.get_ident()
         with OneConnection.state:
-            if OneConnection.inside and OneConnection.inside[0] != me:
+            inside = self._connection_users()
+            if inside and inside[0] != me:
                 OneConnection.overlaps.append(what)
-            OneConnection.inside.append(me)
+            inside.append(me)
             OneConnection.calls += 1
         try:
             time.sleep(0.002)  # a round trip: time for another thread to come in
             return call()
         finally:
             with OneConnection.state:
-                OneConnection.inside.remove(me)
+                inside.remove(me)
 
     def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001
         return self._guarded(f"open {path}", lambda: super(OneConnection, self)._open(path, mode=mode, **kwargs))
@@ -183,20 +188,8 @@ class OneConnectionEach(OneConnection):
     """`OneConnection` as fsspec gives it: one instance (one connection) per thread, each thread's own (fsspec caches a
     file system per thread), so that only an instance called from two threads at once is an overlap."""
 
-    def _guarded(self, what: str, call):  # noqa: ANN001 - any file-system call
-        me = threading.get_ident()
-        with OneConnection.state:
-            inside = self.__dict__.setdefault("_inside", [])
-            if inside and inside[0] != me:
-                OneConnection.overlaps.append(what)
-            inside.append(me)
-            OneConnection.calls += 1
-        try:
-            time.sleep(0.002)  # a round trip: time for another thread to come in
-            return call()
-        finally:
-            with OneConnection.state:
-                inside.remove(me)
+    def _connection_users(self) -> list[int]:
+        return self.__dict__.setdefault("_inside", [])
 
 
 def test_the_leases_heartbeat_writes_through_a_connection_of_its_own(tmp_path: Path, monkeypatch) -> None:
