@@ -343,6 +343,19 @@ def output_state(output: str, storage_options: dict[str, Any]) -> OutputState:
     return OutputState(summary.get("status"), summary.get("started"), lease_holder(lease) if live else None)
 
 
+def _not_there(fs: Any, root: str, output: str) -> ExportError:
+    """The error for an output `fs.exists` says is not there: fsspec's exists answers False for a path it may not look
+    at too (a local folder under one without search permission, a refusing store), which was told "does not exist"."""
+    try:
+        fs.info(root)
+    except FileNotFoundError:
+        pass
+    except Exception as err:  # noqa: BLE001 - any other answer is the reason the output could not be seen
+        return ExportError(f"output {output} cannot be looked at: {describe(err)}; the export needs to read it (the "
+                           "user it runs as, or its credentials, may not)")
+    return ExportError(f"output {output} does not exist")
+
+
 def check_output(output: str, storage_options: dict[str, Any], force: bool = False,
                  names: ArgNames | None = None) -> tuple[OutputState, str | None]:
     """The output's state, and a warning when `force` lets an unfinished output through. Raises ExportError for a
@@ -351,7 +364,7 @@ def check_output(output: str, storage_options: dict[str, Any], force: bool = Fal
     names = names or API_NAMES
     fs, root = storage_path(output, storage_options)
     if not with_retries(lambda: fs.exists(root), f"stat {output}"):
-        raise ExportError(f"output {output} does not exist")
+        raise _not_there(fs, root, output)
     if not with_retries(lambda: fs.isdir(root), f"stat {output}"):
         raise ExportError(f"output {output} is a file; give the folder a zip-purify run wrote (it holds {JOB_FILE} "
                           f"and {DATA_DIR}/)")

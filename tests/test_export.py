@@ -626,6 +626,28 @@ def test_what_cannot_be_exported_is_one_line_and_status_2(tmp_path: Path, capsys
     assert not (tmp_path / "to").exists() and not (out / "data" / "images").exists()
 
 
+def test_an_output_the_export_may_not_look_at_is_said_so_not_missing(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A local output under a folder its user may not search (os.stat: PermissionError): fsspec's exists answers False
+    for it, and the export said 'does not exist' of an output that is there. (Made with a refusing stat: the tests run
+    as root, whom no permission bit stops.)"""
+    from fsspec.implementations.local import LocalFileSystem
+
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1)])
+    real_info = LocalFileSystem.info
+
+    def refusing_info(self, path, **kwargs):  # noqa: ANN001 - fsspec's signature
+        if str(path).rstrip("/") == str(out):
+            raise PermissionError(13, "Permission denied", str(out))
+        return real_info(self, path, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "info", refusing_info)
+    assert main(["--output", str(out), "--to", str(tmp_path / "to"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be looked at" in err and "Permission denied" in err and "does not exist" not in err, err
+    assert err.count("\n") == 1
+
+
 def test_an_argument_given_without_its_flag_is_named(capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["out", "images"])
