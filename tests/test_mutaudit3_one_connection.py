@@ -40,25 +40,9 @@ def test_a_scheduled_run_reads_the_row_digests_of_an_sftp_output_one_part_file_a
                                                                                        sftp_stand_in) -> None:
     """An --incremental run over inputs whose listing changed compares their bytes with the source_sha256 of their
     rows, read from the output's part files: on an sftp:// output, 16 part files at a time through its one connection."""
-    import hashlib
+    from pipeline.changes import same_bytes
+    from tests.test_one_connection_stores import touched_inputs_with_rows
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.changes import InputRecord, same_bytes
-    from pipeline.sources.units import ReadUnit
-
-    inp, out = tmp_path / "in", tmp_path / "out"
-    inp.mkdir()
-    (out / "data").mkdir(parents=True)
-    names = [f"{k:02d}.png" for k in range(20)]
-    for name in names:
-        (inp / name).write_bytes(b"the same bytes")
-    digest = hashlib.sha256(b"the same bytes").hexdigest()
-    for part in range(5):  # four rows a part file
-        pq.write_table(pa.table({"id": names[4 * part: 4 * part + 4], "source_sha256": [digest] * 4}),
-                       out / "data" / f"part-{part}.parquet")
-    unit = ReadUnit("files", tuple(f"sftp://{inp / n}" for n in names), f"sftp://{inp}", (14,) * 20, (), ("v2",) * 20)
-    record = InputRecord(f"sftp://{inp}", {name: ("files", "v1") for name in names})
+    _, out, names, unit, record = touched_inputs_with_rows(tmp_path, rows_per_part=4)  # five part files
     assert same_bytes([unit], set(names), set(), frozenset(), record, f"sftp://{out}", {})[1] == 20
     assert sftp_stand_in.overlaps == [], sftp_stand_in.overlaps[:5]

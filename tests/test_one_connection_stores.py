@@ -143,20 +143,17 @@ def test_the_planning_and_the_progress_total_read_inputs_one_at_a_time_through_o
     assert one_connection.overlaps == [], one_connection.overlaps[:5]
 
 
-def test_a_scheduled_run_reads_touched_inputs_one_at_a_time_through_one_connection(tmp_path: Path,
-                                                                                  one_connection) -> None:
-    """An --incremental run over an sftp:// input whose files' listing changed since their rows (touched, copied over)
-    reads them to tell the same bytes: 16 image files, or 8 tar shards, at a time through the one connection."""
+def touched_inputs_with_rows(tmp_path: Path, rows_per_part: int):  # noqa: ANN201 - a tuple of five
+    """20 sftp:// image files of the same bytes whose listing changed since their rows (version v1 recorded, v2
+    listed), and an output holding their rows' source_sha256, `rows_per_part` rows a part file: what an --incremental
+    run reads to tell the same bytes. (input folder, output folder, names, their ReadUnit, the InputRecord)"""
     import hashlib
-    import os
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.changes import InputRecord, same_bytes, same_members
+    from pipeline.changes import InputRecord
     from pipeline.sources.units import ReadUnit
-    from tests.jobutil import tar_bytes
-    from tests.test_mutation_changes import _rows_of
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -164,10 +161,27 @@ def test_a_scheduled_run_reads_touched_inputs_one_at_a_time_through_one_connecti
     names = [f"{k:02d}.png" for k in range(20)]
     for name in names:
         (inp / name).write_bytes(b"the same bytes")
-    pq.write_table(pa.table({"id": names, "source_sha256": [hashlib.sha256(b"the same bytes").hexdigest()] * 20}),
-                   out / "data" / "part-a.parquet")
+    digest = hashlib.sha256(b"the same bytes").hexdigest()
+    for part in range(0, len(names), rows_per_part):
+        pq.write_table(pa.table({"id": names[part: part + rows_per_part], "source_sha256": [digest] * len(
+            names[part: part + rows_per_part])}), out / "data" / f"part-{part}.parquet")
     unit = ReadUnit("files", tuple(f"sftp://{inp / n}" for n in names), f"sftp://{inp}", (14,) * 20, (), ("v2",) * 20)
     record = InputRecord(f"sftp://{inp}", {name: ("files", "v1") for name in names})
+    return inp, out, names, unit, record
+
+
+def test_a_scheduled_run_reads_touched_inputs_one_at_a_time_through_one_connection(tmp_path: Path,
+                                                                                  one_connection) -> None:
+    """An --incremental run over an sftp:// input whose files' listing changed since their rows (touched, copied over)
+    reads them to tell the same bytes: 16 image files, or 8 tar shards, at a time through the one connection."""
+    import os
+
+    from pipeline.changes import InputRecord, same_bytes, same_members
+    from pipeline.sources.units import ReadUnit
+    from tests.jobutil import tar_bytes
+    from tests.test_mutation_changes import _rows_of
+
+    inp, out, names, unit, record = touched_inputs_with_rows(tmp_path, rows_per_part=20)
     assert same_bytes([unit], set(names), set(), frozenset(), record, str(out), {})[1] == 20
     assert one_connection.overlaps == [], one_connection.overlaps[:5]
 
