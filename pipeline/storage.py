@@ -175,10 +175,13 @@ def access_denied(err: BaseException) -> bool:
     """Whether `err` is a store refusing these credentials what was asked, as each store says it: s3fs's
     PermissionError (HTTP 403, also S3's answer to a HEAD or GET of a key that is not there when the credentials may
     not list the bucket), gcsfs's OSError('Forbidden: ...'), or an error carrying HTTP 401 or 403 in its status_code
-    (as azure.core's HttpResponseError does)."""
+    (as azure.core's HttpResponseError does). Not a missing file (FileNotFoundError, a 404), whatever its words."""
     if isinstance(err, PermissionError):
         return True
-    if isinstance(err, OSError) and err.errno is None and str(err).startswith("Forbidden"):
+    # gcsfs says HTTP 403 as a plain OSError(f"Forbidden: {url}\n{reason}"), without an errno: told by all three, as
+    # the word alone may be a file's name (fsspec's archive file systems say a missing member by its own path:
+    # FileNotFoundError('Forbidden.png')) and a subclass of OSError or an errno says another thing
+    if type(err) is OSError and err.errno is None and str(err).startswith("Forbidden: "):
         return True
     return getattr(err, "status_code", None) in (401, 403)
 
