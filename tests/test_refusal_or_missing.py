@@ -8,7 +8,10 @@ import errno
 import io
 import zipfile
 
+from pipeline.sources.tfrecord_files import features_json_notes
 from pipeline.storage import access_denied
+from tests.test_denied_optional_files import _records
+from tests.test_mutaudit3_optional_files import _HttpResponseError, _read, _ReadWithoutListAzure, azure_without_list  # noqa: F401 - a fixture
 
 
 def _missing_archive_member(name: str) -> FileNotFoundError:
@@ -39,3 +42,38 @@ def test_gcsfs_refusal_is_told_by_its_class_and_opening_words_not_by_the_word_fo
     assert not access_denied(OSError(errno.EIO, "Forbidden: the proxy's answer"))  # s3fs's error for an unknown code
     assert not access_denied(OSError("Not found: Forbidden.png"))
     assert access_denied(PermissionError(13, "Permission denied", "/data/in/a.png"))
+
+
+def _s3_answer(operation: str, code: str, status: int, message: str) -> BaseException:
+    """The error s3fs raises for S3's answer `code` (HTTP `status`) to `operation`."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    return translate_boto_error(ClientError({"Error": {"Code": code, "Message": message},
+                                             "ResponseMetadata": {"HTTPStatusCode": status}}, operation))
+
+
+def test_a_missing_object_as_each_store_says_it_is_missing_not_refused() -> None:
+    """A 404 is 'not there': taken for a refusal, a mistyped key was said to be 'refused' and the advice asked for a
+    permission the credentials may already have. S3's NoSuchKey (a GET) and bare 404 (a HEAD, which has no body),
+    fsspec's web file system's 404 and an error carrying HTTP 404 in its status_code (azure.core's) are none; their
+    401 and 403 are."""
+    assert not access_denied(_s3_answer("GetObject", "NoSuchKey", 404, "The specified key does not exist."))
+    assert not access_denied(_s3_answer("HeadObject", "404", 404, "Not Found"))
+    assert access_denied(_s3_answer("GetObject", "AccessDenied", 403, "Access Denied"))
+    assert not access_denied(FileNotFoundError("https://data.example.org/in/a.png"))  # fsspec's HTTP 404
+    assert not access_denied(_HttpResponseError("The specified blob does not exist.", 404))
+    assert [access_denied(_HttpResponseError("This request is not authorized.", s)) for s in (401, 403)] == [True, True]
+
+
+def test_a_refused_look_whose_folder_listing_says_not_there_is_absent_and_unsaid(azure_without_list) -> None:  # noqa: F811
+    """The look at features.json was refused (no List permission: 403 whether it is there or not) and the listing that
+    answers it says the folder is not there (a 404: its files moved away meanwhile): the file is not there, as a 404
+    says, so the TFRecord files are typed by their values and nothing is said. Taken for a refused listing, a warning
+    said it was unknown for want of the container's List permission."""
+    fs, root = azure_without_list
+    fs.pipe(f"/{root}/tf/s.tfrecord", _records(2))
+    _ReadWithoutListAzure.list_error = FileNotFoundError(f"{root}/tf")
+    path = f"azdenied://{root}/tf/s.tfrecord"
+    assert [r["meta"]["tokens"] for r in _read(path, {})] == [0, 1]  # not lists: no features.json declares them
+    assert features_json_notes([path], {}) == []
