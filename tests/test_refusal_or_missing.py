@@ -7,6 +7,11 @@ from __future__ import annotations
 import errno
 import io
 import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pipeline.sources.tfrecord_files import features_json_notes
 from pipeline.storage import access_denied
@@ -77,3 +82,62 @@ def test_a_refused_look_whose_folder_listing_says_not_there_is_absent_and_unsaid
     path = f"azdenied://{root}/tf/s.tfrecord"
     assert [r["meta"]["tokens"] for r in _read(path, {})] == [0, 1]  # not lists: no features.json declares them
     assert features_json_notes([path], {}) == []
+
+
+def _refusing_local_looks(monkeypatch, under: Path) -> None:
+    """The local file system's looks at anything under `under` refused, as for a folder its user may not search (the
+    tests run as root, whom no permission bit stops)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    def refusing(real: Any) -> Any:
+        def look(self, path, *args, **kwargs):  # noqa: ANN001 - fsspec's signature
+            if str(path).rstrip("/").startswith(str(under)):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(self, path, *args, **kwargs)
+        return look
+
+    for name in ("info", "ls", "exists", "isdir", "_open", "makedirs"):
+        monkeypatch.setattr(LocalFileSystem, name, refusing(getattr(LocalFileSystem, name)))
+
+
+def test_the_output_advice_asks_for_the_stores_list_permission_for_its_refusal_alone(tmp_path, model, monkeypatch,
+                                                                                     capsys) -> None:
+    """'the job lists its output ..., so its credentials need s3:ListBucket' sends the user after a permission of an
+    object store's credentials. An S3 output whose look fails otherwise (a 400: no permission would help) gets the
+    store's error alone; a local output the job's user may not look at gets the system's reason alone (no store's
+    credentials there, and no listing permission of theirs); so does the export's, --output and --to."""
+    import pipeline.plan as plan
+    from pipeline import export_cli
+    from pipeline.config import JobConfig
+    from pipeline.errors import JobError
+    from tests.jobutil import image_bytes
+    from tests.test_export import image, make_output
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(16, 16, 1))
+    config = JobConfig(input=str(tmp_path / "in"), output="s3://bucket/out", checkpoint=model, steps=1, progress=False,
+                       canvas_size=32, storage_options={"key": "k", "secret": "s"})
+    bad_request = _s3_answer("ListObjectsV2", "InvalidArgument", 400, "Invalid argument: continuation-token")
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise bad_request
+
+    monkeypatch.setattr(plan, "output_inside_written_folder", failing)
+    with pytest.raises(JobError) as caught:
+        plan.plan_job(config, dry_run=True)
+    assert str(caught.value) == "cannot use output s3://bucket/out: OSError: [Errno 22] Invalid argument: continuation-token"
+    monkeypatch.undo()
+
+    locked = tmp_path / "locked"
+    make_output(str(locked / "out"), [image("a.jpg", 1)])
+    _refusing_local_looks(monkeypatch, locked)
+    with pytest.raises(JobError) as caught:
+        plan.plan_job(replace(config, output=str(locked / "out2"), storage_options={}), dry_run=True)
+    assert str(caught.value) == f"cannot use output {locked}/out2: PermissionError: [Errno 13] Permission denied: " \
+                                f"'{locked}/out2'"
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1)])
+    for given in (["--output", str(locked / "out"), "--to", str(tmp_path / "to")],
+                  ["--output", str(tmp_path / "out"), "--to", str(locked / "to")]):
+        assert export_cli.main([*given, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "Permission denied" in err and "credentials" not in err and "list" not in err, err
