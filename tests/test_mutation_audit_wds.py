@@ -64,12 +64,12 @@ def test_a_keys_extensions_are_read_whatever_their_case(tmp_path) -> None:
 
 def test_a_name_numbered_with_a_word_is_one_key_and_a_reject() -> None:
     # 'cat.a.jpg' and 'cat.b.jpg' are one WebDataset key ('cat') with two images, not two images of their own
-    from pipeline.sources.webdataset_keys import _tar_key
+    from pipeline.sources.webdataset_keys import tar_key
 
-    assert _tar_key("cat.a.jpg") == ("cat", "a.jpg") and _tar_key("cat.0.jpg") == ("cat.0", "jpg")
-    assert _tar_key("cat.٣.jpg") == ("cat", "٣.jpg")  # a digit of another script is no number of a name
-    assert _tar_key("d/cat.12.seg.png") == ("d/cat.12", "seg.png")
-    assert _tar_key("cat.0.") == ("cat", "0.")  # no extension after the number: not numbered
+    assert tar_key("cat.a.jpg") == ("cat", "a.jpg") and tar_key("cat.0.jpg") == ("cat.0", "jpg")
+    assert tar_key("cat.٣.jpg") == ("cat", "٣.jpg")  # a digit of another script is no number of a name
+    assert tar_key("d/cat.12.seg.png") == ("d/cat.12", "seg.png")
+    assert tar_key("cat.0.") == ("cat", "0.")  # no extension after the number: not numbered
 
 
 @pytest.mark.parametrize(("ext", "data", "column", "value"), [

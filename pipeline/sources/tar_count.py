@@ -1,5 +1,5 @@
 """How many keys tar shards hold, known before they are read (the dry run, the progress total), exactly or not at all:
-a total too small would show a run more done than it is. A key (`webdataset_keys._tar_key`) is one image's row or one
+a total too small would show a run more done than it is. A key (`webdataset_keys.tar_key`) is one image's row or one
 reject, so a shard's keys are the images its read counts.
 
 A tar has no index: its members' headers (512 bytes each) lie between their data. A plain (uncompressed) shard is
@@ -38,10 +38,10 @@ from typing import Any
 from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.read_budget import MAX_READS, BudgetSpent, ReadBudget
-from pipeline.sources.tar_members import _CheckedTarInfo, _macos_metadata
+from pipeline.sources.tar_members import CheckedTarInfo, is_macos_metadata
 from pipeline.sources.tfrecord_count import BLOCK, READERS, CountProblem
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import _tar_key
+from pipeline.sources.webdataset_keys import tar_key
 from pipeline.storage import concurrent_reads, describe, local_file_path, protocols, storage_path, with_retries
 
 # The first bytes of the compressed shards the reader takes (tarfile's "r|*"): gzip, bzip2, xz
@@ -146,15 +146,15 @@ def shard_keys(read_at: Callable[[int, int], bytes], size: int, budget: ReadBudg
     reader.seek(0)
     keys: Counter[str] = Counter()
     try:
-        with tarfile.open(fileobj=reader, mode="r:", tarinfo=_CheckedTarInfo, ignore_zeros=True) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r:", tarinfo=CheckedTarInfo, ignore_zeros=True) as tar:  # type: ignore[call-overload]
             while (member := tar.next()) is not None:
                 tar.members.clear()  # kept by tarfile for extraction, which this walk does not do: memory stays flat
-                if not (member.isfile() or member.islnk() or member.issym()) or _macos_metadata(member.name):
+                if not (member.isfile() or member.islnk() or member.issym()) or is_macos_metadata(member.name):
                     continue
                 if join_metadata and is_folder_metadata(member.name):
                     raise CountProblem(f"its image-folder metadata member {text_name(member.name)} is joined or "
                                        "rejected as it is read")
-                keys[_tar_key(member.name)[0]] += 1
+                keys[tar_key(member.name)[0]] += 1
             damage = getattr(tar, "zip_purify_damage", None)
     except tarfile.TarError as err:  # its read rejects it as unreadable: how many keys go with it is known then
         raise CountProblem(f"it is cut short or not a tar ({describe(err)})") from err

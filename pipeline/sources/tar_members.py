@@ -13,11 +13,11 @@ from typing import BinaryIO
 
 from pipeline.sources.file_bytes import too_large
 from pipeline.sources.folder_metadata import is_folder_metadata
-from pipeline.sources.webdataset_keys import _split_key, _tar_key
+from pipeline.sources.webdataset_keys import _split_key, tar_key
 from pipeline.storage import backoff, is_transient
 
 
-class _CheckedTarInfo(tarfile.TarInfo):
+class CheckedTarInfo(tarfile.TarInfo):
     """Headers read as GNU tar --ignore-zeros does, with what went wrong noted on the archive for `_tar_members`.
 
     tarfile ends an archive quietly at the first block of zeros, and at a header it cannot read after the first
@@ -85,7 +85,7 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
     so that callers forget what they saw. Any other error (a corrupt or truncated shard) propagates."""
     for attempt in range(attempts):
         try:
-            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=_CheckedTarInfo,
+            with open_stream() as raw, tarfile.open(fileobj=raw, mode="r|*", tarinfo=CheckedTarInfo,
                                                     ignore_zeros=True) as tar:
                 yield None
                 position = 0
@@ -156,7 +156,7 @@ def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int 
     return _TarLink(first.name, first.linkname, at)
 
 
-def _macos_metadata(name: str) -> bool:
+def is_macos_metadata(name: str) -> bool:
     """Whether a tar member is the metadata macOS adds beside a user's files: an AppleDouble '._x' (a file's extended
     attributes, which bsdtar stores for each file that has any, e.g. every downloaded one), '.DS_Store' (Finder's
     folder settings) or anything under '__MACOSX/' (an archive unpacked and re-packed). Skipped as hidden, as in a
@@ -170,9 +170,9 @@ def _index_tar(
     max_member_bytes: int | None = None,
 ) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None, list[str]]:
     """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
-    WebDataset keys that had numbered names keyed apart (`_tar_key`: 'cat' for 'cat.0.jpg'), the links by position
+    WebDataset keys that had numbered names keyed apart (`tar_key`: 'cat' for 'cat.0.jpg'), the links by position
     with what each resolves to, the error that cut the pass short (None if it did not), and the macOS metadata
-    members (`_macos_metadata`), which are in no key. With `metadata_bytes` (--join-metadata), the regular members
+    members (`is_macos_metadata`), which are in no key. With `metadata_bytes` (--join-metadata), the regular members
     named as an image folder's metadata file (`folder_metadata.is_folder_metadata`) are read too, into it (name -> the
     latest such member's bytes, the error reading them, or why a member over `max_member_bytes` was not read): this
     pass goes over every byte of the shard anyway (a stream skips a member by reading it; a compressed one by
@@ -181,7 +181,7 @@ def _index_tar(
     latest: dict[str, int] = {}  # shard path -> position of its latest regular member or link
 
     def wanted(position: int, member: tarfile.TarInfo) -> bool:
-        return metadata_bytes is not None and is_folder_metadata(member.name) and not _macos_metadata(member.name)
+        return metadata_bytes is not None and is_folder_metadata(member.name) and not is_macos_metadata(member.name)
 
     pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
     error: BaseException | None = None
@@ -213,10 +213,10 @@ def _index_tar(
     members_of: dict[str, Counter[str]] = {}
     metadata: list[str] = []
     for name, n in names.items():
-        if _macos_metadata(name):
+        if is_macos_metadata(name):
             metadata.extend([name] * n)
             continue
-        key, webdataset_key = _tar_key(name)[0], _split_key(name)[0]
+        key, webdataset_key = tar_key(name)[0], _split_key(name)[0]
         if key != webdataset_key:
             split.add(webdataset_key)
         members_of.setdefault(key, Counter())[name] = n

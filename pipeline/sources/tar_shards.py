@@ -24,7 +24,7 @@ from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import JsonColumns, _image_exts, _split_key, _tar_key, _tar_key_record
+from pipeline.sources.webdataset_keys import JsonColumns, _image_exts, _split_key, _tar_key_record, tar_key
 from pipeline.storage import describe
 
 
@@ -34,7 +34,7 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
               join_metadata: bool = False) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
-    Pass 1 reads only the headers: which members each key has (`_tar_key`: WebDataset's keys, a numbered name such as
+    Pass 1 reads only the headers: which members each key has (`tar_key`: WebDataset's keys, a numbered name such as
     Kaggle's 'cat.0.jpg' keyed with its number), and what each link points to. Pass 2 reads the
     members and emits a key's record as soon as its last member has gone by, so only keys still waiting for a member
     are held: one at a time in a WebDataset shard, whose keys are contiguous, though a key's members may be anywhere.
@@ -90,7 +90,7 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
     joined = _shard_metadata(members_of, links, texts) if texts else FolderMetadata()
     taken = [*joined.joined, *joined.rejects]  # out of their keys: no inputs, or rejects of their own
     for name in taken:
-        key = _tar_key(name)[0]
+        key = tar_key(name)[0]
         del members_of[key][name]
         if not members_of[key]:
             del members_of[key]
@@ -145,7 +145,7 @@ def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, _TarLi
     taken = set(names.values())
     images: dict[str, str] = {}  # an image member's path -> its key
     for key, counted in members_of.items():
-        exts = {_tar_key(name)[1]: name for name in counted if name not in taken}
+        exts = {tar_key(name)[1]: name for name in counted if name not in taken}
         image = _image_exts(exts)
         if len(image) == 1:
             images[posixpath.normpath(exts[image[0]])] = key
@@ -179,7 +179,7 @@ def _superseded_ids(members_of: dict[str, Counter[str]], split: set[str], metada
     each such key one reject. By id, not by key: a latin-1 'caf\\xe9.0.jpg' (split from 'caf\\xe9') beside a member
     literally named 'caf\\\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out
     of date."""
-    older = {*split, *(key for name in metadata for key in (_tar_key(name)[0], _split_key(name)[0]))}
+    older = {*split, *(key for name in metadata for key in (tar_key(name)[0], _split_key(name)[0]))}
     return sorted({key_id(key) for key in older} - {key_id(key) for key in members_of})
 
 
@@ -222,7 +222,7 @@ class _MembersPass:
         self.readers: Counter[int] = Counter()
         self.targets_of: dict[str, list[int]] = {}  # key -> positions of its links' targets
         for link in links.values():
-            key = _tar_key(link.name)[0]
+            key = tar_key(link.name)[0]
             if isinstance(link.target, int) and key not in done and link.name not in self.skipped_names:
                 self.readers[link.target] += 1
                 self.targets_of.setdefault(key, []).append(link.target)
@@ -240,7 +240,7 @@ class _MembersPass:
 
     def wanted(self, position: int, member: tarfile.TarInfo) -> bool:
         """Whether pass 2 reads a member's bytes: it is a pending key's, or a link still to be emitted reads it."""
-        key = _tar_key(member.name)[0]
+        key = tar_key(member.name)[0]
         ours = member.name not in self.skipped_names and self._pending(key) and key not in self.errors
         return ours or self.readers[position] > 0
 
@@ -252,7 +252,7 @@ class _MembersPass:
                 held.clear()
             return []
         position, member, data = item
-        key = _tar_key(member.name)[0]
+        key = tar_key(member.name)[0]
         ours = member.name not in self.skipped_names and self._pending(key)
         out: list[dict[str, Any] | None] = []
         if position in self.links and ours:
@@ -307,7 +307,7 @@ class _MembersPass:
     def _took(self, name: str, data: bytes | Exception | str, damaged: str = "") -> dict[str, Any] | None:
         """Note member `name` as gone by with its bytes (or the error reading them, or why it cannot be read); its
         key's record once it was the key's last."""
-        key, ext = _tar_key(name)
+        key, ext = tar_key(name)
         went = self.seen.setdefault(key, Counter())
         went[name] += 1
         if key not in self.left:

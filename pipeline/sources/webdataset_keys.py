@@ -1,4 +1,4 @@
-"""WebDataset keys of a tar shard: which members make one sample (`_tar_key`: a member's path up to the first dot of
+"""WebDataset keys of a tar shard: which members make one sample (`tar_key`: a member's path up to the first dot of
 its name; a numbered name such as Kaggle's 'cat.0.jpg' keyed with its number), and a key's record (`_tar_key_record`):
 its one image member, its other members (.cls, .json, a mask) as columns."""
 
@@ -34,7 +34,7 @@ def _numbered(ext: str) -> tuple[str, str] | None:
     return (number, rest) if dot and rest and number.isascii() and number.isdigit() else None
 
 
-def _tar_key(name: str) -> tuple[str, str]:
+def tar_key(name: str) -> tuple[str, str]:
     """A shard member's (key, ext): WebDataset's (`_split_key`), except for a numbered name such as Kaggle's
     'cat.0.jpg', whose key takes the number ('cat.0', ext 'jpg'; 'cat.0.cls' and the mask 'cat.0.seg.png' are that
     key's sidecars). A plain tar of 'cat.0.jpg', 'cat.1.jpg', ... is many images, not one WebDataset sample with many;
@@ -194,7 +194,7 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
     key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
-    were keyed apart (`_tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image. `json_columns`:
+    were keyed apart (`tar_key`), so what is left in it ('cat.cls' beside 'cat.0.jpg') has no image. `json_columns`:
     the columns the shard's earlier keys' .json sidecars gave, past whose limit this key's new fields are JSON text.
     `row`: the columns an image-folder metadata member of the shard gives its image (`tar_shards._shard_metadata`),
     added after the key's own members': one named like a sidecar's or a .json field's column, in any case, is written
