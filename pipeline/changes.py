@@ -485,7 +485,7 @@ def same_bytes(listed: list[ReadUnit], purified: set[str], rejected: set[str], r
     ids = list(checked)
     progress = _Progress(many, len(ids), "image file(s)")
     # one at a time on FTP/SFTP (`concurrent_calls`)
-    readers = concurrent_reads(candidates[ids[0]][0], storage_options, HASH_READERS)
+    readers = concurrent_reads(candidates[ids[0]][0], HASH_READERS)
     with ThreadPoolExecutor(min(readers, len(ids)), thread_name_prefix="same-bytes") as pool:
         step = HASH_READERS * 64  # a batch at a time: no million futures held at once
         for start in range(0, len(ids), step):
@@ -746,7 +746,7 @@ def same_members(listed: list[ReadUnit], purified: set[str], rejected: set[str],
         return _members_same(unit, {row: fingerprints[row] for row in rows}, purified, storage_options, options, stop)
 
     # one at a time on FTP/SFTP (`concurrent_calls`)
-    readers = concurrent_reads(candidates[ids[0]][0].paths[0], storage_options, CONTAINER_READERS)
+    readers = concurrent_reads(candidates[ids[0]][0].paths[0], CONTAINER_READERS)
     with ThreadPoolExecutor(min(readers, len(ids)), thread_name_prefix="same-members") as pool, \
             _set_on_exit(stop):
         for id_, (found, read) in zip(ids, pool.map(compare, ids), strict=True):

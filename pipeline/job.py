@@ -177,7 +177,7 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
 
         try:
             # one at a time on FTP/SFTP (`concurrent_calls`)
-            threads = concurrent_reads(tables[0].paths[0], storage_options, INDEX_READERS)
+            threads = concurrent_reads(tables[0].paths[0], INDEX_READERS)
             with ThreadPoolExecutor(min(threads, len(tables)), thread_name_prefix="footer") as pool:
                 counts = list(pool.map(rows, tables))
         except Exception:  # noqa: BLE001 - the file's read task will say what is wrong with it; here only the total

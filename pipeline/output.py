@@ -45,6 +45,7 @@ from pipeline.storage import (
     TEMP_PREFIX,
     concurrent_calls,
     describe,
+    filesystem_class,
     make_parent_dirs,
     move_into_place,
     protocols,
@@ -876,12 +877,13 @@ def _is_under(path: str, folder: str) -> bool:
 def same_storage_paths(input_uri: str, output_uri: str,
                        storage_options: dict[str, Any]) -> tuple[Callable[[str], str], str, str] | None:
     """(normalise, input path, output path) when both are on the same kind of storage, else None (they cannot
-    nest). normalise resolves local paths (symlinks, ..) and strips a remote one's protocol and trailing slash."""
-    in_fs, in_path = _fs(input_uri, storage_options)
-    out_fs, out_path = _fs(output_uri, storage_options)
-    if type(in_fs) is not type(out_fs):
+    nest). normalise resolves local paths (symlinks, ..) and strips a remote one's protocol and trailing slash. Told by
+    the file systems' classes (`filesystem_class`): made, an FTP file system logs in, for nothing here."""
+    in_fs, out_fs = filesystem_class(input_uri), filesystem_class(output_uri)
+    if in_fs is not out_fs:
         return None
-    local = isinstance(in_fs, fsspec.implementations.local.LocalFileSystem)
+    in_path, out_path = in_fs._strip_protocol(input_uri), out_fs._strip_protocol(output_uri)
+    local = issubclass(in_fs, fsspec.implementations.local.LocalFileSystem)
     folders: dict[str, str] = {}  # a folder's real path, found once for all the files listed in it
 
     def real_path(path: str) -> str:

@@ -641,7 +641,7 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
 
     budget = budget if budget is not None else ReadBudget()
     # one at a time on FTP/SFTP (`concurrent_calls`)
-    threads = concurrent_reads(units[0].paths[0], so, FOOTER_READS) if units else 1
+    threads = concurrent_reads(units[0].paths[0], FOOTER_READS) if units else 1
     with ThreadPoolExecutor(max_workers=threads) as pool:  # each file's thread sets its own key of `columns`
         counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget, columns), units)
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}

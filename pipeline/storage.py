@@ -768,9 +768,19 @@ def concurrent_calls(fs: Any, wanted: int) -> int:
     return 1 if SINGLE_CONNECTION_PROTOCOLS & set(protocols(fs)) else wanted
 
 
-def concurrent_reads(uri: str, storage_options: dict[str, Any], wanted: int) -> int:
-    """`concurrent_calls` of the file system that `uri` is on: how many of its files a thread pool may read at once."""
-    return concurrent_calls(storage_path(uri, storage_options)[0], wanted)
+def concurrent_reads(uri: str, wanted: int) -> int:
+    """`concurrent_calls` of the file system that `uri` is on: how many of its files a thread pool may read at once.
+    Told by its class (`filesystem_class`): a file system made to be asked was an FTP login for nothing."""
+    return concurrent_calls(filesystem_class(uri), wanted)
+
+
+def filesystem_class(uri: str) -> type:
+    """The class of the file system `uri` is on, for what the class says (its protocols, `_strip_protocol`), without
+    making one: fsspec keeps no FTP file system for the next use, so each one made connects and logs in anew, and
+    holds its connection open until it is collected."""
+    import fsspec
+
+    return fsspec.get_filesystem_class(fsspec_protocol(uri) or "file")
 
 
 def list_uncached(fs: Any, folder: str) -> list[dict[str, Any]]:

@@ -269,7 +269,7 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
         pace.give_up()
         return problem
 
-    threads = concurrent_reads(units[0].paths[0], fs_opts, READERS)
+    threads = concurrent_reads(units[0].paths[0], READERS)
     with ThreadPoolExecutor(min(threads, len(units)), thread_name_prefix="tar-count") as pool:
         results = list(pool.map(counted, units))
     problems = [r for r in results if isinstance(r, str)]

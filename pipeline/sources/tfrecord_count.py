@@ -114,7 +114,7 @@ def count_records(units: Sequence[ReadUnit], fs_opts: dict[str, Any],
                                                                 budget)
 
         # one at a time on FTP/SFTP (`concurrent_calls`)
-        threads = concurrent_reads(units[0].paths[0], fs_opts, READERS)
+        threads = concurrent_reads(units[0].paths[0], READERS)
         with ThreadPoolExecutor(min(threads, len(units)), thread_name_prefix="tfrecord-count") as pool:
             return dict(zip([u.paths[0] for u in units], pool.map(count, units), strict=True))
     except Exception:  # noqa: BLE001 - uncounted, whatever the reason: the read task says it

@@ -237,7 +237,7 @@ def features_json_notes(paths: Iterable[str], fs_opts: dict[str, Any]) -> list[s
     folders = sorted({posixpath.dirname(p) for p in paths if is_tfrecord(p)})
     if not folders:
         return []
-    threads = concurrent_reads(folders[0], fs_opts, min(NOTE_READERS, len(folders)))  # FTP: one
+    threads = concurrent_reads(folders[0], min(NOTE_READERS, len(folders)))  # FTP: one
     with ThreadPoolExecutor(threads, thread_name_prefix="features-json") as pool:
         return [n for n in pool.map(note, folders) if n is not None]
 

@@ -362,7 +362,7 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
 
     found = ArchiveMetadata()
     # one at a time on FTP/SFTP (`concurrent_calls`)
-    threads = concurrent_reads(units[0].paths[0], fs_opts, DIRECTORY_READS) if units else 1
+    threads = concurrent_reads(units[0].paths[0], DIRECTORY_READS) if units else 1
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for unit, joined in zip(units, pool.map(one, units), strict=True):
             if joined is not None:
