@@ -178,10 +178,11 @@ def access_denied(err: BaseException) -> bool:
     (as azure.core's HttpResponseError does). Not a missing file (FileNotFoundError, a 404), whatever its words."""
     if isinstance(err, PermissionError):
         return True
-    # gcsfs says HTTP 403 as a plain OSError(f"Forbidden: {url}\n{reason}"), without an errno: told by all three, as
-    # the word alone may be a file's name (fsspec's archive file systems say a missing member by its own path:
-    # FileNotFoundError('Forbidden.png')) and a subclass of OSError or an errno says another thing
-    if type(err) is OSError and err.errno is None and str(err).startswith("Forbidden: "):
+    # gcsfs says HTTP 403 as a plain OSError(f"Forbidden: {url}\n{reason}"): told by its class and its opening words,
+    # as the word alone may be a file's name (fsspec's archive file systems say a missing member by its own path:
+    # FileNotFoundError('Forbidden.png')) and a subclass of OSError says another thing (one with an errno begins
+    # '[Errno n]')
+    if type(err) is OSError and str(err).startswith("Forbidden: "):
         return True
     return getattr(err, "status_code", None) in (401, 403)
 

@@ -46,6 +46,7 @@ def test_gcsfs_refusal_is_told_by_its_class_and_opening_words_not_by_the_word_fo
     assert not access_denied(_missing_archive_member("Forbidden: the member/a.png"))
     assert not access_denied(OSError(errno.EIO, "Forbidden: the proxy's answer"))  # s3fs's error for an unknown code
     assert not access_denied(OSError("Not found: Forbidden.png"))
+    assert not access_denied(OSError("Forbidden.png: the file is cut short"))  # an error naming its file first
     assert access_denied(PermissionError(13, "Permission denied", "/data/in/a.png"))
 
 
