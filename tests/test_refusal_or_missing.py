@@ -37,8 +37,8 @@ def _missing_archive_member(name: str) -> FileNotFoundError:
 def test_gcsfs_refusal_is_told_by_its_class_and_opening_words_not_by_the_word_forbidden_anywhere() -> None:
     """gcsfs says HTTP 403 as a plain OSError('Forbidden: <url>\\n<reason>'). A missing archive member named
     'Forbidden.png' (fsspec names it by its path in the archive, so the message begins with the word), or an OSError
-    carrying an errno, is no refusal: taken for one, a missing file was said to be 'refused' and the advice asked for
-    a permission."""
+    carrying an errno, is no refusal: taken for one, a missing file would be said to be 'refused' and the advice ask
+    for a permission."""
     assert access_denied(OSError("Forbidden: https://storage.googleapis.com/storage/v1/b/bucket/o/in%2Fa.png\n"
                                  "reader@project.iam.gserviceaccount.com does not have storage.objects.get access"))
     missing = _missing_archive_member("Forbidden.png")
