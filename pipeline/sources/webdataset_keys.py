@@ -190,7 +190,7 @@ def _image_exts(exts: Iterable[str]) -> list[str]:
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
                     error: str | None, split: bool = False, json_columns: JsonColumns | None = None,
-                    row: dict[str, Any] | None = None) -> dict[str, Any]:
+                    row: dict[str, Any] | None = None, labels_from_folders: bool = False) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
     key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
@@ -199,7 +199,10 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     `row`: the columns an image-folder metadata member of the shard gives its image (`tar_shards._shard_metadata`),
     added after the key's own members': one named like a sidecar's or a .json field's column, in any case, is written
     as metadata_<name> (again while taken: `free_name`), so that both values are kept and the key's own keep the names they have
-    without a metadata file."""
+    without a metadata file. `labels_from_folders`: a `label` column holding the name of the folder the key lies in
+    inside the shard (None at its top), as a zip member's, where no member of the key gives a column of that name in
+    any case (its `.cls` is written for it; the folder's name stays in the id); a metadata row's `label` wins over it,
+    as in a folder (`folder_metadata.with_row`)."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
     image_exts = _image_exts(parts)
@@ -249,10 +252,20 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                 text = json.dumps(over)
             meta[column] = text
     taken = {column.lower() for column in meta}
+    folder = "label" if labels_from_folders and "label" not in taken else None
+    if folder:
+        meta[folder] = _folder_label(text_name(key))  # as the id writes it: a name not UTF-8 escaped
+        taken.add(folder)
     for column, value in (row or {}).items():
-        meta[free_name(column, taken, "metadata_")] = value
+        meta[column if column == folder else free_name(column, taken, "metadata_")] = value
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
+
+
+def _folder_label(key: str) -> str | None:
+    """A key's folder label: the name of the folder it lies in inside the shard (None at the shard's top)."""
+    folder = posixpath.dirname(key)
+    return posixpath.basename(folder) if folder else None
 
 
 def _split_long_keys(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
