@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.sources.folder_metadata import is_folder_metadata, table_note
 from pipeline.sources.ids import text_name, text_value
 from pipeline.sources.records import _image_record, free_name, passthrough_name, reject_record
 
@@ -207,7 +208,8 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
         return reject_record(id_, f"{path}:{key}", error, "read")
     image_exts = _image_exts(parts)
     if len(image_exts) != 1:
-        names = sorted(parts)
+        # the members' own names, not their extensions: 'found csv' left a user to guess which file was meant
+        names = [text_name(posixpath.basename(parts[e][0])) for e in sorted(parts)]
         found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
         orphan = (f": it belongs to no image, as each {key}.<number>.<image ext> is a key of its own, with sidecars "
                   f"named {key}.<number>.<ext>") if split else ""
@@ -216,7 +218,7 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                 f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg, or a numbered "
                 f"{key}.1.jpg), or give the images as files, not a tar") if len(image_exts) > 1 and "." in image_exts[0] else ""
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
-                             f"{orphan}{many}", "read")
+                             f"{orphan}{many}{_table_note(parts) if not image_exts and not split else ''}", "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
     given_by: dict[str, str] = {}  # column -> the member that gave it
@@ -260,6 +262,16 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
         meta[column if column == folder else free_name(column, taken, "metadata_")] = value
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
+
+
+def _table_note(parts: dict[str, tuple[str, bytes]]) -> str:
+    """For the reject of a key holding no image: what its members are when they are tables of text (`table_note`), or
+    a metadata file the run was told not to join."""
+    members = [member for member, _ in parts.values()]
+    if members and all(is_folder_metadata(member) for member in members):
+        return ": an image folder's metadata file, not joined to the images with --join-metadata false"
+    notes = [table_note(member) for member in members]
+    return f": {notes[0]}" if notes and all(notes) else ""
 
 
 def _folder_label(key: str) -> str | None:
