@@ -30,7 +30,8 @@ def test_a_csv_of_labels_beside_the_images_is_a_reject_that_names_it_and_says_ho
     (folder / "GT-final_test.csv").write_bytes(GT_CSV)
     (tmp_path / "in" / "gtsrb.tar").write_bytes(tar_bytes({
         "Final_Test/GT-final_test.csv": GT_CSV, "Final_Test/Images/00000.ppm": image_bytes(8, 8, 1, "PPM"),
-        "Final_Test/Images/GT-final_test.test.csv": GT_CSV, "train/metadata.csv": b"file_name,label\n"}))
+        "Final_Test/Images/GT-final_test.test.csv": GT_CSV, "train/metadata.csv": b"file_name,label\n",
+        "0002.json": b'{"caption": "a sample whose image is missing"}'}))
     assert _cli(small_job_argv(tmp_path, model, "--join-metadata", "false")) == 0
     data, rejects = read_output(str(tmp_path / "out"))
     assert sorted(data["id"]) == ["Final_Test/Images/00000.ppm", "gtsrb.tar/Final_Test/Images/00000"]
@@ -48,4 +49,6 @@ def test_a_csv_of_labels_beside_the_images_is_a_reject_that_names_it_and_says_ho
     assert errors["gtsrb.tar/train/metadata"] == ("expected exactly one image member for key train/metadata, found "
                                                   "metadata.csv: an image folder's metadata file, not joined to the "
                                                   "images with --join-metadata false")
-    assert len(errors) == 4
+    # a WebDataset sample's .json sidecar without its image is that: no table
+    assert errors["gtsrb.tar/0002"] == "expected exactly one image member for key 0002, found 0002.json"
+    assert len(errors) == 5

@@ -266,8 +266,11 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
 
 def _table_note(parts: dict[str, tuple[str, bytes]]) -> str:
     """For the reject of a key holding no image: what its members are when they are tables of text (`table_note`), or
-    a metadata file the run was told not to join."""
+    a metadata file the run was told not to join. A .json is a WebDataset sample's own sidecar, its image missing: no
+    table."""
     members = [member for member, _ in parts.values()]
+    if any(member.lower().endswith(".json") for member in members):
+        return ""
     if members and all(is_folder_metadata(member) for member in members):
         return ": an image folder's metadata file, not joined to the images with --join-metadata false"
     notes = [table_note(member) for member in members]
