@@ -158,7 +158,8 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     io.add_argument("--output", help=f"output folder or prefix, on storage the job can write: not a web address "
                     f"(default {d.output})")
     io.add_argument("--labels-from-folders", type=_bool, metavar="BOOL",
-                    help="add a `label` column from each image file's parent folder name (default false)")
+                    help="add a `label` column from each image file's parent folder name (a zip or tar member's folder "
+                         "inside its archive; default false)")
     io.add_argument("--join-metadata", type=_bool, metavar="BOOL",
                     help="join an image folder's metadata.csv / metadata.jsonl (Hugging Face's imagefolder layout: "
                          "file_name relative to its folder, then labels, captions, ...) to the rows of the images it "

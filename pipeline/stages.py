@@ -49,7 +49,7 @@ from pipeline.sources import (
     text_name,
     text_value,
 )
-from pipeline.sources.folder_metadata import UNMATCHED_EXAMPLES, is_folder_metadata
+from pipeline.sources.folder_metadata import UNMATCHED_EXAMPLES, is_folder_metadata, table_note
 from pipeline.storage import (
     TEMP_PREFIX,
     discard,
@@ -254,10 +254,12 @@ def decode_stage(batch: Batch, policy: DecodePolicy) -> Batch:
 
 def _metadata_file_note(id_: str) -> str:
     """For the reject of a file named as an imagefolder's metadata that reached the decoder (a folder's or zip
-    archive's with --join-metadata false; a tar shard's is a key with no image, rejected as read): what it is, and that
-    its columns are not joined (it read as 'not a recognised image format' alone, as if an image were damaged)."""
+    archive's with --join-metadata false; a tar shard's is a key with no image, rejected as read), or of a table of
+    text under another name (`table_note`): what it is, and that its columns are not joined (it read as 'not a
+    recognised image format' alone, as if an image were damaged)."""
     if not is_folder_metadata(id_):
-        return ""
+        note = table_note(id_)
+        return f" ({note})" if note else ""
     return (" (an image folder's metadata file, as Hugging Face's imagefolder layout keeps labels and captions: its "
             "columns are not joined to the images, which are purified without them: with --join-metadata true they "
             "are; else join them to the output's rows by its file_name, the row's id relative to the file's folder)")

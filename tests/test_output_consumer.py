@@ -258,7 +258,7 @@ def test_rows_of_a_column_the_end_of_a_run_made_text_still_match_their_members(t
 def test_an_image_folders_metadata_file_is_a_reject_that_says_what_it_is(tmp_path) -> None:
     # Hugging Face's imagefolder layout: train/metadata.csv beside the images, with file_name and label. It was a
     # reject that read like a damaged image ("not a recognised image format"); it now says what the file is, and that
-    # its columns are not joined to the images. A CSV under another name keeps the plain reason.
+    # its columns are not joined to the images. A CSV under another name says it is a table, and how one is joined.
     from tests.jobutil import image_folder
 
     folder = image_folder(tmp_path / "in" / "train", 2)
@@ -266,6 +266,6 @@ def test_an_image_folders_metadata_file_is_a_reject_that_says_what_it_is(tmp_pat
     (folder / "notes.csv").write_text("a,b\n1,2\n")
     rejects = {r["id"]: r["error"] for r in _decoded(tmp_path / "in") if r["kind"] == "reject"}
     assert set(rejects) == {"train/metadata.csv", "train/notes.csv"}
-    assert rejects["train/notes.csv"] == "not a recognised image format"
+    assert rejects["train/notes.csv"].startswith("not a recognised image format (a .csv table, not an image")
     said = rejects["train/metadata.csv"]
     assert said.startswith("not a recognised image format (an image folder's metadata file") and "not join" in said

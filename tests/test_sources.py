@@ -50,7 +50,7 @@ def test_tar_sidecars_join_their_image_even_when_not_adjacent(tmp_path, in_memor
     assert len(records) == 4 and records[-1]["n"] == 3
     by_id = {r["id"]: r for r in records if r["kind"] != "count"}
     assert by_id["s.tar/a"]["meta"] == {"label": 3} and by_id["s.tar/b"]["meta"] == {"caption": "x"}
-    assert by_id["s.tar/c"]["kind"] == "reject" and "found cls" in by_id["s.tar/c"]["error"]
+    assert by_id["s.tar/c"]["kind"] == "reject" and "found c.cls" in by_id["s.tar/c"]["error"]
     assert by_id["s.tar/a"]["data"] == image_bytes(8, 8, 0)
 
 

@@ -63,7 +63,7 @@ def test_a_member_without_a_further_dot_is_its_own_reject_and_the_images_still_p
     records = _read(tmp_path, {**_cats(4), "cat.cls": b"1"})
     assert sorted(_images(records)) == [f"s.tar/cat.{i}" for i in range(4)]
     (reject,) = [r for r in records if r["kind"] == "reject"]
-    assert reject["id"] == "s.tar/cat" and "found cls" in reject["error"] and "belongs to no image" in reject["error"]
+    assert reject["id"] == "s.tar/cat" and "found cat.cls" in reject["error"] and "belongs to no image" in reject["error"]
     assert len(reject["error"]) < 300
 
 

@@ -60,6 +60,22 @@ def is_folder_metadata(path: str) -> bool:
     return posixpath.basename(path).lower() in METADATA_NAMES
 
 
+# Tables of text under another name: GTSRB's `GT-final_test.csv` of class ids beside its images, a labels file
+TABLE_EXTS = ("csv", "tsv", "jsonl", "json")
+
+
+def table_note(name: str) -> str:
+    """For the reject of a file or tar member `name` that is a table of text under another name than a metadata
+    file's: what it is and how the job would join its columns, since 'not a recognised image format' (or 'expected
+    exactly one image member') alone read as if its labels were simply lost; '' for any other name."""
+    ext = posixpath.basename(name).rpartition(".")[2].lower()
+    if "." not in posixpath.basename(name) or ext not in TABLE_EXTS or is_folder_metadata(name):
+        return ""
+    return (f"a .{ext} table, not an image: labels or annotations? the job joins one named metadata.csv or "
+            "metadata.jsonl, with a file_name column naming each image relative to its folder, to those images' rows "
+            "(docs/job.md, Inputs); this one is not joined")
+
+
 class MetadataProblem(ValueError):
     """Why a metadata file cannot be joined: what is wrong, and where (its line)."""
 

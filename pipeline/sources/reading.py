@@ -54,7 +54,8 @@ def read_unit(
     if unit.kind == "files":
         records = _read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata)
+        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata,
+                            labels_from_folders)
     elif unit.kind == "parquet" and is_tfrecord(unit.paths[0]):  # rows numbered as a table's: `tfrecord_files`
         records = _read_tfrecord(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":

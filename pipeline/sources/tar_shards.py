@@ -31,7 +31,7 @@ from pipeline.storage import describe
 def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               skip_ids: frozenset[str] | set[str] = frozenset(),
               purified_ids: frozenset[str] | set[str] = frozenset(),
-              join_metadata: bool = False) -> Iterator[dict[str, Any]]:
+              join_metadata: bool = False, labels_from_folders: bool = False) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
     Pass 1 reads only the headers: which members each key has (`tar_key`: WebDataset's keys, a numbered name such as
@@ -70,12 +70,13 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
             yield _unreadable(shard, path, 0, err)
             return
-        yield from _two_passes(path, shard, open_stream, max_image_bytes, skip_ids, purified_ids, join_metadata)
+        yield from _two_passes(path, shard, open_stream, max_image_bytes, skip_ids, purified_ids, join_metadata,
+                               labels_from_folders)
 
 
 def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_image_bytes: int,
                 skip_ids: frozenset[str] | set[str], purified_ids: frozenset[str] | set[str],
-                join_metadata: bool = False) -> Iterator[dict[str, Any]]:
+                join_metadata: bool = False, labels_from_folders: bool = False) -> Iterator[dict[str, Any]]:
     """`_read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index, and the metadata members' bytes
     with `join_metadata`), then pass 2 (the members)."""
     texts: dict[str, bytes | Exception | str] | None = {} if join_metadata else None
@@ -113,7 +114,7 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
     yield from ({"kind": "skipped", "id": id_} for id_ in dict.fromkeys(key_id(key) for key in members_of if key in done))
     yield from _twin_key_records(path, shard, members_of, key_id, done, skip_ids, purified_ids)
     members = _MembersPass(path, members_of, split, links, metadata, done, key_id, max_image_bytes,
-                           rows=joined.rows)  # pass 2
+                           rows=joined.rows, labels_from_folders=labels_from_folders)  # pass 2
     changed = None
     try:
         for item in _tar_members(open_stream, members.wanted, max_member_bytes=max_image_bytes):
@@ -211,11 +212,13 @@ class _MembersPass:
 
     def __init__(self, path: str, members_of: dict[str, Counter[str]], split: set[str], links: dict[int, _TarLink],
                  metadata: list[str], done: set[str], key_id: Callable[[str], str],
-                 max_key_bytes: int | None = None, rows: dict[str, dict[str, Any]] | None = None) -> None:
+                 max_key_bytes: int | None = None, rows: dict[str, dict[str, Any]] | None = None,
+                 labels_from_folders: bool = False) -> None:
         self.path, self.members_of, self.split, self.links, self.done, self.key_id = (
             path, members_of, split, links, done, key_id)
         self.max_key_bytes = max_key_bytes
         self.rows = rows or {}  # key -> the columns of its image-folder metadata row (`_shard_metadata`)
+        self.labels_from_folders = labels_from_folders
         self.held: Counter[str] = Counter()  # key -> bytes of its members held
         self.skipped_names = frozenset(metadata)  # a metadata member may share a key with real ones ('d/' for 'd/.1.jpg')
         # target position -> links still to be emitted that read it; its bytes are kept while any are
@@ -299,7 +302,7 @@ class _MembersPass:
         self.held.pop(key, None)
         try:
             return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split,
-                                   self.json_columns, self.rows.get(key))
+                                   self.json_columns, self.rows.get(key), self.labels_from_folders)
         except Exception as err:  # noqa: BLE001 - the key is counted as emitted by now: it must leave a record
             return reject_record(self.key_id(key), f"{self.path}:{key}",
                                  f"cannot read tar key {key}: {type(err).__name__}: {err}", "read")

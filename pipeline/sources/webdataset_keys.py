@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.sources.folder_metadata import is_folder_metadata, table_note
 from pipeline.sources.ids import text_name, text_value
 from pipeline.sources.records import _image_record, free_name, passthrough_name, reject_record
 
@@ -190,7 +191,7 @@ def _image_exts(exts: Iterable[str]) -> list[str]:
 
 def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
                     error: str | None, split: bool = False, json_columns: JsonColumns | None = None,
-                    row: dict[str, Any] | None = None) -> dict[str, Any]:
+                    row: dict[str, Any] | None = None, labels_from_folders: bool = False) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
     extension is an image one ('jpg'); one with a compound image extension ('seg.png', a mask) is a sidecar when the
     key has such an image, and the image when it is the key's only image member. `split`: the key's numbered names
@@ -199,12 +200,16 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     `row`: the columns an image-folder metadata member of the shard gives its image (`tar_shards._shard_metadata`),
     added after the key's own members': one named like a sidecar's or a .json field's column, in any case, is written
     as metadata_<name> (again while taken: `free_name`), so that both values are kept and the key's own keep the names they have
-    without a metadata file."""
+    without a metadata file. `labels_from_folders`: a `label` column holding the name of the folder the key lies in
+    inside the shard (None at its top), as a zip member's, where no member of the key gives a column of that name in
+    any case (its `.cls` is written for it; the folder's name stays in the id); a metadata row's `label` wins over it,
+    as in a folder (`folder_metadata.with_row`)."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
     image_exts = _image_exts(parts)
     if len(image_exts) != 1:
-        names = sorted(parts)
+        # the members' own names, not their extensions: 'found csv' left a user to guess which file was meant
+        names = [text_name(posixpath.basename(parts[e][0])) for e in sorted(parts)]
         found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
         orphan = (f": it belongs to no image, as each {key}.<number>.<image ext> is a key of its own, with sidecars "
                   f"named {key}.<number>.<ext>") if split else ""
@@ -213,7 +218,7 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                 f"{key}.{image_exts[1]} are one sample: give each image its own key (e.g. {key}_1.jpg, or a numbered "
                 f"{key}.1.jpg), or give the images as files, not a tar") if len(image_exts) > 1 and "." in image_exts[0] else ""
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
-                             f"{orphan}{many}", "read")
+                             f"{orphan}{many}{_table_note(parts) if not image_exts and not split else ''}", "read")
     ext = image_exts[0]
     meta: dict[str, Any] = {}
     given_by: dict[str, str] = {}  # column -> the member that gave it
@@ -249,10 +254,33 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
                 text = json.dumps(over)
             meta[column] = text
     taken = {column.lower() for column in meta}
+    folder = "label" if labels_from_folders and "label" not in taken else None
+    if folder:
+        meta[folder] = _folder_label(text_name(key))  # as the id writes it: a name not UTF-8 escaped
+        taken.add(folder)
     for column, value in (row or {}).items():
-        meta[free_name(column, taken, "metadata_")] = value
+        meta[column if column == folder else free_name(column, taken, "metadata_")] = value
     name, data = parts[ext]
     return _image_record(id_, f"{path}:{name}", data, meta)
+
+
+def _table_note(parts: dict[str, tuple[str, bytes]]) -> str:
+    """For the reject of a key holding no image: what its members are when they are tables of text (`table_note`), or
+    a metadata file the run was told not to join. A .json is a WebDataset sample's own sidecar, its image missing: no
+    table."""
+    members = [member for member, _ in parts.values()]
+    if any(member.lower().endswith(".json") for member in members):
+        return ""
+    if members and all(is_folder_metadata(member) for member in members):
+        return ": an image folder's metadata file, not joined to the images with --join-metadata false"
+    notes = [table_note(member) for member in members]
+    return f": {notes[0]}" if notes and all(notes) else ""
+
+
+def _folder_label(key: str) -> str | None:
+    """A key's folder label: the name of the folder it lies in inside the shard (None at the shard's top)."""
+    folder = posixpath.dirname(key)
+    return posixpath.basename(folder) if folder else None
 
 
 def _split_long_keys(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
