@@ -89,6 +89,7 @@ from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
+    WEB_PROTOCOLS,
     access_denied,
     concurrent_reads,
     describe,
@@ -96,6 +97,7 @@ from pipeline.storage import (
     list_permission,
     protocols,
     storage_path,
+    web_refusal_hint,
     with_retries,
 )
 
@@ -854,13 +856,15 @@ def _input_location(config: JobConfig) -> str | None:
 def _input_refusal(config: JobConfig, err: BaseException) -> str:
     """For an input the store refused: on an object store, that without its list permission a folder cannot be read
     and a key that is not there is refused too (S3 answers 403, not 404), so that a mistyped key is looked for as well
-    as a permission; else nothing."""
+    as a permission; on a web server, what it may want (`web_refusal_hint`); else nothing."""
     if not access_denied(err):
         return ""
     try:
         fs, _ = storage_path(config.input, config.storage_options)  # made already, to be refused
     except Exception:  # noqa: BLE001 - the refusal is said without the advice
         return ""
+    if not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
+        return web_refusal_hint(fs)
     if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
         return ""
     return (f" (without {list_permission(fs)} the store refuses a folder given as the input, and a file that is not "

@@ -29,6 +29,7 @@ from pipeline.storage import (
     is_url_chain,
     protocols,
     storage_path,
+    unmasked,
     with_protocol,
     with_retries,
 )
@@ -180,7 +181,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         # Not fs.exists: s3fs answers False for a bucket on any error, so a revoked key or a throttled request read
         # "does not exist"; info raises what went wrong (PermissionError, a transient OSError to retry).
         fs.info(root)
-    except FileNotFoundError:
+    except FileNotFoundError as err:
+        if unmasked(err) is not err:  # a web server's refusal or outage, which fsspec says as a missing file
+            raise unmasked(err) from None
         glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
         raise InputNotFound(f"input {uri} does not exist{glob}") from None
     if not _web_index(fs, root) and _one_file(fs, root, uri):
