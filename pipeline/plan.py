@@ -335,9 +335,9 @@ class JobPlan:
     skipped_container_records: int = 0
     retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
     # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
-    # read task tells a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
+    # read task tells a member added beside one purified earlier under the same id (sources.tar_shards.read_tar)
     container_purified: dict[str, list[str]] = field(default_factory=dict)
-    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
+    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden.is_hidden)
     # --partitioning hive: the partition keys of the input's files, from the listing (`_partition_keys`); else None
     partitions: dict[str, Any] | None = None
     # --join-metadata: the image-folder metadata files' rows, joined to the image files at the listing; else None
@@ -1099,7 +1099,7 @@ def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
     # broken gives it again, and written twice it would make the run inconsistent.
     broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
     # the done ids of each tar shard that are in data/ and that a name not UTF-8 can give ('\\x'): its read task tells
-    # a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
+    # a member added beside one purified earlier under the same id (sources.tar_shards.read_tar)
     escaped = {path: purified for path, ids in container_done.items()
                if path in tars and (purified := [i for i in ids if "\\x" in i and i in purified_ids])}
     # One with such a reject is read again even where the record says it was read whole (an older version recorded
