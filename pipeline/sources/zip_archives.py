@@ -340,11 +340,13 @@ def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_
 DIRECTORY_READS = 16
 
 
-def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image_bytes: int) -> ArchiveMetadata:
+def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image_bytes: int,
+                       columns: dict[str, list[str]] | None = None) -> ArchiveMetadata:
     """For a dry run (--join-metadata): the image-folder metadata members of these zip archives joined as their read
     tasks will join them (`_zip_metadata`), and the rows naming no member, with the first few. Only each archive's
     central directory and its metadata members are read, by ranges (no image); an archive that cannot be read, and
-    one storage gives no size for (it would have to be copied whole), are left to the run, which says what it finds."""
+    one storage gives no size for (it would have to be copied whole), are left to the run, which says what it finds.
+    `columns` (path -> names), when given, gets each archive's joined rows' columns, from the same reads."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(unit: ReadUnit) -> FolderMetadata | None:
@@ -366,6 +368,8 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for unit, joined in zip(units, pool.map(one, units), strict=True):
             if joined is not None:
+                if columns is not None and joined.rows:
+                    columns[unit.paths[0]] = list(dict.fromkeys(name for row in joined.rows.values() for name in row))
                 rel = relative_id(unit.paths[0], unit.root)
                 found.add(len(joined.joined), joined.unmatched,
                           [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples])
