@@ -115,11 +115,11 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
         raise CheckpointError(f"checkpoint not found: {uri}") from err
     except IsADirectoryError as err:
         raise CheckpointError(f"checkpoint {uri} is a folder; give the checkpoint file in it") from err
-    except OSError as err:  # access denied, wrong credentials, an unreachable endpoint (after the retries)
+    # access denied, wrong credentials, an unreachable endpoint (after the retries); a storage error that is no
+    # OSError: botocore's NoCredentialsError, a web server's refusal (aiohttp's ClientResponseError)
+    except Exception as err:  # noqa: BLE001
         hint = refusal_hint(storage_path(uri, options)[0]) if access_denied(err) and not is_url_chain(uri) else ""
         raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}{hint}") from err
-    except Exception as err:  # noqa: BLE001 - a storage error that is no OSError: botocore's NoCredentialsError
-        raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}") from err
 
 
 # How torch.save files begin: a zip archive (the format since torch 1.6) or a pickle (protocol 2 and up).

@@ -79,8 +79,9 @@ from pipeline.sources import (
     rows_without_image,
 )
 from pipeline.sources.arrow_ipc import is_arrow_ipc
-from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, metadata_report
+from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, metadata_report, with_row
 from pipeline.sources.listing import InputNotFound
+from pipeline.sources.partitions import partition_column
 from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tar_count import ShardKeys, count_keys
 from pipeline.sources.tfrecord_count import count_records
@@ -89,6 +90,7 @@ from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
+    WEB_PROTOCOLS,
     access_denied,
     concurrent_reads,
     describe,
@@ -96,6 +98,7 @@ from pipeline.storage import (
     list_permission,
     protocols,
     storage_path,
+    web_refusal_hint,
     with_retries,
 )
 
@@ -333,9 +336,9 @@ class JobPlan:
     skipped_container_records: int = 0
     retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
     # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
-    # read task tells a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
+    # read task tells a member added beside one purified earlier under the same id (sources.tar_shards.read_tar)
     container_purified: dict[str, list[str]] = field(default_factory=dict)
-    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden._hidden)
+    hidden: HiddenSkipped = field(default_factory=HiddenSkipped)  # hidden files the listing left out (sources.hidden.is_hidden)
     # --partitioning hive: the partition keys of the input's files, from the listing (`_partition_keys`); else None
     partitions: dict[str, Any] | None = None
     # --join-metadata: the image-folder metadata files' rows, joined to the image files at the listing; else None
@@ -368,7 +371,8 @@ class JobPlan:
     # the keys the dry run's tar shards hold (`tar_count`), from their headers, left to read and done, or why they are
     # unknown before the shards are read; not counted in a run (its progress total counts them)
     tar_keys: ShardKeys | None = None
-    # a dry run's Parquet and Arrow IPC files' pass-through columns whose names differ only in case (`column_case_twins`)
+    # a dry run's input columns whose names differ only in case, as far as it knows them (`known_columns`,
+    # `column_case_twins`)
     case_twins: list[dict[str, Any]] = field(default_factory=list)
     # --refresh-changed: the journal it writes before any row: each id it purifies again, with the part files holding
     # its old rows (pipeline.refresh); None when it refreshes nothing, and in a dry run (whose count is in `changes`)
@@ -432,8 +436,9 @@ class JobPlan:
                       # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
                       # image cell is null, each rejected when read
                       "parquet_rows_without_image": self._rows_without_image(),
-                      # by the same footers and headers: the files' own columns whose names differ only in case, which
-                      # the output keeps as they are and case-blind readers take for one (`column_case_twins`)
+                      # by the same footers and headers, the metadata files and the paths: the inputs' columns whose
+                      # names differ only in case, which the output keeps as they are and case-blind readers take for
+                      # one (`known_columns`, `column_case_twins`)
                       "columns_differing_in_case": self.case_twins},
         }
 
@@ -578,10 +583,18 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                           containers.done, config.join_metadata, budget) if dry_run else None
     # the TFRecord files' features.json that the store refused: in a run too, its read tasks having no way to say it
     storage_notes = features_json_notes([u.paths[0] for u in tables], so)
+    read_units = [u for u in kept_units if u.kind == "files" or u.paths[0] not in containers.unread]
+    archive_metadata, case_twins = ArchiveMetadata(), []
+    if dry_run:
+        zips = [u for u in read_units if u.kind == "zip"]
+        if config.join_metadata and zips:  # each archive's metadata members' columns, from the same reads
+            archive_metadata = zip_metadata_found(zips, so, config.max_image_mb * 2**20, columns)
+        case_twins = column_case_twins(known_columns(read_units, columns, metadata, config.labels_from_folders,
+                                                     config.partitioning == "hive"), read_units)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
-                   units=[u for u in kept_units if u.kind == "files" or u.paths[0] not in containers.unread],
+                   units=read_units,
                    skipped_files=skipped_files, in_memory_bytes=config.in_memory_mb * 2**20,
                    excluded_output_files=excluded, max_image_bytes=config.max_image_mb * 2**20,
                    stale_lease=output.stale_lease, container_done=containers.done, ledger=containers.ledger,
@@ -593,10 +606,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
                    rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
-                   headers_over_budget=ipc_over_budget, tar_keys=tar_keys, case_twins=column_case_twins(columns, tables),
-                   archive_metadata=zip_metadata_found(
-                       [u for u in kept_units if u.kind == "zip" and u.paths[0] not in containers.unread], so,
-                       config.max_image_mb * 2**20) if dry_run and config.join_metadata else ArchiveMetadata())
+                   headers_over_budget=ipc_over_budget, tar_keys=tar_keys, case_twins=case_twins,
+                   archive_metadata=archive_metadata)
 
 
 def _tfrecord_records(units: list[ReadUnit], so: dict[str, Any], budget: ReadBudget) -> int | None:
@@ -647,21 +658,60 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 
+def known_columns(units: list[ReadUnit], columns: dict[str, list[str]], metadata: FolderMetadata | None,
+                  labels_from_folders: bool, hive: bool) -> dict[str, list[str]]:
+    """Each input file's columns (path -> names, as the output names them) as far as a dry run knows them without
+    reading more: a Parquet or Arrow IPC file's own (`columns`, from its footer or headers) and a zip archive's metadata
+    members' (`columns` too, from the members its dry run reads), an image file's metadata row (joined at the listing),
+    the `label` of --labels-from-folders (image files, zip archives' members), then its `key=value` folders'
+    partition columns (from its path), each named beside the others as its rows will name it. A tar shard's sidecars
+    and .json keys and a TFRecord file's features are read by the run alone: not here."""
+    known: dict[str, list[str]] = {}
+    # (kind, root, folder) -> the names of a file without columns of its own there: a folder's files share them
+    by_folder: dict[tuple[str, str, str], list[str]] = {}
+    for unit in units:
+        for path in unit.paths if unit.kind == "files" else unit.paths[:1]:
+            # a zip archive's `columns` are its metadata rows', joined to its members as an image file's row
+            own = columns.get(path) if unit.kind != "zip" else None
+            row = (metadata.rows.get(path) if metadata is not None else None) if unit.kind == "files" else \
+                columns.get(path) if unit.kind == "zip" else None
+            folder = (unit.kind, unit.root, posixpath.dirname(path))
+            if row is None and own is None and folder in by_folder:
+                names = by_folder[folder]
+            else:
+                meta: dict[str, Any] = dict.fromkeys(own or ())
+                if labels_from_folders and unit.kind in ("files", "zip"):
+                    meta["label"] = None
+                with_row(meta, dict.fromkeys(row or ()))  # as the read task adds it: a name taken gets metadata_
+                if hive:
+                    for key, _ in partition_folders(relative_id(path, unit.root)):
+                        meta[partition_column(key, meta)] = None
+                names = list(meta)
+                if row is None and own is None:
+                    by_folder[folder] = names
+            if names:
+                known[path] = names
+    return known
+
+
 def column_case_twins(columns: dict[str, list[str]], units: list[ReadUnit]) -> list[dict[str, Any]]:
-    """Of the Parquet and Arrow IPC files' pass-through columns (`columns`: path -> names, as the output names them),
-    each set whose names differ only in case, with the first file holding each name (its id): DuckDB, Spark, Hive,
-    Athena and BigQuery take them for one column, and the run keeps them as the files name them (`output.
+    """Of the input files' columns (`columns`: path -> names, as the output names them; `known_columns`), each set whose
+    names differ only in case, with the first file holding each name (its id): DuckDB, Spark, Hive, Athena and
+    BigQuery take them for one column, and the run keeps them as the inputs name them (`output.
     columns_differing_in_case` says so again at its end, of all of data/)."""
-    roots = {u.paths[0]: u.root for u in units}
-    first: dict[str, str] = {}  # name -> the first file (id) holding it
-    for path in sorted(columns):
-        for name in columns[path]:
-            first.setdefault(name, relative_id(path, roots.get(path, "")))
+    first: dict[str, str] = {}  # name -> the first file (path) holding it; not sorted: an image folder has millions
+    for path, names in columns.items():
+        for name in names:
+            if name not in first or path < first[name]:
+                first[name] = path
     spellings: dict[str, list[str]] = {}
     for name in sorted(first):
         spellings.setdefault(name.lower(), []).append(name)
-    return [{"columns": names, "files": [first[n] for n in names]} for names in sorted(spellings.values())
-            if len(names) > 1]
+    twins = [names for names in sorted(spellings.values()) if len(names) > 1]
+    named = {first[name] for names in twins for name in names}
+    roots = {path: u.root for u in units for path in u.paths if path in named}
+    return [{"columns": names, "files": [relative_id(first[n], roots.get(first[n], "")) for n in names]}
+            for names in twins]
 
 
 def _journal(output: _OutputDone, changes: ChangedInputs, final: InputRecord) -> Journal:
@@ -854,13 +904,15 @@ def _input_location(config: JobConfig) -> str | None:
 def _input_refusal(config: JobConfig, err: BaseException) -> str:
     """For an input the store refused: on an object store, that without its list permission a folder cannot be read
     and a key that is not there is refused too (S3 answers 403, not 404), so that a mistyped key is looked for as well
-    as a permission; else nothing."""
+    as a permission; on a web server, what it may want (`web_refusal_hint`); else nothing."""
     if not access_denied(err):
         return ""
     try:
         fs, _ = storage_path(config.input, config.storage_options)  # made already, to be refused
     except Exception:  # noqa: BLE001 - the refusal is said without the advice
         return ""
+    if not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
+        return web_refusal_hint(fs)
     if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
         return ""
     return (f" (without {list_permission(fs)} the store refuses a folder given as the input, and a file that is not "
@@ -1095,7 +1147,7 @@ def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
     # broken gives it again, and written twice it would make the run inconsistent.
     broken = {u.paths[0]: f"{relative_id(u.paths[0], u.root)}#unreadable" for u in containers}
     # the done ids of each tar shard that are in data/ and that a name not UTF-8 can give ('\\x'): its read task tells
-    # a member added beside one purified earlier under the same id (sources.tar_shards._read_tar)
+    # a member added beside one purified earlier under the same id (sources.tar_shards.read_tar)
     escaped = {path: purified for path, ids in container_done.items()
                if path in tars and (purified := [i for i in ids if "\\x" in i and i in purified_ids])}
     # One with such a reject is read again even where the record says it was read whole (an older version recorded

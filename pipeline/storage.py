@@ -175,7 +175,8 @@ def access_denied(err: BaseException) -> bool:
     """Whether `err` is a store refusing these credentials what was asked, as each store says it: s3fs's
     PermissionError (HTTP 403, also S3's answer to a HEAD or GET of a key that is not there when the credentials may
     not list the bucket), gcsfs's OSError('Forbidden: ...'), or an error carrying HTTP 401 or 403 in its status_code
-    (as azure.core's HttpResponseError does). Not a missing file (FileNotFoundError, a 404), whatever its words."""
+    (as azure.core's HttpResponseError does) or its status (aiohttp's ClientResponseError, which fsspec's HTTP file
+    system raises for a web server's refusal). Not a missing file (FileNotFoundError, a 404), whatever its words."""
     if isinstance(err, PermissionError):
         return True
     # gcsfs says HTTP 403 as a plain OSError(f"Forbidden: {url}\n{reason}"): told by its class and its opening words,
@@ -184,7 +185,7 @@ def access_denied(err: BaseException) -> bool:
     # '[Errno n]')
     if type(err) is OSError and str(err).startswith("Forbidden: "):
         return True
-    return getattr(err, "status_code", None) in (401, 403)
+    return any(getattr(err, name, None) in (401, 403) for name in ("status_code", "status"))
 
 
 def list_permission(fs: Any) -> str:
@@ -203,11 +204,23 @@ def list_permission(fs: Any) -> str:
 def refusal_hint(fs: Any) -> str:
     """For a refused read of a file that is needed (a checkpoint): on an object store, that a key that is not there is
     refused too where the credentials may not list (S3 without s3:ListBucket answers 403, not 404), so that a mistyped
-    path is looked for as well as a permission; else nothing."""
+    path is looked for as well as a permission; on a web server, what it may want (`web_refusal_hint`); else nothing."""
+    if not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
+        return web_refusal_hint(fs)
     if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
         return ""
     return (f" (the store refuses a file that is not there too, where these credentials lack {list_permission(fs)}: "
             "check the path as well as the permission to read it)")
+
+
+def web_refusal_hint(fs: Any) -> str:
+    """For a web server's refusal (HTTP 401 or 403): what it may want, as the user gives it. fsspec's HTTP file system
+    sends the `headers` storage option with every request; a presigned address carries its credentials in its query,
+    and answers 403 once its signature has expired."""
+    scope = protocols(fs)[0]
+    return (f" (the web server refused the request: give the credentials it asks for as headers, e.g. --storage-option "
+            f"{scope}='{{\"headers\": {{\"Authorization\": \"Bearer ...\"}}}}', or, for a presigned address, a "
+            "fresh one: its signature may have expired)")
 
 
 def backoff_delay(attempt: int, base_delay: float = 0.2, max_delay: float = 8.0) -> float:
@@ -236,7 +249,9 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
         except Exception as caught:  # noqa: BLE001 - classified below
             err = unmasked(caught)
             if not is_transient(err):
-                raise
+                if err is caught:
+                    raise
+                raise err from None  # a web server's refusal, said as what it is (`unmasked`), not as a missing file
             if attempt == attempts - 1:
                 took = time.monotonic() - started
                 raise RetriesExhausted(f"{what}: gave up after {attempts} attempts in {took:.0f} s ({_advice(err)});"
@@ -250,9 +265,10 @@ def unmasked(err: BaseException) -> BaseException:
     """fsspec's HTTP file system answers info() (and so exists, isfile, size) with FileNotFoundError for any failure,
     the real error kept as its cause: a host that does not resolve, a refused connection, a 503 to its HEAD and its
     GET. A web input or checkpoint was then said not to exist, at once. That cause where it is transient, so that it
-    is retried and said as what it is; `err` itself otherwise (a 404 stays not found)."""
+    is retried and said as what it is, or a refusal (HTTP 401 or 403: a server behind a login, an expired presigned
+    address), which was said to be missing; `err` itself otherwise (a 404 stays not found)."""
     cause = err.__cause__
-    if isinstance(err, FileNotFoundError) and cause is not None and is_transient(cause):
+    if isinstance(err, FileNotFoundError) and cause is not None and (is_transient(cause) or access_denied(cause)):
         return cause
     return err
 
@@ -471,12 +487,15 @@ def options_for(uri: str, data_uris: list[str], storage_options: dict[str, Any])
     """The storage options to open `uri` (a checkpoint) with, in a run whose options are for the store of its data
     (`data_uris`: the input and output): those options, unless the data is on another remote store, whose options
     would break this one's file system (S3's endpoint_url or key given to fsspec's HTTP one, for a presigned https://
-    checkpoint beside s3:// data). A local file system ignores options, so a run on local data passes them all on."""
+    checkpoint beside s3:// data): then only the entry the options hold for the checkpoint's own store, if any (the
+    headers a web server asks for, `--storage-option https='{"headers": ...}'`), which was dropped too. A local file
+    system ignores options, so a run on local data passes them all on."""
     local = _store_kind("file")
     remote = {_store_kind(u) for u in data_uris} - {local}
     if not remote or _store_kind(uri) in remote:
         return _without_other_server(uri, data_uris, storage_options)
-    return {}
+    own = own_entry(uri, storage_options)
+    return {own: storage_options[own]} if own else {}
 
 
 def _without_other_server(uri: str, data_uris: list[str], storage_options: dict[str, Any]) -> dict[str, Any]:

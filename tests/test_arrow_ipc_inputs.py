@@ -132,7 +132,7 @@ def test_a_storage_error_mid_stream_is_retried_without_a_row_twice(tmp_path, mon
 
     monkeypatch.setattr(arrow_ipc.IpcTable, "batch", flaky)
     monkeypatch.setattr(arrow_ipc, "backoff", lambda attempt: 0.0)
-    records = list(parquet_files._read_parquet(unit, {}, None, 0, 2**20))
+    records = list(parquet_files.read_parquet(unit, {}, None, 0, 2**20))
     assert [(r["id"], r["kind"]) for r in records] == [(f"{SHARD}#{i}", "image") for i in range(4)]
 
 

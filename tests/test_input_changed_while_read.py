@@ -4,21 +4,21 @@ against the first pass's index: its keys are rejects that say the shard changed,
 import os
 
 from pipeline.sources import discover, read_unit, tar_shards
-from pipeline.sources.file_bytes import InputChangedWhileRead, _opener
+from pipeline.sources.file_bytes import InputChangedWhileRead, file_opener
 from tests.jobutil import image_bytes, tar_bytes
 
 CHANGED = "s.tar was replaced while this run read it"
 
 
 def _replace_after_the_first_pass(monkeypatch, replace) -> None:
-    index = tar_shards._index_tar
+    index = tar_shards.index_tar
 
     def index_then_replace(open_stream, **options):
         found = index(open_stream, **options)
         replace()
         return found
 
-    monkeypatch.setattr(tar_shards, "_index_tar", index_then_replace)
+    monkeypatch.setattr(tar_shards, "index_tar", index_then_replace)
 
 
 def test_a_shard_replaced_between_its_passes_is_rejected_as_changed_not_as_corrupt(tmp_path, monkeypatch) -> None:
@@ -42,11 +42,11 @@ def test_a_shard_replaced_between_its_passes_is_rejected_as_changed_not_as_corru
 def test_an_unchanged_shard_opens_as_often_as_asked_and_a_shard_fetched_once_is_never_compared(tmp_path) -> None:
     shard = tmp_path / "s.tar"
     shard.write_bytes(tar_bytes({"0.png": image_bytes(8, 8, 0)}))
-    streamed = _opener(str(shard), {}, 0)
+    streamed = file_opener(str(shard), {}, 0)
     for _ in range(3):
         with streamed() as f:
             assert f.read(3)
-    in_memory = _opener(str(shard), {}, 2**20)
+    in_memory = file_opener(str(shard), {}, 2**20)
     in_memory().close()
     shard.write_bytes(tar_bytes({"1.png": image_bytes(8, 8, 1)}))  # after the one fetch: that copy is what is read
     in_memory().close()

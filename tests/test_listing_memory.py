@@ -1,4 +1,4 @@
-"""The input listing keeps only the fields its callers read (`_find_following_links`): fsspec's full info per local
+"""The input listing keeps only the fields its callers read (`find_following_links`): fsspec's full info per local
 file (~830 bytes) made listing 10^6 files cost ~830 MB of driver memory. What it lists must not change: the same
 paths in the same order, the same sizes, types and version stamps, links to folders followed, a loop one entry, a
 folder that cannot be listed reported. These compare it with the function as it was before (a copy below)."""
@@ -14,7 +14,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.sources import VERSION_FIELDS, discover, listing, listing_stamp
-from pipeline.sources.walk import _find_following_links
+from pipeline.sources.walk import find_following_links
 
 # What any caller of the listing reads of an entry (discover: size, type, the version stamp; the walk: islink).
 READ_FIELDS = ("size", "type", "islink", *VERSION_FIELDS)
@@ -84,7 +84,7 @@ def test_a_local_listing_is_the_old_ones_with_only_the_fields_read(tree) -> None
     old_unlistable: list = []
     new_unlistable: list = []
     old = _old_find_following_links(fs, str(tree), unlistable=old_unlistable)
-    new = _find_following_links(fs, str(tree), unlistable=new_unlistable)
+    new = find_following_links(fs, str(tree), unlistable=new_unlistable)
     assert list(new) == list(old)  # the same paths in the same order
     assert _read(new) == _read(old)
     assert old_unlistable == new_unlistable == []
@@ -107,7 +107,7 @@ def test_discover_gives_the_same_units_as_with_the_old_listing(tree, monkeypatch
         root = tree.parent / "in-link"
         root.symlink_to(tree, target_is_directory=True)
     new = discover(str(root), files_per_unit=3)
-    monkeypatch.setattr(listing, "_find_following_links", _old_find_following_links)
+    monkeypatch.setattr(listing, "find_following_links", _old_find_following_links)
     assert new == discover(str(root), files_per_unit=3)
     assert {p for u in new for p in u.paths} == {
         f"{root}/{p}" for p in ("a/b/c/z.parquet", "a/b/y.jpg", "a/back", "a/x.tar", "dangling.png", "file-link.png",
@@ -121,7 +121,7 @@ def test_a_local_file_system_with_its_own_ls_is_listed_through_it(tree) -> None:
             return [f for f in found if not (f["name"] if detail else f).endswith(".tar")]
 
     fs = Hiding(skip_instance_cache=True)
-    new = _find_following_links(fs, str(tree))
+    new = find_following_links(fs, str(tree))
     assert _read(new) == _read(_old_find_following_links(fs, str(tree)))
     assert f"{tree}/a/x.tar" not in new and f"{tree}/a/b/y.jpg" in new
 
@@ -141,7 +141,7 @@ def test_a_folder_that_cannot_be_listed_is_reported_as_before(tree, monkeypatch)
     old_unlistable: list = []
     new_unlistable: list = []
     old = _old_find_following_links(fs, str(tree), unlistable=old_unlistable)
-    new = _find_following_links(fs, str(tree), unlistable=new_unlistable)
+    new = find_following_links(fs, str(tree), unlistable=new_unlistable)
     assert _read(new) == _read(old)
     assert f"{tree}/a/b/y.jpg" not in new and f"{tree}/linked/r.png" in new
     assert [(p, type(e), e.errno) for p, e in new_unlistable] == [(p, type(e), e.errno) for p, e in old_unlistable]
@@ -157,7 +157,7 @@ def test_an_object_store_listing_is_unchanged(tmp_path) -> None:
     try:
         for name, data in {"a.png": b"a", "d/b.tar": b"bb", "d/e/c.png": b"", "_x/h.png": b"h"}.items():
             fs.pipe(f"{root}/{name}", data)
-        new = _find_following_links(fs, root)
+        new = find_following_links(fs, root)
         assert new == _old_find_following_links(fs, root)
         assert list(new) == [f"{root}/{p}" for p in ("_x/h.png", "a.png", "d/b.tar", "d/e/c.png")]
     finally:

@@ -258,7 +258,7 @@ def test_a_connection_dropped_inside_a_members_bytes_restarts_the_pass_instead_o
     members = _random_members(3)
     raw = tar_bytes(members)
     _DropsOnce.opened = 1  # the next stream opened is the one that drops
-    items = list(tar_members._tar_members(lambda: _DropsOnce(raw, cut=512 + 20_000), lambda position, member: True))
+    items = list(tar_members.member_pass(lambda: _DropsOnce(raw, cut=512 + 20_000), lambda position, member: True))
     assert _DropsOnce.opened == 3 and items.count(None) == 2  # dropped inside 000.bin's bytes, then read whole
     assert not [item for item in items if item is not None and isinstance(item[2], Exception)]
     last = items[len(items) - 1 - items[::-1].index(None) + 1 :]
@@ -277,7 +277,7 @@ def test_a_shard_whose_every_read_drops_raises_after_the_last_attempt(monkeypatc
         raise ConnectionError("Connection reset by peer")
 
     with pytest.raises(ConnectionError):
-        list(tar_members._tar_members(dropping, lambda position, member: True, attempts=3))
+        list(tar_members.member_pass(dropping, lambda position, member: True, attempts=3))
     assert len(opened) == 3
 
 
@@ -287,7 +287,7 @@ def test_the_index_pass_restarted_counts_each_member_once(monkeypatch) -> None:
     monkeypatch.setattr(tar_members, "backoff", lambda attempt: None)
     raw = tar_bytes({**_random_members(3), "000.cls": b"1"})
     _DropsOnce.opened = 1
-    members_of, _, _, error, _ = tar_members._index_tar(lambda: _DropsOnce(raw, cut=len(raw) - 3000))
+    members_of, _, _, error, _ = tar_members.index_tar(lambda: _DropsOnce(raw, cut=len(raw) - 3000))
     assert error is None and _DropsOnce.opened == 3
     assert members_of == {"000": Counter({"000.bin": 1, "000.cls": 1}), "001": Counter({"001.bin": 1}),
                           "002": Counter({"002.bin": 1})}

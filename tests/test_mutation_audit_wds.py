@@ -17,9 +17,9 @@ import pipeline.sources.file_bytes as file_bytes
 from pipeline.sources.file_bytes import (
     SPOOL_PREFIX,
     ImageTooLarge,
-    _opener,
     _remove_dead_copies,
     _spool_prefix,
+    file_opener,
     read_bytes,
     too_large,
 )
@@ -213,8 +213,8 @@ def test_too_large_names_the_size_the_limit_and_how_to_read_it() -> None:
 def test_a_container_at_in_memory_bytes_is_fetched_once_and_a_larger_one_streamed(tmp_path) -> None:
     path = tmp_path / "s.tar"
     path.write_bytes(b"t" * 1000)
-    assert isinstance(_opener(str(path), {}, 1000)(), io.BytesIO)
-    with contextlib.closing(_opener(str(path), {}, 999)()) as f:
+    assert isinstance(file_opener(str(path), {}, 1000)(), io.BytesIO)
+    with contextlib.closing(file_opener(str(path), {}, 999)()) as f:
         assert not isinstance(f, io.BytesIO) and f.read() == b"t" * 1000
 
 
@@ -225,7 +225,7 @@ def test_an_unsized_container_over_in_memory_bytes_is_copied_whole_and_the_copy_
     _no_size_storage(monkeypatch, data)
     monkeypatch.setattr(file_bytes.tempfile, "tempdir", str(tmp_path))
     with contextlib.ExitStack() as spool:
-        open_ = _opener("web/s.tar", {}, limit, spool=spool)
+        open_ = file_opener("web/s.tar", {}, limit, spool=spool)
         for _ in range(2):  # a tar's two passes
             with contextlib.closing(open_()) as f:
                 assert f.read() == data
@@ -245,7 +245,7 @@ def test_a_copy_whose_download_fails_midway_is_deleted_at_once(tmp_path, monkeyp
     monkeypatch.setattr(file_bytes.tempfile, "tempdir", str(tmp_path))
     spool = contextlib.ExitStack()
     with pytest.raises(ValueError, match="connection reset"):
-        _opener("web/s.tar", {}, 1000, spool=spool)
+        file_opener("web/s.tar", {}, 1000, spool=spool)
     assert not list(tmp_path.iterdir())  # deleted at once, before the spool closes
     spool.close()
 
@@ -271,7 +271,7 @@ def test_a_dead_processs_copy_is_deleted_but_another_hosts_is_kept(tmp_path) -> 
 def test_a_container_rewritten_in_place_at_its_size_between_two_reads_is_said_changed(tmp_path) -> None:
     path = tmp_path / "s.tar"
     path.write_bytes(b"a" * 1000)
-    open_ = _opener(str(path), {}, 10)  # over in_memory_bytes: opened on storage at each read
+    open_ = file_opener(str(path), {}, 10)  # over in_memory_bytes: opened on storage at each read
     with contextlib.closing(open_()):
         pass
     with path.open("r+b") as f:  # same inode, same size: only its modification time tells

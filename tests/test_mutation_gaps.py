@@ -50,14 +50,14 @@ def test_a_tar_key_whose_record_cannot_be_made_is_its_own_reject_and_the_shard_r
     """Whatever fails while a key's record is made, that key leaves a reject with the reason (it was counted as read)
     and the keys after it are read: none is lost, none rejected for it."""
     (tmp_path / "s.tar").write_bytes(tar_bytes({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
-    make = tar_shards._tar_key_record
+    make = tar_shards.tar_key_record
 
     def failing_for_key_1(path, id_, key, *args, **kwargs):
         if key == "1":
             raise ValueError("no record for this key")
         return make(path, id_, key, *args, **kwargs)
 
-    monkeypatch.setattr(tar_shards, "_tar_key_record", failing_for_key_1)
+    monkeypatch.setattr(tar_shards, "tar_key_record", failing_for_key_1)
     records = _records(tmp_path)
     assert [(r["kind"], r["id"]) for r in records[:-1]] == [("image", "s.tar/0"), ("reject", "s.tar/1"),
                                                             ("image", "s.tar/2")]

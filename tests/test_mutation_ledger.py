@@ -19,7 +19,7 @@ from pipeline.ledger import LEDGER_DIR, ContainerRead, ledger_path, read_ledger,
 from pipeline.output import JOB_FILE, SUMMARY_FILE, clear_output, write_json
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover, ids_digest, listing_stamp, read_unit, tar_members
-from pipeline.sources.parquet_files import _read_parquet
+from pipeline.sources.parquet_files import read_parquet
 from pipeline.stages import _data_table, batch_of, part_name, read_stage, records_of, write_parquet_atomic, write_stage
 from tests.jobutil import image_bytes, read_output, small_job_config, spy_on_extraction, tar_bytes
 
@@ -189,7 +189,7 @@ def test_parquet_done_rows_are_skipped_records_and_the_digest_covers_skipped_gro
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)  # groups: rows 0-2, 3-5
     (unit,) = discover(str(tmp_path))
     # kills S22: a done row in a group that is read gives a "skipped" record, its cell never copied
-    kinds = [r["kind"] for r in _read_parquet(unit, {}, None, 2**30, 2**30, skip_ids={"t.parquet#4"})]
+    kinds = [r["kind"] for r in read_parquet(unit, {}, None, 2**30, 2**30, skip_ids={"t.parquet#4"})]
     assert kinds == ["image"] * 4 + ["skipped", "image"]
     # kills S23: a group skipped unread still names each of its rows, so the recorded digest is of the file's ids
     records = list(read_unit(unit, skip_ids={"t.parquet#0", "t.parquet#1", "t.parquet#2"}))

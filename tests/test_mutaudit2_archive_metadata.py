@@ -1,5 +1,5 @@
 """Image-folder metadata inside tar shards and zip archives, and its rows that name no member (`tar_shards._shard_metadata`,
-`tar_members._index_tar`, `folder_metadata.ArchiveMetadata` and `metadata_report`): the cases the metadata tests let a
+`tar_members.index_tar`, `folder_metadata.ArchiveMetadata` and `metadata_report`): the cases the metadata tests let a
 mutant through (a mutation audit). Each label goes to the image its row names, as the shard would be extracted, and
 no row is dropped unsaid."""
 

@@ -63,7 +63,7 @@ def test_a_storage_error_mid_group_is_retried_from_where_it_stopped(tmp_path, mo
     _file(tmp_path)
     (unit,) = discover(str(tmp_path))
     _flaky_iter_batches(monkeypatch, failures=2, after_rows=1)
-    records = list(parquet_files._read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
+    records = list(parquet_files.read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
     assert [r["id"] for r in records] == [f"t.parquet#{i}" for i in range(6)]  # each once, in order
     assert all(r["kind"] == "image" for r in records)
 
@@ -119,9 +119,9 @@ def test_a_large_row_group_is_read_a_page_at_a_time_not_whole(tmp_path, monkeypa
     pq.write_table(pa.table({"image": _cells(24, 2**18)}), buf, compression="none", write_batch_size=1)
     (tmp_path / "t.parquet").write_bytes(buf.getvalue())
     (unit,) = discover(str(tmp_path))
-    monkeypatch.setattr(parquet_files, "_opener", lambda *a, **k: (lambda: _ReadSizes(buf.getvalue())))
+    monkeypatch.setattr(parquet_files, "file_opener", lambda *a, **k: (lambda: _ReadSizes(buf.getvalue())))
     _ReadSizes.largest = 0
-    records = list(parquet_files._read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
+    records = list(parquet_files.read_parquet(unit, {}, None, 2**30, 2**20, rows_per_batch=1))
     assert [r["id"] for r in records if r["kind"] == "image"] == [f"t.parquet#{i}" for i in range(24)]
     assert 0 < _ReadSizes.largest <= 2 * parquet_files.READ_BUFFER_BYTES
 

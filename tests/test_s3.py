@@ -108,14 +108,14 @@ def test_a_large_shard_replaced_on_s3_between_its_passes_is_rejected_as_changed(
 
     fs, options = s3
     fs.pipe("zip-in/changing/s.tar", tar_bytes({f"{i}.png": image_bytes(8, 8, i) for i in range(3)}))
-    index = tar_shards._index_tar
+    index = tar_shards.index_tar
 
     def index_then_reupload(open_stream, **options):
         found = index(open_stream, **options)
         fs.pipe("zip-in/changing/s.tar", tar_bytes({f"{i}.png": image_bytes(8, 8, 10 + i) for i in range(3)}))
         return found
 
-    monkeypatch.setattr(tar_shards, "_index_tar", index_then_reupload)
+    monkeypatch.setattr(tar_shards, "index_tar", index_then_reupload)
     [unit] = discover("s3://zip-in/changing", options)
     records = [r for r in read_unit(unit, options, in_memory_bytes=0) if r.get("kind") in ("image", "reject")]
     assert sorted((r["kind"], r["id"]) for r in records) == [

@@ -3,7 +3,7 @@ where no column type holds it), and the end-of-run check gives every part file t
 holding {} (a struct with no fields, which Parquet cannot write) failed every run, every retry and every rerun.
 
 A fuzz test pushes random JSON sidecars and .cls labels (fixed seed) through the reader's key record
-(`_tar_key_record`), the writer (`write_stage`) and the end-of-run check (`unify_output_types`); the shapes it found
+(`tar_key_record`), the writer (`write_stage`) and the end-of-run check (`unify_output_types`); the shapes it found
 are named tests here too."""
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import pyarrow.parquet as pq
 
 from pipeline.output import unify_output_types
 from pipeline.sources.ids import text_name, text_value, unescaped
-from pipeline.sources.webdataset_keys import MAX_JSON_KEY_LENGTH, _tar_key_record
+from pipeline.sources.webdataset_keys import MAX_JSON_KEY_LENGTH, tar_key_record
 from pipeline.stages import batch_of, write_stage
 
 
 def _record(key: str, parts: dict[str, bytes]) -> dict[str, Any]:
     """The record the reader makes of tar key `key` with members {ext: bytes} beside its image."""
     members = {ext: (f"{key}.{ext}", data) for ext, data in {"png": b"png", **parts}.items()}
-    return _tar_key_record("s.tar", f"s.tar/{key}", key, members, None)
+    return tar_key_record("s.tar", f"s.tar/{key}", key, members, None)
 
 
 def _write_parts(out: Path, parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -154,7 +154,7 @@ def test_a_dropped_connection_mid_stream_restarts_the_pass_without_duplicates(tm
 
 
 def test_a_key_half_gathered_when_the_members_pass_restarts_is_gathered_afresh() -> None:
-    """A pass restarted after a transient error (`_tar_members` yields None) forgets the members it had gathered: the
+    """A pass restarted after a transient error (`member_pass` yields None) forgets the members it had gathered: the
     key's member seen before the restart is neither counted twice (the key would never be whole) nor counted as gone
     by (the key would be emitted without its label)."""
     members = _MembersPass("s.tar", {"a": Counter({"a.png": 1, "a.cls": 1})}, set(), {}, [], set(),

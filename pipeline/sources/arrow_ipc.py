@@ -12,7 +12,7 @@ takes every header within it, from a budget for all of a run's files), for the r
 cannot be read ends the file there, with its `#unreadable` reject: the rows after it cannot be numbered. The rows
 before it are purified, and a later run reads the file again, its done rows skipped.
 
-Reading goes through the same opener as Parquet's (`file_bytes._opener`): a file up to `--in-memory-mb` is fetched
+Reading goes through the same opener as Parquet's (`file_bytes.file_opener`): a file up to `--in-memory-mb` is fetched
 whole, a larger one read from storage a batch at a time (ranged reads on an object store), so a read task holds one
 record batch at a time, never the file. A local file is not memory-mapped: one truncated by another process while
 mapped would kill the read task's worker (SIGBUS) instead of making a reject."""
@@ -35,7 +35,7 @@ from pipeline.sources.records import reject_record
 from pipeline.storage import backoff, describe, is_transient, local_file_path, storage_path, with_retries
 
 if TYPE_CHECKING:
-    from pipeline.sources.parquet_files import _ParquetReading
+    from pipeline.sources.parquet_files import ParquetReading
 
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 IPC_FORMAT = "Arrow IPC"  # the format's name in a text said of such a file (`parquet_files.format_name`)
@@ -135,7 +135,7 @@ def _slice_rows(batch: pa.RecordBatch, most: int, batch_bytes: int) -> int:
     return max(1, min(most, int(batch_bytes // per_row) if per_row > 0 else most))
 
 
-def ipc_records(reading: _ParquetReading, table: IpcTable, reopen: Callable[[], IpcTable],
+def ipc_records(reading: ParquetReading, table: IpcTable, reopen: Callable[[], IpcTable],
                 batch_bytes: int) -> Iterator[dict[str, Any]]:
     """Every row's record of an opened IPC file, batch by batch in order (`reading`: the Parquet reader's per-row
     work: the image cell, its size, the pass-through values, done ids). A transient storage error reading a batch is
@@ -167,7 +167,7 @@ def ipc_records(reading: _ParquetReading, table: IpcTable, reopen: Callable[[], 
         else:
             size = _slice_rows(batch, reading.rows_per_batch, batch_bytes)
             for start in range(0, rows, size):
-                yield from reading._batch_records(batch.slice(start, size), first + start)
+                yield from reading.batch_records(batch.slice(start, size), first + start)
         first += rows
         index += 1
 

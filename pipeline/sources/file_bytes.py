@@ -1,5 +1,5 @@
 """An input file's bytes from storage, transient errors retried: read whole (`read_bytes`), or opened as often as a
-container reader needs (`_opener`: fetched once and served from memory up to `IN_MEMORY_BYTES`, streamed from storage
+container reader needs (`file_opener`: fetched once and served from memory up to `IN_MEMORY_BYTES`, streamed from storage
 when larger, or, for a reader that seeks or reads twice, copied to a local temporary file when storage gives no size).
 
 An input over `max_image_bytes` (a loose file, a tar member, a Parquet cell) is a reject that names its size and
@@ -102,7 +102,7 @@ def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None
     return with_retries(once, f"read {path}")
 
 
-def _opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int, listed_size: int | None = None,
+def file_opener(path: str, fs_opts: dict[str, Any], in_memory_bytes: int, listed_size: int | None = None,
             spool: contextlib.ExitStack | None = None) -> Callable[[], BinaryIO]:
     """How to open `path` for reading, as often as needed: a file of at most `in_memory_bytes` is fetched once
     and served from memory; a larger one is opened on storage each time, and read piece by piece. `listed_size`: its

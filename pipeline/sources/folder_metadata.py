@@ -2,7 +2,7 @@
 `metadata.jsonl` beside the images, one row per image, its `file_name` the image's path relative to the metadata
 file's folder, its other columns (label, caption, ...) the image's. `join_folder_metadata` reads each one the listing
 gives, once, on the driver, and says which listed image file gets which row; each read task is sent its own files'
-rows (`unit_metadata`), which become the records' pass-through columns (`image_files._read_files`). A zip archive's
+rows (`unit_metadata`), which become the records' pass-through columns (`image_files.read_files`). A zip archive's
 metadata members are joined by the same rules by its read task (`zip_archives._zip_metadata`), keyed by member path.
 
 The rules, where `datasets.load_dataset("imagefolder", ...)` is followed and where not (a streaming purifier keeps

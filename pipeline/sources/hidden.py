@@ -8,7 +8,7 @@ from pipeline.sources.ids import terminal_text
 from pipeline.sources.tfrecord_files import TFDS_FILES, is_tfds_metadata_name
 
 
-def _hidden(rel: str) -> bool:
+def is_hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
@@ -16,7 +16,7 @@ HIDDEN_EXAMPLES = 10  # names of hidden entries a run's summary shows (its count
 
 
 class HiddenSkipped:
-    """Hidden entries (`_hidden`: a name or folder starting with '.' or '_') left out of a run: how many, and the
+    """Hidden entries (`is_hidden`: a name or folder starting with '.' or '_') left out of a run: how many, and the
     first few names. Counted so that an input whose images all lie under such a name (a mislabelled `_train/`)
     does not end as "0 read" with no hint."""
 
@@ -37,7 +37,7 @@ def hidden_note(count: int, examples: list[str]) -> str:
     folders' metadata files it joined (`folder_metadata`) with them, first among the examples: named so where they are."""
     shown = ", ".join(terminal_text(name) for name in examples[:3]) + (", ..." if count > 3 else "")
     which = "names starting with . or _"
-    metadata = [name for name in examples if not _hidden(name)]
+    metadata = [name for name in examples if not is_hidden(name)]
     data_sets = [name for name in metadata if not is_folder_metadata(name)]
     # dataset_info.json is both's: a TFDS data set is told by its features.json or a .labels.txt
     tfds = any(is_tfds_metadata_name(name) and not name.endswith(TFDS_FILES[0]) for name in data_sets)

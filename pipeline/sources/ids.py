@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 
 from pipeline.redaction import redact_uri
 
-# The id of the reject of a tar member that gives the id of one purified in an earlier run (`_read_tar`): the shard's
+# The id of the reject of a tar member that gives the id of one purified in an earlier run (`read_tar`): the shard's
 # id, this, and that id's key ('s.tar#lookalike/caf\\xe9'). A member's id is the shard's id and '/', so it is never one.
 LOOKALIKE = "#lookalike/"
 

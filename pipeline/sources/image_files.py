@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.sources.file_bytes import ImageTooLarge, NotAFile, read_bytes
 from pipeline.sources.folder_metadata import sent_metadata, with_row
 from pipeline.sources.ids import relative_id, text_name
-from pipeline.sources.records import _image_record, reject_record
+from pipeline.sources.records import image_record, reject_record
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import describe
 
@@ -28,7 +28,7 @@ def _folder_link_reason(path: str) -> str:
     return "not read: a folder, not a file (it was not one when the input was listed)"
 
 
-def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
+def read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
                 max_image_bytes: int, metadata: str = "") -> Iterator[dict[str, Any]]:
     rows, rejects = sent_metadata(metadata)
     for path, size in zip(unit.paths, unit.sizes or (None,) * len(unit.paths), strict=True):
@@ -59,4 +59,4 @@ def _read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bo
         except Exception as err:  # noqa: BLE001 - a file that stays unreadable after retries is a per-file reject
             yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")
             continue
-        yield _image_record(id_, path, data, meta)
+        yield image_record(id_, path, data, meta)

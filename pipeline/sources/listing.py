@@ -16,11 +16,11 @@ from pipeline.errors import InputRefused, unlistable_folder
 from pipeline.sources.arrow_ipc import ARROW_SUFFIXES, saved_dataset_metadata
 from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
-from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, _hidden
+from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, is_hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
 from pipeline.sources.tfrecord_files import TFRECORD_NAME, tfds_metadata
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp, with_metadata_row
-from pipeline.sources.walk import _find_following_links
+from pipeline.sources.walk import find_following_links
 from pipeline.storage import (
     S3_PROTOCOLS,
     WEB_PROTOCOLS,
@@ -29,6 +29,7 @@ from pipeline.storage import (
     is_url_chain,
     protocols,
     storage_path,
+    unmasked,
     with_protocol,
     with_retries,
 )
@@ -180,7 +181,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         # Not fs.exists: s3fs answers False for a bucket on any error, so a revoked key or a throttled request read
         # "does not exist"; info raises what went wrong (PermissionError, a transient OSError to retry).
         fs.info(root)
-    except FileNotFoundError:
+    except FileNotFoundError as err:
+        if unmasked(err) is not err:  # a web server's refusal or outage, which fsspec says as a missing file
+            raise unmasked(err) from None
         glob = " (wildcards are not expanded: give a folder, a prefix or one file)" if any(c in uri for c in "*[") else ""
         raise InputNotFound(f"input {uri} does not exist{glob}") from None
     if not _web_index(fs, root) and _one_file(fs, root, uri):
@@ -190,11 +193,11 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         # ending in '/' is an object store's folder marker (S3 console "Create folder", Hadoop tools): not a file.
         unlistable: list[tuple[str, OSError]] = []
         listed, skipped = {}, []
-        for p, info in _find_following_links(fs, root, unlistable=unlistable).items():
+        for p, info in find_following_links(fs, root, unlistable=unlistable).items():
             if p.endswith("/") and not info.get("size"):
                 continue
             rel = relative_id(p, root)
-            if _hidden(rel):
+            if is_hidden(rel):
                 # the output's _summary.json, lease, temporaries: not the user's input, so no hidden input skipped
                 if exclude is None or not exclude(with_protocol(fs, p)):
                     skipped.append(rel)
@@ -215,7 +218,7 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         if hidden is not None:  # set, not added to: a retried listing counts once
             hidden.count = len(skipped) + len(metadata_files)
             hidden.examples = [*metadata_files, *sorted(skipped)][:HIDDEN_EXAMPLES]
-        unlistable = [(p, err) for p, err in unlistable if p == root or not _hidden(relative_id(p, root))]
+        unlistable = [(p, err) for p, err in unlistable if p == root or not is_hidden(relative_id(p, root))]
         if unlistable:  # its files would be left out of the run unseen, and the run called complete
             folder, err = unlistable[0]
             more = f" (and {len(unlistable) - 1} more)" if len(unlistable) > 1 else ""

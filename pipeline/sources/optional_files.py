@@ -8,8 +8,9 @@ refused, as is the read of one that is there but not granted. A refusal is there
 there the refusal stands (the file is needed); where the listing is refused too, the two cannot be told apart, and an
 optional file is taken as absent, with a note (`unknown_note`) that names it and the permission that would make it
 certain, so that a run over one granted key is not made of rejects for a file it may never have had. Only object
-stores answer so: elsewhere (a local disk, SFTP) a missing file is "not there" whoever asks, and a refused one is
-there."""
+stores answer so, and web servers, which may serve one (S3's website endpoints, a CDN in front of a bucket) or
+refuse every address alike: elsewhere (a local disk, SFTP) a missing file is "not there" whoever asks, and a refused
+one is there."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     S3_PROTOCOLS,
+    WEB_PROTOCOLS,
     access_denied,
     describe,
     list_permission,
@@ -43,7 +45,7 @@ def read_optional(read: Callable[[], T | None], fs: Any, path: str, taken_as: st
     except Exception as err:
         if not access_denied(err):
             raise
-        if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
+        if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)) and WEB_PROTOCOLS.isdisjoint(protocols(fs)):
             # a disk, SFTP or HDFS says "not there" of a missing file whoever asks: a refused one is there
             raise refused_there(fs, path, err) from err
         there = listed_there(fs, path)
@@ -80,7 +82,7 @@ def refused_there(fs: Any, path: str, err: BaseException) -> RefusedFile:
     the user the job runs as, not a store's credentials, that may not read it; on a server (SFTP, HDFS) the user it
     logs in as, not this machine's."""
     names = set(protocols(fs))
-    reader = ("these credentials" if names & OBJECT_STORE_PROTOCOLS else "the user the job runs as"
+    reader = ("these credentials" if names & (OBJECT_STORE_PROTOCOLS | WEB_PROTOCOLS) else "the user the job runs as"
               if names & {"file", "local"} else "the user the job logs in to the server as")
     # the OS's error names the file again (open()'s "[Errno 13] Permission denied: '/path'"): said once, so that a
     # reject's reason, cut at a reason's length, keeps what to do

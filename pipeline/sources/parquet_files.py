@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.arrow_values import python_rows
 from pipeline.sources.arrow_ipc import IPC_FORMAT, IpcTable, ipc_headers, ipc_records, is_arrow_ipc, open_ipc
-from pipeline.sources.file_bytes import _opener, too_large
+from pipeline.sources.file_bytes import file_opener, too_large
 from pipeline.sources.ids import relative_id
 from pipeline.sources.ipc_headers import IpcHeaders, node_count
 from pipeline.sources.pixel_arrays import (
@@ -31,7 +31,7 @@ from pipeline.sources.pixel_arrays import (
     pixels_sha256,
 )
 from pipeline.sources.read_budget import ReadBudget
-from pipeline.sources.records import _image_record, passthrough_name, reject_record
+from pipeline.sources.records import image_record, passthrough_name, reject_record
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
 
@@ -134,7 +134,7 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
     (path,) = unit.paths
     try:
         with contextlib.ExitStack() as stack:
-            open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
+            open_file = file_opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
             schema_of = _open_table(stack.enter_context(open_file()), path)
             schema = schema_of.schema_arrow
     except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
@@ -170,7 +170,7 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
             return None
     try:
         with contextlib.ExitStack() as stack:
-            open_file = _opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
+            open_file = file_opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)  # streamed: the footer only
             parquet = _open_parquet(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, requested)
             meta = parquet.metadata
@@ -218,7 +218,7 @@ def other_image_columns(schema: pa.Schema, column: str, kind: str = PARQUET_FORM
             f"{', '.join(map(repr, others))}")
 
 
-def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
+def read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | None, in_memory_bytes: int,
                   max_image_bytes: int, rows_per_batch: int = 256,
                   skip_ids: frozenset[str] | set[str] = frozenset(), attempts: int = 4) -> Iterator[dict[str, Any]]:
     """One record per row, read a row group at a time, a few hundred rows at a time, fewer when they are large
@@ -238,7 +238,7 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
         try:
             # a large file's row groups are fetched as they are read (Parquet's footer says where each one lies)
             # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
-            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
+            open_file = file_opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             parquet = _open_table(stack.enter_context(open_file()), path)  # or an Arrow IPC file (`arrow_ipc`)
             kind = format_name(parquet)
             _refuse_columns_named_twice(parquet.schema_arrow)  # first: Arrow finds no column by such a name
@@ -251,7 +251,7 @@ def _read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | N
         def reopen() -> pq.ParquetFile | IpcTable:
             return _open_table(stack.enter_context(open_file()), path)
 
-        reading = _ParquetReading(path, rel, parquet, reopen, column, others_note, skip_ids, max_image_bytes,
+        reading = ParquetReading(path, rel, parquet, reopen, column, others_note, skip_ids, max_image_bytes,
                                   rows_per_batch, attempts)
         if isinstance(parquet, IpcTable):  # its batches in order, each whole: `ipc_records`
             yield from ipc_records(reading, parquet, reopen, BATCH_BYTES)
@@ -268,8 +268,8 @@ def _refuse_columns_named_twice(schema: pa.Schema) -> None:
                          "be told apart in the output: rename them")
 
 
-class _ParquetReading:
-    """The reading of one opened Parquet file, its row groups in order (`_read_parquet` says how): the file, a way to
+class ParquetReading:
+    """The reading of one opened Parquet file, its row groups in order (`read_parquet` says how): the file, a way to
     open it again (a fresh connection for a retried read) and what each row's record needs."""
 
     def __init__(self, path: str, rel: str, parquet: pq.ParquetFile, reopen: Callable[[], pq.ParquetFile],
@@ -329,12 +329,12 @@ class _ParquetReading:
         # of its buffers as late as the interpreter's exit, where that can abort the process (changes.read_parquet_bytes);
         # the pool decodes one image column no faster (bench/parquet_read_bench.py: times alike, within their noise)
         for table in self.parquet.iter_batches(batch_size=size, row_groups=[group], use_threads=False):
-            yield from self._batch_records(table, first + at_row, max(0, given - at_row))
+            yield from self.batch_records(table, first + at_row, max(0, given - at_row))
             at_row += table.num_rows
         if at_row < rows:  # rows the footer gives the group that its data does not hold: damage, said
             raise ValueError(f"its data ends after {at_row} of the {rows} rows the file's footer gives it")
 
-    def _batch_records(self, table: pa.RecordBatch | pa.Table, first: int, start: int = 0) -> Iterator[dict[str, Any]]:
+    def batch_records(self, table: pa.RecordBatch | pa.Table, first: int, start: int = 0) -> Iterator[dict[str, Any]]:
         """The records of a batch's rows from its `start`-th on, its first row being the file's row `first`."""
         cells, other_bytes = table.column(self.column), _text_and_bytes(table, self.others)
         # a row over the limit is not made Python values: the others are, a batch at once
@@ -379,7 +379,7 @@ class _ParquetReading:
             return reject_record(f"{self.rel}#{i}", f"{self.path}#{i}",
                                  f"row {i}: image column {self.column!r} holds {err}", "read")
         meta = {passthrough_name(n): values[n] for n in self.others}
-        record = _image_record(f"{self.rel}#{i}", f"{self.path}#{i}", pixels_png(pixels), meta)
+        record = image_record(f"{self.rel}#{i}", f"{self.path}#{i}", pixels_png(pixels), meta)
         record.update(source_sha256=pixels_sha256(pixels), original_format=ARRAY_FORMAT)
         if pixels_mode(pixels):  # 16-bit colour, handed to the decoder as 8-bit: its mode would say RGB
             record["original_mode"] = pixels_mode(pixels)
@@ -490,4 +490,4 @@ def _parquet_row_record(path: str, id_: str, i: int, row: dict[str, Any], column
                 "as base64 must be decoded into the image's bytes when the file is written)" if isinstance(data, str) else
                 f"a {type(data).__name__} value, not bytes")
         return reject_record(id_, f"{path}#{i}", f"row {i}: image column {column!r} holds {what}{hint}", "read")
-    return _image_record(id_, f"{path}#{i}", data, meta)
+    return image_record(id_, f"{path}#{i}", data, meta)

@@ -11,14 +11,14 @@ from pipeline.sources.file_bytes import IN_MEMORY_BYTES, MAX_IMAGE_BYTES
 from pipeline.sources.folder_metadata import UNMATCHED_EXAMPLES
 from pipeline.sources.hidden import HiddenSkipped
 from pipeline.sources.ids import LOOKALIKE, ids_digest, relative_id
-from pipeline.sources.image_files import _read_files
-from pipeline.sources.parquet_files import _read_parquet
+from pipeline.sources.image_files import read_files
+from pipeline.sources.parquet_files import read_parquet
 from pipeline.sources.partitions import add_partitions, partition_folders, repeated_key_problem, repeated_partition_key
 from pipeline.sources.records import reject_record
-from pipeline.sources.tar_shards import _read_tar
-from pipeline.sources.tfrecord_files import _read_tfrecord, is_tfrecord
+from pipeline.sources.tar_shards import read_tar
+from pipeline.sources.tfrecord_files import is_tfrecord, read_tfrecord
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.zip_archives import _read_zip
+from pipeline.sources.zip_archives import read_zip
 
 
 def read_unit(
@@ -42,7 +42,7 @@ def read_unit(
     A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
     it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
     the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
-    `purified_ids`: done ids that are in data/ (`_read_tar`; those with '\\x' are enough).
+    `purified_ids`: done ids that are in data/ (`read_tar`; those with '\\x' are enough).
     `partitioning` "hive": each image record gets the columns of its file's `key=value` folders (`sources.partitions`;
     a container's folders, not those inside it).
     `metadata`: a "files" unit's rows of image-folder metadata files and their rejects, as the planning joined them
@@ -52,16 +52,16 @@ def read_unit(
     ("metadata_unmatched", with the first few as "metadata_unmatched_examples": 'd.zip/train/metadata.csv: 7.png')."""
     opts = storage_options or {}
     if unit.kind == "files":
-        records = _read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
+        records = read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
     elif unit.kind == "tar":
-        records = _read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata,
+        records = read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata,
                             labels_from_folders)
     elif unit.kind == "parquet" and is_tfrecord(unit.paths[0]):  # rows numbered as a table's: `tfrecord_files`
-        records = _read_tfrecord(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids)
+        records = read_tfrecord(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":
-        records = _read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
+        records = read_parquet(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids=skip_ids)
     elif unit.kind == "zip":
-        records = _read_zip(unit, opts, in_memory_bytes, max_image_bytes, labels_from_folders, skip_ids, join_metadata)
+        records = read_zip(unit, opts, in_memory_bytes, max_image_bytes, labels_from_folders, skip_ids, join_metadata)
     else:
         raise ValueError(f"unknown read unit kind {unit.kind!r}")
     container = unit.kind != "files"

@@ -54,7 +54,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+def image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "image", "id": text_name(id_), "source": text_name(shown_source(source)), "source_sha256": sha256(data),
             "data": data, "meta": meta}
 

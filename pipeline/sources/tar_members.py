@@ -1,6 +1,6 @@
-"""A tar shard's members, one sequential pass at a time (`_tar_members`: restarted on a transient storage error,
+"""A tar shard's members, one sequential pass at a time (`member_pass`: restarted on a transient storage error,
 damage noted where tarfile would end quietly), hard and symbolic links resolved to the member whose bytes they stand
-for, and pass 1's index of keys, links and macOS metadata (`_index_tar`)."""
+for, and pass 1's index of keys, links and macOS metadata (`index_tar`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import BinaryIO
 
 from pipeline.sources.file_bytes import too_large
 from pipeline.sources.folder_metadata import is_folder_metadata
-from pipeline.sources.webdataset_keys import _split_key, tar_key
+from pipeline.sources.webdataset_keys import split_key, tar_key
 from pipeline.storage import backoff, is_transient
 
 
 class CheckedTarInfo(tarfile.TarInfo):
-    """Headers read as GNU tar --ignore-zeros does, with what went wrong noted on the archive for `_tar_members`.
+    """Headers read as GNU tar --ignore-zeros does, with what went wrong noted on the archive for `member_pass`.
 
     tarfile ends an archive quietly at the first block of zeros, and at a header it cannot read after the first
     member (a bad checksum, a block cut short, the end of the data without tar's end-of-archive blocks), as if the
@@ -60,7 +60,7 @@ _SKIP_BYTES = 2**20
 
 def _skip_zeros(tar: tarfile.TarFile) -> None:
     """Read the rest of a shard that has gone `MAX_ZERO_BLOCKS` zero blocks past an archive's end, a MiB at a time;
-    any byte that is not zero is damage (a member after the gap is not read), which `_tar_members` then reports."""
+    any byte that is not zero is damage (a member after the gap is not read), which `member_pass` then reports."""
     while chunk := tar.fileobj.read(_SKIP_BYTES):  # type: ignore[union-attr]
         if chunk.strip(b"\0"):
             _note_damage(tar, f"data follows more than {MAX_ZERO_BLOCKS * tarfile.BLOCKSIZE // 2**20} MiB of zero "
@@ -73,7 +73,7 @@ def _note_damage(tar: tarfile.TarFile, what: str) -> None:
         tar.zip_purify_damage = what  # type: ignore[attr-defined]
 
 
-def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
+def member_pass(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarfile.TarInfo], bool],
                  attempts: int = 4, max_member_bytes: int | None = None,
                  ) -> Iterator[tuple[int, tarfile.TarInfo, bytes | Exception | str] | None]:
     """One sequential pass over a tar: (position, member, its bytes, or the error reading them, or, for a member whose
@@ -117,7 +117,7 @@ def _tar_members(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tar
 
 
 @dataclass(frozen=True)
-class _TarLink:
+class TarLink:
     """A hard or symbolic link member, and the position of the regular member whose bytes it stands for, or why none."""
 
     name: str
@@ -135,7 +135,7 @@ def _link_path(member: tarfile.TarInfo) -> str | None:
     return path
 
 
-def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int | None]]) -> _TarLink:
+def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int | None]]) -> TarLink:
     """Follow a link (through links to links) to a regular member; pointers: link position -> (member, position of
     what its path names, None if nothing)."""
     first = pointers[position][0]
@@ -152,8 +152,8 @@ def _resolve_link(position: int, pointers: dict[int, tuple[tarfile.TarInfo, int 
             at = points_to
             chain.append(at)
             continue
-        return _TarLink(first.name, first.linkname, f"tar link {first.name} -> {first.linkname} cannot be read: {reason}")
-    return _TarLink(first.name, first.linkname, at)
+        return TarLink(first.name, first.linkname, f"tar link {first.name} -> {first.linkname} cannot be read: {reason}")
+    return TarLink(first.name, first.linkname, at)
 
 
 def is_macos_metadata(name: str) -> bool:
@@ -165,10 +165,10 @@ def is_macos_metadata(name: str) -> bool:
     return parts[-1].startswith("._") or parts[-1] == ".DS_Store" or "__MACOSX" in parts
 
 
-def _index_tar(
+def index_tar(
     open_stream: Callable[[], BinaryIO], metadata_bytes: dict[str, bytes | Exception | str] | None = None,
     max_member_bytes: int | None = None,
-) -> tuple[dict[str, Counter[str]], set[str], dict[int, _TarLink], BaseException | None, list[str]]:
+) -> tuple[dict[str, Counter[str]], set[str], dict[int, TarLink], BaseException | None, list[str]]:
     """Pass 1, headers only: key -> member name -> occurrences (links included, keys in order of appearance), the
     WebDataset keys that had numbered names keyed apart (`tar_key`: 'cat' for 'cat.0.jpg'), the links by position
     with what each resolves to, the error that cut the pass short (None if it did not), and the macOS metadata
@@ -186,7 +186,7 @@ def _index_tar(
     pointers: dict[int, tuple[tarfile.TarInfo, int | None]] = {}
     error: BaseException | None = None
     try:
-        for item in _tar_members(open_stream, wanted=wanted, max_member_bytes=max_member_bytes):
+        for item in member_pass(open_stream, wanted=wanted, max_member_bytes=max_member_bytes):
             if item is None:
                 names.clear()
                 latest.clear()
@@ -216,7 +216,7 @@ def _index_tar(
         if is_macos_metadata(name):
             metadata.extend([name] * n)
             continue
-        key, webdataset_key = tar_key(name)[0], _split_key(name)[0]
+        key, webdataset_key = tar_key(name)[0], split_key(name)[0]
         if key != webdataset_key:
             split.add(webdataset_key)
         members_of.setdefault(key, Counter())[name] = n

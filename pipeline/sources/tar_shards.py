@@ -14,21 +14,21 @@ from typing import Any, BinaryIO
 from pipeline.sources.file_bytes import (
     InputChangedWhileRead,
     SpoolFailed,
-    _opener,
     changed_while_read,
+    file_opener,
     replaced_while_read,
     too_large,
 )
 from pipeline.sources.folder_metadata import FolderMetadata, MetadataProblem, join_folder_metadata
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
-from pipeline.sources.tar_members import _index_tar, _tar_members, _TarLink
+from pipeline.sources.tar_members import TarLink, index_tar, member_pass
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import JsonColumns, _image_exts, _split_key, _tar_key_record, tar_key
+from pipeline.sources.webdataset_keys import JsonColumns, image_extensions, split_key, tar_key, tar_key_record
 from pipeline.storage import describe
 
 
-def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
+def read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               skip_ids: frozenset[str] | set[str] = frozenset(),
               purified_ids: frozenset[str] | set[str] = frozenset(),
               join_metadata: bool = False, labels_from_folders: bool = False) -> Iterator[dict[str, Any]]:
@@ -62,11 +62,11 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
         try:
             try:
                 # no size on storage: a stream of unknown length, over in_memory_bytes copied once for both passes
-                open_stream = _opener(path, fs_opts, in_memory_bytes, listed_size, spool=spool)
+                open_stream = file_opener(path, fs_opts, in_memory_bytes, listed_size, spool=spool)
             except SpoolFailed:
                 # no room for the copy (a full disk, no temporary folder to write): streamed twice, as a tar needs no
                 # seeking
-                open_stream = _opener(path, fs_opts, in_memory_bytes, listed_size)
+                open_stream = file_opener(path, fs_opts, in_memory_bytes, listed_size)
         except Exception as err:  # noqa: BLE001 - unreadable shard: one reject for the whole unit
             yield _unreadable(shard, path, 0, err)
             return
@@ -77,10 +77,10 @@ def _read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
 def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_image_bytes: int,
                 skip_ids: frozenset[str] | set[str], purified_ids: frozenset[str] | set[str],
                 join_metadata: bool = False, labels_from_folders: bool = False) -> Iterator[dict[str, Any]]:
-    """`_read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index, and the metadata members' bytes
+    """`read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index, and the metadata members' bytes
     with `join_metadata`), then pass 2 (the members)."""
     texts: dict[str, bytes | Exception | str] | None = {} if join_metadata else None
-    members_of, split, links, index_error, metadata = _index_tar(open_stream, metadata_bytes=texts,
+    members_of, split, links, index_error, metadata = index_tar(open_stream, metadata_bytes=texts,
                                                                  max_member_bytes=max_image_bytes)  # pass 1
     failure = _unreadable(shard, path, len(members_of), index_error) if index_error else None
 
@@ -117,7 +117,7 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
                            rows=joined.rows, labels_from_folders=labels_from_folders)  # pass 2
     changed = None
     try:
-        for item in _tar_members(open_stream, members.wanted, max_member_bytes=max_image_bytes):
+        for item in member_pass(open_stream, members.wanted, max_member_bytes=max_image_bytes):
             yield from members.went_by(item)
     except Exception as err:  # noqa: BLE001 - damage pass 1 did not reach (it reads less): reject what is left
         if changed_while_read(err):  # pass 1's index is of another version: nothing more is read against it
@@ -129,7 +129,7 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
         yield failure
 
 
-def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, _TarLink],
+def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, TarLink],
                     texts: dict[str, bytes | Exception | str]) -> FolderMetadata:
     """A shard's image-folder metadata members (`texts`: name -> what pass 1 read of each) joined to its keys as a
     folder's metadata files are to its image files (`folder_metadata`: file_name relative to the member's folder, the
@@ -147,7 +147,7 @@ def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, _TarLi
     images: dict[str, str] = {}  # an image member's path -> its key
     for key, counted in members_of.items():
         exts = {tar_key(name)[1]: name for name in counted if name not in taken}
-        image = _image_exts(exts)
+        image = image_extensions(exts)
         if len(image) == 1:
             images[posixpath.normpath(exts[image[0]])] = key
 
@@ -180,7 +180,7 @@ def _superseded_ids(members_of: dict[str, Counter[str]], split: set[str], metada
     each such key one reject. By id, not by key: a latin-1 'caf\\xe9.0.jpg' (split from 'caf\\xe9') beside a member
     literally named 'caf\\\\xe9.jpg' gave that member's own id as superseded, and its reject was then removed as out
     of date."""
-    older = {*split, *(key for name in metadata for key in (tar_key(name)[0], _split_key(name)[0]))}
+    older = {*split, *(key for name in metadata for key in (tar_key(name)[0], split_key(name)[0]))}
     return sorted({key_id(key) for key in older} - {key_id(key) for key in members_of})
 
 
@@ -210,7 +210,7 @@ class _MembersPass:
     sidecars (0001.a, 0001.b, ... each under it, or links to one large member) held them all in one read task's
     memory, and then in one record; a key over it is a reject naming the limit, its members read no further."""
 
-    def __init__(self, path: str, members_of: dict[str, Counter[str]], split: set[str], links: dict[int, _TarLink],
+    def __init__(self, path: str, members_of: dict[str, Counter[str]], split: set[str], links: dict[int, TarLink],
                  metadata: list[str], done: set[str], key_id: Callable[[str], str],
                  max_key_bytes: int | None = None, rows: dict[str, dict[str, Any]] | None = None,
                  labels_from_folders: bool = False) -> None:
@@ -237,7 +237,7 @@ class _MembersPass:
         self.parts: dict[str, dict[str, tuple[str, bytes]]] = {}  # key -> extension -> (member name, its bytes)
         self.errors: dict[str, str] = {}
         self.kept: dict[int, bytes | Exception | str] = {}  # link targets' bytes (or why they were not read), by position
-        self.waiting: dict[int, list[_TarLink]] = {}  # target position -> symlinks before it
+        self.waiting: dict[int, list[TarLink]] = {}  # target position -> symlinks before it
         # the columns the .json sidecars of the keys emitted so far gave (kept when a pass restarts: those keys stay)
         self.json_columns = JsonColumns()
 
@@ -248,7 +248,7 @@ class _MembersPass:
         return ours or self.readers[position] > 0
 
     def went_by(self, item: tuple[int, tarfile.TarInfo, bytes | Exception | str] | None) -> list[dict[str, Any]]:
-        """The records completed by one item of `_tar_members`. None: the pass (re)started (after a transient storage
+        """The records completed by one item of `member_pass`. None: the pass (re)started (after a transient storage
         error), and keys already emitted stay emitted, the rest are collected afresh."""
         if item is None:
             for held in (self.seen, self.left, self.extra, self.parts, self.errors, self.kept, self.waiting, self.held):
@@ -301,8 +301,8 @@ class _MembersPass:
         parts, error = self.parts.pop(key, {}), self.errors.pop(key, None)
         self.held.pop(key, None)
         try:
-            return _tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split,
-                                   self.json_columns, self.rows.get(key), self.labels_from_folders)
+            return tar_key_record(self.path, self.key_id(key), key, parts, error, key in self.split,
+                                  self.json_columns, self.rows.get(key), self.labels_from_folders)
         except Exception as err:  # noqa: BLE001 - the key is counted as emitted by now: it must leave a record
             return reject_record(self.key_id(key), f"{self.path}:{key}",
                                  f"cannot read tar key {key}: {type(err).__name__}: {err}", "read")
@@ -340,7 +340,7 @@ class _MembersPass:
         self.done.add(key)
         return self._record(key)
 
-    def _read_link(self, link: _TarLink, data: bytes | Exception | str) -> dict[str, Any] | None:
+    def _read_link(self, link: TarLink, data: bytes | Exception | str) -> dict[str, Any] | None:
         return self._took(link.name, data, damaged=f"{link.linkname} (the target of link {link.name})")
 
 

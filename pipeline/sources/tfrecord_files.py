@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from pipeline.sources.crc32c import masked_crc32c
-from pipeline.sources.file_bytes import _opener, too_large
+from pipeline.sources.file_bytes import file_opener, too_large
 from pipeline.sources.ids import relative_id, text_value, without_signed_query
 from pipeline.sources.optional_files import RefusedFile, read_optional
-from pipeline.sources.records import _image_record, passthrough_name, reject_record
+from pipeline.sources.records import image_record, passthrough_name, reject_record
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
 from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, read_json
 from pipeline.sources.units import ReadUnit
@@ -169,7 +169,7 @@ def _header(f: BinaryIO, index: int) -> int | None:
     return int.from_bytes(head[:8], "little")
 
 
-def _read_tfrecord(unit: ReadUnit, fs_opts: dict[str, Any], image_feature: str | None, in_memory_bytes: int,
+def read_tfrecord(unit: ReadUnit, fs_opts: dict[str, Any], image_feature: str | None, in_memory_bytes: int,
                    max_image_bytes: int, skip_ids: frozenset[str] | set[str] = frozenset(),
                    attempts: int = 4) -> Iterator[dict[str, Any]]:
     """One record per TFRecord record, in order. A file of at most `in_memory_bytes` is fetched whole, a larger one
@@ -182,7 +182,7 @@ def _read_tfrecord(unit: ReadUnit, fs_opts: dict[str, Any], image_feature: str |
     with contextlib.ExitStack() as stack:
         try:
             lists = declared_list_features(path, fs_opts)
-            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
+            open_file = file_opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None)
             f = _open_records(stack.enter_context(open_file()))
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable {TFRECORD_FORMAT} file: {describe(err)}", "read")
@@ -315,7 +315,7 @@ def _record(data: bytes, index: int, id_: str, source: str, image_feature: str |
                              "bytes", "read")
     meta = {passthrough_name(n): _value(kind, values, per_object=is_per_object(n) or n in lists)
             for n, (kind, values) in features.items() if n != name}
-    return _image_record(id_, source, values[0], meta)
+    return image_record(id_, source, values[0], meta)
 
 
 def image_feature_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str) -> str | None:
@@ -326,7 +326,7 @@ def image_feature_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: st
     (path,) = unit.paths
     try:
         with contextlib.ExitStack() as stack:
-            f = _open_records(stack.enter_context(_opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)()))
+            f = _open_records(stack.enter_context(file_opener(path, fs_opts, 0, unit.sizes[0] if unit.sizes else None)()))
             length = _header(f, 0)
             if length is None or length > 2**30:
                 return None

@@ -1,4 +1,4 @@
-"""Walking an input folder: every file under a root with its listing entry (`_find_following_links`), links to local
+"""Walking an input folder: every file under a root with its listing entry (`find_following_links`), links to local
 folders followed (a loop kept as one entry), folders that cannot be listed reported, and each local entry cut to the
 fields the listing reads as the walk goes (10^6 files' full infos were most of the driver's memory)."""
 
@@ -115,7 +115,7 @@ def _local_find(fs: LocalFileSystem, root: str) -> dict[str, Mapping[str, Any]]:
     return {name: out[name] for name in sorted(out)}
 
 
-def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = (),
+def find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tuple[str, ...] = (),
                            unlistable: list[tuple[str, OSError]] | None = None) -> dict[str, Mapping[str, Any]]:
     """Every file under `root`, with sizes. A local folder reached through a symbolic link (fsspec lists the link
     as one entry, which would be read as one file and rejected) is listed too, under the link's path; a link to a
@@ -144,7 +144,7 @@ def _find_following_links(fs: fsspec.AbstractFileSystem, root: str, _inside: tup
             target = os.path.realpath(path)
             below = os.path.join(target, "")  # '/' is above every folder too ('/' + os.sep was '//')
             if not any(target == folder or folder.startswith(below) for folder in inside):
-                listed.update(_find_following_links(fs, path, (*inside, target), unlistable))
+                listed.update(find_following_links(fs, path, (*inside, target), unlistable))
                 continue
         listed[path] = info
     return listed

@@ -1,5 +1,5 @@
 """WebDataset keys of a tar shard: which members make one sample (`tar_key`: a member's path up to the first dot of
-its name; a numbered name such as Kaggle's 'cat.0.jpg' keyed with its number), and a key's record (`_tar_key_record`):
+its name; a numbered name such as Kaggle's 'cat.0.jpg' keyed with its number), and a key's record (`tar_key_record`):
 its one image member, its other members (.cls, .json, a mask) as columns."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 
 from pipeline.sources.folder_metadata import is_folder_metadata, table_note
 from pipeline.sources.ids import text_name, text_value
-from pipeline.sources.records import _image_record, free_name, passthrough_name, reject_record
+from pipeline.sources.records import free_name, image_record, passthrough_name, reject_record
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 
 
-def _split_key(name: str) -> tuple[str, str]:
+def split_key(name: str) -> tuple[str, str]:
     """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
     folder, base = posixpath.split(name)
     stem, _, ext = base.partition(".")
@@ -36,12 +36,12 @@ def _numbered(ext: str) -> tuple[str, str] | None:
 
 
 def tar_key(name: str) -> tuple[str, str]:
-    """A shard member's (key, ext): WebDataset's (`_split_key`), except for a numbered name such as Kaggle's
+    """A shard member's (key, ext): WebDataset's (`split_key`), except for a numbered name such as Kaggle's
     'cat.0.jpg', whose key takes the number ('cat.0', ext 'jpg'; 'cat.0.cls' and the mask 'cat.0.seg.png' are that
     key's sidecars). A plain tar of 'cat.0.jpg', 'cat.1.jpg', ... is many images, not one WebDataset sample with many;
     the rule looks at the name alone, so a key does not change with the shard's other members (one image of a name
     in one shard, several in the next, or one appended later)."""
-    key, ext = _split_key(name)
+    key, ext = split_key(name)
     numbered = _numbered(ext)
     return (f"{key}.{numbered[0]}", numbered[1]) if numbered else (key, ext)
 
@@ -182,14 +182,14 @@ def _json_fits(value: Any) -> bool:
     return True
 
 
-def _image_exts(exts: Iterable[str]) -> list[str]:
+def image_extensions(exts: Iterable[str]) -> list[str]:
     """Of a key's members' extensions, those that may be its image: the plain image ones ('jpg'), else those with a
     compound image extension ('seg.png'); a key has an image when there is exactly one."""
     image_like = [e for e in exts if _image_like(e)]
     return [e for e in image_like if "." not in e] or image_like
 
 
-def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
+def tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, bytes]],
                     error: str | None, split: bool = False, json_columns: JsonColumns | None = None,
                     row: dict[str, Any] | None = None, labels_from_folders: bool = False) -> dict[str, Any]:
     """The image record of one WebDataset key (sidecars become columns), or its reject. The image is the member whose
@@ -206,7 +206,7 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     as in a folder (`folder_metadata.with_row`)."""
     if error is not None:
         return reject_record(id_, f"{path}:{key}", error, "read")
-    image_exts = _image_exts(parts)
+    image_exts = image_extensions(parts)
     if len(image_exts) != 1:
         # the members' own names, not their extensions: 'found csv' left a user to guess which file was meant
         names = [text_name(posixpath.basename(parts[e][0])) for e in sorted(parts)]
@@ -261,7 +261,7 @@ def _tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, b
     for column, value in (row or {}).items():
         meta[column if column == folder else free_name(column, taken, "metadata_")] = value
     name, data = parts[ext]
-    return _image_record(id_, f"{path}:{name}", data, meta)
+    return image_record(id_, f"{path}:{name}", data, meta)
 
 
 def _table_note(parts: dict[str, tuple[str, bytes]]) -> str:

@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from pipeline.sources.file_bytes import _opener, too_large
+from pipeline.sources.file_bytes import file_opener, too_large
 from pipeline.sources.folder_metadata import (
     ArchiveMetadata,
     FolderMetadata,
@@ -22,9 +22,9 @@ from pipeline.sources.folder_metadata import (
     join_folder_metadata,
     with_row,
 )
-from pipeline.sources.hidden import _hidden
+from pipeline.sources.hidden import is_hidden
 from pipeline.sources.ids import relative_id, text_name
-from pipeline.sources.records import _image_record, reject_record
+from pipeline.sources.records import image_record, reject_record
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import concurrent_reads, describe, with_retries
 
@@ -259,7 +259,7 @@ def _open_zip(raw: BinaryIO) -> tuple[zipfile.ZipFile, _ZipDirectory]:
     return _Unindexed(view), directory  # type: ignore[arg-type]
 
 
-def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
+def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               labels_from_folders: bool, skip_ids: frozenset[str] | set[str] = frozenset(),
               join_metadata: bool = False) -> Iterator[dict[str, Any]]:
     """One record per file in a zip archive, as if its files lay in a folder named after it (id `x.zip/a/b.jpg`;
@@ -278,7 +278,7 @@ def _read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max
     with contextlib.ExitStack() as stack:
         try:
             # a file of unknown size over in_memory_bytes is a stream that cannot seek: read from a local copy
-            open_file = _opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
+            open_file = file_opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             archive, directory = _open_zip(stack.enter_context(open_file()))
             stack.enter_context(archive)
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
@@ -316,7 +316,7 @@ def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_
     a path) joined to its other members, keyed by member path, with the rows naming no member counted; one over
     `max_image_bytes`, encrypted or damaged cannot be joined."""
     names = {name: name for name in directory.files
-             if is_folder_metadata(name) and name not in directory.look_alikes and not _hidden(name)
+             if is_folder_metadata(name) and name not in directory.look_alikes and not is_hidden(name)
              and ".." not in name.split("/") and not _zip_is_link(directory.info(name))}
     found = FolderMetadata()
     if not names:
@@ -340,11 +340,13 @@ def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_
 DIRECTORY_READS = 16
 
 
-def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image_bytes: int) -> ArchiveMetadata:
+def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image_bytes: int,
+                       columns: dict[str, list[str]] | None = None) -> ArchiveMetadata:
     """For a dry run (--join-metadata): the image-folder metadata members of these zip archives joined as their read
     tasks will join them (`_zip_metadata`), and the rows naming no member, with the first few. Only each archive's
     central directory and its metadata members are read, by ranges (no image); an archive that cannot be read, and
-    one storage gives no size for (it would have to be copied whole), are left to the run, which says what it finds."""
+    one storage gives no size for (it would have to be copied whole), are left to the run, which says what it finds.
+    `columns` (path -> names), when given, gets each archive's joined rows' columns, from the same reads."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(unit: ReadUnit) -> FolderMetadata | None:
@@ -353,7 +355,7 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
             return None
         try:
             # in_memory_bytes 0: read by ranges, never fetched whole
-            with _opener(unit.paths[0], fs_opts, 0, size)() as raw:
+            with file_opener(unit.paths[0], fs_opts, 0, size)() as raw:
                 archive, directory = _open_zip(raw)
                 with archive:
                     return _zip_metadata(archive, directory, max_image_bytes)
@@ -366,6 +368,8 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for unit, joined in zip(units, pool.map(one, units), strict=True):
             if joined is not None:
+                if columns is not None and joined.rows:
+                    columns[unit.paths[0]] = list(dict.fromkeys(name for row in joined.rows.values() for name in row))
                 rel = relative_id(unit.paths[0], unit.root)
                 found.add(len(joined.joined), joined.unmatched,
                           [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples])
@@ -378,7 +382,7 @@ def _member_not_read(name: str, id_: str, source: str, skip_ids: frozenset[str] 
     folder), or None for one to read."""
     parts = name.split("/")
     # '..' is no hidden name: '../x.png' was skipped as one, unread and unreported
-    if _hidden("/".join(part for part in parts if part != "..")):
+    if is_hidden("/".join(part for part in parts if part != "..")):
         return {"kind": "hidden", "name": id_}  # counted by read_unit, not an input
     if id_ in skip_ids:
         return {"kind": "skipped", "id": id_}
@@ -419,4 +423,4 @@ def _member_record(archive: zipfile.ZipFile, target: zipfile.ZipInfo, what: str,
                              f"({method}), which cannot be read ({describe(err)}): store it with deflate", "read")
     except Exception as err:  # noqa: BLE001 - a damaged member (bad CRC, cut short) is its reject
         return reject_record(id_, source, f"corrupt zip member {what}: {describe(err)}", "read")
-    return _image_record(id_, source, data, meta)
+    return image_record(id_, source, data, meta)
