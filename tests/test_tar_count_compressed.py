@@ -9,6 +9,7 @@ import bz2
 import gzip
 import lzma
 import re
+import threading
 from pathlib import Path
 
 import fsspec
@@ -56,11 +57,19 @@ def test_the_dry_run_counts_compressed_shards(tmp_path, model, capsys) -> None:
     assert progress_total(plan, {}) == 4
 
 
-def test_a_runs_progress_has_the_compressed_shards_total_and_a_later_dry_run_the_keys_done(tmp_path, model,
-                                                                                           capsys) -> None:
+def test_a_runs_progress_has_the_compressed_shards_total_and_a_later_dry_run_the_keys_done(tmp_path, model, capsys,
+                                                                                           monkeypatch) -> None:
+    from pipeline import job
+
     root = _webdataset(tmp_path)
+    counting, seen = threading.Event(), []
+    total, init_ray = job.progress_total, job.init_ray
+    monkeypatch.setattr(job, "progress_total", lambda *a: counting.set() or total(*a))
+    # the total is counted while Ray starts (decompressing GTSRB's test .tar.xz took 1.8 s), not after
+    monkeypatch.setattr(job, "init_ray", lambda *a: seen.append(counting.wait(5)) or init_ray(*a))
     argv = [a for a in small_job_argv(tmp_path, model) if a != "--no-progress"]
     assert cli.main(argv) == 0
+    assert seen == [True], seen
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("images: ")]
     assert progress and progress[-1].startswith("images: 7/7 (100 %)"), progress  # a total, not "images: 7 in"
     (root / "shard-0001.tar.xz").write_bytes(lzma.compress(_shard(4, 5)))  # two keys added to a shard read before
