@@ -167,3 +167,18 @@ def test_a_shard_that_cannot_be_counted_stops_the_compressed_shards_walks(tmp_pa
     counted = count_keys(units, {}, {}, join_metadata=False)
     assert counted.left is None and counted.why.startswith("s000.tar: it is "), counted
     assert len(opened) < 20, len(opened)
+
+
+def test_a_compressed_shard_on_a_web_server_that_ignores_range_is_counted(tmp_path: Path, model, capsys) -> None:
+    from tests.webutil import QuietHandler, serving
+
+    site = tmp_path / "site"
+    site.mkdir()
+    # like http.server, it answers every GET with the whole file: the shard is fetched whole once, which is all it needs
+    (site / "s.tar.gz").write_bytes(gzip.compress(_shard(0, 30) + tar_bytes({"big.png": bytes(2**17)})))
+    with serving(site, QuietHandler) as url:
+        argv = small_job_argv(tmp_path, model, "--dry-run")
+        argv[argv.index("--input") + 1] = url + "s.tar.gz"
+        assert cli.main(argv) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+    assert "; 31 images to read), " in line, line
