@@ -182,3 +182,15 @@ def test_a_compressed_shard_on_a_web_server_that_ignores_range_is_counted(tmp_pa
         assert cli.main(argv) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
     assert "; 31 images to read), " in line, line
+
+
+def test_compressed_shards_whose_walks_take_too_long_are_not_counted(tmp_path, monkeypatch) -> None:
+    # a gzip that inflates a thousandfold (zeros) is within the bytes' bound and takes minutes: the walks are timed too
+    path = tmp_path / "s.tar.gz"
+    path.write_bytes(gzip.compress(_shard(0, 3)))
+    unit = ReadUnit("tar", (str(path),), str(tmp_path), (path.stat().st_size,))
+    monkeypatch.setattr(tar_count, "COMPRESSED_SECONDS", -1.0)
+    counted = count_keys([unit], {}, {}, join_metadata=False)
+    assert counted.left is None and counted.why == "s.tar.gz: it is compressed, and its headers are found only by " \
+        "decompressing it whole: the compressed shards' walks took over -1 s, the time allowed to count a run's " \
+        "images before it starts", counted

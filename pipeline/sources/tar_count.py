@@ -45,6 +45,7 @@ import io
 import os
 import tarfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,10 @@ WEB_PROTOCOLS = frozenset({"http", "https"})
 # budget; elsewhere each is downloaded whole for the count and again by its read, so less.
 COMPRESSED_BYTES_LOCAL = 64 * 2**20
 COMPRESSED_BYTES_REMOTE = 16 * 2**20
+# The seconds the compressed shards' walks may take in all, counted from the first: the bytes' bound gives about 14 s at
+# the slowest pace measured, but a shard that inflates a thousandfold takes minutes within it (a .tar.gz of 1 MiB
+# holding 1 GiB of zeros after its archive: 6.7 s), as does a slower machine.
+COMPRESSED_SECONDS = 30.0
 # the names of shards that are compressed, to give up before any is decompressed where those alone are past the bound
 COMPRESSED_NAMES = (".gz", ".tgz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz")
 
@@ -88,6 +93,7 @@ class Pace:
         self.verdict: str | None = None  # once given up, every shard's walk stops with the same reason
         self.given_up = False  # a shard could not be counted: the others' walks stop (`_GivenUp`)
         self.compressed = 0  # the bytes of the compressed shards decompressed to count them (`decompressing`)
+        self.decompressing_since: float | None = None
 
     def give_up(self) -> None:
         self.given_up = True
@@ -100,6 +106,18 @@ class Pace:
             self.compressed += size
             if self.compressed > bound:
                 raise CountProblem(past_bound(size, self.compressed, local))
+            if self.decompressing_since is None:
+                self.decompressing_since = time.monotonic()
+
+    def still_decompressing(self) -> None:
+        """A compressed shard's walk reads on: _GivenUp where another shard could not be counted, CountProblem where
+        the compressed shards' walks have taken COMPRESSED_SECONDS."""
+        if self.given_up:
+            raise _GivenUp
+        if self.decompressing_since is not None and time.monotonic() - self.decompressing_since > COMPRESSED_SECONDS:
+            raise CountProblem(f"it is compressed, and its headers are found only by decompressing it whole: the "
+                               f"compressed shards' walks took over {COMPRESSED_SECONDS:.0f} s, the time allowed to "
+                               "count a run's images before it starts")
 
     def going(self, shard: str, pos: int) -> None:
         """A read about to be taken at `pos` of `shard`; CountProblem where the pace says the budget will not do,
@@ -140,14 +158,14 @@ def _size(n: int) -> str:
 
 
 class _Watched:
-    """A compressed shard's stream, read by tarfile, that stops (`_GivenUp`) once another shard could not be counted."""
+    """A compressed shard's stream, read by tarfile, that stops once another shard could not be counted, or the
+    compressed shards' walks have taken too long (`Pace.still_decompressing`)."""
 
     def __init__(self, raw: BinaryIO, pace: Pace) -> None:
         self.raw, self.pace = raw, pace
 
     def read(self, n: int = -1) -> bytes:
-        if self.pace.given_up:
-            raise _GivenUp
+        self.pace.still_decompressing()
         return self.raw.read(n)
 
     def close(self) -> None:
