@@ -268,7 +268,8 @@ def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, joi
                 pace: Pace | None = None) -> Counter[str]:
     """The ids of the keys of the tar shard `unit` -> how many keys give each (two keys that give one id, a name not
     UTF-8 and one named with its escapes, make one reject), read a block at a time: on a local disk with a small
-    read, else a ranged request."""
+    read, else a ranged request; a compressed shard is decompressed whole (`stream_keys`, fetched in one request off a
+    local disk), within the bounds `Pace.decompressing` and `Pace.still_decompressing` keep."""
     (path,) = unit.paths
     pace = pace if pace is not None else Pace(None, budget)
     local = local_file_path(path)
