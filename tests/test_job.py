@@ -107,9 +107,12 @@ def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
 
 
 def test_progress_over_shards_has_a_total_from_their_headers_or_says_how_many_read_tasks_are_done(tmp_path, model,
-                                                                                                   capsys) -> None:
-    # a plain shard's keys are counted from its headers; a compressed shard's image count is unknown until it is
-    # read: no total, so the line counts shards (read tasks) instead
+                                                                                                   capsys,
+                                                                                                   monkeypatch) -> None:
+    # a plain shard's keys are counted from its headers; compressed shards past the bytes decompressed to count them
+    # have an image count unknown until they are read: no total, so the line counts shards (read tasks) instead
+    from pipeline.sources import tar_count
+
     root = tmp_path / "in"
     root.mkdir()
     for s in range(3):
@@ -121,6 +124,7 @@ def test_progress_over_shards_has_a_total_from_their_headers_or_says_how_many_re
         shard = root / f"shard-{s}.tar"
         (root / f"shard-{s}.tar.gz").write_bytes(gzip.compress(shard.read_bytes()))
         shard.unlink()
+    monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", 100)
     run_job(_config(tmp_path, model, input=str(root), output=str(tmp_path / "out-gz"), progress=True))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("images: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last

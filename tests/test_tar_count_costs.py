@@ -1,11 +1,10 @@
 """What counting tar shards' keys before a run (`pipeline.sources.tar_count`) costs where it cannot succeed: a web
 server that ignores Range sent every shard whole (each ranged request answered with the whole file, read to its end)
-before the count gave up, for every http:// WebDataset run; and one shard that cannot be counted (compressed) leaves
+before the count gave up, for every http:// WebDataset run; and one shard that cannot be counted (damaged) leaves
 the total unknown, yet the walk went on over every other shard."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 import socket
@@ -62,11 +61,11 @@ def test_the_walk_stops_at_the_first_shard_that_cannot_be_counted(tmp_path: Path
     for i in range(200):
         path = tmp_path / f"s{i:03d}.tar"
         data = tar_bytes({f"{k:04d}.png": image_bytes(8, 8, k) for k in range(3)} | {"big.png": b"\0" * 2**17})
-        path.write_bytes(gzip.compress(data) if i == 0 else data)  # the first is compressed: the total is unknown
+        path.write_bytes(data[:-1500] if i == 0 else data)  # the first is cut short: the total is unknown
         units.append(ReadUnit("tar", (str(path),), str(tmp_path), (path.stat().st_size,)))
     budget = ReadBudget()
     counted = count_keys(units, {}, {}, join_metadata=False, budget=budget)
-    assert counted.left is None and counted.why.startswith("s000.tar: it is compressed"), counted
+    assert counted.left is None and counted.why.startswith("s000.tar: it is damaged"), counted
     # every plain shard takes 2 reads (its large member's): 398 when all were walked; the threads that had begun one
     # when the first gave up stop at their next read
     assert MAX_READS - budget.left < 100, MAX_READS - budget.left

@@ -1,11 +1,10 @@
 """Tar shards' keys counted before the run from their members' headers (`pipeline.sources.tar_count`): the dry run
 said of a WebDataset input only "2 tar shards", with no image count, and the run's progress had no total. A tar has no
 index, so the count walks its headers, bounded as the TFRecord counts are; where it cannot be known before the shards
-are read (compressed, damaged, past the budget), the dry run says so and why."""
+are read (damaged, past the budget), the dry run says so and why."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
 import tarfile
@@ -66,17 +65,6 @@ def test_the_dry_run_says_keys_done_by_an_earlier_run(tmp_path, model, capsys) -
     (root / "shard-0001.tar").write_bytes(_shard(4, 5))  # two keys added to a shard read before
     line = _dry_run_input_line(tmp_path, model, capsys, "--incremental")
     assert "1 tar shard (" in line and "; 2 images to read, 3 already done, skipped), " in line, line
-
-
-def test_a_compressed_shard_leaves_the_count_unknown_and_says_why(tmp_path, model, capsys) -> None:
-    root = _webdataset(tmp_path)
-    (root / "shard-0001.tar.gz").write_bytes(gzip.compress((root / "shard-0001.tar").read_bytes()))
-    (root / "shard-0001.tar").unlink()
-    line = _dry_run_input_line(tmp_path, model, capsys)
-    size = sum(p.stat().st_size for p in root.iterdir())
-    assert (f"2 tar shards ({size / 1024:.1f} KiB; images counted when read: shard-0001.tar.gz: it is compressed, and "
-            "its headers are found only by decompressing it whole), ") in line, line
-    assert progress_total(plan_job(small_job_config(tmp_path, model), dry_run=True), {}) is None
 
 
 def _tricky_shard() -> bytes:
