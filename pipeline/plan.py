@@ -913,7 +913,7 @@ def _input_refusal(config: JobConfig, err: BaseException) -> str:
     except Exception:  # noqa: BLE001 - the refusal is said without the advice
         return ""
     if not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
-        return web_refusal_hint(fs)
+        return web_refusal_hint(fs, config.input)
     if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
         return ""
     return (f" (without {list_permission(fs)} the store refuses a folder given as the input, and a file that is not "

@@ -139,3 +139,29 @@ def test_a_refused_features_json_in_a_web_folder_is_asked_of_its_index_page(tmp_
         assert len(notes) == 1 and notes[0].startswith(f"{url}tf/features.json is there but these credentials")
     else:
         assert [r["meta"]["tokens"] for r in records] == [0, 1] and notes == []
+
+
+def test_a_refused_https_address_is_advised_the_entry_of_its_own_scheme(tmp_path: Path, model: str, capsys,
+                                                                         monkeypatch, request) -> None:
+    """The advice named the first protocol of fsspec's HTTP file system, `http=`, for an https:// input or checkpoint
+    too, where docs/job.md shows `https=` (either entry serves both schemes; the user copies what they are shown)."""
+    from aiohttp import ClientResponseError, RequestInfo
+    from fsspec.implementations.http import HTTPFileSystem
+    from yarl import URL
+
+    async def refused(self, url: str, **kwargs) -> dict:  # what fsspec's HEAD, then GET, refused with 403 raises
+        raise FileNotFoundError(url) from ClientResponseError(RequestInfo(URL(url), "GET", {}, URL(url)), (),
+                                                              status=403, message="Forbidden")
+
+    # fsspec keeps its file systems, each bound to its `_info` when made: none made before is used, none made here kept
+    HTTPFileSystem.clear_instance_cache()
+    monkeypatch.setattr(HTTPFileSystem, "_info", refused)
+    request.addfinalizer(HTTPFileSystem.clear_instance_cache)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(16, 16, 1))
+    for given in (["--input", "https://host.example/data/", "--checkpoint", model],
+                  ["--input", str(tmp_path / "in"), "--checkpoint", "https://host.example/prior.pt"]):
+        assert cli.main([*given, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "ClientResponseError: 403" in err and "(the web server refused the request" in err, err
+        assert "--storage-option https='{\"headers\": {\"Authorization\": \"Bearer ...\"}}'" in err, err
