@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -165,3 +166,37 @@ def test_a_refused_https_address_is_advised_the_entry_of_its_own_scheme(tmp_path
         err = capsys.readouterr().err
         assert "ClientResponseError: 403" in err and "(the web server refused the request" in err, err
         assert "--storage-option https='{\"headers\": {\"Authorization\": \"Bearer ...\"}}'" in err, err
+
+
+@pytest.mark.parametrize("credential", ["AKIAEXAMPLE%2F20261207%2Fus-east-1%2Fs3%2Faws4_request",
+                                        "AKIAEXAMPLE/20261207/us-east-1/s3/aws4_request"])
+def test_a_presigned_tfrecord_file_gets_no_warning_of_a_features_json_its_signature_cannot_read(
+        tmp_path: Path, model: str, capsys, credential: str) -> None:
+    """A presigned address grants its one file: S3 refuses any other request, features.json beside it too. Since web
+    refusals are told from missing files, that refusal was warned of in every dry run and run (and kept in the
+    summary), naming 'features.json' joined to the address with its query, so that a credential holding a '/' (not
+    percent-escaped) was printed in part: '...s.tfrecord?X-Amz-Credential=AKIAEXAMPLE/20261207/us-east-1/s3/
+    features.json was taken as absent'. Earlier versions took it as absent without a word."""
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "tf" / "s.tfrecord").write_bytes(shard([example(image=image_bytes(16, 16, i)) for i in range(2)]))
+    signed = f"/tf/s.tfrecord?X-Amz-Credential={credential}&X-Amz-Signature=0123abcd"
+    asked: list[str] = []
+
+    class Presigned(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            asked.append(unquote(self.path))  # aiohttp sends '%2F' in a query as '/'
+            if asked[-1] != unquote(signed):  # as S3: a request its signature does not cover is refused
+                self.send_error(403)
+            else:
+                self.path = "/tf/s.tfrecord"
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    with serving(tmp_path, Presigned) as url:
+        code = cli.main(["--input", url + signed[1:], "--output", str(tmp_path / "out"), "--checkpoint", model,
+                         "--dry-run"])
+    said = capsys.readouterr()
+    assert code == 0 and "1 TFRecord file (2 records)" in said.out, said
+    assert "features.json" not in said.out + said.err and "AKIAEXAMPLE" not in said.out + said.err
+    assert not [path for path in asked if "?" in path and path != unquote(signed)]  # no name joined to the query
