@@ -200,3 +200,35 @@ def test_a_presigned_tfrecord_file_gets_no_warning_of_a_features_json_its_signat
     assert code == 0 and "1 TFRecord file (2 records)" in said.out, said
     assert "features.json" not in said.out + said.err and "AKIAEXAMPLE" not in said.out + said.err
     assert not [path for path in asked if "?" in path and path != unquote(signed)]  # no name joined to the query
+
+
+@pytest.mark.parametrize("given", ["tf/", "tf/s.tfrecord"])
+def test_a_refused_features_json_of_a_web_input_given_with_a_password_is_warned_of_without_it(
+        tmp_path: Path, model: str, capsys, given: str) -> None:
+    """The warning of a refused features.json named it under the input's address as given, password and all
+    ('http://bob:...@host/tf/features.json is there but these credentials may not read it'), on the terminal; its
+    reject rows, and every other line, show the address as `redact_uri` does."""
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "tf" / "s.tfrecord").write_bytes(shard([example(image=image_bytes(16, 16, i)) for i in range(2)]))
+    if given == "tf/":
+        (tmp_path / "tf" / "features.json").write_bytes(TOKENS_AS_LIST)  # listed: there, and refused
+    # beside a single file its folder's index page is refused too: the refused file cannot be told from a missing one
+    refused = {"/tf/features.json"} | ({"/tf", "/tf/"} if given != "tf/" else set())
+
+    class Refusing(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            if self.path in refused:
+                self.send_error(403)
+            else:
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    with serving(tmp_path, Refusing) as url:
+        signed_in = url.replace("http://", "http://bob:s3cr3tpw@")
+        code = cli.main(["--input", signed_in + given, "--output", str(tmp_path / "out"), "--checkpoint", model,
+                         "--dry-run"])
+    said = capsys.readouterr()
+    assert code == 0 and "features.json" in said.out, said
+    assert "s3cr3tpw" not in said.out + said.err
+    assert "http://bob:***@127.0.0.1" in said.out
