@@ -118,7 +118,7 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
     # access denied, wrong credentials, an unreachable endpoint (after the retries); a storage error that is no
     # OSError: botocore's NoCredentialsError, a web server's refusal (aiohttp's ClientResponseError)
     except Exception as err:  # noqa: BLE001
-        hint = refusal_hint(storage_path(uri, options)[0]) if access_denied(err) and not is_url_chain(uri) else ""
+        hint = refusal_hint(storage_path(uri, options)[0], uri) if access_denied(err) and not is_url_chain(uri) else ""
         raise CheckpointError(f"cannot read checkpoint {uri}: {describe(err)}{hint}") from err
 
 

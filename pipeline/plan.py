@@ -663,9 +663,10 @@ def known_columns(units: list[ReadUnit], columns: dict[str, list[str]], metadata
     """Each input file's columns (path -> names, as the output names them) as far as a dry run knows them without
     reading more: a Parquet or Arrow IPC file's own (`columns`, from its footer or headers) and a zip archive's metadata
     members' (`columns` too, from the members its dry run reads), an image file's metadata row (joined at the listing),
-    the `label` of --labels-from-folders (image files, zip archives' members), then its `key=value` folders'
-    partition columns (from its path), each named beside the others as its rows will name it. A tar shard's sidecars
-    and .json keys and a TFRecord file's features are read by the run alone: not here."""
+    the `label` of --labels-from-folders (image files, zip archives' and tar shards' members: a key's `.cls` gives one
+    too), then its `key=value` folders' partition columns (from its path), each named beside the others as its rows
+    will name it. A tar shard's other sidecars and .json keys and a TFRecord file's features are read by the run alone:
+    not here."""
     known: dict[str, list[str]] = {}
     # (kind, root, folder) -> the names of a file without columns of its own there: a folder's files share them
     by_folder: dict[tuple[str, str, str], list[str]] = {}
@@ -680,7 +681,7 @@ def known_columns(units: list[ReadUnit], columns: dict[str, list[str]], metadata
                 names = by_folder[folder]
             else:
                 meta: dict[str, Any] = dict.fromkeys(own or ())
-                if labels_from_folders and unit.kind in ("files", "zip"):
+                if labels_from_folders and unit.kind in ("files", "zip", "tar"):
                     meta["label"] = None
                 with_row(meta, dict.fromkeys(row or ()))  # as the read task adds it: a name taken gets metadata_
                 if hive:
@@ -912,7 +913,7 @@ def _input_refusal(config: JobConfig, err: BaseException) -> str:
     except Exception:  # noqa: BLE001 - the refusal is said without the advice
         return ""
     if not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
-        return web_refusal_hint(fs)
+        return web_refusal_hint(fs, config.input)
     if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
         return ""
     return (f" (without {list_permission(fs)} the store refuses a folder given as the input, and a file that is not "

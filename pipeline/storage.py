@@ -201,23 +201,26 @@ def list_permission(fs: Any) -> str:
     return "permission to list its folder"
 
 
-def refusal_hint(fs: Any) -> str:
-    """For a refused read of a file that is needed (a checkpoint): on an object store, that a key that is not there is
-    refused too where the credentials may not list (S3 without s3:ListBucket answers 403, not 404), so that a mistyped
-    path is looked for as well as a permission; on a web server, what it may want (`web_refusal_hint`); else nothing."""
+def refusal_hint(fs: Any, uri: str | None = None) -> str:
+    """For a refused read of a file that is needed (a checkpoint, at `uri`): on an object store, that a key that is not
+    there is refused too where the credentials may not list (S3 without s3:ListBucket answers 403, not 404), so that a
+    mistyped path is looked for as well as a permission; on a web server, what it may want (`web_refusal_hint`); else
+    nothing."""
     if not WEB_PROTOCOLS.isdisjoint(protocols(fs)):
-        return web_refusal_hint(fs)
+        return web_refusal_hint(fs, uri)
     if OBJECT_STORE_PROTOCOLS.isdisjoint(protocols(fs)):
         return ""
     return (f" (the store refuses a file that is not there too, where these credentials lack {list_permission(fs)}: "
             "check the path as well as the permission to read it)")
 
 
-def web_refusal_hint(fs: Any) -> str:
-    """For a web server's refusal (HTTP 401 or 403): what it may want, as the user gives it. fsspec's HTTP file system
-    sends the `headers` storage option with every request; a presigned address carries its credentials in its query,
-    and answers 403 once its signature has expired."""
-    scope = protocols(fs)[0]
+def web_refusal_hint(fs: Any, uri: str | None = None) -> str:
+    """For a web server's refusal (HTTP 401 or 403) of `uri`: what it may want, as the user gives it. fsspec's HTTP file
+    system sends the `headers` storage option with every request; a presigned address carries its credentials in its
+    query, and answers 403 once its signature has expired. The entry is named by `uri`'s own scheme: the file system's
+    first protocol is 'http', which an https:// address was shown (either entry serves both)."""
+    own = fsspec_protocol(uri) if uri else None
+    scope = own if own in WEB_PROTOCOLS else protocols(fs)[0]
     return (f" (the web server refused the request: give the credentials it asks for as headers, e.g. --storage-option "
             f"{scope}='{{\"headers\": {{\"Authorization\": \"Bearer ...\"}}}}', or, for a presigned address, a "
             "fresh one: its signature may have expired)")

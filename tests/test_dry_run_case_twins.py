@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from pipeline import cli
 from pipeline.config import JobConfig
 from pipeline.plan import plan_job
-from tests.jobutil import image_bytes
+from tests.jobutil import image_bytes, tar_bytes
 
 
 def _dry_run(capsys, inp: Path, model: str, **options: object) -> tuple[list[dict], str]:
@@ -70,3 +70,17 @@ def test_metadata_files_and_labels_from_folders_whose_columns_differ_only_in_cas
     twins, _ = _dry_run(capsys, inp, model, labels_from_folders=True)
     assert {"columns": ["LABEL", "label"], "files": ["t.parquet", "a/0.png"]} in twins
     assert not [t for t in twins if "Label" in t["columns"] or "metadata_Label" in t["columns"]]
+
+
+def test_the_folder_label_a_tar_shard_gets_is_warned_of_beside_another_inputs_label_in_another_case(
+        tmp_path: Path, model: str, capsys) -> None:
+    """--labels-from-folders labels a tar shard's keys too (`tar_key_record`), from their folders inside it (or their
+    `.cls`, a `label` as well): known before the shard is read, as a zip member's is, yet the dry run left it out."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "s.tar").write_bytes(tar_bytes({"test/cat/0.png": image_bytes(16, 16, 1), "dog.png": image_bytes(16, 16, 2)}))
+    pq.write_table(pa.table({"image": [image_bytes(16, 16, 3)], "Label": ["x"]}), inp / "t.parquet")
+    twins, said = _dry_run(capsys, inp, model, labels_from_folders=True)
+    assert twins == [{"columns": ["Label", "label"], "files": ["t.parquet", "s.tar"]}]
+    assert "warning: columns Label (t.parquet) and label (s.tar) differ only in case" in said
+    assert _dry_run(capsys, inp, model)[0] == []  # without the flag the shard gives no label

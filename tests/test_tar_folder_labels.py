@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import zipfile
 
 import pytest
 
@@ -77,3 +78,39 @@ def test_a_keys_own_label_and_a_metadata_rows_label_win_over_its_folders(tmp_pat
     plain = metas()
     assert plain["s.tar/a/cat/2"] == {} and plain["s.tar/top"] == {}
     assert plain["s.tar/b/dog/3"] == {"file_name": "dog/3.png", "label": "puppy", "caption": "small"}
+
+
+def test_a_folder_tarred_with_dot_names_gets_the_labels_its_zip_and_its_files_get(tmp_path) -> None:
+    """`tar czf test.tar.gz -C test .` names each member './cat/0000.jpg' and './top.jpg' (tarfile's add(folder,
+    arcname='.') likewise): a key at the top was labelled '.', where the same file zipped or left in its folder has no
+    folder label. An absolute '/top.png' was labelled ''."""
+    tree = {"top.png": image_bytes(8, 8, 1), "cat/0.png": image_bytes(8, 8, 2), "a/dog/1.png": image_bytes(8, 8, 3)}
+    folder = tmp_path / "test"
+    for name, data in tree.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    (tmp_path / "tars").mkdir()
+    with tarfile.open(tmp_path / "tars" / "test.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    (tmp_path / "zips").mkdir()
+    with zipfile.ZipFile(tmp_path / "zips" / "test.zip", "w") as archive:
+        for name, data in tree.items():
+            archive.writestr(name, data)
+
+    def labels(inp: str, archive: bool) -> dict[str, str | None]:  # the path inside the folder or archive -> label
+        found = {}
+        for unit in discover(inp):
+            for record in read_unit(unit, labels_from_folders=True):
+                if record["kind"] == "image":
+                    inside = record["id"].split("/", 1)[1] if archive else record["id"]
+                    found[inside.removeprefix("./").rsplit(".", 1)[0]] = record["meta"]["label"]
+        return found
+
+    expected = {"top": None, "cat/0": "cat", "a/dog/1": "dog"}
+    assert labels(str(folder), archive=False) == expected
+    assert labels(str(tmp_path / "zips"), archive=True) == expected
+    assert labels(str(tmp_path / "tars"), archive=True) == expected
+    (tmp_path / "abs.tar").write_bytes(tar_bytes({"/top.png": image_bytes(8, 8, 1), "/cat/0.png": image_bytes(8, 8, 2)}))
+    (unit,) = discover(str(tmp_path / "abs.tar"))
+    assert sorted(r["meta"]["label"] or "-" for r in read_unit(unit, labels_from_folders=True)
+                  if r["kind"] == "image") == ["-", "cat"]

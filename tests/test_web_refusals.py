@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -139,3 +140,95 @@ def test_a_refused_features_json_in_a_web_folder_is_asked_of_its_index_page(tmp_
         assert len(notes) == 1 and notes[0].startswith(f"{url}tf/features.json is there but these credentials")
     else:
         assert [r["meta"]["tokens"] for r in records] == [0, 1] and notes == []
+
+
+def test_a_refused_https_address_is_advised_the_entry_of_its_own_scheme(tmp_path: Path, model: str, capsys,
+                                                                         monkeypatch, request) -> None:
+    """The advice named the first protocol of fsspec's HTTP file system, `http=`, for an https:// input or checkpoint
+    too, where docs/job.md shows `https=` (either entry serves both schemes; the user copies what they are shown)."""
+    from aiohttp import ClientResponseError, RequestInfo
+    from fsspec.implementations.http import HTTPFileSystem
+    from yarl import URL
+
+    async def refused(self, url: str, **kwargs) -> dict:  # what fsspec's HEAD, then GET, refused with 403 raises
+        raise FileNotFoundError(url) from ClientResponseError(RequestInfo(URL(url), "GET", {}, URL(url)), (),
+                                                              status=403, message="Forbidden")
+
+    # fsspec keeps its file systems, each bound to its `_info` when made: none made before is used, none made here kept
+    HTTPFileSystem.clear_instance_cache()
+    monkeypatch.setattr(HTTPFileSystem, "_info", refused)
+    request.addfinalizer(HTTPFileSystem.clear_instance_cache)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(16, 16, 1))
+    for given in (["--input", "https://host.example/data/", "--checkpoint", model],
+                  ["--input", str(tmp_path / "in"), "--checkpoint", "https://host.example/prior.pt"]):
+        assert cli.main([*given, "--output", str(tmp_path / "out"), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "ClientResponseError: 403" in err and "(the web server refused the request" in err, err
+        assert "--storage-option https='{\"headers\": {\"Authorization\": \"Bearer ...\"}}'" in err, err
+
+
+@pytest.mark.parametrize("credential", ["AKIAEXAMPLE%2F20261207%2Fus-east-1%2Fs3%2Faws4_request",
+                                        "AKIAEXAMPLE/20261207/us-east-1/s3/aws4_request"])
+def test_a_presigned_tfrecord_file_gets_no_warning_of_a_features_json_its_signature_cannot_read(
+        tmp_path: Path, model: str, capsys, credential: str) -> None:
+    """A presigned address grants its one file: S3 refuses any other request, features.json beside it too. Since web
+    refusals are told from missing files, that refusal was warned of in every dry run and run (and kept in the
+    summary), naming 'features.json' joined to the address with its query, so that a credential holding a '/' (not
+    percent-escaped) was printed in part: '...s.tfrecord?X-Amz-Credential=AKIAEXAMPLE/20261207/us-east-1/s3/
+    features.json was taken as absent'. Earlier versions took it as absent without a word."""
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "tf" / "s.tfrecord").write_bytes(shard([example(image=image_bytes(16, 16, i)) for i in range(2)]))
+    signed = f"/tf/s.tfrecord?X-Amz-Credential={credential}&X-Amz-Signature=0123abcd"
+    asked: list[str] = []
+
+    class Presigned(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            asked.append(unquote(self.path))  # aiohttp sends '%2F' in a query as '/'
+            if asked[-1] != unquote(signed):  # as S3: a request its signature does not cover is refused
+                self.send_error(403)
+            else:
+                self.path = "/tf/s.tfrecord"
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    with serving(tmp_path, Presigned) as url:
+        code = cli.main(["--input", url + signed[1:], "--output", str(tmp_path / "out"), "--checkpoint", model,
+                         "--dry-run"])
+    said = capsys.readouterr()
+    assert code == 0 and "1 TFRecord file (2 records)" in said.out, said
+    assert "features.json" not in said.out + said.err and "AKIAEXAMPLE" not in said.out + said.err
+    assert not [path for path in asked if "?" in path and path != unquote(signed)]  # no name joined to the query
+
+
+@pytest.mark.parametrize("given", ["tf/", "tf/s.tfrecord"])
+def test_a_refused_features_json_of_a_web_input_given_with_a_password_is_warned_of_without_it(
+        tmp_path: Path, model: str, capsys, given: str) -> None:
+    """The warning of a refused features.json named it under the input's address as given, password and all
+    ('http://bob:...@host/tf/features.json is there but these credentials may not read it'), on the terminal; its
+    reject rows, and every other line, show the address as `redact_uri` does."""
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "tf" / "s.tfrecord").write_bytes(shard([example(image=image_bytes(16, 16, i)) for i in range(2)]))
+    if given == "tf/":
+        (tmp_path / "tf" / "features.json").write_bytes(TOKENS_AS_LIST)  # listed: there, and refused
+    # beside a single file its folder's index page is refused too: the refused file cannot be told from a missing one
+    refused = {"/tf/features.json"} | ({"/tf", "/tf/"} if given != "tf/" else set())
+
+    class Refusing(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            if self.path in refused:
+                self.send_error(403)
+            else:
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    with serving(tmp_path, Refusing) as url:
+        signed_in = url.replace("http://", "http://bob:s3cr3tpw@")
+        code = cli.main(["--input", signed_in + given, "--output", str(tmp_path / "out"), "--checkpoint", model,
+                         "--dry-run"])
+    said = capsys.readouterr()
+    assert code == 0 and "features.json" in said.out, said
+    assert "s3cr3tpw" not in said.out + said.err
+    assert "http://bob:***@127.0.0.1" in said.out

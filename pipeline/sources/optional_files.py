@@ -18,6 +18,7 @@ import posixpath
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pipeline.redaction import redact_uri
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     S3_PROTOCOLS,
@@ -89,13 +90,19 @@ def refused_there(fs: Any, path: str, err: BaseException) -> RefusedFile:
     why = describe(err)
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         why = f"{type(err).__name__}: {'' if err.errno is None else f'[Errno {err.errno}] '}{err.strerror}"
-    return RefusedFile(f"{with_protocol(fs, path)} is there but {reader} may not read it ({why}): "
+    return RefusedFile(f"{_shown(fs, path)} is there but {reader} may not read it ({why}): "
                        "grant read access to it, or move it away")
 
 
 def unknown_note(fs: Any, path: str, err: BaseException, taken_as: str) -> str:
     """The note for an optional file whose look was refused and whose folder may not be listed (`listed_there` None):
     taken as absent, `taken_as` saying what that means for the inputs beside it."""
-    return (f"{with_protocol(fs, path)} was taken as absent ({taken_as}): the store refused to look it up "
+    return (f"{_shown(fs, path)} was taken as absent ({taken_as}): the store refused to look it up "
             f"({describe(err)}) and these credentials may not list its folder, so it cannot tell a file that is not "
             f"there from one that may not be read; grant {list_permission(fs)} (or read access to it) to make it certain")
+
+
+def _shown(fs: Any, path: str) -> str:
+    """`path` as its messages name it: a web input's files are listed under its address as given, a password in it too
+    ('http://user:password@host/tf/'), and these messages are printed as they are."""
+    return redact_uri(with_protocol(fs, path))

@@ -19,11 +19,25 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.sources.ids import without_signed_query
 from pipeline.storage import storage_path, with_retries
 
 DATASET_INFO, FEATURES = "dataset_info.json", "features.json"
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 MAX_METADATA_BYTES = 64 * 2**20  # a dataset_info.json with a million shards' lengths is about 10 MB
+
+
+def metadata_folder(path: str) -> str | None:
+    """The folder whose TFDS metadata files go with the TFRecord file `path`: a web address's without its query, which
+    is no part of its path ('s.tfrecord?X-Amz-Credential=AKIA.../20261207/...' gave a features.json at
+    '...?X-Amz-Credential=AKIA.../20261207/us-east-1/s3/features.json', named in a warning with the credential in it).
+    None for an address signed for its one file (a presigned URL, a SAS): that query grants no other file, S3 refuses
+    every look beside it, and that refusal was warned of in every run for a file the user can do nothing about."""
+    if without_signed_query(path) != path:
+        return None
+    if path[:8].lower().startswith(("http://", "https://")):
+        path = path.partition("?")[0].partition("#")[0]
+    return posixpath.dirname(path)
 
 
 class TfdsProblem(ValueError):

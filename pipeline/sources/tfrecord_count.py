@@ -23,7 +23,14 @@ from typing import Any
 
 from pipeline.sources.crc32c import masked_crc32c
 from pipeline.sources.read_budget import BudgetSpent, ReadBudget
-from pipeline.sources.tfds_metadata import DATASET_INFO, Shard, TfdsProblem, listed_shards, read_json
+from pipeline.sources.tfds_metadata import (
+    DATASET_INFO,
+    Shard,
+    TfdsProblem,
+    listed_shards,
+    metadata_folder,
+    read_json,
+)
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import access_denied, concurrent_reads, local_file_path, storage_path, with_retries
 
@@ -127,7 +134,9 @@ def tfds_counts(units: Sequence[ReadUnit], fs_opts: dict[str, Any]) -> dict[str,
     that is not as TFDS writes it, gives none."""
     by_folder: dict[str, list[ReadUnit]] = {}
     for unit in units:
-        by_folder.setdefault(posixpath.dirname(unit.paths[0]), []).append(unit)
+        folder = metadata_folder(unit.paths[0])
+        if folder is not None:
+            by_folder.setdefault(folder, []).append(unit)
     counts: dict[str, int] = {}
     for folder, found in by_folder.items():
         try:

@@ -34,7 +34,7 @@ from pipeline.sources.ids import relative_id, text_value, without_signed_query
 from pipeline.sources.optional_files import RefusedFile, read_optional
 from pipeline.sources.records import image_record, passthrough_name, reject_record
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
-from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, read_json
+from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, metadata_folder, read_json
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, concurrent_reads, describe, is_transient, storage_path
 
@@ -205,8 +205,8 @@ def declared_list_features(path: str, fs_opts: dict[str, Any]) -> frozenset[str]
     that is there; one refused where the store will not say whether it is there (S3 without s3:ListBucket answers 403
     for a key that is not) is taken as absent (`optional_files`; the planning notes it, `features_json_notes`): most
     TFRecord files have none, and a run over keys granted alone would otherwise be all rejects."""
-    features, _ = _features_json(posixpath.dirname(path), fs_opts)
-    return features
+    folder = metadata_folder(path)
+    return _features_json(folder, fs_opts)[0] if folder is not None else frozenset()
 
 
 def _features_json(folder: str, fs_opts: dict[str, Any]) -> tuple[frozenset[str], str | None]:
@@ -234,7 +234,7 @@ def features_json_notes(paths: Iterable[str], fs_opts: dict[str, Any]) -> list[s
         except Exception:  # noqa: BLE001 - its read tasks say it, as the file's reject
             return None
 
-    folders = sorted({posixpath.dirname(p) for p in paths if is_tfrecord(p)})
+    folders = sorted({folder for p in paths if is_tfrecord(p) and (folder := metadata_folder(p)) is not None})
     if not folders:
         return []
     threads = concurrent_reads(folders[0], min(NOTE_READERS, len(folders)))  # FTP: one

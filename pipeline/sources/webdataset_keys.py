@@ -278,9 +278,11 @@ def _table_note(parts: dict[str, tuple[str, bytes]]) -> str:
 
 
 def _folder_label(key: str) -> str | None:
-    """A key's folder label: the name of the folder it lies in inside the shard (None at the shard's top)."""
-    folder = posixpath.dirname(key)
-    return posixpath.basename(folder) if folder else None
+    """A key's folder label: the name of the folder it lies in inside the shard (None at the shard's top). Its folders
+    as a zip archive's member or an image file gets them: `tar -C folder .` names each member './x.png' and
+    './cat/0.png', whose top key was labelled '.', and an absolute '/x.png' was labelled ''."""
+    folder = posixpath.normpath(posixpath.dirname(key) or ".").strip("/")
+    return posixpath.basename(folder) if folder not in ("", ".", "..") else None
 
 
 def _split_long_keys(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
