@@ -200,3 +200,33 @@ def test_a_shard_whose_storage_gives_no_size_is_said_so() -> None:
                     (None,))
     assert count_keys([unit], {}, {}, join_metadata=False) == tar_count.ShardKeys(None, why="s.tar: its storage gives "
                                                                                           "no size")
+
+
+def test_a_tarred_image_folder_is_left_uncounted_by_the_dry_run_and_the_progress(tmp_path: Path, model, capsys) -> None:
+    # --join-metadata (the default) joins its metadata member to the images it names, not an image: a count of its
+    # keys would be one too many
+    from pipeline import cli
+    from pipeline.job import progress_total
+    from pipeline.plan import plan_job
+    from tests.jobutil import small_job_argv, small_job_config
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.tar").write_bytes(tar_bytes({"a.png": image_bytes(8, 8, 0), "b.png": image_bytes(8, 8, 1),
+                                                       "metadata.csv": b"file_name,caption\na.png,a cat\n"}))
+    assert cli.main([*small_job_argv(tmp_path, model), "--dry-run"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+    assert "images counted when read: s.tar: its image-folder metadata member metadata.csv is joined or rejected as " \
+           "it is read)" in line, line
+    assert progress_total(plan_job(small_job_config(tmp_path, model), dry_run=False), {}) is None
+    # with --join-metadata false, the metadata member is a key of its own, as its read gives it
+    assert progress_total(plan_job(small_job_config(tmp_path, model, join_metadata=False), dry_run=False), {}) == 3
+
+
+def test_the_dry_run_of_an_input_without_tar_shards_says_no_tar_keys(tmp_path: Path, model) -> None:
+    from pipeline.plan import plan_job
+    from tests.jobutil import small_job_config
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
+    described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
+    assert described["tar_shards"] == 0 and "tar_keys" not in described, described
