@@ -230,3 +230,24 @@ def test_the_dry_run_of_an_input_without_tar_shards_says_no_tar_keys(tmp_path: P
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(8, 8, 0))
     described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
     assert described["tar_shards"] == 0 and "tar_keys" not in described, described
+
+
+def test_tar_shards_draw_on_the_one_budget_the_tfrecord_files_drew_on(tmp_path: Path, model, monkeypatch) -> None:
+    # one budget of requests for all of a run's counts: a TFRecord file's read (1) and a shard's (4) fit a budget of 5,
+    # not one of 4, in the dry run as in the progress total
+    from pipeline.job import progress_total
+    from pipeline.plan import plan_job
+    from pipeline.sources import read_budget
+    from tests.jobutil import small_job_config
+    from tests.test_tfrecord_inputs import labelled, shard
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/mutaudit4-budget/in/r.tfrecord", shard(labelled(3, 0)))
+    fs.pipe("/mutaudit4-budget/in/s.tar", tar_bytes({f"{k}.png": bytes(LARGE) for k in range(3)}))
+    config = small_job_config(tmp_path, model, input="memory:///mutaudit4-budget/in/")
+    for reads, known in ((5, True), (4, False)):
+        monkeypatch.setattr(read_budget, "MAX_READS", reads)
+        keys = plan_job(config, dry_run=True).describe()["input"]["tar_keys"]
+        assert (keys["to_read"] == 3) if known else (keys["to_read"] is None and "would take more" in keys["unknown_why"])
+        assert progress_total(plan_job(config, dry_run=False), {}) == (6 if known else None)
+    fs.rm("/mutaudit4-budget", recursive=True)
