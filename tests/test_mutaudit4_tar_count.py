@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
+import tarfile
 import threading
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -59,6 +62,26 @@ def test_every_compressed_kind_the_reader_takes_is_said_compressed(tmp_path: Pat
     counted = count_keys([_unit(path)], {}, {}, join_metadata=False)
     assert counted == tar_count.ShardKeys(None, why=f"s{suffix}: it is compressed, and its headers are found only by "
                                                     "decompressing it whole"), counted
+
+
+def test_a_shard_s_walk_keeps_no_member_it_went_past(tmp_path: Path) -> None:
+    # tarfile keeps every member it reads, for an extraction this walk does not do: a shard of a million members
+    # would hold them all in the driver. 10,000 members kept take about 4 MiB; the walk holds its block and its keys
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for k in range(10_000):
+            info = tarfile.TarInfo(f"{k:05d}.cls")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"1"))
+    path = tmp_path / "s.tar"
+    path.write_bytes(buf.getvalue())
+    tracemalloc.start()
+    try:
+        assert count_keys([_unit(path)], {}, {}, join_metadata=False).left == 10_000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 2**20, peak
 
 
 def test_an_empty_shard_is_said_empty(tmp_path: Path) -> None:
