@@ -1,9 +1,9 @@
 """Mutation audit of the tar shards' key count (`pipeline.sources.tar_count`): what the dry run and the progress total
 depend on that no test held. A hard link is a key as the read gives it; every compressed kind the reader takes is
-said compressed; a shard shorter than listed is said so without spending the budget; the early give-up judges the
-pace at the documented 64 reads, counts a walk that fits the budget, and holds with shards whose size is not listed
-or that end within their first read; a shard that cannot be counted stops the walks under way, and the reason names it
-alone."""
+counted within the bound of bytes decompressed, and said compressed past it; a shard shorter than listed is said so
+without spending the budget; the early give-up judges the pace at the documented 64 reads, counts a walk that fits
+the budget, and holds with shards whose size is not listed or that end within their first read; a shard that cannot
+be counted stops the walks under way, and the reason names it alone."""
 
 from __future__ import annotations
 
@@ -56,12 +56,16 @@ def test_hard_links_are_counted_as_the_read_gives_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("suffix", "compress"), [(".tar.gz", gzip.compress), (".tar.bz2", bz2.compress),
                                                   (".tar.xz", lzma.compress)])
-def test_every_compressed_kind_the_reader_takes_is_said_compressed(tmp_path: Path, suffix, compress) -> None:
+def test_every_compressed_kind_the_reader_takes_is_counted_and_said_compressed_past_the_bound(
+        tmp_path: Path, monkeypatch, suffix, compress) -> None:
     path = tmp_path / f"s{suffix}"
     path.write_bytes(compress(tar_bytes({"0.png": image_bytes(8, 8, 0)})))
+    assert count_keys([_unit(path)], {}, {}, join_metadata=False) == tar_count.ShardKeys(1)
+    monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", 16)
+    size = path.stat().st_size
     counted = count_keys([_unit(path)], {}, {}, join_metadata=False)
-    assert counted == tar_count.ShardKeys(None, why=f"s{suffix}: it is compressed, and its headers are found only by "
-                                                    "decompressing it whole"), counted
+    assert counted == tar_count.ShardKeys(None, why=f"s{suffix}: {tar_count.past_bound(size, size, True)}"), counted
+    assert "it is compressed" in counted.why
 
 
 def test_a_shard_s_walk_keeps_no_member_it_went_past(tmp_path: Path) -> None:
@@ -191,13 +195,14 @@ def test_a_shard_that_cannot_be_counted_stops_the_walks_under_way(monkeypatch) -
     names = ["bad.tar", "good0.tar", "good1.tar", "good2.tar"]
     for name in names:
         data = tar_bytes({f"{k:03d}.png": bytes(LARGE) for k in range(20)})
-        fs.pipe(f"/mutaudit4-gated/{name}", gzip.compress(data) if name == "bad.tar" else data)
+        # the bad shard is no tar at all: found so at its first block (a compressed one is counted now)
+        fs.pipe(f"/mutaudit4-gated/{name}", b"not a tar " * 200 if name == "bad.tar" else data)
     units = [ReadUnit("tar", (f"mutaudit4gated:///mutaudit4-gated/{name}",), "mutaudit4gated:///mutaudit4-gated",
                       (fs.size(f"/mutaudit4-gated/{name}"),)) for name in names]
     counted = count_keys(units, {}, {}, join_metadata=False)
     # the one shard that could not be counted, and no other (the walks it stopped are not "more" of them)
-    assert counted == tar_count.ShardKeys(None, why="bad.tar: it is compressed, and its headers are found only by "
-                                                    "decompressing it whole"), counted
+    assert counted == tar_count.ShardKeys(None, why="bad.tar: it is damaged: a member's header cannot be read "
+                                                    "(invalid header)"), counted
     good = sum(n for path, n in _Gated.reads.items() if "good" in path)
     assert good <= 2 * 3, _Gated.reads  # each walk under way stopped at its next read, not after its 21
 
