@@ -732,12 +732,18 @@ def _cut(name: str, size: int) -> str:
 def _put_in_place(fs: Any, tmp: str, path: str, size: int) -> None:
     """Move the whole file `tmp` to `path`, never into a folder at `path` (fsspec's mv on a disk moves a file into
     the folder it is given): IsADirectoryError there. On a disk os.replace, which is atomic and refuses a folder."""
-    if isinstance(fs, LocalFileSystem):
+    if _local_disk(fs):
         os.replace(tmp, path)
         return
     if has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}"):
         raise IsADirectoryError(f"{path} is a folder")
     move_into_place(fs, tmp, path, size, f"write {path}")
+
+
+def _local_disk(fs: Any) -> bool:
+    """Whether `fs` is the local disk, written with open() and os.replace: told by its protocol, as a file system
+    built on LocalFileSystem for another store (a folder served as sftp://) writes and renames through its own calls."""
+    return isinstance(fs, LocalFileSystem) and "file" in protocols(fs)
 
 
 def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
@@ -761,8 +767,7 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
     # the file's name in the temporary one (what a leftover is of), cut so that it is no longer than a name can be
     prefix = f"{TEMP_PREFIX}{uuid.uuid4().hex}-"
     tmp = posixpath.join(folder, f"{prefix}{_cut(name, NAME_MAX - len(prefix) - len('.tmp'))}.tmp")
-    # a local disk's, by its protocol: a file system built on LocalFileSystem for another store writes through its own
-    local = isinstance(fs, LocalFileSystem) and "file" in protocols(fs)
+    local = _local_disk(fs)
     try:
         if local:
             with open(tmp, "wb") as f:
