@@ -74,7 +74,7 @@ def test_ctrl_c_while_overwrite_clears_the_output_says_start_over(tmp_path, mode
 
 def _wrote_one_then_interrupted(tmp_path: Path):
     """A stand-in for the job's pipeline (`job._purify`) that writes one reject's part file, then is stopped by Ctrl-C."""
-    def purify(config, plan, placement, stop):
+    def purify(config, plan, placement, stop, total=None):
         write_stage(batch_of([reject_record("0.png", str(tmp_path / "in" / "0.png"), "a test reject", "decode")]),
                     config.output, {})
         raise KeyboardInterrupt
