@@ -336,6 +336,9 @@ class OutputLease:
                     # run for LEASE_STALE_S, or a next run in this process, whose pid it names, until then as well
                     self._remove_if_mine(fs)
             except Exception as err:  # noqa: BLE001 - storage trouble: the next beat tries again
+                # on a connection of its own: one the server dropped (its idle timeout, a restart) failed every beat
+                # after, so that the lease went stale under a live run
+                fs = None
                 print(f"warning: could not refresh the lease of {self.shown}: {redact_uri_secrets(describe(err), self.out)}",
                       file=sys.stderr)
 
