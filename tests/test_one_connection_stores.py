@@ -286,13 +286,10 @@ def test_an_ftp_outputs_lease_is_released_after_a_run_longer_than_the_servers_id
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()
 
 
-class Dropping(LocalFileSystem):
+class Dropping(IdleClosing):
     """A local folder as ftp://, each instance one connection of its own, every one made before `drop()` dropped by
-    the server (a restart, a network blip): each call on it is a Broken pipe."""
+    the server (a restart, a network blip): each call on it is a Broken pipe, however busy it was."""
 
-    protocol = ("ftp",)
-    root_marker = "/"
-    cachable = False
     made = 0
     dropped_below = 0
 
@@ -305,26 +302,9 @@ class Dropping(LocalFileSystem):
     def drop(cls) -> None:
         cls.dropped_below = cls.made + 1
 
-    @classmethod
-    def _strip_protocol(cls, path):  # noqa: ANN001 - fsspec's signature
-        path = path[len("ftp://"):] if isinstance(path, str) and path.startswith("ftp://") else path
-        return super()._strip_protocol(path)
-
     def _alive(self) -> None:
         if self.number < type(self).dropped_below:
             raise BrokenPipeError(32, "Broken pipe")
-
-    def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001
-        self._alive()
-        return super()._open(path, mode=mode, **kwargs)
-
-    def info(self, path, **kwargs):  # noqa: ANN001
-        self._alive()
-        return super().info(path, **kwargs)
-
-    def mv(self, path1, path2, **kwargs):  # noqa: ANN001
-        self._alive()
-        return super().mv(path1, path2, **kwargs)
 
 
 def test_an_ftp_outputs_heartbeat_connects_again_after_its_connection_is_dropped(tmp_path: Path, monkeypatch,

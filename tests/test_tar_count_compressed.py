@@ -24,7 +24,7 @@ from pipeline.sources.reading import read_unit
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.units import ReadUnit
 from tests.jobutil import image_bytes, small_job_argv, small_job_config, tar_bytes
-from tests.test_tar_counts import _shard, _tricky_shard
+from tests.test_tar_counts import _dry_run_input_line, _shard, _tricky_shard
 
 COMPRESS = {"gz": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}
 
@@ -35,11 +35,6 @@ def _webdataset(tmp_path: Path) -> Path:
     (root / "shard-0000.tar.gz").write_bytes(gzip.compress(_shard(0, 4)))
     (root / "shard-0001.tar.xz").write_bytes(lzma.compress(_shard(4, 3)))
     return root
-
-
-def _dry_run_input_line(tmp_path: Path, model: str, capsys, *more: str) -> str:
-    assert cli.main([*small_job_argv(tmp_path, model), "--dry-run", *more]) == 0
-    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
 
 
 def test_the_dry_run_counts_compressed_shards(tmp_path, model, capsys) -> None:
