@@ -163,8 +163,9 @@ def _add_input_output_options(p: argparse.ArgumentParser, d: JobConfig) -> None:
     io.add_argument("--join-metadata", type=_bool, metavar="BOOL",
                     help="join an image folder's metadata.csv / metadata.jsonl (Hugging Face's imagefolder layout: "
                          "file_name relative to its folder, then labels, captions, ...) to the rows of the images it "
-                         "names, as pass-through columns; false: such a file is an input, a reject that says what it "
-                         f"is (default {str(d.join_metadata).lower()})")
+                         "names, as pass-through columns, and an image file's sidecar files (x.txt, x.json, x.cls "
+                         "beside x.jpg, as img2dataset writes a folder) to its row, as a tar key's; false: such a file "
+                         f"is an input, a reject that says what it is (default {str(d.join_metadata).lower()})")
     io.add_argument("--image-column", help="Parquet, Arrow IPC and TFRecord inputs: the image column, or a TFRecord "
                     "record's image feature (default: detected)")
     io.add_argument("--partitioning", choices=list(PARTITIONINGS),
@@ -629,6 +630,9 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
              if inp.get("tfrecord_files") else "") +
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
+    if inp.get("sidecar_files"):
+        print(f"  {_count(inp['sidecar_files'], 'sidecar file')} beside image files, named as theirs (x.txt, x.json, "
+              "x.cls beside x.jpg): read with them as their columns, not as images")
     if inp.get("containers_already_done"):
         one = inp["containers_already_done"] == 1
         what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"

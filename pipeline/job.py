@@ -84,6 +84,7 @@ from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit
 from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, metadata_report, unit_metadata
 from pipeline.sources.read_budget import ReadBudget
+from pipeline.sources.sidecar_files import unit_sidecars
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import is_tfrecord
@@ -513,10 +514,11 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     task_retries = {**task_retry_options(), "num_cpus": config.cpus_per_task}
     # Image files already done were dropped from the units; a container's done ids travel with its own row.
     # (a plan with no unit runs no pipeline: see run_job)
-    # A unit of image files carries its own files' metadata rows (--join-metadata), none of the others'.
+    # A unit of image files carries its own files' metadata rows and sidecar files (--join-metadata), none of the others'.
     rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
              "purified": plan.container_purified.get(u.paths[0], []),
-             "metadata": unit_metadata(u.paths, plan.folder_metadata) if u.kind == "files" else ""}
+             "metadata": unit_metadata(u.paths, plan.folder_metadata) if u.kind == "files" else "",
+             "sidecars": unit_sidecars(u.paths, getattr(plan, "sidecars", None)) if u.kind == "files" else ""}
             for u in plan.units]
     # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
@@ -586,7 +588,8 @@ class StaleRejects:
     unreadable: set[str]  # '#unreadable' of a container (tar, Parquet, zip) read to its end this run
     superseded: set[str]  # an older version's one reject for a tar shard's numbered names ('s.tar/cat' for cat.0.jpg)
     lookalikes: set[str]  # a shard's look-alike reject that its reading did not give this time (a member renamed)
-    # an image-folder metadata file's reject that an earlier run made, the file joined now (`JobPlan.metadata_rejects`)
+    # an image-folder metadata file's reject that an earlier run made, the file joined now (`JobPlan.metadata_rejects`),
+    # or a sidecar file's, paired with its image now (`JobPlan.sidecar_rejects`)
     metadata_files: set[str] = field(default_factory=set)
 
     @property
@@ -603,7 +606,8 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
     lookalikes = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
     lookalikes -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
     # a metadata file joined now: a folder's (the planning's), or a zip archive's read to its end
-    joined = {*plan.metadata_rejects, *(id_ for r in read_whole for id_ in r.get("metadata", []))}
+    joined = {*plan.metadata_rejects, *getattr(plan, "sidecar_rejects", ()),
+              *(id_ for r in read_whole for id_ in r.get("metadata", []))}
     return StaleRejects(unreadable, superseded, lookalikes, joined)
 
 

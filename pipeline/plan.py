@@ -83,6 +83,7 @@ from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, me
 from pipeline.sources.listing import InputNotFound
 from pipeline.sources.partitions import partition_column
 from pipeline.sources.read_budget import ReadBudget
+from pipeline.sources.sidecar_files import Sidecars
 from pipeline.sources.tar_count import ShardKeys, count_keys
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import features_json_notes, image_feature_problem, is_tfrecord
@@ -346,6 +347,11 @@ class JobPlan:
     # the output's rejects of image-folder metadata files the listing joins now (fixed since an earlier run could not
     # join them): untrue now, removed by the end-of-run check (`job.StaleRejects`), not said gone from the input
     metadata_rejects: frozenset[str] = frozenset()
+    # --join-metadata: the sidecar files paired with the image files at the listing (`sources.sidecar_files`); else None
+    sidecars: Sidecars | None = None
+    # the output's rejects of files the listing pairs as sidecars now (an earlier version read them as images): untrue
+    # now, removed by the end-of-run check as `metadata_rejects` are, not said gone from the input
+    sidecar_rejects: frozenset[str] = frozenset()
     # a dry run's zip archives to read, their metadata members joined as their read tasks will (`zip_metadata_found`);
     # a run's read tasks report their own
     archive_metadata: ArchiveMetadata = field(default_factory=ArchiveMetadata)
@@ -401,6 +407,8 @@ class JobPlan:
             "changed_inputs": self.changes.summary(),
             "stale_lease": self.stale_lease,
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
+                      # beside the image files, named as theirs: their columns, no inputs (`sources.sidecar_files`)
+                      "sidecar_files": len(self.sidecars.ids) if self.sidecars is not None else 0,
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       # their size (of those whose storage gives one), and their keys by their headers (`tar_count`)
@@ -535,9 +543,10 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     hidden = HiddenSkipped()  # the hidden files the listing leaves out
     # --join-metadata: the image-folder metadata files the listing finds, read once here (sources.folder_metadata)
     metadata = FolderMetadata() if config.join_metadata else None
+    sidecars = Sidecars() if config.join_metadata else None  # and the sidecar files beside image files
     # the job's own files, when the output lies inside the input, are no input: neither the Parquet file whose
     # footer --image-column is checked on, nor files the partition report counts
-    inputs, excluded = _inputs_listed(_listed_units(config, hidden, metadata), config)
+    inputs, excluded = _inputs_listed(_listed_units(config, hidden, metadata, sidecars), config)
     first_parquet = next((u for u in inputs if u.kind == "parquet" and not is_tfrecord(u.paths[0])), None)
     if config.image_column and first_parquet is not None:
         problem = image_column_problem(first_parquet, so, config.image_column)
@@ -551,8 +560,10 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     partitions = _partition_keys(inputs) if config.partitioning == "hive" else None
     # a metadata file an earlier run could not join, fixed since: its reject is no longer true, nor is it to retry
     metadata_rejects = frozenset(metadata.joined_ids if metadata else ()) & output.rejected_ids
-    if metadata_rejects:
-        output = replace(output, retry=output.retry - metadata_rejects)
+    # a file an earlier version read as an image and rejected, paired as a sidecar now: likewise
+    sidecar_rejects = frozenset(sidecars.ids if sidecars else ()) & output.rejected_ids
+    if metadata_rejects or sidecar_rejects:
+        output = replace(output, retry=output.retry - metadata_rejects - sidecar_rejects)
     ledger = _read_ledger(inputs, out, so, output) | earlier_read
     reading = dict(labels_from_folders=config.labels_from_folders, image_column=config.image_column,
                    in_memory_bytes=config.in_memory_mb * 2**20, max_image_bytes=config.max_image_mb * 2**20,
@@ -560,7 +571,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     read_whole: dict[str, ContainerRead] = {}  # containers the planning read whole and found as their rows were made
     changes, input_record = _changed_inputs(inputs, out, so, output, ledger, job_record, dry_run,
                                             config.refresh_changed, settled_stamps, reading, read_whole,
-                                            metadata_rejects)
+                                            metadata_rejects | sidecar_rejects)
     if read_whole:  # their ledger entries are of this version now: one whose ids are all done is not read again
         ledger = ledger | read_whole
     refresh = None
@@ -601,7 +612,8 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    skipped_containers=len(containers.unread),
                    skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
-                   folder_metadata=metadata, metadata_rejects=metadata_rejects,
+                   folder_metadata=metadata, metadata_rejects=metadata_rejects, sidecars=sidecars,
+                   sidecar_rejects=sidecar_rejects,
                    changes=changes, input_record=input_record, storage_notes=storage_notes,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
@@ -1040,14 +1052,17 @@ def _refusal(config: JobConfig, err: InputRefused) -> str:
     return str(err) if str(err).startswith("input ") else f"input {config.input}: {err}"
 
 
-def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMetadata | None) -> list[ReadUnit]:
+def _listed_units(config: JobConfig, hidden: HiddenSkipped, metadata: FolderMetadata | None,
+                  sidecars: Sidecars | None = None) -> list[ReadUnit]:
     """The input's read units (`sources.discover`, retried on transient errors); the hidden files it leaves out are
-    counted in `hidden`, and with --join-metadata the image-folder metadata files it finds are joined into `metadata`."""
+    counted in `hidden`, and with --join-metadata the image-folder metadata files it finds are joined into `metadata`,
+    its sidecar files paired with their image files into `sidecars`."""
     so = config.storage_options
     # the job's own files inside the input are not counted as hidden inputs (a 2nd run's summary)
     own_files = output_files_inside_input(config.input, config.output.rstrip("/"), so)
     try:
-        return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files, metadata),
+        return with_retries(lambda: discover(config.input, so, config.files_per_unit, hidden, own_files, metadata,
+                                             sidecars),
                             f"list {config.input}")
     except InputNotFound as err:  # its own message says it: not "input x not found: FileNotFoundError: input x ..."
         raise JobError(str(err)) from err

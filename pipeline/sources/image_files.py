@@ -1,6 +1,7 @@
 """The reader of loose image files: one record per file of a "files" unit, its bytes or the reject saying why it was
-not read, its label from its folder when labels come from folders, and the columns of its row in an image folder's
-metadata file when one names it (`folder_metadata`, joined at planning and sent with the unit)."""
+not read, its label from its folder when labels come from folders, the columns of its sidecar files (`sidecar_files`:
+`x.txt`, `x.json` beside `x.jpg`, read here as a tar key's members are) and of its row in an image folder's metadata
+file when one names it (`folder_metadata`; both found at planning and sent with the unit)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pipeline.sources.file_bytes import ImageTooLarge, NotAFile, read_bytes
 from pipeline.sources.folder_metadata import sent_metadata, with_row
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import image_record, reject_record
+from pipeline.sources.sidecar_files import sent_sidecars
 from pipeline.sources.units import ReadUnit
+from pipeline.sources.webdataset_keys import JsonColumns, sidecar_columns, with_own_columns
 from pipeline.storage import describe
 
 
@@ -29,20 +32,34 @@ def _folder_link_reason(path: str) -> str:
 
 
 def read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: bool,
-                max_image_bytes: int, metadata: str = "") -> Iterator[dict[str, Any]]:
+                max_image_bytes: int, metadata: str = "", sidecars: str = "") -> Iterator[dict[str, Any]]:
+    """The records of a "files" unit's image files. `metadata`: their rows of image-folder metadata files
+    (`folder_metadata.unit_metadata`); `sidecars`: their sidecar files (`sidecar_files.unit_sidecars`)."""
     rows, rejects = sent_metadata(metadata)
+    sidecars_of = sent_sidecars(sidecars)
+    json_columns = JsonColumns()  # the unit's .json sidecars' columns, limited as a tar shard's are
     for path, size in zip(unit.paths, unit.sizes or (None,) * len(unit.paths), strict=True):
         id_ = relative_id(path, unit.root)
         if path in rejects:  # a metadata file that could not be joined: why, not 'not a recognised image format'
             yield reject_record(id_, path, rejects[path], "read")
             continue
-        meta: dict[str, Any] = {}
-        if labels_from_folders:
-            parent = posixpath.dirname(id_)
-            meta["label"] = posixpath.basename(parent) if parent else None
-        # a metadata row's label wins over the folder's: written for this image, as datasets takes it (the folder's
-        # name stays in the id)
-        with_row(meta, rows.get(path, {}))
+        parent = posixpath.dirname(id_)
+        if path in sidecars_of:
+            meta_or_why = _sidecar_meta(sidecars_of[path], fs_opts, max_image_bytes, json_columns)
+            if isinstance(meta_or_why, str):
+                yield reject_record(id_, path, meta_or_why, "read")
+                continue
+            meta = meta_or_why
+            # as in a tar key: a sidecar's label (.cls, a .json's) wins over the folder's, a metadata row's column of a
+            # sidecar's name is metadata_<name>
+            with_own_columns(meta, labels_from_folders, posixpath.basename(parent) if parent else None, rows.get(path))
+        else:
+            meta = {}
+            if labels_from_folders:
+                meta["label"] = posixpath.basename(parent) if parent else None
+            # a metadata row's label wins over the folder's: written for this image, as datasets takes it (the
+            # folder's name stays in the id)
+            with_row(meta, rows.get(path, {}))
         if path.endswith("/"):  # `discover` keeps such a key when it holds bytes: no folder marker, but unreadable
             yield reject_record(id_, path, f"not read: an object whose key ends in '/' holding {size} bytes (a folder "
                                 "marker holds none); s3fs drops the '/' and cannot read it: copy it to a key without "
@@ -60,3 +77,27 @@ def read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: boo
             yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")
             continue
         yield image_record(id_, path, data, meta)
+
+
+def _sidecar_meta(sidecars: list[tuple[str, str, int | None]], fs_opts: dict[str, Any], max_image_bytes: int,
+                  json_columns: JsonColumns) -> dict[str, Any] | str:
+    """An image file's columns from its sidecar files (`sidecar_files`), as the same members of a tar key give them
+    (`webdataset_keys.sidecar_columns`); or why its image is a reject: a sidecar that cannot be read (or is over
+    --max-image-mb), or two that give one column. Never the image without a sidecar's columns, which would lose them
+    unsaid: its reject says which file, and --retry-rejects reads both again."""
+    parts: dict[str, tuple[str, bytes]] = {}
+    for ext, path, size in sidecars:
+        name = text_name(posixpath.basename(path.rstrip("/")))
+        if ext in parts:  # 'x.TXT' and 'x.txt', or 'x.json' and 'x.jpg.json': one extension, two files
+            return (f"sidecar files {parts[ext][0]} and {name} both give this image's {ext!r} values, so one would be "
+                    "lost: rename or remove one of them")
+        try:
+            data = read_bytes(path, fs_opts, max_image_bytes, listed_size=size)
+        except (ImageTooLarge, NotAFile) as err:
+            return f"its sidecar file {name} was not read: {err}"
+        except Exception as err:  # noqa: BLE001 - a sidecar that stays unreadable after retries: its image's reject
+            return (f"could not read its sidecar file {name} ({describe(err)}), so the image is not purified without "
+                    "that file's columns: --retry-rejects reads both again")
+        parts[ext] = (name, data)
+    meta = sidecar_columns(parts, json_columns)
+    return f"sidecar files {meta}" if isinstance(meta, str) else meta

@@ -18,6 +18,7 @@ from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, is_hidden
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name, without_signed_query
+from pipeline.sources.sidecar_files import Sidecars, pair_sidecars, stamped_row
 from pipeline.sources.tfrecord_files import TFRECORD_NAME, tfds_metadata
 from pipeline.sources.units import ReadUnit, content_stamp, listing_stamp, with_metadata_row
 from pipeline.sources.walk import find_following_links
@@ -160,7 +161,7 @@ class InputNotFound(FileNotFoundError):
 
 def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_unit: int = 64,
              hidden: HiddenSkipped | None = None, exclude: Callable[[str], bool] | None = None,
-             metadata: FolderMetadata | None = None) -> list[ReadUnit]:
+             metadata: FolderMetadata | None = None, sidecars: Sidecars | None = None) -> list[ReadUnit]:
     """List the input units under `uri` (a file or a folder/prefix), sorted, hidden files skipped (counted in
     `hidden`, from the same listing: no more storage requests). A hidden file for which `exclude` (given the listed
     path with its protocol) is true is left out uncounted: the job's own output files, found inside its input.
@@ -171,7 +172,9 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     prepared (`tfrecord_files.tfds_metadata`), skipped and counted in `hidden`. With `metadata` (--join-metadata), an
     image folder's metadata.csv / metadata.jsonl files are read here, once, and joined to the listed image files into
     it (`folder_metadata`): one joined is counted in `hidden` as metadata, not an input; one that cannot be joined
-    stays an input, whose read task makes it a reject saying why.
+    stays an input, whose read task makes it a reject saying why. With `sidecars` (--join-metadata too), the files named
+    as an image file's sidecars (`sidecar_files`: `x.txt`, `x.json` beside `x.jpg`) are paired with their images into
+    it: no inputs, and part of their images' stamps.
     """
     if is_url_chain(uri):
         raise InputRefused(f"input {uri} is an fsspec URL chain, which is not supported: give the storage's own URI "
@@ -210,6 +213,8 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         for p in metadata_files_of:
             del listed[p]
         metadata_files = sorted(relative_id(p, root) for p in metadata_files_of)
+        if sidecars is not None:  # before the metadata files are joined: a sidecar is no image a row could name
+            _pair_sidecars(fs, root, listed, sidecars)
         if metadata is not None:  # --join-metadata: an image folder's metadata files, read once, here
             joined = _join_folder_metadata(fs, root, listed, storage_options or {}, metadata)
             for p in joined:
@@ -236,10 +241,14 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         kind = "tar" if _is_tar(p) else "parquet" if _is_parquet(p) else "zip" if _is_zip(p) else None
         if kind is not None:
             units.append(ReadUnit(kind, (full,), root_uri, (size,), (listing_stamp(listed[p]),), (content,)))
-        else:  # a metadata row joined to it is part of its content: edited, it is a change of this input
-            images.append((full, size, with_metadata_row(content, metadata.rows.get(full), full in metadata.unknown,
-                                                         content is None and metadata.covers(relative_id(p, root_dir)))
-                           if metadata else content))
+        else:  # a metadata row joined to it, and its sidecars, are part of its content: edited, a change of this input
+            row = stamped_row(metadata.rows.get(full) if metadata else None, sidecars.of.get(full, []) if sidecars else [])
+            if metadata is not None:
+                content = with_metadata_row(content, row, full in metadata.unknown,
+                                            content is None and metadata.covers(relative_id(p, root_dir)))
+            elif row is not None:
+                content = with_metadata_row(content, row)
+            images.append((full, size, content))
     # containers too: on an object store a shard 'd.tar/x.parquet' can lie under a shard 'd.tar'
     _refuse_colliding_ids(units, [*(p for p, _, _ in images), *(u.paths[0] for u in units)], root_uri)
     _refuse_escaped_twins(sorted(listed), root_dir)
@@ -248,6 +257,22 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
         units.append(ReadUnit("files", tuple(p for p, _, _ in group), root_uri, tuple(size for _, size, _ in group),
                               (), tuple(content for _, _, content in group)))
     return units
+
+
+def _pair_sidecars(fs: Any, root: str, listed: dict[str, dict[str, Any]], found: Sidecars) -> None:
+    """Pair the listing's sidecar files with their image files (`sidecar_files`), into `found` (keyed by full paths, as
+    the read units name files), and take them out of `listed`: they are no inputs."""
+    found.reset()
+    candidates = [p for p in listed if not (_is_tar(p) or _is_parquet(p) or _is_zip(p))]
+    for path, images in pair_sidecars(candidates).items():
+        info = listed.pop(path)
+        for image, ext in images:
+            found.of.setdefault(with_protocol(fs, image), []).append(
+                (ext, with_protocol(fs, path), info.get("size"), content_stamp(info)))
+        found.ids.append(relative_id(path, root))
+    for sidecars in found.of.values():
+        sidecars.sort(key=lambda sidecar: sidecar[1])
+    found.ids.sort()
 
 
 def _join_folder_metadata(fs: Any, root: str, listed: dict[str, dict[str, Any]], storage_options: dict[str, Any],

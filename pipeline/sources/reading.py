@@ -33,6 +33,7 @@ def read_unit(
     partitioning: str = "none",
     metadata: str = "",
     join_metadata: bool = False,
+    sidecars: str = "",
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
@@ -49,10 +50,11 @@ def read_unit(
     (`folder_metadata.unit_metadata`). `join_metadata`: a zip archive's or tar shard's metadata members are joined to
     its members (`zip_archives._zip_metadata`, `tar_shards._shard_metadata`); their ids are named in its count record
     ("metadata"), an earlier reject of them untrue now, and their rows that name no member are counted in it
-    ("metadata_unmatched", with the first few as "metadata_unmatched_examples": 'd.zip/train/metadata.csv: 7.png')."""
+    ("metadata_unmatched", with the first few as "metadata_unmatched_examples": 'd.zip/train/metadata.csv: 7.png').
+    `sidecars`: a "files" unit's sidecar files, as the planning paired them (`sidecar_files.unit_sidecars`)."""
     opts = storage_options or {}
     if unit.kind == "files":
-        records = read_files(unit, opts, labels_from_folders, max_image_bytes, metadata)
+        records = read_files(unit, opts, labels_from_folders, max_image_bytes, metadata, sidecars)
     elif unit.kind == "tar":
         records = read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata,
                             labels_from_folders)

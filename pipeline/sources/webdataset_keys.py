@@ -220,16 +220,31 @@ def tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, by
         return reject_record(id_, f"{path}:{key}", f"expected exactly one image member for key {key}, found {found}"
                              f"{orphan}{many}{_table_note(parts) if not image_exts and not split else ''}", "read")
     ext = image_exts[0]
+    meta = sidecar_columns({e: part for e, part in parts.items() if e != ext}, json_columns)
+    if isinstance(meta, str):
+        return reject_record(id_, f"{path}:{key}", f"tar members {meta}", "read")
+    with_own_columns(meta, labels_from_folders, _folder_label(text_name(key)), row)
+    name, data = parts[ext]
+    return image_record(id_, f"{path}:{name}", data, meta)
+
+
+def sidecar_columns(parts: dict[str, tuple[str, bytes]], json_columns: JsonColumns | None = None,
+                    ) -> dict[str, Any] | str:
+    """The columns an image's sidecars give (`parts`: each sidecar's extension -> its name and bytes; a tar key's
+    members other than its image, or the files named so beside an image file, `sidecar_files`): a .json's keys, a .cls
+    as `label`, any other by its extension (`_sidecar_value`), named apart from the job's columns. Or, when two of them
+    give one column ('0001.cls' and '0001.label'), which would lose a value, what to say of it: '<one> and <other> both
+    give column ...', for the caller to begin with what they are ('tar members', 'sidecar files')."""
     meta: dict[str, Any] = {}
     given_by: dict[str, str] = {}  # column -> the member that gave it
     for e, (member, v) in parts.items():
-        if e in ("json", ext):
+        if e == "json":
             continue
         column, value = _sidecar_value(e, v)
         column = passthrough_name(text_name(column))
         if column in meta:  # '0001.cls' and '0001.label' (or '.seg.png' and '.seg_png'): one column, two values
-            return reject_record(id_, f"{path}:{key}", f"tar members {given_by[column]} and {member} both give column "
-                                 f"{column!r}, so one value would be lost: rename one of them", "read")
+            return (f"{given_by[column]} and {member} both give column {column!r}, so one value would be lost: rename "
+                    "one of them")
         meta[column], given_by[column] = value, member
     if "json" in parts:
         (fields, as_text), over = _json_fields(parts["json"][1]), {}
@@ -253,15 +268,23 @@ def tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, by
             except UnicodeEncodeError:
                 text = json.dumps(over)
             meta[column] = text
+    return meta
+
+
+def with_own_columns(meta: dict[str, Any], labels_from_folders: bool, folder_label: str | None,
+                     row: dict[str, Any] | None) -> None:
+    """Add to an image's sidecar columns `meta` its folder's `label` (`labels_from_folders`, where no sidecar gives a
+    column of that name in any case: a .cls is written for the image; the folder's name stays in the id), then its
+    image-folder metadata row's columns: one named like a sidecar's or a .json field's, in any case, is written as
+    metadata_<name> (again while taken: `free_name`), so that both values are kept, and a row's `label` wins over the
+    folder's, as in a folder (`folder_metadata.with_row`)."""
     taken = {column.lower() for column in meta}
     folder = "label" if labels_from_folders and "label" not in taken else None
     if folder:
-        meta[folder] = _folder_label(text_name(key))  # as the id writes it: a name not UTF-8 escaped
+        meta[folder] = folder_label
         taken.add(folder)
     for column, value in (row or {}).items():
         meta[column if column == folder else free_name(column, taken, "metadata_")] = value
-    name, data = parts[ext]
-    return image_record(id_, f"{path}:{name}", data, meta)
 
 
 def _table_note(parts: dict[str, tuple[str, bytes]]) -> str:

@@ -1,0 +1,112 @@
+"""Sidecar files beside image files in a folder, as img2dataset's `--output_format files` writes a shard (`00000/`
+holding `000000.jpg`, `000000.json`, `000000.txt`, ...) and hand-made sets keep captions and labels (`x.png` with
+`x.txt`, `x.cls`): the listing pairs each such file with its image (`pair_sidecars`), so that it is no input of its own
+but the image's columns, read by the image's read task as the same member of a WebDataset tar key is
+(`image_files.read_files`, `webdataset_keys.sidecar_columns`).
+
+The rules (names only, in one folder; looked at when image-folder metadata is joined, --join-metadata):
+- an image file is one whose name ends in an image extension (`x.jpg`; its stem `x`); a file that is not (not an image
+  extension, not a tar, Parquet, zip or TFRecord file, not a metadata.csv / .jsonl) whose name is an image's stem, a
+  dot and more (`x.json`, `x.txt`, `x.cls`, `x.seg.json`) or an image's whole name, a dot and more (`x.jpg.json`, as
+  Google Takeout and some labelling tools write) is that image's sidecar; what follows is its extension, which names its
+  column as in a tar (`json`: its keys, `cls`: `label`, `seg.json`: `seg_json`), in lower case;
+- a name that could belong to two images is the nearest name's: `a.b.txt` is `a.b.jpg`'s beside `a.jpg`, and
+  `x.jpg.json` is `x.jpg`'s; a name that fits two images of one stem (`x.jpg` and `x.png`, with `x.txt`) is a sidecar
+  of each, so that neither loses it;
+- an image file is never a sidecar (a mask `x.seg.png` beside `x.png` is an image of its own, unlike in a tar key,
+  where every file is one sample's member), and a file that names no image of its folder (`00000_stats.json`, a
+  caption whose image is gone) stays an input: a reject that says it is no image.
+An image's stamp takes its sidecars' stamps (`stamped_row`), so that a sidecar edited, added or removed is a change of
+its image, as an edited metadata row is (`units.with_metadata_row`)."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.sources.folder_metadata import is_folder_metadata
+from pipeline.sources.webdataset_keys import IMAGE_EXTENSIONS
+
+# In the row a stamp digests (`stamped_row`): no column of a metadata file can be named so
+SIDECARS_KEY = "\x00sidecars"
+
+
+@dataclass
+class Sidecars:
+    """The listing's sidecar files: each image file's (its full path -> [(extension, sidecar's full path, listed size,
+    content stamp)], by name), and the sidecar files' ids (paths below the input's root), sorted."""
+
+    of: dict[str, list[tuple[str, str, int | None, str | None]]] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Empty, for a listing made again (a retried one counts once)."""
+        self.of, self.ids = {}, []
+
+
+def image_stem(name: str) -> str | None:
+    """The stem of a file name that ends in an image extension ('x.jpg' -> 'x'), else None."""
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and stem and f".{ext.lower()}" in IMAGE_EXTENSIONS else None
+
+
+def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """The sidecars among listed `paths` (the files read as image files: no container), by the module's rules: each
+    sidecar's path -> [(its image's path, its extension)], one pair per image it belongs to."""
+    folders: dict[str, list[str]] = {}
+    for path in paths:
+        folders.setdefault(posixpath.dirname(path), []).append(path)
+    paired: dict[str, list[tuple[str, str]]] = {}
+    for names in folders.values():
+        # a prefix of a sidecar's name -> the images it names: a stem ('x' of x.jpg, x.png) or a whole name ('x.jpg')
+        images: dict[str, list[str]] = {}
+        for path in names:
+            base = posixpath.basename(path)
+            stem = image_stem(base)
+            if stem is not None:
+                images.setdefault(stem, []).append(path)
+                images.setdefault(base, []).append(path)
+        if not images:
+            continue
+        for path in names:
+            base = posixpath.basename(path)
+            if image_stem(base) is not None or is_folder_metadata(base):
+                continue
+            at = len(base)
+            while (at := base.rfind(".", 0, at)) > 0:  # the longest prefix first: the nearest name
+                ext = base[at + 1 :]
+                if ext and base[:at] in images:
+                    paired[path] = [(image, ext.lower()) for image in sorted(set(images[base[:at]]))]
+                    break
+    return paired
+
+
+def stamped_row(row: dict[str, Any] | None, sidecars: list[tuple[str, str, int | None, str | None]]) -> dict[str, Any] | None:
+    """An image file's metadata row as its stamp digests it (`units.with_metadata_row`): with its sidecars' names and
+    content stamps, so that one edited, added or removed changes its image's stamp whatever the image's bytes (a change
+    `changes.same_bytes` does not take back); `row` itself where it has none, so that an image without sidecars keeps the
+    stamp it had before sidecars were read."""
+    if not sidecars:
+        return row
+    return {**(row or {}), SIDECARS_KEY: sorted([posixpath.basename(path), content] for _, path, _, content in sidecars)}
+
+
+def unit_sidecars(paths: Iterable[str], found: Sidecars | None) -> str:
+    """The sidecars a read task of image files `paths` is sent with its unit, as JSON text (a Ray row's column of one
+    type in every row: '' when it has none): image path -> [[extension, sidecar path, listed size or -1], ...]."""
+    if found is None:
+        return ""
+    sent = {p: [[ext, path, -1 if size is None else size] for ext, path, size, _ in found.of[p]] for p in paths
+            if p in found.of}
+    return json.dumps(sent) if sent else ""
+
+
+def sent_sidecars(text: str | None) -> dict[str, list[tuple[str, str, int | None]]]:
+    """A read task's `unit_sidecars`: image path -> [(extension, sidecar path, listed size or None)]."""
+    if not text:
+        return {}
+    return {image: [(ext, path, None if size < 0 else size) for ext, path, size in sidecars]
+            for image, sidecars in json.loads(text).items()}

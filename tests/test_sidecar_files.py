@@ -1,0 +1,198 @@
+"""Sidecar files beside image files in a folder (img2dataset's `--output_format files`: `00000/000000.jpg` with
+`000000.json` and `000000.txt`; hand-made `x.png` with `x.txt` or `x.cls`): each is its image's columns, as the same
+member of a WebDataset tar key gives them, not an input of its own (`sources.sidecar_files`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli
+from pipeline.job import run_job
+from pipeline.plan import plan_job
+from pipeline.sources import discover, read_unit
+from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
+from pipeline.sources.sidecar_files import Sidecars, pair_sidecars, unit_sidecars
+from tests.jobutil import image_bytes, rewritten_in_place, small_job_argv, small_job_config, tar_bytes
+
+
+def _shard_files(n: int = 3) -> dict[str, bytes]:
+    """img2dataset's files of one shard folder, `00000/000000.jpg` ..., by path."""
+    files = {}
+    for i in range(n):
+        key = f"00000/{i:06d}"
+        files[f"{key}.jpg"] = image_bytes(8, 8, i, "JPEG")
+        files[f"{key}.json"] = json.dumps({"url": f"http://x/{i}.jpg", "caption": f"cap {i}", "key": f"0000{i:04d}",
+                                           "status": "success", "width": 8, "height": 8, "id": i}).encode()
+        files[f"{key}.txt"] = f"cap {i}\n".encode()
+    return files
+
+
+def _write(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _read(uri: str, join: bool = True, **read: object) -> dict[str, dict]:
+    """Each record of the input by id, as the job's read tasks make them."""
+    found, sidecars = (FolderMetadata(), Sidecars()) if join else (None, None)
+    units = discover(uri, {}, 256, metadata=found, sidecars=sidecars)
+    return {r["id"]: r for unit in units
+            for r in read_unit(unit, metadata=unit_metadata(unit.paths, found),
+                               sidecars=unit_sidecars(unit.paths, sidecars), **read)
+            if r["kind"] in ("image", "reject")}
+
+
+def test_a_folders_sidecars_give_the_columns_the_same_members_of_a_tar_key_give(tmp_path) -> None:
+    files = {**_shard_files(), "00000/000001.cls": b"7\n", "00000/000002.cls": "caf\xe9".encode("latin-1")}
+    folder = _read(str(_write(tmp_path / "in", files)))
+    (tmp_path / "tar").mkdir()
+    (tmp_path / "tar" / "s.tar").write_bytes(tar_bytes(files))
+    shard = _read(str(tmp_path / "tar"))
+    assert sorted(folder) == ["00000/000000.jpg", "00000/000001.jpg", "00000/000002.jpg"]  # no sidecar is a record
+    assert all(r["kind"] == "image" for r in folder.values())
+    for i in range(3):
+        assert folder[f"00000/{i:06d}.jpg"]["meta"] == shard[f"s.tar/00000/{i:06d}"]["meta"]
+        # the image's bytes and id are its own
+        assert folder[f"00000/{i:06d}.jpg"]["data"] == files[f"00000/{i:06d}.jpg"]
+    assert folder["00000/000001.jpg"]["meta"] == {
+        "txt": "cap 1", "label": 7, "url": "http://x/1.jpg", "caption": "cap 1", "key": "00000001",
+        "status": "success", "input_width": 8, "input_height": 8, "input_id": 1}
+    assert folder["00000/000002.jpg"]["meta"]["label"] == "caf\\xe9"
+
+
+def test_which_files_are_sidecars_of_which_image() -> None:
+    names = ["d/x.jpg", "d/x.json", "d/x.TXT", "d/x.jpg.json", "d/x.seg.png", "d/x.seg.json", "d/x.pose.json",
+             "d/a.jpg", "d/a.b.jpg", "d/a.b.txt", "d/a.c.txt", "d/p.jpg", "d/p.png", "d/p.cls", "d/orphan.txt",
+             "d/00000_stats.json", "d/metadata.csv", "e/x.txt", "d/cat.0.jpg", "d/cat.0.cls", "d/cat.cls", "d/noext"]
+    assert pair_sidecars(names) == {
+        "d/x.json": [("d/x.jpg", "json")], "d/x.TXT": [("d/x.jpg", "txt")],
+        "d/x.jpg.json": [("d/x.jpg", "json")],  # the image's whole name, an extension added
+        "d/x.seg.json": [("d/x.seg.png", "json")],  # the mask is an image of its own: this is its .json
+        "d/x.pose.json": [("d/x.jpg", "pose.json")],  # a compound extension, its column pose_json as in a tar
+        "d/a.b.txt": [("d/a.b.jpg", "txt")],  # the nearest name
+        "d/a.c.txt": [("d/a.jpg", "c.txt")],
+        "d/p.cls": [("d/p.jpg", "cls"), ("d/p.png", "cls")],  # two images of one stem: each keeps it
+        "d/cat.0.cls": [("d/cat.0.jpg", "cls")]}
+    # an image file (x.seg.png) is never a sidecar; a file naming no image of its folder (e/x.txt, cat.cls, the stats)
+    # stays an input; so does a metadata file
+
+
+def test_a_sidecar_label_wins_over_the_folders_and_a_metadata_rows_clashing_column_is_kept_beside(tmp_path) -> None:
+    root = _write(tmp_path / "in", {"cats/0.png": image_bytes(8, 8, 0), "cats/0.cls": b"3",
+                                    "cats/0.txt": b"a cat", "cats/1.png": image_bytes(8, 8, 1),
+                                    "cats/metadata.csv": b"file_name,txt,note\n0.png,from csv,n0\n1.png,x,n1\n"})
+    records = _read(str(root), labels_from_folders=True)
+    assert records["cats/0.png"]["meta"] == {"label": 3, "txt": "a cat", "file_name": "0.png",
+                                             "metadata_txt": "from csv", "note": "n0"}
+    assert records["cats/1.png"]["meta"] == {"label": "cats", "file_name": "1.png", "txt": "x", "note": "n1"}
+
+
+def test_with_join_metadata_false_sidecars_are_inputs_as_before(tmp_path) -> None:
+    records = _read(str(_write(tmp_path / "in", _shard_files(1))), join=False)
+    assert sorted(records) == ["00000/000000.jpg", "00000/000000.json", "00000/000000.txt"]
+    assert records["00000/000000.jpg"]["meta"] == {}
+
+
+def test_a_sidecar_that_cannot_be_read_or_that_clashes_makes_its_image_a_reject_naming_it(tmp_path) -> None:
+    root = _write(tmp_path / "in", {"a.png": image_bytes(8, 8, 0), "a.txt": b"x" * 2000,
+                                    "b.png": image_bytes(8, 8, 1), "b.cls": b"1", "b.label": b"2",
+                                    "c.png": image_bytes(8, 8, 2), "c.json": b"{}", "c.png.json": b"{}",
+                                    "d.png": image_bytes(8, 8, 3)})
+    os.mkfifo(root / "d.txt")  # no file: reading it would wait for a writer for ever
+    records = _read(str(root), max_image_bytes=1500)
+    assert {id_: r["kind"] for id_, r in records.items()} == {"a.png": "reject", "b.png": "reject", "c.png": "reject",
+                                                              "d.png": "reject"}
+    assert records["a.png"]["error"].startswith("its sidecar file a.txt was not read: ")
+    assert "over --max-image-mb" in records["a.png"]["error"]
+    assert records["b.png"]["error"] == ("sidecar files b.cls and b.label both give column 'label', so one value would "
+                                         "be lost: rename one of them")
+    assert records["c.png"]["error"].startswith("sidecar files c.json and c.png.json both give this image's 'json' values")
+    assert records["d.png"]["error"].startswith("its sidecar file d.txt was not read: ") and "FIFO" in records["d.png"]["error"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_an_img2dataset_shard_folder_counts_and_purifies_its_images_alone(tmp_path, model, capsys) -> None:
+    root = _write(tmp_path / "in", {**_shard_files(), "00000_stats.json": b'{"count": 3}'})
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    # the three images and the stats file (an orphan .json: an input, its reject says why), not the six sidecars
+    assert "4 image files to read" in said
+    assert ("6 sidecar files beside image files, named as theirs (x.txt, x.json, x.cls beside x.jpg): read with them "
+            "as their columns, not as images") in said
+    described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
+    assert (described["image_files_to_read"], described["sidecar_files"]) == (4, 6)
+
+    summary = run_job(small_job_config(tmp_path, model))
+    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (3, 1)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "data").to_pylist()}
+    assert sorted(rows) == ["00000/000000.jpg", "00000/000001.jpg", "00000/000002.jpg"]
+    assert {k: rows["00000/000002.jpg"][k] for k in ("txt", "url", "caption", "key", "status", "input_width",
+                                                     "input_id")} == {
+        "txt": "cap 2", "url": "http://x/2.jpg", "caption": "cap 2", "key": "00000002", "status": "success",
+        "input_width": 8, "input_id": 2}
+    assert [r["id"] for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist()] == ["00000_stats.json"]
+    assert root.exists()
+
+
+def _column(out: Path, name: str) -> dict[str, object]:
+    return {r["id"]: r.get(name) for r in pq.read_table(out / "data").to_pylist()}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_writes_it(tmp_path, model) -> None:
+    root = _write(tmp_path / "in", _shard_files())
+    out = tmp_path / "out"
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 3
+    unchanged = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()
+    assert (unchanged["changed_inputs"]["image_files_purified"], unchanged["input"]["image_files_to_read"]) == (0, 0)
+
+    rewritten_in_place(root / "00000" / "000001.txt", b"a better caption\n")  # the image's bytes are as they were
+    (root / "00000" / "000002.cls").write_bytes(b"4")  # a label added
+    changed = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (changed["image_files_purified"], changed["examples"], changed["image_files_metadata_changed"]) == (
+        2, ["00000/000001.jpg", "00000/000002.jpg"], 2)
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    assert summary["this_run"]["refreshed"]["rows_replaced"] == 2
+    assert _column(out, "txt") == {"00000/000000.jpg": "cap 0", "00000/000001.jpg": "a better caption",
+                                   "00000/000002.jpg": "cap 2"}
+    assert _column(out, "label") == {"00000/000000.jpg": None, "00000/000001.jpg": None, "00000/000002.jpg": 4}
+    later = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert (later["changed_inputs"]["image_files_purified"], later["this_run"]["read"]) == (0, 0)
+
+    (root / "00000" / "000000.json").unlink()  # its columns are no longer the input's
+    gone = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
+    assert (gone["examples"], gone["gone_image_files"]) == (["00000/000000.jpg"], 0)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_an_output_made_when_sidecars_were_rejects_loses_those_rejects_and_refreshes_its_images(
+        tmp_path, model, monkeypatch, capsys) -> None:
+    import pipeline.sources.listing as listing
+
+    _write(tmp_path / "in", _shard_files(2))
+    out = tmp_path / "out"
+    with monkeypatch.context() as earlier:  # as versions before sidecars were read: each one a reject
+        earlier.setattr(listing, "pair_sidecars", lambda paths: {})
+        assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 4
+    plan = plan_job(small_job_config(tmp_path, model, incremental=True, retry_rejects=True), dry_run=True)
+    assert plan.retry == frozenset() and len(plan.sidecar_rejects) == 4
+    assert (plan.describe()["changed_inputs"]["gone_image_files"],
+            plan.describe()["changed_inputs"]["image_files_metadata_changed"]) == (0, 2)
+
+    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    assert (summary["this_run"]["stale_rejects_removed"], summary["output_totals"]["rejected"]) == (4, 0)
+    assert summary["changed_inputs"]["gone_image_files"] == 0
+    assert not (out / "rejects").exists()
+    assert _column(out, "txt") == {"00000/000000.jpg": "cap 0", "00000/000001.jpg": "cap 1"}
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental")) == 0
+    err = capsys.readouterr().err
+    assert "no longer in the input" not in err and "changed under the same name" not in err
