@@ -658,6 +658,13 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
         print(f"  {_count(inp['image_files_over_max_image_mb'], 'image file')} {'is' if one else 'are'} over "
               f"--max-image-mb {inp['max_image_mb']} and will be rejected without being read (tar members and Parquet "
               "cells are checked when read)")
+    tables = inp.get("tables_without_images") or {}
+    if tables.get("files"):
+        shown = ", ".join(terminal_text(name) for name in tables["examples"])
+        more = f" and {tables['files'] - len(tables['examples'])} more" if tables["files"] > len(tables["examples"]) else ""
+        print(f"  warning: {_count(tables['files'], 'Parquet / Arrow IPC file')} without an image column ({shown}{more}): "
+              "tables, not images (a sample index, labels?), each one reject of the run; its reason says how to add "
+              "such a table's columns to the images' rows")
     no_image = inp.get("parquet_rows_without_image") or {}
     if no_image.get("rows"):
         shown = ", ".join(f"{terminal_text(name)} ({n})" for name, n in no_image["examples"])

@@ -83,6 +83,7 @@ from pipeline.refresh import REFRESH_DIR, Journal, read_journal, remove_journal,
 from pipeline.sources import HIDDEN_EXAMPLES, LOOKALIKE, HiddenSkipped, ReadUnit, hidden_note, relative_id
 from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, metadata_report, unit_metadata
+from pipeline.sources.parquet_files import NoImageColumn, find_image_column
 from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.sidecar_files import unit_sidecars
 from pipeline.sources.tar_count import count_keys
@@ -165,14 +166,19 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
     if records is None:
         return None
 
+    image_column = plan.job_record["reading"].get("image_column")
+
     def rows(unit: ReadUnit) -> int:
+        # a table without an image column (a sample index) gives its one reject, not a record a row
         if is_tfrecord(unit.paths[0]):
             return records[unit.paths[0]]
         if is_arrow_ipc(unit.paths[0]):
-            return ipc_headers(unit.paths[0], storage_options, unit.sizes[0] if unit.sizes else None, budget).rows
+            headers = ipc_headers(unit.paths[0], storage_options, unit.sizes[0] if unit.sizes else None, budget)
+            return headers.rows if _has_image_column(headers.schema, image_column) else 1
         fs, path = storage_path(unit.paths[0], storage_options)
         with with_retries(lambda: fs.open(path, "rb"), f"open {unit.paths[0]}") as f:
-            return pq.ParquetFile(f, pre_buffer=False).metadata.num_rows
+            footer = pq.ParquetFile(f, pre_buffer=False)
+            return footer.metadata.num_rows if _has_image_column(footer.schema_arrow, image_column) else 1
 
     counts: list[int] = []
     if tables:
@@ -191,6 +197,18 @@ def progress_total(plan: JobPlan, storage_options: dict[str, Any]) -> int | None
         return None
     done = sum(1 for u in tables for id_ in plan.container_done.get(u.paths[0], []) if not id_.endswith("#unreadable"))
     return sum(len(u.paths) for u in plan.units if u.kind == "files") + sum(counts) - done + keys.left
+
+
+def _has_image_column(schema: Any, image_column: str | None) -> bool:
+    """Whether a table of `schema` has an image column (`find_image_column`; one named by --image-column that it lacks
+    counts as one: its read task says so)."""
+    try:
+        find_image_column(schema, image_column)
+    except NoImageColumn:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 def _record_containers_read(out: str, storage_options: dict[str, Any], plan: JobPlan,

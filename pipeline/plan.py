@@ -368,6 +368,9 @@ class JobPlan:
     # a dry run's Parquet files to read whose footers give rows a null image cell, each a reject: path -> rows
     # (`parquet_rows_without_image`); not looked for in a run
     rows_without_image: dict[str, int] = field(default_factory=dict)
+    # a dry run's Parquet and Arrow IPC files to read that have no image column (a sample index, labels), by their
+    # footers and headers: each one reject of the run, whose reason says how to use it; not looked for in a run
+    tables_without_images: list[str] = field(default_factory=list)
     # the records the dry run's TFRecord files hold (`tfrecord_count`), None where one of them cannot be counted
     # before it is read; not counted in a run (its progress total counts them)
     tfrecord_records: int | None = None
@@ -444,6 +447,9 @@ class JobPlan:
                       # by the Parquet footers' statistics and the Arrow IPC files' record batch headers: rows whose
                       # image cell is null, each rejected when read
                       "parquet_rows_without_image": self._rows_without_image(),
+                      # by the same footers and headers: tables without an image column, each one reject of the run
+                      "tables_without_images": {"files": len(self.tables_without_images),
+                                                "examples": self._ids(self.tables_without_images)[:5]},
                       # by the same footers and headers, the metadata files and the paths: the inputs' columns whose
                       # names differ only in case, which the output keeps as they are and case-blind readers take for
                       # one (`known_columns`, `column_case_twins`)
@@ -467,6 +473,11 @@ class JobPlan:
         held = sum(map(len, container_ids(self.retry, containers).values())) if self.retry and containers else 0
         unreadable = sum(id_.endswith("#unreadable") and id_[: -len("#unreadable")] in listed for id_ in self.retry)
         return {"rejects_to_retry_image_files": files, "rejects_to_retry_in_containers": held + unreadable}
+
+    def _ids(self, paths: list[str]) -> list[str]:
+        """The ids of the unit files `paths`, sorted."""
+        roots = {u.paths[0]: u.root for u in self.units}
+        return sorted(relative_id(path, roots[path]) for path in paths if path in roots)
 
     def _rows_without_image(self) -> dict[str, Any]:
         """`rows_without_image` in all, the files with the most (their ids) and how many of the files are Arrow IPC
@@ -584,8 +595,9 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     tables = [u for u in kept_units if u.kind == "parquet" and u.paths[0] not in containers.unread]
     budget = ReadBudget()  # one for the dry run's headers, TFRecord's and Arrow IPC's, as a run's progress total
     columns: dict[str, list[str]] = {}
+    no_images: list[str] = []  # tables without an image column: a sample index, labels
     no_image = parquet_rows_without_image([u for u in tables if not is_tfrecord(u.paths[0])], so, config.image_column,
-                                          budget, columns) if dry_run else {}
+                                          budget, columns, no_images) if dry_run else {}
     # taken before the TFRecord files draw on the same budget: their uncounted records are said apart (`_records`), and
     # a budget they spend left no Arrow IPC file uncounted
     ipc_over_budget = budget.spent
@@ -617,7 +629,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    changes=changes, input_record=input_record, storage_notes=storage_notes,
                    ledger_checked=frozenset(read_whole) | (frozenset(earlier_read) & containers.unread),
                    listed_containers=frozenset(u.paths[0] for u in inputs if u.kind != "files"),
-                   rows_without_image=no_image, refresh=refresh, tfrecord_records=records,
+                   rows_without_image=no_image, tables_without_images=no_images, refresh=refresh, tfrecord_records=records,
                    headers_over_budget=ipc_over_budget, tar_keys=tar_keys, case_twins=case_twins,
                    archive_metadata=archive_metadata)
 
@@ -654,19 +666,20 @@ def _retried_in_same(inputs: list[ReadUnit], members: dict[str, tuple[str, str]]
 
 def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_column: str | None,
                                budget: ReadBudget | None = None, columns: dict[str, list[str]] | None = None,
-                               ) -> dict[str, int]:
+                               no_images: list[str] | None = None) -> dict[str, int]:
     """Of these Parquet and Arrow IPC files, those whose footer statistics (record batch headers) give rows a null
     image cell, with how many (`rows_without_image`: the footer, or the headers, alone are read; the headers' ranged
     requests taken from `budget`, past which an IPC file is not counted). Each such row is a reject of the run, which
     a dry run warns of: a file whose image column is mostly null is otherwise found out only by a run's count of
-    rejects. `columns` (path -> names), when given, gets each file's pass-through columns from the same reads."""
+    rejects. `columns` (path -> names), when given, gets each file's pass-through columns from the same reads, and
+    `no_images` the paths of those with no image column (tables without images, each one reject of the run)."""
     from concurrent.futures import ThreadPoolExecutor
 
     budget = budget if budget is not None else ReadBudget()
     # one at a time on FTP/SFTP (`concurrent_calls`)
     threads = concurrent_reads(units[0].paths[0], FOOTER_READS) if units else 1
     with ThreadPoolExecutor(max_workers=threads) as pool:  # each file's thread sets its own key of `columns`
-        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget, columns), units)
+        counts = pool.map(lambda unit: rows_without_image(unit, so, image_column, budget, columns, no_images), units)
         return {unit.paths[0]: n for unit, n in zip(units, counts, strict=True) if n}
 
 

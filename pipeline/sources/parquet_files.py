@@ -99,6 +99,19 @@ def _usable(field: pa.Field, named: bool = False) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
 
 
+class NoImageColumn(ValueError):
+    """A table with no column that can hold images, none named: a sample index or a table of labels (img2dataset's
+    `00000.parquet` beside its shard folder), not images; its message says what it holds and how to use it."""
+
+
+# What a table without images is told to do: its columns reach the images' rows as an image folder's metadata file's do
+TABLE_ADVICE = ("a table without images, not read (a sample index or labels, such as img2dataset's 00000.parquet "
+                "beside its 00000/ folder, whose .json sidecars give each image those columns already?): to add its "
+                "columns to the images' rows, write them as a metadata.csv or metadata.jsonl beside the images, with a "
+                "file_name column naming each image relative to its folder (docs/job.md, Inputs); if it does hold "
+                "images, name their column with --image-column")
+
+
 def find_image_column(schema: pa.Schema, requested: str | None = None, kind: str = PARQUET_FORMAT) -> str:
     """The column of a Parquet file (of a file of format `kind`, as its errors name it) holding image bytes: a
     struct<bytes, path> (Hugging Face layout) or binary (also large, view or dictionary-encoded); a list<uint8> only
@@ -122,8 +135,8 @@ def find_image_column(schema: pa.Schema, requested: str | None = None, kind: str
     for name in IMAGE_COLUMN_CANDIDATES:
         if name in schema.names and is_pixel_array_column(schema.field(name)):
             return name
-    raise ValueError(f"no image column (struct<bytes, path> or binary, or pixel arrays named "
-                     f"{', '.join(IMAGE_COLUMN_CANDIDATES)}) among {kind} columns {schema.names}")
+    raise NoImageColumn(f"no image column (struct<bytes, path> or binary, or pixel arrays named "
+                        f"{', '.join(IMAGE_COLUMN_CANDIDATES)}) among {kind} columns {schema.names}")
 
 
 def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str) -> str | None:
@@ -149,7 +162,8 @@ def image_column_problem(unit: ReadUnit, fs_opts: dict[str, Any], requested: str
 
 
 def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str | None,
-                       budget: ReadBudget | None = None, columns: dict[str, list[str]] | None = None) -> int | None:
+                       budget: ReadBudget | None = None, columns: dict[str, list[str]] | None = None,
+                       no_images: list[str] | None = None) -> int | None:
     """How many rows of this Parquet file have a null image cell (a null binary, or a struct<bytes, path> whose
     bytes are null), each of which the run rejects: the sum of the image column's null_count over the row groups
     whose footer statistics give one (no data is read), so a lower bound where some do not. None when no row group
@@ -157,7 +171,8 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
     read or has no image column (the run says why, in the file's reject). An Arrow IPC file's from its record batch
     headers instead (`ipc_rows_without_image`), their ranged requests taken from `budget`: None past it. `columns`
     (path -> names), when given, gets the file's pass-through columns as the output names them, read from the same
-    footer or headers (`plan.column_case_twins`)."""
+    footer or headers (`plan.column_case_twins`). `no_images`, when given, gets the file's path when it has no image
+    column (`NoImageColumn`: a table without images, which the dry run names)."""
     (path,) = unit.paths
     if is_arrow_ipc(path):
         try:
@@ -166,7 +181,9 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
             if columns is not None:
                 columns[path] = [passthrough_name(n) for n in headers.schema.names if n != column]
             return ipc_rows_without_image(headers, column)
-        except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+        except Exception as err:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+            if isinstance(err, NoImageColumn) and no_images is not None:
+                no_images.append(path)
             return None
     try:
         with contextlib.ExitStack() as stack:
@@ -174,7 +191,9 @@ def rows_without_image(unit: ReadUnit, fs_opts: dict[str, Any], requested: str |
             parquet = _open_parquet(stack.enter_context(open_file()))
             column = find_image_column(parquet.schema_arrow, requested)
             meta = parquet.metadata
-    except Exception:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+    except Exception as err:  # noqa: BLE001 - the run rejects a file it cannot read, with the reason
+        if isinstance(err, NoImageColumn) and no_images is not None:
+            no_images.append(path)
         return None
     if columns is not None:
         columns[path] = [passthrough_name(n) for n in parquet.schema_arrow.names if n != column]
@@ -244,6 +263,9 @@ def read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | No
             _refuse_columns_named_twice(parquet.schema_arrow)  # first: Arrow finds no column by such a name
             column = find_image_column(parquet.schema_arrow, image_column, kind)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column, kind)
+        except NoImageColumn as err:  # read, and readable: a table, not images; what it holds, and what to do
+            yield reject_record(f"{rel}#unreadable", path, f"{kind} file with {err}: {TABLE_ADVICE}", "read")
+            return
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable {kind} file: {describe(err)}", "read")
             return
