@@ -119,26 +119,34 @@ def test_a_sidecar_that_cannot_be_read_or_that_clashes_makes_its_image_a_reject_
 
 @pytest.mark.usefixtures("ray_local")
 def test_an_img2dataset_shard_folder_counts_and_purifies_its_images_alone(tmp_path, model, capsys) -> None:
-    root = _write(tmp_path / "in", {**_shard_files(), "00000_stats.json": b'{"count": 3}'})
+    root = _write(tmp_path / "in", {**_shard_files(), "00000_stats.json": b'{"count": 3}', "00000/lost.txt": b"cap"})
     capsys.readouterr()
     assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
     said = " ".join(capsys.readouterr().out.split())
-    # the three images and the stats file (an orphan .json: an input, its reject says why), not the six sidecars
-    assert "4 image files to read" in said
+    # the three images, the stats file and a caption without its image (inputs: their rejects say why), not the six
+    # sidecars
+    assert "5 image files to read" in said
     assert ("6 sidecar files beside image files, named as theirs (x.txt, x.json, x.cls beside x.jpg): read with them "
             "as their columns, not as images") in said
     described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
-    assert (described["image_files_to_read"], described["sidecar_files"]) == (4, 6)
+    assert (described["image_files_to_read"], described["sidecar_files"]) == (5, 6)
 
     summary = run_job(small_job_config(tmp_path, model))
-    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (3, 1)
+    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (3, 2)
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "data").to_pylist()}
     assert sorted(rows) == ["00000/000000.jpg", "00000/000001.jpg", "00000/000002.jpg"]
     assert {k: rows["00000/000002.jpg"][k] for k in ("txt", "url", "caption", "key", "status", "input_width",
                                                      "input_id")} == {
         "txt": "cap 2", "url": "http://x/2.jpg", "caption": "cap 2", "key": "00000002", "status": "success",
         "input_width": 8, "input_id": 2}
-    assert [r["id"] for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist()] == ["00000_stats.json"]
+    rejects = {r["id"]: r["error"] for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist()}
+    assert rejects["00000/lost.txt"] == (
+        "not a recognised image format (if it is an image's sidecar, no image named lost.<image extension> lies beside "
+        "it in its folder, or --join-metadata is false: a sidecar gives its image's row its columns (docs/job.md, "
+        "Inputs))")
+    assert rejects["00000_stats.json"].startswith("not a recognised image format (a .json table, not an image")
+    assert "no image named 00000_stats.<image extension> lies beside it" in rejects["00000_stats.json"]
+    assert sorted(rejects) == ["00000/lost.txt", "00000_stats.json"]
     assert root.exists()
 
 

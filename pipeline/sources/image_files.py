@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from pipeline.sources.file_bytes import ImageTooLarge, NotAFile, read_bytes
-from pipeline.sources.folder_metadata import sent_metadata, with_row
+from pipeline.sources.folder_metadata import sent_metadata, table_note, with_row
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import image_record, reject_record
-from pipeline.sources.sidecar_files import sent_sidecars
+from pipeline.sources.sidecar_files import orphan_note, sent_sidecars
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.webdataset_keys import JsonColumns, sidecar_columns, with_own_columns
 from pipeline.storage import describe
@@ -76,7 +76,11 @@ def read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: boo
         except Exception as err:  # noqa: BLE001 - a file that stays unreadable after retries is a per-file reject
             yield reject_record(id_, path, f"could not read file: {describe(err)}", "read")
             continue
-        yield image_record(id_, path, data, meta)
+        record = image_record(id_, path, data, meta)
+        orphan = orphan_note(id_)
+        if orphan:  # a caption, label or .json without its image: if it is no image, its reject says so
+            record["decode_note"] = "; ".join(note for note in (table_note(id_), orphan) if note)
+        yield record
 
 
 def _sidecar_meta(sidecars: list[tuple[str, str, int | None]], fs_opts: dict[str, Any], max_image_bytes: int,

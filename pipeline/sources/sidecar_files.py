@@ -84,6 +84,22 @@ def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
     return paired
 
 
+# The extensions of the sidecars a file left without its image most likely is: a caption, a label, a .json
+ORPHAN_EXTENSIONS = frozenset({"txt", "text", "transcript", "cls", "json"})
+
+
+def orphan_note(name: str) -> str:
+    """For the reject of a file that is no image, named as a caption, label or .json sidecar (`ORPHAN_EXTENSIONS`): that
+    it would be an image's columns had it one beside it ('' for other names). 'not a recognised image format' alone
+    read as a damaged image, and left a user to guess that the image is missing (img2dataset's `00000_stats.json`, a
+    caption whose image was deleted), or that --join-metadata false reads sidecars as inputs."""
+    stem, dot, ext = posixpath.basename(name).rpartition(".")
+    if not (dot and stem) or ext.lower() not in ORPHAN_EXTENSIONS:
+        return ""
+    return (f"if it is an image's sidecar, no image named {stem}.<image extension> lies beside it in its folder, or "
+            "--join-metadata is false: a sidecar gives its image's row its columns (docs/job.md, Inputs)")
+
+
 def stamped_row(row: dict[str, Any] | None, sidecars: list[tuple[str, str, int | None, str | None]]) -> dict[str, Any] | None:
     """An image file's metadata row as its stamp digests it (`units.with_metadata_row`): with its sidecars' names and
     content stamps, so that one edited, added or removed changes its image's stamp whatever the image's bytes (a change
