@@ -623,9 +623,10 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
     held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
     lookalikes = {id_ for id_ in held if LOOKALIKE in id_ and id_.partition(LOOKALIKE)[0] in shards}
     lookalikes -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
-    # a metadata file joined now: a folder's (the planning's), or a zip archive's read to its end
+    # a metadata file joined now: a folder's (the planning's), or a zip archive's read to its end; a sidecar file, or a
+    # zip archive's sidecar member, paired with its image now
     joined = {*plan.metadata_rejects, *getattr(plan, "sidecar_rejects", ()),
-              *(id_ for r in read_whole for id_ in r.get("metadata", []))}
+              *(id_ for r in read_whole for id_ in (*r.get("metadata", []), *r.get("sidecars", [])))}
     return StaleRejects(unreadable, superseded, lookalikes, joined)
 
 

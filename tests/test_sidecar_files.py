@@ -17,7 +17,7 @@ from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
 from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, pair_sidecars, unit_sidecars
-from tests.jobutil import image_bytes, rewritten_in_place, small_job_argv, small_job_config, tar_bytes
+from tests.jobutil import image_bytes, rewritten_in_place, small_job_argv, small_job_config, tar_bytes, zip_bytes
 
 
 def _shard_files(n: int = 3) -> dict[str, bytes]:
@@ -204,3 +204,45 @@ def test_an_output_made_when_sidecars_were_rejects_loses_those_rejects_and_refre
     assert cli.main(small_job_argv(tmp_path, model, "--incremental")) == 0
     err = capsys.readouterr().err
     assert "no longer in the input" not in err and "changed under the same name" not in err
+
+
+def test_a_zip_archives_sidecar_members_give_their_images_columns_as_in_a_folder(tmp_path) -> None:
+    files = {**_shard_files(2), "00000/000001.cls": b"7", "00000/lost.txt": b"x", "00000/metadata.csv":
+             b"file_name,txt,note\n000000.jpg,from csv,n0\n000000.txt,names a sidecar,n1\n"}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "d.zip").write_bytes(zip_bytes(files))
+    (unit,) = discover(str(tmp_path / "in"))
+    records = list(read_unit(unit, join_metadata=True, labels_from_folders=True))
+    by_id = {r["id"]: r for r in records if r["kind"] in ("image", "reject")}
+    assert {id_: r["kind"] for id_, r in by_id.items()} == {"d.zip/00000/000000.jpg": "image",
+                                                            "d.zip/00000/000001.jpg": "image",
+                                                            "d.zip/00000/lost.txt": "image"}  # no image: decoded, rejected
+    assert by_id["d.zip/00000/000001.jpg"]["meta"] == {
+        "txt": "cap 1", "label": 7, "url": "http://x/1.jpg", "caption": "cap 1", "key": "00000001",
+        "status": "success", "input_width": 8, "input_height": 8, "input_id": 1}
+    # a sidecar's column keeps its name beside a metadata row's; a row naming a sidecar names no image file
+    first = by_id["d.zip/00000/000000.jpg"]["meta"]
+    assert (first["txt"], first["metadata_txt"], first["note"], first["label"]) == ("cap 0", "from csv", "n0", "00000")
+    (count,) = [r for r in records if r["kind"] == "count"]
+    assert sorted(count["container"]["sidecars"]) == ["d.zip/00000/000000.json", "d.zip/00000/000000.txt",
+                                              "d.zip/00000/000001.cls", "d.zip/00000/000001.json",
+                                              "d.zip/00000/000001.txt"]
+    assert count["metadata_unmatched"] == 1
+    # --join-metadata false: each member an input, as before
+    assert len([r for r in read_unit(unit) if r["kind"] in ("image", "reject")]) == len(files)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_zip_members_reject_that_is_a_sidecar_now_goes_once_the_archive_is_read_again(tmp_path, model) -> None:
+    files = _shard_files(2)
+    (tmp_path / "in").mkdir()
+    archive = tmp_path / "in" / "d.zip"
+    archive.write_bytes(zip_bytes({name: data for name, data in files.items() if name != "00000/000001.jpg"}))
+    first = run_job(small_job_config(tmp_path, model))["this_run"]
+    assert (first["purified"], first["rejected"]) == (1, 2)  # 000001's .json and .txt, without their image
+
+    rewritten_in_place(archive, zip_bytes(files))  # its image added: they are its sidecars now
+    summary = run_job(small_job_config(tmp_path, model, incremental=True))
+    assert (summary["this_run"]["purified"], summary["this_run"]["stale_rejects_removed"]) == (1, 2)
+    assert (summary["output_totals"]["purified"], summary["output_totals"]["rejected"]) == (2, 0)
+    assert _column(tmp_path / "out", "txt") == {"d.zip/00000/000000.jpg": "cap 0", "d.zip/00000/000001.jpg": "cap 1"}

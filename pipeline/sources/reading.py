@@ -50,7 +50,8 @@ def read_unit(
     (`folder_metadata.unit_metadata`). `join_metadata`: a zip archive's or tar shard's metadata members are joined to
     its members (`zip_archives._zip_metadata`, `tar_shards._shard_metadata`); their ids are named in its count record
     ("metadata"), an earlier reject of them untrue now, and their rows that name no member are counted in it
-    ("metadata_unmatched", with the first few as "metadata_unmatched_examples": 'd.zip/train/metadata.csv: 7.png').
+    ("metadata_unmatched", with the first few as "metadata_unmatched_examples": 'd.zip/train/metadata.csv: 7.png'), and
+    its sidecar members (`zip_archives._zip_sidecars`) are named in it too ("sidecars").
     `sidecars`: a "files" unit's sidecar files, as the planning paired them (`sidecar_files.unit_sidecars`)."""
     opts = storage_options or {}
     if unit.kind == "files":
@@ -75,6 +76,7 @@ def read_unit(
     lookalikes: list[str] = []
     superseded: list[str] = []
     joined: list[str] = []  # a zip archive's or tar shard's metadata members joined to its members: no inputs
+    sidecars: list[str] = []  # a zip archive's sidecar members, read with their images: no inputs either
     hidden = HiddenSkipped()
     unmatched, unmatched_examples = 0, []  # metadata rows of a zip archive or tar shard that name no member
     whole = True
@@ -86,6 +88,9 @@ def read_unit(
         if record["kind"] == "unmatched":
             unmatched += record["count"]
             unmatched_examples.extend(record["examples"][: UNMATCHED_EXAMPLES - len(unmatched_examples)])
+            continue
+        if record["kind"] == "sidecar":  # a zip member read with its image, as its columns: no record
+            sidecars.append(record["name"])
             continue
         if record["kind"] in ("hidden", "joined"):  # a member skipped as hidden or joined: no record, only counted
             hidden.add(record["name"])
@@ -120,11 +125,13 @@ def read_unit(
             count["container"]["lookalike"] = lookalikes
         if joined:
             count["container"]["metadata"] = joined
+        if sidecars:  # an earlier version's rejects of them are untrue now
+            count["container"]["sidecars"] = sidecars
         # done ids of this container that it no longer gives (a shard or Parquet file rewritten smaller): their rows
         # stay, and the record of this read says so, or the output's ids never matched it and every later run read
         # the container again (pipeline.ledger)
         given = set(ids)
-        leftover = sorted(i for i in skip_ids if i != broken and i not in given and i not in joined)
+        leftover = sorted(i for i in skip_ids if i != broken and i not in given and i not in joined and i not in sidecars)
         if leftover:
             count["container"]["leftover"] = leftover
     yield count

@@ -25,7 +25,9 @@ from pipeline.sources.folder_metadata import (
 from pipeline.sources.hidden import is_hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import image_record, reject_record
+from pipeline.sources.sidecar_files import pair_sidecars
 from pipeline.sources.units import ReadUnit
+from pipeline.sources.webdataset_keys import JsonColumns, sidecar_columns, with_own_columns
 from pipeline.storage import concurrent_reads, describe, with_retries
 
 
@@ -272,7 +274,9 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
     compressed in a way zipfile cannot read or a damaged one is that member's reject; done ids are not read.
     `join_metadata`: the archive's image-folder metadata members are joined to its members, as a folder's files are
     (`_zip_metadata`): one joined is a "joined" record (counted as metadata, as hidden files are), one that cannot be
-    joined its reject saying why; the rows naming no member are an "unmatched" record (their count, the first few)."""
+    joined its reject saying why; the rows naming no member are an "unmatched" record (their count, the first few).
+    Its sidecar members (`_zip_sidecars`) give their images' columns, as a folder's files do: each a "sidecar" record,
+    no input."""
     (path,) = unit.paths
     rel = relative_id(path, unit.root)
     with contextlib.ExitStack() as stack:
@@ -284,7 +288,14 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
             yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
             return
-        joined = _zip_metadata(archive, directory, max_image_bytes) if join_metadata else FolderMetadata()
+        # its sidecar members (`sidecar_files`: 'a/0.txt' beside 'a/0.jpg'), read with their images, no inputs
+        sidecars = _zip_sidecars(directory) if join_metadata else {}
+        joined = _zip_metadata(archive, directory, max_image_bytes, sidecars) if join_metadata else FolderMetadata()
+        of_image: dict[str, list[tuple[str, str]]] = {}  # image member -> its sidecars' (extension, member)
+        for sidecar, images in sidecars.items():
+            for image, ext in images:
+                of_image.setdefault(image, []).append((ext, sidecar))
+        json_columns = JsonColumns()  # the archive's .json sidecars' columns, limited as a tar shard's are
         if joined.unmatched:
             yield {"kind": "unmatched", "count": joined.unmatched,
                    "examples": [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples]}
@@ -292,6 +303,9 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
             id_, source = f"{rel}/{text_name(name)}", f"{path}:{name}"
             if name in joined.joined:  # before the done ids: an earlier run's reject of it is untrue now
                 yield {"kind": "joined", "name": id_}
+                continue
+            if name in sidecars:  # before the done ids too: an earlier version's reject of it is untrue now
+                yield {"kind": "sidecar", "name": id_}
                 continue
             if name in joined.rejects and id_ not in skip_ids:
                 yield reject_record(id_, source, joined.rejects[name], "read")
@@ -306,15 +320,61 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
                 yield reject_record(id_, source, target, "read")
                 continue
             what = name if target is info else f"{_zip_member_path(target.filename)} (the target of link {name})"
-            meta = {"label": _folder_label(name)} if labels_from_folders else {}
-            with_row(meta, joined.rows.get(name, {}))  # a metadata row's label wins over the folder's, as in a folder
+            if name in of_image:  # as in a folder: its sidecars' columns, then the folder's label and metadata row
+                meta_or_why = _sidecar_meta(archive, directory, sorted(of_image[name]), max_image_bytes, json_columns)
+                if isinstance(meta_or_why, str):
+                    yield reject_record(id_, source, meta_or_why, "read")
+                    continue
+                meta = meta_or_why
+                with_own_columns(meta, labels_from_folders, _folder_label(name), joined.rows.get(name))
+            else:
+                meta = {"label": _folder_label(name)} if labels_from_folders else {}
+                with_row(meta, joined.rows.get(name, {}))  # a metadata row's label wins over the folder's, as in a folder
             yield _member_record(archive, target, what, id_, source, meta, max_image_bytes)
 
 
-def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_bytes: int) -> FolderMetadata:
+def _zip_sidecars(directory: _ZipDirectory) -> dict[str, list[tuple[str, str]]]:
+    """The archive's sidecar members, as a folder's files are paired (`sidecar_files.pair_sidecars`): each one -> its
+    images' (member, extension). Hidden members, links, names with a '..' folder and names that give one path with
+    another are left out: they are read, or refused, as they are without sidecars."""
+    names = [name for name in directory.files
+             if name not in directory.look_alikes and not is_hidden(name) and ".." not in name.split("/")
+             and not _zip_is_link(directory.info(name))]
+    return pair_sidecars(names)
+
+
+def _sidecar_meta(archive: zipfile.ZipFile, directory: _ZipDirectory, sidecars: list[tuple[str, str]],
+                  max_image_bytes: int, json_columns: JsonColumns) -> dict[str, Any] | str:
+    """An image member's columns from its sidecar members, as a folder's image file's (`image_files._sidecar_meta`),
+    or why the image is a reject: a sidecar over `max_image_bytes`, encrypted or damaged, or two that give one column."""
+    parts: dict[str, tuple[str, bytes]] = {}
+    for ext, name in sidecars:
+        shown = text_name(name)
+        if ext in parts:
+            return (f"sidecar members {parts[ext][0]} and {shown} both give this image's {ext!r} values, so one would "
+                    "be lost: rename or remove one of them")
+        info = directory.info(name)
+        if info.file_size > max_image_bytes:
+            too_big = too_large(f"zip member {shown}", info.file_size, max_image_bytes)
+            return f"its sidecar member {shown} was not read: {too_big}"
+        if info.flag_bits & 0x1:
+            return f"its sidecar member {shown} is encrypted, so the image is not purified without its columns"
+        try:
+            data = with_retries(lambda info=info: archive.read(info), f"read {name}")
+        except Exception as err:  # noqa: BLE001 - a damaged sidecar: its image's reject, never the image without it
+            return (f"could not read its sidecar member {shown} ({describe(err)}), so the image is not purified "
+                    "without that member's columns")
+        parts[ext] = (shown, data)
+    meta = sidecar_columns(parts, json_columns)
+    return f"sidecar members {meta}" if isinstance(meta, str) else meta
+
+
+def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_bytes: int,
+                  sidecars: dict[str, Any] | None = None) -> FolderMetadata:
     """The archive's image-folder metadata members (`folder_metadata`: not hidden, links or one of several names for
-    a path) joined to its other members, keyed by member path, with the rows naming no member counted; one over
-    `max_image_bytes`, encrypted or damaged cannot be joined."""
+    a path) joined to its other members but its `sidecars` (`_zip_sidecars`: its images' columns, as in a folder),
+    keyed by member path, with the rows naming no member counted; one over `max_image_bytes`, encrypted or damaged
+    cannot be joined."""
     names = {name: name for name in directory.files
              if is_folder_metadata(name) and name not in directory.look_alikes and not is_hidden(name)
              and ".." not in name.split("/") and not _zip_is_link(directory.info(name))}
@@ -330,7 +390,7 @@ def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_
             raise MetadataProblem(f"zip member {name} is encrypted")
         return with_retries(lambda: archive.read(info), f"read {name}")
 
-    members = {name: name for name in directory.files if name not in names}
+    members = {name: name for name in directory.files if name not in names and name not in (sidecars or {})}
     join_folder_metadata(members, names, read, found)
     return found
 
@@ -358,7 +418,7 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
             with file_opener(unit.paths[0], fs_opts, 0, size)() as raw:
                 archive, directory = _open_zip(raw)
                 with archive:
-                    return _zip_metadata(archive, directory, max_image_bytes)
+                    return _zip_metadata(archive, directory, max_image_bytes, _zip_sidecars(directory))
         except Exception:  # noqa: BLE001 - the run's read of it makes the reject that says why
             return None
 
