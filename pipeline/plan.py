@@ -393,7 +393,10 @@ class JobPlan:
     def describe(self) -> dict[str, Any]:
         """Counts a person can check before committing a cluster to the run (the --dry-run report)."""
         by_kind = {kind: [u for u in self.units if u.kind == kind] for kind in ("files", "tar", "parquet", "zip")}
-        sizes = [size for u in self.units for size in u.sizes]
+        # the sidecar files of the image files to read are read with them (once each, whatever images share one)
+        of = self.sidecars.of if self.sidecars is not None else {}
+        sidecar_sizes = {path: size for u in by_kind["files"] for image in u.paths for _, path, size, _ in of.get(image, ())}
+        sizes = [*(size for u in self.units for size in u.sizes), *sidecar_sizes.values()]
         streamed = [size for u in self.units if u.kind != "files" for size in u.sizes
                     if size is not None and size > self.in_memory_bytes]
         return {
@@ -410,8 +413,8 @@ class JobPlan:
             "changed_inputs": self.changes.summary(),
             "stale_lease": self.stale_lease,
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
-                      # beside the image files, named as theirs: their columns, no inputs (`sources.sidecar_files`)
-                      "sidecar_files": len(self.sidecars.ids) if self.sidecars is not None else 0,
+                      # beside the image files to read, named as theirs: their columns, no inputs (`sources.sidecar_files`)
+                      "sidecar_files": len(sidecar_sizes),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       # their size (of those whose storage gives one), and their keys by their headers (`tar_count`)

@@ -119,7 +119,8 @@ def test_a_sidecar_that_cannot_be_read_or_that_clashes_makes_its_image_a_reject_
 
 @pytest.mark.usefixtures("ray_local")
 def test_an_img2dataset_shard_folder_counts_and_purifies_its_images_alone(tmp_path, model, capsys) -> None:
-    root = _write(tmp_path / "in", {**_shard_files(), "00000_stats.json": b'{"count": 3}', "00000/lost.txt": b"cap"})
+    files = {**_shard_files(), "00000_stats.json": b'{"count": 3}', "00000/lost.txt": b"cap"}
+    root = _write(tmp_path / "in", files)
     capsys.readouterr()
     assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
     said = " ".join(capsys.readouterr().out.split())
@@ -130,6 +131,7 @@ def test_an_img2dataset_shard_folder_counts_and_purifies_its_images_alone(tmp_pa
             "as their columns, not as images") in said
     described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
     assert (described["image_files_to_read"], described["sidecar_files"]) == (5, 6)
+    assert described["bytes"] == sum(len(data) for data in files.values())  # the sidecars' bytes too
 
     summary = run_job(small_job_config(tmp_path, model))
     assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (3, 2)
@@ -160,7 +162,8 @@ def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_
     out = tmp_path / "out"
     assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 3
     unchanged = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()
-    assert (unchanged["changed_inputs"]["image_files_purified"], unchanged["input"]["image_files_to_read"]) == (0, 0)
+    assert (unchanged["changed_inputs"]["image_files_purified"], unchanged["input"]["image_files_to_read"],
+            unchanged["input"]["sidecar_files"]) == (0, 0, 0)  # the done images' sidecars are not read either
 
     rewritten_in_place(root / "00000" / "000001.txt", b"a better caption\n")  # the image's bytes are as they were
     (root / "00000" / "000002.cls").write_bytes(b"4")  # a label added
