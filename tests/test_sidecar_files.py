@@ -249,3 +249,17 @@ def test_a_zip_members_reject_that_is_a_sidecar_now_goes_once_the_archive_is_rea
     assert (summary["this_run"]["purified"], summary["this_run"]["stale_rejects_removed"]) == (1, 2)
     assert (summary["output_totals"]["purified"], summary["output_totals"]["rejected"]) == (2, 0)
     assert _column(tmp_path / "out", "txt") == {"d.zip/00000/000000.jpg": "cap 0", "d.zip/00000/000001.jpg": "cap 1"}
+
+
+def test_sidecars_on_an_fsspec_store_are_paired_and_read_too() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/sidecars/a/0.png", image_bytes(8, 8, 0))
+    fs.pipe("/sidecars/a/0.txt", b"a caption\n")
+    fs.pipe("/sidecars/a/1.png", image_bytes(8, 8, 1))
+    try:
+        records = _read("memory://sidecars")
+    finally:
+        fs.rm("/sidecars", recursive=True)
+    assert {id_: r["meta"] for id_, r in records.items()} == {"a/0.png": {"txt": "a caption"}, "a/1.png": {}}
