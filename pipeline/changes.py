@@ -859,7 +859,9 @@ def _members_same(unit: ReadUnit, rows: dict[str, bytes], purified: set[str], st
     if stop is not None and stop.is_set():
         return None, None
     try:
-        records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified), **reading)
+        # every id with a row named: a tar key keeps the id an earlier version named it by (`read_tar`)
+        records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified),
+                            named_ids=frozenset(rows), **reading)
         with contextlib.closing(records):
             for record in records:
                 if stop is not None and stop.is_set():

@@ -46,7 +46,7 @@ from pipeline.changes import INPUTS_DIR, InputRecord, starting_record, write_rec
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed, NotOnThisNodeError
 from pipeline.lease import LEASE_FILE, OutputLease
-from pipeline.ledger import LEDGER_DIR, ContainerRead, write_ledger
+from pipeline.ledger import LEDGER_DIR, ContainerRead, tar_ids_named_otherwise, write_ledger
 from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
@@ -514,8 +514,11 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     # Image files already done were dropped from the units; a container's done ids travel with its own row.
     # (a plan with no unit runs no pipeline: see run_job)
     # A unit of image files carries its own files' metadata rows (--join-metadata), none of the others'.
+    # a tar shard's ids an earlier version named from its members' names ('s.tar/./b'), which its keys keep: the
+    # output's, those this run does not skip too (rejects retried, rows refreshed)
+    named = tar_ids_named_otherwise([*plan.done, *plan.retry, *plan.changes.refreshed_rows()], plan.units)
     rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
-             "purified": plan.container_purified.get(u.paths[0], []),
+             "purified": plan.container_purified.get(u.paths[0], []), "named": named.get(u.paths[0], []),
              "metadata": unit_metadata(u.paths, plan.folder_metadata) if u.kind == "files" else ""}
             for u in plan.units]
     # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
