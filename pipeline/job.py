@@ -905,7 +905,7 @@ def _progress_postfix(bar: Any, plan: JobPlan, tally: RunTally) -> dict[str, Any
     is."""
     if bar.total is not None:
         return {"rejected": tally.rejected}
-    return {"rejected": tally.rejected, "read_tasks": f"{min(tally.units_read, len(plan.units))}/{len(plan.units)}"}
+    return {"rejected": tally.rejected, "read_tasks": f"{min(tally.units_read, len(plan.units)):,}/{len(plan.units):,}"}
 
 
 @dataclass
@@ -1052,9 +1052,9 @@ def _metadata_report(plan: JobPlan, tally: RunTally) -> dict[str, Any]:
 def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenSkipped) -> str:
     """What a stopped run wrote and what the output now holds, in words, for the line that ends the run."""
     least = "" if count.short is None else "at least "
-    files = f"{count.files} part file{'' if count.files == 1 else 's'}"
-    return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
-            f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
+    files = f"{count.files:,} part file{'' if count.files == 1 else 's'}"
+    return (f"this run wrote {least}{count.purified:,} purified and {count.rejected:,} rejected ({files}), so the "
+            f"output now holds {least}{totals['purified']:,} purified and {totals['rejected']:,} rejected"
             + ("" if count.short is None else f" ({count.short})")
             + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else ""))
 
