@@ -85,6 +85,23 @@ def test_two_names_of_one_path_are_one_member_the_later_read_as_tar_extracts_it(
     assert count_keys([unit], {}, {}, False).left == count["n"] == 1
 
 
+def test_a_file_named_dot_slash_is_a_reject_of_its_own_not_lost(tmp_path) -> None:
+    # './' is the folder's own entry in a `tar -C folder .` shard (no input); written as a regular file, it has no
+    # path to take ('./' is kept as its name): a reject naming it, beside the shard's images
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("./", b"data"), ("./a.png", A)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.tar").write_bytes(buf.getvalue())
+    (unit,) = discover(str(tmp_path / "in"))
+    *records, count = read_unit(unit)
+    assert sorted((r["kind"], r["id"]) for r in records) == [("image", "s.tar/a"), ("reject", "s.tar/./")]
+    assert count_keys([unit], {}, {}, False).left == count["n"] == 2
+
+
 def test_a_tarred_image_folders_metadata_joins_and_reports_by_the_members_paths(tmp_path) -> None:
     _shard(tmp_path / "in", [("./train/0.png", A), ("./train/metadata.csv", b"file_name,label\n0.png,3\n7.png,4\n")])
     (unit,) = discover(str(tmp_path / "in"))
