@@ -214,7 +214,7 @@ class ChangedInputs:
 
 
 def _rows(n: int) -> str:
-    return f"{n} row{'' if n == 1 else 's'}"
+    return f"{n:,} row{'' if n == 1 else 's'}"
 
 
 def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | None:
@@ -227,13 +227,13 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
     what = []
     if files:
         rows = changed.get("image_files_metadata_changed", 0)
-        metadata = (f"; {rows} of them for their row of an image-folder metadata file, edited, added or removed since, "
+        metadata = (f"; {rows:,} of them for their row of an image-folder metadata file, edited, added or removed since, "
                     "which data/ holds as it was") if rows else ""
-        what.append(f"{files} image file(s) purified earlier (data/ holds their earlier version, purified{metadata})")
+        what.append(f"{files:,} image file(s) purified earlier (data/ holds their earlier version, purified{metadata})")
     if rejected:
-        what.append(f"{rejected} image file(s) rejected earlier (the reject is about their earlier version)")
+        what.append(f"{rejected:,} image file(s) rejected earlier (the reject is about their earlier version)")
     if containers:
-        what.append(f"{containers} tar/Parquet/zip file(s) replaced since, a member or row that rows were made from "
+        what.append(f"{containers:,} tar/Parquet/zip file(s) replaced since, a member or row that rows were made from "
                     f"changed or gone (of their {_rows(changed.get('container_rows', 0))}, those written before were made "
                     "from the earlier version: a member or row changed in place is not read again, one added is)")
     keeps = "would keep" if dry_run else "kept"
@@ -249,7 +249,7 @@ def refreshed_note(changed: dict[str, Any]) -> str | None:
     inputs, rows = changed.get("refreshed_inputs", 0), changed.get("refreshed_rows", 0)
     if not inputs:
         return None
-    return (f"note: --refresh-changed: would purify {inputs} changed input(s) again, replacing their {rows} row(s) "
+    return (f"note: --refresh-changed: would purify {inputs:,} changed input(s) again, replacing their {rows:,} row(s) "
             f"(e.g. {', '.join(changed.get('refreshed_examples', []))})")
 
 
@@ -259,9 +259,9 @@ def compared_note(changed: dict[str, Any]) -> str | None:
     files, containers = changed.get("image_files_compared", 0), changed.get("containers_compared", 0)
     if not files + containers:
         return None
-    what = [f"{files} image file(s) ({changed.get('image_files_same_bytes', 0)} with the bytes their rows were made "
+    what = [f"{files:,} image file(s) ({changed.get('image_files_same_bytes', 0):,} with the bytes their rows were made "
             "from)"] * bool(files) + [
-        f"{containers} tar/Parquet/zip file(s) ({changed.get('containers_same_members', 0)} giving every member of "
+        f"{containers:,} tar/Parquet/zip file(s) ({changed.get('containers_same_members', 0):,} giving every member of "
         "their rows as it was)"] * bool(containers)
     return (f"note: the planning read {' and '.join(what)} whose listing changed since their rows were written, to "
             "compare with their rows: those as they were are no change; a run's planning reads them again (a dry run "
@@ -273,8 +273,8 @@ def gone_note(changed: dict[str, Any]) -> str | None:
     files, containers = changed.get("gone_image_files", 0), changed.get("gone_containers", 0)
     if not files + containers:
         return None
-    what = [f"{files} image file(s)"] * bool(files) + [
-        f"{containers} tar/Parquet/zip file(s) ({_rows(changed.get('gone_container_rows', 0))})"] * bool(containers)
+    what = [f"{files:,} image file(s)"] * bool(files) + [
+        f"{containers:,} tar/Parquet/zip file(s) ({_rows(changed.get('gone_container_rows', 0))})"] * bool(containers)
     return (f"note: {' and '.join(what)} with rows in the output are no longer in the input (deleted or renamed; e.g. "
             f"{', '.join(changed.get('gone_examples', []))}): their rows are kept; --overwrite drops them")
 
@@ -859,7 +859,9 @@ def _members_same(unit: ReadUnit, rows: dict[str, bytes], purified: set[str], st
     if stop is not None and stop.is_set():
         return None, None
     try:
-        records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified), **reading)
+        # every id with a row named: a tar key keeps the id an earlier version named it by (`read_tar`)
+        records = read_unit(unit, storage_options, purified_ids=frozenset(i for i in rows if i in purified),
+                            named_ids=frozenset(rows), **reading)
         with contextlib.closing(records):
             for record in records:
                 if stop is not None and stop.is_set():

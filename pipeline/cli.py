@@ -571,8 +571,8 @@ def _recipe_value_shown(key: str, value: Any) -> str:
 
 
 def _count(n: int, thing: str) -> str:
-    """'1 tar shard', '2 tar shards': the dry run's counts read as sentences."""
-    return f"{n} {thing}" + ("" if n == 1 else "s")
+    """'1 tar shard', '2 tar shards', '12,632 images': the dry run's and the run's counts read as sentences."""
+    return f"{n:,} {thing}" + ("" if n == 1 else "s")
 
 
 def _records(n: int | None) -> str:
@@ -588,7 +588,7 @@ def _tar_keys(inp: dict[str, Any]) -> str:
         return ""
     if keys["to_read"] is None:
         return f" ({_human_bytes(inp['tar_bytes'])}; images counted when read: {terminal_text(keys['unknown_why'])})"
-    done = f", {keys['already_done']} already done, skipped" if keys["already_done"] else ""
+    done = f", {keys['already_done']:,} already done, skipped" if keys["already_done"] else ""
     return f" ({_human_bytes(inp['tar_bytes'])}; {_count(keys['to_read'], 'image')} to read{done})"
 
 
@@ -610,7 +610,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     state = {"new": "a new output", "overwrite": "an existing output, deleted first (--overwrite)",
              "resume": "resumes an unfinished run", "incremental": "adds new inputs to a finished run"}
-    held = f"{out['purified']} purified, {out['rejected']} rejected"
+    held = f"{out['purified']:,} purified, {out['rejected']:,} rejected"
     # a new output holds nothing: "new output; already holds 0 purified, 0 rejected" said so twice, the second oddly
     holds = "" if out["state"] == "new" and not (out["purified"] or out["rejected"]) else f"; it holds {held}"
     print(f"output: {_named(output_uri)}{state[out['state']]}{holds}")
@@ -622,7 +622,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
               f"takes the lease over (another machine's once it has seen no heartbeat for {LEASE_WATCH_S:.0f} s; one "
               "still refreshed stops the run)")
     print(f"input: {_named(input_uri)}{_count(inp['image_files_to_read'], 'image file')} to read "
-          f"({inp['image_files_already_done']} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}"
+          f"({inp['image_files_already_done']:,} already done, skipped), {_count(inp['tar_shards'], 'tar shard')}"
           f"{_tar_keys(inp)}, "
           f"{_count(inp['parquet_files'], 'Parquet file')}, "
           + (f"{_count(inp['arrow_files'], 'Arrow IPC file')}, " if inp.get("arrow_files") else "")
@@ -636,7 +636,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     if inp.get("containers_already_done"):
         one = inp["containers_already_done"] == 1
         what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"
-        print(f"  {inp['containers_already_done']} {what} read whole by an earlier run and {'is' if one else 'are'} "
+        print(f"  {inp['containers_already_done']:,} {what} read whole by an earlier run and {'is' if one else 'are'} "
               f"unchanged, with all {'its' if one else 'their'} images done (purified or rejected): not read")
     if inp.get("hidden_files_skipped"):
         print(f"  {hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
@@ -667,9 +667,9 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
               "such a table's columns to the images' rows")
     no_image = inp.get("parquet_rows_without_image") or {}
     if no_image.get("rows"):
-        shown = ", ".join(f"{terminal_text(name)} ({n})" for name, n in no_image["examples"])
+        shown = ", ".join(f"{terminal_text(name)} ({n:,})" for name, n in no_image["examples"])
         left = no_image["files"] - len(no_image["examples"])
-        more = f" and {left} more" if left else ""
+        more = f" and {left:,} more" if left else ""
         arrow = no_image.get("arrow_files", 0)  # by their record batch headers, the Parquet files' by their footers
         kind, source = (("Arrow IPC file", "record batch headers") if arrow == no_image["files"] else
                         ("Parquet file", "footer statistics") if not arrow else
@@ -706,14 +706,14 @@ def _retry_line(out: dict[str, Any]) -> str:
     files, held = out.get("rejects_to_retry_image_files", 0), out.get("rejects_to_retry_in_containers", 0)
     again, missing = files + held, total - files - held
     where = [_count(files, "image file")] * bool(files) + [
-        f"{held} in tar/Parquet/zip files, each found or not as its file is read"] * bool(held)
+        f"{held:,} in tar/Parquet/zip files, each found or not as its file is read"] * bool(held)
     if again == total:
         said = f"the output's {_count(total, 'reject')} would {'' if total == 1 else 'all '}be read again"
     else:
-        said = f"{again} of the output's {_count(total, 'reject')} would be read again"
+        said = f"{again:,} of the output's {_count(total, 'reject')} would be read again"
     return (f"--retry-rejects: {said} from the input" + (f" ({', '.join(where)}; counted below as inputs to read)"
                                                           if again else "")
-            + (f"; {missing} {'is' if missing == 1 else 'are'} not in the input and "
+            + (f"; {missing:,} {'is' if missing == 1 else 'are'} not in the input and "
                f"{'keeps its reject row' if missing == 1 else 'keep their reject rows'}" if missing else ""))
 
 
@@ -735,7 +735,7 @@ def _folder_metadata_lines(found: dict[str, Any]) -> list[str]:
              f"{_count(found['image_files_joined'], 'image file')}, their rows' columns added to those images' rows"
              + (f"; {_count(found['earlier_rejects_removed'], 'earlier reject')} of such a file (fixed since) would go "
                 "from rejects/" if found.get("earlier_rejects_removed") else "")
-             + (f"; {found['archive_files_joined']} inside zip archives, joined to their members as they are read"
+             + (f"; {found['archive_files_joined']:,} inside zip archives, joined to their members as they are read"
                 if found.get("archive_files_joined") else "")]
     if found["files_rejected"]:
         lines.append(f"warning: {_count(found['files_rejected'], 'metadata file')} cannot be joined: each is a reject "
@@ -750,17 +750,17 @@ def _partitions_line(partitions: dict[str, Any]) -> str:
     """The dry run's line on the partition keys --partitioning hive found in the input's listing."""
     keys, files, outside = partitions["keys"], partitions["files"], partitions["files_outside"]
     if not keys:
-        where = "the one input file lies in no" if files == 1 else f"none of the {files} input files lies in a"
+        where = "the one input file lies in no" if files == 1 else f"none of the {files:,} input files lies in a"
         return f"partitions (--partitioning hive): {where} key=value folder"
     found = ", ".join(f"{terminal_text(key)} ({_count(n, 'value')})" for key, n in keys.items())
     return (f"partitions (--partitioning hive): {found}, each a string column of its files' rows"
-            + (f"; {outside} of the {files} input files {'lies' if outside == 1 else 'lie'} in no key=value folder"
+            + (f"; {outside:,} of the {files:,} input files {'lies' if outside == 1 else 'lie'} in no key=value folder"
                if outside else ""))
 
 
 def unpurified_warning(columns: dict[str, int]) -> str:
     """The warning for images copied unpurified: the purified data set still holds them, triggers and all."""
-    listed = ", ".join(f"{terminal_text(name)} ({rows} row{'' if rows == 1 else 's'})" for name, rows in columns.items())
+    listed = ", ".join(f"{terminal_text(name)} ({rows:,} row{'' if rows == 1 else 's'})" for name, rows in columns.items())
     return (f"warning: column(s) {listed} hold images that were copied as they came, NOT purified: only the image "
             "column is purified, so a trigger in these reaches the output too. Drop them before use, or purify them "
             "in a run of their own (a Parquet column: --image-column NAME). Per run: this_run.unpurified_image_columns")
@@ -886,8 +886,8 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     rate = (f"({run['images_per_s']} images/s over the whole run)" if run["read"] else
             "(nothing to purify: no Ray was started)" if summary.get("ray", {}).get("note") else
             "(nothing to purify: the files read held nothing new)")
-    print(f"read {run['read']}, purified {run['purified']}, rejected {run['rejected']}, "
-          f"skipped (already done) {run['skipped_already_done']} in {run['wall_s']} s {rate}; "
+    print(f"read {run['read']:,}, purified {run['purified']:,}, rejected {run['rejected']:,}, "
+          f"skipped (already done) {run['skipped_already_done']:,} in {run['wall_s']} s {rate}; "
           f"model: {summary['model']['note']}")
     if run.get("hidden_skipped"):
         print(hidden_note(run["hidden_skipped"], run.get("hidden_skipped_examples", [])))
@@ -914,17 +914,17 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     refreshed = run.get("refreshed") or {}
     if refreshed.get("inputs"):
         kept = refreshed.get("rows_kept", 0)
-        print(f"refreshed {refreshed['inputs']} input(s) changed in place (--refresh-changed): "
-              f"{refreshed.get('rows_replaced', 0)} old row(s) replaced by new ones"
-              + (f", {kept} kept (their tar/Parquet/zip file, read again, gave no new row of them)" if kept else ""))
+        print(f"refreshed {refreshed['inputs']:,} input(s) changed in place (--refresh-changed): "
+              f"{refreshed.get('rows_replaced', 0):,} old row(s) replaced by new ones"
+              + (f", {kept:,} kept (their tar/Parquet/zip file, read again, gave no new row of them)" if kept else ""))
     _print_changed_inputs(summary.get("changed_inputs") or {})
     totals = summary["output_totals"]
     # after a resume or an --incremental run, this run's counts are not the data set's: say what the output holds
     # and where the rows are: the images are Parquet rows, and a reject's reason is only in rejects/
     where = ", ".join((["the purified images in data/"] if totals["purified"] else [])
                       + (["each reject with its reason in rejects/"] if totals["rejected"] else []))
-    print(f"output: {_uri_shown(config.output)} holds {totals['purified']} purified and {totals['rejected']} rejected in all "
-          f"(status {summary['status']}; summary in _summary.json" + (f"; {where}" if where else "") + ")")
+    print(f"output: {_uri_shown(config.output)} holds {totals['purified']:,} purified and {totals['rejected']:,} rejected "
+          f"in all (status {summary['status']}; summary in _summary.json" + (f"; {where}" if where else "") + ")")
 
 
 def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> None:
@@ -937,7 +937,7 @@ def _print_changed_inputs(changed: dict[str, Any], dry_run: bool = False) -> Non
 
 
 def _downscaled_warning(shrunk: dict[str, Any], canvas: int) -> str:
-    return (f"warning: {shrunk['images']} image(s) were larger than the model's {canvas} px canvas and were shrunk to "
+    return (f"warning: {shrunk['images']:,} image(s) were larger than the model's {canvas} px canvas and were shrunk to "
             f"fit it (up to {shrunk['max_factor']}x) before purification: they come back at their own size but with "
             f"only the canvas's detail (per image: column downscale_factor). Purify them with a prior made for their "
             "size (--checkpoint) to keep their detail.")
@@ -950,17 +950,17 @@ def _retried_line(retried: dict[str, Any]) -> str:
     joined = retried.get("metadata_joined", 0)
     gone = (retried["earlier_rejects"] - retried["purified_now"] - retried["rejected_again"] - whole
             - retried.get("superseded", 0) - renamed - joined)
-    return (f"retried {_count(retried['earlier_rejects'], 'earlier reject')}: {retried['purified_now']} purified now, "
-            f"{retried['rejected_again']} rejected again"
+    return (f"retried {_count(retried['earlier_rejects'], 'earlier reject')}: {retried['purified_now']:,} purified now, "
+            f"{retried['rejected_again']:,} rejected again"
             + (" (rejects/ has today's reason)" if retried["rejected_again"] else "")
             + (f", {_count(whole, 'tar/Parquet/zip file')} read to {'its' if whole == 1 else 'their'} end now"
                if whole else "")
-            + (f", {retried['superseded']} an older version's rejects of a tar shard's keys, now read otherwise "
+            + (f", {retried['superseded']:,} an older version's rejects of a tar shard's keys, now read otherwise "
                "(numbered names keyed apart, macOS metadata skipped)" if retried.get("superseded") else "")
             + (f", {_count(renamed, 'tar look-alike reject')} gone (their members no longer share an id)"
                if renamed else "")
             + (f", {_count(joined, 'image-folder metadata file')} in a zip archive joined now" if joined else "")
-            + (f", {gone} not found in the input (their reject rows are kept)" if gone else ""))
+            + (f", {gone:,} not found in the input (their reject rows are kept)" if gone else ""))
 
 
 if __name__ == "__main__":  # python -m pipeline.cli: where the zip-purify script is not on PATH (a cluster's image)

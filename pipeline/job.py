@@ -46,7 +46,7 @@ from pipeline.changes import INPUTS_DIR, InputRecord, starting_record, write_rec
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, JobFailed, NotOnThisNodeError
 from pipeline.lease import LEASE_FILE, OutputLease
-from pipeline.ledger import LEDGER_DIR, ContainerRead, write_ledger
+from pipeline.ledger import LEDGER_DIR, ContainerRead, tar_ids_named_otherwise, write_ledger
 from pipeline.output import (
     INDEX_READERS,
     JOB_FILE,
@@ -533,8 +533,11 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     # Image files already done were dropped from the units; a container's done ids travel with its own row.
     # (a plan with no unit runs no pipeline: see run_job)
     # A unit of image files carries its own files' metadata rows and sidecar files (--join-metadata), none of the others'.
+    # a tar shard's ids an earlier version named from its members' names ('s.tar/./b'), which its keys keep: the
+    # output's, those this run does not skip too (rejects retried, rows refreshed)
+    named = tar_ids_named_otherwise([*plan.done, *plan.retry, *plan.changes.refreshed_rows()], plan.units)
     rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
-             "purified": plan.container_purified.get(u.paths[0], []),
+             "purified": plan.container_purified.get(u.paths[0], []), "named": named.get(u.paths[0], []),
              "metadata": unit_metadata(u.paths, plan.folder_metadata) if u.kind == "files" else "",
              "sidecars": unit_sidecars(u.paths, getattr(plan, "sidecars", None)) if u.kind == "files" else ""}
             for u in plan.units]
@@ -925,7 +928,7 @@ def _progress_postfix(bar: Any, plan: JobPlan, tally: RunTally) -> dict[str, Any
     is."""
     if bar.total is not None:
         return {"rejected": tally.rejected}
-    return {"rejected": tally.rejected, "read_tasks": f"{min(tally.units_read, len(plan.units))}/{len(plan.units)}"}
+    return {"rejected": tally.rejected, "read_tasks": f"{min(tally.units_read, len(plan.units)):,}/{len(plan.units):,}"}
 
 
 @dataclass
@@ -1072,9 +1075,9 @@ def _metadata_report(plan: JobPlan, tally: RunTally) -> dict[str, Any]:
 def _stopped_phrase(count: StoppedCount, totals: dict[str, Any], hidden: HiddenSkipped) -> str:
     """What a stopped run wrote and what the output now holds, in words, for the line that ends the run."""
     least = "" if count.short is None else "at least "
-    files = f"{count.files} part file{'' if count.files == 1 else 's'}"
-    return (f"this run wrote {least}{count.purified} purified and {count.rejected} rejected ({files}), so the "
-            f"output now holds {least}{totals['purified']} purified and {totals['rejected']} rejected"
+    files = f"{count.files:,} part file{'' if count.files == 1 else 's'}"
+    return (f"this run wrote {least}{count.purified:,} purified and {count.rejected:,} rejected ({files}), so the "
+            f"output now holds {least}{totals['purified']:,} purified and {totals['rejected']:,} rejected"
             + ("" if count.short is None else f" ({count.short})")
             + (f"; {hidden_note(hidden.count, hidden.examples)}" if hidden.count else ""))
 

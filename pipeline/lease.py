@@ -31,8 +31,10 @@ from pipeline.storage import (
     concurrent_calls,
     create_if_absent,
     describe,
+    fsspec_protocol,
     make_parent_dirs,
     replace_file,
+    scoped_options,
     storage_path,
     with_retries,
 )
@@ -305,19 +307,26 @@ class OutputLease:
                 "over. Run again once that run has ended")
         return lease
 
-    def _own_fs(self) -> Any:
+    def _own_fs(self, new: bool = False) -> Any:
         """`self.fs`, or where its store holds one connection that threads may not share (SFTP, FTP), one of the calling
         thread's own: fsspec gives each thread its own SFTP file system, so `self.fs` is the driver's, whose writes and
         reads of the output go on while the heartbeat writes the lease (both waited for ever on a real server); FTP's
-        is a new connection each time."""
-        return self.fs if concurrent_calls(self.fs, 2) > 1 else storage_path(f"{self.out}/{LEASE_FILE}", self._so)[0]
+        is a new connection each time. `new`: a new connection on SFTP too, not the thread's that fsspec keeps, which
+        after a drop is the same dropped connection again."""
+        if concurrent_calls(self.fs, 2) > 1:
+            return self.fs
+        options = {**scoped_options(fsspec_protocol(self.out) or "file", self._so), "skip_instance_cache": new}
+        return storage_path(f"{self.out}/{LEASE_FILE}", options)[0]
 
     def _heartbeat(self) -> None:
-        fs = None  # made on this thread (`_own_fs`), at the first beat: one that fails to connect is tried at the next
+        # Made on this thread (`_own_fs`), at the first beat: one that fails to connect is tried at the next. Each
+        # beat reads and writes the lease through it: read through a connection of its own (`read_lease`), each beat
+        # was an FTP login, every 30 s for the whole run, which servers log and rate-limit.
+        fs = None
         while not self._stop.wait(LEASE_HEARTBEAT_S):
             try:
-                fs = fs if fs is not None else self._own_fs()
-                current = read_lease(self.out, self._so)
+                fs = fs if fs is not None else self._own_fs(new=True)
+                current = _fetch_lease(fs, self.path, self.out)
                 if current is not None and current.get("unreadable"):
                     continue  # not a run's lease (runs write whole files): neither ours nor taken over
                 if current is not None and not self._mine(current):
@@ -377,9 +386,10 @@ class OutputLease:
                   file=sys.stderr)
 
     def _remove_if_mine(self, fs: Any = None) -> None:
-        if self._mine(read_lease(self.out, self._so)):
+        fs = self.fs if fs is None else fs  # read and removed through one connection
+        if self._mine(_fetch_lease(fs, self.path, self.out)):
             try:
-                with_retries(lambda: (self.fs if fs is None else fs).rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
+                with_retries(lambda: fs.rm_file(self.path), f"remove {self.out}/{LEASE_FILE}")
             except FileNotFoundError:
                 pass  # removed meanwhile (release and a late heartbeat both clean up): what was wanted
 

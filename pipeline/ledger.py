@@ -87,6 +87,20 @@ def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, l
     return found
 
 
+def tar_ids_named_otherwise(ids: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
+    """The ids of each tar shard of `units` (by path), of the output's `ids`, that an earlier version named from its
+    members' names, with a '.' or empty folder in them ('s.tar/./b' for './b.jpg', 's.tar/cat//a'), where this one
+    names a key by its member's path ('s.tar/b': `sources.webdataset_keys.member_path`). Its read task is told them,
+    its rejects that --retry-rejects reads again and the rows --refresh-changed replaces too (which it does not skip),
+    and a key keeps such an id (`webdataset_keys.earlier_ids`): its row or reject is skipped or replaced, never
+    written again under the new id. Only such ids are looked for: an output holding none costs one pass over its ids."""
+    odd = [i for i in ids if "/./" in i or "//" in i]
+    tars = [u for u in units if u.kind == "tar"]
+    if not odd or not tars:
+        return {}
+    return {path: found for path, found in container_ids(odd, tars).items() if found}
+
+
 def ledger_path(output: str) -> str:
     return f"{output.rstrip('/')}/{LEDGER_DIR}/containers.json"
 

@@ -59,26 +59,27 @@ class LogProgress:
         self.last = time.monotonic()
         elapsed = self.last - self.started
         done = self.n - self.initial  # the rate counts only this run's work, not a resumed run's earlier part
-        text = f"{self.desc}: {self.n}"
+        text = f"{self.desc}: {self.n:,}"  # '12,632': as the dry run and the summary line count
         # a count past its total (a file grown since it was counted) shows no total, as tqdm's bar does: "12/11
         # (109 %)" said more done than all there was, and no ETA where work was left
         total = self.total if self.total is not None and self.n <= self.total else None
         if total is not None:
             # floored: 100 % only once all are done (rounded, 199/200 said 100 %)
-            text += f"/{total} ({100 * self.n // max(total, 1)} %)"
+            text += f"/{total:,} ({100 * self.n // max(total, 1)} %)"
         text += f" in {elapsed:.0f} s"
         if done > 0 and elapsed > 0:
             text += f", {_rate(done / elapsed)} {self.unit}/s"
             if total is not None and self.n < total:
                 text += f", ETA {(total - self.n) * elapsed / done:.0f} s"
-        text += "".join(f", {key} {value}" for key, value in self.postfix.items())
+        text += "".join(f", {key} {value:,}" if type(value) is int else f", {key} {value}"
+                        for key, value in self.postfix.items())
         print(text, file=self.stream, flush=True)
         self.printed = (self.n, dict(self.postfix))
 
 
 def _rate(per_s: float) -> str:
-    """A rate with three significant digits, never in exponent form: 0.164, 2.1, 4130 (not 4.13e+03)."""
-    return f"{per_s:.0f}" if per_s >= 100 else f"{per_s:.3g}"
+    """A rate with three significant digits, never in exponent form: 0.164, 2.1, 4,130 (not 4.13e+03)."""
+    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
 def progress_bar(

@@ -203,7 +203,8 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     of sitting in a worker's memory whole. A batch is handed on as soon as its images' bytes reach `max_bytes`
     too: `max_records` images of up to `max_image_bytes` each would otherwise pile up in the read task.
     A row's own "skip" ids (the done ids of its tar, Parquet or zip file) are skipped besides `skip_ids`; its
-    "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one.
+    "purified" ids, those of them in data/ (`sources.read_unit`), tell a tar member added beside a purified one; its
+    "named" ids, a tar shard's ids an earlier version named from its members' names, are kept by its keys.
     `partitioning` "hive": each image gets its file's `key=value` folders as columns (`sources.partitions`).
     A row's "metadata": its image files' rows of image-folder metadata files (`sources.folder_metadata`); its
     "sidecars": their sidecar files (`sources.sidecar_files`).
@@ -214,10 +215,12 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
     sizes = batch.get("sizes", [None] * count)
     own_skips = batch.get("skip", [None] * count)
     own_purified = batch.get("purified", [None] * count)
+    own_named = batch.get("named", [None] * count)
     metadata = batch.get("metadata", [""] * count)
     sidecars = batch.get("sidecars", [""] * count)
-    for kind, paths, root, listed, own, purified, joined, beside in zip(
-            batch["kind"], batch["paths"], batch["root"], sizes, own_skips, own_purified, metadata, sidecars, strict=True):
+    for kind, paths, root, listed, own, purified, named, joined, beside in zip(
+            batch["kind"], batch["paths"], batch["root"], sizes, own_skips, own_purified, own_named, metadata, sidecars,
+            strict=True):
         check_input_root(root)
         check_store_here(root, "--input", "read task")
         unit = ReadUnit.from_row({"kind": kind, "paths": list(paths), "root": root,
@@ -225,7 +228,8 @@ def read_stage(batch: Batch, storage_options: dict[str, Any], labels_from_folder
         skip = skip_ids if own is None or not len(own) else skip_ids | frozenset(own)
         for record in read_unit(unit, storage_options, labels_from_folders, image_column, skip, in_memory_bytes,
                                 max_image_bytes, frozenset(purified) if purified is not None else frozenset(),
-                                partitioning, str(joined or ""), join_metadata, str(beside or "")):
+                                partitioning, str(joined or ""), join_metadata, str(beside or ""),
+                                frozenset(named) if named is not None else frozenset()):
             pending.append(record)
             size += len(record.get("data", b""))
             if len(pending) >= max_records or size >= max_bytes:

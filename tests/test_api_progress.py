@@ -117,7 +117,7 @@ def test_the_last_line_is_not_printed_twice(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_fast_rate_is_written_as_a_number_not_in_exponent_form(monkeypatch: pytest.MonkeyPatch) -> None:
     """An export of 256 local files ended "export: 256/256 (100 %) in 0 s, 4.13e+03 img/s"."""
-    assert _lines_of_one_update(monkeypatch, 4130, "export", 1) == ["export: 4130/4130 (100 %) in 1 s, 4130 img/s"]
+    assert _lines_of_one_update(monkeypatch, 4130, "export", 1) == ["export: 4,130/4,130 (100 %) in 1 s, 4,130 img/s"]
 
 
 @pytest.mark.parametrize("progress", ["no", "false", 0, None, 1.0])

@@ -344,7 +344,7 @@ def test_links_in_a_shard_packed_from_its_folder_find_their_targets(tmp_path) ->
         ("./0001.png", png), _entry("./0002.png", tarfile.LNKTYPE, "./0001.png"),
         _entry("./0003.png", tarfile.SYMTYPE, "0001.png")))
     records = [r for r in _read(tmp_path) if r["kind"] != "count"]
-    assert [(r["kind"], r["id"], r["data"]) for r in records] == [("image", f"s.tar/./000{k}", png) for k in (1, 2, 3)]
+    assert [(r["kind"], r["id"], r["data"]) for r in records] == [("image", f"s.tar/000{k}", png) for k in (1, 2, 3)]
 
 
 # --- zip archives ----------------------------------------------------------------------------------------------------

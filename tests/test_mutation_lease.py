@@ -170,18 +170,19 @@ def test_ctrl_c_while_settling_removes_the_lease_just_written(tmp_path, monkeypa
 
 
 def _beats(monkeypatch, on_read=None) -> list[int]:
-    """Count the heartbeat's reads (the heartbeat thread only); `on_read(n)` may raise or change the lease first."""
+    """Count the heartbeat's reads (the heartbeat thread only, through its own connection); `on_read(n)` may raise or
+    change the lease first."""
     monkeypatch.setattr(output_lease, "LEASE_HEARTBEAT_S", 0.01)
-    real_read, count = output_lease.read_lease, [0]
+    real_fetch, count = output_lease._fetch_lease, [0]
 
-    def read(output: str, so: dict) -> dict | None:
+    def fetch(fs: object, path: str, out: str) -> dict | None:
         if threading.current_thread().name == "output-lease":
             count[0] += 1
             if on_read is not None:
                 on_read(count[0])
-        return real_read(output, so)
+        return real_fetch(fs, path, out)
 
-    monkeypatch.setattr(output_lease, "read_lease", read)
+    monkeypatch.setattr(output_lease, "_fetch_lease", fetch)
     return count
 
 

@@ -183,7 +183,7 @@ def test_a_rate_just_under_a_thousand_is_not_in_exponent_form(clock) -> None:
     clock.now += 10
     bar.update(9997)
     bar.close()
-    assert log.getvalue().splitlines() == ["export: 9997/9997 (100 %) in 10 s, 1000 img/s"]
+    assert log.getvalue().splitlines() == ["export: 9,997/9,997 (100 %) in 10 s, 1,000 img/s"]
 
 
 def test_a_message_to_another_file_goes_there(clock) -> None:

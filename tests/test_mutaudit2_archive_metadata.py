@@ -46,7 +46,7 @@ def test_a_shard_tarred_from_inside_its_folder_has_its_rows_joined(tmp_path) -> 
     path.write_bytes(_tar([("./train/0.png", image_bytes(8, 8, 0)), ("./train/1.png", image_bytes(8, 8, 1)),
                            ("./train/metadata.csv", b"file_name,label\n0.png,3\n1.png,5\n")]))
     records, count = _read(path)
-    assert _labels(records) == {"d.tar/./train/0": 3, "d.tar/./train/1": 5}
+    assert _labels(records) == {"d.tar/train/0": 3, "d.tar/train/1": 5}
     assert "metadata_unmatched" not in count
 
 

@@ -155,7 +155,7 @@ def metadata_report(folders: FolderMetadata | None, archives: ArchiveMetadata, e
 def unmatched_note(count: int, examples: list[str]) -> str:
     """What a run says of the metadata rows that name no image file of the input."""
     shown = "; ".join(examples) + ("; ..." if count > len(examples) else "")
-    return (f"{count} row{'' if count == 1 else 's'} of image-folder metadata files name{'s' if count == 1 else ''} no "
+    return (f"{count:,} row{'' if count == 1 else 's'} of image-folder metadata files name{'s' if count == 1 else ''} no "
             f"image file of the input (its file_name, relative to the metadata file's folder), joined to nothing: "
             f"{shown}")
 

@@ -48,4 +48,4 @@ def hidden_note(count: int, examples: list[str]) -> str:
         which += "; a TFDS data set's metadata: dataset_info.json, features.json, *.labels.txt"
     if any(is_folder_metadata(name) for name in metadata):  # --join-metadata: read at the listing, not an input
         which += "; an image folder's metadata.csv / metadata.jsonl, joined to its images' rows"
-    return f"{count} hidden entr{'y' if count == 1 else 'ies'} ({which}) skipped, not read: {shown}"
+    return f"{count:,} hidden entr{'y' if count == 1 else 'ies'} ({which}) skipped, not read: {shown}"

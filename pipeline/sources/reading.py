@@ -34,6 +34,7 @@ def read_unit(
     metadata: str = "",
     join_metadata: bool = False,
     sidecars: str = "",
+    named_ids: frozenset[str] | set[str] = frozenset(),
 ) -> Iterator[dict[str, Any]]:
     """Records of one unit, skipping ids already done, followed by one "count" record.
 
@@ -44,6 +45,8 @@ def read_unit(
     it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
     the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
     `purified_ids`: done ids that are in data/ (`read_tar`; those with '\\x' are enough).
+    `named_ids`: a tar shard's ids in the output that an earlier version named from its members' names ('s.tar/./b'
+    for './b.jpg'), which its keys keep (`read_tar`; `plan.tar_ids_named_otherwise`).
     `partitioning` "hive": each image record gets the columns of its file's `key=value` folders (`sources.partitions`;
     a container's folders, not those inside it).
     `metadata`: a "files" unit's rows of image-folder metadata files and their rejects, as the planning joined them
@@ -58,7 +61,7 @@ def read_unit(
         records = read_files(unit, opts, labels_from_folders, max_image_bytes, metadata, sidecars)
     elif unit.kind == "tar":
         records = read_tar(unit, opts, in_memory_bytes, max_image_bytes, skip_ids, purified_ids, join_metadata,
-                            labels_from_folders)
+                            labels_from_folders, named_ids)
     elif unit.kind == "parquet" and is_tfrecord(unit.paths[0]):  # rows numbered as a table's: `tfrecord_files`
         records = read_tfrecord(unit, opts, image_column, in_memory_bytes, max_image_bytes, skip_ids)
     elif unit.kind == "parquet":

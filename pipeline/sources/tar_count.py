@@ -23,10 +23,13 @@ them (a loaded 2-core machine): CIFAR-10's test .tar.gz, 3.1 MiB of 10,000 JPEGs
 pace, about 4.5 MiB of compressed shard a second (many small members, or xz), puts the bound of the compressed
 bytes decompressed in all at 64 MiB on a local disk (`COMPRESSED_BYTES_LOCAL`): about 14 s at worst, as the ranged
 requests' budget. On other storage a compressed shard is fetched whole in one request (a web server that ignores
-Range answers it too), and its read downloads it again: 16 MiB in all there (`COMPRESSED_BYTES_REMOTE`; not
-measured against an object store, which this machine cannot reach: a second at 16 MB/s). Past the bound the count is
-unknown, and says the size and the bound; shards named compressed (.gz, .xz, .bz2, ...) whose sizes alone are past it
-are given up before any is read.
+Range answers it too), and its read downloads it again: 16 MiB in all there (`COMPRESSED_BYTES_REMOTE`). Measured
+at that bound on a local S3 (moto) and a local web server, beside the local disk (`bench/tar_count_remote_bench.py`,
+the 2-core machine loaded, load average 11 to 19): 16 MiB of 3 KB JPEG-like members counted in 0.8-3.6 s, of
+90,658 keys of 300-byte members (many small members: the slowest) in 4.8-16.6 s, of .tar.xz in 1.2-7.4 s; the walk,
+a header at a time, is the cost wherever the bytes come from, within the 30 s the walks may take (`COMPRESSED_SECONDS`).
+Past the bound the count is unknown, and says the size and the bound; shards named compressed (.gz, .xz, .bz2, ...)
+whose sizes alone are past it are given up before any is read.
 
 Not counted, the count then unknown with the reason: compressed shards past that bound, a damaged shard, one whose
 storage gives no size or no byte ranges (a plain shard), and with --join-metadata a shard holding an image folder's
@@ -47,7 +50,7 @@ import tarfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -57,7 +60,7 @@ from pipeline.sources.read_budget import MAX_READS, BudgetSpent, ReadBudget
 from pipeline.sources.tar_members import CheckedTarInfo, is_macos_metadata
 from pipeline.sources.tfrecord_count import BLOCK, READERS, CountProblem
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import tar_key
+from pipeline.sources.webdataset_keys import earlier_ids, member_path, tar_key
 from pipeline.storage import concurrent_reads, describe, local_file_path, protocols, storage_path, with_retries
 
 # The first bytes of the compressed shards the reader takes (tarfile's "r|*"): gzip, bzip2, xz
@@ -65,7 +68,8 @@ COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 WEB_PROTOCOLS = frozenset({"http", "https"})
 # The compressed shards' bytes in all that a run's count decompresses, past which it is unknown (see the module's
 # docstring for the measurements): on a local disk about 13 s at the slowest pace measured, as the ranged requests'
-# budget; elsewhere each is downloaded whole for the count and again by its read, so less.
+# budget; elsewhere each is downloaded whole for the count and again by its read, so less: 16 MiB took at most 17 s
+# to count on a loaded machine (the walk, not the download, is its cost), within COMPRESSED_SECONDS.
 COMPRESSED_BYTES_LOCAL = 64 * 2**20
 COMPRESSED_BYTES_REMOTE = 16 * 2**20
 # The seconds the compressed shards' walks may take in all, counted from the first: the bytes' bound gives about 14 s at
@@ -219,9 +223,10 @@ class Compressed(CountProblem):
 
 
 def shard_keys(read_at: Callable[[int, int], bytes], size: int, budget: ReadBudget, join_metadata: bool,
-               pace: Pace | None = None, shard: str = "") -> Counter[str]:
+               pace: Pace | None = None, shard: str = "", named: dict[str, list[str]] | None = None) -> Counter[str]:
     """The keys of the plain tar shard of `size` bytes that `read_at` reads, from its headers alone, as its read
     finds them: key -> its members (links too; directories, devices and macOS metadata members are in no key).
+    `named`, when given, gets each key's members whose names are not their paths ('./b.jpg': `_walk`).
     CountProblem where the count cannot be known before the shard is read (see the module's docstring); Compressed
     where it is compressed."""
     reader = _HeaderReader(read_at, size, budget, pace, shard)
@@ -231,20 +236,23 @@ def shard_keys(read_at: Callable[[int, int], bytes], size: int, budget: ReadBudg
         raise Compressed
     reader.seek(0)
     keys = _walk(lambda: tarfile.open(fileobj=reader, mode="r:", tarinfo=CheckedTarInfo,  # type: ignore[call-overload]
-                                      ignore_zeros=True), join_metadata)
+                                      ignore_zeros=True), join_metadata, named)
     if pace is not None:
         pace.done(shard, size)
     return keys
 
 
-def stream_keys(stream: BinaryIO, join_metadata: bool) -> Counter[str]:
+def stream_keys(stream: BinaryIO, join_metadata: bool, named: dict[str, list[str]] | None = None) -> Counter[str]:
     """The keys of the compressed (or plain) tar shard `stream` holds, walked as its read walks it (tarfile's "r|*":
     every byte decompressed, the data between headers too); as `shard_keys` says."""
     return _walk(lambda: tarfile.open(fileobj=stream, mode="r|*", tarinfo=CheckedTarInfo,  # type: ignore[call-overload]
-                                      ignore_zeros=True), join_metadata)
+                                      ignore_zeros=True), join_metadata, named)
 
 
-def _walk(open_tar: Callable[[], tarfile.TarFile], join_metadata: bool) -> Counter[str]:
+def _walk(open_tar: Callable[[], tarfile.TarFile], join_metadata: bool,
+          named: dict[str, list[str]] | None = None) -> Counter[str]:
+    """`shard_keys`' walk. `named` gets, by key, the members whose names are not their paths (`member_path`): those
+    of which an earlier version gave the key another id (`webdataset_keys.earlier_ids`)."""
     keys: Counter[str] = Counter()
     try:
         with open_tar() as tar:
@@ -255,7 +263,10 @@ def _walk(open_tar: Callable[[], tarfile.TarFile], join_metadata: bool) -> Count
                 if join_metadata and is_folder_metadata(member.name):
                     raise CountProblem(f"its image-folder metadata member {text_name(member.name)} is joined or "
                                        "rejected as it is read")
-                keys[tar_key(member.name)[0]] += 1
+                key = tar_key(member.name)[0]
+                keys[key] += 1
+                if named is not None and member_path(member.name) != member.name:
+                    named.setdefault(key, []).append(member.name)
             damage = getattr(tar, "zip_purify_damage", None)
     except tarfile.TarError as err:  # its read rejects it as unreadable: how many keys go with it is known then
         raise CountProblem(f"it is cut short or not a tar ({describe(err)})") from err
@@ -265,26 +276,29 @@ def _walk(open_tar: Callable[[], tarfile.TarFile], join_metadata: bool) -> Count
 
 
 def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, join_metadata: bool,
-                pace: Pace | None = None) -> Counter[str]:
+                pace: Pace | None = None, done: Collection[str] = ()) -> Counter[str]:
     """The ids of the keys of the tar shard `unit` -> how many keys give each (two keys that give one id, a name not
-    UTF-8 and one named with its escapes, make one reject), read a block at a time: on a local disk with a small
+    UTF-8 and one named with its escapes, make one reject), as its read gives them: a key keeps the id an earlier
+    version named it by where `done` (its done ids) holds that one and not its own (`earlier_ids`: 's.tar/./b' for
+    './b.jpg'). Read a block at a time: on a local disk with a small
     read, else a ranged request; a compressed shard is decompressed whole (`stream_keys`, fetched in one request off a
     local disk), within the bounds `Pace.decompressing` and `Pace.still_decompressing` keep."""
     (path,) = unit.paths
     pace = pace if pace is not None else Pace(None, budget)
     local = local_file_path(path)
+    named: dict[str, list[str]] = {}  # key -> its members whose names are not their paths
     if local is not None:
         fd = os.open(local, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
             try:
                 keys = shard_keys(lambda offset, length: os.pread(fd, length, offset), size, budget, join_metadata,
-                                  pace, path)
+                                  pace, path, named)
             except Compressed:
                 pace.done(path, size)  # its bytes take no ranged requests: the pace of the others' is judged without
                 pace.decompressing(size, local=True)
                 with os.fdopen(os.dup(fd), "rb") as raw:
-                    keys = stream_keys(_Watched(raw, pace), join_metadata)  # type: ignore[arg-type]
+                    keys = stream_keys(_Watched(raw, pace), join_metadata, named)  # type: ignore[arg-type]
         finally:
             os.close(fd)
     else:
@@ -302,15 +316,17 @@ def count_shard(unit: ReadUnit, fs_opts: dict[str, Any], budget: ReadBudget, joi
             else:
                 read_at = _web_ranges(fs, fs_path, path, size, stack)
             try:
-                keys = shard_keys(read_at, size, budget, join_metadata, pace, path)
+                keys = shard_keys(read_at, size, budget, join_metadata, pace, path, named)
             except Compressed:
                 pace.done(path, size)
                 pace.decompressing(size, local=False)
                 # fetched whole, in one request, which a web server that ignores Range answers too: within the bound
                 data = with_retries(lambda: fs.cat_file(fs_path), f"read {path}")
-                keys = stream_keys(_Watched(io.BytesIO(data), pace), join_metadata)  # type: ignore[arg-type]
+                keys = stream_keys(_Watched(io.BytesIO(data), pace), join_metadata, named)  # type: ignore[arg-type]
     shard = relative_id(path, unit.root)
-    return Counter(f"{shard}/{text_name(key)}" for key in keys)
+    known = set(done)
+    earlier = earlier_ids(shard, named, known.__contains__) if named and known else {}
+    return Counter(earlier.get(key) or f"{shard}/{text_name(key)}" for key in keys)
 
 
 def _web_ranges(fs: Any, fs_path: str, path: str, size: int,
@@ -373,7 +389,8 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
         try:
             if pace.given_up:
                 return None
-            ids = count_shard(unit, fs_opts, budget, join_metadata, pace)
+            already = set(done.get(unit.paths[0], ()))
+            ids = count_shard(unit, fs_opts, budget, join_metadata, pace, already)
         except _GivenUp:
             return None
         except CountProblem as err:
@@ -381,7 +398,6 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
         except Exception as err:  # noqa: BLE001 - its read task says what is wrong with it; here only the count
             problem = f"{relative_id(unit.paths[0], unit.root)}: its headers could not be read ({describe(err)})"
         else:
-            already = set(done.get(unit.paths[0], ()))
             if not any(n > 1 and id_ in already for id_, n in ids.items()):
                 return sum(id_ not in already for id_ in ids), sum(id_ in already for id_ in ids)
             # one of them may be new: a reject of its own

@@ -24,14 +24,23 @@ from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
 from pipeline.sources.records import reject_record
 from pipeline.sources.tar_members import TarLink, index_tar, member_pass
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import JsonColumns, image_extensions, split_key, tar_key, tar_key_record
+from pipeline.sources.webdataset_keys import (
+    JsonColumns,
+    earlier_ids,
+    image_extensions,
+    member_path,
+    split_key,
+    tar_key,
+    tar_key_record,
+)
 from pipeline.storage import describe
 
 
 def read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_image_bytes: int,
               skip_ids: frozenset[str] | set[str] = frozenset(),
               purified_ids: frozenset[str] | set[str] = frozenset(),
-              join_metadata: bool = False, labels_from_folders: bool = False) -> Iterator[dict[str, Any]]:
+              join_metadata: bool = False, labels_from_folders: bool = False,
+              named_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """One record per key, in two sequential passes, so that memory does not grow with the shard.
 
     Pass 1 reads only the headers: which members each key has (`tar_key`: WebDataset's keys, a numbered name such as
@@ -50,6 +59,10 @@ def read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
     Two keys of one id (`_escaped_twin_keys`) are one reject naming both; when that id was purified in an earlier run
     (`purified_ids`: the done ids in data/), one of them was added since, and its reject has an id of its own
     (`LOOKALIKE`), given once: the purified row keeps the id.
+    A key's id is the shard's id, '/' and the key, of the member's path (`member_path`: 's.tar/b' for './b.jpg'); one
+    an earlier version named from the member's name ('s.tar/./b') keeps that id where the output holds it and not the
+    new one (`earlier_ids`): in `skip_ids`, `purified_ids` or `named_ids` (the output's ids of this shard so named,
+    its rejects' too, which --retry-rejects does not skip, and the rows --refresh-changed replaces).
     `join_metadata`: the shard's image-folder metadata members (a tarred image folder's metadata.csv or
     metadata.jsonl) are read in pass 1 and joined to its keys' images before pass 2, wherever they lie in the shard
     (`_shard_metadata`): one joined is a "joined" record (counted as metadata, as in a zip archive), one that cannot be
@@ -71,12 +84,13 @@ def read_tar(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
             yield _unreadable(shard, path, 0, err)
             return
         yield from _two_passes(path, shard, open_stream, max_image_bytes, skip_ids, purified_ids, join_metadata,
-                               labels_from_folders)
+                               labels_from_folders, named_ids)
 
 
 def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_image_bytes: int,
                 skip_ids: frozenset[str] | set[str], purified_ids: frozenset[str] | set[str],
-                join_metadata: bool = False, labels_from_folders: bool = False) -> Iterator[dict[str, Any]]:
+                join_metadata: bool = False, labels_from_folders: bool = False,
+                named_ids: frozenset[str] | set[str] = frozenset()) -> Iterator[dict[str, Any]]:
     """`read_tar`'s records of a shard opened by `open_stream`: pass 1 (the index, and the metadata members' bytes
     with `join_metadata`), then pass 2 (the members)."""
     texts: dict[str, bytes | Exception | str] | None = {} if join_metadata else None
@@ -84,10 +98,19 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
                                                                  max_member_bytes=max_image_bytes)  # pass 1
     failure = _unreadable(shard, path, len(members_of), index_error) if index_error else None
 
-    def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
-        return f"{shard}/{text_name(key)}"
+    def known(id_: str) -> bool:  # an id the output holds (no union: skip_ids may hold a large shard's every id)
+        return id_ in skip_ids or id_ in named_ids or id_ in purified_ids
 
-    yield from ({"kind": "hidden", "name": f"{shard}/{text_name(name)}"} for name in metadata)  # counted, not inputs
+    earlier = earlier_ids(shard, members_of, known)
+
+    def key_id(key: str) -> str:  # a member name that is not UTF-8 gives a key that is not: its id is text
+        return earlier.get(key) or f"{shard}/{text_name(key)}"
+
+    def name_id(name: str) -> str:  # a metadata member's own id, as `earlier_ids` keeps a key's
+        own, before = f"{shard}/{text_name(member_path(name))}", f"{shard}/{text_name(name)}"
+        return before if before != own and known(before) and not known(own) else own
+
+    yield from ({"kind": "hidden", "name": name_id(name)} for name in metadata)  # counted, not inputs
     joined = _shard_metadata(members_of, links, texts) if texts else FolderMetadata()
     taken = [*joined.joined, *joined.rejects]  # out of their keys: no inputs, or rejects of their own
     for name in taken:
@@ -96,7 +119,7 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
         if not members_of[key]:
             del members_of[key]
     for name in taken:
-        id_ = f"{shard}/{text_name(name)}"
+        id_ = name_id(name)
         if name in joined.rejects:
             yield {"kind": "skipped", "id": id_} if id_ in skip_ids else reject_record(
                 id_, f"{path}:{name}", joined.rejects[name], "read")
@@ -104,7 +127,7 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
             yield {"kind": "joined", "name": id_}
     if joined.unmatched:
         yield {"kind": "unmatched", "count": joined.unmatched,
-               "examples": [f"{shard}/{text_name(example)}" for example in joined.unmatched_examples]}
+               "examples": [f"{shard}/{text_name(_member_said(example))}" for example in joined.unmatched_examples]}
     metadata = [*metadata, *taken]  # pass 2 skips them, and the keys they alone gave (an older version's) are gone
     superseded = _superseded_ids(members_of, split, metadata, key_id)
     if superseded:
@@ -127,6 +150,12 @@ def _two_passes(path: str, shard: str, open_stream: Callable[[], BinaryIO], max_
     yield from members.broken_off(changed)
     if failure:
         yield failure
+
+
+def _member_said(example: str) -> str:
+    """An unmatched row's example ('./train/metadata.csv: 7.png') with its member's path as ids give it."""
+    member, sep, row = example.partition(": ")
+    return f"{member_path(member)}{sep}{row}"
 
 
 def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, TarLink],
@@ -327,7 +356,8 @@ class _MembersPass:
             self.parts.pop(key, None)
         else:
             other = self.parts.setdefault(key, {}).get(ext, (name, b""))[0]
-            if other != name:  # '0001.JPG' and '0001.jpg': one extension, two files; neither may be dropped
+            # './0001.jpg' beside '0001.jpg' is one file, as extracted: the later wins, as a name's later duplicate does
+            if member_path(other) != member_path(name):  # '0001.JPG' and '0001.jpg': two files; neither may be dropped
                 self.errors.setdefault(key, f"tar members {other} and {name} differ only in the case of the extension")
             self.parts[key][ext] = name, data  # a later duplicate of a name wins, as on extraction
             self.held[key] += len(data)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pipeline.sources.folder_metadata import is_folder_metadata, table_note
@@ -17,8 +17,24 @@ from pipeline.sources.records import free_name, image_record, passthrough_name, 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp", ".gif"}
 
 
+def member_path(name: str) -> str:
+    """A tar member's path inside the shard, as a zip member's is (`zip_archives._zip_member_path`): its empty and '.'
+    folders dropped. `tar -C folder -cf s.tar .` names its members './b.jpg', './cat/a.jpg', which are the files
+    'b.jpg' and 'cat/a.jpg' (extracted, zipped or in a folder), and so are './/b.jpg', 'cat/./a.jpg', 'cat//a.jpg' and
+    '/b.jpg' (GNU tar strips the leading '/'). '..' folders are kept: they lead elsewhere. A name left with no part
+    ('.', a folder's entry, which is no member) is kept as it is."""
+    if not name.startswith(("./", "/")) and "//" not in name and "/./" not in name:
+        return name  # the common case, a plain name: no split
+    return "/".join(part for part in name.split("/") if part not in ("", ".")) or name
+
+
 def split_key(name: str) -> tuple[str, str]:
-    """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
+    """WebDataset convention: key = path up to the first dot of the basename (the member's path: `member_path`),
+    ext = the rest."""
+    return _split_key(member_path(name))
+
+
+def _split_key(name: str) -> tuple[str, str]:
     folder, base = posixpath.split(name)
     stem, _, ext = base.partition(".")
     return posixpath.join(folder, stem), ext.lower()
@@ -40,8 +56,35 @@ def tar_key(name: str) -> tuple[str, str]:
     'cat.0.jpg', whose key takes the number ('cat.0', ext 'jpg'; 'cat.0.cls' and the mask 'cat.0.seg.png' are that
     key's sidecars). A plain tar of 'cat.0.jpg', 'cat.1.jpg', ... is many images, not one WebDataset sample with many;
     the rule looks at the name alone, so a key does not change with the shard's other members (one image of a name
-    in one shard, several in the next, or one appended later)."""
-    key, ext = split_key(name)
+    in one shard, several in the next, or one appended later). The key is of the member's path (`member_path`):
+    './0001.jpg' and '0001.cls' are one key, '0001'."""
+    return _tar_key(member_path(name))
+
+
+def earlier_key(name: str) -> str:
+    """The key earlier versions gave member `name`, from its name as the shard holds it: './b' for './b.jpg', where
+    `tar_key` gives 'b'. An output's id of that form ('s.tar/./b') stays the key's (`tar_shards.read_tar`)."""
+    return _tar_key(name)[0]
+
+
+def earlier_ids(shard: str, names_of: Mapping[str, Iterable[str]], known: Callable[[str], bool]) -> dict[str, str]:
+    """Key -> the id an earlier version gave it, for the keys of shard `shard` (its id) whose members' names
+    (`names_of`: key -> its members' names) gave another key then (`earlier_key`: 's.tar/./b' for './b.jpg') where
+    the output holds that id and not the key's own (`known`): such a key keeps the id its row or reject has, so that
+    a resumed, incremental, retried or refreshing run skips or replaces that row and never writes a second one of the
+    same member under the new id."""
+    kept: dict[str, str] = {}
+    for key, names in names_of.items():
+        for name in names:
+            earlier = earlier_key(name)
+            if earlier != key and known(id_ := f"{shard}/{text_name(earlier)}") and not known(f"{shard}/{text_name(key)}"):
+                kept[key] = id_
+                break
+    return kept
+
+
+def _tar_key(name: str) -> tuple[str, str]:
+    key, ext = _split_key(name)
     numbered = _numbered(ext)
     return (f"{key}.{numbered[0]}", numbered[1]) if numbered else (key, ext)
 
