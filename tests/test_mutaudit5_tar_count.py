@@ -13,11 +13,12 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from pipeline import cli
 from pipeline.sources import tar_count
 from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.units import ReadUnit
-from tests.jobutil import image_bytes, tar_bytes
+from tests.jobutil import image_bytes, small_job_argv, tar_bytes
 
 
 def _shard(first: int, keys: int) -> bytes:
@@ -149,3 +150,68 @@ def test_a_large_compressed_shard_is_no_reason_to_give_up_the_plain_shards_walk(
     budget = ReadBudget(200)  # what a budget shared with other files' counts may have left
     counted = count_keys(units, {}, {}, join_metadata=False, budget=budget)
     assert counted == tar_count.ShardKeys(71), counted
+
+
+def test_a_dry_run_over_a_web_folder_that_gives_no_lengths_says_its_compressed_shard_uncounted(tmp_path: Path, model,
+                                                                                               capsys) -> None:
+    """A web server that sends no Content-Length (a dynamic page, a chunked answer) lists its files without sizes: the
+    dry run over a .tar.gz there ended in a traceback (TypeError: unsupported operand type(s) for +: 'int' and
+    'NoneType'), the compressed shards' bound adding up sizes it did not have."""
+    from tests.webutil import QuietHandler, serving
+
+    class NoLength(QuietHandler):
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() != "content-length":
+                super().send_header(keyword, value)
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "s.tar.gz").write_bytes(gzip.compress(_shard(0, 2)))
+    with serving(site, NoLength) as url:
+        argv = small_job_argv(tmp_path, model, "--dry-run")
+        argv[argv.index("--input") + 1] = url
+        assert cli.main(argv) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+    assert "1 tar shard (" in line and "; images counted when read: s.tar.gz: its storage gives no size), " in line, line
+
+
+def test_shards_not_yet_begun_when_one_cannot_be_counted_are_not_asked_of_the_store(monkeypatch) -> None:
+    """Once a shard cannot be counted the total is unknown: the shards after it cost no request, where a bucket of
+    10,000 shards listed without sizes was asked the size of each (a request each) for a count already given up."""
+    fs = fsspec.filesystem("memory")
+    units = []
+    for i in range(30):
+        data = _shard(i, 1)
+        fs.pipe(f"/mutaudit5-given-up/s{i:02d}.tar", data[:-1500] if i == 0 else data)  # the first is cut short
+        units.append(ReadUnit("tar", (f"memory:///mutaudit5-given-up/s{i:02d}.tar",), "memory:///mutaudit5-given-up",
+                              (None,)))
+    asked: list[str] = []
+    size = type(fs).size
+    monkeypatch.setattr(type(fs), "size", lambda self, path: asked.append(path) or size(self, path))
+    monkeypatch.setattr(tar_count, "concurrent_reads", lambda uri, wanted: 1)  # s00 first
+    counted = count_keys(units, {}, {}, join_metadata=False)
+    assert counted.left is None and counted.why.startswith("s00.tar: it is "), counted
+    assert asked == ["/mutaudit5-given-up/s00.tar"], asked
+
+
+def test_a_compressed_walk_on_remote_storage_is_timed_too(monkeypatch) -> None:
+    # fetched whole, then decompressed as a local one is: a shard that inflates a thousandfold takes as long
+    fs = fsspec.filesystem("memory")
+    data = gzip.compress(_shard(0, 3))
+    fs.pipe("/mutaudit5-timed/s.tar", data)
+    unit = ReadUnit("tar", ("memory:///mutaudit5-timed/s.tar",), "memory:///mutaudit5-timed", (len(data),))
+    monkeypatch.setattr(tar_count, "COMPRESSED_SECONDS", -1.0)
+    counted = count_keys([unit], {}, {}, join_metadata=False)
+    assert counted.left is None and "the compressed shards' walks took over -1 s" in counted.why, counted
+
+
+def test_shards_named_compressed_in_capitals_past_the_bound_are_given_up_before_any_is_decompressed(
+        tmp_path: Path, monkeypatch) -> None:
+    units = _units(tmp_path, {"S0.TAR.GZ": gzip.compress(_shard(0, 3)), "S1.TGZ": gzip.compress(_shard(3, 3))})
+    monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", units[0].sizes[0] + units[1].sizes[0] - 1)
+    walked: list[object] = []
+    stream_keys = tar_count.stream_keys
+    monkeypatch.setattr(tar_count, "stream_keys", lambda stream, join: walked.append(stream) or stream_keys(stream, join))
+    counted = count_keys(units, {}, {}, join_metadata=False)
+    assert counted.left is None and counted.why.startswith("S1.TGZ: it is compressed ("), counted
+    assert walked == []
