@@ -48,3 +48,13 @@ def test_each_kind_of_table_of_labels_gets_the_note_and_other_names_do_not() -> 
         assert table_note(name).startswith(f"a .{name.rpartition('.')[2].lower()} table, not an image: labels or "), name
     for name in ("metadata.csv", "train/METADATA.JSONL", "csv", "folder.csv/readme", "x.png", "notes.txt"):
         assert table_note(name) == "", name
+
+
+def test_a_folder_named_in_bytes_that_are_not_utf8_is_labelled_as_the_id_writes_it(tmp_path: Path) -> None:
+    # a Latin-1 'café' in a GNU tar: the label is text Parquet can hold, the folder's name as the row's id says it
+    path = tmp_path / "s.tar"
+    path.write_bytes(tar_bytes({"caf\u00e9/0.png": image_bytes(8, 8, 1)}, encoding="latin-1"))
+    (unit,) = discover(str(path))
+    (record,) = [r for r in read_unit(unit, labels_from_folders=True) if r["kind"] == "image"]
+    assert record["id"] == "s.tar/caf\\xe9/0" and record["meta"] == {"label": "caf\\xe9"}, record
+    record["meta"]["label"].encode("utf-8")  # no lone surrogate left in it
