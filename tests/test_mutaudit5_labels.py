@@ -58,3 +58,31 @@ def test_a_folder_named_in_bytes_that_are_not_utf8_is_labelled_as_the_id_writes_
     (record,) = [r for r in read_unit(unit, labels_from_folders=True) if r["kind"] == "image"]
     assert record["id"] == "s.tar/caf\\xe9/0" and record["meta"] == {"label": "caf\\xe9"}, record
     record["meta"]["label"].encode("utf-8")  # no lone surrogate left in it
+
+
+def test_a_tar_key_of_a_table_and_another_file_gets_no_table_note(tmp_path: Path) -> None:
+    # the note says what the key's members are: where one of them is something else, it would say so of that one too
+    path = tmp_path / "s.tar"
+    path.write_bytes(tar_bytes({"train/metadata.csv": b"file_name,label\n", "train/metadata.txt": b"notes",
+                                "GT/labels.csv": b"Filename;ClassId\n", "GT/labels.txt": b"notes",
+                                "GT/only.csv": b"Filename;ClassId\n", "0003.JSON": b'{"caption": "its image is missing"}'}))
+    (unit,) = discover(str(path))
+    errors = {r["id"]: r["error"] for r in read_unit(unit, join_metadata=False) if r["kind"] == "reject"}
+    assert errors["s.tar/train/metadata"] == ("expected exactly one image member for key train/metadata, found "
+                                              "metadata.csv, metadata.txt")
+    assert errors["s.tar/GT/labels"] == "expected exactly one image member for key GT/labels, found labels.csv, labels.txt"
+    assert errors["s.tar/0003"] == "expected exactly one image member for key 0003, found 0003.JSON"  # a sample's own
+    assert errors["s.tar/GT/only"].startswith("expected exactly one image member for key GT/only, found only.csv: a .csv "
+                                              "table, not an image"), errors
+
+
+def test_a_tar_member_named_in_bytes_that_are_not_utf8_is_named_in_its_keys_reject_as_its_id_writes_it(
+        tmp_path: Path) -> None:
+    # a Latin-1 'café.csv': the reject's reason is made text once, whole; the member's name, made text before, was
+    # escaped twice ('found caf\\\\xe9.csv' beside the key's 'caf\\xe9'), naming no file the user has
+    path = tmp_path / "s.tar"
+    path.write_bytes(tar_bytes({"caf\u00e9.csv": b"Filename;ClassId\n"}, encoding="latin-1"))
+    (unit,) = discover(str(path))
+    (reject,) = [r for r in read_unit(unit) if r["kind"] == "reject"]
+    assert reject["error"].startswith("expected exactly one image member for key caf\\xe9, found caf\\xe9.csv: "), reject
+    reject["error"].encode("utf-8")  # no lone surrogate left in it, for the rejects' Parquet file
