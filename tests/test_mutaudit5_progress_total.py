@@ -25,7 +25,7 @@ def _watched_run(tmp_path, model, monkeypatch, capsys, progress: bool, count=Non
 
     def counting(*args):
         # the lease is waited for a second: where the run waits for the count, it is not taken meanwhile
-        counts.append((ray_started.wait(5), lease_taken.wait(1), args[1]))
+        counts.append((ray_started.wait(30), lease_taken.wait(1), args[1]))
         return (count or total)(*args)
 
     class WatchedLease(lease):
