@@ -32,9 +32,9 @@ Past the bound the count is unknown, and says the size and the bound; shards nam
 whose sizes alone are past it are given up before any is read.
 
 Not counted, the count then unknown with the reason: compressed shards past that bound, a damaged shard, one whose
-storage gives no size or no byte ranges (a plain shard), and with --join-metadata a shard holding an image folder's
-metadata member (joined, or a reject of its own, as only its reading tells). One such shard leaves the whole count
-unknown, so the walk of the others stops there (`Pace.give_up`), a compressed one's too, at its next read.
+storage gives no size, a plain one whose storage serves no byte ranges, and with --join-metadata a shard holding an
+image folder's metadata member (joined, or a reject of its own, as only its reading tells). One such shard leaves the
+whole count unknown, so the walk of the others stops there (`Pace.give_up`), a compressed one's too, at its next read.
 
 A web server (http://, https://) that ignores Range answers each request with the whole file: read as other stores'
 ranges are, every shard was downloaded whole before the count gave up (160 MiB for 8 shards of 20 MiB). Its ranges are
@@ -376,7 +376,8 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
     sizes = [size for u in units for size in (u.sizes or [None])]
     # judged by the listed sizes: without all of them, the budget alone bounds the walk
     pace = Pace(sum(sizes) if all(isinstance(size, int) for size in sizes) else None, budget)  # type: ignore[arg-type]
-    named = [u for u in units if u.paths[0].lower().endswith(COMPRESSED_NAMES) and u.sizes]
+    # a size not listed (a web server that sends no Content-Length) is not added up: its shard's count says so
+    named = [u for u in units if u.paths[0].lower().endswith(COMPRESSED_NAMES) and u.sizes and u.sizes[0] is not None]
     local = local_file_path(units[0].paths[0]) is not None
     if sum(u.sizes[0] for u in named) > (COMPRESSED_BYTES_LOCAL if local else COMPRESSED_BYTES_REMOTE):
         # decompressing those before the bound is reached would be time spent for no count

@@ -251,8 +251,9 @@ def tar_key_record(path: str, id_: str, key: str, parts: dict[str, tuple[str, by
         return reject_record(id_, f"{path}:{key}", error, "read")
     image_exts = image_extensions(parts)
     if len(image_exts) != 1:
-        # the members' own names, not their extensions: 'found csv' left a user to guess which file was meant
-        names = [text_name(posixpath.basename(parts[e][0])) for e in sorted(parts)]
+        # the members' own names, not their extensions: 'found csv' left a user to guess which file was meant; made
+        # text with the whole reason (`reject_record`), once: a name not UTF-8 made text here too was escaped twice
+        names = [posixpath.basename(parts[e][0]) for e in sorted(parts)]
         found = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") or "nothing"
         orphan = (f": it belongs to no image, as each {key}.<number>.<image ext> is a key of its own, with sidecars "
                   f"named {key}.<number>.<ext>") if split else ""
