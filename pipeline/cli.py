@@ -587,9 +587,19 @@ def _tar_keys(inp: dict[str, Any]) -> str:
     if not inp["tar_shards"] or keys is None:
         return ""
     if keys["to_read"] is None:
-        return f" ({_human_bytes(inp['tar_bytes'])}; images counted when read: {terminal_text(keys['unknown_why'])})"
+        return f" ({_tar_size(inp)}; images counted when read: {terminal_text(keys['unknown_why'])})"
     done = f", {keys['already_done']:,} already done, skipped" if keys["already_done"] else ""
-    return f" ({_human_bytes(inp['tar_bytes'])}; {_count(keys['to_read'], 'image')} to read{done})"
+    return f" ({_tar_size(inp)}; {_count(keys['to_read'], 'image')} to read{done})"
+
+
+def _tar_size(inp: dict[str, Any]) -> str:
+    """The tar shards' size as the dry run says it: shards whose storage gives no size (a web server that sends no
+    Content-Length) are said of unknown size, not counted as 0 bytes."""
+    unsized = inp.get("tar_shards_unsized", 0)
+    if unsized and unsized == inp["tar_shards"]:
+        return "size unknown"
+    known = _human_bytes(inp["tar_bytes"])
+    return f"{known}, and {unsized:,} of unknown size" if unsized else known
 
 
 def _human_bytes(n: int) -> str:

@@ -418,7 +418,10 @@ class JobPlan:
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       # their size (of those whose storage gives one), and their keys by their headers (`tar_count`)
-                      "tar_bytes": sum(size for u in by_kind["tar"] for size in u.sizes if size is not None),
+                      "tar_bytes": sum(size for u in by_kind["tar"] for size in u.sizes or () if size is not None),
+                      # those whose storage gives no size (a web server that sends no Content-Length): not 0 bytes
+                      "tar_shards_unsized": sum(size is None for u in by_kind["tar"]
+                                                for size in u.sizes or (None,) * len(u.paths)),
                       **({"tar_keys": {"to_read": self.tar_keys.left, "already_done": self.tar_keys.done,
                                        "unknown_why": self.tar_keys.why}}
                          if self.tar_keys is not None and by_kind["tar"] else {}),

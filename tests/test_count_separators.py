@@ -142,3 +142,19 @@ def test_the_progress_line_and_the_notes_have_them() -> None:
                  "1,006 image file(s) and 1,007 tar/Parquet/zip file(s) (1,008 rows)"):
         assert said in text, said
     assert not _BARE.search(text)
+
+
+def test_the_dry_run_says_shards_without_a_size_are_of_unknown_size_not_0_bytes() -> None:
+    """A web server that sends no Content-Length lists its shards without a size: the dry run said such a shard
+    '(0 bytes; ...)', a size it does not know; a mix says the known part and how many are unknown."""
+    from pipeline.cli import _tar_keys
+
+    keys = {"to_read": 1_500, "already_done": 0, "unknown_why": None}
+
+    def said(sized: int, unsized: int) -> str:
+        return _tar_keys({"tar_shards": sized + unsized, "tar_bytes": 3 * 2**20 * sized, "tar_shards_unsized": unsized,
+                          "tar_keys": keys})
+
+    assert said(0, 2) == " (size unknown; 1,500 images to read)"
+    assert said(1, 1_200) == " (3.0 MiB, and 1,200 of unknown size; 1,500 images to read)"
+    assert said(2, 0) == " (6.0 MiB; 1,500 images to read)"
