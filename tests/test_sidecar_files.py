@@ -175,7 +175,8 @@ def _column(out: Path, name: str) -> dict[str, object]:
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_writes_it(tmp_path, model) -> None:
+def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_writes_it(tmp_path, model,
+                                                                                         capsys) -> None:
     root = _write(tmp_path / "in", _shard_files())
     out = tmp_path / "out"
     assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 3
@@ -188,6 +189,12 @@ def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_
     changed = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (changed["image_files_purified"], changed["examples"], changed["image_files_metadata_changed"]) == (
         2, ["00000/000001.jpg", "00000/000002.jpg"], 2)
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().err.split())  # the change named as what it is: no metadata file here
+    assert ("2 image file(s) purified earlier (data/ holds their earlier version, purified; 2 of them for their row of "
+            "an image-folder metadata file or their sidecar files (x.txt, x.json beside x.jpg), edited, added or "
+            "removed since") in said
     summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
     assert summary["this_run"]["refreshed"]["rows_replaced"] == 2
     assert _column(out, "txt") == {"00000/000000.jpg": "cap 0", "00000/000001.jpg": "a better caption",
