@@ -911,6 +911,10 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         print(_retried_line(retried))
+    if run.get("stale_rejects_removed"):  # else an output's rejects fell (8 to 2, say) with no word of why
+        print(f"removed {_count(run['stale_rejects_removed'], 'earlier reject')} that this run's reading made untrue "
+              "(sidecar or metadata files read with their images now, containers read to their end: _summary.json "
+              "this_run.stale_rejects_removed)")
     refreshed = run.get("refreshed") or {}
     if refreshed.get("inputs"):
         kept = refreshed.get("rows_kept", 0)
