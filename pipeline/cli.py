@@ -633,6 +633,9 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     if inp.get("sidecar_files"):
         print(f"  {_count(inp['sidecar_files'], 'sidecar file')} beside image files, named as theirs (x.txt, x.json, "
               "x.cls beside x.jpg): read with them as their columns, not as images")
+    if inp.get("sidecar_rejects_removed"):
+        print(f"  {_count(inp['sidecar_rejects_removed'], 'earlier reject')} of files paired as sidecars now (an older "
+              "version read them as images) would go from rejects/")
     if inp.get("containers_already_done"):
         one = inp["containers_already_done"] == 1
         what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"

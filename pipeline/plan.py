@@ -415,6 +415,9 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       # beside the image files to read, named as theirs: their columns, no inputs (`sources.sidecar_files`)
                       "sidecar_files": len(sidecar_sizes),
+                      # the output's rejects of files paired as sidecars now (an older version read them as images):
+                      # removed by the run's end, whatever images it reads
+                      "sidecar_rejects_removed": len(self.sidecar_rejects),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       # their size (of those whose storage gives one), and their keys by their headers (`tar_count`)

@@ -222,6 +222,11 @@ def test_an_output_made_when_sidecars_were_rejects_loses_those_rejects_and_refre
     assert plan.retry == frozenset() and len(plan.sidecar_rejects) == 4
     assert (plan.describe()["changed_inputs"]["gone_image_files"],
             plan.describe()["changed_inputs"]["image_files_metadata_changed"]) == (0, 2)
+    assert plan.describe()["input"]["sidecar_rejects_removed"] == 4
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().out.split())  # the dry run says the rejects will go, not only the run
+    assert "4 earlier rejects of files paired as sidecars now (an older version read them as images) would go" in said
 
     capsys.readouterr()
     assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--refresh-changed")) == 0
