@@ -85,20 +85,22 @@ def test_which_files_are_sidecars_of_which_image() -> None:
 
 
 def test_an_image_video_or_archive_named_as_an_images_sidecar_stays_an_input_of_its_own(tmp_path) -> None:
-    # a phone's dump: a Live Photo's video beside its still, a second JPEG under another of JPEG's names, an archive
+    # a phone's or camera's dump: a Live Photo's video beside its still, a second JPEG under another of JPEG's names, a
+    # raw file beside its JPEG, an archive
     files = {"d/x.jpg": image_bytes(8, 8, 0, "JPEG"), "d/x.txt": b"a caption", "d/x.jfif": image_bytes(8, 8, 1, "JPEG"),
              "d/x.MOV": b"\x00\x00\x00\x14ftypqt  " + b"\x00" * 64, "d/x.7z": b"7z\xbc\xaf\x27\x1c" + b"\x00" * 32,
-             "d/x.tar": tar_bytes({"a.png": image_bytes(8, 8, 2)})}
+             "d/x.tar": tar_bytes({"a.png": image_bytes(8, 8, 2)}), "d/x.CR2": b"II*\x00\x10\x00\x00\x00CR" + b"\x00" * 32}
     folder = _read(str(_write(tmp_path / "in", files)))
-    assert sorted(folder) == ["d/x.7z", "d/x.MOV", "d/x.jfif", "d/x.jpg", "d/x.tar/a"]
+    assert sorted(folder) == ["d/x.7z", "d/x.CR2", "d/x.MOV", "d/x.jfif", "d/x.jpg", "d/x.tar/a"]
     # the caption is both images' (one stem), no bytes of the others are a column of either
-    assert folder["d/x.jpg"]["meta"] == folder["d/x.jfif"]["meta"] == {"txt": "a caption"}
+    assert folder["d/x.jpg"]["meta"] == folder["d/x.jfif"]["meta"] == folder["d/x.CR2"]["meta"] == {"txt": "a caption"}
     assert folder["d/x.jfif"]["data"] == files["d/x.jfif"]
     assert folder["d/x.MOV"]["data"] == files["d/x.MOV"]  # read as an input, its reject made when it is decoded
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "a.zip").write_bytes(zip_bytes(files))
     zipped = _read(str(tmp_path / "z"), join_metadata=True)
-    assert sorted(zipped) == ["a.zip/d/x.7z", "a.zip/d/x.MOV", "a.zip/d/x.jfif", "a.zip/d/x.jpg", "a.zip/d/x.tar"]
+    assert sorted(zipped) == ["a.zip/d/x.7z", "a.zip/d/x.CR2", "a.zip/d/x.MOV", "a.zip/d/x.jfif", "a.zip/d/x.jpg",
+                              "a.zip/d/x.tar"]
     assert zipped["a.zip/d/x.jpg"]["meta"] == zipped["a.zip/d/x.jfif"]["meta"] == {"txt": "a caption"}
 
 

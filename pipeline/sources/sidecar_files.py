@@ -49,10 +49,15 @@ class Sidecars:
 
 
 # Images by names a tar key does not take for its image, read all the same (the decoder goes by content): JPEG's .jpe,
-# .jfif, .jif and .mpo, PNG's .apng, PPM's .pnm, BMP's .dib; and a phone's HEIF/AVIF photo, a reject that says so.
-# Never a sidecar: `x.jfif` beside `x.jpg` is an image of its own, not a bytes column of the other's row
-OTHER_IMAGE_EXTENSIONS = frozenset({".jpe", ".jfif", ".jif", ".mpo", ".apng", ".pnm", ".dib", ".heic", ".heif", ".hif",
-                                    ".avif"})
+# .jfif, .jif and .mpo, PNG's .apng, PPM's .pnm, BMP's .dib; a phone's HEIF/AVIF photo, a reject that says so; a
+# camera's raw file beside its JPEG (IMG_1.CR2 with IMG_1.JPG; a DNG is a TIFF, purified); and the other image formats
+# a folder of pictures holds (a .psd or .svg beside its .png). Never a sidecar: each is an input of its own, not a bytes
+# column of the other's row, copied unpurified (25 MB of raw data a row)
+OTHER_IMAGE_EXTENSIONS = frozenset({
+    ".jpe", ".jfif", ".jif", ".mpo", ".apng", ".pnm", ".dib", ".heic", ".heif", ".hif", ".avif",
+    ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".pef", ".srw",
+    ".raw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq",
+    ".psd", ".xcf", ".svg", ".eps", ".ai", ".ico", ".icns", ".tga", ".jp2", ".j2k", ".jxl", ".exr", ".hdr"})
 # Files that stay inputs of their own beside an image of their stem, by their last extension: archives and compressed
 # data the job names in a reject (a 7z or RAR archive, a .tar.zst shard, a .gz), and videos (a phone's Live Photo
 # `IMG_1.MOV` beside `IMG_1.JPG`). As a sidecar each became its image's bytes column, copied unpurified into the
