@@ -277,7 +277,8 @@ def _reading_refusal(out: str, what: str, before: dict[str, Any], now: dict[str,
     flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
              else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
     return (f"{out} was written with other input-reading options: {what}; they set its rows' columns (label, the "
-            f"Parquet image, the partition folders' columns), so this run's rows would not match the output's: "
+            f"Parquet image, the partition folders' columns, the metadata and sidecar files' columns), so this run's "
+            "rows would not match the output's: "
             f"give {', '.join(flags)} as its runs did, or use another output")
 
 
