@@ -227,8 +227,9 @@ def changed_warning(changed: dict[str, Any], dry_run: bool = False) -> str | Non
     what = []
     if files:
         rows = changed.get("image_files_metadata_changed", 0)
-        metadata = (f"; {rows:,} of them for their row of an image-folder metadata file, edited, added or removed since, "
-                    "which data/ holds as it was") if rows else ""
+        # one stamp digests both: a sidecar's change said as a metadata row's alone sent a user with none looking for one
+        metadata = (f"; {rows:,} of them for their row of an image-folder metadata file or their sidecar files (x.txt, "
+                    "x.json beside x.jpg), edited, added or removed since, which data/ holds as they were") if rows else ""
         what.append(f"{files:,} image file(s) purified earlier (data/ holds their earlier version, purified{metadata})")
     if rejected:
         what.append(f"{rejected:,} image file(s) rejected earlier (the reject is about their earlier version)")

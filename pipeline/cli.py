@@ -643,6 +643,9 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     if inp.get("sidecar_files"):
         print(f"  {_count(inp['sidecar_files'], 'sidecar file')} beside image files, named as theirs (x.txt, x.json, "
               "x.cls beside x.jpg): read with them as their columns, not as images")
+    if inp.get("sidecar_rejects_removed"):
+        print(f"  {_count(inp['sidecar_rejects_removed'], 'earlier reject')} of files paired as sidecars now (an older "
+              "version read them as images) would go from rejects/")
     if inp.get("containers_already_done"):
         one = inp["containers_already_done"] == 1
         what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"
@@ -921,6 +924,10 @@ def _print_run_summary(config: JobConfig, summary: dict[str, Any]) -> None:
     retried = run.get("rejects_retried") or {}
     if retried.get("earlier_rejects"):
         print(_retried_line(retried))
+    if run.get("stale_rejects_removed"):  # else an output's rejects fell (8 to 2, say) with no word of why
+        print(f"removed {_count(run['stale_rejects_removed'], 'earlier reject')} that this run's reading made untrue "
+              "(sidecar or metadata files read with their images now, containers read to their end: _summary.json "
+              "this_run.stale_rejects_removed)")
     refreshed = run.get("refreshed") or {}
     if refreshed.get("inputs"):
         kept = refreshed.get("rows_kept", 0)

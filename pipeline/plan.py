@@ -277,7 +277,8 @@ def _reading_refusal(out: str, what: str, before: dict[str, Any], now: dict[str,
     flags = [f"--{name.replace('_', '-')} {json.dumps(before.get(name))}" if before.get(name) is not None
              else f"no --{name.replace('_', '-')}" for name in sorted(before) if before.get(name) != now.get(name)]
     return (f"{out} was written with other input-reading options: {what}; they set its rows' columns (label, the "
-            f"Parquet image, the partition folders' columns), so this run's rows would not match the output's: "
+            f"Parquet image, the partition folders' columns, the metadata and sidecar files' columns), so this run's "
+            "rows would not match the output's: "
             f"give {', '.join(flags)} as its runs did, or use another output")
 
 
@@ -415,6 +416,9 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       # beside the image files to read, named as theirs: their columns, no inputs (`sources.sidecar_files`)
                       "sidecar_files": len(sidecar_sizes),
+                      # the output's rejects of files paired as sidecars now (an older version read them as images):
+                      # removed by the run's end, whatever images it reads
+                      "sidecar_rejects_removed": len(self.sidecar_rejects),
                       "image_files_already_done": self.skipped_files,
                       "tar_shards": sum(len(u.paths) for u in by_kind["tar"]),
                       # their size (of those whose storage gives one), and their keys by their headers (`tar_count`)

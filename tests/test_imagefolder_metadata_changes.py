@@ -103,7 +103,8 @@ def test_an_edited_metadata_row_is_said_changed_and_refresh_changed_writes_it(tm
     assert cli.main(small_job_argv(tmp_path, model, "--incremental")) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert ("2 image file(s) purified earlier (data/ holds their earlier version, purified; 2 of them for their row of "
-            "an image-folder metadata file, edited, added or removed since") in said
+            "an image-folder metadata file or their sidecar files (x.txt, x.json beside x.jpg), edited, added or removed "
+            "since, which data/ holds as they were") in said
     assert "--refresh-changed purifies these inputs again" in said
     assert _label(out)["train/0.png"] == 3  # kept, and said
 

@@ -129,6 +129,17 @@ def test_an_output_refuses_other_input_reading_options_but_not_an_older_record_w
     assert _files_to_read(plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True)) == ["b.png"]
 
 
+def test_an_output_made_with_join_metadata_refuses_a_run_without_it_naming_the_sidecar_columns(tmp_path, model) -> None:
+    out = tmp_path / "out"
+    _images(tmp_path / "in")
+    record = plan_job(small_job_config(tmp_path, model), dry_run=True).job_record
+    _finished_output(out, record, ["a.png"])
+    # the refusal says which columns the option sets: an img2dataset folder's captions and .json keys among them
+    with pytest.raises(JobError, match=r"join_metadata True \(now False\); they set its rows' columns \(.*the metadata "
+                                       r"and sidecar files' columns\).*give --join-metadata true"):
+        plan_job(small_job_config(tmp_path, model, join_metadata=False, incremental=True), dry_run=True)
+
+
 # --- an output's model architecture ---
 
 def test_an_output_refuses_other_model_flags_that_fit_the_same_weights(tmp_path, model) -> None:

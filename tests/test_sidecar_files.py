@@ -84,6 +84,26 @@ def test_which_files_are_sidecars_of_which_image() -> None:
     # stays an input; so does a metadata file
 
 
+def test_an_image_video_or_archive_named_as_an_images_sidecar_stays_an_input_of_its_own(tmp_path) -> None:
+    # a phone's or camera's dump: a Live Photo's video beside its still, a second JPEG under another of JPEG's names, a
+    # raw file beside its JPEG, an archive
+    files = {"d/x.jpg": image_bytes(8, 8, 0, "JPEG"), "d/x.txt": b"a caption", "d/x.jfif": image_bytes(8, 8, 1, "JPEG"),
+             "d/x.MOV": b"\x00\x00\x00\x14ftypqt  " + b"\x00" * 64, "d/x.7z": b"7z\xbc\xaf\x27\x1c" + b"\x00" * 32,
+             "d/x.tar": tar_bytes({"a.png": image_bytes(8, 8, 2)}), "d/x.CR2": b"II*\x00\x10\x00\x00\x00CR" + b"\x00" * 32}
+    folder = _read(str(_write(tmp_path / "in", files)))
+    assert sorted(folder) == ["d/x.7z", "d/x.CR2", "d/x.MOV", "d/x.jfif", "d/x.jpg", "d/x.tar/a"]
+    # the caption is both images' (one stem), no bytes of the others are a column of either
+    assert folder["d/x.jpg"]["meta"] == folder["d/x.jfif"]["meta"] == folder["d/x.CR2"]["meta"] == {"txt": "a caption"}
+    assert folder["d/x.jfif"]["data"] == files["d/x.jfif"]
+    assert folder["d/x.MOV"]["data"] == files["d/x.MOV"]  # read as an input, its reject made when it is decoded
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "a.zip").write_bytes(zip_bytes(files))
+    zipped = _read(str(tmp_path / "z"), join_metadata=True)
+    assert sorted(zipped) == ["a.zip/d/x.7z", "a.zip/d/x.CR2", "a.zip/d/x.MOV", "a.zip/d/x.jfif", "a.zip/d/x.jpg",
+                              "a.zip/d/x.tar"]
+    assert zipped["a.zip/d/x.jpg"]["meta"] == zipped["a.zip/d/x.jfif"]["meta"] == {"txt": "a caption"}
+
+
 def test_a_sidecar_label_wins_over_the_folders_and_a_metadata_rows_clashing_column_is_kept_beside(tmp_path) -> None:
     root = _write(tmp_path / "in", {"cats/0.png": image_bytes(8, 8, 0), "cats/0.cls": b"3",
                                     "cats/0.txt": b"a cat", "cats/1.png": image_bytes(8, 8, 1),
@@ -157,7 +177,8 @@ def _column(out: Path, name: str) -> dict[str, object]:
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_writes_it(tmp_path, model) -> None:
+def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_writes_it(tmp_path, model,
+                                                                                         capsys) -> None:
     root = _write(tmp_path / "in", _shard_files())
     out = tmp_path / "out"
     assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 3
@@ -170,6 +191,12 @@ def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_
     changed = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (changed["image_files_purified"], changed["examples"], changed["image_files_metadata_changed"]) == (
         2, ["00000/000001.jpg", "00000/000002.jpg"], 2)
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().err.split())  # the change named as what it is: no metadata file here
+    assert ("2 image file(s) purified earlier (data/ holds their earlier version, purified; 2 of them for their row of "
+            "an image-folder metadata file or their sidecar files (x.txt, x.json beside x.jpg), edited, added or "
+            "removed since") in said
     summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
     assert summary["this_run"]["refreshed"]["rows_replaced"] == 2
     assert _column(out, "txt") == {"00000/000000.jpg": "cap 0", "00000/000001.jpg": "a better caption",
@@ -197,8 +224,18 @@ def test_an_output_made_when_sidecars_were_rejects_loses_those_rejects_and_refre
     assert plan.retry == frozenset() and len(plan.sidecar_rejects) == 4
     assert (plan.describe()["changed_inputs"]["gone_image_files"],
             plan.describe()["changed_inputs"]["image_files_metadata_changed"]) == (0, 2)
+    assert plan.describe()["input"]["sidecar_rejects_removed"] == 4
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().out.split())  # the dry run says the rejects will go, not only the run
+    assert "4 earlier rejects of files paired as sidecars now (an older version read them as images) would go" in said
 
-    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--refresh-changed")) == 0
+    said = " ".join(capsys.readouterr().out.split())  # the rejects' fall is said, not left to be found
+    assert ("removed 4 earlier rejects that this run's reading made untrue (sidecar or metadata files read with their "
+            "images now") in said
+    summary = json.loads((out / "_summary.json").read_text())
     assert (summary["this_run"]["stale_rejects_removed"], summary["output_totals"]["rejected"]) == (4, 0)
     assert summary["changed_inputs"]["gone_image_files"] == 0
     assert not (out / "rejects").exists()

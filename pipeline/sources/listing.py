@@ -62,6 +62,12 @@ def _is_zip(path: str) -> bool:
     return without_signed_query(path).lower().endswith(ZIP_SUFFIXES)
 
 
+def is_container_name(path: str) -> bool:
+    """Whether `path` is read as a container of inputs (a tar shard, a table, a zip archive) by its name; never an image
+    file's sidecar (`sidecar_files`), in a folder or inside a zip archive."""
+    return _is_tar(path) or _is_parquet(path) or _is_zip(path)
+
+
 def input_location(uri: str, storage_options: dict[str, Any]) -> str | None:
     """The folder an input's ids are relative to (`discover`: the input folder, or a single input file's folder),
     normalised so that one location compares equal however it is written ('file://', './', a trailing '/'): a
@@ -263,7 +269,7 @@ def _pair_sidecars(fs: Any, root: str, listed: dict[str, dict[str, Any]], found:
     """Pair the listing's sidecar files with their image files (`sidecar_files`), into `found` (keyed by full paths, as
     the read units name files), and take them out of `listed`: they are no inputs."""
     found.reset()
-    candidates = [p for p in listed if not (_is_tar(p) or _is_parquet(p) or _is_zip(p))]
+    candidates = [p for p in listed if not is_container_name(p)]
     for path, images in pair_sidecars(candidates).items():
         info = listed.pop(path)
         for image, ext in images:

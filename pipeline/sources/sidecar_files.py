@@ -5,8 +5,9 @@ but the image's columns, read by the image's read task as the same member of a W
 (`image_files.read_files`, `webdataset_keys.sidecar_columns`).
 
 The rules (names only, in one folder; looked at when image-folder metadata is joined, --join-metadata):
-- an image file is one whose name ends in an image extension (`x.jpg`; its stem `x`); a file that is not (not an image
-  extension, not a tar, Parquet, zip or TFRecord file, not a metadata.csv / .jsonl) whose name is an image's stem, a
+- an image file is one whose name ends in an image extension (`x.jpg`, `x.jfif`, `x.heic`; its stem `x`); a file that
+  is not (not an image extension, not a tar, Parquet, zip or TFRecord file, not a metadata.csv / .jsonl, not an archive
+  the job names or a video: `NOT_SIDECAR_EXTENSIONS`) whose name is an image's stem, a
   dot and more (`x.json`, `x.txt`, `x.cls`, `x.seg.json`) or an image's whole name, a dot and more (`x.jpg.json`, as
   Google Takeout and some labelling tools write) is that image's sidecar; what follows is its extension, which names its
   column as in a tar (`json`: its keys, `cls`: `label`, `seg.json`: `seg_json`), in lower case;
@@ -47,10 +48,36 @@ class Sidecars:
         self.of, self.ids = {}, []
 
 
+# Images by names a tar key does not take for its image, read all the same (the decoder goes by content): JPEG's .jpe,
+# .jfif, .jif and .mpo, PNG's .apng, PPM's .pnm, BMP's .dib; a phone's HEIF/AVIF photo, a reject that says so; a
+# camera's raw file beside its JPEG (IMG_1.CR2 with IMG_1.JPG; a DNG is a TIFF, purified); and the other image formats
+# a folder of pictures holds (a .psd or .svg beside its .png). Never a sidecar: each is an input of its own, not a bytes
+# column of the other's row, copied unpurified (25 MB of raw data a row)
+OTHER_IMAGE_EXTENSIONS = frozenset({
+    ".jpe", ".jfif", ".jif", ".mpo", ".apng", ".pnm", ".dib", ".heic", ".heif", ".hif", ".avif",
+    ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".pef", ".srw",
+    ".raw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq",
+    ".psd", ".xcf", ".svg", ".eps", ".ai", ".ico", ".icns", ".tga", ".jp2", ".j2k", ".jxl", ".exr", ".hdr"})
+# Files that stay inputs of their own beside an image of their stem, by their last extension: archives and compressed
+# data the job names in a reject (a 7z or RAR archive, a .tar.zst shard, a .gz), and videos (a phone's Live Photo
+# `IMG_1.MOV` beside `IMG_1.JPG`). As a sidecar each became its image's bytes column, copied unpurified into the
+# output, or, over --max-image-mb, made its image a reject; the containers the job reads (.tar, .zip, .parquet, ...)
+# are left out by the callers (`listing.is_container_name`)
+NOT_SIDECAR_EXTENSIONS = frozenset({".7z", ".rar", ".zst", ".zstd", ".tzst", ".lz4", ".gz", ".bz2", ".xz", ".mov",
+                                    ".mp4", ".m4v", ".avi", ".mkv", ".webm", ".3gp"})
+
+
 def image_stem(name: str) -> str | None:
-    """The stem of a file name that ends in an image extension ('x.jpg' -> 'x'), else None."""
+    """The stem of a file name that ends in an image extension ('x.jpg' -> 'x', 'x.jfif' -> 'x'), else None."""
     stem, dot, ext = name.rpartition(".")
-    return stem if dot and stem and f".{ext.lower()}" in IMAGE_EXTENSIONS else None
+    ext = f".{ext.lower()}"
+    return stem if dot and stem and (ext in IMAGE_EXTENSIONS or ext in OTHER_IMAGE_EXTENSIONS) else None
+
+
+def _input_of_its_own(name: str) -> bool:
+    """Whether a file named `name` stays an input whatever image lies beside it (`NOT_SIDECAR_EXTENSIONS`)."""
+    _, dot, ext = name.rpartition(".")
+    return bool(dot) and f".{ext.lower()}" in NOT_SIDECAR_EXTENSIONS
 
 
 def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
@@ -73,7 +100,7 @@ def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
             continue
         for path in names:
             base = posixpath.basename(path)
-            if image_stem(base) is not None or is_folder_metadata(base):
+            if image_stem(base) is not None or is_folder_metadata(base) or _input_of_its_own(base):
                 continue
             at = len(base)
             while (at := base.rfind(".", 0, at)) > 0:  # the longest prefix first: the nearest name

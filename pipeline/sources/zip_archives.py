@@ -24,6 +24,7 @@ from pipeline.sources.folder_metadata import (
 )
 from pipeline.sources.hidden import is_hidden
 from pipeline.sources.ids import relative_id, text_name
+from pipeline.sources.listing import is_container_name
 from pipeline.sources.records import image_record, reject_record
 from pipeline.sources.sidecar_files import pair_sidecars
 from pipeline.sources.units import ReadUnit
@@ -335,11 +336,12 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
 
 def _zip_sidecars(directory: _ZipDirectory) -> dict[str, list[tuple[str, str]]]:
     """The archive's sidecar members, as a folder's files are paired (`sidecar_files.pair_sidecars`): each one -> its
-    images' (member, extension). Hidden members, links, names with a '..' folder and names that give one path with
-    another are left out: they are read, or refused, as they are without sidecars."""
+    images' (member, extension). Hidden members, links, names with a '..' folder, names that give one path with
+    another and containers (`a/x.tar` beside `a/x.jpg`: a reject that says to extract it, as without sidecars, not a
+    bytes column) are left out: they are read, or refused, as they are without sidecars."""
     names = [name for name in directory.files
              if name not in directory.look_alikes and not is_hidden(name) and ".." not in name.split("/")
-             and not _zip_is_link(directory.info(name))]
+             and not is_container_name(name) and not _zip_is_link(directory.info(name))]
     return pair_sidecars(names)
 
 
