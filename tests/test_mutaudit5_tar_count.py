@@ -60,9 +60,9 @@ def test_the_compressed_shards_walks_have_their_seconds_in_all_not_each(tmp_path
     monkeypatch.setattr(tar_count, "concurrent_reads", lambda uri, wanted: 1)  # one after the other
     stream_keys = tar_count.stream_keys
 
-    def twenty_seconds_each(stream, join_metadata):
+    def twenty_seconds_each(stream, join_metadata, named=None):
         now[0] += 20.0
-        return stream_keys(stream, join_metadata)
+        return stream_keys(stream, join_metadata, named)
 
     monkeypatch.setattr(tar_count, "stream_keys", twenty_seconds_each)
     counted = count_keys(units, {}, {}, join_metadata=False)
@@ -101,7 +101,7 @@ def test_a_shard_that_cannot_be_counted_stops_a_compressed_walk_under_way(tmp_pa
         return count_shard(unit, *args)
 
     monkeypatch.setattr(tar_count.Pace, "give_up", lambda self: give_up(self) or given_up.set())
-    monkeypatch.setattr(tar_count, "stream_keys", lambda stream, join: stream_keys(Slowed(stream), join))
+    monkeypatch.setattr(tar_count, "stream_keys", lambda stream, join, named=None: stream_keys(Slowed(stream), join, named))
     monkeypatch.setattr(tar_count, "count_shard", b_after_a_began)
     counted = count_keys(units, {}, {}, join_metadata=False)
     assert counted.left is None and counted.why.startswith("b.tar: it is damaged"), counted
@@ -211,7 +211,8 @@ def test_shards_named_compressed_in_capitals_past_the_bound_are_given_up_before_
     monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", units[0].sizes[0] + units[1].sizes[0] - 1)
     walked: list[object] = []
     stream_keys = tar_count.stream_keys
-    monkeypatch.setattr(tar_count, "stream_keys", lambda stream, join: walked.append(stream) or stream_keys(stream, join))
+    monkeypatch.setattr(tar_count, "stream_keys",
+                        lambda stream, join, named=None: walked.append(stream) or stream_keys(stream, join, named))
     counted = count_keys(units, {}, {}, join_metadata=False)
     assert counted.left is None and counted.why.startswith("S1.TGZ: it is compressed ("), counted
     assert walked == []
