@@ -77,7 +77,7 @@ def folder_corpus(root: Path) -> dict[str, str]:
         "k/good.png": image_bytes(32, 32, 1), "k/bad.png": b"\x89PNG\r\n\x1a\nbroken",
         "../../escape.png": image_bytes(8, 8, 2), "/abs/olute.png": image_bytes(8, 8, 3)}))
     expected.update({"shard.tar/k/good": "purified", "shard.tar/k/bad": "rejected",
-                     "shard.tar/../../escape": "purified", "shard.tar//abs/olute": "purified"})
+                     "shard.tar/../../escape": "purified", "shard.tar/abs/olute": "purified"})
     # A Parquet file with a good row, a corrupt row and a null row.
     pq.write_table(pa.table({"image": [{"bytes": image_bytes(16, 16, 4), "path": "a.png"},
                                        {"bytes": b"corrupt", "path": "b.png"}, None]}), root / "table.parquet")
