@@ -31,30 +31,18 @@ def test_a_presigned_address_has_no_metadata_folder() -> None:
 def test_the_read_of_a_presigned_tfrecord_file_asks_the_server_for_that_file_alone(tmp_path) -> None:
     """Its read task looks for no features.json beside it either (the dry run's look is tested in test_web_refusals):
     the signature grants no other file, and each read task was refused one more request (S3: a 403 a read task)."""
-    from urllib.parse import unquote
 
     from pipeline.sources import discover, read_unit
     from tests.jobutil import image_bytes
     from tests.test_tfrecord_inputs import example, shard
-    from tests.webutil import QuietHandler, serving
+    from tests.webutil import presigned_handler, serving
 
     (tmp_path / "tf").mkdir()
     (tmp_path / "tf" / "s.tfrecord").write_bytes(shard([example(image=image_bytes(16, 16, i)) for i in range(2)]))
     signed = "/tf/s.tfrecord?X-Amz-Credential=AKIAEXAMPLE/20261207/us-east-1/s3/aws4_request&X-Amz-Signature=0123abcd"
     asked: list[str] = []
 
-    class Presigned(QuietHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the base class's name
-            asked.append(unquote(self.path))
-            if asked[-1] != signed:  # as S3: a request its signature does not cover is refused
-                self.send_error(403)
-            else:
-                self.path = "/tf/s.tfrecord"
-                super().do_GET()
-
-        do_HEAD = do_GET
-
-    with serving(tmp_path, Presigned) as url:
+    with serving(tmp_path, presigned_handler(signed, "/tf/s.tfrecord", asked)) as url:
         (unit,) = discover(url + signed[1:])
         asked.clear()
         records = list(read_unit(unit, {}))

@@ -17,7 +17,7 @@ from pipeline.sources import discover, read_unit
 from pipeline.sources.tfrecord_files import features_json_notes
 from tests.jobutil import image_bytes
 from tests.test_tfrecord_inputs import example, shard
-from tests.webutil import QuietHandler, serving
+from tests.webutil import QuietHandler, presigned_handler, serving
 
 
 def _refusing(status: int, *prefixes: str) -> tuple[type, list[str]]:
@@ -182,18 +182,7 @@ def test_a_presigned_tfrecord_file_gets_no_warning_of_a_features_json_its_signat
     signed = f"/tf/s.tfrecord?X-Amz-Credential={credential}&X-Amz-Signature=0123abcd"
     asked: list[str] = []
 
-    class Presigned(QuietHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the base class's name
-            asked.append(unquote(self.path))  # aiohttp sends '%2F' in a query as '/'
-            if asked[-1] != unquote(signed):  # as S3: a request its signature does not cover is refused
-                self.send_error(403)
-            else:
-                self.path = "/tf/s.tfrecord"
-                super().do_GET()
-
-        do_HEAD = do_GET
-
-    with serving(tmp_path, Presigned) as url:
+    with serving(tmp_path, presigned_handler(signed, "/tf/s.tfrecord", asked)) as url:
         code = cli.main(["--input", url + signed[1:], "--output", str(tmp_path / "out"), "--checkpoint", model,
                          "--dry-run"])
     said = capsys.readouterr()

@@ -26,3 +26,23 @@ def serving(folder: Path, handler: type[SimpleHTTPRequestHandler] = QuietHandler
         server.shutdown()
         server.server_close()
 
+
+
+def presigned_handler(signed: str, served: str, asked: list[str]) -> type[QuietHandler]:
+    """A handler that serves the file `served` at the address `signed` (its path and query) alone, as S3 serves a
+    presigned URL: any other request, a file beside it too, is refused with 403. Each request's path, unquoted (aiohttp
+    sends a query's '%2F' as '/'), is appended to `asked`."""
+    from urllib.parse import unquote
+
+    class Presigned(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            asked.append(unquote(self.path))
+            if asked[-1] != unquote(signed):  # a request its signature does not cover is refused
+                self.send_error(403)
+            else:
+                self.path = served
+                super().do_GET()
+
+        do_HEAD = do_GET
+
+    return Presigned
