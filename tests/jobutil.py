@@ -10,6 +10,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,6 +109,18 @@ def small_job_argv(tmp_path: Path, model: str, *more: str) -> list[str]:
     """The command line of `small_job_config`'s run (tmp_path/in -> tmp_path/out), with `more` after it."""
     return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps", "1",
             "--pool", "4", "--canvas-size", "32", "--no-progress", *more]
+
+
+def dry_run_input_line(tmp_path: Path, model: str, capsys: Any, *more: str, input_uri: str | None = None) -> str:
+    """The 'input: ' line of `small_job_argv`'s dry run (with `more`), over `input_uri` where given (a web server's
+    address) instead of tmp_path/in."""
+    from pipeline import cli
+
+    argv = small_job_argv(tmp_path, model, "--dry-run", *more)
+    if input_uri is not None:
+        argv[argv.index("--input") + 1] = input_uri
+    assert cli.main(argv) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
 
 
 def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:

@@ -233,16 +233,14 @@ def test_a_shard_whose_storage_gives_no_size_is_said_so() -> None:
 def test_a_tarred_image_folder_is_left_uncounted_by_the_dry_run_and_the_progress(tmp_path: Path, model, capsys) -> None:
     # --join-metadata (the default) joins its metadata member to the images it names, not an image: a count of its
     # keys would be one too many
-    from pipeline import cli
     from pipeline.job import progress_total
     from pipeline.plan import plan_job
-    from tests.jobutil import small_job_argv, small_job_config
+    from tests.jobutil import dry_run_input_line, small_job_config
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "s.tar").write_bytes(tar_bytes({"a.png": image_bytes(8, 8, 0), "b.png": image_bytes(8, 8, 1),
                                                        "metadata.csv": b"file_name,caption\na.png,a cat\n"}))
-    assert cli.main([*small_job_argv(tmp_path, model), "--dry-run"]) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+    line = dry_run_input_line(tmp_path, model, capsys)
     assert "images counted when read: s.tar: its image-folder metadata member metadata.csv is joined or rejected as " \
            "it is read)" in line, line
     assert progress_total(plan_job(small_job_config(tmp_path, model), dry_run=False), {}) is None

@@ -13,12 +13,11 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from pipeline import cli
 from pipeline.sources import tar_count
 from pipeline.sources.read_budget import ReadBudget
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.units import ReadUnit
-from tests.jobutil import image_bytes, small_job_argv, tar_bytes
+from tests.jobutil import dry_run_input_line, image_bytes, tar_bytes
 
 
 def _shard(first: int, keys: int) -> bytes:
@@ -168,10 +167,7 @@ def test_a_dry_run_over_a_web_folder_that_gives_no_lengths_says_its_compressed_s
     site.mkdir()
     (site / "s.tar.gz").write_bytes(gzip.compress(_shard(0, 2)))
     with serving(site, NoLength) as url:
-        argv = small_job_argv(tmp_path, model, "--dry-run")
-        argv[argv.index("--input") + 1] = url
-        assert cli.main(argv) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+        line = dry_run_input_line(tmp_path, model, capsys, input_uri=url)
     assert "1 tar shard (size unknown; images counted when read: s.tar.gz: its storage gives no size), " in line, line
 
 

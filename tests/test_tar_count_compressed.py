@@ -23,8 +23,8 @@ from pipeline.sources.read_budget import MAX_READS, ReadBudget
 from pipeline.sources.reading import read_unit
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.units import ReadUnit
-from tests.jobutil import image_bytes, small_job_argv, small_job_config, tar_bytes
-from tests.test_tar_counts import _dry_run_input_line, _shard, _tricky_shard
+from tests.jobutil import dry_run_input_line, image_bytes, small_job_argv, small_job_config, tar_bytes
+from tests.test_tar_counts import _shard, _tricky_shard
 
 COMPRESS = {"gz": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}
 
@@ -40,7 +40,7 @@ def _webdataset(tmp_path: Path) -> Path:
 def test_the_dry_run_counts_compressed_shards(tmp_path, model, capsys) -> None:
     root = _webdataset(tmp_path)
     size = sum(p.stat().st_size for p in root.iterdir())
-    line = _dry_run_input_line(tmp_path, model, capsys)
+    line = dry_run_input_line(tmp_path, model, capsys)
     assert f"2 tar shards ({size / 1024:.1f} KiB; 7 images to read), " in line, line
     plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
     assert plan.describe()["input"]["tar_keys"] == {"to_read": 7, "already_done": 0, "unknown_why": None}
@@ -68,7 +68,7 @@ def test_a_runs_progress_has_the_compressed_shards_total_and_a_later_dry_run_the
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("images: ")]
     assert progress and progress[-1].startswith("images: 7/7 (100 %)"), progress  # a total, not "images: 7 in"
     (root / "shard-0001.tar.xz").write_bytes(lzma.compress(_shard(4, 5)))  # two keys added to a shard read before
-    line = _dry_run_input_line(tmp_path, model, capsys, "--incremental")
+    line = dry_run_input_line(tmp_path, model, capsys, "--incremental")
     assert "1 tar shard (" in line and "; 2 images to read, 3 already done, skipped), " in line, line
 
 
@@ -108,7 +108,7 @@ def test_compressed_shards_past_the_bound_are_not_counted_and_the_dry_run_says_w
     root = _webdataset(tmp_path)
     first = (root / "shard-0000.tar.gz").stat().st_size
     monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", first + 10)  # the first alone fits, not both
-    line = _dry_run_input_line(tmp_path, model, capsys)
+    line = dry_run_input_line(tmp_path, model, capsys)
     assert re.search(r"; images counted when read: shard-0001\.tar\.xz: it is compressed \(\d\.\d KiB\), and its "
                      r"headers are found only by decompressing it whole: with the other compressed shards, \d\.\d KiB, "
                      r"past the \d\.\d KiB of compressed shards decompressed on a local disk to count a run's images before it "
@@ -172,10 +172,7 @@ def test_a_compressed_shard_on_a_web_server_that_ignores_range_is_counted(tmp_pa
     # like http.server, it answers every GET with the whole file: the shard is fetched whole once, which is all it needs
     (site / "s.tar.gz").write_bytes(gzip.compress(_shard(0, 30) + tar_bytes({"big.png": bytes(2**17)})))
     with serving(site, QuietHandler) as url:
-        argv = small_job_argv(tmp_path, model, "--dry-run")
-        argv[argv.index("--input") + 1] = url + "s.tar.gz"
-        assert cli.main(argv) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+        line = dry_run_input_line(tmp_path, model, capsys, input_uri=url + "s.tar.gz")
     assert "; 31 images to read), " in line, line
 
 

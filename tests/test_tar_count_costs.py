@@ -10,11 +10,10 @@ import re
 import socket
 from pathlib import Path
 
-from pipeline import cli
 from pipeline.sources.read_budget import MAX_READS, ReadBudget
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.units import ReadUnit
-from tests.jobutil import image_bytes, small_job_argv, tar_bytes
+from tests.jobutil import dry_run_input_line, image_bytes, tar_bytes
 from tests.webutil import QuietHandler, serving
 
 SHARD_MIB = 48
@@ -47,10 +46,7 @@ def test_a_web_server_ignoring_range_is_not_sent_whole_shards_by_the_dry_runs_co
     (site / "s.tar").write_bytes(shard)
     sent: list[int] = []
     with serving(site, _sending_counted(sent)) as url:
-        argv = small_job_argv(tmp_path, model, "--dry-run")
-        argv[argv.index("--input") + 1] = url + "s.tar"
-        assert cli.main(argv) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+        line = dry_run_input_line(tmp_path, model, capsys, input_uri=url + "s.tar")
     assert "images counted when read: s.tar: its storage does not serve byte ranges)" in line, line
     # what the server got out before the client hung up (the sockets' buffers), not the shard's 48 MiB
     assert sum(sent) < len(shard) / 3, sum(sent)
@@ -94,8 +90,5 @@ def test_shards_on_a_web_server_that_serves_ranges_are_counted(tmp_path: Path, m
     members = {f"{k:04d}.png": image_bytes(8, 8, k) for k in range(5)} | {"0000.cls": b"1", "big.png": b"\0" * 2**17}
     (site / "s.tar").write_bytes(tar_bytes(members))  # a member past the first block: a ranged read at an offset
     with serving(site, _Ranged) as url:
-        argv = small_job_argv(tmp_path, model, "--dry-run")
-        argv[argv.index("--input") + 1] = url + "s.tar"
-        assert cli.main(argv) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
+        line = dry_run_input_line(tmp_path, model, capsys, input_uri=url + "s.tar")
     assert "; 6 images to read), " in line, line

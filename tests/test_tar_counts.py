@@ -13,7 +13,6 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from pipeline import cli
 from pipeline.job import progress_total
 from pipeline.plan import plan_job
 from pipeline.sources.read_budget import MAX_READS, ReadBudget
@@ -21,7 +20,7 @@ from pipeline.sources.reading import read_unit
 from pipeline.sources.tar_count import count_keys, count_shard, shard_keys
 from pipeline.sources.tfrecord_count import CountProblem
 from pipeline.sources.units import ReadUnit
-from tests.jobutil import image_bytes, small_job_argv, small_job_config, tar_bytes
+from tests.jobutil import dry_run_input_line, image_bytes, small_job_config, tar_bytes
 
 
 def _shard(first: int, keys: int) -> bytes:
@@ -39,15 +38,12 @@ def _webdataset(tmp_path: Path) -> Path:
     return root
 
 
-def _dry_run_input_line(tmp_path: Path, model: str, capsys, *more: str) -> str:
-    assert cli.main([*small_job_argv(tmp_path, model), "--dry-run", *more]) == 0
-    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
 
 
 def test_the_dry_run_counts_a_webdatasets_images_from_the_shards_headers(tmp_path, model, capsys) -> None:
     root = _webdataset(tmp_path)
     size = sum(p.stat().st_size for p in root.iterdir())
-    line = _dry_run_input_line(tmp_path, model, capsys)
+    line = dry_run_input_line(tmp_path, model, capsys)
     assert f"2 tar shards ({size / 1024:.1f} KiB; 7 images to read), " in line, line
     plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
     assert plan.describe()["input"]["tar_keys"] == {"to_read": 7, "already_done": 0, "unknown_why": None}
@@ -63,7 +59,7 @@ def test_the_dry_run_says_keys_done_by_an_earlier_run(tmp_path, model, capsys) -
     root = _webdataset(tmp_path)
     assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
     (root / "shard-0001.tar").write_bytes(_shard(4, 5))  # two keys added to a shard read before
-    line = _dry_run_input_line(tmp_path, model, capsys, "--incremental")
+    line = dry_run_input_line(tmp_path, model, capsys, "--incremental")
     assert "1 tar shard (" in line and "; 2 images to read, 3 already done, skipped), " in line, line
 
 
