@@ -24,27 +24,19 @@ from pipeline.sources.reading import read_unit
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.units import ReadUnit
 from tests.jobutil import dry_run_input_line, image_bytes, small_job_argv, small_job_config, tar_bytes
-from tests.test_tar_counts import _shard, _tricky_shard
+from tests.test_tar_counts import _shard, _tricky_shard, dry_run_counts_seven
+from tests.test_tar_counts import _webdataset as plain_webdataset
 
 COMPRESS = {"gz": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress}
 
 
 def _webdataset(tmp_path: Path) -> Path:
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "shard-0000.tar.gz").write_bytes(gzip.compress(_shard(0, 4)))
-    (root / "shard-0001.tar.xz").write_bytes(lzma.compress(_shard(4, 3)))
-    return root
+    return plain_webdataset(tmp_path, ("shard-0000.tar.gz", "shard-0001.tar.xz"), (gzip.compress, lzma.compress))
 
 
 def test_the_dry_run_counts_compressed_shards(tmp_path, model, capsys) -> None:
     root = _webdataset(tmp_path)
-    size = sum(p.stat().st_size for p in root.iterdir())
-    line = dry_run_input_line(tmp_path, model, capsys)
-    assert f"2 tar shards ({size / 1024:.1f} KiB; 7 images to read), " in line, line
-    plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
-    assert plan.describe()["input"]["tar_keys"] == {"to_read": 7, "already_done": 0, "unknown_why": None}
-    assert progress_total(plan, {}) == 7
+    plan = dry_run_counts_seven(tmp_path, model, capsys, root)
     # --resume after a stop: the keys its output holds are not counted again
     plan.container_done[str(root / "shard-0000.tar.gz")] = ["shard-0000.tar.gz/0001", "shard-0000.tar.gz/0003",
                                                             "shard-0000.tar.gz#unreadable"]

@@ -8,13 +8,15 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
 
 from pipeline.job import progress_total
-from pipeline.plan import plan_job
+from pipeline.plan import JobPlan, plan_job
 from pipeline.sources.read_budget import MAX_READS, ReadBudget
 from pipeline.sources.reading import read_unit
 from pipeline.sources.tar_count import count_keys, count_shard, shard_keys
@@ -30,24 +32,33 @@ def _shard(first: int, keys: int) -> bytes:
     return tar_bytes(members)
 
 
-def _webdataset(tmp_path: Path) -> Path:
+def _webdataset(tmp_path: Path, names: tuple[str, str] = ("shard-0000.tar", "shard-0001.tar"),
+                compress: tuple[Callable[[bytes], bytes], ...] = (bytes, bytes)) -> Path:
+    """Two shards of 4 and 3 keys, named `names`, each written through its function of `compress`."""
     root = tmp_path / "in"
     root.mkdir()
-    (root / "shard-0000.tar").write_bytes(_shard(0, 4))
-    (root / "shard-0001.tar").write_bytes(_shard(4, 3))
+    for name, (first, keys), squeeze in zip(names, ((0, 4), (4, 3)), compress, strict=True):
+        (root / name).write_bytes(squeeze(_shard(first, keys)))
     return root
 
 
-
-
-def test_the_dry_run_counts_a_webdatasets_images_from_the_shards_headers(tmp_path, model, capsys) -> None:
-    root = _webdataset(tmp_path)
+def dry_run_counts_seven(tmp_path: Path, model: str, capsys: Any, root: Path) -> JobPlan:
+    """`_webdataset`'s 7 keys as the dry run says them, its JSON report has them and a run's progress total counts
+    them; the dry run's plan, for its caller to mark keys done."""
     size = sum(p.stat().st_size for p in root.iterdir())
     line = dry_run_input_line(tmp_path, model, capsys)
     assert f"2 tar shards ({size / 1024:.1f} KiB; 7 images to read), " in line, line
     plan = plan_job(small_job_config(tmp_path, model), dry_run=True)
     assert plan.describe()["input"]["tar_keys"] == {"to_read": 7, "already_done": 0, "unknown_why": None}
     assert progress_total(plan, {}) == 7  # the run's progress has a total too
+    return plan
+
+
+
+
+def test_the_dry_run_counts_a_webdatasets_images_from_the_shards_headers(tmp_path, model, capsys) -> None:
+    root = _webdataset(tmp_path)
+    plan = dry_run_counts_seven(tmp_path, model, capsys, root)
     plan.container_done[str(root / "shard-0000.tar")] = ["shard-0000.tar/0001", "shard-0000.tar/0003",
                                                          "shard-0000.tar/gone", "shard-0000.tar#unreadable"]
     assert progress_total(plan, {}) == 5  # less the keys done (an id the shard no longer gives is none of them)
