@@ -7,8 +7,6 @@ over a local folder, answering the calls fsspec's FTP file system makes (pyftpdl
 from __future__ import annotations
 
 import ftplib
-import io
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 
 from pipeline.plan import plan_job
 from pipeline.storage import concurrent_reads
-from tests.jobutil import image_bytes, small_job_config
+from tests.jobutil import image_bytes, small_job_config, tar_bytes
 
 
 class FolderFTP:
@@ -84,16 +82,6 @@ def ftp_server(tmp_path: Path, monkeypatch) -> Path:
     return root
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_an_ftp_store_is_read_one_file_at_a_time_told_without_logging_in(ftp_server: Path) -> None:
     assert concurrent_reads("ftp://127.0.0.1:2121/in/a.parquet", 8) == 1  # ftplib's one connection
     assert concurrent_reads("/data/in/a.parquet", 8) == 8
@@ -107,7 +95,7 @@ def test_each_login_of_a_dry_run_over_an_ftp_input_is_used(ftp_server: Path, tmp
     (ftp_server / "in").mkdir()
     for i in range(3):
         pq.write_table(pa.table({"image": [image_bytes(16, 16, i)], "label": [i]}), ftp_server / "in" / f"p{i}.parquet")
-    (ftp_server / "in" / "s.tar").write_bytes(_tar({"0.png": image_bytes(16, 16, 3), "0.cls": b"1"}))
+    (ftp_server / "in" / "s.tar").write_bytes(tar_bytes({"0.png": image_bytes(16, 16, 3), "0.cls": b"1"}))
     config = small_job_config(tmp_path, model, input="ftp://127.0.0.1:2121/in")
     described = plan_job(config, dry_run=True).describe()
     assert described["input"]["parquet_files"] == 3, described["input"]
