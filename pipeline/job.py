@@ -539,7 +539,7 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
     rows = [{**u.to_row(), "skip": plan.container_done.get(u.paths[0], []) if u.kind != "files" else [],
              "purified": plan.container_purified.get(u.paths[0], []), "named": named.get(u.paths[0], []),
              "metadata": unit_metadata(u.paths, plan.folder_metadata) if u.kind == "files" else "",
-             "sidecars": unit_sidecars(u.paths, getattr(plan, "sidecars", None)) if u.kind == "files" else ""}
+             "sidecars": unit_sidecars(u.paths, plan.sidecars) if u.kind == "files" else ""}
             for u in plan.units]
     # One input block per unit: each unit is read by its own task and flows downstream on its own, so the
     # pipeline streams (one big block would be read, purified and written as a whole).
@@ -628,7 +628,7 @@ def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejec
     lookalikes -= {id_ for r in read_whole for id_ in r.get("lookalike", [])}
     # a metadata file joined now: a folder's (the planning's), or a zip archive's read to its end; a sidecar file, or a
     # zip archive's sidecar member, paired with its image now
-    joined = {*plan.metadata_rejects, *getattr(plan, "sidecar_rejects", ()),
+    joined = {*plan.metadata_rejects, *plan.sidecar_rejects,
               *(id_ for r in read_whole for id_ in (*r.get("metadata", []), *r.get("sidecars", [])))}
     return StaleRejects(unreadable, superseded, lookalikes, joined)
 

@@ -209,7 +209,8 @@ def test_reject_rows_a_runs_reading_made_untrue_are_those_of_the_containers_it_r
         container_done={"/in/s.tar": ["s.tar/a.png", f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}c.png"],
                         "/in/t.tar": [f"t.tar{LOOKALIKE}d.png"]},
         retry=frozenset({f"s.tar{LOOKALIKE}e.png", f"u.tar{LOOKALIKE}f.png"}),
-        metadata_rejects=frozenset({"train/metadata.csv"}))  # a metadata file's reject, the file joined now
+        metadata_rejects=frozenset({"train/metadata.csv"}),  # a metadata file's reject, the file joined now
+        sidecar_rejects=frozenset({"00000/000000.txt"}))  # a sidecar's reject (an older version's), paired now
     read_whole = [{"path": "/in/s.tar", "superseded": ["s.tar/cat"], "lookalike": [f"s.tar{LOOKALIKE}c.png"]},
                   {"path": "/in/gone.tar"},  # not one of this run's units
                   {"path": "/in/d.zip", "metadata": ["d.zip/metadata.csv"]}]  # a zip archive's, joined now
@@ -218,9 +219,9 @@ def test_reject_rows_a_runs_reading_made_untrue_are_those_of_the_containers_it_r
     assert stale.superseded == {"s.tar/cat"}
     # s.tar's look-alikes its read did not give again: one it gave again stays, as do t.tar's and u.tar's (not read)
     assert stale.lookalikes == {f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}e.png"}
-    assert stale.metadata_files == {"train/metadata.csv", "d.zip/metadata.csv"}
+    assert stale.metadata_files == {"train/metadata.csv", "d.zip/metadata.csv", "00000/000000.txt"}
     assert stale.all == {"s.tar#unreadable", "s.tar/cat", f"s.tar{LOOKALIKE}b.png", f"s.tar{LOOKALIKE}e.png",
-                         "train/metadata.csv", "d.zip/metadata.csv"}
+                         "train/metadata.csv", "d.zip/metadata.csv", "00000/000000.txt"}
 
 
 def test_the_history_is_written_before_the_summary_so_the_summary_is_never_ahead(tmp_path, monkeypatch) -> None:
