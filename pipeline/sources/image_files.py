@@ -5,6 +5,7 @@ file when one names it (`folder_metadata`; both found at planning and sent with 
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from collections.abc import Iterator
@@ -14,9 +15,9 @@ from pipeline.sources.file_bytes import ImageTooLarge, NotAFile, read_bytes
 from pipeline.sources.folder_metadata import sent_metadata, table_note, with_row
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.records import image_record, reject_record
-from pipeline.sources.sidecar_files import orphan_note, sent_sidecars
+from pipeline.sources.sidecar_files import orphan_note, sent_sidecars, sidecar_meta
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import JsonColumns, sidecar_columns, with_own_columns
+from pipeline.sources.webdataset_keys import JsonColumns, with_own_columns
 from pipeline.storage import describe
 
 
@@ -85,23 +86,18 @@ def read_files(unit: ReadUnit, fs_opts: dict[str, Any], labels_from_folders: boo
 
 def _sidecar_meta(sidecars: list[tuple[str, str, int | None]], fs_opts: dict[str, Any], max_image_bytes: int,
                   json_columns: JsonColumns) -> dict[str, Any] | str:
-    """An image file's columns from its sidecar files (`sidecar_files`), as the same members of a tar key give them
-    (`webdataset_keys.sidecar_columns`); or why its image is a reject: a sidecar that cannot be read (or is over
-    --max-image-mb), or two that give one column. Never the image without a sidecar's columns, which would lose them
-    unsaid: its reject says which file, and --retry-rejects reads both again."""
-    parts: dict[str, tuple[str, bytes]] = {}
-    for ext, path, size in sidecars:
-        name = text_name(posixpath.basename(path.rstrip("/")))
-        if ext in parts:  # 'x.TXT' and 'x.txt', or 'x.json' and 'x.jpg.json': one extension, two files
-            return (f"sidecar files {parts[ext][0]} and {name} both give this image's {ext!r} values, so one would be "
-                    "lost: rename or remove one of them")
+    """An image file's columns from its sidecar files (`sidecar_files.sidecar_meta`), or why its image is a reject: a
+    sidecar that cannot be read (or is over --max-image-mb), or two that give one column; its reject says which file,
+    and --retry-rejects reads both again."""
+    def read(path: str, size: int | None, name: str) -> bytes | str:
         try:
-            data = read_bytes(path, fs_opts, max_image_bytes, listed_size=size)
+            return read_bytes(path, fs_opts, max_image_bytes, listed_size=size)
         except (ImageTooLarge, NotAFile) as err:
             return f"its sidecar file {name} was not read: {err}"
         except Exception as err:  # noqa: BLE001 - a sidecar that stays unreadable after retries: its image's reject
             return (f"could not read its sidecar file {name} ({describe(err)}), so the image is not purified without "
                     "that file's columns: --retry-rejects reads both again")
-        parts[ext] = (name, data)
-    meta = sidecar_columns(parts, json_columns)
-    return f"sidecar files {meta}" if isinstance(meta, str) else meta
+
+    named = [(ext, path, size, text_name(posixpath.basename(path.rstrip("/")))) for ext, path, size in sidecars]
+    return sidecar_meta(((ext, name, functools.partial(read, path, size, name)) for ext, path, size, name in named),
+                        "file", json_columns)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.sources.folder_metadata import is_folder_metadata
-from pipeline.sources.webdataset_keys import IMAGE_EXTENSIONS
+from pipeline.sources.webdataset_keys import IMAGE_EXTENSIONS, JsonColumns, sidecar_columns
 
 # In the row a stamp digests (`stamped_row`): no column of a metadata file can be named so
 SIDECARS_KEY = "\x00sidecars"
@@ -153,3 +153,22 @@ def sent_sidecars(text: str | None) -> dict[str, list[tuple[str, str, int | None
         return {}
     return {image: [(ext, path, None if size < 0 else size) for ext, path, size in sidecars]
             for image, sidecars in json.loads(text).items()}
+
+
+def sidecar_meta(sidecars: Iterable[tuple[str, str, Callable[[], bytes | str]]], kind: str,
+                 json_columns: JsonColumns) -> dict[str, Any] | str:
+    """An image's columns from its sidecars (extension, name as shown, read: its bytes or why it was not read), as the
+    same members of a tar key give them (`webdataset_keys.sidecar_columns`); or why its image is a reject: a sidecar
+    not read, or two that give one column ('x.TXT' and 'x.txt', 'x.json' and 'x.jpg.json'). Never the image without a
+    sidecar's columns, which would lose them unsaid. `kind`: 'file' (a folder's) or 'member' (a zip archive's)."""
+    parts: dict[str, tuple[str, bytes]] = {}
+    for ext, shown, read in sidecars:
+        if ext in parts:
+            return (f"sidecar {kind}s {parts[ext][0]} and {shown} both give this image's {ext!r} values, so one would "
+                    "be lost: rename or remove one of them")
+        data = read()
+        if isinstance(data, str):
+            return data
+        parts[ext] = (shown, data)
+    meta = sidecar_columns(parts, json_columns)
+    return f"sidecar {kind}s {meta}" if isinstance(meta, str) else meta

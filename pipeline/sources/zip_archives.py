@@ -6,6 +6,7 @@ its image-folder metadata members joined to its other members (`folder_metadata`
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
 import stat
 import struct
@@ -26,9 +27,9 @@ from pipeline.sources.hidden import is_hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.listing import is_container_name
 from pipeline.sources.records import image_record, reject_record
-from pipeline.sources.sidecar_files import pair_sidecars
+from pipeline.sources.sidecar_files import pair_sidecars, sidecar_meta
 from pipeline.sources.units import ReadUnit
-from pipeline.sources.webdataset_keys import JsonColumns, sidecar_columns, with_own_columns
+from pipeline.sources.webdataset_keys import JsonColumns, with_own_columns
 from pipeline.storage import concurrent_reads, describe, with_retries
 
 
@@ -349,12 +350,8 @@ def _sidecar_meta(archive: zipfile.ZipFile, directory: _ZipDirectory, sidecars: 
                   max_image_bytes: int, json_columns: JsonColumns) -> dict[str, Any] | str:
     """An image member's columns from its sidecar members, as a folder's image file's (`image_files._sidecar_meta`),
     or why the image is a reject: a sidecar over `max_image_bytes`, encrypted or damaged, or two that give one column."""
-    parts: dict[str, tuple[str, bytes]] = {}
-    for ext, name in sidecars:
+    def read(name: str) -> bytes | str:
         shown = text_name(name)
-        if ext in parts:
-            return (f"sidecar members {parts[ext][0]} and {shown} both give this image's {ext!r} values, so one would "
-                    "be lost: rename or remove one of them")
         info = directory.info(name)
         if info.file_size > max_image_bytes:
             too_big = too_large(f"zip member {shown}", info.file_size, max_image_bytes)
@@ -362,13 +359,13 @@ def _sidecar_meta(archive: zipfile.ZipFile, directory: _ZipDirectory, sidecars: 
         if info.flag_bits & 0x1:
             return f"its sidecar member {shown} is encrypted, so the image is not purified without its columns"
         try:
-            data = with_retries(lambda info=info: archive.read(info), f"read {name}")
+            return with_retries(lambda: archive.read(info), f"read {name}")
         except Exception as err:  # noqa: BLE001 - a damaged sidecar: its image's reject, never the image without it
             return (f"could not read its sidecar member {shown} ({describe(err)}), so the image is not purified "
                     "without that member's columns")
-        parts[ext] = (shown, data)
-    meta = sidecar_columns(parts, json_columns)
-    return f"sidecar members {meta}" if isinstance(meta, str) else meta
+
+    return sidecar_meta(((ext, text_name(name), functools.partial(read, name)) for ext, name in sidecars), "member",
+                        json_columns)
 
 
 def _zip_metadata(archive: zipfile.ZipFile, directory: _ZipDirectory, max_image_bytes: int,
