@@ -68,8 +68,10 @@ from pipeline.output import (
     read_json,
     same_storage_paths,
 )
-from pipeline.sources.ids import terminal_text
+from pipeline.sources.ids import terminal_text, unescaped
 from pipeline.sources.listing import is_table_name
+from pipeline.sources.partitions import PARTITION_PREFIX, partition_folders
+from pipeline.sources.records import JOB_COLUMNS, RENAMED_PREFIX, passthrough_name
 from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
@@ -410,7 +412,7 @@ def _refused(err: BaseException, uri: str, so: dict[str, Any], named: str, needs
 API_NAMES = ArgNames(None)
 CLI_NAMES = ArgNames({"output": "--output", "to": "--to", "image_format": "--format", "jpeg_quality": "--jpeg-quality",
                       "manifest": "--manifest", "force": "--force", "workers": "--workers", "resume": "--resume",
-                      "overwrite": "--overwrite"})
+                      "overwrite": "--overwrite", "sidecars": "--sidecars"})
 
 
 def check_destination(to: str, output: str, storage_options: dict[str, Any], existing: str,
@@ -459,6 +461,7 @@ class _Part:
     rows: int
     schema: pa.Schema
     hashes: np.ndarray  # _key_hash of each row's first path
+    stems: np.ndarray  # with sidecars, _key_hash of each first path's stem (`_stem_path`); else empty
 
 
 @dataclass
@@ -471,6 +474,8 @@ class NamePlan:
     repeated: set[str] = field(default_factory=set)
     escaped: int = 0
     folders: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # _key_hash of each folder, sorted
+    # with sidecars: _key_hash of each stem or name (`sidecar_stem`) two exported images claim, sorted
+    shared_stems: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
     def path(self, id_: str, original_format: str | None) -> str:
         return self.moved.get(id_) or export_path(id_, self.image_format, original_format)[0]
@@ -478,6 +483,10 @@ class NamePlan:
     def is_folder(self, path: str) -> bool:
         """Whether `path` (under DIR) is, ignoring case, a folder a row's file lies in (by its digest)."""
         return _holds(self.folders, path)
+
+    def sidecar_stem(self, path: str) -> str:
+        """The stem of the sidecar files of the image exported to `path` (`sidecar_stem`)."""
+        return sidecar_stem(path, self.shared_stems, self.folders)
 
 
 def _found(hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -548,10 +557,11 @@ def _add_folders(path: str, folders: set[str]) -> None:
         folder = folder.rpartition("/")[0]
 
 
-def plan_names(fs: Any, paths: list[str], image_format: str,
-               damaged: list[DamagedPart]) -> tuple[NamePlan, list[_Part]]:
+def plan_names(fs: Any, paths: list[str], image_format: str, damaged: list[DamagedPart],
+               sidecars: bool = False) -> tuple[NamePlan, list[_Part]]:
     """The first pass: every part file's ids (and original_format), read INDEX_READERS files at a time; returns
-    where each row goes and the readable part files (rows, schema). Unreadable part files are added to `damaged`."""
+    where each row goes and the readable part files (rows, schema). Unreadable part files are added to `damaged`.
+    `sidecars`: find the stems two images' sidecar files would share too (`NamePlan.shared_stems`)."""
     wanted = ["id", "original_format"] if image_format == "input" else ["id"]
     plan = NamePlan(image_format)
     parts: list[_Part] = []
@@ -571,14 +581,17 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
         if "id" not in table.column_names:
             damaged.append(DamagedPart(path, KeyError("no id column")))
             continue
-        hashes, escaped = [], 0
+        hashes, stems, escaped = [], [], 0
         folders: set[str] = set()
         for _, first, was_escaped in _first_paths(table, image_format):
             hashes.append(_key_hash(first))
+            if sidecars:
+                stems.append(_key_hash(_stem_path(first)))
             escaped += was_escaped
             _add_folders(first, folders)
         plan.escaped += escaped
-        parts.append(_Part(path, table.num_rows, schema, np.array(hashes, dtype=np.uint64)))
+        parts.append(_Part(path, table.num_rows, schema, np.array(hashes, dtype=np.uint64),
+                           np.array(stems, dtype=np.uint64)))
         folder_hashes.add(np.array([_key_hash(f) for f in folders], dtype=np.uint64))
     every = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, np.uint64)
     every.sort()  # in place: the rows' digests are held twice (in their parts and here), never three times
@@ -587,6 +600,8 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
     # folder of one name, which a disk cannot hold, and a sync of an object store's keys to a disk fails on)
     shared = np.union1d(every[1:][every[1:] == every[:-1]], every_folder[_found(every, every_folder)])
     if not len(shared):
+        if sidecars:
+            plan.shared_stems = _shared_stems(every, parts, [], [])
         return plan, parts
     # the second pass, over the part files holding such a path: those rows' ids, named
     entries: list[tuple[str, str]] = []
@@ -605,7 +620,24 @@ def plan_names(fs: Any, paths: list[str], image_format: str,
     # 10^6 files and 10^6 folders) gives a file another name it did not need, the same one each time
     plan.moved = resolve_collisions(entries, lambda key: _holds(every, key), plan.is_folder)
     plan.repeated = {id_ for id_, n in counts.items() if n > 1}
+    if sidecars:
+        # the rows counted under their first path that are not there: a moved id's (now at its new path), and the
+        # repeated rows of an id (one image)
+        firsts = dict(entries)
+        gone = [firsts[id_] for id_, n in counts.items() for _ in range(n - (id_ not in plan.moved))]
+        plan.shared_stems = _shared_stems(every, parts, gone, list(plan.moved.values()))
     return plan, parts
+
+
+def _shared_stems(every: np.ndarray, parts: list[_Part], gone: list[str], added: list[str]) -> np.ndarray:
+    """The sorted `_key_hash`es claimed twice among the exported images' stems and names (`sidecar_stem`): `every`,
+    the rows' first paths' digests, and the parts' `stems`, less `gone`'s and with `added`'s (paths)."""
+    claims = np.concatenate([every, *(p.stems for p in parts),
+                             np.array([_key_hash(p) for q in added for p in (q, _stem_path(q))], dtype=np.uint64)])
+    values, counts = np.unique(claims, return_counts=True)
+    removed = np.array([_key_hash(p) for q in gone for p in (q, _stem_path(q))], dtype=np.uint64)
+    np.subtract.at(counts, np.searchsorted(values, removed), 1)
+    return values[counts > 1]
 
 
 # --- the manifest -------------------------------------------------------------------------------------------------
@@ -721,6 +753,130 @@ class Manifest:
         discard(self.fs, self.tmp)
 
 
+# --- sidecar files ------------------------------------------------------------------------------------------------
+
+
+# The sidecar files `sidecars=True` writes beside an image, by extension, in the order they are written
+SIDECAR_EXTENSIONS = (".txt", ".cls", ".json")
+
+
+def sidecar_columns(schemas: Iterable[pa.Schema]) -> tuple[list[str], list[str]]:
+    """(the columns of data/ an image's sidecar files are written from, in the order the part files give them; those
+    left out as they hold bytes, which no text file holds). The job's own columns (`JOB_COLUMNS`: id, width, source,
+    original_format, ...) are never a sidecar's: the reader gives them again."""
+    found: dict[str, None] = {}
+    left_out: dict[str, None] = {}
+    for schema in schemas:
+        for f in schema:
+            if f.name not in JOB_COLUMNS:
+                (left_out if _holds_bytes(f.type) else found)[f.name] = None
+    return list(found), [n for n in left_out if n not in found]
+
+
+def json_key(column: str) -> str:
+    """The .json key of a column: the reader's `input_` escape of a job column's name undone (`input_id` -> `id`,
+    `input_input_id` -> `input_id`), so that the key is read back as the same column; any other name as it is."""
+    bare = column[len(RENAMED_PREFIX):]
+    return bare if column[: len(RENAMED_PREFIX)].lower() == RENAMED_PREFIX and passthrough_name(bare) == column \
+        else column
+
+
+def _sidecar_text(text: str) -> bytes:
+    """A caption's or label's bytes from its column: the reader wrote a sidecar's bytes that are not UTF-8 as `\\xNN`
+    (and then a backslash as `\\\\`, `text_value`), which are undone so that the file reads back as the same text."""
+    try:
+        return unescaped(text).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate (`\\ud800`, from JSON): no bytes are it; the text as written
+        return text.encode("utf-8")
+
+
+def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
+    """The columns of `row` that its id's `key=value` folders gave (`--partitioning hive`): the folder stays in the
+    exported path, which gives the column again; each is, in any case, the key's pass-through name with the most
+    `partition_` before it (`partitions.partition_column`) that holds the folder's value."""
+    lower = {name.lower(): name for name in row}
+    given = set()
+    for key, value in partition_folders(id_):
+        name, found = passthrough_name(key), None
+        while name.lower() in lower:
+            if row[lower[name.lower()]] == value:
+                found = lower[name.lower()]
+            name = PARTITION_PREFIX + name
+        if found is not None:
+            given.add(found)
+    return given
+
+
+def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False) -> dict[str, bytes]:
+    """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
+    (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
+    number, or text) the .cls, as the job reads them (a caption's and label's `\\xNN` escapes undone: `_sidecar_text`);
+    every other column that is not null is a key of one .json object (`json_key`), its value as JSON holds it (numbers
+    stay numbers, lists and structs arrays and objects, times ISO 8601 text, a text value's escapes undone as a
+    caption's), in the order of `columns`. The `json` column of a .json the reader kept as text (not an object, not
+    valid JSON) is the whole .json, as it is, where no other column is; one holding an object (the fields past the
+    reader's column limit) gives its keys back to the .json. `partitioned`: the output's run read `key=value` folders
+    as columns (`--partitioning hive`): those are left out (`_partition_columns`)."""
+    skip = _partition_columns(row["id"], row) if partitioned else set()
+    files: dict[str, bytes] = {}
+    fields: dict[str, Any] = {}
+    for column in columns:
+        value = row.get(column)
+        if value is None or column in skip:
+            continue
+        if column == "txt" and isinstance(value, str):
+            files[".txt"] = _sidecar_text(value)
+        elif column == "label" and (isinstance(value, str) or _is_whole(value)):
+            files[".cls"] = str(value).encode() if _is_whole(value) else _sidecar_text(value)
+        else:
+            key = json_key(column)
+            fields[key] = unescaped(value) if isinstance(value, str) and key != "json" else _json_value(value)
+    kept = fields.get("json")
+    if isinstance(kept, str):
+        if len(fields) == 1:
+            files[".json"] = kept.encode("utf-8")
+            return {ext: files[ext] for ext in SIDECAR_EXTENSIONS if ext in files}
+        try:
+            over = json.loads(kept)
+        except ValueError:
+            over = None
+        if isinstance(over, dict) and not set(over) & set(fields):
+            del fields["json"]
+            fields.update(over)
+    if fields:
+        text = json.dumps(fields, ensure_ascii=False, default=str)
+        try:
+            files[".json"] = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a byte of a caption that is not UTF-8): JSON's \\udcNN escape
+            files[".json"] = json.dumps(fields, default=str).encode("ascii")
+    return {ext: files[ext] for ext in SIDECAR_EXTENSIONS if ext in files}
+
+
+def _stem_path(path: str) -> str:
+    """`path` without its extension (`a/b.png` -> `a/b`): what a sidecar's name is its stem and extension of."""
+    folder, name = posixpath.split(path)
+    return posixpath.join(folder, posixpath.splitext(name)[0])
+
+
+def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
+    """The path, but for its extension, of the sidecar files of the image exported to `path`: the image's stem
+    (`a/b.png` -> `a/b`: `a/b.txt`), as img2dataset and caption loaders pair them; or, where that stem is (but for case
+    and Unicode normalization) also another exported image's stem or whole name (`b.jpg` and `b.png` with `--format
+    input`; `b.png` and `b.png.png`), which the job's reader would give such a file too, the image's whole name
+    (`a/b.png.json`, as Google Takeout names them, which the reader pairs with that image alone). `shared`: the sorted
+    `_key_hash`es of stems and names that two exported images claim; `folders`: those of the folders images lie in (a
+    sidecar may not be one). ValueError when neither name is the image's alone, or is over NAME_MAX bytes."""
+    for stem in (_stem_path(path), path):
+        names = [stem + ext for ext in SIDECAR_EXTENSIONS]
+        if _holds(shared, stem) or any(_holds(folders, name) for name in names):
+            continue
+        if len(posixpath.basename(names[-1]).encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise ValueError(f"its sidecar files' names ({posixpath.basename(names[-1])}) would be over {NAME_MAX} bytes")
+        return stem
+    raise ValueError(f"no name for its sidecar files is its image's alone ({_stem_path(path)}.txt and {path}.txt "
+                     "name another image, or a folder, too)")
+
+
 # --- writing one file ---------------------------------------------------------------------------------------------
 
 
@@ -808,6 +964,9 @@ class ExportReport:
     rejects_unreadable: int = 0  # rejects/ part files whose row count could not be read
     manifest: str | None = None  # its path: `to` as given (relative, a URI), and the manifest's name
     manifest_left_out: list[str] = field(default_factory=list)
+    sidecars: bool = False  # sidecar files were asked for
+    sidecars_written: int = 0  # sidecar files written now (those already there with their bytes are not counted)
+    sidecars_left_out: list[str] = field(default_factory=list)  # columns of bytes, in no sidecar file
     manifest_error: str | None = None  # why the manifest could not be written
     # what became of an earlier export's manifest of the name this one failed to write: "removed", or why it was not
     earlier_manifest: str | None = None
@@ -858,10 +1017,59 @@ def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quali
     return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
 
 
+@dataclass(frozen=True)
+class SidecarWriting:
+    """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
+    folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
+    files when the export began, --overwrite or --resume), which would read back as its columns."""
+
+    columns: list[str]
+    partitioned: bool
+    clean: bool
+
+
+def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
+                   writing: SidecarWriting) -> tuple[dict[str, bytes], list[str]]:
+    """(the sidecar files of the image of `row` exported to `rel`, each path under DIR -> its bytes; with
+    `writing.clean`, the other paths under DIR its sidecar files could have, by either name `sidecar_stem` gives, to
+    remove: none is another image's, as a stem two images claim is neither's)."""
+    stem = plan.sidecar_stem(rel)
+    files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned).items()}
+    stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
+             if name + ext not in files] if writing.clean else []
+    return files, stale
+
+
+def _remove_file(fs: Any, path: str) -> None:
+    """Remove the file `path` where there is one (a folder of that name is left: it is no sidecar)."""
+    if _local_disk(fs):
+        if os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        if not (has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}")):
+            with_retries(lambda: fs.rm_file(path), f"remove {path}")
+
+
+def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
+                          row: Mapping[str, Any], plan: NamePlan, writing: SidecarWriting) -> tuple[bool, int]:
+    """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
+    image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
+    sidecar files written)."""
+    if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
+        raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
+    files, stale = sidecar_writes(row, rel, plan, writing)
+    for name in stale:
+        _remove_file(fs, posixpath.join(root, name))
+    written = sum(write_file(fs, posixpath.join(root, name), data, resume) for name, data in files.items())
+    return _export_one(fs, root, rel, png, resume, jpeg_quality), written
+
+
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
                   storage_options: dict[str, Any] | None = None, image_format: str = "png", jpeg_quality: int = 95,
                   manifest: str = "csv", existing: str = "refuse", force: bool = False, workers: int = 8,
-                  progress: Any = None, on_damaged: Callable[[str], None] | None = None) -> ExportReport:
+                  progress: Any = None, on_damaged: Callable[[str], None] | None = None,
+                  sidecars: bool = False) -> ExportReport:
     """Write the purified images of `output` (a zip-purify output: a path or fsspec URI) as files under `to`.
 
     See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
@@ -876,7 +1084,7 @@ def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
     the rest are exported."""
     return run_export(API_NAMES, output, to, storage_options=storage_options, image_format=image_format,
                       jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
-                      progress=progress, on_damaged=on_damaged)
+                      progress=progress, on_damaged=on_damaged, sidecars=sidecars)
 
 
 def _is_whole(value: Any) -> bool:
@@ -885,7 +1093,7 @@ def _is_whole(value: Any) -> bool:
 
 def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: Any, image_format: Any,
                      jpeg_quality: Any, manifest: Any, existing: Any, force: Any, workers: Any, progress: Any,
-                     on_damaged: Any) -> None:
+                     on_damaged: Any, sidecars: Any = False) -> None:
     """Refuse, naming the argument, a value of the wrong type or out of range, before anything is read or written:
     a `force="no"` exported an unfinished output as if True, `workers="8"` raised a bare TypeError, and a
     `progress` or `on_damaged` that is no callable failed only once the export had begun writing."""
@@ -904,8 +1112,9 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
         raise ExportError(f"{names.named('jpeg_quality')} must be a whole number from 1 to 100, got {jpeg_quality!r}")
     if not (_is_whole(workers) and workers >= 1):
         raise ExportError(f"{names.named('workers')} must be a whole number of at least 1, got {workers!r}")
-    if not isinstance(force, bool):
-        raise ExportError(f"{names.named('force')} must be True or False, got {force!r}")
+    for name, value in (("force", force), ("sidecars", sidecars)):
+        if not isinstance(value, bool):
+            raise ExportError(f"{names.named(name)} must be True or False, got {value!r}")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise ExportError(f"storage_options must be a mapping of fsspec options (or None), got "
                           f"{type(storage_options).__name__}")
@@ -918,12 +1127,12 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
 def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.PathLike[str], *,
                storage_options: dict[str, Any] | None, image_format: str, jpeg_quality: int, manifest: str,
                existing: str, force: bool, workers: int, progress: Any,
-               on_damaged: Callable[[str], None] | None) -> ExportReport:
+               on_damaged: Callable[[str], None] | None, sidecars: bool = False) -> ExportReport:
     """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
     (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
     _check_arguments(names, output=output, to=to, storage_options=storage_options, image_format=image_format,
                      jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
-                     progress=progress, on_damaged=on_damaged)
+                     progress=progress, on_damaged=on_damaged, sidecars=sidecars)
     # numpy's integers as Python's: Pillow refuses quality=np.int64(90) ("Invalid quality setting"), for every JPEG
     jpeg_quality, workers = int(jpeg_quality), int(workers)
     output, to = os.fspath(output).rstrip("/") or "/", os.fspath(to).rstrip("/") or "/"
@@ -952,7 +1161,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
     out_fs, root = storage_path(to, so)
 
     damaged: list[DamagedPart] = []
-    plan, parts = plan_names(in_fs, list_parts(output, DATA_DIR, so), image_format, damaged)
+    plan, parts = plan_names(in_fs, list_parts(output, DATA_DIR, so), image_format, damaged, sidecars)
     if manifest != "none" and plan.is_folder(f"{MANIFEST_NAME}.{manifest}"):
         other = "jsonl" if manifest == "csv" else "csv"
         raise ExportError(f"the images of some ids lie in a folder named {MANIFEST_NAME}.{manifest}/ (or that but for "
@@ -967,6 +1176,13 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
     columns, report.manifest_left_out = manifest_columns(p.schema for p in parts)
     if manifest == "none":
         report.manifest_left_out = []
+    writing = None
+    if sidecars:
+        names, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
+        reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
+        partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
+        writing = SidecarWriting(names, partitioned, existing != "refuse")
+        report.sidecars = True
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
         writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
@@ -981,7 +1197,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
     try:
         for part in parts:
             problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
-                                   jpeg_quality, seen_repeated, bar)
+                                   jpeg_quality, seen_repeated, bar, writing)
             if problem is not None:
                 report.damaged.append(problem)
                 if on_damaged is not None:
@@ -1027,7 +1243,7 @@ UNFETCHED = "could not be fetched from the storage"
 
 def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
-                 seen_repeated: set[str], bar: Any) -> tuple[str, str, int] | None:
+                 seen_repeated: set[str], bar: Any, writing: SidecarWriting | None = None) -> tuple[str, str, int] | None:
     """Export one part file's rows, a batch at a time; (part, reason, rows not exported) when it cannot be read
     to its end (the rows before are exported)."""
     done = 0
@@ -1046,7 +1262,7 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
                 rows = python_rows(next(batches), extension_storage=False)  # a tensor as its arrays (`plain`)
             except StopIteration:
                 return None
-            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated)
+            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated, writing)
             done += len(rows)
             if bar is not None:
                 bar.update(len(rows))
@@ -1070,9 +1286,10 @@ class _InThisThread(Executor):
 
 def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
-                 seen_repeated: set[str]) -> None:
-    """Write a batch of rows' files, `pool`'s workers at once; count each, and add those in place to the manifest."""
-    jobs: list[tuple[dict[str, Any], str, Future[bool]]] = []
+                 seen_repeated: set[str], writing: SidecarWriting | None = None) -> None:
+    """Write a batch of rows' files (with `writing`, their sidecar files too), `pool`'s workers at once; count each,
+    and add those in place to the manifest."""
+    jobs: list[tuple[dict[str, Any], str, Future[Any]]] = []
     for row in rows:
         id_ = row["id"]
         if id_ in plan.repeated:
@@ -1083,10 +1300,17 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         rel = plan.path(id_, row.get("original_format"))
         image = row.get("image")
         png = image.get("bytes") if isinstance(image, dict) else image
-        jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality)))
+        if writing is None:
+            jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality)))
+        else:
+            jobs.append((row, rel, pool.submit(_export_with_sidecars, out_fs, root, rel, png, resume, jpeg_quality,
+                                               row, plan, writing)))
     for row, rel, future in jobs:
         try:
             wrote = future.result()
+            if writing is not None:
+                wrote, sidecars = wrote
+                report.sidecars_written += sidecars
         except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
             report.failed += 1
             if len(report.failures) < FAILURES_KEPT:
@@ -1123,6 +1347,9 @@ def report_lines(report: ExportReport) -> list[str]:
     if report.manifest_left_out:
         lines.append(f"note: column(s) {', '.join(map(terminal_text, report.manifest_left_out))} hold bytes (an image "
                      "or mask copied unpurified from the input) and are not in the manifest; read them from data/")
+    if report.sidecars_left_out:
+        lines.append(f"note: column(s) {', '.join(map(terminal_text, report.sidecars_left_out))} hold bytes and are in no "
+                     "sidecar file; read them from data/")
     if report.renamed:
         lines.append(f"note: {report.renamed} image(s) were given another name, as another id's name was the same "
                      "(but for case or Unicode normalization) or a folder's; the manifest says where each id went")
@@ -1135,6 +1362,8 @@ def report_lines(report: ExportReport) -> list[str]:
         lines.append(f"note: {report.repeated} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")
     counts = f"{report.written} written" + (f", {report.present} already there" if report.present else "")
+    if report.sidecars:
+        counts += f", {report.sidecars_written} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
     if report.failed:
         counts += f", {report.failed} failed"
     damaged = [d for d in report.damaged if not d[1].startswith(UNFETCHED)]

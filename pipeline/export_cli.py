@@ -113,6 +113,14 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
                                "is kept (one of that size is read back and compared), the others are written")
+    p.add_argument("--sidecars", action="store_true",
+                   help="write beside each image its sidecar files from its row, as img2dataset and WebDataset "
+                        "folders hold them: DIR/a.png with a.txt (the txt caption), a.cls (the label) and a.json (every "
+                        "other column from the input: a .json's keys, other sidecars, a metadata row's, a Parquet "
+                        "input's), so that DIR reads back into the job with the same columns; never the job's own "
+                        "columns (source, width, ...; those are in the manifest), nor a null value (no file, no key), "
+                        "nor columns of bytes. Where two images would share a stem (a.jpg and a.png with --format "
+                        "input), each has its whole name's: a.png.txt")
     p.add_argument("--force", action="store_true",
                    help="export an output that is not complete (its run stopped, failed or is running now): the rows "
                         "it holds now")
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
         report = run_export(CLI_NAMES, args.output, args.to, storage_options=so, image_format=args.format,
                             jpeg_quality=args.jpeg_quality, manifest=args.manifest, existing=existing,
                             force=args.force, workers=args.workers, progress=None if args.no_progress else bar,
-                            on_damaged=damaged)
+                            on_damaged=damaged, sidecars=args.sidecars)
     except KeyboardInterrupt:
         print("interrupted: every file written is whole; run the same command with --resume to finish (the manifest "
               "is written at the end)", file=sys.stderr)
