@@ -865,14 +865,10 @@ def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
     input`; `b.png` and `b.png.png`), which the job's reader would give such a file too, the image's whole name
     (`a/b.png.json`, as Google Takeout names them, which the reader pairs with that image alone). `shared`: the sorted
     `_key_hash`es of stems and names that two exported images claim; `folders`: those of the folders images lie in (a
-    sidecar may not be one). ValueError when neither name is the image's alone, or is over NAME_MAX bytes."""
+    sidecar may not be one). ValueError when neither name is the image's alone."""
     for stem in (_stem_path(path), path):
-        names = [stem + ext for ext in SIDECAR_EXTENSIONS]
-        if _holds(shared, stem) or any(_holds(folders, name) for name in names):
-            continue
-        if len(posixpath.basename(names[-1]).encode("utf-8", "surrogatepass")) > NAME_MAX:
-            raise ValueError(f"its sidecar files' names ({posixpath.basename(names[-1])}) would be over {NAME_MAX} bytes")
-        return stem
+        if not _holds(shared, stem) and not any(_holds(folders, stem + ext) for ext in SIDECAR_EXTENSIONS):
+            return stem
     raise ValueError(f"no name for its sidecar files is its image's alone ({_stem_path(path)}.txt and {path}.txt "
                      "name another image, or a folder, too)")
 
@@ -1035,6 +1031,11 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
     remove: none is another image's, as a stem two images claim is neither's)."""
     stem = plan.sidecar_stem(rel)
     files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned).items()}
+    for name in files:
+        # an image name shortened to NAME_MAX bytes (`_fit`) with a 3-letter extension leaves no room for `.json`
+        if len(posixpath.basename(name).encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise ValueError(f"the name of its sidecar file would be over {NAME_MAX} bytes, more than a disk takes: "
+                             f"{posixpath.basename(name)}")
     stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
              if name + ext not in files] if writing.clean else []
     return files, stale

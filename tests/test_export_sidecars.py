@@ -1,0 +1,327 @@
+"""zip-purify-export --sidecars: each exported image's sidecar files (`a.txt`, `a.cls`, `a.json` beside `a.png`) written
+from its row, so that an img2dataset folder or WebDataset shards, purified and exported, read back into the job (and
+into caption loaders that pair `x.png` with `x.txt`) with the same columns.
+
+Most outputs here are written by the job's own writer from the records the job's own reader makes of an input folder
+(no model runs); one test runs the job."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.export import export_images, json_key, sidecar_bytes
+from pipeline.export_cli import build_parser, main
+from pipeline.job import run_job
+from pipeline.output import JOB_FILE, write_json
+from pipeline.sources import discover, read_unit
+from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
+from pipeline.sources.sidecar_files import Sidecars, unit_sidecars
+from tests.jobutil import image_bytes, small_job_config, tar_bytes
+from tests.test_export import files_under, image, make_output, manifest_rows
+
+
+def read_folder(uri: str) -> dict[str, dict]:
+    """Each image record of an input folder by id, as the job's read tasks make them (sidecars paired, metadata
+    joined). Nothing else in it is a reject but an export's manifest.csv (a table, not an image)."""
+    found, sidecars = FolderMetadata(), Sidecars()
+    units = discover(uri, {}, 256, metadata=found, sidecars=sidecars)
+    records = {r["id"]: r for unit in units
+               for r in read_unit(unit, metadata=unit_metadata(unit.paths, found),
+                                  sidecars=unit_sidecars(unit.paths, sidecars))
+               if r["kind"] in ("image", "reject") and r["id"] != "manifest.csv"}  # a reject once decoded
+    assert all(r["kind"] == "image" for r in records.values()), records
+    return records
+
+
+def purified(records: dict[str, dict]) -> list[dict]:
+    """The records the job's writer is handed for the images a reader gave (the image as PNG, as purified)."""
+    out = []
+    for r in records.values():
+        assert r["kind"] == "image", r
+        with Image.open(io.BytesIO(r["data"])) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "PNG")
+            width, height = im.size
+        out.append({"kind": "image", "id": r["id"], "source": r["source"], "source_sha256": r["source_sha256"],
+                    "png": buf.getvalue(), "width": width, "height": height, "meta": r["meta"],
+                    "original_format": "JPEG", "original_mode": "RGB", "original_frames": 1, "psnr_vs_input_db": 30.0,
+                    "downscale_factor": 1.0})
+    return out
+
+
+def write(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def shard_files() -> dict[str, bytes]:
+    """An img2dataset shard folder's files (`--output_format files`), with what sidecars hold at their oddest: a
+    .json's keys named like the job's columns (`id`, `width`), nested and listed, a float, a latin-1 label and
+    caption, a .json key `label` beside a .cls (the job's `json_label`), another sidecar (`.caption`)."""
+    files = {}
+    for i in range(4):
+        key = f"00000/{i:06d}"
+        files[f"{key}.jpg"] = image_bytes(8, 8 + i, i, "JPEG")
+        files[f"{key}.json"] = json.dumps({
+            "url": f"http://x/{i}.jpg", "key": f"{i:09d}", "status": "success", "width": 8, "id": i,
+            "input_id": f"theirs {i}", "similarity": 0.25 + i, "tags": ["a", f"t{i}"], "exif": {"iso": 100 * i},
+        }).encode()
+        files[f"{key}.txt"] = f"a caption, \"quoted\"\nover two lines {i}\n".encode()
+    files["00000/000001.cls"] = b"7\n"
+    files["00000/000002.cls"] = "caf\xe9".encode("latin-1")
+    files["00000/000002.txt"] = "na\xefve caption".encode("latin-1")
+    files["00000/000003.json"] = json.dumps({"label": "from json", "caption": "c\\xe9 typed so"}).encode()
+    files["00000/000003.cls"] = b"cat"
+    files["00000/000003.caption"] = b"another sidecar"
+    return files
+
+
+def test_an_img2dataset_folder_exported_with_sidecars_reads_back_with_the_same_columns(tmp_path: Path) -> None:
+    first = read_folder(str(write(tmp_path / "in", shard_files())))
+    assert first["00000/000003.jpg"]["meta"]["json_label"] == "from json"  # the reader's own rename, kept
+    make_output(str(tmp_path / "out"), purified(first))
+    assert main(["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress"]) == 0
+    assert files_under(tmp_path / "files") == {"manifest.csv"} | {
+        f"00000/{i:06d}.{ext}" for i in range(4) for ext in ("png", "txt", "json")} | {
+        "00000/000001.cls", "00000/000002.cls", "00000/000003.cls"}
+    again = read_folder(str(tmp_path / "files"))
+    assert sorted(again) == [f"00000/{i:06d}.png" for i in range(4)]
+    for id_, record in first.items():
+        assert again[id_[:-4] + ".png"]["meta"] == record["meta"], id_
+    # what a caption loader reads: the caption's own bytes, the label's digits, the .json's keys as the input had them
+    files = tmp_path / "files" / "00000"
+    assert (files / "000000.txt").read_bytes() == b"a caption, \"quoted\"\nover two lines 0"
+    assert (files / "000002.txt").read_bytes() == "na\xefve caption".encode("latin-1")
+    assert (files / "000002.cls").read_bytes() == "caf\xe9".encode("latin-1")
+    assert (files / "000001.cls").read_bytes() == b"7"
+    assert json.loads((files / "000001.json").read_bytes()) == {
+        "url": "http://x/1.jpg", "key": "000000001", "status": "success", "width": 8, "id": 1,
+        "input_id": "theirs 1", "similarity": 1.25, "tags": ["a", "t1"], "exif": {"iso": 100}}
+
+
+def test_a_webdataset_shards_keys_exported_with_sidecars_read_back_as_a_folder_with_the_same_columns(
+        tmp_path: Path) -> None:
+    files = shard_files()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s-0001.tar").write_bytes(tar_bytes(files))
+    first = read_folder(str(tmp_path / "in"))
+    assert sorted(first) == [f"s-0001.tar/00000/{i:06d}" for i in range(4)]
+    make_output(str(tmp_path / "out"), purified(first))
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True)
+    assert report.ok and report.sidecars_written == 4 * 2 + 3
+    again = read_folder(str(tmp_path / "files"))
+    for id_, record in first.items():
+        assert again[id_ + ".png"]["meta"] == record["meta"], id_
+
+
+def test_the_jobs_own_columns_are_never_a_sidecars_and_a_null_is_no_file_and_no_key(tmp_path: Path) -> None:
+    records = [image("a.jpg", 1, txt="cap", label=3, url="u", score=None),
+               image("b.jpg", 2, txt=None, label=None, url=None, score=0.5),
+               image("c.jpg", 3)]
+    make_output(str(tmp_path / "out"), records)
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True)
+    assert report.ok and report.sidecars_written == 4
+    assert files_under(tmp_path / "files") == {"a.png", "a.txt", "a.cls", "a.json", "b.png", "b.json", "c.png",
+                                               "manifest.csv"}
+    assert json.loads((tmp_path / "files" / "a.json").read_text()) == {"url": "u"}
+    assert json.loads((tmp_path / "files" / "b.json").read_text()) == {"score": 0.5}
+    # the job's own columns stay in the manifest
+    row = next(r for r in manifest_rows(tmp_path / "files") if r["id"] == "a.jpg")
+    assert row["source"] == "/in/a.jpg" and row["width"] and row["psnr_vs_input_db"] == "31.0"
+
+
+def test_values_that_are_not_text_keep_their_json_types() -> None:
+    import datetime
+
+    row = {"id": "a.jpg", "txt": 5, "label": 2.5, "flag": True, "n": 3, "x": float("inf"), "items": [1, None, "b"],
+           "when": datetime.date(2024, 5, 1), "obj": {"k": [1.5]}}
+    files = sidecar_bytes(row, [c for c in row if c != "id"])
+    assert set(files) == {".json"}  # a caption that is no text and a label that is no whole number or text: keys
+    assert json.loads(files[".json"]) == {"txt": 5, "label": 2.5, "flag": True, "n": 3, "x": "inf",
+                                          "items": [1, None, "b"], "when": "2024-05-01", "obj": {"k": [1.5]}}
+    assert sidecar_bytes({"id": "a", "label": True}, ["label"]) == {".json": b'{"label": true}'}
+
+
+@pytest.mark.parametrize(("column", "key"), [("input_id", "id"), ("input_input_id", "input_id"), ("input_Width", "Width"),
+                                            ("input_Input_Source", "Input_Source"), ("input_foo", "input_foo"),
+                                            ("json_label", "json_label"), ("metadata_x", "metadata_x"), ("id2", "id2")])
+def test_the_readers_input_escape_is_undone_in_a_json_key(column: str, key: str) -> None:
+    assert json_key(column) == key
+
+
+def test_a_json_the_reader_kept_as_text_is_written_back_as_it_was(tmp_path: Path) -> None:
+    files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "a.json": b"[1, 2, 3]", "a.txt": b"cap",
+             "b.jpg": image_bytes(8, 8, 2, "JPEG"), "b.json": b'{"not json'}
+    first = read_folder(str(write(tmp_path / "in", files)))
+    assert first["a.jpg"]["meta"]["json"] == "[1, 2, 3]"
+    make_output(str(tmp_path / "out"), purified(first))
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    assert (tmp_path / "files" / "b.json").read_bytes() == b'{"not json'
+    again = read_folder(str(tmp_path / "files"))
+    assert {id_: r["meta"] for id_, r in again.items()} == {id_[:-4] + ".png": r["meta"] for id_, r in first.items()}
+
+
+def test_the_fields_past_the_readers_column_limit_go_back_into_the_json(tmp_path: Path) -> None:
+    row = {"id": "a.jpg", "a": 1, "json": '{"b": 2, "c": [3]}'}
+    assert json.loads(sidecar_bytes(row, ["a", "json"])[".json"]) == {"a": 1, "b": 2, "c": [3]}
+    # a field of that name already a column: the text stays the `json` key's, nothing is lost
+    row = {"id": "a.jpg", "b": 1, "json": '{"b": 2}'}
+    assert json.loads(sidecar_bytes(row, ["b", "json"])[".json"]) == {"b": 1, "json": '{"b": 2}'}
+
+
+def test_columns_of_bytes_are_in_no_sidecar_and_the_last_lines_say_so(tmp_path: Path, capsys) -> None:
+    make_output(str(tmp_path / "out"), [image("s.tar/k", 1, seg_png=b"\x89PNG mask", txt="cap")])
+    assert main(["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert "note: column(s) seg_png hold bytes and are in no sidecar file; read them from data/" in said.err
+    assert "(1 written, 1 sidecar file written)" in said.out
+    assert files_under(tmp_path / "files") == {"s.tar/k.png", "s.tar/k.txt", "manifest.csv"}
+
+
+def test_the_sidecars_follow_the_images_escaped_shortened_and_told_apart_names(tmp_path: Path) -> None:
+    long = "y" * 300
+    records = [image(f"e/{long}.jpg", 10, txt="long", url="no room for its .json"),
+               image("d/a.jpg", 1, txt="jpg"), image("d/a.png", 2, txt="png"), image("d/B.jpg", 3, txt="upper"),
+               image("d/b.jpg", 4, txt="lower"), image("d/con.jpg", 5, txt="device"), image("d/q:r.jpg", 6, txt="colon"),
+               image(f"d/{long}.jpg", 7, txt="long"), image("d/x.png", 8, txt="x"), image("d/x.png.jpg", 9, txt="xx")]
+    make_output(str(tmp_path / "out"), records)
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True)
+    # a name shortened to 255 bytes, with a 3-letter extension, leaves no room for its .json: a failed row, named
+    assert report.failed == 1 and report.failures[0][0] == f"e/{long}.jpg"
+    assert report.failures[0][1].startswith("ValueError: the name of its sidecar file would be over 255 bytes")
+    records = records[1:]
+    assert not (tmp_path / "files" / "e").exists()  # nothing of it written
+    where = {r["id"]: r["path"] for r in manifest_rows(tmp_path / "files")}
+    for r in records:  # each image's caption lies beside it, named after it
+        path = where[r["id"]]
+        stem = path[:-4]
+        if r["id"] == "d/x.png.jpg":  # its stem, x.png, is x.png's whole name: its own whole name's, x.png.png.txt
+            stem = path
+        assert (tmp_path / "files" / f"{stem}.txt").read_text() == r["meta"]["txt"], r["id"]
+    assert where["d/a.jpg"] == "d/a.jpg.png" and (tmp_path / "files" / "d" / "a.jpg.txt").exists()
+    # the job reads each caption back as its own image's, none as two images'
+    again = read_folder(str(tmp_path / "files"))
+    assert {id_: r["meta"] for id_, r in again.items()} == {where[r["id"]]: r["meta"] for r in records}
+
+
+def test_with_format_input_two_images_of_one_stem_each_get_sidecars_of_their_whole_name(tmp_path: Path) -> None:
+    records = [image("x.jpg", 1, txt="from jpg", label=1), image("x.png", 2, txt="from png", label=2),
+               image("y.jpg", 3, txt="alone")]
+    make_output(str(tmp_path / "out"), records)
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True, image_format="input").ok
+    assert files_under(tmp_path / "files") == {"x.jpg", "x.jpg.txt", "x.jpg.cls", "x.png", "x.png.txt", "x.png.cls",
+                                               "y.jpg", "y.txt", "manifest.csv"}
+    again = read_folder(str(tmp_path / "files"))
+    assert {id_: r["meta"] for id_, r in again.items()} == {r["id"]: r["meta"] for r in records}
+
+
+def test_partition_folders_columns_stay_in_the_path_not_in_the_json(tmp_path: Path) -> None:
+    make_output(str(tmp_path / "out"), [image("year=2020/a.jpg", 1, year="2020", txt="cap", other="o"),
+                                        image("year=2021/b.jpg", 2, partition_year="2021", year="1999")])
+    write_json(f"{tmp_path / 'out'}/{JOB_FILE}", {"reading": {"partitioning": "hive"}}, {})
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    assert json.loads((tmp_path / "files" / "year=2020" / "a.json").read_text()) == {"other": "o"}
+    # the row's own `year` is kept; the folder's, partition_year, is the folder
+    assert json.loads((tmp_path / "files" / "year=2021" / "b.json").read_text()) == {"year": "1999"}
+
+
+def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finishes_them(tmp_path: Path, capsys,
+                                                                                        monkeypatch) -> None:
+    import pipeline.export as export
+
+    records = [image(f"{i}.jpg", i, txt=f"cap {i}", label=i, url=f"u{i}") for i in range(6)]
+    make_output(str(tmp_path / "out"), records, per_file=2)
+    original, writes = export.write_file, []
+
+    def stopped(fs, path, data, resume):  # noqa: ANN001
+        writes.append(path)
+        if len(writes) == 8:  # the second image's sidecars written, the image not
+            raise KeyboardInterrupt
+        return original(fs, path, data, resume)
+
+    monkeypatch.setattr(export, "write_file", stopped)
+    argv = ["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress",
+            "--workers", "1"]
+    assert main(argv) == 130
+    written = files_under(tmp_path / "files")
+    images = {name for name in written if name.endswith(".png")}
+    assert len(images) == 1 and len(written) == 7  # one image and its 3 sidecars, the next one's 3: no temporary
+    for name in images:  # an image in DIR has its sidecars beside it
+        assert {f"{name[:-4]}.{ext}" for ext in ("txt", "cls", "json")} <= written
+    monkeypatch.setattr(export, "write_file", original)
+    (tmp_path / "files" / images.pop().replace(".png", ".txt")).write_bytes(b"ca")  # cut short (not by this export:
+    # its files land whole)
+    assert main([*argv, "--resume"]) == 0
+    assert "(5 written, 1 already there, 13 sidecar files written)" in capsys.readouterr().out
+    again = read_folder(str(tmp_path / "files"))
+    assert {id_: r["meta"] for id_, r in again.items()} == {r["id"][:-4] + ".png": r["meta"] for r in records}
+
+
+def test_overwrite_and_resume_remove_a_sidecar_the_row_has_no_value_for(tmp_path: Path) -> None:
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=None), image("b.jpg", 2, txt=None)])
+    files = write(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old caption", "b.txt": b"old", "b.cls": b"1",
+                                       "keep.txt": b"not a sidecar of an exported image", "a.cls.d/x": b"x"})
+    for existing in ("overwrite", "resume"):
+        assert export_images(tmp_path / "out", files, sidecars=True, existing=existing).ok
+        assert files_under(files) == {"a.png", "a.txt", "b.png", "keep.txt", "a.cls.d/x", "manifest.csv"}
+        assert read_folder(str(files))["a.png"]["meta"] == {"txt": "cap"}
+        write(files, {"a.cls": b"9"})
+        (files / "a.cls").unlink()
+
+
+def test_sidecars_are_written_to_a_remote_folder_too(tmp_path: Path) -> None:
+    make_output(str(tmp_path / "out"), [image("cats/a.jpg", 1, txt="cap", label=2, url="u")])
+    to = "memory://export-sidecars-test/files"
+    try:
+        report = export_images(tmp_path / "out", to, sidecars=True)
+        assert report.ok and report.sidecars_written == 3
+        fs = fsspec.filesystem("memory")
+        assert fs.cat_file("/export-sidecars-test/files/cats/a.txt") == b"cap"
+        assert fs.cat_file("/export-sidecars-test/files/cats/a.cls") == b"2"
+        assert json.loads(fs.cat_file("/export-sidecars-test/files/cats/a.json")) == {"url": "u"}
+        assert export_images(tmp_path / "out", to, sidecars=True, existing="resume").sidecars_written == 0
+    finally:
+        fsspec.filesystem("memory").rm("/export-sidecars-test", recursive=True)
+
+
+def test_without_sidecars_the_export_writes_none(tmp_path: Path) -> None:
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=2)])
+    assert export_images(tmp_path / "out", tmp_path / "files").ok
+    assert files_under(tmp_path / "files") == {"a.png", "manifest.csv"}
+
+
+def test_sidecars_must_be_true_or_false(tmp_path: Path) -> None:
+    from pipeline.export import ExportError
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1)])
+    with pytest.raises(ExportError, match="sidecars must be True or False, got 'yes'"):
+        export_images(tmp_path / "out", tmp_path / "files", sidecars="yes")
+    assert not (tmp_path / "files").exists()
+    assert "--sidecars" in build_parser().format_help()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_purified_img2dataset_folder_exported_with_sidecars_reads_back_with_the_outputs_columns(
+        tmp_path: Path, model) -> None:
+    files = {k: v for k, v in shard_files().items() if k.startswith(("00000/000000", "00000/000001"))}
+    write(tmp_path / "in", files)
+    summary = run_job(small_job_config(tmp_path, model))
+    assert summary["this_run"]["purified"] == 2
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "data").to_pylist()}
+    assert main(["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress"]) == 0
+    again = read_folder(str(tmp_path / "files"))
+    jobs = {"id", "image", "width", "height", "source", "source_sha256", "original_mode", "original_format",
+            "original_frames", "psnr_vs_input_db", "downscale_factor"}
+    for id_, row in rows.items():
+        own = {k: v for k, v in row.items() if k not in jobs and v is not None}
+        assert again[id_[:-4] + ".png"]["meta"] == own, id_
