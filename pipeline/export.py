@@ -21,6 +21,13 @@ the id's own extension (`cats/a.jpg` stays `cats/a.jpg`; ids without one, tar ke
 format, the row's `original_format`): JPEG is lossy (`jpeg_quality`), GIF keeps 256 colours, PGM / PBM grey / 1-bit; PNG
 bytes are never re-encoded.
 
+Sidecar files (`sidecars=True`): beside each image, named after it (`a.png`: `a.txt`, `a.cls`, `a.json`), the files an
+img2dataset folder or a WebDataset key holds, written from its row (`sidecar_bytes`: `txt` the .txt, `label` the .cls,
+the input's other columns one .json object; never the job's own columns, nor a null), so that the folder reads back
+into the job with the same columns; where the job's reader would pair such a name with two images (`a.jpg` and `a.png`
+with `image_format="input"`), each image's whole name's (`a.png.txt`: `sidecar_stem`). They are written before their
+image, each whole as an image is: an image in DIR has its sidecars.
+
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
 of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
@@ -873,6 +880,34 @@ def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
                      "name another image, or a folder, too)")
 
 
+@dataclass(frozen=True)
+class SidecarWriting:
+    """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
+    folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
+    files when the export began, --overwrite or --resume), which would read back as its columns."""
+
+    columns: list[str]
+    partitioned: bool
+    clean: bool
+
+
+def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
+                   writing: SidecarWriting) -> tuple[dict[str, bytes], list[str]]:
+    """(the sidecar files of the image of `row` exported to `rel`, each path under DIR -> its bytes; with
+    `writing.clean`, the other paths under DIR its sidecar files could have, by either name `sidecar_stem` gives, to
+    remove: none is another image's, as a stem two images claim is neither's)."""
+    stem = plan.sidecar_stem(rel)
+    files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned).items()}
+    for name in files:
+        # an image name shortened to NAME_MAX bytes (`_fit`) with a 3-letter extension leaves no room for `.json`
+        if len(posixpath.basename(name).encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise ValueError(f"the name of its sidecar file would be over {NAME_MAX} bytes, more than a disk takes: "
+                             f"{posixpath.basename(name)}")
+    stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
+             if name + ext not in files] if writing.clean else []
+    return files, stale
+
+
 # --- writing one file ---------------------------------------------------------------------------------------------
 
 
@@ -1011,34 +1046,6 @@ def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quali
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
-
-
-@dataclass(frozen=True)
-class SidecarWriting:
-    """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
-    folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
-    files when the export began, --overwrite or --resume), which would read back as its columns."""
-
-    columns: list[str]
-    partitioned: bool
-    clean: bool
-
-
-def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
-                   writing: SidecarWriting) -> tuple[dict[str, bytes], list[str]]:
-    """(the sidecar files of the image of `row` exported to `rel`, each path under DIR -> its bytes; with
-    `writing.clean`, the other paths under DIR its sidecar files could have, by either name `sidecar_stem` gives, to
-    remove: none is another image's, as a stem two images claim is neither's)."""
-    stem = plan.sidecar_stem(rel)
-    files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned).items()}
-    for name in files:
-        # an image name shortened to NAME_MAX bytes (`_fit`) with a 3-letter extension leaves no room for `.json`
-        if len(posixpath.basename(name).encode("utf-8", "surrogatepass")) > NAME_MAX:
-            raise ValueError(f"the name of its sidecar file would be over {NAME_MAX} bytes, more than a disk takes: "
-                             f"{posixpath.basename(name)}")
-    stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
-             if name + ext not in files] if writing.clean else []
-    return files, stale
 
 
 def _remove_file(fs: Any, path: str) -> None:
