@@ -213,6 +213,20 @@ def test_the_sidecars_follow_the_images_escaped_shortened_and_told_apart_names(t
     assert {id_: r["meta"] for id_, r in again.items()} == {where[r["id"]]: r["meta"] for r in records}
 
 
+def test_an_image_whose_id_a_row_repeats_or_whose_name_another_gave_up_keeps_sidecars_of_its_stem(tmp_path: Path) -> None:
+    from pipeline.stages import batch_of, write_stage
+
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1, txt="a"), image("b.png", 2, txt="png"), image("b.jpg", 3, txt="jpg")],
+                status="interrupted", per_file=1)
+    write_stage(batch_of([image("a.jpg", 1, txt="a")]), str(out), {}, name_salt="again")  # a retried batch's copy
+    report = export_images(out, tmp_path / "files", sidecars=True, force=True)
+    assert report.ok and report.repeated == 1
+    # a.jpg's two rows are one image, and b.jpg, moved to b.jpg.png, no longer claims the stem b
+    assert files_under(tmp_path / "files") == {"a.png", "a.txt", "b.png", "b.txt", "b.jpg.png", "b.jpg.txt",
+                                               "manifest.csv"}
+
+
 def test_with_format_input_two_images_of_one_stem_each_get_sidecars_of_their_whole_name(tmp_path: Path) -> None:
     records = [image("x.jpg", 1, txt="from jpg", label=1), image("x.png", 2, txt="from png", label=2),
                image("y.jpg", 3, txt="alone")]
