@@ -34,7 +34,9 @@ followed, as is a name Windows refuses, so that DIR copies to Windows whole (a:b
 %43ON.png, dir./ -> dir%2E/), and a name over 255 bytes is shortened; two ids that would get one name (a.jpg and
 a.png, names that differ only in case, a.jpg's a.png and the folder of a.png/b.jpg) are told apart (a.jpg.png).
 DIR/manifest.csv says where each id went, with its row's other columns (label, caption, source, source_sha256, ...);
-the last line names it under DIR as given (--to images: images/manifest.csv).
+the last line names it under DIR as given (--to images: images/manifest.csv). --sidecars also writes an img2dataset
+folder's or WebDataset key's sidecar files beside each image from its row (a.png with a.txt, a.cls, a.json), so that
+DIR reads back into zip-purify, and into caption loaders, with the same columns.
 
 Rejected inputs are not exported (they were not purified): the last line says how many there are, and
 OUTPUT/rejects/ holds their ids and reasons.
@@ -45,6 +47,7 @@ examples:
   zip-purify-export --output ./purified --to ./purified-images
   zip-purify-export --output s3://bucket/clean/ --to /data/clean-images --format input --jpeg-quality 95
   zip-purify-export --output s3://bucket/clean/ --to s3://bucket/clean-files/ --resume   # finish a stopped export
+  zip-purify-export --output ./purified --to ./purified-files --sidecars               # a.png with a.txt, a.cls, a.json
   python jobs/export.py --help                                                         # the same tool
 
 exit status:
@@ -109,7 +112,7 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",
                           help="write into a DIR that is not empty, replacing files of the same names (nothing else "
-                               "in it is touched or deleted)")
+                               "in it is touched or deleted, but an image's stale sidecars with --sidecars)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
                                "is kept (one of that size is read back and compared), the others are written")
@@ -117,10 +120,11 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                    help="write beside each image its sidecar files from its row, as img2dataset and WebDataset "
                         "folders hold them: DIR/a.png with a.txt (the txt caption), a.cls (the label) and a.json (every "
                         "other column from the input: a .json's keys, other sidecars, a metadata row's, a Parquet "
-                        "input's), so that DIR reads back into the job with the same columns; never the job's own "
-                        "columns (source, width, ...; those are in the manifest), nor a null value (no file, no key), "
-                        "nor columns of bytes. Where two images would share a stem (a.jpg and a.png with --format "
-                        "input), each has its whole name's: a.png.txt")
+                        "input's; input_id as \"id\" again), so that DIR reads back into the job with the same "
+                        "columns; never the job's own columns (source, width, ...; those are in the manifest), nor a "
+                        "null value (no file, no key), nor columns of bytes. Where two images would share a stem (a.jpg "
+                        "and a.png with --format input), each has its whole name's: a.png.txt. With --overwrite or "
+                        "--resume, an image's .txt, .cls or .json its row has no value for is removed")
     p.add_argument("--force", action="store_true",
                    help="export an output that is not complete (its run stopped, failed or is running now): the rows "
                         "it holds now")
