@@ -238,6 +238,25 @@ def test_with_format_input_two_images_of_one_stem_each_get_sidecars_of_their_who
     assert {id_: r["meta"] for id_, r in again.items()} == {r["id"]: r["meta"] for r in records}
 
 
+def test_a_sidecar_named_as_a_folder_of_images_takes_its_images_whole_name(tmp_path: Path) -> None:
+    records = [image("a.jpg", 1, txt="a"), image("a.txt/b.jpg", 2, txt="b")]
+    make_output(str(tmp_path / "out"), records)
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    assert files_under(tmp_path / "files") == {"a.png", "a.png.txt", "a.txt/b.png", "a.txt/b.txt", "manifest.csv"}
+    again = read_folder(str(tmp_path / "files"))
+    assert {id_: r["meta"] for id_, r in again.items()} == {"a.png": {"txt": "a"}, "a.txt/b.png": {"txt": "b"}}
+
+
+def test_an_image_with_no_sidecar_name_of_its_own_is_a_failed_row_and_nothing_of_it_is_written(tmp_path: Path) -> None:
+    # x.jpg's stem is x.png's too, and its whole name the stem of x.jpg.png: the job would give either to two images
+    make_output(str(tmp_path / "out"), [image("x.jpg", 1, txt="1"), image("x.png", 2, txt="2"),
+                                        image("x.jpg.png", 3, txt="3")])
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, image_format="input")
+    assert report.failed == 1 and report.failures[0][0] == "x.jpg"
+    assert "no name for its sidecar files is its image's alone" in report.failures[0][1]
+    assert files_under(tmp_path / "files") == {"x.png", "x.png.txt", "x.jpg.png", "x.jpg.png.txt", "manifest.csv"}
+
+
 def test_partition_folders_columns_stay_in_the_path_not_in_the_json(tmp_path: Path) -> None:
     make_output(str(tmp_path / "out"), [image("year=2020/a.jpg", 1, year="2020", txt="cap", other="o"),
                                         image("year=2021/b.jpg", 2, partition_year="2021", year="1999")])
@@ -303,6 +322,9 @@ def test_sidecars_are_written_to_a_remote_folder_too(tmp_path: Path) -> None:
         assert fs.cat_file("/export-sidecars-test/files/cats/a.cls") == b"2"
         assert json.loads(fs.cat_file("/export-sidecars-test/files/cats/a.json")) == {"url": "u"}
         assert export_images(tmp_path / "out", to, sidecars=True, existing="resume").sidecars_written == 0
+        fs.pipe_file("/export-sidecars-test/files/cats/a.png.txt", b"stale")  # would read back as a's second caption
+        assert export_images(tmp_path / "out", to, sidecars=True, existing="overwrite").ok
+        assert not fs.exists("/export-sidecars-test/files/cats/a.png.txt")
     finally:
         fsspec.filesystem("memory").rm("/export-sidecars-test", recursive=True)
 
