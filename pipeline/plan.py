@@ -1194,7 +1194,8 @@ def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
     # So is a shard holding such an id that an older version recorded (not `lookalikes_checked`), once: that version
     # skipped a member added beside the purified one without a word, and recorded the shard as read whole.
     unread = {u.paths[0] for u in containers
-              if broken[u.paths[0]] not in rejected_ids and broken[u.paths[0]] not in purified_ids
+              if _reject_settled(broken[u.paths[0]], ledger.get(u.paths[0]), skip, rejected_ids)
+              and broken[u.paths[0]] not in purified_ids
               and unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
                                      container_done.get(u.paths[0], []))
               and (u.paths[0] not in escaped or ledger[u.paths[0]].lookalikes_checked)}
@@ -1202,6 +1203,17 @@ def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
                                  for path, ids in container_done.items() if path not in unread},
                            purified={path: ids for path, ids in escaped.items() if path not in unread},
                            ledger=ledger, unread=unread)
+
+
+def _reject_settled(broken: str, entry: ContainerRead | None, skip: frozenset[str] | set[str],
+                    rejected_ids: frozenset[str] | set[str]) -> bool:
+    """Whether a container's own '#unreadable' reject (`broken`) lets it be skipped unread: the output holds none, or
+    its read ended in that reject and gives it again while the container is unchanged (`ContainerRead.lasting_reject`:
+    a table without an image column), and the output holds it as done (not read again by --retry-rejects). Such a
+    container skipped without its reject in the output would be in neither data/ nor rejects/."""
+    if entry is not None and entry.lasting_reject:
+        return broken in skip
+    return broken not in rejected_ids
 
 
 def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:
