@@ -354,8 +354,7 @@ def _sidecar_meta(archive: zipfile.ZipFile, directory: _ZipDirectory, sidecars: 
         shown = text_name(name)
         info = directory.info(name)
         if info.file_size > max_image_bytes:
-            too_big = too_large(f"zip member {shown}", info.file_size, max_image_bytes)
-            return f"its sidecar member {shown} was not read: {too_big}"
+            return too_large(f"its sidecar member {shown}", info.file_size, max_image_bytes)
         if info.flag_bits & 0x1:
             return f"its sidecar member {shown} is encrypted, so the image is not purified without its columns"
         try:
