@@ -416,6 +416,9 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       # beside the image files to read, named as theirs: their columns, no inputs (`sources.sidecar_files`)
                       "sidecar_files": len(sidecar_sizes),
+                      # and the zip archives' to read, from the directories read for their metadata members (an
+                      # archive storage gives no size for, or that cannot be read, is left to the run)
+                      "zip_sidecar_members": self.archive_metadata.sidecars,
                       # the output's rejects of files paired as sidecars now (an older version read them as images):
                       # removed by the run's end, whatever images it reads
                       "sidecar_rejects_removed": len(self.sidecar_rejects),

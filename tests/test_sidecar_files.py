@@ -311,3 +311,22 @@ def test_a_zip_archives_sidecar_member_over_the_limit_is_named_as_one_in_its_ima
     (reject,) = [r for r in read_unit(unit, join_metadata=True, max_image_bytes=1500) if r["kind"] == "reject"]
     assert reject["id"] == "d.zip/a.png"
     assert reject["error"].startswith("its sidecar member a.txt is 0.0 MiB (2,000 bytes), over --max-image-mb ")
+
+
+def test_the_dry_run_counts_a_zip_archives_sidecar_members_in_the_line_of_a_folders(tmp_path, model, capsys) -> None:
+    root = _write(tmp_path / "in", _shard_files(2))
+    (root / "d.zip").write_bytes(zip_bytes({**_shard_files(3), "00000/lost.txt": b"cap"}))  # lost.txt: an input
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("4 sidecar files beside image files and 6 sidecar members beside image members of zip archives, named as "
+            "theirs (x.txt, x.json, x.cls beside x.jpg): read with them as their columns, not as images") in said
+    described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
+    assert (described["sidecar_files"], described["zip_sidecar_members"]) == (4, 6)
+    # the archive alone: its members said as such; --join-metadata false reads them as inputs, and says none
+    assert cli.main(small_job_argv(tmp_path, model, "--dry-run") + ["--input", str(root / "d.zip")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "6 sidecar members beside image members of zip archives, named as theirs" in said
+    assert "sidecar file" not in said
+    described = plan_job(small_job_config(tmp_path, model, join_metadata=False), dry_run=True).describe()["input"]
+    assert (described["sidecar_files"], described["zip_sidecar_members"]) == (0, 0)
