@@ -640,9 +640,12 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
              if inp.get("tfrecord_files") else "") +
           f"{_count(inp.get('zip_files', 0), 'zip file')} (their members are checked against the output when read), "
           f"{_count(inp['read_tasks'], 'read task')}")
-    if inp.get("sidecar_files"):
-        print(f"  {_count(inp['sidecar_files'], 'sidecar file')} beside image files, named as theirs (x.txt, x.json, "
-              "x.cls beside x.jpg): read with them as their columns, not as images")
+    files, members = inp.get("sidecar_files", 0), inp.get("zip_sidecar_members", 0)
+    if files or members:
+        found = [f"{_count(files, 'sidecar file')} beside image files"] * bool(files) + [
+            f"{_count(members, 'sidecar member')} beside image members of zip archives"] * bool(members)
+        print(f"  {' and '.join(found)}, named as theirs (x.txt, x.json, x.cls beside x.jpg): read with them as their "
+              "columns, not as images")
     if inp.get("sidecar_rejects_removed"):
         print(f"  {_count(inp['sidecar_rejects_removed'], 'earlier reject')} of files paired as sidecars now (an older "
               "version read them as images) would go from rejects/")

@@ -237,7 +237,7 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
             leftover = tuple(sorted({*(i for i in read.get("leftover", ()) if i not in removed), *left}))
             added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
                                                 lookalikes_checked=read["path"] in plan.container_purified,
-                                                leftover=leftover)
+                                                leftover=leftover, lasting_reject=bool(read.get("lasting_reject")))
     listed = plan.listed_containers
     # plan.ledger holds the entries the planning made of containers it read whole (`JobPlan.ledger_checked`): kept
     kept = plan.ledger if listed is None else {path: entry for path, entry in plan.ledger.items() if path in listed}
@@ -620,7 +620,9 @@ class StaleRejects:
 
 def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejects:
     roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
-    unreadable = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole if r["path"] in roots}
+    # not a container whose read ended in its own lasting reject (a table without an image column): that one is true
+    unreadable = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole
+                  if r["path"] in roots and not r.get("lasting_reject")}
     superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}
     shards = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots}
     held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
@@ -861,7 +863,8 @@ def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[s
             entries[input_id] = ContainerRead(read["path"], unit.sizes[0] if unit.sizes else None, stamp,
                                               read["records"], read["ids_sha256"],
                                               lookalikes_checked=read["path"] in plan.container_purified,
-                                              leftover=tuple(read.get("leftover", ())))
+                                              leftover=tuple(read.get("leftover", ())),
+                                              lasting_reject=bool(read.get("lasting_reject")))
     return refreshed, entries
 
 

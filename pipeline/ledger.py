@@ -13,6 +13,11 @@ it (`pipeline.refresh.Journal.read`). A later run skips a container unread only 
 - the output's data/ and rejects/ still hold exactly those ids (part files deleted to redo them, or ids left from
   an older version of the shard, make it read again).
 
+A container whose read gave only its own '#unreadable' reject is recorded too when that reject lasts while the
+container is unchanged (a table without an image column, img2dataset's `00000.parquet`: `lasting_reject`), and is
+skipped while the output holds that reject and --retry-rejects is not given; one whose read broke off (a storage
+error, a damaged file) is not, and the next run reads it again.
+
 Anything else reads the container again, skipping its done ids as before: nothing is skipped on a guess. The records
 live in OUTPUT/_containers/, one JSON file, rewritten (merged) by each complete run; --overwrite deletes them.
 """
@@ -51,6 +56,10 @@ class ContainerRead:
     # done ids under the container's id that the read no longer gave (a shard or Parquet file rewritten smaller):
     # their rows stay in the output and are not the container's records, so the comparison leaves them out
     leftover: tuple[str, ...] = ()
+    # its read gave only its own '#unreadable' reject, one that reading it again unchanged gives again (a table without
+    # an image column: `sources.records.LASTING`): skipped unread while that reject is in the output, as a container
+    # whose ids are all done is; a read that broke off (a storage error) is never recorded, and is read again
+    lasting_reject: bool = False
 
 
 def container_ids(done: Iterable[str], units: Iterable[ReadUnit]) -> dict[str, list[str]]:
@@ -118,8 +127,10 @@ def read_ledger(output: str, storage_options: dict[str, Any]) -> dict[str, Conta
         # kept beside the entries, not in them: an older version refuses an entry with a key it does not know
         checked = set(payload.get("lookalikes_checked", []))
         leftover = payload.get("leftover", {})
+        lasting = set(payload.get("lasting_reject", []))
         entries = [ContainerRead(**entry, lookalikes_checked=entry.get("path") in checked,
-                                 leftover=tuple(leftover.get(entry.get("path"), ())))
+                                 leftover=tuple(leftover.get(entry.get("path"), ())),
+                                 lasting_reject=entry.get("path") in lasting)
                    for entry in payload["containers"]]
     except FileNotFoundError:
         return {}
@@ -141,12 +152,14 @@ def write_ledger(output: str, storage_options: dict[str, Any], entries: dict[str
     # https://user:password@host/shards/ lists its files so); such a container is read again by a later run, its done
     # ids skipped
     entries = {p: entry for p, entry in entries.items() if recordable(p)}
-    beside = ("lookalikes_checked", "leftover")
+    beside = ("lookalikes_checked", "leftover", "lasting_reject")
     rows = [{k: v for k, v in asdict(entries[p]).items() if k not in beside} for p in sorted(entries)]
     checked = [p for p in sorted(entries) if entries[p].lookalikes_checked]
     leftover = {p: list(entries[p].leftover) for p in sorted(entries) if entries[p].leftover}
+    lasting = [p for p in sorted(entries) if entries[p].lasting_reject]
     data = json.dumps({"format": LEDGER_FORMAT, "containers": rows, **({"lookalikes_checked": checked} if checked else {}),
-                       **({"leftover": leftover} if leftover else {})}, indent=1).encode()
+                       **({"leftover": leftover} if leftover else {}),
+                       **({"lasting_reject": lasting} if lasting else {})}, indent=1).encode()
     with_retries(lambda: make_parent_dirs(fs, posixpath.dirname(path)), f"write {uri}")
     replace_file(fs, path, data, f"write {uri}")
 
@@ -159,7 +172,8 @@ def recordable(path: str) -> bool:
 
 
 def unchanged_and_done(unit: ReadUnit, stamp: str | None, entry: ContainerRead | None, ids: list[str]) -> bool:
-    """Whether `unit` can be skipped unread: read whole before, unchanged since, and all its ids still in the output."""
+    """Whether `unit` can be skipped unread: read whole before, unchanged since, and all its ids still in the output
+    (the caller checks that a `lasting_reject` is still there too)."""
     if entry is None or stamp is None or entry.stamp != stamp:
         return False
     if entry.leftover:

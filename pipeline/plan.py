@@ -83,10 +83,11 @@ from pipeline.sources.folder_metadata import ArchiveMetadata, FolderMetadata, me
 from pipeline.sources.listing import InputNotFound
 from pipeline.sources.partitions import partition_column
 from pipeline.sources.read_budget import ReadBudget
-from pipeline.sources.sidecar_files import Sidecars
+from pipeline.sources.sidecar_files import Sidecars, sampled_json_sidecars, sidecar_names
 from pipeline.sources.tar_count import ShardKeys, count_keys
 from pipeline.sources.tfrecord_count import count_records
 from pipeline.sources.tfrecord_files import features_json_notes, image_feature_problem, is_tfrecord
+from pipeline.sources.webdataset_keys import with_own_columns
 from pipeline.sources.zip_archives import zip_metadata_found
 from pipeline.stages import DATA_DIR, REJECTS_DIR
 from pipeline.storage import (
@@ -416,6 +417,9 @@ class JobPlan:
             "input": {"image_files_to_read": sum(len(u.paths) for u in by_kind["files"]),
                       # beside the image files to read, named as theirs: their columns, no inputs (`sources.sidecar_files`)
                       "sidecar_files": len(sidecar_sizes),
+                      # and the zip archives' to read, from the directories read for their metadata members (an
+                      # archive storage gives no size for, or that cannot be read, is left to the run)
+                      "zip_sidecar_members": self.archive_metadata.sidecars,
                       # the output's rejects of files paired as sidecars now (an older version read them as images):
                       # removed by the run's end, whatever images it reads
                       "sidecar_rejects_removed": len(self.sidecar_rejects),
@@ -622,8 +626,11 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
         zips = [u for u in read_units if u.kind == "zip"]
         if config.join_metadata and zips:  # each archive's metadata members' columns, from the same reads
             archive_metadata = zip_metadata_found(zips, so, config.max_image_mb * 2**20, columns)
+        # a sample of the image files' .json sidecars, for their keys (`sampled_json_sidecars`: at most 16 files read)
+        json_bytes = sampled_json_sidecars((p for u in read_units if u.kind == "files" for p in u.paths), sidecars, so,
+                                           config.max_image_mb * 2**20) if sidecars is not None and sidecars.of else {}
         case_twins = column_case_twins(known_columns(read_units, columns, metadata, config.labels_from_folders,
-                                                     config.partitioning == "hive"), read_units)
+                                                     config.partitioning == "hive", sidecars, json_bytes), read_units)
     return JobPlan(checkpoint_uri=model.uri, model_note=model.note, checkpoint=model.checkpoint,
                    canvas_size=model.canvas_size, job_record=job_record, output_state=output.state, done=output.skip,
                    done_purified=output.prior_purified, done_rejected=output.prior_rejected,
@@ -694,19 +701,28 @@ def parquet_rows_without_image(units: list[ReadUnit], so: dict[str, Any], image_
 
 
 def known_columns(units: list[ReadUnit], columns: dict[str, list[str]], metadata: FolderMetadata | None,
-                  labels_from_folders: bool, hive: bool) -> dict[str, list[str]]:
+                  labels_from_folders: bool, hive: bool, sidecars: Sidecars | None = None,
+                  json_bytes: dict[str, bytes] | None = None) -> dict[str, list[str]]:
     """Each input file's columns (path -> names, as the output names them) as far as a dry run knows them without
     reading more: a Parquet or Arrow IPC file's own (`columns`, from its footer or headers) and a zip archive's metadata
     members' (`columns` too, from the members its dry run reads), an image file's metadata row (joined at the listing),
     the `label` of --labels-from-folders (image files, zip archives' and tar shards' members: a key's `.cls` gives one
     too), then its `key=value` folders' partition columns (from its path), each named beside the others as its rows
-    will name it. A tar shard's other sidecars and .json keys and a TFRecord file's features are read by the run alone:
-    not here."""
+    will name it. An image file's sidecar files' columns (`sidecars`) by their names, and a .json sidecar's keys where
+    its bytes are in `json_bytes` (`sidecar_files.sampled_json_sidecars`: a sample); an image file with a .json
+    sidecar not read is left out, its columns unknown (its row's may be renamed for the sidecar's keys). A tar shard's
+    other sidecars and .json keys and a TFRecord file's features are read by the run alone: not here."""
     known: dict[str, list[str]] = {}
     # (kind, root, folder) -> the names of a file without columns of its own there: a folder's files share them
     by_folder: dict[tuple[str, str, str], list[str]] = {}
     for unit in units:
         for path in unit.paths if unit.kind == "files" else unit.paths[:1]:
+            if unit.kind == "files" and sidecars is not None and path in sidecars.of:
+                names = _sidecar_file_columns(path, unit.root, sidecars, json_bytes or {}, metadata,
+                                              labels_from_folders, hive)
+                if names:
+                    known[path] = names
+                continue
             # a zip archive's `columns` are its metadata rows', joined to its members as an image file's row
             own = columns.get(path) if unit.kind != "zip" else None
             row = (metadata.rows.get(path) if metadata is not None else None) if unit.kind == "files" else \
@@ -728,6 +744,22 @@ def known_columns(units: list[ReadUnit], columns: dict[str, list[str]], metadata
             if names:
                 known[path] = names
     return known
+
+
+def _sidecar_file_columns(path: str, root: str, sidecars: Sidecars, json_bytes: dict[str, bytes],
+                          metadata: FolderMetadata | None, labels_from_folders: bool, hive: bool) -> list[str] | None:
+    """The columns of an image file with sidecar files, as its read task names them (`image_files.read_files`): its
+    sidecars' (`sidecar_files.sidecar_names`), its folder's label, its metadata row's, then its partition columns; None
+    when a .json sidecar of it was not read."""
+    meta = sidecar_names(path, sidecars, json_bytes)
+    if meta is None:
+        return None
+    row = metadata.rows.get(path) if metadata is not None else None
+    with_own_columns(meta, labels_from_folders, None, dict.fromkeys(row or ()))
+    if hive:
+        for key, _ in partition_folders(relative_id(path, root)):
+            meta[partition_column(key, meta)] = None
+    return list(meta)
 
 
 def column_case_twins(columns: dict[str, list[str]], units: list[ReadUnit]) -> list[dict[str, Any]]:
@@ -1194,7 +1226,8 @@ def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
     # So is a shard holding such an id that an older version recorded (not `lookalikes_checked`), once: that version
     # skipped a member added beside the purified one without a word, and recorded the shard as read whole.
     unread = {u.paths[0] for u in containers
-              if broken[u.paths[0]] not in rejected_ids and broken[u.paths[0]] not in purified_ids
+              if _reject_settled(broken[u.paths[0]], ledger.get(u.paths[0]), skip, rejected_ids)
+              and broken[u.paths[0]] not in purified_ids
               and unchanged_and_done(u, u.stamps[0] if u.stamps else None, ledger.get(u.paths[0]),
                                      container_done.get(u.paths[0], []))
               and (u.paths[0] not in escaped or ledger[u.paths[0]].lookalikes_checked)}
@@ -1202,6 +1235,17 @@ def _containers_left(kept_units: list[ReadUnit], output: _OutputDone,
                                  for path, ids in container_done.items() if path not in unread},
                            purified={path: ids for path, ids in escaped.items() if path not in unread},
                            ledger=ledger, unread=unread)
+
+
+def _reject_settled(broken: str, entry: ContainerRead | None, skip: frozenset[str] | set[str],
+                    rejected_ids: frozenset[str] | set[str]) -> bool:
+    """Whether a container's own '#unreadable' reject (`broken`) lets it be skipped unread: the output holds none, or
+    its read ended in that reject and gives it again while the container is unchanged (`ContainerRead.lasting_reject`:
+    a table without an image column), and the output holds it as done (not read again by --retry-rejects). Such a
+    container skipped without its reject in the output would be in neither data/ nor rejects/."""
+    if entry is not None and entry.lasting_reject:
+        return broken in skip
+    return broken not in rejected_ids
 
 
 def _canvas_problem(canvas_size: int, given: bool, pool: int, model_multiple: int) -> str | None:

@@ -7,6 +7,7 @@ metadata files the planning joins, the members its dry run reads). The run's sum
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 from pipeline import cli
 from pipeline.config import JobConfig
 from pipeline.plan import plan_job
+from pipeline.sources.sidecar_files import JSON_SAMPLE
 from tests.jobutil import image_bytes, tar_bytes
 
 
@@ -84,3 +86,41 @@ def test_the_folder_label_a_tar_shard_gets_is_warned_of_beside_another_inputs_la
     assert twins == [{"columns": ["Label", "label"], "files": ["t.parquet", "s.tar"]}]
     assert "warning: columns Label (t.parquet) and label (s.tar) differ only in case" in said
     assert _dry_run(capsys, inp, model)[0] == []  # without the flag the shard gives no label
+
+
+def test_a_folders_json_sidecar_keys_are_read_from_a_sample_and_warned_of(tmp_path: Path, model: str, capsys,
+                                                                           monkeypatch) -> None:
+    """img2dataset's `00000/000000.json` gives its image's row a column of each key (`status`, ...): beside a table's
+    `Status` that is a pair, which the dry run, reading no sidecar, did not see. It reads the first image's .json of
+    each folder, up to JSON_SAMPLE files: not every image's."""
+    inp = tmp_path / "in"
+    for folder in range(JSON_SAMPLE + 4):
+        for key in range(2):
+            (inp / f"{folder:05d}").mkdir(parents=True, exist_ok=True)
+            (inp / f"{folder:05d}" / f"00000{key}.jpg").write_bytes(image_bytes(16, 16, key, "JPEG"))
+            (inp / f"{folder:05d}" / f"00000{key}.json").write_text(json.dumps({"status": "success", "key": key}))
+            (inp / f"{folder:05d}" / f"00000{key}.txt").write_text("a caption")
+    pq.write_table(pa.table({"image": [image_bytes(16, 16, 3)], "Status": ["ok"], "TXT": ["x"]}), inp / "t.parquet")
+    import pipeline.sources.file_bytes as file_bytes
+
+    read, real = [], file_bytes.read_bytes
+    monkeypatch.setattr(file_bytes, "read_bytes", lambda path, *a, **k: read.append(path) or real(path, *a, **k))
+    twins, said = _dry_run(capsys, inp, model)
+    # the .txt's column by its name alone; the .json's keys from the first image's sidecar of each folder read
+    assert twins == [{"columns": ["Status", "status"], "files": ["t.parquet", "00000/000000.jpg"]},
+                     {"columns": ["TXT", "txt"], "files": ["t.parquet", "00000/000000.jpg"]}]
+    assert "warning: columns Status (t.parquet) and status (00000/000000.jpg) differ only in case" in said
+    assert len(read) == 2 * JSON_SAMPLE  # (the plan's and the command line's dry runs)
+    assert {Path(p).name for p in read} == {"000000.json"}
+
+
+def test_a_metadata_row_beside_a_json_sidecar_is_named_as_the_run_names_it(tmp_path: Path, model: str, capsys) -> None:
+    """A metadata row's `Status` beside a .json sidecar's `status` is `metadata_Status` in the image's row: no pair, in
+    the image read for its sidecar nor in one whose sidecar was not read (its columns are left out)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for key in range(2):
+        (inp / f"{key}.jpg").write_bytes(image_bytes(16, 16, key, "JPEG"))
+        (inp / f"{key}.json").write_text(json.dumps({"status": "success"}))
+    (inp / "metadata.csv").write_text("file_name,Status\n0.jpg,a\n1.jpg,b\n")
+    assert _dry_run(capsys, inp, model)[0] == []

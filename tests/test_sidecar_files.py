@@ -129,8 +129,10 @@ def test_a_sidecar_that_cannot_be_read_or_that_clashes_makes_its_image_a_reject_
     records = _read(str(root), max_image_bytes=1500)
     assert {id_: r["kind"] for id_, r in records.items()} == {"a.png": "reject", "b.png": "reject", "c.png": "reject",
                                                               "d.png": "reject"}
-    assert records["a.png"]["error"].startswith("its sidecar file a.txt was not read: ")
-    assert "over --max-image-mb" in records["a.png"]["error"]
+    # named as the sidecar file it is, with the limit: not "image file ... over", which sent a user to the image
+    assert records["a.png"]["error"] == ("its sidecar file a.txt is 0.0 MiB (2,000 bytes), over --max-image-mb "
+                                         f"{1500 / 2**20:g}, so it was not read; to purify it, run again with a larger "
+                                         "--max-image-mb and --retry-rejects")
     assert records["b.png"]["error"] == ("sidecar files b.cls and b.label both give column 'label', so one value would "
                                          "be lost: rename one of them")
     assert records["c.png"]["error"].startswith("sidecar files c.json and c.png.json both give this image's 'json' values")
@@ -300,3 +302,31 @@ def test_sidecars_on_an_fsspec_store_are_paired_and_read_too() -> None:
     finally:
         fs.rm("/sidecars", recursive=True)
     assert {id_: r["meta"] for id_, r in records.items()} == {"a/0.png": {"txt": "a caption"}, "a/1.png": {}}
+
+
+def test_a_zip_archives_sidecar_member_over_the_limit_is_named_as_one_in_its_images_reject(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "d.zip").write_bytes(zip_bytes({"a.png": image_bytes(8, 8, 0), "a.txt": b"x" * 2000}))
+    (unit,) = discover(str(tmp_path / "in"))
+    (reject,) = [r for r in read_unit(unit, join_metadata=True, max_image_bytes=1500) if r["kind"] == "reject"]
+    assert reject["id"] == "d.zip/a.png"
+    assert reject["error"].startswith("its sidecar member a.txt is 0.0 MiB (2,000 bytes), over --max-image-mb ")
+
+
+def test_the_dry_run_counts_a_zip_archives_sidecar_members_in_the_line_of_a_folders(tmp_path, model, capsys) -> None:
+    root = _write(tmp_path / "in", _shard_files(2))
+    (root / "d.zip").write_bytes(zip_bytes({**_shard_files(3), "00000/lost.txt": b"cap"}))  # lost.txt: an input
+    capsys.readouterr()
+    assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("4 sidecar files beside image files and 6 sidecar members beside image members of zip archives, named as "
+            "theirs (x.txt, x.json, x.cls beside x.jpg): read with them as their columns, not as images") in said
+    described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
+    assert (described["sidecar_files"], described["zip_sidecar_members"]) == (4, 6)
+    # the archive alone: its members said as such; --join-metadata false reads them as inputs, and says none
+    assert cli.main(small_job_argv(tmp_path, model, "--dry-run") + ["--input", str(root / "d.zip")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "6 sidecar members beside image members of zip archives, named as theirs" in said
+    assert "sidecar file" not in said
+    described = plan_job(small_job_config(tmp_path, model, join_metadata=False), dry_run=True).describe()["input"]
+    assert (described["sidecar_files"], described["zip_sidecar_members"]) == (0, 0)

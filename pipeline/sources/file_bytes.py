@@ -66,21 +66,22 @@ def too_large(what: str, size: int | None, max_image_bytes: int) -> str:
 
 
 def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None = None,
-               listed_size: int | None = None) -> bytes:
+               listed_size: int | None = None, what: str = "image file") -> bytes:
     """The whole object, retrying transient storage errors. With `max_bytes`, a larger object raises ImageTooLarge
     before its bytes are read (from the size the opened file reports); where storage reports no size, at most
     `max_bytes` + 1 bytes are read to find out. `listed_size`: its size from the input's listing; on an object store
-    the object is then fetched with one ranged GET (opening it sends a HEAD first: one more request per image)."""
+    the object is then fetched with one ranged GET (opening it sends a HEAD first: one more request per image).
+    `what`: the file as ImageTooLarge names it (an image's sidecar file is no image file)."""
 
     def once() -> bytes:
         fs, fs_path = storage_path(path, storage_options)
         if listed_size and not isinstance(fs, LocalFileSystem):  # 0 bytes: a range is refused (416), open it
             if max_bytes is not None and listed_size > max_bytes:
-                raise ImageTooLarge(too_large("image file", listed_size, max_bytes))
+                raise ImageTooLarge(too_large(what, listed_size, max_bytes))
             # The range ends past the limit, so an object grown since it was listed is still caught, and not read whole.
             data = fs.cat_file(fs_path, start=0, end=max_bytes + 1 if max_bytes is not None else None)
             if max_bytes is not None and len(data) > max_bytes:
-                raise ImageTooLarge(too_large("image file", None, max_bytes))
+                raise ImageTooLarge(too_large(what, None, max_bytes))
             return data
         if isinstance(fs, LocalFileSystem):
             _refuse_special_file(fs_path)
@@ -88,7 +89,7 @@ def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None
             size = getattr(f, "size", None)
             if max_bytes is None or isinstance(size, int):
                 if max_bytes is not None and size > max_bytes:
-                    raise ImageTooLarge(too_large("image file", size, max_bytes))
+                    raise ImageTooLarge(too_large(what, size, max_bytes))
                 return f.read()
             # No size: read in pieces (read(max_bytes + 1) would allocate the whole limit for every small file).
             chunks, total = [], 0
@@ -96,7 +97,7 @@ def read_bytes(path: str, storage_options: dict[str, Any], max_bytes: int | None
                 chunks.append(chunk)
                 total += len(chunk)
             if total > max_bytes:
-                raise ImageTooLarge(too_large("image file", None, max_bytes))
+                raise ImageTooLarge(too_large(what, None, max_bytes))
             return b"".join(chunks)
 
     return with_retries(once, f"read {path}")

@@ -125,11 +125,15 @@ class ArchiveMetadata:
     joined: int = 0
     unmatched: int = 0
     unmatched_examples: list[str] = field(default_factory=list)
+    # a dry run's: the sidecar members of the zip archives, from the same directories (`zip_metadata_found`); a run's
+    # read tasks name theirs in their count records instead
+    sidecars: int = 0
 
-    def add(self, joined: int, unmatched: int, examples: list[str]) -> None:
+    def add(self, joined: int, unmatched: int, examples: list[str], sidecars: int = 0) -> None:
         self.joined += joined
         self.unmatched += unmatched
         self.unmatched_examples += examples[: UNMATCHED_EXAMPLES - len(self.unmatched_examples)]
+        self.sidecars += sidecars
 
     def found(self) -> bool:
         return bool(self.joined or self.unmatched)

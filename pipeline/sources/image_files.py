@@ -91,8 +91,11 @@ def _sidecar_meta(sidecars: list[tuple[str, str, int | None]], fs_opts: dict[str
     and --retry-rejects reads both again."""
     def read(path: str, size: int | None, name: str) -> bytes | str:
         try:
-            return read_bytes(path, fs_opts, max_image_bytes, listed_size=size)
-        except (ImageTooLarge, NotAFile) as err:
+            # named as what it is: "image file ... is over --max-image-mb" sent a user looking at the image
+            return read_bytes(path, fs_opts, max_image_bytes, listed_size=size, what=f"its sidecar file {name}")
+        except ImageTooLarge as err:
+            return str(err)
+        except NotAFile as err:
             return f"its sidecar file {name} was not read: {err}"
         except Exception as err:  # noqa: BLE001 - a sidecar that stays unreadable after retries: its image's reject
             return (f"could not read its sidecar file {name} ({describe(err)}), so the image is not purified without "

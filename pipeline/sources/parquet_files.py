@@ -31,7 +31,7 @@ from pipeline.sources.pixel_arrays import (
     pixels_sha256,
 )
 from pipeline.sources.read_budget import ReadBudget
-from pipeline.sources.records import image_record, passthrough_name, reject_record
+from pipeline.sources.records import LASTING, image_record, passthrough_name, reject_record
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
 
@@ -264,7 +264,9 @@ def read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | No
             column = find_image_column(parquet.schema_arrow, image_column, kind)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column, kind)
         except NoImageColumn as err:  # read, and readable: a table, not images; what it holds, and what to do
-            yield reject_record(f"{rel}#unreadable", path, f"{kind} file with {err}: {TABLE_ADVICE}", "read")
+            # read again unchanged, it is the same table: its reject lasts (`records.LASTING`)
+            yield {**reject_record(f"{rel}#unreadable", path, f"{kind} file with {err}: {TABLE_ADVICE}", "read"),
+                   LASTING: True}
             return
         except Exception as err:  # noqa: BLE001
             yield reject_record(f"{rel}#unreadable", path, f"unreadable {kind} file: {describe(err)}", "read")

@@ -14,7 +14,7 @@ from pipeline.sources.ids import LOOKALIKE, ids_digest, relative_id
 from pipeline.sources.image_files import read_files
 from pipeline.sources.parquet_files import read_parquet
 from pipeline.sources.partitions import add_partitions, partition_folders, repeated_key_problem, repeated_partition_key
-from pipeline.sources.records import reject_record
+from pipeline.sources.records import LASTING, reject_record
 from pipeline.sources.tar_shards import read_tar
 from pipeline.sources.tfrecord_files import is_tfrecord, read_tfrecord
 from pipeline.sources.units import ReadUnit
@@ -43,7 +43,9 @@ def read_unit(
     file, tar member or Parquet cell over `max_image_bytes` is a reject, found from its size before it is read.
     A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
     it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
-    the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date.
+    the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date. So is
+    one whose '#unreadable' reject lasts while it is unchanged (`records.LASTING`: a table without an image column),
+    with "lasting_reject": that reject is true, not out of date.
     `purified_ids`: done ids that are in data/ (`read_tar`; those with '\\x' are enough).
     `named_ids`: a tar shard's ids in the output that an earlier version named from its members' names ('s.tar/./b'
     for './b.jpg'), which its keys keep (`read_tar`; `plan.tar_ids_named_otherwise`).
@@ -83,6 +85,7 @@ def read_unit(
     hidden = HiddenSkipped()
     unmatched, unmatched_examples = 0, []  # metadata rows of a zip archive or tar shard that name no member
     whole = True
+    lasting = False  # its '#unreadable' reject is one that reading it again, unchanged, gives again
     n = skipped = 0
     for record in records:
         if record["kind"] == "superseded":
@@ -101,7 +104,8 @@ def read_unit(
                 joined.append(record["name"])
             continue
         if record["id"] == broken:
-            whole = False
+            lasting = bool(record.pop(LASTING, False))
+            whole = whole and lasting
         elif container:
             ids.append(record["id"])
             if record["id"].startswith(lookalike):
@@ -130,6 +134,8 @@ def read_unit(
             count["container"]["metadata"] = joined
         if sidecars:  # an earlier version's rejects of them are untrue now
             count["container"]["sidecars"] = sidecars
+        if lasting:  # its '#unreadable' reject stays, and is skipped as done while the container is unchanged
+            count["container"]["lasting_reject"] = True
         # done ids of this container that it no longer gives (a shard or Parquet file rewritten smaller): their rows
         # stay, and the record of this read says so, or the output's ids never matched it and every later run read
         # the container again (pipeline.ledger)

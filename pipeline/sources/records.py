@@ -59,6 +59,13 @@ def image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> di
             "data": data, "meta": meta}
 
 
+# The key a container's own '#unreadable' reject record holds when reading the container again, unchanged, can only give
+# it again (a table without an image column): `sources.read_unit` takes it off, and names the container as read to its
+# end, so that pipeline.ledger records it and --incremental runs skip it unread. A storage error's reject has none: it
+# is read again by the next run.
+LASTING = "lasting"
+
+
 def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:
     # rejected_at: of two reject rows of one id (a --retry-rejects run killed before its end-of-run check), the end of
     # a later run keeps the newer, today's reason; the order of the file names says nothing about which is newer

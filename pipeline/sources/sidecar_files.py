@@ -172,3 +172,58 @@ def sidecar_meta(sidecars: Iterable[tuple[str, str, Callable[[], bytes | str]]],
         parts[ext] = (shown, data)
     meta = sidecar_columns(parts, json_columns)
     return f"sidecar {kind}s {meta}" if isinstance(meta, str) else meta
+
+
+# How many .json sidecar files a dry run reads to learn the columns their keys give (`sampled_json_sidecars`): the
+# first image's of each folder, up to this many, read as many at once as the store allows. Their keys are the columns
+# most likely to differ in case from another file's (a table's `Caption` beside the .json's `caption`); an
+# img2dataset folder's are the same for every image.
+JSON_SAMPLE = 16
+
+
+def sampled_json_sidecars(images: Iterable[str], found: Sidecars, fs_opts: dict[str, Any], max_bytes: int,
+                          limit: int = JSON_SAMPLE) -> dict[str, bytes]:
+    """For a dry run: the .json sidecar's bytes of the first image of each folder among `images` that has one (one with
+    a single .json sidecar: two make it a reject), of at most `limit` folders, by image path. One over `max_bytes` or
+    that cannot be read is left out (its image's reject, in the run, says why)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.sources.file_bytes import read_bytes
+    from pipeline.storage import concurrent_reads
+
+    chosen: dict[str, tuple[str, str, int | None]] = {}  # folder -> (image, its .json sidecar, listed size)
+    for image in images:
+        folder = posixpath.dirname(image)
+        if folder in chosen:
+            continue
+        jsons = [(path, size) for ext, path, size, _ in found.of.get(image, ()) if ext == "json"]
+        if len(jsons) == 1:
+            chosen[folder] = (image, *jsons[0])
+            if len(chosen) >= limit:
+                break
+    if not chosen:
+        return {}
+
+    def read(item: tuple[str, str, int | None]) -> bytes | None:
+        _, path, size = item
+        try:
+            return read_bytes(path, fs_opts, max_bytes, listed_size=size)
+        except Exception:  # noqa: BLE001 - the run reads it again, and its image's reject says why
+            return None
+
+    items = list(chosen.values())
+    with ThreadPoolExecutor(concurrent_reads(items[0][1], len(items))) as pool:
+        return {image: data for (image, _, _), data in zip(items, pool.map(read, items), strict=True) if data is not None}
+
+
+def sidecar_names(image: str, found: Sidecars, json_bytes: dict[str, bytes]) -> dict[str, Any] | None:
+    """The columns (names; the values are no one's) the sidecars of image file `image` give its row, as its read task
+    names them (`sidecar_meta`): a sidecar's by its extension, a .json's keys from its bytes in `json_bytes`; None when
+    it has a .json sidecar not there (its keys unknown before the run reads it), {} when its sidecars make it a reject."""
+    sidecars = found.of.get(image, ())
+    if any(ext == "json" for ext, *_ in sidecars) and image not in json_bytes:
+        return None
+    given = (json_bytes[image] if ext == "json" else b"" for ext, *_ in sidecars)
+    meta = sidecar_meta(((ext, posixpath.basename(path), lambda data=data: data)
+                         for (ext, path, _, _), data in zip(sidecars, given, strict=True)), "file", JsonColumns())
+    return {} if isinstance(meta, str) else meta

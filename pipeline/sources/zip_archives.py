@@ -354,8 +354,7 @@ def _sidecar_meta(archive: zipfile.ZipFile, directory: _ZipDirectory, sidecars: 
         shown = text_name(name)
         info = directory.info(name)
         if info.file_size > max_image_bytes:
-            too_big = too_large(f"zip member {shown}", info.file_size, max_image_bytes)
-            return f"its sidecar member {shown} was not read: {too_big}"
+            return too_large(f"its sidecar member {shown}", info.file_size, max_image_bytes)
         if info.flag_bits & 0x1:
             return f"its sidecar member {shown} is encrypted, so the image is not purified without its columns"
         try:
@@ -402,13 +401,15 @@ DIRECTORY_READS = 16
 def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image_bytes: int,
                        columns: dict[str, list[str]] | None = None) -> ArchiveMetadata:
     """For a dry run (--join-metadata): the image-folder metadata members of these zip archives joined as their read
-    tasks will join them (`_zip_metadata`), and the rows naming no member, with the first few. Only each archive's
-    central directory and its metadata members are read, by ranges (no image); an archive that cannot be read, and
-    one storage gives no size for (it would have to be copied whole), are left to the run, which says what it finds.
-    `columns` (path -> names), when given, gets each archive's joined rows' columns, from the same reads."""
+    tasks will join them (`_zip_metadata`), and the rows naming no member, with the first few; and how many sidecar
+    members they hold (`_zip_sidecars`: read with their images as their columns), which the same directories tell.
+    Only each archive's central directory and its metadata members are read, by ranges (no image); an archive that
+    cannot be read, and one storage gives no size for (it would have to be copied whole), are left to the run, which
+    says what it finds. `columns` (path -> names), when given, gets each archive's joined rows' columns, from the same
+    reads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(unit: ReadUnit) -> FolderMetadata | None:
+    def one(unit: ReadUnit) -> tuple[FolderMetadata, int] | None:
         size = unit.sizes[0] if unit.sizes else None
         if size is None:
             return None
@@ -417,7 +418,8 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
             with file_opener(unit.paths[0], fs_opts, 0, size)() as raw:
                 archive, directory = _open_zip(raw)
                 with archive:
-                    return _zip_metadata(archive, directory, max_image_bytes, _zip_sidecars(directory))
+                    sidecars = _zip_sidecars(directory)
+                    return _zip_metadata(archive, directory, max_image_bytes, sidecars), len(sidecars)
         except Exception:  # noqa: BLE001 - the run's read of it makes the reject that says why
             return None
 
@@ -425,13 +427,14 @@ def zip_metadata_found(units: list[ReadUnit], fs_opts: dict[str, Any], max_image
     # one at a time on FTP/SFTP (`concurrent_calls`)
     threads = concurrent_reads(units[0].paths[0], DIRECTORY_READS) if units else 1
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for unit, joined in zip(units, pool.map(one, units), strict=True):
-            if joined is not None:
+        for unit, read in zip(units, pool.map(one, units), strict=True):
+            if read is not None:
+                joined, sidecars = read
                 if columns is not None and joined.rows:
                     columns[unit.paths[0]] = list(dict.fromkeys(name for row in joined.rows.values() for name in row))
                 rel = relative_id(unit.paths[0], unit.root)
                 found.add(len(joined.joined), joined.unmatched,
-                          [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples])
+                          [f"{rel}/{text_name(example)}" for example in joined.unmatched_examples], sidecars)
     return found
 
 
