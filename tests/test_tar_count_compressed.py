@@ -53,7 +53,7 @@ def test_a_runs_progress_has_the_compressed_shards_total_and_a_later_dry_run_the
     total, init_ray = job.progress_total, job.init_ray
     monkeypatch.setattr(job, "progress_total", lambda *a: counting.set() or total(*a))
     # the total is counted while Ray starts (decompressing GTSRB's test .tar.xz took 1.8 s), not after
-    monkeypatch.setattr(job, "init_ray", lambda *a: seen.append(counting.wait(5)) or init_ray(*a))
+    monkeypatch.setattr(job, "init_ray", lambda *a: seen.append(counting.wait(60)) or init_ray(*a))
     argv = [a for a in small_job_argv(tmp_path, model) if a != "--no-progress"]
     assert cli.main(argv) == 0
     assert seen == [True], seen
