@@ -83,10 +83,10 @@ def others_after_the_first_gives_up(monkeypatch: pytest.MonkeyPatch, first: str)
     given_up = threading.Event()
     give_up, count = tar_count.Pace.give_up, tar_count.count_shard
 
-    def after_the_first(unit: ReadUnit, *args: Any) -> Any:
+    def after_the_first(unit: ReadUnit, *args: Any, **kwargs: Any) -> Any:
         if not unit.paths[0].endswith(first):
             given_up.wait(60)
-        return count(unit, *args)
+        return count(unit, *args, **kwargs)
 
     monkeypatch.setattr(tar_count.Pace, "give_up", lambda self: give_up(self) or given_up.set())
     monkeypatch.setattr(tar_count, "count_shard", after_the_first)
