@@ -93,8 +93,9 @@ def install() -> bool:
         # Once: a later shutdown of the same executor (its iterator's, or the garbage collector's, force=False) would
         # cancel again the tasks cancelled and waited for here, which Ray Data still lists as active. A second cancel of
         # a task Ray was still starting aborted the whole process ("Check failed: ... Tried to complete task that was
-        # not pending", Ray's race of a cancel with the task's start).
-        setattr(self, _AWAITED, True)
+        # not pending", Ray's race of a cancel with the task's start). A thread still running may start more: not yet.
+        if not self.is_alive():
+            setattr(self, _AWAITED, True)
         for op in getattr(self, "_topology", None) or {}:
             if isinstance(op, TaskPoolMapOperator) and op.get_active_tasks():
                 op._cancel_active_tasks(force)  # cancel_and_wait: started after the stage was shut down
