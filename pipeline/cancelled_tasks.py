@@ -15,7 +15,8 @@ for again. Actor stages are left as they are: their actors are shut down with th
 The executor's shutdown waits only 2 s for its scheduling thread before it shuts the stages down. A thread still in
 its step then (a loaded machine) went on to start a task of a stage already shut down, and the pipeline returned with
 that task running: its file could land after the count. So the shutdown, while entered, also waits for that thread to
-end (EXECUTOR_THREAD_WAIT_S) and then cancels and waits for whatever tasks its task stages still hold."""
+end (EXECUTOR_THREAD_WAIT_S) and then cancels and waits for whatever tasks its task stages still hold: once per
+executor, as a second cancel of a task Ray is still starting can abort the process."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ CANCELLED_TASKS_WAIT_S = 60.0  # a write of one part file under way (an upload o
 KILLED_TASKS_WAIT_S = 10.0  # the workers of tasks killed after that: Ray reports a killed worker within seconds
 EXECUTOR_THREAD_WAIT_S = 60.0  # an executor's scheduling thread still in its step once the executor is shut down
 
+_AWAITED = "_zip_purify_tasks_awaited"  # set on an executor whose tasks `shutdown_and_wait` has cancelled and awaited
 _entered = 0  # how many `cancelled_tasks_awaited` are entered (a job run inside a job's thread would nest them)
 _lock = threading.Lock()
 
@@ -85,9 +87,15 @@ def install() -> bool:
 
     def shutdown_and_wait(self: Any, force: bool, *args: Any, **kwargs: Any) -> None:
         shutdown(self, force, *args, **kwargs)
-        if not _entered or self.ident is None or self is threading.current_thread():
+        if not _entered or self.ident is None or self is threading.current_thread() or getattr(self, _AWAITED, False):
             return
         self.join(EXECUTOR_THREAD_WAIT_S)  # no task is started once the scheduling thread has ended
+        # Once: a later shutdown of the same executor (its iterator's, or the garbage collector's, force=False) would
+        # cancel again the tasks cancelled and waited for here, which Ray Data still lists as active. A second cancel of
+        # a task Ray was still starting aborted the whole process ("Check failed: ... Tried to complete task that was
+        # not pending", Ray's race of a cancel with the task's start). A thread still running may start more: not yet.
+        if not self.is_alive():
+            setattr(self, _AWAITED, True)
         for op in getattr(self, "_topology", None) or {}:
             if isinstance(op, TaskPoolMapOperator) and op.get_active_tasks():
                 op._cancel_active_tasks(force)  # cancel_and_wait: started after the stage was shut down

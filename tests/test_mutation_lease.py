@@ -87,22 +87,33 @@ def two_runs_take_the_lease_at_once(out: Path, monkeypatch) -> tuple[list[Output
     """Two runs (threads 'first' and 'second') acquire the lease of `out` at once: both read the lease there before
     either writes, and the second writes a little later, well inside the settle time, as a second machine would.
     Returns (the two leases, the refusals); the caller releases the leases."""
-    both_read = threading.Barrier(2)
+    both_read, second_wrote = threading.Barrier(2), threading.Event()
     real_read, real_replace = output_lease.read_lease, output_lease.replace_file
     first_read: set[str] = set()
+    first_wrote: list[float] = []
 
     def read(output: str, so: dict) -> dict | None:
-        lease = real_read(output, so)
         name = threading.current_thread().name
+        if name == "first" and first_wrote and time.monotonic() - first_wrote[0] >= 0.3:
+            # the first's read-back after a settle: the second write, 0.3 s after the barrier, has landed by then
+            # whatever the threads' schedule (a second thread that waited 0.7 s for a core wrote after it, and both
+            # runs won); a read-back with no settle before it comes sooner, and sees no second write yet
+            second_wrote.wait(30)
+        lease = real_read(output, so)
         if name in ("first", "second") and name not in first_read:  # both see the earlier lease before either writes
             first_read.add(name)
             both_read.wait(timeout=10)
         return lease
 
     def replace(fs: object, path: str, data: bytes, what: str) -> None:
-        if threading.current_thread().name == "second":
+        name = threading.current_thread().name
+        if name == "second":
             time.sleep(0.3)
         real_replace(fs, path, data, what)
+        if name == "first":
+            first_wrote.append(time.monotonic())
+        elif name == "second":
+            second_wrote.set()
 
     monkeypatch.setattr(output_lease, "read_lease", read)
     monkeypatch.setattr(output_lease, "replace_file", replace)

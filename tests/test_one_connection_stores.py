@@ -238,7 +238,9 @@ class IdleClosing(LocalFileSystem):
     protocol = ("ftp",)
     root_marker = "/"
     cachable = False
-    IDLE_S = 0.2
+    # well past a beat's gap (0.01 s, 0.1 s more where a write is slowed), so that only a connection idle for the run
+    # is closed: at 0.2 s a heartbeat thread that waited 0.1 s for a core on a loaded machine lost its connection
+    IDLE_S = 1.0
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - fsspec's signature
         super().__init__(*args, **kwargs)

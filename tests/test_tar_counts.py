@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from pipeline.job import progress_total
 from pipeline.plan import JobPlan, plan_job
+from pipeline.sources import tar_count
 from pipeline.sources.read_budget import MAX_READS, ReadBudget
 from pipeline.sources.reading import read_unit
 from pipeline.sources.tar_count import count_keys, count_shard, shard_keys
@@ -72,6 +74,23 @@ def test_the_dry_run_says_keys_done_by_an_earlier_run(tmp_path, model, capsys) -
     (root / "shard-0001.tar").write_bytes(_shard(4, 5))  # two keys added to a shard read before
     line = dry_run_input_line(tmp_path, model, capsys, "--incremental")
     assert "1 tar shard (" in line and "; 2 images to read, 3 already done, skipped), " in line, line
+
+
+def others_after_the_first_gives_up(monkeypatch: pytest.MonkeyPatch, first: str) -> threading.Event:
+    """The count of every shard but `first` begins once a shard could not be counted (`Pace.give_up`), whatever the
+    threads' schedule: left to chance, the walk's other threads may walk many shards while `first`'s waits for a core.
+    The event returned is set at the give-up."""
+    given_up = threading.Event()
+    give_up, count = tar_count.Pace.give_up, tar_count.count_shard
+
+    def after_the_first(unit: ReadUnit, *args: Any, **kwargs: Any) -> Any:
+        if not unit.paths[0].endswith(first):
+            given_up.wait(60)
+        return count(unit, *args, **kwargs)
+
+    monkeypatch.setattr(tar_count.Pace, "give_up", lambda self: give_up(self) or given_up.set())
+    monkeypatch.setattr(tar_count, "count_shard", after_the_first)
+    return given_up
 
 
 def _tricky_shard() -> bytes:
