@@ -114,3 +114,23 @@ def test_a_caption_label_or_json_without_its_image_says_so(name: str) -> None:
 @pytest.mark.parametrize("name", ["a.csv", "a.bin", "a.txt.bak", "txt", "d/json"])
 def test_other_files_without_an_image_get_no_such_note(name: str) -> None:
     assert orphan_note(name) == ""
+
+
+def test_an_image_with_sidecars_at_the_inputs_top_has_no_folder_label(tmp_path) -> None:
+    # as an image without sidecars there, and a tar key at its shard's top: null, not an empty label
+    root = _write(tmp_path / "in", {"x.png": image_bytes(8, 8, 0), "x.txt": b"a cat", "y.png": image_bytes(8, 8, 1),
+                                    "cats/z.png": image_bytes(8, 8, 2), "cats/z.txt": b"a cat"})
+    metadata, found = FolderMetadata(), Sidecars()
+    units = discover(str(root), {}, 64, metadata=metadata, sidecars=found)
+    records = {r["id"]: r["meta"] for u in units
+               for r in read_unit(u, labels_from_folders=True, metadata=unit_metadata(u.paths, metadata),
+                                  sidecars=unit_sidecars(u.paths, found)) if r["kind"] == "image"}
+    assert records == {"x.png": {"txt": "a cat", "label": None}, "y.png": {"label": None},
+                       "cats/z.png": {"txt": "a cat", "label": "cats"}}
+
+
+def test_a_caption_without_its_image_is_read_with_the_note_its_reject_gives(tmp_path) -> None:
+    records = _records(_write(tmp_path / "in", {"x.png": image_bytes(8, 8, 0), "lost.txt": b"a cat"}), Sidecars())
+    assert records["lost.txt"]["decode_note"].startswith("if it is an image's sidecar, no image named lost.<image "
+                                                         "extension> lies beside it")
+    assert "decode_note" not in records["x.png"]
