@@ -58,3 +58,17 @@ def test_the_runs_removed_rejects_line_has_separators_and_is_said_only_of_some(t
     summary["this_run"]["stale_rejects_removed"] = 0
     _print_run_summary(config, summary)
     assert "earlier reject" not in capsys.readouterr().out
+
+
+def test_the_changed_inputs_notes_counts_of_sidecars_and_compared_files_have_separators() -> None:
+    from pipeline.changes import changed_warning, compared_note
+
+    warned = changed_warning({"image_files_purified": 12_632, "image_files_metadata_changed": 1_234,
+                              "examples": ["a.png"]})
+    assert "12,632 image file(s) purified earlier (data/ holds their earlier version, purified; 1,234 of them for " \
+           "their row of an image-folder metadata file or their sidecar files" in warned
+    compared = compared_note({"image_files_compared": 12_632, "image_files_same_bytes": 12_000,
+                              "containers_compared": 1_001, "containers_same_members": 1_000})
+    assert ("the planning read 12,632 image file(s) (12,000 with the bytes their rows were made from) and 1,001 "
+            "tar/Parquet/zip file(s) (1,000 giving every member of their rows as it was)") in compared
+    assert not _BARE.search(warned + compared)
