@@ -84,3 +84,14 @@ def test_a_sidecar_member_of_the_limits_size_is_read(tmp_path) -> None:
     records, _ = _records(root, max_image_bytes=1500)
     assert records["a.zip/d/x.jpg"]["meta"] == {"txt": "c" * 1500}
     assert records["a.zip/d/y.jpg"]["error"].startswith("its sidecar member d/y.txt was not read: ")
+
+
+def test_a_metadata_file_beside_an_image_named_metadata_is_joined_not_its_sidecar(tmp_path) -> None:
+    # 'metadata.csv' fits 'metadata.png' as a sidecar's name would: it is the folder's metadata file all the same, not
+    # a 'csv' column of that one image holding the whole table
+    root = _zip(tmp_path, [("d/metadata.png", X), ("d/x.png", X),
+                           ("d/metadata.csv", b"file_name,label\nmetadata.png,3\nx.png,4\n")])
+    records, count = _records(root)
+    assert records["a.zip/d/metadata.png"]["meta"] == {"file_name": "metadata.png", "label": 3}
+    assert records["a.zip/d/x.png"]["meta"] == {"file_name": "x.png", "label": 4}
+    assert count["container"]["metadata"] == ["a.zip/d/metadata.csv"] and "sidecars" not in count["container"]
