@@ -677,7 +677,7 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     tables = inp.get("tables_without_images") or {}
     if tables.get("files"):
         shown = ", ".join(terminal_text(name) for name in tables["examples"])
-        more = f" and {tables['files'] - len(tables['examples'])} more" if tables["files"] > len(tables["examples"]) else ""
+        more = f" and {tables['files'] - len(tables['examples']):,} more" if tables["files"] > len(tables["examples"]) else ""
         print(f"  warning: {_count(tables['files'], 'Parquet / Arrow IPC file')} without an image column ({shown}{more}): "
               "tables, not images (a sample index, labels?), each one reject of the run; its reason says how to add "
               "such a table's columns to the images' rows")

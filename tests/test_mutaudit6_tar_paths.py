@@ -1,0 +1,36 @@
+"""Mutation audit of tar member ids by their paths ('./x' -> 's.tar/x') against outputs an earlier version made
+('s.tar/./x'): which of an output's ids the run's read tasks are told (`ledger.tar_ids_named_otherwise`: './' and
+empty folders alike), and a tarred image folder's metadata member keeping the id such an output holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.ledger import tar_ids_named_otherwise
+from pipeline.sources import discover, read_unit
+from tests.jobutil import image_bytes
+from tests.test_tar_member_paths import _shard
+
+A = image_bytes(8, 8, 1)
+
+
+def test_the_ids_an_earlier_version_named_from_member_names_are_found_of_their_shard(tmp_path: Path) -> None:
+    _shard(tmp_path / "in", [("./a.png", A)])
+    (tmp_path / "in" / "z.zip").write_bytes(b"")
+    units = discover(str(tmp_path / "in"))
+    shard = next(u.paths[0] for u in units if u.kind == "tar")
+    ids = ["s.tar/./a", "s.tar/cat//b", "s.tar/c", "s.tar/d/./e", "z.zip/./f", "x/./y.png"]
+    # './a.png' and 'cat//b.png' both: the ids of a shard's members with a '.' or an empty folder in their names
+    assert tar_ids_named_otherwise(ids, units) == {shard: ["s.tar/./a", "s.tar/cat//b", "s.tar/d/./e"]}
+    assert tar_ids_named_otherwise(["s.tar/a", "s.tar/c"], units) == {}
+
+
+def test_a_tarred_metadata_member_keeps_the_id_an_earlier_output_holds(tmp_path: Path) -> None:
+    # an older version's reject of './train/metadata.csv' (a join that failed then): joined now, that reject is the
+    # one made untrue, under its own id
+    _shard(tmp_path / "in", [("./train/0.png", A), ("./train/metadata.csv", b"file_name,label\n0.png,3\n")])
+    (unit,) = discover(str(tmp_path / "in"))
+    records = list(read_unit(unit, join_metadata=True, named_ids={"s.tar/./train/metadata.csv"}))
+    assert records[-1]["container"]["metadata"] == ["s.tar/./train/metadata.csv"]
+    records = list(read_unit(unit, join_metadata=True))
+    assert records[-1]["container"]["metadata"] == ["s.tar/train/metadata.csv"]
