@@ -83,7 +83,8 @@ def test_a_sidecar_member_of_the_limits_size_is_read(tmp_path) -> None:
     root = _zip(tmp_path, [("d/x.jpg", X), ("d/x.txt", b"c" * 1500), ("d/y.jpg", X), ("d/y.txt", b"c" * 1501)])
     records, _ = _records(root, max_image_bytes=1500)
     assert records["a.zip/d/x.jpg"]["meta"] == {"txt": "c" * 1500}
-    assert records["a.zip/d/y.jpg"]["error"].startswith("its sidecar member d/y.txt was not read: ")
+    assert records["a.zip/d/y.jpg"]["error"].startswith("its sidecar member d/y.txt is 0.0 MiB (1,501 bytes), over "
+                                                        "--max-image-mb ")
 
 
 def test_a_metadata_file_beside_an_image_named_metadata_is_joined_not_its_sidecar(tmp_path) -> None:
