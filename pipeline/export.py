@@ -1216,7 +1216,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
             if problem is not None:
                 report.damaged.append(problem)
                 if on_damaged is not None:
-                    on_damaged(f"{problem[0]}: {problem[1]}; {problem[2]} of its rows not exported")
+                    on_damaged(f"{problem[0]}: {problem[1]}; {problem[2]:,} of its rows not exported")
         pool.shutdown()
         if writer is not None:
             try:
@@ -1344,7 +1344,7 @@ def report_lines(report: ExportReport) -> list[str]:
         lines.append(f"failed: {terminal_text(id_)}: {terminal_text(reason)}")
     if report.failed > len(report.failures):
         more = report.failed - len(report.failures)
-        lines.append(f"failed: ... and {more} more row{'' if more == 1 else 's'}")
+        lines.append(f"failed: ... and {more:,} more row{'' if more == 1 else 's'}")
     for path, reason, lost in report.damaged:
         rows = "its rows" if lost < 0 else _rows(lost)
         what = "unfetched part file" if reason.startswith(UNFETCHED) else "damaged part file"
@@ -1366,41 +1366,41 @@ def report_lines(report: ExportReport) -> list[str]:
         lines.append(f"note: column(s) {', '.join(map(terminal_text, report.sidecars_left_out))} hold bytes and are in no "
                      "sidecar file; read them from data/")
     if report.renamed:
-        lines.append(f"note: {report.renamed} image(s) were given another name, as another id's name was the same "
+        lines.append(f"note: {report.renamed:,} image(s) were given another name, as another id's name was the same "
                      "(but for case or Unicode normalization) or a folder's; the manifest says where each id went")
     if report.escaped:
-        lines.append(f"note: {report.escaped} id(s) held a part that cannot be a file name inside the folder, here or "
+        lines.append(f"note: {report.escaped:,} id(s) held a part that cannot be a file name inside the folder, here or "
                      "on Windows, and were written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, "
                      "':' and <>\"|?* as %XX, CON.png as %43ON.png, a last dot or space as %2E or %20, an empty part or "
                      "leading '/' left out, a name over 255 bytes shortened); the manifest says where each id went")
     if report.repeated:
-        lines.append(f"note: {report.repeated} row(s) repeat an id of an earlier row (an unfinished output): "
+        lines.append(f"note: {report.repeated:,} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")
-    counts = f"{report.written} written" + (f", {report.present} already there" if report.present else "")
+    counts = f"{report.written:,} written" + (f", {report.present:,} already there" if report.present else "")
     if report.sidecars:
-        counts += f", {report.sidecars_written} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
+        counts += f", {report.sidecars_written:,} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
     if report.failed:
-        counts += f", {report.failed} failed"
+        counts += f", {report.failed:,} failed"
     damaged = [d for d in report.damaged if not d[1].startswith(UNFETCHED)]
     unfetched = [d for d in report.damaged if d[1].startswith(UNFETCHED)]
     lost = sum(n for _, _, n in damaged if n > 0)
     unknown = sum(n < 0 for _, _, n in damaged)
     if damaged:
-        counts += f"; {len(damaged)} damaged part file(s) ({_rows(lost)}" + \
-                  (f" and the rows of {unknown} file(s) whose footer is unreadable" if unknown else "") + " not exported)"
+        counts += f"; {len(damaged):,} damaged part file(s) ({_rows(lost)}" + \
+                  (f" and the rows of {unknown:,} file(s) whose footer is unreadable" if unknown else "") + " not exported)"
     if unfetched:
-        counts += (f"; {_rows(sum(n for _, _, n in unfetched))} not exported from {len(unfetched)} part file(s) the "
+        counts += (f"; {_rows(sum(n for _, _, n in unfetched))} not exported from {len(unfetched):,} part file(s) the "
                    "storage did not give: run again with --resume once it does")
-    rejects = (f"{report.rejects} rejected input(s) are not exported: their ids and reasons are in "
+    rejects = (f"{report.rejects:,} rejected input(s) are not exported: their ids and reasons are in "
                f"{report.output}/{REJECTS_DIR}/" if report.rejects else "the output holds no rejects")
     if report.rejects_unreadable:
-        rejects += f" ({report.rejects_unreadable} rejects part file(s) could not be read)"
+        rejects += f" ({report.rejects_unreadable:,} rejects part file(s) could not be read)"
     where = f"; manifest {report.manifest}" if report.manifest else ""
     images = report.rows - report.repeated  # an id's repeated row is not another image
-    lines.append(f"exported {report.exported} of {images} image{'' if images == 1 else 's'} to {report.to} ({counts})"
+    lines.append(f"exported {report.exported:,} of {images:,} image{'' if images == 1 else 's'} to {report.to} ({counts})"
                  f"{where}; {rejects}")
     return lines
 
 
 def _rows(n: int) -> str:
-    return f"{n} row{'' if n == 1 else 's'}"
+    return f"{n:,} row{'' if n == 1 else 's'}"

@@ -347,6 +347,22 @@ def test_the_export_lines_count_one_image_and_one_row_as_one() -> None:
     assert "exported 2 of 2 images to images (" in "\n".join(report_lines(report))
 
 
+def test_the_export_lines_write_counts_with_thousands_separators_as_the_jobs_lines_do() -> None:
+    # the progress bar says "12,000/12,000": the last line said "exported 12000 of 12000 images (12000 written, ...)"
+    report = ExportReport("out", "images", rows=12_345, written=11_000, present=1_344, failed=1_001, repeated=1_000,
+                          renamed=2_000, escaped=3_000, rejects=4_000, rejects_unreadable=1_200, sidecars=True,
+                          sidecars_written=36_000, failures=[("a.jpg", "x")] * FAILURES_KEPT,
+                          damaged=[("data/p.parquet", "damaged", 5_000), ("data/q.parquet", f"{UNFETCHED} gone", 6_000)])
+    text = "\n".join(report_lines(report))
+    assert "exported 12,344 of 11,345 images to images (11,000 written, 1,344 already there, 36,000 sidecar files " \
+           "written, 1,001 failed; 1 damaged part file(s) (5,000 rows not exported); 6,000 rows not exported from 1 " \
+           "part file(s)" in text, text
+    assert "4,000 rejected input(s) are not exported" in text and "(1,200 rejects part file(s)" in text, text
+    assert "failed: ... and 981 more rows" in text and "(5,000 rows not exported)" in text, text
+    for note in ("note: 2,000 image(s)", "note: 3,000 id(s)", "note: 1,000 row(s)"):
+        assert note in text, text
+
+
 def test_resume_keeps_whole_files_and_writes_the_missing_and_the_cut_short(tmp_path: Path) -> None:
     ids = [f"c/{i}.jpg" for i in range(6)]
     out, to = tmp_path / "out", tmp_path / "images"
