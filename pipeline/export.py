@@ -23,10 +23,11 @@ bytes are never re-encoded.
 
 Sidecar files (`sidecars=True`): beside each image, named after it (`a.png`: `a.txt`, `a.cls`, `a.json`), the files an
 img2dataset folder or a WebDataset key holds, written from its row (`sidecar_bytes`: `txt` the .txt, `label` the .cls,
-the input's other columns one .json object; never the job's own columns, nor a null), so that the folder reads back
-into the job with the same columns; where the job's reader would pair such a name with two images (`a.jpg` and `a.png`
-with `image_format="input"`), each image's whole name's (`a.png.txt`: `sidecar_stem`). They are written before their
-image, each whole as an image is: an image in DIR has its sidecars.
+the input's other columns one .json object; never the job's own columns, nor a null but of a column null in
+every row: `null_columns`), so that the folder reads back into the job with the same columns; where the job's reader
+would pair such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's whole name's
+(`a.png.txt`: `sidecar_stem`). They are written before their image, each whole as an image is: an image in DIR has its
+sidecars.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
@@ -50,7 +51,7 @@ import re
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -787,6 +788,23 @@ def sidecar_columns(schemas: Iterable[pa.Schema]) -> tuple[list[str], list[str]]
     return list(found), [n for n in left_out if n not in found]
 
 
+# Columns that are a sidecar file of their own: a null of theirs is no file, whatever the rest of the column holds
+_FILE_COLUMNS = ("txt", "label", "json")
+
+
+def null_columns(schemas: Iterable[pa.Schema]) -> frozenset[str]:
+    """The columns of data/ (not the job's own) that hold nothing but nulls: typed null in every part file that has
+    them (img2dataset's `error_message` of images that downloaded). Each is a null key of every .json written
+    (`sidecar_bytes`): a .json key null in every row is what gave the output the column, and no key would give it
+    again. A caption, label or kept `json` column is left out (a file of its own, or the .json itself)."""
+    typed: dict[str, bool] = {}
+    for schema in schemas:
+        for f in schema:
+            if f.name not in JOB_COLUMNS and f.name not in _FILE_COLUMNS:
+                typed[f.name] = typed.get(f.name, True) and pa.types.is_null(f.type)
+    return frozenset(name for name, null in typed.items() if null)
+
+
 def json_key(column: str) -> str:
     """The .json key of a column: the reader's `input_` escape of a job column's name undone (`input_id` -> `id`,
     `input_input_id` -> `input_id`), so that the key is read back as the same column; any other name as it is."""
@@ -821,7 +839,8 @@ def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
     return given
 
 
-def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False) -> dict[str, bytes]:
+def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False,
+                  nulls: Container[str] = ()) -> dict[str, bytes]:
     """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
     (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
     number, or text) the .cls, as the job reads them (a caption's and label's `\\xNN` escapes undone: `_sidecar_text`);
@@ -830,13 +849,18 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
     caption's), in the order of `columns`. The `json` column of a .json the reader kept as text (not an object, not
     valid JSON) is the whole .json, as it is, where no other column is; one holding an object (the fields past the
     reader's column limit) gives its keys back to the .json. `partitioned`: the output's run read `key=value` folders
-    as columns (`--partitioning hive`): those are left out (`_partition_columns`)."""
+    as columns (`--partitioning hive`): those are left out (`_partition_columns`). `nulls`: the columns null in every
+    row (`null_columns`), each a null key of the .json all the same."""
     skip = _partition_columns(row["id"], row) if partitioned else set()
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
     for column in columns:
         value = row.get(column)
-        if value is None or column in skip:
+        if column in skip:
+            continue
+        if value is None:
+            if column in nulls and column not in _FILE_COLUMNS:
+                fields[json_key(column)] = None
             continue
         if column == "txt" and isinstance(value, str):
             files[".txt"] = _sidecar_text(value)
@@ -891,11 +915,13 @@ def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
 class SidecarWriting:
     """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
     folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
-    files when the export began, --overwrite or --resume), which would read back as its columns."""
+    files when the export began, --overwrite or --resume), which would read back as its columns; writing a null key
+    of each column null in every row into each .json (`nulls`: `null_columns`)."""
 
     columns: list[str]
     partitioned: bool
     clean: bool
+    nulls: frozenset[str] = frozenset()
 
 
 def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
@@ -904,7 +930,8 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
     `writing.clean`, the other paths under DIR its sidecar files could have, by either name `sidecar_stem` gives, to
     remove: none is another image's, as a stem two images claim is neither's)."""
     stem = plan.sidecar_stem(rel)
-    files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned).items()}
+    files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned,
+                                                                  writing.nulls).items()}
     for name in files:
         # an image name shortened to NAME_MAX bytes (`_fit`) with a 3-letter extension leaves no room for `.json`
         if len(posixpath.basename(name).encode("utf-8", "surrogatepass")) > NAME_MAX:
@@ -1196,7 +1223,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         names, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
         reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
         partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
-        writing = SidecarWriting(names, partitioned, existing != "refuse")
+        writing = SidecarWriting(names, partitioned, existing != "refuse", null_columns(p.schema for p in parts))
         report.sidecars = True
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)

@@ -122,7 +122,8 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                         "other column from the input: a .json's keys, other sidecars, a metadata row's, a Parquet "
                         "input's; input_id as \"id\" again), so that DIR reads back into the job with the same "
                         "columns; never the job's own columns (source, width, ...; those are in the manifest), nor a "
-                        "null value (no file, no key), nor columns of bytes. Where two images would share a stem (a.jpg "
+                        "null value (no file, no key; but a column null in every row, img2dataset's error_message, is a "
+                        "null key of each .json), nor columns of bytes. Where two images would share a stem (a.jpg "
                         "and a.png with --format input), each has its whole name's: a.png.txt. With --overwrite or "
                         "--resume, an image's .txt, .cls or .json its row has no value for is removed")
     p.add_argument("--force", action="store_true",

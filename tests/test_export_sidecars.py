@@ -139,6 +139,32 @@ def test_the_jobs_own_columns_are_never_a_sidecars_and_a_null_is_no_file_and_no_
     assert row["source"] == "/in/a.jpg" and row["width"] and row["psnr_vs_input_db"] == "31.0"
 
 
+def test_a_column_null_in_every_row_is_a_null_key_of_each_json_so_that_it_reads_back(tmp_path: Path) -> None:
+    # img2dataset's error_message (and exif) is null for every image that downloaded: with no key, DIR read back into
+    # the job lacked the column the output has
+    files = {}
+    for i in range(2):
+        files[f"00000/{i:06d}.jpg"] = image_bytes(8, 8, i, "JPEG")
+        files[f"00000/{i:06d}.json"] = json.dumps({"url": f"u{i}", "status": "success", "error_message": None,
+                                                   "exif": None if i else '{"Image Make": "Canon"}'}).encode()
+    files["00000/000001.txt"] = b"a caption"
+    first = read_folder(str(write(tmp_path / "in", files)))
+    make_output(str(tmp_path / "out"), purified(first))
+    assert str(pq.read_schema(next((tmp_path / "out" / "data").glob("*.parquet"))).field("error_message").type) == "null"
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    assert json.loads((tmp_path / "files" / "00000" / "000001.json").read_bytes()) == {
+        "error_message": None, "status": "success", "url": "u1"}  # exif: null here, not in every row: no key
+    again = read_folder(str(tmp_path / "files"))
+    assert {k for r in again.values() for k in r["meta"]} == {k for r in first.values() for k in r["meta"]}
+    for id_, record in first.items():  # a null where the row has no key is a null of the column all the same
+        assert {k: v for k, v in again[id_[:-4] + ".png"]["meta"].items() if v is not None} == \
+            {k: v for k, v in record["meta"].items() if v is not None}, id_
+    # a row with no other value has a .json of those keys alone; a caption or label null in every row is no file
+    row = {"id": "c.jpg", "txt": None, "label": None, "error_message": None}
+    assert sidecar_bytes(row, ["txt", "label", "error_message"], nulls={"txt", "label", "error_message"}) == {
+        ".json": b'{"error_message": null}'}
+
+
 def test_values_that_are_not_text_keep_their_json_types() -> None:
     import datetime
 
