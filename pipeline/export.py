@@ -80,6 +80,7 @@ from pipeline.sources.ids import terminal_text, unescaped
 from pipeline.sources.listing import is_table_name
 from pipeline.sources.partitions import PARTITION_PREFIX, partition_folders
 from pipeline.sources.records import JOB_COLUMNS, RENAMED_PREFIX, passthrough_name
+from pipeline.sources.webdataset_keys import sidecar_columns as read_sidecars
 from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
@@ -822,6 +823,15 @@ def _sidecar_text(text: str) -> bytes:
         return text.encode("utf-8")
 
 
+def _cls_reads_back(label: str) -> bool:
+    """Whether a .cls of the text `label` reads back as it (`webdataset_keys.sidecar_columns`, the reader's own rule),
+    or as the number it is the digits of ('3' as 3, WebDataset's class). Not '007' (read as 7, one class with '7'),
+    '+3', nor a label with whitespace around it (stripped, as an editor's newline): such a label is a .json key."""
+    back = read_sidecars({"cls": ("x.cls", _sidecar_text(label))})
+    value = back.get("label") if isinstance(back, dict) else None
+    return value == label or _is_whole(value) and str(value) == label
+
+
 def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
     """The columns of `row` that its id's `key=value` folders gave (`--partitioning hive`): the folder stays in the
     exported path, which gives the column again; each is, in any case, the key's pass-through name with the most
@@ -843,7 +853,8 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
                   nulls: Container[str] = ()) -> dict[str, bytes]:
     """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
     (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
-    number, or text) the .cls, as the job reads them (a caption's and label's `\\xNN` escapes undone: `_sidecar_text`);
+    number, or text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's
+    `\\xNN` escapes undone: `_sidecar_text`);
     every other column that is not null is a key of one .json object (`json_key`), its value as JSON holds it (numbers
     stay numbers, lists and structs arrays and objects, times ISO 8601 text, a text value's escapes undone as a
     caption's), in the order of `columns`. The `json` column of a .json the reader kept as text (not an object, not
@@ -864,7 +875,7 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
             continue
         if column == "txt" and isinstance(value, str):
             files[".txt"] = _sidecar_text(value)
-        elif column == "label" and (isinstance(value, str) or _is_whole(value)):
+        elif column == "label" and (_is_whole(value) or isinstance(value, str) and _cls_reads_back(value)):
             files[".cls"] = str(value).encode() if _is_whole(value) else _sidecar_text(value)
         else:
             key = json_key(column)

@@ -165,6 +165,25 @@ def test_a_column_null_in_every_row_is_a_null_key_of_each_json_so_that_it_reads_
         ".json": b'{"error_message": null}'}
 
 
+@pytest.mark.parametrize("label", ["007", "+3", "-0", " cat", "cat\n", "7 "])
+def test_a_label_a_cls_would_read_back_as_another_is_a_json_key(tmp_path: Path, label: str) -> None:
+    # the reader strips a .cls and reads its digits as a number: a .json's "label": "007" came back as 7, one class
+    # with "7"; so is a label a .cls gives as it is, a number's digits as that number (WebDataset's class)
+    files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "a.json": json.dumps({"label": label}).encode(),
+             "b.jpg": image_bytes(8, 8, 2, "JPEG"), "b.json": json.dumps({"label": "cat"}).encode(),
+             "c.jpg": image_bytes(8, 8, 3, "JPEG"), "c.cls": b"3\n"}
+    first = read_folder(str(write(tmp_path / "in", files)))
+    assert first["a.jpg"]["meta"] == {"label": label}
+    make_output(str(tmp_path / "out"), purified(first))
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    assert json.loads((tmp_path / "files" / "a.json").read_bytes()) == {"label": label}
+    assert not (tmp_path / "files" / "a.cls").exists()
+    assert (tmp_path / "files" / "b.cls").read_bytes() == b"cat"
+    assert (tmp_path / "files" / "c.cls").read_bytes() == b"3"  # the label column is text: "3"
+    again = read_folder(str(tmp_path / "files"))
+    assert again["a.png"]["meta"] == {"label": label} and again["b.png"]["meta"] == {"label": "cat"}
+
+
 def test_values_that_are_not_text_keep_their_json_types() -> None:
     import datetime
 
