@@ -865,13 +865,14 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
     skip = _partition_columns(row["id"], row) if partitioned else set()
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
+    nulled: list[str] = []  # the keys of `nulls`, added to an object once it is made
     for column in columns:
         value = row.get(column)
         if column in skip:
             continue
         if value is None:
             if column in nulls and column not in _FILE_COLUMNS:
-                fields[json_key(column)] = None
+                nulled.append(json_key(column))
             continue
         if column == "txt" and isinstance(value, str):
             files[".txt"] = _sidecar_text(value)
@@ -882,7 +883,7 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
             fields[key] = unescaped(value) if isinstance(value, str) and key != "json" else _json_value(value)
     kept = fields.get("json")
     if isinstance(kept, str):
-        if len(fields) == 1:
+        if len(fields) == 1:  # the input's .json as it was (a list, ...), with no null key that would make it an object
             files[".json"] = kept.encode("utf-8")
             return {ext: files[ext] for ext in SIDECAR_EXTENSIONS if ext in files}
         try:
@@ -892,6 +893,7 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
         if isinstance(over, dict) and not set(over) & set(fields):
             del fields["json"]
             fields.update(over)
+    fields.update((key, None) for key in nulled if key not in fields)
     if fields:
         text = json.dumps(fields, ensure_ascii=False, default=str)
         try:

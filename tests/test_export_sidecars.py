@@ -163,6 +163,12 @@ def test_a_column_null_in_every_row_is_a_null_key_of_each_json_so_that_it_reads_
     row = {"id": "c.jpg", "txt": None, "label": None, "error_message": None}
     assert sidecar_bytes(row, ["txt", "label", "error_message"], nulls={"txt", "label", "error_message"}) == {
         ".json": b'{"error_message": null}'}
+    # a .json the reader kept as text (a list) stays as it was: a null key would make it an object
+    row = {"id": "d.jpg", "json": '[1, "two"]', "error_message": None}
+    assert sidecar_bytes(row, ["json", "error_message"], nulls={"error_message"}) == {".json": b'[1, "two"]'}
+    row = {"id": "e.jpg", "json": '{"b": 2}', "a": 1, "error_message": None}  # fields past the reader's limit
+    assert json.loads(sidecar_bytes(row, ["a", "json", "error_message"], nulls={"error_message"})[".json"]) == {
+        "a": 1, "b": 2, "error_message": None}
 
 
 @pytest.mark.parametrize("label", ["007", "+3", "-0", " cat", "cat\n", "7 "])
