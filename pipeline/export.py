@@ -695,18 +695,19 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
     return columns, [n for n in left_out if n not in found]
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, non_finite: bool = False) -> Any:
     """`value` as JSON holds it; what JSON has no type for and is no time (a Parquet input's decimal or duration
-    column: Decimal, timedelta) is left for `_json_text`'s `str`, the text the CSV writes of it."""
+    column: Decimal, timedelta) is left for `_json_text`'s `str`, the text the CSV writes of it. `non_finite`: a float
+    that is not finite stays that float (json.dumps writes NaN, Infinity), rather than its text."""
     if isinstance(value, datetime.datetime | datetime.date | datetime.time | NanoTime):
         return value.isoformat()
     if isinstance(value, np.ndarray | np.generic):  # a Ray tensor column's value: its printed form is cut short
-        return _json_value(plain(value))
+        return _json_value(plain(value), non_finite)
     if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
+        return {str(k): _json_value(v, non_finite) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
+        return [_json_value(v, non_finite) for v in value]
+    if isinstance(value, float) and not math.isfinite(value) and not non_finite:
         return str(value)  # 'inf' (an image purification left unchanged), 'nan': JSON has no such numbers
     return value
 
@@ -852,16 +853,15 @@ def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
 def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False,
                   nulls: Container[str] = ()) -> dict[str, bytes]:
     """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
-    (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
-    number, or text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's
-    `\\xNN` escapes undone: `_sidecar_text`);
-    every other column that is not null is a key of one .json object (`json_key`), its value as JSON holds it (numbers
-    stay numbers, lists and structs arrays and objects, times ISO 8601 text, a text value's escapes undone as a
-    caption's), in the order of `columns`. The `json` column of a .json the reader kept as text (not an object, not
-    valid JSON) is the whole .json, as it is, where no other column is; one holding an object (the fields past the
-    reader's column limit) gives its keys back to the .json. `partitioned`: the output's run read `key=value` folders
-    as columns (`--partitioning hive`): those are left out (`_partition_columns`). `nulls`: the columns null in every
-    row (`null_columns`), each a null key of the .json all the same."""
+    (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole number, or
+    text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's `\\xNN` escapes undone:
+    `_sidecar_text`); every other column that is not null is a key of one .json object (`json_key`), its value as JSON holds it
+    (numbers stay numbers, NaN and Infinity too, lists and structs arrays and objects, times ISO 8601 text, a text value's
+    escapes undone as a caption's), in the order of `columns`. The `json` column of a .json the reader kept as text (not an
+    object, not valid JSON) is the whole .json, as it is, where no other column is; one holding an object (the fields past the
+    reader's column limit) gives its keys back to the .json. `partitioned`: the output's run read `key=value` folders as columns
+    (`--partitioning hive`): those are left out (`_partition_columns`). `nulls`: the columns null in every row (`null_columns`),
+    each a null key of the .json all the same."""
     skip = _partition_columns(row["id"], row) if partitioned else set()
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
@@ -880,7 +880,9 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
             files[".cls"] = str(value).encode() if _is_whole(value) else _sidecar_text(value)
         else:
             key = json_key(column)
-            fields[key] = unescaped(value) if isinstance(value, str) and key != "json" else _json_value(value)
+            # a float that is not finite as Python's json writes it (NaN), which the reader reads back as that float:
+            # as the text "nan", one NaN made the column text, every row's
+            fields[key] = unescaped(value) if isinstance(value, str) and key != "json" else _json_value(value, True)
     kept = fields.get("json")
     if isinstance(kept, str):
         if len(fields) == 1:  # the input's .json as it was (a list, ...), with no null key that would make it an object

@@ -190,6 +190,24 @@ def test_a_label_a_cls_would_read_back_as_another_is_a_json_key(tmp_path: Path, 
     assert again["a.png"]["meta"] == {"label": label} and again["b.png"]["meta"] == {"label": "cat"}
 
 
+def test_a_number_that_is_not_finite_reads_back_as_that_number(tmp_path: Path) -> None:
+    # written as the text "nan", one NaN among a Parquet input's scores made the column read back text, every row's
+    rows = [{"id": "a.jpg", "score": 0.5, "scores": [1.0, float("inf")], "obj": {"x": float("-inf")}},
+            {"id": "b.jpg", "score": float("nan"), "scores": [], "obj": {"x": 2.0}}]
+    files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "b.jpg": image_bytes(8, 8, 2, "JPEG")}
+    for row in rows:
+        files[row["id"][:-4] + ".json"] = json.dumps({k: v for k, v in row.items() if k != "id"}).encode()
+    first = read_folder(str(write(tmp_path / "in", files)))
+    make_output(str(tmp_path / "out"), purified(first))
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    assert b'"score": NaN' in (tmp_path / "files" / "b.json").read_bytes()  # as Python's json writes and reads it
+    again = read_folder(str(tmp_path / "files"))
+    assert again["a.png"]["meta"] == first["a.jpg"]["meta"] == {"score": 0.5, "scores": [1.0, float("inf")],
+                                                                "obj": {"x": float("-inf")}}
+    back = again["b.png"]["meta"]["score"]
+    assert isinstance(back, float) and back != back
+
+
 def test_values_that_are_not_text_keep_their_json_types() -> None:
     import datetime
 
@@ -197,7 +215,7 @@ def test_values_that_are_not_text_keep_their_json_types() -> None:
            "when": datetime.date(2024, 5, 1), "obj": {"k": [1.5]}}
     files = sidecar_bytes(row, [c for c in row if c != "id"])
     assert set(files) == {".json"}  # a caption that is no text and a label that is no whole number or text: keys
-    assert json.loads(files[".json"]) == {"txt": 5, "label": 2.5, "flag": True, "n": 3, "x": "inf",
+    assert json.loads(files[".json"]) == {"txt": 5, "label": 2.5, "flag": True, "n": 3, "x": float("inf"),
                                           "items": [1, None, "b"], "when": "2024-05-01", "obj": {"k": [1.5]}}
     assert sidecar_bytes({"id": "a", "label": True}, ["label"]) == {".json": b'{"label": true}'}
 
