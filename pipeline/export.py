@@ -1108,17 +1108,39 @@ def _remove_file(fs: Any, path: str) -> None:
             with_retries(lambda: fs.rm_file(path), f"remove {path}")
 
 
+class SidecarFailed(Exception):
+    """A sidecar file of a row that could not be written (or, stale, removed): the row fails, its image is not written.
+    Said by the sidecar's path under DIR, not by the hidden temporary name the error of its write names; `written`: the
+    row's sidecar files written before it, which are counted."""
+
+    def __init__(self, what: str, written: int, cause: BaseException) -> None:
+        # a disk's error by its reason alone: its paths are the temporary file's, the sidecar's said already
+        reason = f"{type(cause).__name__}: {cause.strerror}" if isinstance(cause, OSError) and cause.strerror and \
+            cause.filename else describe(cause)
+        super().__init__(f"{what}, so neither was its image: {reason}")
+        self.written = written
+
+
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
                           row: Mapping[str, Any], plan: NamePlan, writing: SidecarWriting) -> tuple[bool, int]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
-    sidecar files written)."""
+    sidecar files written); SidecarFailed naming a sidecar that could not be written or removed."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     files, stale = sidecar_writes(row, rel, plan, writing)
     for name in stale:
-        _remove_file(fs, posixpath.join(root, name))
-    written = sum(write_file(fs, posixpath.join(root, name), data, resume) for name, data in files.items())
+        try:
+            _remove_file(fs, posixpath.join(root, name))
+        except Exception as err:  # noqa: BLE001 - named as the sidecar it is
+            raise SidecarFailed(f"its stale sidecar file {name} (its row has no value for it) could not be removed",
+                                0, err) from err
+    written = 0
+    for name, data in files.items():
+        try:
+            written += write_file(fs, posixpath.join(root, name), data, resume)
+        except Exception as err:  # noqa: BLE001 - named as the sidecar it is
+            raise SidecarFailed(f"its sidecar file {name} could not be written", written, err) from err
     return _export_one(fs, root, rel, png, resume, jpeg_quality), written
 
 
@@ -1370,8 +1392,10 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
                 report.sidecars_written += sidecars
         except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
             report.failed += 1
+            if isinstance(err, SidecarFailed):
+                report.sidecars_written += err.written
             if len(report.failures) < FAILURES_KEPT:
-                report.failures.append((row["id"], describe(err)))
+                report.failures.append((row["id"], str(err) if isinstance(err, SidecarFailed) else describe(err)))
             continue
         report.written += wrote
         report.present += not wrote

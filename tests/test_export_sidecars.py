@@ -398,6 +398,24 @@ def test_sidecars_are_written_to_a_remote_folder_too(tmp_path: Path) -> None:
         fsspec.filesystem("memory").rm("/export-sidecars-test", recursive=True)
 
 
+def test_a_sidecar_that_cannot_be_written_fails_its_row_named_and_the_rest_are_exported(tmp_path: Path, capsys) -> None:
+    records = [image(f"{n}.jpg", i, txt=f"cap {n}", url=f"u{n}") for i, n in enumerate("abc")]
+    make_output(str(tmp_path / "out"), records)
+    (tmp_path / "files" / "b.txt").mkdir(parents=True)  # a folder where b's caption goes
+    (tmp_path / "files" / "c.json").mkdir()
+    argv = ["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress",
+            "--overwrite"]
+    assert main(argv) == 1
+    said = capsys.readouterr()
+    # named by the sidecar, under DIR, not by a hidden temporary file's path
+    assert "failed: b.jpg: its sidecar file b.txt could not be written, so neither was its image: IsADirectoryError" \
+        in said.err, said.err
+    assert "failed: c.jpg: its sidecar file c.json could not be written" in said.err, said.err
+    assert ".tmp" not in said.err
+    assert "(1 written, 3 sidecar files written, 2 failed)" in said.out  # a's two, c's .txt before its .json failed
+    assert not (tmp_path / "files" / "b.png").exists() and (tmp_path / "files" / "a.png").exists()
+
+
 def test_without_sidecars_the_export_writes_none(tmp_path: Path) -> None:
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=2)])
     assert export_images(tmp_path / "out", tmp_path / "files").ok
