@@ -23,11 +23,10 @@ bytes are never re-encoded.
 
 Sidecar files (`sidecars=True`): beside each image, named after it (`a.png`: `a.txt`, `a.cls`, `a.json`), the files an
 img2dataset folder or a WebDataset key holds, written from its row (`sidecar_bytes`: `txt` the .txt, `label` the .cls,
-the input's other columns one .json object; never the job's own columns, nor a null but of a column null in
-every row: `null_columns`), so that the folder reads back into the job with the same columns; where the job's reader
-would pair such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's whole name's
-(`a.png.txt`: `sidecar_stem`). They are written before their image, each whole as an image is: an image in DIR has its
-sidecars.
+the input's other columns one .json object; never the job's own columns, nor a null but of a column null in every row:
+`null_columns`), so that the folder reads back into the job with the same columns; where the job's reader would pair
+such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's whole name's (`a.png.txt`:
+`sidecar_stem`). They are written before their image, each whole as an image is: an image in DIR has its sidecars.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
@@ -853,15 +852,16 @@ def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
 def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False,
                   nulls: Container[str] = ()) -> dict[str, bytes]:
     """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
-    (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole number, or
-    text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's `\\xNN` escapes undone:
-    `_sidecar_text`); every other column that is not null is a key of one .json object (`json_key`), its value as JSON holds it
-    (numbers stay numbers, NaN and Infinity too, lists and structs arrays and objects, times ISO 8601 text, a text value's
-    escapes undone as a caption's), in the order of `columns`. The `json` column of a .json the reader kept as text (not an
-    object, not valid JSON) is the whole .json, as it is, where no other column is; one holding an object (the fields past the
-    reader's column limit) gives its keys back to the .json. `partitioned`: the output's run read `key=value` folders as columns
-    (`--partitioning hive`): those are left out (`_partition_columns`). `nulls`: the columns null in every row (`null_columns`),
-    each a null key of the .json all the same."""
+    (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
+    number, or text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's
+    `\\xNN` escapes undone: `_sidecar_text`); every other column that is not null is a key of one .json object
+    (`json_key`), its value as JSON holds it (numbers stay numbers, NaN and Infinity too, lists and structs arrays and
+    objects, times ISO 8601 text, a text value's escapes undone as a caption's), in the order of `columns`. The `json`
+    column of a .json the reader kept as text (not an object, not valid JSON) is the whole .json, as it is, where no
+    other column is; one holding an object (the fields past the reader's column limit) gives its keys back to the .json.
+    `partitioned`: the output's run read `key=value` folders as columns (`--partitioning hive`): those are left out
+    (`_partition_columns`). `nulls`: the columns null in every row (`null_columns`), each a null key of the .json all
+    the same."""
     skip = _partition_columns(row["id"], row) if partitioned else set()
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
