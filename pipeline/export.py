@@ -637,6 +637,24 @@ def plan_names(fs: Any, paths: list[str], image_format: str, damaged: list[Damag
     return plan, parts
 
 
+def stem_taken(fs: Any, plan: NamePlan, parts: list[_Part], stem: str) -> bool:
+    """Whether an exported image's path but for its extension is `stem` exactly, as the job's reader pairs a file with
+    an image (`manifest` for `manifest.png`: DIR/manifest.csv is read back as its sidecar). Known from the first
+    pass's stems (`plan_names` with sidecars) and, on a digest that matches, the ids of the part files that hold it."""
+    h = np.uint64(_key_hash(stem))
+    if any(_stem_path(path) == stem for path in plan.moved.values()):
+        return True
+    wanted = ["id", "original_format"] if plan.image_format == "input" else ["id"]
+    for part in parts:
+        if not len(part.stems) or not (part.stems == h).any():
+            continue
+        table, _ = _read_columns(fs, part.path, wanted)
+        if any(id_ not in plan.moved and _stem_path(first) == stem
+               for id_, first, _ in _first_paths(table, plan.image_format)):
+            return True
+    return False
+
+
 def _shared_stems(every: np.ndarray, parts: list[_Part], gone: list[str], added: list[str]) -> np.ndarray:
     """The sorted `_key_hash`es claimed twice among the exported images' stems and names (`sidecar_stem`): `every`,
     the rows' first paths' digests, and the parts' `stems`, less `gone`'s and with `added`'s (paths: the few rows of a
@@ -1246,6 +1264,11 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         raise ExportError(f"the images of some ids lie in a folder named {MANIFEST_NAME}.{manifest}/ (or that but for "
                           f"case), where DIR/{MANIFEST_NAME}.{manifest} would be written: give "
                           f"{names.passing('manifest', other)} or {names.passing('manifest', 'none')}")
+    if sidecars and manifest != "none" and stem_taken(in_fs, plan, parts, MANIFEST_NAME):
+        raise ExportError(f"with {names.named('sidecars')}, an image is exported as {MANIFEST_NAME}.<its extension> at "
+                          f"the top of {names.named('to')}, and the job, reading it back, would take DIR/{MANIFEST_NAME}."
+                          f"{manifest} for that image's sidecar (a column {manifest} holding the whole manifest): give "
+                          f"{names.passing('manifest', 'none')}")
     report.damaged = [(d.path, d.reason, -1) for d in damaged]  # rows unknown: the footer could not be read
     for d in damaged:
         if on_damaged is not None:

@@ -416,6 +416,28 @@ def test_a_sidecar_that_cannot_be_written_fails_its_row_named_and_the_rest_are_e
     assert not (tmp_path / "files" / "b.png").exists() and (tmp_path / "files" / "a.png").exists()
 
 
+def test_an_image_named_as_the_manifest_at_the_top_is_refused_with_sidecars_unless_manifest_none(
+        tmp_path: Path, capsys) -> None:
+    # the reader takes a file named as an image with another extension for its sidecar: DIR/manifest.csv beside
+    # DIR/manifest.png read back as that image's column csv, the whole manifest in it
+    make_output(str(tmp_path / "out"), [image("manifest.jpg", 1, txt="cap"), image("b.jpg", 2),
+                                        image("sub/manifest.jpg", 3)])
+    argv = ["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "an image is exported as manifest.<its extension> at the top of --to" in err and "--manifest none" in err, err
+    assert not (tmp_path / "files").exists()
+    assert main([*argv, "--manifest", "jsonl"]) == 2  # manifest.jsonl pairs with it as well
+    assert main([*argv, "--manifest", "none"]) == 0
+    assert sorted(read_folder(str(tmp_path / "files"))["manifest.png"]["meta"]) == ["txt"]
+    # without --sidecars DIR is no promise to read back so: exported with its manifest, as before
+    assert export_images(tmp_path / "out", tmp_path / "plain").ok
+    # the reader pairs names by their case: Manifest.png is no manifest.csv's image
+    make_output(str(tmp_path / "out2"), [image("Manifest.jpg", 1, txt="cap"), image("sub/manifest.jpg", 3)])
+    assert export_images(tmp_path / "out2", tmp_path / "files2", sidecars=True).ok
+    assert sorted(read_folder(str(tmp_path / "files2"))["Manifest.png"]["meta"]) == ["txt"]
+
+
 def test_without_sidecars_the_export_writes_none(tmp_path: Path) -> None:
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=2)])
     assert export_images(tmp_path / "out", tmp_path / "files").ok
