@@ -34,3 +34,12 @@ def test_a_tarred_metadata_member_keeps_the_id_an_earlier_output_holds(tmp_path:
     assert records[-1]["container"]["metadata"] == ["s.tar/./train/metadata.csv"]
     records = list(read_unit(unit, join_metadata=True))
     assert records[-1]["container"]["metadata"] == ["s.tar/train/metadata.csv"]
+
+
+def test_a_key_whose_new_id_is_done_is_skipped_under_it_whatever_its_earlier_id(tmp_path: Path) -> None:
+    # an output holding both ids (two versions' runs): the key's own, done, wins; taking the earlier one, a reject to
+    # read again, would write a second row of the same member
+    _shard(tmp_path / "in", [("./b.png", A)])
+    (unit,) = discover(str(tmp_path / "in"))
+    *records, count = read_unit(unit, skip_ids={"s.tar/b"}, named_ids={"s.tar/./b"})
+    assert records == [] and count["skipped"] == 1
