@@ -43,3 +43,19 @@ def test_a_key_whose_new_id_is_done_is_skipped_under_it_whatever_its_earlier_id(
     (unit,) = discover(str(tmp_path / "in"))
     *records, count = read_unit(unit, skip_ids={"s.tar/b"}, named_ids={"s.tar/./b"})
     assert records == [] and count["skipped"] == 1
+
+
+def test_the_plannings_compare_finds_an_earlier_versions_reject_of_a_member_under_its_id(tmp_path: Path) -> None:
+    # a shard grown since (appended to) whose member './bad.png' an earlier version rejected as 's.tar/./bad': read to
+    # compare with the output's rows, that reject is found as it was, not taken for a member gone (a changed input)
+    import hashlib
+
+    from pipeline.changes import _members_same, _row_fingerprint
+
+    bad = b"not an image"
+    _shard(tmp_path / "in", [("./a.png", A), ("./bad.png", bad), ("./c.png", image_bytes(8, 8, 3))])
+    (unit,) = discover(str(tmp_path / "in"))
+    rows = {"s.tar/./bad": _row_fingerprint("rejects", {"source": f"{unit.paths[0]}:./bad.png",
+                                                         "source_sha256": hashlib.sha256(bad).hexdigest()})}
+    same, read = _members_same(unit, rows, set(), {}, {})
+    assert same is True and read is not None
