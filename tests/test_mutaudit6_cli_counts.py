@@ -72,3 +72,21 @@ def test_the_changed_inputs_notes_counts_of_sidecars_and_compared_files_have_sep
     assert ("the planning read 12,632 image file(s) (12,000 with the bytes their rows were made from) and 1,001 "
             "tar/Parquet/zip file(s) (1,000 giving every member of their rows as it was)") in compared
     assert not _BARE.search(warned + compared)
+
+
+def test_a_stopped_runs_words_and_the_shards_progress_have_separators() -> None:
+    from types import SimpleNamespace
+
+    from pipeline import job
+    from pipeline.sources import HiddenSkipped
+    from pipeline.stopped_run import StoppedCount
+
+    phrase = job._stopped_phrase(StoppedCount(12_632, 1_234, 1_001), {"purified": 13_000, "rejected": 2_000},
+                                 HiddenSkipped())
+    assert phrase == ("this run wrote 12,632 purified and 1,234 rejected (1,001 part files), so the output now holds "
+                      "13,000 purified and 2,000 rejected")
+    tally = job.RunTally(HiddenSkipped())
+    tally.rejected, tally.units_read = 1_500, 1_000
+    plan = SimpleNamespace(units=[None] * 1_200)
+    assert job._progress_postfix(SimpleNamespace(total=None), plan, tally) == {"rejected": 1_500,
+                                                                               "read_tasks": "1,000/1,200"}

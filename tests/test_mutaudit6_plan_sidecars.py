@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.plan import plan_job
-from tests.jobutil import image_bytes, small_job_config
+from tests.jobutil import image_bytes, small_job_config, zip_bytes
 
 
 def _input(tmp_path: Path) -> dict[str, bytes]:
@@ -30,3 +30,14 @@ def test_with_join_metadata_false_no_file_is_a_sidecar(tmp_path, model) -> None:
     described = plan_job(small_job_config(tmp_path, model, join_metadata=False), dry_run=True).describe()["input"]
     assert (described["image_files_to_read"], described["sidecar_files"]) == (6, 0)
     assert described["bytes"] == sum(len(data) for data in files.values())
+
+
+def test_the_dry_runs_zip_metadata_rows_naming_a_sidecar_name_no_image_as_in_the_run(tmp_path, model) -> None:
+    # the run's read task pairs 0.txt with 0.png, so the row naming it names no image file: the dry run said it joined
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "d.zip").write_bytes(zip_bytes({
+        "a/0.png": image_bytes(8, 8, 0), "a/0.txt": b"a cat",
+        "a/metadata.csv": b"file_name,note\n0.png,n0\n0.txt,names a sidecar\n"}))
+    found = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]["folder_metadata"]
+    assert (found["archive_files_joined"], found["rows_without_image_file"]) == (1, 1)
+    assert found["rows_without_image_file_examples"] == ["d.zip/a/metadata.csv: 0.txt"]

@@ -134,3 +134,17 @@ def test_a_caption_without_its_image_is_read_with_the_note_its_reject_gives(tmp_
     assert records["lost.txt"]["decode_note"].startswith("if it is an image's sidecar, no image named lost.<image "
                                                          "extension> lies beside it")
     assert "decode_note" not in records["x.png"]
+
+
+def test_a_metadata_rows_label_in_another_case_is_kept_apart_from_the_folders_with_sidecars_or_without(tmp_path) -> None:
+    # 'Label' beside the folder's 'label' in one row: case-blind readers (DuckDB, Spark) take one for the other
+    root = _write(tmp_path / "in", {"cats/0.png": image_bytes(8, 8, 0), "cats/0.txt": b"a cat",
+                                    "cats/1.png": image_bytes(8, 8, 1),
+                                    "cats/metadata.csv": b"file_name,Label\n0.png,tabby\n1.png,black\n"})
+    metadata, found = FolderMetadata(), Sidecars()
+    units = discover(str(root), {}, 64, metadata=metadata, sidecars=found)
+    records = {r["id"]: r["meta"] for u in units
+               for r in read_unit(u, labels_from_folders=True, metadata=unit_metadata(u.paths, metadata),
+                                  sidecars=unit_sidecars(u.paths, found)) if r["kind"] == "image"}
+    assert records == {"cats/0.png": {"txt": "a cat", "label": "cats", "file_name": "0.png", "metadata_Label": "tabby"},
+                       "cats/1.png": {"label": "cats", "file_name": "1.png", "metadata_Label": "black"}}
