@@ -1241,8 +1241,9 @@ def _reject_settled(broken: str, entry: ContainerRead | None, skip: frozenset[st
                     rejected_ids: frozenset[str] | set[str]) -> bool:
     """Whether a container's own '#unreadable' reject (`broken`) lets it be skipped unread: the output holds none, or
     its read ended in that reject and gives it again while the container is unchanged (`ContainerRead.lasting_reject`:
-    a table without an image column), and the output holds it as done (not read again by --retry-rejects). Such a
-    container skipped without its reject in the output would be in neither data/ nor rejects/."""
+    a table without an image column, a file not of its kind: `sources.records.LastingProblem`), and the output holds it
+    as done (not read again by --retry-rejects). Such a container skipped without its reject in the output would be in
+    neither data/ nor rejects/."""
     if entry is not None and entry.lasting_reject:
         return broken in skip
     return broken not in rejected_ids
