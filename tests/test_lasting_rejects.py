@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import print_plan
+from pipeline.config import JobConfig
 from pipeline.job import run_job
 from pipeline.ledger import LEDGER_DIR
 from pipeline.plan import plan_job
@@ -116,7 +118,7 @@ def test_incremental_runs_skip_containers_their_bytes_refuse_unread_and_start_no
 
     incremental = small_job_config(tmp_path, model, incremental=True)
     report = plan_job(incremental, dry_run=True).describe()["input"]
-    assert (report["containers_already_done"], report["read_tasks"]) == (6, 0)
+    assert (report["containers_already_done"], report["containers_already_rejected"], report["read_tasks"]) == (6, 6, 0)
     summary = run_job(incremental)
     assert (summary["this_run"]["read"], summary["this_run"]["containers_skipped_unread"]) == (0, 6)
     assert summary["ray"]["actors"] == 0 and "no Ray" in summary["ray"]["note"]
@@ -129,3 +131,26 @@ def test_incremental_runs_skip_containers_their_bytes_refuse_unread_and_start_no
     assert (again["purified"], again["containers_skipped_unread"]) == (1, 5)
     data, rejected = read_output(str(out))
     assert "not.zip#unreadable" not in set(rejected["id"]) and "not.zip/b.jpg" in set(data["id"])
+
+
+@pytest.mark.parametrize(("done", "rejected", "lines", "absent"), [
+    (3, 1, ["2 tar shards / Parquet / zip files were read whole by an earlier run and are unchanged, with all their "
+            "images done (purified or rejected): not read",
+            "1 file read by an earlier run is unchanged and holds no images, only its one reject, in rejects/ (a table "
+            "without an image column, or not a file of its kind): not read again (--retry-rejects reads it)"], []),
+    (2, 2, ["2 files read by an earlier run are unchanged and hold no images, only each its one reject"],
+     ["images done (purified or rejected)"]),
+])
+def test_the_dry_run_says_a_skipped_container_without_images_holds_none(tmp_path, capsys, done, rejected, lines,
+                                                                         absent) -> None:
+    # It said of a table without an image column "with all its images done (purified or rejected)": it holds none
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(image_bytes(8, 8, 0, "JPEG"))
+    report = plan_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out")), dry_run=True).describe()
+    report["input"].update(containers_already_done=done, containers_already_rejected=rejected)
+    print_plan(report)
+    printed = " ".join(capsys.readouterr().out.split())
+    for line in lines:
+        assert line in printed, printed
+    for words in absent:
+        assert words not in printed, printed
