@@ -1,8 +1,8 @@
-"""A container refused whole for what its own bytes say (not a file of its kind, a Feather version 1 file, a column
-named twice, no column --image-column names) is refused again each time it is read unchanged: its one reject is
-lasting, recorded with it in _containers/, and a scheduled --incremental run skips it unread (with nothing else new, it
-starts no Ray), as it skips a table without an image column (tests/test_tables_without_images.py). A read that a
-storage error broke off, or that found the file cut short or damaged, is read again."""
+"""A container refused whole for what its own bytes say (not a file of its kind, a Feather version 1 file, an encrypted
+Parquet file, a column named twice, no column --image-column names) is refused again each time it is read unchanged:
+its one reject is lasting, recorded with it in _containers/, and a scheduled --incremental run skips it unread (with
+nothing else new, it starts no Ray), as it skips a table without an image column (tests/test_tables_without_images.py).
+A read that a storage error broke off, or that found the file cut short or damaged, is read again."""
 
 from __future__ import annotations
 
@@ -34,10 +34,14 @@ def _bad_containers(root) -> dict[str, str]:
     for name in ("not.parquet", "not.zip", "not.tar", "not.tfrecord"):
         (root / name).write_bytes(NOT_A_FILE_OF_ITS_KIND)
     (root / "old.feather").write_bytes(b"FEA1" + NOT_A_FILE_OF_ITS_KIND)
+    # Parquet modular encryption's encrypted footer ends the file with 'PARE'
+    (root / "secret.parquet").write_bytes(b"PAR1" + NOT_A_FILE_OF_ITS_KIND + b"\x10\x00\x00\x00PARE")
     return {"twice.parquet": "unreadable Parquet file: ValueError: columns named more than once ('label')",
             "not.parquet": "unreadable Parquet file: neither a Parquet nor an Arrow IPC file (ArrowInvalid: Parquet "
                            "magic bytes not found",
             "old.feather": "unreadable Arrow IPC file: a Feather version 1 file, which is not read",
+            "secret.parquet": "unreadable Parquet file: an encrypted Parquet file (its footer encrypted: Parquet "
+                              "modular encryption), which the job is given no keys to read",
             "not.zip": "unreadable zip file: not a zip file: no end of a zip's central directory in its last 64 KiB",
             "not.tar": "tar shard unreadable: not a tar file: its first block is no tar header",
             "not.tfrecord": "TFRecord file unreadable after 0 records: record 0's length does not match its CRC"}
@@ -112,15 +116,15 @@ def test_incremental_runs_skip_containers_their_bytes_refuse_unread_and_start_no
     said = _bad_containers(root)
     (root / "a.jpg").write_bytes(image_bytes(8, 8, 0, "JPEG"))
     first = run_job(small_job_config(tmp_path, model))["this_run"]
-    assert (first["purified"], first["rejected"], first["containers_recorded"]) == (1, 6, 6)
+    assert (first["purified"], first["rejected"], first["containers_recorded"]) == (1, 7, 7)
     ledger = json.loads((out / LEDGER_DIR / "containers.json").read_text())
     assert sorted(os.path.basename(p) for p in ledger["lasting_reject"]) == sorted(said)
 
     incremental = small_job_config(tmp_path, model, incremental=True)
     report = plan_job(incremental, dry_run=True).describe()["input"]
-    assert (report["containers_already_done"], report["containers_already_rejected"], report["read_tasks"]) == (6, 6, 0)
+    assert (report["containers_already_done"], report["containers_already_rejected"], report["read_tasks"]) == (7, 7, 0)
     summary = run_job(incremental)
-    assert (summary["this_run"]["read"], summary["this_run"]["containers_skipped_unread"]) == (0, 6)
+    assert (summary["this_run"]["read"], summary["this_run"]["containers_skipped_unread"]) == (0, 7)
     assert summary["ray"]["actors"] == 0 and "no Ray" in summary["ray"]["note"]
     data, rejected = read_output(str(out))
     assert sorted(rejected["id"]) == sorted(f"{name}#unreadable" for name in said) and len(data) == 1
@@ -128,7 +132,7 @@ def test_incremental_runs_skip_containers_their_bytes_refuse_unread_and_start_no
     # fixed (a new file there), it is read again, and its rows replace the reject
     (root / "not.zip").write_bytes(zip_bytes({"b.jpg": image_bytes(8, 8, 1, "JPEG")}))
     again = run_job(incremental)["this_run"]
-    assert (again["purified"], again["containers_skipped_unread"]) == (1, 5)
+    assert (again["purified"], again["containers_skipped_unread"]) == (1, 6)
     data, rejected = read_output(str(out))
     assert "not.zip#unreadable" not in set(rejected["id"]) and "not.zip/b.jpg" in set(data["id"])
 

@@ -73,6 +73,11 @@ def _open_table(f: Any, path: str) -> pq.ParquetFile | IpcTable:
         return open_ipc(f, named_ipc=True) or _open_parquet(f)
     try:
         return _open_parquet(f)
+    except OSError as err:
+        if not is_transient(err) and _encrypted_footer(f):
+            raise EncryptedParquet("an encrypted Parquet file (its footer encrypted: Parquet modular encryption), "
+                                   "which the job is given no keys to read: write it again unencrypted") from err
+        raise
     except pa.ArrowInvalid as err:
         f.seek(0)
         table = open_ipc(f, named_ipc=False)
@@ -86,6 +91,23 @@ def _open_table(f: Any, path: str) -> pq.ParquetFile | IpcTable:
 class NotATable(LastingProblem):
     """A file named as Parquet whose bytes are neither Parquet's nor Arrow IPC's (no magic bytes): not a table, as it
     stays while it is unchanged. One with Parquet's magic bytes and a damaged footer is not this: it is read again."""
+
+
+class EncryptedParquet(LastingProblem):
+    """A Parquet file whose footer is encrypted (it ends with 'PARE'): Arrow cannot open it without its keys, as it
+    stays while it is unchanged."""
+
+
+ENCRYPTED_FOOTER_MAGIC = b"PARE"
+
+
+def _encrypted_footer(f: Any) -> bool:
+    """Whether the file `f` ends as a Parquet file with an encrypted footer does; False where that cannot be read."""
+    try:
+        f.seek(-len(ENCRYPTED_FOOTER_MAGIC), 2)
+        return f.read(len(ENCRYPTED_FOOTER_MAGIC)) == ENCRYPTED_FOOTER_MAGIC
+    except Exception:  # noqa: BLE001 - a stream that cannot seek, a storage error: the open's own error is said
+        return False
 
 
 def format_name(table: pq.ParquetFile | IpcTable) -> str:
