@@ -129,6 +129,17 @@ def test_incremental_runs_skip_containers_their_bytes_refuse_unread_and_start_no
     data, rejected = read_output(str(out))
     assert sorted(rejected["id"]) == sorted(f"{name}#unreadable" for name in said) and len(data) == 1
 
+    # An output of an earlier version: its record of containers names no lasting reject. Each is read once more, its
+    # reject kept once (not written again, not removed as out of date), then skipped as above.
+    ledger_file = out / LEDGER_DIR / "containers.json"
+    ledger_file.write_text(json.dumps({k: v for k, v in json.loads(ledger_file.read_text()).items()
+                                       if k != "lasting_reject"}))
+    older = run_job(incremental)["this_run"]
+    assert (older["read"], older["rejected"], older["containers_recorded"]) == (0, 0, 7)
+    data, rejected = read_output(str(out))
+    assert sorted(rejected["id"]) == sorted(f"{name}#unreadable" for name in said) and len(data) == 1
+    assert plan_job(incremental, dry_run=True).describe()["input"]["read_tasks"] == 0
+
     # fixed (a new file there), it is read again, and its rows replace the reject
     (root / "not.zip").write_bytes(zip_bytes({"b.jpg": image_bytes(8, 8, 1, "JPEG")}))
     again = run_job(incremental)["this_run"]
