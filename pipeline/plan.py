@@ -644,7 +644,9 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    excluded_output_files=excluded, max_image_bytes=config.max_image_mb * 2**20,
                    stale_lease=output.stale_lease, container_done=containers.done, ledger=containers.ledger,
                    skipped_containers=len(containers.unread),
-                   skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
+                   # a lasting reject is a record of the output skipped too: its container's one (0 ids of its own)
+                   skipped_container_records=sum(containers.ledger[path].records + containers.ledger[path].lasting_reject
+                                                 for path in containers.unread),
                    skipped_lasting_rejects=sum(containers.ledger[path].lasting_reject for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
                    folder_metadata=metadata, metadata_rejects=metadata_rejects, sidecars=sidecars,

@@ -125,6 +125,7 @@ def test_incremental_runs_skip_containers_their_bytes_refuse_unread_and_start_no
     assert (report["containers_already_done"], report["containers_already_rejected"], report["read_tasks"]) == (7, 7, 0)
     summary = run_job(incremental)
     assert (summary["this_run"]["read"], summary["this_run"]["containers_skipped_unread"]) == (0, 7)
+    assert summary["this_run"]["skipped_already_done"] == 7 + 1  # each one's reject, and the image
     assert summary["ray"]["actors"] == 0 and "no Ray" in summary["ray"]["note"]
     data, rejected = read_output(str(out))
     assert sorted(rejected["id"]) == sorted(f"{name}#unreadable" for name in said) and len(data) == 1
