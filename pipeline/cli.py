@@ -649,11 +649,19 @@ def print_plan(report: dict[str, Any], input_uri: str | None = None, output_uri:
     if inp.get("sidecar_rejects_removed"):
         print(f"  {_count(inp['sidecar_rejects_removed'], 'earlier reject')} of files paired as sidecars now (an older "
               "version read them as images) would go from rejects/")
-    if inp.get("containers_already_done"):
-        one = inp["containers_already_done"] == 1
+    rejected = inp.get("containers_already_rejected", 0)  # no images: only their own reject (a table without one)
+    if inp.get("containers_already_done", 0) - rejected:
+        done = inp["containers_already_done"] - rejected
+        one = done == 1
         what = "tar shard / Parquet / zip file was" if one else "tar shards / Parquet / zip files were"
-        print(f"  {inp['containers_already_done']:,} {what} read whole by an earlier run and {'is' if one else 'are'} "
+        print(f"  {done:,} {what} read whole by an earlier run and {'is' if one else 'are'} "
               f"unchanged, with all {'its' if one else 'their'} images done (purified or rejected): not read")
+    if rejected:
+        one = rejected == 1
+        print(f"  {rejected:,} file{'' if one else 's'} read by an earlier run {'is' if one else 'are'} unchanged and "
+              f"{'holds' if one else 'hold'} no images, only {'its' if one else 'each its'} one reject, in rejects/ (a "
+              "table without an image column, or not a file of its kind): not read again (--retry-rejects reads "
+              f"{'it' if one else 'them'})")
     if inp.get("hidden_files_skipped"):
         print(f"  {hidden_note(inp['hidden_files_skipped'], inp.get('hidden_files_examples', []))} (zip members "
               "are counted when read)")

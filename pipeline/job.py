@@ -620,7 +620,8 @@ class StaleRejects:
 
 def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejects:
     roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
-    # not a container whose read ended in its own lasting reject (a table without an image column): that one is true
+    # not a container whose read ended in its own lasting reject (a table without an image column, a file not of its
+    # kind): that one is true
     unreadable = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole
                   if r["path"] in roots and not r.get("lasting_reject")}
     superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}

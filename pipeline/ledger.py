@@ -14,9 +14,10 @@ it (`pipeline.refresh.Journal.read`). A later run skips a container unread only 
   an older version of the shard, make it read again).
 
 A container whose read gave only its own '#unreadable' reject is recorded too when that reject lasts while the
-container is unchanged (a table without an image column, img2dataset's `00000.parquet`: `lasting_reject`), and is
-skipped while the output holds that reject and --retry-rejects is not given; one whose read broke off (a storage
-error, a damaged file) is not, and the next run reads it again.
+container is unchanged (a table without an image column, img2dataset's `00000.parquet`, or a file that is not one
+of its kind: `sources.records.LastingProblem`; `lasting_reject`), and is skipped while the output holds that reject
+and --retry-rejects is not given; one whose read broke off (a storage error, a file cut short or damaged after records
+it gave) is not, and the next run reads it again.
 
 Anything else reads the container again, skipping its done ids as before: nothing is skipped on a guess. The records
 live in OUTPUT/_containers/, one JSON file, rewritten (merged) by each complete run; --overwrite deletes them.

@@ -337,6 +337,8 @@ class JobPlan:
     ledger: dict[str, ContainerRead] = field(default_factory=dict)
     skipped_containers: int = 0
     skipped_container_records: int = 0
+    # of those, the ones whose read gave only their own lasting reject (`ContainerRead.lasting_reject`): no images
+    skipped_lasting_rejects: int = 0
     retry: frozenset[str] = frozenset()  # --retry-rejects: the ids in rejects/ that this run reads again
     # the done ids of each tar shard left to read that are in data/ and that a name not UTF-8 can give ('\\x'): its
     # read task tells a member added beside one purified earlier under the same id (sources.tar_shards.read_tar)
@@ -445,6 +447,9 @@ class JobPlan:
                       "zip_files": sum(len(u.paths) for u in by_kind["zip"]),
                       # read whole by an earlier complete run, unchanged since, all their ids in the output: not read
                       "containers_already_done": self.skipped_containers,
+                      # of them, those that hold no images, only their own lasting reject (a table without an image
+                      # column, a file that is not one of its kind): the dry run says what is true of them
+                      "containers_already_rejected": self.skipped_lasting_rejects,
                       "read_tasks": len(self.units),
                       "bytes": sum(size for size in sizes if size is not None),
                       "unsized": sum(size is None for size in sizes),
@@ -639,7 +644,10 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
                    excluded_output_files=excluded, max_image_bytes=config.max_image_mb * 2**20,
                    stale_lease=output.stale_lease, container_done=containers.done, ledger=containers.ledger,
                    skipped_containers=len(containers.unread),
-                   skipped_container_records=sum(containers.ledger[path].records for path in containers.unread),
+                   # a lasting reject is a record of the output skipped too: its container's one (0 ids of its own)
+                   skipped_container_records=sum(containers.ledger[path].records + containers.ledger[path].lasting_reject
+                                                 for path in containers.unread),
+                   skipped_lasting_rejects=sum(containers.ledger[path].lasting_reject for path in containers.unread),
                    retry=output.retry, container_purified=containers.purified, hidden=hidden, partitions=partitions,
                    folder_metadata=metadata, metadata_rejects=metadata_rejects, sidecars=sidecars,
                    sidecar_rejects=sidecar_rejects,
@@ -1241,8 +1249,9 @@ def _reject_settled(broken: str, entry: ContainerRead | None, skip: frozenset[st
                     rejected_ids: frozenset[str] | set[str]) -> bool:
     """Whether a container's own '#unreadable' reject (`broken`) lets it be skipped unread: the output holds none, or
     its read ended in that reject and gives it again while the container is unchanged (`ContainerRead.lasting_reject`:
-    a table without an image column), and the output holds it as done (not read again by --retry-rejects). Such a
-    container skipped without its reject in the output would be in neither data/ nor rejects/."""
+    a table without an image column, a file not of its kind: `sources.records.LastingProblem`), and the output holds it
+    as done (not read again by --retry-rejects). Such a container skipped without its reject in the output would be in
+    neither data/ nor rejects/."""
     if entry is not None and entry.lasting_reject:
         return broken in skip
     return broken not in rejected_ids

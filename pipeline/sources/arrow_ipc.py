@@ -31,7 +31,7 @@ import pyarrow.ipc as ipc
 from pipeline.sources.ids import without_signed_query
 from pipeline.sources.ipc_headers import HeaderProblem, IpcHeaders, read_headers
 from pipeline.sources.read_budget import ReadBudget
-from pipeline.sources.records import reject_record
+from pipeline.sources.records import LastingProblem, reject_record
 from pipeline.storage import backoff, describe, is_transient, local_file_path, storage_path, with_retries
 
 if TYPE_CHECKING:
@@ -90,8 +90,8 @@ def open_ipc(f: Any, named_ipc: bool) -> IpcTable | None:
     if head.startswith(FILE_MAGIC):
         return IpcTable(f, file_format=True)
     if head.startswith(FEATHER_V1_MAGIC):
-        raise ValueError("a Feather version 1 file, which is not read: write it again as Feather version 2, an Arrow "
-                         "IPC file (pyarrow.feather.write_feather's default)")
+        raise LastingProblem("a Feather version 1 file, which is not read: write it again as Feather version 2, an "
+                             "Arrow IPC file (pyarrow.feather.write_feather's default)")
     if head.startswith(STREAM_CONTINUATION) or (named_ipc and not head.startswith(PARQUET_MAGIC)):
         return IpcTable(f, file_format=False)
     return None

@@ -3,6 +3,7 @@ and counted (`HiddenSkipped`), so that a run can say what it left out (`hidden_n
 
 from __future__ import annotations
 
+from pipeline.sources.export_manifests import is_export_manifest_name
 from pipeline.sources.folder_metadata import is_folder_metadata
 from pipeline.sources.ids import terminal_text
 from pipeline.sources.tfrecord_files import TFDS_FILES, is_tfds_metadata_name
@@ -33,12 +34,12 @@ class HiddenSkipped:
 def hidden_note(count: int, examples: list[str]) -> str:
     """What a run says of the hidden entries it skipped: a mislabelled folder (`_train/`) is otherwise invisible. The
     listing counts a saved Hugging Face or TFDS data set's metadata files (`arrow_ipc.saved_dataset_metadata`,
-    `tfrecord_files.tfds_metadata`) and the image
+    `tfrecord_files.tfds_metadata`), an export's manifest (`export_manifests`) and the image
     folders' metadata files it joined (`folder_metadata`) with them, first among the examples: named so where they are."""
     shown = ", ".join(terminal_text(name) for name in examples[:3]) + (", ..." if count > 3 else "")
     which = "names starting with . or _"
     metadata = [name for name in examples if not is_hidden(name)]
-    data_sets = [name for name in metadata if not is_folder_metadata(name)]
+    data_sets = [name for name in metadata if not is_folder_metadata(name) and not is_export_manifest_name(name)]
     # dataset_info.json is both's: a TFDS data set is told by its features.json or a .labels.txt
     tfds = any(is_tfds_metadata_name(name) and not name.endswith(TFDS_FILES[0]) for name in data_sets)
     if any(name.endswith(("/state.json", "/dataset_dict.json")) or name in ("state.json", "dataset_dict.json")
@@ -46,6 +47,8 @@ def hidden_note(count: int, examples: list[str]) -> str:
         which += "; a saved Hugging Face data set's metadata: dataset_info.json, state.json, dataset_dict.json"
     if tfds:
         which += "; a TFDS data set's metadata: dataset_info.json, features.json, *.labels.txt"
+    if any(is_export_manifest_name(name) for name in metadata):  # told by its header at the listing
+        which += "; an export's manifest.csv / manifest.jsonl (jobs/export.py), which lists the images beside it"
     if any(is_folder_metadata(name) for name in metadata):  # --join-metadata: read at the listing, not an input
         which += "; an image folder's metadata.csv / metadata.jsonl, joined to its images' rows"
     return f"{count:,} hidden entr{'y' if count == 1 else 'ies'} ({which}) skipped, not read: {shown}"

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import InputRefused, unlistable_folder
 from pipeline.sources.arrow_ipc import ARROW_SUFFIXES, saved_dataset_metadata
+from pipeline.sources.export_manifests import export_manifests
 from pipeline.sources.file_bytes import read_bytes
 from pipeline.sources.folder_metadata import FolderMetadata, is_folder_metadata, join_folder_metadata
 from pipeline.sources.hidden import HIDDEN_EXAMPLES, HiddenSkipped, is_hidden
@@ -175,7 +176,8 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
     Every non-hidden file is an input: tar, Parquet, Arrow IPC, TFRecord and zip files by name, everything else as an
     image file (its content decides; a non-image ends up in rejects with the reason, never silently dropped), except
     the metadata files of a data set Hugging Face datasets saved to disk (`arrow_ipc.saved_dataset_metadata`) or TFDS
-    prepared (`tfrecord_files.tfds_metadata`), skipped and counted in `hidden`. With `metadata` (--join-metadata), an
+    prepared (`tfrecord_files.tfds_metadata`) and an export's manifest (`export_manifests`: one small read of each
+    file named so), skipped and counted in `hidden`. With `metadata` (--join-metadata), an
     image folder's metadata.csv / metadata.jsonl files are read here, once, and joined to the listed image files into
     it (`folder_metadata`): one joined is counted in `hidden` as metadata, not an input; one that cannot be joined
     stays an input, whose read task makes it a reject saying why. With `sidecars` (--join-metadata too), the files named
@@ -213,9 +215,10 @@ def discover(uri: str, storage_options: dict[str, Any] | None = None, files_per_
             else:
                 listed[p] = info
         # a saved Hugging Face data set's dataset_info.json and state.json, a TFDS one's dataset_info.json and
-        # features.json: its metadata, no image, skipped as hidden files are (each was a reject, 'not a recognised
-        # image format'); named first among the examples
-        metadata_files_of = sorted({*saved_dataset_metadata(listed), *tfds_metadata(listed)})
+        # features.json, an export's manifest.csv: its metadata, no image, skipped as hidden files are (each was a
+        # reject, 'not a recognised image format'); named first among the examples
+        metadata_files_of = sorted({*saved_dataset_metadata(listed), *tfds_metadata(listed),
+                                    *export_manifests(fs, list(listed))})
         for p in metadata_files_of:
             del listed[p]
         metadata_files = sorted(relative_id(p, root) for p in metadata_files_of)

@@ -31,7 +31,15 @@ from pipeline.sources.pixel_arrays import (
     pixels_sha256,
 )
 from pipeline.sources.read_budget import ReadBudget
-from pipeline.sources.records import LASTING, image_record, passthrough_name, reject_record
+from pipeline.sources.records import (
+    LastingProblem,
+    container_reject,
+    image_record,
+    is_lasting,
+    passthrough_name,
+    refusal_said,
+    reject_record,
+)
 from pipeline.sources.units import ReadUnit
 from pipeline.storage import backoff, describe, is_transient
 
@@ -65,12 +73,41 @@ def _open_table(f: Any, path: str) -> pq.ParquetFile | IpcTable:
         return open_ipc(f, named_ipc=True) or _open_parquet(f)
     try:
         return _open_parquet(f)
-    except pa.ArrowInvalid:
+    except OSError as err:
+        if not is_transient(err) and _encrypted_footer(f):
+            raise EncryptedParquet("an encrypted Parquet file (its footer encrypted: Parquet modular encryption), "
+                                   "which the job is given no keys to read: write it again unencrypted") from err
+        raise
+    except pa.ArrowInvalid as err:
         f.seek(0)
         table = open_ipc(f, named_ipc=False)
+        if table is None and "magic bytes" in str(err):  # no Parquet's at its end, nor Arrow IPC's at its start
+            raise NotATable(f"neither a Parquet nor an Arrow IPC file ({describe(err)})") from err
         if table is None:
             raise
         return table
+
+
+class NotATable(LastingProblem):
+    """A file named as Parquet whose bytes are neither Parquet's nor Arrow IPC's (no magic bytes): not a table, as it
+    stays while it is unchanged. One with Parquet's magic bytes and a damaged footer is not this: it is read again."""
+
+
+class EncryptedParquet(LastingProblem):
+    """A Parquet file whose footer is encrypted (it ends with 'PARE'): Arrow cannot open it without its keys, as it
+    stays while it is unchanged."""
+
+
+ENCRYPTED_FOOTER_MAGIC = b"PARE"
+
+
+def _encrypted_footer(f: Any) -> bool:
+    """Whether the file `f` ends as a Parquet file with an encrypted footer does; False where that cannot be read."""
+    try:
+        f.seek(-len(ENCRYPTED_FOOTER_MAGIC), 2)
+        return f.read(len(ENCRYPTED_FOOTER_MAGIC)) == ENCRYPTED_FOOTER_MAGIC
+    except Exception:  # noqa: BLE001 - a stream that cannot seek, a storage error: the open's own error is said
+        return False
 
 
 def format_name(table: pq.ParquetFile | IpcTable) -> str:
@@ -99,7 +136,7 @@ def _usable(field: pa.Field, named: bool = False) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
 
 
-class NoImageColumn(ValueError):
+class NoImageColumn(LastingProblem):
     """A table with no column that can hold images, none named: a sample index or a table of labels (img2dataset's
     `00000.parquet` beside its shard folder), not images; its message says what it holds and how to use it."""
 
@@ -260,16 +297,24 @@ def read_parquet(unit: ReadUnit, fs_opts: dict[str, Any], image_column: str | No
             open_file = file_opener(path, fs_opts, in_memory_bytes, unit.sizes[0] if unit.sizes else None, spool=stack)
             parquet = _open_table(stack.enter_context(open_file()), path)  # or an Arrow IPC file (`arrow_ipc`)
             kind = format_name(parquet)
+        except Exception as err:  # noqa: BLE001 - lasting where its bytes are neither Parquet nor IPC (`NotATable`)
+            yield container_reject(f"{rel}#unreadable", path, f"unreadable {kind} file: {refusal_said(err)}",
+                                   is_lasting(err))
+            return
+        try:
             _refuse_columns_named_twice(parquet.schema_arrow)  # first: Arrow finds no column by such a name
             column = find_image_column(parquet.schema_arrow, image_column, kind)
             others_note = None if image_column else other_image_columns(parquet.schema_arrow, column, kind)
         except NoImageColumn as err:  # read, and readable: a table, not images; what it holds, and what to do
-            # read again unchanged, it is the same table: its reject lasts (`records.LASTING`)
-            yield {**reject_record(f"{rel}#unreadable", path, f"{kind} file with {err}: {TABLE_ADVICE}", "read"),
-                   LASTING: True}
+            yield container_reject(f"{rel}#unreadable", path, f"{kind} file with {err}: {TABLE_ADVICE}", lasting=True)
+            return
+        except ValueError as err:
+            # what the file's schema says, with --image-column, an option a run over the output cannot change (a run
+            # with another is refused, `plan.check_output_state`): read again unchanged, it says the same
+            yield container_reject(f"{rel}#unreadable", path, f"unreadable {kind} file: {describe(err)}", lasting=True)
             return
         except Exception as err:  # noqa: BLE001
-            yield reject_record(f"{rel}#unreadable", path, f"unreadable {kind} file: {describe(err)}", "read")
+            yield container_reject(f"{rel}#unreadable", path, f"unreadable {kind} file: {describe(err)}")
             return
 
         def reopen() -> pq.ParquetFile | IpcTable:

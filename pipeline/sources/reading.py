@@ -44,8 +44,9 @@ def read_unit(
     A tar or Parquet file read to its end (no '#unreadable' reject) is named in its count record, with how many ids
     it gave and their digest: what `pipeline.ledger` keeps so that a later --incremental run can skip it unread, and
     the look-alike rejects (`LOOKALIKE`) it gave or skipped: any other the output holds for it is out of date. So is
-    one whose '#unreadable' reject lasts while it is unchanged (`records.LASTING`: a table without an image column),
-    with "lasting_reject": that reject is true, not out of date.
+    one whose '#unreadable' reject lasts while it is unchanged (`records.LASTING`: a table without an image column, a
+    file that is not one of its kind: `records.LastingProblem`), with "lasting_reject": that reject is true, not out
+    of date.
     `purified_ids`: done ids that are in data/ (`read_tar`; those with '\\x' are enough).
     `named_ids`: a tar shard's ids in the output that an earlier version named from its members' names ('s.tar/./b'
     for './b.jpg'), which its keys keep (`read_tar`; `plan.tar_ids_named_otherwise`).

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.redaction import redact_uri_secrets, uris_redacted
 from pipeline.sources.ids import shown_source, text_name
+from pipeline.storage import describe, is_transient
 
 # The data table's own columns (pipeline.stages._data_table writes them; original_path is the path field of a Parquet
 # input's struct<bytes, path> image). An input's column of one of these names is renamed (`passthrough_name`).
@@ -60,10 +61,42 @@ def image_record(id_: str, source: str, data: bytes, meta: dict[str, Any]) -> di
 
 
 # The key a container's own '#unreadable' reject record holds when reading the container again, unchanged, can only give
-# it again (a table without an image column): `sources.read_unit` takes it off, and names the container as read to its
-# end, so that pipeline.ledger records it and --incremental runs skip it unread. A storage error's reject has none: it
-# is read again by the next run.
+# it again (`lasting_reject`): `sources.read_unit` takes it off, and names the container as read to its end, so that
+# pipeline.ledger records it and --incremental runs skip it unread. A storage error's reject has none: it is read again
+# by the next run.
 LASTING = "lasting"
+
+
+class LastingProblem(ValueError):
+    """Why a container is refused whole, found in its own bytes before any record of it: it is not a file of its kind
+    (a zip without a zip's directory, a tar whose first header is none, a TFRecord whose first length fails its CRC, a
+    Parquet file without Parquet's magic bytes), or holds nothing the job reads (a table without an image column, a
+    column named twice, no column --image-column names, which a run over the output cannot change). Read again
+    unchanged, it says the same: its reject is lasting (`lasting_reject`). Never a storage error, a read cut short, a
+    limit a flag sets (--max-image-mb, --in-memory-mb), or damage found after records were given: those are read
+    again."""
+
+
+def is_lasting(err: BaseException) -> bool:
+    """Whether `err`, refusing a container on opening it, is what the container's bytes say (`LastingProblem`), not
+    how reading them went."""
+    return isinstance(err, LastingProblem) and not is_transient(err)
+
+
+def refusal_said(err: BaseException) -> str:
+    """`describe`'s one-line reason; a `LastingProblem`'s without its type's name, its words being the reason."""
+    said = describe(err)
+    return said.partition(": ")[2] if isinstance(err, LastingProblem) else said
+
+
+def container_reject(id_: str, source: str, error: str, lasting: bool = False) -> dict[str, Any]:
+    """A container's own '#unreadable' reject; `lasting` (`LASTING`) where the reader refused it whole on opening it,
+    before any of its records, for what its bytes say (`is_lasting`, or a check of its schema): reading it again
+    unchanged only gives it again. The one place a reader marks a reject so."""
+    record = reject_record(id_, source, error, "read")
+    if lasting:
+        record[LASTING] = True
+    return record
 
 
 def reject_record(id_: str, source: str, error: str, stage: str, source_sha256: str | None = None) -> dict[str, Any]:

@@ -13,8 +13,14 @@ from typing import BinaryIO
 
 from pipeline.sources.file_bytes import too_large
 from pipeline.sources.folder_metadata import is_folder_metadata
+from pipeline.sources.records import LastingProblem
 from pipeline.sources.webdataset_keys import split_key, tar_key
 from pipeline.storage import backoff, is_transient
+
+
+class NotATar(tarfile.ReadError, LastingProblem):
+    """A shard whose first block is no tar header and in which no member was found: not a tar, as it stays while it is
+    unchanged (its reject is lasting: `records.LastingProblem`). One cut short is not this: it is read again."""
 
 
 class CheckedTarInfo(tarfile.TarInfo):
@@ -44,6 +50,8 @@ class CheckedTarInfo(tarfile.TarInfo):
             raise
         except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as err:
             _note_damage(tar, f"a member's header cannot be read ({err})")
+            if tar.offset == 0 and isinstance(err, tarfile.InvalidHeaderError):  # its first block: no tar's
+                tar.zip_purify_not_tar = True  # type: ignore[attr-defined]
             raise
         tar.zip_purify_ended = False  # type: ignore[attr-defined]
         tar.zip_purify_zero_blocks = 0  # type: ignore[attr-defined]
@@ -107,6 +115,8 @@ def member_pass(open_stream: Callable[[], BinaryIO], wanted: Callable[[int, tarf
                     yield position, member, data
                     position += 1
                 damage = getattr(tar, "zip_purify_damage", None)
+                if damage and position == 0 and getattr(tar, "zip_purify_not_tar", False):
+                    raise NotATar("not a tar file: its first block is no tar header, and no member was found after it")
                 if damage:  # every member that could be read was; the caller adds the shard's reject with this reason
                     raise tarfile.ReadError(f"{damage}; the members read around it are kept, any others are lost")
             return

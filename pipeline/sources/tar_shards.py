@@ -21,7 +21,7 @@ from pipeline.sources.file_bytes import (
 )
 from pipeline.sources.folder_metadata import FolderMetadata, MetadataProblem, join_folder_metadata
 from pipeline.sources.ids import LOOKALIKE, relative_id, text_name
-from pipeline.sources.records import reject_record
+from pipeline.sources.records import container_reject, is_lasting, reject_record
 from pipeline.sources.tar_members import TarLink, index_tar, member_pass
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.webdataset_keys import (
@@ -196,6 +196,8 @@ def _shard_metadata(members_of: dict[str, Counter[str]], links: dict[int, TarLin
 def _unreadable(shard: str, path: str, keys: int, err: BaseException) -> dict[str, Any]:
     """The shard's own reject ('#unreadable'): it could not be opened, or a pass broke off (`keys`: how many keys pass
     1 found)."""
+    if keys == 0 and is_lasting(err):  # not a tar (`tar_members.NotATar`), its reason said in words: a lasting reject
+        return container_reject(f"{shard}#unreadable", path, f"tar shard unreadable: {err}", lasting=True)
     return reject_record(f"{shard}#unreadable", path, f"tar shard unreadable after {keys} keys: {describe(err)}", "read")
 
 

@@ -32,7 +32,14 @@ from pipeline.sources.crc32c import masked_crc32c
 from pipeline.sources.file_bytes import file_opener, too_large
 from pipeline.sources.ids import relative_id, text_value, without_signed_query
 from pipeline.sources.optional_files import RefusedFile, read_optional
-from pipeline.sources.records import image_record, passthrough_name, reject_record
+from pipeline.sources.records import (
+    LastingProblem,
+    container_reject,
+    image_record,
+    is_lasting,
+    passthrough_name,
+    reject_record,
+)
 from pipeline.sources.tf_examples import ExampleProblem, parse_example
 from pipeline.sources.tfds_metadata import FEATURES, TfdsProblem, declared_lists, metadata_folder, read_json
 from pipeline.sources.units import ReadUnit
@@ -57,6 +64,11 @@ def is_tfrecord(path: str) -> bool:
 
 class FrameProblem(ValueError):
     """A record's framing that cannot be read: the records after it cannot be found."""
+
+
+class NotTfrecord(FrameProblem, LastingProblem):
+    """The file's first length does not match its CRC: its first bytes are no TFRecord record's, as they stay while it
+    is unchanged (its reject is lasting: `records.LastingProblem`)."""
 
 
 def _open_records(f: BinaryIO) -> BinaryIO:
@@ -165,7 +177,8 @@ def _header(f: BinaryIO, index: int) -> int | None:
     if len(head) < HEADER_BYTES:
         raise FrameProblem(f"the file ends inside record {index}'s header ({len(head)} of {HEADER_BYTES} bytes)")
     if masked_crc32c(head[:8]) != int.from_bytes(head[8:], "little"):
-        raise FrameProblem(f"record {index}'s length does not match its CRC (damaged, or not a TFRecord file)")
+        problem = NotTfrecord if index == 0 else FrameProblem  # damage after records is read again, as a cut-short read
+        raise problem(f"record {index}'s length does not match its CRC (damaged, or not a TFRecord file)")
     return int.from_bytes(head[:8], "little")
 
 
@@ -274,8 +287,8 @@ def _records(f: BinaryIO, reopen: Callable[[int], BinaryIO], path: str, rel: str
                 lost = True  # the old file's place is mid-record: never read on from it
                 continue
             # a broken GZIP stream: zlib.error, EOFError (it ends early), gzip.BadGzipFile (an OSError)
-            yield reject_record(f"{rel}#unreadable", path, f"{TFRECORD_FORMAT} file unreadable after {index} records: "
-                                f"{_said(err)}", "read")
+            yield container_reject(f"{rel}#unreadable", path, f"{TFRECORD_FORMAT} file unreadable after {index} "
+                                   f"records: {_said(err)}", is_lasting(err))
             return
         yield record
         failures = 0

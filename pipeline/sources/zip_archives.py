@@ -26,7 +26,14 @@ from pipeline.sources.folder_metadata import (
 from pipeline.sources.hidden import is_hidden
 from pipeline.sources.ids import relative_id, text_name
 from pipeline.sources.listing import is_container_name
-from pipeline.sources.records import image_record, reject_record
+from pipeline.sources.records import (
+    LastingProblem,
+    container_reject,
+    image_record,
+    is_lasting,
+    refusal_said,
+    reject_record,
+)
 from pipeline.sources.sidecar_files import pair_sidecars, sidecar_meta
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.webdataset_keys import JsonColumns, with_own_columns
@@ -136,6 +143,11 @@ class _Unindexed(zipfile.ZipFile):
         pass
 
 
+class NotAZip(zipfile.BadZipFile, LastingProblem):
+    """A file named as a zip archive with no end of a zip's central directory: not a zip, as it stays while it is
+    unchanged. A damaged directory is not this: it is read again."""
+
+
 class _ZipDirectory:
     """A zip archive's central directory, walked as zipfile walks it (with its own constants and ZipInfo, so names,
     sizes and errors are zipfile's), keeping only its bytes and, for each file, where its entry lies: `files` (path ->
@@ -149,7 +161,7 @@ class _ZipDirectory:
         self.view = view
         end = zipfile._EndRecData(raw)  # type: ignore[attr-defined]
         if not end:
-            raise zipfile.BadZipFile("File is not a zip file")
+            raise NotAZip("not a zip file: no end of a zip's central directory in its last 64 KiB")
         size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
         self.concat = end[zipfile._ECD_LOCATION] - size - offset  # type: ignore[attr-defined]
         if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
@@ -288,7 +300,9 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
             archive, directory = _open_zip(stack.enter_context(open_file()))
             stack.enter_context(archive)
         except Exception as err:  # noqa: BLE001 - not a zip, or its directory is damaged: one reject for the file
-            yield reject_record(f"{rel}#unreadable", path, f"unreadable zip file: {describe(err)}", "read")
+            # lasting where its bytes say it is no zip (`NotAZip`); a damaged directory or a storage error is read again
+            yield container_reject(f"{rel}#unreadable", path, f"unreadable zip file: {refusal_said(err)}",
+                                   is_lasting(err))
             return
         # its sidecar members (`sidecar_files`: 'a/0.txt' beside 'a/0.jpg'), read with their images, no inputs
         sidecars = _zip_sidecars(directory) if join_metadata else {}
