@@ -334,11 +334,15 @@ def test_an_ftp_outputs_heartbeat_connects_again_after_its_connection_is_dropped
     monkeypatch.setattr(storage, "backoff_delay", lambda *args, **kwargs: 0.0)
     (tmp_path / "out").mkdir()
     lease_file = tmp_path / "out" / leases.LEASE_FILE
-    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}):
-        time.sleep(0.2)  # a few beats through the heartbeat's connection
+    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}) as lease:
+        deadline = time.monotonic() + 60
+        # a beat landed through the heartbeat's connection, so that there is one to drop (a fixed 0.2 s was not always
+        # enough for the beat thread's first beat on a loaded machine)
+        while json.loads(lease_file.read_text())["heartbeat"] <= lease.record["started"] and time.monotonic() < deadline:
+            time.sleep(0.02)
         Dropping.drop()
         dropped = time.time()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while json.loads(lease_file.read_text())["heartbeat"] <= dropped and time.monotonic() < deadline:
             time.sleep(0.02)
         assert json.loads(lease_file.read_text())["heartbeat"] > dropped, capsys.readouterr().err
