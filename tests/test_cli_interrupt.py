@@ -29,12 +29,16 @@ def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> N
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", model, "--steps", "2",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
+    # the first batch of 8 goes through, the other 3 wait at the gate: the run is stopped half-way however fast it runs
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "pass-0").touch()
     # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": "slow:0.5"}, stdout=subprocess.PIPE,
+                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": f"gate:{gate}"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while time.time() < deadline and not list((out / "data").glob("part-*.parquet")) and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)

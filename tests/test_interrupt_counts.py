@@ -126,10 +126,14 @@ def test_a_signal_after_the_stop_is_recorded_lets_the_run_end_as_interrupted() -
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _start(args: list[str], fault: str = "slow:0.5") -> subprocess.Popen:
+def _start(args: list[str], gate: Path) -> subprocess.Popen:
+    # its first batch goes through, the others wait at the gate: the run is stopped with batches still to come, however
+    # fast it runs or late the test's signal comes (slowed down 0.5 s a batch, it could finish first on a loaded machine)
+    gate.mkdir()
+    (gate / "pass-0").touch()
     # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
     return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": fault}, stdout=subprocess.PIPE,
+                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": f"gate:{gate}"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -160,7 +164,7 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
 
     # 1. Ctrl-C as soon as the first file lands, then Ctrl-C again while the driver exits (Ray shuts down)
-    proc = _start(args)
+    proc = _start(args, tmp_path / "gate-1")
     try:
         _wait_for_parts(proc, out, 0)
         os.killpg(proc.pid, signal.SIGINT)
@@ -192,7 +196,7 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
     # 2. The same command resumes; SIGTERM (as `ray job stop` or Kubernetes send, to the driver) once it has written
     before = data
     parts = len(list((out / "data").glob("part-*.parquet")))
-    proc = _start(args)
+    proc = _start(args, tmp_path / "gate-2")
     try:
         _wait_for_parts(proc, out, parts)
         os.kill(proc.pid, signal.SIGTERM)

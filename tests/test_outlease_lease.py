@@ -338,8 +338,14 @@ def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(
     out = tmp_path / "out"
     args = ["--input", str(inp), "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "8",
             "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
+    # its first batch goes through, the other 3 wait at the gate: the first run is still running when the second
+    # starts and when SIGTERM comes, however long the second takes to be refused (slowed down 0.5 s a batch, the first
+    # could finish meanwhile on a loaded machine)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "pass-0").touch()
     first = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                             env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": "slow:0.5"}, stdout=subprocess.PIPE,
+                             env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": f"gate:{gate}"}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 180
