@@ -352,12 +352,14 @@ def encode_stage(batch: Batch) -> Batch:
 
 
 FAULT_ENV = "ZIP_PURIFY_INJECT_FAULT"
+GATE_WAIT_S = 600.0  # how long a batch waits at a gate left shut, so that a test's mistake cannot hold a run for ever
 
 
 def _maybe_inject_fault() -> None:
     """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor),
-    "exit-always:MARKER" (kills every actor at its first batch: each death adds a line to MARKER), or "slow:SECONDS"
-    (each batch takes longer, so a test can kill a run half-way).
+    "exit-always:MARKER" (kills every actor at its first batch: each death adds a line to MARKER), "slow:SECONDS"
+    (each batch takes longer), or "gate:FOLDER" (`_wait_at_gate`: a test lets batches through one by one, to stop or
+    kill a run half-way whatever the machine's speed).
 
     The marker file makes a "-once" fault happen once per run across processes; unset in normal use.
     """
@@ -367,6 +369,9 @@ def _maybe_inject_fault() -> None:
     mode, _, marker = spec.partition(":")
     if mode == "slow":
         time.sleep(float(marker))
+        return
+    if mode == "gate":
+        _wait_at_gate(marker)
         return
     if mode == "exit-always":
         with open(marker, "a") as deaths:
@@ -380,6 +385,25 @@ def _maybe_inject_fault() -> None:
     if mode == "exit-once":
         os._exit(1)
     raise RuntimeError("injected fault (ZIP_PURIFY_INJECT_FAULT)")
+
+
+def _wait_at_gate(folder: str) -> None:
+    """Number this batch in the order the run's batches come here, across its actors' processes (FOLDER/batch-N made
+    exclusively, N the first number free), then wait until FOLDER/pass-N or FOLDER/open exists (GATE_WAIT_S at most).
+    A test that stops a run once its first files land, with the rest still to come, then holds the rest back: a fixed
+    slowdown only made it likely that the run had not finished meanwhile."""
+    n = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(folder, f"batch-{n}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            n += 1
+    deadline = time.monotonic() + GATE_WAIT_S
+    while not any(os.path.exists(os.path.join(folder, name)) for name in (f"pass-{n}", "open")):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def cell_psnr(before: np.ndarray, after: np.ndarray, placement: Any) -> float:

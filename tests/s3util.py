@@ -1,22 +1,19 @@
-"""A local S3 for tests: moto's threaded server on a free port, with the buckets a test needs."""
+"""A local S3 for tests: moto's threaded server on a port of its own, with the buckets a test needs."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_moto_server() -> tuple[Any, int]:
+    """Start moto's threaded server holding no bucket: (the server, its port).
 
-
-def start_moto_server(port: int) -> Any:
-    """Start moto's threaded server on `port` holding no bucket.
+    It binds port 0 and the port it got is read back: a port found free and closed before the server bound it could be
+    taken meanwhile (by the other xdist worker, or Ray), and werkzeug's bind then fails in moto's thread, where
+    `start()` waits for ever for a server that never started.
 
     moto keeps its buckets in module-level state of the test process, not in the server, so a server started after
     another test's would otherwise still hold that test's buckets and objects (the same bucket name in two tests
@@ -25,11 +22,12 @@ def start_moto_server(port: int) -> Any:
 
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    port = server.get_host_and_port()[1]
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
                            timeout=30).close()
-    return server
+    return server, port
 
 
 @contextmanager
@@ -45,8 +43,7 @@ def _moto_s3(*buckets: str, key: str = "testing-key",
              secret: str = "testing-secret-value") -> Iterator[tuple[Any, dict[str, Any], Any]]:
     import boto3
 
-    port = free_port()
-    server = start_moto_server(port)
+    server, port = start_moto_server()
     try:
         options = {"key": key, "secret": secret,
                    "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}

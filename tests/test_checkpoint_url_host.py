@@ -11,7 +11,6 @@ entry respected. Tested with the in-memory file system of tests/test_url_connect
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +28,7 @@ from pipeline.model import UNetConfig, build_unet
 from pipeline.storage import with_own_url_options
 from pipeline.training_options import load_initial
 from tests.jobutil import TINY_FLAGS, TRAIN_TINY_ARGS, train_prior_on_noise
+from tests.netutil import refused_port
 from tests.test_url_connection_options import ServerMemoryFS
 
 ROOT = "/checkpoint-url-host-test"  # a folder of our own in fsspec's per-process memory store
@@ -158,14 +158,12 @@ def test_an_init_from_server_that_does_not_answer_is_named_without_its_password(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # before, the server was never asked (a TypeError for the missing host); now its refusal is the error, and the
     # URI it quotes twice (the flag's and the checkpoint's) keeps the password hidden, as --export's refusal does
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    uri = f"ftp://etl:pa55word-secret@127.0.0.1:{port}/priors/prior.pt"
     monkeypatch.setattr(storage, "backoff", lambda attempt, *a, **k: None)  # refused on each try: no waits between
     train_prior: ModuleType = train_prior_on_noise(monkeypatch, "train_prior_init_from_down")
-    assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--init-from", uri,
-                            *TRAIN_TINY_ARGS]) == 2
+    with refused_port() as port:  # a port nothing listens on
+        uri = f"ftp://etl:pa55word-secret@127.0.0.1:{port}/priors/prior.pt"
+        assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--init-from", uri,
+                                *TRAIN_TINY_ARGS]) == 2
     err = capsys.readouterr().err
     shown = f"ftp://etl:***@127.0.0.1:{port}/priors/prior.pt"
     assert f"error: --init-from {shown}: cannot read checkpoint {shown}: RetriesExhausted" in err, err

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,6 +15,7 @@ import pytest
 import pipeline
 from pipeline.config import JobConfig
 from pipeline.plan import plan_job
+from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,13 @@ def test_ctrl_c_stops_the_run_with_130_and_an_interrupted_summary(tmp_path) -> N
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
     # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": "slow:0.5"}, stdout=subprocess.PIPE,
+                            env={**os.environ, **gate_env(tmp_path / "gate")}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "data").glob("part-*.parquet")) and proc.poll() is None:
-        time.sleep(0.2)
+    # its batches let through one by one until a part file lands, the last of its 4 never: the run is stopped before it
+    # ends however fast it runs or late the Ctrl-C comes (slowed down 0.5 s a batch, it could finish first)
+    let_through_until(tmp_path / "gate", lambda: bool(list((out / "data").glob("part-*.parquet"))) or proc.poll() is not None,
+                      most=n // 8 - 1)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]

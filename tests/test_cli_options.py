@@ -18,6 +18,7 @@ from pipeline.export_cli import build_parser as export_parser
 from pipeline.plan import check_output_state, plan_job
 from pipeline.stopped_run import record_stopped_run
 from tests.jobutil import image_bytes, image_folder
+from tests.netutil import refused_port
 from tests.s3util import without_aws_credentials
 
 
@@ -240,19 +241,15 @@ def test_an_abbreviated_flag_is_refused_not_guessed(capsys) -> None:
 
 def test_a_ray_address_nobody_answers_stops_at_once_with_the_address(tmp_path, capsys, monkeypatch) -> None:
     """ray.init retried an address nobody answered for minutes, printing nothing a user could act on."""
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh CLI process, whatever the suite started
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(32, 32, 0))
-    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--ray-address",
-                 f"127.0.0.1:{port}", "--no-progress"])
+    with refused_port() as port:  # a port nothing listens on
+        code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--ray-address",
+                     f"127.0.0.1:{port}", "--no-progress"])
     assert code == 2
     assert f"--ray-address 127.0.0.1:{port}: nothing answers" in _errors(capsys)[0]
     assert not (tmp_path / "out").exists()  # stopped before the output was started

@@ -24,6 +24,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobInterrupted
 from pipeline.plan import plan_job
 from pipeline.stopped_run import count_stopped_run, record_stopped_run
+from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,18 +127,20 @@ def test_a_signal_after_the_stop_is_recorded_lets_the_run_end_as_interrupted() -
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _start(args: list[str], fault: str = "slow:0.5") -> subprocess.Popen:
+def _start(args: list[str], gate: Path) -> subprocess.Popen:
     # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
     return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                            env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": fault}, stdout=subprocess.PIPE,
+                            env={**os.environ, **gate_env(gate)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for_parts(proc: subprocess.Popen, out: Path, more_than: int) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and len(list((out / "data").glob("part-*.parquet"))) <= more_than:
-        time.sleep(0.05)
+def _wait_for_parts(proc: subprocess.Popen, gate: Path, out: Path, more_than: int, batches: int) -> None:
+    # its batches let through one by one until a part file lands, never the last of its `batches`: the run is stopped
+    # with batches still to come however fast it runs or late the signal comes (slowed down 0.5 s a batch, it could
+    # finish first on a loaded machine)
+    let_through_until(gate, lambda: proc.poll() is not None or len(list((out / "data").glob("part-*.parquet"))) > more_than,
+                      most=batches - 1)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
 
 
@@ -160,9 +163,9 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
 
     # 1. Ctrl-C as soon as the first file lands, then Ctrl-C again while the driver exits (Ray shuts down)
-    proc = _start(args)
+    proc = _start(args, tmp_path / "gate-1")
     try:
-        _wait_for_parts(proc, out, 0)
+        _wait_for_parts(proc, tmp_path / "gate-1", out, 0, n // 8)
         os.killpg(proc.pid, signal.SIGINT)
         head = _stderr_until_interrupted(proc)
         try:
@@ -192,9 +195,9 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
     # 2. The same command resumes; SIGTERM (as `ray job stop` or Kubernetes send, to the driver) once it has written
     before = data
     parts = len(list((out / "data").glob("part-*.parquet")))
-    proc = _start(args)
+    proc = _start(args, tmp_path / "gate-2")
     try:
-        _wait_for_parts(proc, out, parts)
+        _wait_for_parts(proc, tmp_path / "gate-2", out, parts, (n - before) // 8)
         os.kill(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:

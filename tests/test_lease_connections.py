@@ -69,7 +69,7 @@ def test_a_heartbeat_logs_in_once_and_again_only_after_its_connection_is_dropped
     monkeypatch.setattr(server, "made", 0)
     monkeypatch.setattr(server, "dropped_below", 0)
     monkeypatch.setattr(server, "heartbeat_logins", 0)
-    monkeypatch.setattr(server, "IDLE_S", 60.0)  # the server's idle timeout is longer than a beat, as it is
+    monkeypatch.setattr(server, "IDLE_CALLS", 10**6)  # the server's idle timeout is longer than a beat, as it is
     monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.01)
     monkeypatch.setattr(storage, "backoff_delay", lambda *args, **kwargs: 0.0)
     (tmp_path / "out").mkdir()

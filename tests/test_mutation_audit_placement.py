@@ -15,6 +15,7 @@ import pytest
 
 from pipeline import placement
 from pipeline.errors import JobError
+from tests.netutil import refused_port
 from tests.test_gpu_review_placement import _job
 from tests.test_mutation_cluster_paths import _Cluster, _Options
 from tests.test_node_loss_note import _node
@@ -188,16 +189,10 @@ def test_ray_datas_info_lines_are_quieted_on_the_jobs_own_ray_only_and_only_on_t
 
 # --- an address nobody answers ----------------------------------------------------------------------------------------
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_ray_client_address_nobody_answers_is_said_with_the_reason() -> None:
     # ray:// addresses (Ray Client) went to ray.init unchecked, which retried them for minutes; the reason was dropped
-    port = _closed_port()
-    problem = placement.unreachable_ray_address(f"ray://127.0.0.1:{port}")
+    with refused_port() as port:
+        problem = placement.unreachable_ray_address(f"ray://127.0.0.1:{port}")
     assert problem.startswith(f"nothing answers at 127.0.0.1:{port} (ConnectionRefusedError: "), problem
 
 

@@ -69,7 +69,7 @@ def test_a_late_beat_removes_its_lease_through_its_own_connection(tmp_path: Path
     monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.01)
     (tmp_path / "out").mkdir()
     with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}) as lease:
-        time.sleep(3 * IdleClosing.IDLE_S)  # the run: longer than the server keeps an idle connection
+        IdleClosing.run_past_idle_timeout()  # the run: longer than the server keeps an idle connection
     lease._beat.join()
     assert "could not" not in capsys.readouterr().err
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()

@@ -23,7 +23,7 @@ def test_an_sftp_heartbeat_with_options_scoped_by_store_connects_again_after_a_d
     monkeypatch.setattr(_CountedSFTP, "made", 0)
     monkeypatch.setattr(_CountedSFTP, "dropped_below", 0)
     monkeypatch.setattr(_CountedSFTP, "heartbeat_logins", 0)
-    monkeypatch.setattr(_CountedSFTP, "IDLE_S", 60.0)
+    monkeypatch.setattr(_CountedSFTP, "IDLE_CALLS", 10**6)
     monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.01)
     monkeypatch.setattr(storage, "backoff_delay", lambda *args, **kwargs: 0.0)
     (tmp_path / "out").mkdir()

@@ -233,18 +233,30 @@ def test_the_leases_heartbeat_writes_through_a_connection_of_its_own(tmp_path: P
 
 class IdleClosing(LocalFileSystem):
     """A local folder as ftp://: each instance is one connection of its own (fsspec caches no FTP file system), which
-    the server closes once it has been idle IDLE_S (vsftpd's idle_session_timeout, 300 s by default)."""
+    the server closes once it has been idle a while (vsftpd's idle_session_timeout, 300 s by default).
+
+    The server's clock is the calls it has answered, on any connection: one idle while it answered IDLE_CALLS calls on
+    others is closed. Idle in seconds (1 s, 0.2 s before) closed the heartbeat's own connection by chance whenever its
+    thread waited that long for a core on a loaded machine; counted in calls, only a connection that sat out the run is."""
 
     protocol = ("ftp",)
     root_marker = "/"
     cachable = False
-    # well past a beat's gap (0.01 s, 0.1 s more where a write is slowed), so that only a connection idle for the run
-    # is closed: at 0.2 s a heartbeat thread that waited 0.1 s for a core on a loaded machine lost its connection
-    IDLE_S = 1.0
+    IDLE_CALLS = 10
+    served = 0  # calls answered on every connection (one count for the subclasses too)
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - fsspec's signature
         super().__init__(*args, **kwargs)
-        self._used = time.monotonic()
+        self._used = IdleClosing.served
+
+    @classmethod
+    def run_past_idle_timeout(cls, deadline_s: float = 60.0) -> None:
+        """Wait out a run three idle timeouts long: until the server has answered 3 * IDLE_CALLS more calls (the lease
+        heartbeat's, through its own connection)."""
+        until, deadline = IdleClosing.served + 3 * cls.IDLE_CALLS, time.monotonic() + deadline_s
+        while IdleClosing.served < until:
+            assert time.monotonic() < deadline, f"{until - IdleClosing.served} calls short after {deadline_s} s"
+            time.sleep(0.01)
 
     @classmethod
     def _strip_protocol(cls, path):  # noqa: ANN001 - fsspec's signature
@@ -252,9 +264,10 @@ class IdleClosing(LocalFileSystem):
         return super()._strip_protocol(path)
 
     def _alive(self) -> None:
-        if time.monotonic() - self._used > self.IDLE_S:
+        if IdleClosing.served - self._used > self.IDLE_CALLS:
             raise BrokenPipeError(32, "Broken pipe")
-        self._used = time.monotonic()
+        IdleClosing.served += 1
+        self._used = IdleClosing.served
 
     def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001
         self._alive()
@@ -281,10 +294,9 @@ def test_an_ftp_outputs_lease_is_released_after_a_run_longer_than_the_servers_id
     monkeypatch.setattr(leases, "LEASE_HEARTBEAT_S", 0.01)
     (tmp_path / "out").mkdir()
     with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}) as lease:
-        time.sleep(3 * IdleClosing.IDLE_S)  # the run: longer than the server keeps an idle connection
+        IdleClosing.run_past_idle_timeout()  # the run: longer than the server keeps an idle connection
     lease._beat.join()  # a beat the release did not wait for (it waits one beat's time) has ended too
-    # the release's own (a beat starved past IDLE_S on a loaded machine may fail once, and connects again)
-    assert "could not release" not in capsys.readouterr().err
+    assert "could not" not in capsys.readouterr().err  # neither a beat nor the release lost its connection
     assert not (tmp_path / "out" / leases.LEASE_FILE).exists()
 
 
@@ -322,11 +334,15 @@ def test_an_ftp_outputs_heartbeat_connects_again_after_its_connection_is_dropped
     monkeypatch.setattr(storage, "backoff_delay", lambda *args, **kwargs: 0.0)
     (tmp_path / "out").mkdir()
     lease_file = tmp_path / "out" / leases.LEASE_FILE
-    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}):
-        time.sleep(0.2)  # a few beats through the heartbeat's connection
+    with leases.OutputLease(f"ftp://{tmp_path / 'out'}", {}) as lease:
+        deadline = time.monotonic() + 60
+        # a beat landed through the heartbeat's connection, so that there is one to drop (a fixed 0.2 s was not always
+        # enough for the beat thread's first beat on a loaded machine)
+        while json.loads(lease_file.read_text())["heartbeat"] <= lease.record["started"] and time.monotonic() < deadline:
+            time.sleep(0.02)
         Dropping.drop()
         dropped = time.time()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while json.loads(lease_file.read_text())["heartbeat"] <= dropped and time.monotonic() < deadline:
             time.sleep(0.02)
         assert json.loads(lease_file.read_text())["heartbeat"] > dropped, capsys.readouterr().err

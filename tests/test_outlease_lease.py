@@ -22,6 +22,7 @@ import pipeline.lease as output_lease
 from pipeline.cli import main
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE, OutputLease
+from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import image_bytes, read_output, tiny_model_file
 from tests.test_s3 import s3  # noqa: F401 - the moto server fixture
 
@@ -339,12 +340,14 @@ def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(
     args = ["--input", str(inp), "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "8",
             "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
     first = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                             env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": "slow:0.5"}, stdout=subprocess.PIPE,
+                             env={**os.environ, **gate_env(tmp_path / "gate")}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and first.poll() is None and not list((out / "data").glob("part-*.parquet")):
-            time.sleep(0.2)
+        # its batches let through one by one until a part file lands, the last of its 4 never: the first run still runs
+        # when the second starts and when SIGTERM comes, however long the second takes to be refused (slowed down 0.5 s
+        # a batch, the first could finish meanwhile on a loaded machine)
+        let_through_until(tmp_path / "gate", lambda: first.poll() is not None or any((out / "data").glob("part-*.parquet")),
+                          most=n // 8 - 1)
         assert first.poll() is None, first.communicate()[1][-3000:]
         assert json.loads((out / LEASE_FILE).read_text())["pid"] == first.pid
         assert main(args) == 2  # the second run, started while the first is writing

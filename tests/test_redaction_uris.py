@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.redaction import redact_uri, redact_uri_secrets
+from tests.netutil import refused_port
 
 
 @pytest.mark.parametrize("uri, shown, secrets", [
@@ -125,14 +126,6 @@ def test_an_archive_links_password_is_hidden_beside_a_member_with_an_at_sign(uri
         assert secret not in redact_uri_secrets(f"failed: {uri} ({secret})", uri)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:  # bound, then closed: nothing listens there while the test runs
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_run_jobs_errors_name_no_credential_of_the_runs_uris(tmp_path) -> None:
     """run_job's and plan_job's JobErrors quote the run's URIs; the command line redacted them as it printed them, but a
     program that called run_job and logged the error logged a presigned URL's signature or an FTP password with it."""
@@ -149,8 +142,8 @@ def test_run_jobs_errors_name_no_credential_of_the_runs_uris(tmp_path) -> None:
     with pytest.raises(JobError) as err:
         run_job(JobConfig(input=str(tmp_path / "in"), output=signed, checkpoint=model, steps=1, progress=False))
     assert "abcdef0123456789abcdef" not in str(err.value) and "X-Amz-Signature=***" in str(err.value), err.value
-    ftp = f"ftp://user:hunter2secret@127.0.0.1:{_free_port()}/out"
-    with pytest.raises(JobError) as err:
+    with refused_port() as port, pytest.raises(JobError) as err:  # a port nothing listens on
+        ftp = f"ftp://user:hunter2secret@127.0.0.1:{port}/out"
         run_job(JobConfig(input=str(tmp_path / "in"), output=ftp, checkpoint=model, steps=1, progress=False))
     # an FTP server that does not answer is named as the output's (it was '[Errno 111] Connection refused' alone)
     assert str(err.value).startswith(f"cannot reach the server of output {ftp.replace('hunter2secret', '***')}: "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,18 +18,11 @@ from tests.jobutil import decoded_size, image_bytes, read_output, tar_bytes, tin
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     from tests.s3util import start_moto_server
 
-    port = _free_port()
-    server = start_moto_server(port)
+    server, port = start_moto_server()
     options = {"key": "testing-key", "secret": "testing-secret-value",
                "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"}}
     import boto3

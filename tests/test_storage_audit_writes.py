@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import socket
 import time
 
 import fsspec
@@ -172,12 +171,6 @@ def test_stale_temporary_files_are_removed_and_young_ones_kept(tmp_path) -> None
     assert storage.remove_stale_temporaries(fs, str(tmp_path / "missing")) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_s3_writes_under_odd_prefixes_and_readers_skip_a_leftover_temporary_file() -> None:
     """Against s3fs and a moto server: the write lands under 'run[1]' (FileNotFoundError before), in 4 requests (PUT,
     HEAD, COPY, DELETE; 8 before), and a leftover temporary copy is skipped by pandas and a '*.parquet' glob."""
@@ -187,8 +180,7 @@ def test_s3_writes_under_odd_prefixes_and_readers_skip_a_leftover_temporary_file
 
     from tests.s3util import start_moto_server
 
-    port = _free_port()
-    server = start_moto_server(port)
+    server, port = start_moto_server()
     requests: list[str] = []
     log_request = werkzeug.serving.WSGIRequestHandler.log_request
     werkzeug.serving.WSGIRequestHandler.log_request = lambda self, *a, **k: requests.append(self.command)

@@ -7,13 +7,13 @@ throttling or unavailable: try again later", also when its host name did not res
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 
 import pytest
 
 from pipeline import storage
+from tests.netutil import refused_port
 
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
@@ -53,12 +53,6 @@ def busy_endpoint() -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_azures_sdk_tries_a_request_three_times_in_seconds_under_each_of_the_jobs_attempts(busy_endpoint) -> None:
     """Azure's SDK sent 4 requests with waits of 15 + 3^n s (84 s) before one listing failed; as botocore on S3, it
     now gets 3 tries with short waits, and with_retries' 6 attempts own the rest of the budget."""
@@ -90,7 +84,8 @@ def test_a_host_name_that_does_not_resolve_is_said_to_be_one_to_check(monkeypatc
 
 
 def test_a_port_that_refuses_is_said_to_be_one_to_check(monkeypatch) -> None:
-    said = _given_up(monkeypatch, f"http://127.0.0.1:{_closed_port()}")
+    with refused_port() as port:
+        said = _given_up(monkeypatch, f"http://127.0.0.1:{port}")
     assert "(nothing accepts connections there: check the host and port); last error" in said, said
 
 
@@ -111,8 +106,8 @@ def test_a_web_input_that_cannot_be_reached_is_not_said_to_be_missing(monkeypatc
 
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     url, requests = busy_endpoint
-    uri = uri.format(url=url, closed=_closed_port())
-    with pytest.raises(storage.RetriesExhausted, match=r"gave up after 6 attempts"):
+    with refused_port() as closed, pytest.raises(storage.RetriesExhausted, match=r"gave up after 6 attempts"):
+        uri = uri.format(url=url, closed=closed)
         input_location(uri, {})
     assert len(requests) == (12 if uri.startswith(url) else 0)  # a HEAD and a GET each attempt
 

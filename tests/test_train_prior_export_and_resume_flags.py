@@ -4,7 +4,6 @@ and an --init-from that a resume would ignore is refused while the same command 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +13,7 @@ import pytest
 
 from pipeline.checkpoint import load_checkpoint
 from tests.jobutil import TRAIN_TINY_ARGS, train_prior_on_noise
+from tests.netutil import refused_port
 from tests.s3util import moto_s3, without_aws_credentials
 
 TINY = TRAIN_TINY_ARGS
@@ -244,11 +244,9 @@ def test_an_export_to_a_server_that_does_not_answer_is_refused_naming_it_without
         train_prior: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # an ftp:// export was a traceback ("FTPFileSystem.__init__() missing 1 required positional argument: 'host'":
     # the URL's server was not passed on), and the refusals echoed the password in the URI
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    export = f"ftp://etl:pa55word-secret@127.0.0.1:{port}/priors/prior.pt"
-    assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--export", export, *TINY]) == 2
+    with refused_port() as port:  # a port nothing listens on
+        export = f"ftp://etl:pa55word-secret@127.0.0.1:{port}/priors/prior.pt"
+        assert train_prior.cli(["--max-steps", "1", "--out", str(tmp_path / "run"), "--export", export, *TINY]) == 2
     err = capsys.readouterr().err
     assert f"error: --export ftp://etl:***@127.0.0.1:{port}/priors/prior.pt: ConnectionRefusedError" in err, err
     assert "pa55word" not in err and "Traceback" not in err

@@ -9,7 +9,6 @@ The URL's own connection options now join the storage options. Checked by hand a
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from pipeline.output import check_output_location
 from pipeline.sources import discover, read_unit
 from pipeline.storage import scoped_options, url_connection_options, with_url_options
 from tests.jobutil import image_bytes
+from tests.netutil import refused_port
 from tests.s3util import moto_s3
 
 
@@ -108,13 +108,11 @@ def test_inputs_on_a_server_are_listed_and_read_with_the_server_in_their_uri(ser
 
 
 def test_an_output_server_that_does_not_answer_is_named(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = JobConfig(input=str(tmp_path), output=f"webhdfs://127.0.0.1:{port}/out")
-    with pytest.raises(JobError, match=rf"cannot reach the server of output webhdfs://127.0.0.1:{port}/out: "
-                                       r"ConnectionError.*is it up"):
-        check_output_location(config.output, config.storage_options)
+    with refused_port() as port:  # a port nothing listens on
+        config = JobConfig(input=str(tmp_path), output=f"webhdfs://127.0.0.1:{port}/out")
+        with pytest.raises(JobError, match=rf"cannot reach the server of output webhdfs://127.0.0.1:{port}/out: "
+                                           r"ConnectionError.*is it up"):
+            check_output_location(config.output, config.storage_options)
 
 
 def test_a_server_inputs_host_and_port_do_not_reach_an_s3_output(server_fs) -> None:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
+from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import image_bytes
 from tests.reliability.scenario import check
 
@@ -116,10 +117,10 @@ def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
-    proc = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})  # 8 batches of 0.5 s or more: time to kill it
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list((out / "data").glob("part-*.parquet"))) < 3:
-        time.sleep(0.2)
+    # its batches let through one by one until 3 part files land, the last of its 8 never: it is killed before it ends
+    # however fast it runs or late the kill comes (slowed down 0.5 s a batch, it could finish first on a loaded machine)
+    proc = _job(args, env=gate_env(tmp_path / "gate"))
+    let_through_until(tmp_path / "gate", lambda: len(list((out / "data").glob("part-*.parquet"))) >= 3, most=n // 8 - 1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
     parts = list((out / "data").glob("part-*.parquet"))

@@ -27,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-VALUE-never-logged"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class FlakyProxy:
     """An HTTP proxy in front of the moto server that fails some requests: every `every`-th request
     gets 503 SlowDown and every (every+1)-th has its connection dropped, for the first `budget` requests.
@@ -97,8 +91,8 @@ class FlakyProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
-        self.port = _free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # its own port: none found free, then taken
+        self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -109,8 +103,7 @@ class FlakyProxy:
 def moto():
     from tests.s3util import start_moto_server
 
-    port = _free_port()
-    server = start_moto_server(port)
+    server, port = start_moto_server()
     import boto3
 
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="AKIDTEST",
