@@ -123,6 +123,14 @@ def dry_run_input_line(tmp_path: Path, model: str, capsys: Any, *more: str, inpu
     return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("input: "))
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (a path under `root` -> its bytes) under `root`, making their folders; returns `root`."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
 def image_bytes(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()

@@ -23,7 +23,7 @@ from pipeline.output import JOB_FILE, write_json
 from pipeline.sources import discover, read_unit
 from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, unit_sidecars
-from tests.jobutil import image_bytes, small_job_config, tar_bytes
+from tests.jobutil import image_bytes, small_job_config, tar_bytes, write_tree
 from tests.test_export import files_under, image, make_output, manifest_rows
 
 
@@ -56,13 +56,6 @@ def purified(records: dict[str, dict]) -> list[dict]:
     return out
 
 
-def write(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
 def shard_files() -> dict[str, bytes]:
     """An img2dataset shard folder's files (`--output_format files`), with what sidecars hold at their oddest: a
     .json's keys named like the job's columns (`id`, `width`), nested and listed, a float, a latin-1 label and
@@ -86,7 +79,7 @@ def shard_files() -> dict[str, bytes]:
 
 
 def test_an_img2dataset_folder_exported_with_sidecars_reads_back_with_the_same_columns(tmp_path: Path) -> None:
-    first = read_folder(str(write(tmp_path / "in", shard_files())))
+    first = read_folder(str(write_tree(tmp_path / "in", shard_files())))
     assert first["00000/000003.jpg"]["meta"]["json_label"] == "from json"  # the reader's own rename, kept
     make_output(str(tmp_path / "out"), purified(first))
     assert main(["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress"]) == 0
@@ -148,7 +141,7 @@ def test_a_column_null_in_every_row_is_a_null_key_of_each_json_so_that_it_reads_
         files[f"00000/{i:06d}.json"] = json.dumps({"url": f"u{i}", "status": "success", "error_message": None,
                                                    "exif": None if i else '{"Image Make": "Canon"}'}).encode()
     files["00000/000001.txt"] = b"a caption"
-    first = read_folder(str(write(tmp_path / "in", files)))
+    first = read_folder(str(write_tree(tmp_path / "in", files)))
     make_output(str(tmp_path / "out"), purified(first))
     assert str(pq.read_schema(next((tmp_path / "out" / "data").glob("*.parquet"))).field("error_message").type) == "null"
     assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
@@ -178,7 +171,7 @@ def test_a_label_a_cls_would_read_back_as_another_is_a_json_key(tmp_path: Path, 
     files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "a.json": json.dumps({"label": label}).encode(),
              "b.jpg": image_bytes(8, 8, 2, "JPEG"), "b.json": json.dumps({"label": "cat"}).encode(),
              "c.jpg": image_bytes(8, 8, 3, "JPEG"), "c.cls": b"3\n"}
-    first = read_folder(str(write(tmp_path / "in", files)))
+    first = read_folder(str(write_tree(tmp_path / "in", files)))
     assert first["a.jpg"]["meta"] == {"label": label}
     make_output(str(tmp_path / "out"), purified(first))
     assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
@@ -197,7 +190,7 @@ def test_a_number_that_is_not_finite_reads_back_as_that_number(tmp_path: Path) -
     files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "b.jpg": image_bytes(8, 8, 2, "JPEG")}
     for row in rows:
         files[row["id"][:-4] + ".json"] = json.dumps({k: v for k, v in row.items() if k != "id"}).encode()
-    first = read_folder(str(write(tmp_path / "in", files)))
+    first = read_folder(str(write_tree(tmp_path / "in", files)))
     make_output(str(tmp_path / "out"), purified(first))
     assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
     assert b'"score": NaN' in (tmp_path / "files" / "b.json").read_bytes()  # as Python's json writes and reads it
@@ -230,7 +223,7 @@ def test_the_readers_input_escape_is_undone_in_a_json_key(column: str, key: str)
 def test_a_json_the_reader_kept_as_text_is_written_back_as_it_was(tmp_path: Path) -> None:
     files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "a.json": b"[1, 2, 3]", "a.txt": b"cap",
              "b.jpg": image_bytes(8, 8, 2, "JPEG"), "b.json": b'{"not json'}
-    first = read_folder(str(write(tmp_path / "in", files)))
+    first = read_folder(str(write_tree(tmp_path / "in", files)))
     assert first["a.jpg"]["meta"]["json"] == "[1, 2, 3]"
     make_output(str(tmp_path / "out"), purified(first))
     assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
@@ -370,13 +363,13 @@ def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finish
 
 def test_overwrite_and_resume_remove_a_sidecar_the_row_has_no_value_for(tmp_path: Path) -> None:
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=None), image("b.jpg", 2, txt=None)])
-    files = write(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old caption", "b.txt": b"old", "b.cls": b"1",
+    files = write_tree(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old caption", "b.txt": b"old", "b.cls": b"1",
                                        "keep.txt": b"not a sidecar of an exported image", "a.cls.d/x": b"x"})
     for existing in ("overwrite", "resume"):
         assert export_images(tmp_path / "out", files, sidecars=True, existing=existing).ok
         assert files_under(files) == {"a.png", "a.txt", "b.png", "keep.txt", "a.cls.d/x", "manifest.csv"}
         assert read_folder(str(files))["a.png"]["meta"] == {"txt": "cap"}
-        write(files, {"a.cls": b"9"})
+        write_tree(files, {"a.cls": b"9"})
         (files / "a.cls").unlink()
 
 
@@ -459,7 +452,7 @@ def test_sidecars_must_be_true_or_false(tmp_path: Path) -> None:
 def test_a_purified_img2dataset_folder_exported_with_sidecars_reads_back_with_the_outputs_columns(
         tmp_path: Path, model) -> None:
     files = {k: v for k, v in shard_files().items() if k.startswith(("00000/000000", "00000/000001"))}
-    write(tmp_path / "in", files)
+    write_tree(tmp_path / "in", files)
     summary = run_job(small_job_config(tmp_path, model))
     assert summary["this_run"]["purified"] == 2
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "data").to_pylist()}

@@ -17,7 +17,15 @@ from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
 from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, pair_sidecars, unit_sidecars
-from tests.jobutil import image_bytes, rewritten_in_place, small_job_argv, small_job_config, tar_bytes, zip_bytes
+from tests.jobutil import (
+    image_bytes,
+    rewritten_in_place,
+    small_job_argv,
+    small_job_config,
+    tar_bytes,
+    write_tree,
+    zip_bytes,
+)
 
 
 def _shard_files(n: int = 3) -> dict[str, bytes]:
@@ -32,13 +40,6 @@ def _shard_files(n: int = 3) -> dict[str, bytes]:
     return files
 
 
-def _write(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
 def _read(uri: str, join: bool = True, **read: object) -> dict[str, dict]:
     """Each record of the input by id, as the job's read tasks make them."""
     found, sidecars = (FolderMetadata(), Sidecars()) if join else (None, None)
@@ -51,7 +52,7 @@ def _read(uri: str, join: bool = True, **read: object) -> dict[str, dict]:
 
 def test_a_folders_sidecars_give_the_columns_the_same_members_of_a_tar_key_give(tmp_path) -> None:
     files = {**_shard_files(), "00000/000001.cls": b"7\n", "00000/000002.cls": "caf\xe9".encode("latin-1")}
-    folder = _read(str(_write(tmp_path / "in", files)))
+    folder = _read(str(write_tree(tmp_path / "in", files)))
     (tmp_path / "tar").mkdir()
     (tmp_path / "tar" / "s.tar").write_bytes(tar_bytes(files))
     shard = _read(str(tmp_path / "tar"))
@@ -90,7 +91,7 @@ def test_an_image_video_or_archive_named_as_an_images_sidecar_stays_an_input_of_
     files = {"d/x.jpg": image_bytes(8, 8, 0, "JPEG"), "d/x.txt": b"a caption", "d/x.jfif": image_bytes(8, 8, 1, "JPEG"),
              "d/x.MOV": b"\x00\x00\x00\x14ftypqt  " + b"\x00" * 64, "d/x.7z": b"7z\xbc\xaf\x27\x1c" + b"\x00" * 32,
              "d/x.tar": tar_bytes({"a.png": image_bytes(8, 8, 2)}), "d/x.CR2": b"II*\x00\x10\x00\x00\x00CR" + b"\x00" * 32}
-    folder = _read(str(_write(tmp_path / "in", files)))
+    folder = _read(str(write_tree(tmp_path / "in", files)))
     assert sorted(folder) == ["d/x.7z", "d/x.CR2", "d/x.MOV", "d/x.jfif", "d/x.jpg", "d/x.tar/a"]
     # the caption is both images' (one stem), no bytes of the others are a column of either
     assert folder["d/x.jpg"]["meta"] == folder["d/x.jfif"]["meta"] == folder["d/x.CR2"]["meta"] == {"txt": "a caption"}
@@ -105,7 +106,7 @@ def test_an_image_video_or_archive_named_as_an_images_sidecar_stays_an_input_of_
 
 
 def test_a_sidecar_label_wins_over_the_folders_and_a_metadata_rows_clashing_column_is_kept_beside(tmp_path) -> None:
-    root = _write(tmp_path / "in", {"cats/0.png": image_bytes(8, 8, 0), "cats/0.cls": b"3",
+    root = write_tree(tmp_path / "in", {"cats/0.png": image_bytes(8, 8, 0), "cats/0.cls": b"3",
                                     "cats/0.txt": b"a cat", "cats/1.png": image_bytes(8, 8, 1),
                                     "cats/metadata.csv": b"file_name,txt,note\n0.png,from csv,n0\n1.png,x,n1\n"})
     records = _read(str(root), labels_from_folders=True)
@@ -115,13 +116,13 @@ def test_a_sidecar_label_wins_over_the_folders_and_a_metadata_rows_clashing_colu
 
 
 def test_with_join_metadata_false_sidecars_are_inputs_as_before(tmp_path) -> None:
-    records = _read(str(_write(tmp_path / "in", _shard_files(1))), join=False)
+    records = _read(str(write_tree(tmp_path / "in", _shard_files(1))), join=False)
     assert sorted(records) == ["00000/000000.jpg", "00000/000000.json", "00000/000000.txt"]
     assert records["00000/000000.jpg"]["meta"] == {}
 
 
 def test_a_sidecar_that_cannot_be_read_or_that_clashes_makes_its_image_a_reject_naming_it(tmp_path) -> None:
-    root = _write(tmp_path / "in", {"a.png": image_bytes(8, 8, 0), "a.txt": b"x" * 2000,
+    root = write_tree(tmp_path / "in", {"a.png": image_bytes(8, 8, 0), "a.txt": b"x" * 2000,
                                     "b.png": image_bytes(8, 8, 1), "b.cls": b"1", "b.label": b"2",
                                     "c.png": image_bytes(8, 8, 2), "c.json": b"{}", "c.png.json": b"{}",
                                     "d.png": image_bytes(8, 8, 3)})
@@ -142,7 +143,7 @@ def test_a_sidecar_that_cannot_be_read_or_that_clashes_makes_its_image_a_reject_
 @pytest.mark.usefixtures("ray_local")
 def test_an_img2dataset_shard_folder_counts_and_purifies_its_images_alone(tmp_path, model, capsys) -> None:
     files = {**_shard_files(), "00000_stats.json": b'{"count": 3}', "00000/lost.txt": b"cap"}
-    root = _write(tmp_path / "in", files)
+    root = write_tree(tmp_path / "in", files)
     capsys.readouterr()
     assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
     said = " ".join(capsys.readouterr().out.split())
@@ -181,7 +182,7 @@ def _column(out: Path, name: str) -> dict[str, object]:
 @pytest.mark.usefixtures("ray_local")
 def test_a_sidecar_edited_or_added_is_a_change_of_its_image_and_refresh_changed_writes_it(tmp_path, model,
                                                                                          capsys) -> None:
-    root = _write(tmp_path / "in", _shard_files())
+    root = write_tree(tmp_path / "in", _shard_files())
     out = tmp_path / "out"
     assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 3
     unchanged = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()
@@ -217,7 +218,7 @@ def test_an_output_made_when_sidecars_were_rejects_loses_those_rejects_and_refre
         tmp_path, model, monkeypatch, capsys) -> None:
     import pipeline.sources.listing as listing
 
-    _write(tmp_path / "in", _shard_files(2))
+    write_tree(tmp_path / "in", _shard_files(2))
     out = tmp_path / "out"
     with monkeypatch.context() as earlier:  # as versions before sidecars were read: each one a reject
         earlier.setattr(listing, "pair_sidecars", lambda paths: {})
@@ -314,7 +315,7 @@ def test_a_zip_archives_sidecar_member_over_the_limit_is_named_as_one_in_its_ima
 
 
 def test_the_dry_run_counts_a_zip_archives_sidecar_members_in_the_line_of_a_folders(tmp_path, model, capsys) -> None:
-    root = _write(tmp_path / "in", _shard_files(2))
+    root = write_tree(tmp_path / "in", _shard_files(2))
     (root / "d.zip").write_bytes(zip_bytes({**_shard_files(3), "00000/lost.txt": b"cap"}))  # lost.txt: an input
     capsys.readouterr()
     assert cli.main(small_job_argv(tmp_path, model, "--dry-run")) == 0
