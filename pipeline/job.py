@@ -234,6 +234,10 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
         if stamp is not None:
             # a shard whose read task was told its purified ids that a name not UTF-8 gives checked them for look-alikes
             left = [i for i in refreshed.get(read["path"], ()) if i in refresh_left]
+            if read.get("lasting_reject") and left:
+                # a changed container that now gives only its lasting reject keeps its earlier rows: recorded with its
+                # new stamp, they would pass for this content's, and the container would no longer be said changed
+                continue
             leftover = tuple(sorted({*(i for i in read.get("leftover", ()) if i not in removed), *left}))
             added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
                                                 lookalikes_checked=read["path"] in plan.container_purified,
@@ -267,7 +271,9 @@ def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: J
         return
     record = plan.input_record
     if refresh_left:
-        read = {r["path"] for r in read_whole or ()}  # once: built for each unit, 8,000 shards took 25 s here
+        # once: built for each unit, 8,000 shards took 25 s here. A container read to its lasting reject gave no new row:
+        # its earlier rows stay, and it keeps its earlier stamp (still changed)
+        read = {r["path"] for r in read_whole or () if not r.get("lasting_reject")}
         whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files" and u.paths[0] in read}
         unsettled = {input_id for input_id, ids in plan.changes.refreshed.items()
                      if input_id not in whole and refresh_left.intersection(ids)}
@@ -854,7 +860,10 @@ def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[s
     refreshes, by input id, and the `_containers/` entry of each read, as `_record_containers_read` records it (the ids
     a container's read gave no new row for are added to its leftover by the run that applies the journal)."""
     units = {u.paths[0]: u for u in plan.units if u.kind != "files"}
-    reads = {relative_id(r["path"], units[r["path"]].root): r for r in read_whole if r["path"] in units}
+    # a container read to its lasting reject gave no new row: its earlier rows stay, and it stays changed (its new stamp
+    # recorded, they would pass for this content's)
+    reads = {relative_id(r["path"], units[r["path"]].root): r for r in read_whole
+             if r["path"] in units and not r.get("lasting_reject")}
     refreshed = set(reads) & set(plan.refresh.inputs if plan.refresh is not None else ())
     entries = {}
     for input_id in refreshed:
