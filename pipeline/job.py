@@ -85,6 +85,7 @@ from pipeline.sources.arrow_ipc import ipc_headers, is_arrow_ipc
 from pipeline.sources.folder_metadata import ArchiveMetadata, metadata_report, unit_metadata
 from pipeline.sources.parquet_files import NoImageColumn, find_image_column
 from pipeline.sources.read_budget import ReadBudget
+from pipeline.sources.reading import read_to_lasting_reject
 from pipeline.sources.sidecar_files import unit_sidecars
 from pipeline.sources.tar_count import count_keys
 from pipeline.sources.tfrecord_count import count_records
@@ -234,14 +235,12 @@ def _record_containers_read(out: str, storage_options: dict[str, Any], plan: Job
         if stamp is not None:
             # a shard whose read task was told its purified ids that a name not UTF-8 gives checked them for look-alikes
             left = [i for i in refreshed.get(read["path"], ()) if i in refresh_left]
-            if read.get("lasting_reject") and left:
-                # a changed container that now gives only its lasting reject keeps its earlier rows: recorded with its
-                # new stamp, they would pass for this content's, and the container would no longer be said changed
-                continue
+            if read_to_lasting_reject(read) and left:
+                continue  # a changed container that now gives only its lasting reject keeps its earlier rows
             leftover = tuple(sorted({*(i for i in read.get("leftover", ()) if i not in removed), *left}))
             added[read["path"]] = ContainerRead(read["path"], size, stamp, read["records"], read["ids_sha256"],
                                                 lookalikes_checked=read["path"] in plan.container_purified,
-                                                leftover=leftover, lasting_reject=bool(read.get("lasting_reject")))
+                                                leftover=leftover, lasting_reject=read_to_lasting_reject(read))
     listed = plan.listed_containers
     # plan.ledger holds the entries the planning made of containers it read whole (`JobPlan.ledger_checked`): kept
     kept = plan.ledger if listed is None else {path: entry for path, entry in plan.ledger.items() if path in listed}
@@ -271,9 +270,8 @@ def _record_inputs_read_again(out: str, storage_options: dict[str, Any], plan: J
         return
     record = plan.input_record
     if refresh_left:
-        # once: built for each unit, 8,000 shards took 25 s here. A container read to its lasting reject gave no new row:
-        # its earlier rows stay, and it keeps its earlier stamp (still changed)
-        read = {r["path"] for r in read_whole or () if not r.get("lasting_reject")}
+        # once: built for each unit, 8,000 shards took 25 s here
+        read = {r["path"] for r in read_whole or () if not read_to_lasting_reject(r)}
         whole = {relative_id(u.paths[0], u.root) for u in plan.units if u.kind != "files" and u.paths[0] in read}
         unsettled = {input_id for input_id, ids in plan.changes.refreshed.items()
                      if input_id not in whole and refresh_left.intersection(ids)}
@@ -626,10 +624,8 @@ class StaleRejects:
 
 def stale_rejects(plan: JobPlan, read_whole: list[dict[str, Any]]) -> StaleRejects:
     roots = {u.paths[0]: u.root for u in plan.units if u.kind != "files"}
-    # not a container whose read ended in its own lasting reject (a table without an image column, a file not of its
-    # kind): that one is true
     unreadable = {f"{relative_id(r['path'], roots[r['path']])}#unreadable" for r in read_whole
-                  if r["path"] in roots and not r.get("lasting_reject")}
+                  if r["path"] in roots and not read_to_lasting_reject(r)}
     superseded = {id_ for r in read_whole for id_ in r.get("superseded", [])}
     shards = {relative_id(r["path"], roots[r["path"]]) for r in read_whole if r["path"] in roots}
     held = [*(id_ for r in read_whole for id_ in plan.container_done.get(r["path"], [])), *plan.retry]
@@ -860,10 +856,8 @@ def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[s
     refreshes, by input id, and the `_containers/` entry of each read, as `_record_containers_read` records it (the ids
     a container's read gave no new row for are added to its leftover by the run that applies the journal)."""
     units = {u.paths[0]: u for u in plan.units if u.kind != "files"}
-    # a container read to its lasting reject gave no new row: its earlier rows stay, and it stays changed (its new stamp
-    # recorded, they would pass for this content's)
     reads = {relative_id(r["path"], units[r["path"]].root): r for r in read_whole
-             if r["path"] in units and not r.get("lasting_reject")}
+             if r["path"] in units and not read_to_lasting_reject(r)}
     refreshed = set(reads) & set(plan.refresh.inputs if plan.refresh is not None else ())
     entries = {}
     for input_id in refreshed:
@@ -873,8 +867,7 @@ def _refreshed_reads(plan: JobPlan, read_whole: list[dict[str, Any]]) -> tuple[s
             entries[input_id] = ContainerRead(read["path"], unit.sizes[0] if unit.sizes else None, stamp,
                                               read["records"], read["ids_sha256"],
                                               lookalikes_checked=read["path"] in plan.container_purified,
-                                              leftover=tuple(read.get("leftover", ())),
-                                              lasting_reject=bool(read.get("lasting_reject")))
+                                              leftover=tuple(read.get("leftover", ())))
     return refreshed, entries
 
 

@@ -147,6 +147,14 @@ def read_unit(
     yield count
 
 
+def read_to_lasting_reject(read: dict[str, Any]) -> bool:
+    """Whether a container's read to its end (its count record's "container") ended in its own lasting reject (a table
+    without an image column, a file not of its kind): it gave no row. That reject is true, not out of date; the rows an
+    earlier version of the container gave stay, and keep their stamp: the container is still said changed (its new
+    stamp recorded for them, they would pass for this content's)."""
+    return bool(read.get("lasting_reject"))
+
+
 def _partitions_of(rel_path: str) -> dict[str, str | None] | str:
     """The partition columns' values of an input file at `rel_path` (relative to the input root), or why it has none:
     a path giving one key twice is refused before any work (pipeline.plan); read here all the same, its rows are
