@@ -331,3 +331,39 @@ def test_the_dry_run_counts_a_zip_archives_sidecar_members_in_the_line_of_a_fold
     assert "sidecar file" not in said
     described = plan_job(small_job_config(tmp_path, model, join_metadata=False), dry_run=True).describe()["input"]
     assert (described["sidecar_files"], described["zip_sidecar_members"]) == (0, 0)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_name_with_an_empty_extension_beside_an_image_is_an_input_of_its_own_not_its_sidecar(tmp_path, model,
+                                                                                                capsys) -> None:
+    # 'x.jpg.' (a trailing dot a script or a Windows copy left), 'x.jpg..', 'x..txt', 'x.jpg.json.': their extensions
+    # ('jpg.', '.', '.txt', 'json.') name no column; as sidecars each became a bytes column of x.jpg's row, copied
+    # unpurified. A case-changed extension is one: x.jpg.JSON is x.jpg's .json
+    odd = {"d/x.jpg.": image_bytes(8, 8, 1, "JPEG"), "d/x.jpg..": b"not an image", "d/x..txt": b"a caption?",
+           "d/x.jpg.json.": b'{"k": 1}'}
+    files = {"d/x.jpg": image_bytes(8, 8, 0, "JPEG"), "d/x.jpg.JSON": b'{"caption": "c"}', **odd}
+    assert pair_sidecars(files) == {"d/x.jpg.JSON": [("d/x.jpg", "json")]}
+    write_tree(tmp_path / "in", files)
+    folder = _read(str(tmp_path / "in"))
+    assert sorted(folder) == sorted(["d/x.jpg", *odd])
+    assert folder["d/x.jpg"]["meta"] == {"caption": "c"}
+    assert all(folder[name]["data"] == data for name, data in odd.items())  # each read as a file of its own
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "a.zip").write_bytes(zip_bytes(files))
+    zipped = _read(str(tmp_path / "z"), join_metadata=True)
+    assert sorted(zipped) == sorted(f"a.zip/{name}" for name in ["d/x.jpg", *odd])
+    assert zipped["a.zip/d/x.jpg"]["meta"] == {"caption": "c"}
+
+    # the dry run counts them as files to read, not as sidecars
+    described = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]
+    assert (described["image_files_to_read"], described["sidecar_files"]) == (5, 1)
+    summary = run_job(small_job_config(tmp_path, model))
+    assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (2, 3)  # x.jpg. is a JPEG: purified
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "data").to_pylist()}
+    assert sorted(rows) == ["d/x.jpg", "d/x.jpg."]
+    assert not any(name in rows["d/x.jpg"] for name in ("jpg.", ".", ".txt", "json."))
+    rejects = {r["id"]: r["error"] for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist()}
+    assert sorted(rejects) == ["d/x..txt", "d/x.jpg..", "d/x.jpg.json."]
+    assert rejects["d/x..txt"] == (
+        "not a recognised image format (its name has an empty extension (a '.' at its end, or two together), which "
+        "names no column: it is no image's sidecar (docs/job.md, Inputs))")

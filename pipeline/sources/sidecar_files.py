@@ -10,7 +10,8 @@ The rules (names only, in one folder; looked at when image-folder metadata is jo
   the job names or a video: `NOT_SIDECAR_EXTENSIONS`) whose name is an image's stem, a
   dot and more (`x.json`, `x.txt`, `x.cls`, `x.seg.json`) or an image's whole name, a dot and more (`x.jpg.json`, as
   Google Takeout and some labelling tools write) is that image's sidecar; what follows is its extension, which names its
-  column as in a tar (`json`: its keys, `cls`: `label`, `seg.json`: `seg_json`), in lower case;
+  column as in a tar (`json`: its keys, `cls`: `label`, `seg.json`: `seg_json`), in lower case; an empty one after a
+  dot (`x.jpg.`, `x..txt`, `x.jpg.json.`) names no column: no sidecar (`empty_extension`);
 - a name that could belong to two images is the nearest name's: `a.b.txt` is `a.b.jpg`'s beside `a.jpg`, and
   `x.jpg.json` is `x.jpg`'s; a name that fits two images of one stem (`x.jpg` and `x.png`, with `x.txt`) is a sidecar
   of each, so that neither loses it;
@@ -105,10 +106,21 @@ def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
             at = len(base)
             while (at := base.rfind(".", 0, at)) > 0:  # the longest prefix first: the nearest name
                 ext = base[at + 1 :]
-                if ext and base[:at] in images:
+                if not all(ext.split(".")):
+                    break  # an empty extension ('x.jpg.', 'x..txt', 'x.jpg.json.'): `empty_extension`
+                if base[:at] in images:
                     paired[path] = [(image, ext.lower()) for image in sorted(set(images[base[:at]]))]
                     break
     return paired
+
+
+def empty_extension(name: str) -> bool:
+    """Whether a file name has an empty extension: a dot at its end, or two together after its first character ('x.jpg.',
+    'x.jpg..', 'x..txt', 'x.jpg.json.'). Such an extension names no column, so `pair_sidecars` makes no sidecar of it
+    (as one, 'x.jpg.' was a 'jpg.' bytes column of x.jpg's row, copied unpurified): the file is an input of its own,
+    read by its bytes as any file that is no sidecar."""
+    rest = name[1:]  # a dot-file's first dot is no extension's
+    return "." in rest and not all(rest.split(".")[1:])
 
 
 # The extensions of the sidecars a file left without its image most likely is: a caption, a label, a .json
@@ -120,7 +132,11 @@ def orphan_note(name: str) -> str:
     it would be an image's columns had it one beside it ('' for other names). 'not a recognised image format' alone
     read as a damaged image, and left a user to guess that the image is missing (img2dataset's `00000_stats.json`, a
     caption whose image was deleted), or that --join-metadata false reads sidecars as inputs."""
-    stem, dot, ext = posixpath.basename(name).rpartition(".")
+    base = posixpath.basename(name)
+    if empty_extension(base):
+        return ("its name has an empty extension (a '.' at its end, or two together), which names no column: it is no "
+                "image's sidecar (docs/job.md, Inputs)")
+    stem, dot, ext = base.rpartition(".")
     if not (dot and stem) or ext.lower() not in ORPHAN_EXTENSIONS:
         return ""
     return (f"if it is an image's sidecar, no image named {stem}.<image extension> lies beside it in its folder, or "
