@@ -432,3 +432,31 @@ def test_a_features_json_unlike_tfds_s_is_left_and_one_that_cannot_be_read_ends_
     monkeypatch.setattr(tfds_metadata, "with_retries", denied)
     out = [r for r in read_unit(discover(str(tmp_path / "s.tfrecord"))[0]) if r["kind"] != "count"]
     assert [r["id"] for r in out] == ["s.tfrecord#unreadable"] and "access denied" in out[0]["error"]
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    """A protobuf field `number` holding `payload` (wire type 2), its length a one-byte varint (under 128)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_a_sequence_example_is_its_records_reject_naming_it_and_its_file_is_read_to_its_end(tmp_path) -> None:
+    # a video data set's record: a context (an Example's features: its wire format) and feature lists of frames. Its
+    # reject said 'it has a field 2 (wire type 2), where an Example has only its features (field 1): a
+    # tf.train.SequenceExample, or another message, is not read', leaving a user to guess which it is
+    frame = image_bytes(4, 4, 0, "JPEG")[:100]
+    frames = _length_delimited(1, _length_delimited(1, b"frames") + _length_delimited(
+        2, _length_delimited(1, _length_delimited(1, _length_delimited(1, frame[:90])))))
+    sequence = example(label=1, video_id=b"v0") + _length_delimited(2, frames)
+    records = [sequence, example(image=image_bytes(16, 16, 1), label=0), b"\x0a\x05hello\x12\x00"]
+    (tmp_path / "s.tfrecord").write_bytes(shard(records))
+    got = list(read_unit(discover(str(tmp_path))[0]))
+    by_id = {r["id"]: r for r in got if r["kind"] in ("image", "reject")}
+    assert by_id["s.tfrecord#0"]["error"] == (
+        "record 0 is not a tf.train.Example: it is a tf.train.SequenceExample (a context, field 1, and feature lists, "
+        "field 2), which is not read: its feature lists' steps (a video's frames) are no one image of one row; write "
+        "each image as a tf.train.Example")
+    assert by_id["s.tfrecord#1"]["kind"] == "image"
+    assert "SequenceExample (a context" not in by_id["s.tfrecord#2"]["error"]  # no Features in its field 1: another message
+    # read to its end: recorded, so that --incremental runs skip it unread while it is unchanged
+    assert got[-1]["container"]["records"] == 3

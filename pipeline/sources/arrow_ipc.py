@@ -92,9 +92,29 @@ def open_ipc(f: Any, named_ipc: bool) -> IpcTable | None:
     if head.startswith(FEATHER_V1_MAGIC):
         raise LastingProblem("a Feather version 1 file, which is not read: write it again as Feather version 2, an "
                              "Arrow IPC file (pyarrow.feather.write_feather's default)")
-    if head.startswith(STREAM_CONTINUATION) or (named_ipc and not head.startswith(PARQUET_MAGIC)):
+    if head.startswith(STREAM_CONTINUATION):
+        return IpcTable(f, file_format=False)
+    if named_ipc and not head.startswith(PARQUET_MAGIC):
+        _refuse_no_stream(f, head)
         return IpcTable(f, file_format=False)
     return None
+
+
+def _refuse_no_stream(f: Any, head: bytes) -> None:
+    """Raise LastingProblem where a file named as IPC, without a file's or a stream's marker, cannot be a stream of
+    Arrow before 0.15 either: that starts with its first message's length (int32), more than 0 and within the file; a
+    PNG's, a CSV's or an HTML page's first bytes give a length past the file's end, a JPEG's one below 0. Told from its
+    first bytes and its size, so that reading it again unchanged says the same. One that gives a length that fits is
+    opened as such a stream, as is one under 8 bytes (empty, or cut short: nothing in it says it is no IPC): their
+    failures are read again."""
+    size = f.seek(0, 2)
+    f.seek(0)
+    length = int.from_bytes(head[:4], "little", signed=True)
+    if size < len(STREAM_CONTINUATION) * 2 or 0 < length <= size - 4:
+        return
+    raise LastingProblem(f"not an Arrow IPC file: it starts with neither {FILE_MAGIC.decode()} (a file's, Feather "
+                         "version 2's), a stream's marker, nor the length of a first message that fits in it (its first "
+                         f"bytes: {head.hex(' ')})")
 
 
 def ipc_headers(path: str, fs_opts: dict[str, Any], size: int | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import struct
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from pipeline.sources.arrow_ipc import IPC_FORMAT, IpcTable, ipc_headers, ipc_re
 from pipeline.sources.file_bytes import file_opener, too_large
 from pipeline.sources.ids import relative_id
 from pipeline.sources.ipc_headers import IpcHeaders, node_count
+from pipeline.sources.parquet_footer import columns_encrypted, footer_of
 from pipeline.sources.pixel_arrays import (
     ARRAY_FORMAT,
     ArrayProblem,
@@ -63,7 +65,23 @@ def batch_rows(group: pq.RowGroupMetaData, most: int) -> int:
 
 
 def _open_parquet(f: Any) -> pq.ParquetFile:
-    return pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+    parquet = pq.ParquetFile(f, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+    if _columns_encrypted(f, parquet.metadata):  # before any column chunk's metadata is asked for: that aborts
+        raise EncryptedParquet("an encrypted Parquet file (its columns encrypted, its footer plain: Parquet modular "
+                               "encryption), which the job is given no keys to read: write it again unencrypted")
+    return parquet
+
+
+def _columns_encrypted(f: Any, meta: pq.FileMetaData) -> bool:
+    """Whether the opened Parquet file `f` has encrypted columns under a plain footer (`parquet_footer`). Its footer is
+    walked only where its length is not its metadata's own (such a footer ends with a 28-byte signature): a plain
+    file's costs one read of its last 8 bytes. False where they cannot be read: reading the file says why."""
+    try:
+        f.seek(-8, 2)
+        (length,) = struct.unpack("<I", f.read(4))
+        return length != meta.serialized_size and columns_encrypted(footer_of(f))
+    except Exception:  # noqa: BLE001 - a storage error or a footer Thrift cannot read: the read of its rows says
+        return False
 
 
 def _open_table(f: Any, path: str) -> pq.ParquetFile | IpcTable:
@@ -94,8 +112,8 @@ class NotATable(LastingProblem):
 
 
 class EncryptedParquet(LastingProblem):
-    """A Parquet file whose footer is encrypted (it ends with 'PARE'): Arrow cannot open it without its keys, as it
-    stays while it is unchanged."""
+    """A Parquet file whose footer is encrypted (it ends with 'PARE'), or whose columns are under a plain footer
+    (`_columns_encrypted`): Arrow cannot read it without its keys, as it stays while it is unchanged."""
 
 
 ENCRYPTED_FOOTER_MAGIC = b"PARE"

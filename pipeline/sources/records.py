@@ -70,7 +70,8 @@ LASTING = "lasting"
 class LastingProblem(ValueError):
     """Why a container is refused whole, found in its own bytes before any record of it: it is not a file of its kind
     (a zip without a zip's directory, a tar whose first header is none, a TFRecord whose first length fails its CRC, a
-    Parquet file without Parquet's magic bytes), or holds nothing the job reads (a table without an image column, a
+    Parquet file without Parquet's magic bytes, a .arrow file starting as no IPC), is encrypted (a Parquet file's footer
+    or columns, a zip's directory), or holds nothing the job reads (a table without an image column, a
     column named twice, no column --image-column names, which a run over the output cannot change). Read again
     unchanged, it says the same: its reject is lasting (`lasting_reject`). Never a storage error, a read cut short, a
     limit a flag sets (--max-image-mb, --in-memory-mb), or damage found after records were given: those are read

@@ -5,8 +5,8 @@ version Ray takes).
 An Example is one field, `features` (1): a Features message, a map<string, Feature> held as repeated entries (1) of a
 key (1) and a Feature (2). A Feature holds one of bytes_list (1), float_list (2) or int64_list (3), each a repeated
 `value` (1): bytes, float32 or int64, numbers packed or not (a writer may do either; both are read). A record that is
-not such a message (wire format broken, a field of the wrong type, or a top-level field an Example does not have, as a
-SequenceExample's feature lists) is an `ExampleProblem`: its record's reject says why."""
+not such a message (wire format broken, a field of the wrong type, or a top-level field an Example does not have) is an
+`ExampleProblem`: its record's reject says why; a tf.train.SequenceExample's names it (`_sequence_example`)."""
 
 from __future__ import annotations
 
@@ -108,12 +108,31 @@ def _expect_message(wire: int, what: str) -> None:
         raise ExampleProblem(f"{what} of wire type {wire}, where a length-delimited field is")
 
 
+def _sequence_example(fields: list[tuple[int, int, Any]]) -> bool:
+    """Whether a record's top-level `fields` are a tf.train.SequenceExample's: its context (1, a Features message, as an
+    Example's features are) and its feature lists (2, a FeatureLists message); each a map, of entries (1) holding a name
+    (1) and a Feature or FeatureList (2)."""
+    if not any(number == 2 for number, _, _ in fields) or any(wire != LENGTH for _, wire, _ in fields):
+        return False
+    try:
+        return all(number in (1, 2) and n == 1 and w == LENGTH and all(k in (1, 2) and kw == LENGTH
+                                                                     for k, kw, _ in _fields(entry))
+                   for number, _, value in fields for n, w, entry in _fields(value))
+    except ExampleProblem:
+        return False
+
+
 def parse_example(data: bytes | memoryview) -> dict[str, tuple[str | None, list[Any]]]:
     """A serialized tf.train.Example's features: name -> (kind, values), kind one of 'bytes_list', 'float_list',
     'int64_list', or None for a Feature holding none of them (no values). A name given twice keeps its last Feature,
     as protobuf's own map reading does. Raises ExampleProblem for a record that is no Example."""
     features: dict[str, tuple[str | None, list[Any]]] = {}
-    for number, wire, value in _fields(memoryview(data)):
+    fields = _fields(memoryview(data))
+    if _sequence_example(fields):
+        raise ExampleProblem("it is a tf.train.SequenceExample (a context, field 1, and feature lists, field 2), which "
+                             "is not read: its feature lists' steps (a video's frames) are no one image of one row; "
+                             "write each image as a tf.train.Example")
+    for number, wire, value in fields:
         if number != 1 or wire != LENGTH:
             raise ExampleProblem(f"it has a field {number} (wire type {wire}), where an Example has only its features "
                                  "(field 1): a tf.train.SequenceExample, or another message, is not read")

@@ -148,6 +148,11 @@ class NotAZip(zipfile.BadZipFile, LastingProblem):
     unchanged. A damaged directory is not this: it is read again."""
 
 
+class EncryptedZipDirectory(zipfile.BadZipFile, LastingProblem):
+    """A zip archive whose central directory is encrypted: no member can be named without its password, as it stays
+    while it is unchanged. (An encrypted member under a plain directory is that member's reject, the others read.)"""
+
+
 class _ZipDirectory:
     """A zip archive's central directory, walked as zipfile walks it (with its own constants and ZipInfo, so names,
     sizes and errors are zipfile's), keeping only its bytes and, for each file, where its entry lies: `files` (path ->
@@ -178,6 +183,8 @@ class _ZipDirectory:
         self.files: dict[str, int] = {}
         self.look_alikes: dict[str, list[str]] = {}
         self.not_utf8: set[int] = set()  # entries whose name is flagged UTF-8 but is not
+        if size and not self.data.startswith(zipfile.stringCentralDir):  # type: ignore[attr-defined]
+            self._refuse_encrypted_directory(raw)
         self._refuse_too_many_entries()
         at, fixed = 0, zipfile.sizeCentralDir  # type: ignore[attr-defined]
         while at < size:
@@ -196,6 +203,17 @@ class _ZipDirectory:
                 stored = self.look_alikes.setdefault(name, [was])
                 stored.extend([now] if now not in stored else [])
             self.files[name] = entry
+
+    def _refuse_encrypted_directory(self, raw: BinaryIO) -> None:
+        """Raise EncryptedZipDirectory where the directory, no entry at its start, is encrypted: PKWARE's central
+        directory encryption (SecureZIP) flags each local header so (bit 13, its values masked), the first at the
+        archive's start. Without that flag the directory is damaged, which zipfile's own error says (read again)."""
+        raw.seek(max(self.concat, 0))
+        head = raw.read(8)
+        if head[:4] == zipfile.stringFileHeader and int.from_bytes(head[6:8], "little") & 0x2000:  # type: ignore[attr-defined]
+            raise EncryptedZipDirectory(
+                "a zip archive whose central directory (the list of its members) is encrypted (PKWARE's central "
+                "directory encryption), which the job is given no password to read: zip it again unencrypted")
 
     def _refuse_too_many_entries(self) -> None:
         """Count the directory's entries by their lengths alone (no name read, nothing kept) and raise
