@@ -238,3 +238,17 @@ def test_a_dry_run_over_a_parquet_file_with_encrypted_columns_ends_and_counts_it
                           text=True, timeout=120)
     assert (done.returncode, done.stderr.strip().splitlines()[-1:] if done.returncode else []) == (0, [])
     assert done.stdout.split()[0] == "1"
+
+
+def test_a_plain_parquet_files_footer_is_not_walked_and_an_encrypted_ones_is(tmp_path, monkeypatch) -> None:
+    # the walk of a footer in Python costs about a second for one of 1,000 row groups of 30 columns: only a footer
+    # longer than its metadata (an encrypted file's signature after it) is walked
+    from pipeline.sources import parquet_files
+
+    walked = []
+    monkeypatch.setattr(parquet_files, "columns_encrypted", lambda footer: walked.append(len(footer)) or False)
+    pq.write_table(pa.table({"image": [image_bytes(8, 8, 0)], "label": [1]}), tmp_path / "plain.parquet")
+    assert [r["kind"] for r in _read(tmp_path)["plain.parquet"]] == ["image", "count"] and walked == []
+    _columns_encrypted(tmp_path / "columns.parquet")
+    _read(tmp_path)
+    assert len(walked) == 1
