@@ -586,6 +586,12 @@ def _tar_keys(inp: dict[str, Any]) -> str:
     keys = inp.get("tar_keys")
     if not inp["tar_shards"] or keys is None:
         return ""
+    if keys["to_read"] is None and keys.get("counted_shards"):  # compressed shards too large to count, the others counted
+        counted = keys["counted_shards"]
+        done = f", {counted['already_done']:,} already done, skipped" if counted["already_done"] else ""
+        held = (f"{_count(counted['to_read'], 'image')} to read in {_count(counted['shards'], 'shard')} counted{done}; "
+                if counted["shards"] else "")
+        return f" ({_tar_size(inp)}; {held}{terminal_text(keys['unknown_why'])})"
     if keys["to_read"] is None:
         return f" ({_tar_size(inp)}; images counted when read: {terminal_text(keys['unknown_why'])})"
     done = f", {keys['already_done']:,} already done, skipped" if keys["already_done"] else ""

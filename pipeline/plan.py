@@ -433,7 +433,7 @@ class JobPlan:
                       "tar_shards_unsized": sum(size is None for u in by_kind["tar"]
                                                 for size in u.sizes or (None,) * len(u.paths)),
                       **({"tar_keys": {"to_read": self.tar_keys.left, "already_done": self.tar_keys.done,
-                                       "unknown_why": self.tar_keys.why}}
+                                       "unknown_why": self.tar_keys.why, **self._partial_tar_keys()}}
                          if self.tar_keys is not None and by_kind["tar"] else {}),
                       "parquet_files": sum(not is_arrow_ipc(u.paths[0]) and not is_tfrecord(u.paths[0])
                                            for u in by_kind["parquet"]),
@@ -497,6 +497,16 @@ class JobPlan:
         """The ids of the unit files `paths`, sorted."""
         roots = {u.paths[0]: u.root for u in self.units}
         return sorted(relative_id(path, roots[path]) for path in paths if path in roots)
+
+    def _partial_tar_keys(self) -> dict[str, Any]:
+        """Where compressed shards were too large to count (`ShardKeys.uncounted`): what the others' headers say, and
+        those shards with their sizes."""
+        keys = self.tar_keys
+        if keys is None or keys.counted is None:
+            return {}
+        shards, left, done = keys.counted
+        return {"counted_shards": {"shards": shards, "to_read": left, "already_done": done},
+                "uncounted_compressed_shards": [{"shard": name, "bytes": size} for name, size in keys.uncounted]}
 
     def _rows_without_image(self) -> dict[str, Any]:
         """`rows_without_image` in all, the files with the most (their ids) and how many of the files are Arrow IPC
@@ -622,7 +632,7 @@ def _plan_job(config: JobConfig, dry_run: bool) -> JobPlan:
     ipc_over_budget = budget.spent
     records = _tfrecord_records([u for u in tables if is_tfrecord(u.paths[0])], so, budget) if dry_run else None
     tar_keys = count_keys([u for u in kept_units if u.kind == "tar" and u.paths[0] not in containers.unread], so,
-                          containers.done, config.join_metadata, budget) if dry_run else None
+                          containers.done, config.join_metadata, budget, partial=True) if dry_run else None
     # the TFRecord files' features.json that the store refused: in a run too, its read tasks having no way to say it
     storage_notes = features_json_notes([u.paths[0] for u in tables], so)
     read_units = [u for u in kept_units if u.kind == "files" or u.paths[0] not in containers.unread]

@@ -95,17 +95,32 @@ def test_a_damaged_compressed_shard_is_not_counted_and_its_read_rejects_it(tmp_p
     assert any(r["kind"] == "reject" and r["id"] == "s.tar.gz#unreadable" for r in read_unit(unit, {}))
 
 
-def test_compressed_shards_past_the_bound_are_not_counted_and_the_dry_run_says_why(tmp_path, model, capsys,
-                                                                                   monkeypatch) -> None:
+def test_compressed_shards_past_the_bound_are_not_counted_and_the_dry_run_says_what_is_known(tmp_path, model, capsys,
+                                                                                          monkeypatch) -> None:
+    # It said only why the count gave up, naming one shard: not how many shards were left uncounted, their sizes, nor
+    # the images of the shards it could count
     root = _webdataset(tmp_path)
-    first = (root / "shard-0000.tar.gz").stat().st_size
+    first, second = ((root / name).stat().st_size for name in ("shard-0000.tar.gz", "shard-0001.tar.xz"))
     monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", first + 10)  # the first alone fits, not both
     line = dry_run_input_line(tmp_path, model, capsys)
-    assert re.search(r"; images counted when read: shard-0001\.tar\.xz: it is compressed \(\d\.\d KiB\), and its "
-                     r"headers are found only by decompressing it whole: with the other compressed shards, \d\.\d KiB, "
-                     r"past the \d\.\d KiB of compressed shards decompressed on a local disk to count a run's images before it "
-                     r"starts\), ", line), line
-    assert progress_total(plan_job(small_job_config(tmp_path, model), dry_run=True), {}) is None
+    assert (f"2 tar shards ({(first + second) / 1024:.1f} KiB; 4 images to read in 1 shard counted; 1 compressed shard "
+            f"too large to count before the run, their images counted when read (shard-0001.tar.xz {second / 1024:.1f} "
+            f"KiB; {second / 1024:.1f} KiB in all): past the {(first + 10) / 1024:.1f} KiB of compressed shards "
+            "decompressed on a local disk to count a run's images, their headers found only by decompressing them "
+            "whole), ") in line, line
+    keys = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]["tar_keys"]
+    assert keys["to_read"] is None  # the total stays unknown: a run's progress shows none rather than one too small
+    assert keys["counted_shards"] == {"shards": 1, "to_read": 4, "already_done": 0}
+    assert keys["uncounted_compressed_shards"] == [{"shard": "shard-0001.tar.xz", "bytes": second}]
+    # the run's progress total is not counted at all: no shard decompressed for a total it cannot give
+    walked = []
+    monkeypatch.setattr(tar_count, "count_shard", lambda unit, *args: walked.append(unit) or {})
+    assert progress_total(plan_job(small_job_config(tmp_path, model)), {}) is None and walked == []
+
+    monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", 10)  # neither fits
+    line = dry_run_input_line(tmp_path, model, capsys)
+    assert (f"2 tar shards ({(first + second) / 1024:.1f} KiB; 2 compressed shards too large to count before the run, "
+            f"their images counted when read (shard-0000.tar.gz {first / 1024:.1f} KiB, shard-0001.tar.xz ") in line, line
 
 
 def test_past_the_bound_by_content_when_names_do_not_say_so(tmp_path, monkeypatch) -> None:

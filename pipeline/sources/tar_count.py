@@ -29,7 +29,8 @@ the 2-core machine loaded, load average 11 to 19): 16 MiB of 3 KB JPEG-like memb
 90,658 keys of 300-byte members (many small members: the slowest) in 4.8-16.6 s, of .tar.xz in 1.2-7.4 s; the walk,
 a header at a time, is the cost wherever the bytes come from, within the 30 s the walks may take (`COMPRESSED_SECONDS`).
 Past the bound the count is unknown, and says the size and the bound; shards named compressed (.gz, .xz, .bz2, ...)
-whose sizes alone are past it are given up before any is read.
+whose sizes alone are past it are given up before any is read (a dry run counts the others all the same, and names
+those left with their sizes: `count_keys(partial=True)`).
 
 Not counted, the count then unknown with the reason: compressed shards past that bound, a damaged shard, one whose
 storage gives no size, a plain one whose storage serves no byte ranges, and with --join-metadata a shard holding an
@@ -51,7 +52,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from pipeline.sources.folder_metadata import is_folder_metadata
@@ -155,6 +156,20 @@ def past_bound(size: int, total: int, local: bool) -> str:
             + (f": with the other compressed shards, {_size(total)}" if total > size else "")
             + f", past the {_size(bound)} of compressed shards decompressed {where} to count a run's images before it "
             "starts")
+
+
+UNCOUNTED_NAMED = 5  # the shards `uncounted_note` names
+
+
+def uncounted_note(uncounted: list[tuple[str, int]], local: bool) -> str:
+    """For a dry run: the compressed shards (id, size) left uncounted, their sizes alone past the bound, said plainly."""
+    bound, where = (COMPRESSED_BYTES_LOCAL, "on a local disk") if local else (COMPRESSED_BYTES_REMOTE, "on remote storage")
+    named = ", ".join(f"{name} {_size(size)}" for name, size in uncounted[:UNCOUNTED_NAMED])
+    more = f", and {len(uncounted) - UNCOUNTED_NAMED:,} more" if len(uncounted) > UNCOUNTED_NAMED else ""
+    shards = "1 compressed shard" if len(uncounted) == 1 else f"{len(uncounted):,} compressed shards"
+    return (f"{shards} too large to count before the run, their images counted when read ({named}{more}; "
+            f"{_size(sum(s for _, s in uncounted))} in all): past the {_size(bound)} of compressed shards decompressed "
+            f"{where} to count a run's images, their headers found only by decompressing them whole")
 
 
 def _size(n: int) -> str:
@@ -360,29 +375,48 @@ class ShardKeys:
     left: int | None
     done: int = 0
     why: str | None = None
+    # a dry run's (`count_keys(partial=True)`), where compressed shards named so are past the bound by their sizes alone:
+    # those not decompressed, (id, size) each, and what the other shards' headers say, (shards, keys left, done)
+    uncounted: list[tuple[str, int]] = field(default_factory=list)
+    counted: tuple[int, int, int] | None = None
 
 
 def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping[str, Sequence[str]],
-               join_metadata: bool, budget: ReadBudget | None = None) -> ShardKeys:
+               join_metadata: bool, budget: ReadBudget | None = None, partial: bool = False) -> ShardKeys:
     """The keys of the tar shards `units` (`count_shard`) less those `done` gives for each (path -> its done ids),
     READERS shards at a time (one at a time on a store of one connection, `concurrent_reads`), their reads taken from
     `budget` (a new one if none is given). Unknown where any shard cannot be counted: a total of some shards alone
-    would be too small."""
+    would be too small. `partial` (a dry run): where the shards named compressed are past the bound by their sizes
+    alone, those that fit in it (in order) and the plain ones are counted all the same, and the rest named with their
+    sizes (`ShardKeys.uncounted`, `.counted`), so that the dry run says what is known; the total stays unknown."""
     if not units:
         return ShardKeys(0)
     from concurrent.futures import ThreadPoolExecutor
 
     budget = budget if budget is not None else ReadBudget()
-    sizes = [size for u in units for size in (u.sizes or [None])]
-    # judged by the listed sizes: without all of them, the budget alone bounds the walk
-    pace = Pace(sum(sizes) if all(isinstance(size, int) for size in sizes) else None, budget)  # type: ignore[arg-type]
     # a size not listed (a web server that sends no Content-Length) is not added up: its shard's count says so
     named = [u for u in units if u.paths[0].lower().endswith(COMPRESSED_NAMES) and u.sizes and u.sizes[0] is not None]
     local = local_file_path(units[0].paths[0]) is not None
-    if sum(u.sizes[0] for u in named) > (COMPRESSED_BYTES_LOCAL if local else COMPRESSED_BYTES_REMOTE):
-        # decompressing those before the bound is reached would be time spent for no count
-        return ShardKeys(None, why=f"{relative_id(named[-1].paths[0], named[-1].root)}: "
-                                   + past_bound(named[-1].sizes[0], sum(u.sizes[0] for u in named), local))
+    bound = COMPRESSED_BYTES_LOCAL if local else COMPRESSED_BYTES_REMOTE
+    uncounted: list[ReadUnit] = []
+    if sum(u.sizes[0] for u in named) > bound:
+        why = (f"{relative_id(named[-1].paths[0], named[-1].root)}: "
+               + past_bound(named[-1].sizes[0], sum(u.sizes[0] for u in named), local))
+        if not partial:  # decompressing those before the bound is reached would be time spent for no count
+            return ShardKeys(None, why=why)
+        fitting = 0
+        for unit in named:
+            if fitting + unit.sizes[0] <= bound:
+                fitting += unit.sizes[0]
+            else:
+                uncounted.append(unit)
+        left_out = [(relative_id(u.paths[0], u.root), u.sizes[0]) for u in uncounted]
+        why, units = uncounted_note(left_out, local), [u for u in units if u not in uncounted]
+        if not units:
+            return ShardKeys(None, why=why, uncounted=left_out, counted=(0, 0, 0))
+    sizes = [size for u in units for size in (u.sizes or [None])]
+    # judged by the listed sizes: without all of them, the budget alone bounds the walk
+    pace = Pace(sum(sizes) if all(isinstance(size, int) for size in sizes) else None, budget)  # type: ignore[arg-type]
 
     def counted(unit: ReadUnit) -> tuple[int, int] | str | None:
         """The unit's keys (left, done), why they cannot be counted, or None where another shard's could not be."""
@@ -413,4 +447,7 @@ def count_keys(units: Sequence[ReadUnit], fs_opts: dict[str, Any], done: Mapping
     problems = [r for r in results if isinstance(r, str)]
     if problems:
         return ShardKeys(None, why=problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return ShardKeys(sum(r[0] for r in results if isinstance(r, tuple)), sum(r[1] for r in results if isinstance(r, tuple)))
+    left, already = sum(r[0] for r in results if isinstance(r, tuple)), sum(r[1] for r in results if isinstance(r, tuple))
+    if uncounted:
+        return ShardKeys(None, why=why, uncounted=left_out, counted=(len(units), left, already))
+    return ShardKeys(left, already)
