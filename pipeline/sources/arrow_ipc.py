@@ -107,7 +107,8 @@ def _refuse_no_stream(f: Any, head: bytes) -> None:
     first bytes and its size, so that reading it again unchanged says the same. One that gives a length that fits is
     opened as such a stream, as is one under 8 bytes (empty, or cut short: nothing in it says it is no IPC): their
     failures are read again."""
-    size = f.seek(0, 2)
+    f.seek(0, 2)
+    size = f.tell()
     f.seek(0)
     length = int.from_bytes(head[:4], "little", signed=True)
     if size < len(STREAM_CONTINUATION) * 2 or 0 < length <= size - 4:
