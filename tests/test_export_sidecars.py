@@ -463,3 +463,35 @@ def test_a_purified_img2dataset_folder_exported_with_sidecars_reads_back_with_th
     for id_, row in rows.items():
         own = {k: v for k, v in row.items() if k not in jobs and v is not None}
         assert again[id_[:-4] + ".png"]["meta"] == own, id_
+
+
+def test_with_sidecars_a_to_that_cannot_be_made_and_an_output_changed_meanwhile_are_said_not_a_traceback(
+        tmp_path: Path, capsys) -> None:
+    """--sidecars rebound the name export's errors name the caller's arguments by to the sidecars' column list: a --to
+    under a file stopped with AttributeError ('list' object has no attribute 'given') instead of `error: --to ...`
+    (exit 2), and an output a run began writing during the export failed the export at its very end, every image
+    written, instead of warning."""
+    from pipeline.output import SUMMARY_FILE
+
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1, txt="cap")])
+    (tmp_path / "file").write_bytes(b"x")
+    to = tmp_path / "file" / "images"
+    assert main(["--output", str(out), "--to", str(to), "--sidecars", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --to {to} cannot be made or written: ") and "NotADirectoryError" in err, err
+
+    class RunStarts:
+        def __init__(self, total: int) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": 2.0}, {})
+
+        def close(self) -> None:
+            pass
+
+    report = export_images(out, tmp_path / "files", sidecars=True, progress=RunStarts)
+    assert report.written == 1 and report.sidecars_written == 1
+    (warning,) = report.warnings
+    assert "changed during the export" in warning and 'existing="resume"' in warning, warning
