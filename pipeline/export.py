@@ -955,6 +955,9 @@ class SidecarWriting:
     partitioned: bool
     clean: bool
     nulls: frozenset[str] = frozenset()
+    # with `clean`, on storage other than the local disk: the `_exact_hash`es of the sidecar-named files DIR held when
+    # the export began (`listed_sidecars`), so that only those are removed (a request each); None: each name is looked at
+    listed: np.ndarray | None = None
 
 
 def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
@@ -972,7 +975,30 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
                              f"{posixpath.basename(name)}")
     stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
              if name + ext not in files] if writing.clean else []
+    if writing.listed is not None:
+        stale = [name for name in stale if _holds_exact(writing.listed, name)]
     return files, stale
+
+
+def _exact_hash(rel: str) -> int:
+    """A 64-bit digest of a path under DIR as it is (not folded: a sidecar named in another case is another file
+    on an object store)."""
+    return int.from_bytes(hashlib.blake2b(rel.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _holds_exact(hashes: np.ndarray, rel: str) -> bool:
+    h = np.uint64(_exact_hash(rel))
+    at = np.searchsorted(hashes, h)
+    return bool(at < len(hashes) and hashes[at] == h)
+
+
+def listed_sidecars(paths: Iterable[str], root: str) -> np.ndarray:
+    """The sorted `_exact_hash`es of those of `paths` (a listing of the folder `root`: `fs.find`) that lie under it named
+    as a sidecar file (.txt, .cls, .json), by their path under it: 8 bytes each. A chance match of 64 bits costs one
+    DELETE of a file that is not there."""
+    prefix = root.rstrip("/") + "/"
+    return np.unique(np.array([_exact_hash(p[len(prefix):]) for p in paths
+                               if p.startswith(prefix) and p.endswith(SIDECAR_EXTENSIONS)], dtype=np.uint64))
 
 
 # --- writing one file ---------------------------------------------------------------------------------------------
@@ -1065,6 +1091,7 @@ class ExportReport:
     sidecars: bool = False  # sidecar files were asked for
     sidecars_written: int = 0  # sidecar files written now (those already there with their bytes are not counted)
     sidecars_left_out: list[str] = field(default_factory=list)  # columns of bytes, in no sidecar file
+    stale_sidecars_removed: int = 0  # an earlier export's sidecar files of an image that its row has no value for
     manifest_error: str | None = None  # why the manifest could not be written
     # what became of an earlier export's manifest of the name this one failed to write: "removed", or why it was not
     earlier_manifest: str | None = None
@@ -1115,15 +1142,19 @@ def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quali
     return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
 
 
-def _remove_file(fs: Any, path: str) -> None:
-    """Remove the file `path` where there is one (a folder of that name is left: it is no sidecar)."""
+def _remove_file(fs: Any, path: str) -> bool:
+    """Remove the file `path` where there is one (a folder of that name is left: it is no sidecar); whether one was
+    removed. Off the local disk `path` is one a listing found (`listed_sidecars`): a folder is not listed as a file."""
     if _local_disk(fs):
         if os.path.isfile(path) or os.path.islink(path):
             os.remove(path)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        if not (has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}")):
-            with_retries(lambda: fs.rm_file(path), f"remove {path}")
+            return True
+        return False
+    try:
+        with_retries(lambda: fs.rm_file(path), f"remove {path}")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class SidecarFailed(Exception):
@@ -1131,35 +1162,36 @@ class SidecarFailed(Exception):
     Said by the sidecar's path under DIR, not by the hidden temporary name the error of its write names; `written`: the
     row's sidecar files written before it, which are counted."""
 
-    def __init__(self, what: str, written: int, cause: BaseException) -> None:
+    def __init__(self, what: str, written: int, cause: BaseException, removed: int = 0) -> None:
         # a disk's error by its reason alone: its paths are the temporary file's, the sidecar's said already
         reason = f"{type(cause).__name__}: {cause.strerror}" if isinstance(cause, OSError) and cause.strerror and \
             cause.filename else describe(cause)
         super().__init__(f"{what}, so neither was its image: {reason}")
-        self.written = written
+        self.written, self.removed = written, removed
 
 
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
-                          row: Mapping[str, Any], plan: NamePlan, writing: SidecarWriting) -> tuple[bool, int]:
+                          row: Mapping[str, Any], plan: NamePlan, writing: SidecarWriting) -> tuple[bool, int, int]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
-    sidecar files written); SidecarFailed naming a sidecar that could not be written or removed."""
+    sidecar files written, stale ones removed); SidecarFailed naming a sidecar that could not be written or removed."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     files, stale = sidecar_writes(row, rel, plan, writing)
+    removed = 0
     for name in stale:
         try:
-            _remove_file(fs, posixpath.join(root, name))
+            removed += _remove_file(fs, posixpath.join(root, name))
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its stale sidecar file {name} (its row has no value for it) could not be removed",
-                                0, err) from err
+                                0, err, removed) from err
     written = 0
     for name, data in files.items():
         try:
             written += write_file(fs, posixpath.join(root, name), data, resume)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
-            raise SidecarFailed(f"its sidecar file {name} could not be written", written, err) from err
-    return _export_one(fs, root, rel, png, resume, jpeg_quality), written
+            raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
+    return _export_one(fs, root, rel, png, resume, jpeg_quality), written, removed
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
@@ -1284,7 +1316,16 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         sidecar_from, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
         reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
         partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
-        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts))
+        listed = None
+        if existing != "refuse" and not _local_disk(out_fs):
+            # one listing of DIR (a request per 1,000 files on an object store) rather than a DELETE of each name an
+            # image's stale sidecar could have, up to 6 an image: only those there are removed
+            try:
+                listed = listed_sidecars(with_retries(lambda: out_fs.find(root), f"list {to}"), root)
+            except Exception as err:  # noqa: BLE001 - nothing is written yet
+                raise ExportError(f"{names.given('to', to)} cannot be listed: {describe(err)}; the export lists it "
+                                  "once to find an earlier export's stale sidecar files") from err
+        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts), listed)
         report.sidecars = True
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
@@ -1412,12 +1453,14 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         try:
             wrote = future.result()
             if writing is not None:
-                wrote, sidecars = wrote
+                wrote, sidecars, removed = wrote
                 report.sidecars_written += sidecars
+                report.stale_sidecars_removed += removed
         except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
             report.failed += 1
             if isinstance(err, SidecarFailed):
                 report.sidecars_written += err.written
+                report.stale_sidecars_removed += err.removed
             if len(report.failures) < FAILURES_KEPT:
                 report.failures.append((row["id"], str(err) if isinstance(err, SidecarFailed) else describe(err)))
             continue
@@ -1469,6 +1512,9 @@ def report_lines(report: ExportReport) -> list[str]:
     counts = f"{report.written:,} written" + (f", {report.present:,} already there" if report.present else "")
     if report.sidecars:
         counts += f", {report.sidecars_written:,} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
+        if report.stale_sidecars_removed:
+            n = report.stale_sidecars_removed
+            counts += f", {n:,} stale sidecar file{'' if n == 1 else 's'} of an earlier export removed"
     if report.failed:
         counts += f", {report.failed:,} failed"
     damaged = [d for d in report.damaged if not d[1].startswith(UNFETCHED)]

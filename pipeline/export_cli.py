@@ -125,7 +125,8 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                         "null value (no file, no key; but a column null in every row, img2dataset's error_message, is a "
                         "null key of each .json), nor columns of bytes. Where two images would share a stem (a.jpg "
                         "and a.png with --format input), each has its whole name's: a.png.txt. With --overwrite or "
-                        "--resume, an image's .txt, .cls or .json its row has no value for is removed")
+                        "--resume, an image's .txt, .cls or .json its row has no value for is removed (off the local "
+                        "disk DIR is listed once, and only those there are deleted), and counted in the last line")
     p.add_argument("--force", action="store_true",
                    help="export an output that is not complete (its run stopped, failed or is running now): the rows "
                         "it holds now")

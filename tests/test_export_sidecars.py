@@ -495,3 +495,55 @@ def test_with_sidecars_a_to_that_cannot_be_made_and_an_output_changed_meanwhile_
     assert report.written == 1 and report.sidecars_written == 1
     (warning,) = report.warnings
     assert "changed during the export" in warning and 'existing="resume"' in warning, warning
+
+
+def test_resume_and_overwrite_on_s3_delete_only_the_stale_sidecars_there_and_count_them(tmp_path: Path) -> None:
+    """An export resumed or overwritten into an object store sent a DELETE for each name an image's stale sidecar could
+    have (5 an image here: a.cls, a.json, a.png.txt, a.png.cls, a.png.json), whether or not one was there: 50,000
+    requests for 10,000 images to remove none. DIR is listed once; only the stale files there are deleted, and
+    counted in the last line."""
+    from pipeline.export import report_lines
+    from tests.s3util import moto_s3_logged
+
+    make_output(str(tmp_path / "out"), [image(f"{i}.jpg", i, txt=f"cap {i}") for i in range(10)])
+    with moto_s3_logged("files") as (client, so, log):
+        to = "s3://files/images"
+
+        def deletes() -> list[str]:
+            # the manifest's own temporary file, copied into place then deleted, is no sidecar
+            found = [path for method, path, query in log.requests
+                     if method == "DELETE" or method == "POST" and "delete" in query]
+            log.requests.clear()
+            return [p for p in found if "/.tmp-" not in p]
+
+        assert export_images(tmp_path / "out", to, storage_options=so, sidecars=True).sidecars_written == 10
+        deletes()
+        report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing="resume")
+        assert deletes() == []
+        assert report.ok and report.present == 10 and report.stale_sidecars_removed == 0
+        assert "stale" not in report_lines(report)[-1]
+        for key in ("images/3.cls", "images/4.png.json", "images/4.json", "images/keep.cls"):  # keep: no image's
+            client.put_object(Bucket="files", Key=key, Body=b"7")
+        client.put_object(Bucket="files", Key="images/5.json/x", Body=b"a folder of a stale name: not a sidecar")
+        for existing in ("overwrite", "resume"):
+            report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing=existing)
+            assert report.ok and report.stale_sidecars_removed == (3 if existing == "overwrite" else 0), existing
+            assert sorted(deletes()) == ([] if existing == "resume" else
+                                         ["/files/images/3.cls", "/files/images/4.json", "/files/images/4.png.json"])
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="files")["Contents"]}
+        assert keys == {f"images/{i}.{ext}" for i in range(10) for ext in ("png", "txt")} | {
+            "images/manifest.csv", "images/keep.cls", "images/5.json/x"}
+
+
+def test_stale_sidecars_removed_are_counted_in_the_last_line(tmp_path: Path) -> None:
+    from pipeline.export import ExportReport, report_lines
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap"), image("b.jpg", 2, txt="cap")])
+    write_tree(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old", "b.json": b"{}"})
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
+    assert report.stale_sidecars_removed == 3
+    assert "(2 written, 2 sidecar files written, 3 stale sidecar files of an earlier export removed)" in \
+        report_lines(report)[-1]
+    many = ExportReport("out", "files", written=1, sidecars=True, sidecars_written=1, stale_sidecars_removed=1234)
+    assert "(1 written, 1 sidecar file written, 1,234 stale sidecar files of an earlier export removed)" in \
+        report_lines(many)[-1]
