@@ -32,13 +32,14 @@ Memory: the ids are read first, part file by part file, keeping an 8-byte digest
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
 of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
 stopped at any point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with
-their bytes.
+their bytes (and removing the temporary files of the writes an export killed outright was making: `partial_writes`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -80,7 +81,7 @@ from pipeline.sources.listing import is_table_name
 from pipeline.sources.partitions import PARTITION_PREFIX, partition_folders
 from pipeline.sources.records import JOB_COLUMNS, RENAMED_PREFIX, passthrough_name
 from pipeline.sources.webdataset_keys import sidecar_columns as read_sidecars
-from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
+from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR, _wait_at_gate
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     TEMP_PREFIX,
@@ -1026,6 +1027,63 @@ def _local_disk(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem) and "file" in protocols(fs)
 
 
+# Test hook: ZIP_PURIFY_EXPORT_GATE=FOLDER holds each file's write, its temporary file written and not yet renamed, at
+# the gate of the job's ZIP_PURIFY_INJECT_FAULT=gate:FOLDER (`stages._wait_at_gate`: FOLDER/batch-N made, then wait
+# for FOLDER/pass-N or FOLDER/open), so that a test kills an export with partial files certainly on disk. Unset in
+# normal use.
+EXPORT_GATE_ENV = "ZIP_PURIFY_EXPORT_GATE"
+
+
+def _hold_at_gate() -> None:
+    folder = os.environ.get(EXPORT_GATE_ENV)
+    if folder:
+        _wait_at_gate(folder)
+
+
+# The temporary name `write_file` and `Manifest` give a file while it is written: TEMP_PREFIX, a uuid4's 32 hex digits,
+# '-', the file's name (cut to fit), '.tmp'. The job writes its part files under names of this shape too
+# (`part-00000.parquet`): a leftover is the export's only where the name is one the export writes (`_own_partial`).
+_PARTIAL_WRITE = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<name>.+)\.tmp", re.S)
+_OWN_EXTENSIONS = WRITTEN_EXTENSIONS | set(SIDECAR_EXTENSIONS)
+_MANIFEST_NAMES = frozenset(f"{MANIFEST_NAME}.{kind}" for kind in MANIFESTS if kind != "none")
+
+
+def _own_partial(rel: str) -> bool:
+    """Whether the file at `rel` (under DIR) is named as the partial write of a file an export writes: an image or a
+    sidecar anywhere (its extension, in any case, or a name cut to fit, which may have lost it), the manifest at the
+    top. Never a user's file: no one else names a file `.tmp-<32 hex digits>-...tmp` but zip-purify."""
+    folder, base = posixpath.split(rel)
+    match = _PARTIAL_WRITE.fullmatch(base)
+    if match is None:
+        return False
+    name = match["name"]
+    if not folder and name in _MANIFEST_NAMES:
+        return True
+    cut = len(base.encode("utf-8", "surrogatepass")) > NAME_MAX - 4  # `_cut`: at a character's end, up to 3 bytes short
+    return cut or posixpath.splitext(name)[1].lower() in _OWN_EXTENSIONS
+
+
+def partial_writes(fs: Any, root: str, listing: Iterable[str] | None) -> list[str]:
+    """The files under `root` (DIR) that an export killed while writing them left (`_own_partial`), by their paths
+    under it: on the local disk by a walk of DIR; else among `listing` (`fs.find(root)`), or without one at DIR's top
+    alone (an object store writes each image and sidecar in one PUT: only the manifest, streamed, has a temporary
+    name there)."""
+    prefix = root.rstrip("/") + "/"
+    if _local_disk(fs):
+        found = []
+        for folder, _, files in os.walk(root):
+            rel = os.path.relpath(folder, root).replace(os.sep, "/")
+            found += [name if rel == "." else f"{rel}/{name}" for name in files if name.startswith(TEMP_PREFIX)]
+    else:
+        if listing is None:
+            try:
+                listing = with_retries(lambda: fs.ls(root, detail=False), f"list {root}")
+            except FileNotFoundError:
+                listing = []
+        found = [p[len(prefix):] for p in listing if p.startswith(prefix)]
+    return sorted(rel for rel in found if _own_partial(rel))
+
+
 def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
     """Write `data` to `path` whole; False (nothing written) when `resume` and a file of those bytes is there (one of
     that size is read back and compared: another export's image, or this output's before a run re-purified it, may
@@ -1054,6 +1112,7 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
                 f.write(data)
         else:
             with_retries(lambda: fs.pipe_file(tmp, data), f"write {path}")
+        _hold_at_gate()
         _put_in_place(fs, tmp, path, len(data))
     except BaseException:
         if local:
@@ -1092,6 +1151,7 @@ class ExportReport:
     sidecars_written: int = 0  # sidecar files written now (those already there with their bytes are not counted)
     sidecars_left_out: list[str] = field(default_factory=list)  # columns of bytes, in no sidecar file
     stale_sidecars_removed: int = 0  # an earlier export's sidecar files of an image that its row has no value for
+    partial_writes_removed: int = 0  # temporary files a killed export left (existing="resume" or "overwrite")
     manifest_error: str | None = None  # why the manifest could not be written
     # what became of an earlier export's manifest of the name this one failed to write: "removed", or why it was not
     earlier_manifest: str | None = None
@@ -1316,17 +1376,10 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         sidecar_from, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
         reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
         partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
-        listed = None
-        if existing != "refuse" and not _local_disk(out_fs):
-            # one listing of DIR (a request per 1,000 files on an object store) rather than a DELETE of each name an
-            # image's stale sidecar could have, up to 6 an image: only those there are removed
-            try:
-                listed = listed_sidecars(with_retries(lambda: out_fs.find(root), f"list {to}"), root)
-            except Exception as err:  # noqa: BLE001 - nothing is written yet
-                raise ExportError(f"{names.given('to', to)} cannot be listed: {describe(err)}; the export lists it "
-                                  "once to find an earlier export's stale sidecar files") from err
-        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts), listed)
+        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts))
         report.sidecars = True
+    if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
+        writing = _clean_up(out_fs, root, to, names, writing, report)
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
         writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
@@ -1373,6 +1426,39 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         report.warnings.append(f"warning: output {output} changed during the export ({changed}): export again with "
                                f"{names.passing('existing', 'resume')} once its run is complete")
     return report
+
+
+def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWriting | None,
+              report: ExportReport) -> SidecarWriting | None:
+    """Remove the partial files an export killed outright (SIGKILL, a machine lost) left in DIR (`partial_writes`),
+    counted in `report`; returns `writing` with, off the local disk, the sidecar-named files DIR holds
+    (`listed_sidecars`): one listing of DIR (a request per 1,000 files on an object store) rather than a DELETE of each
+    name an image's stale sidecar could have, up to 6 an image. ExportError when DIR cannot be listed."""
+    listing = None
+    if not _local_disk(fs) and (writing is not None or has_rename(fs)):
+        try:
+            listing = with_retries(lambda: fs.find(root), f"list {to}")
+        except FileNotFoundError:  # a DIR not made yet
+            listing = []
+        except Exception as err:  # noqa: BLE001 - nothing is written yet
+            raise ExportError(f"{names.given('to', to)} cannot be listed: {describe(err)}; the export lists it once "
+                              "to find the partial files and stale sidecar files of an earlier export") from err
+    if writing is not None and listing is not None:
+        writing = dataclasses.replace(writing, listed=listed_sidecars(listing, root))
+    for rel in partial_writes(fs, root, listing):
+        path = posixpath.join(root, rel)
+        try:
+            if _local_disk(fs):
+                os.remove(path)
+            else:
+                with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
+            report.partial_writes_removed += 1
+        except FileNotFoundError:
+            pass
+        except Exception as err:  # noqa: BLE001 - it is hidden, and harms no reader: said, the export goes on
+            report.warnings.append(f"warning: the partial file {_under(to, rel)} an earlier export left could not be "
+                                   f"removed: {describe(err)}")
+    return writing
 
 
 def _under(to: str, name: str) -> str:
@@ -1506,6 +1592,10 @@ def report_lines(report: ExportReport) -> list[str]:
                      "on Windows, and were written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, "
                      "':' and <>\"|?* as %XX, CON.png as %43ON.png, a last dot or space as %2E or %20, an empty part or "
                      "leading '/' left out, a name over 255 bytes shortened); the manifest says where each id went")
+    if report.partial_writes_removed:
+        n = report.partial_writes_removed
+        lines.append(f"note: removed {n:,} partial file{'' if n == 1 else 's'} (.tmp-*.tmp) that an export stopped "
+                     f"outright (killed, its machine lost) left in {terminal_text(report.to)}")
     if report.repeated:
         lines.append(f"note: {report.repeated:,} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")

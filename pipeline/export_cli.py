@@ -112,10 +112,13 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",
                           help="write into a DIR that is not empty, replacing files of the same names (nothing else "
-                               "in it is touched or deleted, but an image's stale sidecars with --sidecars)")
+                               "in it is touched or deleted, but an image's stale sidecars with --sidecars and the "
+                               "partial files an export killed outright left, as with --resume)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
-                               "is kept (one of that size is read back and compared), the others are written")
+                               "is kept (one of that size is read back and compared), the others are written; the "
+                               "hidden partial files an export killed outright (SIGKILL) left, .tmp-<32 hex>-<a name "
+                               "it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
     p.add_argument("--sidecars", action="store_true",
                    help="write beside each image its sidecar files from its row, as img2dataset and WebDataset "
                         "folders hold them: DIR/a.png with a.txt (the txt caption), a.cls (the label) and a.json (every "
