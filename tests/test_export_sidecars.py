@@ -547,3 +547,62 @@ def test_stale_sidecars_removed_are_counted_in_the_last_line(tmp_path: Path) -> 
     many = ExportReport("out", "files", written=1, sidecars=True, sidecars_written=1, stale_sidecars_removed=1234)
     assert "(1 written, 1 sidecar file written, 1,234 stale sidecar files of an earlier export removed)" in \
         report_lines(many)[-1]
+
+
+def test_caption_column_writes_another_columns_text_as_the_txt_and_the_folder_reads_back_with_it(
+        tmp_path: Path, capsys) -> None:
+    """img2dataset's Parquet output keeps captions in `caption` (others in `text`, `prompt`): --sidecars wrote it into
+    x.json only, and caption loaders, which pair x.png with x.txt, found none. --caption-column caption writes it as
+    x.txt, and keeps it in x.json, so that the folder reads back with the output's columns (and `txt`, the same text)."""
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, caption="a cat, \"quoted\"\non a mat", url="u1"),
+                                        image("b.jpg", 2, caption=None, url="u2"),
+                                        image("c.jpg", 3, caption="caf\\xe9 latin-1", url="u3")])
+    files = tmp_path / "files"
+    argv = ["--output", str(tmp_path / "out"), "--to", str(files), "--sidecars", "--no-progress"]
+    assert main(argv) == 0
+    assert "--caption-column caption writes it as the .txt too" in capsys.readouterr().err  # said where it is
+    assert not (files / "a.txt").exists()
+    assert main([*argv, "--overwrite", "--caption-column", "caption"]) == 0
+    assert (files / "a.txt").read_bytes() == b"a cat, \"quoted\"\non a mat"
+    assert (files / "c.txt").read_bytes() == "caf\xe9 latin-1".encode("latin-1")  # the reader's escape undone
+    assert not (files / "b.txt").exists()  # no caption, no file
+    assert json.loads((files / "a.json").read_bytes()) == {"caption": "a cat, \"quoted\"\non a mat", "url": "u1"}
+    assert files_under(files) == {"a.png", "a.txt", "a.json", "b.png", "b.json", "c.png", "c.txt", "c.json",
+                                  "manifest.csv"}
+    again = read_folder(str(files))
+    assert again["a.png"]["meta"] == {"txt": "a cat, \"quoted\"\non a mat", "caption": "a cat, \"quoted\"\non a mat",
+                                      "url": "u1"}
+    assert again["b.png"]["meta"] == {"url": "u2"}
+    assert again["c.png"]["meta"]["txt"] == again["c.png"]["meta"]["caption"] == "caf\\xe9 latin-1"
+    # back to the default: c's .txt is then stale (its row has no txt), removed
+    assert export_images(tmp_path / "out", files, sidecars=True, existing="overwrite").stale_sidecars_removed == 2
+    assert not (files / "a.txt").exists() and not (files / "c.txt").exists()
+
+
+def test_a_caption_column_that_is_missing_not_text_or_beside_a_txt_column_is_refused_naming_it(
+        tmp_path: Path, capsys) -> None:
+    from pipeline.export import ExportError
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, caption="cap", url="u", n=3)])
+    make_output(str(tmp_path / "both"), [image("a.jpg", 1, caption="cap", txt="a .txt caption")])
+    files = tmp_path / "files"
+    for out, flags, said in (
+            ("out", ["--sidecars", "--caption-column", "prompt"],
+             "error: --caption-column prompt: the output has no column of that name; its columns besides the job's "
+             "own are: caption, n, url"),
+            ("out", ["--sidecars", "--caption-column", "n"], "error: --caption-column n is a column of int64, not text"),
+            ("out", ["--sidecars", "--caption-column", "source"],
+             "error: --caption-column source is one of the job's own columns"),
+            ("both", ["--sidecars", "--caption-column", "caption"],
+             "error: --caption-column caption: the output has a txt column too, which the .txt is read back as"),
+            ("out", ["--sidecars", "--caption-column", ""], "error: --caption-column must be a column's name, got ''"),
+            ("out", ["--caption-column", "caption"],
+             "error: --caption-column names the column of each image's .txt sidecar file: it needs --sidecars")):
+        assert main(["--output", str(tmp_path / out), "--to", str(files), "--no-progress", *flags]) == 2, said
+        assert said in capsys.readouterr().err, said
+        assert not files.exists()
+    with pytest.raises(ExportError, match="^caption_column='prompt': the output has no column"):
+        export_images(tmp_path / "out", files, sidecars=True, caption_column="prompt")
+    with pytest.raises(ExportError, match="it needs sidecars=True"):
+        export_images(tmp_path / "out", files, caption_column="caption")
+    assert "--caption-column NAME" in build_parser().format_help()
