@@ -1501,6 +1501,10 @@ def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWrit
         except Exception as err:  # noqa: BLE001 - nothing is written yet
             raise ExportError(f"{names.given('to', to)} cannot be listed: {describe(err)}; the export lists it once "
                               "to find the partial files and stale sidecar files of an earlier export") from err
+        finally:
+            # s3fs and gcsfs keep every file's listing entry (its details, near 1 KB each) in their listing cache for
+            # the file system's life: a gigabyte held through an export into a DIR of a million files
+            fs.invalidate_cache()
     if writing is not None and listing is not None:
         writing = dataclasses.replace(writing, listed=listed_sidecars(listing, root))
     for rel in partial_writes(fs, root, listing):

@@ -24,6 +24,7 @@ from pipeline.sources import discover, read_unit
 from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, unit_sidecars
 from tests.jobutil import image_bytes, small_job_config, tar_bytes, write_tree
+from tests.s3util import moto_s3
 from tests.test_export import files_under, image, make_output, manifest_rows
 
 
@@ -606,3 +607,19 @@ def test_a_caption_column_that_is_missing_not_text_or_beside_a_txt_column_is_ref
     with pytest.raises(ExportError, match="it needs sidecars=True"):
         export_images(tmp_path / "out", files, caption_column="caption")
     assert "--caption-column NAME" in build_parser().format_help()
+
+
+def test_the_listing_of_an_s3_dir_is_not_kept_in_the_file_systems_cache(tmp_path: Path) -> None:
+    """s3fs's find keeps the entry of every file it lists (its size, etag, times) in the file system's listing cache,
+    for as long as the process lives: the one listing of DIR a resume makes would hold about 1 KB per file in DIR."""
+    from pipeline.storage import storage_path
+
+    make_output(str(tmp_path / "out"), [image(f"d{i % 3}/{i}.jpg", i, txt=f"cap {i}") for i in range(30)])
+    with moto_s3("files") as (client, so):
+        assert export_images(tmp_path / "out", "s3://files/images", storage_options=so, sidecars=True).ok
+        fs, _ = storage_path("s3://files/images", so)
+        fs.invalidate_cache()
+        assert export_images(tmp_path / "out", "s3://files/images", storage_options=so, sidecars=True,
+                             existing="resume").present == 30
+        cached = [entry["name"] for entries in fs.dircache.values() for entry in entries]
+        assert len(cached) < 10, cached
