@@ -1154,3 +1154,33 @@ def test_resume_on_an_object_store_removes_the_manifests_partial_copy(tmp_path: 
         assert any("removed 1 partial file (.tmp-*.tmp)" in line for line in report_lines(report))
     finally:
         fs.rm("/export-partial-test", recursive=True)
+
+
+def test_resume_into_a_store_with_rename_finds_partial_files_in_every_folder(tmp_path: Path, monkeypatch) -> None:
+    """A store with a rename that is not the local disk (sftp://, stood in for by a local folder) writes each file
+    under a temporary name as the disk does, in every folder: --resume lists the whole DIR for them."""
+    import importlib
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    class AsSftp(LocalFileSystem):
+        protocol = ("sftp", "ssh")
+        root_marker = "/"
+
+        @classmethod
+        def _strip_protocol(cls, path):  # noqa: ANN001 - fsspec's signature
+            path = path[len("sftp://"):] if isinstance(path, str) and path.startswith("sftp://") else path
+            return super()._strip_protocol(path)
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "sftp", AsSftp)
+    AsSftp.clear_instance_cache()
+    out, to = tmp_path / "out", tmp_path / "exported"
+    make_output(str(out), [image("cats/a.jpg", 1, txt="cap"), image("b.jpg", 2)])
+    left = [f"cats/.tmp-{'1' * 32}-a.png.tmp", f".tmp-{'2' * 32}-manifest.csv.tmp", f"cats/.tmp-{'3' * 32}-a.txt.tmp"]
+    for name in [*left, "cats/a.cls", "cats/.tmp-mine.tmp"]:
+        (to / name).parent.mkdir(parents=True, exist_ok=True)
+        (to / name).write_bytes(b"x")
+    report = export_images(f"sftp://{out}", f"sftp://{to}", existing="resume", sidecars=True)
+    assert report.ok and report.partial_writes_removed == 3 and report.stale_sidecars_removed == 1
+    assert files_under(to) == {"cats/a.png", "cats/a.txt", "b.png", "manifest.csv", "cats/.tmp-mine.tmp"}
+    AsSftp.clear_instance_cache()
