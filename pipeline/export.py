@@ -1127,6 +1127,8 @@ def partial_writes(fs: Any, root: str, listing: Iterable[str] | None) -> list[st
                 listing = with_retries(lambda: fs.ls(root, detail=False), f"list {root}")
             except FileNotFoundError:
                 listing = []
+            finally:
+                fs.invalidate_cache()  # a flat DIR's top is every file: not kept in the listing cache (`_clean_up`)
         found = [p[len(prefix):] for p in listing if p.startswith(prefix)]
     return sorted(rel for rel in found if _own_partial(rel))
 

@@ -623,3 +623,23 @@ def test_the_listing_of_an_s3_dir_is_not_kept_in_the_file_systems_cache(tmp_path
                              existing="resume").present == 30
         cached = [entry["name"] for entries in fs.dircache.values() for entry in entries]
         assert len(cached) < 10, cached
+        # without sidecars only DIR's top is listed (for a manifest's partial copy): all of a flat DIR
+        assert export_images(tmp_path / "out", "s3://files/flat", storage_options=so, sidecars=True).ok
+        fs.invalidate_cache()
+        for i in range(30):
+            client.put_object(Bucket="files", Key=f"flat/user-{i}.png", Body=b"x")
+        seen: list[int] = []  # entries cached while the export runs (its manifest's write at the end drops them)
+
+        class Probe:
+            def __init__(self, total: int) -> None:
+                pass
+
+            def update(self, n: int) -> None:
+                seen.append(sum(len(entries) for entries in fs.dircache.values()))
+
+            def close(self) -> None:
+                pass
+
+        assert export_images(tmp_path / "out", "s3://files/flat", storage_options=so, existing="resume",
+                             progress=Probe).ok
+        assert seen and max(seen) < 10, seen
