@@ -1198,6 +1198,7 @@ class ExportReport:
     manifest_left_out: list[str] = field(default_factory=list)
     sidecars: bool = False  # sidecar files were asked for
     sidecars_written: int = 0  # sidecar files written now (those already there with their bytes are not counted)
+    sidecars_present: int = 0  # sidecar files already there with their bytes (existing="resume")
     sidecars_left_out: list[str] = field(default_factory=list)  # columns of bytes, in no sidecar file
     stale_sidecars_removed: int = 0  # an earlier export's sidecar files of an image that its row has no value for
     partial_writes_removed: int = 0  # temporary files a killed export left (existing="resume" or "overwrite")
@@ -1280,10 +1281,12 @@ class SidecarFailed(Exception):
 
 
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
-                          row: Mapping[str, Any], plan: NamePlan, writing: SidecarWriting) -> tuple[bool, int, int]:
+                          row: Mapping[str, Any], plan: NamePlan,
+                          writing: SidecarWriting) -> tuple[bool, int, int, int]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
-    sidecar files written, stale ones removed); SidecarFailed naming a sidecar that could not be written or removed."""
+    sidecar files written, stale ones removed, sidecar files already there with their bytes); SidecarFailed naming a
+    sidecar that could not be written or removed."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     files, stale = sidecar_writes(row, rel, plan, writing)
@@ -1300,7 +1303,7 @@ def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, 
             written += write_file(fs, posixpath.join(root, name), data, resume)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
-    return _export_one(fs, root, rel, png, resume, jpeg_quality), written, removed
+    return _export_one(fs, root, rel, png, resume, jpeg_quality), written, removed, len(files) - written
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
@@ -1603,8 +1606,9 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         try:
             wrote = future.result()
             if writing is not None:
-                wrote, sidecars, removed = wrote
+                wrote, sidecars, removed, kept = wrote
                 report.sidecars_written += sidecars
+                report.sidecars_present += kept
                 report.stale_sidecars_removed += removed
         except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
             report.failed += 1
@@ -1666,6 +1670,8 @@ def report_lines(report: ExportReport) -> list[str]:
     counts = f"{report.written:,} written" + (f", {report.present:,} already there" if report.present else "")
     if report.sidecars:
         counts += f", {report.sidecars_written:,} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
+        if report.sidecars_present:
+            counts += f", {report.sidecars_present:,} already there"
         if report.stale_sidecars_removed:
             n = report.stale_sidecars_removed
             counts += f", {n:,} stale sidecar file{'' if n == 1 else 's'} of an earlier export removed"

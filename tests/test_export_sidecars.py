@@ -357,7 +357,7 @@ def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finish
     (tmp_path / "files" / images.pop().replace(".png", ".txt")).write_bytes(b"ca")  # cut short (not by this export:
     # its files land whole)
     assert main([*argv, "--resume"]) == 0
-    assert "(5 written, 1 already there, 13 sidecar files written)" in capsys.readouterr().out
+    assert "(5 written, 1 already there, 13 sidecar files written, 5 already there)" in capsys.readouterr().out
     again = read_folder(str(tmp_path / "files"))
     assert {id_: r["meta"] for id_, r in again.items()} == {r["id"][:-4] + ".png": r["meta"] for r in records}
 
@@ -643,3 +643,15 @@ def test_the_listing_of_an_s3_dir_is_not_kept_in_the_file_systems_cache(tmp_path
         assert export_images(tmp_path / "out", "s3://files/flat", storage_options=so, existing="resume",
                              progress=Probe).ok
         assert seen and max(seen) < 10, seen
+
+
+def test_a_resume_counts_the_sidecar_files_already_there(tmp_path: Path) -> None:
+    """A resume said `0 sidecar files written` of a folder whose sidecars were all there, as of one that had none."""
+    from pipeline.export import report_lines
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", url="u"), image("b.jpg", 2, txt="cap")])
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).sidecars_written == 3
+    (tmp_path / "files" / "b.txt").unlink()
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
+    assert (report.sidecars_written, report.sidecars_present) == (1, 2)
+    assert "(0 written, 2 already there, 1 sidecar file written, 2 already there)" in report_lines(report)[-1]
