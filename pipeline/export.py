@@ -22,23 +22,25 @@ format, the row's `original_format`): JPEG is lossy (`jpeg_quality`), GIF keeps 
 bytes are never re-encoded.
 
 Sidecar files (`sidecars=True`): beside each image, named after it (`a.png`: `a.txt`, `a.cls`, `a.json`), the files an
-img2dataset folder or a WebDataset key holds, written from its row (`sidecar_bytes`: `txt` the .txt, `label` the .cls,
-the input's other columns one .json object; never the job's own columns, nor a null but of a column null in every row:
-`null_columns`), so that the folder reads back into the job with the same columns; where the job's reader would pair
-such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's whole name's (`a.png.txt`:
-`sidecar_stem`). They are written before their image, each whole as an image is: an image in DIR has its sidecars.
+img2dataset folder or a WebDataset key holds, written from its row (`sidecar_bytes`: `txt` (or `caption_column`) the
+.txt, `label` the .cls, the input's other columns one .json object; never the job's own columns, nor a null but of a
+column null in every row: `null_columns`), so that the folder reads back into the job with the same columns; where the
+job's reader would pair such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's
+whole name's (`a.png.txt`: `sidecar_stem`). They are written before their image, each whole as an image is: an image in
+DIR has its sidecars.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
 of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
 stopped at any point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with
-their bytes.
+their bytes (and removing the temporary files of the writes an export killed outright was making: `partial_writes`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -80,7 +82,7 @@ from pipeline.sources.listing import is_table_name
 from pipeline.sources.partitions import PARTITION_PREFIX, partition_folders
 from pipeline.sources.records import JOB_COLUMNS, RENAMED_PREFIX, passthrough_name
 from pipeline.sources.webdataset_keys import sidecar_columns as read_sidecars
-from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR
+from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR, _wait_at_gate
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     TEMP_PREFIX,
@@ -420,7 +422,8 @@ def _refused(err: BaseException, uri: str, so: dict[str, Any], named: str, needs
 API_NAMES = ArgNames(None)
 CLI_NAMES = ArgNames({"output": "--output", "to": "--to", "image_format": "--format", "jpeg_quality": "--jpeg-quality",
                       "manifest": "--manifest", "force": "--force", "workers": "--workers", "resume": "--resume",
-                      "overwrite": "--overwrite", "sidecars": "--sidecars"})
+                      "overwrite": "--overwrite", "sidecars": "--sidecars",
+                      "caption_column": "--caption-column"})
 
 
 def check_destination(to: str, output: str, storage_options: dict[str, Any], existing: str,
@@ -809,6 +812,47 @@ def sidecar_columns(schemas: Iterable[pa.Schema]) -> tuple[list[str], list[str]]
 
 # Columns that are a sidecar file of their own: a null of theirs is no file, whatever the rest of the column holds
 _FILE_COLUMNS = ("txt", "label", "json")
+CAPTION_COLUMN = "txt"  # the column the job reads a .txt sidecar as, and the .txt is written from by default
+# Where data sets keep captions when not in `txt` (img2dataset's Parquet: `caption`): named in a note to --sidecars
+_CAPTION_NAMES = ("caption", "text", "prompt")
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t)
+
+
+def check_caption_column(schemas: list[pa.Schema], caption: str, names: ArgNames) -> str | None:
+    """Refuse (ExportError) a caption column (`--caption-column`) that the output's part files do not have (naming the
+    columns they have), that is not text, that is one of the job's own columns, or, not `txt`, beside a `txt` column
+    (both would be the .txt). With the default `txt` and no such column: a note naming a text column a caption may be
+    in (`caption`, `text`, `prompt`), or None."""
+    types: dict[str, list[pa.DataType]] = defaultdict(list)
+    for schema in schemas:
+        for f in schema:
+            types[f.name].append(f.type)
+    given = names.given("caption_column", caption)
+    if caption == CAPTION_COLUMN:
+        if caption in types:
+            return None
+        found = [n for n in _CAPTION_NAMES if n in types and all(_is_text(t) for t in types[n])]
+        return (f"note: the output has no txt column, so no .txt was written; its {found[0]} column is in each .json: "
+                f"{names.passing('caption_column', found[0])} writes it as the .txt too") if found else None
+    if caption in JOB_COLUMNS:
+        raise ExportError(f"{given} is one of the job's own columns, which no sidecar file holds; give a column of "
+                          "the input's (a caption)")
+    if caption not in types:
+        have = [n for n in types if n not in JOB_COLUMNS]
+        shown = ", ".join(have[:40]) + (f", ... ({len(have) - 40:,} more)" if len(have) > 40 else "")
+        raise ExportError(f"{given}: the output has no column of that name; its columns besides the job's own are: "
+                          f"{shown or 'none'}")
+    bad = next((t for t in types[caption] if not _is_text(t)), None)
+    if bad is not None:
+        raise ExportError(f"{given} is a column of {bad}, not text: a .txt caption holds text")
+    if any(not pa.types.is_null(t) for t in types.get(CAPTION_COLUMN, [])):
+        raise ExportError(f"{given}: the output has a txt column too, which the .txt is read back as (a folder input's "
+                          f".txt captions); both cannot be the .txt: give {names.passing('caption_column', 'txt')} (the "
+                          f"{caption} column is then a key of each .json)")
+    return None
 
 
 def null_columns(schemas: Iterable[pa.Schema]) -> frozenset[str]:
@@ -868,7 +912,7 @@ def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
 
 
 def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False,
-                  nulls: Container[str] = ()) -> dict[str, bytes]:
+                  nulls: Container[str] = (), caption: str = CAPTION_COLUMN) -> dict[str, bytes]:
     """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
     (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
     number, or text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's
@@ -879,7 +923,8 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
     other column is; one holding an object (the fields past the reader's column limit) gives its keys back to the .json.
     `partitioned`: the output's run read `key=value` folders as columns (`--partitioning hive`): those are left out
     (`_partition_columns`). `nulls`: the columns null in every row (`null_columns`), each a null key of the .json all
-    the same."""
+    the same. `caption`: the column whose text is the .txt (`txt`, or the one `--caption-column` names: `caption`,
+    which stays a key of the .json too, so that the folder reads back with that column, a `txt` beside it)."""
     skip = _partition_columns(row["id"], row) if partitioned else set()
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
@@ -892,8 +937,10 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
             if column in nulls and column not in _FILE_COLUMNS:
                 nulled.append(json_key(column))
             continue
-        if column == "txt" and isinstance(value, str):
+        if column == caption and isinstance(value, str):
             files[".txt"] = _sidecar_text(value)
+            if caption != CAPTION_COLUMN:  # read back as `txt`: its own name is kept by the .json
+                fields[json_key(column)] = unescaped(value)
         elif column == "label" and (_is_whole(value) or isinstance(value, str) and _cls_reads_back(value)):
             files[".cls"] = str(value).encode() if _is_whole(value) else _sidecar_text(value)
         else:
@@ -955,6 +1002,10 @@ class SidecarWriting:
     partitioned: bool
     clean: bool
     nulls: frozenset[str] = frozenset()
+    # with `clean`, on storage other than the local disk: the `_exact_hash`es of the sidecar-named files DIR held when
+    # the export began (`listed_sidecars`), so that only those are removed (a request each); None: each name is looked at
+    listed: np.ndarray | None = None
+    caption: str = CAPTION_COLUMN  # the column the .txt is written from (`sidecar_bytes`)
 
 
 def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
@@ -964,7 +1015,7 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
     remove: none is another image's, as a stem two images claim is neither's)."""
     stem = plan.sidecar_stem(rel)
     files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned,
-                                                                  writing.nulls).items()}
+                                                                  writing.nulls, writing.caption).items()}
     for name in files:
         # an image name shortened to NAME_MAX bytes (`_fit`) with a 3-letter extension leaves no room for `.json`
         if len(posixpath.basename(name).encode("utf-8", "surrogatepass")) > NAME_MAX:
@@ -972,7 +1023,30 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
                              f"{posixpath.basename(name)}")
     stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
              if name + ext not in files] if writing.clean else []
+    if writing.listed is not None:
+        stale = [name for name in stale if _holds_exact(writing.listed, name)]
     return files, stale
+
+
+def _exact_hash(rel: str) -> int:
+    """A 64-bit digest of a path under DIR as it is (not folded: a sidecar named in another case is another file
+    on an object store)."""
+    return int.from_bytes(hashlib.blake2b(rel.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _holds_exact(hashes: np.ndarray, rel: str) -> bool:
+    h = np.uint64(_exact_hash(rel))
+    at = np.searchsorted(hashes, h)
+    return bool(at < len(hashes) and hashes[at] == h)
+
+
+def listed_sidecars(paths: Iterable[str], root: str) -> np.ndarray:
+    """The sorted `_exact_hash`es of those of `paths` (a listing of the folder `root`: `fs.find`) that lie under it named
+    as a sidecar file (.txt, .cls, .json), by their path under it: 8 bytes each. A chance match of 64 bits costs one
+    DELETE of a file that is not there."""
+    prefix = root.rstrip("/") + "/"
+    return np.unique(np.array([_exact_hash(p[len(prefix):]) for p in paths
+                               if p.startswith(prefix) and p.endswith(SIDECAR_EXTENSIONS)], dtype=np.uint64))
 
 
 # --- writing one file ---------------------------------------------------------------------------------------------
@@ -998,6 +1072,65 @@ def _local_disk(fs: Any) -> bool:
     """Whether `fs` is the local disk, written with open() and os.replace: told by its protocol, as a file system
     built on LocalFileSystem for another store (a folder served as sftp://) writes and renames through its own calls."""
     return isinstance(fs, LocalFileSystem) and "file" in protocols(fs)
+
+
+# Test hook: ZIP_PURIFY_EXPORT_GATE=FOLDER holds each file's write, its temporary file written and not yet renamed, at
+# the gate of the job's ZIP_PURIFY_INJECT_FAULT=gate:FOLDER (`stages._wait_at_gate`: FOLDER/batch-N made, then wait
+# for FOLDER/pass-N or FOLDER/open), so that a test kills an export with partial files certainly on disk. Unset in
+# normal use.
+EXPORT_GATE_ENV = "ZIP_PURIFY_EXPORT_GATE"
+
+
+def _hold_at_gate() -> None:
+    folder = os.environ.get(EXPORT_GATE_ENV)
+    if folder:
+        _wait_at_gate(folder)
+
+
+# The temporary name `write_file` and `Manifest` give a file while it is written: TEMP_PREFIX, a uuid4's 32 hex digits,
+# '-', the file's name (cut to fit), '.tmp'. The job writes its part files under names of this shape too
+# (`part-00000.parquet`): a leftover is the export's only where the name is one the export writes (`_own_partial`).
+_PARTIAL_WRITE = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<name>.+)\.tmp", re.S)
+_OWN_EXTENSIONS = WRITTEN_EXTENSIONS | set(SIDECAR_EXTENSIONS)
+_MANIFEST_NAMES = frozenset(f"{MANIFEST_NAME}.{kind}" for kind in MANIFESTS if kind != "none")
+
+
+def _own_partial(rel: str) -> bool:
+    """Whether the file at `rel` (under DIR) is named as the partial write of a file an export writes: an image or a
+    sidecar anywhere (its extension, in any case, or a name cut to fit, which may have lost it), the manifest at the
+    top. Never a user's file: no one else names a file `.tmp-<32 hex digits>-...tmp` but zip-purify."""
+    folder, base = posixpath.split(rel)
+    match = _PARTIAL_WRITE.fullmatch(base)
+    if match is None:
+        return False
+    name = match["name"]
+    if not folder and name in _MANIFEST_NAMES:
+        return True
+    cut = len(base.encode("utf-8", "surrogatepass")) > NAME_MAX - 4  # `_cut`: at a character's end, up to 3 bytes short
+    return cut or posixpath.splitext(name)[1].lower() in _OWN_EXTENSIONS
+
+
+def partial_writes(fs: Any, root: str, listing: Iterable[str] | None) -> list[str]:
+    """The files under `root` (DIR) that an export killed while writing them left (`_own_partial`), by their paths
+    under it: on the local disk by a walk of DIR; else among `listing` (`fs.find(root)`), or without one at DIR's top
+    alone (an object store writes each image and sidecar in one PUT: only the manifest, streamed, has a temporary
+    name there)."""
+    prefix = root.rstrip("/") + "/"
+    if _local_disk(fs):
+        found = []
+        for folder, _, files in os.walk(root):
+            rel = os.path.relpath(folder, root).replace(os.sep, "/")
+            found += [name if rel == "." else f"{rel}/{name}" for name in files if name.startswith(TEMP_PREFIX)]
+    else:
+        if listing is None:
+            try:
+                listing = with_retries(lambda: fs.ls(root, detail=False), f"list {root}")
+            except FileNotFoundError:
+                listing = []
+            finally:
+                fs.invalidate_cache()  # a flat DIR's top is every file: not kept in the listing cache (`_clean_up`)
+        found = [p[len(prefix):] for p in listing if p.startswith(prefix)]
+    return sorted(rel for rel in found if _own_partial(rel))
 
 
 def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
@@ -1028,6 +1161,7 @@ def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
                 f.write(data)
         else:
             with_retries(lambda: fs.pipe_file(tmp, data), f"write {path}")
+        _hold_at_gate()
         _put_in_place(fs, tmp, path, len(data))
     except BaseException:
         if local:
@@ -1064,7 +1198,10 @@ class ExportReport:
     manifest_left_out: list[str] = field(default_factory=list)
     sidecars: bool = False  # sidecar files were asked for
     sidecars_written: int = 0  # sidecar files written now (those already there with their bytes are not counted)
+    sidecars_present: int = 0  # sidecar files already there with their bytes (existing="resume")
     sidecars_left_out: list[str] = field(default_factory=list)  # columns of bytes, in no sidecar file
+    stale_sidecars_removed: int = 0  # an earlier export's sidecar files of an image that its row has no value for
+    partial_writes_removed: int = 0  # temporary files a killed export left (existing="resume" or "overwrite")
     manifest_error: str | None = None  # why the manifest could not be written
     # what became of an earlier export's manifest of the name this one failed to write: "removed", or why it was not
     earlier_manifest: str | None = None
@@ -1115,15 +1252,19 @@ def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quali
     return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
 
 
-def _remove_file(fs: Any, path: str) -> None:
-    """Remove the file `path` where there is one (a folder of that name is left: it is no sidecar)."""
+def _remove_file(fs: Any, path: str) -> bool:
+    """Remove the file `path` where there is one (a folder of that name is left: it is no sidecar); whether one was
+    removed. Off the local disk `path` is one a listing found (`listed_sidecars`): a folder is not listed as a file."""
     if _local_disk(fs):
         if os.path.isfile(path) or os.path.islink(path):
             os.remove(path)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        if not (has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}")):
-            with_retries(lambda: fs.rm_file(path), f"remove {path}")
+            return True
+        return False
+    try:
+        with_retries(lambda: fs.rm_file(path), f"remove {path}")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class SidecarFailed(Exception):
@@ -1131,42 +1272,45 @@ class SidecarFailed(Exception):
     Said by the sidecar's path under DIR, not by the hidden temporary name the error of its write names; `written`: the
     row's sidecar files written before it, which are counted."""
 
-    def __init__(self, what: str, written: int, cause: BaseException) -> None:
+    def __init__(self, what: str, written: int, cause: BaseException, removed: int = 0) -> None:
         # a disk's error by its reason alone: its paths are the temporary file's, the sidecar's said already
         reason = f"{type(cause).__name__}: {cause.strerror}" if isinstance(cause, OSError) and cause.strerror and \
             cause.filename else describe(cause)
         super().__init__(f"{what}, so neither was its image: {reason}")
-        self.written = written
+        self.written, self.removed = written, removed
 
 
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
-                          row: Mapping[str, Any], plan: NamePlan, writing: SidecarWriting) -> tuple[bool, int]:
+                          row: Mapping[str, Any], plan: NamePlan,
+                          writing: SidecarWriting) -> tuple[bool, int, int, int]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
-    sidecar files written); SidecarFailed naming a sidecar that could not be written or removed."""
+    sidecar files written, stale ones removed, sidecar files already there with their bytes); SidecarFailed naming a
+    sidecar that could not be written or removed."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     files, stale = sidecar_writes(row, rel, plan, writing)
+    removed = 0
     for name in stale:
         try:
-            _remove_file(fs, posixpath.join(root, name))
+            removed += _remove_file(fs, posixpath.join(root, name))
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its stale sidecar file {name} (its row has no value for it) could not be removed",
-                                0, err) from err
+                                0, err, removed) from err
     written = 0
     for name, data in files.items():
         try:
             written += write_file(fs, posixpath.join(root, name), data, resume)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
-            raise SidecarFailed(f"its sidecar file {name} could not be written", written, err) from err
-    return _export_one(fs, root, rel, png, resume, jpeg_quality), written
+            raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
+    return _export_one(fs, root, rel, png, resume, jpeg_quality), written, removed, len(files) - written
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
                   storage_options: dict[str, Any] | None = None, image_format: str = "png", jpeg_quality: int = 95,
                   manifest: str = "csv", existing: str = "refuse", force: bool = False, workers: int = 8,
                   progress: Any = None, on_damaged: Callable[[str], None] | None = None,
-                  sidecars: bool = False) -> ExportReport:
+                  sidecars: bool = False, caption_column: str = CAPTION_COLUMN) -> ExportReport:
     """Write the purified images of `output` (a zip-purify output: a path or fsspec URI) as files under `to`.
 
     See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
@@ -1176,12 +1320,13 @@ def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
     be written with is kept; one of that size is read back). `force`: export an output that is not complete (a run
     stopped, or one writing it now). `workers`: files written at once. `progress`: a callable(total) -> bar with
     update(n) and close() (see `pipeline.progress.progress_bar`), or None. `on_damaged(line)`: said of each part
-    file that cannot be read, as it is found. Raises ExportError before writing anything when the export cannot
+    file that cannot be read, as it is found. `sidecars`: each image's sidecar files beside it (`sidecar_bytes`), the
+    .txt from `caption_column` (default `txt`). Raises ExportError before writing anything when the export cannot
     start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is then False) and
     the rest are exported."""
     return run_export(API_NAMES, output, to, storage_options=storage_options, image_format=image_format,
                       jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
-                      progress=progress, on_damaged=on_damaged, sidecars=sidecars)
+                      progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column)
 
 
 def _is_whole(value: Any) -> bool:
@@ -1190,7 +1335,7 @@ def _is_whole(value: Any) -> bool:
 
 def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: Any, image_format: Any,
                      jpeg_quality: Any, manifest: Any, existing: Any, force: Any, workers: Any, progress: Any,
-                     on_damaged: Any, sidecars: Any = False) -> None:
+                     on_damaged: Any, sidecars: Any = False, caption_column: Any = CAPTION_COLUMN) -> None:
     """Refuse, naming the argument, a value of the wrong type or out of range, before anything is read or written:
     a `force="no"` exported an unfinished output as if True, `workers="8"` raised a bare TypeError, and a
     `progress` or `on_damaged` that is no callable failed only once the export had begun writing."""
@@ -1212,6 +1357,11 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
     for name, value in (("force", force), ("sidecars", sidecars)):
         if not isinstance(value, bool):
             raise ExportError(f"{names.named(name)} must be True or False, got {value!r}")
+    if not isinstance(caption_column, str) or not caption_column:
+        raise ExportError(f"{names.named('caption_column')} must be a column's name, got {caption_column!r}")
+    if caption_column != CAPTION_COLUMN and not sidecars:
+        raise ExportError(f"{names.named('caption_column')} names the column of each image's .txt sidecar file: it "
+                          f"needs {names.passing('sidecars')}")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise ExportError(f"storage_options must be a mapping of fsspec options (or None), got "
                           f"{type(storage_options).__name__}")
@@ -1224,12 +1374,13 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
 def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.PathLike[str], *,
                storage_options: dict[str, Any] | None, image_format: str, jpeg_quality: int, manifest: str,
                existing: str, force: bool, workers: int, progress: Any,
-               on_damaged: Callable[[str], None] | None, sidecars: bool = False) -> ExportReport:
+               on_damaged: Callable[[str], None] | None, sidecars: bool = False,
+               caption_column: str = CAPTION_COLUMN) -> ExportReport:
     """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
     (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
     _check_arguments(names, output=output, to=to, storage_options=storage_options, image_format=image_format,
                      jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
-                     progress=progress, on_damaged=on_damaged, sidecars=sidecars)
+                     progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column)
     # numpy's integers as Python's: Pillow refuses quality=np.int64(90) ("Invalid quality setting"), for every JPEG
     jpeg_quality, workers = int(jpeg_quality), int(workers)
     output, to = os.fspath(output).rstrip("/") or "/", os.fspath(to).rstrip("/") or "/"
@@ -1280,11 +1431,18 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         report.manifest_left_out = []
     writing = None
     if sidecars:
-        names, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
+        # not `names`: that is how errors name the caller's arguments, used below (a --to that cannot be made)
+        sidecar_from, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
         reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
         partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
-        writing = SidecarWriting(names, partitioned, existing != "refuse", null_columns(p.schema for p in parts))
+        hint = check_caption_column([p.schema for p in parts], caption_column, names)
+        if hint:
+            report.warnings.append(hint)
+        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts),
+                                 caption=caption_column)
         report.sidecars = True
+    if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
+        writing = _clean_up(out_fs, root, to, names, writing, report)
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
         writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
@@ -1331,6 +1489,43 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         report.warnings.append(f"warning: output {output} changed during the export ({changed}): export again with "
                                f"{names.passing('existing', 'resume')} once its run is complete")
     return report
+
+
+def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWriting | None,
+              report: ExportReport) -> SidecarWriting | None:
+    """Remove the partial files an export killed outright (SIGKILL, a machine lost) left in DIR (`partial_writes`),
+    counted in `report`; returns `writing` with, off the local disk, the sidecar-named files DIR holds
+    (`listed_sidecars`): one listing of DIR (a request per 1,000 files on an object store) rather than a DELETE of each
+    name an image's stale sidecar could have, up to 6 an image. ExportError when DIR cannot be listed."""
+    listing = None
+    if not _local_disk(fs) and (writing is not None or has_rename(fs)):
+        try:
+            listing = with_retries(lambda: fs.find(root), f"list {to}")
+        except FileNotFoundError:  # a DIR not made yet
+            listing = []
+        except Exception as err:  # noqa: BLE001 - nothing is written yet
+            raise ExportError(f"{names.given('to', to)} cannot be listed: {describe(err)}; the export lists it once "
+                              "to find the partial files and stale sidecar files of an earlier export") from err
+        finally:
+            # s3fs and gcsfs keep every file's listing entry (its details, near 1 KB each) in their listing cache for
+            # the file system's life: a gigabyte held through an export into a DIR of a million files
+            fs.invalidate_cache()
+    if writing is not None and listing is not None:
+        writing = dataclasses.replace(writing, listed=listed_sidecars(listing, root))
+    for rel in partial_writes(fs, root, listing):
+        path = posixpath.join(root, rel)
+        try:
+            if _local_disk(fs):
+                os.remove(path)
+            else:
+                with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
+            report.partial_writes_removed += 1
+        except FileNotFoundError:
+            pass
+        except Exception as err:  # noqa: BLE001 - it is hidden, and harms no reader: said, the export goes on
+            report.warnings.append(f"warning: the partial file {_under(to, rel)} an earlier export left could not be "
+                                   f"removed: {describe(err)}")
+    return writing
 
 
 def _under(to: str, name: str) -> str:
@@ -1411,12 +1606,15 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         try:
             wrote = future.result()
             if writing is not None:
-                wrote, sidecars = wrote
+                wrote, sidecars, removed, kept = wrote
                 report.sidecars_written += sidecars
+                report.sidecars_present += kept
+                report.stale_sidecars_removed += removed
         except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
             report.failed += 1
             if isinstance(err, SidecarFailed):
                 report.sidecars_written += err.written
+                report.stale_sidecars_removed += err.removed
             if len(report.failures) < FAILURES_KEPT:
                 report.failures.append((row["id"], str(err) if isinstance(err, SidecarFailed) else describe(err)))
             continue
@@ -1462,12 +1660,21 @@ def report_lines(report: ExportReport) -> list[str]:
                      "on Windows, and were written escaped ('..' as %2E%2E, '.' as %2E, NUL as %00, '\\' as %5C, "
                      "':' and <>\"|?* as %XX, CON.png as %43ON.png, a last dot or space as %2E or %20, an empty part or "
                      "leading '/' left out, a name over 255 bytes shortened); the manifest says where each id went")
+    if report.partial_writes_removed:
+        n = report.partial_writes_removed
+        lines.append(f"note: removed {n:,} partial file{'' if n == 1 else 's'} (.tmp-*.tmp) that an export stopped "
+                     f"outright (killed, its machine lost) left in {terminal_text(report.to)}")
     if report.repeated:
         lines.append(f"note: {report.repeated:,} row(s) repeat an id of an earlier row (an unfinished output): "
                      "exported once")
     counts = f"{report.written:,} written" + (f", {report.present:,} already there" if report.present else "")
     if report.sidecars:
         counts += f", {report.sidecars_written:,} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
+        if report.sidecars_present:
+            counts += f", {report.sidecars_present:,} already there"
+        if report.stale_sidecars_removed:
+            n = report.stale_sidecars_removed
+            counts += f", {n:,} stale sidecar file{'' if n == 1 else 's'} of an earlier export removed"
     if report.failed:
         counts += f", {report.failed:,} failed"
     damaged = [d for d in report.damaged if not d[1].startswith(UNFETCHED)]

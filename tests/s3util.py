@@ -108,3 +108,24 @@ def moto_s3_without_list(*buckets: str, unlisted: tuple[str, ...]) -> Iterator[t
         gate = GetWithoutList(server._server.app, set(unlisted))
         server._server.app = gate
         yield client, options, gate
+
+
+class RequestLog:
+    """Wraps moto's server's WSGI application: each request it answers, as (method, path, query string), in `requests`
+    (what a test counts, as S3 bills them: a DELETE each)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.requests = app, []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
+        return self.app(environ, start_response)
+
+
+@contextmanager
+def moto_s3_logged(*buckets: str) -> Iterator[tuple[Any, dict[str, Any], RequestLog]]:
+    """As `moto_s3`, with the server's requests logged (`RequestLog`; the boto3 client's too)."""
+    with _moto_s3(*buckets) as (client, options, server):
+        log = RequestLog(server._server.app)
+        server._server.app = log
+        yield client, options, log

@@ -1093,3 +1093,94 @@ def test_no_s3_credentials_is_one_line_saying_where_they_are_read_from(tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and "Unable to locate credentials" in err[0], err
     assert err[0].endswith(NO_CREDENTIALS_ADVICE), err
+
+
+def test_resume_removes_the_partial_files_of_an_export_killed_outright_and_no_one_elses(tmp_path: Path, capsys) -> None:
+    """An export killed with SIGKILL (the OOM killer, a machine lost) leaves the hidden temporary file of each write it
+    was making, `.tmp-<hex>-3.png.tmp`, and the manifest's; --resume finished the export and left them in DIR for
+    ever (a glob of '*' or a sync of DIR copies them). The export holds at a gate here (ZIP_PURIFY_EXPORT_GATE) with
+    two writes' temporary files certainly on disk when it is killed."""
+    from pipeline.export import EXPORT_GATE_ENV
+    from tests.gateutil import let_through_until
+
+    out, to, gate = tmp_path / "out", tmp_path / "images", tmp_path / "gate"
+    make_output(str(out), [image(f"{i}.jpg", i, txt=f"cap {i}") for i in range(6)])
+    gate.mkdir()
+    argv = ["--output", str(out), "--to", str(to), "--sidecars", "--workers", "2", "--no-progress"]
+    export = subprocess.Popen([sys.executable, "jobs/export.py", *argv], cwd=Path(__file__).parents[1],
+                              env={**os.environ, EXPORT_GATE_ENV: str(gate)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        # two writes let through whole, then each of the two workers holds one with its temporary file written
+        let_through_until(gate, lambda: export.poll() is not None or len(list(gate.glob("batch-*"))) >= 4, most=2,
+                          deadline_s=60)
+        assert export.poll() is None, export.communicate()  # it finished: nothing held it
+        export.kill()  # SIGKILL: no handler runs, no temporary file is cleaned up
+        export.wait()
+    finally:
+        if export.poll() is None:
+            export.kill()
+            export.wait()
+    partial = {name for name in files_under(to) if name.startswith(".tmp-")}
+    assert len(partial) == 3 and any(name.endswith("-manifest.csv.tmp") for name in partial), partial
+    theirs = {"notes.tmp", ".tmp-notes.tmp", "sub/.tmp-x.png.tmp", f".tmp-{'0' * 32}-part-00000.parquet.tmp",
+              f".tmp-{'0' * 32}-a.png"}  # no export's names: a user's, the job's part file, no .tmp at the end
+    for name in theirs:
+        (to / name).parent.mkdir(exist_ok=True)
+        (to / name).write_bytes(b"not the export's")
+    assert main([*argv, "--resume"]) == 0
+    said = capsys.readouterr()
+    assert f"note: removed 3 partial files (.tmp-*.tmp) that an export stopped outright (killed, its machine lost) " \
+           f"left in {to}" in said.err, said.err
+    assert files_under(to) == {f"{i}.{ext}" for i in range(6) for ext in ("png", "txt")} | {"manifest.csv"} | theirs
+    assert main([*argv, "--resume"]) == 0
+    assert "partial" not in capsys.readouterr().err  # none left, none said
+
+
+def test_resume_on_an_object_store_removes_the_manifests_partial_copy(tmp_path: Path) -> None:
+    """On an object store each image is one PUT, but the manifest is streamed to a temporary key and copied into place:
+    an export killed between the copy and the delete left `.tmp-<hex>-manifest.csv.tmp` at DIR's top."""
+    import fsspec
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1)])
+    to, fs = "memory://export-partial-test/images", fsspec.filesystem("memory")
+    try:
+        left = f"/export-partial-test/images/.tmp-{'ab' * 16}-manifest.csv.tmp"
+        fs.pipe_file(left, b"id,path\n")
+        fs.pipe_file("/export-partial-test/images/.tmp-mine.tmp", b"a user's")
+        report = export_images(tmp_path / "out", to, existing="resume")
+        assert report.ok and report.partial_writes_removed == 1
+        assert not fs.exists(left) and fs.exists("/export-partial-test/images/.tmp-mine.tmp")
+        assert any("removed 1 partial file (.tmp-*.tmp)" in line for line in report_lines(report))
+    finally:
+        fs.rm("/export-partial-test", recursive=True)
+
+
+def test_resume_into_a_store_with_rename_finds_partial_files_in_every_folder(tmp_path: Path, monkeypatch) -> None:
+    """A store with a rename that is not the local disk (sftp://, stood in for by a local folder) writes each file
+    under a temporary name as the disk does, in every folder: --resume lists the whole DIR for them."""
+    import importlib
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    class AsSftp(LocalFileSystem):
+        protocol = ("sftp", "ssh")
+        root_marker = "/"
+
+        @classmethod
+        def _strip_protocol(cls, path):  # noqa: ANN001 - fsspec's signature
+            path = path[len("sftp://"):] if isinstance(path, str) and path.startswith("sftp://") else path
+            return super()._strip_protocol(path)
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "sftp", AsSftp)
+    AsSftp.clear_instance_cache()
+    out, to = tmp_path / "out", tmp_path / "exported"
+    make_output(str(out), [image("cats/a.jpg", 1, txt="cap"), image("b.jpg", 2)])
+    left = [f"cats/.tmp-{'1' * 32}-a.png.tmp", f".tmp-{'2' * 32}-manifest.csv.tmp", f"cats/.tmp-{'3' * 32}-a.txt.tmp"]
+    for name in [*left, "cats/a.cls", "cats/.tmp-mine.tmp"]:
+        (to / name).parent.mkdir(parents=True, exist_ok=True)
+        (to / name).write_bytes(b"x")
+    report = export_images(f"sftp://{out}", f"sftp://{to}", existing="resume", sidecars=True)
+    assert report.ok and report.partial_writes_removed == 3 and report.stale_sidecars_removed == 1
+    assert files_under(to) == {"cats/a.png", "cats/a.txt", "b.png", "manifest.csv", "cats/.tmp-mine.tmp"}
+    AsSftp.clear_instance_cache()

@@ -24,6 +24,7 @@ from pipeline.sources import discover, read_unit
 from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, unit_sidecars
 from tests.jobutil import image_bytes, small_job_config, tar_bytes, write_tree
+from tests.s3util import moto_s3
 from tests.test_export import files_under, image, make_output, manifest_rows
 
 
@@ -356,7 +357,7 @@ def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finish
     (tmp_path / "files" / images.pop().replace(".png", ".txt")).write_bytes(b"ca")  # cut short (not by this export:
     # its files land whole)
     assert main([*argv, "--resume"]) == 0
-    assert "(5 written, 1 already there, 13 sidecar files written)" in capsys.readouterr().out
+    assert "(5 written, 1 already there, 13 sidecar files written, 5 already there)" in capsys.readouterr().out
     again = read_folder(str(tmp_path / "files"))
     assert {id_: r["meta"] for id_, r in again.items()} == {r["id"][:-4] + ".png": r["meta"] for r in records}
 
@@ -463,3 +464,194 @@ def test_a_purified_img2dataset_folder_exported_with_sidecars_reads_back_with_th
     for id_, row in rows.items():
         own = {k: v for k, v in row.items() if k not in jobs and v is not None}
         assert again[id_[:-4] + ".png"]["meta"] == own, id_
+
+
+def test_with_sidecars_a_to_that_cannot_be_made_and_an_output_changed_meanwhile_are_said_not_a_traceback(
+        tmp_path: Path, capsys) -> None:
+    """--sidecars rebound the name export's errors name the caller's arguments by to the sidecars' column list: a --to
+    under a file stopped with AttributeError ('list' object has no attribute 'given') instead of `error: --to ...`
+    (exit 2), and an output a run began writing during the export failed the export at its very end, every image
+    written, instead of warning."""
+    from pipeline.output import SUMMARY_FILE
+
+    out = tmp_path / "out"
+    make_output(str(out), [image("a.jpg", 1, txt="cap")])
+    (tmp_path / "file").write_bytes(b"x")
+    to = tmp_path / "file" / "images"
+    assert main(["--output", str(out), "--to", str(to), "--sidecars", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --to {to} cannot be made or written: ") and "NotADirectoryError" in err, err
+
+    class RunStarts:
+        def __init__(self, total: int) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": 2.0}, {})
+
+        def close(self) -> None:
+            pass
+
+    report = export_images(out, tmp_path / "files", sidecars=True, progress=RunStarts)
+    assert report.written == 1 and report.sidecars_written == 1
+    (warning,) = report.warnings
+    assert "changed during the export" in warning and 'existing="resume"' in warning, warning
+
+
+def test_resume_and_overwrite_on_s3_delete_only_the_stale_sidecars_there_and_count_them(tmp_path: Path) -> None:
+    """An export resumed or overwritten into an object store sent a DELETE for each name an image's stale sidecar could
+    have (5 an image here: a.cls, a.json, a.png.txt, a.png.cls, a.png.json), whether or not one was there: 50,000
+    requests for 10,000 images to remove none. DIR is listed once; only the stale files there are deleted, and
+    counted in the last line."""
+    from pipeline.export import report_lines
+    from tests.s3util import moto_s3_logged
+
+    make_output(str(tmp_path / "out"), [image(f"{i}.jpg", i, txt=f"cap {i}") for i in range(10)])
+    with moto_s3_logged("files") as (client, so, log):
+        to = "s3://files/images"
+
+        def deletes() -> list[str]:
+            # the manifest's own temporary file, copied into place then deleted, is no sidecar
+            found = [path for method, path, query in log.requests
+                     if method == "DELETE" or method == "POST" and "delete" in query]
+            log.requests.clear()
+            return [p for p in found if "/.tmp-" not in p]
+
+        assert export_images(tmp_path / "out", to, storage_options=so, sidecars=True).sidecars_written == 10
+        deletes()
+        report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing="resume")
+        assert deletes() == []
+        assert report.ok and report.present == 10 and report.stale_sidecars_removed == 0
+        assert "stale" not in report_lines(report)[-1]
+        for key in ("images/3.cls", "images/4.png.json", "images/4.json", "images/keep.cls"):  # keep: no image's
+            client.put_object(Bucket="files", Key=key, Body=b"7")
+        client.put_object(Bucket="files", Key="images/5.json/x", Body=b"a folder of a stale name: not a sidecar")
+        for existing in ("overwrite", "resume"):
+            report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing=existing)
+            assert report.ok and report.stale_sidecars_removed == (3 if existing == "overwrite" else 0), existing
+            assert sorted(deletes()) == ([] if existing == "resume" else
+                                         ["/files/images/3.cls", "/files/images/4.json", "/files/images/4.png.json"])
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="files")["Contents"]}
+        assert keys == {f"images/{i}.{ext}" for i in range(10) for ext in ("png", "txt")} | {
+            "images/manifest.csv", "images/keep.cls", "images/5.json/x"}
+
+
+def test_stale_sidecars_removed_are_counted_in_the_last_line(tmp_path: Path) -> None:
+    from pipeline.export import ExportReport, report_lines
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap"), image("b.jpg", 2, txt="cap")])
+    write_tree(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old", "b.json": b"{}"})
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
+    assert report.stale_sidecars_removed == 3
+    assert "(2 written, 2 sidecar files written, 3 stale sidecar files of an earlier export removed)" in \
+        report_lines(report)[-1]
+    many = ExportReport("out", "files", written=1, sidecars=True, sidecars_written=1, stale_sidecars_removed=1234)
+    assert "(1 written, 1 sidecar file written, 1,234 stale sidecar files of an earlier export removed)" in \
+        report_lines(many)[-1]
+
+
+def test_caption_column_writes_another_columns_text_as_the_txt_and_the_folder_reads_back_with_it(
+        tmp_path: Path, capsys) -> None:
+    """img2dataset's Parquet output keeps captions in `caption` (others in `text`, `prompt`): --sidecars wrote it into
+    x.json only, and caption loaders, which pair x.png with x.txt, found none. --caption-column caption writes it as
+    x.txt, and keeps it in x.json, so that the folder reads back with the output's columns (and `txt`, the same text)."""
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, caption="a cat, \"quoted\"\non a mat", url="u1"),
+                                        image("b.jpg", 2, caption=None, url="u2"),
+                                        image("c.jpg", 3, caption="caf\\xe9 latin-1", url="u3")])
+    files = tmp_path / "files"
+    argv = ["--output", str(tmp_path / "out"), "--to", str(files), "--sidecars", "--no-progress"]
+    assert main(argv) == 0
+    assert "--caption-column caption writes it as the .txt too" in capsys.readouterr().err  # said where it is
+    assert not (files / "a.txt").exists()
+    assert main([*argv, "--overwrite", "--caption-column", "caption"]) == 0
+    assert (files / "a.txt").read_bytes() == b"a cat, \"quoted\"\non a mat"
+    assert (files / "c.txt").read_bytes() == "caf\xe9 latin-1".encode("latin-1")  # the reader's escape undone
+    assert not (files / "b.txt").exists()  # no caption, no file
+    assert json.loads((files / "a.json").read_bytes()) == {"caption": "a cat, \"quoted\"\non a mat", "url": "u1"}
+    assert files_under(files) == {"a.png", "a.txt", "a.json", "b.png", "b.json", "c.png", "c.txt", "c.json",
+                                  "manifest.csv"}
+    again = read_folder(str(files))
+    assert again["a.png"]["meta"] == {"txt": "a cat, \"quoted\"\non a mat", "caption": "a cat, \"quoted\"\non a mat",
+                                      "url": "u1"}
+    assert again["b.png"]["meta"] == {"url": "u2"}
+    assert again["c.png"]["meta"]["txt"] == again["c.png"]["meta"]["caption"] == "caf\\xe9 latin-1"
+    # back to the default: c's .txt is then stale (its row has no txt), removed
+    assert export_images(tmp_path / "out", files, sidecars=True, existing="overwrite").stale_sidecars_removed == 2
+    assert not (files / "a.txt").exists() and not (files / "c.txt").exists()
+
+
+def test_a_caption_column_that_is_missing_not_text_or_beside_a_txt_column_is_refused_naming_it(
+        tmp_path: Path, capsys) -> None:
+    from pipeline.export import ExportError
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, caption="cap", url="u", n=3)])
+    make_output(str(tmp_path / "both"), [image("a.jpg", 1, caption="cap", txt="a .txt caption")])
+    files = tmp_path / "files"
+    for out, flags, said in (
+            ("out", ["--sidecars", "--caption-column", "prompt"],
+             "error: --caption-column prompt: the output has no column of that name; its columns besides the job's "
+             "own are: caption, n, url"),
+            ("out", ["--sidecars", "--caption-column", "n"], "error: --caption-column n is a column of int64, not text"),
+            ("out", ["--sidecars", "--caption-column", "source"],
+             "error: --caption-column source is one of the job's own columns"),
+            ("both", ["--sidecars", "--caption-column", "caption"],
+             "error: --caption-column caption: the output has a txt column too, which the .txt is read back as"),
+            ("out", ["--sidecars", "--caption-column", ""], "error: --caption-column must be a column's name, got ''"),
+            ("out", ["--caption-column", "caption"],
+             "error: --caption-column names the column of each image's .txt sidecar file: it needs --sidecars")):
+        assert main(["--output", str(tmp_path / out), "--to", str(files), "--no-progress", *flags]) == 2, said
+        assert said in capsys.readouterr().err, said
+        assert not files.exists()
+    with pytest.raises(ExportError, match="^caption_column='prompt': the output has no column"):
+        export_images(tmp_path / "out", files, sidecars=True, caption_column="prompt")
+    with pytest.raises(ExportError, match="it needs sidecars=True"):
+        export_images(tmp_path / "out", files, caption_column="caption")
+    assert "--caption-column NAME" in build_parser().format_help()
+
+
+def test_the_listing_of_an_s3_dir_is_not_kept_in_the_file_systems_cache(tmp_path: Path) -> None:
+    """s3fs's find keeps the entry of every file it lists (its size, etag, times) in the file system's listing cache,
+    for as long as the process lives: the one listing of DIR a resume makes would hold about 1 KB per file in DIR."""
+    from pipeline.storage import storage_path
+
+    make_output(str(tmp_path / "out"), [image(f"d{i % 3}/{i}.jpg", i, txt=f"cap {i}") for i in range(30)])
+    with moto_s3("files") as (client, so):
+        assert export_images(tmp_path / "out", "s3://files/images", storage_options=so, sidecars=True).ok
+        fs, _ = storage_path("s3://files/images", so)
+        fs.invalidate_cache()
+        assert export_images(tmp_path / "out", "s3://files/images", storage_options=so, sidecars=True,
+                             existing="resume").present == 30
+        cached = [entry["name"] for entries in fs.dircache.values() for entry in entries]
+        assert len(cached) < 10, cached
+        # without sidecars only DIR's top is listed (for a manifest's partial copy): all of a flat DIR
+        assert export_images(tmp_path / "out", "s3://files/flat", storage_options=so, sidecars=True).ok
+        fs.invalidate_cache()
+        for i in range(30):
+            client.put_object(Bucket="files", Key=f"flat/user-{i}.png", Body=b"x")
+        seen: list[int] = []  # entries cached while the export runs (its manifest's write at the end drops them)
+
+        class Probe:
+            def __init__(self, total: int) -> None:
+                pass
+
+            def update(self, n: int) -> None:
+                seen.append(sum(len(entries) for entries in fs.dircache.values()))
+
+            def close(self) -> None:
+                pass
+
+        assert export_images(tmp_path / "out", "s3://files/flat", storage_options=so, existing="resume",
+                             progress=Probe).ok
+        assert seen and max(seen) < 10, seen
+
+
+def test_a_resume_counts_the_sidecar_files_already_there(tmp_path: Path) -> None:
+    """A resume said `0 sidecar files written` of a folder whose sidecars were all there, as of one that had none."""
+    from pipeline.export import report_lines
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", url="u"), image("b.jpg", 2, txt="cap")])
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).sidecars_written == 3
+    (tmp_path / "files" / "b.txt").unlink()
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
+    assert (report.sidecars_written, report.sidecars_present) == (1, 2)
+    assert "(0 written, 2 already there, 1 sidecar file written, 2 already there)" in report_lines(report)[-1]
