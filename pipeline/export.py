@@ -82,7 +82,7 @@ from pipeline.sources.listing import is_table_name
 from pipeline.sources.partitions import PARTITION_PREFIX, partition_folders
 from pipeline.sources.records import JOB_COLUMNS, RENAMED_PREFIX, passthrough_name
 from pipeline.sources.webdataset_keys import sidecar_columns as read_sidecars
-from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR, _wait_at_gate
+from pipeline.stages import DATA_DIR, PAGE_ROWS, REJECTS_DIR, wait_at_gate
 from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     TEMP_PREFIX,
@@ -1075,7 +1075,7 @@ def _local_disk(fs: Any) -> bool:
 
 
 # Test hook: ZIP_PURIFY_EXPORT_GATE=FOLDER holds each file's write, its temporary file written and not yet renamed, at
-# the gate of the job's ZIP_PURIFY_INJECT_FAULT=gate:FOLDER (`stages._wait_at_gate`: FOLDER/batch-N made, then wait
+# the gate of the job's ZIP_PURIFY_INJECT_FAULT=gate:FOLDER (`stages.wait_at_gate`: FOLDER/batch-N made, then wait
 # for FOLDER/pass-N or FOLDER/open), so that a test kills an export with partial files certainly on disk. Unset in
 # normal use.
 EXPORT_GATE_ENV = "ZIP_PURIFY_EXPORT_GATE"
@@ -1084,7 +1084,7 @@ EXPORT_GATE_ENV = "ZIP_PURIFY_EXPORT_GATE"
 def _hold_at_gate() -> None:
     folder = os.environ.get(EXPORT_GATE_ENV)
     if folder:
-        _wait_at_gate(folder)
+        wait_at_gate(folder)
 
 
 # The temporary name `write_file` and `Manifest` give a file while it is written: TEMP_PREFIX, a uuid4's 32 hex digits,

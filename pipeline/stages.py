@@ -358,7 +358,7 @@ GATE_WAIT_S = 600.0  # how long a batch waits at a gate left shut, so that a tes
 def _maybe_inject_fault() -> None:
     """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor),
     "exit-always:MARKER" (kills every actor at its first batch: each death adds a line to MARKER), "slow:SECONDS"
-    (each batch takes longer), or "gate:FOLDER" (`_wait_at_gate`: a test lets batches through one by one, to stop or
+    (each batch takes longer), or "gate:FOLDER" (`wait_at_gate`: a test lets batches through one by one, to stop or
     kill a run half-way whatever the machine's speed).
 
     The marker file makes a "-once" fault happen once per run across processes; unset in normal use.
@@ -371,7 +371,7 @@ def _maybe_inject_fault() -> None:
         time.sleep(float(marker))
         return
     if mode == "gate":
-        _wait_at_gate(marker)
+        wait_at_gate(marker)
         return
     if mode == "exit-always":
         with open(marker, "a") as deaths:
@@ -387,7 +387,7 @@ def _maybe_inject_fault() -> None:
     raise RuntimeError("injected fault (ZIP_PURIFY_INJECT_FAULT)")
 
 
-def _wait_at_gate(folder: str) -> None:
+def wait_at_gate(folder: str) -> None:
     """Number this batch in the order the run's batches come here, across its actors' processes (FOLDER/batch-N made
     exclusively, N the first number free), then wait until FOLDER/pass-N or FOLDER/open exists (GATE_WAIT_S at most).
     A test that stops a run once its first files land, with the rest still to come, then holds the rest back: a fixed

@@ -1,4 +1,4 @@
-"""Letting a job's batches through the gate of ZIP_PURIFY_INJECT_FAULT=gate:FOLDER (`pipeline.stages._wait_at_gate`), so
+"""Letting a job's batches through the gate of ZIP_PURIFY_INJECT_FAULT=gate:FOLDER (`pipeline.stages.wait_at_gate`), so
 that a test stops or kills a run with some of its output written and the rest certainly still to come."""
 
 from __future__ import annotations
