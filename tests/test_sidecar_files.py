@@ -367,3 +367,19 @@ def test_a_name_with_an_empty_extension_beside_an_image_is_an_input_of_its_own_n
     assert rejects["d/x..txt"] == (
         "not a recognised image format (its name has an empty extension (a '.' at its end, or two together), which "
         "names no column: it is no image's sidecar (docs/job.md, Inputs))")
+
+
+def test_a_zip_members_reject_says_its_name_has_an_empty_extension_or_no_image_beside_it_as_a_folders_file(tmp_path):
+    # a zip member 'x.jpg..' or a caption without its image was only 'not a recognised image format', where the same
+    # file in a folder says why it is no sidecar: the user is left to guess that the image is missing or the name odd
+    files = {"d/x.jpg": image_bytes(8, 8, 0, "JPEG"), "d/x.jpg..": b"not an image", "d/x..txt": b"a caption?",
+             "d/lost.txt": b"a caption", "d/x.jpg.": image_bytes(8, 8, 1, "JPEG")}
+    folder = _read(str(write_tree(tmp_path / "in", files)))
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "a.zip").write_bytes(zip_bytes(files))
+    zipped = _read(str(tmp_path / "z"))
+    notes = {name: zipped[f"a.zip/{name}"].get("decode_note") for name in files}
+    assert notes == {name: folder[name].get("decode_note") for name in files}
+    assert notes["d/x.jpg.."].startswith("its name has an empty extension (a '.' at its end, or two together)")
+    assert notes["d/lost.txt"].startswith("if it is an image's sidecar, no image named lost.<image extension> lies")
+    assert notes["d/x.jpg"] is None
