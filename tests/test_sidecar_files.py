@@ -383,3 +383,15 @@ def test_a_zip_members_reject_says_its_name_has_an_empty_extension_or_no_image_b
     assert notes["d/x.jpg.."].startswith("its name has an empty extension (a '.' at its end, or two together)")
     assert notes["d/lost.txt"].startswith("if it is an image's sidecar, no image named lost.<image extension> lies")
     assert notes["d/x.jpg"] is None
+
+
+def test_a_tar_members_empty_extension_keeps_webdatasets_key_a_column_of_its_key(tmp_path) -> None:
+    # as docs/job.md says: a tar key is WebDataset's, whatever a folder makes of the same names. x.jpg. is x's column
+    # 'jpg.' (written jpg_, counted as unpurified when it holds an image); z.png. alone is its key's reject
+    jpeg, png = image_bytes(8, 8, 1, "JPEG"), image_bytes(8, 8, 2)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.tar").write_bytes(tar_bytes({"x.jpg": image_bytes(8, 8, 0, "JPEG"), "x.jpg.": jpeg,
+                                                       "z.png.": png}))
+    records = _read(str(tmp_path / "in"))
+    assert records["s.tar/x"]["meta"] == {"jpg_": jpeg}
+    assert records["s.tar/z"]["error"] == "expected exactly one image member for key z, found z.png."
