@@ -395,3 +395,14 @@ def test_a_tar_members_empty_extension_keeps_webdatasets_key_a_column_of_its_key
     records = _read(str(tmp_path / "in"))
     assert records["s.tar/x"]["meta"] == {"jpg_": jpeg}
     assert records["s.tar/z"]["error"] == "expected exactly one image member for key z, found z.png."
+
+
+def test_a_damaged_image_or_a_video_with_two_dots_in_its_name_is_not_said_to_be_a_sidecar(tmp_path) -> None:
+    # 'IMG..1.jpg' cut short was the reject 'not a recognised image format (its name has an empty extension ...: it is
+    # no image's sidecar ...)', which sent a user looking for a lost image; an image or a video is never a sidecar
+    files = {"x.jpg": image_bytes(8, 8, 0, "JPEG"), "IMG..1.jpg": image_bytes(8, 8, 1, "JPEG")[:20],
+             "clip..mp4": b"\x00\x00\x00\x18ftypmp42", "x..txt": b"a caption?"}
+    records = _read(str(write_tree(tmp_path / "in", files)))
+    assert {name: records[name].get("decode_note") for name in ("IMG..1.jpg", "clip..mp4")} == {"IMG..1.jpg": None,
+                                                                                               "clip..mp4": None}
+    assert records["x..txt"]["decode_note"].startswith("its name has an empty extension")
