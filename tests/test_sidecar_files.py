@@ -367,3 +367,42 @@ def test_a_name_with_an_empty_extension_beside_an_image_is_an_input_of_its_own_n
     assert rejects["d/x..txt"] == (
         "not a recognised image format (its name has an empty extension (a '.' at its end, or two together), which "
         "names no column: it is no image's sidecar (docs/job.md, Inputs))")
+
+
+def test_a_zip_members_reject_says_its_name_has_an_empty_extension_or_no_image_beside_it_as_a_folders_file(tmp_path):
+    # a zip member 'x.jpg..' or a caption without its image was only 'not a recognised image format', where the same
+    # file in a folder says why it is no sidecar: the user is left to guess that the image is missing or the name odd
+    files = {"d/x.jpg": image_bytes(8, 8, 0, "JPEG"), "d/x.jpg..": b"not an image", "d/x..txt": b"a caption?",
+             "d/lost.txt": b"a caption", "d/x.jpg.": image_bytes(8, 8, 1, "JPEG")}
+    folder = _read(str(write_tree(tmp_path / "in", files)))
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "a.zip").write_bytes(zip_bytes(files))
+    zipped = _read(str(tmp_path / "z"))
+    notes = {name: zipped[f"a.zip/{name}"].get("decode_note") for name in files}
+    assert notes == {name: folder[name].get("decode_note") for name in files}
+    assert notes["d/x.jpg.."].startswith("its name has an empty extension (a '.' at its end, or two together)")
+    assert notes["d/lost.txt"].startswith("if it is an image's sidecar, no image named lost.<image extension> lies")
+    assert notes["d/x.jpg"] is None
+
+
+def test_a_tar_members_empty_extension_keeps_webdatasets_key_a_column_of_its_key(tmp_path) -> None:
+    # as docs/job.md says: a tar key is WebDataset's, whatever a folder makes of the same names. x.jpg. is x's column
+    # 'jpg.' (written jpg_, counted as unpurified when it holds an image); z.png. alone is its key's reject
+    jpeg, png = image_bytes(8, 8, 1, "JPEG"), image_bytes(8, 8, 2)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.tar").write_bytes(tar_bytes({"x.jpg": image_bytes(8, 8, 0, "JPEG"), "x.jpg.": jpeg,
+                                                       "z.png.": png}))
+    records = _read(str(tmp_path / "in"))
+    assert records["s.tar/x"]["meta"] == {"jpg_": jpeg}
+    assert records["s.tar/z"]["error"] == "expected exactly one image member for key z, found z.png."
+
+
+def test_a_damaged_image_or_a_video_with_two_dots_in_its_name_is_not_said_to_be_a_sidecar(tmp_path) -> None:
+    # 'IMG..1.jpg' cut short was the reject 'not a recognised image format (its name has an empty extension ...: it is
+    # no image's sidecar ...)', which sent a user looking for a lost image; an image or a video is never a sidecar
+    files = {"x.jpg": image_bytes(8, 8, 0, "JPEG"), "IMG..1.jpg": image_bytes(8, 8, 1, "JPEG")[:20],
+             "clip..mp4": b"\x00\x00\x00\x18ftypmp42", "x..txt": b"a caption?"}
+    records = _read(str(write_tree(tmp_path / "in", files)))
+    assert {name: records[name].get("decode_note") for name in ("IMG..1.jpg", "clip..mp4")} == {"IMG..1.jpg": None,
+                                                                                               "clip..mp4": None}
+    assert records["x..txt"]["decode_note"].startswith("its name has an empty extension")

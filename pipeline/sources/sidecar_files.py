@@ -81,6 +81,12 @@ def _input_of_its_own(name: str) -> bool:
     return bool(dot) and f".{ext.lower()}" in NOT_SIDECAR_EXTENSIONS
 
 
+def _never_sidecar(name: str) -> bool:
+    """Whether a file named `name` is no sidecar whatever lies beside it: an image, a folder's metadata table, or an
+    input of its own (`_input_of_its_own`)."""
+    return image_stem(name) is not None or is_folder_metadata(name) or _input_of_its_own(name)
+
+
 def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
     """The sidecars among listed `paths` (the files read as image files: no container), by the module's rules: each
     sidecar's path -> [(its image's path, its extension)], one pair per image it belongs to."""
@@ -101,7 +107,7 @@ def pair_sidecars(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
             continue
         for path in names:
             base = posixpath.basename(path)
-            if image_stem(base) is not None or is_folder_metadata(base) or _input_of_its_own(base):
+            if _never_sidecar(base):
                 continue
             at = len(base)
             while (at := base.rfind(".", 0, at)) > 0:  # the longest prefix first: the nearest name
@@ -133,7 +139,7 @@ def orphan_note(name: str) -> str:
     read as a damaged image, and left a user to guess that the image is missing (img2dataset's `00000_stats.json`, a
     caption whose image was deleted), or that --join-metadata false reads sidecars as inputs."""
     base = posixpath.basename(name)
-    if empty_extension(base):
+    if empty_extension(base) and not _never_sidecar(base):  # a damaged 'IMG..1.jpg' is no sidecar that lost its image
         return ("its name has an empty extension (a '.' at its end, or two together), which names no column: it is no "
                 "image's sidecar (docs/job.md, Inputs)")
     stem, dot, ext = base.rpartition(".")

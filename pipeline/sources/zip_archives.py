@@ -21,6 +21,7 @@ from pipeline.sources.folder_metadata import (
     MetadataProblem,
     is_folder_metadata,
     join_folder_metadata,
+    table_note,
     with_row,
 )
 from pipeline.sources.hidden import is_hidden
@@ -34,7 +35,7 @@ from pipeline.sources.records import (
     refusal_said,
     reject_record,
 )
-from pipeline.sources.sidecar_files import pair_sidecars, sidecar_meta
+from pipeline.sources.sidecar_files import orphan_note, pair_sidecars, sidecar_meta
 from pipeline.sources.units import ReadUnit
 from pipeline.sources.webdataset_keys import JsonColumns, with_own_columns
 from pipeline.storage import concurrent_reads, describe, with_retries
@@ -364,7 +365,11 @@ def read_zip(unit: ReadUnit, fs_opts: dict[str, Any], in_memory_bytes: int, max_
             else:
                 meta = {"label": _folder_label(name)} if labels_from_folders else {}
                 with_row(meta, joined.rows.get(name, {}))  # a metadata row's label wins over the folder's, as in a folder
-            yield _member_record(archive, target, what, id_, source, meta, max_image_bytes)
+            record = _member_record(archive, target, what, id_, source, meta, max_image_bytes)
+            orphan = orphan_note(name)
+            if orphan and record["kind"] == "image":  # as a folder's file: if it is no image, its reject says why
+                record["decode_note"] = "; ".join(note for note in (table_note(name), orphan) if note)
+            yield record
 
 
 def _zip_sidecars(directory: _ZipDirectory) -> dict[str, list[tuple[str, str]]]:
