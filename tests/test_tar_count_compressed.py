@@ -104,9 +104,9 @@ def test_compressed_shards_past_the_bound_are_not_counted_and_the_dry_run_says_w
     monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", first + 10)  # the first alone fits, not both
     line = dry_run_input_line(tmp_path, model, capsys)
     assert (f"2 tar shards ({(first + second) / 1024:.1f} KiB; 4 images to read in 1 shard counted; 1 compressed shard "
-            f"too large to count before the run, their images counted when read (shard-0001.tar.xz {second / 1024:.1f} "
+            f"too large to count before the run, its images counted when read (shard-0001.tar.xz {second / 1024:.1f} "
             f"KiB; {second / 1024:.1f} KiB in all): past the {(first + 10) / 1024:.1f} KiB of compressed shards "
-            "decompressed on a local disk to count a run's images, their headers found only by decompressing them "
+            "decompressed on a local disk to count a run's images, its headers found only by decompressing it "
             "whole), ") in line, line
     keys = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["input"]["tar_keys"]
     assert keys["to_read"] is None  # the total stays unknown: a run's progress shows none rather than one too small

@@ -111,7 +111,7 @@ def _refuse_no_stream(f: Any, head: bytes) -> None:
     size = f.tell()
     f.seek(0)
     length = int.from_bytes(head[:4], "little", signed=True)
-    if size < len(STREAM_CONTINUATION) * 2 or 0 < length <= size - 4:
+    if size < 8 or 0 < length <= size - 4:  # 8: a stream's continuation marker and its first length
         return
     raise LastingProblem(f"not an Arrow IPC file: it starts with neither {FILE_MAGIC.decode()} (a file's, Feather "
                          "version 2's), a stream's marker, nor the length of a first message that fits in it (its first "

@@ -8,6 +8,7 @@ file. Only the top level is walked: the nested fields are skipped by their types
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 ENCRYPTION_ALGORITHM = 8  # FileMetaData's field: set in a file with encrypted columns and a plaintext footer
@@ -84,7 +85,7 @@ class _Reader:
             else:
                 self.skip_value(kind, depth + 1)
 
-    def fields(self, depth: int = 0) -> Any:
+    def fields(self, depth: int = 0) -> Iterator[int]:
         """The field ids of the struct at the reader's place, each value skipped once yielded, to its STOP."""
         last = 0
         while True:

@@ -166,10 +166,12 @@ def uncounted_note(uncounted: list[tuple[str, int]], local: bool) -> str:
     bound, where = (COMPRESSED_BYTES_LOCAL, "on a local disk") if local else (COMPRESSED_BYTES_REMOTE, "on remote storage")
     named = ", ".join(f"{name} {_size(size)}" for name, size in uncounted[:UNCOUNTED_NAMED])
     more = f", and {len(uncounted) - UNCOUNTED_NAMED:,} more" if len(uncounted) > UNCOUNTED_NAMED else ""
-    shards = "1 compressed shard" if len(uncounted) == 1 else f"{len(uncounted):,} compressed shards"
-    return (f"{shards} too large to count before the run, their images counted when read ({named}{more}; "
+    one = len(uncounted) == 1
+    shards = "1 compressed shard" if one else f"{len(uncounted):,} compressed shards"
+    its = "its" if one else "their"
+    return (f"{shards} too large to count before the run, {its} images counted when read ({named}{more}; "
             f"{_size(sum(s for _, s in uncounted))} in all): past the {_size(bound)} of compressed shards decompressed "
-            f"{where} to count a run's images, their headers found only by decompressing them whole")
+            f"{where} to count a run's images, {its} headers found only by decompressing {'it' if one else 'them'} whole")
 
 
 def _size(n: int) -> str:
