@@ -33,11 +33,13 @@ Memory: the ids are read first, part file by part file, keeping an 8-byte digest
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
 of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
 stopped at any point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with
-their bytes (and removing the temporary files of the writes an export killed outright was making: `partial_writes`).
+their bytes (told off the local disk by one listing of DIR, its sizes and checksums: `DirListing`; and removing the
+temporary files of the writes an export killed outright was making: `partial_writes`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import dataclasses
@@ -1049,6 +1051,66 @@ def listed_sidecars(paths: Iterable[str], root: str) -> np.ndarray:
                                if p.startswith(prefix) and p.endswith(SIDECAR_EXTENSIONS)], dtype=np.uint64))
 
 
+def listed_md5(info: Mapping[str, Any]) -> bytes | None:
+    """The MD5 of a file's bytes as a store's listing entry gives it, or None where it gives none: S3's ETag of a
+    single-part upload (32 hex digits; a multipart upload's has a '-' and is no MD5 of the bytes), GCS's md5Hash
+    (base64; a composite object has none), Azure's content_md5. An ETag that is no MD5 of the bytes (S3's with SSE-KMS
+    or SSE-C) only fails to match: the file is then read back (`write_file`), never taken as the same."""
+    try:
+        etag = str(info.get("ETag") or "").strip('"').lower()
+        if re.fullmatch(r"[0-9a-f]{32}", etag):
+            return bytes.fromhex(etag)
+        gcs = info.get("md5Hash")
+        if isinstance(gcs, str) and len(digest := base64.b64decode(gcs, validate=True)) == 16:
+            return digest
+        azure = (info.get("content_settings") or {}).get("content_md5")
+        if isinstance(azure, bytes | bytearray) and len(azure) == 16:
+            return bytes(azure)
+    except (ValueError, TypeError, AttributeError):  # an entry of another shape: no checksum from it
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class DirListing:
+    """The files DIR held when an export resumed off the local disk began, from its one listing (`fs.find` with
+    details): each one's size and, where the listing gives it, the MD5 of its bytes (`listed_md5`), by the
+    `_exact_hash` of its path under DIR, 32 bytes a file. `write_file` tells from it a file already there with the bytes
+    it would write, with no request of its own, where it sent a HEAD for every file and read back each of its size."""
+
+    prefix: str  # DIR's path as the listing names it, with a '/'
+    hashes: np.ndarray  # sorted
+    sizes: np.ndarray  # -1: not listed
+    md5s: np.ndarray  # (files, 16) uint8; all zero: none listed
+
+    @classmethod
+    def of(cls, entries: Mapping[str, Mapping[str, Any]], root: str) -> DirListing:
+        prefix = root.rstrip("/") + "/"
+        files = sorted(((_exact_hash(name[len(prefix):]), info) for name, info in entries.items()
+                        if name.startswith(prefix) and info.get("type") != "directory"), key=lambda f: f[0])
+        hashes = np.array([h for h, _ in files], dtype=np.uint64)
+        sizes = np.array([info.get("size") if isinstance(info.get("size"), int) else -1 for _, info in files],
+                         dtype=np.int64)
+        md5s = np.zeros((len(files), 16), dtype=np.uint8)
+        for i, (_, info) in enumerate(files):
+            digest = listed_md5(info)
+            if digest is not None:
+                md5s[i] = np.frombuffer(digest, dtype=np.uint8)
+        return cls(prefix, hashes, sizes, md5s)
+
+    def entry(self, path: str) -> tuple[int, bytes | None] | None:
+        """(size, MD5 or None) of the file the listing found at `path` (DIR's path and one under it), or None where it
+        found none. A chance match of 64 bits with a file not there costs a read that finds nothing, and a write."""
+        if not path.startswith(self.prefix):
+            return None
+        h = np.uint64(_exact_hash(path[len(self.prefix):]))
+        at = int(np.searchsorted(self.hashes, h))
+        if at >= len(self.hashes) or self.hashes[at] != h:
+            return None
+        md5 = self.md5s[at].tobytes()
+        return int(self.sizes[at]), (md5 if any(md5) else None)
+
+
 # --- writing one file ---------------------------------------------------------------------------------------------
 
 
@@ -1133,16 +1195,25 @@ def partial_writes(fs: Any, root: str, listing: Iterable[str] | None) -> list[st
     return sorted(rel for rel in found if _own_partial(rel))
 
 
-def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
+def write_file(fs: Any, path: str, data: bytes, resume: bool, listed: DirListing | None = None) -> bool:
     """Write `data` to `path` whole; False (nothing written) when `resume` and a file of those bytes is there (one of
     that size is read back and compared: another export's image, or this output's before a run re-purified it, may
-    have the size, as BMP, PPM and TIFF images of one size always do). On a file system with a rename: a hidden
-    temporary name ending in .tmp (no image reader takes a leftover one for an image), renamed into place; on an
-    object store one PUT."""
+    have the size, as BMP, PPM and TIFF images of one size always do). With `listed` (DIR's listing when the export
+    began, off the local disk) the file's size and checksum are the listing's: one it does not hold, or holds at
+    another size, is written with no request before; one whose listed MD5 is the bytes' is kept with none; only one
+    of that size without such a checksum (a multipart upload's ETag, a store whose listing has none) is read back. On
+    a file system with a rename: a hidden temporary name ending in .tmp (no image reader takes a leftover one for an
+    image), renamed into place; on an object store one PUT."""
     if resume:
+        there = listed.entry(path) if listed is not None else None
         try:
-            if with_retries(lambda: fs.size(path), f"stat {path}") == len(data) and \
-                    with_retries(lambda: fs.cat_file(path), f"read {path}") == data:
+            if listed is None or there is not None and there[0] < 0:  # no listing, or no size in it: asked
+                same_size = with_retries(lambda: fs.size(path), f"stat {path}") == len(data)
+            else:
+                same_size = there is not None and there[0] == len(data)
+            if same_size and there is not None and there[1] == hashlib.md5(data, usedforsecurity=False).digest():
+                return False
+            if same_size and with_retries(lambda: fs.cat_file(path), f"read {path}") == data:
                 return False
         except (FileNotFoundError, IsADirectoryError):
             pass
@@ -1246,10 +1317,11 @@ def _earlier_manifest_removed(fs: Any, path: str) -> str | None:
     return "removed"
 
 
-def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int) -> bool:
+def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
+                listed: DirListing | None = None) -> bool:
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
-    return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
+    return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume, listed)
 
 
 def _remove_file(fs: Any, path: str) -> bool:
@@ -1282,7 +1354,7 @@ class SidecarFailed(Exception):
 
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
                           row: Mapping[str, Any], plan: NamePlan,
-                          writing: SidecarWriting) -> tuple[bool, int, int, int]:
+                          writing: SidecarWriting, listed: DirListing | None = None) -> tuple[bool, int, int, int]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
     sidecar files written, stale ones removed, sidecar files already there with their bytes); SidecarFailed naming a
@@ -1300,10 +1372,10 @@ def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, 
     written = 0
     for name, data in files.items():
         try:
-            written += write_file(fs, posixpath.join(root, name), data, resume)
+            written += write_file(fs, posixpath.join(root, name), data, resume, listed)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
-    return _export_one(fs, root, rel, png, resume, jpeg_quality), written, removed, len(files) - written
+    return _export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed, len(files) - written
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
@@ -1441,8 +1513,9 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts),
                                  caption=caption_column)
         report.sidecars = True
+    listed = None
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
-        writing = _clean_up(out_fs, root, to, names, writing, report)
+        writing, listed = _clean_up(out_fs, root, to, names, writing, report, existing == "resume")
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
         writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
@@ -1457,7 +1530,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
     try:
         for part in parts:
             problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
-                                   jpeg_quality, seen_repeated, bar, writing)
+                                   jpeg_quality, seen_repeated, bar, writing, listed)
             if problem is not None:
                 report.damaged.append(problem)
                 if on_damaged is not None:
@@ -1492,15 +1565,22 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
 
 
 def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWriting | None,
-              report: ExportReport) -> SidecarWriting | None:
+              report: ExportReport, resume: bool = False) -> tuple[SidecarWriting | None, DirListing | None]:
     """Remove the partial files an export killed outright (SIGKILL, a machine lost) left in DIR (`partial_writes`),
     counted in `report`; returns `writing` with, off the local disk, the sidecar-named files DIR holds
     (`listed_sidecars`): one listing of DIR (a request per 1,000 files on an object store) rather than a DELETE of each
-    name an image's stale sidecar could have, up to 6 an image. ExportError when DIR cannot be listed."""
+    name an image's stale sidecar could have, up to 6 an image; and, with `resume` off the local disk, the files DIR
+    holds with their sizes and checksums (`DirListing`, from the same listing), rather than a HEAD and a read back of
+    each. ExportError when DIR cannot be listed."""
     listing = None
-    if not _local_disk(fs) and (writing is not None or has_rename(fs)):
+    detailed: dict[str, Any] = {}
+    if not _local_disk(fs) and (writing is not None or has_rename(fs) or resume):
         try:
-            listing = with_retries(lambda: fs.find(root), f"list {to}")
+            if resume:
+                detailed = with_retries(lambda: fs.find(root, detail=True), f"list {to}")
+                listing = list(detailed)
+            else:
+                listing = with_retries(lambda: fs.find(root), f"list {to}")
         except FileNotFoundError:  # a DIR not made yet
             listing = []
         except Exception as err:  # noqa: BLE001 - nothing is written yet
@@ -1512,6 +1592,8 @@ def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWrit
             fs.invalidate_cache()
     if writing is not None and listing is not None:
         writing = dataclasses.replace(writing, listed=listed_sidecars(listing, root))
+    listed = DirListing.of(detailed, root) if resume and listing is not None else None
+    del detailed  # each entry's details, near 1 KB a file: 32 bytes of each are kept
     for rel in partial_writes(fs, root, listing):
         path = posixpath.join(root, rel)
         try:
@@ -1525,7 +1607,7 @@ def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWrit
         except Exception as err:  # noqa: BLE001 - it is hidden, and harms no reader: said, the export goes on
             report.warnings.append(f"warning: the partial file {_under(to, rel)} an earlier export left could not be "
                                    f"removed: {describe(err)}")
-    return writing
+    return writing, listed
 
 
 def _under(to: str, name: str) -> str:
@@ -1540,9 +1622,10 @@ UNFETCHED = "could not be fetched from the storage"
 
 def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
-                 seen_repeated: set[str], bar: Any, writing: SidecarWriting | None = None) -> tuple[str, str, int] | None:
+                 seen_repeated: set[str], bar: Any, writing: SidecarWriting | None = None,
+                 listed: DirListing | None = None) -> tuple[str, str, int] | None:
     """Export one part file's rows, a batch at a time; (part, reason, rows not exported) when it cannot be read
-    to its end (the rows before are exported)."""
+    to its end (the rows before are exported). `listed`: DIR's files when a resume began (`write_file`)."""
     done = 0
     try:
         data = with_retries(lambda: in_fs.cat_file(part.path), f"read {part.path}")
@@ -1559,7 +1642,8 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
                 rows = python_rows(next(batches), extension_storage=False)  # a tensor as its arrays (`plain`)
             except StopIteration:
                 return None
-            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated, writing)
+            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated, writing,
+                         listed)
             done += len(rows)
             if bar is not None:
                 bar.update(len(rows))
@@ -1583,7 +1667,8 @@ class _InThisThread(Executor):
 
 def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
-                 seen_repeated: set[str], writing: SidecarWriting | None = None) -> None:
+                 seen_repeated: set[str], writing: SidecarWriting | None = None,
+                 listed: DirListing | None = None) -> None:
     """Write a batch of rows' files (with `writing`, their sidecar files too), `pool`'s workers at once; count each,
     and add those in place to the manifest."""
     jobs: list[tuple[dict[str, Any], str, Future[Any]]] = []
@@ -1598,10 +1683,10 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         image = row.get("image")
         png = image.get("bytes") if isinstance(image, dict) else image
         if writing is None:
-            jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality)))
+            jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality, listed)))
         else:
             jobs.append((row, rel, pool.submit(_export_with_sidecars, out_fs, root, rel, png, resume, jpeg_quality,
-                                               row, plan, writing)))
+                                               row, plan, writing, listed)))
     for row, rel, future in jobs:
         try:
             wrote = future.result()

@@ -117,7 +117,9 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                                "partial files an export killed outright left, as with --resume)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
-                               "is kept (one of that size is read back and compared), the others are written; the "
+                               "is kept (off the local disk told by DIR's one listing: its size, and its checksum where the "
+                               "store lists one, S3's ETag, GCS's md5Hash; one of that size with none is read back and "
+                               "compared), the others are written; the "
                                "hidden partial files an export killed outright (SIGKILL) left, .tmp-<32 hex>-<a name "
                                "it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
     p.add_argument("--sidecars", action="store_true",
