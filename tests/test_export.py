@@ -1229,3 +1229,60 @@ def test_resume_on_s3_takes_sizes_and_checksums_from_one_listing_and_downloads_n
         assert sum(m == "GET" and p == "/files" for m, p, _ in log.requests) <= 3  # DIR listed once (and looked at)
         for rel in ("c/0.png", "c/1.txt", "c/2.png", "c/3.png"):
             assert client.get_object(Bucket="files", Key=f"images/{rel}")["Body"].read() == (local / rel).read_bytes()
+
+
+def test_resume_reads_back_only_the_files_a_listed_md5_cannot_settle(tmp_path: Path, monkeypatch) -> None:
+    """A store listing GCS's md5Hash (base64) for its objects, but none for a composite one (stood in for by a memory
+    file system), and one whose listing has sizes alone: a --resume asks neither for a file's size, and reads back
+    only the files of their size that no listed MD5 settles."""
+    import base64
+    import hashlib
+    import importlib
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    asked: list[tuple[str, str]] = []
+
+    class Listed(MemoryFileSystem):
+        protocol = ("listedmem",)
+        md5 = True
+
+        @classmethod
+        def _strip_protocol(cls, path):  # noqa: ANN001, ANN206 - fsspec's signature
+            path = path[len("listedmem://"):] if isinstance(path, str) and path.startswith("listedmem://") else path
+            return super()._strip_protocol(path)
+
+        def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):  # noqa: ANN001, ANN201
+            found = super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
+            if detail and self.md5:
+                for name, info in found.items():
+                    if info["type"] == "file" and not name.endswith("c/3.png"):  # a composite object: no md5Hash
+                        info["md5Hash"] = base64.b64encode(hashlib.md5(self.store[name].getvalue()).digest()).decode()
+            return found
+
+        def cat_file(self, path, *args, **kwargs):  # noqa: ANN001, ANN201
+            if "manifest" not in path:  # not the manifest's own write
+                asked.append(("read", self._strip_protocol(path)))
+            return super().cat_file(path, *args, **kwargs)
+
+        def size(self, path):  # noqa: ANN001, ANN201
+            if "manifest" not in path:  # the manifest's write asks its temporary copy's size
+                asked.append(("size", self._strip_protocol(path)))
+            return super().size(path)
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "listedmem", Listed)
+    make_output(str(tmp_path / "out"), [image(f"c/{i}.jpg", i) for i in range(6)])
+    to = "listedmem://export-listed-test/images"
+    try:
+        assert export_images(tmp_path / "out", to).written == 6
+        Listed().pipe_file("/export-listed-test/images/c/1.png", b"cut short")
+        asked.clear()
+        report = export_images(tmp_path / "out", to, existing="resume")
+        assert report.ok and (report.written, report.present) == (1, 5)
+        assert asked == [("read", "/export-listed-test/images/c/3.png")]
+        Listed.md5 = False  # sizes alone: each file of its size is read back, none is asked its size
+        asked.clear()
+        assert export_images(tmp_path / "out", to, existing="resume").present == 6
+        assert sorted(asked) == [("read", f"/export-listed-test/images/c/{i}.png") for i in range(6)]
+    finally:
+        MemoryFileSystem().rm("/export-listed-test", recursive=True)
