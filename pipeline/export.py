@@ -23,21 +23,23 @@ bytes are never re-encoded.
 
 Sidecar files (`sidecars=True`): beside each image, named after it (`a.png`: `a.txt`, `a.cls`, `a.json`), the files an
 img2dataset folder or a WebDataset key holds, written from its row (`sidecar_bytes`: `txt` (or `caption_column`) the
-.txt, `label` the .cls, the input's other columns one .json object; never the job's own columns, nor a null but of a
-column null in every row: `null_columns`), so that the folder reads back into the job with the same columns; where the
-job's reader would pair such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's
-whole name's (`a.png.txt`: `sidecar_stem`). They are written before their image, each whole as an image is: an image in
-DIR has its sidecars.
+.txt, `label` (or `label_column`) the .cls, the input's other columns one .json object; never the job's own columns,
+nor a null but of a column null in every row: `null_columns`), so that the folder reads back into the job with the
+same columns; where the job's reader would pair such a name with two images (`a.jpg` and `a.png` with
+`image_format="input"`), each image's whole name's (`a.png.txt`: `sidecar_stem`). They are written before their
+image, each whole as an image is: an image in DIR has its sidecars.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
 of rows at once. A file lands whole (a hidden temporary name, then renamed; one PUT on an object store), so an export
 stopped at any point leaves only whole files, and `existing="resume"` finishes it, skipping the files already there with
-their bytes (and removing the temporary files of the writes an export killed outright was making: `partial_writes`).
+their bytes (told off the local disk by one listing of DIR, its sizes and checksums: `DirListing`; and removing the
+temporary files of the writes an export killed outright was making: `partial_writes`).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import dataclasses
@@ -423,7 +425,7 @@ API_NAMES = ArgNames(None)
 CLI_NAMES = ArgNames({"output": "--output", "to": "--to", "image_format": "--format", "jpeg_quality": "--jpeg-quality",
                       "manifest": "--manifest", "force": "--force", "workers": "--workers", "resume": "--resume",
                       "overwrite": "--overwrite", "sidecars": "--sidecars",
-                      "caption_column": "--caption-column"})
+                      "caption_column": "--caption-column", "label_column": "--label-column"})
 
 
 def check_destination(to: str, output: str, storage_options: dict[str, Any], existing: str,
@@ -815,6 +817,9 @@ _FILE_COLUMNS = ("txt", "label", "json")
 CAPTION_COLUMN = "txt"  # the column the job reads a .txt sidecar as, and the .txt is written from by default
 # Where data sets keep captions when not in `txt` (img2dataset's Parquet: `caption`): named in a note to --sidecars
 _CAPTION_NAMES = ("caption", "text", "prompt")
+LABEL_COLUMN = "label"  # the column the job reads a .cls sidecar as, and the .cls is written from by default
+# Where data sets keep class labels when not in `label` (a CSV's `class`, torchvision-style `target`): named in a note
+_LABEL_NAMES = ("class", "class_id", "category", "target")
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -826,10 +831,7 @@ def check_caption_column(schemas: list[pa.Schema], caption: str, names: ArgNames
     columns they have), that is not text, that is one of the job's own columns, or, not `txt`, beside a `txt` column
     (both would be the .txt). With the default `txt` and no such column: a note naming a text column a caption may be
     in (`caption`, `text`, `prompt`), or None."""
-    types: dict[str, list[pa.DataType]] = defaultdict(list)
-    for schema in schemas:
-        for f in schema:
-            types[f.name].append(f.type)
+    types = _column_types(schemas)
     given = names.given("caption_column", caption)
     if caption == CAPTION_COLUMN:
         if caption in types:
@@ -841,10 +843,7 @@ def check_caption_column(schemas: list[pa.Schema], caption: str, names: ArgNames
         raise ExportError(f"{given} is one of the job's own columns, which no sidecar file holds; give a column of "
                           "the input's (a caption)")
     if caption not in types:
-        have = [n for n in types if n not in JOB_COLUMNS]
-        shown = ", ".join(have[:40]) + (f", ... ({len(have) - 40:,} more)" if len(have) > 40 else "")
-        raise ExportError(f"{given}: the output has no column of that name; its columns besides the job's own are: "
-                          f"{shown or 'none'}")
+        raise _no_such_column(given, types)
     bad = next((t for t in types[caption] if not _is_text(t)), None)
     if bad is not None:
         raise ExportError(f"{given} is a column of {bad}, not text: a .txt caption holds text")
@@ -852,6 +851,58 @@ def check_caption_column(schemas: list[pa.Schema], caption: str, names: ArgNames
         raise ExportError(f"{given}: the output has a txt column too, which the .txt is read back as (a folder input's "
                           f".txt captions); both cannot be the .txt: give {names.passing('caption_column', 'txt')} (the "
                           f"{caption} column is then a key of each .json)")
+    return None
+
+
+def _column_types(schemas: Iterable[pa.Schema]) -> dict[str, list[pa.DataType]]:
+    """Each column of the part files, with the types they give it."""
+    types: dict[str, list[pa.DataType]] = defaultdict(list)
+    for schema in schemas:
+        for f in schema:
+            types[f.name].append(f.type)
+    return types
+
+
+def _no_such_column(given: str, types: Mapping[str, Any]) -> ExportError:
+    have = [n for n in types if n not in JOB_COLUMNS]
+    shown = ", ".join(have[:40]) + (f", ... ({len(have) - 40:,} more)" if len(have) > 40 else "")
+    return ExportError(f"{given}: the output has no column of that name; its columns besides the job's own are: "
+                       f"{shown or 'none'}")
+
+
+def _is_label(t: pa.DataType) -> bool:
+    """Whether a column of type `t` can be a .cls: whole numbers (WebDataset's class) or text (a folder's name)."""
+    return (pa.types.is_integer(t) or _is_text(t)) and not pa.types.is_boolean(t)
+
+
+def check_label_column(schemas: list[pa.Schema], label: str, caption: str, names: ArgNames) -> str | None:
+    """Refuse (ExportError) a label column (`--label-column`) that the output's part files do not have (naming the
+    columns they have), that holds neither whole numbers nor text, that is one of the job's own columns or the caption
+    column, or, not `label`, beside a `label` column (both would be the .cls). With the default `label` and no such
+    column: a note naming a column a class label may be in (`class`, `class_id`, `category`, `target`), or None."""
+    types = _column_types(schemas)
+    given = names.given("label_column", label)
+    if label == LABEL_COLUMN:
+        if label in types:
+            return None
+        found = [n for n in _LABEL_NAMES if n in types and all(_is_label(t) for t in types[n])]
+        return (f"note: the output has no label column, so no .cls was written; its {found[0]} column is in each "
+                f".json: {names.passing('label_column', found[0])} writes it as the .cls too") if found else None
+    if label in JOB_COLUMNS:
+        raise ExportError(f"{given} is one of the job's own columns, which no sidecar file holds; give a column of "
+                          "the input's (a class label)")
+    if label not in types:
+        raise _no_such_column(given, types)
+    bad = next((t for t in types[label] if not _is_label(t)), None)
+    if bad is not None:
+        raise ExportError(f"{given} is a column of {bad}: a .cls label holds a whole number or text")
+    if label == caption:
+        raise ExportError(f"{given} is the caption column too ({names.named('caption_column')}): a column is the .txt "
+                          "or the .cls, not both")
+    if any(not pa.types.is_null(t) for t in types.get(LABEL_COLUMN, [])):
+        raise ExportError(f"{given}: the output has a label column too, which the .cls is read back as (a folder "
+                          "input's .cls labels, --labels-from-folders'); both cannot be the .cls: give "
+                          f"{names.passing('label_column', 'label')} (the {label} column is then a key of each .json)")
     return None
 
 
@@ -912,7 +963,8 @@ def _partition_columns(id_: str, row: Mapping[str, Any]) -> set[str]:
 
 
 def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: bool = False,
-                  nulls: Container[str] = (), caption: str = CAPTION_COLUMN) -> dict[str, bytes]:
+                  nulls: Container[str] = (), caption: str = CAPTION_COLUMN,
+                  label: str = LABEL_COLUMN) -> dict[str, bytes]:
     """The sidecar files of an exported image, by extension (`.txt`, `.cls`, `.json`), from its row's `columns`
     (`sidecar_columns`); one whose values are all null is not written. `txt` (text) is the .txt, `label` (a whole
     number, or text a .cls gives back: `_cls_reads_back`) the .cls, as the job reads them (a caption's and label's
@@ -924,7 +976,8 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
     `partitioned`: the output's run read `key=value` folders as columns (`--partitioning hive`): those are left out
     (`_partition_columns`). `nulls`: the columns null in every row (`null_columns`), each a null key of the .json all
     the same. `caption`: the column whose text is the .txt (`txt`, or the one `--caption-column` names: `caption`,
-    which stays a key of the .json too, so that the folder reads back with that column, a `txt` beside it)."""
+    which stays a key of the .json too, so that the folder reads back with that column, a `txt` beside it). `label`:
+    the column the .cls is written from (`label`, or the one `--label-column` names, which stays a .json key too)."""
     skip = _partition_columns(row["id"], row) if partitioned else set()
     files: dict[str, bytes] = {}
     fields: dict[str, Any] = {}
@@ -941,8 +994,10 @@ def sidecar_bytes(row: Mapping[str, Any], columns: Iterable[str], partitioned: b
             files[".txt"] = _sidecar_text(value)
             if caption != CAPTION_COLUMN:  # read back as `txt`: its own name is kept by the .json
                 fields[json_key(column)] = unescaped(value)
-        elif column == "label" and (_is_whole(value) or isinstance(value, str) and _cls_reads_back(value)):
+        elif column == label and (_is_whole(value) or isinstance(value, str) and _cls_reads_back(value)):
             files[".cls"] = str(value).encode() if _is_whole(value) else _sidecar_text(value)
+            if label != LABEL_COLUMN:  # read back as `label`: its own name is kept by the .json
+                fields[json_key(column)] = unescaped(value) if isinstance(value, str) else int(value)
         else:
             key = json_key(column)
             # a float that is not finite as Python's json writes it (NaN), which the reader reads back as that float:
@@ -1006,6 +1061,7 @@ class SidecarWriting:
     # the export began (`listed_sidecars`), so that only those are removed (a request each); None: each name is looked at
     listed: np.ndarray | None = None
     caption: str = CAPTION_COLUMN  # the column the .txt is written from (`sidecar_bytes`)
+    label: str = LABEL_COLUMN  # the column the .cls is written from
 
 
 def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
@@ -1015,7 +1071,8 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
     remove: none is another image's, as a stem two images claim is neither's)."""
     stem = plan.sidecar_stem(rel)
     files = {stem + ext: data for ext, data in sidecar_bytes(row, writing.columns, writing.partitioned,
-                                                                  writing.nulls, writing.caption).items()}
+                                                                  writing.nulls, writing.caption,
+                                                                  writing.label).items()}
     for name in files:
         # an image name shortened to NAME_MAX bytes (`_fit`) with a 3-letter extension leaves no room for `.json`
         if len(posixpath.basename(name).encode("utf-8", "surrogatepass")) > NAME_MAX:
@@ -1047,6 +1104,66 @@ def listed_sidecars(paths: Iterable[str], root: str) -> np.ndarray:
     prefix = root.rstrip("/") + "/"
     return np.unique(np.array([_exact_hash(p[len(prefix):]) for p in paths
                                if p.startswith(prefix) and p.endswith(SIDECAR_EXTENSIONS)], dtype=np.uint64))
+
+
+def listed_md5(info: Mapping[str, Any]) -> bytes | None:
+    """The MD5 of a file's bytes as a store's listing entry gives it, or None where it gives none: S3's ETag of a
+    single-part upload (32 hex digits; a multipart upload's has a '-' and is no MD5 of the bytes), GCS's md5Hash
+    (base64; a composite object has none), Azure's content_md5. An ETag that is no MD5 of the bytes (S3's with SSE-KMS
+    or SSE-C) only fails to match: the file is then read back (`write_file`), never taken as the same."""
+    try:
+        etag = str(info.get("ETag") or "").strip('"').lower()
+        if re.fullmatch(r"[0-9a-f]{32}", etag):
+            return bytes.fromhex(etag)
+        gcs = info.get("md5Hash")
+        if isinstance(gcs, str) and len(digest := base64.b64decode(gcs, validate=True)) == 16:
+            return digest
+        azure = (info.get("content_settings") or {}).get("content_md5")
+        if isinstance(azure, bytes | bytearray) and len(azure) == 16:
+            return bytes(azure)
+    except (ValueError, TypeError, AttributeError):  # an entry of another shape: no checksum from it
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class DirListing:
+    """The files DIR held when an export resumed off the local disk began, from its one listing (`fs.find` with
+    details): each one's size and, where the listing gives it, the MD5 of its bytes (`listed_md5`), by the
+    `_exact_hash` of its path under DIR, 32 bytes a file. `write_file` tells from it a file already there with the bytes
+    it would write, with no request of its own, where it sent a HEAD for every file and read back each of its size."""
+
+    prefix: str  # DIR's path as the listing names it, with a '/'
+    hashes: np.ndarray  # sorted
+    sizes: np.ndarray  # -1: not listed
+    md5s: np.ndarray  # (files, 16) uint8; all zero: none listed
+
+    @classmethod
+    def of(cls, entries: Mapping[str, Mapping[str, Any]], root: str) -> DirListing:
+        prefix = root.rstrip("/") + "/"
+        files = sorted(((_exact_hash(name[len(prefix):]), info) for name, info in entries.items()
+                        if name.startswith(prefix) and info.get("type") != "directory"), key=lambda f: f[0])
+        hashes = np.array([h for h, _ in files], dtype=np.uint64)
+        sizes = np.array([info.get("size") if isinstance(info.get("size"), int) else -1 for _, info in files],
+                         dtype=np.int64)
+        md5s = np.zeros((len(files), 16), dtype=np.uint8)
+        for i, (_, info) in enumerate(files):
+            digest = listed_md5(info)
+            if digest is not None:
+                md5s[i] = np.frombuffer(digest, dtype=np.uint8)
+        return cls(prefix, hashes, sizes, md5s)
+
+    def entry(self, path: str) -> tuple[int, bytes | None] | None:
+        """(size, MD5 or None) of the file the listing found at `path` (DIR's path and one under it), or None where it
+        found none. A chance match of 64 bits with a file not there costs a read that finds nothing, and a write."""
+        if not path.startswith(self.prefix):
+            return None
+        h = np.uint64(_exact_hash(path[len(self.prefix):]))
+        at = int(np.searchsorted(self.hashes, h))
+        if at >= len(self.hashes) or self.hashes[at] != h:
+            return None
+        md5 = self.md5s[at].tobytes()
+        return int(self.sizes[at]), (md5 if any(md5) else None)
 
 
 # --- writing one file ---------------------------------------------------------------------------------------------
@@ -1133,16 +1250,25 @@ def partial_writes(fs: Any, root: str, listing: Iterable[str] | None) -> list[st
     return sorted(rel for rel in found if _own_partial(rel))
 
 
-def write_file(fs: Any, path: str, data: bytes, resume: bool) -> bool:
+def write_file(fs: Any, path: str, data: bytes, resume: bool, listed: DirListing | None = None) -> bool:
     """Write `data` to `path` whole; False (nothing written) when `resume` and a file of those bytes is there (one of
     that size is read back and compared: another export's image, or this output's before a run re-purified it, may
-    have the size, as BMP, PPM and TIFF images of one size always do). On a file system with a rename: a hidden
-    temporary name ending in .tmp (no image reader takes a leftover one for an image), renamed into place; on an
-    object store one PUT."""
+    have the size, as BMP, PPM and TIFF images of one size always do). With `listed` (DIR's listing when the export
+    began, off the local disk) the file's size and checksum are the listing's: one it does not hold, or holds at
+    another size, is written with no request before; one whose listed MD5 is the bytes' is kept with none; only one
+    of that size without such a checksum (a multipart upload's ETag, a store whose listing has none) is read back. On
+    a file system with a rename: a hidden temporary name ending in .tmp (no image reader takes a leftover one for an
+    image), renamed into place; on an object store one PUT."""
     if resume:
+        there = listed.entry(path) if listed is not None else None
         try:
-            if with_retries(lambda: fs.size(path), f"stat {path}") == len(data) and \
-                    with_retries(lambda: fs.cat_file(path), f"read {path}") == data:
+            if listed is None or there is not None and there[0] < 0:  # no listing, or no size in it: asked
+                same_size = with_retries(lambda: fs.size(path), f"stat {path}") == len(data)
+            else:
+                same_size = there is not None and there[0] == len(data)
+            if same_size and there is not None and there[1] == hashlib.md5(data, usedforsecurity=False).digest():
+                return False
+            if same_size and with_retries(lambda: fs.cat_file(path), f"read {path}") == data:
                 return False
         except (FileNotFoundError, IsADirectoryError):
             pass
@@ -1246,10 +1372,11 @@ def _earlier_manifest_removed(fs: Any, path: str) -> str | None:
     return "removed"
 
 
-def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int) -> bool:
+def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
+                listed: DirListing | None = None) -> bool:
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
-    return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume)
+    return write_file(fs, posixpath.join(root, rel), encoded(png, rel, jpeg_quality), resume, listed)
 
 
 def _remove_file(fs: Any, path: str) -> bool:
@@ -1282,7 +1409,7 @@ class SidecarFailed(Exception):
 
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
                           row: Mapping[str, Any], plan: NamePlan,
-                          writing: SidecarWriting) -> tuple[bool, int, int, int]:
+                          writing: SidecarWriting, listed: DirListing | None = None) -> tuple[bool, int, int, int]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
     sidecar files written, stale ones removed, sidecar files already there with their bytes); SidecarFailed naming a
@@ -1300,33 +1427,36 @@ def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, 
     written = 0
     for name, data in files.items():
         try:
-            written += write_file(fs, posixpath.join(root, name), data, resume)
+            written += write_file(fs, posixpath.join(root, name), data, resume, listed)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
-    return _export_one(fs, root, rel, png, resume, jpeg_quality), written, removed, len(files) - written
+    return _export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed, len(files) - written
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
                   storage_options: dict[str, Any] | None = None, image_format: str = "png", jpeg_quality: int = 95,
                   manifest: str = "csv", existing: str = "refuse", force: bool = False, workers: int = 8,
                   progress: Any = None, on_damaged: Callable[[str], None] | None = None,
-                  sidecars: bool = False, caption_column: str = CAPTION_COLUMN) -> ExportReport:
+                  sidecars: bool = False, caption_column: str = CAPTION_COLUMN,
+                  label_column: str = LABEL_COLUMN) -> ExportReport:
     """Write the purified images of `output` (a zip-purify output: a path or fsspec URI) as files under `to`.
 
     See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
     or "none"; one line per exported image: id, path (relative to `to`), then every column of data/ but the image
     and columns of bytes. `existing`: what to do with a `to` that holds files: "refuse" (ExportError), "overwrite"
     (files of the same names replaced, nothing else touched), "resume" (a file already there with the bytes it would
-    be written with is kept; one of that size is read back). `force`: export an output that is not complete (a run
-    stopped, or one writing it now). `workers`: files written at once. `progress`: a callable(total) -> bar with
-    update(n) and close() (see `pipeline.progress.progress_bar`), or None. `on_damaged(line)`: said of each part
-    file that cannot be read, as it is found. `sidecars`: each image's sidecar files beside it (`sidecar_bytes`), the
-    .txt from `caption_column` (default `txt`). Raises ExportError before writing anything when the export cannot
-    start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is then False) and
-    the rest are exported."""
+    be written with is kept; one of that size is read back, unless, off the local disk, DIR's listing gives its MD5:
+    `write_file`). `force`: export an output that is not complete (a run stopped, or one writing it now). `workers`:
+    files written at once. `progress`: a callable(total) -> bar with update(n) and close() (see
+    `pipeline.progress.progress_bar`), or None. `on_damaged(line)`: said of each part file that cannot be read, as it
+    is found. `sidecars`: each image's sidecar files beside it (`sidecar_bytes`), the .txt from `caption_column`
+    (default `txt`), the .cls from `label_column` (default `label`). Raises ExportError before writing anything when
+    the export cannot start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is
+    then False) and the rest are exported."""
     return run_export(API_NAMES, output, to, storage_options=storage_options, image_format=image_format,
                       jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
-                      progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column)
+                      progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column,
+                      label_column=label_column)
 
 
 def _is_whole(value: Any) -> bool:
@@ -1335,7 +1465,8 @@ def _is_whole(value: Any) -> bool:
 
 def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: Any, image_format: Any,
                      jpeg_quality: Any, manifest: Any, existing: Any, force: Any, workers: Any, progress: Any,
-                     on_damaged: Any, sidecars: Any = False, caption_column: Any = CAPTION_COLUMN) -> None:
+                     on_damaged: Any, sidecars: Any = False, caption_column: Any = CAPTION_COLUMN,
+                     label_column: Any = LABEL_COLUMN) -> None:
     """Refuse, naming the argument, a value of the wrong type or out of range, before anything is read or written:
     a `force="no"` exported an unfinished output as if True, `workers="8"` raised a bare TypeError, and a
     `progress` or `on_damaged` that is no callable failed only once the export had begun writing."""
@@ -1362,6 +1493,11 @@ def _check_arguments(names: ArgNames, *, output: Any, to: Any, storage_options: 
     if caption_column != CAPTION_COLUMN and not sidecars:
         raise ExportError(f"{names.named('caption_column')} names the column of each image's .txt sidecar file: it "
                           f"needs {names.passing('sidecars')}")
+    if not isinstance(label_column, str) or not label_column:
+        raise ExportError(f"{names.named('label_column')} must be a column's name, got {label_column!r}")
+    if label_column != LABEL_COLUMN and not sidecars:
+        raise ExportError(f"{names.named('label_column')} names the column of each image's .cls sidecar file: it "
+                          f"needs {names.passing('sidecars')}")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise ExportError(f"storage_options must be a mapping of fsspec options (or None), got "
                           f"{type(storage_options).__name__}")
@@ -1375,12 +1511,13 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
                storage_options: dict[str, Any] | None, image_format: str, jpeg_quality: int, manifest: str,
                existing: str, force: bool, workers: int, progress: Any,
                on_damaged: Callable[[str], None] | None, sidecars: bool = False,
-               caption_column: str = CAPTION_COLUMN) -> ExportReport:
+               caption_column: str = CAPTION_COLUMN, label_column: str = LABEL_COLUMN) -> ExportReport:
     """`export_images`, its errors and warnings naming what the caller gave as `names` says: API_NAMES
     (export_images's keyword arguments) or CLI_NAMES (zip-purify-export's flags)."""
     _check_arguments(names, output=output, to=to, storage_options=storage_options, image_format=image_format,
                      jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
-                     progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column)
+                     progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column,
+                     label_column=label_column)
     # numpy's integers as Python's: Pillow refuses quality=np.int64(90) ("Invalid quality setting"), for every JPEG
     jpeg_quality, workers = int(jpeg_quality), int(workers)
     output, to = os.fspath(output).rstrip("/") or "/", os.fspath(to).rstrip("/") or "/"
@@ -1435,14 +1572,16 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         sidecar_from, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
         reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
         partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
-        hint = check_caption_column([p.schema for p in parts], caption_column, names)
-        if hint:
-            report.warnings.append(hint)
+        for hint in (check_caption_column([p.schema for p in parts], caption_column, names),
+                     check_label_column([p.schema for p in parts], label_column, caption_column, names)):
+            if hint:
+                report.warnings.append(hint)
         writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts),
-                                 caption=caption_column)
+                                 caption=caption_column, label=label_column)
         report.sidecars = True
+    listed = None
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
-        writing = _clean_up(out_fs, root, to, names, writing, report)
+        writing, listed = _clean_up(out_fs, root, to, names, writing, report, existing == "resume")
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
         writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
@@ -1457,7 +1596,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
     try:
         for part in parts:
             problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
-                                   jpeg_quality, seen_repeated, bar, writing)
+                                   jpeg_quality, seen_repeated, bar, writing, listed)
             if problem is not None:
                 report.damaged.append(problem)
                 if on_damaged is not None:
@@ -1492,15 +1631,22 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
 
 
 def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWriting | None,
-              report: ExportReport) -> SidecarWriting | None:
+              report: ExportReport, resume: bool = False) -> tuple[SidecarWriting | None, DirListing | None]:
     """Remove the partial files an export killed outright (SIGKILL, a machine lost) left in DIR (`partial_writes`),
     counted in `report`; returns `writing` with, off the local disk, the sidecar-named files DIR holds
     (`listed_sidecars`): one listing of DIR (a request per 1,000 files on an object store) rather than a DELETE of each
-    name an image's stale sidecar could have, up to 6 an image. ExportError when DIR cannot be listed."""
+    name an image's stale sidecar could have, up to 6 an image; and, with `resume` off the local disk, the files DIR
+    holds with their sizes and checksums (`DirListing`, from the same listing), rather than a HEAD and a read back of
+    each. ExportError when DIR cannot be listed."""
     listing = None
-    if not _local_disk(fs) and (writing is not None or has_rename(fs)):
+    detailed: dict[str, Any] = {}
+    if not _local_disk(fs) and (writing is not None or has_rename(fs) or resume):
         try:
-            listing = with_retries(lambda: fs.find(root), f"list {to}")
+            if resume:
+                detailed = with_retries(lambda: fs.find(root, detail=True), f"list {to}")
+                listing = list(detailed)
+            else:
+                listing = with_retries(lambda: fs.find(root), f"list {to}")
         except FileNotFoundError:  # a DIR not made yet
             listing = []
         except Exception as err:  # noqa: BLE001 - nothing is written yet
@@ -1512,6 +1658,8 @@ def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWrit
             fs.invalidate_cache()
     if writing is not None and listing is not None:
         writing = dataclasses.replace(writing, listed=listed_sidecars(listing, root))
+    listed = DirListing.of(detailed, root) if resume and listing is not None else None
+    del detailed  # each entry's details, near 1 KB a file: 32 bytes of each are kept
     for rel in partial_writes(fs, root, listing):
         path = posixpath.join(root, rel)
         try:
@@ -1525,7 +1673,7 @@ def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWrit
         except Exception as err:  # noqa: BLE001 - it is hidden, and harms no reader: said, the export goes on
             report.warnings.append(f"warning: the partial file {_under(to, rel)} an earlier export left could not be "
                                    f"removed: {describe(err)}")
-    return writing
+    return writing, listed
 
 
 def _under(to: str, name: str) -> str:
@@ -1540,9 +1688,10 @@ UNFETCHED = "could not be fetched from the storage"
 
 def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
-                 seen_repeated: set[str], bar: Any, writing: SidecarWriting | None = None) -> tuple[str, str, int] | None:
+                 seen_repeated: set[str], bar: Any, writing: SidecarWriting | None = None,
+                 listed: DirListing | None = None) -> tuple[str, str, int] | None:
     """Export one part file's rows, a batch at a time; (part, reason, rows not exported) when it cannot be read
-    to its end (the rows before are exported)."""
+    to its end (the rows before are exported). `listed`: DIR's files when a resume began (`write_file`)."""
     done = 0
     try:
         data = with_retries(lambda: in_fs.cat_file(part.path), f"read {part.path}")
@@ -1559,7 +1708,8 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
                 rows = python_rows(next(batches), extension_storage=False)  # a tensor as its arrays (`plain`)
             except StopIteration:
                 return None
-            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated, writing)
+            _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated, writing,
+                         listed)
             done += len(rows)
             if bar is not None:
                 bar.update(len(rows))
@@ -1583,7 +1733,8 @@ class _InThisThread(Executor):
 
 def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
-                 seen_repeated: set[str], writing: SidecarWriting | None = None) -> None:
+                 seen_repeated: set[str], writing: SidecarWriting | None = None,
+                 listed: DirListing | None = None) -> None:
     """Write a batch of rows' files (with `writing`, their sidecar files too), `pool`'s workers at once; count each,
     and add those in place to the manifest."""
     jobs: list[tuple[dict[str, Any], str, Future[Any]]] = []
@@ -1598,10 +1749,10 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         image = row.get("image")
         png = image.get("bytes") if isinstance(image, dict) else image
         if writing is None:
-            jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality)))
+            jobs.append((row, rel, pool.submit(_export_one, out_fs, root, rel, png, resume, jpeg_quality, listed)))
         else:
             jobs.append((row, rel, pool.submit(_export_with_sidecars, out_fs, root, rel, png, resume, jpeg_quality,
-                                               row, plan, writing)))
+                                               row, plan, writing, listed)))
     for row, rel, future in jobs:
         try:
             wrote = future.result()

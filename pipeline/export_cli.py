@@ -49,6 +49,7 @@ examples:
   zip-purify-export --output s3://bucket/clean/ --to s3://bucket/clean-files/ --resume   # finish a stopped export
   zip-purify-export --output ./purified --to ./purified-files --sidecars               # a.png with a.txt, a.cls, a.json
   zip-purify-export --output ./purified --to ./files --sidecars --caption-column caption  # a.txt from column caption
+  zip-purify-export --output ./purified --to ./files --sidecars --label-column class     # a.cls from column class
   python jobs/export.py --help                                                         # the same tool
 
 exit status:
@@ -117,26 +118,35 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                                "partial files an export killed outright left, as with --resume)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
-                               "is kept (one of that size is read back and compared), the others are written; the "
+                               "is kept (off the local disk told by DIR's one listing: its size, and its checksum where the "
+                               "store lists one, S3's ETag, GCS's md5Hash; one of that size with none is read back and "
+                               "compared), the others are written; the "
                                "hidden partial files an export killed outright (SIGKILL) left, .tmp-<32 hex>-<a name "
                                "it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
     p.add_argument("--sidecars", action="store_true",
                    help="write beside each image its sidecar files from its row, as img2dataset and WebDataset folders hold "
-                        "them: DIR/a.png with a.txt (the txt caption, or --caption-column's), a.cls (the label) and a.json "
-                        "(every other column from the input: a .json's keys, other sidecars, a metadata row's, a Parquet "
-                        "input's; input_id as \"id\" again), so that DIR reads back into the job with the same columns; never "
-                        "the job's own columns (source, width, ...; those are in the manifest), nor a null value (no file, "
-                        "no key; but a column null in every row, img2dataset's error_message, is a null key of each .json), "
-                        "nor columns of bytes. Where two images would share a stem (a.jpg and a.png with --format input), "
-                        "each has its whole name's: a.png.txt. With --overwrite or --resume, an image's .txt, .cls or .json "
-                        "its row has no value for is removed (off the local disk DIR is listed once, and only those there "
-                        "are deleted), and counted in the last line")
+                        "them: DIR/a.png with a.txt (the txt caption, or --caption-column's), a.cls (the label, or "
+                        "--label-column's) and a.json (every other column from the input: a .json's keys, other "
+                        "sidecars, a metadata row's, a Parquet input's; input_id as \"id\" again), so that DIR reads "
+                        "back into the job with the same columns; never the job's own columns (source, width, ...; "
+                        "those are in the manifest), nor a null value (no file, no key; but a column null in every "
+                        "row, img2dataset's error_message, is a null key of each .json), nor columns of bytes. Where "
+                        "two images would share a stem (a.jpg and a.png with --format input), each has its whole "
+                        "name's: a.png.txt. With --overwrite or --resume, an image's .txt, .cls or .json its row has no "
+                        "value for is removed (off the local disk DIR is listed once, and only those there are "
+                        "deleted), and counted in the last line")
     p.add_argument("--caption-column", default="txt", metavar="NAME",
                    help="with --sidecars, the column whose text is each image's .txt (default txt, a folder's or "
                         "WebDataset's .txt captions): caption for img2dataset's Parquet, text, prompt. Not txt, it stays "
                         "a key of the .json too, so that DIR read back into the job has that column again (and a txt "
                         "column beside it, the same text). Refused, naming the columns the output has, where it has no "
                         "such text column, or has a txt column as well")
+    p.add_argument("--label-column", default="label", metavar="NAME",
+                   help="with --sidecars, the column whose value is each image's .cls (default label, a folder's or "
+                        "WebDataset's .cls labels, --labels-from-folders'): class, class_id, target, a whole number or "
+                        "text. Not label, it stays a key of the .json too, so that DIR read back into the job has that "
+                        "column again (and a label column beside it, the same value). Refused, naming the columns the "
+                        "output has, where it has no such column, or has a label column as well")
     p.add_argument("--force", action="store_true",
                    help="export an output that is not complete (its run stopped, failed or is running now): the rows "
                         "it holds now")
@@ -165,7 +175,8 @@ def main(argv: list[str] | None = None, prog: str = "zip-purify-export") -> int:
         report = run_export(CLI_NAMES, args.output, args.to, storage_options=so, image_format=args.format,
                             jpeg_quality=args.jpeg_quality, manifest=args.manifest, existing=existing,
                             force=args.force, workers=args.workers, progress=None if args.no_progress else bar,
-                            on_damaged=damaged, sidecars=args.sidecars, caption_column=args.caption_column)
+                            on_damaged=damaged, sidecars=args.sidecars, caption_column=args.caption_column,
+                            label_column=args.label_column)
     except KeyboardInterrupt:
         print("interrupted: every file written is whole; run the same command with --resume to finish (the manifest "
               "is written at the end)", file=sys.stderr)

@@ -1184,3 +1184,105 @@ def test_resume_into_a_store_with_rename_finds_partial_files_in_every_folder(tmp
     assert report.ok and report.partial_writes_removed == 3 and report.stale_sidecars_removed == 1
     assert files_under(to) == {"cats/a.png", "cats/a.txt", "b.png", "manifest.csv", "cats/.tmp-mine.tmp"}
     AsSftp.clear_instance_cache()
+
+
+def test_resume_on_s3_takes_sizes_and_checksums_from_one_listing_and_downloads_nothing_it_settles(
+        tmp_path: Path) -> None:
+    """A --resume into S3 sent a HEAD for every file and downloaded every one of its size to compare bytes: resuming
+    an export of a million images read most of them back. DIR is listed once; a file whose listed ETag is the MD5 of
+    the bytes to write is kept with no request of its own; one of another size or checksum is written; only a file
+    whose ETag is no MD5 (a multipart upload's) is read back, and kept when its bytes are the same."""
+    from tests.s3util import moto_s3_logged
+
+    make_output(str(tmp_path / "out"), [image(f"c/{i}.jpg", i, txt=f"cap {i}") for i in range(12)])
+    local = tmp_path / "local"
+    export_images(tmp_path / "out", local, sidecars=True)
+    with moto_s3_logged("files") as (client, so, log):
+        to = "s3://files/images"
+
+        def requests(method: str) -> list[str]:  # of DIR's files (not the manifest's, not DIR's own look or listing)
+            return sorted(path for m, path, _ in log.requests if m == method and path.startswith("/files/images/")
+                          and "manifest.csv" not in path)
+
+        assert export_images(tmp_path / "out", to, storage_options=so, sidecars=True).written == 12
+        # c/0.png: another image's bytes of its size; c/1.txt: other bytes of its size; c/2.png: gone; c/3.png: whole,
+        # uploaded in parts (its ETag '<hex>-1' is no MD5 of its bytes)
+        other = (local / "c/0.png").read_bytes()[::-1]
+        client.put_object(Bucket="files", Key="images/c/0.png", Body=other)
+        client.put_object(Bucket="files", Key="images/c/1.txt", Body=b"cap X")
+        client.delete_object(Bucket="files", Key="images/c/2.png")
+        upload = client.create_multipart_upload(Bucket="files", Key="images/c/3.png")["UploadId"]
+        part = client.upload_part(Bucket="files", Key="images/c/3.png", UploadId=upload, PartNumber=1,
+                                  Body=(local / "c/3.png").read_bytes())
+        client.complete_multipart_upload(Bucket="files", Key="images/c/3.png", UploadId=upload,
+                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+        assert "-" in client.head_object(Bucket="files", Key="images/c/3.png")["ETag"]
+        log.requests.clear()
+        report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing="resume")
+        assert report.ok and (report.written, report.present) == (2, 10)
+        assert (report.sidecars_written, report.sidecars_present) == (1, 11)
+        # read back: c/3.png (no MD5 listed) and the two of their size whose listed MD5 is another's (an ETag under
+        # SSE-KMS is no MD5 of the bytes: never taken for "other bytes" unread); s3fs's read asks the size first
+        read = ["/files/images/c/0.png", "/files/images/c/1.txt", "/files/images/c/3.png"]
+        assert requests("GET") == read and requests("HEAD") == read  # were 23 and 47: every file of its size
+        assert requests("PUT") == ["/files/images/c/0.png", "/files/images/c/1.txt", "/files/images/c/2.png"]
+        assert sum(m == "GET" and p == "/files" for m, p, _ in log.requests) <= 3  # DIR listed once (and looked at)
+        for rel in ("c/0.png", "c/1.txt", "c/2.png", "c/3.png"):
+            assert client.get_object(Bucket="files", Key=f"images/{rel}")["Body"].read() == (local / rel).read_bytes()
+
+
+def test_resume_reads_back_only_the_files_a_listed_md5_cannot_settle(tmp_path: Path, monkeypatch) -> None:
+    """A store listing GCS's md5Hash (base64) for its objects, but none for a composite one (stood in for by a memory
+    file system), and one whose listing has sizes alone: a --resume asks neither for a file's size, and reads back
+    only the files of their size that no listed MD5 settles."""
+    import base64
+    import hashlib
+    import importlib
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    asked: list[tuple[str, str]] = []
+
+    class Listed(MemoryFileSystem):
+        protocol = ("listedmem",)
+        md5 = True
+
+        @classmethod
+        def _strip_protocol(cls, path):  # noqa: ANN001, ANN206 - fsspec's signature
+            path = path[len("listedmem://"):] if isinstance(path, str) and path.startswith("listedmem://") else path
+            return super()._strip_protocol(path)
+
+        def find(self, path, maxdepth=None, withdirs=False, detail=False, **kwargs):  # noqa: ANN001, ANN201
+            found = super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
+            if detail and self.md5:
+                for name, info in found.items():
+                    if info["type"] == "file" and not name.endswith("c/3.png"):  # a composite object: no md5Hash
+                        info["md5Hash"] = base64.b64encode(hashlib.md5(self.store[name].getvalue()).digest()).decode()
+            return found
+
+        def cat_file(self, path, *args, **kwargs):  # noqa: ANN001, ANN201
+            if "manifest" not in path:  # not the manifest's own write
+                asked.append(("read", self._strip_protocol(path)))
+            return super().cat_file(path, *args, **kwargs)
+
+        def size(self, path):  # noqa: ANN001, ANN201
+            if "manifest" not in path:  # the manifest's write asks its temporary copy's size
+                asked.append(("size", self._strip_protocol(path)))
+            return super().size(path)
+
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "listedmem", Listed)
+    make_output(str(tmp_path / "out"), [image(f"c/{i}.jpg", i) for i in range(6)])
+    to = "listedmem://export-listed-test/images"
+    try:
+        assert export_images(tmp_path / "out", to).written == 6
+        Listed().pipe_file("/export-listed-test/images/c/1.png", b"cut short")
+        asked.clear()
+        report = export_images(tmp_path / "out", to, existing="resume")
+        assert report.ok and (report.written, report.present) == (1, 5)
+        assert asked == [("read", "/export-listed-test/images/c/3.png")]
+        Listed.md5 = False  # sizes alone: each file of its size is read back, none is asked its size
+        asked.clear()
+        assert export_images(tmp_path / "out", to, existing="resume").present == 6
+        assert sorted(asked) == [("read", f"/export-listed-test/images/c/{i}.png") for i in range(6)]
+    finally:
+        MemoryFileSystem().rm("/export-listed-test", recursive=True)

@@ -338,11 +338,11 @@ def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finish
     make_output(str(tmp_path / "out"), records, per_file=2)
     original, writes = export.write_file, []
 
-    def stopped(fs, path, data, resume):  # noqa: ANN001
+    def stopped(fs, path, data, resume, *listed):  # noqa: ANN001
         writes.append(path)
         if len(writes) == 8:  # the second image's sidecars written, the image not
             raise KeyboardInterrupt
-        return original(fs, path, data, resume)
+        return original(fs, path, data, resume, *listed)
 
     monkeypatch.setattr(export, "write_file", stopped)
     argv = ["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress",
@@ -623,7 +623,7 @@ def test_the_listing_of_an_s3_dir_is_not_kept_in_the_file_systems_cache(tmp_path
                              existing="resume").present == 30
         cached = [entry["name"] for entries in fs.dircache.values() for entry in entries]
         assert len(cached) < 10, cached
-        # without sidecars only DIR's top is listed (for a manifest's partial copy): all of a flat DIR
+        # without sidecars, a resume lists all of DIR too (for each file's size and checksum): not kept either
         assert export_images(tmp_path / "out", "s3://files/flat", storage_options=so, sidecars=True).ok
         fs.invalidate_cache()
         for i in range(30):
@@ -655,3 +655,71 @@ def test_a_resume_counts_the_sidecar_files_already_there(tmp_path: Path) -> None
     report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
     assert (report.sidecars_written, report.sidecars_present) == (1, 2)
     assert "(0 written, 2 already there, 1 sidecar file written, 2 already there)" in report_lines(report)[-1]
+
+
+def test_label_column_writes_another_columns_class_as_the_cls_and_the_folder_reads_back_with_it(
+        tmp_path: Path, capsys) -> None:
+    """Only a `label` column became x.cls: an output whose class is in `class` (a metadata CSV's) or `target` had it
+    in x.json alone, and WebDataset-style loaders reading x.cls found none. --label-column class writes it as x.cls,
+    and keeps it in x.json, so that the folder reads back with the output's columns (and `label`, the same value)."""
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, cls=3, url="u1"), image("b.jpg", 2, cls=None, url="u2"),
+                                        image("c.jpg", 3, cls=12, url="u3")])
+    make_output(str(tmp_path / "named"), [image("a.jpg", 1, category="cat"), image("b.jpg", 2, category="007")])
+    files = tmp_path / "files"
+    argv = ["--output", str(tmp_path / "out"), "--to", str(files), "--sidecars", "--no-progress"]
+    assert main(argv) == 0
+    assert not (files / "a.cls").exists()
+    assert main([*argv, "--overwrite", "--label-column", "cls"]) == 0
+    assert (files / "a.cls").read_bytes() == b"3" and (files / "c.cls").read_bytes() == b"12"
+    assert not (files / "b.cls").exists()  # no class, no file
+    assert json.loads((files / "a.json").read_bytes()) == {"cls": 3, "url": "u1"}
+    assert files_under(files) == {"a.png", "a.cls", "a.json", "b.png", "b.json", "c.png", "c.cls", "c.json",
+                                  "manifest.csv"}
+    again = read_folder(str(files))
+    assert again["a.png"]["meta"] == {"label": 3, "cls": 3, "url": "u1"}
+    assert again["b.png"]["meta"] == {"url": "u2"}
+    # back to the default: the .cls files are then stale (their rows have no label), removed
+    assert export_images(tmp_path / "out", files, sidecars=True, existing="overwrite").stale_sidecars_removed == 2
+    assert not (files / "a.cls").exists()
+    # text: a class name is the .cls; one a .cls would read back as another value ('007' as 7) is a .json key alone
+    named = tmp_path / "named-files"
+    report = export_images(tmp_path / "named", named, sidecars=True)
+    assert "--label-column category" not in " ".join(report.warnings)  # the API's own name
+    assert 'label_column="category" writes it as the .cls too' in " ".join(report.warnings)
+    assert export_images(tmp_path / "named", named, sidecars=True, label_column="category", existing="overwrite").ok
+    assert (named / "a.cls").read_bytes() == b"cat" and not (named / "b.cls").exists()
+    assert json.loads((named / "b.json").read_bytes()) == {"category": "007"}
+    assert read_folder(str(named))["a.png"]["meta"] == {"label": "cat", "category": "cat"}
+
+
+def test_a_label_column_that_is_missing_not_a_class_or_beside_a_label_column_is_refused_naming_it(
+        tmp_path: Path, capsys) -> None:
+    from pipeline.export import ExportError
+
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, cls=3, score=0.5, caption="cap", flag=True)])
+    make_output(str(tmp_path / "both"), [image("a.jpg", 1, cls=3, label=4)])
+    files = tmp_path / "files"
+    for out, flags, said in (
+            ("out", ["--sidecars", "--label-column", "target"],
+             "error: --label-column target: the output has no column of that name; its columns besides the job's "
+             "own are: caption, cls, flag, score"),
+            ("out", ["--sidecars", "--label-column", "score"],
+             "error: --label-column score is a column of double: a .cls label holds a whole number or text"),
+            ("out", ["--sidecars", "--label-column", "flag"], "error: --label-column flag is a column of bool"),
+            ("out", ["--sidecars", "--label-column", "width"],
+             "error: --label-column width is one of the job's own columns"),
+            ("out", ["--sidecars", "--caption-column", "caption", "--label-column", "caption"],
+             "error: --label-column caption is the caption column too (--caption-column)"),
+            ("both", ["--sidecars", "--label-column", "cls"],
+             "error: --label-column cls: the output has a label column too, which the .cls is read back as"),
+            ("out", ["--sidecars", "--label-column", ""], "error: --label-column must be a column's name, got ''"),
+            ("out", ["--label-column", "cls"],
+             "error: --label-column names the column of each image's .cls sidecar file: it needs --sidecars")):
+        assert main(["--output", str(tmp_path / out), "--to", str(files), "--no-progress", *flags]) == 2, said
+        assert said in capsys.readouterr().err, said
+        assert not files.exists()
+    with pytest.raises(ExportError, match="^label_column='target': the output has no column"):
+        export_images(tmp_path / "out", files, sidecars=True, label_column="target")
+    with pytest.raises(ExportError, match="it needs sidecars=True"):
+        export_images(tmp_path / "out", files, label_column="cls")
+    assert "--label-column NAME" in build_parser().format_help()
