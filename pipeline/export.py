@@ -27,7 +27,9 @@ img2dataset folder or a WebDataset key holds, written from its row (`sidecar_byt
 column null in every row: `null_columns`), so that the folder reads back into the job with the same columns; where the
 job's reader would pair such a name with two images (`a.jpg` and `a.png` with `image_format="input"`), each image's
 whole name's (`a.png.txt`: `sidecar_stem`). They are written before their image, each whole as an image is: an image in
-DIR has its sidecars.
+DIR has its sidecars. Into a DIR that held files (--overwrite, --resume), a sidecar-named file an image's row has no
+value for is removed where it may be an earlier export's, beside an image the manifest in DIR names
+(`earlier_exported`); any other is a user's own, and kept.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
@@ -995,13 +997,18 @@ def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
 class SidecarWriting:
     """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
     folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
-    files when the export began, --overwrite or --resume), which would read back as its columns; writing a null key
-    of each column null in every row into each .json (`nulls`: `null_columns`)."""
+    files when the export began, --overwrite or --resume), which would read back as its columns, beside the images an
+    earlier export wrote alone (`exported`); writing a null key of each column null in every row into each .json
+    (`nulls`: `null_columns`)."""
 
     columns: list[str]
     partitioned: bool
     clean: bool
     nulls: frozenset[str] = frozenset()
+    # with `clean`: the `_exact_hash`es of the image paths an earlier export's manifest in DIR names
+    # (`earlier_exported`). A sidecar-named file beside any other image is no earlier export's (a user's own notes
+    # `x.txt` in a folder no export wrote, or beside an image exported now for the first time): it is kept.
+    exported: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     # with `clean`, on storage other than the local disk: the `_exact_hash`es of the sidecar-named files DIR held when
     # the export began (`listed_sidecars`), so that only those are removed (a request each); None: each name is looked at
     listed: np.ndarray | None = None
@@ -1022,7 +1029,7 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
             raise ValueError(f"the name of its sidecar file would be over {NAME_MAX} bytes, more than a disk takes: "
                              f"{posixpath.basename(name)}")
     stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
-             if name + ext not in files] if writing.clean else []
+             if name + ext not in files] if writing.clean and _holds_exact(writing.exported, rel) else []
     if writing.listed is not None:
         stale = [name for name in stale if _holds_exact(writing.listed, name)]
     return files, stale
@@ -1047,6 +1054,24 @@ def listed_sidecars(paths: Iterable[str], root: str) -> np.ndarray:
     prefix = root.rstrip("/") + "/"
     return np.unique(np.array([_exact_hash(p[len(prefix):]) for p in paths
                                if p.startswith(prefix) and p.endswith(SIDECAR_EXTENSIONS)], dtype=np.uint64))
+
+
+def earlier_exported(fs: Any, root: str) -> np.ndarray:
+    """The sorted `_exact_hash`es of the paths (relative to `root`, DIR) of the images the manifests in DIR name
+    (`manifest.csv`, `manifest.jsonl`: an earlier export's, finished), 8 bytes each: the images beside which a
+    sidecar-named file may be an earlier export's own. A manifest that cannot be read names none: nothing beside its
+    images is removed."""
+    found: list[int] = []
+    for kind in ("csv", "jsonl"):
+        path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
+        try:
+            with fs.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                rows = csv.DictReader(text) if kind == "csv" else (json.loads(line) for line in text if line.strip())
+                found += [_exact_hash(row["path"]) for row in rows
+                          if isinstance(row, dict) and isinstance(row.get("path"), str)]
+        except (OSError, ValueError, csv.Error):  # none there, a folder of that name, or not a manifest: names none
+            continue
+    return np.unique(np.array(found, dtype=np.uint64))
 
 
 # --- writing one file ---------------------------------------------------------------------------------------------
@@ -1438,8 +1463,10 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         hint = check_caption_column([p.schema for p in parts], caption_column, names)
         if hint:
             report.warnings.append(hint)
-        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts),
-                                 caption=caption_column)
+        clean = existing != "refuse"
+        writing = SidecarWriting(sidecar_from, partitioned, clean, null_columns(p.schema for p in parts),
+                                 caption=caption_column, exported=earlier_exported(out_fs, root) if clean else
+                                 np.empty(0, dtype=np.uint64))
         report.sidecars = True
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
         writing = _clean_up(out_fs, root, to, names, writing, report)

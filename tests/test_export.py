@@ -1176,8 +1176,10 @@ def test_resume_into_a_store_with_rename_finds_partial_files_in_every_folder(tmp
     AsSftp.clear_instance_cache()
     out, to = tmp_path / "out", tmp_path / "exported"
     make_output(str(out), [image("cats/a.jpg", 1, txt="cap"), image("b.jpg", 2)])
+    make_output(str(tmp_path / "old"), [image("cats/a.jpg", 1, txt="cap", label=3), image("b.jpg", 2)])
+    assert export_images(tmp_path / "old", to, sidecars=True).ok  # an earlier export: cats/a.cls is its own, stale
     left = [f"cats/.tmp-{'1' * 32}-a.png.tmp", f".tmp-{'2' * 32}-manifest.csv.tmp", f"cats/.tmp-{'3' * 32}-a.txt.tmp"]
-    for name in [*left, "cats/a.cls", "cats/.tmp-mine.tmp"]:
+    for name in [*left, "cats/.tmp-mine.tmp"]:
         (to / name).parent.mkdir(parents=True, exist_ok=True)
         (to / name).write_bytes(b"x")
     report = export_images(f"sftp://{out}", f"sftp://{to}", existing="resume", sidecars=True)
