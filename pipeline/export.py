@@ -1115,7 +1115,10 @@ def _hold_at_gate() -> None:
 # The temporary name `write_file` and `Manifest` give a file while it is written: TEMP_PREFIX, a uuid4's 32 hex digits,
 # '-', the file's name (cut to fit), '.tmp'. The job writes its part files under names of this shape too
 # (`part-00000.parquet`): a leftover is the export's only where the name is one the export writes (`_own_partial`).
-_PARTIAL_WRITE = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<name>.+)\.tmp", re.S)
+# The hex is a uuid4's (its version digit 4, its variant digit 8, 9, a or b): another tool's `.tmp-<a digest>-x.png.tmp`
+# is not taken for the export's (one of 64 such names would be, by chance, with any 32 hex digits).
+_PARTIAL_WRITE = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{12}}4[0-9a-f]{{3}}[89ab][0-9a-f]{{15}}-(?P<name>.+)\.tmp",
+                            re.S)
 _OWN_EXTENSIONS = WRITTEN_EXTENSIONS | set(SIDECAR_EXTENSIONS)
 _MANIFEST_NAMES = frozenset(f"{MANIFEST_NAME}.{kind}" for kind in MANIFESTS if kind != "none")
 

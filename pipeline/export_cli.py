@@ -119,8 +119,8 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
                                "is kept (one of that size is read back and compared), the others are written; the "
-                               "hidden partial files an export killed outright (SIGKILL) left, .tmp-<32 hex>-<a name "
-                               "it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
+                               "hidden partial files an export killed outright (SIGKILL) left, .tmp-<a uuid4's 32 hex>-<a "
+                               "name it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
     p.add_argument("--sidecars", action="store_true",
                    help="write beside each image its sidecar files from its row, as img2dataset and WebDataset folders hold "
                         "them: DIR/a.png with a.txt (the txt caption, or --caption-column's), a.cls (the label) and a.json "
