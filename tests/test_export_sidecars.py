@@ -703,3 +703,39 @@ def test_a_resume_counts_the_sidecar_files_already_there(tmp_path: Path) -> None
     report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
     assert (report.sidecars_written, report.sidecars_present) == (1, 2)
     assert "(0 written, 2 already there, 1 sidecar file written, 2 already there)" in report_lines(report)[-1]
+
+
+def test_a_delete_the_storage_refuses_loses_nothing_and_is_said(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A store that refuses DELETE (S3 credentials without s3:DeleteObject): an earlier export's stale sidecar that
+    cannot be removed fails its row, named, with exit status 1, and the file stays; a partial file that cannot be removed
+    is a warning. Nothing is lost: the other rows are exported, and every file that was there is still there."""
+    import uuid
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=3), image("b.jpg", 2, txt="b")])
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap"), image("b.jpg", 2, txt="b2")])
+    to, fs = "memory://export-refused-delete/files", fsspec.filesystem("memory")
+    try:
+        assert export_images(tmp_path / "old", to, sidecars=True).ok
+        partial = f"/export-refused-delete/files/.tmp-{uuid.uuid4().hex}-manifest.csv.tmp"
+        fs.pipe_file(partial, b"id,path\n")
+        before = set(fs.find("/export-refused-delete/files"))
+
+        def refused(self, path, *args, **kwargs):  # noqa: ANN001, ANN202 - fsspec's signature
+            raise PermissionError(13, "Access Denied")
+
+        monkeypatch.setattr(MemoryFileSystem, "rm_file", refused)
+        monkeypatch.setattr(MemoryFileSystem, "_rm", refused)
+        assert main(["--output", str(tmp_path / "out"), "--to", to, "--sidecars", "--resume", "--no-progress"]) == 1
+        said = capsys.readouterr()
+        assert "failed: a.jpg: its stale sidecar file a.cls (its row has no value for it) could not be removed, so " \
+               "neither was its image: PermissionError: [Errno 13] Access Denied" in said.out + said.err
+        assert f"warning: the partial file {to}/{partial.rsplit('/', 1)[1]} an earlier export left could not be " \
+               "removed: PermissionError: [Errno 13] Access Denied" in said.out + said.err
+        assert "exported 1 of 2 images" in said.out
+        assert before <= set(fs.find("/export-refused-delete/files"))
+        assert fs.cat_file("/export-refused-delete/files/b.txt") == b"b2"
+    finally:
+        monkeypatch.undo()
+        fs.rm("/export-refused-delete", recursive=True)
