@@ -27,7 +27,9 @@ img2dataset folder or a WebDataset key holds, written from its row (`sidecar_byt
 nor a null but of a column null in every row: `null_columns`), so that the folder reads back into the job with the
 same columns; where the job's reader would pair such a name with two images (`a.jpg` and `a.png` with
 `image_format="input"`), each image's whole name's (`a.png.txt`: `sidecar_stem`). They are written before their
-image, each whole as an image is: an image in DIR has its sidecars.
+image, each whole as an image is: an image in DIR has its sidecars. Into a DIR that held files (--overwrite,
+--resume), a sidecar-named file an image's row has no value for is removed where it may be an earlier export's, beside
+an image the manifest in DIR names (`earlier_exported`); any other is a user's own, and kept.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
@@ -1050,13 +1052,18 @@ def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
 class SidecarWriting:
     """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
     folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
-    files when the export began, --overwrite or --resume), which would read back as its columns; writing a null key
-    of each column null in every row into each .json (`nulls`: `null_columns`)."""
+    files when the export began, --overwrite or --resume), which would read back as its columns, beside the images an
+    earlier export wrote alone (`exported`); writing a null key of each column null in every row into each .json
+    (`nulls`: `null_columns`)."""
 
     columns: list[str]
     partitioned: bool
     clean: bool
     nulls: frozenset[str] = frozenset()
+    # with `clean`: the `_exact_hash`es of the image paths an earlier export's manifest in DIR names
+    # (`earlier_exported`). A sidecar-named file beside any other image is no earlier export's (a user's own notes
+    # `x.txt` in a folder no export wrote, or beside an image exported now for the first time): it is kept.
+    exported: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     # with `clean`, on storage other than the local disk: the `_exact_hash`es of the sidecar-named files DIR held when
     # the export began (`listed_sidecars`), so that only those are removed (a request each); None: each name is looked at
     listed: np.ndarray | None = None
@@ -1079,7 +1086,7 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
             raise ValueError(f"the name of its sidecar file would be over {NAME_MAX} bytes, more than a disk takes: "
                              f"{posixpath.basename(name)}")
     stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
-             if name + ext not in files] if writing.clean else []
+             if name + ext not in files] if writing.clean and _holds_exact(writing.exported, rel) else []
     if writing.listed is not None:
         stale = [name for name in stale if _holds_exact(writing.listed, name)]
     return files, stale
@@ -1166,6 +1173,24 @@ class DirListing:
         return int(self.sizes[at]), (md5 if any(md5) else None)
 
 
+def earlier_exported(fs: Any, root: str) -> np.ndarray:
+    """The sorted `_exact_hash`es of the paths (relative to `root`, DIR) of the images the manifests in DIR name
+    (`manifest.csv`, `manifest.jsonl`: an earlier export's, finished), 8 bytes each: the images beside which a
+    sidecar-named file may be an earlier export's own. A manifest that cannot be read names none: nothing beside its
+    images is removed."""
+    found: list[int] = []
+    for kind in ("csv", "jsonl"):
+        path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
+        try:
+            with fs.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                rows = csv.DictReader(text) if kind == "csv" else (json.loads(line) for line in text if line.strip())
+                found += [_exact_hash(row["path"]) for row in rows
+                          if isinstance(row, dict) and isinstance(row.get("path"), str)]
+        except (OSError, ValueError, csv.Error):  # none there, a folder of that name, or not a manifest: names none
+            continue
+    return np.unique(np.array(found, dtype=np.uint64))
+
+
 # --- writing one file ---------------------------------------------------------------------------------------------
 
 
@@ -1207,7 +1232,10 @@ def _hold_at_gate() -> None:
 # The temporary name `write_file` and `Manifest` give a file while it is written: TEMP_PREFIX, a uuid4's 32 hex digits,
 # '-', the file's name (cut to fit), '.tmp'. The job writes its part files under names of this shape too
 # (`part-00000.parquet`): a leftover is the export's only where the name is one the export writes (`_own_partial`).
-_PARTIAL_WRITE = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<name>.+)\.tmp", re.S)
+# The hex is a uuid4's (its version digit 4, its variant digit 8, 9, a or b): another tool's `.tmp-<a digest>-x.png.tmp`
+# is not taken for the export's (one of 64 such names would be, by chance, with any 32 hex digits).
+_PARTIAL_WRITE = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{12}}4[0-9a-f]{{3}}[89ab][0-9a-f]{{15}}-(?P<name>.+)\.tmp",
+                            re.S)
 _OWN_EXTENSIONS = WRITTEN_EXTENSIONS | set(SIDECAR_EXTENSIONS)
 _MANIFEST_NAMES = frozenset(f"{MANIFEST_NAME}.{kind}" for kind in MANIFESTS if kind != "none")
 
@@ -1215,7 +1243,7 @@ _MANIFEST_NAMES = frozenset(f"{MANIFEST_NAME}.{kind}" for kind in MANIFESTS if k
 def _own_partial(rel: str) -> bool:
     """Whether the file at `rel` (under DIR) is named as the partial write of a file an export writes: an image or a
     sidecar anywhere (its extension, in any case, or a name cut to fit, which may have lost it), the manifest at the
-    top. Never a user's file: no one else names a file `.tmp-<32 hex digits>-...tmp` but zip-purify."""
+    top. Another tool's file matches only if it too is named `.tmp-<a uuid4's 32 hex digits>-<such a name>.tmp`."""
     folder, base = posixpath.split(rel)
     match = _PARTIAL_WRITE.fullmatch(base)
     if match is None:
@@ -1576,8 +1604,10 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
                      check_label_column([p.schema for p in parts], label_column, caption_column, names)):
             if hint:
                 report.warnings.append(hint)
-        writing = SidecarWriting(sidecar_from, partitioned, existing != "refuse", null_columns(p.schema for p in parts),
-                                 caption=caption_column, label=label_column)
+        clean = existing != "refuse"
+        writing = SidecarWriting(sidecar_from, partitioned, clean, null_columns(p.schema for p in parts),
+                                 caption=caption_column, label=label_column,
+                                 exported=earlier_exported(out_fs, root) if clean else np.empty(0, dtype=np.uint64))
         report.sidecars = True
     listed = None
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own

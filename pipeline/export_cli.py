@@ -114,15 +114,16 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",
                           help="write into a DIR that is not empty, replacing files of the same names (nothing else "
-                               "in it is touched or deleted, but an image's stale sidecars with --sidecars and the "
+                               "in it is touched or deleted, but, with --sidecars, the stale sidecars of an image the "
+                               "earlier export's manifest names, and the "
                                "partial files an export killed outright left, as with --resume)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
                                "is kept (off the local disk told by DIR's one listing: its size, and its checksum where the "
                                "store lists one, S3's ETag, GCS's md5Hash; one of that size with none is read back and "
                                "compared), the others are written; the "
-                               "hidden partial files an export killed outright (SIGKILL) left, .tmp-<32 hex>-<a name "
-                               "it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
+                               "hidden partial files an export killed outright (SIGKILL) left, .tmp-<a uuid4's 32 hex>-<a "
+                               "name it writes>.tmp, are removed first, with a note (not while another export writes DIR)")
     p.add_argument("--sidecars", action="store_true",
                    help="write beside each image its sidecar files from its row, as img2dataset and WebDataset folders hold "
                         "them: DIR/a.png with a.txt (the txt caption, or --caption-column's), a.cls (the label, or "
@@ -133,8 +134,9 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                         "row, img2dataset's error_message, is a null key of each .json), nor columns of bytes. Where "
                         "two images would share a stem (a.jpg and a.png with --format input), each has its whole "
                         "name's: a.png.txt. With --overwrite or --resume, an image's .txt, .cls or .json its row has no "
-                        "value for is removed (off the local disk DIR is listed once, and only those there are "
-                        "deleted), and counted in the last line")
+                        "value for is removed where the manifest in DIR (an earlier export's) names the image, and kept "
+                        "as the user's own file where none does (off the local disk DIR is listed once, and only those "
+                        "there are deleted), and counted in the last line")
     p.add_argument("--caption-column", default="txt", metavar="NAME",
                    help="with --sidecars, the column whose text is each image's .txt (default txt, a folder's or "
                         "WebDataset's .txt captions): caption for img2dataset's Parquet, text, prompt. Not txt, it stays "

@@ -6,6 +6,7 @@ records a run hands it, so no model runs."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -1123,8 +1125,9 @@ def test_resume_removes_the_partial_files_of_an_export_killed_outright_and_no_on
             export.wait()
     partial = {name for name in files_under(to) if name.startswith(".tmp-")}
     assert len(partial) == 3 and any(name.endswith("-manifest.csv.tmp") for name in partial), partial
-    theirs = {"notes.tmp", ".tmp-notes.tmp", "sub/.tmp-x.png.tmp", f".tmp-{'0' * 32}-part-00000.parquet.tmp",
-              f".tmp-{'0' * 32}-a.png"}  # no export's names: a user's, the job's part file, no .tmp at the end
+    theirs = {"notes.tmp", ".tmp-notes.tmp", "sub/.tmp-x.png.tmp", f".tmp-{uuid.uuid4().hex}-part-00000.parquet.tmp",
+              f".tmp-{uuid.uuid4().hex}-a.png",  # no export's names: a user's, the job's part file, no .tmp at the end
+              f".tmp-{hashlib.md5(b'x').hexdigest()}-a.png.tmp"}  # another tool's, of 32 hex digits, no uuid4's
     for name in theirs:
         (to / name).parent.mkdir(exist_ok=True)
         (to / name).write_bytes(b"not the export's")
@@ -1145,7 +1148,7 @@ def test_resume_on_an_object_store_removes_the_manifests_partial_copy(tmp_path: 
     make_output(str(tmp_path / "out"), [image("a.jpg", 1)])
     to, fs = "memory://export-partial-test/images", fsspec.filesystem("memory")
     try:
-        left = f"/export-partial-test/images/.tmp-{'ab' * 16}-manifest.csv.tmp"
+        left = f"/export-partial-test/images/.tmp-{uuid.uuid4().hex}-manifest.csv.tmp"
         fs.pipe_file(left, b"id,path\n")
         fs.pipe_file("/export-partial-test/images/.tmp-mine.tmp", b"a user's")
         report = export_images(tmp_path / "out", to, existing="resume")
@@ -1176,8 +1179,11 @@ def test_resume_into_a_store_with_rename_finds_partial_files_in_every_folder(tmp
     AsSftp.clear_instance_cache()
     out, to = tmp_path / "out", tmp_path / "exported"
     make_output(str(out), [image("cats/a.jpg", 1, txt="cap"), image("b.jpg", 2)])
-    left = [f"cats/.tmp-{'1' * 32}-a.png.tmp", f".tmp-{'2' * 32}-manifest.csv.tmp", f"cats/.tmp-{'3' * 32}-a.txt.tmp"]
-    for name in [*left, "cats/a.cls", "cats/.tmp-mine.tmp"]:
+    make_output(str(tmp_path / "old"), [image("cats/a.jpg", 1, txt="cap", label=3), image("b.jpg", 2)])
+    assert export_images(tmp_path / "old", to, sidecars=True).ok  # an earlier export: cats/a.cls is its own, stale
+    left = [f"cats/.tmp-{uuid.uuid4().hex}-a.png.tmp", f".tmp-{uuid.uuid4().hex}-manifest.csv.tmp",
+            f"cats/.tmp-{uuid.uuid4().hex}-a.txt.tmp"]
+    for name in [*left, "cats/.tmp-mine.tmp"]:
         (to / name).parent.mkdir(parents=True, exist_ok=True)
         (to / name).write_bytes(b"x")
     report = export_images(f"sftp://{out}", f"sftp://{to}", existing="resume", sidecars=True)

@@ -363,15 +363,57 @@ def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finish
 
 
 def test_overwrite_and_resume_remove_a_sidecar_the_row_has_no_value_for(tmp_path: Path) -> None:
+    """An earlier export's sidecar of an image whose row has no value for it now would read back as its column: it is
+    removed. Only where the earlier export wrote it: its manifest names the image, and the file is not newer."""
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=9), image("b.jpg", 2, txt="old", label=1)])
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=None), image("b.jpg", 2, txt=None)])
-    files = write_tree(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old caption", "b.txt": b"old", "b.cls": b"1",
-                                       "keep.txt": b"not a sidecar of an exported image", "a.cls.d/x": b"x"})
+    files = tmp_path / "files"
     for existing in ("overwrite", "resume"):
-        assert export_images(tmp_path / "out", files, sidecars=True, existing=existing).ok
+        assert export_images(tmp_path / "old", files, sidecars=True, existing="overwrite").ok
+        write_tree(files, {"keep.txt": b"not a sidecar of an exported image", "a.cls.d/x": b"x"})
+        assert export_images(tmp_path / "out", files, sidecars=True, existing=existing).stale_sidecars_removed == 3
         assert files_under(files) == {"a.png", "a.txt", "b.png", "keep.txt", "a.cls.d/x", "manifest.csv"}
         assert read_folder(str(files))["a.png"]["meta"] == {"txt": "cap"}
-        write_tree(files, {"a.cls": b"9"})
-        (files / "a.cls").unlink()
+
+
+@pytest.mark.parametrize("existing", ["overwrite", "resume"])
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_users_own_files_named_as_an_images_sidecar_no_export_wrote_are_kept(tmp_path: Path, existing: str,
+                                                                                remote: bool) -> None:
+    """--sidecars --resume/--overwrite deleted every .txt, .cls and .json named as an exported image's sidecar that its
+    row had no value for, as an earlier export's: a user's own notes `a.txt` in a folder no export had written (or one
+    whose manifest was not written, `--manifest none`), or beside an image no earlier export wrote. They are kept; a
+    stale sidecar beside an image an earlier export's manifest names is still removed."""
+    make_output(str(tmp_path / "one"), [image("b.jpg", 2, caption="a cat")])
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt=None), image("b.jpg", 2, caption="a cat")])
+    to = f"memory://users-own-sidecars-{existing}/files" if remote else str(tmp_path / "files")
+    fs, root = fsspec.core.url_to_fs(to)
+    mine = {"a.txt": b"my notes", "a.cls": b"3", "a.png.json": b'{"mine": 1}'}
+
+    def put_mine() -> None:
+        fs.makedirs(root, exist_ok=True)
+        for name, data in mine.items():
+            fs.pipe_file(f"{root}/{name}", data)
+
+    def held() -> dict[str, bytes]:
+        return {name: fs.cat_file(f"{root}/{name}") for name in mine if fs.exists(f"{root}/{name}")}
+
+    try:
+        for earlier in ([], [tmp_path / "out", to, "--manifest", "none"], [tmp_path / "one", to]):
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
+            if earlier:  # an export of these images without a manifest; one of b.png alone: a.png exported first now
+                assert export_images(earlier[0], earlier[1], sidecars=True, caption_column="caption",
+                                     manifest="none" if "none" in earlier else "csv").ok
+            put_mine()
+            report = export_images(tmp_path / "out", to, sidecars=True, existing=existing)
+            assert report.ok and held() == mine, earlier
+            # that export's b.txt (--caption-column) is stale without it: removed where its manifest names b.png
+            assert report.stale_sidecars_removed == (1 if earlier[-1:] == [to] else 0), earlier
+            assert fs.exists(f"{root}/b.txt") == (earlier[-1:] == ["none"]), earlier
+    finally:
+        if remote:
+            fs.rm(root.rsplit("/", 1)[0], recursive=True)
 
 
 def test_sidecars_are_written_to_a_remote_folder_too(tmp_path: Path) -> None:
@@ -507,6 +549,9 @@ def test_resume_and_overwrite_on_s3_delete_only_the_stale_sidecars_there_and_cou
     from tests.s3util import moto_s3_logged
 
     make_output(str(tmp_path / "out"), [image(f"{i}.jpg", i, txt=f"cap {i}") for i in range(10)])
+    # an earlier output whose rows 3 and 4 had a label and a url: its export wrote 3.cls and 4.json
+    make_output(str(tmp_path / "old"), [image(f"{i}.jpg", i, txt=f"cap {i}", label=7 if i == 3 else None,
+                                              url="u" if i == 4 else None) for i in range(10)])
     with moto_s3_logged("files") as (client, so, log):
         to = "s3://files/images"
 
@@ -523,9 +568,11 @@ def test_resume_and_overwrite_on_s3_delete_only_the_stale_sidecars_there_and_cou
         assert deletes() == []
         assert report.ok and report.present == 10 and report.stale_sidecars_removed == 0
         assert "stale" not in report_lines(report)[-1]
-        for key in ("images/3.cls", "images/4.png.json", "images/4.json", "images/keep.cls"):  # keep: no image's
+        assert export_images(tmp_path / "old", to, storage_options=so, sidecars=True, existing="overwrite").ok
+        for key in ("images/4.png.json", "images/keep.cls"):  # keep: no image's
             client.put_object(Bucket="files", Key=key, Body=b"7")
         client.put_object(Bucket="files", Key="images/5.json/x", Body=b"a folder of a stale name: not a sidecar")
+        deletes()
         for existing in ("overwrite", "resume"):
             report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing=existing)
             assert report.ok and report.stale_sidecars_removed == (3 if existing == "overwrite" else 0), existing
@@ -539,12 +586,13 @@ def test_resume_and_overwrite_on_s3_delete_only_the_stale_sidecars_there_and_cou
 def test_stale_sidecars_removed_are_counted_in_the_last_line(tmp_path: Path) -> None:
     from pipeline.export import ExportReport, report_lines
 
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=9, url="u"), image("b.jpg", 2, url="u")])
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap"), image("b.jpg", 2, txt="cap")])
-    write_tree(tmp_path / "files", {"a.cls": b"9", "a.png.txt": b"old", "b.json": b"{}"})
+    assert export_images(tmp_path / "old", tmp_path / "files", sidecars=True).sidecars_written == 4
     report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
     assert report.stale_sidecars_removed == 3
-    assert "(2 written, 2 sidecar files written, 3 stale sidecar files of an earlier export removed)" in \
-        report_lines(report)[-1]
+    assert "(0 written, 2 already there, 1 sidecar file written, 1 already there, 3 stale sidecar files of an " \
+        "earlier export removed)" in report_lines(report)[-1]
     many = ExportReport("out", "files", written=1, sidecars=True, sidecars_written=1, stale_sidecars_removed=1234)
     assert "(1 written, 1 sidecar file written, 1,234 stale sidecar files of an earlier export removed)" in \
         report_lines(many)[-1]
@@ -723,3 +771,39 @@ def test_a_label_column_that_is_missing_not_a_class_or_beside_a_label_column_is_
     with pytest.raises(ExportError, match="it needs sidecars=True"):
         export_images(tmp_path / "out", files, label_column="cls")
     assert "--label-column NAME" in build_parser().format_help()
+
+
+def test_a_delete_the_storage_refuses_loses_nothing_and_is_said(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A store that refuses DELETE (S3 credentials without s3:DeleteObject): an earlier export's stale sidecar that
+    cannot be removed fails its row, named, with exit status 1, and the file stays; a partial file that cannot be removed
+    is a warning. Nothing is lost: the other rows are exported, and every file that was there is still there."""
+    import uuid
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=3), image("b.jpg", 2, txt="b")])
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap"), image("b.jpg", 2, txt="b2")])
+    to, fs = "memory://export-refused-delete/files", fsspec.filesystem("memory")
+    try:
+        assert export_images(tmp_path / "old", to, sidecars=True).ok
+        partial = f"/export-refused-delete/files/.tmp-{uuid.uuid4().hex}-manifest.csv.tmp"
+        fs.pipe_file(partial, b"id,path\n")
+        before = set(fs.find("/export-refused-delete/files"))
+
+        def refused(self, path, *args, **kwargs):  # noqa: ANN001, ANN202 - fsspec's signature
+            raise PermissionError(13, "Access Denied")
+
+        monkeypatch.setattr(MemoryFileSystem, "rm_file", refused)
+        monkeypatch.setattr(MemoryFileSystem, "_rm", refused)
+        assert main(["--output", str(tmp_path / "out"), "--to", to, "--sidecars", "--resume", "--no-progress"]) == 1
+        said = capsys.readouterr()
+        assert "failed: a.jpg: its stale sidecar file a.cls (its row has no value for it) could not be removed, so " \
+               "neither was its image: PermissionError: [Errno 13] Access Denied" in said.out + said.err
+        assert f"warning: the partial file {to}/{partial.rsplit('/', 1)[1]} an earlier export left could not be " \
+               "removed: PermissionError: [Errno 13] Access Denied" in said.out + said.err
+        assert "exported 1 of 2 images" in said.out
+        assert before <= set(fs.find("/export-refused-delete/files"))
+        assert fs.cat_file("/export-refused-delete/files/b.txt") == b"b2"
+    finally:
+        monkeypatch.undo()
+        fs.rm("/export-refused-delete", recursive=True)
