@@ -28,8 +28,9 @@ nor a null but of a column null in every row: `null_columns`), so that the folde
 same columns; where the job's reader would pair such a name with two images (`a.jpg` and `a.png` with
 `image_format="input"`), each image's whole name's (`a.png.txt`: `sidecar_stem`). They are written before their
 image, each whole as an image is: an image in DIR has its sidecars. Into a DIR that held files (--overwrite,
---resume), a sidecar-named file an image's row has no value for is removed where it may be an earlier export's, beside
-an image the manifest in DIR names (`earlier_exported`); any other is a user's own, and kept.
+--resume), a sidecar-named file an image's row has no value for is removed only where the manifest in DIR (an earlier
+export's) lists it as a sidecar file it wrote beside that image (its `sidecar_files` column: `earlier_sidecars`); any
+other is a user's own, and kept.
 
 Memory: the ids are read first, part file by part file, keeping an 8-byte digest of each row's name and of each distinct
 folder (to find names two ids would share) and nothing else; the images are then read one part file at a time, a batch
@@ -110,6 +111,9 @@ IMAGE_FORMATS = ("png", "input")
 MANIFESTS = ("csv", "jsonl", "none")
 EXISTING = ("refuse", "overwrite", "resume")
 MANIFEST_NAME = "manifest"  # DIR/manifest.csv or DIR/manifest.jsonl: no id's export name ends in .csv or .jsonl
+# The manifest's last column with sidecars: the names of the sidecar files the export has beside each image (a list; the
+# CSV's a JSON array, as it writes every list). Reserved, so that no column of data/ reads as it (`manifest_columns`).
+SIDECARS_COLUMN = "sidecar_files"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # image extension (lower case) -> (PIL format, the mode it is saved from, save options); PNG (.png, and .apng: a PNG
 # of one frame is one) is written as stored. `--format input` keeps an id's extension when it is one of these
@@ -700,7 +704,8 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
     path, then every column of data/ but the image, in the order the part files give them; the columns left out:
     those holding bytes, which a CSV or JSON line cannot). A column of data/ named `path` (an input's own) is
     written `input_path` (`input_input_path` if that is taken too), as the job names an input's `id`; so is one named
-    so in another case (`Path`: `input_Path`), which readers whose names have no case (DuckDB) take for `path`."""
+    so in another case (`Path`: `input_Path`), which readers whose names have no case (DuckDB) take for `path`. So is
+    one named `sidecar_files` (`SIDECARS_COLUMN`), which a later export would read as the sidecar files this one wrote."""
     found: dict[str, None] = {}
     left_out: dict[str, None] = {}
     for schema in schemas:
@@ -708,10 +713,10 @@ def manifest_columns(schemas: Iterable[pa.Schema]) -> tuple[list[tuple[str, str 
             if f.name not in ("id", "image"):
                 (left_out if _holds_bytes(f.type) else found)[f.name] = None
     columns: list[tuple[str, str | None]] = [("id", "id"), ("path", None)]
-    names = {name.lower() for name in ("id", "path", *found)}
+    names = {name.lower() for name in ("id", "path", SIDECARS_COLUMN, *found)}
     for name in found:
         shown = name
-        if name.lower() == "path":
+        if name.lower() in ("path", SIDECARS_COLUMN):
             while shown.lower() in names:
                 shown = "input_" + shown
             names.add(shown.lower())
@@ -752,10 +757,12 @@ def _csv_value(value: Any) -> Any:
 
 class Manifest:
     """DIR/manifest.csv or .jsonl, one line per exported image, written under a hidden temporary name and moved into
-    place once whole (so a manifest in DIR is always a finished export's)."""
+    place once whole (so a manifest in DIR is always a finished export's). `sidecars`: a last column,
+    `SIDECARS_COLUMN`, lists the names of each image's sidecar files."""
 
-    def __init__(self, fs: Any, root: str, kind: str, columns: list[tuple[str, str | None]]) -> None:
-        self.fs, self.kind, self.columns = fs, kind, columns
+    def __init__(self, fs: Any, root: str, kind: str, columns: list[tuple[str, str | None]],
+                 sidecars: bool = False) -> None:
+        self.fs, self.kind, self.columns, self.sidecars = fs, kind, columns, sidecars
         self.path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
         self.tmp = posixpath.join(root, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{MANIFEST_NAME}.{kind}.tmp")
         make_parent_dirs(fs, root)
@@ -764,14 +771,17 @@ class Manifest:
         self.csv = csv.writer(self.text) if kind == "csv" else None
         self.error: Exception | None = None
         if self.csv is not None:
-            self.csv.writerow([name for name, _ in columns])
+            self.csv.writerow([name for name, _ in columns] + ([SIDECARS_COLUMN] if sidecars else []))
 
-    def add(self, row: dict[str, Any], path: str) -> None:
-        """The line of one exported image: `row` (a row of data/), exported to `path` (relative to DIR). A write that
-        fails (a full disk) is kept for `finish` to raise: the images go on being exported."""
+    def add(self, row: dict[str, Any], path: str, sidecars: Iterable[str] = ()) -> None:
+        """The line of one exported image: `row` (a row of data/), exported to `path` (relative to DIR), with the
+        names of its sidecar files beside it (`sidecars`). A write that fails (a full disk) is kept for `finish` to
+        raise: the images go on being exported."""
         if self.error is not None:
             return
         values = [(name, path if column is None else row.get(column)) for name, column in self.columns]
+        if self.sidecars:
+            values.append((SIDECARS_COLUMN, sorted(sidecars)))
         try:
             if self.csv is not None:
                 self.csv.writerow([_csv_value(value) for _, value in values])
@@ -1052,18 +1062,18 @@ def sidecar_stem(path: str, shared: np.ndarray, folders: np.ndarray) -> str:
 class SidecarWriting:
     """How an export writes sidecar files: from which columns (`sidecar_columns`), leaving out those of `key=value`
     folders (`partitioned`), and removing the sidecar files an image's row has no value for (`clean`: DIR held
-    files when the export began, --overwrite or --resume), which would read back as its columns, beside the images an
-    earlier export wrote alone (`exported`); writing a null key of each column null in every row into each .json
+    files when the export began, --overwrite or --resume), which would read back as its columns, where an earlier
+    export's manifest lists them (`earlier`); writing a null key of each column null in every row into each .json
     (`nulls`: `null_columns`)."""
 
     columns: list[str]
     partitioned: bool
     clean: bool
     nulls: frozenset[str] = frozenset()
-    # with `clean`: the `_exact_hash`es of the image paths an earlier export's manifest in DIR names
-    # (`earlier_exported`). A sidecar-named file beside any other image is no earlier export's (a user's own notes
-    # `x.txt` in a folder no export wrote, or beside an image exported now for the first time): it is kept.
-    exported: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    # with `clean`: the `_exact_hash`es of the sidecar files an earlier export's manifest in DIR lists as its own
+    # (`earlier_sidecars`). Any other sidecar-named file is no earlier export's (a user's own notes `x.txt` beside an
+    # image a plain export wrote, a `z.json` added after): it is kept.
+    earlier: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     # with `clean`, on storage other than the local disk: the `_exact_hash`es of the sidecar-named files DIR held when
     # the export began (`listed_sidecars`), so that only those are removed (a request each); None: each name is looked at
     listed: np.ndarray | None = None
@@ -1086,7 +1096,7 @@ def sidecar_writes(row: Mapping[str, Any], rel: str, plan: NamePlan,
             raise ValueError(f"the name of its sidecar file would be over {NAME_MAX} bytes, more than a disk takes: "
                              f"{posixpath.basename(name)}")
     stale = [name + ext for name in dict.fromkeys((_stem_path(rel), rel)) for ext in SIDECAR_EXTENSIONS
-             if name + ext not in files] if writing.clean and _holds_exact(writing.exported, rel) else []
+             if name + ext not in files and _holds_exact(writing.earlier, name + ext)] if writing.clean else []
     if writing.listed is not None:
         stale = [name for name in stale if _holds_exact(writing.listed, name)]
     return files, stale
@@ -1173,22 +1183,39 @@ class DirListing:
         return int(self.sizes[at]), (md5 if any(md5) else None)
 
 
-def earlier_exported(fs: Any, root: str) -> np.ndarray:
-    """The sorted `_exact_hash`es of the paths (relative to `root`, DIR) of the images the manifests in DIR name
-    (`manifest.csv`, `manifest.jsonl`: an earlier export's, finished), 8 bytes each: the images beside which a
-    sidecar-named file may be an earlier export's own. A manifest that cannot be read names none: nothing beside its
-    images is removed."""
+def earlier_sidecars(fs: Any, root: str) -> np.ndarray:
+    """The sorted `_exact_hash`es of the paths (relative to `root`, DIR) of the sidecar files the manifests in DIR
+    (`manifest.csv`, `manifest.jsonl`: an earlier export's, finished) list in their `SIDECARS_COLUMN` beside each
+    image, 8 bytes each: the only sidecar-named files a later export may remove. A manifest without that column (an
+    export without sidecars, or by an older version), or that cannot be read, lists none: nothing is removed."""
     found: list[int] = []
     for kind in ("csv", "jsonl"):
         path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
         try:
             with fs.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
                 rows = csv.DictReader(text) if kind == "csv" else (json.loads(line) for line in text if line.strip())
-                found += [_exact_hash(row["path"]) for row in rows
-                          if isinstance(row, dict) and isinstance(row.get("path"), str)]
-        except (OSError, ValueError, csv.Error):  # none there, a folder of that name, or not a manifest: names none
+                for row in rows:
+                    if isinstance(row, dict) and isinstance(row.get("path"), str):
+                        folder = posixpath.dirname(row["path"])
+                        found += [_exact_hash(posixpath.join(folder, name))
+                                  for name in _listed_names(row.get(SIDECARS_COLUMN), kind == "csv")]
+        except (OSError, ValueError, csv.Error):  # none there, a folder of that name, or not a manifest: lists none
             continue
     return np.unique(np.array(found, dtype=np.uint64))
+
+
+def _listed_names(value: Any, as_text: bool) -> list[str]:
+    """The sidecar file names a manifest's `SIDECARS_COLUMN` value lists (the CSV's: a JSON array); none from a value
+    of another shape, nor a name that is no sidecar's beside its image (a folder in it, another extension)."""
+    if as_text and isinstance(value, str):
+        try:
+            value = json.loads(value) if value else []
+        except ValueError:
+            return []
+    if not isinstance(value, list):
+        return []
+    return [n for n in value if isinstance(n, str) and "/" not in n and n.endswith(SIDECAR_EXTENSIONS)
+            and n not in SIDECAR_EXTENSIONS]
 
 
 # --- writing one file ---------------------------------------------------------------------------------------------
@@ -1437,10 +1464,12 @@ class SidecarFailed(Exception):
 
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
                           row: Mapping[str, Any], plan: NamePlan,
-                          writing: SidecarWriting, listed: DirListing | None = None) -> tuple[bool, int, int, int]:
+                          writing: SidecarWriting,
+                          listed: DirListing | None = None) -> tuple[bool, int, int, int, list[str]]:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
-    sidecar files written, stale ones removed, sidecar files already there with their bytes); SidecarFailed naming a
+    sidecar files written, stale ones removed, sidecar files already there with their bytes, the names of the
+    image's sidecar files, for the manifest to list); SidecarFailed naming a
     sidecar that could not be written or removed."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
@@ -1458,7 +1487,8 @@ def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, 
             written += write_file(fs, posixpath.join(root, name), data, resume, listed)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
-    return _export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed, len(files) - written
+    return (_export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed, len(files) - written,
+            [posixpath.basename(name) for name in files])
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
@@ -1471,7 +1501,8 @@ def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
 
     See the module's docstring for where each goes and in what format. `manifest`: "csv" (DIR/manifest.csv), "jsonl"
     or "none"; one line per exported image: id, path (relative to `to`), then every column of data/ but the image
-    and columns of bytes. `existing`: what to do with a `to` that holds files: "refuse" (ExportError), "overwrite"
+    and columns of bytes (with `sidecars`, then `SIDECARS_COLUMN`: the names of its sidecar files). `existing`: what
+    to do with a `to` that holds files: "refuse" (ExportError), "overwrite"
     (files of the same names replaced, nothing else touched), "resume" (a file already there with the bytes it would
     be written with is kept; one of that size is read back, unless, off the local disk, DIR's listing gives its MD5:
     `write_file`). `force`: export an output that is not complete (a run stopped, or one writing it now). `workers`:
@@ -1607,14 +1638,14 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         clean = existing != "refuse"
         writing = SidecarWriting(sidecar_from, partitioned, clean, null_columns(p.schema for p in parts),
                                  caption=caption_column, label=label_column,
-                                 exported=earlier_exported(out_fs, root) if clean else np.empty(0, dtype=np.uint64))
+                                 earlier=earlier_sidecars(out_fs, root) if clean else np.empty(0, dtype=np.uint64))
         report.sidecars = True
     listed = None
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
         writing, listed = _clean_up(out_fs, root, to, names, writing, report, existing == "resume")
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
-        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns)
+        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars)
     except OSError as err:
         raise ExportError(f"{names.given('to', to)} cannot be made or written: {describe(err)}; give a folder the "
                           "export can write in (it is made when missing)") from err
@@ -1786,8 +1817,9 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
     for row, rel, future in jobs:
         try:
             wrote = future.result()
+            names: list[str] = []
             if writing is not None:
-                wrote, sidecars, removed, kept = wrote
+                wrote, sidecars, removed, kept, names = wrote
                 report.sidecars_written += sidecars
                 report.sidecars_present += kept
                 report.stale_sidecars_removed += removed
@@ -1802,7 +1834,7 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         report.written += wrote
         report.present += not wrote
         if writer is not None:
-            writer.add(row, rel)
+            writer.add(row, rel, names)
 
 
 def report_lines(report: ExportReport) -> list[str]:

@@ -109,13 +109,14 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                    help="JPEG quality from 1 to 100 for --format input (default 95)")
     p.add_argument("--manifest", choices=MANIFESTS, default="csv",
                    help="DIR/manifest.csv (default) or DIR/manifest.jsonl: one line per exported image, its id, path "
-                        "(relative to DIR) and every other column of its row but the image and columns of bytes; "
+                        "(relative to DIR) and every other column of its row but the image and columns of bytes (with "
+                        "--sidecars, then sidecar_files: the names of its sidecar files); "
                         "written once the export is done; none: no manifest")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true",
                           help="write into a DIR that is not empty, replacing files of the same names (nothing else "
-                               "in it is touched or deleted, but, with --sidecars, the stale sidecars of an image the "
-                               "earlier export's manifest names, and the "
+                               "in it is touched or deleted, but, with --sidecars, the stale sidecars the earlier "
+                               "export's manifest lists as its own, and the "
                                "partial files an export killed outright left, as with --resume)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
@@ -134,8 +135,9 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                         "row, img2dataset's error_message, is a null key of each .json), nor columns of bytes. Where "
                         "two images would share a stem (a.jpg and a.png with --format input), each has its whole "
                         "name's: a.png.txt. With --overwrite or --resume, an image's .txt, .cls or .json its row has no "
-                        "value for is removed where the manifest in DIR (an earlier export's) names the image, and kept "
-                        "as the user's own file where none does (off the local disk DIR is listed once, and only those "
+                        "value for is removed where the manifest in DIR (an earlier --sidecars export's) lists it in its "
+                        "sidecar_files column as a file it wrote beside that image, and kept as the user's own file "
+                        "where none does (off the local disk DIR is listed once, and only those "
                         "there are deleted), and counted in the last line")
     p.add_argument("--caption-column", default="txt", metavar="NAME",
                    help="with --sidecars, the column whose text is each image's .txt (default txt, a folder's or "

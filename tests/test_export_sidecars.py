@@ -21,6 +21,7 @@ from pipeline.export_cli import build_parser, main
 from pipeline.job import run_job
 from pipeline.output import JOB_FILE, write_json
 from pipeline.sources import discover, read_unit
+from pipeline.sources.export_manifests import is_export_manifest
 from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, unit_sidecars
 from tests.jobutil import image_bytes, small_job_config, tar_bytes, write_tree
@@ -414,6 +415,64 @@ def test_a_users_own_files_named_as_an_images_sidecar_no_export_wrote_are_kept(t
     finally:
         if remote:
             fs.rm(root.rsplit("/", 1)[0], recursive=True)
+
+
+@pytest.mark.parametrize("existing", ["overwrite", "resume"])
+def test_a_users_own_sidecar_named_file_beside_a_plain_exports_image_is_kept(tmp_path: Path, existing: str) -> None:
+    """A plain export (no --sidecars) wrote no sidecar, but its manifest names its images: a user's own `a.txt` beside
+    `a.png` was deleted by a later --sidecars --resume/--overwrite as an earlier export's stale sidecar. Only the
+    sidecar files a manifest lists as its export's own are removed: that manifest lists none."""
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt=None, label=None), image("b.jpg", 2, txt="cap")])
+    files = tmp_path / "files"
+    assert export_images(tmp_path / "out", files).ok
+    assert "sidecar_files" not in manifest_rows(files)[0]
+    write_tree(files, {"a.txt": b"my notes", "a.cls": b"3", "b.json": b'{"mine": 1}'})
+    report = export_images(tmp_path / "out", files, sidecars=True, existing=existing)
+    assert report.ok and report.stale_sidecars_removed == 0
+    assert (files / "a.txt").read_bytes() == b"my notes" and (files / "a.cls").read_bytes() == b"3"
+    assert (files / "b.json").read_bytes() == b'{"mine": 1}'
+
+
+@pytest.mark.parametrize("manifest", ["csv", "jsonl"])
+def test_only_the_sidecars_an_earlier_export_listed_are_removed_and_one_added_after_is_kept(tmp_path: Path,
+                                                                                            manifest: str) -> None:
+    """The manifest of a --sidecars export lists each image's sidecar files (`sidecar_files`). A later --resume removes
+    one of those its row has no value for now, counted, and keeps a `z.json` (or `a.json`) the user added after."""
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=9), image("z.jpg", 2, txt="zz")])
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", label=None), image("z.jpg", 2, txt=None)])
+    files = tmp_path / "files"
+    assert export_images(tmp_path / "old", files, sidecars=True, manifest=manifest).ok
+    if manifest == "csv":
+        listed = {row["path"]: json.loads(row["sidecar_files"]) for row in manifest_rows(files)}
+    else:
+        listed = {row["path"]: row["sidecar_files"]
+                  for row in map(json.loads, (files / "manifest.jsonl").read_text().splitlines())}
+    assert listed == {"a.png": ["a.cls", "a.txt"], "z.png": ["z.txt"]}
+    # still an export's manifest to the job reading DIR back: skipped, not an input
+    first = (files / f"manifest.{manifest}").read_bytes().split(b"\n", 1)[0].rstrip(b"\r")
+    assert is_export_manifest(f"manifest.{manifest}", first)
+    write_tree(files, {"z.json": b'{"mine": 1}', "a.json": b'{"mine": 2}'})  # the user's, after that export
+    report = export_images(tmp_path / "out", files, sidecars=True, existing="resume", manifest=manifest)
+    assert report.ok and report.stale_sidecars_removed == 2  # a.cls, z.txt
+    assert files_under(files) == {"a.png", "a.txt", "a.json", "z.png", "z.json", f"manifest.{manifest}"}
+    assert (files / "z.json").read_bytes() == b'{"mine": 1}'
+    # the new manifest lists what this export has there: a.json is not its own, so a third export keeps it too
+    make_output(str(tmp_path / "bare"), [image("a.jpg", 1), image("z.jpg", 2)])
+    report = export_images(tmp_path / "bare", files, sidecars=True, existing="overwrite", manifest=manifest)
+    assert report.ok and report.stale_sidecars_removed == 1  # a.txt
+    assert files_under(files) == {"a.png", "a.json", "z.png", "z.json", f"manifest.{manifest}"}
+
+
+def test_a_column_named_as_the_manifests_sidecar_list_is_renamed_and_no_sidecar_is_removed_by_it(tmp_path: Path) -> None:
+    """A data/ column `sidecar_files` of an input's own is written `input_sidecar_files`: left as it was, a later export
+    would take its values for the sidecar files an earlier export wrote, and remove a user's."""
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, sidecar_files=["a.txt"])])
+    files = tmp_path / "files"
+    assert export_images(tmp_path / "out", files).ok
+    assert list(manifest_rows(files)[0])[-1] == "input_sidecar_files" and "sidecar_files" not in manifest_rows(files)[0]
+    write_tree(files, {"a.txt": b"my notes"})
+    assert export_images(tmp_path / "out", files, sidecars=True, existing="overwrite").stale_sidecars_removed == 0
+    assert (files / "a.txt").read_bytes() == b"my notes"
 
 
 def test_sidecars_are_written_to_a_remote_folder_too(tmp_path: Path) -> None:
