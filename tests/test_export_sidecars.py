@@ -469,7 +469,7 @@ def test_a_column_named_as_the_manifests_sidecar_list_is_renamed_and_no_sidecar_
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, sidecar_files=["a.txt"])])
     files = tmp_path / "files"
     assert export_images(tmp_path / "out", files).ok
-    assert list(manifest_rows(files)[0])[-1] == "input_sidecar_files" and "sidecar_files" not in manifest_rows(files)[0]
+    assert "input_sidecar_files" in manifest_rows(files)[0] and "sidecar_files" not in manifest_rows(files)[0]
     write_tree(files, {"a.txt": b"my notes"})
     assert export_images(tmp_path / "out", files, sidecars=True, existing="overwrite").stale_sidecars_removed == 0
     assert (files / "a.txt").read_bytes() == b"my notes"
@@ -486,9 +486,12 @@ def test_sidecars_are_written_to_a_remote_folder_too(tmp_path: Path) -> None:
         assert fs.cat_file("/export-sidecars-test/files/cats/a.cls") == b"2"
         assert json.loads(fs.cat_file("/export-sidecars-test/files/cats/a.json")) == {"url": "u"}
         assert export_images(tmp_path / "out", to, sidecars=True, existing="resume").sidecars_written == 0
-        fs.pipe_file("/export-sidecars-test/files/cats/a.png.txt", b"stale")  # would read back as a's second caption
-        assert export_images(tmp_path / "out", to, sidecars=True, existing="overwrite").ok
-        assert not fs.exists("/export-sidecars-test/files/cats/a.png.txt")
+        fs.pipe_file("/export-sidecars-test/files/cats/a.png.txt", b"mine")  # the user's: no export listed it
+        make_output(str(tmp_path / "less"), [image("cats/a.jpg", 1, txt="cap", url="u")])
+        report = export_images(tmp_path / "less", to, sidecars=True, existing="overwrite")
+        assert report.ok and report.stale_sidecars_removed == 1  # a.cls, which the manifest there listed
+        assert not fs.exists("/export-sidecars-test/files/cats/a.cls")
+        assert fs.cat_file("/export-sidecars-test/files/cats/a.png.txt") == b"mine"
     finally:
         fsspec.filesystem("memory").rm("/export-sidecars-test", recursive=True)
 
@@ -628,18 +631,17 @@ def test_resume_and_overwrite_on_s3_delete_only_the_stale_sidecars_there_and_cou
         assert report.ok and report.present == 10 and report.stale_sidecars_removed == 0
         assert "stale" not in report_lines(report)[-1]
         assert export_images(tmp_path / "old", to, storage_options=so, sidecars=True, existing="overwrite").ok
-        for key in ("images/4.png.json", "images/keep.cls"):  # keep: no image's
+        for key in ("images/4.png.json", "images/keep.cls"):  # the user's: no export listed them, kept
             client.put_object(Bucket="files", Key=key, Body=b"7")
         client.put_object(Bucket="files", Key="images/5.json/x", Body=b"a folder of a stale name: not a sidecar")
         deletes()
         for existing in ("overwrite", "resume"):
             report = export_images(tmp_path / "out", to, storage_options=so, sidecars=True, existing=existing)
-            assert report.ok and report.stale_sidecars_removed == (3 if existing == "overwrite" else 0), existing
-            assert sorted(deletes()) == ([] if existing == "resume" else
-                                         ["/files/images/3.cls", "/files/images/4.json", "/files/images/4.png.json"])
+            assert report.ok and report.stale_sidecars_removed == (2 if existing == "overwrite" else 0), existing
+            assert sorted(deletes()) == ([] if existing == "resume" else ["/files/images/3.cls", "/files/images/4.json"])
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="files")["Contents"]}
         assert keys == {f"images/{i}.{ext}" for i in range(10) for ext in ("png", "txt")} | {
-            "images/manifest.csv", "images/keep.cls", "images/5.json/x"}
+            "images/manifest.csv", "images/keep.cls", "images/4.png.json", "images/5.json/x"}
 
 
 def test_stale_sidecars_removed_are_counted_in_the_last_line(tmp_path: Path) -> None:
