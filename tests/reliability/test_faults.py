@@ -56,7 +56,7 @@ def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: i
     one until it has written `at_least` part files in data/ and rejects/ beyond those already there, `most` batches at
     most (fewer than the run has, and few enough for fewer than `fewer_than` files), then SIGKILL it and check it was
     still running and wrote fewer than `fewer_than` (so it was killed half-way, however slow the test or fast the run:
-    slowed down 0.5 s a batch instead, a test process held up a few seconds found more files than that)."""
+    slowed down 0.5 s a batch instead, a test process held up 10 s found the run ended)."""
     def parts() -> int:
         return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
 

@@ -29,7 +29,7 @@ def _killed_once_a_read_is_noted(args: list[str], out: Path) -> None:
     all it started, once its refresh journal notes a shard read to its end (`job.RefreshReadNotes`), while it is still
     writing rows. Its 6 changed shards reach the gate as 2 batches each (9 members and a count record in batches of 8):
     4 let through at most read a shard whole and leave the run short of its end, however slow the test or fast the run
-    (slowed down 0.5 s a batch instead, a test process held up a few seconds found the run ended)."""
+    (slowed down 0.5 s a batch instead, a test process held up 10 s found it ended)."""
     gate = out.parent / "gate"
 
     def noted() -> bool:
