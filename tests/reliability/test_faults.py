@@ -7,12 +7,12 @@ the session's Ray (`ray_local`): a process and a Ray of their own would cost eac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -44,26 +44,31 @@ def _run(args: list[str]) -> None:
     assert cli.main(["--no-progress", *args]) == 0
 
 
-# A killed run goes in batches, and part files, of 4 rows, each batch slowed down: it has as many points to be killed at
-# as batches of 8 over twice the inputs would give it, while the runs before and after it, in batches of 8, have half
-# as many batches to run (a batch costs Ray's overhead whatever its size).
+# A killed run goes in batches, and part files, of 4 rows: it has as many points to be killed at as batches of 8 over
+# twice the inputs would give it, while the runs before and after it, in batches of 8, have half as many batches to run
+# (a batch costs Ray's overhead whatever its size). A unit of 4 files reaches the purifier's gate as 2 batches (its 4
+# canvases or rejects and its count record: 5 rows in batches of 4), and its part files land once both are through.
 KILLED_BATCHES = ["--files-per-unit", "4", "--tile-batch", "4", "--batch-size", "4", "--write-batch", "4"]
 
 
-def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: int, what: str) -> None:
-    """Start the job with `args` slowed down, in batches of 4 (KILLED_BATCHES), SIGKILL it once it has written
-    `at_least` part files in data/ and rejects/ beyond those already there, and check it wrote fewer than `fewer_than`
-    (so it was killed half-way)."""
+def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: int, most: int, what: str) -> None:
+    """Start the job with `args` in batches of 4 (KILLED_BATCHES), its batches held at a gate and let through one by
+    one until it has written `at_least` part files in data/ and rejects/ beyond those already there, `most` batches at
+    most (fewer than the run has, and few enough for fewer than `fewer_than` files), then SIGKILL it and check it was
+    still running and wrote fewer than `fewer_than` (so it was killed half-way, however slow the test or fast the run:
+    slowed down 0.5 s a batch instead, a test process held up 10 s found the run ended)."""
     def parts() -> int:
         return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
 
     written = parts()
-    job = _job([*args, *KILLED_BATCHES], env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
-    deadline = time.time() + 240
-    while time.time() < deadline and parts() < written + at_least:
-        time.sleep(0.2)
-    os.killpg(job.pid, signal.SIGKILL)
+    gate = out.parent / f"gate-{what}"
+    job = _job([*args, *KILLED_BATCHES], env=gate_env(gate))
+    let_through_until(gate, lambda: parts() >= written + at_least or job.poll() is not None, most)
+    running = job.poll() is None
+    with contextlib.suppress(ProcessLookupError):  # one that ended early: its log, below
+        os.killpg(job.pid, signal.SIGKILL)
     job.wait()
+    assert running, f"the {what} ended before it was killed: {job.stdout.read()[-3000:]}"
     assert written + at_least <= parts() < written + fewer_than, f"the {what} was killed before writing, or after it finished"
 
 
@@ -151,7 +156,9 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
     for i, name in enumerate(damaged):
         (root / name).write_bytes(image_bytes(32, 32, 1000 + i)[:60] if name in still_bad else image_bytes(32, 32, i))
 
-    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, "retry")
+    # 10 units of 4 retried; the first 2 units' rejects are rewritten under their old files' names, each other unit
+    # adds 1 or 2 files: 5 units let through (10 batches) add 3 to 6
+    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, 10, "retry")
     _run(args)  # no flag: the killed run's rows and the old ones are both done
     assert json.loads((out / "_summary.json").read_text())["status"] == "complete"
     check("retry-rejects SIGKILL + resume", str(out), ids)
@@ -183,7 +190,8 @@ def test_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path
         (root / name).write_bytes(data)
         os.utime(root / name, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
-    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, "refresh")
+    # 8 units of 4 refreshed, each adding 1 or 2 files: 3 units let through (6 batches) add 3 to 6
+    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, 6, "refresh")
     assert (out / "_refresh" / "journal.json").exists()
 
     def rows(scenario: str) -> dict[str, str]:

@@ -9,11 +9,12 @@ import hashlib
 import json
 import os
 import signal
-import time
+from pathlib import Path
 
 import pytest
 
 from pipeline.refresh import read_journal
+from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import image_bytes, read_output, rewritten_in_place, tar_bytes
 from tests.reliability.scenario import check
 from tests.reliability.test_faults import _job, _run
@@ -23,16 +24,21 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _killed_once_a_read_is_noted(args: list[str], out) -> None:
-    """Start the job with `args` slowed down and SIGKILL it, the driver and all it started, once its refresh journal
-    notes a shard read to its end (`job.RefreshReadNotes`), while it is still writing rows."""
-    job = _job(args, env={"ZIP_PURIFY_INJECT_FAULT": "slow:0.5"})
-    deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None:
+def _killed_once_a_read_is_noted(args: list[str], out: Path) -> None:
+    """Start the job with `args`, its batches held at a gate and let through one by one, and SIGKILL it, the driver and
+    all it started, once its refresh journal notes a shard read to its end (`job.RefreshReadNotes`), while it is still
+    writing rows. Its 6 changed shards reach the gate as 2 batches each (9 members and a count record in batches of 8):
+    4 let through at most read a shard whole and leave the run short of its end, however slow the test or fast the run
+    (slowed down 0.5 s a batch instead, a test process held up 10 s found it ended)."""
+    gate = out.parent / "gate"
+
+    def noted() -> bool:
         with contextlib.suppress(OSError, ValueError):
-            if json.loads((out / "_refresh" / "journal.json").read_text()).get("read"):
-                break
-        time.sleep(0.1)
+            return bool(json.loads((out / "_refresh" / "journal.json").read_text()).get("read"))
+        return False
+
+    job = _job(args, env=gate_env(gate))
+    let_through_until(gate, lambda: noted() or job.poll() is not None, most=4)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     journal = read_journal(str(out), {})  # whole, however the kill fell among its writes
