@@ -1280,10 +1280,11 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         report.manifest_left_out = []
     writing = None
     if sidecars:
-        names, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
+        # not `names`: that is the caller's names of the arguments, which the errors and warnings below give
+        from_columns, report.sidecars_left_out = sidecar_columns(p.schema for p in parts)
         reading = (read_json(f"{output}/{JOB_FILE}", so) or {}).get("reading")
         partitioned = isinstance(reading, dict) and reading.get("partitioning") == "hive"
-        writing = SidecarWriting(names, partitioned, existing != "refuse", null_columns(p.schema for p in parts))
+        writing = SidecarWriting(from_columns, partitioned, existing != "refuse", null_columns(p.schema for p in parts))
         report.sidecars = True
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
