@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fsspec
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.export import ExportError, export_images, sidecar_bytes
 from pipeline.export_cli import main
@@ -111,6 +113,89 @@ def test_a_json_is_utf8_text_as_the_inputs_was() -> None:
 def test_a_null_key_never_replaces_a_value_the_json_column_gives_back() -> None:
     # the fields past the reader's column limit (the `json` column's object) go back into the .json: one of them named
     # as a column null in every row keeps its value, not that column's null
-    row = {"id": "a.jpg", "json": '{"b": 2, "error_message": "timeout"}', "error_message": None}
-    files = sidecar_bytes(row, ["json", "error_message"], nulls={"error_message"})
-    assert json.loads(files[".json"]) == {"b": 2, "error_message": "timeout"}
+    row = {"id": "a.jpg", "a": 1, "json": '{"b": 2, "error_message": "timeout"}', "error_message": None}
+    files = sidecar_bytes(row, ["a", "json", "error_message"], nulls={"error_message"})
+    assert json.loads(files[".json"]) == {"a": 1, "b": 2, "error_message": "timeout"}
+
+
+def test_a_resumed_export_says_no_sidecar_file_was_written_when_all_were_there(tmp_path: Path, capsys) -> None:
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap", url="u")])
+    argv = ["--output", str(tmp_path / "out"), "--to", str(tmp_path / "files"), "--sidecars", "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert "(0 written, 1 already there, 0 sidecar files written)" in capsys.readouterr().out
+
+
+def test_an_image_moved_off_the_manifests_name_by_a_folder_of_that_name_is_exported_with_sidecars(tmp_path: Path) -> None:
+    # manifest.jpg would be manifest.png, a folder's name here: it goes to manifest.jpg.png, and no image is
+    # manifest.<its extension> at the top, so nothing is refused
+    make_output(str(tmp_path / "out"), [image("manifest.jpg", 1, txt="top"), image("manifest.png/x.jpg", 2, txt="x")])
+    report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True)
+    assert report.ok and report.renamed == 1
+    assert files_under(tmp_path / "files") == {"manifest.jpg.png", "manifest.jpg.txt", "manifest.png/x.png",
+                                               "manifest.png/x.txt", "manifest.csv"}
+
+
+def test_an_image_keeping_its_name_among_moved_ones_gives_its_stem_up_to_one_that_claims_it_too(tmp_path: Path) -> None:
+    # a.jpg and a.png are both a.png: a.jpg moves to a.jpg.png; a.png.png's stem is a.png, the name a.png keeps, so
+    # its sidecars take its whole name (a.png.png.txt): a.png.txt would read back as both images' caption
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="jpg"), image("a.png", 2, "PNG", txt="png"),
+                                        image("a.png.png", 3, "PNG", txt="png png")])
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    again = read_folder(str(tmp_path / "files"))
+    assert {id_: r["meta"] for id_, r in again.items()} == {"a.jpg.png": {"txt": "jpg"}, "a.png": {"txt": "png"},
+                                                            "a.png.png": {"txt": "png png"}}
+
+
+def test_a_stale_sidecar_left_as_a_broken_link_is_removed(tmp_path: Path) -> None:
+    make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap")])
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.cls").symlink_to(tmp_path / "gone")  # a label of an earlier export, its target gone
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="overwrite").ok
+    assert not (tmp_path / "files" / "a.cls").is_symlink()
+    assert files_under(tmp_path / "files") == {"a.png", "a.txt", "manifest.csv"}
+
+
+def test_a_json_whose_text_is_no_utf8_is_written_as_json_escapes_any_reader_takes(tmp_path: Path) -> None:
+    # "\udce9" in a .json is text no UTF-8 bytes are: written as JSON's escape, the .json stays UTF-8
+    files = {"a.jpg": image_bytes(8, 8, 1, "JPEG"), "a.json": b'{"k": "caf\\udce9", "t": "caf\\u00e9"}'}
+    first = read_folder(str(write_tree(tmp_path / "in", files)))
+    make_output(str(tmp_path / "out"), purified(first))
+    assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True).ok
+    written = (tmp_path / "files" / "a.json").read_bytes()
+    assert json.loads(written.decode("utf-8")) == {"k": "caf\udce9", "t": "café"}
+    assert read_folder(str(tmp_path / "files"))["a.png"]["meta"] == first["a.jpg"]["meta"]
+
+
+class RenamingServer(MemoryFileSystem):
+    """A server's file system with a rename (FTP's, HDFS's) that refuses to delete a folder as a file, as FTP's DELE."""
+
+    protocol = "mutaudit7-server"
+    cachable = False
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return path.removeprefix(f"{cls.protocol}://")
+
+    def mv(self, path1: str, path2: str, **kwargs) -> None:  # noqa: ANN003
+        super().mv(path1, path2, **kwargs)
+
+    def rm_file(self, path: str) -> None:
+        if self.isdir(path):
+            raise PermissionError(f"550 {path}: is a folder")
+        super().rm_file(path)
+
+
+def test_a_folder_named_as_a_stale_sidecar_is_left_on_a_server_too(tmp_path: Path) -> None:
+    fsspec.register_implementation(RenamingServer.protocol, RenamingServer, clobber=True)
+    fs, root = RenamingServer(), "/mutaudit7-server-test"
+    try:
+        make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap"), image("a.cls/b.jpg", 2, txt="b")])
+        fs.pipe_file(f"{root}/files/a.cls/b.png", b"an earlier export's")
+        report = export_images(tmp_path / "out", f"{RenamingServer.protocol}://{root}/files", sidecars=True,
+                               existing="overwrite")
+        assert report.ok, report.failures
+        assert fs.cat_file(f"{root}/files/a.png.txt") == b"cap" and fs.isdir(f"{root}/files/a.cls")
+    finally:
+        fs.rm(root, recursive=True)
