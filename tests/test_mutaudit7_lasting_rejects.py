@@ -4,6 +4,8 @@ tests/test_refresh_changed.py left unchecked."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job import run_job
@@ -63,3 +65,21 @@ def test_a_shard_whose_first_block_is_damaged_but_holds_members_after_it_is_no_l
     assert reject["error"].startswith("tar shard unreadable after 2 keys: ReadError: ") and \
         "the members read around it are kept" in reject["error"], reject["error"]
     assert "container" not in records[-1]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_dry_run_says_no_file_holds_no_images_of_one_it_reads_again(tmp_path, model) -> None:
+    # a table without an image column, read again by --retry-rejects or once changed, is no file 'read by an earlier
+    # run, unchanged, holding only its one reject: not read again'
+    root = tmp_path / "in"
+    root.mkdir()
+    pq.write_table(pa.table({"label": [1, 2]}), root / "t.parquet")
+    (root / "a.png").write_bytes(image_bytes(16, 16, 1))
+    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    incremental = small_job_config(tmp_path, model, incremental=True)
+    assert plan_job(incremental, dry_run=True).describe()["input"]["containers_already_rejected"] == 1
+    retried = plan_job(small_job_config(tmp_path, model, retry_rejects=True), dry_run=True).describe()["input"]
+    assert (retried["containers_already_done"], retried["containers_already_rejected"], retried["read_tasks"]) == (0, 0, 1)
+    rewritten_in_place(root / "t.parquet", (root / "t.parquet").read_bytes() + b"")
+    changed = plan_job(incremental, dry_run=True).describe()["input"]
+    assert (changed["containers_already_done"], changed["containers_already_rejected"], changed["read_tasks"]) == (0, 0, 1)
