@@ -1884,7 +1884,8 @@ def report_lines(report: ExportReport) -> list[str]:
     if report.sidecars:
         counts += f", {report.sidecars_written:,} sidecar file{'' if report.sidecars_written == 1 else 's'} written"
         if report.sidecars_present:
-            counts += f", {report.sidecars_present:,} already there"
+            n = report.sidecars_present  # named as sidecars: "2 already there" alone reads as images
+            counts += f", {n:,} sidecar file{'' if n == 1 else 's'} already there"
         if report.stale_sidecars_removed:
             n = report.stale_sidecars_removed
             counts += f", {n:,} stale sidecar file{'' if n == 1 else 's'} of an earlier export removed"

@@ -358,7 +358,7 @@ def test_an_export_stopped_leaves_each_image_with_its_sidecars_and_resume_finish
     (tmp_path / "files" / images.pop().replace(".png", ".txt")).write_bytes(b"ca")  # cut short (not by this export:
     # its files land whole)
     assert main([*argv, "--resume"]) == 0
-    assert "(5 written, 1 already there, 13 sidecar files written, 5 already there)" in capsys.readouterr().out
+    assert "(5 written, 1 already there, 13 sidecar files written, 5 sidecar files already there)" in capsys.readouterr().out
     again = read_folder(str(tmp_path / "files"))
     assert {id_: r["meta"] for id_, r in again.items()} == {r["id"][:-4] + ".png": r["meta"] for r in records}
 
@@ -652,7 +652,7 @@ def test_stale_sidecars_removed_are_counted_in_the_last_line(tmp_path: Path) -> 
     assert export_images(tmp_path / "old", tmp_path / "files", sidecars=True).sidecars_written == 4
     report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
     assert report.stale_sidecars_removed == 3
-    assert "(0 written, 2 already there, 1 sidecar file written, 1 already there, 3 stale sidecar files of an " \
+    assert "(0 written, 2 already there, 1 sidecar file written, 1 sidecar file already there, 3 stale sidecar files of an " \
         "earlier export removed)" in report_lines(report)[-1]
     many = ExportReport("out", "files", written=1, sidecars=True, sidecars_written=1, stale_sidecars_removed=1234)
     assert "(1 written, 1 sidecar file written, 1,234 stale sidecar files of an earlier export removed)" in \
@@ -763,7 +763,7 @@ def test_a_resume_counts_the_sidecar_files_already_there(tmp_path: Path) -> None
     (tmp_path / "files" / "b.txt").unlink()
     report = export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="resume")
     assert (report.sidecars_written, report.sidecars_present) == (1, 2)
-    assert "(0 written, 2 already there, 1 sidecar file written, 2 already there)" in report_lines(report)[-1]
+    assert "(0 written, 2 already there, 1 sidecar file written, 2 sidecar files already there)" in report_lines(report)[-1]
 
 
 def test_label_column_writes_another_columns_class_as_the_cls_and_the_folder_reads_back_with_it(

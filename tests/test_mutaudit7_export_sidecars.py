@@ -124,7 +124,7 @@ def test_a_resumed_export_says_no_sidecar_file_was_written_when_all_were_there(t
     assert main(argv) == 0
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 0
-    assert "(0 written, 1 already there, 0 sidecar files written)" in capsys.readouterr().out
+    assert "(0 written, 1 already there, 0 sidecar files written, 2 sidecar files already there)" in capsys.readouterr().out
 
 
 def test_an_image_moved_off_the_manifests_name_by_a_folder_of_that_name_is_exported_with_sidecars(tmp_path: Path) -> None:
@@ -149,9 +149,12 @@ def test_an_image_keeping_its_name_among_moved_ones_gives_its_stem_up_to_one_tha
 
 
 def test_a_stale_sidecar_left_as_a_broken_link_is_removed(tmp_path: Path) -> None:
+    # an earlier export wrote a.cls (its manifest lists it); the file became a link whose target is gone
+    make_output(str(tmp_path / "earlier"), [image("a.jpg", 1, txt="cap", label=3)])
+    assert export_images(tmp_path / "earlier", tmp_path / "files", sidecars=True).ok
+    (tmp_path / "files" / "a.cls").unlink()
+    (tmp_path / "files" / "a.cls").symlink_to(tmp_path / "gone")
     make_output(str(tmp_path / "out"), [image("a.jpg", 1, txt="cap")])
-    (tmp_path / "files").mkdir()
-    (tmp_path / "files" / "a.cls").symlink_to(tmp_path / "gone")  # a label of an earlier export, its target gone
     assert export_images(tmp_path / "out", tmp_path / "files", sidecars=True, existing="overwrite").ok
     assert not (tmp_path / "files" / "a.cls").is_symlink()
     assert files_under(tmp_path / "files") == {"a.png", "a.txt", "manifest.csv"}
