@@ -838,32 +838,72 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t)
 
 
-def check_caption_column(schemas: list[pa.Schema], caption: str, names: ArgNames) -> str | None:
-    """Refuse (ExportError) a caption column (`--caption-column`) that the output's part files do not have (naming the
-    columns they have), that is not text, that is one of the job's own columns, or, not `txt`, beside a `txt` column
-    (both would be the .txt). With the default `txt` and no such column: a note naming a text column a caption may be
-    in (`caption`, `text`, `prompt`), or None."""
+def _is_label(t: pa.DataType) -> bool:
+    """Whether a column of type `t` can be a .cls: whole numbers (WebDataset's class) or text (a folder's name)."""
+    return (pa.types.is_integer(t) or _is_text(t)) and not pa.types.is_boolean(t)
+
+
+@dataclass(frozen=True)
+class _SidecarColumn:
+    """What tells a column that may be one sidecar file's (the .txt's, the .cls's) apart, for `_check_sidecar_column`."""
+
+    default: str  # the column the job reads the file back as: `txt`, `label`
+    arg: str  # the argument naming another column: caption_column, label_column
+    ext: str  # .txt, .cls
+    what: str  # what the file holds, in an error: a caption, a class label
+    fits: Callable[[pa.DataType], bool]
+    wrong_type: str  # what an error says after a column of another type
+    suggested: tuple[str, ...]  # columns named in a note where the default is missing
+    read_back: str  # how the job reads the file back, in the error for a column beside the default one
+
+
+_CAPTION = _SidecarColumn(CAPTION_COLUMN, "caption_column", ".txt", "a caption", _is_text,
+                          ", not text: a .txt caption holds text", _CAPTION_NAMES, "a folder input's .txt captions")
+_LABEL = _SidecarColumn(LABEL_COLUMN, "label_column", ".cls", "a class label", _is_label,
+                        ": a .cls label holds a whole number or text", _LABEL_NAMES,
+                        "a folder input's .cls labels, --labels-from-folders'")
+
+
+def _check_sidecar_column(schemas: list[pa.Schema], column: str, kind: _SidecarColumn, names: ArgNames,
+                          other: tuple[str, str] | None = None) -> str | None:
+    """Refuse (ExportError) a column for `kind`'s file that the output's part files do not have (naming the columns
+    they have), of a type the file cannot hold, one of the job's own columns, the column `other` (its argument, its
+    column) names, or, not the default, beside the default column (both would be the file). With the default and no
+    such column: a note naming a column the file's values may be in (`kind.suggested`), or None."""
     types = _column_types(schemas)
-    given = names.given("caption_column", caption)
-    if caption == CAPTION_COLUMN:
-        if caption in types:
+    given = names.given(kind.arg, column)
+    if column == kind.default:
+        if column in types:
             return None
-        found = [n for n in _CAPTION_NAMES if n in types and all(_is_text(t) for t in types[n])]
-        return (f"note: the output has no txt column, so no .txt was written; its {found[0]} column is in each .json: "
-                f"{names.passing('caption_column', found[0])} writes it as the .txt too") if found else None
-    if caption in JOB_COLUMNS:
+        found = [n for n in kind.suggested if n in types and all(kind.fits(t) for t in types[n])]
+        return (f"note: the output has no {kind.default} column, so no {kind.ext} was written; its {found[0]} column "
+                f"is in each .json: {names.passing(kind.arg, found[0])} writes it as the {kind.ext} too") if found else None
+    if column in JOB_COLUMNS:
         raise ExportError(f"{given} is one of the job's own columns, which no sidecar file holds; give a column of "
-                          "the input's (a caption)")
-    if caption not in types:
+                          f"the input's ({kind.what})")
+    if column not in types:
         raise _no_such_column(given, types)
-    bad = next((t for t in types[caption] if not _is_text(t)), None)
+    bad = next((t for t in types[column] if not kind.fits(t)), None)
     if bad is not None:
-        raise ExportError(f"{given} is a column of {bad}, not text: a .txt caption holds text")
-    if any(not pa.types.is_null(t) for t in types.get(CAPTION_COLUMN, [])):
-        raise ExportError(f"{given}: the output has a txt column too, which the .txt is read back as (a folder input's "
-                          f".txt captions); both cannot be the .txt: give {names.passing('caption_column', 'txt')} (the "
-                          f"{caption} column is then a key of each .json)")
+        raise ExportError(f"{given} is a column of {bad}{kind.wrong_type}")
+    if other is not None and column == other[1]:
+        raise ExportError(f"{given} is the caption column too ({names.named(other[0])}): a column is the .txt "
+                          "or the .cls, not both")
+    if any(not pa.types.is_null(t) for t in types.get(kind.default, [])):
+        raise ExportError(f"{given}: the output has a {kind.default} column too, which the {kind.ext} is read back as "
+                          f"({kind.read_back}); both cannot be the {kind.ext}: give "
+                          f"{names.passing(kind.arg, kind.default)} (the {column} column is then a key of each .json)")
     return None
+
+
+def check_caption_column(schemas: list[pa.Schema], caption: str, names: ArgNames) -> str | None:
+    """Check a caption column (`--caption-column`): `_check_sidecar_column` for the .txt."""
+    return _check_sidecar_column(schemas, caption, _CAPTION, names)
+
+
+def check_label_column(schemas: list[pa.Schema], label: str, caption: str, names: ArgNames) -> str | None:
+    """Check a label column (`--label-column`): `_check_sidecar_column` for the .cls, which is not the caption's."""
+    return _check_sidecar_column(schemas, label, _LABEL, names, other=("caption_column", caption))
 
 
 def _column_types(schemas: Iterable[pa.Schema]) -> dict[str, list[pa.DataType]]:
@@ -880,42 +920,6 @@ def _no_such_column(given: str, types: Mapping[str, Any]) -> ExportError:
     shown = ", ".join(have[:40]) + (f", ... ({len(have) - 40:,} more)" if len(have) > 40 else "")
     return ExportError(f"{given}: the output has no column of that name; its columns besides the job's own are: "
                        f"{shown or 'none'}")
-
-
-def _is_label(t: pa.DataType) -> bool:
-    """Whether a column of type `t` can be a .cls: whole numbers (WebDataset's class) or text (a folder's name)."""
-    return (pa.types.is_integer(t) or _is_text(t)) and not pa.types.is_boolean(t)
-
-
-def check_label_column(schemas: list[pa.Schema], label: str, caption: str, names: ArgNames) -> str | None:
-    """Refuse (ExportError) a label column (`--label-column`) that the output's part files do not have (naming the
-    columns they have), that holds neither whole numbers nor text, that is one of the job's own columns or the caption
-    column, or, not `label`, beside a `label` column (both would be the .cls). With the default `label` and no such
-    column: a note naming a column a class label may be in (`class`, `class_id`, `category`, `target`), or None."""
-    types = _column_types(schemas)
-    given = names.given("label_column", label)
-    if label == LABEL_COLUMN:
-        if label in types:
-            return None
-        found = [n for n in _LABEL_NAMES if n in types and all(_is_label(t) for t in types[n])]
-        return (f"note: the output has no label column, so no .cls was written; its {found[0]} column is in each "
-                f".json: {names.passing('label_column', found[0])} writes it as the .cls too") if found else None
-    if label in JOB_COLUMNS:
-        raise ExportError(f"{given} is one of the job's own columns, which no sidecar file holds; give a column of "
-                          "the input's (a class label)")
-    if label not in types:
-        raise _no_such_column(given, types)
-    bad = next((t for t in types[label] if not _is_label(t)), None)
-    if bad is not None:
-        raise ExportError(f"{given} is a column of {bad}: a .cls label holds a whole number or text")
-    if label == caption:
-        raise ExportError(f"{given} is the caption column too ({names.named('caption_column')}): a column is the .txt "
-                          "or the .cls, not both")
-    if any(not pa.types.is_null(t) for t in types.get(LABEL_COLUMN, [])):
-        raise ExportError(f"{given}: the output has a label column too, which the .cls is read back as (a folder "
-                          "input's .cls labels, --labels-from-folders'); both cannot be the .cls: give "
-                          f"{names.passing('label_column', 'label')} (the {label} column is then a key of each .json)")
-    return None
 
 
 def null_columns(schemas: Iterable[pa.Schema]) -> frozenset[str]:

@@ -10,9 +10,8 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline.export import ExportError, export_images, sidecar_bytes
+from pipeline.export import export_images, sidecar_bytes
 from pipeline.export_cli import main
-from pipeline.output import SUMMARY_FILE, write_json
 from tests.jobutil import image_bytes, write_tree
 from tests.test_export import files_under, image, make_output
 from tests.test_export_sidecars import purified, read_folder
@@ -41,41 +40,6 @@ def test_a_column_null_in_one_part_file_but_not_in_every_row_is_no_null_key(tmp_
     assert json.loads((tmp_path / "files" / f"{without[:-4]}.json").read_text()) == {"url": "u2"}
     assert json.loads((tmp_path / "files" / f"{with_message[:-4]}.json").read_text()) == {"error_message": "boom",
                                                                                           "url": "u1"}
-
-
-def test_a_to_that_cannot_be_made_is_named_by_its_flag_with_sidecars_too(tmp_path: Path, capsys) -> None:
-    # with --sidecars the export named its sidecar columns over the names of its flags: a --to under a file stopped
-    # with "AttributeError: 'list' object has no attribute 'given'" instead of naming --to
-    out = tmp_path / "out"
-    make_output(str(out), [image("a.jpg", 1, txt="cap")])
-    (tmp_path / "file").write_bytes(b"x")
-    to = tmp_path / "file" / "images"
-    assert main(["--output", str(out), "--to", str(to), "--no-progress", "--sidecars"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: --to {to} cannot be made or written: ") and "NotADirectoryError" in err, err
-    with pytest.raises(ExportError, match="^to='.*' cannot be made or written"):
-        export_images(str(out), str(to), sidecars=True)
-
-
-def test_an_output_a_run_began_writing_during_an_export_with_sidecars_is_warned_of(tmp_path: Path) -> None:
-    out, to = tmp_path / "out", tmp_path / "images"
-    make_output(str(out), [image(f"{i}.jpg", i, txt=f"cap {i}") for i in range(3)])
-
-    class RunStarts:  # a progress bar whose updates come as a run begins writing the output
-        def __init__(self, total: int) -> None:
-            pass
-
-        def update(self, n: int) -> None:
-            write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": 2.0}, {})
-
-        def close(self) -> None:
-            pass
-
-    report = export_images(out, to, progress=RunStarts, sidecars=True)
-    assert (report.written, report.sidecars_written) == (3, 3)
-    (warning,) = report.warnings
-    assert f"output {out} changed during the export" in warning and 'existing="resume"' in warning
-    assert files_under(to) == {f"{i}.{ext}" for i in range(3) for ext in ("png", "txt")} | {"manifest.csv"}
 
 
 def test_a_row_whose_image_is_not_png_bytes_fails_with_no_sidecar_written(tmp_path: Path) -> None:
