@@ -187,7 +187,8 @@ def _from_format_2(payload: dict[str, Any]) -> Journal:
 
 def _read_entries(payload: Any, inputs: set[str]) -> dict[str, ContainerRead]:
     """The `read` of a format 2 journal ({input id: {path, size, stamp, records, ids_sha256[, leftover,
-    lookalikes_checked, lasting_reject]}}), of the journal's `inputs` only. Not needed to apply the journal's rule: one
+    lookalikes_checked]}}), of the journal's `inputs` only (a read that ended in its container's lasting reject is never
+    noted: `job._refreshed_reads`). Not needed to apply the journal's rule: one
     that cannot be read is left out (the next run reads those containers again), not a reason to stop."""
     entries: dict[str, ContainerRead] = {}
     for input_id, entry in (payload.items() if isinstance(payload, dict) else ()):
@@ -195,8 +196,7 @@ def _read_entries(payload: Any, inputs: set[str]) -> dict[str, ContainerRead]:
             read = ContainerRead(str(entry["path"]), None if entry["size"] is None else int(entry["size"]),
                                  str(entry["stamp"]), int(entry["records"]), str(entry["ids_sha256"]),
                                  lookalikes_checked=entry.get("lookalikes_checked") is True,
-                                 leftover=tuple(_texts(entry.get("leftover", []))),
-                                 lasting_reject=entry.get("lasting_reject") is True)
+                                 leftover=tuple(_texts(entry.get("leftover", []))))
         except (TypeError, ValueError, LookupError, AttributeError):
             continue
         if input_id in inputs:
@@ -233,8 +233,7 @@ def _read_entry(entry: ContainerRead) -> dict[str, Any]:
     """One entry of a journal's `read` (`_read_entries` reads it back)."""
     return {"path": entry.path, "size": entry.size, "stamp": entry.stamp, "records": entry.records,
             "ids_sha256": entry.ids_sha256, **({"leftover": list(entry.leftover)} if entry.leftover else {}),
-            **({"lookalikes_checked": True} if entry.lookalikes_checked else {}),
-            **({"lasting_reject": True} if entry.lasting_reject else {})}
+            **({"lookalikes_checked": True} if entry.lookalikes_checked else {})}
 
 
 def remove_journal(output: str, storage_options: dict[str, Any]) -> None:
