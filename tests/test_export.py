@@ -87,6 +87,23 @@ def files_under(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
+def progress_of_a_run_that_starts(out: Path) -> type:
+    """A progress bar class for export_images whose first update marks `out` as rewritten by a run that starts
+    meanwhile (its summary goes from complete to running), so a test can see what the export says of it."""
+
+    class RunStarts:
+        def __init__(self, total: int) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": 2.0}, {})
+
+        def close(self) -> None:
+            pass
+
+    return RunStarts
+
+
 LAYOUT = {
     "cats/a.jpg": "cats/a.png",
     "cats/sub/b.PNG": "cats/sub/b.png",

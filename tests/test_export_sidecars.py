@@ -26,7 +26,7 @@ from pipeline.sources.folder_metadata import FolderMetadata, unit_metadata
 from pipeline.sources.sidecar_files import Sidecars, unit_sidecars
 from tests.jobutil import image_bytes, small_job_config, tar_bytes, write_tree
 from tests.s3util import moto_s3
-from tests.test_export import files_under, image, make_output, manifest_rows
+from tests.test_export import files_under, image, make_output, manifest_rows, progress_of_a_run_that_starts
 
 
 def read_folder(uri: str) -> dict[str, dict]:
@@ -576,7 +576,6 @@ def test_with_sidecars_a_to_that_cannot_be_made_and_an_output_changed_meanwhile_
     under a file stopped with AttributeError ('list' object has no attribute 'given') instead of `error: --to ...`
     (exit 2), and an output a run began writing during the export failed the export at its very end, every image
     written, instead of warning."""
-    from pipeline.output import SUMMARY_FILE
 
     out = tmp_path / "out"
     make_output(str(out), [image("a.jpg", 1, txt="cap")])
@@ -586,17 +585,7 @@ def test_with_sidecars_a_to_that_cannot_be_made_and_an_output_changed_meanwhile_
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --to {to} cannot be made or written: ") and "NotADirectoryError" in err, err
 
-    class RunStarts:
-        def __init__(self, total: int) -> None:
-            pass
-
-        def update(self, n: int) -> None:
-            write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": 2.0}, {})
-
-        def close(self) -> None:
-            pass
-
-    report = export_images(out, tmp_path / "files", sidecars=True, progress=RunStarts)
+    report = export_images(out, tmp_path / "files", sidecars=True, progress=progress_of_a_run_that_starts(out))
     assert report.written == 1 and report.sidecars_written == 1
     (warning,) = report.warnings
     assert "changed during the export" in warning and 'existing="resume"' in warning, warning

@@ -27,9 +27,16 @@ from pipeline.export import (
     resolve_collisions,
 )
 from pipeline.export_cli import build_parser, main
-from pipeline.output import SUMMARY_FILE, write_json
 from tests.jobutil import image_bytes
-from tests.test_export import files_under, image, make_output, manifest_rows, pixels, stored_images
+from tests.test_export import (
+    files_under,
+    image,
+    make_output,
+    manifest_rows,
+    pixels,
+    progress_of_a_run_that_starts,
+    stored_images,
+)
 
 
 def not_png(id_: str, seed: int) -> dict:
@@ -250,17 +257,7 @@ def test_an_output_a_run_began_writing_during_the_export_is_warned_of(tmp_path) 
     out, to = tmp_path / "out", tmp_path / "images"
     make_output(str(out), [image(f"{i}.jpg", i) for i in range(3)])
 
-    class RunStarts:
-        def __init__(self, total: int) -> None:
-            pass
-
-        def update(self, n: int) -> None:
-            write_json(f"{out}/{SUMMARY_FILE}", {"status": "running", "started": 2.0}, {})
-
-        def close(self) -> None:
-            pass
-
-    report = export_images(out, to, progress=RunStarts)
+    report = export_images(out, to, progress=progress_of_a_run_that_starts(out))
     assert report.written == 3
     (warning,) = report.warnings
     assert f"output {out} changed during the export" in warning and "status complete -> running" in warning
