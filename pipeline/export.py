@@ -759,11 +759,16 @@ def _csv_value(value: Any) -> Any:
 class Manifest:
     """DIR/manifest.csv or .jsonl, one line per exported image, written under a hidden temporary name and moved into
     place once whole (so a manifest in DIR is always a finished export's). `sidecars`: a last column,
-    `SIDECARS_COLUMN`, lists the names of each image's sidecar files."""
+    `SIDECARS_COLUMN`, lists the names of each image's sidecar files. `carried` (an export without sidecars into a
+    DIR whose earlier manifest lists some: `earlier_sidecars`): that column lists, beside each image, those the
+    earlier manifest lists beside it (this export writes and removes none), so that a later --sidecars export's
+    cleanup knows them for an export's (replaced by a manifest without them, they read as a user's own files, kept
+    as stale for good)."""
 
     def __init__(self, fs: Any, root: str, kind: str, columns: list[tuple[str, str | None]],
-                 sidecars: bool = False) -> None:
-        self.fs, self.kind, self.columns, self.sidecars = fs, kind, columns, sidecars
+                 sidecars: bool = False, carried: np.ndarray | None = None) -> None:
+        self.fs, self.kind, self.columns, self.carried = fs, kind, columns, carried
+        self.sidecars = sidecars or carried is not None
         self.path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
         self.tmp = posixpath.join(root, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{MANIFEST_NAME}.{kind}.tmp")
         make_parent_dirs(fs, root)
@@ -772,7 +777,7 @@ class Manifest:
         self.csv = csv.writer(self.text) if kind == "csv" else None
         self.error: Exception | None = None
         if self.csv is not None:
-            self.csv.writerow([name for name, _ in columns] + ([SIDECARS_COLUMN] if sidecars else []))
+            self.csv.writerow([name for name, _ in columns] + ([SIDECARS_COLUMN] if self.sidecars else []))
 
     def add(self, row: dict[str, Any], path: str, sidecars: Iterable[str] = ()) -> None:
         """The line of one exported image: `row` (a row of data/), exported to `path` (relative to DIR), with the
@@ -781,6 +786,9 @@ class Manifest:
         if self.error is not None:
             return
         values = [(name, path if column is None else row.get(column)) for name, column in self.columns]
+        if self.carried is not None:
+            sidecars = [posixpath.basename(stem + ext) for stem in dict.fromkeys((_stem_path(path), path))
+                        for ext in SIDECAR_EXTENSIONS if _holds_exact(self.carried, stem + ext)]
         if self.sidecars:
             values.append((SIDECARS_COLUMN, sorted(sidecars)))
         try:
@@ -1542,7 +1550,8 @@ def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
     is found. `sidecars`: each image's sidecar files beside it (`sidecar_bytes`), the .txt from `caption_column`
     (default `txt`), the .cls from `label_column` (default `label`). Raises ExportError before writing anything when
     the export cannot start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is
-    then False) and the rest are exported."""
+    then False) and the rest are exported, but for a store that stays down: after `OUTAGE_ROWS` rows in a row failed
+    through every retry the export stops (`report.stopped`), and existing="resume" continues it."""
     return run_export(API_NAMES, output, to, storage_options=storage_options, image_format=image_format,
                       jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
                       progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column,
@@ -1671,12 +1680,17 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
                                  caption=caption_column, label=label_column,
                                  earlier=earlier_sidecars(out_fs, root) if clean else np.empty(0, dtype=np.uint64))
         report.sidecars = True
+    carried = None
+    if not sidecars and existing != "refuse" and manifest != "none":
+        # an earlier --sidecars export's files stay (this export writes none, removes none): still listed
+        carried = earlier_sidecars(out_fs, root)
+        carried = carried if len(carried) else None
     listed = None
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
         writing, listed = _clean_up(out_fs, root, to, names, writing, report, existing == "resume")
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
-        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars)
+        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars, carried)
     except OSError as err:
         raise ExportError(f"{names.given('to', to)} cannot be made or written: {describe(err)}; give a folder the "
                           "export can write in (it is made when missing)") from err

@@ -464,6 +464,24 @@ def test_only_the_sidecars_an_earlier_export_listed_are_removed_and_one_added_af
     assert files_under(files) == {"a.png", "a.json", "z.png", "z.json", f"manifest.{manifest}"}
 
 
+@pytest.mark.parametrize("existing", ["overwrite", "resume"])
+def test_a_plain_export_over_a_sidecars_export_keeps_its_sidecars_listed_for_a_later_cleanup(tmp_path: Path,
+                                                                                             existing: str) -> None:
+    """A plain export (no --sidecars) into the DIR of a --sidecars export leaves that export's sidecar files there;
+    its manifest, replacing the earlier one, listed none of them, so a later --sidecars export took a stale one for a
+    user's own file and kept it, to read back as the image's column. The plain export's manifest lists them."""
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=9), image("z.jpg", 2)])
+    make_output(str(tmp_path / "new"), [image("a.jpg", 1, txt="cap", label=None), image("z.jpg", 2)])
+    files = tmp_path / "files"
+    assert export_images(tmp_path / "old", files, sidecars=True).ok
+    assert export_images(tmp_path / "new", files, existing=existing).ok
+    assert {row["path"]: json.loads(row["sidecar_files"]) for row in manifest_rows(files)} == \
+        {"a.png": ["a.cls", "a.txt"], "z.png": []}
+    report = export_images(tmp_path / "new", files, sidecars=True, existing=existing)
+    assert report.ok and report.stale_sidecars_removed == 1
+    assert files_under(files) == {"a.png", "a.txt", "z.png", "manifest.csv"}
+
+
 def test_a_column_named_as_the_manifests_sidecar_list_is_renamed_and_no_sidecar_is_removed_by_it(tmp_path: Path) -> None:
     """A data/ column `sidecar_files` of an input's own is written `input_sidecar_files`: left as it was, a later export
     would take its values for the sidecar files an earlier export wrote, and remove a user's."""
