@@ -1803,7 +1803,7 @@ def _under(to: str, name: str) -> str:
 # four rounds of its writes at once (`--workers`): each such row's write was retried for 10 to 15 s (`with_retries`)
 # before it failed, so going on row after row against a store that is down took days for 100,000 rows to fail each.
 # A brief outage fails a round or two of rows (one per worker): those are counted and named as any failed row, and
-# the export goes on; 32 rows in a row is a store down for minutes (with 8 workers, a minute or more).
+# the export goes on; 32 rows in a row is a store down for a minute or more (8 workers: four rounds of 10 to 15 s).
 OUTAGE_ROWS = 32
 
 
