@@ -56,11 +56,11 @@ import posixpath
 import re
 import unicodedata
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +92,7 @@ from pipeline.storage import (
     OBJECT_STORE_PROTOCOLS,
     TEMP_PREFIX,
     WEB_PROTOCOLS,
+    RetriesExhausted,
     access_denied,
     concurrent_calls,
     describe,
@@ -758,11 +759,16 @@ def _csv_value(value: Any) -> Any:
 class Manifest:
     """DIR/manifest.csv or .jsonl, one line per exported image, written under a hidden temporary name and moved into
     place once whole (so a manifest in DIR is always a finished export's). `sidecars`: a last column,
-    `SIDECARS_COLUMN`, lists the names of each image's sidecar files."""
+    `SIDECARS_COLUMN`, lists the names of each image's sidecar files. `carried` (an export without sidecars into a
+    DIR whose earlier manifest lists some: `earlier_sidecars`): that column lists, beside each image, those the
+    earlier manifest lists beside it (this export writes and removes none), so that a later --sidecars export's
+    cleanup knows them for an export's (replaced by a manifest without them, they read as a user's own files, kept
+    as stale for good)."""
 
     def __init__(self, fs: Any, root: str, kind: str, columns: list[tuple[str, str | None]],
-                 sidecars: bool = False) -> None:
-        self.fs, self.kind, self.columns, self.sidecars = fs, kind, columns, sidecars
+                 sidecars: bool = False, carried: np.ndarray | None = None) -> None:
+        self.fs, self.kind, self.columns, self.carried = fs, kind, columns, carried
+        self.sidecars = sidecars or carried is not None
         self.path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
         self.tmp = posixpath.join(root, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{MANIFEST_NAME}.{kind}.tmp")
         make_parent_dirs(fs, root)
@@ -771,7 +777,7 @@ class Manifest:
         self.csv = csv.writer(self.text) if kind == "csv" else None
         self.error: Exception | None = None
         if self.csv is not None:
-            self.csv.writerow([name for name, _ in columns] + ([SIDECARS_COLUMN] if sidecars else []))
+            self.csv.writerow([name for name, _ in columns] + ([SIDECARS_COLUMN] if self.sidecars else []))
 
     def add(self, row: dict[str, Any], path: str, sidecars: Iterable[str] = ()) -> None:
         """The line of one exported image: `row` (a row of data/), exported to `path` (relative to DIR), with the
@@ -780,6 +786,9 @@ class Manifest:
         if self.error is not None:
             return
         values = [(name, path if column is None else row.get(column)) for name, column in self.columns]
+        if self.carried is not None:
+            sidecars = [posixpath.basename(stem + ext) for stem in dict.fromkeys((_stem_path(path), path))
+                        for ext in SIDECAR_EXTENSIONS if _holds_exact(self.carried, stem + ext)]
         if self.sidecars:
             values.append((SIDECARS_COLUMN, sorted(sidecars)))
         try:
@@ -790,11 +799,15 @@ class Manifest:
         except Exception as err:  # noqa: BLE001 - said once the export ends
             self.error = err
 
-    def finish(self) -> None:
+    def finish(self) -> str | None:
+        """Put the manifest in place; the reason its temporary copy could not be removed after (an object store's
+        copy landed, its DELETE refused), or None. The manifest is in place either way."""
         if self.error is not None:
             raise self.error
         self.text.close()  # closes the file too: an object store's upload completes here
-        _put_in_place(self.fs, self.tmp, self.path, self.fs.size(self.tmp))
+        left: list[str] = []
+        _put_in_place(self.fs, self.tmp, self.path, self.fs.size(self.tmp), lambda err: left.append(describe(err)))
+        return left[0] if left else None
 
     def abandon(self) -> None:
         try:
@@ -1230,15 +1243,17 @@ def _cut(name: str, size: int) -> str:
     return name.encode("utf-8", "surrogatepass")[:size].decode("utf-8", "ignore")
 
 
-def _put_in_place(fs: Any, tmp: str, path: str, size: int) -> None:
+def _put_in_place(fs: Any, tmp: str, path: str, size: int,
+                  on_leftover: Callable[[BaseException], None] | None = None) -> None:
     """Move the whole file `tmp` to `path`, never into a folder at `path` (fsspec's mv on a disk moves a file into
-    the folder it is given): IsADirectoryError there. On a disk os.replace, which is atomic and refuses a folder."""
+    the folder it is given): IsADirectoryError there. On a disk os.replace, which is atomic and refuses a folder.
+    `on_leftover`: `move_into_place`'s, told the error of an object store's temporary copy that could not be removed."""
     if _local_disk(fs):
         os.replace(tmp, path)
         return
     if has_rename(fs) and with_retries(lambda: fs.isdir(path), f"stat {path}"):
         raise IsADirectoryError(f"{path} is a folder")
-    move_into_place(fs, tmp, path, size, f"write {path}")
+    move_into_place(fs, tmp, path, size, f"write {path}", on_leftover=on_leftover)
 
 
 def _local_disk(fs: Any) -> bool:
@@ -1387,6 +1402,11 @@ class ExportReport:
     sidecars_left_out: list[str] = field(default_factory=list)  # columns of bytes, in no sidecar file
     stale_sidecars_removed: int = 0  # an earlier export's sidecar files of an image that its row has no value for
     partial_writes_removed: int = 0  # temporary files a killed export left (existing="resume" or "overwrite")
+    # stale sidecar files the storage would not remove (left, and listed in the manifest beside their image); the
+    # first FAILURES_KEPT named: (path under DIR, why)
+    stale_sidecars_unremoved: int = 0
+    unremoved: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None  # why the export stopped before its last row (the storage kept failing), or None
     manifest_error: str | None = None  # why the manifest could not be written
     # what became of an earlier export's manifest of the name this one failed to write: "removed", or why it was not
     earlier_manifest: str | None = None
@@ -1398,7 +1418,8 @@ class ExportReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.damaged and self.manifest_error is None
+        return not (self.failed or self.damaged or self.stale_sidecars_unremoved) and self.manifest_error is None \
+            and self.stopped is None
 
 
 def _count_rows(fs: Any, paths: list[str]) -> tuple[int, int]:
@@ -1423,9 +1444,11 @@ def _earlier_manifest_removed(fs: Any, path: str) -> str | None:
     manifest of DIR as it is now, and lacks (or misnames) the images this export wrote. None where there was none;
     "removed", or why it could not be removed. It is rewritten from data/ with --resume."""
     try:
-        if not fs.isfile(path):
+        if not with_retries(lambda: fs.isfile(path), f"stat {path}"):
             return None
-        fs.rm_file(path)
+        with_retries(lambda: fs.rm_file(path), f"remove {path}")
+    except FileNotFoundError:  # a retried delete whose first attempt had landed
+        pass
     except Exception as err:  # noqa: BLE001 - said beside the manifest's own error
         return describe(err)
     return "removed"
@@ -1440,21 +1463,22 @@ def _export_one(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quali
 
 def _remove_file(fs: Any, path: str) -> bool:
     """Remove the file `path` where there is one (a folder of that name is left: it is no sidecar); whether one was
-    removed. Off the local disk `path` is one a listing found (`listed_sidecars`): a folder is not listed as a file."""
-    if _local_disk(fs):
-        if os.path.isfile(path) or os.path.islink(path):
-            os.remove(path)
-            return True
-        return False
+    removed. Off the local disk `path` is one a listing found (`listed_sidecars`, `partial_writes`): a folder is not
+    listed as a file."""
     try:
-        with_retries(lambda: fs.rm_file(path), f"remove {path}")
-    except FileNotFoundError:
+        if not _local_disk(fs):
+            with_retries(lambda: fs.rm_file(path), f"remove {path}")
+        elif os.path.isfile(path) or os.path.islink(path):
+            os.remove(path)
+        else:
+            return False
+    except FileNotFoundError:  # gone meanwhile (or a retried delete whose first attempt had landed)
         return False
     return True
 
 
 class SidecarFailed(Exception):
-    """A sidecar file of a row that could not be written (or, stale, removed): the row fails, its image is not written.
+    """A sidecar file of a row that could not be written: the row fails, its image is not written.
     Said by the sidecar's path under DIR, not by the hidden temporary name the error of its write names; `written`: the
     row's sidecar files written before it, which are counted."""
 
@@ -1466,33 +1490,44 @@ class SidecarFailed(Exception):
         self.written, self.removed = written, removed
 
 
+class RowFiles(NamedTuple):
+    """What `_export_with_sidecars` did for one row."""
+
+    image: bool  # whether the image was written (False: there with its bytes)
+    written: int  # sidecar files written
+    removed: int  # stale sidecar files removed
+    present: int  # sidecar files there with their bytes
+    names: list[str]  # the names of the sidecar files beside the image, for the manifest to list
+    unremoved: list[tuple[str, str]]  # (path under DIR, why) of the stale sidecar files that could not be removed
+
+
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
                           row: Mapping[str, Any], plan: NamePlan,
                           writing: SidecarWriting,
-                          listed: DirListing | None = None) -> tuple[bool, int, int, int, list[str]]:
+                          listed: DirListing | None = None) -> RowFiles:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
-    image: an image in DIR has its sidecars beside it, whenever the export stops. (whether the image was written,
-    sidecar files written, stale ones removed, sidecar files already there with their bytes, the names of the
-    image's sidecar files, for the manifest to list); SidecarFailed naming a
-    sidecar that could not be written or removed."""
+    image: an image in DIR has its sidecars beside it, whenever the export stops. SidecarFailed naming a sidecar that
+    could not be written. A stale one the storage would not remove (a refused DELETE) is left and the row exported:
+    it is among the names the manifest lists beside the image, so that the next export's cleanup knows it for an
+    export's and tries again (not listed, it would read as a user's own file and be kept for good)."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     files, stale = sidecar_writes(row, rel, plan, writing)
-    removed = 0
+    removed, unremoved = 0, []
     for name in stale:
         try:
             removed += _remove_file(fs, posixpath.join(root, name))
-        except Exception as err:  # noqa: BLE001 - named as the sidecar it is
-            raise SidecarFailed(f"its stale sidecar file {name} (its row has no value for it) could not be removed",
-                                0, err, removed) from err
+        except Exception as err:  # noqa: BLE001 - left, listed, and said in the report
+            unremoved.append((name, describe(err)))
     written = 0
     for name, data in files.items():
         try:
             written += write_file(fs, posixpath.join(root, name), data, resume, listed)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
             raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
-    return (_export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed, len(files) - written,
-            [posixpath.basename(name) for name in files])
+    return RowFiles(_export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed,
+                    len(files) - written, [posixpath.basename(name) for name in [*files, *(n for n, _ in unremoved)]],
+                    unremoved)
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
@@ -1515,7 +1550,8 @@ def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
     is found. `sidecars`: each image's sidecar files beside it (`sidecar_bytes`), the .txt from `caption_column`
     (default `txt`), the .cls from `label_column` (default `label`). Raises ExportError before writing anything when
     the export cannot start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is
-    then False) and the rest are exported."""
+    then False) and the rest are exported, but for a store that stays down: after `OUTAGE_ROWS` rows in a row failed
+    through every retry the export stops (`report.stopped`), and existing="resume" continues it."""
     return run_export(API_NAMES, output, to, storage_options=storage_options, image_format=image_format,
                       jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
                       progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column,
@@ -1644,34 +1680,58 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
                                  caption=caption_column, label=label_column,
                                  earlier=earlier_sidecars(out_fs, root) if clean else np.empty(0, dtype=np.uint64))
         report.sidecars = True
+    carried = None
+    if not sidecars and existing != "refuse" and manifest != "none":
+        # an earlier --sidecars export's files stay (this export writes none, removes none): still listed
+        carried = earlier_sidecars(out_fs, root)
+        carried = carried if len(carried) else None
     listed = None
     if existing != "refuse":  # DIR may hold an earlier export's files: before this export writes its own
         writing, listed = _clean_up(out_fs, root, to, names, writing, report, existing == "resume")
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
-        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars)
+        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars, carried)
     except OSError as err:
         raise ExportError(f"{names.given('to', to)} cannot be made or written: {describe(err)}; give a folder the "
                           "export can write in (it is made when missing)") from err
     bar = progress(report.rows) if progress is not None else None
     seen_repeated: set[str] = set()
     # one file at a time, in this thread, where --to's file system holds one connection that threads may not share
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="export") if concurrent_calls(out_fs, workers) > 1 else \
-        _InThisThread()
+    at_once = concurrent_calls(out_fs, workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="export") if at_once > 1 else _InThisThread()
+    watch = _OutageWatch(max(OUTAGE_ROWS, 4 * at_once))
     try:
-        for part in parts:
-            problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
-                                   jpeg_quality, seen_repeated, bar, writing, listed)
-            if problem is not None:
-                report.damaged.append(problem)
-                if on_damaged is not None:
-                    on_damaged(f"{problem[0]}: {problem[1]}; {problem[2]:,} of its rows not exported")
+        try:
+            for part in parts:
+                problem = _export_part(in_fs, out_fs, root, part, plan, writer, pool, report, existing == "resume",
+                                       jpeg_quality, seen_repeated, bar, writing, listed, watch)
+                if problem is not None:
+                    report.damaged.append(problem)
+                    if on_damaged is not None:
+                        on_damaged(f"{problem[0]}: {problem[1]}; {problem[2]:,} of its rows not exported")
+        except _StorageDown as down:
+            # as a Ctrl-C: the writes under way end (each whole), the others are dropped, and no manifest is written
+            # (an earlier export's in DIR stays, with the stale sidecars it lists): a resume finishes the export
+            pool.shutdown(cancel_futures=True)
+            report.stopped = (f"the export stopped: the last {down.rows:,} rows in a row could not be written, as the "
+                              f"storage kept failing ({down.reason}); every file written is whole: export again with "
+                              f"{names.passing('existing', 'resume')} to continue where it stopped (the files there "
+                              "are kept, the manifest is written at the end)")
+            if writer is not None:
+                writer.abandon()
+                writer = None
         pool.shutdown()
         if writer is not None:
             try:
-                writer.finish()
+                left = writer.finish()
                 # named under DIR as given, as the last line names DIR: a relative --to gives a relative path
                 report.manifest = _under(to, posixpath.basename(writer.path))
+                if left is not None:  # said as the export's other warnings are, not as Python's RuntimeWarning
+                    report.warnings.append(f"warning: the manifest is in place, but its temporary copy "
+                                           f"{_under(to, posixpath.basename(writer.tmp))} could not be removed ({left}): "
+                                           "readers skip its hidden name, and an export with "
+                                           f"{names.passing('existing', 'resume')} or "
+                                           f"{names.passing('existing', 'overwrite')} removes it")
             except Exception as err:  # noqa: BLE001 - the images are in place: the manifest's failure is said
                 writer.abandon()
                 report.manifest_error = describe(err)
@@ -1726,15 +1786,8 @@ def _clean_up(fs: Any, root: str, to: str, names: ArgNames, writing: SidecarWrit
     listed = DirListing.of(detailed, root) if resume and listing is not None else None
     del detailed  # each entry's details, near 1 KB a file: 32 bytes of each are kept
     for rel in partial_writes(fs, root, listing):
-        path = posixpath.join(root, rel)
         try:
-            if _local_disk(fs):
-                os.remove(path)
-            else:
-                with_retries(lambda p=path: fs.rm_file(p), f"remove {path}")
-            report.partial_writes_removed += 1
-        except FileNotFoundError:
-            pass
+            report.partial_writes_removed += _remove_file(fs, posixpath.join(root, rel))
         except Exception as err:  # noqa: BLE001 - it is hidden, and harms no reader: said, the export goes on
             report.warnings.append(f"warning: the partial file {_under(to, rel)} an earlier export left could not be "
                                    f"removed: {describe(err)}")
@@ -1746,6 +1799,47 @@ def _under(to: str, name: str) -> str:
     return f"{to}{'' if to.endswith('/') else '/'}{name}"
 
 
+# The export stops when this many rows in a row failed as the storage kept failing (`_OutageWatch`), and at least
+# four rounds of its writes at once (`--workers`): each such row's write was retried for 10 to 15 s (`with_retries`)
+# before it failed, so going on row after row against a store that is down took days for 100,000 rows to fail each.
+# A brief outage fails a round or two of rows (one per worker): those are counted and named as any failed row, and
+# the export goes on; 32 rows in a row is a store down for a minute or more (8 workers: four rounds of 10 to 15 s).
+OUTAGE_ROWS = 32
+
+
+class _StorageDown(Exception):
+    """The export stops: `rows` rows in a row failed as the storage did; `reason`: the last one's error."""
+
+    def __init__(self, rows: int, reason: str) -> None:
+        super().__init__(reason)
+        self.rows, self.reason = rows, reason
+
+
+@dataclass
+class _OutageWatch:
+    """Counts the rows in a row (in the rows' order) whose write failed as the storage did: a transient error through
+    every retry (`RetriesExhausted`, a store down, throttling without end). A row written, or already there, shows the
+    storage answering and starts the count again; a row failed for its own sake (bytes that are not PNG) says nothing
+    of it. A store that refuses (a missing permission) fails each row at once, without retries: those are not counted."""
+
+    limit: int
+    failing: int = 0
+
+    def row_done(self, err: BaseException | None, reason: str = "") -> None:
+        """Note a row's end (`err`: why it failed, None if it did not); `_StorageDown` at the `limit`-th in a row."""
+        if err is None:
+            self.failing = 0
+            return
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, RetriesExhausted):
+            cause = cause.__cause__  # a sidecar's failure (SidecarFailed) is raised from the storage's
+        if cause is None:
+            return
+        self.failing += 1
+        if self.failing >= self.limit:
+            raise _StorageDown(self.failing, reason)
+
+
 # The reason given for a part file the storage would not give (after retries): its bytes may be intact, so it is not
 # called damaged, and a later --resume exports its rows once the storage answers.
 UNFETCHED = "could not be fetched from the storage"
@@ -1754,9 +1848,10 @@ UNFETCHED = "could not be fetched from the storage"
 def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
                  seen_repeated: set[str], bar: Any, writing: SidecarWriting | None = None,
-                 listed: DirListing | None = None) -> tuple[str, str, int] | None:
+                 listed: DirListing | None = None, watch: _OutageWatch | None = None) -> tuple[str, str, int] | None:
     """Export one part file's rows, a batch at a time; (part, reason, rows not exported) when it cannot be read
-    to its end (the rows before are exported). `listed`: DIR's files when a resume began (`write_file`)."""
+    to its end (the rows before are exported). `listed`: DIR's files when a resume began (`write_file`). `watch`:
+    `_StorageDown` from it is raised, the export stops."""
     done = 0
     try:
         data = with_retries(lambda: in_fs.cat_file(part.path), f"read {part.path}")
@@ -1774,10 +1869,12 @@ def _export_part(in_fs: Any, out_fs: Any, root: str, part: _Part, plan: NamePlan
             except StopIteration:
                 return None
             _export_rows(rows, out_fs, root, plan, writer, pool, report, resume, jpeg_quality, seen_repeated, writing,
-                         listed)
+                         listed, watch)
             done += len(rows)
             if bar is not None:
                 bar.update(len(rows))
+    except _StorageDown:
+        raise
     except Exception as err:  # noqa: BLE001 - its bytes (in memory) cannot be read to the end: named, the others go on
         if bar is not None:
             bar.update(part.rows - done)
@@ -1799,10 +1896,11 @@ class _InThisThread(Executor):
 def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NamePlan, writer: Manifest | None,
                  pool: Executor, report: ExportReport, resume: bool, jpeg_quality: int,
                  seen_repeated: set[str], writing: SidecarWriting | None = None,
-                 listed: DirListing | None = None) -> None:
+                 listed: DirListing | None = None, watch: _OutageWatch | None = None) -> None:
     """Write a batch of rows' files (with `writing`, their sidecar files too), `pool`'s workers at once; count each,
-    and add those in place to the manifest."""
-    jobs: list[tuple[dict[str, Any], str, Future[Any]]] = []
+    and add those in place to the manifest, in the rows' order, each as soon as it and those before it are done (so
+    that `watch` stops an export into a store that is down at once, not a batch later)."""
+    jobs: deque[tuple[dict[str, Any], str, Future[Any]]] = deque()
     for row in rows:
         id_ = row["id"]
         if id_ in plan.repeated:
@@ -1818,27 +1916,43 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
         else:
             jobs.append((row, rel, pool.submit(_export_with_sidecars, out_fs, root, rel, png, resume, jpeg_quality,
                                                row, plan, writing, listed)))
-    for row, rel, future in jobs:
-        try:
-            wrote = future.result()
-            names: list[str] = []
-            if writing is not None:
-                wrote, sidecars, removed, kept, names = wrote
-                report.sidecars_written += sidecars
-                report.sidecars_present += kept
-                report.stale_sidecars_removed += removed
-        except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
-            report.failed += 1
-            if isinstance(err, SidecarFailed):
-                report.sidecars_written += err.written
-                report.stale_sidecars_removed += err.removed
-            if len(report.failures) < FAILURES_KEPT:
-                report.failures.append((row["id"], str(err) if isinstance(err, SidecarFailed) else describe(err)))
-            continue
-        report.written += wrote
-        report.present += not wrote
-        if writer is not None:
-            writer.add(row, rel, names)
+        while jobs and jobs[0][2].done():
+            _count_row(*jobs.popleft(), report, writer, watch)
+    while jobs:
+        _count_row(*jobs.popleft(), report, writer, watch)
+
+
+def _count_row(row: dict[str, Any], rel: str, future: Future[Any], report: ExportReport, writer: Manifest | None,
+               watch: _OutageWatch | None) -> None:
+    """Count the row whose files `future` wrote (`_export_one`'s, or `_export_with_sidecars`' RowFiles) in `report`,
+    and add it to the manifest; a failed row is counted and named, and told to `watch`."""
+    try:
+        outcome = future.result()
+    except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
+        report.failed += 1
+        if isinstance(err, SidecarFailed):
+            report.sidecars_written += err.written
+            report.stale_sidecars_removed += err.removed
+        reason = str(err) if isinstance(err, SidecarFailed) else describe(err)
+        if len(report.failures) < FAILURES_KEPT:
+            report.failures.append((row["id"], reason))
+        if watch is not None:
+            watch.row_done(err, reason)
+        return
+    if watch is not None:
+        watch.row_done(None)
+    names: list[str] = []
+    if isinstance(outcome, RowFiles):
+        report.sidecars_written += outcome.written
+        report.sidecars_present += outcome.present
+        report.stale_sidecars_removed += outcome.removed
+        report.stale_sidecars_unremoved += len(outcome.unremoved)
+        report.unremoved += outcome.unremoved[:FAILURES_KEPT - len(report.unremoved)]
+        names, outcome = outcome.names, outcome.image
+    report.written += outcome
+    report.present += not outcome
+    if writer is not None:
+        writer.add(row, rel, names)
 
 
 def report_lines(report: ExportReport) -> list[str]:
@@ -1849,10 +1963,19 @@ def report_lines(report: ExportReport) -> list[str]:
     if report.failed > len(report.failures):
         more = report.failed - len(report.failures)
         lines.append(f"failed: ... and {more:,} more row{'' if more == 1 else 's'}")
+    for path, reason in report.unremoved:
+        lines.append(f"warning: the stale sidecar file {terminal_text(_under(report.to, path))} (its row has no value for "
+                     f"it) could not be removed: {terminal_text(reason)}; the manifest lists it beside its image, so "
+                     "that a later --resume or --overwrite tries again")
+    if report.stale_sidecars_unremoved > len(report.unremoved):
+        more = report.stale_sidecars_unremoved - len(report.unremoved)
+        lines.append(f"warning: ... and {more:,} more stale sidecar file{'' if more == 1 else 's'} not removed")
     for path, reason, lost in report.damaged:
         rows = "its rows" if lost < 0 else _rows(lost)
         what = "unfetched part file" if reason.startswith(UNFETCHED) else "damaged part file"
         lines.append(f"{what}: {terminal_text(path)}: {terminal_text(reason)} ({rows} not exported)")
+    if report.stopped:
+        lines.append(f"error: {terminal_text(report.stopped)}")
     if report.manifest_error:
         lines.append(f"error: the manifest could not be written ({terminal_text(report.manifest_error)}); the images "
                      "are in place: run again with --resume to write it")
@@ -1893,6 +2016,9 @@ def report_lines(report: ExportReport) -> list[str]:
         if report.stale_sidecars_removed:
             n = report.stale_sidecars_removed
             counts += f", {n:,} stale sidecar file{'' if n == 1 else 's'} of an earlier export removed"
+        if report.stale_sidecars_unremoved:
+            n = report.stale_sidecars_unremoved
+            counts += f", {n:,} stale sidecar file{'' if n == 1 else 's'} that could not be removed"
     if report.failed:
         counts += f", {report.failed:,} failed"
     damaged = [d for d in report.damaged if not d[1].startswith(UNFETCHED)]

@@ -16,7 +16,7 @@ from pipeline.cli_common import (
     storage_options,
 )
 from pipeline.errors import JobError
-from pipeline.export import CLI_NAMES, IMAGE_FORMATS, MANIFESTS, ExportError, report_lines, run_export
+from pipeline.export import CLI_NAMES, IMAGE_FORMATS, MANIFESTS, OUTAGE_ROWS, ExportError, report_lines, run_export
 from pipeline.progress import progress_bar
 from pipeline.redaction import redact_uri_secrets
 from pipeline.sources.ids import terminal_text
@@ -42,7 +42,7 @@ Rejected inputs are not exported (they were not purified): the last line says ho
 OUTPUT/rejects/ holds their ids and reasons.
 """
 
-EXAMPLES = """\
+EXAMPLES = f"""\
 examples:
   zip-purify-export --output ./purified --to ./purified-images
   zip-purify-export --output s3://bucket/clean/ --to /data/clean-images --format input --jpeg-quality 95
@@ -55,7 +55,9 @@ examples:
 exit status:
   0    every purified image is in DIR (written now, or already there with --resume), and its manifest
   1    some could not be written, or a part file of data/ is damaged or could not be fetched (each named; the rest
-       were exported), or the manifest could not be written (the images are in place: --resume writes it)
+       were exported), or the manifest could not be written (the images are in place: --resume writes it), or a
+       stale sidecar could not be removed (named; the manifest lists it: --resume tries again), or the export
+       stopped as the storage stayed down ({OUTAGE_ROWS} rows in a row failed through every retry: --resume continues it)
   2    nothing was exported: a bad option, a missing OUTPUT or one that is not a zip-purify output, an unfinished
        one without --force, a DIR that is not empty without --overwrite or --resume, storage that refuses access
   130  interrupted (Ctrl-C): every file in DIR is whole, and the manifest is not written; --resume finishes it
@@ -117,7 +119,9 @@ def build_parser(prog: str = "zip-purify-export") -> argparse.ArgumentParser:
                           help="write into a DIR that is not empty, replacing files of the same names (nothing else "
                                "in it is touched or deleted, but, with --sidecars, the stale sidecars the earlier "
                                "export's manifest lists as its own, and the "
-                               "partial files an export killed outright left, as with --resume)")
+                               "partial files an export killed outright left, as with --resume; without --sidecars, "
+                               "the sidecar files an earlier --sidecars export's manifest lists stay, listed in the "
+                               "new manifest too, for a later --sidecars export to remove the stale ones)")
     existing.add_argument("--resume", action="store_true",
                           help="finish an export into DIR: a file already there with the bytes it would be written with "
                                "is kept (off the local disk told by DIR's one listing: its size, and its checksum where the "

@@ -670,13 +670,15 @@ def has_rename(fs: Any) -> bool:
     return type(fs).mv is not AbstractFileSystem.mv
 
 
-def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate_leftover: bool = True) -> None:
+def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate_leftover: bool = True,
+                    on_leftover: Callable[[BaseException], None] | None = None) -> None:
     """Move the whole file `tmp` (of `size` bytes) to `path`, each step retried on its own.
 
     Where there is a rename, it is atomic; a retried rename whose first attempt had landed finds `tmp` gone and
     `path` whole, and that is success. Object stores have no rename: `path` is a server-side copy of `tmp` (a
     repeated copy gives the same object), then `tmp` is deleted. Once `path` is in place the write has succeeded:
-    a temporary file that cannot be deleted is left, with a warning, under its hidden name that readers skip; with
+    a temporary file that cannot be deleted is left, with a warning, under its hidden name that readers skip
+    (`on_leftover(the delete's error)` instead, for a caller that says it in its own words); with
     `tolerate_leftover=False` that raises instead (a check before any work that the output allows deletes)."""
     rename = has_rename(fs)
 
@@ -701,6 +703,9 @@ def move_into_place(fs: Any, tmp: str, path: str, size: int, what: str, tolerate
     except Exception as err:  # noqa: BLE001 - the file is in place; only a hidden copy is left behind
         if not tolerate_leftover:
             raise
+        if on_leftover is not None:
+            on_leftover(err)
+            return
         warnings.warn(f"{what}: done, but the temporary file {tmp} could not be removed ({describe(err)}); "
                       "readers skip its hidden name", RuntimeWarning, stacklevel=2)
 

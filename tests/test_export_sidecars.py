@@ -7,6 +7,7 @@ Most outputs here are written by the job's own writer from the records the job's
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -463,6 +464,24 @@ def test_only_the_sidecars_an_earlier_export_listed_are_removed_and_one_added_af
     assert files_under(files) == {"a.png", "a.json", "z.png", "z.json", f"manifest.{manifest}"}
 
 
+@pytest.mark.parametrize("existing", ["overwrite", "resume"])
+def test_a_plain_export_over_a_sidecars_export_keeps_its_sidecars_listed_for_a_later_cleanup(tmp_path: Path,
+                                                                                             existing: str) -> None:
+    """A plain export (no --sidecars) into the DIR of a --sidecars export leaves that export's sidecar files there;
+    its manifest, replacing the earlier one, listed none of them, so a later --sidecars export took a stale one for a
+    user's own file and kept it, to read back as the image's column. The plain export's manifest lists them."""
+    make_output(str(tmp_path / "old"), [image("a.jpg", 1, txt="cap", label=9), image("z.jpg", 2)])
+    make_output(str(tmp_path / "new"), [image("a.jpg", 1, txt="cap", label=None), image("z.jpg", 2)])
+    files = tmp_path / "files"
+    assert export_images(tmp_path / "old", files, sidecars=True).ok
+    assert export_images(tmp_path / "new", files, existing=existing).ok
+    assert {row["path"]: json.loads(row["sidecar_files"]) for row in manifest_rows(files)} == \
+        {"a.png": ["a.cls", "a.txt"], "z.png": []}
+    report = export_images(tmp_path / "new", files, sidecars=True, existing=existing)
+    assert report.ok and report.stale_sidecars_removed == 1
+    assert files_under(files) == {"a.png", "a.txt", "z.png", "manifest.csv"}
+
+
 def test_a_column_named_as_the_manifests_sidecar_list_is_renamed_and_no_sidecar_is_removed_by_it(tmp_path: Path) -> None:
     """A data/ column `sidecar_files` of an input's own is written `input_sidecar_files`: left as it was, a later export
     would take its values for the sidecar files an earlier export wrote, and remove a user's."""
@@ -825,8 +844,10 @@ def test_a_label_column_that_is_missing_not_a_class_or_beside_a_label_column_is_
 
 def test_a_delete_the_storage_refuses_loses_nothing_and_is_said(tmp_path: Path, capsys, monkeypatch) -> None:
     """A store that refuses DELETE (S3 credentials without s3:DeleteObject): an earlier export's stale sidecar that
-    cannot be removed fails its row, named, with exit status 1, and the file stays; a partial file that cannot be removed
-    is a warning. Nothing is lost: the other rows are exported, and every file that was there is still there."""
+    cannot be removed is left, named in a warning, with exit status 1, and its row is exported; a partial file that
+    cannot be removed is a warning. Nothing is lost: every file that was there is still there. The new manifest still
+    lists the stale sidecar beside its image (it failed the row, which the manifest then left out: the next export took
+    the file for a user's own and kept it for good), so an export once the store allows DELETE removes it."""
     import uuid
 
     from fsspec.implementations.memory import MemoryFileSystem
@@ -843,17 +864,28 @@ def test_a_delete_the_storage_refuses_loses_nothing_and_is_said(tmp_path: Path, 
         def refused(self, path, *args, **kwargs):  # noqa: ANN001, ANN202 - fsspec's signature
             raise PermissionError(13, "Access Denied")
 
+        rm_file, rm = MemoryFileSystem.rm_file, MemoryFileSystem._rm
         monkeypatch.setattr(MemoryFileSystem, "rm_file", refused)
         monkeypatch.setattr(MemoryFileSystem, "_rm", refused)
-        assert main(["--output", str(tmp_path / "out"), "--to", to, "--sidecars", "--resume", "--no-progress"]) == 1
+        argv = ["--output", str(tmp_path / "out"), "--to", to, "--sidecars", "--resume", "--no-progress"]
+        assert main(argv) == 1
         said = capsys.readouterr()
-        assert "failed: a.jpg: its stale sidecar file a.cls (its row has no value for it) could not be removed, so " \
-               "neither was its image: PermissionError: [Errno 13] Access Denied" in said.out + said.err
+        assert f"warning: the stale sidecar file {to}/a.cls (its row has no value for it) could not be removed: " \
+               "PermissionError: [Errno 13] Access Denied; the manifest lists it beside its image" in said.err
         assert f"warning: the partial file {to}/{partial.rsplit('/', 1)[1]} an earlier export left could not be " \
-               "removed: PermissionError: [Errno 13] Access Denied" in said.out + said.err
-        assert "exported 1 of 2 images" in said.out
+               "removed: PermissionError: [Errno 13] Access Denied" in said.err
+        assert "exported 2 of 2 images" in said.out and "1 stale sidecar file that could not be removed" in said.out
         assert before <= set(fs.find("/export-refused-delete/files"))
         assert fs.cat_file("/export-refused-delete/files/b.txt") == b"b2"
+        listed = {row["path"]: json.loads(row["sidecar_files"]) for row in
+                  csv.DictReader(io.StringIO(fs.cat_file("/export-refused-delete/files/manifest.csv").decode()))}
+        assert listed == {"a.png": ["a.cls", "a.txt"], "b.png": ["b.txt"]}
+        # the store allows DELETE again: the next export knows a.cls for an export's, and removes it
+        monkeypatch.setattr(MemoryFileSystem, "rm_file", rm_file)
+        monkeypatch.setattr(MemoryFileSystem, "_rm", rm)
+        assert main(argv) == 0
+        assert "1 stale sidecar file of an earlier export removed" in capsys.readouterr().out
+        assert not fs.exists("/export-refused-delete/files/a.cls")
     finally:
         monkeypatch.undo()
         fs.rm("/export-refused-delete", recursive=True)
