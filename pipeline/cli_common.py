@@ -194,7 +194,8 @@ def storage_options(base: Any, endpoint: Any, anon: Any, items: Any, where: str)
     return so
 
 
-NO_CREDENTIALS_ADVICE = ("; the job reads S3 credentials where AWS's tools do (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+# said by the job and the export alike: "zip-purify", not "the job", which the export is not
+NO_CREDENTIALS_ADVICE = ("; zip-purify reads S3 credentials where AWS's tools do (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                          "AWS_PROFILE, ~/.aws/credentials, an instance or pod role), or from --storage-option key=... "
                          "--storage-option secret=...; --anon reads a public bucket")
 

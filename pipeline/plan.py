@@ -156,6 +156,13 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
         if has_parts:
             raise JobError(f"{out} holds part files but no {JOB_FILE}: not an output of this job; choose another "
                            "output or pass --overwrite")
+        if (foreign := _foreign_files(fs, root)) is not None:
+            # a data set's own folder given as the output: the part files would land among the user's files, and
+            # pd.read_parquet(OUTPUT/data) would read those as rows of the output
+            folder, files = foreign
+            raise JobError(f"{out}/{folder}/ holds {len(files)} file(s) this job did not write (e.g. {files[0]}) "
+                           f"and {out} has no {JOB_FILE}: not an output of this job, whose part files would land "
+                           f"among them; choose another output")
         return "new"
     previous = _with_defaults_of_now(previous, job_record)
     differ = _settings_differences(previous, job_record, out) + _input_difference(previous, job_record, config, out)
@@ -174,15 +181,24 @@ def check_output_state(config: JobConfig, job_record: dict[str, Any], dry_run: b
     return _resume_or_incremental(config, out)
 
 
-def _refuse_to_delete_foreign_files(fs: Any, root: str, out: str) -> None:
-    """--overwrite deletes the data/ and rejects/ folders whole: an output given as a data set's own folder (or the
-    input itself) would lose the user's images in a data/ or rejects/ folder of theirs."""
+def _foreign_files(fs: Any, root: str) -> tuple[str, list[str]] | None:
+    """The first of the output's data/ and rejects/ folders that holds files the job does not write, with those files
+    (sorted), or None."""
     for folder in (DATA_DIR, REJECTS_DIR):
         path = posixpath.join(root, folder)
         foreign = sorted(p for p in (fs.find(path) if fs.exists(path) else []) if not is_written_file(p))
         if foreign:
-            raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(foreign)} file(s) this job "
-                           f"did not write (e.g. {foreign[0]}); choose another output")
+            return folder, foreign
+    return None
+
+
+def _refuse_to_delete_foreign_files(fs: Any, root: str, out: str) -> None:
+    """--overwrite deletes the data/ and rejects/ folders whole: an output given as a data set's own folder (or the
+    input itself) would lose the user's images in a data/ or rejects/ folder of theirs."""
+    if (foreign := _foreign_files(fs, root)) is not None:
+        folder, files = foreign
+        raise JobError(f"--overwrite would delete {out}/{folder}/, which holds {len(files)} file(s) this job "
+                       f"did not write (e.g. {files[0]}); choose another output")
 
 
 def _with_defaults_of_now(previous: dict[str, Any], now: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -303,12 +303,31 @@ def test_overwrite_never_deletes_files_the_job_did_not_write(tmp_path) -> None:
     assert check_output_state(config, {}, dry_run=False) == "overwrite" and not (out / "data").exists()
 
 
+@pytest.mark.parametrize("folder", ["data", "rejects"])
+def test_a_new_output_whose_data_or_rejects_folder_holds_the_users_files_is_refused(tmp_path, capsys, folder) -> None:
+    # a data set's own folder given as --output (a Hugging Face data set's data/train-*.parquet): the run wrote its
+    # _job.json there and called it a new output, its part files landing among the user's, which
+    # pd.read_parquet(OUTPUT/data) then read as rows of the output
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "dataset"
+    (out / folder).mkdir(parents=True)
+    (out / folder / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    code = main(["--input", str(tmp_path / "in"), "--output", str(out), "--no-progress"])
+    [line] = _errors(capsys)
+    assert code == 2 and f"{folder}/ holds 1 file(s) this job did not write" in line and "choose another output" in line
+    assert sorted(p.name for p in out.iterdir()) == [folder]  # nothing written beside the user's files
+    (out / folder / "train-00000-of-00001.parquet").unlink()
+    (out / folder / ".DS_Store").write_bytes(b"")  # a hidden file is no one's rows: the output is new
+    assert main(["--input", str(tmp_path / "in"), "--output", str(out), "--no-progress", "--dry-run"]) == 0
+
+
 def test_inputs_in_the_folders_the_job_writes_are_refused_not_skipped(tmp_path) -> None:
     root = tmp_path / "set"
     (root / "data").mkdir(parents=True)
     (root / "data" / "a.png").write_bytes(image_bytes(32, 32, 0))
     # the output as the input folder itself: the user's data/a.png would be taken for an output file and never read
-    with pytest.raises(JobError, match="lies in the data/ or rejects/ folder of --output"):
+    # (refused as a new output whose data/ holds files the job did not write; with a record, as an input in data/)
+    with pytest.raises(JobError, match="data/ holds 1 file\\(s\\) this job did not write"):
         plan_job(JobConfig(input=str(root), output=str(root)), dry_run=True)
     # an input inside the output's data/: the job would read its own part files back
     with pytest.raises(JobError, match="lies inside the data/ folder the job writes"):

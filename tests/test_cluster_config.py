@@ -164,6 +164,16 @@ def test_working_dir_upload_holds_the_project_and_not_git_or_venv(tmp_path: Path
     assert package.stat().st_size < PACKAGE_SIZE_WARNING, package.stat().st_size
 
 
+def test_ray_up_leaves_out_what_a_job_submission_leaves_out(cluster: dict[str, Any]) -> None:
+    # `ray up` copied the checkout to every node past .gitignore alone: what a user listed in .rayignore (README: an
+    # output folder made in the checkout) was kept off `ray job submit`'s upload but copied to every node by `ray up`
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+    args = SSHCommandRunner._create_rsync_filter_args(None, cluster)  # the rsync arguments `ray up` copies with
+    assert "dir-merge,- .gitignore" in args and "dir-merge,- .rayignore" in args
+    assert {".git/", ".carry/"} <= set((ROOT / ".rayignore").read_text().split())  # rsync skips its comment lines
+
+
 # --- KubeRay manifests -------------------------------------------------------------------------
 
 

@@ -1112,6 +1112,7 @@ def test_no_s3_credentials_is_one_line_saying_where_they_are_read_from(tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and "Unable to locate credentials" in err[0], err
     assert err[0].endswith(NO_CREDENTIALS_ADVICE), err
+    assert "the job" not in err[0], err  # the export said "the job reads S3 credentials ..."
 
 
 def test_resume_removes_the_partial_files_of_an_export_killed_outright_and_no_one_elses(tmp_path: Path, capsys) -> None:

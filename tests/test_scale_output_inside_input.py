@@ -124,10 +124,13 @@ def test_planning_leaves_out_the_output_s_files_however_they_are_reached(tmp_pat
     with pytest.raises(JobError, match=r"input file .*/mine\.png lies in the data/ or rejects/ folder"):
         plan_job(config, dry_run=True)
     # and so when it is listed only through a link (the output's own folder is hidden from the listing: '_')
+    # (an output with its record: a new one whose data/ holds the user's files is refused before any listing)
     root = tmp_path / "in2"
     (root / "_out" / "data").mkdir(parents=True)
-    (root / "_out" / "data" / "mine.png").write_bytes(b"x")
     (root / "1.png").write_bytes(b"x")
+    config = JobConfig(input=str(root), output=str(root / "_out"), steps=1, progress=False)
+    write_json(f"{root / '_out'}/{JOB_FILE}", plan_job(config, dry_run=True).job_record, {})
+    (root / "_out" / "data" / "mine.png").write_bytes(b"x")
     os.symlink(root / "_out" / "data", root / "via")
     with pytest.raises(JobError, match=r"input file .*/in2/via/mine\.png lies in the data/ or rejects/ folder"):
-        plan_job(JobConfig(input=str(root), output=str(root / "_out"), steps=1, progress=False), dry_run=True)
+        plan_job(config, dry_run=True)
