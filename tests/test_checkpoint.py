@@ -265,3 +265,49 @@ def test_a_check_leaves_the_callers_torch_thread_count_as_it_was(tmp_path, bundl
     with pytest.raises(CheckpointError, match="NaN or infinite"):
         load_checkpoint(str(tmp_path / "damaged.pt"), flags=FLAGS, verify_only=verify_only)
     assert torch.get_num_threads() == 2
+
+
+def _counting_reads(monkeypatch) -> list[str]:
+    import pipeline.checkpoint as checkpoint_module
+
+    read: list[str] = []
+    real = checkpoint_module.read_bytes
+    monkeypatch.setattr(checkpoint_module, "read_bytes", lambda uri, *a, **k: read.append(uri) or real(uri, *a, **k))
+    return read
+
+
+def test_a_local_checkpoint_verified_again_unchanged_is_not_read_again_and_its_pin_still_holds(bundle, monkeypatch) -> None:
+    """A job's driver verifies the checkpoint before every run; a program running the job again and again read, hashed
+    and checked the same unchanged file each time. The verification is kept for the file as it is, pin checks and all."""
+    path, sha, model = bundle
+    read = _counting_reads(monkeypatch)
+    first = load_checkpoint(str(path), verify_only=True)
+    first.meta["note"] = "changed by its caller"  # a caller's change to its answer is not the next caller's
+    again = load_checkpoint(str(path), verify_only=True, expected_sha256=sha)
+    assert read == [str(path)]
+    assert (again.sha256, again.config, again.meta, again.uri) == (sha, model.config, {"note": "test"}, str(path))
+    with pytest.raises(CheckpointError, match="was pinned; refusing to run"):
+        load_checkpoint(str(path), verify_only=True, expected_sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="unexpected|missing|mismatch"):  # another architecture asked: checked
+        load_checkpoint(str(path), verify_only=True, flags={**FLAGS, "num_channels": 64})
+    assert load_checkpoint(str(path)).sha256 == sha  # a load to use reads the file, as always
+    assert len(read) == 3
+
+
+def test_a_checkpoint_rewritten_in_place_with_its_size_and_time_kept_is_verified_afresh(bundle, monkeypatch) -> None:
+    """Other bytes under the same name, size and modification time (a copy that keeps times): its change time differs,
+    so the driver reads it again and says what it now holds."""
+    path, sha, _ = bundle
+    read = _counting_reads(monkeypatch)
+    assert load_checkpoint(str(path), verify_only=True).sha256 == sha
+    before = os.stat(path)
+    torch.manual_seed(1)
+    other = path.with_name("other.pt")
+    save_bundle(other, build_unet(UNetConfig.from_flags(FLAGS)), meta={"note": "test"}, dtype=torch.float32)
+    path.write_bytes(other.read_bytes())  # in place: the same file (inode)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns  # (the verification in between took longer than a clock tick)
+    assert load_checkpoint(str(path), verify_only=True).sha256 == hashlib.sha256(path.read_bytes()).hexdigest() != sha
+    assert len(read) == 2

@@ -39,10 +39,10 @@ def test_an_open_gate_lets_every_batch_through(tmp_path: Path, monkeypatch) -> N
 
 
 def test_a_gate_left_shut_lets_a_batch_go_on_after_its_longest_wait(tmp_path: Path, monkeypatch) -> None:
-    import pipeline.stages as stages
+    import pipeline.purify_stage as stage
 
     monkeypatch.setenv(FAULT_ENV, f"gate:{tmp_path}")
-    monkeypatch.setattr(stages, "GATE_WAIT_S", 0.0)  # a test that forgot its passes holds its run 10 minutes, not for ever
+    monkeypatch.setattr(stage, "GATE_WAIT_S", 0.0)  # a test that forgot its passes holds its run 10 minutes, not for ever
     _maybe_inject_fault()
     assert (tmp_path / "batch-0").exists() and not (tmp_path / "pass-0").exists()
 

@@ -1,15 +1,21 @@
-"""The purifier actor's setup and Python's cyclic garbage collector (pipeline.stages.long_lived_objects_made).
+"""The purifier actor's start: Python's cyclic garbage collector during its setup
+(pipeline.purify_stage.long_lived_objects_made), and what its process imports before it.
 
 Each run starts its purifier actor in a new process. Collecting while torch was imported and walking every object
-torch made once more at the process's exit cost that process about 0.6 CPU s per run, on top of its work."""
+torch made once more at the process's exit cost that process about 0.6 CPU s per run, on top of its work; importing
+the job's readers with the actor's class, ~0.25 CPU s more."""
 
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 
 import pytest
 
 from pipeline.errors import NotOnThisNodeError
+from tests.conftest import ROOT
 from tests.jobutil import tiny_model_file
 
 
@@ -61,3 +67,19 @@ def test_outside_an_actor_the_callers_collector_is_left_as_it_was(tmp_path, enab
     finally:
         gc.enable()
     assert gc.get_freeze_count() == frozen_before  # nothing of the caller's frozen
+
+
+def test_the_actors_class_comes_without_the_readers_and_without_torch() -> None:
+    """A new actor process imports the module of the actor's class (to unpickle it) before its constructor runs: that
+    module must not bring the job's readers and decoders (pipeline.sources, PIL), which the actor never uses, nor torch,
+    which the constructor imports: the CPU stages' workers import the module too (`pipeline.stages` re-exports it)."""
+    from pipeline.stages import PurifyStage
+
+    code = "import importlib, json, sys; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code, PurifyStage.__module__], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    modules = set(json.loads(done.stdout))
+    assert PurifyStage.__module__ in modules
+    unused = {"pipeline.sources", "pipeline.decode", "PIL", "torch"}
+    assert not {m for m in modules if m in unused or m.split(".")[0] in unused or m.startswith("pipeline.sources.")}
