@@ -16,46 +16,37 @@ from tests.jobutil import RAY_LOG_LINE, image_folder, small_job_config, tiny_mod
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_local_ray_does_not_join_a_head_found_on_this_machine() -> None:
-    # `ray start --head` leaves its address in <tmp>/ray/ray_current_cluster, where a plain ray.init() finds it and
+def test_the_local_ray_is_its_own_its_workers_import_this_checkout_and_the_callers_pythonpath_is_kept(tmp_path) -> None:
+    # 1. `ray start --head` leaves its address in <tmp>/ray/ray_current_cluster, where a plain ray.init() finds it and
     # joins that cluster. Point such a file at an address nobody serves: the job's local Ray must start its own.
+    # 2. A program run from elsewhere, the checkout on its sys.path only: the workers find `pipeline` (the job's code)
+    # there and the caller's own PYTHONPATH entries too; the program's PYTHONPATH is as it was once Ray has started.
+    # One program, one Ray, for both: a process and a Ray each cost ~10 s of CPU and checked nothing more.
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     (Path(tmp) / "ray").mkdir()
     (Path(tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = tmp
-    code = ("import ray; from pipeline.placement import init_local_ray; init_local_ray(num_cpus=1); "
-            "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()")
-    try:
-        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    gcs = [line for line in done.stdout.splitlines() if line.startswith("gcs ")]
-    assert gcs and not gcs[0].endswith(":9"), done.stdout
-
-
-
-def test_the_local_rays_workers_import_this_checkout_and_the_callers_pythonpath_is_left_as_it_was(tmp_path) -> None:
-    # A program run from elsewhere, the checkout on its sys.path only: the workers find `pipeline` (the job's code)
-    # there and the caller's own PYTHONPATH entries too; the program's PYTHONPATH is as it was once Ray has started.
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "their_module.py").write_text("NAME = 'theirs'\n")
     code = (f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); import ray; "
             "from pipeline.placement import init_local_ray; init_local_ray(num_cpus=1); "
+            "print('gcs', ray.get_runtime_context().gcs_address); "
             "print('caller', os.environ.get('PYTHONPATH')); "
             "f = ray.remote(lambda: (__import__('pipeline').__file__, __import__('their_module').NAME)); "
             "print('worker', *ray.get(f.remote())); ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(theirs)
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env.update(RAY_TMPDIR=tmp, PYTHONPATH=str(theirs))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("caller ", "worker ")))
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("gcs ", "caller ", "worker ")))
+    assert "gcs" in lines and not lines["gcs"].endswith(":9"), done.stdout
     assert lines["caller"] == str(theirs)
     assert lines["worker"] == f"{ROOT / 'pipeline' / '__init__.py'} theirs"
+
 
 def test_ray_data_does_not_tell_the_user_to_turn_its_progress_bars_back_on() -> None:
     # The job turns Ray Data's bars off for its own; Ray then logged "Progress bars disabled. To enable, set
