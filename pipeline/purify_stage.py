@@ -120,11 +120,17 @@ def _maybe_inject_fault() -> None:
     (each batch takes longer), or "gate:FOLDER" (`wait_at_gate`: a test lets batches through one by one, to stop or
     kill a run half-way whatever the machine's speed).
 
-    The marker file makes a "-once" fault happen once per run across processes; unset in normal use.
+    The marker file makes a "-once" fault happen once per run across processes; unset in normal use. Several faults,
+    separated by ";" ("raise-once:M1;exit-once:M2"), apply in that order: one run then meets each of them (a test
+    pays for one run of the job, not one per fault).
     """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
+    for fault in os.environ.get(FAULT_ENV, "").split(";"):
+        if fault:
+            _inject_fault(fault)
+
+
+def _inject_fault(spec: str) -> None:
+    """One fault of `_maybe_inject_fault`'s spec, "MODE:MARKER"."""
     mode, _, marker = spec.partition(":")
     if mode == "slow":
         time.sleep(float(marker))

@@ -53,3 +53,17 @@ def test_other_specs_leave_no_gate_files(tmp_path: Path, monkeypatch, spec: str)
     monkeypatch.setenv(FAULT_ENV, spec)
     _maybe_inject_fault()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_several_faults_apply_in_their_order_each_once(tmp_path: Path, monkeypatch) -> None:
+    """With "raise-once:M1;raise-once:M2" the first batch meets the first fault, the next batch the second, then none
+    (so one run of the job meets a raise and an actor's death: tests/reliability/test_faults.py)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv(FAULT_ENV, f"raise-once:{first};raise-once:{second}")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        _maybe_inject_fault()
+    assert first.exists() and not second.exists()
+    with pytest.raises(RuntimeError, match="injected fault"):
+        _maybe_inject_fault()
+    assert second.exists()
+    _maybe_inject_fault()  # both spent: the batch goes on

@@ -234,51 +234,50 @@ def test_the_jobs_own_ray_on_a_machine_of_less_than_one_cpu_gets_one(monkeypatch
     assert capfd.readouterr().err == ""
 
 
-def test_a_default_run_on_a_one_cpu_machine_runs_and_an_explicit_actor_too_large_is_still_refused(tmp_path) -> None:
-    """The whole run on the job's own local Ray of 1 CPU, as on a 1-CPU machine: the default run completes, saying in
-    one line what its actor reserves; --cpus-per-actor 1, given, cannot fit and is refused (exit status 2) as before."""
-    image_folder(tmp_path / "in", 2)
-    argv = small_job_argv(tmp_path, tiny_model_file(tmp_path))
-    code = ("import sys, json; from pipeline.placement import init_local_ray; from pipeline.cli import main\n"
-            "init_local_ray(num_cpus=1)\n"
-            "argv = json.loads(sys.argv[1])\n"
-            "print('explicit', main([*argv, '--cpus-per-actor', '1']), file=sys.stderr, flush=True)\n"
-            "print('-- default --', file=sys.stderr, flush=True)\n"
-            "print('default', main(argv), file=sys.stderr, flush=True)\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    explicit, _, default = done.stderr.partition("-- default --")
-    assert "explicit 2" in explicit and "--cpus-per-actor 1 with --cpus-per-task 0.25" in explicit, explicit[-3000:]
-    assert "default 0" in default, default[-3000:]
-    notes = [line for line in default.splitlines() if line.startswith("zip-purify: note:")]
-    assert len(notes) == 1 and "reserves 0.75 CPU" in notes[0] and "--cpus-per-actor" in notes[0], default[-3000:]
-    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
-    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 2
-    assert summary["config"]["cpus_per_actor"] == 0.75
-
-
-def test_a_default_run_on_a_one_cpu_ray_the_calling_program_started_runs(tmp_path) -> None:
-    """A program's own `ray.init(num_cpus=1)`, then run_job with the defaults: the actor took the only CPU and the
+def test_a_default_run_on_a_one_cpu_ray_runs_whether_the_job_or_the_calling_program_started_it(tmp_path) -> None:
+    """1. A program's own `ray.init(num_cpus=1)`, then run_job with the defaults: the actor took the only CPU and the
     tasks that feed it waited for one, forever and with no word (the job's own Ray refused it; this one is not the
-    job's, and was not checked)."""
-    image_folder(tmp_path / "in", 2)
-    code = ("import sys, ray; from pathlib import Path; from pipeline.job import run_job\n"
+    job's, and was not checked).
+    2. The whole run on the job's own local Ray of 1 CPU, as on a 1-CPU machine: the default run completes, saying in
+    one line what its actor reserves; --cpus-per-actor 1, given, cannot fit and is refused (exit status 2) as before.
+    Both in one process, one Ray after the other: a process each cost the interpreter and the imports again."""
+    caller, own = tmp_path / "caller", tmp_path / "own"
+    image_folder(caller / "in", 2)
+    image_folder(own / "in", 2)
+    model = tiny_model_file(tmp_path)
+    code = ("import sys, json, ray; from pathlib import Path; from pipeline.job import run_job\n"
+            "from pipeline.placement import init_local_ray; from pipeline.cli import main\n"
             "from tests.jobutil import small_job_config\n"
             # address="local": its own Ray, as a plain ray.init() starts where no other runs (that one joins a
             # `ray start` head or another Ray running on the machine, whose CPUs are not this test's)
             "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
             "s = run_job(small_job_config(Path(sys.argv[1]), sys.argv[2]))\n"
-            "print('run', s['status'], s['this_run']['purified'], s['ray']['cpus_per_actor'])\n"
-            "ray.shutdown()\n")
+            "print('run', s['status'], s['this_run']['purified'], s['ray']['cpus_per_actor'], flush=True)\n"
+            "ray.shutdown()\n"
+            "print('-- own --', file=sys.stderr, flush=True)\n"
+            "init_local_ray(num_cpus=1)\n"
+            "argv = json.loads(sys.argv[3])\n"
+            "print('explicit', main([*argv, '--cpus-per-actor', '1']), file=sys.stderr, flush=True)\n"
+            "print('-- default --', file=sys.stderr, flush=True)\n"
+            "print('default', main(argv), file=sys.stderr, flush=True)\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), tiny_model_file(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code, str(caller), model, json.dumps(small_job_argv(own, model))],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # 1. the caller's Ray
     assert "run complete 2 0.75" in done.stdout, done.stdout
-    assert "zip-purify: note: the local Ray has 1 CPU: each purifier actor reserves 0.75 CPU" in done.stderr, \
-        done.stderr[-3000:]
+    by_caller, _, on_own = done.stderr.partition("-- own --")
+    assert "zip-purify: note: the local Ray has 1 CPU: each purifier actor reserves 0.75 CPU" in by_caller, \
+        by_caller[-3000:]
+    # 2. the job's own Ray
+    explicit, _, default = on_own.partition("-- default --")
+    assert "explicit 2" in explicit and "--cpus-per-actor 1 with --cpus-per-task 0.25" in explicit, explicit[-3000:]
+    assert "default 0" in default, default[-3000:]
+    notes = [line for line in default.splitlines() if line.startswith("zip-purify: note:")]
+    assert len(notes) == 1 and "reserves 0.75 CPU" in notes[0] and "--cpus-per-actor" in notes[0], default[-3000:]
+    summary = json.loads((own / "out" / "_summary.json").read_text())
+    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 2
+    assert summary["config"]["cpus_per_actor"] == 0.75
 
 
 def test_the_summary_counts_the_actors_the_run_started_beside_the_most_its_pool_could_have(tmp_path, ray_local) -> None:

@@ -16,46 +16,37 @@ from tests.jobutil import RAY_LOG_LINE, image_folder, small_job_config, tiny_mod
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_local_ray_does_not_join_a_head_found_on_this_machine() -> None:
-    # `ray start --head` leaves its address in <tmp>/ray/ray_current_cluster, where a plain ray.init() finds it and
+def test_the_local_ray_is_its_own_its_workers_import_this_checkout_and_the_callers_pythonpath_is_kept(tmp_path) -> None:
+    # 1. `ray start --head` leaves its address in <tmp>/ray/ray_current_cluster, where a plain ray.init() finds it and
     # joins that cluster. Point such a file at an address nobody serves: the job's local Ray must start its own.
+    # 2. A program run from elsewhere, the checkout on its sys.path only: the workers find `pipeline` (the job's code)
+    # there and the caller's own PYTHONPATH entries too; the program's PYTHONPATH is as it was once Ray has started.
+    # One program, one Ray, for both: a process and a Ray each cost ~10 s of CPU and checked nothing more.
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     (Path(tmp) / "ray").mkdir()
     (Path(tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = tmp
-    code = ("import ray; from pipeline.placement import init_local_ray; init_local_ray(num_cpus=1); "
-            "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()")
-    try:
-        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    gcs = [line for line in done.stdout.splitlines() if line.startswith("gcs ")]
-    assert gcs and not gcs[0].endswith(":9"), done.stdout
-
-
-
-def test_the_local_rays_workers_import_this_checkout_and_the_callers_pythonpath_is_left_as_it_was(tmp_path) -> None:
-    # A program run from elsewhere, the checkout on its sys.path only: the workers find `pipeline` (the job's code)
-    # there and the caller's own PYTHONPATH entries too; the program's PYTHONPATH is as it was once Ray has started.
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "their_module.py").write_text("NAME = 'theirs'\n")
     code = (f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); import ray; "
             "from pipeline.placement import init_local_ray; init_local_ray(num_cpus=1); "
+            "print('gcs', ray.get_runtime_context().gcs_address); "
             "print('caller', os.environ.get('PYTHONPATH')); "
             "f = ray.remote(lambda: (__import__('pipeline').__file__, __import__('their_module').NAME)); "
             "print('worker', *ray.get(f.remote())); ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(theirs)
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env.update(RAY_TMPDIR=tmp, PYTHONPATH=str(theirs))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("caller ", "worker ")))
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("gcs ", "caller ", "worker ")))
+    assert "gcs" in lines and not lines["gcs"].endswith(":9"), done.stdout
     assert lines["caller"] == str(theirs)
     assert lines["worker"] == f"{ROOT / 'pipeline' / '__init__.py'} theirs"
+
 
 def test_ray_data_does_not_tell_the_user_to_turn_its_progress_bars_back_on() -> None:
     # The job turns Ray Data's bars off for its own; Ray then logged "Progress bars disabled. To enable, set
@@ -70,42 +61,25 @@ def test_ray_data_does_not_tell_the_user_to_turn_its_progress_bars_back_on() -> 
     assert "enable_progress_bars" not in done.stderr and "Progress bars disabled" not in done.stderr, done.stderr
 
 
-def test_a_local_ray_leaves_the_jobs_stderr_to_the_job_and_to_rays_warnings() -> None:
-    # The default run's stderr held 7 lines, 1 of them the job's: Ray's "Token authentication is enabled for this Ray
+def test_a_program_that_called_run_job_has_a_quiet_local_ray_and_keeps_rays_and_ray_datas_own_output_afterwards(
+        tmp_path) -> None:
+    # 1. The default run's stderr held 7 lines, 1 of them the job's: Ray's "Token authentication is enabled for this Ray
     # cluster. Set RAY_AUTH_MODE=disabled to opt out", "Started a local Ray instance.", and Ray Data's "Starting
     # execution of Dataset dataset_0359...", "Execution plan of Dataset ..." and "Dataset ... execution finished in
     # 129.15 seconds" (a time the job's own lines contradict). Ray's warnings stay, and token authentication stays on.
+    # (Ray Data's lines are quieted while a run of the job uses its own Ray: `ray_data_console_quieted`, as the job runs
+    # its pipeline.)
+    # 2. The job's quieting of the local Ray it starts outlived the run: in a program that called the Python API's
+    # run_job (which leaves the Ray it started running), the "ray" logger stayed at WARNING and Ray Data's console
+    # handler too, so that program's own Ray Data pipelines lost their "Starting execution of Dataset ..." lines for
+    # good. The run itself still keeps them off stderr.
+    # One program, one local Ray (the one run_job starts with init_local_ray), for both: a process and a Ray each cost
+    # ~10 s of CPU and checked nothing more.
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_LOGGER_LEVEL", "RAY_DATA_LOGGING_CONFIG", "RAY_DATA_LOG_LEVEL")}
-    # (Ray Data's lines are quieted while a run of the job uses its own Ray: `ray_data_console_quieted`, as the job runs
-    # its pipeline)
-    code = ("import logging, ray, ray.data\n"
-            "from pipeline.placement import init_local_ray, ray_data_console_quieted\n"
-            "init_local_ray(num_cpus=1)\n"
-            "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
-            "print('token', get_authentication_mode() == AuthenticationMode.TOKEN)\n"
-            "with ray_data_console_quieted():\n"
-            "    print('rows', ray.data.range(4).map_batches(lambda b: b).count())\n"
-            "    logging.getLogger('ray.data').warning('a Ray Data warning')\n"
-            "logging.getLogger('ray').warning('a Ray warning'); ray.shutdown()\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "token True" in done.stdout and "rows 4" in done.stdout, done.stdout
-    for noise in ("Token authentication is enabled", "Started a local Ray instance", "Starting execution of Dataset",
-                  "Execution plan of Dataset", "execution finished in"):
-        assert noise not in done.stderr, done.stderr
-    assert "a Ray Data warning" in done.stderr and "a Ray warning" in done.stderr, done.stderr
-
-
-def test_a_program_that_called_run_job_keeps_rays_and_ray_datas_own_output_afterwards(tmp_path) -> None:
-    # The job's quieting of the local Ray it starts outlived the run: in a program that called the Python API's run_job
-    # (which leaves the Ray it started running), the "ray" logger stayed at WARNING and Ray Data's console handler too,
-    # so that program's own Ray Data pipelines lost their "Starting execution of Dataset ..." lines for good. The run
-    # itself still keeps them off stderr.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_LOGGER_LEVEL", "RAY_DATA_LOGGING_CONFIG", "RAY_DATA_LOG_LEVEL")}
     code = ("import logging, sys; from pathlib import Path; import ray, ray.data\n"
             "from pipeline.job import run_job\n"
+            "from pipeline.placement import ray_data_console_quieted\n"
             "from tests.jobutil import image_folder, small_job_config, tiny_model_file\n"
             "tmp = Path(sys.argv[1]); image_folder(tmp / 'in', 2)\n"
             "level = logging.getLogger('ray').level\n"
@@ -114,6 +88,12 @@ def test_a_program_that_called_run_job_keeps_rays_and_ray_datas_own_output_after
             "print('ray level kept', logging.getLogger('ray').level == level)\n"
             "import json; print('summary as written', summary == json.loads((tmp / 'out' / '_summary.json').read_text()))\n"
             "print('local ray still up', ray.is_initialized())\n"
+            "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
+            "print('token', get_authentication_mode() == AuthenticationMode.TOKEN)\n"
+            "with ray_data_console_quieted():\n"
+            "    print('quieted rows', ray.data.range(4).map_batches(lambda b: b).count())\n"
+            "    logging.getLogger('ray.data').warning('a Ray Data warning')\n"
+            "logging.getLogger('ray').warning('a Ray warning')\n"
             "print('-- the program\\'s own pipeline --', file=sys.stderr, flush=True)\n"
             "print('rows', ray.data.range(4).map_batches(lambda b: b).count())\n"
             "ray.shutdown()\n")
@@ -122,13 +102,16 @@ def test_a_program_that_called_run_job_keeps_rays_and_ray_datas_own_output_after
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run complete 2" in done.stdout and "ray level kept True" in done.stdout and "rows 4" in done.stdout, \
         done.stdout
+    assert "token True" in done.stdout and "quieted rows 4" in done.stdout, done.stdout
     # docs/api.md: run_job returns the summary it writes, and the local Ray it started stays up for later runs
     assert "summary as written True" in done.stdout and "local ray still up True" in done.stdout, done.stdout
     during, _, after = done.stderr.partition("-- the program's own pipeline --")
     assert after, done.stderr[-3000:]
-    for noise in ("Started a local Ray instance", "Starting execution of Dataset", "Execution plan of Dataset"):
+    for noise in ("Token authentication is enabled", "Started a local Ray instance", "Starting execution of Dataset",
+                  "Execution plan of Dataset", "execution finished in"):
         assert noise not in during, during[-3000:]
     assert not [line for line in during.splitlines() if RAY_LOG_LINE.match(line) and "INFO" in line], during[-3000:]
+    assert "a Ray Data warning" in during and "a Ray warning" in during, during[-3000:]
     assert "Starting execution of Dataset" in after, after[-3000:]  # as Ray Data prints it without the job
 
 

@@ -160,7 +160,10 @@ def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_compl
                                                                                              monkeypatch,
                                                                                              capsys) -> None:
     """An hourly --incremental run over an output that holds every input started Ray, its purifier actor (a model
-    load) and an empty pipeline, and showed 'purified: 0/0 (0 %)': about 15-40 s a run for nothing."""
+    load) and an empty pipeline, and showed 'purified: 0/0 (0 %)': about 15-40 s a run for nothing. The scheduled
+    command itself (jobs/purify.py, which ends through `exit_without_teardown` when no Ray was started) then gives
+    status 0, everything it printed, and no Ray session made. (Both over one output: a complete run of their own for
+    each cost an actor's start and checked nothing more.)"""
     png_inputs(tmp_path / "in", 3)
     (tmp_path / "in" / "s.tar").write_bytes(_shard(2))
     (tmp_path / "in" / "bad.png").write_bytes(b"not an image")
@@ -185,6 +188,7 @@ def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_compl
     assert json.loads((out / SUMMARY_FILE).read_text())["status"] == "complete"
     assert not (out / LEASE_FILE).exists()  # held for the run, and released
     assert [os.path.basename(p) for p in read_ledger(str(out), {})] == ["s.tar"]  # kept: the shard is still there
+    _command_line_with_nothing_to_read(tmp_path, model)
     # --retry-rejects with nothing to retry (the reject's input is gone) is such a run too
     (tmp_path / "in" / "bad.png").unlink()
     retried = run_job(small_job_config(tmp_path, model, retry_rejects=True))
@@ -192,11 +196,33 @@ def test_a_scheduled_run_with_nothing_new_starts_no_ray_and_records_what_a_compl
             retried["output_totals"]["rejected"]) == ("complete", 0, 1, 1)
 
 
+def _command_line_with_nothing_to_read(tmp_path: Path, model: str) -> None:
+    """The scheduled command over tmp_path/out, which holds every input of tmp_path/in (5 purified, 1 rejected): it
+    ends with status 0, its counts and its output line, and makes no Ray session."""
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths would live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
+    try:
+        done = subprocess.run([sys.executable, "jobs/purify.py", *small_job_argv(tmp_path, model, "--incremental")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        sessions = [p.name for p in Path(ray_tmp).rglob("session_*")]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sessions == []
+    *_, counts, last = done.stdout.splitlines()
+    assert re.fullmatch(r"read 0, purified 0, rejected 0, skipped \(already done\) 6 in [\d.]+ s \(nothing to purify: "
+                        r"no Ray was started\); model: user checkpoint", counts), counts
+    assert last == (f"output: {tmp_path / 'out'} holds 5 purified and 1 rejected in all (status complete; summary in "
+                    "_summary.json; the purified images in data/, each reject with its reason in rejects/)")
+
+
 @pytest.mark.usefixtures("ray_local")
-def test_a_run_with_nothing_left_to_read_after_a_stopped_run_still_removes_its_duplicates(tmp_path, model,
-                                                                                          monkeypatch) -> None:
+def test_a_run_with_nothing_left_to_read_after_a_stopped_run_removes_its_duplicates_and_overwrite_clears_it(
+        tmp_path, model, monkeypatch) -> None:
     """A run stopped before its end-of-run check can leave an id twice (a batch's write retried after its first
-    attempt had landed); the next run's check removes it, also when that run has nothing left to read."""
+    attempt had landed); the next run's check removes it, also when that run has nothing left to read. Then, the
+    input emptied, --overwrite clears that output without starting Ray (the output of a run of its own before)."""
     png_inputs(tmp_path / "in", 3)
     run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
     data = tmp_path / "out" / "data"
@@ -211,39 +237,10 @@ def test_a_run_with_nothing_left_to_read_after_a_stopped_run_still_removes_its_d
     assert ids == ["000.png", "001.png", "002.png"]  # each once
     assert summary["output_totals"]["purified"] == 3
 
-
-@pytest.mark.usefixtures("ray_local")
-def test_overwrite_over_an_input_now_empty_clears_the_output_without_starting_ray(tmp_path, model, monkeypatch) -> None:
-    png_inputs(tmp_path / "in", 2)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    # --overwrite over the input now empty clears the output, its history too, without starting Ray either
     for image in (tmp_path / "in").iterdir():
         image.unlink()
-    no_ray_from_here_on(monkeypatch)
     summary = run_job(small_job_config(tmp_path, model, overwrite=True))
     assert (summary["status"], summary["this_run"]["read"], summary["output_totals"]["purified"]) == ("complete", 0, 0)
     out = tmp_path / "out"
-    assert not (out / "data").exists() and len(_history(out)) == 1  # the earlier run's rows and history went
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_the_command_line_of_a_run_with_nothing_to_read_says_so_and_ends_without_ray(tmp_path, model) -> None:
-    """The scheduled command itself (jobs/purify.py, which ends through `exit_without_teardown` when no Ray was
-    started): status 0, everything it printed, and no Ray session made."""
-    png_inputs(tmp_path / "in", 3)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths would live under it
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
-    try:
-        done = subprocess.run([sys.executable, "jobs/purify.py", *small_job_argv(tmp_path, model, "--incremental")],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        sessions = [p.name for p in Path(ray_tmp).rglob("session_*")]
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert sessions == []
-    *_, counts, last = done.stdout.splitlines()
-    assert re.fullmatch(r"read 0, purified 0, rejected 0, skipped \(already done\) 3 in [\d.]+ s \(nothing to purify: "
-                        r"no Ray was started\); model: user checkpoint", counts), counts
-    assert last == (f"output: {tmp_path / 'out'} holds 3 purified and 0 rejected in all (status complete; summary in "
-                    "_summary.json; the purified images in data/)")
+    assert not (out / "data").exists() and len(_history(out)) == 1  # the earlier runs' rows and history went

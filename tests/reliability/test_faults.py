@@ -73,16 +73,18 @@ def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: i
 
 
 def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
-    for mode in ("raise-once", "exit-once"):
-        ids = _images(tmp_path / mode / "in", 24)
-        out = tmp_path / mode / "out"
-        proc = _job(["--input", str(tmp_path / mode / "in"), "--output", str(out), "--checkpoint", tiny_model,
-                     "--steps", "1", "--tile-batch", "8", "--batch-size", "8"],
-                    env={"ZIP_PURIFY_INJECT_FAULT": f"{mode}:{tmp_path / mode / 'marker'}"})
-        log, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, log[-3000:]
-        assert (tmp_path / mode / "marker").exists(), "the fault was never injected"
-        check(f"worker {mode}", str(out), ids)
+    """A batch that raises in the purifier actor is tried again, and an actor whose process dies is restarted with its
+    batch: the run completes with every input once. One run meets both faults (a raise, then a death, at its first
+    batch): a run of its own for each cost a process and a Ray more and checked nothing more."""
+    ids = _images(tmp_path / "in", 24)
+    out, raised, died = tmp_path / "out", tmp_path / "raised", tmp_path / "died"
+    proc = _job(["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model,
+                 "--steps", "1", "--tile-batch", "8", "--batch-size", "8"],
+                env={"ZIP_PURIFY_INJECT_FAULT": f"raise-once:{raised};exit-once:{died}"})
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    assert raised.exists() and died.exists(), "a fault was never injected"
+    check("worker raise-once + exit-once", str(out), ids)
 
 
 def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_instead_of_hanging(tmp_path,
@@ -115,28 +117,25 @@ def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_inst
     assert stderr.rstrip("\n").splitlines()[-1] == error[0], stderr[-3000:]
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_driver_killed_then_rerun(tmp_path, tiny_model) -> None:
-    n = 64
-    ids = _images(tmp_path / "in", n)
-    out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
-            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
+def _driver_killed_then_rerun(out: Path, args: list[str], ids: set[str]) -> None:
+    """The job with `args` SIGKILLed, driver and all, once it has written some of its output, then the same command
+    run again: it completes with every input once, skipping what the killed run wrote."""
+    gate = out.parent / "gate-driver"
     # its batches let through one by one until 3 part files land, the last of its 8 never: it is killed before it ends
     # however fast it runs or late the kill comes (slowed down 0.5 s a batch, it could finish first on a loaded machine)
-    proc = _job(args, env=gate_env(tmp_path / "gate"))
-    let_through_until(tmp_path / "gate", lambda: len(list((out / "data").glob("part-*.parquet"))) >= 3, most=n // 8 - 1)
+    proc = _job(args, env=gate_env(gate))
+    let_through_until(gate, lambda: len(list((out / "data").glob("part-*.parquet"))) >= 3, most=len(ids) // 8 - 1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
     parts = list((out / "data").glob("part-*.parquet"))
     assert parts, "the run was killed before writing anything; the test needs some output first"
     done_before = sum(pq.read_metadata(p).num_rows for p in parts)  # every visible file is whole Parquet
-    assert done_before < n, "the run finished before it could be killed"
+    assert done_before < len(ids), "the run finished before it could be killed"
     _run(args)
     check("driver SIGKILL + rerun", str(out), ids)
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["this_run"]["skipped_already_done"] >= done_before
-    assert summary["this_run"]["purified"] <= n - done_before
+    assert summary["this_run"]["purified"] <= len(ids) - done_before
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -172,17 +171,20 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path, tiny_model) -> None:
+def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path, tiny_model) -> None:
     """--refresh-changed killed half-way leaves the old and the new row of some ids with its journal; a plain resume
     must end complete with each input once, each refreshed id's row the new one where the killed run wrote it, and a
-    second refresh must leave every changed input's row made from its new bytes."""
+    second refresh must leave every changed input's row made from its new bytes.
+
+    The output it refreshes is that of a plain run whose driver was killed, then run again (`_driver_killed_then_rerun`):
+    that scenario's runs make the output this one starts from, where a run of its own made it."""
     import hashlib
 
     root, out = tmp_path / "in", tmp_path / "out"
     ids = _images(root, 64)
     args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
-    _run(args)
+    _driver_killed_then_rerun(out, args, ids)
     changed = sorted(ids)[::2]  # 32 rewritten in place: 26 with new images, 6 broken now
     new = {name: (b"junk" if i % 6 == 0 else image_bytes(32, 32, 2000 + i)) for i, name in enumerate(changed)}
     for name, data in new.items():
