@@ -10,15 +10,19 @@ id, 's.tar#lookalike/caf\\xe9', naming both members; the purified row stays.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+from dataclasses import dataclass
 
 import pytest
 
 from pipeline.job import run_job
 from pipeline.ledger import container_ids
 from pipeline.sources import discover, read_unit
-from tests.jobutil import image_bytes, read_output, small_job_config, tar_bytes
+from tests.changeutil import SavedRun, replace
+from tests.jobutil import image_bytes, read_output, small_job_argv, small_job_config, tar_bytes
 
 PURIFIED = "s.tar/caf\\xe9"  # the id both members give
 LOOKALIKE = "s.tar#lookalike/caf\\xe9"
@@ -33,7 +37,7 @@ def _shard(root, *extra: str, literal: str | None = "caf\\xe9.png") -> None:
         members[literal] = LITERAL
     members.update({name: image_bytes(8, 8, 10 + i) for i, name in enumerate(extra)})
     root.mkdir(exist_ok=True)
-    (root / "s.tar").write_bytes(tar_bytes(members, encoding="latin-1"))  # GNU format: the name stays latin-1 bytes
+    replace(root / "s.tar", tar_bytes(members, encoding="latin-1"))  # GNU format: the name stays latin-1 bytes
 
 
 def _output(out) -> tuple[dict, dict]:
@@ -46,25 +50,33 @@ def _output(out) -> tuple[dict, dict]:
 def _cli(tmp_path, model, *flags: str) -> int:
     from pipeline.cli import main
 
-    return main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model, "--steps",
-                 "1", "--canvas-size", "32", "--no-progress", *flags])
+    return main(small_job_argv(tmp_path, model, *flags))
 
 
 def _summary(tmp_path) -> dict:
     return json.loads((tmp_path / "out" / "_summary.json").read_text())
 
 
-def _two_runs(tmp_path, model, cli: bool = False) -> dict:
-    """Run 1 purifies the shard without the literal member; it is appended; run 2 (--incremental) over it."""
-    root = tmp_path / "in"
+@dataclass
+class _TwoRuns:
+    saved: SavedRun
+    printed: str  # what the CLI printed of run 2
+    second: dict  # run 2's summary
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, model, ray_local) -> _TwoRuns:
+    """Run 1 purifies the shard without the literal member; it is appended; run 2 (the CLI, --incremental) over it. Made
+    once for the module: each test restores the folder as run 2 left it (`saved.restore()`) and goes on from there."""
+    folder = tmp_path_factory.mktemp("lookalike")
+    root = folder / "in"
     _shard(root, literal=None)
-    first = run_job(small_job_config(tmp_path, model))
+    first = run_job(small_job_config(folder, model))
     assert first["status"] == "complete" and first["output_totals"]["purified"] == 2
     _shard(root)
-    if cli:
-        assert _cli(tmp_path, model, "--incremental") == 0
-        return _summary(tmp_path)
-    return run_job(small_job_config(tmp_path, model, incremental=True))
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert _cli(folder, model, "--incremental") == 0
+    return _TwoRuns(SavedRun(folder), printed.getvalue(), _summary(folder))
 
 
 # --- the read task ---
@@ -95,10 +107,9 @@ def test_a_loose_file_under_a_shards_lookalike_id_is_refused(tmp_path) -> None:
 
 # --- whole runs ---
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_member_added_beside_one_purified_earlier_is_a_reject_naming_both(tmp_path, model, capsys) -> None:
-    second = _two_runs(tmp_path, model, cli=True)
-    printed = capsys.readouterr().out  # the CLI's end lines count it
+def test_a_member_added_beside_one_purified_earlier_is_a_reject_naming_both(two_runs) -> None:
+    tmp_path, second = two_runs.saved.restore(), two_runs.second
+    printed = two_runs.printed  # the CLI's end lines count it
     assert "read 1, purified 0, rejected 1" in printed and "holds 2 purified and 1 rejected" in printed
     assert second["status"] == "complete"
     run = second["this_run"]
@@ -112,9 +123,8 @@ def test_a_member_added_beside_one_purified_earlier_is_a_reject_naming_both(tmp_
     assert "purified one of them" in error and "did not read the other" in error and "--retry-rejects" in error
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_the_lookalike_reject_is_given_once_and_the_unchanged_shard_is_not_read_again(tmp_path, model) -> None:
-    _two_runs(tmp_path, model)
+def test_the_lookalike_reject_is_given_once_and_the_unchanged_shard_is_not_read_again(two_runs, model) -> None:
+    tmp_path = two_runs.saved.restore()
     root, out = tmp_path / "in", tmp_path / "out"
     # unchanged: skipped unread (the ledger's ids match the output's, the look-alike reject's included)
     third = run_job(small_job_config(tmp_path, model, incremental=True))
@@ -128,10 +138,9 @@ def test_the_lookalike_reject_is_given_once_and_the_unchanged_shard_is_not_read_
     assert set(data) == {PURIFIED, "s.tar/ok", "s.tar/new"} and set(rejects) == {LOOKALIKE}
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_retry_rejects_gives_the_reject_again_in_place_and_purifies_the_member_once_renamed(tmp_path, model,
+def test_retry_rejects_gives_the_reject_again_in_place_and_purifies_the_member_once_renamed(two_runs, model,
                                                                                              capsys) -> None:
-    _two_runs(tmp_path, model)
+    tmp_path = two_runs.saved.restore()
     root, out = tmp_path / "in", tmp_path / "out"
     _, rejects = _output(out)
     before = rejects[LOOKALIKE]["rejected_at"]
@@ -156,9 +165,8 @@ def test_retry_rejects_gives_the_reject_again_in_place_and_purifies_the_member_o
     assert data[PURIFIED]["source_sha256"] == hashlib.sha256(LATIN1).hexdigest()
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_renamed_without_retry_rejects_the_member_is_purified_and_the_reject_goes(tmp_path, model) -> None:
-    _two_runs(tmp_path, model)
+def test_renamed_without_retry_rejects_the_member_is_purified_and_the_reject_goes(two_runs, model) -> None:
+    tmp_path = two_runs.saved.restore()
     _shard(tmp_path / "in", literal="cafe2.png")
     summary = run_job(small_job_config(tmp_path, model, incremental=True))
     assert summary["status"] == "complete" and summary["this_run"]["stale_rejects_removed"] == 1

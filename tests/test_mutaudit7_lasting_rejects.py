@@ -11,24 +11,33 @@ import pytest
 from pipeline.job import run_job
 from pipeline.plan import plan_job
 from pipeline.sources import discover, read_unit
+from tests.changeutil import SavedRun, rewritten
 from tests.jobutil import image_bytes, rewritten_in_place, run_stopped_at, small_job_config, tar_bytes
 from tests.test_refresh_changed import _each_id_once
 
 
-@pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("step", ["deduplicate_output", "_record_inputs_read_again"])
-def test_a_stopped_refresh_of_a_shard_that_cannot_be_read_now_keeps_its_rows_once_resumed(tmp_path, model, monkeypatch,
-                                                                                         step: str) -> None:
-    # the run that applies a stopped refresh's journal: a shard rewritten as no tar gave only its lasting reject, no
-    # new row, so its earlier rows stay and it stays said changed (the journal naming it read with its new stamp, its
-    # rows passed for that content's; as refreshed, its old rows went with no new ones)
-    root = tmp_path / "in"
+@pytest.fixture(scope="module")
+def shard_and_image_done(tmp_path_factory, model, ray_local) -> SavedRun:
+    """in/: s.tar of two members and a.png, purified by a first run (tests.changeutil: each test restores it)."""
+    folder = tmp_path_factory.mktemp("shard_and_image")
+    root = folder / "in"
     root.mkdir()
     (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
     (root / "a.png").write_bytes(image_bytes(16, 16, 1))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)
-    rewritten_in_place(root / "a.png", image_bytes(16, 16, 2))
+    assert run_job(small_job_config(folder, model))["status"] == "complete"
+    return SavedRun(folder)
+
+
+@pytest.mark.parametrize("step", ["deduplicate_output", "_record_inputs_read_again"])
+def test_a_stopped_refresh_of_a_shard_that_cannot_be_read_now_keeps_its_rows_once_resumed(shard_and_image_done, model,
+                                                                                         monkeypatch, step: str) -> None:
+    # the run that applies a stopped refresh's journal: a shard rewritten as no tar gave only its lasting reject, no
+    # new row, so its earlier rows stay and it stays said changed (the journal naming it read with its new stamp, its
+    # rows passed for that content's; as refreshed, its old rows went with no new ones)
+    tmp_path = shard_and_image_done.restore()
+    root = tmp_path / "in"
+    rewritten(root / "s.tar", b"not a tar any more" * 40)
+    rewritten(root / "a.png", image_bytes(16, 16, 2))
     run_stopped_at(step, tmp_path, model, monkeypatch, refresh_changed=True)
     resumed = run_job(small_job_config(tmp_path, model))
     assert resumed["status"] == "complete"
@@ -38,16 +47,12 @@ def test_a_stopped_refresh_of_a_shard_that_cannot_be_read_now_keeps_its_rows_onc
     assert (later["changed_inputs"]["containers"], later["changed_inputs"]["container_rows"]) == (1, 2)
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_refreshed_shard_that_cannot_be_read_now_is_not_said_to_hold_no_images_while_its_rows_stay(tmp_path,
-                                                                                                 model) -> None:
+def test_a_refreshed_shard_that_cannot_be_read_now_is_not_said_to_hold_no_images_while_its_rows_stay(
+        shard_and_image_done, model) -> None:
     # its earlier rows stay in data/: it is no file that holds only its one reject, and it is not recorded as read
-    # with its new stamp (its rows would pass for this content's); a later run reads it again
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)
+    # with its new stamp (its rows would pass for this content's); a later run reads it again (a.png, unchanged, not)
+    tmp_path = shard_and_image_done.restore()
+    rewritten(tmp_path / "in" / "s.tar", b"not a tar any more" * 40)
     assert run_job(small_job_config(tmp_path, model, refresh_changed=True))["status"] == "complete"
     report = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["input"]
     assert (report["containers_already_done"], report["containers_already_rejected"], report["read_tasks"]) == (0, 0, 1)

@@ -21,26 +21,33 @@ NFD = unicodedata.normalize("NFD", "café.png")
 
 
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize(("on_disk", "in_csv"), [(NFD, NFC), (NFC, NFD)])
-def test_a_metadata_row_names_its_image_whichever_normalization_either_is_written_in(tmp_path, model, on_disk: str,
-                                                                                    in_csv: str) -> None:
-    inp = tmp_path / "in"
-    (inp / "folder").mkdir(parents=True)
-    (inp / "folder" / on_disk).write_bytes(image_bytes(16, 16, 0))
-    (inp / "folder" / "metadata.csv").write_text(f"file_name,label\n{in_csv},3\n", encoding="utf-8")
-    # a zip made on macOS, and a tarred image folder, each with a metadata file written elsewhere
-    (inp / "d.zip").write_bytes(zip_bytes({f"train/{on_disk}": image_bytes(16, 16, 1),
-                                           "train/metadata.jsonl": f'{{"file_name": "{in_csv}", "label": 4}}\n'.encode()}))
-    (inp / "d.tar").write_bytes(tar_bytes({f"train/{on_disk}": image_bytes(16, 16, 2),
-                                           "train/metadata.csv": f"file_name,label\n{in_csv},5\n".encode()}))
+def test_a_metadata_row_names_its_image_whichever_normalization_either_is_written_in(tmp_path, model) -> None:
+    # both ways round in one run, each under a folder of its own: the image named in NFD and its row in NFC (nfd/),
+    # and the other way (nfc/)
+    spellings = {"nfd": (NFD, NFC), "nfc": (NFC, NFD)}
+    for n, (top, (on_disk, in_csv)) in enumerate(spellings.items()):
+        inp = tmp_path / "in" / top
+        (inp / "folder").mkdir(parents=True)
+        (inp / "folder" / on_disk).write_bytes(image_bytes(16, 16, 3 * n))
+        (inp / "folder" / "metadata.csv").write_text(f"file_name,label\n{in_csv},3\n", encoding="utf-8")
+        # a zip made on macOS, and a tarred image folder, each with a metadata file written elsewhere
+        (inp / "d.zip").write_bytes(zip_bytes({f"train/{on_disk}": image_bytes(16, 16, 3 * n + 1), "train/metadata.jsonl":
+                                               f'{{"file_name": "{in_csv}", "label": 4}}\n'.encode()}))
+        (inp / "d.tar").write_bytes(tar_bytes({f"train/{on_disk}": image_bytes(16, 16, 3 * n + 2),
+                                               "train/metadata.csv": f"file_name,label\n{in_csv},5\n".encode()}))
     run = run_job(small_job_config(tmp_path, model))["this_run"]
-    assert (run["purified"], run["rejected"]) == (3, 0)
+    assert (run["purified"], run["rejected"]) == (6, 0)
     assert run["folder_metadata"]["rows_without_image_file"] == 0
     data, _ = read_output(str(tmp_path / "out"))
-    # the ids keep the names as stored, file_name as the metadata file wrote it: only the matching looks past the bytes
-    key = on_disk.removesuffix(".png")
-    assert sorted(zip(data["id"], data["label"], data["file_name"], strict=True)) == [
-        (f"d.tar/train/{key}", 5, in_csv), (f"d.zip/train/{on_disk}", 4, in_csv), (f"folder/{on_disk}", 3, in_csv)]
+    rows = sorted(zip(data["id"], data["label"], data["file_name"], strict=True))
+    for top, (on_disk, in_csv) in spellings.items():
+        # the ids keep the names as stored, file_name as the metadata file wrote it: only the matching looks past the
+        # bytes
+        key = on_disk.removesuffix(".png")
+        assert [row for row in rows if row[0].startswith(f"{top}/")] == [
+            (f"{top}/d.tar/train/{key}", 5, in_csv), (f"{top}/d.zip/train/{on_disk}", 4, in_csv),
+            (f"{top}/folder/{on_disk}", 3, in_csv)]
+    assert len(rows) == 6
 
 
 @pytest.mark.usefixtures("ray_local")

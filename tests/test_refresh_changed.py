@@ -21,6 +21,7 @@ from pipeline.ledger import ContainerRead, read_ledger
 from pipeline.output import deduplicate_output, drop_superseded_rows, part_files_holding
 from pipeline.refresh import Journal, journal_path, read_journal, write_journal
 from pipeline.sources import ReadUnit
+from tests.changeutil import SavedRun, rewritten
 from tests.jobutil import (
     image_bytes,
     image_folder,
@@ -57,6 +58,43 @@ def _each_id_once(tmp_path) -> tuple[dict[str, str | None], dict[str, str | None
     counts = Counter([*(i for i, shas in data.items() for _ in shas), *(i for i, shas in rejects.items() for _ in shas)])
     assert [i for i, n in counts.items() if n > 1] == []
     return {i: s[0] for i, s in data.items()}, {i: s[0] for i, s in rejects.items()}
+
+
+# First runs (and runs stopped after them) that several tests go on from, made once for the module (tests.changeutil):
+# a test restores the folder (`restore()`, its `tmp_path` from there on) and changes an input by replacing it.
+
+@pytest.fixture(scope="module")
+def two_images_done(tmp_path_factory, model, ray_local) -> SavedRun:
+    """in/: 0.png and 1.png (tests.jobutil.image_folder), purified by a first run."""
+    folder = tmp_path_factory.mktemp("two_images")
+    image_folder(folder / "in", 2)
+    assert run_job(small_job_config(folder, model))["status"] == "complete"
+    return SavedRun(folder)
+
+
+SHARD_OF_THREE = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
+
+
+@pytest.fixture(scope="module")
+def shard_of_three_done(tmp_path_factory, model, ray_local) -> SavedRun:
+    """in/s.tar of `SHARD_OF_THREE`, purified by a first run."""
+    folder = tmp_path_factory.mktemp("shard_of_three")
+    (folder / "in").mkdir()
+    (folder / "in" / "s.tar").write_bytes(tar_bytes(SHARD_OF_THREE))
+    assert run_job(small_job_config(folder, model))["status"] == "complete"
+    return SavedRun(folder)
+
+
+@pytest.fixture(scope="module")
+def unreadable_shard_done(tmp_path_factory, model, ray_local) -> SavedRun:
+    """in/s.tar of two members purified by a first run, then rewritten as no tar (its members may well be there: it
+    cannot be read now)."""
+    folder = tmp_path_factory.mktemp("unreadable_shard")
+    (folder / "in").mkdir()
+    (folder / "in" / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
+    assert run_job(small_job_config(folder, model))["status"] == "complete"
+    rewritten_in_place(folder / "in" / "s.tar", b"not a tar any more" * 40)
+    return SavedRun(folder)
 
 
 def test_find_changes_with_refresh_reads_changed_inputs_again_and_keeps_their_earlier_stamps_until_the_end() -> None:
@@ -155,23 +193,27 @@ def test_a_changed_tar_shard_or_parquet_file_is_read_whole_again_and_a_member_it
     assert later["this_run"]["containers_skipped_unread"] == 2  # the member it no longer holds is left over, recorded
 
 
-def _refresh_stopped_before_old_rows_go(tmp_path, model, monkeypatch, seed: int) -> bytes:
-    """Three images purified; then 0.png rewritten (its new bytes returned) and 1.png broken, and a --refresh-changed
-    run stopped after writing their new rows, before it removed the old ones."""
-    root = image_folder(tmp_path / "in", 3)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    new0 = image_bytes(20, 20, seed)
-    rewritten_in_place(root / "0.png", new0)
+NEW0 = image_bytes(20, 20, 70)
+
+
+@pytest.fixture(scope="module")
+def refresh_stopped_before_old_rows_go(tmp_path_factory, model, ray_local) -> SavedRun:
+    """Three images purified; then 0.png rewritten (as `NEW0`) and 1.png broken, and a --refresh-changed run stopped
+    after writing their new rows, before it removed the old ones."""
+    folder = tmp_path_factory.mktemp("refresh_stopped_before_old_rows_go")
+    root = image_folder(folder / "in", 3)
+    assert run_job(small_job_config(folder, model))["status"] == "complete"
+    rewritten_in_place(root / "0.png", NEW0)
     rewritten_in_place(root / "1.png", b"broken now")
-    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
-    return new0
+    with pytest.MonkeyPatch.context() as patched:
+        run_stopped_at("deduplicate_output", folder, model, patched, refresh_changed=True)
+    return SavedRun(folder)
 
 
-@pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("then", ["plain", "refresh"])
 def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_finished_by_the_next_run(
-        tmp_path, model, monkeypatch, then: str) -> None:
-    new0 = _refresh_stopped_before_old_rows_go(tmp_path, model, monkeypatch, 70)
+        refresh_stopped_before_old_rows_go, model, then: str) -> None:
+    tmp_path, new0 = refresh_stopped_before_old_rows_go.restore(), NEW0
     stopped = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert (stopped["status"], stopped["output_totals"]["purified"], stopped["output_totals"]["rejected"]) == (
         "failed", 2, 1)  # the old rows its new ones replace are not counted as held
@@ -191,12 +233,10 @@ def test_a_refresh_stopped_between_its_new_rows_and_the_old_rows_removal_is_fini
     assert not os.path.exists(journal_path(str(tmp_path / "out")))
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_changed(tmp_path, model,
+def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_changed(two_images_done, model,
                                                                                      monkeypatch) -> None:
-    root = image_folder(tmp_path / "in", 2)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    rewritten_in_place(root / "0.png", image_bytes(16, 16, 80))
+    tmp_path = two_images_done.restore()
+    rewritten(tmp_path / "in" / "0.png", image_bytes(16, 16, 80))
     run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, refresh_changed=True)
     assert os.path.exists(journal_path(str(tmp_path / "out")))  # written before any row
     resumed = run_job(small_job_config(tmp_path, model))
@@ -208,11 +248,10 @@ def test_a_refresh_stopped_before_its_first_row_keeps_the_old_row_and_says_it_ch
     assert _each_id_once(tmp_path)[0]["0.png"] == _sha(image_bytes(16, 16, 80))
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refreshed(tmp_path, model, capsys) -> None:
-    root = image_folder(tmp_path / "in", 2)
-    assert cli.main(small_job_argv(tmp_path, model)) == 0
-    rewritten_in_place(root / "1.png", image_bytes(16, 16, 90))
+def test_the_warning_names_the_flag_and_a_dry_run_says_how_many_would_be_refreshed(two_images_done, model,
+                                                                                 capsys) -> None:
+    tmp_path = two_images_done.restore()
+    rewritten(tmp_path / "in" / "1.png", image_bytes(16, 16, 90))
     capsys.readouterr()
     assert cli.main(small_job_argv(tmp_path, model, "--incremental", "--dry-run")) == 0
     assert "--refresh-changed purifies these inputs again" in capsys.readouterr().err
@@ -256,13 +295,9 @@ def test_a_new_row_never_lands_in_the_old_rows_file_so_a_stopped_refresh_of_a_lo
     assert _each_id_once(tmp_path)[0] == {"0.png": _sha(image_bytes(16, 16, 40))}
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_changed_shard_that_cannot_be_read_now_keeps_its_rows_and_stays_said_changed(tmp_path, model) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)
+def test_a_changed_shard_that_cannot_be_read_now_keeps_its_rows_and_stays_said_changed(unreadable_shard_done,
+                                                                                      model) -> None:
+    tmp_path = unreadable_shard_done.restore()
     summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert summary["status"] == "complete"
     assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 0, "rows_kept": 2}
@@ -272,16 +307,14 @@ def test_a_changed_shard_that_cannot_be_read_now_keeps_its_rows_and_stays_said_c
     assert (later["changed_inputs"]["containers"], later["changed_inputs"]["container_rows"]) == (1, 2)
 
 
-@pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("step", ["unify_output_types", "_record_inputs_read_again"])
 def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_the_new_stamps_is_told_done(
-        tmp_path, model, monkeypatch, step: str) -> None:
+        two_images_done, model, monkeypatch, step: str) -> None:
     """The journal is what tells a later run the new stamps of the inputs whose rows a stopped refresh replaced: gone
     before the record holds them, the next run said those inputs changed and a refresh purified them a third time."""
-    root = image_folder(tmp_path / "in", 2)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    tmp_path = two_images_done.restore()
     new0 = image_bytes(16, 16, 50)
-    rewritten_in_place(root / "0.png", new0)
+    rewritten(tmp_path / "in" / "0.png", new0)
     run_stopped_at(step, tmp_path, model, monkeypatch, refresh_changed=True)
     assert _each_id_once(tmp_path)[0]["0.png"] == _sha(new0)  # the old row is gone already
     resumed = run_job(small_job_config(tmp_path, model))
@@ -292,21 +325,16 @@ def test_a_refresh_stopped_after_its_old_rows_went_but_before_its_record_took_th
     assert (later["this_run"]["read"], later["this_run"]["refreshed"]["inputs"]) == (0, 0)
 
 
-@pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("step", ["deduplicate_output", "_record_inputs_read_again"])
 def test_a_refresh_stopped_after_its_pipeline_leaves_a_shard_that_lost_a_member_done_as_a_complete_one_does(
-        tmp_path, model, monkeypatch, step: str) -> None:
+        shard_of_three_done, model, monkeypatch, step: str) -> None:
     """A refreshed shard that no longer holds a member of its rows gives that id no new row (its old row stays). Stopped
     after its pipeline, the journal said the shard was not done (an id without its new row): every later run said it
     changed, for good, and the next --refresh-changed purified all its members again. The journal now notes the
     containers the run read to their end."""
-    root = tmp_path / "in"
-    root.mkdir()
-    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
-    (root / "s.tar").write_bytes(tar_bytes(members))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    tmp_path, members = shard_of_three_done.restore(), SHARD_OF_THREE
     changed = {"0.png": image_bytes(16, 16, 60), "1.png": members["1.png"]}
-    rewritten_in_place(root / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone
+    rewritten(tmp_path / "in" / "s.tar", tar_bytes(changed))  # 0 changed, 1 the same, 2 gone
     run_stopped_at(step, tmp_path, model, monkeypatch, refresh_changed=True)
     assert read_journal(str(tmp_path / "out"), {}).whole == {"s.tar"}
     resumed = run_job(small_job_config(tmp_path, model))
@@ -319,18 +347,18 @@ def test_a_refresh_stopped_after_its_pipeline_leaves_a_shard_that_lost_a_member_
     assert (later["this_run"]["read"], later["this_run"]["containers_skipped_unread"]) == (0, 1)
 
 
-def _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch) -> dict[str, bytes]:
-    """A shard of three members purified; then rewritten (0 changed, 1 the same, 2 gone, 3 added: its members
-    returned) and a --refresh-changed run stopped after its pipeline, in its end-of-run check."""
-    root = tmp_path / "in"
-    root.mkdir()
-    members = {f"{k}.png": image_bytes(16, 16, 10 + k) for k in range(3)}
-    (root / "s.tar").write_bytes(tar_bytes(members))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    changed = {"0.png": image_bytes(16, 16, 64), "1.png": members["1.png"], "3.png": image_bytes(16, 16, 65)}
-    rewritten_in_place(root / "s.tar", tar_bytes(changed))
-    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch, refresh_changed=True)
-    return changed
+SHARD_CHANGED = {"0.png": image_bytes(16, 16, 64), "1.png": SHARD_OF_THREE["1.png"], "3.png": image_bytes(16, 16, 65)}
+
+
+@pytest.fixture(scope="module")
+def shard_refresh_stopped_after_its_pipeline(shard_of_three_done, model) -> SavedRun:
+    """`shard_of_three_done`'s shard rewritten as `SHARD_CHANGED` (0 changed, 1 the same, 2 gone, 3 added) and a
+    --refresh-changed run stopped after its pipeline, in its end-of-run check."""
+    folder = shard_of_three_done.restore()
+    rewritten(folder / "in" / "s.tar", tar_bytes(SHARD_CHANGED))
+    with pytest.MonkeyPatch.context() as patched:
+        run_stopped_at("deduplicate_output", folder, model, patched, refresh_changed=True)
+    return SavedRun(folder, "saved_stopped_after_its_pipeline")
 
 
 def _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch) -> tuple[dict, dict]:
@@ -344,13 +372,12 @@ def _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch)
     return _each_id_once(tmp_path)
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_a_shard_a_stopped_refresh_read_to_its_end_is_recorded_by_the_next_run_without_reading_it(
-        tmp_path, model, monkeypatch) -> None:
+        shard_refresh_stopped_after_its_pipeline, model, monkeypatch) -> None:
     """The run after a refresh stopped in its end-of-run check took the shard's new stamp from the journal, but the
     `_containers/` ledger still held the shard's earlier version: that run started Ray and read the shard whole, every
     id of it skipped, only to record it. The journal now notes what the stopped run's read gave."""
-    changed = _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch)
+    tmp_path, changed = shard_refresh_stopped_after_its_pipeline.restore(), SHARD_CHANGED
     data, rejects = _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch)
     assert rejects == {} and set(data) == {"s.tar/0", "s.tar/1", "s.tar/2", "s.tar/3"}
     assert (data["s.tar/0"], data["s.tar/3"]) == (_sha(changed["0.png"]), _sha(changed["3.png"]))
@@ -360,12 +387,11 @@ def test_a_shard_a_stopped_refresh_read_to_its_end_is_recorded_by_the_next_run_w
     assert (later["read"], later["containers_skipped_unread"], later["refreshed"]["inputs"]) == (0, 1, 0)
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_a_shard_a_stopped_refresh_read_to_its_end_is_read_again_when_the_output_lacks_a_row_of_it(
-        tmp_path, model, monkeypatch) -> None:
+        shard_refresh_stopped_after_its_pipeline, model) -> None:
     """The journal's note of the read is taken only where the output holds exactly the ids it gave: a member
     without a row (here its row taken out after the stop) is read and purified, never skipped."""
-    changed = _shard_refresh_stopped_after_its_pipeline(tmp_path, model, monkeypatch)
+    tmp_path, changed = shard_refresh_stopped_after_its_pipeline.restore(), SHARD_CHANGED
     (part,) = [p for p in (tmp_path / "out" / "data").glob("part-*.parquet")
                if "s.tar/3" in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
     table = pq.read_table(part)
@@ -378,31 +404,34 @@ def test_a_shard_a_stopped_refresh_read_to_its_end_is_read_again_when_the_output
     assert data["s.tar/3"] == _sha(changed["3.png"])
 
 
-def _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch) -> dict[str, bytes]:
+@pytest.fixture(scope="module")
+def shard_refresh_stopped_in_its_pipeline(tmp_path_factory, model, ray_local) -> tuple[SavedRun, dict[str, bytes]]:
     """A shard of three members purified; then rewritten (0 changed, 1 and 2 the same, 3 added: its members returned)
     and a --refresh-changed run stopped in its pipeline after its last batch (a failure recorded there, as a Ctrl-C's
     is), before it noted the shard read whole."""
-    changed = shard_refresh_stopped_after_its_last_batch(tmp_path, model, monkeypatch)
-    journal = read_journal(str(tmp_path / "out"), {})
+    folder = tmp_path_factory.mktemp("shard_refresh_stopped_in_its_pipeline")
+    with pytest.MonkeyPatch.context() as patched:
+        changed = shard_refresh_stopped_after_its_last_batch(folder, model, patched)
+    journal = read_journal(str(folder / "out"), {})
     assert journal.whole == frozenset() and set(journal.read) == {"s.tar"}
-    return changed
+    return SavedRun(folder), changed
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_a_shard_a_refresh_stopped_in_its_pipeline_read_to_its_end_is_recorded_without_reading_it_when_all_its_rows_are(
-        tmp_path, model, monkeypatch) -> None:
-    changed = _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch)
+        shard_refresh_stopped_in_its_pipeline, model, monkeypatch) -> None:
+    saved, changed = shard_refresh_stopped_in_its_pipeline
+    tmp_path = saved.restore()
     data, _ = _next_incremental_run_records_the_shard_unread(tmp_path, model, monkeypatch)
     assert data == {f"s.tar/{k}": _sha(changed[f"{k}.png"]) for k in range(4)}
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_a_shard_a_refresh_stopped_in_its_pipeline_left_with_an_old_row_stays_said_changed_until_refreshed(
-        tmp_path, model, monkeypatch) -> None:
+        shard_refresh_stopped_in_its_pipeline, model) -> None:
     """A member whose new row was not written (its row taken out here after the stop) keeps its old row: the shard
     keeps its earlier stamp, said changed, as when the next run read it whole only to skip each of its done ids, and
     the next --refresh-changed reads it and replaces that row."""
-    changed = _shard_refresh_stopped_in_its_pipeline(tmp_path, model, monkeypatch)
+    saved, changed = shard_refresh_stopped_in_its_pipeline
+    tmp_path = saved.restore()
     old_files = read_journal(str(tmp_path / "out"), {}).rows["s.tar/0"]
     (part,) = [p for p in (tmp_path / "out" / "data").glob("part-*.parquet") if f"data/{p.name}" not in old_files
                and "s.tar/0" in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
@@ -464,31 +493,23 @@ def test_the_journal_says_which_containers_its_run_read_to_their_end(tmp_path) -
     assert Journal(rows, inputs, "salt").new_stamps({"s.tar/0"}) == {}
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_the_command_line_does_not_say_rows_kept_of_a_shard_that_cannot_be_read_are_gone_from_it(
-        tmp_path, model, capsys) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "s.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(16, 16, 30 + k) for k in range(2)}))
-    assert cli.main(small_job_argv(tmp_path, model)) == 0
-    rewritten_in_place(root / "s.tar", b"not a tar any more" * 40)  # its members may well be there: it cannot be read now
-    capsys.readouterr()
+        unreadable_shard_done, model, capsys) -> None:
+    tmp_path = unreadable_shard_done.restore()
     assert cli.main(small_job_argv(tmp_path, model, "--refresh-changed")) == 0
     out = capsys.readouterr().out
     assert "0 old row(s) replaced by new ones, 2 kept (their tar/Parquet/zip file, read again, gave no new row" in out
     assert "no longer in their" not in out
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_stopped_refresh_whose_count_is_cut_short_says_no_more_than_the_output_can_hold(tmp_path, model,
+def test_a_stopped_refresh_whose_count_is_cut_short_says_no_more_than_the_output_can_hold(two_images_done, model,
                                                                                          monkeypatch) -> None:
     """A count cut short gives the least the output holds ("at least"): the old rows the new ones may replace are
     taken out too, as for the rejects --retry-rejects reads again, not left in."""
     import pipeline.stopped_run as stopped_run_module
 
-    root = image_folder(tmp_path / "in", 2)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-    rewritten_in_place(root / "0.png", image_bytes(16, 16, 55))
+    tmp_path = two_images_done.restore()
+    rewritten(tmp_path / "in" / "0.png", image_bytes(16, 16, 55))
 
     def unlisted(*args, **kwargs):
         raise OSError("listing refused")
@@ -579,9 +600,9 @@ def _as_format_1(journal: Journal) -> str:
                        "salt": journal.salt}, indent=1)
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_an_output_left_mid_refresh_by_the_previous_version_is_completed(tmp_path, model, monkeypatch) -> None:
-    new0 = _refresh_stopped_before_old_rows_go(tmp_path, model, monkeypatch, 71)
+def test_an_output_left_mid_refresh_by_the_previous_version_is_completed(refresh_stopped_before_old_rows_go,
+                                                                         model) -> None:
+    tmp_path, new0 = refresh_stopped_before_old_rows_go.restore(), NEW0
     path = tmp_path / "out" / "_refresh" / "journal.json"
     path.write_text(_as_format_1(read_journal(str(tmp_path / "out"), {})))
     assert json.loads(path.read_text())["format"] == 1
