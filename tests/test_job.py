@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import platform
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +70,13 @@ def test_folder_mixed_sizes_labels_and_rejects(tmp_path, model) -> None:
     # what the output was made with, for a bug report: the code's version and the libraries that can move its pixels
     assert out["versions"] == {"zip_purify": pipeline.__version__, "torch": torch.__version__, "ray": ray.__version__,
                                "python": platform.python_version()}
+    # the output is a data set that pandas and pyarrow.dataset read as it is (the image a struct of bytes and path)
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    assert len(pd.read_parquet(tmp_path / "out" / "data")) == len(sizes)
+    table = pads.dataset(str(tmp_path / "out" / "data"), format="parquet").to_table()
+    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def test_cell_psnr_measures_only_that_images_cell() -> None:
@@ -231,7 +236,7 @@ def _pngs_and_one_broken(root, count: int):
     return root
 
 
-def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
+def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model, capsys) -> None:
     root = _pngs_and_one_broken(tmp_path / "in", 6)
     out = tmp_path / "out"
     cfg = _config(tmp_path, model, input=str(root), files_per_unit=4)
@@ -263,14 +268,14 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, model) -> None:
     with pytest.raises(JobError, match="is a file"):
         plan_job(JobConfig(**{**cfg.__dict__, "output": str(tmp_path / "a-file")}), dry_run=True)
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
-    proc = subprocess.run([sys.executable, "jobs/purify.py", "--dry-run", "--incremental", "--input", str(root),
-                           "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "4"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "1 image file to read (7 already done" in proc.stdout and "nothing was read" in proc.stdout
-    from pipeline.cli import _human_bytes
+    from pipeline.cli import _human_bytes, main
 
-    assert f"{_human_bytes((root / '6.png').stat().st_size)} to read" in proc.stdout
+    status = main(["--dry-run", "--incremental", "--input", str(root), "--output", str(out), "--checkpoint", model,
+                   "--steps", "2", "--files-per-unit", "4"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "1 image file to read (7 already done" in printed.out and "nothing was read" in printed.out
+    assert f"{_human_bytes((root / '6.png').stat().st_size)} to read" in printed.out
     assert [_human_bytes(n) for n in (1023, 1536, 5 * 2**20, 3 * 2**30)] == ["1023 bytes", "1.5 KiB", "5.0 MiB", "3.0 GiB"]
 
     # Tar shards and Parquet files over --in-memory-mb are counted as streamed; image files never are.
@@ -299,44 +304,23 @@ def test_empty_input_completes_with_a_warning(tmp_path, model, capsys) -> None:
     assert json.loads((tmp_path / "out" / "_summary.json").read_text())["status"] == "complete"
 
 
-def test_cli_warns_when_images_were_shrunk_to_the_canvas(tmp_path, model, capsys) -> None:
+def test_cli_help_and_bad_checkpoint(tmp_path, capsys) -> None:
+    # in this process: that jobs/purify.py runs as a script and hands its arguments to this parser is
+    # test_cli_options' to show (a process of its own, ~10 CPU s, which what the help and the run say do not need)
     from pipeline.cli import main
 
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "small.png").write_bytes(image_bytes(32, 32, 0))
-    (tmp_path / "in" / "large.png").write_bytes(image_bytes(96, 128, 1))
-    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--checkpoint", model,
-                 "--steps", "2", "--no-progress"])
-    captured = capsys.readouterr()
-    assert code == 0 and "read 2, purified 2" in captured.out
-    # the model is 32 px: the 96x128 image was purified at 24x32, a quarter of its size
-    assert "1 image(s) were larger than the model's 32 px canvas" in captured.err and "up to 4.0x" in captured.err
-
-
-def test_output_readable_by_pandas_and_pyarrow_dataset(tmp_path, model) -> None:
-    root, sizes = _folder(tmp_path)
-    run_job(_config(tmp_path, model, input=str(root)))
-    import pandas as pd
-    import pyarrow.dataset as pads
-
-    df = pd.read_parquet(tmp_path / "out" / "data")
-    assert len(df) == len(sizes)
-    table = pads.dataset(str(tmp_path / "out" / "data"), format="parquet").to_table()
-    assert table.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-def test_cli_help_and_bad_checkpoint(tmp_path) -> None:
-    help_text = subprocess.run([sys.executable, "jobs/purify.py", "--help"], capture_output=True, text=True,
-                               check=True).stdout
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    help_text = capsys.readouterr().out
     for option in ["--input", "--output", "--checkpoint", "--preset", "--steps", "--pool", "--lam", "--eta",
                    "--seed", "--resample", "--batch-size", "--actors", "--gpus-per-actor", "--s3-endpoint", "--incremental",
                    "--config"]:
         assert option in help_text
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"truncated")
-    proc = subprocess.run([sys.executable, "jobs/purify.py", "--checkpoint", str(bad), "--output",
-                           str(tmp_path / "o")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "is not a torch file" in proc.stderr
+    assert main(["--checkpoint", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert "is not a torch file" in capsys.readouterr().err
     assert not (tmp_path / "o" / "data").exists()  # stopped before reading any data
 
 
@@ -639,16 +623,23 @@ def test_a_purifier_actor_given_gpus_torch_cannot_see_stops_instead_of_running_o
     assert stages.PurifyStage(device="cpu", **args).purifier.device.type == "cpu"  # asked for the CPU: runs there
 
 
-def test_an_output_name_with_double_colons_is_written_there_and_url_chains_are_refused(tmp_path) -> None:
-    """fsspec's url_to_fs read 'out::x' as the chain 'out' :: 'x', so the job wrote its output to ./out instead."""
+def test_an_output_name_with_double_colons_is_written_there_and_url_chains_are_refused(tmp_path, model, capsys) -> None:
+    """fsspec's url_to_fs read 'out::x' as the chain 'out' :: 'x', so the job wrote its output to ./out instead.
+    The same run shows the CLI's warning of images shrunk to the model's canvas (one job run instead of two)."""
+    from pipeline.cli import main
+
     root = tmp_path / "in"
     root.mkdir()
     (root / "a.png").write_bytes(image_bytes(32, 32, 0))
+    (root / "large.png").write_bytes(image_bytes(96, 128, 1))
     out = tmp_path / "night::1"
-    summary = run_job(JobConfig(input=str(root), output=str(out), checkpoint=tiny_model_file(tmp_path), steps=2,
-                                progress=False))
-    assert summary["this_run"]["purified"] == 1
-    assert list(read_output(str(out))[0]["id"]) == ["a.png"] and not (tmp_path / "night").exists()
+    code = main(["--input", str(root), "--output", str(out), "--checkpoint", model, "--steps", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and "read 2, purified 2" in captured.out
+    # the model is 32 px: the 96x128 image was purified at 24x32, a quarter of its size
+    assert "1 image(s) were larger than the model's 32 px canvas" in captured.err and "up to 4.0x" in captured.err
+    assert json.loads((out / "_summary.json").read_text())["this_run"]["purified"] == 2
+    assert sorted(read_output(str(out))[0]["id"]) == ["a.png", "large.png"] and not (tmp_path / "night").exists()
     for name in ("input", "output"):
         config = JobConfig(input=str(root), output=str(tmp_path / "o"), checkpoint="unused.pt")
         setattr(config, name, "simplecache::file://" + str(tmp_path / "x"))

@@ -237,27 +237,18 @@ def test_only_a_complete_run_records_and_the_summary_counts_containers_skipped(t
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_an_incremental_run_over_a_shard_that_breaks_off_is_complete(tmp_path, model) -> None:
+def test_an_incremental_run_over_a_shard_that_breaks_off_or_an_unreadable_parquet_file_is_complete(tmp_path, model) -> None:
+    # a shard cut short inside its second member's bytes (s.tar/1 and s.tar#unreadable), and a Parquet file that cannot
+    # be opened at all, whose only record is its '#unreadable' reject: one run over both (two runs fewer than apart)
     root = tmp_path / "in"
     root.mkdir()
-    (root / "s.tar").write_bytes(_shard(3)[:1700])  # inside the second member's bytes: s.tar/1 and s.tar#unreadable
+    (root / "s.tar").write_bytes(_shard(3)[:1700])
+    (root / "t.parquet").write_bytes(b"not parquet")
     first = run_job(small_job_config(tmp_path, model))
-    assert first["status"] == "complete" and first["this_run"]["rejected"] == 2
+    assert first["status"] == "complete" and first["this_run"]["rejected"] == 3, first["this_run"]
     second = run_job(small_job_config(tmp_path, model, incremental=True))
     assert second["status"] == "complete" and second["this_run"]["rejected"] == 0
+    # neither read again: the shard's 3 records and the Parquet file's one are already done
+    assert (second["this_run"]["read"], second["this_run"]["skipped_already_done"]) == (0, 4)
     _, rejects = read_output(str(tmp_path / "out"))
-    assert sorted(rejects["id"]) == ["s.tar#unreadable", "s.tar/1"]
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_an_incremental_run_over_an_unreadable_parquet_file_is_complete(tmp_path, model) -> None:
-    # the same for a Parquet file that cannot be opened at all: its only record is its '#unreadable' reject
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "t.parquet").write_bytes(b"not parquet")
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
-    second = run_job(small_job_config(tmp_path, model, incremental=True))
-    assert second["status"] == "complete" and (second["this_run"]["read"], second["this_run"]["skipped_already_done"]) == (
-        0, 1)
-    _, rejects = read_output(str(tmp_path / "out"))
-    assert list(rejects["id"]) == ["t.parquet#unreadable"]
+    assert sorted(rejects["id"]) == ["s.tar#unreadable", "s.tar/1", "t.parquet#unreadable"]
