@@ -47,6 +47,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import errno
 import hashlib
 import io
 import json
@@ -763,10 +764,11 @@ class Manifest:
     DIR whose earlier manifest lists some: `earlier_sidecars`): that column lists, beside each image, those the
     earlier manifest lists beside it (this export writes and removes none), so that a later --sidecars export's
     cleanup knows them for an export's (replaced by a manifest without them, they read as a user's own files, kept
-    as stale for good)."""
+    as stale for good). `replaces` (DIR held files: --overwrite, --resume): the line the manifest this one replaces
+    has for the path of a row that failed is kept (`failed`), as that export's files are still there."""
 
     def __init__(self, fs: Any, root: str, kind: str, columns: list[tuple[str, str | None]],
-                 sidecars: bool = False, carried: np.ndarray | None = None) -> None:
+                 sidecars: bool = False, carried: np.ndarray | None = None, replaces: bool = False) -> None:
         self.fs, self.kind, self.columns, self.carried = fs, kind, columns, carried
         self.sidecars = sidecars or carried is not None
         self.path = posixpath.join(root, f"{MANIFEST_NAME}.{kind}")
@@ -776,6 +778,15 @@ class Manifest:
         self.text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")
         self.csv = csv.writer(self.text) if kind == "csv" else None
         self.error: Exception | None = None
+        # with `replaces`: the path of each row that failed -> (the names of the sidecar files it has beside it now,
+        # those of the stale ones it removed)
+        if replaces:
+            try:  # only a manifest there has lines to keep: the failed rows are not kept in mind for none
+                replaces = with_retries(lambda: fs.isfile(self.path), f"stat {self.path}")
+            except Exception:  # noqa: BLE001 - not known: looked for at the end
+                pass
+        self.failed_rows: dict[str, tuple[list[str], list[str]]] | None = {} if replaces else None
+        self.kept = 0  # lines of the manifest replaced kept for rows that failed (`finish`)
         if self.csv is not None:
             self.csv.writerow([name for name, _ in columns] + ([SIDECARS_COLUMN] if self.sidecars else []))
 
@@ -783,12 +794,15 @@ class Manifest:
         """The line of one exported image: `row` (a row of data/), exported to `path` (relative to DIR), with the
         names of its sidecar files beside it (`sidecars`). A write that fails (a full disk) is kept for `finish` to
         raise: the images go on being exported."""
-        if self.error is not None:
-            return
         values = [(name, path if column is None else row.get(column)) for name, column in self.columns]
         if self.carried is not None:
             sidecars = [posixpath.basename(stem + ext) for stem in dict.fromkeys((_stem_path(path), path))
                         for ext in SIDECAR_EXTENSIONS if _holds_exact(self.carried, stem + ext)]
+        self._write(values, sidecars)
+
+    def _write(self, values: list[tuple[str, Any]], sidecars: Iterable[str]) -> None:
+        if self.error is not None:
+            return
         if self.sidecars:
             values.append((SIDECARS_COLUMN, sorted(sidecars)))
         try:
@@ -799,9 +813,41 @@ class Manifest:
         except Exception as err:  # noqa: BLE001 - said once the export ends
             self.error = err
 
+    def failed(self, path: str, placed: Iterable[str] = (), gone: Iterable[str] = ()) -> None:
+        """The row exported to `path` failed: where the manifest this one replaces has a line for `path`, that line is
+        kept (`finish`), since the files that export wrote are still there (the row wrote none, or some of its
+        sidecar files: `placed`, the names of those now beside it; `gone`, those of the stale ones it removed).
+        Without it, the files would be no export's to the next: its cleanup would keep a stale sidecar for good."""
+        if self.failed_rows is not None:
+            self.failed_rows[path] = (list(placed), list(gone))
+
+    def _keep_earlier_lines(self) -> None:
+        """Add the lines of the manifest this one replaces (at `path`, still there) for the paths of the rows that
+        failed: in this manifest's columns (one it lacks is empty), its sidecar files those the line lists that the row
+        did not remove, and those the row has beside its path now. A manifest that is not there, or cannot be read,
+        has none (`earlier_sidecars` reads it so)."""
+        failed, as_text = self.failed_rows or {}, self.kind == "csv"
+        if not failed:
+            return
+        try:
+            with self.fs.open(self.path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                rows = csv.DictReader(text) if as_text else (json.loads(line) for line in text if line.strip())
+                for row in rows:
+                    path = row.get("path") if isinstance(row, dict) else None
+                    if not isinstance(path, str) or path not in failed:
+                        continue
+                    placed, gone = failed.pop(path)
+                    listed = [name for name in _listed_names(row.get(SIDECARS_COLUMN), as_text) if name not in gone]
+                    self._write([(name, row.get(name)) for name, _ in self.columns], {*listed, *placed})
+                    self.kept += 1
+        except (OSError, ValueError, csv.Error):  # none there, or not a manifest (`earlier_sidecars`): none kept
+            pass
+
     def finish(self) -> str | None:
-        """Put the manifest in place; the reason its temporary copy could not be removed after (an object store's
-        copy landed, its DELETE refused), or None. The manifest is in place either way."""
+        """Put the manifest in place, with the earlier lines of rows that failed (`failed`); the reason its temporary
+        copy could not be removed after (an object store's copy landed, its DELETE refused), or None. The manifest is
+        in place either way."""
+        self._keep_earlier_lines()
         if self.error is not None:
             raise self.error
         self.text.close()  # closes the file too: an object store's upload completes here
@@ -1387,6 +1433,8 @@ class ExportReport:
     present: int = 0  # already in DIR with their bytes (existing="resume")
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first FAILURES_KEPT
+    # failed rows whose path the manifest this export replaced listed: that line is kept (its files are still there)
+    failed_listed: int = 0
     # (part file, reason, its rows not exported): damaged, or not given by the storage (the reason starts UNFETCHED)
     damaged: list[tuple[str, str, int]] = field(default_factory=list)
     repeated: int = 0  # rows whose id an earlier row had (an unfinished output's): not exported twice
@@ -1477,19 +1525,6 @@ def _remove_file(fs: Any, path: str) -> bool:
     return True
 
 
-class SidecarFailed(Exception):
-    """A sidecar file of a row that could not be written: the row fails, its image is not written.
-    Said by the sidecar's path under DIR, not by the hidden temporary name the error of its write names; `written`: the
-    row's sidecar files written before it, which are counted."""
-
-    def __init__(self, what: str, written: int, cause: BaseException, removed: int = 0) -> None:
-        # a disk's error by its reason alone: its paths are the temporary file's, the sidecar's said already
-        reason = f"{type(cause).__name__}: {cause.strerror}" if isinstance(cause, OSError) and cause.strerror and \
-            cause.filename else describe(cause)
-        super().__init__(f"{what}, so neither was its image: {reason}")
-        self.written, self.removed = written, removed
-
-
 class RowFiles(NamedTuple):
     """What `_export_with_sidecars` did for one row."""
 
@@ -1501,33 +1536,65 @@ class RowFiles(NamedTuple):
     unremoved: list[tuple[str, str]]  # (path under DIR, why) of the stale sidecar files that could not be removed
 
 
+class RowFailed(Exception):
+    """A row that failed once its files' writing had begun (a sidecar file, or its image after its sidecar files):
+    `done` is what was done before (`image` False), counted all the same and, where an earlier export's manifest
+    lists the row's path, listed with that line (`Manifest.failed`); `gone`: the names of the stale sidecar files it
+    removed. Its message is the row's reason."""
+
+    def __init__(self, reason: str, done: RowFiles, gone: list[str]) -> None:
+        super().__init__(reason)
+        self.done, self.gone = done, gone
+
+
+class SidecarFailed(RowFailed):
+    """A sidecar file of a row that could not be written: the row fails, its image is not written. Said by the
+    sidecar's path under DIR, not by the hidden temporary name the error of its write names."""
+
+    def __init__(self, what: str, cause: BaseException, done: RowFiles, gone: list[str]) -> None:
+        # a disk's error by its reason alone: its paths are the temporary file's, the sidecar's said already
+        reason = f"{type(cause).__name__}: {cause.strerror}" if isinstance(cause, OSError) and cause.strerror and \
+            cause.filename else describe(cause)
+        super().__init__(f"{what}, so neither was its image: {reason}", done, gone)
+
+
 def _export_with_sidecars(fs: Any, root: str, rel: str, png: Any, resume: bool, jpeg_quality: int,
                           row: Mapping[str, Any], plan: NamePlan,
                           writing: SidecarWriting,
                           listed: DirListing | None = None) -> RowFiles:
     """`_export_one` with the image's sidecar files (`sidecar_writes`), written, and the stale removed, before the
     image: an image in DIR has its sidecars beside it, whenever the export stops. SidecarFailed naming a sidecar that
-    could not be written. A stale one the storage would not remove (a refused DELETE) is left and the row exported:
-    it is among the names the manifest lists beside the image, so that the next export's cleanup knows it for an
-    export's and tries again (not listed, it would read as a user's own file and be kept for good)."""
+    could not be written, RowFailed for an image that could not be written after them. A stale one the storage would
+    not remove (a refused DELETE) is left and the row exported: it is among the names the manifest lists beside the
+    image, so that the next export's cleanup knows it for an export's and tries again (not listed, it would read as a
+    user's own file and be kept for good)."""
     if not isinstance(png, bytes) or not png.startswith(PNG_SIGNATURE):  # said before any sidecar is written
         raise ValueError("the row's image is not PNG bytes" if png else "the row has no image bytes")
     files, stale = sidecar_writes(row, rel, plan, writing)
-    removed, unremoved = 0, []
+    gone, unremoved = [], []
     for name in stale:
         try:
-            removed += _remove_file(fs, posixpath.join(root, name))
+            if _remove_file(fs, posixpath.join(root, name)):
+                gone.append(posixpath.basename(name))
         except Exception as err:  # noqa: BLE001 - left, listed, and said in the report
             unremoved.append((name, describe(err)))
-    written = 0
-    for name, data in files.items():
+    names, written = list(files), 0
+
+    def done(placed: int, image: bool = False) -> RowFiles:
+        """What was done when the first `placed` sidecar files are in place."""
+        return RowFiles(image, written, len(gone), placed - written,
+                        [posixpath.basename(name) for name in [*names[:placed], *(n for n, _ in unremoved)]], unremoved)
+
+    for placed, name in enumerate(names):
         try:
-            written += write_file(fs, posixpath.join(root, name), data, resume, listed)
+            written += write_file(fs, posixpath.join(root, name), files[name], resume, listed)
         except Exception as err:  # noqa: BLE001 - named as the sidecar it is
-            raise SidecarFailed(f"its sidecar file {name} could not be written", written, err, removed) from err
-    return RowFiles(_export_one(fs, root, rel, png, resume, jpeg_quality, listed), written, removed,
-                    len(files) - written, [posixpath.basename(name) for name in [*files, *(n for n, _ in unremoved)]],
-                    unremoved)
+            raise SidecarFailed(f"its sidecar file {name} could not be written", err, done(placed), gone) from err
+    try:
+        image = _export_one(fs, root, rel, png, resume, jpeg_quality, listed)
+    except Exception as err:  # noqa: BLE001 - the sidecar files written before are counted, and kept listed
+        raise RowFailed(describe(err), done(len(names)), gone) from err
+    return done(len(names), image)
 
 
 def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
@@ -1690,7 +1757,8 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         writing, listed = _clean_up(out_fs, root, to, names, writing, report, existing == "resume")
     try:  # before any image: a --to under a file, or one the export may not write in, stops it naming --to
         make_parent_dirs(out_fs, root)
-        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars, carried)
+        writer = None if manifest == "none" else Manifest(out_fs, root, manifest, columns, sidecars, carried,
+                                                          replaces=existing != "refuse")
     except OSError as err:
         raise ExportError(f"{names.given('to', to)} cannot be made or written: {describe(err)}; give a folder the "
                           "export can write in (it is made when missing)") from err
@@ -1713,10 +1781,18 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
             # as a Ctrl-C: the writes under way end (each whole), the others are dropped, and no manifest is written
             # (an earlier export's in DIR stays, with the stale sidecars it lists): a resume finishes the export
             pool.shutdown(cancel_futures=True)
-            report.stopped = (f"the export stopped: the last {down.rows:,} rows in a row could not be written, as the "
-                              f"storage kept failing ({down.reason}); every file written is whole: export again with "
-                              f"{names.passing('existing', 'resume')} to continue where it stopped (the files there "
-                              "are kept, the manifest is written at the end)")
+            resume = names.passing('existing', 'resume')
+            if down.refused:  # going on would fail every row alike, at once: one request and one error line each
+                report.stopped = (f"the export stopped: the last {down.rows:,} rows in a row could not be written, as "
+                                  f"{to} refused them ({down.reason}); nothing was lost (every file written is whole, an "
+                                  "earlier export's manifest there is kept): export again "
+                                  f"with {resume} once it accepts writes (credentials that may write there, a store or "
+                                  "disk that is not read-only, room) to continue where it stopped")
+            else:
+                report.stopped = (f"the export stopped: the last {down.rows:,} rows in a row could not be written, as "
+                                  f"the storage kept failing ({down.reason}); every file written is whole: export "
+                                  f"again with {resume} to continue where it stopped (the files there are kept, the "
+                                  "manifest is written at the end)")
             if writer is not None:
                 writer.abandon()
                 writer = None
@@ -1724,6 +1800,7 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
         if writer is not None:
             try:
                 left = writer.finish()
+                report.failed_listed = writer.kept
                 # named under DIR as given, as the last line names DIR: a relative --to gives a relative path
                 report.manifest = _under(to, posixpath.basename(writer.path))
                 if left is not None:  # said as the export's other warnings are, not as Python's RuntimeWarning
@@ -1799,28 +1876,52 @@ def _under(to: str, name: str) -> str:
     return f"{to}{'' if to.endswith('/') else '/'}{name}"
 
 
-# The export stops when this many rows in a row failed as the storage kept failing (`_OutageWatch`), and at least
-# four rounds of its writes at once (`--workers`): each such row's write was retried for 10 to 15 s (`with_retries`)
-# before it failed, so going on row after row against a store that is down took days for 100,000 rows to fail each.
-# A brief outage fails a round or two of rows (one per worker): those are counted and named as any failed row, and
-# the export goes on; 32 rows in a row is a store down for a minute or more (8 workers: four rounds of 10 to 15 s).
+# The export stops when this many rows in a row failed as the storage kept failing or refused them (`_OutageWatch`),
+# and at least four rounds of its writes at once (`--workers`): each such row's write was retried for 10 to 15 s
+# (`with_retries`) before it failed, so going on row after row against a store that is down took days for 100,000 rows
+# to fail each; a store that refuses every write (a read-only bucket) failed each at once, but still made 100,000
+# requests and error lines. A brief outage fails a round or two of rows (one per worker), and a refusal of a few paths
+# (a read-only folder of the user's in DIR) the rows there: those are counted and named as any failed row, and the
+# export goes on; 32 rows in a row is a store down for a minute or more (8 workers: four rounds of 10 to 15 s), or one
+# that refuses writes.
 OUTAGE_ROWS = 32
+# The errors of a disk that refuse every write alike for as long as it is so: no permission (EACCES, EPERM), a file
+# system mounted read-only (EROFS), a full disk or a spent quota (ENOSPC, EDQUOT). A store's refusal (S3's 403
+# AccessDenied, which s3fs raises as PermissionError; gcsfs's Forbidden; Azure's 403) is `access_denied`'s.
+_REFUSAL_ERRNOS = frozenset(getattr(errno, name) for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
+                            if hasattr(errno, name))
 
 
 class _StorageDown(Exception):
-    """The export stops: `rows` rows in a row failed as the storage did; `reason`: the last one's error."""
+    """The export stops: `rows` rows in a row failed as the storage did; `reason`: the last one's error; `refused`:
+    whether the storage refused it (a permission, a read-only store, no room) rather than kept failing."""
 
-    def __init__(self, rows: int, reason: str) -> None:
+    def __init__(self, rows: int, reason: str, refused: bool = False) -> None:
         super().__init__(reason)
-        self.rows, self.reason = rows, reason
+        self.rows, self.reason, self.refused = rows, reason, refused
+
+
+def _storage_failure(err: BaseException) -> str | None:
+    """How a row's error says the storage failed it, whatever the row: "outage" (a transient error through every retry,
+    `RetriesExhausted`: a store down, throttling without end), "refused" (a refusal, not retried: `access_denied`, or a
+    disk's `_REFUSAL_ERRNOS`), or None (the row's own: bytes that are not PNG, a folder in its place). Looked for in
+    `err` and what it was raised from (a failed row's `RowFailed`, raised from the storage's error)."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, RetriesExhausted):
+            return "outage"
+        if access_denied(cause) or isinstance(cause, OSError) and cause.errno in _REFUSAL_ERRNOS:
+            return "refused"
+        cause = cause.__cause__
+    return None
 
 
 @dataclass
 class _OutageWatch:
-    """Counts the rows in a row (in the rows' order) whose write failed as the storage did: a transient error through
-    every retry (`RetriesExhausted`, a store down, throttling without end). A row written, or already there, shows the
-    storage answering and starts the count again; a row failed for its own sake (bytes that are not PNG) says nothing
-    of it. A store that refuses (a missing permission) fails each row at once, without retries: those are not counted."""
+    """Counts the rows in a row (in the rows' order) whose write failed as the storage did (`_storage_failure`): kept
+    failing through every retry, or refused it. A row written, or already there, shows the storage answering and
+    accepting writes and starts the count again (where it refuses some paths alone, a read-only folder in DIR, those
+    rows fail and the others are written); a row failed for its own sake (bytes that are not PNG) says nothing of it."""
 
     limit: int
     failing: int = 0
@@ -1830,14 +1931,12 @@ class _OutageWatch:
         if err is None:
             self.failing = 0
             return
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, RetriesExhausted):
-            cause = cause.__cause__  # a sidecar's failure (SidecarFailed) is raised from the storage's
-        if cause is None:
+        failure = _storage_failure(err)
+        if failure is None:
             return
         self.failing += 1
         if self.failing >= self.limit:
-            raise _StorageDown(self.failing, reason)
+            raise _StorageDown(self.failing, reason, refused=failure == "refused")
 
 
 # The reason given for a part file the storage would not give (after retries): its bytes may be intact, so it is not
@@ -1925,17 +2024,19 @@ def _export_rows(rows: list[dict[str, Any]], out_fs: Any, root: str, plan: NameP
 def _count_row(row: dict[str, Any], rel: str, future: Future[Any], report: ExportReport, writer: Manifest | None,
                watch: _OutageWatch | None) -> None:
     """Count the row whose files `future` wrote (`_export_one`'s, or `_export_with_sidecars`' RowFiles) in `report`,
-    and add it to the manifest; a failed row is counted and named, and told to `watch`."""
+    and add it to the manifest; a failed row is counted and named (with what it did before it failed: `RowFailed`),
+    told to the manifest (`Manifest.failed`) and to `watch`."""
     try:
         outcome = future.result()
     except Exception as err:  # noqa: BLE001 - one row's failure: counted, named, the rest go on
         report.failed += 1
-        if isinstance(err, SidecarFailed):
-            report.sidecars_written += err.written
-            report.stale_sidecars_removed += err.removed
-        reason = str(err) if isinstance(err, SidecarFailed) else describe(err)
+        if isinstance(err, RowFailed):
+            _count_files(report, err.done)
+        reason = str(err) if isinstance(err, RowFailed) else describe(err)
         if len(report.failures) < FAILURES_KEPT:
             report.failures.append((row["id"], reason))
+        if writer is not None:
+            writer.failed(rel, *((err.done.names, err.gone) if isinstance(err, RowFailed) else ((), ())))
         if watch is not None:
             watch.row_done(err, reason)
         return
@@ -1943,16 +2044,21 @@ def _count_row(row: dict[str, Any], rel: str, future: Future[Any], report: Expor
         watch.row_done(None)
     names: list[str] = []
     if isinstance(outcome, RowFiles):
-        report.sidecars_written += outcome.written
-        report.sidecars_present += outcome.present
-        report.stale_sidecars_removed += outcome.removed
-        report.stale_sidecars_unremoved += len(outcome.unremoved)
-        report.unremoved += outcome.unremoved[:FAILURES_KEPT - len(report.unremoved)]
+        _count_files(report, outcome)
         names, outcome = outcome.names, outcome.image
     report.written += outcome
     report.present += not outcome
     if writer is not None:
         writer.add(row, rel, names)
+
+
+def _count_files(report: ExportReport, files: RowFiles) -> None:
+    """Count a row's sidecar files (written, there, removed, that could not be removed) in `report`."""
+    report.sidecars_written += files.written
+    report.sidecars_present += files.present
+    report.stale_sidecars_removed += files.removed
+    report.stale_sidecars_unremoved += len(files.unremoved)
+    report.unremoved += files.unremoved[:FAILURES_KEPT - len(report.unremoved)]
 
 
 def report_lines(report: ExportReport) -> list[str]:
@@ -1963,6 +2069,12 @@ def report_lines(report: ExportReport) -> list[str]:
     if report.failed > len(report.failures):
         more = report.failed - len(report.failures)
         lines.append(f"failed: ... and {more:,} more row{'' if more == 1 else 's'}")
+    if report.failed_listed:
+        n = report.failed_listed
+        lines.append(f"note: {n:,} failed row{'' if n == 1 else 's'} left an earlier export's files at "
+                     f"{'its path' if n == 1 else 'their paths'}: the manifest keeps that export's line for "
+                     f"{'it' if n == 1 else 'them'} (with the sidecar files there now), so that a later --resume or "
+                     "--overwrite knows them")
     for path, reason in report.unremoved:
         lines.append(f"warning: the stale sidecar file {terminal_text(_under(report.to, path))} (its row has no value for "
                      f"it) could not be removed: {terminal_text(reason)}; the manifest lists it beside its image, so "

@@ -57,7 +57,8 @@ exit status:
   1    some could not be written, or a part file of data/ is damaged or could not be fetched (each named; the rest
        were exported), or the manifest could not be written (the images are in place: --resume writes it), or a
        stale sidecar could not be removed (named; the manifest lists it: --resume tries again), or the export
-       stopped as the storage stayed down ({OUTAGE_ROWS} rows in a row failed through every retry: --resume continues it)
+       stopped as the storage stayed down or refused every write ({OUTAGE_ROWS} rows in a row failed through every retry,
+       or refused: no permission, read-only, full; --resume continues it)
   2    nothing was exported: a bad option, a missing OUTPUT or one that is not a zip-purify output, an unfinished
        one without --force, a DIR that is not empty without --overwrite or --resume, storage that refuses access
   130  interrupted (Ctrl-C): every file in DIR is whole, and the manifest is not written; --resume finishes it
