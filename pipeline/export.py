@@ -1617,8 +1617,10 @@ def export_images(output: str | os.PathLike[str], to: str | os.PathLike[str], *,
     is found. `sidecars`: each image's sidecar files beside it (`sidecar_bytes`), the .txt from `caption_column`
     (default `txt`), the .cls from `label_column` (default `label`). Raises ExportError before writing anything when
     the export cannot start; a row that cannot be written, or a damaged part file, is counted in the report (`ok` is
-    then False) and the rest are exported, but for a store that stays down: after `OUTAGE_ROWS` rows in a row failed
-    through every retry the export stops (`report.stopped`), and existing="resume" continues it."""
+    then False) and the rest are exported, but for a store that stays down or refuses every write: after `OUTAGE_ROWS`
+    rows in a row failed through every retry or were refused (no permission, read-only, full) the export stops
+    (`report.stopped`), and existing="resume" continues it. A failed row's path keeps the line an earlier export's
+    manifest there has for it (`report.failed_listed`), as that export's files are still there."""
     return run_export(API_NAMES, output, to, storage_options=storage_options, image_format=image_format,
                       jpeg_quality=jpeg_quality, manifest=manifest, existing=existing, force=force, workers=workers,
                       progress=progress, on_damaged=on_damaged, sidecars=sidecars, caption_column=caption_column,
@@ -1784,8 +1786,8 @@ def run_export(names: ArgNames, output: str | os.PathLike[str], to: str | os.Pat
             resume = names.passing('existing', 'resume')
             if down.refused:  # going on would fail every row alike, at once: one request and one error line each
                 report.stopped = (f"the export stopped: the last {down.rows:,} rows in a row could not be written, as "
-                                  f"{to} refused them ({down.reason}); nothing was lost (every file written is whole, an "
-                                  "earlier export's manifest there is kept): export again "
+                                  f"{to} refused them ({down.reason}); nothing was lost (every file written is whole, "
+                                  "any earlier export's manifest there is kept): export again "
                                   f"with {resume} once it accepts writes (credentials that may write there, a store or "
                                   "disk that is not read-only, room) to continue where it stopped")
             else:
