@@ -37,7 +37,10 @@ def s3():
     server.stop()
 
 
-def test_every_source_format_from_s3_to_s3(s3, tmp_path) -> None:
+def test_every_source_format_from_s3_to_s3_under_an_output_prefix_with_glob_characters(s3, tmp_path) -> None:
+    """Every source format read from S3 and written to S3. The output prefix holds '[...]': fsspec's generic mv and rm
+    (which s3fs uses) expand it as a pattern, and every job whose output prefix held one (a run named 'run[1]') stopped
+    with 'cannot write to output ...: FileNotFoundError' before any work."""
     fs, options = s3
     fs.pipe("zip-in/ds/files/cat/a.png", image_bytes(32, 32, 1))
     fs.pipe("zip-in/ds/files/dog/b.jpg", image_bytes(40, 24, 2, "JPEG"))
@@ -50,20 +53,23 @@ def test_every_source_format_from_s3_to_s3(s3, tmp_path) -> None:
     with open(model_path, "rb") as f:
         fs.pipe("zip-in/models/tiny.pt", f.read())
 
-    cfg = JobConfig(input="s3://zip-in/ds", output="s3://zip-out/run1", checkpoint="s3://zip-in/models/tiny.pt",
+    cfg = JobConfig(input="s3://zip-in/ds", output="s3://zip-out/run[1]", checkpoint="s3://zip-in/models/tiny.pt",
                     steps=2, pool=4, progress=False, storage_options=options)
     summary = run_job(cfg)
-    assert summary["this_run"]["read"] == 5
-    data, rejects = read_output("s3://zip-out/run1", options)
+    assert summary["status"] == "complete" and summary["this_run"]["read"] == 5
+    data, rejects = read_output("s3://zip-out/run[1]", options)
     assert sorted(data["id"]) == ["files/cat/a.png", "files/dog/b.jpg", "shards/s-0.tar.gz/k/0", "tables/t.parquet#0"]
     assert list(rejects["id"]) == ["files/dog/broken.png"]
     sizes = {r["id"]: decoded_size(r["image"]) for _, r in data.iterrows()}
     assert sizes["files/dog/b.jpg"] == (40, 24) and sizes["tables/t.parquet#0"] == (8, 16)
     assert data.set_index("id").loc["shards/s-0.tar.gz/k/0", "label"] == 7
     # Credentials never reach the summary.
-    text = fs.cat("zip-out/run1/_summary.json").decode()
+    fs.invalidate_cache()
+    text = fs.cat_file("zip-out/run[1]/_summary.json").decode()  # cat_file: no glob
     assert "testing-secret-value" not in text and "testing-key" not in text
     assert json.loads(text)["status"] == "complete"
+    left = [p for p in fs.find("zip-out/run[1]") if p.rsplit("/", 1)[-1].startswith(".")]
+    assert left == [], f"temporary files left behind: {left}"
 
 
 def _gzip(data: bytes) -> bytes:
@@ -135,32 +141,6 @@ def test_a_large_zip_is_read_from_s3_through_ranges(s3) -> None:
     assert records[2]["data"] == image_bytes(16, 16, 2) and records[-1]["container"]["records"] == 4
 
 
-def test_incremental_runs_on_s3_see_the_files_they_wrote(s3, tmp_path) -> None:
-    """The scheduled use: a finished output on S3, new inputs, --incremental. The end-of-run check must list the files
-    this run wrote (s3fs caches listings in the filesystem object planning used)."""
-    fs, options = s3
-    for i in range(3):
-        fs.pipe(f"zip-in/inc/{i}.png", image_bytes(32, 32, i))
-    fs.pipe("zip-in/inc/broken.png", b"not an image")
-    model_path = tiny_model_file(tmp_path)
-    cfg = JobConfig(input="s3://zip-in/inc", output="s3://zip-out/inc", checkpoint=model_path, steps=2, pool=4,
-                    progress=False, storage_options=options)
-    assert run_job(cfg)["status"] == "complete"
-    # A new input from another writer (not through this process's s3fs, whose cached listing would learn of it):
-    # a scheduler calling run_job in one long-lived process must still see it.
-    import boto3
-
-    client = boto3.client("s3", aws_access_key_id=options["key"], aws_secret_access_key=options["secret"],
-                          **options["client_kwargs"])
-    client.put_object(Bucket="zip-in", Key="inc/3.png", Body=image_bytes(32, 32, 3))
-    summary = run_job(JobConfig(**{**cfg.__dict__, "incremental": True}))
-    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 1
-    assert summary["output_totals"] == {"purified": 4, "rejected": 1,
-                                        "before_this_run": {"purified": 3, "rejected": 1}}
-    data, _ = read_output("s3://zip-out/inc", options)
-    assert sorted(data["id"]) == ["0.png", "1.png", "2.png", "3.png"]
-
-
 def test_a_missing_output_bucket_stops_the_dry_run_and_client_kwargs_add_to_the_endpoint(s3, tmp_path, capsys) -> None:
     from pipeline.cli import main
 
@@ -229,22 +209,6 @@ def test_an_object_that_may_be_read_but_not_listed_beside_is_one_file(s3, monkey
     assert [u.paths for u in discover("s3://zip-in/granted/a.png", options)] == [("s3://zip-in/granted/a.png",)]
 
 
-def test_an_output_prefix_with_glob_characters_is_written_on_s3(s3, tmp_path) -> None:
-    """fsspec's generic mv and rm (which s3fs uses) expand '[...]' as a pattern: every job whose output prefix held
-    one (a run named 'run[1]') stopped with 'cannot write to output ...: FileNotFoundError' before any work."""
-    fs, options = s3
-    for i in range(2):
-        fs.pipe(f"zip-in/glob/{i}.png", image_bytes(32, 32, i))
-    cfg = JobConfig(input="s3://zip-in/glob", output="s3://zip-out/run[1]", checkpoint=tiny_model_file(tmp_path),
-                    steps=2, pool=4, progress=False, storage_options=options)
-    assert run_job(cfg)["status"] == "complete"
-    data, rejects = read_output("s3://zip-out/run[1]", options)
-    assert sorted(data["id"]) == ["0.png", "1.png"] and rejects.empty
-    fs.invalidate_cache()
-    left = [p for p in fs.find("zip-out/run[1]") if p.rsplit("/", 1)[-1].startswith(".")]
-    assert left == [], f"temporary files left behind: {left}"
-
-
 def test_a_bucket_that_cannot_be_read_is_not_called_missing(monkeypatch) -> None:
     """discover asked fs.exists, which s3fs answers False for a bucket on any error: a revoked key read 'input
     s3://bucket does not exist', sending the user to look for a bucket that is there."""
@@ -268,33 +232,44 @@ def test_a_bucket_that_cannot_be_read_is_not_called_missing(monkeypatch) -> None
         listing.discover("s3://bucket")
 
 
-def test_incremental_runs_on_s3_skip_unchanged_shards_unread_and_reread_a_replaced_one(s3, tmp_path,
-                                                                                      monkeypatch) -> None:
-    """The record of containers read whole (pipeline.ledger) on S3, where a shard's version is its ETag: untouched
-    shards are not downloaded again, and one re-uploaded with other content, same size, is."""
+def test_incremental_runs_on_s3_see_new_objects_skip_unchanged_shards_unread_and_reread_a_replaced_one(
+        s3, tmp_path, monkeypatch) -> None:
+    """The scheduled use, on S3: a finished output, new objects from another writer, --incremental runs in one
+    long-lived process. Each run sees the new objects, and its end-of-run check lists the files this run wrote (s3fs
+    caches listings in the filesystem object planning used). The record of containers read whole (pipeline.ledger),
+    where a shard's version is its ETag: untouched shards are not downloaded again, and one re-uploaded with other
+    content, same size, is."""
     fs, options = s3
     client = _client(options)
-    shards_fetched = _count_object_reads(monkeypatch, "zip-in/ledger/")
+    objects_fetched = _count_object_reads(monkeypatch, "zip-in/ledger/")
 
-    def shard(name: str, keys: range, seed: int = 0) -> None:  # written by another writer, as in the scheduled use
-        body = tar_bytes({f"{k}.png": image_bytes(8, 8, seed + k) for k in keys})
-        client.put_object(Bucket="zip-in", Key=f"ledger/{name}", Body=body)
+    def put(name: str, body: bytes) -> None:  # by another writer, not through this process's s3fs (whose cached
+        client.put_object(Bucket="zip-in", Key=f"ledger/{name}", Body=body)  # listing would learn of it)
+
+    def shard(name: str, keys: range, seed: int = 0) -> None:
+        put(name, tar_bytes({f"{k}.png": image_bytes(8, 8, seed + k) for k in keys}))
 
     shard("s-0.tar", range(2))
     shard("s-1.tar", range(2))
+    put("broken.png", b"not an image")
     cfg = JobConfig(input="s3://zip-in/ledger", output="s3://zip-out/ledger", checkpoint=tiny_model_file(tmp_path),
                     steps=1, pool=4, progress=False, write_batch=8, canvas_size=32, storage_options=options)
     first = run_job(cfg)
-    assert first["status"] == "complete" and shards_fetched() == {"s-0.tar", "s-1.tar"}
+    assert first["status"] == "complete" and objects_fetched() == {"s-0.tar", "s-1.tar", "broken.png"}
 
     shard("s-2.tar", range(2))
+    put("3.png", image_bytes(8, 8, 3))
     incremental = JobConfig(**{**cfg.__dict__, "incremental": True})
-    second = run_job(incremental)["this_run"]
-    assert shards_fetched() == {"s-2.tar"}  # the two shards the first run read whole are not downloaded
+    summary = run_job(incremental)
+    second = summary["this_run"]
+    assert summary["status"] == "complete"
+    assert objects_fetched() == {"s-2.tar", "3.png"}  # the two shards the first run read whole are not downloaded
     assert first["this_run"]["containers_recorded"] == 2 and second["containers_skipped_unread"] == 2
-    assert (second["read"], second["purified"]) == (2, 2)  # s-2.tar's keys only
+    assert (second["read"], second["purified"]) == (3, 3)  # s-2.tar's keys and 3.png only
+    assert summary["output_totals"] == {"purified": 7, "rejected": 1,
+                                        "before_this_run": {"purified": 4, "rejected": 1}}
     data, _ = read_output("s3://zip-out/ledger", options)
-    assert sorted(data["id"]) == [f"s-{s}.tar/{k}" for s in range(3) for k in range(2)]
+    assert sorted(data["id"]) == ["3.png", *(f"s-{s}.tar/{k}" for s in range(3) for k in range(2))]
 
     # s-0.tar replaced by a version with other pixels and one more key: tar pads to 10240 bytes, so only the ETag
     # tells the listings apart. It is read again (its new key purified); s-1 and s-2 still are not.
@@ -304,10 +279,10 @@ def test_incremental_runs_on_s3_skip_unchanged_shards_unread_and_reread_a_replac
     after = fs.info("zip-in/ledger/s-0.tar")
     assert after["size"] == before["size"] and after["ETag"] != before["ETag"]
     third = run_job(incremental)["this_run"]
-    assert shards_fetched() == {"s-0.tar"} and third["containers_skipped_unread"] == 2
+    assert objects_fetched() == {"s-0.tar"} and third["containers_skipped_unread"] == 2
     assert (third["read"], third["purified"]) == (1, 1)
     data, _ = read_output("s3://zip-out/ledger", options)
-    assert sorted(data["id"]) == sorted([f"s-{s}.tar/{k}" for s in range(3) for k in range(2)] + ["s-0.tar/2"])
+    assert sorted(data["id"]) == sorted(["3.png", *(f"s-{s}.tar/{k}" for s in range(3) for k in range(2)), "s-0.tar/2"])
 
 
 # --- --retry-rejects (11e67fc) and tar shards of Kaggle-style names (9d48a82) on S3 ---
@@ -414,7 +389,10 @@ def test_incremental_runs_on_s3_drop_unreadable_of_a_reuploaded_shard_and_skip_a
     """Two runs, two checks. A shard cut short by an interrupted upload is '#unreadable'; the whole shard uploaded over
     it (a new ETag and size, by another writer) is read to its end by the next --incremental run, which removes that
     reject. A shard of Kaggle-style names (cat.0.jpg, cat.1.jpg) gives one image per name, and the next
-    --incremental run does not download it."""
+    --incremental run does not download it. The checkpoint is a presigned 'https://...?X-Amz-Signature=...' URL beside
+    the S3 storage options: those options went to fsspec's HTTP file system too, and the run stopped with a traceback
+    ("ClientSession.__init__() got an unexpected keyword argument 'endpoint_url'"), or, with key/secret alone, with
+    'checkpoint not found'."""
     fs, options = s3
     client = _client(options)
     names = _count_object_reads(monkeypatch, "zip-in/inc2/")
@@ -422,10 +400,20 @@ def test_incremental_runs_on_s3_drop_unreadable_of_a_reuploaded_shard_and_skip_a
     client.put_object(Bucket="zip-in", Key="inc2/t.tar", Body=whole[:1700])  # cut inside its second member
     cats = {f"cat.{i}.jpg": image_bytes(8, 8, 40 + i, "JPEG") for i in range(3)}
     client.put_object(Bucket="zip-in", Key="inc2/cats.tar", Body=tar_bytes({**cats, "cat.1.cls": b"3"}))
-    cfg = JobConfig(input="s3://zip-in/inc2", output="s3://zip-out/inc2", checkpoint=tiny_model_file(tmp_path),
+    with open(tiny_model_file(tmp_path), "rb") as f:
+        fs.pipe("zip-in/models/presigned.pt", f.read())
+    url = client.generate_presigned_url("get_object", ExpiresIn=3600,
+                                        Params={"Bucket": "zip-in", "Key": "models/presigned.pt"})
+    assert url.startswith("http://") and "Signature=" in url
+    cfg = JobConfig(input="s3://zip-in/inc2", output="s3://zip-out/inc2", checkpoint=url,
                     steps=1, pool=4, progress=False, write_batch=8, canvas_size=32, storage_options=options)
-    first = run_job(cfg)
+    first = run_job(cfg)  # the driver checks the checkpoint, the actors load it: both through the URL alone
     assert first["status"] == "complete" and first["this_run"]["containers_recorded"] == 1  # cats.tar
+    assert first["this_run"]["purified"] == 4 and "Signature=***" in first["model"]["checkpoint"]
+    key_only = {"key": options["key"], "secret": options["secret"]}  # what a run on AWS itself passes
+    assert load_checkpoint(url, storage_options=JobConfig(input="s3://zip-in/inc2", output="s3://zip-out/x",
+                                                          checkpoint=url, storage_options=key_only)
+                           .checkpoint_storage_options(), verify_only=True).sha256 == first["model"]["sha256"]
     data, rejects = _read_fresh(cfg.output, options)
     assert sorted(data["id"]) == ["cats.tar/cat.0", "cats.tar/cat.1", "cats.tar/cat.2", "t.tar/0"]
     assert data.set_index("id").loc["cats.tar/cat.1", "label"] == 3
@@ -472,28 +460,6 @@ def test_an_object_under_a_shards_id_is_refused_on_s3_before_any_work(s3, tmp_pa
     assert "s3://zip-in/collide/x.tar/cat.0.jpg (beside s3://zip-in/collide/x.tar); rename them" in err
     fs.invalidate_cache()
     assert not fs.exists("zip-out/collide")  # nothing written, not even the lease
-
-
-def test_a_presigned_https_checkpoint_is_read_without_the_s3_storage_options(s3, tmp_path) -> None:
-    """--checkpoint 'https://...?X-Amz-Signature=...' beside s3:// data with --s3-endpoint or key/secret options: the S3
-    options went to fsspec's HTTP file system too, and the run stopped with a traceback ("ClientSession.__init__() got
-    an unexpected keyword argument 'endpoint_url'"), or, with key/secret alone, with 'checkpoint not found'."""
-    fs, options = s3
-    with open(tiny_model_file(tmp_path), "rb") as f:
-        fs.pipe("zip-in/models/presigned.pt", f.read())
-    fs.pipe("zip-in/presigned/0.png", image_bytes(32, 32, 0))
-    url = _client(options).generate_presigned_url("get_object", ExpiresIn=600,
-                                                  Params={"Bucket": "zip-in", "Key": "models/presigned.pt"})
-    assert url.startswith("http://") and "Signature=" in url
-    cfg = JobConfig(input="s3://zip-in/presigned", output="s3://zip-out/presigned", checkpoint=url, steps=2, pool=4,
-                    progress=False, storage_options=options)
-    summary = run_job(cfg)  # the driver checks the checkpoint, the actors load it: both through the URL alone
-    assert summary["status"] == "complete" and summary["this_run"]["purified"] == 1
-    assert "Signature=***" in summary["model"]["checkpoint"]
-    key_only = {"key": options["key"], "secret": options["secret"]}  # what a run on AWS itself passes
-    assert load_checkpoint(url, storage_options=JobConfig(input="s3://zip-in/presigned", output="s3://zip-out/x",
-                                                          checkpoint=url, storage_options=key_only)
-                           .checkpoint_storage_options(), verify_only=True).sha256 == summary["model"]["sha256"]
 
 
 def test_a_refresh_of_objects_replaced_on_s3_stopped_before_its_end_is_finished_by_the_next_run(s3, tmp_path,
