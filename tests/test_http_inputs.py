@@ -399,17 +399,34 @@ def test_a_presigned_shard_url_is_read_as_a_shard_and_its_signature_is_written_n
     assert list(read_ledger(str(tmp_path / "out"), {})) == [url + "t.tar"]
 
 
-def test_the_job_purifies_a_web_folder_and_names_each_source(web, tmp_path: Path) -> None:
+def test_the_job_purifies_a_web_folder_names_each_source_and_incremental_runs_skip_an_unchanged_shard_unread(
+        web, tmp_path: Path) -> None:
+    """The job purifies a web folder, each row's source its URL. The next --incremental run skips the unchanged shard
+    unread, and one after it reads again a shard replaced by one of the same size."""
     folder, url = web
-    (folder / "s.tar").write_bytes(_shard(2))
+    shard = folder / "s.tar"
+    shard.write_bytes(_shard(2))
     (folder / "a.png").write_bytes(image_bytes(32, 32, 7))
     out = tmp_path / "out"
-    summary = run_job(JobConfig(input=url, output=str(out), checkpoint=tiny_model_file(tmp_path), steps=2,
-                                canvas_size=32, progress=False))
+    cfg = JobConfig(input=url, output=str(out), checkpoint=tiny_model_file(tmp_path), steps=2, canvas_size=32,
+                    progress=False)
+    summary = run_job(cfg)
     assert summary["status"] == "complete" and summary["this_run"]["purified"] == 3
     data, rejects = read_output(str(out))
     assert sorted(data["id"]) == ["a.png", "s.tar/0000", "s.tar/0001"] and rejects.empty
     assert dict(zip(data["id"], data["source"], strict=True))["a.png"] == url + "a.png"
+    incremental = JobConfig(**{**cfg.__dict__, "incremental": True})
+    again = run_job(incremental)["this_run"]
+    assert (again["containers_skipped_unread"], again["read"]) == (1, 0)
+
+    # Same size, other bytes, a later Last-Modified: the server's header is all that tells it changed.
+    shard.write_bytes(_shard(2)[::-1])
+    later = shard.stat().st_mtime + 5
+    os.utime(shard, (later, later))
+    changed = run_job(incremental)["this_run"]
+    assert changed["containers_skipped_unread"] == 0  # read again: its garbage is now a reject
+    _, rejects = read_output(str(out))
+    assert list(rejects["id"]) == ["s.tar#unreadable"]
 
 
 def test_a_web_folder_gives_its_shards_sizes_and_version_stamps(web) -> None:
@@ -421,25 +438,6 @@ def test_a_web_folder_gives_its_shards_sizes_and_version_stamps(web) -> None:
     assert units["tar"].sizes == ((folder / "s.tar").stat().st_size,)
     assert "Last-Modified" in json.loads(units["tar"].stamps[0])
     assert units["files"].sizes == (None,)
-
-
-def test_incremental_runs_skip_an_unchanged_web_shard_unread_and_read_a_replaced_one(web, tmp_path: Path, model) -> None:
-    folder, url = web
-    shard = folder / "s.tar"
-    shard.write_bytes(_shard(2))
-    cfg = small_job_config(tmp_path, model, input=url)
-    assert run_job(cfg)["this_run"]["purified"] == 2
-    again = run_job(small_job_config(tmp_path, model, input=url, incremental=True))["this_run"]
-    assert (again["containers_skipped_unread"], again["read"]) == (1, 0)
-
-    # Same size, other bytes, a later Last-Modified: the server's header is all that tells it changed.
-    shard.write_bytes(_shard(2)[::-1])
-    later = shard.stat().st_mtime + 5
-    os.utime(shard, (later, later))
-    changed = run_job(small_job_config(tmp_path, model, input=url, incremental=True))["this_run"]
-    assert changed["containers_skipped_unread"] == 0  # read again: its garbage is now a reject
-    _, rejects = read_output(str(tmp_path / "out"))
-    assert list(rejects["id"]) == ["s.tar#unreadable"]
 
 
 @pytest.mark.parametrize("output", ["http://127.0.0.1:1/out", "HTTPS://example.com/out"])
