@@ -26,7 +26,8 @@ from pipeline.plan import plan_job
 from pipeline.sources import discover
 from pipeline.sources.folder_metadata import FolderMetadata
 from pipeline.sources.units import METADATA_ROW
-from tests.jobutil import image_folder, rewritten_in_place, small_job_argv, small_job_config
+from tests.changeutil import SavedRun, rewritten
+from tests.jobutil import image_folder, small_job_argv, small_job_config
 
 
 def _stamps(root: Path) -> dict[str, str | None]:
@@ -123,12 +124,24 @@ def test_an_edited_metadata_row_is_said_changed_and_refresh_changed_writes_it(tm
     assert (gone["image_files_purified"], gone["image_files_metadata_changed"]) == (3, 3)
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_an_output_whose_record_an_older_version_wrote_is_not_said_changed_for_its_metadata(tmp_path, model) -> None:
-    train = image_folder(tmp_path / "in" / "train", 2)
-    (train / "metadata.jsonl").write_text('{"file_name": "0.png", "label": 3}\n{"file_name": "1.png", "label": 5}\n')
-    out = tmp_path / "out"
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+LABELLED_3_AND_5 = b'{"file_name": "0.png", "label": 3}\n{"file_name": "1.png", "label": 5}\n'
+
+
+@pytest.fixture(scope="module")
+def two_labelled_images_done(tmp_path_factory, model, ray_local) -> SavedRun:
+    """in/train: 0.png and 1.png, metadata.jsonl labelling them 3 and 5, purified by a first run (tests.changeutil:
+    each test restores it, and changes an input file by replacing it)."""
+    folder = tmp_path_factory.mktemp("two_labelled")
+    train = image_folder(folder / "in" / "train", 2)
+    (train / "metadata.jsonl").write_bytes(LABELLED_3_AND_5)
+    assert run_job(small_job_config(folder, model))["status"] == "complete"
+    return SavedRun(folder)
+
+
+def test_an_output_whose_record_an_older_version_wrote_is_not_said_changed_for_its_metadata(two_labelled_images_done,
+                                                                                           model) -> None:
+    tmp_path = two_labelled_images_done.restore()
+    train, out = tmp_path / "in" / "train", tmp_path / "out"
     # the record as a version before this one wrote it: each image's stamp its bytes' alone, no mark
     table = pq.read_table(record_path(str(out)))
     location = table.schema.metadata[b"location"].decode()
@@ -136,7 +149,7 @@ def test_an_output_whose_record_an_older_version_wrote_is_not_said_changed_for_i
     pq.write_table(table.set_column(2, "stamp", pa.array(stamps, pa.string())).replace_schema_metadata(
         {"location": location}), record_path(str(out)))
     assert read_record(str(out), {}, location).metadata_rows is False
-    rewritten_in_place(train / "1.png", (train / "1.png").read_bytes())  # touched: the same bytes, compared as before
+    rewritten(train / "1.png", (train / "1.png").read_bytes())  # touched: the same bytes, compared as before
 
     summary = run_job(small_job_config(tmp_path, model, incremental=True))
     changed = summary["changed_inputs"]
@@ -145,7 +158,7 @@ def test_an_output_whose_record_an_older_version_wrote_is_not_said_changed_for_i
     assert record.metadata_rows is True and all(METADATA_ROW in s for _, s in record.stamps.values())
 
     # from now on, an edited row is seen
-    (train / "metadata.jsonl").write_text('{"file_name": "0.png", "label": 3}\n{"file_name": "1.png", "label": 6}\n')
+    rewritten(train / "metadata.jsonl", b'{"file_name": "0.png", "label": 3}\n{"file_name": "1.png", "label": 6}\n')
     changed = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (changed["examples"], changed["image_files_metadata_changed"]) == (["train/1.png"], 1)
 
@@ -193,21 +206,20 @@ def test_a_metadata_file_fixed_after_it_was_a_reject_has_its_reject_removed_not_
     assert "no longer in the input" not in err and "changed under the same name" not in err
 
 
-@pytest.mark.usefixtures("ray_local")
-def test_a_metadata_file_broken_by_an_edit_leaves_its_images_rows_and_columns_until_it_is_fixed(tmp_path, model) -> None:
-    train = image_folder(tmp_path / "in" / "train", 2)
-    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n1.png,5\n")
-    out = tmp_path / "out"
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+def test_a_metadata_file_broken_by_an_edit_leaves_its_images_rows_and_columns_until_it_is_fixed(
+        two_labelled_images_done, model) -> None:
+    tmp_path = two_labelled_images_done.restore()
+    train, out = tmp_path / "in" / "train", tmp_path / "out"
 
-    (train / "metadata.csv").write_text("file_name,label\n0.png,3\n0.png,4\n1.png,5\n")  # 0.png named twice
+    rewritten(train / "metadata.jsonl", LABELLED_3_AND_5 + b'{"file_name": "0.png", "label": 4}\n')  # 0.png named twice
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (dry["image_files_purified"], dry["image_files_metadata_changed"]) == (0, 0)  # its rows are not known
     summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
     assert (summary["this_run"]["refreshed"]["inputs"], summary["this_run"]["rejected"]) == (0, 1)  # the file's reject
     assert _label(out) == {"train/0.png": 3, "train/1.png": 5}  # no column dropped for a typo
 
-    (train / "metadata.csv").write_text("file_name,label\n0.png,4\n1.png,5\n")  # fixed, one label changed
+    # fixed, one label changed
+    rewritten(train / "metadata.jsonl", b'{"file_name": "0.png", "label": 4}\n{"file_name": "1.png", "label": 5}\n')
     summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
     assert (summary["this_run"]["refreshed"]["inputs"], summary["this_run"]["stale_rejects_removed"]) == (1, 1)
     assert _label(out) == {"train/0.png": 4, "train/1.png": 5}
