@@ -79,8 +79,9 @@ def test_the_dry_run_says_no_file_holds_no_images_of_one_it_reads_again(tmp_path
     root = tmp_path / "in"
     root.mkdir()
     pq.write_table(pa.table({"label": [1, 2]}), root / "t.parquet")
-    (root / "a.png").write_bytes(image_bytes(16, 16, 1))
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
+    # no image beside it: a run with nothing to purify starts no purifier (the table is this test's subject)
+    first = run_job(small_job_config(tmp_path, model))
+    assert first["status"] == "complete" and first["this_run"]["rejected"] == 1
     incremental = small_job_config(tmp_path, model, incremental=True)
     assert plan_job(incremental, dry_run=True).describe()["input"]["containers_already_rejected"] == 1
     retried = plan_job(small_job_config(tmp_path, model, retry_rejects=True), dry_run=True).describe()["input"]
