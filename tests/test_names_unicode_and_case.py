@@ -51,21 +51,37 @@ def test_a_metadata_row_names_its_image_whichever_normalization_either_is_writte
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_an_image_purified_without_the_row_its_other_spelling_names_is_said_changed_and_refreshed(tmp_path,
-                                                                                                  model) -> None:
-    # as an earlier version left it: the image purified without a row, its NFC row naming nothing
-    folder = tmp_path / "in" / "train"
-    folder.mkdir(parents=True)
+def test_a_row_written_since_in_the_other_spelling_is_said_changed_and_a_row_as_written_wins_over_a_nearer_one(
+        tmp_path, model) -> None:
+    """One pair of runs, two folders. train/: as an earlier version left it, the image purified without a row, its
+    NFC row naming nothing; the row written since is said changed and refreshed.
+    wins/: the root's metadata file names wins/café.png as macOS wrote it; wins/'s own, typed elsewhere, in NFC. Before
+    NFC matching the image took the root's row (wins/'s named no file); the nearer file's NFC row took it from then
+    on, so an output made before said the image changed for its row, and a scheduled --refresh-changed wrote it again
+    with another label."""
+    folder, wins = tmp_path / "in" / "train", tmp_path / "in" / "wins"
+    for made in (folder, wins):
+        made.mkdir(parents=True)
     (folder / NFD).write_bytes(image_bytes(16, 16, 0))
     (folder / "metadata.csv").write_text("file_name,label\nother.png,3\n", encoding="utf-8")
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 1
+    (wins / NFD).write_bytes(image_bytes(16, 16, 1))
+    (tmp_path / "in" / "metadata.csv").write_text(f"file_name,label\nwins/{NFD},1\n", encoding="utf-8")
+    (wins / "metadata.csv").write_text(f"file_name,label\n{NFC},2\n", encoding="utf-8")
+    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 2
+    data, _ = read_output(str(tmp_path / "out"))
+    assert dict(zip(data["id"], data["label"], strict=True))[f"wins/{NFD}"] == 1
+
     (folder / "metadata.csv").write_text(f"file_name,label\n{NFC},3\n", encoding="utf-8")
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (dry["image_files_metadata_changed"], dry["examples"]) == (1, [f"train/{NFD}"])
+    # and the other way round: the nearer file naming it as written wins, as a nearer file's row always does
+    (tmp_path / "in" / "metadata.csv").write_text(f"file_name,label\nwins/{NFC},1\n", encoding="utf-8")
+    (wins / "metadata.csv").write_text(f"file_name,label\n{NFD},2\n", encoding="utf-8")
     summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
-    assert summary["this_run"]["refreshed"]["rows_replaced"] == 1
+    assert summary["this_run"]["refreshed"]["rows_replaced"] == 2
     data, _ = read_output(str(tmp_path / "out"))
-    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 3)]
+    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 3), (f"wins/{NFD}", 2)]
+
 
 def test_a_row_that_would_name_two_images_or_an_image_another_row_names_is_joined_to_none_and_said(tmp_path,
                                                                                                      model) -> None:
@@ -159,27 +175,3 @@ def test_a_metadata_file_with_columns_differing_only_in_case_cannot_be_joined(na
 
     with pytest.raises(MetadataProblem, match=said):
         parse_metadata(name, text.encode())
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_a_row_naming_an_image_as_written_wins_over_a_nearer_files_row_naming_it_in_another_spelling(tmp_path,
-                                                                                                     model) -> None:
-    """The root's metadata file names train/café.png as macOS wrote it; train's own, typed elsewhere, in NFC. Before
-    NFC matching the image took the root's row (train's named no file); the nearer file's NFC row took it from then
-    on, so an output made before said the image changed for its row, and a scheduled --refresh-changed wrote it again
-    with another label."""
-    folder = tmp_path / "in" / "train"
-    folder.mkdir(parents=True)
-    (folder / NFD).write_bytes(image_bytes(16, 16, 0))
-    (tmp_path / "in" / "metadata.csv").write_text(f"file_name,label\ntrain/{NFD},1\n", encoding="utf-8")
-    (folder / "metadata.csv").write_text(f"file_name,label\n{NFC},2\n", encoding="utf-8")
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 1
-    data, _ = read_output(str(tmp_path / "out"))
-    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 1)]
-    # and the other way round: the nearer file naming it as written wins, as a nearer file's row always does
-    (tmp_path / "in" / "metadata.csv").write_text(f"file_name,label\ntrain/{NFC},1\n", encoding="utf-8")
-    (folder / "metadata.csv").write_text(f"file_name,label\n{NFD},2\n", encoding="utf-8")
-    summary = run_job(small_job_config(tmp_path, model, incremental=True, refresh_changed=True))
-    assert summary["this_run"]["refreshed"]["rows_replaced"] == 1
-    data, _ = read_output(str(tmp_path / "out"))
-    assert list(zip(data["id"], data["label"], strict=True)) == [(f"train/{NFD}", 2)]
