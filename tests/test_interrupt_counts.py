@@ -1,7 +1,8 @@
 """An interrupted run says what it wrote, counted in its output: the pipeline's own counts lag the files that have landed
 (a run stopped by Ctrl-C with 4 part files, 128 rows, in data/ said "0 purified and 0 rejected in this run were
 written"). A second Ctrl-C, while it counts or while Ray shuts down at exit, still ends with the one `interrupted:` line
-and exit status 130."""
+and exit status 130. Ctrl-C on a running job (tests/test_cli_interrupt.py's run before, merged here): one line, exit status
+130, a summary that says so, and an output the same command resumes."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline
 import pipeline.stopped_run as stopped_run
 from pipeline.config import JobConfig
 from pipeline.errors import JobInterrupted
 from pipeline.plan import plan_job
 from pipeline.stopped_run import count_stopped_run, record_stopped_run
 from tests.gateutil import gate_env, let_through_until
-from tests.jobutil import last_job_line, png_inputs, tiny_model_file
+from tests.jobutil import joined_with_worker_env, last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WROTE = re.compile(r"this run wrote (\d+) purified and (\d+) rejected \((\d+) part files?\), so the output now holds "
@@ -127,10 +129,10 @@ def test_a_signal_after_the_stop_is_recorded_lets_the_run_end_as_interrupted() -
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _start(args: list[str], gate: Path) -> subprocess.Popen:
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     # a terminal's Ctrl-C goes to the whole foreground process group, with SIGINT not ignored
     return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                            env={**os.environ, **gate_env(gate)}, stdout=subprocess.PIPE,
+                            env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -153,17 +155,19 @@ def _stderr_until_interrupted(proc: subprocess.Popen) -> list[str]:
     return lines
 
 
-@pytest.mark.slow  # two real runs of the job in subprocesses (~20 s of Ray each)
-def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_exits_quietly(tmp_path) -> None:
+@pytest.mark.slow  # two real runs of the job in subprocesses: the first with a Ray of its own (~20 s), the second joined
+def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_exits_quietly(tmp_path,
+                                                                                              joined_ray_env) -> None:
     n = 48
     png_inputs(tmp_path / "in", n)
     model = tiny_model_file(tmp_path)
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", model, "--steps", "2",
-            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
+            "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
 
-    # 1. Ctrl-C as soon as the first file lands, then Ctrl-C again while the driver exits (Ray shuts down)
-    proc = _start(args, tmp_path / "gate-1")
+    # 1. Ctrl-C from a terminal, on the job's own local Ray (what a user meets), as soon as the first file lands, then
+    # Ctrl-C again while the driver exits (Ray shuts down)
+    proc = _start(args, {**os.environ, **gate_env(tmp_path / "gate-1")})
     try:
         _wait_for_parts(proc, tmp_path / "gate-1", out, 0, n // 8)
         os.killpg(proc.pid, signal.SIGINT)
@@ -184,6 +188,7 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
     assert (summary["this_run"]["purified"], summary["this_run"]["rejected"]) == (data, rejects), summary["this_run"]
     assert summary["output_totals"]["purified"] == data
     assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
     assert head and head[-1].startswith("interrupted: stopped by SIGINT"), stderr[-3000:]
     assert [line for line in rest.splitlines() if line.strip()] == [], rest[-3000:]  # no traceback from Ray's exit
     said = WROTE.search(head[-1])
@@ -191,11 +196,19 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
     assert [int(v) for v in said.groups()] == [data, rejects, len(list((out / "data").glob("part-*.parquet"))),
                                                data, rejects], head[-1]
     assert "run the same command again to resume" in head[-1]
+    assert summary["versions"]["zip_purify"] == pipeline.__version__
+    assert summary["settings"]["steps"] == 2 and summary["settings"]["start"] == 1.0  # what ran, resolved
+    # every visible file is whole, and the same command resumes: what is written is skipped, the rest is left to read
+    plan = plan_job(JobConfig(**{**JobConfig().__dict__, "input": str(tmp_path / "in"), "output": str(out),
+                                 "checkpoint": model, "steps": 2}), dry_run=True)
+    left = plan.describe()["input"]["image_files_to_read"]
+    assert plan.output_state == "resume" and plan.skipped_files >= data and left + plan.skipped_files == n
 
-    # 2. The same command resumes; SIGTERM (as `ray job stop` or Kubernetes send, to the driver) once it has written
+    # 2. The same command resumes; SIGTERM (as `ray job stop` or Kubernetes send, to the driver) once it has written.
+    # Joined to a running Ray, as a driver that `ray job stop` stops is; the gate reaches its workers in its runtime_env.
     before = data
     parts = len(list((out / "data").glob("part-*.parquet")))
-    proc = _start(args, tmp_path / "gate-2")
+    proc = _start(args, joined_with_worker_env(joined_ray_env, **gate_env(tmp_path / "gate-2")))
     try:
         _wait_for_parts(proc, tmp_path / "gate-2", out, parts, (n - before) // 8)
         os.kill(proc.pid, signal.SIGTERM)

@@ -23,7 +23,7 @@ from pipeline.cli import main
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE, OutputLease
 from tests.gateutil import gate_env, let_through_until
-from tests.jobutil import image_bytes, read_output, tiny_model_file
+from tests.jobutil import image_bytes, joined_with_worker_env, read_output, tiny_model_file
 from tests.test_s3 import s3  # noqa: F401 - the moto server fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,8 +331,8 @@ def test_two_runs_taking_the_lease_at_once_one_wins(s3, tmp_path, where) -> None
             lease.release()
 
 
-@pytest.mark.slow  # one real run of the job in a subprocess (~15 s of Ray)
-def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(tmp_path, capsys) -> None:
+@pytest.mark.slow  # one real run of the job in a subprocess, joined to the test process's Ray (~6 CPU s)
+def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(tmp_path, capsys, joined_ray_env) -> None:
     n = 32
     inp = _inputs(tmp_path / "in", n)
     model = tiny_model_file(tmp_path)
@@ -340,7 +340,7 @@ def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(
     args = ["--input", str(inp), "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "8",
             "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
     first = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                             env={**os.environ, **gate_env(tmp_path / "gate")}, stdout=subprocess.PIPE,
+                             env=joined_with_worker_env(joined_ray_env, **gate_env(tmp_path / "gate")), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True)
     try:
         # its batches let through one by one until a part file lands, the last of its 4 never: the first run still runs
