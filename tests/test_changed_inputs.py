@@ -168,31 +168,6 @@ def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_rows_a_run_wrote_before_it_stopped_are_covered_when_their_input_changes_before_the_resume(
-        tmp_path, model, monkeypatch) -> None:
-    """The record is written before the first image is read: a run that stopped after writing its rows (here: its
-    end-of-run check fails; a kill leaves the same files) left stamps for them, and the resume tells the change."""
-    root = image_folder(tmp_path / "in", 2)
-    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
-    assert len(pq.read_table(tmp_path / "out" / "data").column("id")) == 2  # its rows landed
-    rewritten_in_place(root / "1.png", image_bytes(16, 16, 77))
-    summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
-    assert summary["status"] == "complete" and summary["this_run"]["read"] == 0
-    assert (summary["changed_inputs"]["image_files_purified"], summary["changed_inputs"]["examples"]) == (1, ["1.png"])
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_a_file_planned_but_not_read_before_a_stop_is_not_said_changed(tmp_path, model, monkeypatch) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "0.png").write_bytes(image_bytes(16, 16, 0))
-    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)
-    rewritten_in_place(root / "0.png", image_bytes(16, 16, 5))
-    summary = run_job(small_job_config(tmp_path, model))
-    assert summary["this_run"]["purified"] == 1 and summary["changed_inputs"]["image_files_purified"] == 0
-
-
-@pytest.mark.usefixtures("ray_local")
 def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(tmp_path, model) -> None:
     from pipeline.config import JobConfig
     from tests.s3util import moto_s3
@@ -227,14 +202,34 @@ def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_retry_of_a_changed_reject_stopped_before_reading_it_leaves_it_said_changed(tmp_path, model,
-                                                                                   monkeypatch) -> None:
-    """--retry-rejects reads a changed reject again; a run that stops before it did must not leave the new stamp
-    recorded beside the old reject row (the next run would keep that row without a word)."""
-    root = tmp_path / "in"
-    root.mkdir()
+def test_inputs_changed_after_a_stopped_run_are_said_changed_only_where_it_read_them_or_retried_them(
+        tmp_path, model, monkeypatch) -> None:
+    """The record is written before the first image is read. A file planned by a run that stopped before reading it is
+    no change when it changes before the next run; rows a run wrote before it stopped (here: its end-of-run check fails;
+    a kill leaves the same files) have stamps, and the resume tells their input's change. --retry-rejects reads a
+    changed reject again; a run that stops before it did must not leave the new stamp recorded beside the old reject row
+    (the next run would keep that row without a word). One test, one sequence of runs (three tests made six runs, four
+    of them purifying)."""
+    root = image_folder(tmp_path / "in", 2)
     (root / "bad.png").write_bytes(b"half an upload")
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
+    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)  # planned, nothing read
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 5))
+    # what the next run says of its inputs (as its summary's changed_inputs): 0.png, planned but not read, no change
+    dry = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["changed_inputs"]
+    assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (0, 0, [])
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)  # after writing its rows, 0.png's of its new bytes
+    data = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    assert sorted(row["id"] for row in data) == ["0.png", "1.png"]  # its rows landed...
+    new0 = hashlib.sha256(image_bytes(16, 16, 5)).hexdigest()
+    assert next(row["source_sha256"] for row in data if row["id"] == "0.png") == new0
+    assert pq.read_table(tmp_path / "out" / "rejects").column("id").to_pylist() == ["bad.png"]
+
+    rewritten_in_place(root / "1.png", image_bytes(16, 16, 77))
+    summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
+    assert summary["status"] == "complete" and summary["this_run"]["read"] == 0
+    # 1.png, read by the stopped run, said changed; 0.png, changed before it was read, is not
+    assert (summary["changed_inputs"]["image_files_purified"], summary["changed_inputs"]["examples"]) == (1, ["1.png"])
+
     rewritten_in_place(root / "bad.png", image_bytes(16, 16, 4))  # the upload finished
     run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, retry_rejects=True)  # before the first batch
     resumed = run_job(small_job_config(tmp_path, model))  # resumed without the flag: the reject row is kept...
