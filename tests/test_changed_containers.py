@@ -23,6 +23,7 @@ from pipeline.ledger import ContainerRead, read_ledger
 from pipeline.output import part_files_holding
 from pipeline.plan import plan_job
 from pipeline.sources import ReadUnit, discover
+from tests.changeutil import SavedRun, rewritten
 from tests.jobutil import (
     image_bytes,
     no_ray_from_here_on,
@@ -55,29 +56,43 @@ def _counting_reads(monkeypatch) -> list[str]:
     return read
 
 
+IMG = {k: image_bytes(16, 16, k) for k in range(12)}
+GROWN = {"0.png": IMG[0], "0.cls": b"3", "1.png": IMG[1], "1.cls": b"5"}
+
+
+@pytest.fixture(scope="module")
+def containers_done(tmp_path_factory, model, ray_local) -> SavedRun:
+    """in/: grown.tar (`GROWN`: two samples with labels), order.tar (two members), copied.tar (one), p.parquet (two
+    rows) and a stored z.zip (two members, one in a folder), purified by a first run that wrote a part file a row. A test
+    restores it (`restore()`, its `tmp_path` from there on) and changes an input by replacing it (tests.changeutil)."""
+    folder = tmp_path_factory.mktemp("containers")
+    root = folder / "in"
+    root.mkdir()
+    (root / "grown.tar").write_bytes(tar_bytes(GROWN))
+    (root / "order.tar").write_bytes(tar_bytes({"a.png": IMG[2], "b.png": IMG[3]}))
+    (root / "copied.tar").write_bytes(tar_bytes({"c.png": IMG[4]}))
+    (root / "p.parquet").write_bytes(_parquet([IMG[5], IMG[6]], [1, 2]))
+    (root / "z.zip").write_bytes(zip_bytes({"d/x.png": IMG[7], "y.png": IMG[8]}, zipfile.ZIP_STORED))
+    assert run_job(small_job_config(folder, model, write_batch=1))["this_run"]["purified"] == 9
+    assert len(list((folder / "out" / "data").glob("part-*.parquet"))) == 9  # a row a file
+    return SavedRun(folder)
+
+
 @pytest.mark.usefixtures("ray_local")
 def test_containers_grown_copied_or_repacked_with_the_same_members_are_no_change_and_their_new_members_purified(
-        tmp_path, model, monkeypatch, capsys) -> None:
+        containers_done, model, monkeypatch, capsys) -> None:
+    tmp_path, img, shard = containers_done.restore(), IMG, GROWN
     root = tmp_path / "in"
-    root.mkdir()
-    img = {k: image_bytes(16, 16, k) for k in range(12)}
-    shard = {"0.png": img[0], "0.cls": b"3", "1.png": img[1], "1.cls": b"5"}
-    (root / "grown.tar").write_bytes(tar_bytes(shard))
-    (root / "order.tar").write_bytes(tar_bytes({"a.png": img[2], "b.png": img[3]}))
-    (root / "copied.tar").write_bytes(tar_bytes({"c.png": img[4]}))
-    (root / "p.parquet").write_bytes(_parquet([img[5], img[6]], [1, 2]))
-    (root / "z.zip").write_bytes(zip_bytes({"d/x.png": img[7], "y.png": img[8]}, zipfile.ZIP_STORED))
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 9
     before = {row["id"]: row for row in pq.read_table(tmp_path / "out" / "data").to_pylist()}
 
     # a WebDataset shard grown by appended samples; one rewritten with its members in another order; one copied over
     # (a new inode); a Parquet file rewritten with the same rows and one more; a zip packed again, otherwise
-    rewritten_in_place(root / "grown.tar", tar_bytes({**shard, "2.png": img[9], "2.cls": b"7"}))
-    rewritten_in_place(root / "order.tar", tar_bytes({"b.png": img[3], "a.png": img[2]}))
+    rewritten(root / "grown.tar", tar_bytes({**shard, "2.png": img[9], "2.cls": b"7"}))
+    rewritten(root / "order.tar", tar_bytes({"b.png": img[3], "a.png": img[2]}))
     (tmp_path / "copy.tar").write_bytes((root / "copied.tar").read_bytes())
     os.replace(tmp_path / "copy.tar", root / "copied.tar")
-    rewritten_in_place(root / "p.parquet", _parquet([img[5], img[6], img[10]], [1, 2, 3]))
-    rewritten_in_place(root / "z.zip", zip_bytes({"y.png": img[8], "d/x.png": img[7], "d/new.png": img[11]}))
+    rewritten(root / "p.parquet", _parquet([img[5], img[6], img[10]], [1, 2, 3]))
+    rewritten(root / "z.zip", zip_bytes({"y.png": img[8], "d/x.png": img[7], "d/new.png": img[11]}))
     read = _counting_reads(monkeypatch)
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (dry["containers"], dry["examples"]) == (0, [])
@@ -110,37 +125,30 @@ def test_containers_grown_copied_or_repacked_with_the_same_members_are_no_change
     assert (later["this_run"]["read"], read) == (0, [])  # their new stamps were recorded: not read again
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_a_container_with_a_member_or_a_column_of_a_row_changed_or_gone_is_still_a_change_and_refreshed(
-        tmp_path, model, monkeypatch) -> None:
+        containers_done, model, monkeypatch) -> None:
+    tmp_path, img = containers_done.restore(), IMG
     root = tmp_path / "in"
-    root.mkdir()
-    img = {k: image_bytes(16, 16, k) for k in range(8)}
-    (root / "label.tar").write_bytes(tar_bytes({"0.png": img[0], "0.cls": b"3", "1.png": img[1], "1.cls": b"4"}))
-    (root / "gone.tar").write_bytes(tar_bytes({"a.png": img[2], "b.png": img[3]}))
-    (root / "q.parquet").write_bytes(_parquet([img[4], img[5]], [1, 2]))
-    (root / "z.zip").write_bytes(zip_bytes({"x.png": img[6]}))
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 7
-
     # the same images, one label fixed; a sample removed (another added); a Parquet row's label fixed; a member's bytes
-    rewritten_in_place(root / "label.tar", tar_bytes({"0.png": img[0], "0.cls": b"3", "1.png": img[1], "1.cls": b"9"}))
-    rewritten_in_place(root / "gone.tar", tar_bytes({"a.png": img[2], "c.png": img[7]}))
-    rewritten_in_place(root / "q.parquet", _parquet([img[4], img[5]], [1, 20]))
-    rewritten_in_place(root / "z.zip", zip_bytes({"x.png": image_bytes(16, 16, 60)}))
+    # (copied.tar left as it was)
+    rewritten(root / "grown.tar", tar_bytes({**GROWN, "1.cls": b"9"}))
+    rewritten(root / "order.tar", tar_bytes({"a.png": img[2], "c.png": img[9]}))
+    rewritten(root / "p.parquet", _parquet([img[5], img[6]], [1, 20]))
+    rewritten(root / "z.zip", zip_bytes({"d/x.png": img[7], "y.png": image_bytes(16, 16, 60)}, zipfile.ZIP_STORED))
     read = _counting_reads(monkeypatch)
     summary = run_job(small_job_config(tmp_path, model, incremental=True))
     changed = summary["changed_inputs"]
-    assert (changed["containers"], changed["container_rows"], changed["containers_same_members"]) == (4, 7, 0)
-    assert changed["examples"] == ["gone.tar", "label.tar", "q.parquet", "z.zip"]
-    assert sorted(read) == ["gone.tar", "label.tar", "q.parquet", "z.zip"]
+    assert (changed["containers"], changed["container_rows"], changed["containers_same_members"]) == (4, 8, 0)
+    assert changed["examples"] == ["grown.tar", "order.tar", "p.parquet", "z.zip"]
+    assert sorted(read) == ["grown.tar", "order.tar", "p.parquet", "z.zip"]
 
     read.clear()  # still changed (and refreshed), but not read again while their listing stays
     refreshed = run_job(small_job_config(tmp_path, model, refresh_changed=True))
     assert read == []
-    # every done row of each (gone.tar/c too, purified by the last run) read again; gone.tar/b has no member now
-    assert refreshed["this_run"]["refreshed"] == {"inputs": 4, "rows_replaced": 7, "rows_kept": 1}
+    # every done row of each (order.tar/c too, purified by the last run) read again; order.tar/b has no member now
+    assert refreshed["this_run"]["refreshed"] == {"inputs": 4, "rows_replaced": 8, "rows_kept": 1}
     labels = {row["id"]: row["label"] for row in pq.read_table(tmp_path / "out" / "data").to_pylist()}
-    assert (labels["label.tar/1"], labels["q.parquet#1"]) == (9, 20)
+    assert (labels["grown.tar/1"], labels["p.parquet#1"]) == (9, 20)
     assert run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]["containers"] == 0
 
 
@@ -184,42 +192,33 @@ def test_a_container_that_cannot_be_read_or_whose_rows_cannot_be_compared_stays_
     assert "could not read the source_sha256" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_a_container_copied_over_or_packed_again_with_every_id_done_is_skipped_unread_by_the_run_that_finds_it_so(
-        tmp_path, model, monkeypatch) -> None:
+        containers_done, model, monkeypatch) -> None:
     """The planning reads a container whose listing changed to the end to compare it with its rows: found as it was,
     its `_containers/` entry is made current, so that the run does not read it again only to skip each of its ids
     (and, with nothing else to read, starts no Ray). It read every one again, and started Ray to do it."""
-    root = tmp_path / "in"
-    root.mkdir()
-    img = {k: image_bytes(16, 16, k) for k in range(8)}
-    (root / "copied.tar").write_bytes(tar_bytes({"0.png": img[0], "0.cls": b"3", "1.png": img[1]}))
-    (root / "p.parquet").write_bytes(_parquet([img[2], img[3]], [1, 2]))
-    (root / "z.zip").write_bytes(zip_bytes({"d/x.png": img[4], "y.png": img[5]}, zipfile.ZIP_STORED))
-    grown = tar_bytes({"a.png": img[6]})
-    (root / "grown.tar").write_bytes(grown)
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["purified"] == 7
-    out = tmp_path / "out"
-
+    tmp_path, img = containers_done.restore(), IMG
+    root, out = tmp_path / "in", tmp_path / "out"
     (tmp_path / "copy.tar").write_bytes((root / "copied.tar").read_bytes())
     os.replace(tmp_path / "copy.tar", root / "copied.tar")  # copied over: a new inode, the same bytes
-    rewritten_in_place(root / "p.parquet", _parquet([img[2], img[3]], [1, 2]))
-    rewritten_in_place(root / "z.zip", zip_bytes({"y.png": img[5], "d/x.png": img[4]}))  # packed again, otherwise
-    rewritten_in_place(root / "grown.tar", tar_bytes({"a.png": img[6], "b.png": img[7]}))
+    rewritten(root / "p.parquet", _parquet([img[5], img[6]], [1, 2]))
+    rewritten(root / "z.zip", zip_bytes({"y.png": img[8], "d/x.png": img[7]}))  # packed again, otherwise
+    rewritten(root / "grown.tar", tar_bytes({**GROWN, "2.png": img[9]}))
     config = small_job_config(tmp_path, model, incremental=True)
     plan = plan_job(config, dry_run=True)
     assert plan.changes.same_members == 4
-    # the one grown is read for its member added; the others hold nothing new
+    # the one grown is read for its member added; the others hold nothing new (order.tar, left as it was, as before)
     assert [os.path.basename(u.paths[0]) for u in plan.units] == ["grown.tar"]
-    assert plan.describe()["input"]["containers_already_done"] == 3
+    assert plan.describe()["input"]["containers_already_done"] == 3 + 1
 
-    rewritten_in_place(root / "grown.tar", grown)  # as it was: nothing is left to read
+    rewritten(root / "grown.tar", tar_bytes(GROWN))  # as it was: nothing is left to read
     read = _counting_reads(monkeypatch)
     no_ray_from_here_on(monkeypatch)
     summary = run_job(config)
     run = summary["this_run"]
     assert (summary["status"], summary["changed_inputs"]["containers_same_members"]) == ("complete", 4)
-    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 4, 4)
+    # the four found as they were are recorded anew; order.tar's entry stands
+    assert (run["read"], run["containers_skipped_unread"], run["containers_recorded"]) == (0, 4 + 1, 4)
     assert sorted(read) == ["copied.tar", "grown.tar", "p.parquet", "z.zip"]  # by the planning, once
     ledger = read_ledger(str(out), {})
     listed = {u.paths[0]: u.stamps[0] for u in discover(str(root))}
@@ -227,7 +226,7 @@ def test_a_container_copied_over_or_packed_again_with_every_id_done_is_skipped_u
 
     read.clear()
     later = run_job(config)["this_run"]
-    assert (later["read"], later["containers_skipped_unread"], read) == (0, 4, [])
+    assert (later["read"], later["containers_skipped_unread"], read) == (0, 4 + 1, [])
 
 
 class _CountedReads:
@@ -304,28 +303,21 @@ def test_comparing_a_containers_rows_reads_of_the_outputs_part_files_only_the_ro
     assert read["part-other.parquet"] < 2**20  # its footer and id column, not its 16 MiB of masks
 
 
-@pytest.mark.usefixtures("ray_local")
 def test_comparing_changed_containers_with_their_rows_reads_only_the_part_files_holding_those_rows(
-        tmp_path, model, monkeypatch) -> None:
+        containers_done, model, monkeypatch) -> None:
     """To compare the containers whose listing changed with their rows, the planning read the id column of every part
     file of the output (and the rest of those holding their rows): at 10^6 rows, thousands of part files for one
     shard repacked. Now it reads only those holding their rows, as its own reading of the output's ids
     (`output.OutputIndex`) names them, and finds the same."""
-    root = tmp_path / "in"
-    root.mkdir()
-    img = {k: image_bytes(16, 16, k) for k in range(6)}
-    for s, name in enumerate(("a.tar", "b.tar", "c.tar")):
-        (root / name).write_bytes(tar_bytes({"0.png": img[2 * s], "1.png": img[2 * s + 1]}))
-    assert run_job(small_job_config(tmp_path, model, write_batch=1))["this_run"]["purified"] == 6  # a row a file
-    out = tmp_path / "out"
-    assert len(list((out / "data").glob("part-*.parquet"))) == 6
-    rewritten_in_place(root / "b.tar", tar_bytes({"1.png": img[3], "0.png": img[2]}))  # its members in another order
-    rewritten_in_place(root / "c.tar", tar_bytes({"0.png": img[4], "1.png": image_bytes(16, 16, 60)}))  # one other
+    tmp_path = containers_done.restore()  # a part file a row: 9
+    root, out = tmp_path / "in", tmp_path / "out"
+    rewritten(root / "order.tar", tar_bytes({"b.png": IMG[3], "a.png": IMG[2]}))  # its members in another order
+    rewritten(root / "grown.tar", tar_bytes({**GROWN, "1.png": image_bytes(16, 16, 60)}))  # one other
     read = part_files_read(monkeypatch)
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
     assert (dry["containers_compared"], dry["containers_same_members"]) == (2, 1)
-    assert (dry["containers"], dry["examples"]) == (1, ["c.tar"])
-    holding = part_files_holding(str(out), {}, {"b.tar/0", "b.tar/1", "c.tar/0", "c.tar/1"})
+    assert (dry["containers"], dry["examples"]) == (1, ["grown.tar"])
+    holding = part_files_holding(str(out), {}, {"order.tar/a", "order.tar/b", "grown.tar/0", "grown.tar/1"})
     assert len(read) == 4
     assert sorted(read) == sorted(name for names in holding.values() for name in names)
 

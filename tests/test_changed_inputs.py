@@ -168,31 +168,6 @@ def test_a_scheduled_run_says_which_inputs_changed_in_place_until_overwrite(tmp_
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_rows_a_run_wrote_before_it_stopped_are_covered_when_their_input_changes_before_the_resume(
-        tmp_path, model, monkeypatch) -> None:
-    """The record is written before the first image is read: a run that stopped after writing its rows (here: its
-    end-of-run check fails; a kill leaves the same files) left stamps for them, and the resume tells the change."""
-    root = image_folder(tmp_path / "in", 2)
-    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)
-    assert len(pq.read_table(tmp_path / "out" / "data").column("id")) == 2  # its rows landed
-    rewritten_in_place(root / "1.png", image_bytes(16, 16, 77))
-    summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
-    assert summary["status"] == "complete" and summary["this_run"]["read"] == 0
-    assert (summary["changed_inputs"]["image_files_purified"], summary["changed_inputs"]["examples"]) == (1, ["1.png"])
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_a_file_planned_but_not_read_before_a_stop_is_not_said_changed(tmp_path, model, monkeypatch) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "0.png").write_bytes(image_bytes(16, 16, 0))
-    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)
-    rewritten_in_place(root / "0.png", image_bytes(16, 16, 5))
-    summary = run_job(small_job_config(tmp_path, model))
-    assert summary["this_run"]["purified"] == 1 and summary["changed_inputs"]["image_files_purified"] == 0
-
-
-@pytest.mark.usefixtures("ray_local")
 def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(tmp_path, model) -> None:
     from pipeline.config import JobConfig
     from tests.s3util import moto_s3
@@ -227,14 +202,34 @@ def test_on_s3_a_new_etag_is_a_change_and_the_same_bytes_uploaded_again_are_not(
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_retry_of_a_changed_reject_stopped_before_reading_it_leaves_it_said_changed(tmp_path, model,
-                                                                                   monkeypatch) -> None:
-    """--retry-rejects reads a changed reject again; a run that stops before it did must not leave the new stamp
-    recorded beside the old reject row (the next run would keep that row without a word)."""
-    root = tmp_path / "in"
-    root.mkdir()
+def test_inputs_changed_after_a_stopped_run_are_said_changed_only_where_it_read_them_or_retried_them(
+        tmp_path, model, monkeypatch) -> None:
+    """The record is written before the first image is read. A file planned by a run that stopped before reading it is
+    no change when it changes before the next run; rows a run wrote before it stopped (here: its end-of-run check fails;
+    a kill leaves the same files) have stamps, and the resume tells their input's change. --retry-rejects reads a
+    changed reject again; a run that stops before it did must not leave the new stamp recorded beside the old reject row
+    (the next run would keep that row without a word). One test, one sequence of runs (three tests made six runs, four
+    of them purifying)."""
+    root = image_folder(tmp_path / "in", 2)
     (root / "bad.png").write_bytes(b"half an upload")
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
+    run_stopped_at("build_pipeline", tmp_path, model, monkeypatch)  # planned, nothing read
+    rewritten_in_place(root / "0.png", image_bytes(16, 16, 5))
+    # what the next run says of its inputs (as its summary's changed_inputs): 0.png, planned but not read, no change
+    dry = plan_job(small_job_config(tmp_path, model), dry_run=True).describe()["changed_inputs"]
+    assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (0, 0, [])
+    run_stopped_at("deduplicate_output", tmp_path, model, monkeypatch)  # after writing its rows, 0.png's of its new bytes
+    data = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    assert sorted(row["id"] for row in data) == ["0.png", "1.png"]  # its rows landed...
+    new0 = hashlib.sha256(image_bytes(16, 16, 5)).hexdigest()
+    assert next(row["source_sha256"] for row in data if row["id"] == "0.png") == new0
+    assert pq.read_table(tmp_path / "out" / "rejects").column("id").to_pylist() == ["bad.png"]
+
+    rewritten_in_place(root / "1.png", image_bytes(16, 16, 77))
+    summary = run_job(small_job_config(tmp_path, model))  # the same command resumes
+    assert summary["status"] == "complete" and summary["this_run"]["read"] == 0
+    # 1.png, read by the stopped run, said changed; 0.png, changed before it was read, is not
+    assert (summary["changed_inputs"]["image_files_purified"], summary["changed_inputs"]["examples"]) == (1, ["1.png"])
+
     rewritten_in_place(root / "bad.png", image_bytes(16, 16, 4))  # the upload finished
     run_stopped_at("build_pipeline", tmp_path, model, monkeypatch, retry_rejects=True)  # before the first batch
     resumed = run_job(small_job_config(tmp_path, model))  # resumed without the flag: the reject row is kept...
@@ -264,80 +259,57 @@ def _counting_hashes(monkeypatch) -> list[str]:
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_image_files_touched_or_copied_over_with_the_same_bytes_are_no_change_and_read_once(
+def test_image_files_touched_or_copied_over_with_the_same_bytes_are_no_change_read_once_and_not_purified_again(
         tmp_path, model, monkeypatch) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    for name, seed in (("touched.png", 1), ("copied.png", 2), ("new.png", 3), ("kept.png", 4)):
-        (root / name).write_bytes(image_bytes(16, 16, seed))
-    (root / "bad.png").write_bytes(b"not an image")
-    assert run_job(small_job_config(tmp_path, model))["this_run"]["rejected"] == 1
-    inode = os.stat(root / "copied.png").st_ino
-    _touch(root / "touched.png")
-    _touch(root / "bad.png")  # a reject whose file was touched: the reject is still about these bytes
-    (tmp_path / "copy.png").write_bytes(image_bytes(16, 16, 2))  # restored from a backup: a new inode, same bytes
-    os.replace(tmp_path / "copy.png", root / "copied.png")
-    assert os.stat(root / "copied.png").st_ino != inode
-    rewritten_in_place(root / "new.png", image_bytes(16, 16, 33))  # new bytes: changed, as before
-    hashed = _counting_hashes(monkeypatch)
-    dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
-    assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (1, 0, ["new.png"])
-    assert dry["image_files_same_bytes"] == 3
-    assert sorted(hashed) == ["bad.png", "copied.png", "new.png", "touched.png"]  # kept.png: its stamp is the same
-
-    hashed.clear()
-    summary = run_job(small_job_config(tmp_path, model, incremental=True))
-    changed = summary["changed_inputs"]
-    assert (changed["image_files_purified"], changed["image_files_rejected"], changed["examples"]) == (1, 0, ["new.png"])
-    assert (changed["image_files_same_bytes"], summary["this_run"]["read"]) == (3, 0)
-    assert len(hashed) == 4  # a dry run records nothing: the run reads them again, and records their new stamps
-
-    hashed.clear()
-    later = run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]
-    assert (later["image_files_purified"], later["examples"], later["image_files_same_bytes"]) == (1, ["new.png"], 0)
-    assert hashed == []  # the same ones' new stamps were recorded, and that new.png's bytes differ at its stamp
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_refresh_changed_leaves_the_row_of_a_file_touched_with_the_same_bytes_as_it_was(tmp_path, model) -> None:
-    root = image_folder(tmp_path / "in", 2)
-    assert run_job(small_job_config(tmp_path, model))["status"] == "complete"
-
-    def row(id_: str) -> dict:
-        table = pq.read_table(tmp_path / "out" / "data")
-        return next(r for r in table.to_pylist() if r["id"] == id_)
-
-    before = row("0.png")
-    _touch(root / "0.png")
-    rewritten_in_place(root / "1.png", image_bytes(16, 16, 11))
-    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
-    assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 1, "rows_kept": 0}
-    assert (summary["this_run"]["read"], summary["changed_inputs"]["image_files_same_bytes"]) == (1, 1)
-    assert row("0.png") == before  # not purified again: the same row, not another sample of the same image
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_comparing_touched_files_with_their_rows_reads_only_the_part_files_holding_those_rows(
-        tmp_path, model, monkeypatch) -> None:
-    """To compare the files whose listing changed with their rows, the planning read the id and source_sha256 columns
-    of every part file of the output: at 10^6 rows, thousands of part files for a few touched images. Now it reads
-    only those holding their rows, as its own reading of the output's ids (`output.OutputIndex`) names them, and
-    finds the same."""
+    """Files whose listing changed but whose bytes did not are no change; telling so reads only the part files holding
+    their rows, each file is hashed once (its new stamp recorded), and --refresh-changed leaves their rows as they were.
+    One first run for all of it (three tests made a first run each)."""
     root = image_folder(tmp_path / "in", 6)
     (root / "bad.png").write_bytes(b"not an image")
     assert run_job(small_job_config(tmp_path, model, write_batch=1))["this_run"]["rejected"] == 1  # a row a file
     out = tmp_path / "out"
     assert len(list((out / "data").glob("part-*.parquet"))) == 6
-    _touch(root / "2.png")
-    _touch(root / "bad.png")  # a reject: its row is in rejects/
-    rewritten_in_place(root / "4.png", image_bytes(16, 16, 44))
+
+    def row(id_: str) -> dict:
+        return next(r for r in pq.read_table(out / "data").to_pylist() if r["id"] == id_)
+
+    before = row("0.png")
+    inode = os.stat(root / "1.png").st_ino
+    _touch(root / "0.png")
+    _touch(root / "bad.png")  # a reject whose file was touched: the reject is still about these bytes
+    (tmp_path / "copy.png").write_bytes((root / "1.png").read_bytes())  # restored from a backup: a new inode, same bytes
+    os.replace(tmp_path / "copy.png", root / "1.png")
+    assert os.stat(root / "1.png").st_ino != inode
+    rewritten_in_place(root / "4.png", image_bytes(16, 16, 44))  # new bytes: changed, as before
+    hashed = _counting_hashes(monkeypatch)
     read = part_files_read(monkeypatch)
     dry = plan_job(small_job_config(tmp_path, model, incremental=True), dry_run=True).describe()["changed_inputs"]
-    assert (dry["image_files_compared"], dry["image_files_same_bytes"]) == (3, 2)
     assert (dry["image_files_purified"], dry["image_files_rejected"], dry["examples"]) == (1, 0, ["4.png"])
-    holding = part_files_holding(str(out), {}, {"2.png", "4.png", "bad.png"})
-    assert len(read) == 3
+    assert (dry["image_files_compared"], dry["image_files_same_bytes"]) == (4, 3)
+    assert sorted(hashed) == ["0.png", "1.png", "4.png", "bad.png"]  # 2.png, 3.png, 5.png: their stamps are the same
+    # the part files read to compare them with their rows (a row a file): only those holding their rows
+    holding = part_files_holding(str(out), {}, {"0.png", "1.png", "4.png", "bad.png"})
+    assert len(read) == 4
     assert sorted(read) == sorted(name for names in holding.values() for name in names)
+
+    hashed.clear()
+    summary = run_job(small_job_config(tmp_path, model, incremental=True))
+    changed = summary["changed_inputs"]
+    assert (changed["image_files_purified"], changed["image_files_rejected"], changed["examples"]) == (1, 0, ["4.png"])
+    assert (changed["image_files_same_bytes"], summary["this_run"]["read"]) == (3, 0)
+    assert len(hashed) == 4  # a dry run records nothing: the run reads them again, and records their new stamps
+
+    hashed.clear()
+    later = run_job(small_job_config(tmp_path, model, incremental=True))["changed_inputs"]
+    assert (later["image_files_purified"], later["examples"], later["image_files_same_bytes"]) == (1, ["4.png"], 0)
+    assert hashed == []  # the same ones' new stamps were recorded, and that 4.png's bytes differ at its stamp
+
+    _touch(root / "0.png")  # touched again; 4.png is still said changed
+    summary = run_job(small_job_config(tmp_path, model, refresh_changed=True))
+    assert summary["this_run"]["refreshed"] == {"inputs": 1, "rows_replaced": 1, "rows_kept": 0}
+    assert (summary["this_run"]["read"], summary["changed_inputs"]["image_files_same_bytes"]) == (1, 1)
+    assert row("0.png") == before  # not purified again: the same row, not another sample of the same image
+    assert row("4.png")["source_sha256"] == hashlib.sha256(image_bytes(16, 16, 44)).hexdigest()
 
 
 def test_a_part_file_that_cannot_be_read_is_said_without_the_outputs_credentials(tmp_path, capsys) -> None:

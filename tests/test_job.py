@@ -111,46 +111,69 @@ def test_tar_shards_with_webdataset_keys(tmp_path, model) -> None:
     assert data["source"].str.contains("shard-0.tar:s/").all()
 
 
-def test_progress_over_shards_has_a_total_from_their_headers_or_says_how_many_read_tasks_are_done(tmp_path, model,
-                                                                                                   capsys,
-                                                                                                   monkeypatch) -> None:
+def test_progress_over_shards_has_a_total_from_their_headers_or_says_how_many_read_tasks_are_done_and_mixed_labels_unify(
+        tmp_path, model, capsys, monkeypatch) -> None:
     # a plain shard's keys are counted from its headers; compressed shards past the bytes decompressed to count them
     # have an image count unknown until they are read: no total, so the line counts shards (read tasks) instead
     from pipeline.sources import tar_count
 
+    # The same run shows labels of mixed types in two shards read back as one data set (one run instead of two): the
+    # shards' .cls labels are numbers in two and words in one, each image in a part file of its own.
     root = tmp_path / "in"
     root.mkdir()
+    labels = {0: [b"3", b"4"], 1: [b"cat", b"dog"], 2: [b"5", b"6"]}
     for s in range(3):
-        (root / f"shard-{s}.tar").write_bytes(tar_bytes({f"{k}.png": image_bytes(32, 32, k) for k in range(2)}))
-    run_job(_config(tmp_path, model, input=str(root), progress=True))
+        members = {f"{k}.png": image_bytes(32, 32, k) for k in range(2)}
+        members.update({f"{k}.cls": labels[s][k] for k in range(2)})
+        (root / f"shard-{s}.tar").write_bytes(tar_bytes(members))
+    summary = run_job(_config(tmp_path, model, input=str(root), progress=True, write_batch=1))  # one file per image
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("images: 6/6 (100 %) in ") and last.endswith(", rejected 0"), last
+    assert summary["this_run"]["columns_retyped"] == {"label": "string"}
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "out" / "data").sort_values("id")
+    assert list(df["label"]) == ["3", "4", "cat", "dog", "5", "6"]
     for s in range(3):
         shard = root / f"shard-{s}.tar"
         (root / f"shard-{s}.tar.gz").write_bytes(gzip.compress(shard.read_bytes()))
         shard.unlink()
     monkeypatch.setattr(tar_count, "COMPRESSED_BYTES_LOCAL", 100)
-    run_job(_config(tmp_path, model, input=str(root), output=str(tmp_path / "out-gz"), progress=True))
+    run_job(_config(tmp_path, model, input=str(root), output=str(tmp_path / "out-gz"), progress=True, write_batch=1))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("images: 6 in ") and last.endswith(", rejected 0, read_tasks 3/3"), last
 
 
-def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, model, capsys) -> None:
+def test_progress_over_parquet_files_has_a_total_from_their_footers_and_hf_layout_and_binary_columns_are_read(
+        tmp_path, model, capsys) -> None:
+    # one run for the progress over Parquet files and the Parquet layouts read (two runs before): a Hugging Face
+    # layout (an image struct of bytes and path, a label, a split; one cell not an image) and a binary image column
+    # with a caption, beside an image file and a damaged one
     root = tmp_path / "in"
     root.mkdir()
-    for name, rows in (("a.parquet", 3), ("b.parquet", 2)):
-        pq.write_table(pa.table({"image": [image_bytes(16, 16, i) for i in range(rows)]}), root / name)
+    hf = pa.table({"image": [{"bytes": image_bytes(32, 32, i), "path": f"x{i}.png"} for i in range(3)] +
+                   [{"bytes": b"bad", "path": "bad.png"}], "label": [3, 1, 4, 1], "split": ["a", "b", "c", "d"]})
+    pq.write_table(hf, root / "hf.parquet")
+    pq.write_table(pa.table({"img": [image_bytes(16, 48, 7)], "caption": ["wide"]}), root / "bin.parquet")
     (root / "x.png").write_bytes(image_bytes(16, 16, 9))
     (root / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")  # a reject: counted, but not as purified
-    run_job(_config(tmp_path, model, input=str(root), progress=True))
+    summary = run_job(_config(tmp_path, model, input=str(root), progress=True))
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    # images done, purified or rejected: the old "purified: 7/7 (100 %) ..., rejected 1" said 7 purified where 6 were
-    assert last.startswith("images: 7/7 (100 %) in ") and last.endswith(", rejected 1"), last
+    # images done, purified or rejected: the old "purified: 7/7 (100 %) ..., rejected 2" said 7 purified where 5 were
+    assert last.startswith("images: 7/7 (100 %) in ") and last.endswith(", rejected 2"), last
     assert "read_tasks" not in last, last
+    data, rejects = read_output(str(tmp_path / "out"))
+    assert summary["this_run"]["read"] == 7 and len(data) == 5
+    assert sorted(rejects["id"]) == ["hf.parquet#3", "y.png"]
+    hf_rows = data[data["id"].str.startswith("hf")].sort_values("id")
+    assert list(hf_rows["label"]) == [3, 1, 4] and list(hf_rows["split"]) == ["a", "b", "c"]
+    wide = data[data["id"] == "bin.parquet#0"].iloc[0]
+    assert wide["caption"] == "wide" and decoded_size(wide["image"]) == (16, 48)
     # the plan behind it: rows less those done; no total with a zip archive among the inputs, or a footer unreadable
     fresh = _config(tmp_path, model, input=str(root), output=str(tmp_path / "fresh"))
     plan = plan_job(fresh, dry_run=True)
-    plan.container_done[plan.units[0].paths[0]] = ["a.parquet#0", "a.parquet#unreadable"]
+    hf_unit = next(u for u in plan.units if u.paths[0].endswith("hf.parquet"))
+    plan.container_done[hf_unit.paths[0]] = ["hf.parquet#0", "hf.parquet#unreadable"]
     assert progress_total(plan, {}) == 7 - 1
     (root / "c.parquet").write_bytes(b"not parquet")
     assert progress_total(plan_job(fresh, dry_run=True), {}) is None
@@ -159,22 +182,6 @@ def test_progress_over_parquet_files_has_a_total_from_their_footers(tmp_path, mo
     assert progress_total(plan_job(fresh, dry_run=True), {}) == 7 + 1  # a tar shard's keys, from its headers
     (root / "z.zip").write_bytes(zip_bytes({"0.png": image_bytes(16, 16, 0)}))
     assert progress_total(plan_job(fresh, dry_run=True), {}) is None
-
-
-def test_parquet_hf_layout_and_binary_column(tmp_path, model) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    hf = pa.table({"image": [{"bytes": image_bytes(32, 32, i), "path": f"x{i}.png"} for i in range(3)] +
-                   [{"bytes": b"bad", "path": "bad.png"}], "label": [3, 1, 4, 1], "split": ["a", "b", "c", "d"]})
-    pq.write_table(hf, root / "hf.parquet")
-    pq.write_table(pa.table({"img": [image_bytes(16, 48, 7)], "caption": ["wide"]}), root / "bin.parquet")
-    summary = run_job(_config(tmp_path, model, input=str(root)))
-    data, rejects = read_output(str(tmp_path / "out"))
-    assert summary["this_run"]["read"] == 5 and len(data) == 4 and list(rejects["id"]) == ["hf.parquet#3"]
-    hf_rows = data[data["id"].str.startswith("hf")].sort_values("id")
-    assert list(hf_rows["label"]) == [3, 1, 4] and list(hf_rows["split"]) == ["a", "b", "c"]
-    wide = data[data["id"] == "bin.parquet#0"].iloc[0]
-    assert wide["caption"] == "wide" and decoded_size(wide["image"]) == (16, 48)
 
 
 def test_resume_and_incremental_without_duplicates(tmp_path, model) -> None:
@@ -533,19 +540,6 @@ def test_columns_get_one_type_across_part_files(tmp_path) -> None:
     before = sorted(p.stat().st_mtime_ns for p in data.iterdir())
     assert unify_output_types(str(tmp_path / "out"), {}) == {}  # nothing left to do, nothing rewritten
     assert sorted(p.stat().st_mtime_ns for p in data.iterdir()) == before
-
-
-def test_labels_of_mixed_types_in_two_shards_read_back_as_one_data_set(tmp_path, model) -> None:
-    root = tmp_path / "in"
-    root.mkdir()
-    (root / "a.tar").write_bytes(tar_bytes({"0001.png": image_bytes(32, 32, 1), "0001.cls": b"3"}))
-    (root / "b.tar").write_bytes(tar_bytes({"0002.png": image_bytes(32, 32, 2), "0002.cls": b"cat"}))
-    summary = run_job(_config(tmp_path, model, input=str(root), write_batch=1))  # one file per image
-    assert summary["this_run"]["columns_retyped"] == {"label": "string"}
-    import pandas as pd
-
-    df = pd.read_parquet(tmp_path / "out" / "data").sort_values("id")
-    assert list(df["label"]) == ["3", "cat"]
 
 
 def test_the_ids_of_a_part_file_are_read_without_its_images(tmp_path) -> None:
