@@ -97,6 +97,7 @@ from pipeline.stages import (
     REJECTS_DIR,
     PurifyStage,
     as_the_driver_sees,
+    driver_faults,
     encode_stage,
     read_decode_tile_stage,
     untile_stage,
@@ -571,7 +572,8 @@ def build_pipeline(config: JobConfig, plan: JobPlan, placement: tuple[int, float
             storage_options=config.checkpoint_storage_options(plan.checkpoint_uri),  # for the checkpoint alone
             canvas_size=canvas_size, torch_threads=threads, batch_size=config.batch_size,
             checkpoint_flag=checkpoint_option(config),
-            checkpoint_as_given=plan.checkpoint_uri),
+            checkpoint_as_given=plan.checkpoint_uri,
+            faults=driver_faults()),  # the test hook's, set where the job was started: a cluster's workers lack it
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
         num_gpus=gpus_per_actor or None, num_cpus=actor_cpus(config),
         # A crashed actor is replaced (3 times at most, then the run fails) and its batches sent again, for as long as

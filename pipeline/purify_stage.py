@@ -114,7 +114,7 @@ FAULT_ENV = "ZIP_PURIFY_INJECT_FAULT"
 GATE_WAIT_S = 600.0  # how long a batch waits at a gate left shut, so that a test's mistake cannot hold a run for ever
 
 
-def _maybe_inject_fault() -> None:
+def _maybe_inject_fault(spec: str | None = None) -> None:
     """Test hook for the reliability suite: "raise-once:MARKER" or "exit-once:MARKER" (kills the actor),
     "exit-always:MARKER" (kills every actor at its first batch: each death adds a line to MARKER), "slow:SECONDS"
     (each batch takes longer), or "gate:FOLDER" (`wait_at_gate`: a test lets batches through one by one, to stop or
@@ -123,10 +123,21 @@ def _maybe_inject_fault() -> None:
     The marker file makes a "-once" fault happen once per run across processes; unset in normal use. Several faults,
     separated by ";" ("raise-once:M1;exit-once:M2"), apply in that order: one run then meets each of them (a test
     pays for one run of the job, not one per fault).
+
+    `spec`: the ZIP_PURIFY_INJECT_FAULT of the job's driver (`driver_faults`), which the purifier actors are given;
+    None or empty, this process's own. The workers of a Ray the driver joined (a cluster, `ray job submit`) do not
+    inherit the driver's environment, so a fault set for the job's command reached its actors only on a Ray the job
+    started itself.
     """
-    for fault in os.environ.get(FAULT_ENV, "").split(";"):
+    for fault in (spec or os.environ.get(FAULT_ENV, "")).split(";"):
         if fault:
             _inject_fault(fault)
+
+
+def driver_faults() -> str | None:
+    """This process's ZIP_PURIFY_INJECT_FAULT, for the driver to give its purifier actors (`_maybe_inject_fault`);
+    None where unset or empty (the actors then read their own environment)."""
+    return os.environ.get(FAULT_ENV) or None
 
 
 def _inject_fault(spec: str) -> None:
@@ -230,10 +241,14 @@ def _in_a_ray_actor() -> bool:
 class PurifyStage:
     """Actor: loads the diffusion model once (setup in __init__), then purifies batches of canvases."""
 
+    faults: str | None = None  # the driver's ZIP_PURIFY_INJECT_FAULT (`_maybe_inject_fault`); None in normal use
+
     def __init__(self, checkpoint: str, checkpoint_sha256: str, settings: dict[str, Any], preset: str | None,
                  flags: dict[str, Any] | None, storage_options: dict[str, Any], device: str | None,
                  precision: str, canvas_size: int, torch_threads: int | None, batch_size: int | None = None,
-                 checkpoint_flag: str = "--checkpoint", checkpoint_as_given: str | None = None):
+                 checkpoint_flag: str = "--checkpoint", checkpoint_as_given: str | None = None,
+                 faults: str | None = None):
+        self.faults = faults
         with long_lived_objects_made():
             import torch
 
@@ -277,7 +292,7 @@ class PurifyStage:
         raise AssertionError("unreachable")
 
     def _purified(self, batch: Batch) -> Batch:
-        _maybe_inject_fault()
+        _maybe_inject_fault(self.faults)
         records = records_of(batch)
         canvases = [r for r in records if r["kind"] == "canvas"]
         if canvases:

@@ -45,6 +45,7 @@ from pipeline.purify_stage import (  # noqa: F401
     cell_psnr,
     check_checkpoint_seen,
     check_store_here,
+    driver_faults,
     long_lived_objects_made,
     node_name,
     records_of,

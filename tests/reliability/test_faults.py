@@ -1,8 +1,10 @@
 """Crashed workers and a killed driver: the run completes / resumes with every input exactly once.
 
-A run that is killed or has a fault injected runs in a process of its own (the fault reaches the purifier actors through
-the environment their Ray starts with); the runs before and after it, which are neither, run in the test's process on
-the session's Ray (`ray_local`): a process and a Ray of their own would cost each run ~10 s of CPU and check nothing more.
+A run that is killed runs in a process of its own, which joins the session's Ray (`joined_ray_env`), as a job submitted
+to a cluster does: killing it kills the driver, whose actors Ray then ends. The other runs run in the test's process on
+the session's Ray (`ray_local`); the faults injected into them reach the purifier actors from the driver's environment
+(`purify_stage.driver_faults`). A Ray of each run's own cost it ~15 s of CPU and checked nothing more, except where that
+Ray's output is the subject (an actor that dies at every batch).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
+from pipeline.stages import FAULT_ENV
 from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import image_bytes
 from tests.reliability.scenario import check
@@ -33,10 +36,12 @@ def _images(folder: Path, n: int) -> set[str]:
     return {f"{i:04d}.png" for i in range(n)}
 
 
-def _job(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", *args], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, **kw)
+def _job(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
+    """The job's command line with `args` in a process of its own (a session of its own: killed with its group, it takes
+    nothing else with it), in environment `env` (the whole of it: `joined_ray_env` and the fault, for one that joins
+    the session's Ray)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
 def _run(args: list[str]) -> None:
@@ -51,18 +56,20 @@ def _run(args: list[str]) -> None:
 KILLED_BATCHES = ["--files-per-unit", "4", "--tile-batch", "4", "--batch-size", "4", "--write-batch", "4"]
 
 
-def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: int, most: int, what: str) -> None:
+def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: int, most: int, what: str,
+                        env: dict[str, str]) -> None:
     """Start the job with `args` in batches of 4 (KILLED_BATCHES), its batches held at a gate and let through one by
     one until it has written `at_least` part files in data/ and rejects/ beyond those already there, `most` batches at
     most (fewer than the run has, and few enough for fewer than `fewer_than` files), then SIGKILL it and check it was
     still running and wrote fewer than `fewer_than` (so it was killed half-way, however slow the test or fast the run:
-    slowed down 0.5 s a batch instead, a test process held up 10 s found the run ended)."""
+    slowed down 0.5 s a batch instead, a test process held up 10 s found the run ended). `env`: its environment (the
+    session's Ray's, `joined_ray_env`), the gate's added."""
     def parts() -> int:
         return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
 
     written = parts()
     gate = out.parent / f"gate-{what}"
-    job = _job([*args, *KILLED_BATCHES], env=gate_env(gate))
+    job = _job([*args, *KILLED_BATCHES], env={**env, **gate_env(gate)})
     let_through_until(gate, lambda: parts() >= written + at_least or job.poll() is not None, most)
     running = job.poll() is None
     with contextlib.suppress(ProcessLookupError):  # one that ended early: its log, below
@@ -72,17 +79,19 @@ def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: i
     assert written + at_least <= parts() < written + fewer_than, f"the {what} was killed before writing, or after it finished"
 
 
-def test_actor_failures_are_retried(tmp_path, tiny_model) -> None:
+@pytest.mark.usefixtures("ray_local")
+def test_actor_failures_are_retried(tmp_path, tiny_model, monkeypatch) -> None:
     """A batch that raises in the purifier actor is tried again, and an actor whose process dies is restarted with its
     batch: the run completes with every input once. One run meets both faults (a raise, then a death, at its first
-    batch): a run of its own for each cost a process and a Ray more and checked nothing more."""
+    batch): a run of its own for each cost a job run more and checked nothing more.
+
+    The faults are set in the driver's environment alone, after the session's Ray started: its workers never had them,
+    as a cluster's workers do not have those of a job submitted to it; the driver gives them to its actors."""
     ids = _images(tmp_path / "in", 24)
     out, raised, died = tmp_path / "out", tmp_path / "raised", tmp_path / "died"
-    proc = _job(["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model,
-                 "--steps", "1", "--tile-batch", "8", "--batch-size", "8"],
-                env={"ZIP_PURIFY_INJECT_FAULT": f"raise-once:{raised};exit-once:{died}"})
-    log, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, log[-3000:]
+    monkeypatch.setenv(FAULT_ENV, f"raise-once:{raised};exit-once:{died}")
+    _run(["--input", str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
+          "--tile-batch", "8", "--batch-size", "8"])
     assert raised.exists() and died.exists(), "a fault was never injected"
     check("worker raise-once + exit-once", str(out), ids)
 
@@ -99,7 +108,7 @@ def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_inst
     out, deaths = tmp_path / "out", tmp_path / "deaths"
     proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", "--input",
                              str(tmp_path / "in"), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1"],
-                            cwd=ROOT, env={**os.environ, "ZIP_PURIFY_INJECT_FAULT": f"exit-always:{deaths}"},
+                            cwd=ROOT, env={**os.environ, FAULT_ENV: f"exit-always:{deaths}"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 1, stderr[-3000:]
@@ -117,15 +126,17 @@ def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_inst
     assert stderr.rstrip("\n").splitlines()[-1] == error[0], stderr[-3000:]
 
 
-def _driver_killed_then_rerun(out: Path, args: list[str], ids: set[str]) -> None:
-    """The job with `args` SIGKILLed, driver and all, once it has written some of its output, then the same command
-    run again: it completes with every input once, skipping what the killed run wrote."""
+def _driver_killed_then_rerun(out: Path, args: list[str], ids: set[str], env: dict[str, str]) -> None:
+    """The job with `args` SIGKILLed, its driver joined to the session's Ray (`env`: `joined_ray_env`) as a job
+    submitted to a cluster is, once it has written some of its output, then the same command run again: it completes
+    with every input once, skipping what the killed run wrote (Ray ended the dead driver's actors, whose CPUs the run
+    again needs)."""
     gate = out.parent / "gate-driver"
     # its batches let through one by one until 3 part files land, the last of its 8 never: it is killed before it ends
     # however fast it runs or late the kill comes (slowed down 0.5 s a batch, it could finish first on a loaded machine)
-    proc = _job(args, env=gate_env(gate))
+    proc = _job(args, env={**env, **gate_env(gate)})
     let_through_until(gate, lambda: len(list((out / "data").glob("part-*.parquet"))) >= 3, most=len(ids) // 8 - 1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver; Ray ends its actors and tasks
     proc.wait()
     parts = list((out / "data").glob("part-*.parquet"))
     assert parts, "the run was killed before writing anything; the test needs some output first"
@@ -139,7 +150,7 @@ def _driver_killed_then_rerun(out: Path, args: list[str], ids: set[str]) -> None
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_model) -> None:
+def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_model, joined_ray_env) -> None:
     """--retry-rejects killed half-way leaves an old and a new row for some rejects; a plain resume must still end
     complete with each input once, and a second retry must leave one row, with today's reason, per input still bad."""
     root, out = tmp_path / "in", tmp_path / "out"
@@ -157,7 +168,7 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
 
     # 10 units of 4 retried; the first 2 units' rejects are rewritten under their old files' names, each other unit
     # adds 1 or 2 files: 5 units let through (10 batches) add 3 to 6
-    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, 10, "retry")
+    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, 10, "retry", joined_ray_env)
     _run(args)  # no flag: the killed run's rows and the old ones are both done
     assert json.loads((out / "_summary.json").read_text())["status"] == "complete"
     check("retry-rejects SIGKILL + resume", str(out), ids)
@@ -171,7 +182,8 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path, tiny_model) -> None:
+def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path, tiny_model,
+                                                                                                  joined_ray_env) -> None:
     """--refresh-changed killed half-way leaves the old and the new row of some ids with its journal; a plain resume
     must end complete with each input once, each refreshed id's row the new one where the killed run wrote it, and a
     second refresh must leave every changed input's row made from its new bytes.
@@ -184,7 +196,7 @@ def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed
     ids = _images(root, 64)
     args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
-    _driver_killed_then_rerun(out, args, ids)
+    _driver_killed_then_rerun(out, args, ids, joined_ray_env)
     changed = sorted(ids)[::2]  # 32 rewritten in place: 26 with new images, 6 broken now
     new = {name: (b"junk" if i % 6 == 0 else image_bytes(32, 32, 2000 + i)) for i, name in enumerate(changed)}
     for name, data in new.items():
@@ -193,7 +205,7 @@ def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed
         os.utime(root / name, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
     # 8 units of 4 refreshed, each adding 1 or 2 files: 3 units let through (6 batches) add 3 to 6
-    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, 6, "refresh")
+    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, 6, "refresh", joined_ray_env)
     assert (out / "_refresh" / "journal.json").exists()
 
     def rows(scenario: str) -> dict[str, str]:

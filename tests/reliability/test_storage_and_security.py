@@ -167,8 +167,8 @@ def test_permanent_storage_errors_stop_early(moto, tiny_model, tmp_path) -> None
     assert "wrong-secret" not in str(err.value) and SECRET not in str(err.value)
 
 
-def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", *args], cwd=ROOT,
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -207,14 +207,17 @@ def test_hostile_and_wrong_checkpoints_refused_before_reading_data(tmp_path, tin
     assert not marker.exists(), "the hostile checkpoint ran code"
 
 
-def test_secrets_never_written_or_logged(moto, tmp_path, tiny_model) -> None:
+def test_secrets_never_written_or_logged(moto, tmp_path, tiny_model, joined_ray_env) -> None:
+    """The job's command line in a process of its own, all it prints and writes searched for the secret: joined to the
+    session's Ray (`joined_ray_env`), as a job submitted to a cluster is, which prints Ray Data's log lines and its
+    workers' as well (a Ray of its own cost the run ~15 s of CPU more and printed less)."""
     port, client = moto
     client.put_object(Bucket="rel-in", Key="sec/a.png", Body=image_bytes(32, 32, 0))
     client.put_object(Bucket="rel-in", Key="sec/bad.png", Body=b"nope")
     client.put_object(Bucket="rel-in", Key="sec/s.tar", Body=tar_bytes({"x.png": b"broken"}))
     proc = _cli(["--input", "s3://rel-in/sec", "--output", "s3://rel-out/sec", "--checkpoint", tiny_model, "--steps", "2",
                  "--s3-endpoint", f"http://127.0.0.1:{port}", "--storage-option", "key=AKIDTEST",
-                 "--storage-option", f"secret={SECRET}"])
+                 "--storage-option", f"secret={SECRET}"], joined_ray_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     everything = proc.stdout + proc.stderr
     for key in client.list_objects_v2(Bucket="rel-out", Prefix="sec/")["Contents"]:
