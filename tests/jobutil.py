@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import os
 import re
 import tarfile
@@ -253,15 +252,6 @@ def spy_on_extraction(monkeypatch) -> list[str]:
 
 # A line of Ray's own logging in the driver: "2026-12-03 18:58:11,643\tINFO streaming_executor.py:371 -- ...".
 RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING)\s")
-
-
-def joined_with_worker_env(joined_env: dict[str, str], **worker_env: str) -> dict[str, str]:
-    """`joined_env` (the joined_ray_env fixture) with `worker_env` set in the subprocess and in its job's Ray workers,
-    through the job's runtime_env as `ray job submit --runtime-env-json` hands it to the driver: a joined Ray's workers
-    do not inherit the subprocess's environment, so a test hook such as ZIP_PURIFY_INJECT_FAULT=gate:FOLDER set for the
-    subprocess alone would reach no purifier actor."""
-    return {**joined_env, **worker_env,
-            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"env_vars": worker_env}})}
 
 
 def last_job_line(stderr: str) -> str:

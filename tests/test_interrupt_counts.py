@@ -26,8 +26,8 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobInterrupted
 from pipeline.plan import plan_job
 from pipeline.stopped_run import count_stopped_run, record_stopped_run
-from tests.gateutil import gate_env, let_through_until
-from tests.jobutil import joined_with_worker_env, last_job_line, png_inputs, tiny_model_file
+from tests.gateutil import gate_env, let_through_until, open_gate
+from tests.jobutil import last_job_line, png_inputs, tiny_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WROTE = re.compile(r"this run wrote (\d+) purified and (\d+) rejected \((\d+) part files?\), so the output now holds "
@@ -205,14 +205,15 @@ def test_an_interrupted_run_reports_the_rows_in_its_output_and_a_second_ctrl_c_e
     assert plan.output_state == "resume" and plan.skipped_files >= data and left + plan.skipped_files == n
 
     # 2. The same command resumes; SIGTERM (as `ray job stop` or Kubernetes send, to the driver) once it has written.
-    # Joined to a running Ray, as a driver that `ray job stop` stops is; the gate reaches its workers in its runtime_env.
+    # Joined to a running Ray, as a driver that `ray job stop` stops is; the driver hands the gate to its purifier actors.
     before = data
     parts = len(list((out / "data").glob("part-*.parquet")))
-    proc = _start(args, joined_with_worker_env(joined_ray_env, **gate_env(tmp_path / "gate-2")))
+    proc = _start(args, {**joined_ray_env, **gate_env(tmp_path / "gate-2")})
     try:
         _wait_for_parts(proc, tmp_path / "gate-2", out, parts, (n - before) // 8)
         os.kill(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
+        open_gate(tmp_path / "gate-2")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -22,8 +22,8 @@ import pipeline.lease as output_lease
 from pipeline.cli import main
 from pipeline.errors import JobError
 from pipeline.lease import LEASE_FILE, OutputLease
-from tests.gateutil import gate_env, let_through_until
-from tests.jobutil import image_bytes, joined_with_worker_env, read_output, tiny_model_file
+from tests.gateutil import gate_env, let_through_until, open_gate
+from tests.jobutil import image_bytes, read_output, tiny_model_file
 from tests.test_s3 import s3  # noqa: F401 - the moto server fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,7 +340,7 @@ def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(
     args = ["--input", str(inp), "--output", str(out), "--checkpoint", model, "--steps", "2", "--files-per-unit", "8",
             "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8", "--no-progress"]
     first = subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), *args], cwd=ROOT, text=True,
-                             env=joined_with_worker_env(joined_ray_env, **gate_env(tmp_path / "gate")), stdout=subprocess.PIPE,
+                             env={**joined_ray_env, **gate_env(tmp_path / "gate")}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, start_new_session=True)
     try:
         # its batches let through one by one until a part file lands, the last of its 4 never: the first run still runs
@@ -358,6 +358,7 @@ def test_second_run_refused_while_the_first_runs_and_sigterm_releases_the_lease(
         # seen once in CI on a loaded machine); the lease is released either way.
         os.kill(first.pid, signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)
+        open_gate(tmp_path / "gate")
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

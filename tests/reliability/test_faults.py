@@ -1,10 +1,9 @@
 """Crashed workers and a killed driver: the run completes / resumes with every input exactly once.
 
-A run that is killed runs in a process of its own, which joins the session's Ray (`joined_ray_env`), as a job submitted
-to a cluster does: killing it kills the driver, whose actors Ray then ends. The other runs run in the test's process on
-the session's Ray (`ray_local`); the faults injected into them reach the purifier actors from the driver's environment
-(`purify_stage.driver_faults`). A Ray of each run's own cost it ~15 s of CPU and checked nothing more, except where that
-Ray's output is the subject (an actor that dies at every batch).
+A run that is killed with SIGKILL runs in a process of its own with a Ray of its own, killed with it (joined to the
+session's Ray instead, a killed driver's actor that waited at the gate held its CPU until Ray ended it, and the next run
+waited up to minutes: seen at 183 s). The other runs run in the test's process on the session's Ray (`ray_local`); the
+faults injected into them reach the purifier actors from the driver's environment (`purify_stage.driver_faults`).
 """
 
 from __future__ import annotations
@@ -36,10 +35,14 @@ def _images(folder: Path, n: int) -> set[str]:
     return {f"{i:04d}.png" for i in range(n)}
 
 
+def _own_ray_env() -> dict[str, str]:
+    """The environment of a run that starts a Ray of its own (none of the session's RAY_ADDRESS)."""
+    return {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+
+
 def _job(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
     """The job's command line with `args` in a process of its own (a session of its own: killed with its group, it takes
-    nothing else with it), in environment `env` (the whole of it: `joined_ray_env` and the fault, for one that joins
-    the session's Ray)."""
+    nothing else with it), in environment `env` (the whole of it: `_own_ray_env` and the fault)."""
     return subprocess.Popen([sys.executable, str(ROOT / "jobs/purify.py"), "--no-progress", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
@@ -62,8 +65,8 @@ def _killed_after_parts(args: list[str], out: Path, at_least: int, fewer_than: i
     one until it has written `at_least` part files in data/ and rejects/ beyond those already there, `most` batches at
     most (fewer than the run has, and few enough for fewer than `fewer_than` files), then SIGKILL it and check it was
     still running and wrote fewer than `fewer_than` (so it was killed half-way, however slow the test or fast the run:
-    slowed down 0.5 s a batch instead, a test process held up 10 s found the run ended). `env`: its environment (the
-    session's Ray's, `joined_ray_env`), the gate's added."""
+    slowed down 0.5 s a batch instead, a test process held up 10 s found the run ended). `env`: its environment (a Ray
+    of its own: `_own_ray_env`), the gate's added."""
     def parts() -> int:
         return sum(len(list((out / folder).glob("part-*.parquet"))) for folder in ("data", "rejects"))
 
@@ -127,16 +130,14 @@ def test_an_actor_that_dies_at_every_batch_fails_the_run_after_its_restarts_inst
 
 
 def _driver_killed_then_rerun(out: Path, args: list[str], ids: set[str], env: dict[str, str]) -> None:
-    """The job with `args` SIGKILLed, its driver joined to the session's Ray (`env`: `joined_ray_env`) as a job
-    submitted to a cluster is, once it has written some of its output, then the same command run again: it completes
-    with every input once, skipping what the killed run wrote (Ray ended the dead driver's actors, whose CPUs the run
-    again needs)."""
+    """The job with `args` SIGKILLed, driver and all (`env`: `_own_ray_env`), once it has written some of its output,
+    then the same command run again: it completes with every input once, skipping what the killed run wrote."""
     gate = out.parent / "gate-driver"
     # its batches let through one by one until 3 part files land, the last of its 8 never: it is killed before it ends
     # however fast it runs or late the kill comes (slowed down 0.5 s a batch, it could finish first on a loaded machine)
     proc = _job(args, env={**env, **gate_env(gate)})
     let_through_until(gate, lambda: len(list((out / "data").glob("part-*.parquet"))) >= 3, most=len(ids) // 8 - 1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver; Ray ends its actors and tasks
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
     proc.wait()
     parts = list((out / "data").glob("part-*.parquet"))
     assert parts, "the run was killed before writing anything; the test needs some output first"
@@ -150,7 +151,7 @@ def _driver_killed_then_rerun(out: Path, args: list[str], ids: set[str], env: di
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_model, joined_ray_env) -> None:
+def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_model, ray_local) -> None:
     """--retry-rejects killed half-way leaves an old and a new row for some rejects; a plain resume must still end
     complete with each input once, and a second retry must leave one row, with today's reason, per input still bad."""
     root, out = tmp_path / "in", tmp_path / "out"
@@ -168,7 +169,7 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
 
     # 10 units of 4 retried; the first 2 units' rejects are rewritten under their old files' names, each other unit
     # adds 1 or 2 files: 5 units let through (10 batches) add 3 to 6
-    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, 10, "retry", joined_ray_env)
+    _killed_after_parts([*args, "--retry-rejects"], out, 3, 10, 10, "retry", _own_ray_env())
     _run(args)  # no flag: the killed run's rows and the old ones are both done
     assert json.loads((out / "_summary.json").read_text())["status"] == "complete"
     check("retry-rejects SIGKILL + resume", str(out), ids)
@@ -183,7 +184,7 @@ def test_a_retry_of_rejects_killed_then_resumed_then_retried(tmp_path, tiny_mode
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed_then_refreshed(tmp_path, tiny_model,
-                                                                                                  joined_ray_env) -> None:
+                                                                                                  ray_local) -> None:
     """--refresh-changed killed half-way leaves the old and the new row of some ids with its journal; a plain resume
     must end complete with each input once, each refreshed id's row the new one where the killed run wrote it, and a
     second refresh must leave every changed input's row made from its new bytes.
@@ -196,7 +197,7 @@ def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed
     ids = _images(root, 64)
     args = ["--input", str(root), "--output", str(out), "--checkpoint", tiny_model, "--steps", "1",
             "--files-per-unit", "8", "--tile-batch", "8", "--batch-size", "8", "--write-batch", "8"]
-    _driver_killed_then_rerun(out, args, ids, joined_ray_env)
+    _driver_killed_then_rerun(out, args, ids, _own_ray_env())
     changed = sorted(ids)[::2]  # 32 rewritten in place: 26 with new images, 6 broken now
     new = {name: (b"junk" if i % 6 == 0 else image_bytes(32, 32, 2000 + i)) for i, name in enumerate(changed)}
     for name, data in new.items():
@@ -205,7 +206,7 @@ def test_a_killed_run_rerun_then_a_refresh_of_changed_inputs_killed_then_resumed
         os.utime(root / name, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
     # 8 units of 4 refreshed, each adding 1 or 2 files: 3 units let through (6 batches) add 3 to 6
-    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, 6, "refresh", joined_ray_env)
+    _killed_after_parts([*args, "--refresh-changed"], out, 3, 8, 6, "refresh", _own_ray_env())
     assert (out / "_refresh" / "journal.json").exists()
 
     def rows(scenario: str) -> dict[str, str]:

@@ -17,20 +17,19 @@ from pipeline.refresh import read_journal
 from tests.gateutil import gate_env, let_through_until
 from tests.jobutil import image_bytes, read_output, rewritten_in_place, tar_bytes
 from tests.reliability.scenario import check
-from tests.reliability.test_faults import _job, _run
+from tests.reliability.test_faults import _job, _own_ray_env, _run
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _killed_once_a_read_is_noted(args: list[str], out: Path, env: dict[str, str]) -> None:
-    """Start the job with `args`, its driver joined to the session's Ray (`env`: `joined_ray_env`), its batches held at
-    a gate and let through one by one, and SIGKILL the driver (Ray ends its actors and tasks) once its refresh journal
-    notes a shard read to its end (`job.RefreshReadNotes`), while it is still writing rows. Its 6 changed shards reach
-    the gate as 2 batches each (9 members and a count record in batches of 8): 4 let through at most read a shard whole
-    and leave the run short of its end, however slow the test or fast the run (slowed down 0.5 s a batch instead, a
-    test process held up 10 s found it ended)."""
+def _killed_once_a_read_is_noted(args: list[str], out: Path) -> None:
+    """Start the job with `args`, its batches held at a gate and let through one by one, and SIGKILL it, the driver and
+    all it started, once its refresh journal notes a shard read to its end (`job.RefreshReadNotes`), while it is still
+    writing rows. Its 6 changed shards reach the gate as 2 batches each (9 members and a count record in batches of 8):
+    4 let through at most read a shard whole and leave the run short of its end, however slow the test or fast the run
+    (slowed down 0.5 s a batch instead, a test process held up 10 s found it ended)."""
     gate = out.parent / "gate"
 
     def noted() -> bool:
@@ -38,7 +37,7 @@ def _killed_once_a_read_is_noted(args: list[str], out: Path, env: dict[str, str]
             return bool(json.loads((out / "_refresh" / "journal.json").read_text()).get("read"))
         return False
 
-    job = _job(args, env={**env, **gate_env(gate)})
+    job = _job(args, env={**_own_ray_env(), **gate_env(gate)})
     let_through_until(gate, lambda: noted() or job.poll() is not None, most=4)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
@@ -47,8 +46,7 @@ def _killed_once_a_read_is_noted(args: list[str], out: Path, env: dict[str, str]
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_a_refresh_of_changed_shards_killed_once_it_noted_a_read_then_resumed_then_refreshed(tmp_path, tiny_model,
-                                                                                              joined_ray_env) -> None:
+def test_a_refresh_of_changed_shards_killed_once_it_noted_a_read_then_resumed_then_refreshed(tmp_path, tiny_model) -> None:
     """A real SIGKILL of a --refresh-changed run over tar shards once its journal notes a shard it read (each note is
     the whole journal written again, while the pipeline writes rows): the journal still reads, a plain resume ends
     complete with each id once, and a second refresh leaves every changed or added member's row made from its new
@@ -69,7 +67,7 @@ def test_a_refresh_of_changed_shards_killed_once_it_noted_a_read_then_resumed_th
         rewritten_in_place(root / name, tar_bytes(members))
     ids = {f"{name}/{m.split('.')[0]}" for name, members in shards.items() for m in members}
 
-    _killed_once_a_read_is_noted([*args, "--refresh-changed"], out, joined_ray_env)
+    _killed_once_a_read_is_noted([*args, "--refresh-changed"], out)
     _run(args)  # no flag: the killed run's new rows win where it wrote them, the other old rows stay
     check("refresh shards SIGKILL + resume", str(out), ids)
     assert not (out / "_refresh").exists()
